@@ -1,0 +1,409 @@
+"""The admin of accounts, and the admin bases every app uses: scoped (object access) and big-table."""
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.db import connection
+from django.http import Http404, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.functional import cached_property
+from django.utils.html import format_html, format_html_join
+
+from accounts.models import ApiKey, AuditEvent, User
+from accounts.roles import ROLES, role_capabilities
+from accounts.selectors import (
+    api_keys_visible_to,
+    audit_events_visible_to,
+    can,
+    grants_on,
+    object_access_of,
+    visible_to,
+)
+from accounts.services import access_grant, access_revoke, api_key_create, api_key_revoke, audit
+
+admin.site.site_header = "Pushdesk"
+admin.site.site_title = "Pushdesk"
+admin.site.index_title = "Back-office"
+
+
+# --- bases ---------------------------------------------------------------------------------
+
+
+class EstimatedCountPaginator(Paginator):
+    """Never counts a big table: the planner's estimate for the unfiltered list, a capped count otherwise."""
+
+    cap = 10_000
+
+    @cached_property
+    def count(self):
+        qs = self.object_list
+        if connection.vendor == "postgresql" and not qs.query.where:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [qs.model._meta.db_table]
+                )
+                row = cursor.fetchone()
+            if row and row[0] and row[0] > self.cap:
+                return int(row[0])
+        return qs[: self.cap + 1].count()
+
+
+class BigTableAdmin(admin.ModelAdmin):
+    """The cheap admin for tables that grow (STYLE rule 4): no full count, estimated pages, no facets."""
+
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
+    show_facets = admin.ShowFacets.NEVER
+    list_per_page = 50
+
+
+class ScopedAdmin(admin.ModelAdmin):
+    """An admin whose lists and pages hold only what the user has object access to.
+
+    An object outside the user's access answers 404 on every page, as if it did not exist.
+    """
+
+    def get_queryset(self, request):
+        return visible_to(request.user, super().get_queryset(request))
+
+    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
+        raise Http404(f"No {opts.verbose_name} with this id.")
+
+    def _perm(self, action: str) -> str:
+        opts = self.model._meta
+        return f"{opts.app_label}.{action}_{opts.model_name}"
+
+    def has_change_permission(self, request, obj=None):
+        if not super().has_change_permission(request, obj):
+            return False
+        return obj is None or can(request.user, self._perm("change"), obj)
+
+    def has_delete_permission(self, request, obj=None):
+        if not super().has_delete_permission(request, obj):
+            return False
+        return obj is None or can(request.user, self._perm("delete"), obj)
+
+    def has_view_permission(self, request, obj=None):
+        if not super().has_view_permission(request, obj):
+            return False
+        return obj is None or can(request.user, self._perm("view"), obj)
+
+
+class _AccessForm(forms.Form):
+    user = forms.ModelChoiceField(queryset=User.objects.filter(is_active=True).order_by("username"), required=False)
+    group = forms.ModelChoiceField(queryset=Group.objects.order_by("name"), required=False)
+
+    def clean(self):
+        data = super().clean()
+        if bool(data.get("user")) == bool(data.get("group")):
+            raise ValidationError("Choose either a user or a group.")
+        return data
+
+
+class ObjectAccessAdminMixin:
+    """Adds an "Access" page to an object's admin: who was granted it, grant and revoke."""
+
+    def get_urls(self):
+        opts = self.model._meta
+        return [
+            path(
+                "<path:object_id>/access/",
+                self.admin_site.admin_view(self.access_view),
+                name=f"{opts.app_label}_{opts.model_name}_access",
+            ),
+            *super().get_urls(),
+        ]
+
+    @admin.display(description="Object access")
+    def object_access(self, obj):
+        if obj is None or obj.pk is None:
+            return "Saved objects only."
+        principals = grants_on(obj)
+        label = (
+            ", ".join(f"group {p.name}" if isinstance(p, Group) else p.get_username() for p in principals)
+            or "nobody yet (Administrators see everything)"
+        )
+        opts = self.model._meta
+        url = reverse(f"admin:{opts.app_label}_{opts.model_name}_access", args=[obj.pk])
+        return format_html('{} — <a href="{}">manage access</a>', label, url)
+
+    def access_view(self, request, object_id):
+        obj = self.get_object(request, object_id)
+        if obj is None or not self.has_view_permission(request, obj):
+            raise Http404("No such object.")
+        may_manage = request.user.has_perm("accounts.manage_object_access")
+        form = _AccessForm(request.POST or None)
+        if request.method == "POST":
+            if not may_manage:
+                raise PermissionDenied("Only an Administrator can grant or revoke object access.")
+            revoke = request.POST.get("revoke", "")
+            if revoke:
+                kind, _, pk = revoke.partition(":")
+                principal = (Group if kind == "group" else User).objects.filter(pk=pk).first()
+                if principal is None:
+                    raise Http404("No such user or group.")
+                access_revoke(obj=obj, to=principal, by=request.user)
+                self.message_user(request, f"Access revoked from {principal}.", messages.SUCCESS)
+                return HttpResponseRedirect(request.path)
+            if form.is_valid():
+                principal = form.cleaned_data["user"] or form.cleaned_data["group"]
+                access_grant(obj=obj, to=principal, by=request.user)
+                self.message_user(request, f"Access granted to {principal}.", messages.SUCCESS)
+                return HttpResponseRedirect(request.path)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "object": obj,
+            "title": f"Access to {obj}",
+            "grants": [
+                {
+                    "label": f"group {p.name}" if isinstance(p, Group) else p.get_username(),
+                    "key": f"{'group' if isinstance(p, Group) else 'user'}:{p.pk}",
+                }
+                for p in grants_on(obj)
+            ],
+            "form": form,
+            "may_manage": may_manage,
+        }
+        return TemplateResponse(request, "admin/object_access.html", context)
+
+
+# --- users and roles ------------------------------------------------------------------------
+
+
+@admin.register(User)
+class UserAdmin(DjangoUserAdmin):
+    list_display = ("username", "email", "roles", "is_active", "is_staff", "is_service_account", "last_login")
+    list_filter = ("groups", "is_active", "is_staff", "is_service_account")
+    readonly_fields = ("last_login", "date_joined", "role_summary", "object_access")
+    fieldsets = (
+        (None, {"fields": ("username", "password")}),
+        ("Personal info", {"fields": ("first_name", "last_name", "email")}),
+        ("Role", {"fields": ("groups", "role_summary"), "description": "A role says what one may do."}),
+        ("Object access", {"fields": ("object_access",), "description": "Object access says where."}),
+        ("Status", {"fields": ("is_active", "is_staff", "is_service_account", "is_superuser")}),
+        ("Dates", {"fields": ("last_login", "date_joined")}),
+    )
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("groups")
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        if not request.user.is_superuser:
+            fields.append("is_superuser")  # nobody but a superuser makes a superuser
+        return fields
+
+    def formfield_for_manytomany(self, db_field, request, **kwargs):
+        if db_field.name == "groups":
+            kwargs["queryset"] = Group.objects.filter(name__in=ROLES).order_by("name")
+            kwargs["help_text"] = "The user's role(s): " + ", ".join(ROLES) + "."
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
+
+    @admin.display(description="Roles")
+    def roles(self, obj):
+        return ", ".join(g.name for g in obj.groups.all()) or "—"
+
+    @admin.display(description="What the roles allow")
+    def role_summary(self, obj):
+        if obj is None or obj.pk is None:
+            return "—"
+        rows = [(role, "; ".join(role_capabilities(role))) for role in obj.role_names()]
+        if not rows:
+            return "No role: this user can do nothing."
+        return format_html_join("", "<div><strong>{}</strong>: {}</div>", rows)
+
+    @admin.display(description="Granted objects")
+    def object_access(self, obj):
+        if obj is None or obj.pk is None:
+            return "—"
+        grants = object_access_of(obj)
+        if not grants:
+            return "None (Administrators see everything)."
+        return format_html_join(
+            "", "<div>{} <em>{}</em> ({})</div>", ((o._meta.verbose_name, o, how) for o, how in grants)
+        )
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        changed = sorted(f for f in form.changed_data if f != "password")
+        audit(
+            actor=request.user,
+            action="user_changed" if change else "user_created",
+            obj=obj,
+            summary={"fields": changed},
+        )
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        if "groups" in form.changed_data:
+            audit(
+                actor=request.user,
+                action="roles_changed",
+                obj=form.instance,
+                summary={"roles": [g.name for g in form.instance.groups.all()]},
+            )
+
+
+admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class GroupAdmin(DjangoGroupAdmin):
+    """Groups are roles or teams; a role's permissions come from the roles table in code."""
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is not None and obj.name in ROLES:
+            return ("name", "permissions")
+        return ()
+
+
+# --- API keys --------------------------------------------------------------------------------
+
+
+class ApiKeyAddForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(choices=ApiKey.Scope.choices, widget=forms.CheckboxSelectMultiple)
+
+    class Meta:
+        model = ApiKey
+        fields = ("user", "name", "scopes", "expires_at")
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ("name", "user", "masked", "scope_list", "status", "created_at", "expires_at", "last_used_at")
+    search_fields = ("name", "user__username", "prefix")
+    actions = ["revoke_keys"]
+    readonly_fields = (
+        "masked",
+        "user",
+        "name",
+        "scopes",
+        "created_at",
+        "created_by",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+    )
+
+    def get_queryset(self, request):
+        return api_keys_visible_to(request.user)
+
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = ApiKeyAddForm
+        return super().get_form(request, obj, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ("user", "name", "scopes", "expires_at")
+        return self.readonly_fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return () if obj is None else self.readonly_fields
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "user" and not request.user.has_perm("accounts.manage_others_apikey"):
+            kwargs["queryset"] = User.objects.filter(pk=request.user.pk)
+            kwargs["initial"] = request.user.pk
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def get_changeform_initial_data(self, request):
+        return {"user": request.user.pk}
+
+    def has_change_permission(self, request, obj=None):
+        return False  # keys are immutable; revoke and create a new one
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # revoked keys stay for the record
+
+    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
+        raise Http404("No API key with this id.")
+
+    def save_model(self, request, obj, form, change):
+        try:
+            key, raw = api_key_create(
+                user=form.cleaned_data["user"],
+                name=form.cleaned_data["name"],
+                scopes=form.cleaned_data["scopes"],
+                expires_at=form.cleaned_data.get("expires_at"),
+                by=request.user,
+            )
+        except ValidationError as exc:
+            raise PermissionDenied("; ".join(exc.messages)) from exc
+        obj.pk = key.pk
+        request._pushdesk_new_key = (key, raw)
+
+    def save_related(self, request, form, formsets, change):
+        pass  # nothing related; the service saved everything
+
+    def response_add(self, request, obj, post_url_continue=None):
+        key, raw = request._pushdesk_new_key
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "key": key,
+            "raw_key": raw,
+            "title": "API key created",
+        }
+        response = TemplateResponse(request, "admin/accounts/apikey/created.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.display(description="Key")
+    def masked(self, obj):
+        return f"pdk_{obj.prefix}_…"
+
+    @admin.display(description="Scopes")
+    def scope_list(self, obj):
+        return ", ".join(obj.scopes)
+
+    @admin.action(description="Revoke selected API keys", permissions=["revoke_keys"])
+    def revoke_keys(self, request, queryset):
+        for key in queryset:
+            api_key_revoke(key_id=key.pk, by=request.user)
+        self.message_user(request, f"{queryset.count()} key(s) revoked.", messages.SUCCESS)
+
+    def has_revoke_keys_permission(self, request):
+        return request.user.has_perm("accounts.change_apikey")
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+
+# --- audit log --------------------------------------------------------------------------------
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(BigTableAdmin):
+    """Read-only for everyone, superusers included."""
+
+    list_display = ("created_at", "actor_label", "action", "object_type", "object_label")
+    list_filter = ("action", "object_type", ("actor", admin.RelatedOnlyFieldListFilter))
+    date_hierarchy = "created_at"
+    search_fields = ("object_label", "actor_label", "action")
+    list_select_related = ("object_type",)
+    fields = ("created_at", "actor_label", "action", "object_type", "object_id", "object_label", "summary")
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return audit_events_visible_to(request.user).select_related("object_type")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_actions(self, request):
+        return {}

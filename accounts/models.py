@@ -1,0 +1,148 @@
+import hashlib
+import hmac
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractUser
+from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import PermissionDenied
+from django.db import models
+from django.utils import timezone
+
+
+class User(AbstractUser):
+    """A person (or a service account) who signs in to the admin or owns API keys."""
+
+    is_service_account = models.BooleanField(
+        default=False,
+        help_text="A non-human account that acts only through its API keys.",
+    )
+
+    class Meta(AbstractUser.Meta):
+        swappable = "AUTH_USER_MODEL"
+        permissions = [
+            ("manage_object_access", "Can grant and revoke object access"),
+            ("manage_others_apikey", "Can manage other users' API keys"),
+        ]
+
+    def role_names(self) -> list[str]:
+        from accounts.roles import ROLES
+
+        names = {g.name for g in self.groups.all()}
+        return [r for r in ROLES if r in names]
+
+
+class ApiKey(models.Model):
+    """A bearer key for the REST API. Acts as its user, narrowed to its scopes.
+
+    The key itself is ``pdk_<prefix>_<secret>``; only the prefix (to find the row) and a
+    SHA-256 of the whole key (to check it) are stored.
+    """
+
+    class Scope(models.TextChoices):
+        INGEST = "ingest", "ingest (profiles, events, devices)"
+        TRIGGER = "trigger", "trigger (API-triggered campaigns)"
+        READ = "read", "read (segments, campaigns, dispatches, journeys)"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, help_text="What uses this key, e.g. 'backend production'.")
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False)
+    scopes = models.JSONField(default=list)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        editable=False,
+    )
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never expires.")
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({settings.PUSHDESK_API_KEY_PREFIX}_{self.prefix}_…)"
+
+    @staticmethod
+    def hash_key(raw_key: str) -> str:
+        return hashlib.sha256(raw_key.encode()).hexdigest()
+
+    def matches(self, raw_key: str) -> bool:
+        """Compare in constant time, so the hash cannot be guessed byte by byte."""
+        return hmac.compare_digest(self.key_hash, self.hash_key(raw_key))
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def is_expired(self, now=None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())
+
+    @property
+    def status(self) -> str:
+        if self.is_revoked:
+            return "revoked"
+        if self.is_expired():
+            return "expired"
+        return "active"
+
+
+class AuditEventQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise PermissionDenied("Audit events are append-only: they cannot be changed.")
+
+    def delete(self):
+        raise PermissionDenied("Audit events are append-only: they cannot be deleted.")
+
+
+class AuditEvent(models.Model):
+    """One thing that happened: who did which action to what, with a before/after summary.
+
+    Append-only: saving an existing event or deleting one raises, here and (on PostgreSQL)
+    in the database itself.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
+    # No database constraint: deleting a user must not rewrite history (the label stays).
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    actor_label = models.CharField(max_length=150, blank=True)
+    action = models.CharField(max_length=64, db_index=True)
+    object_type = models.ForeignKey(
+        ContentType, on_delete=models.DO_NOTHING, db_constraint=False, null=True, blank=True, related_name="+"
+    )
+    object_id = models.CharField(max_length=64, blank=True)
+    object_label = models.CharField(max_length=200, blank=True)
+    summary = models.JSONField(default=dict, blank=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["object_type", "object_id", "-created_at"], name="audit_object_idx"),
+            models.Index(fields=["actor", "-created_at"], name="audit_actor_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.actor_label or 'system'} {self.action} {self.object_label}".strip()
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise PermissionDenied("Audit events are append-only: they cannot be changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise PermissionDenied("Audit events are append-only: they cannot be deleted.")

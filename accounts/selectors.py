@@ -1,0 +1,138 @@
+"""Permission-filtered reads. Every list an admin page or API view shows goes through ``visible_to``.
+
+The access model: a user's *role* (group permissions) says what they may do; *object access*
+says where. Object access is a guardian object permission ``<app>.view_<model>`` held by
+the user or one of their groups, on the object itself or on the App it is scoped to
+(``Model.access_scope_field``). Superusers and Administrators have every object in scope:
+they are the ones who hand out access.
+"""
+
+from django.apps import apps
+from django.contrib.auth.models import Group
+from django.db import models
+from django.db.models import Q, QuerySet
+from guardian.utils import get_group_obj_perms_model, get_user_obj_perms_model
+
+from accounts.models import ApiKey, AuditEvent, User
+from accounts.roles import ADMINISTRATOR
+
+
+def access_perm(model: type[models.Model]) -> str:
+    """The object permission that stands for "has access to this object"."""
+    opts = model._meta
+    return f"{opts.app_label}.view_{opts.model_name}"
+
+
+def has_every_scope(user: User) -> bool:
+    """Superusers and Administrators see every object."""
+    if not user.is_active:
+        return False
+    if user.is_superuser:
+        return True
+    cached = getattr(user, "_pushdesk_is_admin", None)
+    if cached is None:
+        cached = user.groups.filter(name=ADMINISTRATOR).exists()
+        user._pushdesk_is_admin = cached
+    return cached
+
+
+def granted_q(user: User, model: type[models.Model], *, field: str = "pk") -> Q:
+    """A condition on ``field`` (a key of ``model``) that holds for the objects granted to the user,
+    directly or through one of their groups. Two indexed subqueries on guardian's direct tables."""
+    codename = f"view_{model._meta.model_name}"
+    user_ids = get_user_obj_perms_model(model).objects.filter(user=user, permission__codename=codename)
+    group_ids = get_group_obj_perms_model(model).objects.filter(
+        group__in=user.groups.all(), permission__codename=codename
+    )
+    return Q(**{f"{field}__in": user_ids.values("content_object_id")}) | Q(
+        **{f"{field}__in": group_ids.values("content_object_id")}
+    )
+
+
+def visible_to(user: User, queryset: QuerySet, *, perm: str | None = None) -> QuerySet:
+    """Narrow ``queryset`` to the objects the user may see.
+
+    ``perm`` is the role permission needed (default: the model's view permission). The model's
+    ``access_scope_field`` (if it has one) names the foreign key to an App: access to that App
+    reaches the object too.
+    """
+    model = queryset.model
+    if user is None or not user.is_authenticated or not user.is_active:
+        return queryset.none()
+    if not user.has_perm(perm or access_perm(model)):
+        return queryset.none()
+    if has_every_scope(user):
+        return queryset
+    condition = granted_q(user, model)
+    scope_field = getattr(model, "access_scope_field", None)
+    if scope_field:
+        scope_model = model._meta.get_field(scope_field).related_model
+        condition |= granted_q(user, scope_model, field=f"{scope_field}_id")
+    return queryset.filter(condition)
+
+
+def can(user: User, perm: str, obj: models.Model) -> bool:
+    """True when the user's role grants ``perm`` and the object is within their access."""
+    return visible_to(user, type(obj)._default_manager.filter(pk=obj.pk), perm=perm).exists()
+
+
+def object_access_of(user: User) -> list[tuple[models.Model, str]]:
+    """What the user was granted, object by object: (object, "direct" or "group:<name>")."""
+    found: list[tuple[models.Model, str]] = []
+    for model in apps.get_models():
+        if not getattr(model, "has_object_access", False):
+            continue
+        codename = f"view_{model._meta.model_name}"
+        for row in (
+            get_user_obj_perms_model(model)
+            .objects.filter(user=user, permission__codename=codename)
+            .select_related("content_object")
+        ):
+            found.append((row.content_object, "direct"))
+        for row in (
+            get_group_obj_perms_model(model)
+            .objects.filter(group__in=user.groups.all(), permission__codename=codename)
+            .select_related("content_object", "group")
+        ):
+            found.append((row.content_object, f"group:{row.group.name}"))
+    return found
+
+
+def grants_on(obj: models.Model) -> list[User | Group]:
+    """The users and groups granted access to one object."""
+    codename = f"view_{obj._meta.model_name}"
+    users = [
+        row.user
+        for row in get_user_obj_perms_model(type(obj))
+        .objects.filter(content_object=obj, permission__codename=codename)
+        .select_related("user")
+    ]
+    groups = [
+        row.group
+        for row in get_group_obj_perms_model(type(obj))
+        .objects.filter(content_object=obj, permission__codename=codename)
+        .select_related("group")
+    ]
+    return [*users, *groups]
+
+
+def can_manage_api_keys_of(by: User, owner: User) -> bool:
+    return by.is_active and (by.pk == owner.pk or by.has_perm("accounts.manage_others_apikey"))
+
+
+def api_keys_visible_to(user: User) -> QuerySet[ApiKey]:
+    qs = ApiKey.objects.select_related("user")
+    if user.has_perm("accounts.manage_others_apikey"):
+        return qs
+    if user.has_perm("accounts.view_apikey"):
+        return qs.filter(user=user)
+    return qs.none()
+
+
+def audit_events_visible_to(user: User) -> QuerySet[AuditEvent]:
+    """Administrators read the whole log; everyone else reads the events of their own actions."""
+    if not user.has_perm("accounts.view_auditevent"):
+        return AuditEvent.objects.none()
+    if has_every_scope(user):
+        return AuditEvent.objects.all()
+    return AuditEvent.objects.filter(actor=user)

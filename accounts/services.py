@@ -1,0 +1,126 @@
+"""Every write of the accounts app: audit events, object access, API keys."""
+
+import secrets
+from datetime import datetime
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import models, transaction
+from django.utils import timezone
+from guardian.shortcuts import assign_perm, remove_perm
+
+from accounts.models import ApiKey, AuditEvent, User
+from accounts.selectors import access_perm, can_manage_api_keys_of
+
+
+def audit(
+    *, actor: User | None, action: str, obj: models.Model | None = None, summary: dict | None = None
+) -> AuditEvent:
+    """Append one audit event. ``summary`` must hold no secret: callers pass labels, not values."""
+    event = AuditEvent(
+        actor=actor if actor is not None and actor.pk else None,
+        actor_label=actor.get_username() if actor is not None and actor.pk else "system",
+        action=action,
+        summary=summary or {},
+    )
+    if obj is not None:
+        event.object_type = ContentType.objects.get_for_model(obj, for_concrete_model=False)
+        event.object_id = str(obj.pk)
+        event.object_label = str(obj)[:200]
+    event.save()
+    return event
+
+
+def _ensure_can_manage_access(by: User | None) -> None:
+    if by is not None and not by.has_perm("accounts.manage_object_access"):
+        raise PermissionDenied("Only an Administrator can grant or revoke object access.")
+
+
+def access_grant(*, obj: models.Model, to: User | Group, by: User | None) -> None:
+    """Give a user or a group access to one object (a segment, a campaign, an App scope...).
+
+    Access to an App reaches everything scoped to it (its campaigns and journeys). What the
+    grantee may *do* there still depends on their role. ``by=None`` is the system (e.g. the
+    creator's own grant). Raises PermissionDenied when ``by`` may not manage access.
+    """
+    _ensure_can_manage_access(by)
+    with transaction.atomic():
+        assign_perm(access_perm(type(obj)), to, obj)
+        audit(actor=by, action="access_granted", obj=obj, summary={"to": _principal_label(to)})
+
+
+def access_revoke(*, obj: models.Model, to: User | Group, by: User | None) -> None:
+    """Take back a user's or group's access to one object. Raises PermissionDenied like access_grant."""
+    _ensure_can_manage_access(by)
+    with transaction.atomic():
+        remove_perm(access_perm(type(obj)), to, obj)
+        audit(actor=by, action="access_revoked", obj=obj, summary={"from": _principal_label(to)})
+
+
+def _principal_label(principal: User | Group) -> str:
+    if isinstance(principal, Group):
+        return f"group:{principal.name}"
+    return f"user:{principal.get_username()}"
+
+
+def api_key_create(
+    *, user: User, name: str, scopes: list[str], by: User, expires_at: datetime | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key for ``user`` and return it with the raw key, which is never stored or shown again.
+
+    Raises PermissionDenied when ``by`` may not create keys for ``user``, ValidationError
+    on an unknown scope, no scope, or an expiry in the past.
+    """
+    if not can_manage_api_keys_of(by, user):
+        raise PermissionDenied("You may only create API keys for yourself.")
+    if not by.has_perm("accounts.add_apikey"):
+        raise PermissionDenied("Your role may not create API keys.")
+    valid = set(ApiKey.Scope.values)
+    unknown = sorted(set(scopes) - valid)
+    if unknown:
+        raise ValidationError({"scopes": f"Unknown scope(s): {', '.join(unknown)}; use {', '.join(sorted(valid))}."})
+    if not scopes:
+        raise ValidationError({"scopes": "Choose at least one scope."})
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": "The expiry must be in the future."})
+    prefix = secrets.token_hex(4)
+    raw_key = f"{settings.PUSHDESK_API_KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
+    with transaction.atomic():
+        key = ApiKey.objects.create(
+            user=user,
+            name=name,
+            prefix=prefix,
+            key_hash=ApiKey.hash_key(raw_key),
+            scopes=sorted(set(scopes)),
+            expires_at=expires_at,
+            created_by=by,
+        )
+        audit(actor=by, action="api_key_created", obj=key, summary={"user": user.get_username(), "scopes": key.scopes})
+    return key, raw_key
+
+
+def api_key_revoke(*, key_id: int, by: User) -> ApiKey:
+    """Revoke a key at once; later requests with it answer 401. Revoking twice is a no-op."""
+    with transaction.atomic():
+        key = ApiKey.objects.select_for_update().select_related("user").get(pk=key_id)
+        if not can_manage_api_keys_of(by, key.user) or not by.has_perm("accounts.change_apikey"):
+            raise PermissionDenied("You may only revoke your own API keys.")
+        if key.revoked_at is None:
+            key.revoked_at = timezone.now()
+            key.save(update_fields=["revoked_at"])
+            audit(actor=by, action="api_key_revoked", obj=key)
+    return key
+
+
+# Writing last_used_at on every request would make each API call a write; once a minute is enough.
+LAST_USED_RESOLUTION_SECONDS = 60
+
+
+def api_key_touch(*, key: ApiKey) -> None:
+    """Record that the key was used, at most once a minute."""
+    now = timezone.now()
+    if key.last_used_at is None or (now - key.last_used_at).total_seconds() >= LAST_USED_RESOLUTION_SECONDS:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now

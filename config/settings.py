@@ -1,0 +1,281 @@
+"""Pushdesk settings: one module, driven by environment variables.
+
+Two modes, chosen by ``PUSHDESK_MODE``:
+
+* ``embedded`` (the default): SQLite in WAL mode, django-q2's ORM broker, a generated
+  encryption key kept in ``var/``. What ``make run`` uses.
+* ``production``: every secret must come from the environment; start-up stops with one
+  line naming what to set when one is missing.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("PUSHDESK_VAR_DIR", BASE_DIR / "var"))
+
+
+def _refuse_start(message: str) -> None:
+    """Stop start-up with one clear line on stderr (no traceback)."""
+    sys.stderr.write(f"pushdesk: configuration error: {message}\n")
+    sys.exit(2)
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    _refuse_start(f"{name}={raw!r} is not a boolean; set it to 1 or 0.")
+    return default
+
+
+def _env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def _read_or_create_key(path: Path, make) -> str:
+    """Return the key stored at ``path``, creating it (mode 0600) on first use."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(make())
+    return path.read_text().strip()
+
+
+MODE = os.environ.get("PUSHDESK_MODE", "embedded").strip().lower()
+if MODE not in {"embedded", "production"}:
+    _refuse_start(f"PUSHDESK_MODE={MODE!r} is unknown; set it to 'embedded' or 'production'.")
+PRODUCTION = MODE == "production"
+
+DEBUG = _env_bool("DEBUG", default=not PRODUCTION)
+
+# --- secrets -----------------------------------------------------------------------------
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not SECRET_KEY:
+    if PRODUCTION:
+        _refuse_start("SECRET_KEY is not set; set it to a long random string (50+ characters).")
+    import secrets as _secrets
+
+    SECRET_KEY = _read_or_create_key(VAR_DIR / "secret.key", lambda: _secrets.token_urlsafe(50))
+
+# Comma-separated Fernet keys; the first encrypts, all decrypt (so keys can be rotated).
+PUSHDESK_ENCRYPTION_KEY = os.environ.get("PUSHDESK_ENCRYPTION_KEY", "")
+if not PUSHDESK_ENCRYPTION_KEY:
+    if PRODUCTION:
+        _refuse_start(
+            "PUSHDESK_ENCRYPTION_KEY is not set; set it to a Fernet key "
+            '(python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())").'
+        )
+    from cryptography.fernet import Fernet as _Fernet
+
+    PUSHDESK_ENCRYPTION_KEY = _read_or_create_key(VAR_DIR / "encryption.key", lambda: _Fernet.generate_key().decode())
+
+ALLOWED_HOSTS = _env_list("ALLOWED_HOSTS", [] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]"])
+if PRODUCTION and not ALLOWED_HOSTS:
+    _refuse_start("ALLOWED_HOSTS is not set; set it to the host names the site answers on, comma-separated.")
+CSRF_TRUSTED_ORIGINS = _env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# --- applications ------------------------------------------------------------------------
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "guardian",
+    "django_q",
+    "accounts",
+    "audiences",
+    "delivery",
+    "campaigns",
+    "journeys",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- database ----------------------------------------------------------------------------
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+if not DATABASE_URL:
+    if PRODUCTION:
+        _refuse_start("DATABASE_URL is not set; set it to postgres://USER:PASSWORD@HOST:5432/NAME.")
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASE_URL = f"sqlite:///{VAR_DIR / 'pushdesk.sqlite3'}"
+try:
+    _db = dj_database_url.parse(DATABASE_URL, conn_max_age=0 if DEBUG else 60)
+except Exception as exc:  # dj_database_url raises ValueError and friends with unhelpful text
+    _refuse_start(
+        f"DATABASE_URL is malformed ({exc.__class__.__name__}); set it to "
+        "postgres://USER:PASSWORD@HOST:5432/NAME or sqlite:///PATH."
+    )
+if not _db.get("ENGINE") or not _db.get("NAME"):
+    _refuse_start("DATABASE_URL is malformed; set it to postgres://USER:PASSWORD@HOST:5432/NAME or sqlite:///PATH.")
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    _db["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=20000;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+    _db["CONN_MAX_AGE"] = 0
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- redis, cache, task queue --------------------------------------------------------------
+REDIS_URL = os.environ.get("REDIS_URL", "")
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "pushdesk_cache"}}
+
+Q_CLUSTER = {
+    "name": os.environ.get("PUSHDESK_QUEUE_NAME", "pushdesk"),
+    "workers": int(os.environ.get("PUSHDESK_WORKERS", "2")),
+    # A task is killed after `timeout`; the broker re-presents an unacknowledged task after
+    # `retry`. retry > timeout so a slow task is never run twice by the queue itself.
+    "timeout": 300,
+    "retry": 420,
+    "max_attempts": 3,
+    "queue_limit": 8,
+    "catch_up": False,
+    "save_limit": 1000,
+    "ack_failures": True,
+    "cache": "default",
+    "label": "Task queue",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+    Q_CLUSTER["poll"] = 0.5
+if _env_bool("PUSHDESK_TASKS_SYNC", default=False):
+    Q_CLUSTER["sync"] = True
+
+# --- auth ----------------------------------------------------------------------------------
+AUTH_USER_MODEL = "accounts.User"
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+ANONYMOUS_USER_NAME = None  # no guardian anonymous user: anonymous requests get nothing
+GUARDIAN_RAISE_403 = False
+GUARDIAN_RENDER_403 = False
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "admin:login"
+
+# --- i18n, static ----------------------------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", VAR_DIR / "static"))
+MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", VAR_DIR / "media"))
+MEDIA_URL = "media/"
+
+# --- security ------------------------------------------------------------------------------
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_AGE = int(os.environ.get("SESSION_COOKIE_AGE", str(60 * 60 * 8)))
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if PRODUCTION:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = _env_bool("SECURE_SSL_REDIRECT", default=True)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", str(60 * 60 * 24 * 365)))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+
+# --- API -----------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["accounts.authentication.HasRequiredScope"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "accounts.api.api_exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 100,
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Pushdesk API",
+    "DESCRIPTION": "Profiles, devices, events, segments, campaigns, dispatches and journeys.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "APPEND_COMPONENTS": {"securitySchemes": {"ApiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "pdk_…"}}},
+    "SECURITY": [{"ApiKey": []}],
+}
+
+# --- logging -------------------------------------------------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# --- Pushdesk ------------------------------------------------------------------------------
+# Base URLs of the push providers: settings, so tests, benchmarks and the demo point the
+# real clients at the push simulator on loopback.
+PUSHDESK_APNS_PRODUCTION_URL = os.environ.get("PUSHDESK_APNS_PRODUCTION_URL", "https://api.push.apple.com")
+PUSHDESK_APNS_SANDBOX_URL = os.environ.get("PUSHDESK_APNS_SANDBOX_URL", "https://api.sandbox.push.apple.com")
+PUSHDESK_FCM_URL = os.environ.get("PUSHDESK_FCM_URL", "https://fcm.googleapis.com")
+PUSHDESK_CA_BUNDLE = os.environ.get("PUSHDESK_CA_BUNDLE", "")  # empty: the system's trust store
+PUSHDESK_API_KEY_PREFIX = "pdk"

@@ -1,0 +1,72 @@
+"""Test-wide set-up: PostgreSQL and Redis (the real servers), the named cast, API clients."""
+
+import os
+
+# Tests run on the real servers; these defaults point at the local ones. Set before Django loads.
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/pushdesk")
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
+os.environ.setdefault("PUSHDESK_TASKS_SYNC", "1")
+
+import pytest  # noqa: E402
+from rest_framework.test import APIClient  # noqa: E402
+
+from tests.factories import UserFactory  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+
+
+@pytest.fixture
+def admin_erin(db):
+    return UserFactory(username="admin_erin", role="Administrator")
+
+
+@pytest.fixture
+def approver_bob(db):
+    return UserFactory(username="approver_bob", role="Approver")
+
+
+@pytest.fixture
+def manager_alice(db):
+    return UserFactory(username="manager_alice", role="Manager")
+
+
+@pytest.fixture
+def manager_mallory(db):
+    return UserFactory(username="manager_mallory", role="Manager")
+
+
+@pytest.fixture
+def viewer_carol(db):
+    return UserFactory(username="viewer_carol", role="Viewer")
+
+
+@pytest.fixture
+def outsider_dave(db):
+    """Signed in to the admin, but with no role at all."""
+    return UserFactory(username="outsider_dave", role=None)
+
+
+@pytest.fixture
+def api_client():
+    return APIClient()
+
+
+@pytest.fixture
+def api_key_for(db):
+    """Make an API key for a user and return an APIClient that sends it."""
+    from accounts.services import api_key_create
+
+    def make(user, scopes=("read",), **kwargs):
+        _, raw = api_key_create(user=user, name="test", scopes=list(scopes), by=user, **kwargs)
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+        client.raw_key = raw
+        return client
+
+    return make
