@@ -3,6 +3,7 @@
 import re
 
 from django.conf import settings
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
@@ -77,3 +78,13 @@ class HasRequiredScope(BasePermission):
             self.code = "insufficient_scope"
             return False
         return True
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    """Describes API keys in the OpenAPI schema as an HTTP bearer scheme."""
+
+    target_class = ApiKeyAuthentication
+    name = "ApiKey"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "bearerFormat": "pdk_<prefix>_<secret>"}

@@ -150,8 +150,11 @@ except Exception as exc:  # dj_database_url raises ValueError and friends with u
         f"DATABASE_URL is malformed ({exc.__class__.__name__}); set it to "
         "postgres://USER:PASSWORD@HOST:5432/NAME or sqlite:///PATH."
     )
-if not _db.get("ENGINE") or not _db.get("NAME"):
-    _refuse_start("DATABASE_URL is malformed; set it to postgres://USER:PASSWORD@HOST:5432/NAME or sqlite:///PATH.")
+if _db.get("ENGINE") not in {"django.db.backends.postgresql", "django.db.backends.sqlite3"} or not _db.get("NAME"):
+    _refuse_start(
+        "DATABASE_URL must name a PostgreSQL or SQLite database; "
+        "set it to postgres://USER:PASSWORD@HOST:5432/NAME or sqlite:///PATH."
+    )
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["OPTIONS"] = {
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=20000;",
@@ -279,3 +282,14 @@ PUSHDESK_APNS_SANDBOX_URL = os.environ.get("PUSHDESK_APNS_SANDBOX_URL", "https:/
 PUSHDESK_FCM_URL = os.environ.get("PUSHDESK_FCM_URL", "https://fcm.googleapis.com")
 PUSHDESK_CA_BUNDLE = os.environ.get("PUSHDESK_CA_BUNDLE", "")  # empty: the system's trust store
 PUSHDESK_API_KEY_PREFIX = "pdk"
+
+# --- audiences -------------------------------------------------------------------------------
+# CSV imports: the largest file accepted, and rows written per batch (one transaction each).
+PUSHDESK_IMPORT_MAX_BYTES = int(os.environ.get("PUSHDESK_IMPORT_MAX_BYTES", str(1024**3)))
+PUSHDESK_IMPORT_BATCH_ROWS = int(os.environ.get("PUSHDESK_IMPORT_BATCH_ROWS", "20000"))
+# An import task hands over to a fresh task after this many seconds (below Q_CLUSTER's timeout).
+PUSHDESK_IMPORT_TASK_SECONDS = int(os.environ.get("PUSHDESK_IMPORT_TASK_SECONDS", "200"))
+# Bulk API calls: most profiles or events per call.
+AUDIENCES_BULK_MAX_ITEMS = 1000
+# Preview: how many sample profiles are shown with the count.
+AUDIENCES_PREVIEW_SAMPLE = 20

@@ -1,0 +1,117 @@
+import pytest
+from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied
+
+from accounts.models import AuditEvent
+from accounts.selectors import can, visible_to
+from accounts.services import access_grant, access_revoke
+from delivery.models import App
+from tests.factories import AppFactory
+
+
+@pytest.fixture
+def shop(db):
+    return AppFactory(name="Shop")
+
+
+@pytest.fixture
+def bank(db):
+    return AppFactory(name="Bank")
+
+
+def test_user_sees_only_the_apps_granted(manager_alice, shop, bank):
+    access_grant(obj=shop, to=manager_alice, by=None)
+    assert list(visible_to(manager_alice, App.objects.all())) == [shop]
+
+
+def test_access_through_a_group(viewer_carol, shop, bank):
+    team = Group.objects.create(name="Shop team")
+    viewer_carol.groups.add(team)
+    access_grant(obj=bank, to=team, by=None)
+    assert list(visible_to(viewer_carol, App.objects.all())) == [bank]
+
+
+def test_revoked_access_hides_again(admin_erin, manager_alice, shop):
+    access_grant(obj=shop, to=manager_alice, by=admin_erin)
+    access_revoke(obj=shop, to=manager_alice, by=admin_erin)
+    assert not visible_to(manager_alice, App.objects.all()).exists()
+    assert list(AuditEvent.objects.filter(object_id=str(shop.pk)).values_list("action", flat=True)) == [
+        "access_revoked",
+        "access_granted",
+    ]
+
+
+def test_administrator_sees_every_app(admin_erin, shop, bank):
+    assert set(visible_to(admin_erin, App.objects.all())) == {shop, bank}
+
+
+def test_user_without_a_role_sees_nothing_even_when_granted(outsider_dave, shop):
+    access_grant(obj=shop, to=outsider_dave, by=None)
+    assert not visible_to(outsider_dave, App.objects.all()).exists()
+
+
+def test_role_decides_what_access_decides_where(manager_alice, admin_erin, shop):
+    access_grant(obj=shop, to=manager_alice, by=None)
+    assert can(manager_alice, "delivery.view_app", shop)
+    assert not can(manager_alice, "delivery.change_app", shop)  # apps are Administrator-only
+    assert can(admin_erin, "delivery.change_app", shop)
+
+
+def test_only_administrators_manage_access(manager_alice, approver_bob, shop):
+    with pytest.raises(PermissionDenied):
+        access_grant(obj=shop, to=approver_bob, by=manager_alice)
+
+
+def test_visible_to_is_one_query(manager_alice, shop, bank, django_assert_num_queries):
+    access_grant(obj=shop, to=manager_alice, by=None)
+    manager_alice = type(manager_alice).objects.get(pk=manager_alice.pk)
+    manager_alice.has_perm("delivery.view_app")  # warm the role cache
+    manager_alice.groups.filter(name="Administrator").exists()
+    with django_assert_num_queries(2):  # the administrator check, then the filtered list
+        assert list(visible_to(manager_alice, App.objects.all())) == [shop]
+
+
+# --- through the admin ------------------------------------------------------------------
+
+
+def test_admin_list_hides_apps_outside_access_and_their_pages_answer_404(client, manager_alice, shop, bank):
+    access_grant(obj=shop, to=manager_alice, by=None)
+    client.force_login(manager_alice)
+    listing = client.get("/admin/delivery/app/")
+    assert listing.status_code == 200
+    assert b"Shop" in listing.content
+    assert b"Bank" not in listing.content
+    assert client.get(f"/admin/delivery/app/{shop.pk}/change/").status_code == 200
+    assert client.get(f"/admin/delivery/app/{bank.pk}/change/").status_code == 404
+    assert client.get(f"/admin/delivery/app/{bank.pk}/access/").status_code == 404
+    assert client.get(f"/admin/delivery/app/{bank.pk}/history/").status_code == 404
+
+
+def test_administrator_grants_and_revokes_access_in_the_admin(client, admin_erin, manager_alice, shop):
+    client.force_login(admin_erin)
+    page = client.get(f"/admin/delivery/app/{shop.pk}/access/")
+    assert page.status_code == 200
+    response = client.post(f"/admin/delivery/app/{shop.pk}/access/", {"user": manager_alice.pk})
+    assert response.status_code == 302
+    assert list(visible_to(manager_alice, App.objects.all())) == [shop]
+    client.post(f"/admin/delivery/app/{shop.pk}/access/", {"revoke": f"user:{manager_alice.pk}"})
+    assert not visible_to(manager_alice, App.objects.all()).exists()
+
+
+def test_manager_cannot_grant_access_through_a_forged_post(client, manager_alice, approver_bob, shop):
+    access_grant(obj=shop, to=manager_alice, by=None)
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/delivery/app/{shop.pk}/access/")
+    assert page.status_code == 200
+    assert b"Grant access" not in page.content
+    assert client.post(f"/admin/delivery/app/{shop.pk}/access/", {"user": approver_bob.pk}).status_code == 403
+    assert not visible_to(approver_bob, App.objects.all()).exists()
+
+
+def test_user_page_shows_roles_and_object_access(client, admin_erin, manager_alice, shop):
+    access_grant(obj=shop, to=manager_alice, by=None)
+    client.force_login(admin_erin)
+    page = client.get(f"/admin/accounts/user/{manager_alice.pk}/change/")
+    assert page.status_code == 200
+    assert b"submit for review" in page.content  # the Manager role's capabilities
+    assert b"Shop" in page.content

@@ -1,0 +1,78 @@
+import re
+
+from accounts.models import ApiKey, AuditEvent
+from tests.factories import TEST_PASSWORD
+
+
+def test_key_is_shown_once_on_creation_in_the_admin(client, manager_alice):
+    client.force_login(manager_alice)
+    response = client.post(
+        "/admin/accounts/apikey/add/",
+        {
+            "user": manager_alice.pk,
+            "name": "mobile backend",
+            "scopes": ["ingest", "read"],
+            "expires_at_0": "",
+            "expires_at_1": "",
+        },
+    )
+    assert response.status_code == 200, response.content[:2000]
+    raw = re.search(rb'id="new-api-key"[^>]*>([^<]+)<', response.content).group(1).decode()
+    key = ApiKey.objects.get(user=manager_alice)
+    assert key.matches(raw)
+    assert "no-store" in response["Cache-Control"]
+    # The key page never shows it again.
+    page = client.get(f"/admin/accounts/apikey/{key.pk}/change/")
+    assert page.status_code == 200
+    assert raw.encode() not in page.content
+    assert raw.encode() not in client.get("/admin/accounts/apikey/").content
+    assert AuditEvent.objects.filter(action="api_key_created", object_id=str(key.pk)).exists()
+    assert raw not in str(AuditEvent.objects.get(action="api_key_created").summary)
+
+
+def test_manager_sees_only_own_keys(client, manager_alice, manager_mallory, admin_erin):
+    from accounts.services import api_key_create
+
+    mine, _ = api_key_create(user=manager_alice, name="mine", scopes=["read"], by=manager_alice)
+    theirs, _ = api_key_create(user=manager_mallory, name="theirs", scopes=["read"], by=manager_mallory)
+    client.force_login(manager_alice)
+    listing = client.get("/admin/accounts/apikey/")
+    assert b"mine" in listing.content and b"theirs" not in listing.content
+    assert client.get(f"/admin/accounts/apikey/{theirs.pk}/change/").status_code == 404
+    client.force_login(admin_erin)
+    listing = client.get("/admin/accounts/apikey/")
+    assert b"mine" in listing.content and b"theirs" in listing.content
+
+
+def test_manager_cannot_create_a_key_for_someone_else_through_a_forged_post(client, manager_alice, manager_mallory):
+    client.force_login(manager_alice)
+    response = client.post(
+        "/admin/accounts/apikey/add/",
+        {"user": manager_mallory.pk, "name": "x", "scopes": ["read"], "expires_at_0": "", "expires_at_1": ""},
+    )
+    assert response.status_code == 200  # form redisplayed with an error: mallory is not a choice
+    assert b"Select a valid choice" in response.content
+    assert not ApiKey.objects.exists()
+
+
+def test_revoke_action_revokes(client, manager_alice):
+    from accounts.services import api_key_create
+
+    key, _ = api_key_create(user=manager_alice, name="mine", scopes=["read"], by=manager_alice)
+    client.force_login(manager_alice)
+    response = client.post(
+        "/admin/accounts/apikey/", {"action": "revoke_keys", "_selected_action": [key.pk]}, follow=True
+    )
+    assert response.status_code == 200
+    key.refresh_from_db()
+    assert key.is_revoked
+
+
+def test_viewer_has_no_api_key_pages(client, viewer_carol):
+    client.force_login(viewer_carol)
+    assert client.get("/admin/accounts/apikey/").status_code == 403
+    assert client.post("/admin/accounts/apikey/add/", {"name": "x", "scopes": ["read"]}).status_code == 403
+
+
+def test_admin_login_page_uses_password(client, manager_alice):
+    assert client.login(username="manager_alice", password=TEST_PASSWORD)

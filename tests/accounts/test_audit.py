@@ -1,0 +1,91 @@
+import pytest
+from django.core.exceptions import PermissionDenied
+from django.db import DatabaseError, connection, transaction
+
+from accounts.models import AuditEvent
+from accounts.services import audit
+from tests.factories import AppFactory, UserFactory
+
+
+@pytest.fixture
+def event(admin_erin):
+    return audit(actor=admin_erin, action="app_created", obj=AppFactory(name="Shop"), summary={"fields": ["name"]})
+
+
+def test_audit_event_records_actor_object_and_summary(event, admin_erin):
+    assert event.actor == admin_erin
+    assert event.actor_label == "admin_erin"
+    assert event.object_label == "Shop"
+    assert event.object_type.model == "app"
+
+
+def test_saving_an_existing_event_raises(event):
+    event.action = "something_else"
+    with pytest.raises(PermissionDenied):
+        event.save()
+
+
+def test_deleting_an_event_raises(event):
+    with pytest.raises(PermissionDenied):
+        event.delete()
+    with pytest.raises(PermissionDenied):
+        AuditEvent.objects.filter(pk=event.pk).delete()
+    with pytest.raises(PermissionDenied):
+        AuditEvent.objects.filter(pk=event.pk).update(action="x")
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+def test_database_refuses_updates_and_deletes_of_events(event):
+    for sql in (
+        "UPDATE accounts_auditevent SET action = 'x' WHERE id = %s",
+        "DELETE FROM accounts_auditevent WHERE id = %s",
+    ):
+        with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(sql, [event.pk])
+    assert AuditEvent.objects.get(pk=event.pk).action == "app_created"
+
+
+def test_deleting_the_actor_keeps_the_event(event, admin_erin):
+    admin_erin.delete()
+    kept = AuditEvent.objects.get(pk=event.pk)
+    assert kept.actor_label == "admin_erin"
+
+
+def test_superuser_is_offered_no_change_and_no_delete(client, event):
+    root = UserFactory(username="root", is_superuser=True)
+    client.force_login(root)
+    page = client.get(f"/admin/accounts/auditevent/{event.pk}/change/")
+    assert page.status_code == 200
+    assert b'name="_save"' not in page.content
+    assert b"deletelink" not in page.content
+    assert client.post(f"/admin/accounts/auditevent/{event.pk}/change/", {"action": "forged"}).status_code == 403
+    assert client.post(f"/admin/accounts/auditevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert client.get("/admin/accounts/auditevent/add/").status_code == 403
+    listing = client.get("/admin/accounts/auditevent/")
+    assert b"delete_selected" not in listing.content
+    assert AuditEvent.objects.get(pk=event.pk).action == "app_created"
+
+
+def test_event_list_filters_by_actor_type_action_and_date(client, admin_erin, event):
+    audit(actor=None, action="user_created", obj=admin_erin)
+    client.force_login(admin_erin)
+    response = client.get("/admin/accounts/auditevent/", {"action": "app_created"})
+    assert response.status_code == 200
+    assert b"Shop" in response.content
+    table = response.content.split(b'id="result_list"')[1].split(b"</table>")[0]
+    assert b"Shop" in table
+    assert b"user_created" not in table
+    for params in (
+        {"actor__id__exact": admin_erin.pk},
+        {"object_type__id__exact": event.object_type_id},
+        {"created_at__year": event.created_at.year},
+    ):
+        assert client.get("/admin/accounts/auditevent/", params).status_code == 200
+
+
+def test_non_administrators_read_only_their_own_actions(client, manager_alice, admin_erin, event):
+    audit(actor=manager_alice, action="segment_created")
+    client.force_login(manager_alice)
+    listing = client.get("/admin/accounts/auditevent/").content
+    assert b"segment_created" in listing
+    assert b"app_created" not in listing

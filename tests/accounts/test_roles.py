@@ -1,0 +1,145 @@
+"""Each role's permissions, as the roles table says, checked through the admin's HTTP endpoints."""
+
+import pytest
+
+from accounts.models import User
+from accounts.roles import ROLES, role_permissions
+from delivery.models import App
+from tests.factories import AppFactory
+
+ROLE_USERS = {
+    "Administrator": "admin_erin",
+    "Approver": "approver_bob",
+    "Manager": "manager_alice",
+    "Viewer": "viewer_carol",
+}
+
+
+@pytest.fixture
+def as_role(request, client):
+    def login(role):
+        user = request.getfixturevalue(ROLE_USERS[role])
+        client.force_login(user)
+        return user
+
+    return login
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_role_reaches_the_admin(client, as_role, role):
+    as_role(role)
+    assert client.get("/admin/").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("role", "allowed"), [("Administrator", True), ("Approver", False), ("Manager", False), ("Viewer", False)]
+)
+def test_only_administrators_create_apps(client, as_role, role, allowed):
+    as_role(role)
+    response = client.post("/admin/delivery/app/add/", {"name": "New app", "rate_limit_per_second": 100})
+    assert (response.status_code == 302) is allowed
+    if not allowed:
+        assert response.status_code == 403
+    assert App.objects.filter(name="New app").exists() is allowed
+
+
+@pytest.mark.parametrize(
+    ("role", "allowed"), [("Administrator", True), ("Approver", False), ("Manager", False), ("Viewer", False)]
+)
+def test_only_administrators_change_and_delete_apps(client, as_role, role, allowed):
+    from accounts.services import access_grant
+
+    user = as_role(role)
+    app = AppFactory(name="Shop")
+    access_grant(obj=app, to=user, by=None)
+    change = client.post(f"/admin/delivery/app/{app.pk}/change/", {"name": "Renamed", "rate_limit_per_second": 5})
+    assert (change.status_code == 302) is allowed
+    assert App.objects.filter(name="Renamed").exists() is allowed
+    delete = client.post(f"/admin/delivery/app/{app.pk}/delete/", {"post": "yes"})
+    assert (delete.status_code == 302) is allowed
+    if not allowed:
+        assert change.status_code == 403 and delete.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("role", "allowed"), [("Administrator", True), ("Approver", False), ("Manager", False), ("Viewer", False)]
+)
+def test_only_administrators_manage_users_and_roles(client, as_role, role, allowed):
+    as_role(role)
+    response = client.post(
+        "/admin/accounts/user/add/",
+        {
+            "username": "newbie",
+            "password1": "a-long-pass-phrase-1",
+            "password2": "a-long-pass-phrase-1",
+            "usable_password": "true",
+        },
+    )
+    assert User.objects.filter(username="newbie").exists() is allowed
+    assert (client.get("/admin/auth/group/").status_code == 200) is allowed
+    if not allowed:
+        assert response.status_code == 403
+
+
+def test_administrator_cannot_make_a_superuser(client, admin_erin, viewer_carol):
+    client.force_login(admin_erin)
+    page = client.get(f"/admin/accounts/user/{viewer_carol.pk}/change/")
+    assert b'name="is_superuser"' not in page.content
+
+
+def test_role_permissions_are_read_only_in_the_admin(client, admin_erin):
+    from django.contrib.auth.models import Group
+
+    client.force_login(admin_erin)
+    viewer = Group.objects.get(name="Viewer")
+    before = set(viewer.permissions.values_list("pk", flat=True))
+    client.post(f"/admin/auth/group/{viewer.pk}/change/", {"name": "Viewer", "permissions": []})
+    assert set(viewer.permissions.values_list("pk", flat=True)) == before
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_groups_hold_exactly_the_table(db, role):
+    from django.contrib.auth.models import Group
+
+    group = Group.objects.get(name=role)
+    held = {f"{p.content_type.app_label}.{p.codename}" for p in group.permissions.select_related("content_type")}
+    existing = {p for p in role_permissions(role) if _exists(p)}
+    assert held == existing
+
+
+def _exists(dotted):
+    from django.contrib.auth.models import Permission
+
+    app_label, codename = dotted.split(".")
+    return Permission.objects.filter(content_type__app_label=app_label, codename=codename).exists()
+
+
+@pytest.mark.parametrize(
+    ("capability", "roles"),
+    [
+        ("view", {"Administrator", "Approver", "Manager", "Viewer"}),
+        ("author", {"Administrator", "Approver", "Manager"}),
+        ("submit", {"Administrator", "Approver", "Manager"}),
+        ("approve", {"Administrator", "Approver"}),
+        ("operate", {"Administrator", "Approver", "Manager"}),
+        ("administer", {"Administrator"}),
+    ],
+)
+def test_roles_table_matches_the_specification(capability, roles):
+    from accounts.roles import CAPABILITIES
+
+    assert set(CAPABILITIES[capability]["roles"]) == roles
+
+
+def test_viewer_changes_nothing_anywhere_in_the_admin(client, as_role):
+    """Every admin page a Viewer reaches is read-only: no add links, no save buttons."""
+    user = as_role("Viewer")
+    from accounts.services import access_grant
+
+    app = AppFactory(name="Shop")
+    access_grant(obj=app, to=user, by=None)
+    index = client.get("/admin/")
+    assert b"addlink" not in index.content
+    page = client.get(f"/admin/delivery/app/{app.pk}/change/")
+    assert page.status_code == 200
+    assert b'name="_save"' not in page.content

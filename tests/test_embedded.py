@@ -1,0 +1,84 @@
+"""`make run`'s set-up on SQLite in a temporary folder: migrate, demo data, the admin answers."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def embedded_env(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PUSHDESK_", "DATABASE_URL", "REDIS_URL", "SECRET_KEY"))}
+    env["PUSHDESK_VAR_DIR"] = str(tmp_path)
+    return env
+
+
+def _manage(args, env, **kwargs):
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, **kwargs)
+
+
+def test_embedded_setup_brings_up_the_admin_with_demo_users(embedded_env, tmp_path):
+    migrate = _manage(["migrate", "--noinput"], embedded_env, timeout=300)
+    assert migrate.returncode == 0, migrate.stderr
+    assert (tmp_path / "pushdesk.sqlite3").exists()
+    journal = subprocess.run(
+        [sys.executable, "-c", f"import sqlite3; print(sqlite3.connect('{tmp_path / 'pushdesk.sqlite3'}').execute('pragma journal_mode').fetchone()[0])"],
+        capture_output=True,
+        text=True,
+    )
+    assert journal.stdout.strip() == "wal"
+
+    demo = _manage(["demo_setup"], embedded_env, timeout=300)
+    assert demo.returncode == 0, demo.stderr
+    passwords = dict(re.findall(r"^\s+\w+\s+(\w+)\s+(\S+)$", demo.stdout, re.MULTILINE))
+    assert set(passwords) >= {"admin", "approver", "manager", "viewer"}, demo.stdout
+
+    again = _manage(["demo_setup"], embedded_env, timeout=300)
+    assert again.returncode == 0
+    assert passwords["manager"] not in again.stdout  # printed once only
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        env=embedded_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, follow_redirects=False, timeout=10) as http:
+            for _ in range(100):
+                try:
+                    login_page = http.get("/admin/login/")
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            assert login_page.status_code == 200
+            token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', login_page.text).group(1)
+            response = http.post(
+                "/admin/login/?next=/admin/",
+                data={"username": "manager", "password": passwords["manager"], "csrfmiddlewaretoken": token},
+                headers={"Referer": f"{base}/admin/login/"},
+            )
+            assert response.status_code == 302, response.text[:500]
+            index = http.get("/admin/")
+            assert index.status_code == 200
+            assert "Pushdesk" in index.text
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
