@@ -12,3 +12,15 @@ class AccountsConfig(AppConfig):
         # Permissions of later apps exist only after their migrations ran, so role
         # permissions are (re)applied after every migrate, from the one table in roles.py.
         post_migrate.connect(roles_sync_after_migrate, dispatch_uid="accounts.roles_sync")
+        post_migrate.connect(_create_cache_table, dispatch_uid="accounts.cache_table")
+
+
+def _create_cache_table(sender, using="default", **kwargs) -> None:
+    """The embedded mode caches in the database (django-q2's monitor needs a shared cache)."""
+    from django.conf import settings
+    from django.core.management import call_command
+
+    if sender.name != "accounts":
+        return
+    if any(c["BACKEND"].endswith("DatabaseCache") for c in settings.CACHES.values()):
+        call_command("createcachetable", database=using, verbosity=0)

@@ -22,13 +22,19 @@ def _free_port() -> int:
 
 @pytest.fixture
 def embedded_env(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PUSHDESK_", "DATABASE_URL", "REDIS_URL", "SECRET_KEY"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PUSHDESK_", "DATABASE_URL", "REDIS_URL", "SECRET_KEY"))
+    }
     env["PUSHDESK_VAR_DIR"] = str(tmp_path)
     return env
 
 
 def _manage(args, env, **kwargs):
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, **kwargs)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, **kwargs
+    )
 
 
 def test_embedded_setup_brings_up_the_admin_with_demo_users(embedded_env, tmp_path):
@@ -36,7 +42,11 @@ def test_embedded_setup_brings_up_the_admin_with_demo_users(embedded_env, tmp_pa
     assert migrate.returncode == 0, migrate.stderr
     assert (tmp_path / "pushdesk.sqlite3").exists()
     journal = subprocess.run(
-        [sys.executable, "-c", f"import sqlite3; print(sqlite3.connect('{tmp_path / 'pushdesk.sqlite3'}').execute('pragma journal_mode').fetchone()[0])"],
+        [
+            sys.executable,
+            "-c",
+            f"import sqlite3; print(sqlite3.connect('{tmp_path / 'pushdesk.sqlite3'}').execute('pragma journal_mode').fetchone()[0])",
+        ],
         capture_output=True,
         text=True,
     )
@@ -50,6 +60,41 @@ def test_embedded_setup_brings_up_the_admin_with_demo_users(embedded_env, tmp_pa
     again = _manage(["demo_setup"], embedded_env, timeout=300)
     assert again.returncode == 0
     assert passwords["manager"] not in again.stdout  # printed once only
+
+    # The worker takes tasks from django-q2's ORM broker.
+    enqueue = _manage(
+        ["shell", "-c", "from django_q.tasks import async_task; print(async_task('math.copysign', 2, -1))"],
+        embedded_env,
+        timeout=60,
+    )
+    assert enqueue.returncode == 0, enqueue.stderr
+    task_id = enqueue.stdout.strip().splitlines()[-1]
+    worker = subprocess.Popen(
+        [sys.executable, "manage.py", "qcluster"],
+        cwd=ROOT,
+        env=embedded_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        outcome = ""
+        while time.monotonic() < deadline:
+            check = _manage(
+                ["shell", "-c", f"from django_q.tasks import result; print(result('{task_id}'))"],
+                embedded_env,
+                timeout=60,
+            )
+            outcome = check.stdout.strip().splitlines()[-1] if check.stdout.strip() else ""
+            if outcome == "-2.0":
+                break
+            time.sleep(0.5)
+        assert outcome == "-2.0", check.stderr
+    finally:
+        worker.terminate()
+        output, _ = worker.communicate(timeout=30)
+    assert "ERROR" not in output, output
 
     port = _free_port()
     server = subprocess.Popen(
