@@ -1,0 +1,402 @@
+"""The simulator's FCM HTTP v1: the OAuth token endpoint and messages:send (push-protocols.md §2.8).
+
+Error bodies are the ``google.rpc.Status`` JSON FCM sends, with the ``FcmError``,
+``BadRequest``, ``ErrorInfo``, ``QuotaFailure`` and ``ApnsError`` details captured from the
+live service.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import time
+from urllib.parse import parse_qs
+
+import jwt
+
+from delivery.pushsim.state import Answer, Exchange, Received, SimState
+
+GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"  # noqa: S105 (a URL)
+SCOPES = ("https://www.googleapis.com/auth/firebase.messaging", "https://www.googleapis.com/auth/cloud-platform")
+_SEND_PATH = re.compile(r"^/v1/projects/([^/]+)/messages:send$")
+_FCM_TOKEN = re.compile(r"^[A-Za-z0-9_:\-]{20,4096}$")
+_TOPIC = re.compile(r"^[a-zA-Z0-9\-_.~%]+$")
+_DURATION = re.compile(r"^\d+(\.\d{1,9})?s$")
+_AUTH_HELP = (
+    "Expected OAuth 2 access token, login cookie or other valid authentication credential. "
+    "See https://developers.google.com/identity/sign-in/web/devconsole-project."
+)
+_SEND_METHOD = {"method": "google.firebase.fcm.v1.FcmService.SendMessage", "service": "fcm.googleapis.com"}
+_ids = itertools.count(1_717_673_451_795_380)
+
+
+def _names(*names: str) -> set[str]:
+    """Each field name in snake_case and lowerCamelCase (proto3 JSON accepts both)."""
+    out = set()
+    for name in names:
+        out.add(name)
+        head, *rest = name.split("_")
+        out.add(head + "".join(p.capitalize() for p in rest))
+    return out
+
+
+# The fields FCM knows, per object path; an unknown one answers "Unknown name".
+FIELDS: dict[str, set[str]] = {
+    "": _names("message", "validate_only"),
+    "message": _names(
+        "name",
+        "token",
+        "topic",
+        "condition",
+        "fid",
+        "data",
+        "notification",
+        "android",
+        "apns",
+        "webpush",
+        "fcm_options",
+    ),
+    "message.notification": _names("title", "body", "image"),
+    "message.android": _names(
+        "collapse_key",
+        "priority",
+        "ttl",
+        "restricted_package_name",
+        "data",
+        "notification",
+        "fcm_options",
+        "direct_boot_ok",
+        "bandwidth_constrained_ok",
+        "restricted_satellite_ok",
+    ),
+    "message.android.notification": _names(
+        "title",
+        "body",
+        "icon",
+        "color",
+        "sound",
+        "tag",
+        "click_action",
+        "body_loc_key",
+        "body_loc_args",
+        "title_loc_key",
+        "title_loc_args",
+        "channel_id",
+        "ticker",
+        "sticky",
+        "event_time",
+        "local_only",
+        "notification_priority",
+        "default_sound",
+        "default_vibrate_timings",
+        "default_light_settings",
+        "vibrate_timings",
+        "visibility",
+        "notification_count",
+        "light_settings",
+        "image",
+        "proxy",
+    ),
+    "message.apns": _names("headers", "payload", "fcm_options", "live_activity_token"),
+    "message.webpush": _names("headers", "data", "notification", "fcm_options"),
+    "message.fcm_options": _names("analytics_label"),
+    "message.android.fcm_options": _names("analytics_label"),
+    "message.apns.fcm_options": _names("analytics_label", "image"),
+}
+_CAMEL_TO_SNAKE = {
+    "fcmOptions": "fcm_options",
+    "validateOnly": "validate_only",
+}
+
+
+def _error(code: int, status: str, message: str, *details: dict, retry_after: int = 0) -> Answer:
+    error: dict = {"code": code, "message": message, "status": status}
+    if details:
+        error["details"] = list(details)
+    headers = [("content-type", "application/json; charset=UTF-8")]
+    if retry_after:
+        headers.append(("retry-after", str(retry_after)))
+    return Answer(code, headers, json.dumps({"error": error}, separators=(",", ":")).encode())
+
+
+def _fcm_error(code: str) -> dict:
+    return {"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code}
+
+
+def _bad_request(field: str, description: str) -> dict:
+    return {
+        "@type": "type.googleapis.com/google.rpc.BadRequest",
+        "fieldViolations": [{"field": field, "description": description}],
+    }
+
+
+def _invalid(message: str, field: str = "message", *, fcm: bool = True) -> Answer:
+    details = [_bad_request(field, message)]
+    if fcm:
+        details.append(_fcm_error("INVALID_ARGUMENT"))
+    return _error(400, "INVALID_ARGUMENT", message, *details)
+
+
+def _oauth_error(description: str, error: str = "invalid_grant") -> Answer:
+    body = json.dumps({"error": error, "error_description": description}).encode()
+    return Answer(400, [("content-type", "application/json")], body)
+
+
+def handle_token(state: SimState, ex: Exchange) -> Answer:
+    """The OAuth2 token endpoint: verify a service account's signed JWT assertion, issue an access token."""
+    if ex.method != "POST":
+        return _oauth_error("Only POST is supported.", "invalid_request")
+    form = parse_qs(ex.body.decode("utf-8", "replace"))
+    if form.get("grant_type", [""])[0] != "urn:ietf:params:oauth:grant-type:jwt-bearer":
+        return _oauth_error("Invalid grant_type.", "unsupported_grant_type")
+    assertion = form.get("assertion", [""])[0]
+    try:
+        unverified = jwt.decode(assertion, options={"verify_signature": False})
+        header = jwt.get_unverified_header(assertion)
+    except jwt.PyJWTError:
+        return _oauth_error("Invalid JWT: the assertion is not a JWT.")
+    account = state.account(str(unverified.get("iss", "")))
+    if account is None:
+        return _oauth_error("Invalid JWT Signature.")
+    if header.get("alg") != "RS256" or header.get("kid") not in (None, account.private_key_id):
+        return _oauth_error("Invalid JWT Signature.")
+    try:
+        claims = jwt.decode(
+            assertion,
+            account.public_key,
+            algorithms=["RS256"],
+            audience=[GOOGLE_TOKEN_AUDIENCE],
+            options={"require": ["iat", "exp", "iss", "aud"]},
+            leeway=30,
+        )
+    except jwt.InvalidAudienceError:
+        return _oauth_error("Invalid JWT: Invalid audience.")
+    except jwt.InvalidSignatureError:
+        return _oauth_error("Invalid JWT Signature.")
+    except jwt.PyJWTError:
+        return _oauth_error(
+            "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. "
+            "Check your iat and exp values in the JWT claim."
+        )
+    if claims["exp"] - claims["iat"] > 3600:
+        return _oauth_error(
+            "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. "
+            "Check your iat and exp values in the JWT claim."
+        )
+    scopes = str(claims.get("scope", "")).split()
+    if not any(s in SCOPES for s in scopes):
+        return _oauth_error("Invalid OAuth scope or ID token audience provided.", "invalid_scope")
+    token = state.issue_access_token(account.project_id)
+    body = json.dumps({"access_token": token, "expires_in": 3599, "token_type": "Bearer"}).encode()
+    return Answer(200, [("content-type", "application/json")], body)
+
+
+def _check_fields(obj: dict, path: str) -> Answer | None:
+    allowed = FIELDS.get(path)
+    if allowed is None:
+        return None  # free-form maps (data, headers, payload, light_settings)
+    for name, value in obj.items():
+        if name not in allowed:
+            where = path.rsplit(".", 1)[-1] if path else ""
+            message = f"Invalid JSON payload received. Unknown name \"{name}\" at '{where}': Cannot find field."
+            return _invalid(message, path or "message", fcm=False)
+        if isinstance(value, dict):
+            child = _CAMEL_TO_SNAKE.get(name) or re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), name)
+            found = _check_fields(value, f"{path}.{child}" if path else child)
+            if found is not None:
+                return found
+    return None
+
+
+def _get(obj: dict, name: str):
+    if name in obj:
+        return obj[name]
+    head, *rest = name.split("_")
+    return obj.get(head + "".join(p.capitalize() for p in rest))
+
+
+def _check_data(data, field: str) -> Answer | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        return _invalid(f"Invalid value at '{field}'", field, fcm=False)
+    for i, (key, value) in enumerate(data.items()):
+        if not isinstance(value, str):
+            message = f"Invalid value at '{field}[{i}].value' (TYPE_STRING), {json.dumps(value)}"
+            return _invalid(message, f"{field}[{i}].value", fcm=False)
+        if key in ("from", "message_type") or key.startswith(("google", "gcm")):
+            return _invalid(f"Invalid data key: {key} is a reserved word.", f"{field}[{i}].key")
+    return None
+
+
+def handle_send(state: SimState, ex: Exchange) -> Answer:
+    """messages:send: authenticate, validate the message, look the target up, deliver (or not)."""
+    match = _SEND_PATH.match(ex.path)
+    if ex.method != "POST" or match is None:
+        return _error(404, "NOT_FOUND", "The requested URL was not found on this server.")
+    project_id = match.group(1)
+
+    authorization = ex.header("authorization") or ""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return _error(
+            401,
+            "UNAUTHENTICATED",
+            f"Request is missing required authentication credential. {_AUTH_HELP}",
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "CREDENTIALS_MISSING",
+                "domain": "googleapis.com",
+                "metadata": _SEND_METHOD,
+            },
+        )
+    with state.lock:
+        grant = state.access_tokens.get(token.strip())
+    if grant is None:
+        return _error(401, "UNAUTHENTICATED", f"Request had invalid authentication credentials. {_AUTH_HELP}")
+    granted_project, expires_at = grant
+    if time.time() >= expires_at:
+        return _error(
+            401,
+            "UNAUTHENTICATED",
+            f"Request had invalid authentication credentials. {_AUTH_HELP}",
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "ACCESS_TOKEN_EXPIRED",
+                "domain": "googleapis.com",
+                "metadata": _SEND_METHOD,
+            },
+        )
+    if granted_project != project_id:
+        return _error(403, "PERMISSION_DENIED", "The caller does not have permission")
+
+    try:
+        request = json.loads(ex.body)
+    except ValueError:
+        return _invalid("Invalid JSON payload received. Unexpected token.", "", fcm=False)
+    if not isinstance(request, dict):
+        return _invalid("Invalid JSON payload received. Expected an object.", "", fcm=False)
+    rejected = _check_fields(request, "")
+    if rejected is not None:
+        return rejected
+    message = request.get("message")
+    validate_only = bool(_get(request, "validate_only"))
+    if not isinstance(message, dict):
+        return _invalid("Recipient of the message is not set.")
+    targets = [t for t in ("token", "topic", "condition", "fid") if message.get(t)]
+    if not targets:
+        return _invalid("Recipient of the message is not set.")
+    if len(targets) > 1:
+        return _invalid(
+            f"Invalid value at 'message' (oneof), oneof field 'target' is already set. Cannot set '{targets[1]}'",
+            fcm=False,
+        )
+    android = message.get("android") or {}
+    for data, field in ((message.get("data"), "message.data"), (android.get("data"), "message.android.data")):
+        rejected = _check_data(data, field)
+        if rejected is not None:
+            return rejected
+    ttl = android.get("ttl")
+    if ttl is not None:
+        if not isinstance(ttl, str) or not _DURATION.match(ttl) or float(ttl[:-1]) > 2_419_200:
+            return _invalid(
+                f"Invalid value at 'message.android.ttl' (type.googleapis.com/google.protobuf.Duration), {json.dumps(ttl)}",
+                "message.android.ttl",
+                fcm=False,
+            )
+    priority = android.get("priority")
+    if priority is not None and str(priority).lower() not in ("normal", "high"):
+        return _invalid(
+            f"Invalid value at 'message.android.priority' (type.googleapis.com/google.firebase.fcm.v1.AndroidConfig.AndroidMessagePriority), {json.dumps(priority)}",
+            "message.android.priority",
+            fcm=False,
+        )
+    topic = message.get("topic")
+    if topic is not None and not _TOPIC.match(str(topic)):
+        return _invalid("Invalid topic name.", "message.topic")
+    size = len(json.dumps(message.get("data") or {})) + len(json.dumps(message.get("notification") or {}))
+    size_limit = 4096 if "token" in targets or "fid" in targets else 2048
+    if size > size_limit:
+        return _invalid("Message is too big.", "message")
+
+    registration = message.get("token")
+    if registration is not None:
+        forced = state.random_fault() or state.take_forced_failure(registration)
+        if forced:
+            return _fault(state, forced)
+        if not isinstance(registration, str) or not _FCM_TOKEN.match(registration):
+            return _invalid("The registration token is not a valid FCM registration token")
+        device = state.device(registration)
+        if device is None:
+            if state.faults.strict_tokens:
+                return _invalid("The registration token is not a valid FCM registration token")
+            if state.is_dead_by_rate(registration):
+                return _error(404, "NOT_FOUND", "Requested entity was not found.", _fcm_error("UNREGISTERED"))
+        else:
+            if device.state in ("unregistered", "expired"):
+                return _error(404, "NOT_FOUND", "Requested entity was not found.", _fcm_error("UNREGISTERED"))
+            if device.state == "other_sender" or (device.project_id and device.project_id != project_id):
+                return _error(403, "PERMISSION_DENIED", "SenderId mismatch", _fcm_error("SENDER_ID_MISMATCH"))
+            if device.state == "third_party_auth_error":
+                return _error(
+                    401,
+                    "UNAUTHENTICATED",
+                    "Auth error from APNS or Web Push Service",
+                    _fcm_error("THIRD_PARTY_AUTH_ERROR"),
+                    {
+                        "@type": "type.googleapis.com/google.firebase.fcm.v1.ApnsError",
+                        "statusCode": 403,
+                        "reason": "InvalidProviderToken",
+                    },
+                )
+    else:
+        forced = state.random_fault()
+        if forced:
+            return _fault(state, forced)
+
+    ok = [("content-type", "application/json; charset=UTF-8")]
+    if validate_only:
+        return Answer(200, ok, json.dumps({"name": f"projects/{project_id}/messages/fake_message_id"}).encode())
+    notification = message.get("notification") or {}
+    android_notification = android.get("notification") or {}
+    state.record(
+        Received(
+            id=0,
+            platform="android",
+            token=registration or f"/topics/{topic or message.get('condition')}",
+            received_at=state.now(),
+            title=str(android_notification.get("title") or notification.get("title") or ""),
+            body=str(android_notification.get("body") or notification.get("body") or ""),
+            app=project_id,
+            push_type="data" if not (notification or android_notification) else "notification",
+            payload=message,
+        )
+    )
+    name = f"projects/{project_id}/messages/{next(_ids)}"
+    return Answer(200, ok, json.dumps({"name": name}).encode())
+
+
+def _fault(state: SimState, status: int) -> Answer:
+    retry_after = state.faults.retry_after
+    if status == 429:
+        return _error(
+            429,
+            "RESOURCE_EXHAUSTED",
+            "Quota exceeded for quota metric 'Send messages' of service 'fcm.googleapis.com'.",
+            _fcm_error("QUOTA_EXCEEDED"),
+            {
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [{"subject": "project", "description": "Message rate exceeded."}],
+            },
+            retry_after=retry_after,
+        )
+    if status == 503:
+        return _error(
+            503,
+            "UNAVAILABLE",
+            "The service is currently unavailable.",
+            _fcm_error("UNAVAILABLE"),
+            retry_after=retry_after,
+        )
+    return _error(500, "INTERNAL", "Internal error encountered.", _fcm_error("INTERNAL"))

@@ -1,0 +1,317 @@
+"""What the push simulator knows and remembers: keys, accounts, device tokens, faults, deliveries.
+
+Every method takes the state's lock: the server thread and the test (or control endpoint)
+read and change it concurrently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+
+ENVIRONMENTS = ("production", "sandbox")
+TOKEN_STATES = ("active", "unregistered", "expired", "other_sender", "third_party_auth_error")
+
+
+@dataclass
+class Faults:
+    """Faults the simulator injects; rates are fractions (0.0–1.0) of provider requests."""
+
+    rate_429: float = 0.0
+    rate_500: float = 0.0
+    rate_503: float = 0.0
+    retry_after: int = 1  # seconds, sent as Retry-After on injected 429 and 503
+    latency_ms: float = 0.0
+    goaway_after_streams: int = 0  # 0: never; N: GOAWAY (last stream = the Nth) when the N+1th arrives
+    drop_after_streams: int = 0  # 0: never; N: close the connection, unanswered, when the N+1th arrives
+    dead_rate: float = 0.0  # fraction of unknown tokens that answer "unregistered"
+    strict_tokens: bool = False  # unknown tokens answer BadDeviceToken / invalid registration token
+
+    def update(self, values: dict[str, Any]) -> None:
+        for name, value in values.items():
+            if not hasattr(self, name):
+                raise ValueError(f"unknown fault {name!r}")
+            current = getattr(self, name)
+            setattr(self, name, type(current)(value))
+
+
+@dataclass
+class ApnsKey:
+    key_id: str
+    team_id: str
+    public_key: Any
+    topics: frozenset[str]  # bundle ids this key may push to
+    environments: frozenset[str] = frozenset(ENVIRONMENTS)
+
+
+@dataclass
+class ServiceAccount:
+    client_email: str
+    private_key_id: str
+    project_id: str
+    public_key: Any
+
+
+@dataclass
+class Device:
+    token: str
+    platform: str  # "ios" or "android"
+    state: str = "active"
+    environment: str = ""  # ios: "production" / "sandbox"; "" = any
+    topic: str = ""  # ios: the bundle id it belongs to; "" = any
+    project_id: str = ""  # android: the FCM project it belongs to; "" = any
+    invalidated_at_ms: int = 0
+
+
+@dataclass
+class Received:
+    id: int
+    platform: str
+    token: str
+    received_at: float
+    title: str = ""
+    subtitle: str = ""
+    body: str = ""
+    app: str = ""  # bundle id or FCM project
+    push_type: str = ""
+    payload: dict = field(default_factory=dict)
+
+
+class SimState:
+    """The simulator's world; safe to use from several threads."""
+
+    def __init__(self, *, seed: int | None = None, keep_received: int = 500):
+        self.lock = threading.RLock()
+        self.faults = Faults()
+        self.clock_offset = 0.0
+        self.apns_keys: dict[str, ApnsKey] = {}
+        self.accounts: dict[str, ServiceAccount] = {}  # by client_email
+        self.devices: dict[str, Device] = {}
+        self.access_tokens: dict[str, tuple[str, float]] = {}  # token -> (project_id, expires_at)
+        self.counts: Counter[str] = Counter()
+        self.received: deque[Received] = deque(maxlen=keep_received)
+        self.token_grants = 0
+        self.requests = Counter()  # status -> count
+        self.fail_next: dict[str, list[int]] = {}  # device token -> statuses to answer, in order
+        self.random = random.Random(seed)
+        self._ids = itertools.count(1)
+        self.trust_file_loader = None  # set by the command: reloads public keys on an unknown id
+
+    # --- clock -------------------------------------------------------------------------------
+    def now(self) -> float:
+        return time.time() + self.clock_offset
+
+    def advance_clock(self, seconds: float) -> None:
+        """Move the simulator's clock (JWT ages) forward, for tests of token refresh."""
+        with self.lock:
+            self.clock_offset += seconds
+
+    # --- keys and accounts ----------------------------------------------------------------------
+    def add_apns_key(
+        self,
+        *,
+        key_id: str,
+        team_id: str,
+        public_key_pem: bytes | str,
+        topics: list[str] | tuple[str, ...],
+        environments: tuple[str, ...] = ENVIRONMENTS,
+    ) -> None:
+        """Trust an APNs signing key (its public half) for a team and bundle ids."""
+        pem = public_key_pem.encode() if isinstance(public_key_pem, str) else public_key_pem
+        key = ApnsKey(
+            key_id=key_id,
+            team_id=team_id,
+            public_key=serialization.load_pem_public_key(pem),
+            topics=frozenset(topics),
+            environments=frozenset(environments),
+        )
+        with self.lock:
+            self.apns_keys[key_id] = key
+
+    def add_service_account(
+        self, *, client_email: str, private_key_id: str, project_id: str, public_key_pem: bytes | str
+    ) -> None:
+        """Trust an FCM service account (its public key) for a project."""
+        pem = public_key_pem.encode() if isinstance(public_key_pem, str) else public_key_pem
+        account = ServiceAccount(
+            client_email=client_email,
+            private_key_id=private_key_id,
+            project_id=project_id,
+            public_key=serialization.load_pem_public_key(pem),
+        )
+        with self.lock:
+            self.accounts[client_email] = account
+
+    def apns_key(self, key_id: str) -> ApnsKey | None:
+        with self.lock:
+            key = self.apns_keys.get(key_id)
+        if key is None and self.trust_file_loader is not None:
+            self.trust_file_loader()
+            with self.lock:
+                key = self.apns_keys.get(key_id)
+        return key
+
+    def account(self, client_email: str) -> ServiceAccount | None:
+        with self.lock:
+            account = self.accounts.get(client_email)
+        if account is None and self.trust_file_loader is not None:
+            self.trust_file_loader()
+            with self.lock:
+                account = self.accounts.get(client_email)
+        return account
+
+    # --- devices -----------------------------------------------------------------------------------
+    def add_device(
+        self,
+        *,
+        token: str,
+        platform: str,
+        state: str = "active",
+        environment: str = "",
+        topic: str = "",
+        project_id: str = "",
+    ) -> None:
+        """Register a device token and its state ("active", "unregistered", "expired", "other_sender"...)."""
+        if state not in TOKEN_STATES:
+            raise ValueError(f"unknown token state {state!r}; use one of {', '.join(TOKEN_STATES)}")
+        device = Device(
+            token=token, platform=platform, state=state, environment=environment, topic=topic, project_id=project_id
+        )
+        if state in ("unregistered", "expired"):
+            device.invalidated_at_ms = int(self.now() * 1000)
+        with self.lock:
+            self.devices[token] = device
+
+    def device(self, token: str) -> Device | None:
+        with self.lock:
+            return self.devices.get(token)
+
+    def is_dead_by_rate(self, token: str) -> bool:
+        rate = self.faults.dead_rate
+        if rate <= 0:
+            return False
+        bucket = int.from_bytes(hashlib.sha256(token.encode()).digest()[:4], "big") % 10_000
+        return bucket < rate * 10_000
+
+    def fail_token(self, *, token: str, statuses: list[int]) -> None:
+        """Answer the next requests for ``token`` with these statuses (500, 503, 429), then normally."""
+        with self.lock:
+            self.fail_next[token] = list(statuses)
+
+    def take_forced_failure(self, token: str) -> int:
+        with self.lock:
+            queue = self.fail_next.get(token)
+            if not queue:
+                return 0
+            status = queue.pop(0)
+            if not queue:
+                del self.fail_next[token]
+            return status
+
+    def random_fault(self) -> int:
+        """An injected status (429, 500, 503) for this request, or 0."""
+        f = self.faults
+        if not (f.rate_429 or f.rate_500 or f.rate_503):
+            return 0
+        with self.lock:
+            roll = self.random.random()
+        if roll < f.rate_429:
+            return 429
+        if roll < f.rate_429 + f.rate_500:
+            return 500
+        if roll < f.rate_429 + f.rate_500 + f.rate_503:
+            return 503
+        return 0
+
+    # --- FCM access tokens ----------------------------------------------------------------------
+    def issue_access_token(self, project_id: str, lifetime: int = 3599) -> str:
+        token = "ya29.sim-" + hashlib.sha256(f"{next(self._ids)}{random.random()}".encode()).hexdigest()[:40]
+        with self.lock:
+            self.access_tokens[token] = (project_id, time.time() + lifetime)
+            self.token_grants += 1
+        return token
+
+    def expire_access_tokens(self) -> None:
+        """Make every access token issued so far expired (FCM then answers ACCESS_TOKEN_EXPIRED)."""
+        with self.lock:
+            self.access_tokens = {t: (p, 0.0) for t, (p, _) in self.access_tokens.items()}
+
+    # --- deliveries -------------------------------------------------------------------------------
+    def record(self, item: Received) -> None:
+        with self.lock:
+            item.id = next(self._ids)
+            self.counts[item.token] += 1
+            self.received.append(item)
+
+    def count(self, token: str) -> int:
+        with self.lock:
+            return self.counts.get(token, 0)
+
+    def snapshot_counts(self) -> dict[str, int]:
+        with self.lock:
+            return dict(self.counts)
+
+    def recent(self, *, token: str = "", limit: int = 100) -> list[dict]:
+        """The notifications received, newest first."""
+        with self.lock:
+            items = [r for r in reversed(self.received) if not token or r.token == token]
+        return [asdict(r) for r in items[:limit]]
+
+    def reset(self) -> None:
+        """Forget deliveries, counts, devices, forced failures and faults; keep keys and accounts."""
+        with self.lock:
+            self.faults = Faults()
+            self.clock_offset = 0.0
+            self.devices.clear()
+            self.counts.clear()
+            self.received.clear()
+            self.fail_next.clear()
+            self.requests.clear()
+            self.token_grants = 0
+
+
+@dataclass
+class Connection:
+    """What the simulator remembers about one client connection (APNs binds a team to it)."""
+
+    id: int
+    environment: str
+    protocol: str  # "h2" or "http/1.1"
+    streams: int = 0
+    team_id: str = ""
+    key_id: str = ""
+    last_jwt: str = ""
+    last_jwt_at: float = 0.0
+    jwt_claims: dict = field(default_factory=dict)
+
+
+@dataclass
+class Exchange:
+    """One request as the simulator's handlers see it, and the answer they give."""
+
+    method: str
+    path: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    connection: Connection
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
