@@ -1,1 +1,205 @@
-# Models arrive with their issue.
+"""Profiles, their events, segments (rules / imported / static) and CSV imports.
+
+Profiles and events are the big tables: bigint keys, indexes for the segment queries
+(a GIN index on ``attributes`` on PostgreSQL, events by (profile, name, occurred_at)).
+"""
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone as dj_timezone
+from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
+
+
+class Profile(models.Model):
+    """One person, across every app of the installation, known by the integrator's ``external_id``."""
+
+    id = models.BigAutoField(primary_key=True)
+    external_id = models.CharField(max_length=255, unique=True, help_text="The integrator's own user id.")
+    attributes = models.JSONField(default=dict, blank=True, help_text="The customer's own fields.")
+    locale = models.CharField(max_length=35, blank=True, help_text="e.g. fr-FR")
+    timezone = models.CharField(max_length=64, blank=True, help_text="IANA name, e.g. Europe/Paris")
+    created_at = models.DateTimeField(default=dj_timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=dj_timezone.now, editable=False)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["last_seen_at"], name="profile_last_seen_idx")]
+
+    def __str__(self) -> str:
+        return self.external_id
+
+
+class Event(models.Model):
+    """Something a profile did, sent by the integrator (``purchase``, ``app_open``...)."""
+
+    id = models.BigAutoField(primary_key=True)
+    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="events", db_index=False)
+    name = models.CharField(max_length=100)
+    properties = models.JSONField(default=dict, blank=True)
+    occurred_at = models.DateTimeField()
+    received_at = models.DateTimeField(default=dj_timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-occurred_at", "-id"]
+        indexes = [
+            models.Index(fields=["profile", "name", "occurred_at"], name="event_profile_name_time_idx"),
+            models.Index(fields=["name", "occurred_at"], name="event_name_time_idx"),
+            models.Index(fields=["-occurred_at", "-id"], name="event_recent_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} @ {self.occurred_at:%Y-%m-%d %H:%M}"
+
+
+class Segment(models.Model):
+    """An audience: a rule tree evaluated live, or a kept list of profiles (imported or static)."""
+
+    has_object_access = True
+
+    class Kind(models.TextChoices):
+        RULES = "rules", "rules (evaluated live)"
+        IMPORTED = "imported", "imported (from a CSV file)"
+        STATIC = "static", "static (a hand-kept list)"
+
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.RULES)
+    rules = models.JSONField(null=True, blank=True, help_text="The rule tree (rules segments only).")
+    last_count = models.BigIntegerField(null=True, blank=True, editable=False)
+    last_counted_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(default=dj_timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=dj_timezone.now, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+", editable=False
+    )
+    references = models.ManyToManyField(
+        "self",
+        through="SegmentReference",
+        symmetrical=False,
+        related_name="referenced_by",
+        blank=True,
+        editable=False,
+    )
+
+    class Meta:
+        ordering = ["name", "id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def has_members_table(self) -> bool:
+        return self.kind in (self.Kind.IMPORTED, self.Kind.STATIC)
+
+
+class SegmentUserObjectPermission(UserObjectPermissionBase):
+    content_object = models.ForeignKey(Segment, on_delete=models.CASCADE)
+
+
+class SegmentGroupObjectPermission(GroupObjectPermissionBase):
+    content_object = models.ForeignKey(Segment, on_delete=models.CASCADE)
+
+
+class SegmentReference(models.Model):
+    """Segment ``source``'s rules use membership of ``target``: ``target`` cannot be deleted meanwhile."""
+
+    source = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="+")
+    target = models.ForeignKey(Segment, on_delete=models.PROTECT, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["source", "target"], name="segment_reference_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.source_id} uses {self.target_id}"
+
+
+class SegmentMember(models.Model):
+    """A profile in an imported or static segment."""
+
+    id = models.BigAutoField(primary_key=True)
+    segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="members", db_index=False)
+    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="memberships")
+    added_at = models.DateTimeField(default=dj_timezone.now, editable=False)
+    # The import that last listed this member; "replace" imports drop members it did not list.
+    source_import = models.ForeignKey(
+        "Import", on_delete=models.SET_NULL, null=True, blank=True, related_name="+", db_constraint=False
+    )
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["segment", "profile"], name="segment_member_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.profile_id} in {self.segment_id}"
+
+
+class Import(models.Model):
+    """A CSV upload of profiles, run by a worker, optionally feeding a segment."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        DONE = "done", "done"
+        FAILED = "failed", "failed"
+
+    class Target(models.TextChoices):
+        PROFILES = "profiles", "profiles only"
+        NEW_SEGMENT = "new_segment", "a new imported segment"
+        ADD_TO_SEGMENT = "add_to_segment", "add to a static segment"
+        REPLACE_SEGMENT = "replace_segment", "replace a static segment's members"
+
+    class Encoding(models.TextChoices):
+        UTF8 = "utf-8", "UTF-8 (with or without BOM)"
+        LATIN1 = "latin-1", "Latin-1 (ISO-8859-1)"
+
+    id = models.BigAutoField(primary_key=True)
+    file = models.FileField(upload_to="imports/%Y/%m/", max_length=300)
+    original_name = models.CharField(max_length=255, blank=True)
+    size = models.BigIntegerField(default=0)
+    encoding = models.CharField(max_length=10, choices=Encoding.choices, default=Encoding.UTF8)
+    columns = models.JSONField(
+        default=dict, blank=True, help_text="Per CSV column: {'to': attribute name, 'type': string|number|...}."
+    )
+    target = models.CharField(max_length=20, choices=Target.choices, default=Target.PROFILES)
+    segment = models.ForeignKey(Segment, on_delete=models.SET_NULL, null=True, blank=True, related_name="imports")
+    segment_name = models.CharField(max_length=200, blank=True, help_text="Name of the new segment.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    error = models.TextField(blank=True, help_text="Why the whole file was refused.")
+    rows_done = models.BigIntegerField(default=0, help_text="Rows read so far (good, failed and duplicate).")
+    rows_imported = models.BigIntegerField(default=0)
+    rows_failed = models.BigIntegerField(default=0)
+    rows_duplicate = models.BigIntegerField(default=0)
+    bytes_done = models.BigIntegerField(default=0)
+    error_file = models.FileField(upload_to="imports/errors/%Y/%m/", max_length=300, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+", editable=False
+    )
+    created_at = models.DateTimeField(default=dj_timezone.now, editable=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Import #{self.pk} ({self.original_name or 'file'})"
+
+    @property
+    def percent(self) -> float:
+        if self.status == self.Status.DONE:
+            return 100.0
+        if not self.size:
+            return 0.0
+        return round(min(100.0, 100.0 * self.bytes_done / self.size), 1)
+
+    @property
+    def seconds_left(self) -> float | None:
+        """Estimated from the bytes read so far and the time spent; None until there is a rate."""
+        if self.status != self.Status.RUNNING or not self.started_at or not self.bytes_done or not self.size:
+            return None
+        elapsed = (dj_timezone.now() - self.started_at).total_seconds()
+        fraction = min(1.0, self.bytes_done / self.size)
+        if fraction <= 0:
+            return None
+        return round(max(0.0, elapsed * (1 - fraction) / fraction), 1)

@@ -293,3 +293,19 @@ PUSHDESK_IMPORT_TASK_SECONDS = int(os.environ.get("PUSHDESK_IMPORT_TASK_SECONDS"
 AUDIENCES_BULK_MAX_ITEMS = 1000
 # Preview: how many sample profiles are shown with the count.
 AUDIENCES_PREVIEW_SAMPLE = 20
+
+# --- send pipeline ---------------------------------------------------------------------------
+# URL schemes push content may link to (image and "open URL"), and deep-link schemes.
+PUSHDESK_URL_SCHEMES = _env_list("PUSHDESK_URL_SCHEMES", ["https"])
+PUSHDESK_DEEP_LINK_SCHEMES = _env_list("PUSHDESK_DEEP_LINK_SCHEMES", ["https", "pushdesk"])
+# Deliveries claimed per batch by a send task; also the most a crashed worker can leave `unknown`.
+PUSHDESK_SEND_BATCH = int(os.environ.get("PUSHDESK_SEND_BATCH", "1000"))
+# Send tasks started per dispatch (they share its rows; more than the workers brings nothing).
+PUSHDESK_SEND_TASKS = int(os.environ.get("PUSHDESK_SEND_TASKS", str(Q_CLUSTER["workers"])))
+# Rows still `sending` after this many seconds become `unknown` (never re-sent).
+PUSHDESK_SEND_LEASE_SECONDS = int(os.environ.get("PUSHDESK_SEND_LEASE_SECONDS", "120"))
+# Attempts per delivery (first send + retries of transient failures), and the backoff base.
+PUSHDESK_SEND_MAX_ATTEMPTS = int(os.environ.get("PUSHDESK_SEND_MAX_ATTEMPTS", "5"))
+PUSHDESK_SEND_BACKOFF_SECONDS = float(os.environ.get("PUSHDESK_SEND_BACKOFF_SECONDS", "2"))
+# A send task hands over to a fresh one after this many seconds (below Q_CLUSTER's timeout).
+PUSHDESK_SEND_TASK_SECONDS = int(os.environ.get("PUSHDESK_SEND_TASK_SECONDS", "200"))

@@ -2,6 +2,7 @@
 
 import factory
 from django.contrib.auth.models import Group
+from django.utils import timezone
 
 from accounts.models import User
 from delivery.models import App
@@ -32,3 +33,41 @@ class AppFactory(factory.django.DjangoModelFactory):
         model = App
 
     name = factory.Sequence(lambda n: f"App {n}")
+
+
+# --- audiences ---------------------------------------------------------------------------------
+
+
+class ProfileFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "audiences.Profile"
+
+    external_id = factory.Sequence(lambda n: f"user-{n}")
+    attributes = factory.LazyFunction(dict)
+
+
+class EventFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "audiences.Event"
+
+    profile = factory.SubFactory(ProfileFactory)
+    name = "app_open"
+    properties = factory.LazyFunction(dict)
+    occurred_at = factory.LazyFunction(timezone.now)
+
+
+class SegmentFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "audiences.Segment"
+
+    name = factory.Sequence(lambda n: f"Segment {n}")
+    kind = "rules"
+    rules = factory.LazyFunction(lambda: {"all": [{"field": "locale", "op": "exists"}]})
+
+
+class SegmentMemberFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "audiences.SegmentMember"
+
+    segment = factory.SubFactory(SegmentFactory, kind="static", rules=None)
+    profile = factory.SubFactory(ProfileFactory)

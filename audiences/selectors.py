@@ -1,0 +1,165 @@
+"""Permission-filtered reads of audiences: segments by object access, profiles and events by role."""
+
+from __future__ import annotations
+
+from django.core.cache import cache
+from django.db import connection
+from django.db.models import Exists, OuterRef, QuerySet
+from django.http import Http404
+
+from accounts.models import User
+from accounts.selectors import has_every_scope, visible_to
+from audiences.models import Event, Import, Profile, Segment, SegmentMember
+from audiences.rules import DATE_RE, Compiler, RulesInvalid
+
+PICKER_CACHE_SECONDS = 300
+
+
+def segments_visible_to(user: User, *, perm: str | None = None) -> QuerySet[Segment]:
+    """The segments the user has object access to (and whose role grants ``perm``, default view)."""
+    return visible_to(user, Segment.objects.all(), perm=perm)
+
+
+def segment_for(user: User, segment_id: int, *, perm: str | None = None) -> Segment:
+    """One segment the user may see (or act on with ``perm``); Http404 otherwise, as if it did not exist."""
+    segment = segments_visible_to(user, perm=perm).filter(pk=segment_id).first()
+    if segment is None:
+        raise Http404(f"No segment {segment_id}.")
+    return segment
+
+
+def profiles_visible_to(user: User) -> QuerySet[Profile]:
+    """Profiles are org-wide: every role reads them all; a user without a role reads none."""
+    if user is None or not user.is_active or not user.has_perm("audiences.view_profile"):
+        return Profile.objects.none()
+    return Profile.objects.all()
+
+
+def events_visible_to(user: User) -> QuerySet[Event]:
+    if user is None or not user.is_active or not user.has_perm("audiences.view_event"):
+        return Event.objects.none()
+    return Event.objects.all()
+
+
+def imports_visible_to(user: User) -> QuerySet[Import]:
+    """Administrators see every import; others their own and those feeding a segment they may see."""
+    if user is None or not user.is_active or not user.has_perm("audiences.view_import"):
+        return Import.objects.none()
+    qs = Import.objects.select_related("segment", "created_by")
+    if has_every_scope(user):
+        return qs
+    return qs.filter(created_by=user) | qs.filter(segment__in=segments_visible_to(user).values("pk"))
+
+
+def profile_memberships(user: User, profile: Profile, *, limit: int = 100) -> list[Segment]:
+    """The segments (among those the user may see) that hold the profile, in one query for all of them."""
+    segments = list(segments_visible_to(user).order_by("name", "id")[:limit])
+    if not segments:
+        return []
+    compiler = Compiler()
+    annotations = {}
+    for segment in segments:
+        if segment.kind == Segment.Kind.RULES:
+            if not segment.rules:
+                continue
+            try:
+                condition = compiler.compile(segment.rules, stack=(segment.pk,))
+            except RulesInvalid:
+                continue  # a segment broken by a later change (e.g. a removed app) just does not match
+            annotations[f"s{segment.pk}"] = Exists(Profile.objects.filter(condition, pk=OuterRef("pk")))
+        else:
+            annotations[f"s{segment.pk}"] = Exists(
+                SegmentMember.objects.filter(segment_id=segment.pk, profile=OuterRef("pk"))
+            )
+    if not annotations:
+        return []
+    row = Profile.objects.filter(pk=profile.pk).annotate(**annotations).values(*annotations).first() or {}
+    return [s for s in segments if row.get(f"s{s.pk}")]
+
+
+def attribute_keys(*, sample: int = 5000) -> list[dict]:
+    """The attribute names seen on the most recent profiles, each with its likely type (for the rule builder)."""
+    cached = cache.get("audiences:attribute_keys")
+    if cached is not None:
+        return cached
+    if connection.vendor == "postgresql":
+        sql = (
+            "SELECT e.key, jsonb_typeof(e.value), e.value #>> '{}' FROM "
+            "(SELECT attributes FROM audiences_profile ORDER BY id DESC LIMIT %s) p, jsonb_each(p.attributes) e"
+        )
+    else:
+        sql = (
+            "SELECT e.key, e.type, e.value FROM "
+            "(SELECT attributes FROM audiences_profile ORDER BY id DESC LIMIT %s) p, json_each(p.attributes) e"
+        )
+    types: dict[str, dict[str, int]] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [sample])
+        for key, json_type, value in cursor.fetchall():
+            kind = _kind_of(json_type, value)
+            if kind:
+                types.setdefault(key, {}).setdefault(kind, 0)
+                types[key][kind] += 1
+    result = [{"name": key, "type": max(seen, key=seen.get)} for key, seen in sorted(types.items())]
+    cache.set("audiences:attribute_keys", result, PICKER_CACHE_SECONDS)
+    return result
+
+
+def _kind_of(json_type: str, value) -> str | None:
+    if json_type in ("number", "integer", "real"):
+        return "number"
+    if json_type in ("boolean", "true", "false"):
+        return "boolean"
+    if json_type in ("string", "text"):
+        return "date" if isinstance(value, str) and DATE_RE.match(value[:10]) else "string"
+    return None
+
+
+def event_names(*, limit: int = 500) -> list[str]:
+    """Every distinct event name, by a skip scan of the (name, occurred_at) index: fast on millions of events."""
+    cached = cache.get("audiences:event_names")
+    if cached is not None:
+        return cached
+    sql = (
+        "WITH RECURSIVE names(name) AS ("
+        " SELECT min(name) FROM audiences_event"
+        " UNION ALL"
+        " SELECT (SELECT min(e.name) FROM audiences_event e WHERE e.name > names.name)"
+        " FROM names WHERE names.name IS NOT NULL"
+        ") SELECT name FROM names WHERE name IS NOT NULL LIMIT %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [limit])
+        names = [row[0] for row in cursor.fetchall()]
+    cache.set("audiences:event_names", names, PICKER_CACHE_SECONDS)
+    return names
+
+
+def event_property_keys(*, sample: int = 5000) -> list[dict]:
+    """Property names seen on recent events, with their likely type."""
+    cached = cache.get("audiences:event_property_keys")
+    if cached is not None:
+        return cached
+    if connection.vendor == "postgresql":
+        sql = (
+            "SELECT e.key, jsonb_typeof(e.value), e.value #>> '{}' FROM "
+            "(SELECT properties FROM audiences_event ORDER BY occurred_at DESC, id DESC LIMIT %s) p, "
+            "jsonb_each(p.properties) e"
+        )
+    else:
+        sql = (
+            "SELECT e.key, e.type, e.value FROM "
+            "(SELECT properties FROM audiences_event ORDER BY occurred_at DESC, id DESC LIMIT %s) p, "
+            "json_each(p.properties) e"
+        )
+    types: dict[str, dict[str, int]] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [sample])
+        for key, json_type, value in cursor.fetchall():
+            kind = _kind_of(json_type, value)
+            if kind:
+                types.setdefault(key, {}).setdefault(kind, 0)
+                types[key][kind] += 1
+    result = [{"name": key, "type": max(seen, key=seen.get)} for key, seen in sorted(types.items())]
+    cache.set("audiences:event_property_keys", result, PICKER_CACHE_SECONDS)
+    return result

@@ -1,0 +1,458 @@
+"""Every write of audiences: segments, profiles, events and CSV imports.
+
+Profiles are org-wide (writable by Administrators and Managers); segments carry object access
+(a creator gets access to what they create; others need a grant).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import zoneinfo
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.db.models import ProtectedError
+from django.utils import timezone
+
+from accounts.models import User
+from accounts.selectors import can
+from accounts.services import access_grant, audit
+from audiences.models import Event, Profile, Segment, SegmentMember, SegmentReference
+from audiences.rules import KEY_RE, rules_validate, segment_profiles
+from audiences.selectors import segment_for, segments_visible_to
+
+UNSET: Any = object()
+LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+MAX_ATTRIBUTES = 200
+MAX_ATTRIBUTES_BYTES = 16 * 1024
+MAX_PROPERTIES_BYTES = 8 * 1024
+_TIMEZONES = None
+
+
+def _ensure_perm(user: User, perm: str, message: str) -> None:
+    if user is None or not user.is_active or not user.has_perm(perm):
+        raise PermissionDenied(message)
+
+
+# --- segments ----------------------------------------------------------------------------------
+
+
+def _check_rules(*, rules, by: User, segment_id: int | None) -> set[int]:
+    allowed = set(segments_visible_to(by).values_list("pk", flat=True))
+    return rules_validate(rules, segment_id=segment_id, allowed_segment_ids=allowed)
+
+
+def _set_references(segment: Segment, references: set[int]) -> None:
+    SegmentReference.objects.filter(source=segment).exclude(target_id__in=references).delete()
+    SegmentReference.objects.bulk_create(
+        [SegmentReference(source=segment, target_id=target) for target in references], ignore_conflicts=True
+    )
+
+
+def segment_create(
+    *, name: str, by: User, kind: str = Segment.Kind.RULES, rules: dict | None = None, description: str = ""
+) -> Segment:
+    """Create a segment and give its creator access to it.
+
+    A rules segment needs a valid rule tree; imported and static segments take none.
+    Raises PermissionDenied when the role may not add segments, RulesInvalid (a ValidationError
+    naming each broken rule's path) for a bad tree, ValidationError for a bad name or kind.
+    """
+    _ensure_perm(by, "audiences.add_segment", "Your role may not create segments.")
+    name = (name or "").strip()
+    if not name:
+        raise ValidationError({"name": "A segment needs a name."})
+    if kind not in Segment.Kind.values:
+        raise ValidationError({"kind": f"Unknown kind {kind!r}; use one of {', '.join(Segment.Kind.values)}."})
+    references: set[int] = set()
+    if kind == Segment.Kind.RULES:
+        if rules is None:
+            raise ValidationError({"rules": "A rules segment needs a rule tree."})
+        references = _check_rules(rules=rules, by=by, segment_id=None)
+    elif rules is not None:
+        raise ValidationError({"rules": "Only rules segments have rules."})
+    with transaction.atomic():
+        segment = Segment.objects.create(
+            name=name[:200], description=description, kind=kind, rules=rules, created_by=by
+        )
+        _set_references(segment, references)
+        access_grant(obj=segment, to=by, by=None)
+        audit(actor=by, action="segment_created", obj=segment, summary={"kind": kind})
+    return segment
+
+
+def segment_update(
+    *, segment_id: int, by: User, name: str = UNSET, description: str = UNSET, rules: dict = UNSET
+) -> Segment:
+    """Change a segment's name, description or rule tree (rules segments only).
+
+    Locks the segment row. The new tree is validated against cycles through other segments'
+    membership conditions. Raises Http404 outside the user's access, PermissionDenied when the
+    role may not change segments, RulesInvalid / ValidationError for bad input.
+    """
+    segment_for(by, segment_id)  # 404 before 403: an object outside access does not exist
+    _ensure_perm(by, "audiences.change_segment", "Your role may not change segments.")
+    with transaction.atomic():
+        segment = Segment.objects.select_for_update().get(pk=segment_id)
+        if not can(by, "audiences.change_segment", segment):
+            raise PermissionDenied("You may not change this segment.")
+        changed: list[str] = []
+        if name is not UNSET:
+            name = (name or "").strip()
+            if not name:
+                raise ValidationError({"name": "A segment needs a name."})
+            if name != segment.name:
+                segment.name = name[:200]
+                changed.append("name")
+        if description is not UNSET and description != segment.description:
+            segment.description = description
+            changed.append("description")
+        if rules is not UNSET and rules != segment.rules:
+            if segment.kind != Segment.Kind.RULES:
+                raise ValidationError({"rules": "Only rules segments have rules."})
+            references = _check_rules(rules=rules, by=by, segment_id=segment.pk)
+            segment.rules = rules
+            segment.last_count = None
+            segment.last_counted_at = None
+            changed += ["rules", "last_count", "last_counted_at"]
+            _set_references(segment, references)
+        if changed:
+            segment.updated_at = timezone.now()
+            segment.save(update_fields=[*changed, "updated_at"])
+            audit(actor=by, action="segment_changed", obj=segment, summary={"fields": sorted(set(changed))})
+    return segment
+
+
+def segment_delete(*, segment_id: int, by: User) -> None:
+    """Delete a segment. Refused (ValidationError) while another segment's rules use its membership."""
+    segment_for(by, segment_id)
+    _ensure_perm(by, "audiences.delete_segment", "Your role may not delete segments.")
+    with transaction.atomic():
+        segment = Segment.objects.select_for_update().get(pk=segment_id)
+        if not can(by, "audiences.delete_segment", segment):
+            raise PermissionDenied("You may not delete this segment.")
+        users = list(Segment.objects.filter(pk__in=SegmentReference.objects.filter(target=segment).values("source_id")))
+        if users:
+            names = ", ".join(f"'{s.name}'" for s in users)
+            raise ValidationError(f"Segment '{segment.name}' is used by {names}: change those first.")
+        audit(actor=by, action="segment_deleted", obj=segment, summary={"name": segment.name})
+        try:
+            segment.delete()
+        except ProtectedError as exc:  # a reference added concurrently
+            raise ValidationError("This segment is used by another segment's rules.") from exc
+
+
+@dataclass
+class Preview:
+    count: int
+    sample: list[Profile] = field(default_factory=list)
+    took_ms: int = 0
+
+
+def segment_preview(
+    *, by: User, segment_id: int | None = None, rules: dict | None = None, sample_size: int | None = None
+) -> Preview:
+    """Count a segment's profiles and take a sample (two queries), for a saved segment or an unsaved tree.
+
+    For a saved segment the count is remembered on it (``last_count``). An unsaved tree is
+    validated first (RulesInvalid). Raises Http404 for a segment outside the user's access.
+    """
+    sample_size = settings.AUDIENCES_PREVIEW_SAMPLE if sample_size is None else sample_size
+    started = timezone.now()
+    if segment_id is not None and rules is None:
+        segment = segment_for(by, segment_id)
+    else:
+        _check_rules(rules=rules, by=by, segment_id=segment_id)
+        if segment_id is not None:
+            segment_for(by, segment_id)
+        segment = Segment(pk=segment_id, kind=Segment.Kind.RULES, rules=rules)
+    profiles = segment_profiles(segment)
+    count = profiles.count()
+    sample = list(profiles.order_by()[:sample_size]) if count else []
+    if segment_id is not None and rules is None:
+        Segment.objects.filter(pk=segment_id).update(last_count=count, last_counted_at=timezone.now())
+    took = int((timezone.now() - started).total_seconds() * 1000)
+    return Preview(count=count, sample=sample, took_ms=took)
+
+
+def segment_members_change(
+    *, segment_id: int, by: User, add: list[str] = (), remove: list[str] = ()
+) -> tuple[int, int, list[str]]:
+    """Add and remove profiles (by external id) of a static segment.
+
+    Returns (added, removed, unknown external ids). Raises ValidationError on a segment that is
+    not static, Http404 / PermissionDenied outside access or role.
+    """
+    segment_for(by, segment_id)
+    _ensure_perm(by, "audiences.change_segment", "Your role may not change segments.")
+    with transaction.atomic():
+        segment = Segment.objects.select_for_update().get(pk=segment_id)
+        if not can(by, "audiences.change_segment", segment):
+            raise PermissionDenied("You may not change this segment.")
+        if segment.kind != Segment.Kind.STATIC:
+            raise ValidationError("Only static segments have hand-kept members.")
+        wanted = {x.strip() for x in add if x.strip()}
+        dropped = {x.strip() for x in remove if x.strip()}
+        found = dict(Profile.objects.filter(external_id__in=wanted | dropped).values_list("external_id", "pk"))
+        unknown = sorted((wanted | dropped) - set(found))
+        before = SegmentMember.objects.filter(segment=segment).count()
+        SegmentMember.objects.bulk_create(
+            [SegmentMember(segment=segment, profile_id=found[x]) for x in wanted if x in found], ignore_conflicts=True
+        )
+        removed, _ = SegmentMember.objects.filter(
+            segment=segment, profile_id__in=[found[x] for x in dropped if x in found]
+        ).delete()
+        added = SegmentMember.objects.filter(segment=segment).count() - before + removed
+        segment.updated_at = timezone.now()
+        segment.save(update_fields=["updated_at"])
+        audit(actor=by, action="segment_members_changed", obj=segment, summary={"added": added, "removed": removed})
+    return added, removed, unknown
+
+
+# --- profiles ----------------------------------------------------------------------------------
+
+
+def _timezones() -> set[str]:
+    global _TIMEZONES
+    if _TIMEZONES is None:
+        _TIMEZONES = zoneinfo.available_timezones()
+    return _TIMEZONES
+
+
+def profile_check(data: dict) -> dict[str, str]:
+    """Check one profile's fields; return {field: message} for each problem (empty: fine).
+
+    Used by the API serializers and the services alike, so both say the same thing.
+    """
+    errors: dict[str, str] = {}
+    external_id = data.get("external_id")
+    if not isinstance(external_id, str) or not external_id.strip():
+        errors["external_id"] = "This field is required: a non-empty string."
+    elif len(external_id) > 255:
+        errors["external_id"] = "At most 255 characters."
+    attributes = data.get("attributes")
+    if attributes is not None:
+        if not isinstance(attributes, dict):
+            errors["attributes"] = "Must be an object of name → value."
+        elif len(attributes) > MAX_ATTRIBUTES:
+            errors["attributes"] = f"At most {MAX_ATTRIBUTES} attributes."
+        else:
+            bad = [k for k in attributes if not KEY_RE.match(k)]
+            if bad:
+                errors["attributes"] = (
+                    f"Attribute name {bad[0]!r} is invalid: letters, digits, _ . : - (at most 100 characters)."
+                )
+            elif len(_json_dumps(attributes)) > MAX_ATTRIBUTES_BYTES:
+                errors["attributes"] = f"Attributes take at most {MAX_ATTRIBUTES_BYTES} bytes as JSON."
+    locale = data.get("locale")
+    if locale not in (None, "") and (not isinstance(locale, str) or not LOCALE_RE.match(locale) or len(locale) > 35):
+        errors["locale"] = "Not a locale: use a language tag such as 'fr' or 'fr-FR'."
+    tz = data.get("timezone")
+    if tz not in (None, "") and (not isinstance(tz, str) or tz not in _timezones()):
+        errors["timezone"] = "Not a time zone: use an IANA name such as 'Europe/Paris'."
+    return errors
+
+
+def _json_dumps(value) -> str:
+    import json
+
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def _merged(current: dict, changes: dict | None) -> dict:
+    """Top-level merge: given names replace, a null value removes the attribute."""
+    if not changes:
+        return current
+    merged = dict(current)
+    for key, value in changes.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
+@dataclass
+class UpsertResult:
+    external_id: str
+    status: str  # created | updated | unchanged
+    profile_id: int
+
+
+def profiles_upsert(*, items: list[dict], by: User) -> list[UpsertResult]:
+    """Create or update profiles by external id, in one transaction; return one result per item, in order.
+
+    Each item: ``external_id`` (required), ``attributes`` (merged: a null removes a name),
+    ``locale``, ``timezone``, ``last_seen_at``. Items must be valid (``profile_check``); an
+    external id given twice is applied in order. Existing rows are locked in external-id order
+    (no deadlock between concurrent calls); rows that would not change are not written.
+    Raises PermissionDenied when the role may not write profiles, ValidationError on bad items.
+    """
+    _ensure_perm(by, "audiences.add_profile", "Your role may not write profiles.")
+    _ensure_perm(by, "audiences.change_profile", "Your role may not write profiles.")
+    if len(items) > settings.AUDIENCES_BULK_MAX_ITEMS:
+        raise ValidationError(f"At most {settings.AUDIENCES_BULK_MAX_ITEMS} profiles per call.")
+    for index, item in enumerate(items):
+        problems = profile_check(item)
+        if problems:
+            raise ValidationError({f"[{index}].{k}": v for k, v in problems.items()})
+    if not items:
+        return []
+    now = timezone.now()
+    ids = sorted({item["external_id"] for item in items})
+    with transaction.atomic():
+        existing = {p.external_id: p for p in Profile.objects.select_for_update().filter(external_id__in=ids)}
+        missing = [x for x in ids if x not in existing]
+        created_ids: set[str] = set()
+        if missing:
+            Profile.objects.bulk_create(
+                [Profile(external_id=x, created_at=now, updated_at=now) for x in missing], ignore_conflicts=True
+            )
+            for profile in Profile.objects.select_for_update().filter(external_id__in=missing).order_by("external_id"):
+                existing[profile.external_id] = profile
+                created_ids.add(profile.external_id)
+        changed: dict[str, Profile] = {}
+        results: list[UpsertResult] = []
+        for item in items:
+            profile = existing[item["external_id"]]
+            before = (profile.attributes, profile.locale, profile.timezone, profile.last_seen_at)
+            profile.attributes = _merged(profile.attributes, item.get("attributes"))
+            if item.get("locale") is not None:
+                profile.locale = item["locale"]
+            if item.get("timezone") is not None:
+                profile.timezone = item["timezone"]
+            if item.get("last_seen_at") is not None:
+                profile.last_seen_at = max(filter(None, [profile.last_seen_at, item["last_seen_at"]]))
+            after = (profile.attributes, profile.locale, profile.timezone, profile.last_seen_at)
+            if after != before:
+                profile.updated_at = now
+                changed[profile.external_id] = profile
+            if profile.external_id in created_ids:
+                status = "created"
+            else:
+                status = "updated" if profile.external_id in changed else "unchanged"
+            results.append(UpsertResult(external_id=profile.external_id, status=status, profile_id=profile.pk))
+        if changed:
+            Profile.objects.bulk_update(
+                list(changed.values()), ["attributes", "locale", "timezone", "last_seen_at", "updated_at"]
+            )
+        counts = {s: sum(1 for r in results if r.status == s) for s in ("created", "updated", "unchanged")}
+        audit(actor=by, action="profiles_upserted", summary=counts)
+    return results
+
+
+def profile_upsert(
+    *,
+    external_id: str,
+    by: User,
+    attributes: dict | None = None,
+    locale: str | None = None,
+    timezone_name: str | None = None,
+    last_seen_at: dt.datetime | None = None,
+) -> UpsertResult:
+    """Create or update one profile (see ``profiles_upsert`` for the rules)."""
+    item = {"external_id": external_id, "attributes": attributes, "locale": locale, "timezone": timezone_name}
+    if last_seen_at is not None:
+        item["last_seen_at"] = last_seen_at
+    return profiles_upsert(items=[item], by=by)[0]
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+def event_check(data: dict, *, now: dt.datetime | None = None) -> dict[str, str]:
+    """Check one event's fields; return {field: message} for each problem (empty: fine)."""
+    errors: dict[str, str] = {}
+    external_id = data.get("external_id")
+    if not isinstance(external_id, str) or not external_id.strip():
+        errors["external_id"] = "This field is required: a non-empty string."
+    elif len(external_id) > 255:
+        errors["external_id"] = "At most 255 characters."
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip():
+        errors["name"] = "This field is required: a non-empty string."
+    elif len(name) > 100:
+        errors["name"] = "At most 100 characters."
+    properties = data.get("properties")
+    if properties is not None:
+        if not isinstance(properties, dict):
+            errors["properties"] = "Must be an object of name → value."
+        elif any(not KEY_RE.match(k) for k in properties):
+            errors["properties"] = "Property names use letters, digits, _ . : - (at most 100 characters)."
+        elif len(_json_dumps(properties)) > MAX_PROPERTIES_BYTES:
+            errors["properties"] = f"Properties take at most {MAX_PROPERTIES_BYTES} bytes as JSON."
+    occurred_at = data.get("occurred_at")
+    if not isinstance(occurred_at, dt.datetime) or timezone.is_naive(occurred_at):
+        errors["occurred_at"] = "This field is required: an ISO 8601 time with a time zone."
+    elif occurred_at > (now or timezone.now()) + dt.timedelta(days=1):
+        errors["occurred_at"] = "This time is more than a day in the future."
+    return errors
+
+
+def events_ingest(*, items: list[dict], by: User) -> list[int]:
+    """Store events (``external_id``, ``name``, ``properties``, ``occurred_at``); return their ids, in order.
+
+    A profile unknown so far is created (events may arrive before the profile upsert). Each
+    profile's ``last_seen_at`` moves forward to its newest event. Events are data, not changes
+    of configuration: they are not written to the audit log. Raises PermissionDenied when the
+    role may not write events, ValidationError on bad items (``event_check``).
+    """
+    _ensure_perm(by, "audiences.add_event", "Your role may not write events.")
+    if len(items) > settings.AUDIENCES_BULK_MAX_ITEMS:
+        raise ValidationError(f"At most {settings.AUDIENCES_BULK_MAX_ITEMS} events per call.")
+    now = timezone.now()
+    for index, item in enumerate(items):
+        problems = event_check(item, now=now)
+        if problems:
+            raise ValidationError({f"[{index}].{k}": v for k, v in problems.items()})
+    if not items:
+        return []
+    ids = sorted({item["external_id"] for item in items})
+    with transaction.atomic():
+        Profile.objects.bulk_create(
+            [Profile(external_id=x, created_at=now, updated_at=now) for x in ids], ignore_conflicts=True
+        )
+        profiles = {
+            p.external_id: p
+            for p in Profile.objects.select_for_update()
+            .filter(external_id__in=ids)
+            .order_by("external_id")
+            .only("id", "external_id", "last_seen_at")
+        }
+        events = Event.objects.bulk_create(
+            [
+                Event(
+                    profile_id=profiles[item["external_id"]].pk,
+                    name=item["name"],
+                    properties=item.get("properties") or {},
+                    occurred_at=item["occurred_at"],
+                    received_at=now,
+                )
+                for item in items
+            ]
+        )
+        seen: dict[str, dt.datetime] = {}
+        for item in items:
+            when = min(item["occurred_at"], now)
+            seen[item["external_id"]] = max(seen.get(item["external_id"], when), when)
+        moved = []
+        for external_id, when in seen.items():
+            profile = profiles[external_id]
+            if profile.last_seen_at is None or profile.last_seen_at < when:
+                profile.last_seen_at = when
+                moved.append(profile)
+        if moved:
+            Profile.objects.bulk_update(moved, ["last_seen_at"])
+    return [e.pk for e in events]
+
+
+def event_record(
+    *, external_id: str, name: str, by: User, occurred_at: dt.datetime, properties: dict | None = None
+) -> int:
+    """Store one event (see ``events_ingest``)."""
+    item = {"external_id": external_id, "name": name, "occurred_at": occurred_at, "properties": properties}
+    return events_ingest(items=[item], by=by)[0]

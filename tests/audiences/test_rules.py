@@ -1,0 +1,418 @@
+"""The rule language against hand-checked members, on PostgreSQL and (marked embedded) on SQLite."""
+
+import datetime as dt
+
+import pytest
+
+from audiences.models import Event, Profile, Segment, SegmentMember
+from audiences.rules import RulesInvalid, device_model, rules_compile, rules_validate
+from tests.factories import ProfileFactory
+
+pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
+
+NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
+
+
+def at(*args):
+    return dt.datetime(*args, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def people(db):
+    """Five profiles whose attributes, columns and events cover every operator and type."""
+    ann = ProfileFactory(
+        external_id="ann",
+        attributes={"plan": "pro", "age": 34, "vip": True, "signup": "2026-06-10", "city": "Paris", "score": 7.5},
+        locale="fr-FR",
+        timezone="Europe/Paris",
+        created_at=at(2026, 6, 14, 10),
+        last_seen_at=at(2026, 6, 15, 9),
+    )
+    bob = ProfileFactory(
+        external_id="bob",
+        attributes={"plan": "free", "age": 17, "vip": False, "signup": "2026-01-31T23:30:00Z", "city": "paris-sud"},
+        locale="en-US",
+        created_at=at(2026, 1, 1),
+    )
+    cid = ProfileFactory(
+        external_id="cid",
+        attributes={"plan": "team", "age": "forty", "signup": "not a date", "score": 3},
+        created_at=at(2026, 6, 8, 12),
+        last_seen_at=at(2026, 3, 1),
+    )
+    dee = ProfileFactory(
+        external_id="dee",
+        attributes={"plan": "Pro", "age": 65, "vip": "true", "signup": "2026-06-15T08:00:00+02:00"},
+        locale="de",
+        created_at=at(2025, 12, 31, 23, 59),
+    )
+    eve = ProfileFactory(external_id="eve", attributes={}, created_at=at(2026, 6, 15))
+    day = dt.timedelta(days=1)
+    Event.objects.bulk_create(
+        [
+            Event(profile=ann, name="purchase", properties={"amount": 120}, occurred_at=NOW - 2 * day),
+            Event(profile=ann, name="purchase", properties={"amount": 20}, occurred_at=NOW - 10 * day),
+            Event(profile=ann, name="purchase", properties={"amount": 60}, occurred_at=NOW - 40 * day),
+            Event(profile=ann, name="app_open", occurred_at=NOW - dt.timedelta(hours=1)),
+            Event(profile=bob, name="purchase", properties={"amount": 5}, occurred_at=NOW - day),
+            Event(profile=cid, name="app_open", occurred_at=NOW - 100 * day),
+            Event(
+                profile=dee, name="purchase", properties={"amount": 70, "currency": "EUR"}, occurred_at=NOW - 5 * day
+            ),
+            Event(profile=dee, name="purchase", properties={"amount": 80}, occurred_at=NOW - 6 * day),
+        ]
+    )
+    return {p.external_id: p for p in (ann, bob, cid, dee, eve)}
+
+
+def members(tree) -> set[str]:
+    rules_validate(tree)
+    return set(Profile.objects.filter(rules_compile(tree, now=NOW)).values_list("external_id", flat=True))
+
+
+def attr(name, type_, op, value=None):
+    node = {"attribute": name, "type": type_, "op": op}
+    if value is not None:
+        node["value"] = value
+    return node
+
+
+def col(name, op, value=None):
+    node = {"field": name, "op": op}
+    if value is not None:
+        node["value"] = value
+    return node
+
+
+ALL = {"ann", "bob", "cid", "dee", "eve"}
+
+STRING_CASES = [
+    (attr("plan", "string", "eq", "pro"), {"ann"}),  # exact: "Pro" does not match
+    (attr("plan", "string", "ne", "pro"), {"bob", "cid", "dee", "eve"}),  # a missing attribute is "not pro"
+    (attr("plan", "string", "in", ["pro", "team"]), {"ann", "cid"}),
+    (attr("plan", "string", "not_in", ["pro", "team"]), {"bob", "dee", "eve"}),
+    (attr("plan", "string", "contains", "R"), {"ann", "bob", "dee"}),  # case-insensitive
+    (attr("plan", "string", "starts_with", "p"), {"ann", "dee"}),
+    (attr("plan", "string", "exists"), {"ann", "bob", "cid", "dee"}),
+    (attr("plan", "string", "not_exists"), {"eve"}),
+    (attr("city", "string", "contains", "PARIS"), {"ann", "bob"}),
+    (attr("age", "string", "eq", "forty"), {"cid"}),
+    (attr("age", "string", "eq", "34"), set()),  # ann's age is the number 34, not the string
+    (attr("age", "string", "contains", "4"), set()),  # contains looks at strings only
+]
+
+NUMBER_CASES = [
+    (attr("age", "number", "eq", 34), {"ann"}),
+    (attr("age", "number", "eq", 34.0), {"ann"}),
+    (attr("age", "number", "ne", 34), {"bob", "cid", "dee", "eve"}),
+    (attr("age", "number", "lt", 34), {"bob"}),  # cid's "forty" is not a number: no match, no error
+    (attr("age", "number", "lte", 34), {"ann", "bob"}),
+    (attr("age", "number", "gt", 34), {"dee"}),
+    (attr("age", "number", "gte", 17), {"ann", "bob", "dee"}),
+    (attr("age", "number", "between", [17, 34]), {"ann", "bob"}),
+    (attr("age", "number", "in", [17, 65]), {"bob", "dee"}),
+    (attr("age", "number", "not_in", [17, 65]), {"ann", "cid", "eve"}),
+    (attr("age", "number", "exists"), {"ann", "bob", "cid", "dee"}),
+    (attr("age", "number", "not_exists"), {"eve"}),
+    (attr("score", "number", "gt", 5), {"ann"}),
+    (attr("score", "number", "lt", 7.5), {"cid"}),
+    (attr("score", "number", "between", [3, 7.5]), {"ann", "cid"}),
+]
+
+BOOLEAN_CASES = [
+    (attr("vip", "boolean", "eq", True), {"ann"}),  # dee's "true" is a string
+    (attr("vip", "boolean", "eq", False), {"bob"}),
+    (attr("vip", "boolean", "ne", True), {"bob", "cid", "dee", "eve"}),
+    (attr("vip", "boolean", "ne", False), {"ann", "cid", "dee", "eve"}),
+    (attr("vip", "boolean", "exists"), {"ann", "bob", "dee"}),
+    (attr("vip", "boolean", "not_exists"), {"cid", "eve"}),
+]
+
+DATE_CASES = [  # today is 2026-06-15; dates compare by calendar day
+    (attr("signup", "date", "eq", "2026-06-10"), {"ann"}),
+    (attr("signup", "date", "ne", "2026-06-10"), {"bob", "cid", "dee", "eve"}),
+    (attr("signup", "date", "lt", "2026-06-10"), {"bob"}),
+    (attr("signup", "date", "lte", "2026-06-10"), {"ann", "bob"}),
+    (attr("signup", "date", "gt", "2026-06-10"), {"dee"}),
+    (attr("signup", "date", "gte", {"ago": 7, "unit": "days"}), {"ann", "dee"}),  # in the last 7 days
+    (attr("signup", "date", "gte", {"ago": 1, "unit": "weeks"}), {"ann", "dee"}),
+    (attr("signup", "date", "eq", {"ago": 0}), {"dee"}),  # today
+    (attr("signup", "date", "between", ["2026-01-31", "2026-06-10"]), {"ann", "bob"}),
+    (attr("signup", "date", "exists"), {"ann", "bob", "cid", "dee"}),
+    (attr("signup", "date", "not_exists"), {"eve"}),
+]
+
+COLUMN_CASES = [
+    (col("locale", "eq", "fr-FR"), {"ann"}),
+    (col("locale", "ne", "fr-FR"), {"bob", "cid", "dee", "eve"}),
+    (col("locale", "in", ["de", "en-US"]), {"bob", "dee"}),
+    (col("locale", "not_in", ["de", "en-US"]), {"ann", "cid", "eve"}),
+    (col("locale", "contains", "us"), {"bob"}),
+    (col("locale", "starts_with", "F"), {"ann"}),
+    (col("locale", "exists"), {"ann", "bob", "dee"}),
+    (col("locale", "not_exists"), {"cid", "eve"}),
+    (col("timezone", "eq", "Europe/Paris"), {"ann"}),
+    (col("external_id", "starts_with", "a"), {"ann"}),
+    (col("created_at", "eq", "2026-06-14"), {"ann"}),
+    (col("created_at", "ne", "2026-06-14"), {"bob", "cid", "dee", "eve"}),
+    (col("created_at", "gte", {"ago": 7}), {"ann", "cid", "eve"}),
+    (col("created_at", "lt", "2026-01-01"), {"dee"}),
+    (col("created_at", "lte", "2026-01-01"), {"bob", "dee"}),
+    (col("created_at", "gt", "2026-06-14"), {"eve"}),
+    (col("created_at", "between", ["2026-01-01", "2026-06-08"]), {"bob", "cid"}),
+    (col("last_seen_at", "exists"), {"ann", "cid"}),
+    (col("last_seen_at", "not_exists"), {"bob", "dee", "eve"}),
+    (col("last_seen_at", "gte", {"ago": 30}), {"ann"}),
+    (col("last_seen_at", "ne", "2026-06-15"), {"bob", "cid", "dee", "eve"}),  # never seen: not that day
+    (col("last_seen_at", "lt", "2026-06-01"), {"cid"}),
+]
+
+
+def ev(name="purchase", **kw):
+    return {"event": name, **kw}
+
+
+def prop(name, type_, op, value=None):
+    node = {"property": name, "type": type_, "op": op}
+    if value is not None:
+        node["value"] = value
+    return node
+
+
+EVENT_CASES = [
+    (ev(), {"ann", "bob", "dee"}),
+    (ev(did=False), {"cid", "eve"}),
+    (ev(within_days=7), {"ann", "bob", "dee"}),
+    (ev(within_days=3), {"ann", "bob"}),
+    (ev(min_count=2), {"ann", "dee"}),
+    (ev(min_count=2, within_days=7), {"dee"}),
+    (ev(min_count=3), {"ann"}),
+    (ev(did=False, min_count=2), {"bob", "cid", "eve"}),
+    (ev(where=[prop("amount", "number", "gte", 50)]), {"ann", "dee"}),
+    (ev(where=[prop("amount", "number", "gte", 50)], within_days=30), {"ann", "dee"}),
+    (ev(where=[prop("amount", "number", "gte", 50)], min_count=2), {"ann", "dee"}),
+    (ev(where=[prop("amount", "number", "gte", 50)], min_count=2, within_days=30), {"dee"}),
+    (ev(where=[prop("currency", "string", "eq", "EUR")]), {"dee"}),
+    (ev(where=[prop("currency", "string", "not_exists")]), {"ann", "bob", "dee"}),
+    (ev(where=[prop("amount", "number", "between", [1, 10])]), {"bob"}),
+    (ev("app_open", within_days=30), {"ann"}),
+    (ev("never_happens"), set()),
+]
+
+GROUP_CASES = [
+    ({"any": [attr("plan", "string", "eq", "pro"), attr("age", "number", "gt", 60)]}, {"ann", "dee"}),
+    ({"all": [attr("plan", "string", "exists"), attr("age", "number", "lt", 40)]}, {"ann", "bob"}),
+    ({"none": [attr("plan", "string", "eq", "pro"), attr("age", "number", "gt", 60)]}, {"bob", "cid", "eve"}),
+    ({"none": [attr("age", "number", "gt", 30)]}, {"bob", "cid", "eve"}),  # "forty" and missing count as not > 30
+    ({"none": [attr("signup", "date", "gte", "2026-06-01")]}, {"bob", "cid", "eve"}),
+    (
+        {
+            "all": [
+                {"any": [ev(min_count=2), col("locale", "eq", "en-US")]},
+                {"none": [attr("vip", "boolean", "eq", True)]},
+            ]
+        },
+        {"bob", "dee"},
+    ),
+    ({"all": [{"any": [{"none": [col("external_id", "eq", "eve")]}]}]}, ALL - {"eve"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("tree", "expected"),
+    STRING_CASES + NUMBER_CASES + BOOLEAN_CASES + DATE_CASES,
+    ids=lambda v: repr(v) if isinstance(v, dict) else None,
+)
+def test_attribute_condition_matches_hand_checked_profiles(people, tree, expected):
+    assert members({"all": [tree]}) == expected
+
+
+@pytest.mark.parametrize(("tree", "expected"), COLUMN_CASES, ids=lambda v: repr(v) if isinstance(v, dict) else None)
+def test_column_condition_matches_hand_checked_profiles(people, tree, expected):
+    assert members({"all": [tree]}) == expected
+
+
+@pytest.mark.parametrize(("tree", "expected"), EVENT_CASES, ids=lambda v: repr(v) if isinstance(v, dict) else None)
+def test_event_condition_matches_hand_checked_profiles(people, tree, expected):
+    assert members({"all": [tree]}) == expected
+
+
+@pytest.mark.parametrize(("tree", "expected"), GROUP_CASES, ids=lambda v: repr(v) if isinstance(v, dict) else None)
+def test_groups_combine_conditions(people, tree, expected):
+    assert members(tree) == expected
+
+
+def test_membership_of_static_and_rules_segments(people):
+    static = Segment.objects.create(name="hand-kept", kind=Segment.Kind.STATIC)
+    SegmentMember.objects.bulk_create(
+        [SegmentMember(segment=static, profile=people["bob"]), SegmentMember(segment=static, profile=people["cid"])]
+    )
+    paying = Segment.objects.create(name="paying", rules={"all": [attr("plan", "string", "in", ["pro", "team"])]})
+    assert members({"all": [{"segment": static.pk}]}) == {"bob", "cid"}
+    assert members({"all": [{"segment": static.pk, "member": False}]}) == {"ann", "dee", "eve"}
+    assert members({"all": [{"segment": paying.pk}]}) == {"ann", "cid"}
+    assert members({"none": [{"segment": paying.pk}]}) == {"bob", "dee", "eve"}
+    assert members({"all": [{"segment": paying.pk}, {"segment": static.pk}]}) == {"cid"}
+
+
+def test_nested_tree_with_segments_and_events_is_one_query(people, django_assert_num_queries):
+    static = Segment.objects.create(name="hand-kept", kind=Segment.Kind.STATIC)
+    SegmentMember.objects.create(segment=static, profile=people["dee"])
+    inner = Segment.objects.create(name="adults", rules={"all": [attr("age", "number", "gte", 18)]})
+    tree = {
+        "any": [
+            {"all": [attr("plan", "string", "eq", "free"), attr("city", "string", "contains", "paris")]},
+            {
+                "all": [
+                    {"segment": static.pk},
+                    ev(within_days=7, where=[prop("amount", "number", "gt", 10)]),
+                    {"segment": inner.pk},
+                    {"none": [col("locale", "eq", "fr-FR")]},
+                ]
+            },
+        ]
+    }
+    rules_validate(tree)
+    condition = rules_compile(tree, now=NOW)
+    with django_assert_num_queries(1):
+        found = set(Profile.objects.filter(condition).values_list("external_id", flat=True))
+    assert found == {"bob", "dee"}
+
+
+def test_relative_dates_follow_the_clock(people):
+    tree = {"all": [attr("signup", "date", "gte", {"ago": 7})]}
+    later = NOW + dt.timedelta(days=30)
+    assert set(Profile.objects.filter(rules_compile(tree, now=later)).values_list("external_id", flat=True)) == set()
+
+
+# --- validation: every broken rule is named with its path --------------------------------------
+
+
+def errors_of(tree, **kwargs) -> list[tuple[str, str]]:
+    with pytest.raises(RulesInvalid) as info:
+        rules_validate(tree, **kwargs)
+    return [(e.path, e.code) for e in info.value.errors]
+
+
+def test_unknown_field_is_named_with_its_path():
+    assert errors_of({"all": [col("locale", "eq", "fr"), col("shoe_size", "eq", "42")]}) == [
+        ("rules.all[1].field", "unknown_field")
+    ]
+
+
+def test_unknown_operator_for_the_type_is_refused():
+    assert errors_of({"any": [{"all": [attr("vip", "boolean", "gt", True)]}]}) == [
+        ("rules.any[0].all[0].op", "unknown_operator")
+    ]
+    assert errors_of({"all": [attr("plan", "string", "between", ["a", "b"])]}) == [
+        ("rules.all[0].op", "unknown_operator")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("node", "path"),
+    [
+        (attr("age", "number", "gt", "30"), "rules.all[0].value"),
+        (attr("age", "number", "gt", True), "rules.all[0].value"),
+        (attr("vip", "boolean", "eq", "yes"), "rules.all[0].value"),
+        (attr("plan", "string", "in", "pro"), "rules.all[0].value"),
+        (attr("plan", "string", "in", ["pro", 3]), "rules.all[0].value[1]"),
+        (attr("signup", "date", "gte", "15/06/2026"), "rules.all[0].value"),
+        (attr("signup", "date", "gte", "2026-02-30"), "rules.all[0].value"),
+        (attr("signup", "date", "gte", {"ago": -1}), "rules.all[0].value"),
+        (attr("age", "number", "between", [40, 30]), "rules.all[0].value"),
+        (attr("age", "number", "between", [30]), "rules.all[0].value"),
+        (col("created_at", "gt", 5), "rules.all[0].value"),
+        (ev(min_count=0), "rules.all[0].min_count"),
+        (ev(within_days="7"), "rules.all[0].within_days"),
+        ({"event": "purchase", "where": [prop("amount", "number", "gt", "ten")]}, "rules.all[0].where[0].value"),
+        ({"segment": "paying"}, "rules.all[0].segment"),
+        ("plan = pro", "rules.all[0]"),
+    ],
+)
+def test_wrong_type_is_refused_with_its_path(node, path):
+    found = errors_of({"all": [node]})
+    assert found[0][0] == path
+    assert found[0][1] in {"wrong_type", "wrong_order"}
+
+
+def test_missing_type_operator_and_value_are_required():
+    assert errors_of({"all": [{"attribute": "plan", "op": "eq", "value": "x"}]}) == [("rules.all[0].type", "required")]
+    assert errors_of({"all": [{"field": "locale", "value": "x"}]}) == [("rules.all[0].op", "required")]
+    assert errors_of({"all": [{"field": "locale", "op": "eq"}]}) == [("rules.all[0].value", "required")]
+    assert errors_of({"all": [{"field": "locale", "op": "exists", "value": "x"}]}) == [
+        ("rules.all[0].value", "unexpected_value")
+    ]
+
+
+def test_empty_group_is_refused():
+    assert errors_of({"all": [col("locale", "exists"), {"any": []}]}) == [("rules.all[1].any", "empty_group")]
+    assert errors_of({"none": []}) == [("rules.none", "empty_group")]
+
+
+def test_unknown_node_and_unknown_keys_are_refused():
+    assert errors_of({"all": [{"colour": "red"}]}) == [("rules.all[0]", "unknown_node")]
+    assert errors_of({"all": [{"all": [col("locale", "exists")], "any": [col("locale", "exists")]}]}) == [
+        ("rules.all[0]", "ambiguous_node")
+    ]
+    assert errors_of({"all": [{**col("locale", "eq", "fr"), "weight": 2}]}) == [("rules.all[0].weight", "unknown_key")]
+    assert errors_of({"all": [attr("bad name!", "string", "eq", "x")]}) == [("rules.all[0].attribute", "invalid_name")]
+
+
+def test_depth_over_ten_is_refused():
+    tree = col("locale", "exists")
+    for _ in range(10):
+        tree = {"all": [tree]}
+    with pytest.raises(RulesInvalid) as info:
+        rules_validate(tree)
+    assert info.value.errors[0].code == "too_deep"
+    assert info.value.errors[0].path == "rules" + ".all[0]" * 10
+    rules_validate(tree["all"][0])  # ten levels are fine
+
+
+def test_every_error_is_reported_at_once():
+    found = errors_of({"all": [col("shoe", "eq", 1), {"any": []}, attr("age", "number", "gt", "x")]})
+    assert found == [
+        ("rules.all[0].field", "unknown_field"),
+        ("rules.all[1].any", "empty_group"),
+        ("rules.all[2].value", "wrong_type"),
+    ]
+
+
+def test_error_message_names_the_path_and_the_rule():
+    with pytest.raises(RulesInvalid) as info:
+        rules_validate({"all": [attr("age", "number", "greater", 3)]})
+    message = info.value.messages[0]
+    assert message.startswith("rules.all[0].op: unknown operator 'greater' for a number")
+    assert "gte" in message
+
+
+def test_cycle_between_segments_is_refused(db):
+    a = Segment.objects.create(name="a", rules={"all": [col("locale", "exists")]})
+    b = Segment.objects.create(name="b", rules={"all": [{"segment": a.pk}]})
+    c = Segment.objects.create(name="c", rules={"all": [{"segment": b.pk}]})
+    found = errors_of({"any": [col("locale", "exists"), {"segment": c.pk}]}, segment_id=a.pk)
+    assert found == [("rules.any[1].segment", "cycle")]
+    assert errors_of({"all": [{"segment": a.pk}]}, segment_id=a.pk) == [("rules.all[0].segment", "cycle")]
+    with pytest.raises(RulesInvalid) as info:
+        rules_validate({"all": [{"segment": c.pk}]}, segment_id=a.pk)
+    assert f"{a.pk} → {c.pk} → {b.pk} → {a.pk}" in info.value.messages[0]
+
+
+def test_unknown_or_inaccessible_segment_is_refused(db):
+    hidden = Segment.objects.create(name="hidden", rules={"all": [col("locale", "exists")]})
+    assert errors_of({"all": [{"segment": 999999}]}) == [("rules.all[0].segment", "unknown_segment")]
+    assert errors_of({"all": [{"segment": hidden.pk}]}, allowed_segment_ids=set()) == [
+        ("rules.all[0].segment", "unknown_segment")
+    ]
+
+
+@pytest.mark.skipif(device_model() is not None, reason="delivery.Device exists: reachability is available")
+def test_reachability_is_refused_clearly_while_devices_do_not_exist(db):
+    found = errors_of({"all": [{"reachable": {"app": 1, "platform": "ios"}}]})
+    assert found == [("rules.all[0].reachable", "unavailable")]
+
+
+def test_reachability_checks_its_platform(db):
+    found = errors_of({"all": [{"reachable": {"app": 1, "platform": "windows"}}]})
+    assert ("rules.all[0].reachable.platform", "unknown_platform") in found
