@@ -146,3 +146,112 @@ class AuditEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise PermissionDenied("Audit events are append-only: they cannot be deleted.")
+
+
+class ApprovalPolicy(models.Model):
+    """Who must approve what. Administrators define policies; the newest activated matching one wins.
+
+    When no active policy matches, any user whose role may approve that kind of object is an
+    approver (the safe default): nothing is ever sent without an approval.
+    """
+
+    class SubjectType(models.TextChoices):
+        CAMPAIGN = "campaign", "Campaigns"
+        JOURNEY = "journey", "Journeys"
+
+    name = models.CharField(max_length=120, unique=True)
+    description = models.TextField(blank=True)
+    applies_to_campaigns = models.BooleanField(default=True)
+    applies_to_journeys = models.BooleanField(default=False)
+    # Conditions: an empty list means "any".
+    app_ids = models.JSONField(default=list, blank=True, help_text="Only objects of these apps (empty: any app).")
+    campaign_kinds = models.JSONField(
+        default=list, blank=True, help_text="Only these campaign kinds: scheduled, api_triggered (empty: any)."
+    )
+    purposes = models.JSONField(
+        default=list, blank=True, help_text="Only these purposes: marketing, transactional (empty: any)."
+    )
+    approver_users = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="+")
+    approver_groups = models.ManyToManyField("auth.Group", blank=True, related_name="+")
+    block_self_approval = models.BooleanField(
+        default=True, help_text="Refuse an approval by the person who asked for it, even when they are an approver."
+    )
+    is_active = models.BooleanField(default=False, editable=False)
+    activated_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "approval policies"
+        ordering = ["-is_active", "-activated_at", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def matches(self, context: dict) -> bool:
+        """Does this policy govern an object described by ``context`` (type, app_id, kind, purpose)?"""
+        if context.get("type") == self.SubjectType.CAMPAIGN and not self.applies_to_campaigns:
+            return False
+        if context.get("type") == self.SubjectType.JOURNEY and not self.applies_to_journeys:
+            return False
+        if self.app_ids and context.get("app_id") not in self.app_ids:
+            return False
+        if self.campaign_kinds and context.get("kind") not in self.campaign_kinds:
+            return False
+        return not (self.purposes and context.get("purpose") not in self.purposes)
+
+
+class ApprovalRequest(models.Model):
+    """One submission of an object (a campaign, a journey version) for approval.
+
+    The approvers are fixed when the request is opened (from the policy that matched then), so
+    a later policy change never re-routes a request already waiting.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting for approval"
+        APPROVED = "approved", "Approved"
+        CHANGES_REQUESTED = "changes_requested", "Changes requested"
+        CANCELLED = "cancelled", "Cancelled"
+        VOIDED = "voided", "Voided by an edit"
+
+    id = models.BigAutoField(primary_key=True)
+    subject_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+")
+    subject_id = models.CharField(max_length=64)
+    subject_label = models.CharField(max_length=200)
+    fingerprint = models.CharField(max_length=64, help_text="The content fingerprint at submission.")
+    message = models.TextField(blank=True, help_text="What the requester says to the approvers.")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    requested_at = models.DateTimeField(default=timezone.now)
+    policy = models.ForeignKey(
+        ApprovalPolicy, on_delete=models.SET_NULL, null=True, blank=True, related_name="requests"
+    )
+    approver_users = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="+")
+    approver_groups = models.ManyToManyField("auth.Group", blank=True, related_name="+")
+    approve_perm = models.CharField(max_length=100, help_text="The role permission an approver needs.")
+    block_self_approval = models.BooleanField(default=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    comment = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+        permissions = [("decide_approvalrequest", "Can approve or request changes")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subject_type", "subject_id"],
+                condition=models.Q(status="pending"),
+                name="one_pending_request_per_subject",
+            )
+        ]
+        indexes = [models.Index(fields=["subject_type", "subject_id", "-requested_at"], name="approval_subject_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.subject_label} ({self.get_status_display()})"
+
+    @property
+    def subject(self):
+        return self.subject_type.get_object_for_this_type(pk=self.subject_id)

@@ -13,7 +13,7 @@ from django.db import models
 from django.db.models import Q, QuerySet
 from guardian.utils import get_group_obj_perms_model, get_user_obj_perms_model
 
-from accounts.models import ApiKey, AuditEvent, User
+from accounts.models import ApiKey, ApprovalPolicy, ApprovalRequest, AuditEvent, User
 from accounts.roles import ADMINISTRATOR
 
 
@@ -136,3 +136,77 @@ def audit_events_visible_to(user: User) -> QuerySet[AuditEvent]:
     if has_every_scope(user):
         return AuditEvent.objects.all()
     return AuditEvent.objects.filter(actor=user)
+
+
+# --- approvals ----------------------------------------------------------------------------------
+
+
+def approval_policies_active() -> list[ApprovalPolicy]:
+    """Active policies, the most recently activated first (it wins when several match)."""
+    return list(
+        ApprovalPolicy.objects.filter(is_active=True)
+        .order_by("-activated_at", "-pk")
+        .prefetch_related("approver_users", "approver_groups")
+    )
+
+
+def approver_standing(user: User, request: ApprovalRequest) -> tuple[bool, str]:
+    """May ``user`` decide ``request``? Returns (allowed, the reason when not)."""
+    if not user.is_active:
+        return False, "This account is disabled."
+    if not (user.has_perm("accounts.decide_approvalrequest") and user.has_perm(request.approve_perm)):
+        return False, "Your role may not approve."
+    if request.block_self_approval and request.requested_by_id == user.pk:
+        return False, "You cannot approve your own request."
+    if request.policy_id is not None:
+        named = request.approver_users.filter(pk=user.pk).exists()
+        in_group = request.approver_groups.filter(pk__in=user.groups.values("pk")).exists()
+        if not (named or in_group):
+            return False, f"You are not an approver of the policy '{request.policy}'."
+    subject = request.subject_type.model_class()._default_manager.filter(pk=request.subject_id)
+    if not visible_to(user, subject).exists():
+        return False, "You have no access to this object."
+    return True, ""
+
+
+def approvals_waiting_for(user: User) -> list[ApprovalRequest]:
+    """The approver's inbox: pending requests this user may decide, oldest first."""
+    if not user.has_perm("accounts.decide_approvalrequest"):
+        return []
+    pending = (
+        ApprovalRequest.objects.filter(status=ApprovalRequest.Status.PENDING)
+        .filter(Q(policy__isnull=True) | Q(approver_users=user) | Q(approver_groups__in=user.groups.values("pk")))
+        .exclude(block_self_approval=True, requested_by=user)
+        .select_related("requested_by", "subject_type", "policy")
+        .distinct()
+        .order_by("requested_at")
+    )
+    return [request for request in pending if approver_standing(user, request)[0]]
+
+
+def approval_requests_visible_to(user: User) -> QuerySet[ApprovalRequest]:
+    """Requests one made, was asked to decide, or (Administrators) all of them."""
+    qs = ApprovalRequest.objects.select_related("requested_by", "decided_by", "subject_type", "policy")
+    if not user.has_perm("accounts.view_approvalrequest"):
+        return qs.none()
+    if has_every_scope(user):
+        return qs
+    return qs.filter(
+        Q(requested_by=user)
+        | Q(decided_by=user)
+        | Q(status=ApprovalRequest.Status.PENDING, pk__in=[r.pk for r in approvals_waiting_for(user)])
+    )
+
+
+def approval_current(subject: models.Model) -> ApprovalRequest | None:
+    """The subject's latest request (pending, approved, or the last decision)."""
+    from django.contrib.contenttypes.models import ContentType
+
+    return (
+        ApprovalRequest.objects.filter(
+            subject_type=ContentType.objects.get_for_model(subject), subject_id=str(subject.pk)
+        )
+        .select_related("requested_by", "decided_by")
+        .order_by("-requested_at", "-pk")
+        .first()
+    )

@@ -11,8 +11,8 @@ from django.db import models, transaction
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
-from accounts.models import ApiKey, AuditEvent, User
-from accounts.selectors import access_perm, can_manage_api_keys_of
+from accounts.models import ApiKey, ApprovalPolicy, ApprovalRequest, AuditEvent, User
+from accounts.selectors import access_perm, approval_policies_active, approver_standing, can_manage_api_keys_of
 
 
 def audit(
@@ -124,3 +124,135 @@ def api_key_touch(*, key: ApiKey) -> None:
     if key.last_used_at is None or (now - key.last_used_at).total_seconds() >= LAST_USED_RESOLUTION_SECONDS:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
         key.last_used_at = now
+
+
+# --- approvals ----------------------------------------------------------------------------------
+
+
+class ApprovalError(Exception):
+    """An approval step that the request's state or the user's standing does not allow."""
+
+
+def approval_policy_activate(*, policy_id: int, by: User) -> ApprovalPolicy:
+    """Activate a policy: from now on it governs new requests it matches (the newest activated wins)."""
+    if not by.has_perm("accounts.change_approvalpolicy"):
+        raise PermissionDenied("Only an Administrator manages approval policies.")
+    with transaction.atomic():
+        policy = ApprovalPolicy.objects.select_for_update().get(pk=policy_id)
+        if not (policy.approver_users.exists() or policy.approver_groups.exists()):
+            raise ValidationError("A policy needs at least one approver (a user or a group) before it is activated.")
+        policy.is_active = True
+        policy.activated_at = timezone.now()
+        policy.save(update_fields=["is_active", "activated_at", "updated_at"])
+        audit(actor=by, action="approval_policy_activated", obj=policy)
+    return policy
+
+
+def approval_policy_deactivate(*, policy_id: int, by: User) -> ApprovalPolicy:
+    """Deactivate a policy (an active policy cannot be edited; deactivate it first)."""
+    if not by.has_perm("accounts.change_approvalpolicy"):
+        raise PermissionDenied("Only an Administrator manages approval policies.")
+    with transaction.atomic():
+        policy = ApprovalPolicy.objects.select_for_update().get(pk=policy_id)
+        policy.is_active = False
+        policy.save(update_fields=["is_active", "updated_at"])
+        audit(actor=by, action="approval_policy_deactivated", obj=policy)
+    return policy
+
+
+def approval_request_open(
+    *, subject: models.Model, context: dict, fingerprint: str, approve_perm: str, by: User, message: str = ""
+) -> ApprovalRequest:
+    """Open a pending request for ``subject``, routed by the newest active policy that matches ``context``.
+
+    Call it inside the subject's own locked transition (e.g. submit for review). ``context`` holds
+    ``type`` ("campaign"/"journey"), ``app_id``, ``kind`` and ``purpose``. Raises ApprovalError
+    when the subject already has a pending request.
+    """
+    policy = next((p for p in approval_policies_active() if p.matches(context)), None)
+    subject_type = ContentType.objects.get_for_model(subject)
+    if ApprovalRequest.objects.filter(
+        subject_type=subject_type, subject_id=str(subject.pk), status=ApprovalRequest.Status.PENDING
+    ).exists():
+        raise ApprovalError(f"{subject} is already waiting for approval.")
+    request = ApprovalRequest.objects.create(
+        subject_type=subject_type,
+        subject_id=str(subject.pk),
+        subject_label=str(subject)[:200],
+        fingerprint=fingerprint,
+        message=message,
+        requested_by=by,
+        policy=policy,
+        approve_perm=approve_perm,
+        block_self_approval=policy.block_self_approval if policy else True,
+    )
+    if policy is not None:
+        request.approver_users.set(policy.approver_users.all())
+        request.approver_groups.set(policy.approver_groups.all())
+    audit(
+        actor=by,
+        action="approval_requested",
+        obj=subject,
+        summary={"request": request.pk, "policy": policy.name if policy else None},
+    )
+    return request
+
+
+def approval_request_decide(*, request_id: int, by: User, approve: bool, comment: str = "") -> ApprovalRequest:
+    """Record an approver's decision on a pending request.
+
+    Call it inside the subject's own locked transition (approve and activate / request changes).
+    Raises PermissionDenied when ``by`` is not an approver of this request (including their own
+    request when self-approval is blocked), ApprovalError when it is no longer pending,
+    ValidationError when changes are requested without a comment.
+    """
+    request = ApprovalRequest.objects.select_for_update().get(pk=request_id)
+    if request.status != ApprovalRequest.Status.PENDING:
+        raise ApprovalError(f"This request is {request.get_status_display().lower()}, not waiting for approval.")
+    allowed, reason = approver_standing(by, request)
+    if not allowed:
+        raise PermissionDenied(reason)
+    if not approve and not comment.strip():
+        raise ValidationError({"comment": "Say what needs to change."})
+    request.status = ApprovalRequest.Status.APPROVED if approve else ApprovalRequest.Status.CHANGES_REQUESTED
+    request.decided_by = by
+    request.decided_at = timezone.now()
+    request.comment = comment.strip()
+    request.save(update_fields=["status", "decided_by", "decided_at", "comment"])
+    audit(
+        actor=by,
+        action="approval_granted" if approve else "approval_changes_requested",
+        obj=request,
+        summary={"subject": request.subject_label, "comment": request.comment},
+    )
+    return request
+
+
+def approval_request_cancel(*, request_id: int, by: User) -> ApprovalRequest:
+    """The requester (or an Administrator) withdraws a pending request. Raises ApprovalError when not pending."""
+    request = ApprovalRequest.objects.select_for_update().get(pk=request_id)
+    if request.requested_by_id != by.pk and not by.has_perm("accounts.manage_object_access"):
+        raise PermissionDenied("Only the requester or an Administrator can cancel a request.")
+    if request.status != ApprovalRequest.Status.PENDING:
+        raise ApprovalError(f"This request is {request.get_status_display().lower()}, not waiting for approval.")
+    request.status = ApprovalRequest.Status.CANCELLED
+    request.decided_by = by
+    request.decided_at = timezone.now()
+    request.save(update_fields=["status", "decided_by", "decided_at"])
+    audit(actor=by, action="approval_cancelled", obj=request, summary={"subject": request.subject_label})
+    return request
+
+
+def approval_void(*, subject: models.Model, by: User | None, reason: str) -> int:
+    """Void the subject's approved request(s) after an edit: the edited object needs a new approval."""
+    voided = 0
+    for request in ApprovalRequest.objects.select_for_update().filter(
+        subject_type=ContentType.objects.get_for_model(subject),
+        subject_id=str(subject.pk),
+        status=ApprovalRequest.Status.APPROVED,
+    ):
+        request.status = ApprovalRequest.Status.VOIDED
+        request.save(update_fields=["status"])
+        audit(actor=by, action="approval_voided", obj=request, summary={"reason": reason})
+        voided += 1
+    return voided

@@ -1,0 +1,30 @@
+"""How the approval inbox reaches the objects it approves, without accounts importing them.
+
+Each app whose objects need approval (campaigns, journeys) registers an ``ApprovalSubject``
+for its model at start-up: how to render the side-by-side review, and which of its services
+approve-and-activate or send back for changes (those services lock the object, check its
+state and call ``accounts.services.approval_request_decide``).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.db import models
+
+
+@dataclass(frozen=True)
+class ApprovalSubject:
+    review_html: Callable[..., str]  # (subject, *, request, user) -> safe HTML for the review pane
+    approve: Callable[..., object]  # (*, subject_id, by, comment) -> approve and activate
+    request_changes: Callable[..., object]  # (*, subject_id, by, comment) -> back to draft
+
+
+_SUBJECTS: dict[str, ApprovalSubject] = {}
+
+
+def register_approval_subject(model: type[models.Model], subject: ApprovalSubject) -> None:
+    _SUBJECTS[model._meta.label_lower] = subject
+
+
+def approval_subject_for(model: type[models.Model]) -> ApprovalSubject | None:
+    return _SUBJECTS.get(model._meta.label_lower)

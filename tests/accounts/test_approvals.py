@@ -1,0 +1,220 @@
+"""Approval policies and requests, on their own (campaigns and journeys plug into them)."""
+
+import pytest
+from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+
+from accounts.models import ApprovalPolicy, ApprovalRequest
+from accounts.selectors import approvals_waiting_for
+from accounts.services import (
+    ApprovalError,
+    access_grant,
+    approval_policy_activate,
+    approval_request_cancel,
+    approval_request_decide,
+    approval_request_open,
+    approval_void,
+)
+from tests.factories import AppFactory, UserFactory
+
+APPROVE = "accounts.decide_approvalrequest"
+
+
+@pytest.fixture
+def shop(db):
+    return AppFactory(name="Shop")
+
+
+def _open(subject, by, **context):
+    with transaction.atomic():
+        return approval_request_open(
+            subject=subject,
+            context={"type": "campaign", "app_id": subject.pk, "kind": "scheduled", "purpose": "marketing", **context},
+            fingerprint="f" * 64,
+            approve_perm=APPROVE,
+            by=by,
+        )
+
+
+def _decide(request, by, approve=True, comment=""):
+    with transaction.atomic():
+        return approval_request_decide(request_id=request.pk, by=by, approve=approve, comment=comment)
+
+
+def _policy(admin, *, users=(), groups=(), block_self_approval=True, **conditions):
+    policy = ApprovalPolicy.objects.create(
+        name=f"policy {ApprovalPolicy.objects.count()}", block_self_approval=block_self_approval, **conditions
+    )
+    policy.approver_users.set(users)
+    policy.approver_groups.set(groups)
+    approval_policy_activate(policy_id=policy.pk, by=admin)
+    return policy
+
+
+def test_without_a_policy_any_approver_with_access_decides(shop, manager_alice, approver_bob):
+    access_grant(obj=shop, to=approver_bob, by=None)
+    request = _open(shop, manager_alice)
+    assert approvals_waiting_for(approver_bob) == [request]
+    _decide(request, approver_bob)
+    request.refresh_from_db()
+    assert request.status == ApprovalRequest.Status.APPROVED
+    assert request.decided_by == approver_bob
+
+
+def test_manager_cannot_approve(shop, manager_alice, manager_mallory):
+    access_grant(obj=shop, to=manager_mallory, by=None)
+    request = _open(shop, manager_alice)
+    assert approvals_waiting_for(manager_mallory) == []
+    with pytest.raises(PermissionDenied, match="role"):
+        _decide(request, manager_mallory)
+
+
+def test_approver_cannot_approve_own_request_by_default(shop, approver_bob):
+    access_grant(obj=shop, to=approver_bob, by=None)
+    request = _open(shop, approver_bob)
+    assert approvals_waiting_for(approver_bob) == []
+    with pytest.raises(PermissionDenied, match="own request"):
+        _decide(request, approver_bob)
+
+
+def test_policy_may_allow_self_approval(shop, admin_erin, approver_bob):
+    access_grant(obj=shop, to=approver_bob, by=None)
+    _policy(admin_erin, users=[approver_bob], block_self_approval=False)
+    request = _open(shop, approver_bob)
+    _decide(request, approver_bob)
+    assert ApprovalRequest.objects.get(pk=request.pk).status == "approved"
+
+
+def test_approver_outside_the_object_access_cannot_decide(shop, manager_alice, approver_bob):
+    request = _open(shop, manager_alice)
+    assert approvals_waiting_for(approver_bob) == []
+    with pytest.raises(PermissionDenied, match="access"):
+        _decide(request, approver_bob)
+
+
+def test_policy_routes_to_its_approvers_only(shop, admin_erin, manager_alice, approver_bob):
+    approver_zoe = UserFactory(username="approver_zoe", role="Approver")
+    for user in (approver_bob, approver_zoe):
+        access_grant(obj=shop, to=user, by=None)
+    reviewers = Group.objects.create(name="Shop reviewers")
+    approver_zoe.groups.add(reviewers)
+    _policy(admin_erin, groups=[reviewers])
+    request = _open(shop, manager_alice)
+    assert approvals_waiting_for(approver_bob) == []
+    assert approvals_waiting_for(approver_zoe) == [request]
+    with pytest.raises(PermissionDenied, match="not an approver"):
+        _decide(request, approver_bob)
+    _decide(request, approver_zoe)
+
+
+def test_newest_activated_matching_policy_wins(shop, admin_erin, manager_alice, approver_bob):
+    approver_zoe = UserFactory(username="approver_zoe", role="Approver")
+    _policy(admin_erin, users=[approver_bob])
+    newest = _policy(admin_erin, users=[approver_zoe], purposes=["marketing"])
+    assert _open(shop, manager_alice).policy == newest
+    other_app = AppFactory(name="Bank")
+    only_transactional = _policy(admin_erin, users=[approver_bob], purposes=["transactional"], app_ids=[other_app.pk])
+    assert _open(other_app, manager_alice, purpose="transactional").policy == only_transactional
+
+
+def test_policy_conditions_on_kind_and_journeys(admin_erin):
+    policy = ApprovalPolicy(applies_to_campaigns=True, applies_to_journeys=False, campaign_kinds=["api_triggered"])
+    assert policy.matches({"type": "campaign", "kind": "api_triggered"})
+    assert not policy.matches({"type": "campaign", "kind": "scheduled"})
+    assert not policy.matches({"type": "journey"})
+
+
+def test_policy_without_approvers_cannot_be_activated(admin_erin):
+    policy = ApprovalPolicy.objects.create(name="empty")
+    with pytest.raises(ValidationError, match="approver"):
+        approval_policy_activate(policy_id=policy.pk, by=admin_erin)
+
+
+def test_only_administrators_activate_policies(manager_alice, approver_bob):
+    policy = ApprovalPolicy.objects.create(name="p")
+    policy.approver_users.set([approver_bob])
+    with pytest.raises(PermissionDenied):
+        approval_policy_activate(policy_id=policy.pk, by=manager_alice)
+
+
+def test_requesting_changes_needs_a_comment_and_the_requester_sees_it(shop, manager_alice, approver_bob):
+    access_grant(obj=shop, to=approver_bob, by=None)
+    request = _open(shop, manager_alice)
+    with pytest.raises(ValidationError):
+        _decide(request, approver_bob, approve=False, comment="  ")
+    _decide(request, approver_bob, approve=False, comment="Fix the title")
+    request.refresh_from_db()
+    assert (request.status, request.comment) == ("changes_requested", "Fix the title")
+
+
+def test_one_pending_request_per_subject(shop, manager_alice):
+    _open(shop, manager_alice)
+    with pytest.raises(ApprovalError):
+        _open(shop, manager_alice)
+
+
+def test_decided_request_cannot_be_decided_again(shop, manager_alice, approver_bob):
+    access_grant(obj=shop, to=approver_bob, by=None)
+    request = _open(shop, manager_alice)
+    _decide(request, approver_bob)
+    with pytest.raises(ApprovalError):
+        _decide(request, approver_bob, approve=False, comment="too late")
+
+
+def test_requester_cancels_and_others_cannot(shop, manager_alice, manager_mallory):
+    request = _open(shop, manager_alice)
+    with pytest.raises(PermissionDenied), transaction.atomic():
+        approval_request_cancel(request_id=request.pk, by=manager_mallory)
+    with transaction.atomic():
+        approval_request_cancel(request_id=request.pk, by=manager_alice)
+    assert ApprovalRequest.objects.get(pk=request.pk).status == "cancelled"
+
+
+def test_edit_after_approval_voids_it(shop, manager_alice, approver_bob):
+    access_grant(obj=shop, to=approver_bob, by=None)
+    request = _open(shop, manager_alice)
+    _decide(request, approver_bob)
+    with transaction.atomic():
+        assert approval_void(subject=shop, by=manager_alice, reason="content edited") == 1
+    assert ApprovalRequest.objects.get(pk=request.pk).status == "voided"
+
+
+def test_inbox_page_lists_what_waits_for_me(client, shop, manager_alice, approver_bob):
+    access_grant(obj=shop, to=approver_bob, by=None)
+    _open(shop, manager_alice)
+    client.force_login(approver_bob)
+    page = client.get("/admin/accounts/approvalrequest/")
+    assert page.status_code == 200
+    assert b"Waiting for my approval" in page.content
+    assert b"Shop" in page.content
+    client.force_login(manager_alice)
+    mine = client.get("/admin/accounts/approvalrequest/", {"show": "my_requests"})
+    assert b"Shop" in mine.content
+
+
+def test_policy_admin_is_for_administrators(client, admin_erin, manager_alice, approver_bob):
+    client.force_login(manager_alice)
+    assert client.get("/admin/accounts/approvalpolicy/").status_code == 403
+    client.force_login(admin_erin)
+    response = client.post(
+        "/admin/accounts/approvalpolicy/add/",
+        {
+            "name": "Marketing",
+            "applies_to_campaigns": "on",
+            "purposes": ["marketing"],
+            "approver_users": [approver_bob.pk],
+            "block_self_approval": "on",
+        },
+    )
+    assert response.status_code == 302, response.content[:3000]
+    policy = ApprovalPolicy.objects.get(name="Marketing")
+    assert policy.purposes == ["marketing"]
+    client.post("/admin/accounts/approvalpolicy/", {"action": "activate", "_selected_action": [policy.pk]})
+    policy.refresh_from_db()
+    assert policy.is_active
+    # An active policy is locked.
+    locked = client.post(
+        f"/admin/accounts/approvalpolicy/{policy.pk}/change/", {"name": "Renamed", "applies_to_campaigns": "on"}
+    )
+    assert locked.status_code == 403
