@@ -61,7 +61,9 @@ class App(models.Model):
 
     @property
     def apns_configured(self) -> bool:
-        return bool(self.apns_private_key_fingerprint and self.apns_team_id and self.apns_key_id and self.apns_bundle_id)
+        return bool(
+            self.apns_private_key_fingerprint and self.apns_team_id and self.apns_key_id and self.apns_bundle_id
+        )
 
     @property
     def fcm_configured(self) -> bool:
@@ -75,3 +77,310 @@ class AppUserObjectPermission(UserObjectPermissionBase):
 class AppGroupObjectPermission(GroupObjectPermissionBase):
     content_object = models.ForeignKey(App, on_delete=models.CASCADE)
 
+
+# --- the send pipeline ----------------------------------------------------------------------------
+
+
+class Platform(models.TextChoices):
+    IOS = "ios", "iOS"
+    ANDROID = "android", "Android"
+
+
+class Device(models.Model):
+    """A push token of one app on one phone, belonging to a profile.
+
+    Unique per (app, token): registering a known token again moves it to the new profile.
+    A provider's "this token is dead" answer deactivates it (``active`` false, with the
+    reason and time); it is never targeted again until the app registers it anew.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    profile = models.ForeignKey("audiences.Profile", on_delete=models.CASCADE, related_name="devices")
+    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="devices", db_index=False)
+    platform = models.CharField(max_length=8, choices=Platform.choices)
+    token = models.CharField(max_length=512)
+    push_enabled = models.BooleanField(default=True, help_text="The phone's opt-in to notifications.")
+    is_test = models.BooleanField(default=False, help_text="A test device: receives test sends.")
+    active = models.BooleanField(default=True)
+    invalidated_at = models.DateTimeField(null=True, blank=True)
+    invalidated_reason = models.CharField(max_length=100, blank=True)
+    last_registered_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [models.UniqueConstraint(fields=["app", "token"], name="device_app_token_unique")]
+        indexes = [models.Index(fields=["app", "is_test"], name="device_app_test_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.get_platform_display()} …{self.token[-8:]}"
+
+
+class PushContent(models.Model):
+    """A push message as authored: texts (Liquid), tap action, options per platform, locale variants.
+
+    Written only through ``delivery.services.pushcontent_save``, which validates the templates,
+    URLs and worst-case payload sizes. ``spec()`` is the frozen form a Dispatch keeps.
+    """
+
+    has_object_access = True
+    access_scope_field = "app"
+
+    class TapAction(models.TextChoices):
+        OPEN_APP = "open_app", "open the app"
+        DEEP_LINK = "deep_link", "open a deep link"
+        URL = "url", "open a web page"
+
+    class InterruptionLevel(models.TextChoices):
+        DEFAULT = "", "default"
+        PASSIVE = "passive", "passive"
+        ACTIVE = "active", "active"
+        TIME_SENSITIVE = "time-sensitive", "time sensitive"
+        CRITICAL = "critical", "critical"
+
+    class AndroidPriority(models.TextChoices):
+        HIGH = "high", "high"
+        NORMAL = "normal", "normal"
+
+    app = models.ForeignKey(App, on_delete=models.PROTECT, related_name="push_contents")
+    name = models.CharField(max_length=200)
+    title = models.CharField(max_length=1000, blank=True, help_text="Liquid: {{ profile.attributes.first_name }}")
+    subtitle = models.CharField(max_length=1000, blank=True, help_text="Shown on iOS only.")
+    body = models.TextField(blank=True)
+    image_url = models.CharField(max_length=2000, blank=True)
+    tap_action = models.CharField(max_length=10, choices=TapAction.choices, default=TapAction.OPEN_APP)
+    tap_url = models.CharField(max_length=2000, blank=True, help_text="The deep link or web page to open.")
+    data = models.JSONField(default=dict, blank=True, help_text="Custom data: key → string (Liquid allowed).")
+    ios_sound = models.CharField(max_length=100, blank=True, default="default")
+    ios_badge = models.PositiveIntegerField(null=True, blank=True)
+    ios_category = models.CharField(max_length=100, blank=True)
+    ios_thread_id = models.CharField(max_length=100, blank=True)
+    ios_interruption_level = models.CharField(
+        max_length=20, choices=InterruptionLevel.choices, blank=True, default=InterruptionLevel.DEFAULT
+    )
+    ios_mutable_content = models.BooleanField(default=False)
+    android_channel_id = models.CharField(max_length=100, blank=True)
+    android_icon = models.CharField(max_length=100, blank=True)
+    android_color = models.CharField(max_length=7, blank=True, help_text="#rrggbb")
+    android_priority = models.CharField(max_length=6, choices=AndroidPriority.choices, default=AndroidPriority.HIGH)
+    silent = models.BooleanField(default=False, help_text="A background push: no alert, sound or badge.")
+    ttl_seconds = models.PositiveIntegerField(default=86400, help_text="Seconds the providers keep trying.")
+    collapse_key = models.CharField(max_length=64, blank=True)
+    default_locale = models.CharField(max_length=35, default="en", help_text="The language of the texts above.")
+    variants = models.JSONField(
+        default=dict, blank=True, help_text='Per locale: {"fr": {"title": "...", "body": "..."}}.'
+    )
+    version = models.PositiveIntegerField(default=1, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+", editable=False
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+        verbose_name = "push content"
+        verbose_name_plural = "push contents"
+        permissions = [("test_send_pushcontent", "Can send push content to test devices")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def spec(self) -> dict:
+        """The frozen form of this content: what a Dispatch keeps and the payload builders read."""
+        return {
+            "title": self.title,
+            "subtitle": self.subtitle,
+            "body": self.body,
+            "image_url": self.image_url,
+            "tap_action": self.tap_action,
+            "tap_url": self.tap_url,
+            "data": dict(self.data or {}),
+            "ios": {
+                "sound": self.ios_sound,
+                "badge": self.ios_badge,
+                "category": self.ios_category,
+                "thread_id": self.ios_thread_id,
+                "interruption_level": self.ios_interruption_level,
+                "mutable_content": self.ios_mutable_content,
+            },
+            "android": {
+                "channel_id": self.android_channel_id,
+                "icon": self.android_icon,
+                "color": self.android_color,
+                "priority": self.android_priority,
+            },
+            "silent": self.silent,
+            "ttl_seconds": self.ttl_seconds,
+            "collapse_key": self.collapse_key,
+            "default_locale": self.default_locale,
+            "variants": dict(self.variants or {}),
+        }
+
+    def fingerprint(self) -> str:
+        """A digest of everything that is sent: equal fingerprints, identical messages."""
+        import hashlib
+        import json
+
+        return hashlib.sha256(json.dumps(self.spec(), sort_keys=True).encode()).hexdigest()
+
+
+class PushContentUserObjectPermission(UserObjectPermissionBase):
+    content_object = models.ForeignKey(PushContent, on_delete=models.CASCADE)
+
+
+class PushContentGroupObjectPermission(GroupObjectPermissionBase):
+    content_object = models.ForeignKey(PushContent, on_delete=models.CASCADE)
+
+
+class Dispatch(models.Model):
+    """One send run: a campaign execution, an API trigger call, a journey step batch, or a test send.
+
+    Keeps a frozen copy of the content (``content_spec``): editing the PushContent never
+    reaches a send in flight. Counters are kept up to date by the send tasks.
+    """
+
+    has_object_access = True
+    access_scope_field = "app"
+
+    class Kind(models.TextChoices):
+        CAMPAIGN = "campaign", "campaign"
+        API_TRIGGER = "api_trigger", "API trigger"
+        JOURNEY = "journey", "journey step"
+        TEST = "test", "test send"
+
+    class Status(models.TextChoices):
+        PREPARING = "preparing", "preparing"
+        SENDING = "sending", "sending"
+        DONE = "done", "done"
+        STOPPED = "stopped", "stopped"
+        FAILED = "failed", "failed"
+
+    FINAL_STATUSES = (Status.DONE, Status.STOPPED, Status.FAILED)
+
+    id = models.BigAutoField(primary_key=True)
+    app = models.ForeignKey(App, on_delete=models.PROTECT, related_name="dispatches")
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    source_id = models.BigIntegerField(null=True, blank=True, help_text="The campaign or journey that sent it.")
+    label = models.CharField(max_length=300, blank=True)
+    content = models.ForeignKey(PushContent, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    content_spec = models.JSONField(help_text="The content as it was when the dispatch was created.")
+    context = models.JSONField(default=dict, blank=True, help_text="The trigger's payload: context.* in Liquid.")
+    segment = models.ForeignKey("audiences.Segment", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    profile_ids = models.JSONField(null=True, blank=True, help_text="An explicit audience (API trigger).")
+    rate_limit_per_second = models.PositiveIntegerField(null=True, blank=True, help_text="This run's own throttle.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PREPARING)
+    error = models.TextField(blank=True)
+    total = models.BigIntegerField(default=0)
+    accepted = models.BigIntegerField(default=0)
+    failed = models.BigIntegerField(default=0)
+    skipped = models.BigIntegerField(default=0)
+    unknown = models.BigIntegerField(default=0)
+    opened = models.BigIntegerField(default=0)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+", editable=False
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "dispatches"
+        permissions = [("stop_dispatch", "Can stop a dispatch")]
+        indexes = [models.Index(fields=["kind", "source_id"], name="dispatch_source_idx")]
+
+    def __str__(self) -> str:
+        return self.label or f"Dispatch #{self.pk}"
+
+    @property
+    def done_count(self) -> int:
+        return self.accepted + self.failed + self.skipped + self.unknown
+
+    @property
+    def percent(self) -> float:
+        if self.status == self.Status.DONE:
+            return 100.0
+        return round(100.0 * self.done_count / self.total, 1) if self.total else 0.0
+
+
+class DispatchUserObjectPermission(UserObjectPermissionBase):
+    content_object = models.ForeignKey(Dispatch, on_delete=models.CASCADE)
+
+
+class DispatchGroupObjectPermission(GroupObjectPermissionBase):
+    content_object = models.ForeignKey(Dispatch, on_delete=models.CASCADE)
+
+
+class Delivery(models.Model):
+    """One (dispatch, device): queued → sending → accepted / failed / skipped / unknown.
+
+    Rows without a device record a profile that was skipped (no device). ``unknown`` is a row a
+    worker claimed and never reported on (it died): it is never sent again, since a duplicate
+    push is worse than a missing one. ``profile_id`` is a plain key (no constraint) so that
+    deleting a profile never scans this table.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "queued"
+        SENDING = "sending", "sending"
+        ACCEPTED = "accepted", "accepted"
+        FAILED = "failed", "failed"
+        SKIPPED = "skipped", "skipped"
+        UNKNOWN = "unknown", "unknown"
+
+    FINAL_STATUSES = (Status.ACCEPTED, Status.FAILED, Status.SKIPPED, Status.UNKNOWN)
+
+    id = models.BigAutoField(primary_key=True)
+    dispatch = models.ForeignKey(Dispatch, on_delete=models.CASCADE, related_name="deliveries", db_index=False)
+    device = models.ForeignKey(Device, on_delete=models.SET_NULL, null=True, blank=True, related_name="deliveries")
+    profile = models.ForeignKey(
+        "audiences.Profile",
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    reason = models.CharField(max_length=100, blank=True)
+    provider_message_id = models.CharField(max_length=200, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    opened_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["dispatch", "device"], name="delivery_dispatch_device_unique"),
+            models.UniqueConstraint(
+                fields=["dispatch", "profile"],
+                condition=models.Q(device__isnull=True),
+                name="delivery_dispatch_profile_nodevice_unique",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["dispatch", "status", "id"], name="delivery_dispatch_status_idx"),
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=models.Q(status="sending"),
+                name="delivery_lease_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Delivery #{self.pk}"
+
+
+class RateBucket(models.Model):
+    """The state of one send-rate limiter when the database keeps it (no Redis)."""
+
+    key = models.CharField(max_length=200, primary_key=True)
+    tat = models.FloatField(default=0.0, help_text="The bucket's theoretical arrival time (epoch seconds).")
+
+    def __str__(self) -> str:
+        return self.key

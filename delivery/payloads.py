@@ -1,0 +1,329 @@
+"""Push content as the providers want it: locale choice, rendering, APNs and FCM v1 bodies, size limits.
+
+Everything here works on a content *spec*: the plain dict a PushContent freezes into
+(``PushContent.spec()``), which a Dispatch keeps so edits never reach a send in flight::
+
+    {"title", "subtitle", "body", "image_url", "tap_action", "tap_url", "data": {key: str},
+     "ios": {"sound", "badge", "category", "thread_id", "interruption_level", "mutable_content"},
+     "android": {"channel_id", "icon", "color", "priority"},
+     "silent", "ttl_seconds", "collapse_key", "default_locale",
+     "variants": {locale: {"title", "subtitle", "body", "image_url", "tap_url"}}}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+
+from delivery.personalization import (
+    VALUE_BYTES,
+    is_templated,
+    template_check,
+    template_render,
+    template_worst_case_bytes,
+    url_scheme_check,
+)
+
+APNS_LIMIT = 4096
+FCM_LIMIT = 4096
+APNS_COLLAPSE_ID_LIMIT = 64
+FCM_MAX_TTL = 2_419_200
+# The text fields a locale variant may override; all of them may hold Liquid.
+VARIANT_FIELDS = ("title", "subtitle", "body", "image_url", "tap_url")
+TAP_ACTIONS = ("open_app", "deep_link", "url")
+INTERRUPTION_LEVELS = ("", "passive", "active", "time-sensitive", "critical")
+ANDROID_PRIORITIES = ("normal", "high")
+# Custom data keys the payloads use themselves, or that FCM refuses.
+RESERVED_DATA_KEYS = ("aps", "pushdesk", "from", "message_type", "notification", "collapse_key")
+RESERVED_DATA_PREFIXES = ("pushdesk_", "google", "gcm")
+# Delivery ids are bigints: the worst case is 19 digits.
+_ID_PLACEHOLDER = 10**18
+
+
+@dataclass(slots=True)
+class RenderedMessage:
+    """The texts of one message, rendered for one profile."""
+
+    title: str = ""
+    subtitle: str = ""
+    body: str = ""
+    image_url: str = ""
+    tap_url: str = ""
+    data: dict[str, str] = field(default_factory=dict)
+
+
+def normalize_locale(locale: str) -> str:
+    """``fr_FR`` and ``FR-fr`` are both ``fr-fr``."""
+    return (locale or "").strip().replace("_", "-").lower()
+
+
+def variant_choose(spec: dict, locale: str) -> str | None:
+    """The key of the locale variant for a profile's ``locale``, or None for the content's default.
+
+    Falls back from the exact locale (``fr-ca``) to its language (``fr``), then to another
+    region of that language (``fr-fr``), then to the default texts.
+    """
+    variants = spec.get("variants") or {}
+    if not variants or not locale:
+        return None
+    wanted = normalize_locale(locale)
+    by_norm = {normalize_locale(k): k for k in variants}
+    if wanted in by_norm:
+        return by_norm[wanted]
+    language = wanted.split("-", 1)[0]
+    if language in by_norm:
+        return by_norm[language]
+    for norm in sorted(by_norm):
+        if norm.split("-", 1)[0] == language:
+            return by_norm[norm]
+    return None
+
+
+def variant_texts(spec: dict, variant: str | None) -> dict[str, str]:
+    """The text fields of ``variant`` (None: the default), falling back field by field to the default."""
+    texts = {name: spec.get(name, "") or "" for name in VARIANT_FIELDS}
+    if variant is not None:
+        for name, value in (spec["variants"].get(variant) or {}).items():
+            if name in VARIANT_FIELDS and value:
+                texts[name] = value
+    return texts
+
+
+def message_render(spec: dict, *, profile: dict, context: dict | None = None) -> RenderedMessage:
+    """Render the spec for one profile (``profile``: external_id, locale, timezone, attributes).
+
+    Raises liquid.exceptions.LiquidError when a template fails at render time.
+    """
+    context = context or {}
+    texts = variant_texts(spec, variant_choose(spec, profile.get("locale", "")))
+    out = RenderedMessage(
+        **{name: template_render(source, profile=profile, context=context) for name, source in texts.items()}
+    )
+    out.data = {
+        key: template_render(value, profile=profile, context=context) for key, value in (spec.get("data") or {}).items()
+    }
+    return out
+
+
+def spec_is_personalized(spec: dict) -> bool:
+    """True when any text depends on the profile or context (so each message is rendered)."""
+    sources = [spec.get(name, "") or "" for name in VARIANT_FIELDS]
+    sources += list((spec.get("data") or {}).values())
+    for variant in (spec.get("variants") or {}).values():
+        sources += list(variant.values())
+    return any(is_templated(s) for s in sources)
+
+
+# --- APNs ---------------------------------------------------------------------------------------
+
+
+def apns_payload(spec: dict, message: RenderedMessage, *, delivery_id: int) -> dict:
+    """The APNs JSON payload (``aps`` + our ``pushdesk`` key + the custom data beside them)."""
+    aps: dict = {}
+    ios = spec.get("ios") or {}
+    if spec.get("silent"):
+        aps["content-available"] = 1
+    else:
+        alert = {"title": message.title, "body": message.body}
+        if message.subtitle:
+            alert["subtitle"] = message.subtitle
+        aps["alert"] = alert
+        if ios.get("sound"):
+            aps["sound"] = ios["sound"]
+        if ios.get("badge") is not None:
+            aps["badge"] = ios["badge"]
+        if ios.get("category"):
+            aps["category"] = ios["category"]
+        if ios.get("thread_id"):
+            aps["thread-id"] = ios["thread_id"]
+        if ios.get("interruption_level"):
+            aps["interruption-level"] = ios["interruption_level"]
+        # The Notification Service Extension downloads the image, so an image needs it too.
+        if ios.get("mutable_content") or message.image_url:
+            aps["mutable-content"] = 1
+    pushdesk: dict = {"delivery": delivery_id, "action": spec.get("tap_action") or "open_app"}
+    if message.tap_url and spec.get("tap_action") in ("deep_link", "url"):
+        pushdesk["url"] = message.tap_url
+    if message.image_url:
+        pushdesk["image"] = message.image_url
+    return {"aps": aps, "pushdesk": pushdesk, **message.data}
+
+
+def apns_options(spec: dict, *, now: float) -> dict:
+    """The APNs request options of a spec: push type, priority, expiration (epoch s), collapse id."""
+    silent = bool(spec.get("silent"))
+    return {
+        "push_type": "background" if silent else "alert",
+        "priority": 5 if silent else 10,
+        "expiration": int(now) + int(spec.get("ttl_seconds") or 0),
+        "collapse_id": spec.get("collapse_key") or "",
+    }
+
+
+# --- FCM -----------------------------------------------------------------------------------------
+
+
+def fcm_message(spec: dict, message: RenderedMessage, *, token: str, delivery_id: int) -> dict:
+    """The FCM HTTP v1 ``message`` (the request body is ``{"message": ...}``)."""
+    data = dict(message.data)
+    data["pushdesk_delivery"] = str(delivery_id)
+    data["pushdesk_action"] = spec.get("tap_action") or "open_app"
+    if message.tap_url and spec.get("tap_action") in ("deep_link", "url"):
+        data["pushdesk_url"] = message.tap_url
+    android_spec = spec.get("android") or {}
+    android: dict = {
+        "priority": android_spec.get("priority") or "high",
+        "ttl": f"{int(spec.get('ttl_seconds') or 0)}s",
+    }
+    if spec.get("collapse_key"):
+        android["collapse_key"] = spec["collapse_key"]
+    out: dict = {"token": token, "data": data, "android": android}
+    if spec.get("silent"):
+        return out
+    notification = {"title": message.title, "body": message.body}
+    if message.image_url:
+        notification["image"] = message.image_url
+    out["notification"] = notification
+    options = {k: android_spec[k] for k in ("channel_id", "icon", "color") if android_spec.get(k)}
+    if options:
+        android["notification"] = options
+    return out
+
+
+def fcm_payload_bytes(message: dict) -> int:
+    """The size FCM counts against its 4,096-byte limit: the message without its target."""
+    return len(encode({k: v for k, v in message.items() if k != "token"}))
+
+
+def encode(payload: dict) -> bytes:
+    """Compact UTF-8 JSON, as sent on the wire."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+# --- checks at save time -----------------------------------------------------------------------
+
+
+def spec_validate(spec: dict) -> None:
+    """Check a spec the way the providers and the sandbox will see it; raise ValidationError if not.
+
+    Every template must parse and use only known names; URLs must use an allowed scheme;
+    options must be values the providers accept; the worst-case payload of every variant on
+    both platforms must fit the platform's limit (the message names which part and by how much).
+    """
+    errors: dict[str, list[str]] = {}
+
+    def check(callable_, *args, **kwargs) -> None:
+        try:
+            callable_(*args, **kwargs)
+        except ValidationError as exc:
+            for name, messages in exc.message_dict.items():
+                errors.setdefault(name, []).extend(messages)
+
+    url_schemes = tuple(settings.PUSHDESK_URL_SCHEMES)
+    deep_link_schemes = tuple(settings.PUSHDESK_DEEP_LINK_SCHEMES)
+    variants = spec.get("variants") or {}
+    if not isinstance(variants, dict):
+        raise ValidationError({"variants": "Variants must be an object of locale → texts."})
+    all_texts = [("", variant_texts(spec, None))]
+    for locale, texts in variants.items():
+        if not isinstance(texts, dict):
+            errors.setdefault("variants", []).append(f"Variant '{locale}' must be an object of texts.")
+            continue
+        unknown = sorted(set(texts) - set(VARIANT_FIELDS))
+        if unknown:
+            errors.setdefault("variants", []).append(
+                f"Variant '{locale}' has unknown field '{unknown[0]}'; use {', '.join(VARIANT_FIELDS)}."
+            )
+        if not normalize_locale(locale) or not all(part.isalnum() for part in normalize_locale(locale).split("-")):
+            errors.setdefault("variants", []).append(f"'{locale}' is not a locale (e.g. fr or fr-CA).")
+        all_texts.append((locale, variant_texts(spec, locale)))
+    if errors:
+        raise ValidationError(errors)
+
+    tap_action = spec.get("tap_action") or "open_app"
+    if tap_action not in TAP_ACTIONS:
+        errors.setdefault("tap_action", []).append(f"Unknown tap action; use {', '.join(TAP_ACTIONS)}.")
+    for locale, texts in all_texts:
+        where = f"variants.{locale}." if locale else ""
+        for name, source in texts.items():
+            check(template_check, source, field=f"{where}{name}")
+        check(url_scheme_check, texts["image_url"], field=f"{where}image_url", allowed=url_schemes)
+        if tap_action == "url":
+            check(url_scheme_check, texts["tap_url"], field=f"{where}tap_url", allowed=url_schemes)
+        elif tap_action == "deep_link":
+            check(url_scheme_check, texts["tap_url"], field=f"{where}tap_url", allowed=deep_link_schemes)
+        if tap_action in ("url", "deep_link") and not texts["tap_url"]:
+            errors.setdefault(f"{where}tap_url", []).append("A link is needed for this tap action.")
+        if not spec.get("silent") and not texts["title"] and not texts["body"]:
+            errors.setdefault(f"{where}body", []).append("A visible push needs a title or a body.")
+
+    data = spec.get("data") or {}
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        errors.setdefault("data", []).append("Custom data must map keys to strings.")
+        data = {}
+    for key, value in data.items():
+        lowered = key.lower()
+        if not key or lowered in RESERVED_DATA_KEYS or lowered.startswith(RESERVED_DATA_PREFIXES):
+            errors.setdefault("data", []).append(f"'{key}' is a reserved data key.")
+        check(template_check, value, field=f"data.{key}")
+
+    ios = spec.get("ios") or {}
+    if ios.get("interruption_level", "") not in INTERRUPTION_LEVELS:
+        errors.setdefault("ios.interruption_level", []).append(
+            f"Use one of: {', '.join(x for x in INTERRUPTION_LEVELS if x)}."
+        )
+    badge = ios.get("badge")
+    if badge is not None and (not isinstance(badge, int) or badge < 0):
+        errors.setdefault("ios.badge", []).append("The badge is a whole number, 0 or more.")
+    android = spec.get("android") or {}
+    if (android.get("priority") or "high") not in ANDROID_PRIORITIES:
+        errors.setdefault("android.priority", []).append("Use normal or high.")
+    color = android.get("color") or ""
+    if color and not (len(color) == 7 and color[0] == "#" and all(c in "0123456789abcdefABCDEF" for c in color[1:])):
+        errors.setdefault("android.color", []).append("A color is written #rrggbb.")
+    ttl = spec.get("ttl_seconds")
+    if not isinstance(ttl, int) or ttl < 0 or ttl > FCM_MAX_TTL:
+        errors.setdefault("ttl_seconds", []).append(f"The TTL is 0 to {FCM_MAX_TTL:,} seconds (4 weeks).")
+    if len((spec.get("collapse_key") or "").encode()) > APNS_COLLAPSE_ID_LIMIT:
+        errors.setdefault("collapse_key", []).append(f"At most {APNS_COLLAPSE_ID_LIMIT} bytes (APNs' limit).")
+    if errors:
+        raise ValidationError(errors)
+
+    for locale, texts in all_texts:
+        check(_size_check, spec, texts, locale=locale)
+    if errors:
+        raise ValidationError(errors)
+
+
+def _size_check(spec: dict, texts: dict[str, str], *, locale: str) -> None:
+    """Build both payloads with each templated part at its worst case and compare to the limits."""
+    worst = {name: template_worst_case_bytes(source) for name, source in texts.items()}
+    worst_data = {key: template_worst_case_bytes(value) for key, value in (spec.get("data") or {}).items()}
+    message = RenderedMessage(
+        **{name: "x" * size for name, size in worst.items()}, data={k: "x" * n for k, n in worst_data.items()}
+    )
+    where = f"variants.{locale}" if locale else "body"
+    label = f" (locale {locale})" if locale else ""
+    apns_size = len(encode(apns_payload(spec, message, delivery_id=_ID_PLACEHOLDER)))
+    fcm_size = fcm_payload_bytes(fcm_message(spec, message, token="", delivery_id=_ID_PLACEHOLDER))
+    problems = []
+    if apns_size > APNS_LIMIT:
+        problems.append(("iOS (APNs)", apns_size, APNS_LIMIT))
+    if fcm_size > FCM_LIMIT:
+        problems.append(("Android (FCM)", fcm_size, FCM_LIMIT))
+    if not problems:
+        return
+    parts = {name: size for name, size in worst.items() if size}
+    if worst_data:
+        parts["custom data"] = sum(worst_data.values()) + sum(len(k) + 6 for k in worst_data)
+    biggest = sorted(parts.items(), key=lambda item: -item[1])[:2]
+    biggest_text = ", ".join(f"{name} up to {size:,} bytes" for name, size in biggest)
+    messages = [
+        f"The {platform} payload{label} can reach {size:,} bytes, {size - limit:,} over the {limit:,}-byte limit; "
+        f"the largest parts: {biggest_text}. Shorten them (each {{{{ variable }}}} counts {VALUE_BYTES} bytes)."
+        for platform, size, limit in problems
+    ]
+    raise ValidationError({where: messages})

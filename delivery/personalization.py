@@ -1,0 +1,178 @@
+"""Liquid personalization of push content: a sandboxed environment, checks at save time, rendering.
+
+Templates see three names: ``profile`` (``external_id``, ``locale``, ``timezone``,
+``attributes.*``), ``context`` (the trigger's payload) and nothing else. A missing attribute
+renders as an empty string, so ``{{ profile.attributes.first_name | default: "there" }}`` is
+how a default is written. Everything that can be wrong with a template is caught when the
+content is saved (``template_check``), not when it is sent.
+
+The sandbox: no ``include``/``render`` (no file or template access), loops capped at
+``LOOP_LIMIT`` iterations, output capped, and values are plain dicts and strings, so a
+template cannot reach any Python attribute.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+
+from django.core.exceptions import ValidationError
+from liquid import BoundTemplate, Environment
+from liquid.exceptions import LiquidError
+from liquid.token import TOKEN_CONTENT, TOKEN_EXPRESSION, TOKEN_OUTPUT, TOKEN_TAG
+
+# The fields of ``profile`` a template may use; anything else must go through ``profile.attributes``.
+PROFILE_FIELDS = ("external_id", "locale", "timezone", "attributes")
+TOP_LEVEL_NAMES = ("profile", "context")
+# The most times a loop body may render; also what the worst-case size estimate assumes.
+LOOP_LIMIT = 20
+# What one ``{{ variable }}`` is assumed to produce at most, in bytes of JSON, when the
+# worst-case payload size is estimated (the rendered size is checked again at send time).
+VALUE_BYTES = 100
+MAX_OUTPUT_CHARS = 8192
+
+_STRING_LITERAL = re.compile(r'"([^"]*)"|\'([^\']*)\'')
+
+
+class _SandboxEnvironment(Environment):
+    loop_iteration_limit = LOOP_LIMIT
+    local_namespace_limit = 4096
+    output_stream_limit = MAX_OUTPUT_CHARS
+    context_depth_limit = 10
+
+    def setup_tags_and_filters(self, extra: bool = False) -> None:
+        super().setup_tags_and_filters(extra=extra)
+        for tag in ("include", "render"):
+            self.tags.pop(tag, None)
+
+
+ENVIRONMENT = _SandboxEnvironment()
+_TOKENIZER = ENVIRONMENT.tokenizer()
+
+
+def is_templated(source: str) -> bool:
+    """True when ``source`` holds Liquid markup (and so must be rendered per profile)."""
+    return "{{" in source or "{%" in source
+
+
+@lru_cache(maxsize=512)
+def _parse(source: str) -> BoundTemplate:
+    return ENVIRONMENT.from_string(source)
+
+
+def template_check(source: str, *, field: str) -> BoundTemplate:
+    """Parse ``source`` and check every name it uses; return the compiled template.
+
+    Raises ValidationError({field: message}) on a syntax error, an unknown filter, an
+    unknown top-level variable, or an unknown ``profile`` field.
+    """
+    try:
+        template = _parse(source)
+        analysis = template.analyze(include_partials=False)
+    except LiquidError as exc:
+        raise ValidationError({field: f"Template error: {_liquid_message(exc)}."}) from exc
+    unknown_filters = sorted(name for name in analysis.filters if name not in ENVIRONMENT.filters)
+    if unknown_filters:
+        raise ValidationError({field: f"Unknown filter '{unknown_filters[0]}'."})
+    for name, uses in analysis.globals.items():
+        if name not in TOP_LEVEL_NAMES:
+            raise ValidationError(
+                {field: f"Unknown variable '{name}': use profile.*, profile.attributes.* or context.*."}
+            )
+        if name == "profile":
+            for use in uses:
+                segments = [str(s) for s in use.segments]
+                if len(segments) > 1 and segments[1] not in PROFILE_FIELDS:
+                    raise ValidationError(
+                        {
+                            field: f"Unknown profile field '{segments[1]}': profiles have "
+                            f"{', '.join(PROFILE_FIELDS)}; write profile.attributes.{segments[1]} for a custom attribute."
+                        }
+                    )
+    return template
+
+
+def _liquid_message(exc: LiquidError) -> str:
+    message = getattr(exc, "message", None) or str(exc).splitlines()[0]
+    token = getattr(exc, "token", None)
+    if token is not None and getattr(token, "source", None):
+        line = token.source.count("\n", 0, token.start_index) + 1
+        return f"{message} (line {line})"
+    return message
+
+
+def template_render(source: str, *, profile: dict, context: dict) -> str:
+    """Render ``source`` for one profile. Plain text (no markup) comes back as it is.
+
+    Raises LiquidError when rendering fails (a runtime error such as a loop over the limit).
+    """
+    if not is_templated(source):
+        return source
+    return _parse(source).render(profile=profile, context=context)
+
+
+def _json_bytes(text: str) -> int:
+    """The bytes ``text`` takes inside a JSON string (UTF-8, escapes counted, no quotes)."""
+    return len(json.dumps(text, ensure_ascii=False).encode()) - 2
+
+
+def template_worst_case_bytes(source: str, *, value_bytes: int = VALUE_BYTES) -> int:
+    """An upper estimate of what ``source`` renders to, in bytes of a JSON string.
+
+    Literal text counts as itself in every branch; each output counts ``value_bytes`` plus
+    its string literals; anything inside a loop counts ``LOOP_LIMIT`` times. The rendered
+    size is checked again at send time, so an estimate that is beaten fails that one message,
+    never the payload limit at the provider.
+    """
+    if not is_templated(source):
+        return _json_bytes(source)
+    total = 0
+    loop_depth = 0
+    last_tag = ""
+    for token in _TOKENIZER(source):
+        kind, value = token.kind, token.value
+        factor = LOOP_LIMIT if loop_depth else 1
+        if kind == TOKEN_CONTENT:
+            total += _json_bytes(value) * factor
+        elif kind == TOKEN_OUTPUT:
+            total += (value_bytes + _literal_bytes(value)) * factor
+        elif kind == TOKEN_TAG:
+            last_tag = value.strip()
+            if last_tag in ("for", "tablerow"):
+                loop_depth += 1
+            elif last_tag in ("endfor", "endtablerow"):
+                loop_depth = max(0, loop_depth - 1)
+            continue
+        elif kind == TOKEN_EXPRESSION and last_tag == "echo":
+            total += (value_bytes + _literal_bytes(value)) * factor
+        elif kind == TOKEN_EXPRESSION and last_tag == "liquid":
+            echoes = sum(1 for line in value.splitlines() if line.strip().startswith("echo"))
+            total += (echoes * value_bytes + _literal_bytes(value)) * factor
+        last_tag = ""
+    return total
+
+
+def _literal_bytes(expression: str) -> int:
+    return sum(_json_bytes(m.group(1) or m.group(2) or "") for m in _STRING_LITERAL.finditer(expression))
+
+
+def url_scheme_check(source: str, *, field: str, allowed: tuple[str, ...]) -> None:
+    """Refuse a URL (possibly templated) whose scheme is not in ``allowed``.
+
+    The scheme must be written out: a URL that starts with a variable could become anything.
+    Raises ValidationError({field: message}).
+    """
+    if not source:
+        return
+    head = re.split(r"\{\{|\{%", source, maxsplit=1)[0]
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", head.strip())
+    if match is None:
+        if is_templated(source) and not head.strip():
+            raise ValidationError(
+                {field: "The URL's scheme must be written out, not come from a variable (e.g. https://.../{{ ... }})."}
+            )
+        raise ValidationError({field: f"Not a URL with a scheme; use one of: {', '.join(allowed)}."})
+    scheme = match.group(1).lower()
+    if scheme not in allowed:
+        raise ValidationError({field: f"URL scheme '{scheme}' is not allowed; use one of: {', '.join(allowed)}."})
