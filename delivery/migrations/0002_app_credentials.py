@@ -1,5 +1,6 @@
-import accounts.encryption
 from django.db import migrations, models
+
+import accounts.encryption
 
 
 class Migration(migrations.Migration):

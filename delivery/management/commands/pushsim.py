@@ -1,0 +1,79 @@
+"""Run the push simulator: a fake APNs and FCM on loopback, with a page of phone mock-ups.
+
+Defaults suit ``make run``: h2c (HTTP/2 cleartext, prior knowledge) and HTTP/1.1 on
+127.0.0.1:8440 (APNs production, FCM, the OAuth token endpoint, control, the page) and
+127.0.0.1:8441 (APNs sandbox). ``--tls`` adds TLS listeners (8442 production, 8443 sandbox)
+with a certificate from a CA generated into ``var/pushsim/``; point ``PUSHDESK_CA_BUNDLE``
+at its ``ca.pem``.
+"""
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from delivery.pushsim import PushSimulator
+from delivery.pushsim.trust import trust_file_path, trust_loader
+
+
+class Command(BaseCommand):
+    help = "Run the push simulator (fake APNs + FCM) until Ctrl-C."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8440, help="h2c/HTTP/1.1: APNs production, FCM, page")
+        parser.add_argument("--sandbox-port", type=int, default=8441, help="h2c/HTTP/1.1: APNs sandbox")
+        parser.add_argument("--tls", action="store_true", help="also listen with TLS (ALPN h2, http/1.1)")
+        parser.add_argument("--tls-port", type=int, default=8442)
+        parser.add_argument("--sandbox-tls-port", type=int, default=8443)
+        parser.add_argument("--rate-429", type=float, default=0.0, help="fraction of sends answered 429")
+        parser.add_argument("--rate-500", type=float, default=0.0, help="fraction of sends answered 500")
+        parser.add_argument("--rate-503", type=float, default=0.0, help="fraction of sends answered 503")
+        parser.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds on 429/503")
+        parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every answer")
+        parser.add_argument("--goaway-after", type=int, default=0, help="GOAWAY a connection after N streams")
+        parser.add_argument("--drop-after", type=int, default=0, help="drop a connection after N streams")
+        parser.add_argument("--dead-rate", type=float, default=0.0, help="fraction of unknown tokens that are dead")
+        parser.add_argument("--dead-token", action="append", default=[], help="a token that is unregistered")
+        parser.add_argument("--strict-tokens", action="store_true", help="unknown tokens are invalid")
+
+    def handle(self, *args, **o):
+        ca_dir = str(settings.VAR_DIR / "pushsim") if o["tls"] else ""
+        sim = PushSimulator(
+            host=o["host"],
+            port=o["port"],
+            sandbox_port=o["sandbox_port"],
+            tls=o["tls"],
+            tls_port=o["tls_port"],
+            sandbox_tls_port=o["sandbox_tls_port"],
+            ca_dir=ca_dir,
+        )
+        sim.state.faults.update(
+            {
+                "rate_429": o["rate_429"],
+                "rate_500": o["rate_500"],
+                "rate_503": o["rate_503"],
+                "retry_after": o["retry_after"],
+                "latency_ms": o["latency_ms"],
+                "goaway_after_streams": o["goaway_after"],
+                "drop_after_streams": o["drop_after"],
+                "dead_rate": o["dead_rate"],
+                "strict_tokens": o["strict_tokens"],
+            }
+        )
+        for token in o["dead_token"]:
+            platform = "ios" if all(c in "0123456789abcdefABCDEF" for c in token) else "android"
+            sim.state.add_device(token=token, platform=platform, state="unregistered")
+        loader = trust_loader(sim.state, trust_file_path())
+        loader()
+        sim.state.trust_file_loader = loader
+        sim.start()
+        self.stdout.write(f"Push simulator: {sim.url()}/ (phones), APNs production {sim.apns_url('production')}")
+        self.stdout.write(f"  APNs sandbox {sim.apns_url('sandbox')}, FCM {sim.fcm_url()}, token URI {sim.token_uri}")
+        if o["tls"]:
+            self.stdout.write(f"  TLS: {sim.apns_url('production', tls=True)}, {sim.apns_url('sandbox', tls=True)}")
+            self.stdout.write(f"  CA: {sim.ca_path} (set PUSHDESK_CA_BUNDLE to it)")
+        try:
+            sim.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sim.stop()
