@@ -1,1 +1,187 @@
-# Models arrive with their issue.
+"""Campaigns: one-off content to an audience, now, at a time, on a recurrence, or when the API asks.
+
+The lifecycle is AJO's: draft → in_review (locked) → scheduled / live → completed / stopped /
+failed, and archived. Every transition is a service in ``campaigns.services``.
+"""
+
+import hashlib
+import json
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
+
+
+class Campaign(models.Model):
+    has_object_access = True
+    access_scope_field = "app"
+
+    class Kind(models.TextChoices):
+        SCHEDULED = "scheduled", "Scheduled"
+        API_TRIGGERED = "api_triggered", "API-triggered"
+
+    class Purpose(models.TextChoices):
+        MARKETING = "marketing", "Marketing"
+        TRANSACTIONAL = "transactional", "Transactional (ignores frequency caps and quiet hours)"
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        IN_REVIEW = "in_review", "In review"
+        SCHEDULED = "scheduled", "Scheduled"
+        LIVE = "live", "Live"
+        COMPLETED = "completed", "Completed"
+        STOPPED = "stopped", "Stopped"
+        FAILED = "failed", "Failed"
+        ARCHIVED = "archived", "Archived"
+
+    class ScheduleKind(models.TextChoices):
+        NOW = "now", "Send when approved"
+        AT = "at", "At a date and time"
+        RECURRING = "recurring", "Recurring"
+
+    class Recurrence(models.TextChoices):
+        DAILY = "daily", "Daily"
+        WEEKLY = "weekly", "Weekly"
+        MONTHLY = "monthly", "Monthly"
+        CRON = "cron", "Cron expression"
+
+    name = models.CharField(max_length=200)
+    app = models.ForeignKey("delivery.App", on_delete=models.PROTECT, related_name="campaigns")
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.SCHEDULED)
+    purpose = models.CharField(max_length=20, choices=Purpose.choices, default=Purpose.MARKETING)
+    segment = models.ForeignKey(
+        "audiences.Segment",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="campaigns",
+        help_text="The audience (scheduled campaigns). API-triggered campaigns name their recipients per call.",
+    )
+    content = models.ForeignKey("delivery.PushContent", on_delete=models.PROTECT, related_name="campaigns")
+
+    schedule_kind = models.CharField(max_length=10, choices=ScheduleKind.choices, default=ScheduleKind.NOW)
+    send_at = models.DateTimeField(null=True, blank=True, help_text="The (first) send, for 'at' and 'recurring'.")
+    time_zone = models.CharField(max_length=64, default="UTC", help_text="IANA name the schedule is read in.")
+    recurrence = models.CharField(max_length=10, choices=Recurrence.choices, blank=True)
+    cron = models.CharField(max_length=100, blank=True, help_text="Five-field cron expression, in the time zone above.")
+    ends_at = models.DateTimeField(null=True, blank=True, help_text="No occurrence after this (recurring).")
+    missed_window_minutes = models.PositiveIntegerField(
+        default=60,
+        help_text="An occurrence missed during downtime is sent late if at most this old, otherwise skipped.",
+    )
+    throttle_per_second = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Most messages per second for this campaign (empty: the app's limit)."
+    )
+
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.DRAFT, db_index=True)
+    status_changed_at = models.DateTimeField(default=timezone.now)
+    approved_fingerprint = models.CharField(max_length=64, blank=True, editable=False)
+    activated_at = models.DateTimeField(null=True, blank=True, editable=False)
+    next_occurrence_at = models.DateTimeField(null=True, blank=True, db_index=True, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+        permissions = [
+            ("submit_campaign", "Can submit a campaign for review"),
+            ("approve_campaign", "Can approve and activate a campaign"),
+            ("stop_campaign", "Can stop a campaign"),
+            ("archive_campaign", "Can archive a campaign"),
+            ("duplicate_campaign", "Can duplicate a campaign"),
+        ]
+        indexes = [models.Index(fields=["status", "next_occurrence_at"], name="campaign_due_idx")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    # What an approval covers: content, audience and schedule. Any change of these voids it.
+    FINGERPRINT_FIELDS = (
+        "app_id",
+        "kind",
+        "purpose",
+        "segment_id",
+        "schedule_kind",
+        "send_at",
+        "time_zone",
+        "recurrence",
+        "cron",
+        "ends_at",
+        "throttle_per_second",
+    )
+
+    def fingerprint(self) -> str:
+        """SHA-256 of everything an approver signs off: the content's own fingerprint, audience, schedule."""
+        data = {field: getattr(self, field) for field in self.FINGERPRINT_FIELDS}
+        data["content"] = self.content.fingerprint()
+        blob = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def approval_context(self) -> dict:
+        return {"type": "campaign", "app_id": self.app_id, "kind": self.kind, "purpose": self.purpose}
+
+    @property
+    def is_locked(self) -> bool:
+        """In review, the campaign cannot be edited (cancel the request first)."""
+        return self.status == self.Status.IN_REVIEW
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in (self.Status.SCHEDULED, self.Status.LIVE)
+
+
+class CampaignUserObjectPermission(UserObjectPermissionBase):
+    content_object = models.ForeignKey(Campaign, on_delete=models.CASCADE)
+
+
+class CampaignGroupObjectPermission(GroupObjectPermissionBase):
+    content_object = models.ForeignKey(Campaign, on_delete=models.CASCADE)
+
+
+class Occurrence(models.Model):
+    """One due send of a scheduled campaign. The unique (campaign, due_at) makes each fire exactly once."""
+
+    class Outcome(models.TextChoices):
+        SENT = "sent", "Sent"
+        SENT_LATE = "sent_late", "Sent late (missed during downtime)"
+        SKIPPED_MISSED = "skipped_missed", "Skipped (missed for longer than the window)"
+        REFUSED = "refused", "Refused by the gate"
+
+    id = models.BigAutoField(primary_key=True)
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="occurrences")
+    due_at = models.DateTimeField()
+    fired_at = models.DateTimeField(default=timezone.now)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices)
+    dispatch = models.ForeignKey(
+        "delivery.Dispatch", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    note = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-due_at"]
+        constraints = [models.UniqueConstraint(fields=["campaign", "due_at"], name="occurrence_once")]
+
+    def __str__(self) -> str:
+        return f"{self.campaign} @ {self.due_at:%Y-%m-%d %H:%M} ({self.outcome})"
+
+
+class TriggerRequest(models.Model):
+    """An ``Idempotency-Key`` seen on the trigger endpoint: same key + same body replays the answer."""
+
+    id = models.BigAutoField(primary_key=True)
+    api_key = models.ForeignKey("accounts.ApiKey", on_delete=models.CASCADE, related_name="+")
+    idempotency_key = models.CharField(max_length=200)
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="trigger_requests")
+    body_hash = models.CharField(max_length=64)
+    finished = models.BooleanField(default=False)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["api_key", "idempotency_key"], name="trigger_idempotency_once")]
+
+    def __str__(self) -> str:
+        return f"{self.idempotency_key} → {self.campaign_id}"

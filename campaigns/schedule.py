@@ -1,0 +1,142 @@
+"""When a campaign's occurrences fall: pure functions of the campaign's schedule fields.
+
+Times are computed in the campaign's time zone (so 09:00 stays 09:00 across daylight-saving
+changes) and returned as aware UTC datetimes.
+"""
+
+import calendar
+import datetime as dt
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from django.core.exceptions import ValidationError
+
+UTC = dt.UTC
+
+
+def zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(
+            {"time_zone": f"Unknown time zone '{name}': use an IANA name such as Europe/Paris."}
+        ) from None
+
+
+def _add_months(local: dt.datetime, months: int, day: int) -> dt.datetime:
+    month0 = local.month - 1 + months
+    year, month = local.year + month0 // 12, month0 % 12 + 1
+    # The 31st in a 30-day month falls on its last day, and comes back to the 31st after.
+    return local.replace(year=year, month=month, day=min(day, calendar.monthrange(year, month)[1]))
+
+
+def _localize(naive: dt.datetime, tz: ZoneInfo) -> dt.datetime:
+    """Attach the zone; a wall time skipped by a DST jump moves forward past the gap."""
+    aware = naive.replace(tzinfo=tz)
+    round_trip = aware.astimezone(UTC).astimezone(tz).replace(tzinfo=None)
+    if round_trip != naive:  # inside a spring-forward gap
+        aware = (aware.astimezone(UTC)).astimezone(tz)
+    return aware
+
+
+def occurrences_after(
+    *,
+    schedule_kind: str,
+    send_at: dt.datetime | None,
+    time_zone: str,
+    recurrence: str = "",
+    cron: str = "",
+    ends_at: dt.datetime | None = None,
+    after: dt.datetime,
+    activated_at: dt.datetime | None = None,
+):
+    """Yield the occurrences strictly after ``after``, in order (UTC, aware).
+
+    ``now`` campaigns have one occurrence, at activation; ``at`` campaigns one, at ``send_at``.
+    """
+    tz = zone(time_zone)
+    if schedule_kind == "now":
+        if activated_at is not None and activated_at > after:
+            yield activated_at
+        return
+    if send_at is None:
+        return
+    if schedule_kind == "at":
+        if send_at > after:
+            yield send_at
+        return
+    start_local = send_at.astimezone(tz).replace(tzinfo=None)
+    if recurrence == "cron":
+        base = max(after, send_at - dt.timedelta(seconds=1)).astimezone(tz)
+        it = croniter(cron, base)
+        while True:
+            candidate = it.get_next(dt.datetime)
+            if candidate.tzinfo is None:
+                candidate = _localize(candidate, tz)
+            candidate = candidate.astimezone(UTC)
+            if ends_at is not None and candidate > ends_at:
+                return
+            if candidate > after and candidate >= send_at:
+                yield candidate
+        return
+    n = 0
+    while True:
+        if recurrence == "daily":
+            local = start_local + dt.timedelta(days=n)
+        elif recurrence == "weekly":
+            local = start_local + dt.timedelta(weeks=n)
+        elif recurrence == "monthly":
+            local = _add_months(start_local, n, start_local.day)
+        else:
+            return
+        candidate = _localize(local, tz).astimezone(UTC)
+        n += 1
+        if ends_at is not None and candidate > ends_at:
+            return
+        if candidate > after:
+            yield candidate
+
+
+def next_occurrence(campaign, *, after: dt.datetime) -> dt.datetime | None:
+    """The campaign's first occurrence strictly after ``after``, or None when there is none left."""
+    return next(
+        occurrences_after(
+            schedule_kind=campaign.schedule_kind,
+            send_at=campaign.send_at,
+            time_zone=campaign.time_zone,
+            recurrence=campaign.recurrence,
+            cron=campaign.cron,
+            ends_at=campaign.ends_at,
+            after=after,
+            activated_at=campaign.activated_at,
+        ),
+        None,
+    )
+
+
+def schedule_check(
+    *,
+    kind: str,
+    schedule_kind: str,
+    send_at: dt.datetime | None,
+    time_zone: str,
+    recurrence: str,
+    cron: str,
+    ends_at: dt.datetime | None,
+) -> None:
+    """Refuse a schedule that cannot fire, naming the field. Raises ValidationError."""
+    zone(time_zone)
+    if kind == "api_triggered":
+        return  # sent when the API asks; no schedule
+    errors = {}
+    if schedule_kind in ("at", "recurring") and send_at is None:
+        errors["send_at"] = "Choose when to send."
+    if schedule_kind == "recurring":
+        if recurrence not in ("daily", "weekly", "monthly", "cron"):
+            errors["recurrence"] = "Choose daily, weekly, monthly or a cron expression."
+        if recurrence == "cron" and not croniter.is_valid(cron or ""):
+            errors["cron"] = f"'{cron}' is not a valid five-field cron expression (e.g. '0 9 * * 1-5')."
+        if ends_at is not None and send_at is not None and ends_at <= send_at:
+            errors["ends_at"] = "The end must come after the first send."
+    if errors:
+        raise ValidationError(errors)

@@ -1,0 +1,318 @@
+"""Every write of campaigns: the lifecycle, approvals, firing occurrences, API triggers.
+
+Each transition locks the campaign row, checks the state it starts from, writes an audit
+event, and queues follow-up work on commit (STYLE rule 2).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.http import Http404
+from django.utils import timezone
+
+from accounts.models import ApprovalRequest, User
+from accounts.selectors import approval_current, can, visible_to
+from accounts.services import (
+    access_grant,
+    approval_request_cancel,
+    approval_request_decide,
+    approval_request_open,
+    approval_void,
+    audit,
+)
+from campaigns.models import Campaign
+from campaigns.schedule import next_occurrence, schedule_check
+
+Status = Campaign.Status
+
+EDITABLE_FIELDS = (
+    "name",
+    "app",
+    "kind",
+    "purpose",
+    "segment",
+    "content",
+    "schedule_kind",
+    "send_at",
+    "time_zone",
+    "recurrence",
+    "cron",
+    "ends_at",
+    "missed_window_minutes",
+    "throttle_per_second",
+)
+
+
+class TransitionError(Exception):
+    """The campaign is not in a state that allows this step."""
+
+    def __init__(self, campaign: Campaign, action: str, hint: str = ""):
+        self.campaign = campaign
+        message = f"'{campaign}' is {campaign.get_status_display().lower()}: it cannot be {action}."
+        super().__init__(f"{message} {hint}".strip())
+
+
+def _lock(campaign_id: int, by: User, perm: str) -> Campaign:
+    """Lock the campaign row and check the user's role and object access. Http404 outside access."""
+    campaign = Campaign.objects.select_for_update().filter(pk=campaign_id).first()
+    if campaign is None or not visible_to(by, Campaign.objects.filter(pk=campaign_id)).exists():
+        raise Http404(f"No campaign {campaign_id}.")
+    if not can(by, perm, campaign):
+        raise PermissionDenied("Your role may not do this to a campaign.")
+    return campaign
+
+
+def _transition(campaign: Campaign, to: str, *, by: User | None, action: str, summary: dict | None = None) -> None:
+    before = campaign.status
+    campaign.status = to
+    campaign.status_changed_at = timezone.now()
+    campaign.updated_at = campaign.status_changed_at
+    campaign.save(
+        update_fields=[
+            "status",
+            "status_changed_at",
+            "updated_at",
+            "approved_fingerprint",
+            "activated_at",
+            "next_occurrence_at",
+        ]
+    )
+    audit(actor=by, action=f"campaign_{action}", obj=campaign, summary={"from": before, "to": to, **(summary or {})})
+
+
+def _check_references(*, by: User, app, segment, content, kind: str) -> None:
+    from audiences.selectors import segments_visible_to
+    from delivery.models import App, PushContent
+
+    errors = {}
+    if app is None or not visible_to(by, App.objects.filter(pk=app.pk)).exists():
+        errors["app"] = "Choose an app you have access to."
+    if content is None or not visible_to(by, PushContent.objects.filter(pk=content.pk)).exists():
+        errors["content"] = "Choose push content you have access to."
+    elif app is not None and content.app_id != app.pk:
+        errors["content"] = f"This content belongs to another app than '{app}'."
+    if kind == Campaign.Kind.SCHEDULED:
+        if segment is None:
+            errors["segment"] = "A scheduled campaign needs an audience segment."
+        elif not segments_visible_to(by).filter(pk=segment.pk).exists():
+            errors["segment"] = "Choose a segment you have access to."
+    if errors:
+        raise ValidationError(errors)
+
+
+def _validate(campaign: Campaign, *, by: User) -> None:
+    if not (campaign.name or "").strip():
+        raise ValidationError({"name": "A campaign needs a name."})
+    if campaign.kind not in Campaign.Kind.values:
+        raise ValidationError({"kind": f"Use one of {', '.join(Campaign.Kind.values)}."})
+    if campaign.purpose not in Campaign.Purpose.values:
+        raise ValidationError({"purpose": f"Use one of {', '.join(Campaign.Purpose.values)}."})
+    _check_references(by=by, app=campaign.app, segment=campaign.segment, content=campaign.content, kind=campaign.kind)
+    schedule_check(
+        kind=campaign.kind,
+        schedule_kind=campaign.schedule_kind,
+        send_at=campaign.send_at,
+        time_zone=campaign.time_zone,
+        recurrence=campaign.recurrence,
+        cron=campaign.cron,
+        ends_at=campaign.ends_at,
+    )
+
+
+def campaign_create(*, by: User, **fields) -> Campaign:
+    """Create a draft campaign owned by ``by``, who gets object access to it.
+
+    ``fields`` are the editable fields (name, app, kind, purpose, segment, content, schedule...).
+    Raises PermissionDenied when the role may not author campaigns, ValidationError naming the field.
+    """
+    if not by.has_perm("campaigns.add_campaign"):
+        raise PermissionDenied("Your role may not create campaigns.")
+    unknown = set(fields) - set(EDITABLE_FIELDS)
+    if unknown:
+        raise ValidationError({field: "Not a campaign field." for field in unknown})
+    campaign = Campaign(owner=by, **fields)
+    _validate(campaign, by=by)
+    with transaction.atomic():
+        campaign.save()
+        access_grant(obj=campaign, to=by, by=None)
+        audit(actor=by, action="campaign_created", obj=campaign)
+    return campaign
+
+
+def campaign_update(*, campaign_id: int, by: User, **changes) -> Campaign:
+    """Edit a campaign. A draft stays a draft; an approved (scheduled / live) campaign whose content,
+    audience or schedule changes returns to draft and its approval is voided.
+
+    Raises TransitionError when it is in review (locked) or finished, ValidationError naming the field.
+    """
+    unknown = set(changes) - set(EDITABLE_FIELDS)
+    if unknown:
+        raise ValidationError({field: "Not a campaign field." for field in unknown})
+    with transaction.atomic():
+        campaign = _lock(campaign_id, by, "campaigns.change_campaign")
+        if campaign.status == Status.IN_REVIEW:
+            raise TransitionError(campaign, "edited", "Cancel the approval request first.")
+        if campaign.status not in (Status.DRAFT, Status.SCHEDULED, Status.LIVE):
+            raise TransitionError(campaign, "edited", "Duplicate it to make a new draft.")
+        before = campaign.fingerprint()
+        for field, value in changes.items():
+            setattr(campaign, field, value)
+        _validate(campaign, by=by)
+        campaign.updated_at = timezone.now()
+        campaign.save()
+        changed = sorted(changes)
+        audit(actor=by, action="campaign_changed", obj=campaign, summary={"fields": changed})
+        if campaign.is_active and campaign.fingerprint() != before:
+            _back_to_draft(campaign, by=by, reason=f"edited: {', '.join(changed)}")
+    return campaign
+
+
+def _back_to_draft(campaign: Campaign, *, by: User | None, reason: str) -> None:
+    approval_void(subject=campaign, by=by, reason=reason)
+    campaign.approved_fingerprint = ""
+    campaign.next_occurrence_at = None
+    _transition(campaign, Status.DRAFT, by=by, action="approval_voided", summary={"reason": reason})
+
+
+def campaign_delete(*, campaign_id: int, by: User) -> None:
+    """Delete a draft. Raises TransitionError for any other state (archive it instead)."""
+    with transaction.atomic():
+        campaign = _lock(campaign_id, by, "campaigns.delete_campaign")
+        if campaign.status != Status.DRAFT:
+            raise TransitionError(campaign, "deleted", "Only drafts can be deleted.")
+        audit(actor=by, action="campaign_deleted", obj=campaign)
+        campaign.delete()
+
+
+def campaign_submit(*, campaign_id: int, by: User, message: str = "") -> ApprovalRequest:
+    """Send a draft for review: it is locked until approved, sent back, or the request is cancelled."""
+    with transaction.atomic():
+        campaign = _lock(campaign_id, by, "campaigns.submit_campaign")
+        if campaign.status != Status.DRAFT:
+            raise TransitionError(campaign, "submitted for review")
+        _validate(campaign, by=by)
+        request = approval_request_open(
+            subject=campaign,
+            context=campaign.approval_context(),
+            fingerprint=campaign.fingerprint(),
+            approve_perm="campaigns.approve_campaign",
+            by=by,
+            message=message,
+        )
+        _transition(campaign, Status.IN_REVIEW, by=by, action="submitted")
+    return request
+
+
+def _pending_request(campaign: Campaign) -> ApprovalRequest:
+    request = approval_current(campaign)
+    if request is None or request.status != ApprovalRequest.Status.PENDING:
+        raise TransitionError(campaign, "decided", "It has no pending approval request.")
+    return request
+
+
+def campaign_cancel_request(*, campaign_id: int, by: User) -> Campaign:
+    """The requester takes a campaign out of review, back to draft."""
+    with transaction.atomic():
+        campaign = _lock(campaign_id, by, "campaigns.submit_campaign")
+        if campaign.status != Status.IN_REVIEW:
+            raise TransitionError(campaign, "taken out of review")
+        approval_request_cancel(request_id=_pending_request(campaign).pk, by=by)
+        _transition(campaign, Status.DRAFT, by=by, action="request_cancelled")
+    return campaign
+
+
+def campaign_request_changes(*, campaign_id: int, by: User, comment: str) -> Campaign:
+    """An approver sends the campaign back to draft with a comment the requester sees."""
+    with transaction.atomic():
+        campaign = _lock(campaign_id, by, "campaigns.approve_campaign")
+        if campaign.status != Status.IN_REVIEW:
+            raise TransitionError(campaign, "sent back for changes")
+        approval_request_decide(request_id=_pending_request(campaign).pk, by=by, approve=False, comment=comment)
+        _transition(campaign, Status.DRAFT, by=by, action="changes_requested", summary={"comment": comment})
+    return campaign
+
+
+def campaign_approve(*, campaign_id: int, by: User, comment: str = "", now: dt.datetime | None = None) -> Campaign:
+    """Approve and activate: the campaign becomes scheduled (a future send) or live.
+
+    Refuses (back to draft, approval voided) when what would be sent differs from what was
+    submitted, e.g. its push content was edited meanwhile. Raises PermissionDenied when ``by``
+    may not approve this request (own request, not an approver of its policy, no access).
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        campaign = _lock(campaign_id, by, "campaigns.approve_campaign")
+        if campaign.status != Status.IN_REVIEW:
+            raise TransitionError(campaign, "approved")
+        request = _pending_request(campaign)
+        if campaign.fingerprint() != request.fingerprint:
+            raise ValidationError("What would be sent changed since it was submitted: ask for changes and resubmit.")
+        approval_request_decide(request_id=request.pk, by=by, approve=True, comment=comment)
+        campaign.approved_fingerprint = request.fingerprint
+        campaign.activated_at = now
+        if campaign.kind == Campaign.Kind.API_TRIGGERED:
+            campaign.next_occurrence_at = None
+            to = Status.LIVE
+        else:
+            campaign.next_occurrence_at = next_occurrence(campaign, after=now - dt.timedelta(microseconds=1))
+            to = Status.SCHEDULED if campaign.next_occurrence_at and campaign.next_occurrence_at > now else Status.LIVE
+        _transition(campaign, to, by=by, action="approved", summary={"comment": comment})
+        if campaign.next_occurrence_at is not None and campaign.next_occurrence_at <= now:
+            transaction.on_commit(lambda: _queue_fire(campaign.pk))
+    return campaign
+
+
+def _queue_fire(campaign_id: int) -> None:
+    from django_q.tasks import async_task
+
+    async_task("campaigns.tasks.campaign_fire_due", campaign_id, q_options={"timeout": 120})
+
+
+def campaign_stop(*, campaign_id: int, by: User) -> Campaign:
+    """Stop a scheduled or live campaign: no further occurrence, and its queued deliveries are stopped."""
+    from delivery.models import Dispatch
+    from delivery.services import dispatch_stop
+
+    with transaction.atomic():
+        campaign = _lock(campaign_id, by, "campaigns.stop_campaign")
+        if campaign.status not in (Status.SCHEDULED, Status.LIVE):
+            raise TransitionError(campaign, "stopped")
+        campaign.next_occurrence_at = None
+        _transition(campaign, Status.STOPPED, by=by, action="stopped")
+        running = Dispatch.objects.filter(
+            source_id=campaign.pk,
+            kind__in=(Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER),
+            status__in=(Dispatch.Status.PREPARING, Dispatch.Status.SENDING),
+        ).values_list("pk", flat=True)
+        for dispatch_id in list(running):
+            dispatch_stop(dispatch_id=dispatch_id, by=by)
+    return campaign
+
+
+def campaign_archive(*, campaign_id: int, by: User) -> Campaign:
+    """Archive a finished campaign (completed, stopped, failed): hidden from the default list."""
+    with transaction.atomic():
+        campaign = _lock(campaign_id, by, "campaigns.archive_campaign")
+        if campaign.status not in (Status.COMPLETED, Status.STOPPED, Status.FAILED):
+            hint = "Stop it first." if campaign.is_active else "Delete a draft instead."
+            raise TransitionError(campaign, "archived", hint)
+        _transition(campaign, Status.ARCHIVED, by=by, action="archived")
+    return campaign
+
+
+def campaign_duplicate(*, campaign_id: int, by: User) -> Campaign:
+    """A new draft with the same settings and a copy of the content, owned by ``by``."""
+    from delivery.services import pushcontent_duplicate
+
+    with transaction.atomic():
+        source = _lock(campaign_id, by, "campaigns.view_campaign")
+        if not by.has_perm("campaigns.add_campaign"):
+            raise PermissionDenied("Your role may not create campaigns.")
+        content = pushcontent_duplicate(content_id=source.content_id, by=by)
+        fields = {field: getattr(source, field) for field in EDITABLE_FIELDS if field not in ("name", "content")}
+        copy = campaign_create(by=by, name=f"{source.name} (copy)"[:200], content=content, **fields)
+        audit(actor=by, action="campaign_duplicated", obj=copy, summary={"from": source.pk})
+    return copy

@@ -1,0 +1,175 @@
+"""The campaign lifecycle: every transition through its service, with locks, states and audit."""
+
+import datetime as dt
+
+import pytest
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404
+
+from accounts.models import ApprovalRequest, AuditEvent
+from campaigns.models import Campaign
+from campaigns.services import (
+    TransitionError,
+    campaign_approve,
+    campaign_archive,
+    campaign_cancel_request,
+    campaign_delete,
+    campaign_request_changes,
+    campaign_submit,
+    campaign_update,
+)
+
+NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
+
+
+def _reload(campaign):
+    return Campaign.objects.get(pk=campaign.pk)
+
+
+def test_new_campaign_is_a_draft_owned_by_its_creator(make_campaign, manager_alice):
+    campaign = make_campaign()
+    assert campaign.status == "draft"
+    assert campaign.owner == manager_alice
+    assert AuditEvent.objects.filter(action="campaign_created", object_id=str(campaign.pk)).exists()
+
+
+def test_viewer_cannot_create(make_campaign, viewer_carol):
+    with pytest.raises(PermissionDenied):
+        make_campaign(by=viewer_carol)
+
+
+def test_scheduled_campaign_needs_a_segment(make_campaign):
+    with pytest.raises(ValidationError) as error:
+        make_campaign(segment=None)
+    assert "segment" in error.value.message_dict
+
+
+def test_bad_schedule_names_the_field(make_campaign):
+    with pytest.raises(ValidationError) as error:
+        make_campaign(schedule_kind="recurring", send_at=NOW, recurrence="cron", cron="every tuesday")
+    assert "cron" in error.value.message_dict
+    with pytest.raises(ValidationError) as error:
+        make_campaign(time_zone="Mars/Olympus")
+    assert "time_zone" in error.value.message_dict
+
+
+def test_submit_locks_and_opens_a_request(make_campaign, manager_alice):
+    campaign = make_campaign()
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice, message="please")
+    assert _reload(campaign).status == "in_review"
+    assert request.fingerprint == campaign.fingerprint()
+    with pytest.raises(TransitionError, match="Cancel the approval request"):
+        campaign_update(campaign_id=campaign.pk, by=manager_alice, name="Renamed")
+
+
+def test_cancel_request_returns_to_draft(make_campaign, manager_alice):
+    campaign = make_campaign()
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_cancel_request(campaign_id=campaign.pk, by=manager_alice)
+    assert _reload(campaign).status == "draft"
+    assert ApprovalRequest.objects.get().status == "cancelled"
+
+
+def test_request_changes_returns_to_draft_with_the_comment(make_campaign, manager_alice, approver_bob):
+    campaign = make_campaign()
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_request_changes(campaign_id=campaign.pk, by=approver_bob, comment="Shorter title")
+    assert _reload(campaign).status == "draft"
+    assert ApprovalRequest.objects.get().comment == "Shorter title"
+
+
+def test_manager_cannot_approve_own_campaign(make_campaign, manager_alice):
+    campaign = make_campaign()
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    with pytest.raises(PermissionDenied):
+        campaign_approve(campaign_id=campaign.pk, by=manager_alice)
+
+
+def test_approver_cannot_approve_own_campaign(make_campaign, approver_bob, segment):
+    from accounts.services import access_grant
+
+    access_grant(obj=segment, to=approver_bob, by=None)
+    campaign = make_campaign(by=approver_bob)
+    campaign_submit(campaign_id=campaign.pk, by=approver_bob)
+    with pytest.raises(PermissionDenied, match="own request"):
+        campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+
+
+def test_approve_schedules_a_future_send(make_campaign, manager_alice, approver_bob):
+    campaign = make_campaign(schedule_kind="at", send_at=NOW + dt.timedelta(days=1))
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=NOW)
+    campaign = _reload(campaign)
+    assert campaign.status == "scheduled"
+    assert campaign.next_occurrence_at == NOW + dt.timedelta(days=1)
+    assert campaign.approved_fingerprint == campaign.fingerprint()
+
+
+def test_approve_api_triggered_makes_it_live(make_campaign, manager_alice, approver_bob):
+    campaign = make_campaign(kind="api_triggered", segment=None)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=NOW)
+    assert _reload(campaign).status == "live"
+
+
+def test_edit_after_approval_returns_to_draft_and_voids_it(make_campaign, manager_alice, approver_bob):
+    campaign = make_campaign(schedule_kind="at", send_at=NOW + dt.timedelta(days=1))
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=NOW)
+    campaign_update(campaign_id=campaign.pk, by=manager_alice, send_at=NOW + dt.timedelta(days=2))
+    campaign = _reload(campaign)
+    assert campaign.status == "draft"
+    assert campaign.approved_fingerprint == ""
+    assert campaign.next_occurrence_at is None
+    assert ApprovalRequest.objects.get().status == "voided"
+
+
+def test_renaming_an_approved_campaign_keeps_the_approval(make_campaign, manager_alice, approver_bob):
+    campaign = make_campaign(schedule_kind="at", send_at=NOW + dt.timedelta(days=1))
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=NOW)
+    campaign_update(campaign_id=campaign.pk, by=manager_alice, name="Spring sale (EU)")
+    assert _reload(campaign).status == "scheduled"
+
+
+def test_content_edited_during_review_cannot_be_approved(make_campaign, manager_alice, approver_bob, content):
+    campaign = make_campaign()
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    content.body = "A different body"
+    content.save()
+    with pytest.raises(ValidationError, match="changed since it was submitted"):
+        campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    assert _reload(campaign).status == "in_review"
+
+
+def test_only_drafts_are_deleted(make_campaign, manager_alice):
+    campaign = make_campaign()
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    with pytest.raises(TransitionError, match="Only drafts"):
+        campaign_delete(campaign_id=campaign.pk, by=manager_alice)
+    campaign_cancel_request(campaign_id=campaign.pk, by=manager_alice)
+    campaign_delete(campaign_id=campaign.pk, by=manager_alice)
+    assert not Campaign.objects.exists()
+
+
+def test_archive_needs_a_finished_campaign(make_campaign, manager_alice):
+    campaign = make_campaign()
+    with pytest.raises(TransitionError, match="Delete a draft instead"):
+        campaign_archive(campaign_id=campaign.pk, by=manager_alice)
+
+
+def test_outsider_gets_404(make_campaign, outsider_dave, manager_mallory):
+    campaign = make_campaign()
+    with pytest.raises(Http404):
+        campaign_submit(campaign_id=campaign.pk, by=outsider_dave)
+
+
+def test_fingerprint_covers_content_audience_and_schedule(make_campaign, content, segment):
+    campaign = make_campaign()
+    before = campaign.fingerprint()
+    campaign.time_zone = "Europe/Paris"
+    assert campaign.fingerprint() != before
+    campaign.time_zone = "UTC"
+    assert campaign.fingerprint() == before
+    content.title = "Other"
+    assert campaign.fingerprint() != before
