@@ -77,9 +77,12 @@ def handle_apns(state: SimState, ex: Exchange) -> Answer:
     if push_type not in PUSH_TYPES:
         return _reject(400, "InvalidPushType", apns_id)
 
-    forced = state.random_fault() or state.take_forced_failure(ex.path[len("/3/device/") :])
-    if forced:
-        return _fault(state, forced, apns_id)
+    status, reason = state.take_forced_failure(ex.path[len("/3/device/") :])
+    if status:
+        return _fault(state, status, apns_id, reason)
+    status = state.random_fault()
+    if status:
+        return _fault(state, status, apns_id)
 
     rejected, key = _check_provider_token(state, ex, apns_id)
     if rejected is not None:
@@ -137,6 +140,7 @@ def handle_apns(state: SimState, ex: Exchange) -> Answer:
             app=bundle_id,
             push_type=push_type,
             payload=payload if isinstance(payload, dict) else {},
+            headers={k: v for k, v in ex.headers if k.startswith("apns-")},
         )
     )
     headers = [("apns-id", apns_id)]
@@ -145,9 +149,10 @@ def handle_apns(state: SimState, ex: Exchange) -> Answer:
     return Answer(200, headers)
 
 
-def _fault(state: SimState, status: int, apns_id: str) -> Answer:
-    reason = {429: "TooManyRequests", 500: "InternalServerError", 503: "ServiceUnavailable"}[status]
-    answer = _reject(status, reason, apns_id)
+def _fault(state: SimState, status: int, apns_id: str, reason: str = "") -> Answer:
+    reason = reason or {429: "TooManyRequests", 500: "InternalServerError", 503: "ServiceUnavailable"}.get(status, "")
+    extra = {"timestamp": int(state.now() * 1000)} if status == 410 else {}
+    answer = _reject(status, reason, apns_id, **extra)
     if status in (429, 503):
         answer.headers.append(("retry-after", str(state.faults.retry_after)))
     return answer

@@ -322,9 +322,12 @@ def handle_send(state: SimState, ex: Exchange) -> Answer:
 
     registration = message.get("token")
     if registration is not None:
-        forced = state.random_fault() or state.take_forced_failure(registration)
-        if forced:
-            return _fault(state, forced)
+        status, code = state.take_forced_failure(registration) if isinstance(registration, str) else (0, "")
+        if status:
+            return _fault(state, status, code)
+        status = state.random_fault()
+        if status:
+            return _fault(state, status)
         if not isinstance(registration, str) or not _FCM_TOKEN.match(registration):
             return _invalid("The registration token is not a valid FCM registration token")
         device = state.device(registration)
@@ -377,8 +380,26 @@ def handle_send(state: SimState, ex: Exchange) -> Answer:
     return Answer(200, ok, json.dumps({"name": name}).encode())
 
 
-def _fault(state: SimState, status: int) -> Answer:
+_CODE_STATUS = {
+    "UNREGISTERED": (404, "NOT_FOUND", "Requested entity was not found."),
+    "INVALID_ARGUMENT": (400, "INVALID_ARGUMENT", "Request contains an invalid argument."),
+    "SENDER_ID_MISMATCH": (403, "PERMISSION_DENIED", "SenderId mismatch"),
+    "QUOTA_EXCEEDED": (429, "RESOURCE_EXHAUSTED", "Quota exceeded for quota metric 'Send messages'."),
+    "UNAVAILABLE": (503, "UNAVAILABLE", "The service is currently unavailable."),
+    "INTERNAL": (500, "INTERNAL", "Internal error encountered."),
+    "THIRD_PARTY_AUTH_ERROR": (401, "UNAUTHENTICATED", "Auth error from APNS or Web Push Service"),
+    "APNS_AUTH_ERROR": (401, "UNAUTHENTICATED", "Auth error from APNS"),
+    "UNSPECIFIED_ERROR": (400, "INVALID_ARGUMENT", "Unspecified error."),
+}
+
+
+def _fault(state: SimState, status: int, code: str = "") -> Answer:
+    """An injected failure: by status (429, 500, 503), or by FCM error code."""
     retry_after = state.faults.retry_after
+    if code:
+        code_status, rpc_status, message = _CODE_STATUS[code]
+        wait = retry_after if code_status in (429, 503) else 0
+        return _error(code_status, rpc_status, message, _fcm_error(code), retry_after=wait)
     if status == 429:
         return _error(
             429,

@@ -83,6 +83,7 @@ class Received:
     app: str = ""  # bundle id or FCM project
     push_type: str = ""
     payload: dict = field(default_factory=dict)
+    headers: dict = field(default_factory=dict)  # the provider headers it came with (not authorization)
 
 
 class SimState:
@@ -100,7 +101,7 @@ class SimState:
         self.received: deque[Received] = deque(maxlen=keep_received)
         self.token_grants = 0
         self.requests = Counter()  # status -> count
-        self.fail_next: dict[str, list[int]] = {}  # device token -> statuses to answer, in order
+        self.fail_next: dict[str, list[tuple[int, str]]] = {}  # device token -> (status, reason), in order
         self.random = random.Random(seed)
         self._ids = itertools.count(1)
         self.trust_file_loader = None  # set by the command: reloads public keys on an unknown id
@@ -201,20 +202,24 @@ class SimState:
         bucket = int.from_bytes(hashlib.sha256(token.encode()).digest()[:4], "big") % 10_000
         return bucket < rate * 10_000
 
-    def fail_token(self, *, token: str, statuses: list[int]) -> None:
-        """Answer the next requests for ``token`` with these statuses (500, 503, 429), then normally."""
-        with self.lock:
-            self.fail_next[token] = list(statuses)
+    def fail_token(self, *, token: str, failures: list[int | tuple[int, str]]) -> None:
+        """Answer the next requests for ``token`` with these failures, then normally.
 
-    def take_forced_failure(self, token: str) -> int:
+        A failure is a status (429, 500, 503: the usual reason) or (status, reason): the APNs
+        reason string, or the FCM error code (``"UNREGISTERED"``, ``"QUOTA_EXCEEDED"``...).
+        """
+        with self.lock:
+            self.fail_next[token] = [f if isinstance(f, tuple) else (f, "") for f in failures]
+
+    def take_forced_failure(self, token: str) -> tuple[int, str]:
         with self.lock:
             queue = self.fail_next.get(token)
             if not queue:
-                return 0
-            status = queue.pop(0)
+                return (0, "")
+            failure = queue.pop(0)
             if not queue:
                 del self.fail_next[token]
-            return status
+            return failure
 
     def random_fault(self) -> int:
         """An injected status (429, 500, 503) for this request, or 0."""

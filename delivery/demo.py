@@ -1,0 +1,87 @@
+"""Demo data of delivery: an app that sends to the push simulator, with credentials made on the spot.
+
+The keys are generated here, at run time, and work only against this installation's
+simulator: their public halves go to the simulator's trust file, their private halves only
+to the (encrypted) app. Nothing that would work anywhere real is in the repository.
+"""
+
+import json
+import secrets
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from django.conf import settings
+
+from delivery.models import App
+from delivery.pushsim.trust import trust_add, trust_file_path
+from delivery.services import apns_key_parse, app_create, service_account_parse
+
+DEMO_APP = "Pushdesk Demo"
+DEMO_TEAM_ID = "DEMOTEAM01"
+DEMO_KEY_ID = "DEMOKEY001"
+DEMO_BUNDLE_ID = "com.pushdesk.demo"
+DEMO_PROJECT_ID = "pushdesk-demo"
+
+
+def _public_pem(key) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def populate(*, stdout) -> None:
+    if App.objects.filter(name=DEMO_APP).exists():
+        stdout.write(f"Demo app {DEMO_APP!r} already exists.")
+        return
+    apns_key = ec.generate_private_key(ec.SECP256R1())
+    p8 = apns_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fcm_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_key_id = secrets.token_hex(20)
+    client_email = f"pushdesk-demo@{DEMO_PROJECT_ID}.iam.gserviceaccount.com"
+    service_account = {
+        "type": "service_account",
+        "project_id": DEMO_PROJECT_ID,
+        "private_key_id": private_key_id,
+        "private_key": fcm_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode(),
+        "client_email": client_email,
+        "client_id": "100000000000000000001",
+        "token_uri": settings.PUSHDESK_PUSHSIM_FCM_URL.rstrip("/") + "/token",
+    }
+    path = trust_file_path()
+    trust_add(
+        path=path,
+        apns_key={
+            "key_id": DEMO_KEY_ID,
+            "team_id": DEMO_TEAM_ID,
+            "public_key_pem": _public_pem(apns_key),
+            "topics": [DEMO_BUNDLE_ID],
+        },
+        service_account={
+            "client_email": client_email,
+            "private_key_id": private_key_id,
+            "project_id": DEMO_PROJECT_ID,
+            "public_key_pem": _public_pem(fcm_key),
+        },
+    )
+    app_create(
+        name=DEMO_APP,
+        by=None,
+        rate_limit_per_second=200,
+        uses_simulator=True,
+        apns_team_id=DEMO_TEAM_ID,
+        apns_key_id=DEMO_KEY_ID,
+        apns_bundle_id=DEMO_BUNDLE_ID,
+        apns_environment=App.ApnsEnvironment.SANDBOX,
+        apns_private_key=apns_key_parse(raw=p8),
+        fcm_service_account=service_account_parse(raw=json.dumps(service_account).encode()),
+    )
+    stdout.write(
+        f"Demo app {DEMO_APP!r}: sends to the push simulator "
+        f"({settings.PUSHDESK_PUSHSIM_FCM_URL}/ shows what the phones received)."
+    )
