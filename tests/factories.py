@@ -71,3 +71,28 @@ class SegmentMemberFactory(factory.django.DjangoModelFactory):
 
     segment = factory.SubFactory(SegmentFactory, kind="static", rules=None)
     profile = factory.SubFactory(ProfileFactory)
+
+
+# --- delivery: the send pipeline -------------------------------------------------------------------
+
+
+class DeviceFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "delivery.Device"
+
+    profile = factory.SubFactory(ProfileFactory)
+    app = factory.SubFactory(AppFactory)
+    platform = "ios"
+    token = factory.LazyAttributeSequence(
+        lambda o, n: f"{n:064x}" if o.platform == "ios" else f"fcm-token-{n:020d}-android"
+    )
+
+
+class PushContentFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "delivery.PushContent"
+
+    app = factory.SubFactory(AppFactory)
+    name = factory.Sequence(lambda n: f"Content {n}")
+    title = "Hello {{ profile.attributes.first_name | default: 'there' }}"
+    body = "Our sale starts today."

@@ -1,0 +1,56 @@
+"""Permission-filtered reads of the send pipeline: every admin list and API view goes through these."""
+
+from django.db.models import QuerySet
+
+from accounts.models import User
+from accounts.selectors import visible_to
+from delivery.models import App, Delivery, Device, Dispatch, PushContent
+
+
+def apps_visible_to(user: User) -> QuerySet[App]:
+    return visible_to(user, App.objects.all())
+
+
+def devices_visible_to(user: User) -> QuerySet[Device]:
+    """Devices of the apps the user has access to (devices belong to an app's scope)."""
+    if not user.has_perm("delivery.view_device"):
+        return Device.objects.none()
+    return Device.objects.filter(app__in=apps_visible_to(user).values("pk"))
+
+
+def pushcontents_visible_to(user: User) -> QuerySet[PushContent]:
+    return visible_to(user, PushContent.objects.all())
+
+
+def dispatches_visible_to(user: User) -> QuerySet[Dispatch]:
+    return visible_to(user, Dispatch.objects.all())
+
+
+def deliveries_visible_to(user: User) -> QuerySet[Delivery]:
+    """Deliveries of the dispatches the user may see."""
+    if not user.has_perm("delivery.view_delivery"):
+        return Delivery.objects.none()
+    return Delivery.objects.filter(dispatch__in=dispatches_visible_to(user).values("pk"))
+
+
+def dispatch_for(user: User, dispatch_id: int) -> Dispatch:
+    """One dispatch the user may see; raises Dispatch.DoesNotExist otherwise (404, not 403)."""
+    return dispatches_visible_to(user).get(pk=dispatch_id)
+
+
+def dispatch_outcomes(dispatch: Dispatch) -> list[dict]:
+    """Counts by (status, reason) of a dispatch's rows: one GROUP BY on its index."""
+    from django.db.models import Count
+
+    rows = (
+        Delivery.objects.filter(dispatch_id=dispatch.pk)
+        .values("status", "reason")
+        .annotate(count=Count("id"))
+        .order_by("status", "-count")
+    )
+    return list(rows)
+
+
+def device_deliveries(device: Device, *, limit: int = 50) -> list[Delivery]:
+    """A device's most recent deliveries, newest first."""
+    return list(Delivery.objects.filter(device=device).select_related("dispatch").order_by("-id")[:limit])

@@ -1,0 +1,17 @@
+"""django-q2 entry points of the send pipeline: thin wrappers that take ids and are idempotent."""
+
+from delivery import services
+
+
+def dispatch_prepare_task(dispatch_id: int) -> None:
+    services.dispatch_prepare(dispatch_id=dispatch_id)
+
+
+def dispatch_send_task(dispatch_id: int) -> dict:
+    report = services.dispatch_send(dispatch_id=dispatch_id)
+    return {"claimed": report.claimed, "batches": report.batches}
+
+
+def dispatches_watch_task() -> list[int]:
+    """Every minute: expire leases, finish dispatches, restart those whose send tasks were lost."""
+    return services.dispatches_watch()

@@ -1,0 +1,274 @@
+"""Push content: Liquid personalization, locale variants, payload builders and size limits."""
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from delivery.payloads import (
+    APNS_LIMIT,
+    apns_options,
+    apns_payload,
+    encode,
+    fcm_message,
+    message_render,
+    spec_validate,
+    variant_choose,
+)
+from delivery.personalization import template_check, template_render, template_worst_case_bytes
+
+
+def spec(**changes) -> dict:
+    base = {
+        "title": "Hello {{ profile.attributes.first_name | default: 'there' }}",
+        "subtitle": "",
+        "body": "Your order {{ context.order_id }} is on its way.",
+        "image_url": "",
+        "tap_action": "open_app",
+        "tap_url": "",
+        "data": {},
+        "ios": {
+            "sound": "default",
+            "badge": None,
+            "category": "",
+            "thread_id": "",
+            "interruption_level": "",
+            "mutable_content": False,
+        },
+        "android": {"channel_id": "", "icon": "", "color": "", "priority": "high"},
+        "silent": False,
+        "ttl_seconds": 3600,
+        "collapse_key": "",
+        "default_locale": "en",
+        "variants": {},
+    }
+    base.update(changes)
+    return base
+
+
+def errors_of(exc: pytest.ExceptionInfo) -> dict:
+    return exc.value.message_dict
+
+
+# --- Liquid ---------------------------------------------------------------------------------------
+
+
+def test_missing_attribute_renders_its_default():
+    out = template_render(
+        "Hi {{ profile.attributes.first_name | default: 'there' }}!", profile={"attributes": {}}, context={}
+    )
+    assert out == "Hi there!"
+
+
+def test_missing_attribute_without_default_renders_empty():
+    assert template_render("Hi {{ profile.attributes.first_name }}!", profile={"attributes": {}}, context={}) == "Hi !"
+
+
+def test_profile_fields_attributes_and_context_render():
+    out = template_render(
+        "{{ profile.external_id }} {{ profile.attributes.city | upcase }} {{ context.code }}",
+        profile={"external_id": "u1", "attributes": {"city": "Lyon"}},
+        context={"code": "X1"},
+    )
+    assert out == "u1 LYON X1"
+
+
+def test_syntax_error_is_refused_with_its_line():
+    with pytest.raises(ValidationError) as exc:
+        template_check("Hello\n{{ profile.attributes.name ", field="body")
+    assert "line 2" in errors_of(exc)["body"][0]
+
+
+def test_unknown_top_level_variable_is_refused():
+    with pytest.raises(ValidationError) as exc:
+        template_check("Hi {{ user.name }}", field="title")
+    assert "Unknown variable 'user'" in errors_of(exc)["title"][0]
+
+
+def test_unknown_profile_field_points_to_attributes():
+    with pytest.raises(ValidationError) as exc:
+        template_check("Hi {{ profile.first_name }}", field="title")
+    assert "profile.attributes.first_name" in errors_of(exc)["title"][0]
+
+
+def test_unknown_filter_is_refused():
+    with pytest.raises(ValidationError) as exc:
+        template_check("{{ context.x | shout }}", field="body")
+    assert "shout" in errors_of(exc)["body"][0]
+
+
+def test_sandbox_has_no_include_or_render():
+    for source in ("{% include 'secret' %}", "{% render 'secret' %}"):
+        with pytest.raises(ValidationError):
+            template_check(source, field="body")
+
+
+def test_loop_and_assign_variables_are_not_unknown():
+    template_check(
+        "{% assign n = context.items | size %}{% for i in context.items %}{{ i }}{{ forloop.index }}{% endfor %}{{ n }}",
+        field="body",
+    )
+
+
+def test_worst_case_counts_loops_and_literals():
+    assert template_worst_case_bytes("plain") == 5
+    assert template_worst_case_bytes("{{ context.a }}", value_bytes=10) == 10
+    assert template_worst_case_bytes("{% for i in context.a %}ab{% endfor %}", value_bytes=10) == 2 * 20
+
+
+# --- validation on save ----------------------------------------------------------------------------
+
+
+def test_valid_content_passes():
+    spec_validate(spec())
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"image_url": "http://example.com/a.png"}, "image_url"),
+        ({"tap_action": "url", "tap_url": "javascript:alert(1)"}, "tap_url"),
+        ({"tap_action": "deep_link", "tap_url": "{{ context.link }}"}, "tap_url"),
+        ({"tap_action": "url", "tap_url": ""}, "tap_url"),
+        ({"data": {"aps": "x"}}, "data"),
+        ({"data": {"n": 3}}, "data"),
+        ({"ios": {**spec()["ios"], "interruption_level": "loud"}}, "ios.interruption_level"),
+        ({"android": {**spec()["android"], "color": "red"}}, "android.color"),
+        ({"ttl_seconds": 3_000_000}, "ttl_seconds"),
+        ({"collapse_key": "k" * 65}, "collapse_key"),
+        ({"title": "", "body": ""}, "body"),
+        ({"variants": {"fr": {"title": "{{ nope }}"}}}, "variants.fr.title"),
+        ({"variants": {"fr": {"headline": "x"}}}, "variants"),
+    ],
+)
+def test_bad_content_is_refused_naming_the_field(changes, field):
+    with pytest.raises(ValidationError) as exc:
+        spec_validate(spec(**changes))
+    assert field in errors_of(exc), errors_of(exc)
+
+
+def test_url_with_allowed_scheme_and_variable_path_is_accepted():
+    spec_validate(spec(tap_action="url", tap_url="https://shop.example/cart/{{ profile.external_id }}"))
+
+
+def test_oversize_payload_names_the_part_and_the_excess():
+    with pytest.raises(ValidationError) as exc:
+        spec_validate(spec(body="x" * 3000 + "{{ context.a }}" * 12))
+    messages = errors_of(exc)["body"]
+    assert any("iOS (APNs)" in m and "over the 4,096-byte limit" in m and "body up to" in m for m in messages)
+    assert any("Android (FCM)" in m for m in messages)
+
+
+def test_oversize_locale_variant_is_named():
+    with pytest.raises(ValidationError) as exc:
+        spec_validate(spec(variants={"de": {"body": "ü" * 2100}}))
+    assert "locale de" in errors_of(exc)["variants.de"][0]
+
+
+# --- locales -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("locale", "chosen"),
+    [
+        ("fr-CA", "fr-CA"),
+        ("fr_ca", "fr-CA"),
+        ("fr-BE", "fr"),
+        ("pt-PT", "pt-BR"),
+        ("de-DE", None),
+        ("", None),
+    ],
+)
+def test_locale_variant_falls_back_to_language_then_default(locale, chosen):
+    variants = {"fr-CA": {"title": "Allô"}, "fr": {"title": "Salut"}, "pt-BR": {"title": "Olá"}}
+    assert variant_choose(spec(variants=variants), locale) == chosen
+
+
+def test_variant_overrides_only_its_own_fields():
+    s = spec(variants={"fr": {"title": "Bonjour {{ profile.attributes.first_name }}"}})
+    message = message_render(
+        s, profile={"locale": "fr-FR", "attributes": {"first_name": "Zoé"}}, context={"order_id": 7}
+    )
+    assert message.title == "Bonjour Zoé"
+    assert message.body == "Your order 7 is on its way."
+
+
+# --- payload builders ----------------------------------------------------------------------------------
+
+
+def test_apns_payload_of_an_alert_with_ios_options():
+    s = spec(
+        subtitle="Today",
+        image_url="https://img.example/a.png",
+        tap_action="deep_link",
+        tap_url="pushdesk://sale",
+        data={"campaign": "c1"},
+        ios={
+            "sound": "chime.caf",
+            "badge": 3,
+            "category": "SALE",
+            "thread_id": "sales",
+            "interruption_level": "time-sensitive",
+            "mutable_content": False,
+        },
+    )
+    message = message_render(s, profile={"attributes": {"first_name": "Ann"}}, context={"order_id": 1})
+    payload = apns_payload(s, message, delivery_id=42)
+    assert payload["aps"] == {
+        "alert": {"title": "Hello Ann", "body": "Your order 1 is on its way.", "subtitle": "Today"},
+        "sound": "chime.caf",
+        "badge": 3,
+        "category": "SALE",
+        "thread-id": "sales",
+        "interruption-level": "time-sensitive",
+        "mutable-content": 1,
+    }
+    assert payload["pushdesk"] == {
+        "delivery": 42,
+        "action": "deep_link",
+        "url": "pushdesk://sale",
+        "image": "https://img.example/a.png",
+    }
+    assert payload["campaign"] == "c1"
+
+
+def test_silent_push_has_no_alert_and_goes_as_background_priority_5():
+    s = spec(silent=True, title="", body="", data={"sync": "1"})
+    message = message_render(s, profile={}, context={})
+    payload = apns_payload(s, message, delivery_id=1)
+    assert payload["aps"] == {"content-available": 1}
+    options = apns_options(s, now=1_000_000)
+    assert options == {"push_type": "background", "priority": 5, "expiration": 1_003_600, "collapse_id": ""}
+    fcm = fcm_message(s, message, token="t", delivery_id=1)
+    assert "notification" not in fcm
+    assert fcm["data"]["sync"] == "1"
+
+
+def test_fcm_message_with_android_options_ttl_and_collapse_key():
+    s = spec(
+        collapse_key="sale",
+        ttl_seconds=600,
+        image_url="https://img.example/a.png",
+        android={"channel_id": "promo", "icon": "ic_sale", "color": "#ff8800", "priority": "normal"},
+    )
+    message = message_render(s, profile={"attributes": {}}, context={"order_id": 9})
+    out = fcm_message(s, message, token="tok", delivery_id=5)
+    assert out["token"] == "tok"
+    assert out["notification"] == {
+        "title": "Hello there",
+        "body": "Your order 9 is on its way.",
+        "image": "https://img.example/a.png",
+    }
+    assert out["android"] == {
+        "priority": "normal",
+        "ttl": "600s",
+        "collapse_key": "sale",
+        "notification": {"channel_id": "promo", "icon": "ic_sale", "color": "#ff8800"},
+    }
+    assert out["data"] == {"pushdesk_delivery": "5", "pushdesk_action": "open_app"}
+    assert all(isinstance(v, str) for v in out["data"].values())
+
+
+def test_worst_case_that_fits_renders_within_the_limit():
+    s = spec(body="x" * 3500 + "{{ context.a }}")
+    spec_validate(s)
+    message = message_render(s, profile={}, context={"a": "y" * 100})
+    assert len(encode(apns_payload(s, message, delivery_id=10**18))) <= APNS_LIMIT
