@@ -170,6 +170,10 @@ class Import(models.Model):
     rows_failed = models.BigIntegerField(default=0)
     rows_duplicate = models.BigIntegerField(default=0)
     bytes_done = models.BigIntegerField(default=0)
+    # Where a resumed run picks up: CSV records consumed, and the error file's length, both
+    # saved in the same transaction as the rows they account for.
+    position = models.BigIntegerField(default=0, editable=False)
+    error_bytes = models.BigIntegerField(default=0, editable=False)
     error_file = models.FileField(upload_to="imports/errors/%Y/%m/", max_length=300, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+", editable=False

@@ -1,0 +1,413 @@
+"""The audiences API: profiles and events (``ingest``), segments (``read``), CSV imports.
+
+Bulk calls answer per item: the good items land, each bad one is reported with its index and
+its errors (``{"field", "code", "detail"}``, as everywhere in the API).
+"""
+
+from __future__ import annotations
+
+import json
+
+from django.conf import settings
+from django.http import Http404
+from django.urls import path
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.api import _flatten
+from audiences.models import Import, Profile, Segment
+from audiences.rules import RulesInvalid
+from audiences.selectors import imports_visible_to, profiles_visible_to, segment_for, segments_visible_to
+from audiences.services import (
+    event_check,
+    events_ingest,
+    import_create,
+    profile_check,
+    profiles_upsert,
+    segment_preview,
+)
+
+# --- serializers --------------------------------------------------------------------------------
+
+
+class ProfileInSerializer(serializers.Serializer):
+    external_id = serializers.CharField(max_length=255, trim_whitespace=False)
+    attributes = serializers.DictField(required=False, allow_empty=True, help_text="Merged; a null removes a name.")
+    locale = serializers.CharField(required=False, allow_blank=True, max_length=35)
+    timezone = serializers.CharField(required=False, allow_blank=True, max_length=64)
+    last_seen_at = serializers.DateTimeField(required=False, allow_null=True)
+
+    def validate(self, attrs):
+        problems = profile_check(attrs)
+        if problems:
+            raise serializers.ValidationError(problems)
+        return attrs
+
+
+class ProfileOutSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Profile
+        fields = ("external_id", "attributes", "locale", "timezone", "created_at", "updated_at", "last_seen_at")
+
+
+class EventInSerializer(serializers.Serializer):
+    external_id = serializers.CharField(max_length=255, trim_whitespace=False)
+    name = serializers.CharField(max_length=100)
+    properties = serializers.DictField(required=False, allow_empty=True)
+    occurred_at = serializers.DateTimeField()
+
+    def validate(self, attrs):
+        problems = event_check(attrs)
+        if problems:
+            raise serializers.ValidationError(problems)
+        return attrs
+
+
+class SegmentOutSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Segment
+        fields = (
+            "id",
+            "name",
+            "description",
+            "kind",
+            "rules",
+            "last_count",
+            "last_counted_at",
+            "created_at",
+            "updated_at",
+        )
+
+
+class ImportOutSerializer(serializers.ModelSerializer):
+    percent = serializers.FloatField(read_only=True)
+    seconds_left = serializers.FloatField(read_only=True, allow_null=True)
+    segment = serializers.PrimaryKeyRelatedField(read_only=True)
+    error_file_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Import
+        fields = (
+            "id",
+            "status",
+            "original_name",
+            "size",
+            "encoding",
+            "target",
+            "segment",
+            "rows_done",
+            "rows_imported",
+            "rows_failed",
+            "rows_duplicate",
+            "percent",
+            "seconds_left",
+            "error",
+            "error_file_url",
+            "created_at",
+            "started_at",
+            "finished_at",
+        )
+
+    def get_error_file_url(self, obj) -> str | None:
+        if not obj.error_file:
+            return None
+        request = self.context.get("request")
+        url = f"/api/v1/imports/{obj.pk}/errors/"
+        return request.build_absolute_uri(url) if request else url
+
+
+class ImportInSerializer(serializers.Serializer):
+    file = serializers.FileField()
+    encoding = serializers.ChoiceField(choices=Import.Encoding.values, default="utf-8")
+    target = serializers.ChoiceField(choices=Import.Target.values, default="profiles")
+    segment = serializers.IntegerField(required=False, allow_null=True)
+    segment_name = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
+    columns = serializers.JSONField(
+        required=False, help_text="Per CSV column: {'to': attribute name, 'type': auto|string|number|boolean|date|skip}"
+    )
+
+    def validate_columns(self, value):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise serializers.ValidationError("Not JSON.") from exc
+        if value is not None and not isinstance(value, dict):
+            raise serializers.ValidationError("Must be an object: CSV column → {'to', 'type'}.")
+        return value or {}
+
+
+def _item_errors(serializer) -> list[dict]:
+    return _flatten(serializer.errors)
+
+
+def _bulk_items(request, key: str) -> list:
+    items = request.data.get(key) if isinstance(request.data, dict) else None
+    if not isinstance(items, list):
+        raise serializers.ValidationError(
+            {key: f"Send {{'{key}': [...]}}, a list of at most {settings.AUDIENCES_BULK_MAX_ITEMS}."}
+        )
+    if len(items) > settings.AUDIENCES_BULK_MAX_ITEMS:
+        raise serializers.ValidationError(
+            {key: f"At most {settings.AUDIENCES_BULK_MAX_ITEMS} items per call, got {len(items)}."}
+        )
+    return items
+
+
+BULK_RESULT = inline_serializer(
+    "BulkResult",
+    {
+        "results": serializers.ListField(child=serializers.DictField()),
+        "accepted": serializers.IntegerField(),
+        "failed": serializers.IntegerField(),
+    },
+)
+
+
+# --- profiles ----------------------------------------------------------------------------------
+
+
+class ProfileUpsertView(APIView):
+    """Create or update one profile by its external id (attributes are merged)."""
+
+    required_scope = "ingest"
+
+    @extend_schema(operation_id="profile_upsert", request=ProfileInSerializer, responses=ProfileOutSerializer)
+    def post(self, request):
+        serializer = ProfileInSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = profiles_upsert(items=[serializer.validated_data], by=request.user)[0]
+        profile = Profile.objects.get(pk=result.profile_id)
+        return Response(
+            {**ProfileOutSerializer(profile).data, "result": result.status},
+            status=status.HTTP_201_CREATED if result.status == "created" else status.HTTP_200_OK,
+        )
+
+
+class ProfileDetailView(APIView):
+    """One profile, by external id."""
+
+    required_scope = "read"
+
+    @extend_schema(operation_id="profile_detail", responses=ProfileOutSerializer)
+    def get(self, request, external_id: str):
+        profile = profiles_visible_to(request.user).filter(external_id=external_id).first()
+        if profile is None:
+            raise Http404
+        return Response(ProfileOutSerializer(profile).data)
+
+
+class ProfileBulkView(APIView):
+    """Upsert up to 1,000 profiles; answers per item, and the good items land."""
+
+    required_scope = "ingest"
+
+    @extend_schema(
+        operation_id="profiles_bulk_upsert",
+        request=inline_serializer("ProfileBulk", {"profiles": ProfileInSerializer(many=True)}),
+        responses=BULK_RESULT,
+    )
+    def post(self, request):
+        items = _bulk_items(request, "profiles")
+        results: list[dict | None] = [None] * len(items)
+        good: list[tuple[int, dict]] = []
+        for index, item in enumerate(items):
+            serializer = ProfileInSerializer(data=item if isinstance(item, dict) else {})
+            if not isinstance(item, dict):
+                results[index] = {
+                    "index": index,
+                    "status": "error",
+                    "errors": [{"field": None, "code": "invalid", "detail": "Each item must be an object."}],
+                }
+            elif serializer.is_valid():
+                good.append((index, serializer.validated_data))
+            else:
+                results[index] = {"index": index, "status": "error", "errors": _item_errors(serializer)}
+        if good:
+            upserted = profiles_upsert(items=[data for _, data in good], by=request.user)
+            for (index, _), result in zip(good, upserted, strict=True):
+                results[index] = {"index": index, "status": result.status, "external_id": result.external_id}
+        failed = sum(1 for r in results if r["status"] == "error")
+        return Response({"results": results, "accepted": len(results) - failed, "failed": failed})
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+class EventBulkView(APIView):
+    """Store up to 1,000 events; answers per item, and the good items land."""
+
+    required_scope = "ingest"
+
+    @extend_schema(
+        operation_id="events_bulk",
+        request=inline_serializer("EventBulk", {"events": EventInSerializer(many=True)}),
+        responses=BULK_RESULT,
+    )
+    def post(self, request):
+        items = _bulk_items(request, "events")
+        results: list[dict | None] = [None] * len(items)
+        good: list[tuple[int, dict]] = []
+        for index, item in enumerate(items):
+            serializer = EventInSerializer(data=item if isinstance(item, dict) else {})
+            if not isinstance(item, dict):
+                results[index] = {
+                    "index": index,
+                    "status": "error",
+                    "errors": [{"field": None, "code": "invalid", "detail": "Each item must be an object."}],
+                }
+            elif serializer.is_valid():
+                good.append((index, serializer.validated_data))
+            else:
+                results[index] = {"index": index, "status": "error", "errors": _item_errors(serializer)}
+        if good:
+            ids = events_ingest(items=[data for _, data in good], by=request.user)
+            for (index, _), event_id in zip(good, ids, strict=True):
+                results[index] = {"index": index, "status": "accepted", "id": event_id}
+        failed = sum(1 for r in results if r["status"] == "error")
+        return Response({"results": results, "accepted": len(results) - failed, "failed": failed})
+
+
+# --- segments ----------------------------------------------------------------------------------
+
+
+class SegmentListView(APIView):
+    """The segments this key's user may see."""
+
+    required_scope = "read"
+
+    @extend_schema(operation_id="segments_list", responses=SegmentOutSerializer(many=True))
+    def get(self, request):
+        from rest_framework.pagination import LimitOffsetPagination
+
+        paginator = LimitOffsetPagination()
+        page = paginator.paginate_queryset(segments_visible_to(request.user).order_by("name", "id"), request, view=self)
+        return paginator.get_paginated_response(SegmentOutSerializer(page, many=True).data)
+
+
+class SegmentDetailView(APIView):
+    required_scope = "read"
+
+    @extend_schema(operation_id="segment_detail", responses=SegmentOutSerializer)
+    def get(self, request, segment_id: int):
+        return Response(SegmentOutSerializer(segment_for(request.user, segment_id)).data)
+
+
+class SegmentPreviewView(APIView):
+    """The segment's profile count now, and a sample of profiles."""
+
+    required_scope = "read"
+
+    @extend_schema(
+        operation_id="segment_preview",
+        parameters=[OpenApiParameter("sample", int, description="Sample size, 0–100 (default 20).")],
+        responses=inline_serializer(
+            "SegmentPreview",
+            {
+                "count": serializers.IntegerField(),
+                "sample": ProfileOutSerializer(many=True),
+                "took_ms": serializers.IntegerField(),
+            },
+        ),
+    )
+    def get(self, request, segment_id: int):
+        try:
+            size = max(0, min(100, int(request.query_params.get("sample", settings.AUDIENCES_PREVIEW_SAMPLE))))
+        except ValueError:
+            raise serializers.ValidationError({"sample": "A whole number from 0 to 100."}) from None
+        try:
+            preview = segment_preview(by=request.user, segment_id=segment_id, sample_size=size)
+        except RulesInvalid as exc:
+            raise serializers.ValidationError({"rules": [str(e) for e in exc.errors]}) from exc
+        return Response(
+            {
+                "count": preview.count,
+                "sample": ProfileOutSerializer(preview.sample, many=True).data,
+                "took_ms": preview.took_ms,
+            }
+        )
+
+
+# --- imports -----------------------------------------------------------------------------------
+
+
+class ImportCreateView(APIView):
+    """Upload a CSV file (multipart ``file``) and queue its import. Answers 202 with its status."""
+
+    required_scope = "ingest"
+    parser_classes = [MultiPartParser, FormParser, JSONParser]
+
+    @extend_schema(
+        operation_id="import_create",
+        request={"multipart/form-data": ImportInSerializer},
+        responses={202: ImportOutSerializer},
+    )
+    def post(self, request):
+        serializer = ImportInSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        record = import_create(
+            upload=data["file"],
+            by=request.user,
+            encoding=data["encoding"],
+            columns=data.get("columns") or {},
+            target=data["target"],
+            segment_id=data.get("segment"),
+            segment_name=data.get("segment_name", ""),
+        )
+        record.refresh_from_db()
+        return Response(ImportOutSerializer(record, context={"request": request}).data, status=status.HTTP_202_ACCEPTED)
+
+
+class _ReadOrIngest:
+    """Status reads accept a key with either scope: the integrator polls with the key that uploaded."""
+
+    @property
+    def required_scope(self):
+        key = getattr(self.request, "auth", None)
+        scopes = getattr(key, "scopes", []) or []
+        return "ingest" if "ingest" in scopes and "read" not in scopes else "read"
+
+
+class ImportDetailView(_ReadOrIngest, APIView):
+    @extend_schema(operation_id="import_detail", responses=ImportOutSerializer)
+    def get(self, request, import_id: int):
+        record = imports_visible_to(request.user).filter(pk=import_id).first()
+        if record is None:
+            raise Http404
+        return Response(ImportOutSerializer(record, context={"request": request}).data)
+
+
+class ImportErrorsView(_ReadOrIngest, APIView):
+    """The error file of an import (CSV: line, external_id, reason)."""
+
+    @extend_schema(operation_id="import_errors", responses={(200, "text/csv"): bytes})
+    def get(self, request, import_id: int):
+        from django.http import FileResponse
+
+        record = imports_visible_to(request.user).filter(pk=import_id).first()
+        if record is None or not record.error_file:
+            raise Http404
+        return FileResponse(
+            record.error_file.open("rb"),
+            as_attachment=True,
+            filename=f"import-{record.pk}-errors.csv",
+            content_type="text/csv",
+        )
+
+
+urlpatterns = [
+    path("profiles/", ProfileUpsertView.as_view(), name="profile-upsert"),
+    path("profiles/bulk/", ProfileBulkView.as_view(), name="profile-bulk"),
+    path("profiles/<str:external_id>/", ProfileDetailView.as_view(), name="profile-detail"),
+    path("events/bulk/", EventBulkView.as_view(), name="event-bulk"),
+    path("segments/", SegmentListView.as_view(), name="segment-list"),
+    path("segments/<int:segment_id>/", SegmentDetailView.as_view(), name="segment-detail"),
+    path("segments/<int:segment_id>/preview/", SegmentPreviewView.as_view(), name="segment-preview"),
+    path("imports/", ImportCreateView.as_view(), name="import-create"),
+    path("imports/<int:import_id>/", ImportDetailView.as_view(), name="import-detail"),
+    path("imports/<int:import_id>/errors/", ImportErrorsView.as_view(), name="import-errors"),
+]

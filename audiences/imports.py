@@ -1,0 +1,419 @@
+"""Reading a CSV import: the header check done at upload, the streamed row reader, typed cells,
+the spreadsheet-safe error file, and the batch writers (PostgreSQL COPY + one upsert; SQLite upsert).
+
+The services in ``audiences.services`` drive these; nothing here checks permissions.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import datetime as dt
+import io
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from django.core.exceptions import ValidationError
+from django.db import connection
+
+from audiences.rules import KEY_RE
+
+SNIFF_BYTES = 64 * 1024
+CELL_TYPES = ("auto", "string", "number", "boolean", "date", "skip")
+PROFILE_COLUMNS = ("locale", "timezone")
+MAX_CELL = 1000
+INT_RE = re.compile(r"^-?(0|[1-9][0-9]{0,17})$")
+FLOAT_RE = re.compile(r"^-?(0|[1-9][0-9]*)?\.[0-9]+([eE][-+]?[0-9]+)?$|^-?(0|[1-9][0-9]*)[eE][-+]?[0-9]+$")
+TRUE_WORDS = {"true", "yes", "y", "1"}
+FALSE_WORDS = {"false", "no", "n", "0"}
+BINARY_SIGNATURES = {
+    b"PK\x03\x04": "a zip archive (an Excel .xlsx file?)",
+    b"\xd0\xcf\x11\xe0": "an Office document (an Excel .xls file?)",
+    b"%PDF": "a PDF document",
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"\x1f\x8b": "a gzip archive",
+}
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+class ImportRefused(ValidationError):
+    """The whole file is refused before any row lands (not CSV, no external_id column, too big...)."""
+
+
+@dataclass(frozen=True)
+class Column:
+    index: int
+    header: str
+    to: str  # "external_id", "locale", "timezone" or an attribute name
+    type: str  # one of CELL_TYPES
+
+
+@dataclass
+class Plan:
+    """What to do with each column of the file."""
+
+    columns: list[Column]
+    id_index: int
+    width: int
+
+
+def python_encoding(encoding: str) -> str:
+    return "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else "latin-1"
+
+
+def attribute_name(header: str) -> str:
+    """A header as an attribute name: trimmed, inner spaces as underscores."""
+    return re.sub(r"\s+", "_", header.strip())
+
+
+def plan_columns(header: list[str], columns: dict | None) -> Plan:
+    """Map the header to profile fields and typed attributes, or refuse the file (ImportRefused).
+
+    ``columns`` maps a CSV header to ``{"to": name, "type": type}`` (either optional) or
+    ``{"type": "skip"}``. Unmapped columns become attributes of the header's name, typed
+    by inference ("auto"). The external id comes from the column named ``external_id`` or
+    mapped to it; without one the file is refused.
+    """
+    columns = columns or {}
+    names = [h.strip() for h in header]
+    if not any(names):
+        raise ImportRefused("The file has no header row: the first line must name the columns, e.g. external_id.")
+    seen: set[str] = set()
+    for name in names:
+        if name and name in seen:
+            raise ImportRefused(f"The column {name!r} appears twice in the header.")
+        seen.add(name)
+    unknown = sorted(set(columns) - set(names))
+    if unknown:
+        raise ImportRefused(f"The column mapping names {unknown[0]!r}, which is not in the file's header.")
+    plan: list[Column] = []
+    id_index = None
+    targets: set[str] = set()
+    for index, name in enumerate(names):
+        spec = columns.get(name) or {}
+        if not isinstance(spec, dict):
+            raise ImportRefused(f"The mapping of column {name!r} must be an object with 'to' and/or 'type'.")
+        kind = spec.get("type", "auto")
+        if kind not in CELL_TYPES:
+            raise ImportRefused(f"Column {name!r}: unknown type {kind!r}; use one of {', '.join(CELL_TYPES)}.")
+        if kind == "skip" or (not name and not spec.get("to")):
+            continue
+        to = spec.get("to") or (name if name in ("external_id", *PROFILE_COLUMNS) else attribute_name(name))
+        if to in targets:
+            raise ImportRefused(f"Two columns fill {to!r}; map one of them elsewhere or skip it.")
+        targets.add(to)
+        if to == "external_id":
+            id_index = index
+        elif to not in PROFILE_COLUMNS and not KEY_RE.match(to):
+            raise ImportRefused(
+                f"Column {name!r} cannot be an attribute name (letters, digits, _ . : -); map it to another name."
+            )
+        plan.append(Column(index=index, header=name, to=to, type=kind))
+    if id_index is None:
+        raise ImportRefused(
+            "The file has no external_id column: name a column external_id (or map one to it). No row was imported."
+        )
+    return Plan(columns=plan, id_index=id_index, width=len(names))
+
+
+def sniff_header(fileobj, *, encoding: str) -> list[str]:
+    """Read the start of the file and return its header, or refuse a file that is not CSV text."""
+    fileobj.seek(0)
+    head = fileobj.read(SNIFF_BYTES)
+    fileobj.seek(0)
+    if isinstance(head, str):
+        head = head.encode()
+    if not head.strip():
+        raise ImportRefused("The file is empty.")
+    for signature, what in BINARY_SIGNATURES.items():
+        if head.startswith(signature):
+            raise ImportRefused(f"This is not a CSV file: it looks like {what}. Export it as CSV first.")
+    if b"\x00" in head:
+        raise ImportRefused("This is not a CSV file: it holds binary data (NUL bytes).")
+    decoder = codecs.getincrementaldecoder(python_encoding(encoding))(errors="strict")
+    try:
+        text = decoder.decode(head, final=len(head) < SNIFF_BYTES)
+    except UnicodeDecodeError as exc:
+        raise ImportRefused(
+            f"The file is not valid {encoding.upper()} text (byte {exc.start}): choose the Latin-1 encoding "
+            "if it comes from an older spreadsheet."
+        ) from exc
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        for row in reader:
+            if row and any(cell.strip() for cell in row):
+                return row
+    except csv.Error as exc:
+        raise ImportRefused(f"This is not a readable CSV file: {exc}.") from exc
+    raise ImportRefused("The file has no header row: the first line must name the columns, e.g. external_id.")
+
+
+@dataclass
+class Record:
+    line: int  # the line the record starts on (the header is line 1)
+    cells: list[str] | None  # None: the record could not be read (see error)
+    error: str = ""
+
+
+def records(binary, *, encoding: str) -> Iterator[Record]:
+    """Yield every CSV record after the header, streamed, with the line it starts on.
+
+    Blank lines are skipped. Quoted fields may hold commas and newlines; CRLF and LF both end
+    lines. Undecodable bytes become U+FFFD and fail only their row.
+    """
+    text = io.TextIOWrapper(binary, encoding=python_encoding(encoding), errors="replace", newline="")
+    reader = csv.reader(text)
+    last_line = 0
+    header_seen = False
+    while True:
+        start = last_line + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            last_line = reader.line_num
+            yield Record(line=start, cells=None, error=f"unreadable CSV ({exc})")
+            continue
+        last_line = reader.line_num
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        if not header_seen:
+            header_seen = True
+            continue
+        yield Record(line=start, cells=row)
+
+
+@dataclass
+class ParsedRow:
+    line: int
+    external_id: str
+    attributes: dict
+    locale: str | None = None
+    timezone: str | None = None
+
+
+def parse_cell(raw: str, kind: str):
+    """A CSV cell as a JSON value of its declared (or inferred) type; ValueError when it is not one."""
+    value = raw.strip()
+    if kind == "string":
+        return raw
+    if kind == "number":
+        if INT_RE.match(value):
+            return int(value)
+        if FLOAT_RE.match(value):
+            number = float(value)
+            if number != number or number in (float("inf"), float("-inf")):
+                raise ValueError("is not a finite number")
+            return number
+        raise ValueError("is not a number")
+    if kind == "boolean":
+        lowered = value.lower()
+        if lowered in TRUE_WORDS:
+            return True
+        if lowered in FALSE_WORDS:
+            return False
+        raise ValueError("is not true/false (or yes/no, 1/0)")
+    if kind == "date":
+        try:
+            if len(value) == 10:
+                return dt.date.fromisoformat(value).isoformat()
+            return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).isoformat()
+        except ValueError:
+            raise ValueError("is not a date (YYYY-MM-DD or ISO 8601 time)") from None
+    # auto: numbers without a leading zero, true/false, else the text as it is
+    if INT_RE.match(value):
+        return int(value)
+    if FLOAT_RE.match(value):
+        return float(value)
+    lowered = value.lower()
+    if lowered == "true":
+        return True
+    if lowered == "false":
+        return False
+    return raw
+
+
+def parse_record(record: Record, plan: Plan, *, timezones: set[str]) -> ParsedRow | str:
+    """Turn a record into a row to write, or return the reason it fails."""
+    if record.cells is None:
+        return record.error
+    cells = record.cells
+    if len(cells) != plan.width:
+        return f"has {len(cells)} fields where the header has {plan.width}"
+    joined = "".join(cells)
+    if "\ufffd" in joined:
+        return "holds bytes that are not valid text in this encoding (is the file Latin-1?)"
+    if "\x00" in joined:
+        return "holds a NUL character"
+    external_id = cells[plan.id_index].strip()
+    if not external_id:
+        return "external_id is empty"
+    if len(external_id) > 255:
+        return "external_id is longer than 255 characters"
+    row = ParsedRow(line=record.line, external_id=external_id, attributes={})
+    for column in plan.columns:
+        if column.to == "external_id":
+            continue
+        raw = cells[column.index]
+        if not raw.strip():
+            continue  # an empty cell leaves the attribute as it is
+        if len(raw) > MAX_CELL:
+            return f"column {column.header!r} is longer than {MAX_CELL} characters"
+        if column.to == "locale":
+            row.locale = raw.strip()[:35]
+            continue
+        if column.to == "timezone":
+            if raw.strip() not in timezones:
+                return f"column {column.header!r}: {raw.strip()!r} is not a time zone (e.g. Europe/Paris)"
+            row.timezone = raw.strip()
+            continue
+        try:
+            row.attributes[column.to] = parse_cell(raw, column.type)
+        except ValueError as exc:
+            return f"column {column.header!r}: {_shorten(raw)!r} {exc}"
+    return row
+
+
+def _shorten(value: str) -> str:
+    return value if len(value) <= 40 else value[:37] + "..."
+
+
+def spreadsheet_safe(value) -> str:
+    """A cell that a spreadsheet will show as text, never run as a formula (CSV injection)."""
+    text = "" if value is None else str(value)
+    if text.startswith(FORMULA_STARTS):
+        return "'" + text
+    return text
+
+
+class ErrorFile:
+    """The downloadable report of failed and duplicate rows: line, external_id, reason."""
+
+    HEADER = ("line", "external_id", "reason")
+
+    def __init__(self, path, *, resume_at: int):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mode = "r+b" if resume_at and path.exists() else "wb"
+        self.raw = open(path, mode)  # noqa: SIM115 - closed by close()
+        if mode == "r+b":
+            self.raw.truncate(resume_at)  # drop lines written for rows that were not committed
+            self.raw.seek(resume_at)
+        self.text = io.TextIOWrapper(self.raw, encoding="utf-8", newline="", write_through=True)
+        self.writer = csv.writer(self.text)
+        if not resume_at:
+            self.text.write("\ufeff")  # so spreadsheets open it as UTF-8
+            self.writer.writerow(self.HEADER)
+
+    def add(self, line: int, external_id: str, reason: str) -> None:
+        self.writer.writerow([line, spreadsheet_safe(external_id), spreadsheet_safe(reason)])
+
+    def tell(self) -> int:
+        self.text.flush()
+        return self.raw.tell()
+
+    def close(self) -> None:
+        self.text.flush()
+        self.text.close()
+
+
+@dataclass
+class Batch:
+    """Rows to write in one transaction; an external id seen twice keeps its last row."""
+
+    rows: dict[str, ParsedRow] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+STAGE_SQL = (
+    "CREATE TEMP TABLE IF NOT EXISTS audiences_import_stage "
+    "(external_id text NOT NULL, attributes jsonb NOT NULL, locale text, timezone text) ON COMMIT DELETE ROWS"
+)
+UPSERT_PG = """
+INSERT INTO audiences_profile AS p (external_id, attributes, locale, timezone, created_at, updated_at)
+SELECT s.external_id, s.attributes, coalesce(s.locale, ''), coalesce(s.timezone, ''), %(now)s, %(now)s
+FROM audiences_import_stage s
+ON CONFLICT (external_id) DO UPDATE SET
+    attributes = p.attributes || EXCLUDED.attributes,
+    locale = CASE WHEN EXCLUDED.locale = '' THEN p.locale ELSE EXCLUDED.locale END,
+    timezone = CASE WHEN EXCLUDED.timezone = '' THEN p.timezone ELSE EXCLUDED.timezone END,
+    updated_at = EXCLUDED.updated_at
+WHERE NOT (p.attributes @> EXCLUDED.attributes)
+   OR (EXCLUDED.locale <> '' AND EXCLUDED.locale <> p.locale)
+   OR (EXCLUDED.timezone <> '' AND EXCLUDED.timezone <> p.timezone)
+"""
+MEMBERS_PG = """
+INSERT INTO audiences_segmentmember (segment_id, profile_id, added_at, source_import_id)
+SELECT %(segment)s, p.id, %(now)s, %(import)s
+FROM audiences_import_stage s JOIN audiences_profile p ON p.external_id = s.external_id
+ON CONFLICT (segment_id, profile_id) DO {conflict}
+"""
+UPSERT_SQLITE = """
+INSERT INTO audiences_profile (external_id, attributes, locale, timezone, created_at, updated_at)
+VALUES (%s, %s, coalesce(%s, ''), coalesce(%s, ''), %s, %s)
+ON CONFLICT (external_id) DO UPDATE SET
+    attributes = json_patch(audiences_profile.attributes, excluded.attributes),
+    locale = CASE WHEN excluded.locale = '' THEN audiences_profile.locale ELSE excluded.locale END,
+    timezone = CASE WHEN excluded.timezone = '' THEN audiences_profile.timezone ELSE excluded.timezone END,
+    updated_at = excluded.updated_at
+WHERE json_patch(audiences_profile.attributes, excluded.attributes) <> json(audiences_profile.attributes)
+   OR (excluded.locale <> '' AND excluded.locale <> audiences_profile.locale)
+   OR (excluded.timezone <> '' AND excluded.timezone <> audiences_profile.timezone)
+"""
+MEMBERS_SQLITE = """
+INSERT INTO audiences_segmentmember (segment_id, profile_id, added_at, source_import_id)
+SELECT %s, id, %s, %s FROM audiences_profile WHERE external_id = %s
+ON CONFLICT (segment_id, profile_id) DO {conflict}
+"""
+MEMBERS_TAKE_OVER = (
+    "UPDATE SET source_import_id = excluded.source_import_id "
+    "WHERE audiences_segmentmember.source_import_id IS DISTINCT FROM excluded.source_import_id"
+)
+
+
+def write_batch(batch: Batch, *, now: dt.datetime, segment_id: int | None, import_id: int, replace: bool) -> None:
+    """Upsert the batch's profiles (attributes merged; unchanged rows untouched) and their memberships.
+
+    Runs inside the caller's transaction. On PostgreSQL: COPY into a temporary table, then one
+    INSERT ... ON CONFLICT for profiles and one for members.
+    """
+    rows = list(batch.rows.values())
+    if not rows:
+        return
+    conflict = MEMBERS_TAKE_OVER if replace else "NOTHING"
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(STAGE_SQL)
+            raw = cursor.cursor
+            with raw.copy("COPY audiences_import_stage (external_id, attributes, locale, timezone) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(
+                        (row.external_id, json.dumps(row.attributes, separators=(",", ":")), row.locale, row.timezone)
+                    )
+            cursor.execute(UPSERT_PG, {"now": now})
+            if segment_id is not None:
+                cursor.execute(
+                    MEMBERS_PG.format(conflict=conflict), {"segment": segment_id, "now": now, "import": import_id}
+                )
+            cursor.execute("TRUNCATE audiences_import_stage")
+        return
+    now = connection.ops.adapt_datetimefield_value(now)
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            UPSERT_SQLITE,
+            [
+                (r.external_id, json.dumps(r.attributes, separators=(",", ":")), r.locale, r.timezone, now, now)
+                for r in rows
+            ],
+        )
+        if segment_id is not None:
+            cursor.executemany(
+                MEMBERS_SQLITE.format(conflict=conflict), [(segment_id, now, import_id, r.external_id) for r in rows]
+            )

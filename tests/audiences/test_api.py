@@ -1,0 +1,193 @@
+"""The audiences API: scopes, object access, per-item answers of bulk calls."""
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from accounts.services import access_grant
+from audiences.models import Event, Import, Profile, Segment
+from audiences.services import segment_create
+from tests.factories import ProfileFactory
+
+pytestmark = pytest.mark.django_db
+
+PRO = {"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}]}
+
+
+def test_upsert_one_profile_answers_created_then_updated(manager_alice, api_key_for):
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    first = client.post("/api/v1/profiles/", {"external_id": "u1", "attributes": {"plan": "pro"}}, format="json")
+    assert first.status_code == 201, first.json()
+    assert first.json()["result"] == "created"
+    again = client.post("/api/v1/profiles/", {"external_id": "u1", "attributes": {"age": 3}}, format="json")
+    assert again.status_code == 200
+    assert again.json()["attributes"] == {"plan": "pro", "age": 3}
+
+
+def test_upsert_needs_the_ingest_scope(manager_alice, api_key_for):
+    client = api_key_for(manager_alice, scopes=["read"])
+    response = client.post("/api/v1/profiles/", {"external_id": "u1"}, format="json")
+    assert response.status_code == 403
+    assert response.json()["code"] == "insufficient_scope"
+
+
+def test_viewer_key_cannot_write_profiles(viewer_carol, api_key_for):
+    from accounts.services import api_key_create
+
+    # Viewers own no keys; an administrator's key for a viewer-like role is refused by role.
+    with pytest.raises(Exception):  # noqa: B017 - the role may not hold keys at all
+        api_key_create(user=viewer_carol, name="x", scopes=["ingest"], by=viewer_carol)
+
+
+def test_approver_key_is_refused_profile_writes_by_role(approver_bob, api_key_for):
+    client = api_key_for(approver_bob, scopes=["ingest"])
+    response = client.post("/api/v1/profiles/", {"external_id": "u1"}, format="json")
+    assert response.status_code == 403
+    assert not Profile.objects.exists()
+
+
+def test_bad_profile_names_the_field(manager_alice, api_key_for):
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    response = client.post("/api/v1/profiles/", {"external_id": "u1", "timezone": "Mars/Base"}, format="json")
+    assert response.status_code == 400
+    body = response.json()
+    assert body["code"] == "invalid"
+    assert body["errors"][0]["field"] == "timezone"
+
+
+def test_bulk_upsert_lands_good_items_and_reports_bad_ones(manager_alice, api_key_for):
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    payload = {
+        "profiles": [
+            {"external_id": "a", "attributes": {"plan": "pro"}},
+            {"external_id": "", "attributes": {}},
+            {"external_id": "b", "attributes": {"bad name!": 1}},
+            "not an object",
+            {"external_id": "c", "locale": "fr-FR"},
+        ]
+    }
+    response = client.post("/api/v1/profiles/bulk/", payload, format="json")
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert body["accepted"] == 2 and body["failed"] == 3
+    statuses = [r["status"] for r in body["results"]]
+    assert statuses == ["created", "error", "error", "error", "created"]
+    assert body["results"][1]["errors"][0]["field"] == "external_id"
+    assert body["results"][2]["errors"][0]["field"] == "attributes"
+    assert set(Profile.objects.values_list("external_id", flat=True)) == {"a", "c"}
+
+
+def test_bulk_calls_are_capped_at_a_thousand_items(manager_alice, api_key_for):
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    response = client.post(
+        "/api/v1/profiles/bulk/", {"profiles": [{"external_id": str(n)} for n in range(1001)]}, format="json"
+    )
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "profiles"
+    assert not Profile.objects.exists()
+
+
+def test_bulk_events_land_good_items(manager_alice, api_key_for):
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    payload = {
+        "events": [
+            {
+                "external_id": "a",
+                "name": "purchase",
+                "properties": {"amount": 5},
+                "occurred_at": "2026-06-01T10:00:00Z",
+            },
+            {"external_id": "a", "name": "purchase", "occurred_at": "yesterday"},
+            {"external_id": "b", "name": "", "occurred_at": "2026-06-01T10:00:00Z"},
+            {"external_id": "b", "name": "app_open", "occurred_at": "2099-01-01T00:00:00Z"},
+        ]
+    }
+    response = client.post("/api/v1/events/bulk/", payload, format="json")
+    body = response.json()
+    assert response.status_code == 200, body
+    assert [r["status"] for r in body["results"]] == ["accepted", "error", "error", "error"]
+    assert body["results"][1]["errors"][0]["field"] == "occurred_at"
+    assert body["results"][3]["errors"][0]["field"] == "occurred_at"
+    assert Event.objects.count() == 1
+
+
+def test_segments_list_shows_only_accessible_segments(manager_alice, manager_mallory, api_key_for):
+    mine = segment_create(name="Mine", rules=PRO, by=manager_alice)
+    segment_create(name="Theirs", rules=PRO, by=manager_mallory)
+    client = api_key_for(manager_alice, scopes=["read"])
+    response = client.get("/api/v1/segments/")
+    assert response.status_code == 200
+    assert [s["id"] for s in response.json()["results"]] == [mine.pk]
+
+
+def test_segment_outside_access_answers_404(manager_alice, manager_mallory, api_key_for):
+    theirs = segment_create(name="Theirs", rules=PRO, by=manager_mallory)
+    client = api_key_for(manager_alice, scopes=["read"])
+    assert client.get(f"/api/v1/segments/{theirs.pk}/").status_code == 404
+    assert client.get(f"/api/v1/segments/{theirs.pk}/preview/").status_code == 404
+
+
+def test_segment_preview_counts_and_samples(manager_alice, admin_erin, approver_bob, api_key_for):
+    for n in range(30):
+        ProfileFactory(attributes={"plan": "pro"} if n < 25 else {})
+    segment = segment_create(name="Pro", rules=PRO, by=manager_alice)
+    access_grant(obj=segment, to=approver_bob, by=admin_erin)
+    client = api_key_for(approver_bob, scopes=["read"])
+    body = client.get(f"/api/v1/segments/{segment.pk}/preview/").json()
+    assert body["count"] == 25
+    assert len(body["sample"]) == 20
+    assert len(client.get(f"/api/v1/segments/{segment.pk}/preview/?sample=3").json()["sample"]) == 3
+
+
+def test_profile_read_needs_read_scope(manager_alice, api_key_for):
+    ProfileFactory(external_id="ann", attributes={"plan": "pro"})
+    assert api_key_for(manager_alice, scopes=["read"]).get("/api/v1/profiles/ann/").json()["attributes"] == {
+        "plan": "pro"
+    }
+    assert api_key_for(manager_alice, scopes=["ingest"]).get("/api/v1/profiles/ann/").status_code == 403
+    assert api_key_for(manager_alice, scopes=["read"]).get("/api/v1/profiles/nobody/").status_code == 404
+
+
+def test_import_create_and_status(manager_alice, api_key_for, django_capture_on_commit_callbacks, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    upload = SimpleUploadedFile("people.csv", b"external_id,plan\na,pro\nb,free\n,x\n", content_type="text/csv")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            "/api/v1/imports/",
+            {"file": upload, "target": "new_segment", "segment_name": "From CSV"},
+            format="multipart",
+        )
+    assert response.status_code == 202, response.json()
+    import_id = response.json()["id"]
+    status = client.get(f"/api/v1/imports/{import_id}/").json()
+    assert status["status"] == "done"
+    assert (status["rows_imported"], status["rows_failed"]) == (2, 1)
+    assert status["percent"] == 100.0
+    errors = client.get(f"/api/v1/imports/{import_id}/errors/")
+    assert errors.status_code == 200
+    assert b"external_id is empty" in b"".join(errors.streaming_content)
+    segment = Segment.objects.get(name="From CSV")
+    assert segment.kind == "imported" and segment.members.count() == 2
+
+
+def test_import_without_external_id_column_is_refused_at_once(manager_alice, api_key_for, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    upload = SimpleUploadedFile("people.csv", b"email,plan\na@x,pro\n", content_type="text/csv")
+    response = client.post("/api/v1/imports/", {"file": upload}, format="multipart")
+    assert response.status_code == 400
+    assert "external_id" in response.json()["detail"]
+    assert not Import.objects.exists() and not Profile.objects.exists()
+
+
+def test_import_status_of_someone_else_is_404(
+    manager_alice, manager_mallory, api_key_for, settings, tmp_path, django_capture_on_commit_callbacks
+):
+    settings.MEDIA_ROOT = tmp_path
+    upload = SimpleUploadedFile("people.csv", b"external_id\na\n", content_type="text/csv")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api_key_for(manager_alice, scopes=["ingest"]).post(
+            "/api/v1/imports/", {"file": upload}, format="multipart"
+        )
+    import_id = response.json()["id"]
+    assert api_key_for(manager_mallory, scopes=["read"]).get(f"/api/v1/imports/{import_id}/").status_code == 404

@@ -1,0 +1,219 @@
+"""Segments, profiles and events through their services: permissions, locks, audit, semantics."""
+
+import datetime as dt
+
+import pytest
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404
+from django.utils import timezone
+
+from accounts.models import AuditEvent
+from accounts.services import access_grant
+from audiences.models import Event, Profile, Segment, SegmentMember
+from audiences.rules import RulesInvalid
+from audiences.selectors import profile_memberships, segments_visible_to
+from audiences.services import (
+    events_ingest,
+    profile_upsert,
+    profiles_upsert,
+    segment_create,
+    segment_delete,
+    segment_members_change,
+    segment_preview,
+    segment_update,
+)
+from tests.factories import ProfileFactory
+
+pytestmark = pytest.mark.django_db
+
+PRO = {"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}]}
+
+
+def test_manager_creates_segment_and_gets_access_to_it(manager_alice, manager_mallory):
+    segment = segment_create(name="Pro users", rules=PRO, by=manager_alice)
+    assert list(segments_visible_to(manager_alice)) == [segment]
+    assert list(segments_visible_to(manager_mallory)) == []
+    assert AuditEvent.objects.filter(action="segment_created", object_id=str(segment.pk)).exists()
+
+
+def test_viewer_cannot_create_segments(viewer_carol):
+    with pytest.raises(PermissionDenied):
+        segment_create(name="x", rules=PRO, by=viewer_carol)
+
+
+def test_invalid_tree_is_refused_and_nothing_is_written(manager_alice):
+    with pytest.raises(RulesInvalid) as info:
+        segment_create(name="bad", rules={"all": []}, by=manager_alice)
+    assert info.value.errors[0].path == "rules.all"
+    assert not Segment.objects.exists()
+
+
+def test_other_manager_gets_404_then_can_edit_once_granted(manager_alice, manager_mallory, admin_erin):
+    segment = segment_create(name="Pro users", rules=PRO, by=manager_alice)
+    with pytest.raises(Http404):
+        segment_update(segment_id=segment.pk, name="mine now", by=manager_mallory)
+    access_grant(obj=segment, to=manager_mallory, by=admin_erin)
+    segment_update(segment_id=segment.pk, name="shared", by=manager_mallory)
+    segment.refresh_from_db()
+    assert segment.name == "shared"
+
+
+def test_viewer_with_access_reads_but_cannot_change(manager_alice, viewer_carol, admin_erin):
+    segment = segment_create(name="Pro users", rules=PRO, by=manager_alice)
+    access_grant(obj=segment, to=viewer_carol, by=admin_erin)
+    assert list(segments_visible_to(viewer_carol)) == [segment]
+    with pytest.raises(PermissionDenied):
+        segment_update(segment_id=segment.pk, name="x", by=viewer_carol)
+
+
+def test_segment_cannot_use_a_segment_its_author_cannot_see(manager_alice, manager_mallory):
+    hidden = segment_create(name="Mallory's", rules=PRO, by=manager_mallory)
+    with pytest.raises(RulesInvalid) as info:
+        segment_create(name="uses hidden", rules={"all": [{"segment": hidden.pk}]}, by=manager_alice)
+    assert info.value.errors[0].code == "unknown_segment"
+
+
+def test_update_refuses_a_cycle_through_another_segment(manager_alice):
+    a = segment_create(name="a", rules=PRO, by=manager_alice)
+    b = segment_create(name="b", rules={"all": [{"segment": a.pk}]}, by=manager_alice)
+    with pytest.raises(RulesInvalid) as info:
+        segment_update(segment_id=a.pk, rules={"any": [{"segment": b.pk}]}, by=manager_alice)
+    assert info.value.errors[0].code == "cycle"
+    a.refresh_from_db()
+    assert a.rules == PRO
+
+
+def test_segment_used_by_another_cannot_be_deleted(manager_alice):
+    a = segment_create(name="a", rules=PRO, by=manager_alice)
+    b = segment_create(name="b", rules={"all": [{"segment": a.pk}]}, by=manager_alice)
+    with pytest.raises(ValidationError, match="used by 'b'"):
+        segment_delete(segment_id=a.pk, by=manager_alice)
+    segment_update(segment_id=b.pk, rules=PRO, by=manager_alice)
+    segment_delete(segment_id=a.pk, by=manager_alice)
+    assert not Segment.objects.filter(pk=a.pk).exists()
+
+
+def test_preview_counts_samples_and_remembers_the_count(manager_alice, django_assert_max_num_queries):
+    for n in range(25):
+        ProfileFactory(attributes={"plan": "pro" if n % 2 else "free"})
+    segment = segment_create(name="Pro", rules=PRO, by=manager_alice)
+    preview = segment_preview(segment_id=segment.pk, by=manager_alice)
+    assert preview.count == 12
+    assert len(preview.sample) == 12
+    assert all(p.attributes["plan"] == "pro" for p in preview.sample)
+    segment.refresh_from_db()
+    assert segment.last_count == 12
+    unsaved = segment_preview(
+        rules={"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "free"}]}, by=manager_alice
+    )
+    assert unsaved.count == 13
+    assert len(unsaved.sample) == 13
+
+
+def test_preview_of_unsaved_tree_is_validated(manager_alice):
+    with pytest.raises(RulesInvalid):
+        segment_preview(rules={"any": [{"field": "nope", "op": "eq", "value": 1}]}, by=manager_alice)
+
+
+def test_static_members_are_added_and_removed_by_external_id(manager_alice):
+    ProfileFactory(external_id="a")
+    ProfileFactory(external_id="b")
+    segment = segment_create(name="VIPs", kind=Segment.Kind.STATIC, by=manager_alice)
+    added, removed, unknown = segment_members_change(segment_id=segment.pk, add=["a", "b", "zz"], by=manager_alice)
+    assert (added, removed, unknown) == (2, 0, ["zz"])
+    added, removed, unknown = segment_members_change(segment_id=segment.pk, add=["a"], remove=["b"], by=manager_alice)
+    assert (added, removed) == (0, 1)
+    assert list(SegmentMember.objects.filter(segment=segment).values_list("profile__external_id", flat=True)) == ["a"]
+
+
+def test_profile_page_lists_memberships_of_visible_segments(manager_alice, manager_mallory):
+    ann = ProfileFactory(external_id="ann", attributes={"plan": "pro"})
+    mine = segment_create(name="Pro", rules=PRO, by=manager_alice)
+    static = segment_create(name="Kept", kind=Segment.Kind.STATIC, by=manager_alice)
+    segment_members_change(segment_id=static.pk, add=["ann"], by=manager_alice)
+    segment_create(name="Mallory's pro", rules=PRO, by=manager_mallory)
+    segment_create(
+        name="Free",
+        rules={"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "free"}]},
+        by=manager_alice,
+    )
+    assert [s.name for s in profile_memberships(manager_alice, ann)] == ["Kept", "Pro"]
+    assert mine in profile_memberships(manager_alice, ann)
+
+
+# --- profiles ------------------------------------------------------------------------------------
+
+
+def test_upsert_creates_then_merges_attributes_and_null_removes(manager_alice):
+    first = profile_upsert(external_id="u1", attributes={"plan": "free", "age": 30}, locale="fr", by=manager_alice)
+    assert first.status == "created"
+    second = profile_upsert(external_id="u1", attributes={"plan": "pro", "age": None, "city": "Lyon"}, by=manager_alice)
+    assert second.status == "updated"
+    profile = Profile.objects.get(external_id="u1")
+    assert profile.attributes == {"plan": "pro", "city": "Lyon"}
+    assert profile.locale == "fr"
+    assert profile_upsert(external_id="u1", attributes={"plan": "pro"}, by=manager_alice).status == "unchanged"
+
+
+def test_approver_and_viewer_cannot_write_profiles(approver_bob, viewer_carol):
+    for user in (approver_bob, viewer_carol):
+        with pytest.raises(PermissionDenied):
+            profile_upsert(external_id="u1", by=user)
+    assert not Profile.objects.exists()
+
+
+def test_bulk_upsert_applies_a_repeated_id_in_order(manager_alice):
+    results = profiles_upsert(
+        items=[
+            {"external_id": "x", "attributes": {"n": 1}},
+            {"external_id": "y"},
+            {"external_id": "x", "attributes": {"n": 2, "m": 1}},
+        ],
+        by=manager_alice,
+    )
+    assert [r.status for r in results] == ["created", "created", "created"]
+    assert Profile.objects.get(external_id="x").attributes == {"n": 2, "m": 1}
+
+
+def test_bulk_upsert_refuses_bad_items_before_writing(manager_alice):
+    with pytest.raises(ValidationError):
+        profiles_upsert(
+            items=[{"external_id": "ok"}, {"external_id": "bad", "timezone": "Mars/Olympus"}], by=manager_alice
+        )
+    assert not Profile.objects.exists()
+
+
+def test_bulk_upsert_of_a_thousand_profiles_takes_few_queries(manager_alice, django_assert_max_num_queries):
+    items = [{"external_id": f"p{n}", "attributes": {"n": n}} for n in range(1000)]
+    with django_assert_max_num_queries(12):
+        profiles_upsert(items=items, by=manager_alice)
+    assert Profile.objects.count() == 1000
+
+
+# --- events --------------------------------------------------------------------------------------
+
+
+def test_events_create_unknown_profiles_and_move_last_seen_forward(manager_alice):
+    now = timezone.now()
+    ProfileFactory(external_id="known", last_seen_at=now)
+    ids = events_ingest(
+        items=[
+            {
+                "external_id": "known",
+                "name": "purchase",
+                "properties": {"amount": 5},
+                "occurred_at": now - dt.timedelta(days=1),
+            },
+            {"external_id": "new", "name": "app_open", "occurred_at": now - dt.timedelta(hours=1)},
+        ],
+        by=manager_alice,
+    )
+    assert len(ids) == 2
+    assert Profile.objects.get(external_id="known").last_seen_at == now  # an older event does not move it back
+    assert Profile.objects.get(external_id="new").last_seen_at == now - dt.timedelta(hours=1)
+    assert Event.objects.get(pk=ids[0]).properties == {"amount": 5}
+
+
+def test_viewer_cannot_send_events(viewer_carol):
+    with pytest.raises(PermissionDenied):
+        events_ingest(items=[{"external_id": "a", "name": "x", "occurred_at": timezone.now()}], by=viewer_carol)
