@@ -79,6 +79,8 @@ class SimProtocol(asyncio.Protocol):
 
     def _start(self, mode: str) -> None:
         self.mode = mode
+        with self.state.lock:
+            self.state.connections += 1
         self.conn = Connection(
             id=next(_conn_ids), environment=self.environment, protocol="h2" if mode == "h2" else "http/1.1"
         )

@@ -100,6 +100,7 @@ class SimState:
         self.counts: Counter[str] = Counter()
         self.received: deque[Received] = deque(maxlen=keep_received)
         self.token_grants = 0
+        self.connections = 0  # client connections accepted
         self.requests = Counter()  # status -> count
         self.fail_next: dict[str, list[tuple[int, str]]] = {}  # device token -> (status, reason), in order
         self.random = random.Random(seed)
@@ -281,6 +282,7 @@ class SimState:
             self.fail_next.clear()
             self.requests.clear()
             self.token_grants = 0
+            self.connections = 0
 
 
 @dataclass

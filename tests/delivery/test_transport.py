@@ -1,0 +1,104 @@
+"""The HTTP/2 transport against the push simulator over real HTTP/2 on loopback."""
+
+import socket
+import time
+import uuid
+
+import jwt
+import pytest
+import trustme
+
+from delivery.transport import Http2Transport, Request
+from tests.fakes.pushsim import BUNDLE_ID, KEY_ID, TEAM_ID
+
+
+@pytest.fixture
+def bearer(apns_credentials):
+    return jwt.encode(
+        {"iss": TEAM_ID, "iat": int(time.time())},
+        apns_credentials.private_key_pem,
+        algorithm="ES256",
+        headers={"kid": KEY_ID},
+    )
+
+
+def apns_requests(base_url, bearer, count, prefix="a"):
+    body = b'{"aps":{"alert":{"title":"Hello","body":"from the transport test"}}}'
+    return [
+        Request(
+            url=f"{base_url}/3/device/{prefix}{i:063x}",
+            headers=[
+                f"authorization: bearer {bearer}",
+                f"apns-topic: {BUNDLE_ID}",
+                "apns-push-type: alert",
+                f"apns-id: {uuid.uuid4()}",
+            ],
+            body=body,
+        )
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["tls-alpn", "h2c"])
+def test_a_batch_multiplexes_over_http2_and_answers_each_request_in_order(pushsim, bearer, tls):
+    requests = apns_requests(pushsim.apns_url(tls=tls), bearer, 300)
+    with Http2Transport(ca_bundle=pushsim.ca_path, max_connections_per_host=2) as transport:
+        responses = transport.send(requests)
+    assert [r.status for r in responses] == [200] * 300
+    sent_ids = [r.headers[3].split(": ")[1] for r in requests]
+    assert [r.headers["apns-id"] for r in responses] == sent_ids
+    assert all(pushsim.state.count(r.url.rsplit("/", 1)[1]) == 1 for r in requests)
+
+
+def test_connections_are_reused_between_batches(pushsim, bearer):
+    with Http2Transport(ca_bundle=pushsim.ca_path, max_connections_per_host=1) as transport:
+        transport.send(apns_requests(pushsim.apns_url(tls=True), bearer, 5, prefix="b"))
+        transport.send(apns_requests(pushsim.apns_url(tls=True), bearer, 5, prefix="c"))
+    assert sum(pushsim.state.snapshot_counts().values()) == 10
+    assert pushsim.state.connections == 1
+
+
+def test_tls_verification_fails_closed_on_a_wrong_ca(pushsim, bearer, tmp_path):
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    with Http2Transport(ca_bundle=str(other_ca)) as transport:
+        responses = transport.send(apns_requests(pushsim.apns_url(tls=True), bearer, 3))
+    assert all(r.status == 0 and r.error_kind == "tls" for r in responses)
+    assert pushsim.state.snapshot_counts() == {}
+
+
+def test_goaway_is_recovered_without_losing_or_duplicating_a_request(pushsim, bearer):
+    pushsim.state.faults.goaway_after_streams = 40
+    requests = apns_requests(pushsim.apns_url(tls=True), bearer, 150)
+    with Http2Transport(ca_bundle=pushsim.ca_path, max_connections_per_host=1) as transport:
+        responses = transport.send(requests)
+    assert [r.status for r in responses] == [200] * 150
+    counts = pushsim.state.snapshot_counts()
+    assert len(counts) == 150 and set(counts.values()) == {1}
+
+
+def test_a_dropped_connection_is_recovered_without_losing_or_duplicating_a_request(pushsim, bearer):
+    pushsim.state.faults.drop_after_streams = 50
+    requests = apns_requests(pushsim.apns_url(), bearer, 120)
+    with Http2Transport(ca_bundle=pushsim.ca_path, max_connections_per_host=1) as transport:
+        responses = transport.send(requests)
+    assert [r.status for r in responses] == [200] * 120
+    assert max(r.attempts for r in responses) > 1
+    counts = pushsim.state.snapshot_counts()
+    assert len(counts) == 120 and set(counts.values()) == {1}
+
+
+def test_a_timeout_comes_back_as_an_error_that_may_have_been_sent(pushsim, bearer):
+    pushsim.state.faults.latency_ms = 1500
+    with Http2Transport(ca_bundle=pushsim.ca_path, timeout=0.3) as transport:
+        responses = transport.send(apns_requests(pushsim.apns_url(), bearer, 2))
+    assert all(r.error_kind == "timeout" and r.maybe_sent for r in responses)
+
+
+def test_a_refused_connection_is_a_connect_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with Http2Transport(connect_timeout=1) as transport:
+        [response] = transport.send([Request(url=f"http://127.0.0.1:{port}/3/device/00", headers=[], body=b"{}")])
+    assert response.error_kind == "connect" and not response.maybe_sent

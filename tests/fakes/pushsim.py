@@ -1,0 +1,178 @@
+"""pytest fixtures around the push simulator: the outside world (APNs, FCM) on loopback.
+
+Use them from any test package's ``conftest.py``::
+
+    from tests.fakes.pushsim import apns_credentials, fcm_credentials, pushsim, pushsim_app, pushsim_server  # noqa: F401
+
+* ``pushsim`` (per test): the running ``PushSimulator``, its state reset (devices, counts,
+  faults, clock; trusted keys stay), and Django settings pointed at it:
+  ``PUSHDESK_APNS_PRODUCTION_URL`` / ``_SANDBOX_URL`` and ``PUSHDESK_FCM_URL`` are its TLS
+  listeners, ``PUSHDESK_PUSHSIM_*`` its h2c ones, ``PUSHDESK_CA_BUNDLE`` its CA
+  (``pushsim.ca_path``). ``pushsim.state`` is the Python API: ``add_device``,
+  ``fail_token``, ``faults``, ``count(token)``, ``recent()``, ``advance_clock``...
+* ``apns_credentials`` / ``fcm_credentials`` (per session): an EC P-256 ``.p8`` and an RSA
+  service-account JSON generated at start, trusted by the simulator (team ``TEAM000001``,
+  key ``KEY0000001``, bundle ``com.example.pushdesk``; project ``pushdesk-test``, whose
+  ``token_uri`` is the simulator's). They work nowhere else.
+* ``pushsim_app``: an App holding both, saved through ``app_create``, sending to the simulator.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from delivery.pushsim import PushSimulator
+
+TEAM_ID = "TEAM000001"
+KEY_ID = "KEY0000001"
+BUNDLE_ID = "com.example.pushdesk"
+PROJECT_ID = "pushdesk-test"
+
+
+class FakeClock:
+    """An injectable clock (``time.time``-like) that moves only when told to."""
+
+    def __init__(self, start: float | None = None):
+        import time
+
+        self.now = start if start is not None else time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class ApnsCredentials:
+    team_id: str
+    key_id: str
+    bundle_id: str
+    private_key_pem: str  # the .p8 content
+    public_key_pem: str
+
+
+@dataclass
+class FcmCredentials:
+    info: dict
+    public_key_pem: str
+
+    @property
+    def json_bytes(self) -> bytes:
+        return json.dumps(self.info).encode()
+
+    @property
+    def project_id(self) -> str:
+        return self.info["project_id"]
+
+
+def make_apns_credentials(*, team_id: str = TEAM_ID, key_id: str = KEY_ID, bundle_id: str = BUNDLE_ID):
+    key = ec.generate_private_key(ec.SECP256R1())
+    return ApnsCredentials(
+        team_id=team_id,
+        key_id=key_id,
+        bundle_id=bundle_id,
+        private_key_pem=key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode(),
+        public_key_pem=key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode(),
+    )
+
+
+def make_fcm_credentials(*, token_uri: str, project_id: str = PROJECT_ID, name: str = "pushdesk-sender"):
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    info = {
+        "type": "service_account",
+        "project_id": project_id,
+        "private_key_id": secrets.token_hex(20),
+        "private_key": key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode(),
+        "client_email": f"{name}@{project_id}.iam.gserviceaccount.com",
+        "client_id": "100000000000000000002",
+        "token_uri": token_uri,
+    }
+    public = (
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    ).decode()
+    return FcmCredentials(info=info, public_key_pem=public)
+
+
+def trust_apns(sim: PushSimulator, creds: ApnsCredentials, **kwargs) -> None:
+    sim.state.add_apns_key(
+        key_id=creds.key_id,
+        team_id=creds.team_id,
+        public_key_pem=creds.public_key_pem,
+        topics=[creds.bundle_id],
+        **kwargs,
+    )
+
+
+def trust_fcm(sim: PushSimulator, creds: FcmCredentials) -> None:
+    sim.state.add_service_account(
+        client_email=creds.info["client_email"],
+        private_key_id=creds.info["private_key_id"],
+        project_id=creds.project_id,
+        public_key_pem=creds.public_key_pem,
+    )
+
+
+@pytest.fixture(scope="session")
+def pushsim_server():
+    sim = PushSimulator(tls=True).start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture(scope="session")
+def apns_credentials(pushsim_server) -> ApnsCredentials:
+    creds = make_apns_credentials()
+    trust_apns(pushsim_server, creds)
+    return creds
+
+
+@pytest.fixture(scope="session")
+def fcm_credentials(pushsim_server) -> FcmCredentials:
+    creds = make_fcm_credentials(token_uri=pushsim_server.url(tls=True) + "/token")
+    trust_fcm(pushsim_server, creds)
+    return creds
+
+
+@pytest.fixture
+def pushsim(pushsim_server, settings, apns_credentials, fcm_credentials):
+    sim = pushsim_server
+    sim.state.reset()
+    settings.PUSHDESK_APNS_PRODUCTION_URL = sim.apns_url("production", tls=True)
+    settings.PUSHDESK_APNS_SANDBOX_URL = sim.apns_url("sandbox", tls=True)
+    settings.PUSHDESK_FCM_URL = sim.fcm_url(tls=True)
+    settings.PUSHDESK_PUSHSIM_APNS_PRODUCTION_URL = sim.apns_url("production")
+    settings.PUSHDESK_PUSHSIM_APNS_SANDBOX_URL = sim.apns_url("sandbox")
+    settings.PUSHDESK_PUSHSIM_FCM_URL = sim.fcm_url()
+    settings.PUSHDESK_CA_BUNDLE = sim.ca_path
+    yield sim
+    sim.state.reset()
+
+
+@pytest.fixture
+def pushsim_app(db, pushsim, apns_credentials, fcm_credentials):
+    """An App with both channels configured, sending to the simulator's TLS listeners."""
+    from delivery.services import apns_key_parse, app_create, service_account_parse
+
+    return app_create(
+        name="Simulated",
+        by=None,
+        apns_team_id=apns_credentials.team_id,
+        apns_key_id=apns_credentials.key_id,
+        apns_bundle_id=apns_credentials.bundle_id,
+        apns_private_key=apns_key_parse(raw=apns_credentials.private_key_pem.encode()),
+        fcm_service_account=service_account_parse(raw=fcm_credentials.json_bytes),
+    )
