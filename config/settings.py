@@ -309,6 +309,10 @@ PUSHDESK_SEND_MAX_ATTEMPTS = int(os.environ.get("PUSHDESK_SEND_MAX_ATTEMPTS", "5
 PUSHDESK_SEND_BACKOFF_SECONDS = float(os.environ.get("PUSHDESK_SEND_BACKOFF_SECONDS", "2"))
 # A send task hands over to a fresh one after this many seconds (below Q_CLUSTER's timeout).
 PUSHDESK_SEND_TASK_SECONDS = int(os.environ.get("PUSHDESK_SEND_TASK_SECONDS", "200"))
+# Per request to APNs/FCM: seconds before giving up (the message then ends `unknown`), and
+# HTTP/2 connections per provider host from each worker (each multiplexes up to 100 streams).
+PUSHDESK_SEND_TIMEOUT_SECONDS = float(os.environ.get("PUSHDESK_SEND_TIMEOUT_SECONDS", "10"))
+PUSHDESK_SEND_CONNECTIONS = int(os.environ.get("PUSHDESK_SEND_CONNECTIONS", "4"))
 # The push simulator (``manage.py pushsim``, started by ``make run``): where an App marked
 # "send to the push simulator" sends. h2c on loopback by default; see the README.
 PUSHDESK_PUSHSIM_APNS_PRODUCTION_URL = os.environ.get("PUSHDESK_PUSHSIM_APNS_PRODUCTION_URL", "http://127.0.0.1:8440")

@@ -54,7 +54,7 @@ from delivery.providers import Outcome, OutcomeKind
 from delivery.providers.apns import ApnsClient, ApnsMessage
 from delivery.providers.fcm import FcmClient, FcmMessage
 from delivery.throttle import throttle_acquire
-from delivery.transport import Request, Response
+from delivery.transport import Http2Transport, Request, Response
 
 TEAM_ID = re.compile(r"^[A-Z0-9]{10}$")
 KEY_ID = re.compile(r"^[A-Z0-9]{10}$")
@@ -1064,7 +1064,12 @@ class _Clients:
         if client is None:
             for old_key in [k for k in self._by_key if k[:2] == key[:2]]:
                 self._by_key.pop(old_key).close()
-            client = (ApnsClient if platform == Platform.IOS else FcmClient).for_app(app)
+            transport = Http2Transport(
+                timeout=settings.PUSHDESK_SEND_TIMEOUT_SECONDS,
+                max_connections_per_host=settings.PUSHDESK_SEND_CONNECTIONS,
+                ca_bundle=settings.PUSHDESK_CA_BUNDLE,
+            )
+            client = (ApnsClient if platform == Platform.IOS else FcmClient).for_app(app, transport=transport)
             self._by_key[key] = client
         return client
 
@@ -1270,7 +1275,9 @@ def _schedule_retry(dispatch_id: int) -> None:
     )
     if when is None:
         return
-    if settings.Q_CLUSTER.get("sync"):
+    from django_q.conf import Conf
+
+    if Conf.SYNC:
         time.sleep(max(0.0, (when - timezone.now()).total_seconds()))
         _enqueue("delivery.tasks.dispatch_send_task", dispatch_id)
         return

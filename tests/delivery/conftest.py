@@ -1,7 +1,3 @@
-from tests.fakes.pushsim import (  # noqa: F401 (fixtures)
-    apns_credentials,
-    fcm_credentials,
-    pushsim,
-    pushsim_app,
-    pushsim_server,
-)
+"""Fixtures of the delivery tests: the push simulator over real HTTP/2, and an app that sends to it."""
+
+from tests.delivery.sending import sim, sim_app, sim_session  # noqa: F401

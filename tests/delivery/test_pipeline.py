@@ -1,0 +1,366 @@
+"""The send pipeline end to end, against the push simulator over real HTTP/2 on loopback."""
+
+import pytest
+from django.core.exceptions import PermissionDenied
+from django.utils import timezone
+
+from delivery import services
+from delivery.models import Delivery, Device, Dispatch
+from delivery.services import (
+    GateClosed,
+    deliveries_expire_leases,
+    dispatch_create,
+    dispatch_prepare,
+    dispatch_send,
+    dispatch_stop,
+    pushcontent_save,
+    pushcontent_test_send,
+)
+from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory, SegmentMemberFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def open_gate():
+    """A gate for API-triggered dispatches that lets everything through (campaigns test their own)."""
+    saved = dict(services._GATES)
+    services.dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=lambda **kwargs: None)
+    yield
+    services._GATES.clear()
+    services._GATES.update(saved)
+
+
+@pytest.fixture
+def fast_retries(settings):
+    settings.PUSHDESK_SEND_BACKOFF_SECONDS = 0.05
+    settings.PUSHDESK_SEND_MAX_ATTEMPTS = 4
+
+
+def send(content, profiles, django_capture_on_commit_callbacks, **kwargs) -> Dispatch:
+    with django_capture_on_commit_callbacks(execute=True):
+        dispatch = dispatch_create(
+            app_id=content.app_id,
+            kind=Dispatch.Kind.API_TRIGGER,
+            spec=content.spec(),
+            content_id=content.pk,
+            profile_ids=[p.pk for p in profiles],
+            **kwargs,
+        )
+    dispatch.refresh_from_db()
+    return dispatch
+
+
+def rows(dispatch) -> dict:
+    return {d.profile_id: d for d in Delivery.objects.filter(dispatch=dispatch)}
+
+
+def test_every_targeted_profile_gets_an_outcome_with_its_skip_reason(
+    sim_app, sim, open_gate, django_capture_on_commit_callbacks
+):
+    content = PushContentFactory(app=sim_app)
+    reachable, opted_out, no_device, dead_only = ProfileFactory.create_batch(4)
+    ios = DeviceFactory(profile=reachable, app=sim_app, platform="ios")
+    android = DeviceFactory(profile=reachable, app=sim_app, platform="android")
+    DeviceFactory(profile=opted_out, app=sim_app, push_enabled=False)
+    DeviceFactory(profile=dead_only, app=sim_app, active=False, invalidated_reason="Unregistered")
+    DeviceFactory(profile=no_device)  # another app's device does not count
+
+    dispatch = send(content, [reachable, opted_out, no_device, dead_only], django_capture_on_commit_callbacks)
+
+    assert dispatch.status == Dispatch.Status.DONE
+    by_device = {d.device_id: d for d in Delivery.objects.filter(dispatch=dispatch)}
+    assert by_device[ios.pk].status == by_device[android.pk].status == Delivery.Status.ACCEPTED
+    assert by_device[ios.pk].provider_message_id and by_device[android.pk].provider_message_id
+    by_profile = rows(dispatch)
+    assert (by_profile[opted_out.pk].status, by_profile[opted_out.pk].reason) == ("skipped", "not_opted_in")
+    assert (by_profile[no_device.pk].status, by_profile[no_device.pk].reason) == ("skipped", "no_device")
+    assert (by_profile[dead_only.pk].status, by_profile[dead_only.pk].reason) == ("skipped", "no_device")
+    assert (dispatch.total, dispatch.accepted, dispatch.skipped, dispatch.failed) == (5, 2, 3, 0)
+    assert sim.state.count(ios.token) == sim.state.count(android.token) == 1
+
+
+def test_segment_audience_is_resolved_in_one_insert(
+    sim_app, sim, open_gate, django_capture_on_commit_callbacks, django_assert_max_num_queries
+):
+    content = PushContentFactory(app=sim_app)
+    members = [SegmentMemberFactory() for _ in range(3)]
+    segment = members[0].segment
+    for member in members[1:]:
+        member.segment = segment
+        member.save()
+    for member in members:
+        DeviceFactory(profile=member.profile, app=sim_app, platform="android")
+    with django_capture_on_commit_callbacks(execute=False):
+        dispatch = dispatch_create(
+            app_id=sim_app.pk, kind=Dispatch.Kind.API_TRIGGER, spec=content.spec(), segment_id=segment.pk
+        )
+    with django_assert_max_num_queries(10), django_capture_on_commit_callbacks(execute=False):
+        dispatch_prepare(dispatch_id=dispatch.pk)
+    assert Delivery.objects.filter(dispatch=dispatch, status="queued").count() == 3
+
+
+def test_personalized_and_localized_message_reaches_the_phone(
+    sim_app, sim, open_gate, django_capture_on_commit_callbacks
+):
+    content = PushContentFactory(
+        app=sim_app,
+        title="Hello {{ profile.attributes.first_name | default: 'there' }}",
+        body="Code {{ context.code }}",
+        variants={"fr": {"title": "Bonjour {{ profile.attributes.first_name | default: 'à vous' }}"}},
+    )
+    french = ProfileFactory(locale="fr-CA", attributes={"first_name": "Zoé"})
+    anonymous = ProfileFactory(locale="de-DE")
+    fr_device = DeviceFactory(profile=french, app=sim_app, platform="ios")
+    de_device = DeviceFactory(profile=anonymous, app=sim_app, platform="android")
+
+    send(content, [french, anonymous], django_capture_on_commit_callbacks, context={"code": "X7"})
+
+    received = {r["token"]: r for r in sim.state.recent(limit=10)}
+    assert received[fr_device.token]["title"] == "Bonjour Zoé"
+    assert received[fr_device.token]["body"] == "Code X7"
+    assert received[de_device.token]["title"] == "Hello there"
+
+
+def test_dead_token_deactivates_the_device_and_it_is_never_targeted_again(
+    sim_app, sim, open_gate, django_capture_on_commit_callbacks
+):
+    content = PushContentFactory(app=sim_app)
+    profile = ProfileFactory()
+    device = DeviceFactory(profile=profile, app=sim_app, platform="ios")
+    sim.state.add_device(token=device.token, platform="ios", state="unregistered")
+
+    dispatch = send(content, [profile], django_capture_on_commit_callbacks)
+
+    delivery = Delivery.objects.get(dispatch=dispatch)
+    assert (delivery.status, delivery.reason) == ("failed", "Unregistered")
+    device.refresh_from_db()
+    assert not device.active
+    assert device.invalidated_reason == "Unregistered" and device.invalidated_at is not None
+
+    again = send(content, [profile], django_capture_on_commit_callbacks)
+    assert (Delivery.objects.get(dispatch=again).status, Delivery.objects.get(dispatch=again).reason) == (
+        "skipped",
+        "no_device",
+    )
+
+
+def test_transient_failure_is_retried_after_retry_after_and_sent_once(
+    sim_app, sim, open_gate, fast_retries, django_capture_on_commit_callbacks
+):
+    content = PushContentFactory(app=sim_app)
+    profile = ProfileFactory()
+    device = DeviceFactory(profile=profile, app=sim_app, platform="android")
+    sim.state.fail_token(token=device.token, failures=[503])
+    started = timezone.now()
+
+    dispatch = send(content, [profile], django_capture_on_commit_callbacks)
+
+    delivery = Delivery.objects.get(dispatch=dispatch)
+    assert delivery.status == "accepted" and delivery.attempts == 2
+    assert (timezone.now() - started).total_seconds() >= 1.0  # the simulator's Retry-After: 1
+    assert sim.state.count(device.token) == 1
+
+
+def test_retries_stop_after_the_attempts_limit_with_the_reason(
+    sim_app, sim, open_gate, fast_retries, django_capture_on_commit_callbacks
+):
+    content = PushContentFactory(app=sim_app)
+    profile = ProfileFactory()
+    device = DeviceFactory(profile=profile, app=sim_app, platform="ios")
+    sim.state.fail_token(token=device.token, failures=[(500, "InternalServerError")] * 4)
+
+    dispatch = send(content, [profile], django_capture_on_commit_callbacks)
+
+    delivery = Delivery.objects.get(dispatch=dispatch)
+    assert delivery.status == "failed" and delivery.attempts == 4
+    assert delivery.reason == "InternalServerError (gave up after 4 attempts)"
+    assert sim.state.count(device.token) == 0
+
+
+def test_retry_that_would_land_after_the_ttl_fails_instead(sim_app, sim, open_gate, django_capture_on_commit_callbacks):
+    content = PushContentFactory(app=sim_app, ttl_seconds=0)
+    profile = ProfileFactory()
+    device = DeviceFactory(profile=profile, app=sim_app, platform="android")
+    sim.state.fail_token(token=device.token, failures=[503])
+
+    dispatch = send(content, [profile], django_capture_on_commit_callbacks)
+
+    delivery = Delivery.objects.get(dispatch=dispatch)
+    assert delivery.status == "failed" and "TTL" in delivery.reason
+
+
+def test_edit_during_a_send_changes_nothing_in_flight(
+    sim_app, sim, open_gate, manager_alice, django_capture_on_commit_callbacks
+):
+    content = PushContentFactory(app=sim_app, title="Original title")
+    profile = ProfileFactory()
+    device = DeviceFactory(profile=profile, app=sim_app, platform="ios")
+    from accounts.services import access_grant
+
+    access_grant(obj=sim_app, to=manager_alice, by=None)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        dispatch = dispatch_create(
+            app_id=sim_app.pk,
+            kind=Dispatch.Kind.API_TRIGGER,
+            spec=content.spec(),
+            content_id=content.pk,
+            profile_ids=[profile.pk],
+        )
+        content.title = "Edited title"
+        pushcontent_save(content=content, by=manager_alice)
+    assert callbacks
+    dispatch.refresh_from_db()
+    assert dispatch.content_spec["title"] == "Original title"
+    assert sim.state.recent(token=device.token)[0]["title"] == "Original title"
+
+
+def test_stopping_a_dispatch_stops_its_queued_rows(
+    sim_app, sim, open_gate, manager_alice, django_capture_on_commit_callbacks
+):
+    from accounts.services import access_grant
+
+    access_grant(obj=sim_app, to=manager_alice, by=None)
+    content = PushContentFactory(app=sim_app)
+    profiles = ProfileFactory.create_batch(3)
+    devices = [DeviceFactory(profile=p, app=sim_app, platform="ios") for p in profiles]
+    with django_capture_on_commit_callbacks(execute=False):
+        dispatch = dispatch_create(
+            app_id=sim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
+        )
+        dispatch_prepare(dispatch_id=dispatch.pk)
+
+    stopped = dispatch_stop(dispatch_id=dispatch.pk, by=manager_alice)
+    dispatch_send(dispatch_id=dispatch.pk)
+
+    assert stopped.status == Dispatch.Status.STOPPED
+    assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", "reason")) == {("skipped", "stopped")}
+    assert stopped.skipped == 3
+    assert all(sim.state.count(d.token) == 0 for d in devices)
+
+
+def test_viewer_cannot_stop_a_dispatch(sim_app, open_gate, viewer_carol, django_capture_on_commit_callbacks):
+    from accounts.services import access_grant
+
+    access_grant(obj=sim_app, to=viewer_carol, by=None)
+    content = PushContentFactory(app=sim_app)
+    with django_capture_on_commit_callbacks(execute=False):
+        dispatch = dispatch_create(app_id=sim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[])
+    with pytest.raises(PermissionDenied):
+        dispatch_stop(dispatch_id=dispatch.pk, by=viewer_carol)
+
+
+def test_rows_of_a_dead_worker_become_unknown_after_the_lease_and_are_never_resent(
+    sim_app, sim, open_gate, django_capture_on_commit_callbacks
+):
+    content = PushContentFactory(app=sim_app)
+    profiles = ProfileFactory.create_batch(4)
+    devices = [DeviceFactory(profile=p, app=sim_app, platform="android") for p in profiles]
+    with django_capture_on_commit_callbacks(execute=False):
+        dispatch = dispatch_create(
+            app_id=sim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
+        )
+        dispatch_prepare(dispatch_id=dispatch.pk)
+    # A worker claims two rows and dies before sending them.
+    claimed = services._claim(dispatch.pk, limit=2, now=timezone.now())
+    assert len(claimed) == 2
+
+    dispatch_send(dispatch_id=dispatch.pk)  # another worker sends the rest
+    later = timezone.now() + timezone.timedelta(seconds=3600)
+    assert deliveries_expire_leases(now=later) == 2
+    dispatch_send(dispatch_id=dispatch.pk)
+
+    statuses = dict(Delivery.objects.filter(dispatch=dispatch).values_list("device_id", "status"))
+    claimed_devices = {c.device_id for c in claimed}
+    assert {statuses[i] for i in claimed_devices} == {"unknown"}
+    assert all(sim.state.count(d.token) == (0 if d.pk in claimed_devices else 1) for d in devices)
+    dispatch.refresh_from_db()
+    assert dispatch.status == Dispatch.Status.DONE
+    assert (dispatch.accepted, dispatch.unknown) == (2, 2)
+
+
+def test_dispatch_without_a_gate_for_its_kind_is_refused(sim_app):
+    content = PushContentFactory(app=sim_app)
+    with pytest.raises(GateClosed):
+        dispatch_create(app_id=sim_app.pk, kind="journey_unknown", spec=content.spec(), profile_ids=[])
+
+
+def test_closed_gate_sends_nothing(sim_app):
+    def refuse(**kwargs):
+        raise GateClosed("Not approved.")
+
+    saved = dict(services._GATES)
+    services.dispatch_gate_register(kind="campaign", gate=refuse)
+    try:
+        with pytest.raises(GateClosed):
+            dispatch_create(
+                app_id=sim_app.pk, kind="campaign", spec=PushContentFactory(app=sim_app).spec(), profile_ids=[]
+            )
+    finally:
+        services._GATES.clear()
+        services._GATES.update(saved)
+    assert not Dispatch.objects.exists()
+
+
+def test_test_send_reaches_only_the_apps_test_devices(sim_app, sim, manager_alice, django_capture_on_commit_callbacks):
+    from accounts.services import access_grant
+
+    access_grant(obj=sim_app, to=manager_alice, by=None)
+    content = PushContentFactory(app=sim_app)
+    tester = DeviceFactory(app=sim_app, is_test=True, platform="ios")
+    regular = DeviceFactory(app=sim_app, platform="ios")
+    with django_capture_on_commit_callbacks(execute=True):
+        dispatch = pushcontent_test_send(content_id=content.pk, by=manager_alice)
+    dispatch.refresh_from_db()
+    assert dispatch.kind == "test" and dispatch.status == "done" and dispatch.accepted == 1
+    assert sim.state.count(tester.token) == 1 and sim.state.count(regular.token) == 0
+
+
+def test_viewer_cannot_send_a_test(sim_app, viewer_carol):
+    from accounts.services import access_grant
+
+    access_grant(obj=sim_app, to=viewer_carol, by=None)
+    content = PushContentFactory(app=sim_app)
+    with pytest.raises(GateClosed):
+        pushcontent_test_send(content_id=content.pk, by=viewer_carol)
+
+
+def test_request_that_timed_out_after_sending_ends_unknown_and_is_not_resent(
+    sim_app, sim, open_gate, settings, django_capture_on_commit_callbacks
+):
+    settings.PUSHDESK_SEND_TIMEOUT_SECONDS = 0.3
+    sim.state.faults.latency_ms = 1500
+    content = PushContentFactory(app=sim_app)
+    profile = ProfileFactory()
+    device = DeviceFactory(profile=profile, app=sim_app, platform="ios")
+
+    dispatch = send(content, [profile], django_capture_on_commit_callbacks)
+
+    delivery = Delivery.objects.get(dispatch=dispatch)
+    assert delivery.status == "unknown"
+    assert delivery.reason.startswith("transport:timeout")
+    assert delivery.attempts == 1
+    assert sim.state.count(device.token) <= 1
+
+
+def test_app_without_apns_credentials_fails_ios_rows_with_the_reason(
+    sim, open_gate, django_capture_on_commit_callbacks
+):
+    from delivery.services import app_create
+
+    app = app_create(name="No credentials", by=None, uses_simulator=True)
+    content = PushContentFactory(app=app)
+    profile = ProfileFactory()
+    DeviceFactory(profile=profile, app=app, platform="ios")
+    dispatch = send(content, [profile], django_capture_on_commit_callbacks)
+    delivery = Delivery.objects.get(dispatch=dispatch)
+    assert delivery.status == "failed" and delivery.reason == "credentials: not_configured:ios"
+
+
+def test_device_deactivated_keeps_its_history(sim_app, sim, open_gate, django_capture_on_commit_callbacks):
+    content = PushContentFactory(app=sim_app)
+    profile = ProfileFactory()
+    device = DeviceFactory(profile=profile, app=sim_app, platform="android")
+    send(content, [profile], django_capture_on_commit_callbacks)
+    Device.objects.filter(pk=device.pk).update(active=False)
+    assert Delivery.objects.filter(device=device).count() == 1
