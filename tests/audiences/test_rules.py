@@ -416,3 +416,20 @@ def test_reachability_is_refused_clearly_while_devices_do_not_exist(db):
 def test_reachability_checks_its_platform(db):
     found = errors_of({"all": [{"reachable": {"app": 1, "platform": "windows"}}]})
     assert ("rules.all[0].reachable.platform", "unknown_platform") in found
+
+
+@pytest.mark.skipif(device_model() is None, reason="needs delivery.Device")
+def test_reachability_counts_active_opted_in_devices_of_the_app(people):
+    from tests.factories import AppFactory, DeviceFactory
+
+    app_a, app_b = AppFactory(), AppFactory()
+    DeviceFactory(profile=people["ann"], app=app_a, platform="ios")
+    DeviceFactory(profile=people["bob"], app=app_a, platform="android", push_enabled=False)
+    DeviceFactory(profile=people["cid"], app=app_b, platform="ios")
+    DeviceFactory(profile=people["dee"], app=app_a, platform="ios", active=False)
+    DeviceFactory(profile=people["eve"], app=app_a, platform="android")
+    assert members({"all": [{"reachable": {"app": app_a.pk, "platform": "ios"}}]}) == {"ann"}
+    assert members({"all": [{"reachable": {"app": app_a.pk}}]}) == {"ann", "eve"}
+    assert members({"all": [{"reachable": {"app": app_b.pk, "platform": "ios"}}]}) == {"cid"}
+    assert members({"none": [{"reachable": {"app": app_a.pk}}]}) == {"bob", "cid", "dee"}
+    assert errors_of({"all": [{"reachable": {"app": 987654}}]}) == [("rules.all[0].reachable.app", "unknown_app")]

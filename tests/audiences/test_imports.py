@@ -1,0 +1,268 @@
+"""CSV imports end to end (upload, worker, error file), every bad input, on PostgreSQL and SQLite."""
+
+import csv
+import io
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
+
+from audiences.imports import ImportRefused, spreadsheet_safe
+from audiences.models import Import, Profile, Segment, SegmentMember
+from audiences.services import import_create, import_process, import_restart, segment_create
+from tests.factories import ProfileFactory
+
+pytestmark = [pytest.mark.django_db(transaction=False), pytest.mark.embedded]
+
+
+@pytest.fixture
+def run_import(manager_alice, media, django_capture_on_commit_callbacks):
+    """Upload bytes as a CSV file and run the import to the end, as the worker would."""
+
+    def run(content: bytes, *, by=None, name="people.csv", **kwargs) -> Import:
+        upload = SimpleUploadedFile(name, content, content_type="text/csv")
+        with django_capture_on_commit_callbacks(execute=True):
+            record = import_create(upload=upload, by=by or manager_alice, **kwargs)
+        record.refresh_from_db()
+        return record
+
+    return run
+
+
+def error_rows(record: Import) -> list[list[str]]:
+    with record.error_file.open("rb") as fh:
+        text = fh.read().decode("utf-8-sig")
+    return list(csv.reader(io.StringIO(text)))[1:]
+
+
+def attrs(external_id: str) -> dict:
+    return Profile.objects.get(external_id=external_id).attributes
+
+
+def test_good_rows_land_with_inferred_types(run_import):
+    record = run_import(b"external_id,plan,age,vip,score,zip,signup\nu1,pro,34,true,7.5,01234,2026-06-01\n")
+    assert record.status == Import.Status.DONE
+    assert (record.rows_done, record.rows_imported, record.rows_failed) == (1, 1, 0)
+    assert attrs("u1") == {"plan": "pro", "age": 34, "vip": True, "score": 7.5, "zip": "01234", "signup": "2026-06-01"}
+    assert not record.error_file
+
+
+def test_declared_types_are_checked_row_by_row(run_import):
+    content = b"external_id,age,vip,signup,code\nu1,34,yes,2026-06-01,007\nu2,abc,no,2026-06-01,1\nu3,5,maybe,x,2\n"
+    columns = {
+        "age": {"type": "number"},
+        "vip": {"type": "boolean"},
+        "signup": {"type": "date"},
+        "code": {"type": "string"},
+    }
+    record = run_import(content, columns=columns)
+    assert (record.rows_imported, record.rows_failed) == (1, 2)
+    assert attrs("u1") == {"age": 34, "vip": True, "signup": "2026-06-01", "code": "007"}
+    rows = error_rows(record)
+    assert rows[0] == ["3", "u2", "column 'age': 'abc' is not a number"]
+    assert rows[1][0] == "4" and "vip" in rows[1][2]
+    assert not Profile.objects.filter(external_id__in=["u2", "u3"]).exists()
+
+
+def test_columns_can_be_renamed_skipped_and_mapped_to_external_id(run_import):
+    content = b"Customer ID,E-mail,Internal note,First Name,locale\nc1,a@x.test,secret,Ann,fr-FR\n"
+    columns = {"Customer ID": {"to": "external_id"}, "Internal note": {"type": "skip"}, "E-mail": {"to": "email"}}
+    record = run_import(content, columns=columns)
+    assert record.rows_imported == 1
+    profile = Profile.objects.get(external_id="c1")
+    assert profile.attributes == {"email": "a@x.test", "First_Name": "Ann"}
+    assert profile.locale == "fr-FR"
+
+
+def test_utf8_with_and_without_bom_and_declared_latin1(run_import):
+    run_import("\ufeffexternal_id,city\nu1,Zürich\n".encode())
+    run_import("external_id,city\nu2,Zürich\n".encode())
+    run_import("external_id,city\nu3,São Paulo\n".encode("latin-1"), encoding="latin-1")
+    assert attrs("u1") == {"city": "Zürich"}
+    assert attrs("u2") == {"city": "Zürich"}
+    assert attrs("u3") == {"city": "São Paulo"}
+
+
+def test_latin1_bytes_declared_as_utf8_are_refused_with_a_hint(run_import):
+    with pytest.raises(ImportRefused, match="Latin-1"):
+        run_import("external_id,city\nu3,São Paulo\n".encode("latin-1"))
+    assert not Import.objects.exists()
+
+
+def test_quoted_fields_crlf_and_blank_lines(run_import):
+    content = b'external_id,address,note\r\n\r\nu1,"1 rue X, Paris","two\r\nlines"\r\n\r\n\r\nu2,"say ""hi""",x\r\n'
+    record = run_import(content)
+    assert (record.rows_done, record.rows_imported, record.rows_failed) == (2, 2, 0)
+    assert attrs("u1") == {"address": "1 rue X, Paris", "note": "two\r\nlines"}
+    assert attrs("u2") == {"address": 'say "hi"', "note": "x"}
+
+
+def test_duplicate_ids_in_one_file_last_wins_and_is_reported(run_import, settings):
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 2  # the duplicates fall into different batches too
+    content = b"external_id,plan\nu1,free\nu2,free\nu1,team\nu3,x\nu1,pro\n"
+    record = run_import(content)
+    assert (record.rows_done, record.rows_imported, record.rows_duplicate, record.rows_failed) == (5, 3, 2, 0)
+    assert attrs("u1") == {"plan": "pro"}
+    assert [(r[0], r[1]) for r in error_rows(record)] == [("4", "u1"), ("6", "u1")]
+    assert "later row wins" in error_rows(record)[0][2]
+
+
+def test_missing_external_id_column_is_refused_before_any_row_lands(run_import):
+    with pytest.raises(ImportRefused, match="no external_id column"):
+        run_import(b"id,plan\nu1,pro\n", target="new_segment", segment_name="x")
+    assert not Profile.objects.exists() and not Import.objects.exists() and not Segment.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "PNG image"),
+        (b"PK\x03\x04\x14\x00\x06\x00", "zip archive"),
+        (b"external_id\x00\x01\x02,plan\n", "binary data"),
+        (b"", "empty"),
+        (b"\n\n  \n", "empty"),
+    ],
+)
+def test_a_file_that_is_not_csv_is_refused(run_import, content, message):
+    with pytest.raises(ImportRefused, match=message):
+        run_import(content)
+    assert not Import.objects.exists()
+
+
+def test_size_limit_is_a_setting(run_import, settings):
+    settings.PUSHDESK_IMPORT_MAX_BYTES = 10
+    with pytest.raises(ImportRefused, match="limit is 10 bytes"):
+        run_import(b"external_id\nu1\nu2\n")
+    assert not Import.objects.exists()
+
+
+def test_rows_with_wrong_field_counts_empty_ids_and_bad_zones_fail_alone(run_import):
+    content = b"external_id,plan,timezone\nu1,pro,Europe/Paris\nu2,pro\n,pro,UTC\nu4,pro,Mars/Base\nu5,ok,\n"
+    record = run_import(content)
+    assert (record.rows_imported, record.rows_failed) == (2, 3)
+    reasons = {r[0]: r[2] for r in error_rows(record)}
+    assert reasons["3"] == "has 2 fields where the header has 3"
+    assert reasons["4"] == "external_id is empty"
+    assert "not a time zone" in reasons["5"]
+    assert Profile.objects.get(external_id="u1").timezone == "Europe/Paris"
+
+
+def test_error_file_is_safe_from_formula_injection(run_import):
+    record = run_import(
+        b'external_id,age\n"=HYPERLINK(""http://x.test"",""click"")",x\n@SUM(A1),y\n',
+        columns={"age": {"type": "number"}},
+    )
+    rows = error_rows(record)
+    assert rows[0][1].startswith("'=HYPERLINK")
+    assert rows[1][1] == "'@SUM(A1)"
+    assert spreadsheet_safe("-2+3") == "'-2+3" and spreadsheet_safe("plain") == "plain"
+
+
+def test_running_the_same_file_twice_changes_nothing_more(run_import, manager_alice):
+    static = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    content = b"external_id,plan\nu1,pro\nu2,free\n"
+    run_import(content, target="add_to_segment", segment_id=static.pk)
+    before = {p.external_id: (p.attributes, p.updated_at) for p in Profile.objects.all()}
+    second = run_import(content, target="add_to_segment", segment_id=static.pk)
+    assert second.status == Import.Status.DONE
+    assert {p.external_id: (p.attributes, p.updated_at) for p in Profile.objects.all()} == before
+    assert SegmentMember.objects.filter(segment=static).count() == 2
+
+
+def test_import_merges_into_existing_profiles(run_import):
+    ProfileFactory(external_id="u1", attributes={"plan": "free", "age": 3}, locale="de")
+    run_import(b"external_id,plan,locale\nu1,pro,\n")
+    profile = Profile.objects.get(external_id="u1")
+    assert profile.attributes == {"plan": "pro", "age": 3}
+    assert profile.locale == "de"  # an empty cell leaves a field as it is
+
+
+def test_import_into_a_new_segment(run_import):
+    record = run_import(b"external_id\nu1\nu2\n", target="new_segment", segment_name="From the fair")
+    assert record.segment.kind == Segment.Kind.IMPORTED
+    assert record.segment.name == "From the fair"
+    assert set(record.segment.members.values_list("profile__external_id", flat=True)) == {"u1", "u2"}
+
+
+def test_replace_keeps_only_the_file_members(run_import, manager_alice):
+    static = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    run_import(b"external_id\na\nb\n", target="add_to_segment", segment_id=static.pk)
+    run_import(b"external_id\nb\nc\n", target="replace_segment", segment_id=static.pk)
+    assert set(static.members.values_list("profile__external_id", flat=True)) == {"b", "c"}
+
+
+def test_target_must_be_a_static_segment_the_user_may_change(run_import, manager_alice, manager_mallory):
+    rules = segment_create(name="R", rules={"all": [{"field": "locale", "op": "exists"}]}, by=manager_alice)
+    with pytest.raises(ValidationError, match="static"):
+        run_import(b"external_id\na\n", target="add_to_segment", segment_id=rules.pk)
+    theirs = segment_create(name="T", kind=Segment.Kind.STATIC, by=manager_mallory)
+    from django.http import Http404
+
+    with pytest.raises(Http404):
+        run_import(b"external_id\na\n", target="replace_segment", segment_id=theirs.pk)
+    assert not Profile.objects.exists()
+
+
+def test_viewer_cannot_import(run_import, viewer_carol):
+    from django.core.exceptions import PermissionDenied
+
+    with pytest.raises(PermissionDenied):
+        run_import(b"external_id\na\n", by=viewer_carol)
+
+
+def test_long_import_hands_over_between_tasks_and_loses_nothing(run_import, settings):
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
+    settings.PUSHDESK_IMPORT_TASK_SECONDS = 0  # hand over after every batch
+    content = b"external_id,n\n" + b"".join(f"u{i},{i}\n".encode() for i in range(7)) + b",bad\nu0,again\n"
+    record = run_import(content)
+    assert record.status == Import.Status.DONE
+    assert (record.rows_done, record.rows_imported, record.rows_failed, record.rows_duplicate) == (9, 7, 1, 1)
+    assert Profile.objects.count() == 7
+    assert attrs("u0") == {"n": "again"}
+    assert [r[0] for r in error_rows(record)] == ["9", "10"]
+
+
+def test_a_stalled_import_resumes_where_its_last_batch_ended(
+    run_import, settings, manager_alice, django_capture_on_commit_callbacks
+):
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
+    settings.PUSHDESK_IMPORT_TASK_SECONDS = 0
+    record = run_import(b"external_id\na\nb\nc\n")
+    # Pretend the worker died after the first batch: back to "running", position 2, heartbeat old.
+    old = timezone.now() - timezone.timedelta(hours=1)
+    Import.objects.filter(pk=record.pk).update(
+        status=Import.Status.RUNNING, position=2, rows_done=2, rows_imported=2, heartbeat_at=old, finished_at=None
+    )
+    Profile.objects.filter(external_id="c").delete()
+    settings.PUSHDESK_IMPORT_TASK_SECONDS = 100
+    with django_capture_on_commit_callbacks(execute=True):
+        import_restart(import_id=record.pk, by=manager_alice)  # queued again; runs inline here
+    record.refresh_from_db()
+    assert record.status == Import.Status.DONE
+    assert (record.rows_done, record.rows_imported) == (3, 3)
+    assert Profile.objects.filter(external_id="c").exists()
+
+
+def test_a_running_import_is_not_claimed_twice(run_import):
+    record = run_import(b"external_id\na\n")
+    Import.objects.filter(pk=record.pk).update(status=Import.Status.RUNNING, heartbeat_at=timezone.now())
+    assert import_process(import_id=record.pk) is False  # someone else holds it: nothing happens
+    record.refresh_from_db()
+    assert record.status == Import.Status.RUNNING
+
+
+def test_restart_refuses_a_finished_import(run_import, manager_alice):
+    record = run_import(b"external_id\na\n")
+    with pytest.raises(ValidationError):
+        import_restart(import_id=record.pk, by=manager_alice)
+
+
+def test_progress_reports_percent_and_time_left(run_import):
+    record = run_import(b"external_id\na\n")
+    assert record.percent == 100.0
+    record.status = Import.Status.RUNNING
+    record.bytes_done = record.size // 2
+    record.started_at = timezone.now() - timezone.timedelta(seconds=10)
+    assert 0 < record.percent < 100
+    assert 5 <= record.seconds_left <= 15
