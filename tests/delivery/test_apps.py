@@ -1,0 +1,350 @@
+"""Apps and their channel credentials: validation, secrecy, the admin, Test connection, the demo app."""
+
+import json
+import logging
+import sys
+
+import pytest
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
+from django.test import RequestFactory
+from django.urls import reverse
+from django.views.debug import technical_500_response
+
+from accounts.models import AuditEvent
+from delivery.models import App
+from delivery.services import apns_key_parse, app_create, app_test_connection, app_update, service_account_parse
+from tests.fakes.pushsim import make_apns_credentials, make_fcm_credentials
+
+
+def secret_fragments(apns_credentials, fcm_credentials) -> list[str]:
+    """Lines from the middle of each private key: none may appear anywhere but the encrypted column."""
+    p8_lines = apns_credentials.private_key_pem.strip().splitlines()
+    rsa_lines = fcm_credentials.info["private_key"].strip().splitlines()
+    return [p8_lines[1], p8_lines[2], rsa_lines[5], rsa_lines[10]]
+
+
+def form_data(apns_credentials, fcm_credentials, **overrides):
+    data = {
+        "name": "Shop",
+        "rate_limit_per_second": "500",
+        "apns_team_id": apns_credentials.team_id,
+        "apns_key_id": apns_credentials.key_id,
+        "apns_bundle_id": apns_credentials.bundle_id,
+        "apns_environment": "production",
+        "apns_private_key_file": SimpleUploadedFile("AuthKey.p8", apns_credentials.private_key_pem.encode()),
+        "fcm_service_account_file": SimpleUploadedFile("sa.json", fcm_credentials.json_bytes),
+    }
+    data.update(overrides)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+# --- validation ------------------------------------------------------------------------------------
+
+
+@pytest.mark.embedded
+def test_an_rsa_key_is_refused_as_a_p8_naming_the_rule(fcm_credentials):
+    with pytest.raises(ValidationError) as exc:
+        apns_key_parse(raw=fcm_credentials.info["private_key"].encode())
+    assert exc.value.message_dict == {
+        "apns_private_key": ["The .p8 key must be an EC P-256 key (APNs signs with ES256)."]
+    }
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"hello", "The .p8 file must be a PKCS#8 PEM private key (-----BEGIN PRIVATE KEY-----)."),
+        (
+            b"-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----",
+            "The .p8 file is not a readable private key.",
+        ),
+        (b"\xff\xfe", "The .p8 file is not a text PEM file."),
+    ],
+)
+def test_garbage_is_refused_as_a_p8(raw, message):
+    with pytest.raises(ValidationError) as exc:
+        apns_key_parse(raw=raw)
+    assert exc.value.message_dict["apns_private_key"] == [message]
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"private_key": None}, "The service-account JSON has no private_key."),
+        ({"client_email": None, "token_uri": None}, "The service-account JSON has no client_email, token_uri."),
+        ({"type": "authorized_user"}, 'The JSON is not a service account ("type" must be "service_account").'),
+        (
+            {"private_key": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"},
+            "The service account's private_key is not a readable PEM private key.",
+        ),
+        ({"token_uri": "http://tokens.example.com/token"}, "The service account's token_uri must be an https:// URL."),
+    ],
+)
+def test_a_broken_service_account_is_refused_naming_what_is_wrong(fcm_credentials, change, message):
+    info = {k: v for k, v in {**fcm_credentials.info, **change}.items() if v is not None}
+    with pytest.raises(ValidationError) as exc:
+        service_account_parse(raw=json.dumps(info).encode())
+    assert exc.value.message_dict["fcm_service_account"] == [message]
+
+
+def test_not_json_is_refused_as_a_service_account():
+    with pytest.raises(ValidationError) as exc:
+        service_account_parse(raw=b"{not json")
+    assert exc.value.message_dict["fcm_service_account"] == ["The service-account file is not JSON."]
+
+
+@pytest.mark.django_db
+def test_a_wrong_bundle_id_saves_nothing(apns_credentials):
+    with pytest.raises(ValidationError) as exc:
+        app_create(
+            name="Shop",
+            by=None,
+            apns_team_id=apns_credentials.team_id,
+            apns_key_id=apns_credentials.key_id,
+            apns_bundle_id="my shop app",
+            apns_private_key=apns_key_parse(raw=apns_credentials.private_key_pem.encode()),
+        )
+    assert "apns_bundle_id" in exc.value.message_dict
+    assert not App.objects.exists()
+
+
+@pytest.mark.django_db
+def test_apns_is_all_or_nothing(apns_credentials):
+    with pytest.raises(ValidationError) as exc:
+        app_create(name="Shop", by=None, apns_team_id=apns_credentials.team_id)
+    assert set(exc.value.message_dict) == {"apns_key_id", "apns_bundle_id", "apns_private_key"}
+
+
+# --- storage and secrecy ----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_secrets_are_encrypted_at_rest_and_only_fingerprinted_in_the_audit_log(
+    admin_erin, apns_credentials, fcm_credentials
+):
+    app = app_create(
+        name="Shop",
+        by=admin_erin,
+        apns_team_id=apns_credentials.team_id,
+        apns_key_id=apns_credentials.key_id,
+        apns_bundle_id=apns_credentials.bundle_id,
+        apns_private_key=apns_key_parse(raw=apns_credentials.private_key_pem.encode()),
+        fcm_service_account=service_account_parse(raw=fcm_credentials.json_bytes),
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT apns_private_key, fcm_service_account FROM delivery_app WHERE id = %s", [app.pk])
+        stored = cursor.fetchone()
+    assert all(value.startswith("gAAAA") for value in stored)
+    assert all(fragment not in " ".join(stored) for fragment in secret_fragments(apns_credentials, fcm_credentials))
+    app.refresh_from_db()
+    assert app.apns_private_key.strip() == apns_credentials.private_key_pem.strip()
+    assert (app.fcm_project_id, app.fcm_client_email) == ("pushdesk-test", fcm_credentials.info["client_email"])
+    assert app.apns_private_key_fingerprint.startswith("SHA256:") and app.apns_configured and app.fcm_configured
+    event = AuditEvent.objects.get(action="app_created")
+    assert event.summary["apns_key"] == app.apns_private_key_fingerprint
+    assert all(f not in json.dumps(event.summary) for f in secret_fragments(apns_credentials, fcm_credentials))
+
+
+@pytest.mark.django_db
+def test_replacing_a_key_changes_its_fingerprint_and_removing_a_channel_clears_it(apns_credentials, fcm_credentials):
+    app = app_create(
+        name="Shop",
+        by=None,
+        apns_team_id=apns_credentials.team_id,
+        apns_key_id=apns_credentials.key_id,
+        apns_bundle_id=apns_credentials.bundle_id,
+        apns_private_key=apns_key_parse(raw=apns_credentials.private_key_pem.encode()),
+        fcm_service_account=service_account_parse(raw=fcm_credentials.json_bytes),
+    )
+    before = app.apns_private_key_fingerprint
+    replacement = make_apns_credentials()
+    app = app_update(app_id=app.pk, by=None, apns_private_key=apns_key_parse(raw=replacement.private_key_pem.encode()))
+    assert app.apns_private_key_fingerprint not in ("", before)
+    app = app_update(app_id=app.pk, by=None, remove_fcm=True)
+    assert not app.fcm_configured and app.fcm_service_account == "" and app.apns_configured
+
+
+@pytest.mark.django_db
+def test_only_an_administrator_may_create_or_change_apps(manager_alice, admin_erin):
+    with pytest.raises(PermissionDenied):
+        app_create(name="Shop", by=manager_alice)
+    app = app_create(name="Shop", by=admin_erin)
+    with pytest.raises(PermissionDenied):
+        app_update(app_id=app.pk, by=manager_alice, name="Mine")
+
+
+def _error_page_of(read_upload) -> str:
+    """Parse an upload that fails and render Django's debug error page of it (this frame holds no secret)."""
+    try:
+        apns_key_parse(raw=read_upload())
+    except ValidationError:
+        return technical_500_response(RequestFactory().get("/"), *sys.exc_info()).content.decode()
+    raise AssertionError("the upload was accepted")
+
+
+def test_no_secret_reaches_the_error_page_of_a_failing_parse(fcm_credentials, apns_credentials):
+    page = _error_page_of(lambda: fcm_credentials.info["private_key"].encode())
+    assert "apns_key_parse" in page  # the frame is there, its secret locals are not
+    assert all(fragment not in page for fragment in secret_fragments(apns_credentials, fcm_credentials))
+
+
+# --- the admin ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_an_administrator_adds_an_app_with_uploads_and_never_sees_the_secrets_again(
+    client, admin_erin, apns_credentials, fcm_credentials, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    client.force_login(admin_erin)
+    response = client.post(reverse("admin:delivery_app_add"), form_data(apns_credentials, fcm_credentials))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    app = App.objects.get(name="Shop")
+    assert app.apns_configured and app.fcm_configured and app.created_by == admin_erin
+    pages = [
+        client.get(reverse("admin:delivery_app_change", args=[app.pk])).content.decode(),
+        client.get(reverse("admin:delivery_app_changelist")).content.decode(),
+    ]
+    assert f"fingerprint {app.apns_private_key_fingerprint}" in pages[0]
+    assert "Set on " in pages[0] and "pushdesk-test" in pages[0]
+    fragments = secret_fragments(apns_credentials, fcm_credentials)
+    for text in [*pages, caplog.text, json.dumps(list(AuditEvent.objects.values_list("summary", flat=True)))]:
+        assert all(fragment not in text for fragment in fragments)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("overrides", "field_error"),
+    [
+        ({"apns_private_key_file": "rsa"}, "The .p8 key must be an EC P-256 key"),
+        ({"fcm_service_account_file": "no-private-key"}, "The service-account JSON has no private_key."),
+        ({"apns_bundle_id": "my shop app"}, "A bundle id is reverse-DNS"),
+        ({"apns_team_id": "team"}, "A team id is 10 capital letters or digits"),
+    ],
+)
+def test_bad_uploads_show_a_clear_error_and_save_nothing(
+    client, admin_erin, apns_credentials, fcm_credentials, overrides, field_error, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    if overrides.get("apns_private_key_file") == "rsa":
+        overrides["apns_private_key_file"] = SimpleUploadedFile("k.p8", fcm_credentials.info["private_key"].encode())
+    if overrides.get("fcm_service_account_file") == "no-private-key":
+        info = {k: v for k, v in fcm_credentials.info.items() if k != "private_key"}
+        overrides["fcm_service_account_file"] = SimpleUploadedFile("sa.json", json.dumps(info).encode())
+    client.force_login(admin_erin)
+    response = client.post(reverse("admin:delivery_app_add"), form_data(apns_credentials, fcm_credentials, **overrides))
+    page = response.content.decode()
+    assert response.status_code == 200 and field_error in page
+    assert not App.objects.exists()
+    assert all(f not in page + caplog.text for f in secret_fragments(apns_credentials, fcm_credentials))
+
+
+@pytest.mark.django_db
+def test_an_empty_upload_keeps_the_key_and_a_new_one_replaces_it(client, admin_erin, apns_credentials, fcm_credentials):
+    client.force_login(admin_erin)
+    client.post(reverse("admin:delivery_app_add"), form_data(apns_credentials, fcm_credentials))
+    app = App.objects.get()
+    url = reverse("admin:delivery_app_change", args=[app.pk])
+    keep = form_data(apns_credentials, fcm_credentials, apns_private_key_file=None, fcm_service_account_file=None)
+    assert client.post(url, {**keep, "rate_limit_per_second": "50"}).status_code == 302
+    app_after = App.objects.get()
+    assert app_after.rate_limit_per_second == 50
+    assert app_after.apns_private_key_fingerprint == app.apns_private_key_fingerprint
+    new_key = make_apns_credentials()
+    replace = form_data(
+        apns_credentials,
+        fcm_credentials,
+        apns_private_key_file=SimpleUploadedFile("new.p8", new_key.private_key_pem.encode()),
+        fcm_service_account_file=None,
+    )
+    assert client.post(url, replace).status_code == 302
+    assert App.objects.get().apns_private_key_fingerprint != app.apns_private_key_fingerprint
+
+
+@pytest.mark.django_db
+def test_managers_cannot_add_apps_nor_see_apps_outside_their_access(client, manager_alice, admin_erin):
+    other = app_create(name="Not yours", by=admin_erin)
+    client.force_login(manager_alice)
+    assert client.get(reverse("admin:delivery_app_add")).status_code == 403
+    assert client.get(reverse("admin:delivery_app_change", args=[other.pk])).status_code == 404
+
+
+# --- test connection -----------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_test_connection_reports_what_apns_and_fcm_answered(pushsim_app, admin_erin, pushsim):
+    checks = app_test_connection(app_id=pushsim_app.pk, by=admin_erin)
+    assert [(c.provider, c.ok) for c in checks] == [("APNs", True), ("FCM", True)]
+    assert "BadDeviceToken" in checks[0].message
+    assert "fake_message_id" in checks[1].message
+    assert pushsim.state.token_grants == 1 and pushsim.state.recent() == []  # validate-only: nothing delivered
+    assert AuditEvent.objects.filter(action="app_connection_tested", object_id=str(pushsim_app.pk)).exists()
+
+
+@pytest.mark.django_db
+def test_test_connection_reports_refused_credentials(pushsim, admin_erin):
+    stranger_apns = make_apns_credentials(key_id="KEYSTRANGE")
+    stranger_fcm = make_fcm_credentials(token_uri=pushsim.url(tls=True) + "/token", name="stranger")
+    app = app_create(
+        name="Untrusted",
+        by=None,
+        apns_team_id=stranger_apns.team_id,
+        apns_key_id=stranger_apns.key_id,
+        apns_bundle_id=stranger_apns.bundle_id,
+        apns_private_key=apns_key_parse(raw=stranger_apns.private_key_pem.encode()),
+        fcm_service_account=service_account_parse(raw=stranger_fcm.json_bytes),
+    )
+    checks = app_test_connection(app_id=app.pk, by=admin_erin)
+    assert [(c.provider, c.ok) for c in checks] == [("APNs", False), ("FCM", False)]
+    assert checks[0].message == "APNs answered 403 InvalidProviderToken."
+    assert "invalid_grant" in checks[1].message and stranger_fcm.info["private_key"][40:80] not in checks[1].message
+
+
+@pytest.mark.django_db
+def test_the_admin_action_tests_the_connection(client, pushsim_app, admin_erin, pushsim):
+    client.force_login(admin_erin)
+    response = client.post(
+        reverse("admin:delivery_app_changelist"),
+        {"action": "test_connection", "_selected_action": [pushsim_app.pk]},
+        follow=True,
+    )
+    page = response.content.decode()
+    assert "APNs: APNs (production) accepted the provider token" in page
+    assert "FCM: FCM accepted a validate-only message" in page
+
+
+@pytest.mark.django_db
+def test_a_manager_cannot_test_a_connection(pushsim_app, manager_alice):
+    with pytest.raises(PermissionDenied):
+        app_test_connection(app_id=pushsim_app.pk, by=manager_alice)
+
+
+# --- the demo app ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.embedded
+@pytest.mark.django_db
+def test_the_demo_app_sends_to_the_simulator_with_credentials_made_at_setup(pushsim, settings, tmp_path, admin_erin):
+    from io import StringIO
+
+    from delivery import demo
+    from delivery.pushsim.trust import trust_file_path, trust_loader
+
+    settings.VAR_DIR = tmp_path
+    demo.populate(stdout=StringIO())
+    demo.populate(stdout=StringIO())  # a second run adds nothing
+    app = App.objects.get(name=demo.DEMO_APP)
+    assert app.uses_simulator and app.apns_configured and app.fcm_configured
+    trusted = trust_file_path().read_text()
+    assert "PRIVATE KEY" not in trusted and "PUBLIC KEY" in trusted
+    pushsim.state.trust_file_loader = trust_loader(pushsim.state, trust_file_path())
+    try:
+        checks = app_test_connection(app_id=app.pk, by=admin_erin)
+    finally:
+        pushsim.state.trust_file_loader = None
+    assert [(c.provider, c.ok) for c in checks] == [("APNs", True), ("FCM", True)]
