@@ -25,7 +25,7 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local horizon = now + burst / rate
-local grant = math.min(want, math.max(math.floor((horizon - tat) * rate + 1e-9), 0))
+local grant = math.min(want, math.max(math.floor((horizon - tat) * rate + 1e-3), 0))
 if grant > 0 then
   tat = tat + grant / rate
   redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
@@ -69,7 +69,7 @@ class DatabaseThrottle:
             now = time.time()
             tat = max(bucket.tat, now)
             horizon = now + burst / rate
-            granted = min(count, max(math.floor((horizon - tat) * rate + 1e-9), 0))
+            granted = min(count, max(math.floor((horizon - tat) * rate + 1e-3), 0))
             if granted:
                 tat += granted / rate
                 RateBucket.objects.filter(key=key).update(tat=tat)

@@ -1,0 +1,99 @@
+"""The per-app send-rate limit, shared by every worker (Redis, or the database in the embedded mode)."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from django.conf import settings
+
+from delivery.throttle import DatabaseThrottle, RedisThrottle, throttle_acquire
+
+_WORKER = """
+import sys, time
+from delivery.throttle import RedisThrottle
+limiter = RedisThrottle(sys.argv[1])
+key, rate, start = sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+while time.time() < start:
+    time.sleep(0.001)
+got = 0
+while time.time() < start + 1.0:
+    granted, wait = limiter.take(key=key, rate=rate, count=50)
+    got += granted
+    if not granted:
+        time.sleep(min(wait, 0.01))
+print(got)
+"""
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="needs Redis")
+def test_rate_limit_holds_across_two_worker_processes():
+    key = f"test:{os.getpid()}:{time.time()}"
+    rate = 200
+    start = time.time() + 1.0
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, settings.REDIS_URL, key, str(rate), str(start)],
+            stdout=subprocess.PIPE,
+            env=env,
+            cwd=settings.BASE_DIR,
+        )
+        for _ in range(2)
+    ]
+    grants = [int(w.communicate(timeout=30)[0]) for w in workers]
+    burst = rate * 0.1
+    assert sum(grants) <= rate * 1.0 + burst + 2
+    assert sum(grants) >= rate * 0.8
+    assert min(grants) > 0, "both workers get a share"
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="needs Redis")
+def test_redis_limiter_grants_a_burst_then_says_how_long_to_wait():
+    limiter = RedisThrottle(settings.REDIS_URL)
+    key = f"test:burst:{time.time()}"
+    granted, wait = limiter.take(key=key, rate=100, count=1000)
+    assert granted == 10
+    assert 0 < wait <= 0.02
+    assert limiter.take(key=key, rate=100, count=5)[0] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_database_limiter_is_shared_by_concurrent_workers():
+    limiter = DatabaseThrottle()
+    rate = 100
+    grants = [0, 0]
+    stop = time.time() + 1.0
+
+    def work(index):
+        from django.db import connection
+
+        while time.time() < stop:
+            granted, wait = limiter.take(key="app:shared", rate=rate, count=20)
+            grants[index] += granted
+            if not granted:
+                time.sleep(min(wait, 0.01))
+        connection.close()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert rate * 0.7 <= sum(grants) <= rate * 1.0 + rate * 0.1 + 2
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="needs Redis")
+def test_acquire_waits_for_tokens_under_every_limit():
+    key = f"test:acquire:{time.time()}"
+    started = time.monotonic()
+    total = 0
+    while total < 30:
+        total += throttle_acquire(limits=[(f"{key}:app", 1000), (f"{key}:dispatch", 100)], count=30 - total)
+    assert time.monotonic() - started >= 0.15  # 10 at once, then 100/s for the other 20
+
+
+def test_no_limit_grants_everything_at_once():
+    assert throttle_acquire(limits=[("app:x", 0)], count=500) == 500
