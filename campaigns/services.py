@@ -23,7 +23,7 @@ from accounts.services import (
     approval_void,
     audit,
 )
-from campaigns.models import Campaign
+from campaigns.models import Campaign, Occurrence
 from campaigns.schedule import next_occurrence, schedule_check
 
 Status = Campaign.Status
@@ -268,7 +268,7 @@ def campaign_approve(*, campaign_id: int, by: User, comment: str = "", now: dt.d
 def _queue_fire(campaign_id: int) -> None:
     from django_q.tasks import async_task
 
-    async_task("campaigns.tasks.campaign_fire_due", campaign_id, q_options={"timeout": 120})
+    async_task("campaigns.tasks.campaign_fire_due_task", campaign_id, q_options={"timeout": 120})
 
 
 def campaign_stop(*, campaign_id: int, by: User) -> Campaign:
@@ -316,3 +316,157 @@ def campaign_duplicate(*, campaign_id: int, by: User) -> Campaign:
         copy = campaign_create(by=by, name=f"{source.name} (copy)"[:200], content=content, **fields)
         audit(actor=by, action="campaign_duplicated", obj=copy, summary={"from": source.pk})
     return copy
+
+
+# --- the send path ---------------------------------------------------------------------------------
+
+
+def campaign_gate(*, app, source_id: int | None, spec: dict, by: User | None, api_triggered: bool = False) -> None:
+    """The campaigns' gate in the delivery pipeline: a dispatch only for an approved, active campaign
+    whose fingerprint (content, audience, schedule) equals the approved one.
+
+    Raises GateClosed otherwise, whoever calls: a forged admin POST or a direct service call alike.
+    """
+    from delivery.services import GateClosed
+
+    campaign = Campaign.objects.select_related("content").filter(pk=source_id).first()
+    if campaign is None or campaign.app_id != app.pk:
+        raise GateClosed("No such campaign for this app.")
+    if campaign.kind != (Campaign.Kind.API_TRIGGERED if api_triggered else Campaign.Kind.SCHEDULED):
+        raise GateClosed(f"'{campaign}' is not {'an API-triggered' if api_triggered else 'a scheduled'} campaign.")
+    if not campaign.is_active:
+        raise GateClosed(f"'{campaign}' is {campaign.get_status_display().lower()}, not approved and active.")
+    if not campaign.approved_fingerprint or campaign.fingerprint() != campaign.approved_fingerprint:
+        raise GateClosed(f"'{campaign}' changed since it was approved.")
+    if spec != campaign.content.spec():
+        raise GateClosed("The content to send is not the approved content.")
+
+
+def campaign_api_gate(**kwargs) -> None:
+    campaign_gate(api_triggered=True, **kwargs)
+
+
+# The scheduler beats every minute: an occurrence fired later than this was missed (downtime).
+LATE_AFTER = dt.timedelta(minutes=5)
+
+
+def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> list[Occurrence]:
+    """Fire the campaign's due occurrence(s), each exactly once, however many workers race for it.
+
+    The campaign row is taken with SKIP LOCKED (another worker holding it is firing it), and each
+    occurrence is a row unique per (campaign, due time), written in the same transaction as its
+    Dispatch: a worker killed midway rolls both back and the next tick fires it. Occurrences missed
+    during downtime for longer than the campaign's window are recorded as skipped; the latest one
+    within the window is sent late. A campaign that changed since its approval goes back to draft.
+    """
+    from delivery.models import Dispatch
+    from delivery.services import GateClosed, dispatch_create
+
+    now = now or timezone.now()
+    fired: list[Occurrence] = []
+    with transaction.atomic():
+        campaign = (
+            Campaign.objects.select_for_update(skip_locked=True)
+            .select_related("content")
+            .filter(pk=campaign_id, status__in=(Status.SCHEDULED, Status.LIVE), next_occurrence_at__lte=now)
+            .first()
+        )
+        if campaign is None:
+            return fired
+        window = dt.timedelta(minutes=campaign.missed_window_minutes)
+        for _ in range(10_000):  # bounded: a daily campaign down for years still ends
+            due = campaign.next_occurrence_at
+            if due is None or due > now:
+                break
+            later = next_occurrence(campaign, after=due)
+            if later is not None and later <= now:
+                # A newer occurrence is due too: this one was missed; only the newest may be sent.
+                fired.append(_occurrence(campaign, due, Occurrence.Outcome.SKIPPED_MISSED, note="a later one was due"))
+                campaign.next_occurrence_at = later
+                continue
+            if now - due > window:
+                note = f"missed by {now - due}, longer than the {window} window"
+                fired.append(_occurrence(campaign, due, Occurrence.Outcome.SKIPPED_MISSED, note=note))
+                campaign.next_occurrence_at = later
+                break
+            outcome = Occurrence.Outcome.SENT if now - due <= LATE_AFTER else Occurrence.Outcome.SENT_LATE
+            try:
+                with transaction.atomic():
+                    dispatch = dispatch_create(
+                        app_id=campaign.app_id,
+                        kind=Dispatch.Kind.CAMPAIGN,
+                        spec=campaign.content.spec(),
+                        content_id=campaign.content_id,
+                        segment_id=campaign.segment_id,
+                        source_id=campaign.pk,
+                        label=f"{campaign.name} @ {due:%Y-%m-%d %H:%M} UTC",
+                        rate_limit_per_second=campaign.throttle_per_second,
+                        context={"campaign": {"id": campaign.pk, "name": campaign.name}},
+                    )
+            except GateClosed as exc:
+                fired.append(_occurrence(campaign, due, Occurrence.Outcome.REFUSED, note=str(exc)[:300]))
+                _back_to_draft(campaign, by=None, reason=f"refused at send time: {exc}")
+                return fired
+            fired.append(_occurrence(campaign, due, outcome, dispatch=dispatch))
+            campaign.next_occurrence_at = later
+            break
+        if campaign.status == Status.SCHEDULED and any(o.dispatch_id for o in fired):
+            campaign.status = Status.LIVE
+            campaign.status_changed_at = now
+        campaign.save(update_fields=["next_occurrence_at", "status", "status_changed_at"])
+    return fired
+
+
+def _occurrence(campaign: Campaign, due: dt.datetime, outcome: str, *, dispatch=None, note: str = "") -> Occurrence:
+    occurrence = Occurrence.objects.create(campaign=campaign, due_at=due, outcome=outcome, dispatch=dispatch, note=note)
+    audit(
+        actor=None,
+        action=f"campaign_occurrence_{outcome}",
+        obj=campaign,
+        summary={"due_at": due.isoformat(), "note": note},
+    )
+    return occurrence
+
+
+def campaigns_tick(*, now: dt.datetime | None = None) -> dict:
+    """The scheduler's beat: fire every due campaign, and complete those with nothing left to send.
+
+    Safe to run on every worker at once (each campaign is fired under its own row lock).
+    """
+    from delivery.models import Dispatch
+
+    now = now or timezone.now()
+    due_ids = list(
+        Campaign.objects.filter(status__in=(Status.SCHEDULED, Status.LIVE), next_occurrence_at__lte=now)
+        .order_by("next_occurrence_at")
+        .values_list("pk", flat=True)[:500]
+    )
+    fired = sum(len(campaign_fire_due(campaign_id=pk, now=now)) for pk in due_ids)
+    completed = 0
+    running = Dispatch.objects.filter(
+        kind=Dispatch.Kind.CAMPAIGN, status__in=(Dispatch.Status.PREPARING, Dispatch.Status.SENDING)
+    ).values("source_id")
+    finished = (
+        Campaign.objects.filter(kind=Campaign.Kind.SCHEDULED, status=Status.LIVE, next_occurrence_at__isnull=True)
+        .exclude(pk__in=running)
+        .values_list("pk", flat=True)
+    )
+    for pk in list(finished):
+        with transaction.atomic():
+            campaign = Campaign.objects.select_for_update(skip_locked=True).filter(pk=pk, status=Status.LIVE).first()
+            if campaign is not None and campaign.next_occurrence_at is None:
+                _transition(campaign, Status.COMPLETED, by=None, action="completed")
+                completed += 1
+    return {"due": len(due_ids), "occurrences": fired, "completed": completed}
+
+
+def campaign_test_send(*, campaign_id: int, by: User):
+    """Send the campaign's content as it is now to its app's test devices, in any state, no approval needed."""
+    from delivery.services import pushcontent_test_send
+
+    campaign = Campaign.objects.filter(pk=campaign_id).first()
+    if campaign is None or not visible_to(by, Campaign.objects.filter(pk=campaign_id)).exists():
+        raise Http404(f"No campaign {campaign_id}.")
+    if not can(by, "delivery.test_send_pushcontent", campaign):
+        raise PermissionDenied("Your role may not send tests.")
+    return pushcontent_test_send(content_id=campaign.content_id, by=by)

@@ -1,16 +1,18 @@
 """Test-wide set-up: PostgreSQL and Redis (the real servers), the named cast, API clients."""
 
-import os
+import pytest
+from rest_framework.test import APIClient
 
-# Tests run on the real servers; these defaults point at the local ones. Set before Django loads.
-os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/pushdesk")
-os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
-os.environ.setdefault("PUSHDESK_TASKS_SYNC", "1")
+from tests.factories import UserFactory
 
-import pytest  # noqa: E402
-from rest_framework.test import APIClient  # noqa: E402
 
-from tests.factories import UserFactory  # noqa: E402
+def pytest_configure(config):
+    # Tasks run in the test's own process and transaction (django-q2 reads its settings once,
+    # at import, so its Conf is set here). Tests that need real workers start `qcluster`
+    # processes, which read the environment as production does.
+    from django_q.conf import Conf
+
+    Conf.SYNC = True
 
 
 @pytest.fixture(autouse=True)

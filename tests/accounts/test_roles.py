@@ -7,6 +7,7 @@ from accounts.roles import ROLES, role_permissions
 from delivery.models import App
 from tests.factories import AppFactory
 
+APP_FORM = {"rate_limit_per_second": 100, "apns_environment": "production"}
 ROLE_USERS = {
     "Administrator": "admin_erin",
     "Approver": "approver_bob",
@@ -16,7 +17,7 @@ ROLE_USERS = {
 
 
 @pytest.fixture
-def as_role(request, client):
+def as_role(request, client, db):
     def login(role):
         user = request.getfixturevalue(ROLE_USERS[role])
         client.force_login(user)
@@ -36,7 +37,7 @@ def test_every_role_reaches_the_admin(client, as_role, role):
 )
 def test_only_administrators_create_apps(client, as_role, role, allowed):
     as_role(role)
-    response = client.post("/admin/delivery/app/add/", {"name": "New app", "rate_limit_per_second": 100})
+    response = client.post("/admin/delivery/app/add/", {**APP_FORM, "name": "New app"})
     assert (response.status_code == 302) is allowed
     if not allowed:
         assert response.status_code == 403
@@ -52,7 +53,7 @@ def test_only_administrators_change_and_delete_apps(client, as_role, role, allow
     user = as_role(role)
     app = AppFactory(name="Shop")
     access_grant(obj=app, to=user, by=None)
-    change = client.post(f"/admin/delivery/app/{app.pk}/change/", {"name": "Renamed", "rate_limit_per_second": 5})
+    change = client.post(f"/admin/delivery/app/{app.pk}/change/", {**APP_FORM, "name": "Renamed"})
     assert (change.status_code == 302) is allowed
     assert App.objects.filter(name="Renamed").exists() is allowed
     delete = client.post(f"/admin/delivery/app/{app.pk}/delete/", {"post": "yes"})

@@ -1,0 +1,248 @@
+import contextvars
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpResponseRedirect
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+
+from accounts.admin import ObjectAccessAdminMixin, ScopedAdmin
+from accounts.selectors import approval_current, visible_to
+from campaigns import services
+from campaigns.models import Campaign, Occurrence
+from campaigns.selectors import TRANSITIONS, campaign_actions, campaigns_visible_to
+
+# The admin instance is shared by every request; the request whose page is being drawn lives here.
+_drawing_for: contextvars.ContextVar = contextvars.ContextVar("campaign_admin_request", default=None)
+
+Status = Campaign.Status
+
+
+class CampaignForm(forms.ModelForm):
+    class Meta:
+        model = Campaign
+        fields = services.EDITABLE_FIELDS
+        widgets = {"send_at": forms.SplitDateTimeWidget, "ends_at": forms.SplitDateTimeWidget}
+        field_classes = {"send_at": forms.SplitDateTimeField, "ends_at": forms.SplitDateTimeField}
+
+
+class _StatusFilter(admin.SimpleListFilter):
+    """By default the list shows what is being worked on (AJO's default: not finished, not archived)."""
+
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return (("active", "Draft, in review, scheduled, live"), *Status.choices, ("all", "All"))
+
+    def choices(self, changelist):
+        value = self.value() or "active"
+        for lookup, title in self.lookup_choices:
+            yield {
+                "selected": value == str(lookup),
+                "query_string": changelist.get_query_string({self.parameter_name: lookup}),
+                "display": title,
+            }
+
+    def queryset(self, request, queryset):
+        value = self.value() or "active"
+        if value == "active":
+            return queryset.filter(status__in=(Status.DRAFT, Status.IN_REVIEW, Status.SCHEDULED, Status.LIVE))
+        if value == "all":
+            return queryset
+        return queryset.filter(status=value)
+
+
+class OccurrenceInline(admin.TabularInline):
+    model = Occurrence
+    fields = ("due_at", "fired_at", "outcome", "dispatch", "note")
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+    ordering = ("-due_at",)
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Campaign)
+class CampaignAdmin(ObjectAccessAdminMixin, ScopedAdmin):
+    form = CampaignForm
+    list_display = ("name", "app", "kind", "purpose", "status", "next_occurrence_at", "owner", "updated_at")
+    list_filter = (_StatusFilter, "kind", "purpose", "app")
+    list_select_related = ("app", "owner")
+    search_fields = ("name",)
+    inlines = [OccurrenceInline]
+    readonly_fields = (
+        "status",
+        "approval",
+        "campaign_buttons",
+        "owner",
+        "activated_at",
+        "next_occurrence_at",
+        "object_access",
+    )
+
+    def get_queryset(self, request):
+        return campaigns_visible_to(request.user)
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = [
+            (None, {"fields": ("name", "app", "kind", "purpose", "segment", "content")}),
+            (
+                "Schedule",
+                {
+                    "fields": (
+                        "schedule_kind",
+                        "send_at",
+                        "time_zone",
+                        "recurrence",
+                        "cron",
+                        "ends_at",
+                        "missed_window_minutes",
+                    )
+                },
+            ),
+            ("Delivery", {"fields": ("throttle_per_second",)}),
+        ]
+        if obj is not None:
+            fieldsets.insert(
+                0,
+                (
+                    "Status",
+                    {
+                        "fields": (
+                            "status",
+                            "campaign_buttons",
+                            "approval",
+                            "owner",
+                            "activated_at",
+                            "next_occurrence_at",
+                        )
+                    },
+                ),
+            )
+            fieldsets.append(("Access", {"fields": ("object_access",)}))
+        return fieldsets
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        from audiences.selectors import segments_visible_to
+        from delivery.models import App, PushContent
+
+        querysets = {
+            "app": lambda: visible_to(request.user, App.objects.all()),
+            "segment": lambda: segments_visible_to(request.user),
+            "content": lambda: visible_to(request.user, PushContent.objects.select_related("app")),
+        }
+        if db_field.name in querysets:
+            kwargs["queryset"] = querysets[db_field.name]()
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def has_change_permission(self, request, obj=None):
+        if obj is not None and obj.status not in (Status.DRAFT, Status.SCHEDULED, Status.LIVE):
+            return False  # locked in review; finished campaigns are duplicated, not edited
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        if obj is not None and obj.status != Status.DRAFT:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def save_model(self, request, obj, form, change):
+        values = {field: form.cleaned_data[field] for field in services.EDITABLE_FIELDS if field in form.cleaned_data}
+        try:
+            if change:
+                services.campaign_update(campaign_id=obj.pk, by=request.user, **values)
+            else:
+                created = services.campaign_create(by=request.user, **values)
+                obj.pk = created.pk
+        except services.TransitionError as exc:
+            raise PermissionDenied(str(exc)) from exc
+
+    def save_related(self, request, form, formsets, change):
+        pass  # occurrences are written by the scheduler only
+
+    def _changeform_view(self, request, object_id, form_url, extra_context):
+        try:
+            return super()._changeform_view(request, object_id, form_url, extra_context)
+        except ValidationError as exc:
+            self.message_user(request, " ".join(exc.messages), messages.ERROR)
+            return HttpResponseRedirect(request.path)
+
+    def delete_model(self, request, obj):
+        services.campaign_delete(campaign_id=obj.pk, by=request.user)
+
+    @admin.display(description="Approval")
+    def approval(self, obj):
+        request = approval_current(obj)
+        if request is None:
+            return "Not submitted yet."
+        decided = f" by {request.decided_by} on {request.decided_at:%Y-%m-%d %H:%M}" if request.decided_by else ""
+        comment = format_html(" — “{}”", request.comment) if request.comment else ""
+        return format_html("{}{}{}", request.get_status_display(), decided, comment)
+
+    @admin.display(description="Actions")
+    def campaign_buttons(self, obj):
+        request = _drawing_for.get()
+        if obj is None or obj.pk is None or request is None:
+            return "—"
+        actions = campaign_actions(request.user, obj)
+        if not actions:
+            return "Nothing you can do in this state."
+        return format_html_join(
+            " ",
+            '<button type="submit" formaction="{}" formnovalidate class="button" name="campaign_action" value="{}">{}</button>',
+            (
+                (reverse("admin:campaigns_campaign_transition", args=[obj.pk, name]), name, label)
+                for name, label in actions
+            ),
+        )
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        token = _drawing_for.set(request)
+        try:
+            return super().change_view(request, object_id, form_url, extra_context)
+        finally:
+            _drawing_for.reset(token)
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:campaign_id>/transition/<str:action>/",
+                self.admin_site.admin_view(self.transition_view),
+                name="campaigns_campaign_transition",
+            ),
+            *super().get_urls(),
+        ]
+
+    def transition_view(self, request, campaign_id, action):
+        if request.method != "POST":
+            raise Http404("Transitions are POSTed.")
+        handlers = {
+            "submit": lambda: services.campaign_submit(
+                campaign_id=campaign_id, by=request.user, message=request.POST.get("message", "")
+            ),
+            "cancel_request": lambda: services.campaign_cancel_request(campaign_id=campaign_id, by=request.user),
+            "stop": lambda: services.campaign_stop(campaign_id=campaign_id, by=request.user),
+            "archive": lambda: services.campaign_archive(campaign_id=campaign_id, by=request.user),
+            "duplicate": lambda: services.campaign_duplicate(campaign_id=campaign_id, by=request.user),
+            "test_send": lambda: services.campaign_test_send(campaign_id=campaign_id, by=request.user),
+        }
+        if action not in handlers:
+            raise Http404("Unknown action.")
+        target = reverse("admin:campaigns_campaign_change", args=[campaign_id])
+        try:
+            result = handlers[action]()
+        except (services.TransitionError, ValidationError) as exc:
+            self.message_user(request, " ".join(getattr(exc, "messages", [str(exc)])), messages.ERROR)
+            return HttpResponseRedirect(target)
+        if action == "duplicate":
+            self.message_user(request, f"Duplicated as a new draft: {result}.", messages.SUCCESS)
+            return HttpResponseRedirect(reverse("admin:campaigns_campaign_change", args=[result.pk]))
+        if action == "test_send":
+            self.message_user(request, f"Test send started: {result}.", messages.SUCCESS)
+        else:
+            self.message_user(request, f"Done: {TRANSITIONS[action][2]}.", messages.SUCCESS)
+        return HttpResponseRedirect(target)

@@ -1,0 +1,74 @@
+"""What an approver sees side by side: the content as phones would show it, the audience, the schedule."""
+
+from django.utils.html import format_html, format_html_join
+
+from accounts.models import ApprovalRequest, User
+from campaigns.models import Campaign
+
+
+def _schedule_text(campaign: Campaign) -> str:
+    if campaign.kind == Campaign.Kind.API_TRIGGERED:
+        return "Sent when the API triggers it."
+    if campaign.schedule_kind == Campaign.ScheduleKind.NOW:
+        return "Sent as soon as it is approved."
+    when = f"{campaign.send_at:%Y-%m-%d %H:%M} UTC ({campaign.time_zone})" if campaign.send_at else "—"
+    if campaign.schedule_kind == Campaign.ScheduleKind.AT:
+        return f"Sent once, at {when}."
+    rule = campaign.cron if campaign.recurrence == Campaign.Recurrence.CRON else campaign.get_recurrence_display()
+    until = f" until {campaign.ends_at:%Y-%m-%d %H:%M} UTC" if campaign.ends_at else ""
+    return f"Recurring ({rule}) from {when}{until}."
+
+
+def _audience_text(campaign: Campaign, user: User) -> str:
+    if campaign.segment_id is None:
+        return "Recipients named by each API call."
+    from audiences.services import segment_preview
+
+    try:
+        count = segment_preview(by=user, segment_id=campaign.segment_id, sample_size=0).count
+    except Exception as exc:  # the review page still shows the rest
+        return f"{campaign.segment} (count unavailable: {exc.__class__.__name__})"
+    return f"{campaign.segment}: {count:,} profiles"
+
+
+def campaign_review_html(campaign: Campaign, *, request: ApprovalRequest, user: User) -> str:
+    """The review pane: a phone per platform, the audience with its count, the schedule."""
+    from delivery.payloads import message_render
+
+    spec = campaign.content.spec()
+    sample = {"external_id": "sample", "locale": spec.get("default_locale", ""), "timezone": "", "attributes": {}}
+    try:
+        message = message_render(spec, profile=sample, context={})
+        title, subtitle, body = message.title, message.subtitle, message.body
+    except Exception as exc:  # a template that fails is itself what the approver must see
+        title, subtitle, body = "(cannot render)", "", str(exc)
+    phones = format_html_join(
+        "",
+        '<div class="phone phone-{}" style="display:inline-block;vertical-align:top;width:260px;margin:0 12px 12px 0;'
+        'padding:12px;border-radius:18px;background:#1d1d1f;color:#fff">'
+        '<div style="font-size:11px;opacity:.7">{}</div>'
+        '<div style="background:rgba(255,255,255,.15);border-radius:12px;padding:8px;margin-top:8px">'
+        "<strong>{}</strong><div>{}</div><div>{}</div></div></div>",
+        [
+            ("ios", "iOS — " + campaign.app.name, title, subtitle, body),
+            ("android", "Android — " + campaign.app.name, title, "", body),
+        ],
+    )
+    rows = format_html_join(
+        "",
+        "<tr><th>{}</th><td>{}</td></tr>",
+        [
+            ("Campaign", f"{campaign.name} ({campaign.get_kind_display()}, {campaign.get_purpose_display()})"),
+            ("App", campaign.app.name),
+            ("Audience", _audience_text(campaign, user)),
+            ("Schedule", _schedule_text(campaign)),
+            (
+                "Content",
+                f"{campaign.content} (TTL {spec.get('ttl_seconds')} s{', silent' if spec.get('silent') else ''})",
+            ),
+            ("Locales", ", ".join([spec.get("default_locale", "")] + sorted(spec.get("variants") or {}))),
+        ],
+    )
+    return format_html(
+        '<div style="display:flex;gap:24px;flex-wrap:wrap"><div>{}</div><table>{}</table></div>', phones, rows
+    )

@@ -1,0 +1,42 @@
+"""Permission-filtered reads of campaigns."""
+
+from django.db.models import QuerySet
+from django.http import Http404
+
+from accounts.models import User
+from accounts.selectors import can, visible_to
+from campaigns.models import Campaign
+
+Status = Campaign.Status
+
+
+def campaigns_visible_to(user: User, *, perm: str | None = None) -> QuerySet[Campaign]:
+    """Every campaign the user may see: through its app's scope or a grant on the campaign itself."""
+    return visible_to(user, Campaign.objects.select_related("app", "segment", "content", "owner"), perm=perm)
+
+
+def campaign_for(user: User, campaign_id: int, *, perm: str | None = None) -> Campaign:
+    campaign = campaigns_visible_to(user, perm=perm).filter(pk=campaign_id).first()
+    if campaign is None:
+        raise Http404(f"No campaign {campaign_id}.")
+    return campaign
+
+
+# Which transitions each state allows, and the role permission each needs.
+TRANSITIONS = {
+    "submit": ((Status.DRAFT,), "campaigns.submit_campaign", "Submit for review"),
+    "cancel_request": ((Status.IN_REVIEW,), "campaigns.submit_campaign", "Cancel request"),
+    "stop": ((Status.SCHEDULED, Status.LIVE), "campaigns.stop_campaign", "Stop"),
+    "archive": ((Status.COMPLETED, Status.STOPPED, Status.FAILED), "campaigns.archive_campaign", "Archive"),
+    "duplicate": (tuple(Status.values), "campaigns.add_campaign", "Duplicate"),
+    "test_send": (tuple(Status.values), "delivery.test_send_pushcontent", "Test send"),
+}
+
+
+def campaign_actions(user: User, campaign: Campaign) -> list[tuple[str, str]]:
+    """The (action, label) buttons this user may use on this campaign in its current state."""
+    actions = []
+    for name, (states, perm, label) in TRANSITIONS.items():
+        if campaign.status in states and can(user, perm, campaign):
+            actions.append((name, label))
+    return actions

@@ -1,0 +1,12 @@
+"""django-q2 entry points: thin, idempotent wrappers over campaigns.services."""
+
+from campaigns.services import campaign_fire_due, campaigns_tick
+
+
+def campaigns_tick_task() -> dict:
+    """Scheduled every minute (see the campaigns migration that creates the schedule)."""
+    return campaigns_tick()
+
+
+def campaign_fire_due_task(campaign_id: int) -> int:
+    return len(campaign_fire_due(campaign_id=campaign_id))

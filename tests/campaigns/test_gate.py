@@ -1,0 +1,101 @@
+"""The gate lives in the send path: no dispatch for a campaign that is not approved and unchanged."""
+
+import pytest
+
+from campaigns.services import campaign_approve, campaign_submit
+from delivery.models import Dispatch
+from delivery.services import GateClosed, dispatch_create
+
+
+def _direct_send(campaign, kind="campaign"):
+    return dispatch_create(
+        app_id=campaign.app_id,
+        kind=kind,
+        spec=campaign.content.spec(),
+        content_id=campaign.content_id,
+        segment_id=campaign.segment_id,
+        source_id=campaign.pk,
+    )
+
+
+def test_draft_campaign_cannot_be_sent_by_a_direct_service_call(make_campaign):
+    campaign = make_campaign()
+    with pytest.raises(GateClosed, match="not approved"):
+        _direct_send(campaign)
+    assert not Dispatch.objects.exists()
+
+
+def test_campaign_in_review_cannot_be_sent(make_campaign, manager_alice):
+    campaign = make_campaign()
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    with pytest.raises(GateClosed):
+        _direct_send(campaign)
+
+
+def test_other_content_than_the_approved_one_is_refused(make_campaign, manager_alice, approver_bob):
+    campaign = make_campaign(kind="api_triggered", segment=None)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    forged = {**campaign.content.spec(), "body": "Not what was approved"}
+    with pytest.raises(GateClosed):
+        dispatch_create(app_id=campaign.app_id, kind="api_trigger", spec=forged, profile_ids=[], source_id=campaign.pk)
+
+
+def test_scheduled_campaign_cannot_be_sent_as_an_api_trigger(make_campaign, manager_alice, approver_bob):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    campaign = make_campaign(schedule_kind="at", send_at=timezone.now() + dt.timedelta(days=1))
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    with pytest.raises(GateClosed, match="API-triggered"):
+        dispatch_create(
+            app_id=campaign.app_id,
+            kind="api_trigger",
+            spec=campaign.content.spec(),
+            profile_ids=[],
+            source_id=campaign.pk,
+        )
+
+
+def test_forged_approval_post_by_the_requester_is_refused(client, make_campaign, manager_alice):
+    from accounts.models import ApprovalRequest
+
+    campaign = make_campaign()
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    request = ApprovalRequest.objects.get()
+    client.force_login(manager_alice)
+    response = client.post(f"/admin/accounts/approvalrequest/{request.pk}/review/", {"_approve": "1", "comment": ""})
+    assert response.status_code == 403
+    campaign.refresh_from_db()
+    assert campaign.status == "in_review"
+    assert not Dispatch.objects.exists()
+
+
+def test_approver_approves_from_the_inbox(client, make_campaign, manager_alice, approver_bob):
+    from accounts.models import ApprovalRequest
+
+    campaign = make_campaign(kind="api_triggered", segment=None)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    request = ApprovalRequest.objects.get()
+    client.force_login(approver_bob)
+    inbox = client.get("/admin/accounts/approvalrequest/")
+    assert campaign.name.encode() in inbox.content
+    review = client.get(f"/admin/accounts/approvalrequest/{request.pk}/review/")
+    assert review.status_code == 200
+    assert b"Approve and activate" in review.content
+    assert b"phone-ios" in review.content and b"phone-android" in review.content
+    response = client.post(f"/admin/accounts/approvalrequest/{request.pk}/review/", {"_approve": "1", "comment": "ok"})
+    assert response.status_code == 302
+    campaign.refresh_from_db()
+    assert campaign.status == "live"
+
+
+def test_forged_transition_post_by_a_viewer_is_refused(client, make_campaign, viewer_carol):
+    campaign = make_campaign()
+    client.force_login(viewer_carol)
+    response = client.post(f"/admin/campaigns/campaign/{campaign.pk}/transition/submit/")
+    assert response.status_code == 403
+    campaign.refresh_from_db()
+    assert campaign.status == "draft"

@@ -1,0 +1,131 @@
+"""Occurrences fire exactly once: with an injectable clock, racing workers, and after downtime."""
+
+import datetime as dt
+import threading
+
+import pytest
+from django.db import connection
+
+from campaigns.models import Campaign, Occurrence
+from campaigns.services import campaign_approve, campaign_fire_due, campaign_submit, campaigns_tick, campaign_update
+from delivery.models import Dispatch
+
+T0 = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def approve(manager_alice, approver_bob):
+    def run(campaign, now=T0 - dt.timedelta(hours=1)):
+        campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+        campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=now)
+        return Campaign.objects.get(pk=campaign.pk)
+
+    return run
+
+
+def test_an_occurrence_fires_once_at_its_time(make_campaign, approve):
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0))
+    assert campaigns_tick(now=T0 - dt.timedelta(seconds=1))["occurrences"] == 0
+    assert campaigns_tick(now=T0 + dt.timedelta(seconds=20))["occurrences"] == 1
+    assert campaigns_tick(now=T0 + dt.timedelta(seconds=80))["occurrences"] == 0
+    occurrence = Occurrence.objects.get()
+    assert occurrence.outcome == "sent"
+    assert occurrence.dispatch.kind == "campaign"
+    assert occurrence.dispatch.source_id == campaign.pk
+    assert occurrence.dispatch.content_spec == campaign.content.spec()
+
+
+def test_send_now_fires_on_approval(make_campaign, manager_alice, approver_bob, django_capture_on_commit_callbacks):
+    campaign = make_campaign(schedule_kind="now")
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    with django_capture_on_commit_callbacks(execute=True):
+        campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    assert Occurrence.objects.filter(campaign=campaign, outcome="sent").count() == 1
+    assert Dispatch.objects.filter(source_id=campaign.pk, kind="campaign").count() == 1
+
+
+def test_recurring_campaign_moves_to_its_next_occurrence(make_campaign, approve):
+    campaign = approve(
+        make_campaign(
+            schedule_kind="recurring", send_at=T0, recurrence="daily", ends_at=T0 + dt.timedelta(days=1, hours=1)
+        )
+    )
+    assert campaign.status == "scheduled"
+    campaigns_tick(now=T0)
+    campaign.refresh_from_db()
+    assert campaign.status == "live"
+    assert campaign.next_occurrence_at == T0 + dt.timedelta(days=1)
+    campaigns_tick(now=T0 + dt.timedelta(days=1))
+    campaign.refresh_from_db()
+    assert campaign.next_occurrence_at is None
+    assert Occurrence.objects.filter(campaign=campaign).count() == 2
+
+
+def test_missed_occurrences_during_downtime_send_the_latest_once(make_campaign, approve):
+    campaign = approve(
+        make_campaign(schedule_kind="recurring", send_at=T0, recurrence="daily", missed_window_minutes=120)
+    )
+    # Down for three days; back one hour after the fourth occurrence.
+    fired = campaign_fire_due(campaign_id=campaign.pk, now=T0 + dt.timedelta(days=3, hours=1))
+    assert [o.outcome for o in fired] == ["skipped_missed", "skipped_missed", "skipped_missed", "sent_late"]
+    assert fired[-1].due_at == T0 + dt.timedelta(days=3)
+    campaign.refresh_from_db()
+    assert campaign.next_occurrence_at == T0 + dt.timedelta(days=4)
+
+
+def test_an_occurrence_older_than_the_window_is_skipped_and_said(make_campaign, approve):
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0, missed_window_minutes=30))
+    fired = campaign_fire_due(campaign_id=campaign.pk, now=T0 + dt.timedelta(hours=2))
+    assert [o.outcome for o in fired] == ["skipped_missed"]
+    assert "window" in fired[0].note
+    assert not Dispatch.objects.exists()
+
+
+def test_content_edited_after_approval_is_refused_at_send_time(make_campaign, approve, content):
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0))
+    content.body = "Edited after approval"
+    content.save()
+    fired = campaign_fire_due(campaign_id=campaign.pk, now=T0)
+    assert [o.outcome for o in fired] == ["refused"]
+    campaign.refresh_from_db()
+    assert campaign.status == "draft"
+    assert not Dispatch.objects.exists()
+
+
+def test_edit_of_the_schedule_stops_future_occurrences(make_campaign, approve, manager_alice):
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0))
+    campaign_update(campaign_id=campaign.pk, by=manager_alice, send_at=T0 + dt.timedelta(hours=1))
+    assert campaigns_tick(now=T0 + dt.timedelta(hours=2))["occurrences"] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_racing_fire_an_occurrence_once(make_campaign, approve):
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0))
+    barrier = threading.Barrier(4)
+    results = []
+
+    def worker():
+        try:
+            barrier.wait()
+            results.append(len(campaign_fire_due(campaign_id=campaign.pk, now=T0 + dt.timedelta(seconds=5))))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [0, 0, 0, 1]
+    assert Occurrence.objects.filter(campaign=campaign).count() == 1
+    assert Dispatch.objects.filter(source_id=campaign.pk).count() == 1
+
+
+def test_completed_when_nothing_is_left(make_campaign, approve, django_capture_on_commit_callbacks):
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0))
+    with django_capture_on_commit_callbacks(execute=True):
+        campaigns_tick(now=T0)
+    assert Dispatch.objects.get().status == "done"  # nobody in the audience has a device
+    campaigns_tick(now=T0 + dt.timedelta(minutes=1))
+    campaign.refresh_from_db()
+    assert campaign.status == "completed"
