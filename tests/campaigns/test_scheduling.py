@@ -7,7 +7,7 @@ import pytest
 from django.db import connection
 
 from campaigns.models import Campaign, Occurrence
-from campaigns.services import campaign_approve, campaign_fire_due, campaign_submit, campaigns_tick, campaign_update
+from campaigns.services import campaign_approve, campaign_fire_due, campaign_submit, campaign_update, campaigns_tick
 from delivery.models import Dispatch
 
 T0 = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
