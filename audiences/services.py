@@ -7,10 +7,12 @@ Profiles are org-wide (writable by Administrators and Managers); segments carry 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import time
 import uuid
 import zoneinfo
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,8 @@ MAX_ATTRIBUTES = 200
 MAX_ATTRIBUTES_BYTES = 16 * 1024
 MAX_PROPERTIES_BYTES = 8 * 1024
 _TIMEZONES = None
+
+log = logging.getLogger(__name__)
 
 
 def _ensure_perm(user: User, perm: str, message: str) -> None:
@@ -461,7 +465,31 @@ def events_ingest(*, items: list[dict], by: User) -> list[int]:
                 moved.append(profile)
         if moved:
             Profile.objects.bulk_update(moved, ["last_seen_at"])
+        if _EVENT_LISTENERS:
+            transaction.on_commit(lambda: _events_notify(events))
     return [e.pk for e in events]
+
+
+# Apps further down the chain (journeys) react to events without audiences importing them.
+_EVENT_LISTENERS: list[Callable[..., None]] = []
+
+
+def event_listeners_register(fn: Callable[..., None]) -> None:
+    """Call ``fn(events=[Event, ...])`` after each batch of ingested events is committed.
+
+    Listeners should only queue work (e.g. a task with the event ids): they run inside the
+    request that sent the events. A listener that raises is logged and the others still run.
+    """
+    if fn not in _EVENT_LISTENERS:
+        _EVENT_LISTENERS.append(fn)
+
+
+def _events_notify(events: list[Event]) -> None:
+    for fn in list(_EVENT_LISTENERS):
+        try:
+            fn(events=events)
+        except Exception:
+            log.exception("Event listener %r failed", fn)
 
 
 def event_record(
