@@ -8,4 +8,5 @@ urlpatterns = [
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
     path("", include("accounts.api")),
     path("", include("audiences.api")),
+    path("", include("delivery.api")),
 ]

@@ -1,0 +1,283 @@
+"""The delivery API: devices and opens from the mobile app (``ingest``), dispatch results (``read``)."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ObjectDoesNotExist
+from django.http import Http404
+from django.urls import path
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import exceptions, serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from delivery.models import Delivery, Device, Dispatch, Platform
+from delivery.selectors import apps_visible_to, dispatch_for, dispatch_outcomes
+from delivery.services import (
+    AlreadyOpened,
+    delivery_open_report,
+    device_opt_in_set,
+    device_register,
+    device_unregister,
+)
+
+MAX_PAGE = 1000
+
+
+class Conflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+
+
+# --- serializers ----------------------------------------------------------------------------------
+
+
+class DeviceInSerializer(serializers.Serializer):
+    app = serializers.IntegerField(help_text="The app's id.")
+    external_id = serializers.CharField(max_length=255, trim_whitespace=False, help_text="The profile's id.")
+    platform = serializers.CharField(help_text="ios or android.")
+    token = serializers.CharField(max_length=512, allow_blank=True, trim_whitespace=False)
+    push_enabled = serializers.BooleanField(default=True, help_text="The phone's notification opt-in.")
+    is_test = serializers.BooleanField(default=False)
+
+    def validate_platform(self, value):
+        if value not in Platform.values:
+            raise serializers.ValidationError(f"Unknown platform '{value}'; use ios or android.")
+        return value
+
+
+class DeviceRefSerializer(serializers.Serializer):
+    app = serializers.IntegerField()
+    token = serializers.CharField(max_length=512, trim_whitespace=False)
+
+
+class DeviceOptInSerializer(DeviceRefSerializer):
+    push_enabled = serializers.BooleanField()
+
+
+class DeviceOutSerializer(serializers.ModelSerializer):
+    external_id = serializers.CharField(source="profile.external_id")
+
+    class Meta:
+        model = Device
+        fields = (
+            "id",
+            "app",
+            "external_id",
+            "platform",
+            "token",
+            "push_enabled",
+            "is_test",
+            "active",
+            "invalidated_at",
+            "invalidated_reason",
+            "last_registered_at",
+        )
+
+
+class DispatchOutSerializer(serializers.ModelSerializer):
+    percent = serializers.FloatField(read_only=True)
+    outcomes = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Dispatch
+        fields = (
+            "id",
+            "app",
+            "kind",
+            "source_id",
+            "label",
+            "status",
+            "total",
+            "accepted",
+            "failed",
+            "skipped",
+            "unknown",
+            "opened",
+            "percent",
+            "outcomes",
+            "created_at",
+            "started_at",
+            "finished_at",
+        )
+
+    def get_outcomes(self, obj) -> list[dict]:
+        return [
+            {"status": row["status"], "reason": row["reason"], "count": row["count"]} for row in dispatch_outcomes(obj)
+        ]
+
+
+class DeliveryOutSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Delivery
+        fields = (
+            "id",
+            "device",
+            "profile",
+            "status",
+            "reason",
+            "provider_message_id",
+            "attempts",
+            "finished_at",
+            "opened_at",
+        )
+
+
+class OpenInSerializer(serializers.Serializer):
+    app = serializers.IntegerField()
+    delivery = serializers.IntegerField(help_text="The delivery id the push carried (pushdesk.delivery).")
+
+
+# --- views ----------------------------------------------------------------------------------------------
+
+
+def _visible_app(request, app_id: int) -> int:
+    if not apps_visible_to(request.user).filter(pk=app_id).exists():
+        raise exceptions.NotFound("No app with this id.")
+    return app_id
+
+
+class DeviceRegisterView(APIView):
+    """Register a push token for a profile (created if new); registering a known token moves it."""
+
+    required_scope = "ingest"
+
+    @extend_schema(operation_id="device_register", request=DeviceInSerializer, responses={201: DeviceOutSerializer})
+    def post(self, request):
+        data = DeviceInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        app_id = _visible_app(request, values.pop("app"))
+        created = not Device.objects.filter(app_id=app_id, token=values["token"]).exists()
+        device = device_register(app_id=app_id, by=request.user, **values)
+        return Response(
+            DeviceOutSerializer(device).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
+
+
+class DeviceOptInView(APIView):
+    """Record the phone's notification opt-in for a registered token."""
+
+    required_scope = "ingest"
+
+    @extend_schema(operation_id="device_opt_in", request=DeviceOptInSerializer, responses=DeviceOutSerializer)
+    def post(self, request):
+        data = DeviceOptInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        app_id = _visible_app(request, data.validated_data["app"])
+        try:
+            device = device_opt_in_set(
+                app_id=app_id,
+                token=data.validated_data["token"],
+                push_enabled=data.validated_data["push_enabled"],
+                by=request.user,
+            )
+        except Device.DoesNotExist as exc:
+            raise exceptions.NotFound("No device with this token for this app.") from exc
+        return Response(DeviceOutSerializer(device).data)
+
+
+class DeviceUnregisterView(APIView):
+    """Deactivate a token (logout, uninstall): it is not targeted again until registered anew."""
+
+    required_scope = "ingest"
+
+    @extend_schema(operation_id="device_unregister", request=DeviceRefSerializer, responses=DeviceOutSerializer)
+    def post(self, request):
+        data = DeviceRefSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        app_id = _visible_app(request, data.validated_data["app"])
+        try:
+            device = device_unregister(app_id=app_id, token=data.validated_data["token"], by=request.user)
+        except Device.DoesNotExist as exc:
+            raise exceptions.NotFound("No device with this token for this app.") from exc
+        return Response(DeviceOutSerializer(device).data)
+
+
+class DispatchDetailView(APIView):
+    """A dispatch's status, counters and outcomes by reason."""
+
+    required_scope = "read"
+
+    @extend_schema(operation_id="dispatch_detail", responses=DispatchOutSerializer)
+    def get(self, request, dispatch_id: int):
+        try:
+            dispatch = dispatch_for(request.user, dispatch_id)
+        except Dispatch.DoesNotExist as exc:
+            raise Http404 from exc
+        return Response(DispatchOutSerializer(dispatch).data)
+
+
+class DispatchDeliveriesView(APIView):
+    """A dispatch's deliveries in id order, filterable by status; page with ``after`` (the last id seen)."""
+
+    required_scope = "read"
+
+    @extend_schema(
+        operation_id="dispatch_deliveries",
+        parameters=[
+            OpenApiParameter("status", str, enum=list(Delivery.Status.values)),
+            OpenApiParameter("after", int, description="Return deliveries with a larger id."),
+            OpenApiParameter("limit", int, description=f"At most {MAX_PAGE} (default 100)."),
+        ],
+        responses=inline_serializer(
+            "DeliveryPage",
+            {"results": DeliveryOutSerializer(many=True), "next_after": serializers.IntegerField(allow_null=True)},
+        ),
+    )
+    def get(self, request, dispatch_id: int):
+        try:
+            dispatch = dispatch_for(request.user, dispatch_id)
+        except Dispatch.DoesNotExist as exc:
+            raise Http404 from exc
+        params = request.query_params
+        rows = Delivery.objects.filter(dispatch_id=dispatch.pk)
+        wanted = params.get("status")
+        if wanted:
+            if wanted not in Delivery.Status.values:
+                raise exceptions.ValidationError(
+                    {"status": f"Unknown status '{wanted}'; use {', '.join(Delivery.Status.values)}."}
+                )
+            rows = rows.filter(status=wanted)
+        try:
+            after = int(params.get("after", 0))
+            limit = int(params.get("limit", 100))
+        except ValueError as exc:
+            raise exceptions.ValidationError({"after": "after and limit are whole numbers."}) from exc
+        if not 1 <= limit <= MAX_PAGE:
+            raise exceptions.ValidationError({"limit": f"limit is 1 to {MAX_PAGE}."})
+        page = list(rows.filter(id__gt=after).order_by("id")[:limit])
+        return Response(
+            {
+                "results": DeliveryOutSerializer(page, many=True).data,
+                "next_after": page[-1].id if len(page) == limit else None,
+            }
+        )
+
+
+class OpenReportView(APIView):
+    """The app reports a tap on a push: sets the delivery's ``opened_at`` once (409 the second time)."""
+
+    required_scope = "ingest"
+
+    @extend_schema(operation_id="open_report", request=OpenInSerializer, responses=DeliveryOutSerializer)
+    def post(self, request):
+        data = OpenInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        app_id = _visible_app(request, data.validated_data["app"])
+        try:
+            delivery = delivery_open_report(delivery_id=data.validated_data["delivery"], app_id=app_id, by=request.user)
+        except ObjectDoesNotExist as exc:
+            raise exceptions.NotFound("No delivery with this id for this app.") from exc
+        except AlreadyOpened as exc:
+            raise Conflict("An open was already reported for this delivery.", code="already_opened") from exc
+        return Response(DeliveryOutSerializer(delivery).data)
+
+
+urlpatterns = [
+    path("devices/", DeviceRegisterView.as_view(), name="device-register"),
+    path("devices/opt-in/", DeviceOptInView.as_view(), name="device-opt-in"),
+    path("devices/unregister/", DeviceUnregisterView.as_view(), name="device-unregister"),
+    path("dispatches/<int:dispatch_id>/", DispatchDetailView.as_view(), name="dispatch-detail"),
+    path("dispatches/<int:dispatch_id>/deliveries/", DispatchDeliveriesView.as_view(), name="dispatch-deliveries"),
+    path("opens/", OpenReportView.as_view(), name="open-report"),
+]

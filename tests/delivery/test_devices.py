@@ -1,0 +1,116 @@
+"""Devices through the API: register, re-register, opt-in, unregister, and bad input."""
+
+import pytest
+
+from accounts.services import access_grant
+from delivery.models import Device
+from tests.factories import AppFactory, DeviceFactory, ProfileFactory
+
+pytestmark = pytest.mark.django_db
+
+IOS_TOKEN = "ab" * 32
+FCM_TOKEN = "fcm-token-00000000000000000001:APA91b"
+
+
+@pytest.fixture
+def app(manager_alice):
+    app = AppFactory()
+    access_grant(obj=app, to=manager_alice, by=None)
+    return app
+
+
+@pytest.fixture
+def ingest(api_key_for, manager_alice):
+    return api_key_for(manager_alice, scopes=["ingest"])
+
+
+def register(client, app, **changes):
+    body = {"app": app.pk, "external_id": "user-1", "platform": "ios", "token": IOS_TOKEN, **changes}
+    return client.post("/api/v1/devices/", body, format="json")
+
+
+def test_mobile_app_registers_a_token_and_the_profile_is_created(ingest, app):
+    response = register(ingest, app, push_enabled=False)
+    assert response.status_code == 201, response.json()
+    device = Device.objects.get()
+    assert device.profile.external_id == "user-1"
+    assert (device.platform, device.push_enabled, device.active) == ("ios", False, True)
+    assert response.json()["external_id"] == "user-1"
+
+
+def test_re_registering_a_token_moves_it_to_the_new_profile_and_revives_it(ingest, app):
+    old = ProfileFactory(external_id="old-owner")
+    DeviceFactory(app=app, profile=old, token=IOS_TOKEN, active=False, invalidated_reason="Unregistered")
+    response = register(ingest, app, external_id="new-owner")
+    assert response.status_code == 200
+    device = Device.objects.get()
+    assert device.profile.external_id == "new-owner"
+    assert device.active and device.invalidated_reason == "" and device.invalidated_at is None
+
+
+def test_same_token_in_two_apps_is_two_devices(ingest, app, manager_alice):
+    other = AppFactory()
+    access_grant(obj=other, to=manager_alice, by=None)
+    assert register(ingest, app).status_code == 201
+    assert register(ingest, other).status_code == 201
+    assert Device.objects.count() == 2
+
+
+def test_opt_in_is_updated(ingest, app):
+    register(ingest, app)
+    response = ingest.post(
+        "/api/v1/devices/opt-in/", {"app": app.pk, "token": IOS_TOKEN, "push_enabled": False}, format="json"
+    )
+    assert response.status_code == 200
+    assert Device.objects.get().push_enabled is False
+
+
+def test_unregister_deactivates_the_device(ingest, app):
+    register(ingest, app, platform="android", token=FCM_TOKEN)
+    response = ingest.post("/api/v1/devices/unregister/", {"app": app.pk, "token": FCM_TOKEN}, format="json")
+    assert response.status_code == 200
+    device = Device.objects.get()
+    assert not device.active and device.invalidated_reason == "unregistered"
+
+
+def test_unregistering_an_unknown_token_answers_404(ingest, app):
+    response = ingest.post("/api/v1/devices/unregister/", {"app": app.pk, "token": IOS_TOKEN}, format="json")
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"platform": "windows"}, "platform"),
+        ({"token": ""}, "token"),
+        ({"token": "not-hex-at-all"}, "token"),
+        ({"token": "abc"}, "token"),
+        ({"platform": "android", "token": "short"}, "token"),
+        ({"platform": "android", "token": "has spaces in it, which FCM never sends"}, "token"),
+    ],
+)
+def test_bad_device_input_is_refused_naming_the_field_and_nothing_is_saved(ingest, app, changes, field):
+    response = register(ingest, app, **changes)
+    assert response.status_code == 400
+    body = response.json()
+    assert body["code"] == "invalid"
+    assert body["errors"][0]["field"] == field
+    assert not Device.objects.exists()
+
+
+def test_app_outside_the_keys_access_answers_404(ingest):
+    other = AppFactory()
+    assert register(ingest, other).status_code == 404
+    assert not Device.objects.exists()
+
+
+def test_read_only_key_cannot_register(api_key_for, manager_alice, app):
+    client = api_key_for(manager_alice, scopes=["read"])
+    assert register(client, app).status_code == 403
+
+
+def test_approver_cannot_register_devices(api_key_for, approver_bob, app):
+    access_grant(obj=app, to=approver_bob, by=None)
+    client = api_key_for(approver_bob, scopes=["ingest"])
+    assert register(client, app).status_code == 403
+    assert not Device.objects.exists()

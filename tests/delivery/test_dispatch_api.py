@@ -1,0 +1,85 @@
+"""Dispatch results through the API (``read``), and opens reported by the mobile app."""
+
+import pytest
+
+from accounts.services import access_grant
+from delivery.models import Delivery, Dispatch
+from delivery.services import dispatch_recount
+from tests.factories import AppFactory, DeviceFactory, PushContentFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def app(manager_alice):
+    app = AppFactory()
+    access_grant(obj=app, to=manager_alice, by=None)
+    return app
+
+
+def make_dispatch(app, statuses) -> Dispatch:
+    dispatch = Dispatch.objects.create(
+        app=app, kind="api_trigger", content_spec=PushContentFactory(app=app).spec(), status="done"
+    )
+    for status, reason in statuses:
+        device = DeviceFactory(app=app)
+        Delivery.objects.create(dispatch=dispatch, device=device, profile=device.profile, status=status, reason=reason)
+    return dispatch_recount(dispatch_id=dispatch.pk)
+
+
+def test_dispatch_status_counters_and_reasons(api_key_for, manager_alice, app, django_assert_max_num_queries):
+    dispatch = make_dispatch(
+        app, [("accepted", ""), ("accepted", ""), ("failed", "Unregistered"), ("skipped", "no_device")]
+    )
+    client = api_key_for(manager_alice, scopes=["read"])
+    with django_assert_max_num_queries(12):
+        response = client.get(f"/api/v1/dispatches/{dispatch.pk}/")
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["status"], body["total"], body["accepted"], body["failed"], body["skipped"]) == ("done", 4, 2, 1, 1)
+    assert {"status": "failed", "reason": "Unregistered", "count": 1} in body["outcomes"]
+
+
+def test_deliveries_filter_by_status_and_page_by_id(api_key_for, manager_alice, app):
+    dispatch = make_dispatch(app, [("accepted", "")] * 3 + [("failed", "BadDeviceToken")])
+    client = api_key_for(manager_alice, scopes=["read"])
+    first = client.get(f"/api/v1/dispatches/{dispatch.pk}/deliveries/?status=accepted&limit=2").json()
+    assert [d["status"] for d in first["results"]] == ["accepted", "accepted"]
+    rest = client.get(
+        f"/api/v1/dispatches/{dispatch.pk}/deliveries/?status=accepted&limit=2&after={first['next_after']}"
+    ).json()
+    assert len(rest["results"]) == 1 and rest["next_after"] is None
+    failed = client.get(f"/api/v1/dispatches/{dispatch.pk}/deliveries/?status=failed").json()["results"]
+    assert [(d["status"], d["reason"]) for d in failed] == [("failed", "BadDeviceToken")]
+    bad = client.get(f"/api/v1/dispatches/{dispatch.pk}/deliveries/?status=lost")
+    assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "status"
+
+
+def test_dispatch_of_an_app_without_access_is_404(api_key_for, outsider_dave, manager_mallory):
+    dispatch = make_dispatch(AppFactory(), [("accepted", "")])
+    client = api_key_for(manager_mallory, scopes=["read"])
+    assert client.get(f"/api/v1/dispatches/{dispatch.pk}/").status_code == 404
+    assert client.get(f"/api/v1/dispatches/{dispatch.pk}/deliveries/").status_code == 404
+
+
+def test_open_is_recorded_once(api_key_for, manager_alice, app):
+    dispatch = make_dispatch(app, [("accepted", "")])
+    delivery = Delivery.objects.get(dispatch=dispatch)
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    first = client.post("/api/v1/opens/", {"app": app.pk, "delivery": delivery.pk}, format="json")
+    assert first.status_code == 200 and first.json()["opened_at"]
+    opened_at = Delivery.objects.get(pk=delivery.pk).opened_at
+    again = client.post("/api/v1/opens/", {"app": app.pk, "delivery": delivery.pk}, format="json")
+    assert again.status_code == 409 and again.json()["code"] == "already_opened"
+    assert Delivery.objects.get(pk=delivery.pk).opened_at == opened_at
+    assert Dispatch.objects.get(pk=dispatch.pk).opened == 1
+
+
+def test_open_for_another_apps_delivery_is_404(api_key_for, manager_alice, app):
+    other = AppFactory()
+    access_grant(obj=other, to=manager_alice, by=None)
+    delivery = Delivery.objects.get(dispatch=make_dispatch(other, [("accepted", "")]))
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    response = client.post("/api/v1/opens/", {"app": app.pk, "delivery": delivery.pk}, format="json")
+    assert response.status_code == 404
+    assert Delivery.objects.get(pk=delivery.pk).opened_at is None
