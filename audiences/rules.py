@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from django.apps import apps
 from django.core.exceptions import ValidationError
 from django.db import models
-from django.db.models import Count, Exists, OuterRef, Q, Value
+from django.db.models import Count, Exists, OuterRef, Q, Subquery, Value
 from django.db.models.expressions import Expression
 from django.db.models.functions import Coalesce
 from django.db.models.lookups import (
@@ -653,7 +653,12 @@ def _total(condition) -> Q:
 class Compiler:
     """Turns a validated rule tree into a Q over Profile. Segment references are loaded up front."""
 
-    def __init__(self, *, now: dt.datetime | None = None, load: SegmentLoader = _load_segments):
+    def __init__(
+        self, *, now: dt.datetime | None = None, load: SegmentLoader = _load_segments, correlated: bool = False
+    ):
+        # correlated: count events per outer profile (cheap for one profile, e.g. its admin page)
+        # instead of grouping every matching event once (cheap for a whole segment).
+        self.correlated = correlated
         self.now = now or timezone.now()
         self.today = self.now.astimezone(dt.UTC).date()
         self.load = load
@@ -793,6 +798,9 @@ class Compiler:
         min_count = node.get("min_count", 1)
         if min_count <= 1:
             q = Q(Exists(events.filter(profile=OuterRef("pk"))))
+        elif self.correlated:
+            counted = events.filter(profile=OuterRef("pk")).values("profile_id").annotate(n=Count("id")).values("n")
+            q = _total(GreaterThanOrEqual(Subquery(counted), min_count))
         else:
             counted = events.values("profile_id").annotate(n=Count("id")).filter(n__gte=min_count)
             q = Q(pk__in=counted.values("profile_id"))

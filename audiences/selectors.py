@@ -56,7 +56,7 @@ def profile_memberships(user: User, profile: Profile, *, limit: int = 100) -> li
     segments = list(segments_visible_to(user).order_by("name", "id")[:limit])
     if not segments:
         return []
-    compiler = Compiler()
+    compiler = Compiler(correlated=True)
     annotations = {}
     for segment in segments:
         if segment.kind == Segment.Kind.RULES:

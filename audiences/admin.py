@@ -1,0 +1,650 @@
+"""The audiences admin: segments with a rule builder and preview, profile pages, imports with live progress.
+
+Profiles and events are written by the API and by imports; their admin pages are read-only and
+cheap on big tables (BigTableAdmin). Segment writes go through the services.
+"""
+
+from __future__ import annotations
+
+import json
+
+from django import forms
+from django.apps import apps as django_apps
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import FileResponse, Http404, JsonResponse
+from django.shortcuts import redirect
+from django.urls import path, reverse
+from django.utils.html import format_html
+from django.utils.http import urlencode
+
+from accounts.admin import BigTableAdmin, ObjectAccessAdminMixin, ScopedAdmin
+from accounts.selectors import visible_to
+from audiences.models import Event, Import, Profile, Segment
+from audiences.rules import COLUMNS, OPERATOR_LABELS, OPERATORS, RELATIVE_UNITS, TYPES, RulesInvalid, rules_validate
+from audiences.selectors import (
+    attribute_keys,
+    event_names,
+    event_property_keys,
+    events_visible_to,
+    imports_visible_to,
+    profile_memberships,
+    profiles_visible_to,
+    segments_visible_to,
+)
+from audiences.services import (
+    import_create,
+    import_restart,
+    segment_create,
+    segment_delete,
+    segment_members_change,
+    segment_preview,
+    segment_update,
+)
+
+# --- the rule builder ----------------------------------------------------------------------------
+
+
+class RuleBuilderWidget(forms.Textarea):
+    """A hidden JSON field plus the vanilla-JS builder that edits it (no JSON typing needed).
+
+    The builder is fed by ``meta``: the columns, types and operators of the rule language, and
+    the attribute names, event names, event properties, segments and apps seen in the data.
+    """
+
+    template_name = "admin/audiences/rule_builder_widget.html"
+
+    class Media:
+        css = {"all": ["audiences/rule_builder.css"]}
+        js = ["audiences/rule_builder.js"]
+
+    def __init__(self, *args, meta: dict | None = None, preview_url: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.meta = meta or {}
+        self.preview_url = preview_url
+
+    def get_context(self, name, value, attrs):
+        context = super().get_context(name, value, attrs)
+        context["widget"]["meta_json"] = json.dumps(self.meta)
+        context["widget"]["preview_url"] = self.preview_url
+        return context
+
+    def format_value(self, value):
+        if value is None or value == "":
+            return ""
+        if isinstance(value, str):
+            return value
+        return json.dumps(value)
+
+
+def builder_meta(user, *, exclude_segment: int | None = None) -> dict:
+    segments = segments_visible_to(user).order_by("name").values("id", "name", "kind")[:500]
+    try:
+        app_model = django_apps.get_model("delivery", "App")
+        app_list = list(visible_to(user, app_model.objects.all()).order_by("name").values("id", "name")[:200])
+    except LookupError:
+        app_list = []
+    return {
+        "columns": COLUMNS,
+        "types": list(TYPES),
+        "operators": OPERATORS,
+        "labels": OPERATOR_LABELS,
+        "units": list(RELATIVE_UNITS),
+        "attributes": attribute_keys(),
+        "events": event_names(),
+        "properties": event_property_keys(),
+        "segments": [s for s in segments if s["id"] != exclude_segment],
+        "apps": app_list,
+        "reachability": django_apps.is_installed("delivery") and _has_devices(),
+    }
+
+
+def _has_devices() -> bool:
+    from audiences.rules import device_model
+
+    return device_model() is not None
+
+
+class SegmentForm(forms.ModelForm):
+    rules = forms.JSONField(required=False, widget=RuleBuilderWidget, help_text="Build the rules: no JSON needed.")
+    add_members = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Static segments: external ids to add, one per line.",
+    )
+    remove_members = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Static segments: external ids to remove, one per line.",
+    )
+
+    class Meta:
+        model = Segment
+        fields = ("name", "description", "kind", "rules")
+
+    def __init__(self, *args, user=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.user = user
+
+    def clean(self):
+        data = super().clean()
+        kind = data.get("kind") or (self.instance.kind if self.instance.pk else Segment.Kind.RULES)
+        rules = data.get("rules")
+        if kind == Segment.Kind.RULES:
+            if not rules:
+                self.add_error("rules", "Add at least one condition.")
+            else:
+                allowed = set(segments_visible_to(self.user).values_list("pk", flat=True)) if self.user else None
+                try:
+                    rules_validate(rules, segment_id=self.instance.pk, allowed_segment_ids=allowed)
+                except RulesInvalid as exc:
+                    self.add_error("rules", exc)
+        else:
+            data["rules"] = None
+        return data
+
+
+@admin.register(Segment)
+class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
+    form = SegmentForm
+    list_display = ("name", "kind", "last_count", "last_counted_at", "updated_at")
+    list_filter = ("kind",)
+    search_fields = ("name",)
+    readonly_fields = ("members_summary", "last_count", "last_counted_at", "object_access", "created_at", "updated_at")
+    actions = ["delete_segments"]
+
+    def get_fieldsets(self, request, obj=None):
+        main = ["name", "description", "kind"] if obj is None else ["name", "description"]
+        sets = [(None, {"fields": main})]
+        if obj is None or obj.kind == Segment.Kind.RULES:
+            sets.append(("Rules", {"fields": ["rules"], "classes": ["rules-fieldset"]}))
+        if obj is not None and obj.has_members_table:
+            fields = ["members_summary"]
+            if obj.kind == Segment.Kind.STATIC:
+                fields += ["add_members", "remove_members"]
+            sets.append(("Members", {"fields": fields}))
+        if obj is not None:
+            sets.append(("Status", {"fields": ["last_count", "last_counted_at", "created_at", "updated_at"]}))
+            sets.append(("Access", {"fields": ["object_access"]}))
+        return sets
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form_class = super().get_form(request, obj, change=change, **kwargs)
+        preview_url = reverse("admin:audiences_segment_preview_rules")
+        meta = builder_meta(request.user, exclude_segment=obj.pk if obj else None)
+        user = request.user
+
+        class BoundForm(form_class):
+            def __init__(self, *args, **kw):
+                kw["user"] = user
+                super().__init__(*args, **kw)
+                if "rules" in self.fields:
+                    self.fields["rules"].widget = RuleBuilderWidget(meta=meta, preview_url=preview_url)
+
+        return BoundForm
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.readonly_fields
+
+    @admin.display(description="Members")
+    def members_summary(self, obj):
+        if obj is None or not obj.pk:
+            return "—"
+        count = obj.members.count()
+        return f"{count:,} profile(s)"
+
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        try:
+            if change:
+                saved = segment_update(
+                    segment_id=obj.pk,
+                    by=request.user,
+                    name=data["name"],
+                    description=data.get("description", ""),
+                    **({"rules": data["rules"]} if obj.kind == Segment.Kind.RULES else {}),
+                )
+                if obj.kind == Segment.Kind.STATIC and (data.get("add_members") or data.get("remove_members")):
+                    added, removed, unknown = segment_members_change(
+                        segment_id=obj.pk,
+                        by=request.user,
+                        add=(data.get("add_members") or "").splitlines(),
+                        remove=(data.get("remove_members") or "").splitlines(),
+                    )
+                    self.message_user(request, f"{added} member(s) added, {removed} removed.", messages.SUCCESS)
+                    if unknown:
+                        shown = ", ".join(unknown[:10]) + ("…" if len(unknown) > 10 else "")
+                        self.message_user(request, f"Unknown external ids: {shown}", messages.WARNING)
+            else:
+                saved = segment_create(
+                    name=data["name"],
+                    description=data.get("description", ""),
+                    kind=data.get("kind") or Segment.Kind.RULES,
+                    rules=data.get("rules"),
+                    by=request.user,
+                )
+        except ValidationError as exc:
+            raise PermissionDenied("; ".join(exc.messages)) from exc
+        obj.pk = saved.pk
+        obj.refresh_from_db()
+
+    def save_related(self, request, form, formsets, change):
+        pass  # the service saved everything
+
+    def delete_model(self, request, obj):
+        segment_delete(segment_id=obj.pk, by=request.user)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except ValidationError as exc:
+            self.message_user(request, " ".join(exc.messages), messages.ERROR)
+            return redirect(reverse("admin:audiences_segment_change", args=[object_id]))
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    @admin.action(description="Delete selected segments", permissions=["delete"])
+    def delete_segments(self, request, queryset):
+        deleted = 0
+        for segment in queryset:
+            try:
+                segment_delete(segment_id=segment.pk, by=request.user)
+                deleted += 1
+            except (ValidationError, PermissionDenied) as exc:
+                self.message_user(
+                    request, f"{segment}: {' '.join(getattr(exc, 'messages', [str(exc)]))}", messages.ERROR
+                )
+        if deleted:
+            self.message_user(request, f"{deleted} segment(s) deleted.", messages.SUCCESS)
+
+    def get_urls(self):
+        return [
+            path(
+                "preview/",
+                self.admin_site.admin_view(self.preview_view),
+                name="audiences_segment_preview_rules",
+            ),
+            path(
+                "<int:object_id>/preview/",
+                self.admin_site.admin_view(self.preview_view),
+                name="audiences_segment_preview",
+            ),
+            *super().get_urls(),
+        ]
+
+    def preview_view(self, request, object_id: int | None = None):
+        """JSON: the count and 20 sample profiles of a saved segment (GET) or of the tree being edited (POST)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        rules = None
+        segment_id = object_id
+        if request.method == "POST":
+            try:
+                body = json.loads(request.body or b"{}")
+            except ValueError:
+                return JsonResponse({"errors": [{"path": "", "message": "The request is not JSON."}]}, status=400)
+            rules = body.get("rules")
+            segment_id = body.get("segment") or object_id
+            if isinstance(segment_id, str) and segment_id.isdigit():
+                segment_id = int(segment_id)
+            if not isinstance(segment_id, int):
+                segment_id = None
+        try:
+            preview = segment_preview(by=request.user, segment_id=segment_id, rules=rules)
+        except RulesInvalid as exc:
+            return JsonResponse(
+                {"errors": [{"path": e.path, "code": e.code, "message": e.message} for e in exc.errors]}, status=400
+            )
+        sample = [
+            {
+                "external_id": p.external_id,
+                "url": reverse("admin:audiences_profile_change", args=[p.pk]),
+                "locale": p.locale,
+                "attributes": json.dumps(p.attributes, ensure_ascii=False)[:160],
+            }
+            for p in preview.sample
+        ]
+        return JsonResponse({"count": preview.count, "took_ms": preview.took_ms, "sample": sample})
+
+
+# --- profiles and events -------------------------------------------------------------------------
+
+
+class ReadOnlyMixin:
+    """Profiles and events are written by the API and imports, never by hand in the admin."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Profile)
+class ProfileAdmin(ReadOnlyMixin, BigTableAdmin):
+    list_display = ("external_id", "locale", "timezone", "created_at", "last_seen_at")
+    search_fields = ("=external_id",)
+    search_help_text = "An exact external id."
+    ordering = ("-id",)
+    sortable_by = ("external_id", "created_at")
+    actions = []
+    fields = ("external_id", "locale", "timezone", "created_at", "updated_at", "last_seen_at")
+    readonly_fields = fields
+    change_form_template = "admin/audiences/profile/change_form.html"
+
+    def get_queryset(self, request):
+        return profiles_visible_to(request.user)
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.has_perm("audiences.delete_profile")
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        profile = self.get_object(request, object_id)
+        extra = dict(extra_context or {})
+        if profile is not None:
+            extra["profile_attributes"] = sorted(profile.attributes.items())
+            extra["recent_events"] = list(
+                events_visible_to(request.user).filter(profile=profile).order_by("-occurred_at", "-id")[:20]
+            )
+            extra["memberships"] = [
+                (s, reverse("admin:audiences_segment_change", args=[s.pk]))
+                for s in profile_memberships(request.user, profile)
+            ]
+            extra["events_url"] = (
+                reverse("admin:audiences_event_changelist") + "?" + urlencode({"q": profile.external_id})
+            )
+        return super().change_view(request, object_id, form_url, extra)
+
+
+class EventNameFilter(admin.SimpleListFilter):
+    """Event names from a skip scan of the index: no COUNT, no scan of the table."""
+
+    title = "event"
+    parameter_name = "name"
+
+    def lookups(self, request, model_admin):
+        return [(name, name) for name in event_names()[:100]]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(name=self.value()) if self.value() else queryset
+
+
+@admin.register(Event)
+class EventAdmin(ReadOnlyMixin, BigTableAdmin):
+    list_display = ("occurred_at", "name", "profile_link", "properties_short")
+    list_filter = (EventNameFilter,)
+    list_select_related = ("profile",)
+    search_fields = ("=profile__external_id",)
+    search_help_text = "A profile's exact external id."
+    ordering = ("-occurred_at", "-id")
+    sortable_by = ()
+    raw_id_fields = ("profile",)
+    actions = []
+    fields = ("profile", "name", "properties", "occurred_at", "received_at")
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return events_visible_to(request.user)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Profile")
+    def profile_link(self, obj):
+        url = reverse("admin:audiences_profile_change", args=[obj.profile_id])
+        return format_html('<a href="{}">{}</a>', url, obj.profile.external_id)
+
+    @admin.display(description="Properties")
+    def properties_short(self, obj):
+        text = json.dumps(obj.properties, ensure_ascii=False)
+        return text if len(text) <= 80 else text[:77] + "…"
+
+
+# --- imports -------------------------------------------------------------------------------------
+
+
+class ImportAddForm(forms.ModelForm):
+    segment = forms.ModelChoiceField(queryset=Segment.objects.none(), required=False, help_text="For add / replace.")
+    columns_text = forms.CharField(
+        label="Columns",
+        required=False,
+        widget=forms.Textarea(
+            attrs={"rows": 4, "placeholder": "age = number\nCustomer ID -> external_id\nnotes = skip"}
+        ),
+        help_text=(
+            "Optional, one per line: <code>column = type</code> (auto, string, number, boolean, date, skip) or "
+            "<code>column -&gt; name</code> or <code>column -&gt; name : type</code>. Other columns become attributes "
+            "with inferred types; the external_id column is required."
+        ),
+    )
+
+    class Meta:
+        model = Import
+        fields = ("file", "encoding", "target", "segment", "segment_name")
+
+    def __init__(self, *args, user=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.user = user
+        self.created: Import | None = None
+        self.fields["segment"].queryset = segments_visible_to(user, perm="audiences.change_segment").filter(
+            kind=Segment.Kind.STATIC
+        )
+
+    def clean_columns_text(self):
+        mapping: dict = {}
+        for number, line in enumerate((self.cleaned_data.get("columns_text") or "").splitlines(), start=1):
+            if not line.strip():
+                continue
+            if "->" in line:
+                column, _, rest = line.partition("->")
+                name, _, kind = rest.partition(":")
+                spec = {"to": name.strip()}
+                if kind.strip():
+                    spec["type"] = kind.strip()
+            elif "=" in line:
+                column, _, kind = line.partition("=")
+                spec = {"type": kind.strip()}
+            else:
+                raise ValidationError(f"Line {number}: write 'column = type' or 'column -> name'.")
+            mapping[column.strip()] = spec
+        return mapping
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        try:
+            self.created = import_create(
+                upload=data["file"],
+                by=self.user,
+                encoding=data.get("encoding") or "utf-8",
+                columns=data.get("columns_text") or {},
+                target=data.get("target") or Import.Target.PROFILES,
+                segment_id=data["segment"].pk if data.get("segment") else None,
+                segment_name=data.get("segment_name") or "",
+            )
+        except ValidationError as exc:
+            raise ValidationError(exc.messages) from exc
+        except Http404 as exc:
+            raise ValidationError("You may not change that segment.") from exc
+        return data
+
+
+@admin.register(Import)
+class ImportAdmin(admin.ModelAdmin):
+    list_display = (
+        "__str__",
+        "status",
+        "progress_bar",
+        "rows_done",
+        "rows_failed",
+        "segment",
+        "created_by",
+        "created_at",
+    )
+    list_filter = ("status", "target")
+    list_select_related = ("segment", "created_by")
+    actions = ["restart_imports"]
+    readonly_fields = (
+        "progress",
+        "status",
+        "original_name",
+        "size",
+        "encoding",
+        "target",
+        "segment",
+        "columns",
+        "rows_done",
+        "rows_imported",
+        "rows_failed",
+        "rows_duplicate",
+        "error",
+        "error_file_link",
+        "created_by",
+        "created_at",
+        "started_at",
+        "finished_at",
+    )
+
+    class Media:
+        js = ["audiences/import_progress.js"]
+        css = {"all": ["audiences/rule_builder.css"]}
+
+    def get_queryset(self, request):
+        return imports_visible_to(request.user)
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            user = request.user
+
+            class BoundForm(ImportAddForm):
+                def __init__(self, *args, **kw):
+                    kw["user"] = user
+                    super().__init__(*args, **kw)
+
+            return BoundForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ("file", "encoding", "target", "segment", "segment_name", "columns_text")
+        return self.readonly_fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return () if obj is None else self.readonly_fields
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        obj.pk = form.created.pk
+
+    def save_related(self, request, form, formsets, change):
+        pass
+
+    def response_add(self, request, obj, post_url_continue=None):
+        self.message_user(request, "The import is queued; its progress shows below.", messages.SUCCESS)
+        return redirect(reverse("admin:audiences_import_change", args=[obj.pk]))
+
+    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
+        raise Http404("No import with this id.")
+
+    @admin.display(description="Progress")
+    def progress_bar(self, obj):
+        return format_html('<progress max="100" value="{}"></progress> {}%', obj.percent, obj.percent)
+
+    @admin.display(description="Progress")
+    def progress(self, obj):
+        url = reverse("admin:audiences_import_status", args=[obj.pk])
+        return format_html(
+            '<div class="import-progress" data-status-url="{}" data-status="{}">'
+            '<progress max="100" value="{}"></progress> <span class="import-progress-text">{}</span></div>',
+            url,
+            obj.status,
+            obj.percent,
+            _progress_text(obj),
+        )
+
+    @admin.display(description="Error file")
+    def error_file_link(self, obj):
+        if not obj.error_file:
+            return "—"
+        url = reverse("admin:audiences_import_errors", args=[obj.pk])
+        return format_html('<a href="{}">Download the rows that failed (CSV)</a>', url)
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:object_id>/status/", self.admin_site.admin_view(self.status_view), name="audiences_import_status"
+            ),
+            path(
+                "<int:object_id>/errors/", self.admin_site.admin_view(self.errors_view), name="audiences_import_errors"
+            ),
+            *super().get_urls(),
+        ]
+
+    def status_view(self, request, object_id: int):
+        """JSON for the progress bar: rows done / failed, percentage, time left."""
+        record = self.get_queryset(request).filter(pk=object_id).first()
+        if record is None:
+            raise Http404
+        return JsonResponse(
+            {
+                "status": record.status,
+                "percent": record.percent,
+                "rows_done": record.rows_done,
+                "rows_imported": record.rows_imported,
+                "rows_failed": record.rows_failed,
+                "rows_duplicate": record.rows_duplicate,
+                "seconds_left": record.seconds_left,
+                "error": record.error,
+                "text": _progress_text(record),
+                "error_file_url": reverse("admin:audiences_import_errors", args=[record.pk])
+                if record.error_file
+                else None,
+            }
+        )
+
+    def errors_view(self, request, object_id: int):
+        record = self.get_queryset(request).filter(pk=object_id).first()
+        if record is None or not record.error_file:
+            raise Http404
+        return FileResponse(
+            record.error_file.open("rb"),
+            as_attachment=True,
+            filename=f"import-{record.pk}-errors.csv",
+            content_type="text/csv",
+        )
+
+    @admin.action(description="Restart stalled imports", permissions=["add"])
+    def restart_imports(self, request, queryset):
+        restarted = 0
+        for record in queryset:
+            try:
+                import_restart(import_id=record.pk, by=request.user)
+                restarted += 1
+            except ValidationError as exc:
+                self.message_user(request, f"{record}: {' '.join(exc.messages)}", messages.WARNING)
+        if restarted:
+            self.message_user(request, f"{restarted} import(s) queued again.", messages.SUCCESS)
+
+
+def _progress_text(record: Import) -> str:
+    parts = [
+        f"{record.status}",
+        f"{record.percent}%",
+        f"{record.rows_done:,} rows read",
+        f"{record.rows_failed:,} failed",
+    ]
+    if record.rows_duplicate:
+        parts.append(f"{record.rows_duplicate:,} duplicates")
+    left = record.seconds_left
+    if left is not None:
+        parts.append(f"about {int(left)} s left" if left < 120 else f"about {int(left // 60)} min left")
+    return " · ".join(parts)

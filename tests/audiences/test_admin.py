@@ -1,0 +1,190 @@
+"""The audiences admin: rule builder form, preview, profile pages, cheap big-table lists, imports."""
+
+import json
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
+
+from audiences.models import Import, Segment
+from audiences.services import segment_create, segment_members_change
+from tests.factories import TEST_PASSWORD, EventFactory, ProfileFactory
+
+pytestmark = pytest.mark.django_db
+
+PRO = {"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}]}
+
+
+@pytest.fixture
+def login(client):
+    def as_user(user):
+        assert client.login(username=user.username, password=TEST_PASSWORD)
+        return client
+
+    return as_user
+
+
+def test_segment_list_holds_only_accessible_segments(login, manager_alice, manager_mallory):
+    segment_create(name="Alice's", rules=PRO, by=manager_alice)
+    theirs = segment_create(name="Mallory's", rules=PRO, by=manager_mallory)
+    client = login(manager_alice)
+    page = client.get("/admin/audiences/segment/")
+    assert page.status_code == 200
+    assert b"Alice&#x27;s" in page.content and b"Mallory" not in page.content
+    assert client.get(f"/admin/audiences/segment/{theirs.pk}/change/").status_code == 404
+
+
+def test_add_page_renders_the_rule_builder_with_pickers_from_the_data(login, manager_alice):
+    ProfileFactory(attributes={"plan": "pro", "age": 3, "signup": "2026-01-01"})
+    EventFactory(name="purchase", properties={"amount": 3})
+    page = login(manager_alice).get("/admin/audiences/segment/add/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "audiences/rule_builder.js" in html and 'class="rule-builder"' in html
+    meta = page.context["adminform"].form.fields["rules"].widget.meta
+    assert {"name": "age", "type": "number"} in meta["attributes"]
+    assert {"name": "signup", "type": "date"} in meta["attributes"]
+    assert meta["events"] == ["purchase"]
+    assert {"name": "amount", "type": "number"} in meta["properties"]
+
+
+def test_manager_creates_a_rules_segment_from_the_admin(login, manager_alice):
+    response = login(manager_alice).post(
+        "/admin/audiences/segment/add/",
+        {"name": "Pro users", "description": "", "kind": "rules", "rules": json.dumps(PRO)},
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    segment = Segment.objects.get(name="Pro users")
+    assert segment.rules == PRO and segment.created_by == manager_alice
+
+
+def test_invalid_rules_are_shown_on_the_form_with_their_path(login, manager_alice):
+    bad = {"all": [{"attribute": "age", "type": "number", "op": "gt", "value": "old"}, {"any": []}]}
+    response = login(manager_alice).post(
+        "/admin/audiences/segment/add/", {"name": "Bad", "kind": "rules", "rules": json.dumps(bad)}
+    )
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "rules.all[0].value: expected a number" in html
+    assert "rules.all[1].any: the group" in html
+    assert not Segment.objects.exists()
+
+
+def test_preview_of_the_tree_being_edited(login, manager_alice):
+    for _ in range(25):
+        ProfileFactory(attributes={"plan": "pro"})
+    ProfileFactory(attributes={"plan": "free"})
+    client = login(manager_alice)
+    response = client.post(
+        "/admin/audiences/segment/preview/", json.dumps({"rules": PRO}), content_type="application/json"
+    )
+    body = response.json()
+    assert response.status_code == 200
+    assert body["count"] == 25 and len(body["sample"]) == 20
+    assert body["sample"][0]["url"].startswith("/admin/audiences/profile/")
+    bad = client.post(
+        "/admin/audiences/segment/preview/", json.dumps({"rules": {"all": []}}), content_type="application/json"
+    )
+    assert bad.status_code == 400 and bad.json()["errors"][0]["path"] == "rules.all"
+
+
+def test_preview_of_a_segment_outside_access_is_404(login, manager_alice, manager_mallory):
+    theirs = segment_create(name="Theirs", rules=PRO, by=manager_mallory)
+    assert login(manager_alice).get(f"/admin/audiences/segment/{theirs.pk}/preview/").status_code == 404
+
+
+def test_static_segment_members_are_edited_by_external_id(login, manager_alice):
+    ProfileFactory(external_id="a")
+    static = segment_create(name="Kept", kind=Segment.Kind.STATIC, by=manager_alice)
+    response = login(manager_alice).post(
+        f"/admin/audiences/segment/{static.pk}/change/",
+        {"name": "Kept", "description": "", "add_members": "a\nnobody", "remove_members": ""},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert static.members.count() == 1
+    assert "Unknown external ids: nobody" in response.content.decode()
+
+
+def test_profile_page_shows_attributes_events_and_memberships(
+    login, viewer_carol, manager_alice, admin_erin, django_assert_max_num_queries
+):
+    from accounts.services import access_grant
+
+    profile = ProfileFactory(external_id="ann", attributes={"plan": "pro", "city": "Paris"})
+    for n in range(25):
+        EventFactory(profile=profile, name=f"event_{n}", occurred_at=timezone.now() - timezone.timedelta(minutes=n))
+    pro = segment_create(name="Pro", rules=PRO, by=manager_alice)
+    kept = segment_create(name="Kept", kind=Segment.Kind.STATIC, by=manager_alice)
+    segment_members_change(segment_id=kept.pk, add=["ann"], by=manager_alice)
+    access_grant(obj=pro, to=viewer_carol, by=admin_erin)
+    client = login(viewer_carol)
+    with django_assert_max_num_queries(20):
+        page = client.get(f"/admin/audiences/profile/{profile.pk}/change/")
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert "Paris" in html and "event_0" in html and "event_19" in html and "event_24" not in html
+    assert ">Pro</a>" in html and "Kept" not in html  # only segments the viewer may see
+
+
+def test_big_table_lists_take_a_bounded_number_of_queries(login, viewer_carol, django_assert_max_num_queries):
+    for n in range(60):
+        EventFactory(name="purchase" if n % 2 else "app_open")
+    client = login(viewer_carol)
+    with django_assert_max_num_queries(12):
+        assert client.get("/admin/audiences/profile/").status_code == 200
+    with django_assert_max_num_queries(12):
+        page = client.get("/admin/audiences/event/")
+    assert page.status_code == 200
+    with django_assert_max_num_queries(12):
+        assert client.get("/admin/audiences/event/?name=purchase").status_code == 200
+
+
+def test_outsider_sees_no_audiences_pages(login, outsider_dave):
+    client = login(outsider_dave)
+    assert client.get("/admin/audiences/profile/").status_code == 403
+    assert client.get("/admin/audiences/segment/").status_code == 403
+
+
+def test_profiles_are_read_only_in_the_admin(login, manager_alice):
+    profile = ProfileFactory()
+    client = login(manager_alice)
+    assert client.get("/admin/audiences/profile/add/").status_code == 403
+    response = client.post(f"/admin/audiences/profile/{profile.pk}/change/", {"external_id": "changed"})
+    assert response.status_code == 403
+
+
+def test_import_from_the_admin_shows_progress_and_the_error_file(
+    login, manager_alice, media, django_capture_on_commit_callbacks
+):
+    client = login(manager_alice)
+    upload = SimpleUploadedFile("people.csv", b"external_id,age\nu1,3\nu2,x\n", content_type="text/csv")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            "/admin/audiences/import/add/",
+            {
+                "file": upload,
+                "encoding": "utf-8",
+                "target": "new_segment",
+                "segment_name": "Fair",
+                "columns_text": "age = number",
+            },
+        )
+    assert response.status_code == 302, response.content.decode()[:3000]
+    record = Import.objects.get()
+    page = client.get(response["Location"])
+    assert b"import-progress" in page.content and b"import_progress.js" in page.content
+    status = client.get(f"/admin/audiences/import/{record.pk}/status/").json()
+    assert status["status"] == "done" and status["rows_failed"] == 1 and status["percent"] == 100.0
+    errors = client.get(status["error_file_url"])
+    assert b"'x' is not a number" in b"".join(errors.streaming_content)
+
+
+def test_admin_import_refusal_is_shown_on_the_form(login, manager_alice, media):
+    upload = SimpleUploadedFile("people.csv", b"email\na@x\n", content_type="text/csv")
+    response = login(manager_alice).post(
+        "/admin/audiences/import/add/", {"file": upload, "encoding": "utf-8", "target": "profiles"}
+    )
+    assert response.status_code == 200
+    assert "no external_id column" in response.content.decode()
+    assert not Import.objects.exists()
