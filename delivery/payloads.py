@@ -55,6 +55,20 @@ class RenderedMessage:
     data: dict[str, str] = field(default_factory=dict)
 
 
+# A dispatch's context may carry each recipient's own context (API triggers), by profile id.
+RECIPIENT_CONTEXTS = "_recipients"
+
+
+def recipient_context(context: dict | None, profile_id: int | None) -> dict:
+    """The context one recipient's message renders with: the shared one, overlaid by their own."""
+    context = context or {}
+    own = context.get(RECIPIENT_CONTEXTS) or {}
+    shared = {key: value for key, value in context.items() if key != RECIPIENT_CONTEXTS}
+    if profile_id is None or str(profile_id) not in own:
+        return shared
+    return {**shared, **own[str(profile_id)]}
+
+
 def normalize_locale(locale: str) -> str:
     """``fr_FR`` and ``FR-fr`` are both ``fr-fr``."""
     return (locale or "").strip().replace("_", "-").lower()

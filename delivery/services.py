@@ -41,12 +41,14 @@ from delivery.models import App, Delivery, Device, Dispatch, Platform, PushConte
 from delivery.payloads import (
     APNS_LIMIT,
     FCM_LIMIT,
+    RECIPIENT_CONTEXTS,
     apns_options,
     apns_payload,
     encode,
     fcm_message,
     fcm_payload_bytes,
     message_render,
+    recipient_context,
     spec_is_personalized,
     spec_validate,
 )
@@ -1133,7 +1135,12 @@ def _send_batch(dispatch: Dispatch, app: App, rows: list[Claimed], report: SendR
     profiles = _profiles_for(rows) if needs_profiles else {}
     results: list[Result] = []
     by_platform: dict[str, tuple[list, list[Claimed]]] = {Platform.IOS: ([], []), Platform.ANDROID: ([], [])}
-    shared = None if needs_profiles else message_render(spec, profile={}, context=dispatch.context)
+    own_contexts = bool((dispatch.context or {}).get(RECIPIENT_CONTEXTS))
+    shared = (
+        None
+        if needs_profiles or own_contexts
+        else message_render(spec, profile={}, context=recipient_context(dispatch.context, None))
+    )
     options = apns_options(spec, now=time.time())
     for row in rows:
         if not row.token:
@@ -1141,7 +1148,9 @@ def _send_batch(dispatch: Dispatch, app: App, rows: list[Claimed], report: SendR
             continue
         try:
             message = shared or message_render(
-                spec, profile=profiles.get(row.profile_id) or {"attributes": {}}, context=dispatch.context
+                spec,
+                profile=profiles.get(row.profile_id) or {"attributes": {}},
+                context=recipient_context(dispatch.context, row.profile_id),
             )
         except LiquidError as exc:
             results.append(Result(row.id, DS.FAILED, reason=f"render_error: {exc.message}"[:100]))
