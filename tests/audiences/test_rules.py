@@ -433,3 +433,11 @@ def test_reachability_counts_active_opted_in_devices_of_the_app(people):
     assert members({"all": [{"reachable": {"app": app_b.pk, "platform": "ios"}}]}) == {"cid"}
     assert members({"none": [{"reachable": {"app": app_a.pk}}]}) == {"bob", "cid", "dee"}
     assert errors_of({"all": [{"reachable": {"app": 987654}}]}) == [("rules.all[0].reachable.app", "unknown_app")]
+
+
+@pytest.mark.parametrize(("tree", "expected"), EVENT_CASES, ids=lambda v: repr(v) if isinstance(v, dict) else None)
+def test_per_profile_compilation_agrees_with_the_set_compilation(people, tree, expected):
+    from audiences.rules import Compiler
+
+    condition = Compiler(now=NOW, correlated=True).compile({"all": [tree]})
+    assert set(Profile.objects.filter(condition).values_list("external_id", flat=True)) == expected

@@ -158,22 +158,24 @@
   Builder.prototype.attributeInputs = function (row, node, nameKey, knownTypes, listId) {
     var self = this;
     var holder = el("span");
+    var typeSelect = select(this.meta.types, node.type || "string", function (value) {
+      node.type = value;
+      self.fixOperator(node, value);
+      self.redraw(holder, node, value);
+      self.sync();
+    }, "type");
     var name = input("text", node[nameKey], function (value) {
       node[nameKey] = value;
       if (knownTypes[value] && knownTypes[value] !== node.type) {
         node.type = knownTypes[value];
+        typeSelect.value = node.type;
         self.fixOperator(node, node.type);
         self.redraw(holder, node, node.type);
       }
       self.sync();
     }, { list: listId, placeholder: nameKey + " name" });
     row.appendChild(name);
-    row.appendChild(select(this.meta.types, node.type || "string", function (value) {
-      node.type = value;
-      self.fixOperator(node, value);
-      self.redraw(holder, node, value);
-      self.sync();
-    }, "type"));
+    row.appendChild(typeSelect);
     row.appendChild(holder);
     this.redraw(holder, node, node.type || "string");
   };
@@ -401,6 +403,13 @@
   }
 
   function start() {
+    var kind = document.getElementById("id_kind");
+    var rulesSet = document.querySelector("fieldset.rules-fieldset");
+    if (kind && rulesSet) {
+      var toggle = function () { rulesSet.style.display = kind.value === "rules" ? "" : "none"; };
+      kind.addEventListener("change", toggle);
+      toggle();
+    }
     document.querySelectorAll(".rule-builder").forEach(function (root) {
       if (root.dataset.ready) return;
       root.dataset.ready = "1";

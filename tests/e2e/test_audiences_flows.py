@@ -1,0 +1,58 @@
+import json
+
+import pytest
+
+from audiences.models import Segment
+from tests.factories import EventFactory, ProfileFactory
+
+pytestmark = pytest.mark.browser
+
+
+def test_manager_builds_a_segment_without_writing_json(login, page, live_server, manager_alice, screenshot):
+    ProfileFactory(external_id="ann", attributes={"plan": "pro", "age": 34})
+    ProfileFactory(external_id="bob", attributes={"plan": "pro", "age": 17})
+    ProfileFactory(external_id="cid", attributes={"plan": "free", "age": 50})
+    EventFactory(profile__external_id="dee", name="purchase")
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/audiences/segment/add/")
+    page.fill("#id_name", "Adult pro users")
+    builder = page.locator(".rule-builder")
+    builder.locator("button", has_text="+ condition").first.click()
+    row = builder.locator(".rb-row").nth(0)
+    row.locator("input[list]").fill("plan")
+    row.locator("input[type=text]").nth(1).fill("pro")
+    builder.locator("button", has_text="+ group").first.click()
+    group = builder.locator(".rb-group .rb-group").first
+    group.locator("select[aria-label=group]").select_option("none")
+    inner = group.locator(".rb-row").first
+    inner.locator("input[list]").fill("age")  # a known number attribute: the type follows
+    inner.locator("select[aria-label=operator]").select_option("lt")
+    inner.locator("input[type=number]").fill("18")
+    page.click(".rule-builder-preview-button")
+    page.wait_for_selector(".rule-builder-preview-summary:has-text('profile(s)')")
+    assert page.locator(".rule-builder-preview-summary").inner_text().startswith("1 profile(s)")
+    assert "ann" in page.locator(".rule-builder-preview-result").inner_text()
+    screenshot("segment-rule-builder")
+    page.click("input[name=_save]")
+    page.wait_for_url(f"{live_server.url}/admin/audiences/segment/")
+    segment = Segment.objects.get(name="Adult pro users")
+    assert segment.rules == {
+        "all": [
+            {"attribute": "plan", "type": "string", "op": "eq", "value": "pro"},
+            {"none": [{"attribute": "age", "type": "number", "op": "lt", "value": 18}]},
+        ]
+    }
+
+
+def test_server_errors_are_outlined_in_the_builder(login, page, live_server, manager_alice, screenshot):
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/audiences/segment/add/")
+    page.fill("#id_name", "Broken")
+    tree = {"all": [{"attribute": "age", "type": "number", "op": "gt", "value": "old"}]}
+    page.evaluate("t => { document.querySelector('#id_rules').value = JSON.stringify(t); }", tree)
+    page.evaluate("() => document.querySelector('#segment_form').submit()")
+    page.wait_for_selector(".errorlist")
+    assert "rules.all[0].value" in page.locator(".errorlist").first.inner_text()
+    assert page.locator(".rb-row.rb-error").count() == 1
+    screenshot("segment-rule-errors")
+    assert json.loads(page.locator("#id_rules").input_value()) == tree
