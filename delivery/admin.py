@@ -1,13 +1,36 @@
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404
+from django.urls import reverse
 from django.utils.decorators import method_decorator
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
+from liquid.exceptions import LiquidError
 
-from accounts.admin import ObjectAccessAdminMixin, ScopedAdmin
-from delivery.models import App
-from delivery.services import apns_key_parse, app_create, app_test_connection, app_update, service_account_parse
+from accounts.admin import BigTableAdmin, ObjectAccessAdminMixin, ScopedAdmin
+from audiences.models import Profile
+from delivery.models import App, Delivery, Device, Dispatch, PushContent
+from delivery.payloads import message_render, spec_validate
+from delivery.selectors import (
+    apps_visible_to,
+    deliveries_visible_to,
+    device_deliveries,
+    devices_visible_to,
+    dispatch_outcomes,
+)
+from delivery.services import (
+    apns_key_parse,
+    app_create,
+    app_test_connection,
+    app_update,
+    devices_test_flag_set,
+    dispatch_stop,
+    pushcontent_save,
+    pushcontent_test_send,
+    service_account_parse,
+)
 
 
 def _credential_status(set_at, fingerprint: str) -> str:
@@ -216,3 +239,440 @@ class AppAdmin(ObjectAccessAdminMixin, ScopedAdmin):
 
     def has_test_connection_permission(self, request):
         return request.user.has_perm("delivery.test_connection_app")
+
+
+# --- the send pipeline ---------------------------------------------------------------------------------
+
+_IOS_CARD = (
+    '<div style="width:320px;border-radius:18px;background:rgba(235,235,240,.95);padding:10px 12px;'
+    'font-family:-apple-system,Helvetica,sans-serif;color:#111;box-shadow:0 1px 4px rgba(0,0,0,.2)">'
+    '<div style="display:flex;justify-content:space-between;font-size:12px;color:#555">'
+    "<span>&#9635; {app}</span><span>now</span></div>"
+    '<div style="display:flex;gap:8px"><div style="flex:1">'
+    '<div style="font-weight:600;font-size:14px">{title}</div>'
+    '<div style="font-size:13px;font-weight:500">{subtitle}</div>'
+    '<div style="font-size:13px;white-space:pre-line;overflow:hidden;max-height:5.2em">{body}</div></div>'
+    "{image}</div></div>"
+)
+_ANDROID_CARD = (
+    '<div style="width:320px;border-radius:12px;background:#fff;padding:10px 12px;'
+    'font-family:Roboto,Arial,sans-serif;color:#202124;box-shadow:0 1px 4px rgba(0,0,0,.3)">'
+    '<div style="font-size:12px;color:{color}">&#9679; {app} &middot; now</div>'
+    '<div style="font-weight:500;font-size:14px">{title}</div>'
+    '<div style="font-size:13px;color:#5f6368;white-space:pre-line;overflow:hidden;max-height:2.6em">{body}</div>'
+    "{image}</div>"
+)
+
+
+def _previews_html(content: PushContent, profile: dict | None, context: dict) -> str:
+    """iOS and Android lock-screen mock-ups of the content rendered for one profile."""
+    spec = content.spec()
+    if spec.get("silent"):
+        return format_html("<p>A silent (background) push: nothing is shown on the lock screen.</p>")
+    try:
+        message = message_render(spec, profile=profile or {"attributes": {}}, context=context)
+    except LiquidError as exc:
+        return format_html('<p class="errornote">The content does not render: {}</p>', exc.message)
+    ios_image = (
+        format_html(
+            '<img src="{}" alt="" style="width:44px;height:44px;object-fit:cover;border-radius:6px">',
+            message.image_url,
+        )
+        if message.image_url
+        else ""
+    )
+    android_image = (
+        format_html(
+            '<img src="{}" alt="" style="width:100%;max-height:140px;object-fit:cover;border-radius:8px;margin-top:6px">',
+            message.image_url,
+        )
+        if message.image_url
+        else ""
+    )
+    app_name = content.app.name if content.app_id else "App"
+    ios = format_html(
+        _IOS_CARD,
+        app=app_name,
+        title=message.title,
+        subtitle=message.subtitle,
+        body=message.body,
+        image=ios_image,
+    )
+    android = format_html(
+        _ANDROID_CARD,
+        app=app_name,
+        color=spec["android"].get("color") or "#1a73e8",
+        title=message.title,
+        body=message.body,
+        image=android_image,
+    )
+    return format_html(
+        '<div style="display:flex;gap:24px;flex-wrap:wrap;background:#2b3a55;padding:16px;border-radius:8px">'
+        '<div><div style="color:#fff;margin-bottom:6px">iOS</div>{}</div>'
+        '<div><div style="color:#fff;margin-bottom:6px">Android</div>{}</div></div>',
+        ios,
+        android,
+    )
+
+
+# Errors from spec_validate name spec paths; the form shows them on the matching field.
+_SPEC_FIELD = {
+    "ios.sound": "ios_sound",
+    "ios.badge": "ios_badge",
+    "ios.category": "ios_category",
+    "ios.thread_id": "ios_thread_id",
+    "ios.interruption_level": "ios_interruption_level",
+    "android.channel_id": "android_channel_id",
+    "android.icon": "android_icon",
+    "android.color": "android_color",
+    "android.priority": "android_priority",
+}
+
+
+def _form_field(path: str, fields) -> str | None:
+    name = _SPEC_FIELD.get(path) or path.split(".", 1)[0]
+    if path.startswith("variants."):
+        name = "variants"
+    if path.startswith("data."):
+        name = "data"
+    return name if name in fields else None
+
+
+@admin.register(PushContent)
+class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
+    list_display = ("name", "app", "title", "silent", "version", "updated_at")
+    list_filter = (("app", admin.RelatedOnlyFieldListFilter), "silent")
+    search_fields = ("name", "title")
+    list_select_related = ("app",)
+    actions = ["send_test"]
+    readonly_fields = ("previews", "version", "object_access", "created_at", "updated_at")
+    fieldsets = (
+        (
+            "Lock-screen previews",
+            {
+                "fields": ("previews",),
+                "description": "Rendered for the profile chosen below (or one without attributes), as saved.",
+            },
+        ),
+        (None, {"fields": ("app", "name", "object_access")}),
+        (
+            "Message",
+            {
+                "fields": ("title", "subtitle", "body", "image_url", "tap_action", "tap_url", "data"),
+                "description": "Liquid: {{ profile.attributes.first_name | default: 'there' }}, "
+                "{{ profile.locale }}, {{ context.order_id }}.",
+            },
+        ),
+        (
+            "iOS",
+            {
+                "fields": (
+                    "ios_sound",
+                    "ios_badge",
+                    "ios_category",
+                    "ios_thread_id",
+                    "ios_interruption_level",
+                    "ios_mutable_content",
+                )
+            },
+        ),
+        ("Android", {"fields": ("android_channel_id", "android_icon", "android_color", "android_priority")}),
+        ("Delivery", {"fields": ("silent", "ttl_seconds", "collapse_key")}),
+        ("Locales", {"fields": ("default_locale", "variants")}),
+        ("History", {"fields": ("version", "created_at", "updated_at")}),
+    )
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "app":
+            kwargs["queryset"] = apps_visible_to(request.user)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        """Validate through the service while the form validates, so its errors show on the form."""
+        form_class = super().get_form(request, obj, change=change, **kwargs)
+
+        class ValidatingForm(form_class):
+            def _post_clean(self):
+                super()._post_clean()
+                if self.errors:
+                    return
+                try:
+                    spec_validate(self.instance.spec())
+                except ValidationError as exc:
+                    for path, errors in exc.message_dict.items():
+                        self.add_error(_form_field(path, self.fields), [f"{path}: {e}" for e in errors])
+
+        return ValidatingForm
+
+    def save_model(self, request, obj, form, change):
+        pushcontent_save(content=obj, by=request.user)
+
+    @admin.display(description="Previews")
+    def previews(self, obj):
+        if obj is None or obj.pk is None:
+            return "Save the content to see its previews."
+        request = getattr(self, "_request", None)
+        wanted = request.GET.get("preview_profile", "") if request is not None else ""
+        profile = None
+        note = "a profile without attributes"
+        if wanted:
+            found = Profile.objects.filter(external_id=wanted).values("external_id", "locale", "timezone", "attributes")
+            profile = found.first()
+            note = f"profile {wanted}" if profile else f"no profile {wanted!r}: one without attributes"
+        chooser = format_html(
+            '<p>Preview for: <input type="text" value="{}" placeholder="external id" '
+            'id="preview-profile" style="width:14em"> '
+            '<button type="button" onclick="location.search=\'?preview_profile=\'+'
+            "encodeURIComponent(document.getElementById('preview-profile').value)\">Show</button> "
+            "<em>({})</em></p>",
+            wanted,
+            note,
+        )
+        return format_html("{}{}", chooser, _previews_html(obj, profile, {}))
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        self._request = request
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    @admin.action(description="Send a test to the app's test devices", permissions=["test_send"])
+    def send_test(self, request, queryset):
+        for content in queryset:
+            try:
+                dispatch = pushcontent_test_send(content_id=content.pk, by=request.user)
+            except (PermissionDenied, ValidationError) as exc:
+                self.message_user(request, f"{content}: {exc}", messages.ERROR)
+                continue
+            url = reverse("admin:delivery_dispatch_change", args=[dispatch.pk])
+            self.message_user(
+                request, format_html('{}: test sent, <a href="{}">follow it</a>.', content, url), messages.SUCCESS
+            )
+
+    def has_test_send_permission(self, request):
+        return request.user.has_perm("delivery.test_send_pushcontent")
+
+
+@admin.register(Device)
+class DeviceAdmin(BigTableAdmin):
+    """Devices of the apps the user has access to; filter by profile from its page (?profile__id__exact=)."""
+
+    list_display = (
+        "short_token",
+        "platform",
+        "profile",
+        "app",
+        "push_enabled",
+        "is_test",
+        "active",
+        "last_registered_at",
+    )
+    list_filter = ("platform", "active", "is_test", "push_enabled")
+    search_fields = ("=profile__external_id", "=token")
+    list_select_related = ("profile", "app")
+    raw_id_fields = ("profile",)
+    ordering = ("-id",)
+    actions = ["mark_test", "unmark_test"]
+    fields = (
+        "profile",
+        "app",
+        "platform",
+        "token",
+        "push_enabled",
+        "is_test",
+        "active",
+        "invalidated_at",
+        "invalidated_reason",
+        "last_registered_at",
+        "created_at",
+        "delivery_history",
+    )
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return devices_visible_to(request.user).select_related("profile", "app")
+
+    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
+        raise Http404("No device with this id.")
+
+    def has_add_permission(self, request):
+        return False  # devices come from the mobile app (the API)
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Token")
+    def short_token(self, obj):
+        return f"…{obj.token[-12:]}"
+
+    @admin.display(description="Delivery history")
+    def delivery_history(self, obj):
+        rows = device_deliveries(obj)
+        if not rows:
+            return "No delivery yet."
+        return format_html_join(
+            "",
+            '<div><a href="{}">#{}</a> {} · {} {} {}</div>',
+            (
+                (
+                    reverse("admin:delivery_delivery_change", args=[d.pk]),
+                    d.pk,
+                    d.dispatch,
+                    d.status,
+                    d.reason,
+                    f"· opened {d.opened_at:%Y-%m-%d %H:%M}" if d.opened_at else "",
+                )
+                for d in rows
+            ),
+        )
+
+    def _set_test(self, request, queryset, value: bool):
+        changed = devices_test_flag_set(
+            device_ids=list(queryset.values_list("pk", flat=True)), is_test=value, by=request.user
+        )
+        self.message_user(request, f"{changed} device(s) changed.", messages.SUCCESS)
+
+    @admin.action(description="Mark as test devices", permissions=["write"])
+    def mark_test(self, request, queryset):
+        self._set_test(request, queryset, True)
+
+    @admin.action(description="Unmark as test devices", permissions=["write"])
+    def unmark_test(self, request, queryset):
+        self._set_test(request, queryset, False)
+
+    def has_write_permission(self, request):
+        return request.user.has_perm("delivery.change_device")
+
+
+@admin.register(Dispatch)
+class DispatchAdmin(ScopedAdmin):
+    list_display = (
+        "__str__",
+        "app",
+        "kind",
+        "status",
+        "progress",
+        "accepted",
+        "failed",
+        "skipped",
+        "unknown",
+        "created_at",
+    )
+    list_filter = ("status", "kind")
+    list_select_related = ("app",)
+    actions = ["stop"]
+    fields = (
+        "label",
+        "app",
+        "kind",
+        "source_id",
+        "status",
+        "progress",
+        "outcomes",
+        "total",
+        "accepted",
+        "failed",
+        "skipped",
+        "unknown",
+        "opened",
+        "error",
+        "context",
+        "content_spec",
+        "created_by",
+        "created_at",
+        "started_at",
+        "finished_at",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request):
+        return False  # dispatches are made by campaigns, journeys, API triggers and test sends
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Progress")
+    def progress(self, obj):
+        live = ""
+        if obj.status in (Dispatch.Status.PREPARING, Dispatch.Status.SENDING):
+            live = mark_safe("<script>setTimeout(function(){location.reload()}, 2000)</script>")  # noqa: S308 (a constant)
+        return format_html(
+            '<div style="width:160px;background:#eee;border-radius:4px" title="{} of {}">'
+            '<div style="width:{}%;background:#417690;height:10px;border-radius:4px"></div></div>'
+            "<small>{}% · {} of {}</small>{}",
+            obj.done_count,
+            obj.total,
+            obj.percent,
+            obj.percent,
+            obj.done_count,
+            obj.total,
+            live,
+        )
+
+    @admin.display(description="Outcomes by reason")
+    def outcomes(self, obj):
+        rows = dispatch_outcomes(obj)
+        if not rows:
+            return "—"
+        deliveries = reverse("admin:delivery_delivery_changelist")
+        return format_html(
+            "<table><tr><th>status</th><th>reason</th><th>count</th></tr>{}</table>",
+            format_html_join(
+                "",
+                '<tr><td><a href="{}?dispatch__id__exact={}&status__exact={}">{}</a></td><td>{}</td><td>{}</td></tr>',
+                ((deliveries, obj.pk, r["status"], r["status"], r["reason"] or "—", r["count"]) for r in rows),
+            ),
+        )
+
+    @admin.action(description="Stop the selected dispatches (queued rows are not sent)", permissions=["stop"])
+    def stop(self, request, queryset):
+        for dispatch in queryset:
+            try:
+                dispatch_stop(dispatch_id=dispatch.pk, by=request.user)
+            except PermissionDenied as exc:
+                self.message_user(request, f"{dispatch}: {exc}", messages.ERROR)
+                continue
+            self.message_user(request, f"{dispatch}: stopped.", messages.SUCCESS)
+
+    def has_stop_permission(self, request):
+        return request.user.has_perm("delivery.stop_dispatch")
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(BigTableAdmin):
+    list_display = ("id", "dispatch", "device", "status", "reason", "attempts", "finished_at", "opened_at")
+    list_filter = ("status",)
+    search_fields = ("=id", "=provider_message_id")
+    list_select_related = ("dispatch", "device")
+    raw_id_fields = ("dispatch", "device")
+    ordering = ("-id",)
+    fields = (
+        "dispatch",
+        "device",
+        "profile_id",
+        "status",
+        "reason",
+        "provider_message_id",
+        "attempts",
+        "next_attempt_at",
+        "lease_expires_at",
+        "finished_at",
+        "opened_at",
+    )
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return deliveries_visible_to(request.user).select_related("dispatch", "device")
+
+    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
+        raise Http404("No delivery with this id.")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

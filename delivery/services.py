@@ -598,6 +598,21 @@ def devices_invalidate(*, reasons: dict[int, str], when: datetime | None = None)
     return changed
 
 
+def devices_test_flag_set(*, device_ids: list[int], is_test: bool, by: User) -> int:
+    """Mark devices as test devices (or not); return how many changed. Only devices of apps ``by`` may write."""
+    from delivery.selectors import devices_visible_to
+
+    if not by.has_perm("delivery.change_device"):
+        raise PermissionDenied("You may not change devices.")
+    with transaction.atomic():
+        rows = devices_visible_to(by).filter(pk__in=device_ids).exclude(is_test=is_test)
+        changed = list(rows.values_list("pk", flat=True))
+        Device.objects.filter(pk__in=changed).update(is_test=is_test)
+        for device in Device.objects.filter(pk__in=changed):
+            audit(actor=by, action="device_test_flag_set", obj=device, summary={"is_test": is_test})
+    return len(changed)
+
+
 # --- push content ---------------------------------------------------------------------------------
 
 

@@ -1,0 +1,154 @@
+"""The admin of the send pipeline: content with previews and test sends, dispatches, deliveries, devices."""
+
+import pytest
+from django.urls import reverse
+
+from accounts.services import access_grant
+from delivery.models import Delivery, Dispatch, PushContent
+from delivery.services import dispatch_recount
+from tests.factories import AppFactory, DeviceFactory, ProfileFactory, PushContentFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def app(manager_alice, viewer_carol):
+    app = AppFactory()
+    access_grant(obj=app, to=manager_alice, by=None)
+    access_grant(obj=app, to=viewer_carol, by=None)
+    return app
+
+
+def content_form(app, **changes) -> dict:
+    data = {
+        "app": app.pk,
+        "name": "Spring sale",
+        "title": "Hi {{ profile.attributes.first_name | default: 'there' }}",
+        "subtitle": "",
+        "body": "Sale starts today",
+        "image_url": "",
+        "tap_action": "open_app",
+        "tap_url": "",
+        "data": "{}",
+        "ios_sound": "default",
+        "ios_badge": "",
+        "ios_category": "",
+        "ios_thread_id": "",
+        "ios_interruption_level": "",
+        "android_channel_id": "",
+        "android_icon": "",
+        "android_color": "",
+        "android_priority": "high",
+        "ttl_seconds": "3600",
+        "collapse_key": "",
+        "default_locale": "en",
+        "variants": "{}",
+    }
+    data.update(changes)
+    return data
+
+
+def test_manager_writes_content_through_the_admin(client, manager_alice, app):
+    client.force_login(manager_alice)
+    response = client.post(reverse("admin:delivery_pushcontent_add"), content_form(app))
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    content = PushContent.objects.get()
+    assert content.created_by == manager_alice and content.version == 1
+
+
+def test_bad_template_is_shown_on_its_field_and_nothing_is_saved(client, manager_alice, app):
+    client.force_login(manager_alice)
+    response = client.post(reverse("admin:delivery_pushcontent_add"), content_form(app, body="Hi {{ user.name }}"))
+    assert response.status_code == 200
+    assert "Unknown variable" in str(response.context["adminform"].form.errors["body"])
+    assert not PushContent.objects.exists()
+
+
+def test_oversize_variant_is_refused_on_the_variants_field(client, manager_alice, app):
+    client.force_login(manager_alice)
+    response = client.post(
+        reverse("admin:delivery_pushcontent_add"), content_form(app, variants='{"de": {"body": "' + "x" * 4200 + '"}}')
+    )
+    assert response.status_code == 200
+    assert "over the 4,096-byte limit" in str(response.context["adminform"].form.errors["variants"])
+
+
+def test_previews_render_for_the_chosen_profile(client, manager_alice, app):
+    content = PushContentFactory(app=app, image_url="https://img.example/a.png")
+    ProfileFactory(external_id="zoe", attributes={"first_name": "Zoé"})
+    client.force_login(manager_alice)
+    url = reverse("admin:delivery_pushcontent_change", args=[content.pk])
+    page = client.get(url + "?preview_profile=zoe").content.decode()
+    assert "Hello Zoé" in page and "iOS" in page and "Android" in page
+    assert "Hello there" in client.get(url).content.decode()
+
+
+def test_test_send_action_creates_a_test_dispatch(client, manager_alice, app, django_capture_on_commit_callbacks):
+    content = PushContentFactory(app=app)
+    client.force_login(manager_alice)
+    with django_capture_on_commit_callbacks(execute=False):
+        response = client.post(
+            reverse("admin:delivery_pushcontent_changelist"),
+            {"action": "send_test", "_selected_action": [content.pk]},
+        )
+    assert response.status_code == 302
+    assert Dispatch.objects.get().kind == "test"
+
+
+def make_dispatch(app, n=3) -> Dispatch:
+    dispatch = Dispatch.objects.create(app=app, kind="api_trigger", content_spec={}, status="sending", label="Run 1")
+    for i in range(n):
+        device = DeviceFactory(app=app)
+        Delivery.objects.create(
+            dispatch=dispatch, device=device, profile=device.profile, status="accepted" if i else "failed", reason=""
+        )
+    return dispatch_recount(dispatch_id=dispatch.pk)
+
+
+def test_dispatch_page_shows_progress_and_outcomes(client, viewer_carol, app):
+    dispatch = make_dispatch(app)
+    client.force_login(viewer_carol)
+    page = client.get(reverse("admin:delivery_dispatch_change", args=[dispatch.pk])).content.decode()
+    assert "Outcomes by reason" in page and "accepted" in page
+    assert "location.reload" in page  # live while sending
+
+
+def test_dispatch_and_delivery_lists_are_cheap(client, viewer_carol, app, django_assert_max_num_queries):
+    dispatch = make_dispatch(app, n=20)
+    client.force_login(viewer_carol)
+    with django_assert_max_num_queries(15):
+        assert client.get(reverse("admin:delivery_dispatch_changelist")).status_code == 200
+    with django_assert_max_num_queries(15):
+        url = reverse("admin:delivery_delivery_changelist") + f"?dispatch__id__exact={dispatch.pk}"
+        assert client.get(url).status_code == 200
+
+
+def test_viewer_cannot_stop_a_dispatch_from_the_admin(client, viewer_carol, app):
+    dispatch = make_dispatch(app)
+    client.force_login(viewer_carol)
+    client.post(reverse("admin:delivery_dispatch_changelist"), {"action": "stop", "_selected_action": [dispatch.pk]})
+    assert Dispatch.objects.get(pk=dispatch.pk).status == "sending"
+
+
+def test_manager_stops_a_dispatch_from_the_admin(client, manager_alice, app):
+    dispatch = make_dispatch(app)
+    client.force_login(manager_alice)
+    client.post(reverse("admin:delivery_dispatch_changelist"), {"action": "stop", "_selected_action": [dispatch.pk]})
+    assert Dispatch.objects.get(pk=dispatch.pk).status == "stopped"
+
+
+def test_device_page_shows_its_delivery_history(client, viewer_carol, app):
+    dispatch = make_dispatch(app, n=1)
+    device = Delivery.objects.get(dispatch=dispatch).device
+    client.force_login(viewer_carol)
+    page = client.get(reverse("admin:delivery_device_change", args=[device.pk])).content.decode()
+    assert "Run 1" in page
+
+
+def test_devices_of_other_apps_are_not_listed(client, viewer_carol, app):
+    mine = DeviceFactory(app=app)
+    theirs = DeviceFactory(app=AppFactory())
+    client.force_login(viewer_carol)
+    page = client.get(reverse("admin:delivery_device_changelist")).content.decode()
+    assert mine.token[-12:] in page and theirs.token[-12:] not in page
+    assert client.get(reverse("admin:delivery_device_change", args=[theirs.pk])).status_code == 404
