@@ -34,6 +34,7 @@ def _public_pem(key) -> str:
 def populate(*, stdout) -> None:
     if App.objects.filter(name=DEMO_APP).exists():
         stdout.write(f"Demo app {DEMO_APP!r} already exists.")
+        populate_devices_and_content(stdout=stdout)
         return
     apns_key = ec.generate_private_key(ec.SECP256R1())
     p8 = apns_key.private_bytes(
@@ -85,3 +86,76 @@ def populate(*, stdout) -> None:
         f"Demo app {DEMO_APP!r}: sends to the push simulator "
         f"({settings.PUSHDESK_PUSHSIM_FCM_URL}/ shows what the phones received)."
     )
+    populate_devices_and_content(stdout=stdout)
+
+
+# --- devices and push content of the demo app ------------------------------------------------------
+
+DEMO_DEVICES = 40
+
+
+def populate_devices_and_content(*, stdout) -> None:
+    """Devices for the first demo profiles (half iOS, half Android, two test phones) and two contents.
+
+    Adds only what is missing. The simulator accepts any well-formed token, so these phones
+    "receive" what the demo sends, and its page shows them.
+    """
+    from django.db import transaction
+
+    from audiences.models import Profile
+    from delivery.models import Device, Platform, PushContent
+    from delivery.payloads import spec_validate
+
+    app = App.objects.get(name=DEMO_APP)
+    profiles = list(Profile.objects.filter(external_id__startswith="demo-").order_by("id")[:DEMO_DEVICES])
+    with transaction.atomic():
+        created = 0
+        for n, profile in enumerate(profiles):
+            platform = Platform.IOS if n % 2 == 0 else Platform.ANDROID
+            token = f"{n + 1:064x}" if platform == Platform.IOS else f"demo-fcm-token-{n + 1:08d}:android"
+            _, made = Device.objects.get_or_create(
+                app=app,
+                token=token,
+                defaults={"profile": profile, "platform": platform, "is_test": n < 2, "push_enabled": n % 10 != 9},
+            )
+            created += made
+        contents = [
+            PushContent(
+                app=app,
+                name="Welcome back",
+                title="Welcome back, {{ profile.attributes.first_name | default: 'friend' }}",
+                body="Your picks for {{ 'now' | date: '%A' }} are waiting.",
+                tap_action=PushContent.TapAction.DEEP_LINK,
+                tap_url="pushdesk://home",
+                variants={
+                    "fr": {
+                        "title": "Bon retour, {{ profile.attributes.first_name | default: 'à vous' }}",
+                        "body": "Votre sélection vous attend.",
+                    },
+                    "de": {"title": "Willkommen zurück", "body": "Deine Auswahl wartet."},
+                },
+            ),
+            PushContent(
+                app=app,
+                name="Flash sale",
+                title="Flash sale: 30% off",
+                subtitle="Today only",
+                body="Everything in {{ context.category | default: 'the shop' }} until midnight.",
+                image_url="https://picsum.photos/seed/pushdesk/600/300",
+                tap_action=PushContent.TapAction.URL,
+                tap_url="https://example.com/sale",
+                collapse_key="flash-sale",
+                android_channel_id="promotions",
+                android_color="#e8710a",
+                ios_interruption_level=PushContent.InterruptionLevel.TIME_SENSITIVE,
+            ),
+        ]
+        added = 0
+        for content in contents:
+            if PushContent.objects.filter(app=app, name=content.name).exists():
+                continue
+            spec_validate(content.spec())
+            content.save()
+            added += 1
+    if created or added:
+        stdout.write(f"Demo devices: {created} added; push contents: {added} added (test phones: the first two).")
