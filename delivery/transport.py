@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pycurl
 
@@ -40,29 +40,70 @@ _TIMEOUT = 28
 
 @dataclass(slots=True)
 class Request:
-    """One HTTP request. ``headers`` are ``"name: value"`` lines (libcurl's own form, so no copy)."""
+    """One HTTP request. ``headers`` are ``"name: value"`` lines (libcurl's own form, so no copy).
+
+    ``tag`` is the caller's: it is not sent (providers keep the id they gave the request there).
+    """
 
     url: str
     headers: list[str]
     body: bytes = b""
     method: str = "POST"
+    tag: str = ""
 
 
-@dataclass(slots=True)
 class Response:
-    """The answer to one request: an HTTP response, or a transport error when ``error`` is set."""
+    """The answer to one request: an HTTP response, or a transport error when ``error`` is set.
 
-    status: int = 0
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-    error: str = ""
-    error_kind: str = ""  # "", "timeout", "tls", "connect", "connection"
-    maybe_sent: bool = False  # only for errors: the request may have reached the server
-    attempts: int = 1
+    ``headers`` (lower-case names) are parsed from the raw header lines on first use.
+    """
+
+    __slots__ = ("status", "body", "error", "error_kind", "maybe_sent", "attempts", "_headers", "_raw")
+
+    def __init__(
+        self,
+        *,
+        status: int = 0,
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
+        error: str = "",
+        error_kind: str = "",  # "", "timeout", "tls", "connect", "connection"
+        maybe_sent: bool = False,  # only for errors: the request may have reached the server
+        attempts: int = 1,
+        raw_headers: list[bytes] | None = None,
+    ):
+        self.status = status
+        self.body = body
+        self.error = error
+        self.error_kind = error_kind
+        self.maybe_sent = maybe_sent
+        self.attempts = attempts
+        self._headers = headers
+        self._raw = raw_headers
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self._headers is None:
+            headers: dict[str, str] = {}
+            for raw in self._raw or ():
+                line = raw.decode("latin-1")
+                if line.startswith("HTTP/"):
+                    headers.clear()  # a new response (after an interim one): keep only the last
+                    continue
+                name, sep, value = line.partition(":")
+                if sep:
+                    headers[name.strip().lower()] = value.strip()
+            self._headers = headers
+        return self._headers
 
     @property
     def ok(self) -> bool:
         return not self.error and 200 <= self.status < 300
+
+    def __repr__(self) -> str:
+        if self.error:
+            return f"<Response error={self.error_kind}: {self.error}>"
+        return f"<Response {self.status} {len(self.body)} bytes>"
 
 
 class _Slot:
@@ -77,7 +118,8 @@ class _Slot:
         self.index = -1
         self.body_size = 0
         c.setopt(pycurl.WRITEFUNCTION, self.body.append)
-        c.setopt(pycurl.HEADERFUNCTION, self.header_lines.append)
+        if transport.all_headers:
+            c.setopt(pycurl.HEADERFUNCTION, self.header_lines.append)
         c.setopt(pycurl.PIPEWAIT, 1)
         c.setopt(pycurl.NOSIGNAL, 1)
         c.setopt(pycurl.TIMEOUT_MS, int(transport.timeout * 1000))
@@ -106,6 +148,7 @@ class Http2Transport:
         connect_timeout: float = 5.0,
         ca_bundle: str = "",
         max_resends: int = 2,
+        all_headers: bool = True,
     ):
         self.max_connections_per_host = max_connections_per_host
         self.max_streams_per_connection = max_streams_per_connection
@@ -113,6 +156,9 @@ class Http2Transport:
         self.connect_timeout = connect_timeout
         self.ca_bundle = ca_bundle
         self.max_resends = max_resends
+        # Without all headers, a response carries only content-type and retry-after (read from
+        # libcurl, not line by line from Python): about 5 µs less per request.
+        self.all_headers = all_headers
         self.max_in_flight = max_connections_per_host * max_streams_per_connection
         self._multi = m = pycurl.CurlMulti()
         m.setopt(pycurl.M_PIPELINING, pycurl.PIPE_MULTIPLEX)
@@ -220,25 +266,24 @@ class Http2Transport:
             self._free.append(slot)
         return [r if r is not None else Response(error="not sent", error_kind="connection") for r in results]
 
-    @staticmethod
-    def _headers(slot: _Slot) -> dict[str, str]:
-        headers: dict[str, str] = {}
-        for raw in slot.header_lines:
-            line = raw.decode("latin-1")
-            if line.startswith("HTTP/"):
-                headers.clear()  # a new response (after an interim one): keep only the last
-                continue
-            name, sep, value = line.partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
-        return headers
-
     def _response(self, slot: _Slot, attempts: int) -> Response:
+        c = slot.curl
+        if self.all_headers:
+            return Response(
+                status=c.getinfo(pycurl.RESPONSE_CODE),
+                raw_headers=list(slot.header_lines),
+                body=b"".join(slot.body),
+                attempts=attempts,
+            )
+        headers = {}
+        content_type = c.getinfo(pycurl.CONTENT_TYPE)
+        if content_type:
+            headers["content-type"] = content_type
+        retry_after = c.getinfo(pycurl.RETRY_AFTER)
+        if retry_after:
+            headers["retry-after"] = str(retry_after)
         return Response(
-            status=slot.curl.getinfo(pycurl.RESPONSE_CODE),
-            headers=self._headers(slot),
-            body=b"".join(slot.body),
-            attempts=attempts,
+            status=c.getinfo(pycurl.RESPONSE_CODE), headers=headers, body=b"".join(slot.body), attempts=attempts
         )
 
     def _error(self, slot: _Slot, errno: int, message: str, attempts: int) -> Response | None:
@@ -249,6 +294,6 @@ class Http2Transport:
             return Response(error=message, error_kind="connect", attempts=attempts)
         if errno == _TIMEOUT:
             return Response(error=message, error_kind="timeout", maybe_sent=True, attempts=attempts)
-        if not slot.header_lines and not slot.body:
+        if not slot.header_lines and not slot.body and not slot.curl.getinfo(pycurl.RESPONSE_CODE):
             return None  # the connection went away before any answer: send it again
         return Response(error=message, error_kind="connection", maybe_sent=True, attempts=attempts)

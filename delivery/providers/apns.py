@@ -185,7 +185,7 @@ class ApnsClient:
         self.bundle_id = bundle_id
         self.environment = environment
         self.base_url = (base_url or apns_base_url(environment=environment)).rstrip("/")
-        self.transport = transport or Http2Transport(ca_bundle=settings.PUSHDESK_CA_BUNDLE)
+        self.transport = transport or Http2Transport(ca_bundle=settings.PUSHDESK_CA_BUNDLE, all_headers=False)
 
     def __repr__(self) -> str:
         return f"<ApnsClient {self.bundle_id} {self.environment}>"
@@ -220,26 +220,30 @@ class ApnsClient:
         priority = (
             message.priority if message.priority is not None else (5 if message.push_type == "background" else 10)
         )
+        apns_id = message.apns_id or str(uuid.uuid4())
         headers = [
             f"authorization: bearer {self.token.get()}",
             f"apns-topic: {self.bundle_id}{TOPIC_SUFFIXES.get(message.push_type, '')}",
             f"apns-push-type: {message.push_type}",
             f"apns-priority: {priority}",
-            f"apns-id: {message.apns_id or uuid.uuid4()}",
+            f"apns-id: {apns_id}",
             "content-type: application/json",
         ]
         if message.expiration is not None:
             headers.append(f"apns-expiration: {int(message.expiration)}")
         if message.collapse_id:
             headers.append(f"apns-collapse-id: {message.collapse_id}")
-        return Request(url=f"{self.base_url}/3/device/{message.token}", headers=headers, body=body)
+        return Request(url=f"{self.base_url}/3/device/{message.token}", headers=headers, body=body, tag=apns_id)
 
-    def interpret(self, response: Response) -> Outcome:
-        """Map one APNs answer to an outcome (every documented reason; unknown ones by status)."""
+    def interpret(self, response: Response, request: Request | None = None) -> Outcome:
+        """Map one APNs answer to an outcome (every documented reason; unknown ones by status).
+
+        The provider id is the apns-id APNs answered with, else the one the request was sent with.
+        """
         if response.error:
             return transport_outcome(response.error_kind, response.error)
         status = response.status
-        apns_id = response.headers.get("apns-id", "")
+        apns_id = response.headers.get("apns-id") or (request.tag if request is not None else "")
         if status == 200:
             return Outcome(OutcomeKind.ACCEPTED, status=200, provider_id=apns_id)
         try:
@@ -273,10 +277,11 @@ class ApnsClient:
         token (when the 20-minute floor allows one); a second refusal is a credentials problem.
         """
         requests = [self.build_request(m) for m in messages]
-        outcomes = [self.interpret(r) for r in self.transport.send(requests)]
+        responses = self.transport.send(requests)
+        outcomes = [self.interpret(r, q) for r, q in zip(responses, requests, strict=True)]
         expired = [i for i, o in enumerate(outcomes) if o.reason == "ExpiredProviderToken"]
         if expired and self.token.force_refresh():
-            again = self.transport.send([self.build_request(messages[i]) for i in expired])
-            for i, response in zip(expired, again, strict=True):
-                outcomes[i] = self.interpret(response)
+            retried = [self.build_request(messages[i]) for i in expired]
+            for i, request, response in zip(expired, retried, self.transport.send(retried), strict=True):
+                outcomes[i] = self.interpret(response, request)
         return outcomes
