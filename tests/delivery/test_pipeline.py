@@ -55,6 +55,7 @@ def rows(dispatch) -> dict:
     return {d.profile_id: d for d in Delivery.objects.filter(dispatch=dispatch)}
 
 
+@pytest.mark.embedded
 def test_every_targeted_profile_gets_an_outcome_with_its_skip_reason(
     sim_app, sim, open_gate, django_capture_on_commit_callbacks
 ):
@@ -215,6 +216,7 @@ def test_edit_during_a_send_changes_nothing_in_flight(
     assert sim.state.recent(token=device.token)[0]["title"] == "Original title"
 
 
+@pytest.mark.embedded
 def test_stopping_a_dispatch_stops_its_queued_rows(
     sim_app, sim, open_gate, manager_alice, django_capture_on_commit_callbacks
 ):
@@ -250,6 +252,7 @@ def test_viewer_cannot_stop_a_dispatch(sim_app, open_gate, viewer_carol, django_
         dispatch_stop(dispatch_id=dispatch.pk, by=viewer_carol)
 
 
+@pytest.mark.embedded
 def test_rows_of_a_dead_worker_become_unknown_after_the_lease_and_are_never_resent(
     sim_app, sim, open_gate, django_capture_on_commit_callbacks
 ):

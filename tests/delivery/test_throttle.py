@@ -60,6 +60,7 @@ def test_redis_limiter_grants_a_burst_then_says_how_long_to_wait():
     assert limiter.take(key=key, rate=100, count=5)[0] == 0
 
 
+@pytest.mark.skipif(settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"), reason="threads need a server")
 @pytest.mark.django_db(transaction=True)
 def test_database_limiter_is_shared_by_concurrent_workers():
     limiter = DatabaseThrottle()
