@@ -7,7 +7,9 @@ event, and queues follow-up work on commit (STYLE rule 2).
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.http import Http404
@@ -470,3 +472,216 @@ def campaign_test_send(*, campaign_id: int, by: User):
     if not can(by, "delivery.test_send_pushcontent", campaign):
         raise PermissionDenied("Your role may not send tests.")
     return pushcontent_test_send(content_id=campaign.content_id, by=by)
+
+
+# --- API triggers ---------------------------------------------------------------------------------
+
+MAX_RECIPIENTS = 1000
+# A TriggerRequest still unfinished after this long belonged to a request that died: retry it.
+TRIGGER_ABANDONED_AFTER = dt.timedelta(minutes=5)
+
+
+class TriggerRefused(Exception):
+    """The campaign cannot be triggered now (not API-triggered, not live...)."""
+
+    def __init__(self, detail: str, *, code: str, status: int = 409):
+        super().__init__(detail)
+        self.detail, self.code, self.status = detail, code, status
+
+    def as_api(self):
+        from rest_framework.exceptions import APIException
+
+        error = APIException(self.detail, code=self.code)
+        error.status_code = self.status
+        return error
+
+
+@dataclass
+class TriggerResult:
+    dispatch_id: int | None
+    accepted: int
+    problems: list[dict] = field(default_factory=list)
+
+
+def trigger_rate_take(*, api_key) -> float | None:
+    """Count one trigger against the key's rate limit; None when allowed, else seconds to wait."""
+    from delivery.throttle import throttle
+
+    granted, wait = throttle().take(key=f"trigger:{api_key.pk}", rate=settings.PUSHDESK_TRIGGER_RATE_PER_KEY, count=1)
+    return None if granted else max(wait, 0.001)
+
+
+def _payload_problem(spec: dict, *, profile: dict, context: dict) -> str | None:
+    """Render the content for one recipient and say what is wrong with it, if anything."""
+    from liquid.exceptions import LiquidError
+
+    from delivery.payloads import (
+        APNS_LIMIT,
+        FCM_LIMIT,
+        RenderedMessage,
+        apns_payload,
+        encode,
+        fcm_message,
+        fcm_payload_bytes,
+        message_render,
+    )
+
+    try:
+        message: RenderedMessage = message_render(spec, profile=profile, context=context)
+    except LiquidError as exc:
+        return f"The content cannot be rendered with this context: {exc}"
+    apns = len(encode(apns_payload(spec, message, delivery_id=2**53)))
+    fcm = fcm_payload_bytes(fcm_message(spec, message, token="x" * 200, delivery_id=2**53))
+    if apns > APNS_LIMIT:
+        return (
+            f"With this context the iOS payload is {apns} bytes, {apns - APNS_LIMIT} over the {APNS_LIMIT}-byte limit."
+        )
+    if fcm > FCM_LIMIT:
+        return (
+            f"With this context the Android payload is {fcm} bytes, {fcm - FCM_LIMIT} over the {FCM_LIMIT}-byte limit."
+        )
+    return None
+
+
+def campaign_trigger(*, campaign_id: int, by: User, recipients: list[dict], context: dict) -> TriggerResult:
+    """Send a live API-triggered campaign to the named recipients (external ids), now.
+
+    Recipients that are unknown are reported and left out; those without a reachable device are
+    reported and still targeted (their delivery records the skip). Each recipient's context is
+    merged over the shared one. Raises Http404 outside the user's access, TriggerRefused when the
+    campaign is not a live API-triggered one, ValidationError naming ``recipients[i].context``
+    when a context makes the payload too large or unrenderable.
+    """
+    from audiences.models import Profile
+    from delivery.models import Device, Dispatch
+    from delivery.payloads import RECIPIENT_CONTEXTS
+    from delivery.services import GateClosed, dispatch_create
+
+    campaign = Campaign.objects.select_related("content").filter(pk=campaign_id).first()
+    if campaign is None or not visible_to(by, Campaign.objects.filter(pk=campaign_id)).exists():
+        raise Http404(f"No campaign {campaign_id}.")
+    if campaign.kind != Campaign.Kind.API_TRIGGERED:
+        raise TriggerRefused(
+            f"'{campaign}' is a scheduled campaign, not an API-triggered one.", code="not_api_triggered"
+        )
+    if campaign.status != Status.LIVE:
+        raise TriggerRefused(
+            f"'{campaign}' is {campaign.get_status_display().lower()}: only a live campaign can be triggered.",
+            code="campaign_not_live",
+        )
+    if len(recipients) > MAX_RECIPIENTS:
+        raise ValidationError({"recipients": f"At most {MAX_RECIPIENTS} recipients per call."})
+    profiles = {
+        row["external_id"]: row
+        for row in Profile.objects.filter(external_id__in=[r["external_id"] for r in recipients]).values(
+            "id", "external_id", "locale", "timezone", "attributes"
+        )
+    }
+    reachable = set(
+        Device.objects.filter(
+            profile_id__in=[p["id"] for p in profiles.values()], app_id=campaign.app_id, active=True, push_enabled=True
+        ).values_list("profile_id", flat=True)
+    )
+    spec = campaign.content.spec()
+    problems, targeted, contexts, errors = [], [], {}, {}
+    seen: set[str] = set()
+    for index, recipient in enumerate(recipients):
+        external_id = recipient["external_id"]
+        profile = profiles.get(external_id)
+        if external_id in seen:
+            problems.append(
+                {"index": index, "external_id": external_id, "code": "duplicate", "detail": "Listed twice: sent once."}
+            )
+            continue
+        seen.add(external_id)
+        if profile is None:
+            problems.append(
+                {
+                    "index": index,
+                    "external_id": external_id,
+                    "code": "unknown_profile",
+                    "detail": "No profile has this external id.",
+                }
+            )
+            continue
+        merged = {**context, **(recipient.get("context") or {})}
+        problem = _payload_problem(spec, profile=profile, context=merged)
+        if problem:
+            errors[f"recipients.{index}.context"] = problem
+            continue
+        if profile["id"] not in reachable:
+            problems.append(
+                {
+                    "index": index,
+                    "external_id": external_id,
+                    "code": "no_device",
+                    "detail": "No opted-in device for this app.",
+                }
+            )
+        targeted.append(profile["id"])
+        if recipient.get("context"):
+            contexts[str(profile["id"])] = recipient["context"]
+    if errors:
+        raise ValidationError(errors)
+    if not targeted:
+        return TriggerResult(dispatch_id=None, accepted=0, problems=problems)
+    try:
+        with transaction.atomic():
+            dispatch = dispatch_create(
+                app_id=campaign.app_id,
+                kind=Dispatch.Kind.API_TRIGGER,
+                spec=spec,
+                by=by,
+                content_id=campaign.content_id,
+                profile_ids=targeted,
+                context={**context, RECIPIENT_CONTEXTS: contexts} if contexts else dict(context),
+                source_id=campaign.pk,
+                label=f"{campaign.name}: API trigger",
+                rate_limit_per_second=campaign.throttle_per_second,
+            )
+    except GateClosed as exc:
+        raise TriggerRefused(str(exc), code="gate_closed") from exc
+    accepted = len(targeted) - sum(1 for p in problems if p["code"] == "no_device")
+    return TriggerResult(dispatch_id=dispatch.pk, accepted=accepted, problems=problems)
+
+
+def trigger_request_start(*, api_key, idempotency_key: str, campaign_id: int, body_hash: str):
+    """Claim an Idempotency-Key for this API key. Returns (record, what to do):
+
+    ``new`` (run it), ``done`` (replay the stored answer), ``in_progress`` (409),
+    ``different_body`` (422). The claim commits at once, so a concurrent twin sees it.
+    """
+    from django.db import IntegrityError
+
+    from campaigns.models import TriggerRequest
+
+    try:
+        with transaction.atomic():
+            return (
+                TriggerRequest.objects.create(
+                    api_key=api_key, idempotency_key=idempotency_key, campaign_id=campaign_id, body_hash=body_hash
+                ),
+                "new",
+            )
+    except IntegrityError:
+        record = TriggerRequest.objects.get(api_key=api_key, idempotency_key=idempotency_key)
+    if record.body_hash != body_hash or record.campaign_id != campaign_id:
+        return record, "different_body"
+    if record.finished:
+        return record, "done"
+    stale = timezone.now() - TRIGGER_ABANDONED_AFTER
+    if TriggerRequest.objects.filter(pk=record.pk, finished=False, created_at__lt=stale).update(
+        created_at=timezone.now()
+    ):
+        return record, "new"
+    return record, "in_progress"
+
+
+def trigger_request_finish(*, record, status_code: int | None, body: dict | None) -> None:
+    """Store the answer to replay; ``status_code=None`` (the request crashed) frees the key for a retry."""
+    from campaigns.models import TriggerRequest
+
+    if status_code is None:
+        TriggerRequest.objects.filter(pk=record.pk).delete()
+        return
+    TriggerRequest.objects.filter(pk=record.pk).update(finished=True, response_status=status_code, response_body=body)

@@ -8,5 +8,6 @@ urlpatterns = [
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
     path("", include("accounts.api")),
     path("", include("audiences.api")),
+    path("", include("campaigns.api")),
     path("", include("delivery.api")),
 ]

@@ -1,6 +1,7 @@
 import pytest
 
 from accounts.services import access_grant
+from tests.delivery.sending import sim, sim_app, sim_session  # noqa: F401 (fixtures: the push simulator)
 from tests.factories import AppFactory, SegmentFactory
 
 

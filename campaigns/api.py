@@ -1,0 +1,214 @@
+"""The campaigns API: list and detail with reports (``read``), and API triggers (``trigger``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from django.http import Http404
+from django.urls import path
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.exceptions import APIException, Throttled
+from rest_framework.generics import ListAPIView
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from campaigns.models import Campaign
+from campaigns.reports import campaign_report
+from campaigns.selectors import campaign_for, campaigns_visible_to
+from campaigns.services import (
+    MAX_RECIPIENTS,
+    TriggerRefused,
+    campaign_trigger,
+    trigger_request_finish,
+    trigger_request_start,
+)
+
+
+class CampaignOutSerializer(serializers.ModelSerializer):
+    app = serializers.PrimaryKeyRelatedField(read_only=True)
+    segment = serializers.PrimaryKeyRelatedField(read_only=True)
+    content = serializers.PrimaryKeyRelatedField(read_only=True)
+    owner = serializers.CharField(source="owner.username", read_only=True)
+
+    class Meta:
+        model = Campaign
+        fields = (
+            "id",
+            "name",
+            "app",
+            "kind",
+            "purpose",
+            "status",
+            "segment",
+            "content",
+            "schedule_kind",
+            "send_at",
+            "time_zone",
+            "recurrence",
+            "cron",
+            "ends_at",
+            "throttle_per_second",
+            "next_occurrence_at",
+            "activated_at",
+            "owner",
+            "created_at",
+            "updated_at",
+        )
+
+
+class ReportSerializer(serializers.Serializer):
+    targeted = serializers.IntegerField()
+    accepted = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    skipped = serializers.IntegerField()
+    unknown = serializers.IntegerField()
+    pending = serializers.IntegerField()
+    opened = serializers.IntegerField()
+    open_rate = serializers.FloatField(allow_null=True)
+    failed_by_reason = serializers.DictField(child=serializers.IntegerField())
+    skipped_by_reason = serializers.DictField(child=serializers.IntegerField())
+    dispatches = serializers.ListField(child=serializers.DictField())
+
+
+class RecipientSerializer(serializers.Serializer):
+    external_id = serializers.CharField(max_length=255, trim_whitespace=False)
+    context = serializers.DictField(required=False, default=dict)
+
+
+class TriggerInSerializer(serializers.Serializer):
+    recipients = serializers.ListField(child=RecipientSerializer(), min_length=1, max_length=MAX_RECIPIENTS)
+    context = serializers.DictField(required=False, default=dict, help_text="Shared by every recipient: context.*")
+
+
+class TriggerOutSerializer(serializers.Serializer):
+    dispatch = serializers.IntegerField(allow_null=True)
+    accepted = serializers.IntegerField(help_text="Recipients that will be sent to.")
+    problems = serializers.ListField(
+        child=inline_serializer(
+            "RecipientProblem",
+            {
+                "index": serializers.IntegerField(),
+                "external_id": serializers.CharField(),
+                "code": serializers.CharField(),
+                "detail": serializers.CharField(),
+            },
+        )
+    )
+
+
+class Conflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+
+
+class Unprocessable(APIException):
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    default_code = "unprocessable"
+
+
+class CampaignListView(ListAPIView):
+    """The campaigns the key's user may see, newest first; ``?status=`` filters."""
+
+    required_scope = "read"
+    serializer_class = CampaignOutSerializer
+
+    def get_queryset(self):
+        campaigns = campaigns_visible_to(self.request.user).order_by("-id")
+        status_filter = self.request.query_params.get("status")
+        if status_filter:
+            campaigns = campaigns.filter(status=status_filter)
+        return campaigns
+
+
+class CampaignDetailView(APIView):
+    required_scope = "read"
+
+    @extend_schema(operation_id="campaigns_detail", responses=CampaignOutSerializer)
+    def get(self, request, campaign_id: int):
+        return Response(CampaignOutSerializer(campaign_for(request.user, campaign_id)).data)
+
+
+class CampaignReportView(APIView):
+    required_scope = "read"
+
+    @extend_schema(operation_id="campaigns_report", responses=ReportSerializer)
+    def get(self, request, campaign_id: int):
+        return Response(campaign_report(campaign_for(request.user, campaign_id)))
+
+
+class CampaignTriggerView(APIView):
+    """Send an API-triggered campaign to up to 1,000 recipients, each with an optional context.
+
+    With an ``Idempotency-Key`` header, the same key and body replay the first answer; the same key
+    with another body answers 422; a request still running answers 409.
+    """
+
+    required_scope = "trigger"
+
+    @extend_schema(
+        operation_id="campaigns_trigger",
+        request=TriggerInSerializer,
+        responses={202: TriggerOutSerializer},
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
+    )
+    def post(self, request, campaign_id: int):
+        from campaigns.services import trigger_rate_take
+
+        wait = trigger_rate_take(api_key=request.auth)
+        if wait is not None:
+            raise Throttled(wait=wait, detail="Too many triggers for this API key.")
+        idempotency_key = request.headers.get("Idempotency-Key", "").strip()
+        if len(idempotency_key) > 200:
+            raise serializers.ValidationError({"Idempotency-Key": "At most 200 characters."})
+        body_hash = hashlib.sha256(json.dumps(request.data, sort_keys=True, default=str).encode()).hexdigest()
+        if not campaigns_visible_to(request.user).filter(pk=campaign_id).exists():
+            raise Http404(f"No campaign {campaign_id}.")
+        record = None
+        if idempotency_key:
+            record, replay = trigger_request_start(
+                api_key=request.auth, idempotency_key=idempotency_key, campaign_id=campaign_id, body_hash=body_hash
+            )
+            if replay == "different_body":
+                raise Unprocessable("This Idempotency-Key was used with another body.", code="idempotency_key_reused")
+            if replay == "in_progress":
+                raise Conflict("A request with this Idempotency-Key is still running.", code="idempotency_in_progress")
+            if replay == "done":
+                response = Response(record.response_body, status=record.response_status)
+                response["Idempotent-Replayed"] = "true"
+                return response
+        try:
+            data = TriggerInSerializer(data=request.data)
+            data.is_valid(raise_exception=True)
+            result = campaign_trigger(
+                campaign_id=campaign_id,
+                by=request.user,
+                recipients=data.validated_data["recipients"],
+                context=data.validated_data["context"],
+            )
+        except (serializers.ValidationError, TriggerRefused) as exc:
+            from accounts.api import api_exception_handler
+
+            response = api_exception_handler(
+                exc if isinstance(exc, serializers.ValidationError) else exc.as_api(), {"view": self}
+            )
+            if record is not None:
+                trigger_request_finish(record=record, status_code=response.status_code, body=response.data)
+            return response
+        except Exception:
+            if record is not None:
+                trigger_request_finish(record=record, status_code=None, body=None)
+            raise
+        body = {"dispatch": result.dispatch_id, "accepted": result.accepted, "problems": result.problems}
+        if record is not None:
+            trigger_request_finish(record=record, status_code=202, body=body)
+        return Response(body, status=status.HTTP_202_ACCEPTED)
+
+
+urlpatterns = [
+    path("campaigns/", CampaignListView.as_view(), name="campaigns"),
+    path("campaigns/<int:campaign_id>/", CampaignDetailView.as_view(), name="campaign"),
+    path("campaigns/<int:campaign_id>/report/", CampaignReportView.as_view(), name="campaign-report"),
+    path("campaigns/<int:campaign_id>/trigger/", CampaignTriggerView.as_view(), name="campaign-trigger"),
+]

@@ -1,0 +1,211 @@
+"""POST /api/v1/campaigns/{id}/trigger/: recipients, contexts, idempotency, rate limit, bad input."""
+
+import pytest
+
+from accounts.services import access_grant
+from campaigns.models import Campaign, TriggerRequest
+from campaigns.services import campaign_approve, campaign_create, campaign_submit
+from delivery.models import Delivery, Dispatch
+from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory, SegmentFactory
+
+
+@pytest.fixture
+def live_trigger(sim_app, manager_alice, approver_bob):
+    for user in (manager_alice, approver_bob):
+        access_grant(obj=sim_app, to=user, by=None)
+    content = PushContentFactory(
+        app=sim_app,
+        title="Order {{ context.order_id | default: '?' }}",
+        body="Hi {{ profile.attributes.first_name | default: 'there' }}",
+    )
+    campaign = campaign_create(
+        by=manager_alice,
+        name="Order shipped",
+        app=sim_app,
+        kind="api_triggered",
+        purpose="transactional",
+        content=content,
+    )
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    return Campaign.objects.get(pk=campaign.pk)
+
+
+@pytest.fixture
+def trigger_client(api_key_for, manager_alice):
+    return api_key_for(manager_alice, scopes=["trigger", "read"])
+
+
+def _url(campaign):
+    return f"/api/v1/campaigns/{campaign.pk}/trigger/"
+
+
+def test_trigger_sends_to_each_recipient_with_their_context(
+    live_trigger, trigger_client, sim, sim_app, django_capture_on_commit_callbacks
+):
+    zoe = ProfileFactory(external_id="zoe", attributes={"first_name": "Zoé"})
+    max_ = ProfileFactory(external_id="max")
+    zoe_phone = DeviceFactory(profile=zoe, app=sim_app, platform="ios")
+    max_phone = DeviceFactory(profile=max_, app=sim_app, platform="android")
+    body = {
+        "recipients": [{"external_id": "zoe", "context": {"order_id": "A-1"}}, {"external_id": "max"}],
+        "context": {"order_id": "shared"},
+    }
+    with django_capture_on_commit_callbacks(execute=True):
+        response = trigger_client.post(_url(live_trigger), body, format="json")
+    assert response.status_code == 202, response.json()
+    answer = response.json()
+    assert answer["accepted"] == 2 and answer["problems"] == []
+    dispatch = Dispatch.objects.get(pk=answer["dispatch"])
+    assert dispatch.kind == "api_trigger" and dispatch.source_id == live_trigger.pk
+    assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", flat=True)) == {"accepted"}
+    received = {r["token"]: r for r in sim.state.recent(limit=10)}
+    assert received[zoe_phone.token]["title"] == "Order A-1"
+    assert received[zoe_phone.token]["body"] == "Hi Zoé"
+    assert received[max_phone.token]["title"] == "Order shared"
+
+
+def test_unknown_profiles_and_unreachable_ones_are_reported(live_trigger, trigger_client, sim_app):
+    ProfileFactory(external_id="no-phone")
+    response = trigger_client.post(
+        _url(live_trigger),
+        {"recipients": [{"external_id": "ghost"}, {"external_id": "no-phone"}, {"external_id": "ghost"}]},
+        format="json",
+    )
+    assert response.status_code == 202
+    codes = [(p["index"], p["code"]) for p in response.json()["problems"]]
+    assert codes == [(0, "unknown_profile"), (1, "no_device"), (2, "duplicate")]
+    assert response.json()["accepted"] == 0
+
+
+def test_same_key_and_body_replays_the_first_answer(live_trigger, trigger_client, sim_app):
+    ProfileFactory(external_id="zoe")
+    body = {"recipients": [{"external_id": "zoe"}]}
+    first = trigger_client.post(_url(live_trigger), body, format="json", HTTP_IDEMPOTENCY_KEY="order-1")
+    again = trigger_client.post(_url(live_trigger), body, format="json", HTTP_IDEMPOTENCY_KEY="order-1")
+    assert first.status_code == again.status_code == 202
+    assert first.json() == again.json()
+    assert again["Idempotent-Replayed"] == "true"
+    assert Dispatch.objects.filter(kind="api_trigger").count() == 1
+
+
+def test_same_key_with_another_body_is_422(live_trigger, trigger_client):
+    ProfileFactory(external_id="zoe")
+    ProfileFactory(external_id="max")
+    trigger_client.post(
+        _url(live_trigger), {"recipients": [{"external_id": "zoe"}]}, format="json", HTTP_IDEMPOTENCY_KEY="k"
+    )
+    other = trigger_client.post(
+        _url(live_trigger), {"recipients": [{"external_id": "max"}]}, format="json", HTTP_IDEMPOTENCY_KEY="k"
+    )
+    assert other.status_code == 422
+    assert other.json()["code"] == "idempotency_key_reused"
+    assert Dispatch.objects.count() == 1
+
+
+def test_same_key_still_running_is_409(live_trigger, trigger_client, manager_alice):
+    import hashlib
+    import json
+
+    body = {"recipients": [{"external_id": "zoe"}]}
+    TriggerRequest.objects.create(
+        api_key=manager_alice.api_keys.get(),
+        idempotency_key="busy",
+        campaign=live_trigger,
+        body_hash=hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest(),
+    )
+    response = trigger_client.post(_url(live_trigger), body, format="json", HTTP_IDEMPOTENCY_KEY="busy")
+    assert response.status_code == 409
+    assert response.json()["code"] == "idempotency_in_progress"
+    assert not Dispatch.objects.exists()
+
+
+def test_bad_json_is_400(live_trigger, trigger_client):
+    response = trigger_client.post(_url(live_trigger), "{not json", content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["code"] == "parse_error"
+
+
+def test_more_than_1000_recipients_is_refused(live_trigger, trigger_client):
+    response = trigger_client.post(
+        _url(live_trigger), {"recipients": [{"external_id": f"u{i}"} for i in range(1001)]}, format="json"
+    )
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "recipients"
+    assert not Dispatch.objects.exists()
+
+
+def test_context_too_large_for_the_payload_is_refused_naming_it(live_trigger, trigger_client, sim_app):
+    ProfileFactory(external_id="zoe")
+    response = trigger_client.post(
+        _url(live_trigger), {"recipients": [{"external_id": "zoe", "context": {"order_id": "x" * 5000}}]}, format="json"
+    )
+    assert response.status_code == 400
+    error = response.json()["errors"][0]
+    assert error["field"] == "recipients.0.context"
+    assert "over the 4096-byte limit" in error["detail"]
+    assert not Dispatch.objects.exists()
+
+
+def test_unknown_campaign_is_404(trigger_client, db):
+    response = trigger_client.post(
+        "/api/v1/campaigns/999999/trigger/", {"recipients": [{"external_id": "a"}]}, format="json"
+    )
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"
+
+
+def test_draft_campaign_cannot_be_triggered(sim_app, manager_alice, trigger_client):
+    access_grant(obj=sim_app, to=manager_alice, by=None)
+    content = PushContentFactory(app=sim_app)
+    draft = campaign_create(by=manager_alice, name="Draft", app=sim_app, kind="api_triggered", content=content)
+    response = trigger_client.post(_url(draft), {"recipients": [{"external_id": "a"}]}, format="json")
+    assert response.status_code == 409
+    assert response.json()["code"] == "campaign_not_live"
+
+
+def test_scheduled_campaign_cannot_be_triggered(sim_app, manager_alice, trigger_client):
+    access_grant(obj=sim_app, to=manager_alice, by=None)
+    segment = SegmentFactory(created_by=manager_alice)
+    access_grant(obj=segment, to=manager_alice, by=None)
+    campaign = campaign_create(
+        by=manager_alice, name="Weekly", app=sim_app, segment=segment, content=PushContentFactory(app=sim_app)
+    )
+    response = trigger_client.post(_url(campaign), {"recipients": [{"external_id": "a"}]}, format="json")
+    assert response.status_code == 409
+    assert response.json()["code"] == "not_api_triggered"
+
+
+def test_key_without_trigger_scope_is_403(live_trigger, api_key_for, manager_alice):
+    response = api_key_for(manager_alice, scopes=["read"]).post(
+        _url(live_trigger), {"recipients": [{"external_id": "a"}]}, format="json"
+    )
+    assert response.status_code == 403
+    assert response.json()["code"] == "insufficient_scope"
+
+
+def test_manager_without_access_to_the_app_gets_404(live_trigger, api_key_for, manager_mallory):
+    response = api_key_for(manager_mallory, scopes=["trigger"]).post(
+        _url(live_trigger), {"recipients": [{"external_id": "a"}]}, format="json"
+    )
+    assert response.status_code == 404
+
+
+def test_rate_limit_per_key_answers_429_with_retry_after(live_trigger, trigger_client, settings):
+    settings.PUSHDESK_TRIGGER_RATE_PER_KEY = 1
+    statuses = [
+        trigger_client.post(_url(live_trigger), {"recipients": [{"external_id": "a"}]}, format="json") for _ in range(3)
+    ]
+    limited = [r for r in statuses if r.status_code == 429]
+    assert limited, [r.status_code for r in statuses]
+    assert int(limited[0]["Retry-After"]) >= 1
+    assert limited[0].json()["code"] == "throttled"
+
+
+def test_campaigns_are_listed_and_reported_through_the_api(live_trigger, trigger_client, api_key_for, manager_mallory):
+    listing = trigger_client.get("/api/v1/campaigns/")
+    assert [c["id"] for c in listing.json()["results"]] == [live_trigger.pk]
+    assert trigger_client.get(f"/api/v1/campaigns/{live_trigger.pk}/").json()["status"] == "live"
+    report = trigger_client.get(f"/api/v1/campaigns/{live_trigger.pk}/report/").json()
+    assert report["targeted"] == 0 and report["open_rate"] is None
+    assert api_key_for(manager_mallory, scopes=["read"]).get("/api/v1/campaigns/").json()["results"] == []
