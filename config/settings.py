@@ -318,3 +318,7 @@ PUSHDESK_SEND_CONNECTIONS = int(os.environ.get("PUSHDESK_SEND_CONNECTIONS", "4")
 PUSHDESK_PUSHSIM_APNS_PRODUCTION_URL = os.environ.get("PUSHDESK_PUSHSIM_APNS_PRODUCTION_URL", "http://127.0.0.1:8440")
 PUSHDESK_PUSHSIM_APNS_SANDBOX_URL = os.environ.get("PUSHDESK_PUSHSIM_APNS_SANDBOX_URL", "http://127.0.0.1:8441")
 PUSHDESK_PUSHSIM_FCM_URL = os.environ.get("PUSHDESK_PUSHSIM_FCM_URL", "http://127.0.0.1:8440")
+
+# --- campaigns -----------------------------------------------------------------------------
+# API triggers allowed per API key and second (a burst of a tenth of that is absorbed).
+PUSHDESK_TRIGGER_RATE_PER_KEY = float(os.environ.get("PUSHDESK_TRIGGER_RATE_PER_KEY", "1000"))
