@@ -4,3 +4,27 @@ from django.apps import AppConfig
 class JourneysConfig(AppConfig):
     name = "journeys"
     verbose_name = "Journeys"
+
+    def ready(self) -> None:
+        from accounts.approvals import ApprovalSubject, register_approval_subject
+        from audiences.services import event_listeners_register
+        from delivery.models import Dispatch
+        from delivery.services import dispatch_gate_register
+        from journeys.models import Journey
+        from journeys.review import journey_review_html
+        from journeys.services import journey_approve, journey_gate, journey_request_changes, journeys_on_events
+
+        dispatch_gate_register(kind=Dispatch.Kind.JOURNEY, gate=journey_gate)
+        event_listeners_register(journeys_on_events)
+        register_approval_subject(
+            Journey,
+            ApprovalSubject(
+                review_html=journey_review_html,
+                approve=lambda *, subject_id, by, comment: journey_approve(
+                    journey_id=subject_id, by=by, comment=comment
+                ),
+                request_changes=lambda *, subject_id, by, comment: journey_request_changes(
+                    journey_id=subject_id, by=by, comment=comment
+                ),
+            ),
+        )

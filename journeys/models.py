@@ -1,1 +1,231 @@
-# Models arrive with their issue.
+"""Journeys: multi-step flows per profile (waits, conditions, A/B splits, pushes, exits).
+
+A ``Journey`` is the object people own, grant and approve; what it *does* lives in its
+``JourneyVersion``s: the entry, the exit criteria, the re-entry policy and the step graph. A live
+version is immutable: editing a live journey edits a new draft version, which replaces the
+live one when approved. Profiles already inside finish on the version they entered.
+Every state change is a service in ``journeys.services``; the engine is ``journeys.engine``.
+"""
+
+import hashlib
+import json
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
+
+
+class Journey(models.Model):
+    has_object_access = True
+    access_scope_field = "app"
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        IN_REVIEW = "in_review", "In review"
+        LIVE = "live", "Live"
+        STOPPED = "stopped", "Stopped"
+        CLOSED = "closed", "Closed"
+        ARCHIVED = "archived", "Archived"
+
+    name = models.CharField(max_length=200)
+    app = models.ForeignKey("delivery.App", on_delete=models.PROTECT, related_name="journeys")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.DRAFT, db_index=True)
+    status_changed_at = models.DateTimeField(default=timezone.now)
+    live_version = models.ForeignKey(
+        "JourneyVersion", on_delete=models.SET_NULL, null=True, blank=True, related_name="+", editable=False
+    )
+    next_entry_at = models.DateTimeField(
+        null=True, blank=True, db_index=True, editable=False, help_text="The next segment entry run (segment entry)."
+    )
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+        permissions = [
+            ("submit_journey", "Can submit a journey for review"),
+            ("approve_journey", "Can approve and publish a journey"),
+            ("stop_journey", "Can stop a journey"),
+            ("archive_journey", "Can archive a journey"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_live(self) -> bool:
+        return self.status == self.Status.LIVE
+
+
+class JourneyUserObjectPermission(UserObjectPermissionBase):
+    content_object = models.ForeignKey(Journey, on_delete=models.CASCADE)
+
+
+class JourneyGroupObjectPermission(GroupObjectPermissionBase):
+    content_object = models.ForeignKey(Journey, on_delete=models.CASCADE)
+
+
+class JourneyVersion(models.Model):
+    """One version of a journey's behaviour. Editable while a draft; immutable once approved."""
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        IN_REVIEW = "in_review", "In review"
+        LIVE = "live", "Live"
+        RETIRED = "retired", "Retired (profiles inside finish on it)"
+
+    class EntryKind(models.TextChoices):
+        SEGMENT = "segment", "Everyone in a segment"
+        EVENT = "event", "When an event arrives"
+
+    class Reentry(models.TextChoices):
+        NEVER = "never", "Never: a profile enters once"
+        AFTER_WAIT = "after_wait", "Again, after a wait (one instance at a time)"
+
+    journey = models.ForeignKey(Journey, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.DRAFT)
+
+    entry_kind = models.CharField(max_length=10, choices=EntryKind.choices, default=EntryKind.SEGMENT)
+    entry_segment = models.ForeignKey(
+        "audiences.Segment", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    entry_every_hours = models.PositiveIntegerField(
+        default=0, help_text="Segment entry: 0 reads the segment once; N reads it again every N hours."
+    )
+    entry_event = models.CharField(max_length=100, blank=True, help_text="Event entry: the event's name.")
+    reentry = models.CharField(max_length=12, choices=Reentry.choices, default=Reentry.NEVER)
+    reentry_wait_seconds = models.PositiveIntegerField(
+        default=0, help_text="With re-entry: the least time between two entries of a profile."
+    )
+    exit_event = models.CharField(
+        max_length=100, blank=True, help_text="An event that ends the journey for the profile (blank: none)."
+    )
+    graph = models.JSONField(default=dict, blank=True, help_text='{"steps": [{"id", "type", ...}]}')
+
+    approved_fingerprint = models.CharField(max_length=64, blank=True, editable=False)
+    frozen_specs = models.JSONField(
+        default=dict, blank=True, editable=False, help_text="Each push step's content as approved: what is sent."
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now, editable=False)
+    live_at = models.DateTimeField(null=True, blank=True, editable=False)
+    retired_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["journey", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["journey", "number"], name="journey_version_number_once"),
+            models.UniqueConstraint(
+                fields=["journey"], condition=Q(status__in=["draft", "in_review"]), name="journey_one_open_draft"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.journey.name} v{self.number}"
+
+    FINGERPRINT_FIELDS = (
+        "entry_kind",
+        "entry_segment_id",
+        "entry_every_hours",
+        "entry_event",
+        "reentry",
+        "reentry_wait_seconds",
+        "exit_event",
+        "graph",
+    )
+
+    def fingerprint(self, *, content_fingerprints: dict[str, str]) -> str:
+        """SHA-256 of what an approver signs off: entry, exit, re-entry, the graph and each push's content."""
+        data = {field: getattr(self, field) for field in self.FINGERPRINT_FIELDS}
+        data["app_id"] = self.journey.app_id
+        data["contents"] = content_fingerprints
+        blob = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    @property
+    def is_editable(self) -> bool:
+        return self.status == self.Status.DRAFT
+
+    def steps(self) -> list[dict]:
+        return list((self.graph or {}).get("steps") or [])
+
+    def step_map(self) -> dict[str, dict]:
+        return {step["id"]: step for step in self.steps() if isinstance(step, dict) and "id" in step}
+
+    def entry_step(self) -> str | None:
+        """The one step nothing leads to (the graph is validated before it can go live)."""
+        from journeys.graph import entry_of
+
+        return entry_of(self.steps())
+
+
+class Enrollment(models.Model):
+    """One passage of a profile through a journey version (per entry number).
+
+    ``step`` is the step to run next; ``due_at`` when (the engine takes due enrollments).
+    ``history`` lists the steps passed: ``[step id, ISO time, outcome]``.
+    """
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        WAITING = "waiting", "Waiting"
+        COMPLETED = "completed", "Completed"
+        EXITED = "exited", "Exited"
+        FAILED = "failed", "Failed"
+
+    OPEN_STATUSES = (Status.ACTIVE, Status.WAITING)
+
+    id = models.BigAutoField(primary_key=True)
+    journey = models.ForeignKey(Journey, on_delete=models.CASCADE, related_name="enrollments", db_index=False)
+    version = models.ForeignKey(JourneyVersion, on_delete=models.CASCADE, related_name="enrollments", db_index=False)
+    profile = models.ForeignKey("audiences.Profile", on_delete=models.CASCADE, related_name="+")
+    entry_number = models.PositiveIntegerField(default=1)
+    step = models.CharField(max_length=64)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
+    due_at = models.DateTimeField(null=True, blank=True)
+    entered_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    exit_reason = models.CharField(max_length=200, blank=True)
+    history = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["version", "profile", "entry_number"], name="enrollment_once"),
+            # One instance of a journey per profile at a time.
+            models.UniqueConstraint(
+                fields=["journey", "profile"], condition=Q(status__in=["active", "waiting"]), name="enrollment_one_open"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["due_at"], condition=Q(status__in=["active", "waiting"]), name="enrollment_due_idx"),
+            models.Index(fields=["journey", "profile", "entered_at"], name="enrollment_journey_profile_idx"),
+            models.Index(fields=["version", "status", "step"], name="enrollment_version_step_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.profile_id} in {self.version_id} #{self.entry_number}"
+
+
+class StepStat(models.Model):
+    """Counters per (version, step, metric): entered, passed:<branch>, pushed, exited. Kept by the engine."""
+
+    id = models.BigAutoField(primary_key=True)
+    version = models.ForeignKey(JourneyVersion, on_delete=models.CASCADE, related_name="stats")
+    step = models.CharField(max_length=64)
+    metric = models.CharField(max_length=100)
+    count = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["version", "step", "metric"], name="step_stat_once")]
+
+    def __str__(self) -> str:
+        return f"{self.version_id}/{self.step}/{self.metric}={self.count}"

@@ -1,0 +1,132 @@
+"""The journey drawn as a graph: server-rendered SVG, one box per step with its counts."""
+
+from __future__ import annotations
+
+from django.utils.html import escape, format_html
+from django.utils.safestring import SafeString, mark_safe
+
+from journeys.graph import entry_of, exits_of
+
+BOX_W, BOX_H, GAP_X, GAP_Y = 190, 86, 70, 26
+COLORS = {"wait": "#e8f0fe", "condition": "#fff4e5", "split": "#f3e8fd", "push": "#e6f4ea", "exit": "#eeeeee"}
+
+
+def _describe(step: dict, names: dict) -> str:
+    kind = step.get("type")
+    if kind == "wait":
+        if "until" in step:
+            return f"until {step['until']} (profile's time)"
+        seconds = step.get("seconds", 0)
+        if seconds and seconds % 86400 == 0:
+            return f"{seconds // 86400} day(s)"
+        if seconds and seconds % 3600 == 0:
+            return f"{seconds // 3600} hour(s)"
+        return f"{seconds} s"
+    if kind == "push":
+        return names.get(("content", step.get("content")), f"content {step.get('content')}")
+    if kind == "condition":
+        return f"{len(step.get('branches') or [])} branch(es) + all others"
+    if kind == "split":
+        return " / ".join(f"{b.get('percent')}%" for b in step.get("branches") or [])
+    return "end"
+
+
+def _layout(steps: list[dict]) -> dict[str, tuple[int, int]]:
+    """Column = longest path from the entry; row = order within the column."""
+    by_id = {s["id"]: s for s in steps}
+    depth: dict[str, int] = {}
+    entry = entry_of(steps)
+    order = [entry] if entry else []
+    if entry:
+        depth[entry] = 0
+    # Relax edges in passes (the graph is a DAG of at most 50 steps).
+    for _ in range(len(steps)):
+        changed = False
+        for step in steps:
+            if step["id"] not in depth:
+                continue
+            for _, target in exits_of(step):
+                if target in by_id and depth.get(target, -1) < depth[step["id"]] + 1:
+                    depth[target] = depth[step["id"]] + 1
+                    changed = True
+                    if target not in order:
+                        order.append(target)
+        if not changed:
+            break
+    for step in steps:  # unreachable steps of a draft still show, in a last column
+        if step["id"] not in depth:
+            depth[step["id"]] = max(depth.values(), default=-1) + 1
+            order.append(step["id"])
+    rows: dict[int, int] = {}
+    positions = {}
+    for step_id in order:
+        column = depth[step_id]
+        positions[step_id] = (column, rows.get(column, 0))
+        rows[column] = rows.get(column, 0) + 1
+    return positions
+
+
+def version_svg(version, *, stats: dict | None = None, names: dict | None = None) -> SafeString:
+    """The version's graph as an inline SVG; ``stats`` (from selectors.version_step_stats) adds counts."""
+    steps = [s for s in version.steps() if isinstance(s, dict) and "id" in s]
+    if not steps:
+        return format_html("<p>{}</p>", "No steps yet.")
+    stats = stats or {}
+    names = names or {}
+    positions = _layout(steps)
+    width = (max(c for c, _ in positions.values()) + 1) * (BOX_W + GAP_X) + 20
+    height = (max(r for _, r in positions.values()) + 1) * (BOX_H + GAP_Y) + 20
+
+    def xy(step_id):
+        column, row = positions[step_id]
+        return 10 + column * (BOX_W + GAP_X), 10 + row * (BOX_H + GAP_Y)
+
+    parts = [
+        f'<svg class="journey-graph" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+        '<defs><marker id="arrow" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'
+        '<path d="M0,0 L8,4 L0,8 z" fill="#777"/></marker></defs>',
+    ]
+    for step in steps:
+        x, y = xy(step["id"])
+        edges = exits_of(step)
+        for index, (label, target) in enumerate(edges):
+            if target not in positions:
+                continue
+            tx, ty = xy(target)
+            sy = y + BOX_H * (index + 1) / (len(edges) + 1)
+            passed = (stats.get(step["id"]) or {}).get("passed", {}).get(label)
+            text = label if label != "next" else ""
+            if passed is not None and step["type"] in ("condition", "split"):
+                text = f"{label}: {passed:,}"
+            parts.append(
+                f'<path d="M{x + BOX_W},{sy:.0f} C{x + BOX_W + GAP_X / 2},{sy:.0f} {tx - GAP_X / 2},{ty + BOX_H / 2} '
+                f'{tx},{ty + BOX_H / 2}" fill="none" stroke="#777" marker-end="url(#arrow)"/>'
+            )
+            if text:
+                parts.append(
+                    f'<text x="{x + BOX_W + 4}" y="{sy - 3:.0f}" fill="#555" class="edge-label">{escape(text)}</text>'
+                )
+    for step in steps:
+        x, y = xy(step["id"])
+        counts = stats.get(step["id"]) or {}
+        kind = step.get("type", "?")
+        line = f"entered {counts.get('entered', 0):,}"
+        if kind == "wait":
+            line += f" · waiting {counts.get('waiting', 0):,}"
+        elif kind == "push":
+            line += f" · pushed {counts.get('pushed', 0):,}"
+        elif kind == "exit":
+            line = f"exited {counts.get('exited', 0) - counts.get('exit_event', 0):,}"
+        extra = f"exit event {counts['exit_event']:,}" if counts.get("exit_event") else ""
+        parts.append(
+            f'<g class="step step-{escape(kind)}" data-step="{escape(step["id"])}">'
+            f'<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="8" fill="{COLORS.get(kind, "#fff")}" '
+            'stroke="#888"/>'
+            f'<text x="{x + 8}" y="{y + 16}" font-weight="bold">{escape(kind.upper())} · {escape(step["id"])}</text>'
+            f'<text x="{x + 8}" y="{y + 34}">{escape(_describe(step, names)[:34])}</text>'
+            f'<text x="{x + 8}" y="{y + 54}" class="counts">{escape(line)}</text>'
+            f'<text x="{x + 8}" y="{y + 72}" fill="#a33">{escape(extra)}</text></g>'
+        )
+    parts.append("</svg>")
+    return mark_safe("".join(parts))  # noqa: S308 (every text in it is escaped above)

@@ -1,0 +1,262 @@
+"""The step graph of a journey version: its shape, its validation, where each step leads.
+
+A graph is ``{"steps": [step, ...]}``; each step has an ``id`` (letters, digits, ``_``/``-``)
+and a ``type``:
+
+- ``wait``: ``{"seconds": N, "next": id}`` or ``{"until": "HH:MM", "next": id}`` (the next
+  such time of day in the profile's time zone);
+- ``condition``: ``{"branches": [{"label", one of "segment": id | "rules": tree | "event": name,
+  "next": id}, ...], "else": id}``: the first branch that holds wins, everyone else takes ``else``;
+- ``split``: ``{"branches": [{"label", "percent": N, "next": id}, ...]}`` (percentages sum to 100,
+  a profile always takes the same branch of a journey);
+- ``push``: ``{"content": PushContent id, "next": id}``;
+- ``exit``: the end.
+
+The entry is the one step nothing leads to. Errors name the step they are about.
+"""
+
+from __future__ import annotations
+
+import re
+
+from django.core.exceptions import ValidationError
+
+STEP_TYPES = ("wait", "condition", "split", "push", "exit")
+STEP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+MAX_STEPS = 50
+MAX_WAIT_SECONDS = 90 * 24 * 3600  # AJO's longest wait
+
+
+def exits_of(step: dict) -> list[tuple[str, str | None]]:
+    """Where a step leads: (branch label, next step id) pairs, in order; the last of a condition is "else"."""
+    kind = step.get("type")
+    if kind in ("wait", "push"):
+        return [("next", step.get("next"))]
+    if kind in ("condition", "split"):
+        pairs = [
+            (str(branch.get("label") or f"branch {i + 1}"), branch.get("next"))
+            for i, branch in enumerate(step.get("branches") or [])
+            if isinstance(branch, dict)
+        ]
+        if kind == "condition":
+            pairs.append(("else", step.get("else")))
+        return pairs
+    return []
+
+
+def entry_of(steps: list[dict]) -> str | None:
+    """The id of the only step no other step leads to, or None when there is not exactly one."""
+    ids = [s.get("id") for s in steps if isinstance(s, dict)]
+    targets = {target for s in steps if isinstance(s, dict) for _, target in exits_of(s)}
+    entries = [i for i in ids if i not in targets]
+    return entries[0] if len(entries) == 1 else None
+
+
+class GraphInvalid(ValidationError):
+    """The graph breaks one or more rules; ``messages`` each name the step."""
+
+    def __init__(self, errors: list[str]):
+        self.errors_list = errors
+        super().__init__({"graph": errors})
+
+
+def graph_validate(graph, *, check_segment=None, check_content=None, check_rules=None) -> None:
+    """Check a graph's shape and references; raise GraphInvalid listing every problem, each naming its step.
+
+    ``check_segment(id)``, ``check_content(id)`` and ``check_rules(tree)`` return an error message
+    (or "") for a referenced segment, push content and rule tree; the services pass functions
+    that know the author's access and the journey's app.
+    """
+    errors: list[str] = []
+    if not isinstance(graph, dict) or not isinstance(graph.get("steps"), list):
+        raise GraphInvalid(['The graph must be {"steps": [...]}.'])
+    steps = graph["steps"]
+    if not steps:
+        raise GraphInvalid(["A journey needs at least one step (and an exit)."])
+    if len(steps) > MAX_STEPS:
+        errors.append(f"A journey has at most {MAX_STEPS} steps; this one has {len(steps)}.")
+    by_id: dict[str, dict] = {}
+    for index, step in enumerate(steps):
+        if not isinstance(step, dict):
+            errors.append(f"Step #{index + 1}: a step is an object with an id and a type.")
+            continue
+        step_id = step.get("id")
+        if not isinstance(step_id, str) or not STEP_ID.match(step_id):
+            errors.append(f"Step #{index + 1}: its id must be 1 to 64 letters, digits, '_' or '-'.")
+            continue
+        if step_id in by_id:
+            errors.append(f"Step '{step_id}': this id is used by two steps.")
+            continue
+        by_id[step_id] = step
+        errors += [
+            f"Step '{step_id}': {message}" for message in _check_step(step, check_segment, check_content, check_rules)
+        ]
+    for step_id, step in by_id.items():
+        for label, target in exits_of(step):
+            if target is None or target == "":
+                errors.append(
+                    f"Step '{step_id}': {_which(step, label)} leads nowhere; every branch must end with an exit."
+                )
+            elif not isinstance(target, str) or target not in by_id:
+                errors.append(f"Step '{step_id}': {_which(step, label)} leads to '{target}', which is not a step.")
+    if errors:
+        raise GraphInvalid(errors)
+    targets = {target for step in by_id.values() for _, target in exits_of(step)}
+    entries = [step_id for step_id in by_id if step_id not in targets]
+    if not entries:
+        errors.append("Every step has a way in, so there is no entry: the steps form a loop.")
+    elif len(entries) > 1:
+        names = ", ".join(f"'{e}'" for e in entries)
+        errors.append(
+            f"Steps {names} have no way in: a journey has exactly one entry ('{entries[0]}'); "
+            f"connect or remove the others (dangling steps)."
+        )
+    cycle = _find_cycle(by_id)
+    if cycle:
+        errors.append(f"Step '{cycle[0]}': it leads back to itself ({' → '.join(cycle)}); journeys cannot loop.")
+    if not errors and entries:
+        reached = _reachable(by_id, entries[0])
+        for step_id in by_id:
+            if step_id not in reached:
+                errors.append(f"Step '{step_id}': it cannot be reached from the entry '{entries[0]}'.")
+    if errors:
+        raise GraphInvalid(errors)
+
+
+def _which(step: dict, label: str) -> str:
+    if step.get("type") in ("wait", "push"):
+        return "it"
+    if label == "else":
+        return "'all others' (else)"
+    return f"branch '{label}'"
+
+
+def _check_step(step: dict, check_segment, check_content, check_rules) -> list[str]:
+    kind = step.get("type")
+    if kind not in STEP_TYPES:
+        return [f"unknown type {kind!r}; use one of {', '.join(STEP_TYPES)}."]
+    problems: list[str] = []
+    if kind == "wait":
+        has_seconds, has_until = "seconds" in step, "until" in step
+        if has_seconds == has_until:
+            problems.append('a wait needs either "seconds" (a duration) or "until" (a time of day, HH:MM).')
+        elif has_seconds:
+            seconds = step["seconds"]
+            if isinstance(seconds, bool) or not isinstance(seconds, int):
+                problems.append("the wait's seconds must be a whole number.")
+            elif seconds < 0:
+                problems.append(f"the wait is negative ({seconds} s); a wait is 0 seconds or more.")
+            elif seconds > MAX_WAIT_SECONDS:
+                problems.append(f"the wait is longer than 90 days ({seconds} s).")
+        elif not isinstance(step["until"], str) or not TIME_OF_DAY.match(step["until"]):
+            problems.append(f"the time of day {step['until']!r} is not HH:MM (00:00 to 23:59).")
+    elif kind == "condition":
+        branches = step.get("branches")
+        if not isinstance(branches, list) or not branches:
+            return ["a condition needs at least one branch (plus 'else' for all others)."]
+        for index, branch in enumerate(branches):
+            label = branch.get("label") if isinstance(branch, dict) else None
+            name = f"branch '{label}'" if label else f"branch #{index + 1}"
+            if not isinstance(branch, dict):
+                problems.append(f"{name} must be an object.")
+                continue
+            kinds = [key for key in ("segment", "rules", "event") if key in branch]
+            if len(kinds) != 1:
+                problems.append(f"{name} needs exactly one of segment, rules or event.")
+                continue
+            if kinds[0] == "segment":
+                segment_id = branch["segment"]
+                if isinstance(segment_id, bool) or not isinstance(segment_id, int):
+                    problems.append(f"{name}: the segment must be a segment id.")
+                elif check_segment is not None and (message := check_segment(segment_id)):
+                    problems.append(f"{name}: {message}")
+            elif kinds[0] == "rules":
+                if check_rules is not None and (message := check_rules(branch["rules"])):
+                    problems.append(f"{name}: {message}")
+            elif not isinstance(branch["event"], str) or not branch["event"].strip():
+                problems.append(f"{name}: name the event (did it happen since the profile entered?).")
+    elif kind == "split":
+        branches = step.get("branches")
+        if not isinstance(branches, list) or len(branches) < 2:
+            return ["a split needs at least two branches."]
+        total = 0
+        for index, branch in enumerate(branches):
+            label = branch.get("label") if isinstance(branch, dict) else None
+            name = f"branch '{label}'" if label else f"branch #{index + 1}"
+            percent = branch.get("percent") if isinstance(branch, dict) else None
+            if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
+                problems.append(f"{name}: the percentage must be a whole number from 0 to 100.")
+            else:
+                total += percent
+        if not problems and total != 100:
+            problems.append(f"the percentages sum to {total}, not 100.")
+    elif kind == "push":
+        content_id = step.get("content")
+        if isinstance(content_id, bool) or not isinstance(content_id, int):
+            problems.append("choose the push content to send.")
+        elif check_content is not None and (message := check_content(content_id)):
+            problems.append(message)
+    elif kind == "exit":
+        if any(key in step for key in ("next", "branches", "else")):
+            problems.append("an exit ends the journey: it leads nowhere.")
+    return problems
+
+
+def _find_cycle(by_id: dict[str, dict]) -> list[str] | None:
+    """A loop in the graph, as the list of step ids around it (first = last), or None."""
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+    for start in by_id:
+        if state.get(start):
+            continue
+        stack: list[tuple[str, list[str]]] = [(start, [t for _, t in exits_of(by_id[start])])]
+        path = [start]
+        state[start] = 1
+        while stack:
+            node, pending = stack[-1]
+            if not pending:
+                state[node] = 2
+                stack.pop()
+                path.pop()
+                continue
+            target = pending.pop()
+            if target not in by_id:
+                continue
+            if state.get(target) == 1:
+                return path[path.index(target) :] + [target]
+            if not state.get(target):
+                state[target] = 1
+                path.append(target)
+                stack.append((target, [t for _, t in exits_of(by_id[target])]))
+    return None
+
+
+def _reachable(by_id: dict[str, dict], entry: str) -> set[str]:
+    seen, todo = set(), [entry]
+    while todo:
+        node = todo.pop()
+        if node in seen or node not in by_id:
+            continue
+        seen.add(node)
+        todo += [t for _, t in exits_of(by_id[node])]
+    return seen
+
+
+def segments_of(graph: dict) -> set[int]:
+    """The segments the graph's conditions refer to."""
+    found = set()
+    for step in (graph or {}).get("steps") or []:
+        if isinstance(step, dict) and step.get("type") == "condition":
+            for branch in step.get("branches") or []:
+                if isinstance(branch, dict) and isinstance(branch.get("segment"), int):
+                    found.add(branch["segment"])
+    return found
+
+
+def contents_of(graph: dict) -> dict[str, int]:
+    """Each push step's content id, by step id."""
+    return {
+        step["id"]: step["content"]
+        for step in (graph or {}).get("steps") or []
+        if isinstance(step, dict) and step.get("type") == "push" and isinstance(step.get("content"), int)
+    }

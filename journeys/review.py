@@ -1,0 +1,72 @@
+"""What an approver sees: the version in review drawn as a graph, its entry, exit and re-entry, its pushes."""
+
+from django.utils.html import format_html, format_html_join
+
+from accounts.models import ApprovalRequest, User
+from journeys.diagram import version_svg
+from journeys.graph import contents_of
+from journeys.models import Journey, JourneyVersion
+
+
+def entry_text(version: JourneyVersion) -> str:
+    if version.entry_kind == JourneyVersion.EntryKind.EVENT:
+        text = f"When the event '{version.entry_event}' arrives"
+    else:
+        every = f", read again every {version.entry_every_hours} h" if version.entry_every_hours else ", read once"
+        text = f"Everyone in '{version.entry_segment}'{every}"
+    if version.reentry == JourneyVersion.Reentry.AFTER_WAIT:
+        text += f"; re-entry after {version.reentry_wait_seconds} s"
+    else:
+        text += "; a profile enters once"
+    return text
+
+
+def content_names(version: JourneyVersion) -> dict:
+    from delivery.models import PushContent
+
+    ids = set(contents_of(version.graph).values())
+    return {("content", c.pk): c.name for c in PushContent.objects.filter(pk__in=ids)}
+
+
+def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: User) -> str:
+    """The review pane: the graph of the version in review and what it does."""
+    from delivery.models import PushContent
+
+    version = journey.versions.filter(status=JourneyVersion.Status.IN_REVIEW).first() or journey.live_version
+    if version is None:
+        return format_html("<p>{}</p>", "Nothing to review.")
+    contents = {c.pk: c for c in PushContent.objects.filter(pk__in=set(contents_of(version.graph).values()))}
+    pushes = format_html_join(
+        "",
+        "<li><strong>{}</strong>: {} — “{}” / “{}”</li>",
+        (
+            (
+                step,
+                contents[cid].name if cid in contents else cid,
+                getattr(contents.get(cid), "title", ""),
+                getattr(contents.get(cid), "body", ""),
+            )
+            for step, cid in contents_of(version.graph).items()
+        ),
+    )
+    replaces = (
+        f" (replaces live v{journey.live_version.number})"
+        if journey.live_version and journey.live_version != version
+        else ""
+    )
+    rows = format_html_join(
+        "",
+        "<tr><th>{}</th><td>{}</td></tr>",
+        [
+            ("Journey", f"{journey.name} — version {version.number}{replaces}"),
+            ("App", journey.app.name),
+            ("Entry", entry_text(version)),
+            ("Exit criteria", f"the event '{version.exit_event}'" if version.exit_event else "none"),
+        ],
+    )
+    return format_html(
+        '<div class="journey-review"><table>{}</table><h3>Pushes</h3><ul>{}</ul><div style="overflow:auto">{}</div></div>',
+        rows,
+        pushes,
+        version_svg(version, names=content_names(version)),
+    )

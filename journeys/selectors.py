@@ -1,0 +1,107 @@
+"""Permission-filtered reads of journeys, their versions, step counts and enrollments."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from django.db.models import Count, QuerySet
+from django.http import Http404
+
+from accounts.models import User
+from accounts.selectors import can, visible_to
+from journeys.graph import exits_of
+from journeys.models import Enrollment, Journey, JourneyVersion, StepStat
+
+Status = Journey.Status
+
+
+def journeys_visible_to(user: User, *, perm: str | None = None) -> QuerySet[Journey]:
+    """Every journey the user may see: through its app's scope or a grant on the journey itself."""
+    return visible_to(user, Journey.objects.select_related("app", "owner", "live_version"), perm=perm)
+
+
+def journey_for(user: User, journey_id: int, *, perm: str | None = None) -> Journey:
+    journey = journeys_visible_to(user, perm=perm).filter(pk=journey_id).first()
+    if journey is None:
+        raise Http404(f"No journey {journey_id}.")
+    return journey
+
+
+def enrollments_visible_to(user: User) -> QuerySet[Enrollment]:
+    """Enrollments of the journeys the user may see (needs the role's view_enrollment)."""
+    if not user.has_perm("journeys.view_enrollment"):
+        return Enrollment.objects.none()
+    return Enrollment.objects.filter(journey__in=journeys_visible_to(user).values("pk"))
+
+
+def journey_shown_version(journey: Journey) -> JourneyVersion | None:
+    """The version to show: the live one, else the newest."""
+    return journey.live_version or journey.versions.order_by("-number").first()
+
+
+def journey_open_version(journey: Journey) -> JourneyVersion | None:
+    return journey.versions.filter(status__in=("draft", "in_review")).order_by("-number").first()
+
+
+def version_step_stats(version: JourneyVersion) -> dict[str, dict]:
+    """Per step: entered, waiting (now), passed per branch, pushed, exited (two grouped queries)."""
+    stats: dict[str, dict] = defaultdict(dict)
+    for step, metric, count in StepStat.objects.filter(version=version).values_list("step", "metric", "count"):
+        stats[step][metric] = count
+    waiting = (
+        Enrollment.objects.filter(version=version, status__in=Enrollment.OPEN_STATUSES)
+        .values("step", "status")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    for row in waiting:
+        key = "waiting" if row["status"] == Enrollment.Status.WAITING else "due"
+        stats[row["step"]][key] = stats[row["step"]].get(key, 0) + row["n"]
+    result = {}
+    for step in version.steps():
+        counts = stats.get(step["id"], {})
+        result[step["id"]] = {
+            "type": step["type"],
+            "entered": counts.get("entered", 0),
+            "waiting": counts.get("waiting", 0),
+            "due": counts.get("due", 0),
+            "pushed": counts.get("pushed", 0),
+            "failed": counts.get("failed", 0),
+            "exited": counts.get("exited", 0) + counts.get("exit_event", 0),
+            "exit_event": counts.get("exit_event", 0),
+            "passed": {
+                label: counts.get(f"passed:{label}", counts.get("passed", 0) if step["type"] == "wait" else 0)
+                for label, _ in exits_of(step)
+            },
+        }
+    return result
+
+
+def version_totals(version: JourneyVersion) -> dict[str, int]:
+    """Enrollments of the version by status."""
+    counts = dict(Enrollment.objects.filter(version=version).values_list("status").annotate(n=Count("id")).order_by())
+    return {status: counts.get(status, 0) for status in Enrollment.Status.values}
+
+
+# Which transitions each state allows, and the role permission each needs.
+TRANSITIONS = {
+    "submit": ((Status.DRAFT, Status.LIVE), "journeys.submit_journey", "Submit for review"),
+    "cancel_request": ((Status.IN_REVIEW, Status.LIVE), "journeys.submit_journey", "Cancel request"),
+    "stop": ((Status.LIVE,), "journeys.stop_journey", "Stop"),
+    "archive": ((Status.STOPPED, Status.CLOSED), "journeys.archive_journey", "Archive"),
+}
+
+
+def journey_actions(user: User, journey: Journey) -> list[tuple[str, str]]:
+    """The (action, label) buttons this user may use on this journey in its current state."""
+    open_version = journey_open_version(journey)
+    actions = []
+    for name, (states, perm, label) in TRANSITIONS.items():
+        if journey.status not in states or not can(user, perm, journey):
+            continue
+        if name == "submit" and (open_version is None or open_version.status != "draft"):
+            continue
+        if name == "cancel_request" and (open_version is None or open_version.status != "in_review"):
+            continue
+        actions.append((name, label))
+    return actions
