@@ -1,0 +1,119 @@
+"""Fixtures of the journey tests: the Shop team, an app on the push simulator, a journey maker."""
+
+import pytest
+
+from accounts.services import access_grant
+from tests.delivery.sending import sim, sim_app, sim_session  # noqa: F401 (fixtures)
+from tests.factories import AppFactory, PushContentFactory, SegmentFactory
+
+
+@pytest.fixture
+def shop(db):
+    return AppFactory(name="Shop")
+
+
+def _grant_team(app, users):
+    for user in users:
+        access_grant(obj=app, to=user, by=None)
+    return app
+
+
+@pytest.fixture
+def team(shop, manager_alice, manager_mallory, approver_bob, viewer_carol):
+    """Everyone in the cast works on the Shop app (outsider_dave does not)."""
+    return _grant_team(shop, (manager_alice, manager_mallory, approver_bob, viewer_carol))
+
+
+@pytest.fixture
+def everyone(team, manager_alice):
+    segment = SegmentFactory(name="Everyone", rules={"all": [{"field": "external_id", "op": "exists"}]})
+    access_grant(obj=segment, to=manager_alice, by=None)
+    return segment
+
+
+@pytest.fixture
+def vips(team, manager_alice):
+    segment = SegmentFactory(name="VIPs", kind="static", rules=None)
+    access_grant(obj=segment, to=manager_alice, by=None)
+    return segment
+
+
+@pytest.fixture
+def welcome(team):
+    return PushContentFactory(app=team, name="Welcome", title="Hello", body="Welcome aboard")
+
+
+def simple_graph(*, condition_segment: int, content: int, wait: int = 0) -> dict:
+    """entry → wait → condition (segment) → push → exit / all others → exit."""
+    return {
+        "steps": [
+            {"id": "start", "type": "wait", "seconds": wait, "next": "check"},
+            {
+                "id": "check",
+                "type": "condition",
+                "branches": [{"label": "VIP", "segment": condition_segment, "next": "push"}],
+                "else": "done",
+            },
+            {"id": "push", "type": "push", "content": content, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+
+
+@pytest.fixture
+def make_journey(team, everyone, vips, welcome, manager_alice):
+    from journeys.services import journey_create
+
+    def make(by=None, app=None, graph=None, name="Onboarding", **fields):
+        values = {"entry_kind": "segment", "entry_segment": everyone, **fields}
+        return journey_create(
+            by=by or manager_alice,
+            name=name,
+            app=app or team,
+            graph=graph or simple_graph(condition_segment=vips.pk, content=welcome.pk),
+            **values,
+        )
+
+    return make
+
+
+@pytest.fixture
+def publish(manager_alice, approver_bob):
+    """Submit and approve a journey's draft version (entry and engine run through the queue, in-process)."""
+    from journeys.models import Journey
+    from journeys.services import journey_approve, journey_submit
+
+    def run(journey, now=None):
+        journey_submit(journey_id=journey.pk, by=manager_alice)
+        journey_approve(journey_id=journey.pk, by=approver_bob, now=now)
+        return Journey.objects.get(pk=journey.pk)
+
+    return run
+
+
+@pytest.fixture
+def sim_team(sim_app, manager_alice, manager_mallory, approver_bob, viewer_carol):  # noqa: F811
+    """The simulator's app, worked on by the cast."""
+    return _grant_team(sim_app, (manager_alice, manager_mallory, approver_bob, viewer_carol))
+
+
+@pytest.fixture
+def sim_welcome(sim_team):
+    return PushContentFactory(app=sim_team, name="Welcome", title="Hello {{ profile.external_id }}", body="Welcome")
+
+
+@pytest.fixture
+def sim_journey(make_journey, sim_team, sim_welcome, vips):
+    """entry → wait(0) → condition (VIPs) → push / all others → exit, on the simulator's app."""
+
+    def make(**fields):
+        graph = fields.pop("graph", None) or simple_graph(condition_segment=vips.pk, content=sim_welcome.pk)
+        return make_journey(app=sim_team, graph=graph, **fields)
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings):
+    """The cast's passwords are hashed for every test: a fast hasher keeps these tests quick."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,138 @@
+"""Graph validation: every broken rule is refused with a message naming the step."""
+
+import pytest
+
+from journeys.graph import GraphInvalid, entry_of, graph_validate
+
+
+def _steps(*steps):
+    return {"steps": list(steps)}
+
+
+EXIT = {"id": "done", "type": "exit"}
+
+
+def _errors(graph, **checks) -> list[str]:
+    with pytest.raises(GraphInvalid) as info:
+        graph_validate(graph, **checks)
+    return info.value.messages
+
+
+def test_a_complete_graph_with_every_step_type_is_valid():
+    graph = _steps(
+        {"id": "w", "type": "wait", "until": "09:30", "next": "c"},
+        {
+            "id": "c",
+            "type": "condition",
+            "branches": [
+                {"label": "vip", "segment": 1, "next": "s"},
+                {"label": "fr", "rules": {"all": []}, "next": "p"},
+                {"label": "bought", "event": "purchase", "next": "done"},
+            ],
+            "else": "done",
+        },
+        {
+            "id": "s",
+            "type": "split",
+            "branches": [{"label": "A", "percent": 30, "next": "p"}, {"label": "B", "percent": 70, "next": "done"}],
+        },
+        {"id": "p", "type": "push", "content": 3, "next": "done"},
+        EXIT,
+    )
+    graph_validate(graph)
+    assert entry_of(graph["steps"]) == "w"
+
+
+def test_negative_wait_is_refused_naming_the_step():
+    errors = _errors(_steps({"id": "pause", "type": "wait", "seconds": -5, "next": "done"}, EXIT))
+    assert errors == ["Step 'pause': the wait is negative (-5 s); a wait is 0 seconds or more."]
+
+
+def test_bad_time_of_day_is_refused():
+    (error,) = _errors(_steps({"id": "morning", "type": "wait", "until": "25:00", "next": "done"}, EXIT))
+    assert error.startswith("Step 'morning': the time of day '25:00' is not HH:MM")
+
+
+def test_split_percentages_must_sum_to_100():
+    graph = _steps(
+        {
+            "id": "ab",
+            "type": "split",
+            "branches": [{"label": "A", "percent": 50, "next": "done"}, {"label": "B", "percent": 40, "next": "done"}],
+        },
+        EXIT,
+    )
+    assert _errors(graph) == ["Step 'ab': the percentages sum to 90, not 100."]
+
+
+def test_a_loop_is_refused_naming_the_steps_around_it():
+    graph = _steps(
+        {"id": "start", "type": "wait", "seconds": 0, "next": "a"},
+        {"id": "a", "type": "wait", "seconds": 60, "next": "b"},
+        {
+            "id": "b",
+            "type": "condition",
+            "branches": [{"label": "again", "event": "open", "next": "a"}],
+            "else": "done",
+        },
+        EXIT,
+    )
+    errors = _errors(graph)
+    assert any(e.startswith("Step 'a': it leads back to itself (a → b → a)") or "b → a → b" in e for e in errors)
+
+
+def test_dangling_step_means_two_entries_and_is_refused():
+    graph = _steps(
+        {"id": "start", "type": "wait", "seconds": 0, "next": "done"},
+        {"id": "orphan", "type": "push", "content": 1, "next": "done"},
+        EXIT,
+    )
+    (error,) = _errors(graph)
+    assert "'start', 'orphan' have no way in" in error and "dangling" in error
+
+
+def test_a_branch_that_leads_nowhere_is_refused():
+    graph = _steps(
+        {"id": "check", "type": "condition", "branches": [{"label": "vip", "segment": 1, "next": "done"}]}, EXIT
+    )
+    assert _errors(graph) == ["Step 'check': 'all others' (else) leads nowhere; every branch must end with an exit."]
+
+
+def test_a_branch_to_a_missing_step_is_refused():
+    graph = _steps({"id": "send", "type": "push", "content": 1, "next": "nowhere"}, EXIT)
+    assert _errors(graph) == ["Step 'send': it leads to 'nowhere', which is not a step."]
+
+
+def test_an_exit_cannot_lead_on():
+    assert _errors(_steps({"id": "done", "type": "exit", "next": "done"})) == [
+        "Step 'done': an exit ends the journey: it leads nowhere."
+    ]
+
+
+def test_references_are_checked_by_the_callers_functions():
+    graph = _steps(
+        {
+            "id": "check",
+            "type": "condition",
+            "branches": [{"label": "gone", "segment": 99, "next": "done"}],
+            "else": "done",
+        },
+        EXIT,
+    )
+    errors = _errors(graph, check_segment=lambda sid: f"segment {sid} does not exist (was it deleted?).")
+    assert errors == ["Step 'check': branch 'gone': segment 99 does not exist (was it deleted?)."]
+
+
+def test_every_problem_is_listed_at_once():
+    graph = _steps(
+        {"id": "w", "type": "wait", "seconds": -1, "next": "s"},
+        {"id": "s", "type": "split", "branches": [{"percent": 10, "next": "done"}, {"percent": 10, "next": "done"}]},
+        {"id": "x", "type": "teleport"},
+        EXIT,
+    )
+    errors = _errors(graph)
+    assert [e.split(":")[0] for e in errors] == ["Step 'w'", "Step 's'", "Step 'x'"]
+
+
+def test_empty_graph_is_refused():
+    assert _errors({"steps": []}) == ["A journey needs at least one step (and an exit)."]

@@ -1,0 +1,182 @@
+"""The journey lifecycle: create, edit, submit, approve, request changes, cancel, stop, archive, versions."""
+
+import pytest
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404
+
+from accounts.models import ApprovalRequest, AuditEvent
+from journeys.graph import GraphInvalid
+from journeys.models import Journey, JourneyVersion
+from journeys.services import (
+    TransitionError,
+    journey_approve,
+    journey_archive,
+    journey_cancel_request,
+    journey_delete,
+    journey_request_changes,
+    journey_stop,
+    journey_submit,
+    journey_version_edit,
+)
+from tests.journeys.conftest import simple_graph
+
+
+def _reload(journey):
+    return Journey.objects.get(pk=journey.pk)
+
+
+def test_new_journey_is_a_draft_with_a_first_draft_version(make_journey, manager_alice):
+    journey = make_journey()
+    assert journey.status == "draft" and journey.owner == manager_alice
+    (version,) = journey.versions.all()
+    assert (version.number, version.status) == (1, "draft")
+    assert AuditEvent.objects.filter(action="journey_created", object_id=str(journey.pk)).exists()
+
+
+def test_viewer_cannot_create_a_journey(make_journey, viewer_carol):
+    with pytest.raises(PermissionDenied):
+        make_journey(by=viewer_carol)
+
+
+def test_invalid_graph_publishes_nothing_and_names_the_step(make_journey):
+    graph = {"steps": [{"id": "pause", "type": "wait", "seconds": -1, "next": "end"}, {"id": "end", "type": "exit"}]}
+    with pytest.raises(GraphInvalid, match="Step 'pause': the wait is negative"):
+        make_journey(graph=graph)
+    assert not Journey.objects.exists()
+
+
+def test_condition_on_a_deleted_segment_is_refused_at_submit(make_journey, manager_alice, vips, welcome):
+    from audiences.models import Segment
+
+    journey = make_journey()
+    Segment.objects.filter(pk=vips.pk).delete()
+    with pytest.raises(GraphInvalid, match=rf"Step 'check': branch 'VIP': segment {vips.pk} does not exist"):
+        journey_submit(journey_id=journey.pk, by=manager_alice)
+    assert _reload(journey).status == "draft"
+    assert not ApprovalRequest.objects.exists()
+
+
+def test_push_content_of_another_app_is_refused(make_journey, vips):
+    from tests.factories import PushContentFactory
+
+    other = PushContentFactory(name="Elsewhere")
+    with pytest.raises(GraphInvalid, match="Step 'push': push content 'Elsewhere' belongs to another app"):
+        make_journey(graph=simple_graph(condition_segment=vips.pk, content=other.pk))
+
+
+def test_submit_locks_the_version_and_approval_makes_it_live(make_journey, manager_alice, approver_bob):
+    journey = make_journey()
+    request = journey_submit(journey_id=journey.pk, by=manager_alice)
+    assert _reload(journey).status == "in_review"
+    with pytest.raises(TransitionError, match="in review"):
+        journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="purchase")
+    version = journey_approve(journey_id=journey.pk, by=approver_bob, comment="ok")
+    journey = _reload(journey)
+    assert journey.status == "live" and journey.live_version == version
+    assert version.status == "live" and version.approved_fingerprint == request.fingerprint
+    assert version.frozen_specs["push"]["spec"]["body"] == "Welcome aboard"
+    assert ApprovalRequest.objects.get(pk=request.pk).status == "approved"
+
+
+def test_manager_cannot_approve_their_own_journey(make_journey, manager_alice):
+    journey = make_journey()
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    with pytest.raises(PermissionDenied):
+        journey_approve(journey_id=journey.pk, by=manager_alice)
+
+
+def test_request_changes_returns_to_draft_with_the_comment(make_journey, manager_alice, approver_bob):
+    journey = make_journey()
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    journey_request_changes(journey_id=journey.pk, by=approver_bob, comment="Wait a day first")
+    journey = _reload(journey)
+    assert journey.status == "draft"
+    assert journey.versions.get().status == "draft"
+    assert ApprovalRequest.objects.get().comment == "Wait a day first"
+
+
+def test_cancel_request_returns_to_draft(make_journey, manager_alice):
+    journey = make_journey()
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    journey_cancel_request(journey_id=journey.pk, by=manager_alice)
+    assert _reload(journey).status == "draft"
+
+
+def test_content_edited_during_review_cannot_be_approved(make_journey, manager_alice, approver_bob, welcome):
+    journey = make_journey()
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    welcome.body = "Something else"
+    welcome.save()
+    with pytest.raises(ValidationError, match="changed since it was submitted"):
+        journey_approve(journey_id=journey.pk, by=approver_bob)
+    assert _reload(journey).status == "in_review"
+
+
+def test_editing_a_live_journey_makes_a_new_draft_version_and_the_live_one_is_untouched(
+    make_journey, publish, manager_alice
+):
+    journey = publish(make_journey())
+    live = journey.live_version
+    draft = journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="purchase")
+    assert (draft.number, draft.status, draft.exit_event) == (2, "draft", "purchase")
+    live.refresh_from_db()
+    assert (live.status, live.exit_event) == ("live", "")
+    assert _reload(journey).status == "live"
+    # a second edit changes the same draft
+    again = journey_version_edit(
+        journey_id=journey.pk, by=manager_alice, reentry="after_wait", reentry_wait_seconds=600
+    )
+    assert again.pk == draft.pk and JourneyVersion.objects.filter(journey=journey).count() == 2
+
+
+def test_approved_new_version_replaces_the_live_one(make_journey, publish, manager_alice):
+    journey = publish(make_journey())
+    first = journey.live_version
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="purchase")
+    journey = publish(journey)
+    first.refresh_from_db()
+    assert first.status == "retired" and journey.live_version.number == 2
+
+
+def test_stop_then_archive(make_journey, publish, manager_alice):
+    journey = publish(make_journey())
+    with pytest.raises(TransitionError):
+        journey_archive(journey_id=journey.pk, by=manager_alice)
+    journey_stop(journey_id=journey.pk, by=manager_alice)
+    assert _reload(journey).status == "stopped"
+    journey_archive(journey_id=journey.pk, by=manager_alice)
+    assert _reload(journey).status == "archived"
+
+
+def test_only_drafts_that_never_went_live_can_be_deleted(make_journey, publish, manager_alice):
+    draft = make_journey(name="Draft")
+    journey_delete(journey_id=draft.pk, by=manager_alice)
+    assert not Journey.objects.filter(pk=draft.pk).exists()
+    live = publish(make_journey())
+    with pytest.raises(TransitionError):
+        journey_delete(journey_id=live.pk, by=manager_alice)
+
+
+def test_outsider_cannot_see_or_change_a_journey(make_journey, outsider_dave):
+    journey = make_journey()
+    with pytest.raises(Http404):
+        journey_submit(journey_id=journey.pk, by=outsider_dave)
+
+
+def test_viewer_cannot_submit(make_journey, viewer_carol):
+    journey = make_journey()
+    with pytest.raises(PermissionDenied):
+        journey_submit(journey_id=journey.pk, by=viewer_carol)
+
+
+def test_approval_inbox_approves_through_the_registered_subject(make_journey, manager_alice, approver_bob):
+    from accounts.approvals import approval_subject_for
+    from accounts.selectors import approvals_waiting_for
+
+    journey = make_journey()
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    (request,) = approvals_waiting_for(approver_bob)
+    handler = approval_subject_for(Journey)
+    assert "Onboarding — version 1" in handler.review_html(journey, request=request, user=approver_bob)
+    handler.approve(subject_id=journey.pk, by=approver_bob, comment="")
+    assert _reload(journey).status == "live"
