@@ -109,7 +109,7 @@ class Response:
 class _Slot:
     """A reusable easy handle and the buffers its callbacks fill."""
 
-    __slots__ = ("curl", "index", "body", "header_lines", "body_size")
+    __slots__ = ("curl", "index", "body", "header_lines", "body_size", "tls")
 
     def __init__(self, transport: Http2Transport):
         self.curl = c = pycurl.Curl()
@@ -117,6 +117,7 @@ class _Slot:
         self.header_lines: list[bytes] = []
         self.index = -1
         self.body_size = 0
+        self.tls: bool | None = None  # the HTTP version option set last: 2TLS (True) or h2c (False)
         c.setopt(pycurl.WRITEFUNCTION, self.body.append)
         if transport.all_headers:
             c.setopt(pycurl.HEADERFUNCTION, self.header_lines.append)
@@ -195,12 +196,13 @@ class Http2Transport:
         slot.body.clear()
         slot.header_lines.clear()
         c.setopt(pycurl.URL, request.url)
-        c.setopt(
-            pycurl.HTTP_VERSION,
-            pycurl.CURL_HTTP_VERSION_2TLS
-            if request.url.startswith("https:")
-            else pycurl.CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE,
-        )
+        tls = request.url.startswith("https:")
+        if tls is not slot.tls:
+            c.setopt(
+                pycurl.HTTP_VERSION,
+                pycurl.CURL_HTTP_VERSION_2TLS if tls else pycurl.CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE,
+            )
+            slot.tls = tls
         c.setopt(pycurl.HTTPHEADER, request.headers)
         if request.method == "POST":
             c.setopt(pycurl.POSTFIELDS, request.body)
