@@ -38,7 +38,7 @@ from audiences.imports import (
     write_batch,
 )
 from audiences.models import Event, Import, Profile, Segment, SegmentMember, SegmentReference
-from audiences.rules import KEY_RE, rules_validate, segment_profiles
+from audiences.rules import KEY_RE, rules_validate, segment_count, segment_profiles
 from audiences.selectors import segment_for, segments_visible_to
 
 UNSET: Any = object()
@@ -188,9 +188,8 @@ def segment_preview(
         if segment_id is not None:
             segment_for(by, segment_id)
         segment = Segment(pk=segment_id, kind=Segment.Kind.RULES, rules=rules)
-    profiles = segment_profiles(segment)
-    count = profiles.count()
-    sample = list(profiles.order_by()[:sample_size]) if count else []
+    count = segment_count(segment)
+    sample = list(segment_profiles(segment).order_by()[:sample_size]) if count else []
     if segment_id is not None and rules is None:
         Segment.objects.filter(pk=segment_id).update(last_count=count, last_counted_at=timezone.now())
     took = int((timezone.now() - started).total_seconds() * 1000)
@@ -431,16 +430,23 @@ def events_ingest(*, items: list[dict], by: User) -> list[int]:
         return []
     ids = sorted({item["external_id"] for item in items})
     with transaction.atomic():
-        Profile.objects.bulk_create(
-            [Profile(external_id=x, created_at=now, updated_at=now) for x in ids], ignore_conflicts=True
-        )
-        profiles = {
-            p.external_id: p
-            for p in Profile.objects.select_for_update()
-            .filter(external_id__in=ids)
-            .order_by("external_id")
-            .only("id", "external_id", "last_seen_at")
-        }
+
+        def locked(external_ids):
+            return {
+                p.external_id: p
+                for p in Profile.objects.select_for_update()
+                .filter(external_id__in=external_ids)
+                .order_by("external_id")
+                .only("id", "external_id", "last_seen_at")
+            }
+
+        profiles = locked(ids)
+        missing = [x for x in ids if x not in profiles]
+        if missing:  # only unknown ids are inserted: no sequence values burnt on known profiles
+            Profile.objects.bulk_create(
+                [Profile(external_id=x, created_at=now, updated_at=now) for x in missing], ignore_conflicts=True
+            )
+            profiles.update(locked(missing))
         events = Event.objects.bulk_create(
             [
                 Event(

@@ -200,6 +200,12 @@ EVENT_CASES = [
 ]
 
 GROUP_CASES = [
+    ({"all": [attr("plan", "string", "eq", "pro"), attr("vip", "boolean", "eq", True)]}, {"ann"}),
+    ({"all": [attr("plan", "string", "eq", "pro"), attr("plan", "string", "eq", "free")]}, set()),
+    (
+        {"all": [attr("plan", "string", "eq", "free"), attr("age", "number", "eq", 17), col("locale", "exists")]},
+        {"bob"},
+    ),
     ({"any": [attr("plan", "string", "eq", "pro"), attr("age", "number", "gt", 60)]}, {"ann", "dee"}),
     ({"all": [attr("plan", "string", "exists"), attr("age", "number", "lt", 40)]}, {"ann", "bob"}),
     ({"none": [attr("plan", "string", "eq", "pro"), attr("age", "number", "gt", 60)]}, {"bob", "cid", "eve"}),
