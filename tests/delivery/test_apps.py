@@ -44,6 +44,7 @@ def form_data(apns_credentials, fcm_credentials, **overrides):
 
 
 @pytest.mark.embedded
+@pytest.mark.django_db
 def test_an_rsa_key_is_refused_as_a_p8_naming_the_rule(fcm_credentials):
     with pytest.raises(ValidationError) as exc:
         apns_key_parse(raw=fcm_credentials.info["private_key"].encode())
@@ -53,6 +54,7 @@ def test_an_rsa_key_is_refused_as_a_p8_naming_the_rule(fcm_credentials):
 
 
 @pytest.mark.embedded
+@pytest.mark.django_db
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
@@ -71,6 +73,7 @@ def test_garbage_is_refused_as_a_p8(raw, message):
 
 
 @pytest.mark.embedded
+@pytest.mark.django_db
 @pytest.mark.parametrize(
     ("change", "message"),
     [
