@@ -82,6 +82,11 @@ CAPABILITIES: dict[str, dict] = {
             "delivery.stop_dispatch",
         ],
     },
+    "trigger": {
+        "label": "trigger API-triggered campaigns",
+        "roles": (ADMINISTRATOR, APPROVER, MANAGER),
+        "perms": ["campaigns.trigger_campaign"],
+    },
     "own_api_keys": {
         "label": "own API keys",
         "roles": (ADMINISTRATOR, APPROVER, MANAGER),

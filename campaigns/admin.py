@@ -3,14 +3,16 @@ import contextvars
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import Http404, HttpResponseRedirect
+from django.http import Http404, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from accounts.admin import ObjectAccessAdminMixin, ScopedAdmin
 from accounts.selectors import approval_current, visible_to
 from campaigns import services
 from campaigns.models import Campaign, Occurrence
+from campaigns.reports import campaign_report, campaign_report_csv, campaign_timeline
 from campaigns.selectors import TRANSITIONS, campaign_actions, campaigns_visible_to
 
 # The admin instance is shared by every request; the request whose page is being drawn lives here.
@@ -25,6 +27,38 @@ class CampaignForm(forms.ModelForm):
         fields = services.EDITABLE_FIELDS
         widgets = {"send_at": forms.SplitDateTimeWidget, "ends_at": forms.SplitDateTimeWidget}
         field_classes = {"send_at": forms.SplitDateTimeField, "ends_at": forms.SplitDateTimeField}
+
+
+def _timeline_svg(points: list[dict]) -> str:
+    """Accepted (blue) and opened (green) per hour, as a small server-rendered bar chart."""
+    if not points:
+        return format_html("<p>{}</p>", "Nothing sent yet.")
+    width, height, bar = 640, 120, max(2, min(24, 640 // (2 * len(points))))
+    top = max(max(p["accepted"], p["opened"]) for p in points) or 1
+    bars = []
+    for i, p in enumerate(points):
+        x = i * 2 * bar
+        for offset, key, color in ((0, "accepted", "#417690"), (bar, "opened", "#5b9b3a")):
+            h = round(height * p[key] / top)
+            bars.append(
+                format_html(
+                    '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"><title>{} {}: {}</title></rect>',
+                    x + offset,
+                    height - h,
+                    bar - 1,
+                    h,
+                    color,
+                    p["hour"].strftime("%Y-%m-%d %H:00"),
+                    key,
+                    p[key],
+                )
+            )
+    return format_html(
+        '<svg class="campaign-timeline" width="{}" height="{}" role="img" aria-label="accepted and opened per hour">{}</svg>',
+        width,
+        height,
+        mark_safe("".join(bars)),  # noqa: S308 (each bar was built by format_html)
+    )
 
 
 class _StatusFilter(admin.SimpleListFilter):
@@ -82,6 +116,7 @@ class CampaignAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         "owner",
         "activated_at",
         "next_occurrence_at",
+        "report",
         "object_access",
     )
 
@@ -124,6 +159,7 @@ class CampaignAdmin(ObjectAccessAdminMixin, ScopedAdmin):
                     },
                 ),
             )
+            fieldsets.append(("Report", {"fields": ("report",)}))
             fieldsets.append(("Access", {"fields": ("object_access",)}))
         return fieldsets
 
@@ -139,6 +175,17 @@ class CampaignAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         if db_field.name in querysets:
             kwargs["queryset"] = querysets[db_field.name]()
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if obj is not None:
+            # Colleagues may keep references they cannot see themselves; they cannot pick new ones.
+            for name in ("app", "segment", "content"):
+                field = form.base_fields.get(name)
+                current = getattr(obj, f"{name}_id")
+                if field is not None and current is not None:
+                    field.queryset = field.queryset | field.queryset.model.objects.filter(pk=current)
+        return form
 
     def has_change_permission(self, request, obj=None):
         if obj is not None and obj.status not in (Status.DRAFT, Status.SCHEDULED, Status.LIVE):
@@ -207,8 +254,56 @@ class CampaignAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         finally:
             _drawing_for.reset(token)
 
+    @admin.display(description="Report")
+    def report(self, obj):
+        if obj is None or obj.pk is None:
+            return "—"
+        data = campaign_report(obj)
+        counters = format_html_join(
+            "",
+            "<tr><th>{}</th><td>{}</td></tr>",
+            [
+                ("Targeted", data["targeted"]),
+                ("Accepted", data["accepted"]),
+                ("Failed", data["failed"]),
+                ("Skipped", data["skipped"]),
+                ("Unknown (worker lost)", data["unknown"]),
+                ("Still sending", data["pending"]),
+                ("Opened", data["opened"]),
+                ("Open rate", f"{data['open_rate']:.1%}" if data["open_rate"] is not None else "—"),
+            ],
+        )
+        reasons = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            [("failed", r, n) for r, n in data["failed_by_reason"].items()]
+            + [("skipped", r, n) for r, n in data["skipped_by_reason"].items()],
+        )
+        csv_url = reverse("admin:campaigns_campaign_report_csv", args=[obj.pk])
+        return format_html(
+            '<div id="campaign-report"><table>{}</table><table><thead><tr><th>outcome</th><th>reason</th>'
+            '<th>count</th></tr></thead>{}</table>{}<p><a href="{}">Export as CSV</a></p></div>',
+            counters,
+            reasons,
+            _timeline_svg(campaign_timeline(obj)),
+            csv_url,
+        )
+
+    def report_csv_view(self, request, object_id):
+        campaign = self.get_object(request, object_id)
+        if campaign is None or not self.has_view_permission(request, campaign):
+            raise Http404("No such campaign.")
+        response = HttpResponse(campaign_report_csv(campaign), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="campaign-{campaign.pk}-report.csv"'
+        return response
+
     def get_urls(self):
         return [
+            path(
+                "<path:object_id>/report.csv",
+                self.admin_site.admin_view(self.report_csv_view),
+                name="campaigns_campaign_report_csv",
+            ),
             path(
                 "<int:campaign_id>/transition/<str:action>/",
                 self.admin_site.admin_view(self.transition_view),

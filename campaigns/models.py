@@ -91,6 +91,7 @@ class Campaign(models.Model):
             ("stop_campaign", "Can stop a campaign"),
             ("archive_campaign", "Can archive a campaign"),
             ("duplicate_campaign", "Can duplicate a campaign"),
+            ("trigger_campaign", "Can trigger an API-triggered campaign"),
         ]
         indexes = [models.Index(fields=["status", "next_occurrence_at"], name="campaign_due_idx")]
 

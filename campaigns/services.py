@@ -85,34 +85,40 @@ def _transition(campaign: Campaign, to: str, *, by: User | None, action: str, su
     audit(actor=by, action=f"campaign_{action}", obj=campaign, summary={"from": before, "to": to, **(summary or {})})
 
 
-def _check_references(*, by: User, app, segment, content, kind: str) -> None:
+def _check_references(campaign: Campaign, *, by: User, changed: set[str]) -> None:
+    """The app, segment and content fit together; those the user sets now must be within their access."""
     from audiences.selectors import segments_visible_to
     from delivery.models import App, PushContent
 
     errors = {}
-    if app is None or not visible_to(by, App.objects.filter(pk=app.pk)).exists():
+    app, segment, content = campaign.app, campaign.segment, campaign.content
+    if app is None:
+        errors["app"] = "Choose an app."
+    elif "app" in changed and not visible_to(by, App.objects.filter(pk=app.pk)).exists():
         errors["app"] = "Choose an app you have access to."
-    if content is None or not visible_to(by, PushContent.objects.filter(pk=content.pk)).exists():
+    if content is None:
+        errors["content"] = "Choose push content."
+    elif "content" in changed and not visible_to(by, PushContent.objects.filter(pk=content.pk)).exists():
         errors["content"] = "Choose push content you have access to."
     elif app is not None and content.app_id != app.pk:
         errors["content"] = f"This content belongs to another app than '{app}'."
-    if kind == Campaign.Kind.SCHEDULED:
+    if campaign.kind == Campaign.Kind.SCHEDULED:
         if segment is None:
             errors["segment"] = "A scheduled campaign needs an audience segment."
-        elif not segments_visible_to(by).filter(pk=segment.pk).exists():
+        elif "segment" in changed and not segments_visible_to(by).filter(pk=segment.pk).exists():
             errors["segment"] = "Choose a segment you have access to."
     if errors:
         raise ValidationError(errors)
 
 
-def _validate(campaign: Campaign, *, by: User) -> None:
+def _validate(campaign: Campaign, *, by: User, changed: set[str] = frozenset()) -> None:
     if not (campaign.name or "").strip():
         raise ValidationError({"name": "A campaign needs a name."})
     if campaign.kind not in Campaign.Kind.values:
         raise ValidationError({"kind": f"Use one of {', '.join(Campaign.Kind.values)}."})
     if campaign.purpose not in Campaign.Purpose.values:
         raise ValidationError({"purpose": f"Use one of {', '.join(Campaign.Purpose.values)}."})
-    _check_references(by=by, app=campaign.app, segment=campaign.segment, content=campaign.content, kind=campaign.kind)
+    _check_references(campaign, by=by, changed=changed)
     schedule_check(
         kind=campaign.kind,
         schedule_kind=campaign.schedule_kind,
@@ -136,7 +142,7 @@ def campaign_create(*, by: User, **fields) -> Campaign:
     if unknown:
         raise ValidationError({field: "Not a campaign field." for field in unknown})
     campaign = Campaign(owner=by, **fields)
-    _validate(campaign, by=by)
+    _validate(campaign, by=by, changed={"app", "segment", "content"})
     with transaction.atomic():
         campaign.save()
         access_grant(obj=campaign, to=by, by=None)
@@ -160,15 +166,20 @@ def campaign_update(*, campaign_id: int, by: User, **changes) -> Campaign:
         if campaign.status not in (Status.DRAFT, Status.SCHEDULED, Status.LIVE):
             raise TransitionError(campaign, "edited", "Duplicate it to make a new draft.")
         before = campaign.fingerprint()
+        changed = {
+            field
+            for field, value in changes.items()
+            if getattr(campaign, f"{field}_id" if field in ("app", "segment", "content") else field)
+            != (getattr(value, "pk", value))
+        }
         for field, value in changes.items():
             setattr(campaign, field, value)
-        _validate(campaign, by=by)
+        _validate(campaign, by=by, changed=changed)
         campaign.updated_at = timezone.now()
         campaign.save()
-        changed = sorted(changes)
-        audit(actor=by, action="campaign_changed", obj=campaign, summary={"fields": changed})
+        audit(actor=by, action="campaign_changed", obj=campaign, summary={"fields": sorted(changed)})
         if campaign.is_active and campaign.fingerprint() != before:
-            _back_to_draft(campaign, by=by, reason=f"edited: {', '.join(changed)}")
+            _back_to_draft(campaign, by=by, reason=f"edited: {', '.join(sorted(changed))}")
     return campaign
 
 
@@ -560,6 +571,8 @@ def campaign_trigger(*, campaign_id: int, by: User, recipients: list[dict], cont
     campaign = Campaign.objects.select_related("content").filter(pk=campaign_id).first()
     if campaign is None or not visible_to(by, Campaign.objects.filter(pk=campaign_id)).exists():
         raise Http404(f"No campaign {campaign_id}.")
+    if not can(by, "campaigns.trigger_campaign", campaign):
+        raise PermissionDenied("Your role may not trigger campaigns.")
     if campaign.kind != Campaign.Kind.API_TRIGGERED:
         raise TriggerRefused(
             f"'{campaign}' is a scheduled campaign, not an API-triggered one.", code="not_api_triggered"
