@@ -250,7 +250,10 @@ class CampaignAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     def change_view(self, request, object_id, form_url="", extra_context=None):
         token = _drawing_for.set(request)
         try:
-            return super().change_view(request, object_id, form_url, extra_context)
+            response = super().change_view(request, object_id, form_url, extra_context)
+            if getattr(response, "is_rendered", True) is False:
+                response.render()  # while the request is known to the readonly fields
+            return response
         finally:
             _drawing_for.reset(token)
 

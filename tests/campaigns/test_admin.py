@@ -1,0 +1,96 @@
+"""The campaign admin: buttons per role and state, reports and CSV export, read-only for viewers."""
+
+import csv
+import io
+
+import pytest
+
+from campaigns.services import campaign_approve, campaign_submit
+from delivery.models import Delivery, Dispatch
+from tests.factories import DeviceFactory, ProfileFactory
+
+
+def _buttons(page):
+    return {
+        value.decode() for value in __import__("re").findall(rb'name="campaign_action" value="(\w+)"', page.content)
+    }
+
+
+def test_manager_sees_the_buttons_of_a_draft(client, make_campaign, manager_alice):
+    campaign = make_campaign()
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/")
+    assert page.status_code == 200
+    assert _buttons(page) == {"submit", "duplicate", "test_send"}
+
+
+def test_in_review_campaign_is_locked_for_its_author(client, make_campaign, manager_alice):
+    campaign = make_campaign()
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/")
+    assert b'name="_save"' not in page.content
+    assert _buttons(page) == {"cancel_request", "duplicate", "test_send"}
+
+
+def test_viewer_sees_no_button_and_no_save(client, make_campaign, viewer_carol):
+    campaign = make_campaign()
+    client.force_login(viewer_carol)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/")
+    assert page.status_code == 200
+    assert _buttons(page) == set()
+    assert b'name="_save"' not in page.content
+    listing = client.get("/admin/campaigns/campaign/")
+    assert b"Spring sale" in listing.content
+    assert b"addlink" not in listing.content
+
+
+def test_outsider_gets_404_on_every_campaign_page(client, make_campaign, manager_mallory, outsider_dave, admin_erin):
+    from tests.factories import AppFactory
+
+    campaign = make_campaign()
+    stranger = type(manager_mallory).objects.create_user("manager_stranger", is_staff=True)
+    stranger.groups.add(__import__("django.contrib.auth.models", fromlist=["Group"]).Group.objects.get(name="Manager"))
+    AppFactory(name="Elsewhere")
+    client.force_login(stranger)
+    for suffix in ("change/", "history/", "delete/", "access/", "report.csv"):
+        assert client.get(f"/admin/campaigns/campaign/{campaign.pk}/{suffix}").status_code == 404, suffix
+    assert b"Spring sale" not in client.get("/admin/campaigns/campaign/").content
+
+
+def test_report_counts_outcomes_and_exports_safe_csv(
+    client, make_campaign, manager_alice, approver_bob, team, sim, sim_app, django_capture_on_commit_callbacks
+):
+    campaign = make_campaign(kind="api_triggered", segment=None, name="=HYPERLINK(evil)")
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    reached, unreachable = ProfileFactory.create_batch(2)
+    device = DeviceFactory(profile=reached, app=team)
+    dispatch = Dispatch.objects.create(
+        app=team, kind="api_trigger", source_id=campaign.pk, content_spec=campaign.content.spec(), status="done"
+    )
+    Delivery.objects.create(
+        dispatch=dispatch, device=device, profile_id=reached.pk, status="accepted", opened_at=dispatch.created_at
+    )
+    Delivery.objects.create(dispatch=dispatch, profile_id=unreachable.pk, status="skipped", reason="no_device")
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/")
+    assert b'id="campaign-report"' in page.content
+    exported = client.get(f"/admin/campaigns/campaign/{campaign.pk}/report.csv")
+    assert exported.status_code == 200
+    rows = list(csv.reader(io.StringIO(exported.content.decode())))
+    assert rows[1][0] == "'=HYPERLINK(evil)"
+    assert rows[1][1:4] == ["2", "1", "0"]
+    assert ["skipped", "no_device", "1"] in rows
+    api = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/")
+    assert api.status_code == 200
+
+
+@pytest.mark.parametrize("status", ["completed", "stopped"])
+def test_finished_campaign_is_read_only_and_offers_archive(client, make_campaign, manager_alice, status):
+    campaign = make_campaign()
+    type(campaign).objects.filter(pk=campaign.pk).update(status=status)
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/")
+    assert b'name="_save"' not in page.content
+    assert "archive" in _buttons(page)
