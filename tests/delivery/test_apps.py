@@ -351,3 +351,14 @@ def test_the_demo_app_sends_to_the_simulator_with_credentials_made_at_setup(push
     finally:
         pushsim.state.trust_file_loader = None
     assert [(c.provider, c.ok) for c in checks] == [("APNs", True), ("FCM", True)]
+
+
+@pytest.mark.django_db
+def test_a_viewer_with_access_sees_the_app_but_no_way_to_change_its_credentials(client, viewer_carol, pushsim_app):
+    from accounts.services import access_grant
+
+    access_grant(obj=pushsim_app, to=viewer_carol, by=None)
+    client.force_login(viewer_carol)
+    page = client.get(reverse("admin:delivery_app_change", args=[pushsim_app.pk])).content.decode()
+    assert pushsim_app.apns_private_key_fingerprint in page
+    assert 'type="file"' not in page and "Test connection" not in page
