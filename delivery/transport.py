@@ -109,15 +109,15 @@ class Response:
 class _Slot:
     """A reusable easy handle and the buffers its callbacks fill."""
 
-    __slots__ = ("curl", "index", "body", "header_lines", "body_size", "tls")
+    __slots__ = ("curl", "index", "body", "header_lines", "tls", "custom_method")
 
     def __init__(self, transport: Http2Transport):
         self.curl = c = pycurl.Curl()
         self.body: list[bytes] = []
         self.header_lines: list[bytes] = []
         self.index = -1
-        self.body_size = 0
         self.tls: bool | None = None  # the HTTP version option set last: 2TLS (True) or h2c (False)
+        self.custom_method = False  # CUSTOMREQUEST is set (a method other than GET or POST)
         c.setopt(pycurl.WRITEFUNCTION, self.body.append)
         if transport.all_headers:
             c.setopt(pycurl.HEADERFUNCTION, self.header_lines.append)
@@ -204,13 +204,17 @@ class Http2Transport:
             )
             slot.tls = tls
         c.setopt(pycurl.HTTPHEADER, request.headers)
+        if slot.custom_method:
+            c.setopt(pycurl.CUSTOMREQUEST, None)
+            slot.custom_method = False
         if request.method == "POST":
             c.setopt(pycurl.POSTFIELDS, request.body)
-            slot.body_size = len(request.body)
-        else:
+        elif request.method == "GET":
             c.setopt(pycurl.HTTPGET, 1)
-            c.setopt(pycurl.CUSTOMREQUEST, None if request.method == "GET" else request.method)
-            slot.body_size = 0
+        else:
+            c.setopt(pycurl.POSTFIELDS, request.body)
+            c.setopt(pycurl.CUSTOMREQUEST, request.method)
+            slot.custom_method = True
         self._multi.add_handle(c)
 
     def send(self, requests: Sequence[Request]) -> list[Response]:

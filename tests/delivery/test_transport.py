@@ -102,3 +102,15 @@ def test_a_refused_connection_is_a_connect_error():
     with Http2Transport(connect_timeout=1) as transport:
         [response] = transport.send([Request(url=f"http://127.0.0.1:{port}/3/device/00", headers=[], body=b"{}")])
     assert response.error_kind == "connect" and not response.maybe_sent
+
+
+def test_handles_are_reused_across_methods(pushsim, bearer):
+    base = pushsim.apns_url()
+    with Http2Transport(max_connections_per_host=1, max_streams_per_connection=1) as transport:
+        answers = [
+            transport.send([Request(url=f"{base}/3/device/{'ab' * 32}", headers=[], method=method)])[0].status
+            for method in ("DELETE", "GET", "PUT")
+        ]
+        [post] = transport.send(apns_requests(base, bearer, 1))
+    assert answers == [405, 405, 405]
+    assert post.status == 200
