@@ -280,8 +280,15 @@ def test_managers_cannot_add_apps_nor_see_apps_outside_their_access(client, mana
 
 
 @pytest.mark.django_db
-def test_test_connection_reports_what_apns_and_fcm_answered(pushsim_app, admin_erin, pushsim):
+def test_test_connection_reports_what_apns_and_fcm_answered(
+    pushsim_app, admin_erin, pushsim, caplog, apns_credentials, fcm_credentials
+):
+    caplog.set_level(logging.DEBUG)
     checks = app_test_connection(app_id=pushsim_app.pk, by=admin_erin)
+    fragments = secret_fragments(apns_credentials, fcm_credentials)
+    assert all(f not in caplog.text + repr(checks) for f in fragments)
+    assert "token" in caplog.text  # the token fetch was logged, without the assertion or the key
+    assert pushsim.state.access_tokens and all(t not in caplog.text for t in pushsim.state.access_tokens)
     assert [(c.provider, c.ok) for c in checks] == [("APNs", True), ("FCM", True)]
     assert "BadDeviceToken" in checks[0].message
     assert "fake_message_id" in checks[1].message
