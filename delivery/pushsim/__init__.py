@@ -16,6 +16,7 @@ or as ``manage.py pushsim`` (see that command for its flags and default ports).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import tempfile
 import threading
@@ -120,6 +121,9 @@ class PushSimulator:
 
     def start(self) -> PushSimulator:
         """Start listening (in a background thread) and return once every port is bound."""
+        # hpack logs every header it decodes at DEBUG: here that is every provider token and
+        # OAuth access token the simulator receives. Keep it out of the logs.
+        logging.getLogger("hpack").setLevel(max(logging.INFO, logging.getLogger("hpack").getEffectiveLevel()))
         ssl_context = self._tls_context() if self.tls else None
         ready = threading.Event()
         failure: list[BaseException] = []
