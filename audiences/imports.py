@@ -60,6 +60,15 @@ class Plan:
     id_index: int
     width: int
 
+    @property
+    def fields(self) -> list[tuple[int, str, str, str]]:
+        """(index, target, type, header) of every column but the external id, computed once."""
+        cached = self.__dict__.get("_fields")
+        if cached is None:
+            cached = [(c.index, c.to, c.type, c.header) for c in self.columns if c.to != "external_id"]
+            self.__dict__["_fields"] = cached
+        return cached
+
 
 def python_encoding(encoding: str) -> str:
     return "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else "latin-1"
@@ -225,16 +234,29 @@ def parse_cell(raw: str, kind: str):
             return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).isoformat()
         except ValueError:
             raise ValueError("is not a date (YYYY-MM-DD or ISO 8601 time)") from None
-    # auto: numbers without a leading zero, true/false, else the text as it is
-    if INT_RE.match(value):
-        return int(value)
-    if FLOAT_RE.match(value):
+    # auto: numbers without a leading zero, true/false, else the text as it is. The cheap
+    # checks come first: this runs for every cell of every row.
+    if not value:
+        return raw
+    first = value[0]
+    if first.isdigit() or first == "-":
+        if value.isdigit():
+            if first != "0" or len(value) == 1:
+                return int(value) if len(value) < 19 else raw
+            return raw
+        if INT_RE.match(value):
+            return int(value)
+        if FLOAT_RE.match(value):
+            return float(value)
+        return raw
+    if first == "." and FLOAT_RE.match(value):
         return float(value)
-    lowered = value.lower()
-    if lowered == "true":
-        return True
-    if lowered == "false":
-        return False
+    if len(value) in (4, 5):
+        lowered = value.lower()
+        if lowered == "true":
+            return True
+        if lowered == "false":
+            return False
     return raw
 
 
@@ -256,26 +278,25 @@ def parse_record(record: Record, plan: Plan, *, timezones: set[str]) -> ParsedRo
     if len(external_id) > 255:
         return "external_id is longer than 255 characters"
     row = ParsedRow(line=record.line, external_id=external_id, attributes={})
-    for column in plan.columns:
-        if column.to == "external_id":
-            continue
-        raw = cells[column.index]
-        if not raw.strip():
+    attributes = row.attributes
+    for index, to, kind, header in plan.fields:
+        raw = cells[index]
+        value = raw.strip()
+        if not value:
             continue  # an empty cell leaves the attribute as it is
         if len(raw) > MAX_CELL:
-            return f"column {column.header!r} is longer than {MAX_CELL} characters"
-        if column.to == "locale":
-            row.locale = raw.strip()[:35]
-            continue
-        if column.to == "timezone":
-            if raw.strip() not in timezones:
-                return f"column {column.header!r}: {raw.strip()!r} is not a time zone (e.g. Europe/Paris)"
-            row.timezone = raw.strip()
-            continue
-        try:
-            row.attributes[column.to] = parse_cell(raw, column.type)
-        except ValueError as exc:
-            return f"column {column.header!r}: {_shorten(raw)!r} {exc}"
+            return f"column {header!r} is longer than {MAX_CELL} characters"
+        if to == "locale":
+            row.locale = value[:35]
+        elif to == "timezone":
+            if value not in timezones:
+                return f"column {header!r}: {value!r} is not a time zone (e.g. Europe/Paris)"
+            row.timezone = value
+        else:
+            try:
+                attributes[to] = parse_cell(raw, kind)
+            except ValueError as exc:
+                return f"column {header!r}: {_shorten(raw)!r} {exc}"
     return row
 
 
@@ -327,9 +348,29 @@ class Batch:
     """Rows to write in one transaction; an external id seen twice keeps its last row."""
 
     rows: dict[str, ParsedRow] = field(default_factory=dict)
+    copy_text: str | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def prepare_copy(self) -> None:
+        """Render the rows as PostgreSQL COPY text now, so the writer only streams one string."""
+        dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+        lines = []
+        for row in self.rows.values():
+            lines.append(
+                f"{_copy_escape(row.external_id)}\t{_copy_escape(dumps(row.attributes))}\t"
+                f"{_copy_escape(row.locale)}\t{_copy_escape(row.timezone)}\n"
+            )
+        self.copy_text = "".join(lines)
+
+
+def _copy_escape(value: str | None) -> str:
+    if value is None:
+        return "\\N"
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        value = value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return value
 
 
 STAGE_SQL = (
@@ -391,12 +432,12 @@ def write_batch(batch: Batch, *, now: dt.datetime, segment_id: int | None, impor
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(STAGE_SQL)
-            raw = cursor.cursor
-            with raw.copy("COPY audiences_import_stage (external_id, attributes, locale, timezone) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(
-                        (row.external_id, json.dumps(row.attributes, separators=(",", ":")), row.locale, row.timezone)
-                    )
+            if batch.copy_text is None:
+                batch.prepare_copy()
+            with cursor.cursor.copy(
+                "COPY audiences_import_stage (external_id, attributes, locale, timezone) FROM STDIN"
+            ) as copy:
+                copy.write(batch.copy_text)
             cursor.execute(UPSERT_PG, {"now": now})
             if segment_id is not None:
                 cursor.execute(

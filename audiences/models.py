@@ -123,7 +123,13 @@ class SegmentMember(models.Model):
     added_at = models.DateTimeField(default=dj_timezone.now, editable=False)
     # The import that last listed this member; "replace" imports drop members it did not list.
     source_import = models.ForeignKey(
-        "Import", on_delete=models.SET_NULL, null=True, blank=True, related_name="+", db_constraint=False
+        "Import",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
     )
 
     class Meta:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import queue
 import re
+import threading
 import time
 import uuid
 import zoneinfo
@@ -19,7 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import ProtectedError, Q
 from django.utils import timezone
 from django_q.tasks import async_task
@@ -625,11 +627,26 @@ def _import_rows(record: Import, fh, plan, *, started: float, seconds: float) ->
     segment_id = record.segment_id if record.target != Import.Target.PROFILES else None
     errors = ErrorFile(_error_path(record), resume_at=record.error_bytes)
     seen: set[int] = set()  # hashes of external ids already read: duplicates are reported
-    counters = {"done": record.rows_done, "imported": record.rows_imported, "failed": record.rows_failed}
-    counters["duplicate"] = record.rows_duplicate
+    counters = {
+        "done": record.rows_done,
+        "imported": record.rows_imported,
+        "failed": record.rows_failed,
+        "duplicate": record.rows_duplicate,
+    }
     position = 0
     batch = Batch()
     tz_names = _timezones()
+    committer = _Committer(record, segment_id=segment_id, replace=replace)
+
+    def commit() -> None:
+        try:
+            bytes_done = fh.tell()
+        except (OSError, ValueError):
+            bytes_done = record.bytes_done
+        if committer.threaded:
+            batch.prepare_copy()  # here, so the writer thread holds the GIL as little as possible
+        committer.submit(batch, position=position, bytes_done=bytes_done, error_bytes=errors.tell(), **counters)
+
     try:
         for item in records(fh, encoding=record.encoding):
             position += 1
@@ -656,14 +673,17 @@ def _import_rows(record: Import, fh, plan, *, started: float, seconds: float) ->
                     seen.add(key)
                     counters["imported"] += 1
                 batch.rows[parsed.external_id] = parsed
-            if len(batch) >= batch_rows or (counters["done"] % batch_rows == 0):
-                _import_commit(record, batch, position, fh, errors, counters, segment_id, replace)
+            if len(batch) >= batch_rows or counters["done"] % batch_rows == 0:
+                commit()
                 batch = Batch()
                 if time.monotonic() - started > seconds:
+                    committer.close()
                     _import_hand_over(record)
                     return True
-        _import_commit(record, batch, position, fh, errors, counters, segment_id, replace)
+        commit()
+        committer.close()
     finally:
+        committer.close(raise_error=False)
         errors.close()
     with transaction.atomic():
         if replace and record.segment_id:
@@ -675,34 +695,79 @@ def _import_rows(record: Import, fh, plan, *, started: float, seconds: float) ->
     return False
 
 
-def _import_commit(record, batch, position, fh, errors, counters, segment_id, replace) -> None:
-    now = timezone.now()
-    try:
-        bytes_done = fh.tell()
-    except (OSError, ValueError):
-        bytes_done = record.bytes_done
-    with transaction.atomic():
-        write_batch(batch, now=now, segment_id=segment_id, import_id=record.pk, replace=replace)
-        record.position = position
-        record.error_bytes = errors.tell()
-        record.rows_done = counters["done"]
-        record.rows_imported = counters["imported"]
-        record.rows_failed = counters["failed"]
-        record.rows_duplicate = counters["duplicate"]
-        record.bytes_done = min(bytes_done, record.size) if record.size else bytes_done
-        record.heartbeat_at = now
-        record.save(
-            update_fields=[
-                "position",
-                "error_bytes",
-                "rows_done",
-                "rows_imported",
-                "rows_failed",
-                "rows_duplicate",
-                "bytes_done",
-                "heartbeat_at",
-            ]
-        )
+class _Committer:
+    """Writes an import's batches, each in its own transaction with the progress that accounts for it.
+
+    On PostgreSQL, outside a surrounding transaction, it writes from a second thread (its own
+    connection) while the caller parses the next batch: the database and Python then work at
+    the same time. Batches are written in order, one at a time; an error stops the import.
+    """
+
+    def __init__(self, record: Import, *, segment_id: int | None, replace: bool):
+        self.record = record
+        self.segment_id = segment_id
+        self.replace = replace
+        self.error: BaseException | None = None
+        self.closed = False
+        self.threaded = connection.vendor == "postgresql" and not connection.in_atomic_block
+        if self.threaded:
+            self.queue: queue.Queue = queue.Queue(maxsize=1)
+            self.thread = threading.Thread(target=self._loop, name=f"import-{record.pk}-writer", daemon=True)
+            self.thread.start()
+
+    def submit(self, batch: Batch, **progress) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.threaded:
+            self.queue.put((batch, progress))
+        else:
+            self._write(batch, **progress)
+
+    def close(self, *, raise_error: bool = True) -> None:
+        if self.threaded and not self.closed:
+            self.closed = True
+            self.queue.put(None)
+            self.thread.join()
+        if raise_error and self.error is not None:
+            raise self.error
+
+    def _loop(self) -> None:
+        try:
+            while (job := self.queue.get()) is not None:
+                if self.error is None:
+                    self._write(job[0], **job[1])
+        except BaseException as exc:  # handed to the parsing thread, which raises it
+            self.error = exc
+            while self.queue.get() is not None:  # let the producer finish; nothing more is written
+                pass
+        finally:
+            connection.close()
+
+    def _write(self, batch: Batch, *, position, bytes_done, error_bytes, done, imported, failed, duplicate) -> None:
+        record = self.record
+        now = timezone.now()
+        with transaction.atomic():
+            write_batch(batch, now=now, segment_id=self.segment_id, import_id=record.pk, replace=self.replace)
+            record.position = position
+            record.error_bytes = error_bytes
+            record.rows_done = done
+            record.rows_imported = imported
+            record.rows_failed = failed
+            record.rows_duplicate = duplicate
+            record.bytes_done = min(bytes_done, record.size) if record.size else bytes_done
+            record.heartbeat_at = now
+            record.save(
+                update_fields=[
+                    "position",
+                    "error_bytes",
+                    "rows_done",
+                    "rows_imported",
+                    "rows_failed",
+                    "rows_duplicate",
+                    "bytes_done",
+                    "heartbeat_at",
+                ]
+            )
 
 
 def _import_hand_over(record: Import) -> None:

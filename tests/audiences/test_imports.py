@@ -266,3 +266,19 @@ def test_progress_reports_percent_and_time_left(run_import):
     record.started_at = timezone.now() - timezone.timedelta(seconds=10)
     assert 0 < record.percent < 100
     assert 5 <= record.seconds_left <= 15
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_writes_batches_from_a_second_thread_and_loses_nothing(manager_alice, media, settings):
+    """Outside a transaction (as on a worker), PostgreSQL batches are written by a writer thread."""
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 3
+    rows = b"".join(f'u{i},{i},"tab\there\\\\ and\nnewline"\n'.encode() for i in range(10))
+    content = b"external_id,n,note\n" + rows + b",x,y\nu1,again,z\n"
+    upload = SimpleUploadedFile("people.csv", content, content_type="text/csv")
+    record = import_create(upload=upload, by=manager_alice, target="new_segment", segment_name="Threaded")
+    record.refresh_from_db()
+    assert record.status == Import.Status.DONE
+    assert (record.rows_done, record.rows_imported, record.rows_failed, record.rows_duplicate) == (12, 10, 1, 1)
+    assert attrs("u1") == {"n": "again", "note": "z"}
+    assert attrs("u2") == {"n": 2, "note": "tab\there\\\\ and\nnewline"}
+    assert record.segment.members.count() == 10
