@@ -20,7 +20,8 @@ What the transport guarantees:
   providers answer a request only after acting on it, and send nothing before, so an
   unanswered request is one they did not take. A timeout, or a connection lost in the middle
   of an answer, is not re-sent: it comes back as an error with ``maybe_sent`` True, for the
-  caller to decide.
+  caller to decide. ``max_resends=0`` turns the re-sending off (libcurl itself still retries
+  a request that got nothing back on a connection it had reused).
 """
 
 from __future__ import annotations
