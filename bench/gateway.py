@@ -259,6 +259,10 @@ def main() -> None:
                 "fcm_ratio_to_h2load": round(fcm_rps / reference, 3),
                 "apns_cpu_us_per_request": round(apns_cpu, 1),
                 "fcm_cpu_us_per_request": round(fcm_cpu, 1),
+                # What one core would do if nothing else ran on it: steadier than requests/s
+                # on a machine whose other work comes and goes.
+                "apns_requests_per_cpu_s": round(1e6 / apns_cpu),
+                "fcm_requests_per_cpu_s": round(1e6 / fcm_cpu),
                 "apns_accepted": apns_ok,
                 "fcm_accepted": fcm_ok,
                 "goal": {"requests_per_s": 15000, "ratio_to_h2load": 0.25},
