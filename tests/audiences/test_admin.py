@@ -188,3 +188,14 @@ def test_admin_import_refusal_is_shown_on_the_form(login, manager_alice, media):
     assert response.status_code == 200
     assert "no external_id column" in response.content.decode()
     assert not Import.objects.exists()
+
+
+def test_profile_and_event_search_is_by_exact_external_id(login, viewer_carol):
+    ann = ProfileFactory(external_id="Ann-1")
+    ProfileFactory(external_id="ann-1")
+    EventFactory(profile=ann, name="purchase")
+    client = login(viewer_carol)
+    found = client.get("/admin/audiences/profile/", {"q": "Ann-1"}).context["cl"].result_list
+    assert [p.external_id for p in found] == ["Ann-1"]
+    events = client.get("/admin/audiences/event/", {"q": "Ann-1"}).context["cl"].result_list
+    assert [e.profile_id for e in events] == [ann.pk]
