@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import ssl
+import time
 
 import h2.config
 import h2.connection
@@ -159,7 +160,7 @@ class SimProtocol(asyncio.Protocol):
             self.open_streams.clear()
             self._flush()
             self.closed = True
-            asyncio.get_running_loop().call_later(0.05, self.transport.abort)
+            self._abort_when_flushed(time.monotonic() + 2.0)
             return
         if faults.goaway_after_streams and self.conn.streams > faults.goaway_after_streams:
             last = max([s for s in self.open_streams] + [self._last_answered], default=0)
@@ -176,6 +177,18 @@ class SimProtocol(asyncio.Protocol):
         self.open_streams.add(stream_id)
 
     _last_answered = 0
+
+    def _abort_when_flushed(self, deadline: float, quiet_since: float = 0.0) -> None:
+        """Abort once the answers already written have left (and had 50 ms to be read)."""
+        now = time.monotonic()
+        if self.transport.get_write_buffer_size() > 0:
+            quiet_since = 0.0
+        elif not quiet_since:
+            quiet_since = now
+        if (quiet_since and now - quiet_since >= 0.05) or now >= deadline:
+            self.transport.abort()
+            return
+        asyncio.get_running_loop().call_later(0.01, self._abort_when_flushed, deadline, quiet_since)
 
     def _on_stream_ended(self, stream_id: int) -> None:
         request = self.requests.pop(stream_id, None)

@@ -233,3 +233,11 @@ def test_a_client_for_an_app_uses_its_settings_and_environment(pushsim_app, push
         assert client.send([alert()])[0].accepted
     finally:
         client.close()
+
+
+def test_a_batch_survives_goaway_without_losing_or_duplicating_a_notification(client, pushsim):
+    pushsim.state.faults.goaway_after_streams = 30
+    tokens = [f"{i:064x}" for i in range(100)]
+    outcomes = client.send([alert(token=t) for t in tokens])
+    assert all(o.accepted for o in outcomes)
+    assert [pushsim.state.count(t) for t in tokens] == [1] * 100

@@ -152,3 +152,11 @@ def test_a_client_for_an_app_reads_its_project_and_settings(pushsim_app, pushsim
         assert client.send([to()])[0].accepted
     finally:
         client.close()
+
+
+def test_a_batch_survives_a_dropped_connection_without_losing_or_duplicating_a_message(client, pushsim):
+    pushsim.state.faults.drop_after_streams = 40
+    tokens = [f"fcm-token-{i:04d}-" + "z" * 100 for i in range(90)]
+    outcomes = client.send([to(token=t) for t in tokens])
+    assert all(o.accepted for o in outcomes)
+    assert [pushsim.state.count(t) for t in tokens] == [1] * 90
