@@ -568,11 +568,13 @@ def campaign_trigger(*, campaign_id: int, by: User, recipients: list[dict], cont
     from delivery.payloads import RECIPIENT_CONTEXTS
     from delivery.services import GateClosed, dispatch_create
 
-    campaign = Campaign.objects.select_related("content").filter(pk=campaign_id).first()
-    if campaign is None or not visible_to(by, Campaign.objects.filter(pk=campaign_id)).exists():
+    campaign = visible_to(
+        by, Campaign.objects.select_related("content").filter(pk=campaign_id), perm="campaigns.trigger_campaign"
+    ).first()
+    if campaign is None:
+        if visible_to(by, Campaign.objects.filter(pk=campaign_id)).exists():
+            raise PermissionDenied("Your role may not trigger campaigns.")
         raise Http404(f"No campaign {campaign_id}.")
-    if not can(by, "campaigns.trigger_campaign", campaign):
-        raise PermissionDenied("Your role may not trigger campaigns.")
     if campaign.kind != Campaign.Kind.API_TRIGGERED:
         raise TriggerRefused(
             f"'{campaign}' is a scheduled campaign, not an API-triggered one.", code="not_api_triggered"
