@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import ssl
 import time
@@ -67,6 +68,7 @@ class SimProtocol(asyncio.Protocol):
         self.goaway_last_stream = -1
         self.closed = False
         self.closing = False
+        self.idle_timer: asyncio.TimerHandle | None = None
 
     # --- connection --------------------------------------------------------------------------
     def connection_made(self, transport):
@@ -77,6 +79,35 @@ class SimProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.closed = True
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+
+    def _touch(self) -> None:
+        """Restart the idle clock (fault ``idle_timeout_s``: GOAWAY IdleTimeout after that long idle)."""
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        timeout = self.state.faults.idle_timeout_s
+        if timeout > 0 and not self.closed:
+            self.idle_timer = asyncio.get_running_loop().call_later(timeout, self._idle)
+
+    def _idle(self) -> None:
+        self.idle_timer = None
+        if self.closed or self.goaway_last_stream >= 0:
+            return
+        if self.open_streams or self.pending_data:
+            self._touch()
+            return
+        self._goaway(self._last_answered, "IdleTimeout")
+
+    def _goaway(self, last_stream: int, reason: str) -> None:
+        """Send GOAWAY with APNs's JSON debug data; streams above ``last_stream`` are refused."""
+        self.goaway_last_stream = last_stream
+        self._flush()
+        data = json.dumps({"reason": reason}).encode()
+        frame = GoAwayFrame(stream_id=0, last_stream_id=last_stream, error_code=0, additional_data=data)
+        self.transport.write(frame.serialize())
+        self._maybe_close()
 
     def _start(self, mode: str) -> None:
         self.mode = mode
@@ -99,6 +130,7 @@ class SimProtocol(asyncio.Protocol):
             self.h2.initiate_connection()
             self.h2.increment_flow_control_window(1 << 24)
             self._flush()
+            self._touch()
 
     def data_received(self, data: bytes):
         if not self.mode:
@@ -163,15 +195,9 @@ class SimProtocol(asyncio.Protocol):
             self._abort_when_flushed(time.monotonic() + 2.0)
             return
         if faults.goaway_after_streams and self.conn.streams > faults.goaway_after_streams:
-            last = max([s for s in self.open_streams] + [self._last_answered], default=0)
-            self.goaway_last_stream = last
-            self._flush()
-            frame = GoAwayFrame(
-                stream_id=0, last_stream_id=last, error_code=0, additional_data=b'{"reason":"Shutdown"}'
-            )
-            self.transport.write(frame.serialize())
-            self._maybe_close()
+            self._goaway(max([*self.open_streams, self._last_answered], default=0), "Shutdown")
             return
+        self._touch()
         headers = [(k.decode("latin-1"), v.decode("utf-8", "replace")) for k, v in raw_headers]
         self.requests[stream_id] = [headers, []]
         self.open_streams.add(stream_id)

@@ -32,6 +32,7 @@ class Faults:
     latency_ms: float = 0.0
     goaway_after_streams: int = 0  # 0: never; N: GOAWAY (last stream = the Nth) when the N+1th arrives
     drop_after_streams: int = 0  # 0: never; N: close the connection, unanswered, when the N+1th arrives
+    idle_timeout_s: float = 0.0  # 0: never; else GOAWAY {"reason":"IdleTimeout"} after that long idle
     dead_rate: float = 0.0  # fraction of unknown tokens that answer "unregistered"
     strict_tokens: bool = False  # unknown tokens answer BadDeviceToken / invalid registration token
 

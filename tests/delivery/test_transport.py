@@ -114,3 +114,13 @@ def test_handles_are_reused_across_methods(pushsim, bearer):
         [post] = transport.send(apns_requests(base, bearer, 1))
     assert answers == [405, 405, 405]
     assert post.status == 200
+
+
+def test_an_idle_connection_closed_by_goaway_is_replaced_by_a_new_one(pushsim, bearer):
+    pushsim.state.faults.idle_timeout_s = 0.2
+    with Http2Transport(ca_bundle=pushsim.ca_path, max_connections_per_host=1) as transport:
+        first = transport.send(apns_requests(pushsim.apns_url(tls=True), bearer, 5, prefix="d"))
+        time.sleep(0.5)  # the simulator says GOAWAY IdleTimeout meanwhile
+        second = transport.send(apns_requests(pushsim.apns_url(tls=True), bearer, 5, prefix="e"))
+    assert [r.status for r in first + second] == [200] * 10
+    assert pushsim.state.connections == 2

@@ -31,6 +31,7 @@ class Command(BaseCommand):
         parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every answer")
         parser.add_argument("--goaway-after", type=int, default=0, help="GOAWAY a connection after N streams")
         parser.add_argument("--drop-after", type=int, default=0, help="drop a connection after N streams")
+        parser.add_argument("--idle-timeout", type=float, default=0.0, help="GOAWAY IdleTimeout after S idle seconds")
         parser.add_argument("--dead-rate", type=float, default=0.0, help="fraction of unknown tokens that are dead")
         parser.add_argument("--dead-token", action="append", default=[], help="a token that is unregistered")
         parser.add_argument("--strict-tokens", action="store_true", help="unknown tokens are invalid")
@@ -55,6 +56,7 @@ class Command(BaseCommand):
                 "latency_ms": o["latency_ms"],
                 "goaway_after_streams": o["goaway_after"],
                 "drop_after_streams": o["drop_after"],
+                "idle_timeout_s": o["idle_timeout"],
                 "dead_rate": o["dead_rate"],
                 "strict_tokens": o["strict_tokens"],
             }
