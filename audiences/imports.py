@@ -26,6 +26,7 @@ PROFILE_COLUMNS = ("locale", "timezone")
 MAX_CELL = 1000
 INT_RE = re.compile(r"^-?(0|[1-9][0-9]{0,17})$")
 FLOAT_RE = re.compile(r"^-?(0|[1-9][0-9]*)?\.[0-9]+([eE][-+]?[0-9]+)?$|^-?(0|[1-9][0-9]*)[eE][-+]?[0-9]+$")
+DECLARED_NUMBER_RE = re.compile(r"^[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?$")
 TRUE_WORDS = {"true", "yes", "y", "1"}
 FALSE_WORDS = {"false", "no", "n", "0"}
 BINARY_SIGNATURES = {
@@ -211,14 +212,14 @@ def parse_cell(raw: str, kind: str):
     value = raw.strip()
     if kind == "string":
         return raw
-    if kind == "number":
-        if INT_RE.match(value):
-            return int(value)
-        if FLOAT_RE.match(value):
+    if kind == "number":  # declared: leading zeros and a leading + are fine ("007" is 7)
+        if DECLARED_NUMBER_RE.match(value):
+            if "." not in value and "e" not in value.lower() and len(value.lstrip("+-")) <= 18:
+                return int(value)
             number = float(value)
             if number != number or number in (float("inf"), float("-inf")):
                 raise ValueError("is not a finite number")
-            return number
+            return int(number) if number.is_integer() and abs(number) < 2**53 and "." not in value else number
         raise ValueError("is not a number")
     if kind == "boolean":
         lowered = value.lower()

@@ -199,3 +199,18 @@ def test_profile_and_event_search_is_by_exact_external_id(login, viewer_carol):
     assert [p.external_id for p in found] == ["Ann-1"]
     events = client.get("/admin/audiences/event/", {"q": "Ann-1"}).context["cl"].result_list
     assert [e.profile_id for e in events] == [ann.pk]
+
+
+def test_viewer_reads_a_granted_segment_but_cannot_save_it(login, viewer_carol, manager_alice, admin_erin):
+    from accounts.services import access_grant
+
+    segment = segment_create(name="Pro", rules=PRO, by=manager_alice)
+    access_grant(obj=segment, to=viewer_carol, by=admin_erin)
+    client = login(viewer_carol)
+    page = client.get(f"/admin/audiences/segment/{segment.pk}/change/")
+    assert page.status_code == 200
+    assert b'name="_save"' not in page.content
+    response = client.post(f"/admin/audiences/segment/{segment.pk}/change/", {"name": "Mine", "rules": json.dumps(PRO)})
+    assert response.status_code == 403
+    segment.refresh_from_db()
+    assert segment.name == "Pro"

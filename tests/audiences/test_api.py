@@ -191,3 +191,15 @@ def test_import_status_of_someone_else_is_404(
         )
     import_id = response.json()["id"]
     assert api_key_for(manager_mallory, scopes=["read"]).get(f"/api/v1/imports/{import_id}/").status_code == 404
+
+
+def test_import_columns_are_declared_as_json_in_multipart(
+    manager_alice, api_key_for, media, django_capture_on_commit_callbacks
+):
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    upload = SimpleUploadedFile("people.csv", b"Customer,age\nc1,007\n", content_type="text/csv")
+    columns = '{"Customer": {"to": "external_id"}, "age": {"type": "number"}}'
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/api/v1/imports/", {"file": upload, "columns": columns}, format="multipart")
+    assert response.status_code == 202, response.json()
+    assert Profile.objects.get(external_id="c1").attributes == {"age": 7}
