@@ -513,12 +513,11 @@ def journey_enter_segment(*, journey_id: int, now: dt.datetime | None = None) ->
         journey = (
             Journey.objects.select_for_update(skip_locked=True)
             .filter(pk=journey_id, status=Status.LIVE, next_entry_at__lte=now)
-            .select_related("live_version", "live_version__entry_segment")
             .first()
         )
-        if journey is None or journey.live_version is None:
+        if journey is None or journey.live_version_id is None:
             return 0
-        version = journey.live_version
+        version = JourneyVersion.objects.select_related("journey", "entry_segment").get(pk=journey.live_version_id)
         entered = 0
         if version.entry_kind == JourneyVersion.EntryKind.SEGMENT and version.entry_segment is not None:
             audience = segment_profiles(version.entry_segment, now=now)

@@ -1,0 +1,395 @@
+"""The engine: entries, every step type and branch kind, pushes through the pipeline to the simulator,
+re-entry, exit criteria, versions, stopping, the gate, and two engines racing."""
+
+import datetime as dt
+import threading
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from audiences.services import events_ingest
+from delivery.models import Delivery, Dispatch
+from delivery.services import GateClosed, dispatch_create
+from journeys.models import Enrollment, Journey
+from journeys.selectors import version_step_stats
+from journeys.services import (
+    journey_enter_segment,
+    journey_stop,
+    journey_version_edit,
+    journeys_run_due,
+)
+from tests.factories import DeviceFactory, EventFactory, ProfileFactory, SegmentMemberFactory
+
+EXIT = {"id": "done", "type": "exit"}
+
+
+def _profiles(n, app, vips=None, vip_count=0, **kwargs):
+    profiles = ProfileFactory.create_batch(n, **kwargs)
+    for profile in profiles:
+        DeviceFactory(profile=profile, app=app, platform="android")
+    for profile in profiles[:vip_count]:
+        SegmentMemberFactory(segment=vips, profile=profile)
+    return profiles
+
+
+def _enrollment(journey, profile):
+    return Enrollment.objects.get(journey=journey, profile=profile)
+
+
+def test_segment_entry_runs_each_profile_through_condition_to_push_or_exit(
+    sim_journey, sim_team, vips, publish, sim, django_capture_on_commit_callbacks
+):
+    profiles = _profiles(5, sim_team, vips=vips, vip_count=2)
+    with django_capture_on_commit_callbacks(execute=True):
+        journey = publish(sim_journey())
+    enrollments = Enrollment.objects.filter(journey=journey)
+    assert enrollments.count() == 5
+    assert set(enrollments.values_list("status", flat=True)) == {"completed"}
+    vip = _enrollment(journey, profiles[0])
+    assert [h[0] for h in vip.history] == ["start", "check", "push", "done"]
+    assert vip.history[1][2] == "branch:VIP"
+    other = _enrollment(journey, profiles[4])
+    assert [h[2] for h in other.history] == ["passed", "branch:else", "exit"]
+    (dispatch,) = Dispatch.objects.filter(kind="journey")
+    assert sorted(dispatch.profile_ids) == sorted(p.pk for p in profiles[:2])
+    assert dispatch.status == "done" and dispatch.accepted == 2
+    tokens = {d.token for p in profiles[:2] for d in p.devices.all()}
+    assert {r["token"] for r in sim.state.recent(limit=10)} == tokens
+    stats = version_step_stats(journey.live_version)
+    assert stats["check"]["passed"] == {"VIP": 2, "else": 3}
+    assert stats["push"]["pushed"] == 2 and stats["done"]["exited"] == 5
+    assert Journey.objects.get(pk=journey.pk).status == "live"
+
+
+def test_one_off_journey_closes_when_everyone_is_through(
+    sim_journey, sim_team, vips, publish, django_capture_on_commit_callbacks
+):
+    from journeys.services import journeys_tick
+
+    _profiles(2, sim_team)
+    with django_capture_on_commit_callbacks(execute=True):
+        journey = publish(sim_journey())
+    journeys_tick()
+    assert Journey.objects.get(pk=journey.pk).status == "closed"
+
+
+def _wait_graph(seconds=None, until=None, content=None):
+    wait = {"id": "pause", "type": "wait", "next": "push" if content else "done"}
+    wait.update({"seconds": seconds} if seconds is not None else {"until": until})
+    steps = [wait, EXIT]
+    if content:
+        steps.insert(1, {"id": "push", "type": "push", "content": content, "next": "done"})
+    return {"steps": steps}
+
+
+def test_wait_for_a_duration_holds_profiles_until_due(make_journey, publish, team):
+    ProfileFactory.create_batch(3)
+    t0 = timezone.now()
+    journey = publish(make_journey(graph=_wait_graph(seconds=3600)), now=t0)
+    journey_enter_segment(journey_id=journey.pk, now=t0)
+    journeys_run_due(now=t0)
+    assert set(Enrollment.objects.values_list("status", flat=True)) == {"waiting"}
+    assert version_step_stats(journey.live_version)["pause"]["waiting"] == 3
+    journeys_run_due(now=t0 + dt.timedelta(minutes=59))
+    assert set(Enrollment.objects.values_list("status", flat=True)) == {"waiting"}
+    report = journeys_run_due(now=t0 + dt.timedelta(minutes=61))
+    assert report.enrollments == 3
+    assert set(Enrollment.objects.values_list("status", flat=True)) == {"completed"}
+
+
+def test_wait_until_a_time_of_day_uses_the_profiles_time_zone(make_journey, publish):
+    tokyo = ProfileFactory(timezone="Asia/Tokyo")
+    paris = ProfileFactory(timezone="Europe/Paris")
+    nowhere = ProfileFactory(timezone="")
+    t0 = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)  # 21:00 in Tokyo, 13:00 in Paris
+    journey = publish(make_journey(graph=_wait_graph(until="09:00")), now=t0)
+    journey_enter_segment(journey_id=journey.pk, now=t0)
+    journeys_run_due(now=t0)
+    due = {e.profile_id: e.due_at for e in Enrollment.objects.all()}
+    assert due[tokyo.pk] == dt.datetime(2026, 11, 26, 0, 0, tzinfo=dt.UTC)  # 09:00 next day, Tokyo
+    assert due[paris.pk] == dt.datetime(2026, 11, 26, 8, 0, tzinfo=dt.UTC)
+    assert due[nowhere.pk] == dt.datetime(2026, 11, 26, 9, 0, tzinfo=dt.UTC)  # no zone: UTC
+
+
+def _condition_graph(branches):
+    return {
+        "steps": [
+            {"id": "check", "type": "condition", "branches": branches, "else": "others"},
+            *[{"id": b["next"], "type": "exit"} for b in branches],
+            {"id": "others", "type": "exit"},
+        ]
+    }
+
+
+def test_condition_on_a_rule_of_the_audience_language(make_journey, publish):
+    french = ProfileFactory(locale="fr-FR")
+    german = ProfileFactory(locale="de-DE")
+    rule = {"all": [{"field": "locale", "op": "starts_with", "value": "fr"}]}
+    journey = publish(make_journey(graph=_condition_graph([{"label": "French", "rules": rule, "next": "fr"}])))
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    assert _enrollment(journey, french).step == "fr"
+    assert _enrollment(journey, german).step == "others"
+
+
+def test_condition_did_event_since_entering_ignores_older_events(make_journey, publish):
+    t0 = timezone.now()
+    before, after, never = ProfileFactory.create_batch(3)
+    EventFactory(profile=before, name="purchase", occurred_at=t0 - dt.timedelta(days=1))
+    graph = {
+        "steps": [
+            {"id": "pause", "type": "wait", "seconds": 3600, "next": "check"},
+            {
+                "id": "check",
+                "type": "condition",
+                "branches": [{"label": "bought", "event": "purchase", "next": "yes"}],
+                "else": "no",
+            },
+            {"id": "yes", "type": "exit"},
+            {"id": "no", "type": "exit"},
+        ]
+    }
+    journey = publish(make_journey(graph=graph), now=t0)
+    journey_enter_segment(journey_id=journey.pk, now=t0)
+    journeys_run_due(now=t0)
+    EventFactory(profile=after, name="purchase", occurred_at=t0 + dt.timedelta(minutes=5))
+    journeys_run_due(now=t0 + dt.timedelta(hours=2))
+    assert _enrollment(journey, after).step == "yes"
+    assert _enrollment(journey, before).step == "no"
+    assert _enrollment(journey, never).step == "no"
+
+
+def test_condition_with_several_branches_takes_the_first_that_holds(make_journey, publish, vips):
+    vip_fr = ProfileFactory(locale="fr-FR")
+    fr = ProfileFactory(locale="fr-CA")
+    SegmentMemberFactory(segment=vips, profile=vip_fr)
+    rule = {"all": [{"field": "locale", "op": "starts_with", "value": "fr"}]}
+    branches = [{"label": "VIP", "segment": vips.pk, "next": "vip"}, {"label": "French", "rules": rule, "next": "fr"}]
+    journey = publish(make_journey(graph=_condition_graph(branches)))
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    assert _enrollment(journey, vip_fr).step == "vip"
+    assert _enrollment(journey, fr).step == "fr"
+
+
+def test_split_is_reproducible_per_profile_and_near_its_percentages(make_journey, publish, manager_alice):
+    from journeys.services import _split_bucket
+
+    ProfileFactory.create_batch(200)
+    graph = {
+        "steps": [
+            {
+                "id": "ab",
+                "type": "split",
+                "branches": [{"label": "A", "percent": 25, "next": "a"}, {"label": "B", "percent": 75, "next": "b"}],
+            },
+            {"id": "a", "type": "exit"},
+            {"id": "b", "type": "exit"},
+        ]
+    }
+    journey = publish(make_journey(graph=graph))
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    steps = dict(Enrollment.objects.values_list("profile_id", "step"))
+    assert 25 <= list(steps.values()).count("a") <= 75
+    for profile_id, step in steps.items():
+        assert step == ("a" if _split_bucket(journey.pk, "ab", profile_id) < 25 else "b")
+
+
+def test_no_reentry_means_a_profile_enters_once(make_journey, publish):
+    profile = ProfileFactory()
+    journey = publish(make_journey(graph={"steps": [EXIT]}, entry_every_hours=1))
+    t0 = timezone.now()
+    journey_enter_segment(journey_id=journey.pk, now=t0)
+    journeys_run_due(now=t0)
+    Journey.objects.filter(pk=journey.pk).update(next_entry_at=t0)
+    assert journey_enter_segment(journey_id=journey.pk, now=t0 + dt.timedelta(hours=2)) == 0
+    assert Enrollment.objects.filter(profile=profile).count() == 1
+
+
+def test_reentry_after_a_wait_and_never_twice_at_once(make_journey, publish):
+    profile = ProfileFactory()
+    graph = _wait_graph(seconds=7200)
+    journey = publish(make_journey(graph=graph, entry_every_hours=1, reentry="after_wait", reentry_wait_seconds=1800))
+    t0 = timezone.now()
+    assert journey_enter_segment(journey_id=journey.pk, now=t0) == 1
+    journeys_run_due(now=t0)
+    # still inside (waiting): no second instance, even though the re-entry wait passed
+    Journey.objects.filter(pk=journey.pk).update(next_entry_at=t0)
+    assert journey_enter_segment(journey_id=journey.pk, now=t0 + dt.timedelta(hours=1)) == 0
+    journeys_run_due(now=t0 + dt.timedelta(hours=3))
+    Journey.objects.filter(pk=journey.pk).update(next_entry_at=t0)
+    assert journey_enter_segment(journey_id=journey.pk, now=t0 + dt.timedelta(hours=3)) == 1
+    assert sorted(Enrollment.objects.filter(profile=profile).values_list("entry_number", flat=True)) == [1, 2]
+
+
+def test_exit_event_from_the_events_api_ends_the_journey_for_that_profile(
+    make_journey, publish, manager_alice, django_capture_on_commit_callbacks
+):
+    leaving, staying = ProfileFactory.create_batch(2)
+    journey = publish(make_journey(graph=_wait_graph(seconds=86400), exit_event="purchase"))
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    with django_capture_on_commit_callbacks(execute=True):
+        events_ingest(
+            items=[
+                {
+                    "external_id": leaving.external_id,
+                    "name": "purchase",
+                    "occurred_at": timezone.now(),
+                    "properties": {},
+                }
+            ],
+            by=manager_alice,
+        )
+    gone = _enrollment(journey, leaving)
+    assert (gone.status, gone.exit_reason) == ("exited", "exit event 'purchase'")
+    assert _enrollment(journey, staying).status == "waiting"
+    assert version_step_stats(journey.live_version)["pause"]["exit_event"] == 1
+
+
+def test_event_from_the_api_enters_an_event_journey(
+    sim_journey, sim_team, publish, manager_alice, sim, django_capture_on_commit_callbacks
+):
+    (profile,) = _profiles(1, sim_team)
+    graph = {"steps": [{"id": "hello", "type": "push", "content": None, "next": "done"}, EXIT]}
+    from tests.factories import PushContentFactory
+
+    content = PushContentFactory(app=sim_team, title="Thanks", body="for signing up")
+    graph["steps"][0]["content"] = content.pk
+    with django_capture_on_commit_callbacks(execute=True):
+        journey = publish(sim_journey(graph=graph, entry_kind="event", entry_event="signed_up", entry_segment=None))
+    assert not Enrollment.objects.exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        events_ingest(
+            items=[{"external_id": profile.external_id, "name": "signed_up", "occurred_at": timezone.now()}],
+            by=manager_alice,
+        )
+    assert _enrollment(journey, profile).status == "completed"
+    assert [r["title"] for r in sim.state.recent(limit=5)] == ["Thanks"]
+
+
+def test_profiles_inside_finish_on_the_version_they_entered(make_journey, publish, manager_alice, vips):
+    first, later = ProfileFactory.create_batch(2)
+    graph_v1 = {
+        "steps": [{"id": "pause", "type": "wait", "seconds": 3600, "next": "v1_end"}, {"id": "v1_end", "type": "exit"}]
+    }
+    t0 = timezone.now()
+    journey = publish(make_journey(graph=graph_v1, entry_every_hours=1), now=t0)
+    journey_enter_segment(journey_id=journey.pk, now=t0)
+    Enrollment.objects.filter(profile=later).delete()  # `later` joins after the new version
+    journeys_run_due(now=t0)
+    graph_v2 = {"steps": [{"id": "v2_end", "type": "exit"}]}
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, graph=graph_v2)
+    journey = publish(journey, now=t0 + dt.timedelta(minutes=1))
+    journey_enter_segment(journey_id=journey.pk, now=t0 + dt.timedelta(minutes=1))
+    journeys_run_due(now=t0 + dt.timedelta(hours=2))
+    old = _enrollment(journey, first)
+    new = _enrollment(journey, later)
+    assert (old.version.number, old.step, old.status) == (1, "v1_end", "completed")
+    assert (new.version.number, new.step, new.status) == (2, "v2_end", "completed")
+
+
+def test_stopping_a_journey_exits_everyone_inside_and_closes_the_gate(make_journey, publish, manager_alice, welcome):
+    ProfileFactory.create_batch(3)
+    journey = publish(make_journey(graph=_wait_graph(seconds=3600, content=welcome.pk)))
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    journey_stop(journey_id=journey.pk, by=manager_alice)
+    assert set(Enrollment.objects.values_list("status", "exit_reason")) == {("exited", "journey stopped")}
+    assert journeys_run_due(now=timezone.now() + dt.timedelta(hours=2)).enrollments == 0
+    with pytest.raises(GateClosed, match="not live"):
+        dispatch_create(
+            app_id=journey.app_id,
+            kind="journey",
+            spec=welcome.spec(),
+            profile_ids=[],
+            source_id=journey.live_version_id,
+        )
+
+
+def test_gate_refuses_a_draft_version_and_content_that_was_not_approved(make_journey, publish, welcome):
+    journey = make_journey()
+    version = journey.versions.get()
+    with pytest.raises(GateClosed, match="not live"):
+        dispatch_create(
+            app_id=journey.app_id, kind="journey", spec=welcome.spec(), profile_ids=[], source_id=version.pk
+        )
+    journey = publish(journey)
+    forged = {**welcome.spec(), "body": "Not what was approved"}
+    with pytest.raises(GateClosed, match="not the approved content"):
+        dispatch_create(app_id=journey.app_id, kind="journey", spec=forged, profile_ids=[], source_id=version.pk)
+    from journeys.models import JourneyVersion
+
+    JourneyVersion.objects.filter(pk=version.pk).update(graph={"steps": [EXIT]})  # a forged row
+    with pytest.raises(GateClosed, match="changed since it was approved"):
+        dispatch_create(
+            app_id=journey.app_id, kind="journey", spec=welcome.spec(), profile_ids=[], source_id=version.pk
+        )
+    assert not Dispatch.objects.filter(kind="journey").exists()
+
+
+def test_content_edited_after_approval_does_not_reach_the_phones(
+    sim_journey, sim_team, sim_welcome, vips, publish, sim, django_capture_on_commit_callbacks
+):
+    _profiles(1, sim_team, vips=vips, vip_count=1)
+    journey = publish(sim_journey())
+    sim_welcome.title = "Edited after approval"
+    sim_welcome.save()
+    with django_capture_on_commit_callbacks(execute=True):
+        journey_enter_segment(journey_id=journey.pk)
+    assert [r["title"] for r in sim.state.recent(limit=5)] != ["Edited after approval"]
+    assert Delivery.objects.filter(status="accepted").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_engines_racing_run_each_enrollment_once_and_push_once(
+    sim_journey, sim_team, vips, publish, sim, monkeypatch
+):
+    from django_q.brokers import get_broker
+    from django_q.conf import Conf
+
+    from audiences.models import Profile
+    from delivery.services import dispatch_prepare, dispatch_send
+    from journeys.services import _enter
+
+    profiles = _profiles(60, sim_team, vips=vips, vip_count=60)
+    journey = publish(sim_journey(entry_kind="event", entry_event="race", entry_segment=None))
+    sql, params = Profile.objects.order_by().values("id").query.sql_with_params()
+    _enter(journey.live_version, sql, list(params), now=timezone.now())
+    barrier = threading.Barrier(2)
+    reports, errors = [], []
+
+    def engine():
+        try:
+            barrier.wait()
+            reports.append(journeys_run_due(batch=7))
+        except Exception as exc:  # shown by the assertion below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    # The engines queue their sends to the broker as in production (the send path's HTTP/2 clients
+    # belong to one worker process); the sends are then run here, once per dispatch.
+    monkeypatch.setattr(Conf, "SYNC", False)
+    threads = [threading.Thread(target=engine) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    get_broker().purge_queue()
+    monkeypatch.setattr(Conf, "SYNC", True)
+    for dispatch in Dispatch.objects.filter(kind="journey"):
+        dispatch_prepare(dispatch_id=dispatch.pk)
+        dispatch_send(dispatch_id=dispatch.pk)
+    assert not errors
+    assert sum(r.enrollments for r in reports) == 60
+    assert all(r.enrollments for r in reports), "both engines took a share"
+    assert all(len(e.history) == 4 for e in Enrollment.objects.all())
+    dispatches = Dispatch.objects.filter(kind="journey")
+    assert sum(len(d.profile_ids) for d in dispatches) == 60
+    assert Delivery.objects.filter(dispatch__in=dispatches, status="accepted").count() == 60
+    for profile in profiles:
+        for device in profile.devices.all():
+            assert sim.state.count(device.token) == 1
