@@ -282,3 +282,14 @@ def test_a_worker_writes_batches_from_a_second_thread_and_loses_nothing(manager_
     assert attrs("u1") == {"n": "again", "note": "z"}
     assert attrs("u2") == {"n": 2, "note": "tab\there\\\\ and\nnewline"}
     assert record.segment.members.count() == 10
+
+
+def test_a_file_gone_from_storage_fails_the_import_and_writes_nothing(manager_alice, media):
+    upload = SimpleUploadedFile("people.csv", b"external_id\na\nb\n", content_type="text/csv")
+    record = import_create(upload=upload, by=manager_alice)  # its task is not run: no commit here
+    record.file.delete(save=False)
+    assert import_process(import_id=record.pk) is False
+    record.refresh_from_db()
+    assert record.status == Import.Status.FAILED
+    assert "missing" in record.error
+    assert not Profile.objects.exists()
