@@ -10,4 +10,5 @@ urlpatterns = [
     path("", include("audiences.api")),
     path("", include("campaigns.api")),
     path("", include("delivery.api")),
+    path("", include("journeys.api")),
 ]

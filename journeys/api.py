@@ -1,0 +1,130 @@
+"""The journeys API (``read`` scope): the journeys a key's user may see, and each one's per-step counts."""
+
+from __future__ import annotations
+
+from django.urls import path
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from journeys.models import Journey, JourneyVersion
+from journeys.selectors import (
+    journey_for,
+    journey_open_version,
+    journey_shown_version,
+    journeys_visible_to,
+    version_step_stats,
+    version_totals,
+)
+
+
+class VersionOutSerializer(serializers.ModelSerializer):
+    entry_segment = serializers.PrimaryKeyRelatedField(read_only=True)
+
+    class Meta:
+        model = JourneyVersion
+        fields = (
+            "number",
+            "status",
+            "entry_kind",
+            "entry_segment",
+            "entry_every_hours",
+            "entry_event",
+            "reentry",
+            "reentry_wait_seconds",
+            "exit_event",
+            "graph",
+            "live_at",
+        )
+
+
+class JourneyOutSerializer(serializers.ModelSerializer):
+    app = serializers.PrimaryKeyRelatedField(read_only=True)
+    owner = serializers.CharField(source="owner.username", read_only=True)
+    live_version = serializers.IntegerField(source="live_version.number", read_only=True, allow_null=True, default=None)
+
+    class Meta:
+        model = Journey
+        fields = ("id", "name", "app", "status", "live_version", "owner", "created_at", "updated_at")
+
+
+class StepStatsSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    type = serializers.CharField()
+    entered = serializers.IntegerField()
+    waiting = serializers.IntegerField()
+    due = serializers.IntegerField()
+    pushed = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    exited = serializers.IntegerField()
+    exit_event = serializers.IntegerField()
+    passed = serializers.DictField(child=serializers.IntegerField())
+
+
+class JourneyDetailSerializer(JourneyOutSerializer):
+    version = serializers.SerializerMethodField()
+    draft_version = serializers.SerializerMethodField()
+    enrollments = serializers.SerializerMethodField()
+    steps = serializers.SerializerMethodField()
+
+    class Meta(JourneyOutSerializer.Meta):
+        fields = (*JourneyOutSerializer.Meta.fields, "version", "draft_version", "enrollments", "steps")
+
+    def _shown(self, obj):
+        if not hasattr(obj, "_shown_version"):
+            obj._shown_version = journey_shown_version(obj)
+        return obj._shown_version
+
+    def get_version(self, obj) -> dict | None:
+        version = self._shown(obj)
+        return VersionOutSerializer(version).data if version else None
+
+    def get_draft_version(self, obj) -> dict | None:
+        version = journey_open_version(obj)
+        return {"number": version.number, "status": version.status} if version else None
+
+    def get_enrollments(self, obj) -> dict:
+        version = self._shown(obj)
+        return version_totals(version) if version else {}
+
+    @extend_schema(responses=StepStatsSerializer(many=True))
+    def get_steps(self, obj) -> list[dict]:
+        version = self._shown(obj)
+        if version is None:
+            return []
+        return [{"id": step_id, **counts} for step_id, counts in version_step_stats(version).items()]
+
+
+class JourneyListView(APIView):
+    """The journeys this key's user may see."""
+
+    required_scope = "read"
+
+    @extend_schema(operation_id="journeys_list", responses=JourneyOutSerializer(many=True))
+    def get(self, request):
+        from rest_framework.pagination import LimitOffsetPagination
+
+        paginator = LimitOffsetPagination()
+        journeys = journeys_visible_to(request.user).order_by("-updated_at", "-id")
+        status = request.query_params.get("status")
+        if status:
+            journeys = journeys.filter(status=status)
+        page = paginator.paginate_queryset(journeys, request, view=self)
+        return paginator.get_paginated_response(JourneyOutSerializer(page, many=True).data)
+
+
+class JourneyDetailView(APIView):
+    """One journey: its shown version (live, else the newest), enrollments by status, and per-step counts."""
+
+    required_scope = "read"
+
+    @extend_schema(operation_id="journey_detail", responses=JourneyDetailSerializer)
+    def get(self, request, journey_id: int):
+        return Response(JourneyDetailSerializer(journey_for(request.user, journey_id)).data)
+
+
+urlpatterns = [
+    path("journeys/", JourneyListView.as_view(), name="journey-list"),
+    path("journeys/<int:journey_id>/", JourneyDetailView.as_view(), name="journey-detail"),
+]

@@ -1,0 +1,67 @@
+"""The journeys API: list and detail with per-step counts, for the keys that may read them."""
+
+from journeys.services import journey_enter_segment, journeys_run_due
+from tests.factories import ProfileFactory, SegmentMemberFactory
+
+
+def _private_journey(make_journey, manager_alice, welcome, vips):
+    """A journey on an app only Alice works on."""
+    from accounts.services import access_grant
+    from tests.factories import AppFactory, PushContentFactory
+    from tests.journeys.conftest import simple_graph
+
+    back_office = AppFactory(name="Back office")
+    access_grant(obj=back_office, to=manager_alice, by=None)
+    content = PushContentFactory(app=back_office)
+    return make_journey(
+        app=back_office, name="Private", graph=simple_graph(condition_segment=vips.pk, content=content.pk)
+    )
+
+
+def test_list_shows_only_journeys_the_user_may_see(
+    make_journey, api_key_for, approver_bob, manager_alice, welcome, vips
+):
+    journey = make_journey()
+    private = _private_journey(make_journey, manager_alice, welcome, vips)
+    answer = api_key_for(approver_bob).get("/api/v1/journeys/")
+    assert answer.status_code == 200
+    assert [j["id"] for j in answer.json()["results"]] == [journey.pk]
+    assert answer.json()["results"][0]["status"] == "draft"
+    mine = {j["id"] for j in api_key_for(manager_alice).get("/api/v1/journeys/").json()["results"]}
+    assert mine == {journey.pk, private.pk}
+
+
+def test_detail_has_per_step_counts(
+    make_journey, publish, api_key_for, approver_bob, vips, django_assert_max_num_queries
+):
+    vip, other = ProfileFactory.create_batch(2)
+    SegmentMemberFactory(segment=vips, profile=vip)
+    journey = publish(make_journey())
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    client = api_key_for(approver_bob)
+    with django_assert_max_num_queries(20):
+        answer = client.get(f"/api/v1/journeys/{journey.pk}/")
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["version"]["number"] == 1 and body["live_version"] == 1
+    assert body["enrollments"]["completed"] == 2
+    steps = {s["id"]: s for s in body["steps"]}
+    assert steps["check"]["passed"] == {"VIP": 1, "else": 1}
+    assert steps["push"]["entered"] == 1
+    assert steps["done"]["exited"] == 2
+
+
+def test_detail_of_a_journey_out_of_reach_is_404(
+    make_journey, api_key_for, manager_alice, manager_mallory, welcome, vips
+):
+    journey = _private_journey(make_journey, manager_alice, welcome, vips)
+    answer = api_key_for(manager_mallory).get(f"/api/v1/journeys/{journey.pk}/")
+    assert answer.status_code == 404
+    assert answer.json()["code"] == "not_found"
+
+
+def test_a_key_without_read_scope_is_refused(make_journey, api_key_for, manager_alice):
+    make_journey()
+    answer = api_key_for(manager_alice, scopes=["ingest"]).get("/api/v1/journeys/")
+    assert answer.status_code == 403
