@@ -957,6 +957,7 @@ class Claimed:
     attempts: int
     token: str = ""
     platform: str = ""
+    profile: dict | None = None
 
 
 @dataclass(slots=True)
@@ -979,28 +980,52 @@ class SendReport:
     batches: int = 0
 
 
-def _claim(dispatch_id: int, *, limit: int, now: datetime) -> list[Claimed]:
-    """Atomically move up to ``limit`` ready queued rows to ``sending`` under a lease."""
+def _claim(dispatch_id: int, *, limit: int, now: datetime, with_profiles: bool = False) -> list[Claimed]:
+    """Atomically move up to ``limit`` ready queued rows to ``sending`` under a lease.
+
+    On PostgreSQL one statement claims (``FOR UPDATE SKIP LOCKED``) and returns each row with
+    its device's token and platform (and its profile when ``with_profiles``).
+    """
     lease = now + timedelta(seconds=settings.PUSHDESK_SEND_LEASE_SECONDS)
     ready = "dispatch_id = %s AND status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= %s)"
     if connection.vendor == "postgresql":
+        profile_columns = ", p.external_id, p.locale, p.timezone, p.attributes" if with_profiles else ""
+        profile_join = " LEFT JOIN audiences_profile p ON p.id = c.profile_id" if with_profiles else ""
         sql = (
             f"WITH picked AS (SELECT id FROM delivery_delivery WHERE {ready} ORDER BY id LIMIT %s "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
-            "FOR UPDATE SKIP LOCKED) "
-            "UPDATE delivery_delivery d SET status = 'sending', attempts = d.attempts + 1, lease_expires_at = %s "
-            "FROM picked WHERE d.id = picked.id RETURNING d.id, d.device_id, d.profile_id, d.attempts"
+            "FOR UPDATE SKIP LOCKED), "
+            "claimed AS (UPDATE delivery_delivery d SET status = 'sending', attempts = d.attempts + 1, "
+            "lease_expires_at = %s FROM picked WHERE d.id = picked.id "
+            "RETURNING d.id, d.device_id, d.profile_id, d.attempts) "
+            f"SELECT c.id, c.device_id, c.profile_id, c.attempts, dev.token, dev.platform{profile_columns} "
+            f"FROM claimed c LEFT JOIN delivery_device dev ON dev.id = c.device_id{profile_join}"
         )
-    else:
-        sql = (
-            "UPDATE delivery_delivery SET status = 'sending', attempts = attempts + 1, lease_expires_at = %s "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
-            f"WHERE id IN (SELECT id FROM delivery_delivery WHERE {ready} ORDER BY id LIMIT %s) "
-            "RETURNING id, device_id, profile_id, attempts"
-        )
-    params = [dispatch_id, _dt(now), limit, _dt(lease)]
-    if connection.vendor != "postgresql":
-        params = [_dt(lease), dispatch_id, _dt(now), limit]
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(sql, [dispatch_id, _dt(now), limit, _dt(lease)])
+            fetched = cursor.fetchall()
+        rows = []
+        for values in fetched:
+            row = Claimed(*values[:4], token=values[4] or "", platform=values[5] or "")
+            if with_profiles and values[6] is not None:
+                attributes = values[9]
+                if isinstance(attributes, str):
+                    attributes = json.loads(attributes)
+                row.profile = {
+                    "external_id": values[6],
+                    "locale": values[7],
+                    "timezone": values[8],
+                    "attributes": attributes or {},
+                }
+            rows.append(row)
+        rows.sort(key=lambda r: r.id)
+        return rows
+    sql = (
+        "UPDATE delivery_delivery SET status = 'sending', attempts = attempts + 1, lease_expires_at = %s "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
+        f"WHERE id IN (SELECT id FROM delivery_delivery WHERE {ready} ORDER BY id LIMIT %s) "
+        "RETURNING id, device_id, profile_id, attempts"
+    )
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(sql, [_dt(lease), dispatch_id, _dt(now), limit])
         rows = [Claimed(*row) for row in cursor.fetchall()]
     if rows:
         devices = {
@@ -1009,8 +1034,10 @@ def _claim(dispatch_id: int, *, limit: int, now: datetime) -> list[Claimed]:
                 "id", "token", "platform"
             )
         }
+        profiles = _profiles_for(rows) if with_profiles else {}
         for row in rows:
             row.token, row.platform = devices.get(row.device_id, ("", ""))
+            row.profile = profiles.get(row.profile_id)
     return rows
 
 
@@ -1100,6 +1127,10 @@ CLIENTS = _Clients()
 _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pushdesk-send")
 
 
+def _needs_profiles(spec: dict) -> bool:
+    return spec_is_personalized(spec) or bool(spec.get("variants"))
+
+
 def _profiles_for(rows: list[Claimed]) -> dict[int, dict]:
     ids = {r.profile_id for r in rows if r.profile_id}
     return {
@@ -1146,8 +1177,7 @@ def _send_batch(dispatch: Dispatch, app: App, rows: list[Claimed], report: SendR
     spec = dispatch.content_spec
     now = timezone.now()
     deadline = (dispatch.started_at or now) + timedelta(seconds=int(spec.get("ttl_seconds") or 0))
-    needs_profiles = spec_is_personalized(spec) or bool(spec.get("variants"))
-    profiles = _profiles_for(rows) if needs_profiles else {}
+    needs_profiles = _needs_profiles(spec)
     results: list[Result] = []
     by_platform: dict[str, tuple[list, list[Claimed]]] = {Platform.IOS: ([], []), Platform.ANDROID: ([], [])}
     own_contexts = bool((dispatch.context or {}).get(RECIPIENT_CONTEXTS))
@@ -1164,7 +1194,7 @@ def _send_batch(dispatch: Dispatch, app: App, rows: list[Claimed], report: SendR
         try:
             message = shared or message_render(
                 spec,
-                profile=profiles.get(row.profile_id) or {"attributes": {}},
+                profile=row.profile or {"attributes": {}},
                 context=recipient_context(dispatch.context, row.profile_id),
             )
         except LiquidError as exc:
@@ -1247,13 +1277,14 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
     limits = [(f"app:{app.pk}", app.rate_limit_per_second)]
     if dispatch.rate_limit_per_second:
         limits.append((f"dispatch:{dispatch.pk}", dispatch.rate_limit_per_second))
+    with_profiles = _needs_profiles(dispatch.content_spec)
     while time.monotonic() < deadline:
         granted = throttle_acquire(limits=limits, count=settings.PUSHDESK_SEND_BATCH, deadline=deadline)
         if not granted:
             break
         if Dispatch.objects.filter(pk=dispatch_id, status=Dispatch.Status.SENDING).count() == 0:
             return report
-        rows = _claim(dispatch_id, limit=granted, now=timezone.now())
+        rows = _claim(dispatch_id, limit=granted, now=timezone.now(), with_profiles=with_profiles)
         if rows:
             report.claimed += len(rows)
             report.batches += 1

@@ -272,3 +272,34 @@ def test_worst_case_that_fits_renders_within_the_limit():
     spec_validate(s)
     message = message_render(s, profile={}, context={"a": "y" * 100})
     assert len(encode(apns_payload(s, message, delivery_id=10**18))) <= APNS_LIMIT
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "Hi {{ profile.attributes.first_name }}!",
+        "Hi {{ profile.attributes.first_name | default: 'there' }}!",
+        'Hi {{profile.attributes.first_name|default:"you"}} from {{ profile.locale }}',
+        "{{ context.order.id }} / {{ context.missing.deep | default: 'none' }}",
+        "{{ profile.attributes.tags }} {{ profile.attributes.tags.size }}",
+        "{{ profile.attributes.score }} {{ profile.attributes.vip }} {{ profile.attributes.blank_name | default: 'e' }}",
+        "{{ profile.attributes.nothing | default: 'n' }}{{ profile.attributes.flag | default: 'f' }}",
+        "{% if profile.attributes.vip %}VIP {% endif %}{{ profile.external_id | upcase }}",
+    ],
+)
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {},
+        {"first_name": "Zoé", "tags": ["a", "b"], "score": 0, "vip": True, "blank_name": "", "nothing": None},
+        {"first_name": "", "tags": [], "score": 2.5, "vip": False, "flag": False},
+    ],
+)
+def test_short_rendering_path_matches_liquid(source, attributes):
+    from delivery.personalization import _parse
+
+    profile = {"external_id": "u-1", "locale": "fr", "attributes": attributes}
+    context = {"order": {"id": "A7"}}
+    assert template_render(source, profile=profile, context=context) == _parse(source).render(
+        profile=profile, context=context
+    )
