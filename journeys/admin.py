@@ -1,0 +1,417 @@
+import contextvars
+import json
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpResponseRedirect
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+
+from accounts.admin import BigTableAdmin, ObjectAccessAdminMixin, ScopedAdmin
+from accounts.selectors import approval_current, visible_to
+from journeys import services
+from journeys.diagram import version_svg
+from journeys.graph import GraphInvalid, graph_validate
+from journeys.models import Enrollment, Journey, JourneyVersion
+from journeys.review import content_names, entry_text
+from journeys.selectors import (
+    TRANSITIONS,
+    enrollments_visible_to,
+    journey_actions,
+    journey_open_version,
+    journey_shown_version,
+    journeys_visible_to,
+    version_step_stats,
+    version_totals,
+)
+
+# The admin instance is shared by every request; the request whose page is being drawn lives here.
+_drawing_for: contextvars.ContextVar = contextvars.ContextVar("journey_admin_request", default=None)
+
+Status = Journey.Status
+
+
+class StepEditorWidget(forms.Textarea):
+    """The graph as JSON, edited through a step-by-step form drawn by step_editor.js."""
+
+    template_name = "admin/journeys/step_editor_widget.html"
+
+    class Media:
+        js = ["journeys/step_editor.js"]
+        css = {"all": ["journeys/step_editor.css"]}
+
+    def __init__(self, *args, meta=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.meta = meta or {}
+
+    def get_context(self, name, value, attrs):
+        context = super().get_context(name, value, attrs)
+        context["widget"]["meta_json"] = json.dumps(self.meta)
+        return context
+
+
+class JourneyForm(forms.ModelForm):
+    """The journey and its editable version: entry, re-entry, exit criteria and the steps."""
+
+    entry_kind = forms.ChoiceField(choices=JourneyVersion.EntryKind.choices, initial="segment")
+    entry_segment = forms.ModelChoiceField(queryset=None, required=False, help_text="Segment entry: who enters.")
+    entry_every_hours = forms.IntegerField(
+        min_value=0, initial=0, help_text="Segment entry: 0 reads the segment once; N reads it again every N hours."
+    )
+    entry_event = forms.CharField(required=False, help_text="Event entry: the event's name, e.g. signed_up.")
+    reentry = forms.ChoiceField(choices=JourneyVersion.Reentry.choices, initial="never")
+    reentry_wait_seconds = forms.IntegerField(
+        min_value=0, initial=0, help_text="With re-entry: the least time between entries."
+    )
+    exit_event = forms.CharField(required=False, help_text="An event that ends the journey for the profile (optional).")
+    graph = forms.JSONField(widget=StepEditorWidget, help_text="Build the steps; each error names its step.")
+
+    class Meta:
+        model = Journey
+        fields = ("name", "app")
+
+    user = None
+
+    def clean(self):
+        cleaned = super().clean()
+        app = cleaned.get("app") or getattr(self.instance, "app", None)
+        graph = cleaned.get("graph")
+        if app is None or graph is None:
+            return cleaned
+        try:
+            graph_validate(graph, **services._reference_checks(app_id=app.pk, by=self.user))
+        except GraphInvalid as exc:
+            for message in exc.errors_list:
+                self.add_error("graph", message)
+        if cleaned.get("entry_kind") == "segment" and not cleaned.get("entry_segment"):
+            self.add_error("entry_segment", "A segment entry needs a segment.")
+        if cleaned.get("entry_kind") == "event" and not (cleaned.get("entry_event") or "").strip():
+            self.add_error("entry_event", "An event entry needs the event's name.")
+        return cleaned
+
+
+class _StatusFilter(admin.SimpleListFilter):
+    """By default the list shows what is being worked on: not stopped, closed or archived."""
+
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return (("active", "Draft, in review, live"), *Status.choices, ("all", "All"))
+
+    def choices(self, changelist):
+        value = self.value() or "active"
+        for lookup, title in self.lookup_choices:
+            yield {
+                "selected": value == str(lookup),
+                "query_string": changelist.get_query_string({self.parameter_name: lookup}),
+                "display": title,
+            }
+
+    def queryset(self, request, queryset):
+        value = self.value() or "active"
+        if value == "active":
+            return queryset.filter(status__in=(Status.DRAFT, Status.IN_REVIEW, Status.LIVE))
+        if value == "all":
+            return queryset
+        return queryset.filter(status=value)
+
+
+@admin.register(Journey)
+class JourneyAdmin(ObjectAccessAdminMixin, ScopedAdmin):
+    form = JourneyForm
+    list_display = ("name", "app", "status", "version_label", "owner", "updated_at")
+    list_filter = (_StatusFilter, "app")
+    list_select_related = ("app", "owner", "live_version")
+    search_fields = ("name",)
+    readonly_fields = (
+        "status",
+        "journey_buttons",
+        "approval",
+        "versions_summary",
+        "journey_graph",
+        "owner",
+        "object_access",
+    )
+
+    def get_queryset(self, request):
+        return journeys_visible_to(request.user)
+
+    @admin.display(description="Version")
+    def version_label(self, obj):
+        open_version = journey_open_version(obj)
+        live = f"v{obj.live_version.number} live" if obj.live_version_id else ""
+        draft = f"v{open_version.number} {open_version.get_status_display().lower()}" if open_version else ""
+        return ", ".join(x for x in (live, draft) if x) or "—"
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = [
+            (None, {"fields": ("name", "app")}),
+            ("Entry", {"fields": ("entry_kind", "entry_segment", "entry_every_hours", "entry_event")}),
+            ("Re-entry and exit", {"fields": ("reentry", "reentry_wait_seconds", "exit_event")}),
+            ("Steps", {"fields": ("graph",)}),
+        ]
+        if obj is not None:
+            fieldsets.insert(
+                0, ("Status", {"fields": ("status", "journey_buttons", "approval", "versions_summary", "owner")})
+            )
+            fieldsets.insert(1, ("Journey", {"fields": ("journey_graph",), "classes": ("wide",)}))
+            fieldsets.append(("Access", {"fields": ("object_access",)}))
+        if obj is not None and not self.has_change_permission(request, obj):
+            fieldsets = [fs for fs in fieldsets if fs[0] not in ("Entry", "Re-entry and exit", "Steps")]
+        return fieldsets
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        from audiences.selectors import segments_visible_to
+        from delivery.models import PushContent
+
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if "graph" not in form.base_fields:
+            return form
+
+        class BoundForm(form):
+            user = request.user
+
+            def __init__(self, *args, **kw):
+                super().__init__(*args, **kw)
+                segments = segments_visible_to(request.user).order_by("name")
+                if "entry_segment" in self.fields:
+                    self.fields["entry_segment"].queryset = segments
+                contents = visible_to(request.user, PushContent.objects.select_related("app")).order_by("name")
+                if obj is not None:
+                    contents = contents.filter(app=obj.app)
+                meta = {
+                    "segments": [{"id": s.pk, "name": s.name} for s in segments[:500]],
+                    "contents": [{"id": c.pk, "name": f"{c.name} ({c.app.name})"} for c in contents[:500]],
+                }
+                self.fields["graph"].widget = StepEditorWidget(meta=meta)
+                version = (journey_open_version(obj) or obj.live_version) if obj is not None else None
+                if version is not None and not self.is_bound:
+                    for name in services.VERSION_FIELDS:
+                        value = getattr(version, name)
+                        self.initial[name] = value.pk if hasattr(value, "pk") else value
+                elif not self.is_bound:
+                    self.initial.setdefault("graph", {"steps": [{"id": "end", "type": "exit"}]})
+
+        return BoundForm
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        from delivery.models import App
+
+        if db_field.name == "app":
+            kwargs["queryset"] = visible_to(request.user, App.objects.all())
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is not None:
+            return (*self.readonly_fields, "app")
+        return self.readonly_fields
+
+    def has_change_permission(self, request, obj=None):
+        if obj is not None:
+            if obj.status not in (Status.DRAFT, Status.LIVE):
+                return False  # in review (locked), or finished
+            open_version = journey_open_version(obj)
+            if open_version is not None and open_version.status == JourneyVersion.Status.IN_REVIEW:
+                return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        if obj is not None and (obj.status != Status.DRAFT or obj.live_version_id):
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        values = {name: data.get(name) for name in services.VERSION_FIELDS}
+        values["entry_event"] = (values["entry_event"] or "").strip()
+        values["exit_event"] = (values["exit_event"] or "").strip()
+        try:
+            if not change:
+                created = services.journey_create(by=request.user, name=data["name"], app=data["app"], **values)
+                obj.pk = created.pk
+                return
+            current = Journey.objects.get(pk=obj.pk)
+            if data["name"] != current.name:
+                services.journey_rename(journey_id=obj.pk, by=request.user, name=data["name"])
+            base = journey_open_version(current) or current.live_version
+            changed = {name: value for name, value in values.items() if base is None or getattr(base, name) != value}
+            if changed:
+                services.journey_version_edit(journey_id=obj.pk, by=request.user, **changed)
+        except services.TransitionError as exc:
+            raise PermissionDenied(str(exc)) from exc
+
+    def save_related(self, request, form, formsets, change):
+        pass
+
+    def _changeform_view(self, request, object_id, form_url, extra_context):
+        try:
+            return super()._changeform_view(request, object_id, form_url, extra_context)
+        except ValidationError as exc:
+            self.message_user(request, " ".join(exc.messages), messages.ERROR)
+            return HttpResponseRedirect(request.path)
+
+    def delete_model(self, request, obj):
+        services.journey_delete(journey_id=obj.pk, by=request.user)
+
+    @admin.display(description="Approval")
+    def approval(self, obj):
+        request = approval_current(obj)
+        if request is None:
+            return "Not submitted yet."
+        decided = f" by {request.decided_by} on {request.decided_at:%Y-%m-%d %H:%M}" if request.decided_by else ""
+        comment = format_html(" — “{}”", request.comment) if request.comment else ""
+        return format_html("{}{}{}", request.get_status_display(), decided, comment)
+
+    @admin.display(description="Versions")
+    def versions_summary(self, obj):
+        rows = [
+            (
+                v.number,
+                v.get_status_display(),
+                entry_text(v),
+                v.exit_event or "—",
+                f"{sum(version_totals(v).values()):,}",
+            )
+            for v in obj.versions.select_related("entry_segment").order_by("-number")[:10]
+        ]
+        return format_html(
+            '<table class="journey-versions"><tr><th>#</th><th>status</th><th>entry</th><th>exit event</th>'
+            "<th>enrollments</th></tr>{}</table>",
+            format_html_join("", "<tr><td>v{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
+        )
+
+    @admin.display(description="Graph")
+    def journey_graph(self, obj):
+        version = journey_shown_version(obj)
+        if version is None:
+            return "—"
+        totals = version_totals(version)
+        link = reverse("admin:journeys_enrollment_changelist") + f"?version__id__exact={version.pk}"
+        summary = ", ".join(f"{status} {count:,}" for status, count in totals.items())
+        return format_html(
+            '<div class="journey-graph-box"><p>Version {} ({}): {} — <a href="{}">enrollments</a></p>'
+            '<div style="overflow:auto;max-width:100%">{}</div></div>',
+            version.number,
+            version.get_status_display().lower(),
+            summary,
+            link,
+            version_svg(version, stats=version_step_stats(version), names=content_names(version)),
+        )
+
+    @admin.display(description="Actions")
+    def journey_buttons(self, obj):
+        request = _drawing_for.get()
+        if obj is None or obj.pk is None or request is None:
+            return "—"
+        actions = journey_actions(request.user, obj)
+        if not actions:
+            return "Nothing you can do in this state."
+        return format_html_join(
+            " ",
+            '<button type="submit" formaction="{}" formnovalidate class="button" name="journey_action" value="{}">{}</button>',
+            (
+                (reverse("admin:journeys_journey_transition", args=[obj.pk, name]), name, label)
+                for name, label in actions
+            ),
+        )
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        token = _drawing_for.set(request)
+        try:
+            response = super().change_view(request, object_id, form_url, extra_context)
+            if hasattr(response, "render"):
+                response.render()  # the buttons are drawn while the request is known
+            return response
+        finally:
+            _drawing_for.reset(token)
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:journey_id>/transition/<str:action>/",
+                self.admin_site.admin_view(self.transition_view),
+                name="journeys_journey_transition",
+            ),
+            *super().get_urls(),
+        ]
+
+    def transition_view(self, request, journey_id, action):
+        if request.method != "POST":
+            raise Http404("Transitions are POSTed.")
+        handlers = {
+            "submit": lambda: services.journey_submit(
+                journey_id=journey_id, by=request.user, message=request.POST.get("message", "")
+            ),
+            "cancel_request": lambda: services.journey_cancel_request(journey_id=journey_id, by=request.user),
+            "stop": lambda: services.journey_stop(journey_id=journey_id, by=request.user),
+            "archive": lambda: services.journey_archive(journey_id=journey_id, by=request.user),
+        }
+        if action not in handlers:
+            raise Http404("Unknown action.")
+        target = reverse("admin:journeys_journey_change", args=[journey_id])
+        try:
+            handlers[action]()
+        except (services.TransitionError, ValidationError) as exc:
+            self.message_user(request, " ".join(getattr(exc, "messages", [str(exc)])), messages.ERROR)
+            return HttpResponseRedirect(target)
+        self.message_user(request, f"Done: {TRANSITIONS[action][2]}.", messages.SUCCESS)
+        return HttpResponseRedirect(target)
+
+
+@admin.register(Enrollment)
+class EnrollmentAdmin(BigTableAdmin):
+    """Enrollments, read-only: search a profile's external id to see its history in every journey."""
+
+    list_display = ("profile", "journey", "version_number", "entry_number", "step", "status", "due_at", "entered_at")
+    list_filter = ("status",)
+    list_select_related = ("profile", "journey", "version")
+    search_fields = ("=profile__external_id",)
+    search_help_text = "A profile's exact external id: its history in every journey."
+    ordering = ("-id",)
+    fields = (
+        "profile",
+        "journey",
+        "version_number",
+        "entry_number",
+        "status",
+        "step",
+        "due_at",
+        "entered_at",
+        "finished_at",
+        "exit_reason",
+        "history_table",
+    )
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return enrollments_visible_to(request.user).select_related("profile", "journey", "version")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_actions(self, request):
+        return {}
+
+    def lookup_allowed(self, lookup, value, request=None):
+        return lookup in ("version__id__exact", "journey__id__exact", "profile__id__exact") or super().lookup_allowed(
+            lookup, value, request
+        )
+
+    @admin.display(description="Version")
+    def version_number(self, obj):
+        return f"v{obj.version.number}"
+
+    @admin.display(description="History")
+    def history_table(self, obj):
+        return format_html(
+            '<table class="enrollment-history"><tr><th>step</th><th>at</th><th>outcome</th></tr>{}</table>',
+            format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", (tuple(h) for h in obj.history or [])),
+        )

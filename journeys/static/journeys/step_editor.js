@@ -1,0 +1,143 @@
+/* The journey step editor: one row per step, written back to the JSON field on every change.
+   The server validates the result; its errors name the step. */
+(function () {
+  "use strict";
+  const TYPES = ["wait", "condition", "split", "push", "exit"];
+
+  function el(tag, attrs, children) {
+    const node = document.createElement(tag);
+    Object.entries(attrs || {}).forEach(([k, v]) => {
+      if (k === "text") node.textContent = v;
+      else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+      else node.setAttribute(k, v);
+    });
+    (children || []).forEach((c) => node.appendChild(typeof c === "string" ? document.createTextNode(c) : c));
+    return node;
+  }
+
+  function select(options, value, onchange, attrs) {
+    const s = el("select", Object.assign({ onchange: (e) => onchange(e.target.value) }, attrs || {}));
+    options.forEach(([v, label]) => {
+      const o = el("option", { value: String(v), text: label });
+      if (String(v) === String(value)) o.selected = true;
+      s.appendChild(o);
+    });
+    return s;
+  }
+
+  function input(type, value, onchange, attrs) {
+    return el("input", Object.assign({ type: type, value: value === undefined || value === null ? "" : value,
+      onchange: (e) => onchange(e.target.value) }, attrs || {}));
+  }
+
+  function init(root) {
+    const textarea = document.getElementById(root.dataset.input);
+    const meta = JSON.parse(root.dataset.meta || "{}");
+    let graph;
+    try { graph = JSON.parse(textarea.value || "{}"); } catch (e) { graph = {}; }
+    if (!Array.isArray(graph.steps)) graph.steps = [];
+
+    function save() { textarea.value = JSON.stringify(graph, null, 2); }
+    function ids() { return graph.steps.map((s) => s.id); }
+    function nextSelect(step, key, holder) {
+      const target = holder || step;
+      return select([["", "— choose —"]].concat(ids().filter((i) => i !== step.id).map((i) => [i, i])), target[key] || "",
+        (v) => { target[key] = v; save(); }, { "class": "next-select", "data-key": key });
+    }
+
+    function fresh(type, id) {
+      const step = { id: id, type: type };
+      if (type === "wait") Object.assign(step, { seconds: 0, next: "" });
+      if (type === "condition") Object.assign(step, { branches: [{ label: "In segment", segment: (meta.segments[0] || {}).id, next: "" }], else: "" });
+      if (type === "split") Object.assign(step, { branches: [{ label: "A", percent: 50, next: "" }, { label: "B", percent: 50, next: "" }] });
+      if (type === "push") Object.assign(step, { content: (meta.contents[0] || {}).id, next: "" });
+      return step;
+    }
+
+    function branchRow(step, branch, index) {
+      const row = el("div", { "class": "branch" });
+      row.appendChild(input("text", branch.label, (v) => { branch.label = v; save(); }, { placeholder: "label", "class": "branch-label" }));
+      if (step.type === "split") {
+        row.appendChild(input("number", branch.percent, (v) => { branch.percent = parseInt(v, 10); save(); }, { min: 0, max: 100, "class": "branch-percent" }));
+        row.appendChild(document.createTextNode("%"));
+      } else {
+        const kind = "segment" in branch ? "segment" : ("rules" in branch ? "rules" : "event");
+        row.appendChild(select([["segment", "in segment"], ["rules", "matches rule (JSON)"], ["event", "did event since entering"]], kind, (v) => {
+          delete branch.segment; delete branch.rules; delete branch.event;
+          branch[v] = v === "segment" ? (meta.segments[0] || {}).id : (v === "rules" ? { all: [] } : "");
+          save(); render();
+        }, { "class": "branch-kind" }));
+        if (kind === "segment") {
+          row.appendChild(select(meta.segments.map((s) => [s.id, s.name]), branch.segment, (v) => { branch.segment = parseInt(v, 10); save(); }, { "class": "branch-segment" }));
+        } else if (kind === "rules") {
+          row.appendChild(input("text", JSON.stringify(branch.rules), (v) => { try { branch.rules = JSON.parse(v); } catch (e) { branch.rules = v; } save(); }, { "class": "rules-json" }));
+        } else {
+          row.appendChild(input("text", branch.event, (v) => { branch.event = v; save(); }, { placeholder: "event name", "class": "branch-event" }));
+        }
+      }
+      row.appendChild(document.createTextNode("→"));
+      row.appendChild(nextSelect(step, "next", branch));
+      row.appendChild(el("button", { type: "button", "class": "button remove-branch", text: "×", onclick: () => { step.branches.splice(index, 1); save(); render(); } }));
+      return row;
+    }
+
+    function stepRow(step, index) {
+      const row = el("div", { "class": "step-row step-type-" + step.type, "data-step": step.id });
+      const header = el("header", {}, [
+        el("strong", { text: "#" + (index + 1) }),
+        input("text", step.id, (v) => {
+          const old = step.id; step.id = v;
+          graph.steps.forEach((s) => { ["next", "else"].forEach((k) => { if (s[k] === old) s[k] = v; }); (s.branches || []).forEach((b) => { if (b.next === old) b.next = v; }); });
+          save(); render();
+        }, { "class": "step-id", title: "step id" }),
+        select(TYPES.map((t) => [t, t]), step.type, (v) => { graph.steps[index] = fresh(v, step.id); save(); render(); }, { "class": "step-type" }),
+        el("button", { type: "button", "class": "button remove-step", text: "Remove", onclick: () => { graph.steps.splice(index, 1); save(); render(); } }),
+      ]);
+      row.appendChild(header);
+      const body = el("div", { "class": "step-body" });
+      if (step.type === "wait") {
+        const mode = "until" in step ? "until" : "seconds";
+        body.appendChild(select([["seconds", "for (seconds)"], ["until", "until time of day (profile's zone)"]], mode, (v) => {
+          delete step.seconds; delete step.until; if (v === "until") step.until = "09:00"; else step.seconds = 0; save(); render();
+        }, { "class": "wait-mode" }));
+        if (mode === "seconds") body.appendChild(input("number", step.seconds, (v) => { step.seconds = parseInt(v, 10); save(); }, { "class": "wait-seconds" }));
+        else body.appendChild(input("text", step.until, (v) => { step.until = v; save(); }, { placeholder: "HH:MM", "class": "wait-until" }));
+        body.appendChild(document.createTextNode(" then → "));
+        body.appendChild(nextSelect(step, "next"));
+      } else if (step.type === "push") {
+        body.appendChild(select(meta.contents.map((c) => [c.id, c.name]), step.content, (v) => { step.content = parseInt(v, 10); save(); }, { "class": "push-content" }));
+        body.appendChild(document.createTextNode(" then → "));
+        body.appendChild(nextSelect(step, "next"));
+      } else if (step.type === "condition" || step.type === "split") {
+        (step.branches || []).forEach((b, i) => body.appendChild(branchRow(step, b, i)));
+        body.appendChild(el("button", { type: "button", "class": "button add-branch", text: "Add branch", onclick: () => {
+          step.branches.push(step.type === "split" ? { label: "", percent: 0, next: "" } : { label: "", segment: (meta.segments[0] || {}).id, next: "" }); save(); render();
+        } }));
+        if (step.type === "condition") {
+          body.appendChild(el("div", { "class": "branch" }, [document.createTextNode("All others →"), nextSelect(step, "else")]));
+        }
+      } else {
+        body.appendChild(document.createTextNode("The journey ends here."));
+      }
+      row.appendChild(body);
+      return row;
+    }
+
+    function render() {
+      root.innerHTML = "";
+      graph.steps.forEach((s, i) => root.appendChild(stepRow(s, i)));
+      const add = el("div", { "class": "add-step" }, [document.createTextNode("Add a step: ")]);
+      TYPES.forEach((t) => add.appendChild(el("button", { type: "button", "class": "button add-" + t, text: t, onclick: () => {
+        let n = graph.steps.length + 1; while (ids().includes(t + n)) n += 1;
+        graph.steps.push(fresh(t, t + n)); save(); render();
+      } })));
+      root.appendChild(add);
+    }
+
+    textarea.addEventListener("change", () => { try { graph = JSON.parse(textarea.value); render(); } catch (e) { /* the server says what is wrong */ } });
+    save();
+    render();
+  }
+
+  document.addEventListener("DOMContentLoaded", () => document.querySelectorAll(".step-editor").forEach(init));
+})();

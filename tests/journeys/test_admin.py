@@ -1,0 +1,148 @@
+"""The journeys admin: the graph with counts, the step editor's server-side errors, state-aware buttons,
+enrollment history per profile."""
+
+import json
+
+import pytest
+
+from journeys.models import Journey
+from journeys.services import journey_enter_segment, journey_submit, journeys_run_due
+from tests.factories import TEST_PASSWORD, ProfileFactory, SegmentMemberFactory
+from tests.journeys.conftest import simple_graph
+
+
+@pytest.fixture
+def login(client):
+    def as_user(user):
+        assert client.login(username=user.username, password=TEST_PASSWORD)
+        return client
+
+    return as_user
+
+
+def _form(team, everyone, graph, **extra):
+    data = {
+        "name": "Welcome series",
+        "app": team.pk,
+        "entry_kind": "segment",
+        "entry_segment": everyone.pk,
+        "entry_every_hours": 0,
+        "entry_event": "",
+        "reentry": "never",
+        "reentry_wait_seconds": 0,
+        "exit_event": "",
+        "graph": json.dumps(graph),
+    }
+    data.update(extra)
+    return data
+
+
+def test_manager_builds_a_journey_with_the_step_editor(login, manager_alice, team, everyone, vips, welcome):
+    client = login(manager_alice)
+    page = client.get("/admin/journeys/journey/add/")
+    assert page.status_code == 200
+    assert b"step-editor" in page.content and b"journeys/step_editor.js" in page.content
+    graph = simple_graph(condition_segment=vips.pk, content=welcome.pk)
+    answer = client.post("/admin/journeys/journey/add/", _form(team, everyone, graph))
+    assert answer.status_code == 302, answer.content[:2000]
+    journey = Journey.objects.get(name="Welcome series")
+    assert journey.versions.get().graph == graph
+
+
+def test_invalid_steps_are_shown_on_the_form_naming_the_step(login, manager_alice, team, everyone):
+    client = login(manager_alice)
+    graph = {
+        "steps": [
+            {"id": "pause", "type": "wait", "seconds": -10, "next": "ab"},
+            {
+                "id": "ab",
+                "type": "split",
+                "branches": [
+                    {"label": "A", "percent": 60, "next": "end"},
+                    {"label": "B", "percent": 60, "next": "end"},
+                ],
+            },
+            {"id": "end", "type": "exit"},
+        ]
+    }
+    answer = client.post("/admin/journeys/journey/add/", _form(team, everyone, graph))
+    assert answer.status_code == 200
+    text = answer.content.decode()
+    assert "Step &#x27;pause&#x27;: the wait is negative" in text
+    assert "Step &#x27;ab&#x27;: the percentages sum to 120, not 100." in text
+    assert not Journey.objects.exists()
+
+
+def test_journey_page_draws_the_graph_with_per_step_counts(
+    login, viewer_carol, make_journey, publish, vips, django_assert_max_num_queries
+):
+    vip, other = ProfileFactory.create_batch(2)
+    SegmentMemberFactory(segment=vips, profile=vip)
+    journey = publish(make_journey())
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    client = login(viewer_carol)
+    with django_assert_max_num_queries(60):
+        page = client.get(f"/admin/journeys/journey/{journey.pk}/change/")
+    text = page.content.decode()
+    assert page.status_code == 200
+    assert '<svg class="journey-graph"' in text
+    assert 'data-step="check"' in text and "VIP: 1" in text and "else: 1" in text
+    assert "entered 1 · pushed 1" in text
+    assert "Nothing you can do in this state." in text  # a viewer has no buttons
+
+
+def test_buttons_follow_the_state(login, manager_alice, make_journey):
+    journey = make_journey()
+    client = login(manager_alice)
+    page = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert 'value="submit"' in page and 'value="stop"' not in page
+    answer = client.post(f"/admin/journeys/journey/{journey.pk}/transition/submit/")
+    assert answer.status_code == 302
+    assert Journey.objects.get(pk=journey.pk).status == "in_review"
+    page = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert 'value="cancel_request"' in page and 'value="submit"' not in page
+
+
+def test_editing_a_live_journey_in_the_admin_makes_a_draft_version(
+    login, manager_alice, make_journey, publish, team, everyone, vips, welcome
+):
+    journey = publish(make_journey())
+    client = login(manager_alice)
+    graph = simple_graph(condition_segment=vips.pk, content=welcome.pk, wait=3600)
+    data = _form(team, everyone, graph, name="Onboarding")
+    answer = client.post(f"/admin/journeys/journey/{journey.pk}/change/", data)
+    assert answer.status_code == 302
+    assert [(v.number, v.status) for v in journey.versions.order_by("number")] == [(1, "live"), (2, "draft")]
+
+
+def test_outsider_cannot_open_a_journey(login, outsider_dave, make_journey):
+    journey = make_journey()
+    client = login(outsider_dave)
+    assert client.get(f"/admin/journeys/journey/{journey.pk}/change/").status_code in (403, 404)
+
+
+def test_forged_transition_by_a_viewer_is_refused(login, viewer_carol, make_journey, manager_alice):
+    journey = make_journey()
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    client = login(viewer_carol)
+    answer = client.post(f"/admin/journeys/journey/{journey.pk}/transition/cancel_request/")
+    assert answer.status_code == 403
+    assert Journey.objects.get(pk=journey.pk).status == "in_review"
+
+
+def test_enrollment_history_per_profile(login, viewer_carol, make_journey, publish, django_assert_max_num_queries):
+    profile = ProfileFactory(external_id="shopper-42")
+    ProfileFactory.create_batch(3)
+    journey = publish(make_journey())
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    client = login(viewer_carol)
+    with django_assert_max_num_queries(20):
+        page = client.get("/admin/journeys/enrollment/?q=shopper-42")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "shopper-42" in text and text.count('class="field-step"') == 1
+    enrollment = journey.enrollments.get(profile=profile)
+    detail = client.get(f"/admin/journeys/enrollment/{enrollment.pk}/change/").content.decode()
+    assert "branch:else" in detail and "<td>done</td>" in detail
