@@ -69,12 +69,17 @@ def version_step_stats(version: JourneyVersion) -> dict[str, dict]:
             "failed": counts.get("failed", 0),
             "exited": counts.get("exited", 0) + counts.get("exit_event", 0),
             "exit_event": counts.get("exit_event", 0),
-            "passed": {
-                label: counts.get(f"passed:{label}", counts.get("passed", 0) if step["type"] == "wait" else 0)
-                for label, _ in exits_of(step)
-            },
+            "passed": {label: _passed(step["type"], label, counts) for label, _ in exits_of(step)},
         }
     return result
+
+
+def _passed(kind: str, label: str, counts: dict) -> int:
+    if kind == "wait":
+        return counts.get("passed", 0)
+    if kind == "push":
+        return counts.get("pushed", 0)
+    return counts.get(f"passed:{label}", 0)
 
 
 def version_totals(version: JourneyVersion) -> dict[str, int]:
