@@ -541,7 +541,9 @@ class ApprovalDecisionForm(forms.Form):
 class ApprovalRequestAdmin(admin.ModelAdmin):
     """The approvers' inbox ("Waiting for my approval") and the requesters' view of decisions."""
 
-    list_display = ("subject_label", "subject_type", "status", "requested_by", "requested_at", "decided_by", "comment")
+    list_display = ("what", "subject_type", "status", "requested_by", "requested_at", "decided_by", "comment")
+    list_display_links = None
+    show_facets = admin.ShowFacets.NEVER
     list_filter = (_InboxFilter, "status")
     list_select_related = ("requested_by", "decided_by", "subject_type")
     readonly_fields = (
@@ -584,13 +586,14 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
     def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
         raise Http404("No such approval request.")
 
-    def subject_label(self, obj):
+    @admin.display(description="What", ordering="subject_label")
+    def what(self, obj):
+        # Pending requests open the review (approvers decide there); decided ones their record.
         if obj.status == ApprovalRequest.Status.PENDING:
             url = reverse("admin:accounts_approvalrequest_review", args=[obj.pk])
-            return format_html('<a href="{}">{}</a>', url, obj.subject_label)
-        return obj.subject_label
-
-    subject_label.short_description = "What"
+        else:
+            url = reverse("admin:accounts_approvalrequest_change", args=[obj.pk])
+        return format_html('<a href="{}">{}</a>', url, obj.subject_label)
 
     def review_view(self, request, request_id):
         approval = self.get_queryset(request).filter(pk=request_id).first()

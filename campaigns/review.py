@@ -19,15 +19,14 @@ def _schedule_text(campaign: Campaign) -> str:
     return f"Recurring ({rule}) from {when}{until}."
 
 
-def _audience_text(campaign: Campaign, user: User) -> str:
+def _audience_text(campaign: Campaign) -> str:
+    """The audience and its size now. The reviewer sees it through the campaign they review,
+    whether or not they were granted the segment itself."""
     if campaign.segment_id is None:
         return "Recipients named by each API call."
-    from audiences.services import segment_preview
+    from audiences.rules import segment_profiles
 
-    try:
-        count = segment_preview(by=user, segment_id=campaign.segment_id, sample_size=0).count
-    except Exception as exc:  # the review page still shows the rest
-        return f"{campaign.segment} (count unavailable: {exc.__class__.__name__})"
+    count = segment_profiles(campaign.segment).count()
     return f"{campaign.segment}: {count:,} profiles"
 
 
@@ -60,7 +59,7 @@ def campaign_review_html(campaign: Campaign, *, request: ApprovalRequest, user: 
         [
             ("Campaign", f"{campaign.name} ({campaign.get_kind_display()}, {campaign.get_purpose_display()})"),
             ("App", campaign.app.name),
-            ("Audience", _audience_text(campaign, user)),
+            ("Audience", _audience_text(campaign)),
             ("Schedule", _schedule_text(campaign)),
             (
                 "Content",

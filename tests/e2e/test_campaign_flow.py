@@ -1,0 +1,90 @@
+"""The whole campaign flow in a real browser: build, preview, test-send, submit, approve, watch it arrive."""
+
+import pytest
+
+from accounts.services import access_grant
+from audiences.models import Segment
+from campaigns.models import Campaign
+from delivery.models import PushContent
+from delivery.services import pushcontent_save
+from tests.delivery.sending import sim, sim_app, sim_session  # noqa: F401 (fixtures: the push simulator)
+from tests.factories import DeviceFactory, ProfileFactory
+
+pytestmark = pytest.mark.browser
+
+
+def test_manager_builds_and_approver_approves_a_campaign(
+    login, page, live_server, manager_alice, approver_bob, sim, sim_app, screenshot
+):
+    for user in (manager_alice, approver_bob):
+        access_grant(obj=sim_app, to=user, by=None)
+    zoe = ProfileFactory(external_id="zoe", attributes={"first_name": "Zoé", "plan": "pro"})
+    tester = ProfileFactory(external_id="qa", attributes={"plan": "free"})
+    zoe_ios = DeviceFactory(profile=zoe, app=sim_app, platform="ios")
+    zoe_android = DeviceFactory(profile=zoe, app=sim_app, platform="android")
+    test_phone = DeviceFactory(profile=tester, app=sim_app, platform="ios", is_test=True)
+    segment = Segment.objects.create(
+        name="Pro users", rules={"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}]}
+    )
+    access_grant(obj=segment, to=manager_alice, by=None)
+    content = pushcontent_save(
+        content=PushContent(
+            app=sim_app,
+            name="Spring",
+            title="Hi {{ profile.attributes.first_name | default: 'there' }}",
+            body="Spring sale: -20%",
+        ),
+        by=manager_alice,
+    )
+
+    # The manager builds the campaign.
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/campaigns/campaign/add/")
+    page.fill("#id_name", "Spring sale")
+    page.select_option("#id_app", str(sim_app.pk))
+    page.select_option("#id_kind", "scheduled")
+    page.select_option("#id_segment", str(segment.pk))
+    page.select_option("#id_content", str(content.pk))
+    page.select_option("#id_schedule_kind", "now")
+    page.click("input[name=_continue]")
+    campaign = Campaign.objects.get(name="Spring sale")
+    page.wait_for_url(f"**/admin/campaigns/campaign/{campaign.pk}/change/**")
+    screenshot("campaign-draft")
+
+    # Test send: only the app's test phone gets it, before any approval.
+    page.click("button[value=test_send]")
+    page.wait_for_selector(".messagelist .success")
+    assert sim.state.count(test_phone.token) == 1
+    assert sim.state.count(zoe_ios.token) == 0
+
+    page.click("button[value=submit]")
+    page.wait_for_selector(".messagelist .success")
+    assert Campaign.objects.get(pk=campaign.pk).status == "in_review"
+
+    # The approver approves from the inbox, seeing the phones side by side.
+    login(approver_bob)
+    page.goto(f"{live_server.url}/admin/accounts/approvalrequest/")
+    screenshot("approval-inbox")
+    page.click("#result_list a:has-text('Spring sale')")
+    page.wait_for_url("**/review/")
+    assert page.locator("#approval-review .phone-ios").count() == 1
+    screenshot("approval-review")
+    page.fill("#id_comment", "Looks good")
+    page.click("input[name=_approve]")
+    page.wait_for_selector(".messagelist .success")
+
+    campaign.refresh_from_db()
+    assert campaign.status in ("live", "completed")
+    assert sim.state.count(zoe_ios.token) == 1 and sim.state.count(zoe_android.token) == 1
+
+    # The simulator's page shows what the phones received.
+    page.goto(sim.url())
+    page.wait_for_selector("text=Hi Zoé")
+    screenshot("push-simulator")
+
+    # The report shows the two accepted deliveries (the test send is not counted).
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/campaigns/campaign/{campaign.pk}/change/")
+    report = page.locator("#campaign-report").inner_text()
+    assert "Accepted\t2" in report or "Accepted 2" in report, report
+    screenshot("campaign-report")
