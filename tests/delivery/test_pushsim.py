@@ -245,3 +245,31 @@ def test_counts_received_and_the_phone_page_show_deliveries_newest_first(pushsim
     assert page.index("Second") < page.index("First")
     assert "&lt;b&gt;hello&lt;/b&gt;" in page and "<b>hello</b>" not in page
     assert "iOS" in page and "Android" in page
+
+
+def test_the_pushsim_command_starts_with_faults_and_dead_tokens_from_its_flags(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    env = {**os.environ, "PUSHDESK_VAR_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3"}
+    env["PYTHONUNBUFFERED"] = "1"
+    command = [sys.executable, "manage.py", "pushsim", "--port", str(ports[0]), "--sandbox-port", str(ports[1])]
+    command += ["--rate-503", "0.25", "--retry-after", "9", "--dead-token", "3c" * 32]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "Push simulator:" in process.stdout.readline()
+        with httpx.Client(base_url=f"http://127.0.0.1:{ports[0]}") as control:
+            state = control.get("/control/state").json()
+            page = control.get("/")
+    finally:
+        process.terminate()
+        process.wait(10)
+    assert (state["faults"]["rate_503"], state["faults"]["retry_after"], state["devices"]) == (0.25, 9, 1)
+    assert page.status_code == 200 and "Push simulator" in page.text
