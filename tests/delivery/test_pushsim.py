@@ -4,6 +4,7 @@ import json
 import ssl
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import jwt
@@ -260,7 +261,8 @@ def test_the_pushsim_command_starts_with_faults_and_dead_tokens_from_its_flags(t
             ports.append(s.getsockname()[1])
     env = {**os.environ, "PUSHDESK_VAR_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3"}
     env["PYTHONUNBUFFERED"] = "1"
-    command = [sys.executable, "manage.py", "pushsim", "--port", str(ports[0]), "--sandbox-port", str(ports[1])]
+    manage = str(Path(__file__).resolve().parents[2] / "manage.py")
+    command = [sys.executable, manage, "pushsim", "--port", str(ports[0]), "--sandbox-port", str(ports[1])]
     command += ["--rate-503", "0.25", "--retry-after", "9", "--dead-token", "3c" * 32]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
