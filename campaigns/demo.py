@@ -1,0 +1,59 @@
+"""Demo campaigns: one waiting for approval (the approver's inbox is not empty), one live API-triggered."""
+
+import datetime as dt
+
+from django.utils import timezone
+
+from accounts.models import User
+from accounts.selectors import visible_to
+from accounts.services import access_grant
+from audiences.models import Segment
+from campaigns.models import Campaign
+from campaigns.services import campaign_approve, campaign_create, campaign_submit
+from delivery.models import App, PushContent
+
+
+def populate(*, stdout) -> None:
+    app = App.objects.filter(name="Pushdesk Demo").first()
+    users = {u.username: u for u in User.objects.filter(username__in=("manager", "approver", "viewer"))}
+    if app is None or len(users) < 3:
+        stdout.write("Demo campaigns skipped: the demo app or users are missing.")
+        return
+    for user in users.values():
+        if not visible_to(user, App.objects.filter(pk=app.pk)).exists():
+            access_grant(obj=app, to=user, by=None)
+    manager, approver = users["manager"], users["approver"]
+    segment = Segment.objects.filter(name="Lapsed users").first() or Segment.objects.order_by("pk").first()
+    welcome = PushContent.objects.filter(app=app, name="Welcome back").first()
+    flash = PushContent.objects.filter(app=app, name="Flash sale").first()
+    if segment is None or welcome is None or flash is None:
+        stdout.write("Demo campaigns skipped: the demo segments or push contents are missing.")
+        return
+    made = []
+    if not Campaign.objects.filter(name="Win back lapsed users").exists():
+        campaign = campaign_create(
+            by=manager,
+            name="Win back lapsed users",
+            app=app,
+            segment=segment,
+            content=welcome,
+            schedule_kind="recurring",
+            recurrence="weekly",
+            send_at=(timezone.now() + dt.timedelta(days=1)).replace(hour=9, minute=0, second=0, microsecond=0),
+            time_zone="Europe/Paris",
+        )
+        campaign_submit(campaign_id=campaign.pk, by=manager, message="Weekly win-back, Tuesdays 9:00 Paris time.")
+        made.append(f"{campaign.name} (waiting for approval)")
+    if not Campaign.objects.filter(name="Flash sale alert").exists():
+        campaign = campaign_create(
+            by=manager,
+            name="Flash sale alert",
+            app=app,
+            kind="api_triggered",
+            purpose="marketing",
+            content=flash,
+        )
+        campaign_submit(campaign_id=campaign.pk, by=manager)
+        campaign_approve(campaign_id=campaign.pk, by=approver, comment="Approved for the demo.")
+        made.append(f"{campaign.name} (live, API-triggered: POST /api/v1/campaigns/{campaign.pk}/trigger/)")
+    stdout.write("Demo campaigns: " + ("; ".join(made) if made else "already there."))
