@@ -42,6 +42,7 @@ CAPABILITIES: dict[str, dict] = {
             "delivery.pushcontent",
             "delivery.dispatch",
             "delivery.delivery",
+            "delivery.deliveryrules",
             "campaigns.campaign",
             "journeys.journey",
             "journeys.enrollment",
@@ -95,7 +96,9 @@ CAPABILITIES: dict[str, dict] = {
     "administer": {
         "label": "apps and channel credentials, users, roles, approval policies, API keys of others",
         "roles": (ADMINISTRATOR,),
-        "perms": _crud("delivery.app", "accounts.user", "auth.group", "accounts.approvalpolicy")
+        "perms": _crud(
+            "delivery.app", "delivery.deliveryrules", "accounts.user", "auth.group", "accounts.approvalpolicy"
+        )
         + _crud("accounts.user", "auth.group", "accounts.approvalpolicy", actions=("view",))
         + ["accounts.manage_others_apikey", "accounts.manage_object_access", "delivery.test_connection_app"],
     },

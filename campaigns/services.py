@@ -414,6 +414,7 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                         source_id=campaign.pk,
                         label=f"{campaign.name} @ {due:%Y-%m-%d %H:%M} UTC",
                         rate_limit_per_second=campaign.throttle_per_second,
+                        purpose=campaign.purpose,
                         context={"campaign": {"id": campaign.pk, "name": campaign.name}},
                     )
             except GateClosed as exc:
@@ -653,6 +654,7 @@ def campaign_trigger(*, campaign_id: int, by: User, recipients: list[dict], cont
                 source_id=campaign.pk,
                 label=f"{campaign.name}: API trigger",
                 rate_limit_per_second=campaign.throttle_per_second,
+                purpose=campaign.purpose,
             )
     except GateClosed as exc:
         raise TriggerRefused(str(exc), code="gate_closed") from exc

@@ -10,8 +10,9 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 from liquid.exceptions import LiquidError
 
 from accounts.admin import BigTableAdmin, ObjectAccessAdminMixin, ScopedAdmin
+from accounts.services import audit
 from audiences.models import Profile
-from delivery.models import App, Delivery, Device, Dispatch, PushContent
+from delivery.models import App, Delivery, DeliveryRules, Device, Dispatch, PushContent
 from delivery.payloads import message_render, spec_validate
 from delivery.selectors import (
     apps_visible_to,
@@ -676,3 +677,33 @@ class DeliveryAdmin(BigTableAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(DeliveryRules)
+class DeliveryRulesAdmin(admin.ModelAdmin):
+    """Administrators set each app's frequency cap and quiet hours for marketing pushes."""
+
+    list_display = ("app", "frequency_cap", "frequency_window_hours", "quiet_start", "quiet_end", "quiet_mode")
+    list_select_related = ("app",)
+    fieldsets = (
+        (None, {"fields": ("app",)}),
+        ("Frequency cap", {"fields": ("frequency_cap", "frequency_window_hours")}),
+        ("Quiet hours", {"fields": ("quiet_start", "quiet_end", "quiet_mode", "default_timezone")}),
+    )
+
+    def get_queryset(self, request):
+        rules = super().get_queryset(request)
+        if not request.user.has_perm("delivery.view_deliveryrules"):
+            return rules.none()
+        return rules.filter(app__in=apps_visible_to(request.user).values("pk"))
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "app":
+            kwargs["queryset"] = apps_visible_to(request.user)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        audit(
+            actor=request.user, action="delivery_rules_changed", obj=obj, summary={"fields": sorted(form.changed_data)}
+        )

@@ -269,6 +269,12 @@ class Dispatch(models.Model):
     segment = models.ForeignKey("audiences.Segment", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     profile_ids = models.JSONField(null=True, blank=True, help_text="An explicit audience (API trigger).")
     rate_limit_per_second = models.PositiveIntegerField(null=True, blank=True, help_text="This run's own throttle.")
+    purpose = models.CharField(
+        max_length=20,
+        choices=[("marketing", "marketing"), ("transactional", "transactional")],
+        default="marketing",
+        help_text="Marketing sends obey the app's delivery rules; transactional ones bypass them.",
+    )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PREPARING)
     error = models.TextField(blank=True)
     total = models.BigIntegerField(default=0)
@@ -365,6 +371,8 @@ class Delivery(models.Model):
         ]
         indexes = [
             models.Index(fields=["dispatch", "status", "id"], name="delivery_dispatch_status_idx"),
+            # The frequency cap counts a profile's recent and in-flight deliveries.
+            models.Index(fields=["profile", "status", "finished_at"], name="delivery_profile_recent_idx"),
             models.Index(
                 fields=["lease_expires_at"],
                 condition=models.Q(status="sending"),
@@ -384,3 +392,37 @@ class RateBucket(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class DeliveryRules(models.Model):
+    """An app's rules for marketing pushes: a frequency cap and quiet hours.
+
+    Applied when a dispatch resolves its audience (``delivery.rules``); a push they hold back is
+    recorded with the rule as its reason. Transactional sends and test sends bypass them.
+    """
+
+    class QuietMode(models.TextChoices):
+        DELAY = "delay", "hold until the quiet hours end"
+        DISCARD = "discard", "skip the push"
+
+    app = models.OneToOneField(App, on_delete=models.CASCADE, related_name="delivery_rules")
+    frequency_cap = models.PositiveIntegerField(
+        null=True, blank=True, help_text="At most this many marketing pushes per profile in the window (empty: no cap)."
+    )
+    frequency_window_hours = models.PositiveIntegerField(default=24, help_text="The cap's rolling window, in hours.")
+    quiet_start = models.TimeField(null=True, blank=True, help_text="Quiet hours start, in the profile's time zone.")
+    quiet_end = models.TimeField(null=True, blank=True, help_text="Quiet hours end (may be the next day).")
+    quiet_mode = models.CharField(max_length=10, choices=QuietMode.choices, default=QuietMode.DELAY)
+    default_timezone = models.CharField(max_length=64, default="UTC", help_text="For profiles without a time zone.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "delivery rules"
+        verbose_name_plural = "delivery rules"
+
+    def __str__(self) -> str:
+        return f"Delivery rules of {self.app}"
+
+    @property
+    def has_quiet_hours(self) -> bool:
+        return self.quiet_start is not None and self.quiet_end is not None and self.quiet_start != self.quiet_end

@@ -55,6 +55,7 @@ from delivery.payloads import (
 from delivery.providers import Outcome, OutcomeKind
 from delivery.providers.apns import ApnsClient, ApnsMessage
 from delivery.providers.fcm import FcmClient, FcmMessage
+from delivery.rules import rules_apply
 from delivery.throttle import throttle_acquire
 from delivery.transport import Http2Transport, Request, Response
 
@@ -690,6 +691,7 @@ def dispatch_create(
     source_id: int | None = None,
     label: str = "",
     rate_limit_per_second: int | None = None,
+    purpose: str = "marketing",
 ) -> Dispatch:
     """Open a send run after its gate agrees; the audience is resolved and sent by worker tasks.
 
@@ -718,6 +720,7 @@ def dispatch_create(
             segment_id=segment_id,
             profile_ids=list(profile_ids) if profile_ids is not None else None,
             rate_limit_per_second=rate_limit_per_second,
+            purpose=purpose,
             created_by=by if by is not None and by.pk else None,
         )
         audit(actor=by, action="dispatch_created", obj=dispatch, summary={"kind": kind, "source_id": source_id})
@@ -819,6 +822,9 @@ def dispatch_prepare(*, dispatch_id: int) -> None:
             params = [dispatch.pk, _dt(now), *audience_params, dispatch.app_id]
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
+        held = rules_apply(dispatch=dispatch, now=now)
+        if held:
+            audit(actor=None, action="dispatch_rules_applied", obj=dispatch, summary=held)
         counts = dict(
             Delivery.objects.filter(dispatch_id=dispatch.pk).values_list("status").annotate(n=Count("id")).order_by()
         )

@@ -1,0 +1,161 @@
+"""Delivery rules: the frequency cap and quiet hours hold back marketing pushes; transactional ones pass."""
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.utils import timezone
+
+from delivery.models import Delivery, DeliveryRules, Dispatch
+from delivery.rules import quiet_until
+from delivery.services import dispatch_prepare
+from tests.factories import AppFactory, DeviceFactory, ProfileFactory, PushContentFactory
+
+
+@pytest.fixture
+def app(db):
+    return AppFactory(name="Shop")
+
+
+def _dispatch(app, profiles, *, purpose="marketing", kind="api_trigger"):
+    content = PushContentFactory(app=app)
+    dispatch = Dispatch.objects.create(
+        app=app, kind=kind, purpose=purpose, content_spec=content.spec(), profile_ids=[p.pk for p in profiles]
+    )
+    dispatch_prepare(dispatch_id=dispatch.pk)
+    return {d.profile_id: d for d in Delivery.objects.filter(dispatch=dispatch)}
+
+
+def _past_push(app, profile, *, hours_ago, devices=1, purpose="marketing"):
+    dispatch = Dispatch.objects.create(app=app, kind="campaign", purpose=purpose, content_spec={}, status="done")
+    for device in profile.devices.all()[:devices]:
+        Delivery.objects.create(
+            dispatch=dispatch,
+            device=device,
+            profile_id=profile.pk,
+            status="accepted",
+            finished_at=timezone.now() - dt.timedelta(hours=hours_ago),
+        )
+
+
+def test_frequency_cap_skips_profiles_that_had_enough(app):
+    DeliveryRules.objects.create(app=app, frequency_cap=1, frequency_window_hours=24)
+    capped, fresh, long_ago = ProfileFactory.create_batch(3)
+    for profile in (capped, fresh, long_ago):
+        DeviceFactory(profile=profile, app=app)
+    _past_push(app, capped, hours_ago=2)
+    _past_push(app, long_ago, hours_ago=30)
+    rows = _dispatch(app, [capped, fresh, long_ago])
+    assert (rows[capped.pk].status, rows[capped.pk].reason) == ("skipped", "frequency_cap")
+    assert rows[fresh.pk].status == rows[long_ago.pk].status == "queued"
+
+
+def test_a_push_to_several_phones_counts_once(app):
+    DeliveryRules.objects.create(app=app, frequency_cap=2)
+    profile = ProfileFactory()
+    DeviceFactory(profile=profile, app=app, platform="ios")
+    DeviceFactory(profile=profile, app=app, platform="android")
+    _past_push(app, profile, hours_ago=1, devices=2)
+    rows = Delivery.objects.filter(dispatch__in=Dispatch.objects.filter(purpose="marketing", kind="api_trigger"))
+    _dispatch(app, [profile])
+    assert set(rows.values_list("status", flat=True)) == {"queued"}
+
+
+def test_transactional_pushes_ignore_the_cap_and_dont_count_toward_it(app):
+    DeliveryRules.objects.create(app=app, frequency_cap=1)
+    profile = ProfileFactory()
+    DeviceFactory(profile=profile, app=app)
+    _past_push(app, profile, hours_ago=1, purpose="transactional")
+    assert _dispatch(app, [profile])[profile.pk].status == "queued"  # a transactional push does not count
+    _past_push(app, profile, hours_ago=1)
+    assert _dispatch(app, [profile], purpose="transactional")[profile.pk].status == "queued"
+
+
+def test_test_sends_ignore_the_rules(app):
+    DeliveryRules.objects.create(app=app, frequency_cap=1)
+    profile = ProfileFactory()
+    DeviceFactory(profile=profile, app=app, is_test=True)
+    _past_push(app, profile, hours_ago=1)
+    assert _dispatch(app, [], kind="test")[profile.pk].status == "queued"
+
+
+def _window_around_now(zone: str, *, inside: bool):
+    local = timezone.now().astimezone(ZoneInfo(zone))
+    shift = dt.timedelta(hours=0 if inside else 3)
+    start = (local - dt.timedelta(hours=1) + shift).time().replace(second=0, microsecond=0)
+    end = (local + dt.timedelta(hours=1) + shift).time().replace(second=0, microsecond=0)
+    return start, end
+
+
+def test_quiet_hours_in_the_profiles_time_zone_discard(app):
+    start, end = _window_around_now("Asia/Tokyo", inside=True)
+    DeliveryRules.objects.create(app=app, quiet_start=start, quiet_end=end, quiet_mode="discard")
+    sleeping = ProfileFactory(timezone="Asia/Tokyo")
+    awake = ProfileFactory(timezone="America/New_York")  # 13–14 hours apart from Tokyo
+    for profile in (sleeping, awake):
+        DeviceFactory(profile=profile, app=app)
+    rows = _dispatch(app, [sleeping, awake])
+    assert (rows[sleeping.pk].status, rows[sleeping.pk].reason) == ("skipped", "quiet_hours")
+    assert rows[awake.pk].status == "queued"
+
+
+def test_quiet_hours_delay_until_they_end(app):
+    start, end = _window_around_now("Europe/Paris", inside=True)
+    DeliveryRules.objects.create(app=app, quiet_start=start, quiet_end=end, quiet_mode="delay")
+    profile = ProfileFactory(timezone="Europe/Paris")
+    DeviceFactory(profile=profile, app=app)
+    row = _dispatch(app, [profile])[profile.pk]
+    assert row.status == "queued"
+    local_end = row.next_attempt_at.astimezone(ZoneInfo("Europe/Paris"))
+    assert local_end.time() == end
+    assert dt.timedelta(0) < row.next_attempt_at - timezone.now() <= dt.timedelta(hours=1, minutes=1)
+
+
+def test_profiles_without_a_time_zone_use_the_apps_default(app):
+    start, end = _window_around_now("Australia/Sydney", inside=True)
+    DeliveryRules.objects.create(
+        app=app, quiet_start=start, quiet_end=end, quiet_mode="discard", default_timezone="Australia/Sydney"
+    )
+    profile = ProfileFactory(timezone="")
+    DeviceFactory(profile=profile, app=app)
+    assert _dispatch(app, [profile])[profile.pk].reason == "quiet_hours"
+
+
+def test_outside_quiet_hours_nothing_is_held(app):
+    start, end = _window_around_now("UTC", inside=False)
+    DeliveryRules.objects.create(app=app, quiet_start=start, quiet_end=end, quiet_mode="discard")
+    profile = ProfileFactory(timezone="UTC")
+    DeviceFactory(profile=profile, app=app)
+    assert _dispatch(app, [profile])[profile.pk].status == "queued"
+
+
+@pytest.mark.parametrize(
+    ("now", "until"),
+    [
+        ("23:30", "2026-01-02 07:00"),  # overnight window, before midnight
+        ("06:00", "2026-01-01 07:00"),  # overnight window, after midnight
+        ("12:00", None),
+    ],
+)
+def test_quiet_until_handles_windows_across_midnight(now, until):
+    local = dt.datetime.fromisoformat(f"2026-01-01 {now}").replace(tzinfo=ZoneInfo("Europe/Paris"))
+    end = quiet_until(start=dt.time(22), end=dt.time(7), local=local)
+    assert (end.strftime("%Y-%m-%d %H:%M") if end else None) == until
+
+
+def test_only_administrators_change_delivery_rules(client, app, admin_erin, manager_alice):
+    from accounts.services import access_grant
+
+    access_grant(obj=app, to=manager_alice, by=None)
+    form = {
+        "app": app.pk,
+        "frequency_cap": 3,
+        "frequency_window_hours": 24,
+        "quiet_mode": "delay",
+        "default_timezone": "UTC",
+    }
+    client.force_login(manager_alice)
+    assert client.post("/admin/delivery/deliveryrules/add/", form).status_code == 403
+    client.force_login(admin_erin)
+    assert client.post("/admin/delivery/deliveryrules/add/", form).status_code == 302
+    assert DeliveryRules.objects.get(app=app).frequency_cap == 3
