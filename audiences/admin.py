@@ -125,6 +125,10 @@ class SegmentForm(forms.ModelForm):
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.user = user
+        if "kind" in self.fields:  # imported segments come from imports, not from this form
+            self.fields["kind"].choices = [
+                c for c in Segment.Kind.choices if c[0] in (Segment.Kind.RULES, Segment.Kind.STATIC)
+            ]
 
     def clean(self):
         data = super().clean()
