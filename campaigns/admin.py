@@ -1,4 +1,5 @@
 import contextvars
+import datetime as dt
 
 from django import forms
 from django.contrib import admin, messages
@@ -13,6 +14,8 @@ from accounts.selectors import approval_current, visible_to
 from campaigns import services
 from campaigns.models import Campaign, Occurrence
 from campaigns.reports import campaign_report, campaign_report_csv, campaign_timeline
+from campaigns.schedule import localize
+from campaigns.schedule import zone as schedule_zone
 from campaigns.selectors import TRANSITIONS, campaign_actions, campaigns_visible_to
 
 # The admin instance is shared by every request; the request whose page is being drawn lives here.
@@ -22,11 +25,40 @@ Status = Campaign.Status
 
 
 class CampaignForm(forms.ModelForm):
+    """Dates are entered and shown as wall-clock times in the campaign's own time zone."""
+
     class Meta:
         model = Campaign
         fields = services.EDITABLE_FIELDS
         widgets = {"send_at": forms.SplitDateTimeWidget, "ends_at": forms.SplitDateTimeWidget}
         field_classes = {"send_at": forms.SplitDateTimeField, "ends_at": forms.SplitDateTimeField}
+        help_texts = {
+            "send_at": "The (first) send, for 'at' and 'recurring', in the campaign's time zone.",
+            "ends_at": "No occurrence after this (recurring), in the campaign's time zone.",
+        }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        instance = self.instance
+        for name in ("send_at", "ends_at"):
+            value = getattr(instance, name, None)
+            if instance.pk and value is not None:
+                wall = value.astimezone(schedule_zone(instance.time_zone)).replace(tzinfo=None)
+                self.initial[name] = wall.replace(tzinfo=dt.UTC)  # shown as typed: the admin's zone is UTC
+
+    def clean(self):
+        data = super().clean()
+        try:
+            tz = schedule_zone(data.get("time_zone") or "UTC")
+        except ValidationError as exc:
+            self.add_error("time_zone", exc.message_dict["time_zone"])
+            return data
+        for name in ("send_at", "ends_at"):
+            value = data.get(name)
+            if value is not None:
+                wall = value.astimezone(dt.UTC).replace(tzinfo=None)
+                data[name] = localize(wall, tz).astimezone(dt.UTC)
+        return data
 
 
 def _timeline_svg(points: list[dict]) -> str:
@@ -136,6 +168,7 @@ class CampaignAdmin(ObjectAccessAdminMixin, ScopedAdmin):
                         "recurrence",
                         "cron",
                         "ends_at",
+                        "at_local_time",
                         "missed_window_minutes",
                     )
                 },

@@ -66,6 +66,11 @@ class Campaign(models.Model):
     recurrence = models.CharField(max_length=10, choices=Recurrence.choices, blank=True)
     cron = models.CharField(max_length=100, blank=True, help_text="Five-field cron expression, in the time zone above.")
     ends_at = models.DateTimeField(null=True, blank=True, help_text="No occurrence after this (recurring).")
+    at_local_time = models.BooleanField(
+        default=False,
+        help_text="Send at the schedule's time of day in each profile's own time zone (profiles without one: "
+        "the time zone above). The send starts when the earliest time zone reaches it.",
+    )
     missed_window_minutes = models.PositiveIntegerField(
         default=60,
         help_text="An occurrence missed during downtime is sent late if at most this old, otherwise skipped.",
@@ -110,6 +115,7 @@ class Campaign(models.Model):
         "recurrence",
         "cron",
         "ends_at",
+        "at_local_time",
         "throttle_per_second",
     )
 

@@ -30,7 +30,7 @@ def _add_months(local: dt.datetime, months: int, day: int) -> dt.datetime:
     return local.replace(year=year, month=month, day=min(day, calendar.monthrange(year, month)[1]))
 
 
-def _localize(naive: dt.datetime, tz: ZoneInfo) -> dt.datetime:
+def localize(naive: dt.datetime, tz: ZoneInfo) -> dt.datetime:
     """Attach the zone; a wall time skipped by a DST jump moves forward past the gap."""
     aware = naive.replace(tzinfo=tz)
     round_trip = aware.astimezone(UTC).astimezone(tz).replace(tzinfo=None)
@@ -72,7 +72,7 @@ def occurrences_after(
         while True:
             candidate = it.get_next(dt.datetime)
             if candidate.tzinfo is None:
-                candidate = _localize(candidate, tz)
+                candidate = localize(candidate, tz)
             candidate = candidate.astimezone(UTC)
             if ends_at is not None and candidate > ends_at:
                 return
@@ -89,7 +89,7 @@ def occurrences_after(
             local = _add_months(start_local, n, start_local.day)
         else:
             return
-        candidate = _localize(local, tz).astimezone(UTC)
+        candidate = localize(local, tz).astimezone(UTC)
         n += 1
         if ends_at is not None and candidate > ends_at:
             return
@@ -97,13 +97,39 @@ def occurrences_after(
             yield candidate
 
 
+# A send at each profile's local time starts when the earliest time zone (UTC+14) gets there.
+EARLIEST_ZONE = "Etc/GMT-14"
+
+
+def _rebased(send_at: dt.datetime | None, *, from_zone: str, to_zone: str) -> dt.datetime | None:
+    """The same wall-clock time as ``send_at`` in ``from_zone``, in ``to_zone``."""
+    if send_at is None:
+        return None
+    wall = send_at.astimezone(zone(from_zone)).replace(tzinfo=None)
+    return localize(wall, zone(to_zone)).astimezone(UTC)
+
+
+def local_wall_time(campaign, occurrence: dt.datetime) -> str:
+    """For a local-time campaign, the wall-clock time its occurrence stands for (ISO, no zone)."""
+    return occurrence.astimezone(zone(EARLIEST_ZONE)).replace(tzinfo=None).isoformat(timespec="seconds")
+
+
 def next_occurrence(campaign, *, after: dt.datetime) -> dt.datetime | None:
-    """The campaign's first occurrence strictly after ``after``, or None when there is none left."""
+    """The campaign's first occurrence strictly after ``after``, or None when there is none left.
+
+    For a send at each profile's local time, the occurrence is when UTC+14 reaches the wall-clock
+    time (the send then holds each profile's rows until their own zone gets there).
+    """
+    local = getattr(campaign, "at_local_time", False) and campaign.schedule_kind != "now"
+    time_zone = EARLIEST_ZONE if local else campaign.time_zone
+    send_at = (
+        _rebased(campaign.send_at, from_zone=campaign.time_zone, to_zone=EARLIEST_ZONE) if local else campaign.send_at
+    )
     return next(
         occurrences_after(
             schedule_kind=campaign.schedule_kind,
-            send_at=campaign.send_at,
-            time_zone=campaign.time_zone,
+            send_at=send_at,
+            time_zone=time_zone,
             recurrence=campaign.recurrence,
             cron=campaign.cron,
             ends_at=campaign.ends_at,

@@ -26,7 +26,7 @@ from accounts.services import (
     audit,
 )
 from campaigns.models import Campaign, Occurrence
-from campaigns.schedule import next_occurrence, schedule_check
+from campaigns.schedule import local_wall_time, next_occurrence, schedule_check
 
 Status = Campaign.Status
 
@@ -43,6 +43,7 @@ EDITABLE_FIELDS = (
     "recurrence",
     "cron",
     "ends_at",
+    "at_local_time",
     "missed_window_minutes",
     "throttle_per_second",
 )
@@ -403,6 +404,7 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                 campaign.next_occurrence_at = later
                 break
             outcome = Occurrence.Outcome.SENT if now - due <= LATE_AFTER else Occurrence.Outcome.SENT_LATE
+            local = campaign.at_local_time and campaign.schedule_kind != Campaign.ScheduleKind.NOW
             try:
                 with transaction.atomic():
                     dispatch = dispatch_create(
@@ -415,6 +417,8 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                         label=f"{campaign.name} @ {due:%Y-%m-%d %H:%M} UTC",
                         rate_limit_per_second=campaign.throttle_per_second,
                         purpose=campaign.purpose,
+                        local_time=local_wall_time(campaign, due) if local else "",
+                        local_default_timezone=campaign.time_zone if local else "",
                         context={"campaign": {"id": campaign.pk, "name": campaign.name}},
                     )
             except GateClosed as exc:

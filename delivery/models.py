@@ -269,6 +269,14 @@ class Dispatch(models.Model):
     segment = models.ForeignKey("audiences.Segment", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     profile_ids = models.JSONField(null=True, blank=True, help_text="An explicit audience (API trigger).")
     rate_limit_per_second = models.PositiveIntegerField(null=True, blank=True, help_text="This run's own throttle.")
+    local_time = models.CharField(
+        max_length=19,
+        blank=True,
+        help_text="Send at this wall-clock time (YYYY-MM-DDTHH:MM:SS) in each profile's time zone.",
+    )
+    local_default_timezone = models.CharField(
+        max_length=64, blank=True, help_text="The time zone of profiles without one, for local-time sends."
+    )
     purpose = models.CharField(
         max_length=20,
         choices=[("marketing", "marketing"), ("transactional", "transactional")],

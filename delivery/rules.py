@@ -93,17 +93,46 @@ def _quiet_hours(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -> 
     queued = Delivery.objects.filter(dispatch_id=dispatch.pk, status=DS.QUEUED)
     zones = set(queued.values_list("profile__timezone", flat=True).distinct())
     held = {"quiet_hours": 0, "quiet_hours_delayed": 0}
+    wall = dt.datetime.fromisoformat(dispatch.local_time) if dispatch.local_time else None
     for name in zones:
-        local = now.astimezone(_zone(name, rules.default_timezone))
+        zone = _zone(name, rules.default_timezone)
+        # A local-time send is judged at the time it will go out in that zone, others now.
+        local = max(_localize(wall, zone), now.astimezone(zone)) if wall else now.astimezone(zone)
         until = quiet_until(start=rules.quiet_start, end=rules.quiet_end, local=local)
         if until is None:
             continue
-        if name:
-            rows = queued.filter(profile__timezone=name)
-        else:
-            rows = queued.filter(Q(profile__timezone="") | Q(profile__timezone__isnull=True))
+        rows = _rows_in_zone(queued, name)
         if rules.quiet_mode == DeliveryRules.QuietMode.DISCARD:
             held["quiet_hours"] += rows.update(status=DS.SKIPPED, reason="quiet_hours", finished_at=now)
         else:
             held["quiet_hours_delayed"] += rows.update(next_attempt_at=until.astimezone(dt.UTC))
     return held
+
+
+def local_time_apply(*, dispatch: Dispatch, now: dt.datetime) -> int:
+    """For a send at a local time of day: hold each queued row until that wall-clock time in its
+    profile's time zone (one UPDATE per time zone present). Returns the rows held."""
+    if not dispatch.local_time:
+        return 0
+    wall = dt.datetime.fromisoformat(dispatch.local_time)
+    queued = Delivery.objects.filter(dispatch_id=dispatch.pk, status=DS.QUEUED)
+    held = 0
+    for name in set(queued.values_list("profile__timezone", flat=True).distinct()):
+        at = _localize(wall, _zone(name, dispatch.local_default_timezone))
+        if at <= now:
+            continue  # that time zone is already there: send now
+        held += _rows_in_zone(queued, name).update(next_attempt_at=at.astimezone(dt.UTC))
+    return held
+
+
+def _localize(wall: dt.datetime, zone: ZoneInfo) -> dt.datetime:
+    aware = wall.replace(tzinfo=zone)
+    if aware.astimezone(dt.UTC).astimezone(zone).replace(tzinfo=None) != wall:  # skipped by a DST jump
+        aware = aware.astimezone(dt.UTC).astimezone(zone)
+    return aware
+
+
+def _rows_in_zone(queued, name: str | None):
+    if name:
+        return queued.filter(profile__timezone=name)
+    return queued.filter(Q(profile__timezone="") | Q(profile__timezone__isnull=True))

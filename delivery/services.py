@@ -55,7 +55,7 @@ from delivery.payloads import (
 from delivery.providers import Outcome, OutcomeKind
 from delivery.providers.apns import ApnsClient, ApnsMessage
 from delivery.providers.fcm import FcmClient, FcmMessage
-from delivery.rules import rules_apply
+from delivery.rules import local_time_apply, rules_apply
 from delivery.throttle import throttle_acquire
 from delivery.transport import Http2Transport, Request, Response
 
@@ -692,6 +692,8 @@ def dispatch_create(
     label: str = "",
     rate_limit_per_second: int | None = None,
     purpose: str = "marketing",
+    local_time: str = "",
+    local_default_timezone: str = "",
 ) -> Dispatch:
     """Open a send run after its gate agrees; the audience is resolved and sent by worker tasks.
 
@@ -721,6 +723,8 @@ def dispatch_create(
             profile_ids=list(profile_ids) if profile_ids is not None else None,
             rate_limit_per_second=rate_limit_per_second,
             purpose=purpose,
+            local_time=local_time,
+            local_default_timezone=local_default_timezone,
             created_by=by if by is not None and by.pk else None,
         )
         audit(actor=by, action="dispatch_created", obj=dispatch, summary={"kind": kind, "source_id": source_id})
@@ -822,6 +826,7 @@ def dispatch_prepare(*, dispatch_id: int) -> None:
             params = [dispatch.pk, _dt(now), *audience_params, dispatch.app_id]
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
+        local_time_apply(dispatch=dispatch, now=now)
         held = rules_apply(dispatch=dispatch, now=now)
         if held:
             audit(actor=None, action="dispatch_rules_applied", obj=dispatch, summary=held)

@@ -129,3 +129,46 @@ def test_completed_when_nothing_is_left(make_campaign, approve, django_capture_o
     campaigns_tick(now=T0 + dt.timedelta(minutes=1))
     campaign.refresh_from_db()
     assert campaign.status == "completed"
+
+
+def test_send_at_each_profiles_local_time(make_campaign, approve, team, segment):
+    from zoneinfo import ZoneInfo
+
+    from delivery.models import Delivery
+    from delivery.services import dispatch_prepare
+    from tests.factories import DeviceFactory, ProfileFactory
+
+    paris = ZoneInfo("Europe/Paris")
+    day = (dt.datetime.now(paris) + dt.timedelta(days=3)).date()
+    nine = dt.datetime.combine(day, dt.time(9), tzinfo=paris)
+    campaign = approve(
+        make_campaign(schedule_kind="at", send_at=nine, time_zone="Europe/Paris", at_local_time=True),
+        now=dt.datetime.now(dt.UTC),
+    )
+    # It starts when UTC+14 reaches 09:00.
+    assert campaign.next_occurrence_at == dt.datetime.combine(day, dt.time(9), tzinfo=dt.UTC) - dt.timedelta(hours=14)
+    tokyo, new_york, unknown = (
+        ProfileFactory(timezone="Asia/Tokyo", attributes={}),
+        ProfileFactory(timezone="America/New_York", attributes={}),
+        ProfileFactory(timezone="", attributes={}),
+    )
+    for profile in (tokyo, new_york, unknown):
+        DeviceFactory(profile=profile, app=team)
+    fired = campaign_fire_due(campaign_id=campaign.pk, now=campaign.next_occurrence_at)
+    dispatch = fired[0].dispatch
+    assert dispatch.local_time == f"{day.isoformat()}T09:00:00"
+    segment.rules = {
+        "all": [
+            {
+                "field": "external_id",
+                "op": "in",
+                "value": [tokyo.external_id, new_york.external_id, unknown.external_id],
+            }
+        ]
+    }
+    segment.save()
+    dispatch_prepare(dispatch_id=dispatch.pk)
+    when = {d.profile_id: d.next_attempt_at for d in Delivery.objects.filter(dispatch=dispatch)}
+    assert when[tokyo.pk] == dt.datetime.combine(day, dt.time(9), tzinfo=ZoneInfo("Asia/Tokyo"))
+    assert when[new_york.pk] == dt.datetime.combine(day, dt.time(9), tzinfo=ZoneInfo("America/New_York"))
+    assert when[unknown.pk] == nine  # no time zone: the campaign's
