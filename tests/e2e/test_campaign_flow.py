@@ -7,7 +7,6 @@ from audiences.models import Segment
 from campaigns.models import Campaign
 from delivery.models import PushContent
 from delivery.services import pushcontent_save
-from tests.delivery.sending import sim, sim_app, sim_session  # noqa: F401 (fixtures: the push simulator)
 from tests.factories import DeviceFactory, ProfileFactory
 
 pytestmark = pytest.mark.browser
