@@ -14,6 +14,7 @@ from accounts.selectors import approval_current, visible_to
 from campaigns import services
 from campaigns.models import Campaign, Occurrence
 from campaigns.reports import campaign_report, campaign_report_csv, campaign_timeline
+from campaigns.review import campaign_phones_html
 from campaigns.schedule import localize
 from campaigns.schedule import zone as schedule_zone
 from campaigns.selectors import TRANSITIONS, campaign_actions, campaigns_visible_to
@@ -148,6 +149,7 @@ class CampaignAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         "owner",
         "activated_at",
         "next_occurrence_at",
+        "preview",
         "report",
         "object_access",
     )
@@ -192,6 +194,7 @@ class CampaignAdmin(ObjectAccessAdminMixin, ScopedAdmin):
                     },
                 ),
             )
+            fieldsets.append(("Preview", {"fields": ("preview",)}))
             fieldsets.append(("Report", {"fields": ("report",)}))
             fieldsets.append(("Access", {"fields": ("object_access",)}))
         return fieldsets
@@ -289,6 +292,12 @@ class CampaignAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             return response
         finally:
             _drawing_for.reset(token)
+
+    @admin.display(description="As phones show it")
+    def preview(self, obj):
+        if obj is None or obj.pk is None or obj.content_id is None:
+            return "—"
+        return campaign_phones_html(obj)
 
     @admin.display(description="Report")
     def report(self, obj):

@@ -30,12 +30,17 @@ def _audience_text(campaign: Campaign) -> str:
     return f"{campaign.segment}: {count:,} profiles"
 
 
-def campaign_review_html(campaign: Campaign, *, request: ApprovalRequest, user: User) -> str:
-    """The review pane: a phone per platform, the audience with its count, the schedule."""
+def campaign_phones_html(campaign: Campaign, *, profile: dict | None = None) -> str:
+    """The content as an iPhone and an Android phone would show it, for one profile (or a blank one)."""
     from delivery.payloads import message_render
 
     spec = campaign.content.spec()
-    sample = {"external_id": "sample", "locale": spec.get("default_locale", ""), "timezone": "", "attributes": {}}
+    sample = profile or {
+        "external_id": "sample",
+        "locale": spec.get("default_locale", ""),
+        "timezone": "",
+        "attributes": {},
+    }
     try:
         message = message_render(spec, profile=sample, context={})
         title, subtitle, body = message.title, message.subtitle, message.body
@@ -53,6 +58,13 @@ def campaign_review_html(campaign: Campaign, *, request: ApprovalRequest, user: 
             ("android", "Android — " + campaign.app.name, title, "", body),
         ],
     )
+    return phones
+
+
+def campaign_review_html(campaign: Campaign, *, request: ApprovalRequest, user: User) -> str:
+    """The review pane: a phone per platform, the audience with its count, the schedule."""
+    spec = campaign.content.spec()
+    phones = campaign_phones_html(campaign)
     rows = format_html_join(
         "",
         "<tr><th>{}</th><td>{}</td></tr>",

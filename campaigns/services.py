@@ -473,7 +473,12 @@ def campaigns_tick(*, now: dt.datetime | None = None) -> dict:
         with transaction.atomic():
             campaign = Campaign.objects.select_for_update(skip_locked=True).filter(pk=pk, status=Status.LIVE).first()
             if campaign is not None and campaign.next_occurrence_at is None:
-                _transition(campaign, Status.COMPLETED, by=None, action="completed")
+                outcomes = set(
+                    Dispatch.objects.filter(kind=Dispatch.Kind.CAMPAIGN, source_id=pk).values_list("status", flat=True)
+                )
+                # Failed when every send of it failed (e.g. its app's credentials were refused).
+                to = Status.FAILED if outcomes == {Dispatch.Status.FAILED} else Status.COMPLETED
+                _transition(campaign, to, by=None, action="failed" if to == Status.FAILED else "completed")
                 completed += 1
     return {"due": len(due_ids), "occurrences": fired, "completed": completed}
 

@@ -172,3 +172,19 @@ def test_send_at_each_profiles_local_time(make_campaign, approve, team, segment)
     assert when[tokyo.pk] == dt.datetime.combine(day, dt.time(9), tzinfo=ZoneInfo("Asia/Tokyo"))
     assert when[new_york.pk] == dt.datetime.combine(day, dt.time(9), tzinfo=ZoneInfo("America/New_York"))
     assert when[unknown.pk] == nine  # no time zone: the campaign's
+
+
+def test_campaign_whose_every_send_failed_ends_failed(make_campaign, approve):
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0))
+    campaigns_tick(now=T0)
+    Dispatch.objects.filter(source_id=campaign.pk).update(status="failed", error="credentials refused")
+    campaigns_tick(now=T0 + dt.timedelta(minutes=1))
+    campaign.refresh_from_db()
+    assert campaign.status == "failed"
+
+
+def test_campaign_page_shows_the_phones(client, make_campaign, manager_alice):
+    campaign = make_campaign()
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/")
+    assert b"phone-ios" in page.content and b"Hello there" in page.content
