@@ -26,6 +26,7 @@ from delivery.providers import Outcome, OutcomeKind, parse_retry_after, transpor
 from delivery.transport import Http2Transport, Request, Response
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 # FcmError codes (push-protocols.md §2.4) and what they mean for the message: (kind, first backoff).
 ERROR_CODES: dict[str, tuple[OutcomeKind, float | None]] = {
@@ -188,7 +189,7 @@ class FcmClient:
         return Request(
             url=self.send_url,
             headers=[f"authorization: Bearer {access_token}", "content-type: application/json"],
-            body=json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
+            body=_encode(body).encode(),
         )
 
     def interpret(self, response: Response) -> Outcome:
