@@ -260,6 +260,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "ENUM_NAME_OVERRIDES": {"JourneyStatusEnum": "journeys.models.Journey.Status"},
     "APPEND_COMPONENTS": {"securitySchemes": {"ApiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "pdk_…"}}},
     "SECURITY": [{"ApiKey": []}],
 }

@@ -21,7 +21,9 @@ PRODUCTION_ENV = {
 
 def _manage(*args, env, tmp_path):
     full_env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("PUSHDESK_", "DATABASE_URL", "SECRET_KEY", "DEBUG"))
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PUSHDESK_", "DATABASE_URL", "SECRET_KEY", "DEBUG", "DJANGO_ALLOW_ASYNC_UNSAFE"))
     }
     full_env.update({"PUSHDESK_VAR_DIR": str(tmp_path), **env})
     return subprocess.run(
