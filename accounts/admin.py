@@ -16,6 +16,7 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 
 from accounts.approvals import approval_subject_for
+from accounts.forms import ThrottledAdminAuthenticationForm
 from accounts.models import ApiKey, ApprovalPolicy, ApprovalRequest, AuditEvent, User
 from accounts.roles import ROLES, role_capabilities
 from accounts.selectors import (
@@ -39,6 +40,7 @@ from accounts.services import (
     audit,
 )
 
+admin.site.login_form = ThrottledAdminAuthenticationForm
 admin.site.site_header = "Pushdesk"
 admin.site.site_title = "Pushdesk"
 admin.site.index_title = "Back-office"

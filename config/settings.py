@@ -212,6 +212,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "admin:login"
+# Admin sign-in throttling, per username and per address.
+PUSHDESK_LOGIN_MAX_FAILURES = int(os.environ.get("PUSHDESK_LOGIN_MAX_FAILURES", "5"))
+PUSHDESK_LOGIN_LOCKOUT_SECONDS = int(os.environ.get("PUSHDESK_LOGIN_LOCKOUT_SECONDS", "900"))
 
 # --- i18n, static ----------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

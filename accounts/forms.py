@@ -1,0 +1,41 @@
+"""The admin's login form, throttled: repeated failures for an account or from an address wait."""
+
+from django.conf import settings
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.core.cache import cache
+from django.core.exceptions import ValidationError
+
+from accounts.services import audit
+
+
+def _keys(request, username: str) -> list[str]:
+    address = request.META.get("REMOTE_ADDR", "") if request is not None else ""
+    return [f"login-failures:user:{username.lower()}", f"login-failures:ip:{address}"]
+
+
+class ThrottledAdminAuthenticationForm(AdminAuthenticationForm):
+    """After ``PUSHDESK_LOGIN_MAX_FAILURES`` failures in ``PUSHDESK_LOGIN_LOCKOUT_SECONDS`` for a
+    username or an address, further attempts are refused (even with the right password) until
+    the window passes."""
+
+    def clean(self):
+        username = (self.cleaned_data.get("username") or "").strip()
+        keys = _keys(self.request, username)
+        limit = settings.PUSHDESK_LOGIN_MAX_FAILURES
+        if any((cache.get(key) or 0) >= limit for key in keys):
+            raise ValidationError(
+                "Too many failed sign-ins: wait %(minutes)d minutes and try again.",
+                code="throttled",
+                params={"minutes": max(1, settings.PUSHDESK_LOGIN_LOCKOUT_SECONDS // 60)},
+            )
+        try:
+            return super().clean()
+        except ValidationError:
+            for key in keys:
+                cache.add(key, 0, timeout=settings.PUSHDESK_LOGIN_LOCKOUT_SECONDS)
+                try:
+                    cache.incr(key)
+                except ValueError:  # expired between add and incr
+                    cache.set(key, 1, timeout=settings.PUSHDESK_LOGIN_LOCKOUT_SECONDS)
+            audit(actor=None, action="login_failed", summary={"username": username[:150]})
+            raise
