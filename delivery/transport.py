@@ -158,8 +158,8 @@ class Http2Transport:
         self.connect_timeout = connect_timeout
         self.ca_bundle = ca_bundle
         self.max_resends = max_resends
-        # Without all headers, a response carries only content-type and retry-after (read from
-        # libcurl, not line by line from Python): about 5 µs less per request.
+        # Without all headers, an error response carries only content-type and retry-after (read
+        # from libcurl, not line by line from Python): about 5 µs less per request.
         self.all_headers = all_headers
         self.max_in_flight = max_connections_per_host * max_streams_per_connection
         self._multi = m = pycurl.CurlMulti()
@@ -282,16 +282,16 @@ class Http2Transport:
                 body=b"".join(slot.body),
                 attempts=attempts,
             )
+        status = c.getinfo(pycurl.RESPONSE_CODE)
         headers = {}
-        content_type = c.getinfo(pycurl.CONTENT_TYPE)
-        if content_type:
-            headers["content-type"] = content_type
-        retry_after = c.getinfo(pycurl.RETRY_AFTER)
-        if retry_after:
-            headers["retry-after"] = str(retry_after)
-        return Response(
-            status=c.getinfo(pycurl.RESPONSE_CODE), headers=headers, body=b"".join(slot.body), attempts=attempts
-        )
+        if status >= 300:  # what an error answer may need: its body's type, when to retry
+            content_type = c.getinfo(pycurl.CONTENT_TYPE)
+            if content_type:
+                headers["content-type"] = content_type
+            retry_after = c.getinfo(pycurl.RETRY_AFTER)
+            if retry_after:
+                headers["retry-after"] = str(retry_after)
+        return Response(status=status, headers=headers, body=b"".join(slot.body), attempts=attempts)
 
     def _error(self, slot: _Slot, errno: int, message: str, attempts: int) -> Response | None:
         """The error response for a failed transfer, or None when it may safely be sent again."""

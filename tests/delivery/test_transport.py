@@ -124,3 +124,12 @@ def test_an_idle_connection_closed_by_goaway_is_replaced_by_a_new_one(pushsim, b
         second = transport.send(apns_requests(pushsim.apns_url(tls=True), bearer, 5, prefix="e"))
     assert [r.status for r in first + second] == [200] * 10
     assert pushsim.state.connections == 2
+
+
+def test_without_all_headers_an_error_still_carries_its_retry_after(pushsim, bearer):
+    pushsim.state.faults.rate_503 = 1.0
+    pushsim.state.faults.retry_after = 4
+    with Http2Transport(ca_bundle=pushsim.ca_path, all_headers=False) as transport:
+        [response] = transport.send(apns_requests(pushsim.apns_url(tls=True), bearer, 1))
+    assert response.status == 503
+    assert response.headers == {"content-type": "application/json", "retry-after": "4"}
