@@ -49,5 +49,9 @@ test: lint
 	  $(VENV)/bin/pytest -m embedded -p no:cacheprovider -q $(PYTEST_ARGS); rc=$$?; rm -rf $$tmp; \
 	  [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
+# Every benchmark in turn; each prints one JSON line (see the README's Performance table).
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
