@@ -162,11 +162,11 @@ class CampaignTriggerView(APIView):
         idempotency_key = request.headers.get("Idempotency-Key", "").strip()
         if len(idempotency_key) > 200:
             raise serializers.ValidationError({"Idempotency-Key": "At most 200 characters."})
-        body_hash = hashlib.sha256(json.dumps(request.data, sort_keys=True, default=str).encode()).hexdigest()
-        if not campaigns_visible_to(request.user).filter(pk=campaign_id).exists():
-            raise Http404(f"No campaign {campaign_id}.")
         record = None
         if idempotency_key:
+            if not campaigns_visible_to(request.user).filter(pk=campaign_id).exists():
+                raise Http404(f"No campaign {campaign_id}.")
+            body_hash = hashlib.sha256(json.dumps(request.data, sort_keys=True, default=str).encode()).hexdigest()
             record, replay = trigger_request_start(
                 api_key=request.auth, idempotency_key=idempotency_key, campaign_id=campaign_id, body_hash=body_hash
             )
