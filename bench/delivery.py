@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/delivery.py [--devices 100000] [--targets sim,nginx]
 
-On PostgreSQL and Redis (``BENCH_DATABASE_URL``, default a ``pushdesk_bench`` database it
-creates and migrates; ``REDIS_URL``, default db 8). A static segment of N profiles, each with
+On PostgreSQL and Redis (``BENCH_DATABASE_URL``, default a ``pushdesk_bench_delivery`` database it
+creates and migrates; ``REDIS_URL``, default db 7). A static segment of N profiles, each with
 one device, is sent a personalized push through the whole pipeline: ``dispatch_create`` (gate,
 frozen content), the resolving ``INSERT … SELECT``, send tasks in a real ``qcluster`` with 2
 workers that claim, render, send over HTTP/2 and write outcomes back in bulk. The clock runs
@@ -30,9 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/pushdesk_bench"
+DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/pushdesk_bench_delivery"
 os.environ["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB)
-os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/8")
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/7")
 os.environ.pop("PUSHDESK_TASKS_SYNC", None)
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -175,6 +175,8 @@ def run(target: str, segment, devices: int, workers_env: dict, log: Path, ca: st
     )
     spec_validate(content.spec())
     content.save()
+    with connection.cursor() as cursor:  # a fair start: no dead rows left by an earlier run
+        cursor.execute("VACUUM ANALYZE delivery_delivery")
     queue = f"bench-{secrets.token_hex(3)}"
     env = {
         "PUSHDESK_QUEUE_NAME": queue,

@@ -1184,17 +1184,32 @@ def _retry_or_fail(row: Claimed, outcome: Outcome, *, now: datetime, deadline: d
     return Result(row.id, DS.QUEUED, reason=outcome.reason, next_attempt_at=when)
 
 
-def _send_batch(dispatch: Dispatch, app: App, rows: list[Claimed], report: SendReport) -> None:
+@dataclass
+class _Batch:
+    """Claimed rows on their way: rendered messages per platform, sends in flight, results so far."""
+
+    rows: dict[str, list[Claimed]]
+    messages: dict[str, list]
+    results: list[Result]
+    deadline: datetime
+    futures: dict = field(default_factory=dict)
+
+
+def _batch_prepare(dispatch: Dispatch, rows: list[Claimed]) -> _Batch:
+    """Render every claimed row and build its provider message; rows that cannot be sent fail here."""
     spec = dispatch.content_spec
     now = timezone.now()
-    deadline = (dispatch.started_at or now) + timedelta(seconds=int(spec.get("ttl_seconds") or 0))
-    needs_profiles = _needs_profiles(spec)
-    results: list[Result] = []
-    by_platform: dict[str, tuple[list, list[Claimed]]] = {Platform.IOS: ([], []), Platform.ANDROID: ([], [])}
+    batch = _Batch(
+        rows={Platform.IOS: [], Platform.ANDROID: []},
+        messages={Platform.IOS: [], Platform.ANDROID: []},
+        results=[],
+        deadline=(dispatch.started_at or now) + timedelta(seconds=int(spec.get("ttl_seconds") or 0)),
+    )
+    results = batch.results
     own_contexts = bool((dispatch.context or {}).get(RECIPIENT_CONTEXTS))
     shared = (
         None
-        if needs_profiles or own_contexts
+        if _needs_profiles(spec) or own_contexts
         else message_render(spec, profile={}, context=recipient_context(dispatch.context, None))
     )
     options = apns_options(spec, now=time.time())
@@ -1216,26 +1231,36 @@ def _send_batch(dispatch: Dispatch, app: App, rows: list[Claimed], report: SendR
             if len(body) > APNS_LIMIT:
                 results.append(Result(row.id, DS.FAILED, reason=f"payload_too_large ({len(body)} bytes)"))
                 continue
-            by_platform[Platform.IOS][0].append({"payload": body, **options})
+            batch.messages[Platform.IOS].append({"payload": body, **options})
         else:
             fcm = fcm_message(spec, message, token=row.token, delivery_id=row.id)
             size = fcm_payload_bytes(fcm)
             if size > FCM_LIMIT:
                 results.append(Result(row.id, DS.FAILED, reason=f"payload_too_large ({size} bytes)"))
                 continue
-            by_platform[Platform.ANDROID][0].append(fcm)
-        by_platform[row.platform][1].append(row)
-    futures = {
-        platform: _POOL.submit(_send_platform, app, platform, messages, platform_rows)
-        for platform, (messages, platform_rows) in by_platform.items()
+            batch.messages[Platform.ANDROID].append(fcm)
+        batch.rows[row.platform].append(row)
+    return batch
+
+
+def _batch_submit(batch: _Batch, app: App) -> None:
+    """Start sending (APNs and FCM at once, in the send threads); returns without waiting."""
+    batch.futures = {
+        platform: _POOL.submit(_send_platform, app, platform, batch.messages[platform], platform_rows)
+        for platform, platform_rows in batch.rows.items()
         if platform_rows
     }
+
+
+def _batch_finish(dispatch: Dispatch, batch: _Batch, report: SendReport) -> None:
+    """Wait for the batch's sends, then write every outcome back in bulk and act on dead tokens."""
+    results = batch.results
     dead: dict[int, str] = {}
     credentials: dict[str, str] = {}
+    outcomes = {platform: future.result() for platform, future in batch.futures.items()}
     now = timezone.now()
-    for platform, future in futures.items():
-        platform_rows = by_platform[platform][1]
-        for row, outcome in zip(platform_rows, future.result(), strict=True):
+    for platform, platform_outcomes in outcomes.items():
+        for row, outcome in zip(batch.rows[platform], platform_outcomes, strict=True):
             report.outcomes[outcome.kind] += 1
             if outcome.kind is OutcomeKind.ACCEPTED:
                 results.append(Result(row.id, DS.ACCEPTED, provider_id=outcome.provider_id))
@@ -1248,7 +1273,7 @@ def _send_batch(dispatch: Dispatch, app: App, rows: list[Claimed], report: SendR
                 results.append(Result(row.id, DS.FAILED, reason=f"credentials: {outcome.reason}"))
                 credentials[platform] = outcome.reason
             else:
-                results.append(_retry_or_fail(row, outcome, now=now, deadline=deadline))
+                results.append(_retry_or_fail(row, outcome, now=now, deadline=batch.deadline))
     _write_back(dispatch.pk, results, now=now)
     if dead:
         devices_invalidate(reasons=dead)
@@ -1289,32 +1314,44 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
     if dispatch.rate_limit_per_second:
         limits.append((f"dispatch:{dispatch.pk}", dispatch.rate_limit_per_second))
     with_profiles = _needs_profiles(dispatch.content_spec)
-    while time.monotonic() < deadline:
-        granted = throttle_acquire(limits=limits, count=settings.PUSHDESK_SEND_BATCH, deadline=deadline)
-        if not granted:
-            break
-        if Dispatch.objects.filter(pk=dispatch_id, status=Dispatch.Status.SENDING).count() == 0:
-            return report
-        rows = _claim(dispatch_id, limit=granted, now=timezone.now(), with_profiles=with_profiles)
-        if rows:
-            report.claimed += len(rows)
-            report.batches += 1
-            _send_batch(dispatch, app, rows, report)
-            continue
-        next_retry = (
-            Delivery.objects.filter(dispatch_id=dispatch_id, status=DS.QUEUED)
-            .order_by("next_attempt_at")
-            .values_list("next_attempt_at", flat=True)
-            .first()
-        )
-        if next_retry is None:
-            break
-        wait = (next_retry - timezone.now()).total_seconds()
-        if time.monotonic() + wait >= deadline:
-            break
-        time.sleep(max(0.0, min(wait, 5.0)))
-    else:
-        pass
+    # One batch sends (in the send threads) while the next is claimed and rendered here.
+    in_flight: _Batch | None = None
+    try:
+        while time.monotonic() < deadline:
+            granted = throttle_acquire(limits=limits, count=settings.PUSHDESK_SEND_BATCH, deadline=deadline)
+            if not granted:
+                break
+            if not Dispatch.objects.filter(pk=dispatch_id, status=Dispatch.Status.SENDING).exists():
+                return report
+            rows = _claim(dispatch_id, limit=granted, now=timezone.now(), with_profiles=with_profiles)
+            if rows:
+                report.claimed += len(rows)
+                report.batches += 1
+                batch = _batch_prepare(dispatch, rows)
+                if in_flight is not None:
+                    _batch_finish(dispatch, in_flight, report)
+                _batch_submit(batch, app)
+                in_flight = batch
+                continue
+            if in_flight is not None:
+                _batch_finish(dispatch, in_flight, report)  # its retries may be due now
+                in_flight = None
+                continue
+            next_retry = (
+                Delivery.objects.filter(dispatch_id=dispatch_id, status=DS.QUEUED)
+                .order_by("next_attempt_at")
+                .values_list("next_attempt_at", flat=True)
+                .first()
+            )
+            if next_retry is None:
+                break
+            wait = (next_retry - timezone.now()).total_seconds()
+            if time.monotonic() + wait >= deadline:
+                break
+            time.sleep(max(0.0, min(wait, 5.0)))
+    finally:
+        if in_flight is not None:
+            _batch_finish(dispatch, in_flight, report)
     if Delivery.objects.filter(dispatch_id=dispatch_id, status=DS.QUEUED).exists():
         if time.monotonic() >= deadline or not _only_future_retries(dispatch_id):
             _enqueue("delivery.tasks.dispatch_send_task", dispatch_id)
