@@ -56,6 +56,56 @@ def api_exception_handler(exc, context):
     return response
 
 
+ERROR_SCHEMA = {
+    "type": "object",
+    "description": "Every API error: a stable `code`, a human `detail`; bad input also lists `errors`.",
+    "properties": {
+        "code": {"type": "string"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "field": {"type": "string", "nullable": True},
+                    "code": {"type": "string"},
+                    "detail": {"type": "string"},
+                },
+                "required": ["field", "code", "detail"],
+            },
+        },
+    },
+    "required": ["code", "detail"],
+}
+# Answers every operation may give, whatever the view: bad input, no or bad key, no scope or
+# role, an object outside the key's access (or none at all).
+COMMON_ERRORS = {
+    "400": "Bad input: `errors` names each field and the rule broken.",
+    "401": "No API key, or one that cannot be used (malformed, unknown, revoked, expired).",
+    "403": "The key lacks the scope, or its user the role.",
+    "404": "No such object, or one outside the user's access.",
+}
+
+
+def document_error_responses(result, generator, request, public):
+    """drf-spectacular post-processing hook: add the error format and the common errors to every operation.
+
+    A view documents its own extra answers (409, 422, 429...) with ``extend_schema``; those
+    are given the error body here too when they declare none.
+    """
+    result.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    error_content = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for methods in result.get("paths", {}).values():
+        for operation in methods.values():
+            responses = operation.setdefault("responses", {})
+            for status, description in COMMON_ERRORS.items():
+                responses.setdefault(status, {"description": description, "content": error_content})
+            for status, response in responses.items():
+                if status.startswith("4") and "content" not in response:
+                    response["content"] = error_content
+    return result
+
+
 class MeView(APIView):
     """Who this API key belongs to, and what it may do."""
 

@@ -175,7 +175,11 @@ class ProfileUpsertView(APIView):
 
     required_scope = "ingest"
 
-    @extend_schema(operation_id="profile_upsert", request=ProfileInSerializer, responses=ProfileOutSerializer)
+    @extend_schema(
+        operation_id="profile_upsert",
+        request=ProfileInSerializer,
+        responses={200: ProfileOutSerializer, 201: ProfileOutSerializer},
+    )
     def post(self, request):
         serializer = ProfileInSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -279,7 +283,19 @@ class SegmentListView(APIView):
 
     required_scope = "read"
 
-    @extend_schema(operation_id="segments_list", responses=SegmentOutSerializer(many=True))
+    @extend_schema(
+        operation_id="segments_list",
+        parameters=[OpenApiParameter("limit", int), OpenApiParameter("offset", int)],
+        responses=inline_serializer(
+            "PaginatedSegmentOutList",
+            {
+                "count": serializers.IntegerField(),
+                "next": serializers.URLField(allow_null=True),
+                "previous": serializers.URLField(allow_null=True),
+                "results": SegmentOutSerializer(many=True),
+            },
+        ),
+    )
     def get(self, request):
         from rest_framework.pagination import LimitOffsetPagination
 

@@ -1,7 +1,16 @@
 """Every route of /api/v1/. Each app contributes its own ``api.urlpatterns``."""
 
-from django.urls import include, path
+from django.http import JsonResponse
+from django.urls import include, path, re_path
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+
+@csrf_exempt
+def api_not_found(request, *args, **kwargs):
+    """Any other path under /api/v1/ (a negative or non-numeric id included): the API's JSON 404."""
+    return JsonResponse({"code": "not_found", "detail": "Not found."}, status=404)
+
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
@@ -11,4 +20,5 @@ urlpatterns = [
     path("", include("campaigns.api")),
     path("", include("delivery.api")),
     path("", include("journeys.api")),
+    re_path(r"^", api_not_found),
 ]

@@ -266,6 +266,10 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {"JourneyStatusEnum": "journeys.models.Journey.Status"},
     "APPEND_COMPONENTS": {"securitySchemes": {"ApiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "pdk_…"}}},
     "SECURITY": [{"ApiKey": []}],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "accounts.api.document_error_responses",
+    ],
 }
 
 # --- logging -------------------------------------------------------------------------------

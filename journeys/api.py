@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.urls import path
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -101,7 +101,23 @@ class JourneyListView(APIView):
 
     required_scope = "read"
 
-    @extend_schema(operation_id="journeys_list", responses=JourneyOutSerializer(many=True))
+    @extend_schema(
+        operation_id="journeys_list",
+        parameters=[
+            OpenApiParameter("status", str, enum=list(Journey.Status.values)),
+            OpenApiParameter("limit", int),
+            OpenApiParameter("offset", int),
+        ],
+        responses=inline_serializer(
+            "PaginatedJourneyOutList",
+            {
+                "count": serializers.IntegerField(),
+                "next": serializers.URLField(allow_null=True),
+                "previous": serializers.URLField(allow_null=True),
+                "results": JourneyOutSerializer(many=True),
+            },
+        ),
+    )
     def get(self, request):
         from rest_framework.pagination import LimitOffsetPagination
 
