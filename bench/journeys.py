@@ -1,0 +1,261 @@
+"""Benchmark: the journey engine, 100,000 profiles through entry → wait(0) → condition (segment) →
+push / exit, with 2 worker processes, pushing to the push simulator.
+
+    .venv/bin/python bench/journeys.py [--profiles 100000]
+
+On PostgreSQL and Redis (``BENCH_DATABASE_URL``, default a ``pushdesk_bench_journeys`` database
+it creates and migrates; ``REDIS_URL``, default db 9). The audience is made once and reused: N
+profiles with one device each (half iOS, half Android), a static entry segment of all of them
+and a static "VIP" segment of half of them. Each run makes a fresh app, content and journey,
+submits and approves it (the gate is the real one), reads the segment in (one ``INSERT …
+SELECT``) and hands the due enrollments to a real ``qcluster`` with 2 workers, each running the
+engine (``SELECT … FOR UPDATE SKIP LOCKED`` batches). The clock runs from the first engine task
+until no enrollment is open; the pushes then finish through the send pipeline to the simulator.
+
+Prints one JSON line: transitions/s (steps passed, from the enrollments' histories), the entry
+time, the time until every push was answered, and the double-processing checks: enrollments
+whose history is not exactly their path, devices with more than one journey delivery, tokens the
+simulator received more than once.
+"""
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/pushdesk_bench_journeys"
+os.environ["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB)
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/9")
+os.environ.pop("PUSHDESK_TASKS_SYNC", None)
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+import importlib.util  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("bench_delivery", ROOT / "bench" / "delivery.py")
+bench_delivery = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_delivery)
+# Importing the delivery benchmark points DATABASE_URL at its own database: this one has its own.
+os.environ["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB)
+ensure_database, make_app, start_workers, peak_memory_mb = (
+    bench_delivery.ensure_database,
+    bench_delivery.make_app,
+    bench_delivery.start_workers,
+    bench_delivery.peak_memory_mb,
+)
+KEY_ID, TEAM_ID, BUNDLE_ID, PROJECT_ID = (
+    bench_delivery.KEY_ID,
+    bench_delivery.TEAM_ID,
+    bench_delivery.BUNDLE_ID,
+    bench_delivery.PROJECT_ID,
+)
+
+
+def ensure_audience(profiles: int):
+    """N profiles with one device each in an entry segment; the even half also in a VIP segment."""
+    from django.db import connection
+
+    from audiences.models import Profile, Segment, SegmentMember
+    from delivery.models import App, Device
+
+    entry, _ = Segment.objects.get_or_create(name=f"Journey bench {profiles}", defaults={"kind": "static"})
+    vips, _ = Segment.objects.get_or_create(name=f"Journey bench {profiles} VIPs", defaults={"kind": "static"})
+    if SegmentMember.objects.filter(segment=entry).count() == profiles:
+        return entry, vips
+    holder, _ = App.objects.get_or_create(name="Bench devices")
+    batch = 20_000
+    for start in range(0, profiles, batch):
+        made = Profile.objects.bulk_create(
+            Profile(external_id=f"jbench-{profiles}-{n}", attributes={"first_name": f"User{n}"}, locale="en")
+            for n in range(start, min(start + batch, profiles))
+        )
+        SegmentMember.objects.bulk_create(SegmentMember(segment=entry, profile=p) for p in made)
+        SegmentMember.objects.bulk_create(SegmentMember(segment=vips, profile=p) for p in made if p.pk % 2 == 0)
+        Device.objects.bulk_create(
+            Device(
+                profile=p,
+                app=holder,
+                platform="ios" if p.pk % 2 else "android",
+                token=f"{p.pk:064x}" if p.pk % 2 else f"jbench-fcm-{p.pk:012d}:" + "x" * 140,
+            )
+            for p in made
+        )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
+    return entry, vips
+
+
+def bench_users():
+    from accounts.models import User
+
+    users = []
+    for name in ("bench-author", "bench-approver"):
+        user, made = User.objects.get_or_create(username=name, defaults={"is_staff": True, "is_superuser": True})
+        users.append(user)
+    return users
+
+
+def run(*, profiles: int, sim, log: Path) -> dict:
+    from django.db import connection
+    from django.utils import timezone
+    from django_q.conf import Conf
+    from django_q.tasks import async_task
+
+    from delivery.models import Delivery, Dispatch, PushContent
+    from delivery.payloads import spec_validate
+    from journeys.models import Enrollment, Journey
+    from journeys.services import journey_approve, journey_create, journey_enter_segment, journey_submit
+
+    entry, vips = ensure_audience(profiles)
+    author, approver = bench_users()
+    app, apns_public, fcm_public, info = make_app(token_uri=sim.token_uri)
+    sim.state.add_apns_key(key_id=KEY_ID, team_id=TEAM_ID, public_key_pem=apns_public, topics=[BUNDLE_ID])
+    sim.state.add_service_account(
+        client_email=info["client_email"],
+        private_key_id=info["private_key_id"],
+        project_id=PROJECT_ID,
+        public_key_pem=fcm_public,
+    )
+    content = PushContent(app=app, name="Journey bench", title="Hello {{ profile.attributes.first_name }}", body="Hi")
+    spec_validate(content.spec())
+    content.save()
+    graph = {
+        "steps": [
+            {"id": "start", "type": "wait", "seconds": 0, "next": "check"},
+            {
+                "id": "check",
+                "type": "condition",
+                "branches": [{"label": "VIP", "segment": vips.pk, "next": "push"}],
+                "else": "done",
+            },
+            {"id": "push", "type": "push", "content": content.pk, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+    queue = f"jbench-{secrets.token_hex(3)}"
+    os.environ["PUSHDESK_QUEUE_NAME"] = queue
+    Conf.PREFIX = Conf.CLUSTER_NAME = queue
+    journey = journey_create(
+        by=author, name=f"Bench {queue}", app=app, entry_kind="segment", entry_segment=entry, graph=graph
+    )
+    journey_submit(journey_id=journey.pk, by=author)
+    journey_approve(journey_id=journey.pk, by=approver)
+    Journey.objects.filter(pk=journey.pk).update(next_entry_at=None)  # the queued entry task finds nothing due
+
+    entry_started = time.perf_counter()
+    Journey.objects.filter(pk=journey.pk).update(next_entry_at=timezone.now())
+    entered = journey_enter_segment(journey_id=journey.pk)  # queues one engine task on commit
+    entry_seconds = time.perf_counter() - entry_started
+    env = {
+        "PUSHDESK_QUEUE_NAME": queue,
+        "PUSHDESK_WORKERS": "2",
+        "PUSHDESK_SEND_TASKS": "2",
+        "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+        "PUSHDESK_PUSHSIM_APNS_PRODUCTION_URL": sim.apns_url("production"),
+        "PUSHDESK_PUSHSIM_FCM_URL": sim.fcm_url(),
+    }
+    async_task("journeys.tasks.journeys_run_due_task", q_options={"timeout": 240})  # the second engine
+    workers = start_workers(env, log)
+    open_statuses = ("active", "waiting")
+    try:
+        # The clock starts when the first batch lands (the cluster takes a few seconds to start).
+        while not Enrollment.objects.filter(journey=journey).exclude(status__in=open_statuses).exists():
+            if workers.poll() is not None:
+                sys.exit(f"the workers stopped: {log.read_text()[-2000:]}")
+            time.sleep(0.005)
+        started = time.perf_counter()
+        while Enrollment.objects.filter(journey=journey, status__in=open_statuses).exists():
+            time.sleep(0.02)
+        engine_seconds = time.perf_counter() - started
+        while Dispatch.objects.filter(kind="journey", app=app).exclude(status__in=Dispatch.FINAL_STATUSES).exists():
+            if workers.poll() is not None:
+                sys.exit(f"the workers stopped: {log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        pushes_seconds = time.perf_counter() - started
+        memory = peak_memory_mb(workers.pid)
+    finally:
+        os.killpg(workers.pid, signal.SIGTERM)
+        try:
+            workers.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(workers.pid, signal.SIGKILL)
+            workers.wait(5)
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            # A VIP's path is start, check, push, done; everyone else's start, check, done.
+            "SELECT COALESCE(SUM(jsonb_array_length(history)), 0), "
+            "COUNT(*) FILTER (WHERE jsonb_array_length(history) <> CASE WHEN profile_id %% 2 = 0 THEN 4 ELSE 3 END "
+            "OR (history -> 2 ->> 0 = 'push') <> (profile_id %% 2 = 0)), "
+            "COUNT(*) FILTER (WHERE status <> 'completed') "
+            "FROM journeys_enrollment WHERE journey_id = %s",
+            [journey.pk],
+        )
+        transitions, wrong_history, not_completed = cursor.fetchone()
+        cursor.execute(
+            "SELECT COUNT(*) FROM (SELECT d.device_id FROM delivery_delivery d JOIN delivery_dispatch x "
+            "ON x.id = d.dispatch_id WHERE x.kind = 'journey' AND x.app_id = %s AND d.device_id IS NOT NULL "
+            "GROUP BY d.device_id HAVING COUNT(*) > 1) twice",
+            [app.pk],
+        )
+        (devices_twice,) = cursor.fetchone()
+    dispatches = list(Dispatch.objects.filter(kind="journey", app=app).values_list("accepted", "failed", "unknown"))
+    counts = sim.state.snapshot_counts()
+    result = {
+        "entered": entered,
+        "entry_seconds": round(entry_seconds, 2),
+        "transitions": transitions,
+        "engine_seconds": round(engine_seconds, 2),
+        "transitions_per_s": round(transitions / engine_seconds),
+        "enrollments_per_s": round(entered / engine_seconds),
+        "dispatches": len(dispatches),
+        "pushes_accepted": sum(a for a, _, _ in dispatches),
+        "pushes_failed": sum(f for _, f, _ in dispatches),
+        "pushes_unknown": sum(u for _, _, u in dispatches),
+        "until_pushes_answered_seconds": round(pushes_seconds, 2),
+        "enrollments_not_completed": not_completed,
+        "enrollments_with_wrong_history": wrong_history,
+        "devices_with_two_journey_deliveries": devices_twice,
+        "tokens_received_twice_at_simulator": sum(1 for n in counts.values() if n > 1),
+        "worker_peak_mb": memory,
+    }
+    result["processed_twice"] = bool(
+        wrong_history or devices_twice or result["tokens_received_twice_at_simulator"] or not_completed
+    )
+    Delivery.objects.filter(dispatch__app=app).delete()
+    connection.close()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profiles", type=int, default=100_000)
+    args = parser.parse_args()
+
+    ensure_database()
+    import django
+
+    django.setup()
+    from delivery.pushsim import PushSimulator
+
+    workdir = Path(tempfile.mkdtemp(prefix="pushdesk-bench-"))
+    log = workdir / "workers.log"
+    print(f"workers' log: {log}", file=sys.stderr)
+    sim = PushSimulator().start()
+    try:
+        result = run(profiles=args.profiles, sim=sim, log=log)
+    finally:
+        sim.stop()
+    print(json.dumps({"benchmark": "journeys", "profiles": args.profiles, "workers": 2, "batch": 1000, **result}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""A small journey in a real browser: built with the step editor, approved from the inbox, watched."""
+
+import pytest
+
+from accounts.services import access_grant
+from audiences.models import Segment
+from delivery.models import PushContent
+from delivery.services import pushcontent_save
+from journeys.models import Journey
+from tests.factories import DeviceFactory, ProfileFactory
+
+pytestmark = pytest.mark.browser
+
+
+def test_manager_builds_approver_approves_and_the_graph_counts_the_push(
+    login, page, live_server, manager_alice, approver_bob, sim, sim_app, screenshot
+):
+    for user in (manager_alice, approver_bob):
+        access_grant(obj=sim_app, to=user, by=None)
+    zoe = ProfileFactory(external_id="zoe", attributes={"first_name": "Zoé"})
+    phone = DeviceFactory(profile=zoe, app=sim_app, platform="android")
+    segment = Segment.objects.create(name="Zoé and friends", kind="static")
+    segment.members.create(profile=zoe)
+    access_grant(obj=segment, to=manager_alice, by=None)
+    content = pushcontent_save(
+        content=PushContent(app=sim_app, name="Hello", title="Hi {{ profile.attributes.first_name }}", body="Welcome"),
+        by=manager_alice,
+    )
+
+    # The manager builds entry → wait → push → exit with the step editor (no JSON typed).
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/journeys/journey/add/")
+    page.fill("#id_name", "Welcome Zoé")
+    page.select_option("#id_app", str(sim_app.pk))
+    page.select_option("#id_entry_segment", str(segment.pk))
+    page.click(".step-editor button.add-push")
+    push = page.locator(".step-editor .step-row[data-step=push2]")
+    push.locator("select.push-content").select_option(str(content.pk))
+    push.locator("select.next-select").select_option("end")
+    page.click(".step-editor button.add-wait")
+    wait = page.locator(".step-editor .step-row[data-step=wait3]")
+    wait.locator("select.next-select").select_option("push2")
+    screenshot("journey-step-editor")
+    page.click("input[name=_continue]")
+    journey = Journey.objects.get(name="Welcome Zoé")
+    page.wait_for_url(f"**/admin/journeys/journey/{journey.pk}/change/**")
+    assert [s["type"] for s in journey.versions.get().graph["steps"]] == ["exit", "push", "wait"]
+    assert page.locator("svg.journey-graph g.step").count() == 3
+
+    page.click("button[value=submit]")
+    page.wait_for_selector(".messagelist .success")
+    assert Journey.objects.get(pk=journey.pk).status == "in_review"
+
+    # The approver approves from the inbox, with the graph in the review pane.
+    login(approver_bob)
+    page.goto(f"{live_server.url}/admin/accounts/approvalrequest/")
+    page.click("#result_list a:has-text('Welcome Zoé')")
+    page.wait_for_url("**/review/")
+    assert page.locator(".journey-review svg.journey-graph").count() == 1
+    screenshot("journey-review")
+    page.click("input[name=_approve]")
+    page.wait_for_selector(".messagelist .success")
+    assert Journey.objects.get(pk=journey.pk).status == "live"
+    assert sim.state.count(phone.token) == 1
+
+    # The manager watches: the graph counts the push, the enrollment shows its history.
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/journeys/journey/{journey.pk}/change/")
+    graph = page.locator("svg.journey-graph")
+    assert "entered 1 · pushed 1" in graph.text_content()
+    screenshot("journey-live-graph")
+    page.goto(f"{live_server.url}/admin/journeys/enrollment/?q=zoe")
+    page.click("#result_list tbody th a")
+    assert "pushed:" in page.locator(".enrollment-history").inner_text()
