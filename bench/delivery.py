@@ -128,6 +128,22 @@ def start_workers(env_extra: dict, log: Path) -> subprocess.Popen:
     )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its descendants (the worker processes), in seconds."""
+    total = 0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+        todo += [int(c) for c in children]
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def peak_memory_mb(pid: int) -> float:
     """The largest VmHWM among a process and its descendants, in MB."""
     peak = 0
@@ -194,6 +210,7 @@ def run(target: str, segment, devices: int, workers_env: dict, log: Path, ca: st
     Conf.PREFIX = Conf.CLUSTER_NAME = queue
     services.dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=lambda **kwargs: None)
     try:
+        cpu_before = cpu_seconds(workers.pid)
         started = time.perf_counter()
         dispatch = services.dispatch_create(
             app_id=app.pk, kind=Dispatch.Kind.API_TRIGGER, spec=content.spec(), segment_id=segment.pk, label="bench"
@@ -210,6 +227,7 @@ def run(target: str, segment, devices: int, workers_env: dict, log: Path, ca: st
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
         memory = peak_memory_mb(workers.pid)
+        worker_cpu = cpu_seconds(workers.pid) - cpu_before
     finally:
         os.killpg(workers.pid, signal.SIGTERM)
         try:
@@ -228,6 +246,9 @@ def run(target: str, segment, devices: int, workers_env: dict, log: Path, ca: st
         "failed": dispatch.failed,
         "unknown": dispatch.unknown,
         "worker_peak_mb": memory,
+        # The workers' own CPU per message: what they need whatever else runs on the machine.
+        "worker_cpu_us_per_message": round(worker_cpu / max(dispatch.accepted, 1) * 1e6, 1),
+        "machine_load_1min": round(os.getloadavg()[0], 2),
     }
 
 

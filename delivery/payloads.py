@@ -212,6 +212,33 @@ def fcm_payload_bytes(message: dict) -> int:
     return len(encode({k: v for k, v in message.items() if k != "token"}))
 
 
+def fcm_payload_fits(message: dict) -> int | None:
+    """None when the message surely fits FCM's limit, else its exact size (checked only when close).
+
+    The bound counts every string six times (JSON's worst escape) plus the keys' structure:
+    almost every real message is far below the limit, and is never encoded twice for it.
+    """
+    bound = 0
+    for key, value in message.items():
+        if key == "token":
+            continue
+        if isinstance(value, dict):
+            for k, v in value.items():
+                bound += 8 + len(k) + (6 * len(str(v).encode()) if not isinstance(v, dict) else _bound(v))
+        else:
+            bound += 8 + len(key) + 6 * len(str(value).encode())
+    if bound <= FCM_LIMIT:
+        return None
+    size = fcm_payload_bytes(message)
+    return size if size > FCM_LIMIT else None
+
+
+def _bound(values: dict) -> int:
+    return sum(
+        8 + len(k) + (6 * len(str(v).encode()) if not isinstance(v, dict) else _bound(v)) for k, v in values.items()
+    )
+
+
 def encode(payload: dict) -> bytes:
     """Compact UTF-8 JSON, as sent on the wire."""
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()

@@ -40,13 +40,12 @@ from audiences.models import Profile
 from delivery.models import App, Delivery, Device, Dispatch, Platform, PushContent
 from delivery.payloads import (
     APNS_LIMIT,
-    FCM_LIMIT,
     RECIPIENT_CONTEXTS,
     apns_options,
     apns_payload,
     encode,
     fcm_message,
-    fcm_payload_bytes,
+    fcm_payload_fits,
     message_render,
     recipient_context,
     spec_is_personalized,
@@ -1234,8 +1233,8 @@ def _batch_prepare(dispatch: Dispatch, rows: list[Claimed]) -> _Batch:
             batch.messages[Platform.IOS].append({"payload": body, **options})
         else:
             fcm = fcm_message(spec, message, token=row.token, delivery_id=row.id)
-            size = fcm_payload_bytes(fcm)
-            if size > FCM_LIMIT:
+            size = fcm_payload_fits(fcm)
+            if size is not None:
                 results.append(Result(row.id, DS.FAILED, reason=f"payload_too_large ({size} bytes)"))
                 continue
             batch.messages[Platform.ANDROID].append(fcm)

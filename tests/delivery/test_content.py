@@ -303,3 +303,17 @@ def test_short_rendering_path_matches_liquid(source, attributes):
     assert template_render(source, profile=profile, context=context) == _parse(source).render(
         profile=profile, context=context
     )
+
+
+def test_fcm_size_shortcut_agrees_with_the_exact_size():
+    from delivery.payloads import FCM_LIMIT, fcm_payload_bytes, fcm_payload_fits
+
+    small = fcm_message(spec(), message_render(spec(), profile={}, context={}), token="t", delivery_id=1)
+    assert fcm_payload_fits(small) is None
+    big_spec = spec(body="é" * 2100)
+    big = fcm_message(big_spec, message_render(big_spec, profile={}, context={}), token="t", delivery_id=1)
+    assert fcm_payload_bytes(big) > FCM_LIMIT
+    assert fcm_payload_fits(big) == fcm_payload_bytes(big)
+    quoted_spec = spec(body='"' * 1500)
+    near = fcm_message(quoted_spec, message_render(quoted_spec, profile={}, context={}), token="t", delivery_id=1)
+    assert fcm_payload_fits(near) is None and fcm_payload_bytes(near) <= FCM_LIMIT
