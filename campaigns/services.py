@@ -651,20 +651,19 @@ def campaign_trigger(*, campaign_id: int, by: User, recipients: list[dict], cont
     if not targeted:
         return TriggerResult(dispatch_id=None, accepted=0, problems=problems)
     try:
-        with transaction.atomic():
-            dispatch = dispatch_create(
-                app_id=campaign.app_id,
-                kind=Dispatch.Kind.API_TRIGGER,
-                spec=spec,
-                by=by,
-                content_id=campaign.content_id,
-                profile_ids=targeted,
-                context={**context, RECIPIENT_CONTEXTS: contexts} if contexts else dict(context),
-                source_id=campaign.pk,
-                label=f"{campaign.name}: API trigger",
-                rate_limit_per_second=campaign.throttle_per_second,
-                purpose=campaign.purpose,
-            )
+        dispatch = dispatch_create(  # one transaction of its own
+            app_id=campaign.app_id,
+            kind=Dispatch.Kind.API_TRIGGER,
+            spec=spec,
+            by=by,
+            content_id=campaign.content_id,
+            profile_ids=targeted,
+            context={**context, RECIPIENT_CONTEXTS: contexts} if contexts else dict(context),
+            source_id=campaign.pk,
+            label=f"{campaign.name}: API trigger",
+            rate_limit_per_second=campaign.throttle_per_second,
+            purpose=campaign.purpose,
+        )
     except GateClosed as exc:
         raise TriggerRefused(str(exc), code="gate_closed") from exc
     accepted = len(targeted) - sum(1 for p in problems if p["code"] == "no_device")
