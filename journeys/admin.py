@@ -80,7 +80,7 @@ class JourneyForm(forms.ModelForm):
         if app is None or graph is None:
             return cleaned
         try:
-            graph_validate(graph, **services._reference_checks(app_id=app.pk, by=self.user))
+            graph_validate(graph, **services.version_reference_checks(app_id=app.pk, by=self.user))
         except GraphInvalid as exc:
             for message in exc.errors_list:
                 self.add_error("graph", message)

@@ -95,7 +95,7 @@ def _open_version(journey: Journey) -> JourneyVersion | None:
 # --- validation -------------------------------------------------------------------------------
 
 
-def _reference_checks(*, app_id: int, by: User | None):
+def version_reference_checks(*, app_id: int, by: User | None):
     """The functions graph_validate uses to check segments, contents and rule trees (access of ``by``)."""
     from audiences.models import Segment
     from audiences.rules import RulesInvalid, rules_validate, segment_references
@@ -153,7 +153,7 @@ def _validate_version(version: JourneyVersion, *, by: User | None) -> None:
         errors["reentry_wait_seconds"] = "The re-entry wait is 0 seconds or more."
     if errors:
         raise ValidationError(errors)
-    graph_validate(version.graph, **_reference_checks(app_id=version.journey.app_id, by=by))
+    graph_validate(version.graph, **version_reference_checks(app_id=version.journey.app_id, by=by))
 
 
 def _content_fingerprints(version: JourneyVersion) -> dict[str, str]:
