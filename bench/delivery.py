@@ -128,6 +128,19 @@ def start_workers(env_extra: dict, log: Path) -> subprocess.Popen:
     )
 
 
+def stop_workers(workers: subprocess.Popen) -> None:
+    """Stop the cluster's whole process group: politely, then for good."""
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(workers.pid, sig)
+            workers.wait(wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and its descendants (the worker processes), in seconds."""
     total = 0
@@ -229,12 +242,7 @@ def run(target: str, segment, devices: int, workers_env: dict, log: Path, ca: st
         memory = peak_memory_mb(workers.pid)
         worker_cpu = cpu_seconds(workers.pid) - cpu_before
     finally:
-        os.killpg(workers.pid, signal.SIGTERM)
-        try:
-            workers.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(workers.pid, signal.SIGKILL)
-            workers.wait(5)
+        stop_workers(workers)
     dispatch = services.dispatch_recount(dispatch_id=dispatch.pk)
     Delivery.objects.filter(dispatch=dispatch).delete()
     connection.close()
