@@ -1,3 +1,5 @@
+import threading
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -265,6 +267,10 @@ _ANDROID_CARD = (
 )
 
 
+# The request being answered, per thread: admin instances are shared between requests.
+_current = threading.local()
+
+
 def _previews_html(content: PushContent, profile: dict | None, context: dict) -> str:
     """iOS and Android lock-screen mock-ups of the content rendered for one profile."""
     spec = content.spec()
@@ -412,7 +418,7 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     def previews(self, obj):
         if obj is None or obj.pk is None:
             return "Save the content to see its previews."
-        request = getattr(self, "_request", None)
+        request = getattr(_current, "request", None)
         wanted = request.GET.get("preview_profile", "") if request is not None else ""
         profile = None
         note = "a profile without attributes"
@@ -432,8 +438,14 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         return format_html("{}{}", chooser, _previews_html(obj, profile, {}))
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        self._request = request
-        return super().change_view(request, object_id, form_url, extra_context)
+        _current.request = request  # the previews read the chosen profile from the query string
+        try:
+            response = super().change_view(request, object_id, form_url, extra_context)
+            if hasattr(response, "render"):
+                response.render()  # while the request is known
+            return response
+        finally:
+            _current.request = None
 
     @admin.action(description="Send a test to the app's test devices", permissions=["test_send"])
     def send_test(self, request, queryset):

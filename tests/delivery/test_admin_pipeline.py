@@ -152,3 +152,11 @@ def test_devices_of_other_apps_are_not_listed(client, viewer_carol, app):
     page = client.get(reverse("admin:delivery_device_changelist")).content.decode()
     assert mine.token[-12:] in page and theirs.token[-12:] not in page
     assert client.get(reverse("admin:delivery_device_change", args=[theirs.pk])).status_code == 404
+
+
+def test_manager_marks_test_devices_from_the_admin(client, manager_alice, app):
+    device = DeviceFactory(app=app)
+    client.force_login(manager_alice)
+    client.post(reverse("admin:delivery_device_changelist"), {"action": "mark_test", "_selected_action": [device.pk]})
+    device.refresh_from_db()
+    assert device.is_test
