@@ -4,7 +4,7 @@ push / exit, with 2 worker processes, pushing to the push simulator.
     .venv/bin/python bench/journeys.py [--profiles 100000]
 
 On PostgreSQL and Redis (``BENCH_DATABASE_URL``, default a ``pushdesk_bench_journeys`` database
-it creates and migrates; ``REDIS_URL``, default db 9). The audience is made once and reused: N
+it creates and migrates; ``REDIS_URL``, default db 11). The audience is made once and reused: N
 profiles with one device each (half iOS, half Android), a static entry segment of all of them
 and a static "VIP" segment of half of them. Each run makes a fresh app, content and journey,
 submits and approves it (the gate is the real one), reads the segment in (one ``INSERT …
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/pushdesk_bench_journeys"
 os.environ["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB)
-os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/9")
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/11")
 os.environ.pop("PUSHDESK_TASKS_SYNC", None)
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -57,6 +57,9 @@ KEY_ID, TEAM_ID, BUNDLE_ID, PROJECT_ID = (
     bench_delivery.BUNDLE_ID,
     bench_delivery.PROJECT_ID,
 )
+
+
+PUSHES_WAIT_SECONDS = 600
 
 
 def ensure_audience(profiles: int):
@@ -175,9 +178,12 @@ def run(*, profiles: int, sim, log: Path) -> dict:
         while Enrollment.objects.filter(journey=journey, status__in=open_statuses).exists():
             time.sleep(0.02)
         engine_seconds = time.perf_counter() - started
+        deadline = time.perf_counter() + PUSHES_WAIT_SECONDS
         while Dispatch.objects.filter(kind="journey", app=app).exclude(status__in=Dispatch.FINAL_STATUSES).exists():
             if workers.poll() is not None:
                 sys.exit(f"the workers stopped: {log.read_text()[-2000:]}")
+            if time.perf_counter() > deadline:
+                break  # reported below as dispatches not finished
             time.sleep(0.05)
         pushes_seconds = time.perf_counter() - started
         memory = peak_memory_mb(workers.pid)
@@ -208,6 +214,7 @@ def run(*, profiles: int, sim, log: Path) -> dict:
         )
         (devices_twice,) = cursor.fetchone()
     dispatches = list(Dispatch.objects.filter(kind="journey", app=app).values_list("accepted", "failed", "unknown"))
+    unfinished = Dispatch.objects.filter(kind="journey", app=app).exclude(status__in=Dispatch.FINAL_STATUSES).count()
     counts = sim.state.snapshot_counts()
     result = {
         "entered": entered,
@@ -217,6 +224,7 @@ def run(*, profiles: int, sim, log: Path) -> dict:
         "transitions_per_s": round(transitions / engine_seconds),
         "enrollments_per_s": round(entered / engine_seconds),
         "dispatches": len(dispatches),
+        "dispatches_not_finished": unfinished,
         "pushes_accepted": sum(a for a, _, _ in dispatches),
         "pushes_failed": sum(f for _, f, _ in dispatches),
         "pushes_unknown": sum(u for _, _, u in dispatches),
