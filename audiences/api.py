@@ -297,9 +297,9 @@ class SegmentListView(APIView):
         ),
     )
     def get(self, request):
-        from rest_framework.pagination import LimitOffsetPagination
+        from accounts.pagination import ApiPagination
 
-        paginator = LimitOffsetPagination()
+        paginator = ApiPagination()
         page = paginator.paginate_queryset(segments_visible_to(request.user).order_by("name", "id"), request, view=self)
         return paginator.get_paginated_response(SegmentOutSerializer(page, many=True).data)
 

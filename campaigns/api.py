@@ -7,7 +7,7 @@ import json
 
 from django.http import Http404
 from django.urls import path
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import APIException, Throttled
 from rest_framework.generics import ListAPIView
@@ -150,7 +150,12 @@ class CampaignTriggerView(APIView):
     @extend_schema(
         operation_id="campaigns_trigger",
         request=TriggerInSerializer,
-        responses={202: TriggerOutSerializer},
+        responses={
+            202: TriggerOutSerializer,
+            409: OpenApiResponse(description="The campaign is not live, or a request with this key is still running."),
+            422: OpenApiResponse(description="This Idempotency-Key was used with another body."),
+            429: OpenApiResponse(description="Too many triggers from this key: retry after `Retry-After` seconds."),
+        },
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
     )
     def post(self, request, campaign_id: int):

@@ -119,9 +119,9 @@ class JourneyListView(APIView):
         ),
     )
     def get(self, request):
-        from rest_framework.pagination import LimitOffsetPagination
+        from accounts.pagination import ApiPagination
 
-        paginator = LimitOffsetPagination()
+        paginator = ApiPagination()
         journeys = journeys_visible_to(request.user).order_by("-updated_at", "-id")
         status = request.query_params.get("status")
         if status:
