@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
-from django.db.models import Count, F, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 from liquid.exceptions import LiquidError
@@ -1352,7 +1352,7 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
         if in_flight is not None:
             _batch_finish(dispatch, in_flight, report)
     if Delivery.objects.filter(dispatch_id=dispatch_id, status=DS.QUEUED).exists():
-        if time.monotonic() >= deadline or not _only_future_retries(dispatch_id):
+        if time.monotonic() >= deadline or not _only_future_retries(dispatch_id, now=timezone.now()):
             _enqueue("delivery.tasks.dispatch_send_task", dispatch_id)
         else:
             _schedule_retry(dispatch_id)
@@ -1361,8 +1361,10 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
     return report
 
 
-def _only_future_retries(dispatch_id: int) -> bool:
-    return not Delivery.objects.filter(dispatch_id=dispatch_id, status=DS.QUEUED, next_attempt_at__isnull=True).exists()
+def _only_future_retries(dispatch_id: int, *, now: datetime) -> bool:
+    """True when every queued row waits for a retry still to come (none is ready now)."""
+    ready = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+    return not Delivery.objects.filter(ready, dispatch_id=dispatch_id, status=DS.QUEUED).exists()
 
 
 def _schedule_retry(dispatch_id: int) -> None:

@@ -367,3 +367,26 @@ def test_device_deactivated_keeps_its_history(sim_app, sim, open_gate, django_ca
     send(content, [profile], django_capture_on_commit_callbacks)
     Device.objects.filter(pk=device.pk).update(active=False)
     assert Delivery.objects.filter(device=device).count() == 1
+
+
+def test_watchdog_restarts_a_dispatch_whose_send_tasks_were_lost(
+    sim_app, sim, open_gate, django_capture_on_commit_callbacks
+):
+    from delivery.services import dispatches_watch
+
+    content = PushContentFactory(app=sim_app)
+    profiles = ProfileFactory.create_batch(2)
+    devices = [DeviceFactory(profile=p, app=sim_app, platform="android") for p in profiles]
+    with django_capture_on_commit_callbacks(execute=False):  # the send tasks are lost
+        dispatch = dispatch_create(
+            app_id=sim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
+        )
+        dispatch_prepare(dispatch_id=dispatch.pk)
+
+    assert dispatches_watch() == []  # too early: its tasks may still be on their way
+    later = timezone.now() + timezone.timedelta(minutes=5)
+    assert dispatches_watch(now=later) == [dispatch.pk]
+
+    dispatch.refresh_from_db()
+    assert dispatch.status == Dispatch.Status.DONE and dispatch.accepted == 2
+    assert all(sim.state.count(d.token) == 1 for d in devices)
