@@ -937,8 +937,8 @@ def deliveries_expire_leases(*, now: datetime | None = None) -> int:
 def dispatches_watch(*, now: datetime | None = None) -> list[int]:
     """The watchdog (every minute): expire leases, and restart dispatches whose tasks were lost.
 
-    A dispatch is restarted when it is ``sending`` with ready queued rows and no row was
-    claimed for a lease's length. Returns the restarted dispatch ids.
+    A dispatch is restarted when it is ``sending`` with queued rows ready to go and none in
+    flight, a lease's length after it started. Returns the restarted dispatch ids.
     """
     now = now or timezone.now()
     deliveries_expire_leases(now=now)
@@ -948,11 +948,13 @@ def dispatches_watch(*, now: datetime | None = None) -> list[int]:
         rows = Delivery.objects.filter(dispatch_id=dispatch.pk)
         if rows.filter(status=DS.SENDING).exists():
             continue
-        if rows.filter(status=DS.QUEUED).exists():
+        queued = rows.filter(status=DS.QUEUED)
+        if queued.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)).exists():
             _enqueue("delivery.tasks.dispatch_send_task", dispatch.pk)
             restarted.append(dispatch.pk)
-        else:
+        elif not queued.exists():
             dispatch_complete_if_done(dispatch_id=dispatch.pk)
+        # Rows held for later (a retry, quiet hours, local time) wait for their own schedule.
     return restarted
 
 
