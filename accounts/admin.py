@@ -68,7 +68,21 @@ class EstimatedCountPaginator(Paginator):
         return qs[: self.cap + 1].count()
 
 
-class BigTableAdmin(admin.ModelAdmin):
+class AccessAdmin(admin.ModelAdmin):
+    """An admin whose object pages answer 404 for an object outside ``get_queryset``, before any permission check.
+
+    Django checks the role's permission first, so a user without it got 403 for an object that
+    exists and a redirect for one that does not; here both answer 404 and tell nothing.
+    """
+
+    def get_object(self, request, object_id, from_field=None):
+        obj = super().get_object(request, object_id, from_field)
+        if obj is None:
+            raise Http404(f"No {self.model._meta.verbose_name} with this id.")
+        return obj
+
+
+class BigTableAdmin(AccessAdmin):
     """The cheap admin for tables that grow (STYLE rule 4): no full count, estimated pages, no facets."""
 
     show_full_result_count = False
@@ -77,7 +91,7 @@ class BigTableAdmin(admin.ModelAdmin):
     list_per_page = 50
 
 
-class ScopedAdmin(admin.ModelAdmin):
+class ScopedAdmin(AccessAdmin):
     """An admin whose lists and pages hold only what the user has object access to.
 
     An object outside the user's access answers 404 on every page, as if it did not exist.
@@ -290,7 +304,7 @@ class ApiKeyAddForm(forms.ModelForm):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(AccessAdmin):
     list_display = ("name", "user", "masked", "scope_list", "status", "created_at", "expires_at", "last_used_at")
     search_fields = ("name", "user__username", "prefix")
     actions = ["revoke_keys"]
@@ -540,7 +554,7 @@ class ApprovalDecisionForm(forms.Form):
 
 
 @admin.register(ApprovalRequest)
-class ApprovalRequestAdmin(admin.ModelAdmin):
+class ApprovalRequestAdmin(AccessAdmin):
     """The approvers' inbox ("Waiting for my approval") and the requesters' view of decisions."""
 
     list_display = ("what", "subject_type", "status", "requested_by", "requested_at", "decided_by", "comment")

@@ -18,7 +18,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from accounts.admin import BigTableAdmin, ObjectAccessAdminMixin, ScopedAdmin
+from accounts.admin import AccessAdmin, BigTableAdmin, ObjectAccessAdminMixin, ScopedAdmin
 from accounts.selectors import visible_to
 from audiences.models import Event, Import, Profile, Segment
 from audiences.rules import COLUMNS, OPERATOR_LABELS, OPERATORS, RELATIVE_UNITS, TYPES, RulesInvalid, rules_validate
@@ -282,6 +282,8 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     def preview_view(self, request, object_id: int | None = None):
         """JSON: the count and 20 sample profiles of a saved segment (GET) or of the tree being edited (POST)."""
         if not self.has_view_permission(request):
+            if object_id is not None:
+                raise Http404("No segment with this id.")  # as for any object outside one's access
             raise PermissionDenied
         rules = None
         segment_id = object_id
@@ -487,7 +489,7 @@ class ImportAddForm(forms.ModelForm):
 
 
 @admin.register(Import)
-class ImportAdmin(admin.ModelAdmin):
+class ImportAdmin(AccessAdmin):
     list_display = (
         "__str__",
         "status",

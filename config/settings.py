@@ -272,6 +272,9 @@ SPECTACULAR_SETTINGS = {
     ],
 }
 
+# Error reports mask keys and secrets, and the passwords inside DATABASE_URL and REDIS_URL.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "config.reporting.SettingsReportFilter"
+
 # --- logging -------------------------------------------------------------------------------
 LOGGING = {
     "version": 1,

@@ -1,0 +1,21 @@
+"""What error reports (the DEBUG page, emailed reports) may show of the settings."""
+
+import re
+
+from django.views.debug import SafeExceptionReporterFilter
+
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@:\s]*:)(?P<password>[^/@\s]+)(?=@)", re.IGNORECASE)
+
+
+class SettingsReportFilter(SafeExceptionReporterFilter):
+    """Django's filter (keys, secrets, tokens, passwords), plus the password inside any service URL.
+
+    ``DATABASE_URL``, ``REDIS_URL`` and the cache and queue settings built from them carry the
+    servers' passwords in strings whose names Django's filter does not recognise.
+    """
+
+    def cleanse_setting(self, key, value):
+        value = super().cleanse_setting(key, value)
+        if isinstance(value, str):
+            return _URL_PASSWORD.sub(lambda m: m["head"] + self.cleansed_substitute, value)
+        return value

@@ -1,0 +1,233 @@
+"""Object access everywhere: every admin page, admin action, autocomplete, export and API view.
+
+``world`` holds one object of each kind, all in manager_alice's scope. manager_mallory has the
+same role but no access to any of it, outsider_dave has no role at all: to both, every object
+answers 404, as if it did not exist, and nothing of it shows in lists, searches or exports.
+"""
+
+import re
+
+import pytest
+from django.contrib import admin
+from django.urls import reverse
+
+OBJECT_KWARGS = {"object_id", "request_id", "campaign_id", "journey_id"}
+ACTIONS = {"campaigns.campaign": "approve", "journeys.journey": "approve"}
+
+
+def object_urls(world):
+    """Every admin URL that names one object of ``world``: (label, url)."""
+    urls = []
+    for model, model_admin in admin.site._registry.items():
+        label = model._meta.label_lower
+        obj = world.get(label)
+        if obj is None:
+            continue
+        for pattern in model_admin.urls:
+            params = set(re.findall(r"<(?:\w+:)?(\w+)>", str(pattern.pattern)))
+            if not params or not params & OBJECT_KWARGS or pattern.name is None:
+                continue
+            kwargs = {name: obj.pk for name in params & OBJECT_KWARGS}
+            if "action" in params:
+                kwargs["action"] = ACTIONS[label]
+            if label == "accounts.approvalrequest" and "request_id" in kwargs:
+                kwargs["request_id"] = obj.pk
+            urls.append((f"{label}:{pattern.name}", reverse(f"admin:{pattern.name}", kwargs=kwargs)))
+    return urls
+
+
+def test_every_admin_url_of_the_world_is_covered(world):
+    names = {name for name, _ in object_urls(world)}
+    for expected in (
+        "campaigns.campaign:campaigns_campaign_report_csv",
+        "campaigns.campaign:campaigns_campaign_transition",
+        "audiences.import:audiences_import_errors",
+        "audiences.segment:audiences_segment_preview",
+        "accounts.approvalrequest:accounts_approvalrequest_review",
+        "journeys.journey:journeys_journey_transition",
+        "delivery.app:delivery_app_access",
+        "delivery.delivery:delivery_delivery_change",
+        "journeys.enrollment:journeys_enrollment_change",
+    ):
+        assert any(name.startswith(expected) for name in names), expected
+
+
+@pytest.mark.parametrize("who", ["manager_mallory", "outsider_dave"])
+def test_every_admin_page_of_an_object_outside_access_answers_404(client, world, who, request, manager_alice):
+    user = request.getfixturevalue(who)
+    client.force_login(user)
+    wrong = {}
+    for name, url in object_urls(world):
+        status = client.get(url).status_code
+        if status != 404:
+            wrong[name] = (url, status)
+    assert not wrong, "\n".join(f"{name} {url} answered {status}" for name, (url, status) in sorted(wrong.items()))
+
+
+def test_the_owner_reaches_those_pages(client, world, manager_alice):
+    """The same URLs work for alice, so the 404s above are about access, not broken URLs."""
+    client.force_login(manager_alice)
+    found = [name for name, url in object_urls(world) if client.get(url).status_code != 404]
+    assert any("report_csv" in name for name in found)
+    assert any("campaign_change" in name for name in found)
+    assert any("segment_preview" in name for name in found)
+    assert any("delivery_delivery_change" in name for name in found)
+
+
+@pytest.mark.parametrize("who", ["manager_mallory", "outsider_dave"])
+def test_a_forged_post_to_an_object_outside_access_changes_nothing(client, world, who, request):
+    from campaigns.models import Campaign
+
+    user = request.getfixturevalue(who)
+    client.force_login(user)
+    campaign = world["campaigns.campaign"]
+    before = Campaign.objects.get(pk=campaign.pk)
+    for name, url in object_urls(world):
+        if name.endswith(("_changelist", "_add", "_segment_preview")):
+            continue  # the preview's POST previews a posted rule tree: below
+        status = client.post(url, {"name": "forged", "comment": "forged", "_approve": "1", "post": "yes"}).status_code
+        assert status in (403, 404), (name, url, status)
+    after = Campaign.objects.get(pk=campaign.pk)
+    assert (after.name, after.status) == (before.name, before.status)
+
+
+def test_the_rule_preview_refuses_a_segment_outside_access(client, world, manager_mallory):
+    segment = world["audiences.segment"]
+    client.force_login(manager_mallory)
+    response = client.post(
+        "/admin/audiences/segment/preview/", {"segment": segment.pk}, content_type="application/json"
+    )
+    assert response.status_code == 404
+    assert b"zoe" not in response.content
+
+
+def test_lists_and_searches_hold_nothing_outside_access(client, world, manager_mallory):
+    client.force_login(manager_mallory)
+    for model, model_admin in admin.site._registry.items():
+        label = model._meta.label_lower
+        obj = world.get(label)
+        if obj is None:
+            continue
+        url = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist")
+        response = client.get(url, {"q": str(obj)[:20]} if model_admin.search_fields else {})
+        assert response.status_code in (200, 403), (label, response.status_code)
+        if response.status_code == 200:
+            listed = response.context["cl"].result_list
+            assert obj.pk not in [row.pk for row in listed], label
+
+
+@pytest.mark.parametrize(
+    ("action", "model", "label"),
+    [
+        ("stop", "delivery/dispatch", "delivery.dispatch"),
+        ("send_test", "delivery/pushcontent", "delivery.pushcontent"),
+        ("test_connection", "delivery/app", "delivery.app"),
+        ("delete_segments", "audiences/segment", "audiences.segment"),
+        ("restart_imports", "audiences/import", "audiences.import"),
+        ("revoke_keys", "accounts/apikey", "accounts.apikey"),
+        ("mark_test", "delivery/device", "delivery.device"),
+    ],
+)
+def test_an_admin_action_on_an_object_outside_access_does_nothing(client, world, manager_mallory, action, model, label):
+    from accounts.models import AuditEvent
+
+    client.force_login(manager_mallory)
+    obj = world[label]
+    before = AuditEvent.objects.count()
+    client.post(f"/admin/{model}/", {"action": action, "_selected_action": [obj.pk], "post": "yes"})
+    obj.refresh_from_db()
+    assert not AuditEvent.objects.filter(pk__gt=0).order_by("-pk")[: AuditEvent.objects.count() - before].exists()
+    if label == "accounts.apikey":
+        assert obj.revoked_at is None
+    if label == "delivery.dispatch":
+        assert obj.status != "stopped"
+
+
+def foreign_keys_to_searchable_admins():
+    """(app_label, model_name, field_name, remote label) of every FK whose target admin can be searched."""
+    found = []
+    for model in list(admin.site._registry):
+        for field in model._meta.get_fields():
+            remote = getattr(getattr(field, "remote_field", None), "model", None)
+            if not getattr(field, "concrete", False) or remote is None or remote not in admin.site._registry:
+                continue
+            if admin.site._registry[remote].search_fields:
+                found.append((model._meta.app_label, model._meta.model_name, field.name, remote._meta.label_lower))
+    return found
+
+
+def test_autocomplete_offers_nothing_outside_access(client, world, manager_mallory, manager_alice):
+    fields = foreign_keys_to_searchable_admins()
+    assert fields, "no autocomplete-able foreign key found"
+    for app_label, model_name, field_name, remote in fields:
+        obj = world.get(remote)
+        if obj is None:
+            continue
+        params = {"app_label": app_label, "model_name": model_name, "field_name": field_name, "term": ""}
+        client.force_login(manager_mallory)
+        response = client.get("/admin/autocomplete/", params)
+        if response.status_code == 200:
+            ids = [row["id"] for row in response.json()["results"]]
+            assert str(obj.pk) not in ids, (app_label, model_name, field_name)
+        else:
+            assert response.status_code in (403, 404)
+
+
+API_PATHS = [
+    ("get", "/api/v1/campaigns/{campaigns.campaign}/", None),
+    ("get", "/api/v1/campaigns/{campaigns.campaign}/report/", None),
+    ("post", "/api/v1/campaigns/{campaigns.campaign}/trigger/", {"recipients": [{"external_id": "zoe"}]}),
+    ("get", "/api/v1/segments/{audiences.segment}/", None),
+    ("get", "/api/v1/segments/{audiences.segment}/preview/", None),
+    ("get", "/api/v1/imports/{audiences.import}/", None),
+    ("get", "/api/v1/imports/{audiences.import}/errors/", None),
+    ("get", "/api/v1/dispatches/{delivery.dispatch}/", None),
+    ("get", "/api/v1/dispatches/{delivery.dispatch}/deliveries/", None),
+    ("get", "/api/v1/journeys/{journeys.journey}/", None),
+    ("post", "/api/v1/opens/", {"app": "{delivery.app}", "delivery": "{delivery.delivery}"}),
+]
+
+
+def _fill(template, world):
+    if isinstance(template, str):
+        return re.sub(r"\{([a-z.]+)\}", lambda m: str(world[m.group(1)].pk), template)
+    if isinstance(template, dict):
+        return {k: _fill(v, world) for k, v in template.items()}
+    if isinstance(template, list):
+        return [_fill(v, world) for v in template]
+    return template
+
+
+@pytest.mark.parametrize(("method", "path", "body"), API_PATHS, ids=[f"{m} {p}" for m, p, _ in API_PATHS])
+def test_every_api_view_of_an_object_outside_access_answers_404(
+    world, manager_mallory, manager_alice, api_key_for, method, path, body
+):
+    url, data = _fill(path, world), _fill(body, world)
+    if data and "delivery" in data:
+        data = {key: int(value) for key, value in data.items()}
+    outsider = api_key_for(manager_mallory, scopes=["read", "ingest", "trigger"])
+    response = getattr(outsider, method)(url, data, format="json")
+    assert response.status_code == 404, response.content
+    assert response.json()["code"] == "not_found"
+    owner = api_key_for(manager_alice, scopes=["read", "ingest", "trigger"])
+    assert getattr(owner, method)(url, data, format="json").status_code != 404
+
+
+def test_api_lists_hold_nothing_outside_access(world, manager_mallory, api_key_for):
+    client = api_key_for(manager_mallory, scopes=["read"])
+    for path in ("/api/v1/campaigns/", "/api/v1/segments/", "/api/v1/journeys/"):
+        assert client.get(path).json()["results"] == [], path
+
+
+def test_a_device_of_an_app_outside_access_cannot_be_changed_through_the_api(world, manager_mallory, api_key_for):
+    device = world["delivery.device"]
+    client = api_key_for(manager_mallory, scopes=["ingest"])
+    ref = {"app": device.app_id, "token": device.token}
+    for path, body in (
+        ("/api/v1/devices/opt-in/", {**ref, "push_enabled": False}),
+        ("/api/v1/devices/unregister/", ref),
+    ):
+        response = client.post(path, body, format="json")
+        assert response.status_code in (403, 404), (path, response.content)
+    device.refresh_from_db()
+    assert device.push_enabled and device.active

@@ -1,0 +1,126 @@
+"""Secrets (app credentials, API keys, the installation's own keys) never leave where they are kept.
+
+Not in API answers, log lines, audit events, exports, admin pages of any role, or error reports.
+The admin pages of the credentials themselves are tested in tests/delivery/test_apps.py.
+"""
+
+import json
+import logging
+
+import pytest
+from django.views.debug import SafeExceptionReporterFilter
+
+
+def fragments_of(sim_app, sim):
+    """Pieces of the simulator app's APNs key and FCM private key that must never show."""
+    apns = [line for line in sim.keys.p8().decode().splitlines() if "-----" not in line]
+    account = json.loads(sim.keys.service_account(sim.token_uri))
+    fcm = [line for line in account["private_key"].splitlines() if "-----" not in line]
+    return [apns[1], fcm[2], fcm[-2], account["private_key_id"]]
+
+
+def everything_a_user_can_read(client, api, world):
+    """The text of every API answer and admin page about ``world`` one user can reach."""
+    texts = []
+    for path in (
+        f"/api/v1/campaigns/{world['campaigns.campaign'].pk}/",
+        f"/api/v1/campaigns/{world['campaigns.campaign'].pk}/report/",
+        f"/api/v1/dispatches/{world['delivery.dispatch'].pk}/",
+        f"/api/v1/dispatches/{world['delivery.dispatch'].pk}/deliveries/",
+        f"/api/v1/journeys/{world['journeys.journey'].pk}/",
+        "/api/v1/me/",
+        "/api/v1/schema/",
+    ):
+        texts.append(api.get(path).content.decode())
+    app = world["delivery.app"]
+    for path in (
+        f"/admin/delivery/app/{app.pk}/change/",
+        "/admin/delivery/app/",
+        f"/admin/delivery/dispatch/{world['delivery.dispatch'].pk}/change/",
+        f"/admin/campaigns/campaign/{world['campaigns.campaign'].pk}/change/",
+        f"/admin/campaigns/campaign/{world['campaigns.campaign'].pk}/report.csv",
+        "/admin/accounts/auditevent/",
+        f"/admin/accounts/auditevent/?q={app.name}",
+    ):
+        response = client.get(path)
+        texts.append(b"".join(response.streaming_content if response.streaming else [response.content]).decode())
+    return texts
+
+
+@pytest.mark.parametrize("who", ["admin_erin", "manager_alice"])
+def test_app_credentials_are_in_no_answer_page_export_log_or_audit_event(
+    client, world, sim, api_key_for, caplog, request, who
+):
+    caplog.set_level(logging.DEBUG)
+    user = request.getfixturevalue(who)
+    client.force_login(user)
+    texts = everything_a_user_can_read(client, api_key_for(user, scopes=["read"]), world)
+    from accounts.models import AuditEvent
+
+    texts.append(json.dumps(list(AuditEvent.objects.values_list("summary", flat=True))))
+    texts.append(caplog.text)
+    for fragment in fragments_of(world["delivery.app"], sim):
+        assert all(fragment not in text for text in texts)
+
+
+def test_a_send_and_a_connection_test_log_no_credential(world, sim, caplog, admin_erin):
+    from delivery.services import app_test_connection
+
+    caplog.set_level(logging.DEBUG)
+    app = world["delivery.app"]
+    app_test_connection(app_id=app.pk, by=admin_erin)
+    text = caplog.text
+    assert text  # something was logged at DEBUG
+    for fragment in fragments_of(app, sim):
+        assert fragment not in text
+
+
+def test_an_api_key_is_shown_once_and_then_never_again(client, admin_erin, caplog):
+    from accounts.models import ApiKey, AuditEvent
+
+    caplog.set_level(logging.DEBUG)
+    client.force_login(admin_erin)
+    response = client.post(
+        "/admin/accounts/apikey/add/", {"user": admin_erin.pk, "name": "backend", "scopes": ["read"]}, follow=True
+    )
+    page = response.content.decode()
+    key = ApiKey.objects.get(name="backend")
+    raw = next(word for word in page.replace("<", " ").replace(">", " ").split() if word.startswith("pdk_"))
+    assert key.matches(raw)
+    secret = raw.rsplit("_", 1)[1]
+    later = [
+        client.get(f"/admin/accounts/apikey/{key.pk}/change/").content.decode(),
+        client.get("/admin/accounts/apikey/").content.decode(),
+        client.get("/admin/accounts/auditevent/").content.decode(),
+        json.dumps(list(AuditEvent.objects.values_list("summary", flat=True))),
+        json.dumps(list(ApiKey.objects.values()), default=str),
+    ]
+    # The key is used, refused once for a scope it lacks: still nowhere.
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert api.get("/api/v1/me/").status_code == 200
+    assert api.post("/api/v1/profiles/", {"external_id": "x"}, format="json").status_code == 403
+    later.append(caplog.text)
+    assert all(secret not in text for text in later)
+
+
+def test_error_reports_hide_the_keys_and_the_passwords_in_service_urls(settings):
+    settings.DATABASE_URL = "postgres://pushdesk:db-password-123@db.internal:5432/pushdesk"
+    settings.REDIS_URL = "redis://:redis-password-456@cache.internal:6379/0"
+    settings.CACHES = {"default": {"BACKEND": "x", "LOCATION": settings.REDIS_URL}}
+    settings.Q_CLUSTER = {"name": "pushdesk", "redis": settings.REDIS_URL}
+    from django.views.debug import get_default_exception_reporter_filter
+
+    reporter = get_default_exception_reporter_filter()
+    assert isinstance(reporter, SafeExceptionReporterFilter)
+    shown = repr(reporter.get_safe_settings())
+    for secret in (
+        settings.SECRET_KEY,
+        settings.PUSHDESK_ENCRYPTION_KEY,
+        "db-password-123",
+        "redis-password-456",
+    ):
+        assert secret not in shown
+    assert "db.internal" in shown  # where it runs still helps whoever debugs
