@@ -112,7 +112,7 @@ def run(*, profiles: int, sim, log: Path) -> dict:
     from django_q.conf import Conf
     from django_q.tasks import async_task
 
-    from delivery.models import Delivery, Dispatch, PushContent
+    from delivery.models import Dispatch, PushContent
     from delivery.payloads import spec_validate
     from journeys.models import Enrollment, Journey
     from journeys.services import journey_approve, journey_create, journey_enter_segment, journey_submit
@@ -238,9 +238,17 @@ def run(*, profiles: int, sim, log: Path) -> dict:
     result["processed_twice"] = bool(
         wrong_history or devices_twice or result["tokens_received_twice_at_simulator"] or not_completed
     )
-    Delivery.objects.filter(dispatch__app=app).delete()
-    connection.close()
+    result["_dispatch_ids"] = list(Dispatch.objects.filter(kind="journey", app=app).values_list("pk", flat=True))
     return result
+
+
+def cleanup(dispatch_ids: list[int]) -> None:
+    """Drop this run's deliveries (the audience is reused; deliveries are not)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM delivery_delivery WHERE dispatch_id = ANY(%s)", [dispatch_ids])
+    connection.close()
 
 
 def main() -> None:
@@ -262,7 +270,10 @@ def main() -> None:
         result = run(profiles=args.profiles, sim=sim, log=log)
     finally:
         sim.stop()
+    dispatch_ids = result.pop("_dispatch_ids")
     print(json.dumps({"benchmark": "journeys", "profiles": args.profiles, "workers": 2, "batch": 1000, **result}))
+    sys.stdout.flush()
+    cleanup(dispatch_ids)
 
 
 if __name__ == "__main__":
