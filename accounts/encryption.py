@@ -37,7 +37,13 @@ def decrypt(token: str) -> str:
 
 def reencrypt(token: str) -> str:
     """Re-encrypt a stored token under the first (newest) key."""
-    return _fernet(settings.PUSHDESK_ENCRYPTION_KEY).rotate(token.encode()).decode()
+    try:
+        return _fernet(settings.PUSHDESK_ENCRYPTION_KEY).rotate(token.encode()).decode()
+    except InvalidToken:
+        raise ImproperlyConfigured(
+            "A stored secret cannot be decrypted with any key of PUSHDESK_ENCRYPTION_KEY: "
+            "keep the old key after the new one until the rotation has run."
+        ) from None
 
 
 def fingerprint(plaintext: str) -> str:

@@ -256,3 +256,43 @@ def approval_void(*, subject: models.Model, by: User | None, reason: str) -> int
         audit(actor=by, action="approval_voided", obj=request, summary={"reason": reason})
         voided += 1
     return voided
+
+
+def encryption_key_rotate(*, batch_size: int = 500) -> dict[str, int]:
+    """Re-encrypt every secret stored in an ``EncryptedTextField`` under the first key of PUSHDESK_ENCRYPTION_KEY.
+
+    Run after putting a new key first (the old ones after it, so the current secrets still
+    decrypt); once it has run, the old keys may be removed. Each table is done in one
+    transaction with its rows locked; running it again only re-encrypts under the same key.
+    Returns the number of secrets re-encrypted per ``app_label.Model.field``. Raises
+    ImproperlyConfigured when a secret cannot be decrypted with any of the keys.
+    """
+    from django.apps import apps
+    from django.db.models.functions import Cast
+
+    from accounts.encryption import EncryptedTextField, reencrypt
+
+    done: dict[str, int] = {}
+    for model in apps.get_models():
+        for field in model._meta.concrete_fields:
+            if not isinstance(field, EncryptedTextField):
+                continue
+            label = f"{model._meta.label}.{field.name}"
+            done[label] = 0
+            with transaction.atomic():
+                # Cast to plain text: the stored token, not the field's decrypted value.
+                rows = (
+                    model._default_manager.select_for_update()
+                    .exclude(**{field.name: ""})
+                    .exclude(**{f"{field.name}__isnull": True})
+                    .annotate(_token=Cast(field.name, output_field=models.TextField()))
+                    .values_list("pk", "_token")
+                    .order_by("pk")
+                )
+                for pk, token in rows.iterator(chunk_size=batch_size):
+                    model._default_manager.filter(pk=pk).update(
+                        **{field.name: models.Value(reencrypt(token), output_field=models.TextField())}
+                    )
+                    done[label] += 1
+            audit(actor=None, action="encryption_key_rotated", summary={"field": label, "secrets": done[label]})
+    return done

@@ -1,0 +1,18 @@
+"""Re-encrypt every stored secret under the first key of PUSHDESK_ENCRYPTION_KEY."""
+
+from django.core.management.base import BaseCommand
+
+from accounts.services import encryption_key_rotate
+
+
+class Command(BaseCommand):
+    help = (
+        "Re-encrypt app credentials (every encrypted field) under the first key of PUSHDESK_ENCRYPTION_KEY. "
+        "Put the new key first and keep the old ones after it until this has run."
+    )
+
+    def handle(self, *args, **options):
+        done = encryption_key_rotate()
+        for label, count in done.items():
+            self.stdout.write(f"{label}: {count} secret(s) re-encrypted")
+        self.stdout.write(self.style.SUCCESS("Done: the keys after the first may now be removed."))
