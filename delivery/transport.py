@@ -228,7 +228,9 @@ class Http2Transport:
         deadline_slack = self.timeout + self.connect_timeout + 5
         started = time.monotonic()
 
+        idle_rounds = 0  # rounds in a row that finished nothing: a slow server, wait longer
         while pending or active:
+            finished = 0
             while pending and len(active) < self.max_in_flight:
                 index = pending.popleft()
                 attempts[index] += 1
@@ -241,6 +243,7 @@ class Http2Transport:
                     break
             while True:
                 queued, done, failed = multi.info_read()
+                finished += len(done) + len(failed)
                 for c in done:
                     slot = active.pop(c)
                     multi.remove_handle(c)
@@ -263,8 +266,11 @@ class Http2Transport:
                 if not queued:
                     break
             if active:
-                # Never block long: a sub-millisecond wait keeps libcurl's buffers moving.
-                multi.select(0.0005)
+                # Never block long while answers flow: a sub-millisecond wait keeps libcurl's
+                # buffers moving. When a server is slow, back off up to 10 ms instead of spinning
+                # (select still returns as soon as a socket is ready).
+                idle_rounds = 0 if finished else idle_rounds + 1
+                multi.select(0.0005 if idle_rounds < 4 else min(0.0005 * 2 ** (idle_rounds - 3), 0.01))
             if time.monotonic() - started > deadline_slack * (1 + len(requests) / self.max_in_flight):
                 break  # a safety net only: libcurl's own timeouts end every transfer first
         for c, slot in list(active.items()):
