@@ -786,18 +786,20 @@ def _audience_sql(dispatch: Dispatch) -> tuple[str, list]:
     return sql, list(params)
 
 
-def dispatch_prepare(*, dispatch_id: int) -> None:
+def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
     """Resolve the audience to deliveries (one INSERT … SELECT) and start the send tasks.
 
     Idempotent: runs only while the dispatch is ``preparing``; the insert skips rows that exist.
     Every targeted profile gets a row: its devices (``queued``, or ``skipped`` / ``not_opted_in``)
-    or one ``skipped`` / ``no_device`` row.
+    or one ``skipped`` / ``no_device`` row. With ``send_inline``, a dispatch small enough for one
+    send task is left to the caller (returns True), which saves a trip through the queue.
     """
+    inline = False
     now = timezone.now()
     with transaction.atomic():
         dispatch = Dispatch.objects.select_for_update().filter(pk=dispatch_id).first()
         if dispatch is None or dispatch.status != Dispatch.Status.PREPARING:
-            return
+            return False
         status_sql = (
             f"CASE WHEN dev.id IS NULL THEN '{DS.SKIPPED}' WHEN dev.push_enabled THEN '{DS.QUEUED}' "
             f"ELSE '{DS.SKIPPED}' END"
@@ -840,10 +842,12 @@ def dispatch_prepare(*, dispatch_id: int) -> None:
         audit(actor=None, action="dispatch_started", obj=dispatch, summary={"total": dispatch.total})
         if counts.get(DS.QUEUED, 0):
             tasks = max(1, min(settings.PUSHDESK_SEND_TASKS, -(-counts[DS.QUEUED] // settings.PUSHDESK_SEND_BATCH)))
-            for _ in range(tasks):
+            inline = send_inline and tasks == 1
+            for _ in range(0 if inline else tasks):
                 _enqueue_on_commit("delivery.tasks.dispatch_send_task", dispatch.pk)
     if not counts.get(DS.QUEUED, 0):
         dispatch_complete_if_done(dispatch_id=dispatch_id)
+    return inline
 
 
 def dispatch_stop(*, dispatch_id: int, by: User) -> Dispatch:

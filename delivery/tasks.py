@@ -4,7 +4,9 @@ from delivery import services
 
 
 def dispatch_prepare_task(dispatch_id: int) -> None:
-    services.dispatch_prepare(dispatch_id=dispatch_id)
+    # A small dispatch (an API trigger, a test send) is sent by this same task: one queue trip less.
+    if services.dispatch_prepare(dispatch_id=dispatch_id, send_inline=True):
+        services.dispatch_send(dispatch_id=dispatch_id)
 
 
 def dispatch_send_task(dispatch_id: int) -> dict:
