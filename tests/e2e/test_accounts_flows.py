@@ -48,3 +48,50 @@ def test_viewer_browses_and_finds_no_way_to_change(login, page, live_server, vie
     screenshot("viewer-app-page")
     assert page.locator("input[name=_save]").count() == 0
     assert page.locator(".deletelink").count() == 0
+
+
+def test_administrator_sets_up_an_app_with_credentials_and_a_manager(
+    login, page, live_server, admin_erin, sim, screenshot
+):
+    from accounts.models import User
+    from delivery.models import App
+    from tests.delivery.sending import BUNDLE_ID, KEY_ID, TEAM_ID
+
+    login(admin_erin)
+    page.goto(f"{live_server.url}/admin/delivery/app/add/")
+    page.fill("#id_name", "Shop")
+    page.fill("#id_apns_team_id", TEAM_ID)
+    page.fill("#id_apns_key_id", KEY_ID)
+    page.fill("#id_apns_bundle_id", BUNDLE_ID)
+    page.set_input_files(
+        "#id_apns_private_key_file", files=[{"name": "AuthKey.p8", "mimeType": "text/plain", "buffer": sim.keys.p8()}]
+    )
+    page.set_input_files(
+        "#id_fcm_service_account_file",
+        files=[{"name": "sa.json", "mimeType": "application/json", "buffer": sim.keys.service_account(sim.token_uri)}],
+    )
+    page.click("input[name=_continue]")
+    page.wait_for_selector(".messagelist .success")
+    app = App.objects.get(name="Shop")
+    assert app.apns_configured and app.fcm_configured
+    text = page.content()
+    assert "fingerprint" in text and "PRIVATE KEY" not in text
+    screenshot("admin-app-credentials")
+
+    # A new colleague, given the Manager role and access to the app.
+    page.goto(f"{live_server.url}/admin/accounts/user/add/")
+    page.fill("#id_username", "manager_nina")
+    page.fill("#id_password1", "a-long-enough-pass-phrase")
+    page.fill("#id_password2", "a-long-enough-pass-phrase")
+    page.click("input[name=_continue]")
+    page.wait_for_url("**/change/**")
+    page.dblclick("#id_groups_from option:has-text('Manager')")
+    page.click("input[name=_save]")
+    page.wait_for_selector(".messagelist .success")
+    nina = User.objects.get(username="manager_nina")
+    assert nina.role_names() == ["Manager"]
+    page.goto(f"{live_server.url}/admin/delivery/app/{app.pk}/access/")
+    page.select_option("#id_user", label="manager_nina")
+    page.click("input[value='Grant access']")
+    assert "manager_nina" in page.locator("#object-access").inner_text()
+    screenshot("admin-object-access")

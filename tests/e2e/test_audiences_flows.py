@@ -56,3 +56,26 @@ def test_server_errors_are_outlined_in_the_builder(login, page, live_server, man
     assert page.locator(".rb-row.rb-error").count() == 1
     screenshot("segment-rule-errors")
     assert json.loads(page.locator("#id_rules").input_value()) == tree
+
+
+def test_manager_imports_a_csv_and_watches_its_progress(login, page, live_server, manager_alice, screenshot):
+    from audiences.models import Import, Profile
+
+    rows = "external_id,plan,age\n" + "".join(f"u-{n},pro,{20 + n % 50}\n" for n in range(300)) + ",broken,1\n"
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/audiences/import/add/")
+    page.set_input_files("#id_file", files=[{"name": "people.csv", "mimeType": "text/csv", "buffer": rows.encode()}])
+    page.select_option("#id_target", "new_segment")
+    page.fill("#id_segment_name", "Imported pros")
+    page.click("input[name=_save]")
+    page.wait_for_url("**/admin/audiences/import/*/change/**")
+    page.wait_for_selector(".import-progress")
+    record = Import.objects.get(segment__name="Imported pros")
+    page.wait_for_function("() => document.querySelector('.import-progress progress').value == 100", timeout=30_000)
+    screenshot("import-progress")
+    record.refresh_from_db()
+    assert record.status == Import.Status.DONE
+    assert Profile.objects.filter(external_id__startswith="u-").count() == 300
+    assert record.rows_failed == 1
+    text = page.locator("#content").inner_text()
+    assert "300" in text

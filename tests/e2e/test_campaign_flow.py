@@ -87,3 +87,32 @@ def test_manager_builds_and_approver_approves_a_campaign(
     report = page.locator("#campaign-report").inner_text()
     assert "Accepted\t2" in report or "Accepted 2" in report, report
     screenshot("campaign-report")
+
+
+def test_manager_writes_content_and_previews_it_for_a_profile(
+    login, page, live_server, manager_alice, sim_app, screenshot
+):
+    ProfileFactory(external_id="zoe", attributes={"first_name": "Zoé"})
+    access_grant(obj=sim_app, to=manager_alice, by=None)
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/delivery/pushcontent/add/")
+    page.select_option("#id_app", str(sim_app.pk))
+    page.fill("#id_name", "Welcome back")
+    page.fill("#id_title", "Hi {{ profile.attributes.first_name | default: 'there' }}")
+    page.fill("#id_body", "We kept your cart warm.")
+    page.fill("#id_image_url", "javascript:alert(1)")
+    page.click("input[name=_continue]")
+    page.wait_for_selector(".errorlist")
+    assert (
+        "image_url" in page.locator(".errornote, .errorlist").first.inner_text()
+        or page.locator(".field-image_url .errorlist").count()
+    )
+    page.fill("#id_image_url", "")
+    page.click("input[name=_continue]")
+    page.wait_for_selector(".messagelist .success")
+    assert "Hi there" in page.locator(".field-previews").inner_text()
+    page.fill("#preview-profile", "zoe")
+    page.click(".field-previews button:has-text('Show')")
+    page.wait_for_selector(".field-previews:has-text('Hi Zoé')")
+    screenshot("content-previews")
+    assert PushContent.objects.get(name="Welcome back").title.startswith("Hi {{")
