@@ -393,3 +393,35 @@ def test_two_engines_racing_run_each_enrollment_once_and_push_once(
     for profile in profiles:
         for device in profile.devices.all():
             assert sim.state.count(device.token) == 1
+
+
+def test_a_segment_deleted_while_live_holds_for_no_one(make_journey, publish, vips):
+    from audiences.models import Segment
+
+    member = ProfileFactory()
+    SegmentMemberFactory(segment=vips, profile=member)
+    journey = publish(make_journey(graph=_condition_graph([{"label": "VIP", "segment": vips.pk, "next": "vip"}])))
+    Segment.objects.filter(pk=vips.pk).delete()
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    assert _enrollment(journey, member).step == "others"
+
+
+def test_the_beat_runs_the_engine_every_minute(db):
+    from django_q.models import Schedule
+
+    beat = Schedule.objects.get(name="journeys tick")
+    assert (beat.func, beat.schedule_type, beat.minutes) == ("journeys.tasks.journeys_tick_task", "I", 1)
+
+
+def test_push_refused_by_the_gate_fails_the_enrollment_with_the_reason(make_journey, publish, welcome):
+    from journeys.models import JourneyVersion
+
+    profile = ProfileFactory()
+    journey = publish(make_journey(graph=_wait_graph(seconds=0, content=welcome.pk)))
+    JourneyVersion.objects.filter(pk=journey.live_version_id).update(exit_event="forged")  # not what was approved
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    failed = _enrollment(journey, profile)
+    assert failed.status == "failed" and "changed since it was approved" in failed.exit_reason
+    assert not Dispatch.objects.filter(kind="journey").exists()
