@@ -65,3 +65,39 @@ def test_a_key_without_read_scope_is_refused(make_journey, api_key_for, manager_
     make_journey()
     answer = api_key_for(manager_alice, scopes=["ingest"]).get("/api/v1/journeys/")
     assert answer.status_code == 403
+
+
+def test_events_sent_to_the_events_api_enter_and_end_journeys(
+    make_journey, publish, api_key_for, manager_alice, django_capture_on_commit_callbacks
+):
+    from django.utils import timezone
+
+    from journeys.models import Enrollment
+
+    graph = {
+        "steps": [{"id": "pause", "type": "wait", "seconds": 86400, "next": "done"}, {"id": "done", "type": "exit"}]
+    }
+    journey = publish(
+        make_journey(
+            graph=graph, entry_kind="event", entry_event="cart_abandoned", entry_segment=None, exit_event="purchase"
+        )
+    )
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    when = timezone.now().isoformat()
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = client.post(
+            "/api/v1/events/bulk/",
+            {"events": [{"external_id": "shopper", "name": "cart_abandoned", "occurred_at": when}]},
+            format="json",
+        )
+    assert answer.status_code == 200, answer.content
+    enrollment = Enrollment.objects.get(journey=journey, profile__external_id="shopper")
+    assert enrollment.status == "waiting"
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(
+            "/api/v1/events/bulk/",
+            {"events": [{"external_id": "shopper", "name": "purchase", "occurred_at": timezone.now().isoformat()}]},
+            format="json",
+        )
+    enrollment.refresh_from_db()
+    assert (enrollment.status, enrollment.exit_reason) == ("exited", "exit event 'purchase'")
