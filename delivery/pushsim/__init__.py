@@ -20,6 +20,7 @@ import logging
 import os
 import tempfile
 import threading
+import weakref
 from dataclasses import dataclass
 
 from delivery.pushsim.server import SimProtocol, server_ssl_context
@@ -73,6 +74,7 @@ class PushSimulator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._servers: list[asyncio.AbstractServer] = []
+        self._connections: weakref.WeakSet[SimProtocol] = weakref.WeakSet()
         self._tmp: tempfile.TemporaryDirectory | None = None
 
     # --- addresses ------------------------------------------------------------------------------
@@ -119,6 +121,11 @@ class PushSimulator:
             cert.private_key_pem.write_to_path(self.key_file)
         return server_ssl_context(self.cert_file, self.key_file)
 
+    def _connection(self, environment: str) -> SimProtocol:
+        protocol = SimProtocol(self.state, environment)
+        self._connections.add(protocol)
+        return protocol
+
     def start(self) -> PushSimulator:
         """Start listening (in a background thread) and return once every port is bound."""
         # hpack logs every header it decodes at DEBUG: here that is every provider token and
@@ -136,7 +143,7 @@ class PushSimulator:
                 for listener in self.listeners:
                     server = loop.run_until_complete(
                         loop.create_server(
-                            lambda env=listener.environment: SimProtocol(self.state, env),
+                            lambda env=listener.environment: self._connection(env),
                             listener.host,
                             listener.port,
                             ssl=ssl_context if listener.tls else None,
@@ -154,6 +161,10 @@ class PushSimulator:
             loop.run_forever()
             for server in self._servers:
                 server.close()
+            # As when a server goes down: its clients' connections are reset, not left hanging.
+            for protocol in list(self._connections):
+                if protocol.transport is not None:
+                    protocol.transport.abort()
             loop.run_until_complete(asyncio.sleep(0))
             loop.close()
 
