@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/pushdesk
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run setup test lint format migrate demo bench clean
+.PHONY: run setup test lint format migrate demo bench clean schema
 
 $(STAMP): requirements.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found); set PYTHON=/path/to/python3.11"; exit 1; }
@@ -48,6 +48,10 @@ test: lint
 	@tmp=$$(mktemp -d); DATABASE_URL=sqlite:///$$tmp/test.sqlite3 REDIS_URL= PUSHDESK_VAR_DIR=$$tmp \
 	  $(VENV)/bin/pytest -m embedded -p no:cacheprovider -q $(PYTEST_ARGS); rc=$$?; rm -rf $$tmp; \
 	  [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+
+# The committed OpenAPI schema, regenerated (tests/test_schema.py checks it is current).
+schema: setup
+	$(PY) manage.py spectacular --validate --fail-on-warn --file docs/openapi.yaml
 
 # Every benchmark in turn; each prints one JSON line (see the README's Performance table).
 bench: setup

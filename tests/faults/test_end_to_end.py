@@ -313,7 +313,7 @@ def provider_outage(sim, sim_app, manager_alice, tmp_path, *, answering_late: bo
         f"gone-{uuid.uuid4().hex[:8]}",
         provider,
         tmp_path / "qcluster.log",
-        PUSHDESK_SEND_MAX_ATTEMPTS="12",  # each refused attempt waits 5 s: a minute of outage at most
+        PUSHDESK_SEND_MAX_ATTEMPTS="12",  # the backoff doubles from 2 s: minutes of outage before giving up
     )
     connection.close()
     try:
