@@ -12,7 +12,14 @@ from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
 from accounts.models import ApiKey, ApprovalPolicy, ApprovalRequest, AuditEvent, User
-from accounts.selectors import access_perm, approval_policies_active, approver_standing, can_manage_api_keys_of
+from accounts.selectors import (
+    access_perm,
+    approval_policies_active,
+    approver_standing,
+    can,
+    can_manage_api_keys_of,
+    visible_to,
+)
 
 
 def audit(
@@ -57,6 +64,32 @@ def access_revoke(*, obj: models.Model, to: User | Group, by: User | None) -> No
     with transaction.atomic():
         remove_perm(access_perm(type(obj)), to, obj)
         audit(actor=by, action="access_revoked", obj=obj, summary={"from": _principal_label(to)})
+
+
+def lock_for(model: type[models.Model], pk: int, *, by: User, perm: str, label: str = "") -> models.Model:
+    """Lock one row (``select_for_update``) for a state change by ``by``, who needs ``perm`` on it.
+
+    Call inside ``transaction.atomic()``. Raises Http404 when the row does not exist or is outside
+    the user's object access (as if it did not exist), PermissionDenied when their role lacks ``perm``.
+    """
+    from django.http import Http404
+
+    obj = model._default_manager.select_for_update().filter(pk=pk).first()
+    name = label or model._meta.verbose_name
+    if obj is None or not visible_to(by, model._default_manager.filter(pk=pk)).exists():
+        raise Http404(f"No {name} {pk}.")
+    if not can(by, perm, obj):
+        raise PermissionDenied(f"Your role may not do this to a {name}.")
+    return obj
+
+
+class TransitionError(Exception):
+    """An object with a lifecycle (a campaign, a journey) is not in a state that allows this step."""
+
+    def __init__(self, obj: models.Model, action: str, hint: str = ""):
+        self.obj = obj
+        message = f"'{obj}' is {obj.get_status_display().lower()}: it cannot be {action}."
+        super().__init__(f"{message} {hint}".strip())
 
 
 def _principal_label(principal: User | Group) -> str:

@@ -18,12 +18,14 @@ from django.utils import timezone
 from accounts.models import ApprovalRequest, User
 from accounts.selectors import approval_current, can, visible_to
 from accounts.services import (
+    TransitionError,
     access_grant,
     approval_request_cancel,
     approval_request_decide,
     approval_request_open,
     approval_void,
     audit,
+    lock_for,
 )
 from campaigns.models import Campaign, Occurrence
 from campaigns.schedule import local_wall_time, next_occurrence, schedule_check
@@ -49,23 +51,8 @@ EDITABLE_FIELDS = (
 )
 
 
-class TransitionError(Exception):
-    """The campaign is not in a state that allows this step."""
-
-    def __init__(self, campaign: Campaign, action: str, hint: str = ""):
-        self.campaign = campaign
-        message = f"'{campaign}' is {campaign.get_status_display().lower()}: it cannot be {action}."
-        super().__init__(f"{message} {hint}".strip())
-
-
 def _lock(campaign_id: int, by: User, perm: str) -> Campaign:
-    """Lock the campaign row and check the user's role and object access. Http404 outside access."""
-    campaign = Campaign.objects.select_for_update().filter(pk=campaign_id).first()
-    if campaign is None or not visible_to(by, Campaign.objects.filter(pk=campaign_id)).exists():
-        raise Http404(f"No campaign {campaign_id}.")
-    if not can(by, perm, campaign):
-        raise PermissionDenied("Your role may not do this to a campaign.")
-    return campaign
+    return lock_for(Campaign, campaign_id, by=by, perm=perm, label="campaign")
 
 
 def _transition(campaign: Campaign, to: str, *, by: User | None, action: str, summary: dict | None = None) -> None:

@@ -26,17 +26,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
 from django.db.models import Max, Q
-from django.http import Http404
 from django.utils import timezone
 
 from accounts.models import ApprovalRequest, User
-from accounts.selectors import approval_current, can, visible_to
+from accounts.selectors import approval_current, visible_to
 from accounts.services import (
+    TransitionError,
     access_grant,
     approval_request_cancel,
     approval_request_decide,
     approval_request_open,
     audit,
+    lock_for,
 )
 from journeys.graph import contents_of, entry_of, exits_of, graph_validate, segments_of
 from journeys.models import Enrollment, Journey, JourneyVersion
@@ -59,23 +60,8 @@ VERSION_FIELDS = (
 )
 
 
-class TransitionError(Exception):
-    """The journey is not in a state that allows this step."""
-
-    def __init__(self, journey: Journey, action: str, hint: str = ""):
-        self.journey = journey
-        message = f"'{journey}' is {journey.get_status_display().lower()}: it cannot be {action}."
-        super().__init__(f"{message} {hint}".strip())
-
-
 def _lock(journey_id: int, by: User, perm: str) -> Journey:
-    """Lock the journey row and check the user's role and object access. Http404 outside access."""
-    journey = Journey.objects.select_for_update().filter(pk=journey_id).first()
-    if journey is None or not visible_to(by, Journey.objects.filter(pk=journey_id)).exists():
-        raise Http404(f"No journey {journey_id}.")
-    if not can(by, perm, journey):
-        raise PermissionDenied("Your role may not do this to a journey.")
-    return journey
+    return lock_for(Journey, journey_id, by=by, perm=perm, label="journey")
 
 
 def _transition(journey: Journey, to: str, *, by: User | None, action: str, summary: dict | None = None) -> None:
