@@ -111,9 +111,3 @@ def sim_journey(make_journey, sim_team, sim_welcome, vips):
         return make_journey(app=sim_team, graph=graph, **fields)
 
     return make
-
-
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings):
-    """The cast's passwords are hashed for every test: a fast hasher keeps these tests quick."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
