@@ -8,8 +8,21 @@ from django.core.exceptions import ValidationError
 from accounts.services import audit
 
 
+def _client_address(request) -> str:
+    """The signing-in client's address: behind ``PUSHDESK_TRUSTED_PROXIES`` proxies, the one the
+    outermost of them saw (entries further left in X-Forwarded-For can be forged by the client)."""
+    if request is None:
+        return ""
+    proxies = settings.PUSHDESK_TRUSTED_PROXIES
+    if proxies > 0:
+        forwarded = [a.strip() for a in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if a.strip()]
+        if len(forwarded) >= proxies:
+            return forwarded[-proxies]
+    return request.META.get("REMOTE_ADDR", "")
+
+
 def _keys(request, username: str) -> list[str]:
-    address = request.META.get("REMOTE_ADDR", "") if request is not None else ""
+    address = _client_address(request)
     return [f"login-failures:user:{username.lower()}", f"login-failures:ip:{address}"]
 
 

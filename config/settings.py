@@ -215,6 +215,9 @@ LOGIN_URL = "admin:login"
 # Admin sign-in throttling, per username and per address.
 PUSHDESK_LOGIN_MAX_FAILURES = int(os.environ.get("PUSHDESK_LOGIN_MAX_FAILURES", "5"))
 PUSHDESK_LOGIN_LOCKOUT_SECONDS = int(os.environ.get("PUSHDESK_LOGIN_LOCKOUT_SECONDS", "900"))
+# Reverse proxies in front of the web app that append to X-Forwarded-For (0: none). Behind a
+# proxy, REMOTE_ADDR is the proxy's: without this every sign-in shares one address's lockout.
+PUSHDESK_TRUSTED_PROXIES = int(os.environ.get("PUSHDESK_TRUSTED_PROXIES", "0"))
 
 # --- i18n, static ----------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
