@@ -99,3 +99,28 @@ def test_a_limit_or_offset_past_bigint_answers_a_page_not_a_server_error(path, f
     assert response.json()["results"] == []
     response = client.get(path, {"limit": 10**30})
     assert response.status_code == 200 and len(response.json()["results"]) <= 1000
+
+
+@pytest.mark.parametrize("operation", OPERATIONS, ids=lambda op: op.label)
+def test_api_answers_every_invalid_request_with_a_documented_client_error(
+    operation, wsgi_app, fuzz_world, manager_alice, api_key_for
+):
+    """Requests that break the schema (wrong types, missing fields, bad ids): a documented answer, never a 5xx."""
+    from schemathesis import GenerationMode
+
+    key = api_key_for(manager_alice, scopes=SCOPE_SETS["all"])
+    headers = {"Authorization": f"Bearer {key.raw_key}"}
+
+    @settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy(generation_mode=GenerationMode.NEGATIVE))
+    def exercise(case):
+        response = case.call(app=wsgi_app, headers=headers)
+        case.validate_response(response, checks=CHECKS)
+
+    exercise()
