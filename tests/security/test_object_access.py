@@ -159,6 +159,12 @@ def foreign_keys_to_searchable_admins():
 def test_autocomplete_offers_nothing_outside_access(client, world, manager_mallory, manager_alice):
     fields = foreign_keys_to_searchable_admins()
     assert fields, "no autocomplete-able foreign key found"
+    client.force_login(manager_alice)
+    offered = client.get(
+        "/admin/autocomplete/",
+        {"app_label": "delivery", "model_name": "pushcontent", "field_name": "app", "term": ""},
+    ).json()["results"]
+    assert str(world["delivery.app"].pk) in [row["id"] for row in offered]  # the owner is offered it
     for app_label, model_name, field_name, remote in fields:
         obj = world.get(remote)
         if obj is None:
