@@ -183,6 +183,11 @@ def assert_the_admin_says_what_happened(client, admin_erin, dispatch, statuses) 
     assert dispatch.get_status_display() in page
     for status, count in statuses.items():
         assert f">{status}</a></td>" in page and f"<td>{count}</td>" in page, (status, count)
+    from django.utils.html import escape
+
+    reasons = set(Delivery.objects.filter(dispatch=dispatch).exclude(reason="").values_list("reason", flat=True))
+    for reason in reasons:  # e.g. why rows ended unknown: the lease of a worker that went away ran out
+        assert escape(reason) in page, reason
 
 
 @pytest.fixture
