@@ -159,13 +159,18 @@ def _dispatch_made(action):
     return Dispatch.objects.filter(kind={"test_send": "test", "trigger": "api_trigger"}[action]).exists()
 
 
-@pytest.mark.parametrize("relation", ["own", "in_scope", "out_of_scope"])
-@pytest.mark.parametrize("action", list(ALLOWED))
-@pytest.mark.parametrize("role", list(ROLES))
+MATRIX = [
+    (role, action, relation)
+    for role in ROLES
+    for action in ALLOWED
+    for relation in ("own", "in_scope", "out_of_scope")
+    if not (role == "Viewer" and relation == "own")  # a Viewer creates nothing, so owns nothing
+]
+
+
+@pytest.mark.parametrize(("role", "action", "relation"), MATRIX)
 def test_permission_matrix(request, client, world, admin_erin, role, action, relation):
     user = request.getfixturevalue(ROLES[role])
-    if relation == "own" and role == "Viewer":
-        pytest.skip("a Viewer owns nothing")
     shop, bank = world["shop"], world["bank"]
     if role != "Viewer":
         access_grant(obj=shop, to=user, by=None)
