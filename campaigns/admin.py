@@ -1,4 +1,3 @@
-import contextvars
 import datetime as dt
 
 from django import forms
@@ -9,7 +8,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from accounts.admin import ObjectAccessAdminMixin, ScopedAdmin
+from accounts.admin import LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin
 from accounts.selectors import approval_current, visible_to
 from campaigns import services
 from campaigns.models import Campaign, Occurrence
@@ -17,10 +16,7 @@ from campaigns.reports import campaign_report, campaign_report_csv, campaign_tim
 from campaigns.review import campaign_phones_html
 from campaigns.schedule import localize
 from campaigns.schedule import zone as schedule_zone
-from campaigns.selectors import TRANSITIONS, campaign_actions, campaigns_visible_to
-
-# The admin instance is shared by every request; the request whose page is being drawn lives here.
-_drawing_for: contextvars.ContextVar = contextvars.ContextVar("campaign_admin_request", default=None)
+from campaigns.selectors import campaign_actions, campaigns_visible_to
 
 Status = Campaign.Status
 
@@ -135,7 +131,7 @@ class OccurrenceInline(admin.TabularInline):
 
 
 @admin.register(Campaign)
-class CampaignAdmin(ObjectAccessAdminMixin, ScopedAdmin):
+class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     form = CampaignForm
     list_display = ("name", "app", "kind", "purpose", "status", "next_occurrence_at", "owner", "updated_at")
     list_filter = (_StatusFilter, "kind", "purpose", "app")
@@ -145,7 +141,7 @@ class CampaignAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     readonly_fields = (
         "status",
         "approval",
-        "campaign_buttons",
+        "lifecycle_buttons",
         "owner",
         "activated_at",
         "next_occurrence_at",
@@ -185,7 +181,7 @@ class CampaignAdmin(ObjectAccessAdminMixin, ScopedAdmin):
                     {
                         "fields": (
                             "status",
-                            "campaign_buttons",
+                            "lifecycle_buttons",
                             "approval",
                             "owner",
                             "activated_at",
@@ -266,32 +262,32 @@ class CampaignAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         comment = format_html(" — “{}”", request.comment) if request.comment else ""
         return format_html("{}{}{}", request.get_status_display(), decided, comment)
 
-    @admin.display(description="Actions")
-    def campaign_buttons(self, obj):
-        request = _drawing_for.get()
-        if obj is None or obj.pk is None or request is None:
-            return "—"
-        actions = campaign_actions(request.user, obj)
-        if not actions:
-            return "Nothing you can do in this state."
-        return format_html_join(
-            " ",
-            '<button type="submit" formaction="{}" formnovalidate class="button" name="campaign_action" value="{}">{}</button>',
-            (
-                (reverse("admin:campaigns_campaign_transition", args=[obj.pk, name]), name, label)
-                for name, label in actions
-            ),
-        )
+    lifecycle_button_name = "campaign_action"
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        token = _drawing_for.set(request)
-        try:
-            response = super().change_view(request, object_id, form_url, extra_context)
-            if getattr(response, "is_rendered", True) is False:
-                response.render()  # while the request is known to the readonly fields
-            return response
-        finally:
-            _drawing_for.reset(token)
+    def lifecycle_actions(self, user, obj):
+        return campaign_actions(user, obj)
+
+    def lifecycle_handlers(self, request, object_id):
+        by = request.user
+
+        def duplicate():
+            copy = services.campaign_duplicate(campaign_id=object_id, by=by)
+            return f"Duplicated as a new draft: {copy}.", reverse("admin:campaigns_campaign_change", args=[copy.pk])
+
+        def test_send():
+            dispatch = services.campaign_test_send(campaign_id=object_id, by=by)
+            return f"Test send started: {dispatch}.", None
+
+        return {
+            "submit": lambda: services.campaign_submit(
+                campaign_id=object_id, by=by, message=request.POST.get("message", "")
+            ),
+            "cancel_request": lambda: services.campaign_cancel_request(campaign_id=object_id, by=by),
+            "stop": lambda: services.campaign_stop(campaign_id=object_id, by=by),
+            "archive": lambda: services.campaign_archive(campaign_id=object_id, by=by),
+            "duplicate": duplicate,
+            "test_send": test_send,
+        }
 
     @admin.display(description="As phones show it")
     def preview(self, obj):
@@ -349,40 +345,5 @@ class CampaignAdmin(ObjectAccessAdminMixin, ScopedAdmin):
                 self.admin_site.admin_view(self.report_csv_view),
                 name="campaigns_campaign_report_csv",
             ),
-            path(
-                "<int:campaign_id>/transition/<str:action>/",
-                self.admin_site.admin_view(self.transition_view),
-                name="campaigns_campaign_transition",
-            ),
             *super().get_urls(),
         ]
-
-    def transition_view(self, request, campaign_id, action):
-        if request.method != "POST":
-            raise Http404("Transitions are POSTed.")
-        handlers = {
-            "submit": lambda: services.campaign_submit(
-                campaign_id=campaign_id, by=request.user, message=request.POST.get("message", "")
-            ),
-            "cancel_request": lambda: services.campaign_cancel_request(campaign_id=campaign_id, by=request.user),
-            "stop": lambda: services.campaign_stop(campaign_id=campaign_id, by=request.user),
-            "archive": lambda: services.campaign_archive(campaign_id=campaign_id, by=request.user),
-            "duplicate": lambda: services.campaign_duplicate(campaign_id=campaign_id, by=request.user),
-            "test_send": lambda: services.campaign_test_send(campaign_id=campaign_id, by=request.user),
-        }
-        if action not in handlers:
-            raise Http404("Unknown action.")
-        target = reverse("admin:campaigns_campaign_change", args=[campaign_id])
-        try:
-            result = handlers[action]()
-        except (services.TransitionError, ValidationError) as exc:
-            self.message_user(request, " ".join(getattr(exc, "messages", [str(exc)])), messages.ERROR)
-            return HttpResponseRedirect(target)
-        if action == "duplicate":
-            self.message_user(request, f"Duplicated as a new draft: {result}.", messages.SUCCESS)
-            return HttpResponseRedirect(reverse("admin:campaigns_campaign_change", args=[result.pk]))
-        if action == "test_send":
-            self.message_user(request, f"Test send started: {result}.", messages.SUCCESS)
-        else:
-            self.message_user(request, f"Done: {TRANSITIONS[action][2]}.", messages.SUCCESS)
-        return HttpResponseRedirect(target)

@@ -1,14 +1,13 @@
-import contextvars
 import json
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import Http404, HttpResponseRedirect
-from django.urls import path, reverse
+from django.http import HttpResponseRedirect
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from accounts.admin import BigTableAdmin, ObjectAccessAdminMixin, ScopedAdmin
+from accounts.admin import BigTableAdmin, LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin
 from accounts.selectors import approval_current, visible_to
 from journeys import services
 from journeys.diagram import version_svg
@@ -16,7 +15,6 @@ from journeys.graph import GraphInvalid, graph_validate
 from journeys.models import Enrollment, Journey, JourneyVersion
 from journeys.review import content_names, entry_text
 from journeys.selectors import (
-    TRANSITIONS,
     enrollments_visible_to,
     journey_actions,
     journey_open_version,
@@ -25,9 +23,6 @@ from journeys.selectors import (
     version_step_stats,
     version_totals,
 )
-
-# The admin instance is shared by every request; the request whose page is being drawn lives here.
-_drawing_for: contextvars.ContextVar = contextvars.ContextVar("journey_admin_request", default=None)
 
 Status = Journey.Status
 
@@ -119,7 +114,7 @@ class _StatusFilter(admin.SimpleListFilter):
 
 
 @admin.register(Journey)
-class JourneyAdmin(ObjectAccessAdminMixin, ScopedAdmin):
+class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     form = JourneyForm
     list_display = ("name", "app", "status", "version_label", "owner", "updated_at")
     list_filter = (_StatusFilter, "app")
@@ -127,7 +122,7 @@ class JourneyAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     search_fields = ("name",)
     readonly_fields = (
         "status",
-        "journey_buttons",
+        "lifecycle_buttons",
         "approval",
         "versions_summary",
         "journey_graph",
@@ -154,7 +149,7 @@ class JourneyAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         ]
         if obj is not None:
             fieldsets.insert(
-                0, ("Status", {"fields": ("status", "journey_buttons", "approval", "versions_summary", "owner")})
+                0, ("Status", {"fields": ("status", "lifecycle_buttons", "approval", "versions_summary", "owner")})
             )
             fieldsets.insert(1, ("Journey", {"fields": ("journey_graph",), "classes": ("wide",)}))
             fieldsets.append(("Access", {"fields": ("object_access",)}))
@@ -300,64 +295,21 @@ class JourneyAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             version_svg(version, stats=version_step_stats(version), names=content_names(version)),
         )
 
-    @admin.display(description="Actions")
-    def journey_buttons(self, obj):
-        request = _drawing_for.get()
-        if obj is None or obj.pk is None or request is None:
-            return "—"
-        actions = journey_actions(request.user, obj)
-        if not actions:
-            return "Nothing you can do in this state."
-        return format_html_join(
-            " ",
-            '<button type="submit" formaction="{}" formnovalidate class="button" name="journey_action" value="{}">{}</button>',
-            (
-                (reverse("admin:journeys_journey_transition", args=[obj.pk, name]), name, label)
-                for name, label in actions
-            ),
-        )
+    lifecycle_button_name = "journey_action"
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        token = _drawing_for.set(request)
-        try:
-            response = super().change_view(request, object_id, form_url, extra_context)
-            if hasattr(response, "render"):
-                response.render()  # the buttons are drawn while the request is known
-            return response
-        finally:
-            _drawing_for.reset(token)
+    def lifecycle_actions(self, user, obj):
+        return journey_actions(user, obj)
 
-    def get_urls(self):
-        return [
-            path(
-                "<int:journey_id>/transition/<str:action>/",
-                self.admin_site.admin_view(self.transition_view),
-                name="journeys_journey_transition",
-            ),
-            *super().get_urls(),
-        ]
-
-    def transition_view(self, request, journey_id, action):
-        if request.method != "POST":
-            raise Http404("Transitions are POSTed.")
-        handlers = {
+    def lifecycle_handlers(self, request, object_id):
+        by = request.user
+        return {
             "submit": lambda: services.journey_submit(
-                journey_id=journey_id, by=request.user, message=request.POST.get("message", "")
+                journey_id=object_id, by=by, message=request.POST.get("message", "")
             ),
-            "cancel_request": lambda: services.journey_cancel_request(journey_id=journey_id, by=request.user),
-            "stop": lambda: services.journey_stop(journey_id=journey_id, by=request.user),
-            "archive": lambda: services.journey_archive(journey_id=journey_id, by=request.user),
+            "cancel_request": lambda: services.journey_cancel_request(journey_id=object_id, by=by),
+            "stop": lambda: services.journey_stop(journey_id=object_id, by=by),
+            "archive": lambda: services.journey_archive(journey_id=object_id, by=by),
         }
-        if action not in handlers:
-            raise Http404("Unknown action.")
-        target = reverse("admin:journeys_journey_change", args=[journey_id])
-        try:
-            handlers[action]()
-        except (services.TransitionError, ValidationError) as exc:
-            self.message_user(request, " ".join(getattr(exc, "messages", [str(exc)])), messages.ERROR)
-            return HttpResponseRedirect(target)
-        self.message_user(request, f"Done: {TRANSITIONS[action][2]}.", messages.SUCCESS)
-        return HttpResponseRedirect(target)
 
 
 @admin.register(Enrollment)
