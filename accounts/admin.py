@@ -743,3 +743,32 @@ class LifecycleAdminMixin:
         message, url = outcome if isinstance(outcome, tuple) else (f"Done: {action.replace('_', ' ')}.", None)
         self.message_user(request, message, messages.SUCCESS)
         return HttpResponseRedirect(url or target)
+
+
+class ActiveStatusFilter(admin.SimpleListFilter):
+    """A status filter whose default shows what is being worked on (``active_statuses``)."""
+
+    title = "status"
+    parameter_name = "status"
+    active_statuses: tuple[str, ...] = ()
+    active_label = "Being worked on"
+
+    def lookups(self, request, model_admin):
+        return (("active", self.active_label), *model_admin.model.Status.choices, ("all", "All"))
+
+    def choices(self, changelist):
+        value = self.value() or "active"
+        for lookup, title in self.lookup_choices:
+            yield {
+                "selected": value == str(lookup),
+                "query_string": changelist.get_query_string({self.parameter_name: lookup}),
+                "display": title,
+            }
+
+    def queryset(self, request, queryset):
+        value = self.value() or "active"
+        if value == "active":
+            return queryset.filter(status__in=self.active_statuses)
+        if value == "all":
+            return queryset
+        return queryset.filter(status=value)

@@ -8,7 +8,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from accounts.admin import LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin
+from accounts.admin import ActiveStatusFilter, LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin
 from accounts.selectors import approval_current, visible_to
 from campaigns import services
 from campaigns.models import Campaign, Occurrence
@@ -90,31 +90,11 @@ def _timeline_svg(points: list[dict]) -> str:
     )
 
 
-class _StatusFilter(admin.SimpleListFilter):
+class _StatusFilter(ActiveStatusFilter):
     """By default the list shows what is being worked on (AJO's default: not finished, not archived)."""
 
-    title = "status"
-    parameter_name = "status"
-
-    def lookups(self, request, model_admin):
-        return (("active", "Draft, in review, scheduled, live"), *Status.choices, ("all", "All"))
-
-    def choices(self, changelist):
-        value = self.value() or "active"
-        for lookup, title in self.lookup_choices:
-            yield {
-                "selected": value == str(lookup),
-                "query_string": changelist.get_query_string({self.parameter_name: lookup}),
-                "display": title,
-            }
-
-    def queryset(self, request, queryset):
-        value = self.value() or "active"
-        if value == "active":
-            return queryset.filter(status__in=(Status.DRAFT, Status.IN_REVIEW, Status.SCHEDULED, Status.LIVE))
-        if value == "all":
-            return queryset
-        return queryset.filter(status=value)
+    active_statuses = (Status.DRAFT, Status.IN_REVIEW, Status.SCHEDULED, Status.LIVE)
+    active_label = "Draft, in review, scheduled, live"
 
 
 class OccurrenceInline(admin.TabularInline):

@@ -7,7 +7,7 @@ from django.http import HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from accounts.admin import BigTableAdmin, LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin
+from accounts.admin import ActiveStatusFilter, BigTableAdmin, LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin
 from accounts.selectors import approval_current, visible_to
 from journeys import services
 from journeys.diagram import version_svg
@@ -86,31 +86,11 @@ class JourneyForm(forms.ModelForm):
         return cleaned
 
 
-class _StatusFilter(admin.SimpleListFilter):
+class _StatusFilter(ActiveStatusFilter):
     """By default the list shows what is being worked on: not stopped, closed or archived."""
 
-    title = "status"
-    parameter_name = "status"
-
-    def lookups(self, request, model_admin):
-        return (("active", "Draft, in review, live"), *Status.choices, ("all", "All"))
-
-    def choices(self, changelist):
-        value = self.value() or "active"
-        for lookup, title in self.lookup_choices:
-            yield {
-                "selected": value == str(lookup),
-                "query_string": changelist.get_query_string({self.parameter_name: lookup}),
-                "display": title,
-            }
-
-    def queryset(self, request, queryset):
-        value = self.value() or "active"
-        if value == "active":
-            return queryset.filter(status__in=(Status.DRAFT, Status.IN_REVIEW, Status.LIVE))
-        if value == "all":
-            return queryset
-        return queryset.filter(status=value)
+    active_statuses = (Status.DRAFT, Status.IN_REVIEW, Status.LIVE)
+    active_label = "Draft, in review, live"
 
 
 @admin.register(Journey)
