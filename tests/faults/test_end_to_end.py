@@ -25,7 +25,7 @@ from django.db.models import Count
 
 from accounts.services import access_grant
 from audiences.models import Profile
-from delivery.models import Delivery, Device, Dispatch
+from delivery.models import App, Delivery, Device, Dispatch
 from delivery.pushsim import PushSimulator
 from tests.delivery.test_crash import _database_url, _push, _wait_for
 from tests.factories import PushContentFactory
@@ -311,6 +311,8 @@ def provider_outage(sim, sim_app, manager_alice, tmp_path, *, answering_late: bo
     them when it goes away (its connections are reset, as when a server dies).
     """
     dispatch = make_dispatch(sim_app, manager_alice, "gone")
+    # 100 messages/s: the 1,200 sends take 12 s, so the outage surely falls in the middle of them.
+    App.objects.filter(pk=sim_app.pk).update(rate_limit_per_second=100)
     provider = PushSimulator(state=sim.state).start()  # the send endpoints; the token endpoint stays up
     ports = [listener.port for listener in provider.listeners]
     sim.state.faults.latency_ms = 40
