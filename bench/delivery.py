@@ -86,7 +86,7 @@ def make_app(*, token_uri: str):
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     from delivery.models import Device
-    from delivery.services import apns_key_parse, app_create, service_account_parse
+    from delivery.services.apps import apns_key_parse, app_create, service_account_parse
 
     apns_key = ec.generate_private_key(ec.SECP256R1())
     fcm_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -178,9 +178,9 @@ def peak_memory_mb(pid: int) -> float:
 def run(target: str, segment, devices: int, workers_env: dict, log: Path, ca: str = "") -> dict:
     from django.db import connection
 
-    from delivery import services
     from delivery.models import Delivery, Dispatch, PushContent
     from delivery.payloads import spec_validate
+    from delivery.services.dispatches import dispatch_create, dispatch_gate_register, dispatch_recount
 
     token_uri = workers_env.pop("_token_uri")
     app, apns_public, fcm_public, info = make_app(token_uri=token_uri)
@@ -221,11 +221,11 @@ def run(target: str, segment, devices: int, workers_env: dict, log: Path, ca: st
     from django_q.conf import Conf
 
     Conf.PREFIX = Conf.CLUSTER_NAME = queue
-    services.dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=lambda **kwargs: None)
+    dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=lambda **kwargs: None)
     try:
         cpu_before = cpu_seconds(workers.pid)
         started = time.perf_counter()
-        dispatch = services.dispatch_create(
+        dispatch = dispatch_create(
             app_id=app.pk, kind=Dispatch.Kind.API_TRIGGER, spec=content.spec(), segment_id=segment.pk, label="bench"
         )
         sending_at = None
@@ -243,7 +243,7 @@ def run(target: str, segment, devices: int, workers_env: dict, log: Path, ca: st
         worker_cpu = cpu_seconds(workers.pid) - cpu_before
     finally:
         stop_workers(workers)
-    dispatch = services.dispatch_recount(dispatch_id=dispatch.pk)
+    dispatch = dispatch_recount(dispatch_id=dispatch.pk)
     Delivery.objects.filter(dispatch=dispatch).delete()
     connection.close()
     return {

@@ -44,7 +44,7 @@ from accounts.services import access_grant, api_key_create
 from audiences.models import Profile
 from campaigns.services import campaign_approve, campaign_create, campaign_submit
 from delivery.models import App, Device, PushContent
-from delivery.services import pushcontent_save
+from delivery.services.contents import pushcontent_save
 
 app = App.objects.get(name="Pushdesk Demo")
 manager = User.objects.create_user("bench_manager", is_staff=True)

@@ -11,7 +11,7 @@ class CampaignsConfig(AppConfig):
         from campaigns.review import campaign_review_html
         from campaigns.services import campaign_api_gate, campaign_approve, campaign_gate, campaign_request_changes
         from delivery.models import Dispatch
-        from delivery.services import dispatch_gate_register
+        from delivery.services.dispatches import dispatch_gate_register
 
         dispatch_gate_register(kind=Dispatch.Kind.CAMPAIGN, gate=campaign_gate)
         dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=campaign_api_gate)

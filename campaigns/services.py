@@ -275,7 +275,7 @@ def _queue_fire(campaign_id: int) -> None:
 def campaign_stop(*, campaign_id: int, by: User) -> Campaign:
     """Stop a scheduled or live campaign: no further occurrence, and its queued deliveries are stopped."""
     from delivery.models import Dispatch
-    from delivery.services import dispatch_stop
+    from delivery.services.dispatches import dispatch_stop
 
     with transaction.atomic():
         campaign = _lock(campaign_id, by, "campaigns.stop_campaign")
@@ -306,7 +306,7 @@ def campaign_archive(*, campaign_id: int, by: User) -> Campaign:
 
 def campaign_duplicate(*, campaign_id: int, by: User) -> Campaign:
     """A new draft with the same settings and a copy of the content, owned by ``by``."""
-    from delivery.services import pushcontent_duplicate
+    from delivery.services.contents import pushcontent_duplicate
 
     with transaction.atomic():
         source = _lock(campaign_id, by, "campaigns.view_campaign")
@@ -328,7 +328,7 @@ def campaign_gate(*, app, source_id: int | None, spec: dict, by: User | None, ap
 
     Raises GateClosed otherwise, whoever calls: a forged admin POST or a direct service call alike.
     """
-    from delivery.services import GateClosed
+    from delivery.services.dispatches import GateClosed
 
     campaign = Campaign.objects.select_related("content").filter(pk=source_id).first()
     if campaign is None or campaign.app_id != app.pk:
@@ -361,7 +361,7 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
     within the window is sent late. A campaign that changed since its approval goes back to draft.
     """
     from delivery.models import Dispatch
-    from delivery.services import GateClosed, dispatch_create
+    from delivery.services.dispatches import GateClosed, dispatch_create
 
     now = now or timezone.now()
     fired: list[Occurrence] = []
@@ -472,7 +472,7 @@ def campaigns_tick(*, now: dt.datetime | None = None) -> dict:
 
 def campaign_test_send(*, campaign_id: int, by: User):
     """Send the campaign's content as it is now to its app's test devices, in any state, no approval needed."""
-    from delivery.services import pushcontent_test_send
+    from delivery.services.contents import pushcontent_test_send
 
     campaign = Campaign.objects.filter(pk=campaign_id).first()
     if campaign is None or not visible_to(by, Campaign.objects.filter(pk=campaign_id)).exists():
@@ -563,7 +563,7 @@ def campaign_trigger(*, campaign_id: int, by: User, recipients: list[dict], cont
     from audiences.models import Profile
     from delivery.models import Device, Dispatch
     from delivery.payloads import RECIPIENT_CONTEXTS
-    from delivery.services import GateClosed, dispatch_create
+    from delivery.services.dispatches import GateClosed, dispatch_create
 
     campaign = visible_to(
         by, Campaign.objects.select_related("content").filter(pk=campaign_id), perm="campaigns.trigger_campaign"

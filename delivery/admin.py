@@ -23,17 +23,10 @@ from delivery.selectors import (
     devices_visible_to,
     dispatch_outcomes,
 )
-from delivery.services import (
-    apns_key_parse,
-    app_create,
-    app_test_connection,
-    app_update,
-    devices_test_flag_set,
-    dispatch_stop,
-    pushcontent_save,
-    pushcontent_test_send,
-    service_account_parse,
-)
+from delivery.services.apps import apns_key_parse, app_create, app_test_connection, app_update, service_account_parse
+from delivery.services.contents import pushcontent_save, pushcontent_test_send
+from delivery.services.devices import devices_test_flag_set
+from delivery.services.dispatches import dispatch_stop
 
 
 def _credential_status(set_at, fingerprint: str) -> str:

@@ -12,13 +12,8 @@ from rest_framework.views import APIView
 
 from delivery.models import Delivery, Device, Dispatch, Platform
 from delivery.selectors import apps_visible_to, dispatch_for, dispatch_outcomes
-from delivery.services import (
-    AlreadyOpened,
-    delivery_open_report,
-    device_opt_in_set,
-    device_register,
-    device_unregister,
-)
+from delivery.services.devices import device_opt_in_set, device_register, device_unregister
+from delivery.services.opens import AlreadyOpened, delivery_open_report
 
 MAX_PAGE = 1000
 

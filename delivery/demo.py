@@ -14,7 +14,7 @@ from django.conf import settings
 
 from delivery.models import App
 from delivery.pushsim.trust import trust_add, trust_file_path
-from delivery.services import apns_key_parse, app_create, service_account_parse
+from delivery.services.apps import apns_key_parse, app_create, service_account_parse
 
 DEMO_APP = "Pushdesk Demo"
 DEMO_TEAM_ID = "DEMOTEAM01"

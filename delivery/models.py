@@ -119,7 +119,7 @@ class Device(models.Model):
 class PushContent(models.Model):
     """A push message as authored: texts (Liquid), tap action, options per platform, locale variants.
 
-    Written only through ``delivery.services.pushcontent_save``, which validates the templates,
+    Written only through ``delivery.services.contents.pushcontent_save``, which validates the templates,
     URLs and worst-case payload sizes. ``spec()`` is the frozen form a Dispatch keeps.
     """
 

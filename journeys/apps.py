@@ -9,7 +9,7 @@ class JourneysConfig(AppConfig):
         from accounts.approvals import ApprovalSubject, register_approval_subject
         from audiences.services import event_listeners_register
         from delivery.models import Dispatch
-        from delivery.services import dispatch_gate_register
+        from delivery.services.dispatches import dispatch_gate_register
         from journeys.models import Journey
         from journeys.review import journey_review_html
         from journeys.services import journey_approve, journey_gate, journey_request_changes, journeys_on_events

@@ -370,7 +370,7 @@ def journey_approve(*, journey_id: int, by: User, comment: str = "", now: dt.dat
 def journey_stop(*, journey_id: int, by: User) -> Journey:
     """Stop a live journey: no more entries, every profile inside exits, queued pushes are stopped."""
     from delivery.models import Dispatch
-    from delivery.services import dispatch_stop
+    from delivery.services.dispatches import dispatch_stop
 
     with transaction.atomic():
         journey = _lock(journey_id, by, "journeys.stop_journey")
@@ -415,7 +415,7 @@ def journey_gate(*, app, source_id: int | None, spec: dict, by: User | None) -> 
 
     Raises GateClosed otherwise, whoever calls.
     """
-    from delivery.services import GateClosed
+    from delivery.services.dispatches import GateClosed
 
     version = JourneyVersion.objects.select_related("journey").filter(pk=source_id).first()
     if version is None or version.journey.app_id != app.pk:
@@ -945,7 +945,7 @@ def _push(version: JourneyVersion, step_id: str, profile_ids: list[int]) -> tupl
     Returns (dispatch id, "") or (None, the reason it was refused).
     """
     from delivery.models import Dispatch
-    from delivery.services import GateClosed, dispatch_create
+    from delivery.services.dispatches import GateClosed, dispatch_create
 
     frozen = (version.frozen_specs or {}).get(step_id)
     if frozen is None:

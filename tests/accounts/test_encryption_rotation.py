@@ -11,7 +11,7 @@ from django.db import connection
 
 from accounts.models import AuditEvent
 from delivery.models import App
-from delivery.services import apns_key_parse, app_create, service_account_parse
+from delivery.services.apps import apns_key_parse, app_create, service_account_parse
 from tests.fakes.pushsim import make_apns_credentials, make_fcm_credentials
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]

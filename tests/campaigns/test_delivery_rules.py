@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from delivery.models import Delivery, DeliveryRules, Dispatch
 from delivery.rules import quiet_until
-from delivery.services import dispatch_prepare
+from delivery.services.dispatches import dispatch_prepare
 from tests.factories import AppFactory, DeviceFactory, ProfileFactory, PushContentFactory
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from campaigns.services import campaign_approve, campaign_submit
 from delivery.models import Dispatch
-from delivery.services import GateClosed, dispatch_create
+from delivery.services.dispatches import GateClosed, dispatch_create
 
 
 def _direct_send(campaign, kind="campaign"):

@@ -135,7 +135,7 @@ def test_send_at_each_profiles_local_time(make_campaign, approve, team, segment)
     from zoneinfo import ZoneInfo
 
     from delivery.models import Delivery
-    from delivery.services import dispatch_prepare
+    from delivery.services.dispatches import dispatch_prepare
     from tests.factories import DeviceFactory, ProfileFactory
 
     paris = ZoneInfo("Europe/Paris")

@@ -70,7 +70,7 @@ def sim_session():
 @pytest.fixture
 def sim(sim_session, settings):
     """The push simulator, reset, with the test keys trusted; settings point the clients at it."""
-    from delivery.services import CLIENTS
+    from delivery.services.sending import CLIENTS
 
     sim = sim_session
     sim.state.reset()
@@ -93,7 +93,7 @@ def sim(sim_session, settings):
 @pytest.fixture
 def sim_app(sim, db):
     """An app with APNs and FCM credentials, sending to the simulator, with a high rate limit."""
-    from delivery.services import apns_key_parse, app_create, service_account_parse
+    from delivery.services.apps import apns_key_parse, app_create, service_account_parse
 
     return app_create(
         name=f"Sim app {secrets.token_hex(3)}",

@@ -5,7 +5,7 @@ from django.urls import reverse
 
 from accounts.services import access_grant
 from delivery.models import Delivery, Dispatch, PushContent
-from delivery.services import dispatch_recount
+from delivery.services.dispatches import dispatch_recount
 from tests.factories import AppFactory, DeviceFactory, ProfileFactory, PushContentFactory
 
 pytestmark = pytest.mark.django_db

@@ -14,7 +14,7 @@ from django.views.debug import technical_500_response
 
 from accounts.models import AuditEvent
 from delivery.models import App
-from delivery.services import apns_key_parse, app_create, app_test_connection, app_update, service_account_parse
+from delivery.services.apps import apns_key_parse, app_create, app_test_connection, app_update, service_account_parse
 from tests.fakes.pushsim import make_apns_credentials, make_fcm_credentials
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from accounts.services import access_grant
 from delivery.models import Delivery, Dispatch
-from delivery.services import dispatch_recount
+from delivery.services.dispatches import dispatch_recount
 from tests.factories import AppFactory, DeviceFactory, PushContentFactory
 
 pytestmark = pytest.mark.django_db

@@ -3,9 +3,8 @@
 import pytest
 from django.db.models import Count
 
-from delivery import services
 from delivery.models import Delivery, Dispatch
-from delivery.services import dispatch_create
+from delivery.services.dispatches import _GATES, dispatch_create, dispatch_gate_register
 from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory
 
 pytestmark = pytest.mark.django_db
@@ -13,11 +12,11 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def open_gate():
-    saved = dict(services._GATES)
-    services.dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=lambda **kwargs: None)
+    saved = dict(_GATES)
+    dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=lambda **kwargs: None)
     yield
-    services._GATES.clear()
-    services._GATES.update(saved)
+    _GATES.clear()
+    _GATES.update(saved)
 
 
 def test_ten_percent_transient_faults_end_in_one_accepted_send_or_a_reasoned_failure(

@@ -4,18 +4,18 @@ import pytest
 from django.core.exceptions import PermissionDenied
 from django.utils import timezone
 
-from delivery import services
 from delivery.models import Delivery, Device, Dispatch
-from delivery.services import (
+from delivery.services.contents import pushcontent_save, pushcontent_test_send
+from delivery.services.dispatches import (
+    _GATES,
     GateClosed,
     deliveries_expire_leases,
     dispatch_create,
+    dispatch_gate_register,
     dispatch_prepare,
-    dispatch_send,
     dispatch_stop,
-    pushcontent_save,
-    pushcontent_test_send,
 )
+from delivery.services.sending import _claim, dispatch_send
 from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory, SegmentMemberFactory
 
 pytestmark = pytest.mark.django_db
@@ -24,11 +24,11 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def open_gate():
     """A gate for API-triggered dispatches that lets everything through (campaigns test their own)."""
-    saved = dict(services._GATES)
-    services.dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=lambda **kwargs: None)
+    saved = dict(_GATES)
+    dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=lambda **kwargs: None)
     yield
-    services._GATES.clear()
-    services._GATES.update(saved)
+    _GATES.clear()
+    _GATES.update(saved)
 
 
 @pytest.fixture
@@ -265,7 +265,7 @@ def test_rows_of_a_dead_worker_become_unknown_after_the_lease_and_are_never_rese
         )
         dispatch_prepare(dispatch_id=dispatch.pk)
     # A worker claims two rows and dies before sending them.
-    claimed = services._claim(dispatch.pk, limit=2, now=timezone.now())
+    claimed = _claim(dispatch.pk, limit=2, now=timezone.now())
     assert len(claimed) == 2
 
     dispatch_send(dispatch_id=dispatch.pk)  # another worker sends the rest
@@ -292,16 +292,16 @@ def test_closed_gate_sends_nothing(sim_app):
     def refuse(**kwargs):
         raise GateClosed("Not approved.")
 
-    saved = dict(services._GATES)
-    services.dispatch_gate_register(kind="campaign", gate=refuse)
+    saved = dict(_GATES)
+    dispatch_gate_register(kind="campaign", gate=refuse)
     try:
         with pytest.raises(GateClosed):
             dispatch_create(
                 app_id=sim_app.pk, kind="campaign", spec=PushContentFactory(app=sim_app).spec(), profile_ids=[]
             )
     finally:
-        services._GATES.clear()
-        services._GATES.update(saved)
+        _GATES.clear()
+        _GATES.update(saved)
     assert not Dispatch.objects.exists()
 
 
@@ -349,7 +349,7 @@ def test_request_that_timed_out_after_sending_ends_unknown_and_is_not_resent(
 def test_app_without_apns_credentials_fails_ios_rows_with_the_reason(
     sim, open_gate, django_capture_on_commit_callbacks
 ):
-    from delivery.services import app_create
+    from delivery.services.apps import app_create
 
     app = app_create(name="No credentials", by=None, uses_simulator=True)
     content = PushContentFactory(app=app)
@@ -372,7 +372,7 @@ def test_device_deactivated_keeps_its_history(sim_app, sim, open_gate, django_ca
 def test_watchdog_restarts_a_dispatch_whose_send_tasks_were_lost(
     sim_app, sim, open_gate, django_capture_on_commit_callbacks
 ):
-    from delivery.services import dispatches_watch
+    from delivery.services.dispatches import dispatches_watch
 
     content = PushContentFactory(app=sim_app)
     profiles = ProfileFactory.create_batch(2)

@@ -6,7 +6,7 @@ from accounts.services import access_grant
 from audiences.models import Segment
 from campaigns.models import Campaign
 from delivery.models import PushContent
-from delivery.services import pushcontent_save
+from delivery.services.contents import pushcontent_save
 from tests.factories import DeviceFactory, ProfileFactory
 
 pytestmark = pytest.mark.browser

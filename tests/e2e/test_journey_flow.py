@@ -5,7 +5,7 @@ import pytest
 from accounts.services import access_grant
 from audiences.models import Segment
 from delivery.models import PushContent
-from delivery.services import pushcontent_save
+from delivery.services.contents import pushcontent_save
 from journeys.models import Journey
 from tests.factories import DeviceFactory, ProfileFactory
 

@@ -165,7 +165,7 @@ def pushsim(pushsim_server, settings, apns_credentials, fcm_credentials):
 @pytest.fixture
 def pushsim_app(db, pushsim, apns_credentials, fcm_credentials):
     """An App with both channels configured, sending to the simulator's TLS listeners."""
-    from delivery.services import apns_key_parse, app_create, service_account_parse
+    from delivery.services.apps import apns_key_parse, app_create, service_account_parse
 
     return app_create(
         name="Simulated",

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from audiences.services import events_ingest
 from delivery.models import Delivery, Dispatch
-from delivery.services import GateClosed, dispatch_create
+from delivery.services.dispatches import GateClosed, dispatch_create
 from journeys.models import Enrollment, Journey
 from journeys.selectors import version_step_stats
 from journeys.services import (
@@ -351,7 +351,8 @@ def test_two_engines_racing_run_each_enrollment_once_and_push_once(
     from django_q.conf import Conf
 
     from audiences.models import Profile
-    from delivery.services import dispatch_prepare, dispatch_send
+    from delivery.services.dispatches import dispatch_prepare
+    from delivery.services.sending import dispatch_send
     from journeys.services import _enter
 
     profiles = _profiles(60, sim_team, vips=vips, vip_count=60)

@@ -18,7 +18,7 @@ def world(sim_app, manager_alice, approver_bob, django_capture_on_commit_callbac
     from audiences.services import import_create
     from campaigns.services import campaign_create, campaign_submit, campaign_test_send
     from delivery.models import Delivery, Dispatch, PushContent
-    from delivery.services import pushcontent_save
+    from delivery.services.contents import pushcontent_save
     from journeys.models import Enrollment
     from journeys.services import journey_approve, journey_create, journey_submit
 

@@ -4,7 +4,7 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from delivery.models import PushContent
-from delivery.services import pushcontent_save
+from delivery.services.contents import pushcontent_save
 
 HOSTILE = [
     "javascript:alert(document.cookie)",

@@ -64,7 +64,7 @@ def test_app_credentials_are_in_no_answer_page_export_log_or_audit_event(
 
 
 def test_a_send_and_a_connection_test_log_no_credential(world, sim, caplog, admin_erin):
-    from delivery.services import app_test_connection
+    from delivery.services.apps import app_test_connection
 
     caplog.set_level(logging.DEBUG)
     app = world["delivery.app"]

@@ -1,0 +1,416 @@
+"""Apps and their channel credentials: parsing, create, update, connection checks.
+
+Credentials are validated before anything is written, so a bad upload saves nothing. They
+are encrypted at rest (``EncryptedTextField``), and only their fingerprint and the time they
+were set are ever shown again. No secret appears in an audit event, a log line or an
+exception message: errors name the field and the rule broken, never the value.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+from dataclasses import dataclass
+
+import google.auth.exceptions
+import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
+
+from accounts.encryption import fingerprint
+from accounts.models import User
+from accounts.selectors import can
+from accounts.services import access_grant, audit
+from delivery.models import App
+from delivery.providers.apns import ApnsClient, ApnsMessage
+from delivery.providers.fcm import FcmClient, FcmMessage
+from delivery.transport import Request, Response
+
+TEAM_ID = re.compile(r"^[A-Z0-9]{10}$")
+KEY_ID = re.compile(r"^[A-Z0-9]{10}$")
+BUNDLE_ID = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+SERVICE_ACCOUNT_FIELDS = ("type", "project_id", "private_key", "client_email", "token_uri")
+MAX_UPLOAD = 64 * 1024
+# Not a device token (not hex): APNs answers BadDeviceToken once the provider token passed.
+PROBE_DEVICE_TOKEN = "pushdeskconnectiontest"  # noqa: S105
+
+
+class Secret:
+    """An uploaded secret on its way to the database: its repr never shows the value."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class ServiceAccountInfo:
+    """What is read from a validated service-account JSON (the private key stays inside ``secret``)."""
+
+    secret: Secret
+    project_id: str
+    client_email: str
+
+
+@sensitive_variables("raw", "text", "key")
+def apns_key_parse(*, raw: bytes) -> Secret:
+    """Check an uploaded ``.p8`` file is an unencrypted EC P-256 private key in PKCS#8 PEM.
+
+    Raises ValidationError on ``apns_private_key`` naming what is wrong (never the content).
+    """
+    if len(raw) > MAX_UPLOAD:
+        raise ValidationError({"apns_private_key": "The .p8 file is too large to be an APNs key."})
+    try:
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ValidationError({"apns_private_key": "The .p8 file is not a text PEM file."}) from None
+    if not text.startswith("-----BEGIN PRIVATE KEY-----"):
+        raise ValidationError(
+            {"apns_private_key": "The .p8 file must be a PKCS#8 PEM private key (-----BEGIN PRIVATE KEY-----)."}
+        )
+    try:
+        key = serialization.load_pem_private_key(text.encode(), password=None)
+    except (ValueError, TypeError):
+        raise ValidationError({"apns_private_key": "The .p8 file is not a readable private key."}) from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ValidationError({"apns_private_key": "The .p8 key must be an EC P-256 key (APNs signs with ES256)."})
+    return Secret(text + "\n")
+
+
+@sensitive_variables("raw", "data", "key")
+def service_account_parse(*, raw: bytes) -> ServiceAccountInfo:
+    """Check an uploaded service-account JSON: its fields, and that ``private_key`` is an RSA key.
+
+    Raises ValidationError on ``fcm_service_account`` naming the missing or wrong field.
+    """
+    field = "fcm_service_account"
+    if len(raw) > MAX_UPLOAD:
+        raise ValidationError({field: "The service-account file is too large."})
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationError({field: "The service-account file is not JSON."}) from None
+    if not isinstance(data, dict):
+        raise ValidationError({field: "The service-account JSON must be an object."})
+    missing = [name for name in SERVICE_ACCOUNT_FIELDS if not isinstance(data.get(name), str) or not data.get(name)]
+    if missing:
+        raise ValidationError({field: f"The service-account JSON has no {', '.join(missing)}."})
+    if data["type"] != "service_account":
+        raise ValidationError({field: 'The JSON is not a service account ("type" must be "service_account").'})
+    try:
+        key = serialization.load_pem_private_key(data["private_key"].encode(), password=None)
+    except (ValueError, TypeError):
+        raise ValidationError({field: "The service account's private_key is not a readable PEM private key."}) from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValidationError({field: "The service account's private_key must be an RSA key."})
+    if "@" not in data["client_email"]:
+        raise ValidationError({field: "The service account's client_email is not an email address."})
+    token_uri = data["token_uri"]
+    if not (token_uri.startswith("https://") or token_uri.startswith(("http://127.0.0.1", "http://localhost"))):
+        raise ValidationError({field: "The service account's token_uri must be an https:// URL."})
+    return ServiceAccountInfo(
+        secret=Secret(json.dumps(data)), project_id=data["project_id"], client_email=data["client_email"]
+    )
+
+
+def _check_apns_fields(*, team_id: str, key_id: str, bundle_id: str, environment: str, has_key: bool) -> None:
+    """APNs is all or nothing: team id, key id, bundle id and a key, each well-formed."""
+    errors: dict[str, str] = {}
+    if team_id and not TEAM_ID.match(team_id):
+        errors["apns_team_id"] = "A team id is 10 capital letters or digits (Apple Developer account, Membership)."
+    if key_id and not KEY_ID.match(key_id):
+        errors["apns_key_id"] = "A key id is 10 capital letters or digits (shown beside the key in Apple's portal)."
+    if bundle_id and not BUNDLE_ID.match(bundle_id):
+        errors["apns_bundle_id"] = "A bundle id is reverse-DNS: letters, digits and hyphens in dot-separated parts."
+    if environment not in App.ApnsEnvironment.values:
+        errors["apns_environment"] = "Choose production or sandbox."
+    given = {"apns_team_id": team_id, "apns_key_id": key_id, "apns_bundle_id": bundle_id, "apns_private_key": has_key}
+    if any(given.values()):
+        labels = {
+            "apns_team_id": "a team id",
+            "apns_key_id": "a key id",
+            "apns_bundle_id": "a bundle id",
+            "apns_private_key": "a .p8 key",
+        }
+        for name, value in given.items():
+            if not value and name not in errors:
+                errors[name] = f"APNs needs {labels[name]} as well (or leave every APNs field empty)."
+    if errors:
+        raise ValidationError(errors)
+
+
+@sensitive_variables("apns_private_key", "fcm_service_account")
+def app_create(
+    *,
+    name: str,
+    by: User | None,
+    rate_limit_per_second: int = 1000,
+    uses_simulator: bool = False,
+    apns_team_id: str = "",
+    apns_key_id: str = "",
+    apns_bundle_id: str = "",
+    apns_environment: str = App.ApnsEnvironment.PRODUCTION,
+    apns_private_key: Secret | None = None,
+    fcm_service_account: ServiceAccountInfo | None = None,
+) -> App:
+    """Create an app with its channel credentials; the creator gets access to it.
+
+    Credentials come already parsed (``apns_key_parse``, ``service_account_parse``). Raises
+    PermissionDenied when ``by`` may not add apps (Administrators only; ``by=None`` is the
+    system), ValidationError naming each wrong field; nothing is saved then.
+    """
+    if by is not None and not by.has_perm("delivery.add_app"):
+        raise PermissionDenied("Only an Administrator can add apps.")
+    _check_apns_fields(
+        team_id=apns_team_id,
+        key_id=apns_key_id,
+        bundle_id=apns_bundle_id,
+        environment=apns_environment,
+        has_key=apns_private_key is not None,
+    )
+    if rate_limit_per_second < 1:
+        raise ValidationError({"rate_limit_per_second": "The rate limit must be at least 1 message per second."})
+    if App.objects.filter(name=name).exists():
+        raise ValidationError({"name": "An app with this name already exists."})
+    app = App(
+        name=name,
+        rate_limit_per_second=rate_limit_per_second,
+        uses_simulator=uses_simulator,
+        apns_team_id=apns_team_id,
+        apns_key_id=apns_key_id,
+        apns_bundle_id=apns_bundle_id,
+        apns_environment=apns_environment,
+        created_by=by if by is not None and by.pk else None,
+    )
+    changed = _set_secrets(app, apns_private_key=apns_private_key, fcm_service_account=fcm_service_account)
+    with transaction.atomic():
+        app.save()
+        audit(actor=by, action="app_created", obj=app, summary={"credentials": changed, **_credential_labels(app)})
+        if by is not None and by.pk:
+            access_grant(obj=app, to=by, by=None)
+    return app
+
+
+@sensitive_variables("apns_private_key", "fcm_service_account")
+def app_update(
+    *,
+    app_id: int,
+    by: User | None,
+    name: str | None = None,
+    rate_limit_per_second: int | None = None,
+    uses_simulator: bool | None = None,
+    apns_team_id: str | None = None,
+    apns_key_id: str | None = None,
+    apns_bundle_id: str | None = None,
+    apns_environment: str | None = None,
+    apns_private_key: Secret | None = None,
+    fcm_service_account: ServiceAccountInfo | None = None,
+    remove_apns: bool = False,
+    remove_fcm: bool = False,
+) -> App:
+    """Change an app: the fields given (None keeps a field), a replaced key or JSON, or a removed channel.
+
+    Locks the app row. Raises PermissionDenied when ``by`` may not change this app,
+    ValidationError naming each wrong field (nothing is saved then).
+    """
+    with transaction.atomic():
+        app = App.objects.select_for_update().get(pk=app_id)
+        if by is not None and not can(by, "delivery.change_app", app):
+            raise PermissionDenied("Only an Administrator with access to this app can change it.")
+        changed_fields = []
+        for field, value in (
+            ("name", name),
+            ("rate_limit_per_second", rate_limit_per_second),
+            ("uses_simulator", uses_simulator),
+            ("apns_team_id", apns_team_id),
+            ("apns_key_id", apns_key_id),
+            ("apns_bundle_id", apns_bundle_id),
+            ("apns_environment", apns_environment),
+        ):
+            if value is not None and getattr(app, field) != value:
+                setattr(app, field, value)
+                changed_fields.append(field)
+        if remove_apns:
+            app.apns_team_id = app.apns_key_id = app.apns_bundle_id = ""
+            app.apns_private_key = app.apns_private_key_fingerprint = ""
+            app.apns_private_key_set_at = None
+            changed_fields.append("apns_removed")
+        if remove_fcm:
+            app.fcm_service_account = app.fcm_service_account_fingerprint = ""
+            app.fcm_project_id = app.fcm_client_email = ""
+            app.fcm_service_account_set_at = None
+            changed_fields.append("fcm_removed")
+        _check_apns_fields(
+            team_id=app.apns_team_id,
+            key_id=app.apns_key_id,
+            bundle_id=app.apns_bundle_id,
+            environment=app.apns_environment,
+            has_key=bool(app.apns_private_key_fingerprint) or apns_private_key is not None,
+        )
+        if app.rate_limit_per_second < 1:
+            raise ValidationError({"rate_limit_per_second": "The rate limit must be at least 1 message per second."})
+        if App.objects.filter(name=app.name).exclude(pk=app.pk).exists():
+            raise ValidationError({"name": "An app with this name already exists."})
+        replaced = _set_secrets(app, apns_private_key=apns_private_key, fcm_service_account=fcm_service_account)
+        app.save()
+        audit(
+            actor=by,
+            action="app_changed",
+            obj=app,
+            summary={"fields": changed_fields, "credentials": replaced, **_credential_labels(app)},
+        )
+    return app
+
+
+@sensitive_variables("apns_private_key", "fcm_service_account")
+def _set_secrets(
+    app: App, *, apns_private_key: Secret | None, fcm_service_account: ServiceAccountInfo | None
+) -> list[str]:
+    now = timezone.now()
+    replaced = []
+    if apns_private_key is not None:
+        app.apns_private_key = apns_private_key.value
+        app.apns_private_key_fingerprint = fingerprint(apns_private_key.value)
+        app.apns_private_key_set_at = now
+        replaced.append("apns_private_key")
+    if fcm_service_account is not None:
+        app.fcm_service_account = fcm_service_account.secret.value
+        app.fcm_service_account_fingerprint = fingerprint(fcm_service_account.secret.value)
+        app.fcm_service_account_set_at = now
+        app.fcm_project_id = fcm_service_account.project_id
+        app.fcm_client_email = fcm_service_account.client_email
+        replaced.append("fcm_service_account")
+    return replaced
+
+
+def _credential_labels(app: App) -> dict:
+    """Non-secret labels of the credentials, for the audit log: fingerprints, never values."""
+    return {
+        "apns_key": app.apns_private_key_fingerprint or None,
+        "fcm_service_account": app.fcm_service_account_fingerprint or None,
+    }
+
+
+@dataclass(frozen=True)
+class ConnectionCheck:
+    """What one provider answered to "Test connection"."""
+
+    provider: str  # "APNs" or "FCM"
+    ok: bool
+    message: str
+
+
+def _httpx_client(url: str) -> httpx.Client:
+    verify: bool | ssl.SSLContext = True
+    if settings.PUSHDESK_CA_BUNDLE:
+        verify = ssl.create_default_context(cafile=settings.PUSHDESK_CA_BUNDLE)
+    if url.startswith("http://"):
+        return httpx.Client(http1=False, http2=True, timeout=15)  # h2c: the simulator on loopback
+    return httpx.Client(http2=True, verify=verify, timeout=15)
+
+
+def _post(url: str, request: Request) -> Response:
+    """Send one provider request through httpx (HTTP/2; h2c for http:// URLs) and read it as the transport would."""
+    headers = dict(line.split(": ", 1) for line in request.headers)
+    with _httpx_client(url) as http:
+        answer = http.post(request.url, headers=headers, content=request.body)
+    return Response(status=answer.status_code, headers=dict(answer.headers), body=answer.content)
+
+
+def _check_apns(app: App) -> ConnectionCheck:
+    """Mint a provider token and post it with a probe token: APNs checks the token before the device."""
+    client = ApnsClient.for_app(app, transport=_NoTransport())
+    request = client.build_request(ApnsMessage(token=PROBE_DEVICE_TOKEN, payload={"aps": {}}))
+    try:
+        response = _post(request.url, request)
+    except httpx.HTTPError as exc:
+        return ConnectionCheck("APNs", False, f"Could not reach APNs at {client.base_url}: {type(exc).__name__}.")
+    outcome = client.interpret(response)
+    if outcome.reason in ("BadDeviceToken", "Unregistered") or outcome.accepted:
+        return ConnectionCheck(
+            "APNs",
+            True,
+            f"APNs ({app.apns_environment}) accepted the provider token for team {app.apns_team_id}, "
+            f"key {app.apns_key_id}, topic {app.apns_bundle_id} (it answered {response.status} "
+            f"{outcome.reason or 'OK'} for a probe device token, as expected).",
+        )
+    return ConnectionCheck("APNs", False, f"APNs answered {response.status} {outcome.reason}.")
+
+
+def _check_fcm(app: App) -> ConnectionCheck:
+    """Obtain an OAuth access token, then ask FCM to validate (not send) a message to a topic."""
+    info = json.loads(app.fcm_service_account)
+    with _httpx_client(info["token_uri"]) as token_http:
+        client = FcmClient.for_app(app, transport=_NoTransport(), http=token_http)
+        try:
+            token = client.access_token.get()
+        except google.auth.exceptions.GoogleAuthError as exc:
+            detail = str(exc.args[0]) if exc.args else type(exc).__name__
+            return ConnectionCheck("FCM", False, f"The token endpoint refused the service account: {detail[:200]}")
+    probe = FcmMessage(
+        message={"topic": "pushdesk-connection-test", "notification": {"title": "Connection test"}}, validate_only=True
+    )
+    request = client.build_request(probe, token)
+    try:
+        response = _post(request.url, request)
+    except httpx.HTTPError as exc:
+        return ConnectionCheck("FCM", False, f"Could not reach FCM at {client.base_url}: {type(exc).__name__}.")
+    outcome = client.interpret(response)
+    if outcome.accepted:
+        return ConnectionCheck(
+            "FCM",
+            True,
+            f"FCM accepted a validate-only message for project {app.fcm_project_id} "
+            f"as {app.fcm_client_email} ({outcome.provider_id}).",
+        )
+    return ConnectionCheck(
+        "FCM", False, f"FCM answered {response.status} {outcome.reason}: {outcome.detail or 'no detail'}"
+    )
+
+
+class _NoTransport:
+    """Test connection goes through httpx; the provider clients only build and read its requests."""
+
+    def send(self, requests):
+        raise RuntimeError("Test connection sends through httpx")
+
+    def close(self) -> None:
+        pass
+
+
+def app_test_connection(*, app_id: int, by: User) -> list[ConnectionCheck]:
+    """Check each configured channel of an app against its provider, and audit the answers.
+
+    APNs: a freshly minted provider token, posted with a probe device token. FCM: an OAuth
+    access token from the token URI, then a ``validate_only`` message. Raises
+    PermissionDenied when ``by`` may not test this app's connection.
+    """
+    app = App.objects.get(pk=app_id)
+    if not can(by, "delivery.test_connection_app", app):
+        raise PermissionDenied("Only an Administrator with access to this app can test its connection.")
+    checks = []
+    if app.apns_configured:
+        checks.append(_check_apns(app))
+    if app.fcm_configured:
+        checks.append(_check_fcm(app))
+    if not checks:
+        checks.append(ConnectionCheck("-", False, "This app has no APNs or FCM credentials yet."))
+    audit(
+        actor=by,
+        action="app_connection_tested",
+        obj=app,
+        summary={c.provider: "ok" if c.ok else "failed" for c in checks},
+    )
+    return checks

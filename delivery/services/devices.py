@@ -1,0 +1,146 @@
+"""Devices: token checks, registration, opt-in, invalidation and the test flag."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import User
+from accounts.selectors import can
+from accounts.services import audit
+from audiences.models import Profile
+from delivery.models import App, Device, Platform
+
+_APNS_TOKEN = re.compile(r"^[0-9a-fA-F]{64,200}$")
+_FCM_TOKEN = re.compile(r"^[A-Za-z0-9_:\-.]{20,512}$")
+
+
+def device_token_check(*, platform: str, token: str) -> None:
+    """Raise ValidationError naming the field when the platform or the token is not acceptable."""
+    if platform not in Platform.values:
+        raise ValidationError({"platform": f"Unknown platform '{platform}'; use {' or '.join(Platform.values)}."})
+    if not token:
+        raise ValidationError({"token": "The token is empty."})
+    if platform == Platform.IOS and (not _APNS_TOKEN.match(token) or len(token) % 2):
+        raise ValidationError({"token": "An APNs device token is hexadecimal: an even number of 64 to 200 digits."})
+    if platform == Platform.ANDROID and not _FCM_TOKEN.match(token):
+        raise ValidationError(
+            {"token": "An FCM registration token is 20 to 512 characters of letters, digits and _ : - ."}
+        )
+
+
+def _ensure_device_write(by: User, app: App) -> None:
+    if not by.has_perm("delivery.change_device") or not can(by, "delivery.view_app", app):
+        raise PermissionDenied("You may not register devices for this app.")
+
+
+def device_register(
+    *,
+    app_id: int,
+    external_id: str,
+    platform: str,
+    token: str,
+    by: User,
+    push_enabled: bool = True,
+    is_test: bool = False,
+) -> Device:
+    """Register (or re-register) a push token for the profile ``external_id``.
+
+    The profile is created when it does not exist yet. A token already known for the app is
+    moved to this profile and made active again (a dead token comes back to life only this way).
+    Raises ValidationError on a bad platform or token, PermissionDenied without device write
+    access to the app.
+    """
+    from audiences.services import profile_upsert
+
+    device_token_check(platform=platform, token=token)
+    app = App.objects.get(pk=app_id)
+    _ensure_device_write(by, app)
+    now = timezone.now()
+    with transaction.atomic():
+        profile = Profile.objects.filter(external_id=external_id).first()
+        if profile is None:
+            profile_upsert(external_id=external_id, by=by)
+            profile = Profile.objects.get(external_id=external_id)
+        device, created = Device.objects.select_for_update().update_or_create(
+            app=app,
+            token=token,
+            defaults={
+                "profile": profile,
+                "platform": platform,
+                "push_enabled": push_enabled,
+                "is_test": is_test,
+                "active": True,
+                "invalidated_at": None,
+                "invalidated_reason": "",
+                "last_registered_at": now,
+            },
+        )
+        audit(
+            actor=by,
+            action="device_registered" if created else "device_reregistered",
+            obj=device,
+            summary={"profile": external_id, "platform": platform, "push_enabled": push_enabled},
+        )
+    return device
+
+
+def device_opt_in_set(*, app_id: int, token: str, push_enabled: bool, by: User) -> Device:
+    """Record the phone's notification opt-in for a registered token. Raises Device.DoesNotExist."""
+    app = App.objects.get(pk=app_id)
+    _ensure_device_write(by, app)
+    with transaction.atomic():
+        device = Device.objects.select_for_update().get(app=app, token=token)
+        if device.push_enabled != push_enabled:
+            device.push_enabled = push_enabled
+            device.save(update_fields=["push_enabled"])
+            audit(actor=by, action="device_opt_in_changed", obj=device, summary={"push_enabled": push_enabled})
+    return device
+
+
+def device_unregister(*, app_id: int, token: str, by: User) -> Device:
+    """Deactivate a token at the app's request (logout, uninstall). Raises Device.DoesNotExist."""
+    app = App.objects.get(pk=app_id)
+    _ensure_device_write(by, app)
+    with transaction.atomic():
+        device = Device.objects.select_for_update().get(app=app, token=token)
+        if device.active:
+            device.active = False
+            device.invalidated_at = timezone.now()
+            device.invalidated_reason = "unregistered"
+            device.save(update_fields=["active", "invalidated_at", "invalidated_reason"])
+            audit(actor=by, action="device_unregistered", obj=device)
+    return device
+
+
+def devices_invalidate(*, reasons: dict[int, str], when: datetime | None = None) -> int:
+    """Deactivate devices whose token a provider called dead; return how many changed."""
+    when = when or timezone.now()
+    changed = 0
+    by_reason: dict[str, list[int]] = {}
+    for device_id, reason in reasons.items():
+        by_reason.setdefault(reason, []).append(device_id)
+    for reason, ids in by_reason.items():
+        changed += Device.objects.filter(pk__in=ids, active=True).update(
+            active=False, invalidated_at=when, invalidated_reason=reason[:100]
+        )
+    return changed
+
+
+def devices_test_flag_set(*, device_ids: list[int], is_test: bool, by: User) -> int:
+    """Mark devices as test devices (or not); return how many changed. Only devices of apps ``by`` may write."""
+    from delivery.selectors import devices_visible_to
+
+    if not by.has_perm("delivery.change_device"):
+        raise PermissionDenied("You may not change devices.")
+    with transaction.atomic():
+        rows = devices_visible_to(by).filter(pk__in=device_ids).exclude(is_test=is_test)
+        changed = list(rows.values_list("pk", flat=True))
+        Device.objects.filter(pk__in=changed).update(is_test=is_test)
+        for device in Device.objects.filter(pk__in=changed):
+            audit(actor=by, action="device_test_flag_set", obj=device, summary={"is_test": is_test})
+    return len(changed)

@@ -1,0 +1,331 @@
+"""Dispatches: the gate, create, prepare, stop, recount, complete and the watchdog.
+
+The path of a send (DESIGN.md, "The send pipeline"):
+
+1. ``dispatch_create`` asks the gate of its kind (campaigns plug approval in with
+   ``dispatch_gate_register``), freezes the content on the Dispatch and queues ``dispatch_prepare``.
+2. ``dispatch_prepare`` resolves the audience to deliveries with one ``INSERT … SELECT``
+   (skips recorded with their reason) and starts ``PUSHDESK_SEND_TASKS`` send tasks.
+3. ``dispatch_send`` (``delivery.services.sending``) claims, sends and writes back in batches.
+4. A claimed row carries a lease: a worker that dies leaves rows ``sending``;
+   ``deliveries_expire_leases`` turns them ``unknown`` once the lease is over. They are never
+   sent again: a duplicate push is worse than a missing one. ``dispatches_watch`` runs every
+   minute, finishes dispatches and restarts those whose send tasks were lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import connection, transaction
+from django.db.models import Count, F, Q, QuerySet
+from django.utils import timezone
+
+from accounts.models import User
+from accounts.selectors import can
+from accounts.services import audit
+from audiences.models import Profile
+from delivery.models import App, Delivery, Dispatch, PushContent
+from delivery.payloads import (
+    spec_validate,
+)
+from delivery.rules import local_time_apply, rules_apply
+
+DS = Delivery.Status
+
+
+class GateClosed(PermissionDenied):
+    """The gate of a dispatch's kind refused it (not approved, not live, outside its schedule...)."""
+
+
+DispatchGate = Callable[..., None]
+_GATES: dict[str, DispatchGate] = {}
+
+
+def dispatch_gate_register(*, kind: str, gate: DispatchGate) -> None:
+    """Plug the gate of a dispatch kind: ``gate(app=, source_id=, spec=, by=)`` raises GateClosed to refuse.
+
+    Campaigns register theirs (approved, live, fingerprint unchanged) when their app loads.
+    A kind without a gate is refused: the send path fails closed.
+    """
+    _GATES[kind] = gate
+
+
+def _test_gate(*, app: App, source_id: int | None, spec: dict, by: User | None) -> None:
+    if by is None or not by.has_perm("delivery.test_send_pushcontent"):
+        raise GateClosed("Your role may not send tests.")
+    content = PushContent.objects.filter(pk=source_id, app=app).first()
+    if content is None or not can(by, "delivery.test_send_pushcontent", content):
+        raise GateClosed("You have no access to this push content.")
+
+
+_GATES[Dispatch.Kind.TEST] = _test_gate
+
+
+def dispatch_create(
+    *,
+    app_id: int,
+    kind: str,
+    spec: dict,
+    by: User | None = None,
+    content_id: int | None = None,
+    segment_id: int | None = None,
+    profile_ids: list[int] | None = None,
+    context: dict | None = None,
+    source_id: int | None = None,
+    label: str = "",
+    rate_limit_per_second: int | None = None,
+    purpose: str = "marketing",
+    local_time: str = "",
+    local_default_timezone: str = "",
+) -> Dispatch:
+    """Open a send run after its gate agrees; the audience is resolved and sent by worker tasks.
+
+    ``spec`` (a PushContent's ``spec()``) is copied and frozen on the Dispatch. The audience is
+    ``segment_id``, or ``profile_ids``, or, for a test send, the app's test devices.
+    Raises GateClosed when the kind's gate refuses (or the kind has none), ValidationError when
+    the spec is not sendable.
+    """
+    app = App.objects.get(pk=app_id)
+    gate = _GATES.get(kind)
+    if gate is None:
+        raise GateClosed(f"No gate is registered for '{kind}' dispatches: nothing is sent.")
+    gate(app=app, source_id=source_id, spec=spec, by=by)
+    spec_validate(spec)
+    if kind != Dispatch.Kind.TEST and segment_id is None and profile_ids is None:
+        raise ValidationError({"audience": "A dispatch needs a segment or a list of profiles."})
+    with transaction.atomic():
+        dispatch = Dispatch.objects.create(
+            app=app,
+            kind=kind,
+            source_id=source_id,
+            label=label[:300],
+            content_id=content_id,
+            content_spec=dict(spec),
+            context=context or {},
+            segment_id=segment_id,
+            profile_ids=list(profile_ids) if profile_ids is not None else None,
+            rate_limit_per_second=rate_limit_per_second,
+            purpose=purpose,
+            local_time=local_time,
+            local_default_timezone=local_default_timezone,
+            created_by=by if by is not None and by.pk else None,
+        )
+        audit(actor=by, action="dispatch_created", obj=dispatch, summary={"kind": kind, "source_id": source_id})
+        _enqueue_on_commit("delivery.tasks.dispatch_prepare_task", dispatch.pk)
+    return dispatch
+
+
+def _enqueue_on_commit(func: str, *args) -> None:
+    from django_q.tasks import async_task
+
+    transaction.on_commit(lambda: async_task(func, *args, q_options={"timeout": _task_timeout()}))
+
+
+def _enqueue(func: str, *args) -> None:
+    from django_q.tasks import async_task
+
+    async_task(func, *args, q_options={"timeout": _task_timeout()})
+
+
+def _task_timeout() -> int:
+    return int(settings.PUSHDESK_SEND_TASK_SECONDS + settings.PUSHDESK_SEND_LEASE_SECONDS)
+
+
+def _dt(value: datetime | None):
+    return connection.ops.adapt_datetimefield_value(value) if value is not None else None
+
+
+def _audience_sql(dispatch: Dispatch) -> tuple[str, list]:
+    """The SELECT of the profiles targeted (one column, ``id``) and its parameters."""
+    if dispatch.segment_id is not None:
+        from audiences.models import Segment
+        from audiences.rules import segment_profiles
+
+        segment = Segment.objects.filter(pk=dispatch.segment_id).first()
+        audience: QuerySet = segment_profiles(segment) if segment is not None else Profile.objects.none()
+    else:
+        audience = Profile.objects.filter(pk__in=dispatch.profile_ids or [])
+    if audience.query.is_empty():
+        return "SELECT id FROM audiences_profile WHERE 1 = 0", []
+    sql, params = audience.order_by().values("id").query.sql_with_params()
+    return sql, list(params)
+
+
+def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
+    """Resolve the audience to deliveries (one INSERT … SELECT) and start the send tasks.
+
+    Idempotent: runs only while the dispatch is ``preparing``; the insert skips rows that exist.
+    Every targeted profile gets a row: its devices (``queued``, or ``skipped`` / ``not_opted_in``)
+    or one ``skipped`` / ``no_device`` row. With ``send_inline``, a dispatch small enough for one
+    send task is left to the caller (returns True), which saves a trip through the queue.
+    """
+    inline = False
+    now = timezone.now()
+    with transaction.atomic():
+        dispatch = Dispatch.objects.select_for_update().filter(pk=dispatch_id).first()
+        if dispatch is None or dispatch.status != Dispatch.Status.PREPARING:
+            return False
+        status_sql = (
+            f"CASE WHEN dev.id IS NULL THEN '{DS.SKIPPED}' WHEN dev.push_enabled THEN '{DS.QUEUED}' "
+            f"ELSE '{DS.SKIPPED}' END"
+        )
+        reason_sql = "CASE WHEN dev.id IS NULL THEN 'no_device' WHEN dev.push_enabled THEN '' ELSE 'not_opted_in' END"
+        finished_sql = "CASE WHEN dev.id IS NOT NULL AND dev.push_enabled THEN NULL ELSE %s END"
+        columns = "dispatch_id, device_id, profile_id, status, reason, provider_message_id, attempts, finished_at"
+        if dispatch.kind == Dispatch.Kind.TEST:
+            sql = (
+                f"INSERT INTO delivery_delivery ({columns}) "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
+                f"SELECT %s, dev.id, dev.profile_id, {status_sql}, {reason_sql}, '', 0, {finished_sql} "
+                "FROM delivery_device dev WHERE dev.app_id = %s AND dev.is_test AND dev.active "
+                "ON CONFLICT DO NOTHING"
+            )
+            params = [dispatch.pk, _dt(now), dispatch.app_id]
+        else:
+            audience_sql, audience_params = _audience_sql(dispatch)
+            sql = (
+                f"INSERT INTO delivery_delivery ({columns}) "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
+                f"SELECT %s, dev.id, p.id, {status_sql}, {reason_sql}, '', 0, {finished_sql} "
+                f"FROM ({audience_sql}) p "
+                "LEFT JOIN delivery_device dev ON dev.profile_id = p.id AND dev.app_id = %s AND dev.active "
+                "WHERE 1 = 1 ON CONFLICT DO NOTHING"
+            )
+            params = [dispatch.pk, _dt(now), *audience_params, dispatch.app_id]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+        local_time_apply(dispatch=dispatch, now=now)
+        held = rules_apply(dispatch=dispatch, now=now)
+        if held:
+            audit(actor=None, action="dispatch_rules_applied", obj=dispatch, summary=held)
+        counts = dict(
+            Delivery.objects.filter(dispatch_id=dispatch.pk).values_list("status").annotate(n=Count("id")).order_by()
+        )
+        dispatch.total = sum(counts.values())
+        dispatch.skipped = counts.get(DS.SKIPPED, 0)
+        dispatch.status = Dispatch.Status.SENDING
+        dispatch.started_at = now
+        dispatch.save(update_fields=["total", "skipped", "status", "started_at"])
+        audit(actor=None, action="dispatch_started", obj=dispatch, summary={"total": dispatch.total})
+        if counts.get(DS.QUEUED, 0):
+            tasks = max(1, min(settings.PUSHDESK_SEND_TASKS, -(-counts[DS.QUEUED] // settings.PUSHDESK_SEND_BATCH)))
+            inline = send_inline and tasks == 1
+            for _ in range(0 if inline else tasks):
+                _enqueue_on_commit("delivery.tasks.dispatch_send_task", dispatch.pk)
+    if not counts.get(DS.QUEUED, 0):
+        dispatch_complete_if_done(dispatch_id=dispatch_id)
+    return inline
+
+
+def dispatch_stop(*, dispatch_id: int, by: User) -> Dispatch:
+    """Stop a dispatch: its queued rows become ``skipped`` / ``stopped``; rows in flight finish.
+
+    Raises PermissionDenied without ``delivery.stop_dispatch`` on it; stopping a finished
+    dispatch changes nothing.
+    """
+    with transaction.atomic():
+        dispatch = Dispatch.objects.select_for_update().get(pk=dispatch_id)
+        if not can(by, "delivery.stop_dispatch", dispatch):
+            raise PermissionDenied("You may not stop this dispatch.")
+        if dispatch.status in Dispatch.FINAL_STATUSES:
+            return dispatch
+        stopped = Delivery.objects.filter(dispatch_id=dispatch.pk, status=DS.QUEUED).update(
+            status=DS.SKIPPED, reason="stopped", finished_at=timezone.now(), next_attempt_at=None
+        )
+        dispatch.status = Dispatch.Status.STOPPED
+        dispatch.finished_at = timezone.now()
+        dispatch.skipped = F("skipped") + stopped
+        dispatch.save(update_fields=["status", "finished_at", "skipped"])
+        audit(actor=by, action="dispatch_stopped", obj=dispatch, summary={"stopped": stopped})
+    dispatch.refresh_from_db()
+    return dispatch
+
+
+def dispatch_recount(*, dispatch_id: int) -> Dispatch:
+    """Set a dispatch's counters from its rows (one GROUP BY); used when it finishes."""
+    counts = dict(
+        Delivery.objects.filter(dispatch_id=dispatch_id).values_list("status").annotate(n=Count("id")).order_by()
+    )
+    opened = Delivery.objects.filter(dispatch_id=dispatch_id, opened_at__isnull=False).count()
+    Dispatch.objects.filter(pk=dispatch_id).update(
+        total=sum(counts.values()),
+        accepted=counts.get(DS.ACCEPTED, 0),
+        failed=counts.get(DS.FAILED, 0),
+        skipped=counts.get(DS.SKIPPED, 0),
+        unknown=counts.get(DS.UNKNOWN, 0),
+        opened=opened,
+    )
+    return Dispatch.objects.get(pk=dispatch_id)
+
+
+def dispatch_complete_if_done(*, dispatch_id: int) -> bool:
+    """Mark a sending dispatch ``done`` once no row is queued or in flight; True when it is final."""
+    busy = Delivery.objects.filter(dispatch_id=dispatch_id, status__in=(DS.QUEUED, DS.SENDING)).exists()
+    if busy:
+        return False
+    with transaction.atomic():
+        dispatch = Dispatch.objects.select_for_update().get(pk=dispatch_id)
+        if dispatch.status == Dispatch.Status.SENDING:
+            dispatch.status = Dispatch.Status.DONE
+            dispatch.finished_at = timezone.now()
+            dispatch.save(update_fields=["status", "finished_at"])
+            dispatch = dispatch_recount(dispatch_id=dispatch_id)
+            audit(
+                actor=None,
+                action="dispatch_done",
+                obj=dispatch,
+                summary={"accepted": dispatch.accepted, "failed": dispatch.failed, "unknown": dispatch.unknown},
+            )
+    if Dispatch.objects.filter(pk=dispatch_id, status=Dispatch.Status.STOPPED).exists():
+        dispatch_recount(dispatch_id=dispatch_id)
+    return True
+
+
+def deliveries_expire_leases(*, now: datetime | None = None) -> int:
+    """Turn rows whose lease ran out while ``sending`` into ``unknown`` (never re-sent); return how many.
+
+    Also finishes the dispatches this completes, and restarts sending for dispatches whose
+    send tasks were lost (queued rows ready, nobody claiming them).
+    """
+    now = now or timezone.now()
+    expired = list(
+        Delivery.objects.filter(status=DS.SENDING, lease_expires_at__lt=now)
+        .values_list("dispatch_id")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    total = 0
+    for dispatch_id, _ in expired:
+        changed = Delivery.objects.filter(dispatch_id=dispatch_id, status=DS.SENDING, lease_expires_at__lt=now).update(
+            status=DS.UNKNOWN, reason="lease_expired", lease_expires_at=None, finished_at=now
+        )
+        Dispatch.objects.filter(pk=dispatch_id).update(unknown=F("unknown") + changed)
+        total += changed
+        dispatch_complete_if_done(dispatch_id=dispatch_id)
+    return total
+
+
+def dispatches_watch(*, now: datetime | None = None) -> list[int]:
+    """The watchdog (every minute): expire leases, and restart dispatches whose tasks were lost.
+
+    A dispatch is restarted when it is ``sending`` with queued rows ready to go and none in
+    flight, a lease's length after it started. Returns the restarted dispatch ids.
+    """
+    now = now or timezone.now()
+    deliveries_expire_leases(now=now)
+    restarted = []
+    quiet_since = now - timedelta(seconds=settings.PUSHDESK_SEND_LEASE_SECONDS)
+    for dispatch in Dispatch.objects.filter(status=Dispatch.Status.SENDING, started_at__lt=quiet_since).only("id"):
+        rows = Delivery.objects.filter(dispatch_id=dispatch.pk)
+        if rows.filter(status=DS.SENDING).exists():
+            continue
+        queued = rows.filter(status=DS.QUEUED)
+        if queued.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)).exists():
+            _enqueue("delivery.tasks.dispatch_send_task", dispatch.pk)
+            restarted.append(dispatch.pk)
+        elif not queued.exists():
+            dispatch_complete_if_done(dispatch_id=dispatch.pk)
+        # Rows held for later (a retry, quiet hours, local time) wait for their own schedule.
+    return restarted

@@ -1,0 +1,43 @@
+"""Opens: a tap on a notification, reported once per delivery."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from accounts.models import User
+from delivery.models import Delivery, Dispatch
+
+
+class AlreadyOpened(ValidationError):
+    """An open was already reported for this delivery."""
+
+
+def delivery_open_report(*, delivery_id: int, app_id: int, by: User, when: datetime | None = None) -> Delivery:
+    """Record that the user tapped the notification: sets ``opened_at`` once.
+
+    Raises Delivery.DoesNotExist when the delivery is not one of ``app_id``'s (or not visible
+    to ``by``), AlreadyOpened when an open was already reported.
+    """
+    from delivery.selectors import dispatches_visible_to
+
+    with transaction.atomic():
+        delivery = (
+            Delivery.objects.select_for_update()
+            .filter(
+                pk=delivery_id,
+                dispatch__app_id=app_id,
+                dispatch__in=dispatches_visible_to(by).values("pk"),
+            )
+            .get()
+        )
+        if delivery.opened_at is not None:
+            raise AlreadyOpened({"delivery": "An open was already reported for this delivery."}, code="already_opened")
+        delivery.opened_at = when or timezone.now()
+        delivery.save(update_fields=["opened_at"])
+        Dispatch.objects.filter(pk=delivery.dispatch_id).update(opened=F("opened") + 1)
+    return delivery
