@@ -144,7 +144,9 @@ if not DATABASE_URL:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASE_URL = f"sqlite:///{VAR_DIR / 'pushdesk.sqlite3'}"
 try:
-    _db = dj_database_url.parse(DATABASE_URL, conn_max_age=0 if DEBUG else 60)
+    # Connections are kept 60 s in production and checked before each request reuses one, so a
+    # database restart costs a reconnect, not an error on the next request.
+    _db = dj_database_url.parse(DATABASE_URL, conn_max_age=0 if DEBUG else 60, conn_health_checks=True)
 except Exception as exc:  # dj_database_url raises ValueError and friends with unhelpful text
     _refuse_start(
         f"DATABASE_URL is malformed ({exc.__class__.__name__}); set it to "

@@ -6,12 +6,13 @@ no device gets a message twice (counted at the simulator), rows the workers coul
 for end ``unknown`` (never re-sent) and stay within the in-flight window, and the dispatch's
 admin page says what happened.
 
-The PostgreSQL and Redis tests restart the machine's servers (``pg_ctlcluster``, ``redis-server``
-as .ci/run starts them); a fixture starts them again whatever happens.
+Everything here runs on a PostgreSQL and a Redis of their own, started for these tests on free
+ports and thrown away afterwards (``conftest.py``, ``servers.py``): the tests restart those, never
+the servers the rest of the suite (or anything else on the machine) uses, and the last test shows
+that a connection to those and a key in their Redis outlived the faults.
 """
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -40,11 +41,8 @@ pytestmark = [
         not settings.REDIS_URL or settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
         reason="needs PostgreSQL and Redis (real worker processes)",
     ),
+    pytest.mark.usefixtures("own_servers"),
 ]
-needs_service_control = pytest.mark.skipif(
-    not (shutil.which("pg_ctlcluster") and shutil.which("redis-server") and Path("/etc/postgresql").is_dir()),
-    reason="needs the machine's pg_ctlcluster and redis-server to restart the servers",
-)
 
 
 class Workers:
@@ -190,78 +188,6 @@ def assert_the_admin_says_what_happened(client, admin_erin, dispatch, statuses) 
         assert escape(reason) in page, reason
 
 
-@pytest.fixture
-def postgres_server():
-    """Restart the machine's PostgreSQL; whatever happens, it is running again after the test."""
-    version = sorted(os.listdir("/etc/postgresql"))[-1]
-
-    def ready() -> bool:
-        return subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", "5432", "-q"], check=False).returncode == 0
-
-    def wait_ready() -> None:
-        deadline = time.monotonic() + 60
-        while not ready() and time.monotonic() < deadline:
-            time.sleep(0.5)
-
-    def restart() -> None:
-        subprocess.run(
-            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True, timeout=120
-        )
-        wait_ready()
-
-    yield restart
-    if not ready():
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], check=False)
-        wait_ready()
-    reconnect()
-
-
-REDIS_START = [
-    "redis-server",
-    "--daemonize",
-    "yes",
-    "--bind",
-    "127.0.0.1",
-    "-::1",
-    "--port",
-    "6379",
-    "--save",
-    "",
-    "--appendonly",
-    "no",
-    "--dir",
-    "/var/lib/redis",
-    "--logfile",
-    "/var/log/redis/ci.log",
-]
-
-
-@pytest.fixture
-def redis_server():
-    """Restart the machine's Redis (losing what it held); whatever happens, it is running again after the test."""
-
-    def up() -> bool:
-        return subprocess.run(["redis-cli", "ping"], capture_output=True, check=False).returncode == 0
-
-    def wait(state: bool) -> None:
-        deadline = time.monotonic() + 30
-        while up() != state and time.monotonic() < deadline:
-            time.sleep(0.2)
-
-    def restart(down_for: float = 2.0) -> None:
-        subprocess.run(["redis-cli", "shutdown", "nosave"], capture_output=True, check=False)
-        wait(False)
-        time.sleep(down_for)
-        subprocess.run(REDIS_START, check=True)
-        wait(True)
-
-    yield restart
-    if not up():
-        subprocess.run(REDIS_START, check=False)
-        wait(True)
-
-
-@needs_service_control
 def test_postgresql_restarted_during_a_send_loses_and_duplicates_nothing(
     transactional_db, sim, sim_app, manager_alice, admin_erin, client, postgres_server, tmp_path
 ):
@@ -283,7 +209,6 @@ def test_postgresql_restarted_during_a_send_loses_and_duplicates_nothing(
     assert_the_admin_says_what_happened(client, admin_erin, dispatch, statuses)
 
 
-@needs_service_control
 def test_redis_restarted_during_a_send_loses_and_duplicates_nothing(
     transactional_db, sim, sim_app, manager_alice, admin_erin, client, redis_server, tmp_path
 ):
@@ -447,3 +372,70 @@ def test_a_worker_killed_during_a_journey_run_loses_and_duplicates_nothing(
     client.force_login(admin_erin)
     page = client.get(f"/admin/journeys/journey/{Journey.objects.get(pk=journey.pk).pk}/change/").content.decode()
     assert "pushed" in page.lower()
+
+
+def test_web_requests_after_a_postgresql_restart_get_no_error(
+    transactional_db, manager_alice, api_key_for, postgres_server, tmp_path
+):
+    """A production web worker keeps its connection (CONN_MAX_AGE); after a restart cut it, the health
+    check (CONN_HEALTH_CHECKS) replaces it before the next request uses it: no 500."""
+    import httpx
+    from cryptography.fernet import Fernet
+
+    from tests.faults.servers import free_port
+
+    raw_key = api_key_for(manager_alice).raw_key
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PUSHDESK_", "DEBUG"))}
+    env.update(
+        PUSHDESK_MODE="production",
+        SECRET_KEY="a-test-only-secret-key-" + uuid.uuid4().hex * 2,
+        PUSHDESK_ENCRYPTION_KEY=Fernet.generate_key().decode(),
+        DATABASE_URL=_database_url(),
+        REDIS_URL=settings.REDIS_URL,
+        ALLOWED_HOSTS="127.0.0.1",
+        PUSHDESK_VAR_DIR=str(tmp_path),
+    )
+    log_path = tmp_path / "gunicorn.log"
+    with open(log_path, "ab") as log:
+        web = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "config.wsgi", "--workers", "1", "--bind", f"127.0.0.1:{port}"],
+            cwd=settings.BASE_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def me() -> int:
+        headers = {"Authorization": f"Bearer {raw_key}", "X-Forwarded-Proto": "https"}
+        return httpx.get(f"http://127.0.0.1:{port}/api/v1/me/", headers=headers, timeout=30).status_code
+
+    def answers() -> bool:
+        try:
+            return me() == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        assert _wait_for(answers, timeout=60, step=0.5), log_path.read_text(errors="replace")[-4000:]
+        assert me() == 200  # the worker now holds a connection
+        postgres_server()
+        statuses = [me() for _ in range(3)]
+        assert statuses == [200, 200, 200], log_path.read_text(errors="replace")[-4000:]
+    finally:
+        import signal
+
+        os.killpg(web.pid, signal.SIGTERM)
+        web.wait(30)
+
+
+def test_the_servers_the_suite_shares_outlive_the_fault_tests(transactional_db, machine_servers, own_servers):
+    """Runs last: the connection opened before the faults still answers, from the same server process,
+    and the key written to the shared Redis is still there."""
+    assert own_servers.postgres.port not in machine_servers.ports
+    assert own_servers.redis.port not in machine_servers.ports
+    pid, started = machine_servers.database.execute("SELECT pg_backend_pid(), pg_postmaster_start_time()").fetchone()
+    assert (pid, started) == (machine_servers.backend_pid, machine_servers.postmaster_started)
+    assert machine_servers.redis.get(machine_servers.key) == machine_servers.value.encode()
+    assert machine_servers.redis.info("server")["run_id"] == machine_servers.redis_run_id
