@@ -21,7 +21,8 @@ from django.utils.http import urlencode
 from accounts.admin import AccessAdmin, BigTableAdmin, ObjectAccessAdminMixin, ScopedAdmin
 from accounts.selectors import visible_to
 from audiences.models import Event, Import, Profile, Segment
-from audiences.rules import COLUMNS, OPERATOR_LABELS, OPERATORS, RELATIVE_UNITS, TYPES, RulesInvalid, rules_validate
+from audiences.rules.schema import COLUMNS, OPERATOR_LABELS, OPERATORS, RELATIVE_UNITS, TYPES, RulesInvalid
+from audiences.rules.validation import rules_validate
 from audiences.selectors import (
     attribute_keys,
     event_names,
@@ -32,9 +33,8 @@ from audiences.selectors import (
     profiles_visible_to,
     segments_visible_to,
 )
-from audiences.services import (
-    import_create,
-    import_restart,
+from audiences.services.imports import import_create, import_restart
+from audiences.services.segments import (
     segment_create,
     segment_delete,
     segment_members_change,
@@ -100,7 +100,7 @@ def builder_meta(user, *, exclude_segment: int | None = None) -> dict:
 
 
 def _has_devices() -> bool:
-    from audiences.rules import device_model
+    from audiences.rules.schema import device_model
 
     return device_model() is not None
 

@@ -19,16 +19,12 @@ from rest_framework.views import APIView
 
 from accounts.api import _flatten
 from audiences.models import Import, Profile, Segment
-from audiences.rules import RulesInvalid
+from audiences.rules.schema import RulesInvalid
 from audiences.selectors import imports_visible_to, profiles_visible_to, segment_for, segments_visible_to
-from audiences.services import (
-    event_check,
-    events_ingest,
-    import_create,
-    profile_check,
-    profiles_upsert,
-    segment_preview,
-)
+from audiences.services.events import event_check, events_ingest
+from audiences.services.imports import import_create
+from audiences.services.profiles import profile_check, profiles_upsert
+from audiences.services.segments import segment_preview
 
 # --- serializers --------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from audiences.models import Event, Profile, Segment
-from audiences.services import segment_create, segment_members_change
+from audiences.services.segments import segment_create, segment_members_change
 
 PROFILES = 300
 PLANS = ("free", "free", "free", "pro", "team")

@@ -1,7 +1,7 @@
 """Reading a CSV import: the header check done at upload, the streamed row reader, typed cells,
 the spreadsheet-safe error file, and the batch writers (PostgreSQL COPY + one upsert; SQLite upsert).
 
-The services in ``audiences.services`` drive these; nothing here checks permissions.
+The services in ``audiences.services.imports`` drive these; nothing here checks permissions.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from django.core.exceptions import ValidationError
 from django.db import connection
 
-from audiences.rules import KEY_RE
+from audiences.rules.schema import KEY_RE
 
 SNIFF_BYTES = 64 * 1024
 CELL_TYPES = ("auto", "string", "number", "boolean", "date", "skip")

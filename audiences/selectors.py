@@ -10,7 +10,8 @@ from django.http import Http404
 from accounts.models import User
 from accounts.selectors import has_every_scope, visible_to
 from audiences.models import Event, Import, Profile, Segment, SegmentMember
-from audiences.rules import DATE_RE, Compiler, RulesInvalid
+from audiences.rules.compiler import Compiler
+from audiences.rules.schema import DATE_RE, RulesInvalid
 
 PICKER_CACHE_SECONDS = 300
 

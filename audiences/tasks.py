@@ -1,6 +1,6 @@
 """django-q2 entry points of audiences: thin, take ids, idempotent."""
 
-from audiences.services import import_process
+from audiences.services.imports import import_process
 
 
 def import_run(import_id: int) -> None:

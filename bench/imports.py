@@ -80,7 +80,7 @@ def main() -> None:
 
     from accounts.models import User
     from audiences.models import Import
-    from audiences.services import import_create, import_process
+    from audiences.services.imports import import_create, import_process
 
     call_command("migrate", verbosity=0, interactive=False)
     csv_path = WORK / "profiles.csv"

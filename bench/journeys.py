@@ -115,7 +115,8 @@ def run(*, profiles: int, sim, log: Path) -> dict:
     from delivery.models import Dispatch, PushContent
     from delivery.payloads import spec_validate
     from journeys.models import Enrollment, Journey
-    from journeys.services import journey_approve, journey_create, journey_enter_segment, journey_submit
+    from journeys.services.entries import journey_enter_segment
+    from journeys.services.lifecycle import journey_approve, journey_create, journey_submit
 
     entry, vips = ensure_audience(profiles)
     author, approver = bench_users()

@@ -196,7 +196,7 @@ def main() -> None:
     from django.db import connection, transaction
 
     from audiences.models import Segment
-    from audiences.rules import segment_count, segment_profiles
+    from audiences.rules.compiler import segment_count, segment_profiles
 
     dataset = ensure_dataset(
         profiles=args.profiles, events=args.events, rebuild=args.rebuild, log=lambda m: print(m, file=sys.stderr)

@@ -24,7 +24,7 @@ def _audience_text(campaign: Campaign) -> str:
     whether or not they were granted the segment itself."""
     if campaign.segment_id is None:
         return "Recipients named by each API call."
-    from audiences.rules import segment_profiles
+    from audiences.rules.compiler import segment_profiles
 
     count = segment_profiles(campaign.segment).count()
     return f"{campaign.segment}: {count:,} profiles"

@@ -9,7 +9,7 @@ from django.utils.html import format_html, format_html_join
 
 from accounts.admin import ActiveStatusFilter, BigTableAdmin, LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin
 from accounts.selectors import approval_current, visible_to
-from journeys import services
+from accounts.services import TransitionError
 from journeys.diagram import version_svg
 from journeys.graph import GraphInvalid, graph_validate
 from journeys.models import Enrollment, Journey, JourneyVersion
@@ -22,6 +22,18 @@ from journeys.selectors import (
     journeys_visible_to,
     version_step_stats,
     version_totals,
+)
+from journeys.services.lifecycle import (
+    VERSION_FIELDS,
+    journey_archive,
+    journey_cancel_request,
+    journey_create,
+    journey_delete,
+    journey_rename,
+    journey_stop,
+    journey_submit,
+    journey_version_edit,
+    version_reference_checks,
 )
 
 Status = Journey.Status
@@ -75,7 +87,7 @@ class JourneyForm(forms.ModelForm):
         if app is None or graph is None:
             return cleaned
         try:
-            graph_validate(graph, **services.version_reference_checks(app_id=app.pk, by=self.user))
+            graph_validate(graph, **version_reference_checks(app_id=app.pk, by=self.user))
         except GraphInvalid as exc:
             for message in exc.errors_list:
                 self.add_error("graph", message)
@@ -163,7 +175,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
                 self.fields["graph"].widget = StepEditorWidget(meta=meta)
                 version = (journey_open_version(obj) or obj.live_version) if obj is not None else None
                 if version is not None and not self.is_bound:
-                    for name in services.VERSION_FIELDS:
+                    for name in VERSION_FIELDS:
                         value = getattr(version, name)
                         self.initial[name] = value.pk if hasattr(value, "pk") else value
                 elif not self.is_bound:
@@ -199,22 +211,22 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
 
     def save_model(self, request, obj, form, change):
         data = form.cleaned_data
-        values = {name: data.get(name) for name in services.VERSION_FIELDS}
+        values = {name: data.get(name) for name in VERSION_FIELDS}
         values["entry_event"] = (values["entry_event"] or "").strip()
         values["exit_event"] = (values["exit_event"] or "").strip()
         try:
             if not change:
-                created = services.journey_create(by=request.user, name=data["name"], app=data["app"], **values)
+                created = journey_create(by=request.user, name=data["name"], app=data["app"], **values)
                 obj.pk = created.pk
                 return
             current = Journey.objects.get(pk=obj.pk)
             if data["name"] != current.name:
-                services.journey_rename(journey_id=obj.pk, by=request.user, name=data["name"])
+                journey_rename(journey_id=obj.pk, by=request.user, name=data["name"])
             base = journey_open_version(current) or current.live_version
             changed = {name: value for name, value in values.items() if base is None or getattr(base, name) != value}
             if changed:
-                services.journey_version_edit(journey_id=obj.pk, by=request.user, **changed)
-        except services.TransitionError as exc:
+                journey_version_edit(journey_id=obj.pk, by=request.user, **changed)
+        except TransitionError as exc:
             raise PermissionDenied(str(exc)) from exc
 
     def save_related(self, request, form, formsets, change):
@@ -228,7 +240,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             return HttpResponseRedirect(request.path)
 
     def delete_model(self, request, obj):
-        services.journey_delete(journey_id=obj.pk, by=request.user)
+        journey_delete(journey_id=obj.pk, by=request.user)
 
     @admin.display(description="Approval")
     def approval(self, obj):
@@ -283,12 +295,10 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     def lifecycle_handlers(self, request, object_id):
         by = request.user
         return {
-            "submit": lambda: services.journey_submit(
-                journey_id=object_id, by=by, message=request.POST.get("message", "")
-            ),
-            "cancel_request": lambda: services.journey_cancel_request(journey_id=object_id, by=by),
-            "stop": lambda: services.journey_stop(journey_id=object_id, by=by),
-            "archive": lambda: services.journey_archive(journey_id=object_id, by=by),
+            "submit": lambda: journey_submit(journey_id=object_id, by=by, message=request.POST.get("message", "")),
+            "cancel_request": lambda: journey_cancel_request(journey_id=object_id, by=by),
+            "stop": lambda: journey_stop(journey_id=object_id, by=by),
+            "archive": lambda: journey_archive(journey_id=object_id, by=by),
         }
 
 

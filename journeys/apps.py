@@ -7,12 +7,13 @@ class JourneysConfig(AppConfig):
 
     def ready(self) -> None:
         from accounts.approvals import ApprovalSubject, register_approval_subject
-        from audiences.services import event_listeners_register
+        from audiences.services.events import event_listeners_register
         from delivery.models import Dispatch
         from delivery.services.dispatches import dispatch_gate_register
         from journeys.models import Journey
         from journeys.review import journey_review_html
-        from journeys.services import journey_approve, journey_gate, journey_request_changes, journeys_on_events
+        from journeys.services.entries import journeys_on_events
+        from journeys.services.lifecycle import journey_approve, journey_gate, journey_request_changes
 
         dispatch_gate_register(kind=Dispatch.Kind.JOURNEY, gate=journey_gate)
         event_listeners_register(journeys_on_events)

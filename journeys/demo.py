@@ -46,7 +46,7 @@ def populate(*, stdout) -> None:
     from audiences.models import Segment
     from delivery.demo import DEMO_APP
     from delivery.models import App, PushContent
-    from journeys.services import journey_approve, journey_create, journey_submit
+    from journeys.services.lifecycle import journey_approve, journey_create, journey_submit
 
     if Journey.objects.filter(name=DEMO_JOURNEY).exists():
         stdout.write(f"Demo journey {DEMO_JOURNEY!r} already exists.")

@@ -4,7 +4,8 @@ A ``Journey`` is the object people own, grant and approve; what it *does* lives 
 ``JourneyVersion``s: the entry, the exit criteria, the re-entry policy and the step graph. A live
 version is immutable: editing a live journey edits a new draft version, which replaces the
 live one when approved. Profiles already inside finish on the version they entered.
-Every state change is a service in ``journeys.services``; the engine is ``journeys.engine``.
+Every state change is a service in ``journeys.services.lifecycle`` and ``journeys.services.entries``;
+the engine is ``journeys.services.engine``.
 """
 
 import hashlib

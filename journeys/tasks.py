@@ -1,6 +1,7 @@
-"""django-q2 entry points: thin, idempotent wrappers over journeys.services."""
+"""django-q2 entry points: thin, idempotent wrappers over the journeys services."""
 
-from journeys.services import journey_enter_segment, journeys_events_received, journeys_run_due, journeys_tick
+from journeys.services.engine import journeys_run_due
+from journeys.services.entries import journey_enter_segment, journeys_events_received, journeys_tick
 
 
 def journeys_tick_task() -> dict:

@@ -55,7 +55,7 @@ def device_register(
     Raises ValidationError on a bad platform or token, PermissionDenied without device write
     access to the app.
     """
-    from audiences.services import profile_upsert
+    from audiences.services.profiles import profile_upsert
 
     device_token_check(platform=platform, token=token)
     app = App.objects.get(pk=app_id)

@@ -143,7 +143,7 @@ def _audience_sql(dispatch: Dispatch) -> tuple[str, list]:
     """The SELECT of the profiles targeted (one column, ``id``) and its parameters."""
     if dispatch.segment_id is not None:
         from audiences.models import Segment
-        from audiences.rules import segment_profiles
+        from audiences.rules.compiler import segment_profiles
 
         segment = Segment.objects.filter(pk=dispatch.segment_id).first()
         audience: QuerySet = segment_profiles(segment) if segment is not None else Profile.objects.none()

@@ -7,7 +7,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
 from audiences.models import Import, Segment
-from audiences.services import segment_create, segment_members_change
+from audiences.services.segments import segment_create, segment_members_change
 from tests.factories import TEST_PASSWORD, EventFactory, ProfileFactory
 
 pytestmark = pytest.mark.django_db

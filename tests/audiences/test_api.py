@@ -5,7 +5,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from accounts.services import access_grant
 from audiences.models import Event, Import, Profile, Segment
-from audiences.services import segment_create
+from audiences.services.segments import segment_create
 from tests.factories import ProfileFactory
 
 pytestmark = pytest.mark.django_db

@@ -10,7 +10,8 @@ from django.utils import timezone
 
 from audiences.imports import ImportRefused, spreadsheet_safe
 from audiences.models import Import, Profile, Segment, SegmentMember
-from audiences.services import import_create, import_process, import_restart, segment_create
+from audiences.services.imports import import_create, import_process, import_restart
+from audiences.services.segments import segment_create
 from tests.factories import ProfileFactory
 
 pytestmark = [pytest.mark.django_db(transaction=False), pytest.mark.embedded]

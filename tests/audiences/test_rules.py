@@ -5,7 +5,9 @@ import datetime as dt
 import pytest
 
 from audiences.models import Event, Profile, Segment, SegmentMember
-from audiences.rules import RulesInvalid, device_model, rules_compile, rules_validate
+from audiences.rules.compiler import rules_compile
+from audiences.rules.schema import RulesInvalid, device_model
+from audiences.rules.validation import rules_validate
 from tests.factories import ProfileFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
@@ -443,7 +445,7 @@ def test_reachability_counts_active_opted_in_devices_of_the_app(people):
 
 @pytest.mark.parametrize(("tree", "expected"), EVENT_CASES, ids=lambda v: repr(v) if isinstance(v, dict) else None)
 def test_per_profile_compilation_agrees_with_the_set_compilation(people, tree, expected):
-    from audiences.rules import Compiler
+    from audiences.rules.compiler import Compiler
 
     condition = Compiler(now=NOW, correlated=True).compile({"all": [tree]})
     assert set(Profile.objects.filter(condition).values_list("external_id", flat=True)) == expected

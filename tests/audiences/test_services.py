@@ -10,12 +10,11 @@ from django.utils import timezone
 from accounts.models import AuditEvent
 from accounts.services import access_grant
 from audiences.models import Event, Profile, Segment, SegmentMember
-from audiences.rules import RulesInvalid
+from audiences.rules.schema import RulesInvalid
 from audiences.selectors import profile_memberships, segments_visible_to
-from audiences.services import (
-    events_ingest,
-    profile_upsert,
-    profiles_upsert,
+from audiences.services.events import events_ingest
+from audiences.services.profiles import profile_upsert, profiles_upsert
+from audiences.services.segments import (
     segment_create,
     segment_delete,
     segment_members_change,

@@ -295,7 +295,7 @@ def test_a_worker_killed_during_a_journey_run_loses_and_duplicates_nothing(
     from django_q.conf import Conf
 
     from journeys.models import Enrollment, Journey
-    from journeys.services import journey_approve, journey_create, journey_submit
+    from journeys.services.lifecycle import journey_approve, journey_create, journey_submit
     from tests.factories import SegmentFactory
 
     for user in (manager_alice, approver_bob):

@@ -62,7 +62,7 @@ def simple_graph(*, condition_segment: int, content: int, wait: int = 0) -> dict
 
 @pytest.fixture
 def make_journey(team, everyone, vips, welcome, manager_alice):
-    from journeys.services import journey_create
+    from journeys.services.lifecycle import journey_create
 
     def make(by=None, app=None, graph=None, name="Onboarding", **fields):
         values = {"entry_kind": "segment", "entry_segment": everyone, **fields}
@@ -81,7 +81,7 @@ def make_journey(team, everyone, vips, welcome, manager_alice):
 def publish(manager_alice, approver_bob):
     """Submit and approve a journey's draft version (entry and engine run through the queue, in-process)."""
     from journeys.models import Journey
-    from journeys.services import journey_approve, journey_submit
+    from journeys.services.lifecycle import journey_approve, journey_submit
 
     def run(journey, now=None):
         journey_submit(journey_id=journey.pk, by=manager_alice)

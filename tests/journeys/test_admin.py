@@ -6,7 +6,9 @@ import json
 import pytest
 
 from journeys.models import Journey
-from journeys.services import journey_enter_segment, journey_submit, journeys_run_due
+from journeys.services.engine import journeys_run_due
+from journeys.services.entries import journey_enter_segment
+from journeys.services.lifecycle import journey_submit
 from tests.factories import TEST_PASSWORD, ProfileFactory, SegmentMemberFactory
 from tests.journeys.conftest import simple_graph
 

@@ -1,6 +1,7 @@
 """The journeys API: list and detail with per-step counts, for the keys that may read them."""
 
-from journeys.services import journey_enter_segment, journeys_run_due
+from journeys.services.engine import journeys_run_due
+from journeys.services.entries import journey_enter_segment
 from tests.factories import ProfileFactory, SegmentMemberFactory
 
 

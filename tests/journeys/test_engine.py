@@ -8,17 +8,14 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from audiences.services import events_ingest
+from audiences.services.events import events_ingest
 from delivery.models import Delivery, Dispatch
 from delivery.services.dispatches import GateClosed, dispatch_create
 from journeys.models import Enrollment, Journey
 from journeys.selectors import version_step_stats
-from journeys.services import (
-    journey_enter_segment,
-    journey_stop,
-    journey_version_edit,
-    journeys_run_due,
-)
+from journeys.services.engine import journeys_run_due
+from journeys.services.entries import journey_enter_segment
+from journeys.services.lifecycle import journey_stop, journey_version_edit
 from tests.factories import DeviceFactory, EventFactory, ProfileFactory, SegmentMemberFactory
 
 EXIT = {"id": "done", "type": "exit"}
@@ -65,7 +62,7 @@ def test_segment_entry_runs_each_profile_through_condition_to_push_or_exit(
 def test_one_off_journey_closes_when_everyone_is_through(
     sim_journey, sim_team, vips, publish, django_capture_on_commit_callbacks
 ):
-    from journeys.services import journeys_tick
+    from journeys.services.entries import journeys_tick
 
     _profiles(2, sim_team)
     with django_capture_on_commit_callbacks(execute=True):
@@ -174,7 +171,7 @@ def test_condition_with_several_branches_takes_the_first_that_holds(make_journey
 
 
 def test_split_is_reproducible_per_profile_and_near_its_percentages(make_journey, publish, manager_alice):
-    from journeys.services import _split_bucket
+    from journeys.services.engine import _split_bucket
 
     ProfileFactory.create_batch(200)
     graph = {
@@ -353,7 +350,7 @@ def test_two_engines_racing_run_each_enrollment_once_and_push_once(
     from audiences.models import Profile
     from delivery.services.dispatches import dispatch_prepare
     from delivery.services.sending import dispatch_send
-    from journeys.services import _enter
+    from journeys.services.entries import _enter
 
     profiles = _profiles(60, sim_team, vips=vips, vip_count=60)
     journey = publish(sim_journey(entry_kind="event", entry_event="race", entry_segment=None))

@@ -5,10 +5,10 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404
 
 from accounts.models import ApprovalRequest, AuditEvent
+from accounts.services import TransitionError
 from journeys.graph import GraphInvalid
 from journeys.models import Journey, JourneyVersion
-from journeys.services import (
-    TransitionError,
+from journeys.services.lifecycle import (
     journey_approve,
     journey_archive,
     journey_cancel_request,

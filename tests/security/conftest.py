@@ -15,12 +15,12 @@ def world(sim_app, manager_alice, approver_bob, django_capture_on_commit_callbac
     from accounts.models import ApiKey, ApprovalRequest, AuditEvent
     from accounts.services import api_key_create
     from audiences.models import Import
-    from audiences.services import import_create
+    from audiences.services.imports import import_create
     from campaigns.services import campaign_create, campaign_submit, campaign_test_send
     from delivery.models import Delivery, Dispatch, PushContent
     from delivery.services.contents import pushcontent_save
     from journeys.models import Enrollment
-    from journeys.services import journey_approve, journey_create, journey_submit
+    from journeys.services.lifecycle import journey_approve, journey_create, journey_submit
 
     for user in (manager_alice, approver_bob):
         access_grant(obj=sim_app, to=user, by=None)

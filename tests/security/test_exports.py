@@ -30,7 +30,7 @@ def test_the_import_error_file_exports_formulas_as_text(client, manager_alice, d
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     from audiences.models import Import
-    from audiences.services import import_create
+    from audiences.services.imports import import_create
 
     upload = SimpleUploadedFile(
         "people.csv",

@@ -1,0 +1,375 @@
+"""Validation of a rule tree against the schema: every broken rule, with its path in the tree."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.apps import apps
+from django.utils import timezone
+
+from audiences.models import Segment
+from audiences.rules.schema import (
+    COLUMNS,
+    DATE_RE,
+    GROUPS,
+    KEY_RE,
+    MAX_DEPTH,
+    MAX_LIST,
+    MAX_STRING,
+    NO_VALUE_OPS,
+    NODE_KEYS,
+    NODE_KINDS,
+    OPERATORS,
+    PLATFORMS,
+    RELATIVE_UNITS,
+    TYPES,
+    RuleError,
+    RulesInvalid,
+    SegmentLoader,
+    _load_segments,
+    device_model,
+    resolve_date,
+    segment_references,
+)
+
+
+class _Validator:
+    def __init__(self, *, segment_id: int | None, allowed_segment_ids: set[int] | None, load: SegmentLoader):
+        self.segment_id = segment_id
+        self.allowed_segment_ids = allowed_segment_ids
+        self.load = load
+        self.errors: list[RuleError] = []
+        self.segment_refs: dict[int, str] = {}  # referenced segment id -> path of its first use
+        self.app_refs: dict[int, str] = {}
+
+    def fail(self, path: str, code: str, message: str) -> None:
+        self.errors.append(RuleError(path, code, message))
+
+    def node(self, node, path: str, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            self.fail(path, "too_deep", f"the tree is nested deeper than {MAX_DEPTH} levels")
+            return
+        if not isinstance(node, dict):
+            self.fail(path, "wrong_type", f"a node must be an object, not {_json_type(node)}")
+            return
+        kinds = [k for k in NODE_KINDS if k in node]
+        if len(kinds) != 1:
+            if not kinds:
+                unknown = sorted(set(node) - {"op", "value", "type"})
+                hint = f" (unknown key {unknown[0]!r})" if unknown else ""
+                self.fail(path, "unknown_node", f"a node needs one of {', '.join(NODE_KINDS)}{hint}")
+            else:
+                self.fail(path, "ambiguous_node", f"a node has exactly one of {', '.join(kinds)}, not several")
+            return
+        kind = kinds[0]
+        if kind in GROUPS:
+            self.group(node, kind, path, depth)
+            return
+        unknown = sorted(set(node) - NODE_KEYS[kind])
+        for key in unknown:
+            self.fail(f"{path}.{key}", "unknown_key", f"unknown key {key!r} in a {kind} condition")
+        getattr(self, kind)(node, path)
+
+    def group(self, node, kind: str, path: str, depth: int) -> None:
+        extra = sorted(set(node) - {kind})
+        for key in extra:
+            self.fail(f"{path}.{key}", "unknown_key", f"unknown key {key!r} in a group")
+        children = node[kind]
+        here = f"{path}.{kind}"
+        if not isinstance(children, list):
+            self.fail(here, "wrong_type", f"a group's children must be a list, not {_json_type(children)}")
+            return
+        if not children:
+            self.fail(here, "empty_group", f"the group '{kind}' is empty: add at least one condition")
+            return
+        for index, child in enumerate(children):
+            self.node(child, f"{here}[{index}]", depth + 1)
+
+    def field(self, node, path: str) -> None:
+        name = node["field"]
+        if not isinstance(name, str) or name not in COLUMNS:
+            self.fail(
+                f"{path}.field",
+                "unknown_field",
+                f"unknown field {name!r}; use one of {', '.join(COLUMNS)} (or 'attribute' for custom fields)",
+            )
+            return
+        self.comparison(node, path, COLUMNS[name])
+
+    def attribute(self, node, path: str, key_name: str = "attribute") -> None:
+        name = node[key_name]
+        if not isinstance(name, str) or not KEY_RE.match(name):
+            self.fail(
+                f"{path}.{key_name}",
+                "invalid_name",
+                f"{name!r} is not a valid {key_name} name (letters, digits, _ . : -; at most 100)",
+            )
+            return
+        op = node.get("op")
+        value_type = node.get("type")
+        if value_type is None and op in NO_VALUE_OPS:
+            value_type = "string"  # presence does not depend on the type
+        if value_type not in TYPES:
+            self.fail(
+                f"{path}.type",
+                "unknown_type" if value_type is not None else "required",
+                f"unknown type {value_type!r}; use one of {', '.join(TYPES)}"
+                if value_type is not None
+                else f"the type is required; use one of {', '.join(TYPES)}",
+            )
+            return
+        self.comparison(node, path, value_type)
+
+    def comparison(self, node, path: str, value_type: str) -> None:
+        op = node.get("op")
+        if op not in OPERATORS[value_type]:
+            self.fail(
+                f"{path}.op",
+                "unknown_operator" if op is not None else "required",
+                f"unknown operator {op!r} for a {value_type}; use one of {', '.join(OPERATORS[value_type])}"
+                if op is not None
+                else f"the operator is required; use one of {', '.join(OPERATORS[value_type])}",
+            )
+            return
+        where = f"{path}.value"
+        value = node.get("value")
+        if op in NO_VALUE_OPS:
+            if value is not None:
+                self.fail(where, "unexpected_value", f"'{op}' takes no value")
+            return
+        if "value" not in node:
+            self.fail(where, "required", f"'{op}' needs a value")
+            return
+        if op in ("in", "not_in"):
+            if not isinstance(value, list) or not value:
+                self.fail(where, "wrong_type", f"'{op}' needs a non-empty list of {value_type}s")
+                return
+            if len(value) > MAX_LIST:
+                self.fail(where, "too_long", f"'{op}' takes at most {MAX_LIST} values")
+                return
+            for index, item in enumerate(value):
+                self.scalar(item, f"{where}[{index}]", value_type)
+            return
+        if op == "between":
+            if not isinstance(value, list) or len(value) != 2:
+                self.fail(where, "wrong_type", "'between' needs a list of two values: [low, high]")
+                return
+            ok = self.scalar(value[0], f"{where}[0]", value_type) and self.scalar(value[1], f"{where}[1]", value_type)
+            if ok and _order_key(value[0], value_type) > _order_key(value[1], value_type):
+                self.fail(where, "wrong_order", "'between' needs the low end first")
+            return
+        self.scalar(value, where, value_type)
+
+    def scalar(self, value, path: str, value_type: str) -> bool:
+        if value_type == "string":
+            if not isinstance(value, str):
+                self.fail(path, "wrong_type", f"expected a string, got {_json_type(value)}")
+                return False
+            if len(value) > MAX_STRING:
+                self.fail(path, "too_long", f"a string value has at most {MAX_STRING} characters")
+                return False
+            return True
+        if value_type == "number":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                self.fail(path, "wrong_type", f"expected a number, got {_json_type(value)}")
+                return False
+            return True
+        if value_type == "boolean":
+            if not isinstance(value, bool):
+                self.fail(path, "wrong_type", f"expected true or false, got {_json_type(value)}")
+                return False
+            return True
+        # date
+        if isinstance(value, str):
+            if DATE_RE.match(value):
+                try:
+                    dt.date.fromisoformat(value)
+                    return True
+                except ValueError:
+                    pass
+            self.fail(
+                path, "wrong_type", f"expected a date 'YYYY-MM-DD' or {{'ago': N, 'unit': 'days'}}, got {value!r}"
+            )
+            return False
+        if isinstance(value, dict):
+            ago, unit = value.get("ago"), value.get("unit", "days")
+            extra = sorted(set(value) - {"ago", "unit"})
+            if extra:
+                self.fail(path, "unknown_key", f"unknown key {extra[0]!r} in a relative date; use 'ago' and 'unit'")
+                return False
+            if isinstance(ago, bool) or not isinstance(ago, int) or not 0 <= ago <= 36500:
+                self.fail(path, "wrong_type", "a relative date needs 'ago': a whole number of units, 0 to 36500")
+                return False
+            if unit not in RELATIVE_UNITS:
+                self.fail(path, "unknown_unit", f"unknown unit {unit!r}; use one of {', '.join(RELATIVE_UNITS)}")
+                return False
+            return True
+        self.fail(
+            path, "wrong_type", f"expected a date 'YYYY-MM-DD' or {{'ago': N, 'unit': 'days'}}, got {_json_type(value)}"
+        )
+        return False
+
+    def event(self, node, path: str) -> None:
+        name = node["event"]
+        if not isinstance(name, str) or not name.strip() or len(name) > 100:
+            self.fail(
+                f"{path}.event", "wrong_type", "the event name must be a non-empty string of at most 100 characters"
+            )
+        did = node.get("did", True)
+        if not isinstance(did, bool):
+            self.fail(f"{path}.did", "wrong_type", f"'did' must be true or false, got {_json_type(did)}")
+        min_count = node.get("min_count", 1)
+        if isinstance(min_count, bool) or not isinstance(min_count, int) or not 1 <= min_count <= 1_000_000:
+            self.fail(f"{path}.min_count", "wrong_type", "'min_count' must be a whole number from 1 to 1000000")
+        within = node.get("within_days")
+        if within is not None and (isinstance(within, bool) or not isinstance(within, int) or not 1 <= within <= 36500):
+            self.fail(
+                f"{path}.within_days", "wrong_type", "'within_days' must be a whole number of days from 1 to 36500"
+            )
+        where = node.get("where", [])
+        if not isinstance(where, list):
+            self.fail(
+                f"{path}.where", "wrong_type", f"'where' must be a list of property conditions, not {_json_type(where)}"
+            )
+            return
+        for index, cond in enumerate(where):
+            here = f"{path}.where[{index}]"
+            if not isinstance(cond, dict) or "property" not in cond:
+                self.fail(
+                    here, "wrong_type", "a property condition is an object with 'property', 'type', 'op', 'value'"
+                )
+                continue
+            for key in sorted(set(cond) - {"property", "type", "op", "value"}):
+                self.fail(f"{here}.{key}", "unknown_key", f"unknown key {key!r} in a property condition")
+            self.attribute(cond, here, key_name="property")
+
+    def segment(self, node, path: str) -> None:
+        segment_id = node["segment"]
+        member = node.get("member", True)
+        if not isinstance(member, bool):
+            self.fail(f"{path}.member", "wrong_type", f"'member' must be true or false, got {_json_type(member)}")
+        if isinstance(segment_id, bool) or not isinstance(segment_id, int):
+            self.fail(f"{path}.segment", "wrong_type", f"'segment' must be a segment id, got {_json_type(segment_id)}")
+            return
+        if self.segment_id is not None and segment_id == self.segment_id:
+            self.fail(f"{path}.segment", "cycle", "a segment cannot use its own membership (cycle between segments)")
+            return
+        self.segment_refs.setdefault(segment_id, f"{path}.segment")
+
+    def reachable(self, node, path: str) -> None:
+        spec = node["reachable"]
+        here = f"{path}.reachable"
+        if not isinstance(spec, dict):
+            self.fail(here, "wrong_type", "'reachable' must be an object: {'app': id, 'platform': 'ios'|'android'}")
+            return
+        for key in sorted(set(spec) - {"app", "platform"}):
+            self.fail(f"{here}.{key}", "unknown_key", f"unknown key {key!r} in 'reachable'")
+        app_id = spec.get("app")
+        if isinstance(app_id, bool) or not isinstance(app_id, int):
+            self.fail(f"{here}.app", "wrong_type", f"'app' must be an app id, got {_json_type(app_id)}")
+        else:
+            self.app_refs.setdefault(app_id, f"{here}.app")
+        platform = spec.get("platform")
+        if platform is not None and platform not in PLATFORMS:
+            self.fail(f"{here}.platform", "unknown_platform", f"unknown platform {platform!r}; use ios or android")
+        if device_model() is None:
+            self.fail(
+                here,
+                "unavailable",
+                "reachability needs devices, which this installation does not have yet (delivery.Device)",
+            )
+
+    def references(self) -> None:
+        """Check referenced segments exist, may be used, and do not lead back to this segment."""
+        if not self.segment_refs:
+            return
+        found = self.load(self.segment_refs)
+        for segment_id, path in self.segment_refs.items():
+            allowed = self.allowed_segment_ids is None or segment_id in self.allowed_segment_ids
+            if segment_id not in found or not allowed:
+                self.fail(path, "unknown_segment", f"there is no segment {segment_id} you may use")
+        if self.segment_id is None:
+            return  # a segment not saved yet cannot be referenced by anything
+        for segment_id, path in self.segment_refs.items():
+            if segment_id in found:
+                chain = _path_to(self.segment_id, found[segment_id], self.load)
+                if chain:
+                    names = " → ".join(str(i) for i in [self.segment_id, *chain])
+                    self.fail(path, "cycle", f"cycle between segments: {names}")
+
+    def apps(self) -> None:
+        if not self.app_refs:
+            return
+        try:
+            app_model = apps.get_model("delivery", "App")
+        except LookupError:
+            return
+        known = set(app_model.objects.filter(pk__in=list(self.app_refs)).values_list("pk", flat=True))
+        for app_id, path in self.app_refs.items():
+            if app_id not in known:
+                self.fail(path, "unknown_app", f"there is no app {app_id}")
+
+
+def _path_to(goal: int, start: Segment, load: SegmentLoader) -> list[int]:
+    """The chain of segment ids from ``start`` to ``goal`` through membership conditions, or []."""
+    frontier: list[tuple[Segment, list[int]]] = [(start, [start.pk])]
+    seen = {start.pk}
+    while frontier:
+        wanted: dict[int, list[int]] = {}
+        for segment, chain in frontier:
+            if segment.kind != Segment.Kind.RULES or not segment.rules:
+                continue
+            for ref in segment_references(segment.rules):
+                if ref == goal:
+                    return [*chain, goal]
+                if ref not in seen:
+                    seen.add(ref)
+                    wanted[ref] = [*chain, ref]
+        loaded = load(wanted) if wanted else {}
+        frontier = [(loaded[i], wanted[i]) for i in wanted if i in loaded]
+    return []
+
+
+def _json_type(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _order_key(value, value_type: str):
+    if value_type == "date":
+        return resolve_date(value, today=timezone.now().date())
+    return value
+
+
+def rules_validate(
+    tree,
+    *,
+    segment_id: int | None = None,
+    allowed_segment_ids: set[int] | None = None,
+    load: SegmentLoader = _load_segments,
+) -> set[int]:
+    """Check a rule tree against the schema; return the ids of the segments it references.
+
+    ``segment_id`` is the segment the tree belongs to (for cycle detection);
+    ``allowed_segment_ids``, when given, are the segments the author may use.
+    Raises RulesInvalid listing every broken rule with its path in the tree.
+    """
+    validator = _Validator(segment_id=segment_id, allowed_segment_ids=allowed_segment_ids, load=load)
+    validator.node(tree, "rules", 1)
+    if not validator.errors:
+        validator.references()
+        validator.apps()
+    if validator.errors:
+        raise RulesInvalid(validator.errors)
+    return set(validator.segment_refs)

@@ -1,0 +1,146 @@
+"""Events: checks, ingestion and the listeners of apps further down the chain."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import User
+from audiences.models import Event, Profile
+from audiences.rules.schema import KEY_RE
+from audiences.services.profiles import _ensure_perm, _json_dumps
+
+MAX_PROPERTIES_BYTES = 8 * 1024
+
+log = logging.getLogger(__name__)
+
+
+def event_check(data: dict, *, now: dt.datetime | None = None) -> dict[str, str]:
+    """Check one event's fields; return {field: message} for each problem (empty: fine)."""
+    errors: dict[str, str] = {}
+    external_id = data.get("external_id")
+    if not isinstance(external_id, str) or not external_id.strip():
+        errors["external_id"] = "This field is required: a non-empty string."
+    elif len(external_id) > 255:
+        errors["external_id"] = "At most 255 characters."
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip():
+        errors["name"] = "This field is required: a non-empty string."
+    elif len(name) > 100:
+        errors["name"] = "At most 100 characters."
+    properties = data.get("properties")
+    if properties is not None:
+        if not isinstance(properties, dict):
+            errors["properties"] = "Must be an object of name → value."
+        elif any(not KEY_RE.match(k) for k in properties):
+            errors["properties"] = "Property names use letters, digits, _ . : - (at most 100 characters)."
+        elif len(_json_dumps(properties)) > MAX_PROPERTIES_BYTES:
+            errors["properties"] = f"Properties take at most {MAX_PROPERTIES_BYTES} bytes as JSON."
+    occurred_at = data.get("occurred_at")
+    if not isinstance(occurred_at, dt.datetime) or timezone.is_naive(occurred_at):
+        errors["occurred_at"] = "This field is required: an ISO 8601 time with a time zone."
+    elif occurred_at > (now or timezone.now()) + dt.timedelta(days=1):
+        errors["occurred_at"] = "This time is more than a day in the future."
+    return errors
+
+
+def events_ingest(*, items: list[dict], by: User) -> list[int]:
+    """Store events (``external_id``, ``name``, ``properties``, ``occurred_at``); return their ids, in order.
+
+    A profile unknown so far is created (events may arrive before the profile upsert). Each
+    profile's ``last_seen_at`` moves forward to its newest event. Events are data, not changes
+    of configuration: they are not written to the audit log. Raises PermissionDenied when the
+    role may not write events, ValidationError on bad items (``event_check``).
+    """
+    _ensure_perm(by, "audiences.add_event", "Your role may not write events.")
+    if len(items) > settings.AUDIENCES_BULK_MAX_ITEMS:
+        raise ValidationError(f"At most {settings.AUDIENCES_BULK_MAX_ITEMS} events per call.")
+    now = timezone.now()
+    for index, item in enumerate(items):
+        problems = event_check(item, now=now)
+        if problems:
+            raise ValidationError({f"[{index}].{k}": v for k, v in problems.items()})
+    if not items:
+        return []
+    ids = sorted({item["external_id"] for item in items})
+    with transaction.atomic():
+
+        def locked(external_ids):
+            return {
+                p.external_id: p
+                for p in Profile.objects.select_for_update()
+                .filter(external_id__in=external_ids)
+                .order_by("external_id")
+                .only("id", "external_id", "last_seen_at")
+            }
+
+        profiles = locked(ids)
+        missing = [x for x in ids if x not in profiles]
+        if missing:  # only unknown ids are inserted: no sequence values burnt on known profiles
+            Profile.objects.bulk_create(
+                [Profile(external_id=x, created_at=now, updated_at=now) for x in missing], ignore_conflicts=True
+            )
+            profiles.update(locked(missing))
+        events = Event.objects.bulk_create(
+            [
+                Event(
+                    profile_id=profiles[item["external_id"]].pk,
+                    name=item["name"],
+                    properties=item.get("properties") or {},
+                    occurred_at=item["occurred_at"],
+                    received_at=now,
+                )
+                for item in items
+            ]
+        )
+        seen: dict[str, dt.datetime] = {}
+        for item in items:
+            when = min(item["occurred_at"], now)
+            seen[item["external_id"]] = max(seen.get(item["external_id"], when), when)
+        moved = []
+        for external_id, when in seen.items():
+            profile = profiles[external_id]
+            if profile.last_seen_at is None or profile.last_seen_at < when:
+                profile.last_seen_at = when
+                moved.append(profile)
+        if moved:
+            Profile.objects.bulk_update(moved, ["last_seen_at"])
+        if _EVENT_LISTENERS:
+            transaction.on_commit(lambda: _events_notify(events))
+    return [e.pk for e in events]
+
+
+# Apps further down the chain (journeys) react to events without audiences importing them.
+_EVENT_LISTENERS: list[Callable[..., None]] = []
+
+
+def event_listeners_register(fn: Callable[..., None]) -> None:
+    """Call ``fn(events=[Event, ...])`` after each batch of ingested events is committed.
+
+    Listeners should only queue work (e.g. a task with the event ids): they run inside the
+    request that sent the events. A listener that raises is logged and the others still run.
+    """
+    if fn not in _EVENT_LISTENERS:
+        _EVENT_LISTENERS.append(fn)
+
+
+def _events_notify(events: list[Event]) -> None:
+    for fn in list(_EVENT_LISTENERS):
+        try:
+            fn(events=events)
+        except Exception:
+            log.exception("Event listener %r failed", fn)
+
+
+def event_record(
+    *, external_id: str, name: str, by: User, occurred_at: dt.datetime, properties: dict | None = None
+) -> int:
+    """Store one event (see ``events_ingest``)."""
+    item = {"external_id": external_id, "name": name, "occurred_at": occurred_at, "properties": properties}
+    return events_ingest(items=[item], by=by)[0]

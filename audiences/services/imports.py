@@ -1,0 +1,348 @@
+"""CSV imports of profiles: create, process (streamed, in batches), restart.
+
+The file is read by ``audiences.imports``; these services check permissions and drive it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import queue
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+from django_q.tasks import async_task
+
+from accounts.models import User
+from accounts.services import audit
+from audiences.imports import (
+    Batch,
+    ErrorFile,
+    ImportRefused,
+    parse_record,
+    plan_columns,
+    records,
+    sniff_header,
+    write_batch,
+)
+from audiences.models import Import, Segment, SegmentMember
+from audiences.selectors import segment_for
+from audiences.services.profiles import _ensure_perm, _timezones
+from audiences.services.segments import segment_create
+
+
+def import_create(
+    *,
+    upload,
+    by: User,
+    encoding: str = "utf-8",
+    columns: dict | None = None,
+    target: str = "profiles",
+    segment_id: int | None = None,
+    segment_name: str = "",
+) -> Import:
+    """Store an uploaded CSV file and queue its import on a worker.
+
+    The header is checked now, so a file that is not CSV, is too big, or has no external_id
+    column is refused (ImportRefused, a ValidationError) before anything is stored.
+    ``target``: ``profiles`` only, ``new_segment`` (an imported segment named ``segment_name``,
+    created now and granted to ``by``), ``add_to_segment`` / ``replace_segment`` (a static
+    segment ``by`` may change). Raises PermissionDenied / Http404 for roles and access.
+    """
+    _ensure_perm(by, "audiences.add_import", "Your role may not import profiles.")
+    if encoding not in Import.Encoding.values:
+        raise ValidationError({"encoding": f"Unknown encoding {encoding!r}; use utf-8 or latin-1."})
+    if target not in Import.Target.values:
+        raise ValidationError({"target": f"Unknown target {target!r}; use one of {', '.join(Import.Target.values)}."})
+    size = getattr(upload, "size", None) or 0
+    if size > settings.PUSHDESK_IMPORT_MAX_BYTES:
+        raise ImportRefused(
+            f"The file is {size:,} bytes; the limit is {settings.PUSHDESK_IMPORT_MAX_BYTES:,} bytes "
+            "(PUSHDESK_IMPORT_MAX_BYTES)."
+        )
+    header = sniff_header(upload, encoding=encoding)
+    plan_columns(header, columns)
+    segment = None
+    if target in (Import.Target.ADD_TO_SEGMENT, Import.Target.REPLACE_SEGMENT):
+        if segment_id is None:
+            raise ValidationError({"segment": "Choose the static segment to add to or replace."})
+        segment = segment_for(by, segment_id, perm="audiences.change_segment")
+        if segment.kind != Segment.Kind.STATIC:
+            raise ValidationError({"segment": "Only a static segment can be added to or replaced by an import."})
+    elif target == Import.Target.NEW_SEGMENT and not segment_name.strip():
+        raise ValidationError({"segment_name": "Name the new segment."})
+    with transaction.atomic():
+        if target == Import.Target.NEW_SEGMENT:
+            segment = segment_create(name=segment_name, kind=Segment.Kind.IMPORTED, by=by)
+        record = Import(
+            original_name=(getattr(upload, "name", "") or "")[:255],
+            size=size,
+            encoding=encoding,
+            columns=columns or {},
+            target=target,
+            segment=segment,
+            segment_name=segment_name,
+            created_by=by,
+        )
+        record.file.save(f"{uuid.uuid4().hex}.csv", upload, save=False)
+        record.save()
+        audit(
+            actor=by,
+            action="import_created",
+            obj=record,
+            summary={"target": target, "segment": segment.pk if segment else None, "size": size},
+        )
+        transaction.on_commit(lambda: async_task("audiences.tasks.import_run", record.pk))
+    return record
+
+
+def _claim_import(import_id: int, now: dt.datetime) -> bool:
+    stale = now - dt.timedelta(seconds=settings.Q_CLUSTER.get("timeout", 300) + 60)
+    claimed = Import.objects.filter(pk=import_id).filter(
+        Q(status=Import.Status.QUEUED) | Q(status=Import.Status.RUNNING, heartbeat_at__lt=stale)
+    )
+    return bool(claimed.update(status=Import.Status.RUNNING, heartbeat_at=now))
+
+
+def import_process(*, import_id: int, seconds: float | None = None) -> bool:
+    """Run (or resume) an import: read the file in batches, write good rows, report bad ones.
+
+    Claims the import first (a queued one, or a running one whose worker stopped sending
+    heartbeats), so two workers never run it at once. Each batch commits its rows together with
+    the progress counters and the resume position, so a rerun neither repeats nor loses work;
+    the same file imported twice changes nothing more (unchanged profiles are not written).
+    Returns True when the time budget ran out and the rest must run in a new task.
+    """
+    seconds = settings.PUSHDESK_IMPORT_TASK_SECONDS if seconds is None else seconds
+    started = time.monotonic()
+    now = timezone.now()
+    if not _claim_import(import_id, now):
+        return False
+    record = Import.objects.select_related("segment").get(pk=import_id)
+    if record.started_at is None:
+        record.started_at = now
+        Import.objects.filter(pk=record.pk).update(started_at=now)
+    try:
+        with record.file.open("rb") as stored:
+            fh = getattr(stored, "file", stored)
+            header = sniff_header(fh, encoding=record.encoding)
+            plan = plan_columns(header, record.columns)
+            fh.seek(0)
+            return _import_rows(record, fh, plan, started=started, seconds=seconds)
+    except ImportRefused as exc:
+        _import_finish(record, status=Import.Status.FAILED, error=" ".join(exc.messages))
+        return False
+    except FileNotFoundError:
+        _import_finish(record, status=Import.Status.FAILED, error="The uploaded file is missing from storage.")
+        return False
+
+
+def _error_path(record: Import):
+    return Path(settings.MEDIA_ROOT) / "imports" / "errors" / f"import-{record.pk}-errors.csv"
+
+
+def _import_rows(record: Import, fh, plan, *, started: float, seconds: float) -> bool:
+    batch_rows = settings.PUSHDESK_IMPORT_BATCH_ROWS
+    replace = record.target == Import.Target.REPLACE_SEGMENT
+    segment_id = record.segment_id if record.target != Import.Target.PROFILES else None
+    errors = ErrorFile(_error_path(record), resume_at=record.error_bytes)
+    seen: set[int] = set()  # hashes of external ids already read: duplicates are reported
+    counters = {
+        "done": record.rows_done,
+        "imported": record.rows_imported,
+        "failed": record.rows_failed,
+        "duplicate": record.rows_duplicate,
+    }
+    position = 0
+    batch = Batch()
+    tz_names = _timezones()
+    committer = _Committer(record, segment_id=segment_id, replace=replace)
+
+    def commit() -> None:
+        try:
+            bytes_done = fh.tell()
+        except (OSError, ValueError):
+            bytes_done = record.bytes_done
+        if committer.threaded:
+            batch.prepare_copy()  # here, so the writer thread holds the GIL as little as possible
+        committer.submit(batch, position=position, bytes_done=bytes_done, error_bytes=errors.tell(), **counters)
+
+    try:
+        for item in records(fh, encoding=record.encoding):
+            position += 1
+            if position <= record.position:
+                if item.cells is not None and len(item.cells) > plan.id_index:
+                    seen.add(hash(item.cells[plan.id_index].strip()))
+                continue
+            counters["done"] += 1
+            parsed = parse_record(item, plan, timezones=tz_names)
+            if isinstance(parsed, str):
+                external_id = item.cells[plan.id_index] if item.cells and len(item.cells) > plan.id_index else ""
+                errors.add(item.line, external_id, parsed)
+                counters["failed"] += 1
+            else:
+                key = hash(parsed.external_id)
+                if key in seen:
+                    errors.add(
+                        parsed.line,
+                        parsed.external_id,
+                        "duplicate external_id: an earlier row has it; this later row wins",
+                    )
+                    counters["duplicate"] += 1
+                else:
+                    seen.add(key)
+                    counters["imported"] += 1
+                batch.rows[parsed.external_id] = parsed
+            if len(batch) >= batch_rows or counters["done"] % batch_rows == 0:
+                commit()
+                batch = Batch()
+                if time.monotonic() - started > seconds:
+                    committer.close()
+                    _import_hand_over(record)
+                    return True
+        commit()
+        committer.close()
+    finally:
+        committer.close(raise_error=False)
+        errors.close()
+    with transaction.atomic():
+        if replace and record.segment_id:
+            SegmentMember.objects.filter(segment_id=record.segment_id).exclude(source_import_id=record.pk).delete()
+        has_errors = record.rows_failed or record.rows_duplicate
+        if has_errors:
+            record.error_file.name = str(_error_path(record).relative_to(settings.MEDIA_ROOT))
+        _import_finish(record, status=Import.Status.DONE)
+    return False
+
+
+class _Committer:
+    """Writes an import's batches, each in its own transaction with the progress that accounts for it.
+
+    On PostgreSQL, outside a surrounding transaction, it writes from a second thread (its own
+    connection) while the caller parses the next batch: the database and Python then work at
+    the same time. Batches are written in order, one at a time; an error stops the import.
+    """
+
+    def __init__(self, record: Import, *, segment_id: int | None, replace: bool):
+        self.record = record
+        self.segment_id = segment_id
+        self.replace = replace
+        self.error: BaseException | None = None
+        self.closed = False
+        self.threaded = connection.vendor == "postgresql" and not connection.in_atomic_block
+        if self.threaded:
+            self.queue: queue.Queue = queue.Queue(maxsize=1)
+            self.thread = threading.Thread(target=self._loop, name=f"import-{record.pk}-writer", daemon=True)
+            self.thread.start()
+
+    def submit(self, batch: Batch, **progress) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.threaded:
+            self.queue.put((batch, progress))
+        else:
+            self._write(batch, **progress)
+
+    def close(self, *, raise_error: bool = True) -> None:
+        if self.threaded and not self.closed:
+            self.closed = True
+            self.queue.put(None)
+            self.thread.join()
+        if raise_error and self.error is not None:
+            raise self.error
+
+    def _loop(self) -> None:
+        try:
+            while (job := self.queue.get()) is not None:
+                if self.error is None:
+                    self._write(job[0], **job[1])
+        except BaseException as exc:  # handed to the parsing thread, which raises it
+            self.error = exc
+            while self.queue.get() is not None:  # let the producer finish; nothing more is written
+                pass
+        finally:
+            connection.close()
+
+    def _write(self, batch: Batch, *, position, bytes_done, error_bytes, done, imported, failed, duplicate) -> None:
+        record = self.record
+        now = timezone.now()
+        with transaction.atomic():
+            if connection.vendor == "postgresql":
+                # A batch lost to a crash is redone on resume (its position commits with it), so
+                # the import need not wait for each commit to reach the disk.
+                with connection.cursor() as cursor:
+                    cursor.execute("SET LOCAL synchronous_commit = off")
+            write_batch(batch, now=now, segment_id=self.segment_id, import_id=record.pk, replace=self.replace)
+            record.position = position
+            record.error_bytes = error_bytes
+            record.rows_done = done
+            record.rows_imported = imported
+            record.rows_failed = failed
+            record.rows_duplicate = duplicate
+            record.bytes_done = min(bytes_done, record.size) if record.size else bytes_done
+            record.heartbeat_at = now
+            record.save(
+                update_fields=[
+                    "position",
+                    "error_bytes",
+                    "rows_done",
+                    "rows_imported",
+                    "rows_failed",
+                    "rows_duplicate",
+                    "bytes_done",
+                    "heartbeat_at",
+                ]
+            )
+
+
+def _import_hand_over(record: Import) -> None:
+    with transaction.atomic():
+        Import.objects.filter(pk=record.pk, status=Import.Status.RUNNING).update(status=Import.Status.QUEUED)
+        transaction.on_commit(lambda: async_task("audiences.tasks.import_run", record.pk))
+
+
+def _import_finish(record: Import, *, status: str, error: str = "") -> None:
+    record.status = status
+    record.error = error
+    record.finished_at = timezone.now()
+    if status == Import.Status.DONE:
+        record.bytes_done = record.size
+    record.save(update_fields=["status", "error", "finished_at", "bytes_done", "error_file"])
+    audit(
+        actor=None,
+        action="import_finished" if status == Import.Status.DONE else "import_failed",
+        obj=record,
+        summary={
+            "rows": record.rows_done,
+            "imported": record.rows_imported,
+            "failed": record.rows_failed,
+            "duplicate": record.rows_duplicate,
+            "error": error[:200],
+        },
+    )
+
+
+def import_restart(*, import_id: int, by: User) -> Import:
+    """Queue again an import whose worker stopped (no heartbeat for longer than a task may run).
+
+    It resumes where its last committed batch ended. Raises ValidationError when the import is
+    finished or still alive, PermissionDenied when ``by`` may not import.
+    """
+    _ensure_perm(by, "audiences.add_import", "Your role may not import profiles.")
+    stale = timezone.now() - dt.timedelta(seconds=settings.Q_CLUSTER.get("timeout", 300) + 60)
+    with transaction.atomic():
+        record = Import.objects.select_for_update().get(pk=import_id)
+        alive = record.status == Import.Status.RUNNING and record.heartbeat_at and record.heartbeat_at >= stale
+        if record.status in (Import.Status.DONE, Import.Status.FAILED) or alive:
+            raise ValidationError("Only an import whose worker stopped can be restarted.")
+        record.status = Import.Status.QUEUED
+        record.save(update_fields=["status"])
+        audit(actor=by, action="import_restarted", obj=record)
+        transaction.on_commit(lambda: async_task("audiences.tasks.import_run", record.pk))
+    return record

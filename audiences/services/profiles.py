@@ -1,0 +1,173 @@
+"""Profiles: checks and bulk upsert. Profiles are org-wide (writable by Administrators and Managers)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import zoneinfo
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import User
+from accounts.services import audit
+from audiences.models import Profile
+from audiences.rules.schema import KEY_RE
+
+LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+MAX_ATTRIBUTES = 200
+MAX_ATTRIBUTES_BYTES = 16 * 1024
+_TIMEZONES = None
+
+
+def _ensure_perm(user: User, perm: str, message: str) -> None:
+    if user is None or not user.is_active or not user.has_perm(perm):
+        raise PermissionDenied(message)
+
+
+def _timezones() -> set[str]:
+    global _TIMEZONES
+    if _TIMEZONES is None:
+        _TIMEZONES = zoneinfo.available_timezones()
+    return _TIMEZONES
+
+
+def profile_check(data: dict) -> dict[str, str]:
+    """Check one profile's fields; return {field: message} for each problem (empty: fine).
+
+    Used by the API serializers and the services alike, so both say the same thing.
+    """
+    errors: dict[str, str] = {}
+    external_id = data.get("external_id")
+    if not isinstance(external_id, str) or not external_id.strip():
+        errors["external_id"] = "This field is required: a non-empty string."
+    elif len(external_id) > 255:
+        errors["external_id"] = "At most 255 characters."
+    attributes = data.get("attributes")
+    if attributes is not None:
+        if not isinstance(attributes, dict):
+            errors["attributes"] = "Must be an object of name → value."
+        elif len(attributes) > MAX_ATTRIBUTES:
+            errors["attributes"] = f"At most {MAX_ATTRIBUTES} attributes."
+        else:
+            bad = [k for k in attributes if not KEY_RE.match(k)]
+            if bad:
+                errors["attributes"] = (
+                    f"Attribute name {bad[0]!r} is invalid: letters, digits, _ . : - (at most 100 characters)."
+                )
+            elif len(_json_dumps(attributes)) > MAX_ATTRIBUTES_BYTES:
+                errors["attributes"] = f"Attributes take at most {MAX_ATTRIBUTES_BYTES} bytes as JSON."
+    locale = data.get("locale")
+    if locale not in (None, "") and (not isinstance(locale, str) or not LOCALE_RE.match(locale) or len(locale) > 35):
+        errors["locale"] = "Not a locale: use a language tag such as 'fr' or 'fr-FR'."
+    tz = data.get("timezone")
+    if tz not in (None, "") and (not isinstance(tz, str) or tz not in _timezones()):
+        errors["timezone"] = "Not a time zone: use an IANA name such as 'Europe/Paris'."
+    return errors
+
+
+def _json_dumps(value) -> str:
+    import json
+
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def _merged(current: dict, changes: dict | None) -> dict:
+    """Top-level merge: given names replace, a null value removes the attribute."""
+    if not changes:
+        return current
+    merged = dict(current)
+    for key, value in changes.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
+@dataclass
+class UpsertResult:
+    external_id: str
+    status: str  # created | updated | unchanged
+    profile_id: int
+
+
+def profiles_upsert(*, items: list[dict], by: User) -> list[UpsertResult]:
+    """Create or update profiles by external id, in one transaction; return one result per item, in order.
+
+    Each item: ``external_id`` (required), ``attributes`` (merged: a null removes a name),
+    ``locale``, ``timezone``, ``last_seen_at``. Items must be valid (``profile_check``); an
+    external id given twice is applied in order. Existing rows are locked in external-id order
+    (no deadlock between concurrent calls); rows that would not change are not written.
+    Raises PermissionDenied when the role may not write profiles, ValidationError on bad items.
+    """
+    _ensure_perm(by, "audiences.add_profile", "Your role may not write profiles.")
+    _ensure_perm(by, "audiences.change_profile", "Your role may not write profiles.")
+    if len(items) > settings.AUDIENCES_BULK_MAX_ITEMS:
+        raise ValidationError(f"At most {settings.AUDIENCES_BULK_MAX_ITEMS} profiles per call.")
+    for index, item in enumerate(items):
+        problems = profile_check(item)
+        if problems:
+            raise ValidationError({f"[{index}].{k}": v for k, v in problems.items()})
+    if not items:
+        return []
+    now = timezone.now()
+    ids = sorted({item["external_id"] for item in items})
+    with transaction.atomic():
+        existing = {p.external_id: p for p in Profile.objects.select_for_update().filter(external_id__in=ids)}
+        missing = [x for x in ids if x not in existing]
+        created_ids: set[str] = set()
+        if missing:
+            Profile.objects.bulk_create(
+                [Profile(external_id=x, created_at=now, updated_at=now) for x in missing], ignore_conflicts=True
+            )
+            for profile in Profile.objects.select_for_update().filter(external_id__in=missing).order_by("external_id"):
+                existing[profile.external_id] = profile
+                created_ids.add(profile.external_id)
+        changed: dict[str, Profile] = {}
+        results: list[UpsertResult] = []
+        for item in items:
+            profile = existing[item["external_id"]]
+            before = (profile.attributes, profile.locale, profile.timezone, profile.last_seen_at)
+            profile.attributes = _merged(profile.attributes, item.get("attributes"))
+            if item.get("locale") is not None:
+                profile.locale = item["locale"]
+            if item.get("timezone") is not None:
+                profile.timezone = item["timezone"]
+            if item.get("last_seen_at") is not None:
+                profile.last_seen_at = max(filter(None, [profile.last_seen_at, item["last_seen_at"]]))
+            after = (profile.attributes, profile.locale, profile.timezone, profile.last_seen_at)
+            if after != before:
+                profile.updated_at = now
+                changed[profile.external_id] = profile
+            if profile.external_id in created_ids:
+                status = "created"
+            else:
+                status = "updated" if profile.external_id in changed else "unchanged"
+            results.append(UpsertResult(external_id=profile.external_id, status=status, profile_id=profile.pk))
+        if changed:
+            Profile.objects.bulk_update(
+                list(changed.values()), ["attributes", "locale", "timezone", "last_seen_at", "updated_at"]
+            )
+        counts = {s: sum(1 for r in results if r.status == s) for s in ("created", "updated", "unchanged")}
+        audit(actor=by, action="profiles_upserted", summary=counts)
+    return results
+
+
+def profile_upsert(
+    *,
+    external_id: str,
+    by: User,
+    attributes: dict | None = None,
+    locale: str | None = None,
+    timezone_name: str | None = None,
+    last_seen_at: dt.datetime | None = None,
+) -> UpsertResult:
+    """Create or update one profile (see ``profiles_upsert`` for the rules)."""
+    item = {"external_id": external_id, "attributes": attributes, "locale": locale, "timezone": timezone_name}
+    if last_seen_at is not None:
+        item["last_seen_at"] = last_seen_at
+    return profiles_upsert(items=[item], by=by)[0]

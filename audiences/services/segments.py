@@ -1,0 +1,197 @@
+"""Segments: create, update, delete, preview and static membership.
+
+Segments carry object access (a creator gets access to what they create; others need a grant).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.db.models import ProtectedError
+from django.utils import timezone
+
+from accounts.models import User
+from accounts.selectors import can
+from accounts.services import access_grant, audit
+from audiences.models import Profile, Segment, SegmentMember, SegmentReference
+from audiences.rules.compiler import segment_count, segment_profiles
+from audiences.rules.validation import rules_validate
+from audiences.selectors import segment_for, segments_visible_to
+from audiences.services.profiles import _ensure_perm
+
+UNSET: Any = object()
+
+
+def _check_rules(*, rules, by: User, segment_id: int | None) -> set[int]:
+    allowed = set(segments_visible_to(by).values_list("pk", flat=True))
+    return rules_validate(rules, segment_id=segment_id, allowed_segment_ids=allowed)
+
+
+def _set_references(segment: Segment, references: set[int]) -> None:
+    SegmentReference.objects.filter(source=segment).exclude(target_id__in=references).delete()
+    SegmentReference.objects.bulk_create(
+        [SegmentReference(source=segment, target_id=target) for target in references], ignore_conflicts=True
+    )
+
+
+def segment_create(
+    *, name: str, by: User, kind: str = Segment.Kind.RULES, rules: dict | None = None, description: str = ""
+) -> Segment:
+    """Create a segment and give its creator access to it.
+
+    A rules segment needs a valid rule tree; imported and static segments take none.
+    Raises PermissionDenied when the role may not add segments, RulesInvalid (a ValidationError
+    naming each broken rule's path) for a bad tree, ValidationError for a bad name or kind.
+    """
+    _ensure_perm(by, "audiences.add_segment", "Your role may not create segments.")
+    name = (name or "").strip()
+    if not name:
+        raise ValidationError({"name": "A segment needs a name."})
+    if kind not in Segment.Kind.values:
+        raise ValidationError({"kind": f"Unknown kind {kind!r}; use one of {', '.join(Segment.Kind.values)}."})
+    references: set[int] = set()
+    if kind == Segment.Kind.RULES:
+        if rules is None:
+            raise ValidationError({"rules": "A rules segment needs a rule tree."})
+        references = _check_rules(rules=rules, by=by, segment_id=None)
+    elif rules is not None:
+        raise ValidationError({"rules": "Only rules segments have rules."})
+    with transaction.atomic():
+        segment = Segment.objects.create(
+            name=name[:200], description=description, kind=kind, rules=rules, created_by=by
+        )
+        _set_references(segment, references)
+        access_grant(obj=segment, to=by, by=None)
+        audit(actor=by, action="segment_created", obj=segment, summary={"kind": kind})
+    return segment
+
+
+def segment_update(
+    *, segment_id: int, by: User, name: str = UNSET, description: str = UNSET, rules: dict = UNSET
+) -> Segment:
+    """Change a segment's name, description or rule tree (rules segments only).
+
+    Locks the segment row. The new tree is validated against cycles through other segments'
+    membership conditions. Raises Http404 outside the user's access, PermissionDenied when the
+    role may not change segments, RulesInvalid / ValidationError for bad input.
+    """
+    segment_for(by, segment_id)  # 404 before 403: an object outside access does not exist
+    _ensure_perm(by, "audiences.change_segment", "Your role may not change segments.")
+    with transaction.atomic():
+        segment = Segment.objects.select_for_update().get(pk=segment_id)
+        if not can(by, "audiences.change_segment", segment):
+            raise PermissionDenied("You may not change this segment.")
+        changed: list[str] = []
+        if name is not UNSET:
+            name = (name or "").strip()
+            if not name:
+                raise ValidationError({"name": "A segment needs a name."})
+            if name != segment.name:
+                segment.name = name[:200]
+                changed.append("name")
+        if description is not UNSET and description != segment.description:
+            segment.description = description
+            changed.append("description")
+        if rules is not UNSET and rules != segment.rules:
+            if segment.kind != Segment.Kind.RULES:
+                raise ValidationError({"rules": "Only rules segments have rules."})
+            references = _check_rules(rules=rules, by=by, segment_id=segment.pk)
+            segment.rules = rules
+            segment.last_count = None
+            segment.last_counted_at = None
+            changed += ["rules", "last_count", "last_counted_at"]
+            _set_references(segment, references)
+        if changed:
+            segment.updated_at = timezone.now()
+            segment.save(update_fields=[*changed, "updated_at"])
+            audit(actor=by, action="segment_changed", obj=segment, summary={"fields": sorted(set(changed))})
+    return segment
+
+
+def segment_delete(*, segment_id: int, by: User) -> None:
+    """Delete a segment. Refused (ValidationError) while another segment's rules use its membership."""
+    segment_for(by, segment_id)
+    _ensure_perm(by, "audiences.delete_segment", "Your role may not delete segments.")
+    with transaction.atomic():
+        segment = Segment.objects.select_for_update().get(pk=segment_id)
+        if not can(by, "audiences.delete_segment", segment):
+            raise PermissionDenied("You may not delete this segment.")
+        users = list(Segment.objects.filter(pk__in=SegmentReference.objects.filter(target=segment).values("source_id")))
+        if users:
+            names = ", ".join(f"'{s.name}'" for s in users)
+            raise ValidationError(f"Segment '{segment.name}' is used by {names}: change those first.")
+        audit(actor=by, action="segment_deleted", obj=segment, summary={"name": segment.name})
+        try:
+            segment.delete()
+        except ProtectedError as exc:  # a reference added concurrently
+            raise ValidationError("This segment is used by another segment's rules.") from exc
+
+
+@dataclass
+class Preview:
+    count: int
+    sample: list[Profile] = field(default_factory=list)
+    took_ms: int = 0
+
+
+def segment_preview(
+    *, by: User, segment_id: int | None = None, rules: dict | None = None, sample_size: int | None = None
+) -> Preview:
+    """Count a segment's profiles and take a sample (two queries), for a saved segment or an unsaved tree.
+
+    For a saved segment the count is remembered on it (``last_count``). An unsaved tree is
+    validated first (RulesInvalid). Raises Http404 for a segment outside the user's access.
+    """
+    sample_size = settings.AUDIENCES_PREVIEW_SAMPLE if sample_size is None else sample_size
+    started = timezone.now()
+    if segment_id is not None and rules is None:
+        segment = segment_for(by, segment_id)
+    else:
+        _check_rules(rules=rules, by=by, segment_id=segment_id)
+        if segment_id is not None:
+            segment_for(by, segment_id)
+        segment = Segment(pk=segment_id, kind=Segment.Kind.RULES, rules=rules)
+    count = segment_count(segment)
+    sample = list(segment_profiles(segment).order_by()[:sample_size]) if count else []
+    if segment_id is not None and rules is None:
+        Segment.objects.filter(pk=segment_id).update(last_count=count, last_counted_at=timezone.now())
+    took = int((timezone.now() - started).total_seconds() * 1000)
+    return Preview(count=count, sample=sample, took_ms=took)
+
+
+def segment_members_change(
+    *, segment_id: int, by: User, add: list[str] = (), remove: list[str] = ()
+) -> tuple[int, int, list[str]]:
+    """Add and remove profiles (by external id) of a static segment.
+
+    Returns (added, removed, unknown external ids). Raises ValidationError on a segment that is
+    not static, Http404 / PermissionDenied outside access or role.
+    """
+    segment_for(by, segment_id)
+    _ensure_perm(by, "audiences.change_segment", "Your role may not change segments.")
+    with transaction.atomic():
+        segment = Segment.objects.select_for_update().get(pk=segment_id)
+        if not can(by, "audiences.change_segment", segment):
+            raise PermissionDenied("You may not change this segment.")
+        if segment.kind != Segment.Kind.STATIC:
+            raise ValidationError("Only static segments have hand-kept members.")
+        wanted = {x.strip() for x in add if x.strip()}
+        dropped = {x.strip() for x in remove if x.strip()}
+        found = dict(Profile.objects.filter(external_id__in=wanted | dropped).values_list("external_id", "pk"))
+        unknown = sorted((wanted | dropped) - set(found))
+        before = SegmentMember.objects.filter(segment=segment).count()
+        SegmentMember.objects.bulk_create(
+            [SegmentMember(segment=segment, profile_id=found[x]) for x in wanted if x in found], ignore_conflicts=True
+        )
+        removed, _ = SegmentMember.objects.filter(
+            segment=segment, profile_id__in=[found[x] for x in dropped if x in found]
+        ).delete()
+        added = SegmentMember.objects.filter(segment=segment).count() - before + removed
+        segment.updated_at = timezone.now()
+        segment.save(update_fields=["updated_at"])
+        audit(actor=by, action="segment_members_changed", obj=segment, summary={"added": added, "removed": removed})
+    return added, removed, unknown

@@ -1,0 +1,411 @@
+"""The journey engine: runs due enrollments to their next wait.
+
+``journeys_run_due`` takes due enrollments with ``SELECT … FOR UPDATE SKIP LOCKED``
+in batches, so any number of workers share the work and an enrollment is only ever run by the
+worker holding its row lock. It runs each enrollment to its next wait, evaluating each step for
+the whole batch at once (one query per condition branch, one Dispatch per push step), and
+writes the batch back in one statement; pushes are created in the same transaction as the
+enrollments that move past them, so a push is sent once per enrollment, whoever crashes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
+from django.db.models import Max, Q
+from django.utils import timezone
+
+from journeys.models import Enrollment, JourneyVersion
+from journeys.services.lifecycle import EStatus, Status
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunReport:
+    batches: int = 0
+    enrollments: int = 0
+    transitions: int = 0
+    pushed: int = 0
+    dispatches: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "batches": self.batches,
+            "enrollments": self.enrollments,
+            "transitions": self.transitions,
+            "pushed": self.pushed,
+        }
+
+
+def journeys_run_due(
+    *, batch: int = 1000, now: dt.datetime | None = None, seconds: float | None = None, max_batches: int | None = None
+) -> RunReport:
+    """Run due enrollments, a batch at a time, each to its next wait (or its end).
+
+    Each batch is one transaction holding its enrollments' row locks (SKIP LOCKED: workers never
+    wait on, or run, each other's rows). Stops when nothing is due, after ``seconds``, or after
+    ``max_batches``. ``now`` fixes the clock (tests); by default each batch reads the time.
+    """
+    report = RunReport()
+    started = time.monotonic()
+    while True:
+        moment = now or timezone.now()
+        taken = _run_batch(batch=batch, now=moment, report=report)
+        if taken:
+            report.batches += 1
+        if taken < batch:
+            break
+        if seconds is not None and time.monotonic() - started >= seconds:
+            break
+        if max_batches is not None and report.batches >= max_batches:
+            break
+    return report
+
+
+_ROW_FIELDS = (
+    "id",
+    "journey_id",
+    "version_id",
+    "profile_id",
+    "step",
+    "status",
+    "due_at",
+    "entered_at",
+    "finished_at",
+    "exit_reason",
+    "history",
+)
+
+
+class _Row:
+    """The columns of an enrollment the engine reads and writes (cheaper than model instances)."""
+
+    __slots__ = _ROW_FIELDS
+
+    def __init__(self, values: tuple):
+        for name, value in zip(_ROW_FIELDS, values, strict=True):
+            setattr(self, name, value)
+
+    @property
+    def pk(self) -> int:
+        return self.id
+
+
+@dataclass
+class _Run:
+    """One enrollment being run in this batch."""
+
+    row: _Row
+    history: list
+    running: bool = True
+    changed: bool = False
+
+
+def _stats_add(counts: Counter) -> None:
+    """Add to the step counters in one statement (insert or increment)."""
+    if not counts:
+        return
+    values = ", ".join(["(%s, %s, %s, %s)"] * len(counts))
+    params = []
+    for (version_id, step, metric), n in counts.items():
+        params += [version_id, step, metric[:100], n]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO journeys_stepstat (version_id, step, metric, count) VALUES {values} "  # noqa: S608 (placeholders only)
+            "ON CONFLICT (version_id, step, metric) DO UPDATE SET count = journeys_stepstat.count + excluded.count",
+            params,
+        )
+
+
+def _run_batch(*, batch: int, now: dt.datetime, report: RunReport) -> int:
+    with transaction.atomic():
+        rows = [
+            _Row(values)
+            for values in Enrollment.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(status__in=Enrollment.OPEN_STATUSES, due_at__lte=now)
+            .order_by("due_at")
+            .values_list(*_ROW_FIELDS)[:batch]
+        ]
+        if not rows:
+            return 0
+        versions = {
+            v.pk: v
+            for v in JourneyVersion.objects.select_related("journey").filter(pk__in={r.version_id for r in rows})
+        }
+        stats: Counter = Counter()
+        runs_by_version: dict[int, list[_Run]] = defaultdict(list)
+        for row in rows:
+            runs_by_version[row.version_id].append(_Run(row=row, history=list(row.history or [])))
+        for version_id, runs in runs_by_version.items():
+            _run_version(versions[version_id], runs, now=now, stats=stats, report=report)
+        _write_back([run for runs in runs_by_version.values() for run in runs], now=now)
+        _stats_add(stats)
+        report.enrollments += len(rows)
+    return len(rows)
+
+
+def _split_bucket(journey_id: int, step_id: str, profile_id: int) -> int:
+    """0–99, the same for a profile at a split of a journey every time (A/B groups are stable)."""
+    digest = hashlib.sha256(f"{journey_id}:{step_id}:{profile_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 100
+
+
+def _next_time_of_day(until: str, tz_name: str, now: dt.datetime) -> dt.datetime:
+    """The next ``HH:MM`` (now included) in the zone ``tz_name`` (UTC when blank or unknown)."""
+    try:
+        tz = ZoneInfo(tz_name) if tz_name else dt.UTC
+    except (ZoneInfoNotFoundError, ValueError):
+        tz = dt.UTC
+    hour, minute = (int(part) for part in until.split(":"))
+    local = now.astimezone(tz)
+    target = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if target < local:
+        target = (local + dt.timedelta(days=1)).replace(hour=hour, minute=minute, second=0, microsecond=0)
+    # Round-trip through UTC so a wall time skipped by a DST change still lands after now.
+    return target.astimezone(dt.UTC)
+
+
+def _run_version(
+    version: JourneyVersion, runs: list[_Run], *, now: dt.datetime, stats: Counter, report: RunReport
+) -> None:
+    journey = version.journey
+    stamp = now.isoformat(timespec="seconds")
+    if journey.status != Status.LIVE:
+        for run in runs:
+            _finish(run, EStatus.EXITED, now, reason=f"journey {journey.get_status_display().lower()}")
+        return
+    steps = version.step_map()
+
+    def move(run: _Run, step_id: str, outcome: str, to: str | None) -> None:
+        run.history.append([step_id, stamp, outcome])
+        run.changed = True
+        report.transitions += 1
+        if to is not None:
+            run.row.step = to
+            run.row.status = EStatus.ACTIVE
+
+    for _ in range(len(steps) + 2):
+        active = [run for run in runs if run.running]
+        if not active:
+            break
+        at_step: dict[str, list[_Run]] = defaultdict(list)
+        for run in active:
+            at_step[run.row.step].append(run)
+        for step_id, group in at_step.items():
+            step = steps.get(step_id)
+            if step is None:
+                for run in group:
+                    _finish(run, EStatus.FAILED, now, reason=f"step '{step_id}' is not in version {version.number}")
+                continue
+            kind = step["type"]
+            resuming = [r for r in group if r.row.status == EStatus.WAITING]
+            arriving = [r for r in group if r.row.status != EStatus.WAITING]
+            if arriving:
+                stats[(version.pk, step_id, "entered")] += len(arriving)
+            if kind == "wait":
+                for run in resuming:
+                    move(run, step_id, "waited", step["next"])
+                    stats[(version.pk, step_id, "passed")] += 1
+                if not arriving:
+                    continue
+                if "until" in step:
+                    zones = _profile_zones([r.row.profile_id for r in arriving])
+                    due = {
+                        r.row.pk: _next_time_of_day(step["until"], zones.get(r.row.profile_id, ""), now)
+                        for r in arriving
+                    }
+                else:
+                    due = {r.row.pk: now + dt.timedelta(seconds=step["seconds"]) for r in arriving}
+                for run in arriving:
+                    when = due[run.row.pk]
+                    if when <= now:
+                        move(run, step_id, "passed", step["next"])
+                        stats[(version.pk, step_id, "passed")] += 1
+                    else:
+                        run.history.append([step_id, stamp, "waiting"])
+                        report.transitions += 1
+                        run.row.status = EStatus.WAITING
+                        run.row.due_at = when
+                        run.running = False
+                        run.changed = True
+            elif kind == "condition":
+                remaining = {r.row.profile_id: r for r in group}
+                for index, branch in enumerate(step["branches"]):
+                    label = str(branch.get("label") or f"branch {index + 1}")
+                    holding = _branch_holds(branch, remaining)
+                    for profile_id in holding:
+                        run = remaining.pop(profile_id)
+                        move(run, step_id, f"branch:{label}", branch["next"])
+                        stats[(version.pk, step_id, f"passed:{label}")] += 1
+                for run in remaining.values():
+                    move(run, step_id, "branch:else", step["else"])
+                    stats[(version.pk, step_id, "passed:else")] += 1
+            elif kind == "split":
+                for run in group:
+                    bucket = _split_bucket(journey.pk, step_id, run.row.profile_id)
+                    chosen, edge = step["branches"][-1], 0
+                    for branch in step["branches"]:
+                        edge += branch["percent"]
+                        if bucket < edge:
+                            chosen = branch
+                            break
+                    label = str(chosen.get("label") or "")
+                    move(run, step_id, f"branch:{label}", chosen["next"])
+                    stats[(version.pk, step_id, f"passed:{label}")] += 1
+            elif kind == "push":
+                dispatch_id, error = _push(version, step_id, [r.row.profile_id for r in group])
+                for run in group:
+                    if error:
+                        run.history.append([step_id, stamp, "failed"])
+                        report.transitions += 1
+                        _finish(run, EStatus.FAILED, now, reason=error[:200])
+                    else:
+                        move(run, step_id, f"pushed:{dispatch_id}", step["next"])
+                if error:
+                    stats[(version.pk, step_id, "failed")] += len(group)
+                else:
+                    stats[(version.pk, step_id, "pushed")] += len(group)
+                    report.pushed += len(group)
+                    report.dispatches.append(dispatch_id)
+            elif kind == "exit":
+                for run in group:
+                    move(run, step_id, "exit", None)
+                    _finish(run, EStatus.COMPLETED, now, reason="")
+                stats[(version.pk, step_id, "exited")] += len(group)
+    for run in runs:
+        if run.running:  # a graph longer than it should be: never leave a row due forever
+            _finish(run, EStatus.FAILED, now, reason="ran more steps than the journey has")
+
+
+def _finish(run: _Run, status: str, now: dt.datetime, *, reason: str) -> None:
+    run.row.status = status
+    run.row.due_at = None
+    run.row.finished_at = now
+    run.row.exit_reason = reason
+    run.running = False
+    run.changed = True
+
+
+def _profile_zones(profile_ids: list[int]) -> dict[int, str]:
+    from audiences.models import Profile
+
+    return dict(Profile.objects.filter(_among(profile_ids)).values_list("pk", "timezone"))
+
+
+def _branch_holds(branch: dict, remaining: dict[int, _Run]) -> set[int]:
+    """The profiles among ``remaining`` for which the condition branch holds (one query)."""
+    from audiences.models import Event, Profile, Segment
+    from audiences.rules.compiler import rules_compile, segment_profiles
+
+    ids = list(remaining)
+    if not ids:
+        return set()
+    if "segment" in branch:
+        segment = Segment.objects.filter(pk=branch["segment"]).first()
+        if segment is None:
+            return set()  # a deleted segment holds for no one: they take "all others"
+        return set(segment_profiles(segment).filter(_among(ids)).values_list("pk", flat=True))
+    if "rules" in branch:
+        return set(
+            Profile.objects.filter(rules_compile(branch["rules"])).filter(_among(ids)).values_list("pk", flat=True)
+        )
+    earliest = min(run.row.entered_at for run in remaining.values())
+    latest = dict(
+        Event.objects.filter(_among(ids, "profile_id"), name=branch["event"], occurred_at__gte=earliest)
+        .values("profile_id")
+        .annotate(last=Max("occurred_at"))
+        .values_list("profile_id", "last")
+    )
+    return {pid for pid, last in latest.items() if last >= remaining[pid].row.entered_at}
+
+
+def _push(version: JourneyVersion, step_id: str, profile_ids: list[int]) -> tuple[int | None, str]:
+    """One Dispatch for every profile of the batch at this push step, with the approved content.
+
+    Returns (dispatch id, "") or (None, the reason it was refused).
+    """
+    from delivery.models import Dispatch
+    from delivery.services.dispatches import GateClosed, dispatch_create
+
+    frozen = (version.frozen_specs or {}).get(step_id)
+    if frozen is None:
+        return None, f"step '{step_id}' has no approved content"
+    journey = version.journey
+    try:
+        with transaction.atomic():
+            dispatch = dispatch_create(
+                app_id=journey.app_id,
+                kind=Dispatch.Kind.JOURNEY,
+                spec=frozen["spec"],
+                content_id=frozen["content_id"],
+                profile_ids=sorted(profile_ids),
+                source_id=version.pk,
+                label=f"{journey.name} v{version.number} · {step_id}",
+                context={
+                    "journey": {"id": journey.pk, "name": journey.name, "version": version.number, "step": step_id}
+                },
+            )
+    except (GateClosed, ValidationError) as exc:
+        log.warning("Journey %s step %s refused: %s", journey.pk, step_id, exc)
+        return None, f"refused at send time: {exc}"
+    return dispatch.pk, ""
+
+
+def _write_back(runs: list[_Run], *, now: dt.datetime) -> None:
+    """Save the batch's enrollments in one statement (UPDATE … FROM unnest(arrays) on PostgreSQL)."""
+    changed = [run for run in runs if run.changed]
+    if not changed:
+        return
+    for run in changed:
+        run.row.history = run.history
+    if connection.vendor != "postgresql":
+        Enrollment.objects.bulk_update(
+            [Enrollment(**{name: getattr(run.row, name) for name in _ROW_FIELDS}, updated_at=now) for run in changed],
+            ["step", "status", "due_at", "history", "updated_at", "finished_at", "exit_reason"],
+            batch_size=500,
+        )
+        return
+    # One statement with one parameter (the batch as a JSON document): thousands of placeholders,
+    # or arrays of strings, cost more to send than the update itself.
+    document = json.dumps(
+        [
+            {
+                "id": run.row.pk,
+                "step": run.row.step,
+                "status": run.row.status,
+                "due_at": run.row.due_at.isoformat() if run.row.due_at else None,
+                "history": run.history,
+                "finished_at": run.row.finished_at.isoformat() if run.row.finished_at else None,
+                "exit_reason": run.row.exit_reason or "",
+            }
+            for run in changed
+        ],
+        separators=(",", ":"),
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE journeys_enrollment e SET step = v.step, status = v.status, due_at = v.due_at, "
+            "history = v.history, updated_at = %s, finished_at = v.finished_at, exit_reason = v.exit_reason "
+            "FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, step text, status text, due_at timestamptz, "
+            "history jsonb, finished_at timestamptz, exit_reason text) WHERE e.id = v.id",
+            [now, document],
+        )
+
+
+def _among(ids: list[int], field: str = "pk") -> Q:
+    """``field`` is one of ``ids``: one array parameter on PostgreSQL, not one placeholder per id."""
+    if connection.vendor == "postgresql":
+        from django.db.models.expressions import RawSQL
+
+        return Q(**{f"{field}__in": RawSQL("SELECT unnest(%s::bigint[])", [list(ids)])})
+    return Q(**{f"{field}__in": list(ids)})

@@ -1,0 +1,214 @@
+"""Entries and exits: segment entry, entry and exit on events, the beat, closing finished journeys."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, defaultdict
+
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts.services import (
+    audit,
+)
+from journeys.graph import entry_of
+from journeys.models import Enrollment, Journey, JourneyVersion
+from journeys.services.engine import _stats_add, journeys_run_due
+from journeys.services.lifecycle import EStatus, Status, VStatus, _queue, _transition
+
+
+def _dt(value: dt.datetime | None):
+    return connection.ops.adapt_datetimefield_value(value) if value is not None else None
+
+
+def _enter(version: JourneyVersion, audience_sql: str, audience_params: list, *, now: dt.datetime) -> int:
+    """Enroll the audience's profiles in one INSERT … SELECT, obeying the re-entry policy.
+
+    A profile enters when it never entered the journey, or (re-entry after a wait) when it has
+    no open enrollment and its last entry is at least the wait old. The partial unique index
+    "one open enrollment per (journey, profile)" settles races between concurrent entries.
+    """
+    entry = entry_of(version.steps())
+    if entry is None:
+        return 0
+    reentry = version.reentry == JourneyVersion.Reentry.AFTER_WAIT
+    empty = "'[]'::jsonb" if connection.vendor == "postgresql" else "'[]'"
+    sql = (
+        "INSERT INTO journeys_enrollment (journey_id, version_id, profile_id, entry_number, step, status, "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
+        "due_at, entered_at, updated_at, exit_reason, history) "
+        f"SELECT %s, %s, p.id, COALESCE(prev.n, 0) + 1, %s, 'active', %s, %s, %s, '', {empty} "
+        f"FROM ({audience_sql}) p LEFT JOIN ("
+        "SELECT profile_id, MAX(entry_number) AS n, MAX(entered_at) AS last_at, "
+        "MAX(CASE WHEN status IN ('active', 'waiting') THEN 1 ELSE 0 END) AS busy "
+        "FROM journeys_enrollment WHERE journey_id = %s GROUP BY profile_id"
+        ") prev ON prev.profile_id = p.id "
+        "WHERE prev.profile_id IS NULL OR (%s AND prev.busy = 0 AND prev.last_at <= %s) "
+        "ON CONFLICT DO NOTHING"
+    )
+    params = [
+        version.journey_id,
+        version.pk,
+        entry,
+        _dt(now),
+        _dt(now),
+        _dt(now),
+        *audience_params,
+        version.journey_id,
+        reentry,
+        _dt(now - dt.timedelta(seconds=version.reentry_wait_seconds)),
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return max(cursor.rowcount, 0)
+
+
+def journey_enter_segment(*, journey_id: int, now: dt.datetime | None = None) -> int:
+    """Read a live segment-entry journey's segment now (if due): its profiles enter, set-based.
+
+    The journey row is taken with SKIP LOCKED (another worker holding it is entering it); the
+    next run is set from the version's recurrence (none for a one-off entry). Returns how many entered.
+    """
+    from audiences.rules.compiler import segment_profiles
+
+    now = now or timezone.now()
+    with transaction.atomic():
+        journey = (
+            Journey.objects.select_for_update(skip_locked=True)
+            .filter(pk=journey_id, status=Status.LIVE, next_entry_at__lte=now)
+            .first()
+        )
+        if journey is None or journey.live_version_id is None:
+            return 0
+        version = JourneyVersion.objects.select_related("journey", "entry_segment").get(pk=journey.live_version_id)
+        entered = 0
+        if version.entry_kind == JourneyVersion.EntryKind.SEGMENT and version.entry_segment is not None:
+            audience = segment_profiles(version.entry_segment, now=now)
+            if not audience.query.is_empty():
+                sql, params = audience.order_by().values("id").query.sql_with_params()
+                entered = _enter(version, sql, list(params), now=now)
+        every = version.entry_every_hours
+        journey.next_entry_at = now + dt.timedelta(hours=every) if every else None
+        journey.save(update_fields=["next_entry_at"])
+        audit(
+            actor=None,
+            action="journey_segment_read",
+            obj=journey,
+            summary={"version": version.number, "entered": entered},
+        )
+        if entered:
+            transaction.on_commit(lambda: _queue("journeys.tasks.journeys_run_due_task"))
+    return entered
+
+
+def journeys_events_received(*, event_ids: list[int]) -> dict:
+    """Events arrived through the API: fire exit criteria, then enter event-entry journeys.
+
+    An exit event ends the profile's open enrollments (entered before the event) of every live
+    journey whose version names it. An entry event enrolls the profile in each live journey
+    whose live version enters on it (re-entry policy applies). Returns the counts.
+    """
+    from audiences.models import Event, Profile
+
+    events = list(Event.objects.filter(pk__in=event_ids).values("profile_id", "name", "occurred_at"))
+    if not events:
+        return {"exited": 0, "entered": 0}
+    now = timezone.now()
+    names = {e["name"] for e in events}
+    exited = entered = 0
+    exit_versions = JourneyVersion.objects.filter(
+        exit_event__in=names, status__in=(VStatus.LIVE, VStatus.RETIRED), journey__status=Status.LIVE
+    ).values_list("pk", "exit_event")
+    by_name = defaultdict(list)
+    for version_id, name in exit_versions:
+        by_name[name].append(version_id)
+    for name, version_ids in by_name.items():
+        latest = {}
+        for e in events:
+            if e["name"] == name:
+                latest[e["profile_id"]] = max(latest.get(e["profile_id"], e["occurred_at"]), e["occurred_at"])
+        with transaction.atomic():
+            rows = list(
+                Enrollment.objects.select_for_update()
+                .filter(version_id__in=version_ids, profile_id__in=list(latest), status__in=Enrollment.OPEN_STATUSES)
+                .order_by("pk")
+                .values_list("pk", "profile_id", "entered_at", "version_id", "step")
+            )
+            ending = [
+                (pk, version_id, step)
+                for pk, profile_id, entered_at, version_id, step in rows
+                if entered_at <= latest[profile_id]
+            ]
+            if ending:
+                Enrollment.objects.filter(pk__in=[pk for pk, _, _ in ending]).update(
+                    status=EStatus.EXITED,
+                    exit_reason=f"exit event '{name}'",
+                    finished_at=now,
+                    updated_at=now,
+                    due_at=None,
+                )
+                _stats_add(Counter((version_id, step, "exit_event") for _, version_id, step in ending))
+                exited += len(ending)
+    entry_versions = JourneyVersion.objects.filter(
+        entry_kind=JourneyVersion.EntryKind.EVENT,
+        entry_event__in=names,
+        status=VStatus.LIVE,
+        journey__status=Status.LIVE,
+    ).select_related("journey")
+    for version in entry_versions:
+        profile_ids = sorted({e["profile_id"] for e in events if e["name"] == version.entry_event})
+        sql, params = Profile.objects.filter(pk__in=profile_ids).order_by().values("id").query.sql_with_params()
+        with transaction.atomic():
+            entered += _enter(version, sql, list(params), now=now)
+    if entered:
+        transaction.on_commit(lambda: _queue("journeys.tasks.journeys_run_due_task"))
+    return {"exited": exited, "entered": entered}
+
+
+def journeys_on_events(*, events: list) -> None:
+    """The audiences event listener: queue the journey work when a live journey cares about these events."""
+    names = {e.name for e in events}
+    wanted = JourneyVersion.objects.filter(
+        Q(entry_kind=JourneyVersion.EntryKind.EVENT, entry_event__in=names, status=VStatus.LIVE)
+        | Q(exit_event__in=names, status__in=(VStatus.LIVE, VStatus.RETIRED)),
+        journey__status=Status.LIVE,
+    )
+    if wanted.exists():
+        _queue("journeys.tasks.journeys_events_task", [e.pk for e in events])
+
+
+def journeys_tick(*, now: dt.datetime | None = None, seconds: float = 40.0) -> dict:
+    """The scheduler's beat: read due segment entries, close finished one-off journeys, run the engine.
+
+    Safe on every worker at once (entries under the journey's row lock, the engine with SKIP LOCKED).
+    """
+    now = now or timezone.now()
+    due = list(Journey.objects.filter(status=Status.LIVE, next_entry_at__lte=now).values_list("pk", flat=True)[:200])
+    entered = sum(journey_enter_segment(journey_id=pk, now=now) for pk in due)
+    report = journeys_run_due(now=now, seconds=seconds)
+    closed = journeys_close_finished(now=now)
+    return {"entries": len(due), "entered": entered, "closed": closed, **report.as_dict()}
+
+
+def journeys_close_finished(*, now: dt.datetime | None = None) -> int:
+    """Close live journeys that will take no one new (a one-off segment entry, read) and have no one inside."""
+    now = now or timezone.now()
+    candidates = Journey.objects.filter(
+        status=Status.LIVE,
+        next_entry_at__isnull=True,
+        live_version__entry_kind=JourneyVersion.EntryKind.SEGMENT,
+        live_version__entry_every_hours=0,
+    ).exclude(pk__in=Enrollment.objects.filter(status__in=Enrollment.OPEN_STATUSES).values("journey_id"))
+    closed = 0
+    for pk in list(candidates.values_list("pk", flat=True)[:200]):
+        with transaction.atomic():
+            journey = Journey.objects.select_for_update(skip_locked=True).filter(pk=pk, status=Status.LIVE).first()
+            if journey is None or journey.next_entry_at is not None:
+                continue
+            if journey.versions.filter(status=VStatus.IN_REVIEW).exists():
+                continue
+            if Enrollment.objects.filter(journey=journey, status__in=Enrollment.OPEN_STATUSES).exists():
+                continue
+            _transition(journey, Status.CLOSED, by=None, action="closed")
+            closed += 1
+    return closed

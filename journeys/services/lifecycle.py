@@ -1,0 +1,426 @@
+"""The life of a journey: validation, create, edit, submit, approve, stop, archive and the gate.
+
+Transitions lock the journey row, check the state they start from, write an audit event and
+queue follow-up work on commit (STYLE rule 2). The approval subject is the journey; the request's
+fingerprint pins the version under review (entry, exit, re-entry, graph, each push's content).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from accounts.models import ApprovalRequest, User
+from accounts.selectors import approval_current, visible_to
+from accounts.services import (
+    TransitionError,
+    access_grant,
+    approval_request_cancel,
+    approval_request_decide,
+    approval_request_open,
+    audit,
+    lock_for,
+)
+from journeys.graph import contents_of, exits_of, graph_validate, segments_of
+from journeys.models import Enrollment, Journey, JourneyVersion
+
+Status = Journey.Status
+VStatus = JourneyVersion.Status
+EStatus = Enrollment.Status
+
+VERSION_FIELDS = (
+    "entry_kind",
+    "entry_segment",
+    "entry_every_hours",
+    "entry_event",
+    "reentry",
+    "reentry_wait_seconds",
+    "exit_event",
+    "graph",
+)
+
+
+def _lock(journey_id: int, by: User, perm: str) -> Journey:
+    return lock_for(Journey, journey_id, by=by, perm=perm, label="journey")
+
+
+def _transition(journey: Journey, to: str, *, by: User | None, action: str, summary: dict | None = None) -> None:
+    before = journey.status
+    journey.status = to
+    journey.status_changed_at = timezone.now()
+    journey.updated_at = journey.status_changed_at
+    journey.save(update_fields=["status", "status_changed_at", "updated_at", "live_version", "next_entry_at"])
+    audit(actor=by, action=f"journey_{action}", obj=journey, summary={"from": before, "to": to, **(summary or {})})
+
+
+def _open_version(journey: Journey) -> JourneyVersion | None:
+    """The version being edited or reviewed (draft / in review), if any."""
+    return journey.versions.filter(status__in=(VStatus.DRAFT, VStatus.IN_REVIEW)).order_by("-number").first()
+
+
+def version_reference_checks(*, app_id: int, by: User | None):
+    """The functions graph_validate uses to check segments, contents and rule trees (access of ``by``)."""
+    from audiences.models import Segment
+    from audiences.rules.schema import RulesInvalid, segment_references
+    from audiences.rules.validation import rules_validate
+    from audiences.selectors import segments_visible_to
+    from delivery.models import PushContent
+
+    def check_segment(segment_id: int) -> str:
+        if not Segment.objects.filter(pk=segment_id).exists():
+            return f"segment {segment_id} does not exist (was it deleted?)."
+        if by is not None and not segments_visible_to(by).filter(pk=segment_id).exists():
+            return f"you have no access to segment {segment_id}."
+        return ""
+
+    def check_content(content_id: int) -> str:
+        content = PushContent.objects.filter(pk=content_id).first()
+        if content is None:
+            return f"push content {content_id} does not exist."
+        if content.app_id != app_id:
+            return f"push content '{content}' belongs to another app."
+        if by is not None and not visible_to(by, PushContent.objects.filter(pk=content_id)).exists():
+            return f"you have no access to push content '{content}'."
+        return ""
+
+    def check_rules(tree) -> str:
+        try:
+            rules_validate(tree)
+        except RulesInvalid as exc:
+            return "the rule is invalid: " + "; ".join(exc.messages)
+        for segment_id in segment_references(tree):
+            if message := check_segment(segment_id):
+                return f"the rule refers to {message}"
+        return ""
+
+    return {"check_segment": check_segment, "check_content": check_content, "check_rules": check_rules}
+
+
+def _validate_version(version: JourneyVersion, *, by: User | None) -> None:
+    """Raise ValidationError naming the field, or GraphInvalid naming each broken step."""
+    from audiences.selectors import segments_visible_to
+
+    errors: dict[str, str] = {}
+    if version.entry_kind == JourneyVersion.EntryKind.SEGMENT:
+        if version.entry_segment_id is None:
+            errors["entry_segment"] = "A segment entry needs a segment."
+        elif by is not None and not segments_visible_to(by).filter(pk=version.entry_segment_id).exists():
+            errors["entry_segment"] = "Choose a segment you have access to."
+    elif version.entry_kind == JourneyVersion.EntryKind.EVENT:
+        if not version.entry_event.strip():
+            errors["entry_event"] = "An event entry needs the event's name."
+    else:
+        errors["entry_kind"] = f"Use one of {', '.join(JourneyVersion.EntryKind.values)}."
+    if version.reentry not in JourneyVersion.Reentry.values:
+        errors["reentry"] = f"Use one of {', '.join(JourneyVersion.Reentry.values)}."
+    elif version.reentry == JourneyVersion.Reentry.AFTER_WAIT and version.reentry_wait_seconds < 0:
+        errors["reentry_wait_seconds"] = "The re-entry wait is 0 seconds or more."
+    if errors:
+        raise ValidationError(errors)
+    graph_validate(version.graph, **version_reference_checks(app_id=version.journey.app_id, by=by))
+
+
+def _content_fingerprints(version: JourneyVersion) -> dict[str, str]:
+    from delivery.models import PushContent
+
+    contents = contents_of(version.graph)
+    by_id = {c.pk: c for c in PushContent.objects.filter(pk__in=set(contents.values()))}
+    return {step: (by_id[cid].fingerprint() if cid in by_id else "missing") for step, cid in contents.items()}
+
+
+def version_fingerprint(version: JourneyVersion) -> str:
+    """What an approval of this version covers, with the push contents as they are now."""
+    return version.fingerprint(content_fingerprints=_content_fingerprints(version))
+
+
+def journey_create(*, by: User, name: str, app, graph: dict | None = None, **version_fields) -> Journey:
+    """Create a draft journey owned by ``by`` (who gets object access), with a first draft version.
+
+    ``version_fields``: entry_kind, entry_segment, entry_every_hours, entry_event, reentry,
+    reentry_wait_seconds, exit_event. The graph is validated now (errors name the step).
+    Raises PermissionDenied when the role may not author journeys, ValidationError otherwise.
+    """
+    from delivery.models import App
+
+    if not by.has_perm("journeys.add_journey"):
+        raise PermissionDenied("Your role may not create journeys.")
+    unknown = set(version_fields) - set(VERSION_FIELDS)
+    if unknown:
+        raise ValidationError({f: "Not a journey field." for f in unknown})
+    if not (name or "").strip():
+        raise ValidationError({"name": "A journey needs a name."})
+    if app is None or not visible_to(by, App.objects.filter(pk=app.pk)).exists():
+        raise ValidationError({"app": "Choose an app you have access to."})
+    with transaction.atomic():
+        journey = Journey.objects.create(name=name.strip(), app=app, owner=by)
+        version = JourneyVersion(journey=journey, number=1, created_by=by, graph=graph or {}, **version_fields)
+        _validate_version(version, by=by)
+        version.save()
+        access_grant(obj=journey, to=by, by=None)
+        audit(actor=by, action="journey_created", obj=journey, summary={"version": 1})
+    return journey
+
+
+def journey_rename(*, journey_id: int, by: User, name: str) -> Journey:
+    """Change a journey's name (not part of what is approved)."""
+    if not (name or "").strip():
+        raise ValidationError({"name": "A journey needs a name."})
+    with transaction.atomic():
+        journey = _lock(journey_id, by, "journeys.change_journey")
+        journey.name = name.strip()
+        journey.updated_at = timezone.now()
+        journey.save(update_fields=["name", "updated_at"])
+        audit(actor=by, action="journey_renamed", obj=journey, summary={"name": journey.name})
+    return journey
+
+
+def journey_version_edit(*, journey_id: int, by: User, **changes) -> JourneyVersion:
+    """Edit the journey's draft version; on a live journey, the first edit makes a new draft version
+    (a copy of the live one) that replaces it when approved. The live version is never changed.
+
+    Raises TransitionError while a version is in review (cancel the request first) or when the
+    journey is finished; ValidationError / GraphInvalid naming the field or the step.
+    """
+    unknown = set(changes) - set(VERSION_FIELDS)
+    if unknown:
+        raise ValidationError({f: "Not a journey field." for f in unknown})
+    with transaction.atomic():
+        journey = _lock(journey_id, by, "journeys.change_journey")
+        if journey.status not in (Status.DRAFT, Status.IN_REVIEW, Status.LIVE):
+            raise TransitionError(journey, "edited")
+        version = _open_version(journey)
+        if version is not None and version.status == VStatus.IN_REVIEW:
+            raise TransitionError(journey, "edited", "A version is in review: cancel the request first.")
+        if version is None:
+            source = journey.live_version
+            number = (journey.versions.aggregate(n=Max("number"))["n"] or 0) + 1
+            version = JourneyVersion(journey=journey, number=number, created_by=by)
+            if source is not None:
+                for name in VERSION_FIELDS:
+                    setattr(version, name, getattr(source, name))
+        for name, value in changes.items():
+            setattr(version, name, value)
+        _validate_version(version, by=by)
+        version.updated_at = timezone.now()
+        version.save()
+        journey.updated_at = version.updated_at
+        journey.save(update_fields=["updated_at"])
+        audit(
+            actor=by,
+            action="journey_version_edited",
+            obj=journey,
+            summary={"version": version.number, "fields": sorted(changes)},
+        )
+    return version
+
+
+def journey_delete(*, journey_id: int, by: User) -> None:
+    """Delete a journey that never went live. Raises TransitionError otherwise (stop and archive it)."""
+    with transaction.atomic():
+        journey = _lock(journey_id, by, "journeys.delete_journey")
+        if journey.status != Status.DRAFT or journey.versions.exclude(status=VStatus.DRAFT).exists():
+            raise TransitionError(journey, "deleted", "Only drafts that never went live can be deleted.")
+        audit(actor=by, action="journey_deleted", obj=journey)
+        journey.delete()
+
+
+def journey_submit(*, journey_id: int, by: User, message: str = "") -> ApprovalRequest:
+    """Send the draft version for review: it is locked until approved, sent back, or cancelled.
+
+    Raises TransitionError when there is no draft version to submit, ValidationError naming
+    the step when the graph no longer holds (e.g. a segment it uses was deleted).
+    """
+    with transaction.atomic():
+        journey = _lock(journey_id, by, "journeys.submit_journey")
+        version = _open_version(journey)
+        if journey.status not in (Status.DRAFT, Status.LIVE) or version is None or version.status != VStatus.DRAFT:
+            raise TransitionError(journey, "submitted for review", "There is no draft version to submit.")
+        _validate_version(version, by=by)
+        request = approval_request_open(
+            subject=journey,
+            context={"type": "journey", "app_id": journey.app_id},
+            fingerprint=version_fingerprint(version),
+            approve_perm="journeys.approve_journey",
+            by=by,
+            message=message,
+        )
+        version.status = VStatus.IN_REVIEW
+        version.save(update_fields=["status"])
+        if journey.status == Status.DRAFT:
+            _transition(journey, Status.IN_REVIEW, by=by, action="submitted", summary={"version": version.number})
+        else:
+            audit(actor=by, action="journey_version_submitted", obj=journey, summary={"version": version.number})
+    return request
+
+
+def _pending_request(journey: Journey) -> ApprovalRequest:
+    request = approval_current(journey)
+    if request is None or request.status != ApprovalRequest.Status.PENDING:
+        raise TransitionError(journey, "decided", "It has no pending approval request.")
+    return request
+
+
+def _version_in_review(journey: Journey) -> JourneyVersion:
+    version = journey.versions.filter(status=VStatus.IN_REVIEW).first()
+    if version is None:
+        raise TransitionError(journey, "decided", "No version is in review.")
+    return version
+
+
+def _back_to_draft(journey: Journey, version: JourneyVersion, *, by: User, action: str, summary: dict) -> None:
+    version.status = VStatus.DRAFT
+    version.save(update_fields=["status"])
+    if journey.status == Status.IN_REVIEW:
+        _transition(journey, Status.DRAFT, by=by, action=action, summary=summary)
+    else:
+        audit(actor=by, action=f"journey_version_{action}", obj=journey, summary=summary)
+
+
+def journey_cancel_request(*, journey_id: int, by: User) -> Journey:
+    """The requester takes the version out of review, back to draft (a live version keeps running)."""
+    with transaction.atomic():
+        journey = _lock(journey_id, by, "journeys.submit_journey")
+        version = _version_in_review(journey)
+        approval_request_cancel(request_id=_pending_request(journey).pk, by=by)
+        _back_to_draft(journey, version, by=by, action="request_cancelled", summary={"version": version.number})
+    return journey
+
+
+def journey_request_changes(*, journey_id: int, by: User, comment: str) -> Journey:
+    """An approver sends the version back to draft with a comment the requester sees."""
+    with transaction.atomic():
+        journey = _lock(journey_id, by, "journeys.approve_journey")
+        version = _version_in_review(journey)
+        approval_request_decide(request_id=_pending_request(journey).pk, by=by, approve=False, comment=comment)
+        summary = {"version": version.number, "comment": comment}
+        _back_to_draft(journey, version, by=by, action="changes_requested", summary=summary)
+    return journey
+
+
+def journey_approve(*, journey_id: int, by: User, comment: str = "", now: dt.datetime | None = None) -> JourneyVersion:
+    """Approve and publish the version in review: it becomes the live version (the previous live
+    one is retired; profiles inside it finish on it), its push contents are frozen as approved,
+    and a segment entry is read at once.
+
+    Raises ValidationError when what would run changed since it was submitted (e.g. its push
+    content was edited) or no longer holds; PermissionDenied when ``by`` may not approve it.
+    """
+    from delivery.models import PushContent
+
+    now = now or timezone.now()
+    with transaction.atomic():
+        journey = _lock(journey_id, by, "journeys.approve_journey")
+        version = _version_in_review(journey)
+        request = _pending_request(journey)
+        fingerprints = _content_fingerprints(version)
+        if version.fingerprint(content_fingerprints=fingerprints) != request.fingerprint:
+            raise ValidationError("What would run changed since it was submitted: ask for changes and resubmit.")
+        _validate_version(version, by=None)
+        approval_request_decide(request_id=request.pk, by=by, approve=True, comment=comment)
+        contents = {c.pk: c for c in PushContent.objects.filter(pk__in=set(contents_of(version.graph).values()))}
+        version.frozen_specs = {
+            step: {"content_id": cid, "fingerprint": fingerprints[step], "spec": contents[cid].spec()}
+            for step, cid in contents_of(version.graph).items()
+        }
+        version.approved_fingerprint = request.fingerprint
+        previous = journey.live_version
+        if previous is not None:
+            previous.status = VStatus.RETIRED
+            previous.retired_at = now
+            previous.save(update_fields=["status", "retired_at"])
+        version.status = VStatus.LIVE
+        version.live_at = now
+        version.save(update_fields=["frozen_specs", "approved_fingerprint", "status", "live_at"])
+        journey.live_version = version
+        journey.next_entry_at = now if version.entry_kind == JourneyVersion.EntryKind.SEGMENT else None
+        summary = {"version": version.number, "comment": comment}
+        if previous is not None:
+            summary["replaces"] = previous.number
+        _transition(journey, Status.LIVE, by=by, action="approved", summary=summary)
+        if journey.next_entry_at is not None:
+            transaction.on_commit(lambda: _queue("journeys.tasks.journey_enter_task", journey.pk))
+    return version
+
+
+def journey_stop(*, journey_id: int, by: User) -> Journey:
+    """Stop a live journey: no more entries, every profile inside exits, queued pushes are stopped."""
+    from delivery.models import Dispatch
+    from delivery.services.dispatches import dispatch_stop
+
+    with transaction.atomic():
+        journey = _lock(journey_id, by, "journeys.stop_journey")
+        if journey.status != Status.LIVE:
+            raise TransitionError(journey, "stopped")
+        journey.next_entry_at = None
+        _transition(journey, Status.STOPPED, by=by, action="stopped")
+        now = timezone.now()
+        # Waits for any engine batch holding these rows, so nothing moves on after the stop.
+        exited = Enrollment.objects.filter(journey=journey, status__in=Enrollment.OPEN_STATUSES).update(
+            status=EStatus.EXITED, exit_reason="journey stopped", finished_at=now, updated_at=now, due_at=None
+        )
+        version_ids = list(journey.versions.values_list("pk", flat=True))
+        running = Dispatch.objects.filter(
+            kind=Dispatch.Kind.JOURNEY,
+            source_id__in=version_ids,
+            status__in=(Dispatch.Status.PREPARING, Dispatch.Status.SENDING),
+        ).values_list("pk", flat=True)
+        for dispatch_id in list(running):
+            dispatch_stop(dispatch_id=dispatch_id, by=by)
+        audit(actor=by, action="journey_enrollments_exited", obj=journey, summary={"count": exited})
+    return journey
+
+
+def journey_archive(*, journey_id: int, by: User) -> Journey:
+    """Archive a stopped or closed journey (hidden from the default list)."""
+    with transaction.atomic():
+        journey = _lock(journey_id, by, "journeys.archive_journey")
+        if journey.status not in (Status.STOPPED, Status.CLOSED):
+            raise TransitionError(journey, "archived", "Stop it first." if journey.is_live else "")
+        _transition(journey, Status.ARCHIVED, by=by, action="archived")
+    return journey
+
+
+def journey_gate(*, app, source_id: int | None, spec: dict, by: User | None) -> None:
+    """The journeys' gate in the delivery pipeline: a dispatch only for a push step of an approved
+    version (live, or retired with profiles finishing on it) of a live journey, whose graph is the
+    approved one, sending exactly the content that was approved.
+
+    Raises GateClosed otherwise, whoever calls.
+    """
+    from delivery.services.dispatches import GateClosed
+
+    version = JourneyVersion.objects.select_related("journey").filter(pk=source_id).first()
+    if version is None or version.journey.app_id != app.pk:
+        raise GateClosed("No such journey version for this app.")
+    journey = version.journey
+    if journey.status != Status.LIVE:
+        raise GateClosed(f"'{journey}' is {journey.get_status_display().lower()}, not live.")
+    if version.status not in (VStatus.LIVE, VStatus.RETIRED) or not version.approved_fingerprint:
+        raise GateClosed(f"Version {version.number} of '{journey}' is not approved.")
+    approved = {step: item["fingerprint"] for step, item in (version.frozen_specs or {}).items()}
+    if version.fingerprint(content_fingerprints=approved) != version.approved_fingerprint:
+        raise GateClosed(f"Version {version.number} of '{journey}' changed since it was approved.")
+    if not any(item["spec"] == spec for item in version.frozen_specs.values()):
+        raise GateClosed("The content to send is not the approved content of this journey.")
+
+
+def _queue(func: str, *args) -> None:
+    from django_q.tasks import async_task
+
+    async_task(func, *args, q_options={"timeout": 240})
+
+
+# Used by the admin and the API to tell what a branch is.
+def branch_labels(step: dict) -> list[str]:
+    return [label for label, _ in exits_of(step)]
+
+
+def segments_used(version: JourneyVersion) -> set[int]:
+    ids = segments_of(version.graph)
+    if version.entry_segment_id:
+        ids.add(version.entry_segment_id)
+    return ids
