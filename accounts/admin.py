@@ -23,6 +23,7 @@ from accounts.forms import ThrottledAdminAuthenticationForm
 from accounts.models import ApiKey, ApprovalPolicy, ApprovalRequest, AuditEvent, User
 from accounts.roles import ROLES, role_capabilities
 from accounts.selectors import (
+    api_key_owner_choices,
     api_keys_visible_to,
     approval_requests_visible_to,
     approvals_waiting_for,
@@ -340,9 +341,11 @@ class ApiKeyAdmin(AccessAdmin):
         return () if obj is None else self.readonly_fields
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
-        if db_field.name == "user" and not request.user.has_perm("accounts.manage_others_apikey"):
-            kwargs["queryset"] = User.objects.filter(pk=request.user.pk)
-            kwargs["initial"] = request.user.pk
+        if db_field.name == "user":
+            # Only users whose role may own a key: never a Viewer or a user without a role.
+            kwargs["queryset"] = api_key_owner_choices(request.user)
+            if not request.user.has_perm("accounts.manage_others_apikey"):
+                kwargs["initial"] = request.user.pk
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_changeform_initial_data(self, request):

@@ -1,6 +1,7 @@
-"""The API's error format and the endpoints of the accounts app."""
+"""The API's input and error format, and the endpoints of the accounts app."""
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from django.urls import path
@@ -9,7 +10,31 @@ from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView, exception_handler
 
+from accounts.json_values import MAX_BYTES, MAX_DEPTH, json_value_problem
+from accounts.parsers import request_too_large
 from accounts.roles import role_permissions
+
+# --- input ------------------------------------------------------------------------------------
+
+
+class JsonObjectField(serializers.DictField):
+    """A JSON object to store: every value passes ``accounts.json_values`` (no NUL or lone surrogate,
+    finite numbers, nested at most 32 deep, at most ``max_bytes`` as JSON); errors name the path."""
+
+    def __init__(self, *args, max_bytes: int = MAX_BYTES, **kwargs):
+        self.max_bytes = max_bytes
+        super().__init__(*args, **kwargs)
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        found = json_value_problem(value, max_depth=MAX_DEPTH, max_bytes=self.max_bytes)
+        if found is not None:
+            where, message = found
+            raise serializers.ValidationError({where: [message]} if where else [message])
+        return value
+
+
+# --- errors -----------------------------------------------------------------------------------
 
 
 def _flatten(detail, prefix="") -> list[dict]:
@@ -41,6 +66,8 @@ def api_exception_handler(exc, context):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied(str(exc) or None)
+    elif isinstance(exc, RequestDataTooBig):
+        exc = request_too_large()
     response = exception_handler(exc, context)
     if response is None:
         return None
@@ -87,6 +114,11 @@ COMMON_ERRORS = {
 }
 
 
+BODY_TOO_LARGE = (
+    "`request_too_large`: the body is over the limit (`PUSHDESK_MAX_REQUEST_BYTES`, 24 MB), stated in `detail`."
+)
+
+
 def document_error_responses(result, generator, request, public):
     """drf-spectacular post-processing hook: add the error format and the common errors to every operation.
 
@@ -100,6 +132,8 @@ def document_error_responses(result, generator, request, public):
             responses = operation.setdefault("responses", {})
             for status, description in COMMON_ERRORS.items():
                 responses.setdefault(status, {"description": description, "content": error_content})
+            if "requestBody" in operation:
+                responses.setdefault("413", {"description": BODY_TOO_LARGE, "content": error_content})
             for status, response in responses.items():
                 if status.startswith("4") and "content" not in response:
                     response["content"] = error_content

@@ -55,12 +55,13 @@ CAPABILITIES: dict[str, dict] = {
         "label": "create / edit / delete drafts",
         "roles": (ADMINISTRATOR, APPROVER, MANAGER),
         "perms": _crud("audiences.segment", "delivery.pushcontent", "campaigns.campaign", "journeys.journey")
-        + ["audiences.add_import", "delivery.test_send_pushcontent", "campaigns.duplicate_campaign"],
+        + ["delivery.test_send_pushcontent", "campaigns.duplicate_campaign"],
     },
     "write_profiles": {
-        "label": "write profiles, events and devices",
+        "label": "write profiles, events and devices, import CSV files",
         "roles": (ADMINISTRATOR, MANAGER),
-        "perms": _crud("audiences.profile", "audiences.event", "delivery.device"),
+        # An import writes profiles: it needs the same role as the profiles API.
+        "perms": _crud("audiences.profile", "audiences.event", "delivery.device") + ["audiences.add_import"],
     },
     "submit": {
         "label": "submit for review",

@@ -120,6 +120,25 @@ def can_manage_api_keys_of(by: User, owner: User) -> bool:
     return by.is_active and (by.pk == owner.pk or by.has_perm("accounts.manage_others_apikey"))
 
 
+def may_own_api_keys(user: User) -> bool:
+    """Whether the user's role may own API keys (the roles table: not Viewers, not users without a role)."""
+    return user.is_active and user.has_perm("accounts.add_apikey")
+
+
+def api_key_owner_choices(by: User) -> QuerySet[User]:
+    """The users ``by`` may create an API key for: themself, or (Administrators) anyone whose role may own one."""
+    from django.contrib.auth.models import Permission
+
+    if by.has_perm("accounts.manage_others_apikey"):
+        users = User.objects.filter(is_active=True)
+    else:
+        users = User.objects.filter(pk=by.pk, is_active=True)
+    perm = Permission.objects.filter(content_type__app_label="accounts", codename="add_apikey")
+    return users.filter(
+        Q(is_superuser=True) | Q(groups__permissions__in=perm) | Q(user_permissions__in=perm)
+    ).distinct()
+
+
 def api_keys_visible_to(user: User) -> QuerySet[ApiKey]:
     qs = ApiKey.objects.select_related("user")
     if user.has_perm("accounts.manage_others_apikey"):

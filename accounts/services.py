@@ -18,6 +18,7 @@ from accounts.selectors import (
     approver_standing,
     can,
     can_manage_api_keys_of,
+    may_own_api_keys,
     visible_to,
 )
 
@@ -104,12 +105,17 @@ def api_key_create(
     """Create a key for ``user`` and return it with the raw key, which is never stored or shown again.
 
     Raises PermissionDenied when ``by`` may not create keys for ``user``, ValidationError
-    on an unknown scope, no scope, or an expiry in the past.
+    when ``user``'s role may not own keys (Viewers, users without a role), on an unknown scope,
+    no scope, or an expiry in the past.
     """
     if not can_manage_api_keys_of(by, user):
         raise PermissionDenied("You may only create API keys for yourself.")
     if not by.has_perm("accounts.add_apikey"):
         raise PermissionDenied("Your role may not create API keys.")
+    if not may_own_api_keys(user):
+        raise ValidationError(
+            {"user": "This user's role may not own API keys (Administrators, Approvers and Managers may)."}
+        )
     valid = set(ApiKey.Scope.values)
     unknown = sorted(set(scopes) - valid)
     if unknown:

@@ -6,18 +6,19 @@ its errors (``{"field", "code", "detail"}``, as everywhere in the API).
 
 from __future__ import annotations
 
-import json
-
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from django.urls import path
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.api import _flatten
+from accounts.api import JsonObjectField, _flatten
+from accounts.json_values import MAX_DEPTH, json_parse, json_value_problem
+from accounts.parsers import ApiJSONParser
 from audiences.models import Import, Profile, Segment
 from audiences.rules.schema import RulesInvalid
 from audiences.selectors import imports_visible_to, profiles_visible_to, segment_for, segments_visible_to
@@ -31,7 +32,7 @@ from audiences.services.segments import segment_preview
 
 class ProfileInSerializer(serializers.Serializer):
     external_id = serializers.CharField(max_length=255, trim_whitespace=False)
-    attributes = serializers.DictField(required=False, allow_empty=True, help_text="Merged; a null removes a name.")
+    attributes = JsonObjectField(required=False, allow_empty=True, help_text="Merged; a null removes a name.")
     locale = serializers.CharField(required=False, allow_blank=True, max_length=35)
     timezone = serializers.CharField(required=False, allow_blank=True, max_length=64)
     last_seen_at = serializers.DateTimeField(required=False, allow_null=True)
@@ -52,7 +53,7 @@ class ProfileOutSerializer(serializers.ModelSerializer):
 class EventInSerializer(serializers.Serializer):
     external_id = serializers.CharField(max_length=255, trim_whitespace=False)
     name = serializers.CharField(max_length=100)
-    properties = serializers.DictField(required=False, allow_empty=True)
+    properties = JsonObjectField(required=False, allow_empty=True)
     occurred_at = serializers.DateTimeField()
 
     def validate(self, attrs):
@@ -115,24 +116,40 @@ class ImportOutSerializer(serializers.ModelSerializer):
         return request.build_absolute_uri(url) if request else url
 
 
+class ColumnsField(serializers.JSONField):
+    """A JSON object, or (multipart) its text: ``validate_columns`` parses the text with ``json_parse``,
+    which refuses any nesting depth without ever hitting Python's recursion limit."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, str):
+            return str(data)
+        return super().to_internal_value(data)
+
+
 class ImportInSerializer(serializers.Serializer):
     file = serializers.FileField()
     encoding = serializers.ChoiceField(choices=Import.Encoding.values, default="utf-8")
     target = serializers.ChoiceField(choices=Import.Target.values, default="profiles")
     segment = serializers.IntegerField(required=False, allow_null=True)
     segment_name = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
-    columns = serializers.JSONField(
+    columns = ColumnsField(
         required=False, help_text="Per CSV column: {'to': attribute name, 'type': auto|string|number|boolean|date|skip}"
     )
 
     def validate_columns(self, value):
         if isinstance(value, str):
             try:
-                value = json.loads(value)
+                value = json_parse(value, max_depth=MAX_DEPTH)
+            except DjangoValidationError as exc:
+                raise serializers.ValidationError(exc.message_dict) from exc
             except ValueError as exc:
                 raise serializers.ValidationError("Not JSON.") from exc
         if value is not None and not isinstance(value, dict):
             raise serializers.ValidationError("Must be an object: CSV column → {'to', 'type'}.")
+        found = json_value_problem(value or {})
+        if found is not None:
+            where, message = found
+            raise serializers.ValidationError({where: [message]} if where else [message])
         return value or {}
 
 
@@ -350,7 +367,7 @@ class ImportCreateView(APIView):
     """Upload a CSV file (multipart ``file``) and queue its import. Answers 202 with its status."""
 
     required_scope = "ingest"
-    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    parser_classes = [MultiPartParser, FormParser, ApiJSONParser]
 
     @extend_schema(
         operation_id="import_create",

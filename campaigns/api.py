@@ -14,6 +14,7 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.api import JsonObjectField
 from campaigns.models import Campaign
 from campaigns.reports import campaign_report
 from campaigns.selectors import campaign_for, campaigns_visible_to
@@ -74,12 +75,12 @@ class ReportSerializer(serializers.Serializer):
 
 class RecipientSerializer(serializers.Serializer):
     external_id = serializers.CharField(max_length=255, trim_whitespace=False)
-    context = serializers.DictField(required=False, default=dict)
+    context = JsonObjectField(required=False, default=dict)
 
 
 class TriggerInSerializer(serializers.Serializer):
     recipients = serializers.ListField(child=RecipientSerializer(), min_length=1, max_length=MAX_RECIPIENTS)
-    context = serializers.DictField(required=False, default=dict, help_text="Shared by every recipient: context.*")
+    context = JsonObjectField(required=False, default=dict, help_text="Shared by every recipient: context.*")
 
 
 class TriggerOutSerializer(serializers.Serializer):

@@ -76,3 +76,18 @@ def test_viewer_has_no_api_key_pages(client, viewer_carol):
 
 def test_admin_login_page_uses_password(client, manager_alice):
     assert client.login(username="manager_alice", password=TEST_PASSWORD)
+
+
+def test_the_owner_choices_hold_only_users_whose_role_may_own_a_key(
+    client, admin_erin, approver_bob, manager_alice, viewer_carol, outsider_dave
+):
+    client.force_login(admin_erin)
+    choices = client.get("/admin/accounts/apikey/add/").context["adminform"].form.fields["user"].queryset
+    assert set(choices) == {admin_erin, approver_bob, manager_alice}
+    for user in (viewer_carol, outsider_dave):
+        response = client.post(
+            "/admin/accounts/apikey/add/",
+            {"user": user.pk, "name": "x", "scopes": ["ingest"], "expires_at_0": "", "expires_at_1": ""},
+        )
+        assert response.status_code == 200 and b"Select a valid choice" in response.content
+    assert not ApiKey.objects.exists()

@@ -10,6 +10,7 @@ from rest_framework.views import APIView
 
 from accounts.models import ApiKey
 from accounts.services import api_key_create, api_key_revoke
+from tests.factories import UserFactory
 
 
 class TriggerOnlyView(APIView):
@@ -162,10 +163,19 @@ def test_viewer_cannot_create_keys(viewer_carol):
         api_key_create(user=viewer_carol, name="x", scopes=["read"], by=viewer_carol)
 
 
-def test_administrator_creates_a_key_for_a_service_account(admin_erin, viewer_carol):
-    key, raw = api_key_create(user=viewer_carol, name="reporting", scopes=["read"], by=admin_erin)
-    assert key.user == viewer_carol
-    assert _client(raw).get("/api/v1/me/").json()["username"] == "viewer_carol"
+def test_administrator_creates_a_key_for_a_service_account(admin_erin):
+    service = UserFactory(username="crm-sync", role="Manager")
+    key, raw = api_key_create(user=service, name="reporting", scopes=["read"], by=admin_erin)
+    assert key.user == service
+    assert _client(raw).get("/api/v1/me/").json()["username"] == "crm-sync"
+
+
+@pytest.mark.parametrize("owner", ["viewer_carol", "outsider_dave"])
+def test_a_viewer_or_a_user_without_role_cannot_own_a_key(admin_erin, owner, request):
+    user = request.getfixturevalue(owner)
+    with pytest.raises(ValidationError, match="may not own API keys"):
+        api_key_create(user=user, name="reporting", scopes=["read"], by=admin_erin)
+    assert not ApiKey.objects.filter(user=user).exists()
 
 
 def test_manager_cannot_revoke_someone_elses_key(admin_erin, manager_alice, approver_bob):

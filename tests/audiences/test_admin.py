@@ -214,3 +214,12 @@ def test_viewer_reads_a_granted_segment_but_cannot_save_it(login, viewer_carol, 
     assert response.status_code == 403
     segment.refresh_from_db()
     assert segment.name == "Pro"
+
+
+def test_approvers_may_not_import_in_the_admin(login, approver_bob, media):
+    client = login(approver_bob)
+    assert client.get("/admin/audiences/import/add/").status_code == 403
+    upload = SimpleUploadedFile("people.csv", b"external_id,plan\nann,pro\n", content_type="text/csv")
+    response = client.post("/admin/audiences/import/add/", {"file": upload, "encoding": "utf-8", "target": "profiles"})
+    assert response.status_code == 403
+    assert not Import.objects.exists()

@@ -203,3 +203,12 @@ def test_import_columns_are_declared_as_json_in_multipart(
         response = client.post("/api/v1/imports/", {"file": upload, "columns": columns}, format="multipart")
     assert response.status_code == 202, response.json()
     assert Profile.objects.get(external_id="c1").attributes == {"age": 7}
+
+
+def test_approver_key_is_refused_imports_by_role_like_profile_writes(approver_bob, api_key_for, media):
+    client = api_key_for(approver_bob, scopes=["ingest"])
+    upload = SimpleUploadedFile("people.csv", b"external_id,plan\nann,pro\n", content_type="text/csv")
+    response = client.post("/api/v1/imports/", {"file": upload}, format="multipart")
+    assert response.status_code == 403
+    assert response.json()["code"] == "permission_denied"
+    assert not Import.objects.exists() and not Profile.objects.exists()

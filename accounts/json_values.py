@@ -1,0 +1,170 @@
+"""The one check of every JSON value Pushdesk stores (attributes, properties, trigger contexts, rules, graphs...).
+
+PostgreSQL's ``jsonb`` cannot hold a NUL character or a lone UTF-16 surrogate, JSON has no
+infinity, and a value nested thousands deep overflows Python's recursion in every function that
+walks it. Each API serializer and admin form that accepts a JSON value checks it here first, so
+bad input answers a 4xx naming the field instead of failing when it is written or read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+from django.core.exceptions import ValidationError
+
+MAX_DEPTH = 32
+MAX_BYTES = 64 * 1024
+# A request body wraps the stored values in a few levels of its own (``{"profiles": [{"attributes": …}]}``).
+BODY_MAX_DEPTH = MAX_DEPTH + 8
+
+_FORBIDDEN = re.compile("[\x00\ud800-\udfff]")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _string_problem(text: str, *, nul_ok: bool = False) -> str | None:
+    found = (_SURROGATE if nul_ok else _FORBIDDEN).search(text)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return "The NUL character (\\u0000) is not allowed."
+    return "A lone UTF-16 surrogate is not allowed: send valid Unicode."
+
+
+def _join(path: str, key) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else str(key)
+
+
+def json_value_problem(
+    value, *, max_depth: int = MAX_DEPTH, max_bytes: int | None = MAX_BYTES, nul_ok: bool = False
+) -> tuple[str, str] | None:
+    """Return ``(path, message)`` for the first reason ``value`` cannot be stored, or None when it can.
+
+    The path is relative to the value (``""`` for the value itself, ``"a.b[2]"`` inside it).
+    Refused: a string or key with a NUL or a lone surrogate, a key that is not a string, a
+    number that is not finite, a type JSON does not have, containers nested deeper than
+    ``max_depth``, and more than ``max_bytes`` once encoded as compact JSON. Walks without
+    recursion, so any depth is safe to check. ``nul_ok`` lets NUL pass (for a whole request body,
+    whose fields report it themselves).
+    """
+    stack: list[tuple[str, object, int]] = [("", value, 0)]
+    while stack:
+        path, item, depth = stack.pop()
+        if isinstance(item, str):
+            problem = _string_problem(item, nul_ok=nul_ok)
+            if problem:
+                return path, problem
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            continue
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return path, "Numbers must be finite (this one overflows a 64-bit float)."
+        elif isinstance(item, dict | list):
+            if depth >= max_depth:
+                return path, f"Nested deeper than {max_depth} levels."
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if not isinstance(key, str):
+                        return path, "Object keys must be strings."
+                    problem = _string_problem(key, nul_ok=nul_ok)
+                    if problem:
+                        return _join(path, key.encode("unicode_escape").decode()), f"Key: {problem}"
+                    stack.append((_join(path, key), child, depth + 1))
+            else:
+                for index, child in enumerate(item):
+                    stack.append((_join(path, index), child, depth + 1))
+        else:
+            return path, f"Not a JSON value ({type(item).__name__})."
+    if max_bytes is not None:
+        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > max_bytes:
+            return "", f"At most {max_bytes} bytes as JSON, got {size}."
+    return None
+
+
+def _where(field: str, path: str) -> str:
+    if not field:
+        return path or "value"
+    if not path:
+        return field
+    return f"{field}{path}" if path.startswith("[") else f"{field}.{path}"
+
+
+def json_value_check(value, *, field: str, max_depth: int = MAX_DEPTH, max_bytes: int | None = MAX_BYTES) -> None:
+    """Raise ValidationError ``{"<field>.<path>": message}`` when ``value`` cannot be stored (``json_value_problem``)."""
+    found = json_value_problem(value, max_depth=max_depth, max_bytes=max_bytes)
+    if found is not None:
+        path, message = found
+        raise ValidationError({_where(field, path): message})
+
+
+def json_text_problem(text: str) -> str | None:
+    """A NUL or lone surrogate in a plain text value (a path segment, a query parameter): its message, or None."""
+    return _string_problem(text)
+
+
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\],:]')
+
+
+def _deep_path(text: str, limit: int) -> str:
+    """The path of the first container nested deeper than ``limit`` in JSON text (which may not even parse)."""
+    frames: list[list] = []  # [kind, key or index, last string seen]
+    for match in _TOKEN.finditer(text):
+        lexeme = match.group()
+        if lexeme in "{[":
+            if len(frames) >= limit:
+                break
+            frames.append(["{" if lexeme == "{" else "[", 0 if lexeme == "[" else None, None])
+        elif lexeme in "}]":
+            if frames:
+                frames.pop()
+        elif not frames:
+            continue
+        elif lexeme == ",":
+            if frames[-1][0] == "[":
+                frames[-1][1] += 1
+        elif lexeme == ":":
+            frames[-1][1] = frames[-1][2]
+        else:
+            try:
+                frames[-1][2] = json.loads(lexeme)
+            except ValueError:
+                frames[-1][2] = "?"
+    path = ""
+    for kind, key, _ in frames[:-1] if frames else []:
+        path = _join(path, key if kind == "[" else str(key).encode("unicode_escape").decode())
+    if len(path) > 200:
+        path = path[:200] + "…"
+    return path
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def json_parse(text: str, *, field: str = "", max_depth: int = BODY_MAX_DEPTH):
+    """Parse JSON text and refuse what no field may hold; return the value.
+
+    Raises ValidationError naming the path (under ``field``) of a container nested deeper than
+    ``max_depth`` (without ever hitting Python's recursion limit), a number that overflows to
+    infinity (``1e400``), a lone surrogate; ValueError when the text is not JSON (``NaN`` and
+    ``Infinity`` are not). NUL characters pass: the field that holds one reports it.
+    """
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        value = None
+        found = (_deep_path(text, max_depth), f"Nested deeper than {max_depth} levels.")
+    else:
+        found = json_value_problem(value, max_depth=max_depth, max_bytes=None, nul_ok=True)
+    if found is not None:
+        path, message = found
+        raise ValidationError({_where(field, path): message})
+    return value

@@ -1,0 +1,34 @@
+"""Requests no view could answer: a NUL character in the path or the query string.
+
+PostgreSQL text cannot hold NUL, so a lookup or filter with one fails inside the database
+driver. They are refused before any view runs: JSON for the API, plain text for the admin.
+"""
+
+from django.http import HttpResponseBadRequest, HttpResponseNotFound, JsonResponse
+
+
+class RefuseNulMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        api = request.path.startswith("/api/")
+        if "\x00" in request.path:
+            if api:
+                return JsonResponse({"code": "not_found", "detail": "Not found."}, status=404)
+            return HttpResponseNotFound("Not found.", content_type="text/plain")
+        for name, values in request.GET.lists():
+            if "\x00" in name or any("\x00" in value for value in values):
+                field = name.replace("\x00", "\\u0000")
+                detail = "The NUL character (\\u0000) is not allowed."
+                if api:
+                    return JsonResponse(
+                        {
+                            "code": "invalid",
+                            "detail": f"{field}: {detail}",
+                            "errors": [{"field": field, "code": "invalid", "detail": detail}],
+                        },
+                        status=400,
+                    )
+                return HttpResponseBadRequest(f"{field}: {detail}", content_type="text/plain")
+        return self.get_response(request)

@@ -1,0 +1,53 @@
+"""How the API reads request bodies (a module of its own: DRF's settings import it before any view)."""
+
+import codecs
+
+from django.conf import settings
+from rest_framework import exceptions
+from rest_framework import status as http_status
+from rest_framework.parsers import JSONParser, get_encoding
+
+from accounts.json_values import json_parse
+
+
+class RequestTooLarge(exceptions.APIException):
+    status_code = http_status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_code = "request_too_large"
+
+
+def request_too_large() -> RequestTooLarge:
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return RequestTooLarge(
+        f"The request body is larger than the limit of {limit} bytes ({limit / 1024 / 1024:.0f} MB).",
+        code="request_too_large",
+    )
+
+
+class ApiJSONParser(JSONParser):
+    """JSON bodies, refused with a 400 naming the path when no field could hold them.
+
+    Python's own parser raises RecursionError on deep nesting and reads ``1e400`` as infinity;
+    ``json_parse`` turns both (and lone surrogates) into a ValidationError naming where. A body
+    over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` answers 413.
+    """
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        parser_context = parser_context or {}
+        encoding = get_encoding(parser_context)
+        request = parser_context.get("request")
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        if request is not None and limit is not None:
+            try:
+                length = int(request.META.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                length = 0
+            if length > limit:
+                raise request_too_large()
+        raw = stream.read(limit + 1) if limit is not None else stream.read()
+        if limit is not None and len(raw) > limit:
+            raise request_too_large()
+        try:
+            text = codecs.decode(raw, encoding)
+            return json_parse(text)
+        except ValueError as exc:
+            raise exceptions.ParseError(f"JSON parse error - {exc}") from exc

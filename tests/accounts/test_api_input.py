@@ -1,0 +1,132 @@
+"""Malformed input answers a JSON 4xx naming the field, never a 500: the API's parser, the JSON value
+check every stored JSON value passes (``accounts.json_values``), NUL in paths and queries, body size."""
+
+import json
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from audiences.models import Event, Import, Profile
+
+pytestmark = pytest.mark.django_db
+
+
+def _post(client, path, raw: str):
+    return client.post(path, data=raw.encode("utf-8", "surrogatepass"), content_type="application/json")
+
+
+def _fields(response) -> list[str]:
+    return [error["field"] for error in response.json()["errors"]]
+
+
+@pytest.fixture
+def ingest(manager_alice, api_key_for):
+    return api_key_for(manager_alice, scopes=["ingest", "read", "trigger"])
+
+
+@pytest.mark.parametrize(
+    ("raw_value", "message"),
+    [
+        ('"a\\u0000b"', "NUL"),
+        ('"a\\ud800b"', "surrogate"),
+        ("1e400", "finite"),
+        ("[" * 35 + "]" * 35, "Nested deeper than 32"),
+        ("[" * 20000 + "]" * 20000, "Nested deeper than"),
+    ],
+    ids=["nul", "lone-surrogate", "1e400", "depth-35", "depth-20000"],
+)
+def test_a_profile_attribute_that_cannot_be_stored_answers_400_naming_it(ingest, raw_value, message):
+    response = _post(ingest, "/api/v1/profiles/", '{"external_id": "x", "attributes": {"v": ' + raw_value + "}}")
+    assert response.status_code == 400, response.content[:300]
+    body = response.json()
+    assert body["code"] == "invalid"
+    assert body["errors"][0]["field"].startswith("attributes.v")
+    assert message in body["errors"][0]["detail"]
+    assert not Profile.objects.exists()
+
+
+def test_a_nul_in_a_key_is_refused_too(ingest):
+    response = _post(ingest, "/api/v1/profiles/", '{"external_id": "x", "attributes": {"a": {"k\\u0000": 1}}}')
+    assert response.status_code == 400
+    assert _fields(response)[0].startswith("attributes.a")
+
+
+def test_an_event_property_that_cannot_be_stored_fails_its_item_alone(ingest):
+    good = {"external_id": "u1", "name": "open", "occurred_at": "2026-01-01T00:00:00Z"}
+    raw = json.dumps({"events": [good, {**good, "properties": {"p": "x\x00y"}}]})
+    response = _post(ingest, "/api/v1/events/bulk/", raw)
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["accepted"], body["failed"]) == (1, 1)
+    assert body["results"][1]["errors"][0]["field"] == "properties.p"
+    assert Event.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    "raw_context", ['{"v": "\\u0000"}', '{"v": 1e400}', '{"v": ' + "[" * 20000 + "]" * 20000 + "}"]
+)
+def test_a_trigger_context_that_cannot_be_stored_answers_400_naming_it(ingest, raw_context):
+    raw = '{"recipients": [{"external_id": "u1", "context": ' + raw_context + "}]}"
+    response = _post(ingest, "/api/v1/campaigns/1/trigger/", raw)
+    assert response.status_code == 400, response.content[:300]
+    field = _fields(response)[0]
+    assert field.startswith(("recipients.0.context", "recipients[0].context")), field
+
+
+def test_deep_nesting_in_the_import_columns_answers_400_naming_them(ingest, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    upload = SimpleUploadedFile("people.csv", b"external_id,plan\nann,pro\n", content_type="text/csv")
+    columns = '{"plan": ' + "[" * 20000 + "]" * 20000 + "}"
+    response = ingest.post("/api/v1/imports/", {"file": upload, "columns": columns}, format="multipart")
+    assert response.status_code == 400, response.content[:300]
+    assert _fields(response)[0].startswith("columns")
+    assert not Import.objects.exists()
+
+
+def test_nan_and_infinity_literals_are_not_json(ingest):
+    response = _post(ingest, "/api/v1/profiles/", '{"external_id": "x", "attributes": {"v": NaN}}')
+    assert response.status_code == 400
+    assert response.json()["code"] == "parse_error"
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/api/v1/profiles/%00/", 404),
+        ("/api/v1/campaigns/?status=%00", 400),
+        ("/api/v1/journeys/?status=%00", 400),
+        ("/api/v1/segments/?limit=%00", 400),
+    ],
+)
+def test_a_nul_in_a_path_or_query_answers_json_not_500(ingest, path, status):
+    response = ingest.get(path)
+    assert response.status_code == status
+    assert response["Content-Type"] == "application/json"
+    if status == 400:
+        assert response.json()["errors"][0]["field"] in {"status", "limit"}
+
+
+def test_a_nul_in_an_admin_search_answers_400_not_500(client, admin_erin):
+    client.force_login(admin_erin)
+    assert client.get("/admin/audiences/profile/", {"q": "a\x00b"}).status_code == 400
+    assert client.get("/admin/audiences/profile/%00/change/").status_code == 404
+
+
+def test_a_full_bulk_call_of_the_documented_maximum_fits(ingest):
+    profiles = [{"external_id": f"p{i}", "attributes": {"bio": "x" * 3000}} for i in range(1000)]
+    raw = json.dumps({"profiles": profiles})
+    assert len(raw) > 3_000_000
+    response = _post(ingest, "/api/v1/profiles/bulk/", raw)
+    assert response.status_code == 200, response.content[:300]
+    assert response.json()["accepted"] == 1000
+
+
+def test_a_body_over_the_limit_answers_json_413_stating_it(ingest, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 100_000
+    raw = json.dumps({"profiles": [{"external_id": f"p{i}", "attributes": {"bio": "x" * 1000}} for i in range(200)]})
+    response = _post(ingest, "/api/v1/profiles/bulk/", raw)
+    assert response.status_code == 413
+    body = response.json()
+    assert body["code"] == "request_too_large"
+    assert "100000 bytes" in body["detail"]
+    assert not Profile.objects.exists()
