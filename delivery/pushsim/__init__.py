@@ -131,6 +131,7 @@ class PushSimulator:
         # hpack logs every header it decodes at DEBUG: here that is every provider token and
         # OAuth access token the simulator receives. Keep it out of the logs.
         logging.getLogger("hpack").setLevel(max(logging.INFO, logging.getLogger("hpack").getEffectiveLevel()))
+        self.state.keep_start_state()
         ssl_context = self._tls_context() if self.tls else None
         ready = threading.Event()
         failure: list[BaseException] = []

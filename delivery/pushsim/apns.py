@@ -2,8 +2,8 @@
 
 Checks run in the order of pushy's MockApnsServer where one exists, Apple's table otherwise:
 method, path, duplicate headers, apns-id, priority, expiration, collapse id, push type, the
-provider token (signature, key id, team binding, age, environment, update rate), topic, device
-token, payload. A topic the key may not push to answers 400 ``TopicDisallowed`` (pushy says
+provider token (signature, key id, team binding, age, environment, update rate), topic (and its
+suffix for the push type), injected faults, device token, payload. A topic the key may not push to answers 400 ``TopicDisallowed`` (pushy says
 ``InvalidProviderToken``; Apple's table has the more useful reason).
 """
 
@@ -42,11 +42,24 @@ def _reject(status: int, reason: str, apns_id: str, **extra) -> Answer:
     return Answer(status, [("apns-id", apns_id), ("content-type", "application/json")], body)
 
 
-def _base_topic(topic: str, push_type: str) -> str:
-    suffix = PUSH_TYPES.get(push_type, "")
-    if suffix and topic.endswith(suffix):
-        return topic[: -len(suffix)]
-    return topic
+def _check_topic(topic: str, push_type: str, allowed: frozenset[str]) -> tuple[str, str]:
+    """The bundle id a topic names, and the reason to refuse it ("" when it fits the push type).
+
+    A push type with a suffix (``voip``: ``<bundle>.voip``...) is sent to the suffixed topic,
+    and the others to the bare bundle id: a device token is registered for one of them, so the
+    wrong one answers ``DeviceTokenNotForTopic``. A bundle id the key may not push to answers
+    ``TopicDisallowed``.
+    """
+    bundle_id = topic
+    for suffix in sorted({s for s in PUSH_TYPES.values() if s}, key=len, reverse=True):
+        if topic.endswith(suffix) and topic[: -len(suffix)] in allowed:
+            bundle_id = topic[: -len(suffix)]
+            break
+    if bundle_id not in allowed:
+        return bundle_id, "TopicDisallowed"
+    if topic != bundle_id + PUSH_TYPES[push_type]:
+        return bundle_id, "DeviceTokenNotForTopic"
+    return bundle_id, ""
 
 
 def handle_apns(state: SimState, ex: Exchange) -> Answer:
@@ -77,13 +90,6 @@ def handle_apns(state: SimState, ex: Exchange) -> Answer:
     if push_type not in PUSH_TYPES:
         return _reject(400, "InvalidPushType", apns_id)
 
-    status, reason = state.take_forced_failure(ex.path[len("/3/device/") :])
-    if status:
-        return _fault(state, status, apns_id, reason)
-    status = state.random_fault()
-    if status:
-        return _fault(state, status, apns_id)
-
     rejected, key = _check_provider_token(state, ex, apns_id)
     if rejected is not None:
         return rejected
@@ -91,11 +97,20 @@ def handle_apns(state: SimState, ex: Exchange) -> Answer:
     topic = ex.header("apns-topic")
     if not topic:
         return _reject(400, "MissingTopic", apns_id)
-    bundle_id = _base_topic(topic, push_type)
-    if bundle_id not in key.topics:
-        return _reject(400, "TopicDisallowed", apns_id)
+    bundle_id, refusal = _check_topic(topic, push_type, key.topics)
+    if refusal:
+        return _reject(400, refusal, apns_id)
 
+    # Injected faults answer only a request that got past authentication: a bad provider
+    # token is refused first, as by APNs.
     token = ex.path[len("/3/device/") :]
+    status, reason = state.take_forced_failure(token)
+    if status:
+        return _fault(state, status, apns_id, reason)
+    status = state.random_fault()
+    if status:
+        return _fault(state, status, apns_id)
+
     if not _HEX_TOKEN.match(token):
         return _reject(400, "BadDeviceToken", apns_id)
     device = state.device(token)
@@ -152,10 +167,8 @@ def handle_apns(state: SimState, ex: Exchange) -> Answer:
 def _fault(state: SimState, status: int, apns_id: str, reason: str = "") -> Answer:
     reason = reason or {429: "TooManyRequests", 500: "InternalServerError", 503: "ServiceUnavailable"}.get(status, "")
     extra = {"timestamp": int(state.now() * 1000)} if status == 410 else {}
-    answer = _reject(status, reason, apns_id, **extra)
-    if status in (429, 503):
-        answer.headers.append(("retry-after", str(state.faults.retry_after)))
-    return answer
+    # No Retry-After: APNs does not send one (FCM does); clients fall back on their own backoff.
+    return _reject(status, reason, apns_id, **extra)
 
 
 def _check_provider_token(state: SimState, ex: Exchange, apns_id: str):

@@ -5,7 +5,7 @@ POST /control/faults                 {"rate_503": 0.1, "retry_after": 2, "latenc
 POST /control/tokens                 {"token": "...", "platform": "ios", "state": "unregistered", ...}
 POST /control/apns-keys              {"key_id", "team_id", "public_key_pem", "topics": [...]}
 POST /control/service-accounts       {"client_email", "private_key_id", "project_id", "public_key_pem"}
-POST /control/reset                  forget deliveries, devices and faults
+POST /control/reset                  back to the start-up faults and devices; forget deliveries
 GET  /control/counts                 {"<device token>": <notifications received>, ...}
 GET  /control/received?token=&limit= the notifications received, newest first
 GET  /                               the phone mock-ups, newest first

@@ -2,7 +2,8 @@
 
 Every listener serves every route (APNs, FCM, the OAuth token endpoint, control, the page);
 a listener's ``environment`` is the APNs environment its connections reach. Over TLS, ALPN
-picks ``h2`` or ``http/1.1``; in cleartext the HTTP/2 preface (prior knowledge) picks h2. As
+picks ``h2`` or ``http/1.1``; in cleartext, or over TLS when the client offered no ALPN, the
+HTTP/2 preface (prior knowledge) picks h2. As
 APNs does, an APNs request over HTTP/1.1 gets its connection closed without an answer.
 """
 
@@ -75,7 +76,11 @@ class SimProtocol(asyncio.Protocol):
         self.transport = transport
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
-            self._start("h2" if ssl_object.selected_alpn_protocol() == "h2" else "h1")
+            alpn = ssl_object.selected_alpn_protocol()
+            if alpn is not None:
+                self._start("h2" if alpn == "h2" else "h1")
+            # No ALPN (a client that did not offer it): like the real servers, take the HTTP/2
+            # preface as HTTP/2 and anything else as HTTP/1.1, as in cleartext.
 
     def connection_lost(self, exc):
         self.closed = True
@@ -269,14 +274,16 @@ class SimProtocol(asyncio.Protocol):
             size = min(window, len(data))
             while size > 0:
                 chunk_size = min(size, self.h2.max_outbound_frame_size)
-                self.h2.send_data(stream_id, data[:chunk_size])
+                # As APNs does, the frame carrying the end of the body ends the stream: an empty
+                # DATA frame after it breaks clients that parse every DATA frame as JSON.
+                last = chunk_size == len(data)
+                self.h2.send_data(stream_id, data[:chunk_size], end_stream=last)
                 data = data[chunk_size:]
                 size -= chunk_size
             if data:
                 self.pending_data[stream_id] = data
             else:
                 del self.pending_data[stream_id]
-                self.h2.end_stream(stream_id)
                 self._answered(stream_id)
         self._flush()
 

@@ -12,7 +12,7 @@ import random
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -28,7 +28,7 @@ class Faults:
     rate_429: float = 0.0
     rate_500: float = 0.0
     rate_503: float = 0.0
-    retry_after: int = 1  # seconds, sent as Retry-After on injected 429 and 503
+    retry_after: int = 1  # seconds, sent as Retry-After on FCM's injected 429 and 503 (APNs sends none)
     latency_ms: float = 0.0
     goaway_after_streams: int = 0  # 0: never; N: GOAWAY (last stream = the Nth) when the N+1th arrives
     drop_after_streams: int = 0  # 0: never; N: close the connection, unanswered, when the N+1th arrives
@@ -107,6 +107,8 @@ class SimState:
         self.random = random.Random(seed)
         self._ids = itertools.count(1)
         self.trust_file_loader = None  # set by the command: reloads public keys on an unknown id
+        self._start_faults = Faults()
+        self._start_devices: dict[str, Device] = {}
 
     # --- clock -------------------------------------------------------------------------------
     def now(self) -> float:
@@ -272,12 +274,19 @@ class SimState:
             items = [r for r in reversed(self.received) if not token or r.token == token]
         return [asdict(r) for r in items[:limit]]
 
-    def reset(self) -> None:
-        """Forget deliveries, counts, devices, forced failures and faults; keep keys and accounts."""
+    def keep_start_state(self) -> None:
+        """Remember the faults and devices set so far (at start-up) as what ``reset`` returns to."""
         with self.lock:
-            self.faults = Faults()
+            self._start_faults = replace(self.faults)
+            self._start_devices = {token: replace(device) for token, device in self.devices.items()}
+
+    def reset(self) -> None:
+        """Go back to the start-up state: its faults and devices; forget deliveries, counts, forced
+        failures and everything set since. Keys and accounts stay."""
+        with self.lock:
+            self.faults = replace(self._start_faults)
             self.clock_offset = 0.0
-            self.devices.clear()
+            self.devices = {token: replace(device) for token, device in self._start_devices.items()}
             self.counts.clear()
             self.received.clear()
             self.fail_next.clear()

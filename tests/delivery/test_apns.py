@@ -104,10 +104,23 @@ def test_accepted_keeps_the_apns_id_and_sends_every_header(client, pushsim):
     }
 
 
-def test_push_types_with_a_topic_suffix_get_it(client, pushsim):
-    [outcome] = client.send([ApnsMessage(token=TOKEN, payload={"aps": {}}, push_type="voip")])
-    assert outcome.accepted
-    assert pushsim.state.recent(token=TOKEN)[0]["headers"]["apns-topic"] == "com.example.pushdesk.voip"
+@pytest.mark.parametrize(
+    ("push_type", "topic"),
+    [
+        ("voip", "com.example.pushdesk.voip"),
+        ("liveactivity", "com.example.pushdesk.push-type.liveactivity"),
+        ("complication", "com.example.pushdesk.complication"),
+        ("fileprovider", "com.example.pushdesk.pushkit.fileprovider"),
+        ("pushtotalk", "com.example.pushdesk.voip-ptt"),
+        ("widgets", "com.example.pushdesk.push-type.widgets"),
+        ("alert", "com.example.pushdesk"),
+    ],
+)
+def test_push_types_with_a_topic_suffix_get_it(client, pushsim, push_type, topic):
+    # The simulator refuses a push type sent to another push type's topic (DeviceTokenNotForTopic).
+    [outcome] = client.send([ApnsMessage(token=TOKEN, payload={"aps": {}}, push_type=push_type)])
+    assert outcome.accepted, outcome.reason
+    assert pushsim.state.recent(token=TOKEN)[0]["headers"]["apns-topic"] == topic
 
 
 def test_a_batch_answers_each_message_in_order(client, pushsim):
@@ -146,15 +159,15 @@ def test_bad_messages_are_permanent_failures(client, pushsim):
     assert pushsim.state.count(TOKEN) == 0
 
 
-def test_injected_503_is_retried_later_after_the_providers_retry_after(client, pushsim):
+def test_injected_503_without_retry_after_is_retried_after_the_documented_backoff(client, pushsim):
     pushsim.state.faults.rate_503 = 1.0
-    pushsim.state.faults.retry_after = 7
+    pushsim.state.faults.retry_after = 7  # FCM's; APNs sends no Retry-After
     [outcome] = client.send([alert()])
     assert (outcome.kind, outcome.reason, outcome.retry_after, outcome.retry_after_from_provider) == (
         RETRY,
         "ServiceUnavailable",
-        7.0,
-        True,
+        60.0,
+        False,
     )
 
 

@@ -9,7 +9,7 @@ import pytest
 import trustme
 
 from delivery.transport import Http2Transport, Request
-from tests.fakes.pushsim import BUNDLE_ID, KEY_ID, TEAM_ID
+from tests.fakes.pushsim import BUNDLE_ID, KEY_ID, PROJECT_ID, TEAM_ID
 
 
 @pytest.fixture
@@ -126,10 +126,16 @@ def test_an_idle_connection_closed_by_goaway_is_replaced_by_a_new_one(pushsim, b
     assert pushsim.state.connections == 2
 
 
-def test_without_all_headers_an_error_still_carries_its_retry_after(pushsim, bearer):
+def test_without_all_headers_an_error_still_carries_its_retry_after(pushsim):
     pushsim.state.faults.rate_503 = 1.0
-    pushsim.state.faults.retry_after = 4
+    pushsim.state.faults.retry_after = 4  # FCM sends Retry-After (APNs does not)
+    access = pushsim.state.issue_access_token(PROJECT_ID)
+    request = Request(
+        url=f"{pushsim.fcm_url(tls=True)}/v1/projects/{PROJECT_ID}/messages:send",
+        headers=[f"authorization: Bearer {access}", "content-type: application/json"],
+        body=b'{"message":{"token":"' + b"f" * 40 + b'"}}',
+    )
     with Http2Transport(ca_bundle=pushsim.ca_path, all_headers=False) as transport:
-        [response] = transport.send(apns_requests(pushsim.apns_url(tls=True), bearer, 1))
+        [response] = transport.send([request])
     assert response.status == 503
-    assert response.headers == {"content-type": "application/json", "retry-after": "4"}
+    assert response.headers == {"content-type": "application/json; charset=UTF-8", "retry-after": "4"}

@@ -1,0 +1,264 @@
+"""The push simulator keeps to Apple's and Google's protocols where a client could tell the difference.
+
+These tests speak HTTP/2 frame by frame (the ``h2`` state machine over a plain socket), so
+they see what a client library sees: which frame ends a stream, what a connection without
+ALPN gets, which headers an answer carries.
+"""
+
+import json
+import socket
+import ssl
+import time
+import uuid
+
+import h2.config
+import h2.connection
+import h2.events
+import httpx
+import jwt
+import pytest
+
+from tests.fakes.pushsim import BUNDLE_ID, KEY_ID, PROJECT_ID, TEAM_ID
+
+DEVICE = "0e" * 32
+
+
+class RawH2:
+    """A minimal HTTP/2 client: sends requests, records every event per stream."""
+
+    def __init__(self, host: str, port: int, *, tls_context: ssl.SSLContext | None = None):
+        sock = socket.create_connection((host, port), timeout=5)
+        self.sock = tls_context.wrap_socket(sock, server_hostname="localhost") if tls_context else sock
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        self.conn.initiate_connection()
+        self.sock.sendall(self.conn.data_to_send())
+        self.events: dict[int, list] = {}
+        self.terminated = False
+
+    def request(self, path: str, headers: list[tuple[str, str]], body: bytes = b"") -> int:
+        stream_id = self.conn.get_next_available_stream_id()
+        pseudo = [(":method", "POST"), (":scheme", "https"), (":path", path), (":authority", "localhost")]
+        self.conn.send_headers(stream_id, pseudo + headers, end_stream=not body)
+        if body:
+            self.conn.send_data(stream_id, body, end_stream=True)
+        self.sock.sendall(self.conn.data_to_send())
+        self.events[stream_id] = []
+        return stream_id
+
+    def wait(self, stream_ids, timeout: float = 5.0) -> None:
+        """Read until every stream in ``stream_ids`` has ended (or the connection is closed)."""
+        deadline = time.monotonic() + timeout
+        pending = set(stream_ids)
+        while pending and not self.terminated and time.monotonic() < deadline:
+            data = self.sock.recv(65536)
+            if not data:
+                self.terminated = True
+                break
+            for event in self.conn.receive_data(data):
+                stream_id = getattr(event, "stream_id", None)
+                if stream_id in self.events:
+                    self.events[stream_id].append(event)
+                if isinstance(event, h2.events.StreamEnded):
+                    pending.discard(event.stream_id)
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    self.terminated = True
+                elif isinstance(event, h2.events.DataReceived):
+                    self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            self.sock.sendall(self.conn.data_to_send())
+
+    def answer(self, stream_id: int) -> tuple[int, dict[str, str], bytes]:
+        headers: dict[str, str] = {}
+        body = b""
+        for event in self.events[stream_id]:
+            if isinstance(event, h2.events.ResponseReceived):
+                headers = dict(event.headers)
+            elif isinstance(event, h2.events.DataReceived):
+                body += event.data
+        return int(headers.get(":status", 0)), headers, body
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def bearer(private_key, *, iss=TEAM_ID, kid=KEY_ID):
+    return jwt.encode({"iss": iss, "iat": int(time.time())}, private_key, "ES256", {"kid": kid})
+
+
+def apns_headers(token: str, *, topic: str = BUNDLE_ID, push_type: str = "alert", extra=()) -> list:
+    headers = [("apns-topic", topic), ("apns-push-type", push_type), ("apns-id", str(uuid.uuid4()))]
+    if token:
+        headers.append(("authorization", f"bearer {token}"))
+    return headers + list(extra)
+
+
+ALERT = b'{"aps":{"alert":"hi"}}'
+
+
+@pytest.fixture
+def h2c(pushsim):
+    port = int(pushsim.apns_url().rsplit(":", 1)[1])
+    client = RawH2("127.0.0.1", port)
+    yield client
+    client.close()
+
+
+def post(client: RawH2, headers, body=ALERT, device=DEVICE):
+    stream_id = client.request(f"/3/device/{device}", headers, body)
+    client.wait([stream_id])
+    return client.answer(stream_id)
+
+
+# --- gap 1: an error answer ends its stream on the DATA frame that carries the body ----------------
+
+
+def test_an_error_answer_ends_the_stream_on_the_frame_carrying_its_body(pushsim, h2c, apns_credentials):
+    token = bearer(apns_credentials.private_key_pem)
+    pushsim.state.add_device(token="1a" * 32, platform="ios", state="unregistered")
+    stream_id = h2c.request("/3/device/" + "1a" * 32, apns_headers(token), ALERT)
+    h2c.wait([stream_id])
+    data_frames = [e for e in h2c.events[stream_id] if isinstance(e, h2.events.DataReceived)]
+    assert len(data_frames) == 1, "one DATA frame: the JSON body, with END_STREAM"
+    assert json.loads(data_frames[0].data)["reason"] == "Unregistered"
+    assert data_frames[0].stream_ended is not None
+
+
+def test_every_data_frame_of_many_error_answers_is_a_whole_json_body(pushsim, h2c, apns_credentials):
+    token = bearer(apns_credentials.private_key_pem)
+    streams = [
+        h2c.request(f"/3/device/{'zz' if i % 2 else '0d'}{i:062x}", apns_headers(token), ALERT) for i in range(20)
+    ]
+    h2c.wait(streams)
+    for stream_id in streams:
+        status, _, _ = h2c.answer(stream_id)
+        frames = [e.data for e in h2c.events[stream_id] if isinstance(e, h2.events.DataReceived)]
+        assert [json.loads(data)["reason"] for data in frames] == (["BadDeviceToken"] if status == 400 else [])
+
+
+# --- gap 2: TLS without ALPN still speaks HTTP/2 when the client sends its preface ------------------
+
+
+def test_tls_without_alpn_accepts_the_http2_preface(pushsim, apns_credentials):
+    context = ssl.create_default_context(cafile=pushsim.ca_path)  # no ALPN offered
+    port = int(pushsim.apns_url(tls=True).rsplit(":", 1)[1])
+    client = RawH2("127.0.0.1", port, tls_context=context)
+    try:
+        assert client.sock.selected_alpn_protocol() is None
+        status, headers, _ = post(client, apns_headers(bearer(apns_credentials.private_key_pem)))
+    finally:
+        client.close()
+    assert status == 200 and headers["apns-id"]
+    assert pushsim.state.count(DEVICE) == 1
+
+
+def test_tls_without_alpn_still_serves_http1_requests(pushsim):
+    context = ssl.create_default_context(cafile=pushsim.ca_path)
+    port = int(pushsim.apns_url(tls=True).rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as sock:
+            sock.sendall(b"GET /control/state HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200")
+
+
+# --- gap 3: push types that need a topic suffix get refused without it ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("push_type", "topic", "expected"),
+    [
+        ("voip", BUNDLE_ID, (400, "DeviceTokenNotForTopic")),
+        ("liveactivity", BUNDLE_ID, (400, "DeviceTokenNotForTopic")),
+        ("complication", BUNDLE_ID, (400, "DeviceTokenNotForTopic")),
+        ("fileprovider", BUNDLE_ID, (400, "DeviceTokenNotForTopic")),
+        ("alert", BUNDLE_ID + ".voip", (400, "DeviceTokenNotForTopic")),
+        ("voip", BUNDLE_ID + ".push-type.liveactivity", (400, "DeviceTokenNotForTopic")),
+        ("voip", "com.someone.else.voip", (400, "TopicDisallowed")),
+        ("voip", BUNDLE_ID + ".voip", (200, "")),
+        ("liveactivity", BUNDLE_ID + ".push-type.liveactivity", (200, "")),
+        ("complication", BUNDLE_ID + ".complication", (200, "")),
+        ("fileprovider", BUNDLE_ID + ".pushkit.fileprovider", (200, "")),
+    ],
+)
+def test_a_push_type_is_accepted_only_on_its_own_topic(pushsim, h2c, apns_credentials, push_type, topic, expected):
+    token = bearer(apns_credentials.private_key_pem)
+    body = b'{"aps":{"content-state":{},"event":"update","timestamp":1}}' if push_type == "liveactivity" else ALERT
+    status, _, answer = post(h2c, apns_headers(token, topic=topic, push_type=push_type), body)
+    assert (status, json.loads(answer)["reason"] if answer else "") == expected
+
+
+# --- gap 4: APNs answers 429 and 503 without Retry-After; FCM keeps it --------------------------------
+
+
+@pytest.mark.parametrize(("status", "reason"), [(429, "TooManyRequests"), (503, "ServiceUnavailable")])
+def test_apns_throttling_and_unavailability_carry_no_retry_after(pushsim, h2c, apns_credentials, status, reason):
+    pushsim.state.faults.retry_after = 7
+    pushsim.state.fail_token(token=DEVICE, failures=[status])
+    answer_status, headers, body = post(h2c, apns_headers(bearer(apns_credentials.private_key_pem)))
+    assert (answer_status, json.loads(body)["reason"]) == (status, reason)
+    assert "retry-after" not in headers
+
+
+@pytest.mark.parametrize(("status", "code"), [(429, "QUOTA_EXCEEDED"), (503, "UNAVAILABLE")])
+def test_fcm_throttling_and_unavailability_carry_retry_after(pushsim, status, code):
+    pushsim.state.faults.retry_after = 7
+    pushsim.state.fail_token(token="f" * 40, failures=[status])
+    access = pushsim.state.issue_access_token(PROJECT_ID)
+    url = pushsim.fcm_url() + f"/v1/projects/{PROJECT_ID}/messages:send"
+    with httpx.Client(http1=False, http2=True, headers={"authorization": f"Bearer {access}"}) as client:
+        answer = client.post(url, json={"message": {"token": "f" * 40}})
+    assert answer.status_code == status
+    assert answer.json()["error"]["details"][0]["errorCode"] == code
+    assert answer.headers["retry-after"] == "7"
+
+
+# --- gap 8: authentication comes before injected faults; reset returns to the start-up state ---------
+
+
+@pytest.mark.parametrize("fault", ["rate_429", "rate_503", "rate_500"])
+def test_a_bad_provider_token_is_refused_before_any_injected_fault(pushsim, h2c, fault):
+    setattr(pushsim.state.faults, fault, 1.0)
+    status, _, body = post(h2c, apns_headers("not.a.jwt"))
+    assert (status, json.loads(body)["reason"]) == (403, "InvalidProviderToken")
+    status, _, body = post(h2c, apns_headers(""))
+    assert (status, json.loads(body)["reason"]) == (403, "MissingProviderToken")
+
+
+def test_a_forced_failure_waits_for_a_valid_provider_token(pushsim, h2c, apns_credentials):
+    pushsim.state.fail_token(token=DEVICE, failures=[429])
+    status, _, body = post(h2c, apns_headers("not.a.jwt"))
+    assert (status, json.loads(body)["reason"]) == (403, "InvalidProviderToken")
+    status, _, body = post(h2c, apns_headers(bearer(apns_credentials.private_key_pem)))
+    assert (status, json.loads(body)["reason"]) == (429, "TooManyRequests")
+
+
+def test_fcm_refuses_bad_credentials_before_any_injected_fault(pushsim):
+    pushsim.state.faults.rate_503 = 1.0
+    url = pushsim.fcm_url() + f"/v1/projects/{PROJECT_ID}/messages:send"
+    with httpx.Client(http1=False, http2=True, headers={"authorization": "Bearer ya29.nothing"}) as client:
+        answer = client.post(url, json={"message": {"token": "f" * 40}})
+    assert (answer.status_code, answer.json()["error"]["status"]) == (401, "UNAUTHENTICATED")
+
+
+def test_reset_returns_to_the_start_up_faults_and_tokens(apns_credentials):
+    from delivery.pushsim import PushSimulator
+    from tests.fakes.pushsim import trust_apns
+
+    sim = PushSimulator()
+    sim.state.faults.update({"rate_503": 0.25, "retry_after": 9})
+    sim.state.add_device(token="3c" * 32, platform="ios", state="unregistered")
+    sim.start()
+    try:
+        trust_apns(sim, apns_credentials)
+        sim.state.add_device(token="4d" * 32, platform="ios", state="expired")
+        sim.state.faults.rate_503 = 1.0
+        with httpx.Client(base_url=sim.url()) as control:
+            assert control.post("/control/reset").status_code == 200
+            state = control.get("/control/state").json()
+        assert (state["faults"]["rate_503"], state["faults"]["retry_after"], state["devices"]) == (0.25, 9, 1)
+        assert sim.state.device("3c" * 32).state == "unregistered"
+        assert sim.state.device("4d" * 32) is None
+        assert state["apns_keys"] == [KEY_ID]
+    finally:
+        sim.stop()
