@@ -138,9 +138,16 @@ def handle_apns(state: SimState, ex: Exchange) -> Answer:
     try:
         payload = json.loads(ex.body)
     except ValueError:
-        payload = {}
-    aps = payload.get("aps", {}) if isinstance(payload, dict) else {}
-    alert = aps.get("alert", {}) if isinstance(aps, dict) else {}
+        payload = None
+    if not isinstance(payload, dict):
+        # Apple documents the payload as a JSON dictionary but no reason for anything else.
+        return _reject(400, "BadPayload", apns_id)
+    aps = payload.get("aps", {})
+    aps = aps if isinstance(aps, dict) else {}
+    if priority == "10" and _is_background(push_type, aps):
+        # "Using priority 10 is an error" for a background push (no reason documented).
+        return _reject(400, "BadPriority", apns_id)
+    alert = aps.get("alert", {})
     if isinstance(alert, str):
         alert = {"body": alert}
     state.record(
@@ -154,7 +161,7 @@ def handle_apns(state: SimState, ex: Exchange) -> Answer:
             body=str(alert.get("body", "")),
             app=bundle_id,
             push_type=push_type,
-            payload=payload if isinstance(payload, dict) else {},
+            payload=payload,
             headers={k: v for k, v in ex.headers if k.startswith("apns-")},
         )
     )
@@ -162,6 +169,14 @@ def handle_apns(state: SimState, ex: Exchange) -> Answer:
     if environment == "sandbox":
         headers.append(("apns-unique-id", str(uuid.uuid4())))
     return Answer(200, headers)
+
+
+def _is_background(push_type: str, aps: dict) -> bool:
+    """A background update: push type ``background``, or only ``content-available`` (no alert,
+    badge or sound) in an ``alert`` push."""
+    if push_type == "background":
+        return True
+    return push_type == "alert" and bool(aps.get("content-available")) and not ({"alert", "badge", "sound"} & set(aps))
 
 
 def _fault(state: SimState, status: int, apns_id: str, reason: str = "") -> Answer:

@@ -138,6 +138,12 @@ def _invalid(message: str, field: str = "message", *, fcm: bool = True) -> Answe
     return _error(400, "INVALID_ARGUMENT", message, *details)
 
 
+def _invalid_token() -> Answer:
+    """FCM's answer to a malformed or unknown registration token: an FcmError detail only."""
+    message = "The registration token is not a valid FCM registration token"
+    return _error(400, "INVALID_ARGUMENT", message, _fcm_error("INVALID_ARGUMENT"))
+
+
 def _oauth_error(description: str, error: str = "invalid_grant") -> Answer:
     body = json.dumps({"error": error, "error_description": description}).encode()
     return Answer(400, [("content-type", "application/json")], body)
@@ -198,9 +204,15 @@ def _check_fields(obj: dict, path: str) -> Answer | None:
         return None  # free-form maps (data, headers, payload, light_settings)
     for name, value in obj.items():
         if name not in allowed:
-            where = path.rsplit(".", 1)[-1] if path else ""
-            message = f"Invalid JSON payload received. Unknown name \"{name}\" at '{where}': Cannot find field."
-            return _invalid(message, path or "message", fcm=False)
+            if not path:  # at the root FCM names no path, and its violation no field
+                message = f'Invalid JSON payload received. Unknown name "{name}": Cannot find field.'
+                violation = {
+                    "@type": "type.googleapis.com/google.rpc.BadRequest",
+                    "fieldViolations": [{"description": message}],
+                }
+                return _error(400, "INVALID_ARGUMENT", message, violation)
+            message = f"Invalid JSON payload received. Unknown name \"{name}\" at '{path}': Cannot find field."
+            return _invalid(message, path, fcm=False)
         if isinstance(value, dict):
             child = _CAMEL_TO_SNAKE.get(name) or re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), name)
             found = _check_fields(value, f"{path}.{child}" if path else child)
@@ -228,6 +240,103 @@ def _check_data(data, field: str) -> Answer | None:
         if key in ("from", "message_type") or key.startswith(("google", "gcm")):
             return _invalid(f"Invalid data key: {key} is a reserved word.", f"{field}[{i}].key")
     return None
+
+
+_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
+_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
+_NOTIFICATION = "type.googleapis.com/google.firebase.fcm.v1.AndroidNotification"
+_ENUMS = {
+    "notification_priority": (
+        f"{_NOTIFICATION}.NotificationPriority",
+        {"PRIORITY_UNSPECIFIED", "PRIORITY_MIN", "PRIORITY_LOW", "PRIORITY_DEFAULT", "PRIORITY_HIGH", "PRIORITY_MAX"},
+    ),
+    "visibility": (f"{_NOTIFICATION}.Visibility", {"VISIBILITY_UNSPECIFIED", "PRIVATE", "PUBLIC", "SECRET"}),
+    "proxy": (f"{_NOTIFICATION}.Proxy", {"PROXY_UNSPECIFIED", "ALLOW", "DENY", "IF_PRIORITY_LOWERED"}),
+}
+
+
+def _bad_value(field: str, type_name: str, value) -> Answer:
+    """The proto JSON parser's answer to a value of the wrong form (no FcmError detail)."""
+    return _invalid(f"Invalid value at '{field}' ({type_name}), {json.dumps(value)}", field, fcm=False)
+
+
+def _check_android_notification(notification) -> Answer | None:
+    """``android.notification``: color ``#rrggbb``, the enums, durations and the event time."""
+    if not isinstance(notification, dict):
+        return None
+    base = "message.android.notification"
+    color = notification.get("color")
+    if color is not None and not (isinstance(color, str) and _COLOR.match(color)):
+        return _invalid("Invalid color format. Color should be in the form #RRGGBB.", f"{base}.color")
+    for name, (type_name, values) in _ENUMS.items():
+        value = _get(notification, name)
+        if value is not None and value not in values:
+            return _bad_value(f"{base}.{name}", type_name, value)
+    timings = _get(notification, "vibrate_timings")
+    for i, timing in enumerate(timings if isinstance(timings, list) else []):
+        if not isinstance(timing, str) or not _DURATION.match(timing):
+            return _bad_value(f"{base}.vibrate_timings[{i}]", "type.googleapis.com/google.protobuf.Duration", timing)
+    event_time = _get(notification, "event_time")
+    if event_time is not None and not (isinstance(event_time, str) and _TIMESTAMP.match(event_time)):
+        return _bad_value(f"{base}.event_time", "type.googleapis.com/google.protobuf.Timestamp", event_time)
+    return None
+
+
+_CONDITION_TOKEN = re.compile(
+    r"\s*(?:(&&|\|\||!|\(|\))|'([a-zA-Z0-9\-_.~%]+)'|\"([a-zA-Z0-9\-_.~%]+)\"|(in)\b|(topics)\b)"
+)
+MAX_CONDITION_TOPICS = 5
+
+
+def _condition_ok(condition) -> bool:
+    """A topic condition: ``'name' in topics`` terms joined by ``&&``, ``||``, ``!`` and parentheses,
+    naming at most five topics (FCM's documented limit)."""
+    if not isinstance(condition, str):
+        return False
+    tokens, position = [], 0
+    text = condition.rstrip()
+    while position < len(text):
+        match = _CONDITION_TOKEN.match(text, position)
+        if match is None:
+            return False
+        operator, single, double, keyword_in, keyword_topics = match.groups()
+        if operator:
+            tokens.append(operator)
+        elif single or double:
+            tokens.append(("topic", single or double))
+        else:
+            tokens.append(keyword_in or keyword_topics)
+        position = match.end()
+    topics = 0
+
+    def expression(i: int) -> int:  # or-expression; returns the next index or -1
+        i = conjunction(i)
+        while i >= 0 and i < len(tokens) and tokens[i] == "||":
+            i = conjunction(i + 1)
+        return i
+
+    def conjunction(i: int) -> int:
+        i = unary(i)
+        while i >= 0 and i < len(tokens) and tokens[i] == "&&":
+            i = unary(i + 1)
+        return i
+
+    def unary(i: int) -> int:
+        nonlocal topics
+        if i >= len(tokens):
+            return -1
+        if tokens[i] == "!":
+            return unary(i + 1)
+        if tokens[i] == "(":
+            i = expression(i + 1)
+            return i + 1 if i >= 0 and i < len(tokens) and tokens[i] == ")" else -1
+        if isinstance(tokens[i], tuple) and tokens[i + 1 : i + 3] == ["in", "topics"]:
+            topics += 1
+            return i + 3
+        return -1
+
+    end = expression(0)
+    return end == len(tokens) and 0 < topics <= MAX_CONDITION_TOPICS
 
 
 def handle_send(state: SimState, ex: Exchange) -> Answer:
@@ -312,9 +421,15 @@ def handle_send(state: SimState, ex: Exchange) -> Answer:
             "message.android.priority",
             fcm=False,
         )
+    rejected = _check_android_notification(android.get("notification"))
+    if rejected is not None:
+        return rejected
     topic = message.get("topic")
     if topic is not None and not _TOPIC.match(str(topic)):
         return _invalid("Invalid topic name.", "message.topic")
+    condition = message.get("condition")
+    if condition is not None and not _condition_ok(condition):
+        return _invalid("Invalid condition expression provided.", "message.condition")
     size = len(json.dumps(message.get("data") or {})) + len(json.dumps(message.get("notification") or {}))
     size_limit = 4096 if "token" in targets or "fid" in targets else 2048
     if size > size_limit:
@@ -329,11 +444,11 @@ def handle_send(state: SimState, ex: Exchange) -> Answer:
         if status:
             return _fault(state, status)
         if not isinstance(registration, str) or not _FCM_TOKEN.match(registration):
-            return _invalid("The registration token is not a valid FCM registration token")
+            return _invalid_token()
         device = state.device(registration)
         if device is None:
             if state.faults.strict_tokens:
-                return _invalid("The registration token is not a valid FCM registration token")
+                return _invalid_token()
             if state.is_dead_by_rate(registration):
                 return _error(404, "NOT_FOUND", "Requested entity was not found.", _fcm_error("UNREGISTERED"))
         else:

@@ -262,3 +262,163 @@ def test_reset_returns_to_the_start_up_faults_and_tokens(apns_credentials):
         assert state["apns_keys"] == [KEY_ID]
     finally:
         sim.stop()
+
+
+# --- gap 5: FCM checks the message's documented field formats -----------------------------------
+
+
+def fcm_send(pushsim, request: dict) -> httpx.Response:
+    access = pushsim.state.issue_access_token(PROJECT_ID)
+    url = pushsim.fcm_url() + f"/v1/projects/{PROJECT_ID}/messages:send"
+    with httpx.Client(http1=False, http2=True, headers={"authorization": f"Bearer {access}"}) as client:
+        return client.post(url, json=request)
+
+
+FCM_TOKEN = "fcm-token-" + "x" * 40
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        ({"condition": "'a' in topics &&"}, "message.condition"),
+        ({"condition": "'a' in topics && 'b' in"}, "message.condition"),
+        ({"condition": "('a' in topics"}, "message.condition"),
+        ({"condition": "a in topics"}, "message.condition"),
+        ({"condition": " || ".join(f"'t{i}' in topics" for i in range(6))}, "message.condition"),
+        ({"token": FCM_TOKEN, "android": {"notification": {"color": "red"}}}, "message.android.notification.color"),
+        ({"token": FCM_TOKEN, "android": {"notification": {"color": "#12345"}}}, "message.android.notification.color"),
+        ({"token": FCM_TOKEN, "android": {"ttl": "-1s"}}, "message.android.ttl"),
+        ({"token": FCM_TOKEN, "android": {"ttl": "3600"}}, "message.android.ttl"),
+        ({"token": FCM_TOKEN, "android": {"priority": "urgent"}}, "message.android.priority"),
+        (
+            {"token": FCM_TOKEN, "android": {"notification": {"notification_priority": "PRIORITY_URGENT"}}},
+            "message.android.notification.notification_priority",
+        ),
+        (
+            {"token": FCM_TOKEN, "android": {"notification": {"visibility": "HIDDEN"}}},
+            "message.android.notification.visibility",
+        ),
+        (
+            {"token": FCM_TOKEN, "android": {"notification": {"vibrate_timings": ["1 second"]}}},
+            "message.android.notification.vibrate_timings[0]",
+        ),
+        (
+            {"token": FCM_TOKEN, "android": {"notification": {"event_time": "yesterday"}}},
+            "message.android.notification.event_time",
+        ),
+        ({"token": FCM_TOKEN, "data": {"google.key": "v"}}, "message.data[0].key"),
+        ({"token": FCM_TOKEN, "data": {"gcm_x": "v"}}, "message.data[0].key"),
+        ({"token": FCM_TOKEN, "data": {"ok": "v", "from": "v"}}, "message.data[1].key"),
+        ({"token": FCM_TOKEN, "android": {"data": {"message_type": "v"}}}, "message.android.data[0].key"),
+    ],
+)
+def test_fcm_refuses_malformed_fields_as_invalid_argument(pushsim, message, field):
+    answer = fcm_send(pushsim, {"message": message})
+    error = answer.json()["error"]
+    assert (answer.status_code, error["status"]) == (400, "INVALID_ARGUMENT")
+    violations = [d for d in error["details"] if d["@type"].endswith("google.rpc.BadRequest")]
+    assert violations[0]["fieldViolations"][0]["field"] == field
+    assert pushsim.state.snapshot_counts() == {}
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"condition": "'a' in topics && ('b' in topics || 'c' in topics)"},
+        {"condition": "!('a' in topics) && \"b_c-d.e~f%20\" in topics"},
+        {"topic": "news"},
+        {
+            "token": FCM_TOKEN,
+            "android": {
+                "priority": "HIGH",
+                "ttl": "0s",
+                "notification": {
+                    "color": "#A1b2C3",
+                    "notification_priority": "PRIORITY_MAX",
+                    "visibility": "PUBLIC",
+                    "vibrate_timings": ["0.5s", "1s"],
+                    "event_time": "2024-01-01T00:00:00.5Z",
+                    "proxy": "DENY",
+                },
+            },
+            "data": {"goo": "v", "fromage": "v", "gc": "v"},
+        },
+    ],
+)
+def test_fcm_accepts_well_formed_fields(pushsim, message):
+    answer = fcm_send(pushsim, {"message": message})
+    assert answer.status_code == 200, answer.text
+
+
+# --- gap 6: APNs refuses a body that is not JSON and a background push at priority 10 ---------------
+
+
+@pytest.mark.parametrize("body", [b"hello", b'{"aps":', b"[1, 2]", b'"aps"'])
+def test_apns_refuses_a_payload_that_is_not_a_json_object(pushsim, h2c, apns_credentials, body):
+    status, _, answer = post(h2c, apns_headers(bearer(apns_credentials.private_key_pem)), body)
+    assert (status, json.loads(answer)["reason"]) == (400, "BadPayload")
+    assert pushsim.state.count(DEVICE) == 0
+
+
+@pytest.mark.parametrize(
+    ("push_type", "body"),
+    [("background", b'{"aps":{"content-available":1}}'), ("alert", b'{"aps":{"content-available":1},"k":"v"}')],
+)
+def test_apns_refuses_a_background_push_at_priority_10(pushsim, h2c, apns_credentials, push_type, body):
+    token = bearer(apns_credentials.private_key_pem)
+    headers = apns_headers(token, push_type=push_type, extra=[("apns-priority", "10")])
+    status, _, answer = post(h2c, headers, body)
+    assert (status, json.loads(answer)["reason"]) == (400, "BadPriority")
+    headers = apns_headers(token, push_type=push_type, extra=[("apns-priority", "5")])
+    assert post(h2c, headers, body)[0] == 200
+
+
+def test_apns_accepts_an_alert_with_content_available_at_priority_10(pushsim, h2c, apns_credentials):
+    headers = apns_headers(bearer(apns_credentials.private_key_pem), extra=[("apns-priority", "10")])
+    body = b'{"aps":{"alert":{"title":"t"},"content-available":1}}'
+    assert post(h2c, headers, body)[0] == 200
+
+
+# --- gap 7: FCM's error bodies, word for word ---------------------------------------------------
+
+
+def test_an_unknown_nested_field_is_reported_at_its_full_path(pushsim):
+    answer = fcm_send(pushsim, {"message": {"token": FCM_TOKEN, "notification": {"titel": "x"}}})
+    message = "Invalid JSON payload received. Unknown name \"titel\" at 'message.notification': Cannot find field."
+    assert answer.json() == {
+        "error": {
+            "code": 400,
+            "message": message,
+            "status": "INVALID_ARGUMENT",
+            "details": [
+                {
+                    "@type": "type.googleapis.com/google.rpc.BadRequest",
+                    "fieldViolations": [{"field": "message.notification", "description": message}],
+                }
+            ],
+        }
+    }
+
+
+def test_an_unknown_top_level_field_names_no_path(pushsim):
+    answer = fcm_send(pushsim, {"message": {"token": FCM_TOKEN}, "mesage": {}})
+    message = 'Invalid JSON payload received. Unknown name "mesage": Cannot find field.'
+    assert answer.json()["error"]["message"] == message
+    assert answer.json()["error"]["details"] == [
+        {"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": [{"description": message}]}
+    ]
+
+
+def test_an_invalid_registration_token_carries_only_the_fcm_error_detail(pushsim):
+    answer = fcm_send(pushsim, {"message": {"token": "short"}})
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "error": {
+            "code": 400,
+            "message": "The registration token is not a valid FCM registration token",
+            "status": "INVALID_ARGUMENT",
+            "details": [
+                {"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "INVALID_ARGUMENT"}
+            ],
+        }
+    }
