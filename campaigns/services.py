@@ -29,6 +29,7 @@ from accounts.services import (
 )
 from campaigns.models import Campaign, Occurrence
 from campaigns.schedule import local_wall_time, next_occurrence, schedule_check
+from delivery.services.contents import pushcontent_duplicate
 
 Status = Campaign.Status
 
@@ -124,13 +125,18 @@ def campaign_create(*, by: User, **fields) -> Campaign:
     ``fields`` are the editable fields (name, app, kind, purpose, segment, content, schedule...).
     Raises PermissionDenied when the role may not author campaigns, ValidationError naming the field.
     """
+    return _create(by=by, changed={"app", "segment", "content"}, **fields)
+
+
+def _create(*, by: User, changed: set[str], **fields) -> Campaign:
+    """``changed``: the references ``by`` sets now, which must be within their access."""
     if not by.has_perm("campaigns.add_campaign"):
         raise PermissionDenied("Your role may not create campaigns.")
     unknown = set(fields) - set(EDITABLE_FIELDS)
     if unknown:
         raise ValidationError({field: "Not a campaign field." for field in unknown})
     campaign = Campaign(owner=by, **fields)
-    _validate(campaign, by=by, changed={"app", "segment", "content"})
+    _validate(campaign, by=by, changed=changed)
     with transaction.atomic():
         campaign.save()
         access_grant(obj=campaign, to=by, by=None)
@@ -305,16 +311,22 @@ def campaign_archive(*, campaign_id: int, by: User) -> Campaign:
 
 
 def campaign_duplicate(*, campaign_id: int, by: User) -> Campaign:
-    """A new draft with the same settings and a copy of the content, owned by ``by``."""
-    from delivery.services.contents import pushcontent_duplicate
+    """A new draft with the same settings and a copy of the content, owned by ``by``, from any state.
 
+    The copy keeps the source's app and segment, as a colleague editing the source could, even
+    when ``by`` was never given access to them. Raises Http404 when the campaign is outside
+    ``by``'s access, PermissionDenied when their role may not create campaigns (both checked
+    before anything is written).
+    """
     with transaction.atomic():
         source = _lock(campaign_id, by, "campaigns.view_campaign")
         if not by.has_perm("campaigns.add_campaign"):
             raise PermissionDenied("Your role may not create campaigns.")
-        content = pushcontent_duplicate(content_id=source.content_id, by=by)
+        content = None
+        if source.content_id is not None:
+            content = pushcontent_duplicate(content_id=source.content_id, by=by)
         fields = {field: getattr(source, field) for field in EDITABLE_FIELDS if field not in ("name", "content")}
-        copy = campaign_create(by=by, name=f"{source.name} (copy)"[:200], content=content, **fields)
+        copy = _create(by=by, changed={"content"}, name=f"{source.name} (copy)"[:200], content=content, **fields)
         audit(actor=by, action="campaign_duplicated", obj=copy, summary={"from": source.pk})
     return copy
 

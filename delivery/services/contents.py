@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
+from django.http import Http404
 from django.utils import timezone
 
 from accounts.models import User
-from accounts.selectors import can
+from accounts.selectors import can, visible_to
 from accounts.services import access_grant, audit
 from delivery.models import App, Dispatch, PushContent
 from delivery.payloads import (
@@ -49,6 +52,31 @@ def pushcontent_save(*, content: PushContent, by: User) -> PushContent:
         if creating:
             access_grant(obj=content, to=by, by=None)
     return content
+
+
+# Not copied: the copy is new content, at its first version, created now by whoever copies it.
+_NOT_COPIED = {"id", "name", "version", "created_by", "created_at", "updated_at"}
+
+
+def pushcontent_duplicate(*, content_id: int, by: User) -> PushContent:
+    """A copy of push content named "<name> (copy)", created by ``by`` (who gets access to it).
+
+    Raises Http404 when the content does not exist or is outside ``by``'s access, PermissionDenied
+    when their role may not write content for its app.
+    """
+    source = visible_to(by, PushContent.objects.filter(pk=content_id)).first()
+    if source is None:
+        raise Http404(f"No push content {content_id}.")
+    fields = {
+        field.attname: copy.deepcopy(getattr(source, field.attname))
+        for field in PushContent._meta.concrete_fields
+        if field.name not in _NOT_COPIED
+    }
+    duplicate = PushContent(name=f"{source.name} (copy)"[:200], **fields)
+    with transaction.atomic():
+        pushcontent_save(content=duplicate, by=by)
+        audit(actor=by, action="pushcontent_duplicated", obj=duplicate, summary={"from": source.pk})
+    return duplicate
 
 
 def pushcontent_test_send(*, content_id: int, by: User) -> Dispatch:

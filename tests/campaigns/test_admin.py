@@ -45,6 +45,7 @@ def test_viewer_sees_no_button_and_no_save(client, make_campaign, viewer_carol):
     assert b"addlink" not in listing.content
 
 
+@pytest.mark.presses("campaigns.campaign:report_csv")
 def test_outsider_gets_404_on_every_campaign_page(client, make_campaign, manager_mallory, outsider_dave, admin_erin):
     from tests.factories import AppFactory
 
@@ -58,6 +59,7 @@ def test_outsider_gets_404_on_every_campaign_page(client, make_campaign, manager
     assert b"Spring sale" not in client.get("/admin/campaigns/campaign/").content
 
 
+@pytest.mark.presses("campaigns.campaign:report_csv")
 def test_report_counts_outcomes_and_exports_safe_csv(
     client, make_campaign, manager_alice, approver_bob, team, sim, sim_app, django_capture_on_commit_callbacks
 ):
@@ -94,3 +96,53 @@ def test_finished_campaign_is_read_only_and_offers_archive(client, make_campaign
     page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/")
     assert b'name="_save"' not in page.content
     assert "archive" in _buttons(page)
+
+
+@pytest.mark.presses("campaigns.campaign:transition/duplicate")
+@pytest.mark.parametrize("status", ["draft", "in_review", "live", "completed", "archived"])
+@pytest.mark.parametrize("role", ["manager_alice", "approver_bob", "admin_erin"])
+def test_duplicate_makes_a_new_draft_with_a_copy_of_the_content_from_any_state(
+    client, make_campaign, request, role, status
+):
+    from campaigns.models import Campaign
+    from delivery.models import PushContent
+
+    campaign = make_campaign()
+    Campaign.objects.filter(pk=campaign.pk).update(status=status)
+    user = request.getfixturevalue(role)
+    client.force_login(user)
+    answer = client.post(f"/admin/campaigns/campaign/{campaign.pk}/transition/duplicate/")
+    copy = Campaign.objects.exclude(pk=campaign.pk).get()
+    assert answer.status_code == 302 and answer["Location"] == f"/admin/campaigns/campaign/{copy.pk}/change/"
+    assert (copy.status, copy.owner, copy.name) == ("draft", user, "Spring sale (copy)")
+    # Alice's segment was never shared with Bob: his copy keeps it all the same, as his edits would.
+    assert (copy.app_id, copy.segment_id, copy.kind) == (campaign.app_id, campaign.segment_id, campaign.kind)
+    assert copy.content_id != campaign.content_id
+    content = PushContent.objects.get(pk=copy.content_id)
+    assert (content.name, content.title, content.body, content.app_id, content.created_by) == (
+        "Welcome (copy)",
+        campaign.content.title,
+        campaign.content.body,
+        campaign.app_id,
+        user,
+    )
+    assert Campaign.objects.get(pk=campaign.pk).status == status  # the source is left as it was
+    page = client.get(answer["Location"])
+    assert page.status_code == 200 and "submit" in _buttons(page)  # a draft its duplicator can work on
+
+
+@pytest.mark.presses("campaigns.campaign:transition/duplicate")
+def test_duplicate_is_refused_to_a_viewer_and_hidden_from_outsiders(
+    client, make_campaign, viewer_carol, outsider_dave, manager_mallory
+):
+    from campaigns.models import Campaign
+    from delivery.models import PushContent
+    from tests.factories import UserFactory
+
+    campaign = make_campaign()
+    stranger = UserFactory(username="manager_stranger", role="Manager")  # a role, but no access to the app
+    url = f"/admin/campaigns/campaign/{campaign.pk}/transition/duplicate/"
+    for user, status in ((viewer_carol, 403), (outsider_dave, 404), (stranger, 404)):
+        client.force_login(user)
+        assert client.post(url).status_code == status, user
+    assert Campaign.objects.count() == 1 and PushContent.objects.count() == 1
