@@ -14,14 +14,18 @@ What the transport guarantees:
   knowledge (h2c), which is what the push simulator serves on loopback.
 * TLS is always verified, against ``ca_bundle`` when given (else the system's trust store),
   and fails closed: a server whose certificate does not chain to it gets an error response.
-* A request that got no answer at all because its connection went away (refused by a GOAWAY,
-  or the connection dropped) is sent again on a fresh connection, up to ``max_resends``
-  times: libcurl's own rule for reused connections, applied to every connection. Both
-  providers answer a request only after acting on it, and send nothing before, so an
-  unanswered request is one they did not take. A timeout, or a connection lost in the middle
-  of an answer, is not re-sent: it comes back as an error with ``maybe_sent`` True, for the
-  caller to decide. ``max_resends=0`` turns the re-sending off (libcurl itself still retries
-  a request that got nothing back on a connection it had reused).
+* A request is put on the wire at most once per attempt, and attempted again only when the
+  server provably never processed it: its stream was refused (``REFUSED_STREAM``, or above the
+  last stream id of a GOAWAY). libcurl would also re-send, by itself, a request whose reused
+  connection was reset before any answer; a provider may have acted on such a request before
+  the reset, so the transport takes retries out of libcurl's hands: a pre-request callback
+  counts the attempts of each handle and aborts any second one. libcurl closes a refused
+  stream without recording an error, while every other failure it would retry records one
+  first (a reset stream, a broken or reset connection), and it keeps a transfer's first
+  error: a handle aborted with no earlier error was refused, and is sent again on a fresh
+  attempt, up to ``max_resends`` times. Anything else (a timeout, a connection lost before or
+  during an answer, a stream reset) comes back as an error with ``maybe_sent`` True: the
+  caller must not send it again. ``max_resends=0`` turns even refused streams into errors.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ import pycurl
 _TLS_ERRORS = frozenset({35, 51, 53, 54, 58, 59, 60, 64, 66, 77, 80, 82, 83, 90, 91})
 _CONNECT_ERRORS = frozenset({6, 7})
 _TIMEOUT = 28
+_ABORTED_BY_CALLBACK = 42
+# The message libcurl records when the pre-request callback aborts an attempt; a transfer keeps
+# its first error message, so this one means nothing failed before the retry libcurl wanted.
+_ABORTED_MESSAGE = "operation aborted by pre-request callback"
 
 
 @dataclass(slots=True)
@@ -68,7 +76,7 @@ class Response:
         headers: dict[str, str] | None = None,
         body: bytes = b"",
         error: str = "",
-        error_kind: str = "",  # "", "timeout", "tls", "connect", "connection"
+        error_kind: str = "",  # "", "timeout", "tls", "connect", "refused", "connection"
         maybe_sent: bool = False,  # only for errors: the request may have reached the server
         attempts: int = 1,
         raw_headers: list[bytes] | None = None,
@@ -110,7 +118,7 @@ class Response:
 class _Slot:
     """A reusable easy handle and the buffers its callbacks fill."""
 
-    __slots__ = ("curl", "index", "body", "header_lines", "tls", "custom_method")
+    __slots__ = ("curl", "index", "body", "header_lines", "tls", "custom_method", "wire_attempts")
 
     def __init__(self, transport: Http2Transport):
         self.curl = c = pycurl.Curl()
@@ -119,7 +127,9 @@ class _Slot:
         self.index = -1
         self.tls: bool | None = None  # the HTTP version option set last: 2TLS (True) or h2c (False)
         self.custom_method = False  # CUSTOMREQUEST is set (a method other than GET or POST)
+        self.wire_attempts = 0  # how often libcurl was about to send the current request
         c.setopt(pycurl.WRITEFUNCTION, self.body.append)
+        c.setopt(pycurl.PREREQFUNCTION, self._before_request)
         if transport.all_headers:
             c.setopt(pycurl.HEADERFUNCTION, self.header_lines.append)
         c.setopt(pycurl.PIPEWAIT, 1)
@@ -133,6 +143,11 @@ class _Slot:
         c.setopt(pycurl.TCP_NODELAY, 1)
         c.setopt(pycurl.TCP_KEEPALIVE, 1)
         c.setopt(pycurl.FOLLOWLOCATION, 0)
+
+    def _before_request(self, *_connection) -> int:
+        """One attempt per handle: abort the re-send libcurl would make on a fresh connection."""
+        self.wire_attempts += 1
+        return pycurl.PREREQFUNC_OK if self.wire_attempts == 1 else pycurl.PREREQFUNC_ABORT
 
 
 class Http2Transport:
@@ -149,7 +164,7 @@ class Http2Transport:
         timeout: float = 10.0,
         connect_timeout: float = 5.0,
         ca_bundle: str = "",
-        max_resends: int = 2,
+        max_resends: int = 5,
         all_headers: bool = True,
     ):
         self.max_connections_per_host = max_connections_per_host
@@ -194,6 +209,7 @@ class Http2Transport:
     def _start(self, slot: _Slot, index: int, request: Request) -> None:
         c = slot.curl
         slot.index = index
+        slot.wire_attempts = 0
         slot.body.clear()
         slot.header_lines.clear()
         c.setopt(pycurl.URL, request.url)
@@ -255,12 +271,10 @@ class Http2Transport:
                     index = slot.index
                     response = self._error(slot, errno, message, attempts[index])
                     if response is None and attempts[index] <= self.max_resends:
-                        pending.append(index)  # the server never took it: send it again
+                        pending.append(index)  # the server refused it unprocessed: send it again
                     else:
                         results[index] = response or Response(
-                            error=message or f"libcurl error {errno}",
-                            error_kind="connection",
-                            attempts=attempts[index],
+                            error="stream refused too often", error_kind="refused", attempts=attempts[index]
                         )
                     self._free.append(slot)
                 if not queued:
@@ -300,13 +314,15 @@ class Http2Transport:
         return Response(status=status, headers=headers, body=b"".join(slot.body), attempts=attempts)
 
     def _error(self, slot: _Slot, errno: int, message: str, attempts: int) -> Response | None:
-        """The error response for a failed transfer, or None when it may safely be sent again."""
+        """The error response for a failed transfer, or None when the server provably did not process it."""
         if errno in _TLS_ERRORS:
             return Response(error=message, error_kind="tls", attempts=attempts)
         if errno in _CONNECT_ERRORS:
             return Response(error=message, error_kind="connect", attempts=attempts)
         if errno == _TIMEOUT:
             return Response(error=message, error_kind="timeout", maybe_sent=True, attempts=attempts)
-        if not slot.header_lines and not slot.body and not slot.curl.getinfo(pycurl.RESPONSE_CODE):
-            return None  # the connection went away before any answer: send it again
-        return Response(error=message, error_kind="connection", maybe_sent=True, attempts=attempts)
+        if errno == _ABORTED_BY_CALLBACK and slot.wire_attempts > 1 and message.startswith(_ABORTED_MESSAGE):
+            return None  # refused: libcurl wanted it again and recorded no failure before
+        return Response(
+            error=message or f"libcurl error {errno}", error_kind="connection", maybe_sent=True, attempts=attempts
+        )

@@ -50,18 +50,24 @@ class Outcome:
         return self.kind is OutcomeKind.ACCEPTED
 
 
+# The longest wait a Retry-After may ask for: a provider asking for more is taken at this word
+# (a push is worth nothing a day late, and the pipeline's TTL check fails it before then).
+MAX_RETRY_AFTER_SECONDS = 24 * 3600.0
+
+
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None when absent or bad."""
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), at most a day; None when absent or bad."""
     if not value:
         return None
     value = value.strip()
     if value.isdigit():
-        return float(value)
+        return min(float(value), MAX_RETRY_AFTER_SECONDS)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+    seconds = when.timestamp() - (now if now is not None else time.time())
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_SECONDS)
 
 
 def transport_outcome(error_kind: str, error: str) -> Outcome:

@@ -7,6 +7,8 @@ send path is patched.
 
 import json
 import secrets
+import threading
+import time
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -107,3 +109,17 @@ def sim_app(sim, db):
         apns_private_key=apns_key_parse(raw=sim.keys.p8()),
         fcm_service_account=service_account_parse(raw=sim.keys.service_account(sim.token_uri)),
     )
+
+
+def heal_after_the_first_drop(pushsim) -> threading.Thread:
+    """Stop dropping connections once the first one was dropped and a new one opened."""
+
+    def heal() -> None:
+        deadline = time.monotonic() + 10
+        while pushsim.state.connections < 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        pushsim.state.faults.drop_after_streams = 0
+
+    thread = threading.Thread(target=heal, daemon=True)
+    thread.start()
+    return thread

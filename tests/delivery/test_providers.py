@@ -1,0 +1,27 @@
+"""What a provider's answer comes back as, whichever provider sent it."""
+
+import pytest
+
+from delivery.providers import MAX_RETRY_AFTER_SECONDS, parse_retry_after
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("7", 7.0),
+        (" 120 ", 120.0),
+        ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0),
+        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),  # a date in the past: now
+        ("", None),
+        ("soon", None),
+        ("-5", None),
+    ],
+)
+def test_retry_after_is_read_as_delta_seconds_or_an_http_date(header, seconds):
+    now = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+    assert parse_retry_after(header, now=now) == seconds
+
+
+@pytest.mark.parametrize("header", ["9" * 400, "99999999999999", "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_a_huge_retry_after_is_capped_at_a_day(header):
+    assert parse_retry_after(header) == MAX_RETRY_AFTER_SECONDS
