@@ -37,19 +37,34 @@ def rules_apply(*, dispatch: Dispatch, now: dt.datetime) -> dict[str, int]:
     return {reason: n for reason, n in held.items() if n}
 
 
+# The advisory lock class of the frequency cap (its object id is the app's): a constant of ours.
+_CAP_LOCK_CLASS = 0x50C4
+
+
 def _frequency_cap(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -> int:
     """Skip profiles that already had ``frequency_cap`` marketing pushes (accepted in the window,
-    or still on their way) from other dispatches of the app. A dispatch counts once per profile,
-    however many of their phones it reached."""
+    or still on their way in a dispatch that is preparing or sending) from other dispatches of the
+    app. A dispatch counts once per profile, however many of their phones it reached.
+
+    Serialised per app by a transaction-level advisory lock held until the caller's transaction
+    commits: two dispatches resolving at once could not see each other's uncommitted rows, so the
+    second waits and then counts the first's. (SQLite serialises writers by itself.)
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_CAP_LOCK_CLASS, dispatch.app_id])
     since = now - dt.timedelta(hours=rules.frequency_window_hours)
     adapt = connection.ops.adapt_datetimefield_value
+    # A row queued or sending counts only while its dispatch can still send it: a stopped or
+    # finished dispatch's stranded row is no push on its way.
     sql = (
         "UPDATE delivery_delivery SET status = %s, reason = 'frequency_cap', finished_at = %s "
         "WHERE dispatch_id = %s AND status = %s AND profile_id IN ("
         " SELECT d.profile_id FROM delivery_delivery d JOIN delivery_dispatch x ON x.id = d.dispatch_id"
         " WHERE x.app_id = %s AND x.purpose = 'marketing' AND x.kind <> 'test' AND x.id <> %s"
         " AND d.profile_id IN (SELECT profile_id FROM delivery_delivery WHERE dispatch_id = %s)"
-        " AND ((d.status = 'accepted' AND d.finished_at >= %s) OR d.status IN ('queued', 'sending'))"
+        " AND ((d.status = 'accepted' AND d.finished_at >= %s)"
+        "  OR (d.status IN ('queued', 'sending') AND x.status IN ('preparing', 'sending')))"
         " GROUP BY d.profile_id HAVING COUNT(DISTINCT d.dispatch_id) >= %s)"
     )
     params = [

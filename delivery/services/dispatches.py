@@ -22,6 +22,7 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
 from django.db.models import Count, F, Q, QuerySet
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from accounts.models import User
@@ -120,9 +121,11 @@ def dispatch_create(
 
 
 def _enqueue_on_commit(func: str, *args) -> None:
+    """Queue the task once the transaction commits. A broker that fails then is logged, not raised:
+    what committed stays committed, the caller's loop goes on, and the watchdog queues it again."""
     from django_q.tasks import async_task
 
-    transaction.on_commit(lambda: async_task(func, *args, q_options={"timeout": _task_timeout()}))
+    transaction.on_commit(lambda: async_task(func, *args, q_options={"timeout": _task_timeout()}), robust=True)
 
 
 def _enqueue(func: str, *args) -> None:
@@ -261,20 +264,26 @@ def dispatch_recount(*, dispatch_id: int) -> Dispatch:
 
 
 def dispatch_complete_if_done(*, dispatch_id: int) -> bool:
-    """Mark a sending dispatch ``done`` once no row is queued or in flight; True when it is final."""
+    """Finish a sending dispatch once no row is queued or in flight; True when it is final.
+
+    It ends ``failed`` when it had rows to send and the provider accepted none of them (every
+    one failed or ended unknown), else ``done``.
+    """
     busy = Delivery.objects.filter(dispatch_id=dispatch_id, status__in=(DS.QUEUED, DS.SENDING)).exists()
     if busy:
         return False
     with transaction.atomic():
         dispatch = Dispatch.objects.select_for_update().get(pk=dispatch_id)
         if dispatch.status == Dispatch.Status.SENDING:
-            dispatch.status = Dispatch.Status.DONE
-            dispatch.finished_at = timezone.now()
-            dispatch.save(update_fields=["status", "finished_at"])
             dispatch = dispatch_recount(dispatch_id=dispatch_id)
+            failed = dispatch.accepted == 0 and dispatch.failed + dispatch.unknown > 0
+            dispatch.status = Dispatch.Status.FAILED if failed else Dispatch.Status.DONE
+            dispatch.error = "The provider accepted none of its pushes." if failed else dispatch.error
+            dispatch.finished_at = timezone.now()
+            dispatch.save(update_fields=["status", "error", "finished_at"])
             audit(
                 actor=None,
-                action="dispatch_done",
+                action="dispatch_failed" if failed else "dispatch_done",
                 obj=dispatch,
                 summary={"accepted": dispatch.accepted, "failed": dispatch.failed, "unknown": dispatch.unknown},
             )
@@ -286,22 +295,26 @@ def dispatch_complete_if_done(*, dispatch_id: int) -> bool:
 def deliveries_expire_leases(*, now: datetime | None = None) -> int:
     """Turn rows whose lease ran out while ``sending`` into ``unknown`` (never re-sent); return how many.
 
-    Also finishes the dispatches this completes, and restarts sending for dispatches whose
-    send tasks were lost (queued rows ready, nobody claiming them).
+    Leases are judged by the database's clock (``now`` only for tests), the one that stamped
+    them: a worker's clock running ahead cannot expire rows another worker is sending. Each
+    dispatch's row is held first, in the order write-back takes its locks. Also finishes the
+    dispatches this completes.
     """
-    now = now or timezone.now()
+    deadline = now if now is not None else Now()
     expired = list(
-        Delivery.objects.filter(status=DS.SENDING, lease_expires_at__lt=now)
+        Delivery.objects.filter(status=DS.SENDING, lease_expires_at__lt=deadline)
         .values_list("dispatch_id")
         .annotate(n=Count("id"))
         .order_by()
     )
     total = 0
     for dispatch_id, _ in expired:
-        changed = Delivery.objects.filter(dispatch_id=dispatch_id, status=DS.SENDING, lease_expires_at__lt=now).update(
-            status=DS.UNKNOWN, reason="lease_expired", lease_expires_at=None, finished_at=now
-        )
-        Dispatch.objects.filter(pk=dispatch_id).update(unknown=F("unknown") + changed)
+        with transaction.atomic():
+            Dispatch.objects.select_for_update(no_key=True).filter(pk=dispatch_id).values_list("pk").first()
+            changed = Delivery.objects.filter(
+                dispatch_id=dispatch_id, status=DS.SENDING, lease_expires_at__lt=deadline
+            ).update(status=DS.UNKNOWN, reason="lease_expired", lease_expires_at=None, finished_at=Now())
+            Dispatch.objects.filter(pk=dispatch_id).update(unknown=F("unknown") + changed)
         total += changed
         dispatch_complete_if_done(dispatch_id=dispatch_id)
     return total
@@ -310,12 +323,21 @@ def deliveries_expire_leases(*, now: datetime | None = None) -> int:
 def dispatches_watch(*, now: datetime | None = None) -> list[int]:
     """The watchdog (every minute): expire leases, and restart dispatches whose tasks were lost.
 
-    A dispatch is restarted when it is ``sending`` with queued rows ready to go and none in
-    flight, a lease's length after it started. Returns the restarted dispatch ids.
+    A dispatch still ``preparing`` a task timeout after it was created lost its prepare task (a
+    worker killed, a broker restarted, an enqueue that failed): it is queued again (prepare is
+    idempotent, and the queue has killed any run that old). A ``sending`` one is restarted when
+    it has queued rows ready to go and none in flight, a lease's length after it started.
+    Returns the restarted dispatch ids.
     """
-    now = now or timezone.now()
     deliveries_expire_leases(now=now)
+    now = now or timezone.now()
     restarted = []
+    lost_since = now - timedelta(seconds=_task_timeout())
+    for dispatch_id in Dispatch.objects.filter(status=Dispatch.Status.PREPARING, created_at__lt=lost_since).values_list(
+        "pk", flat=True
+    ):
+        _enqueue("delivery.tasks.dispatch_prepare_task", dispatch_id)
+        restarted.append(dispatch_id)
     quiet_since = now - timedelta(seconds=settings.PUSHDESK_SEND_LEASE_SECONDS)
     for dispatch in Dispatch.objects.filter(status=Dispatch.Status.SENDING, started_at__lt=quiet_since).only("id"):
         rows = Delivery.objects.filter(dispatch_id=dispatch.pk)

@@ -89,6 +89,9 @@ def _claim(dispatch_id: int, *, limit: int, now: datetime, with_profiles: bool =
     On PostgreSQL one statement claims (``FOR UPDATE SKIP LOCKED``) and returns each row with
     its device's token and platform (and its profile when ``with_profiles``).
     """
+    # On PostgreSQL the lease runs on the database's clock, the one the watchdog judges it by:
+    # a worker whose clock is behind cannot stamp a lease that is over before it starts. (The
+    # embedded SQLite mode runs on one machine.)
     lease = now + timedelta(seconds=settings.PUSHDESK_SEND_LEASE_SECONDS)
     ready = "dispatch_id = %s AND status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= %s)"
     if connection.vendor == "postgresql":
@@ -98,13 +101,13 @@ def _claim(dispatch_id: int, *, limit: int, now: datetime, with_profiles: bool =
             f"WITH picked AS (SELECT id FROM delivery_delivery WHERE {ready} ORDER BY id LIMIT %s "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
             "FOR UPDATE SKIP LOCKED), "
             "claimed AS (UPDATE delivery_delivery d SET status = 'sending', attempts = d.attempts + 1, "
-            "lease_expires_at = %s FROM picked WHERE d.id = picked.id "
+            "lease_expires_at = now() + %s * interval '1 second' FROM picked WHERE d.id = picked.id "
             "RETURNING d.id, d.device_id, d.profile_id, d.attempts) "
             f"SELECT c.id, c.device_id, c.profile_id, c.attempts, dev.token, dev.platform{profile_columns} "
             f"FROM claimed c LEFT JOIN delivery_device dev ON dev.id = c.device_id{profile_join}"
         )
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(sql, [dispatch_id, _dt(now), limit, _dt(lease)])
+            cursor.execute(sql, [dispatch_id, _dt(now), limit, settings.PUSHDESK_SEND_LEASE_SECONDS])
             fetched = cursor.fetchall()
         rows = []
         for values in fetched:
@@ -145,12 +148,20 @@ def _claim(dispatch_id: int, *, limit: int, now: datetime, with_profiles: bool =
 
 
 def _write_back(dispatch_id: int, results: list[Result], *, now: datetime) -> Counter:
-    """Write outcomes in bulk, only over rows still ``sending``; return the final statuses written."""
+    """Write outcomes in bulk, only over rows still ``sending``; return the final statuses written.
+
+    Holds the dispatch row (``FOR NO KEY UPDATE``, the lock its counters take anyway): a stop
+    either committed before, and a retry becomes ``skipped`` / ``stopped`` instead of ``queued``
+    (nothing would ever pick it up), or waits for this write and then stops the requeued rows.
+    """
     if not results:
         return Counter()
     finals = set(Delivery.FINAL_STATUSES)
     written: Counter = Counter()
     with transaction.atomic(), connection.cursor() as cursor:
+        status = Dispatch.objects.select_for_update(no_key=True).values_list("status", flat=True).get(pk=dispatch_id)
+        if status != Dispatch.Status.SENDING:
+            results = [Result(r.id, DS.SKIPPED, reason="stopped") if r.status == DS.QUEUED else r for r in results]
         if connection.vendor == "postgresql":
             cursor.execute(
                 "UPDATE delivery_delivery d SET status = v.status, reason = v.reason, provider_message_id = v.pid, "
@@ -266,9 +277,10 @@ def _retry_or_fail(row: Claimed, outcome: Outcome, *, now: datetime, deadline: d
     delay = backoff * random.uniform(1.0, 1.25)
     if outcome.retry_after_from_provider and outcome.retry_after is not None:
         delay = max(delay, outcome.retry_after)
-    when = now + timedelta(seconds=delay)
-    if when > deadline:
+    # Compared before a datetime is built from it: a provider may ask for any wait at all.
+    if not delay <= (deadline - now).total_seconds():
         return Result(row.id, DS.FAILED, reason=f"{outcome.reason} (TTL over before a retry)")
+    when = now + timedelta(seconds=delay)
     return Result(row.id, DS.QUEUED, reason=outcome.reason, next_attempt_at=when)
 
 

@@ -1,10 +1,13 @@
 """Delivery rules: the frequency cap and quiet hours hold back marketing pushes; transactional ones pass."""
 
 import datetime as dt
+import threading
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.db import connection
 from django.utils import timezone
+from django_q.conf import Conf
 
 from delivery.models import Delivery, DeliveryRules, Dispatch
 from delivery.rules import quiet_until
@@ -77,6 +80,70 @@ def test_test_sends_ignore_the_rules(app):
     DeviceFactory(profile=profile, app=app, is_test=True)
     _past_push(app, profile, hours_ago=1)
     assert _dispatch(app, [], kind="test")[profile.pk].status == "queued"
+
+
+def test_a_row_stranded_in_a_stopped_dispatch_does_not_count_toward_the_cap(app):
+    DeliveryRules.objects.create(app=app, frequency_cap=1, frequency_window_hours=24)
+    profile = ProfileFactory()
+    device = DeviceFactory(profile=profile, app=app)
+    stopped = Dispatch.objects.create(app=app, kind="campaign", purpose="marketing", content_spec={}, status="stopped")
+    Delivery.objects.create(dispatch=stopped, device=device, profile_id=profile.pk, status="queued")
+    assert _dispatch(app, [profile])[profile.pk].status == "queued"
+
+
+def test_a_push_still_on_its_way_counts_toward_the_cap(app):
+    DeliveryRules.objects.create(app=app, frequency_cap=1, frequency_window_hours=24)
+    profile = ProfileFactory()
+    device = DeviceFactory(profile=profile, app=app)
+    sending = Dispatch.objects.create(app=app, kind="campaign", purpose="marketing", content_spec={}, status="sending")
+    Delivery.objects.create(dispatch=sending, device=device, profile_id=profile.pk, status="queued")
+    row = _dispatch(app, [profile])[profile.pk]
+    assert (row.status, row.reason) == ("skipped", "frequency_cap")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_dispatches_resolving_at_once_respect_a_cap_of_one(app, monkeypatch):
+    """Both insert their rows, meet at a barrier, then apply the cap: only one may send."""
+    from delivery.services import dispatches
+
+    DeliveryRules.objects.create(app=app, frequency_cap=1, frequency_window_hours=24)
+    profile = ProfileFactory()
+    DeviceFactory(profile=profile, app=app)
+    content = PushContentFactory(app=app)
+    ids = [
+        Dispatch.objects.create(
+            app=app, kind="api_trigger", purpose="marketing", content_spec=content.spec(), profile_ids=[profile.pk]
+        ).pk
+        for _ in range(2)
+    ]
+    both_inserted = threading.Barrier(2, timeout=10)
+    rules_apply = dispatches.rules_apply
+
+    def rules_apply_after_the_other_inserted(**kwargs):
+        both_inserted.wait()
+        return rules_apply(**kwargs)
+
+    monkeypatch.setattr(dispatches, "rules_apply", rules_apply_after_the_other_inserted)
+    monkeypatch.setattr(Conf, "SYNC", False)  # the send tasks go to the broker: nobody runs them here
+    errors = []
+
+    def prepare(dispatch_id):
+        try:
+            dispatch_prepare(dispatch_id=dispatch_id)
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=prepare, args=(pk,)) for pk in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert not errors, errors
+    statuses = sorted(Delivery.objects.filter(dispatch_id__in=ids).values_list("status", "reason"))
+    assert statuses == [("queued", ""), ("skipped", "frequency_cap")]
 
 
 def _window_around_now(zone: str, *, inside: bool):

@@ -1,14 +1,17 @@
 """Occurrences fire exactly once: with an injectable clock, racing workers, and after downtime."""
 
 import datetime as dt
+import socket
 import threading
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from campaigns.models import Campaign, Occurrence
 from campaigns.services import campaign_approve, campaign_fire_due, campaign_submit, campaign_update, campaigns_tick
 from delivery.models import Dispatch
+from tests.factories import DeviceFactory, ProfileFactory
 
 T0 = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
 
@@ -174,13 +177,41 @@ def test_send_at_each_profiles_local_time(make_campaign, approve, team, segment)
     assert when[unknown.pk] == nine  # no time zone: the campaign's
 
 
-def test_campaign_whose_every_send_failed_ends_failed(make_campaign, approve):
+def test_campaign_whose_every_send_failed_ends_failed(make_campaign, approve, django_capture_on_commit_callbacks):
+    # The Shop app has no provider credentials: every push to its phones fails.
     campaign = approve(make_campaign(schedule_kind="at", send_at=T0))
-    campaigns_tick(now=T0)
-    Dispatch.objects.filter(source_id=campaign.pk).update(status="failed", error="credentials refused")
+    DeviceFactory(profile=ProfileFactory(locale="fr"), app=campaign.app, platform="android")
+    with django_capture_on_commit_callbacks(execute=True):  # prepare and send, here
+        campaigns_tick(now=T0)
+    dispatch = Dispatch.objects.get(source_id=campaign.pk, kind="campaign")
+    assert (dispatch.status, dispatch.accepted, dispatch.failed) == ("failed", 0, 1)
     campaigns_tick(now=T0 + dt.timedelta(minutes=1))
     campaign.refresh_from_db()
     assert campaign.status == "failed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_broker_down_after_a_commit_neither_stops_the_tick_nor_strands_the_dispatch(
+    make_campaign, approve, monkeypatch
+):
+    from django_q.conf import Conf
+
+    from delivery.services.dispatches import _task_timeout, dispatches_watch
+
+    first, second = (approve(make_campaign(name=name, schedule_kind="at", send_at=T0)) for name in ("A", "B"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{s.getsockname()[1]}/0"  # nothing listens there any more
+    with monkeypatch.context() as broker_down:
+        broker_down.setattr(Conf, "SYNC", False)
+        broker_down.setattr(Conf, "REDIS", dead)
+        broker_down.setattr(Conf, "DJANGO_REDIS", None)
+        assert campaigns_tick(now=T0)["occurrences"] == 2
+
+    dispatches = Dispatch.objects.filter(kind="campaign", source_id__in=[first.pk, second.pk])
+    assert [d.status for d in dispatches] == ["preparing", "preparing"]  # their prepare tasks were never queued
+    dispatches_watch(now=timezone.now() + dt.timedelta(seconds=_task_timeout() + 1))
+    assert not dispatches.filter(status="preparing").exists()
 
 
 def test_campaign_page_shows_the_phones(client, make_campaign, manager_alice):

@@ -1,7 +1,11 @@
 """The send pipeline end to end, against the push simulator over real HTTP/2 on loopback."""
 
+import threading
+import time
+
 import pytest
 from django.core.exceptions import PermissionDenied
+from django.db import connection
 from django.utils import timezone
 
 from delivery.models import Delivery, Device, Dispatch
@@ -242,6 +246,49 @@ def test_stopping_a_dispatch_stops_its_queued_rows(
     assert all(sim.state.count(d.token) == 0 for d in devices)
 
 
+def _wait_for(condition, *, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_in_flight_when_its_dispatch_is_stopped_is_not_left_queued_by_a_retry(
+    sim_app, sim, open_gate, manager_alice, settings
+):
+    """Stop lands while the provider holds the request; its answer, a 503, must not requeue the row."""
+    from accounts.services import access_grant
+
+    access_grant(obj=sim_app, to=manager_alice, by=None)
+    content = PushContentFactory(app=sim_app)
+    profile = ProfileFactory()
+    device = DeviceFactory(profile=profile, app=sim_app, platform="ios")
+    sim.state.fail_token(token=device.token, failures=[503])
+    sim.state.faults.latency_ms = 800
+
+    def send_in_a_worker() -> None:
+        try:
+            dispatch_create(app_id=sim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[profile.pk])
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=send_in_a_worker)
+    worker.start()
+    rows = Delivery.objects.filter(device=device)
+    assert _wait_for(lambda: rows.filter(status="sending").exists()), "the row was never claimed"
+    dispatch_stop(dispatch_id=rows.get().dispatch_id, by=manager_alice)
+    worker.join(timeout=30)
+
+    row = rows.get()
+    assert (row.status, row.reason, row.next_attempt_at) == ("skipped", "stopped", None)
+    dispatch = Dispatch.objects.get(pk=row.dispatch_id)
+    assert (dispatch.status, dispatch.skipped) == ("stopped", 1)
+    assert sim.state.count(device.token) == 0
+
+
 def test_viewer_cannot_stop_a_dispatch(sim_app, open_gate, viewer_carol, django_capture_on_commit_callbacks):
     from accounts.services import access_grant
 
@@ -415,3 +462,81 @@ def test_watchdog_restarts_a_dispatch_whose_send_tasks_were_lost(
     dispatch.refresh_from_db()
     assert dispatch.status == Dispatch.Status.DONE and dispatch.accepted == 2
     assert all(sim.state.count(d.token) == 1 for d in devices)
+
+
+def test_watchdog_prepares_again_a_dispatch_whose_prepare_task_was_lost(
+    sim_app, sim, open_gate, django_capture_on_commit_callbacks
+):
+    from delivery.services.dispatches import _task_timeout, dispatches_watch
+
+    content = PushContentFactory(app=sim_app)
+    profile = ProfileFactory()
+    device = DeviceFactory(profile=profile, app=sim_app, platform="android")
+    with django_capture_on_commit_callbacks(execute=False):  # the prepare task is lost
+        dispatch = dispatch_create(app_id=sim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[profile.pk])
+
+    assert dispatches_watch() == []  # too early: its task may still be on its way or running
+    later = timezone.now() + timezone.timedelta(seconds=_task_timeout() + 1)
+    assert dispatches_watch(now=later) == [dispatch.pk]
+
+    dispatch.refresh_from_db()
+    assert dispatch.status == Dispatch.Status.DONE and dispatch.accepted == 1
+    assert sim.state.count(device.token) == 1
+
+
+def test_a_huge_retry_after_fails_the_row_at_its_ttl_instead_of_crashing_the_send(
+    sim_app, sim, open_gate, django_capture_on_commit_callbacks
+):
+    content = PushContentFactory(app=sim_app, ttl_seconds=3600)
+    profile = ProfileFactory()
+    device = DeviceFactory(profile=profile, app=sim_app, platform="android")
+    sim.state.faults.rate_429 = 1.0
+    sim.state.faults.retry_after = 10**15
+
+    dispatch = send(content, [profile], django_capture_on_commit_callbacks)
+
+    row = Delivery.objects.get(dispatch=dispatch)
+    assert (row.status, row.attempts) == ("failed", 1)
+    assert row.reason.endswith("(TTL over before a retry)")
+    assert sim.state.count(device.token) == 0
+
+
+def test_a_dispatch_whose_every_push_failed_ends_failed(sim_app, sim, open_gate, django_capture_on_commit_callbacks):
+    content = PushContentFactory(app=sim_app)
+    profiles = ProfileFactory.create_batch(2)
+    for profile in profiles:
+        device = DeviceFactory(profile=profile, app=sim_app, platform="android")
+        sim.state.fail_token(token=device.token, failures=[(400, "INVALID_ARGUMENT")])
+
+    dispatch = send(content, profiles, django_capture_on_commit_callbacks)
+
+    assert (dispatch.status, dispatch.accepted, dispatch.failed) == ("failed", 0, 2)
+    assert dispatch.error
+
+
+def test_a_dispatch_with_one_push_accepted_is_done(sim_app, sim, open_gate, django_capture_on_commit_callbacks):
+    content = PushContentFactory(app=sim_app)
+    profiles = ProfileFactory.create_batch(2)
+    devices = [DeviceFactory(profile=p, app=sim_app, platform="android") for p in profiles]
+    sim.state.fail_token(token=devices[0].token, failures=[(400, "INVALID_ARGUMENT")])
+
+    dispatch = send(content, profiles, django_capture_on_commit_callbacks)
+
+    assert (dispatch.status, dispatch.accepted, dispatch.failed) == ("done", 1, 1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_clock_running_behind_cannot_stamp_a_lease_already_over(sim_app, open_gate):
+    content = PushContentFactory(app=sim_app)
+    profile = ProfileFactory()
+    device = DeviceFactory(profile=profile, app=sim_app, platform="android")
+    dispatch = Dispatch.objects.create(
+        app=sim_app, kind="api_trigger", content_spec=content.spec(), profile_ids=[profile.pk], status="sending"
+    )
+    Delivery.objects.create(dispatch=dispatch, device=device, profile_id=profile.pk, status="queued")
+    skewed = timezone.now() - timezone.timedelta(minutes=10)  # this worker's clock is 10 minutes behind
+
+    [claimed] = _claim(dispatch.pk, limit=10, now=skewed)
+    deliveries_expire_leases()  # the watchdog, on a machine whose clock is right
+
+    assert Delivery.objects.get(pk=claimed.id).status == "sending"
