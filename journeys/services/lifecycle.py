@@ -309,22 +309,30 @@ def journey_approve(*, journey_id: int, by: User, comment: str = "", now: dt.dat
     Raises ValidationError when what would run changed since it was submitted (e.g. its push
     content was edited) or no longer holds; PermissionDenied when ``by`` may not approve it.
     """
-    from delivery.models import PushContent
+    from delivery.models import PushContent, spec_fingerprint
 
     now = now or timezone.now()
     with transaction.atomic():
         journey = _lock(journey_id, by, "journeys.approve_journey")
         version = _version_in_review(journey)
         request = _pending_request(journey)
-        fingerprints = _content_fingerprints(version)
+        # One read of the contents, held until commit: what is checked against the submission is
+        # what is frozen, and a save of a content waits until it is frozen.
+        steps = contents_of(version.graph)
+        specs = {
+            c.pk: c.spec()
+            for c in PushContent.objects.select_for_update().filter(pk__in=set(steps.values())).order_by("pk")
+        }
+        fingerprints = {
+            step: spec_fingerprint(specs[cid]) if cid in specs else "missing" for step, cid in steps.items()
+        }
         if version.fingerprint(content_fingerprints=fingerprints) != request.fingerprint:
             raise ValidationError("What would run changed since it was submitted: ask for changes and resubmit.")
         _validate_version(version, by=None)
         approval_request_decide(request_id=request.pk, by=by, approve=True, comment=comment)
-        contents = {c.pk: c for c in PushContent.objects.filter(pk__in=set(contents_of(version.graph).values()))}
         version.frozen_specs = {
-            step: {"content_id": cid, "fingerprint": fingerprints[step], "spec": contents[cid].spec()}
-            for step, cid in contents_of(version.graph).items()
+            step: {"content_id": cid, "fingerprint": fingerprints[step], "spec": specs[cid]}
+            for step, cid in steps.items()
         }
         version.approved_fingerprint = request.fingerprint
         previous = journey.live_version
@@ -387,10 +395,12 @@ def journey_archive(*, journey_id: int, by: User) -> Journey:
 def journey_gate(*, app, source_id: int | None, spec: dict, by: User | None) -> None:
     """The journeys' gate in the delivery pipeline: a dispatch only for a push step of an approved
     version (live, or retired with profiles finishing on it) of a live journey, whose graph is the
-    approved one, sending exactly the content that was approved.
+    approved one, sending exactly the content that was approved (the frozen specs are hashed
+    again: a frozen spec that is not the approved one closes the gate).
 
     Raises GateClosed otherwise, whoever calls.
     """
+    from delivery.models import spec_fingerprint
     from delivery.services.dispatches import GateClosed
 
     version = JourneyVersion.objects.select_related("journey").filter(pk=source_id).first()
@@ -401,7 +411,8 @@ def journey_gate(*, app, source_id: int | None, spec: dict, by: User | None) -> 
         raise GateClosed(f"'{journey}' is {journey.get_status_display().lower()}, not live.")
     if version.status not in (VStatus.LIVE, VStatus.RETIRED) or not version.approved_fingerprint:
         raise GateClosed(f"Version {version.number} of '{journey}' is not approved.")
-    approved = {step: item["fingerprint"] for step, item in (version.frozen_specs or {}).items()}
+    frozen = version.frozen_specs or {}
+    approved = {step: spec_fingerprint(item["spec"]) for step, item in frozen.items()}
     if version.fingerprint(content_fingerprints=approved) != version.approved_fingerprint:
         raise GateClosed(f"Version {version.number} of '{journey}' changed since it was approved.")
     if not any(item["spec"] == spec for item in version.frozen_specs.values()):

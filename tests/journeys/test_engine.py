@@ -327,6 +327,21 @@ def test_gate_refuses_a_draft_version_and_content_that_was_not_approved(make_jou
     assert not Dispatch.objects.filter(kind="journey").exists()
 
 
+def test_gate_refuses_a_frozen_spec_that_is_not_the_one_approved(make_journey, publish, welcome):
+    from journeys.models import JourneyVersion
+
+    journey = publish(make_journey())
+    version = JourneyVersion.objects.get(pk=journey.live_version_id)
+    frozen = version.frozen_specs
+    frozen["push"]["spec"] = {**frozen["push"]["spec"], "body": "Frozen but never approved"}
+    JourneyVersion.objects.filter(pk=version.pk).update(frozen_specs=frozen)  # what a lost race leaves
+    with pytest.raises(GateClosed, match="changed since it was approved"):
+        dispatch_create(
+            app_id=journey.app_id, kind="journey", spec=frozen["push"]["spec"], profile_ids=[], source_id=version.pk
+        )
+    assert not Dispatch.objects.filter(kind="journey").exists()
+
+
 def test_content_edited_after_approval_does_not_reach_the_phones(
     sim_journey, sim_team, sim_welcome, vips, publish, sim, django_capture_on_commit_callbacks
 ):

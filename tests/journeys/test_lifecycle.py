@@ -1,7 +1,10 @@
 """The journey lifecycle: create, edit, submit, approve, request changes, cancel, stop, archive, versions."""
 
+import threading
+
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import connection
 from django.http import Http404
 
 from accounts.models import ApprovalRequest, AuditEvent
@@ -110,6 +113,45 @@ def test_content_edited_during_review_cannot_be_approved(make_journey, manager_a
     with pytest.raises(ValidationError, match="changed since it was submitted"):
         journey_approve(journey_id=journey.pk, by=approver_bob)
     assert _reload(journey).status == "in_review"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_content_save_during_approval_is_not_frozen_as_what_was_approved(
+    make_journey, manager_alice, approver_bob, welcome, monkeypatch
+):
+    """A save of the push content commits between the approval's checks and its freeze."""
+    from delivery.models import PushContent, spec_fingerprint
+    from delivery.services.contents import pushcontent_save
+    from journeys.services import lifecycle
+
+    journey = make_journey()
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    decide = lifecycle.approval_request_decide
+
+    def edit() -> None:
+        try:
+            content = PushContent.objects.get(pk=welcome.pk)
+            content.body = "Something the approver never saw"
+            pushcontent_save(content=content, by=manager_alice)
+        finally:
+            connection.close()
+
+    editor = threading.Thread(target=edit)
+
+    def decide_while_the_content_is_saved(**kwargs):
+        answer = decide(**kwargs)
+        editor.start()
+        editor.join(timeout=3)  # it commits here, unless approval holds the content
+        return answer
+
+    monkeypatch.setattr(lifecycle, "approval_request_decide", decide_while_the_content_is_saved)
+    journey_approve(journey_id=journey.pk, by=approver_bob)
+    editor.join(timeout=30)
+
+    frozen = JourneyVersion.objects.get(journey=journey, status="live").frozen_specs["push"]
+    assert frozen["spec"]["body"] == "Welcome aboard"
+    assert spec_fingerprint(frozen["spec"]) == frozen["fingerprint"]
+    assert PushContent.objects.get(pk=welcome.pk).body == "Something the approver never saw"  # saved after
 
 
 def test_editing_a_live_journey_makes_a_new_draft_version_and_the_live_one_is_untouched(
