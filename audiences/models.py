@@ -92,6 +92,58 @@ class Segment(models.Model):
     def has_members_table(self) -> bool:
         return self.kind in (self.Kind.IMPORTED, self.Kind.STATIC)
 
+    def definition(self) -> dict[str, dict]:
+        """What decides who is in this segment, as saved: by segment id, its kind and rules, and
+        for a kept list its membership stamp (member count, newest member id: ids only grow, so
+        any add or removal changes it); the segments its rules use are included, recursively.
+
+        An approval covers this (``definition_fingerprint``): editing any of it changes who an
+        approved send reaches.
+        """
+        found: dict[str, dict] = {}
+        pending = {self.pk}
+        while pending:
+            segments = {s.pk: s for s in Segment.objects.filter(pk__in=pending)}
+            used: set[int] = set()
+            for pk in sorted(pending):
+                segment = segments.get(pk)
+                if segment is None:
+                    found[str(pk)] = {"missing": True}
+                    continue
+                entry = {"name": segment.name, "kind": segment.kind, "rules": segment.rules}
+                if segment.has_members_table:
+                    stamp = segment.members.aggregate(count=models.Count("id"), newest=models.Max("id"))
+                    entry["members"] = [stamp["count"], stamp["newest"]]
+                found[str(pk)] = entry
+                used |= segments_used(segment.rules)
+            pending = {pk for pk in used if str(pk) not in found}
+        return found
+
+    def definition_fingerprint(self) -> str:
+        """SHA-256 of ``definition()``, names left out (renaming a segment changes nobody's membership)."""
+        import hashlib
+        import json
+
+        who = {pk: {k: v for k, v in entry.items() if k != "name"} for pk, entry in self.definition().items()}
+        blob = json.dumps(who, sort_keys=True, default=str, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def segments_used(rules) -> set[int]:
+    """The ids of the segments a rule tree uses (membership conditions, at any depth)."""
+    found: set[int] = set()
+    stack = [rules]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            target = node.get("segment")
+            if isinstance(target, int) and not isinstance(target, bool):
+                found.add(target)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
 
 class SegmentUserObjectPermission(UserObjectPermissionBase):
     content_object = models.ForeignKey(Segment, on_delete=models.CASCADE)

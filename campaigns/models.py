@@ -103,7 +103,7 @@ class Campaign(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    # What an approval covers: content, audience and schedule. Any change of these voids it.
+    # What an approval covers: content, audience (and its definition) and schedule. Any change voids it.
     FINGERPRINT_FIELDS = (
         "app_id",
         "kind",
@@ -120,9 +120,11 @@ class Campaign(models.Model):
     )
 
     def fingerprint(self) -> str:
-        """SHA-256 of everything an approver signs off: the content's own fingerprint, audience, schedule."""
+        """SHA-256 of everything an approver signs off: the content's own fingerprint, the audience's
+        definition (its rules, the segments they use, a kept list's membership), the schedule."""
         data = {field: getattr(self, field) for field in self.FINGERPRINT_FIELDS}
         data["content"] = self.content.fingerprint()
+        data["audience"] = self.segment.definition_fingerprint() if self.segment_id else None
         blob = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -30,6 +30,26 @@ def _audience_text(campaign: Campaign) -> str:
     return f"{campaign.segment}: {count:,} profiles"
 
 
+def _audience_definition_text(campaign: Campaign) -> str:
+    """Who the approval covers, as it is defined: each segment's rules (and the segments they use),
+    a kept list's member count. Editing any of it voids the approval."""
+    if campaign.segment_id is None:
+        return "—"
+    import json
+
+    parts = []
+    for entry in campaign.segment.definition().values():
+        if entry.get("missing"):
+            parts.append("a segment that no longer exists")
+            continue
+        if entry.get("members") is not None:
+            what = f"{entry['members'][0]:,} members ({entry['kind']})"
+        else:
+            what = "rules " + json.dumps(entry.get("rules"), sort_keys=True, separators=(", ", ": "))
+        parts.append(f"{entry['name']}: {what}")
+    return "; ".join(parts)
+
+
 def campaign_phones_html(campaign: Campaign, *, profile: dict | None = None) -> str:
     """The content as an iPhone and an Android phone would show it, for one profile (or a blank one)."""
     from delivery.payloads import message_render
@@ -72,6 +92,7 @@ def campaign_review_html(campaign: Campaign, *, request: ApprovalRequest, user: 
             ("Campaign", f"{campaign.name} ({campaign.get_kind_display()}, {campaign.get_purpose_display()})"),
             ("App", campaign.app.name),
             ("Audience", _audience_text(campaign)),
+            ("Audience definition", _audience_definition_text(campaign)),
             ("Schedule", _schedule_text(campaign)),
             (
                 "Content",

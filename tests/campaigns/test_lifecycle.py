@@ -142,6 +142,27 @@ def test_content_edited_during_review_cannot_be_approved(make_campaign, manager_
     assert _reload(campaign).status == "in_review"
 
 
+def test_segment_edited_during_review_cannot_be_approved(make_campaign, manager_alice, approver_bob, segment):
+    from audiences.services.segments import segment_update
+
+    campaign = make_campaign()
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    segment_update(segment_id=segment.pk, by=manager_alice, rules={"all": [{"field": "locale", "op": "not_exists"}]})
+    with pytest.raises(ValidationError, match="changed since it was submitted"):
+        campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    assert _reload(campaign).status == "in_review"
+
+
+def test_the_approver_reviews_the_audiences_definition(client, make_campaign, manager_alice, approver_bob, segment):
+    campaign = make_campaign()
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(approver_bob)
+    review = client.get(f"/admin/accounts/approvalrequest/{ApprovalRequest.objects.get().pk}/review/")
+    page = review.content.decode()
+    assert "Audience definition" in page
+    assert "locale" in page and "exists" in page  # the segment's rule, as the approval covers it
+
+
 def test_only_drafts_are_deleted(make_campaign, manager_alice):
     campaign = make_campaign()
     campaign_submit(campaign_id=campaign.pk, by=manager_alice)

@@ -95,6 +95,55 @@ def test_content_edited_after_approval_is_refused_at_send_time(make_campaign, ap
     assert not Dispatch.objects.exists()
 
 
+def test_segment_rules_edited_after_approval_are_refused_at_send_time(make_campaign, approve, segment, manager_alice):
+    from audiences.services.segments import segment_update
+
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0))
+    segment_update(segment_id=segment.pk, by=manager_alice, rules={"all": [{"field": "locale", "op": "not_exists"}]})
+    fired = campaign_fire_due(campaign_id=campaign.pk, now=T0)
+    assert [o.outcome for o in fired] == ["refused"]
+    campaign.refresh_from_db()
+    assert campaign.status == "draft"
+    assert not Dispatch.objects.exists()
+
+
+def test_a_nested_segment_edited_after_approval_is_refused_at_send_time(make_campaign, approve, segment, manager_alice):
+    from accounts.services import access_grant
+    from audiences.services.segments import segment_update
+    from tests.factories import SegmentFactory
+
+    buyers = SegmentFactory(name="Buyers", created_by=manager_alice)
+    access_grant(obj=buyers, to=manager_alice, by=None)
+    segment_update(segment_id=segment.pk, by=manager_alice, rules={"all": [{"segment": buyers.pk, "member": True}]})
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0))
+    segment_update(segment_id=buyers.pk, by=manager_alice, rules={"all": [{"field": "locale", "op": "not_exists"}]})
+    assert [o.outcome for o in campaign_fire_due(campaign_id=campaign.pk, now=T0)] == ["refused"]
+    assert not Dispatch.objects.exists()
+
+
+def test_static_members_changed_after_approval_are_refused_at_send_time(make_campaign, approve, manager_alice):
+    from accounts.services import access_grant
+    from audiences.services.segments import segment_members_change
+    from tests.factories import SegmentFactory, SegmentMemberFactory
+
+    vips = SegmentFactory(name="VIPs", kind="static", rules=None, created_by=manager_alice)
+    access_grant(obj=vips, to=manager_alice, by=None)
+    SegmentMemberFactory(segment=vips, profile=ProfileFactory(external_id="vip-1"))
+    ProfileFactory(external_id="vip-2")
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0, segment=vips))
+    segment_members_change(segment_id=vips.pk, by=manager_alice, add=["vip-2"])
+    assert [o.outcome for o in campaign_fire_due(campaign_id=campaign.pk, now=T0)] == ["refused"]
+    assert not Dispatch.objects.exists()
+
+
+def test_an_unchanged_audience_still_sends(make_campaign, approve, segment, manager_alice):
+    from audiences.services.segments import segment_update
+
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0))
+    segment_update(segment_id=segment.pk, by=manager_alice, name="Everyone, renamed")  # the name is not who
+    assert [o.outcome for o in campaign_fire_due(campaign_id=campaign.pk, now=T0)] == ["sent"]
+
+
 def test_edit_of_the_schedule_stops_future_occurrences(make_campaign, approve, manager_alice):
     campaign = approve(make_campaign(schedule_kind="at", send_at=T0))
     campaign_update(campaign_id=campaign.pk, by=manager_alice, send_at=T0 + dt.timedelta(hours=1))
