@@ -58,7 +58,7 @@ CAPABILITIES: dict[str, dict] = {
         + ["delivery.test_send_pushcontent", "campaigns.duplicate_campaign"],
     },
     "write_profiles": {
-        "label": "write profiles, events and devices, import CSV files",
+        "label": "write profiles, events and devices, import CSV files, report opens",
         "roles": (ADMINISTRATOR, MANAGER),
         # An import writes profiles: it needs the same role as the profiles API.
         "perms": _crud("audiences.profile", "audiences.event", "delivery.device") + ["audiences.add_import"],

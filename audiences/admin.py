@@ -19,10 +19,11 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 
 from accounts.admin import AccessAdmin, BigTableAdmin, ObjectAccessAdminMixin, ScopedAdmin
+from accounts.json_values import json_parse, json_value_check
 from accounts.selectors import visible_to
 from audiences.models import Event, Import, Profile, Segment
 from audiences.rules.schema import COLUMNS, OPERATOR_LABELS, OPERATORS, RELATIVE_UNITS, TYPES, RulesInvalid
-from audiences.rules.validation import rules_validate
+from audiences.rules.validation import rules_validate, rules_validate_for
 from audiences.selectors import (
     attribute_keys,
     event_names,
@@ -138,9 +139,11 @@ class SegmentForm(forms.ModelForm):
             if not rules:
                 self.add_error("rules", "Add at least one condition.")
             else:
-                allowed = set(segments_visible_to(self.user).values_list("pk", flat=True)) if self.user else None
                 try:
-                    rules_validate(rules, segment_id=self.instance.pk, allowed_segment_ids=allowed)
+                    if self.user is not None:
+                        rules_validate_for(rules, by=self.user, segment_id=self.instance.pk)
+                    else:
+                        rules_validate(rules, segment_id=self.instance.pk)
                 except RulesInvalid as exc:
                     self.add_error("rules", exc)
         else:
@@ -289,9 +292,15 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         segment_id = object_id
         if request.method == "POST":
             try:
-                body = json.loads(request.body or b"{}")
+                body = json_parse(request.body.decode("utf-8") or "{}")
+                json_value_check(body.get("rules") if isinstance(body, dict) else None, field="rules")
+            except ValidationError as exc:
+                errors = [{"path": path, "message": m} for path, ms in exc.message_dict.items() for m in ms]
+                return JsonResponse({"errors": errors}, status=400)
             except ValueError:
                 return JsonResponse({"errors": [{"path": "", "message": "The request is not JSON."}]}, status=400)
+            if not isinstance(body, dict):
+                return JsonResponse({"errors": [{"path": "", "message": "Send a JSON object."}]}, status=400)
             rules = body.get("rules")
             segment_id = body.get("segment") or object_id
             if isinstance(segment_id, str) and segment_id.isdigit():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.core.exceptions import ObjectDoesNotExist
 from django.http import Http404
 from django.urls import path
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -13,7 +13,7 @@ from rest_framework.views import APIView
 from delivery.models import Delivery, Device, Dispatch, Platform
 from delivery.selectors import apps_visible_to, dispatch_for, dispatch_outcomes
 from delivery.services.devices import device_opt_in_set, device_register, device_unregister
-from delivery.services.opens import AlreadyOpened, delivery_open_report
+from delivery.services.opens import AlreadyOpened, NotAccepted, delivery_open_report
 
 MAX_PAGE = 1000
 
@@ -254,7 +254,17 @@ class OpenReportView(APIView):
 
     required_scope = "ingest"
 
-    @extend_schema(operation_id="open_report", request=OpenInSerializer, responses=DeliveryOutSerializer)
+    @extend_schema(
+        operation_id="open_report",
+        request=OpenInSerializer,
+        responses={
+            200: DeliveryOutSerializer,
+            409: OpenApiResponse(
+                description="`already_opened`: an open was already reported for this delivery; "
+                "`not_accepted`: the delivery was not accepted by the provider, so it cannot have been opened."
+            ),
+        },
+    )
     def post(self, request):
         data = OpenInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -265,6 +275,8 @@ class OpenReportView(APIView):
             raise exceptions.NotFound("No delivery with this id for this app.") from exc
         except AlreadyOpened as exc:
             raise Conflict("An open was already reported for this delivery.", code="already_opened") from exc
+        except NotAccepted as exc:
+            raise Conflict(exc.messages[0], code="not_accepted") from exc
         return Response(DeliveryOutSerializer(delivery).data)
 
 

@@ -34,9 +34,17 @@ from audiences.rules.schema import (
 
 
 class _Validator:
-    def __init__(self, *, segment_id: int | None, allowed_segment_ids: set[int] | None, load: SegmentLoader):
+    def __init__(
+        self,
+        *,
+        segment_id: int | None,
+        allowed_segment_ids: set[int] | None,
+        load: SegmentLoader,
+        allowed_app_ids: set[int] | None = None,
+    ):
         self.segment_id = segment_id
         self.allowed_segment_ids = allowed_segment_ids
+        self.allowed_app_ids = allowed_app_ids
         self.load = load
         self.errors: list[RuleError] = []
         self.segment_refs: dict[int, str] = {}  # referenced segment id -> path of its first use
@@ -306,8 +314,10 @@ class _Validator:
             return
         known = set(app_model.objects.filter(pk__in=list(self.app_refs)).values_list("pk", flat=True))
         for app_id, path in self.app_refs.items():
-            if app_id not in known:
-                self.fail(path, "unknown_app", f"there is no app {app_id}")
+            allowed = self.allowed_app_ids is None or app_id in self.allowed_app_ids
+            # One message for "missing" and "outside your access": app ids cannot be enumerated.
+            if app_id not in known or not allowed:
+                self.fail(path, "unknown_app", f"there is no app {app_id} you may use")
 
 
 def _path_to(goal: int, start: Segment, load: SegmentLoader) -> list[int]:
@@ -358,14 +368,18 @@ def rules_validate(
     segment_id: int | None = None,
     allowed_segment_ids: set[int] | None = None,
     load: SegmentLoader = _load_segments,
+    allowed_app_ids: set[int] | None = None,
 ) -> set[int]:
     """Check a rule tree against the schema; return the ids of the segments it references.
 
     ``segment_id`` is the segment the tree belongs to (for cycle detection);
-    ``allowed_segment_ids``, when given, are the segments the author may use.
+    ``allowed_segment_ids`` and ``allowed_app_ids``, when given, are the segments and apps the
+    author may use (``rules_validate_for`` computes them for a user).
     Raises RulesInvalid listing every broken rule with its path in the tree.
     """
-    validator = _Validator(segment_id=segment_id, allowed_segment_ids=allowed_segment_ids, load=load)
+    validator = _Validator(
+        segment_id=segment_id, allowed_segment_ids=allowed_segment_ids, load=load, allowed_app_ids=allowed_app_ids
+    )
     validator.node(tree, "rules", 1)
     if not validator.errors:
         validator.references()
@@ -373,3 +387,21 @@ def rules_validate(
     if validator.errors:
         raise RulesInvalid(validator.errors)
     return set(validator.segment_refs)
+
+
+def rules_validate_for(tree, *, by, segment_id: int | None = None) -> set[int]:
+    """``rules_validate`` for a user: segment conditions and ``reachable`` may name only the segments
+    and apps ``by`` has access to; any other answers as if it did not exist. ``by=None`` is the system."""
+    if by is None:
+        return rules_validate(tree, segment_id=segment_id)
+    from accounts.selectors import visible_to
+    from audiences.selectors import segments_visible_to
+
+    allowed_segments = set(segments_visible_to(by).values_list("pk", flat=True))
+    allowed_apps = None
+    if device_model() is not None:
+        app_model = apps.get_model("delivery", "App")
+        allowed_apps = set(visible_to(by, app_model.objects.all()).values_list("pk", flat=True))
+    return rules_validate(
+        tree, segment_id=segment_id, allowed_segment_ids=allowed_segments, allowed_app_ids=allowed_apps
+    )

@@ -19,16 +19,15 @@ from accounts.selectors import can
 from accounts.services import access_grant, audit
 from audiences.models import Profile, Segment, SegmentMember, SegmentReference
 from audiences.rules.compiler import segment_count, segment_profiles
-from audiences.rules.validation import rules_validate
-from audiences.selectors import segment_for, segments_visible_to
+from audiences.rules.validation import rules_validate_for
+from audiences.selectors import segment_for
 from audiences.services.profiles import _ensure_perm
 
 UNSET: Any = object()
 
 
 def _check_rules(*, rules, by: User, segment_id: int | None) -> set[int]:
-    allowed = set(segments_visible_to(by).values_list("pk", flat=True))
-    return rules_validate(rules, segment_id=segment_id, allowed_segment_ids=allowed)
+    return rules_validate_for(rules, by=by, segment_id=segment_id)
 
 
 def _set_references(segment: Segment, references: set[int]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -17,14 +17,22 @@ class AlreadyOpened(ValidationError):
     """An open was already reported for this delivery."""
 
 
+class NotAccepted(ValidationError):
+    """The delivery was never accepted by the provider: no notification reached the phone to be tapped."""
+
+
 def delivery_open_report(*, delivery_id: int, app_id: int, by: User, when: datetime | None = None) -> Delivery:
     """Record that the user tapped the notification: sets ``opened_at`` once.
 
-    Raises Delivery.DoesNotExist when the delivery is not one of ``app_id``'s (or not visible
-    to ``by``), AlreadyOpened when an open was already reported.
+    Raises PermissionDenied when ``by``'s role may not write profiles (an open is engagement data
+    about a profile), Delivery.DoesNotExist when the delivery is not one of ``app_id``'s (or not
+    visible to ``by``), NotAccepted when the delivery is not ``accepted``, AlreadyOpened when an
+    open was already reported.
     """
     from delivery.selectors import dispatches_visible_to
 
+    if by is None or not by.is_active or not by.has_perm("audiences.change_profile"):
+        raise PermissionDenied("Your role may not report opens (it needs to write profiles).")
     with transaction.atomic():
         delivery = (
             Delivery.objects.select_for_update()
@@ -35,6 +43,11 @@ def delivery_open_report(*, delivery_id: int, app_id: int, by: User, when: datet
             )
             .get()
         )
+        if delivery.status != Delivery.Status.ACCEPTED:
+            raise NotAccepted(
+                {"delivery": f"This delivery was not accepted (it is {delivery.status}): it cannot have been opened."},
+                code="not_accepted",
+            )
         if delivery.opened_at is not None:
             raise AlreadyOpened({"delivery": "An open was already reported for this delivery."}, code="already_opened")
         delivery.opened_at = when or timezone.now()

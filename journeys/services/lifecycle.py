@@ -66,7 +66,7 @@ def version_reference_checks(*, app_id: int, by: User | None):
     """The functions graph_validate uses to check segments, contents and rule trees (access of ``by``)."""
     from audiences.models import Segment
     from audiences.rules.schema import RulesInvalid, segment_references
-    from audiences.rules.validation import rules_validate
+    from audiences.rules.validation import rules_validate_for
     from audiences.selectors import segments_visible_to
     from delivery.models import PushContent
 
@@ -89,7 +89,7 @@ def version_reference_checks(*, app_id: int, by: User | None):
 
     def check_rules(tree) -> str:
         try:
-            rules_validate(tree)
+            rules_validate_for(tree, by=by)
         except RulesInvalid as exc:
             return "the rule is invalid: " + "; ".join(exc.messages)
         for segment_id in segment_references(tree):

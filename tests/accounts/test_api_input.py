@@ -130,3 +130,19 @@ def test_a_body_over_the_limit_answers_json_413_stating_it(ingest, settings):
     assert body["code"] == "request_too_large"
     assert "100000 bytes" in body["detail"]
     assert not Profile.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "raw_rules",
+    [
+        "[" * 20000 + "]" * 20000,
+        '{"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "a\\u0000b"}]}',
+        '{"all": [{"attribute": "age", "type": "number", "op": "gt", "value": 1e400}]}',
+    ],
+    ids=["depth-20000", "nul", "1e400"],
+)
+def test_the_admin_rule_preview_answers_400_for_rules_that_cannot_be_stored(client, manager_alice, raw_rules):
+    client.force_login(manager_alice)
+    response = _post(client, "/admin/audiences/segment/preview/", '{"rules": ' + raw_rules + "}")
+    assert response.status_code == 400, response.content[:300]
+    assert response.json()["errors"][0]["path"].startswith("rules")

@@ -83,3 +83,29 @@ def test_open_for_another_apps_delivery_is_404(api_key_for, manager_alice, app):
     response = client.post("/api/v1/opens/", {"app": app.pk, "delivery": delivery.pk}, format="json")
     assert response.status_code == 404
     assert Delivery.objects.get(pk=delivery.pk).opened_at is None
+
+
+@pytest.mark.parametrize("status", ["failed", "skipped", "queued", "unknown"])
+def test_an_open_on_a_delivery_that_was_not_accepted_is_409_not_accepted(api_key_for, manager_alice, app, status):
+    delivery = Delivery.objects.get(dispatch=make_dispatch(app, [(status, "")]))
+    response = api_key_for(manager_alice, scopes=["ingest"]).post(
+        "/api/v1/opens/", {"app": app.pk, "delivery": delivery.pk}, format="json"
+    )
+    assert response.status_code == 409 and response.json()["code"] == "not_accepted"
+    assert Delivery.objects.get(pk=delivery.pk).opened_at is None
+
+
+def test_opens_need_a_role_that_writes_profiles(api_key_for, approver_bob, manager_alice, app):
+    from django.contrib.auth.models import Group
+
+    access_grant(obj=app, to=approver_bob, by=None)
+    delivery = Delivery.objects.get(dispatch=make_dispatch(app, [("accepted", "")]))
+    approver = api_key_for(approver_bob, scopes=["ingest"])
+    response = approver.post("/api/v1/opens/", {"app": app.pk, "delivery": delivery.pk}, format="json")
+    assert response.status_code == 403 and response.json()["code"] == "permission_denied"
+    # A key made while its user was a Manager stops writing once the user becomes a Viewer.
+    manager = api_key_for(manager_alice, scopes=["ingest"])
+    manager_alice.groups.set([Group.objects.get(name="Viewer")])
+    response = manager.post("/api/v1/opens/", {"app": app.pk, "delivery": delivery.pk}, format="json")
+    assert response.status_code == 403
+    assert Delivery.objects.get(pk=delivery.pk).opened_at is None
