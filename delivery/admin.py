@@ -662,6 +662,7 @@ class DeliveryAdmin(BigTableAdmin):
         "provider_message_id",
         "attempts",
         "next_attempt_at",
+        "expires_at",
         "lease_expires_at",
         "finished_at",
         "opened_at",

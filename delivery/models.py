@@ -367,6 +367,9 @@ class Delivery(models.Model):
     provider_message_id = models.CharField(max_length=200, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # The end of its hold plus the TTL, for a row a rule or a local time held back; empty: the
+    # dispatch's start plus the TTL. Every attempt sends what remains until then.
+    expires_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     opened_at = models.DateTimeField(null=True, blank=True)

@@ -166,13 +166,13 @@ def apns_payload(spec: dict, message: RenderedMessage, *, delivery_id: int) -> d
     return {"aps": aps, "pushdesk": pushdesk, **message.data}
 
 
-def apns_options(spec: dict, *, now: float) -> dict:
-    """The APNs request options of a spec: push type, priority, expiration (epoch s), collapse id."""
+def apns_options(spec: dict) -> dict:
+    """The APNs request options of a spec: push type, priority, collapse id. The expiration is
+    each delivery's own (what remains of its TTL), set by the send engine."""
     silent = bool(spec.get("silent"))
     return {
         "push_type": "background" if silent else "alert",
         "priority": 5 if silent else 10,
-        "expiration": int(now) + int(spec.get("ttl_seconds") or 0),
         "collapse_id": spec.get("collapse_key") or "",
     }
 
@@ -180,8 +180,13 @@ def apns_options(spec: dict, *, now: float) -> dict:
 # --- FCM -----------------------------------------------------------------------------------------
 
 
-def fcm_message(spec: dict, message: RenderedMessage, *, token: str, delivery_id: int) -> dict:
-    """The FCM HTTP v1 ``message`` (the request body is ``{"message": ...}``)."""
+def fcm_message(
+    spec: dict, message: RenderedMessage, *, token: str, delivery_id: int, ttl_seconds: int | None = None
+) -> dict:
+    """The FCM HTTP v1 ``message`` (the request body is ``{"message": ...}``).
+
+    ``ttl_seconds`` is what remains of the delivery's TTL (the spec's whole TTL when not given).
+    """
     data = dict(message.data)
     data["pushdesk_delivery"] = str(delivery_id)
     data["pushdesk_action"] = spec.get("tap_action") or "open_app"
@@ -190,7 +195,7 @@ def fcm_message(spec: dict, message: RenderedMessage, *, token: str, delivery_id
     android_spec = spec.get("android") or {}
     android: dict = {
         "priority": android_spec.get("priority") or "high",
-        "ttl": f"{int(spec.get('ttl_seconds') or 0)}s",
+        "ttl": f"{int(spec.get('ttl_seconds') or 0) if ttl_seconds is None else ttl_seconds}s",
     }
     if spec.get("collapse_key"):
         android["collapse_key"] = spec["collapse_key"]

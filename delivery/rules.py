@@ -104,6 +104,11 @@ def quiet_until(*, start: dt.time, end: dt.time, local: dt.datetime) -> dt.datet
     return dt.datetime.combine(day, end, tzinfo=local.tzinfo)
 
 
+def _ttl(dispatch: Dispatch) -> dt.timedelta:
+    """A held row's TTL runs from the end of its hold (``Delivery.expires_at``)."""
+    return dt.timedelta(seconds=int(dispatch.content_spec.get("ttl_seconds") or 0))
+
+
 def _quiet_hours(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -> dict[str, int]:
     queued = Delivery.objects.filter(dispatch_id=dispatch.pk, status=DS.QUEUED)
     zones = set(queued.values_list("profile__timezone", flat=True).distinct())
@@ -120,7 +125,8 @@ def _quiet_hours(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -> 
         if rules.quiet_mode == DeliveryRules.QuietMode.DISCARD:
             held["quiet_hours"] += rows.update(status=DS.SKIPPED, reason="quiet_hours", finished_at=now)
         else:
-            held["quiet_hours_delayed"] += rows.update(next_attempt_at=until.astimezone(dt.UTC))
+            until = until.astimezone(dt.UTC)
+            held["quiet_hours_delayed"] += rows.update(next_attempt_at=until, expires_at=until + _ttl(dispatch))
     return held
 
 
@@ -136,7 +142,8 @@ def local_time_apply(*, dispatch: Dispatch, now: dt.datetime) -> int:
         at = _localize(wall, _zone(name, dispatch.local_default_timezone))
         if at <= now:
             continue  # that time zone is already there: send now
-        held += _rows_in_zone(queued, name).update(next_attempt_at=at.astimezone(dt.UTC))
+        at = at.astimezone(dt.UTC)
+        held += _rows_in_zone(queued, name).update(next_attempt_at=at, expires_at=at + _ttl(dispatch))
     return held
 
 

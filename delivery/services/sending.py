@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -61,6 +61,7 @@ class Claimed:
     token: str = ""
     platform: str = ""
     profile: dict | None = None
+    expires_at: datetime | None = None  # its own expiry (a held row); None: the dispatch's
 
 
 @dataclass(slots=True)
@@ -83,6 +84,15 @@ class SendReport:
     batches: int = 0
 
 
+def _aware(value) -> datetime | None:
+    """A datetime read by a raw query: SQLite gives naive UTC text, PostgreSQL aware values."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def _claim(dispatch_id: int, *, limit: int, now: datetime, with_profiles: bool = False) -> list[Claimed]:
     """Atomically move up to ``limit`` ready queued rows to ``sending`` under a lease.
 
@@ -102,8 +112,8 @@ def _claim(dispatch_id: int, *, limit: int, now: datetime, with_profiles: bool =
             "FOR UPDATE SKIP LOCKED), "
             "claimed AS (UPDATE delivery_delivery d SET status = 'sending', attempts = d.attempts + 1, "
             "lease_expires_at = now() + %s * interval '1 second' FROM picked WHERE d.id = picked.id "
-            "RETURNING d.id, d.device_id, d.profile_id, d.attempts) "
-            f"SELECT c.id, c.device_id, c.profile_id, c.attempts, dev.token, dev.platform{profile_columns} "
+            "RETURNING d.id, d.device_id, d.profile_id, d.attempts, d.expires_at) "
+            f"SELECT c.id, c.device_id, c.profile_id, c.attempts, dev.token, dev.platform, c.expires_at{profile_columns} "
             f"FROM claimed c LEFT JOIN delivery_device dev ON dev.id = c.device_id{profile_join}"
         )
         with transaction.atomic(), connection.cursor() as cursor:
@@ -111,15 +121,15 @@ def _claim(dispatch_id: int, *, limit: int, now: datetime, with_profiles: bool =
             fetched = cursor.fetchall()
         rows = []
         for values in fetched:
-            row = Claimed(*values[:4], token=values[4] or "", platform=values[5] or "")
-            if with_profiles and values[6] is not None:
-                attributes = values[9]
+            row = Claimed(*values[:4], token=values[4] or "", platform=values[5] or "", expires_at=values[6])
+            if with_profiles and values[7] is not None:
+                attributes = values[10]
                 if isinstance(attributes, str):
                     attributes = json.loads(attributes)
                 row.profile = {
-                    "external_id": values[6],
-                    "locale": values[7],
-                    "timezone": values[8],
+                    "external_id": values[7],
+                    "locale": values[8],
+                    "timezone": values[9],
                     "attributes": attributes or {},
                 }
             rows.append(row)
@@ -128,11 +138,11 @@ def _claim(dispatch_id: int, *, limit: int, now: datetime, with_profiles: bool =
     sql = (
         "UPDATE delivery_delivery SET status = 'sending', attempts = attempts + 1, lease_expires_at = %s "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
         f"WHERE id IN (SELECT id FROM delivery_delivery WHERE {ready} ORDER BY id LIMIT %s) "
-        "RETURNING id, device_id, profile_id, attempts"
+        "RETURNING id, device_id, profile_id, attempts, expires_at"
     )
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(sql, [_dt(lease), dispatch_id, _dt(now), limit])
-        rows = [Claimed(*row) for row in cursor.fetchall()]
+        rows = [Claimed(*row[:4], expires_at=_aware(row[4])) for row in cursor.fetchall()]
     if rows:
         devices = {
             d[0]: d[1:]
@@ -291,7 +301,7 @@ class _Batch:
     rows: dict[str, list[Claimed]]
     messages: dict[str, list]
     results: list[Result]
-    deadline: datetime
+    expires: dict[int, datetime]  # row id -> its expiry: no retry after it
     futures: dict = field(default_factory=dict)
 
 
@@ -299,11 +309,13 @@ def _batch_prepare(dispatch: Dispatch, rows: list[Claimed]) -> _Batch:
     """Render every claimed row and build its provider message; rows that cannot be sent fail here."""
     spec = dispatch.content_spec
     now = timezone.now()
+    ttl = int(spec.get("ttl_seconds") or 0)
+    dispatch_expires = (dispatch.started_at or now) + timedelta(seconds=ttl)
     batch = _Batch(
         rows={Platform.IOS: [], Platform.ANDROID: []},
         messages={Platform.IOS: [], Platform.ANDROID: []},
         results=[],
-        deadline=(dispatch.started_at or now) + timedelta(seconds=int(spec.get("ttl_seconds") or 0)),
+        expires={},
     )
     results = batch.results
     own_contexts = bool((dispatch.context or {}).get(RECIPIENT_CONTEXTS))
@@ -312,11 +324,19 @@ def _batch_prepare(dispatch: Dispatch, rows: list[Claimed]) -> _Batch:
         if _needs_profiles(spec) or own_contexts
         else message_render(spec, profile={}, context=recipient_context(dispatch.context, None))
     )
-    options = apns_options(spec, now=time.time())
+    options = apns_options(spec)
     for row in rows:
         if not row.token:
             results.append(Result(row.id, DS.FAILED, reason="device_deleted"))
             continue
+        # The TTL runs once per delivery, from the dispatch's start or the end of the row's hold:
+        # each attempt sends what remains. A TTL of 0 is "now or never" (APNs 0, FCM "0s").
+        expires = batch.expires[row.id] = row.expires_at or dispatch_expires
+        remaining = int((expires - now).total_seconds())
+        if ttl and remaining <= 0:
+            results.append(Result(row.id, DS.FAILED, reason="expired (TTL over before it could be sent)"))
+            continue
+        expiration, ttl_left = (int(expires.timestamp()), remaining) if ttl else (0, 0)
         try:
             message = shared or message_render(
                 spec,
@@ -331,9 +351,9 @@ def _batch_prepare(dispatch: Dispatch, rows: list[Claimed]) -> _Batch:
             if len(body) > APNS_LIMIT:
                 results.append(Result(row.id, DS.FAILED, reason=f"payload_too_large ({len(body)} bytes)"))
                 continue
-            batch.messages[Platform.IOS].append({"payload": body, **options})
+            batch.messages[Platform.IOS].append({"payload": body, **options, "expiration": expiration})
         else:
-            fcm = fcm_message(spec, message, token=row.token, delivery_id=row.id)
+            fcm = fcm_message(spec, message, token=row.token, delivery_id=row.id, ttl_seconds=ttl_left)
             size = fcm_payload_fits(fcm)
             if size is not None:
                 results.append(Result(row.id, DS.FAILED, reason=f"payload_too_large ({size} bytes)"))
@@ -373,7 +393,7 @@ def _batch_finish(dispatch: Dispatch, batch: _Batch, report: SendReport) -> None
                 results.append(Result(row.id, DS.FAILED, reason=f"credentials: {outcome.reason}"))
                 credentials[platform] = outcome.reason
             else:
-                results.append(_retry_or_fail(row, outcome, now=now, deadline=batch.deadline))
+                results.append(_retry_or_fail(row, outcome, now=now, deadline=batch.expires[row.id]))
     _write_back(dispatch.pk, results, now=now)
     if dead:
         devices_invalidate(reasons=dead)

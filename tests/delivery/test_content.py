@@ -235,8 +235,8 @@ def test_silent_push_has_no_alert_and_goes_as_background_priority_5():
     message = message_render(s, profile={}, context={})
     payload = apns_payload(s, message, delivery_id=1)
     assert payload["aps"] == {"content-available": 1}
-    options = apns_options(s, now=1_000_000)
-    assert options == {"push_type": "background", "priority": 5, "expiration": 1_003_600, "collapse_id": ""}
+    options = apns_options(s)
+    assert options == {"push_type": "background", "priority": 5, "collapse_id": ""}
     fcm = fcm_message(s, message, token="t", delivery_id=1)
     assert "notification" not in fcm
     assert fcm["data"]["sync"] == "1"

@@ -1,0 +1,133 @@
+"""The providers are told how long to keep a push: what remains of its TTL, counted once per delivery.
+
+A delivery's expiry is its dispatch's start (or, for a row held by a rule or a local time, the
+end of its hold) plus the content's TTL. Every attempt sends what remains of it: APNs gets that
+instant as ``apns-expiration``, FCM the seconds left as ``android.ttl``. A TTL of 0 means "now or
+never": ``apns-expiration: 0`` and ``ttl: "0s"``.
+"""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.utils import timezone
+
+from delivery.models import Delivery, Dispatch
+from delivery.services.dispatches import dispatch_create, dispatch_prepare
+from delivery.services.sending import dispatch_send
+from tests.delivery.test_pipeline import fast_retries, open_gate, send  # noqa: F401 (fixtures used below)
+from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("open_gate", "fast_retries")]
+
+
+def prepared(content, profiles, django_capture_on_commit_callbacks, **kwargs) -> Dispatch:
+    """A dispatch resolved to its rows, its send not started."""
+    with django_capture_on_commit_callbacks(execute=False):
+        dispatch = dispatch_create(
+            app_id=content.app_id,
+            kind=Dispatch.Kind.API_TRIGGER,
+            spec=content.spec(),
+            content_id=content.pk,
+            profile_ids=[p.pk for p in profiles],
+            **kwargs,
+        )
+        dispatch_prepare(dispatch_id=dispatch.pk)
+    dispatch.refresh_from_db()
+    return dispatch
+
+
+def sent_expiry(sim, ios, android) -> tuple[int, int]:
+    """(apns-expiration, FCM android.ttl seconds) of what each device received."""
+    [apns] = sim.state.recent(token=ios.token)
+    [fcm] = sim.state.recent(token=android.token)
+    return int(apns["headers"]["apns-expiration"]), int(fcm["payload"]["android"]["ttl"].removesuffix("s"))
+
+
+def test_a_retry_sends_what_remains_of_the_ttl_counted_from_the_dispatch_start(
+    sim_app, sim, django_capture_on_commit_callbacks
+):
+    content = PushContentFactory(app=sim_app, ttl_seconds=3600)
+    profile = ProfileFactory()
+    ios = DeviceFactory(profile=profile, app=sim_app, platform="ios")
+    android = DeviceFactory(profile=profile, app=sim_app, platform="android")
+    dispatch = prepared(content, [profile], django_capture_on_commit_callbacks)
+    # The send started 20 minutes ago; both first attempts fail now and are retried.
+    started = timezone.now() - timedelta(minutes=20)
+    Dispatch.objects.filter(pk=dispatch.pk).update(started_at=started)
+    sim.state.fail_token(token=ios.token, failures=[(500, "InternalServerError")])
+    sim.state.fail_token(token=android.token, failures=[(500, "INTERNAL")])
+
+    dispatch_send(dispatch_id=dispatch.pk)
+
+    assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", "attempts")) == {("accepted", 2)}
+    expiration, ttl = sent_expiry(sim, ios, android)
+    assert expiration == int(started.timestamp()) + 3600
+    assert 2390 <= ttl <= 2400  # 40 minutes left, not a fresh hour
+
+
+def test_a_row_held_by_a_local_time_counts_its_ttl_from_the_end_of_its_hold(
+    sim_app, sim, django_capture_on_commit_callbacks
+):
+    content = PushContentFactory(app=sim_app, ttl_seconds=1800)
+    profile = ProfileFactory(timezone="UTC")
+    ios = DeviceFactory(profile=profile, app=sim_app, platform="ios")
+    android = DeviceFactory(profile=profile, app=sim_app, platform="android")
+    at = (timezone.now() + timedelta(hours=3)).replace(microsecond=0)
+    local_time = at.astimezone(UTC).replace(tzinfo=None).isoformat()
+    dispatch = prepared(content, [profile], django_capture_on_commit_callbacks, local_time=local_time)
+    rows = Delivery.objects.filter(dispatch=dispatch)
+    assert set(rows.values_list("next_attempt_at", "expires_at")) == {(at, at + timedelta(seconds=1800))}
+    # Three hours and ten minutes later: the hold ended ten minutes ago, the dispatch started
+    # (long past its own 30 minutes) before it.
+    shift = timedelta(hours=3, minutes=10)
+    Dispatch.objects.filter(pk=dispatch.pk).update(started_at=dispatch.started_at - shift)
+    rows.update(next_attempt_at=at - shift, expires_at=at + timedelta(seconds=1800) - shift)
+    hold_end = at - shift
+
+    dispatch_send(dispatch_id=dispatch.pk)
+
+    assert set(rows.values_list("status", flat=True)) == {"accepted"}
+    expiration, ttl = sent_expiry(sim, ios, android)
+    assert expiration == int(hold_end.timestamp()) + 1800
+    assert 1190 <= ttl <= 1200  # 20 of its 30 minutes left
+
+
+def test_a_row_whose_ttl_ran_out_before_its_turn_is_not_sent(sim_app, sim, django_capture_on_commit_callbacks):
+    content = PushContentFactory(app=sim_app, ttl_seconds=600)
+    profile = ProfileFactory()
+    ios = DeviceFactory(profile=profile, app=sim_app, platform="ios")
+    dispatch = prepared(content, [profile], django_capture_on_commit_callbacks)
+    Dispatch.objects.filter(pk=dispatch.pk).update(started_at=timezone.now() - timedelta(minutes=11))
+
+    dispatch_send(dispatch_id=dispatch.pk)
+
+    row = Delivery.objects.get(dispatch=dispatch)
+    assert (row.status, row.reason) == ("failed", "expired (TTL over before it could be sent)")
+    assert sim.state.count(ios.token) == 0
+
+
+def test_ttl_0_is_sent_as_now_or_never(sim_app, sim, django_capture_on_commit_callbacks):
+    content = PushContentFactory(app=sim_app, ttl_seconds=0)
+    profile = ProfileFactory()
+    ios = DeviceFactory(profile=profile, app=sim_app, platform="ios")
+    android = DeviceFactory(profile=profile, app=sim_app, platform="android")
+
+    send(content, [profile], django_capture_on_commit_callbacks)
+
+    assert sent_expiry(sim, ios, android) == (0, 0)
+    [fcm] = sim.state.recent(token=android.token)
+    assert fcm["payload"]["android"]["ttl"] == "0s"
+
+
+def test_a_full_ttl_on_the_first_attempt(sim_app, sim, django_capture_on_commit_callbacks):
+    content = PushContentFactory(app=sim_app, ttl_seconds=86400)
+    profile = ProfileFactory()
+    ios = DeviceFactory(profile=profile, app=sim_app, platform="ios")
+    android = DeviceFactory(profile=profile, app=sim_app, platform="android")
+
+    dispatch = send(content, [profile], django_capture_on_commit_callbacks)
+
+    expiration, ttl = sent_expiry(sim, ios, android)
+    assert expiration == int(dispatch.started_at.timestamp()) + 86400
+    assert 86390 <= ttl <= 86400
+    assert datetime.fromtimestamp(expiration, tz=UTC) > timezone.now()
