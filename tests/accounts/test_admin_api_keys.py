@@ -1,5 +1,7 @@
 import re
 
+import pytest
+
 from accounts.models import ApiKey, AuditEvent
 from tests.factories import TEST_PASSWORD
 
@@ -55,6 +57,7 @@ def test_manager_cannot_create_a_key_for_someone_else_through_a_forged_post(clie
     assert not ApiKey.objects.exists()
 
 
+@pytest.mark.presses("accounts.apikey:revoke_keys")
 def test_revoke_action_revokes(client, manager_alice):
     from accounts.services import api_key_create
 
@@ -91,3 +94,21 @@ def test_the_owner_choices_hold_only_users_whose_role_may_own_a_key(
         )
         assert response.status_code == 200 and b"Select a valid choice" in response.content
     assert not ApiKey.objects.exists()
+
+
+@pytest.mark.presses("accounts.apikey:revoke_keys")
+def test_revoke_action_is_refused_to_a_viewer_and_reaches_no_one_elses_key(
+    client, manager_alice, manager_mallory, viewer_carol
+):
+    from accounts.services import api_key_create
+
+    key, _ = api_key_create(user=manager_alice, name="mine", scopes=["read"], by=manager_alice)
+    client.force_login(viewer_carol)
+    assert (
+        client.post("/admin/accounts/apikey/", {"action": "revoke_keys", "_selected_action": [key.pk]}).status_code
+        == 403
+    )
+    client.force_login(manager_mallory)  # another Manager: alice's key is not in her list
+    client.post("/admin/accounts/apikey/", {"action": "revoke_keys", "_selected_action": [key.pk]})
+    key.refresh_from_db()
+    assert not key.is_revoked

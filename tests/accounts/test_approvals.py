@@ -218,3 +218,19 @@ def test_policy_admin_is_for_administrators(client, admin_erin, manager_alice, a
         f"/admin/accounts/approvalpolicy/{policy.pk}/change/", {"name": "Renamed", "applies_to_campaigns": "on"}
     )
     assert locked.status_code == 403
+
+
+@pytest.mark.presses("accounts.approvalpolicy:activate", "accounts.approvalpolicy:deactivate")
+def test_policy_activation_buttons_work_for_an_administrator_only(client, admin_erin, manager_alice, approver_bob):
+    policy = ApprovalPolicy.objects.create(name="Marketing")
+    policy.approver_users.add(approver_bob)
+    url = "/admin/accounts/approvalpolicy/"
+    for action, before, after in (("activate", False, True), ("deactivate", True, False)):
+        client.force_login(manager_alice)
+        assert client.post(url, {"action": action, "_selected_action": [policy.pk]}).status_code == 403
+        policy.refresh_from_db()
+        assert policy.is_active is before
+        client.force_login(admin_erin)
+        assert client.post(url, {"action": action, "_selected_action": [policy.pk]}).status_code == 302
+        policy.refresh_from_db()
+        assert policy.is_active is after

@@ -1,3 +1,5 @@
+import pytest
+
 from accounts.models import AuditEvent
 from tests.factories import TEST_PASSWORD
 
@@ -28,3 +30,23 @@ def test_failures_from_one_address_lock_other_usernames_too(client, manager_alic
     _login(client, "someone", "x")
     _login(client, "someone-else", "x")
     assert b"Too many failed sign-ins" in _login(client, "approver_bob", TEST_PASSWORD).content
+
+
+@pytest.mark.presses("accounts.user:auth_user_password_change")
+def test_an_administrator_sets_a_password_in_the_admin_and_a_manager_cannot(
+    client, admin_erin, manager_alice, viewer_carol
+):
+    url = f"/admin/accounts/user/{viewer_carol.pk}/password/"
+    new = {
+        "password1": "a-brand-new-long-passphrase-42",
+        "password2": "a-brand-new-long-passphrase-42",
+        "usable_password": "true",
+    }
+    client.force_login(manager_alice)
+    assert client.post(url, new).status_code in (403, 404)
+    viewer_carol.refresh_from_db()
+    assert viewer_carol.check_password(TEST_PASSWORD)
+    client.force_login(admin_erin)
+    assert client.post(url, new).status_code == 302
+    viewer_carol.refresh_from_db()
+    assert viewer_carol.check_password("a-brand-new-long-passphrase-42")

@@ -154,6 +154,7 @@ def test_profiles_are_read_only_in_the_admin(login, manager_alice):
     assert response.status_code == 403
 
 
+@pytest.mark.presses("audiences.import:status", "audiences.import:errors")
 def test_import_from_the_admin_shows_progress_and_the_error_file(
     login, manager_alice, media, django_capture_on_commit_callbacks
 ):
@@ -223,3 +224,60 @@ def test_approvers_may_not_import_in_the_admin(login, approver_bob, media):
     response = client.post("/admin/audiences/import/add/", {"file": upload, "encoding": "utf-8", "target": "profiles"})
     assert response.status_code == 403
     assert not Import.objects.exists()
+
+
+@pytest.mark.presses("audiences.segment:delete_segments")
+def test_delete_segments_deletes_for_its_manager_and_nothing_for_a_viewer_or_outside_access(
+    login, manager_alice, manager_mallory, viewer_carol
+):
+    from accounts.services import access_grant
+
+    segment = segment_create(name="Pros", rules=PRO, by=manager_alice)
+    access_grant(obj=segment, to=viewer_carol, by=None)
+    press = {"action": "delete_segments", "_selected_action": [segment.pk]}
+    assert login(viewer_carol).post("/admin/audiences/segment/", press).status_code in (200, 302, 403)
+    login(manager_mallory).post("/admin/audiences/segment/", press)  # not in her list: nothing happens
+    assert Segment.objects.filter(pk=segment.pk).exists()
+    assert login(manager_alice).post("/admin/audiences/segment/", press).status_code == 302
+    assert not Segment.objects.filter(pk=segment.pk).exists()
+
+
+@pytest.mark.presses("audiences.segment:preview", "audiences.segment:preview_rules")
+def test_previews_count_for_those_who_see_the_segment_and_are_refused_to_others(
+    login, manager_alice, manager_mallory, outsider_dave
+):
+    for _ in range(3):
+        ProfileFactory(attributes={"plan": "pro"})
+    segment = segment_create(name="Pros", rules=PRO, by=manager_alice)
+    saved = login(manager_alice).get(f"/admin/audiences/segment/{segment.pk}/preview/")
+    assert saved.status_code == 200 and saved.json()["count"] == 3
+    assert login(manager_mallory).get(f"/admin/audiences/segment/{segment.pk}/preview/").status_code == 404
+    tree = json.dumps({"rules": PRO})
+    assert (
+        login(outsider_dave)
+        .post("/admin/audiences/segment/preview/", tree, content_type="application/json")
+        .status_code
+        == 403
+    )
+    edited = login(manager_mallory).post("/admin/audiences/segment/preview/", tree, content_type="application/json")
+    assert edited.status_code == 200 and edited.json()["count"] == 3
+
+
+@pytest.mark.presses("audiences.import:restart_imports")
+def test_a_stalled_import_is_restarted_by_a_manager_and_not_by_a_viewer(
+    login, manager_alice, viewer_carol, media, django_capture_on_commit_callbacks
+):
+    from django.core.files.base import ContentFile
+
+    record = Import(created_by=manager_alice, status=Import.Status.RUNNING)
+    record.heartbeat_at = timezone.now() - timezone.timedelta(hours=1)  # its worker stopped long ago
+    record.file.save("people.csv", ContentFile(b"external_id\nu1\n"), save=False)
+    record.save()
+    press = {"action": "restart_imports", "_selected_action": [record.pk]}
+    assert login(viewer_carol).post("/admin/audiences/import/", press).status_code in (200, 302, 403)
+    record.refresh_from_db()
+    assert record.status == Import.Status.RUNNING
+    with django_capture_on_commit_callbacks(execute=False):
+        assert login(manager_alice).post("/admin/audiences/import/", press).status_code == 302
+    record.refresh_from_db()
+    assert record.status == Import.Status.QUEUED

@@ -168,6 +168,10 @@ MATRIX = [
 ]
 
 
+@pytest.mark.presses(
+    *(f"campaigns.campaign:transition/{name}" for name in ("submit", "cancel_request", "stop", "archive", "test_send")),
+    "accounts.approvalrequest:review",
+)
 @pytest.mark.parametrize(("role", "action", "relation"), MATRIX)
 def test_permission_matrix(request, client, world, admin_erin, role, action, relation):
     user = request.getfixturevalue(ROLES[role])

@@ -83,6 +83,7 @@ def test_previews_render_for_the_chosen_profile(client, manager_alice, app):
     assert "Hello there" in client.get(url).content.decode()
 
 
+@pytest.mark.presses("delivery.pushcontent:send_test")
 def test_test_send_action_creates_a_test_dispatch(client, manager_alice, app, django_capture_on_commit_callbacks):
     content = PushContentFactory(app=app)
     client.force_login(manager_alice)
@@ -123,6 +124,7 @@ def test_dispatch_and_delivery_lists_are_cheap(client, viewer_carol, app, django
         assert client.get(url).status_code == 200
 
 
+@pytest.mark.presses("delivery.dispatch:stop")
 def test_viewer_cannot_stop_a_dispatch_from_the_admin(client, viewer_carol, app):
     dispatch = make_dispatch(app)
     client.force_login(viewer_carol)
@@ -130,6 +132,7 @@ def test_viewer_cannot_stop_a_dispatch_from_the_admin(client, viewer_carol, app)
     assert Dispatch.objects.get(pk=dispatch.pk).status == "sending"
 
 
+@pytest.mark.presses("delivery.dispatch:stop")
 def test_manager_stops_a_dispatch_from_the_admin(client, manager_alice, app):
     dispatch = make_dispatch(app)
     client.force_login(manager_alice)
@@ -160,3 +163,34 @@ def test_manager_marks_test_devices_from_the_admin(client, manager_alice, app):
     client.post(reverse("admin:delivery_device_changelist"), {"action": "mark_test", "_selected_action": [device.pk]})
     device.refresh_from_db()
     assert device.is_test
+
+
+def _press(client, model: str, action: str, pks: list[int]):
+    return client.post(reverse(f"admin:delivery_{model}_changelist"), {"action": action, "_selected_action": pks})
+
+
+@pytest.mark.presses("delivery.device:mark_test", "delivery.device:unmark_test")
+@pytest.mark.parametrize(("action", "before", "after"), [("mark_test", False, True), ("unmark_test", True, False)])
+def test_test_device_marks_change_for_a_manager_and_not_for_a_viewer_or_outside_access(
+    client, manager_alice, manager_mallory, viewer_carol, app, action, before, after
+):
+    device = DeviceFactory(app=app, is_test=before)
+    for user in (viewer_carol, manager_mallory):  # a Viewer's role, and a Manager without access to the app
+        client.force_login(user)
+        assert _press(client, "device", action, [device.pk]).status_code in (200, 302, 403)
+        device.refresh_from_db()
+        assert device.is_test is before, user
+    client.force_login(manager_alice)
+    assert _press(client, "device", action, [device.pk]).status_code == 302
+    device.refresh_from_db()
+    assert device.is_test is after
+
+
+@pytest.mark.presses("delivery.pushcontent:send_test")
+def test_send_test_is_refused_to_a_viewer_and_outside_access(client, viewer_carol, manager_mallory, app):
+    content = PushContentFactory(app=app)
+    DeviceFactory(app=app, is_test=True)
+    for user in (viewer_carol, manager_mallory):
+        client.force_login(user)
+        assert _press(client, "pushcontent", "send_test", [content.pk]).status_code in (200, 302, 403)
+    assert not Dispatch.objects.exists()

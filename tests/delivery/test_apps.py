@@ -316,6 +316,7 @@ def test_test_connection_reports_refused_credentials(pushsim, admin_erin):
 
 
 @pytest.mark.django_db
+@pytest.mark.presses("delivery.app:test_connection")
 def test_the_admin_action_tests_the_connection(client, pushsim_app, admin_erin, pushsim):
     client.force_login(admin_erin)
     response = client.post(
@@ -326,6 +327,24 @@ def test_the_admin_action_tests_the_connection(client, pushsim_app, admin_erin, 
     page = response.content.decode()
     assert "APNs: APNs (production) accepted the provider token" in page
     assert "FCM: FCM accepted a validate-only message" in page
+
+
+@pytest.mark.django_db
+@pytest.mark.presses("delivery.app:test_connection")
+def test_the_connection_test_audits_for_an_administrator_and_is_refused_to_a_manager(
+    client, pushsim_app, admin_erin, manager_alice, pushsim
+):
+    from accounts.services import access_grant
+
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
+    url = reverse("admin:delivery_app_changelist")
+    client.force_login(manager_alice)
+    refused = client.post(url, {"action": "test_connection", "_selected_action": [pushsim_app.pk]})
+    assert refused.status_code in (200, 302, 403)
+    assert not AuditEvent.objects.filter(action__startswith="app_connection").exists()
+    client.force_login(admin_erin)
+    assert client.post(url, {"action": "test_connection", "_selected_action": [pushsim_app.pk]}).status_code == 302
+    assert AuditEvent.objects.filter(action__startswith="app_connection", object_id=str(pushsim_app.pk)).exists()
 
 
 @pytest.mark.django_db

@@ -148,3 +148,33 @@ def test_enrollment_history_per_profile(login, viewer_carol, make_journey, publi
     enrollment = journey.enrollments.get(profile=profile)
     detail = client.get(f"/admin/journeys/enrollment/{enrollment.pk}/change/").content.decode()
     assert "branch:else" in detail and "<td>done</td>" in detail
+
+
+# Each transition button: the state it is pressed in, and the state it leads to.
+JOURNEY_BUTTONS = {
+    "submit": ("draft", "in_review"),
+    "cancel_request": ("in_review", "draft"),
+    "stop": ("live", "stopped"),
+    "archive": ("stopped", "archived"),
+}
+
+
+@pytest.mark.presses(*(f"journeys.journey:transition/{button}" for button in JOURNEY_BUTTONS))
+@pytest.mark.parametrize("button", list(JOURNEY_BUTTONS))
+def test_each_transition_button_works_for_a_manager_and_is_refused_to_others(
+    login, manager_alice, viewer_carol, outsider_dave, make_journey, publish, button
+):
+    start, end = JOURNEY_BUTTONS[button]
+    journey = make_journey()
+    if start == "in_review":
+        journey_submit(journey_id=journey.pk, by=manager_alice)
+    elif start in ("live", "stopped"):
+        publish(journey)
+        Journey.objects.filter(pk=journey.pk).update(status=start)
+    url = f"/admin/journeys/journey/{journey.pk}/transition/{button}/"
+    for user, refusal in ((viewer_carol, 403), (outsider_dave, 404)):
+        assert login(user).post(url).status_code == refusal, user
+        assert Journey.objects.get(pk=journey.pk).status == start
+    answer = login(manager_alice).post(url)
+    assert answer.status_code == 302
+    assert Journey.objects.get(pk=journey.pk).status == end

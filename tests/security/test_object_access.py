@@ -52,6 +52,7 @@ def test_every_admin_url_of_the_world_is_covered(world):
         assert any(name.startswith(expected) for name in names), expected
 
 
+@pytest.mark.presses("audiences.import:status", "audiences.import:errors", "campaigns.campaign:report_csv")
 @pytest.mark.parametrize("who", ["manager_mallory", "outsider_dave"])
 def test_every_admin_page_of_an_object_outside_access_answers_404(client, world, who, request, manager_alice):
     user = request.getfixturevalue(who)
@@ -237,3 +238,28 @@ def test_a_device_of_an_app_outside_access_cannot_be_changed_through_the_api(wor
         assert response.status_code in (403, 404), (path, response.content)
     device.refresh_from_db()
     assert device.push_enabled and device.active
+
+
+ACCESS_PAGES = ["delivery.app", "delivery.pushcontent", "audiences.segment", "campaigns.campaign", "journeys.journey"]
+
+
+@pytest.mark.presses(*(f"{label}:access" for label in ACCESS_PAGES))
+@pytest.mark.parametrize("label", ACCESS_PAGES)
+def test_every_access_page_grants_for_an_administrator_and_refuses_everyone_else(
+    client, world, label, admin_erin, manager_alice, manager_mallory, viewer_carol
+):
+    from accounts.selectors import grants_on
+
+    obj = world[label]
+    app_label, model_name = label.split(".")
+    url = reverse(f"admin:{app_label}_{model_name}_access", args=[obj.pk])
+    # alice works on it but is no Administrator: 403; mallory does not even know it exists: 404.
+    for user, refusal in ((manager_alice, 403), (manager_mallory, 404)):
+        client.force_login(user)
+        assert client.post(url, {"user": viewer_carol.pk}).status_code == refusal, user
+    assert viewer_carol not in grants_on(obj)
+    client.force_login(admin_erin)
+    assert client.post(url, {"user": viewer_carol.pk}).status_code == 302
+    assert viewer_carol in grants_on(obj)
+    assert client.post(url, {"revoke": f"user:{viewer_carol.pk}"}).status_code == 302
+    assert viewer_carol not in grants_on(obj)
