@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/pushdesk
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+# Coverage is measured by pytest-cov (settings: pyproject.toml) and checked once both passes are done.
+COV := --cov --cov-report= --cov-fail-under=0
 
 .PHONY: run setup test lint format migrate demo bench clean schema
 
@@ -43,11 +45,15 @@ test: lint
 	  if [ "$$CI" = "true" ]; then echo "ERROR: /usr/bin/chromium is missing: browser tests cannot run (apt-get install chromium)"; exit 1; \
 	  else echo "WARNING: /usr/bin/chromium is missing: browser tests will be skipped (apt-get install chromium)"; fi; \
 	fi
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(VENV)/bin/pytest $(PYTEST_ARGS)
-	@# The embedded default (SQLite) keeps working: tests marked `embedded` run again on SQLite.
+	@$(VENV)/bin/coverage erase
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(VENV)/bin/pytest $(COV) $(PYTEST_ARGS)
+	@# The embedded default (SQLite) keeps working: tests marked `embedded` run again on SQLite
+	@# (their coverage is added to the first pass's).
 	@tmp=$$(mktemp -d); DATABASE_URL=sqlite:///$$tmp/test.sqlite3 REDIS_URL= PUSHDESK_VAR_DIR=$$tmp \
-	  $(VENV)/bin/pytest -m embedded -p no:cacheprovider -q $(PYTEST_ARGS); rc=$$?; rm -rf $$tmp; \
+	  $(VENV)/bin/pytest -m embedded -p no:cacheprovider -q $(COV) --cov-append $(PYTEST_ARGS); rc=$$?; rm -rf $$tmp; \
 	  [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+	@# Branch coverage of the apps and config, worker and web subprocesses included; fails below the floor.
+	@$(PY) -m tests.coverage_report
 
 # The committed OpenAPI schema, regenerated (tests/test_schema.py checks it is current).
 schema: setup
