@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from functools import lru_cache
 
 from django.conf import settings
@@ -85,11 +86,18 @@ def throttle() -> RedisThrottle | DatabaseThrottle:
     return DatabaseThrottle()
 
 
-def throttle_acquire(*, limits: list[tuple[str, float]], count: int, deadline: float | None = None) -> int:
+def throttle_acquire(
+    *,
+    limits: list[tuple[str, float]],
+    count: int,
+    deadline: float | None = None,
+    before_waiting: Callable[[], None] | None = None,
+) -> int:
     """Block until at least one token is granted under every ``(key, rate)`` limit; return how many.
 
     Grants at most ``count``. Returns 0 only when ``deadline`` (a ``time.monotonic()`` value)
-    passes first. A limit with a rate of 0 or less is no limit.
+    passes first. A limit with a rate of 0 or less is no limit. ``before_waiting`` is called
+    once, before the first wait (work that must not wait for tokens, e.g. a write-back).
     """
     limits = [(key, rate) for key, rate in limits if rate and rate > 0]
     if not limits:
@@ -104,5 +112,8 @@ def throttle_acquire(*, limits: list[tuple[str, float]], count: int, deadline: f
                 break
             if deadline is not None and time.monotonic() + wait > deadline:
                 return 0
+            if before_waiting is not None:
+                before_waiting()
+                before_waiting = None
             time.sleep(min(max(wait, 0.001), 1.0))
     return want

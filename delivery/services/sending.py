@@ -436,9 +436,22 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
     with_profiles = _needs_profiles(dispatch.content_spec)
     # One batch sends (in the send threads) while the next is claimed and rendered here.
     in_flight: _Batch | None = None
+
+    def write_back_in_flight() -> None:
+        # Before waiting for tokens: the batch's rows are leased, and the wait may outlast it.
+        nonlocal in_flight
+        if in_flight is not None:
+            _batch_finish(dispatch, in_flight, report)
+            in_flight = None
+
     try:
         while time.monotonic() < deadline:
-            granted = throttle_acquire(limits=limits, count=settings.PUSHDESK_SEND_BATCH, deadline=deadline)
+            granted = throttle_acquire(
+                limits=limits,
+                count=settings.PUSHDESK_SEND_BATCH,
+                deadline=deadline,
+                before_waiting=write_back_in_flight,
+            )
             if not granted:
                 break
             if not Dispatch.objects.filter(pk=dispatch_id, status=Dispatch.Status.SENDING).exists():
@@ -489,7 +502,7 @@ def _only_future_retries(dispatch_id: int, *, now: datetime) -> bool:
 
 
 def _schedule_retry(dispatch_id: int) -> None:
-    """Run the send task again when the earliest retry is due (a one-off django-q schedule)."""
+    """Run the send task again when the earliest retry is due (one one-off django-q schedule per dispatch)."""
     from django_q.models import Schedule
 
     when = (
@@ -506,13 +519,18 @@ def _schedule_retry(dispatch_id: int) -> None:
         time.sleep(max(0.0, (when - timezone.now()).total_seconds()))
         _enqueue("delivery.tasks.dispatch_send_task", dispatch_id)
         return
-    Schedule.objects.update_or_create(
-        name=f"dispatch-{dispatch_id}-retry",
-        defaults={
-            "func": "delivery.tasks.dispatch_send_task",
-            "args": repr((dispatch_id,)),
-            "schedule_type": Schedule.ONCE,
-            "repeats": 1,
-            "next_run": when,
-        },
-    )
+    # One schedule per dispatch: django-q's names are not unique, so two send tasks finishing at
+    # once are serialised on the dispatch row (the lock write-back takes first, too).
+    name = f"dispatch-{dispatch_id}-retry"
+    with transaction.atomic():
+        Dispatch.objects.select_for_update(no_key=True).filter(pk=dispatch_id).values_list("pk").first()
+        schedules = list(Schedule.objects.filter(name=name).order_by("pk"))
+        for extra in schedules[1:]:
+            extra.delete()
+        schedule = schedules[0] if schedules else Schedule(name=name)
+        schedule.func = "delivery.tasks.dispatch_send_task"
+        schedule.args = repr((dispatch_id,))
+        schedule.schedule_type = Schedule.ONCE
+        schedule.repeats = 1
+        schedule.next_run = when
+        schedule.save()

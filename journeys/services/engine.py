@@ -112,13 +112,20 @@ class _Run:
 
 
 def _stats_add(counts: Counter) -> None:
-    """Add to the step counters in one statement (insert or increment)."""
+    """Add to the step counters in one statement (insert or increment).
+
+    The rows are taken in key order, so two batches adding to the same counters lock them in
+    the same order and cannot deadlock.
+    """
     if not counts:
         return
-    values = ", ".join(["(%s, %s, %s, %s)"] * len(counts))
-    params = []
+    merged: Counter = Counter()
     for (version_id, step, metric), n in counts.items():
-        params += [version_id, step, metric[:100], n]
+        merged[(version_id, step, metric[:100])] += n
+    values = ", ".join(["(%s, %s, %s, %s)"] * len(merged))
+    params = []
+    for (version_id, step, metric), n in sorted(merged.items()):
+        params += [version_id, step, metric, n]
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO journeys_stepstat (version_id, step, metric, count) VALUES {values} "  # noqa: S608 (placeholders only)

@@ -8,7 +8,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import connection
 from django.utils import timezone
 
-from delivery.models import Delivery, Device, Dispatch
+from delivery.models import App, Delivery, Device, Dispatch
 from delivery.services.contents import pushcontent_save, pushcontent_test_send
 from delivery.services.dispatches import (
     _GATES,
@@ -540,3 +540,87 @@ def test_a_worker_clock_running_behind_cannot_stamp_a_lease_already_over(sim_app
     deliveries_expire_leases()  # the watchdog, on a machine whose clock is right
 
     assert Delivery.objects.get(pk=claimed.id).status == "sending"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_send_tasks_scheduling_their_retry_at_once_make_one_schedule(sim_app, monkeypatch):
+    """Both tasks decide to create the schedule; a hook holds each just before it is written."""
+    from django.db.models.signals import pre_save
+    from django_q.conf import Conf
+    from django_q.models import Schedule
+
+    from delivery.services.sending import _schedule_retry
+
+    content = PushContentFactory(app=sim_app)
+    profile = ProfileFactory()
+    device = DeviceFactory(profile=profile, app=sim_app, platform="android")
+    dispatch = Dispatch.objects.create(app=sim_app, kind="api_trigger", content_spec=content.spec(), status="sending")
+    Delivery.objects.create(
+        dispatch=dispatch,
+        device=device,
+        profile_id=profile.pk,
+        status="queued",
+        next_attempt_at=timezone.now() + timezone.timedelta(hours=1),
+    )
+    monkeypatch.setattr(Conf, "SYNC", False)
+    both_writing = threading.Barrier(2)
+
+    def meet(sender, **kwargs):
+        try:
+            both_writing.wait(timeout=2)
+        except threading.BrokenBarrierError:
+            pass  # the other one is not writing now: it waits for the dispatch row
+
+    pre_save.connect(meet, sender=Schedule, weak=False)
+    errors = []
+
+    def task() -> None:
+        try:
+            _schedule_retry(dispatch.pk)
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    try:
+        threads = [threading.Thread(target=task) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    finally:
+        pre_save.disconnect(meet, sender=Schedule)
+
+    assert not errors, errors
+    assert Schedule.objects.filter(name=f"dispatch-{dispatch.pk}-retry").count() == 1
+
+
+def test_a_batch_is_written_back_before_the_sender_waits_for_the_throttle(
+    sim_app, sim, open_gate, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    """At 1 push/s the sender waits for a token after each batch. Whenever it sleeps, a watchdog
+    runs as if the wait had outlasted the lease: a batch not yet written back would end unknown."""
+    import types
+
+    from delivery import throttle
+
+    settings.PUSHDESK_SEND_BATCH = 1
+    App.objects.filter(pk=sim_app.pk).update(rate_limit_per_second=1)
+    content = PushContentFactory(app=sim_app)
+    profiles = ProfileFactory.create_batch(3)
+    devices = [DeviceFactory(profile=p, app=sim_app, platform="android") for p in profiles]
+    lease_over = timezone.timedelta(seconds=settings.PUSHDESK_SEND_LEASE_SECONDS + 1)
+
+    def sleep_past_the_lease(seconds: float) -> None:
+        deliveries_expire_leases(now=timezone.now() + lease_over)
+        time.sleep(seconds)
+
+    monkeypatch.setattr(
+        throttle, "time", types.SimpleNamespace(monotonic=time.monotonic, time=time.time, sleep=sleep_past_the_lease)
+    )
+
+    dispatch = send(content, profiles, django_capture_on_commit_callbacks)
+
+    statuses = list(Delivery.objects.filter(dispatch=dispatch).values_list("status", flat=True))
+    assert statuses == ["accepted"] * 3
+    assert all(sim.state.count(d.token) == 1 for d in devices)

@@ -3,6 +3,7 @@ re-entry, exit criteria, versions, stopping, the gate, and two engines racing.""
 
 import datetime as dt
 import threading
+import time
 
 import pytest
 from django.db import connection
@@ -438,3 +439,71 @@ def test_push_refused_by_the_gate_fails_the_enrollment_with_the_reason(make_jour
     failed = _enrollment(journey, profile)
     assert failed.status == "failed" and "changed since it was approved" in failed.exit_reason
     assert not Dispatch.objects.filter(kind="journey").exists()
+
+
+def _waiting_on_locks() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        return cursor.fetchone()[0]
+
+
+def _until(condition, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_engine_batches_adding_to_the_same_step_counters_do_not_deadlock(make_journey):
+    """Batch B has its counters in the order (b, a), batch A in (a, b); a third holds b until both wait."""
+    from collections import Counter
+
+    from django.db import transaction
+
+    from journeys.models import StepStat
+    from journeys.services.engine import _stats_add
+
+    version_id = make_journey().versions.get().pk
+    a, b = (version_id, "a", "entered"), (version_id, "b", "entered")
+    for key in (a, b):
+        StepStat.objects.create(version_id=key[0], step=key[1], metric=key[2], count=0)
+    held, release = threading.Event(), threading.Event()
+    errors = []
+
+    def hold_b() -> None:
+        try:
+            with transaction.atomic():
+                StepStat.objects.select_for_update().get(version_id=version_id, step="b")
+                held.set()
+                release.wait(timeout=30)
+        finally:
+            connection.close()
+
+    def batch(order) -> None:
+        try:
+            with transaction.atomic():
+                _stats_add(Counter({key: 1 for key in order}))
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_b)
+    holder.start()
+    assert held.wait(timeout=20)
+    batches = [threading.Thread(target=batch, args=(order,)) for order in ((b, a), (a, b))]
+    batches[0].start()
+    assert _until(lambda: _waiting_on_locks() >= 1), "batch B never waited"
+    batches[1].start()
+    assert _until(lambda: _waiting_on_locks() >= 2), "batch A never waited"
+    release.set()
+    for thread in (holder, *batches):
+        thread.join(timeout=30)
+
+    assert not errors, errors
+    assert dict(StepStat.objects.values_list("step", "count")) == {"a": 2, "b": 2}
