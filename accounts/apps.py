@@ -13,6 +13,22 @@ class AccountsConfig(AppConfig):
         # permissions are (re)applied after every migrate, from the one table in roles.py.
         post_migrate.connect(roles_sync_after_migrate, dispatch_uid="accounts.roles_sync")
         post_migrate.connect(_create_cache_table, dispatch_uid="accounts.cache_table")
+        _connect_stamps()
+
+
+def _connect_stamps() -> None:
+    """Bump the ``access`` version stamp whenever a key, a user, a role or an object grant changes."""
+    from django.contrib.auth.models import Group
+    from django.db.models.signals import m2m_changed, post_delete, post_save
+
+    from accounts.models import User
+    from accounts.stamps import access_changed, access_rows_changed
+
+    post_save.connect(access_rows_changed, dispatch_uid="accounts.stamps.save")
+    post_delete.connect(access_rows_changed, dispatch_uid="accounts.stamps.delete")
+    m2m_changed.connect(access_changed, sender=User.groups.through, dispatch_uid="accounts.stamps.groups")
+    m2m_changed.connect(access_changed, sender=Group.permissions.through, dispatch_uid="accounts.stamps.perms")
+    m2m_changed.connect(access_changed, sender=User.user_permissions.through, dispatch_uid="accounts.stamps.uperms")
 
 
 def _create_cache_table(sender, using="default", **kwargs) -> None:

@@ -1,6 +1,14 @@
-"""API keys on the wire: ``Authorization: Bearer pdk_<prefix>_<secret>``, and scope checks."""
+"""API keys on the wire: ``Authorization: Bearer pdk_<prefix>_<secret>``, and scope checks.
+
+Keys (with their user, whose permissions Django caches on the object) are kept per process,
+behind the ``access`` version stamp (``accounts.stamps``): each request reads the stamps it needs
+in one round trip, with its key's rate limit when the view has one, and reloads what changed.
+"""
 
 import re
+import threading
+import time
+from dataclasses import dataclass
 
 from django.conf import settings
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -10,6 +18,7 @@ from rest_framework.permissions import BasePermission
 
 from accounts.models import ApiKey
 from accounts.services import api_key_touch
+from accounts.stamps import Stamps, stamps_read
 
 KEY_RE = re.compile(
     rf"^{re.escape(settings.PUSHDESK_API_KEY_PREFIX)}_(?P<prefix>[0-9a-f]{{8}})_[A-Za-z0-9_-]{{20,100}}$"
@@ -19,6 +28,53 @@ KEY_RE = re.compile(
 class ApiKeyFailed(exceptions.AuthenticationFailed):
     def __init__(self, detail: str, code: str):
         super().__init__(detail=detail, code=code)
+
+
+@dataclass
+class _CachedKey:
+    key: ApiKey
+    stamp: str | None
+    loaded_at: float
+
+
+_KEYS: dict[str, _CachedKey] = {}
+_KEYS_LOCK = threading.Lock()
+
+
+def api_keys_forget() -> None:
+    """Drop this process's cached keys (tests that change rows behind the services' back)."""
+    with _KEYS_LOCK:
+        _KEYS.clear()
+
+
+def request_stamps(request) -> Stamps | None:
+    """The stamps read for this request by the authentication (None for other authentications)."""
+    return getattr(request._request, "pushdesk_stamps", None)
+
+
+def _stamps_for(request, prefix: str) -> Stamps:
+    """Read ``access`` and the stamps the view names, and take the view's per-key rate limit, in one trip."""
+    context = request.parser_context or {}
+    view, kwargs = context.get("view"), context.get("kwargs") or {}
+    names = ["access", *(view.stamp_names(kwargs) if hasattr(view, "stamp_names") else [])]
+    rate_name, rate = view.rate_limit() if hasattr(view, "rate_limit") else (None, 0.0)
+    stamps = stamps_read(names, rate_key=f"{rate_name}:{prefix}" if rate_name else None, rate=rate)
+    request._request.pushdesk_stamps = stamps
+    return stamps
+
+
+def _key_for(prefix: str, stamp: str | None) -> ApiKey | None:
+    cached = _KEYS.get(prefix)
+    now = time.monotonic()
+    if cached is not None and cached.stamp == stamp and now - cached.loaded_at < settings.PUSHDESK_CACHE_SECONDS:
+        return cached.key
+    key = ApiKey.objects.select_related("user").filter(prefix=prefix).first()
+    with _KEYS_LOCK:
+        if key is None:
+            _KEYS.pop(prefix, None)
+        else:
+            _KEYS[prefix] = _CachedKey(key, stamp, now)
+    return key
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -39,7 +95,8 @@ class ApiKeyAuthentication(BaseAuthentication):
         match = KEY_RE.match(raw_key)
         if not match:
             raise ApiKeyFailed("This is not a Pushdesk API key.", "api_key_invalid")
-        key = ApiKey.objects.select_related("user").filter(prefix=match["prefix"]).first()
+        stamps = _stamps_for(request, match["prefix"])
+        key = _key_for(match["prefix"], stamps["access"])
         if key is None or not key.matches(raw_key):
             raise ApiKeyFailed("Unknown API key.", "api_key_invalid")
         if key.is_revoked:

@@ -255,3 +255,18 @@ class ApprovalRequest(models.Model):
     @property
     def subject(self):
         return self.subject_type.get_object_for_this_type(pk=self.subject_id)
+
+
+class VersionStamp(models.Model):
+    """A version stamp kept in the database when there is no Redis (the embedded mode).
+
+    Per-process caches (API keys, users' permissions, campaigns' approved content) remember the
+    stamp they were loaded under; a change bumps it, and the next request reloads. See
+    ``accounts.stamps``.
+    """
+
+    name = models.CharField(max_length=100, primary_key=True)
+    value = models.CharField(max_length=32)
+
+    def __str__(self) -> str:
+        return f"{self.name} = {self.value}"

@@ -1,19 +1,30 @@
-"""Benchmark: the campaign trigger endpoint under load, and trigger-to-accepted latency end to end.
+"""Benchmark: API triggers (and event-entered journeys) through the standing send stream.
 
-    .venv/bin/python bench/trigger.py [--seconds 15] [--connections 32] [--rate 200]
+    .venv/bin/python bench/trigger.py [--only ceiling,throughput,e2e,journey,soak,crash]
+        [--seconds 15] [--connections 32] [--rate 200] [--e2e-seconds 60] [--soak-seconds 600]
 
-Sets up a database of its own (``pushdesk_bench_trigger`` on the local PostgreSQL) with the
-demo app pointed at the push simulator, 2,000 profiles with a device each, a live API-triggered
-campaign and an API key; starts the simulator, two ``qcluster`` workers (Redis broker) and the
-web app under gunicorn with two workers. Then:
+Sets up a database of its own (``pushdesk_bench_trigger``) with the demo app pointed at the push
+simulator, ``--profiles`` profiles with a device each, a live API-triggered campaign, a live
+journey entered by the event ``order_paid`` whose first step is a push, and API keys; starts
+the simulator, ``qcluster`` (``--workers`` processes: one holds the stream sender) and the web
+app under gunicorn (2 workers x ``--threads`` threads). Then, each phase on demand:
 
-1. ``wrk`` (a separate process) POSTs one-recipient triggers as fast as it can: requests/s and
-   p50 / p99 latency of the answer (202);
-2. a Python load generator sends 200 triggers/s for a few seconds; for each, the time from
-   sending the request to the provider's acceptance at the simulator (the delivery's
-   ``finished_at``): p50 / p99.
+- ``ceiling``: wrk against a bare DRF endpoint under the same gunicorn settings that
+  authenticates nothing and does one INSERT: this stack's ceiling on this machine;
+- ``throughput``: wrk POSTs one-recipient triggers as fast as it can: requests/s, p50 / p99 of
+  the answer, non-2xx;
+- ``e2e``: ``--rate`` triggers/s for ``--e2e-seconds``; each answer names its delivery; from the
+  request sent to the provider's acceptance at the simulator (``finished_at``): p50 / p99, and
+  how many were accepted before the run ended;
+- ``journey``: the same with one event per call to ``POST /api/v1/events/bulk/``;
+- ``soak``: ``--rate`` triggers/s for ``--soak-seconds``: errors, web and worker RSS after the
+  first minute and at the end, queued rows sampled every 10 s;
+- ``crash``: ``--rate`` triggers/s for 40 s, each to a profile of its own; the process running
+  the sender is killed with SIGKILL after 10 s (qcluster starts a new worker process, the
+  watchdog a new sender); then no token may have received a push twice, and every delivery
+  must end ``accepted`` or ``unknown``.
 
-Prints one JSON line. Needs Debian's ``wrk``.
+Prints one JSON line, with the load average of the machine when each phase ran.
 """
 
 import argparse
@@ -35,18 +46,22 @@ PY = sys.executable
 DB = "pushdesk_bench_trigger"
 DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{DB}"
 REDIS_URL = "redis://127.0.0.1:6379/12"
+EVENT = "order_paid"
 
 SETUP = r"""
-import json, secrets
+import json
 from django.contrib.auth.models import Group
+from django.db import connection
 from accounts.models import User
 from accounts.services import access_grant, api_key_create
 from audiences.models import Profile
 from campaigns.services import campaign_approve, campaign_create, campaign_submit
 from delivery.models import App, Device, PushContent
 from delivery.services.contents import pushcontent_save
+from journeys.services.lifecycle import journey_approve, journey_create, journey_submit
 
 app = App.objects.get(name="Pushdesk Demo")
+App.objects.filter(pk=app.pk).update(rate_limit_per_second=100000)
 manager = User.objects.create_user("bench_manager", is_staff=True)
 manager.groups.add(Group.objects.get(name="Manager"))
 approver = User.objects.create_user("bench_approver", is_staff=True)
@@ -66,17 +81,77 @@ campaign = campaign_create(by=manager, name="Order shipped", app=app, kind="api_
                            purpose="transactional", content=content)
 campaign_submit(campaign_id=campaign.pk, by=manager)
 campaign_approve(campaign_id=campaign.pk, by=approver)
-_, raw = api_key_create(user=manager, name="bench", scopes=["trigger", "read"], by=manager)
-print(json.dumps({"campaign": campaign.pk, "key": raw}))
+paid = pushcontent_save(content=PushContent(app=app, name="Payment received", title="Thanks {{ profile.attributes.first_name }}",
+                                            body="Your payment arrived"), by=manager)
+graph = {"steps": [{"id": "push", "type": "push", "content": paid.pk, "next": "done"}, {"id": "done", "type": "exit"}]}
+journey = journey_create(by=manager, name="Payment received", app=app, entry_kind="event", entry_event="order_paid",
+                         entry_segment=None, graph=graph)
+journey_submit(journey_id=journey.pk, by=manager)
+journey_approve(journey_id=journey.pk, by=approver)
+_, raw = api_key_create(user=manager, name="bench", scopes=["trigger", "read", "ingest"], by=manager)
+with connection.cursor() as cursor:
+    cursor.execute("CREATE TABLE bench_ceiling (id bigserial PRIMARY KEY, body text, at timestamptz DEFAULT now())")
+print(json.dumps({"campaign": campaign.pk, "journey": journey.pk, "key": raw}))
 """
 
-LATENCIES = r"""
+# The ceiling: a DRF view that authenticates nothing and does one INSERT, same gunicorn settings.
+CEILING = r"""
+import os
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+import django
+from django.conf import settings
+django.setup()
+from django.db import connection
+from django.urls import path
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+
+class Bare(APIView):
+    authentication_classes = []
+    permission_classes = []
+
+    def post(self, request):
+        with connection.cursor() as cursor:
+            cursor.execute("INSERT INTO bench_ceiling (body) VALUES (%s) RETURNING id", [request.body.decode()[:200]])
+            (row_id,) = cursor.fetchone()
+        return Response({"id": row_id}, status=202)
+
+
+urlpatterns = [path("bare/", Bare.as_view())]
+settings.ROOT_URLCONF = __name__
+from django.core.wsgi import get_wsgi_application
+application = get_wsgi_application()
+"""
+
+RESULTS = r"""
 import json, sys
 from delivery.models import Delivery
-sent = json.loads(open(sys.argv[-1]).read())
-rows = Delivery.objects.filter(dispatch_id__in=[int(k) for k in sent], status="accepted").values_list("dispatch_id", "finished_at")
-out = [(f.timestamp() - sent[str(d)]) for d, f in rows if f is not None]
-print(json.dumps({"latencies": out, "expected": len(sent)}))
+wanted = json.loads(open(PATH).read())
+rows = Delivery.objects.filter(pk__in=[int(k) for k in wanted]).values_list("id", "status", "finished_at")
+print(json.dumps({str(i): [s, f.timestamp() if f else None] for i, s, f in rows}))
+"""
+
+JOURNEY_RESULTS = r"""
+import json
+from delivery.models import Delivery
+wanted = json.loads(open(PATH).read())
+rows = Delivery.objects.filter(dispatch__kind="journey", profile__external_id__in=list(wanted)).values_list(
+    "profile__external_id", "status", "finished_at")
+print(json.dumps({e: [s, f.timestamp() if f else None] for e, s, f in rows}))
+"""
+
+COUNTS = r"""
+import json
+from django.db.models import Count
+from delivery.models import Delivery
+print(json.dumps(dict(Delivery.objects.filter(queued_at__isnull=False).values_list("status").annotate(n=Count("id")).order_by())))
+"""
+
+SENDER = r"""
+import json
+from django.core.cache import cache
+print(json.dumps(cache.get("pushdesk:stream-sender:0")))
 """
 
 
@@ -93,6 +168,12 @@ def run(cmd, env, **kwargs):
     return result
 
 
+def shell(env, code: str, **values) -> dict:
+    prelude = "".join(f"{name} = {value!r}\n" for name, value in values.items())
+    out = run([PY, "manage.py", "shell", "-c", prelude + code], env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def percentile(values, p):
     values = sorted(values)
     if not values:
@@ -100,34 +181,238 @@ def percentile(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def wait_http(url, timeout=30):
+def now_iso() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
+def ms(value):
+    return round(value * 1000, 1) if value is not None else None
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 1)
+
+
+def wait_http(url, timeout=180):
     import httpx
 
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            httpx.get(url, timeout=1)
+            httpx.get(url, timeout=5)
             return
         except httpx.TransportError:
             time.sleep(0.2)
     raise SystemExit(f"{url} did not come up")
 
 
-def main():
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = path.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(path.parent.name))
+    return found
+
+
+def tree_rss(pid: int) -> float:
+    return rss_mb(pid) + sum(tree_rss(child) for child in children(pid))
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its live children."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (FileNotFoundError, ProcessLookupError):
+        own = 0.0
+    return own + sum(tree_cpu(child) for child in children(pid))
+
+
+PROFILE = r"""
+import cProfile, io, json, pstats, time
+from rest_framework.test import APIClient
+client = APIClient()
+client.credentials(HTTP_AUTHORIZATION=f"Bearer {KEY}", HTTP_HOST="127.0.0.1")
+url = f"/api/v1/campaigns/{CAMPAIGN}/trigger/"
+body = lambda i: {"recipients": [{"external_id": f"bench-{i % PROFILES}"}], "context": {"order": str(i)}}
+for i in range(20):
+    client.post(url, body(i), format="json")
+profiler = cProfile.Profile()
+started = time.perf_counter()
+profiler.enable()
+for i in range(CALLS):
+    client.post(url, body(i), format="json")
+profiler.disable()
+per_call = (time.perf_counter() - started) / CALLS
+stats = pstats.Stats(profiler)
+rows = []
+for (filename, line, name), (cc, nc, tt, ct, callers) in stats.stats.items():
+    rows.append((ct / CALLS * 1000, tt / CALLS * 1000, f"{filename.split('site-packages/')[-1].split('/work/')[-1]}:{name}"))
+def top(key, n=12):
+    return [f"{label}: {c:.2f} ms cumulative, {t:.2f} ms own" for c, t, label in sorted(rows, key=key, reverse=True)[:n]]
+print(json.dumps({"ms_per_call_in_process": round(per_call * 1000, 2), "by_own_time": top(lambda r: r[1]),
+                  "pushdesk_cumulative": [x for x in top(lambda r: r[0], 80) if any(k in x for k in ("accounts/", "campaigns/", "delivery/"))][:10]}))
+"""
+
+
+def wrk(url, key, script_path: Path, body_lua: str, seconds: int, connections: int) -> dict:
+    script_path.write_text(
+        "counter = 0\n"
+        'wrk.method = "POST"\n'
+        + (f'wrk.headers["Authorization"] = "Bearer {key}"\n' if key else "")
+        + 'wrk.headers["Content-Type"] = "application/json"\n'
+        "request = function()\n"
+        "  counter = counter + 1\n"
+        f"  local body = {body_lua}\n"
+        "  return wrk.format(nil, nil, nil, body)\n"
+        "end\n"
+        "done = function(summary, latency, requests)\n"
+        '  io.write(string.format("STATUS non2xx=%d errors=%d\\n", summary.errors.status, '
+        "summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))\n"
+        "end\n"
+    )
+    started_load = load()
+    result = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script_path), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = result.stdout
+
+    def lat(label):
+        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)", out, re.MULTILINE)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    status = re.search(r"STATUS non2xx=(\d+) errors=(\d+)", out)
+    return {
+        "requests_per_s": round(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), 1),
+        "p50_ms": round(lat(50), 1),
+        "p99_ms": round(lat(99), 1),
+        "non_2xx": int(status.group(1)),
+        "socket_errors": int(status.group(2)),
+        "load": [started_load, load()],
+    }
+
+
+class Paced:
+    """Send ``rate`` requests a second for ``seconds`` from a pool of threads; keep what each answered."""
+
+    def __init__(self, rate: int, seconds: float, make_request, threads: int = 32):
+        import httpx
+
+        self.rate, self.total = rate, int(rate * seconds)
+        self.make_request = make_request
+        self.sent: dict[int, float] = {}
+        self.answers: dict[int, object] = {}
+        self.errors = 0
+        self.clients = [httpx.Client(timeout=30) for _ in range(threads)]
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        t0 = time.time() + 0.2
+        interval = 1.0 / self.rate
+
+        def worker(k: int) -> None:
+            client = self.clients[k]
+            for i in range(k, self.total, len(self.clients)):
+                delay = t0 + i * interval - time.time()
+                if delay > 0:
+                    time.sleep(delay)
+                started = time.time()
+                try:
+                    answer = self.make_request(client, i)
+                except Exception:  # noqa: BLE001 (counted)
+                    answer = None
+                with self.lock:
+                    self.sent[i] = started
+                    if answer is None:
+                        self.errors += 1
+                    else:
+                        self.answers[i] = answer
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(self.clients))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.ended = time.time()
+
+
+def trigger_request(url, key, profile_of):
+    def make(client, i):
+        r = client.post(
+            url,
+            json={"recipients": [{"external_id": f"bench-{profile_of(i)}"}], "context": {"order": str(i)}},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        if r.status_code != 202:
+            return None
+        return r.json()["deliveries"][0]["id"]
+
+    return make
+
+
+def e2e_figures(env, tmp: Path, paced: Paced, grace: float) -> dict:
+    """Latency from each request sent to its delivery's acceptance; counts accepted by the end."""
+    by_delivery = {str(d): paced.sent[i] for i, d in paced.answers.items()}
+    deadline = paced.ended + grace
+    while time.time() < deadline:
+        time.sleep(1)
+    path = tmp / "wanted.json"
+    path.write_text(json.dumps(by_delivery))
+    rows = shell(env, RESULTS, PATH=str(path))
+    spans = [f - by_delivery[d] for d, (s, f) in rows.items() if s == "accepted" and f is not None]
+    by_end = sum(1 for d, (s, f) in rows.items() if s == "accepted" and f is not None and f <= paced.ended + 1.0)
+    return {
+        "sent": paced.total,
+        "answered_202": len(paced.answers),
+        "errors": paced.errors,
+        "accepted": len(spans),
+        "accepted_within_1s_of_the_end": by_end,
+        "p50_ms": ms(percentile(spans, 50)),
+        "p99_ms": ms(percentile(spans, 99)),
+        "max_ms": ms(max(spans) if spans else None),
+    }
+
+
+def main():  # noqa: C901 (one script, phase after phase)
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--only", default="ceiling,throughput,e2e,profile,journey,soak,crash")
+    parser.add_argument("--seconds", type=int, default=15, help="wrk's run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rate", type=int, default=200)
-    parser.add_argument("--profiles", type=int, default=2000)
+    parser.add_argument("--e2e-seconds", type=int, default=60)
+    parser.add_argument("--soak-seconds", type=int, default=600)
+    parser.add_argument("--profiles", type=int, default=40000)
     parser.add_argument("--threads", type=int, default=16, help="threads per gunicorn worker")
+    parser.add_argument("--workers", type=int, default=3, help="qcluster processes (one holds the sender)")
     parser.add_argument("--var-dir", help="keep the keys and files here (default: a temporary folder, removed)")
     args = parser.parse_args()
-    if not shutil.which("wrk"):
+    phases = set(args.only.split(","))
+    if phases & {"ceiling", "throughput"} and not shutil.which("wrk"):
         raise SystemExit("wrk is missing: apt-get install wrk")
 
     tmp = Path(args.var_dir) if args.var_dir else Path(tempfile.mkdtemp(prefix="pushdesk-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    sim_port, sandbox_port, web_port = free_port(), free_port(), free_port()
+    sim_port, sandbox_port, web_port, bare_port = free_port(), free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "DATABASE_URL": DATABASE_URL,
@@ -140,7 +425,10 @@ def main():
         "PUSHDESK_PUSHSIM_APNS_SANDBOX_URL": f"http://127.0.0.1:{sandbox_port}",
         "PUSHDESK_PUSHSIM_FCM_URL": f"http://127.0.0.1:{sim_port}",
         "PUSHDESK_TRIGGER_RATE_PER_KEY": "100000",
-        "PUSHDESK_WORKERS": "2",
+        "PUSHDESK_WORKERS": str(args.workers),
+        "PUSHDESK_SEND_LEASE_SECONDS": "15",
+        "PUSHDESK_QUEUE_NAME": "bench-trigger",
+        "PYTHONPATH": str(tmp),
     }
     subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", "--force", DB], check=True)
     subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", DB], check=True)
@@ -150,179 +438,181 @@ def main():
     setup = run([PY, "manage.py", "shell", "-c", f"N = {args.profiles}\n" + SETUP], env)
     info = json.loads(setup.stdout.strip().splitlines()[-1])
     campaign, key = info["campaign"], info["key"]
+    (tmp / "bench_ceiling.py").write_text(CEILING)
 
-    procs = []
+    gunicorn = [str(Path(PY).parent / "gunicorn"), "--workers", "2", "--worker-class", "gthread"]
+    gunicorn += ["--threads", str(args.threads), "--access-logfile", "/dev/null"]
+    procs = {}
+    report: dict = {"benchmark": "trigger", "web": f"gunicorn, 2 workers x {args.threads} threads"}
+    report["qcluster_workers"] = args.workers
+    quiet = {"cwd": ROOT, "env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     try:
-        procs.append(
-            subprocess.Popen(
-                [PY, "manage.py", "pushsim", "--port", str(sim_port), "--sandbox-port", str(sandbox_port)],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+        procs["sim"] = subprocess.Popen(
+            [PY, "manage.py", "pushsim", "--port", str(sim_port), "--sandbox-port", str(sandbox_port)], **quiet
         )
-        procs.append(
-            subprocess.Popen(
-                [PY, "manage.py", "qcluster"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
-        )
-        procs.append(
-            subprocess.Popen(
-                [
-                    str(Path(PY).parent / "gunicorn"),
-                    "config.wsgi",
-                    "--workers",
-                    "2",
-                    "--worker-class",
-                    "gthread",
-                    "--threads",
-                    str(args.threads),
-                    "--bind",
-                    f"127.0.0.1:{web_port}",
-                    "--access-logfile",
-                    "/dev/null",
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
+        procs["workers"] = subprocess.Popen([PY, "manage.py", "qcluster"], **quiet, start_new_session=True)
+        procs["web"] = subprocess.Popen([*gunicorn, "--bind", f"127.0.0.1:{web_port}", "config.wsgi"], **quiet)
         base = f"http://127.0.0.1:{web_port}"
-        wait_http(f"{base}/api/v1/schema/")
+        wait_http(f"{base}/api/v1/me/")
         url = f"{base}/api/v1/campaigns/{campaign}/trigger/"
+        one = f'\'{{"recipients": [{{"external_id": "bench-\' .. (counter % {args.profiles}) .. \'"}}], "context": {{"order": "\' .. counter .. \'"}}}}\''
 
-        # 1. Throughput and latency of the answer, wrk from a separate process.
-        script = tmp / "trigger.lua"
-        script.write_text(
-            "counter = 0\n"
-            'wrk.method = "POST"\n'
-            f'wrk.headers["Authorization"] = "Bearer {key}"\n'
-            'wrk.headers["Content-Type"] = "application/json"\n'
-            "request = function()\n"
-            "  counter = counter + 1\n"
-            f'  local body = string.format(\'{{"recipients": [{{"external_id": "bench-%d"}}], '
-            f'"context": {{"order": "%d"}}}}\', counter % {args.profiles}, counter)\n'
-            "  return wrk.format(nil, nil, nil, body)\n"
-            "end\n"
-            "done = function(summary, latency, requests)\n"
-            '  io.write(string.format("STATUS non2xx=%d\\n", summary.errors.status))\n'
-            "end\n"
-        )
-        wrk = subprocess.run(
-            ["wrk", "-t2", f"-c{args.connections}", f"-d{args.seconds}s", "--latency", "-s", str(script), url],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        out = wrk.stdout
-        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-
-        def lat(label):
-            m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)", out, re.MULTILINE)
-            value, unit = float(m.group(1)), m.group(2)
-            return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-        non2xx = int(re.search(r"STATUS non2xx=(\d+)", out).group(1))
-
-        # Let the workers drain what wrk queued before measuring end-to-end latency.
-        time.sleep(5)
-        drain = run(
-            [
-                PY,
-                "manage.py",
-                "shell",
-                "-c",
-                "from delivery.models import Dispatch; print(Dispatch.objects.exclude(status='done').count())",
-            ],
-            env,
-        )
-        deadline = time.time() + 300
-        while int(drain.stdout.strip().splitlines()[-1]) and time.time() < deadline:
-            time.sleep(2)
-            drain = run(
-                [
-                    PY,
-                    "manage.py",
-                    "shell",
-                    "-c",
-                    "from delivery.models import Dispatch; print(Dispatch.objects.exclude(status='done').count())",
-                ],
-                env,
+        if "ceiling" in phases:
+            procs["bare"] = subprocess.Popen([*gunicorn, "--bind", f"127.0.0.1:{bare_port}", "bench_ceiling"], **quiet)
+            wait_http(f"http://127.0.0.1:{bare_port}/bare/")
+            report["ceiling"] = wrk(
+                f"http://127.0.0.1:{bare_port}/bare/", None, tmp / "bare.lua", one, args.seconds, args.connections
             )
-        backlog_drained = int(drain.stdout.strip().splitlines()[-1]) == 0
+            procs.pop("bare").send_signal(signal.SIGTERM)
 
-        # 2. End to end at a steady rate: request sent → accepted at the simulator.
-        import httpx
+        if "throughput" in phases:
+            report["throughput"] = wrk(url, key, tmp / "trigger.lua", one, args.seconds, args.connections)
+            if "ceiling" in report:
+                ratio = report["throughput"]["requests_per_s"] / report["ceiling"]["requests_per_s"]
+                report["throughput"]["of_ceiling"] = round(ratio, 2)
+            drained_by = time.time() + 300
+            while shell(env, COUNTS).get("queued", 0) and time.time() < drained_by:
+                time.sleep(2)
 
-        sent: dict[str, float] = {}
-        lock = threading.Lock()
-        interval = 1.0 / args.rate
-        total = args.rate * 5
+        if "e2e" in phases:
+            started_load = load()
+            cpu = (tree_cpu(procs["web"].pid), tree_cpu(procs["workers"].pid))
+            paced = Paced(args.rate, args.e2e_seconds, trigger_request(url, key, lambda i: i % args.profiles))
+            paced.run()
+            web_cpu, worker_cpu = tree_cpu(procs["web"].pid) - cpu[0], tree_cpu(procs["workers"].pid) - cpu[1]
+            report["e2e"] = {"rate": args.rate, "seconds": args.e2e_seconds, **e2e_figures(env, tmp, paced, 10)}
+            report["e2e"]["web_cpu_ms_per_call"] = round(web_cpu / max(paced.total, 1) * 1000, 2)
+            report["e2e"]["workers_cpu_ms_per_message"] = round(worker_cpu / max(paced.total, 1) * 1000, 2)
+            report["e2e"]["load"] = [started_load, load()]
 
-        def fire(i, client):
-            started = time.time()
-            r = client.post(
-                url,
-                json={"recipients": [{"external_id": f"bench-{i % args.profiles}"}], "context": {"order": str(i)}},
-                headers={"Authorization": f"Bearer {key}"},
-            )
-            if r.status_code == 202 and r.json()["dispatch"]:
-                with lock:
-                    sent[str(r.json()["dispatch"])] = started
+        if "profile" in phases:
+            report["profile"] = shell(env, PROFILE, KEY=key, CAMPAIGN=campaign, PROFILES=args.profiles, CALLS=300)
 
-        clients = [httpx.Client(timeout=10) for _ in range(16)]
-        threads = []
-        t0 = time.time()
-        for i in range(total):
-            delay = t0 + i * interval - time.time()
-            if delay > 0:
-                time.sleep(delay)
-            th = threading.Thread(target=fire, args=(i, clients[i % 16]))
-            th.start()
-            threads.append(th)
-        for th in threads:
-            th.join()
-        time.sleep(5)
-        (tmp / "sent.json").write_text(json.dumps(sent))
-        result = run(
-            [PY, "manage.py", "shell", "-c", LATENCIES.replace("sys.argv[-1]", repr(str(tmp / "sent.json")))], env
-        )
-        data = json.loads(result.stdout.strip().splitlines()[-1])
-        e2e = data["latencies"]
-        print(
-            json.dumps(
-                {
-                    "benchmark": "trigger",
-                    "web": f"gunicorn, 2 workers x {args.threads} threads",
-                    "wrk_connections": args.connections,
-                    "requests_per_s": round(rps, 1),
-                    "p50_ms": round(lat(50), 1),
-                    "p99_ms": round(lat(99), 1),
-                    "non_2xx": non2xx,
-                    "goal_requests_per_s": 1000,
-                    "goal_p99_ms": 100,
-                    "backlog_drained": backlog_drained,
-                    "e2e_rate_per_s": args.rate,
-                    "e2e_sent": data["expected"],
-                    "e2e_accepted": len(e2e),
-                    "e2e_p50_ms": round(percentile(e2e, 50) * 1000, 1) if e2e else None,
-                    "e2e_p99_ms": round(percentile(e2e, 99) * 1000, 1) if e2e else None,
-                    "goal_e2e_p99_ms": 1000,
-                }
-            )
-        )
+        if "journey" in phases:
+            started_load = load()
+            offset = args.profiles // 2  # profiles the journey has not seen (it enters each once)
+
+            def event(client, i):
+                external_id = f"bench-{offset + i % (args.profiles - offset)}"
+                r = client.post(
+                    f"{base}/api/v1/events/bulk/",
+                    json={"events": [{"external_id": external_id, "name": EVENT, "occurred_at": now_iso()}]},
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+                return external_id if r.status_code == 200 else None
+
+            paced = Paced(args.rate, min(args.e2e_seconds, (args.profiles - offset) / args.rate), event)
+            paced.run()
+            time.sleep(10)
+            sent_at = {paced.answers[i]: paced.sent[i] for i in paced.answers}
+            path = tmp / "journey.json"
+            path.write_text(json.dumps(sent_at))
+            rows = shell(env, JOURNEY_RESULTS, PATH=str(path))
+            spans = [f - sent_at[e] for e, (s, f) in rows.items() if s == "accepted" and f is not None]
+            report["journey"] = {
+                "rate": args.rate,
+                "sent": paced.total,
+                "errors": paced.errors,
+                "accepted": len(spans),
+                "accepted_within_1s_of_the_end": sum(
+                    1 for e, (s, f) in rows.items() if s == "accepted" and f and f <= paced.ended + 1
+                ),
+                "p50_ms": ms(percentile(spans, 50)),
+                "p99_ms": ms(percentile(spans, 99)),
+                "load": [started_load, load()],
+            }
+
+        if "soak" in phases:
+            started_load = load()
+            paced = Paced(args.rate, args.soak_seconds, trigger_request(url, key, lambda i: i % args.profiles))
+            samples = []
+
+            def sample():
+                t0 = time.time()
+                while not getattr(paced, "ended", None):
+                    samples.append(
+                        {
+                            "t": round(time.time() - t0),
+                            "web_mb": round(tree_rss(procs["web"].pid), 1),
+                            "workers_mb": round(tree_rss(procs["workers"].pid), 1),
+                            "queued": shell(env, COUNTS).get("queued", 0),
+                            "load": load(),
+                        }
+                    )
+                    time.sleep(10)
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            paced.run()
+            sampler.join()
+            after_first = next((s for s in samples if s["t"] >= 60), samples[0])
+            report["soak"] = {
+                "rate": args.rate,
+                "seconds": args.soak_seconds,
+                "errors": paced.errors,
+                "web_mb_after_1min": after_first["web_mb"],
+                "web_mb_end": samples[-1]["web_mb"],
+                "workers_mb_after_1min": after_first["workers_mb"],
+                "workers_mb_end": samples[-1]["workers_mb"],
+                "queued_samples": [s["queued"] for s in samples],
+                "load": [started_load, load()],
+            }
+
+        if "crash" in phases:
+            started_load = load()
+            base_profile = 0
+            crash_seconds = 40
+            if args.profiles < args.rate * crash_seconds:
+                raise SystemExit("--profiles must cover one profile per crash-run trigger")
+            import httpx
+
+            before = httpx.get(f"http://127.0.0.1:{sim_port}/control/counts", timeout=30).json()
+            paced = Paced(args.rate, crash_seconds, trigger_request(url, key, lambda i: base_profile + i))
+            killed = {}
+
+            def kill_sender():
+                time.sleep(10)
+                beat = shell(env, SENDER) or {}
+                if beat.get("pid"):
+                    os.kill(beat["pid"], signal.SIGKILL)
+                    killed.update(pid=beat["pid"], at=time.time())
+
+            killer = threading.Thread(target=kill_sender)
+            killer.start()
+            paced.run()
+            killer.join()
+            settle_by = time.time() + 240
+            while time.time() < settle_by:
+                counts = shell(env, COUNTS)
+                if not counts.get("queued") and not counts.get("sending"):
+                    break
+                time.sleep(3)
+            counts = shell(env, COUNTS)
+            received = httpx.get(f"http://127.0.0.1:{sim_port}/control/counts", timeout=30).json()
+            report["crash"] = {
+                "rate": args.rate,
+                "seconds": crash_seconds,
+                "killed_sender_pid": killed.get("pid"),
+                "sent": paced.total,
+                "errors": paced.errors,
+                "deliveries_by_status": counts,
+                "tokens_received_twice": sum(1 for t, n in received.items() if n - before.get(t, 0) > 1),
+                "load": [started_load, load()],
+            }
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
+        for name, proc in procs.items():
+            if name == "workers":
+                os.killpg(proc.pid, signal.SIGTERM)
+            else:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
             try:
-                p.wait(timeout=20)
+                proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                p.kill()
+                proc.kill()
         if not args.var_dir:
             shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

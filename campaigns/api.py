@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from django.http import Http404
+from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.urls import path
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -15,6 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.api import JsonObjectField
+from accounts.authentication import request_stamps
 from campaigns.models import Campaign
 from campaigns.reports import campaign_report
 from campaigns.selectors import campaign_for, campaigns_visible_to
@@ -22,6 +24,8 @@ from campaigns.services import (
     MAX_RECIPIENTS,
     TriggerRefused,
     campaign_trigger,
+    campaign_trigger_allowed,
+    trigger_rate_take,
     trigger_request_finish,
     trigger_request_start,
 )
@@ -84,8 +88,10 @@ class TriggerInSerializer(serializers.Serializer):
 
 
 class TriggerOutSerializer(serializers.Serializer):
-    dispatch = serializers.IntegerField(allow_null=True)
-    accepted = serializers.IntegerField(help_text="Recipients that will be sent to.")
+    dispatch = serializers.IntegerField(
+        allow_null=True, help_text="The campaign's standing dispatch (one per approved version and UTC day)."
+    )
+    accepted = serializers.IntegerField(help_text="Deliveries queued to be sent (one per opted-in device).")
     problems = serializers.ListField(
         child=inline_serializer(
             "RecipientProblem",
@@ -96,6 +102,18 @@ class TriggerOutSerializer(serializers.Serializer):
                 "detail": serializers.CharField(),
             },
         )
+    )
+    deliveries = serializers.ListField(
+        help_text="The deliveries this call created, for GET /api/v1/deliveries/{id}/.",
+        child=inline_serializer(
+            "TriggerDelivery",
+            {
+                "id": serializers.IntegerField(),
+                "external_id": serializers.CharField(),
+                "status": serializers.CharField(help_text="queued, or skipped with its reason."),
+                "reason": serializers.CharField(),
+            },
+        ),
     )
 
 
@@ -148,6 +166,14 @@ class CampaignTriggerView(APIView):
 
     required_scope = "trigger"
 
+    def stamp_names(self, kwargs) -> list[str]:
+        """The version stamps the authentication reads with the key's (see accounts.stamps)."""
+        return [f"campaign:{kwargs.get('campaign_id')}"]
+
+    def rate_limit(self) -> tuple[str, float]:
+        """The per-key rate limit the authentication takes with the stamps: (bucket name, per second)."""
+        return "trigger", settings.PUSHDESK_TRIGGER_RATE_PER_KEY
+
     @extend_schema(
         operation_id="campaigns_trigger",
         request=TriggerInSerializer,
@@ -160,18 +186,19 @@ class CampaignTriggerView(APIView):
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
     )
     def post(self, request, campaign_id: int):
-        from campaigns.services import trigger_rate_take
-
-        wait = trigger_rate_take(api_key=request.auth)
-        if wait is not None:
-            raise Throttled(wait=wait, detail="Too many triggers for this API key.")
+        stamps = request_stamps(request)
+        if stamps is not None and stamps.rate_granted is False:
+            raise Throttled(wait=max(stamps.rate_wait, 0.001), detail="Too many triggers for this API key.")
+        if stamps is None or stamps.rate_granted is None:
+            wait = trigger_rate_take(api_key=request.auth)
+            if wait is not None:
+                raise Throttled(wait=wait, detail="Too many triggers for this API key.")
         idempotency_key = request.headers.get("Idempotency-Key", "").strip()
         if len(idempotency_key) > 200:
             raise serializers.ValidationError({"Idempotency-Key": "At most 200 characters."})
         record = None
         if idempotency_key:
-            if not campaigns_visible_to(request.user).filter(pk=campaign_id).exists():
-                raise Http404(f"No campaign {campaign_id}.")
+            campaign_trigger_allowed(campaign_id=campaign_id, by=request.user, stamps=stamps)
             body_hash = hashlib.sha256(json.dumps(request.data, sort_keys=True, default=str).encode()).hexdigest()
             record, replay = trigger_request_start(
                 api_key=request.auth, idempotency_key=idempotency_key, campaign_id=campaign_id, body_hash=body_hash
@@ -192,24 +219,21 @@ class CampaignTriggerView(APIView):
                 by=request.user,
                 recipients=data.validated_data["recipients"],
                 context=data.validated_data["context"],
+                stamps=stamps,
+                request_record=record,  # the answer is stored with the rows, in their transaction
             )
-        except (serializers.ValidationError, TriggerRefused) as exc:
+        except (serializers.ValidationError, TriggerRefused, DjangoValidationError) as exc:
             from accounts.api import api_exception_handler
 
-            response = api_exception_handler(
-                exc if isinstance(exc, serializers.ValidationError) else exc.as_api(), {"view": self}
-            )
+            response = api_exception_handler(exc.as_api() if isinstance(exc, TriggerRefused) else exc, {"view": self})
             if record is not None:
                 trigger_request_finish(record=record, status_code=response.status_code, body=response.data)
             return response
         except Exception:
             if record is not None:
-                trigger_request_finish(record=record, status_code=None, body=None)
+                trigger_request_finish(record=record, status_code=None, body=None)  # kept once it has rows
             raise
-        body = {"dispatch": result.dispatch_id, "accepted": result.accepted, "problems": result.problems}
-        if record is not None:
-            trigger_request_finish(record=record, status_code=202, body=body)
-        return Response(body, status=status.HTTP_202_ACCEPTED)
+        return Response(result.answer(), status=status.HTTP_202_ACCEPTED)
 
 
 urlpatterns = [

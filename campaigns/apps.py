@@ -9,12 +9,32 @@ class CampaignsConfig(AppConfig):
         from accounts.approvals import ApprovalSubject, register_approval_subject
         from campaigns.models import Campaign
         from campaigns.review import campaign_review_html
-        from campaigns.services import campaign_api_gate, campaign_approve, campaign_gate, campaign_request_changes
+        from campaigns.services import (
+            campaign_api_gate,
+            campaign_approve,
+            campaign_changed,
+            campaign_content_changed,
+            campaign_gate,
+            campaign_request_changes,
+            campaign_rules_changed,
+            campaign_stream_is_current,
+        )
         from delivery.models import Dispatch
         from delivery.services.dispatches import dispatch_gate_register
+        from delivery.services.streams import stream_current_check_register
 
         dispatch_gate_register(kind=Dispatch.Kind.CAMPAIGN, gate=campaign_gate)
         dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=campaign_api_gate)
+        stream_current_check_register(kind=Dispatch.Kind.API_TRIGGER, check=campaign_stream_is_current)
+
+        from django.db.models.signals import post_delete, post_save
+
+        from delivery.models import DeliveryRules, PushContent
+
+        post_save.connect(campaign_changed, sender=Campaign, dispatch_uid="campaigns.stamp.campaign")
+        post_save.connect(campaign_content_changed, sender=PushContent, dispatch_uid="campaigns.stamp.content")
+        post_save.connect(campaign_rules_changed, sender=DeliveryRules, dispatch_uid="campaigns.stamp.rules")
+        post_delete.connect(campaign_rules_changed, sender=DeliveryRules, dispatch_uid="campaigns.stamp.rules_gone")
 
         register_approval_subject(
             Campaign,

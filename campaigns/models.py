@@ -187,6 +187,14 @@ class TriggerRequest(models.Model):
     finished = models.BooleanField(default=False)
     response_status = models.PositiveSmallIntegerField(null=True, blank=True)
     response_body = models.JSONField(null=True, blank=True)
+    dispatch = models.ForeignKey(
+        "delivery.Dispatch",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The dispatch the call appended to, stored with its rows: the record is then never deleted.",
+    )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:

@@ -274,7 +274,10 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
-    "ENUM_NAME_OVERRIDES": {"JourneyStatusEnum": "journeys.models.Journey.Status"},
+    "ENUM_NAME_OVERRIDES": {
+        "JourneyStatusEnum": "journeys.models.Journey.Status",
+        "DeliveryStatusEnum": "delivery.models.Delivery.Status",
+    },
     "APPEND_COMPONENTS": {"securitySchemes": {"ApiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "pdk_…"}}},
     "SECURITY": [{"ApiKey": []}],
     "POSTPROCESSING_HOOKS": [
@@ -344,3 +347,12 @@ PUSHDESK_PUSHSIM_FCM_URL = os.environ.get("PUSHDESK_PUSHSIM_FCM_URL", "http://12
 # --- campaigns -----------------------------------------------------------------------------
 # API triggers allowed per API key and second (a burst of a tenth of that is absorbed).
 PUSHDESK_TRIGGER_RATE_PER_KEY = float(os.environ.get("PUSHDESK_TRIGGER_RATE_PER_KEY", "1000"))
+# Per-process caches of API keys, permissions and approved campaigns are reloaded when their
+# version stamp changes, and at the latest after this many seconds.
+PUSHDESK_CACHE_SECONDS = float(os.environ.get("PUSHDESK_CACHE_SECONDS", "60"))
+
+# --- streams (standing dispatches of API triggers and event-entered journeys) ---------------
+# Long-running sender tasks draining the streams (each holds one qcluster worker while it runs).
+PUSHDESK_STREAM_SENDERS = int(os.environ.get("PUSHDESK_STREAM_SENDERS", "1"))
+# Without a wake-up (the embedded mode, or a lost one), senders look for work this often.
+PUSHDESK_STREAM_POLL_SECONDS = float(os.environ.get("PUSHDESK_STREAM_POLL_SECONDS", "0.5"))

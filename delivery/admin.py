@@ -571,6 +571,7 @@ class DispatchAdmin(ScopedAdmin):
         "kind",
         "source_id",
         "status",
+        "stream",
         "progress",
         "outcomes",
         "total",
@@ -614,6 +615,28 @@ class DispatchAdmin(ScopedAdmin):
             obj.done_count,
             obj.total,
             live,
+        )
+
+    @admin.display(description="Stream")
+    def stream(self, obj):
+        """A standing dispatch: what it streams, and its last minute (rate, trigger-to-accepted latency)."""
+        if not obj.standing:
+            return "— (a send run of its own)"
+        from delivery.services.streams import stream_live_figures
+
+        figures = stream_live_figures(obj)
+        latency = (
+            f"p50 {figures['latency_p50_ms']:.0f} ms, p99 {figures['latency_p99_ms']:.0f} ms"
+            if figures["latency_p50_ms"] is not None
+            else "no push accepted"
+        )
+        return format_html(
+            "Calls append to it during {} (UTC), version {}.<br>"
+            "<strong>Last minute: {} messages/s, trigger to accepted {}.</strong>",
+            obj.stream_day,
+            obj.stream_version[:12],
+            figures["rate_per_second"],
+            latency,
         )
 
     @admin.display(description="Outcomes by reason")

@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from delivery.models import Delivery, Device, Dispatch, Platform
-from delivery.selectors import apps_visible_to, dispatch_for, dispatch_outcomes
+from delivery.selectors import apps_visible_to, deliveries_visible_to, dispatch_for, dispatch_outcomes
 from delivery.services.devices import device_opt_in_set, device_register, device_unregister
 from delivery.services.opens import AlreadyOpened, NotAccepted, delivery_open_report
 
@@ -112,6 +112,29 @@ class DeliveryOutSerializer(serializers.ModelSerializer):
             "reason",
             "provider_message_id",
             "attempts",
+            "finished_at",
+            "opened_at",
+        )
+
+
+class DeliveryDetailSerializer(serializers.ModelSerializer):
+    external_id = serializers.CharField(source="profile.external_id", allow_null=True, default=None)
+    platform = serializers.CharField(source="device.platform", allow_null=True, default=None)
+
+    class Meta:
+        model = Delivery
+        fields = (
+            "id",
+            "dispatch",
+            "device",
+            "platform",
+            "profile",
+            "external_id",
+            "status",
+            "reason",
+            "provider_message_id",
+            "attempts",
+            "queued_at",
             "finished_at",
             "opened_at",
         )
@@ -249,6 +272,21 @@ class DispatchDeliveriesView(APIView):
         )
 
 
+class DeliveryDetailView(APIView):
+    """One delivery (e.g. one an API trigger answered with): its status, reason and provider id."""
+
+    required_scope = "read"
+
+    @extend_schema(operation_id="delivery_detail", responses=DeliveryDetailSerializer)
+    def get(self, request, delivery_id: int):
+        delivery = (
+            deliveries_visible_to(request.user).select_related("device", "profile").filter(pk=delivery_id).first()
+        )
+        if delivery is None:
+            raise Http404
+        return Response(DeliveryDetailSerializer(delivery).data)
+
+
 class OpenReportView(APIView):
     """The app reports a tap on a push: sets the delivery's ``opened_at`` once (409 the second time)."""
 
@@ -286,5 +324,6 @@ urlpatterns = [
     path("devices/unregister/", DeviceUnregisterView.as_view(), name="device-unregister"),
     path("dispatches/<int:dispatch_id>/", DispatchDetailView.as_view(), name="dispatch-detail"),
     path("dispatches/<int:dispatch_id>/deliveries/", DispatchDeliveriesView.as_view(), name="dispatch-deliveries"),
+    path("deliveries/<int:delivery_id>/", DeliveryDetailView.as_view(), name="delivery-detail"),
     path("opens/", OpenReportView.as_view(), name="open-report"),
 ]

@@ -239,7 +239,9 @@ class PushContentGroupObjectPermission(GroupObjectPermissionBase):
 
 
 class Dispatch(models.Model):
-    """One send run: a campaign execution, an API trigger call, a journey step batch, or a test send.
+    """One send run: a campaign execution, a journey step batch, or a test send; or a *standing*
+    dispatch (a stream) that the API triggers of one approved version of a campaign (or the event
+    entries of a journey's push step) append their rows to during one UTC day.
 
     Keeps a frozen copy of the content (``content_spec``): editing the PushContent never
     reaches a send in flight. Counters are kept up to date by the send tasks.
@@ -302,12 +304,27 @@ class Dispatch(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    standing = models.BooleanField(
+        default=False, editable=False, help_text="A stream: calls append rows to it and senders drain it as they come."
+    )
+    stream_version = models.CharField(
+        max_length=64, blank=True, editable=False, help_text="The approved fingerprint (or step) this stream sends."
+    )
+    stream_day = models.DateField(null=True, blank=True, editable=False, help_text="The UTC day this stream covers.")
 
     class Meta:
         ordering = ["-id"]
         verbose_name_plural = "dispatches"
         permissions = [("stop_dispatch", "Can stop a dispatch")]
         indexes = [models.Index(fields=["kind", "source_id"], name="dispatch_source_idx")]
+        constraints = [
+            # One open stream per source, version and day (a closed one may be followed by another).
+            models.UniqueConstraint(
+                fields=["kind", "source_id", "stream_version", "stream_day"],
+                condition=models.Q(standing=True, status__in=["preparing", "sending"]),
+                name="dispatch_stream_once",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.label or f"Dispatch #{self.pk}"
@@ -373,15 +390,26 @@ class Delivery(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     opened_at = models.DateTimeField(null=True, blank=True)
+    queued_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a call appended it to a standing dispatch (empty for bulk runs)."
+    )
+    context = models.JSONField(
+        null=True, blank=True, help_text="The call's context (context.* in Liquid), for rows of a standing dispatch."
+    )
 
     class Meta:
         ordering = ["-id"]
         verbose_name_plural = "deliveries"
+        # A bulk run sends once per device; a standing dispatch takes every call's rows (queued_at set).
         constraints = [
-            models.UniqueConstraint(fields=["dispatch", "device"], name="delivery_dispatch_device_unique"),
+            models.UniqueConstraint(
+                fields=["dispatch", "device"],
+                condition=models.Q(queued_at__isnull=True),
+                name="delivery_dispatch_device_unique",
+            ),
             models.UniqueConstraint(
                 fields=["dispatch", "profile"],
-                condition=models.Q(device__isnull=True),
+                condition=models.Q(device__isnull=True, queued_at__isnull=True),
                 name="delivery_dispatch_profile_nodevice_unique",
             ),
         ]
@@ -393,6 +421,12 @@ class Delivery(models.Model):
                 fields=["lease_expires_at"],
                 condition=models.Q(status="sending"),
                 name="delivery_lease_idx",
+            ),
+            # A standing dispatch's live rate and latency read its last minute.
+            models.Index(
+                fields=["dispatch", "finished_at"],
+                condition=models.Q(queued_at__isnull=False),
+                name="delivery_stream_recent_idx",
             ),
         ]
 

@@ -44,7 +44,8 @@ _CAP_LOCK_CLASS = 0x50C4
 def _frequency_cap(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -> int:
     """Skip profiles that already had ``frequency_cap`` marketing pushes (accepted in the window,
     or still on their way in a dispatch that is preparing or sending) from other dispatches of the
-    app. A dispatch counts once per profile, however many of their phones it reached.
+    app. A dispatch counts once per profile, however many of their phones it reached; a standing
+    dispatch (a stream) once per call that reached them.
 
     Serialised per app by a transaction-level advisory lock held until the caller's transaction
     commits: two dispatches resolving at once could not see each other's uncommitted rows, so the
@@ -65,7 +66,8 @@ def _frequency_cap(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -
         " AND d.profile_id IN (SELECT profile_id FROM delivery_delivery WHERE dispatch_id = %s)"
         " AND ((d.status = 'accepted' AND d.finished_at >= %s)"
         "  OR (d.status IN ('queued', 'sending') AND x.status IN ('preparing', 'sending')))"
-        " GROUP BY d.profile_id HAVING COUNT(DISTINCT d.dispatch_id) >= %s)"
+        " GROUP BY d.profile_id"
+        " HAVING COUNT(DISTINCT CAST(d.dispatch_id AS text) || ':' || COALESCE(CAST(d.queued_at AS text), '')) >= %s)"
     )
     params = [
         DS.SKIPPED,

@@ -1,5 +1,8 @@
 """django-q2 entry points of the send pipeline: thin wrappers that take ids and are idempotent."""
 
+from django.conf import settings
+
+from delivery.services import streams
 from delivery.services.dispatches import dispatch_prepare, dispatches_watch
 from delivery.services.sending import dispatch_send
 
@@ -16,5 +19,15 @@ def dispatch_send_task(dispatch_id: int) -> dict:
 
 
 def dispatches_watch_task() -> list[int]:
-    """Every minute: expire leases, finish dispatches, restart those whose send tasks were lost."""
-    return dispatches_watch()
+    """Every minute: expire leases, finish dispatches, restart those whose send tasks were lost;
+    refresh and finish streams, and restart their senders."""
+    restarted = dispatches_watch()
+    streams.streams_watch()
+    return restarted
+
+
+def streams_send_task(slot: int) -> dict:
+    """A stream sender: drains the open streams for a task's time, then hands over to a fresh task."""
+    report = streams.streams_send(budget=settings.PUSHDESK_SEND_TASK_SECONDS, slot=slot)
+    streams.streams_sender_hand_over(slot)
+    return {"claimed": report.claimed, "batches": report.batches}

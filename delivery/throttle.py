@@ -15,30 +15,13 @@ from functools import lru_cache
 from django.conf import settings
 from django.db import transaction
 
-BURST_SECONDS = 0.1
+from accounts.stamps import RATE_LUA, burst_of
 
-_GCRA = """
-local rate = tonumber(ARGV[1])
-local want = tonumber(ARGV[2])
-local burst = tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local horizon = now + burst / rate
-local grant = math.min(want, math.max(math.floor((horizon - tat) * rate + 1e-3), 0))
-if grant > 0 then
-  tat = tat + grant / rate
-  redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
-end
-local wait = 0
-if grant < want then wait = tat + 1 / rate - horizon end
-return {grant, string.format('%.6f', math.max(wait, 0))}
-"""
+_GCRA = "local grant, wait = 0, 0\n" + RATE_LUA + "return {grant, string.format('%.6f', math.max(wait, 0))}"
 
 
 def _burst(rate: float) -> float:
-    return max(1.0, rate * BURST_SECONDS)
+    return burst_of(rate)
 
 
 class RedisThrottle:

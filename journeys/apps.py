@@ -10,12 +10,15 @@ class JourneysConfig(AppConfig):
         from audiences.services.events import event_listeners_register
         from delivery.models import Dispatch
         from delivery.services.dispatches import dispatch_gate_register
+        from delivery.services.streams import stream_current_check_register
         from journeys.models import Journey
         from journeys.review import journey_review_html
+        from journeys.services.engine import journey_stream_is_current
         from journeys.services.entries import journeys_on_events
         from journeys.services.lifecycle import journey_approve, journey_gate, journey_request_changes
 
         dispatch_gate_register(kind=Dispatch.Kind.JOURNEY, gate=journey_gate)
+        stream_current_check_register(kind=Dispatch.Kind.JOURNEY, check=journey_stream_is_current)
         event_listeners_register(journeys_on_events)
         register_approval_subject(
             Journey,

@@ -25,7 +25,12 @@ def _fast_password_hashing(settings):
 def _fresh_cache():
     from django.core.cache import cache
 
-    cache.clear()
+    from accounts.authentication import api_keys_forget
+    from campaigns.services import campaign_caches_forget
+
+    cache.clear()  # the version stamps live beside the cache: every stamp starts unset
+    api_keys_forget()
+    campaign_caches_forget()
     yield
 
 

@@ -267,8 +267,11 @@ def dispatch_complete_if_done(*, dispatch_id: int) -> bool:
     """Finish a sending dispatch once no row is queued or in flight; True when it is final.
 
     It ends ``failed`` when it had rows to send and the provider accepted none of them (every
-    one failed or ended unknown), else ``done``.
+    one failed or ended unknown), else ``done``. A standing dispatch (a stream) is finished by
+    ``streams_watch`` instead: calls may still append.
     """
+    if Dispatch.objects.filter(pk=dispatch_id, standing=True, status=Dispatch.Status.SENDING).exists():
+        return False
     busy = Delivery.objects.filter(dispatch_id=dispatch_id, status__in=(DS.QUEUED, DS.SENDING)).exists()
     if busy:
         return False
@@ -339,7 +342,8 @@ def dispatches_watch(*, now: datetime | None = None) -> list[int]:
         _enqueue("delivery.tasks.dispatch_prepare_task", dispatch_id)
         restarted.append(dispatch_id)
     quiet_since = now - timedelta(seconds=settings.PUSHDESK_SEND_LEASE_SECONDS)
-    for dispatch in Dispatch.objects.filter(status=Dispatch.Status.SENDING, started_at__lt=quiet_since).only("id"):
+    sending = Dispatch.objects.filter(status=Dispatch.Status.SENDING, started_at__lt=quiet_since, standing=False)
+    for dispatch in sending.only("id"):
         rows = Delivery.objects.filter(dispatch_id=dispatch.pk)
         if rows.filter(status=DS.SENDING).exists():
             continue

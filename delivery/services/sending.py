@@ -61,7 +61,8 @@ class Claimed:
     token: str = ""
     platform: str = ""
     profile: dict | None = None
-    expires_at: datetime | None = None  # its own expiry (a held row); None: the dispatch's
+    expires_at: datetime | None = None  # its own expiry (a held row, a stream's row); None: the dispatch's
+    context: dict | None = None  # a stream's row: its call's context
 
 
 @dataclass(slots=True)
@@ -112,8 +113,9 @@ def _claim(dispatch_id: int, *, limit: int, now: datetime, with_profiles: bool =
             "FOR UPDATE SKIP LOCKED), "
             "claimed AS (UPDATE delivery_delivery d SET status = 'sending', attempts = d.attempts + 1, "
             "lease_expires_at = now() + %s * interval '1 second' FROM picked WHERE d.id = picked.id "
-            "RETURNING d.id, d.device_id, d.profile_id, d.attempts, d.expires_at) "
-            f"SELECT c.id, c.device_id, c.profile_id, c.attempts, dev.token, dev.platform, c.expires_at{profile_columns} "
+            "RETURNING d.id, d.device_id, d.profile_id, d.attempts, d.expires_at, d.context) "
+            f"SELECT c.id, c.device_id, c.profile_id, c.attempts, dev.token, dev.platform, c.expires_at, c.context"
+            f"{profile_columns} "
             f"FROM claimed c LEFT JOIN delivery_device dev ON dev.id = c.device_id{profile_join}"
         )
         with transaction.atomic(), connection.cursor() as cursor:
@@ -122,14 +124,15 @@ def _claim(dispatch_id: int, *, limit: int, now: datetime, with_profiles: bool =
         rows = []
         for values in fetched:
             row = Claimed(*values[:4], token=values[4] or "", platform=values[5] or "", expires_at=values[6])
-            if with_profiles and values[7] is not None:
-                attributes = values[10]
+            row.context = json.loads(values[7]) if isinstance(values[7], str) else values[7]
+            if with_profiles and values[8] is not None:
+                attributes = values[11]
                 if isinstance(attributes, str):
                     attributes = json.loads(attributes)
                 row.profile = {
-                    "external_id": values[7],
-                    "locale": values[8],
-                    "timezone": values[9],
+                    "external_id": values[8],
+                    "locale": values[9],
+                    "timezone": values[10],
                     "attributes": attributes or {},
                 }
             rows.append(row)
@@ -138,11 +141,16 @@ def _claim(dispatch_id: int, *, limit: int, now: datetime, with_profiles: bool =
     sql = (
         "UPDATE delivery_delivery SET status = 'sending', attempts = attempts + 1, lease_expires_at = %s "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
         f"WHERE id IN (SELECT id FROM delivery_delivery WHERE {ready} ORDER BY id LIMIT %s) "
-        "RETURNING id, device_id, profile_id, attempts, expires_at"
+        "RETURNING id, device_id, profile_id, attempts, expires_at, context"
     )
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(sql, [_dt(lease), dispatch_id, _dt(now), limit])
-        rows = [Claimed(*row[:4], expires_at=_aware(row[4])) for row in cursor.fetchall()]
+        rows = [
+            Claimed(
+                *row[:4], expires_at=_aware(row[4]), context=json.loads(row[5]) if isinstance(row[5], str) else row[5]
+            )
+            for row in cursor.fetchall()
+        ]
     if rows:
         devices = {
             d[0]: d[1:]
@@ -318,7 +326,7 @@ def _batch_prepare(dispatch: Dispatch, rows: list[Claimed]) -> _Batch:
         expires={},
     )
     results = batch.results
-    own_contexts = bool((dispatch.context or {}).get(RECIPIENT_CONTEXTS))
+    own_contexts = bool((dispatch.context or {}).get(RECIPIENT_CONTEXTS)) or any(r.context for r in rows)
     shared = (
         None
         if _needs_profiles(spec) or own_contexts
@@ -341,7 +349,9 @@ def _batch_prepare(dispatch: Dispatch, rows: list[Claimed]) -> _Batch:
             message = shared or message_render(
                 spec,
                 profile=row.profile or {"attributes": {}},
-                context=recipient_context(dispatch.context, row.profile_id),
+                context={**(dispatch.context or {}), **row.context}
+                if row.context
+                else recipient_context(dispatch.context, row.profile_id),
             )
         except LiquidError as exc:
             results.append(Result(row.id, DS.FAILED, reason=f"render_error: {exc.message}"[:100]))
@@ -427,8 +437,8 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
     budget = settings.PUSHDESK_SEND_TASK_SECONDS if time_budget is None else time_budget
     deadline = time.monotonic() + budget
     dispatch = Dispatch.objects.select_related("app").filter(pk=dispatch_id).first()
-    if dispatch is None or dispatch.status != Dispatch.Status.SENDING:
-        return report
+    if dispatch is None or dispatch.status != Dispatch.Status.SENDING or dispatch.standing:
+        return report  # a stream's rows are sent by its senders (delivery.services.streams)
     app = dispatch.app
     limits = [(f"app:{app.pk}", app.rate_limit_per_second)]
     if dispatch.rate_limit_per_second:

@@ -348,6 +348,8 @@ def _push(version: JourneyVersion, step_id: str, profile_ids: list[int]) -> tupl
     if frozen is None:
         return None, f"step '{step_id}' has no approved content"
     journey = version.journey
+    if version.entry_kind == JourneyVersion.EntryKind.EVENT:
+        return _push_stream(version, step_id, frozen, profile_ids)
     try:
         with transaction.atomic():
             dispatch = dispatch_create(
@@ -366,6 +368,59 @@ def _push(version: JourneyVersion, step_id: str, profile_ids: list[int]) -> tupl
         log.warning("Journey %s step %s refused: %s", journey.pk, step_id, exc)
         return None, f"refused at send time: {exc}"
     return dispatch.pk, ""
+
+
+def _push_stream(version: JourneyVersion, step_id: str, frozen: dict, profile_ids: list[int]) -> tuple[int | None, str]:
+    """Event-entered journeys push through a standing dispatch per version, step and day (like API
+    triggers): the batch's rows are appended in the engine's transaction, with the journey row
+    held shared under the gate's conditions (a stop waits for it), and the senders are woken.
+
+    Returns (dispatch id, "") or (None, the reason it was refused).
+    """
+    from delivery.models import DeliveryRules, Dispatch
+    from delivery.services.dispatches import GateClosed
+    from delivery.services.streams import Recipient, StreamClosed, stream_append, stream_open, streams_wake
+    from journeys.services.lifecycle import VStatus, journey_gate
+
+    journey = version.journey
+    try:
+        journey_gate(app=journey.app, source_id=version.pk, spec=frozen["spec"], by=None)
+        stream_id = stream_open(
+            kind=Dispatch.Kind.JOURNEY,
+            source_id=version.pk,
+            version=step_id,
+            app_id=journey.app_id,
+            spec=frozen["spec"],
+            content_id=frozen["content_id"],
+            label=f"{journey.name} v{version.number} · {step_id}",
+            purpose="marketing",
+            context={"journey": {"id": journey.pk, "name": journey.name, "version": version.number, "step": step_id}},
+        )
+        stream_append(
+            dispatch_id=stream_id,
+            app_id=journey.app_id,
+            recipients=[Recipient(pid, timezone=tz or "") for pid, tz in _profile_zones(sorted(profile_ids)).items()],
+            source_lock=(
+                "SELECT j.id FROM journeys_journey j JOIN journeys_journeyversion v ON v.journey_id = j.id "
+                "WHERE v.id = %s AND j.status = %s AND v.status IN (%s, %s) FOR SHARE OF j",
+                [version.pk, Status.LIVE, VStatus.LIVE, VStatus.RETIRED],
+            ),
+            rules=DeliveryRules.objects.filter(app_id=journey.app_id).first(),
+        )
+    except (GateClosed, ValidationError, StreamClosed) as exc:
+        log.warning("Journey %s step %s refused: %s", journey.pk, step_id, exc)
+        return None, f"refused at send time: {exc}"
+    transaction.on_commit(lambda: streams_wake(stream_id))
+    return stream_id, ""
+
+
+def journey_stream_is_current(source_id: int, version: str) -> bool:
+    """A journey step's stream takes pushes while its version is live (or retired, finishing) in a live journey."""
+    from journeys.services.lifecycle import VStatus
+
+    return JourneyVersion.objects.filter(
+        pk=source_id, status__in=(VStatus.LIVE, VStatus.RETIRED), journey__status=Status.LIVE
+    ).exists()
 
 
 def _write_back(runs: list[_Run], *, now: dt.datetime) -> None:

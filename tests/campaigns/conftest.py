@@ -1,8 +1,10 @@
 import pytest
 
 from accounts.services import access_grant
+from campaigns.models import Campaign
+from campaigns.services import campaign_approve, campaign_create, campaign_submit
 from tests.delivery.sending import sim, sim_app, sim_session  # noqa: F401 (fixtures: the push simulator)
-from tests.factories import AppFactory, SegmentFactory
+from tests.factories import AppFactory, PushContentFactory, SegmentFactory
 
 
 @pytest.fixture
@@ -50,3 +52,30 @@ def make_campaign(team, segment, content, manager_alice):
         return campaign_create(by=by or manager_alice, **values)
 
     return make
+
+
+@pytest.fixture
+def live_trigger(sim_app, manager_alice, approver_bob):  # noqa: F811 (the fixture imported above)
+    for user in (manager_alice, approver_bob):
+        access_grant(obj=sim_app, to=user, by=None)
+    content = PushContentFactory(
+        app=sim_app,
+        title="Order {{ context.order_id | default: '?' }}",
+        body="Hi {{ profile.attributes.first_name | default: 'there' }}",
+    )
+    campaign = campaign_create(
+        by=manager_alice,
+        name="Order shipped",
+        app=sim_app,
+        kind="api_triggered",
+        purpose="transactional",
+        content=content,
+    )
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    return Campaign.objects.get(pk=campaign.pk)
+
+
+@pytest.fixture
+def trigger_client(api_key_for, manager_alice):
+    return api_key_for(manager_alice, scopes=["trigger", "read"])

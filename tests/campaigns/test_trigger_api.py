@@ -1,39 +1,10 @@
 """POST /api/v1/campaigns/{id}/trigger/: recipients, contexts, idempotency, rate limit, bad input."""
 
-import pytest
-
 from accounts.services import access_grant
-from campaigns.models import Campaign, TriggerRequest
-from campaigns.services import campaign_approve, campaign_create, campaign_submit
+from campaigns.models import TriggerRequest
+from campaigns.services import campaign_create
 from delivery.models import Delivery, Dispatch
 from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory, SegmentFactory
-
-
-@pytest.fixture
-def live_trigger(sim_app, manager_alice, approver_bob):
-    for user in (manager_alice, approver_bob):
-        access_grant(obj=sim_app, to=user, by=None)
-    content = PushContentFactory(
-        app=sim_app,
-        title="Order {{ context.order_id | default: '?' }}",
-        body="Hi {{ profile.attributes.first_name | default: 'there' }}",
-    )
-    campaign = campaign_create(
-        by=manager_alice,
-        name="Order shipped",
-        app=sim_app,
-        kind="api_triggered",
-        purpose="transactional",
-        content=content,
-    )
-    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
-    campaign_approve(campaign_id=campaign.pk, by=approver_bob)
-    return Campaign.objects.get(pk=campaign.pk)
-
-
-@pytest.fixture
-def trigger_client(api_key_for, manager_alice):
-    return api_key_for(manager_alice, scopes=["trigger", "read"])
 
 
 def _url(campaign):

@@ -1,0 +1,590 @@
+"""Streams: standing dispatches that calls append rows to, and senders that drain them as they come.
+
+A live API-triggered campaign (and a journey's push step reached by event entries) sends through
+one *standing* dispatch per approved version and UTC day, instead of a dispatch per call:
+
+1. ``stream_open`` finds or opens it (status ``sending`` at once), after its source's gate agreed.
+2. ``stream_append`` adds one call's rows in one statement, in the transaction of the call: the
+   source row is read ``FOR SHARE`` with the conditions of its gate (a stop or a voided approval
+   takes it ``FOR UPDATE``, so it waits for calls in flight and later calls see it), the dispatch
+   ``FOR KEY SHARE`` while it is still sending. The same statement wakes the senders
+   (PostgreSQL's ``NOTIFY``, delivered when the call commits).
+3. ``streams_send`` (a long-running worker task, ``PUSHDESK_STREAM_SENDERS`` of them) claims the
+   ready rows of every open stream and sends them with the send engine's batches: one row when
+   one is waiting, up to ``PUSHDESK_SEND_BATCH`` under load, one batch in flight while the next
+   is claimed. Leases, ``unknown`` and never re-sending are the engine's.
+4. ``streams_close`` (stop, voided approval) skips the queued rows; ``streams_watch`` (every
+   minute) refreshes the counters of open streams and finishes those of past days or replaced
+   versions once they are drained.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from accounts.models import User
+from accounts.services import audit
+from delivery.models import Delivery, DeliveryRules, Dispatch
+from delivery.rules import _CAP_LOCK_CLASS, quiet_until
+
+log = logging.getLogger(__name__)
+
+DS = Delivery.Status
+CHANNEL = "pushdesk_stream"
+_HEARTBEAT = "pushdesk:stream-sender:{slot}"
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """One profile a call targets, with its context (shared merged with its own)."""
+
+    profile_id: int
+    timezone: str = ""
+    context: dict | None = None
+
+
+@dataclass(frozen=True)
+class AppendedRow:
+    id: int
+    profile_id: int
+    device_id: int | None
+    status: str
+    reason: str
+
+
+class StreamClosed(Exception):
+    """The stream or its source refused the rows: the source is no longer what its gate approved
+    (``source``), or the dispatch was closed (``dispatch``). Nothing was written."""
+
+    def __init__(self, what: str):
+        super().__init__(what)
+        self.what = what
+
+
+def _today(now: dt.datetime) -> dt.date:
+    return now.astimezone(dt.UTC).date()
+
+
+def stream_open(
+    *,
+    kind: str,
+    source_id: int,
+    version: str,
+    app_id: int,
+    spec: dict,
+    content_id: int | None,
+    label: str,
+    purpose: str,
+    rate_limit_per_second: int | None = None,
+    context: dict | None = None,
+    by: User | None = None,
+    now: dt.datetime | None = None,
+) -> int:
+    """The id of the open standing dispatch of (kind, source, version) for today, opened if needed.
+
+    The caller has run its source's gate; ``spec`` (already validated when it was approved) is
+    frozen on the dispatch. Safe to race: one stream per source, version and day is open at a
+    time (a unique index), and the loser reads the winner's.
+    """
+    now = now or timezone.now()
+    day = _today(now)
+    existing = Dispatch.objects.filter(
+        standing=True,
+        kind=kind,
+        source_id=source_id,
+        stream_version=version,
+        stream_day=day,
+        status=Dispatch.Status.SENDING,
+    )
+    found = existing.values_list("pk", flat=True).first()
+    if found is not None:
+        return found
+    try:
+        with transaction.atomic():
+            dispatch = Dispatch.objects.create(
+                app_id=app_id,
+                kind=kind,
+                source_id=source_id,
+                label=f"{label} · {day.isoformat()}"[:300],
+                content_id=content_id,
+                content_spec=dict(spec),
+                context=context or {},
+                rate_limit_per_second=rate_limit_per_second,
+                purpose=purpose,
+                status=Dispatch.Status.SENDING,
+                started_at=now,
+                standing=True,
+                stream_version=version,
+                stream_day=day,
+                created_by=by if by is not None and by.pk else None,
+            )
+            audit(
+                actor=by,
+                action="dispatch_stream_opened",
+                obj=dispatch,
+                summary={"kind": kind, "source_id": source_id, "version": version[:12], "day": day.isoformat()},
+            )
+    except IntegrityError:
+        return existing.values_list("pk", flat=True).get()
+    transaction.on_commit(streams_senders_ensure)
+    return dispatch.pk
+
+
+def _held(recipients: list[Recipient], rules: DeliveryRules | None, now: dt.datetime):
+    """Quiet hours per recipient: (hold until, skip) arrays. Only for marketing streams with rules."""
+    from delivery.rules import _zone
+
+    hold: list[dt.datetime | None] = []
+    skip: list[bool] = []
+    for recipient in recipients:
+        until = None
+        if rules is not None and rules.has_quiet_hours:
+            local = now.astimezone(_zone(recipient.timezone, rules.default_timezone))
+            until = quiet_until(start=rules.quiet_start, end=rules.quiet_end, local=local)
+        if until is None:
+            hold.append(None)
+            skip.append(False)
+        elif rules.quiet_mode == DeliveryRules.QuietMode.DISCARD:
+            hold.append(None)
+            skip.append(True)
+        else:
+            hold.append(until.astimezone(dt.UTC))
+            skip.append(False)
+    return hold, skip
+
+
+def stream_append(
+    *,
+    dispatch_id: int,
+    app_id: int,
+    recipients: list[Recipient],
+    source_lock: tuple[str, list],
+    rules: DeliveryRules | None = None,
+    now: dt.datetime | None = None,
+) -> list[AppendedRow]:
+    """Append one call's rows to an open stream, in one statement; returns them in recipient order.
+
+    Call inside the transaction that records the call (its idempotency record commits with the
+    rows). ``source_lock`` is a ``SELECT … FOR SHARE`` of the source row under its gate's
+    conditions; no row is written unless it returns one and the dispatch is still sending.
+    Every recipient gets a row per active device of the app (``queued``, or ``skipped`` with
+    ``not_opted_in``), or one ``skipped`` / ``no_device`` row. ``rules`` (the app's, for marketing
+    streams) hold rows in quiet hours and skip those over the frequency cap.
+    Raises StreamClosed when the source or the dispatch refuses.
+    """
+    if connection.vendor != "postgresql":
+        return _append_portable(
+            dispatch_id=dispatch_id, app_id=app_id, recipients=recipients, source_lock=source_lock, rules=rules, now=now
+        )
+    now = now or timezone.now()
+    hold, skip = _held(recipients, rules, now)
+    lock_sql, lock_params = source_lock
+    sql = (
+        f"WITH src AS ({lock_sql}), "  # noqa: S608 (constants and the callers' fixed SQL; values are bound)
+        "d AS (SELECT x.id, COALESCE((x.content_spec->>'ttl_seconds')::int, 0) AS ttl FROM delivery_dispatch x "
+        "WHERE x.id = %s AND x.status = 'sending' AND EXISTS (SELECT 1 FROM src) FOR KEY SHARE OF x), "
+        "v AS (SELECT * FROM unnest(%s::bigint[], %s::jsonb[], %s::timestamptz[], %s::boolean[]) "
+        "WITH ORDINALITY AS v(profile_id, context, hold_until, quiet_skip, n)), "
+        "ins AS (INSERT INTO delivery_delivery (dispatch_id, device_id, profile_id, status, reason, "
+        "provider_message_id, attempts, finished_at, next_attempt_at, queued_at, context, expires_at) "
+        "SELECT d.id, dev.id, v.profile_id, "
+        "CASE WHEN dev.id IS NULL OR NOT dev.push_enabled OR v.quiet_skip THEN 'skipped' ELSE 'queued' END, "
+        "CASE WHEN dev.id IS NULL THEN 'no_device' WHEN NOT dev.push_enabled THEN 'not_opted_in' "
+        "WHEN v.quiet_skip THEN 'quiet_hours' ELSE '' END, '', 0, "
+        "CASE WHEN dev.id IS NULL OR NOT dev.push_enabled OR v.quiet_skip THEN %s END, v.hold_until, %s, v.context, "
+        # The TTL runs from the call (or from the end of a quiet-hours hold), not from the stream's start.
+        "CASE WHEN d.ttl > 0 THEN COALESCE(v.hold_until, %s) + d.ttl * interval '1 second' END "
+        "FROM d CROSS JOIN v LEFT JOIN delivery_device dev "
+        "ON dev.profile_id = v.profile_id AND dev.app_id = %s AND dev.active "
+        "ORDER BY v.n, dev.id "
+        "RETURNING id, profile_id, device_id, status, reason), "
+        "wake AS (SELECT pg_notify(%s, d.id::text) FROM d WHERE EXISTS (SELECT 1 FROM ins WHERE status = 'queued')) "
+        "SELECT id, profile_id, device_id, status, reason FROM ins "
+        "UNION ALL SELECT -1, (SELECT count(*) FROM src), (SELECT count(*) FROM d), (SELECT count(*) FROM wake)::text, ''"
+    )
+    params = [
+        *lock_params,
+        dispatch_id,
+        [r.profile_id for r in recipients],
+        [json.dumps(r.context) if r.context else None for r in recipients],
+        hold,
+        skip,
+        now,
+        now,
+        now,
+        app_id,
+        CHANNEL,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        fetched = cursor.fetchall()
+    marker = next(row for row in fetched if row[0] == -1)
+    if not marker[1]:
+        raise StreamClosed("source")
+    if not marker[2]:
+        raise StreamClosed("dispatch")
+    rows = [AppendedRow(*row) for row in fetched if row[0] != -1]
+    order = {r.profile_id: i for i, r in enumerate(recipients)}
+    rows.sort(key=lambda r: (order[r.profile_id], r.id))
+    if rules is not None and rules.frequency_cap:
+        rows = _frequency_cap(dispatch_id, app_id, rows, rules, now)
+    return rows
+
+
+def _append_portable(*, dispatch_id, app_id, recipients, source_lock, rules, now) -> list[AppendedRow]:
+    """The same append for SQLite (the embedded mode): the write lock serialises it with a stop."""
+    from delivery.models import Device
+
+    now = now or timezone.now()
+    lock_sql, lock_params = source_lock
+    with connection.cursor() as cursor:
+        cursor.execute(re.sub(r"\s+FOR SHARE(\s+OF\s+\w+)?", "", lock_sql), lock_params)  # SQLite locks the file
+        if cursor.fetchone() is None:
+            raise StreamClosed("source")
+    if not Dispatch.objects.filter(pk=dispatch_id, status=Dispatch.Status.SENDING).exists():
+        raise StreamClosed("dispatch")
+    hold, skip = _held(recipients, rules, now)
+    ttl = int(
+        Dispatch.objects.filter(pk=dispatch_id).values_list("content_spec", flat=True).get().get("ttl_seconds") or 0
+    )
+    devices: dict[int, list] = {}
+    for device in Device.objects.filter(
+        profile_id__in=[r.profile_id for r in recipients], app_id=app_id, active=True
+    ).order_by("pk"):
+        devices.setdefault(device.profile_id, []).append(device)
+    made = []
+    for recipient, until, quiet in zip(recipients, hold, skip, strict=True):
+        for device in devices.get(recipient.profile_id) or [None]:
+            if device is None or not device.push_enabled or quiet:
+                reason = (
+                    "no_device" if device is None else ("not_opted_in" if not device.push_enabled else "quiet_hours")
+                )
+                status, finished = DS.SKIPPED, now
+            else:
+                status, reason, finished = DS.QUEUED, "", None
+            made.append(
+                Delivery(
+                    dispatch_id=dispatch_id,
+                    device=device,
+                    profile_id=recipient.profile_id,
+                    status=status,
+                    reason=reason,
+                    finished_at=finished,
+                    next_attempt_at=until,
+                    queued_at=now,
+                    context=recipient.context,
+                    expires_at=(until or now) + dt.timedelta(seconds=ttl) if ttl else None,
+                )
+            )
+    Delivery.objects.bulk_create(made)
+    rows = [AppendedRow(d.pk, d.profile_id, d.device_id, d.status, d.reason) for d in made]
+    if rules is not None and rules.frequency_cap:
+        rows = _frequency_cap(dispatch_id, app_id, rows, rules, now)
+    return rows
+
+
+def _frequency_cap(
+    dispatch_id: int, app_id: int, rows: list[AppendedRow], rules: DeliveryRules, now: dt.datetime
+) -> list[AppendedRow]:
+    """Skip the new queued rows of profiles that already had ``frequency_cap`` marketing pushes of the
+    app (accepted in the window, or on their way in a running dispatch). A bulk dispatch counts once
+    per profile, a stream once per call. Serialised per app, so two calls cannot both pass."""
+    queued = [r.id for r in rows if r.status == DS.QUEUED]
+    if not queued:
+        return rows
+    since = now - dt.timedelta(hours=rules.frequency_window_hours)
+    adapt = connection.ops.adapt_datetimefield_value
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_CAP_LOCK_CLASS, app_id])
+        placeholders = ", ".join(["%s"] * len(queued))
+        cursor.execute(
+            "UPDATE delivery_delivery SET status = 'skipped', reason = 'frequency_cap', finished_at = %s "  # noqa: S608 (placeholders only)
+            f"WHERE id IN ({placeholders}) AND profile_id IN ("
+            " SELECT d.profile_id FROM delivery_delivery d JOIN delivery_dispatch x ON x.id = d.dispatch_id"
+            " WHERE x.app_id = %s AND x.purpose = 'marketing' AND x.kind <> 'test'"
+            f" AND d.profile_id IN (SELECT profile_id FROM delivery_delivery WHERE id IN ({placeholders}))"
+            f" AND d.id NOT IN ({placeholders})"
+            " AND ((d.status = 'accepted' AND d.finished_at >= %s)"
+            "  OR (d.status IN ('queued', 'sending') AND x.status IN ('preparing', 'sending')))"
+            " GROUP BY d.profile_id"
+            " HAVING COUNT(DISTINCT CAST(d.dispatch_id AS text) || ':' || COALESCE(CAST(d.queued_at AS text), '')) >= %s)"
+            " RETURNING id",
+            [adapt(now), *queued, app_id, *queued, *queued, adapt(since), rules.frequency_cap],
+        )
+        capped = {row[0] for row in cursor.fetchall()}
+    return [
+        AppendedRow(r.id, r.profile_id, r.device_id, DS.SKIPPED, "frequency_cap") if r.id in capped else r for r in rows
+    ]
+
+
+def streams_close(*, kind: str, source_id: int, by: User | None, reason: str) -> int:
+    """Close the open streams of a source (it was stopped, or its approval voided): their queued rows
+    become ``skipped`` / ``stopped``; rows in flight finish. Call with the source row locked
+    ``FOR UPDATE`` (calls in flight have committed, later ones see the new state). Returns the
+    number of streams closed."""
+    now = timezone.now()
+    closed = 0
+    for dispatch in Dispatch.objects.select_for_update().filter(
+        standing=True, kind=kind, source_id=source_id, status=Dispatch.Status.SENDING
+    ):
+        stopped = Delivery.objects.filter(dispatch_id=dispatch.pk, status=DS.QUEUED).update(
+            status=DS.SKIPPED, reason="stopped", finished_at=now, next_attempt_at=None
+        )
+        dispatch.status = Dispatch.Status.STOPPED
+        dispatch.finished_at = now
+        dispatch.save(update_fields=["status", "finished_at"])
+        audit(actor=by, action="dispatch_stream_closed", obj=dispatch, summary={"stopped": stopped, "reason": reason})
+        transaction.on_commit(lambda pk=dispatch.pk: _recount(pk))
+        closed += 1
+    return closed
+
+
+def _recount(dispatch_id: int) -> None:
+    from delivery.services.dispatches import dispatch_recount
+
+    dispatch_recount(dispatch_id=dispatch_id)
+
+
+def streams_watch(*, now: dt.datetime | None = None) -> dict:
+    """Every minute: refresh open streams' counters, and finish those no call appends to any more
+    (an earlier day, or a version that is no longer the approved one) once nothing is queued or
+    in flight. A stream is finished under its row lock, which a call appending holds shared."""
+    from delivery.services.dispatches import dispatch_recount
+
+    now = now or timezone.now()
+    today = _today(now)
+    finished = refreshed = 0
+    for dispatch in Dispatch.objects.filter(standing=True, status=Dispatch.Status.SENDING).only(
+        "id", "stream_day", "kind", "source_id", "stream_version"
+    ):
+        if dispatch.stream_day is not None and dispatch.stream_day >= today and _is_current(dispatch):
+            dispatch_recount(dispatch_id=dispatch.pk)
+            refreshed += 1
+            continue
+        with transaction.atomic():
+            locked = Dispatch.objects.select_for_update().get(pk=dispatch.pk)
+            busy = Delivery.objects.filter(dispatch_id=dispatch.pk, status__in=(DS.QUEUED, DS.SENDING)).exists()
+            if locked.status != Dispatch.Status.SENDING or busy:
+                continue
+            locked.status = Dispatch.Status.DONE
+            locked.finished_at = now
+            locked.save(update_fields=["status", "finished_at"])
+        dispatch = dispatch_recount(dispatch_id=dispatch.pk)
+        audit(actor=None, action="dispatch_done", obj=dispatch, summary={"accepted": dispatch.accepted})
+        finished += 1
+    streams_senders_ensure()
+    return {"refreshed": refreshed, "finished": finished}
+
+
+_CURRENT_CHECKS: dict[str, object] = {}
+
+
+def stream_current_check_register(*, kind: str, check) -> None:
+    """Plug how a kind tells whether a stream's version is still the one calls append to:
+    ``check(source_id, version) -> bool`` (campaigns: the approved fingerprint)."""
+    _CURRENT_CHECKS[kind] = check
+
+
+def _is_current(dispatch: Dispatch) -> bool:
+    check = _CURRENT_CHECKS.get(dispatch.kind)
+    return True if check is None else bool(check(dispatch.source_id, dispatch.stream_version))
+
+
+def stream_live_figures(dispatch: Dispatch, *, now: dt.datetime | None = None) -> dict:
+    """A stream's last minute: messages accepted per second, and trigger-to-accepted latency p50/p99 (ms)."""
+    now = now or timezone.now()
+    since = now - dt.timedelta(seconds=60)
+    recent = Delivery.objects.filter(
+        dispatch_id=dispatch.pk, queued_at__isnull=False, finished_at__gte=since, status=DS.ACCEPTED
+    )
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), "
+                "percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) FROM (SELECT "
+                "EXTRACT(EPOCH FROM finished_at - queued_at) * 1000 AS ms FROM delivery_delivery "
+                "WHERE dispatch_id = %s AND queued_at IS NOT NULL AND finished_at >= %s AND status = 'accepted') t",
+                [dispatch.pk, since],
+            )
+            count, p50, p99 = cursor.fetchone()
+    else:
+        spans = sorted((f - q).total_seconds() * 1000 for q, f in recent.values_list("queued_at", "finished_at"))
+        count = len(spans)
+        p50 = spans[int(0.5 * (count - 1))] if spans else None
+        p99 = spans[int(0.99 * (count - 1))] if spans else None
+    return {
+        "rate_per_second": round(count / 60.0, 1),
+        "latency_p50_ms": round(p50, 1) if p50 is not None else None,
+        "latency_p99_ms": round(p99, 1) if p99 is not None else None,
+    }
+
+
+# --- senders -----------------------------------------------------------------------------------
+
+
+def streams_wake(dispatch_id: int) -> None:
+    """After a call committed rows: in-process tasks (tests, ``PUSHDESK_TASKS_SYNC``) send them at
+    once; otherwise the senders were woken by the append's NOTIFY (or poll, on SQLite)."""
+    from django_q.conf import Conf
+
+    if Conf.SYNC:
+        streams_send(budget=0.0, dispatch_ids=[dispatch_id])
+
+
+def streams_senders_ensure() -> list[int]:
+    """Start a sender task for every slot whose sender is not beating; returns the slots started."""
+    from django_q.conf import Conf
+    from django_q.tasks import async_task
+
+    if Conf.SYNC:
+        return []
+    started = []
+    for slot in range(settings.PUSHDESK_STREAM_SENDERS):
+        key = _HEARTBEAT.format(slot=slot)
+        if cache.get(key) is None and cache.add(f"{key}:starting", 1, timeout=30):
+            async_task("delivery.tasks.streams_send_task", slot, q_options={"timeout": _sender_timeout()})
+            started.append(slot)
+    return started
+
+
+def streams_sender_hand_over(slot: int) -> None:
+    """A sender whose time is up starts its successor at once (its heartbeat still holds the slot)."""
+    from django_q.tasks import async_task
+
+    cache.set(_HEARTBEAT.format(slot=slot), {"pid": os.getpid(), "at": time.time()}, timeout=15)
+    async_task("delivery.tasks.streams_send_task", slot, q_options={"timeout": _sender_timeout()})
+
+
+def _sender_timeout() -> int:
+    return int(settings.PUSHDESK_SEND_TASK_SECONDS + settings.PUSHDESK_SEND_LEASE_SECONDS)
+
+
+class _Listener:
+    """A connection of its own that LISTENs for appends (PostgreSQL); ``wait`` returns woken stream ids."""
+
+    def __init__(self):
+        import psycopg
+
+        params = connection.get_connection_params()
+        params.pop("cursor_factory", None)
+        params.pop("context", None)
+        self.conn = psycopg.connect(**params, autocommit=True)
+        self.conn.execute(f"LISTEN {CHANNEL}")
+
+    def wait(self, timeout: float) -> set[int]:
+        woken = set()
+        for note in self.conn.notifies(timeout=max(timeout, 0.0), stop_after=1):
+            woken.add(int(note.payload))
+        return woken
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@dataclass
+class _Stream:
+    dispatch: Dispatch
+    limits: list[tuple[str, float]]
+    with_profiles: bool
+
+
+def _open_streams(ids: list[int] | None = None) -> dict[int, _Stream]:
+    from delivery.services.sending import _needs_profiles
+
+    found = Dispatch.objects.select_related("app").filter(standing=True, status=Dispatch.Status.SENDING)
+    if ids is not None:
+        found = found.filter(pk__in=ids)
+    streams = {}
+    for dispatch in found:
+        limits = [(f"app:{dispatch.app_id}", dispatch.app.rate_limit_per_second)]
+        if dispatch.rate_limit_per_second:
+            limits.append((f"dispatch:{dispatch.pk}", dispatch.rate_limit_per_second))
+        streams[dispatch.pk] = _Stream(dispatch, limits, _needs_profiles(dispatch.content_spec))
+    return streams
+
+
+def _acquire_all(limits: list[tuple[str, float]], count: int) -> None:
+    """Wait until ``count`` messages may go under every limit (the rows are claimed: under their lease)."""
+    from delivery.throttle import throttle_acquire
+
+    left = count
+    while left > 0:
+        left -= throttle_acquire(limits=limits, count=left)
+
+
+def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None = None):
+    """Drain the open streams until ``budget`` seconds are spent (0: until nothing is ready).
+
+    Claims what is ready in each stream (one row when one waits, up to ``PUSHDESK_SEND_BATCH``
+    under load), sends it through the engine's batches with one batch in flight while the next is
+    claimed, and otherwise sleeps until an append wakes it (PostgreSQL) or the poll interval
+    passes. Any number of senders may run (claims are atomic). Returns a SendReport.
+    """
+    from delivery.services.sending import SendReport, _batch_finish, _batch_prepare, _batch_submit, _claim
+
+    report = SendReport()
+    deadline = time.monotonic() + budget
+    heartbeat_key = _HEARTBEAT.format(slot=slot)
+    listener = _Listener() if budget > 0 and connection.vendor == "postgresql" else None
+    streams = _open_streams(dispatch_ids)
+    refreshed = time.monotonic()
+    beat = 0.0
+    in_flight = []
+    try:
+        while True:
+            now_mono = time.monotonic()
+            if budget > 0 and now_mono - beat > 3:
+                cache.set(heartbeat_key, {"pid": os.getpid(), "at": time.time()}, timeout=15)
+                beat = now_mono
+            if dispatch_ids is None and now_mono - refreshed > 2:
+                streams, refreshed = _open_streams(), now_mono
+            claimed = 0
+            for stream in streams.values():
+                limit = settings.PUSHDESK_SEND_BATCH
+                rates = [rate for _, rate in stream.limits if rate]
+                if rates:
+                    limit = max(1, min(limit, int(min(rates))))
+                rows = _claim(stream.dispatch.pk, limit=limit, now=timezone.now(), with_profiles=stream.with_profiles)
+                if not rows:
+                    continue
+                claimed += len(rows)
+                report.claimed += len(rows)
+                report.batches += 1
+                _acquire_all(stream.limits, len(rows))
+                batch = _batch_prepare(stream.dispatch, rows)
+                for dispatch, previous in in_flight:
+                    _batch_finish(dispatch, previous, report)
+                _batch_submit(batch, stream.dispatch.app)
+                in_flight = [(stream.dispatch, batch)]
+            if claimed:
+                continue
+            for dispatch, previous in in_flight:
+                _batch_finish(dispatch, previous, report)  # write back at once: the latency counts
+            if in_flight:
+                in_flight = []
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            wait = min(left, settings.PUSHDESK_STREAM_POLL_SECONDS)
+            woken = listener.wait(wait) if listener is not None else (time.sleep(wait) or set())
+            if woken - set(streams) and dispatch_ids is None:
+                streams, refreshed = _open_streams(), time.monotonic()
+    finally:
+        for dispatch, previous in in_flight:
+            _batch_finish(dispatch, previous, report)
+        if listener is not None:
+            listener.close()
+    return report

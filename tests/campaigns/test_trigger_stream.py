@@ -1,0 +1,334 @@
+"""API triggers through the campaign's standing dispatch: its life, the per-process caches and
+their invalidation, the query count, and the races of the trigger path (idempotency, stop)."""
+
+import datetime as dt
+import threading
+
+import pytest
+from django.contrib.auth.models import Group
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from accounts.services import access_revoke, api_key_revoke
+from campaigns.models import Campaign, TriggerRequest
+from campaigns.services import campaign_stop, campaign_update
+from delivery.models import Delivery, DeliveryRules, Dispatch
+from delivery.services.contents import pushcontent_save
+from tests.factories import DeviceFactory, ProfileFactory
+
+
+def _url(campaign):
+    return f"/api/v1/campaigns/{campaign.pk}/trigger/"
+
+
+def _trigger(client, campaign, *external_ids, **extra):
+    body = {"recipients": [{"external_id": e} for e in external_ids]}
+    return client.post(_url(campaign), body, format="json", **extra)
+
+
+@pytest.fixture
+def zoe(sim_app):
+    profile = ProfileFactory(external_id="zoe", timezone="Europe/Paris")
+    DeviceFactory(profile=profile, app=sim_app, platform="ios")
+    return profile
+
+
+# --- the stream's life ---------------------------------------------------------------------------
+
+
+def test_triggers_append_to_one_standing_dispatch_and_answer_their_deliveries(
+    live_trigger, trigger_client, zoe, sim, sim_app, django_capture_on_commit_callbacks
+):
+    max_ = ProfileFactory(external_id="max")
+    DeviceFactory(profile=max_, app=sim_app, platform="android")
+    with django_capture_on_commit_callbacks(execute=True):
+        first = _trigger(trigger_client, live_trigger, "zoe")
+    with django_capture_on_commit_callbacks(execute=True):
+        second = _trigger(trigger_client, live_trigger, "max", "zoe")
+    assert first.status_code == second.status_code == 202
+    assert first.json()["dispatch"] == second.json()["dispatch"]
+    stream = Dispatch.objects.get(pk=first.json()["dispatch"])
+    assert stream.standing and stream.status == "sending" and stream.kind == "api_trigger"
+    assert stream.stream_version == live_trigger.approved_fingerprint
+    assert stream.stream_day == timezone.now().astimezone(dt.UTC).date()
+    answered = [d["id"] for d in first.json()["deliveries"] + second.json()["deliveries"]]
+    assert [d["external_id"] for d in second.json()["deliveries"]] == ["max", "zoe"]
+    # Zoé was triggered twice: two pushes, one per call (a stream is not unique per device).
+    assert sorted(Delivery.objects.filter(dispatch=stream).values_list("id", flat=True)) == sorted(answered)
+    assert sim.state.count(zoe.devices.get().token) == 2
+    looked_up = trigger_client.get(f"/api/v1/deliveries/{answered[0]}/")
+    assert looked_up.status_code == 200
+    assert looked_up.json()["status"] == "accepted" and looked_up.json()["external_id"] == "zoe"
+    assert looked_up.json()["queued_at"] is not None
+
+
+def test_delivery_lookup_is_limited_to_the_keys_access(
+    live_trigger, trigger_client, zoe, api_key_for, manager_alice, manager_mallory
+):
+    delivery_id = _trigger(trigger_client, live_trigger, "zoe").json()["deliveries"][0]["id"]
+    outsider = api_key_for(manager_mallory, scopes=["read"])
+    assert outsider.get(f"/api/v1/deliveries/{delivery_id}/").status_code == 404
+    no_scope = api_key_for(manager_alice, scopes=["ingest"])
+    assert no_scope.get(f"/api/v1/deliveries/{delivery_id}/").status_code == 403
+    assert trigger_client.get("/api/v1/deliveries/999999999/").status_code == 404
+
+
+def test_stopping_the_campaign_closes_the_stream_and_later_triggers_are_refused(
+    live_trigger, trigger_client, zoe, manager_alice
+):
+    queued = _trigger(trigger_client, live_trigger, "zoe").json()  # not sent: nothing ran the wake-up
+    campaign_stop(campaign_id=live_trigger.pk, by=manager_alice)
+    stream = Dispatch.objects.get(pk=queued["dispatch"])
+    assert stream.status == "stopped"
+    assert list(Delivery.objects.filter(dispatch=stream).values_list("status", "reason")) == [("skipped", "stopped")]
+    again = _trigger(trigger_client, live_trigger, "zoe")
+    assert again.status_code == 409 and again.json()["code"] == "campaign_not_live"
+    assert Delivery.objects.count() == 1
+
+
+def test_an_edit_that_voids_the_approval_closes_the_stream(live_trigger, trigger_client, zoe, manager_alice):
+    stream_id = _trigger(trigger_client, live_trigger, "zoe").json()["dispatch"]
+    campaign_update(campaign_id=live_trigger.pk, by=manager_alice, throttle_per_second=5)
+    assert Campaign.objects.get(pk=live_trigger.pk).status == "draft"
+    assert Dispatch.objects.get(pk=stream_id).status == "stopped"
+    assert Delivery.objects.get().reason == "stopped"
+    refused = _trigger(trigger_client, live_trigger, "zoe")
+    assert refused.status_code == 409 and refused.json()["code"] == "campaign_not_live"
+
+
+def test_a_stream_closed_by_hand_is_followed_by_a_new_one(live_trigger, trigger_client, zoe, manager_alice):
+    from delivery.services.dispatches import dispatch_stop
+
+    first = _trigger(trigger_client, live_trigger, "zoe").json()["dispatch"]
+    dispatch_stop(dispatch_id=first, by=manager_alice)
+    second = _trigger(trigger_client, live_trigger, "zoe")
+    assert second.status_code == 202
+    assert second.json()["dispatch"] != first
+    assert Dispatch.objects.get(pk=second.json()["dispatch"]).status == "sending"
+
+
+# --- caches and their invalidation ------------------------------------------------------------------
+
+
+def test_a_revoked_key_is_refused_at_once(live_trigger, trigger_client, zoe, manager_alice):
+    assert _trigger(trigger_client, live_trigger, "zoe").status_code == 202  # key cached
+    api_key_revoke(key_id=manager_alice.api_keys.get().pk, by=manager_alice)
+    refused = _trigger(trigger_client, live_trigger, "zoe")
+    assert refused.status_code == 401 and refused.json()["code"] == "api_key_revoked"
+
+
+def test_removing_the_grant_on_the_app_hides_the_campaign_at_once(live_trigger, trigger_client, zoe, manager_alice):
+    assert _trigger(trigger_client, live_trigger, "zoe").status_code == 202
+    access_revoke(obj=live_trigger.app, to=manager_alice, by=None)
+    # Its creator keeps a grant on the campaign itself: take that one too.
+    access_revoke(obj=live_trigger, to=manager_alice, by=None)
+    assert _trigger(trigger_client, live_trigger, "zoe").status_code == 404
+
+
+def test_removing_the_role_refuses_at_once(live_trigger, trigger_client, zoe, manager_alice):
+    assert _trigger(trigger_client, live_trigger, "zoe").status_code == 202
+    manager_alice.groups.remove(Group.objects.get(name="Manager"))
+    assert _trigger(trigger_client, live_trigger, "zoe").status_code in (403, 404)
+
+
+def test_disabling_the_user_refuses_at_once(live_trigger, trigger_client, zoe, manager_alice):
+    assert _trigger(trigger_client, live_trigger, "zoe").status_code == 202
+    manager_alice.is_active = False
+    manager_alice.save()
+    refused = _trigger(trigger_client, live_trigger, "zoe")
+    assert refused.status_code == 401 and refused.json()["code"] == "account_disabled"
+
+
+def test_editing_the_live_campaigns_content_closes_the_gate_at_once(live_trigger, trigger_client, zoe, manager_alice):
+    assert _trigger(trigger_client, live_trigger, "zoe").status_code == 202  # campaign cached
+    content = live_trigger.content
+    content.title = "Something the approver never saw"
+    pushcontent_save(content=content, by=manager_alice)
+    refused = _trigger(trigger_client, live_trigger, "zoe")
+    assert refused.status_code == 409 and refused.json()["code"] == "gate_closed"
+
+
+def test_new_delivery_rules_reach_a_cached_marketing_campaign(
+    live_trigger, trigger_client, zoe, sim_app, django_capture_on_commit_callbacks
+):
+    Campaign.objects.filter(pk=live_trigger.pk).update(purpose="marketing")  # approved as such below
+    live_trigger.refresh_from_db()
+    Campaign.objects.filter(pk=live_trigger.pk).update(approved_fingerprint=live_trigger.fingerprint())
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _trigger(trigger_client, live_trigger, "zoe").json()["accepted"] == 1
+    DeliveryRules.objects.create(app=sim_app, frequency_cap=1, frequency_window_hours=24)
+    capped = _trigger(trigger_client, live_trigger, "zoe").json()
+    assert capped["accepted"] == 0
+    assert capped["deliveries"][0]["reason"] == "frequency_cap"
+
+
+# --- the hot path -----------------------------------------------------------------------------------
+
+
+class RedisTrips:
+    """Counts the commands this process sends to Redis (each a round trip; a pipeline is one)."""
+
+    def __init__(self, monkeypatch):
+        import redis
+
+        self.count = 0
+        original_command = redis.Redis.execute_command
+        original_pipeline = redis.client.Pipeline.execute
+
+        def command(client, *args, **kwargs):
+            self.count += 1
+            return original_command(client, *args, **kwargs)
+
+        def pipeline(pipe, *args, **kwargs):
+            self.count += 1
+            return original_pipeline(pipe, *args, **kwargs)
+
+        monkeypatch.setattr(redis.Redis, "execute_command", command)
+        monkeypatch.setattr(redis.client.Pipeline, "execute", pipeline)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("idempotency", [False, True])
+def test_a_trigger_costs_at_most_4_queries_and_one_redis_round_trip(
+    live_trigger, trigger_client, zoe, monkeypatch, settings, idempotency
+):
+    if not settings.REDIS_URL:
+        pytest.skip("the one round trip is to Redis")
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "SYNC", False)  # as in production: the senders run elsewhere
+    headers = lambda n: {"HTTP_IDEMPOTENCY_KEY": f"order-{n}"} if idempotency else {}  # noqa: E731
+    assert _trigger(trigger_client, live_trigger, "zoe", **headers(0)).status_code == 202  # warm the caches
+    trips = RedisTrips(monkeypatch)
+    with CaptureQueriesContext(connection) as captured:
+        response = _trigger(trigger_client, live_trigger, "zoe", **headers(1))
+    assert response.status_code == 202
+    queries = [q["sql"] for q in captured if q["sql"] not in ("BEGIN", "COMMIT")]
+    assert len(queries) <= (4 if idempotency else 2), [q[:120] for q in queries]
+    assert trips.count == 1
+    assert Delivery.objects.filter(dispatch_id=response.json()["dispatch"]).count() == 2
+
+
+# --- races ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_answer_stored_with_its_rows_is_replayed_even_after_the_request_died(
+    live_trigger, trigger_client, zoe, monkeypatch
+):
+    """Issue 12, finding 2: the request fails right after its rows committed (here: in the wake-up),
+    as a killed worker or a failed statement after the commit would leave it."""
+    import delivery.services.streams
+
+    def die(dispatch_id):
+        raise RuntimeError("the request dies here")
+
+    monkeypatch.setattr(delivery.services.streams, "streams_wake", die)
+    with pytest.raises(RuntimeError):
+        _trigger(trigger_client, live_trigger, "zoe", HTTP_IDEMPOTENCY_KEY="order-7")
+    record = TriggerRequest.objects.get(idempotency_key="order-7")
+    assert record.finished and record.dispatch_id is not None and record.response_status == 202
+    # Six minutes later the client retries: the stored answer, and nothing appended again.
+    TriggerRequest.objects.filter(pk=record.pk).update(created_at=timezone.now() - dt.timedelta(minutes=6))
+    retry = _trigger(trigger_client, live_trigger, "zoe", HTTP_IDEMPOTENCY_KEY="order-7")
+    assert retry.status_code == 202 and retry["Idempotent-Replayed"] == "true"
+    assert retry.json() == record.response_body
+    assert Delivery.objects.count() == 1
+
+
+def test_a_request_that_fails_before_its_rows_frees_its_key(live_trigger, trigger_client, zoe, monkeypatch):
+    import delivery.services.streams
+
+    original = delivery.services.streams.stream_append
+
+    def broken(**kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(delivery.services.streams, "stream_append", broken)
+    with pytest.raises(RuntimeError):
+        _trigger(trigger_client, live_trigger, "zoe", HTTP_IDEMPOTENCY_KEY="order-8")
+    assert not TriggerRequest.objects.filter(idempotency_key="order-8").exists()
+    monkeypatch.setattr(delivery.services.streams, "stream_append", original)
+    assert _trigger(trigger_client, live_trigger, "zoe", HTTP_IDEMPOTENCY_KEY="order-8").status_code == 202
+
+
+def _in_thread(target):
+    """Run ``target`` on its own connection; returns (thread, outcome dict)."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = target()
+        except Exception as exc:  # noqa: BLE001 (reported to the test)
+            outcome["error"] = exc
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stop_that_commits_between_the_checks_and_the_append_refuses_the_trigger(
+    live_trigger, trigger_client, zoe, manager_alice, monkeypatch
+):
+    """Issue 12, finding 5: the trigger passed its (cached) checks; the stop commits; then it appends."""
+    from django_q.conf import Conf
+
+    import delivery.services.streams
+
+    monkeypatch.setattr(Conf, "SYNC", False)  # the senders are elsewhere: nothing is sent in-process
+    assert _trigger(trigger_client, live_trigger, "zoe").status_code == 202  # everything cached
+    checked, go = threading.Event(), threading.Event()
+    original = delivery.services.streams.stream_append
+
+    def paused(**kwargs):
+        checked.set()
+        go.wait(10)
+        return original(**kwargs)
+
+    monkeypatch.setattr(delivery.services.streams, "stream_append", paused)
+    thread, outcome = _in_thread(lambda: _trigger(trigger_client, live_trigger, "zoe"))
+    assert checked.wait(10)
+    campaign_stop(campaign_id=live_trigger.pk, by=manager_alice)
+    go.set()
+    thread.join(20)
+    response = outcome["value"]
+    assert response.status_code == 409 and response.json()["code"] == "campaign_not_live"
+    assert Delivery.objects.count() == 1  # the first call's row, stopped
+    assert not Delivery.objects.filter(status__in=("queued", "sending", "accepted")).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stop_waits_for_a_trigger_appending_and_then_stops_its_rows(
+    live_trigger, trigger_client, zoe, manager_alice, monkeypatch
+):
+    """Issue 12, finding 5: the trigger holds the campaign row shared; the stop waits, then stops its rows."""
+    from django_q.conf import Conf
+
+    import delivery.services.streams
+
+    monkeypatch.setattr(Conf, "SYNC", False)
+    appended, go = threading.Event(), threading.Event()
+    original = delivery.services.streams.stream_append
+
+    def paused(**kwargs):
+        rows = original(**kwargs)
+        appended.set()
+        go.wait(10)  # rows written, transaction still open
+        return rows
+
+    monkeypatch.setattr(delivery.services.streams, "stream_append", paused)
+    trigger, triggered = _in_thread(lambda: _trigger(trigger_client, live_trigger, "zoe"))
+    assert appended.wait(20)
+    stop, stopped = _in_thread(lambda: campaign_stop(campaign_id=live_trigger.pk, by=manager_alice))
+    stop.join(1.0)
+    assert stop.is_alive(), "the stop must wait for the trigger holding the campaign row"
+    go.set()
+    trigger.join(20)
+    stop.join(20)
+    assert triggered["value"].status_code == 202 and "error" not in stopped
+    assert list(Delivery.objects.values_list("status", "reason")) == [("skipped", "stopped")]
+    assert Dispatch.objects.get().status == "stopped"
