@@ -11,7 +11,7 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.db import connection
+from django.db import connection, models
 from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -20,6 +20,7 @@ from django.utils.html import format_html, format_html_join
 
 from accounts.approvals import approval_subject_for
 from accounts.forms import ThrottledAdminAuthenticationForm
+from accounts.json_values import JsonValueFormField
 from accounts.models import ApiKey, ApprovalPolicy, ApprovalRequest, AuditEvent, User
 from accounts.roles import ROLES, role_capabilities
 from accounts.selectors import (
@@ -76,8 +77,11 @@ class AccessAdmin(admin.ModelAdmin):
     """An admin whose object pages answer 404 for an object outside ``get_queryset``, before any permission check.
 
     Django checks the role's permission first, so a user without it got 403 for an object that
-    exists and a redirect for one that does not; here both answer 404 and tell nothing.
+    exists and a redirect for one that does not; here both answer 404 and tell nothing. Its JSON
+    fields pass the JSON value check (``accounts.json_values``).
     """
+
+    formfield_overrides = {models.JSONField: {"form_class": JsonValueFormField}}
 
     def get_object(self, request, object_id, from_field=None):
         obj = super().get_object(request, object_id, from_field)

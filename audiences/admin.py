@@ -19,7 +19,7 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 
 from accounts.admin import AccessAdmin, BigTableAdmin, ObjectAccessAdminMixin, ScopedAdmin
-from accounts.json_values import json_parse, json_value_check
+from accounts.json_values import JsonValueFormField, json_parse, json_value_check
 from accounts.selectors import visible_to
 from audiences.models import Event, Import, Profile, Segment
 from audiences.rules.schema import COLUMNS, OPERATOR_LABELS, OPERATORS, RELATIVE_UNITS, TYPES, RulesInvalid
@@ -107,7 +107,7 @@ def _has_devices() -> bool:
 
 
 class SegmentForm(forms.ModelForm):
-    rules = forms.JSONField(required=False, widget=RuleBuilderWidget, help_text="Build the rules: no JSON needed.")
+    rules = JsonValueFormField(required=False, widget=RuleBuilderWidget, help_text="Build the rules: no JSON needed.")
     add_members = forms.CharField(
         required=False,
         widget=forms.Textarea(attrs={"rows": 3}),

@@ -8,6 +8,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from accounts.admin import ActiveStatusFilter, BigTableAdmin, LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin
+from accounts.json_values import JsonValueFormField
 from accounts.selectors import approval_current, visible_to
 from accounts.services import TransitionError
 from journeys.diagram import version_svg
@@ -72,7 +73,7 @@ class JourneyForm(forms.ModelForm):
         min_value=0, initial=0, help_text="With re-entry: the least time between entries."
     )
     exit_event = forms.CharField(required=False, help_text="An event that ends the journey for the profile (optional).")
-    graph = forms.JSONField(widget=StepEditorWidget, help_text="Build the steps; each error names its step.")
+    graph = JsonValueFormField(widget=StepEditorWidget, help_text="Build the steps; each error names its step.")
 
     class Meta:
         model = Journey

@@ -146,3 +146,24 @@ def test_the_admin_rule_preview_answers_400_for_rules_that_cannot_be_stored(clie
     response = _post(client, "/admin/audiences/segment/preview/", '{"rules": ' + raw_rules + "}")
     assert response.status_code == 400, response.content[:300]
     assert response.json()["errors"][0]["path"].startswith("rules")
+
+
+@pytest.mark.parametrize(
+    "raw_rules",
+    [
+        "[" * 20000 + "]" * 20000,
+        '{"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "a\\u0000b"}]}',
+        '{"all": [{"attribute": "age", "type": "number", "op": "gt", "value": 1e400}]}',
+    ],
+    ids=["depth-20000", "nul", "1e400"],
+)
+def test_the_admin_segment_form_refuses_rules_that_cannot_be_stored(client, manager_alice, raw_rules):
+    from audiences.models import Segment
+
+    client.force_login(manager_alice)
+    response = client.post(
+        "/admin/audiences/segment/add/", {"name": "Bad", "kind": "rules", "description": "", "rules": raw_rules}
+    )
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["rules"]
+    assert not Segment.objects.filter(name="Bad").exists()

@@ -178,3 +178,16 @@ def test_each_transition_button_works_for_a_manager_and_is_refused_to_others(
     answer = login(manager_alice).post(url)
     assert answer.status_code == 302
     assert Journey.objects.get(pk=journey.pk).status == end
+
+
+@pytest.mark.parametrize(
+    "raw_graph",
+    ['{"steps": ' + "[" * 20000 + "]" * 20000 + "}", '{"steps": [{"id": "a\\u0000", "type": "exit"}]}', '{"x": 1e400}'],
+    ids=["depth-20000", "nul", "1e400"],
+)
+def test_a_graph_that_cannot_be_stored_is_refused_on_the_form(login, manager_alice, team, everyone, raw_graph):
+    client = login(manager_alice)
+    answer = client.post("/admin/journeys/journey/add/", {**_form(team, everyone, {}), "graph": raw_graph})
+    assert answer.status_code == 200
+    assert answer.context["adminform"].form.errors["graph"]
+    assert not Journey.objects.filter(name="Welcome series").exists()
