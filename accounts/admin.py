@@ -84,10 +84,16 @@ class AccessAdmin(admin.ModelAdmin):
     formfield_overrides = {models.JSONField: {"form_class": JsonValueFormField}}
 
     def get_object(self, request, object_id, from_field=None):
+        # A role that may not even view this kind of object learns nothing about which ids exist.
+        if not self.has_view_or_change_permission(request):
+            raise Http404(f"No {self.model._meta.verbose_name} with this id.")
         obj = super().get_object(request, object_id, from_field)
         if obj is None:
             raise Http404(f"No {self.model._meta.verbose_name} with this id.")
         return obj
+
+    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
+        raise Http404(f"No {opts.verbose_name} with this id.")
 
 
 class BigTableAdmin(AccessAdmin):
@@ -214,7 +220,7 @@ class ObjectAccessAdminMixin:
 
 
 @admin.register(User)
-class UserAdmin(DjangoUserAdmin):
+class UserAdmin(AccessAdmin, DjangoUserAdmin):
     list_display = ("username", "email", "roles", "is_active", "is_staff", "is_service_account", "last_login")
     list_filter = ("groups", "is_active", "is_staff", "is_service_account")
     readonly_fields = ("last_login", "date_joined", "role_summary", "object_access")
@@ -291,7 +297,7 @@ admin.site.unregister(Group)
 
 
 @admin.register(Group)
-class GroupAdmin(DjangoGroupAdmin):
+class GroupAdmin(AccessAdmin, DjangoGroupAdmin):
     """Groups are roles or teams; a role's permissions come from the roles table in code."""
 
     def get_readonly_fields(self, request, obj=None):
@@ -493,7 +499,7 @@ class ApprovalPolicyForm(forms.ModelForm):
 
 
 @admin.register(ApprovalPolicy)
-class ApprovalPolicyAdmin(admin.ModelAdmin):
+class ApprovalPolicyAdmin(AccessAdmin):
     form = ApprovalPolicyForm
     list_display = (
         "name",

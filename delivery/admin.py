@@ -11,7 +11,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from liquid.exceptions import LiquidError
 
-from accounts.admin import BigTableAdmin, ObjectAccessAdminMixin, ScopedAdmin
+from accounts.admin import AccessAdmin, BigTableAdmin, ObjectAccessAdminMixin, ScopedAdmin
 from accounts.services import audit
 from audiences.models import Profile
 from delivery.models import App, Delivery, DeliveryRules, Device, Dispatch, PushContent
@@ -110,7 +110,17 @@ class AppAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         "updated_at",
     )
 
+    def _administers(self, request) -> bool:
+        return request.user.has_perm("delivery.change_app")
+
+    def get_list_display(self, request):
+        # Other roles work inside an app's scope and need only its name; its channel configuration
+        # (team and key ids, fingerprints, the FCM account, limits) is for those who administer it.
+        return self.list_display if self._administers(request) else ("name",)
+
     def get_fieldsets(self, request, obj=None):
+        if not self._administers(request):
+            return ((None, {"fields": ("name",)}),)
         return (
             (None, {"fields": ("name", "rate_limit_per_second", "uses_simulator", "object_access")}),
             (
@@ -709,7 +719,7 @@ class DeliveryAdmin(BigTableAdmin):
 
 
 @admin.register(DeliveryRules)
-class DeliveryRulesAdmin(admin.ModelAdmin):
+class DeliveryRulesAdmin(AccessAdmin):
     """Administrators set each app's frequency cap and quiet hours for marketing pushes."""
 
     list_display = ("app", "frequency_cap", "frequency_window_hours", "quiet_start", "quiet_end", "quiet_mode")

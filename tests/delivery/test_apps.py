@@ -388,3 +388,28 @@ def test_a_viewer_with_access_sees_the_app_but_no_way_to_change_its_credentials(
     page = client.get(reverse("admin:delivery_app_change", args=[pushsim_app.pk])).content.decode()
     assert pushsim_app.apns_private_key_fingerprint in page
     assert 'type="file"' not in page and "Test connection" not in page
+
+
+@pytest.mark.parametrize("who", ["manager_alice", "approver_bob", "viewer_carol"])
+def test_other_roles_see_only_the_name_of_the_apps_they_may_use(client, request, admin_erin, who):
+    from accounts.services import access_grant
+
+    apns_credentials = make_apns_credentials()
+    app = app_create(
+        name="Shop",
+        by=admin_erin,
+        apns_team_id="TEAM123456",
+        apns_key_id="KEYID12345",
+        apns_private_key=apns_key_parse(raw=apns_credentials.private_key_pem.encode()),
+        apns_bundle_id="com.example.shop",
+    )
+    user = request.getfixturevalue(who)
+    access_grant(obj=app, to=user, by=None)
+    client.force_login(user)
+    for url in ("/admin/delivery/app/", f"/admin/delivery/app/{app.pk}/change/"):
+        page = client.get(url)
+        assert page.status_code == 200 and b"Shop" in page.content
+        for detail in (b"TEAM123456", b"KEYID12345", app.apns_private_key_fingerprint.encode(), b"com.example.shop"):
+            assert detail not in page.content, (url, detail)
+    client.force_login(admin_erin)
+    assert b"TEAM123456" in client.get(f"/admin/delivery/app/{app.pk}/change/").content
