@@ -515,13 +515,15 @@ def _open_streams(ids: list[int] | None = None) -> dict[int, _Stream]:
     return streams
 
 
-def _acquire_all(limits: list[tuple[str, float]], count: int) -> None:
-    """Wait until ``count`` messages may go under every limit (the rows are claimed: under their lease)."""
+def _acquire_all(limits: list[tuple[str, float]], count: int, before_waiting=None) -> None:
+    """Wait until ``count`` messages may go under every limit (the rows are claimed: under their lease;
+    a claim is at most a second's worth). ``before_waiting`` runs once, before any wait."""
     from delivery.throttle import throttle_acquire
 
     left = count
     while left > 0:
-        left -= throttle_acquire(limits=limits, count=left)
+        left -= throttle_acquire(limits=limits, count=left, before_waiting=before_waiting)
+        before_waiting = None
 
 
 def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None = None):
@@ -542,6 +544,14 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
     refreshed = time.monotonic()
     beat = 0.0
     in_flight = []
+
+    def write_back_in_flight() -> None:
+        # Before waiting for tokens: the batch in flight is leased, and the wait may outlast it.
+        nonlocal in_flight
+        for dispatch, previous in in_flight:
+            _batch_finish(dispatch, previous, report)
+        in_flight = []
+
     try:
         while True:
             now_mono = time.monotonic()
@@ -562,7 +572,7 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
                 claimed += len(rows)
                 report.claimed += len(rows)
                 report.batches += 1
-                _acquire_all(stream.limits, len(rows))
+                _acquire_all(stream.limits, len(rows), before_waiting=write_back_in_flight)
                 batch = _batch_prepare(stream.dispatch, rows)
                 for dispatch, previous in in_flight:
                     _batch_finish(dispatch, previous, report)
