@@ -191,6 +191,11 @@ def ms(value):
     return round(value * 1000, 1) if value is not None else None
 
 
+def progress(report: dict, phase: str) -> None:
+    """Each phase's figures as soon as it ends (stderr), so a run cut short keeps what it measured."""
+    print(json.dumps({phase: report.get(phase)}), file=sys.stderr, flush=True)
+
+
 def load() -> float:
     return round(os.getloadavg()[0], 1)
 
@@ -464,6 +469,7 @@ def main():  # noqa: C901 (one script, phase after phase)
                 f"http://127.0.0.1:{bare_port}/bare/", None, tmp / "bare.lua", one, args.seconds, args.connections
             )
             procs.pop("bare").send_signal(signal.SIGTERM)
+            progress(report, "ceiling")
 
         if "throughput" in phases:
             report["throughput"] = wrk(url, key, tmp / "trigger.lua", one, args.seconds, args.connections)
@@ -473,6 +479,7 @@ def main():  # noqa: C901 (one script, phase after phase)
             drained_by = time.time() + 300
             while shell(env, COUNTS).get("queued", 0) and time.time() < drained_by:
                 time.sleep(2)
+            progress(report, "throughput")
 
         if "e2e" in phases:
             started_load = load()
@@ -484,9 +491,11 @@ def main():  # noqa: C901 (one script, phase after phase)
             report["e2e"]["web_cpu_ms_per_call"] = round(web_cpu / max(paced.total, 1) * 1000, 2)
             report["e2e"]["workers_cpu_ms_per_message"] = round(worker_cpu / max(paced.total, 1) * 1000, 2)
             report["e2e"]["load"] = [started_load, load()]
+            progress(report, "e2e")
 
         if "profile" in phases:
             report["profile"] = shell(env, PROFILE, KEY=key, CAMPAIGN=campaign, PROFILES=args.profiles, CALLS=300)
+            progress(report, "profile")
 
         if "journey" in phases:
             started_load = load()
@@ -521,6 +530,7 @@ def main():  # noqa: C901 (one script, phase after phase)
                 "p99_ms": ms(percentile(spans, 99)),
                 "load": [started_load, load()],
             }
+            progress(report, "journey")
 
         if "soak" in phases:
             started_load = load()
@@ -557,6 +567,7 @@ def main():  # noqa: C901 (one script, phase after phase)
                 "queued_samples": [s["queued"] for s in samples],
                 "load": [started_load, load()],
             }
+            progress(report, "soak")
 
         if "crash" in phases:
             started_load = load()
@@ -599,6 +610,7 @@ def main():  # noqa: C901 (one script, phase after phase)
                 "tokens_received_twice": sum(1 for t, n in received.items() if n - before.get(t, 0) > 1),
                 "load": [started_load, load()],
             }
+            progress(report, "crash")
     finally:
         for name, proc in procs.items():
             if name == "workers":
