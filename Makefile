@@ -28,8 +28,7 @@ demo: migrate
 # Embedded mode: SQLite + django-q2's ORM broker + the push simulator, demo data, admin on :8000.
 run: demo
 	@echo "Admin: http://127.0.0.1:8000/admin/   API docs: http://127.0.0.1:8000/api/v1/docs/"
-	@trap 'kill 0' INT TERM EXIT; \
-	$(PY) manage.py run_embedded
+	@$(PY) manage.py run_embedded
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -44,6 +44,7 @@ CAPABILITIES: dict[str, dict] = {
             "delivery.delivery",
             "delivery.deliveryrules",
             "campaigns.campaign",
+            "campaigns.occurrence",
             "journeys.journey",
             "journeys.enrollment",
             "accounts.approvalrequest",
@@ -93,6 +94,11 @@ CAPABILITIES: dict[str, dict] = {
         "label": "own API keys",
         "roles": (ADMINISTRATOR, APPROVER, MANAGER),
         "perms": ["accounts.view_apikey", "accounts.add_apikey", "accounts.change_apikey"],
+    },
+    "watch_queue": {
+        "label": "the task queue: queued and failed tasks, schedules (read)",
+        "roles": (ADMINISTRATOR,),
+        "perms": _crud("django_q.ormq", "django_q.success", "django_q.failure", "django_q.schedule", actions=("view",)),
     },
     "administer": {
         "label": "apps and channel credentials, users, roles, approval policies, API keys of others",

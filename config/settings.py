@@ -8,14 +8,22 @@ Two modes, chosen by ``PUSHDESK_MODE``:
   line naming what to set when one is missing.
 """
 
+import math
 import os
+import re
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("PUSHDESK_VAR_DIR", BASE_DIR / "var"))
+if not VAR_DIR.is_absolute():
+    sys.stderr.write(
+        f"pushdesk: configuration error: PUSHDESK_VAR_DIR={str(VAR_DIR)!r} is not an absolute path; set it to one.\n"
+    )
+    sys.exit(2)
 
 
 def _refuse_start(message: str) -> None:
@@ -35,6 +43,46 @@ def _env_bool(name: str, default: bool) -> bool:
         return False
     _refuse_start(f"{name}={raw!r} is not a boolean; set it to 1 or 0.")
     return default
+
+
+def _env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        _refuse_start(f"{name}={raw!r} is not a whole number of at least {minimum}; set it to one, or unset it.")
+    return value
+
+
+def _env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < minimum:
+        _refuse_start(f"{name}={raw!r} is not a number of at least {minimum:g}; set it to one, or unset it.")
+    return value
+
+
+def _env_url(name: str, default: str, *, schemes: tuple[str, ...]) -> str:
+    raw = os.environ.get(name, "").strip() or default
+    parts = urlsplit(raw)
+    if parts.scheme not in schemes or not parts.hostname:
+        _refuse_start(
+            f"{name}={_without_password(raw)!r} is not a {' or '.join(schemes)} URL with a host; set it to one."
+        )
+    return raw
+
+
+def _without_password(url: str) -> str:
+    return re.sub(r"(://[^/@:\s]*:)[^/@\s]+@", r"\1***@", url)
 
 
 def _env_list(name: str, default: list[str]) -> list[str]:
@@ -59,7 +107,24 @@ if MODE not in {"embedded", "production"}:
     _refuse_start(f"PUSHDESK_MODE={MODE!r} is unknown; set it to 'embedded' or 'production'.")
 PRODUCTION = MODE == "production"
 
-DEBUG = _env_bool("DEBUG", default=not PRODUCTION)
+# DEBUG is off unless asked for, in the embedded mode too: users never see Django's debug pages.
+DEBUG = _env_bool("DEBUG", default=False)
+
+# This deployment's name. The database records the instance it belongs to; where the two differ
+# (a restored backup, a staging clone) nothing is sent until `manage.py instance_claim`. It also
+# prefixes the cache, broker and rate-limiter keys, so copies sharing a Redis do not mix.
+PUSHDESK_INSTANCE = os.environ.get("PUSHDESK_INSTANCE", "").strip()
+if not PUSHDESK_INSTANCE:
+    if PRODUCTION:
+        _refuse_start(
+            "PUSHDESK_INSTANCE is not set; set it to this deployment's name (e.g. production-eu), "
+            "a different one on every copy."
+        )
+    PUSHDESK_INSTANCE = "local"
+if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", PUSHDESK_INSTANCE):
+    _refuse_start(
+        f"PUSHDESK_INSTANCE={PUSHDESK_INSTANCE!r} is not a name; use lowercase letters, digits, '-' and '_' (at most 63)."
+    )
 
 # --- secrets -----------------------------------------------------------------------------
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
@@ -69,6 +134,8 @@ if not SECRET_KEY:
     import secrets as _secrets
 
     SECRET_KEY = _read_or_create_key(VAR_DIR / "secret.key", lambda: _secrets.token_urlsafe(50))
+elif PRODUCTION and (len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5):
+    _refuse_start("SECRET_KEY is too short or too simple; set it to a long random string (50+ characters).")
 
 # Comma-separated Fernet keys; the first encrypts, all decrypt (so keys can be rotated).
 PUSHDESK_ENCRYPTION_KEY = os.environ.get("PUSHDESK_ENCRYPTION_KEY", "")
@@ -81,11 +148,30 @@ if not PUSHDESK_ENCRYPTION_KEY:
     from cryptography.fernet import Fernet as _Fernet
 
     PUSHDESK_ENCRYPTION_KEY = _read_or_create_key(VAR_DIR / "encryption.key", lambda: _Fernet.generate_key().decode())
+else:
+    from cryptography.fernet import Fernet as _Fernet
+
+    for _position, _key in enumerate(PUSHDESK_ENCRYPTION_KEY.split(","), start=1):
+        try:
+            _Fernet(_key.strip())
+        except Exception:
+            _refuse_start(
+                f"PUSHDESK_ENCRYPTION_KEY: key {_position} is not a Fernet key (32 url-safe base64-encoded bytes); "
+                'make one with python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())".'
+            )
 
 ALLOWED_HOSTS = _env_list("ALLOWED_HOSTS", [] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]"])
+for _host in ALLOWED_HOSTS:
+    if "/" in _host or " " in _host:
+        _refuse_start(
+            f"ALLOWED_HOSTS: {_host!r} is not a host name; list names such as push.example.com, comma-separated."
+        )
 if PRODUCTION and not ALLOWED_HOSTS:
     _refuse_start("ALLOWED_HOSTS is not set; set it to the host names the site answers on, comma-separated.")
 CSRF_TRUSTED_ORIGINS = _env_list("CSRF_TRUSTED_ORIGINS", [])
+for _origin in CSRF_TRUSTED_ORIGINS:
+    if urlsplit(_origin).scheme not in {"http", "https"} or not urlsplit(_origin).netloc:
+        _refuse_start(f"CSRF_TRUSTED_ORIGINS: {_origin!r} is not an origin; write it as https://HOST, comma-separated.")
 
 # --- applications ------------------------------------------------------------------------
 INSTALLED_APPS = [
@@ -99,6 +185,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "guardian",
+    "operations",  # before django_q: its qinfo (secrets masked) replaces django-q2's
     "django_q",
     "accounts",
     "audiences",
@@ -108,7 +195,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "operations.middleware.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "accounts.middleware.RefuseNulMiddleware",
@@ -132,6 +221,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "operations.context_processors.instance",
             ],
         },
     },
@@ -158,6 +248,10 @@ if _db.get("ENGINE") not in {"django.db.backends.postgresql", "django.db.backend
         "DATABASE_URL must name a PostgreSQL or SQLite database; "
         "set it to postgres://USER:PASSWORD@HOST:5432/NAME or sqlite:///PATH."
     )
+if PRODUCTION and _db["ENGINE"] != "django.db.backends.postgresql":
+    _refuse_start(
+        "DATABASE_URL must be a PostgreSQL database in production; set it to postgres://USER:PASSWORD@HOST:5432/NAME."
+    )
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["OPTIONS"] = {
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=20000;",
@@ -169,15 +263,38 @@ DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- redis, cache, task queue --------------------------------------------------------------
-REDIS_URL = os.environ.get("REDIS_URL", "")
+REDIS_URL = os.environ.get("REDIS_URL", "").strip()
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    REDIS_URL = _env_url("REDIS_URL", "", schemes=("redis", "rediss", "unix"))
+elif PRODUCTION:
+    _refuse_start(
+        "REDIS_URL is not set; set it to redis://[:PASSWORD@]HOST:6379/DB (the queue, cache and rate limiter)."
+    )
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": PUSHDESK_INSTANCE,
+        }
+    }
 else:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "pushdesk_cache"}}
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": "pushdesk_cache",
+            "KEY_PREFIX": PUSHDESK_INSTANCE,
+        }
+    }
+
+# The broker's keys are django_q:<name>:…; the instance's name by default.
+PUSHDESK_QUEUE_NAME = os.environ.get("PUSHDESK_QUEUE_NAME", "").strip() or PUSHDESK_INSTANCE
+if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", PUSHDESK_QUEUE_NAME):
+    _refuse_start(f"PUSHDESK_QUEUE_NAME={PUSHDESK_QUEUE_NAME!r} is not a name; use letters, digits, '.', '-' and '_'.")
 
 Q_CLUSTER = {
-    "name": os.environ.get("PUSHDESK_QUEUE_NAME", "pushdesk"),
-    "workers": int(os.environ.get("PUSHDESK_WORKERS", "2")),
+    "name": PUSHDESK_QUEUE_NAME,
+    "workers": _env_int("PUSHDESK_WORKERS", 2, minimum=1),
     # A task is killed after `timeout`; the broker re-presents an unacknowledged task after
     # `retry`. retry > timeout so a slow task is never run twice by the queue itself.
     "timeout": 300,
@@ -195,6 +312,8 @@ if REDIS_URL:
 else:
     Q_CLUSTER["orm"] = "default"
     Q_CLUSTER["poll"] = 0.5
+# A worker asked to stop (SIGTERM, Ctrl-C) finishes its batches in flight, then is killed after this.
+PUSHDESK_STOP_SECONDS = _env_int("PUSHDESK_STOP_SECONDS", 45, minimum=1)
 if _env_bool("PUSHDESK_TASKS_SYNC", default=False):
     Q_CLUSTER["sync"] = True
 
@@ -216,11 +335,11 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LOGIN_URL = "admin:login"
 # Admin sign-in throttling, per username and per address.
-PUSHDESK_LOGIN_MAX_FAILURES = int(os.environ.get("PUSHDESK_LOGIN_MAX_FAILURES", "5"))
-PUSHDESK_LOGIN_LOCKOUT_SECONDS = int(os.environ.get("PUSHDESK_LOGIN_LOCKOUT_SECONDS", "900"))
+PUSHDESK_LOGIN_MAX_FAILURES = _env_int("PUSHDESK_LOGIN_MAX_FAILURES", 5, minimum=1)
+PUSHDESK_LOGIN_LOCKOUT_SECONDS = _env_int("PUSHDESK_LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
 # Reverse proxies in front of the web app that append to X-Forwarded-For (0: none). Behind a
 # proxy, REMOTE_ADDR is the proxy's: without this every sign-in shares one address's lockout.
-PUSHDESK_TRUSTED_PROXIES = int(os.environ.get("PUSHDESK_TRUSTED_PROXIES", "0"))
+PUSHDESK_TRUSTED_PROXIES = _env_int("PUSHDESK_TRUSTED_PROXIES", 0)
 
 # --- i18n, static ----------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -230,12 +349,29 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", VAR_DIR / "static"))
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", VAR_DIR / "media"))
+for _name, _path in (("STATIC_ROOT", STATIC_ROOT), ("MEDIA_ROOT", MEDIA_ROOT)):
+    if not _path.is_absolute():
+        _refuse_start(f"{_name}={str(_path)!r} is not an absolute path; set it to one.")
+# WhiteNoise serves the static files from every web process. In production they are collected
+# (`manage.py collectstatic`) with content-hashed names and compressed copies, cached for a year;
+# the embedded mode serves them from the apps' folders as they are.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = not PRODUCTION
+if not PRODUCTION:
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 MEDIA_URL = "media/"
 
 # --- security ------------------------------------------------------------------------------
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
-SESSION_COOKIE_AGE = int(os.environ.get("SESSION_COOKIE_AGE", str(60 * 60 * 8)))
+SESSION_COOKIE_AGE = _env_int("SESSION_COOKIE_AGE", 60 * 60 * 8, minimum=60)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 if PRODUCTION:
@@ -243,7 +379,7 @@ if PRODUCTION:
     CSRF_COOKIE_SECURE = True
     SECURE_SSL_REDIRECT = _env_bool("SECURE_SSL_REDIRECT", default=True)
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", str(60 * 60 * 24 * 365)))
+    SECURE_HSTS_SECONDS = _env_int("SECURE_HSTS_SECONDS", 60 * 60 * 24 * 365)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
 
@@ -290,30 +426,63 @@ SPECTACULAR_SETTINGS = {
 DEFAULT_EXCEPTION_REPORTER_FILTER = "config.reporting.SettingsReportFilter"
 
 # --- logging -------------------------------------------------------------------------------
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").strip().upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    _refuse_start(f"LOG_LEVEL={LOG_LEVEL!r} is unknown; set it to DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+# `plain` lines for a terminal or journald; `json` (one object a line) for a log pipeline.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain").strip().lower()
+if LOG_FORMAT not in {"plain", "json"}:
+    _refuse_start(f"LOG_FORMAT={LOG_FORMAT!r} is unknown; set it to plain or json.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# Error reporting to Sentry (or a compatible service) when SENTRY_DSN is set; needs `sentry-sdk`.
+SENTRY_DSN = os.environ.get("SENTRY_DSN", "").strip()
+if SENTRY_DSN:
+    if urlsplit(SENTRY_DSN).scheme not in {"http", "https"} or not urlsplit(SENTRY_DSN).hostname:
+        _refuse_start("SENTRY_DSN is not a DSN; set it to https://KEY@HOST/PROJECT, or unset it.")
+    try:
+        import sentry_sdk
+    except ImportError:
+        _refuse_start("SENTRY_DSN is set but sentry-sdk is not installed; pip install sentry-sdk, or unset it.")
+    sentry_sdk.init(dsn=SENTRY_DSN, environment=PUSHDESK_INSTANCE, send_default_pii=False)
 
 # --- Pushdesk ------------------------------------------------------------------------------
 # Base URLs of the push providers: settings, so tests, benchmarks and the demo point the
 # real clients at the push simulator on loopback.
-PUSHDESK_APNS_PRODUCTION_URL = os.environ.get("PUSHDESK_APNS_PRODUCTION_URL", "https://api.push.apple.com")
-PUSHDESK_APNS_SANDBOX_URL = os.environ.get("PUSHDESK_APNS_SANDBOX_URL", "https://api.sandbox.push.apple.com")
-PUSHDESK_FCM_URL = os.environ.get("PUSHDESK_FCM_URL", "https://fcm.googleapis.com")
+PUSHDESK_APNS_PRODUCTION_URL = _env_url(
+    "PUSHDESK_APNS_PRODUCTION_URL", "https://api.push.apple.com", schemes=("https", "http")
+)
+PUSHDESK_APNS_SANDBOX_URL = _env_url(
+    "PUSHDESK_APNS_SANDBOX_URL", "https://api.sandbox.push.apple.com", schemes=("https", "http")
+)
+PUSHDESK_FCM_URL = _env_url("PUSHDESK_FCM_URL", "https://fcm.googleapis.com", schemes=("https", "http"))
 PUSHDESK_CA_BUNDLE = os.environ.get("PUSHDESK_CA_BUNDLE", "")  # empty: the system's trust store
+if PUSHDESK_CA_BUNDLE and not Path(PUSHDESK_CA_BUNDLE).is_file():
+    _refuse_start(
+        f"PUSHDESK_CA_BUNDLE={PUSHDESK_CA_BUNDLE!r} is not a readable file; set it to a PEM file of CAs, or unset it."
+    )
 PUSHDESK_API_KEY_PREFIX = "pdk"
 
 # --- audiences -------------------------------------------------------------------------------
 # CSV imports: the largest file accepted, and rows written per batch (one transaction each).
-PUSHDESK_IMPORT_MAX_BYTES = int(os.environ.get("PUSHDESK_IMPORT_MAX_BYTES", str(1024**3)))
-PUSHDESK_IMPORT_BATCH_ROWS = int(os.environ.get("PUSHDESK_IMPORT_BATCH_ROWS", "20000"))
+PUSHDESK_IMPORT_MAX_BYTES = _env_int("PUSHDESK_IMPORT_MAX_BYTES", 1024**3, minimum=1)
+PUSHDESK_IMPORT_BATCH_ROWS = _env_int("PUSHDESK_IMPORT_BATCH_ROWS", 20000, minimum=1)
 # An import task hands over to a fresh task after this many seconds (below Q_CLUSTER's timeout).
-PUSHDESK_IMPORT_TASK_SECONDS = int(os.environ.get("PUSHDESK_IMPORT_TASK_SECONDS", "200"))
+PUSHDESK_IMPORT_TASK_SECONDS = _env_int("PUSHDESK_IMPORT_TASK_SECONDS", 200, minimum=1)
 # Bulk API calls: most profiles or events per call.
 AUDIENCES_BULK_MAX_ITEMS = 1000
 # Preview: how many sample profiles are shown with the count.
@@ -323,36 +492,47 @@ AUDIENCES_PREVIEW_SAMPLE = 20
 # URL schemes push content may link to (image and "open URL"), and deep-link schemes.
 PUSHDESK_URL_SCHEMES = _env_list("PUSHDESK_URL_SCHEMES", ["https"])
 PUSHDESK_DEEP_LINK_SCHEMES = _env_list("PUSHDESK_DEEP_LINK_SCHEMES", ["https", "pushdesk"])
+for _name, _schemes in (
+    ("PUSHDESK_URL_SCHEMES", PUSHDESK_URL_SCHEMES),
+    ("PUSHDESK_DEEP_LINK_SCHEMES", PUSHDESK_DEEP_LINK_SCHEMES),
+):
+    for _scheme in _schemes:
+        if not re.fullmatch(r"[a-z][a-z0-9+.-]*", _scheme):
+            _refuse_start(f"{_name}: {_scheme!r} is not a URL scheme; list schemes such as https, comma-separated.")
 # Deliveries claimed per batch by a send task; also the most a crashed worker can leave `unknown`.
-PUSHDESK_SEND_BATCH = int(os.environ.get("PUSHDESK_SEND_BATCH", "1000"))
+PUSHDESK_SEND_BATCH = _env_int("PUSHDESK_SEND_BATCH", 1000, minimum=1)
 # Send tasks started per dispatch (they share its rows; more than the workers brings nothing).
-PUSHDESK_SEND_TASKS = int(os.environ.get("PUSHDESK_SEND_TASKS", str(Q_CLUSTER["workers"])))
+PUSHDESK_SEND_TASKS = _env_int("PUSHDESK_SEND_TASKS", Q_CLUSTER["workers"], minimum=1)
 # Rows still `sending` after this many seconds become `unknown` (never re-sent).
-PUSHDESK_SEND_LEASE_SECONDS = int(os.environ.get("PUSHDESK_SEND_LEASE_SECONDS", "120"))
+PUSHDESK_SEND_LEASE_SECONDS = _env_int("PUSHDESK_SEND_LEASE_SECONDS", 120, minimum=1)
 # Attempts per delivery (first send + retries of transient failures), and the backoff base.
-PUSHDESK_SEND_MAX_ATTEMPTS = int(os.environ.get("PUSHDESK_SEND_MAX_ATTEMPTS", "5"))
-PUSHDESK_SEND_BACKOFF_SECONDS = float(os.environ.get("PUSHDESK_SEND_BACKOFF_SECONDS", "2"))
+PUSHDESK_SEND_MAX_ATTEMPTS = _env_int("PUSHDESK_SEND_MAX_ATTEMPTS", 5, minimum=1)
+PUSHDESK_SEND_BACKOFF_SECONDS = _env_float("PUSHDESK_SEND_BACKOFF_SECONDS", 2)
 # A send task hands over to a fresh one after this many seconds (below Q_CLUSTER's timeout).
-PUSHDESK_SEND_TASK_SECONDS = int(os.environ.get("PUSHDESK_SEND_TASK_SECONDS", "200"))
+PUSHDESK_SEND_TASK_SECONDS = _env_int("PUSHDESK_SEND_TASK_SECONDS", 200, minimum=1)
 # Per request to APNs/FCM: seconds before giving up (the message then ends `unknown`), and
 # HTTP/2 connections per provider host from each worker (each multiplexes up to 100 streams).
-PUSHDESK_SEND_TIMEOUT_SECONDS = float(os.environ.get("PUSHDESK_SEND_TIMEOUT_SECONDS", "10"))
-PUSHDESK_SEND_CONNECTIONS = int(os.environ.get("PUSHDESK_SEND_CONNECTIONS", "4"))
+PUSHDESK_SEND_TIMEOUT_SECONDS = _env_float("PUSHDESK_SEND_TIMEOUT_SECONDS", 10)
+PUSHDESK_SEND_CONNECTIONS = _env_int("PUSHDESK_SEND_CONNECTIONS", 4, minimum=1)
 # The push simulator (``manage.py pushsim``, started by ``make run``): where an App marked
 # "send to the push simulator" sends. h2c on loopback by default; see the README.
-PUSHDESK_PUSHSIM_APNS_PRODUCTION_URL = os.environ.get("PUSHDESK_PUSHSIM_APNS_PRODUCTION_URL", "http://127.0.0.1:8440")
-PUSHDESK_PUSHSIM_APNS_SANDBOX_URL = os.environ.get("PUSHDESK_PUSHSIM_APNS_SANDBOX_URL", "http://127.0.0.1:8441")
-PUSHDESK_PUSHSIM_FCM_URL = os.environ.get("PUSHDESK_PUSHSIM_FCM_URL", "http://127.0.0.1:8440")
+PUSHDESK_PUSHSIM_APNS_PRODUCTION_URL = _env_url(
+    "PUSHDESK_PUSHSIM_APNS_PRODUCTION_URL", "http://127.0.0.1:8440", schemes=("https", "http")
+)
+PUSHDESK_PUSHSIM_APNS_SANDBOX_URL = _env_url(
+    "PUSHDESK_PUSHSIM_APNS_SANDBOX_URL", "http://127.0.0.1:8441", schemes=("https", "http")
+)
+PUSHDESK_PUSHSIM_FCM_URL = _env_url("PUSHDESK_PUSHSIM_FCM_URL", "http://127.0.0.1:8440", schemes=("https", "http"))
 
 # --- campaigns -----------------------------------------------------------------------------
 # API triggers allowed per API key and second (a burst of a tenth of that is absorbed).
-PUSHDESK_TRIGGER_RATE_PER_KEY = float(os.environ.get("PUSHDESK_TRIGGER_RATE_PER_KEY", "1000"))
+PUSHDESK_TRIGGER_RATE_PER_KEY = _env_float("PUSHDESK_TRIGGER_RATE_PER_KEY", 1000)
 # Per-process caches of API keys, permissions and approved campaigns are reloaded when their
 # version stamp changes, and at the latest after this many seconds.
-PUSHDESK_CACHE_SECONDS = float(os.environ.get("PUSHDESK_CACHE_SECONDS", "60"))
+PUSHDESK_CACHE_SECONDS = _env_float("PUSHDESK_CACHE_SECONDS", 60)
 
 # --- streams (standing dispatches of API triggers and event-entered journeys) ---------------
 # Long-running sender tasks draining the streams (each holds one qcluster worker while it runs).
-PUSHDESK_STREAM_SENDERS = int(os.environ.get("PUSHDESK_STREAM_SENDERS", "1"))
+PUSHDESK_STREAM_SENDERS = _env_int("PUSHDESK_STREAM_SENDERS", 1, minimum=1)
 # Without a wake-up (the embedded mode, or a lost one), senders look for work this often.
-PUSHDESK_STREAM_POLL_SECONDS = float(os.environ.get("PUSHDESK_STREAM_POLL_SECONDS", "0.5"))
+PUSHDESK_STREAM_POLL_SECONDS = _env_float("PUSHDESK_STREAM_POLL_SECONDS", 0.5)

@@ -1,6 +1,7 @@
 """Start-up refuses bad configuration with one clear line; production settings pass check --deploy."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ PRODUCTION_ENV = {
     "PUSHDESK_ENCRYPTION_KEY": Fernet.generate_key().decode(),
     "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/pushdesk",
     "ALLOWED_HOSTS": "pushdesk.example.com",
+    "REDIS_URL": "redis://127.0.0.1:6379/8",
+    "PUSHDESK_INSTANCE": "test-instance",
 }
 
 
@@ -23,7 +26,9 @@ def _manage(*args, env, tmp_path):
     full_env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("PUSHDESK_", "DATABASE_URL", "SECRET_KEY", "DEBUG", "DJANGO_ALLOW_ASYNC_UNSAFE"))
+        if not k.startswith(
+            ("PUSHDESK_", "DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG", "DJANGO_ALLOW_ASYNC_UNSAFE")
+        )
     }
     full_env.update({"PUSHDESK_VAR_DIR": str(tmp_path), **env})
     return subprocess.run(
@@ -36,7 +41,10 @@ def test_production_settings_pass_check_deploy(tmp_path):
     assert result.returncode == 0, result.stderr + result.stdout
 
 
-@pytest.mark.parametrize("missing", ["PUSHDESK_ENCRYPTION_KEY", "SECRET_KEY", "DATABASE_URL", "ALLOWED_HOSTS"])
+@pytest.mark.parametrize(
+    "missing",
+    ["PUSHDESK_ENCRYPTION_KEY", "SECRET_KEY", "DATABASE_URL", "ALLOWED_HOSTS", "REDIS_URL", "PUSHDESK_INSTANCE"],
+)
 def test_production_refuses_to_start_without_a_required_setting(tmp_path, missing):
     env = {k: v for k, v in PRODUCTION_ENV.items() if k != missing}
     result = _manage("check", env=env, tmp_path=tmp_path)
@@ -65,3 +73,128 @@ def test_embedded_mode_generates_and_keeps_its_keys(tmp_path):
     key = key_file.read_text()
     assert _manage("check", env={}, tmp_path=tmp_path).returncode == 0
     assert key_file.read_text() == key
+
+
+# One malformed value per setting read from the environment, each refused at start-up with one line.
+BAD_VALUES = {
+    "ALLOWED_HOSTS": "https://push.example.com/",
+    "CSRF_TRUSTED_ORIGINS": "push.example.com",
+    "DATABASE_URL": "mysql://u@h/db",
+    "DEBUG": "maybe",
+    "LOG_FORMAT": "xml",
+    "LOG_LEVEL": "LOUD",
+    "MEDIA_ROOT": "relative/media",
+    "PUSHDESK_APNS_PRODUCTION_URL": "api.push.apple.com",
+    "PUSHDESK_APNS_SANDBOX_URL": "ftp://sandbox",
+    "PUSHDESK_CA_BUNDLE": "/nonexistent/ca.pem",
+    "PUSHDESK_DEEP_LINK_SCHEMES": "https,my app",
+    "PUSHDESK_ENCRYPTION_KEY": "not-a-fernet-key",
+    "PUSHDESK_FCM_URL": "https://",
+    "PUSHDESK_IMPORT_BATCH_ROWS": "0",
+    "PUSHDESK_IMPORT_MAX_BYTES": "1GB",
+    "PUSHDESK_IMPORT_TASK_SECONDS": "-5",
+    "PUSHDESK_INSTANCE": "Production EU",
+    "PUSHDESK_LOGIN_LOCKOUT_SECONDS": "15m",
+    "PUSHDESK_LOGIN_MAX_FAILURES": "five",
+    "PUSHDESK_MODE": "staging",
+    "PUSHDESK_PUSHSIM_APNS_PRODUCTION_URL": "localhost:8440",
+    "PUSHDESK_PUSHSIM_APNS_SANDBOX_URL": "localhost:8441",
+    "PUSHDESK_PUSHSIM_FCM_URL": "tcp://127.0.0.1:8440",
+    "PUSHDESK_QUEUE_NAME": "my queue",
+    "PUSHDESK_SEND_BACKOFF_SECONDS": "soon",
+    "PUSHDESK_SEND_BATCH": "abc",
+    "PUSHDESK_SEND_CONNECTIONS": "0",
+    "PUSHDESK_SEND_LEASE_SECONDS": "2.5",
+    "PUSHDESK_SEND_MAX_ATTEMPTS": "many",
+    "PUSHDESK_SEND_TASKS": "x",
+    "PUSHDESK_STOP_SECONDS": "0",
+    "PUSHDESK_SEND_TASK_SECONDS": "",  # replaced below: an empty value means the default
+    "PUSHDESK_SEND_TIMEOUT_SECONDS": "nan",
+    "PUSHDESK_TASKS_SYNC": "sometimes",
+    "PUSHDESK_TRIGGER_RATE_PER_KEY": "-1",
+    "PUSHDESK_TRUSTED_PROXIES": "one",
+    "PUSHDESK_URL_SCHEMES": "https,",
+    "PUSHDESK_VAR_DIR": "relative/var",
+    "PUSHDESK_WORKERS": "abc",
+    "REDIS_URL": "localhost:6379",
+    "SECRET_KEY": "short",
+    "SECURE_HSTS_SECONDS": "a year",
+    "SECURE_SSL_REDIRECT": "perhaps",
+    "SENTRY_DSN": "not a dsn",
+    "SESSION_COOKIE_AGE": "10",
+    "STATIC_ROOT": "static",
+}
+BAD_VALUES["PUSHDESK_SEND_TASK_SECONDS"] = "3 minutes"
+BAD_VALUES["PUSHDESK_URL_SCHEMES"] = "https,javascript:"
+# Settings only production reads (SECRET_KEY's strength, HSTS, the redirect) are tried in production.
+PRODUCTION_ONLY = {"SECRET_KEY", "SECURE_HSTS_SECONDS", "SECURE_SSL_REDIRECT"}
+
+
+def _settings_read_from_the_environment() -> set[str]:
+    source = (ROOT / "config" / "settings.py").read_text()
+    return set(re.findall(r'(?:_env_\w+|os\.environ\.get)\("([A-Z][A-Z0-9_]+)"', source))
+
+
+def test_every_setting_read_from_the_environment_has_a_malformed_case():
+    assert _settings_read_from_the_environment() == set(BAD_VALUES)
+
+
+def _import_settings(env: dict, tmp_path) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k not in BAD_VALUES and not k.startswith("PUSHDESK_")}
+    full_env.update({"PUSHDESK_VAR_DIR": str(tmp_path), **env})
+    return subprocess.run(
+        [sys.executable, "-c", "import config.settings"],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(BAD_VALUES))
+def test_a_malformed_setting_stops_start_up_with_one_line_naming_it(tmp_path, name):
+    env = PRODUCTION_ENV if name in PRODUCTION_ONLY else {}
+    result = _import_settings({**env, name: BAD_VALUES[name]}, tmp_path)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert name in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("REDIS_URL", ""),
+        ("DATABASE_URL", "sqlite:////tmp/pushdesk.sqlite3"),
+        ("PUSHDESK_INSTANCE", ""),
+    ],
+)
+def test_production_refuses_what_only_the_embedded_mode_accepts(tmp_path, name, value):
+    result = _import_settings({**PRODUCTION_ENV, name: value}, tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and name in lines[0], result.stderr
+
+
+def test_the_production_environment_example_is_a_valid_environment_file(tmp_path):
+    """The docs' example, read the way systemd's EnvironmentFile reads it, starts production."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    block = re.search(r"```sh\n# /etc/pushdesk/pushdesk.env\n(.*?)```", text, re.DOTALL).group(1)
+    env = {}
+    for line in block.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.partition("=")
+        assert re.fullmatch(r"[A-Z_][A-Z0-9_]*", name), line
+        assert " #" not in value, f"an inline comment is part of the value for systemd: {line}"
+        env[name] = value
+    # The example's placeholders, filled in as an operator would.
+    env["SECRET_KEY"] = PRODUCTION_ENV["SECRET_KEY"]
+    env["PUSHDESK_ENCRYPTION_KEY"] = PRODUCTION_ENV["PUSHDESK_ENCRYPTION_KEY"]
+    env["STATIC_ROOT"] = str(tmp_path / "static")
+    env["MEDIA_ROOT"] = str(tmp_path / "media")
+    result = _import_settings(env, tmp_path)
+    assert result.returncode == 0, result.stderr

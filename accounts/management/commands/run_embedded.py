@@ -11,31 +11,43 @@ from django.core.management.base import BaseCommand
 
 
 class Command(BaseCommand):
-    help = "Run the web app, a django-q2 worker and the push simulator until Ctrl-C."
+    help = "Run the web app, a django-q2 worker and the push simulator until Ctrl-C (or SIGTERM)."
 
     def add_arguments(self, parser):
         parser.add_argument("--addr", default="127.0.0.1:8000")
+        parser.add_argument("--pushsim-port", type=int, default=8440, help="the simulator's port (sandbox: the next)")
 
-    def handle(self, *args, addr, **options):
+    def handle(self, *args, addr, pushsim_port, **options):
         manage = [sys.executable, "manage.py"]
         commands = [manage + ["runserver", "--noreload", addr], manage + ["qcluster"]]
         if "pushsim" in get_commands():
-            commands.append(manage + ["pushsim"])
-        procs = [subprocess.Popen(cmd, env=os.environ.copy()) for cmd in commands]
-        try:
-            while all(p.poll() is None for p in procs):
-                time.sleep(0.5)
-            failed = [" ".join(p.args[2:]) for p in procs if p.poll() not in (None, 0)]
-            if failed:
-                self.stderr.write(f"stopped because {', '.join(failed)} exited")
-        except KeyboardInterrupt:
-            pass
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGINT)
-            for p in procs:
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            commands.append(manage + ["pushsim", "--port", str(pushsim_port), "--sandbox-port", str(pushsim_port + 1)])
+        stopping: list[int] = []
+
+        def on_signal(signum, frame):
+            stopping.append(signum)
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        # Each in a session of its own: Ctrl-C reaches this process only, which stops them in
+        # order, once each (a worker signalled twice, by the terminal and by us, stops badly).
+        procs = [subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True) for cmd in commands]
+        while not stopping and all(p.poll() is None for p in procs):
+            time.sleep(0.2)
+        failed = [" ".join(p.args[2:]) for p in procs if p.poll() not in (None, 0)]
+        if failed and not stopping:
+            self.stderr.write(f"stopping: {', '.join(failed)} exited")
+        self.stdout.write("Stopping the web app, the worker and the push simulator…")
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)  # what each expects from a terminal: a clean stop
+        deadline = time.monotonic() + 60
+        for p in procs:
+            try:
+                p.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self.stdout.write("Stopped.")
+        if failed and not stopping:
+            raise SystemExit(1)

@@ -1,0 +1,108 @@
+"""django-q2's ``qcluster``, stopping within a bounded time on SIGTERM or SIGINT.
+
+django-q2's own stop hangs or kills work in flight: its main process stops the cluster from
+inside the signal handler (a second signal re-enters it), its sentinel dies at once on SIGTERM
+(so with SIGTERM sent to the whole group, as systemd's default ``KillMode`` and Ctrl-C do, the
+workers are orphaned and never told to stop), and the workers run every task they had already
+taken before their stop order.
+
+Here a signal, whether it reaches the main process alone or the whole process group:
+
+* in the main process, is passed to the sentinel once; the main process then waits for the
+  cluster, at most ``PUSHDESK_STOP_SECONDS``, and kills what is left after that;
+* in the sentinel, sets the cluster's stop event and passes SIGTERM to its workers;
+* in a worker, only sets ``operations.shutdown``'s flag: a send task finishes its batch in
+  flight, hands the rest over to a fresh task on the queue and returns; tasks taken but not
+  started hand over at once.
+"""
+
+import logging
+import os
+import signal
+import threading
+import time
+
+import django_q.cluster
+from django.conf import settings
+from django_q.cluster import Cluster, Sentinel
+from django_q.management.commands.qcluster import Command as QclusterCommand
+
+from operations.shutdown import request_stop
+
+logger = logging.getLogger("pushdesk.worker")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(p) for p in fh.read().split()]
+    except OSError:
+        return []
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+class GracefulSentinel(Sentinel):
+    """The sentinel, stopping its cluster in order on SIGTERM instead of dying at once."""
+
+    def __init__(self, stop_event, start_event, cluster_id, broker=None, timeout=None, start=True):
+        super().__init__(stop_event, start_event, cluster_id, broker, timeout, start=False)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.signal(signal.SIGINT, self._on_sigterm)
+        if start:
+            self.start()
+
+    def _on_sigterm(self, signum, frame):
+        # Inherited by the workers, pusher and monitor (forked from here): there it only marks
+        # the process as stopping; they stop when the sentinel tells them to.
+        request_stop()
+        if os.getpid() != self.pid:
+            return
+        # Setting a multiprocessing Event takes a lock the interrupted code may hold: not here.
+        threading.Thread(target=self.stop_event.set, daemon=True).start()
+        for process in self.pool:
+            if process.pid:
+                _signal(process.pid, signal.SIGTERM)
+
+
+class Command(QclusterCommand):
+    help = "Start the task workers; SIGTERM or SIGINT stops them within PUSHDESK_STOP_SECONDS."
+
+    def handle(self, *args, **options):
+        if options.get("cluster_name"):
+            os.environ["Q_CLUSTER_NAME"] = options["cluster_name"]
+        django_q.cluster.Sentinel = GracefulSentinel
+        cluster = Cluster()
+        asked_at: list[float] = []
+
+        def on_signal(signum, frame):
+            if asked_at:
+                return  # already stopping; systemd and terminals often signal more than once
+            asked_at.append(time.monotonic())
+            if cluster.sentinel is not None and cluster.sentinel.pid:
+                _signal(cluster.sentinel.pid, signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        cluster.start()
+        if options.get("run_once"):
+            on_signal(signal.SIGTERM, None)
+        while cluster.sentinel.is_alive():
+            if asked_at and time.monotonic() - asked_at[0] > settings.PUSHDESK_STOP_SECONDS:
+                stuck = _children(cluster.sentinel.pid)
+                logger.error(
+                    "workers did not stop within %s s (PUSHDESK_STOP_SECONDS): killing them",
+                    settings.PUSHDESK_STOP_SECONDS,
+                )
+                for pid in [*stuck, cluster.sentinel.pid]:
+                    _signal(pid, signal.SIGKILL)
+                cluster.sentinel.join(5)
+                raise SystemExit(1)
+            cluster.sentinel.join(0.2)
+        if asked_at:
+            logger.info("workers stopped in %.1f s", time.monotonic() - asked_at[0])

@@ -1,0 +1,44 @@
+"""Print what an operator watches: the queue, the sends in progress, failed tasks, the beat."""
+
+from django.core.management.base import BaseCommand
+
+from operations.status import snapshot
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    return f"{seconds // 3600} h ago"
+
+
+class Command(BaseCommand):
+    help = "Queue depth and the oldest task's age, dispatches sending and their rates, failed tasks, the beat."
+
+    def handle(self, *args, **options):
+        s = snapshot()
+        write = self.stdout.write
+        if s.instance_problem:
+            write(f"instance   {s.instance}: SENDING IS OFF: {s.instance_problem}")
+        else:
+            write(f"instance   {s.instance}: claimed, sending allowed")
+        oldest = "" if s.oldest_task_age_seconds is None else f", oldest waiting {int(s.oldest_task_age_seconds)} s"
+        write(f"queue      {s.queue_depth} tasks waiting{oldest}")
+        write(f"sending    {len(s.dispatches)} dispatches")
+        for d in s.dispatches:
+            write(
+                f"  #{d.id} {d.label[:60]}: {d.status}, {d.done}/{d.total} done "
+                f"({d.accepted} accepted, {d.failed} failed, {d.unknown} unknown), {d.per_second}/s"
+            )
+        total_failures = sum(s.failures_last_hour.values())
+        write(f"failures   {total_failures} failed tasks in the last hour")
+        for func, n in s.failures_last_hour.items():
+            write(f"  {n} × {func}")
+        write("beat")
+        for name, run in s.beat.items():
+            upcoming = f"{run['next_run']:%Y-%m-%d %H:%M:%S} UTC" if run["next_run"] else "not scheduled"
+            write(f"  {name}: last ran {_age(run['age_seconds'])}, next {upcoming}")

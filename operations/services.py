@@ -1,0 +1,102 @@
+"""Operator actions on the deployment itself."""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.services import audit
+
+logger = logging.getLogger("pushdesk.instance")
+
+VOID_REASON = "voided:instance_claim"
+
+
+def instance_claim(*, name: str | None = None) -> dict:
+    """Make the database this instance's (``PUSHDESK_INSTANCE``), voiding what was queued before.
+
+    A database restored from a backup or cloned holds the original's work in progress: its
+    dispatches being prepared or sent, queued deliveries, campaign occurrences already due,
+    journey steps already due and queued tasks. The original sent (or will send) them; sending
+    them here again would reach every recipient twice. So, in one transaction: unfinished
+    dispatches are stopped, their queued rows end ``skipped`` and their ``sending`` rows
+    ``unknown`` (reason ``voided:instance_claim``); scheduled campaigns' due occurrences are
+    recorded as skipped and their next one is the first after now; journey enrollments already
+    due exit; tasks in the database broker are dropped. Future schedules are kept.
+
+    Returns the counts of what was voided; writes an audit event.
+    """
+    from campaigns.models import Campaign, Occurrence
+    from campaigns.schedule import next_occurrence
+    from delivery.models import Delivery, Dispatch
+    from journeys.models import Enrollment
+    from operations.models import Instance
+
+    name = name or settings.PUSHDESK_INSTANCE
+    now = timezone.now()
+    counts = {"dispatches": 0, "deliveries_skipped": 0, "deliveries_unknown": 0, "occurrences": 0, "enrollments": 0}
+    with transaction.atomic():
+        instance = Instance.objects.select_for_update().filter(pk=1).first()
+        previous = instance.name if instance else None
+        open_ids = list(
+            Dispatch.objects.select_for_update()
+            .filter(status__in=(Dispatch.Status.PREPARING, Dispatch.Status.SENDING))
+            .values_list("pk", flat=True)
+        )
+        for dispatch_id in open_ids:
+            skipped = Delivery.objects.filter(dispatch_id=dispatch_id, status=Delivery.Status.QUEUED).update(
+                status=Delivery.Status.SKIPPED, reason=VOID_REASON, finished_at=now
+            )
+            unknown = Delivery.objects.filter(dispatch_id=dispatch_id, status=Delivery.Status.SENDING).update(
+                status=Delivery.Status.UNKNOWN, reason=VOID_REASON, finished_at=now, lease_expires_at=None
+            )
+            dispatch = Dispatch.objects.get(pk=dispatch_id)
+            dispatch.skipped += skipped
+            dispatch.unknown += unknown
+            dispatch.status = Dispatch.Status.STOPPED
+            dispatch.error = f"Voided when instance {name!r} claimed this database (it was queued before)."
+            dispatch.finished_at = now
+            dispatch.save(update_fields=["skipped", "unknown", "status", "error", "finished_at"])
+            counts["dispatches"] += 1
+            counts["deliveries_skipped"] += skipped
+            counts["deliveries_unknown"] += unknown
+        due = Campaign.objects.select_for_update().filter(
+            status__in=(Campaign.Status.SCHEDULED, Campaign.Status.LIVE), next_occurrence_at__lte=now
+        )
+        for campaign in due:
+            when = campaign.next_occurrence_at
+            while when is not None and when <= now:
+                Occurrence.objects.get_or_create(
+                    campaign=campaign,
+                    due_at=when,
+                    defaults={
+                        "outcome": Occurrence.Outcome.SKIPPED_MISSED,
+                        "note": f"voided when instance {name!r} claimed this database",
+                    },
+                )
+                counts["occurrences"] += 1
+                when = next_occurrence(campaign, after=when)
+            campaign.next_occurrence_at = when
+            campaign.save(update_fields=["next_occurrence_at"])
+        counts["enrollments"] = Enrollment.objects.filter(status__in=Enrollment.OPEN_STATUSES, due_at__lte=now).update(
+            status=Enrollment.Status.EXITED,
+            exit_reason=f"voided when instance {name!r} claimed this database",
+            finished_at=now,
+            updated_at=now,
+        )
+        if "orm" in settings.Q_CLUSTER:
+            from django_q.models import OrmQ
+
+            counts["tasks"] = OrmQ.objects.all().delete()[0]
+        Instance.objects.update_or_create(pk=1, defaults={"name": name, "claimed_at": now})
+        audit(actor=None, action="instance_claimed", summary={"name": name, "previous": previous, **counts})
+    if "redis" in settings.Q_CLUSTER:
+        from django_q.brokers import get_broker
+
+        # Only this instance's own queue: a shared Redis also holds the original's.
+        get_broker().purge_queue()
+    logger.warning("instance %r claimed the database (it was %r); voided %s", name, previous, counts)
+    return {"previous": previous, "name": name, **counts}

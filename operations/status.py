@@ -1,0 +1,113 @@
+"""What an operator watches, read in one place: ``manage.py status`` and the metrics endpoint use it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.utils import timezone
+
+
+@dataclass
+class DispatchProgress:
+    id: int
+    label: str
+    status: str
+    total: int
+    done: int
+    accepted: int
+    failed: int
+    unknown: int
+    per_second: float
+
+
+@dataclass
+class Snapshot:
+    instance: str
+    instance_problem: str | None
+    queue_depth: int
+    oldest_task_age_seconds: float | None
+    dispatches: list[DispatchProgress] = field(default_factory=list)
+    failures_last_hour: dict[str, int] = field(default_factory=dict)
+    beat: dict[str, dict] = field(default_factory=dict)
+
+
+def queue_depth_and_oldest_age(*, now: dt.datetime) -> tuple[int, float | None]:
+    """The tasks waiting in this instance's queue, and how long the oldest has waited (seconds)."""
+    from django_q.brokers import get_broker
+    from django_q.signing import SignedPackage
+
+    broker = get_broker()
+    depth = broker.queue_size() or 0
+    started = None
+    if "redis" in settings.Q_CLUSTER:
+        raw = broker.connection.lindex(broker.list_key, 0)
+        if raw is not None:
+            try:
+                started = SignedPackage.loads(raw).get("started")
+            except Exception:  # a package signed with another SECRET_KEY: its age is unknown
+                started = None
+    else:
+        from django_q.models import OrmQ
+
+        oldest = OrmQ.objects.using(settings.Q_CLUSTER["orm"]).filter(key=broker.list_key).order_by("id").first()
+        if oldest is not None:
+            try:
+                started = oldest.task().get("started")
+            except Exception:
+                started = None
+    age = (now - started).total_seconds() if started is not None else None
+    return depth, age
+
+
+def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
+    """Read the queue, the unfinished dispatches, the last hour's failed tasks and the beat."""
+    from django.db.models import Count
+    from django_q.models import Schedule, Task
+
+    from delivery.models import Dispatch
+    from operations.instance import instance_problem
+
+    now = now or timezone.now()
+    depth, age = queue_depth_and_oldest_age(now=now)
+    result = Snapshot(
+        instance=settings.PUSHDESK_INSTANCE,
+        instance_problem=instance_problem(),
+        queue_depth=depth,
+        oldest_task_age_seconds=age,
+    )
+    for d in Dispatch.objects.filter(status__in=(Dispatch.Status.PREPARING, Dispatch.Status.SENDING)).order_by("id"):
+        elapsed = (now - d.started_at).total_seconds() if d.started_at else 0.0
+        done = d.accepted + d.failed + d.skipped + d.unknown
+        result.dispatches.append(
+            DispatchProgress(
+                id=d.pk,
+                label=str(d),
+                status=d.status,
+                total=d.total,
+                done=done,
+                accepted=d.accepted,
+                failed=d.failed,
+                unknown=d.unknown,
+                per_second=round(done / elapsed, 1) if elapsed > 0 else 0.0,
+            )
+        )
+    failures = (
+        Task.objects.filter(success=False, stopped__gte=now - dt.timedelta(hours=1))
+        .values_list("func")
+        .annotate(n=Count("id"))
+        .order_by("func")
+    )
+    result.failures_last_hour = dict(failures)
+    last_runs = dict(
+        Task.objects.filter(pk__in=Schedule.objects.exclude(task=None).values("task")).values_list("id", "stopped")
+    )
+    for schedule in Schedule.objects.order_by("name"):
+        last = last_runs.get(schedule.task)
+        result.beat[schedule.name or schedule.func] = {
+            "last_run": last,
+            "age_seconds": (now - last).total_seconds() if last else None,
+            "next_run": schedule.next_run,
+        }
+    return result

@@ -1,0 +1,16 @@
+import pytest
+
+from tests.campaigns.conftest import content, make_campaign, segment, shop, team  # noqa: F401
+
+
+@pytest.fixture
+def approve(manager_alice, approver_bob):
+    from campaigns.models import Campaign
+    from campaigns.services import campaign_approve, campaign_submit
+
+    def run(campaign, now=None):
+        campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+        campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=now)
+        return Campaign.objects.get(pk=campaign.pk)
+
+    return run

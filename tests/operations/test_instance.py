@@ -1,0 +1,101 @@
+"""The instance guard: a copy of another instance's database says so, and sends nothing until claimed."""
+
+import datetime as dt
+import io
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from accounts.models import AuditEvent
+from operations.instance import InstanceMismatch, ensure_instance_claimed, instance_problem
+from operations.models import Instance
+
+
+@pytest.fixture
+def restored_copy(db):
+    """The database of another deployment, as after a restore: it records that deployment's name."""
+    Instance.objects.filter(pk=1).update(name="production-eu")
+
+
+def test_the_first_migrate_records_this_instance(db, settings):
+    assert Instance.objects.get().name == settings.PUSHDESK_INSTANCE
+    assert instance_problem() is None
+    ensure_instance_claimed(action="send")
+
+
+def test_a_copy_of_another_instance_refuses_to_send_and_logs_why(restored_copy, caplog):
+    with pytest.raises(InstanceMismatch) as refused:
+        ensure_instance_claimed(action="send")
+    assert "production-eu" in str(refused.value)
+    assert "refused to send" in caplog.text and "instance_claim" in caplog.text
+
+
+def test_the_admin_banner_says_sending_is_off_on_a_copy(restored_copy, client, admin_erin, viewer_carol):
+    for user in (admin_erin, viewer_carol):
+        client.force_login(user)
+        page = client.get("/admin/")
+        assert page.status_code == 200
+        assert 'id="instance-problem"' in page.text
+        assert "production-eu" in page.text
+
+
+def test_no_banner_on_the_instance_s_own_database(db, client, admin_erin):
+    client.force_login(admin_erin)
+    assert 'id="instance-problem"' not in client.get("/admin/").text
+
+
+def test_instance_claim_records_this_instance_and_audits_it(restored_copy, settings):
+    out = io.StringIO()
+    call_command("instance_claim", "--yes", stdout=out)
+    assert Instance.objects.get().name == settings.PUSHDESK_INSTANCE
+    assert instance_problem() is None
+    assert "production-eu" in out.getvalue()
+    event = AuditEvent.objects.get(action="instance_claimed")
+    assert event.summary["previous"] == "production-eu"
+
+
+def test_instance_claim_without_yes_asks_and_changes_nothing_when_refused(restored_copy, monkeypatch):
+    monkeypatch.setattr("builtins.input", lambda prompt: "n")
+    out = io.StringIO()
+    call_command("instance_claim", stdout=out)
+    assert Instance.objects.get().name == "production-eu"
+    assert "Nothing changed" in out.getvalue()
+
+
+def test_instance_claim_voids_unfinished_dispatches_and_due_occurrences(restored_copy, make_campaign, approve):
+    from campaigns.models import Campaign, Occurrence
+    from delivery.models import Delivery, Dispatch
+    from tests.factories import DeviceFactory
+
+    now = timezone.now()
+    campaign = approve(
+        make_campaign(
+            schedule_kind="recurring",
+            send_at=now - dt.timedelta(days=2, minutes=5),
+            recurrence="daily",
+            missed_window_minutes=600,
+        ),
+        now=now - dt.timedelta(days=3),
+    )
+    assert campaign.next_occurrence_at < now
+    dispatch = Dispatch.objects.create(
+        app=campaign.app, kind="campaign", source_id=campaign.pk, content_spec={}, status="sending", total=3
+    )
+    devices = DeviceFactory.create_batch(3)
+    Delivery.objects.create(dispatch=dispatch, device=devices[0], status="queued")
+    Delivery.objects.create(dispatch=dispatch, device=devices[1], status="queued")
+    Delivery.objects.create(dispatch=dispatch, device=devices[2], status="sending")
+
+    call_command("instance_claim", "--yes", stdout=io.StringIO())
+
+    dispatch.refresh_from_db()
+    assert dispatch.status == "stopped" and "claimed" in dispatch.error
+    assert (dispatch.skipped, dispatch.unknown) == (2, 1)
+    assert set(Delivery.objects.values_list("status", "reason")) == {
+        ("skipped", "voided:instance_claim"),
+        ("unknown", "voided:instance_claim"),
+    }
+    campaign = Campaign.objects.get(pk=campaign.pk)
+    assert campaign.next_occurrence_at > now
+    assert Occurrence.objects.filter(campaign=campaign, outcome="skipped_missed").count() == 3

@@ -1,0 +1,107 @@
+"""`manage.py status` and `qinfo`: what an operator reads in a terminal, with no secret in it."""
+
+import datetime as dt
+import io
+import re
+import uuid
+
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.utils import timezone
+from django_q.brokers import get_broker
+from django_q.models import Schedule, Task
+from django_q.signing import SignedPackage
+
+from delivery.models import Dispatch
+from tests.factories import AppFactory
+
+
+@pytest.fixture
+def queue():
+    broker = get_broker()
+    broker.purge_queue()
+    yield broker
+    broker.purge_queue()
+
+
+def test_status_prints_queue_sends_failures_and_beat_without_secrets(db, queue):
+    now = timezone.now()
+    for minutes in (7, 1):
+        queue.enqueue(
+            SignedPackage.dumps(
+                {
+                    "id": uuid.uuid4().hex,
+                    "name": "t",
+                    "func": "math.floor",
+                    "args": (1,),
+                    "kwargs": {},
+                    "started": now - dt.timedelta(minutes=minutes),
+                }
+            )
+        )
+    app = AppFactory()
+    Dispatch.objects.create(
+        app=app,
+        kind="campaign",
+        label="Spring sale",
+        content_spec={},
+        status="sending",
+        total=1000,
+        accepted=590,
+        failed=10,
+        started_at=now - dt.timedelta(seconds=60),
+    )
+    Task.objects.create(
+        id=uuid.uuid4().hex,
+        name="n1",
+        func="delivery.tasks.dispatch_send_task",
+        started=now,
+        stopped=now,
+        success=False,
+        result="boom",
+    )
+    beat = Schedule.objects.get(name="campaigns tick")
+    last = Task.objects.create(
+        id=uuid.uuid4().hex,
+        name="n2",
+        func=beat.func,
+        started=now - dt.timedelta(seconds=40),
+        stopped=now - dt.timedelta(seconds=40),
+        success=True,
+    )
+    beat.task = last.pk
+    beat.save()
+
+    out = io.StringIO()
+    call_command("status", stdout=out)
+    text = out.getvalue()
+    assert re.search(r"queue      2 tasks waiting, oldest waiting 4[23]\d s", text), text
+    assert "Spring sale: sending, 600/1000 done (590 accepted, 10 failed, 0 unknown)" in text
+    assert "1 × delivery.tasks.dispatch_send_task" in text
+    assert "campaigns tick: last ran 4" in text
+    assert "claimed, sending allowed" in text
+    assert settings.SECRET_KEY not in text and settings.PUSHDESK_ENCRYPTION_KEY not in text
+
+
+def test_status_says_sending_is_off_on_a_copy(db, queue):
+    from operations.models import Instance
+
+    Instance.objects.filter(pk=1).update(name="production-eu")
+    out = io.StringIO()
+    call_command("status", stdout=out)
+    assert "SENDING IS OFF" in out.getvalue() and "production-eu" in out.getvalue()
+
+
+def test_qinfo_config_masks_the_secret_key(db):
+    out = io.StringIO()
+    call_command("qinfo", "--config", stdout=out)
+    text = out.getvalue()
+    assert "SECRET_KEY: ****" in text
+    assert settings.SECRET_KEY not in text
+
+
+def test_qinfo_runs_without_blessed_missing(db, capsys):
+    call_command("qinfo")
+    captured = capsys.readouterr()
+    assert "Blessed is not installed" not in captured.out + captured.err
