@@ -13,6 +13,7 @@ from rest_framework.views import APIView, exception_handler
 from accounts.json_values import MAX_BYTES, MAX_DEPTH, json_value_problem
 from accounts.parsers import request_too_large
 from accounts.roles import role_permissions
+from operations.instance import InstanceMismatch
 
 # --- input ------------------------------------------------------------------------------------
 
@@ -56,12 +57,22 @@ def _flatten(detail, prefix="") -> list[dict]:
     return errors
 
 
+class InstanceNotClaimed(exceptions.APIException):
+    """This deployment may not send: its database belongs to another instance (a restored copy)."""
+
+    status_code = 503
+    default_code = "instance_not_claimed"
+    default_detail = "This copy of Pushdesk may not send."
+
+
 def api_exception_handler(exc, context):
     """Answer every error as JSON ``{"code", "detail"}`` (+ ``errors`` naming fields for bad input)."""
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(
             exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         )
+    elif isinstance(exc, InstanceMismatch):
+        exc = InstanceNotClaimed(str(exc))
     elif isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):

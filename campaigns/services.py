@@ -457,7 +457,10 @@ def campaigns_tick(*, now: dt.datetime | None = None) -> dict:
     Safe to run on every worker at once (each campaign is fired under its own row lock).
     """
     from delivery.models import Dispatch
+    from operations.instance import instance_refuses
 
+    if instance_refuses(action="run the campaigns tick"):
+        return {"due": 0, "occurrences": 0, "completed": 0, "refused": True}
     now = now or timezone.now()
     due_ids = list(
         Campaign.objects.filter(status__in=(Status.SCHEDULED, Status.LIVE), next_occurrence_at__lte=now)

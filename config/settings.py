@@ -413,6 +413,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "JourneyStatusEnum": "journeys.models.Journey.Status",
         "DeliveryStatusEnum": "delivery.models.Delivery.Status",
+        "DispatchStatusEnum": "delivery.models.Dispatch.Status",
+        "DispatchKindEnum": "delivery.models.Dispatch.Kind",
     },
     "APPEND_COMPONENTS": {"securitySchemes": {"ApiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "pdk_…"}}},
     "SECURITY": [{"ApiKey": []}],
@@ -448,6 +450,11 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# The Prometheus endpoint (/metrics) answers requests bearing this token; unset: no endpoint.
+PUSHDESK_METRICS_TOKEN = os.environ.get("PUSHDESK_METRICS_TOKEN", "").strip()
+if PUSHDESK_METRICS_TOKEN and len(PUSHDESK_METRICS_TOKEN) < 20:
+    _refuse_start("PUSHDESK_METRICS_TOKEN is too short; set it to 20+ random characters, or unset it.")
 
 # Error reporting to Sentry (or a compatible service) when SENTRY_DSN is set; needs `sentry-sdk`.
 SENTRY_DSN = os.environ.get("SENTRY_DSN", "").strip()
@@ -523,6 +530,19 @@ PUSHDESK_PUSHSIM_APNS_SANDBOX_URL = _env_url(
     "PUSHDESK_PUSHSIM_APNS_SANDBOX_URL", "http://127.0.0.1:8441", schemes=("https", "http")
 )
 PUSHDESK_PUSHSIM_FCM_URL = _env_url("PUSHDESK_PUSHSIM_FCM_URL", "http://127.0.0.1:8440", schemes=("https", "http"))
+
+# --- retention (manage.py retention_apply, daily) ----------------------------------------------
+# Deliveries of dispatches finished more than this many days ago are deleted (the dispatch and
+# its counters stay); 0 keeps them forever.
+PUSHDESK_RETENTION_DELIVERY_DAYS = _env_int("PUSHDESK_RETENTION_DELIVERY_DAYS", 180)
+# Audit events older than this many days are deleted; 0 (the default) keeps them forever. The
+# audit log is append-only: the database itself refuses to delete an event younger than 365 days.
+PUSHDESK_RETENTION_AUDIT_DAYS = _env_int("PUSHDESK_RETENTION_AUDIT_DAYS", 0)
+if 0 < PUSHDESK_RETENTION_AUDIT_DAYS < 365:
+    _refuse_start(
+        f"PUSHDESK_RETENTION_AUDIT_DAYS={PUSHDESK_RETENTION_AUDIT_DAYS} is under 365; audit events are kept a year "
+        "at least: set 365 or more, or 0 to keep them forever."
+    )
 
 # --- campaigns -----------------------------------------------------------------------------
 # API triggers allowed per API key and second (a burst of a tenth of that is absorbed).

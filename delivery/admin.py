@@ -655,12 +655,19 @@ class DispatchAdmin(ScopedAdmin):
         if not rows:
             return "—"
         deliveries = reverse("admin:delivery_delivery_changelist")
+        final = [r for r in rows if r["status"] != "retried"]
+        retried = [r for r in rows if r["status"] == "retried"]
         return format_html(
-            "<table><tr><th>status</th><th>reason</th><th>count</th></tr>{}</table>",
+            "<table><tr><th>status</th><th>reason</th><th>count</th></tr>{}{}</table>",
             format_html_join(
                 "",
                 '<tr><td><a href="{}?dispatch__id__exact={}&status__exact={}">{}</a></td><td>{}</td><td>{}</td></tr>',
-                ((deliveries, obj.pk, r["status"], r["status"], r["reason"] or "—", r["count"]) for r in rows),
+                ((deliveries, obj.pk, r["status"], r["status"], r["reason"] or "—", r["count"]) for r in final),
+            ),
+            format_html_join(
+                "",
+                "<tr><td>retried after</td><td>{}</td><td>{}</td></tr>",
+                ((r["reason"], r["count"]) for r in retried),
             ),
         )
 

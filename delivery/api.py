@@ -11,7 +11,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from delivery.models import Delivery, Device, Dispatch, Platform
-from delivery.selectors import apps_visible_to, deliveries_visible_to, dispatch_for, dispatch_outcomes
+from delivery.selectors import (
+    apps_visible_to,
+    deliveries_visible_to,
+    dispatch_for,
+    dispatch_outcomes,
+    dispatches_visible_to,
+)
 from delivery.services.devices import device_opt_in_set, device_register, device_unregister
 from delivery.services.opens import AlreadyOpened, NotAccepted, delivery_open_report
 
@@ -88,6 +94,7 @@ class DispatchOutSerializer(serializers.ModelSerializer):
             "skipped",
             "unknown",
             "opened",
+            "retries",
             "percent",
             "outcomes",
             "created_at",
@@ -211,6 +218,56 @@ class DeviceUnregisterView(APIView):
         return Response(DeviceOutSerializer(device).data)
 
 
+class DispatchListItemSerializer(DispatchOutSerializer):
+    class Meta(DispatchOutSerializer.Meta):
+        fields = tuple(f for f in DispatchOutSerializer.Meta.fields if f != "outcomes")
+
+
+class DispatchListView(APIView):
+    """The dispatches the key's user may see, newest first; filter by ``status``, ``kind`` and ``app``."""
+
+    required_scope = "read"
+
+    @extend_schema(
+        operation_id="dispatches_list",
+        parameters=[
+            OpenApiParameter("status", str, enum=list(Dispatch.Status.values)),
+            OpenApiParameter("kind", str, enum=list(Dispatch.Kind.values)),
+            OpenApiParameter("app", int, description="The app's id."),
+            OpenApiParameter("limit", int),
+            OpenApiParameter("offset", int),
+        ],
+        responses=inline_serializer(
+            "PaginatedDispatchList",
+            {
+                "count": serializers.IntegerField(),
+                "next": serializers.URLField(allow_null=True),
+                "previous": serializers.URLField(allow_null=True),
+                "results": DispatchListItemSerializer(many=True),
+            },
+        ),
+    )
+    def get(self, request):
+        from accounts.pagination import ApiPagination
+
+        params = request.query_params
+        rows = dispatches_visible_to(request.user).select_related(None)
+        for name, choices in (("status", Dispatch.Status.values), ("kind", Dispatch.Kind.values)):
+            wanted = params.get(name)
+            if wanted:
+                if wanted not in choices:
+                    raise exceptions.ValidationError({name: f"Unknown {name} '{wanted}'; use {', '.join(choices)}."})
+                rows = rows.filter(**{name: wanted})
+        if params.get("app"):
+            try:
+                rows = rows.filter(app_id=int(params["app"]))
+            except ValueError as exc:
+                raise exceptions.ValidationError({"app": "app is an app's id (a whole number)."}) from exc
+        paginator = ApiPagination()
+        page = paginator.paginate_queryset(rows.order_by("-id"), request, view=self)
+        return paginator.get_paginated_response(DispatchListItemSerializer(page, many=True).data)
+
+
 class DispatchDetailView(APIView):
     """A dispatch's status, counters and outcomes by reason."""
 
@@ -322,6 +379,7 @@ urlpatterns = [
     path("devices/", DeviceRegisterView.as_view(), name="device-register"),
     path("devices/opt-in/", DeviceOptInView.as_view(), name="device-opt-in"),
     path("devices/unregister/", DeviceUnregisterView.as_view(), name="device-unregister"),
+    path("dispatches/", DispatchListView.as_view(), name="dispatch-list"),
     path("dispatches/<int:dispatch_id>/", DispatchDetailView.as_view(), name="dispatch-detail"),
     path("dispatches/<int:dispatch_id>/deliveries/", DispatchDeliveriesView.as_view(), name="dispatch-deliveries"),
     path("deliveries/<int:delivery_id>/", DeliveryDetailView.as_view(), name="delivery-detail"),

@@ -298,6 +298,9 @@ class Dispatch(models.Model):
     skipped = models.BigIntegerField(default=0)
     unknown = models.BigIntegerField(default=0)
     opened = models.BigIntegerField(default=0)
+    retries = models.JSONField(
+        default=dict, blank=True, help_text="Sends retried, by the provider's reason: {reason: count}."
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+", editable=False
     )

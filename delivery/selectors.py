@@ -39,7 +39,8 @@ def dispatch_for(user: User, dispatch_id: int) -> Dispatch:
 
 
 def dispatch_outcomes(dispatch: Dispatch) -> list[dict]:
-    """Counts by (status, reason) of a dispatch's rows: one GROUP BY on its index."""
+    """Counts by (status, reason) of a dispatch's rows: one GROUP BY on its index; then the sends
+    retried on the way, by the provider's reason (status ``retried``)."""
     from django.db.models import Count
 
     rows = (
@@ -48,7 +49,11 @@ def dispatch_outcomes(dispatch: Dispatch) -> list[dict]:
         .annotate(count=Count("id"))
         .order_by("status", "-count")
     )
-    return list(rows)
+    retried = [
+        {"status": "retried", "reason": reason, "count": count}
+        for reason, count in sorted((dispatch.retries or {}).items(), key=lambda item: -item[1])
+    ]
+    return list(rows) + retried
 
 
 def device_deliveries(device: Device, *, limit: int = 50) -> list[Delivery]:

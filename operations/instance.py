@@ -11,14 +11,18 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.db import DatabaseError
 from django.utils import timezone
 
 logger = logging.getLogger("pushdesk.instance")
 
 
-class InstanceMismatch(Exception):
-    """This process's ``PUSHDESK_INSTANCE`` is not the instance the database belongs to."""
+class InstanceMismatch(PermissionDenied):
+    """This process's ``PUSHDESK_INSTANCE`` is not the instance the database belongs to.
+
+    A ``PermissionDenied``: the admin and the API refuse the action with the reason.
+    """
 
     code = "instance_not_claimed"
 
@@ -41,6 +45,15 @@ def instance_problem() -> str | None:
             "is run here (it voids whatever was queued before)"
         )
     return None
+
+
+def instance_refuses(*, action: str) -> bool:
+    """Return True (and log why) when this process may not send; for the beat's ticks."""
+    try:
+        ensure_instance_claimed(action=action)
+    except InstanceMismatch:
+        return True
+    return False
 
 
 def ensure_instance_claimed(*, action: str) -> None:

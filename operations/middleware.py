@@ -18,7 +18,7 @@ def _answer(status: int, body: dict) -> HttpResponse:
 
 
 class ProbeMiddleware:
-    """Answer ``/healthz`` (the process is up) and ``/readyz`` (it can do its work)."""
+    """Answer ``/healthz`` (the process is up), ``/readyz`` (it can do its work) and ``/metrics``."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -34,4 +34,8 @@ class ProbeMiddleware:
             if problems:
                 return _answer(503, {"status": "unavailable", "problems": problems})
             return _answer(200, {"status": "ready"})
+        if path == "/metrics":
+            from operations.metrics import metrics_response
+
+            return metrics_response(request)
         return self.get_response(request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
 from django.conf import settings
@@ -100,3 +101,52 @@ def instance_claim(*, name: str | None = None) -> dict:
         get_broker().purge_queue()
     logger.warning("instance %r claimed the database (it was %r); voided %s", name, previous, counts)
     return {"previous": previous, "name": name, **counts}
+
+
+AUDIT_MINIMUM_DAYS = 365  # the database's own floor (operations migration 0002)
+
+
+def retention_apply(*, now=None, delivery_days: int | None = None, audit_days: int | None = None) -> dict:
+    """Delete what the retention settings let go: old deliveries, and (if asked) old audit events.
+
+    Deliveries: the rows of dispatches finished more than ``delivery_days`` ago (the dispatch, its
+    counters and its outcomes' totals stay), in chunks of 10,000 rows (one transaction each).
+    Audit events: those older than ``audit_days`` (never under 365: the database refuses), through
+    the one door the append-only trigger leaves open. 0 keeps either forever. Writes an audit event
+    with the counts. Returns {"deliveries": n, "audit_events": n}.
+    """
+    from django.db import connection
+
+    from delivery.models import Delivery, Dispatch
+
+    now = now or timezone.now()
+    delivery_days = settings.PUSHDESK_RETENTION_DELIVERY_DAYS if delivery_days is None else delivery_days
+    audit_days = settings.PUSHDESK_RETENTION_AUDIT_DAYS if audit_days is None else audit_days
+    result = {"deliveries": 0, "audit_events": 0}
+    if delivery_days > 0:
+        finished = Dispatch.objects.filter(
+            status__in=Dispatch.FINAL_STATUSES, finished_at__lt=now - dt.timedelta(days=delivery_days)
+        ).values_list("pk", flat=True)
+        for dispatch_id in finished.iterator():
+            while True:
+                with transaction.atomic():
+                    chunk = list(Delivery.objects.filter(dispatch_id=dispatch_id).values_list("pk", flat=True)[:10_000])
+                    if not chunk:
+                        break
+                    result["deliveries"] += Delivery.objects.filter(pk__in=chunk).delete()[0]
+    if audit_days > 0:
+        if audit_days < AUDIT_MINIMUM_DAYS:
+            raise ValueError(f"Audit events are kept {AUDIT_MINIMUM_DAYS} days at least.")
+        with transaction.atomic(), connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute("SET LOCAL pushdesk.audit_retention = 'on'")
+            cursor.execute(
+                "DELETE FROM accounts_auditevent WHERE created_at < %s", [now - dt.timedelta(days=audit_days)]
+            )
+            result["audit_events"] = cursor.rowcount
+    audit(
+        actor=None,
+        action="retention_applied",
+        summary={"delivery_days": delivery_days, "audit_days": audit_days, **result},
+    )
+    return result

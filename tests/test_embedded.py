@@ -112,7 +112,7 @@ def test_embedded_setup_brings_up_the_admin_with_demo_users(embedded_env, tmp_pa
     try:
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, follow_redirects=False, timeout=10) as http:
-            for _ in range(100):
+            for _ in range(600):  # a busy machine starts Django slowly
                 try:
                     login_page = http.get("/admin/login/")
                     break

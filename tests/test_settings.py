@@ -108,6 +108,9 @@ BAD_VALUES = {
     "PUSHDESK_SEND_MAX_ATTEMPTS": "many",
     "PUSHDESK_SEND_TASKS": "x",
     "PUSHDESK_STOP_SECONDS": "0",
+    "PUSHDESK_METRICS_TOKEN": "short",
+    "PUSHDESK_RETENTION_DELIVERY_DAYS": "half a year",
+    "PUSHDESK_RETENTION_AUDIT_DAYS": "30",
     "PUSHDESK_SEND_TASK_SECONDS": "",  # replaced below: an empty value means the default
     "PUSHDESK_SEND_TIMEOUT_SECONDS": "nan",
     "PUSHDESK_TASKS_SYNC": "sometimes",
@@ -132,7 +135,7 @@ PRODUCTION_ONLY = {"SECRET_KEY", "SECURE_HSTS_SECONDS", "SECURE_SSL_REDIRECT"}
 
 def _settings_read_from_the_environment() -> set[str]:
     source = (ROOT / "config" / "settings.py").read_text()
-    return set(re.findall(r'(?:_env_\w+|os\.environ\.get)\("([A-Z][A-Z0-9_]+)"', source))
+    return set(re.findall(r'(?:_env_\w+|os\.environ\.get)\(\s*"([A-Z][A-Z0-9_]+)"', source))
 
 
 def test_every_setting_read_from_the_environment_has_a_malformed_case():

@@ -34,6 +34,7 @@ from delivery.payloads import (
     spec_validate,
 )
 from delivery.rules import local_time_apply, rules_apply
+from operations.instance import ensure_instance_claimed, instance_refuses
 
 DS = Delivery.Status
 
@@ -88,8 +89,9 @@ def dispatch_create(
     ``spec`` (a PushContent's ``spec()``) is copied and frozen on the Dispatch. The audience is
     ``segment_id``, or ``profile_ids``, or, for a test send, the app's test devices.
     Raises GateClosed when the kind's gate refuses (or the kind has none), ValidationError when
-    the spec is not sendable.
+    the spec is not sendable, InstanceMismatch on a copy of another instance's database.
     """
+    ensure_instance_claimed(action=f"open a {kind} dispatch")
     app = App.objects.get(pk=app_id)
     gate = _GATES.get(kind)
     if gate is None:
@@ -166,6 +168,8 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
     or one ``skipped`` / ``no_device`` row. With ``send_inline``, a dispatch small enough for one
     send task is left to the caller (returns True), which saves a trip through the queue.
     """
+    if instance_refuses(action=f"prepare dispatch {dispatch_id}"):
+        return False
     inline = False
     now = timezone.now()
     with transaction.atomic():
@@ -332,8 +336,10 @@ def dispatches_watch(*, now: datetime | None = None) -> list[int]:
     it has queued rows ready to go and none in flight, a lease's length after it started.
     Returns the restarted dispatch ids.
     """
-    deliveries_expire_leases(now=now)
+    if instance_refuses(action="run the delivery watchdog"):
+        return []
     now = now or timezone.now()
+    deliveries_expire_leases(now=now)
     restarted = []
     lost_since = now - timedelta(seconds=_task_timeout())
     for dispatch_id in Dispatch.objects.filter(status=Dispatch.Status.PREPARING, created_at__lt=lost_since).values_list(

@@ -48,6 +48,8 @@ from delivery.services.devices import devices_invalidate
 from delivery.services.dispatches import DS, _dt, _enqueue, dispatch_complete_if_done
 from delivery.throttle import throttle_acquire
 from delivery.transport import Http2Transport
+from operations.instance import instance_refuses
+from operations.shutdown import stop_requested
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +178,7 @@ def _write_back(dispatch_id: int, results: list[Result], *, now: datetime) -> Co
         return Counter()
     finals = set(Delivery.FINAL_STATUSES)
     written: Counter = Counter()
+    retried: Counter = Counter()
     with transaction.atomic(), connection.cursor() as cursor:
         status = Dispatch.objects.select_for_update(no_key=True).values_list("status", flat=True).get(pk=dispatch_id)
         if status != Dispatch.Status.SENDING:
@@ -187,7 +190,7 @@ def _write_back(dispatch_id: int, results: list[Result], *, now: datetime) -> Co
                 "lease_expires_at = NULL "
                 "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::timestamptz[]) "
                 "AS v(id, status, reason, pid, next_at) "
-                "WHERE d.id = v.id AND d.status = 'sending' RETURNING d.status",
+                "WHERE d.id = v.id AND d.status = 'sending' RETURNING d.status, d.reason",
                 [
                     now,
                     [r.id for r in results],
@@ -197,8 +200,10 @@ def _write_back(dispatch_id: int, results: list[Result], *, now: datetime) -> Co
                     [r.next_attempt_at for r in results],
                 ],
             )
-            for (status,) in cursor.fetchall():
+            for status, reason in cursor.fetchall():
                 written[status] += 1
+                if status == DS.QUEUED:
+                    retried[reason] += 1
         else:
             for r in results:
                 cursor.execute(
@@ -216,9 +221,16 @@ def _write_back(dispatch_id: int, results: list[Result], *, now: datetime) -> Co
                 )
                 if cursor.rowcount:
                     written[r.status] += 1
+                    if r.status == DS.QUEUED:
+                        retried[r.reason[:100]] += 1
         increments = {status: F(status) + n for status, n in written.items() if status in finals}
         if increments:
             Dispatch.objects.filter(pk=dispatch_id).update(**increments)
+        if retried:
+            counts = Dispatch.objects.select_for_update().values_list("retries", flat=True).get(pk=dispatch_id)
+            for reason, n in retried.items():
+                counts[reason] = counts.get(reason, 0) + n
+            Dispatch.objects.filter(pk=dispatch_id).update(retries=counts)
     return written
 
 
@@ -431,9 +443,13 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
 
     Safe to run in any number of workers at once (claims are atomic) and to run again
     (idempotent). Waits for rows whose retry is due soon; hands over to a fresh task when the
-    budget is spent with work left. Finishes the dispatch when no row is left to send.
+    budget is spent with work left, or when the worker is asked to stop (SIGTERM): then the
+    batch in flight is finished first, so a planned stop leaves no row ``unknown``. Finishes the
+    dispatch when no row is left to send. Sends nothing on a copy of another instance's database.
     """
     report = SendReport()
+    if instance_refuses(action=f"send dispatch {dispatch_id}"):
+        return report
     budget = settings.PUSHDESK_SEND_TASK_SECONDS if time_budget is None else time_budget
     deadline = time.monotonic() + budget
     dispatch = Dispatch.objects.select_related("app").filter(pk=dispatch_id).first()
@@ -455,7 +471,7 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
             in_flight = None
 
     try:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stop_requested():
             granted = throttle_acquire(
                 limits=limits,
                 count=settings.PUSHDESK_SEND_BATCH,
@@ -496,7 +512,8 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
         if in_flight is not None:
             _batch_finish(dispatch, in_flight, report)
     if Delivery.objects.filter(dispatch_id=dispatch_id, status=DS.QUEUED).exists():
-        if time.monotonic() >= deadline or not _only_future_retries(dispatch_id, now=timezone.now()):
+        handing_over = time.monotonic() >= deadline or stop_requested()
+        if handing_over or not _only_future_retries(dispatch_id, now=timezone.now()):
             _enqueue("delivery.tasks.dispatch_send_task", dispatch_id)
         else:
             _schedule_retry(dispatch_id)

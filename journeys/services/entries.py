@@ -184,7 +184,12 @@ def journeys_tick(*, now: dt.datetime | None = None, seconds: float = 40.0) -> d
     """The scheduler's beat: read due segment entries, close finished one-off journeys, run the engine.
 
     Safe on every worker at once (entries under the journey's row lock, the engine with SKIP LOCKED).
+    Does nothing on a copy of another instance's database (see ``operations.instance``).
     """
+    from operations.instance import instance_refuses
+
+    if instance_refuses(action="run the journeys tick"):
+        return {"entries": 0, "entered": 0, "closed": 0, "refused": True}
     now = now or timezone.now()
     due = list(Journey.objects.filter(status=Status.LIVE, next_entry_at__lte=now).values_list("pk", flat=True)[:200])
     entered = sum(journey_enter_segment(journey_id=pk, now=now) for pk in due)

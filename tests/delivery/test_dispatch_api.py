@@ -109,3 +109,38 @@ def test_opens_need_a_role_that_writes_profiles(api_key_for, approver_bob, manag
     response = manager.post("/api/v1/opens/", {"app": app.pk, "delivery": delivery.pk}, format="json")
     assert response.status_code == 403
     assert Delivery.objects.get(pk=delivery.pk).opened_at is None
+
+
+def test_dispatch_list_filters_by_status_and_hides_other_apps(
+    api_key_for, manager_alice, app, django_assert_max_num_queries
+):
+    done = make_dispatch(app, [("accepted", "")])
+    sending = make_dispatch(app, [("queued", "")])
+    Dispatch.objects.filter(pk=sending.pk).update(status="sending")
+    elsewhere = make_dispatch(AppFactory(), [("accepted", "")])
+    client = api_key_for(manager_alice, scopes=["read"])
+    with django_assert_max_num_queries(12):
+        everything = client.get("/api/v1/dispatches/")
+    assert everything.status_code == 200
+    assert [d["id"] for d in everything.json()["results"]] == [sending.pk, done.pk]
+    assert elsewhere.pk not in [d["id"] for d in everything.json()["results"]]
+    in_progress = client.get("/api/v1/dispatches/?status=sending").json()
+    assert in_progress["count"] == 1 and in_progress["results"][0]["id"] == sending.pk
+    assert in_progress["results"][0]["total"] == 1
+    by_app = client.get(f"/api/v1/dispatches/?app={app.pk}&kind=api_trigger").json()
+    assert by_app["count"] == 2
+
+
+@pytest.mark.parametrize(("query", "field"), [("status=lost", "status"), ("kind=fax", "kind"), ("app=x", "app")])
+def test_dispatch_list_names_the_bad_filter(api_key_for, manager_alice, query, field):
+    response = api_key_for(manager_alice, scopes=["read"]).get(f"/api/v1/dispatches/?{query}")
+    assert response.status_code == 400 and response.json()["errors"][0]["field"] == field
+
+
+def test_dispatch_list_needs_the_read_scope_and_shows_only_what_is_in_access(
+    api_key_for, manager_alice, manager_mallory, app
+):
+    make_dispatch(app, [("accepted", "")])
+    assert api_key_for(manager_alice, scopes=["ingest"]).get("/api/v1/dispatches/").status_code == 403
+    assert api_key_for(manager_alice, scopes=["read"]).get("/api/v1/dispatches/").json()["count"] == 1
+    assert api_key_for(manager_mallory, scopes=["read"]).get("/api/v1/dispatches/").json()["count"] == 0

@@ -168,6 +168,24 @@ def test_transient_failure_is_retried_after_retry_after_and_sent_once(
     assert sim.state.count(device.token) == 1
 
 
+def test_retries_are_counted_by_reason_on_the_dispatch_and_in_its_outcomes(
+    sim_app, sim, open_gate, fast_retries, django_capture_on_commit_callbacks, api_key_for, admin_erin
+):
+    content = PushContentFactory(app=sim_app)
+    profiles = [ProfileFactory(), ProfileFactory()]
+    first = DeviceFactory(profile=profiles[0], app=sim_app, platform="ios")
+    second = DeviceFactory(profile=profiles[1], app=sim_app, platform="ios")
+    sim.state.fail_token(token=first.token, failures=[429, 429])
+    sim.state.fail_token(token=second.token, failures=[429])
+
+    dispatch = send(content, profiles, django_capture_on_commit_callbacks)
+
+    assert dispatch.accepted == 2
+    assert dispatch.retries == {"TooManyRequests": 3}
+    outcomes = api_key_for(admin_erin, scopes=["read"]).get(f"/api/v1/dispatches/{dispatch.pk}/").json()["outcomes"]
+    assert {"status": "retried", "reason": "TooManyRequests", "count": 3} in outcomes
+
+
 def test_retries_stop_after_the_attempts_limit_with_the_reason(
     sim_app, sim, open_gate, fast_retries, django_capture_on_commit_callbacks
 ):

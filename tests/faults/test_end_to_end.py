@@ -377,6 +377,7 @@ def test_web_requests_after_a_postgresql_restart_get_no_error(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PUSHDESK_", "DEBUG"))}
     env.update(
         PUSHDESK_MODE="production",
+        PUSHDESK_INSTANCE=settings.PUSHDESK_INSTANCE,
         SECRET_KEY="a-test-only-secret-key-" + uuid.uuid4().hex * 2,
         PUSHDESK_ENCRYPTION_KEY=Fernet.generate_key().decode(),
         DATABASE_URL=_database_url(),

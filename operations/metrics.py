@@ -1,0 +1,141 @@
+"""Prometheus metrics, read from the database and the queue at each scrape.
+
+One endpoint on any web process sees the whole installation (every worker's sends, the queue, the
+beat), so no per-process registry is needed. Served at ``/metrics`` when ``PUSHDESK_METRICS_TOKEN``
+is set, to requests bearing it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import Count, Sum
+from django.http import HttpResponse
+from django.utils import timezone
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
+
+OUTCOMES = ("accepted", "failed", "skipped", "unknown")
+
+
+def _retries_by_reason() -> dict[str, int]:
+    from delivery.models import Dispatch
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT r.key, SUM(r.value::bigint) FROM delivery_dispatch d, jsonb_each_text(d.retries) r "
+                "WHERE d.retries <> '{}'::jsonb GROUP BY r.key"
+            )
+            return {key: int(total) for key, total in cursor.fetchall()}
+    totals: dict[str, int] = {}
+    for retries in Dispatch.objects.exclude(retries={}).values_list("retries", flat=True):
+        for reason, n in (retries or {}).items():
+            totals[reason] = totals.get(reason, 0) + int(n)
+    return totals
+
+
+class PushdeskCollector:
+    """Every series, computed when Prometheus scrapes."""
+
+    def collect(self):
+        from audiences.models import Import
+        from delivery.models import App, Device, Dispatch
+        from operations.status import snapshot
+
+        now = timezone.now()
+        s = snapshot(now=now)
+        yield GaugeMetricFamily(
+            "pushdesk_instance_claimed",
+            "1 when the database is this instance's (it may send), else 0",
+            value=0 if s.instance_problem else 1,
+        )
+        yield GaugeMetricFamily("pushdesk_queue_depth", "Tasks waiting in the queue", value=s.queue_depth)
+        yield GaugeMetricFamily(
+            "pushdesk_queue_oldest_task_age_seconds",
+            "How long the oldest waiting task has waited (0 when none waits)",
+            value=s.oldest_task_age_seconds or 0,
+        )
+        yield GaugeMetricFamily(
+            "pushdesk_failed_tasks_last_hour",
+            "Tasks that failed in the last hour",
+            value=sum(s.failures_last_hour.values()),
+        )
+        beat = GaugeMetricFamily(
+            "pushdesk_beat_last_run_age_seconds",
+            "Seconds since each schedule of the beat last ran",
+            labels=["schedule"],
+        )
+        for name, run in s.beat.items():
+            if run["age_seconds"] is not None:
+                beat.add_metric([name], run["age_seconds"])
+        yield beat
+
+        names = dict(App.objects.values_list("pk", "name"))
+        sends = CounterMetricFamily(
+            "pushdesk_sends", "Deliveries that reached an outcome, by app and outcome", labels=["app", "outcome"]
+        )
+        totals = Dispatch.objects.values("app_id").annotate(**{o: Sum(o) for o in OUTCOMES}).order_by()
+        for row in totals:
+            for outcome in OUTCOMES:
+                sends.add_metric([names.get(row["app_id"], str(row["app_id"])), outcome], row[outcome] or 0)
+        yield sends
+        retries = CounterMetricFamily(
+            "pushdesk_send_retries", "Sends retried, by the provider's reason", labels=["reason"]
+        )
+        for reason, n in sorted(_retries_by_reason().items()):
+            retries.add_metric([reason], n)
+        yield retries
+        dead = CounterMetricFamily(
+            "pushdesk_dead_tokens", "Devices whose token the provider refused for good", labels=["app"]
+        )
+        for app_id, n in (
+            Device.objects.filter(invalidated_at__isnull=False).values_list("app_id").annotate(n=Count("id")).order_by()
+        ):
+            dead.add_metric([names.get(app_id, str(app_id))], n)
+        yield dead
+        active = GaugeMetricFamily("pushdesk_dispatches", "Dispatches by status (unfinished ones)", labels=["status"])
+        for status, n in (
+            Dispatch.objects.filter(status__in=("preparing", "sending"))
+            .values_list("status")
+            .annotate(n=Count("id"))
+            .order_by()
+        ):
+            active.add_metric([status], n)
+        yield active
+        latency = GaugeMetricFamily(
+            "pushdesk_trigger_latency_seconds",
+            "API triggers of the last 15 minutes: seconds from the request to the send starting (the slowest)",
+        )
+        starts = Dispatch.objects.filter(
+            kind=Dispatch.Kind.API_TRIGGER, created_at__gte=now - dt.timedelta(minutes=15), started_at__isnull=False
+        ).values_list("created_at", "started_at")
+        latency.add_metric([], max(((b - a).total_seconds() for a, b in starts), default=0.0))
+        yield latency
+        imports = GaugeMetricFamily(
+            "pushdesk_import_rows", "Rows of running imports: done so far, and failed", labels=["import", "kind"]
+        )
+        for pk, done, failed in Import.objects.filter(status__in=("queued", "running")).values_list(
+            "pk", "rows_done", "rows_failed"
+        ):
+            imports.add_metric([str(pk), "done"], done)
+            imports.add_metric([str(pk), "failed"], failed)
+        yield imports
+
+
+def metrics_response(request) -> HttpResponse:
+    """The metrics in Prometheus' text format; 404 unless the token is configured and presented."""
+    token = settings.PUSHDESK_METRICS_TOKEN
+    presented = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not token or not hmac.compare_digest(presented.encode(), token.encode()):
+        response = HttpResponse(status=404)
+        response._has_been_logged = True
+        return response
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PushdeskCollector())
+    response = HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    response["Cache-Control"] = "no-store"
+    return response

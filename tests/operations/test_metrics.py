@@ -1,0 +1,69 @@
+"""/metrics: Prometheus' format behind a token, and its series moving during a send with faults."""
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from delivery.models import Dispatch
+from delivery.services.dispatches import _GATES, dispatch_create, dispatch_gate_register
+from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory
+
+TOKEN = "metrics-token-for-the-tests-0123456789"
+
+
+@pytest.fixture
+def metrics_on(settings):
+    settings.PUSHDESK_METRICS_TOKEN = TOKEN
+
+
+def scrape(client) -> dict:
+    response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}", HTTP_HOST="10.1.2.3")
+    assert response.status_code == 200, response.content
+    samples = {}
+    for family in text_string_to_metric_families(response.content.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def test_metrics_need_the_token(client, db, metrics_on, settings):
+    assert client.get("/metrics").status_code == 404
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong-token-wrong-token").status_code == 404
+    settings.PUSHDESK_METRICS_TOKEN = ""
+    assert client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}").status_code == 404
+
+
+def test_series_move_during_a_send_with_faults(
+    client, sim, sim_app, metrics_on, settings, django_capture_on_commit_callbacks
+):
+    settings.PUSHDESK_SEND_BACKOFF_SECONDS = 0.05
+    saved = dict(_GATES)
+    dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=lambda **kwargs: None)
+    try:
+        before = scrape(client)
+        assert before[("pushdesk_instance_claimed", ())] == 1
+        content = PushContentFactory(app=sim_app)
+        profiles = [ProfileFactory() for _ in range(4)]
+        phones = [DeviceFactory(profile=p, app=sim_app, platform="ios") for p in profiles]
+        sim.state.fail_token(token=phones[0].token, failures=[429])
+        sim.state.add_device(token=phones[1].token, platform="ios", state="unregistered")
+        with django_capture_on_commit_callbacks(execute=True):
+            dispatch_create(
+                app_id=sim_app.pk,
+                kind=Dispatch.Kind.API_TRIGGER,
+                spec=content.spec(),
+                content_id=content.pk,
+                profile_ids=[p.pk for p in profiles],
+            )
+        after = scrape(client)
+    finally:
+        _GATES.clear()
+        _GATES.update(saved)
+    app = (("app", sim_app.name),)
+    accepted = ("pushdesk_sends_total", (*app, ("outcome", "accepted")))
+    failed = ("pushdesk_sends_total", (*app, ("outcome", "failed")))
+    assert before.get(accepted, 0) == 0 and after[accepted] == 3
+    assert after[failed] == 1
+    assert after[("pushdesk_send_retries_total", (("reason", "TooManyRequests"),))] == 1
+    assert after[("pushdesk_dead_tokens_total", app)] == 1
+    assert after[("pushdesk_trigger_latency_seconds", ())] >= 0
+    assert ("pushdesk_queue_depth", ()) in after and ("pushdesk_failed_tasks_last_hour", ()) in after

@@ -1,0 +1,93 @@
+"""A planned stop of `qcluster` during a send: SIGTERM to the whole process group (systemd's default
+KillMode, Ctrl-C) or to the main process alone (KillMode=mixed) stops it within a minute, the
+batches in flight finish, nothing ends `unknown`, and the rest is sent once by the next worker."""
+
+import os
+import signal
+import time
+import uuid
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.db.models import Count
+
+from delivery.models import Delivery, Device, Dispatch
+from tests.delivery.test_crash import Cluster, _push, _state, _wait_for
+from tests.factories import ProfileFactory, PushContentFactory
+
+pytestmark = pytest.mark.skipif(
+    not settings.REDIS_URL or settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
+    reason="needs PostgreSQL and Redis (real worker processes)",
+)
+ROWS = 600
+
+
+@pytest.mark.parametrize("target", ["group", "main"])
+def test_sigterm_during_a_send_stops_the_worker_within_a_minute_with_nothing_unknown(
+    transactional_db, sim, sim_app, tmp_path, monkeypatch, target
+):
+    monkeypatch.setenv("PUSHDESK_STOP_SECONDS", "50")
+    profiles = ProfileFactory.create_batch(ROWS)
+    Device.objects.bulk_create(
+        Device(profile=p, app=sim_app, platform="ios", token=f"{n + 1:064x}", is_test=True)
+        for n, p in enumerate(profiles)
+    )
+    content = PushContentFactory(app=sim_app)
+    dispatch = Dispatch.objects.create(
+        app=sim_app, kind=Dispatch.Kind.TEST, source_id=content.pk, content_spec=content.spec(), label="Stop test"
+    )
+    sim.state.faults.latency_ms = 300  # each batch stays in flight a while: the stop lands mid-send
+    queue = f"stop-{uuid.uuid4().hex[:8]}"
+    log = str(tmp_path / "qcluster.log")
+    connection.close()
+
+    first = Cluster(queue, sim, log)
+    second = None
+    try:
+        for _ in range(3):
+            _push(queue, "delivery.tasks.dispatch_prepare_task", dispatch.pk)
+            if _wait_for(lambda: Dispatch.objects.get(pk=dispatch.pk).status != "preparing", timeout=10, cluster=first):
+                break
+        assert _wait_for(
+            lambda: Delivery.objects.filter(dispatch=dispatch, status="sending").exists(), timeout=60, cluster=first
+        ), _state(dispatch, log)
+
+        asked = time.monotonic()
+        if target == "group":
+            os.killpg(first.process.pid, signal.SIGTERM)
+        else:
+            first.process.send_signal(signal.SIGTERM)
+        first.process.wait(timeout=60)
+        took = time.monotonic() - asked
+        assert took < 60, _state(dispatch, log)
+        # Every process of the cluster is gone (none orphaned, still holding rows).
+        time.sleep(0.5)
+        with pytest.raises(ProcessLookupError):
+            os.killpg(first.process.pid, 0)
+
+        statuses = dict(
+            Delivery.objects.filter(dispatch=dispatch).values_list("status").annotate(n=Count("id")).order_by()
+        )
+        assert statuses.get("unknown", 0) == 0 and statuses.get("sending", 0) == 0, _state(dispatch, log)
+        assert statuses.get("queued", 0) > 0, "stopped too late to matter"
+        output = open(log).read()
+        assert "Traceback" not in output and "RecursionError" not in output, output[-3000:]
+
+        # The next worker sends the rest (the stopped one handed its dispatch over on the queue).
+        sim.state.faults.latency_ms = 0
+        second = Cluster(queue, sim, log)
+        assert _wait_for(
+            lambda: Dispatch.objects.get(pk=dispatch.pk).status == Dispatch.Status.DONE,
+            timeout=90,
+            step=0.2,
+            cluster=second,
+        ), _state(dispatch, log)
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+
+    assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", flat=True)) == {"accepted"}
+    counts = sim.state.snapshot_counts()
+    assert len(counts) == ROWS and max(counts.values()) == 1, "a device got the dispatch twice"
