@@ -223,6 +223,10 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     def save_related(self, request, form, formsets, change):
         pass  # occurrences are written by the scheduler only
 
+    def construct_change_message(self, request, form, formsets, add=False):
+        # The occurrences inline is read-only and never saved: the change is the campaign's own.
+        return super().construct_change_message(request, form, [], add)
+
     def _changeform_view(self, request, object_id, form_url, extra_context):
         try:
             return super()._changeform_view(request, object_id, form_url, extra_context)

@@ -387,7 +387,7 @@ if PRODUCTION:
 # The largest request body (bytes) outside file uploads: a full 1,000-item bulk call of the largest
 # documented items (profiles with 16 KB of attributes) with room to spare. Over it, the API answers
 # 413 `request_too_large`.
-DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("PUSHDESK_MAX_REQUEST_BYTES", str(24 * 1024 * 1024)))
+DATA_UPLOAD_MAX_MEMORY_SIZE = _env_int("PUSHDESK_MAX_REQUEST_BYTES", 24 * 1024 * 1024, minimum=1024)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.ApiKeyAuthentication"],

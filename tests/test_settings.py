@@ -109,6 +109,7 @@ BAD_VALUES = {
     "PUSHDESK_SEND_TASKS": "x",
     "PUSHDESK_STOP_SECONDS": "0",
     "PUSHDESK_METRICS_TOKEN": "short",
+    "PUSHDESK_MAX_REQUEST_BYTES": "24MB",
     "PUSHDESK_RETENTION_DELIVERY_DAYS": "half a year",
     "PUSHDESK_RETENTION_AUDIT_DAYS": "30",
     "PUSHDESK_SEND_TASK_SECONDS": "",  # replaced below: an empty value means the default

@@ -6,6 +6,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -145,7 +146,7 @@ http {{
 
 
 def test_the_documented_nginx_serves_the_admin_styled_over_tls(nginx):
-    ssl_context = httpx.create_ssl_context(verify=nginx["ca"])
+    ssl_context = ssl.create_default_context(cafile=nginx["ca"])
     with httpx.Client(verify=ssl_context, timeout=30, follow_redirects=False) as http:
         url = f"https://127.0.0.1:{nginx['https']}"
         headers = {"Host": "push.example.com"}

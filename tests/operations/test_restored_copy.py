@@ -16,7 +16,7 @@ from delivery.models import Delivery, Dispatch
 from delivery.services.contents import pushcontent_test_send
 from delivery.services.dispatches import dispatch_create, dispatch_prepare, dispatches_watch
 from delivery.services.sending import dispatch_send
-from journeys.services import journeys_tick
+from journeys.services.entries import journeys_tick
 from operations.models import Instance
 from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory, SegmentMemberFactory
 

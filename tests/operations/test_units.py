@@ -1,0 +1,72 @@
+"""The systemd units the operator's guide installs: valid for systemd, enabled at boot, run as the
+service user with the documented environment file, and stopping workers through their main process."""
+
+import configparser
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+DEPLOY = ROOT / "docs" / "deploy"
+UNITS = sorted(p.name for p in DEPLOY.iterdir() if p.suffix in {".service", ".timer"})
+
+
+def _read(name: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read_string((DEPLOY / name).read_text())
+    return parser
+
+
+@pytest.mark.parametrize("name", ["pushdesk-web.service", "pushdesk-worker.service"])
+def test_long_running_units_start_at_boot_as_the_service_user(name):
+    unit = _read(name)
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+    service = unit["Service"]
+    assert service["User"] == "pushdesk"
+    assert service["KillMode"] == "mixed"
+    assert service["Restart"] == "always"
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    assert f"# {service['EnvironmentFile']}" in guide  # the environment file the guide writes
+
+
+def test_the_worker_unit_gives_the_worker_time_to_stop_on_its_own():
+    service = _read("pushdesk-worker.service")["Service"]
+    assert service["KillSignal"] == "SIGTERM"
+    assert int(service["TimeoutStopSec"]) > 45  # PUSHDESK_STOP_SECONDS' default, then systemd kills
+
+
+def test_no_unit_value_carries_an_inline_comment():
+    for name in UNITS:
+        for line in (DEPLOY / name).read_text().splitlines():
+            if "=" in line and not line.lstrip().startswith("#"):
+                assert not re.search(r"\s#", line.split("=", 1)[1]), f"{name}: {line}"
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
+@pytest.mark.parametrize("name", UNITS)
+def test_systemd_accepts_the_unit(tmp_path, name):
+    """`systemd-analyze verify`, with this machine's interpreter and an existing user in place of the
+    installation's (it checks that executables exist)."""
+    text = (DEPLOY / name).read_text()
+    text = text.replace("/srv/pushdesk/app/.venv/bin/python", sys.executable)
+    text = text.replace("/srv/pushdesk/app/.venv/bin/gunicorn", shutil.which("true"))
+    text = text.replace("User=pushdesk", "User=root").replace("Group=pushdesk", "Group=root")
+    (tmp_path / name).write_text(text)
+    if name.endswith(".timer"):
+        (tmp_path / name.replace(".timer", ".service")).write_text(
+            (DEPLOY / name.replace(".timer", ".service"))
+            .read_text()
+            .replace("/srv/pushdesk/app/.venv/bin/python", sys.executable)
+            .replace("User=pushdesk", "User=root")
+            .replace("Group=pushdesk", "Group=root")
+        )
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True, timeout=60
+    )
+    problems = [line for line in (result.stdout + result.stderr).splitlines() if name.split(".")[0] in line]
+    assert result.returncode == 0 and not problems, result.stdout + result.stderr
