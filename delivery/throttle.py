@@ -35,7 +35,10 @@ class RedisThrottle:
 
     def take(self, *, key: str, rate: float, count: int) -> tuple[int, float]:
         """Grant up to ``count`` tokens now; return (granted, seconds until the next token)."""
-        granted, wait = self._script(keys=[f"pushdesk:throttle:{key}"], args=[rate, count, _burst(rate)])
+        # Prefixed with the instance: deployments sharing a Redis keep their own limits.
+        granted, wait = self._script(
+            keys=[f"{settings.PUSHDESK_INSTANCE}:throttle:{key}"], args=[rate, count, _burst(rate)]
+        )
         return int(granted), float(wait)
 
 

@@ -1,0 +1,74 @@
+"""Redis keys carry the instance's name; logs can be JSON, with one line per batch of a send."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import redis
+from django.conf import settings
+from django.core.cache import cache
+from django_q.brokers import get_broker
+
+from delivery.models import Dispatch
+from delivery.services.dispatches import _GATES, dispatch_create, dispatch_gate_register
+from delivery.throttle import RedisThrottle
+from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory
+
+pytestmark = pytest.mark.skipif(not settings.REDIS_URL, reason="needs Redis")
+
+
+def test_cache_broker_and_rate_limiter_keys_are_prefixed_with_the_instance(db):
+    instance = settings.PUSHDESK_INSTANCE
+    server = redis.Redis.from_url(settings.REDIS_URL)
+    cache.set("sign-in-failures", 3)
+    assert server.keys(f"{instance}:*sign-in-failures")
+    RedisThrottle(settings.REDIS_URL).take(key="app:41", rate=10, count=1)
+    assert server.exists(f"{instance}:throttle:app:41")
+    assert get_broker().list_key == f"django_q:{instance}:q"
+
+
+def test_json_logs_are_one_object_a_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHDESK_")}
+    env.update(LOG_FORMAT="json", PUSHDESK_VAR_DIR=str(tmp_path))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); import logging; logging.getLogger('pushdesk.x').warning('hello %s', 'there')",
+        ],
+        cwd=settings.BASE_DIR,
+        env={**env, "DJANGO_SETTINGS_MODULE": "config.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    line = json.loads(result.stderr.strip().splitlines()[-1])
+    assert (line["level"], line["logger"], line["message"]) == ("WARNING", "pushdesk.x", "hello there")
+
+
+def test_each_batch_of_a_send_logs_its_outcomes(sim, sim_app, caplog, django_capture_on_commit_callbacks):
+    saved = dict(_GATES)
+    dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=lambda **kwargs: None)
+    try:
+        content = PushContentFactory(app=sim_app)
+        profiles = [ProfileFactory() for _ in range(3)]
+        phones = [DeviceFactory(profile=p, app=sim_app, platform="ios") for p in profiles]
+        sim.state.add_device(token=phones[0].token, platform="ios", state="unregistered")
+        caplog.set_level(logging.INFO, logger="delivery.services.sending")
+        with django_capture_on_commit_callbacks(execute=True):
+            dispatch = dispatch_create(
+                app_id=sim_app.pk,
+                kind=Dispatch.Kind.API_TRIGGER,
+                spec=content.spec(),
+                content_id=content.pk,
+                profile_ids=[p.pk for p in profiles],
+            )
+    finally:
+        _GATES.clear()
+        _GATES.update(saved)
+    batches = [r for r in caplog.records if getattr(r, "dispatch", None) == dispatch.pk]
+    assert batches and sum(r.outcomes.get("accepted", 0) for r in batches) == 2
+    assert sum(r.outcomes.get("failed", 0) for r in batches) == 1
