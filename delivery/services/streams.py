@@ -95,8 +95,12 @@ def stream_open(
 
     The caller has run its source's gate; ``spec`` (already validated when it was approved) is
     frozen on the dispatch. Safe to race: one stream per source, version and day is open at a
-    time (a unique index), and the loser reads the winner's.
+    time (a unique index), and the loser reads the winner's. Raises InstanceMismatch on a copy
+    of another instance's database.
     """
+    from operations.instance import ensure_instance_claimed
+
+    ensure_instance_claimed(action=f"open a {kind} stream")
     now = now or timezone.now()
     day = _today(now)
     existing = Dispatch.objects.filter(
@@ -537,6 +541,10 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
     from delivery.services.sending import SendReport, _batch_finish, _batch_prepare, _batch_submit, _claim
 
     report = SendReport()
+    from operations.instance import instance_refuses
+
+    if instance_refuses(action="send the open streams"):
+        return report
     deadline = time.monotonic() + budget
     heartbeat_key = _HEARTBEAT.format(slot=slot)
     listener = _Listener() if budget > 0 and connection.vendor == "postgresql" else None

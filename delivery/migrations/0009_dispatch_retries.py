@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("delivery", "0007_delivery_expires_at"),
+        ("delivery", "0008_streams"),
     ]
 
     operations = [
