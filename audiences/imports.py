@@ -39,6 +39,9 @@ BINARY_SIGNATURES = {
     b"\x1f\x8b": "a gzip archive",
 }
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# Bytes that do not decode are read as lone surrogates (U+DC80-U+DCFF, Python's "surrogateescape"),
+# which no valid text decodes to; a U+FFFD that the file spells in valid UTF-8 is an ordinary character.
+UNDECODABLE_RE = re.compile("[\udc80-\udcff]")
 
 
 class ImportRefused(ValidationError):
@@ -173,9 +176,9 @@ def records(binary, *, encoding: str) -> Iterator[Record]:
     """Yield every CSV record after the header, streamed, with the line it starts on.
 
     Blank lines are skipped. Quoted fields may hold commas and newlines; CRLF and LF both end
-    lines. Undecodable bytes become U+FFFD and fail only their row.
+    lines. Undecodable bytes become lone surrogates (see UNDECODABLE_RE) and fail only their row.
     """
-    text = io.TextIOWrapper(binary, encoding=python_encoding(encoding), errors="replace", newline="")
+    text = io.TextIOWrapper(binary, encoding=python_encoding(encoding), errors="surrogateescape", newline="")
     reader = csv.reader(text)
     last_line = 0
     header_seen = False
@@ -269,7 +272,7 @@ def parse_record(record: Record, plan: Plan, *, timezones: set[str]) -> ParsedRo
     if len(cells) != plan.width:
         return f"has {len(cells)} fields where the header has {plan.width}"
     joined = "".join(cells)
-    if "\ufffd" in joined:
+    if UNDECODABLE_RE.search(joined):
         return "holds bytes that are not valid text in this encoding (is the file Latin-1?)"
     if "\x00" in joined:
         return "holds a NUL character"
@@ -333,6 +336,7 @@ class ErrorFile:
             self.writer.writerow(self.HEADER)
 
     def add(self, line: int, external_id: str, reason: str) -> None:
+        external_id = UNDECODABLE_RE.sub("\ufffd", external_id)  # the undecodable bytes of a failed row
         self.writer.writerow([line, spreadsheet_safe(external_id), spreadsheet_safe(reason)])
 
     def tell(self) -> int:

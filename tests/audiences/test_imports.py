@@ -294,3 +294,22 @@ def test_a_file_gone_from_storage_fails_the_import_and_writes_nothing(manager_al
     assert record.status == Import.Status.FAILED
     assert "missing" in record.error
     assert not Profile.objects.exists()
+
+
+def test_valid_utf8_holding_the_replacement_character_is_imported(run_import):
+    """U+FFFD is a character like any other when the file spells it in valid UTF-8."""
+    record = run_import("external_id,place\nu1,Caf\ufffd de la Gare\n".encode())
+    assert (record.rows_imported, record.rows_failed) == (1, 0)
+    assert attrs("u1") == {"place": "Caf\ufffd de la Gare"}
+
+
+def test_bytes_that_do_not_decode_fail_only_their_row(run_import):
+    """Past the part checked at upload, an undecodable byte fails its row and no other."""
+    padding = b"".join(b"p%05d,%s\n" % (n, b"x" * 60) for n in range(1200))  # beyond the upload check
+    content = b"external_id,place\n" + padding + b"u1,Caf\xe9\nu2,Caf\xc3\xa9\nu3\xff,x\n"
+    record = run_import(content)
+    assert (record.rows_imported, record.rows_failed) == (1201, 2)
+    assert attrs("u2") == {"place": "Café"}
+    assert not Profile.objects.filter(external_id="u1").exists()
+    reason = "holds bytes that are not valid text in this encoding (is the file Latin-1?)"
+    assert error_rows(record) == [["1202", "u1", reason], ["1204", "u3\ufffd", reason]]
