@@ -282,6 +282,23 @@ def approval_request_cancel(*, request_id: int, by: User) -> ApprovalRequest:
     return request
 
 
+def approval_request_close(*, request_id: int, by: User | None, reason: str) -> ApprovalRequest | None:
+    """Close a pending request whose subject no longer needs it (e.g. the campaign was stopped).
+
+    Call it inside the subject's own locked transition. Returns None when it was not pending.
+    """
+    request = ApprovalRequest.objects.select_for_update().get(pk=request_id)
+    if request.status != ApprovalRequest.Status.PENDING:
+        return None
+    request.status = ApprovalRequest.Status.CANCELLED
+    request.decided_by = by
+    request.decided_at = timezone.now()
+    request.comment = reason
+    request.save(update_fields=["status", "decided_by", "decided_at", "comment"])
+    audit(actor=by, action="approval_closed", obj=request, summary={"subject": request.subject_label, "reason": reason})
+    return request
+
+
 def approval_void(*, subject: models.Model, by: User | None, reason: str) -> int:
     """Void the subject's approved request(s) after an edit: the edited object needs a new approval."""
     voided = 0

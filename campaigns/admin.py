@@ -13,7 +13,7 @@ from accounts.selectors import approval_current, visible_to
 from campaigns import services
 from campaigns.models import Campaign, Occurrence
 from campaigns.reports import campaign_report, campaign_report_csv, campaign_timeline
-from campaigns.review import campaign_phones_html
+from campaigns.review import campaign_phones_html, phones_html, version_diff_html
 from campaigns.schedule import localize
 from campaigns.schedule import zone as schedule_zone
 from campaigns.selectors import campaign_actions, campaigns_visible_to
@@ -121,6 +121,7 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     readonly_fields = (
         "status",
         "approval",
+        "versions",
         "lifecycle_buttons",
         "owner",
         "activated_at",
@@ -163,6 +164,7 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
                             "status",
                             "lifecycle_buttons",
                             "approval",
+                            "versions",
                             "owner",
                             "activated_at",
                             "next_occurrence_at",
@@ -202,6 +204,8 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     def has_change_permission(self, request, obj=None):
         if obj is not None and obj.status not in (Status.DRAFT, Status.SCHEDULED, Status.LIVE):
             return False  # locked in review; finished campaigns are duplicated, not edited
+        if obj is not None and obj.is_active and services.revision_waiting(obj):
+            return False  # its revision is in review
         return super().has_change_permission(request, obj)
 
     def has_delete_permission(self, request, obj=None):
@@ -213,7 +217,9 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         values = {field: form.cleaned_data[field] for field in services.EDITABLE_FIELDS if field in form.cleaned_data}
         try:
             if change:
-                services.campaign_update(campaign_id=obj.pk, by=request.user, **values)
+                updated = services.campaign_update(campaign_id=obj.pk, by=request.user, **values)
+                if updated.has_pending_revision:
+                    request.campaign_revision = updated
             else:
                 created = services.campaign_create(by=request.user, **values)
                 obj.pk = created.pk
@@ -242,9 +248,74 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         request = approval_current(obj)
         if request is None:
             return "Not submitted yet."
-        decided = f" by {request.decided_by} on {request.decided_at:%Y-%m-%d %H:%M}" if request.decided_by else ""
+        tz = schedule_zone(obj.time_zone)
+        if request.status == request.Status.PENDING:
+            who, when = request.requested_by, request.requested_at
+            text = "Revision waiting for approval" if obj.is_active else request.get_status_display()
+            return format_html("{}: asked by {} on {} ({})", text, who, f"{when.astimezone(tz):%Y-%m-%d %H:%M}", tz)
+        decided = (
+            f" by {request.decided_by} on {request.decided_at.astimezone(tz):%Y-%m-%d %H:%M} ({tz})"
+            if request.decided_by
+            else ""
+        )
         comment = format_html(" — “{}”", request.comment) if request.comment else ""
         return format_html("{}{}{}", request.get_status_display(), decided, comment)
+
+    @admin.display(description="Versions")
+    def versions(self, obj):
+        """The approved version that sends and, when the campaign was edited since, the pending revision."""
+        approved = obj.approved() if obj.is_active else None
+        if approved is None:
+            return "—"
+        at = dt.datetime.fromisoformat(approved.approved_at) if approved.approved_at else None
+        when = f" on {at.astimezone(schedule_zone(obj.time_zone)):%Y-%m-%d %H:%M} ({obj.time_zone})" if at else ""
+        sending = format_html(
+            '<p id="approved-version">Version {} (approved{}{}) is sending.</p>',
+            approved.number,
+            f" by {approved.approved_by}" if approved.approved_by else "",
+            when,
+        )
+        if not obj.has_pending_revision:
+            return sending
+        return format_html(
+            '{}<div id="pending-revision"><p><strong>A revision is pending:</strong> version {} keeps sending until '
+            "the revision is approved. Only <em>Stop</em> takes the campaign off the air.</p>{}"
+            '<div class="approved-phones"><p>Version {} as phones show it:</p>{}</div></div>',
+            sending,
+            approved.number,
+            version_diff_html(
+                approved.snapshot,
+                obj.snapshot(),
+                app_id=obj.app_id,
+                before_title=f"Approved version {approved.number} (sending)",
+            ),
+            approved.number,
+            phones_html(approved.spec, app_name=obj.app.name),
+        )
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        obj = self.get_object(request, object_id) if request.method == "GET" else None
+        if obj is not None and obj.is_active and self.has_change_permission(request, obj):
+            approved = obj.approved()
+            number = approved.number if approved else 1
+            self.message_user(
+                request,
+                f"This campaign is {obj.get_status_display().lower()}. Saving an edit of its content, audience or "
+                f"schedule makes a pending revision: version {number} keeps sending until the revision is approved. "
+                "Only Stop takes it off the air.",
+                messages.WARNING,
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def message_user(self, request, message, level=messages.INFO, *args, **kwargs):
+        revision = getattr(request, "campaign_revision", None)
+        if revision is not None and level == messages.SUCCESS:
+            message = (
+                f"Saved as a pending revision of “{revision.name}”: the approved version keeps sending until the "
+                "revision is approved. Submit it for review when it is ready."
+            )
+            level = messages.WARNING
+        return super().message_user(request, message, level, *args, **kwargs)
 
     lifecycle_button_name = "campaign_action"
 

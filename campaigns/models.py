@@ -4,8 +4,10 @@ The lifecycle is AJO's: draft → in_review (locked) → scheduled / live → co
 failed, and archived. Every transition is a service in ``campaigns.services``.
 """
 
+import datetime as dt
 import hashlib
 import json
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import models
@@ -82,6 +84,12 @@ class Campaign(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.DRAFT, db_index=True)
     status_changed_at = models.DateTimeField(default=timezone.now)
     approved_fingerprint = models.CharField(max_length=64, blank=True, editable=False)
+    approved_version = models.JSONField(
+        default=dict,
+        blank=True,
+        editable=False,
+        help_text="The approved version, frozen: what is sent while an edit waits for approval (see snapshot()).",
+    )
     activated_at = models.DateTimeField(null=True, blank=True, editable=False)
     next_occurrence_at = models.DateTimeField(null=True, blank=True, db_index=True, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
@@ -128,6 +136,46 @@ class Campaign(models.Model):
         blob = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
+    # Besides the fingerprint, what the approved version keeps (it does not change what is sent).
+    SNAPSHOT_EXTRA_FIELDS = ("content_id", "missed_window_minutes")
+
+    def snapshot(self) -> dict:
+        """This campaign as it stands, in the frozen form an approval keeps (``approved_version``).
+
+        The send path reads the approved snapshot, never the editable row, so an edit of a live
+        campaign is a pending revision until it is approved.
+        """
+        fields = {name: getattr(self, name) for name in self.FINGERPRINT_FIELDS + self.SNAPSHOT_EXTRA_FIELDS}
+        for name in ("send_at", "ends_at"):
+            fields[name] = fields[name].isoformat() if fields[name] else None
+        return {
+            "fields": fields,
+            "spec": self.content.spec(),
+            "fingerprint": self.fingerprint(),
+            "labels": {"content": str(self.content), "segment": str(self.segment) if self.segment_id else ""},
+            # Who it reaches, as defined when approved: a send to an audience defined otherwise waits
+            # for the revision's approval (the gate compares the fingerprints).
+            "audience_definition": self.segment.definition() if self.segment_id else {},
+            "audience_fingerprint": self.segment.definition_fingerprint() if self.segment_id else "",
+        }
+
+    def approved(self) -> "ApprovedVersion | None":
+        """The version that sends while the campaign is scheduled or live (None before any approval)."""
+        if self.approved_version:
+            return ApprovedVersion.from_snapshot(self.approved_version, campaign=self)
+        if self.approved_fingerprint and self.fingerprint() == self.approved_fingerprint:
+            # Approved before versions were kept: the row itself is still what was approved.
+            return ApprovedVersion.from_snapshot({**self.snapshot(), "number": 1}, campaign=self)
+        return None
+
+    @property
+    def has_pending_revision(self) -> bool:
+        """Scheduled or live, and edited since its approval: the edit waits for its own approval."""
+        if not self.is_active:
+            return False
+        approved = self.approved()
+        return approved is None or approved.fingerprint != self.fingerprint()
+
     def approval_context(self) -> dict:
         return {"type": "campaign", "app_id": self.app_id, "kind": self.kind, "purpose": self.purpose}
 
@@ -139,6 +187,57 @@ class Campaign(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in (self.Status.SCHEDULED, self.Status.LIVE)
+
+
+@dataclass(frozen=True)
+class ApprovedVersion:
+    """A campaign's approved version, read from its frozen snapshot: the attributes the send path
+    and the schedule read (``next_occurrence`` takes it in place of the campaign)."""
+
+    campaign_id: int | None
+    name: str
+    number: int
+    app_id: int
+    kind: str
+    purpose: str
+    segment_id: int | None
+    content_id: int
+    schedule_kind: str
+    send_at: dt.datetime | None
+    time_zone: str
+    recurrence: str
+    cron: str
+    ends_at: dt.datetime | None
+    at_local_time: bool
+    throttle_per_second: int | None
+    missed_window_minutes: int
+    activated_at: dt.datetime | None
+    spec: dict
+    fingerprint: str
+    approved_at: str
+    approved_by: str
+    labels: dict
+    snapshot: dict
+
+    @classmethod
+    def from_snapshot(cls, snapshot: dict, *, campaign: "Campaign | None" = None) -> "ApprovedVersion":
+        fields = dict(snapshot["fields"])
+        for name in ("send_at", "ends_at"):
+            fields[name] = dt.datetime.fromisoformat(fields[name]) if fields.get(name) else None
+        return cls(
+            campaign_id=campaign.pk if campaign else None,
+            name=campaign.name if campaign else "",
+            number=snapshot.get("number", 1),
+            spec=snapshot["spec"],
+            fingerprint=snapshot["fingerprint"],
+            approved_at=snapshot.get("approved_at", ""),
+            approved_by=snapshot.get("approved_by", ""),
+            labels=snapshot.get("labels", {}),
+            snapshot=snapshot,
+            missed_window_minutes=fields.pop("missed_window_minutes", 60),
+            activated_at=campaign.activated_at if campaign else None,
+            **{name: fields.get(name) for name in Campaign.FINGERPRINT_FIELDS + ("content_id",)},
+        )
 
 
 class CampaignUserObjectPermission(UserObjectPermissionBase):

@@ -1,44 +1,68 @@
 """What an approver sees side by side: the content as phones would show it, the audience, the schedule."""
 
+import datetime as dt
+
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from accounts.models import ApprovalRequest, User
-from campaigns.models import Campaign
+from campaigns.models import ApprovedVersion, Campaign
+from campaigns.schedule import zone
 
 
-def _schedule_text(campaign: Campaign) -> str:
+def _when(value: dt.datetime, time_zone: str) -> str:
+    """A date as entered: the wall-clock time in the campaign's zone, the zone named."""
+    return f"{value.astimezone(zone(time_zone)):%Y-%m-%d %H:%M} ({time_zone})"
+
+
+def schedule_text(campaign, *, now: dt.datetime | None = None) -> str:
+    """The schedule in words, in the campaign's time zone; the future tense for what is still to come.
+
+    ``campaign`` is a Campaign or its ApprovedVersion.
+    """
+    now = now or timezone.now()
     if campaign.kind == Campaign.Kind.API_TRIGGERED:
         return "Sent when the API triggers it."
+    local = " at each profile's local time" if campaign.at_local_time else ""
     if campaign.schedule_kind == Campaign.ScheduleKind.NOW:
         return "Sent as soon as it is approved."
-    when = f"{campaign.send_at:%Y-%m-%d %H:%M} UTC ({campaign.time_zone})" if campaign.send_at else "—"
+    when = _when(campaign.send_at, campaign.time_zone) if campaign.send_at else "—"
     if campaign.schedule_kind == Campaign.ScheduleKind.AT:
-        return f"Sent once, at {when}."
-    rule = campaign.cron if campaign.recurrence == Campaign.Recurrence.CRON else campaign.get_recurrence_display()
-    until = f" until {campaign.ends_at:%Y-%m-%d %H:%M} UTC" if campaign.ends_at else ""
-    return f"Recurring ({rule}) from {when}{until}."
+        if campaign.send_at and campaign.send_at <= now:
+            return f"Sent once, at {when}{local}."
+        return f"Sends once, at {when}{local}."
+    rule = campaign.cron if campaign.recurrence == Campaign.Recurrence.CRON else campaign.recurrence
+    until = f" until {_when(campaign.ends_at, campaign.time_zone)}" if campaign.ends_at else ""
+    verb = "Started" if campaign.send_at and campaign.send_at <= now else "Starts"
+    return f"Recurring ({rule}){local}. {verb} {when}{until}."
 
 
-def _audience_text(campaign: Campaign) -> str:
-    """The audience and its size now. The reviewer sees it through the campaign they review,
-    whether or not they were granted the segment itself."""
-    if campaign.segment_id is None:
+def audience_text(*, segment_id: int | None, app_id: int, label: str = "") -> str:
+    """The audience and its size now, as profiles → reachable in the app → opted in.
+
+    The reviewer sees it through the campaign they review, whether or not they were granted the
+    segment itself.
+    """
+    if segment_id is None:
         return "Recipients named by each API call."
-    from audiences.rules.compiler import segment_profiles
+    from audiences.models import Segment
+    from delivery.selectors import audience_reach
 
-    count = segment_profiles(campaign.segment).count()
-    return f"{campaign.segment}: {count:,} profiles"
+    segment = Segment.objects.filter(pk=segment_id).first()
+    if segment is None:
+        return f"{label or segment_id}: deleted"
+    return f"{segment}: {audience_reach(segment=segment, app_id=app_id).text()}"
 
 
-def _audience_definition_text(campaign: Campaign) -> str:
+def definition_text(definition: dict) -> str:
     """Who the approval covers, as it is defined: each segment's rules (and the segments they use),
-    a kept list's member count. Editing any of it voids the approval."""
-    if campaign.segment_id is None:
-        return "—"
+    a kept list's member count (``definition`` from Segment.definition())."""
     import json
 
+    if not definition:
+        return "—"
     parts = []
-    for entry in campaign.segment.definition().values():
+    for entry in definition.values():
         if entry.get("missing"):
             parts.append("a segment that no longer exists")
             continue
@@ -50,11 +74,10 @@ def _audience_definition_text(campaign: Campaign) -> str:
     return "; ".join(parts)
 
 
-def campaign_phones_html(campaign: Campaign, *, profile: dict | None = None) -> str:
-    """The content as an iPhone and an Android phone would show it, for one profile (or a blank one)."""
-    from delivery.payloads import message_render
+def phones_html(spec: dict, *, app_name: str, profile: dict | None = None) -> str:
+    """A content spec as an iPhone and an Android phone would show it, for one profile (or a blank one)."""
+ry.payloads import message_render
 
-    spec = campaign.content.spec()
     sample = profile or {
         "external_id": "sample",
         "locale": spec.get("default_locale", ""),
@@ -66,7 +89,7 @@ def campaign_phones_html(campaign: Campaign, *, profile: dict | None = None) -> 
         title, subtitle, body = message.title, message.subtitle, message.body
     except Exception as exc:  # a template that fails is itself what the approver must see
         title, subtitle, body = "(cannot render)", "", str(exc)
-    phones = format_html_join(
+    return format_html_join(
         "",
         '<div class="phone phone-{}" style="display:inline-block;vertical-align:top;width:260px;margin:0 12px 12px 0;'
         'padding:12px;border-radius:18px;background:#1d1d1f;color:#fff">'
@@ -74,33 +97,125 @@ def campaign_phones_html(campaign: Campaign, *, profile: dict | None = None) -> 
         '<div style="background:rgba(255,255,255,.15);border-radius:12px;padding:8px;margin-top:8px">'
         "<strong>{}</strong><div>{}</div><div>{}</div></div></div>",
         [
-            ("ios", "iOS — " + campaign.app.name, title, subtitle, body),
-            ("android", "Android — " + campaign.app.name, title, "", body),
+            ("ios", "iOS — " + app_name, title, subtitle, body),
+            ("android", "Android — " + app_name, title, "", body),
         ],
     )
-    return phones
+
+
+def campaign_phones_html(campaign: Campaign, *, profile: dict | None = None) -> str:
+    """The campaign's content as phones would show it."""
+    return phones_html(campaign.content.spec(), app_name=campaign.app.name, profile=profile)
+
+
+def _texts(spec: dict) -> dict[str, dict]:
+    """Title, subtitle and body per locale (the default locale's are the content's own fields)."""
+    texts = {spec.get("default_locale") or "default": {k: spec.get(k, "") for k in ("title", "subtitle", "body")}}
+    for locale, variant in sorted((spec.get("variants") or {}).items()):
+        texts[locale] = {k: (variant or {}).get(k, "") for k in ("title", "subtitle", "body")}
+    return texts
+
+
+def _pairs(mapping: dict) -> str:
+    return (
+        ", ".join(f"{key}={value}" for key, value in sorted((mapping or {}).items()) if value not in ("", None)) or "—"
+    )
+
+
+def version_rows(version: dict, *, app_id: int, now: dt.datetime) -> list[tuple[str, str]]:
+    """Everything an approver signs off, as (label, text) rows, from a snapshot (see Campaign.snapshot)."""
+    fields, spec, labels = version["fields"], version["spec"], version.get("labels", {})
+    view = ApprovedVersion.from_snapshot(version)
+    rows = [
+        ("Kind and purpose", f"{Campaign.Kind(fields['kind']).label}, {Campaign.Purpose(fields['purpose']).label}"),
+        ("Audience", audience_text(segment_id=fields["segment_id"], app_id=app_id, label=labels.get("segment", ""))),
+        ("Audience definition", definition_text(version.get("audience_definition") or {})),
+        ("Schedule", schedule_text(view, now=now)),
+        (
+            "Throttle",
+            f"{fields['throttle_per_second']} messages/s" if fields["throttle_per_second"] else "the app's limit",
+        ),
+        ("Content", labels.get("content", "")),
+    ]
+    for locale, texts in _texts(spec).items():
+        for key in ("title", "subtitle", "body"):
+            rows.append((f"{key.capitalize()} ({locale})", texts[key] or "—"))
+    rows += [
+        ("Image", spec.get("image_url") or "—"),
+        ("Tap action", f"{spec.get('tap_action')} {spec.get('tap_url') or ''}".strip()),
+        ("Custom data", _pairs(spec.get("data"))),
+        ("iOS options", _pairs(spec.get("ios"))),
+        ("Android options", _pairs(spec.get("android"))),
+        (
+            "Delivery options",
+            f"TTL {spec.get('ttl_seconds')} s, collapse key {spec.get('collapse_key') or '—'}"
+            f"{', silent' if spec.get('silent') else ''}",
+        ),
+    ]
+    return rows
+
+
+def version_diff(before: dict | None, after: dict, *, app_id: int, now: dt.datetime | None = None) -> list[tuple]:
+    """(label, before, after, changed) for every row of two snapshots; ``before`` None for a first review."""
+    now = now or timezone.now()
+    after_rows = version_rows(after, app_id=app_id, now=now)
+    if before is None:
+        return [(label, "", text, False) for label, text in after_rows]
+    before_rows = dict(version_rows(before, app_id=app_id, now=now))
+    labels = [label for label, _ in after_rows] + [label for label in before_rows if label not in dict(after_rows)]
+    after_map = dict(after_rows)
+    return [
+        (label, before_rows.get(label, "—"), after_map.get(label, "—"), before_rows.get(label) != after_map.get(label))
+        for label in labels
+    ]
+
+
+def version_diff_html(before: dict | None, after: dict, *, app_id: int, before_title: str) -> str:
+    """The diff as a table: changed rows first and marked; a first review shows every row."""
+    rows = version_diff(before, after, app_id=app_id)
+    if before is None:
+        body = format_html_join("", '<tr><th scope="row">{}</th><td>{}</td></tr>', [(r[0], r[2]) for r in rows])
+        return format_html(
+            '<table id="approval-diff" class="first-review"><caption>{}</caption>{}</table>',
+            "First review: everything this approval covers",
+            body,
+        )
+    ordered = [r for r in rows if r[3]] + [r for r in rows if not r[3]]
+    body = format_html_join(
+        "",
+        '<tr class="{}"><th scope="row">{}</th><td>{}</td><td>{}</td></tr>',
+        [
+            ("changed" if changed else "unchanged", label, old, new if changed else "(unchanged)")
+            for label, old, new, changed in ordered
+        ],
+    )
+    changed = sum(1 for r in rows if r[3])
+    return format_html(
+        "<style>#approval-diff tr.changed td{{background:#fff4d6}} #approval-diff tr.unchanged{{opacity:.6}}</style>"
+        '<table id="approval-diff" class="revision"><caption>{} — {} change{}</caption>'
+        "<thead><tr><th></th><th>{}</th><th>This revision</th></tr></thead>{}</table>",
+        "What changed since the approved version",
+        changed,
+        "" if changed == 1 else "s",
+        before_title,
+        body,
+    )
 
 
 def campaign_review_html(campaign: Campaign, *, request: ApprovalRequest, user: User) -> str:
-    """The review pane: a phone per platform, the audience with its count, the schedule."""
-    spec = campaign.content.spec()
+    """The review pane: a phone per platform, then a diff against the approved version (a revision of
+    a scheduled or live campaign) or everything the approval covers (a first review)."""
+    approved = campaign.approved() if campaign.is_active else None
     phones = campaign_phones_html(campaign)
-    rows = format_html_join(
-        "",
-        "<tr><th>{}</th><td>{}</td></tr>",
-        [
-            ("Campaign", f"{campaign.name} ({campaign.get_kind_display()}, {campaign.get_purpose_display()})"),
-            ("App", campaign.app.name),
-            ("Audience", _audience_text(campaign)),
-            ("Audience definition", _audience_definition_text(campaign)),
-            ("Schedule", _schedule_text(campaign)),
-            (
-                "Content",
-                f"{campaign.content} (TTL {spec.get('ttl_seconds')} s{', silent' if spec.get('silent') else ''})",
-            ),
-            ("Locales", ", ".join([spec.get("default_locale", "")] + sorted(spec.get("variants") or {}))),
-        ],
+    diff = version_diff_html(
+        approved.snapshot if approved else None,
+        campaign.snapshot(),
+        app_id=campaign.app_id,
+        before_title=f"Approved version {approved.number} (sending now)" if approved else "",
     )
     return format_html(
-        '<div style="display:flex;gap:24px;flex-wrap:wrap"><div>{}</div><table>{}</table></div>', phones, rows
+        '<div style="display:flex;gap:24px;flex-wrap:wrap"><div>{}</div><div><p>{}</p>{}</div></div>',
+        phones,
+        f"{campaign.name} — {campaign.app.name}",
+        diff,
     )

@@ -4,7 +4,7 @@ from django.db.models import QuerySet
 from django.http import Http404
 
 from accounts.models import User
-from accounts.selectors import can, visible_to
+from accounts.selectors import approval_current, can, visible_to
 from campaigns.models import Campaign
 
 Status = Campaign.Status
@@ -34,9 +34,19 @@ TRANSITIONS = {
 
 
 def campaign_actions(user: User, campaign: Campaign) -> list[tuple[str, str]]:
-    """The (action, label) buttons this user may use on this campaign in its current state."""
+    """The (action, label) buttons this user may use on this campaign in its current state.
+
+    A scheduled or live campaign with a pending revision offers to submit it, and, while it
+    waits, to cancel the request; its approved version keeps sending either way.
+    """
     actions = []
     for name, (states, perm, label) in TRANSITIONS.items():
         if campaign.status in states and can(user, perm, campaign):
             actions.append((name, label))
+    if campaign.is_active and campaign.has_pending_revision:
+        request = approval_current(campaign)
+        waiting = request is not None and request.status == request.Status.PENDING
+        name, label = ("cancel_request", "Cancel request") if waiting else ("submit", "Submit revision for review")
+        if can(user, "campaigns.submit_campaign", campaign):
+            actions.insert(0, (name, label))
     return actions

@@ -22,9 +22,9 @@ from accounts.services import (
     TransitionError,
     access_grant,
     approval_request_cancel,
+    approval_request_close,
     approval_request_decide,
     approval_request_open,
-    approval_void,
     audit,
     lock_for,
 )
@@ -68,6 +68,7 @@ def _transition(campaign: Campaign, to: str, *, by: User | None, action: str, su
             "status_changed_at",
             "updated_at",
             "approved_fingerprint",
+            "approved_version",
             "activated_at",
             "next_occurrence_at",
         ]
@@ -146,10 +147,13 @@ def _create(*, by: User, changed: set[str], **fields) -> Campaign:
 
 
 def campaign_update(*, campaign_id: int, by: User, **changes) -> Campaign:
-    """Edit a campaign. A draft stays a draft; an approved (scheduled / live) campaign whose content,
-    audience or schedule changes returns to draft and its approval is voided.
+    """Edit a campaign. A draft stays a draft. On a scheduled or live campaign, an edit of its
+    content, audience or schedule is a pending revision: the approved version (``approved_version``)
+    keeps sending until the revision is approved (submit it with ``campaign_submit``); only
+    ``campaign_stop`` takes the campaign off the air.
 
-    Raises TransitionError when it is in review (locked) or finished, ValidationError naming the field.
+    Raises TransitionError when it is in review (locked: a draft, or a revision waiting for
+    approval) or finished, ValidationError naming the field.
     """
     unknown = set(changes) - set(EDITABLE_FIELDS)
     if unknown:
@@ -160,7 +164,8 @@ def campaign_update(*, campaign_id: int, by: User, **changes) -> Campaign:
             raise TransitionError(campaign, "edited", "Cancel the approval request first.")
         if campaign.status not in (Status.DRAFT, Status.SCHEDULED, Status.LIVE):
             raise TransitionError(campaign, "edited", "Duplicate it to make a new draft.")
-        before = campaign.fingerprint()
+        if campaign.is_active and revision_waiting(campaign) is not None:
+            raise TransitionError(campaign, "edited", "Its revision is waiting for approval: cancel the request first.")
         changed = {
             field
             for field, value in changes.items()
@@ -172,22 +177,20 @@ def campaign_update(*, campaign_id: int, by: User, **changes) -> Campaign:
         _validate(campaign, by=by, changed=changed)
         campaign.updated_at = timezone.now()
         campaign.save()
-        audit(actor=by, action="campaign_changed", obj=campaign, summary={"fields": sorted(changed)})
-        if campaign.is_active and campaign.fingerprint() != before:
-            _back_to_draft(campaign, by=by, reason=f"edited: {', '.join(sorted(changed))}")
+        revision = campaign.is_active and campaign.has_pending_revision
+        audit(
+            actor=by,
+            action="campaign_revision_edited" if revision else "campaign_changed",
+            obj=campaign,
+            summary={"fields": sorted(changed)},
+        )
     return campaign
 
 
-def _back_to_draft(campaign: Campaign, *, by: User | None, reason: str) -> None:
-    from delivery.models import Dispatch
-    from delivery.services.streams import streams_close
-
-    approval_void(subject=campaign, by=by, reason=reason)
-    # The approval is gone: so is the stream of the version it approved (the row is locked here).
-    streams_close(kind=Dispatch.Kind.API_TRIGGER, source_id=campaign.pk, by=by, reason=f"approval voided: {reason}")
-    campaign.approved_fingerprint = ""
-    campaign.next_occurrence_at = None
-    _transition(campaign, Status.DRAFT, by=by, action="approval_voided", summary={"reason": reason})
+def revision_waiting(campaign: Campaign) -> ApprovalRequest | None:
+    """The pending request of a scheduled or live campaign's revision, if one waits."""
+    request = approval_current(campaign)
+    return request if request is not None and request.status == ApprovalRequest.Status.PENDING else None
 
 
 def campaign_delete(*, campaign_id: int, by: User) -> None:
@@ -201,11 +204,18 @@ def campaign_delete(*, campaign_id: int, by: User) -> None:
 
 
 def campaign_submit(*, campaign_id: int, by: User, message: str = "") -> ApprovalRequest:
-    """Send a draft for review: it is locked until approved, sent back, or the request is cancelled."""
+    """Send a draft, or the pending revision of a scheduled or live campaign, for review: it is
+    locked until approved, sent back, or the request is cancelled. A revision's approved version
+    keeps sending meanwhile.
+
+    Raises TransitionError in any other state (no revision to submit, already waiting).
+    """
     with transaction.atomic():
         campaign = _lock(campaign_id, by, "campaigns.submit_campaign")
-        if campaign.status != Status.DRAFT:
-            raise TransitionError(campaign, "submitted for review")
+        revision = campaign.is_active and campaign.has_pending_revision and revision_waiting(campaign) is None
+        if campaign.status != Status.DRAFT and not revision:
+            hint = "It has no revision to submit: edit it first." if campaign.is_active else ""
+            raise TransitionError(campaign, "submitted for review", hint)
         _validate(campaign, by=by)
         request = approval_request_open(
             subject=campaign,
@@ -215,7 +225,10 @@ def campaign_submit(*, campaign_id: int, by: User, message: str = "") -> Approva
             by=by,
             message=message,
         )
-        _transition(campaign, Status.IN_REVIEW, by=by, action="submitted")
+        if revision:
+            audit(actor=by, action="campaign_revision_submitted", obj=campaign, summary={"request": request.pk})
+        else:
+            _transition(campaign, Status.IN_REVIEW, by=by, action="submitted")
     return request
 
 
@@ -227,9 +240,14 @@ def _pending_request(campaign: Campaign) -> ApprovalRequest:
 
 
 def campaign_cancel_request(*, campaign_id: int, by: User) -> Campaign:
-    """The requester takes a campaign out of review, back to draft."""
+    """The requester takes a campaign out of review, back to draft; or a revision back to a pending
+    edit (the approved version keeps sending)."""
     with transaction.atomic():
         campaign = _lock(campaign_id, by, "campaigns.submit_campaign")
+        if campaign.is_active and revision_waiting(campaign) is not None:
+            approval_request_cancel(request_id=_pending_request(campaign).pk, by=by)
+            audit(actor=by, action="campaign_revision_request_cancelled", obj=campaign)
+            return campaign
         if campaign.status != Status.IN_REVIEW:
             raise TransitionError(campaign, "taken out of review")
         approval_request_cancel(request_id=_pending_request(campaign).pk, by=by)
@@ -238,9 +256,14 @@ def campaign_cancel_request(*, campaign_id: int, by: User) -> Campaign:
 
 
 def campaign_request_changes(*, campaign_id: int, by: User, comment: str) -> Campaign:
-    """An approver sends the campaign back to draft with a comment the requester sees."""
+    """An approver sends the campaign back to draft with a comment the requester sees; a revision
+    goes back to a pending edit, and the approved version keeps sending."""
     with transaction.atomic():
         campaign = _lock(campaign_id, by, "campaigns.approve_campaign")
+        if campaign.is_active and revision_waiting(campaign) is not None:
+            approval_request_decide(request_id=_pending_request(campaign).pk, by=by, approve=False, comment=comment)
+            audit(actor=by, action="campaign_revision_changes_requested", obj=campaign, summary={"comment": comment})
+            return campaign
         if campaign.status != Status.IN_REVIEW:
             raise TransitionError(campaign, "sent back for changes")
         approval_request_decide(request_id=_pending_request(campaign).pk, by=by, approve=False, comment=comment)
@@ -248,23 +271,69 @@ def campaign_request_changes(*, campaign_id: int, by: User, comment: str) -> Cam
     return campaign
 
 
-def campaign_approve(*, campaign_id: int, by: User, comment: str = "", now: dt.datetime | None = None) -> Campaign:
-    """Approve and activate: the campaign becomes scheduled (a future send) or live.
+def _approve_version(campaign: Campaign, request: ApprovalRequest, *, by: User, now: dt.datetime) -> dict:
+    """Freeze the campaign as it stands into its approved version (the next number)."""
+    previous = campaign.approved_version or {}
+    snapshot = campaign.snapshot()
+    snapshot.update(
+        number=previous.get("number", 0) + 1,
+        approved_at=now.isoformat(),
+        approved_by=by.get_username(),
+        request_id=request.pk,
+    )
+    campaign.approved_version = snapshot
+    campaign.approved_fingerprint = request.fingerprint
+    return snapshot
 
-    Refuses (back to draft, approval voided) when what would be sent differs from what was
-    submitted, e.g. its push content was edited meanwhile. Raises PermissionDenied when ``by``
-    may not approve this request (own request, not an approver of its policy, no access).
+
+def _approve_revision(campaign: Campaign, request: ApprovalRequest, *, by: User, comment: str, now: dt.datetime):
+    """The revision of a scheduled or live campaign takes over from the approved version. A changed
+    schedule moves the next occurrence; a send that already happened is not repeated."""
+    before = campaign.approved()
+    snapshot = _approve_version(campaign, request, by=by, now=now)
+    schedule_fields = ("schedule_kind", "send_at", "time_zone", "recurrence", "cron", "ends_at", "at_local_time")
+    if campaign.kind == Campaign.Kind.SCHEDULED and (
+        before is None or any(getattr(before, f) != getattr(campaign, f) for f in schedule_fields)
+    ):
+        fired = campaign.occurrences.exists()
+        if campaign.schedule_kind == Campaign.ScheduleKind.NOW:
+            campaign.next_occurrence_at = None if fired else now
+        else:
+            campaign.next_occurrence_at = next_occurrence(campaign.approved(), after=now)
+    campaign.updated_at = now
+    campaign.save(update_fields=["approved_version", "approved_fingerprint", "next_occurrence_at", "updated_at"])
+    audit(
+        actor=by,
+        action="campaign_revision_approved",
+        obj=campaign,
+        summary={"version": snapshot["number"], "replaces": before.number if before else None, "comment": comment},
+    )
+    if campaign.next_occurrence_at is not None and campaign.next_occurrence_at <= now:
+        transaction.on_commit(lambda: _queue_fire(campaign.pk))
+
+
+def campaign_approve(*, campaign_id: int, by: User, comment: str = "", now: dt.datetime | None = None) -> Campaign:
+    """Approve and activate: the campaign becomes scheduled (a future send) or live. For the
+    revision of a scheduled or live campaign, the revision becomes the approved version that sends.
+
+    Raises ValidationError when what would be sent differs from what was submitted (e.g. its push
+    content was edited meanwhile: ask for changes), PermissionDenied when ``by`` may not approve
+    this request (own request, not an approver of its policy, no access).
     """
     now = now or timezone.now()
     with transaction.atomic():
         campaign = _lock(campaign_id, by, "campaigns.approve_campaign")
-        if campaign.status != Status.IN_REVIEW:
+        revision = campaign.is_active and revision_waiting(campaign) is not None
+        if campaign.status != Status.IN_REVIEW and not revision:
             raise TransitionError(campaign, "approved")
         request = _pending_request(campaign)
         if campaign.fingerprint() != request.fingerprint:
             raise ValidationError("What would be sent changed since it was submitted: ask for changes and resubmit.")
         approval_request_decide(request_id=request.pk, by=by, approve=True, comment=comment)
-        campaign.approved_fingerprint = request.fingerprint
+        if revision:
+            _approve_revision(campaign, request, by=by, comment=comment, now=now)
+            return campaign
+        _approve_version(campaign, request, by=by, now=now)
         campaign.activated_at = now
         if campaign.kind == Campaign.Kind.API_TRIGGERED:
             campaign.next_occurrence_at = None
@@ -272,7 +341,7 @@ def campaign_approve(*, campaign_id: int, by: User, comment: str = "", now: dt.d
         else:
             campaign.next_occurrence_at = next_occurrence(campaign, after=now - dt.timedelta(microseconds=1))
             to = Status.SCHEDULED if campaign.next_occurrence_at and campaign.next_occurrence_at > now else Status.LIVE
-        _transition(campaign, to, by=by, action="approved", summary={"comment": comment})
+        _transition(campaign, to, by=by, action="approved", summary={"comment": comment, "version": 1})
         if campaign.next_occurrence_at is not None and campaign.next_occurrence_at <= now:
             transaction.on_commit(lambda: _queue_fire(campaign.pk))
     return campaign
@@ -295,6 +364,8 @@ def campaign_stop(*, campaign_id: int, by: User) -> Campaign:
             raise TransitionError(campaign, "stopped")
         campaign.next_occurrence_at = None
         _transition(campaign, Status.STOPPED, by=by, action="stopped")
+        if (request := revision_waiting(campaign)) is not None:
+            approval_request_close(request_id=request.pk, by=by, reason="The campaign was stopped.")
         running = Dispatch.objects.filter(
             source_id=campaign.pk,
             kind__in=(Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER),
@@ -341,8 +412,8 @@ def campaign_duplicate(*, campaign_id: int, by: User) -> Campaign:
 
 
 def campaign_gate(*, app, source_id: int | None, spec: dict, by: User | None, api_triggered: bool = False) -> None:
-    """The campaigns' gate in the delivery pipeline: a dispatch only for an approved, active campaign
-    whose fingerprint (content, audience, schedule) equals the approved one.
+    """The campaigns' gate in the delivery pipeline: a dispatch only for an approved, active campaign,
+    sending exactly the content of its approved version (a pending revision never reaches a send).
 
     Raises GateClosed otherwise, whoever calls: a forged admin POST or a direct service call alike.
     """
@@ -355,10 +426,21 @@ def campaign_gate(*, app, source_id: int | None, spec: dict, by: User | None, ap
         raise GateClosed(f"'{campaign}' is not {'an API-triggered' if api_triggered else 'a scheduled'} campaign.")
     if not campaign.is_active:
         raise GateClosed(f"'{campaign}' is {campaign.get_status_display().lower()}, not approved and active.")
-    if not campaign.approved_fingerprint or campaign.fingerprint() != campaign.approved_fingerprint:
+    approved = campaign.approved()
+    if approved is None or approved.fingerprint != campaign.approved_fingerprint:
         raise GateClosed(f"'{campaign}' changed since it was approved.")
-    if spec != campaign.content.spec():
+    if spec != approved.spec:
         raise GateClosed("The content to send is not the approved content.")
+    if approved.segment_id is not None and not api_triggered:
+        from audiences.models import Segment
+
+        segment = Segment.objects.filter(pk=approved.segment_id).first()
+        wanted = approved.snapshot.get("audience_fingerprint")
+        if segment is None or (wanted and segment.definition_fingerprint() != wanted):
+            raise GateClosed(
+                f"The audience of '{campaign}' is defined otherwise than when it was approved: "
+                "approve the campaign's revision to send to it."
+            )
 
 
 def campaign_api_gate(**kwargs) -> None:
@@ -376,7 +458,8 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
     occurrence is a row unique per (campaign, due time), written in the same transaction as its
     Dispatch: a worker killed midway rolls both back and the next tick fires it. Occurrences missed
     during downtime for longer than the campaign's window are recorded as skipped; the latest one
-    within the window is sent late. A campaign that changed since its approval goes back to draft.
+    within the window is sent late. What is sent is the approved version, whatever revision is
+    pending; an occurrence the gate refuses is recorded with the reason, and the next one stays due.
     """
     from delivery.models import Dispatch
     from delivery.services.dispatches import GateClosed, dispatch_create
@@ -392,12 +475,15 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
         )
         if campaign is None:
             return fired
-        window = dt.timedelta(minutes=campaign.missed_window_minutes)
+        approved = campaign.approved()  # what sends, whatever revision is pending
+        if approved is None:
+            return fired
+        window = dt.timedelta(minutes=approved.missed_window_minutes)
         for _ in range(10_000):  # bounded: a daily campaign down for years still ends
             due = campaign.next_occurrence_at
             if due is None or due > now:
                 break
-            later = next_occurrence(campaign, after=due)
+            later = next_occurrence(approved, after=due)
             if later is not None and later <= now:
                 # A newer occurrence is due too: this one was missed; only the newest may be sent.
                 fired.append(_occurrence(campaign, due, Occurrence.Outcome.SKIPPED_MISSED, note="a later one was due"))
@@ -409,27 +495,28 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                 campaign.next_occurrence_at = later
                 break
             outcome = Occurrence.Outcome.SENT if now - due <= LATE_AFTER else Occurrence.Outcome.SENT_LATE
-            local = campaign.at_local_time and campaign.schedule_kind != Campaign.ScheduleKind.NOW
+            local = approved.at_local_time and approved.schedule_kind != Campaign.ScheduleKind.NOW
             try:
                 with transaction.atomic():
                     dispatch = dispatch_create(
-                        app_id=campaign.app_id,
+                        app_id=approved.app_id,
                         kind=Dispatch.Kind.CAMPAIGN,
-                        spec=campaign.content.spec(),
-                        content_id=campaign.content_id,
-                        segment_id=campaign.segment_id,
+                        spec=approved.spec,
+                        content_id=approved.content_id,
+                        segment_id=approved.segment_id,
                         source_id=campaign.pk,
-                        label=f"{campaign.name} @ {due:%Y-%m-%d %H:%M} UTC",
-                        rate_limit_per_second=campaign.throttle_per_second,
-                        purpose=campaign.purpose,
-                        local_time=local_wall_time(campaign, due) if local else "",
-                        local_default_timezone=campaign.time_zone if local else "",
+                        label=f"{campaign.name} v{approved.number} @ {due:%Y-%m-%d %H:%M} UTC",
+                        rate_limit_per_second=approved.throttle_per_second,
+                        purpose=approved.purpose,
+                        local_time=local_wall_time(approved, due) if local else "",
+                        local_default_timezone=approved.time_zone if local else "",
                         context={"campaign": {"id": campaign.pk, "name": campaign.name}},
                     )
             except GateClosed as exc:
+                # Said on the campaign's page; the campaign stays on the air for its next occurrence.
                 fired.append(_occurrence(campaign, due, Occurrence.Outcome.REFUSED, note=str(exc)[:300]))
-                _back_to_draft(campaign, by=None, reason=f"refused at send time: {exc}")
-                return fired
+                campaign.next_occurrence_at = later
+                break
             fired.append(_occurrence(campaign, due, outcome, dispatch=dispatch))
             campaign.next_occurrence_at = later
             break
@@ -675,25 +762,28 @@ def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: 
     if campaign is None:
         raise Http404(f"No campaign {campaign_id}.")
     _refuse_unless_triggerable(campaign)
-    spec = campaign.content.spec()
+    approved = campaign.approved()  # what sends, whatever revision is pending
+    if approved is None:
+        raise TriggerRefused(f"'{campaign}' has no approved version.", code="campaign_not_live")
+    spec = approved.spec
     try:
         campaign_gate(app=campaign.app, source_id=campaign.pk, spec=spec, by=by, api_triggered=True)
     except GateClosed as exc:
         raise TriggerRefused(str(exc), code="gate_closed") from exc
     rules = None
-    if campaign.purpose == Campaign.Purpose.MARKETING:
+    if approved.purpose == Campaign.Purpose.MARKETING:
         rules = DeliveryRules.objects.filter(app_id=campaign.app_id).first()
     entry = _Approved(
         campaign_id=campaign.pk,
         app_id=campaign.app_id,
         name=campaign.name,
-        purpose=campaign.purpose,
+        purpose=approved.purpose,
         fingerprint=campaign.approved_fingerprint,
         spec=spec,
         personalized=spec_is_personalized(spec),
         rules=rules,
-        content_id=campaign.content_id,
-        throttle_per_second=campaign.throttle_per_second,
+        content_id=approved.content_id,
+        throttle_per_second=approved.throttle_per_second,
         stream_day=now.astimezone(dt.UTC).date(),
         stamp=stamp,
         loaded_at=time.monotonic(),

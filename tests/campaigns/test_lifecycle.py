@@ -112,16 +112,18 @@ def test_approve_api_triggered_makes_it_live(make_campaign, manager_alice, appro
     assert _reload(campaign).status == "live"
 
 
-def test_edit_after_approval_returns_to_draft_and_voids_it(make_campaign, manager_alice, approver_bob):
+def test_edit_after_approval_is_a_pending_revision_and_keeps_the_approval(make_campaign, manager_alice, approver_bob):
     campaign = make_campaign(schedule_kind="at", send_at=NOW + dt.timedelta(days=1))
     campaign_submit(campaign_id=campaign.pk, by=manager_alice)
     campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=NOW)
     campaign_update(campaign_id=campaign.pk, by=manager_alice, send_at=NOW + dt.timedelta(days=2))
     campaign = _reload(campaign)
-    assert campaign.status == "draft"
-    assert campaign.approved_fingerprint == ""
-    assert campaign.next_occurrence_at is None
-    assert ApprovalRequest.objects.get().status == "voided"
+    assert campaign.status == "scheduled"
+    assert campaign.has_pending_revision
+    assert campaign.next_occurrence_at == NOW + dt.timedelta(days=1)  # the approved schedule still holds
+    assert campaign.approved().send_at == NOW + dt.timedelta(days=1)
+    assert ApprovalRequest.objects.get().status == "approved"
+    assert AuditEvent.objects.filter(action="campaign_revision_edited").exists()
 
 
 def test_renaming_an_approved_campaign_keeps_the_approval(make_campaign, manager_alice, approver_bob):

@@ -84,15 +84,16 @@ def test_an_occurrence_older_than_the_window_is_skipped_and_said(make_campaign, 
     assert not Dispatch.objects.exists()
 
 
-def test_content_edited_after_approval_is_refused_at_send_time(make_campaign, approve, content):
+def test_content_edited_after_approval_sends_the_approved_content(make_campaign, approve, content):
     campaign = approve(make_campaign(schedule_kind="at", send_at=T0))
+    approved_spec = content.spec()
     content.body = "Edited after approval"
     content.save()
     fired = campaign_fire_due(campaign_id=campaign.pk, now=T0)
-    assert [o.outcome for o in fired] == ["refused"]
+    assert [o.outcome for o in fired] == ["sent"]
+    assert fired[0].dispatch.content_spec == approved_spec
     campaign.refresh_from_db()
-    assert campaign.status == "draft"
-    assert not Dispatch.objects.exists()
+    assert campaign.status == "live" and campaign.has_pending_revision
 
 
 def test_segment_rules_edited_after_approval_are_refused_at_send_time(make_campaign, approve, segment, manager_alice):
@@ -103,7 +104,7 @@ def test_segment_rules_edited_after_approval_are_refused_at_send_time(make_campa
     fired = campaign_fire_due(campaign_id=campaign.pk, now=T0)
     assert [o.outcome for o in fired] == ["refused"]
     campaign.refresh_from_db()
-    assert campaign.status == "draft"
+    assert campaign.status == "scheduled" and campaign.has_pending_revision  # on the air, awaiting approval
     assert not Dispatch.objects.exists()
 
 
@@ -144,10 +145,17 @@ def test_an_unchanged_audience_still_sends(make_campaign, approve, segment, mana
     assert [o.outcome for o in campaign_fire_due(campaign_id=campaign.pk, now=T0)] == ["sent"]
 
 
-def test_edit_of_the_schedule_stops_future_occurrences(make_campaign, approve, manager_alice):
-    campaign = approve(make_campaign(schedule_kind="at", send_at=T0))
-    campaign_update(campaign_id=campaign.pk, by=manager_alice, send_at=T0 + dt.timedelta(hours=1))
+def test_edit_of_the_schedule_waits_for_its_approval(make_campaign, approve, manager_alice, approver_bob):
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0 + dt.timedelta(hours=1)))
+    campaign_update(campaign_id=campaign.pk, by=manager_alice, send_at=T0 + dt.timedelta(hours=3))
+    campaign.refresh_from_db()
+    assert campaign.next_occurrence_at == T0 + dt.timedelta(hours=1)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=T0)
+    campaign.refresh_from_db()
+    assert campaign.next_occurrence_at == T0 + dt.timedelta(hours=3)
     assert campaigns_tick(now=T0 + dt.timedelta(hours=2))["occurrences"] == 0
+    assert campaigns_tick(now=T0 + dt.timedelta(hours=3))["occurrences"] == 1
 
 
 @pytest.mark.django_db(transaction=True)

@@ -1,0 +1,106 @@
+"""An edit of a scheduled or live campaign is a pending revision: the approved version keeps sending
+until the revision is approved, and only Stop takes the campaign off the air."""
+
+import pytest
+from django.core.exceptions import PermissionDenied
+
+from accounts.models import ApprovalRequest
+from campaigns.models import Campaign
+from campaigns.selectors import campaign_actions
+from campaigns.services import (
+    TransitionError,
+    campaign_approve,
+    campaign_cancel_request,
+    campaign_request_changes,
+    campaign_stop,
+    campaign_submit,
+    campaign_update,
+)
+from delivery.models import Dispatch, PushContent
+from delivery.services import GateClosed, dispatch_create
+
+
+@pytest.fixture
+def live_api_campaign(make_campaign, manager_alice, approver_bob):
+    campaign = make_campaign(kind="api_triggered", segment=None)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    return Campaign.objects.get(pk=campaign.pk)
+
+
+def _send(campaign, spec):
+    return dispatch_create(app_id=campaign.app_id, kind="api_trigger", spec=spec, profile_ids=[], source_id=campaign.pk)
+
+
+def test_swapping_the_content_of_a_live_campaign_keeps_the_approved_one_sending(live_api_campaign, manager_alice, team):
+    approved_spec = live_api_campaign.content.spec()
+    other = PushContent.objects.create(app=team, name="Other", title="New title", body="New body")
+    campaign = campaign_update(campaign_id=live_api_campaign.pk, by=manager_alice, content=other)
+    assert campaign.status == "live"
+    assert campaign.has_pending_revision
+    assert campaign.approved().spec == approved_spec
+    assert _send(campaign, approved_spec).kind == Dispatch.Kind.API_TRIGGER
+    with pytest.raises(GateClosed, match="not the approved content"):
+        _send(campaign, other.spec())
+
+
+def test_approved_revision_takes_over(live_api_campaign, manager_alice, approver_bob, team):
+    other = PushContent.objects.create(app=team, name="Other", title="New title", body="New body")
+    edited = campaign_update(campaign_id=live_api_campaign.pk, by=manager_alice, content=other)
+    assert ("submit", "Submit revision for review") in campaign_actions(manager_alice, edited)
+    request = campaign_submit(campaign_id=live_api_campaign.pk, by=manager_alice)
+    campaign = Campaign.objects.get(pk=live_api_campaign.pk)
+    assert campaign.status == "live" and request.status == "pending"
+    assert ("cancel_request", "Cancel request") in campaign_actions(manager_alice, campaign)
+    with pytest.raises(TransitionError, match="waiting for approval"):
+        campaign_update(campaign_id=campaign.pk, by=manager_alice, throttle_per_second=10)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, comment="ok")
+    campaign = Campaign.objects.get(pk=campaign.pk)
+    assert campaign.status == "live"
+    assert campaign.approved().number == 2
+    assert campaign.approved().spec == other.spec()
+    assert not campaign.has_pending_revision
+    assert _send(campaign, other.spec())
+    with pytest.raises(GateClosed):
+        _send(campaign, live_api_campaign.content.spec())
+
+
+def test_changes_requested_on_a_revision_keep_the_campaign_live(live_api_campaign, manager_alice, approver_bob):
+    campaign_update(campaign_id=live_api_campaign.pk, by=manager_alice, throttle_per_second=5)
+    campaign_submit(campaign_id=live_api_campaign.pk, by=manager_alice)
+    campaign_request_changes(campaign_id=live_api_campaign.pk, by=approver_bob, comment="Too slow")
+    campaign = Campaign.objects.get(pk=live_api_campaign.pk)
+    assert campaign.status == "live" and campaign.has_pending_revision
+    assert campaign.approved().throttle_per_second is None
+    assert ApprovalRequest.objects.order_by("-pk").first().status == "changes_requested"
+    # Edited again and resubmitted; the requester may also withdraw it.
+    campaign_update(campaign_id=campaign.pk, by=manager_alice, throttle_per_second=50)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_cancel_request(campaign_id=campaign.pk, by=manager_alice)
+    assert Campaign.objects.get(pk=campaign.pk).status == "live"
+    assert ApprovalRequest.objects.order_by("-pk").first().status == "cancelled"
+
+
+def test_a_live_campaign_without_an_edit_has_no_revision_to_submit(live_api_campaign, manager_alice):
+    with pytest.raises(TransitionError, match="no revision to submit"):
+        campaign_submit(campaign_id=live_api_campaign.pk, by=manager_alice)
+
+
+def test_the_requester_cannot_approve_their_revision(live_api_campaign, manager_alice):
+    campaign_update(campaign_id=live_api_campaign.pk, by=manager_alice, throttle_per_second=5)
+    campaign_submit(campaign_id=live_api_campaign.pk, by=manager_alice)
+    with pytest.raises(PermissionDenied):
+        campaign_approve(campaign_id=live_api_campaign.pk, by=manager_alice)
+
+
+def test_only_stop_takes_it_off_the_air_and_it_closes_the_pending_revision(
+    live_api_campaign, manager_alice, approver_bob
+):
+    campaign_update(campaign_id=live_api_campaign.pk, by=manager_alice, throttle_per_second=5)
+    campaign_submit(campaign_id=live_api_campaign.pk, by=manager_alice)
+    campaign_stop(campaign_id=live_api_campaign.pk, by=manager_alice)
+    assert Campaign.objects.get(pk=live_api_campaign.pk).status == "stopped"
+    request = ApprovalRequest.objects.order_by("-pk").first()
+    assert request.status == "cancelled" and request.comment == "The campaign was stopped."
+    with pytest.raises(GateClosed):
+        _send(live_api_campaign, live_api_campaign.approved().spec)
