@@ -76,7 +76,7 @@ def definition_text(definition: dict) -> str:
 
 def phones_html(spec: dict, *, app_name: str, profile: dict | None = None) -> str:
     """A content spec as an iPhone and an Android phone would show it, for one profile (or a blank one)."""
-ry.payloads import message_render
+    from delivery.payloads import message_render
 
     sample = profile or {
         "external_id": "sample",
