@@ -26,6 +26,7 @@ from accounts.roles import ROLES, role_capabilities
 from accounts.selectors import (
     api_key_owner_choices,
     api_keys_visible_to,
+    approval_request_stuck,
     approval_requests_visible_to,
     approvals_waiting_for,
     approver_standing,
@@ -33,6 +34,7 @@ from accounts.selectors import (
     can,
     grants_on,
     object_access_of,
+    policy_approver_problems,
     visible_to,
 )
 from accounts.services import (
@@ -43,6 +45,7 @@ from accounts.services import (
     approval_policy_activate,
     approval_policy_deactivate,
     audit,
+    user_roles_given,
 )
 
 admin.site.login_form = ThrottledAdminAuthenticationForm
@@ -219,6 +222,56 @@ class ObjectAccessAdminMixin:
 # --- users and roles ------------------------------------------------------------------------
 
 
+class AppAccessInline(admin.TabularInline):
+    """The apps a user may work on (an App grant reaches its campaigns and journeys), granted and
+    revoked here through the access services: app, granted by, when."""
+
+    model = django_apps.get_model("delivery", "AppUserObjectPermission")
+    fk_name = "user"
+    fields = ("content_object", "granted")
+    readonly_fields = ("granted",)
+    extra = 1
+    verbose_name = "app access"
+    verbose_name_plural = "Access to apps"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(permission__codename="view_app").select_related("content_object")
+
+    def has_add_permission(self, request, obj=None):
+        return request.user.has_perm("accounts.manage_object_access")
+
+    def has_change_permission(self, request, obj=None):
+        return False  # a grant is added or removed, never edited
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.has_perm("accounts.manage_object_access")
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "content_object":
+            kwargs["label"] = "App"
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    @admin.display(description="Granted")
+    def granted(self, obj):
+        if obj is None or obj.pk is None:
+            return "—"
+        from django.contrib.contenttypes.models import ContentType
+
+        event = (
+            AuditEvent.objects.filter(
+                object_type=ContentType.objects.get_for_model(obj.content_object),
+                object_id=str(obj.content_object_id),
+                action="access_granted",
+                summary__to=f"user:{obj.user.get_username()}",
+            )
+            .order_by("-created_at")
+            .first()
+        )
+        if event is None:
+            return "—"
+        return f"by {event.actor_label} on {event.created_at:%Y-%m-%d %H:%M} UTC"
+
+
 @admin.register(User)
 class UserAdmin(AccessAdmin, DjangoUserAdmin):
     list_display = ("username", "email", "roles", "is_active", "is_staff", "is_service_account", "last_login")
@@ -282,6 +335,39 @@ class UserAdmin(AccessAdmin, DjangoUserAdmin):
             summary={"fields": changed},
         )
 
+    inlines = [AppAccessInline]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """Those who may not manage users (an owner's or creator's link) get the user's card, read-only."""
+        if self.has_view_permission(request):
+            return super().change_view(request, object_id, form_url, extra_context)
+        if request.method != "GET" or not request.user.role_names():
+            raise PermissionDenied("Only an Administrator manages users.")
+        person = User.objects.filter(pk=object_id, is_active=True).prefetch_related("groups").first()
+        if person is None:
+            raise Http404("No such user.")
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": f"{person.get_full_name() or person.get_username()}",
+            "person": person,
+            "roles": person.role_names(),
+        }
+        return TemplateResponse(request, "admin/accounts/user/card.html", context)
+
+    def save_formset(self, request, form, formset, change):
+        if formset.model is not AppAccessInline.model:
+            return super().save_formset(request, form, formset, change)
+        user = form.instance
+        for inline_form in formset.forms:
+            app = inline_form.cleaned_data.get("content_object") if hasattr(inline_form, "cleaned_data") else None
+            if app is None:
+                continue
+            if inline_form in formset.deleted_forms:
+                access_revoke(obj=app, to=user, by=request.user)
+            elif inline_form.instance.pk is None:
+                access_grant(obj=app, to=user, by=request.user)
+
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)
         if "groups" in form.changed_data:
@@ -291,6 +377,7 @@ class UserAdmin(AccessAdmin, DjangoUserAdmin):
                 obj=form.instance,
                 summary={"roles": [g.name for g in form.instance.groups.all()]},
             )
+        user_roles_given(user=form.instance, by=request.user)
 
 
 admin.site.unregister(Group)
@@ -495,6 +582,17 @@ class ApprovalPolicyForm(forms.ModelForm):
         data = super().clean()
         if not (data.get("applies_to_campaigns") or data.get("applies_to_journeys")):
             raise ValidationError("A policy applies to campaigns, journeys, or both.")
+        users, groups = data.get("approver_users") or [], data.get("approver_groups") or []
+        if users or groups:
+            problems = policy_approver_problems(
+                users=users,
+                groups=groups,
+                app_ids=data.get("app_ids") or [],
+                campaigns=bool(data.get("applies_to_campaigns")),
+                journeys=bool(data.get("applies_to_journeys")),
+            )
+            if problems:
+                raise ValidationError([*problems, "Requests routed to this policy could not be decided."])
         return data
 
 
@@ -533,11 +631,20 @@ class ApprovalPolicyAdmin(AccessAdmin):
                 approval_policy_activate(policy_id=policy.pk, by=request.user)
             except ValidationError as exc:
                 self.message_user(request, f"{policy}: {' '.join(exc.messages)}", messages.ERROR)
+            else:
+                self.message_user(
+                    request, f"Activated “{policy}”: it routes the requests it matches.", messages.SUCCESS
+                )
 
     @admin.action(description="Deactivate selected policies", permissions=["change"])
     def deactivate(self, request, queryset):
         for policy in queryset:
             approval_policy_deactivate(policy_id=policy.pk, by=request.user)
+            self.message_user(
+                request,
+                f"Deactivated “{policy}”: new requests no longer go to it (pending ones keep their approvers).",
+                messages.SUCCESS,
+            )
 
 
 class _InboxFilter(admin.SimpleListFilter):
@@ -573,7 +680,7 @@ class ApprovalDecisionForm(forms.Form):
 class ApprovalRequestAdmin(AccessAdmin):
     """The approvers' inbox ("Waiting for my approval") and the requesters' view of decisions."""
 
-    list_display = ("what", "subject_type", "status", "requested_by", "requested_at", "decided_by", "comment")
+    list_display = ("what", "subject_type", "state", "requested_by", "requested_at", "decided_by", "comment")
     list_display_links = None
     show_facets = admin.ShowFacets.NEVER
     list_filter = (_InboxFilter, "status")
@@ -618,6 +725,14 @@ class ApprovalRequestAdmin(AccessAdmin):
     def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
         raise Http404("No such approval request.")
 
+    @admin.display(description="Status", ordering="status")
+    def state(self, obj):
+        if approval_request_stuck(obj):
+            return format_html(
+                '<strong class="stuck">{}</strong>', "Stuck: nobody may decide it (ask an Administrator)"
+            )
+        return obj.get_status_display()
+
     @admin.display(description="What", ordering="subject_label")
     def what(self, obj):
         # Pending requests open the review (approvers decide there); decided ones their record.
@@ -648,7 +763,11 @@ class ApprovalRequestAdmin(AccessAdmin):
                         self.message_user(request, f"Approved and activated: {subject}.", messages.SUCCESS)
                     elif "_request_changes" in request.POST:
                         handler.request_changes(subject_id=subject.pk, by=request.user, comment=comment)
-                        self.message_user(request, f"Changes requested: {subject} is back to draft.", messages.SUCCESS)
+                        self.message_user(
+                            request,
+                            f"Changes requested on {subject}: the requester sees your comment.",
+                            messages.SUCCESS,
+                        )
                     else:
                         raise PermissionDenied("Choose approve or request changes.")
                 except ValidationError as exc:

@@ -7,7 +7,7 @@ state and call ``accounts.services.approval_request_decide``).
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.db import models
 
@@ -17,6 +17,8 @@ class ApprovalSubject:
     review_html: Callable[..., str]  # (subject, *, request, user) -> safe HTML for the review pane
     approve: Callable[..., object]  # (*, subject_id, by, comment) -> approve and activate
     request_changes: Callable[..., object]  # (*, subject_id, by, comment) -> back to draft
+    # (subject) -> {"app_label.model": {pk, ...}}: what the review shows, which its deciders may read
+    references: Callable[..., dict[str, set[int]]] = field(default=lambda subject: {})
 
 
 _SUBJECTS: dict[str, ApprovalSubject] = {}

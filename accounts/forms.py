@@ -29,7 +29,21 @@ def _keys(request, username: str) -> list[str]:
 class ThrottledAdminAuthenticationForm(AdminAuthenticationForm):
     """After ``PUSHDESK_LOGIN_MAX_FAILURES`` failures in ``PUSHDESK_LOGIN_LOCKOUT_SECONDS`` for a
     username or an address, further attempts are refused (even with the right password) until
-    the window passes."""
+    the window passes. The messages speak of roles, not of Django's staff flag."""
+
+    error_messages = {
+        **AdminAuthenticationForm.error_messages,
+        "invalid_login": "Enter a correct username and password (both are case-sensitive).",
+    }
+
+    def confirm_login_allowed(self, user):
+        if not user.is_active:
+            raise ValidationError(self.error_messages["inactive"], code="inactive")
+        if not user.is_staff:
+            raise ValidationError(
+                "This account has no role yet: ask an Administrator to give you one (Manager, Approver, Viewer).",
+                code="no_role",
+            )
 
     def clean(self):
         username = (self.cleaned_data.get("username") or "").strip()

@@ -68,7 +68,37 @@ def visible_to(user: User, queryset: QuerySet, *, perm: str | None = None) -> Qu
     if scope_field:
         scope_model = model._meta.get_field(scope_field).related_model
         condition |= granted_q(user, scope_model, field=f"{scope_field}_id")
+    if perm is None or perm.partition(".")[2].startswith("view_"):
+        # Whoever may decide a request reads what its review shows, read-only.
+        referenced = decidable_references(user).get(model._meta.label_lower)
+        if referenced:
+            condition |= Q(pk__in=sorted(referenced))
     return queryset.filter(condition)
+
+
+def decidable_references(user: User) -> dict[str, set[int]]:
+    """The objects referenced by the pending requests ``user`` may decide (segments, contents, apps),
+    by model label. Kept on the user object until the pending requests change."""
+    if not user.has_perm("accounts.decide_approvalrequest"):
+        return {}
+    pending = ApprovalRequest.objects.filter(status=ApprovalRequest.Status.PENDING)
+    stamp = tuple(pending.aggregate(n=models.Count("pk"), last=models.Max("pk")).values())
+    cached = getattr(user, "_decidable_references", None)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    references: dict[str, set[int]] = {}
+    user._decidable_references = (stamp, references)  # first: the checks below read visibility too
+    from accounts.approvals import approval_subject_for
+
+    for request in approvals_waiting_for(user):
+        model = request.subject_type.model_class()
+        handler = approval_subject_for(model)
+        subject = model._default_manager.filter(pk=request.subject_id).first()
+        if handler is None or subject is None:
+            continue
+        for label, pks in handler.references(subject).items():
+            references.setdefault(label, set()).update(pks)
+    return references
 
 
 def can(user: User, perm: str, obj: models.Model) -> bool:
@@ -229,3 +259,62 @@ def approval_current(subject: models.Model) -> ApprovalRequest | None:
         .order_by("-requested_at", "-pk")
         .first()
     )
+
+
+def _approvers(users, groups) -> list[User]:
+    """The active people a policy names, directly or through its groups."""
+    named = User.objects.filter(Q(pk__in=[u.pk for u in users]) | Q(groups__in=[g.pk for g in groups]))
+    return list(named.filter(is_active=True).distinct())
+
+
+def policy_approver_problems(*, users, groups, app_ids, campaigns: bool, journeys: bool) -> list[str]:
+    """Why a policy with these approvers would strand its requests: for each kind of object it
+    applies to, some approver must hold the role that approves it, and have access to each of its
+    apps (any app when it names none). Returns the problems, empty when someone can decide."""
+    app_model = apps.get_model("delivery", "App")
+    people = _approvers(users, groups)
+    problems = []
+    for applies, perm, noun in (
+        (campaigns, "campaigns.approve_campaign", "campaigns"),
+        (journeys, "journeys.approve_journey", "journeys"),
+    ):
+        if not applies:
+            continue
+        deciders = [p for p in people if p.has_perm("accounts.decide_approvalrequest") and p.has_perm(perm)]
+        if not deciders:
+            names = ", ".join(p.get_username() for p in people) or "nobody"
+            problems.append(f"None of its approvers ({names}) has a role that may approve {noun}.")
+            continue
+        for app in app_model.objects.filter(pk__in=app_ids) if app_ids else []:
+            if not any(visible_to(p, app_model.objects.filter(pk=app.pk)).exists() for p in deciders):
+                problems.append(f"None of the approvers who may approve {noun} has access to the app '{app}'.")
+        if not app_ids and not any(visible_to(p, app_model.objects.all()).exists() for p in deciders):
+            problems.append(f"None of the approvers who may approve {noun} has access to any app.")
+    return problems
+
+
+def approval_request_stuck(request: ApprovalRequest) -> bool:
+    """A pending request that nobody may decide (its approvers lost their role or access)."""
+    if request.status != ApprovalRequest.Status.PENDING:
+        return False
+    if request.policy_id is not None:
+        candidates = _approvers(request.approver_users.all(), request.approver_groups.all())
+    else:
+        candidates = list(
+            User.objects.filter(is_active=True)
+            .filter(
+                Q(is_superuser=True)
+                | Q(groups__permissions__codename="decide_approvalrequest")
+                | Q(user_permissions__codename="decide_approvalrequest")
+            )
+            .distinct()
+        )
+    return not any(approver_standing(user, request)[0] for user in candidates)
+
+
+def approval_requests_stuck() -> list[ApprovalRequest]:
+    """Every pending request nobody may decide, oldest first: what an Administrator must unblock."""
+    pending = ApprovalRequest.objects.filter(status=ApprovalRequest.Status.PENDING).select_related(
+        "requested_by", "policy", "subject_type"
+    )
+    return [request for request in pending.order_by("requested_at") if approval_request_stuck(request)]

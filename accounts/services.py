@@ -19,6 +19,7 @@ from accounts.selectors import (
     can,
     can_manage_api_keys_of,
     may_own_api_keys,
+    policy_approver_problems,
     visible_to,
 )
 
@@ -65,6 +66,19 @@ def access_revoke(*, obj: models.Model, to: User | Group, by: User | None) -> No
     with transaction.atomic():
         remove_perm(access_perm(type(obj)), to, obj)
         audit(actor=by, action="access_revoked", obj=obj, summary={"from": _principal_label(to)})
+
+
+def user_roles_given(*, user: User, by: User | None) -> User:
+    """A role lets one sign in: a user who holds a role becomes staff (the admin's door).
+
+    Taking every role away leaves the flag alone: such a user signs in to a page saying what to
+    ask an Administrator for.
+    """
+    if user.role_names() and not user.is_staff:
+        user.is_staff = True
+        user.save(update_fields=["is_staff"])
+        audit(actor=by, action="user_may_sign_in", obj=user, summary={"roles": user.role_names()})
+    return user
 
 
 def lock_for(model: type[models.Model], pk: int, *, by: User, perm: str, label: str = "") -> models.Model:
@@ -173,13 +187,25 @@ class ApprovalError(Exception):
 
 
 def approval_policy_activate(*, policy_id: int, by: User) -> ApprovalPolicy:
-    """Activate a policy: from now on it governs new requests it matches (the newest activated wins)."""
+    """Activate a policy: from now on it governs new requests it matches (the newest activated wins).
+
+    Raises ValidationError when none of its approvers could decide its requests (role or access).
+    """
     if not by.has_perm("accounts.change_approvalpolicy"):
         raise PermissionDenied("Only an Administrator manages approval policies.")
     with transaction.atomic():
         policy = ApprovalPolicy.objects.select_for_update().get(pk=policy_id)
         if not (policy.approver_users.exists() or policy.approver_groups.exists()):
             raise ValidationError("A policy needs at least one approver (a user or a group) before it is activated.")
+        problems = policy_approver_problems(
+            users=policy.approver_users.all(),
+            groups=policy.approver_groups.all(),
+            app_ids=policy.app_ids,
+            campaigns=policy.applies_to_campaigns,
+            journeys=policy.applies_to_journeys,
+        )
+        if problems:
+            raise ValidationError(" ".join(problems) + " Requests routed to it could not be decided.")
         policy.is_active = True
         policy.activated_at = timezone.now()
         policy.save(update_fields=["is_active", "activated_at", "updated_at"])

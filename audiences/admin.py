@@ -621,6 +621,7 @@ class ImportAdmin(AccessAdmin):
         return JsonResponse(
             {
                 "status": record.status,
+                "status_display": record.get_status_display(),
                 "percent": record.percent,
                 "rows_done": record.rows_done,
                 "rows_imported": record.rows_imported,

@@ -1,4 +1,7 @@
+import contextvars
 import datetime as dt
+import json
+import re
 
 from django import forms
 from django.contrib import admin, messages
@@ -13,12 +16,73 @@ from accounts.selectors import approval_current, visible_to
 from campaigns import services
 from campaigns.models import Campaign, Occurrence
 from campaigns.reports import campaign_report, campaign_report_csv, campaign_timeline
-from campaigns.review import campaign_phones_html, phones_html, version_diff_html
+from campaigns.review import audience_text, campaign_phones_html, phones_html, version_diff_html
 from campaigns.schedule import localize
 from campaigns.schedule import zone as schedule_zone
 from campaigns.selectors import campaign_actions, campaigns_visible_to
 
 Status = Campaign.Status
+
+
+class DateTimePicker(forms.SplitDateTimeWidget):
+    """The browser's own date and time pickers (the values they send: YYYY-MM-DD and HH:MM)."""
+
+    def __init__(self, attrs=None):
+        super().__init__(
+            attrs=attrs,
+            date_format="%Y-%m-%d",
+            time_format="%H:%M",
+            date_attrs={"type": "date", "placeholder": "YYYY-MM-DD"},
+            time_attrs={"type": "time", "placeholder": "HH:MM"},
+        )
+
+
+class ZonedDateTimeField(forms.SplitDateTimeField):
+    """A date and a time typed in the campaign's zone; a wrong one is answered with the format."""
+
+    default_error_messages = {
+        "invalid_date": "Enter the date as YYYY-MM-DD, e.g. 2026-12-24.",
+        "invalid_time": "Enter the time as HH:MM on a 24-hour clock, e.g. 07:10.",
+        "incomplete": "Enter both a date and a time.",
+    }
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("input_date_formats", ["%Y-%m-%d"])
+        kwargs.setdefault("input_time_formats", ["%H:%M", "%H:%M:%S"])
+        super().__init__(*args, **kwargs)
+
+
+# The request whose campaign page is being drawn (readonly fields see only the object).
+_page_request: contextvars.ContextVar = contextvars.ContextVar("campaign_page_request", default=None)
+
+CONTEXT_NAME = re.compile(r"\bcontext\.([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def trigger_example(campaign: Campaign, *, url: str) -> str:
+    """A curl call of the campaign's trigger endpoint, with a sample of each context value its content uses."""
+    spec = campaign.content.spec()
+    texts = [spec.get(k) or "" for k in ("title", "subtitle", "body", "tap_url")]
+    texts += [v for variant in (spec.get("variants") or {}).values() for v in (variant or {}).values()]
+    texts += [str(v) for v in (spec.get("data") or {}).values()]
+    names = sorted({name for text in texts for name in CONTEXT_NAME.findall(str(text))})
+    body = {
+        "recipients": [{"external_id": "user-123"}],
+        "context": {name: f"sample {name}" for name in names},
+    }
+    return (
+        f"curl -X POST '{url}' \\\n"
+        '  -H "Authorization: Bearer $PUSHDESK_API_KEY" \\\n'
+        "  -H 'Content-Type: application/json' \\\n"
+        '  -H "Idempotency-Key: $(uuidgen)" \\\n'
+        f"  -d '{json.dumps(body, ensure_ascii=False)}'"
+    )
+
+
+def zoned(value: dt.datetime | None, time_zone: str) -> str:
+    """A stored (UTC) time as the wall-clock time of the campaign's zone, the zone named."""
+    if value is None:
+        return "—"
+    return f"{value.astimezone(schedule_zone(time_zone)):%Y-%m-%d %H:%M} ({time_zone})"
 
 
 class CampaignForm(forms.ModelForm):
@@ -27,8 +91,8 @@ class CampaignForm(forms.ModelForm):
     class Meta:
         model = Campaign
         fields = services.EDITABLE_FIELDS
-        widgets = {"send_at": forms.SplitDateTimeWidget, "ends_at": forms.SplitDateTimeWidget}
-        field_classes = {"send_at": forms.SplitDateTimeField, "ends_at": forms.SplitDateTimeField}
+        widgets = {"send_at": DateTimePicker, "ends_at": DateTimePicker}
+        field_classes = {"send_at": ZonedDateTimeField, "ends_at": ZonedDateTimeField}
         help_texts = {
             "send_at": "The (first) send, for 'at' and 'recurring', in the campaign's time zone.",
             "ends_at": "No occurrence after this (recurring), in the campaign's time zone.",
@@ -99,7 +163,7 @@ class _StatusFilter(ActiveStatusFilter):
 
 class OccurrenceInline(admin.TabularInline):
     model = Occurrence
-    fields = ("due_at", "fired_at", "outcome", "dispatch", "note")
+    fields = ("due_at", "fired_at", "outcome", "dispatch_link", "note")
     readonly_fields = fields
     extra = 0
     max_num = 0
@@ -109,11 +173,18 @@ class OccurrenceInline(admin.TabularInline):
     def has_change_permission(self, request, obj=None):
         return False
 
+    @admin.display(description="Dispatch")
+    def dispatch_link(self, obj):
+        if obj.dispatch_id is None:
+            return "—"
+        url = reverse("admin:delivery_dispatch_change", args=[obj.dispatch_id])
+        return format_html('<a href="{}">dispatch {}</a>', url, obj.dispatch_id)
+
 
 @admin.register(Campaign)
 class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     form = CampaignForm
-    list_display = ("name", "app", "kind", "purpose", "status", "next_occurrence_at", "owner", "updated_at")
+    list_display = ("name", "app", "kind", "purpose", "status", "next_send", "owner", "updated_at")
     list_filter = (_StatusFilter, "kind", "purpose", "app")
     list_select_related = ("app", "owner")
     search_fields = ("name",)
@@ -122,21 +193,27 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         "status",
         "approval",
         "versions",
+        "audience_size",
+        "api_call",
+        "sends",
         "lifecycle_buttons",
-        "owner",
-        "activated_at",
-        "next_occurrence_at",
+        "owner_card",
+        "activated",
+        "next_send",
         "preview",
         "report",
         "object_access",
     )
+
+    class Media:
+        js = ("campaigns/schedule_form.js",)
 
     def get_queryset(self, request):
         return campaigns_visible_to(request.user)
 
     def get_fieldsets(self, request, obj=None):
         fieldsets = [
-            (None, {"fields": ("name", "app", "kind", "purpose", "segment", "content")}),
+            (None, {"fields": ("name", "app", "kind", "purpose", "segment", "audience_size", "content")}),
             (
                 "Schedule",
                 {
@@ -165,15 +242,17 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
                             "lifecycle_buttons",
                             "approval",
                             "versions",
-                            "owner",
-                            "activated_at",
-                            "next_occurrence_at",
+                            "owner_card",
+                            "activated",
+                            "next_send",
                         )
                     },
                 ),
             )
+            if obj.kind == Campaign.Kind.API_TRIGGERED:
+                fieldsets.append(("API", {"fields": ("api_call",)}))
             fieldsets.append(("Preview", {"fields": ("preview",)}))
-            fieldsets.append(("Report", {"fields": ("report",)}))
+            fieldsets.append(("Report", {"fields": ("sends", "report")}))
             fieldsets.append(("Access", {"fields": ("object_access",)}))
         return fieldsets
 
@@ -261,6 +340,79 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         comment = format_html(" — “{}”", request.comment) if request.comment else ""
         return format_html("{}{}{}", request.get_status_display(), decided, comment)
 
+    @admin.display(description="Endpoint and an example call")
+    def api_call(self, obj):
+        if obj is None or obj.pk is None or obj.kind != Campaign.Kind.API_TRIGGERED:
+            return "—"
+        request = _page_request.get()
+        url = reverse("api:campaign-trigger", args=[obj.pk])
+        url = request.build_absolute_uri(url) if request is not None else url
+        return format_html(
+            '<div id="api-call"><p><code>POST {}</code> — with an API key of the <em>trigger</em> scope; '
+            "at most 1,000 recipients a call; an <code>Idempotency-Key</code> makes a retry safe.</p>"
+            '<pre style="white-space:pre-wrap">{}</pre></div>',
+            url,
+            trigger_example(obj, url=url),
+        )
+
+    @admin.display(description="Owner")
+    def owner_card(self, obj):
+        """Who owns it, readable by everyone who sees the campaign (the user pages are Administrators')."""
+        owner = obj.owner
+        return format_html(
+            '<span class="user-card">{}{}{} — {}</span>',
+            owner.get_username(),
+            f" ({owner.get_full_name()})" if owner.get_full_name() else "",
+            format_html(' <a href="mailto:{}">{}</a>', owner.email, owner.email) if owner.email else "",
+            ", ".join(owner.role_names()) or "no role",
+        )
+
+    @admin.display(description="Sends")
+    def sends(self, obj):
+        """The campaign's dispatches (the newest first) and occurrences, each a link."""
+        from delivery.models import Dispatch
+        from delivery.selectors import dispatches_visible_to
+
+        request = _page_request.get()
+        if obj is None or obj.pk is None or request is None:
+            return "—"
+        dispatches = list(
+            dispatches_visible_to(request.user)
+            .filter(source_id=obj.pk, kind__in=(Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER))
+            .order_by("-created_at")[:10]
+        )
+        occurrences = obj.occurrences.count()
+        rows = format_html_join(
+            "",
+            '<li><a href="{}">{}</a> — {}, {} targeted, {} accepted</li>',
+            (
+                (reverse("admin:delivery_dispatch_change", args=[d.pk]), d, d.get_status_display(), d.total, d.accepted)
+                for d in dispatches
+            ),
+        )
+        return format_html(
+            '<div id="campaign-sends"><ul>{}</ul><p>{} occurrence{} (listed below).</p></div>',
+            rows or format_html("<li>{}</li>", "Nothing sent yet."),
+            occurrences,
+            "" if occurrences == 1 else "s",
+        )
+
+    @admin.display(description="Activated")
+    def activated(self, obj):
+        return zoned(obj.activated_at, obj.time_zone)
+
+    @admin.display(description="Next send", ordering="next_occurrence_at")
+    def next_send(self, obj):
+        return zoned(obj.next_occurrence_at, obj.time_zone)
+
+    @admin.display(description="Audience size")
+    def audience_size(self, obj):
+        """Profiles → reachable in the campaign's app (iOS / Android) → opted in, counted now."""
+        if obj is None or obj.pk is None:
+            return "Counted once the campaign is saved."
+        text = audience_text(segment_id=obj.segment_id, app_id=obj.app_id)
+        return format_html('<span id="audience-size">{}</span>', text)
+
     @admin.display(description="Versions")
     def versions(self, obj):
         """The approved version that sends and, when the campaign was edited since, the pending revision."""
@@ -294,6 +446,13 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         )
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        token = _page_request.set(request)
+        try:
+            return self._change_view(request, object_id, form_url, extra_context)
+        finally:
+            _page_request.reset(token)
+
+    def _change_view(self, request, object_id, form_url="", extra_context=None):
         obj = self.get_object(request, object_id) if request.method == "GET" else None
         if obj is not None and obj.is_active and self.has_change_permission(request, obj):
             approved = obj.approved()

@@ -8,7 +8,7 @@ class CampaignsConfig(AppConfig):
     def ready(self) -> None:
         from accounts.approvals import ApprovalSubject, register_approval_subject
         from campaigns.models import Campaign
-        from campaigns.review import campaign_review_html
+        from campaigns.review import campaign_references, campaign_review_html
         from campaigns.services import (
             campaign_api_gate,
             campaign_approve,
@@ -46,5 +46,6 @@ class CampaignsConfig(AppConfig):
                 request_changes=lambda *, subject_id, by, comment: campaign_request_changes(
                     campaign_id=subject_id, by=by, comment=comment
                 ),
+                references=campaign_references,
             ),
         )

@@ -2,6 +2,7 @@
 
 import datetime as dt
 
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
@@ -213,9 +214,28 @@ def campaign_review_html(campaign: Campaign, *, request: ApprovalRequest, user: 
         app_id=campaign.app_id,
         before_title=f"Approved version {approved.number} (sending now)" if approved else "",
     )
+    links = [("campaign", reverse("admin:campaigns_campaign_change", args=[campaign.pk]), campaign.name)]
+    if campaign.segment_id:
+        links.append(
+            ("segment", reverse("admin:audiences_segment_change", args=[campaign.segment_id]), campaign.segment)
+        )
+    links.append(
+        ("content", reverse("admin:delivery_pushcontent_change", args=[campaign.content_id]), campaign.content)
+    )
     return format_html(
-        '<div style="display:flex;gap:24px;flex-wrap:wrap"><div>{}</div><div><p>{}</p>{}</div></div>',
+        '<div style="display:flex;gap:24px;flex-wrap:wrap"><div>{}</div><div><p>{}</p><p class="review-links">{}</p>'
+        "{}</div></div>",
         phones,
         f"{campaign.name} — {campaign.app.name}",
+        format_html_join(" · ", '{} <a href="{}">{}</a>', links),
         diff,
     )
+
+
+def campaign_references(campaign: Campaign) -> dict[str, set[int]]:
+    """What a campaign's review shows (app, segment, content, of the revision and of the approved
+    version): whoever may decide its request may read them."""
+    approved = campaign.approved() if campaign.is_active else None
+    segments = {campaign.segment_id, approved.segment_id if approved else None} - {None}
+    contents = {campaign.content_id, approved.content_id if approved else None} - {None}
+    return {"delivery.app": {campaign.app_id}, "audiences.segment": segments, "delivery.pushcontent": contents}

@@ -107,7 +107,7 @@ def audience_reach(*, segment, app_id: int) -> Reach:
     from django.core.exceptions import EmptyResultSet
     from django.db import connection, transaction
 
-    from audiences.rules import segment_profiles
+    from audiences.rules.compiler import segment_profiles
 
     try:
         profiles_sql, profiles_params = segment_profiles(segment).values("id").query.sql_with_params()

@@ -257,7 +257,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         rows = [
             (
                 v.number,
-                v.get_status_display(),
+                version_status_text(obj, v),
                 entry_text(v),
                 v.exit_event or "—",
                 f"{sum(version_totals(v).values()):,}",
@@ -282,7 +282,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             '<div class="journey-graph-box"><p>Version {} ({}): {} — <a href="{}">enrollments</a></p>'
             '<div style="overflow:auto;max-width:100%">{}</div></div>',
             version.number,
-            version.get_status_display().lower(),
+            version_status_text(obj, version).lower(),
             summary,
             link,
             version_svg(version, stats=version_step_stats(version), names=content_names(version)),
@@ -301,6 +301,14 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             "stop": lambda: journey_stop(journey_id=object_id, by=by),
             "archive": lambda: journey_archive(journey_id=object_id, by=by),
         }
+
+
+def version_status_text(journey: Journey, version) -> str:
+    """A version's status as the journey stands: the last live version of a stopped or closed journey
+    says so, not "Live"."""
+    if version.status == version.Status.LIVE and journey.status != Journey.Status.LIVE:
+        return f"{journey.get_status_display()} (was live)"
+    return version.get_status_display()
 
 
 @admin.register(Enrollment)

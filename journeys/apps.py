@@ -12,7 +12,7 @@ class JourneysConfig(AppConfig):
         from delivery.services.dispatches import dispatch_gate_register
         from delivery.services.streams import stream_current_check_register
         from journeys.models import Journey
-        from journeys.review import journey_review_html
+        from journeys.review import journey_references, journey_review_html
         from journeys.services.engine import journey_stream_is_current
         from journeys.services.entries import journeys_on_events
         from journeys.services.lifecycle import journey_approve, journey_gate, journey_request_changes
@@ -30,5 +30,6 @@ class JourneysConfig(AppConfig):
                 request_changes=lambda *, subject_id, by, comment: journey_request_changes(
                     journey_id=subject_id, by=by, comment=comment
                 ),
+                references=journey_references,
             ),
         )

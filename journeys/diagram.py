@@ -8,7 +8,15 @@ from django.utils.safestring import SafeString, mark_safe
 from journeys.graph import entry_of, exits_of
 
 BOX_W, BOX_H, GAP_X, GAP_Y = 190, 86, 70, 26
-COLORS = {"wait": "#e8f0fe", "condition": "#fff4e5", "split": "#f3e8fd", "push": "#e6f4ea", "exit": "#eeeeee"}
+ENTRY_ID = "(entry)"
+COLORS = {
+    "entry": "#dbeafe",
+    "wait": "#e8f0fe",
+    "condition": "#fff4e5",
+    "split": "#f3e8fd",
+    "push": "#e6f4ea",
+    "exit": "#eeeeee",
+}
 
 
 def _describe(step: dict, names: dict) -> str:
@@ -22,6 +30,8 @@ def _describe(step: dict, names: dict) -> str:
         if seconds and seconds % 3600 == 0:
             return f"{seconds // 3600} hour(s)"
         return f"{seconds} s"
+    if kind == "entry":
+        return step.get("text", "")
     if kind == "push":
         return names.get(("content", step.get("content")), f"content {step.get('content')}")
     if kind == "condition":
@@ -31,11 +41,16 @@ def _describe(step: dict, names: dict) -> str:
     return "end"
 
 
+def _exits(step: dict) -> list[tuple[str, str | None]]:
+    """Where a drawn box leads: the entry box to the first step, a step as the graph says."""
+    return [("next", step.get("next"))] if step.get("type") == "entry" else exits_of(step)
+
+
 def _layout(steps: list[dict]) -> dict[str, tuple[int, int]]:
     """Column = longest path from the entry; row = order within the column."""
     by_id = {s["id"]: s for s in steps}
     depth: dict[str, int] = {}
-    entry = entry_of(steps)
+    entry = steps[0]["id"] if steps[0].get("type") == "entry" else entry_of(steps)
     order = [entry] if entry else []
     if entry:
         depth[entry] = 0
@@ -45,7 +60,7 @@ def _layout(steps: list[dict]) -> dict[str, tuple[int, int]]:
         for step in steps:
             if step["id"] not in depth:
                 continue
-            for _, target in exits_of(step):
+            for _, target in _exits(step):
                 if target in by_id and depth.get(target, -1) < depth[step["id"]] + 1:
                     depth[target] = depth[step["id"]] + 1
                     changed = True
@@ -73,6 +88,12 @@ def version_svg(version, *, stats: dict | None = None, names: dict | None = None
         return format_html("<p>{}</p>", "No steps yet.")
     stats = stats or {}
     names = names or {}
+    first = entry_of(steps)
+    if first is not None:  # the entry is drawn as a step of its own, leading to the first one
+        from journeys.review import entry_text
+
+        steps = [{"id": ENTRY_ID, "type": "entry", "next": first, "text": entry_text(version)}, *steps]
+        stats = {**stats, ENTRY_ID: {"entered": (stats.get(first) or {}).get("entered", 0)}}
     positions = _layout(steps)
     width = (max(c for c, _ in positions.values()) + 1) * (BOX_W + GAP_X) + 20
     height = (max(r for _, r in positions.values()) + 1) * (BOX_H + GAP_Y) + 20
@@ -89,7 +110,7 @@ def version_svg(version, *, stats: dict | None = None, names: dict | None = None
     ]
     for step in steps:
         x, y = xy(step["id"])
-        edges = exits_of(step)
+        edges = _exits(step)
         for index, (label, target) in enumerate(edges):
             if target not in positions:
                 continue
@@ -115,10 +136,17 @@ def version_svg(version, *, stats: dict | None = None, names: dict | None = None
         if kind == "wait":
             line += f" · waiting {counts.get('waiting', 0):,}"
         elif kind == "push":
-            line += f" · pushed {counts.get('pushed', 0):,}"
+            line += f" · sent {counts.get('sent', 0):,} · accepted {counts.get('accepted', 0):,}"
         elif kind == "exit":
             line = f"exited {counts.get('exited', 0) - counts.get('exit_event', 0):,}"
         extra = f"exit event {counts['exit_event']:,}" if counts.get("exit_event") else ""
+        if kind == "push":
+            skipped = counts.get("skipped") or {}
+            notes = [f"failed {counts['send_failed']:,}"] if counts.get("send_failed") else []
+            if skipped:
+                reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(skipped.items(), key=lambda r: -r[1]))
+                notes.append(f"skipped {sum(skipped.values()):,} ({reasons})")
+            extra = " · ".join(notes)
         parts.append(
             f'<g class="step step-{escape(kind)}" data-step="{escape(step["id"])}">'
             f'<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="8" fill="{COLORS.get(kind, "#fff")}" '
@@ -126,7 +154,8 @@ def version_svg(version, *, stats: dict | None = None, names: dict | None = None
             f'<text x="{x + 8}" y="{y + 16}" font-weight="bold">{escape(kind.upper())} · {escape(step["id"])}</text>'
             f'<text x="{x + 8}" y="{y + 34}">{escape(_describe(step, names)[:34])}</text>'
             f'<text x="{x + 8}" y="{y + 54}" class="counts">{escape(line)}</text>'
-            f'<text x="{x + 8}" y="{y + 72}" fill="#a33">{escape(extra)}</text></g>'
+            f'<text x="{x + 8}" y="{y + 72}" fill="#a33" class="notes">{escape(extra)}<title>{escape(extra)}</title>'
+            "</text></g>"
         )
     parts.append("</svg>")
     return mark_safe("".join(parts))  # noqa: S308 (every text in it is escaped above)

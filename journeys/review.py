@@ -70,3 +70,16 @@ def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: Use
         pushes,
         version_svg(version, names=content_names(version)),
     )
+
+
+def journey_references(journey) -> dict[str, set[int]]:
+    """What a journey's review shows (its app, the segments and contents of its live version and of
+    the one in review): whoever may decide its request may read them."""
+    from journeys.graph import contents_of
+    from journeys.services.lifecycle import segments_used
+
+    segments, contents = set(), set()
+    for version in journey.versions.filter(status__in=("in_review", "live")):
+        segments |= segments_used(version)
+        contents |= set(contents_of(version.graph).values())
+    return {"delivery.app": {journey.app_id}, "audiences.segment": segments, "delivery.pushcontent": contents}

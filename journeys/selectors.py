@@ -57,9 +57,11 @@ def version_step_stats(version: JourneyVersion) -> dict[str, dict]:
     for row in waiting:
         key = "waiting" if row["status"] == Enrollment.Status.WAITING else "due"
         stats[row["step"]][key] = stats[row["step"]].get(key, 0) + row["n"]
+    sends = version_push_outcomes(version)
     result = {}
     for step in version.steps():
         counts = stats.get(step["id"], {})
+        outcomes = sends.get(step["id"], {})
         result[step["id"]] = {
             "type": step["type"],
             "entered": counts.get("entered", 0),
@@ -70,8 +72,43 @@ def version_step_stats(version: JourneyVersion) -> dict[str, dict]:
             "exited": counts.get("exited", 0) + counts.get("exit_event", 0),
             "exit_event": counts.get("exit_event", 0),
             "passed": {label: _passed(step["type"], label, counts) for label, _ in exits_of(step)},
+            "sent": outcomes.get("sent", 0),
+            "accepted": outcomes.get("accepted", 0),
+            "send_failed": outcomes.get("failed", 0),
+            "skipped": outcomes.get("skipped", {}),
         }
     return result
+
+
+def version_push_outcomes(version: JourneyVersion) -> dict[str, dict]:
+    """Per push step, what its sends became: sent (rows targeted), accepted, failed, and skipped by
+    reason (no device, not opted in, frequency cap...). Two grouped queries: the dispatches'
+    counters, and the skipped rows by reason."""
+    from django.db.models import Sum
+    from django.db.models.fields.json import KT
+
+    from delivery.models import Delivery, Dispatch
+
+    dispatches = Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id=version.pk)
+    result: dict[str, dict] = defaultdict(lambda: {"sent": 0, "accepted": 0, "failed": 0, "skipped": {}})
+    rows = (
+        dispatches.annotate(step=KT("context__journey__step"))
+        .values("step")
+        .annotate(sent=Sum("total"), accepted=Sum("accepted"), failed=Sum("failed"))
+        .order_by()
+    )
+    for row in rows:
+        result[row["step"]].update(sent=row["sent"] or 0, accepted=row["accepted"] or 0, failed=row["failed"] or 0)
+    skipped = (
+        Delivery.objects.filter(dispatch__in=dispatches, status=Delivery.Status.SKIPPED)
+        .annotate(step=KT("dispatch__context__journey__step"))
+        .values("step", "reason")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    for row in skipped:
+        result[row["step"]]["skipped"][row["reason"] or "unknown"] = row["n"]
+    return dict(result)
 
 
 def _passed(kind: str, label: str, counts: dict) -> int:

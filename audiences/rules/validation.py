@@ -148,6 +148,15 @@ class _Validator:
         if "value" not in node:
             self.fail(where, "required", f"'{op}' needs a value")
             return
+        items = value if isinstance(value, list) else [value]
+        if value_type != "string" and any(item is None or item == "" for item in items):
+            label = node.get("attribute") or node.get("property") or node.get("field") or "?"
+            self.fail(
+                where,
+                "empty",
+                f"the condition '{label} {op}' has an empty value: enter a {value_type} (an empty value is never 0)",
+            )
+            return
         if op in ("in", "not_in"):
             if not isinstance(value, list) or not value:
                 self.fail(where, "wrong_type", f"'{op}' needs a non-empty list of {value_type}s")

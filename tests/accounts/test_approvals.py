@@ -234,3 +234,36 @@ def test_policy_activation_buttons_work_for_an_administrator_only(client, admin_
         assert client.post(url, {"action": action, "_selected_action": [policy.pk]}).status_code == 302
         policy.refresh_from_db()
         assert policy.is_active is after
+
+
+def test_policy_whose_only_approver_is_a_viewer_cannot_be_activated(admin_erin, viewer_carol, shop):
+    access_grant(obj=shop, to=viewer_carol, by=None)
+    policy = ApprovalPolicy.objects.create(name="viewers")
+    policy.approver_users.set([viewer_carol])
+    with pytest.raises(ValidationError, match=r"None of its approvers \(viewer_carol\) has a role that may approve"):
+        approval_policy_activate(policy_id=policy.pk, by=admin_erin)
+    assert not ApprovalPolicy.objects.get(pk=policy.pk).is_active
+
+
+def test_policy_whose_approvers_lack_access_to_its_app_cannot_be_activated(admin_erin, approver_bob, shop):
+    other = AppFactory(name="Other")
+    access_grant(obj=other, to=approver_bob, by=None)
+    policy = ApprovalPolicy.objects.create(name="shop only", app_ids=[shop.pk])
+    policy.approver_users.set([approver_bob])
+    with pytest.raises(ValidationError, match="access to the app 'Shop'"):
+        approval_policy_activate(policy_id=policy.pk, by=admin_erin)
+    access_grant(obj=shop, to=approver_bob, by=None)
+    assert approval_policy_activate(policy_id=policy.pk, by=admin_erin).is_active
+
+
+def test_a_request_nobody_may_decide_is_stuck(admin_erin, approver_bob, manager_alice, shop):
+    from accounts.selectors import approval_request_stuck, approval_requests_stuck
+
+    access_grant(obj=shop, to=approver_bob, by=None)
+    policy = _policy(admin_erin, users=[approver_bob])
+    request = _open(shop, manager_alice)
+    assert request.policy == policy and not approval_request_stuck(request)
+    approver_bob.groups.clear()  # the only approver loses the role
+    approver_bob = type(approver_bob).objects.get(pk=approver_bob.pk)
+    assert approval_request_stuck(request)
+    assert approval_requests_stuck() == [request]

@@ -144,3 +144,15 @@ def test_viewer_changes_nothing_anywhere_in_the_admin(client, as_role):
     page = client.get(f"/admin/delivery/app/{app.pk}/change/")
     assert page.status_code == 200
     assert b'name="_save"' not in page.content
+
+
+def test_a_colleague_opening_an_owner_link_gets_a_read_only_card(client, manager_alice, viewer_carol):
+    manager_alice.email = "alice@example.com"
+    manager_alice.save()
+    client.force_login(viewer_carol)
+    page = client.get(f"/admin/accounts/user/{manager_alice.pk}/change/")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert 'id="user-card"' in text and "alice@example.com" in text and "Manager" in text
+    assert 'name="username"' not in text  # nothing to edit
+    assert client.post(f"/admin/accounts/user/{manager_alice.pk}/change/", {"username": "x"}).status_code == 403

@@ -449,3 +449,11 @@ def test_per_profile_compilation_agrees_with_the_set_compilation(people, tree, e
 
     condition = Compiler(now=NOW, correlated=True).compile({"all": [tree]})
     assert set(Profile.objects.filter(condition).values_list("external_id", flat=True)) == expected
+
+
+@pytest.mark.parametrize("value", ["", None, ["", 3]])
+def test_an_empty_number_is_refused_naming_the_condition(value):
+    op = "between" if isinstance(value, list) else "gt"
+    tree = {"all": [{"attribute": "age", "type": "number", "op": op, "value": value}]}
+    with pytest.raises(RulesInvalid, match=f"the condition 'age {op}' has an empty value: enter a number"):
+        rules_validate(tree)

@@ -146,3 +146,28 @@ def test_duplicate_is_refused_to_a_viewer_and_hidden_from_outsiders(
         client.force_login(user)
         assert client.post(url).status_code == status, user
     assert Campaign.objects.count() == 1 and PushContent.objects.count() == 1
+
+
+def test_a_wrongly_typed_date_is_answered_with_the_format(client, make_campaign, manager_alice, team, segment, content):
+    client.force_login(manager_alice)
+    response = client.post(
+        "/admin/campaigns/campaign/add/",
+        {
+            "name": "Typo",
+            "app": team.pk,
+            "kind": "scheduled",
+            "purpose": "marketing",
+            "segment": segment.pk,
+            "content": content.pk,
+            "schedule_kind": "at",
+            "send_at_0": "24/12/2026",
+            "send_at_1": "7h10",
+            "time_zone": "Europe/Paris",
+            "missed_window_minutes": 60,
+            "occurrences-TOTAL_FORMS": 0,
+            "occurrences-INITIAL_FORMS": 0,
+        },
+    )
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "Enter the date as YYYY-MM-DD" in page and "Enter the time as HH:MM" in page

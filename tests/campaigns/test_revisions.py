@@ -17,7 +17,7 @@ from campaigns.services import (
     campaign_update,
 )
 from delivery.models import Dispatch, PushContent
-from delivery.services import GateClosed, dispatch_create
+from delivery.services.dispatches import GateClosed, dispatch_create
 
 
 @pytest.fixture

@@ -79,3 +79,23 @@ def test_manager_imports_a_csv_and_watches_its_progress(login, page, live_server
     assert record.rows_failed == 1
     text = page.locator("#content").inner_text()
     assert "300" in text
+    # The page's fields say what the bar says.
+    page.wait_for_function("() => document.querySelector('.field-status .readonly').textContent.trim() == 'done'")
+    assert page.locator(".field-rows_failed .readonly").inner_text().strip() == "1"
+
+
+def test_an_empty_number_is_refused_naming_the_condition(login, page, live_server, manager_alice):
+    ProfileFactory(external_id="ann", attributes={"age": 34})
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/audiences/segment/add/")
+    page.fill("#id_name", "Older than blank")
+    builder = page.locator(".rule-builder")
+    builder.locator("button", has_text="+ condition").first.click()
+    row = builder.locator(".rb-row").nth(0)
+    row.locator("input[list]").fill("age")
+    row.locator("select[aria-label=operator]").select_option("gt")
+    assert row.locator("input[type=number]").input_value() == ""  # never a silent 0
+    page.click("input[name=_save]")
+    page.wait_for_selector(".errorlist")
+    assert "the condition 'age gt' has an empty value: enter a number" in page.locator(".errorlist").first.inner_text()
+    assert not Segment.objects.filter(name="Older than blank").exists()

@@ -7,7 +7,7 @@ from accounts.services import access_grant
 from campaigns.models import Campaign
 from campaigns.services import campaign_approve, campaign_create, campaign_submit, campaign_trigger
 from delivery.models import PushContent
-from delivery.services import pushcontent_save
+from delivery.services.contents import pushcontent_save
 from tests.factories import DeviceFactory, ProfileFactory
 
 pytestmark = pytest.mark.browser
@@ -21,7 +21,9 @@ def test_edit_of_a_live_campaign_waits_for_approval_and_the_approver_sees_the_di
     zoe = ProfileFactory(external_id="zoe")
     DeviceFactory(profile=zoe, app=sim_app, platform="ios")
     shipped = pushcontent_save(
-        content=PushContent(app=sim_app, name="Shipped", title="Your order shipped", body="It is on its way"),
+        content=PushContent(
+            app=sim_app, name="Shipped", title="Your order shipped", body="Order {{ context.order_id }} is on its way"
+        ),
         by=manager_alice,
     )
     delayed = pushcontent_save(
@@ -37,6 +39,10 @@ def test_edit_of_a_live_campaign_waits_for_approval_and_the_approver_sees_the_di
     # The manager opens the live campaign: the page says what saving will do, before saving.
     login(manager_alice)
     page.goto(f"{live_server.url}/admin/campaigns/campaign/{campaign.pk}/change/")
+    # The page shows the endpoint and an example call, with the context its content uses.
+    api_call = page.locator("#api-call").inner_text()
+    assert f"POST {live_server.url}/api/v1/campaigns/{campaign.pk}/trigger/" in api_call
+    assert "curl -X POST" in api_call and '"order_id": "sample order_id"' in api_call
     warning = page.locator(".messagelist .warning").first.inner_text()
     assert "pending revision" in warning and "keeps sending" in warning
     page.select_option("#id_content", str(delayed.pk))
@@ -51,7 +57,7 @@ def test_edit_of_a_live_campaign_waits_for_approval_and_the_approver_sees_the_di
 
     # Production triggers still send the approved version meanwhile.
     result = campaign_trigger(
-        campaign_id=campaign.pk, by=manager_alice, recipients=[{"external_id": "zoe"}], context={}
+        campaign_id=campaign.pk, by=manager_alice, recipients=[{"external_id": "zoe"}], context={"order_id": "A-1"}
     )
     from delivery.models import Dispatch
 

@@ -21,6 +21,7 @@ def test_manager_builds_approver_approves_and_the_graph_counts_the_push(
     phone = DeviceFactory(profile=zoe, app=sim_app, platform="android")
     segment = Segment.objects.create(name="Zoé and friends", kind="static")
     segment.members.create(profile=zoe)
+    segment.members.create(profile=ProfileFactory(external_id="no-phone"))
     access_grant(obj=segment, to=manager_alice, by=None)
     content = pushcontent_save(
         content=PushContent(app=sim_app, name="Hello", title="Hi {{ profile.attributes.first_name }}", body="Welcome"),
@@ -39,13 +40,19 @@ def test_manager_builds_approver_approves_and_the_graph_counts_the_push(
     push.locator("select.next-select").select_option("end")
     page.click(".step-editor button.add-wait")
     wait = page.locator(".step-editor .step-row[data-step=wait3]")
+    wait.locator("input.wait-amount").fill("2")
+    wait.locator("select.wait-unit").select_option(label="hours")
+    graph_field = page.locator(".step-editor").get_attribute("data-input")
+    assert '"seconds": 7200' in page.input_value(f"#{graph_field}")  # waits in minutes, hours, days
+    wait.locator("input.wait-amount").fill("0")
     wait.locator("select.next-select").select_option("push2")
     screenshot("journey-step-editor")
     page.click("input[name=_continue]")
     journey = Journey.objects.get(name="Welcome Zoé")
     page.wait_for_url(f"**/admin/journeys/journey/{journey.pk}/change/**")
     assert [s["type"] for s in journey.versions.get().graph["steps"]] == ["exit", "push", "wait"]
-    assert page.locator("svg.journey-graph g.step").count() == 3
+    assert page.locator("svg.journey-graph g.step").count() == 4  # the entry is drawn as a step too
+    assert "Everyone in 'Zoé and friends'" in page.locator("svg.journey-graph g.step-entry").text_content()
 
     page.click("button[value=submit]")
     page.wait_for_selector(".messagelist .success")
@@ -67,8 +74,18 @@ def test_manager_builds_approver_approves_and_the_graph_counts_the_push(
     login(manager_alice)
     page.goto(f"{live_server.url}/admin/journeys/journey/{journey.pk}/change/")
     graph = page.locator("svg.journey-graph")
-    assert "entered 1 · pushed 1" in graph.text_content()
+    push_box = graph.locator("g.step-push")
+    assert "entered 2 · sent 2 · accepted 1" in push_box.locator("text.counts").text_content()
+    assert "skipped 1 (no_device 1)" in push_box.locator("text.notes").text_content()
     screenshot("journey-live-graph")
     page.goto(f"{live_server.url}/admin/journeys/enrollment/?q=zoe")
     page.click("#result_list tbody th a")
     assert "pushed:" in page.locator(".enrollment-history").inner_text()
+
+    # Stopped, its last version no longer reads "Live".
+    from journeys.services.lifecycle import journey_stop
+
+    journey_stop(journey_id=journey.pk, by=manager_alice)
+    page.goto(f"{live_server.url}/admin/journeys/journey/{journey.pk}/change/")
+    assert "Stopped (was live)" in page.locator("table.journey-versions").inner_text()
+    assert ">Live<" not in page.locator("table.journey-versions").inner_html()

@@ -12,6 +12,15 @@
         .then(function (data) {
           bar.value = data.percent;
           text.textContent = data.text + (data.error ? " — " + data.error : "");
+          // The page's fields read the same answer as the bar: one source of truth, no reload needed.
+          var fields = {
+            status: data.status_display, rows_done: data.rows_done, rows_imported: data.rows_imported,
+            rows_failed: data.rows_failed, rows_duplicate: data.rows_duplicate, error: data.error || "-",
+          };
+          Object.keys(fields).forEach(function (name) {
+            var cell = document.querySelector(".field-" + name + " .readonly");
+            if (cell) cell.textContent = String(fields[name]);
+          });
           if (data.status === "queued" || data.status === "running") {
             window.setTimeout(tick, 1000);
           } else {

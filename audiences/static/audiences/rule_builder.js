@@ -203,8 +203,8 @@
   Builder.prototype.defaultValue = function (type, op) {
     if (op === "exists" || op === "not_exists") return undefined;
     if (op === "in" || op === "not_in") return [];
-    if (op === "between") return type === "date" ? [{ ago: 30, unit: "days" }, { ago: 0, unit: "days" }] : [0, 10];
-    if (type === "number") return 0;
+    if (op === "between") return type === "date" ? [{ ago: 30, unit: "days" }, { ago: 0, unit: "days" }] : ["", ""];
+    if (type === "number") return "";  // blank until typed: an empty number is refused, never read as 0
     if (type === "boolean") return true;
     if (type === "date") return { ago: 7, unit: "days" };
     return "";
@@ -364,6 +364,16 @@
     return field ? field.value : "";
   }
 
+  // A profile's attributes as a small table of names and values (not JSON).
+  function attributesTable(attributes) {
+    if (typeof attributes === "string") return el("code", { text: attributes });
+    var rows = Object.keys(attributes || {}).sort().map(function (key) {
+      var value = attributes[key];
+      return el("tr", {}, [el("th", { text: key }), el("td", { text: typeof value === "object" ? JSON.stringify(value) : String(value) })]);
+    });
+    return rows.length ? el("table", { className: "rb-attributes" }, rows) : el("span", { text: "—" });
+  }
+
   function preview(builder, box) {
     var summary = box.querySelector(".rule-builder-preview-summary");
     var result = box.querySelector(".rule-builder-preview-result");
@@ -386,6 +396,9 @@
       }
       builder.markErrors([]);
       summary.textContent = data.count.toLocaleString() + " profile(s) · counted in " + data.took_ms + " ms";
+      (data.reach || []).forEach(function (r) {
+        result.appendChild(el("p", { className: "rb-reach", text: r.app + ": " + r.text }));
+      });
       if (!data.sample.length) return;
       var table = el("table", {}, [el("thead", {}, [el("tr", {}, [el("th", { text: "external id" }), el("th", { text: "locale" }), el("th", { text: "attributes" })])])]);
       var body = el("tbody");
@@ -393,7 +406,7 @@
         body.appendChild(el("tr", {}, [
           el("td", {}, [el("a", { href: p.url, text: p.external_id })]),
           el("td", { text: p.locale }),
-          el("td", {}, [el("code", { text: p.attributes })]),
+          el("td", {}, [attributesTable(p.attributes)]),
         ]));
       });
       table.appendChild(body);

@@ -97,10 +97,22 @@
       const body = el("div", { "class": "step-body" });
       if (step.type === "wait") {
         const mode = "until" in step ? "until" : "seconds";
-        body.appendChild(select([["seconds", "for (seconds)"], ["until", "until time of day (profile's zone)"]], mode, (v) => {
+        body.appendChild(select([["seconds", "for"], ["until", "until time of day (profile's zone)"]], mode, (v) => {
           delete step.seconds; delete step.until; if (v === "until") step.until = "09:00"; else step.seconds = 0; save(); render();
         }, { "class": "wait-mode" }));
-        if (mode === "seconds") body.appendChild(input("number", step.seconds, (v) => { step.seconds = parseInt(v, 10); save(); }, { "class": "wait-seconds" }));
+        if (mode === "seconds") {
+          // A duration in minutes, hours or days (stored in seconds): the largest unit that divides it.
+          const units = [["86400", "days"], ["3600", "hours"], ["60", "minutes"]];
+          const seconds = step.seconds || 0;
+          let unit = (units.find(([size]) => seconds && seconds % parseInt(size, 10) === 0) || ["60"])[0];
+          const amount = input("number", seconds / parseInt(unit, 10), (v) => {
+            step.seconds = Math.max(0, parseInt(v, 10) || 0) * parseInt(unit, 10); save();
+          }, { "class": "wait-amount", min: 0 });
+          body.appendChild(amount);
+          body.appendChild(select(units.map(([size, label]) => [size, label]), unit, (v) => {
+            unit = v; step.seconds = Math.max(0, parseInt(amount.value, 10) || 0) * parseInt(unit, 10); save();
+          }, { "class": "wait-unit" }));
+        }
         else body.appendChild(input("text", step.until, (v) => { step.until = v; save(); }, { placeholder: "HH:MM", "class": "wait-until" }));
         body.appendChild(document.createTextNode(" then → "));
         body.appendChild(nextSelect(step, "next"));
