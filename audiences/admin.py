@@ -318,11 +318,21 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
                 "external_id": p.external_id,
                 "url": reverse("admin:audiences_profile_change", args=[p.pk]),
                 "locale": p.locale,
-                "attributes": json.dumps(p.attributes, ensure_ascii=False)[:160],
+                "attributes": dict(sorted((p.attributes or {}).items())[:20]),
             }
             for p in preview.sample
         ]
-        return JsonResponse({"count": preview.count, "took_ms": preview.took_ms, "sample": sample})
+        reach = []
+        if preview.count:
+            from audiences.selectors import audience_reach
+
+            probe = Segment(pk=segment_id, kind=Segment.Kind.RULES, rules=rules) if rules is not None else None
+            if probe is None and segment_id is not None:
+                probe = Segment.objects.get(pk=segment_id)
+            apps = visible_to(request.user, django_apps.get_model("delivery", "App").objects.order_by("name"))
+            for app in apps[:5]:
+                reach.append({"app": app.name, "text": audience_reach(segment=probe, app_id=app.pk).text()})
+        return JsonResponse({"count": preview.count, "took_ms": preview.took_ms, "sample": sample, "reach": reach})
 
 
 # --- profiles and events -------------------------------------------------------------------------
@@ -534,7 +544,7 @@ class ImportAdmin(AccessAdmin):
     )
 
     class Media:
-        js = ["audiences/import_progress.js"]
+        js = ["audiences/import_progress.js", "audiences/import_mapping.js"]
         css = {"all": ["audiences/rule_builder.css"]}
 
     def get_queryset(self, request):

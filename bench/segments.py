@@ -290,7 +290,7 @@ def main() -> None:
     result["nested_sample_20_ms"] = preview_ms
 
     # Audience sizes as the send meets them: profiles → reachable (iOS / Android) → opted in.
-    from delivery.selectors import audience_reach
+    from audiences.selectors import audience_reach
 
     app = ensure_devices(log=lambda m: print(m, file=sys.stderr))
     everyone = {"all": [{"field": "locale", "op": "exists"}]}

@@ -47,7 +47,7 @@ def audience_text(*, segment_id: int | None, app_id: int, label: str = "") -> st
     if segment_id is None:
         return "Recipients named by each API call."
     from audiences.models import Segment
-    from delivery.selectors import audience_reach
+    from audiences.selectors import audience_reach
 
     segment = Segment.objects.filter(pk=segment_id).first()
     if segment is None:

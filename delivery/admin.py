@@ -1,10 +1,11 @@
+import json
 import threading
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import Http404
-from django.urls import reverse
+from django.http import Http404, HttpResponse
+from django.urls import path, reverse
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
@@ -276,7 +277,13 @@ _current = threading.local()
 
 def _previews_html(content: PushContent, profile: dict | None, context: dict) -> str:
     """iOS and Android lock-screen mock-ups of the content rendered for one profile."""
-    spec = content.spec()
+    return _spec_previews_html(
+        content.spec(), app_name=content.app.name if content.app_id else "App", profile=profile, context=context
+    )
+
+
+def _spec_previews_html(spec: dict, *, app_name: str, profile: dict | None, context: dict) -> str:
+    """iOS and Android lock-screen mock-ups of a content spec (a content's, or a dispatch's frozen copy)."""
     if spec.get("silent"):
         return format_html("<p>A silent (background) push: nothing is shown on the lock screen.</p>")
     try:
@@ -299,7 +306,6 @@ def _previews_html(content: PushContent, profile: dict | None, context: dict) ->
         if message.image_url
         else ""
     )
-    app_name = content.app.name if content.app_id else "App"
     ios = format_html(
         _IOS_CARD,
         app=app_name,
@@ -356,6 +362,27 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     list_select_related = ("app",)
     actions = ["send_test"]
     readonly_fields = ("previews", "version", "object_access", "created_at", "updated_at")
+
+    class Media:
+        js = ("delivery/content_form.js",)
+
+    # The admin's own labels would read "Ios sound"; text fields wide enough for Liquid.
+    WIDE = {"title": 80, "subtitle": 80, "image_url": 80, "tap_url": 80}
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if field is None:
+            return field
+        for prefix, platform in (("ios_", "iOS"), ("android_", "Android")):
+            if db_field.name.startswith(prefix):
+                field.label = f"{platform} {db_field.name.removeprefix(prefix).replace('_', ' ')}"
+        if db_field.name in self.WIDE:
+            field.widget.attrs["size"] = self.WIDE[db_field.name]
+            field.widget.attrs["style"] = "width:min(60em,100%)"
+        if db_field.name == "body":
+            field.widget.attrs.update({"cols": 80, "rows": 4, "style": "width:min(60em,100%)"})
+        return field
+
     fieldsets = (
         (
             "Lock-screen previews",
@@ -420,7 +447,11 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     @admin.display(description="Previews")
     def previews(self, obj):
         if obj is None or obj.pk is None:
-            return "Save the content to see its previews."
+            return format_html(
+                '<div class="content-previews" data-preview-url="{}"><p>{}</p></div>',
+                reverse("admin:delivery_pushcontent_live_preview_new"),
+                "The previews follow the form as you type.",
+            )
         request = getattr(_current, "request", None)
         wanted = request.GET.get("preview_profile", "") if request is not None else ""
         profile = None
@@ -438,7 +469,55 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             wanted,
             note,
         )
-        return format_html("{}{}", chooser, _previews_html(obj, profile, {}))
+        return format_html(
+            '{}<div class="content-previews" data-preview-url="{}">{}</div>',
+            chooser,
+            reverse("admin:delivery_pushcontent_live_preview", args=[obj.pk]),
+            _previews_html(obj, profile, {}),
+        )
+
+    def get_urls(self):
+        return [
+            path(
+                "live-preview/",
+                self.admin_site.admin_view(self.live_preview_view),
+                name="delivery_pushcontent_live_preview_new",
+            ),
+            path(
+                "<int:object_id>/live-preview/",
+                self.admin_site.admin_view(self.live_preview_view),
+                name="delivery_pushcontent_live_preview",
+            ),
+            *super().get_urls(),
+        ]
+
+    def live_preview_view(self, request, object_id: int | None = None):
+        """The phones for the form as it stands (POST of the form, nothing saved): the chosen profile,
+        in the locale of the tab open (``preview_locale``)."""
+        if request.method != "POST":
+            raise PermissionDenied("Post the form to preview it.")
+        obj = None
+        if object_id is not None:
+            obj = self.get_object(request, str(object_id))
+            if obj is None or not self.has_view_permission(request, obj):
+                raise Http404("No such content.")
+        elif not self.has_add_permission(request):
+            raise PermissionDenied
+        form_class = self.get_form(request, obj, change=obj is not None)
+        form = form_class(request.POST, instance=obj or PushContent())
+        form.is_valid()  # fills the instance with what validates; the rest stays as saved
+        wanted = request.POST.get("preview_profile", "").strip()
+        profile = None
+        if wanted:
+            profile = (
+                Profile.objects.filter(external_id=wanted)
+                .values("external_id", "locale", "timezone", "attributes")
+                .first()
+            )
+        locale = request.POST.get("preview_locale", "").strip()
+        if locale:
+            profile = {**(profile or {"attributes": {}}), "locale": locale}
+        return HttpResponse(_previews_html(form.instance, profile, {}))
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         _current.request = request  # the previews read the chosen profile from the query string
@@ -579,7 +658,6 @@ class DispatchAdmin(ScopedAdmin):
         "label",
         "app",
         "kind",
-        "source_id",
         "status",
         "stream",
         "progress",
@@ -591,14 +669,55 @@ class DispatchAdmin(ScopedAdmin):
         "unknown",
         "opened",
         "error",
+        "source",
+        "content",
         "context",
-        "content_spec",
         "created_by",
         "created_at",
         "started_at",
         "finished_at",
     )
     readonly_fields = fields
+
+    @admin.display(description="Sent by")
+    def source(self, obj):
+        """A link back to the campaign or the journey that sent it."""
+        from django.apps import apps
+
+        if obj.source_id is None:
+            return "A test send" if obj.kind == Dispatch.Kind.TEST else "—"
+        if obj.kind in (Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER):
+            campaign = apps.get_model("campaigns", "Campaign").objects.filter(pk=obj.source_id).first()
+            if campaign is None:
+                return f"campaign {obj.source_id} (deleted)"
+            url = reverse("admin:campaigns_campaign_change", args=[campaign.pk])
+            return format_html('<a href="{}" class="dispatch-source">Campaign “{}”</a>', url, campaign)
+        if obj.kind == Dispatch.Kind.JOURNEY:
+            version = (
+                apps.get_model("journeys", "JourneyVersion")
+                .objects.select_related("journey")
+                .filter(pk=obj.source_id)
+                .first()
+            )
+            if version is None:
+                return f"journey version {obj.source_id} (deleted)"
+            url = reverse("admin:journeys_journey_change", args=[version.journey_id])
+            return format_html(
+                '<a href="{}" class="dispatch-source">Journey “{}”, version {}</a>',
+                url,
+                version.journey,
+                version.number,
+            )
+        return str(obj.source_id)
+
+    @admin.display(description="Content sent")
+    def content(self, obj):
+        """The frozen content as phones show it; its JSON one click away."""
+        return format_html(
+            '{}<details><summary>As JSON</summary><pre style="white-space:pre-wrap">{}</pre></details>',
+            _spec_previews_html(obj.content_spec or {}, app_name=obj.app.name, profile=None, context={}),
+            json.dumps(obj.content_spec, indent=2, ensure_ascii=False),
+        )
 
     def has_add_permission(self, request):
         return False  # dispatches are made by campaigns, journeys, API triggers and test sends

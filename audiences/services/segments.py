@@ -142,21 +142,23 @@ def segment_preview(
 ) -> Preview:
     """Count a segment's profiles and take a sample (two queries), for a saved segment or an unsaved tree.
 
-    For a saved segment the count is remembered on it (``last_count``). An unsaved tree is
-    validated first (RulesInvalid). Raises Http404 for a segment outside the user's access.
+    For a saved segment (or a tree equal to its saved rules) the count is remembered on it
+    (``last_count``, ``last_counted_at``). An unsaved tree is validated first (RulesInvalid).
+    Raises Http404 for a segment outside the user's access.
     """
     sample_size = settings.AUDIENCES_PREVIEW_SAMPLE if sample_size is None else sample_size
     started = timezone.now()
+    saved = None
     if segment_id is not None and rules is None:
-        segment = segment_for(by, segment_id)
+        segment = saved = segment_for(by, segment_id)
     else:
         _check_rules(rules=rules, by=by, segment_id=segment_id)
         if segment_id is not None:
-            segment_for(by, segment_id)
+            saved = segment_for(by, segment_id)
         segment = Segment(pk=segment_id, kind=Segment.Kind.RULES, rules=rules)
     count = segment_count(segment)
     sample = list(segment_profiles(segment).order_by()[:sample_size]) if count else []
-    if segment_id is not None and rules is None:
+    if saved is not None and (rules is None or rules == saved.rules):
         Segment.objects.filter(pk=segment_id).update(last_count=count, last_counted_at=timezone.now())
     took = int((timezone.now() - started).total_seconds() * 1000)
     return Preview(count=count, sample=sample, took_ms=took)

@@ -99,3 +99,31 @@ def test_an_empty_number_is_refused_naming_the_condition(login, page, live_serve
     page.wait_for_selector(".errorlist")
     assert "the condition 'age gt' has an empty value: enter a number" in page.locator(".errorlist").first.inner_text()
     assert not Segment.objects.filter(name="Older than blank").exists()
+
+
+def test_manager_maps_the_columns_of_a_file_before_importing(login, page, live_server, manager_alice, screenshot):
+    from audiences.models import Import, Profile
+
+    rows = "Customer ID,Plan,Age,notes\n" + "".join(f"c-{n},pro,{30 + n},note {n}\n" for n in range(8))
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/audiences/import/add/")
+    page.set_input_files("#id_file", files=[{"name": "crm.csv", "mimeType": "text/csv", "buffer": rows.encode()}])
+    mapping = page.locator(".import-mapping")
+    mapping.wait_for()
+    assert mapping.locator("tbody tr").count() == 4
+    assert page.locator(".import-preview tbody tr").count() == 5  # the first five rows
+    mapping.locator("tr[data-column='Customer ID'] .mapping-target").select_option("external_id")
+    mapping.locator("tr[data-column='Age'] .mapping-type").select_option("number")
+    mapping.locator("tr[data-column='notes'] .mapping-target").select_option("skip")
+    assert page.input_value("#id_columns_text").splitlines() == [
+        "Customer ID -> external_id",
+        "Age = number",
+        "notes = skip",
+    ]
+    screenshot("import-column-mapping")
+    page.click("input[name=_save]")
+    page.wait_for_url("**/admin/audiences/import/*/change/**")
+    page.wait_for_function("() => document.querySelector('.field-status .readonly').textContent.trim() == 'done'")
+    record = Import.objects.get(original_name="crm.csv")
+    assert record.rows_imported == 8
+    assert Profile.objects.get(external_id="c-3").attributes == {"Plan": "pro", "Age": 33}

@@ -1,6 +1,6 @@
 """Audience sizes as the send meets them: profiles → reachable in the app (iOS / Android) → opted in."""
 
-from delivery.selectors import Reach, audience_reach
+from audiences.selectors import Reach, audience_reach
 from tests.factories import AppFactory, DeviceFactory, ProfileFactory, SegmentFactory
 
 PRO = {"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}]}

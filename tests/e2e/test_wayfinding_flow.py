@@ -1,0 +1,42 @@
+"""Way-finding as a Viewer: from a campaign to its dispatches and back, and to the card of who made them."""
+
+import pytest
+
+from accounts.services import access_grant
+from campaigns.services import campaign_approve, campaign_create, campaign_submit, campaign_trigger
+from delivery.models import Dispatch, PushContent
+from delivery.services.contents import pushcontent_save
+from tests.factories import DeviceFactory, ProfileFactory
+
+pytestmark = pytest.mark.browser
+
+
+def test_viewer_goes_from_a_campaign_to_its_dispatch_and_back(
+    login, page, live_server, manager_alice, approver_bob, viewer_carol, sim_app
+):
+    for user in (manager_alice, approver_bob, viewer_carol):
+        access_grant(obj=sim_app, to=user, by=None)
+    DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=sim_app)
+    content = pushcontent_save(
+        content=PushContent(app=sim_app, name="Ping", title="Ping", body="Pong"), by=manager_alice
+    )
+    campaign = campaign_create(by=manager_alice, name="Pings", app=sim_app, kind="api_triggered", content=content)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    result = campaign_trigger(
+        campaign_id=campaign.pk, by=manager_alice, recipients=[{"external_id": "zoe"}], context={}
+    )
+    dispatch = Dispatch.objects.get(pk=result.dispatch_id)
+
+    login(viewer_carol)
+    page.goto(f"{live_server.url}/admin/campaigns/campaign/{campaign.pk}/change/")
+    assert "manager_alice" in page.locator(".user-card").inner_text()
+    page.click(f"#campaign-sends a[href$='/delivery/dispatch/{dispatch.pk}/change/']")
+    page.wait_for_url(f"**/admin/delivery/dispatch/{dispatch.pk}/change/")
+    assert page.locator(".field-content .phone, .field-content div").count() > 0
+    assert "Ping" in page.locator(".field-content").inner_text()
+    page.click(".field-created_by a")  # who started it: a card, not a bare 403
+    assert "manager_alice" in page.locator("#user-card").inner_text()
+    page.go_back()
+    page.click("a.dispatch-source")
+    page.wait_for_url(f"**/admin/campaigns/campaign/{campaign.pk}/change/")
