@@ -359,6 +359,8 @@ class UserAdmin(AccessAdmin, DjangoUserAdmin):
         if formset.model is not AppAccessInline.model:
             return super().save_formset(request, form, formset, change)
         user = form.instance
+        # The admin's change message reads these; the grants are written by the access services below.
+        formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
         for inline_form in formset.forms:
             app = inline_form.cleaned_data.get("content_object") if hasattr(inline_form, "cleaned_data") else None
             if app is None:

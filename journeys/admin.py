@@ -46,8 +46,9 @@ class StepEditorWidget(forms.Textarea):
     template_name = "admin/journeys/step_editor_widget.html"
 
     class Media:
-        js = ["journeys/step_editor.js"]
-        css = {"all": ["journeys/step_editor.css"]}
+        # The audiences rule builder draws a condition's "matches rule" branches.
+        js = ["audiences/rule_builder.js", "journeys/step_editor.js"]
+        css = {"all": ["audiences/rule_builder.css", "journeys/step_editor.css"]}
 
     def __init__(self, *args, meta=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -119,6 +120,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         "approval",
         "versions_summary",
         "journey_graph",
+        "entry_audience",
         "owner",
         "object_access",
     )
@@ -144,13 +146,15 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             fieldsets.insert(
                 0, ("Status", {"fields": ("status", "lifecycle_buttons", "approval", "versions_summary", "owner")})
             )
-            fieldsets.insert(1, ("Journey", {"fields": ("journey_graph",), "classes": ("wide",)}))
+            fieldsets.insert(1, ("Journey", {"fields": ("journey_graph", "entry_audience"), "classes": ("wide",)}))
             fieldsets.append(("Access", {"fields": ("object_access",)}))
         if obj is not None and not self.has_change_permission(request, obj):
             fieldsets = [fs for fs in fieldsets if fs[0] not in ("Entry", "Re-entry and exit", "Steps")]
         return fieldsets
 
     def get_form(self, request, obj=None, change=False, **kwargs):
+        from audiences.admin import builder_meta
+        from audiences.models import Segment
         from audiences.selectors import segments_visible_to
         from delivery.models import PushContent
 
@@ -164,6 +168,10 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             def __init__(self, *args, **kw):
                 super().__init__(*args, **kw)
                 segments = segments_visible_to(request.user).order_by("name")
+                shown = (journey_open_version(obj) or obj.live_version) if obj is not None else None
+                if shown is not None and shown.entry_segment_id:
+                    # Never blank a reference: colleagues keep a segment they were not granted.
+                    segments = segments | Segment.objects.filter(pk=shown.entry_segment_id)
                 if "entry_segment" in self.fields:
                     self.fields["entry_segment"].queryset = segments
                 contents = visible_to(request.user, PushContent.objects.select_related("app")).order_by("name")
@@ -172,6 +180,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
                 meta = {
                     "segments": [{"id": s.pk, "name": s.name} for s in segments[:500]],
                     "contents": [{"id": c.pk, "name": f"{c.name} ({c.app.name})"} for c in contents[:500]],
+                    "rules": builder_meta(request.user),
                 }
                 self.fields["graph"].widget = StepEditorWidget(meta=meta)
                 version = (journey_open_version(obj) or obj.live_version) if obj is not None else None
@@ -269,6 +278,17 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             "<th>enrollments</th></tr>{}</table>",
             format_html_join("", "<tr><td>v{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
         )
+
+    @admin.display(description="Who enters")
+    def entry_audience(self, obj):
+        """The entry segment's size as profiles → reachable in the journey's app → opted in."""
+        from audiences.selectors import audience_reach
+
+        version = journey_shown_version(obj)
+        if version is None or version.entry_kind != version.EntryKind.SEGMENT or version.entry_segment is None:
+            return "Profiles enter when the event arrives." if version is not None else "—"
+        reach = audience_reach(segment=version.entry_segment, app_id=obj.app_id)
+        return format_html('<span id="entry-audience">{}: {}</span>', version.entry_segment, reach.text())
 
     @admin.display(description="Graph")
     def journey_graph(self, obj):

@@ -84,30 +84,30 @@ def version_push_outcomes(version: JourneyVersion) -> dict[str, dict]:
     """Per push step, what its sends became: sent (rows targeted), accepted, failed, and skipped by
     reason (no device, not opted in, frequency cap...). Two grouped queries: the dispatches'
     counters, and the skipped rows by reason."""
-    from django.db.models import Sum
     from django.db.models.fields.json import KT
 
     from delivery.models import Delivery, Dispatch
 
     dispatches = Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id=version.pk)
     result: dict[str, dict] = defaultdict(lambda: {"sent": 0, "accepted": 0, "failed": 0, "skipped": {}})
-    rows = (
-        dispatches.annotate(step=KT("context__journey__step"))
-        .values("step")
-        .annotate(sent=Sum("total"), accepted=Sum("accepted"), failed=Sum("failed"))
-        .order_by()
-    )
+    step_of = {}
+    rows = dispatches.annotate(step=KT("context__journey__step")).values("pk", "step", "total", "accepted", "failed")
     for row in rows:
-        result[row["step"]].update(sent=row["sent"] or 0, accepted=row["accepted"] or 0, failed=row["failed"] or 0)
+        step_of[row["pk"]] = row["step"]
+        counts = result[row["step"]]
+        counts["sent"] += row["total"]
+        counts["accepted"] += row["accepted"]
+        counts["failed"] += row["failed"]
     skipped = (
-        Delivery.objects.filter(dispatch__in=dispatches, status=Delivery.Status.SKIPPED)
-        .annotate(step=KT("dispatch__context__journey__step"))
-        .values("step", "reason")
+        Delivery.objects.filter(dispatch_id__in=list(step_of), status=Delivery.Status.SKIPPED)
+        .values("dispatch_id", "reason")
         .annotate(n=Count("id"))
         .order_by()
     )
     for row in skipped:
-        result[row["step"]]["skipped"][row["reason"] or "unknown"] = row["n"]
+        reasons = result[step_of[row["dispatch_id"]]]["skipped"]
+        reason = row["reason"] or "unknown"
+        reasons[reason] = reasons.get(reason, 0) + row["n"]
     return dict(result)
 
 

@@ -63,8 +63,9 @@ def test_manager_sees_reachable_sizes_and_local_times_and_so_does_the_approver(
     page.wait_for_url("**/review/")
     review = page.locator("#approval-diff")
     assert "First review" in review.locator("caption").inner_text()
-    assert f"Pro: {reach}" in review.locator("tr", has_text="Audience").inner_text()
-    assert f"Sends once, at {day} 07:10 (Europe/Paris)." in review.locator("tr", has_text="Schedule").inner_text()
+    assert f"Pro: {reach}" in review.locator("th:text-is('Audience') + td").inner_text()
+    schedule = review.locator("th:text-is('Schedule') + td").inner_text()
+    assert f"Sends once, at {day} 07:10 (Europe/Paris)." in schedule
     screenshot("approval-review-first")
     page.click("input[name=_approve]")
     page.wait_for_selector(".messagelist .success")

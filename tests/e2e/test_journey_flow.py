@@ -74,6 +74,8 @@ def test_manager_builds_approver_approves_and_the_graph_counts_the_push(
     login(manager_alice)
     page.goto(f"{live_server.url}/admin/journeys/journey/{journey.pk}/change/")
     graph = page.locator("svg.journey-graph")
+    entry = page.locator("#entry-audience").inner_text()
+    assert "2 profiles → 1 reachable (iOS 0 / Android 1) → 1 opted in" in entry
     push_box = graph.locator("g.step-push")
     assert "entered 2 · sent 2 · accepted 1" in push_box.locator("text.counts").text_content()
     assert "skipped 1 (no_device 1)" in push_box.locator("text.notes").text_content()
@@ -89,3 +91,33 @@ def test_manager_builds_approver_approves_and_the_graph_counts_the_push(
     page.goto(f"{live_server.url}/admin/journeys/journey/{journey.pk}/change/")
     assert "Stopped (was live)" in page.locator("table.journey-versions").inner_text()
     assert ">Live<" not in page.locator("table.journey-versions").inner_html()
+
+
+def test_a_condition_branch_on_a_rule_uses_the_rule_builder(login, page, live_server, manager_alice, sim_app):
+    from tests.factories import ProfileFactory as Profiles
+
+    access_grant(obj=sim_app, to=manager_alice, by=None)
+    Profiles(attributes={"plan": "pro"})
+    segment = Segment.objects.create(name="Everyone", kind="static")
+    access_grant(obj=segment, to=manager_alice, by=None)
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/journeys/journey/add/")
+    page.fill("#id_name", "Pro path")
+    page.select_option("#id_app", str(sim_app.pk))
+    page.select_option("#id_entry_segment", str(segment.pk))
+    page.click(".step-editor button.add-condition")
+    condition = page.locator(".step-editor .step-row.step-type-condition")
+    condition.locator("select.branch-kind").select_option("rules")
+    builder = condition.locator(".branch-rule-builder")
+    builder.locator("button", has_text="+ condition").first.click()
+    builder.locator(".rb-row input[list]").first.fill("plan")
+    builder.locator(".rb-row input[type=text]").nth(1).fill("pro")
+    condition.locator(".branch select.next-select").select_option("end")
+    condition.locator("select.next-select").last.select_option("end")
+    page.click("input[name=_continue]")
+    journey = Journey.objects.get(name="Pro path")
+    page.wait_for_url(f"**/admin/journeys/journey/{journey.pk}/change/**")
+    step = next(s for s in journey.versions.get().graph["steps"] if s["type"] == "condition")
+    assert step["branches"][0]["rules"] == {
+        "all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}]
+    }

@@ -42,7 +42,7 @@ def test_administrator_creates_a_manager_who_signs_in_to_their_app(
     login(admin_erin)
     page.goto(f"{live_server.url}/admin/accounts/user/{marketer.pk}/change/")
     page.select_option("#id_groups_from", label="Manager")
-    page.click("#id_groups_add_link")
+    page.click("#id_groups_add")
     page.select_option("select[name$='-0-content_object']", str(sim_app.pk))
     screenshot("user-roles-and-app-access")
     page.click("input[name=_continue]")

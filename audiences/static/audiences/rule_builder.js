@@ -62,7 +62,7 @@
 
   function Builder(root) {
     this.root = root;
-    this.input = document.getElementById(root.dataset.input);
+    this.input = root.boundInput || document.getElementById(root.dataset.input);
     this.meta = JSON.parse(root.dataset.meta || "{}");
     this.uid = root.dataset.input;
     var tree = null;
@@ -83,6 +83,7 @@
 
   Builder.prototype.sync = function () {
     this.input.value = JSON.stringify(this.tree);
+    if (this.onchange) this.onchange(this.tree);
     var view = this.root.parentNode.querySelector(".rule-builder-json-view");
     if (view) view.textContent = JSON.stringify(this.tree, null, 2);
   };
@@ -431,6 +432,21 @@
       if (box) box.querySelector(".rule-builder-preview-button").addEventListener("click", function () { preview(builder, box); });
     });
   }
+
+  // Other editors (a journey condition's "matches rule" branch) draw the same builder:
+  // mount(root, input, meta, onchange) where root is an empty element and input holds the JSON.
+  window.PushdeskRuleBuilder = {
+    mount: function (root, input, meta, onchange) {
+      root.classList.add("rule-builder");
+      root.dataset.input = input.id;
+      root.dataset.meta = JSON.stringify(meta || {});
+      root.dataset.ready = "1";
+      root.boundInput = input;  // the input may not be in the document yet
+      var builder = new Builder(root);
+      builder.onchange = onchange;
+      return builder;
+    },
+  };
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
   else start();

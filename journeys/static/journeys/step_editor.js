@@ -62,7 +62,7 @@
         row.appendChild(document.createTextNode("%"));
       } else {
         const kind = "segment" in branch ? "segment" : ("rules" in branch ? "rules" : "event");
-        row.appendChild(select([["segment", "in segment"], ["rules", "matches rule (JSON)"], ["event", "did event since entering"]], kind, (v) => {
+        row.appendChild(select([["segment", "in segment"], ["rules", "matches rule"], ["event", "did event since entering"]], kind, (v) => {
           delete branch.segment; delete branch.rules; delete branch.event;
           branch[v] = v === "segment" ? (meta.segments[0] || {}).id : (v === "rules" ? { all: [] } : "");
           save(); render();
@@ -70,7 +70,17 @@
         if (kind === "segment") {
           row.appendChild(select(meta.segments.map((s) => [s.id, s.name]), branch.segment, (v) => { branch.segment = parseInt(v, 10); save(); }, { "class": "branch-segment" }));
         } else if (kind === "rules") {
-          row.appendChild(input("text", JSON.stringify(branch.rules), (v) => { try { branch.rules = JSON.parse(v); } catch (e) { branch.rules = v; } save(); }, { "class": "rules-json" }));
+          // The audiences rule builder, reused; the JSON stays one click away.
+          const id = "branch-rules-" + step.id + "-" + index;
+          const json = el("textarea", { id: id, "class": "rules-json", rows: 3, cols: 60 });
+          json.value = JSON.stringify(branch.rules);
+          json.addEventListener("change", () => { try { branch.rules = JSON.parse(json.value); save(); render(); } catch (e) { /* the server names the error */ } });
+          const holder = el("div", { "class": "branch-rule-builder" });
+          row.appendChild(holder);
+          row.appendChild(el("details", { "class": "branch-rules-json" }, [el("summary", { text: "Edit as JSON" }), json]));
+          if (window.PushdeskRuleBuilder && meta.rules) {
+            window.PushdeskRuleBuilder.mount(holder, json, meta.rules, (tree) => { branch.rules = tree; save(); });
+          }
         } else {
           row.appendChild(input("text", branch.event, (v) => { branch.event = v; save(); }, { placeholder: "event name", "class": "branch-event" }));
         }

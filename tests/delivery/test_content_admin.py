@@ -1,0 +1,50 @@
+"""The push content page's live preview: the form as it stands, rendered without saving, for those who may see it."""
+
+from accounts.services import access_grant
+from delivery.models import PushContent
+from tests.factories import AppFactory
+
+
+def _form(content, **changes):
+    data = {
+        "app": content.app_id,
+        "name": content.name,
+        "title": content.title,
+        "subtitle": "",
+        "body": content.body,
+        "tap_action": "open_app",
+        "data": "{}",
+        "ios_sound": "default",
+        "ios_interruption_level": "active",
+        "android_priority": "high",
+        "ttl_seconds": 86400,
+        "default_locale": "en",
+        "variants": "{}",
+        "preview_locale": "",
+        **changes,
+    }
+    return data
+
+
+def test_live_preview_renders_the_form_unsaved_in_the_locale_of_the_tab(client, db, manager_alice):
+    shop = AppFactory(name="Shop")
+    access_grant(obj=shop, to=manager_alice, by=None)
+    content = PushContent.objects.create(app=shop, name="Sale", title="Hello", body="Spring sale")
+    client.force_login(manager_alice)
+    url = f"/admin/delivery/pushcontent/{content.pk}/live-preview/"
+    answer = client.post(url, _form(content, title="Hi {{ profile.attributes.name | default: 'you' }}"))
+    assert answer.status_code == 200 and "Hi you" in answer.content.decode()
+    french = _form(content, variants='{"fr": {"title": "Bonjour", "body": "Soldes"}}', preview_locale="fr")
+    assert "Bonjour" in client.post(url, french).content.decode()
+    assert PushContent.objects.get(pk=content.pk).title == "Hello"  # nothing saved
+    assert client.post("/admin/delivery/pushcontent/live-preview/", _form(content, title="New")).status_code == 200
+
+
+def test_live_preview_is_refused_outside_ones_access_and_without_a_post(client, db, manager_alice, manager_mallory):
+    shop = AppFactory(name="Shop")
+    access_grant(obj=shop, to=manager_alice, by=None)
+    content = PushContent.objects.create(app=shop, name="Sale", title="Hello", body="Spring sale")
+    client.force_login(manager_mallory)
+    assert client.post(f"/admin/delivery/pushcontent/{content.pk}/live-preview/", _form(content)).status_code == 404
+    client.force_login(manager_alice)
+    assert client.get(f"/admin/delivery/pushcontent/{content.pk}/live-preview/").status_code == 403
