@@ -186,18 +186,15 @@ class Reach:
 
 
 REACH_SQL = """
-WITH reach AS (
-    SELECT profile_id,
-           max(CASE WHEN platform = 'ios' THEN 1 ELSE 0 END) AS ios,
-           max(CASE WHEN platform = 'android' THEN 1 ELSE 0 END) AS android,
-           max(CASE WHEN push_enabled THEN 1 ELSE 0 END) AS opted_in
+SELECT count(*), count(*) FILTER (WHERE reach.any), count(*) FILTER (WHERE reach.ios),
+       count(*) FILTER (WHERE reach.android), count(*) FILTER (WHERE reach.opted_in)
+FROM ({profiles}) AS audience
+LEFT JOIN LATERAL (
+    SELECT bool_or(true) AS any, bool_or(platform = 'ios') AS ios, bool_or(platform = 'android') AS android,
+           bool_or(push_enabled) AS opted_in
     FROM {devices}
-    WHERE app_id = %s AND active
-    GROUP BY profile_id
-)
-SELECT count(*), count(reach.profile_id), coalesce(sum(reach.ios), 0), coalesce(sum(reach.android), 0),
-       coalesce(sum(reach.opted_in), 0)
-FROM ({profiles}) AS audience LEFT JOIN reach ON reach.profile_id = audience.id
+    WHERE profile_id = audience.id AND app_id = %s AND active
+) AS reach ON true
 """
 
 
@@ -220,5 +217,5 @@ def audience_reach(*, segment, app_id: int) -> Reach:
     with transaction.atomic(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute("SET LOCAL jit = off")
-        cursor.execute(sql, [app_id, *profiles_params])
+        cursor.execute(sql, [*profiles_params, app_id])
         return Reach(*cursor.fetchone())
