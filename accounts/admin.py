@@ -337,6 +337,9 @@ class UserAdmin(AccessAdmin, DjangoUserAdmin):
 
     inlines = [AppAccessInline]
 
+    def get_inline_instances(self, request, obj=None):
+        return super().get_inline_instances(request, obj) if obj is not None else []  # apps once the user exists
+
     def change_view(self, request, object_id, form_url="", extra_context=None):
         """Those who may not manage users (an owner's or creator's link) get the user's card, read-only."""
         if self.has_view_permission(request):
