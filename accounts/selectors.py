@@ -270,7 +270,7 @@ def _approvers(users, groups) -> list[User]:
 def policy_approver_problems(*, users, groups, app_ids, campaigns: bool, journeys: bool) -> list[str]:
     """Why a policy with these approvers would strand its requests: for each kind of object it
     applies to, some approver must hold the role that approves it, and have access to each of its
-    apps (any app when it names none). Returns the problems, empty when someone can decide."""
+    apps. Returns the problems, empty when someone can decide."""
     app_model = apps.get_model("delivery", "App")
     people = _approvers(users, groups)
     problems = []

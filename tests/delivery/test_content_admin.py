@@ -1,5 +1,7 @@
 """The push content page's live preview: the form as it stands, rendered without saving, for those who may see it."""
 
+import pytest
+
 from accounts.services import access_grant
 from delivery.models import PushContent
 from tests.factories import AppFactory
@@ -26,6 +28,7 @@ def _form(content, **changes):
     return data
 
 
+@pytest.mark.presses("delivery.pushcontent:live_preview", "delivery.pushcontent:live_preview_new")
 def test_live_preview_renders_the_form_unsaved_in_the_locale_of_the_tab(client, db, manager_alice):
     shop = AppFactory(name="Shop")
     access_grant(obj=shop, to=manager_alice, by=None)
@@ -40,7 +43,10 @@ def test_live_preview_renders_the_form_unsaved_in_the_locale_of_the_tab(client, 
     assert client.post("/admin/delivery/pushcontent/live-preview/", _form(content, title="New")).status_code == 200
 
 
-def test_live_preview_is_refused_outside_ones_access_and_without_a_post(client, db, manager_alice, manager_mallory):
+@pytest.mark.presses("delivery.pushcontent:live_preview", "delivery.pushcontent:live_preview_new")
+def test_live_preview_is_refused_outside_ones_access_and_without_a_post(
+    client, db, manager_alice, manager_mallory, viewer_carol
+):
     shop = AppFactory(name="Shop")
     access_grant(obj=shop, to=manager_alice, by=None)
     content = PushContent.objects.create(app=shop, name="Sale", title="Hello", body="Spring sale")
@@ -48,3 +54,5 @@ def test_live_preview_is_refused_outside_ones_access_and_without_a_post(client, 
     assert client.post(f"/admin/delivery/pushcontent/{content.pk}/live-preview/", _form(content)).status_code == 404
     client.force_login(manager_alice)
     assert client.get(f"/admin/delivery/pushcontent/{content.pk}/live-preview/").status_code == 403
+    client.force_login(viewer_carol)  # a Viewer may not write content: no preview of a new one
+    assert client.post("/admin/delivery/pushcontent/live-preview/", _form(content)).status_code == 403
