@@ -114,6 +114,7 @@ def test_newest_activated_matching_policy_wins(shop, admin_erin, manager_alice, 
     newest = _policy(admin_erin, users=[approver_zoe], purposes=["marketing"])
     assert _open(shop, manager_alice).policy == newest
     other_app = AppFactory(name="Bank")
+    access_grant(obj=other_app, to=approver_bob, by=None)  # a policy's approvers have access to its apps
     only_transactional = _policy(admin_erin, users=[approver_bob], purposes=["transactional"], app_ids=[other_app.pk])
     assert _open(other_app, manager_alice, purpose="transactional").policy == only_transactional
 

@@ -101,7 +101,6 @@ def test_a_condition_branch_on_a_rule_uses_the_rule_builder(login, page, live_se
     page.select_option("#id_app", str(sim_app.pk))
     page.select_option("#id_entry_segment", str(segment.pk))
     page.click(".step-editor button.add-condition")
-    page.click(".step-editor button.add-wait")
     condition = page.locator(".step-editor .step-row.step-type-condition")
     condition.locator("select.branch-kind").select_option("rules")
     builder = condition.locator(".branch-rule-builder")
@@ -109,15 +108,10 @@ def test_a_condition_branch_on_a_rule_uses_the_rule_builder(login, page, live_se
     builder.locator(".rb-row input[list]").first.fill("plan")
     builder.locator(".rb-row input[type=text]").nth(1).fill("pro")
     condition.locator("select.next-select[data-key=next]").select_option("end")
-    condition.locator("select.next-select[data-key=else]").select_option("wait2")
-    wait = page.locator(".step-editor .step-row[data-step=wait2]")
-    wait.locator("input.wait-amount").fill("2")
-    wait.locator("select.wait-unit").select_option(label="hours")  # waits in minutes, hours, days
-    wait.locator("select.next-select").select_option("end")
+    condition.locator("select.next-select[data-key=else]").select_option("end")
     page.click("input[name=_continue]")
     journey = Journey.objects.get(name="Pro path")
     page.wait_for_url(f"**/admin/journeys/journey/{journey.pk}/change/**")
     steps = {s["type"]: s for s in journey.versions.get().graph["steps"]}
     rule = {"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}]}
     assert steps["condition"]["branches"][0]["rules"] == rule
-    assert steps["wait"]["seconds"] == 7200
