@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("campaigns", "0004_at_local_time"),
+        ("campaigns", "0005_triggerrequest_dispatch"),
     ]
 
     operations = [
