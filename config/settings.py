@@ -175,7 +175,7 @@ for _origin in CSRF_TRUSTED_ORIGINS:
 
 # --- applications ------------------------------------------------------------------------
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "config.apps.PushdeskAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

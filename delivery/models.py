@@ -425,6 +425,9 @@ class Delivery(models.Model):
                 condition=models.Q(status="sending"),
                 name="delivery_lease_idx",
             ),
+            # The home page's last 24 hours of outcomes and opens, and the last hour's provider health.
+            models.Index(fields=["finished_at"], name="delivery_finished_idx"),
+            models.Index(fields=["opened_at"], condition=models.Q(opened_at__isnull=False), name="delivery_opened_idx"),
             # A standing dispatch's live rate and latency read its last minute.
             models.Index(
                 fields=["dispatch", "finished_at"],

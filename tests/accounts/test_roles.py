@@ -139,7 +139,7 @@ def test_viewer_changes_nothing_anywhere_in_the_admin(client, as_role):
 
     app = AppFactory(name="Shop")
     access_grant(obj=app, to=user, by=None)
-    index = client.get("/admin/")
+    index = client.get("/admin/models/")
     assert b"addlink" not in index.content
     page = client.get(f"/admin/delivery/app/{app.pk}/change/")
     assert page.status_code == 200

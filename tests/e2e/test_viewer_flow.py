@@ -35,11 +35,13 @@ def test_viewer_browses_everything_and_finds_no_way_to_change_it(
     access_grant(obj=world["delivery.app"], to=viewer_carol, by=None)
     access_grant(obj=world["audiences.segment"], to=viewer_carol, by=None)
     login(viewer_carol)
+    home_links = page.eval_on_selector_all("#pd-home a", "els => els.map(e => e.getAttribute('href'))")
+    page.goto(f"{live_server.url}/admin/models/")
     index_links = sorted(
         {href for href in page.eval_on_selector_all("#content-main a", "els => els.map(e => e.getAttribute('href'))")}
     )
     assert len(index_links) >= 8
-    pages = [f"{live_server.url}{href}" for href in index_links if href and href.startswith("/admin/")]
+    pages = [f"{live_server.url}{href}" for href in index_links + home_links if href and href.startswith("/admin/")]
     pages += [
         f"{live_server.url}{url}"
         for name, url in object_urls(world)

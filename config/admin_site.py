@@ -1,0 +1,34 @@
+"""Pushdesk's admin site: a home page per role at the index, the model list one click away."""
+
+from django.contrib import admin
+from django.template.response import TemplateResponse
+from django.urls import path
+
+
+class PushdeskAdminSite(admin.AdminSite):
+    """Django's admin site whose index is the home page (``config.home``); ``models/`` lists the models."""
+
+    site_header = "Pushdesk"
+    site_title = "Pushdesk"
+    index_title = "Home"
+
+    def get_urls(self):
+        return [path("models/", self.admin_view(self.models_view), name="models"), *super().get_urls()]
+
+    def index(self, request, extra_context=None):
+        """The home page: what is live, decisions waiting, the last 24 hours of sends."""
+        from config.home import home_for
+
+        context = {
+            **self.each_context(request),
+            "title": "Home",
+            "subtitle": None,
+            "home": home_for(request.user),
+            **(extra_context or {}),
+        }
+        request.current_app = self.name
+        return TemplateResponse(request, "admin/home.html", context)
+
+    def models_view(self, request):
+        """Django's list of models, as the index used to show it."""
+        return super().index(request, extra_context={"title": "All models"})

@@ -1,0 +1,303 @@
+"""What the admin's home page shows each user: permission-filtered reads, cheap by construction.
+
+Every count reads a bounded time range through an index (deliveries by ``finished_at`` and
+``opened_at``, the last 24 hours or the last hour), or a short list with a limit; nothing counts a
+whole table.
+"""
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from django.contrib.auth import get_user_model
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import TruncHour
+from django.urls import reverse
+from django.utils import timezone
+
+from accounts.models import ApprovalRequest, User
+from accounts.selectors import approval_requests_visible_to, approvals_waiting_for, approver_standing, has_every_scope
+from audiences.models import Import
+from audiences.selectors import imports_visible_to
+from campaigns.models import Campaign
+from campaigns.selectors import campaigns_visible_to
+from delivery.models import Delivery, Dispatch
+from delivery.selectors import deliveries_visible_to, dispatches_visible_to
+from journeys.models import Journey
+from journeys.selectors import journeys_visible_to
+
+LIST_LIMIT = 10
+STUCK_AFTER = dt.timedelta(days=3)
+SEND_WINDOW_HOURS = 24
+HEALTH_WINDOW = dt.timedelta(hours=1)
+
+
+@dataclass
+class Item:
+    """One line of the home page: a label, where it leads, and what to say beside it."""
+
+    label: str
+    url: str
+    detail: str = ""
+    stuck: str = ""  # why a request is stuck, empty when it is not
+
+
+@dataclass
+class Section:
+    title: str
+    items: list[Item] = field(default_factory=list)
+    more_url: str = ""
+    empty: str = "Nothing."
+
+
+def _change_url(obj) -> str:
+    opts = obj._meta
+    return reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])
+
+
+def _changelist_url(model, query: str = "") -> str:
+    opts = model._meta
+    url = reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist")
+    return f"{url}?{query}" if query else url
+
+
+def live_and_next(user: User, *, now: dt.datetime) -> tuple[Section, Section]:
+    """Live campaigns and journeys; scheduled campaigns, the soonest first."""
+    campaigns = campaigns_visible_to(user)
+    live = Section("Live now", empty="Nothing is live.")
+    for campaign in campaigns.filter(status=Campaign.Status.LIVE).order_by("-status_changed_at")[:LIST_LIMIT]:
+        live.items.append(Item(f"Campaign: {campaign}", _change_url(campaign), "live"))
+    for journey in journeys_visible_to(user).filter(status=Journey.Status.LIVE).order_by("-pk")[:LIST_LIMIT]:
+        live.items.append(Item(f"Journey: {journey}", _change_url(journey), "live"))
+    live.more_url = _changelist_url(Campaign, "status__exact=live")
+    scheduled = Section("Scheduled next", empty="Nothing is scheduled.")
+    upcoming = campaigns.filter(status=Campaign.Status.SCHEDULED, next_occurrence_at__isnull=False)
+    for campaign in upcoming.order_by("next_occurrence_at")[:LIST_LIMIT]:
+        when = timezone.localtime(campaign.next_occurrence_at).strftime("%Y-%m-%d %H:%M %Z")
+        scheduled.items.append(Item(f"Campaign: {campaign}", _change_url(campaign), f"next send {when}"))
+    scheduled.more_url = _changelist_url(Campaign, "status__exact=scheduled")
+    return live, scheduled
+
+
+def _has_eligible_approver(request: ApprovalRequest, *, limit: int = 20) -> bool:
+    """Is there someone who may decide ``request``? Checks at most ``limit`` candidates."""
+    users = get_user_model().objects.filter(is_active=True)
+    if request.policy_id is not None:
+        users = users.filter(
+            Q(pk__in=request.approver_users.values("pk")) | Q(groups__in=request.approver_groups.values("pk"))
+        )
+    else:
+        users = users.filter(
+            Q(is_superuser=True)
+            | Q(
+                groups__permissions__codename="decide_approvalrequest",
+                groups__permissions__content_type__app_label="accounts",
+            )
+        )
+    if request.block_self_approval:
+        users = users.exclude(pk=request.requested_by_id)
+    return any(approver_standing(candidate, request)[0] for candidate in users.distinct()[:limit])
+
+
+def _stuck(request: ApprovalRequest, *, now: dt.datetime) -> str:
+    if now - request.requested_at > STUCK_AFTER:
+        return f"stuck: waiting for {(now - request.requested_at).days} days"
+    if not _has_eligible_approver(request):
+        return "stuck: no one may approve it"
+    return ""
+
+
+def approvals(user: User, *, now: dt.datetime) -> tuple[Section, Section]:
+    """Requests waiting for the user's decision, and the user's own requests waiting for others."""
+    changelist = reverse("admin:accounts_approvalrequest_changelist")
+    waiting = Section("Waiting for my approval", empty="Nothing waits for you.")
+    waiting.more_url = f"{changelist}?show=mine_to_decide"
+    for request in approvals_waiting_for(user)[:LIST_LIMIT]:
+        age = (now - request.requested_at).days
+        stuck = f"stuck: waiting for {age} days" if now - request.requested_at > STUCK_AFTER else ""
+        url = reverse("admin:accounts_approvalrequest_review", args=[request.pk])
+        waiting.items.append(Item(request.subject_label, url, f"from {request.requested_by}", stuck))
+    mine = Section("My requests awaiting others", empty="None of your requests is waiting.")
+    mine.more_url = f"{changelist}?show=my_requests"
+    pending = approval_requests_visible_to(user).filter(requested_by=user, status=ApprovalRequest.Status.PENDING)
+    for request in pending.order_by("requested_at")[:LIST_LIMIT]:
+        url = reverse("admin:accounts_approvalrequest_change", args=[request.pk])
+        since = timezone.localtime(request.requested_at).strftime("%Y-%m-%d %H:%M")
+        mine.items.append(Item(request.subject_label, url, f"sent {since}", _stuck(request, now=now)))
+    return waiting, mine
+
+
+def sends_last_24h(user: User, *, now: dt.datetime) -> dict:
+    """Hourly series of the last 24 hours: targeted, accepted, failed, skipped, opened; skips by reason.
+
+    Outcomes count by the hour a row finished, opens by the hour it was opened (both indexed
+    ranges); targeted is the audience of the dispatches started in each hour (a standing
+    dispatch counts the rows appended so far, at the hour it opened).
+    """
+    tz = timezone.get_current_timezone()
+    end = timezone.localtime(now, tz).replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
+    start = end - dt.timedelta(hours=SEND_WINDOW_HOURS)
+    hours = [start + dt.timedelta(hours=i) for i in range(SEND_WINDOW_HOURS)]
+    index = {hour: i for i, hour in enumerate(hours)}
+    series = {name: [0] * SEND_WINDOW_HOURS for name in ("targeted", "accepted", "failed", "skipped", "opened")}
+
+    def slot(hour):
+        return index.get(timezone.localtime(hour, tz).replace(minute=0, second=0, microsecond=0))
+
+    deliveries = deliveries_visible_to(user)
+    finished = (
+        deliveries.filter(finished_at__gte=start, finished_at__lt=end)
+        .filter(status__in=[Delivery.Status.ACCEPTED, Delivery.Status.FAILED, Delivery.Status.SKIPPED])
+        .annotate(hour=TruncHour("finished_at", tzinfo=tz))
+        .values("hour", "status")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    for row in finished:
+        if (i := slot(row["hour"])) is not None:
+            series[row["status"]][i] += row["n"]
+    opened = (
+        deliveries.filter(opened_at__gte=start, opened_at__lt=end)
+        .annotate(hour=TruncHour("opened_at", tzinfo=tz))
+        .values("hour")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    for row in opened:
+        if (i := slot(row["hour"])) is not None:
+            series["opened"][i] += row["n"]
+    started = (
+        dispatches_visible_to(user)
+        .filter(created_at__gte=start, created_at__lt=end)
+        .exclude(kind=Dispatch.Kind.TEST)
+        .annotate(hour=TruncHour("created_at", tzinfo=tz))
+        .values("hour")
+        .annotate(n=Sum("total"))
+        .order_by()
+    )
+    for row in started:
+        if (i := slot(row["hour"])) is not None:
+            series["targeted"][i] += row["n"] or 0
+    skipped = (
+        deliveries.filter(finished_at__gte=start, finished_at__lt=end, status=Delivery.Status.SKIPPED)
+        .values("reason")
+        .annotate(n=Count("id"))
+        .order_by("-n", "reason")
+    )
+    return {
+        "labels": [hour.strftime("%H:%M") for hour in hours],
+        "start": start.strftime("%Y-%m-%d %H:%M %Z"),
+        "end": end.strftime("%Y-%m-%d %H:%M %Z"),
+        "series": series,
+        "totals": {name: sum(values) for name, values in series.items()},
+        "skipped_by_reason": [(row["reason"] or "unspecified", row["n"]) for row in skipped],
+        "deliveries_url": _changelist_url(Dispatch),
+    }
+
+
+def imports_running(user: User) -> Section:
+    section = Section("Imports running", empty="No import is running.", more_url=_changelist_url(Import))
+    running = imports_visible_to(user).filter(status__in=[Import.Status.QUEUED, Import.Status.RUNNING])
+    for item in running.order_by("created_at")[:LIST_LIMIT]:
+        detail = f"{item.get_status_display()}, {item.rows_done} rows read, {item.rows_failed} failed"
+        section.items.append(Item(str(item), _change_url(item), detail))
+    return section
+
+
+def dispatches_running(user: User, *, now: dt.datetime) -> Section:
+    section = Section("Dispatches running", empty="No dispatch is running.", more_url=_changelist_url(Dispatch))
+    running = dispatches_visible_to(user).filter(status__in=[Dispatch.Status.PREPARING, Dispatch.Status.SENDING])
+    for dispatch in running.order_by("created_at")[:LIST_LIMIT]:
+        detail = f"{dispatch.get_status_display()}, {dispatch.done_count} of {dispatch.total} done"
+        if dispatch.started_at and dispatch.done_count:
+            seconds = max((now - dispatch.started_at).total_seconds(), 1.0)
+            detail += f", {dispatch.done_count / seconds:.1f}/s"
+        section.items.append(Item(str(dispatch), _change_url(dispatch), detail))
+    return section
+
+
+def provider_health(user: User, *, now: dt.datetime) -> list[dict]:
+    """Per app and platform over the last hour: accepted, failed by reason, and the error rate.
+
+    Credentials refused are called out: the send engine records them as ``credentials: …``.
+    """
+    rows = (
+        deliveries_visible_to(user)
+        .filter(finished_at__gte=now - HEALTH_WINDOW, device__isnull=False)
+        .filter(status__in=[Delivery.Status.ACCEPTED, Delivery.Status.FAILED, Delivery.Status.UNKNOWN])
+        .values("dispatch__app_id", "dispatch__app__name", "device__platform", "status", "reason")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    health: dict[tuple, dict] = {}
+    for row in rows:
+        key = (row["dispatch__app__name"], row["device__platform"])
+        entry = health.setdefault(
+            key,
+            {
+                "app": row["dispatch__app__name"],
+                "platform": row["device__platform"],
+                "url": reverse("admin:delivery_app_change", args=[row["dispatch__app_id"]]),
+                "accepted": 0,
+                "errors": 0,
+                "reasons": {},
+                "credentials": "",
+            },
+        )
+        if row["status"] == Delivery.Status.ACCEPTED:
+            entry["accepted"] += row["n"]
+            continue
+        entry["errors"] += row["n"]
+        reason = row["reason"] or row["status"]
+        entry["reasons"][reason] = entry["reasons"].get(reason, 0) + row["n"]
+        if reason.startswith("credentials"):
+            entry["credentials"] = reason
+    result = []
+    for key in sorted(health):
+        entry = health[key]
+        sent = entry["accepted"] + entry["errors"]
+        entry["error_rate"] = round(100.0 * entry["errors"] / sent, 1) if sent else 0.0
+        entry["reasons"] = sorted(entry["reasons"].items(), key=lambda kv: (-kv[1], kv[0]))
+        result.append(entry)
+    return result
+
+
+def queue_state(broker=None, *, now: dt.datetime) -> dict:
+    """The task queue's depth and the age of its oldest waiting task (django-q2's broker)."""
+    from django_q.brokers import get_broker
+    from django_q.signing import SignedPackage
+
+    broker = broker or get_broker()
+    depth = broker.queue_size()
+    oldest = None
+    if depth:
+        payload = None
+        if hasattr(broker, "list_key") and hasattr(broker.connection, "lindex"):  # Redis: rpush, so index 0
+            payload = broker.connection.lindex(broker.list_key, 0)
+        else:  # the ORM broker
+            first = broker.get_connection().filter(key=broker.list_key).order_by("id").first()
+            payload = first.payload if first else None
+        if payload is not None:
+            try:
+                started = SignedPackage.loads(payload).get("started")
+            except Exception:  # noqa: BLE001 (a package we cannot read has no age to show)
+                started = None
+            if started is not None:
+                oldest = max((now - started).total_seconds(), 0.0)
+    return {"depth": depth, "oldest_seconds": oldest}
+
+
+def home_for(user: User, *, now: dt.datetime | None = None) -> dict:
+    """Everything the home page shows ``user``; the operations part only for Administrators."""
+    now = now or timezone.now()
+    live, scheduled = live_and_next(user, now=now)
+    waiting, mine = approvals(user, now=now)
+    context = {
+        "sections": [live, scheduled, waiting, mine, imports_running(user)],
+        "sends": sends_last_24h(user, now=now),
+        "is_operator": has_every_scope(user),
+    }
+    if context["is_operator"]:
+        context["health"] = provider_health(user, now=now)
+        context["queue"] = queue_state(now=now)
+        context["dispatches"] = dispatches_running(user, now=now)
+    return context

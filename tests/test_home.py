@@ -1,0 +1,221 @@
+"""The admin's home page: per role, permission-filtered, cheap; the model list one click away."""
+
+import datetime as dt
+import json
+
+import pytest
+from django.utils import timezone
+
+from accounts.models import ApprovalRequest
+from accounts.services import access_grant
+from campaigns.services import campaign_create, campaign_submit
+from config.home import home_for, queue_state
+from delivery.models import Delivery, Dispatch
+from tests.factories import AppFactory, DeviceFactory, PushContentFactory, SegmentFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def shop(manager_alice, approver_bob):
+    app = AppFactory(name="Shop")
+    for user in (manager_alice, approver_bob):
+        access_grant(obj=app, to=user, by=None)
+    return app
+
+
+@pytest.fixture
+def bank():
+    """An app manager_alice has no access to."""
+    return AppFactory(name="Bank")
+
+
+def make_sends(app, outcomes, *, finished_at, label="Run", status="done", opened=0):
+    """A dispatch of ``app`` with one row per (status, reason, platform), finished at ``finished_at``."""
+    dispatch = Dispatch.objects.create(
+        app=app,
+        kind="campaign",
+        label=label,
+        content_spec=PushContentFactory(app=app).spec(),
+        status=status,
+        total=len(outcomes),
+        started_at=finished_at - dt.timedelta(minutes=1),
+    )
+    Dispatch.objects.filter(pk=dispatch.pk).update(created_at=finished_at - dt.timedelta(minutes=1))
+    rows = []
+    for i, (row_status, reason, platform) in enumerate(outcomes):
+        device = DeviceFactory(app=app, platform=platform)
+        rows.append(
+            Delivery(
+                dispatch=dispatch,
+                device=device,
+                profile_id=device.profile_id,
+                status=row_status,
+                reason=reason,
+                finished_at=finished_at,
+                opened_at=finished_at + dt.timedelta(minutes=5) if i < opened else None,
+            )
+        )
+    Delivery.objects.bulk_create(rows)
+    return dispatch
+
+
+def _sends(response):
+    html = response.content.decode()
+    start = html.index('id="pd-sends-data"')
+    start = html.index(">", start) + 1
+    return json.loads(html[start : html.index("</script>", start)])
+
+
+def test_manager_sees_their_apps_sends_per_hour_and_no_operations(
+    client, manager_alice, shop, bank, django_assert_max_num_queries
+):
+    now = timezone.now()
+    make_sends(
+        shop,
+        [("accepted", "", "ios"), ("accepted", "", "android"), ("failed", "BadDeviceToken", "ios")]
+        + [("skipped", "frequency_cap", "ios")] * 2
+        + [("skipped", "quiet_hours", "android")],
+        finished_at=now - dt.timedelta(hours=2),
+        opened=1,
+    )
+    make_sends(shop, [("accepted", "", "ios")] * 4, finished_at=now - dt.timedelta(hours=30))  # before the window
+    make_sends(bank, [("accepted", "", "ios")] * 7, finished_at=now - dt.timedelta(hours=1))  # no access
+    client.force_login(manager_alice)
+    with django_assert_max_num_queries(30):
+        response = client.get("/admin/")
+    assert response.status_code == 200
+    sends = _sends(response)
+    assert len(sends["labels"]) == 24
+    assert sends["totals"] == {"targeted": 6, "accepted": 2, "failed": 1, "skipped": 3, "opened": 1}
+    hour = (now - dt.timedelta(hours=2)).replace(minute=0, second=0, microsecond=0).strftime("%H:%M")
+    at = sends["labels"].index(hour)
+    assert (sends["series"]["accepted"][at], sends["series"]["skipped"][at]) == (2, 3)
+    assert sends["skipped_by_reason"] == [["frequency_cap", 2], ["quiet_hours", 1]]
+    html = response.content.decode()
+    assert 'href="/admin/models/"' in html
+    assert "pushdesk/vendor/chart.js/chart.umd.min.js" in html
+    assert 'id="pd-health"' not in html and 'id="pd-queue"' not in html
+
+
+def test_administrator_sees_provider_health_queue_and_running_dispatches(client, admin_erin, shop, bank):
+    now = timezone.now()
+    make_sends(
+        shop,
+        [("accepted", "", "ios")] * 3 + [("failed", "BadDeviceToken", "ios")],
+        finished_at=now - dt.timedelta(minutes=10),
+    )
+    make_sends(
+        bank,
+        [("accepted", "", "android"), ("failed", "credentials: UNAUTHENTICATED", "android")],
+        finished_at=now - dt.timedelta(minutes=5),
+    )
+    make_sends(shop, [("accepted", "", "android")] * 5, finished_at=now - dt.timedelta(hours=3))  # not the last hour
+    running = make_sends(shop, [("accepted", "", "ios")], finished_at=now, label="Spring sale", status="sending")
+    client.force_login(admin_erin)
+    response = client.get("/admin/")
+    health = {(row["app"], row["platform"]): row for row in response.context["home"]["health"]}
+    assert set(health) == {("Shop", "ios"), ("Bank", "android")}
+    assert (health["Shop", "ios"]["accepted"], health["Shop", "ios"]["errors"]) == (4, 1)
+    assert health["Shop", "ios"]["error_rate"] == 20.0
+    assert health["Shop", "ios"]["reasons"] == [("BadDeviceToken", 1)]
+    assert health["Bank", "android"]["credentials"] == "credentials: UNAUTHENTICATED"
+    html = response.content.decode()
+    assert "credentials refused" in html
+    assert f'href="/admin/delivery/dispatch/{running.pk}/change/"' in html
+    assert f'href="/admin/delivery/app/{shop.pk}/change/"' in html
+    assert 'id="pd-queue-depth"' in html
+
+
+def test_queue_state_reports_depth_and_the_oldest_tasks_age():
+    from django_q.brokers import get_broker
+    from django_q.signing import SignedPackage
+
+    broker = get_broker(list_key="pushdesk-home-test")
+    broker.purge_queue()
+    now = timezone.now()
+    try:
+        assert queue_state(broker, now=now) == {"depth": 0, "oldest_seconds": None}
+        for minutes in (7, 2):
+            task = {"id": f"t{minutes}", "func": "math.floor", "args": (), "kwargs": {}}
+            broker.enqueue(SignedPackage.dumps({**task, "started": now - dt.timedelta(minutes=minutes)}))
+        state = queue_state(broker, now=now)
+        assert state["depth"] == 2
+        assert state["oldest_seconds"] == pytest.approx(420, abs=1)
+    finally:
+        broker.purge_queue()
+
+
+@pytest.fixture
+def campaign_for_review(shop, manager_alice):
+    content = PushContentFactory(app=shop)
+    segment = SegmentFactory(name="Everyone", created_by=manager_alice)
+    access_grant(obj=segment, to=manager_alice, by=None)
+    campaign = campaign_create(
+        by=manager_alice, name="Spring sale", app=shop, segment=segment, content=content, kind="scheduled"
+    )
+    return campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+
+
+def test_approvals_waiting_for_me_and_mine_waiting_for_others(client, manager_alice, approver_bob, campaign_for_review):
+    request = campaign_for_review
+    client.force_login(approver_bob)
+    html = client.get("/admin/").content.decode()
+    assert f'href="/admin/accounts/approvalrequest/{request.pk}/review/">Spring sale</a>' in html
+    assert 'class="pd-stuck"' not in html
+    home = home_for(manager_alice)
+    waiting, mine = home["sections"][2], home["sections"][3]
+    assert waiting.items == []
+    assert [(item.label, item.stuck) for item in mine.items] == [("Spring sale", "")]
+
+
+def test_requests_flagged_stuck_when_old_or_no_one_may_approve(manager_alice, approver_bob, campaign_for_review):
+    request = campaign_for_review
+    (mine,) = home_for(manager_alice)["sections"][3].items
+    assert mine.stuck == ""
+    ApprovalRequest.objects.filter(pk=request.pk).update(requested_at=timezone.now() - dt.timedelta(days=4))
+    (mine,) = home_for(manager_alice)["sections"][3].items
+    assert mine.stuck == "stuck: waiting for 4 days"
+    (waiting,) = home_for(approver_bob)["sections"][2].items
+    assert waiting.stuck == "stuck: waiting for 4 days"
+    ApprovalRequest.objects.filter(pk=request.pk).update(requested_at=timezone.now())
+    approver_bob.groups.clear()  # the only approver loses the role
+    (mine,) = home_for(manager_alice)["sections"][3].items
+    assert mine.stuck == "stuck: no one may approve it"
+
+
+def test_live_scheduled_and_imports_are_filtered_by_access(client, manager_alice, shop, bank):
+    from audiences.models import Import
+    from campaigns.models import Campaign
+
+    content = PushContentFactory(app=shop)
+    segment = SegmentFactory(name="Everyone", created_by=manager_alice)
+    access_grant(obj=segment, to=manager_alice, by=None)
+    mine = campaign_create(by=manager_alice, name="Mine", app=shop, segment=segment, content=content, kind="scheduled")
+    soon = timezone.now() + dt.timedelta(hours=3)
+    Campaign.objects.filter(pk=mine.pk).update(status="scheduled", next_occurrence_at=soon)
+    other = Campaign.objects.create(
+        name="Theirs", app=bank, content=PushContentFactory(app=bank), kind="scheduled", owner=manager_alice
+    )
+    Campaign.objects.filter(pk=other.pk).update(status="live")
+    running = Import.objects.create(created_by=manager_alice, status="running", rows_done=12)
+    client.force_login(manager_alice)
+    html = client.get("/admin/").content.decode()
+    assert f'href="/admin/campaigns/campaign/{mine.pk}/change/">Campaign: Mine</a>' in html
+    assert "Theirs" not in html
+    assert f'href="/admin/audiences/import/{running.pk}/change/"' in html
+
+
+@pytest.mark.presses("admin:models")
+def test_all_models_lists_the_apps_one_may_see(client, manager_alice, outsider_dave):
+    client.force_login(manager_alice)
+    response = client.get("/admin/models/")
+    assert response.status_code == 200
+    labels = {app["app_label"] for app in response.context["app_list"]}
+    assert {"campaigns", "audiences"} <= labels
+    assert client.get("/admin/campaigns/").status_code == 200  # an app's own list still works
+    client.force_login(outsider_dave)
+    assert client.get("/admin/models/").context["app_list"] == []
+    client.logout()
+    response = client.get("/admin/models/")
+    assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
