@@ -6,10 +6,11 @@ import contextvars
 from django import forms
 from django.apps import apps as django_apps
 from django.contrib import admin, messages
+from django.contrib.admin.utils import NotRelationField, get_fields_from_path
 from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.models import Group
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import FieldDoesNotExist, PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import connection, models
 from django.http import Http404, HttpResponseRedirect
@@ -76,15 +77,46 @@ class EstimatedCountPaginator(Paginator):
         return qs[: self.cap + 1].count()
 
 
+class VisibleRelatedFilter(admin.RelatedOnlyFieldListFilter):
+    """A filter on a relation that offers only what the user may see: for objects under access
+    control (apps, segments...) those in the user's access, for others (owners, actors...) those
+    of the rows in the user's list."""
+
+    def field_choices(self, field, request, model_admin):
+        related = field.related_model
+        queryset = related._default_manager.all()
+        if isinstance(admin.site._registry.get(related), ScopedAdmin):
+            queryset = visible_to(request.user, queryset)
+        else:
+            queryset = queryset.filter(pk__in=model_admin.get_queryset(request).values(f"{self.field_path}__pk"))
+        ordering = self.field_admin_ordering(field, request, model_admin)
+        return [(obj.pk, str(obj)) for obj in queryset.order_by(*ordering)]
+
+
 class AccessAdmin(admin.ModelAdmin):
     """An admin whose object pages answer 404 for an object outside ``get_queryset``, before any permission check.
 
     Django checks the role's permission first, so a user without it got 403 for an object that
     exists and a redirect for one that does not; here both answer 404 and tell nothing. Its JSON
-    fields pass the JSON value check (``accounts.json_values``).
+    fields pass the JSON value check (``accounts.json_values``). Its list filters on a relation
+    offer only the related objects the user may see (``VisibleRelatedFilter``).
     """
 
     formfield_overrides = {models.JSONField: {"form_class": JsonValueFormField}}
+
+    def get_list_filter(self, request):
+        filters = []
+        for spec in super().get_list_filter(request):
+            name, kind = (spec, None) if isinstance(spec, str) else (spec if isinstance(spec, tuple) else (None, spec))
+            if name and kind in (None, admin.RelatedFieldListFilter, admin.RelatedOnlyFieldListFilter):
+                try:
+                    field = get_fields_from_path(self.model, name)[-1]
+                except (FieldDoesNotExist, NotRelationField):
+                    field = None
+                if field is not None and field.is_relation and field.related_model is not Group:
+                    spec = (name, VisibleRelatedFilter)
+            filters.append(spec)
+        return filters
 
     def get_object(self, request, object_id, from_field=None):
         # A role that may not even view this kind of object learns nothing about which ids exist.
