@@ -138,10 +138,17 @@ def _act(client, user, campaign, action, admin_erin):
     if action == "delete":
         return client.post(f"{base}/delete/", {"post": "yes"})
     if action == "trigger":
+        from django.contrib.auth.models import Group
         from rest_framework.test import APIClient
 
         if not user.has_perm("accounts.add_apikey"):
-            _, raw = api_key_create(user=user, name="k", scopes=["trigger"], by=admin_erin)
+            # A Viewer may not own a key: this one was made while its owner was a Manager.
+            manager = Group.objects.get(name="Manager")
+            user.groups.add(manager)
+            _, raw = api_key_create(
+                user=type(user).objects.get(pk=user.pk), name="k", scopes=["trigger"], by=admin_erin
+            )
+            user.groups.remove(manager)
         else:
             _, raw = api_key_create(user=user, name="k", scopes=["trigger"], by=user)
         api = APIClient()

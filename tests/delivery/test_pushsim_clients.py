@@ -25,6 +25,18 @@ from delivery.providers.fcm import ERROR_CODES
 # and our devices use.
 pytestmark = pytest.mark.filterwarnings("ignore:Message.token is deprecated:DeprecationWarning")
 
+
+@pytest.fixture(autouse=True)
+def _no_running_loop():
+    """Both clients run their own event loop (`asyncio.run`, also inside firebase-admin's
+    `delete_app`). A library used earlier in the same process (Playwright's sync API, for one)
+    may leave this thread marked as running a loop; these tests start from none."""
+    running = asyncio.events._get_running_loop()
+    asyncio.events._set_running_loop(None)
+    yield
+    asyncio.events._set_running_loop(running)
+
+
 # The status APNs sends each reason with (push-protocols.md §1.6).
 APNS_STATUS = {
     **dict.fromkeys(

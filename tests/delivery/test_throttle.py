@@ -15,7 +15,9 @@ _WORKER = """
 import sys, time
 from delivery.throttle import RedisThrottle
 limiter = RedisThrottle(sys.argv[1])
-key, rate, start = sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+key, rate = sys.argv[2], float(sys.argv[3])
+print("ready", flush=True)
+start = float(sys.stdin.readline())
 while time.time() < start:
     time.sleep(0.001)
 got = 0
@@ -32,17 +34,25 @@ print(got)
 def test_rate_limit_holds_across_two_worker_processes():
     key = f"test:{os.getpid()}:{time.time()}"
     rate = 200
-    start = time.time() + 1.0
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"}
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", _WORKER, settings.REDIS_URL, key, str(rate), str(start)],
+            [sys.executable, "-c", _WORKER, settings.REDIS_URL, key, str(rate)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
             cwd=settings.BASE_DIR,
+            text=True,
         )
         for _ in range(2)
     ]
+    # The window opens once both have started (imports take seconds on a busy machine).
+    for worker in workers:
+        assert worker.stdout.readline().strip() == "ready"
+    start = time.time() + 0.5
+    for worker in workers:
+        worker.stdin.write(f"{start}\n")
+        worker.stdin.flush()
     grants = [int(w.communicate(timeout=30)[0]) for w in workers]
     burst = rate * 0.1
     assert sum(grants) <= rate * 1.0 + burst + 2
