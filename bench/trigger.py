@@ -55,7 +55,7 @@ from django.db import connection
 from accounts.models import User
 from accounts.services import access_grant, api_key_create
 from audiences.models import Profile
-from campaigns.services import campaign_approve, campaign_create, campaign_submit
+from campaigns.services.lifecycle import campaign_approve, campaign_create, campaign_submit
 from delivery.models import App, Device, PushContent
 from delivery.services.contents import pushcontent_save
 from journeys.services.lifecycle import journey_approve, journey_create, journey_submit

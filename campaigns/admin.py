@@ -11,15 +11,29 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from accounts.admin import ActiveStatusFilter, LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin
+from accounts.admin.bases import ActiveStatusFilter, ObjectAccessAdminMixin, ScopedAdmin
+from accounts.admin.lifecycle import LifecycleAdminMixin
 from accounts.selectors import approval_current, visible_to
-from campaigns import services
+from accounts.services import TransitionError
 from campaigns.models import Campaign, Occurrence
 from campaigns.reports import campaign_report, campaign_report_csv, campaign_timeline
 from campaigns.review import audience_text, campaign_phones_html, phones_html, version_diff_html
 from campaigns.schedule import localize
 from campaigns.schedule import zone as schedule_zone
 from campaigns.selectors import campaign_actions, campaigns_visible_to
+from campaigns.services.lifecycle import (
+    EDITABLE_FIELDS,
+    campaign_archive,
+    campaign_cancel_request,
+    campaign_create,
+    campaign_delete,
+    campaign_duplicate,
+    campaign_stop,
+    campaign_submit,
+    campaign_update,
+    revision_waiting,
+)
+from campaigns.services.scheduling import campaign_test_send
 
 Status = Campaign.Status
 
@@ -90,7 +104,7 @@ class CampaignForm(forms.ModelForm):
 
     class Meta:
         model = Campaign
-        fields = services.EDITABLE_FIELDS
+        fields = EDITABLE_FIELDS
         widgets = {"send_at": DateTimePicker, "ends_at": DateTimePicker}
         field_classes = {"send_at": ZonedDateTimeField, "ends_at": ZonedDateTimeField}
         help_texts = {
@@ -283,7 +297,7 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     def has_change_permission(self, request, obj=None):
         if obj is not None and obj.status not in (Status.DRAFT, Status.SCHEDULED, Status.LIVE):
             return False  # locked in review; finished campaigns are duplicated, not edited
-        if obj is not None and obj.is_active and services.revision_waiting(obj):
+        if obj is not None and obj.is_active and revision_waiting(obj):
             return False  # its revision is in review
         return super().has_change_permission(request, obj)
 
@@ -293,16 +307,16 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         return super().has_delete_permission(request, obj)
 
     def save_model(self, request, obj, form, change):
-        values = {field: form.cleaned_data[field] for field in services.EDITABLE_FIELDS if field in form.cleaned_data}
+        values = {field: form.cleaned_data[field] for field in EDITABLE_FIELDS if field in form.cleaned_data}
         try:
             if change:
-                updated = services.campaign_update(campaign_id=obj.pk, by=request.user, **values)
+                updated = campaign_update(campaign_id=obj.pk, by=request.user, **values)
                 if updated.has_pending_revision:
                     request.campaign_revision = updated
             else:
-                created = services.campaign_create(by=request.user, **values)
+                created = campaign_create(by=request.user, **values)
                 obj.pk = created.pk
-        except services.TransitionError as exc:
+        except TransitionError as exc:
             raise PermissionDenied(str(exc)) from exc
 
     def save_related(self, request, form, formsets, change):
@@ -320,7 +334,7 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             return HttpResponseRedirect(request.path)
 
     def delete_model(self, request, obj):
-        services.campaign_delete(campaign_id=obj.pk, by=request.user)
+        campaign_delete(campaign_id=obj.pk, by=request.user)
 
     @admin.display(description="Approval")
     def approval(self, obj):
@@ -485,20 +499,18 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         by = request.user
 
         def duplicate():
-            copy = services.campaign_duplicate(campaign_id=object_id, by=by)
+            copy = campaign_duplicate(campaign_id=object_id, by=by)
             return f"Duplicated as a new draft: {copy}.", reverse("admin:campaigns_campaign_change", args=[copy.pk])
 
         def test_send():
-            dispatch = services.campaign_test_send(campaign_id=object_id, by=by)
+            dispatch = campaign_test_send(campaign_id=object_id, by=by)
             return f"Test send started: {dispatch}.", None
 
         return {
-            "submit": lambda: services.campaign_submit(
-                campaign_id=object_id, by=by, message=request.POST.get("message", "")
-            ),
-            "cancel_request": lambda: services.campaign_cancel_request(campaign_id=object_id, by=by),
-            "stop": lambda: services.campaign_stop(campaign_id=object_id, by=by),
-            "archive": lambda: services.campaign_archive(campaign_id=object_id, by=by),
+            "submit": lambda: campaign_submit(campaign_id=object_id, by=by, message=request.POST.get("message", "")),
+            "cancel_request": lambda: campaign_cancel_request(campaign_id=object_id, by=by),
+            "stop": lambda: campaign_stop(campaign_id=object_id, by=by),
+            "archive": lambda: campaign_archive(campaign_id=object_id, by=by),
             "duplicate": duplicate,
             "test_send": test_send,
         }

@@ -20,7 +20,7 @@ from accounts.authentication import request_stamps
 from campaigns.models import Campaign
 from campaigns.reports import campaign_report
 from campaigns.selectors import campaign_for, campaigns_visible_to
-from campaigns.services import (
+from campaigns.services.triggers import (
     MAX_RECIPIENTS,
     TriggerRefused,
     campaign_trigger,

@@ -9,13 +9,11 @@ class CampaignsConfig(AppConfig):
         from accounts.approvals import ApprovalSubject, register_approval_subject
         from campaigns.models import Campaign
         from campaigns.review import campaign_references, campaign_review_html
-        from campaigns.services import (
-            campaign_api_gate,
-            campaign_approve,
+        from campaigns.services.lifecycle import campaign_approve, campaign_request_changes
+        from campaigns.services.scheduling import campaign_api_gate, campaign_gate
+        from campaigns.services.triggers import (
             campaign_changed,
             campaign_content_changed,
-            campaign_gate,
-            campaign_request_changes,
             campaign_rules_changed,
             campaign_stream_is_current,
         )

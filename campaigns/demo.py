@@ -9,7 +9,7 @@ from accounts.selectors import visible_to
 from accounts.services import access_grant
 from audiences.models import Segment
 from campaigns.models import Campaign
-from campaigns.services import campaign_approve, campaign_create, campaign_submit
+from campaigns.services.lifecycle import campaign_approve, campaign_create, campaign_submit
 from delivery.models import App, PushContent
 
 

@@ -1,7 +1,7 @@
 """Campaigns: one-off content to an audience, now, at a time, on a recurrence, or when the API asks.
 
 The lifecycle is AJO's: draft → in_review (locked) → scheduled / live → completed / stopped /
-failed, and archived. Every transition is a service in ``campaigns.services``.
+failed, and archived. Every transition is a service in ``campaigns.services.lifecycle``.
 """
 
 import datetime as dt

@@ -1,6 +1,6 @@
-"""django-q2 entry points: thin, idempotent wrappers over campaigns.services."""
+"""django-q2 entry points: thin, idempotent wrappers over the campaigns services."""
 
-from campaigns.services import campaign_fire_due, campaigns_tick
+from campaigns.services.scheduling import campaign_fire_due, campaigns_tick
 
 
 def campaigns_tick_task() -> dict:

@@ -2,9 +2,9 @@
 
 from django.conf import settings
 
-from delivery.services import streams
 from delivery.services.dispatches import dispatch_prepare, dispatches_watch
 from delivery.services.sending import dispatch_send
+from delivery.services.streams import streams_send, streams_sender_hand_over, streams_watch
 
 
 def dispatch_prepare_task(dispatch_id: int) -> None:
@@ -22,12 +22,12 @@ def dispatches_watch_task() -> list[int]:
     """Every minute: expire leases, finish dispatches, restart those whose send tasks were lost;
     refresh and finish streams, and restart their senders."""
     restarted = dispatches_watch()
-    streams.streams_watch()
+    streams_watch()
     return restarted
 
 
 def streams_send_task(slot: int) -> dict:
     """A stream sender: drains the open streams for a task's time, then hands over to a fresh task."""
-    report = streams.streams_send(budget=settings.PUSHDESK_SEND_TASK_SECONDS, slot=slot)
-    streams.streams_sender_hand_over(slot)
+    report = streams_send(budget=settings.PUSHDESK_SEND_TASK_SECONDS, slot=slot)
+    streams_sender_hand_over(slot)
     return {"claimed": report.claimed, "batches": report.batches}

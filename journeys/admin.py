@@ -7,7 +7,8 @@ from django.http import HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from accounts.admin import ActiveStatusFilter, BigTableAdmin, LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin
+from accounts.admin.bases import ActiveStatusFilter, BigTableAdmin, ObjectAccessAdminMixin, ScopedAdmin
+from accounts.admin.lifecycle import LifecycleAdminMixin
 from accounts.json_values import JsonValueFormField
 from accounts.selectors import approval_current, visible_to
 from accounts.services import TransitionError

@@ -26,7 +26,7 @@ def _fresh_cache():
     from django.core.cache import cache
 
     from accounts.authentication import api_keys_forget
-    from campaigns.services import campaign_caches_forget
+    from campaigns.services.triggers import campaign_caches_forget
 
     cache.clear()  # the version stamps live beside the cache: every stamp starts unset
     api_keys_forget()

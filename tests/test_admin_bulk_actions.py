@@ -37,7 +37,7 @@ def _schedule(app, admin):
 
 
 def _campaign(app, admin):
-    from campaigns.services import campaign_create
+    from campaigns.services.lifecycle import campaign_create
 
     content = PushContentFactory(app=app)
     return campaign_create(by=admin, name="Flash sale", app=app, kind="api_triggered", content=content)

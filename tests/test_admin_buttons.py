@@ -52,7 +52,7 @@ def _superuser_request():
 
 def admin_buttons(site=admin.site) -> set[str]:
     """The key of every button the admin site offers."""
-    from accounts.admin import LifecycleAdminMixin
+    from accounts.admin.lifecycle import LifecycleAdminMixin
 
     request = _superuser_request()
     buttons = set()

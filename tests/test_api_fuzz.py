@@ -54,7 +54,7 @@ def wsgi_app(db):
 @pytest.fixture
 def fuzz_world(manager_alice):
     """A little of everything the API reads, reachable by the key's user."""
-    from campaigns.services import campaign_create
+    from campaigns.services.lifecycle import campaign_create
     from delivery.models import PushContent
 
     app = AppFactory(name="Fuzz app")

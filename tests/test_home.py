@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from accounts.models import ApprovalRequest
 from accounts.services import access_grant
-from campaigns.services import campaign_create, campaign_submit
+from campaigns.services.lifecycle import campaign_create, campaign_submit
 from config.home import home_for, queue_state
 from delivery.models import Delivery, Dispatch
 from tests.factories import AppFactory, DeviceFactory, PushContentFactory, SegmentFactory

@@ -2,7 +2,7 @@ import pytest
 
 from accounts.services import access_grant
 from campaigns.models import Campaign
-from campaigns.services import campaign_approve, campaign_create, campaign_submit
+from campaigns.services.lifecycle import campaign_approve, campaign_create, campaign_submit
 from tests.delivery.sending import sim, sim_app, sim_session  # noqa: F401 (fixtures: the push simulator)
 from tests.factories import AppFactory, PushContentFactory, SegmentFactory
 
@@ -38,7 +38,7 @@ def content(team):
 
 @pytest.fixture
 def make_campaign(team, segment, content, manager_alice):
-    from campaigns.services import campaign_create
+    from campaigns.services.lifecycle import campaign_create
 
     def make(by=None, **fields):
         values = {

@@ -5,7 +5,7 @@ import io
 
 import pytest
 
-from campaigns.services import campaign_approve, campaign_submit
+from campaigns.services.lifecycle import campaign_approve, campaign_submit
 from delivery.models import Delivery, Dispatch
 from tests.factories import DeviceFactory, ProfileFactory
 

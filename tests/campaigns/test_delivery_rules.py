@@ -104,7 +104,7 @@ def test_a_push_still_on_its_way_counts_toward_the_cap(app):
 @pytest.mark.django_db(transaction=True)
 def test_two_dispatches_resolving_at_once_respect_a_cap_of_one(app, monkeypatch):
     """Both insert their rows, meet at a barrier, then apply the cap: only one may send."""
-    from delivery.services import dispatches
+    from delivery.services.dispatches import rules_apply
 
     DeliveryRules.objects.create(app=app, frequency_cap=1, frequency_window_hours=24)
     profile = ProfileFactory()
@@ -117,13 +117,12 @@ def test_two_dispatches_resolving_at_once_respect_a_cap_of_one(app, monkeypatch)
         for _ in range(2)
     ]
     both_inserted = threading.Barrier(2, timeout=10)
-    rules_apply = dispatches.rules_apply
 
     def rules_apply_after_the_other_inserted(**kwargs):
         both_inserted.wait()
         return rules_apply(**kwargs)
 
-    monkeypatch.setattr(dispatches, "rules_apply", rules_apply_after_the_other_inserted)
+    monkeypatch.setattr("delivery.services.dispatches.rules_apply", rules_apply_after_the_other_inserted)
     monkeypatch.setattr(Conf, "SYNC", False)  # the send tasks go to the broker: nobody runs them here
     errors = []
 

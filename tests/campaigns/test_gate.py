@@ -2,7 +2,7 @@
 
 import pytest
 
-from campaigns.services import campaign_approve, campaign_submit
+from campaigns.services.lifecycle import campaign_approve, campaign_submit
 from delivery.models import Dispatch
 from delivery.services.dispatches import GateClosed, dispatch_create
 

@@ -7,9 +7,9 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404
 
 from accounts.models import ApprovalRequest, AuditEvent
+from accounts.services import TransitionError
 from campaigns.models import Campaign
-from campaigns.services import (
-    TransitionError,
+from campaigns.services.lifecycle import (
     campaign_approve,
     campaign_archive,
     campaign_cancel_request,

@@ -7,7 +7,7 @@ from django.utils import timezone
 from accounts.models import ApprovalRequest
 from accounts.services import access_grant, api_key_create
 from campaigns.models import Campaign
-from campaigns.services import campaign_approve, campaign_create, campaign_stop, campaign_submit
+from campaigns.services.lifecycle import campaign_approve, campaign_create, campaign_stop, campaign_submit
 from tests.factories import AppFactory, PushContentFactory, SegmentFactory, UserFactory
 
 ROLES = {

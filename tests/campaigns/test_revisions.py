@@ -5,10 +5,10 @@ import pytest
 from django.core.exceptions import PermissionDenied
 
 from accounts.models import ApprovalRequest
+from accounts.services import TransitionError
 from campaigns.models import Campaign
 from campaigns.selectors import campaign_actions
-from campaigns.services import (
-    TransitionError,
+from campaigns.services.lifecycle import (
     campaign_approve,
     campaign_cancel_request,
     campaign_request_changes,

@@ -9,7 +9,8 @@ from django.db import connection
 from django.utils import timezone
 
 from campaigns.models import Campaign, Occurrence
-from campaigns.services import campaign_approve, campaign_fire_due, campaign_submit, campaign_update, campaigns_tick
+from campaigns.services.lifecycle import campaign_approve, campaign_submit, campaign_update
+from campaigns.services.scheduling import campaign_fire_due, campaigns_tick
 from delivery.models import Dispatch
 from tests.factories import DeviceFactory, ProfileFactory
 

@@ -2,7 +2,7 @@
 
 from accounts.services import access_grant
 from campaigns.models import TriggerRequest
-from campaigns.services import campaign_create
+from campaigns.services.lifecycle import campaign_create
 from delivery.models import Delivery, Dispatch
 from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory, SegmentFactory
 

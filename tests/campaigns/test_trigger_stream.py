@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from accounts.services import access_revoke, api_key_revoke
 from campaigns.models import Campaign, TriggerRequest
-from campaigns.services import campaign_stop, campaign_update
+from campaigns.services.lifecycle import campaign_stop, campaign_update
 from delivery.models import Delivery, DeliveryRules, Dispatch
 from delivery.services.contents import pushcontent_save
 from tests.factories import DeviceFactory, ProfileFactory

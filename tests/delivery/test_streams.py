@@ -206,9 +206,9 @@ def test_the_watchdog_finishes_a_past_days_stream_once_drained(sim, sim_app, str
 
 
 def test_the_watchdog_refreshes_an_open_streams_counters(sim, sim_app, stream, monkeypatch):
-    from delivery.services import streams
+    from delivery.services.streams import _CURRENT_CHECKS
 
-    monkeypatch.setitem(streams._CURRENT_CHECKS, stream.kind, lambda source_id, version: version == "v1")
+    monkeypatch.setitem(_CURRENT_CHECKS, stream.kind, lambda source_id, version: version == "v1")
     _append(stream, _people(sim_app, 2))
     _append(stream, [ProfileFactory()])
     streams_send(budget=0)

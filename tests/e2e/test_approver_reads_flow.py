@@ -4,7 +4,7 @@ import pytest
 
 from accounts.services import access_grant
 from audiences.models import Segment
-from campaigns.services import campaign_create, campaign_submit
+from campaigns.services.lifecycle import campaign_create, campaign_submit
 from delivery.models import PushContent
 from delivery.services.contents import pushcontent_save
 

@@ -5,7 +5,8 @@ import pytest
 
 from accounts.services import access_grant
 from campaigns.models import Campaign
-from campaigns.services import campaign_approve, campaign_create, campaign_submit, campaign_trigger
+from campaigns.services.lifecycle import campaign_approve, campaign_create, campaign_submit
+from campaigns.services.triggers import campaign_trigger
 from delivery.models import PushContent
 from delivery.services.contents import pushcontent_save
 from tests.factories import DeviceFactory, ProfileFactory

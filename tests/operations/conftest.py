@@ -7,7 +7,7 @@ from tests.delivery.sending import sim, sim_app, sim_session  # noqa: F401 (fixt
 @pytest.fixture
 def approve(manager_alice, approver_bob):
     from campaigns.models import Campaign
-    from campaigns.services import campaign_approve, campaign_submit
+    from campaigns.services.lifecycle import campaign_approve, campaign_submit
 
     def run(campaign, now=None):
         campaign_submit(campaign_id=campaign.pk, by=manager_alice)

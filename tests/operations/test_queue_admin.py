@@ -56,7 +56,7 @@ def test_other_roles_are_refused_the_task_queue(client, request, failed_task, ro
 
 
 def test_administrator_sees_a_campaign_s_occurrences(client, admin_erin, make_campaign, approve):
-    from campaigns.services import campaigns_tick
+    from campaigns.services.scheduling import campaigns_tick
 
     campaign = approve(make_campaign(schedule_kind="at", send_at=timezone.now() + timezone.timedelta(minutes=5)))
     campaigns_tick(now=campaign.next_occurrence_at)

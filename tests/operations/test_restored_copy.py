@@ -11,7 +11,8 @@ from django.utils import timezone
 
 from accounts.services import access_grant
 from campaigns.models import Campaign, Occurrence
-from campaigns.services import campaign_approve, campaign_create, campaign_submit, campaigns_tick
+from campaigns.services.lifecycle import campaign_approve, campaign_create, campaign_submit
+from campaigns.services.scheduling import campaigns_tick
 from delivery.models import Delivery, Dispatch
 from delivery.services.contents import pushcontent_test_send
 from delivery.services.dispatches import dispatch_create, dispatch_prepare, dispatches_watch

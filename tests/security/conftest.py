@@ -16,7 +16,8 @@ def world(sim_app, manager_alice, approver_bob, django_capture_on_commit_callbac
     from accounts.services import api_key_create
     from audiences.models import Import
     from audiences.services.imports import import_create
-    from campaigns.services import campaign_create, campaign_submit, campaign_test_send
+    from campaigns.services.lifecycle import campaign_create, campaign_submit
+    from campaigns.services.scheduling import campaign_test_send
     from delivery.models import Delivery, Dispatch, PushContent
     from delivery.services.contents import pushcontent_save
     from journeys.models import Enrollment

@@ -1,0 +1,132 @@
+"""The admin of API keys: create (the key is shown once) and revoke."""
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404
+from django.template.response import TemplateResponse
+
+from accounts.admin.bases import AccessAdmin
+from accounts.models import ApiKey
+from accounts.selectors import (
+    api_key_owner_choices,
+    api_keys_visible_to,
+)
+from accounts.services import (
+    api_key_create,
+    api_key_revoke,
+)
+
+
+class ApiKeyAddForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(choices=ApiKey.Scope.choices, widget=forms.CheckboxSelectMultiple)
+
+    class Meta:
+        model = ApiKey
+        fields = ("user", "name", "scopes", "expires_at")
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(AccessAdmin):
+    list_display = ("name", "user", "masked", "scope_list", "status", "created_at", "expires_at", "last_used_at")
+    search_fields = ("name", "user__username", "prefix")
+    actions = ["revoke_keys"]
+    readonly_fields = (
+        "masked",
+        "user",
+        "name",
+        "scopes",
+        "created_at",
+        "created_by",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+    )
+
+    def get_queryset(self, request):
+        return api_keys_visible_to(request.user)
+
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = ApiKeyAddForm
+        return super().get_form(request, obj, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ("user", "name", "scopes", "expires_at")
+        return self.readonly_fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return () if obj is None else self.readonly_fields
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "user":
+            # Only users whose role may own a key: never a Viewer or a user without a role.
+            kwargs["queryset"] = api_key_owner_choices(request.user)
+            if not request.user.has_perm("accounts.manage_others_apikey"):
+                kwargs["initial"] = request.user.pk
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def get_changeform_initial_data(self, request):
+        return {"user": request.user.pk}
+
+    def has_change_permission(self, request, obj=None):
+        return False  # keys are immutable; revoke and create a new one
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # revoked keys stay for the record
+
+    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
+        raise Http404("No API key with this id.")
+
+    def save_model(self, request, obj, form, change):
+        try:
+            key, raw = api_key_create(
+                user=form.cleaned_data["user"],
+                name=form.cleaned_data["name"],
+                scopes=form.cleaned_data["scopes"],
+                expires_at=form.cleaned_data.get("expires_at"),
+                by=request.user,
+            )
+        except ValidationError as exc:
+            raise PermissionDenied("; ".join(exc.messages)) from exc
+        obj.pk = key.pk
+        request._pushdesk_new_key = (key, raw)
+
+    def save_related(self, request, form, formsets, change):
+        pass  # nothing related; the service saved everything
+
+    def response_add(self, request, obj, post_url_continue=None):
+        key, raw = request._pushdesk_new_key
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "key": key,
+            "raw_key": raw,
+            "title": "API key created",
+        }
+        response = TemplateResponse(request, "admin/accounts/apikey/created.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.display(description="Key")
+    def masked(self, obj):
+        return f"pdk_{obj.prefix}_…"
+
+    @admin.display(description="Scopes")
+    def scope_list(self, obj):
+        return ", ".join(obj.scopes)
+
+    @admin.action(description="Revoke selected API keys", permissions=["revoke_keys"])
+    def revoke_keys(self, request, queryset):
+        for key in queryset:
+            api_key_revoke(key_id=key.pk, by=request.user)
+        self.message_user(request, f"{queryset.count()} key(s) revoked.", messages.SUCCESS)
+
+    def has_revoke_keys_permission(self, request):
+        return request.user.has_perm("accounts.change_apikey")
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions

@@ -1,0 +1,269 @@
+"""The admin of approval policies and approval requests (the inbox and the review page)."""
+
+from django import forms
+from django.apps import apps as django_apps
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from accounts.admin.bases import AccessAdmin
+from accounts.approvals import approval_subject_for
+from accounts.models import ApprovalPolicy, ApprovalRequest
+from accounts.selectors import (
+    approval_request_stuck,
+    approval_requests_visible_to,
+    approvals_waiting_for,
+    approver_standing,
+    policy_approver_problems,
+)
+from accounts.services import (
+    approval_policy_activate,
+    approval_policy_deactivate,
+    audit,
+)
+
+CAMPAIGN_KINDS = (("scheduled", "Scheduled"), ("api_triggered", "API-triggered"))
+PURPOSES = (("marketing", "Marketing"), ("transactional", "Transactional"))
+
+
+class ApprovalPolicyForm(forms.ModelForm):
+    app_ids = forms.TypedMultipleChoiceField(
+        coerce=int, required=False, label="Apps", help_text="Only objects of these apps (none chosen: any app)."
+    )
+    campaign_kinds = forms.MultipleChoiceField(
+        choices=CAMPAIGN_KINDS, required=False, widget=forms.CheckboxSelectMultiple, help_text="None chosen: any kind."
+    )
+    purposes = forms.MultipleChoiceField(
+        choices=PURPOSES, required=False, widget=forms.CheckboxSelectMultiple, help_text="None chosen: any purpose."
+    )
+
+    class Meta:
+        model = ApprovalPolicy
+        fields = (
+            "name",
+            "description",
+            "applies_to_campaigns",
+            "applies_to_journeys",
+            "app_ids",
+            "campaign_kinds",
+            "purposes",
+            "approver_users",
+            "approver_groups",
+            "block_self_approval",
+        )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        app_model = django_apps.get_model("delivery", "App")
+        self.fields["app_ids"].choices = list(app_model.objects.order_by("name").values_list("pk", "name"))
+
+    def clean(self):
+        data = super().clean()
+        if not (data.get("applies_to_campaigns") or data.get("applies_to_journeys")):
+            raise ValidationError("A policy applies to campaigns, journeys, or both.")
+        users, groups = data.get("approver_users") or [], data.get("approver_groups") or []
+        if users or groups:
+            problems = policy_approver_problems(
+                users=users,
+                groups=groups,
+                app_ids=data.get("app_ids") or [],
+                campaigns=bool(data.get("applies_to_campaigns")),
+                journeys=bool(data.get("applies_to_journeys")),
+            )
+            if problems:
+                raise ValidationError([*problems, "Requests routed to this policy could not be decided."])
+        return data
+
+
+@admin.register(ApprovalPolicy)
+class ApprovalPolicyAdmin(AccessAdmin):
+    form = ApprovalPolicyForm
+    list_display = (
+        "name",
+        "is_active",
+        "activated_at",
+        "applies_to_campaigns",
+        "applies_to_journeys",
+        "block_self_approval",
+    )
+    filter_horizontal = ("approver_users", "approver_groups")
+    actions = ["activate", "deactivate"]
+
+    def has_change_permission(self, request, obj=None):
+        if obj is not None and obj.is_active:
+            return False  # an active policy is not edited: deactivate it first
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        if obj is not None and obj.is_active:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        audit(actor=request.user, action="approval_policy_changed" if change else "approval_policy_created", obj=obj)
+
+    @admin.action(description="Activate selected policies", permissions=["change"])
+    def activate(self, request, queryset):
+        for policy in queryset:
+            try:
+                approval_policy_activate(policy_id=policy.pk, by=request.user)
+            except ValidationError as exc:
+                self.message_user(request, f"{policy}: {' '.join(exc.messages)}", messages.ERROR)
+            else:
+                self.message_user(
+                    request, f"Activated “{policy}”: it routes the requests it matches.", messages.SUCCESS
+                )
+
+    @admin.action(description="Deactivate selected policies", permissions=["change"])
+    def deactivate(self, request, queryset):
+        for policy in queryset:
+            approval_policy_deactivate(policy_id=policy.pk, by=request.user)
+            self.message_user(
+                request,
+                f"Deactivated “{policy}”: new requests no longer go to it (pending ones keep their approvers).",
+                messages.SUCCESS,
+            )
+
+
+class _InboxFilter(admin.SimpleListFilter):
+    title = "show"
+    parameter_name = "show"
+
+    def lookups(self, request, model_admin):
+        return (("mine_to_decide", "Waiting for my approval"), ("my_requests", "My requests"), ("all", "All I can see"))
+
+    def choices(self, changelist):
+        value = self.value() or "mine_to_decide"
+        for lookup, title in self.lookup_choices:
+            yield {
+                "selected": value == lookup,
+                "query_string": changelist.get_query_string({self.parameter_name: lookup}),
+                "display": title,
+            }
+
+    def queryset(self, request, queryset):
+        value = self.value() or "mine_to_decide"
+        if value == "mine_to_decide":
+            return queryset.filter(pk__in=[r.pk for r in approvals_waiting_for(request.user)])
+        if value == "my_requests":
+            return queryset.filter(requested_by=request.user)
+        return queryset
+
+
+class ApprovalDecisionForm(forms.Form):
+    comment = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+
+
+@admin.register(ApprovalRequest)
+class ApprovalRequestAdmin(AccessAdmin):
+    """The approvers' inbox ("Waiting for my approval") and the requesters' view of decisions."""
+
+    list_display = ("what", "subject_type", "state", "requested_by", "requested_at", "decided_by", "comment")
+    list_display_links = None
+    show_facets = admin.ShowFacets.NEVER
+    list_filter = (_InboxFilter, "status")
+    list_select_related = ("requested_by", "decided_by", "subject_type")
+    readonly_fields = (
+        "subject_type",
+        "subject_label",
+        "status",
+        "message",
+        "requested_by",
+        "requested_at",
+        "policy",
+        "decided_by",
+        "decided_at",
+        "comment",
+        "fingerprint",
+    )
+    fields = readonly_fields
+
+    def get_queryset(self, request):
+        return approval_requests_visible_to(request.user)
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:request_id>/review/",
+                self.admin_site.admin_view(self.review_view),
+                name="accounts_approvalrequest_review",
+            ),
+            *super().get_urls(),
+        ]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
+        raise Http404("No such approval request.")
+
+    @admin.display(description="Status", ordering="status")
+    def state(self, obj):
+        if approval_request_stuck(obj):
+            return format_html(
+                '<strong class="stuck">{}</strong>', "Stuck: nobody may decide it (ask an Administrator)"
+            )
+        return obj.get_status_display()
+
+    @admin.display(description="What", ordering="subject_label")
+    def what(self, obj):
+        # Pending requests open the review (approvers decide there); decided ones their record.
+        if obj.status == ApprovalRequest.Status.PENDING:
+            url = reverse("admin:accounts_approvalrequest_review", args=[obj.pk])
+        else:
+            url = reverse("admin:accounts_approvalrequest_change", args=[obj.pk])
+        return format_html('<a href="{}">{}</a>', url, obj.subject_label)
+
+    def review_view(self, request, request_id):
+        approval = self.get_queryset(request).filter(pk=request_id).first()
+        if approval is None:
+            raise Http404("No such approval request.")
+        handler = approval_subject_for(approval.subject_type.model_class())
+        if handler is None:
+            raise Http404("Nothing can review this kind of object.")
+        subject = approval.subject
+        allowed, reason = approver_standing(request.user, approval)
+        form = ApprovalDecisionForm(request.POST or None)
+        if request.method == "POST":
+            if not allowed:
+                raise PermissionDenied(reason)
+            if form.is_valid():
+                comment = form.cleaned_data["comment"]
+                try:
+                    if "_approve" in request.POST:
+                        handler.approve(subject_id=subject.pk, by=request.user, comment=comment)
+                        self.message_user(request, f"Approved and activated: {subject}.", messages.SUCCESS)
+                    elif "_request_changes" in request.POST:
+                        handler.request_changes(subject_id=subject.pk, by=request.user, comment=comment)
+                        self.message_user(
+                            request,
+                            f"Changes requested on {subject}: the requester sees your comment.",
+                            messages.SUCCESS,
+                        )
+                    else:
+                        raise PermissionDenied("Choose approve or request changes.")
+                except ValidationError as exc:
+                    form.add_error(None, exc)
+                else:
+                    return HttpResponseRedirect(reverse("admin:accounts_approvalrequest_changelist"))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": f"Review: {approval.subject_label}",
+            "approval": approval,
+            "review": handler.review_html(subject, request=approval, user=request.user),
+            "form": form,
+            "may_decide": allowed,
+            "reason": reason,
+        }
+        return TemplateResponse(request, "admin/accounts/approvalrequest/review.html", context)

@@ -1,0 +1,248 @@
+"""The admin bases every app uses: scoped (object access), big-table, the access page and a status filter."""
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.utils import NotRelationField, get_fields_from_path
+from django.contrib.auth.models import Group
+from django.core.exceptions import FieldDoesNotExist, PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.db import connection, models
+from django.http import Http404, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+
+from accounts.json_values import JsonValueFormField
+from accounts.models import User
+from accounts.selectors import (
+    can,
+    grants_on,
+    visible_to,
+)
+from accounts.services import (
+    access_grant,
+    access_revoke,
+)
+
+
+class EstimatedCountPaginator(Paginator):
+    """Never counts a big table: the planner's estimate for the unfiltered list, a capped count otherwise."""
+
+    cap = 10_000
+
+    @cached_property
+    def count(self):
+        qs = self.object_list
+        if connection.vendor == "postgresql" and not qs.query.where:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [qs.model._meta.db_table]
+                )
+                row = cursor.fetchone()
+            if row and row[0] and row[0] > self.cap:
+                return int(row[0])
+        return qs[: self.cap + 1].count()
+
+
+class VisibleRelatedFilter(admin.RelatedOnlyFieldListFilter):
+    """A filter on a relation that offers only what the user may see: for objects under access
+    control (apps, segments...) those in the user's access, for others (owners, actors...) those
+    of the rows in the user's list."""
+
+    def field_choices(self, field, request, model_admin):
+        related = field.related_model
+        queryset = related._default_manager.all()
+        if isinstance(admin.site._registry.get(related), ScopedAdmin):
+            queryset = visible_to(request.user, queryset)
+        else:
+            queryset = queryset.filter(pk__in=model_admin.get_queryset(request).values(f"{self.field_path}__pk"))
+        ordering = self.field_admin_ordering(field, request, model_admin)
+        return [(obj.pk, str(obj)) for obj in queryset.order_by(*ordering)]
+
+
+class AccessAdmin(admin.ModelAdmin):
+    """An admin whose object pages answer 404 for an object outside ``get_queryset``, before any permission check.
+
+    Django checks the role's permission first, so a user without it got 403 for an object that
+    exists and a redirect for one that does not; here both answer 404 and tell nothing. Its JSON
+    fields pass the JSON value check (``accounts.json_values``). Its list filters on a relation
+    offer only the related objects the user may see (``VisibleRelatedFilter``).
+    """
+
+    formfield_overrides = {models.JSONField: {"form_class": JsonValueFormField}}
+
+    def get_list_filter(self, request):
+        filters = []
+        for spec in super().get_list_filter(request):
+            name, kind = (spec, None) if isinstance(spec, str) else (spec if isinstance(spec, tuple) else (None, spec))
+            if name and kind in (None, admin.RelatedFieldListFilter, admin.RelatedOnlyFieldListFilter):
+                try:
+                    field = get_fields_from_path(self.model, name)[-1]
+                except (FieldDoesNotExist, NotRelationField):
+                    field = None
+                if field is not None and field.is_relation and field.related_model is not Group:
+                    spec = (name, VisibleRelatedFilter)
+            filters.append(spec)
+        return filters
+
+    def get_object(self, request, object_id, from_field=None):
+        # A role that may not even view this kind of object learns nothing about which ids exist.
+        if not self.has_view_or_change_permission(request):
+            raise Http404(f"No {self.model._meta.verbose_name} with this id.")
+        obj = super().get_object(request, object_id, from_field)
+        if obj is None:
+            raise Http404(f"No {self.model._meta.verbose_name} with this id.")
+        return obj
+
+    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
+        raise Http404(f"No {opts.verbose_name} with this id.")
+
+
+class BigTableAdmin(AccessAdmin):
+    """The cheap admin for tables that grow (STYLE rule 4): no full count, estimated pages, no facets."""
+
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
+    show_facets = admin.ShowFacets.NEVER
+    list_per_page = 50
+
+
+class ScopedAdmin(AccessAdmin):
+    """An admin whose lists and pages hold only what the user has object access to.
+
+    An object outside the user's access answers 404 on every page, as if it did not exist.
+    """
+
+    def get_queryset(self, request):
+        return visible_to(request.user, super().get_queryset(request))
+
+    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
+        raise Http404(f"No {opts.verbose_name} with this id.")
+
+    def _perm(self, action: str) -> str:
+        opts = self.model._meta
+        return f"{opts.app_label}.{action}_{opts.model_name}"
+
+    def has_change_permission(self, request, obj=None):
+        if not super().has_change_permission(request, obj):
+            return False
+        return obj is None or can(request.user, self._perm("change"), obj)
+
+    def has_delete_permission(self, request, obj=None):
+        if not super().has_delete_permission(request, obj):
+            return False
+        return obj is None or can(request.user, self._perm("delete"), obj)
+
+    def has_view_permission(self, request, obj=None):
+        if not super().has_view_permission(request, obj):
+            return False
+        return obj is None or can(request.user, self._perm("view"), obj)
+
+
+class _AccessForm(forms.Form):
+    user = forms.ModelChoiceField(queryset=User.objects.filter(is_active=True).order_by("username"), required=False)
+    group = forms.ModelChoiceField(queryset=Group.objects.order_by("name"), required=False)
+
+    def clean(self):
+        data = super().clean()
+        if bool(data.get("user")) == bool(data.get("group")):
+            raise ValidationError("Choose either a user or a group.")
+        return data
+
+
+class ObjectAccessAdminMixin:
+    """Adds an "Access" page to an object's admin: who was granted it, grant and revoke."""
+
+    def get_urls(self):
+        opts = self.model._meta
+        return [
+            path(
+                "<path:object_id>/access/",
+                self.admin_site.admin_view(self.access_view),
+                name=f"{opts.app_label}_{opts.model_name}_access",
+            ),
+            *super().get_urls(),
+        ]
+
+    @admin.display(description="Object access")
+    def object_access(self, obj):
+        if obj is None or obj.pk is None:
+            return "Saved objects only."
+        principals = grants_on(obj)
+        label = (
+            ", ".join(f"group {p.name}" if isinstance(p, Group) else p.get_username() for p in principals)
+            or "nobody yet (Administrators see everything)"
+        )
+        opts = self.model._meta
+        url = reverse(f"admin:{opts.app_label}_{opts.model_name}_access", args=[obj.pk])
+        return format_html('{} — <a href="{}">manage access</a>', label, url)
+
+    def access_view(self, request, object_id):
+        obj = self.get_object(request, object_id)
+        if obj is None or not self.has_view_permission(request, obj):
+            raise Http404("No such object.")
+        may_manage = request.user.has_perm("accounts.manage_object_access")
+        form = _AccessForm(request.POST or None)
+        if request.method == "POST":
+            if not may_manage:
+                raise PermissionDenied("Only an Administrator can grant or revoke object access.")
+            revoke = request.POST.get("revoke", "")
+            if revoke:
+                kind, _, pk = revoke.partition(":")
+                principal = (Group if kind == "group" else User).objects.filter(pk=pk).first()
+                if principal is None:
+                    raise Http404("No such user or group.")
+                access_revoke(obj=obj, to=principal, by=request.user)
+                self.message_user(request, f"Access revoked from {principal}.", messages.SUCCESS)
+                return HttpResponseRedirect(request.path)
+            if form.is_valid():
+                principal = form.cleaned_data["user"] or form.cleaned_data["group"]
+                access_grant(obj=obj, to=principal, by=request.user)
+                self.message_user(request, f"Access granted to {principal}.", messages.SUCCESS)
+                return HttpResponseRedirect(request.path)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "object": obj,
+            "title": f"Access to {obj}",
+            "grants": [
+                {
+                    "label": f"group {p.name}" if isinstance(p, Group) else p.get_username(),
+                    "key": f"{'group' if isinstance(p, Group) else 'user'}:{p.pk}",
+                }
+                for p in grants_on(obj)
+            ],
+            "form": form,
+            "may_manage": may_manage,
+        }
+        return TemplateResponse(request, "admin/object_access.html", context)
+
+
+class ActiveStatusFilter(admin.SimpleListFilter):
+    """A status filter whose default shows what is being worked on (``active_statuses``)."""
+
+    title = "status"
+    parameter_name = "status"
+    active_statuses: tuple[str, ...] = ()
+    active_label = "Being worked on"
+
+    def lookups(self, request, model_admin):
+        return (("active", self.active_label), *model_admin.model.Status.choices, ("all", "All"))
+
+    def choices(self, changelist):
+        value = self.value() or "active"
+        for lookup, title in self.lookup_choices:
+            yield {
+                "selected": value == str(lookup),
+                "query_string": changelist.get_query_string({self.parameter_name: lookup}),
+                "display": title,
+            }
+
+    def queryset(self, request, queryset):
+        value = self.value() or "active"
+        if value == "active":
+            return queryset.filter(status__in=self.active_statuses)
+        if value == "all":
+            return queryset
+        return queryset.filter(status=value)

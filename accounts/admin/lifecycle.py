@@ -1,0 +1,96 @@
+"""The buttons of objects with a lifecycle (campaigns, journeys), each POSTing to one transition view."""
+
+import contextvars
+
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.http import Http404, HttpResponseRedirect
+from django.urls import path, reverse
+from django.utils.html import format_html_join
+
+# The admin instance is shared by every request; the request whose page is being drawn lives here,
+# so that readonly fields (which see only the object) can draw the buttons for that user.
+_drawing_for: contextvars.ContextVar = contextvars.ContextVar("lifecycle_admin_request", default=None)
+
+
+class LifecycleAdminMixin:
+    """State-aware action buttons on an object's page, each POSTing to one transition view.
+
+    Subclasses name the buttons the user may use now (``lifecycle_actions``) and what each does
+    (``lifecycle_handlers``: name → callable; a callable may return ``(message, url)`` to say
+    something else or go elsewhere). A refused step (TransitionError, ValidationError) comes back
+    as an error message on the object's page; a role or access refusal is a 403 / 404.
+    """
+
+    lifecycle_button_name = "lifecycle_action"
+
+    def lifecycle_actions(self, user, obj) -> list[tuple[str, str]]:
+        raise NotImplementedError
+
+    def lifecycle_handlers(self, request, object_id: int) -> dict:
+        raise NotImplementedError
+
+    def _transition_url_name(self) -> str:
+        opts = self.model._meta
+        return f"{opts.app_label}_{opts.model_name}_transition"
+
+    @admin.display(description="Actions")
+    def lifecycle_buttons(self, obj):
+        request = _drawing_for.get()
+        if obj is None or obj.pk is None or request is None:
+            return "—"
+        actions = self.lifecycle_actions(request.user, obj)
+        if not actions:
+            return "Nothing you can do in this state."
+        return format_html_join(
+            " ",
+            '<button type="submit" formaction="{}" formnovalidate class="button" name="{}" value="{}">{}</button>',
+            (
+                (
+                    reverse(f"admin:{self._transition_url_name()}", args=[obj.pk, name]),
+                    self.lifecycle_button_name,
+                    name,
+                    label,
+                )
+                for name, label in actions
+            ),
+        )
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        token = _drawing_for.set(request)
+        try:
+            response = super().change_view(request, object_id, form_url, extra_context)
+            if getattr(response, "is_rendered", True) is False:
+                response.render()  # while the request is known to the readonly fields
+            return response
+        finally:
+            _drawing_for.reset(token)
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:object_id>/transition/<str:action>/",
+                self.admin_site.admin_view(self.transition_view),
+                name=self._transition_url_name(),
+            ),
+            *super().get_urls(),
+        ]
+
+    def transition_view(self, request, object_id, action):
+        from accounts.services import TransitionError
+
+        if request.method != "POST":
+            raise Http404("Transitions are POSTed.")
+        handlers = self.lifecycle_handlers(request, object_id)
+        if action not in handlers:
+            raise Http404("Unknown action.")
+        opts = self.model._meta
+        target = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[object_id])
+        try:
+            outcome = handlers[action]()
+        except (TransitionError, ValidationError) as exc:
+            self.message_user(request, " ".join(getattr(exc, "messages", [str(exc)])), messages.ERROR)
+            return HttpResponseRedirect(target)
+        message, url = outcome if isinstance(outcome, tuple) else (f"Done: {action.replace('_', ' ')}.", None)
+        self.message_user(request, message, messages.SUCCESS)
+        return HttpResponseRedirect(url or target)

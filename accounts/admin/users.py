@@ -1,0 +1,200 @@
+"""The admin of users and roles (groups)."""
+
+from django.apps import apps as django_apps
+from django.contrib import admin
+from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.template.response import TemplateResponse
+from django.utils.html import format_html_join
+
+from accounts.admin.bases import AccessAdmin
+from accounts.models import AuditEvent, User
+from accounts.roles import ROLES, role_capabilities
+from accounts.selectors import (
+    object_access_of,
+)
+from accounts.services import (
+    access_grant,
+    access_revoke,
+    audit,
+    user_roles_given,
+)
+
+
+class AppAccessInline(admin.TabularInline):
+    """The apps a user may work on (an App grant reaches its campaigns and journeys), granted and
+    revoked here through the access services: app, granted by, when."""
+
+    model = django_apps.get_model("delivery", "AppUserObjectPermission")
+    fk_name = "user"
+    fields = ("content_object", "granted")
+    readonly_fields = ("granted",)
+    extra = 1
+    verbose_name = "app access"
+    verbose_name_plural = "Access to apps"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(permission__codename="view_app").select_related("content_object")
+
+    def has_add_permission(self, request, obj=None):
+        return request.user.has_perm("accounts.manage_object_access")
+
+    def has_change_permission(self, request, obj=None):
+        return False  # a grant is added or removed, never edited
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.has_perm("accounts.manage_object_access")
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "content_object":
+            kwargs["label"] = "App"
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    @admin.display(description="Granted")
+    def granted(self, obj):
+        if obj is None or obj.pk is None:
+            return "—"
+        from django.contrib.contenttypes.models import ContentType
+
+        event = (
+            AuditEvent.objects.filter(
+                object_type=ContentType.objects.get_for_model(obj.content_object),
+                object_id=str(obj.content_object_id),
+                action="access_granted",
+                summary__to=f"user:{obj.user.get_username()}",
+            )
+            .order_by("-created_at")
+            .first()
+        )
+        if event is None:
+            return "—"
+        return f"by {event.actor_label} on {event.created_at:%Y-%m-%d %H:%M} UTC"
+
+
+@admin.register(User)
+class UserAdmin(AccessAdmin, DjangoUserAdmin):
+    list_display = ("username", "email", "roles", "is_active", "is_staff", "is_service_account", "last_login")
+    list_filter = ("groups", "is_active", "is_staff", "is_service_account")
+    readonly_fields = ("last_login", "date_joined", "role_summary", "object_access")
+    fieldsets = (
+        (None, {"fields": ("username", "password")}),
+        ("Personal info", {"fields": ("first_name", "last_name", "email")}),
+        ("Role", {"fields": ("groups", "role_summary"), "description": "A role says what one may do."}),
+        ("Object access", {"fields": ("object_access",), "description": "Object access says where."}),
+        ("Status", {"fields": ("is_active", "is_staff", "is_service_account", "is_superuser")}),
+        ("Dates", {"fields": ("last_login", "date_joined")}),
+    )
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("groups")
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        if not request.user.is_superuser:
+            fields.append("is_superuser")  # nobody but a superuser makes a superuser
+        return fields
+
+    def formfield_for_manytomany(self, db_field, request, **kwargs):
+        if db_field.name == "groups":
+            kwargs["queryset"] = Group.objects.filter(name__in=ROLES).order_by("name")
+            kwargs["help_text"] = "The user's role(s): " + ", ".join(ROLES) + "."
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
+
+    @admin.display(description="Roles")
+    def roles(self, obj):
+        return ", ".join(g.name for g in obj.groups.all()) or "—"
+
+    @admin.display(description="What the roles allow")
+    def role_summary(self, obj):
+        if obj is None or obj.pk is None:
+            return "—"
+        rows = [(role, "; ".join(role_capabilities(role))) for role in obj.role_names()]
+        if not rows:
+            return "No role: this user can do nothing."
+        return format_html_join("", "<div><strong>{}</strong>: {}</div>", rows)
+
+    @admin.display(description="Granted objects")
+    def object_access(self, obj):
+        if obj is None or obj.pk is None:
+            return "—"
+        grants = object_access_of(obj)
+        if not grants:
+            return "None (Administrators see everything)."
+        return format_html_join(
+            "", "<div>{} <em>{}</em> ({})</div>", ((o._meta.verbose_name, o, how) for o, how in grants)
+        )
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        changed = sorted(f for f in form.changed_data if f != "password")
+        audit(
+            actor=request.user,
+            action="user_changed" if change else "user_created",
+            obj=obj,
+            summary={"fields": changed},
+        )
+
+    inlines = [AppAccessInline]
+
+    def get_inline_instances(self, request, obj=None):
+        return super().get_inline_instances(request, obj) if obj is not None else []  # apps once the user exists
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """Those who may not manage users (an owner's or creator's link) get the user's card, read-only."""
+        if self.has_view_permission(request):
+            return super().change_view(request, object_id, form_url, extra_context)
+        if request.method != "GET" or not request.user.role_names():
+            raise PermissionDenied("Only an Administrator manages users.")
+        person = User.objects.filter(pk=object_id, is_active=True).prefetch_related("groups").first()
+        if person is None:
+            raise Http404("No such user.")
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": f"{person.get_full_name() or person.get_username()}",
+            "person": person,
+            "roles": person.role_names(),
+        }
+        return TemplateResponse(request, "admin/accounts/user/card.html", context)
+
+    def save_formset(self, request, form, formset, change):
+        if formset.model is not AppAccessInline.model:
+            return super().save_formset(request, form, formset, change)
+        user = form.instance
+        # The admin's change message reads these; the grants are written by the access services below.
+        formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
+        for inline_form in formset.forms:
+            app = inline_form.cleaned_data.get("content_object") if hasattr(inline_form, "cleaned_data") else None
+            if app is None:
+                continue
+            if inline_form in formset.deleted_forms:
+                access_revoke(obj=app, to=user, by=request.user)
+            elif inline_form.instance.pk is None:
+                access_grant(obj=app, to=user, by=request.user)
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        if "groups" in form.changed_data:
+            audit(
+                actor=request.user,
+                action="roles_changed",
+                obj=form.instance,
+                summary={"roles": [g.name for g in form.instance.groups.all()]},
+            )
+        user_roles_given(user=form.instance, by=request.user)
+
+
+admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class GroupAdmin(AccessAdmin, DjangoGroupAdmin):
+    """Groups are roles or teams; a role's permissions come from the roles table in code."""
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is not None and obj.name in ROLES:
+            return ("name", "permissions")
+        return ()

@@ -1,0 +1,65 @@
+"""The admin of events: read-only, a big table."""
+
+from __future__ import annotations
+
+import json
+
+from django.contrib import admin
+from django.urls import reverse
+from django.utils.html import format_html
+
+from accounts.admin.bases import BigTableAdmin
+from audiences.admin.profiles import ReadOnlyMixin
+from audiences.models import Event
+from audiences.selectors import (
+    event_names,
+    events_visible_to,
+)
+
+
+class EventNameFilter(admin.SimpleListFilter):
+    """Event names from a skip scan of the index: no COUNT, no scan of the table."""
+
+    title = "event"
+    parameter_name = "name"
+
+    def lookups(self, request, model_admin):
+        return [(name, name) for name in event_names()[:100]]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(name=self.value()) if self.value() else queryset
+
+
+@admin.register(Event)
+class EventAdmin(ReadOnlyMixin, BigTableAdmin):
+    list_display = ("occurred_at", "name", "profile_link", "properties_short")
+    list_filter = (EventNameFilter,)
+    list_select_related = ("profile",)
+    search_fields = ("=profile__external_id",)
+    search_help_text = "A profile's exact external id."
+    ordering = ("-occurred_at", "-id")
+    sortable_by = ()
+    raw_id_fields = ("profile",)
+    actions = []
+    fields = ("profile", "name", "properties", "occurred_at", "received_at")
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return events_visible_to(request.user)
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        return (queryset.filter(profile__external_id=term) if term else queryset), False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Profile")
+    def profile_link(self, obj):
+        url = reverse("admin:audiences_profile_change", args=[obj.profile_id])
+        return format_html('<a href="{}">{}</a>', url, obj.profile.external_id)
+
+    @admin.display(description="Properties")
+    def properties_short(self, obj):
+        text = json.dumps(obj.properties, ensure_ascii=False)
+        return text if len(text) <= 80 else text[:77] + "…"

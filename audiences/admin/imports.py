@@ -1,0 +1,264 @@
+"""The admin of CSV imports: upload, progress, restart."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.http import FileResponse, Http404, JsonResponse
+from django.shortcuts import redirect
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from accounts.admin.bases import AccessAdmin
+from audiences.models import Import, Segment
+from audiences.selectors import (
+    imports_visible_to,
+    segments_visible_to,
+)
+from audiences.services.imports import import_create, import_restart
+
+
+class ImportAddForm(forms.ModelForm):
+    segment = forms.ModelChoiceField(queryset=Segment.objects.none(), required=False, help_text="For add / replace.")
+    columns_text = forms.CharField(
+        label="Columns",
+        required=False,
+        widget=forms.Textarea(
+            attrs={"rows": 4, "placeholder": "age = number\nCustomer ID -> external_id\nnotes = skip"}
+        ),
+        help_text=(
+            "Optional, one per line: <code>column = type</code> (auto, string, number, boolean, date, skip) or "
+            "<code>column -&gt; name</code> or <code>column -&gt; name : type</code>. Other columns become attributes "
+            "with inferred types; the external_id column is required."
+        ),
+    )
+
+    class Meta:
+        model = Import
+        fields = ("file", "encoding", "target", "segment", "segment_name")
+
+    def __init__(self, *args, user=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.user = user
+        self.created: Import | None = None
+        self.fields["segment"].queryset = segments_visible_to(user, perm="audiences.change_segment").filter(
+            kind=Segment.Kind.STATIC
+        )
+
+    def clean_columns_text(self):
+        mapping: dict = {}
+        for number, line in enumerate((self.cleaned_data.get("columns_text") or "").splitlines(), start=1):
+            if not line.strip():
+                continue
+            if "->" in line:
+                column, _, rest = line.partition("->")
+                name, _, kind = rest.partition(":")
+                spec = {"to": name.strip()}
+                if kind.strip():
+                    spec["type"] = kind.strip()
+            elif "=" in line:
+                column, _, kind = line.partition("=")
+                spec = {"type": kind.strip()}
+            else:
+                raise ValidationError(f"Line {number}: write 'column = type' or 'column -> name'.")
+            mapping[column.strip()] = spec
+        return mapping
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        try:
+            self.created = import_create(
+                upload=data["file"],
+                by=self.user,
+                encoding=data.get("encoding") or "utf-8",
+                columns=data.get("columns_text") or {},
+                target=data.get("target") or Import.Target.PROFILES,
+                segment_id=data["segment"].pk if data.get("segment") else None,
+                segment_name=data.get("segment_name") or "",
+            )
+        except ValidationError as exc:
+            raise ValidationError(exc.messages) from exc
+        except Http404 as exc:
+            raise ValidationError("You may not change that segment.") from exc
+        return data
+
+
+@admin.register(Import)
+class ImportAdmin(AccessAdmin):
+    list_display = (
+        "__str__",
+        "status",
+        "progress_bar",
+        "rows_done",
+        "rows_failed",
+        "segment",
+        "created_by",
+        "created_at",
+    )
+    list_filter = ("status", "target")
+    list_select_related = ("segment", "created_by")
+    actions = ["restart_imports"]
+    readonly_fields = (
+        "progress",
+        "status",
+        "original_name",
+        "size",
+        "encoding",
+        "target",
+        "segment",
+        "columns",
+        "rows_done",
+        "rows_imported",
+        "rows_failed",
+        "rows_duplicate",
+        "error",
+        "error_file_link",
+        "created_by",
+        "created_at",
+        "started_at",
+        "finished_at",
+    )
+
+    class Media:
+        js = ["audiences/import_progress.js", "audiences/import_mapping.js"]
+        css = {"all": ["audiences/rule_builder.css"]}
+
+    def get_queryset(self, request):
+        return imports_visible_to(request.user)
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            user = request.user
+
+            class BoundForm(ImportAddForm):
+                def __init__(self, *args, **kw):
+                    kw["user"] = user
+                    super().__init__(*args, **kw)
+
+            return BoundForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ("file", "encoding", "target", "segment", "segment_name", "columns_text")
+        return self.readonly_fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return () if obj is None else self.readonly_fields
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        obj.pk = form.created.pk
+
+    def save_related(self, request, form, formsets, change):
+        pass
+
+    def response_add(self, request, obj, post_url_continue=None):
+        self.message_user(request, "The import is queued; its progress shows below.", messages.SUCCESS)
+        return redirect(reverse("admin:audiences_import_change", args=[obj.pk]))
+
+    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
+        raise Http404("No import with this id.")
+
+    @admin.display(description="Progress")
+    def progress_bar(self, obj):
+        return format_html('<progress max="100" value="{}"></progress> {}%', obj.percent, obj.percent)
+
+    @admin.display(description="Progress")
+    def progress(self, obj):
+        url = reverse("admin:audiences_import_status", args=[obj.pk])
+        return format_html(
+            '<div class="import-progress" data-status-url="{}" data-status="{}">'
+            '<progress max="100" value="{}"></progress> <span class="import-progress-text">{}</span></div>',
+            url,
+            obj.status,
+            obj.percent,
+            _progress_text(obj),
+        )
+
+    @admin.display(description="Error file")
+    def error_file_link(self, obj):
+        if not obj.error_file:
+            return "—"
+        url = reverse("admin:audiences_import_errors", args=[obj.pk])
+        return format_html('<a href="{}">Download the rows that failed (CSV)</a>', url)
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:object_id>/status/", self.admin_site.admin_view(self.status_view), name="audiences_import_status"
+            ),
+            path(
+                "<int:object_id>/errors/", self.admin_site.admin_view(self.errors_view), name="audiences_import_errors"
+            ),
+            *super().get_urls(),
+        ]
+
+    def status_view(self, request, object_id: int):
+        """JSON for the progress bar: rows done / failed, percentage, time left."""
+        record = self.get_queryset(request).filter(pk=object_id).first()
+        if record is None:
+            raise Http404
+        return JsonResponse(
+            {
+                "status": record.status,
+                "status_display": record.get_status_display(),
+                "percent": record.percent,
+                "rows_done": record.rows_done,
+                "rows_imported": record.rows_imported,
+                "rows_failed": record.rows_failed,
+                "rows_duplicate": record.rows_duplicate,
+                "seconds_left": record.seconds_left,
+                "error": record.error,
+                "text": _progress_text(record),
+                "error_file_url": reverse("admin:audiences_import_errors", args=[record.pk])
+                if record.error_file
+                else None,
+            }
+        )
+
+    def errors_view(self, request, object_id: int):
+        record = self.get_queryset(request).filter(pk=object_id).first()
+        if record is None or not record.error_file:
+            raise Http404
+        return FileResponse(
+            record.error_file.open("rb"),
+            as_attachment=True,
+            filename=f"import-{record.pk}-errors.csv",
+            content_type="text/csv",
+        )
+
+    @admin.action(description="Restart stalled imports", permissions=["add"])
+    def restart_imports(self, request, queryset):
+        restarted = 0
+        for record in queryset:
+            try:
+                import_restart(import_id=record.pk, by=request.user)
+                restarted += 1
+            except ValidationError as exc:
+                self.message_user(request, f"{record}: {' '.join(exc.messages)}", messages.WARNING)
+        if restarted:
+            self.message_user(request, f"{restarted} import(s) queued again.", messages.SUCCESS)
+
+
+def _progress_text(record: Import) -> str:
+    parts = [
+        f"{record.status}",
+        f"{record.percent}%",
+        f"{record.rows_done:,} rows read",
+        f"{record.rows_failed:,} failed",
+    ]
+    if record.rows_duplicate:
+        parts.append(f"{record.rows_duplicate:,} duplicates")
+    left = record.seconds_left
+    if left is not None:
+        parts.append(f"about {int(left)} s left" if left < 120 else f"about {int(left // 60)} min left")
+    return " · ".join(parts)

@@ -1,0 +1,66 @@
+"""The admin of profiles: read-only, a big table."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import reverse
+from django.utils.http import urlencode
+
+from accounts.admin.bases import BigTableAdmin
+from audiences.models import Profile
+from audiences.selectors import (
+    events_visible_to,
+    profile_memberships,
+    profiles_visible_to,
+)
+
+
+class ReadOnlyMixin:
+    """Profiles and events are written by the API and imports, never by hand in the admin."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Profile)
+class ProfileAdmin(ReadOnlyMixin, BigTableAdmin):
+    list_display = ("external_id", "locale", "timezone", "created_at", "last_seen_at")
+    search_fields = ("=external_id",)
+    search_help_text = "An exact external id."
+    ordering = ("-id",)
+    sortable_by = ("external_id", "created_at")
+    actions = []
+    fields = ("external_id", "locale", "timezone", "created_at", "updated_at", "last_seen_at")
+    readonly_fields = fields
+    change_form_template = "admin/audiences/profile/change_form.html"
+
+    def get_queryset(self, request):
+        return profiles_visible_to(request.user)
+
+    def get_search_results(self, request, queryset, search_term):
+        # Exact and case-sensitive, so the unique index answers (Django's "=" is iexact: a scan).
+        term = search_term.strip()
+        return (queryset.filter(external_id=term) if term else queryset), False
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.has_perm("audiences.delete_profile")
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        profile = self.get_object(request, object_id)
+        extra = dict(extra_context or {})
+        if profile is not None:
+            extra["profile_attributes"] = sorted(profile.attributes.items())
+            extra["recent_events"] = list(
+                events_visible_to(request.user).filter(profile=profile).order_by("-occurred_at", "-id")[:20]
+            )
+            extra["memberships"] = [
+                (s, reverse("admin:audiences_segment_change", args=[s.pk]))
+                for s in profile_memberships(request.user, profile)
+            ]
+            extra["events_url"] = (
+                reverse("admin:audiences_event_changelist") + "?" + urlencode({"q": profile.external_id})
+            )
+        return super().change_view(request, object_id, form_url, extra)

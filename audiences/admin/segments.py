@@ -1,0 +1,322 @@
+"""The admin of segments, with the rule builder and its preview."""
+
+from __future__ import annotations
+
+import json
+
+from django import forms
+from django.apps import apps as django_apps
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, JsonResponse
+from django.shortcuts import redirect
+from django.urls import path, reverse
+
+from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin
+from accounts.json_values import JsonValueFormField, json_parse, json_value_check
+from accounts.selectors import visible_to
+from audiences.models import Segment
+from audiences.rules.schema import COLUMNS, OPERATOR_LABELS, OPERATORS, RELATIVE_UNITS, TYPES, RulesInvalid
+from audiences.rules.validation import rules_validate, rules_validate_for
+from audiences.selectors import (
+    attribute_keys,
+    event_names,
+    event_property_keys,
+    segments_visible_to,
+)
+from audiences.services.segments import (
+    segment_create,
+    segment_delete,
+    segment_members_change,
+    segment_preview,
+    segment_update,
+)
+
+
+class RuleBuilderWidget(forms.Textarea):
+    """A hidden JSON field plus the vanilla-JS builder that edits it (no JSON typing needed).
+
+    The builder is fed by ``meta``: the columns, types and operators of the rule language, and
+    the attribute names, event names, event properties, segments and apps seen in the data.
+    """
+
+    template_name = "admin/audiences/rule_builder_widget.html"
+
+    class Media:
+        css = {"all": ["audiences/rule_builder.css"]}
+        js = ["audiences/rule_builder.js"]
+
+    def __init__(self, *args, meta: dict | None = None, preview_url: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.meta = meta or {}
+        self.preview_url = preview_url
+
+    def get_context(self, name, value, attrs):
+        context = super().get_context(name, value, attrs)
+        context["widget"]["meta_json"] = json.dumps(self.meta)
+        context["widget"]["preview_url"] = self.preview_url
+        return context
+
+    def format_value(self, value):
+        if value is None or value == "":
+            return ""
+        if isinstance(value, str):
+            return value
+        return json.dumps(value)
+
+
+def builder_meta(user, *, exclude_segment: int | None = None) -> dict:
+    segments = segments_visible_to(user).order_by("name").values("id", "name", "kind")[:500]
+    try:
+        app_model = django_apps.get_model("delivery", "App")
+        app_list = list(visible_to(user, app_model.objects.all()).order_by("name").values("id", "name")[:200])
+    except LookupError:
+        app_list = []
+    return {
+        "columns": COLUMNS,
+        "types": list(TYPES),
+        "operators": OPERATORS,
+        "labels": OPERATOR_LABELS,
+        "units": list(RELATIVE_UNITS),
+        "attributes": attribute_keys(),
+        "events": event_names(),
+        "properties": event_property_keys(),
+        "segments": [s for s in segments if s["id"] != exclude_segment],
+        "apps": app_list,
+        "reachability": django_apps.is_installed("delivery") and _has_devices(),
+    }
+
+
+def _has_devices() -> bool:
+    from audiences.rules.schema import device_model
+
+    return device_model() is not None
+
+
+class SegmentForm(forms.ModelForm):
+    rules = JsonValueFormField(required=False, widget=RuleBuilderWidget, help_text="Build the rules: no JSON needed.")
+    add_members = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Static segments: external ids to add, one per line.",
+    )
+    remove_members = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Static segments: external ids to remove, one per line.",
+    )
+
+    class Meta:
+        model = Segment
+        fields = ("name", "description", "kind", "rules")
+
+    def __init__(self, *args, user=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.user = user
+        if "kind" in self.fields:  # imported segments come from imports, not from this form
+            self.fields["kind"].choices = [
+                c for c in Segment.Kind.choices if c[0] in (Segment.Kind.RULES, Segment.Kind.STATIC)
+            ]
+
+    def clean(self):
+        data = super().clean()
+        kind = data.get("kind") or (self.instance.kind if self.instance.pk else Segment.Kind.RULES)
+        rules = data.get("rules")
+        if kind == Segment.Kind.RULES:
+            if not rules:
+                self.add_error("rules", "Add at least one condition.")
+            else:
+                try:
+                    if self.user is not None:
+                        rules_validate_for(rules, by=self.user, segment_id=self.instance.pk)
+                    else:
+                        rules_validate(rules, segment_id=self.instance.pk)
+                except RulesInvalid as exc:
+                    self.add_error("rules", exc)
+        else:
+            data["rules"] = None
+        return data
+
+
+@admin.register(Segment)
+class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
+    form = SegmentForm
+    list_display = ("name", "kind", "last_count", "last_counted_at", "updated_at")
+    list_filter = ("kind",)
+    search_fields = ("name",)
+    readonly_fields = ("members_summary", "last_count", "last_counted_at", "object_access", "created_at", "updated_at")
+    actions = ["delete_segments"]
+
+    def get_fieldsets(self, request, obj=None):
+        main = ["name", "description", "kind"] if obj is None else ["name", "description"]
+        sets = [(None, {"fields": main})]
+        if obj is None or obj.kind == Segment.Kind.RULES:
+            sets.append(("Rules", {"fields": ["rules"], "classes": ["rules-fieldset"]}))
+        if obj is not None and obj.has_members_table:
+            fields = ["members_summary"]
+            if obj.kind == Segment.Kind.STATIC:
+                fields += ["add_members", "remove_members"]
+            sets.append(("Members", {"fields": fields}))
+        if obj is not None:
+            sets.append(("Status", {"fields": ["last_count", "last_counted_at", "created_at", "updated_at"]}))
+            sets.append(("Access", {"fields": ["object_access"]}))
+        return sets
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form_class = super().get_form(request, obj, change=change, **kwargs)
+        preview_url = reverse("admin:audiences_segment_preview_rules")
+        meta = builder_meta(request.user, exclude_segment=obj.pk if obj else None)
+        user = request.user
+
+        class BoundForm(form_class):
+            def __init__(self, *args, **kw):
+                kw["user"] = user
+                super().__init__(*args, **kw)
+                if "rules" in self.fields:
+                    self.fields["rules"].widget = RuleBuilderWidget(meta=meta, preview_url=preview_url)
+
+        return BoundForm
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.readonly_fields
+
+    @admin.display(description="Members")
+    def members_summary(self, obj):
+        if obj is None or not obj.pk:
+            return "—"
+        count = obj.members.count()
+        return f"{count:,} profile(s)"
+
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        try:
+            if change:
+                saved = segment_update(
+                    segment_id=obj.pk,
+                    by=request.user,
+                    name=data["name"],
+                    description=data.get("description", ""),
+                    **({"rules": data["rules"]} if obj.kind == Segment.Kind.RULES else {}),
+                )
+                if obj.kind == Segment.Kind.STATIC and (data.get("add_members") or data.get("remove_members")):
+                    added, removed, unknown = segment_members_change(
+                        segment_id=obj.pk,
+                        by=request.user,
+                        add=(data.get("add_members") or "").splitlines(),
+                        remove=(data.get("remove_members") or "").splitlines(),
+                    )
+                    self.message_user(request, f"{added} member(s) added, {removed} removed.", messages.SUCCESS)
+                    if unknown:
+                        shown = ", ".join(unknown[:10]) + ("…" if len(unknown) > 10 else "")
+                        self.message_user(request, f"Unknown external ids: {shown}", messages.WARNING)
+            else:
+                saved = segment_create(
+                    name=data["name"],
+                    description=data.get("description", ""),
+                    kind=data.get("kind") or Segment.Kind.RULES,
+                    rules=data.get("rules"),
+                    by=request.user,
+                )
+        except ValidationError as exc:
+            raise PermissionDenied("; ".join(exc.messages)) from exc
+        obj.pk = saved.pk
+        obj.refresh_from_db()
+
+    def save_related(self, request, form, formsets, change):
+        pass  # the service saved everything
+
+    def delete_model(self, request, obj):
+        segment_delete(segment_id=obj.pk, by=request.user)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except ValidationError as exc:
+            self.message_user(request, " ".join(exc.messages), messages.ERROR)
+            return redirect(reverse("admin:audiences_segment_change", args=[object_id]))
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    @admin.action(description="Delete selected segments", permissions=["delete"])
+    def delete_segments(self, request, queryset):
+        deleted = 0
+        for segment in queryset:
+            try:
+                segment_delete(segment_id=segment.pk, by=request.user)
+                deleted += 1
+            except (ValidationError, PermissionDenied) as exc:
+                self.message_user(
+                    request, f"{segment}: {' '.join(getattr(exc, 'messages', [str(exc)]))}", messages.ERROR
+                )
+        if deleted:
+            self.message_user(request, f"{deleted} segment(s) deleted.", messages.SUCCESS)
+
+    def get_urls(self):
+        return [
+            path(
+                "preview/",
+                self.admin_site.admin_view(self.preview_view),
+                name="audiences_segment_preview_rules",
+            ),
+            path(
+                "<int:object_id>/preview/",
+                self.admin_site.admin_view(self.preview_view),
+                name="audiences_segment_preview",
+            ),
+            *super().get_urls(),
+        ]
+
+    def preview_view(self, request, object_id: int | None = None):
+        """JSON: the count and 20 sample profiles of a saved segment (GET) or of the tree being edited (POST)."""
+        if not self.has_view_permission(request):
+            if object_id is not None:
+                raise Http404("No segment with this id.")  # as for any object outside one's access
+            raise PermissionDenied
+        rules = None
+        segment_id = object_id
+        if request.method == "POST":
+            try:
+                body = json_parse(request.body.decode("utf-8") or "{}")
+                json_value_check(body.get("rules") if isinstance(body, dict) else None, field="rules")
+            except ValidationError as exc:
+                errors = [{"path": path, "message": m} for path, ms in exc.message_dict.items() for m in ms]
+                return JsonResponse({"errors": errors}, status=400)
+            except ValueError:
+                return JsonResponse({"errors": [{"path": "", "message": "The request is not JSON."}]}, status=400)
+            if not isinstance(body, dict):
+                return JsonResponse({"errors": [{"path": "", "message": "Send a JSON object."}]}, status=400)
+            rules = body.get("rules")
+            segment_id = body.get("segment") or object_id
+            if isinstance(segment_id, str) and segment_id.isdigit():
+                segment_id = int(segment_id)
+            if not isinstance(segment_id, int):
+                segment_id = None
+        try:
+            preview = segment_preview(by=request.user, segment_id=segment_id, rules=rules)
+        except RulesInvalid as exc:
+            return JsonResponse(
+                {"errors": [{"path": e.path, "code": e.code, "message": e.message} for e in exc.errors]}, status=400
+            )
+        sample = [
+            {
+                "external_id": p.external_id,
+                "url": reverse("admin:audiences_profile_change", args=[p.pk]),
+                "locale": p.locale,
+                "attributes": dict(sorted((p.attributes or {}).items())[:20]),
+            }
+            for p in preview.sample
+        ]
+        reach = []
+        if preview.count:
+            from audiences.selectors import audience_reach
+
+            probe = Segment(pk=segment_id, kind=Segment.Kind.RULES, rules=rules) if rules is not None else None
+            if probe is None and segment_id is not None:
+                probe = Segment.objects.get(pk=segment_id)
+            apps = visible_to(request.user, django_apps.get_model("delivery", "App").objects.order_by("name"))
+            for app in apps[:5]:
+                reach.append({"app": app.name, "text": audience_reach(segment=probe, app_id=app.pk).text()})
+        return JsonResponse({"count": preview.count, "took_ms": preview.took_ms, "sample": sample, "reach": reach})

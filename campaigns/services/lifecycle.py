@@ -1,0 +1,404 @@
+"""The life of a campaign: create, edit, submit, approve, stop, archive, duplicate.
+
+Each transition locks the campaign row, checks the state it starts from, writes an audit
+event, and queues follow-up work on commit (STYLE rule 2).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import ApprovalRequest, User
+from accounts.selectors import approval_current, visible_to
+from accounts.services import (
+    TransitionError,
+    access_grant,
+    approval_request_cancel,
+    approval_request_close,
+    approval_request_decide,
+    approval_request_open,
+    audit,
+    lock_for,
+)
+from campaigns.models import Campaign
+from campaigns.schedule import next_occurrence, schedule_check
+from delivery.services.contents import pushcontent_duplicate
+
+Status = Campaign.Status
+
+EDITABLE_FIELDS = (
+    "name",
+    "app",
+    "kind",
+    "purpose",
+    "segment",
+    "content",
+    "schedule_kind",
+    "send_at",
+    "time_zone",
+    "recurrence",
+    "cron",
+    "ends_at",
+    "at_local_time",
+    "missed_window_minutes",
+    "throttle_per_second",
+)
+
+
+def _lock(campaign_id: int, by: User, perm: str) -> Campaign:
+    return lock_for(Campaign, campaign_id, by=by, perm=perm, label="campaign")
+
+
+def _transition(campaign: Campaign, to: str, *, by: User | None, action: str, summary: dict | None = None) -> None:
+    before = campaign.status
+    campaign.status = to
+    campaign.status_changed_at = timezone.now()
+    campaign.updated_at = campaign.status_changed_at
+    campaign.save(
+        update_fields=[
+            "status",
+            "status_changed_at",
+            "updated_at",
+            "approved_fingerprint",
+            "approved_version",
+            "activated_at",
+            "next_occurrence_at",
+        ]
+    )
+    audit(actor=by, action=f"campaign_{action}", obj=campaign, summary={"from": before, "to": to, **(summary or {})})
+
+
+def _check_references(campaign: Campaign, *, by: User, changed: set[str]) -> None:
+    """The app, segment and content fit together; those the user sets now must be within their access."""
+    from audiences.selectors import segments_visible_to
+    from delivery.models import App, PushContent
+
+    errors = {}
+    app, segment, content = campaign.app, campaign.segment, campaign.content
+    if app is None:
+        errors["app"] = "Choose an app."
+    elif "app" in changed and not visible_to(by, App.objects.filter(pk=app.pk)).exists():
+        errors["app"] = "Choose an app you have access to."
+    if content is None:
+        errors["content"] = "Choose push content."
+    elif "content" in changed and not visible_to(by, PushContent.objects.filter(pk=content.pk)).exists():
+        errors["content"] = "Choose push content you have access to."
+    elif app is not None and content.app_id != app.pk:
+        errors["content"] = f"This content belongs to another app than '{app}'."
+    if campaign.kind == Campaign.Kind.SCHEDULED:
+        if segment is None:
+            errors["segment"] = "A scheduled campaign needs an audience segment."
+        elif "segment" in changed and not segments_visible_to(by).filter(pk=segment.pk).exists():
+            errors["segment"] = "Choose a segment you have access to."
+    if errors:
+        raise ValidationError(errors)
+
+
+def _validate(campaign: Campaign, *, by: User, changed: set[str] = frozenset()) -> None:
+    if not (campaign.name or "").strip():
+        raise ValidationError({"name": "A campaign needs a name."})
+    if campaign.kind not in Campaign.Kind.values:
+        raise ValidationError({"kind": f"Use one of {', '.join(Campaign.Kind.values)}."})
+    if campaign.purpose not in Campaign.Purpose.values:
+        raise ValidationError({"purpose": f"Use one of {', '.join(Campaign.Purpose.values)}."})
+    _check_references(campaign, by=by, changed=changed)
+    schedule_check(
+        kind=campaign.kind,
+        schedule_kind=campaign.schedule_kind,
+        send_at=campaign.send_at,
+        time_zone=campaign.time_zone,
+        recurrence=campaign.recurrence,
+        cron=campaign.cron,
+        ends_at=campaign.ends_at,
+    )
+
+
+def campaign_create(*, by: User, **fields) -> Campaign:
+    """Create a draft campaign owned by ``by``, who gets object access to it.
+
+    ``fields`` are the editable fields (name, app, kind, purpose, segment, content, schedule...).
+    Raises PermissionDenied when the role may not author campaigns, ValidationError naming the field.
+    """
+    return _create(by=by, changed={"app", "segment", "content"}, **fields)
+
+
+def _create(*, by: User, changed: set[str], **fields) -> Campaign:
+    """``changed``: the references ``by`` sets now, which must be within their access."""
+    if not by.has_perm("campaigns.add_campaign"):
+        raise PermissionDenied("Your role may not create campaigns.")
+    unknown = set(fields) - set(EDITABLE_FIELDS)
+    if unknown:
+        raise ValidationError({field: "Not a campaign field." for field in unknown})
+    campaign = Campaign(owner=by, **fields)
+    _validate(campaign, by=by, changed=changed)
+    with transaction.atomic():
+        campaign.save()
+        access_grant(obj=campaign, to=by, by=None)
+        audit(actor=by, action="campaign_created", obj=campaign)
+    return campaign
+
+
+def campaign_update(*, campaign_id: int, by: User, **changes) -> Campaign:
+    """Edit a campaign. A draft stays a draft. On a scheduled or live campaign, an edit of its
+    content, audience or schedule is a pending revision: the approved version (``approved_version``)
+    keeps sending until the revision is approved (submit it with ``campaign_submit``); only
+    ``campaign_stop`` takes the campaign off the air.
+
+    Raises TransitionError when it is in review (locked: a draft, or a revision waiting for
+    approval) or finished, ValidationError naming the field.
+    """
+    unknown = set(changes) - set(EDITABLE_FIELDS)
+    if unknown:
+        raise ValidationError({field: "Not a campaign field." for field in unknown})
+    with transaction.atomic():
+        campaign = _lock(campaign_id, by, "campaigns.change_campaign")
+        if campaign.status == Status.IN_REVIEW:
+            raise TransitionError(campaign, "edited", "Cancel the approval request first.")
+        if campaign.status not in (Status.DRAFT, Status.SCHEDULED, Status.LIVE):
+            raise TransitionError(campaign, "edited", "Duplicate it to make a new draft.")
+        if campaign.is_active and revision_waiting(campaign) is not None:
+            raise TransitionError(campaign, "edited", "Its revision is waiting for approval: cancel the request first.")
+        changed = {
+            field
+            for field, value in changes.items()
+            if getattr(campaign, f"{field}_id" if field in ("app", "segment", "content") else field)
+            != (getattr(value, "pk", value))
+        }
+        for field, value in changes.items():
+            setattr(campaign, field, value)
+        _validate(campaign, by=by, changed=changed)
+        campaign.updated_at = timezone.now()
+        campaign.save()
+        revision = campaign.is_active and campaign.has_pending_revision
+        audit(
+            actor=by,
+            action="campaign_revision_edited" if revision else "campaign_changed",
+            obj=campaign,
+            summary={"fields": sorted(changed)},
+        )
+    return campaign
+
+
+def revision_waiting(campaign: Campaign) -> ApprovalRequest | None:
+    """The pending request of a scheduled or live campaign's revision, if one waits."""
+    request = approval_current(campaign)
+    return request if request is not None and request.status == ApprovalRequest.Status.PENDING else None
+
+
+def campaign_delete(*, campaign_id: int, by: User) -> None:
+    """Delete a draft. Raises TransitionError for any other state (archive it instead)."""
+    with transaction.atomic():
+        campaign = _lock(campaign_id, by, "campaigns.delete_campaign")
+        if campaign.status != Status.DRAFT:
+            raise TransitionError(campaign, "deleted", "Only drafts can be deleted.")
+        audit(actor=by, action="campaign_deleted", obj=campaign)
+        campaign.delete()
+
+
+def campaign_submit(*, campaign_id: int, by: User, message: str = "") -> ApprovalRequest:
+    """Send a draft, or the pending revision of a scheduled or live campaign, for review: it is
+    locked until approved, sent back, or the request is cancelled. A revision's approved version
+    keeps sending meanwhile.
+
+    Raises TransitionError in any other state (no revision to submit, already waiting).
+    """
+    with transaction.atomic():
+        campaign = _lock(campaign_id, by, "campaigns.submit_campaign")
+        revision = campaign.is_active and campaign.has_pending_revision and revision_waiting(campaign) is None
+        if campaign.status != Status.DRAFT and not revision:
+            hint = "It has no revision to submit: edit it first." if campaign.is_active else ""
+            raise TransitionError(campaign, "submitted for review", hint)
+        _validate(campaign, by=by)
+        request = approval_request_open(
+            subject=campaign,
+            context=campaign.approval_context(),
+            fingerprint=campaign.fingerprint(),
+            approve_perm="campaigns.approve_campaign",
+            by=by,
+            message=message,
+        )
+        if revision:
+            audit(actor=by, action="campaign_revision_submitted", obj=campaign, summary={"request": request.pk})
+        else:
+            _transition(campaign, Status.IN_REVIEW, by=by, action="submitted")
+    return request
+
+
+def _pending_request(campaign: Campaign) -> ApprovalRequest:
+    request = approval_current(campaign)
+    if request is None or request.status != ApprovalRequest.Status.PENDING:
+        raise TransitionError(campaign, "decided", "It has no pending approval request.")
+    return request
+
+
+def campaign_cancel_request(*, campaign_id: int, by: User) -> Campaign:
+    """The requester takes a campaign out of review, back to draft; or a revision back to a pending
+    edit (the approved version keeps sending)."""
+    with transaction.atomic():
+        campaign = _lock(campaign_id, by, "campaigns.submit_campaign")
+        if campaign.is_active and revision_waiting(campaign) is not None:
+            approval_request_cancel(request_id=_pending_request(campaign).pk, by=by)
+            audit(actor=by, action="campaign_revision_request_cancelled", obj=campaign)
+            return campaign
+        if campaign.status != Status.IN_REVIEW:
+            raise TransitionError(campaign, "taken out of review")
+        approval_request_cancel(request_id=_pending_request(campaign).pk, by=by)
+        _transition(campaign, Status.DRAFT, by=by, action="request_cancelled")
+    return campaign
+
+
+def campaign_request_changes(*, campaign_id: int, by: User, comment: str) -> Campaign:
+    """An approver sends the campaign back to draft with a comment the requester sees; a revision
+    goes back to a pending edit, and the approved version keeps sending."""
+    with transaction.atomic():
+        campaign = _lock(campaign_id, by, "campaigns.approve_campaign")
+        if campaign.is_active and revision_waiting(campaign) is not None:
+            approval_request_decide(request_id=_pending_request(campaign).pk, by=by, approve=False, comment=comment)
+            audit(actor=by, action="campaign_revision_changes_requested", obj=campaign, summary={"comment": comment})
+            return campaign
+        if campaign.status != Status.IN_REVIEW:
+            raise TransitionError(campaign, "sent back for changes")
+        approval_request_decide(request_id=_pending_request(campaign).pk, by=by, approve=False, comment=comment)
+        _transition(campaign, Status.DRAFT, by=by, action="changes_requested", summary={"comment": comment})
+    return campaign
+
+
+def _approve_version(campaign: Campaign, request: ApprovalRequest, *, by: User, now: dt.datetime) -> dict:
+    """Freeze the campaign as it stands into its approved version (the next number)."""
+    previous = campaign.approved_version or {}
+    snapshot = campaign.snapshot()
+    snapshot.update(
+        number=previous.get("number", 0) + 1,
+        approved_at=now.isoformat(),
+        approved_by=by.get_username(),
+        request_id=request.pk,
+    )
+    campaign.approved_version = snapshot
+    campaign.approved_fingerprint = request.fingerprint
+    return snapshot
+
+
+def _approve_revision(campaign: Campaign, request: ApprovalRequest, *, by: User, comment: str, now: dt.datetime):
+    """The revision of a scheduled or live campaign takes over from the approved version. A changed
+    schedule moves the next occurrence; a send that already happened is not repeated."""
+    before = campaign.approved()
+    snapshot = _approve_version(campaign, request, by=by, now=now)
+    schedule_fields = ("schedule_kind", "send_at", "time_zone", "recurrence", "cron", "ends_at", "at_local_time")
+    if campaign.kind == Campaign.Kind.SCHEDULED and (
+        before is None or any(getattr(before, f) != getattr(campaign, f) for f in schedule_fields)
+    ):
+        fired = campaign.occurrences.exists()
+        if campaign.schedule_kind == Campaign.ScheduleKind.NOW:
+            campaign.next_occurrence_at = None if fired else now
+        else:
+            campaign.next_occurrence_at = next_occurrence(campaign.approved(), after=now)
+    campaign.updated_at = now
+    campaign.save(update_fields=["approved_version", "approved_fingerprint", "next_occurrence_at", "updated_at"])
+    audit(
+        actor=by,
+        action="campaign_revision_approved",
+        obj=campaign,
+        summary={"version": snapshot["number"], "replaces": before.number if before else None, "comment": comment},
+    )
+    if campaign.next_occurrence_at is not None and campaign.next_occurrence_at <= now:
+        transaction.on_commit(lambda: _queue_fire(campaign.pk))
+
+
+def campaign_approve(*, campaign_id: int, by: User, comment: str = "", now: dt.datetime | None = None) -> Campaign:
+    """Approve and activate: the campaign becomes scheduled (a future send) or live. For the
+    revision of a scheduled or live campaign, the revision becomes the approved version that sends.
+
+    Raises ValidationError when what would be sent differs from what was submitted (e.g. its push
+    content was edited meanwhile: ask for changes), PermissionDenied when ``by`` may not approve
+    this request (own request, not an approver of its policy, no access).
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        campaign = _lock(campaign_id, by, "campaigns.approve_campaign")
+        revision = campaign.is_active and revision_waiting(campaign) is not None
+        if campaign.status != Status.IN_REVIEW and not revision:
+            raise TransitionError(campaign, "approved")
+        request = _pending_request(campaign)
+        if campaign.fingerprint() != request.fingerprint:
+            raise ValidationError("What would be sent changed since it was submitted: ask for changes and resubmit.")
+        approval_request_decide(request_id=request.pk, by=by, approve=True, comment=comment)
+        if revision:
+            _approve_revision(campaign, request, by=by, comment=comment, now=now)
+            return campaign
+        _approve_version(campaign, request, by=by, now=now)
+        campaign.activated_at = now
+        if campaign.kind == Campaign.Kind.API_TRIGGERED:
+            campaign.next_occurrence_at = None
+            to = Status.LIVE
+        else:
+            campaign.next_occurrence_at = next_occurrence(campaign, after=now - dt.timedelta(microseconds=1))
+            to = Status.SCHEDULED if campaign.next_occurrence_at and campaign.next_occurrence_at > now else Status.LIVE
+        _transition(campaign, to, by=by, action="approved", summary={"comment": comment, "version": 1})
+        if campaign.next_occurrence_at is not None and campaign.next_occurrence_at <= now:
+            transaction.on_commit(lambda: _queue_fire(campaign.pk))
+    return campaign
+
+
+def _queue_fire(campaign_id: int) -> None:
+    from django_q.tasks import async_task
+
+    async_task("campaigns.tasks.campaign_fire_due_task", campaign_id, q_options={"timeout": 120})
+
+
+def campaign_stop(*, campaign_id: int, by: User) -> Campaign:
+    """Stop a scheduled or live campaign: no further occurrence, and its queued deliveries are stopped."""
+    from delivery.models import Dispatch
+    from delivery.services.dispatches import dispatch_stop
+
+    with transaction.atomic():
+        campaign = _lock(campaign_id, by, "campaigns.stop_campaign")
+        if campaign.status not in (Status.SCHEDULED, Status.LIVE):
+            raise TransitionError(campaign, "stopped")
+        campaign.next_occurrence_at = None
+        _transition(campaign, Status.STOPPED, by=by, action="stopped")
+        if (request := revision_waiting(campaign)) is not None:
+            approval_request_close(request_id=request.pk, by=by, reason="The campaign was stopped.")
+        running = Dispatch.objects.filter(
+            source_id=campaign.pk,
+            kind__in=(Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER),
+            status__in=(Dispatch.Status.PREPARING, Dispatch.Status.SENDING),
+        ).values_list("pk", flat=True)
+        for dispatch_id in list(running):
+            dispatch_stop(dispatch_id=dispatch_id, by=by)
+    return campaign
+
+
+def campaign_archive(*, campaign_id: int, by: User) -> Campaign:
+    """Archive a finished campaign (completed, stopped, failed): hidden from the default list."""
+    with transaction.atomic():
+        campaign = _lock(campaign_id, by, "campaigns.archive_campaign")
+        if campaign.status not in (Status.COMPLETED, Status.STOPPED, Status.FAILED):
+            hint = "Stop it first." if campaign.is_active else "Delete a draft instead."
+            raise TransitionError(campaign, "archived", hint)
+        _transition(campaign, Status.ARCHIVED, by=by, action="archived")
+    return campaign
+
+
+def campaign_duplicate(*, campaign_id: int, by: User) -> Campaign:
+    """A new draft with the same settings and a copy of the content, owned by ``by``, from any state.
+
+    The copy keeps the source's app and segment, as a colleague editing the source could, even
+    when ``by`` was never given access to them. Raises Http404 when the campaign is outside
+    ``by``'s access, PermissionDenied when their role may not create campaigns (both checked
+    before anything is written).
+    """
+    with transaction.atomic():
+        source = _lock(campaign_id, by, "campaigns.view_campaign")
+        if not by.has_perm("campaigns.add_campaign"):
+            raise PermissionDenied("Your role may not create campaigns.")
+        content = None
+        if source.content_id is not None:
+            content = pushcontent_duplicate(content_id=source.content_id, by=by)
+        fields = {field: getattr(source, field) for field in EDITABLE_FIELDS if field not in ("name", "content")}
+        copy = _create(by=by, changed={"content"}, name=f"{source.name} (copy)"[:200], content=content, **fields)
+        audit(actor=by, action="campaign_duplicated", obj=copy, summary={"from": source.pk})
+    return copy

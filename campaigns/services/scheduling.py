@@ -1,0 +1,198 @@
+"""The send path of campaigns: the gates, firing due occurrences, the scheduler's beat and test sends."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.http import Http404
+from django.utils import timezone
+
+from accounts.models import User
+from accounts.selectors import can, visible_to
+from accounts.services import (
+    audit,
+)
+from campaigns.models import Campaign, Occurrence
+from campaigns.schedule import local_wall_time, next_occurrence
+from campaigns.services.lifecycle import Status, _transition
+
+
+def campaign_gate(*, app, source_id: int | None, spec: dict, by: User | None, api_triggered: bool = False) -> None:
+    """The campaigns' gate in the delivery pipeline: a dispatch only for an approved, active campaign,
+    sending exactly the content of its approved version (a pending revision never reaches a send).
+
+    Raises GateClosed otherwise, whoever calls: a forged admin POST or a direct service call alike.
+    """
+    from delivery.services.dispatches import GateClosed
+
+    campaign = Campaign.objects.select_related("content").filter(pk=source_id).first()
+    if campaign is None or campaign.app_id != app.pk:
+        raise GateClosed("No such campaign for this app.")
+    if campaign.kind != (Campaign.Kind.API_TRIGGERED if api_triggered else Campaign.Kind.SCHEDULED):
+        raise GateClosed(f"'{campaign}' is not {'an API-triggered' if api_triggered else 'a scheduled'} campaign.")
+    if not campaign.is_active:
+        raise GateClosed(f"'{campaign}' is {campaign.get_status_display().lower()}, not approved and active.")
+    approved = campaign.approved()
+    if approved is None or approved.fingerprint != campaign.approved_fingerprint:
+        raise GateClosed(f"'{campaign}' changed since it was approved.")
+    if spec != approved.spec:
+        raise GateClosed("The content to send is not the approved content.")
+    if approved.segment_id is not None and not api_triggered:
+        from audiences.models import Segment
+
+        segment = Segment.objects.filter(pk=approved.segment_id).first()
+        wanted = approved.snapshot.get("audience_fingerprint")
+        if segment is None or (wanted and segment.definition_fingerprint() != wanted):
+            raise GateClosed(
+                f"The audience of '{campaign}' is defined otherwise than when it was approved: "
+                "approve the campaign's revision to send to it."
+            )
+
+
+def campaign_api_gate(**kwargs) -> None:
+    campaign_gate(api_triggered=True, **kwargs)
+
+
+# The scheduler beats every minute: an occurrence fired later than this was missed (downtime).
+LATE_AFTER = dt.timedelta(minutes=5)
+
+
+def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> list[Occurrence]:
+    """Fire the campaign's due occurrence(s), each exactly once, however many workers race for it.
+
+    The campaign row is taken with SKIP LOCKED (another worker holding it is firing it), and each
+    occurrence is a row unique per (campaign, due time), written in the same transaction as its
+    Dispatch: a worker killed midway rolls both back and the next tick fires it. Occurrences missed
+    during downtime for longer than the campaign's window are recorded as skipped; the latest one
+    within the window is sent late. What is sent is the approved version, whatever revision is
+    pending; an occurrence the gate refuses is recorded with the reason, and the next one stays due.
+    """
+    from delivery.models import Dispatch
+    from delivery.services.dispatches import GateClosed, dispatch_create
+
+    now = now or timezone.now()
+    fired: list[Occurrence] = []
+    with transaction.atomic():
+        campaign = (
+            Campaign.objects.select_for_update(skip_locked=True)
+            .select_related("content")
+            .filter(pk=campaign_id, status__in=(Status.SCHEDULED, Status.LIVE), next_occurrence_at__lte=now)
+            .first()
+        )
+        if campaign is None:
+            return fired
+        approved = campaign.approved()  # what sends, whatever revision is pending
+        if approved is None:
+            return fired
+        window = dt.timedelta(minutes=approved.missed_window_minutes)
+        for _ in range(10_000):  # bounded: a daily campaign down for years still ends
+            due = campaign.next_occurrence_at
+            if due is None or due > now:
+                break
+            later = next_occurrence(approved, after=due)
+            if later is not None and later <= now:
+                # A newer occurrence is due too: this one was missed; only the newest may be sent.
+                fired.append(_occurrence(campaign, due, Occurrence.Outcome.SKIPPED_MISSED, note="a later one was due"))
+                campaign.next_occurrence_at = later
+                continue
+            if now - due > window:
+                note = f"missed by {now - due}, longer than the {window} window"
+                fired.append(_occurrence(campaign, due, Occurrence.Outcome.SKIPPED_MISSED, note=note))
+                campaign.next_occurrence_at = later
+                break
+            outcome = Occurrence.Outcome.SENT if now - due <= LATE_AFTER else Occurrence.Outcome.SENT_LATE
+            local = approved.at_local_time and approved.schedule_kind != Campaign.ScheduleKind.NOW
+            try:
+                with transaction.atomic():
+                    dispatch = dispatch_create(
+                        app_id=approved.app_id,
+                        kind=Dispatch.Kind.CAMPAIGN,
+                        spec=approved.spec,
+                        content_id=approved.content_id,
+                        segment_id=approved.segment_id,
+                        source_id=campaign.pk,
+                        label=f"{campaign.name} v{approved.number} @ {due:%Y-%m-%d %H:%M} UTC",
+                        rate_limit_per_second=approved.throttle_per_second,
+                        purpose=approved.purpose,
+                        local_time=local_wall_time(approved, due) if local else "",
+                        local_default_timezone=approved.time_zone if local else "",
+                        context={"campaign": {"id": campaign.pk, "name": campaign.name}},
+                    )
+            except GateClosed as exc:
+                # Said on the campaign's page; the campaign stays on the air for its next occurrence.
+                fired.append(_occurrence(campaign, due, Occurrence.Outcome.REFUSED, note=str(exc)[:300]))
+                campaign.next_occurrence_at = later
+                break
+            fired.append(_occurrence(campaign, due, outcome, dispatch=dispatch))
+            campaign.next_occurrence_at = later
+            break
+        if campaign.status == Status.SCHEDULED and any(o.dispatch_id for o in fired):
+            campaign.status = Status.LIVE
+            campaign.status_changed_at = now
+        campaign.save(update_fields=["next_occurrence_at", "status", "status_changed_at"])
+    return fired
+
+
+def _occurrence(campaign: Campaign, due: dt.datetime, outcome: str, *, dispatch=None, note: str = "") -> Occurrence:
+    occurrence = Occurrence.objects.create(campaign=campaign, due_at=due, outcome=outcome, dispatch=dispatch, note=note)
+    audit(
+        actor=None,
+        action=f"campaign_occurrence_{outcome}",
+        obj=campaign,
+        summary={"due_at": due.isoformat(), "note": note},
+    )
+    return occurrence
+
+
+def campaigns_tick(*, now: dt.datetime | None = None) -> dict:
+    """The scheduler's beat: fire every due campaign, and complete those with nothing left to send.
+
+    Safe to run on every worker at once (each campaign is fired under its own row lock).
+    """
+    from delivery.models import Dispatch
+    from operations.instance import instance_refuses
+
+    if instance_refuses(action="run the campaigns tick"):
+        return {"due": 0, "occurrences": 0, "completed": 0, "refused": True}
+    now = now or timezone.now()
+    due_ids = list(
+        Campaign.objects.filter(status__in=(Status.SCHEDULED, Status.LIVE), next_occurrence_at__lte=now)
+        .order_by("next_occurrence_at")
+        .values_list("pk", flat=True)[:500]
+    )
+    fired = sum(len(campaign_fire_due(campaign_id=pk, now=now)) for pk in due_ids)
+    completed = 0
+    running = Dispatch.objects.filter(
+        kind=Dispatch.Kind.CAMPAIGN, status__in=(Dispatch.Status.PREPARING, Dispatch.Status.SENDING)
+    ).values("source_id")
+    finished = (
+        Campaign.objects.filter(kind=Campaign.Kind.SCHEDULED, status=Status.LIVE, next_occurrence_at__isnull=True)
+        .exclude(pk__in=running)
+        .values_list("pk", flat=True)
+    )
+    for pk in list(finished):
+        with transaction.atomic():
+            campaign = Campaign.objects.select_for_update(skip_locked=True).filter(pk=pk, status=Status.LIVE).first()
+            if campaign is not None and campaign.next_occurrence_at is None:
+                outcomes = set(
+                    Dispatch.objects.filter(kind=Dispatch.Kind.CAMPAIGN, source_id=pk).values_list("status", flat=True)
+                )
+                # Failed when every send of it failed (e.g. its app's credentials were refused).
+                to = Status.FAILED if outcomes == {Dispatch.Status.FAILED} else Status.COMPLETED
+                _transition(campaign, to, by=None, action="failed" if to == Status.FAILED else "completed")
+                completed += 1
+    return {"due": len(due_ids), "occurrences": fired, "completed": completed}
+
+
+def campaign_test_send(*, campaign_id: int, by: User):
+    """Send the campaign's content as it is now to its app's test devices, in any state, no approval needed."""
+    from delivery.services.contents import pushcontent_test_send
+
+    campaign = Campaign.objects.filter(pk=campaign_id).first()
+    if campaign is None or not visible_to(by, Campaign.objects.filter(pk=campaign_id)).exists():
+        raise Http404(f"No campaign {campaign_id}.")
+    if not can(by, "delivery.test_send_pushcontent", campaign):
+        raise PermissionDenied("Your role may not send tests.")
+    return pushcontent_test_send(content_id=campaign.content_id, by=by)

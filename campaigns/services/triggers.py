@@ -1,0 +1,473 @@
+"""API triggers of campaigns: checks, rate limit, the per-process cache of live campaigns and its stamps, idempotent requests and the send."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.db.models import Exists, OuterRef
+from django.http import Http404
+from django.utils import timezone
+
+from accounts.models import User
+from accounts.selectors import visible_to
+from campaigns.models import Campaign
+from campaigns.services.lifecycle import Status
+from campaigns.services.scheduling import campaign_gate
+
+MAX_RECIPIENTS = 1000
+# A TriggerRequest still unfinished after this long belonged to a request that died: retry it.
+TRIGGER_ABANDONED_AFTER = dt.timedelta(minutes=5)
+
+
+class TriggerRefused(Exception):
+    """The campaign cannot be triggered now (not API-triggered, not live...)."""
+
+    def __init__(self, detail: str, *, code: str, status: int = 409):
+        super().__init__(detail)
+        self.detail, self.code, self.status = detail, code, status
+
+    def as_api(self):
+        from rest_framework.exceptions import APIException
+
+        error = APIException(self.detail, code=self.code)
+        error.status_code = self.status
+        return error
+
+
+@dataclass
+class TriggerResult:
+    dispatch_id: int | None
+    accepted: int
+    problems: list[dict] = field(default_factory=list)
+    deliveries: list[dict] = field(default_factory=list)
+
+    def answer(self) -> dict:
+        """The 202 body: the stream it joined, what will be sent, per-recipient problems, the rows made."""
+        return {
+            "dispatch": self.dispatch_id,
+            "accepted": self.accepted,
+            "problems": self.problems,
+            "deliveries": self.deliveries,
+        }
+
+
+def trigger_rate_take(*, api_key) -> float | None:
+    """Count one trigger against the key's rate limit; None when allowed, else seconds to wait.
+
+    The API reads this limit with its version stamps in one round trip; this is the path for the
+    database-kept limiter (the embedded mode) and direct callers.
+    """
+    from delivery.throttle import throttle
+
+    granted, wait = throttle().take(
+        key=f"trigger:{api_key.prefix}", rate=settings.PUSHDESK_TRIGGER_RATE_PER_KEY, count=1
+    )
+    return None if granted else max(wait, 0.001)
+
+
+def _payload_problem(spec: dict, *, profile: dict, context: dict) -> str | None:
+    """Render the content for one recipient and say what is wrong with it, if anything."""
+    from liquid.exceptions import LiquidError
+
+    from delivery.payloads import (
+        APNS_LIMIT,
+        FCM_LIMIT,
+        RenderedMessage,
+        apns_payload,
+        encode,
+        fcm_message,
+        fcm_payload_bytes,
+        message_render,
+    )
+
+    try:
+        message: RenderedMessage = message_render(spec, profile=profile, context=context)
+    except LiquidError as exc:
+        return f"The content cannot be rendered with this context: {exc}"
+    apns = len(encode(apns_payload(spec, message, delivery_id=2**53)))
+    fcm = fcm_payload_bytes(fcm_message(spec, message, token="x" * 200, delivery_id=2**53))
+    if apns > APNS_LIMIT:
+        return (
+            f"With this context the iOS payload is {apns} bytes, {apns - APNS_LIMIT} over the {APNS_LIMIT}-byte limit."
+        )
+    if fcm > FCM_LIMIT:
+        return (
+            f"With this context the Android payload is {fcm} bytes, {fcm - FCM_LIMIT} over the {FCM_LIMIT}-byte limit."
+        )
+    return None
+
+
+@dataclass
+class _Approved:
+    """What the trigger path keeps of a live API-triggered campaign per process, behind its stamp."""
+
+    campaign_id: int
+    app_id: int
+    name: str
+    purpose: str
+    fingerprint: str  # the approved one: what the stream's rows are checked against, under lock
+    spec: dict
+    personalized: bool
+    rules: object | None  # the app's DeliveryRules, for marketing campaigns
+    content_id: int
+    throttle_per_second: int | None
+    stream_day: dt.date
+    stamp: str | None
+    loaded_at: float
+    payload_problem: str | None = None  # for content that renders the same for everyone
+    stream_id: int | None = None  # today's standing dispatch, opened by the first call with rows
+
+    def stream(self, *, by: User | None, now: dt.datetime) -> int:
+        """Today's standing dispatch of this approved version, opened when the first rows come."""
+        from delivery.models import Dispatch
+        from delivery.services.streams import stream_open
+
+        if self.stream_id is None:
+            self.stream_id = stream_open(
+                kind=Dispatch.Kind.API_TRIGGER,
+                source_id=self.campaign_id,
+                version=self.fingerprint,
+                app_id=self.app_id,
+                spec=self.spec,
+                content_id=self.content_id,
+                label=f"{self.name}: API triggers",
+                purpose=self.purpose,
+                rate_limit_per_second=self.throttle_per_second,
+                context={"campaign": {"id": self.campaign_id, "name": self.name}},
+                by=by,
+                now=now,
+            )
+        return self.stream_id
+
+
+_APPROVED: dict[int, _Approved] = {}
+
+
+def campaign_caches_forget() -> None:
+    """Drop this process's cached campaigns (tests that change rows behind the services' back)."""
+    _APPROVED.clear()
+
+
+def _campaign_stamp(campaign_id: int) -> str:
+    return f"campaign:{campaign_id}"
+
+
+def _refuse_unless_triggerable(campaign: Campaign) -> None:
+    if campaign.kind != Campaign.Kind.API_TRIGGERED:
+        raise TriggerRefused(
+            f"'{campaign}' is a scheduled campaign, not an API-triggered one.", code="not_api_triggered"
+        )
+    if campaign.status != Status.LIVE:
+        raise TriggerRefused(
+            f"'{campaign}' is {campaign.get_status_display().lower()}: only a live campaign can be triggered.",
+            code="campaign_not_live",
+        )
+
+
+def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: dt.datetime) -> _Approved:
+    """The cached approved campaign, (re)loaded when its stamp moved, its day passed or it is old.
+
+    Loading runs the full gate (``campaign_gate``: approved, live, fingerprint unchanged) and opens
+    today's stream of the approved version. Raises TriggerRefused when it cannot be triggered.
+    """
+    import time
+
+    from delivery.models import DeliveryRules
+    from delivery.payloads import spec_is_personalized
+    from delivery.services.dispatches import GateClosed
+
+    entry = _APPROVED.get(campaign_id)
+    fresh = entry is not None and time.monotonic() - entry.loaded_at < settings.PUSHDESK_CACHE_SECONDS
+    if fresh and entry.stamp == stamp and entry.stream_day == now.astimezone(dt.UTC).date():
+        return entry
+    campaign = Campaign.objects.select_related("app", "content").filter(pk=campaign_id).first()
+    if campaign is None:
+        raise Http404(f"No campaign {campaign_id}.")
+    _refuse_unless_triggerable(campaign)
+    approved = campaign.approved()  # what sends, whatever revision is pending
+    if approved is None:
+        raise TriggerRefused(f"'{campaign}' has no approved version.", code="campaign_not_live")
+    spec = approved.spec
+    try:
+        campaign_gate(app=campaign.app, source_id=campaign.pk, spec=spec, by=by, api_triggered=True)
+    except GateClosed as exc:
+        raise TriggerRefused(str(exc), code="gate_closed") from exc
+    rules = None
+    if approved.purpose == Campaign.Purpose.MARKETING:
+        rules = DeliveryRules.objects.filter(app_id=campaign.app_id).first()
+    entry = _Approved(
+        campaign_id=campaign.pk,
+        app_id=campaign.app_id,
+        name=campaign.name,
+        purpose=approved.purpose,
+        fingerprint=campaign.approved_fingerprint,
+        spec=spec,
+        personalized=spec_is_personalized(spec),
+        rules=rules,
+        content_id=approved.content_id,
+        throttle_per_second=approved.throttle_per_second,
+        stream_day=now.astimezone(dt.UTC).date(),
+        stamp=stamp,
+        loaded_at=time.monotonic(),
+    )
+    if not entry.personalized:
+        entry.payload_problem = _payload_problem(spec, profile={"attributes": {}}, context={})
+    _APPROVED[campaign_id] = entry
+    return entry
+
+
+def _may_trigger(by: User, campaign_id: int, stamp: str | None) -> None:
+    """Raise Http404 outside the user's access, PermissionDenied when their role may not trigger.
+
+    The answer is kept on the user object, which the API keeps per process behind the ``access``
+    stamp; it is also keyed by the campaign's stamp (a campaign moved to another app)."""
+    decided = by.__dict__.setdefault("_pushdesk_may_trigger", {})
+    verdict = decided.get((campaign_id, stamp))
+    if verdict is None:
+        one = Campaign.objects.filter(pk=campaign_id)
+        if visible_to(by, one, perm="campaigns.trigger_campaign").exists():
+            verdict = "yes"
+        elif visible_to(by, one).exists():
+            verdict = "role"
+        else:
+            raise Http404(f"No campaign {campaign_id}.")
+        decided[(campaign_id, stamp)] = verdict
+    if verdict == "role":
+        raise PermissionDenied("Your role may not trigger campaigns.")
+
+
+def campaign_trigger_allowed(*, campaign_id: int, by: User, stamps=None) -> None:
+    """Check, before anything is recorded, that ``by`` may trigger this campaign (cached per process).
+
+    Raises Http404 outside the user's access, PermissionDenied when the role may not trigger.
+    """
+    from accounts.stamps import stamps_read
+
+    stamps = stamps or stamps_read(["access", _campaign_stamp(campaign_id)])
+    _may_trigger(by, campaign_id, stamps[_campaign_stamp(campaign_id)])
+
+
+def _recipient_source_lock(entry: _Approved) -> tuple[str, list]:
+    """The campaign row under its gate's conditions, locked shared: a stop or a voided approval
+    (FOR UPDATE) waits for calls in flight, and calls after it find no row."""
+    return (
+        "SELECT id FROM campaigns_campaign WHERE id = %s AND status = %s AND kind = %s "
+        "AND approved_fingerprint = %s FOR SHARE",
+        [entry.campaign_id, Status.LIVE, Campaign.Kind.API_TRIGGERED, entry.fingerprint],
+    )
+
+
+def campaign_trigger(
+    *,
+    campaign_id: int,
+    by: User,
+    recipients: list[dict],
+    context: dict,
+    stamps=None,
+    request_record=None,
+) -> TriggerResult:
+    """Send a live API-triggered campaign to the named recipients (external ids), now.
+
+    The call's rows join the campaign's standing dispatch (``delivery.services.streams``) in one statement,
+    in a transaction that locks the campaign row shared under the gate's conditions (a stop waits
+    for it, or it finds the campaign stopped) and, with ``request_record`` (an Idempotency-Key's
+    TriggerRequest), stores the answer and the dispatch on that record: a retry replays it.
+    Recipients that are unknown are reported and left out; those without a reachable device are
+    reported and still targeted (their delivery records the skip). Each recipient's context is
+    merged over the shared one. ``stamps`` are the version stamps the API read for this request.
+    Raises Http404 outside the user's access, PermissionDenied without the role, TriggerRefused
+    when the campaign is not a live API-triggered one, ValidationError naming
+    ``recipients[i].context`` when a context makes the payload too large or unrenderable.
+    """
+    from accounts.stamps import stamps_read
+    from audiences.models import Profile
+    from delivery.models import Device
+    from delivery.services.streams import Recipient, StreamClosed, stream_append, streams_wake
+
+    now = timezone.now()
+    stamps = stamps or stamps_read(["access", _campaign_stamp(campaign_id)])
+    stamp = stamps[_campaign_stamp(campaign_id)]
+    _may_trigger(by, campaign_id, stamp)
+    entry = _approved_for(campaign_id, stamp=stamp, by=by, now=now)
+    if len(recipients) > MAX_RECIPIENTS:
+        raise ValidationError({"recipients": f"At most {MAX_RECIPIENTS} recipients per call."})
+    # One query: the profiles, and whether each has an opted-in device of the app.
+    reachable = Device.objects.filter(profile_id=OuterRef("pk"), app_id=entry.app_id, active=True, push_enabled=True)
+    profiles = {
+        row["external_id"]: row
+        for row in Profile.objects.filter(external_id__in=[r["external_id"] for r in recipients])
+        .annotate(reachable=Exists(reachable))
+        .values("id", "external_id", "locale", "timezone", "attributes", "reachable")
+    }
+    problems, targeted, errors = [], [], {}
+    seen: set[str] = set()
+    for index, recipient in enumerate(recipients):
+        external_id = recipient["external_id"]
+        profile = profiles.get(external_id)
+        if external_id in seen:
+            problems.append(
+                {"index": index, "external_id": external_id, "code": "duplicate", "detail": "Listed twice: sent once."}
+            )
+            continue
+        seen.add(external_id)
+        if profile is None:
+            problems.append(
+                {
+                    "index": index,
+                    "external_id": external_id,
+                    "code": "unknown_profile",
+                    "detail": "No profile has this external id.",
+                }
+            )
+            continue
+        merged = {**context, **(recipient.get("context") or {})}
+        if entry.personalized:
+            problem = _payload_problem(entry.spec, profile=profile, context=merged)
+        else:
+            problem = entry.payload_problem
+        if problem:
+            errors[f"recipients.{index}.context"] = problem
+            continue
+        if not profile["reachable"]:
+            problems.append(
+                {
+                    "index": index,
+                    "external_id": external_id,
+                    "code": "no_device",
+                    "detail": "No opted-in device for this app.",
+                }
+            )
+        targeted.append(Recipient(profile["id"], profile["timezone"] or "", merged or None))
+    if errors:
+        raise ValidationError(errors)
+    if not targeted:
+        result = TriggerResult(dispatch_id=None, accepted=0, problems=problems)
+        if request_record is not None:
+            trigger_request_finish(record=request_record, status_code=202, body=result.answer())
+        return result
+    external_ids = {p["id"]: p["external_id"] for p in profiles.values()}
+    for _ in range(2):
+        stream_id = entry.stream(by=by, now=now)
+        try:
+            with transaction.atomic():
+                rows = stream_append(
+                    dispatch_id=stream_id,
+                    app_id=entry.app_id,
+                    recipients=targeted,
+                    source_lock=_recipient_source_lock(entry),
+                    rules=entry.rules,
+                    now=now,
+                )
+                result = TriggerResult(
+                    dispatch_id=stream_id,
+                    accepted=sum(1 for r in rows if r.status == "queued"),
+                    problems=problems,
+                    deliveries=[
+                        {"id": r.id, "external_id": external_ids[r.profile_id], "status": r.status, "reason": r.reason}
+                        for r in rows
+                    ],
+                )
+                if request_record is not None:
+                    _trigger_request_answer(record=request_record, result=result)
+                transaction.on_commit(lambda d=stream_id: streams_wake(d))
+            return result
+        except StreamClosed:
+            # The campaign was stopped, its approval voided or replaced, or the stream closed since
+            # this process cached it: load it again (which refuses, or opens the current stream).
+            _APPROVED.pop(campaign_id, None)
+            entry = _approved_for(campaign_id, stamp=stamp, by=by, now=now)
+    raise TriggerRefused("The campaign changed while this call ran: try again.", code="gate_closed")
+
+
+def _trigger_request_answer(*, record, result: TriggerResult) -> None:
+    """Store the answer and the dispatch on the Idempotency-Key's record, in the rows' transaction."""
+    from campaigns.models import TriggerRequest
+
+    TriggerRequest.objects.filter(pk=record.pk).update(
+        finished=True, response_status=202, response_body=result.answer(), dispatch_id=result.dispatch_id
+    )
+
+
+def trigger_request_start(*, api_key, idempotency_key: str, campaign_id: int, body_hash: str):
+    """Claim an Idempotency-Key for this API key. Returns (record, what to do):
+
+    ``new`` (run it), ``done`` (replay the stored answer), ``in_progress`` (409),
+    ``different_body`` (422). The claim commits at once, so a concurrent twin sees it.
+    """
+    from django.db import IntegrityError
+
+    from campaigns.models import TriggerRequest
+
+    try:
+        with transaction.atomic():
+            return (
+                TriggerRequest.objects.create(
+                    api_key=api_key, idempotency_key=idempotency_key, campaign_id=campaign_id, body_hash=body_hash
+                ),
+                "new",
+            )
+    except IntegrityError:
+        record = TriggerRequest.objects.get(api_key=api_key, idempotency_key=idempotency_key)
+    if record.body_hash != body_hash or record.campaign_id != campaign_id:
+        return record, "different_body"
+    if record.finished:
+        return record, "done"
+    stale = timezone.now() - TRIGGER_ABANDONED_AFTER
+    if TriggerRequest.objects.filter(pk=record.pk, finished=False, created_at__lt=stale).update(
+        created_at=timezone.now()
+    ):
+        return record, "new"
+    return record, "in_progress"
+
+
+def trigger_request_finish(*, record, status_code: int | None, body: dict | None) -> None:
+    """Store an answer that sent nothing (a refusal, bad input, no one to send to), to replay it.
+
+    ``status_code=None`` (the request failed) frees the key for a retry, unless the record holds
+    an answer: a record written with its dispatch's rows is never deleted.
+    """
+    from campaigns.models import TriggerRequest
+
+    if status_code is None:
+        TriggerRequest.objects.filter(pk=record.pk, finished=False, dispatch__isnull=True).delete()
+        return
+    TriggerRequest.objects.filter(pk=record.pk, finished=False).update(
+        finished=True, response_status=status_code, response_body=body
+    )
+
+
+#
+# The trigger path keeps live campaigns per process behind the ``campaign:<id>`` stamp. These
+# receivers bump it whenever what it caches may have changed, whoever wrote it (a service, the
+# admin, a data migration): the campaign row, its push content, its app's delivery rules.
+
+
+def campaign_changed(sender, instance, **kwargs) -> None:
+    from accounts.stamps import stamps_bump
+
+    stamps_bump(_campaign_stamp(instance.pk))
+
+
+def campaign_content_changed(sender, instance, **kwargs) -> None:
+    from accounts.stamps import stamps_bump
+
+    stamps_bump(
+        *[_campaign_stamp(pk) for pk in Campaign.objects.filter(content_id=instance.pk).values_list("pk", flat=True)]
+    )
+
+
+def campaign_rules_changed(sender, instance, **kwargs) -> None:
+    from accounts.stamps import stamps_bump
+
+    stamps_bump(
+        *[_campaign_stamp(pk) for pk in Campaign.objects.filter(app_id=instance.app_id).values_list("pk", flat=True)]
+    )
+
+
+def campaign_stream_is_current(source_id: int, version: str) -> bool:
+    """A campaign's stream still takes calls while the campaign is live under that approved fingerprint."""
+    return Campaign.objects.filter(pk=source_id, status=Status.LIVE, approved_fingerprint=version).exists()

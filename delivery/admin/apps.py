@@ -1,0 +1,230 @@
+"""The admin of apps: their settings and channel credentials (uploads), and the connection test."""
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.utils.decorators import method_decorator
+from django.utils.html import format_html
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
+
+from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin
+from delivery.models import App
+from delivery.services.apps import apns_key_parse, app_create, app_test_connection, app_update, service_account_parse
+
+
+def _credential_status(set_at, fingerprint: str) -> str:
+    if not fingerprint:
+        return "Not set."
+    return f"Set on {set_at:%Y-%m-%d %H:%M} UTC, fingerprint {fingerprint}."
+
+
+class AppForm(forms.ModelForm):
+    """The app's fields plus uploads for its secrets; an upload replaces, an empty one keeps."""
+
+    apns_private_key_file = forms.FileField(
+        label="APNs key (.p8)",
+        required=False,
+        help_text="The .p8 file from Apple (Certificates, Identifiers & Profiles → Keys). Upload to set or replace.",
+    )
+    remove_apns = forms.BooleanField(label="Remove the APNs configuration", required=False)
+    fcm_service_account_file = forms.FileField(
+        label="FCM service-account JSON",
+        required=False,
+        help_text="From the Firebase console (Project settings → Service accounts). Upload to set or replace.",
+    )
+    remove_fcm = forms.BooleanField(label="Remove the FCM configuration", required=False)
+
+    class Meta:
+        model = App
+        fields = (
+            "name",
+            "rate_limit_per_second",
+            "uses_simulator",
+            "apns_team_id",
+            "apns_key_id",
+            "apns_bundle_id",
+            "apns_environment",
+        )
+
+    @method_decorator(sensitive_variables("upload", "raw"))
+    def _read(self, name: str):
+        upload = self.cleaned_data.get(name)
+        if not upload:
+            return None
+        raw = upload.read()
+        return raw
+
+    @method_decorator(sensitive_variables("raw"))
+    def clean(self):
+        data = super().clean()
+        data["apns_private_key"] = data["fcm_service_account"] = None
+        raw = self._read("apns_private_key_file")
+        if raw is not None:
+            try:
+                data["apns_private_key"] = apns_key_parse(raw=raw)
+            except ValidationError as exc:
+                self.add_error("apns_private_key_file", exc.message_dict["apns_private_key"])
+        raw = self._read("fcm_service_account_file")
+        if raw is not None:
+            try:
+                data["fcm_service_account"] = service_account_parse(raw=raw)
+            except ValidationError as exc:
+                self.add_error("fcm_service_account_file", exc.message_dict["fcm_service_account"])
+        return data
+
+
+# Service errors name model fields; the form shows key errors on the upload field.
+_FORM_FIELD = {"apns_private_key": "apns_private_key_file", "fcm_service_account": "fcm_service_account_file"}
+
+
+@admin.register(App)
+class AppAdmin(ObjectAccessAdminMixin, ScopedAdmin):
+    form = AppForm
+    list_display = ("name", "channels", "uses_simulator", "rate_limit_per_second", "created_at")
+    search_fields = ("name",)
+    actions = ["test_connection"]
+    readonly_fields = (
+        "object_access",
+        "apns_key_status",
+        "fcm_status",
+        "fcm_project_id",
+        "fcm_client_email",
+        "created_at",
+        "updated_at",
+    )
+
+    def _administers(self, request) -> bool:
+        return request.user.has_perm("delivery.change_app")
+
+    def get_list_display(self, request):
+        # Other roles work inside an app's scope and need only its name; its channel configuration
+        # (team and key ids, fingerprints, the FCM account, limits) is for those who administer it.
+        return self.list_display if self._administers(request) else ("name",)
+
+    def get_fieldsets(self, request, obj=None):
+        if not self._administers(request):
+            return ((None, {"fields": ("name",)}),)
+        return (
+            (None, {"fields": ("name", "rate_limit_per_second", "uses_simulator", "object_access")}),
+            (
+                "Apple Push Notification service (token-based authentication)",
+                {
+                    "fields": (
+                        "apns_team_id",
+                        "apns_key_id",
+                        "apns_key_status",
+                        "apns_private_key_file",
+                        "apns_bundle_id",
+                        "apns_environment",
+                        "remove_apns",
+                    )
+                },
+            ),
+            (
+                "Firebase Cloud Messaging (HTTP v1)",
+                {
+                    "fields": (
+                        "fcm_status",
+                        "fcm_project_id",
+                        "fcm_client_email",
+                        "fcm_service_account_file",
+                        "remove_fcm",
+                    )
+                },
+            ),
+            ("Dates", {"fields": ("created_at", "updated_at")}),
+        )
+
+    def get_queryset(self, request):
+        # The secrets themselves are never needed to list or show an app.
+        return super().get_queryset(request).defer("apns_private_key", "fcm_service_account")
+
+    @method_decorator(sensitive_post_parameters())
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
+    @admin.display(description="Channels")
+    def channels(self, obj):
+        names = [n for n, on in (("APNs", obj.apns_configured), ("FCM", obj.fcm_configured)) if on]
+        return ", ".join(names) or "—"
+
+    @admin.display(description="APNs key")
+    def apns_key_status(self, obj):
+        if obj is None:
+            return "Not set."
+        return _credential_status(obj.apns_private_key_set_at, obj.apns_private_key_fingerprint)
+
+    @admin.display(description="Service account JSON")
+    def fcm_status(self, obj):
+        if obj is None:
+            return "Not set."
+        return _credential_status(obj.fcm_service_account_set_at, obj.fcm_service_account_fingerprint)
+
+    def _save_through_service(self, request, obj, form, change):
+        data = form.cleaned_data
+        common = {
+            "rate_limit_per_second": data["rate_limit_per_second"],
+            "uses_simulator": data["uses_simulator"],
+            "apns_team_id": data["apns_team_id"],
+            "apns_key_id": data["apns_key_id"],
+            "apns_bundle_id": data["apns_bundle_id"],
+            "apns_environment": data["apns_environment"],
+            "apns_private_key": data.get("apns_private_key"),
+            "fcm_service_account": data.get("fcm_service_account"),
+        }
+        if change:
+            return app_update(
+                app_id=obj.pk,
+                by=request.user,
+                name=data["name"],
+                remove_apns=data.get("remove_apns", False),
+                remove_fcm=data.get("remove_fcm", False),
+                **common,
+            )
+        return app_create(name=data["name"], by=request.user, **common)
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        """The form saves through the service while it validates, so the service's own checks
+        show on the form and a refused change saves nothing (the service is atomic)."""
+        form_class = super().get_form(request, obj, change=change, **kwargs)
+        admin_self = self
+
+        class ValidatingForm(form_class):
+            def _post_clean(self):
+                super()._post_clean()
+                if self.errors:
+                    return
+                try:
+                    self._saved = admin_self._save_through_service(request, self.instance, self, change=obj is not None)
+                except ValidationError as exc:
+                    for field, errors in exc.message_dict.items():
+                        name = _FORM_FIELD.get(field, field)
+                        self.add_error(name if name in self.fields else None, errors)
+                except PermissionDenied as exc:
+                    self.add_error(None, str(exc))
+
+        return ValidatingForm
+
+    def save_model(self, request, obj, form, change):
+        obj.pk = form._saved.pk  # the service saved it while the form validated
+
+    def save_related(self, request, form, formsets, change):
+        pass  # nothing related; the service saved everything
+
+    @admin.action(description="Test connection (APNs and FCM)", permissions=["test_connection"])
+    def test_connection(self, request, queryset):
+        for app in queryset:
+            try:
+                checks = app_test_connection(app_id=app.pk, by=request.user)
+            except PermissionDenied as exc:
+                self.message_user(request, f"{app}: {exc}", messages.ERROR)
+                continue
+            for check in checks:
+                self.message_user(
+                    request,
+                    format_html("<strong>{}</strong> {}: {}", app.name, check.provider, check.message),
+                    messages.SUCCESS if check.ok else messages.ERROR,
+                )
+
+    def has_test_connection_permission(self, request):
+        return request.user.has_perm("delivery.test_connection_app")

@@ -1,0 +1,314 @@
+"""The admin of push content: the editor, the device previews and the test send."""
+
+import threading
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+from liquid.exceptions import LiquidError
+
+from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin
+from audiences.models import Profile
+from delivery.models import PushContent
+from delivery.payloads import message_render, spec_validate
+from delivery.selectors import (
+    apps_visible_to,
+)
+from delivery.services.contents import pushcontent_save, pushcontent_test_send
+
+_IOS_CARD = (
+    '<div style="width:320px;border-radius:18px;background:rgba(235,235,240,.95);padding:10px 12px;'
+    'font-family:-apple-system,Helvetica,sans-serif;color:#111;box-shadow:0 1px 4px rgba(0,0,0,.2)">'
+    '<div style="display:flex;justify-content:space-between;font-size:12px;color:#555">'
+    "<span>&#9635; {app}</span><span>now</span></div>"
+    '<div style="display:flex;gap:8px"><div style="flex:1">'
+    '<div style="font-weight:600;font-size:14px">{title}</div>'
+    '<div style="font-size:13px;font-weight:500">{subtitle}</div>'
+    '<div style="font-size:13px;white-space:pre-line;overflow:hidden;max-height:5.2em">{body}</div></div>'
+    "{image}</div></div>"
+)
+_ANDROID_CARD = (
+    '<div style="width:320px;border-radius:12px;background:#fff;padding:10px 12px;'
+    'font-family:Roboto,Arial,sans-serif;color:#202124;box-shadow:0 1px 4px rgba(0,0,0,.3)">'
+    '<div style="font-size:12px;color:{color}">&#9679; {app} &middot; now</div>'
+    '<div style="font-weight:500;font-size:14px">{title}</div>'
+    '<div style="font-size:13px;color:#5f6368;white-space:pre-line;overflow:hidden;max-height:2.6em">{body}</div>'
+    "{image}</div>"
+)
+
+
+# The request being answered, per thread: admin instances are shared between requests.
+_current = threading.local()
+
+
+def _previews_html(content: PushContent, profile: dict | None, context: dict) -> str:
+    """iOS and Android lock-screen mock-ups of the content rendered for one profile."""
+    return _spec_previews_html(
+        content.spec(), app_name=content.app.name if content.app_id else "App", profile=profile, context=context
+    )
+
+
+def _spec_previews_html(spec: dict, *, app_name: str, profile: dict | None, context: dict) -> str:
+    """iOS and Android lock-screen mock-ups of a content spec (a content's, or a dispatch's frozen copy)."""
+    if spec.get("silent"):
+        return format_html("<p>A silent (background) push: nothing is shown on the lock screen.</p>")
+    try:
+        message = message_render(spec, profile=profile or {"attributes": {}}, context=context)
+    except LiquidError as exc:
+        return format_html('<p class="errornote">The content does not render: {}</p>', exc.message)
+    ios_image = (
+        format_html(
+            '<img src="{}" alt="" style="width:44px;height:44px;object-fit:cover;border-radius:6px">',
+            message.image_url,
+        )
+        if message.image_url
+        else ""
+    )
+    android_image = (
+        format_html(
+            '<img src="{}" alt="" style="width:100%;max-height:140px;object-fit:cover;border-radius:8px;margin-top:6px">',
+            message.image_url,
+        )
+        if message.image_url
+        else ""
+    )
+    ios = format_html(
+        _IOS_CARD,
+        app=app_name,
+        title=message.title,
+        subtitle=message.subtitle,
+        body=message.body,
+        image=ios_image,
+    )
+    android = format_html(
+        _ANDROID_CARD,
+        app=app_name,
+        color=spec["android"].get("color") or "#1a73e8",
+        title=message.title,
+        body=message.body,
+        image=android_image,
+    )
+    return format_html(
+        '<div style="display:flex;gap:24px;flex-wrap:wrap;background:#2b3a55;padding:16px;border-radius:8px">'
+        '<div><div style="color:#fff;margin-bottom:6px">iOS</div>{}</div>'
+        '<div><div style="color:#fff;margin-bottom:6px">Android</div>{}</div></div>',
+        ios,
+        android,
+    )
+
+
+# Errors from spec_validate name spec paths; the form shows them on the matching field.
+_SPEC_FIELD = {
+    "ios.sound": "ios_sound",
+    "ios.badge": "ios_badge",
+    "ios.category": "ios_category",
+    "ios.thread_id": "ios_thread_id",
+    "ios.interruption_level": "ios_interruption_level",
+    "android.channel_id": "android_channel_id",
+    "android.icon": "android_icon",
+    "android.color": "android_color",
+    "android.priority": "android_priority",
+}
+
+
+def _form_field(path: str, fields) -> str | None:
+    name = _SPEC_FIELD.get(path) or path.split(".", 1)[0]
+    if path.startswith("variants."):
+        name = "variants"
+    if path.startswith("data."):
+        name = "data"
+    return name if name in fields else None
+
+
+@admin.register(PushContent)
+class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
+    list_display = ("name", "app", "title", "silent", "version", "updated_at")
+    list_filter = (("app", admin.RelatedOnlyFieldListFilter), "silent")
+    search_fields = ("name", "title")
+    list_select_related = ("app",)
+    actions = ["send_test"]
+    readonly_fields = ("previews", "version", "object_access", "created_at", "updated_at")
+
+    class Media:
+        js = ("delivery/content_form.js",)
+
+    # The admin's own labels would read "Ios sound"; text fields wide enough for Liquid.
+    WIDE = {"title": 80, "subtitle": 80, "image_url": 80, "tap_url": 80}
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if field is None:
+            return field
+        for prefix, platform in (("ios_", "iOS"), ("android_", "Android")):
+            if db_field.name.startswith(prefix):
+                field.label = f"{platform} {db_field.name.removeprefix(prefix).replace('_', ' ')}"
+        if db_field.name in self.WIDE:
+            field.widget.attrs["size"] = self.WIDE[db_field.name]
+            field.widget.attrs["style"] = "width:min(60em,100%)"
+        if db_field.name == "body":
+            field.widget.attrs.update({"cols": 80, "rows": 4, "style": "width:min(60em,100%)"})
+        return field
+
+    fieldsets = (
+        (
+            "Lock-screen previews",
+            {
+                "fields": ("previews",),
+                "description": "Rendered for the profile chosen below (or one without attributes), as saved.",
+            },
+        ),
+        (None, {"fields": ("app", "name", "object_access")}),
+        (
+            "Message",
+            {
+                "fields": ("title", "subtitle", "body", "image_url", "tap_action", "tap_url", "data"),
+                "description": "Liquid: {{ profile.attributes.first_name | default: 'there' }}, "
+                "{{ profile.locale }}, {{ context.order_id }}.",
+            },
+        ),
+        (
+            "iOS",
+            {
+                "fields": (
+                    "ios_sound",
+                    "ios_badge",
+                    "ios_category",
+                    "ios_thread_id",
+                    "ios_interruption_level",
+                    "ios_mutable_content",
+                )
+            },
+        ),
+        ("Android", {"fields": ("android_channel_id", "android_icon", "android_color", "android_priority")}),
+        ("Delivery", {"fields": ("silent", "ttl_seconds", "collapse_key")}),
+        ("Locales", {"fields": ("default_locale", "variants")}),
+        ("History", {"fields": ("version", "created_at", "updated_at")}),
+    )
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "app":
+            kwargs["queryset"] = apps_visible_to(request.user)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        """Validate through the service while the form validates, so its errors show on the form."""
+        form_class = super().get_form(request, obj, change=change, **kwargs)
+
+        class ValidatingForm(form_class):
+            def _post_clean(self):
+                super()._post_clean()
+                if self.errors:
+                    return
+                try:
+                    spec_validate(self.instance.spec())
+                except ValidationError as exc:
+                    for path, errors in exc.message_dict.items():
+                        self.add_error(_form_field(path, self.fields), [f"{path}: {e}" for e in errors])
+
+        return ValidatingForm
+
+    def save_model(self, request, obj, form, change):
+        pushcontent_save(content=obj, by=request.user)
+
+    @admin.display(description="Previews")
+    def previews(self, obj):
+        if obj is None or obj.pk is None:
+            return format_html(
+                '<div class="content-previews" data-preview-url="{}"><p>{}</p></div>',
+                reverse("admin:delivery_pushcontent_live_preview_new"),
+                "The previews follow the form as you type.",
+            )
+        request = getattr(_current, "request", None)
+        wanted = request.GET.get("preview_profile", "") if request is not None else ""
+        profile = None
+        note = "a profile without attributes"
+        if wanted:
+            found = Profile.objects.filter(external_id=wanted).values("external_id", "locale", "timezone", "attributes")
+            profile = found.first()
+            note = f"profile {wanted}" if profile else f"no profile {wanted!r}: one without attributes"
+        chooser = format_html(
+            '<p>Preview for: <input type="text" value="{}" placeholder="external id" '
+            'id="preview-profile" style="width:14em"> '
+            '<button type="button" onclick="location.search=\'?preview_profile=\'+'
+            "encodeURIComponent(document.getElementById('preview-profile').value)\">Show</button> "
+            "<em>({})</em></p>",
+            wanted,
+            note,
+        )
+        return format_html(
+            '{}<div class="content-previews" data-preview-url="{}">{}</div>',
+            chooser,
+            reverse("admin:delivery_pushcontent_live_preview", args=[obj.pk]),
+            _previews_html(obj, profile, {}),
+        )
+
+    def get_urls(self):
+        return [
+            path(
+                "live-preview/",
+                self.admin_site.admin_view(self.live_preview_view),
+                name="delivery_pushcontent_live_preview_new",
+            ),
+            path(
+                "<int:object_id>/live-preview/",
+                self.admin_site.admin_view(self.live_preview_view),
+                name="delivery_pushcontent_live_preview",
+            ),
+            *super().get_urls(),
+        ]
+
+    def live_preview_view(self, request, object_id: int | None = None):
+        """The phones for the form as it stands (POST of the form, nothing saved): the chosen profile,
+        in the locale of the tab open (``preview_locale``)."""
+        if request.method != "POST":
+            raise PermissionDenied("Post the form to preview it.")
+        obj = None
+        if object_id is not None:
+            obj = self.get_object(request, str(object_id))
+            if obj is None or not self.has_view_permission(request, obj):
+                raise Http404("No such content.")
+        elif not self.has_add_permission(request):
+            raise PermissionDenied
+        form_class = self.get_form(request, obj, change=obj is not None)
+        form = form_class(request.POST, instance=obj or PushContent())
+        form.is_valid()  # fills the instance with what validates; the rest stays as saved
+        wanted = request.POST.get("preview_profile", "").strip()
+        profile = None
+        if wanted:
+            profile = (
+                Profile.objects.filter(external_id=wanted)
+                .values("external_id", "locale", "timezone", "attributes")
+                .first()
+            )
+        locale = request.POST.get("preview_locale", "").strip()
+        if locale:
+            profile = {**(profile or {"attributes": {}}), "locale": locale}
+        return HttpResponse(_previews_html(form.instance, profile, {}))
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        _current.request = request  # the previews read the chosen profile from the query string
+        try:
+            response = super().change_view(request, object_id, form_url, extra_context)
+            if hasattr(response, "render"):
+                response.render()  # while the request is known
+            return response
+        finally:
+            _current.request = None
+
+    @admin.action(description="Send a test to the app's test devices", permissions=["test_send"])
+    def send_test(self, request, queryset):
+        for content in queryset:
+            try:
+                dispatch = pushcontent_test_send(content_id=content.pk, by=request.user)
+            except (PermissionDenied, ValidationError) as exc:
+                self.message_user(request, f"{content}: {exc}", messages.ERROR)
+                continue
+            url = reverse("admin:delivery_dispatch_change", args=[dispatch.pk])
+            self.message_user(
+                request, format_html('{}: test sent, <a href="{}">follow it</a>.', content, url), messages.SUCCESS
+            )
+
+    def has_test_send_permission(self, request):
+        return request.user.has_perm("delivery.test_send_pushcontent")

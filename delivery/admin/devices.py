@@ -1,0 +1,105 @@
+"""The admin of devices: a big table, with the test flag."""
+
+from django.contrib import admin, messages
+from django.http import Http404
+from django.urls import reverse
+from django.utils.html import format_html_join
+
+from accounts.admin.bases import BigTableAdmin
+from delivery.models import Device
+from delivery.selectors import (
+    device_deliveries,
+    devices_visible_to,
+)
+from delivery.services.devices import devices_test_flag_set
+
+
+@admin.register(Device)
+class DeviceAdmin(BigTableAdmin):
+    """Devices of the apps the user has access to; filter by profile from its page (?profile__id__exact=)."""
+
+    list_display = (
+        "short_token",
+        "platform",
+        "profile",
+        "app",
+        "push_enabled",
+        "is_test",
+        "active",
+        "last_registered_at",
+    )
+    list_filter = ("platform", "active", "is_test", "push_enabled")
+    search_fields = ("=profile__external_id", "=token")
+    list_select_related = ("profile", "app")
+    raw_id_fields = ("profile",)
+    ordering = ("-id",)
+    actions = ["mark_test", "unmark_test"]
+    fields = (
+        "profile",
+        "app",
+        "platform",
+        "token",
+        "push_enabled",
+        "is_test",
+        "active",
+        "invalidated_at",
+        "invalidated_reason",
+        "last_registered_at",
+        "created_at",
+        "delivery_history",
+    )
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return devices_visible_to(request.user).select_related("profile", "app")
+
+    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
+        raise Http404("No device with this id.")
+
+    def has_add_permission(self, request):
+        return False  # devices come from the mobile app (the API)
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Token")
+    def short_token(self, obj):
+        return f"…{obj.token[-12:]}"
+
+    @admin.display(description="Delivery history")
+    def delivery_history(self, obj):
+        rows = device_deliveries(obj)
+        if not rows:
+            return "No delivery yet."
+        return format_html_join(
+            "",
+            '<div><a href="{}">#{}</a> {} · {} {} {}</div>',
+            (
+                (
+                    reverse("admin:delivery_delivery_change", args=[d.pk]),
+                    d.pk,
+                    d.dispatch,
+                    d.status,
+                    d.reason,
+                    f"· opened {d.opened_at:%Y-%m-%d %H:%M}" if d.opened_at else "",
+                )
+                for d in rows
+            ),
+        )
+
+    def _set_test(self, request, queryset, value: bool):
+        changed = devices_test_flag_set(
+            device_ids=list(queryset.values_list("pk", flat=True)), is_test=value, by=request.user
+        )
+        self.message_user(request, f"{changed} device(s) changed.", messages.SUCCESS)
+
+    @admin.action(description="Mark as test devices", permissions=["write"])
+    def mark_test(self, request, queryset):
+        self._set_test(request, queryset, True)
+
+    @admin.action(description="Unmark as test devices", permissions=["write"])
+    def unmark_test(self, request, queryset):
+        self._set_test(request, queryset, False)
+
+    def has_write_permission(self, request):
+        return request.user.has_perm("delivery.change_device")
