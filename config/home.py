@@ -286,6 +286,21 @@ def queue_state(broker=None, *, now: dt.datetime) -> dict:
     return {"depth": depth, "oldest_seconds": oldest}
 
 
+def quick_links(user: User) -> list[Item]:
+    """The lists one opens most, those the user may view."""
+    from audiences.models import Segment
+
+    models = [(Campaign, "Campaigns"), (Journey, "Journeys"), (Segment, "Segments"), (Dispatch, "Dispatches")]
+    links = []
+    for model, label in models:
+        opts = model._meta
+        if user.has_perm(f"{opts.app_label}.view_{opts.model_name}"):
+            links.append(Item(label, _changelist_url(model)))
+    if user.has_perm("accounts.view_approvalrequest"):
+        links.append(Item("Approval requests", _changelist_url(ApprovalRequest)))
+    return links
+
+
 def home_for(user: User, *, now: dt.datetime | None = None) -> dict:
     """Everything the home page shows ``user``; the operations part only for Administrators."""
     now = now or timezone.now()
@@ -295,6 +310,7 @@ def home_for(user: User, *, now: dt.datetime | None = None) -> dict:
         "sections": [live, scheduled, waiting, mine, imports_running(user)],
         "sends": sends_last_24h(user, now=now),
         "is_operator": has_every_scope(user),
+        "links": quick_links(user),
     }
     if context["is_operator"]:
         context["health"] = provider_health(user, now=now)

@@ -82,7 +82,7 @@ def test_manager_sees_their_apps_sends_per_hour_and_no_operations(
     make_sends(shop, [("accepted", "", "ios")] * 4, finished_at=now - dt.timedelta(hours=30))  # before the window
     make_sends(bank, [("accepted", "", "ios")] * 7, finished_at=now - dt.timedelta(hours=1))  # no access
     client.force_login(manager_alice)
-    with django_assert_max_num_queries(30):
+    with django_assert_max_num_queries(40):
         response = client.get("/admin/")
     assert response.status_code == 200
     sends = _sends(response)
@@ -219,3 +219,18 @@ def test_all_models_lists_the_apps_one_may_see(client, manager_alice, outsider_d
     client.logout()
     response = client.get("/admin/models/")
     assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
+
+
+def test_home_tells_a_user_without_a_role_what_to_ask_for(client, outsider_dave):
+    client.force_login(outsider_dave)
+    html = client.get("/admin/").content.decode()
+    assert 'id="no-access"' in html and "no role yet" in html
+    assert 'id="pd-home"' not in html
+
+
+def test_home_links_the_lists_one_may_view(client, manager_alice, shop):
+    client.force_login(manager_alice)
+    html = client.get("/admin/").content.decode()
+    assert 'href="/admin/campaigns/campaign/">Campaigns</a>' in html
+    assert 'href="/admin/accounts/approvalrequest/">Approval requests</a>' in html
+    assert 'id="no-access"' not in html

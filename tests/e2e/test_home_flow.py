@@ -1,0 +1,85 @@
+"""The home page in a browser: an Administrator's and a Manager's, with the chart's series read back."""
+
+import datetime as dt
+
+import pytest
+from django.utils import timezone
+
+from accounts.services import access_grant
+from campaigns.services.lifecycle import campaign_create, campaign_submit
+from tests.factories import AppFactory, PushContentFactory, SegmentFactory
+from tests.test_home import make_sends
+
+pytestmark = pytest.mark.browser
+
+SERIES = "() => Object.fromEntries(document.getElementById('pd-sends-chart').chart.data.datasets.map(d => [d.label, d.data.reduce((a, b) => a + b, 0)]))"
+
+
+@pytest.fixture
+def sends(manager_alice, approver_bob):
+    shop, bank = AppFactory(name="Shop"), AppFactory(name="Bank")
+    for user in (manager_alice, approver_bob):
+        access_grant(obj=shop, to=user, by=None)
+    now = timezone.now()
+    for hours, accepted in ((20, 30), (9, 55), (2, 80)):
+        make_sends(
+            shop,
+            [("accepted", "", "ios")] * accepted
+            + [("failed", "BadDeviceToken", "android")] * 3
+            + [("skipped", "frequency_cap", "ios")] * 5,
+            finished_at=now - dt.timedelta(hours=hours),
+            label=f"Shop run {hours}h ago",
+            opened=accepted // 4,
+        )
+    make_sends(bank, [("accepted", "", "ios")] * 40, finished_at=now - dt.timedelta(minutes=20), label="Bank run")
+    make_sends(
+        bank,
+        [("accepted", "", "android")] * 6 + [("failed", "credentials: UNAUTHENTICATED", "android")] * 2,
+        finished_at=now - dt.timedelta(minutes=5),
+        label="Bank live run",
+        status="sending",
+    )
+    content = PushContentFactory(app=shop)
+    segment = SegmentFactory(name="Everyone", created_by=manager_alice)
+    access_grant(obj=segment, to=manager_alice, by=None)
+    campaign = campaign_create(
+        by=manager_alice, name="Spring sale", app=shop, segment=segment, content=content, kind="scheduled"
+    )
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    return shop, bank
+
+
+def test_administrator_home_shows_operations_and_every_app(login, page, live_server, admin_erin, sends, screenshot):
+    login(admin_erin)
+    page.wait_for_function("() => document.getElementById('pd-sends-chart').chart !== undefined")
+    totals = page.evaluate(SERIES)
+    assert totals == {"targeted": 237, "accepted": 211, "failed": 11, "skipped": 15, "opened": 40}
+    labels = page.evaluate("() => document.getElementById('pd-sends-chart').chart.data.labels")
+    assert len(labels) == 24
+    health = page.locator(".pd-health-row").all_inner_texts()
+    assert any(row.startswith("Bank\tandroid\t6\t2\t25.0%") and "credentials refused" in row for row in health)
+    assert page.locator("#pd-queue-depth").inner_text() == "0"
+    assert page.locator("#pd-dispatches .pd-item").all_inner_texts()[0].startswith("Bank live run")
+    assert "Spring sale" in page.locator(".pd-section", has_text="Waiting for my approval").inner_text()
+    screenshot("home")
+    page.click("#pd-dispatches a:text('Bank live run')")
+    page.wait_for_url("**/admin/delivery/dispatch/*/change/")
+    assert "Bank live run" in page.locator("#content").inner_text()
+
+
+def test_manager_home_shows_their_apps_and_leads_to_their_pages(login, page, live_server, manager_alice, sends):
+    login(manager_alice)
+    page.wait_for_function("() => document.getElementById('pd-sends-chart').chart !== undefined")
+    totals = page.evaluate(SERIES)
+    assert totals == {"targeted": 189, "accepted": 165, "failed": 9, "skipped": 15, "opened": 40}  # Shop only
+    assert page.locator("#pd-health").count() == 0 and page.locator("#pd-queue").count() == 0
+    assert "Bank" not in page.locator("#pd-home").inner_text()
+    assert page.locator("[data-skip-reason=frequency_cap]").inner_text() == "frequency_cap 15"
+    mine = page.locator(".pd-section", has_text="My requests awaiting others")
+    mine.locator("a", has_text="Spring sale").click()
+    page.wait_for_url("**/admin/accounts/approvalrequest/*/change/")
+    assert "Spring sale" in page.locator("#content").inner_text()
+    page.go_back()
+    page.click("#pd-all-models")
+    page.wait_for_url("**/admin/models/")
+    assert page.locator("#content-main .app-campaigns").count() == 1
