@@ -1,5 +1,6 @@
 """Every write of the accounts app: audit events, object access, API keys."""
 
+import contextvars
 import secrets
 from datetime import datetime
 
@@ -23,6 +24,10 @@ from accounts.selectors import (
     visible_to,
 )
 
+# While an admin view runs, the (content type id, object id) of every object audited in it, so the
+# admin audits only the writes no service audited (see accounts.admin.AdminAuditMixin).
+audited_objects: contextvars.ContextVar[set | None] = contextvars.ContextVar("audited_objects", default=None)
+
 
 def audit(
     *, actor: User | None, action: str, obj: models.Model | None = None, summary: dict | None = None
@@ -39,6 +44,9 @@ def audit(
         event.object_id = str(obj.pk)
         event.object_label = str(obj)[:200]
     event.save()
+    seen = audited_objects.get()
+    if seen is not None and obj is not None:
+        seen.add((event.object_type_id, event.object_id))
     return event
 
 

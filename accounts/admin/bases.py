@@ -4,6 +4,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import NotRelationField, get_fields_from_path
 from django.contrib.auth.models import Group
+from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import FieldDoesNotExist, PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import connection, models
@@ -23,6 +24,8 @@ from accounts.selectors import (
 from accounts.services import (
     access_grant,
     access_revoke,
+    audit,
+    audited_objects,
 )
 
 
@@ -61,7 +64,58 @@ class VisibleRelatedFilter(admin.RelatedOnlyFieldListFilter):
         return [(obj.pk, str(obj)) for obj in queryset.order_by(*ordering)]
 
 
-class AccessAdmin(admin.ModelAdmin):
+class AdminAuditMixin:
+    """Every write done through the admin (add, change, delete, list edits, delete action) leaves
+    an audit event: the admin's own log calls are collected during the view, and those whose object
+    no service audited in the same view are audited at its end (``<model>_added``/``_changed``/``_deleted``)."""
+
+    def _audited_view(self, view, request, *args, **kwargs):
+        seen, pending = set(), []
+        token = audited_objects.set(seen)
+        request._admin_audit_pending = pending
+        try:
+            response = view(request, *args, **kwargs)
+        finally:
+            audited_objects.reset(token)
+        actor = request.user if request.user.is_authenticated else None
+        for obj, verb, pk in pending:
+            content_type = ContentType.objects.get_for_model(obj, for_concrete_model=False)
+            if (content_type.pk, str(pk)) in seen:
+                continue
+            if obj.pk is None:
+                obj.pk = pk  # a deleted object: its event still names it
+            audit(actor=actor, action=f"{obj._meta.model_name}_{verb}", obj=obj, summary={"through": "admin"})
+        return response
+
+    def _admin_audit_later(self, request, obj, verb):
+        pending = getattr(request, "_admin_audit_pending", None)
+        if pending is not None:
+            pending.append((obj, verb, obj.pk))
+
+    def changeform_view(self, request, *args, **kwargs):
+        return self._audited_view(super().changeform_view, request, *args, **kwargs)
+
+    def delete_view(self, request, *args, **kwargs):
+        return self._audited_view(super().delete_view, request, *args, **kwargs)
+
+    def changelist_view(self, request, *args, **kwargs):
+        return self._audited_view(super().changelist_view, request, *args, **kwargs)
+
+    def log_addition(self, request, obj, message):
+        self._admin_audit_later(request, obj, "added")
+        return super().log_addition(request, obj, message)
+
+    def log_change(self, request, obj, message):
+        self._admin_audit_later(request, obj, "changed")
+        return super().log_change(request, obj, message)
+
+    def log_deletions(self, request, queryset):
+        for obj in queryset:
+            self._admin_audit_later(request, obj, "deleted")
+        return super().log_deletions(request, queryset)
+
+
+class AccessAdmin(AdminAuditMixin, admin.ModelAdmin):
     """An admin whose object pages answer 404 for an object outside ``get_queryset``, before any permission check.
 
     Django checks the role's permission first, so a user without it got 403 for an object that
