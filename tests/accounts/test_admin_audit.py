@@ -22,7 +22,7 @@ pytestmark = pytest.mark.django_db
 
 
 def _campaign(by):
-    from campaigns.services import campaign_create
+    from campaigns.services.lifecycle import campaign_create
 
     app = AppFactory(name="Campaign app")
     return campaign_create(
