@@ -154,7 +154,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         return fieldsets
 
     def get_form(self, request, obj=None, change=False, **kwargs):
-        from audiences.admin import builder_meta
+        from audiences.admin.segments import builder_meta
         from audiences.models import Segment
         from audiences.selectors import segments_visible_to
         from delivery.models import PushContent

@@ -4,7 +4,7 @@ import threading
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponse, HttpResponseNotAllowed
 from django.urls import path, reverse
 from django.utils.html import format_html
 from liquid.exceptions import LiquidError
@@ -263,7 +263,7 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         """The phones for the form as it stands (POST of the form, nothing saved): the chosen profile,
         in the locale of the tab open (``preview_locale``)."""
         if request.method != "POST":
-            raise PermissionDenied("Post the form to preview it.")
+            return HttpResponseNotAllowed(["POST"])  # the form is posted to it, nothing else
         obj = None
         if object_id is not None:
             obj = self.get_object(request, str(object_id))

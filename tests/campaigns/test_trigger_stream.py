@@ -87,14 +87,23 @@ def test_stopping_the_campaign_closes_the_stream_and_later_triggers_are_refused(
     assert Delivery.objects.count() == 1
 
 
-def test_an_edit_that_voids_the_approval_closes_the_stream(live_trigger, trigger_client, zoe, manager_alice):
+def test_an_edit_is_a_revision_the_stream_keeps_sending_until_it_is_approved(
+    live_trigger, trigger_client, zoe, manager_alice, approver_bob
+):
+    from campaigns.services.lifecycle import campaign_approve, campaign_submit
+
     stream_id = _trigger(trigger_client, live_trigger, "zoe").json()["dispatch"]
     campaign_update(campaign_id=live_trigger.pk, by=manager_alice, throttle_per_second=5)
-    assert Campaign.objects.get(pk=live_trigger.pk).status == "draft"
-    assert Dispatch.objects.get(pk=stream_id).status == "stopped"
-    assert Delivery.objects.get().reason == "stopped"
-    refused = _trigger(trigger_client, live_trigger, "zoe")
-    assert refused.status_code == 409 and refused.json()["code"] == "campaign_not_live"
+    assert Campaign.objects.get(pk=live_trigger.pk).status == "live"  # a pending revision, still on the air
+    assert Dispatch.objects.get(pk=stream_id).status == "sending"
+    again = _trigger(trigger_client, live_trigger, "zoe")
+    assert again.status_code == 202 and again.json()["dispatch"] == stream_id  # the approved version sends
+
+    campaign_submit(campaign_id=live_trigger.pk, by=manager_alice)
+    campaign_approve(campaign_id=live_trigger.pk, by=approver_bob)
+    revised = _trigger(trigger_client, live_trigger, "zoe")
+    assert revised.status_code == 202
+    assert revised.json()["dispatch"] != stream_id  # one stream per approved version
 
 
 def test_a_stream_closed_by_hand_is_followed_by_a_new_one(live_trigger, trigger_client, zoe, manager_alice):
@@ -140,21 +149,29 @@ def test_disabling_the_user_refuses_at_once(live_trigger, trigger_client, zoe, m
     assert refused.status_code == 401 and refused.json()["code"] == "account_disabled"
 
 
-def test_editing_the_live_campaigns_content_closes_the_gate_at_once(live_trigger, trigger_client, zoe, manager_alice):
-    assert _trigger(trigger_client, live_trigger, "zoe").status_code == 202  # campaign cached
+def test_editing_the_live_campaigns_content_sends_the_approved_content_until_the_revision_is_approved(
+    live_trigger, trigger_client, zoe, manager_alice
+):
+    first = _trigger(trigger_client, live_trigger, "zoe")
+    assert first.status_code == 202  # campaign cached
+    approved_title = Dispatch.objects.get(pk=first.json()["dispatch"]).content_spec["title"]
     content = live_trigger.content
     content.title = "Something the approver never saw"
     pushcontent_save(content=content, by=manager_alice)
-    refused = _trigger(trigger_client, live_trigger, "zoe")
-    assert refused.status_code == 409 and refused.json()["code"] == "gate_closed"
+    again = _trigger(trigger_client, live_trigger, "zoe")
+    assert again.status_code == 202
+    stream = Dispatch.objects.get(pk=again.json()["dispatch"])
+    assert stream.content_spec["title"] == approved_title != "Something the approver never saw"
 
 
 def test_new_delivery_rules_reach_a_cached_marketing_campaign(
-    live_trigger, trigger_client, zoe, sim_app, django_capture_on_commit_callbacks
+    live_trigger, trigger_client, zoe, sim_app, manager_alice, approver_bob, django_capture_on_commit_callbacks
 ):
-    Campaign.objects.filter(pk=live_trigger.pk).update(purpose="marketing")  # approved as such below
-    live_trigger.refresh_from_db()
-    Campaign.objects.filter(pk=live_trigger.pk).update(approved_fingerprint=live_trigger.fingerprint())
+    from campaigns.services.lifecycle import campaign_approve, campaign_submit
+
+    campaign_update(campaign_id=live_trigger.pk, by=manager_alice, purpose="marketing")
+    campaign_submit(campaign_id=live_trigger.pk, by=manager_alice)
+    campaign_approve(campaign_id=live_trigger.pk, by=approver_bob)
     with django_capture_on_commit_callbacks(execute=True):
         assert _trigger(trigger_client, live_trigger, "zoe").json()["accepted"] == 1
     DeliveryRules.objects.create(app=sim_app, frequency_cap=1, frequency_window_hours=24)

@@ -53,6 +53,6 @@ def test_live_preview_is_refused_outside_ones_access_and_without_a_post(
     client.force_login(manager_mallory)
     assert client.post(f"/admin/delivery/pushcontent/{content.pk}/live-preview/", _form(content)).status_code == 404
     client.force_login(manager_alice)
-    assert client.get(f"/admin/delivery/pushcontent/{content.pk}/live-preview/").status_code == 403
+    assert client.get(f"/admin/delivery/pushcontent/{content.pk}/live-preview/").status_code == 405
     client.force_login(viewer_carol)  # a Viewer may not write content: no preview of a new one
     assert client.post("/admin/delivery/pushcontent/live-preview/", _form(content)).status_code == 403

@@ -45,7 +45,9 @@ def test_viewer_browses_everything_and_finds_no_way_to_change_it(
     pages += [
         f"{live_server.url}{url}"
         for name, url in object_urls(world)
-        if name.endswith(("_change", "_review", "_preview", "_access")) and "apikey" not in name
+        if name.endswith(("_change", "_review", "_preview", "_access"))
+        and "apikey" not in name
+        and "live_preview" not in name  # the content form posts to it; a GET answers 405
     ]
     seen = 0
     for url in pages:
