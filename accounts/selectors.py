@@ -178,6 +178,32 @@ def api_keys_visible_to(user: User) -> QuerySet[ApiKey]:
     return qs.none()
 
 
+# The people a colleague may look up (their card): the owner or creator of an object they may see.
+_PEOPLE_OF = (
+    ("campaigns", "Campaign", "owner"),
+    ("journeys", "Journey", "owner"),
+    ("audiences", "Segment", "created_by"),
+    ("delivery", "PushContent", "created_by"),
+)
+
+
+def user_known_to(viewer: User, person: User) -> bool:
+    """Whether ``viewer`` may read ``person``'s card: themself, anyone for an Administrator, or the
+    owner, creator, requester or decider of something ``viewer`` may see. Anyone else answers as a
+    missing user would, so ids cannot be enumerated."""
+    from django.apps import apps as django_apps
+
+    if viewer.pk == person.pk or has_every_scope(viewer):
+        return True
+    if approval_requests_visible_to(viewer).filter(Q(requested_by=person) | Q(decided_by=person)).exists():
+        return True
+    for app_label, model_name, field in _PEOPLE_OF:
+        model = django_apps.get_model(app_label, model_name)
+        if visible_to(viewer, model._default_manager.filter(**{field: person})).exists():
+            return True
+    return False
+
+
 def audit_events_visible_to(user: User) -> QuerySet[AuditEvent]:
     """Administrators read the whole log; everyone else reads the events of their own actions."""
     if not user.has_perm("accounts.view_auditevent"):

@@ -15,6 +15,7 @@ from accounts.models import AuditEvent, User
 from accounts.roles import ROLES, role_capabilities
 from accounts.selectors import (
     object_access_of,
+    user_known_to,
 )
 from accounts.services import (
     access_grant,
@@ -146,11 +147,13 @@ class UserAdmin(AccessAdmin, DjangoUserAdmin):
         """Those who may not manage users (an owner's or creator's link) get the user's card, read-only."""
         if self.has_view_permission(request):
             return super().change_view(request, object_id, form_url, extra_context)
-        if request.method != "GET" or not request.user.role_names():
+        if not request.user.role_names():
+            raise Http404("No such user.")
+        if request.method != "GET":
             raise PermissionDenied("Only an Administrator manages users.")
         person = User.objects.filter(pk=object_id, is_active=True).prefetch_related("groups").first()
-        if person is None:
-            raise Http404("No such user.")
+        if person is None or not user_known_to(request.user, person):
+            raise Http404("No such user.")  # a missing user and one outside one's work answer alike
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,

@@ -146,10 +146,17 @@ def test_viewer_changes_nothing_anywhere_in_the_admin(client, as_role):
     assert b'name="_save"' not in page.content
 
 
-def test_a_colleague_opening_an_owner_link_gets_a_read_only_card(client, manager_alice, viewer_carol):
+def test_a_colleague_opening_an_owner_link_gets_a_read_only_card(client, manager_alice, viewer_carol, approver_bob):
+    from accounts.services import access_grant
+    from tests.factories import SegmentFactory
+
     manager_alice.email = "alice@example.com"
     manager_alice.save()
     client.force_login(viewer_carol)
+    # Nothing of Alice's is in Carol's reach yet: her id answers as a missing one would.
+    assert client.get(f"/admin/accounts/user/{manager_alice.pk}/change/").status_code == 404
+    access_grant(obj=SegmentFactory(created_by=manager_alice), to=viewer_carol, by=None)
+    assert client.get(f"/admin/accounts/user/{approver_bob.pk}/change/").status_code == 404
     page = client.get(f"/admin/accounts/user/{manager_alice.pk}/change/")
     assert page.status_code == 200
     text = page.content.decode()
