@@ -15,3 +15,19 @@ def approve(manager_alice, approver_bob):
         return Campaign.objects.get(pk=campaign.pk)
 
     return run
+
+
+@pytest.fixture
+def beat(db):
+    """The beat's schedules as the migrations write them. A transactional test elsewhere in the run
+    empties every table, migration data included, so they are written again where a test needs them."""
+    import importlib
+
+    from django.apps import apps
+
+    for module, create in (
+        ("campaigns.migrations.0002_scheduler_beat", "create_beat"),
+        ("delivery.migrations.0004_send_watchdog", "create_watchdog"),
+        ("journeys.migrations.0002_engine_beat", "create_beat"),
+    ):
+        getattr(importlib.import_module(module), create)(apps, None)

@@ -32,7 +32,7 @@ def test_administrator_reads_the_task_queue_pages(client, admin_erin, failed_tas
     assert response.status_code == 200
 
 
-def test_administrator_reads_a_failed_task_and_the_beat(client, admin_erin, failed_task):
+def test_administrator_reads_a_failed_task_and_the_beat(client, admin_erin, failed_task, beat):
     client.force_login(admin_erin)
     failure = client.get(f"/admin/django_q/failure/{failed_task.pk}/change/")
     assert failure.status_code == 200 and "ConnectionError" in failure.text
@@ -40,7 +40,7 @@ def test_administrator_reads_a_failed_task_and_the_beat(client, admin_erin, fail
     assert "campaigns tick" in schedules.text and "delivery watchdog" in schedules.text
 
 
-def test_administrator_cannot_change_the_beat(client, admin_erin):
+def test_administrator_cannot_change_the_beat(client, admin_erin, beat):
     client.force_login(admin_erin)
     schedule = Schedule.objects.get(name="campaigns tick")
     response = client.post(f"/admin/django_q/schedule/{schedule.pk}/change/", {"name": "hijacked", "func": "os.system"})

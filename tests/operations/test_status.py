@@ -25,7 +25,7 @@ def queue():
     broker.purge_queue()
 
 
-def test_status_prints_queue_sends_failures_and_beat_without_secrets(db, queue):
+def test_status_prints_queue_sends_failures_and_beat_without_secrets(db, queue, beat):
     now = timezone.now()
     for minutes in (7, 1):
         queue.enqueue(
