@@ -262,15 +262,15 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     def live_preview_view(self, request, object_id: int | None = None):
         """The phones for the form as it stands (POST of the form, nothing saved): the chosen profile,
         in the locale of the tab open (``preview_locale``)."""
-        if request.method != "POST":
-            return HttpResponseNotAllowed(["POST"])  # the form is posted to it, nothing else
         obj = None
         if object_id is not None:
             obj = self.get_object(request, str(object_id))
             if obj is None or not self.has_view_permission(request, obj):
-                raise Http404("No such content.")
+                raise Http404("No such content.")  # outside one's access, whatever the method
         elif not self.has_add_permission(request):
             raise PermissionDenied
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])  # the form is posted to it, nothing else
         form_class = self.get_form(request, obj, change=obj is not None)
         form = form_class(request.POST, instance=obj or PushContent())
         form.is_valid()  # fills the instance with what validates; the rest stays as saved
