@@ -14,7 +14,7 @@ from django.utils import timezone
 from accounts.models import User
 from audiences.models import Event, Profile
 from audiences.rules.schema import KEY_RE
-from audiences.services.profiles import _ensure_perm, _json_dumps
+from audiences.services.profiles import _ensure_perm, _json_dumps, text_problem
 
 MAX_PROPERTIES_BYTES = 8 * 1024
 
@@ -24,16 +24,10 @@ log = logging.getLogger(__name__)
 def event_check(data: dict, *, now: dt.datetime | None = None) -> dict[str, str]:
     """Check one event's fields; return {field: message} for each problem (empty: fine)."""
     errors: dict[str, str] = {}
-    external_id = data.get("external_id")
-    if not isinstance(external_id, str) or not external_id.strip():
-        errors["external_id"] = "This field is required: a non-empty string."
-    elif len(external_id) > 255:
-        errors["external_id"] = "At most 255 characters."
-    name = data.get("name")
-    if not isinstance(name, str) or not name.strip():
-        errors["name"] = "This field is required: a non-empty string."
-    elif len(name) > 100:
-        errors["name"] = "At most 100 characters."
+    if problem := text_problem(data.get("external_id"), max_length=255):
+        errors["external_id"] = problem
+    if problem := text_problem(data.get("name"), max_length=100):
+        errors["name"] = problem
     properties = data.get("properties")
     if properties is not None:
         if not isinstance(properties, dict):

@@ -35,17 +35,23 @@ def _timezones() -> set[str]:
     return _TIMEZONES
 
 
+def text_problem(value, *, max_length: int) -> str | None:
+    """What is wrong with a required text field (None when it is a non-empty string short enough)."""
+    if not isinstance(value, str) or not value.strip():
+        return "This field is required: a non-empty string."
+    if len(value) > max_length:
+        return f"At most {max_length} characters."
+    return None
+
+
 def profile_check(data: dict) -> dict[str, str]:
     """Check one profile's fields; return {field: message} for each problem (empty: fine).
 
     Used by the API serializers and the services alike, so both say the same thing.
     """
     errors: dict[str, str] = {}
-    external_id = data.get("external_id")
-    if not isinstance(external_id, str) or not external_id.strip():
-        errors["external_id"] = "This field is required: a non-empty string."
-    elif len(external_id) > 255:
-        errors["external_id"] = "At most 255 characters."
+    if problem := text_problem(data.get("external_id"), max_length=255):
+        errors["external_id"] = problem
     attributes = data.get("attributes")
     if attributes is not None:
         if not isinstance(attributes, dict):
