@@ -39,7 +39,21 @@ from audiences.rules.schema import (
 )
 
 
-class JsonValue(Expression):
+class _OnJsonColumn(Expression):
+    """An expression over one JSON column (``self.column``), its only source expression."""
+
+    def __init__(self, column: str, *, output_field):
+        super().__init__(output_field=output_field)
+        self.column = models.F(column)
+
+    def get_source_expressions(self):
+        return [self.column]
+
+    def set_source_expressions(self, exprs):
+        (self.column,) = exprs
+
+
+class JsonValue(_OnJsonColumn):
     """The value under ``key`` of a JSON column, as an SQL value of ``value_type``.
 
     NULL when the key is missing or holds another JSON type, so "age > 30" never matches the
@@ -54,16 +68,9 @@ class JsonValue(Expression):
             "boolean": models.BooleanField(),
             "date": models.TextField(),
         }[value_type]
-        super().__init__(output_field=output)
-        self.column = models.F(column)
+        super().__init__(column, output_field=output)
         self.key = key
         self.value_type = value_type
-
-    def get_source_expressions(self):
-        return [self.column]
-
-    def set_source_expressions(self, exprs):
-        (self.column,) = exprs
 
     def as_postgresql(self, compiler, connection):
         col, params = compiler.compile(self.column)
@@ -103,21 +110,14 @@ class JsonValue(Expression):
         return sql, [*params, *path, *params, *path, *params, *path]
 
 
-class JsonHasKey(Expression):
+class JsonHasKey(_OnJsonColumn):
     """True when the JSON column holds a non-null value under ``key`` (never NULL itself)."""
 
     conditional = True
 
     def __init__(self, column: str, key: str):
-        super().__init__(output_field=models.BooleanField())
-        self.column = models.F(column)
+        super().__init__(column, output_field=models.BooleanField())
         self.key = key
-
-    def get_source_expressions(self):
-        return [self.column]
-
-    def set_source_expressions(self, exprs):
-        (self.column,) = exprs
 
     def as_postgresql(self, compiler, connection):
         col, params = compiler.compile(self.column)
@@ -128,21 +128,14 @@ class JsonHasKey(Expression):
         return f"(coalesce(json_type({col}, %s), 'null') <> 'null')", [*params, _sqlite_path(self.key)]
 
 
-class JsonContains(Expression):
+class JsonContains(_OnJsonColumn):
     """PostgreSQL ``column @> {key: value, ...}``: exact JSON equality that the GIN index serves."""
 
     conditional = True
 
     def __init__(self, column: str, document: dict):
-        super().__init__(output_field=models.BooleanField())
-        self.column = models.F(column)
+        super().__init__(column, output_field=models.BooleanField())
         self.document = document
-
-    def get_source_expressions(self):
-        return [self.column]
-
-    def set_source_expressions(self, exprs):
-        (self.column,) = exprs
 
     def as_sql(self, compiler, connection):
         import json
