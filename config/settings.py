@@ -196,6 +196,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "operations.middleware.ProbeMiddleware",
+    "operations.middleware.DrainBodyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -7,6 +7,7 @@ no log line (a failing probe is the load balancer's to report, not a traceback p
 
 import json
 
+from django.conf import settings
 from django.http import HttpResponse
 
 
@@ -39,3 +40,31 @@ class ProbeMiddleware:
 
             return metrics_response(request)
         return self.get_response(request)
+
+
+class DrainBodyMiddleware:
+    """Read what is left of a request's body before the answer goes out.
+
+    A view may answer without reading the body (a refused key, a missing permission, a body over
+    the limit). The web server then closes a socket with unread bytes in it, which resets the
+    connection: a proxy still streaming the body upstream (nginx with ``proxy_request_buffering
+    off``, as docs/deploy/nginx.conf has it) turns the answer into a 502. Draining a body up to
+    ``DATA_UPLOAD_MAX_MEMORY_SIZE`` keeps the answer; a larger unread one is left to the reset.
+    """
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        stream = getattr(request, "_stream", None)
+        limit, position = getattr(stream, "limit", 0), getattr(stream, "_pos", 0)
+        if stream is not None and 0 < limit - position <= settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
+            try:
+                while stream.read(self.CHUNK):
+                    pass
+            except OSError:
+                pass  # the client went away: nothing left to keep
+        return response

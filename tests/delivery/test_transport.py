@@ -89,12 +89,16 @@ def test_a_dropped_connection_is_never_sent_again(pushsim, bearer):
     assert lost, "the connection was never dropped"
     # Nothing proves the server did not act on what was in flight: none of it is sent again.
     assert all(r.error_kind == "connection" and r.maybe_sent and r.attempts == 1 for r in lost)
-    assert sum(r.status == 200 for r in responses) <= len(counts) <= 50
+    # What libcurl had not yet put on the wire when the connection dropped may go on a new one
+    # (how much depends on timing), but each device is reached once and every answer is true.
+    assert sum(r.status == 200 for r in responses) <= len(counts)
 
 
 def test_a_connection_dropped_after_the_provider_acted_is_not_sent_again(pushsim, bearer):
     # The simulator records (acts on) each request, then answers 300 ms later; the 41st stream
-    # drops the connection with the first 40 acted on but unanswered.
+    # drops the connection with the first 40 acted on but unanswered. A request libcurl had not
+    # yet written when the connection dropped is safe on a new connection: how many there are
+    # depends on timing, so the check is that exactly those were answered.
     pushsim.state.faults.latency_ms = 300
     pushsim.state.faults.drop_after_streams = 40
     healer = heal_after_the_first_drop(pushsim)
@@ -104,8 +108,10 @@ def test_a_connection_dropped_after_the_provider_acted_is_not_sent_again(pushsim
     healer.join()
     counts = pushsim.state.snapshot_counts()
     assert set(counts.values()) == {1}, "a device got the push twice"
-    assert len(counts) == 40
-    assert all(r.status == 0 and r.maybe_sent and r.attempts == 1 for r in responses)
+    answered = [r for r in responses if r.status == 200]
+    assert len(counts) == 40 + len(answered)
+    assert len(answered) < 40, "the connection was dropped before most requests were written"
+    assert all(r.status == 0 and r.maybe_sent and r.attempts == 1 for r in responses if r.status != 200)
 
 
 def test_a_timeout_comes_back_as_an_error_that_may_have_been_sent(pushsim, bearer):
