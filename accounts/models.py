@@ -270,3 +270,16 @@ class VersionStamp(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} = {self.value}"
+
+
+class GrantStamp(models.Model):
+    """Who granted an object permission and when, kept on the permission row itself (the access
+    services stamp it; a row written otherwise, such as before this was kept, shows neither)."""
+
+    granted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+", editable=False
+    )
+    granted_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        abstract = True

@@ -60,11 +60,16 @@ def access_grant(*, obj: models.Model, to: User | Group, by: User | None) -> Non
 
     Access to an App reaches everything scoped to it (its campaigns and journeys). What the
     grantee may *do* there still depends on their role. ``by=None`` is the system (e.g. the
-    creator's own grant). Raises PermissionDenied when ``by`` may not manage access.
+    creator's own grant). The permission row records the grantor and the time (granting again
+    records the newest grant). Raises PermissionDenied when ``by`` may not manage access.
     """
     _ensure_can_manage_access(by)
     with transaction.atomic():
-        assign_perm(access_perm(type(obj)), to, obj)
+        grant = assign_perm(access_perm(type(obj)), to, obj)
+        if hasattr(grant, "granted_at"):  # the object's own permission table keeps who and when
+            type(grant).objects.filter(pk=grant.pk).update(
+                granted_by=by if by is not None and by.pk else None, granted_at=timezone.now()
+            )
         audit(actor=by, action="access_granted", obj=obj, summary={"to": _principal_label(to)})
 
 

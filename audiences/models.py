@@ -9,6 +9,8 @@ from django.db import models
 from django.utils import timezone as dj_timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
+from accounts.models import GrantStamp
+
 
 class Profile(models.Model):
     """One person, across every app of the installation, known by the integrator's ``external_id``."""
@@ -145,11 +147,11 @@ def segments_used(rules) -> set[int]:
     return found
 
 
-class SegmentUserObjectPermission(UserObjectPermissionBase):
+class SegmentUserObjectPermission(UserObjectPermissionBase, GrantStamp):
     content_object = models.ForeignKey(Segment, on_delete=models.CASCADE)
 
 
-class SegmentGroupObjectPermission(GroupObjectPermissionBase):
+class SegmentGroupObjectPermission(GroupObjectPermissionBase, GrantStamp):
     content_object = models.ForeignKey(Segment, on_delete=models.CASCADE)
 
 

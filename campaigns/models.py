@@ -14,6 +14,8 @@ from django.db import models
 from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
+from accounts.models import GrantStamp
+
 
 class Campaign(models.Model):
     has_object_access = True
@@ -240,11 +242,11 @@ class ApprovedVersion:
         )
 
 
-class CampaignUserObjectPermission(UserObjectPermissionBase):
+class CampaignUserObjectPermission(UserObjectPermissionBase, GrantStamp):
     content_object = models.ForeignKey(Campaign, on_delete=models.CASCADE)
 
 
-class CampaignGroupObjectPermission(GroupObjectPermissionBase):
+class CampaignGroupObjectPermission(GroupObjectPermissionBase, GrantStamp):
     content_object = models.ForeignKey(Campaign, on_delete=models.CASCADE)
 
 

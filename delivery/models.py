@@ -4,6 +4,7 @@ from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
 from accounts.encryption import EncryptedTextField
+from accounts.models import GrantStamp
 
 
 class App(models.Model):
@@ -70,11 +71,11 @@ class App(models.Model):
         return bool(self.fcm_service_account_fingerprint and self.fcm_project_id)
 
 
-class AppUserObjectPermission(UserObjectPermissionBase):
+class AppUserObjectPermission(UserObjectPermissionBase, GrantStamp):
     content_object = models.ForeignKey(App, on_delete=models.CASCADE)
 
 
-class AppGroupObjectPermission(GroupObjectPermissionBase):
+class AppGroupObjectPermission(GroupObjectPermissionBase, GrantStamp):
     content_object = models.ForeignKey(App, on_delete=models.CASCADE)
 
 
@@ -230,11 +231,11 @@ def spec_fingerprint(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
-class PushContentUserObjectPermission(UserObjectPermissionBase):
+class PushContentUserObjectPermission(UserObjectPermissionBase, GrantStamp):
     content_object = models.ForeignKey(PushContent, on_delete=models.CASCADE)
 
 
-class PushContentGroupObjectPermission(GroupObjectPermissionBase):
+class PushContentGroupObjectPermission(GroupObjectPermissionBase, GrantStamp):
     content_object = models.ForeignKey(PushContent, on_delete=models.CASCADE)
 
 
@@ -343,11 +344,11 @@ class Dispatch(models.Model):
         return round(100.0 * self.done_count / self.total, 1) if self.total else 0.0
 
 
-class DispatchUserObjectPermission(UserObjectPermissionBase):
+class DispatchUserObjectPermission(UserObjectPermissionBase, GrantStamp):
     content_object = models.ForeignKey(Dispatch, on_delete=models.CASCADE)
 
 
-class DispatchGroupObjectPermission(GroupObjectPermissionBase):
+class DispatchGroupObjectPermission(GroupObjectPermissionBase, GrantStamp):
     content_object = models.ForeignKey(Dispatch, on_delete=models.CASCADE)
 
 

@@ -17,6 +17,8 @@ from django.db.models import Q
 from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
+from accounts.models import GrantStamp
+
 
 class Journey(models.Model):
     has_object_access = True
@@ -61,11 +63,11 @@ class Journey(models.Model):
         return self.status == self.Status.LIVE
 
 
-class JourneyUserObjectPermission(UserObjectPermissionBase):
+class JourneyUserObjectPermission(UserObjectPermissionBase, GrantStamp):
     content_object = models.ForeignKey(Journey, on_delete=models.CASCADE)
 
 
-class JourneyGroupObjectPermission(GroupObjectPermissionBase):
+class JourneyGroupObjectPermission(GroupObjectPermissionBase, GrantStamp):
     content_object = models.ForeignKey(Journey, on_delete=models.CASCADE)
 
 

@@ -8,10 +8,11 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.template.response import TemplateResponse
+from django.utils import timezone
 from django.utils.html import format_html_join
 
 from accounts.admin.bases import AccessAdmin
-from accounts.models import AuditEvent, User
+from accounts.models import User
 from accounts.roles import ROLES, role_capabilities
 from accounts.selectors import (
     object_access_of,
@@ -38,7 +39,15 @@ class AppAccessInline(admin.TabularInline):
     verbose_name_plural = "Access to apps"
 
     def get_queryset(self, request):
-        return super().get_queryset(request).filter(permission__codename="view_app").select_related("content_object")
+        return (
+            super()
+            .get_queryset(request)
+            .filter(permission__codename="view_app")
+            .select_related("content_object", "granted_by")
+        )
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.has_perm("accounts.manage_object_access")
 
     def has_add_permission(self, request, obj=None):
         return request.user.has_perm("accounts.manage_object_access")
@@ -49,30 +58,17 @@ class AppAccessInline(admin.TabularInline):
     def has_delete_permission(self, request, obj=None):
         return request.user.has_perm("accounts.manage_object_access")
 
-    def formfield_for_foreignkey(self, db_field, request, **kwargs):
-        if db_field.name == "content_object":
-            kwargs["label"] = "App"
-        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+    def get_formset(self, request, obj=None, **kwargs):
+        kwargs["labels"] = {"content_object": "App"}  # the column's header as well as the field's label
+        return super().get_formset(request, obj, **kwargs)
 
     @admin.display(description="Granted")
     def granted(self, obj):
-        if obj is None or obj.pk is None:
+        if obj is None or obj.pk is None or obj.granted_at is None:
             return "—"
-        from django.contrib.contenttypes.models import ContentType
-
-        event = (
-            AuditEvent.objects.filter(
-                object_type=ContentType.objects.get_for_model(obj.content_object),
-                object_id=str(obj.content_object_id),
-                action="access_granted",
-                summary__to=f"user:{obj.user.get_username()}",
-            )
-            .order_by("-created_at")
-            .first()
-        )
-        if event is None:
-            return "—"
-        return f"by {event.actor_label} on {event.created_at:%Y-%m-%d %H:%M} UTC"
+        when = timezone.localtime(obj.granted_at)
+        by = obj.granted_by.get_username() if obj.granted_by is not None else "the system"
+        return f"by {by} on {when:%Y-%m-%d %H:%M} {when.tzname()}"
 
 
 @admin.register(User)

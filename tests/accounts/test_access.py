@@ -41,6 +41,22 @@ def test_revoked_access_hides_again(admin_erin, manager_alice, shop):
     ]
 
 
+def test_a_grant_records_who_granted_it_and_when(admin_erin, manager_alice, shop):
+    from django.utils import timezone
+
+    from delivery.models import AppGroupObjectPermission, AppUserObjectPermission
+
+    before = timezone.now()
+    access_grant(obj=shop, to=manager_alice, by=admin_erin)
+    grant = AppUserObjectPermission.objects.get(user=manager_alice, content_object=shop)
+    assert grant.granted_by == admin_erin and before <= grant.granted_at <= timezone.now()
+
+    team = Group.objects.create(name="Shop team")
+    access_grant(obj=shop, to=team, by=None)  # the system's grant names no one
+    grant = AppGroupObjectPermission.objects.get(group=team, content_object=shop)
+    assert grant.granted_by is None and grant.granted_at is not None
+
+
 def test_administrator_sees_every_app(admin_erin, shop, bank):
     assert set(visible_to(admin_erin, App.objects.all())) == {shop, bank}
 

@@ -2,6 +2,7 @@
 without a role, the sign-in and the home page say what to ask an Administrator for."""
 
 import pytest
+from django.utils import timezone
 
 from accounts.models import AuditEvent, User
 from accounts.selectors import visible_to
@@ -51,6 +52,10 @@ def test_administrator_creates_a_manager_who_signs_in_to_their_app(
     assert marketer.is_staff and marketer.role_names() == ["Manager"]
     assert visible_to(marketer, App.objects.filter(pk=sim_app.pk)).exists()
     assert AuditEvent.objects.filter(action="access_granted", actor=admin_erin).exists()
+    # The inline says who granted the app and when.
+    granted = page.locator(".field-granted").first.inner_text()
+    assert page.locator(".field-content_object").first.inner_text().strip() == sim_app.name
+    assert granted.startswith("by admin_erin on ") and f"{timezone.now():%Y-%m-%d}" in granted
 
     _sign_in(page, live_server, "marketer2")
     page.wait_for_url(f"{live_server.url}/admin/")
