@@ -70,6 +70,12 @@ class Segment(models.Model):
     rules = models.JSONField(null=True, blank=True, help_text="The rule tree (rules segments only).")
     last_count = models.BigIntegerField(null=True, blank=True, editable=False)
     last_counted_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_reach = models.JSONField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="At the last count, per app: [{app, name, profiles, reachable, ios, android, opted_in}].",
+    )
     created_at = models.DateTimeField(default=dj_timezone.now, editable=False)
     updated_at = models.DateTimeField(default=dj_timezone.now, editable=False)
     created_by = models.ForeignKey(

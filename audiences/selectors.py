@@ -219,3 +219,22 @@ def audience_reach(*, segment, app_id: int) -> Reach:
             cursor.execute("SET LOCAL jit = off")
         cursor.execute(sql, [*profiles_params, app_id])
         return Reach(*cursor.fetchone())
+
+
+REACH_APPS = 5  # a count measures the reach in this many apps at most, the first by name
+
+
+def reach_apps_for(user: User) -> list:
+    """The apps whose reach a count measures for this user: those they see, the first REACH_APPS by name."""
+    from django.apps import apps as django_apps
+
+    try:
+        app_model = django_apps.get_model("delivery", "App")
+    except LookupError:
+        return []
+    return list(visible_to(user, app_model.objects.order_by("name", "id"))[:REACH_APPS])
+
+
+def reach_of(figures: dict) -> Reach:
+    """A Reach from one app's entry of ``Segment.last_reach``."""
+    return Reach(**{key: figures[key] for key in ("profiles", "reachable", "ios", "android", "opted_in")})

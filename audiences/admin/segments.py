@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 
 from django import forms
@@ -11,6 +13,8 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect
 from django.urls import path, reverse
+from django.utils.html import format_html_join
+from django.utils.timesince import timesince
 
 from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin
 from accounts.json_values import JsonValueFormField, json_parse, json_value_check
@@ -22,6 +26,8 @@ from audiences.selectors import (
     attribute_keys,
     event_names,
     event_property_keys,
+    reach_apps_for,
+    reach_of,
     segments_visible_to,
 )
 from audiences.services.segments import (
@@ -138,14 +144,73 @@ class SegmentForm(forms.ModelForm):
         return data
 
 
+# The apps whose kept reach the current request's user may read (the list's columns take no request).
+reach_app_ids: contextvars.ContextVar[frozenset] = contextvars.ContextVar("reach_app_ids", default=frozenset())
+
+
+@contextlib.contextmanager
+def _reach_readable_by(user):
+    token = reach_app_ids.set(frozenset(app.pk for app in reach_apps_for(user)))
+    try:
+        yield
+    finally:
+        reach_app_ids.reset(token)
+
+
+def _rendered(response):
+    if hasattr(response, "render"):  # a template response renders after the view returns: render it now
+        response.render()
+    return response
+
+
+COUNT_REACH_AT_ONCE = 20  # each count is a query per app: a page's worth keeps the request short
+
+
 @admin.register(Segment)
 class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     form = SegmentForm
-    list_display = ("name", "kind", "last_count", "last_counted_at", "updated_at")
+    list_display = ("name", "kind", "reach", "counted", "updated_at")
     list_filter = ("kind",)
     search_fields = ("name",)
-    readonly_fields = ("members_summary", "last_count", "last_counted_at", "object_access", "created_at", "updated_at")
-    actions = ["delete_segments"]
+    readonly_fields = (
+        "members_summary",
+        "reach",
+        "last_counted_at",
+        "object_access",
+        "created_at",
+        "updated_at",
+    )
+    actions = ["count_reach", "delete_segments"]
+
+    def changelist_view(self, request, extra_context=None):
+        with _reach_readable_by(request.user):
+            return _rendered(super().changelist_view(request, extra_context))
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        with _reach_readable_by(request.user):
+            return _rendered(super().change_view(request, object_id, form_url, extra_context))
+
+    @admin.display(description="Reach at the last count")
+    def reach(self, obj):
+        """Kept figures, never counted here: the profiles, then for each app the user sees the
+        reachable (iOS / Android) and opted-in profiles."""
+        if obj is None or obj.last_count is None:
+            return "Not counted yet: preview it, or “Count reach now”."
+        readable = reach_app_ids.get()
+        lines = [
+            (figures["name"], reach_of(figures).text())
+            for figures in obj.last_reach or []
+            if figures.get("app") in readable
+        ]
+        if not lines:
+            return f"{obj.last_count:,} profiles"
+        return format_html_join("", '<div class="segment-reach"><strong>{}</strong>: {}</div>', lines)
+
+    @admin.display(description="Counted", ordering="last_counted_at")
+    def counted(self, obj):
+        if obj.last_counted_at is None:
+            return "—"
+        return f"{timesince(obj.last_counted_at)} ago"
 
     def get_fieldsets(self, request, obj=None):
         main = ["name", "description", "kind"] if obj is None else ["name", "description"]
@@ -158,7 +223,7 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
                 fields += ["add_members", "remove_members"]
             sets.append(("Members", {"fields": fields}))
         if obj is not None:
-            sets.append(("Status", {"fields": ["last_count", "last_counted_at", "created_at", "updated_at"]}))
+            sets.append(("Status", {"fields": ["reach", "last_counted_at", "created_at", "updated_at"]}))
             sets.append(("Access", {"fields": ["object_access"]}))
         return sets
 
@@ -240,6 +305,19 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         actions.pop("delete_selected", None)
         return actions
 
+    @admin.action(description="Count reach now", permissions=["view"])
+    def count_reach(self, request, queryset):
+        """Count the selected segments (at most COUNT_REACH_AT_ONCE) and keep their reach for the list."""
+        chosen = list(queryset.order_by("pk").values_list("pk", flat=True)[: COUNT_REACH_AT_ONCE + 1])
+        for segment_id in chosen[:COUNT_REACH_AT_ONCE]:
+            segment_preview(by=request.user, segment_id=segment_id, sample_size=0)
+        counted = min(len(chosen), COUNT_REACH_AT_ONCE)
+        self.message_user(request, f"{counted} segment(s) counted.", messages.SUCCESS)
+        if len(chosen) > COUNT_REACH_AT_ONCE:
+            self.message_user(
+                request, f"At most {COUNT_REACH_AT_ONCE} segments are counted at once: select fewer.", messages.WARNING
+            )
+
     @admin.action(description="Delete selected segments", permissions=["delete"])
     def delete_segments(self, request, queryset):
         deleted = 0
@@ -309,14 +387,5 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             }
             for p in preview.sample
         ]
-        reach = []
-        if preview.count:
-            from audiences.selectors import audience_reach
-
-            probe = Segment(pk=segment_id, kind=Segment.Kind.RULES, rules=rules) if rules is not None else None
-            if probe is None and segment_id is not None:
-                probe = Segment.objects.get(pk=segment_id)
-            apps = visible_to(request.user, django_apps.get_model("delivery", "App").objects.order_by("name"))
-            for app in apps[:5]:
-                reach.append({"app": app.name, "text": audience_reach(segment=probe, app_id=app.pk).text()})
+        reach = [{"app": figures["name"], "text": reach_of(figures).text()} for figures in preview.reach]
         return JsonResponse({"count": preview.count, "took_ms": preview.took_ms, "sample": sample, "reach": reach})

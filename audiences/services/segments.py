@@ -5,7 +5,7 @@ Segments carry object access (a creator gets access to what they create; others 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -20,7 +20,7 @@ from accounts.services import access_grant, audit
 from audiences.models import Profile, Segment, SegmentMember, SegmentReference
 from audiences.rules.compiler import segment_count, segment_profiles
 from audiences.rules.validation import rules_validate_for
-from audiences.selectors import segment_for
+from audiences.selectors import audience_reach, reach_apps_for, segment_for
 from audiences.services.profiles import _ensure_perm
 
 UNSET: Any = object()
@@ -102,7 +102,8 @@ def segment_update(
             segment.rules = rules
             segment.last_count = None
             segment.last_counted_at = None
-            changed += ["rules", "last_count", "last_counted_at"]
+            segment.last_reach = None
+            changed += ["rules", "last_count", "last_counted_at", "last_reach"]
             _set_references(segment, references)
         if changed:
             segment.updated_at = timezone.now()
@@ -135,16 +136,25 @@ class Preview:
     count: int
     sample: list[Profile] = field(default_factory=list)
     took_ms: int = 0
+    reach: list[dict] = field(default_factory=list)  # per app, as kept in Segment.last_reach
 
 
 def segment_preview(
-    *, by: User, segment_id: int | None = None, rules: dict | None = None, sample_size: int | None = None
+    *,
+    by: User,
+    segment_id: int | None = None,
+    rules: dict | None = None,
+    sample_size: int | None = None,
+    reach: bool = True,
 ) -> Preview:
     """Count a segment's profiles and take a sample (two queries), for a saved segment or an unsaved tree.
 
     For a saved segment (or a tree equal to its saved rules) the count is remembered on it
     (``last_count``, ``last_counted_at``). An unsaved tree is validated first (RulesInvalid).
-    Raises Http404 for a segment outside the user's access.
+    With ``reach``, the size is also measured as profiles → reachable → opted in in each app the
+    user sees (up to REACH_APPS, one query each) and remembered with the count (``last_reach``),
+    so the segment list shows it without counting. Raises Http404 for a segment outside the
+    user's access.
     """
     sample_size = settings.AUDIENCES_PREVIEW_SAMPLE if sample_size is None else sample_size
     started = timezone.now()
@@ -157,11 +167,19 @@ def segment_preview(
             saved = segment_for(by, segment_id)
         segment = Segment(pk=segment_id, kind=Segment.Kind.RULES, rules=rules)
     count = segment_count(segment)
-    sample = list(segment_profiles(segment).order_by()[:sample_size]) if count else []
+    sample = list(segment_profiles(segment).order_by()[:sample_size]) if count and sample_size else []
+    reaches = []
+    if reach and count:
+        for app in reach_apps_for(by):
+            figures = audience_reach(segment=segment, app_id=app.pk)
+            reaches.append({"app": app.pk, "name": app.name, **asdict(figures)})
     if saved is not None and (rules is None or rules == saved.rules):
-        Segment.objects.filter(pk=segment_id).update(last_count=count, last_counted_at=timezone.now())
+        kept = {"last_count": count, "last_counted_at": timezone.now()}
+        if reach:
+            kept["last_reach"] = reaches
+        Segment.objects.filter(pk=segment_id).update(**kept)
     took = int((timezone.now() - started).total_seconds() * 1000)
-    return Preview(count=count, sample=sample, took_ms=took)
+    return Preview(count=count, sample=sample, took_ms=took, reach=reaches)
 
 
 def segment_members_change(

@@ -281,3 +281,61 @@ def test_a_stalled_import_is_restarted_by_a_manager_and_not_by_a_viewer(
         assert login(manager_alice).post("/admin/audiences/import/", press).status_code == 302
     record.refresh_from_db()
     assert record.status == Import.Status.QUEUED
+
+
+def _reachable_world(manager_alice):
+    """Three pro profiles: two with a Shop phone (one with notifications off), one with none."""
+    from accounts.services import access_grant
+    from tests.factories import AppFactory, DeviceFactory
+
+    shop, bank = AppFactory(name="Shop"), AppFactory(name="Bank")
+    access_grant(obj=shop, to=manager_alice, by=None)
+    with_phone, muted, _ = (ProfileFactory(attributes={"plan": "pro"}) for _ in range(3))
+    DeviceFactory(profile=with_phone, app=shop, platform="ios")
+    DeviceFactory(profile=muted, app=shop, platform="android", push_enabled=False)
+    DeviceFactory(profile=with_phone, app=bank, platform="ios")
+    return shop, bank
+
+
+def test_segment_list_shows_the_reach_kept_at_the_last_count_without_counting(
+    login, manager_alice, viewer_carol, django_assert_max_num_queries
+):
+    from accounts.services import access_grant
+
+    shop, _ = _reachable_world(manager_alice)
+    segments = [segment_create(name=f"Pros {n}", rules=PRO, by=manager_alice) for n in range(12)]
+    access_grant(obj=segments[0], to=viewer_carol, by=None)
+    client = login(manager_alice)
+    assert client.get(f"/admin/audiences/segment/{segments[0].pk}/preview/").json()["reach"] == [
+        {"app": "Shop", "text": "3 profiles → 2 reachable (iOS 1 / Android 1) → 1 opted in"}
+    ]
+    kept = Segment.objects.get(pk=segments[0].pk)
+    assert kept.last_count == 3 and [f["app"] for f in kept.last_reach] == [shop.pk]  # only the apps she sees
+
+    with django_assert_max_num_queries(12):  # no count per row: the figures are kept on the segment
+        html = client.get("/admin/audiences/segment/").content.decode()
+    assert "<strong>Shop</strong>: 3 profiles → 2 reachable (iOS 1 / Android 1) → 1 opted in" in html
+    assert "Not counted yet" in html and "0\xa0minutes ago" in html
+
+    # A colleague who does not see the Shop app reads the profile count alone.
+    html = login(viewer_carol).get("/admin/audiences/segment/").content.decode()
+    assert "3 profiles" in html and "Shop" not in html
+
+
+@pytest.mark.presses("audiences.segment:count_reach")
+def test_count_reach_now_keeps_each_selected_segments_reach_and_is_refused_without_a_role(
+    login, manager_alice, outsider_dave
+):
+    shop, _ = _reachable_world(manager_alice)
+    segment = segment_create(name="Pros", rules=PRO, by=manager_alice)
+    press = {"action": "count_reach", "_selected_action": [segment.pk]}
+    assert login(outsider_dave).post("/admin/audiences/segment/", press).status_code == 403
+    assert Segment.objects.get(pk=segment.pk).last_count is None
+
+    response = login(manager_alice).post("/admin/audiences/segment/", press, follow=True)
+    assert "1 segment(s) counted." in response.content.decode()
+    segment.refresh_from_db()
+    assert segment.last_count == 3 and segment.last_counted_at is not None
+    assert segment.last_reach == [
+        {"app": shop.pk, "name": "Shop", "profiles": 3, "reachable": 2, "ios": 1, "android": 1, "opted_in": 1}
+    ]

@@ -127,3 +127,41 @@ def test_manager_maps_the_columns_of_a_file_before_importing(login, page, live_s
     record = Import.objects.get(original_name="crm.csv")
     assert record.rows_imported == 8
     assert Profile.objects.get(external_id="c-3").attributes == {"Plan": "pro", "Age": 33}
+
+
+def test_manager_reads_each_segments_reach_in_the_list_and_counts_it_again(
+    login, page, live_server, manager_alice, sim_app, screenshot
+):
+    from accounts.services import access_grant
+    from audiences.services.segments import segment_create
+    from tests.factories import DeviceFactory
+
+    access_grant(obj=sim_app, to=manager_alice, by=None)
+    pros = [ProfileFactory(attributes={"plan": "pro"}) for _ in range(4)]
+    DeviceFactory(profile=pros[0], app=sim_app, platform="ios")
+    DeviceFactory(profile=pros[1], app=sim_app, platform="android", push_enabled=False)
+    rules = {"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}]}
+    segment = segment_create(name="Pros", rules=rules, by=manager_alice)
+
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/audiences/segment/")
+    row = page.locator("#result_list tbody tr", has_text="Pros")
+    assert "Not counted yet" in row.locator(".field-reach").inner_text()
+    row.locator("input.action-select").check()
+    page.select_option("select[name=action]", "count_reach")
+    page.click("button[name=index]")
+    page.wait_for_selector(".messagelist .success:has-text('1 segment(s) counted.')")
+    reach = f"{sim_app.name}: 4 profiles → 2 reachable (iOS 1 / Android 1) → 1 opted in"
+    assert row.locator(".field-reach").inner_text().strip() == reach
+    assert row.locator(".field-counted").inner_text().endswith("ago")
+    screenshot("segment-list-reach")
+
+    # A fifth pro profile: the list keeps the last count until the segment is counted again.
+    DeviceFactory(profile=ProfileFactory(attributes={"plan": "pro"}), app=sim_app, platform="ios")
+    page.reload()
+    assert row.locator(".field-reach").inner_text().strip() == reach
+    page.goto(f"{live_server.url}/admin/audiences/segment/{segment.pk}/change/")
+    page.click(".rule-builder-preview-button")
+    page.wait_for_selector(".rb-reach")
+    page.goto(f"{live_server.url}/admin/audiences/segment/")
+    assert "5 profiles → 3 reachable (iOS 2 / Android 1) → 2 opted in" in row.locator(".field-reach").inner_text()
