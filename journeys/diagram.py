@@ -29,6 +29,8 @@ def _describe(step: dict, names: dict) -> str:
             return f"{seconds // 86400} day(s)"
         if seconds and seconds % 3600 == 0:
             return f"{seconds // 3600} hour(s)"
+        if seconds and seconds % 60 == 0:
+            return f"{seconds // 60} minute(s)"
         return f"{seconds} s"
     if kind == "entry":
         return step.get("text", "")

@@ -1,0 +1,128 @@
+"""The forms that take a time: a campaign's schedule shows only the fields of the schedule chosen,
+and a journey's waits are typed in minutes, hours or days; both are saved as chosen."""
+
+import datetime as dt
+import zoneinfo
+
+import pytest
+from django.utils import timezone
+
+from accounts.services import access_grant
+from audiences.models import Segment
+from campaigns.models import Campaign
+from delivery.models import PushContent
+from delivery.services.contents import pushcontent_save
+from journeys.models import Journey
+
+pytestmark = pytest.mark.browser
+
+SCHEDULE_FIELDS = ("send_at", "time_zone", "recurrence", "cron", "ends_at", "at_local_time", "missed_window_minutes")
+
+
+def _shown(page) -> set[str]:
+    return {name for name in SCHEDULE_FIELDS if page.is_visible(f".form-row.field-{name}")}
+
+
+def test_manager_sees_only_the_fields_of_the_schedule_chosen_and_saves_a_recurring_one(
+    login, page, live_server, manager_alice, sim_app
+):
+    access_grant(obj=sim_app, to=manager_alice, by=None)
+    segment = Segment.objects.create(name="Everyone", kind="static")
+    access_grant(obj=segment, to=manager_alice, by=None)
+    content = pushcontent_save(
+        content=PushContent(app=sim_app, name="Weekly", title="Hi", body="News"), by=manager_alice
+    )
+    start = (timezone.now() + dt.timedelta(days=7)).date()
+    end = start + dt.timedelta(days=60)
+
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/campaigns/campaign/add/")
+    page.fill("#id_name", "Monday news")
+    page.select_option("#id_app", str(sim_app.pk))
+    page.select_option("#id_segment", str(segment.pk))
+    page.select_option("#id_content", str(content.pk))
+    assert _shown(page) == set()  # "send when approved" has nothing to set
+    page.select_option("#id_schedule_kind", "at")
+    assert _shown(page) == {"send_at", "time_zone", "at_local_time", "missed_window_minutes"}
+    page.select_option("#id_schedule_kind", "recurring")
+    page.select_option("#id_recurrence", "weekly")
+    assert _shown(page) == set(SCHEDULE_FIELDS) - {"cron"}  # the cron expression only for "Cron expression"
+    page.select_option("#id_recurrence", "cron")
+    assert "cron" in _shown(page)
+    page.select_option("#id_kind", "api_triggered")  # per call: neither a schedule nor an audience
+    assert _shown(page) == set() and not page.is_visible(".form-row.field-schedule_kind")
+    assert not page.is_visible(".form-row.field-segment")
+    page.select_option("#id_kind", "scheduled")
+    assert page.is_visible(".form-row.field-schedule_kind") and "cron" in _shown(page)
+
+    page.select_option("#id_recurrence", "weekly")
+    page.fill("#id_send_at_0", start.isoformat())
+    page.fill("#id_send_at_1", "08:30")
+    page.fill("#id_time_zone", "Europe/Paris")
+    page.fill("#id_ends_at_0", end.isoformat())
+    page.fill("#id_ends_at_1", "23:00")
+    page.click("input[name=_continue]")
+    campaign = Campaign.objects.get(name="Monday news")
+    page.wait_for_url(f"**/admin/campaigns/campaign/{campaign.pk}/change/**")
+    paris = zoneinfo.ZoneInfo("Europe/Paris")
+    assert campaign.schedule_kind == "recurring" and campaign.recurrence == "weekly" and campaign.cron == ""
+    assert campaign.send_at == dt.datetime.combine(start, dt.time(8, 30), tzinfo=paris)
+    assert campaign.ends_at == dt.datetime.combine(end, dt.time(23, 0), tzinfo=paris)
+
+    # Opened again, the page shows the recurring schedule's fields as saved, and no cron field.
+    assert _shown(page) == set(SCHEDULE_FIELDS) - {"cron"}
+    assert page.input_value("#id_send_at_1") == "08:30" and page.input_value("#id_recurrence") == "weekly"
+
+    # Switched to a cron expression: the field appears, and what is typed there is what is kept.
+    page.select_option("#id_recurrence", "cron")
+    page.fill("#id_cron", "30 8 * * 1-5")
+    page.click("input[name=_continue]")
+    page.wait_for_selector(".messagelist .success")
+    campaign.refresh_from_db()
+    assert campaign.recurrence == "cron" and campaign.cron == "30 8 * * 1-5"
+    assert "cron" in _shown(page)
+
+
+def test_manager_types_journey_waits_in_minutes_hours_and_days(login, page, live_server, manager_alice, sim_app):
+    access_grant(obj=sim_app, to=manager_alice, by=None)
+    segment = Segment.objects.create(name="Everyone", kind="static")
+    access_grant(obj=segment, to=manager_alice, by=None)
+
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/journeys/journey/add/")
+    page.fill("#id_name", "Slow drip")
+    page.select_option("#id_app", str(sim_app.pk))
+    page.select_option("#id_entry_segment", str(segment.pk))
+    for _ in range(3):
+        page.click(".step-editor button.add-wait")
+    waits = {
+        "wait2": ("15", "60", "wait3"),  # 15 minutes
+        "wait3": ("2", "3600", "wait4"),  # 2 hours
+        "wait4": ("3", "86400", "end"),  # 3 days
+    }
+    for step, (amount, unit, following) in waits.items():
+        row = page.locator(f".step-editor .step-row[data-step={step}]")
+        row.locator("select.wait-unit").select_option(unit)
+        row.locator("input.wait-amount").fill(amount)
+        row.locator("input.wait-amount").dispatch_event("change")
+        row.locator("select.next-select").select_option(following)
+    page.click("input[name=_continue]")
+    journey = Journey.objects.get(name="Slow drip")
+    page.wait_for_url(f"**/admin/journeys/journey/{journey.pk}/change/**")
+    seconds = {s["id"]: s.get("seconds") for s in journey.versions.get().graph["steps"] if s["type"] == "wait"}
+    assert seconds == {"wait2": 15 * 60, "wait3": 2 * 3600, "wait4": 3 * 86400}
+
+    # Opened again, each wait reads in its own unit, in the editor and in the drawing.
+    for step, (amount, unit, _) in waits.items():
+        row = page.locator(f".step-editor .step-row[data-step={step}]")
+        assert row.locator("input.wait-amount").input_value() == amount
+        assert row.locator("select.wait-unit").input_value() == unit
+    drawn = page.locator("svg.journey-graph").text_content()
+    assert "15 minute(s)" in drawn and "2 hour(s)" in drawn and "3 day(s)" in drawn
+
+    # A change of unit keeps the amount: 2 hours become 2 days.
+    page.locator(".step-editor .step-row[data-step=wait3] select.wait-unit").select_option("86400")
+    page.click("input[name=_continue]")
+    page.wait_for_selector(".messagelist .success")
+    steps = {s["id"]: s for s in journey.versions.get().graph["steps"]}
+    assert steps["wait3"]["seconds"] == 2 * 86400
