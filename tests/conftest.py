@@ -1,9 +1,17 @@
-"""Test-wide set-up: PostgreSQL and Redis (the real servers), the named cast, API clients."""
+"""Test-wide set-up: PostgreSQL and Redis (the real servers), the push simulator, the named cast, API clients."""
 
 import pytest
 from rest_framework.test import APIClient
 
 from tests.factories import UserFactory
+from tests.fakes.pushsim import (  # noqa: F401 (fixtures: see tests/fakes/pushsim.py)
+    apns_credentials,
+    fcm_credentials,
+    pushsim,
+    pushsim_app,
+    pushsim_server,
+    pushsim_tls_app,
+)
 
 
 def pytest_configure(config):

@@ -3,7 +3,6 @@ import pytest
 from accounts.services import access_grant
 from campaigns.models import Campaign
 from campaigns.services.lifecycle import campaign_approve, campaign_create, campaign_submit
-from tests.delivery.sending import sim, sim_app, sim_session  # noqa: F401 (fixtures: the push simulator)
 from tests.factories import AppFactory, PushContentFactory, SegmentFactory
 
 
@@ -55,18 +54,18 @@ def make_campaign(team, segment, content, manager_alice):
 
 
 @pytest.fixture
-def live_trigger(sim_app, manager_alice, approver_bob):  # noqa: F811 (the fixture imported above)
+def live_trigger(pushsim_app, manager_alice, approver_bob):
     for user in (manager_alice, approver_bob):
-        access_grant(obj=sim_app, to=user, by=None)
+        access_grant(obj=pushsim_app, to=user, by=None)
     content = PushContentFactory(
-        app=sim_app,
+        app=pushsim_app,
         title="Order {{ context.order_id | default: '?' }}",
         body="Hi {{ profile.attributes.first_name | default: 'there' }}",
     )
     campaign = campaign_create(
         by=manager_alice,
         name="Order shipped",
-        app=sim_app,
+        app=pushsim_app,
         kind="api_triggered",
         purpose="transactional",
         content=content,

@@ -61,7 +61,7 @@ def test_outsider_gets_404_on_every_campaign_page(client, make_campaign, manager
 
 @pytest.mark.presses("campaigns.campaign:report_csv")
 def test_report_counts_outcomes_and_exports_safe_csv(
-    client, make_campaign, manager_alice, approver_bob, team, sim, sim_app, django_capture_on_commit_callbacks
+    client, make_campaign, manager_alice, approver_bob, team, pushsim, pushsim_app, django_capture_on_commit_callbacks
 ):
     campaign = make_campaign(kind="api_triggered", segment=None, name="=HYPERLINK(evil)")
     campaign_submit(campaign_id=campaign.pk, by=manager_alice)

@@ -12,12 +12,12 @@ def _url(campaign):
 
 
 def test_trigger_sends_to_each_recipient_with_their_context(
-    live_trigger, trigger_client, sim, sim_app, django_capture_on_commit_callbacks
+    live_trigger, trigger_client, pushsim, pushsim_app, django_capture_on_commit_callbacks
 ):
     zoe = ProfileFactory(external_id="zoe", attributes={"first_name": "Zoé"})
     max_ = ProfileFactory(external_id="max")
-    zoe_phone = DeviceFactory(profile=zoe, app=sim_app, platform="ios")
-    max_phone = DeviceFactory(profile=max_, app=sim_app, platform="android")
+    zoe_phone = DeviceFactory(profile=zoe, app=pushsim_app, platform="ios")
+    max_phone = DeviceFactory(profile=max_, app=pushsim_app, platform="android")
     body = {
         "recipients": [{"external_id": "zoe", "context": {"order_id": "A-1"}}, {"external_id": "max"}],
         "context": {"order_id": "shared"},
@@ -30,13 +30,13 @@ def test_trigger_sends_to_each_recipient_with_their_context(
     dispatch = Dispatch.objects.get(pk=answer["dispatch"])
     assert dispatch.kind == "api_trigger" and dispatch.source_id == live_trigger.pk
     assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", flat=True)) == {"accepted"}
-    received = {r["token"]: r for r in sim.state.recent(limit=10)}
+    received = {r["token"]: r for r in pushsim.state.recent(limit=10)}
     assert received[zoe_phone.token]["title"] == "Order A-1"
     assert received[zoe_phone.token]["body"] == "Hi Zoé"
     assert received[max_phone.token]["title"] == "Order shared"
 
 
-def test_unknown_profiles_and_unreachable_ones_are_reported(live_trigger, trigger_client, sim_app):
+def test_unknown_profiles_and_unreachable_ones_are_reported(live_trigger, trigger_client, pushsim_app):
     ProfileFactory(external_id="no-phone")
     response = trigger_client.post(
         _url(live_trigger),
@@ -49,7 +49,7 @@ def test_unknown_profiles_and_unreachable_ones_are_reported(live_trigger, trigge
     assert response.json()["accepted"] == 0
 
 
-def test_same_key_and_body_replays_the_first_answer(live_trigger, trigger_client, sim_app):
+def test_same_key_and_body_replays_the_first_answer(live_trigger, trigger_client, pushsim_app):
     ProfileFactory(external_id="zoe")
     body = {"recipients": [{"external_id": "zoe"}]}
     first = trigger_client.post(_url(live_trigger), body, format="json", HTTP_IDEMPOTENCY_KEY="order-1")
@@ -106,7 +106,7 @@ def test_more_than_1000_recipients_is_refused(live_trigger, trigger_client):
     assert not Dispatch.objects.exists()
 
 
-def test_context_too_large_for_the_payload_is_refused_naming_it(live_trigger, trigger_client, sim_app):
+def test_context_too_large_for_the_payload_is_refused_naming_it(live_trigger, trigger_client, pushsim_app):
     ProfileFactory(external_id="zoe")
     response = trigger_client.post(
         _url(live_trigger), {"recipients": [{"external_id": "zoe", "context": {"order_id": "x" * 5000}}]}, format="json"
@@ -126,21 +126,21 @@ def test_unknown_campaign_is_404(trigger_client, db):
     assert response.json()["code"] == "not_found"
 
 
-def test_draft_campaign_cannot_be_triggered(sim_app, manager_alice, trigger_client):
-    access_grant(obj=sim_app, to=manager_alice, by=None)
-    content = PushContentFactory(app=sim_app)
-    draft = campaign_create(by=manager_alice, name="Draft", app=sim_app, kind="api_triggered", content=content)
+def test_draft_campaign_cannot_be_triggered(pushsim_app, manager_alice, trigger_client):
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
+    content = PushContentFactory(app=pushsim_app)
+    draft = campaign_create(by=manager_alice, name="Draft", app=pushsim_app, kind="api_triggered", content=content)
     response = trigger_client.post(_url(draft), {"recipients": [{"external_id": "a"}]}, format="json")
     assert response.status_code == 409
     assert response.json()["code"] == "campaign_not_live"
 
 
-def test_scheduled_campaign_cannot_be_triggered(sim_app, manager_alice, trigger_client):
-    access_grant(obj=sim_app, to=manager_alice, by=None)
+def test_scheduled_campaign_cannot_be_triggered(pushsim_app, manager_alice, trigger_client):
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
     segment = SegmentFactory(created_by=manager_alice)
     access_grant(obj=segment, to=manager_alice, by=None)
     campaign = campaign_create(
-        by=manager_alice, name="Weekly", app=sim_app, segment=segment, content=PushContentFactory(app=sim_app)
+        by=manager_alice, name="Weekly", app=pushsim_app, segment=segment, content=PushContentFactory(app=pushsim_app)
     )
     response = trigger_client.post(_url(campaign), {"recipients": [{"external_id": "a"}]}, format="json")
     assert response.status_code == 409

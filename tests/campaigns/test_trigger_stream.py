@@ -28,9 +28,9 @@ def _trigger(client, campaign, *external_ids, **extra):
 
 
 @pytest.fixture
-def zoe(sim_app):
+def zoe(pushsim_app):
     profile = ProfileFactory(external_id="zoe", timezone="Europe/Paris")
-    DeviceFactory(profile=profile, app=sim_app, platform="ios")
+    DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
     return profile
 
 
@@ -38,10 +38,10 @@ def zoe(sim_app):
 
 
 def test_triggers_append_to_one_standing_dispatch_and_answer_their_deliveries(
-    live_trigger, trigger_client, zoe, sim, sim_app, django_capture_on_commit_callbacks
+    live_trigger, trigger_client, zoe, pushsim, pushsim_app, django_capture_on_commit_callbacks
 ):
     max_ = ProfileFactory(external_id="max")
-    DeviceFactory(profile=max_, app=sim_app, platform="android")
+    DeviceFactory(profile=max_, app=pushsim_app, platform="android")
     with django_capture_on_commit_callbacks(execute=True):
         first = _trigger(trigger_client, live_trigger, "zoe")
     with django_capture_on_commit_callbacks(execute=True):
@@ -56,7 +56,7 @@ def test_triggers_append_to_one_standing_dispatch_and_answer_their_deliveries(
     assert [d["external_id"] for d in second.json()["deliveries"]] == ["max", "zoe"]
     # Zoé was triggered twice: two pushes, one per call (a stream is not unique per device).
     assert sorted(Delivery.objects.filter(dispatch=stream).values_list("id", flat=True)) == sorted(answered)
-    assert sim.state.count(zoe.devices.get().token) == 2
+    assert pushsim.state.count(zoe.devices.get().token) == 2
     looked_up = trigger_client.get(f"/api/v1/deliveries/{answered[0]}/")
     assert looked_up.status_code == 200
     assert looked_up.json()["status"] == "accepted" and looked_up.json()["external_id"] == "zoe"
@@ -165,7 +165,7 @@ def test_editing_the_live_campaigns_content_sends_the_approved_content_until_the
 
 
 def test_new_delivery_rules_reach_a_cached_marketing_campaign(
-    live_trigger, trigger_client, zoe, sim_app, manager_alice, approver_bob, django_capture_on_commit_callbacks
+    live_trigger, trigger_client, zoe, pushsim_app, manager_alice, approver_bob, django_capture_on_commit_callbacks
 ):
     from campaigns.services.lifecycle import campaign_approve, campaign_submit
 
@@ -174,7 +174,7 @@ def test_new_delivery_rules_reach_a_cached_marketing_campaign(
     campaign_approve(campaign_id=live_trigger.pk, by=approver_bob)
     with django_capture_on_commit_callbacks(execute=True):
         assert _trigger(trigger_client, live_trigger, "zoe").json()["accepted"] == 1
-    DeliveryRules.objects.create(app=sim_app, frequency_cap=1, frequency_window_hours=24)
+    DeliveryRules.objects.create(app=pushsim_app, frequency_cap=1, frequency_window_hours=24)
     capped = _trigger(trigger_client, live_trigger, "zoe").json()
     assert capped["accepted"] == 0
     assert capped["deliveries"][0]["reason"] == "frequency_cap"

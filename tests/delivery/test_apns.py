@@ -239,8 +239,8 @@ def test_the_refresh_interval_stays_within_apples_bounds(apns_credentials):
             )
 
 
-def test_a_client_for_an_app_uses_its_settings_and_environment(pushsim_app, pushsim):
-    client = ApnsClient.for_app(pushsim_app)
+def test_a_client_for_an_app_uses_its_settings_and_environment(pushsim_tls_app, pushsim):
+    client = ApnsClient.for_app(pushsim_tls_app)
     try:
         assert client.base_url == pushsim.apns_url("production", tls=True)
         assert client.send([alert()])[0].accepted

@@ -281,10 +281,10 @@ def test_managers_cannot_add_apps_nor_see_apps_outside_their_access(client, mana
 
 @pytest.mark.django_db
 def test_test_connection_reports_what_apns_and_fcm_answered(
-    pushsim_app, admin_erin, pushsim, caplog, apns_credentials, fcm_credentials
+    pushsim_tls_app, admin_erin, pushsim, caplog, apns_credentials, fcm_credentials
 ):
     caplog.set_level(logging.DEBUG)
-    checks = app_test_connection(app_id=pushsim_app.pk, by=admin_erin)
+    checks = app_test_connection(app_id=pushsim_tls_app.pk, by=admin_erin)
     fragments = secret_fragments(apns_credentials, fcm_credentials)
     assert all(f not in caplog.text + repr(checks) for f in fragments)
     assert "token" in caplog.text  # the token fetch was logged, without the assertion or the key
@@ -293,7 +293,7 @@ def test_test_connection_reports_what_apns_and_fcm_answered(
     assert "BadDeviceToken" in checks[0].message
     assert "fake_message_id" in checks[1].message
     assert pushsim.state.token_grants == 1 and pushsim.state.recent() == []  # validate-only: nothing delivered
-    assert AuditEvent.objects.filter(action="app_connection_tested", object_id=str(pushsim_app.pk)).exists()
+    assert AuditEvent.objects.filter(action="app_connection_tested", object_id=str(pushsim_tls_app.pk)).exists()
 
 
 @pytest.mark.django_db
@@ -317,11 +317,11 @@ def test_test_connection_reports_refused_credentials(pushsim, admin_erin):
 
 @pytest.mark.django_db
 @pytest.mark.presses("delivery.app:test_connection")
-def test_the_admin_action_tests_the_connection(client, pushsim_app, admin_erin, pushsim):
+def test_the_admin_action_tests_the_connection(client, pushsim_tls_app, admin_erin, pushsim):
     client.force_login(admin_erin)
     response = client.post(
         reverse("admin:delivery_app_changelist"),
-        {"action": "test_connection", "_selected_action": [pushsim_app.pk]},
+        {"action": "test_connection", "_selected_action": [pushsim_tls_app.pk]},
         follow=True,
     )
     page = response.content.decode()
@@ -332,25 +332,25 @@ def test_the_admin_action_tests_the_connection(client, pushsim_app, admin_erin, 
 @pytest.mark.django_db
 @pytest.mark.presses("delivery.app:test_connection")
 def test_the_connection_test_audits_for_an_administrator_and_is_refused_to_a_manager(
-    client, pushsim_app, admin_erin, manager_alice, pushsim
+    client, pushsim_tls_app, admin_erin, manager_alice, pushsim
 ):
     from accounts.services import access_grant
 
-    access_grant(obj=pushsim_app, to=manager_alice, by=None)
+    access_grant(obj=pushsim_tls_app, to=manager_alice, by=None)
     url = reverse("admin:delivery_app_changelist")
     client.force_login(manager_alice)
-    refused = client.post(url, {"action": "test_connection", "_selected_action": [pushsim_app.pk]})
+    refused = client.post(url, {"action": "test_connection", "_selected_action": [pushsim_tls_app.pk]})
     assert refused.status_code in (200, 302, 403)
     assert not AuditEvent.objects.filter(action__startswith="app_connection").exists()
     client.force_login(admin_erin)
-    assert client.post(url, {"action": "test_connection", "_selected_action": [pushsim_app.pk]}).status_code == 302
-    assert AuditEvent.objects.filter(action__startswith="app_connection", object_id=str(pushsim_app.pk)).exists()
+    assert client.post(url, {"action": "test_connection", "_selected_action": [pushsim_tls_app.pk]}).status_code == 302
+    assert AuditEvent.objects.filter(action__startswith="app_connection", object_id=str(pushsim_tls_app.pk)).exists()
 
 
 @pytest.mark.django_db
-def test_a_manager_cannot_test_a_connection(pushsim_app, manager_alice):
+def test_a_manager_cannot_test_a_connection(pushsim_tls_app, manager_alice):
     with pytest.raises(PermissionDenied):
-        app_test_connection(app_id=pushsim_app.pk, by=manager_alice)
+        app_test_connection(app_id=pushsim_tls_app.pk, by=manager_alice)
 
 
 # --- the demo app ------------------------------------------------------------------------------------------
@@ -381,15 +381,15 @@ def test_the_demo_app_sends_to_the_simulator_with_credentials_made_at_setup(push
 
 @pytest.mark.django_db
 def test_a_viewer_with_access_sees_the_app_but_not_its_credentials_nor_a_way_to_change_them(
-    client, viewer_carol, pushsim_app
+    client, viewer_carol, pushsim_tls_app
 ):
     from accounts.services import access_grant
 
-    access_grant(obj=pushsim_app, to=viewer_carol, by=None)
+    access_grant(obj=pushsim_tls_app, to=viewer_carol, by=None)
     client.force_login(viewer_carol)
-    page = client.get(reverse("admin:delivery_app_change", args=[pushsim_app.pk])).content.decode()
-    assert pushsim_app.name in page
-    assert pushsim_app.apns_private_key_fingerprint not in page  # other roles see only the app's name
+    page = client.get(reverse("admin:delivery_app_change", args=[pushsim_tls_app.pk])).content.decode()
+    assert pushsim_tls_app.name in page
+    assert pushsim_tls_app.apns_private_key_fingerprint not in page  # other roles see only the app's name
     assert 'type="file"' not in page and "Test connection" not in page
 
 

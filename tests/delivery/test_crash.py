@@ -43,7 +43,7 @@ def _database_url() -> str:
 class Cluster:
     """``manage.py qcluster`` in its own process group, on a queue of its own."""
 
-    def __init__(self, queue: str, sim, log_path: str):
+    def __init__(self, queue: str, pushsim, log_path: str):
         env = {k: v for k, v in os.environ.items() if k != "PUSHDESK_TASKS_SYNC"}
         env.update(
             DATABASE_URL=_database_url(),
@@ -53,9 +53,9 @@ class Cluster:
             PUSHDESK_SEND_TASKS=str(WORKERS),
             PUSHDESK_SEND_BATCH=str(BATCH),
             PUSHDESK_SEND_LEASE_SECONDS="3",
-            PUSHDESK_PUSHSIM_APNS_PRODUCTION_URL=sim.apns_url("production"),
-            PUSHDESK_PUSHSIM_APNS_SANDBOX_URL=sim.apns_url("sandbox"),
-            PUSHDESK_PUSHSIM_FCM_URL=sim.fcm_url(),
+            PUSHDESK_PUSHSIM_APNS_PRODUCTION_URL=pushsim.apns_url("production"),
+            PUSHDESK_PUSHSIM_APNS_SANDBOX_URL=pushsim.apns_url("sandbox"),
+            PUSHDESK_PUSHSIM_FCM_URL=pushsim.fcm_url(),
             LOG_LEVEL="WARNING",
         )
         self.log = open(log_path, "ab")  # noqa: SIM115
@@ -112,30 +112,30 @@ def _wait_for(condition, *, timeout: float, step: float = 0.02, cluster: "Cluste
 
 
 def test_worker_killed_mid_send_never_sends_twice_and_every_row_ends(
-    transactional_db, sim, sim_app, manager_alice, tmp_path
+    transactional_db, pushsim, pushsim_app, manager_alice, tmp_path
 ):
-    access_grant(obj=sim_app, to=manager_alice, by=None)
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
     profiles = Profile.objects.bulk_create(Profile(external_id=f"crash-{n}") for n in range(1500))
     Device.objects.bulk_create(
         Device(
             profile=p,
-            app=sim_app,
+            app=pushsim_app,
             platform="ios" if n % 2 else "android",
             token=f"{n + 1:064x}" if n % 2 else f"crash-fcm-token-{n:08d}:android",
             is_test=True,
         )
         for n, p in enumerate(profiles)
     )
-    content = PushContentFactory(app=sim_app)
+    content = PushContentFactory(app=pushsim_app)
     dispatch = Dispatch.objects.create(
-        app=sim_app, kind=Dispatch.Kind.TEST, source_id=content.pk, content_spec=content.spec(), label="Crash test"
+        app=pushsim_app, kind=Dispatch.Kind.TEST, source_id=content.pk, content_spec=content.spec(), label="Crash test"
     )
-    sim.state.faults.latency_ms = 100  # each batch stays in flight a while: a kill lands mid-send
+    pushsim.state.faults.latency_ms = 100  # each batch stays in flight a while: a kill lands mid-send
     queue = f"crash-{uuid.uuid4().hex[:8]}"
     log = str(tmp_path / "qcluster.log")
     connection.close()
 
-    first = Cluster(queue, sim, log)
+    first = Cluster(queue, pushsim, log)
     second = None
     try:
         for _ in range(3):  # a queue in a shared Redis may be flushed by another test run: push again
@@ -152,8 +152,8 @@ def test_worker_killed_mid_send_never_sends_twice_and_every_row_ends(
         assert Delivery.objects.filter(dispatch=dispatch, status="queued").exists(), "killed too late to matter"
         assert in_flight <= WORKERS * BATCH * 2  # per worker: one batch sending, the next one claimed
 
-        sim.state.faults.latency_ms = 0
-        second = Cluster(queue, sim, log)
+        pushsim.state.faults.latency_ms = 0
+        second = Cluster(queue, pushsim, log)
         time.sleep(3.5)  # the dead worker's lease runs out
         done = False
         for _ in range(3):  # the watchdog (every minute in production), pushed now; again if its task was lost
@@ -178,7 +178,7 @@ def test_worker_killed_mid_send_never_sends_twice_and_every_row_ends(
     assert set(statuses) <= {"accepted", "unknown", "failed"}
     assert statuses.get("unknown", 0) <= WORKERS * BATCH * 2
     assert statuses.get("unknown", 0) == in_flight
-    counts = sim.state.snapshot_counts()
+    counts = pushsim.state.snapshot_counts()
     assert max(counts.values()) == 1, "a device got the dispatch twice"
     accepted_tokens = set(rows.filter(status="accepted").values_list("device__token", flat=True))
     assert all(counts.get(token) == 1 for token in accepted_tokens)

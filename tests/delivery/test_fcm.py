@@ -145,8 +145,8 @@ def test_a_service_account_the_token_endpoint_refuses_is_a_credentials_problem(p
     assert stranger.info["private_key"] not in outcomes[0].detail
 
 
-def test_a_client_for_an_app_reads_its_project_and_settings(pushsim_app, pushsim):
-    client = FcmClient.for_app(pushsim_app)
+def test_a_client_for_an_app_reads_its_project_and_settings(pushsim_tls_app, pushsim):
+    client = FcmClient.for_app(pushsim_tls_app)
     try:
         assert client.send_url == f"{pushsim.fcm_url(tls=True)}/v1/projects/pushdesk-test/messages:send"
         assert client.send([to()])[0].accepted

@@ -20,8 +20,8 @@ from delivery.services.dispatches import (
     dispatch_stop,
 )
 from delivery.services.sending import _claim, dispatch_send
-from tests.delivery.sending import heal_after_the_first_drop
 from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory, SegmentMemberFactory
+from tests.fakes.pushsim import heal_after_the_first_drop
 
 pytestmark = pytest.mark.django_db
 
@@ -62,14 +62,14 @@ def rows(dispatch) -> dict:
 
 @pytest.mark.embedded
 def test_every_targeted_profile_gets_an_outcome_with_its_skip_reason(
-    sim_app, sim, open_gate, django_capture_on_commit_callbacks
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
 ):
-    content = PushContentFactory(app=sim_app)
+    content = PushContentFactory(app=pushsim_app)
     reachable, opted_out, no_device, dead_only = ProfileFactory.create_batch(4)
-    ios = DeviceFactory(profile=reachable, app=sim_app, platform="ios")
-    android = DeviceFactory(profile=reachable, app=sim_app, platform="android")
-    DeviceFactory(profile=opted_out, app=sim_app, push_enabled=False)
-    DeviceFactory(profile=dead_only, app=sim_app, active=False, invalidated_reason="Unregistered")
+    ios = DeviceFactory(profile=reachable, app=pushsim_app, platform="ios")
+    android = DeviceFactory(profile=reachable, app=pushsim_app, platform="android")
+    DeviceFactory(profile=opted_out, app=pushsim_app, push_enabled=False)
+    DeviceFactory(profile=dead_only, app=pushsim_app, active=False, invalidated_reason="Unregistered")
     DeviceFactory(profile=no_device)  # another app's device does not count
 
     dispatch = send(content, [reachable, opted_out, no_device, dead_only], django_capture_on_commit_callbacks)
@@ -83,23 +83,23 @@ def test_every_targeted_profile_gets_an_outcome_with_its_skip_reason(
     assert (by_profile[no_device.pk].status, by_profile[no_device.pk].reason) == ("skipped", "no_device")
     assert (by_profile[dead_only.pk].status, by_profile[dead_only.pk].reason) == ("skipped", "no_device")
     assert (dispatch.total, dispatch.accepted, dispatch.skipped, dispatch.failed) == (5, 2, 3, 0)
-    assert sim.state.count(ios.token) == sim.state.count(android.token) == 1
+    assert pushsim.state.count(ios.token) == pushsim.state.count(android.token) == 1
 
 
 def test_segment_audience_is_resolved_in_one_insert(
-    sim_app, sim, open_gate, django_capture_on_commit_callbacks, django_assert_max_num_queries
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks, django_assert_max_num_queries
 ):
-    content = PushContentFactory(app=sim_app)
+    content = PushContentFactory(app=pushsim_app)
     members = [SegmentMemberFactory() for _ in range(3)]
     segment = members[0].segment
     for member in members[1:]:
         member.segment = segment
         member.save()
     for member in members:
-        DeviceFactory(profile=member.profile, app=sim_app, platform="android")
+        DeviceFactory(profile=member.profile, app=pushsim_app, platform="android")
     with django_capture_on_commit_callbacks(execute=False):
         dispatch = dispatch_create(
-            app_id=sim_app.pk, kind=Dispatch.Kind.API_TRIGGER, spec=content.spec(), segment_id=segment.pk
+            app_id=pushsim_app.pk, kind=Dispatch.Kind.API_TRIGGER, spec=content.spec(), segment_id=segment.pk
         )
     with django_assert_max_num_queries(10), django_capture_on_commit_callbacks(execute=False):
         dispatch_prepare(dispatch_id=dispatch.pk)
@@ -107,34 +107,34 @@ def test_segment_audience_is_resolved_in_one_insert(
 
 
 def test_personalized_and_localized_message_reaches_the_phone(
-    sim_app, sim, open_gate, django_capture_on_commit_callbacks
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
 ):
     content = PushContentFactory(
-        app=sim_app,
+        app=pushsim_app,
         title="Hello {{ profile.attributes.first_name | default: 'there' }}",
         body="Code {{ context.code }}",
         variants={"fr": {"title": "Bonjour {{ profile.attributes.first_name | default: 'à vous' }}"}},
     )
     french = ProfileFactory(locale="fr-CA", attributes={"first_name": "Zoé"})
     anonymous = ProfileFactory(locale="de-DE")
-    fr_device = DeviceFactory(profile=french, app=sim_app, platform="ios")
-    de_device = DeviceFactory(profile=anonymous, app=sim_app, platform="android")
+    fr_device = DeviceFactory(profile=french, app=pushsim_app, platform="ios")
+    de_device = DeviceFactory(profile=anonymous, app=pushsim_app, platform="android")
 
     send(content, [french, anonymous], django_capture_on_commit_callbacks, context={"code": "X7"})
 
-    received = {r["token"]: r for r in sim.state.recent(limit=10)}
+    received = {r["token"]: r for r in pushsim.state.recent(limit=10)}
     assert received[fr_device.token]["title"] == "Bonjour Zoé"
     assert received[fr_device.token]["body"] == "Code X7"
     assert received[de_device.token]["title"] == "Hello there"
 
 
 def test_dead_token_deactivates_the_device_and_it_is_never_targeted_again(
-    sim_app, sim, open_gate, django_capture_on_commit_callbacks
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
 ):
-    content = PushContentFactory(app=sim_app)
+    content = PushContentFactory(app=pushsim_app)
     profile = ProfileFactory()
-    device = DeviceFactory(profile=profile, app=sim_app, platform="ios")
-    sim.state.add_device(token=device.token, platform="ios", state="unregistered")
+    device = DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
+    pushsim.state.add_device(token=device.token, platform="ios", state="unregistered")
 
     dispatch = send(content, [profile], django_capture_on_commit_callbacks)
 
@@ -152,12 +152,12 @@ def test_dead_token_deactivates_the_device_and_it_is_never_targeted_again(
 
 
 def test_transient_failure_is_retried_after_retry_after_and_sent_once(
-    sim_app, sim, open_gate, fast_retries, django_capture_on_commit_callbacks
+    pushsim_app, pushsim, open_gate, fast_retries, django_capture_on_commit_callbacks
 ):
-    content = PushContentFactory(app=sim_app)
+    content = PushContentFactory(app=pushsim_app)
     profile = ProfileFactory()
-    device = DeviceFactory(profile=profile, app=sim_app, platform="android")
-    sim.state.fail_token(token=device.token, failures=[503])
+    device = DeviceFactory(profile=profile, app=pushsim_app, platform="android")
+    pushsim.state.fail_token(token=device.token, failures=[503])
     started = timezone.now()
 
     dispatch = send(content, [profile], django_capture_on_commit_callbacks)
@@ -165,18 +165,18 @@ def test_transient_failure_is_retried_after_retry_after_and_sent_once(
     delivery = Delivery.objects.get(dispatch=dispatch)
     assert delivery.status == "accepted" and delivery.attempts == 2
     assert (timezone.now() - started).total_seconds() >= 1.0  # the simulator's Retry-After: 1
-    assert sim.state.count(device.token) == 1
+    assert pushsim.state.count(device.token) == 1
 
 
 def test_retries_are_counted_by_reason_on_the_dispatch_and_in_its_outcomes(
-    sim_app, sim, open_gate, fast_retries, django_capture_on_commit_callbacks, api_key_for, admin_erin
+    pushsim_app, pushsim, open_gate, fast_retries, django_capture_on_commit_callbacks, api_key_for, admin_erin
 ):
-    content = PushContentFactory(app=sim_app)
+    content = PushContentFactory(app=pushsim_app)
     profiles = [ProfileFactory(), ProfileFactory()]
-    first = DeviceFactory(profile=profiles[0], app=sim_app, platform="ios")
-    second = DeviceFactory(profile=profiles[1], app=sim_app, platform="ios")
-    sim.state.fail_token(token=first.token, failures=[429, 429])
-    sim.state.fail_token(token=second.token, failures=[429])
+    first = DeviceFactory(profile=profiles[0], app=pushsim_app, platform="ios")
+    second = DeviceFactory(profile=profiles[1], app=pushsim_app, platform="ios")
+    pushsim.state.fail_token(token=first.token, failures=[429, 429])
+    pushsim.state.fail_token(token=second.token, failures=[429])
 
     dispatch = send(content, profiles, django_capture_on_commit_callbacks)
 
@@ -187,26 +187,28 @@ def test_retries_are_counted_by_reason_on_the_dispatch_and_in_its_outcomes(
 
 
 def test_retries_stop_after_the_attempts_limit_with_the_reason(
-    sim_app, sim, open_gate, fast_retries, django_capture_on_commit_callbacks
+    pushsim_app, pushsim, open_gate, fast_retries, django_capture_on_commit_callbacks
 ):
-    content = PushContentFactory(app=sim_app)
+    content = PushContentFactory(app=pushsim_app)
     profile = ProfileFactory()
-    device = DeviceFactory(profile=profile, app=sim_app, platform="ios")
-    sim.state.fail_token(token=device.token, failures=[(500, "InternalServerError")] * 4)
+    device = DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
+    pushsim.state.fail_token(token=device.token, failures=[(500, "InternalServerError")] * 4)
 
     dispatch = send(content, [profile], django_capture_on_commit_callbacks)
 
     delivery = Delivery.objects.get(dispatch=dispatch)
     assert delivery.status == "failed" and delivery.attempts == 4
     assert delivery.reason == "InternalServerError (gave up after 4 attempts)"
-    assert sim.state.count(device.token) == 0
+    assert pushsim.state.count(device.token) == 0
 
 
-def test_retry_that_would_land_after_the_ttl_fails_instead(sim_app, sim, open_gate, django_capture_on_commit_callbacks):
-    content = PushContentFactory(app=sim_app, ttl_seconds=0)
+def test_retry_that_would_land_after_the_ttl_fails_instead(
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
+):
+    content = PushContentFactory(app=pushsim_app, ttl_seconds=0)
     profile = ProfileFactory()
-    device = DeviceFactory(profile=profile, app=sim_app, platform="android")
-    sim.state.fail_token(token=device.token, failures=[503])
+    device = DeviceFactory(profile=profile, app=pushsim_app, platform="android")
+    pushsim.state.fail_token(token=device.token, failures=[503])
 
     dispatch = send(content, [profile], django_capture_on_commit_callbacks)
 
@@ -215,17 +217,17 @@ def test_retry_that_would_land_after_the_ttl_fails_instead(sim_app, sim, open_ga
 
 
 def test_edit_during_a_send_changes_nothing_in_flight(
-    sim_app, sim, open_gate, manager_alice, django_capture_on_commit_callbacks
+    pushsim_app, pushsim, open_gate, manager_alice, django_capture_on_commit_callbacks
 ):
-    content = PushContentFactory(app=sim_app, title="Original title")
+    content = PushContentFactory(app=pushsim_app, title="Original title")
     profile = ProfileFactory()
-    device = DeviceFactory(profile=profile, app=sim_app, platform="ios")
+    device = DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
     from accounts.services import access_grant
 
-    access_grant(obj=sim_app, to=manager_alice, by=None)
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         dispatch = dispatch_create(
-            app_id=sim_app.pk,
+            app_id=pushsim_app.pk,
             kind=Dispatch.Kind.API_TRIGGER,
             spec=content.spec(),
             content_id=content.pk,
@@ -236,22 +238,22 @@ def test_edit_during_a_send_changes_nothing_in_flight(
     assert callbacks
     dispatch.refresh_from_db()
     assert dispatch.content_spec["title"] == "Original title"
-    assert sim.state.recent(token=device.token)[0]["title"] == "Original title"
+    assert pushsim.state.recent(token=device.token)[0]["title"] == "Original title"
 
 
 @pytest.mark.embedded
 def test_stopping_a_dispatch_stops_its_queued_rows(
-    sim_app, sim, open_gate, manager_alice, django_capture_on_commit_callbacks
+    pushsim_app, pushsim, open_gate, manager_alice, django_capture_on_commit_callbacks
 ):
     from accounts.services import access_grant
 
-    access_grant(obj=sim_app, to=manager_alice, by=None)
-    content = PushContentFactory(app=sim_app)
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
+    content = PushContentFactory(app=pushsim_app)
     profiles = ProfileFactory.create_batch(3)
-    devices = [DeviceFactory(profile=p, app=sim_app, platform="ios") for p in profiles]
+    devices = [DeviceFactory(profile=p, app=pushsim_app, platform="ios") for p in profiles]
     with django_capture_on_commit_callbacks(execute=False):
         dispatch = dispatch_create(
-            app_id=sim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
+            app_id=pushsim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
         )
         dispatch_prepare(dispatch_id=dispatch.pk)
 
@@ -261,7 +263,7 @@ def test_stopping_a_dispatch_stops_its_queued_rows(
     assert stopped.status == Dispatch.Status.STOPPED
     assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", "reason")) == {("skipped", "stopped")}
     assert stopped.skipped == 3
-    assert all(sim.state.count(d.token) == 0 for d in devices)
+    assert all(pushsim.state.count(d.token) == 0 for d in devices)
 
 
 def _wait_for(condition, *, timeout: float = 10.0) -> bool:
@@ -275,21 +277,21 @@ def _wait_for(condition, *, timeout: float = 10.0) -> bool:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_row_in_flight_when_its_dispatch_is_stopped_is_not_left_queued_by_a_retry(
-    sim_app, sim, open_gate, manager_alice, settings
+    pushsim_app, pushsim, open_gate, manager_alice, settings
 ):
     """Stop lands while the provider holds the request; its answer, a 503, must not requeue the row."""
     from accounts.services import access_grant
 
-    access_grant(obj=sim_app, to=manager_alice, by=None)
-    content = PushContentFactory(app=sim_app)
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
+    content = PushContentFactory(app=pushsim_app)
     profile = ProfileFactory()
-    device = DeviceFactory(profile=profile, app=sim_app, platform="ios")
-    sim.state.fail_token(token=device.token, failures=[503])
-    sim.state.faults.latency_ms = 800
+    device = DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
+    pushsim.state.fail_token(token=device.token, failures=[503])
+    pushsim.state.faults.latency_ms = 800
 
     def send_in_a_worker() -> None:
         try:
-            dispatch_create(app_id=sim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[profile.pk])
+            dispatch_create(app_id=pushsim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[profile.pk])
         finally:
             connection.close()
 
@@ -304,30 +306,30 @@ def test_a_row_in_flight_when_its_dispatch_is_stopped_is_not_left_queued_by_a_re
     assert (row.status, row.reason, row.next_attempt_at) == ("skipped", "stopped", None)
     dispatch = Dispatch.objects.get(pk=row.dispatch_id)
     assert (dispatch.status, dispatch.skipped) == ("stopped", 1)
-    assert sim.state.count(device.token) == 0
+    assert pushsim.state.count(device.token) == 0
 
 
-def test_viewer_cannot_stop_a_dispatch(sim_app, open_gate, viewer_carol, django_capture_on_commit_callbacks):
+def test_viewer_cannot_stop_a_dispatch(pushsim_app, open_gate, viewer_carol, django_capture_on_commit_callbacks):
     from accounts.services import access_grant
 
-    access_grant(obj=sim_app, to=viewer_carol, by=None)
-    content = PushContentFactory(app=sim_app)
+    access_grant(obj=pushsim_app, to=viewer_carol, by=None)
+    content = PushContentFactory(app=pushsim_app)
     with django_capture_on_commit_callbacks(execute=False):
-        dispatch = dispatch_create(app_id=sim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[])
+        dispatch = dispatch_create(app_id=pushsim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[])
     with pytest.raises(PermissionDenied):
         dispatch_stop(dispatch_id=dispatch.pk, by=viewer_carol)
 
 
 @pytest.mark.embedded
 def test_rows_of_a_dead_worker_become_unknown_after_the_lease_and_are_never_resent(
-    sim_app, sim, open_gate, django_capture_on_commit_callbacks
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
 ):
-    content = PushContentFactory(app=sim_app)
+    content = PushContentFactory(app=pushsim_app)
     profiles = ProfileFactory.create_batch(4)
-    devices = [DeviceFactory(profile=p, app=sim_app, platform="android") for p in profiles]
+    devices = [DeviceFactory(profile=p, app=pushsim_app, platform="android") for p in profiles]
     with django_capture_on_commit_callbacks(execute=False):
         dispatch = dispatch_create(
-            app_id=sim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
+            app_id=pushsim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
         )
         dispatch_prepare(dispatch_id=dispatch.pk)
     # A worker claims two rows and dies before sending them.
@@ -342,19 +344,19 @@ def test_rows_of_a_dead_worker_become_unknown_after_the_lease_and_are_never_rese
     statuses = dict(Delivery.objects.filter(dispatch=dispatch).values_list("device_id", "status"))
     claimed_devices = {c.device_id for c in claimed}
     assert {statuses[i] for i in claimed_devices} == {"unknown"}
-    assert all(sim.state.count(d.token) == (0 if d.pk in claimed_devices else 1) for d in devices)
+    assert all(pushsim.state.count(d.token) == (0 if d.pk in claimed_devices else 1) for d in devices)
     dispatch.refresh_from_db()
     assert dispatch.status == Dispatch.Status.DONE
     assert (dispatch.accepted, dispatch.unknown) == (2, 2)
 
 
-def test_dispatch_without_a_gate_for_its_kind_is_refused(sim_app):
-    content = PushContentFactory(app=sim_app)
+def test_dispatch_without_a_gate_for_its_kind_is_refused(pushsim_app):
+    content = PushContentFactory(app=pushsim_app)
     with pytest.raises(GateClosed):
-        dispatch_create(app_id=sim_app.pk, kind="journey_unknown", spec=content.spec(), profile_ids=[])
+        dispatch_create(app_id=pushsim_app.pk, kind="journey_unknown", spec=content.spec(), profile_ids=[])
 
 
-def test_closed_gate_sends_nothing(sim_app):
+def test_closed_gate_sends_nothing(pushsim_app):
     def refuse(**kwargs):
         raise GateClosed("Not approved.")
 
@@ -363,7 +365,7 @@ def test_closed_gate_sends_nothing(sim_app):
     try:
         with pytest.raises(GateClosed):
             dispatch_create(
-                app_id=sim_app.pk, kind="campaign", spec=PushContentFactory(app=sim_app).spec(), profile_ids=[]
+                app_id=pushsim_app.pk, kind="campaign", spec=PushContentFactory(app=pushsim_app).spec(), profile_ids=[]
             )
     finally:
         _GATES.clear()
@@ -371,37 +373,39 @@ def test_closed_gate_sends_nothing(sim_app):
     assert not Dispatch.objects.exists()
 
 
-def test_test_send_reaches_only_the_apps_test_devices(sim_app, sim, manager_alice, django_capture_on_commit_callbacks):
+def test_test_send_reaches_only_the_apps_test_devices(
+    pushsim_app, pushsim, manager_alice, django_capture_on_commit_callbacks
+):
     from accounts.services import access_grant
 
-    access_grant(obj=sim_app, to=manager_alice, by=None)
-    content = PushContentFactory(app=sim_app)
-    tester = DeviceFactory(app=sim_app, is_test=True, platform="ios")
-    regular = DeviceFactory(app=sim_app, platform="ios")
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
+    content = PushContentFactory(app=pushsim_app)
+    tester = DeviceFactory(app=pushsim_app, is_test=True, platform="ios")
+    regular = DeviceFactory(app=pushsim_app, platform="ios")
     with django_capture_on_commit_callbacks(execute=True):
         dispatch = pushcontent_test_send(content_id=content.pk, by=manager_alice)
     dispatch.refresh_from_db()
     assert dispatch.kind == "test" and dispatch.status == "done" and dispatch.accepted == 1
-    assert sim.state.count(tester.token) == 1 and sim.state.count(regular.token) == 0
+    assert pushsim.state.count(tester.token) == 1 and pushsim.state.count(regular.token) == 0
 
 
-def test_viewer_cannot_send_a_test(sim_app, viewer_carol):
+def test_viewer_cannot_send_a_test(pushsim_app, viewer_carol):
     from accounts.services import access_grant
 
-    access_grant(obj=sim_app, to=viewer_carol, by=None)
-    content = PushContentFactory(app=sim_app)
+    access_grant(obj=pushsim_app, to=viewer_carol, by=None)
+    content = PushContentFactory(app=pushsim_app)
     with pytest.raises(GateClosed):
         pushcontent_test_send(content_id=content.pk, by=viewer_carol)
 
 
 def test_request_that_timed_out_after_sending_ends_unknown_and_is_not_resent(
-    sim_app, sim, open_gate, settings, django_capture_on_commit_callbacks
+    pushsim_app, pushsim, open_gate, settings, django_capture_on_commit_callbacks
 ):
     settings.PUSHDESK_SEND_TIMEOUT_SECONDS = 0.3
-    sim.state.faults.latency_ms = 1500
-    content = PushContentFactory(app=sim_app)
+    pushsim.state.faults.latency_ms = 1500
+    content = PushContentFactory(app=pushsim_app)
     profile = ProfileFactory()
-    device = DeviceFactory(profile=profile, app=sim_app, platform="ios")
+    device = DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
 
     dispatch = send(content, [profile], django_capture_on_commit_callbacks)
 
@@ -409,25 +413,25 @@ def test_request_that_timed_out_after_sending_ends_unknown_and_is_not_resent(
     assert delivery.status == "unknown"
     assert delivery.reason.startswith("transport:timeout")
     assert delivery.attempts == 1
-    assert sim.state.count(device.token) <= 1
+    assert pushsim.state.count(device.token) <= 1
 
 
 def test_a_provider_going_down_between_acting_and_answering_gets_nothing_twice(
-    sim_app, sim, open_gate, django_capture_on_commit_callbacks
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
 ):
     # The provider acts on the first 40 requests, then its connection drops before it answers
     # them; the next connection is healthy.
-    sim.state.faults.latency_ms = 300
-    sim.state.faults.drop_after_streams = 40
-    healer = heal_after_the_first_drop(sim)
-    content = PushContentFactory(app=sim_app)
+    pushsim.state.faults.latency_ms = 300
+    pushsim.state.faults.drop_after_streams = 40
+    healer = heal_after_the_first_drop(pushsim)
+    content = PushContentFactory(app=pushsim_app)
     profiles = ProfileFactory.create_batch(80)
-    devices = [DeviceFactory(profile=p, app=sim_app, platform="ios") for p in profiles]
+    devices = [DeviceFactory(profile=p, app=pushsim_app, platform="ios") for p in profiles]
 
     dispatch = send(content, profiles, django_capture_on_commit_callbacks)
     healer.join()
 
-    counts = sim.state.snapshot_counts()
+    counts = pushsim.state.snapshot_counts()
     assert max(counts.values()) == 1, "a device got the push twice"
     statuses = {d.device.token: d.status for d in Delivery.objects.filter(dispatch=dispatch).select_related("device")}
     assert set(statuses.values()) <= {"accepted", "unknown"}
@@ -437,7 +441,7 @@ def test_a_provider_going_down_between_acting_and_answering_gets_nothing_twice(
 
 
 def test_app_without_apns_credentials_fails_ios_rows_with_the_reason(
-    sim, open_gate, django_capture_on_commit_callbacks
+    pushsim, open_gate, django_capture_on_commit_callbacks
 ):
     from delivery.services.apps import app_create
 
@@ -450,26 +454,26 @@ def test_app_without_apns_credentials_fails_ios_rows_with_the_reason(
     assert delivery.status == "failed" and delivery.reason == "credentials: not_configured:ios"
 
 
-def test_device_deactivated_keeps_its_history(sim_app, sim, open_gate, django_capture_on_commit_callbacks):
-    content = PushContentFactory(app=sim_app)
+def test_device_deactivated_keeps_its_history(pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks):
+    content = PushContentFactory(app=pushsim_app)
     profile = ProfileFactory()
-    device = DeviceFactory(profile=profile, app=sim_app, platform="android")
+    device = DeviceFactory(profile=profile, app=pushsim_app, platform="android")
     send(content, [profile], django_capture_on_commit_callbacks)
     Device.objects.filter(pk=device.pk).update(active=False)
     assert Delivery.objects.filter(device=device).count() == 1
 
 
 def test_watchdog_restarts_a_dispatch_whose_send_tasks_were_lost(
-    sim_app, sim, open_gate, django_capture_on_commit_callbacks
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
 ):
     from delivery.services.dispatches import dispatches_watch
 
-    content = PushContentFactory(app=sim_app)
+    content = PushContentFactory(app=pushsim_app)
     profiles = ProfileFactory.create_batch(2)
-    devices = [DeviceFactory(profile=p, app=sim_app, platform="android") for p in profiles]
+    devices = [DeviceFactory(profile=p, app=pushsim_app, platform="android") for p in profiles]
     with django_capture_on_commit_callbacks(execute=False):  # the send tasks are lost
         dispatch = dispatch_create(
-            app_id=sim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
+            app_id=pushsim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
         )
         dispatch_prepare(dispatch_id=dispatch.pk)
 
@@ -479,19 +483,21 @@ def test_watchdog_restarts_a_dispatch_whose_send_tasks_were_lost(
 
     dispatch.refresh_from_db()
     assert dispatch.status == Dispatch.Status.DONE and dispatch.accepted == 2
-    assert all(sim.state.count(d.token) == 1 for d in devices)
+    assert all(pushsim.state.count(d.token) == 1 for d in devices)
 
 
 def test_watchdog_prepares_again_a_dispatch_whose_prepare_task_was_lost(
-    sim_app, sim, open_gate, django_capture_on_commit_callbacks
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
 ):
     from delivery.services.dispatches import _task_timeout, dispatches_watch
 
-    content = PushContentFactory(app=sim_app)
+    content = PushContentFactory(app=pushsim_app)
     profile = ProfileFactory()
-    device = DeviceFactory(profile=profile, app=sim_app, platform="android")
+    device = DeviceFactory(profile=profile, app=pushsim_app, platform="android")
     with django_capture_on_commit_callbacks(execute=False):  # the prepare task is lost
-        dispatch = dispatch_create(app_id=sim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[profile.pk])
+        dispatch = dispatch_create(
+            app_id=pushsim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[profile.pk]
+        )
 
     assert dispatches_watch() == []  # too early: its task may still be on its way or running
     later = timezone.now() + timezone.timedelta(seconds=_task_timeout() + 1)
@@ -499,32 +505,34 @@ def test_watchdog_prepares_again_a_dispatch_whose_prepare_task_was_lost(
 
     dispatch.refresh_from_db()
     assert dispatch.status == Dispatch.Status.DONE and dispatch.accepted == 1
-    assert sim.state.count(device.token) == 1
+    assert pushsim.state.count(device.token) == 1
 
 
 def test_a_huge_retry_after_fails_the_row_at_its_ttl_instead_of_crashing_the_send(
-    sim_app, sim, open_gate, django_capture_on_commit_callbacks
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
 ):
-    content = PushContentFactory(app=sim_app, ttl_seconds=3600)
+    content = PushContentFactory(app=pushsim_app, ttl_seconds=3600)
     profile = ProfileFactory()
-    device = DeviceFactory(profile=profile, app=sim_app, platform="android")
-    sim.state.faults.rate_429 = 1.0
-    sim.state.faults.retry_after = 10**15
+    device = DeviceFactory(profile=profile, app=pushsim_app, platform="android")
+    pushsim.state.faults.rate_429 = 1.0
+    pushsim.state.faults.retry_after = 10**15
 
     dispatch = send(content, [profile], django_capture_on_commit_callbacks)
 
     row = Delivery.objects.get(dispatch=dispatch)
     assert (row.status, row.attempts) == ("failed", 1)
     assert row.reason.endswith("(TTL over before a retry)")
-    assert sim.state.count(device.token) == 0
+    assert pushsim.state.count(device.token) == 0
 
 
-def test_a_dispatch_whose_every_push_failed_ends_failed(sim_app, sim, open_gate, django_capture_on_commit_callbacks):
-    content = PushContentFactory(app=sim_app)
+def test_a_dispatch_whose_every_push_failed_ends_failed(
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
+):
+    content = PushContentFactory(app=pushsim_app)
     profiles = ProfileFactory.create_batch(2)
     for profile in profiles:
-        device = DeviceFactory(profile=profile, app=sim_app, platform="android")
-        sim.state.fail_token(token=device.token, failures=[(400, "INVALID_ARGUMENT")])
+        device = DeviceFactory(profile=profile, app=pushsim_app, platform="android")
+        pushsim.state.fail_token(token=device.token, failures=[(400, "INVALID_ARGUMENT")])
 
     dispatch = send(content, profiles, django_capture_on_commit_callbacks)
 
@@ -532,11 +540,11 @@ def test_a_dispatch_whose_every_push_failed_ends_failed(sim_app, sim, open_gate,
     assert dispatch.error
 
 
-def test_a_dispatch_with_one_push_accepted_is_done(sim_app, sim, open_gate, django_capture_on_commit_callbacks):
-    content = PushContentFactory(app=sim_app)
+def test_a_dispatch_with_one_push_accepted_is_done(pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks):
+    content = PushContentFactory(app=pushsim_app)
     profiles = ProfileFactory.create_batch(2)
-    devices = [DeviceFactory(profile=p, app=sim_app, platform="android") for p in profiles]
-    sim.state.fail_token(token=devices[0].token, failures=[(400, "INVALID_ARGUMENT")])
+    devices = [DeviceFactory(profile=p, app=pushsim_app, platform="android") for p in profiles]
+    pushsim.state.fail_token(token=devices[0].token, failures=[(400, "INVALID_ARGUMENT")])
 
     dispatch = send(content, profiles, django_capture_on_commit_callbacks)
 
@@ -544,12 +552,12 @@ def test_a_dispatch_with_one_push_accepted_is_done(sim_app, sim, open_gate, djan
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_worker_clock_running_behind_cannot_stamp_a_lease_already_over(sim_app, open_gate):
-    content = PushContentFactory(app=sim_app)
+def test_a_worker_clock_running_behind_cannot_stamp_a_lease_already_over(pushsim_app, open_gate):
+    content = PushContentFactory(app=pushsim_app)
     profile = ProfileFactory()
-    device = DeviceFactory(profile=profile, app=sim_app, platform="android")
+    device = DeviceFactory(profile=profile, app=pushsim_app, platform="android")
     dispatch = Dispatch.objects.create(
-        app=sim_app, kind="api_trigger", content_spec=content.spec(), profile_ids=[profile.pk], status="sending"
+        app=pushsim_app, kind="api_trigger", content_spec=content.spec(), profile_ids=[profile.pk], status="sending"
     )
     Delivery.objects.create(dispatch=dispatch, device=device, profile_id=profile.pk, status="queued")
     skewed = timezone.now() - timezone.timedelta(minutes=10)  # this worker's clock is 10 minutes behind
@@ -561,7 +569,7 @@ def test_a_worker_clock_running_behind_cannot_stamp_a_lease_already_over(sim_app
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_send_tasks_scheduling_their_retry_at_once_make_one_schedule(sim_app, monkeypatch):
+def test_two_send_tasks_scheduling_their_retry_at_once_make_one_schedule(pushsim_app, monkeypatch):
     """Both tasks decide to create the schedule; a hook holds each just before it is written."""
     from django.db.models.signals import pre_save
     from django_q.conf import Conf
@@ -569,10 +577,12 @@ def test_two_send_tasks_scheduling_their_retry_at_once_make_one_schedule(sim_app
 
     from delivery.services.sending import _schedule_retry
 
-    content = PushContentFactory(app=sim_app)
+    content = PushContentFactory(app=pushsim_app)
     profile = ProfileFactory()
-    device = DeviceFactory(profile=profile, app=sim_app, platform="android")
-    dispatch = Dispatch.objects.create(app=sim_app, kind="api_trigger", content_spec=content.spec(), status="sending")
+    device = DeviceFactory(profile=profile, app=pushsim_app, platform="android")
+    dispatch = Dispatch.objects.create(
+        app=pushsim_app, kind="api_trigger", content_spec=content.spec(), status="sending"
+    )
     Delivery.objects.create(
         dispatch=dispatch,
         device=device,
@@ -614,7 +624,7 @@ def test_two_send_tasks_scheduling_their_retry_at_once_make_one_schedule(sim_app
 
 
 def test_a_batch_is_written_back_before_the_sender_waits_for_the_throttle(
-    sim_app, sim, open_gate, settings, monkeypatch, django_capture_on_commit_callbacks
+    pushsim_app, pushsim, open_gate, settings, monkeypatch, django_capture_on_commit_callbacks
 ):
     """At 1 push/s the sender waits for a token after each batch. Whenever it sleeps, a watchdog
     runs as if the wait had outlasted the lease: a batch not yet written back would end unknown."""
@@ -623,10 +633,10 @@ def test_a_batch_is_written_back_before_the_sender_waits_for_the_throttle(
     from delivery import throttle
 
     settings.PUSHDESK_SEND_BATCH = 1
-    App.objects.filter(pk=sim_app.pk).update(rate_limit_per_second=1)
-    content = PushContentFactory(app=sim_app)
+    App.objects.filter(pk=pushsim_app.pk).update(rate_limit_per_second=1)
+    content = PushContentFactory(app=pushsim_app)
     profiles = ProfileFactory.create_batch(3)
-    devices = [DeviceFactory(profile=p, app=sim_app, platform="android") for p in profiles]
+    devices = [DeviceFactory(profile=p, app=pushsim_app, platform="android") for p in profiles]
     lease_over = timezone.timedelta(seconds=settings.PUSHDESK_SEND_LEASE_SECONDS + 1)
 
     def sleep_past_the_lease(seconds: float) -> None:
@@ -641,4 +651,4 @@ def test_a_batch_is_written_back_before_the_sender_waits_for_the_throttle(
 
     statuses = list(Delivery.objects.filter(dispatch=dispatch).values_list("status", flat=True))
     assert statuses == ["accepted"] * 3
-    assert all(sim.state.count(d.token) == 1 for d in devices)
+    assert all(pushsim.state.count(d.token) == 1 for d in devices)

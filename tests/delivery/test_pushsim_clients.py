@@ -92,9 +92,9 @@ def device(i: int) -> str:
 # --- aioapns -------------------------------------------------------------------------------------
 
 
-def run_aioapns(sim, creds, requests: list[NotificationRequest], *, attempts: int = 1) -> list:
+def run_aioapns(pushsim, creds, requests: list[NotificationRequest], *, attempts: int = 1) -> list:
     """Send with one aioapns client on one connection (no re-sends on a new one), all in flight."""
-    port = int(sim.apns_url(tls=True).rsplit(":", 1)[1])
+    port = int(pushsim.apns_url(tls=True).rsplit(":", 1)[1])
     protocol = type(
         "SimulatorProtocol", (APNsProductionClientProtocol,), {"APNS_SERVER": "localhost", "APNS_PORT": port}
     )
@@ -108,7 +108,7 @@ def run_aioapns(sim, creds, requests: list[NotificationRequest], *, attempts: in
             max_connections=1,
             max_connection_attempts=attempts,
             # aioapns offers no ALPN: the simulator must take its HTTP/2 preface, as APNs does.
-            ssl_context=ssl.create_default_context(cafile=sim.ca_path),
+            ssl_context=ssl.create_default_context(cafile=pushsim.ca_path),
         )
         client.pool.protocol_class = protocol
         try:

@@ -36,42 +36,42 @@ def prepared(content, profiles, django_capture_on_commit_callbacks, **kwargs) ->
     return dispatch
 
 
-def sent_expiry(sim, ios, android) -> tuple[int, int]:
+def sent_expiry(pushsim, ios, android) -> tuple[int, int]:
     """(apns-expiration, FCM android.ttl seconds) of what each device received."""
-    [apns] = sim.state.recent(token=ios.token)
-    [fcm] = sim.state.recent(token=android.token)
+    [apns] = pushsim.state.recent(token=ios.token)
+    [fcm] = pushsim.state.recent(token=android.token)
     return int(apns["headers"]["apns-expiration"]), int(fcm["payload"]["android"]["ttl"].removesuffix("s"))
 
 
 def test_a_retry_sends_what_remains_of_the_ttl_counted_from_the_dispatch_start(
-    sim_app, sim, django_capture_on_commit_callbacks
+    pushsim_app, pushsim, django_capture_on_commit_callbacks
 ):
-    content = PushContentFactory(app=sim_app, ttl_seconds=3600)
+    content = PushContentFactory(app=pushsim_app, ttl_seconds=3600)
     profile = ProfileFactory()
-    ios = DeviceFactory(profile=profile, app=sim_app, platform="ios")
-    android = DeviceFactory(profile=profile, app=sim_app, platform="android")
+    ios = DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
+    android = DeviceFactory(profile=profile, app=pushsim_app, platform="android")
     dispatch = prepared(content, [profile], django_capture_on_commit_callbacks)
     # The send started 20 minutes ago; both first attempts fail now and are retried.
     started = timezone.now() - timedelta(minutes=20)
     Dispatch.objects.filter(pk=dispatch.pk).update(started_at=started)
-    sim.state.fail_token(token=ios.token, failures=[(500, "InternalServerError")])
-    sim.state.fail_token(token=android.token, failures=[(500, "INTERNAL")])
+    pushsim.state.fail_token(token=ios.token, failures=[(500, "InternalServerError")])
+    pushsim.state.fail_token(token=android.token, failures=[(500, "INTERNAL")])
 
     dispatch_send(dispatch_id=dispatch.pk)
 
     assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", "attempts")) == {("accepted", 2)}
-    expiration, ttl = sent_expiry(sim, ios, android)
+    expiration, ttl = sent_expiry(pushsim, ios, android)
     assert expiration == int(started.timestamp()) + 3600
     assert 2390 <= ttl <= 2400  # 40 minutes left, not a fresh hour
 
 
 def test_a_row_held_by_a_local_time_counts_its_ttl_from_the_end_of_its_hold(
-    sim_app, sim, django_capture_on_commit_callbacks
+    pushsim_app, pushsim, django_capture_on_commit_callbacks
 ):
-    content = PushContentFactory(app=sim_app, ttl_seconds=1800)
+    content = PushContentFactory(app=pushsim_app, ttl_seconds=1800)
     profile = ProfileFactory(timezone="UTC")
-    ios = DeviceFactory(profile=profile, app=sim_app, platform="ios")
-    android = DeviceFactory(profile=profile, app=sim_app, platform="android")
+    ios = DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
+    android = DeviceFactory(profile=profile, app=pushsim_app, platform="android")
     at = (timezone.now() + timedelta(hours=3)).replace(microsecond=0)
     local_time = at.astimezone(UTC).replace(tzinfo=None).isoformat()
     dispatch = prepared(content, [profile], django_capture_on_commit_callbacks, local_time=local_time)
@@ -87,15 +87,15 @@ def test_a_row_held_by_a_local_time_counts_its_ttl_from_the_end_of_its_hold(
     dispatch_send(dispatch_id=dispatch.pk)
 
     assert set(rows.values_list("status", flat=True)) == {"accepted"}
-    expiration, ttl = sent_expiry(sim, ios, android)
+    expiration, ttl = sent_expiry(pushsim, ios, android)
     assert expiration == int(hold_end.timestamp()) + 1800
     assert 1190 <= ttl <= 1200  # 20 of its 30 minutes left
 
 
-def test_a_row_whose_ttl_ran_out_before_its_turn_is_not_sent(sim_app, sim, django_capture_on_commit_callbacks):
-    content = PushContentFactory(app=sim_app, ttl_seconds=600)
+def test_a_row_whose_ttl_ran_out_before_its_turn_is_not_sent(pushsim_app, pushsim, django_capture_on_commit_callbacks):
+    content = PushContentFactory(app=pushsim_app, ttl_seconds=600)
     profile = ProfileFactory()
-    ios = DeviceFactory(profile=profile, app=sim_app, platform="ios")
+    ios = DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
     dispatch = prepared(content, [profile], django_capture_on_commit_callbacks)
     Dispatch.objects.filter(pk=dispatch.pk).update(started_at=timezone.now() - timedelta(minutes=11))
 
@@ -103,31 +103,31 @@ def test_a_row_whose_ttl_ran_out_before_its_turn_is_not_sent(sim_app, sim, djang
 
     row = Delivery.objects.get(dispatch=dispatch)
     assert (row.status, row.reason) == ("failed", "expired (TTL over before it could be sent)")
-    assert sim.state.count(ios.token) == 0
+    assert pushsim.state.count(ios.token) == 0
 
 
-def test_ttl_0_is_sent_as_now_or_never(sim_app, sim, django_capture_on_commit_callbacks):
-    content = PushContentFactory(app=sim_app, ttl_seconds=0)
+def test_ttl_0_is_sent_as_now_or_never(pushsim_app, pushsim, django_capture_on_commit_callbacks):
+    content = PushContentFactory(app=pushsim_app, ttl_seconds=0)
     profile = ProfileFactory()
-    ios = DeviceFactory(profile=profile, app=sim_app, platform="ios")
-    android = DeviceFactory(profile=profile, app=sim_app, platform="android")
+    ios = DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
+    android = DeviceFactory(profile=profile, app=pushsim_app, platform="android")
 
     send(content, [profile], django_capture_on_commit_callbacks)
 
-    assert sent_expiry(sim, ios, android) == (0, 0)
-    [fcm] = sim.state.recent(token=android.token)
+    assert sent_expiry(pushsim, ios, android) == (0, 0)
+    [fcm] = pushsim.state.recent(token=android.token)
     assert fcm["payload"]["android"]["ttl"] == "0s"
 
 
-def test_a_full_ttl_on_the_first_attempt(sim_app, sim, django_capture_on_commit_callbacks):
-    content = PushContentFactory(app=sim_app, ttl_seconds=86400)
+def test_a_full_ttl_on_the_first_attempt(pushsim_app, pushsim, django_capture_on_commit_callbacks):
+    content = PushContentFactory(app=pushsim_app, ttl_seconds=86400)
     profile = ProfileFactory()
-    ios = DeviceFactory(profile=profile, app=sim_app, platform="ios")
-    android = DeviceFactory(profile=profile, app=sim_app, platform="android")
+    ios = DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
+    android = DeviceFactory(profile=profile, app=pushsim_app, platform="android")
 
     dispatch = send(content, [profile], django_capture_on_commit_callbacks)
 
-    expiration, ttl = sent_expiry(sim, ios, android)
+    expiration, ttl = sent_expiry(pushsim, ios, android)
     assert expiration == int(dispatch.started_at.timestamp()) + 86400
     assert 86390 <= ttl <= 86400
     assert datetime.fromtimestamp(expiration, tz=UTC) > timezone.now()

@@ -32,14 +32,14 @@ def _source(app):
 
 
 @pytest.fixture
-def stream(sim_app):
-    content = PushContentFactory(app=sim_app, title="Order {{ context.order | default: '?' }}", body="On its way")
+def stream(pushsim_app):
+    content = PushContentFactory(app=pushsim_app, title="Order {{ context.order | default: '?' }}", body="On its way")
     return Dispatch.objects.get(
         pk=stream_open(
             kind=Dispatch.Kind.API_TRIGGER,
             source_id=12345,
             version="v1",
-            app_id=sim_app.pk,
+            app_id=pushsim_app.pk,
             spec=content.spec(),
             content_id=content.pk,
             label="Orders",
@@ -65,12 +65,12 @@ def _append(stream, profiles, context=None, **kwargs):
     )
 
 
-def test_one_stream_is_open_per_source_version_and_day(sim_app, stream):
+def test_one_stream_is_open_per_source_version_and_day(pushsim_app, stream):
     again = stream_open(
         kind=Dispatch.Kind.API_TRIGGER,
         source_id=12345,
         version="v1",
-        app_id=sim_app.pk,
+        app_id=pushsim_app.pk,
         spec=stream.content_spec,
         content_id=None,
         label="Orders",
@@ -80,7 +80,7 @@ def test_one_stream_is_open_per_source_version_and_day(sim_app, stream):
         kind=Dispatch.Kind.API_TRIGGER,
         source_id=12345,
         version="v1",
-        app_id=sim_app.pk,
+        app_id=pushsim_app.pk,
         spec=stream.content_spec,
         content_id=None,
         label="Orders",
@@ -91,8 +91,8 @@ def test_one_stream_is_open_per_source_version_and_day(sim_app, stream):
     assert stream.status == "sending" and stream.standing and stream.started_at is not None
 
 
-def test_appended_rows_carry_their_calls_context_and_are_sent_by_a_sender(sim, sim_app, stream):
-    zoe, max_ = _people(sim_app, 2)
+def test_appended_rows_carry_their_calls_context_and_are_sent_by_a_sender(pushsim, pushsim_app, stream):
+    zoe, max_ = _people(pushsim_app, 2)
     ProfileFactory(external_id="no-phone")
     first = _append(stream, [zoe], context={"order": "A-1"})
     second = _append(stream, [max_, zoe], context={"order": "B-2"})
@@ -100,25 +100,25 @@ def test_appended_rows_carry_their_calls_context_and_are_sent_by_a_sender(sim, s
     report = streams_send(budget=0)
     assert report.claimed == 3
     assert set(Delivery.objects.filter(dispatch=stream).values_list("status", flat=True)) == {"accepted"}
-    titles = sorted(r["title"] for r in sim.state.recent(token=zoe.devices.get().token))
+    titles = sorted(r["title"] for r in pushsim.state.recent(token=zoe.devices.get().token))
     assert titles == ["Order A-1", "Order B-2"]
 
 
-def test_profiles_without_a_phone_or_opted_out_get_a_skipped_row(sim_app, stream):
+def test_profiles_without_a_phone_or_opted_out_get_a_skipped_row(pushsim_app, stream):
     lonely = ProfileFactory()
-    (muted,) = _people(sim_app, 1, push_enabled=False)
+    (muted,) = _people(pushsim_app, 1, push_enabled=False)
     rows = _append(stream, [lonely, muted])
     assert [(r.status, r.reason) for r in rows] == [("skipped", "no_device"), ("skipped", "not_opted_in")]
 
 
-def test_an_append_is_refused_when_the_source_or_the_stream_is_closed(sim_app, stream):
-    (zoe,) = _people(sim_app, 1)
+def test_an_append_is_refused_when_the_source_or_the_stream_is_closed(pushsim_app, stream):
+    (zoe,) = _people(pushsim_app, 1)
     with pytest.raises(StreamClosed) as refused:
         stream_append(
             dispatch_id=stream.pk,
-            app_id=sim_app.pk,
+            app_id=pushsim_app.pk,
             recipients=[Recipient(zoe.pk)],
-            source_lock=("SELECT id FROM delivery_app WHERE id = %s AND false FOR SHARE", [sim_app.pk]),
+            source_lock=("SELECT id FROM delivery_app WHERE id = %s AND false FOR SHARE", [pushsim_app.pk]),
         )
     assert refused.value.what == "source"
     assert streams_close(kind=stream.kind, source_id=stream.source_id, by=None, reason="stopped") == 1
@@ -128,25 +128,25 @@ def test_an_append_is_refused_when_the_source_or_the_stream_is_closed(sim_app, s
     assert not Delivery.objects.exists()
 
 
-def test_closing_a_stream_stops_its_queued_rows(sim_app, stream):
-    _append(stream, _people(sim_app, 3))
+def test_closing_a_stream_stops_its_queued_rows(pushsim_app, stream):
+    _append(stream, _people(pushsim_app, 3))
     streams_close(kind=stream.kind, source_id=stream.source_id, by=None, reason="stopped")
     stream.refresh_from_db()
     assert stream.status == "stopped"
     assert set(Delivery.objects.values_list("status", "reason")) == {("skipped", "stopped")}
 
 
-def test_quiet_hours_and_the_frequency_cap_apply_to_marketing_streams(sim_app, stream):
+def test_quiet_hours_and_the_frequency_cap_apply_to_marketing_streams(pushsim_app, stream):
     now = timezone.now()
     rules = DeliveryRules.objects.create(
-        app=sim_app,
+        app=pushsim_app,
         frequency_cap=1,
         quiet_start=(now - dt.timedelta(hours=1)).time(),
         quiet_end=(now + dt.timedelta(hours=1)).time(),
         default_timezone="UTC",
     )
     Dispatch.objects.filter(pk=stream.pk).update(purpose="marketing")
-    zoe, max_ = _people(sim_app, 2)
+    zoe, max_ = _people(pushsim_app, 2)
     held = _append(stream, [zoe], rules=rules, now=now)
     assert held[0].status == "queued"
     assert Delivery.objects.get(pk=held[0].id).next_attempt_at is not None  # waits for the quiet hours to end
@@ -156,17 +156,17 @@ def test_quiet_hours_and_the_frequency_cap_apply_to_marketing_streams(sim_app, s
     assert [(r.status, r.reason) for r in _append(stream, [max_], rules=rules, now=now)] == [("skipped", "quiet_hours")]
 
 
-def test_a_sender_takes_one_row_when_one_waits_and_full_batches_under_load(sim, sim_app, stream, settings):
+def test_a_sender_takes_one_row_when_one_waits_and_full_batches_under_load(pushsim, pushsim_app, stream, settings):
     settings.PUSHDESK_SEND_BATCH = 100
-    _append(stream, _people(sim_app, 1))
+    _append(stream, _people(pushsim_app, 1))
     assert streams_send(budget=0).batches == 1
-    _append(stream, _people(sim_app, 250))
+    _append(stream, _people(pushsim_app, 250))
     report = streams_send(budget=0)
     assert report.claimed == 250 and report.batches == 3  # 100 + 100 + 50
 
 
-def test_rows_a_dead_sender_claimed_end_unknown_and_are_never_sent_again(sim, sim_app, stream, settings):
-    people = _people(sim_app, 5)
+def test_rows_a_dead_sender_claimed_end_unknown_and_are_never_sent_again(pushsim, pushsim_app, stream, settings):
+    people = _people(pushsim_app, 5)
     _append(stream, people)
     # A sender claims two rows (they are `sending` under its lease) and is killed before sending.
     dead = _claim(stream.pk, limit=2, now=timezone.now())
@@ -181,22 +181,22 @@ def test_rows_a_dead_sender_claimed_end_unknown_and_are_never_sent_again(sim, si
     statuses = dict(Delivery.objects.filter(dispatch=stream).values_list("id", "status"))
     assert sorted(statuses.values()) == ["accepted"] * 3 + ["unknown"] * 2
     assert all(statuses[row.id] == "unknown" for row in dead)
-    received = sim.state.snapshot_counts()
+    received = pushsim.state.snapshot_counts()
     assert all(count == 1 for count in received.values()) and len(received) == 3
     stream.refresh_from_db()
     assert stream.status == "sending"  # a stream stays open while calls may come
 
 
-def test_the_bulk_engine_leaves_streams_to_their_senders(sim_app, stream):
-    _append(stream, _people(sim_app, 1))
+def test_the_bulk_engine_leaves_streams_to_their_senders(pushsim_app, stream):
+    _append(stream, _people(pushsim_app, 1))
     assert dispatch_send(dispatch_id=stream.pk).claimed == 0
     assert dispatch_complete_if_done(dispatch_id=stream.pk) is False
     Dispatch.objects.filter(pk=stream.pk).update(started_at=timezone.now() - dt.timedelta(hours=1))
     assert stream.pk not in dispatches_watch()
 
 
-def test_the_watchdog_finishes_a_past_days_stream_once_drained(sim, sim_app, stream):
-    _append(stream, _people(sim_app, 2))
+def test_the_watchdog_finishes_a_past_days_stream_once_drained(pushsim, pushsim_app, stream):
+    _append(stream, _people(pushsim_app, 2))
     Dispatch.objects.filter(pk=stream.pk).update(stream_day=timezone.now().date() - dt.timedelta(days=1))
     assert streams_watch()["finished"] == 0  # rows still queued
     streams_send(budget=0)
@@ -205,11 +205,11 @@ def test_the_watchdog_finishes_a_past_days_stream_once_drained(sim, sim_app, str
     assert stream.status == "done" and stream.accepted == 2 and stream.total == 2
 
 
-def test_the_watchdog_refreshes_an_open_streams_counters(sim, sim_app, stream, monkeypatch):
+def test_the_watchdog_refreshes_an_open_streams_counters(pushsim, pushsim_app, stream, monkeypatch):
     from delivery.services.streams import _CURRENT_CHECKS
 
     monkeypatch.setitem(_CURRENT_CHECKS, stream.kind, lambda source_id, version: version == "v1")
-    _append(stream, _people(sim_app, 2))
+    _append(stream, _people(pushsim_app, 2))
     _append(stream, [ProfileFactory()])
     streams_send(budget=0)
     assert streams_watch()["refreshed"] == 1
@@ -217,8 +217,8 @@ def test_the_watchdog_refreshes_an_open_streams_counters(sim, sim_app, stream, m
     assert (stream.status, stream.total, stream.accepted, stream.skipped) == ("sending", 3, 2, 1)
 
 
-def test_live_figures_show_the_last_minutes_rate_and_latency(sim, sim_app, stream):
-    _append(stream, _people(sim_app, 6))
+def test_live_figures_show_the_last_minutes_rate_and_latency(pushsim, pushsim_app, stream):
+    _append(stream, _people(pushsim_app, 6))
     streams_send(budget=0)
     figures = stream_live_figures(stream)
     assert figures["rate_per_second"] == 0.1
@@ -226,11 +226,11 @@ def test_live_figures_show_the_last_minutes_rate_and_latency(sim, sim_app, strea
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_waiting_sender_is_woken_by_the_append_and_sends_within_a_second(sim, sim_app, stream, settings):
+def test_a_waiting_sender_is_woken_by_the_append_and_sends_within_a_second(pushsim, pushsim_app, stream, settings):
     if connection.vendor != "postgresql":
         pytest.skip("senders are woken by PostgreSQL's NOTIFY")
     settings.PUSHDESK_STREAM_POLL_SECONDS = 10  # only the wake-up can make it in time
-    (zoe,) = _people(sim_app, 1)
+    (zoe,) = _people(pushsim_app, 1)
     report = {}
 
     def sender():
@@ -245,24 +245,24 @@ def test_a_waiting_sender_is_woken_by_the_append_and_sends_within_a_second(sim, 
     started = time.monotonic()
     _append(stream, [zoe])  # autocommit: the NOTIFY goes with the commit
     token = zoe.devices.get().token
-    while sim.state.count(token) == 0 and time.monotonic() - started < 2.5:
+    while pushsim.state.count(token) == 0 and time.monotonic() - started < 2.5:
         time.sleep(0.005)
     latency = time.monotonic() - started
     thread.join(10)
-    assert sim.state.count(token) == 1
+    assert pushsim.state.count(token) == 1
     assert latency < 1.0, latency
     assert report["value"].claimed == 1
 
 
 def test_a_streams_admin_page_shows_its_live_rate_and_latency(
-    client, sim, sim_app, stream, viewer_carol, manager_mallory
+    client, pushsim, pushsim_app, stream, viewer_carol, manager_mallory
 ):
     from django.urls import reverse
 
     from accounts.services import access_grant
 
-    access_grant(obj=sim_app, to=viewer_carol, by=None)
-    _append(stream, _people(sim_app, 3))
+    access_grant(obj=pushsim_app, to=viewer_carol, by=None)
+    _append(stream, _people(pushsim_app, 3))
     streams_send(budget=0)
     page = reverse("admin:delivery_dispatch_change", args=[stream.pk])
     client.force_login(viewer_carol)

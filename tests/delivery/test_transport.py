@@ -9,8 +9,7 @@ import pytest
 import trustme
 
 from delivery.transport import Http2Transport, Request
-from tests.delivery.sending import heal_after_the_first_drop
-from tests.fakes.pushsim import BUNDLE_ID, KEY_ID, PROJECT_ID, TEAM_ID
+from tests.fakes.pushsim import BUNDLE_ID, KEY_ID, PROJECT_ID, TEAM_ID, heal_after_the_first_drop
 
 
 @pytest.fixture

@@ -51,24 +51,30 @@ def test_viewer_browses_and_finds_no_way_to_change(login, page, live_server, vie
 
 
 def test_administrator_sets_up_an_app_with_credentials_and_a_manager(
-    login, page, live_server, admin_erin, sim, screenshot
+    login, page, live_server, admin_erin, pushsim, apns_credentials, fcm_credentials, screenshot
 ):
     from accounts.models import User
     from delivery.models import App
-    from tests.delivery.sending import BUNDLE_ID, KEY_ID, TEAM_ID
 
     login(admin_erin)
     page.goto(f"{live_server.url}/admin/delivery/app/add/")
     page.fill("#id_name", "Shop")
-    page.fill("#id_apns_team_id", TEAM_ID)
-    page.fill("#id_apns_key_id", KEY_ID)
-    page.fill("#id_apns_bundle_id", BUNDLE_ID)
+    page.fill("#id_apns_team_id", apns_credentials.team_id)
+    page.fill("#id_apns_key_id", apns_credentials.key_id)
+    page.fill("#id_apns_bundle_id", apns_credentials.bundle_id)
     page.set_input_files(
-        "#id_apns_private_key_file", files=[{"name": "AuthKey.p8", "mimeType": "text/plain", "buffer": sim.keys.p8()}]
+        "#id_apns_private_key_file",
+        files=[{"name": "AuthKey.p8", "mimeType": "text/plain", "buffer": apns_credentials.private_key_pem.encode()}],
     )
     page.set_input_files(
         "#id_fcm_service_account_file",
-        files=[{"name": "sa.json", "mimeType": "application/json", "buffer": sim.keys.service_account(sim.token_uri)}],
+        files=[
+            {
+                "name": "sa.json",
+                "mimeType": "application/json",
+                "buffer": fcm_credentials.json_bytes_for(token_uri=pushsim.token_uri),
+            }
+        ],
     )
     page.click("input[name=_continue]")
     page.wait_for_selector(".messagelist .success")

@@ -12,17 +12,17 @@ pytestmark = pytest.mark.browser
 
 
 def test_approver_opens_the_segment_and_content_of_the_campaign_under_review(
-    login, page, live_server, manager_alice, approver_bob, sim_app
+    login, page, live_server, manager_alice, approver_bob, pushsim_app
 ):
-    access_grant(obj=sim_app, to=manager_alice, by=None)
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
     segment = Segment.objects.create(
         name="Pro users", rules={"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}]}
     )
     access_grant(obj=segment, to=manager_alice, by=None)  # the approver holds no grant on it
     content = pushcontent_save(
-        content=PushContent(app=sim_app, name="Promo", title="Hi", body="-20%"), by=manager_alice
+        content=PushContent(app=pushsim_app, name="Promo", title="Hi", body="-20%"), by=manager_alice
     )
-    campaign = campaign_create(by=manager_alice, name="Promo", app=sim_app, segment=segment, content=content)
+    campaign = campaign_create(by=manager_alice, name="Promo", app=pushsim_app, segment=segment, content=content)
     access_grant(obj=campaign, to=approver_bob, by=None)  # shared with the approver, not the app
     campaign_submit(campaign_id=campaign.pk, by=manager_alice)
 

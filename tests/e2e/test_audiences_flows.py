@@ -130,16 +130,16 @@ def test_manager_maps_the_columns_of_a_file_before_importing(login, page, live_s
 
 
 def test_manager_reads_each_segments_reach_in_the_list_and_counts_it_again(
-    login, page, live_server, manager_alice, sim_app, screenshot
+    login, page, live_server, manager_alice, pushsim_app, screenshot
 ):
     from accounts.services import access_grant
     from audiences.services.segments import segment_create
     from tests.factories import DeviceFactory
 
-    access_grant(obj=sim_app, to=manager_alice, by=None)
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
     pros = [ProfileFactory(attributes={"plan": "pro"}) for _ in range(4)]
-    DeviceFactory(profile=pros[0], app=sim_app, platform="ios")
-    DeviceFactory(profile=pros[1], app=sim_app, platform="android", push_enabled=False)
+    DeviceFactory(profile=pros[0], app=pushsim_app, platform="ios")
+    DeviceFactory(profile=pros[1], app=pushsim_app, platform="android", push_enabled=False)
     rules = {"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}]}
     segment = segment_create(name="Pros", rules=rules, by=manager_alice)
 
@@ -151,13 +151,13 @@ def test_manager_reads_each_segments_reach_in_the_list_and_counts_it_again(
     page.select_option("select[name=action]", "count_reach")
     page.click("button[name=index]")
     page.wait_for_selector(".messagelist .success:has-text('1 segment(s) counted.')")
-    reach = f"{sim_app.name}: 4 profiles → 2 reachable (iOS 1 / Android 1) → 1 opted in"
+    reach = f"{pushsim_app.name}: 4 profiles → 2 reachable (iOS 1 / Android 1) → 1 opted in"
     assert row.locator(".field-reach").inner_text().strip() == reach
     assert row.locator(".field-counted").inner_text().endswith("ago")
     screenshot("segment-list-reach")
 
     # A fifth pro profile: the list keeps the last count until the segment is counted again.
-    DeviceFactory(profile=ProfileFactory(attributes={"plan": "pro"}), app=sim_app, platform="ios")
+    DeviceFactory(profile=ProfileFactory(attributes={"plan": "pro"}), app=pushsim_app, platform="ios")
     page.reload()
     assert row.locator(".field-reach").inner_text().strip() == reach
     page.goto(f"{live_server.url}/admin/audiences/segment/{segment.pk}/change/")

@@ -13,22 +13,22 @@ pytestmark = pytest.mark.browser
 
 
 def test_manager_builds_and_approver_approves_a_campaign(
-    login, page, live_server, manager_alice, approver_bob, sim, sim_app, screenshot
+    login, page, live_server, manager_alice, approver_bob, pushsim, pushsim_app, screenshot
 ):
     for user in (manager_alice, approver_bob):
-        access_grant(obj=sim_app, to=user, by=None)
+        access_grant(obj=pushsim_app, to=user, by=None)
     zoe = ProfileFactory(external_id="zoe", attributes={"first_name": "Zoé", "plan": "pro"})
     tester = ProfileFactory(external_id="qa", attributes={"plan": "free"})
-    zoe_ios = DeviceFactory(profile=zoe, app=sim_app, platform="ios")
-    zoe_android = DeviceFactory(profile=zoe, app=sim_app, platform="android")
-    test_phone = DeviceFactory(profile=tester, app=sim_app, platform="ios", is_test=True)
+    zoe_ios = DeviceFactory(profile=zoe, app=pushsim_app, platform="ios")
+    zoe_android = DeviceFactory(profile=zoe, app=pushsim_app, platform="android")
+    test_phone = DeviceFactory(profile=tester, app=pushsim_app, platform="ios", is_test=True)
     segment = Segment.objects.create(
         name="Pro users", rules={"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}]}
     )
     access_grant(obj=segment, to=manager_alice, by=None)
     content = pushcontent_save(
         content=PushContent(
-            app=sim_app,
+            app=pushsim_app,
             name="Spring",
             title="Hi {{ profile.attributes.first_name | default: 'there' }}",
             body="Spring sale: -20%",
@@ -40,7 +40,7 @@ def test_manager_builds_and_approver_approves_a_campaign(
     login(manager_alice)
     page.goto(f"{live_server.url}/admin/campaigns/campaign/add/")
     page.fill("#id_name", "Spring sale")
-    page.select_option("#id_app", str(sim_app.pk))
+    page.select_option("#id_app", str(pushsim_app.pk))
     page.select_option("#id_kind", "scheduled")
     page.select_option("#id_segment", str(segment.pk))
     page.select_option("#id_content", str(content.pk))
@@ -53,8 +53,8 @@ def test_manager_builds_and_approver_approves_a_campaign(
     # Test send: only the app's test phone gets it, before any approval.
     page.click("button[value=test_send]")
     page.wait_for_selector(".messagelist .success")
-    assert sim.state.count(test_phone.token) == 1
-    assert sim.state.count(zoe_ios.token) == 0
+    assert pushsim.state.count(test_phone.token) == 1
+    assert pushsim.state.count(zoe_ios.token) == 0
 
     page.click("button[value=submit]")
     page.wait_for_selector(".messagelist .success")
@@ -74,10 +74,10 @@ def test_manager_builds_and_approver_approves_a_campaign(
 
     campaign.refresh_from_db()
     assert campaign.status in ("live", "completed")
-    assert sim.state.count(zoe_ios.token) == 1 and sim.state.count(zoe_android.token) == 1
+    assert pushsim.state.count(zoe_ios.token) == 1 and pushsim.state.count(zoe_android.token) == 1
 
     # The simulator's page shows what the phones received.
-    page.goto(sim.url())
+    page.goto(pushsim.url())
     page.wait_for_selector("text=Hi Zoé")
     screenshot("push-simulator")
 
@@ -90,13 +90,13 @@ def test_manager_builds_and_approver_approves_a_campaign(
 
 
 def test_manager_writes_content_and_previews_it_for_a_profile(
-    login, page, live_server, manager_alice, sim_app, screenshot
+    login, page, live_server, manager_alice, pushsim_app, screenshot
 ):
     ProfileFactory(external_id="zoe", attributes={"first_name": "Zoé"})
-    access_grant(obj=sim_app, to=manager_alice, by=None)
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
     login(manager_alice)
     page.goto(f"{live_server.url}/admin/delivery/pushcontent/add/")
-    page.select_option("#id_app", str(sim_app.pk))
+    page.select_option("#id_app", str(pushsim_app.pk))
     page.fill("#id_name", "Welcome back")
     page.fill("#id_title", "Hi {{ profile.attributes.first_name | default: 'there' }}")
     page.fill("#id_body", "We kept your cart warm.")

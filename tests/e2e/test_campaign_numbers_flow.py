@@ -17,26 +17,26 @@ pytestmark = pytest.mark.browser
 
 
 def test_manager_sees_reachable_sizes_and_local_times_and_so_does_the_approver(
-    login, page, live_server, manager_alice, approver_bob, sim_app, screenshot
+    login, page, live_server, manager_alice, approver_bob, pushsim_app, screenshot
 ):
     for user in (manager_alice, approver_bob):
-        access_grant(obj=sim_app, to=user, by=None)
+        access_grant(obj=pushsim_app, to=user, by=None)
     pro = [ProfileFactory(attributes={"plan": "pro"}) for _ in range(4)]
-    DeviceFactory(profile=pro[0], app=sim_app, platform="ios")
-    DeviceFactory(profile=pro[1], app=sim_app, platform="android", push_enabled=False)
+    DeviceFactory(profile=pro[0], app=pushsim_app, platform="ios")
+    DeviceFactory(profile=pro[1], app=pushsim_app, platform="android", push_enabled=False)
     segment = Segment.objects.create(
         name="Pro", rules={"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}]}
     )
     access_grant(obj=segment, to=manager_alice, by=None)
     content = pushcontent_save(
-        content=PushContent(app=sim_app, name="Xmas", title="Merry", body="Xmas"), by=manager_alice
+        content=PushContent(app=pushsim_app, name="Xmas", title="Merry", body="Xmas"), by=manager_alice
     )
     day = (timezone.now() + dt.timedelta(days=30)).date().isoformat()
 
     login(manager_alice)
     page.goto(f"{live_server.url}/admin/campaigns/campaign/add/")
     page.fill("#id_name", "Xmas morning")
-    page.select_option("#id_app", str(sim_app.pk))
+    page.select_option("#id_app", str(pushsim_app.pk))
     page.select_option("#id_segment", str(segment.pk))
     page.select_option("#id_content", str(content.pk))
     assert not page.is_visible("#id_send_at_0")  # "send when approved" has no date

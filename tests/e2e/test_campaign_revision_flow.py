@@ -15,24 +15,27 @@ pytestmark = pytest.mark.browser
 
 
 def test_edit_of_a_live_campaign_waits_for_approval_and_the_approver_sees_the_diff(
-    login, page, live_server, manager_alice, approver_bob, sim_app, screenshot
+    login, page, live_server, manager_alice, approver_bob, pushsim_app, screenshot
 ):
     for user in (manager_alice, approver_bob):
-        access_grant(obj=sim_app, to=user, by=None)
+        access_grant(obj=pushsim_app, to=user, by=None)
     zoe = ProfileFactory(external_id="zoe")
-    DeviceFactory(profile=zoe, app=sim_app, platform="ios")
+    DeviceFactory(profile=zoe, app=pushsim_app, platform="ios")
     shipped = pushcontent_save(
         content=PushContent(
-            app=sim_app, name="Shipped", title="Your order shipped", body="Order {{ context.order_id }} is on its way"
+            app=pushsim_app,
+            name="Shipped",
+            title="Your order shipped",
+            body="Order {{ context.order_id }} is on its way",
         ),
         by=manager_alice,
     )
     delayed = pushcontent_save(
-        content=PushContent(app=sim_app, name="Delayed", title="Your order is late", body="Sorry"),
+        content=PushContent(app=pushsim_app, name="Delayed", title="Your order is late", body="Sorry"),
         by=manager_alice,
     )
     campaign = campaign_create(
-        by=manager_alice, name="Order updates", app=sim_app, kind="api_triggered", content=shipped
+        by=manager_alice, name="Order updates", app=pushsim_app, kind="api_triggered", content=shipped
     )
     campaign_submit(campaign_id=campaign.pk, by=manager_alice)
     campaign_approve(campaign_id=campaign.pk, by=approver_bob)

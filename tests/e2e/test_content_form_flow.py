@@ -10,11 +10,11 @@ pytestmark = pytest.mark.browser
 
 
 def test_manager_writes_content_with_forms_and_watches_the_previews(
-    login, page, live_server, manager_alice, sim_app, screenshot
+    login, page, live_server, manager_alice, pushsim_app, screenshot
 ):
-    access_grant(obj=sim_app, to=manager_alice, by=None)
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
     content = pushcontent_save(
-        content=PushContent(app=sim_app, name="Sale", title="Hello", body="Spring sale", default_locale="en"),
+        content=PushContent(app=pushsim_app, name="Sale", title="Hello", body="Spring sale", default_locale="en"),
         by=manager_alice,
     )
     login(manager_alice)

@@ -13,18 +13,20 @@ pytestmark = pytest.mark.browser
 
 
 def test_manager_builds_approver_approves_and_the_graph_counts_the_push(
-    login, page, live_server, manager_alice, approver_bob, sim, sim_app, screenshot
+    login, page, live_server, manager_alice, approver_bob, pushsim, pushsim_app, screenshot
 ):
     for user in (manager_alice, approver_bob):
-        access_grant(obj=sim_app, to=user, by=None)
+        access_grant(obj=pushsim_app, to=user, by=None)
     zoe = ProfileFactory(external_id="zoe", attributes={"first_name": "Zoé"})
-    phone = DeviceFactory(profile=zoe, app=sim_app, platform="android")
+    phone = DeviceFactory(profile=zoe, app=pushsim_app, platform="android")
     segment = Segment.objects.create(name="Zoé and friends", kind="static")
     segment.members.create(profile=zoe)
     segment.members.create(profile=ProfileFactory(external_id="no-phone"))
     access_grant(obj=segment, to=manager_alice, by=None)
     content = pushcontent_save(
-        content=PushContent(app=sim_app, name="Hello", title="Hi {{ profile.attributes.first_name }}", body="Welcome"),
+        content=PushContent(
+            app=pushsim_app, name="Hello", title="Hi {{ profile.attributes.first_name }}", body="Welcome"
+        ),
         by=manager_alice,
     )
 
@@ -32,7 +34,7 @@ def test_manager_builds_approver_approves_and_the_graph_counts_the_push(
     login(manager_alice)
     page.goto(f"{live_server.url}/admin/journeys/journey/add/")
     page.fill("#id_name", "Welcome Zoé")
-    page.select_option("#id_app", str(sim_app.pk))
+    page.select_option("#id_app", str(pushsim_app.pk))
     page.select_option("#id_entry_segment", str(segment.pk))
     page.click(".step-editor button.add-push")
     push = page.locator(".step-editor .step-row[data-step=push2]")
@@ -63,7 +65,7 @@ def test_manager_builds_approver_approves_and_the_graph_counts_the_push(
     page.click("input[name=_approve]")
     page.wait_for_selector(".messagelist .success")
     assert Journey.objects.get(pk=journey.pk).status == "live"
-    assert sim.state.count(phone.token) == 1
+    assert pushsim.state.count(phone.token) == 1
 
     # The manager watches: the graph counts the push, the enrollment shows its history.
     login(manager_alice)
@@ -88,17 +90,17 @@ def test_manager_builds_approver_approves_and_the_graph_counts_the_push(
     assert ">Live<" not in page.locator("table.journey-versions").inner_html()
 
 
-def test_a_condition_branch_on_a_rule_uses_the_rule_builder(login, page, live_server, manager_alice, sim_app):
+def test_a_condition_branch_on_a_rule_uses_the_rule_builder(login, page, live_server, manager_alice, pushsim_app):
     from tests.factories import ProfileFactory as Profiles
 
-    access_grant(obj=sim_app, to=manager_alice, by=None)
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
     Profiles(attributes={"plan": "pro"})
     segment = Segment.objects.create(name="Everyone", kind="static")
     access_grant(obj=segment, to=manager_alice, by=None)
     login(manager_alice)
     page.goto(f"{live_server.url}/admin/journeys/journey/add/")
     page.fill("#id_name", "Pro path")
-    page.select_option("#id_app", str(sim_app.pk))
+    page.select_option("#id_app", str(pushsim_app.pk))
     page.select_option("#id_entry_segment", str(segment.pk))
     page.click(".step-editor button.add-condition")
     condition = page.locator(".step-editor .step-row.step-type-condition")

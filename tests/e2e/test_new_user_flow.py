@@ -22,7 +22,7 @@ def _sign_in(page, live_server, username, password=PASSWORD):
 
 
 def test_administrator_creates_a_manager_who_signs_in_to_their_app(
-    login, page, live_server, admin_erin, outsider_dave, sim_app, screenshot
+    login, page, live_server, admin_erin, outsider_dave, pushsim_app, screenshot
 ):
     login(admin_erin)
     page.goto(f"{live_server.url}/admin/accounts/user/add/")
@@ -44,17 +44,17 @@ def test_administrator_creates_a_manager_who_signs_in_to_their_app(
     page.goto(f"{live_server.url}/admin/accounts/user/{marketer.pk}/change/")
     page.select_option("#id_groups_from", label="Manager")
     page.click("#id_groups_add")
-    page.select_option("select[name$='-0-content_object']", str(sim_app.pk))
+    page.select_option("select[name$='-0-content_object']", str(pushsim_app.pk))
     screenshot("user-roles-and-app-access")
     page.click("input[name=_continue]")
     page.wait_for_selector(".messagelist .success")
     marketer.refresh_from_db()
     assert marketer.is_staff and marketer.role_names() == ["Manager"]
-    assert visible_to(marketer, App.objects.filter(pk=sim_app.pk)).exists()
+    assert visible_to(marketer, App.objects.filter(pk=pushsim_app.pk)).exists()
     assert AuditEvent.objects.filter(action="access_granted", actor=admin_erin).exists()
     # The inline says who granted the app and when.
     granted = page.locator(".field-granted").first.inner_text()
-    assert page.locator(".field-content_object").first.inner_text().strip() == sim_app.name
+    assert page.locator(".field-content_object").first.inner_text().strip() == pushsim_app.name
     assert granted.startswith("by admin_erin on ") and f"{timezone.now():%Y-%m-%d}" in granted
 
     _sign_in(page, live_server, "marketer2")

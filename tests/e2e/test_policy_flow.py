@@ -17,10 +17,10 @@ def _add_approver(page, field, label):
 
 
 def test_administrator_cannot_route_requests_to_a_viewer_and_sees_stuck_ones(
-    login, page, live_server, admin_erin, approver_bob, viewer_carol, manager_alice, sim_app, screenshot
+    login, page, live_server, admin_erin, approver_bob, viewer_carol, manager_alice, pushsim_app, screenshot
 ):
     for user in (approver_bob, viewer_carol, manager_alice):
-        access_grant(obj=sim_app, to=user, by=None)
+        access_grant(obj=pushsim_app, to=user, by=None)
 
     # A policy whose only approver is a Viewer is refused, saying why.
     login(admin_erin)
@@ -49,8 +49,10 @@ def test_administrator_cannot_route_requests_to_a_viewer_and_sees_stuck_ones(
     assert ApprovalPolicy.objects.get(pk=policy.pk).is_active
 
     # Bob loses his role after a campaign was routed to him: nobody may decide it.
-    content = pushcontent_save(content=PushContent(app=sim_app, name="Hi", title="Hi", body="Hi"), by=manager_alice)
-    campaign = campaign_create(by=manager_alice, name="Stranded", app=sim_app, kind="api_triggered", content=content)
+    content = pushcontent_save(content=PushContent(app=pushsim_app, name="Hi", title="Hi", body="Hi"), by=manager_alice)
+    campaign = campaign_create(
+        by=manager_alice, name="Stranded", app=pushsim_app, kind="api_triggered", content=content
+    )
     campaign_submit(campaign_id=campaign.pk, by=manager_alice)
     approver_bob.groups.clear()
     page.goto(f"{live_server.url}/admin/")

@@ -24,13 +24,13 @@ def _shown(page) -> set[str]:
 
 
 def test_manager_sees_only_the_fields_of_the_schedule_chosen_and_saves_a_recurring_one(
-    login, page, live_server, manager_alice, sim_app
+    login, page, live_server, manager_alice, pushsim_app
 ):
-    access_grant(obj=sim_app, to=manager_alice, by=None)
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
     segment = Segment.objects.create(name="Everyone", kind="static")
     access_grant(obj=segment, to=manager_alice, by=None)
     content = pushcontent_save(
-        content=PushContent(app=sim_app, name="Weekly", title="Hi", body="News"), by=manager_alice
+        content=PushContent(app=pushsim_app, name="Weekly", title="Hi", body="News"), by=manager_alice
     )
     start = (timezone.now() + dt.timedelta(days=7)).date()
     end = start + dt.timedelta(days=60)
@@ -38,7 +38,7 @@ def test_manager_sees_only_the_fields_of_the_schedule_chosen_and_saves_a_recurri
     login(manager_alice)
     page.goto(f"{live_server.url}/admin/campaigns/campaign/add/")
     page.fill("#id_name", "Monday news")
-    page.select_option("#id_app", str(sim_app.pk))
+    page.select_option("#id_app", str(pushsim_app.pk))
     page.select_option("#id_segment", str(segment.pk))
     page.select_option("#id_content", str(content.pk))
     assert _shown(page) == set()  # "send when approved" has nothing to set
@@ -83,15 +83,15 @@ def test_manager_sees_only_the_fields_of_the_schedule_chosen_and_saves_a_recurri
     assert "cron" in _shown(page)
 
 
-def test_manager_types_journey_waits_in_minutes_hours_and_days(login, page, live_server, manager_alice, sim_app):
-    access_grant(obj=sim_app, to=manager_alice, by=None)
+def test_manager_types_journey_waits_in_minutes_hours_and_days(login, page, live_server, manager_alice, pushsim_app):
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
     segment = Segment.objects.create(name="Everyone", kind="static")
     access_grant(obj=segment, to=manager_alice, by=None)
 
     login(manager_alice)
     page.goto(f"{live_server.url}/admin/journeys/journey/add/")
     page.fill("#id_name", "Slow drip")
-    page.select_option("#id_app", str(sim_app.pk))
+    page.select_option("#id_app", str(pushsim_app.pk))
     page.select_option("#id_entry_segment", str(segment.pk))
     for _ in range(3):
         page.click(".step-editor button.add-wait")

@@ -13,15 +13,15 @@ pytestmark = pytest.mark.browser
 
 
 def test_viewer_goes_from_a_campaign_to_its_dispatch_and_back(
-    login, page, live_server, manager_alice, approver_bob, viewer_carol, sim_app
+    login, page, live_server, manager_alice, approver_bob, viewer_carol, pushsim_app
 ):
     for user in (manager_alice, approver_bob, viewer_carol):
-        access_grant(obj=sim_app, to=user, by=None)
-    DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=sim_app)
+        access_grant(obj=pushsim_app, to=user, by=None)
+    DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=pushsim_app)
     content = pushcontent_save(
-        content=PushContent(app=sim_app, name="Ping", title="Ping", body="Pong"), by=manager_alice
+        content=PushContent(app=pushsim_app, name="Ping", title="Ping", body="Pong"), by=manager_alice
     )
-    campaign = campaign_create(by=manager_alice, name="Pings", app=sim_app, kind="api_triggered", content=content)
+    campaign = campaign_create(by=manager_alice, name="Pings", app=pushsim_app, kind="api_triggered", content=content)
     campaign_submit(campaign_id=campaign.pk, by=manager_alice)
     campaign_approve(campaign_id=campaign.pk, by=approver_bob)
     result = campaign_trigger(

@@ -1,8 +1,7 @@
-"""pytest fixtures around the push simulator: the outside world (APNs, FCM) on loopback.
+"""The push simulator as pytest fixtures: the outside world (APNs, FCM) on loopback, one set for every test.
 
-Use them from any test package's ``conftest.py``::
-
-    from tests.fakes.pushsim import apns_credentials, fcm_credentials, pushsim, pushsim_app, pushsim_server  # noqa: F401
+``tests/conftest.py`` makes them available to every test package. One simulator runs per test
+session, over real HTTP/2: nothing in the send path is patched.
 
 * ``pushsim`` (per test): the running ``PushSimulator``, its state reset (devices, counts,
   faults, clock; trusted keys stay), and Django settings pointed at it:
@@ -10,17 +9,24 @@ Use them from any test package's ``conftest.py``::
   listeners, ``PUSHDESK_PUSHSIM_*`` its h2c ones, ``PUSHDESK_CA_BUNDLE`` its CA
   (``pushsim.ca_path``). ``pushsim.state`` is the Python API: ``add_device``,
   ``fail_token``, ``faults``, ``count(token)``, ``recent()``, ``advance_clock``...
+  ``pushsim_server`` is the same simulator, per session, before any reset or setting.
 * ``apns_credentials`` / ``fcm_credentials`` (per session): an EC P-256 ``.p8`` and an RSA
   service-account JSON generated at start, trusted by the simulator (team ``TEAM000001``,
   key ``KEY0000001``, bundle ``com.example.pushdesk``; project ``pushdesk-test``, whose
   ``token_uri`` is the simulator's). They work nowhere else.
-* ``pushsim_app``: an App holding both, saved through ``app_create``, sending to the simulator.
+* ``pushsim_app``: the app that sends: both channels, marked ``uses_simulator`` (so it sends to
+  the h2c listeners, as workers started in their own processes do too), a rate limit no test
+  reaches, saved through ``app_create``.
+* ``pushsim_tls_app``: an app holding the same credentials that sends over TLS to the URLs a
+  real installation uses (``PUSHDESK_APNS_*_URL``, ``PUSHDESK_FCM_URL``).
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -39,8 +45,6 @@ class FakeClock:
     """An injectable clock (``time.time``-like) that moves only when told to."""
 
     def __init__(self, start: float | None = None):
-        import time
-
         self.now = start if start is not None else time.time()
 
     def __call__(self) -> float:
@@ -67,6 +71,10 @@ class FcmCredentials:
     @property
     def json_bytes(self) -> bytes:
         return json.dumps(self.info).encode()
+
+    def json_bytes_for(self, *, token_uri: str) -> bytes:
+        """The same service account, fetching its OAuth tokens from ``token_uri``."""
+        return json.dumps({**self.info, "token_uri": token_uri}).encode()
 
     @property
     def project_id(self) -> str:
@@ -149,6 +157,8 @@ def fcm_credentials(pushsim_server) -> FcmCredentials:
 
 @pytest.fixture
 def pushsim(pushsim_server, settings, apns_credentials, fcm_credentials):
+    from delivery.services.sending import CLIENTS
+
     sim = pushsim_server
     sim.state.reset()
     settings.PUSHDESK_APNS_PRODUCTION_URL = sim.apns_url("production", tls=True)
@@ -159,11 +169,31 @@ def pushsim(pushsim_server, settings, apns_credentials, fcm_credentials):
     settings.PUSHDESK_PUSHSIM_FCM_URL = sim.fcm_url()
     settings.PUSHDESK_CA_BUNDLE = sim.ca_path
     yield sim
+    CLIENTS.close()  # the send engine's pooled connections point at this test's settings
     sim.state.reset()
 
 
 @pytest.fixture
 def pushsim_app(db, pushsim, apns_credentials, fcm_credentials):
+    """An app with APNs and FCM credentials, sending to the simulator's h2c listeners, with a high rate limit."""
+    from delivery.services.apps import apns_key_parse, app_create, service_account_parse
+
+    return app_create(
+        name=f"Sim app {secrets.token_hex(3)}",
+        by=None,
+        rate_limit_per_second=100_000,
+        uses_simulator=True,
+        apns_team_id=apns_credentials.team_id,
+        apns_key_id=apns_credentials.key_id,
+        apns_bundle_id=apns_credentials.bundle_id,
+        apns_environment="production",
+        apns_private_key=apns_key_parse(raw=apns_credentials.private_key_pem.encode()),
+        fcm_service_account=service_account_parse(raw=fcm_credentials.json_bytes_for(token_uri=pushsim.token_uri)),
+    )
+
+
+@pytest.fixture
+def pushsim_tls_app(db, pushsim, apns_credentials, fcm_credentials):
     """An App with both channels configured, sending to the simulator's TLS listeners."""
     from delivery.services.apps import apns_key_parse, app_create, service_account_parse
 
@@ -176,3 +206,17 @@ def pushsim_app(db, pushsim, apns_credentials, fcm_credentials):
         apns_private_key=apns_key_parse(raw=apns_credentials.private_key_pem.encode()),
         fcm_service_account=service_account_parse(raw=fcm_credentials.json_bytes),
     )
+
+
+def heal_after_the_first_drop(pushsim: PushSimulator) -> threading.Thread:
+    """Stop dropping connections once the first one was dropped and a new one opened."""
+
+    def heal() -> None:
+        deadline = time.monotonic() + 10
+        while pushsim.state.connections < 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        pushsim.state.faults.drop_after_streams = 0
+
+    thread = threading.Thread(target=heal, daemon=True)
+    thread.start()
+    return thread

@@ -18,7 +18,6 @@ from django.core.management import call_command
 from django.db import connections
 from django.test.utils import override_settings
 
-from tests.delivery.sending import sim, sim_app, sim_session  # noqa: F401 (fixtures: the push simulator)
 from tests.faults.servers import ThrowawayPostgres, ThrowawayRedis, missing
 
 FAULTS_DATABASE = "pushdesk_faults"

@@ -48,7 +48,7 @@ pytestmark = [
 class Workers:
     """``manage.py qcluster`` in its own process group on its own queue; restarted if it dies (as a supervisor would)."""
 
-    def __init__(self, queue: str, sim, log_path: Path, **env):
+    def __init__(self, queue: str, pushsim, log_path: Path, **env):
         self.queue, self.log_path = queue, log_path
         self.env = {k: v for k, v in os.environ.items() if k != "PUSHDESK_TASKS_SYNC"}
         self.env.update(
@@ -59,9 +59,9 @@ class Workers:
             PUSHDESK_SEND_TASKS=str(WORKERS),
             PUSHDESK_SEND_BATCH=str(BATCH),
             PUSHDESK_SEND_LEASE_SECONDS="3",
-            PUSHDESK_PUSHSIM_APNS_PRODUCTION_URL=sim.apns_url("production"),
-            PUSHDESK_PUSHSIM_APNS_SANDBOX_URL=sim.apns_url("sandbox"),
-            PUSHDESK_PUSHSIM_FCM_URL=sim.fcm_url(),
+            PUSHDESK_PUSHSIM_APNS_PRODUCTION_URL=pushsim.apns_url("production"),
+            PUSHDESK_PUSHSIM_APNS_SANDBOX_URL=pushsim.apns_url("sandbox"),
+            PUSHDESK_PUSHSIM_FCM_URL=pushsim.fcm_url(),
             LOG_LEVEL="WARNING",
             **env,
         )
@@ -113,22 +113,26 @@ def reconnect() -> None:
             time.sleep(0.5)
 
 
-def make_dispatch(sim_app, manager_alice, prefix: str) -> Dispatch:
-    access_grant(obj=sim_app, to=manager_alice, by=None)
+def make_dispatch(pushsim_app, manager_alice, prefix: str) -> Dispatch:
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
     profiles = Profile.objects.bulk_create(Profile(external_id=f"{prefix}-{n}") for n in range(DEVICES))
     Device.objects.bulk_create(
         Device(
             profile=p,
-            app=sim_app,
+            app=pushsim_app,
             platform="ios" if n % 2 else "android",
             token=f"{n + 1:064x}" if n % 2 else f"{prefix}-fcm-token-{n:08d}:android",
             is_test=True,
         )
         for n, p in enumerate(profiles)
     )
-    content = PushContentFactory(app=sim_app)
+    content = PushContentFactory(app=pushsim_app)
     return Dispatch.objects.create(
-        app=sim_app, kind=Dispatch.Kind.TEST, source_id=content.pk, content_spec=content.spec(), label=f"{prefix} test"
+        app=pushsim_app,
+        kind=Dispatch.Kind.TEST,
+        source_id=content.pk,
+        content_spec=content.spec(),
+        label=f"{prefix} test",
     )
 
 
@@ -160,13 +164,13 @@ def start_sending(dispatch, workers: Workers, *, accepted_at_least: int) -> None
     ), workers.log()
 
 
-def assert_each_device_got_it_at_most_once(dispatch, sim, *, unknown_at_most: int) -> dict:
+def assert_each_device_got_it_at_most_once(dispatch, pushsim, *, unknown_at_most: int) -> dict:
     rows = Delivery.objects.filter(dispatch=dispatch)
     assert rows.count() == DEVICES, "rows were lost"
     statuses = dict(rows.values_list("status").annotate(n=Count("id")).order_by())
     assert set(statuses) <= {"accepted", "unknown", "failed"}, statuses
     assert statuses.get("unknown", 0) <= unknown_at_most, statuses
-    counts = sim.state.snapshot_counts()
+    counts = pushsim.state.snapshot_counts()
     assert max(counts.values()) == 1, "a device got the dispatch twice"
     accepted = set(rows.filter(status="accepted").values_list("device__token", flat=True))
     assert all(counts.get(token) == 1 for token in accepted), "an accepted row the simulator never received"
@@ -189,58 +193,58 @@ def assert_the_admin_says_what_happened(client, admin_erin, dispatch, statuses) 
 
 
 def test_postgresql_restarted_during_a_send_loses_and_duplicates_nothing(
-    transactional_db, sim, sim_app, manager_alice, admin_erin, client, postgres_server, tmp_path
+    transactional_db, pushsim, pushsim_app, manager_alice, admin_erin, client, postgres_server, tmp_path
 ):
-    dispatch = make_dispatch(sim_app, manager_alice, "pg")
-    sim.state.faults.latency_ms = 60  # batches stay in flight while the server goes down
-    workers = Workers(f"pg-{uuid.uuid4().hex[:8]}", sim, tmp_path / "qcluster.log")
+    dispatch = make_dispatch(pushsim_app, manager_alice, "pg")
+    pushsim.state.faults.latency_ms = 60  # batches stay in flight while the server goes down
+    workers = Workers(f"pg-{uuid.uuid4().hex[:8]}", pushsim, tmp_path / "qcluster.log")
     connection.close()
     try:
         start_sending(dispatch, workers, accepted_at_least=150)
         postgres_server()
         reconnect()
         assert Delivery.objects.filter(dispatch=dispatch, status="queued").exists(), "restarted too late to matter"
-        sim.state.faults.latency_ms = 0
+        pushsim.state.faults.latency_ms = 0
         time.sleep(3.5)  # the lease of rows a failed task held runs out
         assert run_until_done(dispatch, workers, timeout=180), workers.log()
     finally:
         workers.kill()
-    statuses = assert_each_device_got_it_at_most_once(dispatch, sim, unknown_at_most=WORKERS * BATCH * 2)
+    statuses = assert_each_device_got_it_at_most_once(dispatch, pushsim, unknown_at_most=WORKERS * BATCH * 2)
     assert_the_admin_says_what_happened(client, admin_erin, dispatch, statuses)
 
 
 def test_redis_restarted_during_a_send_loses_and_duplicates_nothing(
-    transactional_db, sim, sim_app, manager_alice, admin_erin, client, redis_server, tmp_path
+    transactional_db, pushsim, pushsim_app, manager_alice, admin_erin, client, redis_server, tmp_path
 ):
-    dispatch = make_dispatch(sim_app, manager_alice, "redis")
-    sim.state.faults.latency_ms = 60
-    workers = Workers(f"redis-{uuid.uuid4().hex[:8]}", sim, tmp_path / "qcluster.log")
+    dispatch = make_dispatch(pushsim_app, manager_alice, "redis")
+    pushsim.state.faults.latency_ms = 60
+    workers = Workers(f"redis-{uuid.uuid4().hex[:8]}", pushsim, tmp_path / "qcluster.log")
     connection.close()
     try:
         start_sending(dispatch, workers, accepted_at_least=150)
         redis_server()  # the queued tasks and the rate limiter's state are gone with it
         assert Delivery.objects.filter(dispatch=dispatch, status="queued").exists(), "restarted too late to matter"
-        sim.state.faults.latency_ms = 0
+        pushsim.state.faults.latency_ms = 0
         time.sleep(3.5)
         assert run_until_done(dispatch, workers, timeout=180), workers.log()
     finally:
         workers.kill()
-    statuses = assert_each_device_got_it_at_most_once(dispatch, sim, unknown_at_most=WORKERS * BATCH * 2)
+    statuses = assert_each_device_got_it_at_most_once(dispatch, pushsim, unknown_at_most=WORKERS * BATCH * 2)
     assert_the_admin_says_what_happened(client, admin_erin, dispatch, statuses)
 
 
-def provider_outage(sim, sim_app, manager_alice, tmp_path, *, answering_late: bool):
+def provider_outage(pushsim, pushsim_app, manager_alice, tmp_path, *, answering_late: bool):
     """Send while the providers' hosts go away for 15 s, then come back; return the dispatch.
 
     ``answering_late``: the provider has acted on the requests in flight but not yet answered
     them when it goes away (its connections are reset, as when a server dies).
     """
-    dispatch = make_dispatch(sim_app, manager_alice, "gone")
+    dispatch = make_dispatch(pushsim_app, manager_alice, "gone")
     # 100 messages/s: the 1,200 sends take 12 s, so the outage surely falls in the middle of them.
-    App.objects.filter(pk=sim_app.pk).update(rate_limit_per_second=100)
-    provider = PushSimulator(state=sim.state).start()  # the send endpoints; the token endpoint stays up
+    App.objects.filter(pk=pushsim_app.pk).update(rate_limit_per_second=100)
+    provider = PushSimulator(state=pushsim.state).start()  # the send endpoints; the token endpoint stays up
     ports = [listener.port for listener in provider.listeners]
-    sim.state.faults.latency_ms = 40
+    pushsim.state.faults.latency_ms = 40
     workers = Workers(
         f"gone-{uuid.uuid4().hex[:8]}",
         provider,
@@ -251,13 +255,13 @@ def provider_outage(sim, sim_app, manager_alice, tmp_path, *, answering_late: bo
     try:
         start_sending(dispatch, workers, accepted_at_least=150)
         if not answering_late:
-            sim.state.faults.latency_ms = 0  # every request taken is answered at once
+            pushsim.state.faults.latency_ms = 0  # every request taken is answered at once
             time.sleep(0.2)
         provider.stop()
         time.sleep(15)
         assert Delivery.objects.filter(dispatch=dispatch, status="queued").exists(), "went away too late to matter"
-        sim.state.faults.latency_ms = 0
-        provider = PushSimulator(state=sim.state, port=ports[0], sandbox_port=ports[1]).start()
+        pushsim.state.faults.latency_ms = 0
+        provider = PushSimulator(state=pushsim.state, port=ports[0], sandbox_port=ports[1]).start()
         assert run_until_done(dispatch, workers, timeout=180), workers.log()
     finally:
         workers.kill()
@@ -266,11 +270,11 @@ def provider_outage(sim, sim_app, manager_alice, tmp_path, *, answering_late: bo
 
 
 def test_the_simulator_unreachable_for_a_while_delays_but_loses_and_duplicates_nothing(
-    transactional_db, sim, sim_app, manager_alice, admin_erin, client, tmp_path
+    transactional_db, pushsim, pushsim_app, manager_alice, admin_erin, client, tmp_path
 ):
     """Connections refused for 15 s: sends back off and retry (the real path), then all arrive once."""
-    dispatch = provider_outage(sim, sim_app, manager_alice, tmp_path, answering_late=False)
-    statuses = assert_each_device_got_it_at_most_once(dispatch, sim, unknown_at_most=WORKERS * BATCH * 2)
+    dispatch = provider_outage(pushsim, pushsim_app, manager_alice, tmp_path, answering_late=False)
+    statuses = assert_each_device_got_it_at_most_once(dispatch, pushsim, unknown_at_most=WORKERS * BATCH * 2)
     retried = Delivery.objects.filter(dispatch=dispatch, status="accepted", attempts__gt=1).count()
     assert retried > 0, "no send met the outage"
     assert statuses.get("failed", 0) == 0, statuses
@@ -278,7 +282,7 @@ def test_the_simulator_unreachable_for_a_while_delays_but_loses_and_duplicates_n
 
 
 def test_a_worker_killed_during_a_journey_run_loses_and_duplicates_nothing(
-    transactional_db, sim, sim_app, manager_alice, approver_bob, admin_erin, client, tmp_path
+    transactional_db, pushsim, pushsim_app, manager_alice, approver_bob, admin_erin, client, tmp_path
 ):
     from django_q.conf import Conf
 
@@ -287,15 +291,15 @@ def test_a_worker_killed_during_a_journey_run_loses_and_duplicates_nothing(
     from tests.factories import SegmentFactory
 
     for user in (manager_alice, approver_bob):
-        access_grant(obj=sim_app, to=user, by=None)
-    make_dispatch(sim_app, manager_alice, "journey")  # the devices (its own test dispatch is never sent)
+        access_grant(obj=pushsim_app, to=user, by=None)
+    make_dispatch(pushsim_app, manager_alice, "journey")  # the devices (its own test dispatch is never sent)
     entry = SegmentFactory(
         name="Journey crowd",
         created_by=manager_alice,
         rules={"all": [{"field": "external_id", "op": "starts_with", "value": "journey-"}]},
     )
     access_grant(obj=entry, to=manager_alice, by=None)
-    content = PushContentFactory(app=sim_app, title="Welcome", body="Aboard")
+    content = PushContentFactory(app=pushsim_app, title="Welcome", body="Aboard")
     graph = {
         "steps": [
             {"id": "start", "type": "wait", "seconds": 0, "next": "push"},
@@ -306,27 +310,27 @@ def test_a_worker_killed_during_a_journey_run_loses_and_duplicates_nothing(
     queue = f"journey-{uuid.uuid4().hex[:8]}"
     sync, prefix, name = Conf.SYNC, Conf.PREFIX, Conf.CLUSTER_NAME
     Conf.SYNC, Conf.PREFIX, Conf.CLUSTER_NAME = False, queue, queue  # the approval queues to the workers
-    sim.state.faults.latency_ms = 60
+    pushsim.state.faults.latency_ms = 60
     workers = None
     try:
         journey = journey_create(
-            by=manager_alice, name="Welcome", app=sim_app, entry_kind="segment", entry_segment=entry, graph=graph
+            by=manager_alice, name="Welcome", app=pushsim_app, entry_kind="segment", entry_segment=entry, graph=graph
         )
         journey_submit(journey_id=journey.pk, by=manager_alice)
         journey_approve(journey_id=journey.pk, by=approver_bob)
         connection.close()
-        workers = Workers(queue, sim, tmp_path / "qcluster.log")
+        workers = Workers(queue, pushsim, tmp_path / "qcluster.log")
         assert _wait_for(
             lambda: Delivery.objects.filter(dispatch__kind="journey", status="accepted").count() >= 150, timeout=90
         ), workers.log()
         workers.kill()
-        sim.state.faults.latency_ms = 0
+        pushsim.state.faults.latency_ms = 0
         workers.start()
         time.sleep(3.5)
 
         def settled() -> bool:
             open_enrollments = Enrollment.objects.filter(journey=journey, status__in=Enrollment.OPEN_STATUSES)
-            open_dispatches = Dispatch.objects.filter(kind="journey", app=sim_app).exclude(
+            open_dispatches = Dispatch.objects.filter(kind="journey", app=pushsim_app).exclude(
                 status__in=Dispatch.FINAL_STATUSES
             )
             return not open_enrollments.exists() and not open_dispatches.exists()
@@ -350,10 +354,10 @@ def test_a_worker_killed_during_a_journey_run_loses_and_duplicates_nothing(
     for enrollment in enrollments:
         steps = [entry[0] for entry in enrollment.history]
         assert len(steps) == len(set(steps)), f"enrollment {enrollment.pk} passed a step twice: {steps}"
-    rows = Delivery.objects.filter(dispatch__kind="journey", dispatch__app=sim_app)
+    rows = Delivery.objects.filter(dispatch__kind="journey", dispatch__app=pushsim_app)
     per_device = rows.values("device").annotate(n=Count("id")).order_by("-n").first()
     assert per_device["n"] == 1, "a device got two journey deliveries"
-    counts = sim.state.snapshot_counts()
+    counts = pushsim.state.snapshot_counts()
     assert max(counts.values()) == 1, "a device got the push twice"
     assert rows.filter(status="accepted").count() + rows.filter(status="unknown").count() == rows.count()
     assert rows.filter(status="unknown").count() <= WORKERS * BATCH * 2

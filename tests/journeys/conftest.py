@@ -3,7 +3,6 @@
 import pytest
 
 from accounts.services import access_grant
-from tests.delivery.sending import sim, sim_app, sim_session  # noqa: F401 (fixtures)
 from tests.factories import AppFactory, PushContentFactory, SegmentFactory
 
 
@@ -92,9 +91,9 @@ def publish(manager_alice, approver_bob):
 
 
 @pytest.fixture
-def sim_team(sim_app, manager_alice, manager_mallory, approver_bob, viewer_carol):  # noqa: F811
+def sim_team(pushsim_app, manager_alice, manager_mallory, approver_bob, viewer_carol):
     """The simulator's app, worked on by the cast."""
-    return _grant_team(sim_app, (manager_alice, manager_mallory, approver_bob, viewer_carol))
+    return _grant_team(pushsim_app, (manager_alice, manager_mallory, approver_bob, viewer_carol))
 
 
 @pytest.fixture

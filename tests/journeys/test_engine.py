@@ -36,7 +36,7 @@ def _enrollment(journey, profile):
 
 
 def test_segment_entry_runs_each_profile_through_condition_to_push_or_exit(
-    sim_journey, sim_team, vips, publish, sim, django_capture_on_commit_callbacks
+    sim_journey, sim_team, vips, publish, pushsim, django_capture_on_commit_callbacks
 ):
     profiles = _profiles(5, sim_team, vips=vips, vip_count=2)
     with django_capture_on_commit_callbacks(execute=True):
@@ -53,7 +53,7 @@ def test_segment_entry_runs_each_profile_through_condition_to_push_or_exit(
     assert sorted(dispatch.profile_ids) == sorted(p.pk for p in profiles[:2])
     assert dispatch.status == "done" and dispatch.accepted == 2
     tokens = {d.token for p in profiles[:2] for d in p.devices.all()}
-    assert {r["token"] for r in sim.state.recent(limit=10)} == tokens
+    assert {r["token"] for r in pushsim.state.recent(limit=10)} == tokens
     stats = version_step_stats(journey.live_version)
     assert stats["check"]["passed"] == {"VIP": 2, "else": 3}
     assert stats["push"]["pushed"] == 2 and stats["done"]["exited"] == 5
@@ -248,7 +248,7 @@ def test_exit_event_from_the_events_api_ends_the_journey_for_that_profile(
 
 
 def test_event_from_the_api_enters_an_event_journey(
-    sim_journey, sim_team, publish, manager_alice, sim, django_capture_on_commit_callbacks
+    sim_journey, sim_team, publish, manager_alice, pushsim, django_capture_on_commit_callbacks
 ):
     (profile,) = _profiles(1, sim_team)
     graph = {"steps": [{"id": "hello", "type": "push", "content": None, "next": "done"}, EXIT]}
@@ -265,7 +265,7 @@ def test_event_from_the_api_enters_an_event_journey(
             by=manager_alice,
         )
     assert _enrollment(journey, profile).status == "completed"
-    assert [r["title"] for r in sim.state.recent(limit=5)] == ["Thanks"]
+    assert [r["title"] for r in pushsim.state.recent(limit=5)] == ["Thanks"]
 
 
 def test_profiles_inside_finish_on_the_version_they_entered(make_journey, publish, manager_alice, vips):
@@ -344,7 +344,7 @@ def test_gate_refuses_a_frozen_spec_that_is_not_the_one_approved(make_journey, p
 
 
 def test_content_edited_after_approval_does_not_reach_the_phones(
-    sim_journey, sim_team, sim_welcome, vips, publish, sim, django_capture_on_commit_callbacks
+    sim_journey, sim_team, sim_welcome, vips, publish, pushsim, django_capture_on_commit_callbacks
 ):
     _profiles(1, sim_team, vips=vips, vip_count=1)
     journey = publish(sim_journey())
@@ -352,13 +352,13 @@ def test_content_edited_after_approval_does_not_reach_the_phones(
     sim_welcome.save()
     with django_capture_on_commit_callbacks(execute=True):
         journey_enter_segment(journey_id=journey.pk)
-    assert [r["title"] for r in sim.state.recent(limit=5)] != ["Edited after approval"]
+    assert [r["title"] for r in pushsim.state.recent(limit=5)] != ["Edited after approval"]
     assert Delivery.objects.filter(status="accepted").count() == 1
 
 
 @pytest.mark.django_db(transaction=True)
 def test_two_engines_racing_run_each_enrollment_once_and_push_once(
-    sim_journey, sim_team, vips, publish, sim, monkeypatch
+    sim_journey, sim_team, vips, publish, pushsim, monkeypatch
 ):
     from django_q.brokers import get_broker
     from django_q.conf import Conf
@@ -408,7 +408,7 @@ def test_two_engines_racing_run_each_enrollment_once_and_push_once(
     assert Delivery.objects.filter(dispatch__in=dispatches, status="accepted").count() == 60
     for profile in profiles:
         for device in profile.devices.all():
-            assert sim.state.count(device.token) == 1
+            assert pushsim.state.count(device.token) == 1
 
 
 def test_a_segment_deleted_while_live_holds_for_no_one(make_journey, publish, vips):

@@ -31,7 +31,7 @@ def _post_event(client, *external_ids):
 
 
 def test_an_event_entering_a_journey_that_pushes_first_joins_its_stream(
-    paid_journey, sim, sim_team, api_key_for, manager_alice, django_capture_on_commit_callbacks
+    paid_journey, pushsim, sim_team, api_key_for, manager_alice, django_capture_on_commit_callbacks
 ):
     phones = {}
     for name in ("zoe", "max"):
@@ -44,11 +44,11 @@ def test_an_event_entering_a_journey_that_pushes_first_joins_its_stream(
     stream = Dispatch.objects.get(kind="journey")
     assert stream.standing and stream.stream_version == "thanks" and stream.status == "sending"
     assert list(Delivery.objects.filter(dispatch=stream).values_list("status", flat=True)) == ["accepted"] * 2
-    assert sim.state.count(phones["zoe"]) == sim.state.count(phones["max"]) == 1
+    assert pushsim.state.count(phones["zoe"]) == pushsim.state.count(phones["max"]) == 1
 
 
 def test_stopping_the_journey_closes_its_stream_with_a_push_held_for_quiet_hours(
-    paid_journey, sim, sim_team, api_key_for, manager_alice, django_capture_on_commit_callbacks
+    paid_journey, pushsim, sim_team, api_key_for, manager_alice, django_capture_on_commit_callbacks
 ):
     import datetime as dt
 

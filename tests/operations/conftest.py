@@ -1,7 +1,6 @@
 import pytest
 
 from tests.campaigns.conftest import content, make_campaign, segment, shop, team  # noqa: F401
-from tests.delivery.sending import sim, sim_app, sim_session  # noqa: F401 (fixtures: the push simulator)
 
 
 @pytest.fixture

@@ -49,18 +49,18 @@ def test_json_logs_are_one_object_a_line(tmp_path):
     assert (line["level"], line["logger"], line["message"]) == ("WARNING", "pushdesk.x", "hello there")
 
 
-def test_each_batch_of_a_send_logs_its_outcomes(sim, sim_app, caplog, django_capture_on_commit_callbacks):
+def test_each_batch_of_a_send_logs_its_outcomes(pushsim, pushsim_app, caplog, django_capture_on_commit_callbacks):
     saved = dict(_GATES)
     dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=lambda **kwargs: None)
     try:
-        content = PushContentFactory(app=sim_app)
+        content = PushContentFactory(app=pushsim_app)
         profiles = [ProfileFactory() for _ in range(3)]
-        phones = [DeviceFactory(profile=p, app=sim_app, platform="ios") for p in profiles]
-        sim.state.add_device(token=phones[0].token, platform="ios", state="unregistered")
+        phones = [DeviceFactory(profile=p, app=pushsim_app, platform="ios") for p in profiles]
+        pushsim.state.add_device(token=phones[0].token, platform="ios", state="unregistered")
         caplog.set_level(logging.INFO, logger="delivery.services.sending")
         with django_capture_on_commit_callbacks(execute=True):
             dispatch = dispatch_create(
-                app_id=sim_app.pk,
+                app_id=pushsim_app.pk,
                 kind=Dispatch.Kind.API_TRIGGER,
                 spec=content.spec(),
                 content_id=content.pk,

@@ -33,7 +33,7 @@ def test_metrics_need_the_token(client, db, metrics_on, settings):
 
 
 def test_series_move_during_a_send_with_faults(
-    client, sim, sim_app, metrics_on, settings, django_capture_on_commit_callbacks
+    client, pushsim, pushsim_app, metrics_on, settings, django_capture_on_commit_callbacks
 ):
     settings.PUSHDESK_SEND_BACKOFF_SECONDS = 0.05
     saved = dict(_GATES)
@@ -41,14 +41,14 @@ def test_series_move_during_a_send_with_faults(
     try:
         before = scrape(client)
         assert before[("pushdesk_instance_claimed", ())] == 1
-        content = PushContentFactory(app=sim_app)
+        content = PushContentFactory(app=pushsim_app)
         profiles = [ProfileFactory() for _ in range(4)]
-        phones = [DeviceFactory(profile=p, app=sim_app, platform="ios") for p in profiles]
-        sim.state.fail_token(token=phones[0].token, failures=[429])
-        sim.state.add_device(token=phones[1].token, platform="ios", state="unregistered")
+        phones = [DeviceFactory(profile=p, app=pushsim_app, platform="ios") for p in profiles]
+        pushsim.state.fail_token(token=phones[0].token, failures=[429])
+        pushsim.state.add_device(token=phones[1].token, platform="ios", state="unregistered")
         with django_capture_on_commit_callbacks(execute=True):
             dispatch_create(
-                app_id=sim_app.pk,
+                app_id=pushsim_app.pk,
                 kind=Dispatch.Kind.API_TRIGGER,
                 spec=content.spec(),
                 content_id=content.pk,
@@ -58,7 +58,7 @@ def test_series_move_during_a_send_with_faults(
     finally:
         _GATES.clear()
         _GATES.update(saved)
-    app = (("app", sim_app.name),)
+    app = (("app", pushsim_app.name),)
     accepted = ("pushdesk_sends_total", (*app, ("outcome", "accepted")))
     failed = ("pushdesk_sends_total", (*app, ("outcome", "failed")))
     assert before.get(accepted, 0) == 0 and after[accepted] == 3

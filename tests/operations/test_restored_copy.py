@@ -23,24 +23,24 @@ from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory, S
 
 
 @pytest.fixture
-def production_state(sim_app, manager_alice, approver_bob, django_capture_on_commit_callbacks):
+def production_state(pushsim_app, manager_alice, approver_bob, django_capture_on_commit_callbacks):
     """What a backup holds: a campaign send half-way (tasks queued, not run), a scheduled campaign
     about to be due, an API-triggered campaign, and phones that would receive all of them."""
     for user in (manager_alice, approver_bob):
-        access_grant(obj=sim_app, to=user, by=None)
+        access_grant(obj=pushsim_app, to=user, by=None)
     members = SegmentMemberFactory.create_batch(3)
     segment = members[0].segment
     for member in members[1:]:
         member.segment = segment
         member.save()
     access_grant(obj=segment, to=manager_alice, by=None)
-    phones = [DeviceFactory(profile=m.profile, app=sim_app, platform="ios") for m in members]
-    tester = DeviceFactory(app=sim_app, is_test=True, platform="ios")
+    phones = [DeviceFactory(profile=m.profile, app=pushsim_app, platform="ios") for m in members]
+    tester = DeviceFactory(app=pushsim_app, is_test=True, platform="ios")
     phones.append(tester)
-    content = PushContentFactory(app=sim_app)
+    content = PushContentFactory(app=pushsim_app)
 
     def approved(**fields):
-        campaign = campaign_create(by=manager_alice, app=sim_app, content=content, **fields)
+        campaign = campaign_create(by=manager_alice, app=pushsim_app, content=content, **fields)
         campaign_submit(campaign_id=campaign.pk, by=manager_alice)
         campaign_approve(campaign_id=campaign.pk, by=approver_bob)
         return Campaign.objects.get(pk=campaign.pk)
@@ -52,7 +52,7 @@ def production_state(sim_app, manager_alice, approver_bob, django_capture_on_com
     triggered = approved(name="Order shipped", kind="api_triggered", purpose="transactional")
     with django_capture_on_commit_callbacks(execute=False):  # the backup is taken before the tasks run
         half_sent = dispatch_create(
-            app_id=sim_app.pk,
+            app_id=pushsim_app.pk,
             kind=Dispatch.Kind.CAMPAIGN,
             spec=content.spec(),
             content_id=content.pk,
@@ -69,12 +69,12 @@ def production_state(sim_app, manager_alice, approver_bob, django_capture_on_com
     }
 
 
-def _received(sim, phones) -> int:
-    return sum(sim.state.count(phone.token) for phone in phones)
+def _received(pushsim, phones) -> int:
+    return sum(pushsim.state.count(phone.token) for phone in phones)
 
 
 def test_a_restored_copy_sends_nothing_until_claimed_and_then_not_what_the_original_queued(
-    production_state, sim, manager_alice, api_key_for, monkeypatch
+    production_state, pushsim, manager_alice, api_key_for, monkeypatch
 ):
     state = production_state
     Instance.objects.filter(pk=1).update(name="production-eu")  # restored from the other instance
@@ -100,7 +100,7 @@ def test_a_restored_copy_sends_nothing_until_claimed_and_then_not_what_the_origi
     assert trigger.status_code == 503, trigger.content
     assert trigger.json()["code"] == "instance_not_claimed" and "production-eu" in trigger.json()["detail"]
 
-    assert _received(sim, state["phones"]) == 0
+    assert _received(pushsim, state["phones"]) == 0
     assert Dispatch.objects.count() == dispatches_before
     assert not Occurrence.objects.exists()
     assert not Delivery.objects.exclude(status="queued").exists()
@@ -114,7 +114,7 @@ def test_a_restored_copy_sends_nothing_until_claimed_and_then_not_what_the_origi
     assert Occurrence.objects.get(campaign=state["scheduled"]).outcome == "skipped_missed"
     assert campaigns_tick(now=later)["occurrences"] == 0
     dispatches_watch(now=later)
-    assert _received(sim, state["phones"]) == 0
+    assert _received(pushsim, state["phones"]) == 0
     assert Dispatch.objects.count() == dispatches_before
     monkeypatch.undo()
 

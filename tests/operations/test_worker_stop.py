@@ -25,7 +25,7 @@ ROWS = 600
 
 @pytest.mark.parametrize("target", ["group", "main"])
 def test_sigterm_during_a_send_stops_the_worker_within_a_minute_with_nothing_unknown(
-    transactional_db, sim, sim_app, tmp_path, monkeypatch, target
+    transactional_db, pushsim, pushsim_app, tmp_path, monkeypatch, target
 ):
     monkeypatch.setenv("PUSHDESK_STOP_SECONDS", "50")
     # The worker runs without coverage's measurement: its SIGTERM handler saves and closes its data
@@ -33,19 +33,19 @@ def test_sigterm_during_a_send_stops_the_worker_within_a_minute_with_nothing_unk
     monkeypatch.delenv("COVERAGE_PROCESS_CONFIG", raising=False)
     profiles = ProfileFactory.create_batch(ROWS)
     Device.objects.bulk_create(
-        Device(profile=p, app=sim_app, platform="ios", token=f"{n + 1:064x}", is_test=True)
+        Device(profile=p, app=pushsim_app, platform="ios", token=f"{n + 1:064x}", is_test=True)
         for n, p in enumerate(profiles)
     )
-    content = PushContentFactory(app=sim_app)
+    content = PushContentFactory(app=pushsim_app)
     dispatch = Dispatch.objects.create(
-        app=sim_app, kind=Dispatch.Kind.TEST, source_id=content.pk, content_spec=content.spec(), label="Stop test"
+        app=pushsim_app, kind=Dispatch.Kind.TEST, source_id=content.pk, content_spec=content.spec(), label="Stop test"
     )
-    sim.state.faults.latency_ms = 300  # each batch stays in flight a while: the stop lands mid-send
+    pushsim.state.faults.latency_ms = 300  # each batch stays in flight a while: the stop lands mid-send
     queue = f"stop-{uuid.uuid4().hex[:8]}"
     log = str(tmp_path / "qcluster.log")
     connection.close()
 
-    first = Cluster(queue, sim, log)
+    first = Cluster(queue, pushsim, log)
     second = None
     try:
         for _ in range(3):
@@ -78,8 +78,8 @@ def test_sigterm_during_a_send_stops_the_worker_within_a_minute_with_nothing_unk
         assert "Traceback" not in output and "RecursionError" not in output, output[-3000:]
 
         # The next worker sends the rest (the stopped one handed its dispatch over on the queue).
-        sim.state.faults.latency_ms = 0
-        second = Cluster(queue, sim, log)
+        pushsim.state.faults.latency_ms = 0
+        second = Cluster(queue, pushsim, log)
         assert _wait_for(
             lambda: Dispatch.objects.get(pk=dispatch.pk).status == Dispatch.Status.DONE,
             timeout=90,
@@ -92,5 +92,5 @@ def test_sigterm_during_a_send_stops_the_worker_within_a_minute_with_nothing_unk
             second.kill()
 
     assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", flat=True)) == {"accepted"}
-    counts = sim.state.snapshot_counts()
+    counts = pushsim.state.snapshot_counts()
     assert len(counts) == ROWS and max(counts.values()) == 1, "a device got the dispatch twice"

@@ -4,12 +4,11 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from accounts.services import access_grant
-from tests.delivery.sending import sim, sim_app, sim_session  # noqa: F401 (fixtures: the push simulator)
 from tests.factories import DeviceFactory, ProfileFactory, SegmentFactory
 
 
 @pytest.fixture
-def world(sim_app, manager_alice, approver_bob, django_capture_on_commit_callbacks):  # noqa: F811
+def world(pushsim_app, manager_alice, approver_bob, django_capture_on_commit_callbacks):
     """One object of every kind an admin page, action, export or API view shows, all in alice's scope."""
     run_queued = django_capture_on_commit_callbacks
     from accounts.models import ApiKey, ApprovalRequest, AuditEvent
@@ -24,7 +23,7 @@ def world(sim_app, manager_alice, approver_bob, django_capture_on_commit_callbac
     from journeys.services.lifecycle import journey_approve, journey_create, journey_submit
 
     for user in (manager_alice, approver_bob):
-        access_grant(obj=sim_app, to=user, by=None)
+        access_grant(obj=pushsim_app, to=user, by=None)
     segment = SegmentFactory(
         name="Alice's segment",
         created_by=manager_alice,
@@ -32,12 +31,12 @@ def world(sim_app, manager_alice, approver_bob, django_capture_on_commit_callbac
     )
     access_grant(obj=segment, to=manager_alice, by=None)
     profile = ProfileFactory(external_id="zoe", attributes={"plan": "pro"})
-    device = DeviceFactory(profile=profile, app=sim_app, platform="ios", is_test=True)
+    device = DeviceFactory(profile=profile, app=pushsim_app, platform="ios", is_test=True)
     content = pushcontent_save(
-        content=PushContent(app=sim_app, name="Spring", title="Hi", body="Sale"), by=manager_alice
+        content=PushContent(app=pushsim_app, name="Spring", title="Hi", body="Sale"), by=manager_alice
     )
     campaign = campaign_create(
-        by=manager_alice, name="Spring sale", app=sim_app, segment=segment, content=content, kind="scheduled"
+        by=manager_alice, name="Spring sale", app=pushsim_app, segment=segment, content=content, kind="scheduled"
     )
     with run_queued(execute=True):
         campaign_test_send(campaign_id=campaign.pk, by=manager_alice)
@@ -45,7 +44,7 @@ def world(sim_app, manager_alice, approver_bob, django_capture_on_commit_callbac
     journey = journey_create(
         by=manager_alice,
         name="Onboarding",
-        app=sim_app,
+        app=pushsim_app,
         entry_kind="segment",
         entry_segment=segment,
         graph={
@@ -65,7 +64,7 @@ def world(sim_app, manager_alice, approver_bob, django_capture_on_commit_callbac
     dispatch = Dispatch.objects.filter(deliveries__isnull=False).latest("pk")
     enrollment = Enrollment.objects.filter(journey=journey).first()
     return {
-        "delivery.app": sim_app,
+        "delivery.app": pushsim_app,
         "audiences.segment": segment,
         "audiences.import": Import.objects.get(pk=record.pk),
         "delivery.device": device,

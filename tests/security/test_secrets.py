@@ -11,10 +11,10 @@ import pytest
 from django.views.debug import SafeExceptionReporterFilter
 
 
-def fragments_of(sim_app, sim):
+def fragments_of(apns_credentials, fcm_credentials):
     """Pieces of the simulator app's APNs key and FCM private key that must never show."""
-    apns = [line for line in sim.keys.p8().decode().splitlines() if "-----" not in line]
-    account = json.loads(sim.keys.service_account(sim.token_uri))
+    apns = [line for line in apns_credentials.private_key_pem.splitlines() if "-----" not in line]
+    account = fcm_credentials.info
     fcm = [line for line in account["private_key"].splitlines() if "-----" not in line]
     return [apns[1], fcm[2], fcm[-2], account["private_key_id"]]
 
@@ -49,7 +49,7 @@ def everything_a_user_can_read(client, api, world):
 
 @pytest.mark.parametrize("who", ["admin_erin", "manager_alice"])
 def test_app_credentials_are_in_no_answer_page_export_log_or_audit_event(
-    client, world, sim, api_key_for, caplog, request, who
+    client, world, apns_credentials, fcm_credentials, api_key_for, caplog, request, who
 ):
     caplog.set_level(logging.DEBUG)
     user = request.getfixturevalue(who)
@@ -59,11 +59,11 @@ def test_app_credentials_are_in_no_answer_page_export_log_or_audit_event(
 
     texts.append(json.dumps(list(AuditEvent.objects.values_list("summary", flat=True))))
     texts.append(caplog.text)
-    for fragment in fragments_of(world["delivery.app"], sim):
+    for fragment in fragments_of(apns_credentials, fcm_credentials):
         assert all(fragment not in text for text in texts)
 
 
-def test_a_send_and_a_connection_test_log_no_credential(world, sim, caplog, admin_erin):
+def test_a_send_and_a_connection_test_log_no_credential(world, apns_credentials, fcm_credentials, caplog, admin_erin):
     from delivery.services.apps import app_test_connection
 
     caplog.set_level(logging.DEBUG)
@@ -71,7 +71,7 @@ def test_a_send_and_a_connection_test_log_no_credential(world, sim, caplog, admi
     app_test_connection(app_id=app.pk, by=admin_erin)
     text = caplog.text
     assert text  # something was logged at DEBUG
-    for fragment in fragments_of(app, sim):
+    for fragment in fragments_of(apns_credentials, fcm_credentials):
         assert fragment not in text
 
 
