@@ -4,7 +4,8 @@ from django.conf import settings
 
 from delivery.services.dispatches import dispatch_prepare, dispatches_watch
 from delivery.services.sending import dispatch_send
-from delivery.services.streams import streams_send, streams_sender_hand_over, streams_watch
+from delivery.services.stream_senders import streams_send, streams_sender_hand_over
+from delivery.services.streams import streams_watch
 
 
 def dispatch_prepare_task(dispatch_id: int) -> None:

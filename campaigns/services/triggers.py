@@ -286,7 +286,8 @@ def campaign_trigger(
     from accounts.stamps import stamps_read
     from audiences.models import Profile
     from delivery.models import Device
-    from delivery.services.streams import Recipient, StreamClosed, stream_append, streams_wake
+    from delivery.services.stream_senders import streams_wake
+    from delivery.services.streams import Recipient, StreamClosed, stream_append
 
     now = timezone.now()
     stamps = stamps or stamps_read(["access", _campaign_stamp(campaign_id)])

@@ -460,7 +460,7 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
     deadline = time.monotonic() + budget
     dispatch = Dispatch.objects.select_related("app").filter(pk=dispatch_id).first()
     if dispatch is None or dispatch.status != Dispatch.Status.SENDING or dispatch.standing:
-        return report  # a stream's rows are sent by its senders (delivery.services.streams)
+        return report  # a stream's rows are sent by its senders (delivery.services.stream_senders)
     app = dispatch.app
     limits = [(f"app:{app.pk}", app.rate_limit_per_second)]
     if dispatch.rate_limit_per_second:

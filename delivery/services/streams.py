@@ -1,4 +1,4 @@
-"""Streams: standing dispatches that calls append rows to, and senders that drain them as they come.
+"""Streams: standing dispatches that calls append rows to, as they come.
 
 A live API-triggered campaign (and a journey's push step reached by event entries) sends through
 one *standing* dispatch per approved version and UTC day, instead of a dispatch per call:
@@ -9,10 +9,8 @@ one *standing* dispatch per approved version and UTC day, instead of a dispatch 
    takes it ``FOR UPDATE``, so it waits for calls in flight and later calls see it), the dispatch
    ``FOR KEY SHARE`` while it is still sending. The same statement wakes the senders
    (PostgreSQL's ``NOTIFY``, delivered when the call commits).
-3. ``streams_send`` (a long-running worker task, ``PUSHDESK_STREAM_SENDERS`` of them) claims the
-   ready rows of every open stream and sends them with the send engine's batches: one row when
-   one is waiting, up to ``PUSHDESK_SEND_BATCH`` under load, one batch in flight while the next
-   is claimed. Leases, ``unknown`` and never re-sending are the engine's.
+3. The senders (``delivery.services.stream_senders``) drain the ready rows of every open stream
+   with the send engine's batches.
 4. ``streams_close`` (stop, voided approval) skips the queued rows; ``streams_watch`` (every
    minute) refreshes the counters of open streams and finishes those of past days or replaced
    versions once they are drained.
@@ -23,13 +21,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import re
-import time
 from dataclasses import dataclass
 
-from django.conf import settings
-from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
@@ -37,12 +31,11 @@ from accounts.models import User
 from accounts.services import audit
 from delivery.models import Delivery, DeliveryRules, Dispatch
 from delivery.rules import _CAP_LOCK_CLASS, quiet_until
+from delivery.services.stream_senders import CHANNEL, streams_senders_ensure
 
 log = logging.getLogger(__name__)
 
 DS = Delivery.Status
-CHANNEL = "pushdesk_stream"
-_HEARTBEAT = "pushdesk:stream-sender:{slot}"
 
 
 @dataclass(frozen=True)
@@ -433,176 +426,3 @@ def stream_live_figures(dispatch: Dispatch, *, now: dt.datetime | None = None) -
         "latency_p50_ms": round(p50, 1) if p50 is not None else None,
         "latency_p99_ms": round(p99, 1) if p99 is not None else None,
     }
-
-
-# --- senders -----------------------------------------------------------------------------------
-
-
-def streams_wake(dispatch_id: int) -> None:
-    """After a call committed rows: in-process tasks (tests, ``PUSHDESK_TASKS_SYNC``) send them at
-    once; otherwise the senders were woken by the append's NOTIFY (or poll, on SQLite)."""
-    from django_q.conf import Conf
-
-    if Conf.SYNC:
-        streams_send(budget=0.0, dispatch_ids=[dispatch_id])
-
-
-def streams_senders_ensure() -> list[int]:
-    """Start a sender task for every slot whose sender is not beating; returns the slots started."""
-    from django_q.conf import Conf
-    from django_q.tasks import async_task
-
-    if Conf.SYNC:
-        return []
-    started = []
-    for slot in range(settings.PUSHDESK_STREAM_SENDERS):
-        key = _HEARTBEAT.format(slot=slot)
-        if cache.get(key) is None and cache.add(f"{key}:starting", 1, timeout=30):
-            async_task("delivery.tasks.streams_send_task", slot, q_options={"timeout": _sender_timeout()})
-            started.append(slot)
-    return started
-
-
-def streams_sender_hand_over(slot: int) -> None:
-    """A sender whose time is up starts its successor at once (its heartbeat still holds the slot)."""
-    from django_q.tasks import async_task
-
-    cache.set(_HEARTBEAT.format(slot=slot), {"pid": os.getpid(), "at": time.time()}, timeout=15)
-    async_task("delivery.tasks.streams_send_task", slot, q_options={"timeout": _sender_timeout()})
-
-
-def _sender_timeout() -> int:
-    return int(settings.PUSHDESK_SEND_TASK_SECONDS + settings.PUSHDESK_SEND_LEASE_SECONDS)
-
-
-class _Listener:
-    """A connection of its own that LISTENs for appends (PostgreSQL); ``wait`` returns woken stream ids."""
-
-    def __init__(self):
-        import psycopg
-
-        params = connection.get_connection_params()
-        params.pop("cursor_factory", None)
-        params.pop("context", None)
-        self.conn = psycopg.connect(**params, autocommit=True)
-        self.conn.execute(f"LISTEN {CHANNEL}")
-
-    def wait(self, timeout: float) -> set[int]:
-        woken = set()
-        for note in self.conn.notifies(timeout=max(timeout, 0.0), stop_after=1):
-            woken.add(int(note.payload))
-        return woken
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-@dataclass
-class _Stream:
-    dispatch: Dispatch
-    limits: list[tuple[str, float]]
-    with_profiles: bool
-
-
-def _open_streams(ids: list[int] | None = None) -> dict[int, _Stream]:
-    from delivery.services.sending import _needs_profiles
-
-    found = Dispatch.objects.select_related("app").filter(standing=True, status=Dispatch.Status.SENDING)
-    if ids is not None:
-        found = found.filter(pk__in=ids)
-    streams = {}
-    for dispatch in found:
-        limits = [(f"app:{dispatch.app_id}", dispatch.app.rate_limit_per_second)]
-        if dispatch.rate_limit_per_second:
-            limits.append((f"dispatch:{dispatch.pk}", dispatch.rate_limit_per_second))
-        streams[dispatch.pk] = _Stream(dispatch, limits, _needs_profiles(dispatch.content_spec))
-    return streams
-
-
-def _acquire_all(limits: list[tuple[str, float]], count: int, before_waiting=None) -> None:
-    """Wait until ``count`` messages may go under every limit (the rows are claimed: under their lease;
-    a claim is at most a second's worth). ``before_waiting`` runs once, before any wait."""
-    from delivery.throttle import throttle_acquire
-
-    left = count
-    while left > 0:
-        left -= throttle_acquire(limits=limits, count=left, before_waiting=before_waiting)
-        before_waiting = None
-
-
-def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None = None):
-    """Drain the open streams until ``budget`` seconds are spent (0: until nothing is ready).
-
-    Claims what is ready in each stream (one row when one waits, up to ``PUSHDESK_SEND_BATCH``
-    under load), sends it through the engine's batches with one batch in flight while the next is
-    claimed, and otherwise sleeps until an append wakes it (PostgreSQL) or the poll interval
-    passes. Any number of senders may run (claims are atomic). Returns a SendReport.
-    """
-    from delivery.services.sending import SendReport, _batch_finish, _batch_prepare, _batch_submit, _claim
-
-    report = SendReport()
-    from operations.instance import instance_refuses
-
-    if instance_refuses(action="send the open streams"):
-        return report
-    deadline = time.monotonic() + budget
-    heartbeat_key = _HEARTBEAT.format(slot=slot)
-    listener = _Listener() if budget > 0 and connection.vendor == "postgresql" else None
-    streams = _open_streams(dispatch_ids)
-    refreshed = time.monotonic()
-    beat = 0.0
-    in_flight = []
-
-    def write_back_in_flight() -> None:
-        # Before waiting for tokens: the batch in flight is leased, and the wait may outlast it.
-        nonlocal in_flight
-        for dispatch, previous in in_flight:
-            _batch_finish(dispatch, previous, report)
-        in_flight = []
-
-    try:
-        while True:
-            now_mono = time.monotonic()
-            if budget > 0 and now_mono - beat > 3:
-                cache.set(heartbeat_key, {"pid": os.getpid(), "at": time.time()}, timeout=15)
-                beat = now_mono
-            if dispatch_ids is None and now_mono - refreshed > 2:
-                streams, refreshed = _open_streams(), now_mono
-            claimed = 0
-            for stream in streams.values():
-                limit = settings.PUSHDESK_SEND_BATCH
-                rates = [rate for _, rate in stream.limits if rate]
-                if rates:
-                    limit = max(1, min(limit, int(min(rates))))
-                rows = _claim(stream.dispatch.pk, limit=limit, now=timezone.now(), with_profiles=stream.with_profiles)
-                if not rows:
-                    continue
-                claimed += len(rows)
-                report.claimed += len(rows)
-                report.batches += 1
-                _acquire_all(stream.limits, len(rows), before_waiting=write_back_in_flight)
-                batch = _batch_prepare(stream.dispatch, rows)
-                for dispatch, previous in in_flight:
-                    _batch_finish(dispatch, previous, report)
-                _batch_submit(batch, stream.dispatch.app)
-                in_flight = [(stream.dispatch, batch)]
-            if claimed:
-                continue
-            for dispatch, previous in in_flight:
-                _batch_finish(dispatch, previous, report)  # write back at once: the latency counts
-            if in_flight:
-                in_flight = []
-                continue
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            wait = min(left, settings.PUSHDESK_STREAM_POLL_SECONDS)
-            woken = listener.wait(wait) if listener is not None else (time.sleep(wait) or set())
-            if woken - set(streams) and dispatch_ids is None:
-                streams, refreshed = _open_streams(), time.monotonic()
-    finally:
-        for dispatch, previous in in_flight:
-            _batch_finish(dispatch, previous, report)
-        if listener is not None:
-            listener.close()
-    return report

@@ -379,7 +379,8 @@ def _push_stream(version: JourneyVersion, step_id: str, frozen: dict, profile_id
     """
     from delivery.models import DeliveryRules, Dispatch
     from delivery.services.dispatches import GateClosed
-    from delivery.services.streams import Recipient, StreamClosed, stream_append, stream_open, streams_wake
+    from delivery.services.stream_senders import streams_wake
+    from delivery.services.streams import Recipient, StreamClosed, stream_append, stream_open
     from journeys.services.lifecycle import VStatus, journey_gate
 
     journey = version.journey

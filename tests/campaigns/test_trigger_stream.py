@@ -236,12 +236,12 @@ def test_an_answer_stored_with_its_rows_is_replayed_even_after_the_request_died(
 ):
     """Issue 12, finding 2: the request fails right after its rows committed (here: in the wake-up),
     as a killed worker or a failed statement after the commit would leave it."""
-    import delivery.services.streams
+    import delivery.services.stream_senders
 
     def die(dispatch_id):
         raise RuntimeError("the request dies here")
 
-    monkeypatch.setattr(delivery.services.streams, "streams_wake", die)
+    monkeypatch.setattr(delivery.services.stream_senders, "streams_wake", die)
     with pytest.raises(RuntimeError):
         _trigger(trigger_client, live_trigger, "zoe", HTTP_IDEMPOTENCY_KEY="order-7")
     record = TriggerRequest.objects.get(idempotency_key="order-7")

@@ -11,6 +11,7 @@ from django.utils import timezone
 from delivery.models import Delivery, DeliveryRules, Dispatch
 from delivery.services.dispatches import deliveries_expire_leases, dispatch_complete_if_done, dispatches_watch
 from delivery.services.sending import _claim, dispatch_send
+from delivery.services.stream_senders import streams_send
 from delivery.services.streams import (
     Recipient,
     StreamClosed,
@@ -18,7 +19,6 @@ from delivery.services.streams import (
     stream_live_figures,
     stream_open,
     streams_close,
-    streams_send,
     streams_watch,
 )
 from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory

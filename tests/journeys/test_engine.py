@@ -366,7 +366,7 @@ def test_two_engines_racing_run_each_enrollment_once_and_push_once(
     from audiences.models import Profile
     from delivery.services.dispatches import dispatch_prepare
     from delivery.services.sending import dispatch_send
-    from delivery.services.streams import streams_send
+    from delivery.services.stream_senders import streams_send
     from journeys.services.entries import _enter
 
     profiles = _profiles(60, sim_team, vips=vips, vip_count=60)
