@@ -16,7 +16,7 @@ from accounts.admin.lifecycle import LifecycleAdminMixin
 from accounts.selectors import approval_current, visible_to
 from accounts.services import TransitionError
 from campaigns.models import Campaign, Occurrence
-from campaigns.reports import campaign_report, campaign_report_csv, campaign_timeline
+from campaigns.reports import campaign_charts, campaign_report, campaign_report_csv
 from campaigns.review import audience_text, campaign_phones_html, phones_html, version_diff_html
 from campaigns.schedule import localize
 from campaigns.schedule import zone as schedule_zone
@@ -34,6 +34,7 @@ from campaigns.services.lifecycle import (
     revision_waiting,
 )
 from campaigns.services.scheduling import campaign_test_send
+from delivery.reports import report_charts_html
 
 Status = Campaign.Status
 
@@ -134,38 +135,6 @@ class CampaignForm(forms.ModelForm):
                 wall = value.astimezone(dt.UTC).replace(tzinfo=None)
                 data[name] = localize(wall, tz).astimezone(dt.UTC)
         return data
-
-
-def _timeline_svg(points: list[dict]) -> str:
-    """Accepted (blue) and opened (green) per hour, as a small server-rendered bar chart."""
-    if not points:
-        return format_html("<p>{}</p>", "Nothing sent yet.")
-    width, height, bar = 640, 120, max(2, min(24, 640 // (2 * len(points))))
-    top = max(max(p["accepted"], p["opened"]) for p in points) or 1
-    bars = []
-    for i, p in enumerate(points):
-        x = i * 2 * bar
-        for offset, key, color in ((0, "accepted", "#417690"), (bar, "opened", "#5b9b3a")):
-            h = round(height * p[key] / top)
-            bars.append(
-                format_html(
-                    '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"><title>{} {}: {}</title></rect>',
-                    x + offset,
-                    height - h,
-                    bar - 1,
-                    h,
-                    color,
-                    p["hour"].strftime("%Y-%m-%d %H:00"),
-                    key,
-                    p[key],
-                )
-            )
-    return format_html(
-        '<svg class="campaign-timeline" width="{}" height="{}" role="img" aria-label="accepted and opened per hour">{}</svg>',
-        width,
-        height,
-        mark_safe("".join(bars)),  # noqa: S308 (each bar was built by format_html)
-    )
 
 
 class _StatusFilter(ActiveStatusFilter):
@@ -552,7 +521,7 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             '<th>count</th></tr></thead>{}</table>{}<p><a href="{}">Export as CSV</a></p></div>',
             counters,
             reasons,
-            _timeline_svg(campaign_timeline(obj)),
+            mark_safe(report_charts_html(campaign_charts(obj))),  # noqa: S308 (a template, autoescaped)
             csv_url,
         )
 

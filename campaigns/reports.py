@@ -1,4 +1,4 @@
-"""Campaign reports: targeted, accepted, failed and skipped by reason, opened, open rate, over time."""
+"""Campaign reports: targeted, accepted, failed and skipped by reason, opened, open rate; the charts' figures."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import csv
 import io
 
 from django.db.models import Count, Q
-from django.db.models.functions import TruncHour
 
 from campaigns.models import Campaign
 
@@ -75,27 +74,11 @@ def campaign_report(campaign: Campaign) -> dict:
     }
 
 
-def campaign_timeline(campaign: Campaign) -> list[dict]:
-    """Accepted and opened per hour, for the chart in the admin."""
-    from delivery.models import Delivery
+def campaign_charts(campaign: Campaign) -> dict:
+    """The report charts' figures over every dispatch of the campaign (test sends excluded)."""
+    from delivery.reports import report_charts
 
-    ids = list(_dispatches(campaign).values_list("id", flat=True))
-    accepted = dict(
-        Delivery.objects.filter(dispatch_id__in=ids, status="accepted", finished_at__isnull=False)
-        .annotate(hour=TruncHour("finished_at"))
-        .values("hour")
-        .annotate(n=Count("id"))
-        .values_list("hour", "n")
-    )
-    opened = dict(
-        Delivery.objects.filter(dispatch_id__in=ids, opened_at__isnull=False)
-        .annotate(hour=TruncHour("opened_at"))
-        .values("hour")
-        .annotate(n=Count("id"))
-        .values_list("hour", "n")
-    )
-    hours = sorted(set(accepted) | set(opened))
-    return [{"hour": h, "accepted": accepted.get(h, 0), "opened": opened.get(h, 0)} for h in hours]
+    return report_charts(dispatch_ids=_dispatches(campaign).values_list("id", flat=True))
 
 
 def _cell(value) -> str:

@@ -6,6 +6,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from accounts.admin.bases import ActiveStatusFilter, BigTableAdmin, ObjectAccessAdminMixin, ScopedAdmin
 from accounts.admin.lifecycle import LifecycleAdminMixin
@@ -122,6 +123,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         "versions_summary",
         "journey_graph",
         "entry_audience",
+        "report",
         "owner",
         "object_access",
     )
@@ -148,6 +150,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
                 0, ("Status", {"fields": ("status", "lifecycle_buttons", "approval", "versions_summary", "owner")})
             )
             fieldsets.insert(1, ("Journey", {"fields": ("journey_graph", "entry_audience"), "classes": ("wide",)}))
+            fieldsets.insert(2, ("Report", {"fields": ("report",), "classes": ("wide",)}))
             fieldsets.append(("Access", {"fields": ("object_access",)}))
         if obj is not None and not self.has_change_permission(request, obj):
             fieldsets = [fs for fs in fieldsets if fs[0] not in ("Entry", "Re-entry and exit", "Steps")]
@@ -308,6 +311,21 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             link,
             version_svg(version, stats=version_step_stats(version), names=content_names(version)),
         )
+
+    @admin.display(description="Report")
+    def report(self, obj):
+        """The shown version's sends over time, per platform, the funnel and the reasons, and its
+        counters per step."""
+        from delivery.models import Dispatch
+        from delivery.reports import report_charts, report_charts_html, step_series
+
+        version = journey_shown_version(obj)
+        if version is None:
+            return "—"
+        dispatches = Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id=version.pk)
+        charts = report_charts(dispatch_ids=dispatches.values_list("id", flat=True))
+        charts["steps"] = step_series(version_step_stats(version))
+        return mark_safe(report_charts_html(charts))  # noqa: S308 (a template, autoescaped)
 
     lifecycle_button_name = "journey_action"
 

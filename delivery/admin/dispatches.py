@@ -12,6 +12,7 @@ from django.utils.safestring import mark_safe
 from accounts.admin.bases import BigTableAdmin, ScopedAdmin
 from delivery.admin.contents import _spec_previews_html
 from delivery.models import Delivery, Dispatch
+from delivery.reports import report_charts, report_charts_html
 from delivery.selectors import (
     deliveries_visible_to,
     dispatch_outcomes,
@@ -44,6 +45,7 @@ class DispatchAdmin(ScopedAdmin):
         "stream",
         "progress",
         "outcomes",
+        "report",
         "total",
         "accepted",
         "failed",
@@ -171,6 +173,11 @@ class DispatchAdmin(ScopedAdmin):
                 ((r["reason"], r["count"]) for r in retried),
             ),
         )
+
+    @admin.display(description="Report")
+    def report(self, obj):
+        """Accepted and opened over time, per platform, the funnel, and failures and skips by reason."""
+        return mark_safe(report_charts_html(report_charts(dispatch_ids=[obj.pk])))  # noqa: S308 (a template, autoescaped)
 
     @admin.action(description="Stop the selected dispatches (queued rows are not sent)", permissions=["stop"])
     def stop(self, request, queryset):

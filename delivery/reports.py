@@ -1,0 +1,165 @@
+"""Report charts of a set of dispatches (a campaign's, a journey's, one dispatch): the figures the
+campaign, dispatch and journey pages draw with Chart.js, and show as tables beside the charts.
+
+Every figure is computed in SQL by grouped queries over the dispatches' deliveries (their
+``(dispatch, status)`` index); the page reads them from one JSON script tag.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from django.db.models import Count, F, Max, Min, Q
+from django.db.models.functions import Trunc
+from django.utils import timezone
+
+from delivery.models import Delivery
+
+# Rows skipped because no device of the profile allows notifications: the audience not reachable.
+UNREACHABLE_REASONS = ("no_device", "not_opted_in")
+PLATFORMS = ("ios", "android", "none")
+OUTCOMES = ("targeted", "accepted", "failed", "skipped", "opened")
+HOURLY_UP_TO = dt.timedelta(hours=48)  # a longer span is drawn per day
+MOST_BUCKETS = 400
+
+
+def report_charts(*, dispatch_ids: Iterable[int], tz: dt.tzinfo | None = None) -> dict:
+    """The charts' figures for these dispatches (four queries).
+
+    - ``timeline``: accepted and opened per hour, or per day when the sends span more than 48
+      hours, in ``tz`` (the current time zone by default), every bucket between the first and
+      the last included;
+    - ``platforms``: targeted, accepted, failed, skipped and opened per platform ("none": the
+      profile had no device);
+    - ``funnel``: targeted → reachable (a device that allows notifications) → accepted → opened;
+    - ``reasons``: failures and skips by reason, the largest first.
+    """
+    ids = list(dispatch_ids)
+    tz = tz or timezone.get_current_timezone()
+    rows = Delivery.objects.filter(dispatch_id__in=ids)
+    platforms = {name: dict.fromkeys(OUTCOMES, 0) for name in PLATFORMS}
+    reasons: dict[tuple[str, str], int] = {}
+    unreachable = 0
+    grouped = (
+        rows.values("status", "reason", platform=F("device__platform"))
+        .annotate(n=Count("id"), opened=Count("id", filter=Q(opened_at__isnull=False)))
+        .order_by()
+    )
+    for row in grouped:
+        figures = platforms[row["platform"] or "none"]
+        figures["targeted"] += row["n"]
+        figures["opened"] += row["opened"]
+        if row["status"] in ("accepted", "failed", "skipped"):
+            figures[row["status"]] += row["n"]
+        if row["status"] in ("failed", "skipped"):
+            key = (row["status"], row["reason"] or "unspecified")
+            reasons[key] = reasons.get(key, 0) + row["n"]
+            if row["status"] == "skipped" and row["reason"] in UNREACHABLE_REASONS:
+                unreachable += row["n"]
+    totals = {name: sum(platforms[p][name] for p in PLATFORMS) for name in OUTCOMES}
+    shown = [p for p in PLATFORMS if platforms[p]["targeted"]]
+    return {
+        "timeline": _timeline(rows, tz),
+        "platforms": {
+            "labels": shown,
+            "series": {name: [platforms[p][name] for p in shown] for name in OUTCOMES},
+        },
+        "funnel": {
+            "labels": ["targeted", "reachable", "accepted", "opened"],
+            "values": [totals["targeted"], totals["targeted"] - unreachable, totals["accepted"], totals["opened"]],
+        },
+        "reasons": [
+            {"outcome": outcome, "reason": reason, "count": n}
+            for (outcome, reason), n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+        ],
+        "time_zone": str(tz),
+    }
+
+
+def _timeline(rows, tz: dt.tzinfo) -> dict:
+    """Accepted (by the time the provider accepted) and opened (by the time opened) per bucket."""
+    span = rows.aggregate(
+        first=Min("finished_at", filter=Q(status="accepted")),
+        last=Max("finished_at", filter=Q(status="accepted")),
+        last_open=Max("opened_at"),
+    )
+    if span["first"] is None:
+        return {"unit": "hour", "labels": [], "accepted": [], "opened": []}
+    last = max(x for x in (span["last"], span["last_open"]) if x is not None)
+    unit = "hour" if last - span["first"] <= HOURLY_UP_TO else "day"
+    step = dt.timedelta(hours=1) if unit == "hour" else dt.timedelta(days=1)
+    start, end = _bucket(span["first"], unit, tz), _bucket(last, unit, tz)
+    buckets = []
+    at = start
+    while at <= end and len(buckets) < MOST_BUCKETS:
+        buckets.append(at)
+        # Days step past the next midnight and back to it (days of 23 or 25 hours); hours step in UTC.
+        nxt = at + step + dt.timedelta(hours=2) if unit == "day" else at.astimezone(dt.UTC) + step
+        at = _bucket(nxt, unit, tz)
+    index = {bucket: i for i, bucket in enumerate(buckets)}
+    series = {"accepted": [0] * len(buckets), "opened": [0] * len(buckets)}
+    for name, field, selection in (
+        ("accepted", "finished_at", rows.filter(status="accepted", finished_at__isnull=False)),
+        ("opened", "opened_at", rows.filter(opened_at__isnull=False)),
+    ):
+        counted = (
+            selection.annotate(bucket=Trunc(field, unit, tzinfo=tz)).values("bucket").annotate(n=Count("id")).order_by()
+        )
+        for row in counted:
+            i = index.get(timezone.localtime(row["bucket"], tz))
+            if i is not None:
+                series[name][i] += row["n"]
+    shape = "%Y-%m-%d %H:00" if unit == "hour" else "%Y-%m-%d"
+    return {"unit": unit, "labels": [bucket.strftime(shape) for bucket in buckets], **series}
+
+
+def _bucket(moment: dt.datetime, unit: str, tz: dt.tzinfo) -> dt.datetime:
+    local = timezone.localtime(moment, tz)
+    if unit == "hour":
+        return local.replace(minute=0, second=0, microsecond=0)
+    return local.replace(hour=0, minute=0, second=0, microsecond=0)  # zoneinfo: the offset of that midnight
+
+
+STEP_COUNTERS = ("entered", "waiting", "sent", "accepted", "skipped", "exited")
+
+
+def step_series(stats: dict[str, dict]) -> dict:
+    """A journey version's per-step counters (``version_step_stats``) as chart series: entered,
+    waiting now, sent, accepted, skipped (all reasons) and exited, in the graph's order."""
+    labels = list(stats)
+    series = {name: [] for name in STEP_COUNTERS}
+    for step in labels:
+        counts = stats[step]
+        for name in STEP_COUNTERS:
+            value = counts.get(name, 0)
+            series[name].append(sum(value.values()) if isinstance(value, dict) else value)
+    return {"labels": labels, "series": series}
+
+
+def report_charts_html(charts: dict) -> str:
+    """The charts (drawn by pushdesk/report_charts.js from the JSON script tag ``pd-report-data``),
+    each with its figures as a table for those who do not see the chart."""
+    from django.template.loader import render_to_string
+
+    timeline = charts["timeline"]
+    steps = charts.get("steps")
+    return render_to_string(
+        "admin/pushdesk_report.html",
+        {
+            "charts": charts,
+            "outcomes": OUTCOMES,
+            "timeline_rows": list(zip(timeline["labels"], timeline["accepted"], timeline["opened"], strict=True)),
+            "funnel_rows": list(zip(charts["funnel"]["labels"], charts["funnel"]["values"], strict=True)),
+            "platform_rows": [
+                (platform, [charts["platforms"]["series"][name][i] for name in OUTCOMES])
+                for i, platform in enumerate(charts["platforms"]["labels"])
+            ],
+            "step_names": STEP_COUNTERS,
+            "step_rows": [
+                (step, [steps["series"][name][i] for name in STEP_COUNTERS]) for i, step in enumerate(steps["labels"])
+            ]
+            if steps
+            else [],
+        },
+    )
