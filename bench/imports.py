@@ -7,13 +7,16 @@ postgres://postgres@127.0.0.1:5432/pushdesk_bench_import), emptied before each r
 CSV of external_id + 10 attribute columns (about 90 MB at a million rows), then, in the same run:
 
 * ``copy``: COPY of the file, streamed from this process, into a bare table of 11 text columns
-  (the reference: what PostgreSQL can ingest at best);
+  (what PostgreSQL can ingest at best);
+* ``ceiling``: the SQL ceiling of an import: COPY of the file into a staging table, then one
+  ``INSERT … ON CONFLICT DO UPDATE`` of every row (its ten cells as a JSON object) into the
+  empty, indexed profiles table, in one transaction; the profiles are removed again afterwards;
 * ``import``: ``import_create`` (header check, the file stored under MEDIA_ROOT) and the worker's
   ``import_process`` to the end: streamed, parsed, typed, validated row by row, upserted into
   profiles (attributes merged) and added to a new imported segment;
 * ``rerun``: the same file imported again (nothing changes: every row is already there).
 
-Prints one JSON line: seconds and rows/s of each, and the ratio import / COPY.
+Prints one JSON line: seconds and rows/s of each, and the ratios import / ceiling and import / COPY.
 """
 
 import argparse
@@ -66,6 +69,34 @@ def write_csv(path: Path, rows: int) -> int:
     return path.stat().st_size
 
 
+COLUMNS = HEADER.strip().split(",")
+CEILING_UPSERT = """
+INSERT INTO audiences_profile AS p (external_id, attributes, locale, timezone, created_at, updated_at)
+SELECT external_id, jsonb_build_object({cells}), '', '', now(), now() FROM bench_stage
+ON CONFLICT (external_id) DO UPDATE SET attributes = p.attributes || EXCLUDED.attributes, updated_at = EXCLUDED.updated_at
+"""
+
+
+def measure_ceiling(connection, csv_path: Path) -> float:
+    """COPY into a staging table and one upsert into the indexed profiles table; the seconds both took."""
+    from django.db import transaction
+
+    cells = ", ".join(f"'{name}', {name}" for name in COLUMNS[1:])
+    began = time.perf_counter()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("CREATE TEMP TABLE bench_stage (" + ", ".join(f"{c} text" for c in COLUMNS) + ") ON COMMIT DROP")
+        with open(csv_path, "rb") as fh:
+            with cursor.cursor.copy("COPY bench_stage FROM STDIN (FORMAT csv, HEADER true)") as copy:
+                while chunk := fh.read(1 << 20):
+                    copy.write(chunk)
+        cursor.execute(CEILING_UPSERT.format(cells=cells))
+    seconds = time.perf_counter() - began
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE audiences_profile CASCADE")
+        cursor.execute("CHECKPOINT")
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -102,6 +133,7 @@ def main() -> None:
             while chunk := fh.read(1 << 20):
                 copy.write(chunk)
     copy_s = time.perf_counter() - started
+    ceiling_s = measure_ceiling(connection, csv_path)
 
     user, _ = User.objects.get_or_create(username="bench", defaults={"is_superuser": True, "is_staff": True})
 
@@ -134,6 +166,9 @@ def main() -> None:
         "copy_rows_per_s": round(args.rows / copy_s),
         "import_s": round(import_s, 2),
         "import_rows_per_s": round(args.rows / import_s),
+        "ceiling_s": round(ceiling_s, 2),
+        "ceiling_rows_per_s": round(args.rows / ceiling_s),
+        "ratio_to_ceiling": round(ceiling_s / import_s, 3),
         "ratio_to_copy": round(copy_s / import_s, 3),
         "rerun_s": round(rerun_s, 2),
         "rerun_rows_per_s": round(args.rows / rerun_s),
@@ -141,8 +176,8 @@ def main() -> None:
         "failed": first.rows_failed,
         "status": [first.status, second.status],
         "profiles": profiles,
-        "goal": ">= 50000 rows/s and >= 0.3 of COPY's rate",
-        "met": args.rows / import_s >= 50_000 and copy_s / import_s >= 0.3,
+        "goal": ">= 100000 rows/s and >= 0.5 of the ceiling's rate",
+        "met": args.rows / import_s >= 100_000 and ceiling_s / import_s >= 0.5,
     }
     print(json.dumps(result))
 
