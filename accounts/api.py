@@ -133,8 +133,8 @@ BODY_TOO_LARGE = (
 def document_error_responses(result, generator, request, public):
     """drf-spectacular post-processing hook: add the error format and the common errors to every operation.
 
-    A view documents its own extra answers (409, 422, 429...) with ``extend_schema``; those
-    are given the error body here too when they declare none.
+    A view documents its own extra answers (409, 422, 429, 503...) with ``extend_schema``, naming
+    each ``code`` it may answer; those are given the error body here too when they declare none.
     """
     result.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
     error_content = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
@@ -146,7 +146,7 @@ def document_error_responses(result, generator, request, public):
             if "requestBody" in operation:
                 responses.setdefault("413", {"description": BODY_TOO_LARGE, "content": error_content})
             for status, response in responses.items():
-                if status.startswith("4") and "content" not in response:
+                if status[0] in "45" and "content" not in response:
                     response["content"] = error_content
     return result
 

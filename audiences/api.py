@@ -10,7 +10,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from django.urls import path
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
@@ -18,6 +18,7 @@ from rest_framework.views import APIView
 
 from accounts.api import JsonObjectField, _flatten
 from accounts.json_values import MAX_DEPTH, json_parse, json_value_problem
+from accounts.pagination import ApiPagination, ListQuery, QueryInteger, query_params_valid
 from accounts.parsers import ApiJSONParser
 from audiences.models import Import, Profile, Segment
 from audiences.rules.schema import RulesInvalid
@@ -82,7 +83,7 @@ class SegmentOutSerializer(serializers.ModelSerializer):
 class ImportOutSerializer(serializers.ModelSerializer):
     percent = serializers.FloatField(read_only=True)
     seconds_left = serializers.FloatField(read_only=True, allow_null=True)
-    segment = serializers.PrimaryKeyRelatedField(read_only=True)
+    segment = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
     error_file_url = serializers.SerializerMethodField()
 
     class Meta:
@@ -298,7 +299,7 @@ class SegmentListView(APIView):
 
     @extend_schema(
         operation_id="segments_list",
-        parameters=[OpenApiParameter("limit", int), OpenApiParameter("offset", int)],
+        parameters=[ListQuery],
         responses=inline_serializer(
             "PaginatedSegmentOutList",
             {
@@ -310,8 +311,7 @@ class SegmentListView(APIView):
         ),
     )
     def get(self, request):
-        from accounts.pagination import ApiPagination
-
+        query_params_valid(ListQuery, request)
         paginator = ApiPagination()
         page = paginator.paginate_queryset(segments_visible_to(request.user).order_by("name", "id"), request, view=self)
         return paginator.get_paginated_response(SegmentOutSerializer(page, many=True).data)
@@ -325,6 +325,10 @@ class SegmentDetailView(APIView):
         return Response(SegmentOutSerializer(segment_for(request.user, segment_id)).data)
 
 
+class SegmentPreviewQuery(serializers.Serializer):
+    sample = QueryInteger(required=False, min_value=0, max_value=100, help_text="Sample size, 0 to 100 (default 20).")
+
+
 class SegmentPreviewView(APIView):
     """The segment's profile count now, and a sample of profiles."""
 
@@ -332,7 +336,7 @@ class SegmentPreviewView(APIView):
 
     @extend_schema(
         operation_id="segment_preview",
-        parameters=[OpenApiParameter("sample", int, description="Sample size, 0–100 (default 20).")],
+        parameters=[SegmentPreviewQuery],
         responses=inline_serializer(
             "SegmentPreview",
             {
@@ -343,10 +347,7 @@ class SegmentPreviewView(APIView):
         ),
     )
     def get(self, request, segment_id: int):
-        try:
-            size = max(0, min(100, int(request.query_params.get("sample", settings.AUDIENCES_PREVIEW_SAMPLE))))
-        except ValueError:
-            raise serializers.ValidationError({"sample": "A whole number from 0 to 100."}) from None
+        size = query_params_valid(SegmentPreviewQuery, request).get("sample", settings.AUDIENCES_PREVIEW_SAMPLE)
         try:
             preview = segment_preview(by=request.user, segment_id=segment_id, sample_size=size)
         except RulesInvalid as exc:

@@ -11,12 +11,12 @@ from django.urls import path
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import APIException, Throttled
-from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.api import JsonObjectField
 from accounts.authentication import request_stamps
+from accounts.pagination import ApiPagination, ListQuery, QueryChoice, query_params_valid
 from campaigns.models import Campaign
 from campaigns.reports import campaign_report
 from campaigns.selectors import campaign_for, campaigns_visible_to
@@ -33,7 +33,7 @@ from campaigns.services.triggers import (
 
 class CampaignOutSerializer(serializers.ModelSerializer):
     app = serializers.PrimaryKeyRelatedField(read_only=True)
-    segment = serializers.PrimaryKeyRelatedField(read_only=True)
+    segment = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
     content = serializers.PrimaryKeyRelatedField(read_only=True)
     owner = serializers.CharField(source="owner.username", read_only=True)
 
@@ -127,18 +127,36 @@ class Unprocessable(APIException):
     default_code = "unprocessable"
 
 
-class CampaignListView(ListAPIView):
+class CampaignListQuery(ListQuery):
+    status = QueryChoice(Campaign.Status.values)
+
+
+class CampaignListView(APIView):
     """The campaigns the key's user may see, newest first; ``?status=`` filters."""
 
     required_scope = "read"
-    serializer_class = CampaignOutSerializer
 
-    def get_queryset(self):
-        campaigns = campaigns_visible_to(self.request.user).order_by("-id")
-        status_filter = self.request.query_params.get("status")
-        if status_filter:
-            campaigns = campaigns.filter(status=status_filter)
-        return campaigns
+    @extend_schema(
+        operation_id="campaigns_list",
+        parameters=[CampaignListQuery],
+        responses=inline_serializer(
+            "PaginatedCampaignOutList",
+            {
+                "count": serializers.IntegerField(),
+                "next": serializers.URLField(allow_null=True),
+                "previous": serializers.URLField(allow_null=True),
+                "results": CampaignOutSerializer(many=True),
+            },
+        ),
+    )
+    def get(self, request):
+        query = query_params_valid(CampaignListQuery, request)
+        campaigns = campaigns_visible_to(request.user).order_by("-id")
+        if "status" in query:
+            campaigns = campaigns.filter(status=query["status"])
+        paginator = ApiPagination()
+        page = paginator.paginate_queryset(campaigns, request, view=self)
+        return paginator.get_paginated_response(CampaignOutSerializer(page, many=True).data)
 
 
 class CampaignDetailView(APIView):
@@ -179,9 +197,23 @@ class CampaignTriggerView(APIView):
         request=TriggerInSerializer,
         responses={
             202: TriggerOutSerializer,
-            409: OpenApiResponse(description="The campaign is not live, or a request with this key is still running."),
-            422: OpenApiResponse(description="This Idempotency-Key was used with another body."),
-            429: OpenApiResponse(description="Too many triggers from this key: retry after `Retry-After` seconds."),
+            409: OpenApiResponse(
+                description="`campaign_not_live`: the campaign has no live approved version; "
+                "`not_api_triggered`: it is a scheduled campaign; "
+                "`gate_closed`: it is being stopped or changed, try again; "
+                "`idempotency_in_progress`: a request with this Idempotency-Key is still running."
+            ),
+            422: OpenApiResponse(
+                description="`idempotency_key_reused`: this Idempotency-Key was used with another body."
+            ),
+            429: OpenApiResponse(
+                description="`throttled`: too many triggers from this key; retry after `Retry-After` seconds."
+            ),
+            503: OpenApiResponse(
+                description="`instance_not_claimed`: this copy's database belongs to another instance "
+                "(a restored copy, a staging clone), so it sends nothing until an operator runs "
+                "`manage.py instance_claim`; `detail` says why."
+            ),
         },
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
     )

@@ -5,11 +5,12 @@ from __future__ import annotations
 from django.core.exceptions import ObjectDoesNotExist
 from django.http import Http404
 from django.urls import path
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.pagination import MAX_LIMIT, ApiPagination, ListQuery, QueryChoice, QueryInteger, query_params_valid
 from delivery.models import Delivery, Device, Dispatch, Platform
 from delivery.selectors import (
     apps_visible_to,
@@ -20,8 +21,6 @@ from delivery.selectors import (
 )
 from delivery.services.devices import device_opt_in_set, device_register, device_unregister
 from delivery.services.opens import AlreadyOpened, NotAccepted, delivery_open_report
-
-MAX_PAGE = 1000
 
 
 class Conflict(exceptions.APIException):
@@ -35,15 +34,12 @@ class Conflict(exceptions.APIException):
 class DeviceInSerializer(serializers.Serializer):
     app = serializers.IntegerField(help_text="The app's id.")
     external_id = serializers.CharField(max_length=255, trim_whitespace=False, help_text="The profile's id.")
-    platform = serializers.CharField(help_text="ios or android.")
+    platform = serializers.ChoiceField(
+        choices=Platform.choices, error_messages={"invalid_choice": "Unknown platform “{input}”; use ios or android."}
+    )
     token = serializers.CharField(max_length=512, allow_blank=True, trim_whitespace=False)
     push_enabled = serializers.BooleanField(default=True, help_text="The phone's notification opt-in.")
     is_test = serializers.BooleanField(default=False)
-
-    def validate_platform(self, value):
-        if value not in Platform.values:
-            raise serializers.ValidationError(f"Unknown platform '{value}'; use ios or android.")
-        return value
 
 
 class DeviceRefSerializer(serializers.Serializer):
@@ -126,7 +122,9 @@ class DeliveryOutSerializer(serializers.ModelSerializer):
 
 class DeliveryDetailSerializer(serializers.ModelSerializer):
     external_id = serializers.CharField(source="profile.external_id", allow_null=True, default=None)
-    platform = serializers.CharField(source="device.platform", allow_null=True, default=None)
+    platform = serializers.ChoiceField(
+        choices=Platform.choices, source="device.platform", allow_null=True, default=None, read_only=True
+    )
 
     class Meta:
         model = Delivery
@@ -223,6 +221,12 @@ class DispatchListItemSerializer(DispatchOutSerializer):
         fields = tuple(f for f in DispatchOutSerializer.Meta.fields if f != "outcomes")
 
 
+class DispatchListQuery(ListQuery):
+    status = QueryChoice(Dispatch.Status.values)
+    kind = QueryChoice(Dispatch.Kind.values)
+    app = QueryInteger(required=False, min_value=1, help_text="The app's id.")
+
+
 class DispatchListView(APIView):
     """The dispatches the key's user may see, newest first; filter by ``status``, ``kind`` and ``app``."""
 
@@ -230,13 +234,7 @@ class DispatchListView(APIView):
 
     @extend_schema(
         operation_id="dispatches_list",
-        parameters=[
-            OpenApiParameter("status", str, enum=list(Dispatch.Status.values)),
-            OpenApiParameter("kind", str, enum=list(Dispatch.Kind.values)),
-            OpenApiParameter("app", int, description="The app's id."),
-            OpenApiParameter("limit", int),
-            OpenApiParameter("offset", int),
-        ],
+        parameters=[DispatchListQuery],
         responses=inline_serializer(
             "PaginatedDispatchList",
             {
@@ -248,21 +246,11 @@ class DispatchListView(APIView):
         ),
     )
     def get(self, request):
-        from accounts.pagination import ApiPagination
-
-        params = request.query_params
+        query = query_params_valid(DispatchListQuery, request)
         rows = dispatches_visible_to(request.user).select_related(None)
-        for name, choices in (("status", Dispatch.Status.values), ("kind", Dispatch.Kind.values)):
-            wanted = params.get(name)
-            if wanted:
-                if wanted not in choices:
-                    raise exceptions.ValidationError({name: f"Unknown {name} '{wanted}'; use {', '.join(choices)}."})
-                rows = rows.filter(**{name: wanted})
-        if params.get("app"):
-            try:
-                rows = rows.filter(app_id=int(params["app"]))
-            except ValueError as exc:
-                raise exceptions.ValidationError({"app": "app is an app's id (a whole number)."}) from exc
+        for name, column in (("status", "status"), ("kind", "kind"), ("app", "app_id")):
+            if name in query:
+                rows = rows.filter(**{column: query[name]})
         paginator = ApiPagination()
         page = paginator.paginate_queryset(rows.order_by("-id"), request, view=self)
         return paginator.get_paginated_response(DispatchListItemSerializer(page, many=True).data)
@@ -282,6 +270,14 @@ class DispatchDetailView(APIView):
         return Response(DispatchOutSerializer(dispatch).data)
 
 
+class DispatchDeliveriesQuery(serializers.Serializer):
+    status = QueryChoice(Delivery.Status.values)
+    after = QueryInteger(required=False, min_value=0, help_text="Return deliveries with a larger id.")
+    limit = QueryInteger(
+        required=False, min_value=1, max_value=MAX_LIMIT, help_text=f"Page size, 1 to {MAX_LIMIT} (default 100)."
+    )
+
+
 class DispatchDeliveriesView(APIView):
     """A dispatch's deliveries in id order, filterable by status; page with ``after`` (the last id seen)."""
 
@@ -289,37 +285,22 @@ class DispatchDeliveriesView(APIView):
 
     @extend_schema(
         operation_id="dispatch_deliveries",
-        parameters=[
-            OpenApiParameter("status", str, enum=list(Delivery.Status.values)),
-            OpenApiParameter("after", int, description="Return deliveries with a larger id."),
-            OpenApiParameter("limit", int, description=f"At most {MAX_PAGE} (default 100)."),
-        ],
+        parameters=[DispatchDeliveriesQuery],
         responses=inline_serializer(
             "DeliveryPage",
             {"results": DeliveryOutSerializer(many=True), "next_after": serializers.IntegerField(allow_null=True)},
         ),
     )
     def get(self, request, dispatch_id: int):
+        query = query_params_valid(DispatchDeliveriesQuery, request)
         try:
             dispatch = dispatch_for(request.user, dispatch_id)
         except Dispatch.DoesNotExist as exc:
             raise Http404 from exc
-        params = request.query_params
         rows = Delivery.objects.filter(dispatch_id=dispatch.pk)
-        wanted = params.get("status")
-        if wanted:
-            if wanted not in Delivery.Status.values:
-                raise exceptions.ValidationError(
-                    {"status": f"Unknown status '{wanted}'; use {', '.join(Delivery.Status.values)}."}
-                )
-            rows = rows.filter(status=wanted)
-        try:
-            after = int(params.get("after", 0))
-            limit = int(params.get("limit", 100))
-        except ValueError as exc:
-            raise exceptions.ValidationError({"after": "after and limit are whole numbers."}) from exc
-        if not 1 <= limit <= MAX_PAGE:
-            raise exceptions.ValidationError({"limit": f"limit is 1 to {MAX_PAGE}."})
+        if "status" in query:
+            rows = rows.filter(status=query["status"])
+        after, limit = min(query.get("after", 0), 2**63 - 1), query.get("limit", 100)
         page = list(rows.filter(id__gt=after).order_by("id")[:limit])
         return Response(
             {

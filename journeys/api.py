@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from django.urls import path
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.pagination import ApiPagination, ListQuery, QueryChoice, query_params_valid
 from journeys.models import Journey, JourneyVersion
 from journeys.selectors import (
     journey_for,
@@ -20,7 +21,7 @@ from journeys.selectors import (
 
 
 class VersionOutSerializer(serializers.ModelSerializer):
-    entry_segment = serializers.PrimaryKeyRelatedField(read_only=True)
+    entry_segment = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
 
     class Meta:
         model = JourneyVersion
@@ -96,6 +97,10 @@ class JourneyDetailSerializer(JourneyOutSerializer):
         return [{"id": step_id, **counts} for step_id, counts in version_step_stats(version).items()]
 
 
+class JourneyListQuery(ListQuery):
+    status = QueryChoice(Journey.Status.values)
+
+
 class JourneyListView(APIView):
     """The journeys this key's user may see."""
 
@@ -103,11 +108,7 @@ class JourneyListView(APIView):
 
     @extend_schema(
         operation_id="journeys_list",
-        parameters=[
-            OpenApiParameter("status", str, enum=list(Journey.Status.values)),
-            OpenApiParameter("limit", int),
-            OpenApiParameter("offset", int),
-        ],
+        parameters=[JourneyListQuery],
         responses=inline_serializer(
             "PaginatedJourneyOutList",
             {
@@ -119,13 +120,11 @@ class JourneyListView(APIView):
         ),
     )
     def get(self, request):
-        from accounts.pagination import ApiPagination
-
+        query = query_params_valid(JourneyListQuery, request)
         paginator = ApiPagination()
         journeys = journeys_visible_to(request.user).order_by("-updated_at", "-id")
-        status = request.query_params.get("status")
-        if status:
-            journeys = journeys.filter(status=status)
+        if "status" in query:
+            journeys = journeys.filter(status=query["status"])
         page = paginator.paginate_queryset(journeys, request, view=self)
         return paginator.get_paginated_response(JourneyOutSerializer(page, many=True).data)
 

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 from django.core.management import call_command
 
 COMMITTED = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
@@ -32,3 +33,107 @@ def test_every_operation_documents_the_error_answers(db):
         for method, operation in methods.items():
             for status in ("400", "401", "403", "404"):
                 assert status in operation["responses"], f"{method.upper()} {path} lacks {status}"
+
+
+def _schema() -> dict:
+    import yaml
+
+    return yaml.safe_load(COMMITTED.read_text())
+
+
+def _output_serializers():
+    """Every model serializer the API answers with, and the schema component it becomes."""
+    from rest_framework import serializers
+
+    import audiences.api
+    import campaigns.api
+    import delivery.api
+    import journeys.api
+
+    for module in (audiences.api, campaigns.api, delivery.api, journeys.api):
+        for name, value in vars(module).items():
+            if (
+                isinstance(value, type)
+                and issubclass(value, serializers.ModelSerializer)
+                and value.__module__ == module.__name__
+                and name.endswith("OutSerializer") | name.endswith("DetailSerializer")
+            ):
+                yield value, name.removesuffix("Serializer")
+
+
+def _may_be_null(model, source: str) -> bool:
+    """Whether following ``source`` (a dotted path of model fields) from a row can end in None."""
+    for part in source.split("."):
+        try:
+            field = model._meta.get_field(part)
+        except Exception:
+            return False  # a property or method: its own annotation documents it
+        if field.null:
+            return True
+        model = field.related_model
+        if model is None:
+            return False
+    return False
+
+
+def test_every_answer_field_that_can_be_null_is_nullable_in_the_schema(db):
+    components = _schema()["components"]["schemas"]
+    checked = 0
+    for serializer_class, component in _output_serializers():
+        if component not in components:
+            continue  # nested in another answer as a free-form object
+        properties = components[component]["properties"]
+        for name, field in serializer_class().fields.items():
+            if field.write_only or not _may_be_null(serializer_class.Meta.model, field.source):
+                continue
+            checked += 1
+            declared = properties[name]
+            nullable = declared.get("nullable") or any(
+                option.get("$ref", "").endswith("/NullEnum") for option in declared.get("oneOf", [])
+            )
+            assert nullable, f"{component}.{name} can be null but the schema does not say so"
+    assert checked >= 20
+
+
+def test_the_platform_enum_and_the_list_ranges_are_in_the_schema(db):
+    schema = _schema()
+    components = schema["components"]["schemas"]
+    assert components["PlatformEnum"]["enum"] == ["ios", "android"]
+    assert components["DeviceInRequest"]["properties"]["platform"] == {"$ref": "#/components/schemas/PlatformEnum"}
+    lists = ["/api/v1/campaigns/", "/api/v1/segments/", "/api/v1/journeys/", "/api/v1/dispatches/"]
+    for path in [*lists, "/api/v1/dispatches/{dispatch_id}/deliveries/"]:
+        parameters = {p["name"]: p["schema"] for p in schema["paths"][path]["get"]["parameters"]}
+        assert (parameters["limit"]["minimum"], parameters["limit"]["maximum"]) == (1, 1000), path
+    for path in lists:
+        parameters = {p["name"]: p["schema"] for p in schema["paths"][path]["get"]["parameters"]}
+        assert parameters["offset"]["minimum"] == 0
+    for path in ["/api/v1/campaigns/", "/api/v1/journeys/", "/api/v1/dispatches/"]:
+        parameters = {p["name"]: p["schema"] for p in schema["paths"][path]["get"]["parameters"]}
+        assert "AAA" not in parameters["status"]["enum"] and len(parameters["status"]["enum"]) >= 5
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "status", "code"),
+    [
+        ("/api/v1/opens/", "post", "409", "already_opened"),
+        ("/api/v1/opens/", "post", "409", "not_accepted"),
+        ("/api/v1/campaigns/{campaign_id}/trigger/", "post", "409", "idempotency_in_progress"),
+        ("/api/v1/campaigns/{campaign_id}/trigger/", "post", "422", "idempotency_key_reused"),
+        ("/api/v1/campaigns/{campaign_id}/trigger/", "post", "409", "campaign_not_live"),
+        ("/api/v1/campaigns/{campaign_id}/trigger/", "post", "409", "not_api_triggered"),
+        ("/api/v1/campaigns/{campaign_id}/trigger/", "post", "409", "gate_closed"),
+        ("/api/v1/campaigns/{campaign_id}/trigger/", "post", "429", "throttled"),
+        ("/api/v1/campaigns/{campaign_id}/trigger/", "post", "503", "instance_not_claimed"),
+    ],
+)
+def test_the_error_codes_an_operation_answers_are_documented(path, method, status, code, db):
+    response = _schema()["paths"][path][method]["responses"][status]
+    assert f"`{code}`" in response["description"]
+    assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+
+
+def test_every_operation_with_a_body_documents_request_too_large(db):
+    for path, methods in _schema()["paths"].items():
+        for method, operation in methods.items():
+            if "requestBody" in operation:
+                assert "`request_too_large`" in operation["responses"]["413"]["description"], f"{method} {path}"
