@@ -64,10 +64,14 @@ def test_rate_limit_holds_across_two_worker_processes():
 def test_redis_limiter_grants_a_burst_then_says_how_long_to_wait():
     limiter = RedisThrottle(settings.REDIS_URL)
     key = f"test:burst:{time.time()}"
+    started = time.monotonic()
     granted, wait = limiter.take(key=key, rate=100, count=1000)
     assert granted == 10
     assert 0 < wait <= 0.02
-    assert limiter.take(key=key, rate=100, count=5)[0] == 0
+    again, _ = limiter.take(key=key, rate=100, count=5)
+    # Right after the burst, only what refilled since (100 a second) is granted: nothing on a quiet
+    # machine, a few when the machine was slow between the two calls.
+    assert again <= int(100 * (time.monotonic() - started)) + 1
 
 
 @pytest.mark.skipif(settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"), reason="threads need a server")

@@ -174,4 +174,4 @@ def test_the_documented_nginx_serves_the_admin_styled_over_tls(nginx):
     assert moved.status_code == 301 and moved.headers["Location"].startswith("https://push.example.com")
     # A load balancer's probe straight to a web machine: plain HTTP, an IP Host, no redirect.
     probe = httpx.get(f"http://127.0.0.1:{nginx['web']}/readyz")
-    assert probe.status_code == 200 and probe.json() == {"status": "ready"}
+    assert probe.status_code == 200 and probe.json() == {"status": "ready"}, probe.text
