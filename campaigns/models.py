@@ -82,6 +82,11 @@ class Campaign(models.Model):
     throttle_per_second = models.PositiveIntegerField(
         null=True, blank=True, help_text="Most messages per second for this campaign (empty: the app's limit)."
     )
+    holdout_share = models.PositiveSmallIntegerField(
+        "holdout share (%)",
+        default=0,
+        help_text="With variants: the percentage of the audience that gets nothing (the control group).",
+    )
 
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.DRAFT, db_index=True)
     status_changed_at = models.DateTimeField(default=timezone.now)
@@ -135,11 +140,22 @@ class Campaign(models.Model):
         data = {field: getattr(self, field) for field in self.FINGERPRINT_FIELDS}
         data["content"] = self.content.fingerprint()
         data["audience"] = self.segment.definition_fingerprint() if self.segment_id else None
+        variants = self.variant_list()
+        if variants or self.holdout_share:
+            # Only then: the fingerprints of campaigns without variants stay what they were approved as.
+            data["variants"] = [[v.content.fingerprint(), v.share] for v in variants]
+            data["holdout_share"] = self.holdout_share
         blob = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
     # Besides the fingerprint, what the approved version keeps (it does not change what is sent).
     SNAPSHOT_EXTRA_FIELDS = ("content_id", "missed_window_minutes")
+
+    def variant_list(self) -> list["CampaignVariant"]:
+        """The variants in their order (empty: the campaign sends its one content to everyone)."""
+        if self.pk is None:
+            return []
+        return list(self.variants.select_related("content").order_by("number"))
 
     def snapshot(self) -> dict:
         """This campaign as it stands, in the frozen form an approval keeps (``approved_version``).
@@ -159,6 +175,18 @@ class Campaign(models.Model):
             # for the revision's approval (the gate compares the fingerprints).
             "audience_definition": self.segment.definition() if self.segment_id else {},
             "audience_fingerprint": self.segment.definition_fingerprint() if self.segment_id else "",
+            "variants": [
+                {
+                    "number": v.number,
+                    "label": v.label,
+                    "content_id": v.content_id,
+                    "content": str(v.content),
+                    "share": v.share,
+                    "spec": v.content.spec(),
+                }
+                for v in self.variant_list()
+            ],
+            "holdout_share": self.holdout_share,
         }
 
     def approved(self) -> "ApprovedVersion | None":
@@ -220,6 +248,8 @@ class ApprovedVersion:
     approved_by: str
     labels: dict
     snapshot: dict
+    variants: list  # [{number, label, content_id, content, share, spec}]: empty without variants
+    holdout_share: int
 
     @classmethod
     def from_snapshot(cls, snapshot: dict, *, campaign: "Campaign | None" = None) -> "ApprovedVersion":
@@ -236,10 +266,41 @@ class ApprovedVersion:
             approved_by=snapshot.get("approved_by", ""),
             labels=snapshot.get("labels", {}),
             snapshot=snapshot,
+            variants=snapshot.get("variants") or [],
+            holdout_share=snapshot.get("holdout_share") or 0,
             missed_window_minutes=fields.pop("missed_window_minutes", 60),
             activated_at=campaign.activated_at if campaign else None,
             **{name: fields.get(name) for name in Campaign.FINGERPRINT_FIELDS + ("content_id",)},
         )
+
+
+def variant_label(number: int) -> str:
+    """Variants are named A, B, C… in their order; 0 is the holdout."""
+    return "holdout" if number == 0 else chr(ord("A") + number - 1)
+
+
+class CampaignVariant(models.Model):
+    """One content of a campaign that tests several (A/B/n), and the share of the audience it gets.
+
+    A profile's variant is drawn from a hash of the profile and the campaign
+    (``delivery.variants``): the same on every retry and every occurrence.
+    """
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="variants")
+    number = models.PositiveSmallIntegerField(help_text="1 for A, 2 for B…: the order of the shares.")
+    content = models.ForeignKey("delivery.PushContent", on_delete=models.PROTECT, related_name="+")
+    share = models.PositiveSmallIntegerField("share (%)", help_text="The percentage of the audience it gets.")
+
+    class Meta:
+        ordering = ["campaign", "number"]
+        constraints = [models.UniqueConstraint(fields=["campaign", "number"], name="campaign_variant_number_once")]
+
+    def __str__(self) -> str:
+        return f"{self.label}: {self.content} ({self.share}%)"
+
+    @property
+    def label(self) -> str:
+        return variant_label(self.number)
 
 
 class CampaignUserObjectPermission(UserObjectPermissionBase, GrantStamp):

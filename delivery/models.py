@@ -274,6 +274,12 @@ class Dispatch(models.Model):
     content = models.ForeignKey(PushContent, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     content_spec = models.JSONField(help_text="The content as it was when the dispatch was created.")
     context = models.JSONField(default=dict, blank=True, help_text="The trigger's payload: context.* in Liquid.")
+    variants = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="A campaign's variants, frozen: [{number, label, content_id, share, spec}]; empty: one content.",
+    )
+    holdout_share = models.PositiveSmallIntegerField(default=0, help_text="The percentage that gets nothing.")
     segment = models.ForeignKey("audiences.Segment", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     profile_ids = models.JSONField(null=True, blank=True, help_text="An explicit audience (API trigger).")
     rate_limit_per_second = models.PositiveIntegerField(null=True, blank=True, help_text="This run's own throttle.")
@@ -332,6 +338,17 @@ class Dispatch(models.Model):
 
     def __str__(self) -> str:
         return self.label or f"Dispatch #{self.pk}"
+
+    def spec_for(self, variant: int | None) -> dict:
+        """The frozen content a row of this variant sends (the dispatch's own without variants)."""
+        if variant:
+            for frozen in self.variants:
+                if frozen["number"] == variant:
+                    return frozen["spec"]
+        return self.content_spec
+
+    def all_specs(self) -> list[dict]:
+        return [v["spec"] for v in self.variants] or [self.content_spec]
 
     @property
     def done_count(self) -> int:
@@ -399,6 +416,9 @@ class Delivery(models.Model):
     )
     context = models.JSONField(
         null=True, blank=True, help_text="The call's context (context.* in Liquid), for rows of a standing dispatch."
+    )
+    variant = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="The campaign variant it sends (1 = A…), 0 for the holdout; empty: none."
     )
 
     class Meta:

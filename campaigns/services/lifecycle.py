@@ -142,6 +142,22 @@ def _create(*, by: User, changed: set[str], **fields) -> Campaign:
     return campaign
 
 
+def lock_editable(campaign_id: int, *, by: User) -> Campaign:
+    """Lock a campaign that ``by`` may edit now: a draft, or a scheduled or live one without a
+    revision in review. Call inside ``transaction.atomic()``.
+
+    Raises Http404 outside their access, PermissionDenied without the role, TransitionError otherwise.
+    """
+    campaign = _lock(campaign_id, by, "campaigns.change_campaign")
+    if campaign.status == Status.IN_REVIEW:
+        raise TransitionError(campaign, "edited", "Cancel the approval request first.")
+    if campaign.status not in (Status.DRAFT, Status.SCHEDULED, Status.LIVE):
+        raise TransitionError(campaign, "edited", "Duplicate it to make a new draft.")
+    if campaign.is_active and revision_waiting(campaign) is not None:
+        raise TransitionError(campaign, "edited", "Its revision is waiting for approval: cancel the request first.")
+    return campaign
+
+
 def campaign_update(*, campaign_id: int, by: User, **changes) -> Campaign:
     """Edit a campaign. A draft stays a draft. On a scheduled or live campaign, an edit of its
     content, audience or schedule is a pending revision: the approved version (``approved_version``)
@@ -155,13 +171,7 @@ def campaign_update(*, campaign_id: int, by: User, **changes) -> Campaign:
     if unknown:
         raise ValidationError({field: "Not a campaign field." for field in unknown})
     with transaction.atomic():
-        campaign = _lock(campaign_id, by, "campaigns.change_campaign")
-        if campaign.status == Status.IN_REVIEW:
-            raise TransitionError(campaign, "edited", "Cancel the approval request first.")
-        if campaign.status not in (Status.DRAFT, Status.SCHEDULED, Status.LIVE):
-            raise TransitionError(campaign, "edited", "Duplicate it to make a new draft.")
-        if campaign.is_active and revision_waiting(campaign) is not None:
-            raise TransitionError(campaign, "edited", "Its revision is waiting for approval: cancel the request first.")
+        campaign = lock_editable(campaign_id, by=by)
         changed = {
             field
             for field, value in changes.items()
@@ -400,5 +410,18 @@ def campaign_duplicate(*, campaign_id: int, by: User) -> Campaign:
             content = pushcontent_duplicate(content_id=source.content_id, by=by)
         fields = {field: getattr(source, field) for field in EDITABLE_FIELDS if field not in ("name", "content")}
         copy = _create(by=by, changed={"content"}, name=f"{source.name} (copy)"[:200], content=content, **fields)
+        variants = source.variant_list()
+        if variants:
+            from campaigns.models import CampaignVariant
+
+            # The first variant is the campaign's content, copied above; the others are shared, as its segment is.
+            CampaignVariant.objects.bulk_create(
+                CampaignVariant(
+                    campaign=copy, number=v.number, content=content if v.number == 1 else v.content, share=v.share
+                )
+                for v in variants
+            )
+            copy.holdout_share = source.holdout_share
+            copy.save(update_fields=["holdout_share"])
         audit(actor=by, action="campaign_duplicated", obj=copy, summary={"from": source.pk})
     return copy

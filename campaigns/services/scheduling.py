@@ -19,9 +19,19 @@ from campaigns.schedule import local_wall_time, next_occurrence
 from campaigns.services.lifecycle import Status, _transition
 
 
-def campaign_gate(*, app, source_id: int | None, spec: dict, by: User | None, api_triggered: bool = False) -> None:
+def campaign_gate(
+    *,
+    app,
+    source_id: int | None,
+    spec: dict,
+    by: User | None,
+    api_triggered: bool = False,
+    variants: list[dict] | None = None,
+    holdout_share: int = 0,
+) -> None:
     """The campaigns' gate in the delivery pipeline: a dispatch only for an approved, active campaign,
-    sending exactly the content of its approved version (a pending revision never reaches a send).
+    sending exactly the content of its approved version (a pending revision never reaches a send):
+    its variants, their shares and its holdout too.
 
     Raises GateClosed otherwise, whoever calls: a forged admin POST or a direct service call alike.
     """
@@ -39,6 +49,8 @@ def campaign_gate(*, app, source_id: int | None, spec: dict, by: User | None, ap
         raise GateClosed(f"'{campaign}' changed since it was approved.")
     if spec != approved.spec:
         raise GateClosed("The content to send is not the approved content.")
+    if (variants or []) != approved.variants or holdout_share != approved.holdout_share:
+        raise GateClosed("The variants or shares to send are not the approved ones.")
     if approved.segment_id is not None and not api_triggered:
         from audiences.models import Segment
 
@@ -119,6 +131,8 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                         local_time=local_wall_time(approved, due) if local else "",
                         local_default_timezone=approved.time_zone if local else "",
                         context={"campaign": {"id": campaign.pk, "name": campaign.name}},
+                        variants=approved.variants,
+                        holdout_share=approved.holdout_share,
                     )
             except GateClosed as exc:
                 # Said on the campaign's page; the campaign stays on the air for its next occurrence.

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
 from django.http import Http404
 from django.utils import timezone
 
@@ -120,6 +120,21 @@ class _Approved:
     loaded_at: float
     payload_problem: str | None = None  # for content that renders the same for everyone
     stream_id: int | None = None  # today's standing dispatch, opened by the first call with rows
+    variants: list = field(default_factory=list)  # the approved variants (empty: one content)
+    holdout_share: int = 0
+    variant_problems: dict = field(default_factory=dict)  # variant number -> payload problem, as above
+
+    def variant_of(self, profile_id: int) -> int | None:
+        """The recipient's variant (0: the holdout), as the bulk send computes it in SQL."""
+        from delivery.variants import variant_for
+
+        return variant_for(profile_id, salt=self.campaign_id, variants=self.variants, holdout_share=self.holdout_share)
+
+    def spec_of(self, variant: int | None) -> dict:
+        for frozen in self.variants:
+            if frozen["number"] == variant:
+                return frozen["spec"]
+        return self.spec
 
     def stream(self, *, by: User | None, now: dt.datetime) -> int:
         """Today's standing dispatch of this approved version, opened when the first rows come."""
@@ -140,6 +155,8 @@ class _Approved:
                 context={"campaign": {"id": self.campaign_id, "name": self.name}},
                 by=by,
                 now=now,
+                variants=self.variants,
+                holdout_share=self.holdout_share,
             )
         return self.stream_id
 
@@ -193,7 +210,15 @@ def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: 
         raise TriggerRefused(f"'{campaign}' has no approved version.", code="campaign_not_live")
     spec = approved.spec
     try:
-        campaign_gate(app=campaign.app, source_id=campaign.pk, spec=spec, by=by, api_triggered=True)
+        campaign_gate(
+            app=campaign.app,
+            source_id=campaign.pk,
+            spec=spec,
+            by=by,
+            api_triggered=True,
+            variants=approved.variants,
+            holdout_share=approved.holdout_share,
+        )
     except GateClosed as exc:
         raise TriggerRefused(str(exc), code="gate_closed") from exc
     rules = None
@@ -213,9 +238,16 @@ def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: 
         stream_day=now.astimezone(dt.UTC).date(),
         stamp=stamp,
         loaded_at=time.monotonic(),
+        variants=approved.variants,
+        holdout_share=approved.holdout_share,
     )
+    entry.personalized = any(spec_is_personalized(s) for s in [spec, *(v["spec"] for v in entry.variants)])
     if not entry.personalized:
         entry.payload_problem = _payload_problem(spec, profile={"attributes": {}}, context={})
+        for frozen in entry.variants:
+            entry.variant_problems[frozen["number"]] = _payload_problem(
+                frozen["spec"], profile={"attributes": {}}, context={}
+            )
     _APPROVED[campaign_id] = entry
     return entry
 
@@ -326,14 +358,17 @@ def campaign_trigger(
             )
             continue
         merged = {**context, **(recipient.get("context") or {})}
-        if entry.personalized:
-            problem = _payload_problem(entry.spec, profile=profile, context=merged)
+        variant = entry.variant_of(profile["id"])
+        if variant == 0:
+            problem = None  # the holdout gets nothing: its row records the skip
+        elif entry.personalized:
+            problem = _payload_problem(entry.spec_of(variant), profile=profile, context=merged)
         else:
-            problem = entry.payload_problem
+            problem = entry.variant_problems.get(variant) if variant else entry.payload_problem
         if problem:
             errors[f"recipients.{index}.context"] = problem
             continue
-        if not profile["reachable"]:
+        if not profile["reachable"] and variant != 0:
             problems.append(
                 {
                     "index": index,
@@ -342,7 +377,7 @@ def campaign_trigger(
                     "detail": "No opted-in device for this app.",
                 }
             )
-        targeted.append(Recipient(profile["id"], profile["timezone"] or "", merged or None))
+        targeted.append(Recipient(profile["id"], profile["timezone"] or "", merged or None, variant))
     if errors:
         raise ValidationError(errors)
     if not targeted:
@@ -457,7 +492,12 @@ def campaign_content_changed(sender, instance, **kwargs) -> None:
     from accounts.stamps import stamps_bump
 
     stamps_bump(
-        *[_campaign_stamp(pk) for pk in Campaign.objects.filter(content_id=instance.pk).values_list("pk", flat=True)]
+        *[
+            _campaign_stamp(pk)
+            for pk in Campaign.objects.filter(Q(content_id=instance.pk) | Q(variants__content_id=instance.pk))
+            .values_list("pk", flat=True)
+            .distinct()
+        ]
     )
 
 

@@ -34,6 +34,7 @@ from delivery.payloads import (
     spec_validate,
 )
 from delivery.rules import local_time_apply, rules_apply
+from delivery.variants import HOLDOUT, bucket_sql, variant_sql
 from operations.instance import ensure_instance_claimed, instance_refuses
 
 DS = Delivery.Status
@@ -83,11 +84,16 @@ def dispatch_create(
     purpose: str = "marketing",
     local_time: str = "",
     local_default_timezone: str = "",
+    variants: list[dict] | None = None,
+    holdout_share: int = 0,
 ) -> Dispatch:
     """Open a send run after its gate agrees; the audience is resolved and sent by worker tasks.
 
     ``spec`` (a PushContent's ``spec()``) is copied and frozen on the Dispatch. The audience is
     ``segment_id``, or ``profile_ids``, or, for a test send, the app's test devices.
+    ``variants`` (``[{number, label, content_id, share, spec}]``, a campaign's) split the audience
+    by a hash of profile and ``source_id``, and ``holdout_share`` percent get nothing; the gate is
+    asked about them too.
     Raises GateClosed when the kind's gate refuses (or the kind has none), ValidationError when
     the spec is not sendable, InstanceMismatch on a copy of another instance's database.
     """
@@ -96,8 +102,13 @@ def dispatch_create(
     gate = _GATES.get(kind)
     if gate is None:
         raise GateClosed(f"No gate is registered for '{kind}' dispatches: nothing is sent.")
-    gate(app=app, source_id=source_id, spec=spec, by=by)
+    if variants or holdout_share:
+        gate(app=app, source_id=source_id, spec=spec, by=by, variants=variants or [], holdout_share=holdout_share)
+    else:
+        gate(app=app, source_id=source_id, spec=spec, by=by)
     spec_validate(spec)
+    for variant in variants or []:
+        spec_validate(variant["spec"])
     if kind != Dispatch.Kind.TEST and segment_id is None and profile_ids is None:
         raise ValidationError({"audience": "A dispatch needs a segment or a list of profiles."})
     with transaction.atomic():
@@ -109,6 +120,8 @@ def dispatch_create(
             content_id=content_id,
             content_spec=dict(spec),
             context=context or {},
+            variants=list(variants or []),
+            holdout_share=holdout_share,
             segment_id=segment_id,
             profile_ids=list(profile_ids) if profile_ids is not None else None,
             rate_limit_per_second=rate_limit_per_second,
@@ -176,27 +189,44 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
         dispatch = Dispatch.objects.select_for_update().filter(pk=dispatch_id).first()
         if dispatch is None or dispatch.status != Dispatch.Status.PREPARING:
             return False
+        # A holdout row is skipped whatever its device: the control group gets nothing, and is counted.
+        holdout = f"COALESCE(p.variant, -1) = {HOLDOUT}"
         status_sql = (
-            f"CASE WHEN dev.id IS NULL THEN '{DS.SKIPPED}' WHEN dev.push_enabled THEN '{DS.QUEUED}' "
+            f"CASE WHEN {holdout} OR dev.id IS NULL THEN '{DS.SKIPPED}' WHEN dev.push_enabled THEN '{DS.QUEUED}' "
             f"ELSE '{DS.SKIPPED}' END"
         )
-        reason_sql = "CASE WHEN dev.id IS NULL THEN 'no_device' WHEN dev.push_enabled THEN '' ELSE 'not_opted_in' END"
-        finished_sql = "CASE WHEN dev.id IS NOT NULL AND dev.push_enabled THEN NULL ELSE %s END"
-        columns = "dispatch_id, device_id, profile_id, status, reason, provider_message_id, attempts, finished_at"
+        reason_sql = (
+            f"CASE WHEN {holdout} THEN 'holdout' WHEN dev.id IS NULL THEN 'no_device' "
+            "WHEN dev.push_enabled THEN '' ELSE 'not_opted_in' END"
+        )
+        finished_sql = f"CASE WHEN dev.id IS NOT NULL AND dev.push_enabled AND NOT {holdout} THEN NULL ELSE %s END"
+        columns = (
+            "dispatch_id, device_id, profile_id, status, reason, provider_message_id, attempts, finished_at, variant"
+        )
         if dispatch.kind == Dispatch.Kind.TEST:
             sql = (
                 f"INSERT INTO delivery_delivery ({columns}) "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
-                f"SELECT %s, dev.id, dev.profile_id, {status_sql}, {reason_sql}, '', 0, {finished_sql} "
-                "FROM delivery_device dev WHERE dev.app_id = %s AND dev.is_test AND dev.active "
+                f"SELECT %s, dev.id, dev.profile_id, {status_sql}, {reason_sql}, '', 0, {finished_sql}, NULL "
+                "FROM delivery_device dev, (SELECT CAST(NULL AS integer) AS variant) p "
+                "WHERE dev.app_id = %s AND dev.is_test AND dev.active "
                 "ON CONFLICT DO NOTHING"
             )
             params = [dispatch.pk, _dt(now), dispatch.app_id]
         else:
             audience_sql, audience_params = _audience_sql(dispatch)
+            # Each profile's variant from a hash of it and the campaign: stable across retries and occurrences.
+            bucket = bucket_sql("a.id", vendor=connection.vendor, salt=dispatch.source_id or 0)
+            variant = variant_sql("a.bucket", variants=dispatch.variants, holdout_share=dispatch.holdout_share)
+            # (Integers formatted by delivery.variants and the ORM's own SQL; values are bound.)
+            profiles = (
+                f"SELECT a.id, {variant} AS variant FROM (SELECT a.id, {bucket} AS bucket FROM ({audience_sql}) a) a"  # noqa: S608
+                if dispatch.variants
+                else f"SELECT a.id, CAST(NULL AS integer) AS variant FROM ({audience_sql}) a"  # noqa: S608
+            )
             sql = (
                 f"INSERT INTO delivery_delivery ({columns}) "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
-                f"SELECT %s, dev.id, p.id, {status_sql}, {reason_sql}, '', 0, {finished_sql} "
-                f"FROM ({audience_sql}) p "
+                f"SELECT %s, dev.id, p.id, {status_sql}, {reason_sql}, '', 0, {finished_sql}, p.variant "
+                f"FROM ({profiles}) p "
                 "LEFT JOIN delivery_device dev ON dev.profile_id = p.id AND dev.app_id = %s AND dev.active "
                 "WHERE 1 = 1 ON CONFLICT DO NOTHING"
             )

@@ -65,6 +65,7 @@ class Claimed:
     profile: dict | None = None
     expires_at: datetime | None = None  # its own expiry (a held row, a stream's row); None: the dispatch's
     context: dict | None = None  # a stream's row: its call's context
+    variant: int | None = None  # a campaign variant's number: the content it sends
 
 
 @dataclass(slots=True)
@@ -115,9 +116,9 @@ def _claim(dispatch_id: int, *, limit: int, now: datetime, with_profiles: bool =
             "FOR UPDATE SKIP LOCKED), "
             "claimed AS (UPDATE delivery_delivery d SET status = 'sending', attempts = d.attempts + 1, "
             "lease_expires_at = now() + %s * interval '1 second' FROM picked WHERE d.id = picked.id "
-            "RETURNING d.id, d.device_id, d.profile_id, d.attempts, d.expires_at, d.context) "
-            f"SELECT c.id, c.device_id, c.profile_id, c.attempts, dev.token, dev.platform, c.expires_at, c.context"
-            f"{profile_columns} "
+            "RETURNING d.id, d.device_id, d.profile_id, d.attempts, d.expires_at, d.context, d.variant) "
+            "SELECT c.id, c.device_id, c.profile_id, c.attempts, dev.token, dev.platform, c.expires_at, c.context, "
+            f"c.variant{profile_columns} "
             f"FROM claimed c LEFT JOIN delivery_device dev ON dev.id = c.device_id{profile_join}"
         )
         with transaction.atomic(), connection.cursor() as cursor:
@@ -127,14 +128,15 @@ def _claim(dispatch_id: int, *, limit: int, now: datetime, with_profiles: bool =
         for values in fetched:
             row = Claimed(*values[:4], token=values[4] or "", platform=values[5] or "", expires_at=values[6])
             row.context = json.loads(values[7]) if isinstance(values[7], str) else values[7]
-            if with_profiles and values[8] is not None:
-                attributes = values[11]
+            row.variant = values[8]
+            if with_profiles and values[9] is not None:
+                attributes = values[12]
                 if isinstance(attributes, str):
                     attributes = json.loads(attributes)
                 row.profile = {
-                    "external_id": values[8],
-                    "locale": values[9],
-                    "timezone": values[10],
+                    "external_id": values[9],
+                    "locale": values[10],
+                    "timezone": values[11],
                     "attributes": attributes or {},
                 }
             rows.append(row)
@@ -143,13 +145,16 @@ def _claim(dispatch_id: int, *, limit: int, now: datetime, with_profiles: bool =
     sql = (
         "UPDATE delivery_delivery SET status = 'sending', attempts = attempts + 1, lease_expires_at = %s "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
         f"WHERE id IN (SELECT id FROM delivery_delivery WHERE {ready} ORDER BY id LIMIT %s) "
-        "RETURNING id, device_id, profile_id, attempts, expires_at, context"
+        "RETURNING id, device_id, profile_id, attempts, expires_at, context, variant"
     )
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(sql, [_dt(lease), dispatch_id, _dt(now), limit])
         rows = [
             Claimed(
-                *row[:4], expires_at=_aware(row[4]), context=json.loads(row[5]) if isinstance(row[5], str) else row[5]
+                *row[:4],
+                expires_at=_aware(row[4]),
+                context=json.loads(row[5]) if isinstance(row[5], str) else row[5],
+                variant=row[6],
             )
             for row in cursor.fetchall()
         ]
@@ -273,6 +278,11 @@ def _needs_profiles(spec: dict) -> bool:
     return spec_is_personalized(spec) or bool(spec.get("variants"))
 
 
+def dispatch_needs_profiles(dispatch: Dispatch) -> bool:
+    """Whether any content the dispatch sends (each variant's) renders per profile."""
+    return any(_needs_profiles(spec) for spec in dispatch.all_specs())
+
+
 def _profiles_for(rows: list[Claimed]) -> dict[int, dict]:
     ids = {r.profile_id for r in rows if r.profile_id}
     return {
@@ -325,12 +335,33 @@ class _Batch:
     futures: dict = field(default_factory=dict)
 
 
+class _Contents:
+    """What a batch renders per content: a dispatch sends one, or one per campaign variant."""
+
+    def __init__(self, dispatch: Dispatch, own_contexts: bool, now: datetime):
+        self.dispatch, self.own_contexts, self.now = dispatch, own_contexts, now
+        self._by_variant: dict[int | None, tuple] = {}
+
+    def get(self, variant: int | None) -> tuple[dict, int, datetime, dict, object]:
+        """(spec, ttl, the dispatch's expiry, APNs options, the message shared by all or None)."""
+        found = self._by_variant.get(variant)
+        if found is None:
+            dispatch = self.dispatch
+            spec = dispatch.spec_for(variant)
+            ttl = int(spec.get("ttl_seconds") or 0)
+            shared = (
+                None
+                if _needs_profiles(spec) or self.own_contexts
+                else message_render(spec, profile={}, context=recipient_context(dispatch.context, None))
+            )
+            expires = (dispatch.started_at or self.now) + timedelta(seconds=ttl)
+            found = self._by_variant[variant] = (spec, ttl, expires, apns_options(spec), shared)
+        return found
+
+
 def _batch_prepare(dispatch: Dispatch, rows: list[Claimed]) -> _Batch:
     """Render every claimed row and build its provider message; rows that cannot be sent fail here."""
-    spec = dispatch.content_spec
     now = timezone.now()
-    ttl = int(spec.get("ttl_seconds") or 0)
-    dispatch_expires = (dispatch.started_at or now) + timedelta(seconds=ttl)
     batch = _Batch(
         rows={Platform.IOS: [], Platform.ANDROID: []},
         messages={Platform.IOS: [], Platform.ANDROID: []},
@@ -339,16 +370,12 @@ def _batch_prepare(dispatch: Dispatch, rows: list[Claimed]) -> _Batch:
     )
     results = batch.results
     own_contexts = bool((dispatch.context or {}).get(RECIPIENT_CONTEXTS)) or any(r.context for r in rows)
-    shared = (
-        None
-        if _needs_profiles(spec) or own_contexts
-        else message_render(spec, profile={}, context=recipient_context(dispatch.context, None))
-    )
-    options = apns_options(spec)
+    contents = _Contents(dispatch, own_contexts, now)
     for row in rows:
         if not row.token:
             results.append(Result(row.id, DS.FAILED, reason="device_deleted"))
             continue
+        spec, ttl, dispatch_expires, options, shared = contents.get(row.variant)
         # The TTL runs once per delivery, from the dispatch's start or the end of the row's hold:
         # each attempt sends what remains. A TTL of 0 is "now or never" (APNs 0, FCM "0s").
         expires = batch.expires[row.id] = row.expires_at or dispatch_expires
@@ -465,7 +492,7 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
     limits = [(f"app:{app.pk}", app.rate_limit_per_second)]
     if dispatch.rate_limit_per_second:
         limits.append((f"dispatch:{dispatch.pk}", dispatch.rate_limit_per_second))
-    with_profiles = _needs_profiles(dispatch.content_spec)
+    with_profiles = dispatch_needs_profiles(dispatch)
     # One batch sends (in the send threads) while the next is claimed and rendered here.
     in_flight: _Batch | None = None
 

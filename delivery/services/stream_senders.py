@@ -92,7 +92,7 @@ class _Stream:
 
 
 def _open_streams(ids: list[int] | None = None) -> dict[int, _Stream]:
-    from delivery.services.sending import _needs_profiles
+    from delivery.services.sending import dispatch_needs_profiles
 
     found = Dispatch.objects.select_related("app").filter(standing=True, status=Dispatch.Status.SENDING)
     if ids is not None:
@@ -102,7 +102,7 @@ def _open_streams(ids: list[int] | None = None) -> dict[int, _Stream]:
         limits = [(f"app:{dispatch.app_id}", dispatch.app.rate_limit_per_second)]
         if dispatch.rate_limit_per_second:
             limits.append((f"dispatch:{dispatch.pk}", dispatch.rate_limit_per_second))
-        streams[dispatch.pk] = _Stream(dispatch, limits, _needs_profiles(dispatch.content_spec))
+        streams[dispatch.pk] = _Stream(dispatch, limits, dispatch_needs_profiles(dispatch))
     return streams
 
 

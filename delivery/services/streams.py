@@ -45,6 +45,7 @@ class Recipient:
     profile_id: int
     timezone: str = ""
     context: dict | None = None
+    variant: int | None = None  # its campaign variant (0: the holdout, which gets a skipped row)
 
 
 @dataclass(frozen=True)
@@ -83,13 +84,16 @@ def stream_open(
     context: dict | None = None,
     by: User | None = None,
     now: dt.datetime | None = None,
+    variants: list[dict] | None = None,
+    holdout_share: int = 0,
 ) -> int:
     """The id of the open standing dispatch of (kind, source, version) for today, opened if needed.
 
     The caller has run its source's gate; ``spec`` (already validated when it was approved) is
     frozen on the dispatch. Safe to race: one stream per source, version and day is open at a
     time (a unique index), and the loser reads the winner's. Raises InstanceMismatch on a copy
-    of another instance's database.
+    of another instance's database. ``variants`` and ``holdout_share`` (a campaign's) are frozen
+    with it; each call names its recipients' variants.
     """
     from operations.instance import ensure_instance_claimed
 
@@ -116,6 +120,8 @@ def stream_open(
                 label=f"{label} · {day.isoformat()}"[:300],
                 content_id=content_id,
                 content_spec=dict(spec),
+                variants=list(variants or []),
+                holdout_share=holdout_share,
                 context=context or {},
                 rate_limit_per_second=rate_limit_per_second,
                 purpose=purpose,
@@ -161,6 +167,10 @@ def _held(recipients: list[Recipient], rules: DeliveryRules | None, now: dt.date
     return hold, skip
 
 
+# A row that is not sent: the holdout, no device, not opted in, quiet hours that discard.
+_SKIP = "COALESCE(v.variant, -1) = 0 OR dev.id IS NULL OR NOT dev.push_enabled OR v.quiet_skip"
+
+
 def stream_append(
     *,
     dispatch_id: int,
@@ -176,7 +186,8 @@ def stream_append(
     rows). ``source_lock`` is a ``SELECT … FOR SHARE`` of the source row under its gate's
     conditions; no row is written unless it returns one and the dispatch is still sending.
     Every recipient gets a row per active device of the app (``queued``, or ``skipped`` with
-    ``not_opted_in``), or one ``skipped`` / ``no_device`` row. ``rules`` (the app's, for marketing
+    ``not_opted_in``), or one ``skipped`` / ``no_device`` row; a recipient in the holdout
+    (variant 0) gets them all ``skipped`` / ``holdout``. ``rules`` (the app's, for marketing
     streams) hold rows in quiet hours and skip those over the frequency cap.
     Raises StreamClosed when the source or the dispatch refuses.
     """
@@ -189,20 +200,25 @@ def stream_append(
     lock_sql, lock_params = source_lock
     sql = (
         f"WITH src AS ({lock_sql}), "  # noqa: S608 (constants and the callers' fixed SQL; values are bound)
-        "d AS (SELECT x.id, COALESCE((x.content_spec->>'ttl_seconds')::int, 0) AS ttl FROM delivery_dispatch x "
+        "d AS (SELECT x.id, COALESCE((x.content_spec->>'ttl_seconds')::int, 0) AS ttl, x.variants "
+        "FROM delivery_dispatch x "
         "WHERE x.id = %s AND x.status = 'sending' AND EXISTS (SELECT 1 FROM src) FOR KEY SHARE OF x), "
-        "v AS (SELECT * FROM unnest(%s::bigint[], %s::jsonb[], %s::timestamptz[], %s::boolean[]) "
-        "WITH ORDINALITY AS v(profile_id, context, hold_until, quiet_skip, n)), "
+        "v AS (SELECT * FROM unnest(%s::bigint[], %s::jsonb[], %s::timestamptz[], %s::boolean[], %s::int[]) "
+        "WITH ORDINALITY AS v(profile_id, context, hold_until, quiet_skip, variant, n)), "
         "ins AS (INSERT INTO delivery_delivery (dispatch_id, device_id, profile_id, status, reason, "
-        "provider_message_id, attempts, finished_at, next_attempt_at, queued_at, context, expires_at) "
+        "provider_message_id, attempts, finished_at, next_attempt_at, queued_at, context, expires_at, variant) "
         "SELECT d.id, dev.id, v.profile_id, "
-        "CASE WHEN dev.id IS NULL OR NOT dev.push_enabled OR v.quiet_skip THEN 'skipped' ELSE 'queued' END, "
-        "CASE WHEN dev.id IS NULL THEN 'no_device' WHEN NOT dev.push_enabled THEN 'not_opted_in' "
-        "WHEN v.quiet_skip THEN 'quiet_hours' ELSE '' END, '', 0, "
-        "CASE WHEN dev.id IS NULL OR NOT dev.push_enabled OR v.quiet_skip THEN %s END, v.hold_until, %s, v.context, "
-        # The TTL runs from the call (or from the end of a quiet-hours hold), not from the stream's start.
-        "CASE WHEN d.ttl > 0 THEN COALESCE(v.hold_until, %s) + d.ttl * interval '1 second' END "
-        "FROM d CROSS JOIN v LEFT JOIN delivery_device dev "
+        f"CASE WHEN {_SKIP} THEN 'skipped' ELSE 'queued' END, "
+        "CASE WHEN v.variant = 0 THEN 'holdout' WHEN dev.id IS NULL THEN 'no_device' "
+        "WHEN NOT dev.push_enabled THEN 'not_opted_in' WHEN v.quiet_skip THEN 'quiet_hours' ELSE '' END, '', 0, "
+        f"CASE WHEN {_SKIP} THEN %s END, v.hold_until, %s, v.context, "
+        # The TTL runs from the call (or from the end of a quiet-hours hold), not from the stream's start;
+        # a variant's own content says how long.
+        "CASE WHEN t.ttl > 0 THEN COALESCE(v.hold_until, %s) + t.ttl * interval '1 second' END, v.variant "
+        "FROM d CROSS JOIN v "
+        "CROSS JOIN LATERAL (SELECT COALESCE((SELECT (e->'spec'->>'ttl_seconds')::int "
+        "FROM jsonb_array_elements(d.variants) e WHERE (e->>'number')::int = v.variant), d.ttl) AS ttl) t "
+        "LEFT JOIN delivery_device dev "
         "ON dev.profile_id = v.profile_id AND dev.app_id = %s AND dev.active "
         "ORDER BY v.n, dev.id "
         "RETURNING id, profile_id, device_id, status, reason), "
@@ -217,6 +233,7 @@ def stream_append(
         [json.dumps(r.context) if r.context else None for r in recipients],
         hold,
         skip,
+        [r.variant for r in recipients],
         now,
         now,
         now,
@@ -252,9 +269,7 @@ def _append_portable(*, dispatch_id, app_id, recipients, source_lock, rules, now
     if not Dispatch.objects.filter(pk=dispatch_id, status=Dispatch.Status.SENDING).exists():
         raise StreamClosed("dispatch")
     hold, skip = _held(recipients, rules, now)
-    ttl = int(
-        Dispatch.objects.filter(pk=dispatch_id).values_list("content_spec", flat=True).get().get("ttl_seconds") or 0
-    )
+    dispatch = Dispatch.objects.only("content_spec", "variants").get(pk=dispatch_id)
     devices: dict[int, list] = {}
     for device in Device.objects.filter(
         profile_id__in=[r.profile_id for r in recipients], app_id=app_id, active=True
@@ -262,11 +277,15 @@ def _append_portable(*, dispatch_id, app_id, recipients, source_lock, rules, now
         devices.setdefault(device.profile_id, []).append(device)
     made = []
     for recipient, until, quiet in zip(recipients, hold, skip, strict=True):
+        ttl = int(dispatch.spec_for(recipient.variant).get("ttl_seconds") or 0)
         for device in devices.get(recipient.profile_id) or [None]:
-            if device is None or not device.push_enabled or quiet:
-                reason = (
-                    "no_device" if device is None else ("not_opted_in" if not device.push_enabled else "quiet_hours")
-                )
+            if recipient.variant == 0 or device is None or not device.push_enabled or quiet:
+                if recipient.variant == 0:
+                    reason = "holdout"
+                elif device is None:
+                    reason = "no_device"
+                else:
+                    reason = "not_opted_in" if not device.push_enabled else "quiet_hours"
                 status, finished = DS.SKIPPED, now
             else:
                 status, reason, finished = DS.QUEUED, "", None
@@ -281,6 +300,7 @@ def _append_portable(*, dispatch_id, app_id, recipients, source_lock, rules, now
                     next_attempt_at=until,
                     queued_at=now,
                     context=recipient.context,
+                    variant=recipient.variant,
                     expires_at=(until or now) + dt.timedelta(seconds=ttl) if ttl else None,
                 )
             )

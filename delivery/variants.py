@@ -1,0 +1,81 @@
+"""Variant assignment: which content of an A/B/n campaign a profile gets, or the holdout.
+
+A profile's *bucket* (0–9999) is the first 32 bits of MD5("<profile id>:<salt>") modulo 10,000,
+where the salt is the campaign's id. The holdout takes the lowest buckets, then each variant its
+share in order. The same profile gets the same answer on every retry and every occurrence of the
+campaign, and the buckets of different campaigns are independent.
+
+The send path computes it in SQL while it resolves the audience (``bucket_sql``, ``variant_sql``); the trigger
+path, which already holds its recipients, in Python (``variant_for``). Both give the same answer.
+PostgreSQL computes MD5 itself; SQLite (the embedded mode) gets ``pushdesk_bucket`` as a function
+on each connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from django.db.backends.signals import connection_created
+
+BUCKETS = 10_000
+HOLDOUT = 0
+
+
+def bucket(profile_id: int, salt: int) -> int:
+    """The profile's bucket for this salt (a campaign id), 0–9999."""
+    digest = hashlib.md5(f"{profile_id}:{salt}".encode(), usedforsecurity=False).hexdigest()
+    return int(digest[:8], 16) % BUCKETS
+
+
+def _bounds(variants: list[dict], holdout_share: int) -> list[tuple[int, int]]:
+    """(upper bucket bound, variant number) in order: the holdout first, then each variant."""
+    bounds, upper = [], 0
+    if holdout_share:
+        upper = holdout_share * BUCKETS // 100
+        bounds.append((upper, HOLDOUT))
+    for variant in variants:
+        upper += variant["share"] * BUCKETS // 100
+        bounds.append((upper, variant["number"]))
+    return bounds
+
+
+def variant_for(profile_id: int, *, salt: int, variants: list[dict], holdout_share: int) -> int | None:
+    """The variant number (0 for the holdout) of a profile; None when there are no variants."""
+    if not variants:
+        return None
+    b = bucket(profile_id, salt)
+    bounds = _bounds(variants, holdout_share)
+    for upper, number in bounds:
+        if b < upper:
+            return number
+    return bounds[-1][1]  # shares summing to 100 leave nothing here; rounding never loses a profile
+
+
+def bucket_sql(column: str, *, vendor: str, salt: int) -> str:
+    """A SQL expression of ``column`` (a profile id): its bucket for this salt, as ``bucket`` computes it."""
+    salt = int(salt)
+    if vendor == "postgresql":
+        # mod() rather than %: the statement this joins has bound parameters.
+        return f"mod(('x' || substr(md5({column}::text || ':{salt}'), 1, 8))::bit(32)::bigint, {BUCKETS})"
+    return f"pushdesk_bucket({column}, {salt})"
+
+
+def variant_sql(bucket_column: str, *, variants: list[dict], holdout_share: int) -> str:
+    """A SQL expression of ``bucket_column`` (a bucket) giving the variant number, NULL without variants.
+
+    Every value in it is an integer formatted here: nothing comes from a user.
+    """
+    if not variants:
+        return "NULL"
+    bounds = _bounds(variants, holdout_share)
+    cases = " ".join(f"WHEN {bucket_column} < {int(upper)} THEN {int(number)}" for upper, number in bounds[:-1])
+    last = int(bounds[-1][1])
+    return f"(CASE {cases} ELSE {last} END)" if cases else str(last)
+
+
+def _sqlite_functions(sender, connection, **kwargs) -> None:
+    if connection.vendor == "sqlite":
+        connection.connection.create_function("pushdesk_bucket", 2, bucket, deterministic=True)
+
+
+connection_created.connect(_sqlite_functions, dispatch_uid="pushdesk_bucket")
