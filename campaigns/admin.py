@@ -17,7 +17,7 @@ from accounts.selectors import approval_current, visible_to
 from accounts.services import TransitionError
 from campaigns.models import Campaign, Occurrence
 from campaigns.reports import campaign_charts, campaign_report, campaign_report_csv
-from campaigns.review import audience_text, campaign_phones_html, phones_html, version_diff_html
+from campaigns.review import approved_phones_html, audience_text, campaign_phones_html, version_diff_html
 from campaigns.schedule import localize
 from campaigns.schedule import zone as schedule_zone
 from campaigns.selectors import campaign_actions, campaigns_visible_to
@@ -34,6 +34,8 @@ from campaigns.services.lifecycle import (
     revision_waiting,
 )
 from campaigns.services.scheduling import campaign_test_send
+from campaigns.services.variants import campaign_variants_set
+from campaigns.variant_admin import CampaignVariantFormSet, CampaignVariantInline, variants_report_html
 from delivery.reports import report_charts_html
 
 Status = Campaign.Status
@@ -105,7 +107,7 @@ class CampaignForm(forms.ModelForm):
 
     class Meta:
         model = Campaign
-        fields = EDITABLE_FIELDS
+        fields = (*EDITABLE_FIELDS, "holdout_share")
         widgets = {"send_at": DateTimePicker, "ends_at": DateTimePicker}
         field_classes = {"send_at": ZonedDateTimeField, "ends_at": ZonedDateTimeField}
         help_texts = {
@@ -115,6 +117,8 @@ class CampaignForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if "holdout_share" in self.fields:
+            self.fields["holdout_share"].required = False  # empty: no holdout
         instance = self.instance
         for name in ("send_at", "ends_at"):
             value = getattr(instance, name, None)
@@ -124,6 +128,8 @@ class CampaignForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
+        if "holdout_share" in self.fields:
+            data["holdout_share"] = data.get("holdout_share") or 0
         try:
             tz = schedule_zone(data.get("time_zone") or "UTC")
         except ValidationError as exc:
@@ -171,7 +177,7 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     list_filter = (_StatusFilter, "kind", "purpose", "app")
     list_select_related = ("app", "owner")
     search_fields = ("name",)
-    inlines = [OccurrenceInline]
+    inlines = [CampaignVariantInline, OccurrenceInline]
     readonly_fields = (
         "status",
         "approval",
@@ -213,6 +219,7 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
                 },
             ),
             ("Delivery", {"fields": ("throttle_per_second",)}),
+            ("Holdout", {"fields": ("holdout_share",)}),
         ]
         if obj is not None:
             fieldsets.insert(
@@ -289,7 +296,21 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             raise PermissionDenied(str(exc)) from exc
 
     def save_related(self, request, form, formsets, change):
-        pass  # occurrences are written by the scheduler only
+        # Occurrences are written by the scheduler only; variants through their service.
+        for formset in formsets:
+            if isinstance(formset, CampaignVariantFormSet):
+                try:
+                    campaign_variants_set(
+                        campaign_id=form.instance.pk,
+                        by=request.user,
+                        variants=formset.variant_inputs(),
+                        holdout_share=form.cleaned_data.get("holdout_share") or 0,
+                    )
+                except TransitionError as exc:
+                    raise PermissionDenied(str(exc)) from exc
+                updated = Campaign.objects.get(pk=form.instance.pk)
+                if change and updated.has_pending_revision:
+                    request.campaign_revision = updated
 
     def construct_change_message(self, request, form, formsets, add=False):
         # The occurrences inline is read-only and never saved: the change is the campaign's own.
@@ -425,7 +446,7 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
                 before_title=f"Approved version {approved.number} (sending)",
             ),
             approved.number,
-            phones_html(approved.spec, app_name=obj.app.name),
+            approved_phones_html(approved, app_name=obj.app.name),
         )
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
@@ -518,9 +539,10 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         csv_url = reverse("admin:campaigns_campaign_report_csv", args=[obj.pk])
         return format_html(
             '<div id="campaign-report"><table>{}</table><table><thead><tr><th>outcome</th><th>reason</th>'
-            '<th>count</th></tr></thead>{}</table>{}<p><a href="{}">Export as CSV</a></p></div>',
+            '<th>count</th></tr></thead>{}</table>{}{}<p><a href="{}">Export as CSV</a></p></div>',
             counters,
             reasons,
+            variants_report_html(data["variants"], data["holdout"]),
             mark_safe(report_charts_html(campaign_charts(obj))),  # noqa: S308 (a template, autoescaped)
             csv_url,
         )

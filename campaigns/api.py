@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 from accounts.api import JsonObjectField
 from accounts.authentication import request_stamps
 from accounts.pagination import ApiPagination, ListQuery, QueryChoice, query_params_valid
-from campaigns.models import Campaign
+from campaigns.models import Campaign, CampaignVariant
 from campaigns.reports import campaign_report
 from campaigns.selectors import campaign_for, campaigns_visible_to
 from campaigns.services.triggers import (
@@ -31,11 +31,25 @@ from campaigns.services.triggers import (
 )
 
 
+class CampaignVariantOutSerializer(serializers.ModelSerializer):
+    variant = serializers.CharField(source="label", read_only=True, help_text="A, B, C… in their order.")
+    content = serializers.PrimaryKeyRelatedField(read_only=True)
+
+    class Meta:
+        model = CampaignVariant
+        fields = ("variant", "content", "share")
+
+
 class CampaignOutSerializer(serializers.ModelSerializer):
     app = serializers.PrimaryKeyRelatedField(read_only=True)
     segment = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
     content = serializers.PrimaryKeyRelatedField(read_only=True)
     owner = serializers.CharField(source="owner.username", read_only=True)
+    variants = CampaignVariantOutSerializer(
+        many=True,
+        read_only=True,
+        help_text="The contents it tests (A/B/n), each with its share in percent; empty: one content for everyone.",
+    )
 
     class Meta:
         model = Campaign
@@ -55,6 +69,8 @@ class CampaignOutSerializer(serializers.ModelSerializer):
             "cron",
             "ends_at",
             "throttle_per_second",
+            "variants",
+            "holdout_share",
             "next_occurrence_at",
             "activated_at",
             "owner",
@@ -75,6 +91,27 @@ class ReportSerializer(serializers.Serializer):
     failed_by_reason = serializers.DictField(child=serializers.IntegerField())
     skipped_by_reason = serializers.DictField(child=serializers.IntegerField())
     dispatches = serializers.ListField(child=serializers.DictField())
+    variants = serializers.ListField(
+        help_text="Per variant, over every dispatch: profiles, sent (to a provider), accepted, opened, open rate.",
+        child=inline_serializer(
+            "VariantReport",
+            {
+                "variant": serializers.CharField(),
+                "content": serializers.CharField(),
+                "share": serializers.IntegerField(allow_null=True),
+                "profiles": serializers.IntegerField(),
+                "sent": serializers.IntegerField(),
+                "accepted": serializers.IntegerField(),
+                "opened": serializers.IntegerField(),
+                "open_rate": serializers.FloatField(allow_null=True),
+            },
+        ),
+    )
+    holdout = inline_serializer(
+        "HoldoutReport",
+        {"profiles": serializers.IntegerField(help_text="Profiles held out: they were sent nothing.")},
+        allow_null=True,
+    )
 
 
 class RecipientSerializer(serializers.Serializer):
@@ -151,7 +188,7 @@ class CampaignListView(APIView):
     )
     def get(self, request):
         query = query_params_valid(CampaignListQuery, request)
-        campaigns = campaigns_visible_to(request.user).order_by("-id")
+        campaigns = campaigns_visible_to(request.user).prefetch_related("variants").order_by("-id")
         if "status" in query:
             campaigns = campaigns.filter(status=query["status"])
         paginator = ApiPagination()

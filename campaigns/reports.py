@@ -7,7 +7,7 @@ import io
 
 from django.db.models import Count, Q
 
-from campaigns.models import Campaign
+from campaigns.models import Campaign, variant_label
 
 
 def _dispatches(campaign: Campaign):
@@ -51,6 +51,7 @@ def campaign_report(campaign: Campaign) -> dict:
     }
     opened = sum(r["opened"] for r in per_dispatch.values())
     targeted = sum(totals.values())
+    variants, holdout = _by_variant(rows, ids)
     return {
         "targeted": targeted,
         **totals,
@@ -71,7 +72,50 @@ def campaign_report(campaign: Campaign) -> dict:
             }
             for d in dispatches
         ],
+        "variants": variants,
+        "holdout": holdout,
     }
+
+
+def _by_variant(rows, dispatch_ids: list[int]) -> tuple[list[dict], dict | None]:
+    """Per variant: profiles, sent (to a provider), accepted, opened, open rate; and the holdout's
+    size. One grouped query; ([], None) for a campaign that never sent variants."""
+    from delivery.models import Dispatch
+
+    grouped = (
+        rows.filter(variant__isnull=False)
+        .values("variant")
+        .annotate(
+            profiles=Count("profile_id", distinct=True),
+            sent=Count("id", filter=Q(status__in=("accepted", "failed", "unknown"))),
+            accepted=Count("id", filter=Q(status="accepted")),
+            opened=Count("id", filter=Q(opened_at__isnull=False)),
+        )
+        .order_by("variant")
+    )
+    counts = {row["variant"]: row for row in grouped}
+    if not counts:
+        return [], None
+    # What each variant sent, by the newest dispatch that froze it.
+    contents: dict[int, dict] = {}
+    for frozen in Dispatch.objects.filter(pk__in=dispatch_ids).order_by("id").values_list("variants", flat=True):
+        for variant in frozen or []:
+            contents[variant["number"]] = variant
+    holdout_row = counts.pop(0, None)
+    variants = [
+        {
+            "variant": variant_label(number),
+            "content": str(contents.get(number, {}).get("content", "")),
+            "share": contents.get(number, {}).get("share"),
+            "profiles": row["profiles"],
+            "sent": row["sent"],
+            "accepted": row["accepted"],
+            "opened": row["opened"],
+            "open_rate": round(row["opened"] / row["accepted"], 4) if row["accepted"] else None,
+        }
+        for number, row in sorted(counts.items())
+    ]
+    return variants, {"profiles": holdout_row["profiles"] if holdout_row else 0}
 
 
 def campaign_charts(campaign: Campaign) -> dict:
@@ -106,6 +150,15 @@ def campaign_report_csv(campaign: Campaign) -> str:
         writer.writerow(["failed", _cell(reason), n])
     for reason, n in report["skipped_by_reason"].items():
         writer.writerow(["skipped", _cell(reason), n])
+    if report["variants"]:
+        writer.writerow([])
+        writer.writerow(["variant", "content", "share", "profiles", "sent", "accepted", "opened", "open_rate"])
+        for v in report["variants"]:
+            writer.writerow(
+                [v["variant"], _cell(v["content"]), v["share"], v["profiles"], v["sent"], v["accepted"], v["opened"]]
+                + [v["open_rate"] if v["open_rate"] is not None else ""]
+            )
+        writer.writerow(["holdout", "", "", report["holdout"]["profiles"], 0, 0, 0, ""])
     writer.writerow([])
     writer.writerow(["dispatch", "label", "status", "created_at", "targeted", "accepted", "opened"])
     for d in report["dispatches"]:

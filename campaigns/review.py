@@ -105,8 +105,52 @@ def phones_html(spec: dict, *, app_name: str, profile: dict | None = None) -> st
 
 
 def campaign_phones_html(campaign: Campaign, *, profile: dict | None = None) -> str:
-    """The campaign's content as phones would show it."""
-    return phones_html(campaign.content.spec(), app_name=campaign.app.name, profile=profile)
+    """The campaign's content as phones would show it; with variants, each one under its name and
+    share, and the holdout's share."""
+    variants = campaign.variant_list()
+    if not variants:
+        return phones_html(campaign.content.spec(), app_name=campaign.app.name, profile=profile)
+    return variants_phones_html(
+        [{"label": v.label, "content": str(v.content), "share": v.share, "spec": v.content.spec()} for v in variants],
+        holdout_share=campaign.holdout_share,
+        app_name=campaign.app.name,
+        profile=profile,
+    )
+
+
+def approved_phones_html(approved: ApprovedVersion, *, app_name: str) -> str:
+    """An approved version's content (each of its variants) as phones would show it."""
+    if approved.variants:
+        return variants_phones_html(approved.variants, holdout_share=approved.holdout_share, app_name=app_name)
+    return phones_html(approved.spec, app_name=app_name)
+
+
+def variants_phones_html(
+    variants: list[dict], *, holdout_share: int, app_name: str, profile: dict | None = None
+) -> str:
+    """Each variant (``{label, content, share, spec}``) as phones would show it, then the holdout."""
+    parts = format_html_join(
+        "",
+        '<div class="variant-preview" data-variant="{}"><h4>Variant {} — {} ({}%)</h4>{}</div>',
+        [
+            (
+                v["label"],
+                v["label"],
+                v["content"],
+                v["share"],
+                phones_html(v["spec"], app_name=app_name, profile=profile),
+            )
+            for v in variants
+        ],
+    )
+    holdout = (
+        format_html(
+            '<p class="holdout">Holdout: {}% of the audience get nothing (the control group).</p>', holdout_share
+        )
+        if holdout_share
+        else ""
+    )
+    return format_html('<div class="variant-previews">{}{}</div>', parts, holdout)
 
 
 def _texts(spec: dict) -> dict[str, dict]:
@@ -141,7 +185,28 @@ def version_rows(version: dict, *, app_id: int, now: dt.datetime) -> list[tuple[
     for locale, texts in _texts(spec).items():
         for key in ("title", "subtitle", "body"):
             rows.append((f"{key.capitalize()} ({locale})", texts[key] or "—"))
-    rows += [
+    rows += _spec_rows(spec)
+    for variant in version.get("variants") or []:
+        rows += _variant_rows(variant)
+    if version.get("variants") or version.get("holdout_share"):
+        rows.append(("Holdout", f"{version.get('holdout_share') or 0}% get nothing"))
+    return rows
+
+
+def _variant_rows(variant: dict) -> list[tuple[str, str]]:
+    """A variant's content and share; for B, C… also every text and option (A's are the content's rows)."""
+    name = f"Variant {variant['label']}"
+    rows = [(name, f"{variant.get('content', '')} — {variant['share']}%")]
+    if variant["number"] == 1:
+        return rows
+    for locale, texts in _texts(variant["spec"]).items():
+        for key in ("title", "subtitle", "body"):
+            rows.append((f"{name}: {key} ({locale})", texts[key] or "—"))
+    return rows + [(f"{name}: {label.lower()}", text) for label, text in _spec_rows(variant["spec"])]
+
+
+def _spec_rows(spec: dict) -> list[tuple[str, str]]:
+    return [
         ("Image", spec.get("image_url") or "—"),
         ("Tap action", f"{spec.get('tap_action')} {spec.get('tap_url') or ''}".strip()),
         ("Custom data", _pairs(spec.get("data"))),
@@ -153,7 +218,6 @@ def version_rows(version: dict, *, app_id: int, now: dt.datetime) -> list[tuple[
             f"{', silent' if spec.get('silent') else ''}",
         ),
     ]
-    return rows
 
 
 def version_diff(before: dict | None, after: dict, *, app_id: int, now: dt.datetime | None = None) -> list[tuple]:
@@ -219,9 +283,16 @@ def campaign_review_html(campaign: Campaign, *, request: ApprovalRequest, user: 
         links.append(
             ("segment", reverse("admin:audiences_segment_change", args=[campaign.segment_id]), campaign.segment)
         )
-    links.append(
-        ("content", reverse("admin:delivery_pushcontent_change", args=[campaign.content_id]), campaign.content)
-    )
+    variants = campaign.variant_list()
+    if variants:
+        links += [
+            (f"variant {v.label}", reverse("admin:delivery_pushcontent_change", args=[v.content_id]), v.content)
+            for v in variants
+        ]
+    else:
+        links.append(
+            ("content", reverse("admin:delivery_pushcontent_change", args=[campaign.content_id]), campaign.content)
+        )
     return format_html(
         '<div style="display:flex;gap:24px;flex-wrap:wrap"><div>{}</div><div><p>{}</p><p class="review-links">{}</p>'
         "{}</div></div>",
@@ -238,4 +309,6 @@ def campaign_references(campaign: Campaign) -> dict[str, set[int]]:
     approved = campaign.approved() if campaign.is_active else None
     segments = {campaign.segment_id, approved.segment_id if approved else None} - {None}
     contents = {campaign.content_id, approved.content_id if approved else None} - {None}
+    contents |= {v.content_id for v in campaign.variant_list()}
+    contents |= {v["content_id"] for v in (approved.variants if approved else [])}
     return {"delivery.app": {campaign.app_id}, "audiences.segment": segments, "delivery.pushcontent": contents}

@@ -68,6 +68,8 @@ def _may_be_null(model, source: str) -> bool:
             field = model._meta.get_field(part)
         except Exception:
             return False  # a property or method: its own annotation documents it
+        if field.one_to_many or field.many_to_many:
+            return False  # a list of related rows: empty, never null
         if field.null:
             return True
         model = field.related_model

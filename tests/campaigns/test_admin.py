@@ -166,6 +166,8 @@ def test_a_wrongly_typed_date_is_answered_with_the_format(client, make_campaign,
             "missed_window_minutes": 60,
             "occurrences-TOTAL_FORMS": 0,
             "occurrences-INITIAL_FORMS": 0,
+            "variants-TOTAL_FORMS": 0,
+            "variants-INITIAL_FORMS": 0,
         },
     )
     assert response.status_code == 200

@@ -127,6 +127,8 @@ def _act(client, user, campaign, action, admin_erin):
             "throttle_per_second": "",
             "occurrences-TOTAL_FORMS": 0,
             "occurrences-INITIAL_FORMS": 0,
+            "variants-TOTAL_FORMS": 0,
+            "variants-INITIAL_FORMS": 0,
         }
         return client.post(f"{base}/change/", form)
     if action in ("approve", "request_changes"):

@@ -227,3 +227,5 @@ def test_api_triggered_campaign_sends_each_recipient_their_variant_and_the_holdo
             assert received[phone.token]["title"] == {1: "Title A", 2: "Title B"}[row.variant]
     assert {r.variant for r in rows.values()} == {0, 1, 2}
     assert response.json()["accepted"] == sum(1 for r in rows.values() if r.variant)
+    for row in (next(r for r in rows.values() if r.variant), next(r for r in rows.values() if r.variant == 0)):
+        assert client.get(f"/api/v1/deliveries/{row.pk}/").json()["variant"] == row.variant

@@ -1,0 +1,120 @@
+"""The campaign page's variants: an inline of contents and shares, checked with the campaign's holdout.
+
+The inline only collects and checks what the user typed; ``campaign_variants_set`` writes it
+(``CampaignAdmin.save_related``), so the admin, the service and their rules are one.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin
+from django.core.exceptions import ValidationError
+from django.utils.html import format_html, format_html_join
+
+from accounts.selectors import visible_to
+from campaigns.models import Campaign, CampaignVariant
+from campaigns.services.variants import MAX_VARIANTS, VariantInput, variants_check
+
+
+class CampaignVariantFormSet(forms.BaseInlineFormSet):
+    def variant_inputs(self) -> list[VariantInput]:
+        """The variants as typed, in their order, without the rows marked for deletion or left empty."""
+        inputs = []
+        for form in self.forms:
+            data = getattr(form, "cleaned_data", None) or {}
+            if not data or data.get("DELETE") or data.get("content") is None:
+                continue
+            inputs.append(VariantInput(content_id=data["content"].pk, share=data.get("share") or 0))
+        return inputs
+
+    def clean(self):
+        super().clean()
+        if any(form.errors for form in self.forms):
+            return
+        campaign = self.instance
+        if campaign.app_id is None:
+            return  # the campaign's own form says what is missing
+        try:
+            variants_check(
+                variants=self.variant_inputs(), holdout_share=campaign.holdout_share or 0, app_id=campaign.app_id
+            )
+        except ValidationError as exc:
+            raise forms.ValidationError(exc.messages) from exc
+
+
+class CampaignVariantInline(admin.TabularInline):
+    """Variants A, B, C… in their order: each a content of the campaign's app and its share (%)."""
+
+    model = CampaignVariant
+    formset = CampaignVariantFormSet
+    fields = ("content", "share")
+    extra = 0
+    max_num = MAX_VARIANTS
+    ordering = ("number",)
+    verbose_name = "variant"
+    verbose_name_plural = (
+        "Variants (A/B/n test: 2 to 10 contents; their shares and the holdout add up to 100%; "
+        "variant A becomes the campaign's content; none: one content for everyone)"
+    )
+
+    def _campaign_admin(self):
+        return self.admin_site._registry[Campaign]
+
+    # Variants are part of the campaign: who may edit the campaign may edit them.
+    def has_view_permission(self, request, obj=None):
+        return self._campaign_admin().has_view_permission(request, obj)
+
+    def has_add_permission(self, request, obj=None):
+        if obj is None:
+            return self._campaign_admin().has_add_permission(request)
+        return self._campaign_admin().has_change_permission(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        return self.has_add_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return self.has_add_permission(request, obj)
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "content":
+            from delivery.models import PushContent
+
+            # The contents the user may pick, and those the campaign already has (a colleague's).
+            mine = visible_to(request.user, PushContent.objects.select_related("app"))
+            object_id = (request.resolver_match.kwargs.get("object_id") if request.resolver_match else None) or ""
+            kept = CampaignVariant.objects.filter(campaign_id=object_id if object_id.isdigit() else None)
+            kwargs["queryset"] = mine | PushContent.objects.filter(pk__in=kept.values("content_id"))
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+def variants_report_html(variants: list[dict], holdout: dict | None) -> str:
+    """The report's table per variant (profiles, sent, accepted, opened, open rate) and the holdout's size."""
+    if not variants:
+        return ""
+    rows = format_html_join(
+        "",
+        '<tr data-variant="{}"><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>'
+        "<td>{}</td></tr>",
+        [
+            (
+                v["variant"],
+                v["variant"],
+                v["content"],
+                f"{v['share']}%" if v["share"] is not None else "—",
+                v["profiles"],
+                v["sent"],
+                v["accepted"],
+                v["opened"],
+                f"{v['open_rate']:.1%}" if v["open_rate"] is not None else "—",
+            )
+            for v in variants
+        ],
+    )
+    return format_html(
+        '<table id="variant-report"><thead><tr><th>variant</th><th>content</th><th>share</th><th>profiles</th>'
+        "<th>sent</th><th>accepted</th><th>opened</th><th>open rate</th></tr></thead>{}"
+        '<tr data-variant="holdout"><th>holdout</th><td colspan="2">gets nothing</td><td>{}</td>'
+        '<td colspan="4">—</td></tr></table>',
+        rows,
+        holdout["profiles"] if holdout else 0,
+    )
