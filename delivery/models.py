@@ -308,6 +308,13 @@ class Dispatch(models.Model):
     retries = models.JSONField(
         default=dict, blank=True, help_text="Sends retried, by the provider's reason: {reason: count}."
     )
+    by_platform = models.JSONField(
+        default=dict,
+        blank=True,
+        editable=False,
+        help_text="Final outcomes per platform: {platform: {outcome: count}} ('none' for rows without a device). "
+        "Accepted and failed move with each batch; the whole is recounted when the dispatch finishes.",
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+", editable=False
     )

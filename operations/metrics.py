@@ -38,6 +38,26 @@ def _retries_by_reason() -> dict[str, int]:
     return totals
 
 
+def _sends_by_platform() -> dict[tuple[int, str, str], int]:
+    """Final outcomes summed over every dispatch's ``by_platform``: {(app id, platform, outcome): n}."""
+    from delivery.models import Dispatch
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT d.app_id, p.key, o.key, SUM(o.value::bigint) "
+                "FROM delivery_dispatch d, jsonb_each(d.by_platform) p, jsonb_each_text(p.value) o "
+                "WHERE d.by_platform <> '{}'::jsonb GROUP BY 1, 2, 3"
+            )
+            return {(app_id, platform, outcome): int(n) for app_id, platform, outcome, n in cursor.fetchall()}
+    totals: dict[tuple[int, str, str], int] = {}
+    for app_id, by_platform in Dispatch.objects.exclude(by_platform={}).values_list("app_id", "by_platform"):
+        for platform, outcomes in (by_platform or {}).items():
+            for outcome, n in outcomes.items():
+                totals[app_id, platform, outcome] = totals.get((app_id, platform, outcome), 0) + int(n)
+    return totals
+
+
 class PushdeskCollector:
     """Every series, computed when Prometheus scrapes."""
 
@@ -83,6 +103,15 @@ class PushdeskCollector:
             for outcome in OUTCOMES:
                 sends.add_metric([names.get(row["app_id"], str(row["app_id"])), outcome], row[outcome] or 0)
         yield sends
+        by_platform = CounterMetricFamily(
+            "pushdesk_platform_sends",
+            "Deliveries that reached an outcome, by app, platform (ios, android; none: no device) and outcome. "
+            "Accepted and failed move with each batch; skipped and unknown when a dispatch finishes",
+            labels=["app", "platform", "outcome"],
+        )
+        for (app_id, platform, outcome), n in sorted(_sends_by_platform().items()):
+            by_platform.add_metric([names.get(app_id, str(app_id)), platform, outcome], n)
+        yield by_platform
         retries = CounterMetricFamily(
             "pushdesk_send_retries", "Sends retried, by the provider's reason", labels=["reason"]
         )

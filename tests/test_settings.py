@@ -1,5 +1,6 @@
 """Start-up refuses bad configuration with one clear line; production settings pass check --deploy."""
 
+import json
 import os
 import re
 import subprocess
@@ -205,3 +206,55 @@ def test_the_production_environment_example_is_a_valid_environment_file(tmp_path
     env["MEDIA_ROOT"] = str(tmp_path / "media")
     result = _import_settings(env, tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+SENTRY_DSN = "https://public-key@sentry.example.invalid/42"
+
+
+def _python(code: str, env: dict, tmp_path, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k not in BAD_VALUES and not k.startswith("PUSHDESK_")}
+    full_env.update({"PUSHDESK_VAR_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "config.settings", **env})
+    if pythonpath is not None:
+        full_env["PYTHONPATH"] = str(pythonpath)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_error_reporting_is_optional_and_sentry_sdk_is_not_loaded_without_a_dsn(tmp_path):
+    assert "sentry-sdk" not in (ROOT / "requirements.txt").read_text()
+    result = _python(
+        "import sys, django; sys.modules['sentry_sdk'] = None; django.setup(); print('started')", {}, tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "started"
+
+
+def test_a_dsn_without_sentry_sdk_stops_start_up_with_one_line_saying_what_to_install(tmp_path):
+    # A None entry in sys.modules makes `import sentry_sdk` fail as if it were not installed.
+    result = _python(
+        "import sys; sys.modules['sentry_sdk'] = None; import config.settings", {"SENTRY_DSN": SENTRY_DSN}, tmp_path
+    )
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "SENTRY_DSN is set but sentry-sdk is not installed" in lines[0]
+    assert "pip install sentry-sdk" in lines[0]
+
+
+def test_a_dsn_with_sentry_sdk_installed_starts_reporting_without_personal_data(tmp_path):
+    """sentry-sdk stands in as a small module that records how it was started (no network)."""
+    fake = tmp_path / "site"
+    fake.mkdir()
+    (fake / "sentry_sdk.py").write_text(
+        "import json, sys\ndef init(**options):\n    sys.stdout.write('init ' + json.dumps(options) + '\\n')\n"
+    )
+    result = _python(
+        "import django; django.setup()",
+        {**PRODUCTION_ENV, "SENTRY_DSN": SENTRY_DSN},
+        tmp_path,
+        pythonpath=fake,
+    )
+    assert result.returncode == 0, result.stderr
+    options = json.loads(result.stdout.strip().removeprefix("init "))
+    assert options == {"dsn": SENTRY_DSN, "environment": "test-instance", "send_default_pii": False}

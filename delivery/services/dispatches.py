@@ -15,6 +15,7 @@ The path of a send (DESIGN.md, "The send pipeline"):
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -280,11 +281,37 @@ def dispatch_stop(*, dispatch_id: int, by: User) -> Dispatch:
     return dispatch
 
 
+# The platform counted for a row without a device (a profile skipped for having none).
+NO_PLATFORM = "none"
+
+
+def platform_counts_add(by_platform: dict, counts) -> dict:
+    """Return ``by_platform`` ({platform: {outcome: n}}) plus ``counts`` ({(platform, outcome): n})."""
+    merged = {platform: dict(outcomes) for platform, outcomes in by_platform.items()}
+    for (platform, outcome), n in counts.items():
+        if n:
+            outcomes = merged.setdefault(platform or NO_PLATFORM, {})
+            outcomes[outcome] = outcomes.get(outcome, 0) + n
+    return merged
+
+
 def dispatch_recount(*, dispatch_id: int) -> Dispatch:
-    """Set a dispatch's counters from its rows (one GROUP BY); used when it finishes."""
-    counts = dict(
-        Delivery.objects.filter(dispatch_id=dispatch_id).values_list("status").annotate(n=Count("id")).order_by()
+    """Set a dispatch's counters, and its final outcomes per platform, from its rows (one GROUP BY).
+
+    Used when it finishes, and for a stream at each watch.
+    """
+    rows = (
+        Delivery.objects.filter(dispatch_id=dispatch_id)
+        .values_list("status", "device__platform")
+        .annotate(n=Count("id"))
+        .order_by()
     )
+    counts: Counter = Counter()
+    per_platform: Counter = Counter()
+    for status, platform, n in rows:
+        counts[status] += n
+        if status in Delivery.FINAL_STATUSES:
+            per_platform[platform or NO_PLATFORM, status] += n
     opened = Delivery.objects.filter(dispatch_id=dispatch_id, opened_at__isnull=False).count()
     Dispatch.objects.filter(pk=dispatch_id).update(
         total=sum(counts.values()),
@@ -293,6 +320,7 @@ def dispatch_recount(*, dispatch_id: int) -> Dispatch:
         skipped=counts.get(DS.SKIPPED, 0),
         unknown=counts.get(DS.UNKNOWN, 0),
         opened=opened,
+        by_platform=platform_counts_add({}, per_platform),
     )
     return Dispatch.objects.get(pk=dispatch_id)
 

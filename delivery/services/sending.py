@@ -45,7 +45,14 @@ from delivery.providers import Outcome, OutcomeKind
 from delivery.providers.apns import ApnsClient, ApnsMessage
 from delivery.providers.fcm import FcmClient, FcmMessage
 from delivery.services.devices import devices_invalidate
-from delivery.services.dispatches import DS, _dt, _enqueue, dispatch_complete_if_done
+from delivery.services.dispatches import (
+    DS,
+    NO_PLATFORM,
+    _dt,
+    _enqueue,
+    dispatch_complete_if_done,
+    platform_counts_add,
+)
 from delivery.throttle import throttle_acquire
 from delivery.transport import Http2Transport
 from operations.instance import instance_refuses
@@ -172,8 +179,13 @@ def _claim(dispatch_id: int, *, limit: int, now: datetime, with_profiles: bool =
     return rows
 
 
-def _write_back(dispatch_id: int, results: list[Result], *, now: datetime) -> Counter:
+def _write_back(
+    dispatch_id: int, results: list[Result], *, now: datetime, platforms: dict[int, str] | None = None
+) -> Counter:
     """Write outcomes in bulk, only over rows still ``sending``; return the final statuses written.
+
+    The dispatch's counters move by what was written, and so do its counts per platform
+    (``platforms``: row id -> platform) in ``by_platform``.
 
     Holds the dispatch row (``FOR NO KEY UPDATE``, the lock its counters take anyway): a stop
     either committed before, and a retry becomes ``skipped`` / ``stopped`` instead of ``queued``
@@ -182,10 +194,14 @@ def _write_back(dispatch_id: int, results: list[Result], *, now: datetime) -> Co
     if not results:
         return Counter()
     finals = set(Delivery.FINAL_STATUSES)
+    platforms = platforms or {}
     written: Counter = Counter()
     retried: Counter = Counter()
+    per_platform: Counter = Counter()  # (platform, final status) -> rows written
     with transaction.atomic(), connection.cursor() as cursor:
-        status = Dispatch.objects.select_for_update(no_key=True).values_list("status", flat=True).get(pk=dispatch_id)
+        status, by_platform = (
+            Dispatch.objects.select_for_update(no_key=True).values_list("status", "by_platform").get(pk=dispatch_id)
+        )
         if status != Dispatch.Status.SENDING:
             results = [Result(r.id, DS.SKIPPED, reason="stopped") if r.status == DS.QUEUED else r for r in results]
         if connection.vendor == "postgresql":
@@ -195,7 +211,7 @@ def _write_back(dispatch_id: int, results: list[Result], *, now: datetime) -> Co
                 "lease_expires_at = NULL "
                 "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::timestamptz[]) "
                 "AS v(id, status, reason, pid, next_at) "
-                "WHERE d.id = v.id AND d.status = 'sending' RETURNING d.status, d.reason",
+                "WHERE d.id = v.id AND d.status = 'sending' RETURNING d.id, d.status, d.reason",
                 [
                     now,
                     [r.id for r in results],
@@ -205,10 +221,12 @@ def _write_back(dispatch_id: int, results: list[Result], *, now: datetime) -> Co
                     [r.next_attempt_at for r in results],
                 ],
             )
-            for status, reason in cursor.fetchall():
+            for row_id, status, reason in cursor.fetchall():
                 written[status] += 1
                 if status == DS.QUEUED:
                     retried[reason] += 1
+                else:
+                    per_platform[platforms.get(row_id, NO_PLATFORM), status] += 1
         else:
             for r in results:
                 cursor.execute(
@@ -228,9 +246,13 @@ def _write_back(dispatch_id: int, results: list[Result], *, now: datetime) -> Co
                     written[r.status] += 1
                     if r.status == DS.QUEUED:
                         retried[r.reason[:100]] += 1
+                    else:
+                        per_platform[platforms.get(r.id, NO_PLATFORM), r.status] += 1
         increments = {status: F(status) + n for status, n in written.items() if status in finals}
         if increments:
-            Dispatch.objects.filter(pk=dispatch_id).update(**increments)
+            Dispatch.objects.filter(pk=dispatch_id).update(
+                **increments, by_platform=platform_counts_add(by_platform or {}, per_platform)
+            )
         if retried:
             counts = Dispatch.objects.select_for_update().values_list("retries", flat=True).get(pk=dispatch_id)
             for reason, n in retried.items():
@@ -332,6 +354,7 @@ class _Batch:
     messages: dict[str, list]
     results: list[Result]
     expires: dict[int, datetime]  # row id -> its expiry: no retry after it
+    platforms: dict[int, str] = field(default_factory=dict)  # row id -> its device's platform
     futures: dict = field(default_factory=dict)
 
 
@@ -371,6 +394,7 @@ def _batch_prepare(dispatch: Dispatch, rows: list[Claimed]) -> _Batch:
     results = batch.results
     own_contexts = bool((dispatch.context or {}).get(RECIPIENT_CONTEXTS)) or any(r.context for r in rows)
     contents = _Contents(dispatch, own_contexts, now)
+    batch.platforms = {row.id: row.platform or NO_PLATFORM for row in rows}
     for row in rows:
         if not row.token:
             results.append(Result(row.id, DS.FAILED, reason="device_deleted"))
@@ -443,7 +467,7 @@ def _batch_finish(dispatch: Dispatch, batch: _Batch, report: SendReport) -> None
                 credentials[platform] = outcome.reason
             else:
                 results.append(_retry_or_fail(row, outcome, now=now, deadline=batch.expires[row.id]))
-    written = _write_back(dispatch.pk, results, now=now)
+    written = _write_back(dispatch.pk, results, now=now, platforms=batch.platforms)
     log.info(
         "dispatch %s batch: %s",
         dispatch.pk,
@@ -462,7 +486,16 @@ def _fail_platform(dispatch: Dispatch, platform: str, reason: str) -> None:
         status=DS.FAILED, reason=f"credentials: {reason}"[:100], finished_at=timezone.now(), next_attempt_at=None
     )
     if failed:
-        Dispatch.objects.filter(pk=dispatch.pk).update(failed=F("failed") + failed)
+        with transaction.atomic():
+            by_platform = (
+                Dispatch.objects.select_for_update(no_key=True)
+                .values_list("by_platform", flat=True)
+                .get(pk=dispatch.pk)
+            )
+            Dispatch.objects.filter(pk=dispatch.pk).update(
+                failed=F("failed") + failed,
+                by_platform=platform_counts_add(by_platform or {}, {(platform, DS.FAILED): failed}),
+            )
     audit(
         actor=None,
         action="dispatch_credentials_refused",

@@ -1,10 +1,13 @@
 """/metrics: Prometheus' format behind a token, and its series moving during a send with faults."""
 
 import pytest
+from django.db import transaction
 from prometheus_client.parser import text_string_to_metric_families
 
 from delivery.models import Dispatch
 from delivery.services.dispatches import _GATES, dispatch_create, dispatch_gate_register
+from delivery.services.stream_senders import streams_send
+from delivery.services.streams import Recipient, stream_append, stream_open
 from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory
 
 TOKEN = "metrics-token-for-the-tests-0123456789"
@@ -67,3 +70,85 @@ def test_series_move_during_a_send_with_faults(
     assert after[("pushdesk_dead_tokens_total", app)] == 1
     assert after[("pushdesk_trigger_latency_seconds", ())] >= 0
     assert ("pushdesk_queue_depth", ()) in after and ("pushdesk_failed_tasks_last_hour", ()) in after
+
+
+def _platform_sends(samples: dict, app_name: str) -> dict:
+    return {
+        (labels["platform"], labels["outcome"]): value
+        for (name, label_items), value in samples.items()
+        if name == "pushdesk_platform_sends_total"
+        for labels in [dict(label_items)]
+        if labels["app"] == app_name
+    }
+
+
+def test_sends_break_down_per_platform_as_batches_land(client, pushsim, pushsim_app, metrics_on):
+    """A stream's batches move the per-platform series at once, before any recount."""
+    content = PushContentFactory(app=pushsim_app)
+    stream = stream_open(
+        kind=Dispatch.Kind.API_TRIGGER,
+        source_id=1,
+        version="v1",
+        app_id=pushsim_app.pk,
+        spec=content.spec(),
+        content_id=content.pk,
+        label="Orders",
+        purpose="transactional",
+    )
+    profiles = [ProfileFactory() for _ in range(3)]
+    iphones = [DeviceFactory(profile=p, app=pushsim_app, platform="ios") for p in profiles[:2]]
+    DeviceFactory(profile=profiles[2], app=pushsim_app, platform="android")
+    pushsim.state.add_device(token=iphones[1].token, platform="ios", state="unregistered")
+    with transaction.atomic():
+        stream_append(
+            dispatch_id=stream,
+            app_id=pushsim_app.pk,
+            recipients=[Recipient(p.pk) for p in profiles],
+            source_lock=("SELECT id FROM delivery_app WHERE id = %s FOR SHARE", [pushsim_app.pk]),
+        )
+    streams_send(budget=0)
+    assert Dispatch.objects.get(pk=stream).status == Dispatch.Status.SENDING
+    assert _platform_sends(scrape(client), pushsim_app.name) == {
+        ("ios", "accepted"): 1,
+        ("ios", "failed"): 1,
+        ("android", "accepted"): 1,
+    }
+
+
+def test_a_finished_dispatch_is_recounted_per_platform(
+    client, pushsim, pushsim_app, metrics_on, settings, django_capture_on_commit_callbacks
+):
+    settings.PUSHDESK_SEND_BACKOFF_SECONDS = 0.05
+    saved = dict(_GATES)
+    dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=lambda **kwargs: None)
+    try:
+        content = PushContentFactory(app=pushsim_app)
+        profiles = [ProfileFactory() for _ in range(6)]
+        iphones = [DeviceFactory(profile=p, app=pushsim_app, platform="ios") for p in profiles[:3]]
+        androids = [DeviceFactory(profile=p, app=pushsim_app, platform="android") for p in profiles[3:5]]
+        pushsim.state.add_device(token=iphones[1].token, platform="ios", state="unregistered")
+        pushsim.state.fail_token(token=androids[1].token, failures=[429])
+        with django_capture_on_commit_callbacks(execute=True):
+            dispatch = dispatch_create(
+                app_id=pushsim_app.pk,
+                kind=Dispatch.Kind.API_TRIGGER,
+                spec=content.spec(),
+                content_id=content.pk,
+                profile_ids=[p.pk for p in profiles],
+            )
+        dispatch.refresh_from_db()
+        assert dispatch.status == Dispatch.Status.DONE
+        finished = scrape(client)
+    finally:
+        _GATES.clear()
+        _GATES.update(saved)
+    by_platform = _platform_sends(finished, pushsim_app.name)
+    assert by_platform == {
+        ("ios", "accepted"): 2,
+        ("ios", "failed"): 1,
+        ("android", "accepted"): 2,
+        ("none", "skipped"): 1,  # the profile without a device
+    }
+    for outcome in ("accepted", "failed", "skipped"):
+        per_app = finished[("pushdesk_sends_total", (("app", pushsim_app.name), ("outcome", outcome)))]
+        assert per_app == sum(n for (_, o), n in by_platform.items() if o == outcome)
