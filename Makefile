@@ -7,6 +7,8 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/pushdesk
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 # Coverage is measured by pytest-cov (settings: pyproject.toml) and checked once both passes are done.
 COV := --cov --cov-report= --cov-fail-under=0
+# Test files run in parallel processes, each with its own PostgreSQL and Redis database.
+TEST_WORKERS ?= 2
 
 .PHONY: run setup test lint format migrate demo bench clean schema
 
@@ -45,7 +47,7 @@ test: lint
 	  else echo "WARNING: /usr/bin/chromium is missing: browser tests will be skipped (apt-get install chromium)"; fi; \
 	fi
 	@$(VENV)/bin/coverage erase
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(VENV)/bin/pytest $(COV) $(PYTEST_ARGS)
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile $(COV) $(PYTEST_ARGS)
 	@# The embedded default (SQLite) keeps working: tests marked `embedded` run again on SQLite
 	@# (their coverage is added to the first pass's).
 	@tmp=$$(mktemp -d); DATABASE_URL=sqlite:///$$tmp/test.sqlite3 REDIS_URL= PUSHDESK_VAR_DIR=$$tmp \
