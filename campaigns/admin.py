@@ -35,7 +35,12 @@ from campaigns.services.lifecycle import (
 )
 from campaigns.services.scheduling import campaign_test_send
 from campaigns.services.variants import campaign_variants_set
-from campaigns.variant_admin import CampaignVariantFormSet, CampaignVariantInline, variants_report_html
+from campaigns.variant_admin import (
+    VARIANTS_HELP,
+    CampaignVariantFormSet,
+    CampaignVariantInline,
+    variants_report_html,
+)
 from delivery.reports import report_charts_html
 
 Status = Campaign.Status
@@ -219,7 +224,6 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
                 },
             ),
             ("Delivery", {"fields": ("throttle_per_second",)}),
-            ("Holdout", {"fields": ("holdout_share",)}),
         ]
         if obj is not None:
             fieldsets.insert(
@@ -244,6 +248,8 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             fieldsets.append(("Preview", {"fields": ("preview",)}))
             fieldsets.append(("Report", {"fields": ("sends", "report")}))
             fieldsets.append(("Access", {"fields": ("object_access",)}))
+        # Last, so that the variants' inline follows it.
+        fieldsets.append(("Variants and holdout", {"fields": ("holdout_share",), "description": VARIANTS_HELP}))
         return fieldsets
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):

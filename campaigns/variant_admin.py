@@ -15,6 +15,13 @@ from accounts.selectors import visible_to
 from campaigns.models import Campaign, CampaignVariant
 from campaigns.services.variants import MAX_VARIANTS, VariantInput, variants_check
 
+VARIANTS_HELP = (
+    "To test contents against each other, list 2 to 10 variants below, each a content of the campaign's app "
+    "with its share of the audience; the holdout gets nothing (the control group). The shares and the "
+    "holdout add up to 100%. Variant A becomes the campaign's content. A profile gets the same variant "
+    "every time. No variants: one content for everyone."
+)
+
 
 class CampaignVariantFormSet(forms.BaseInlineFormSet):
     def variant_inputs(self) -> list[VariantInput]:
@@ -52,10 +59,7 @@ class CampaignVariantInline(admin.TabularInline):
     max_num = MAX_VARIANTS
     ordering = ("number",)
     verbose_name = "variant"
-    verbose_name_plural = (
-        "Variants (A/B/n test: 2 to 10 contents; their shares and the holdout add up to 100%; "
-        "variant A becomes the campaign's content; none: one content for everyone)"
-    )
+    verbose_name_plural = "Variants (A/B/n)"
 
     def _campaign_admin(self):
         return self.admin_site._registry[Campaign]

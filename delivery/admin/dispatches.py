@@ -207,6 +207,7 @@ class DeliveryAdmin(BigTableAdmin):
         "profile_id",
         "status",
         "reason",
+        "variant",
         "provider_message_id",
         "attempts",
         "next_attempt_at",
