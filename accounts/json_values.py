@@ -53,6 +53,53 @@ def json_value_problem(
     recursion, so any depth is safe to check. ``nul_ok`` lets NUL pass (for a whole request body,
     whose fields report it themselves).
     """
+    if not _looks_storable(value, max_depth=max_depth, nul_ok=nul_ok):
+        found = _first_problem(value, max_depth=max_depth, nul_ok=nul_ok)
+        if found is not None:
+            return found
+    if max_bytes is not None:
+        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > max_bytes:
+            return "", f"At most {max_bytes} bytes as JSON, got {size}."
+    return None
+
+
+def _looks_storable(value, *, max_depth: int, nul_ok: bool) -> bool:
+    """True when ``value`` certainly passes the checks of ``_first_problem``.
+
+    The same walk without building a path for every node (the costly part on large bodies):
+    anything unusual, a subclass included, answers False and gets the full walk.
+    """
+    forbidden = _SURROGATE if nul_ok else _FORBIDDEN
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is str:
+            if forbidden.search(item):
+                return False
+        elif kind is dict:
+            if depth >= max_depth:
+                return False
+            for key, child in item.items():
+                if type(key) is not str or forbidden.search(key):
+                    return False
+                stack.append((child, depth + 1))
+        elif kind is list:
+            if depth >= max_depth:
+                return False
+            stack.extend((child, depth + 1) for child in item)
+        elif kind is int or kind is bool or item is None:
+            continue
+        elif kind is float:
+            if not math.isfinite(item):
+                return False
+        else:
+            return False
+    return True
+
+
+def _first_problem(value, *, max_depth: int, nul_ok: bool) -> tuple[str, str] | None:
     stack: list[tuple[str, object, int]] = [("", value, 0)]
     while stack:
         path, item, depth = stack.pop()
@@ -83,10 +130,6 @@ def json_value_problem(
                     stack.append((_join(path, index), child, depth + 1))
         else:
             return path, f"Not a JSON value ({type(item).__name__})."
-    if max_bytes is not None:
-        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
-        if size > max_bytes:
-            return "", f"At most {max_bytes} bytes as JSON, got {size}."
     return None
 
 

@@ -6,10 +6,14 @@ its errors (``{"field", "code", "detail"}``, as everywhere in the API).
 
 from __future__ import annotations
 
+import re
+
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from django.urls import path
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -62,6 +66,43 @@ class EventInSerializer(serializers.Serializer):
         if problems:
             raise serializers.ValidationError(problems)
         return attrs
+
+
+# Strings the serializer's text fields refuse: a NUL or a lone surrogate.
+_TEXT_REFUSED = re.compile("[\x00\ud800-\udfff]")
+
+
+def _event_validated(item: dict) -> dict | None:
+    """The item as ``EventInSerializer`` validates it, or None when the serializer must look at it.
+
+    A shortcut for the usual item (text fields, an object of properties, an ISO 8601 time with an
+    offset), several times cheaper than DRF's field machinery. It accepts nothing the serializer
+    refuses and returns what the serializer returns; anything else, every item with a problem
+    included, goes through the serializer, which words the errors.
+    """
+    external_id, name, when = item.get("external_id"), item.get("name"), item.get("occurred_at")
+    if type(external_id) is not str or type(name) is not str or type(when) is not str:
+        return None
+    name = name.strip()  # the name field trims, the external_id field does not
+    if not external_id.strip() or len(external_id) > 255 or not name or len(name) > 100:
+        return None
+    if _TEXT_REFUSED.search(external_id) or _TEXT_REFUSED.search(name):
+        return None
+    try:
+        occurred_at = parse_datetime(when)
+        if occurred_at is None or timezone.is_naive(occurred_at):
+            return None
+        occurred_at = occurred_at.astimezone(timezone.get_current_timezone())
+    except (ValueError, TypeError, OverflowError):
+        return None
+    data = {"external_id": external_id, "name": name, "occurred_at": occurred_at}
+    if "properties" in item:
+        properties = item["properties"]
+        # No size here: event_check's limit (8 KB of ASCII JSON) is stricter than the field's.
+        if type(properties) is not dict or json_value_problem(properties, max_bytes=None) is not None:
+            return None
+        data["properties"] = properties
+    return None if event_check(data) else data
 
 
 class SegmentOutSerializer(serializers.ModelSerializer):
@@ -269,18 +310,25 @@ class EventBulkView(APIView):
         items = _bulk_items(request, "events")
         results: list[dict | None] = [None] * len(items)
         good: list[tuple[int, dict]] = []
+        # One serializer checks every item, as a ListSerializer's child does: building one per
+        # item (its fields are deep-copied each time) cost more than the checks themselves.
+        serializer = EventInSerializer()
         for index, item in enumerate(items):
-            serializer = EventInSerializer(data=item if isinstance(item, dict) else {})
             if not isinstance(item, dict):
                 results[index] = {
                     "index": index,
                     "status": "error",
                     "errors": [{"field": None, "code": "invalid", "detail": "Each item must be an object."}],
                 }
-            elif serializer.is_valid():
-                good.append((index, serializer.validated_data))
-            else:
-                results[index] = {"index": index, "status": "error", "errors": _item_errors(serializer)}
+                continue
+            data = _event_validated(item)
+            if data is not None:
+                good.append((index, data))
+                continue
+            try:
+                good.append((index, serializer.run_validation(item)))
+            except serializers.ValidationError as exc:
+                results[index] = {"index": index, "status": "error", "errors": _flatten(exc.detail)}
         if good:
             ids = events_ingest(items=[data for _, data in good], by=request.user)
             for (index, _), event_id in zip(good, ids, strict=True):

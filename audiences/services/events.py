@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.models import User
@@ -63,50 +63,128 @@ def events_ingest(*, items: list[dict], by: User) -> list[int]:
     if not items:
         return []
     ids = sorted({item["external_id"] for item in items})
+    seen: dict[str, dt.datetime] = {}
+    for item in items:
+        when = min(item["occurred_at"], now)
+        previous = seen.get(item["external_id"])
+        if previous is None or previous < when:
+            seen[item["external_id"]] = when
     with transaction.atomic():
-
-        def locked(external_ids):
-            return {
-                p.external_id: p
-                for p in Profile.objects.select_for_update()
-                .filter(external_id__in=external_ids)
-                .order_by("external_id")
-                .only("id", "external_id", "last_seen_at")
-            }
-
-        profiles = locked(ids)
-        missing = [x for x in ids if x not in profiles]
-        if missing:  # only unknown ids are inserted: no sequence values burnt on known profiles
-            Profile.objects.bulk_create(
-                [Profile(external_id=x, created_at=now, updated_at=now) for x in missing], ignore_conflicts=True
-            )
-            profiles.update(locked(missing))
-        events = Event.objects.bulk_create(
-            [
-                Event(
-                    profile_id=profiles[item["external_id"]].pk,
-                    name=item["name"],
-                    properties=item.get("properties") or {},
-                    occurred_at=item["occurred_at"],
-                    received_at=now,
-                )
-                for item in items
-            ]
-        )
-        seen: dict[str, dt.datetime] = {}
-        for item in items:
-            when = min(item["occurred_at"], now)
-            seen[item["external_id"]] = max(seen.get(item["external_id"], when), when)
-        moved = []
-        for external_id, when in seen.items():
-            profile = profiles[external_id]
-            if profile.last_seen_at is None or profile.last_seen_at < when:
-                profile.last_seen_at = when
-                moved.append(profile)
-        if moved:
-            Profile.objects.bulk_update(moved, ["last_seen_at"])
+        if connection.vendor == "postgresql":
+            event_ids = _events_write_pg(items, ids=ids, seen=seen, now=now)
+        else:
+            event_ids = _events_write(items, ids=ids, seen=seen, now=now)
         if _EVENT_LISTENERS:
-            transaction.on_commit(lambda: _events_notify(events))
+            names = {item["name"] for item in items}
+            transaction.on_commit(lambda: _events_notify(event_ids=event_ids, names=names))
+    return event_ids
+
+
+# KEY SHARE keeps the profiles from being deleted until the events are in, and does not make
+# concurrent calls for the same profiles wait for each other (the foreign-key checks take the same
+# lock at commit). Only the profiles whose last_seen_at moves are locked for update, last, in id
+# order: two calls never hold those in opposite orders.
+LOCK_PROFILES_PG = """
+SELECT external_id, id, last_seen_at FROM audiences_profile
+WHERE external_id = ANY(%s) ORDER BY external_id FOR KEY SHARE
+"""
+# Only unknown ids are inserted, so no sequence values are burnt on known profiles; they are born
+# seen at their newest event. A profile created meanwhile by another call conflicts, and is locked
+# and read by the next query.
+CREATE_PROFILES_PG = """
+INSERT INTO audiences_profile (external_id, attributes, locale, timezone, created_at, updated_at, last_seen_at)
+SELECT x, '{}', '', '', %(now)s, %(now)s, seen
+FROM unnest(%(ids)s::text[], %(seen)s::timestamptz[]) AS v(x, seen) ORDER BY x
+ON CONFLICT (external_id) DO NOTHING
+RETURNING external_id, id, last_seen_at
+"""
+# The events travel as one JSON array (one encode in C, no per-value adaptation); rows come back
+# in the array's order, as Django's bulk_create relies on for a VALUES list.
+INSERT_EVENTS_PG = """
+INSERT INTO audiences_event (profile_id, name, properties, occurred_at, received_at)
+SELECT e.p, e.n, coalesce(e.x, '{}'), e.t, %(now)s
+FROM jsonb_to_recordset(%(events)s::jsonb) AS e(p bigint, n text, x jsonb, t timestamptz)
+RETURNING id
+"""
+LOCK_MOVING_PG = "SELECT id FROM audiences_profile WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE"
+MOVE_LAST_SEEN_PG = """
+UPDATE audiences_profile AS p SET last_seen_at = v.seen
+FROM unnest(%(ids)s::bigint[], %(seen)s::timestamptz[]) AS v(id, seen)
+WHERE p.id = v.id AND (p.last_seen_at IS NULL OR p.last_seen_at < v.seen)
+"""
+
+
+def _events_write_pg(items: list[dict], *, ids: list[str], seen: dict, now: dt.datetime) -> list[int]:
+    """Write the events of one call in at most six statements (PostgreSQL); return their ids."""
+    with connection.cursor() as cursor:
+        cursor.execute(LOCK_PROFILES_PG, [ids])
+        profiles = {external_id: (pk, last) for external_id, pk, last in cursor.fetchall()}
+        missing = [x for x in ids if x not in profiles]
+        if missing:
+            cursor.execute(CREATE_PROFILES_PG, {"now": now, "ids": missing, "seen": [seen[x] for x in missing]})
+            profiles.update((external_id, (pk, last)) for external_id, pk, last in cursor.fetchall())
+            raced = [x for x in missing if x not in profiles]
+            if raced:
+                cursor.execute(LOCK_PROFILES_PG, [raced])
+                profiles.update((external_id, (pk, last)) for external_id, pk, last in cursor.fetchall())
+        rows = [
+            {
+                "p": profiles[item["external_id"]][0],
+                "n": item["name"],
+                "x": item.get("properties"),
+                "t": item["occurred_at"],
+            }
+            for item in items
+        ]
+        cursor.execute(INSERT_EVENTS_PG, {"now": now, "events": _json_dumps(rows)})
+        event_ids = [row[0] for row in cursor.fetchall()]
+        moved = [(profiles[x][0], when) for x, when in seen.items() if profiles[x][1] is None or profiles[x][1] < when]
+        if moved:  # read without a write lock: the update checks again that the time moves forward
+            moved.sort()
+            cursor.execute(LOCK_MOVING_PG, [[pk for pk, _ in moved]])
+            cursor.execute(MOVE_LAST_SEEN_PG, {"ids": [pk for pk, _ in moved], "seen": [when for _, when in moved]})
+    return event_ids
+
+
+def _events_write(items: list[dict], *, ids: list[str], seen: dict, now: dt.datetime) -> list[int]:
+    """Write the events of one call through the ORM (SQLite, the embedded mode); return their ids."""
+
+    def locked(external_ids):
+        return {
+            p.external_id: p
+            for p in Profile.objects.select_for_update()
+            .filter(external_id__in=external_ids)
+            .order_by("external_id")
+            .only("id", "external_id", "last_seen_at")
+        }
+
+    profiles = locked(ids)
+    missing = [x for x in ids if x not in profiles]
+    if missing:  # only unknown ids are inserted: no sequence values burnt on known profiles
+        Profile.objects.bulk_create(
+            [Profile(external_id=x, created_at=now, updated_at=now) for x in missing], ignore_conflicts=True
+        )
+        profiles.update(locked(missing))
+    events = Event.objects.bulk_create(
+        [
+            Event(
+                profile_id=profiles[item["external_id"]].pk,
+                name=item["name"],
+                properties=item.get("properties") or {},
+                occurred_at=item["occurred_at"],
+                received_at=now,
+            )
+            for item in items
+        ]
+    )
+    moved = []
+    for external_id, when in seen.items():
+        profile = profiles[external_id]
+        if profile.last_seen_at is None or profile.last_seen_at < when:
+            profile.last_seen_at = when
+            moved.append(profile)
+    if moved:
+        Profile.objects.bulk_update(moved, ["last_seen_at"])
     return [e.pk for e in events]
 
 
@@ -115,7 +193,7 @@ _EVENT_LISTENERS: list[Callable[..., None]] = []
 
 
 def event_listeners_register(fn: Callable[..., None]) -> None:
-    """Call ``fn(events=[Event, ...])`` after each batch of ingested events is committed.
+    """Call ``fn(event_ids=[id, ...], names={name, ...})`` after each batch of ingested events is committed.
 
     Listeners should only queue work (e.g. a task with the event ids): they run inside the
     request that sent the events. A listener that raises is logged and the others still run.
@@ -124,10 +202,10 @@ def event_listeners_register(fn: Callable[..., None]) -> None:
         _EVENT_LISTENERS.append(fn)
 
 
-def _events_notify(events: list[Event]) -> None:
+def _events_notify(*, event_ids: list[int], names: set[str]) -> None:
     for fn in list(_EVENT_LISTENERS):
         try:
-            fn(events=events)
+            fn(event_ids=event_ids, names=names)
         except Exception:
             log.exception("Event listener %r failed", fn)
 

@@ -168,16 +168,15 @@ def journeys_events_received(*, event_ids: list[int]) -> dict:
     return {"exited": exited, "entered": entered}
 
 
-def journeys_on_events(*, events: list) -> None:
+def journeys_on_events(*, event_ids: list[int], names: set[str]) -> None:
     """The audiences event listener: queue the journey work when a live journey cares about these events."""
-    names = {e.name for e in events}
     wanted = JourneyVersion.objects.filter(
         Q(entry_kind=JourneyVersion.EntryKind.EVENT, entry_event__in=names, status=VStatus.LIVE)
         | Q(exit_event__in=names, status__in=(VStatus.LIVE, VStatus.RETIRED)),
         journey__status=Status.LIVE,
     )
     if wanted.exists():
-        _queue("journeys.tasks.journeys_events_task", [e.pk for e in events])
+        _queue("journeys.tasks.journeys_events_task", event_ids)
 
 
 def journeys_tick(*, now: dt.datetime | None = None, seconds: float = 40.0) -> dict:

@@ -110,6 +110,66 @@ def test_bulk_events_land_good_items(manager_alice, api_key_for):
     assert Event.objects.count() == 1
 
 
+EVENT_ITEMS = [
+    {
+        "external_id": "a",
+        "name": "purchase",
+        "properties": {"amount": 5.5, "sku": "x"},
+        "occurred_at": "2026-06-01T10:00:00Z",
+    },
+    {"external_id": " a ", "name": "  app_open ", "occurred_at": "2026-06-01T12:00:00+02:00", "extra": 1},
+    {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00.123456-05:30", "properties": {}},
+    {
+        "external_id": "a",
+        "name": "x",
+        "occurred_at": "2026-06-01 10:00:00+00:00",
+        "properties": {"n": {"m": [1, None]}},
+    },
+    {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00"},  # naive: the current zone
+    {"external_id": 7, "name": "x", "occurred_at": "2026-06-01T10:00:00Z"},  # numbers become text
+    {"external_id": "a", "name": 7, "occurred_at": "2026-06-01T10:00:00Z"},
+    {"external_id": "   ", "name": "x", "occurred_at": "2026-06-01T10:00:00Z"},
+    {"external_id": "", "name": "x", "occurred_at": "2026-06-01T10:00:00Z"},
+    {"external_id": "a", "name": "   ", "occurred_at": "2026-06-01T10:00:00Z"},
+    {"external_id": "a" * 256, "name": "x", "occurred_at": "2026-06-01T10:00:00Z"},
+    {"external_id": "a", "name": "x" * 101, "occurred_at": "2026-06-01T10:00:00Z"},
+    {"external_id": "a", "name": " " + "x" * 100 + " ", "occurred_at": "2026-06-01T10:00:00Z"},
+    {"external_id": "a\x00", "name": "x", "occurred_at": "2026-06-01T10:00:00Z"},
+    {"external_id": "a", "name": "x\ud800", "occurred_at": "2026-06-01T10:00:00Z"},
+    {"external_id": "a", "name": "x", "occurred_at": "yesterday"},
+    {"external_id": "a", "name": "x", "occurred_at": "2099-01-01T00:00:00Z"},
+    {"external_id": "a", "name": "x", "occurred_at": None},
+    {"external_id": "a", "name": "x"},
+    {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00Z", "properties": None},
+    {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00Z", "properties": [1]},
+    {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00Z", "properties": {"bad key": 1}},
+    {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00Z", "properties": {"k": "v\x00"}},
+    {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00Z", "properties": {"k": "v" * 9000}},
+]
+
+
+@pytest.mark.parametrize("item", EVENT_ITEMS)
+def test_the_event_shortcut_agrees_with_the_serializer(item):
+    from rest_framework.exceptions import ValidationError as DrfValidationError
+
+    from audiences.api import EventInSerializer, _event_validated
+
+    try:
+        expected = dict(EventInSerializer().run_validation(item))
+    except DrfValidationError:
+        expected = None
+    shortcut = _event_validated(item)
+    assert shortcut is None or shortcut == expected
+    if expected is None:
+        assert shortcut is None
+
+
+def test_the_event_shortcut_takes_the_usual_items():
+    from audiences.api import _event_validated
+
+    assert [_event_validated(item) is not None for item in EVENT_ITEMS[:4]] == [True] * 4
+
+
 def test_segments_list_shows_only_accessible_segments(manager_alice, manager_mallory, api_key_for):
     mine = segment_create(name="Mine", rules=PRO, by=manager_alice)
     segment_create(name="Theirs", rules=PRO, by=manager_mallory)

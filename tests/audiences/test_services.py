@@ -213,6 +213,42 @@ def test_events_create_unknown_profiles_and_move_last_seen_forward(manager_alice
     assert Event.objects.get(pk=ids[0]).properties == {"amount": 5}
 
 
+def test_events_come_back_in_order_and_move_each_profile_to_its_newest(manager_alice):
+    now = timezone.now()
+    ProfileFactory(external_id="old", last_seen_at=now - dt.timedelta(days=3))
+    items = [
+        {"external_id": x, "name": f"e{n}", "occurred_at": now - dt.timedelta(minutes=n)}
+        for n, x in enumerate(["old", "fresh", "old", "fresh", "other"] * 40)
+    ]
+    ids = events_ingest(items=items, by=manager_alice)
+    stored = Event.objects.in_bulk(ids)
+    assert [stored[pk].name for pk in ids] == [item["name"] for item in items]
+    assert [stored[pk].profile.external_id for pk in ids] == [item["external_id"] for item in items]
+    seen = dict(Profile.objects.values_list("external_id", "last_seen_at"))
+    assert seen == {"old": now, "fresh": now - dt.timedelta(minutes=1), "other": now - dt.timedelta(minutes=4)}
+    assert Event.objects.get(pk=ids[1]).properties == {}
+
+
+def test_event_listeners_get_the_committed_ids_and_names(manager_alice, django_capture_on_commit_callbacks):
+    from audiences.services import events as service
+
+    heard = []
+    listener = lambda **kwargs: heard.append(kwargs)  # noqa: E731
+    service.event_listeners_register(listener)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            ids = events_ingest(
+                items=[
+                    {"external_id": "a", "name": "purchase", "occurred_at": timezone.now()},
+                    {"external_id": "b", "name": "app_open", "occurred_at": timezone.now()},
+                ],
+                by=manager_alice,
+            )
+    finally:
+        service._EVENT_LISTENERS.remove(listener)
+    assert heard == [{"event_ids": ids, "names": {"purchase", "app_open"}}]
+
+
 def test_viewer_cannot_send_events(viewer_carol):
     with pytest.raises(PermissionDenied):
         events_ingest(items=[{"external_id": "a", "name": "x", "occurred_at": timezone.now()}], by=viewer_carol)
