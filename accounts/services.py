@@ -111,6 +111,31 @@ def lock_for(model: type[models.Model], pk: int, *, by: User, perm: str, label: 
     return obj
 
 
+def status_transition(
+    obj: models.Model,
+    to: str,
+    *,
+    by: User | None,
+    action: str,
+    also_saved: tuple[str, ...] = (),
+    summary: dict | None = None,
+) -> None:
+    """Move an object with a lifecycle (a campaign, a journey) to status ``to``, and audit it as ``<model>_<action>``.
+
+    Call inside ``transaction.atomic()`` on a row locked with ``lock_for`` (or ``select_for_update``),
+    once its source state was checked. Stamps ``status_changed_at`` and ``updated_at`` and saves them
+    with the status and ``also_saved``, the fields the caller changed with it. The audit summary says
+    which status it left and which it reached, with ``summary`` added.
+    """
+    before = obj.status
+    obj.status = to
+    obj.status_changed_at = timezone.now()
+    obj.updated_at = obj.status_changed_at
+    obj.save(update_fields=["status", "status_changed_at", "updated_at", *also_saved])
+    summary = {"from": before, "to": to, **(summary or {})}
+    audit(actor=by, action=f"{obj._meta.model_name}_{action}", obj=obj, summary=summary)
+
+
 class TransitionError(Exception):
     """An object with a lifecycle (a campaign, a journey) is not in a state that allows this step."""
 

@@ -23,6 +23,7 @@ from accounts.services import (
     approval_request_open,
     audit,
     lock_for,
+    status_transition,
 )
 from campaigns.models import Campaign
 from campaigns.schedule import next_occurrence, schedule_check
@@ -49,27 +50,8 @@ EDITABLE_FIELDS = (
 )
 
 
-def _lock(campaign_id: int, by: User, perm: str) -> Campaign:
-    return lock_for(Campaign, campaign_id, by=by, perm=perm, label="campaign")
-
-
-def _transition(campaign: Campaign, to: str, *, by: User | None, action: str, summary: dict | None = None) -> None:
-    before = campaign.status
-    campaign.status = to
-    campaign.status_changed_at = timezone.now()
-    campaign.updated_at = campaign.status_changed_at
-    campaign.save(
-        update_fields=[
-            "status",
-            "status_changed_at",
-            "updated_at",
-            "approved_fingerprint",
-            "approved_version",
-            "activated_at",
-            "next_occurrence_at",
-        ]
-    )
-    audit(actor=by, action=f"campaign_{action}", obj=campaign, summary={"from": before, "to": to, **(summary or {})})
+# What a transition saves with the status: the fields the steps change along with it.
+SAVED_WITH_STATUS = ("approved_fingerprint", "approved_version", "activated_at", "next_occurrence_at")
 
 
 def _check_references(campaign: Campaign, *, by: User, changed: set[str]) -> None:
@@ -148,7 +130,7 @@ def lock_editable(campaign_id: int, *, by: User) -> Campaign:
 
     Raises Http404 outside their access, PermissionDenied without the role, TransitionError otherwise.
     """
-    campaign = _lock(campaign_id, by, "campaigns.change_campaign")
+    campaign = lock_for(Campaign, campaign_id, by=by, perm="campaigns.change_campaign")
     if campaign.status == Status.IN_REVIEW:
         raise TransitionError(campaign, "edited", "Cancel the approval request first.")
     if campaign.status not in (Status.DRAFT, Status.SCHEDULED, Status.LIVE):
@@ -202,7 +184,7 @@ def revision_waiting(campaign: Campaign) -> ApprovalRequest | None:
 def campaign_delete(*, campaign_id: int, by: User) -> None:
     """Delete a draft. Raises TransitionError for any other state (archive it instead)."""
     with transaction.atomic():
-        campaign = _lock(campaign_id, by, "campaigns.delete_campaign")
+        campaign = lock_for(Campaign, campaign_id, by=by, perm="campaigns.delete_campaign")
         if campaign.status != Status.DRAFT:
             raise TransitionError(campaign, "deleted", "Only drafts can be deleted.")
         audit(actor=by, action="campaign_deleted", obj=campaign)
@@ -217,7 +199,7 @@ def campaign_submit(*, campaign_id: int, by: User, message: str = "") -> Approva
     Raises TransitionError in any other state (no revision to submit, already waiting).
     """
     with transaction.atomic():
-        campaign = _lock(campaign_id, by, "campaigns.submit_campaign")
+        campaign = lock_for(Campaign, campaign_id, by=by, perm="campaigns.submit_campaign")
         revision = campaign.is_active and campaign.has_pending_revision and revision_waiting(campaign) is None
         if campaign.status != Status.DRAFT and not revision:
             hint = "It has no revision to submit: edit it first." if campaign.is_active else ""
@@ -234,7 +216,7 @@ def campaign_submit(*, campaign_id: int, by: User, message: str = "") -> Approva
         if revision:
             audit(actor=by, action="campaign_revision_submitted", obj=campaign, summary={"request": request.pk})
         else:
-            _transition(campaign, Status.IN_REVIEW, by=by, action="submitted")
+            status_transition(campaign, Status.IN_REVIEW, by=by, action="submitted", also_saved=SAVED_WITH_STATUS)
     return request
 
 
@@ -249,7 +231,7 @@ def campaign_cancel_request(*, campaign_id: int, by: User) -> Campaign:
     """The requester takes a campaign out of review, back to draft; or a revision back to a pending
     edit (the approved version keeps sending)."""
     with transaction.atomic():
-        campaign = _lock(campaign_id, by, "campaigns.submit_campaign")
+        campaign = lock_for(Campaign, campaign_id, by=by, perm="campaigns.submit_campaign")
         if campaign.is_active and revision_waiting(campaign) is not None:
             approval_request_cancel(request_id=_pending_request(campaign).pk, by=by)
             audit(actor=by, action="campaign_revision_request_cancelled", obj=campaign)
@@ -257,7 +239,7 @@ def campaign_cancel_request(*, campaign_id: int, by: User) -> Campaign:
         if campaign.status != Status.IN_REVIEW:
             raise TransitionError(campaign, "taken out of review")
         approval_request_cancel(request_id=_pending_request(campaign).pk, by=by)
-        _transition(campaign, Status.DRAFT, by=by, action="request_cancelled")
+        status_transition(campaign, Status.DRAFT, by=by, action="request_cancelled", also_saved=SAVED_WITH_STATUS)
     return campaign
 
 
@@ -265,7 +247,7 @@ def campaign_request_changes(*, campaign_id: int, by: User, comment: str) -> Cam
     """An approver sends the campaign back to draft with a comment the requester sees; a revision
     goes back to a pending edit, and the approved version keeps sending."""
     with transaction.atomic():
-        campaign = _lock(campaign_id, by, "campaigns.approve_campaign")
+        campaign = lock_for(Campaign, campaign_id, by=by, perm="campaigns.approve_campaign")
         if campaign.is_active and revision_waiting(campaign) is not None:
             approval_request_decide(request_id=_pending_request(campaign).pk, by=by, approve=False, comment=comment)
             audit(actor=by, action="campaign_revision_changes_requested", obj=campaign, summary={"comment": comment})
@@ -273,7 +255,14 @@ def campaign_request_changes(*, campaign_id: int, by: User, comment: str) -> Cam
         if campaign.status != Status.IN_REVIEW:
             raise TransitionError(campaign, "sent back for changes")
         approval_request_decide(request_id=_pending_request(campaign).pk, by=by, approve=False, comment=comment)
-        _transition(campaign, Status.DRAFT, by=by, action="changes_requested", summary={"comment": comment})
+        status_transition(
+            campaign,
+            Status.DRAFT,
+            by=by,
+            action="changes_requested",
+            summary={"comment": comment},
+            also_saved=SAVED_WITH_STATUS,
+        )
     return campaign
 
 
@@ -328,7 +317,7 @@ def campaign_approve(*, campaign_id: int, by: User, comment: str = "", now: dt.d
     """
     now = now or timezone.now()
     with transaction.atomic():
-        campaign = _lock(campaign_id, by, "campaigns.approve_campaign")
+        campaign = lock_for(Campaign, campaign_id, by=by, perm="campaigns.approve_campaign")
         revision = campaign.is_active and revision_waiting(campaign) is not None
         if campaign.status != Status.IN_REVIEW and not revision:
             raise TransitionError(campaign, "approved")
@@ -347,7 +336,14 @@ def campaign_approve(*, campaign_id: int, by: User, comment: str = "", now: dt.d
         else:
             campaign.next_occurrence_at = next_occurrence(campaign, after=now - dt.timedelta(microseconds=1))
             to = Status.SCHEDULED if campaign.next_occurrence_at and campaign.next_occurrence_at > now else Status.LIVE
-        _transition(campaign, to, by=by, action="approved", summary={"comment": comment, "version": 1})
+        status_transition(
+            campaign,
+            to,
+            by=by,
+            action="approved",
+            summary={"comment": comment, "version": 1},
+            also_saved=SAVED_WITH_STATUS,
+        )
         if campaign.next_occurrence_at is not None and campaign.next_occurrence_at <= now:
             transaction.on_commit(lambda: _queue_fire(campaign.pk))
     return campaign
@@ -365,11 +361,11 @@ def campaign_stop(*, campaign_id: int, by: User) -> Campaign:
     from delivery.services.dispatches import dispatch_stop
 
     with transaction.atomic():
-        campaign = _lock(campaign_id, by, "campaigns.stop_campaign")
+        campaign = lock_for(Campaign, campaign_id, by=by, perm="campaigns.stop_campaign")
         if campaign.status not in (Status.SCHEDULED, Status.LIVE):
             raise TransitionError(campaign, "stopped")
         campaign.next_occurrence_at = None
-        _transition(campaign, Status.STOPPED, by=by, action="stopped")
+        status_transition(campaign, Status.STOPPED, by=by, action="stopped", also_saved=SAVED_WITH_STATUS)
         if (request := revision_waiting(campaign)) is not None:
             approval_request_close(request_id=request.pk, by=by, reason="The campaign was stopped.")
         running = Dispatch.objects.filter(
@@ -385,11 +381,11 @@ def campaign_stop(*, campaign_id: int, by: User) -> Campaign:
 def campaign_archive(*, campaign_id: int, by: User) -> Campaign:
     """Archive a finished campaign (completed, stopped, failed): hidden from the default list."""
     with transaction.atomic():
-        campaign = _lock(campaign_id, by, "campaigns.archive_campaign")
+        campaign = lock_for(Campaign, campaign_id, by=by, perm="campaigns.archive_campaign")
         if campaign.status not in (Status.COMPLETED, Status.STOPPED, Status.FAILED):
             hint = "Stop it first." if campaign.is_active else "Delete a draft instead."
             raise TransitionError(campaign, "archived", hint)
-        _transition(campaign, Status.ARCHIVED, by=by, action="archived")
+        status_transition(campaign, Status.ARCHIVED, by=by, action="archived", also_saved=SAVED_WITH_STATUS)
     return campaign
 
 
@@ -402,7 +398,7 @@ def campaign_duplicate(*, campaign_id: int, by: User) -> Campaign:
     before anything is written).
     """
     with transaction.atomic():
-        source = _lock(campaign_id, by, "campaigns.view_campaign")
+        source = lock_for(Campaign, campaign_id, by=by, perm="campaigns.view_campaign")
         if not by.has_perm("campaigns.add_campaign"):
             raise PermissionDenied("Your role may not create campaigns.")
         content = None

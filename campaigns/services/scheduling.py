@@ -13,10 +13,11 @@ from accounts.models import User
 from accounts.selectors import can, visible_to
 from accounts.services import (
     audit,
+    status_transition,
 )
 from campaigns.models import Campaign, Occurrence
 from campaigns.schedule import local_wall_time, next_occurrence
-from campaigns.services.lifecycle import Status, _transition
+from campaigns.services.lifecycle import SAVED_WITH_STATUS, Status
 
 
 def campaign_gate(
@@ -195,7 +196,13 @@ def campaigns_tick(*, now: dt.datetime | None = None) -> dict:
                 )
                 # Failed when every send of it failed (e.g. its app's credentials were refused).
                 to = Status.FAILED if outcomes == {Dispatch.Status.FAILED} else Status.COMPLETED
-                _transition(campaign, to, by=None, action="failed" if to == Status.FAILED else "completed")
+                status_transition(
+                    campaign,
+                    to,
+                    by=None,
+                    action="failed" if to == Status.FAILED else "completed",
+                    also_saved=SAVED_WITH_STATUS,
+                )
                 completed += 1
     return {"due": len(due_ids), "occurrences": fired, "completed": completed}
 

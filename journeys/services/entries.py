@@ -11,11 +11,12 @@ from django.utils import timezone
 
 from accounts.services import (
     audit,
+    status_transition,
 )
 from journeys.graph import entry_of
 from journeys.models import Enrollment, Journey, JourneyVersion
 from journeys.services.engine import _stats_add, journeys_run_due
-from journeys.services.lifecycle import EStatus, Status, VStatus, _queue, _transition
+from journeys.services.lifecycle import SAVED_WITH_STATUS, EStatus, Status, VStatus, _queue
 
 
 def _dt(value: dt.datetime | None):
@@ -216,6 +217,6 @@ def journeys_close_finished(*, now: dt.datetime | None = None) -> int:
                 continue
             if Enrollment.objects.filter(journey=journey, status__in=Enrollment.OPEN_STATUSES).exists():
                 continue
-            _transition(journey, Status.CLOSED, by=None, action="closed")
+            status_transition(journey, Status.CLOSED, by=None, action="closed", also_saved=SAVED_WITH_STATUS)
             closed += 1
     return closed

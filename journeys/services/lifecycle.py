@@ -24,6 +24,7 @@ from accounts.services import (
     approval_request_open,
     audit,
     lock_for,
+    status_transition,
 )
 from journeys.graph import contents_of, exits_of, graph_validate, segments_of
 from journeys.models import Enrollment, Journey, JourneyVersion
@@ -44,17 +45,8 @@ VERSION_FIELDS = (
 )
 
 
-def _lock(journey_id: int, by: User, perm: str) -> Journey:
-    return lock_for(Journey, journey_id, by=by, perm=perm, label="journey")
-
-
-def _transition(journey: Journey, to: str, *, by: User | None, action: str, summary: dict | None = None) -> None:
-    before = journey.status
-    journey.status = to
-    journey.status_changed_at = timezone.now()
-    journey.updated_at = journey.status_changed_at
-    journey.save(update_fields=["status", "status_changed_at", "updated_at", "live_version", "next_entry_at"])
-    audit(actor=by, action=f"journey_{action}", obj=journey, summary={"from": before, "to": to, **(summary or {})})
+# What a transition saves with the status: the fields the steps change along with it.
+SAVED_WITH_STATUS = ("live_version", "next_entry_at")
 
 
 def _open_version(journey: Journey) -> JourneyVersion | None:
@@ -170,7 +162,7 @@ def journey_rename(*, journey_id: int, by: User, name: str) -> Journey:
     if not (name or "").strip():
         raise ValidationError({"name": "A journey needs a name."})
     with transaction.atomic():
-        journey = _lock(journey_id, by, "journeys.change_journey")
+        journey = lock_for(Journey, journey_id, by=by, perm="journeys.change_journey")
         journey.name = name.strip()
         journey.updated_at = timezone.now()
         journey.save(update_fields=["name", "updated_at"])
@@ -189,7 +181,7 @@ def journey_version_edit(*, journey_id: int, by: User, **changes) -> JourneyVers
     if unknown:
         raise ValidationError({f: "Not a journey field." for f in unknown})
     with transaction.atomic():
-        journey = _lock(journey_id, by, "journeys.change_journey")
+        journey = lock_for(Journey, journey_id, by=by, perm="journeys.change_journey")
         if journey.status not in (Status.DRAFT, Status.IN_REVIEW, Status.LIVE):
             raise TransitionError(journey, "edited")
         version = _open_version(journey)
@@ -221,7 +213,7 @@ def journey_version_edit(*, journey_id: int, by: User, **changes) -> JourneyVers
 def journey_delete(*, journey_id: int, by: User) -> None:
     """Delete a journey that never went live. Raises TransitionError otherwise (stop and archive it)."""
     with transaction.atomic():
-        journey = _lock(journey_id, by, "journeys.delete_journey")
+        journey = lock_for(Journey, journey_id, by=by, perm="journeys.delete_journey")
         if journey.status != Status.DRAFT or journey.versions.exclude(status=VStatus.DRAFT).exists():
             raise TransitionError(journey, "deleted", "Only drafts that never went live can be deleted.")
         audit(actor=by, action="journey_deleted", obj=journey)
@@ -235,7 +227,7 @@ def journey_submit(*, journey_id: int, by: User, message: str = "") -> ApprovalR
     the step when the graph no longer holds (e.g. a segment it uses was deleted).
     """
     with transaction.atomic():
-        journey = _lock(journey_id, by, "journeys.submit_journey")
+        journey = lock_for(Journey, journey_id, by=by, perm="journeys.submit_journey")
         version = _open_version(journey)
         if journey.status not in (Status.DRAFT, Status.LIVE) or version is None or version.status != VStatus.DRAFT:
             raise TransitionError(journey, "submitted for review", "There is no draft version to submit.")
@@ -251,7 +243,14 @@ def journey_submit(*, journey_id: int, by: User, message: str = "") -> ApprovalR
         version.status = VStatus.IN_REVIEW
         version.save(update_fields=["status"])
         if journey.status == Status.DRAFT:
-            _transition(journey, Status.IN_REVIEW, by=by, action="submitted", summary={"version": version.number})
+            status_transition(
+                journey,
+                Status.IN_REVIEW,
+                by=by,
+                action="submitted",
+                summary={"version": version.number},
+                also_saved=SAVED_WITH_STATUS,
+            )
         else:
             audit(actor=by, action="journey_version_submitted", obj=journey, summary={"version": version.number})
     return request
@@ -275,7 +274,7 @@ def _back_to_draft(journey: Journey, version: JourneyVersion, *, by: User, actio
     version.status = VStatus.DRAFT
     version.save(update_fields=["status"])
     if journey.status == Status.IN_REVIEW:
-        _transition(journey, Status.DRAFT, by=by, action=action, summary=summary)
+        status_transition(journey, Status.DRAFT, by=by, action=action, summary=summary, also_saved=SAVED_WITH_STATUS)
     else:
         audit(actor=by, action=f"journey_version_{action}", obj=journey, summary=summary)
 
@@ -283,7 +282,7 @@ def _back_to_draft(journey: Journey, version: JourneyVersion, *, by: User, actio
 def journey_cancel_request(*, journey_id: int, by: User) -> Journey:
     """The requester takes the version out of review, back to draft (a live version keeps running)."""
     with transaction.atomic():
-        journey = _lock(journey_id, by, "journeys.submit_journey")
+        journey = lock_for(Journey, journey_id, by=by, perm="journeys.submit_journey")
         version = _version_in_review(journey)
         approval_request_cancel(request_id=_pending_request(journey).pk, by=by)
         _back_to_draft(journey, version, by=by, action="request_cancelled", summary={"version": version.number})
@@ -293,7 +292,7 @@ def journey_cancel_request(*, journey_id: int, by: User) -> Journey:
 def journey_request_changes(*, journey_id: int, by: User, comment: str) -> Journey:
     """An approver sends the version back to draft with a comment the requester sees."""
     with transaction.atomic():
-        journey = _lock(journey_id, by, "journeys.approve_journey")
+        journey = lock_for(Journey, journey_id, by=by, perm="journeys.approve_journey")
         version = _version_in_review(journey)
         approval_request_decide(request_id=_pending_request(journey).pk, by=by, approve=False, comment=comment)
         summary = {"version": version.number, "comment": comment}
@@ -313,7 +312,7 @@ def journey_approve(*, journey_id: int, by: User, comment: str = "", now: dt.dat
 
     now = now or timezone.now()
     with transaction.atomic():
-        journey = _lock(journey_id, by, "journeys.approve_journey")
+        journey = lock_for(Journey, journey_id, by=by, perm="journeys.approve_journey")
         version = _version_in_review(journey)
         request = _pending_request(journey)
         # One read of the contents, held until commit: what is checked against the submission is
@@ -348,7 +347,7 @@ def journey_approve(*, journey_id: int, by: User, comment: str = "", now: dt.dat
         summary = {"version": version.number, "comment": comment}
         if previous is not None:
             summary["replaces"] = previous.number
-        _transition(journey, Status.LIVE, by=by, action="approved", summary=summary)
+        status_transition(journey, Status.LIVE, by=by, action="approved", summary=summary, also_saved=SAVED_WITH_STATUS)
         if journey.next_entry_at is not None:
             transaction.on_commit(lambda: _queue("journeys.tasks.journey_enter_task", journey.pk))
     return version
@@ -360,11 +359,11 @@ def journey_stop(*, journey_id: int, by: User) -> Journey:
     from delivery.services.dispatches import dispatch_stop
 
     with transaction.atomic():
-        journey = _lock(journey_id, by, "journeys.stop_journey")
+        journey = lock_for(Journey, journey_id, by=by, perm="journeys.stop_journey")
         if journey.status != Status.LIVE:
             raise TransitionError(journey, "stopped")
         journey.next_entry_at = None
-        _transition(journey, Status.STOPPED, by=by, action="stopped")
+        status_transition(journey, Status.STOPPED, by=by, action="stopped", also_saved=SAVED_WITH_STATUS)
         now = timezone.now()
         # Waits for any engine batch holding these rows, so nothing moves on after the stop.
         exited = Enrollment.objects.filter(journey=journey, status__in=Enrollment.OPEN_STATUSES).update(
@@ -385,10 +384,10 @@ def journey_stop(*, journey_id: int, by: User) -> Journey:
 def journey_archive(*, journey_id: int, by: User) -> Journey:
     """Archive a stopped or closed journey (hidden from the default list)."""
     with transaction.atomic():
-        journey = _lock(journey_id, by, "journeys.archive_journey")
+        journey = lock_for(Journey, journey_id, by=by, perm="journeys.archive_journey")
         if journey.status not in (Status.STOPPED, Status.CLOSED):
             raise TransitionError(journey, "archived", "Stop it first." if journey.is_live else "")
-        _transition(journey, Status.ARCHIVED, by=by, action="archived")
+        status_transition(journey, Status.ARCHIVED, by=by, action="archived", also_saved=SAVED_WITH_STATUS)
     return journey
 
 
