@@ -1,4 +1,4 @@
-"""How every API list is paged, and how a list's query parameters are read.
+"""How every API list is paged and documented, and how a list's query parameters are read.
 
 Each list view declares its parameters as a serializer (``ListQuery`` or a subclass): the same
 class documents them in the OpenAPI schema (enums, ranges) and validates them, so a value the
@@ -7,8 +7,11 @@ schema refuses is refused by the view with a 400 naming the parameter.
 
 import re
 
+from django.db.models import QuerySet
+from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
 from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.response import Response
 
 MAX_LIMIT = 1000
 
@@ -68,3 +71,28 @@ def query_params_valid(query_class: type[serializers.Serializer], request) -> di
         raise serializers.ValidationError(repeated)
     query.is_valid(raise_exception=True)
     return query.validated_data
+
+
+def page_schema(name: str, serializer: type[serializers.Serializer]) -> serializers.Serializer:
+    """The documented answer of an offset-paged list named ``name``: count, next, previous, and the results."""
+    return inline_serializer(
+        name,
+        {
+            "count": serializers.IntegerField(),
+            "next": serializers.URLField(allow_null=True),
+            "previous": serializers.URLField(allow_null=True),
+            "results": serializer(many=True),
+        },
+    )
+
+
+def rows_matching(rows: QuerySet, query: dict, **columns: str) -> QuerySet:
+    """Filter ``rows`` by each validated query parameter given: ``columns`` maps a parameter to its column."""
+    return rows.filter(**{column: query[name] for name, column in columns.items() if name in query})
+
+
+def page_response(request, view, rows: QuerySet, serializer: type[serializers.Serializer]) -> Response:
+    """Answer with the page of ``rows`` (ordered, validated parameters applied) that ``limit`` and ``offset`` ask for."""
+    paginator = ApiPagination()
+    page = paginator.paginate_queryset(rows, request, view=view)
+    return paginator.get_paginated_response(serializer(page, many=True).data)

@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 
 from accounts.api import JsonObjectField, _flatten
 from accounts.json_values import MAX_DEPTH, json_parse, json_value_problem
-from accounts.pagination import ApiPagination, ListQuery, QueryInteger, query_params_valid
+from accounts.pagination import ListQuery, QueryInteger, page_response, page_schema, query_params_valid
 from accounts.parsers import ApiJSONParser
 from audiences.models import Import, Profile, Segment
 from audiences.rules.schema import RulesInvalid
@@ -348,21 +348,13 @@ class SegmentListView(APIView):
     @extend_schema(
         operation_id="segments_list",
         parameters=[ListQuery],
-        responses=inline_serializer(
-            "PaginatedSegmentOutList",
-            {
-                "count": serializers.IntegerField(),
-                "next": serializers.URLField(allow_null=True),
-                "previous": serializers.URLField(allow_null=True),
-                "results": SegmentOutSerializer(many=True),
-            },
-        ),
+        responses=page_schema("PaginatedSegmentOutList", SegmentOutSerializer),
     )
     def get(self, request):
         query_params_valid(ListQuery, request)
-        paginator = ApiPagination()
-        page = paginator.paginate_queryset(segments_visible_to(request.user).order_by("name", "id"), request, view=self)
-        return paginator.get_paginated_response(SegmentOutSerializer(page, many=True).data)
+        return page_response(
+            request, self, segments_visible_to(request.user).order_by("name", "id"), SegmentOutSerializer
+        )
 
 
 class SegmentDetailView(APIView):

@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 
 from accounts.api import JsonObjectField
 from accounts.authentication import request_stamps
-from accounts.pagination import ApiPagination, ListQuery, QueryChoice, query_params_valid
+from accounts.pagination import ListQuery, QueryChoice, page_response, page_schema, query_params_valid, rows_matching
 from campaigns.models import Campaign, CampaignVariant
 from campaigns.reports import campaign_report
 from campaigns.selectors import campaign_for, campaigns_visible_to
@@ -176,24 +176,12 @@ class CampaignListView(APIView):
     @extend_schema(
         operation_id="campaigns_list",
         parameters=[CampaignListQuery],
-        responses=inline_serializer(
-            "PaginatedCampaignOutList",
-            {
-                "count": serializers.IntegerField(),
-                "next": serializers.URLField(allow_null=True),
-                "previous": serializers.URLField(allow_null=True),
-                "results": CampaignOutSerializer(many=True),
-            },
-        ),
+        responses=page_schema("PaginatedCampaignOutList", CampaignOutSerializer),
     )
     def get(self, request):
         query = query_params_valid(CampaignListQuery, request)
         campaigns = campaigns_visible_to(request.user).prefetch_related("variants").order_by("-id")
-        if "status" in query:
-            campaigns = campaigns.filter(status=query["status"])
-        paginator = ApiPagination()
-        page = paginator.paginate_queryset(campaigns, request, view=self)
-        return paginator.get_paginated_response(CampaignOutSerializer(page, many=True).data)
+        return page_response(request, self, rows_matching(campaigns, query, status="status"), CampaignOutSerializer)
 
 
 class CampaignDetailView(APIView):

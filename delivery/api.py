@@ -10,7 +10,16 @@ from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.pagination import MAX_LIMIT, ApiPagination, ListQuery, QueryChoice, QueryInteger, query_params_valid
+from accounts.pagination import (
+    MAX_LIMIT,
+    ListQuery,
+    QueryChoice,
+    QueryInteger,
+    page_response,
+    page_schema,
+    query_params_valid,
+    rows_matching,
+)
 from delivery.models import Delivery, Device, Dispatch, Platform
 from delivery.selectors import (
     apps_visible_to,
@@ -237,25 +246,13 @@ class DispatchListView(APIView):
     @extend_schema(
         operation_id="dispatches_list",
         parameters=[DispatchListQuery],
-        responses=inline_serializer(
-            "PaginatedDispatchList",
-            {
-                "count": serializers.IntegerField(),
-                "next": serializers.URLField(allow_null=True),
-                "previous": serializers.URLField(allow_null=True),
-                "results": DispatchListItemSerializer(many=True),
-            },
-        ),
+        responses=page_schema("PaginatedDispatchList", DispatchListItemSerializer),
     )
     def get(self, request):
         query = query_params_valid(DispatchListQuery, request)
         rows = dispatches_visible_to(request.user).select_related(None)
-        for name, column in (("status", "status"), ("kind", "kind"), ("app", "app_id")):
-            if name in query:
-                rows = rows.filter(**{column: query[name]})
-        paginator = ApiPagination()
-        page = paginator.paginate_queryset(rows.order_by("-id"), request, view=self)
-        return paginator.get_paginated_response(DispatchListItemSerializer(page, many=True).data)
+        rows = rows_matching(rows, query, status="status", kind="kind", app="app_id")
+        return page_response(request, self, rows.order_by("-id"), DispatchListItemSerializer)
 
 
 class DispatchDetailView(APIView):

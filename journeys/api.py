@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from django.urls import path
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.pagination import ApiPagination, ListQuery, QueryChoice, query_params_valid
+from accounts.pagination import ListQuery, QueryChoice, page_response, page_schema, query_params_valid, rows_matching
 from journeys.models import Journey, JourneyVersion
 from journeys.selectors import (
     journey_for,
@@ -109,24 +109,12 @@ class JourneyListView(APIView):
     @extend_schema(
         operation_id="journeys_list",
         parameters=[JourneyListQuery],
-        responses=inline_serializer(
-            "PaginatedJourneyOutList",
-            {
-                "count": serializers.IntegerField(),
-                "next": serializers.URLField(allow_null=True),
-                "previous": serializers.URLField(allow_null=True),
-                "results": JourneyOutSerializer(many=True),
-            },
-        ),
+        responses=page_schema("PaginatedJourneyOutList", JourneyOutSerializer),
     )
     def get(self, request):
         query = query_params_valid(JourneyListQuery, request)
-        paginator = ApiPagination()
         journeys = journeys_visible_to(request.user).order_by("-updated_at", "-id")
-        if "status" in query:
-            journeys = journeys.filter(status=query["status"])
-        page = paginator.paginate_queryset(journeys, request, view=self)
-        return paginator.get_paginated_response(JourneyOutSerializer(page, many=True).data)
+        return page_response(request, self, rows_matching(journeys, query, status="status"), JourneyOutSerializer)
 
 
 class JourneyDetailView(APIView):
