@@ -1,4 +1,5 @@
 import json
+from urllib.parse import quote
 
 from django import forms
 from django.contrib import admin, messages
@@ -302,14 +303,17 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         totals = version_totals(version)
         link = reverse("admin:journeys_enrollment_changelist") + f"?version__id__exact={version.pk}"
         summary = ", ".join(f"{status} {count:,}" for status, count in totals.items())
+        if version.status == version.Status.DRAFT:
+            step_url = "#step-{}".format  # the step's row in the editor below
+        else:
+            step_url = lambda step: f"{link}&step={quote(step)}"  # noqa: E731 (its enrollments at that step)
         return format_html(
-            '<div class="journey-graph-box"><p>Version {} ({}): {} — <a href="{}">enrollments</a></p>'
-            '<div style="overflow:auto;max-width:100%">{}</div></div>',
+            '<div class="journey-graph-box"><p>Version {} ({}): {} — <a href="{}">enrollments</a></p>{}</div>',
             version.number,
             version_status_text(obj, version).lower(),
             summary,
             link,
-            version_svg(version, stats=version_step_stats(version), names=content_names(version)),
+            version_svg(version, stats=version_step_stats(version), names=content_names(version), step_url=step_url),
         )
 
     @admin.display(description="Report")

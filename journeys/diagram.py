@@ -1,7 +1,11 @@
-"""The journey drawn as a graph: server-rendered SVG, one box per step with its counts."""
+"""The journey drawn as a graph: server-rendered SVG, one box per step with its counts, laid out again
+by dagre in the browser (journeys/static/journeys/canvas.js)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from django.templatetags.static import static
 from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
@@ -83,8 +87,19 @@ def _layout(steps: list[dict]) -> dict[str, tuple[int, int]]:
     return positions
 
 
-def version_svg(version, *, stats: dict | None = None, names: dict | None = None) -> SafeString:
-    """The version's graph as an inline SVG; ``stats`` (from selectors.version_step_stats) adds counts."""
+def version_svg(
+    version,
+    *,
+    stats: dict | None = None,
+    names: dict | None = None,
+    step_url: Callable[[str], str | None] | None = None,
+) -> SafeString:
+    """The version's graph as a canvas: an inline SVG, laid out again in the browser by dagre
+    (journeys/canvas.js, which also pans and zooms it); without scripts, the columns drawn here.
+
+    ``stats`` (from selectors.version_step_stats) adds each step's counters; ``step_url`` gives
+    the page a click on a step opens (its editor, its enrollments), or None for no link.
+    """
     steps = [s for s in version.steps() if isinstance(s, dict) and "id" in s]
     if not steps:
         return format_html("<p>{}</p>", "No steps yet.")
@@ -106,7 +121,7 @@ def version_svg(version, *, stats: dict | None = None, names: dict | None = None
 
     parts = [
         f'<svg class="journey-graph" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11" data-box="{BOX_W} {BOX_H}">',
         '<defs><marker id="arrow" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'
         '<path d="M0,0 L8,4 L0,8 z" fill="#777"/></marker></defs>',
     ]
@@ -123,6 +138,7 @@ def version_svg(version, *, stats: dict | None = None, names: dict | None = None
             if passed is not None and step["type"] in ("condition", "split"):
                 text = f"{label}: {passed:,}"
             parts.append(
+                f'<g class="edge" data-from="{escape(step["id"])}" data-to="{escape(target)}">'
                 f'<path d="M{x + BOX_W},{sy:.0f} C{x + BOX_W + GAP_X / 2},{sy:.0f} {tx - GAP_X / 2},{ty + BOX_H / 2} '
                 f'{tx},{ty + BOX_H / 2}" fill="none" stroke="#777" marker-end="url(#arrow)"/>'
             )
@@ -130,34 +146,58 @@ def version_svg(version, *, stats: dict | None = None, names: dict | None = None
                 parts.append(
                     f'<text x="{x + BOX_W + 4}" y="{sy - 3:.0f}" fill="#555" class="edge-label">{escape(text)}</text>'
                 )
+            parts.append("</g>")
     for step in steps:
         x, y = xy(step["id"])
-        counts = stats.get(step["id"]) or {}
         kind = step.get("type", "?")
-        line = f"entered {counts.get('entered', 0):,}"
-        if kind == "wait":
-            line += f" · waiting {counts.get('waiting', 0):,}"
-        elif kind == "push":
-            line += f" · sent {counts.get('sent', 0):,} · accepted {counts.get('accepted', 0):,}"
-        elif kind == "exit":
-            line = f"exited {counts.get('exited', 0) - counts.get('exit_event', 0):,}"
-        extra = f"exit event {counts['exit_event']:,}" if counts.get("exit_event") else ""
-        if kind == "push":
-            skipped = counts.get("skipped") or {}
-            notes = [f"failed {counts['send_failed']:,}"] if counts.get("send_failed") else []
-            if skipped:
-                reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(skipped.items(), key=lambda r: -r[1]))
-                notes.append(f"skipped {sum(skipped.values()):,} ({reasons})")
-            extra = " · ".join(notes)
-        parts.append(
-            f'<g class="step step-{escape(kind)}" data-step="{escape(step["id"])}">'
-            f'<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="8" fill="{COLORS.get(kind, "#fff")}" '
+        line, extra = _counters(kind, stats.get(step["id"]) or {})
+        url = step_url(step["id"]) if step_url is not None and kind != "entry" else None
+        box = (
+            f'<rect x="0" y="0" width="{BOX_W}" height="{BOX_H}" rx="8" fill="{COLORS.get(kind, "#fff")}" '
             'stroke="#888"/>'
-            f'<text x="{x + 8}" y="{y + 16}" font-weight="bold">{escape(kind.upper())} · {escape(step["id"])}</text>'
-            f'<text x="{x + 8}" y="{y + 34}">{escape(_describe(step, names)[:34])}</text>'
-            f'<text x="{x + 8}" y="{y + 54}" class="counts">{escape(line)}</text>'
-            f'<text x="{x + 8}" y="{y + 72}" fill="#a33" class="notes">{escape(extra)}<title>{escape(extra)}</title>'
-            "</text></g>"
+            f'<text x="8" y="16" font-weight="bold">{escape(kind.upper())} · {escape(step["id"])}</text>'
+            f'<text x="8" y="34">{escape(_describe(step, names)[:34])}</text>'
+            f'<text x="8" y="54" class="counts">{escape(line)}</text>'
+            f'<text x="8" y="72" fill="#a33" class="notes">{escape(extra)}<title>{escape(extra)}</title></text>'
+        )
+        if url:
+            box = f'<a href="{escape(url)}" class="step-link">{box}</a>'
+        parts.append(
+            f'<g class="step step-{escape(kind)}" data-step="{escape(step["id"])}" transform="translate({x},{y})">'
+            f"{box}</g>"
         )
     parts.append("</svg>")
-    return mark_safe("".join(parts))  # noqa: S308 (every text in it is escaped above)
+    return format_html(
+        '<div class="journey-canvas" style="display:inline-block"><div class="journey-canvas-tools">'
+        '<button type="button" class="button" data-zoom="out" title="Zoom out">−</button> '
+        '<button type="button" class="button" data-zoom="in" title="Zoom in">+</button> '
+        '<button type="button" class="button" data-zoom="fit" title="Fit the width">Fit</button> '
+        '<span class="journey-canvas-scale">100%</span> <span class="journey-canvas-hint">{}</span></div>'
+        '<div class="journey-canvas-view" style="overflow:auto;max-width:100%;max-height:640px;cursor:grab">{}</div>'
+        '<script src="{}"></script><script src="{}"></script></div>',
+        "Drag to pan; click a step to open it." if step_url else "Drag to pan.",
+        mark_safe("".join(parts)),  # noqa: S308 (every text in it is escaped above)
+        static("pushdesk/vendor/dagre/dagre.min.js"),
+        static("journeys/canvas.js"),
+    )
+
+
+def _counters(kind: str, counts: dict) -> tuple[str, str]:
+    """A step's live counters (entered, waiting, sent, accepted, exited) and its notes (failures,
+    skips by reason, exits on the exit event)."""
+    if kind == "exit":
+        return f"exited {counts.get('exited', 0) - counts.get('exit_event', 0):,}", ""
+    line = f"entered {counts.get('entered', 0):,}"
+    if kind == "wait":
+        line += f" · waiting {counts.get('waiting', 0):,}"
+    elif kind == "push":
+        line += f" · sent {counts.get('sent', 0):,} · accepted {counts.get('accepted', 0):,}"
+    extra = f"exit event {counts['exit_event']:,}" if counts.get("exit_event") else ""
+    if kind == "push":
+        skipped = counts.get("skipped") or {}
+        notes = [f"failed {counts['send_failed']:,}"] if counts.get("send_failed") else []
+        if skipped:
+            reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(skipped.items(), key=lambda r: -r[1]))
+            notes.append(f"skipped {sum(skipped.values()):,} ({reasons})")
+        extra = " · ".join(notes)
+    return line, extra

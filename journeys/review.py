@@ -36,15 +36,19 @@ def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: Use
     if version is None:
         return format_html("<p>{}</p>", "Nothing to review.")
     contents = {c.pk: c for c in PushContent.objects.filter(pk__in=set(contents_of(version.graph).values()))}
+    # Each push step with its phones, as the content shows on them (the version's frozen copy once approved).
+    frozen = version.frozen_specs or {}
     pushes = format_html_join(
         "",
-        "<li><strong>{}</strong>: {} — “{}” / “{}”</li>",
+        '<li class="journey-review-push" data-step="{}"><strong>{}</strong>: {}{}</li>',
         (
             (
                 step,
+                step,
                 contents[cid].name if cid in contents else cid,
-                getattr(contents.get(cid), "title", ""),
-                getattr(contents.get(cid), "body", ""),
+                _phones(
+                    frozen.get(step, {}).get("spec") or (contents[cid].spec() if cid in contents else None), journey
+                ),
             )
             for step, cid in contents_of(version.graph).items()
         ),
@@ -65,11 +69,21 @@ def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: Use
         ],
     )
     return format_html(
-        '<div class="journey-review"><table>{}</table><h3>Pushes</h3><ul>{}</ul><div style="overflow:auto">{}</div></div>',
+        '<div class="journey-review"><table>{}</table><div style="display:flex;gap:16px;flex-wrap:wrap">'
+        '<div style="flex:2 1 480px;min-width:0">{}</div><div style="flex:1 1 300px"><h3>Pushes</h3><ul>{}</ul></div>'
+        "</div></div>",
         rows,
-        pushes,
         version_svg(version, names=content_names(version)),
+        pushes,
     )
+
+
+def _phones(spec: dict | None, journey: Journey) -> str:
+    if spec is None:
+        return ""
+    from delivery.admin.contents import _spec_previews_html
+
+    return _spec_previews_html(spec, app_name=journey.app.name, profile=None, context={})
 
 
 def journey_references(journey) -> dict[str, set[int]]:

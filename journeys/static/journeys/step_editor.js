@@ -92,7 +92,7 @@
     }
 
     function stepRow(step, index) {
-      const row = el("div", { "class": "step-row step-type-" + step.type, "data-step": step.id });
+      const row = el("div", { "class": "step-row step-type-" + step.type, "data-step": step.id, id: "step-" + step.id });
       const header = el("header", {}, [
         el("strong", { text: "#" + (index + 1) }),
         input("text", step.id, (v) => {
