@@ -24,6 +24,8 @@ SNIFF_BYTES = 64 * 1024
 CELL_TYPES = ("auto", "string", "number", "boolean", "date", "skip")
 PROFILE_COLUMNS = ("locale", "timezone")
 MAX_CELL = 1000
+CELL_CACHE_SIZE = 4096
+_UNTYPED = object()
 INT_RE = re.compile(r"^-?(0|[1-9][0-9]{0,17})$")
 FLOAT_RE = re.compile(r"^-?(0|[1-9][0-9]*)?\.[0-9]+([eE][-+]?[0-9]+)?$|^-?(0|[1-9][0-9]*)[eE][-+]?[0-9]+$")
 DECLARED_NUMBER_RE = re.compile(r"^[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?$")
@@ -65,11 +67,16 @@ class Plan:
     width: int
 
     @property
-    def fields(self) -> list[tuple[int, str, str, str]]:
-        """(index, target, type, header) of every column but the external id, computed once."""
+    def fields(self) -> list[tuple[int, str, str, str, dict]]:
+        """(index, target, type, header, typed cells) of every column but the external id, computed once.
+
+        The last item maps a cell's text to its typed value for the column (``parse_cell`` is a
+        function of the two): columns repeat their values (plans, countries, yes/no), and a
+        lookup costs a fraction of typing the cell again. Each holds at most CELL_CACHE_SIZE.
+        """
         cached = self.__dict__.get("_fields")
         if cached is None:
-            cached = [(c.index, c.to, c.type, c.header) for c in self.columns if c.to != "external_id"]
+            cached = [(c.index, c.to, c.type, c.header, {}) for c in self.columns if c.to != "external_id"]
             self.__dict__["_fields"] = cached
         return cached
 
@@ -283,8 +290,12 @@ def parse_record(record: Record, plan: Plan, *, timezones: set[str]) -> ParsedRo
         return "external_id is longer than 255 characters"
     row = ParsedRow(line=record.line, external_id=external_id, attributes={})
     attributes = row.attributes
-    for index, to, kind, header in plan.fields:
+    for index, to, kind, header, typed in plan.fields:
         raw = cells[index]
+        value = typed.get(raw, _UNTYPED)
+        if value is not _UNTYPED:  # a cell seen before in this column, fine then
+            attributes[to] = value
+            continue
         value = raw.strip()
         if not value:
             continue  # an empty cell leaves the attribute as it is
@@ -298,9 +309,11 @@ def parse_record(record: Record, plan: Plan, *, timezones: set[str]) -> ParsedRo
             row.timezone = value
         else:
             try:
-                attributes[to] = parse_cell(raw, kind)
+                attributes[to] = typed_value = parse_cell(raw, kind)
             except ValueError as exc:
                 return f"column {header!r}: {_shorten(raw)!r} {exc}"
+            if len(typed) < CELL_CACHE_SIZE:
+                typed[raw] = typed_value
     return row
 
 

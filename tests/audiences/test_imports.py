@@ -66,6 +66,17 @@ def test_declared_types_are_checked_row_by_row(run_import):
     assert not Profile.objects.filter(external_id__in=["u2", "u3"]).exists()
 
 
+def test_a_repeated_cell_is_typed_the_same_each_time_and_a_bad_one_fails_each_time(run_import):
+    lines = [b"external_id,age,code,vip"]
+    lines += [b"u%d,007,007,%s" % (n, b"maybe" if n % 3 == 0 else b"yes") for n in range(1, 10)]
+    columns = {"age": {"type": "number"}, "code": {"type": "string"}, "vip": {"type": "boolean"}}
+    record = run_import(b"\n".join(lines) + b"\n", columns=columns)
+    assert (record.rows_imported, record.rows_failed) == (6, 3)
+    assert {p.attributes["age"] for p in Profile.objects.all()} == {7}
+    assert {p.attributes["code"] for p in Profile.objects.all()} == {"007"}
+    assert [row[1] for row in error_rows(record)] == ["u3", "u6", "u9"]
+
+
 def test_columns_can_be_renamed_skipped_and_mapped_to_external_id(run_import):
     content = b"Customer ID,E-mail,Internal note,First Name,locale\nc1,a@x.test,secret,Ann,fr-FR\n"
     columns = {"Customer ID": {"to": "external_id"}, "Internal note": {"type": "skip"}, "E-mail": {"to": "email"}}
