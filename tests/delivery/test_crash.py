@@ -21,6 +21,7 @@ from accounts.services import access_grant
 from audiences.models import Profile
 from delivery.models import Delivery, Device, Dispatch
 from tests.factories import PushContentFactory
+from tests.fakes.pushsim import pushsim_environment
 
 BATCH = 50
 WORKERS = 2
@@ -53,9 +54,7 @@ class Cluster:
             PUSHDESK_SEND_TASKS=str(WORKERS),
             PUSHDESK_SEND_BATCH=str(BATCH),
             PUSHDESK_SEND_LEASE_SECONDS="3",
-            PUSHDESK_PUSHSIM_APNS_PRODUCTION_URL=pushsim.apns_url("production"),
-            PUSHDESK_PUSHSIM_APNS_SANDBOX_URL=pushsim.apns_url("sandbox"),
-            PUSHDESK_PUSHSIM_FCM_URL=pushsim.fcm_url(),
+            **pushsim_environment(pushsim),
             LOG_LEVEL="WARNING",
         )
         self.log = open(log_path, "ab")  # noqa: SIM115

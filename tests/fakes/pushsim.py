@@ -134,6 +134,17 @@ def trust_fcm(sim: PushSimulator, creds: FcmCredentials) -> None:
     )
 
 
+def pushsim_environment(sim: PushSimulator) -> dict[str, str]:
+    """The settings that send an app marked ``uses_simulator`` to ``sim``'s h2c listeners: the
+    ``pushsim`` fixture sets them in this process, and a test passes them in the environment of
+    the workers it starts."""
+    return {
+        "PUSHDESK_PUSHSIM_APNS_PRODUCTION_URL": sim.apns_url("production"),
+        "PUSHDESK_PUSHSIM_APNS_SANDBOX_URL": sim.apns_url("sandbox"),
+        "PUSHDESK_PUSHSIM_FCM_URL": sim.fcm_url(),
+    }
+
+
 @pytest.fixture(scope="session")
 def pushsim_server():
     sim = PushSimulator(tls=True).start()
@@ -164,9 +175,8 @@ def pushsim(pushsim_server, settings, apns_credentials, fcm_credentials):
     settings.PUSHDESK_APNS_PRODUCTION_URL = sim.apns_url("production", tls=True)
     settings.PUSHDESK_APNS_SANDBOX_URL = sim.apns_url("sandbox", tls=True)
     settings.PUSHDESK_FCM_URL = sim.fcm_url(tls=True)
-    settings.PUSHDESK_PUSHSIM_APNS_PRODUCTION_URL = sim.apns_url("production")
-    settings.PUSHDESK_PUSHSIM_APNS_SANDBOX_URL = sim.apns_url("sandbox")
-    settings.PUSHDESK_PUSHSIM_FCM_URL = sim.fcm_url()
+    for name, value in pushsim_environment(sim).items():
+        setattr(settings, name, value)
     settings.PUSHDESK_CA_BUNDLE = sim.ca_path
     yield sim
     CLIENTS.close()  # the send engine's pooled connections point at this test's settings

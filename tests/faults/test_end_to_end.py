@@ -30,6 +30,7 @@ from delivery.models import App, Delivery, Device, Dispatch
 from delivery.pushsim import PushSimulator
 from tests.delivery.test_crash import _database_url, _push, _wait_for
 from tests.factories import PushContentFactory
+from tests.fakes.pushsim import pushsim_environment
 
 BATCH = 50
 WORKERS = 2
@@ -59,9 +60,7 @@ class Workers:
             PUSHDESK_SEND_TASKS=str(WORKERS),
             PUSHDESK_SEND_BATCH=str(BATCH),
             PUSHDESK_SEND_LEASE_SECONDS="3",
-            PUSHDESK_PUSHSIM_APNS_PRODUCTION_URL=pushsim.apns_url("production"),
-            PUSHDESK_PUSHSIM_APNS_SANDBOX_URL=pushsim.apns_url("sandbox"),
-            PUSHDESK_PUSHSIM_FCM_URL=pushsim.fcm_url(),
+            **pushsim_environment(pushsim),
             LOG_LEVEL="WARNING",
             **env,
         )
