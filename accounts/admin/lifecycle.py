@@ -24,6 +24,15 @@ class LifecycleAdminMixin:
 
     lifecycle_button_name = "lifecycle_action"
 
+    def _changeform_view(self, request, object_id, form_url, extra_context):
+        # The add and change forms save through the object's services: a save they refuse
+        # (ValidationError) comes back as an error message on the same page, as a refused step does.
+        try:
+            return super()._changeform_view(request, object_id, form_url, extra_context)
+        except ValidationError as exc:
+            self.message_user(request, " ".join(exc.messages), messages.ERROR)
+            return HttpResponseRedirect(request.path)
+
     def lifecycle_actions(self, user, obj) -> list[tuple[str, str]]:
         raise NotImplementedError
 
