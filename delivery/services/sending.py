@@ -1,4 +1,4 @@
-"""The send engine: claim, batches, provider calls, write-back and retries.
+"""The send engine: batches, provider calls and retries, between a claim and its write-back.
 
 ``dispatch_send`` claims ``queued`` rows in batches (``UPDATE … RETURNING``, ``SKIP LOCKED`` on
 PostgreSQL), under the app's and the dispatch's rate limits, renders and sends them through
@@ -11,24 +11,22 @@ worse than a missing one.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from liquid.exceptions import LiquidError
 
 from accounts.services import audit
-from audiences.models import Profile
-from delivery.models import App, Delivery, Device, Dispatch, Platform
+from delivery.models import App, Delivery, Dispatch, Platform
 from delivery.payloads import (
     APNS_LIMIT,
     RECIPIENT_CONTEXTS,
@@ -44,11 +42,11 @@ from delivery.payloads import (
 from delivery.providers import Outcome, OutcomeKind
 from delivery.providers.apns import ApnsClient, ApnsMessage
 from delivery.providers.fcm import FcmClient, FcmMessage
+from delivery.services.claims import Claimed, Result, deliveries_claim, deliveries_write_back
 from delivery.services.devices import devices_invalidate
 from delivery.services.dispatches import (
     DS,
     NO_PLATFORM,
-    _dt,
     _enqueue,
     dispatch_complete_if_done,
     platform_counts_add,
@@ -61,31 +59,6 @@ from operations.shutdown import stop_requested
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
-class Claimed:
-    id: int
-    device_id: int | None
-    profile_id: int | None
-    attempts: int
-    token: str = ""
-    platform: str = ""
-    profile: dict | None = None
-    expires_at: datetime | None = None  # its own expiry (a held row, a stream's row); None: the dispatch's
-    context: dict | None = None  # a stream's row: its call's context
-    variant: int | None = None  # a campaign variant's number: the content it sends
-
-
-@dataclass(slots=True)
-class Result:
-    """What to write back for one row."""
-
-    id: int
-    status: str
-    reason: str = ""
-    provider_id: str = ""
-    next_attempt_at: datetime | None = None
-
-
 @dataclass
 class SendReport:
     """What one ``dispatch_send`` call did (for logs, tests and the benchmark)."""
@@ -93,172 +66,6 @@ class SendReport:
     claimed: int = 0
     outcomes: Counter = field(default_factory=Counter)
     batches: int = 0
-
-
-def _aware(value) -> datetime | None:
-    """A datetime read by a raw query: SQLite gives naive UTC text, PostgreSQL aware values."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _claim(dispatch_id: int, *, limit: int, now: datetime, with_profiles: bool = False) -> list[Claimed]:
-    """Atomically move up to ``limit`` ready queued rows to ``sending`` under a lease.
-
-    On PostgreSQL one statement claims (``FOR UPDATE SKIP LOCKED``) and returns each row with
-    its device's token and platform (and its profile when ``with_profiles``).
-    """
-    # On PostgreSQL the lease runs on the database's clock, the one the watchdog judges it by:
-    # a worker whose clock is behind cannot stamp a lease that is over before it starts. (The
-    # embedded SQLite mode runs on one machine.)
-    lease = now + timedelta(seconds=settings.PUSHDESK_SEND_LEASE_SECONDS)
-    ready = "dispatch_id = %s AND status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= %s)"
-    if connection.vendor == "postgresql":
-        profile_columns = ", p.external_id, p.locale, p.timezone, p.attributes" if with_profiles else ""
-        profile_join = " LEFT JOIN audiences_profile p ON p.id = c.profile_id" if with_profiles else ""
-        sql = (
-            f"WITH picked AS (SELECT id FROM delivery_delivery WHERE {ready} ORDER BY id LIMIT %s "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
-            "FOR UPDATE SKIP LOCKED), "
-            "claimed AS (UPDATE delivery_delivery d SET status = 'sending', attempts = d.attempts + 1, "
-            "lease_expires_at = now() + %s * interval '1 second' FROM picked WHERE d.id = picked.id "
-            "RETURNING d.id, d.device_id, d.profile_id, d.attempts, d.expires_at, d.context, d.variant) "
-            "SELECT c.id, c.device_id, c.profile_id, c.attempts, dev.token, dev.platform, c.expires_at, c.context, "
-            f"c.variant{profile_columns} "
-            f"FROM claimed c LEFT JOIN delivery_device dev ON dev.id = c.device_id{profile_join}"
-        )
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(sql, [dispatch_id, _dt(now), limit, settings.PUSHDESK_SEND_LEASE_SECONDS])
-            fetched = cursor.fetchall()
-        rows = []
-        for values in fetched:
-            row = Claimed(*values[:4], token=values[4] or "", platform=values[5] or "", expires_at=values[6])
-            row.context = json.loads(values[7]) if isinstance(values[7], str) else values[7]
-            row.variant = values[8]
-            if with_profiles and values[9] is not None:
-                attributes = values[12]
-                if isinstance(attributes, str):
-                    attributes = json.loads(attributes)
-                row.profile = {
-                    "external_id": values[9],
-                    "locale": values[10],
-                    "timezone": values[11],
-                    "attributes": attributes or {},
-                }
-            rows.append(row)
-        rows.sort(key=lambda r: r.id)
-        return rows
-    sql = (
-        "UPDATE delivery_delivery SET status = 'sending', attempts = attempts + 1, lease_expires_at = %s "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
-        f"WHERE id IN (SELECT id FROM delivery_delivery WHERE {ready} ORDER BY id LIMIT %s) "
-        "RETURNING id, device_id, profile_id, attempts, expires_at, context, variant"
-    )
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(sql, [_dt(lease), dispatch_id, _dt(now), limit])
-        rows = [
-            Claimed(
-                *row[:4],
-                expires_at=_aware(row[4]),
-                context=json.loads(row[5]) if isinstance(row[5], str) else row[5],
-                variant=row[6],
-            )
-            for row in cursor.fetchall()
-        ]
-    if rows:
-        devices = {
-            d[0]: d[1:]
-            for d in Device.objects.filter(pk__in=[r.device_id for r in rows if r.device_id]).values_list(
-                "id", "token", "platform"
-            )
-        }
-        profiles = _profiles_for(rows) if with_profiles else {}
-        for row in rows:
-            row.token, row.platform = devices.get(row.device_id, ("", ""))
-            row.profile = profiles.get(row.profile_id)
-    return rows
-
-
-def _write_back(
-    dispatch_id: int, results: list[Result], *, now: datetime, platforms: dict[int, str] | None = None
-) -> Counter:
-    """Write outcomes in bulk, only over rows still ``sending``; return the final statuses written.
-
-    The dispatch's counters move by what was written, and so do its counts per platform
-    (``platforms``: row id -> platform) in ``by_platform``.
-
-    Holds the dispatch row (``FOR NO KEY UPDATE``, the lock its counters take anyway): a stop
-    either committed before, and a retry becomes ``skipped`` / ``stopped`` instead of ``queued``
-    (nothing would ever pick it up), or waits for this write and then stops the requeued rows.
-    """
-    if not results:
-        return Counter()
-    finals = set(Delivery.FINAL_STATUSES)
-    platforms = platforms or {}
-    written: Counter = Counter()
-    retried: Counter = Counter()
-    per_platform: Counter = Counter()  # (platform, final status) -> rows written
-    with transaction.atomic(), connection.cursor() as cursor:
-        status, by_platform = (
-            Dispatch.objects.select_for_update(no_key=True).values_list("status", "by_platform").get(pk=dispatch_id)
-        )
-        if status != Dispatch.Status.SENDING:
-            results = [Result(r.id, DS.SKIPPED, reason="stopped") if r.status == DS.QUEUED else r for r in results]
-        if connection.vendor == "postgresql":
-            cursor.execute(
-                "UPDATE delivery_delivery d SET status = v.status, reason = v.reason, provider_message_id = v.pid, "
-                "next_attempt_at = v.next_at, finished_at = CASE WHEN v.status = 'queued' THEN NULL ELSE %s END, "
-                "lease_expires_at = NULL "
-                "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::timestamptz[]) "
-                "AS v(id, status, reason, pid, next_at) "
-                "WHERE d.id = v.id AND d.status = 'sending' RETURNING d.id, d.status, d.reason",
-                [
-                    now,
-                    [r.id for r in results],
-                    [r.status for r in results],
-                    [r.reason[:100] for r in results],
-                    [r.provider_id[:200] for r in results],
-                    [r.next_attempt_at for r in results],
-                ],
-            )
-            for row_id, status, reason in cursor.fetchall():
-                written[status] += 1
-                if status == DS.QUEUED:
-                    retried[reason] += 1
-                else:
-                    per_platform[platforms.get(row_id, NO_PLATFORM), status] += 1
-        else:
-            for r in results:
-                cursor.execute(
-                    "UPDATE delivery_delivery SET status = %s, reason = %s, provider_message_id = %s, "
-                    "next_attempt_at = %s, finished_at = %s, lease_expires_at = NULL "
-                    "WHERE id = %s AND status = 'sending'",
-                    [
-                        r.status,
-                        r.reason[:100],
-                        r.provider_id[:200],
-                        _dt(r.next_attempt_at),
-                        None if r.status == DS.QUEUED else _dt(now),
-                        r.id,
-                    ],
-                )
-                if cursor.rowcount:
-                    written[r.status] += 1
-                    if r.status == DS.QUEUED:
-                        retried[r.reason[:100]] += 1
-                    else:
-                        per_platform[platforms.get(r.id, NO_PLATFORM), r.status] += 1
-        increments = {status: F(status) + n for status, n in written.items() if status in finals}
-        if increments:
-            Dispatch.objects.filter(pk=dispatch_id).update(
-                **increments, by_platform=platform_counts_add(by_platform or {}, per_platform)
-            )
-        if retried:
-            counts = Dispatch.objects.select_for_update().values_list("retries", flat=True).get(pk=dispatch_id)
-            for reason, n in retried.items():
-                counts[reason] = counts.get(reason, 0) + n
-            Dispatch.objects.filter(pk=dispatch_id).update(retries=counts)
-    return written
 
 
 class _Clients:
@@ -303,16 +110,6 @@ def _needs_profiles(spec: dict) -> bool:
 def dispatch_needs_profiles(dispatch: Dispatch) -> bool:
     """Whether any content the dispatch sends (each variant's) renders per profile."""
     return any(_needs_profiles(spec) for spec in dispatch.all_specs())
-
-
-def _profiles_for(rows: list[Claimed]) -> dict[int, dict]:
-    ids = {r.profile_id for r in rows if r.profile_id}
-    return {
-        pid: {"external_id": ext, "locale": locale, "timezone": tz, "attributes": attributes or {}}
-        for pid, ext, locale, tz, attributes in Profile.objects.filter(pk__in=ids).values_list(
-            "id", "external_id", "locale", "timezone", "attributes"
-        )
-    }
 
 
 def _send_platform(app: App, platform: str, messages: list, rows: list[Claimed]) -> list[Outcome]:
@@ -467,7 +264,7 @@ def _batch_finish(dispatch: Dispatch, batch: _Batch, report: SendReport) -> None
                 credentials[platform] = outcome.reason
             else:
                 results.append(_retry_or_fail(row, outcome, now=now, deadline=batch.expires[row.id]))
-    written = _write_back(dispatch.pk, results, now=now, platforms=batch.platforms)
+    written = deliveries_write_back(dispatch.pk, results, now=now, platforms=batch.platforms)
     log.info(
         "dispatch %s batch: %s",
         dispatch.pk,
@@ -548,7 +345,7 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
                 break
             if not Dispatch.objects.filter(pk=dispatch_id, status=Dispatch.Status.SENDING).exists():
                 return report
-            rows = _claim(dispatch_id, limit=granted, now=timezone.now(), with_profiles=with_profiles)
+            rows = deliveries_claim(dispatch_id, limit=granted, now=timezone.now(), with_profiles=with_profiles)
             if rows:
                 report.claimed += len(rows)
                 report.batches += 1

@@ -125,7 +125,8 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
     claimed, and otherwise sleeps until an append wakes it (PostgreSQL) or the poll interval
     passes. Any number of senders may run (claims are atomic). Returns a SendReport.
     """
-    from delivery.services.sending import SendReport, _batch_finish, _batch_prepare, _batch_submit, _claim
+    from delivery.services.claims import deliveries_claim
+    from delivery.services.sending import SendReport, _batch_finish, _batch_prepare, _batch_submit
 
     report = SendReport()
     from operations.instance import instance_refuses
@@ -161,7 +162,9 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
                 rates = [rate for _, rate in stream.limits if rate]
                 if rates:
                     limit = max(1, min(limit, int(min(rates))))
-                rows = _claim(stream.dispatch.pk, limit=limit, now=timezone.now(), with_profiles=stream.with_profiles)
+                rows = deliveries_claim(
+                    stream.dispatch.pk, limit=limit, now=timezone.now(), with_profiles=stream.with_profiles
+                )
                 if not rows:
                     continue
                 claimed += len(rows)

@@ -9,6 +9,7 @@ from django.db import connection
 from django.utils import timezone
 
 from delivery.models import App, Delivery, Device, Dispatch
+from delivery.services.claims import deliveries_claim
 from delivery.services.contents import pushcontent_save, pushcontent_test_send
 from delivery.services.dispatches import (
     _GATES,
@@ -19,7 +20,7 @@ from delivery.services.dispatches import (
     dispatch_prepare,
     dispatch_stop,
 )
-from delivery.services.sending import _claim, dispatch_send
+from delivery.services.sending import dispatch_send
 from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory, SegmentMemberFactory
 from tests.fakes.pushsim import heal_after_the_first_drop
 
@@ -333,7 +334,7 @@ def test_rows_of_a_dead_worker_become_unknown_after_the_lease_and_are_never_rese
         )
         dispatch_prepare(dispatch_id=dispatch.pk)
     # A worker claims two rows and dies before sending them.
-    claimed = _claim(dispatch.pk, limit=2, now=timezone.now())
+    claimed = deliveries_claim(dispatch.pk, limit=2, now=timezone.now())
     assert len(claimed) == 2
 
     dispatch_send(dispatch_id=dispatch.pk)  # another worker sends the rest
@@ -562,7 +563,7 @@ def test_a_worker_clock_running_behind_cannot_stamp_a_lease_already_over(pushsim
     Delivery.objects.create(dispatch=dispatch, device=device, profile_id=profile.pk, status="queued")
     skewed = timezone.now() - timezone.timedelta(minutes=10)  # this worker's clock is 10 minutes behind
 
-    [claimed] = _claim(dispatch.pk, limit=10, now=skewed)
+    [claimed] = deliveries_claim(dispatch.pk, limit=10, now=skewed)
     deliveries_expire_leases()  # the watchdog, on a machine whose clock is right
 
     assert Delivery.objects.get(pk=claimed.id).status == "sending"

@@ -9,8 +9,9 @@ from django.db import connection
 from django.utils import timezone
 
 from delivery.models import Delivery, DeliveryRules, Dispatch
+from delivery.services.claims import deliveries_claim
 from delivery.services.dispatches import deliveries_expire_leases, dispatch_complete_if_done, dispatches_watch
-from delivery.services.sending import _claim, dispatch_send
+from delivery.services.sending import dispatch_send
 from delivery.services.stream_senders import streams_send
 from delivery.services.streams import (
     Recipient,
@@ -169,7 +170,7 @@ def test_rows_a_dead_sender_claimed_end_unknown_and_are_never_sent_again(pushsim
     people = _people(pushsim_app, 5)
     _append(stream, people)
     # A sender claims two rows (they are `sending` under its lease) and is killed before sending.
-    dead = _claim(stream.pk, limit=2, now=timezone.now())
+    dead = deliveries_claim(stream.pk, limit=2, now=timezone.now())
     assert len(dead) == 2
     report = streams_send(budget=0)  # a new sender: the three others
     assert report.claimed == 3
