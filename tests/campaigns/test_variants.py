@@ -140,7 +140,8 @@ def test_holdout_receives_nothing_and_each_variant_its_own_content(
     retried = Delivery.objects.filter(dispatch=dispatch, variant__gte=1).select_related("device").first().device
     pushsim.state.fail_token(token=retried.token, failures=[503])
     report = dispatch_send(dispatch_id=dispatch.pk, time_budget=10)
-    assert report.claimed >= 33
+    # Which profiles fall in the holdout depends on their ids: every other row is claimed.
+    assert report.claimed >= Delivery.objects.filter(dispatch=dispatch, variant__gte=1).count()
     rows = {d.profile_id: d for d in Delivery.objects.filter(dispatch=dispatch)}
     titles = {1: "Title A", 2: "Title B", 3: "Title C"}
     received = {r["token"]: r for r in pushsim.state.recent(limit=500)}
