@@ -21,6 +21,7 @@ from campaigns.review import approved_phones_html, audience_text, campaign_phone
 from campaigns.schedule import localize
 from campaigns.schedule import zone as schedule_zone
 from campaigns.selectors import campaign_actions, campaigns_visible_to
+from campaigns.services.conversions import campaign_conversion_set
 from campaigns.services.lifecycle import (
     EDITABLE_FIELDS,
     campaign_archive,
@@ -41,7 +42,8 @@ from campaigns.variant_admin import (
     CampaignVariantInline,
     variants_report_html,
 )
-from delivery.reports import report_charts_html
+from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
+from delivery.reports import conversions_html, report_charts_html
 
 Status = Campaign.Status
 
@@ -107,7 +109,7 @@ def zoned(value: dt.datetime | None, time_zone: str) -> str:
     return f"{value.astimezone(schedule_zone(time_zone)):%Y-%m-%d %H:%M} ({time_zone})"
 
 
-class CampaignForm(forms.ModelForm):
+class CampaignForm(ConversionFormMixin, forms.ModelForm):
     """Dates are entered and shown as wall-clock times in the campaign's own time zone."""
 
     class Meta:
@@ -146,6 +148,16 @@ class CampaignForm(forms.ModelForm):
                 wall = value.astimezone(dt.UTC).replace(tzinfo=None)
                 data[name] = localize(wall, tz).astimezone(dt.UTC)
         return data
+
+
+def _conversions_table(conversions: dict | None) -> str:
+    """The report's conversions: all, each variant with its uplift against the holdout, the holdout."""
+    if not conversions:
+        return ""
+    rows = [("all", conversions["overall"])] + [(v["variant"], v) for v in conversions["variants"]]
+    if conversions["holdout"]:
+        rows.append(("holdout", conversions["holdout"]))
+    return conversions_html(rows, conversions["goal"], table_id="campaign-conversions")
 
 
 class _StatusFilter(ActiveStatusFilter):
@@ -197,6 +209,7 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         "preview",
         "report",
         "object_access",
+        "conversion_goal",
     )
 
     class Media:
@@ -248,6 +261,10 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             fieldsets.append(("Preview", {"fields": ("preview",)}))
             fieldsets.append(("Report", {"fields": ("sends", "report")}))
             fieldsets.append(("Access", {"fields": ("object_access",)}))
+        if obj is None or self.has_change_permission(request, obj):
+            fieldsets.append(("Conversions", {"fields": CONVERSION_FIELDS, "description": CONVERSION_HELP}))
+        else:
+            fieldsets.append(("Conversions", {"fields": ("conversion_goal",)}))
         # Last, so that the variants' inline follows it.
         fieldsets.append(("Variants and holdout", {"fields": ("holdout_share",), "description": VARIANTS_HELP}))
         return fieldsets
@@ -298,6 +315,8 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             else:
                 created = campaign_create(by=request.user, **values)
                 obj.pk = created.pk
+            if hasattr(form, "conversion_values") and "conversion_event" in form.cleaned_data:
+                campaign_conversion_set(campaign_id=obj.pk, by=request.user, **form.conversion_values())
         except TransitionError as exc:
             raise PermissionDenied(str(exc)) from exc
 
@@ -538,13 +557,18 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         csv_url = reverse("admin:campaigns_campaign_report_csv", args=[obj.pk])
         return format_html(
             '<div id="campaign-report"><table>{}</table><table><thead><tr><th>outcome</th><th>reason</th>'
-            '<th>count</th></tr></thead>{}</table>{}{}<p><a href="{}">Export as CSV</a></p></div>',
+            '<th>count</th></tr></thead>{}</table>{}{}{}<p><a href="{}">Export as CSV</a></p></div>',
             counters,
             reasons,
             variants_report_html(data["variants"], data["holdout"]),
+            _conversions_table(data["conversions"]),
             mark_safe(report_charts_html(campaign_charts(obj))),  # noqa: S308 (a template, autoescaped)
             csv_url,
         )
+
+    @admin.display(description="Conversion event")
+    def conversion_goal(self, obj):
+        return conversion_goal_text(obj) if obj is not None else "—"
 
     def report_csv_view(self, request, object_id):
         campaign = self.get_object(request, object_id)

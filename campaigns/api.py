@@ -29,6 +29,7 @@ from campaigns.services.triggers import (
     trigger_request_finish,
     trigger_request_start,
 )
+from delivery.api import ConversionGoalSerializer, ConversionReportSerializer
 
 
 class CampaignVariantOutSerializer(serializers.ModelSerializer):
@@ -50,6 +51,7 @@ class CampaignOutSerializer(serializers.ModelSerializer):
         read_only=True,
         help_text="The contents it tests (A/B/n), each with its share in percent; empty: one content for everyone.",
     )
+    conversion = ConversionGoalSerializer(source="*", read_only=True, allow_null=True)
 
     class Meta:
         model = Campaign
@@ -71,6 +73,7 @@ class CampaignOutSerializer(serializers.ModelSerializer):
             "throttle_per_second",
             "variants",
             "holdout_share",
+            "conversion",
             "next_occurrence_at",
             "activated_at",
             "owner",
@@ -111,6 +114,10 @@ class ReportSerializer(serializers.Serializer):
         "HoldoutReport",
         {"profiles": serializers.IntegerField(help_text="Profiles held out: they were sent nothing.")},
         allow_null=True,
+    )
+    conversions = ConversionReportSerializer(
+        allow_null=True,
+        help_text="With a conversion goal: overall, per variant with its uplift against the holdout, the holdout.",
     )
 
 

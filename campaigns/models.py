@@ -15,9 +15,10 @@ from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
 from accounts.models import GrantStamp
+from delivery.models import ConversionGoal
 
 
-class Campaign(models.Model):
+class Campaign(ConversionGoal):
     has_object_access = True
     access_scope_field = "app"
 

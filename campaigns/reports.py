@@ -73,6 +73,7 @@ def campaign_report(campaign: Campaign) -> dict:
             for d in dispatches
         ],
         "variants": variants,
+        "conversions": campaign_conversions(campaign, dispatch_ids=ids),
         "holdout": holdout,
     }
 
@@ -118,6 +119,32 @@ def _by_variant(rows, dispatch_ids: list[int]) -> tuple[list[dict], dict | None]
     return variants, {"profiles": holdout_row["profiles"] if holdout_row else 0}
 
 
+def campaign_conversions(campaign: Campaign, *, dispatch_ids: list[int]) -> dict | None:
+    """The campaign's conversions (``delivery.conversions``): overall, per variant with the uplift
+    against the holdout, and the holdout's rate. One grouped query; None without a conversion goal."""
+    from delivery.conversions import Goal, conversions_by, rate_figures, uplift_figures
+
+    goal = Goal.of(campaign)
+    if goal is None:
+        return None
+    counts = conversions_by(dispatch_ids=dispatch_ids, goal=goal, group="variant")
+    held = counts.pop(0, None)
+    sent = list(counts.values())
+    overall = rate_figures(sum(r["converted"] for r in sent), sum(r["reached"] for r in sent))
+    holdout = rate_figures(held["converted"], held["reached"]) if held else None
+    control = (held["converted"], held["reached"]) if held else (0, 0)  # no holdout: no uplift
+    variants = [
+        {
+            "variant": variant_label(number),
+            **rate_figures(row["converted"], row["reached"]),
+            **uplift_figures((row["converted"], row["reached"]), control),
+        }
+        for number, row in sorted(counts.items())
+        if number is not None
+    ]
+    return {"goal": goal.as_dict(), "overall": overall, "variants": variants, "holdout": holdout}
+
+
 def campaign_charts(campaign: Campaign) -> dict:
     """The report charts' figures over every dispatch of the campaign (test sends excluded)."""
     from delivery.reports import report_charts
@@ -159,6 +186,8 @@ def campaign_report_csv(campaign: Campaign) -> str:
                 + [v["open_rate"] if v["open_rate"] is not None else ""]
             )
         writer.writerow(["holdout", "", "", report["holdout"]["profiles"], 0, 0, 0, ""])
+    if report["conversions"]:
+        _conversions_csv(writer, report["conversions"])
     writer.writerow([])
     writer.writerow(["dispatch", "label", "status", "created_at", "targeted", "accepted", "opened"])
     for d in report["dispatches"]:
@@ -174,3 +203,24 @@ def campaign_report_csv(campaign: Campaign) -> str:
             ]
         )
     return out.getvalue()
+
+
+CONVERSION_COLUMNS = ("reached", "conversions", "conversion_rate", "rate_low", "rate_high")
+UPLIFT_COLUMNS = ("uplift", "difference", "difference_low", "difference_high")
+
+
+def _conversions_csv(writer, conversions: dict) -> None:
+    """The conversions block: the goal, then one line per group (all, each variant, the holdout)."""
+    goal = conversions["goal"]
+    writer.writerow([])
+    writer.writerow(["conversion_event", "window_hours", "anchor", "conditions"])
+    writer.writerow([_cell(goal["event"]), goal["window_hours"], goal["anchor"], len(goal["where"])])
+    writer.writerow(["group", *CONVERSION_COLUMNS, *UPLIFT_COLUMNS])
+    lines = [("all", conversions["overall"])]
+    lines += [(v["variant"], v) for v in conversions["variants"]]
+    if conversions["holdout"]:
+        lines.append(("holdout", conversions["holdout"]))
+    for label, figures in lines:
+        writer.writerow(
+            [label] + ["" if figures.get(k) is None else figures[k] for k in CONVERSION_COLUMNS + UPLIFT_COLUMNS]
+        )

@@ -365,3 +365,46 @@ urlpatterns = [
     path("deliveries/<int:delivery_id>/", DeliveryDetailView.as_view(), name="delivery-detail"),
     path("opens/", OpenReportView.as_view(), name="open-report"),
 ]
+
+
+class ConversionGoalSerializer(serializers.Serializer):
+    """A campaign's or journey's conversion goal (null: none); set in the admin."""
+
+    event = serializers.CharField(source="conversion_event", help_text="The event that counts as a conversion.")
+    where = serializers.ListField(
+        source="conversion_where",
+        child=serializers.DictField(),
+        help_text="Property conditions on the event, as in a segment's event rule: {property, type, op, value}.",
+    )
+    window_hours = serializers.IntegerField(source="conversion_window_hours", help_text="Hours after the anchor.")
+    anchor = serializers.ChoiceField(
+        source="conversion_anchor", choices=["accepted", "opened"], help_text="Counted from acceptance or opening."
+    )
+
+    def to_representation(self, instance):
+        return super().to_representation(instance) if instance.conversion_event else None
+
+
+class ConversionFiguresSerializer(serializers.Serializer):
+    reached = serializers.IntegerField(help_text="Profiles reached (accepted; for the holdout, held out).")
+    conversions = serializers.IntegerField(help_text="Reached profiles that did the event within the window.")
+    conversion_rate = serializers.FloatField(allow_null=True)
+    rate_low = serializers.FloatField(allow_null=True, help_text="95% Wilson interval, lower bound.")
+    rate_high = serializers.FloatField(allow_null=True, help_text="95% Wilson interval, upper bound.")
+
+
+class UpliftFiguresSerializer(ConversionFiguresSerializer):
+    variant = serializers.CharField()
+    uplift = serializers.FloatField(
+        allow_null=True, help_text="(rate − holdout's rate) / holdout's rate; null without a holdout or conversion."
+    )
+    difference = serializers.FloatField(allow_null=True, help_text="rate − holdout's rate.")
+    difference_low = serializers.FloatField(allow_null=True, help_text="95% Newcombe interval of the difference.")
+    difference_high = serializers.FloatField(allow_null=True)
+
+
+class ConversionReportSerializer(serializers.Serializer):
+    goal = serializers.DictField(help_text="The goal counted: event, where, window_hours, anchor.")
+    overall = ConversionFiguresSerializer()
+    variants = UpliftFiguresSerializer(many=True)
+    holdout = ConversionFiguresSerializer(allow_null=True)

@@ -7,6 +7,35 @@ from accounts.encryption import EncryptedTextField
 from accounts.models import GrantStamp
 
 
+class ConversionGoal(models.Model):
+    """What counts as a conversion for a campaign or a journey: a report setting (``delivery.conversions``).
+
+    A profile converts when it does ``conversion_event`` (whose properties meet ``conversion_where``,
+    the audiences' event property conditions) within ``conversion_window_hours`` after its delivery
+    was accepted, or opened. It changes what the report counts, never what is sent.
+    """
+
+    class Anchor(models.TextChoices):
+        ACCEPTED = "accepted", "Accepted by Apple or Google"
+        OPENED = "opened", "Opened"
+
+    conversion_event = models.CharField(
+        max_length=100, blank=True, help_text="The event that counts as a conversion, e.g. purchase (blank: none)."
+    )
+    conversion_where = models.JSONField(
+        default=list, blank=True, help_text="Property conditions the event must meet, as in a segment's event rule."
+    )
+    conversion_window_hours = models.PositiveIntegerField(
+        default=24, help_text="How long after the anchor an event counts, in hours."
+    )
+    conversion_anchor = models.CharField(
+        max_length=10, choices=Anchor.choices, default=Anchor.ACCEPTED, help_text="Counted from when the push was…"
+    )
+
+    class Meta:
+        abstract = True
+
+
 class App(models.Model):
     """A mobile app and its channel configuration; also the scope that object access is granted on."""
 

@@ -185,3 +185,57 @@ def report_charts_html(charts: dict) -> str:
             else [],
         },
     )
+
+
+def _percent(value) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
+def _interval(low, high) -> str:
+    return "—" if low is None else f"{low:.1%} – {high:.1%}"
+
+
+def _points(value) -> str:
+    return "—" if value is None else f"{value * 100:+.1f} pts"
+
+
+def conversions_html(rows: list[tuple[str, dict]], goal: dict, *, table_id: str) -> str:
+    """A conversions table: per group (a variant, the holdout, a journey step), profiles reached,
+    conversions, rate with its 95% interval, and against the holdout the difference with its
+    interval and the relative uplift; the goal it counts stated above it."""
+    from django.utils.html import format_html, format_html_join
+
+    anchor = "opened" if goal["anchor"] == "opened" else "accepted"
+    conditions = f", {len(goal['where'])} property condition(s)" if goal["where"] else ""
+    body = format_html_join(
+        "",
+        '<tr data-group="{}"><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>'
+        "</tr>",
+        [
+            (
+                label,
+                label,
+                f["reached"],
+                f["conversions"],
+                _percent(f["conversion_rate"]),
+                _interval(f["rate_low"], f["rate_high"]),
+                _points(f.get("difference")),
+                _interval(f.get("difference_low"), f.get("difference_high")).replace("%", " pts")
+                if f.get("difference_low") is not None
+                else "—",
+                _percent(f.get("uplift")) if f.get("uplift") is None else f"{f['uplift']:+.1%}",
+            )
+            for label, f in rows
+        ],
+    )
+    return format_html(
+        '<div id="{}" class="conversions"><p>Conversions: <strong>{}</strong>{} within {} h after the push was {}.</p>'
+        "<table><thead><tr><th></th><th>reached</th><th>conversions</th><th>rate</th><th>95% interval</th>"
+        "<th>vs holdout</th><th>95% interval</th><th>uplift</th></tr></thead>{}</table></div>",
+        table_id,
+        goal["event"],
+        conditions,
+        goal["window_hours"],
+        anchor,
+        body,
+    )

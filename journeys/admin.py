@@ -13,6 +13,7 @@ from accounts.admin.lifecycle import LifecycleAdminMixin
 from accounts.json_values import JsonValueFormField
 from accounts.selectors import approval_current, visible_to
 from accounts.services import TransitionError
+from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
 from journeys.diagram import version_svg
 from journeys.graph import GraphInvalid, graph_validate
 from journeys.models import Enrollment, Journey, JourneyVersion
@@ -26,6 +27,7 @@ from journeys.selectors import (
     version_step_stats,
     version_totals,
 )
+from journeys.services.conversions import journey_conversion_set
 from journeys.services.lifecycle import (
     VERSION_FIELDS,
     journey_archive,
@@ -62,7 +64,7 @@ class StepEditorWidget(forms.Textarea):
         return context
 
 
-class JourneyForm(forms.ModelForm):
+class JourneyForm(ConversionFormMixin, forms.ModelForm):
     """The journey and its editable version: entry, re-entry, exit criteria and the steps."""
 
     entry_kind = forms.ChoiceField(choices=JourneyVersion.EntryKind.choices, initial="segment")
@@ -126,6 +128,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         "report",
         "owner",
         "object_access",
+        "conversion_goal",
     )
 
     def get_queryset(self, request):
@@ -144,6 +147,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             ("Entry", {"fields": ("entry_kind", "entry_segment", "entry_every_hours", "entry_event")}),
             ("Re-entry and exit", {"fields": ("reentry", "reentry_wait_seconds", "exit_event")}),
             ("Steps", {"fields": ("graph",)}),
+            ("Conversions", {"fields": CONVERSION_FIELDS, "description": CONVERSION_HELP}),
         ]
         if obj is not None:
             fieldsets.insert(
@@ -153,7 +157,8 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             fieldsets.insert(2, ("Report", {"fields": ("report",), "classes": ("wide",)}))
             fieldsets.append(("Access", {"fields": ("object_access",)}))
         if obj is not None and not self.has_change_permission(request, obj):
-            fieldsets = [fs for fs in fieldsets if fs[0] not in ("Entry", "Re-entry and exit", "Steps")]
+            fieldsets = [fs for fs in fieldsets if fs[0] not in ("Entry", "Re-entry and exit", "Steps", "Conversions")]
+            fieldsets.insert(3, ("Conversions", {"fields": ("conversion_goal",)}))
         return fieldsets
 
     def get_form(self, request, obj=None, change=False, **kwargs):
@@ -232,16 +237,17 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             if not change:
                 created = journey_create(by=request.user, name=data["name"], app=data["app"], **values)
                 obj.pk = created.pk
-                return
-            current = Journey.objects.get(pk=obj.pk)
-            if data["name"] != current.name:
-                journey_rename(journey_id=obj.pk, by=request.user, name=data["name"])
-            base = journey_open_version(current) or current.live_version
-            changed = {name: value for name, value in values.items() if base is None or getattr(base, name) != value}
-            if changed:
-                journey_version_edit(journey_id=obj.pk, by=request.user, **changed)
+            else:
+                current = Journey.objects.get(pk=obj.pk)
+                if data["name"] != current.name:
+                    journey_rename(journey_id=obj.pk, by=request.user, name=data["name"])
+                base = journey_open_version(current) or current.live_version
+                changed = {n: v for n, v in values.items() if base is None or getattr(base, n) != v}
+                if changed:
+                    journey_version_edit(journey_id=obj.pk, by=request.user, **changed)
         except TransitionError as exc:
             raise PermissionDenied(str(exc)) from exc
+        journey_conversion_set(journey_id=obj.pk, by=request.user, **form.conversion_values())
 
     def save_related(self, request, form, formsets, change):
         pass
@@ -287,6 +293,10 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         reach = audience_reach(segment=version.entry_segment, app_id=obj.app_id)
         return format_html('<span id="entry-audience">{}: {}</span>', version.entry_segment, reach.text())
 
+    @admin.display(description="Conversion event")
+    def conversion_goal(self, obj):
+        return conversion_goal_text(obj) if obj is not None else "—"
+
     @admin.display(description="Graph")
     def journey_graph(self, obj):
         version = journey_shown_version(obj)
@@ -312,16 +322,23 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     def report(self, obj):
         """The shown version's sends over time, per platform, the funnel and the reasons, and its
         counters per step."""
+        from delivery.conversions import Goal
         from delivery.models import Dispatch
-        from delivery.reports import report_charts, report_charts_html, step_series
+        from delivery.reports import conversions_html, report_charts, report_charts_html, step_series
 
         version = journey_shown_version(obj)
         if version is None:
             return "—"
         dispatches = Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id=version.pk)
         charts = report_charts(dispatch_ids=dispatches.values_list("id", flat=True))
-        charts["steps"] = step_series(version_step_stats(version))
-        return mark_safe(report_charts_html(charts))  # noqa: S308 (a template, autoescaped)
+        stats = version_step_stats(version)
+        charts["steps"] = step_series(stats)
+        html = mark_safe(report_charts_html(charts))  # noqa: S308 (a template, autoescaped)
+        goal = Goal.of(obj)
+        if goal is None:
+            return html
+        rows = [(step, counts["conversions"]) for step, counts in stats.items() if "conversions" in counts]
+        return format_html("{}{}", conversions_html(rows, goal.as_dict(), table_id="journey-conversions"), html)
 
     lifecycle_button_name = "journey_action"
 

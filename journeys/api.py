@@ -9,6 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.pagination import ListQuery, QueryChoice, page_response, page_schema, query_params_valid, rows_matching
+from delivery.api import ConversionFiguresSerializer, ConversionGoalSerializer
 from journeys.models import Journey, JourneyVersion
 from journeys.selectors import (
     journey_for,
@@ -61,6 +62,9 @@ class StepStatsSerializer(serializers.Serializer):
     exited = serializers.IntegerField()
     exit_event = serializers.IntegerField()
     passed = serializers.DictField(child=serializers.IntegerField())
+    conversions = ConversionFiguresSerializer(
+        required=False, help_text="Push steps, when the journey names a conversion goal: its conversions."
+    )
 
 
 class JourneyDetailSerializer(JourneyOutSerializer):
@@ -68,9 +72,10 @@ class JourneyDetailSerializer(JourneyOutSerializer):
     draft_version = serializers.SerializerMethodField()
     enrollments = serializers.SerializerMethodField()
     steps = serializers.SerializerMethodField()
+    conversion = ConversionGoalSerializer(source="*", read_only=True, allow_null=True)
 
     class Meta(JourneyOutSerializer.Meta):
-        fields = (*JourneyOutSerializer.Meta.fields, "version", "draft_version", "enrollments", "steps")
+        fields = (*JourneyOutSerializer.Meta.fields, "version", "draft_version", "enrollments", "steps", "conversion")
 
     def _shown(self, obj):
         if not hasattr(obj, "_shown_version"):

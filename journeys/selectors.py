@@ -9,6 +9,7 @@ from django.http import Http404
 
 from accounts.models import User
 from accounts.selectors import can, visible_to
+from delivery.conversions import rate_figures
 from journeys.graph import exits_of
 from journeys.models import Enrollment, Journey, JourneyVersion, StepStat
 
@@ -58,6 +59,7 @@ def version_step_stats(version: JourneyVersion) -> dict[str, dict]:
         key = "waiting" if row["status"] == Enrollment.Status.WAITING else "due"
         stats[row["step"]][key] = stats[row["step"]].get(key, 0) + row["n"]
     sends = version_push_outcomes(version)
+    converted = version_step_conversions(version)
     result = {}
     for step in version.steps():
         counts = stats.get(step["id"], {})
@@ -77,7 +79,25 @@ def version_step_stats(version: JourneyVersion) -> dict[str, dict]:
             "send_failed": outcomes.get("failed", 0),
             "skipped": outcomes.get("skipped", {}),
         }
+        if converted is not None and step["type"] == "push":
+            result[step["id"]]["conversions"] = converted.get(step["id"]) or rate_figures(0, 0)
     return result
+
+
+def version_step_conversions(version: JourneyVersion) -> dict[str, dict] | None:
+    """Per push step of the version, its conversions against the journey's goal (profiles reached,
+    converted, rate and its 95% interval). One grouped query; None when the journey names no goal."""
+    from django.db.models import F
+
+    from delivery.conversions import Goal, conversions_by
+    from delivery.models import Dispatch
+
+    goal = Goal.of(version.journey)
+    if goal is None:
+        return None
+    dispatches = Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id=version.pk).values("pk")
+    counts = conversions_by(dispatch_ids=dispatches, goal=goal, group=F("dispatch__context__journey__step"))
+    return {step: rate_figures(row["converted"], row["reached"]) for step, row in counts.items()}
 
 
 def version_push_outcomes(version: JourneyVersion) -> dict[str, dict]:

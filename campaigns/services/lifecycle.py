@@ -419,5 +419,9 @@ def campaign_duplicate(*, campaign_id: int, by: User) -> Campaign:
             )
             copy.holdout_share = source.holdout_share
             copy.save(update_fields=["holdout_share"])
+        goal = ("conversion_event", "conversion_where", "conversion_window_hours", "conversion_anchor")
+        for field in goal:
+            setattr(copy, field, getattr(source, field))
+        copy.save(update_fields=list(goal))
         audit(actor=by, action="campaign_duplicated", obj=copy, summary={"from": source.pk})
     return copy

@@ -1,0 +1,210 @@
+"""Conversions: which reached profiles did the conversion event within the window, and the statistics.
+
+A campaign or a journey may name a conversion goal (``ConversionGoal``): an event, optional
+property conditions (the audiences' event rule, compiled by its compiler) and a window after the
+anchor (the delivery accepted, or opened). Attribution is one grouped SQL query over the
+dispatches' deliveries, joined to the events by profile (served by the events' (profile, name,
+occurred_at) index): per group, the profiles reached and those that converted.
+
+The holdout is sent nothing: its anchor is the time its row was settled, when the others were
+sent. Rates carry a Wilson score interval; each variant's uplift against the holdout carries
+Newcombe's interval for a difference of two proportions (built from the two Wilson intervals).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from django.core.exceptions import ValidationError
+from django.db.models import Case, Count, Exists, F, OuterRef, Q, QuerySet, When
+
+from delivery.models import ConversionGoal
+
+Z_95 = 1.959963984540054  # the normal quantile for a two-sided 95% interval
+MAX_WINDOW_HOURS = 24 * 90
+MAX_CONDITIONS = 5
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A conversion goal as the attribution reads it."""
+
+    event: str
+    where: tuple[dict, ...]
+    window_hours: int
+    anchor: str
+
+    @classmethod
+    def of(cls, owner: ConversionGoal) -> Goal | None:
+        """The goal a campaign or journey names; None when it names no conversion event."""
+        if not owner.conversion_event:
+            return None
+        return cls(
+            event=owner.conversion_event,
+            where=tuple(owner.conversion_where or ()),
+            window_hours=owner.conversion_window_hours,
+            anchor=owner.conversion_anchor,
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            "event": self.event,
+            "where": list(self.where),
+            "window_hours": self.window_hours,
+            "anchor": self.anchor,
+        }
+
+
+def conversion_check(*, event: str, where: list, window_hours: int, anchor: str) -> None:
+    """Check a conversion goal; raises ValidationError naming the field and the rule broken.
+
+    An empty event means no goal (the other fields are then ignored). The property conditions are
+    those of a segment's event rule (``where``), checked by the rules' validator.
+    """
+    from audiences.rules.schema import RulesInvalid
+    from audiences.rules.validation import rules_validate
+
+    if not event:
+        if where:
+            raise ValidationError({"conversion_event": "Property conditions need a conversion event."})
+        return
+    if len(event) > 100 or event != event.strip():
+        raise ValidationError(
+            {"conversion_event": "The event name is at most 100 characters, without spaces around it."}
+        )
+    if anchor not in ConversionGoal.Anchor.values:
+        raise ValidationError({"conversion_anchor": f"Use one of {', '.join(ConversionGoal.Anchor.values)}."})
+    if isinstance(window_hours, bool) or not isinstance(window_hours, int) or not 1 <= window_hours <= MAX_WINDOW_HOURS:
+        raise ValidationError(
+            {"conversion_window_hours": f"The window is a whole number of hours from 1 to {MAX_WINDOW_HOURS}."}
+        )
+    if not isinstance(where, list) or len(where) > MAX_CONDITIONS:
+        raise ValidationError({"conversion_where": f"At most {MAX_CONDITIONS} property conditions."})
+    try:
+        rules_validate({"event": event, "where": where})
+    except RulesInvalid as exc:
+        messages = [f"{e.path.replace('rules.where', 'condition ')}: {e.message}" for e in exc.errors]
+        raise ValidationError({"conversion_where": messages}) from exc
+
+
+def conversions_by(*, dispatch_ids: Iterable[int] | QuerySet, goal: Goal, group: str | F) -> dict:
+    """Per value of ``group`` (a Delivery field, or an expression over it): the profiles reached
+    and the profiles that converted. One grouped query.
+
+    Reached: a delivery accepted by the provider, or a holdout row (variant 0, skipped). Converted:
+    a reached profile that did the goal's event, its properties meeting the conditions, at or after
+    its anchor and before the anchor plus the window. With the "opened" anchor, only a delivery that
+    was opened can convert (the rate stays over every profile reached); the holdout's anchor is
+    always the time its row was settled.
+    """
+    from audiences.models import Event
+    from audiences.rules.compiler import Compiler
+    from delivery.models import Delivery
+
+    holdout = Q(variant=0, status=Delivery.Status.SKIPPED, reason="holdout")
+    if goal.anchor == ConversionGoal.Anchor.OPENED:
+        anchor = Case(When(variant=0, then=F("finished_at")), default=F("opened_at"))
+    else:
+        anchor = F("finished_at")
+    window = dt.timedelta(hours=goal.window_hours)
+    events = Event.objects.filter(
+        profile_id=OuterRef("profile_id"),
+        name=goal.event,
+        occurred_at__gte=OuterRef("anchor"),
+        occurred_at__lt=OuterRef("anchor") + window,
+    )
+    compiler = Compiler()
+    for condition in goal.where:
+        events = events.filter(compiler.json_condition("properties", condition["property"], condition))
+    rows = (
+        Delivery.objects.filter(Q(status=Delivery.Status.ACCEPTED) | holdout, dispatch_id__in=dispatch_ids)
+        .annotate(anchor=anchor, group=group if not isinstance(group, str) else F(group))
+        .values("group")
+        .annotate(
+            reached=Count("profile_id", distinct=True),
+            converted=Count("profile_id", distinct=True, filter=Q(Exists(events.values("pk")))),
+        )
+        .order_by()
+    )
+    return {row["group"]: {"reached": row["reached"], "converted": row["converted"]} for row in rows}
+
+
+def wilson_interval(successes: int, trials: int, *, z: float = Z_95) -> tuple[float, float] | None:
+    """The Wilson score interval of a proportion (95% by default); None without trials.
+
+    Unlike p ± z·√(p(1−p)/n), it stays within [0, 1] and holds for small counts and rates near 0.
+    """
+    if trials <= 0:
+        return None
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def difference_interval(a: tuple[int, int], b: tuple[int, int], *, z: float = Z_95) -> tuple[float, float] | None:
+    """Newcombe's interval (method 10) for rate(a) − rate(b), each given as (successes, trials)."""
+    wa, wb = wilson_interval(*a, z=z), wilson_interval(*b, z=z)
+    if wa is None or wb is None:
+        return None
+    pa, pb = a[0] / a[1], b[0] / b[1]
+    d = pa - pb
+    low = d - math.sqrt((pa - wa[0]) ** 2 + (wb[1] - pb) ** 2)
+    high = d + math.sqrt((wa[1] - pa) ** 2 + (pb - wb[0]) ** 2)
+    return low, high
+
+
+def rate_figures(converted: int, reached: int) -> dict:
+    """Conversions, rate and its 95% Wilson interval, rounded for reports."""
+    interval = wilson_interval(converted, reached)
+    return {
+        "reached": reached,
+        "conversions": converted,
+        "conversion_rate": round(converted / reached, 4) if reached else None,
+        "rate_low": round(interval[0], 4) if interval else None,
+        "rate_high": round(interval[1], 4) if interval else None,
+    }
+
+
+def uplift_figures(variant: tuple[int, int], holdout: tuple[int, int]) -> dict:
+    """A variant against the holdout: the difference of rates (points) with its 95% interval, and the
+    relative uplift (difference over the holdout's rate; None when the holdout converted nobody)."""
+    interval = difference_interval(variant, holdout)
+    if interval is None:
+        return {"uplift": None, "difference": None, "difference_low": None, "difference_high": None}
+    pv, ph = variant[0] / variant[1], holdout[0] / holdout[1]
+    return {
+        "uplift": round((pv - ph) / ph, 4) if ph else None,
+        "difference": round(pv - ph, 4),
+        "difference_low": round(interval[0], 4),
+        "difference_high": round(interval[1], 4),
+    }
+
+
+def conversion_goal_write(
+    owner: ConversionGoal, *, by, action: str, event: str, where: list, window_hours: int, anchor: str
+) -> bool:
+    """Check a goal and save it on ``owner`` (a campaign or journey locked by the caller's service),
+    with an audit line; False when nothing changed. Raises ValidationError naming the field."""
+    from accounts.services import audit
+
+    event = (event or "").strip()
+    where = list(where or [])
+    conversion_check(event=event, where=where, window_hours=window_hours, anchor=anchor)
+    values = {
+        "conversion_event": event,
+        "conversion_where": where if event else [],
+        "conversion_window_hours": window_hours,
+        "conversion_anchor": anchor,
+    }
+    if all(getattr(owner, name) == value for name, value in values.items()):
+        return False
+    for name, value in values.items():
+        setattr(owner, name, value)
+    owner.save(update_fields=list(values))
+    audit(actor=by, action=action, obj=owner, summary=Goal.of(owner).as_dict() if event else {"event": None})
+    return True

@@ -1,0 +1,387 @@
+"""Conversions of a campaign: the goal set through its service and the admin form, attribution only
+inside the window after the anchor, property conditions, per-variant rates with Wilson intervals,
+the holdout and each variant's uplift; the report page, CSV and API; a Viewer changes nothing."""
+
+import datetime as dt
+
+import pytest
+from django.core.exceptions import PermissionDenied, ValidationError
+
+from accounts.models import AuditEvent
+from campaigns.models import Campaign
+from campaigns.reports import campaign_report
+from campaigns.services.conversions import campaign_conversion_set
+from campaigns.services.lifecycle import campaign_approve, campaign_submit
+from delivery.conversions import difference_interval, wilson_interval
+from delivery.models import Delivery, Dispatch
+from tests.factories import DeviceFactory, EventFactory, ProfileFactory
+
+T0 = dt.datetime(2026, 11, 2, 10, 0, tzinfo=dt.UTC)
+HOUR = dt.timedelta(hours=1)
+
+
+@pytest.fixture
+def sent(make_campaign):
+    """A campaign with a dispatch, and a maker of its deliveries (accepted at T0 unless told)."""
+    campaign = make_campaign()
+    dispatch = Dispatch.objects.create(
+        app=campaign.app, kind="campaign", source_id=campaign.pk, content_spec=campaign.content.spec()
+    )
+
+    def deliver(*, variant=None, status="accepted", finished_at=T0, opened_at=None, profile=None):
+        profile = profile or ProfileFactory()
+        Delivery.objects.create(
+            dispatch=dispatch,
+            device=DeviceFactory(profile=profile, app=campaign.app),
+            profile=profile,
+            variant=variant,
+            status=status,
+            reason="holdout" if variant == 0 else "",
+            finished_at=finished_at,
+            opened_at=opened_at,
+        )
+        return profile
+
+    return campaign, deliver
+
+
+def _goal(campaign, by, **fields):
+    return campaign_conversion_set(campaign_id=campaign.pk, by=by, **{"event": "purchase", **fields})
+
+
+def _conversions(campaign):
+    return campaign_report(Campaign.objects.get(pk=campaign.pk))["conversions"]
+
+
+def test_a_conversion_counts_only_inside_the_window_after_acceptance(sent, manager_alice):
+    campaign, deliver = sent
+    _goal(campaign, manager_alice, window_hours=24)
+    inside = [deliver() for _ in range(3)]
+    EventFactory(profile=inside[0], name="purchase", occurred_at=T0)  # at the anchor
+    EventFactory(profile=inside[1], name="purchase", occurred_at=T0 + 5 * HOUR)
+    EventFactory(profile=inside[2], name="purchase", occurred_at=T0 + 24 * HOUR - dt.timedelta(seconds=1))
+    before, after, other_event, not_accepted = deliver(), deliver(), deliver(), deliver(status="failed")
+    EventFactory(profile=before, name="purchase", occurred_at=T0 - dt.timedelta(seconds=1))
+    EventFactory(profile=after, name="purchase", occurred_at=T0 + 24 * HOUR)
+    EventFactory(profile=other_event, name="app_open", occurred_at=T0 + HOUR)
+    EventFactory(profile=not_accepted, name="purchase", occurred_at=T0 + HOUR)
+    overall = _conversions(campaign)["overall"]
+    assert (overall["reached"], overall["conversions"]) == (6, 3)  # the failed delivery reached nobody
+    assert overall["conversion_rate"] == 0.5
+
+
+def test_a_profile_converting_twice_or_on_two_devices_counts_once(sent, manager_alice):
+    campaign, deliver = sent
+    _goal(campaign, manager_alice)
+    profile = deliver()
+    deliver(profile=profile, finished_at=T0 + HOUR)  # a second device
+    EventFactory.create_batch(2, profile=profile, name="purchase", occurred_at=T0 + 2 * HOUR)
+    overall = _conversions(campaign)["overall"]
+    assert (overall["reached"], overall["conversions"]) == (1, 1)
+
+
+def test_the_opened_anchor_counts_from_the_open_and_only_opened_pushes(sent, manager_alice):
+    campaign, deliver = sent
+    _goal(campaign, manager_alice, window_hours=2, anchor="opened")
+    opened_late = deliver(opened_at=T0 + 10 * HOUR)
+    EventFactory(profile=opened_late, name="purchase", occurred_at=T0 + 11 * HOUR)  # after acceptance's window
+    bought_before_opening = deliver(opened_at=T0 + 10 * HOUR)
+    EventFactory(profile=bought_before_opening, name="purchase", occurred_at=T0 + HOUR)
+    never_opened = deliver()
+    EventFactory(profile=never_opened, name="purchase", occurred_at=T0 + HOUR)
+    overall = _conversions(campaign)["overall"]
+    assert (overall["reached"], overall["conversions"]) == (3, 1)
+    _goal(campaign, manager_alice, window_hours=2, anchor="accepted")
+    overall = _conversions(campaign)["overall"]
+    assert (overall["reached"], overall["conversions"]) == (3, 2)
+
+
+def test_property_conditions_filter_the_conversion_events(sent, manager_alice):
+    campaign, deliver = sent
+    _goal(
+        campaign,
+        manager_alice,
+        where=[
+            {"property": "amount", "type": "number", "op": "gte", "value": 50},
+            {"property": "currency", "type": "string", "op": "in", "value": ["EUR", "USD"]},
+        ],
+    )
+    big, small, other_currency, no_amount = deliver(), deliver(), deliver(), deliver()
+    EventFactory(profile=big, name="purchase", occurred_at=T0 + HOUR, properties={"amount": 80, "currency": "EUR"})
+    EventFactory(profile=small, name="purchase", occurred_at=T0 + HOUR, properties={"amount": 20, "currency": "EUR"})
+    EventFactory(
+        profile=other_currency, name="purchase", occurred_at=T0 + HOUR, properties={"amount": 90, "currency": "GBP"}
+    )
+    EventFactory(profile=no_amount, name="purchase", occurred_at=T0 + HOUR, properties={"currency": "USD"})
+    assert _conversions(campaign)["overall"]["conversions"] == 1
+
+
+def test_per_variant_rates_intervals_and_uplift_against_the_holdout(sent, manager_alice):
+    campaign, deliver = sent
+    _goal(campaign, manager_alice)
+    # A: 20 reached, 8 convert; B: 20 reached, 2 convert; holdout: 10 held out, 2 convert.
+    for variant, reached, converting in ((1, 20, 8), (2, 20, 2), (0, 10, 2)):
+        for index in range(reached):
+            status = "skipped" if variant == 0 else "accepted"
+            profile = deliver(variant=variant, status=status)
+            if index < converting:
+                EventFactory(profile=profile, name="purchase", occurred_at=T0 + HOUR)
+    deliver(variant=1, status="failed")  # reached nobody
+    conversions = _conversions(campaign)
+    a, b = conversions["variants"]
+    assert (a["variant"], a["reached"], a["conversions"], a["conversion_rate"]) == ("A", 20, 8, 0.4)
+    assert (b["variant"], b["reached"], b["conversions"], b["conversion_rate"]) == ("B", 20, 2, 0.1)
+    assert conversions["holdout"]["reached"] == 10 and conversions["holdout"]["conversion_rate"] == 0.2
+    assert conversions["overall"]["reached"] == 40 and conversions["overall"]["conversions"] == 10
+    low, high = wilson_interval(8, 20)
+    assert (a["rate_low"], a["rate_high"]) == (round(low, 4), round(high, 4))
+    assert a["rate_low"] == pytest.approx(0.2188, abs=1e-4) and a["rate_high"] == pytest.approx(0.6134, abs=1e-4)
+    assert a["uplift"] == 1.0 and a["difference"] == 0.2  # 40% against 20%: twice the rate
+    assert b["uplift"] == -0.5 and b["difference"] == -0.1
+    low, high = difference_interval((8, 20), (2, 10))
+    assert (a["difference_low"], a["difference_high"]) == (round(low, 4), round(high, 4))
+    assert a["difference_low"] < 0 < a["difference_high"]  # 20 and 10 profiles: not enough to be sure
+
+
+def test_the_holdout_is_anchored_when_its_row_was_settled_whatever_the_anchor(sent, manager_alice):
+    campaign, deliver = sent
+    _goal(campaign, manager_alice, anchor="opened", window_hours=1)
+    held = deliver(variant=0, status="skipped", finished_at=T0)
+    EventFactory(profile=held, name="purchase", occurred_at=T0 + dt.timedelta(minutes=30))
+    late = deliver(variant=0, status="skipped", finished_at=T0)
+    EventFactory(profile=late, name="purchase", occurred_at=T0 + 2 * HOUR)
+    holdout = _conversions(campaign)["holdout"]
+    assert (holdout["reached"], holdout["conversions"]) == (2, 1)
+
+
+def test_wilson_interval_matches_the_formula_and_stays_within_0_and_1():
+    assert wilson_interval(0, 0) is None
+    low, high = wilson_interval(0, 10)
+    assert low == 0 and high == pytest.approx(0.2775, abs=1e-4)
+    low, high = wilson_interval(10, 10)
+    assert high == pytest.approx(1) and low == pytest.approx(0.7225, abs=1e-4)
+    low, high = wilson_interval(120, 1000)
+    assert (low, high) == (pytest.approx(0.1013, abs=1e-4), pytest.approx(0.1416, abs=1e-4))
+
+
+def test_no_goal_no_conversions_and_an_empty_event_clears_the_goal(sent, manager_alice):
+    campaign, deliver = sent
+    deliver()
+    assert _conversions(campaign) is None
+    _goal(campaign, manager_alice, where=[{"property": "amount", "type": "number", "op": "gt", "value": 1}])
+    campaign_conversion_set(campaign_id=campaign.pk, by=manager_alice, event="")
+    campaign.refresh_from_db()
+    assert campaign.conversion_event == "" and campaign.conversion_where == []
+    assert _conversions(campaign) is None
+    assert AuditEvent.objects.filter(action="campaign_conversion_set").count() == 2
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "message"),
+    [
+        ({"window_hours": 0}, "conversion_window_hours", "from 1 to 2160"),
+        ({"anchor": "clicked"}, "conversion_anchor", "Use one of accepted, opened"),
+        ({"event": "p" * 101}, "conversion_event", "at most 100 characters"),
+        ({"where": [{"property": "amount", "type": "number", "op": "gte", "value": "a lot"}]}, "conversion_where", ""),
+        (
+            {"where": [{"property": "amount", "type": "number", "op": "starts_with", "value": 1}]},
+            "conversion_where",
+            "",
+        ),
+        (
+            {"event": "", "where": [{"property": "a", "type": "string", "op": "eq", "value": "b"}]},
+            "conversion_event",
+            "",
+        ),
+    ],
+)
+def test_a_goal_that_breaks_a_rule_is_refused_naming_the_field(make_campaign, manager_alice, fields, field, message):
+    campaign = make_campaign()
+    with pytest.raises(ValidationError) as caught:
+        _goal(campaign, manager_alice, **fields)
+    assert field in caught.value.message_dict
+    assert message in " ".join(caught.value.message_dict[field])
+    assert Campaign.objects.get(pk=campaign.pk).conversion_event == ""
+
+
+def test_the_goal_is_a_report_setting_outside_the_approval(make_campaign, manager_alice, approver_bob):
+    campaign = make_campaign()
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    approved = Campaign.objects.get(pk=campaign.pk)
+    _goal(approved, manager_alice, window_hours=48)
+    campaign = Campaign.objects.get(pk=campaign.pk)
+    assert campaign.conversion_window_hours == 48
+    assert campaign.fingerprint() == approved.approved_fingerprint and not campaign.has_pending_revision
+
+
+def test_a_viewer_or_an_outsider_cannot_set_the_goal(make_campaign, viewer_carol, outsider_dave):
+    from django.http import Http404
+
+    campaign = make_campaign()
+    with pytest.raises(PermissionDenied):
+        _goal(campaign, viewer_carol)
+    with pytest.raises(Http404):
+        _goal(campaign, outsider_dave)
+    assert Campaign.objects.get(pk=campaign.pk).conversion_event == ""
+
+
+def _form(campaign, **conversion):
+    data = {
+        "name": campaign.name,
+        "app": campaign.app_id,
+        "kind": campaign.kind,
+        "purpose": campaign.purpose,
+        "segment": campaign.segment_id or "",
+        "content": campaign.content_id,
+        "schedule_kind": campaign.schedule_kind,
+        "time_zone": campaign.time_zone,
+        "missed_window_minutes": 60,
+        "holdout_share": "",
+        "occurrences-TOTAL_FORMS": 0,
+        "occurrences-INITIAL_FORMS": 0,
+        "variants-TOTAL_FORMS": 0,
+        "variants-INITIAL_FORMS": 0,
+        "variants-MIN_NUM_FORMS": 0,
+        "variants-MAX_NUM_FORMS": 10,
+        "conversion_event": "",
+        "conversion_window_hours": 24,
+        "conversion_anchor": "accepted",
+    }
+    for row in (1, 2, 3):
+        data.update(
+            {f"conversion_type_{row}": "string", f"conversion_op_{row}": "eq", f"conversion_property_{row}": ""}
+        )
+    data.update(conversion)
+    return data
+
+
+def test_manager_sets_the_goal_with_the_campaign_form(client, make_campaign, manager_alice):
+    campaign = make_campaign()
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    assert 'name="conversion_event"' in page and 'name="conversion_property_3"' in page
+    response = client.post(
+        f"/admin/campaigns/campaign/{campaign.pk}/change/",
+        _form(
+            campaign,
+            conversion_event="purchase",
+            conversion_window_hours=48,
+            conversion_anchor="opened",
+            conversion_property_1="amount",
+            conversion_type_1="number",
+            conversion_op_1="between",
+            conversion_value_1="10, 99.5",
+            conversion_property_2="first",
+            conversion_type_2="boolean",
+            conversion_value_2="true",
+        ),
+    )
+    assert response.status_code == 302, response.content.decode()[:3000]
+    campaign = Campaign.objects.get(pk=campaign.pk)
+    assert (campaign.conversion_event, campaign.conversion_window_hours, campaign.conversion_anchor) == (
+        "purchase",
+        48,
+        "opened",
+    )
+    assert campaign.conversion_where == [
+        {"property": "amount", "type": "number", "op": "between", "value": [10, 99.5]},
+        {"property": "first", "type": "boolean", "op": "eq", "value": True},
+    ]
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    assert 'value="10, 99.5"' in page  # shown back as typed
+
+
+def test_a_broken_goal_is_answered_on_the_form(client, make_campaign, manager_alice):
+    campaign = make_campaign()
+    client.force_login(manager_alice)
+    response = client.post(
+        f"/admin/campaigns/campaign/{campaign.pk}/change/",
+        _form(
+            campaign,
+            conversion_event="purchase",
+            conversion_property_1="amount",
+            conversion_type_1="number",
+            conversion_op_1="gte",
+            conversion_value_1="plenty",
+        ),
+    )
+    assert response.status_code == 200
+    assert "&#x27;plenty&#x27; is not a number." in response.content.decode()
+    assert Campaign.objects.get(pk=campaign.pk).conversion_event == ""
+
+
+def test_a_viewer_sees_the_goal_but_cannot_post_it_in_the_admin(client, make_campaign, manager_alice, viewer_carol):
+    campaign = make_campaign()
+    _goal(campaign, manager_alice, window_hours=12)
+    client.force_login(viewer_carol)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    assert 'name="conversion_event"' not in page
+    assert "purchase within 12 h after the push was accepted by apple or google" in page
+    response = client.post(
+        f"/admin/campaigns/campaign/{campaign.pk}/change/", _form(campaign, conversion_event="signup")
+    )
+    assert response.status_code == 403
+    assert Campaign.objects.get(pk=campaign.pk).conversion_event == "purchase"
+
+
+def test_report_page_csv_and_api_show_conversions_per_variant_and_the_holdout(
+    client, sent, manager_alice, manager_mallory, viewer_carol, api_key_for
+):
+    from tests.factories import UserFactory
+
+    campaign, deliver = sent
+    _goal(campaign, manager_alice)
+    for variant, reached, converting in ((1, 4, 2), (2, 4, 1), (0, 4, 1)):
+        for index in range(reached):
+            profile = deliver(variant=variant, status="skipped" if variant == 0 else "accepted")
+            if index < converting:
+                EventFactory(profile=profile, name="purchase", occurred_at=T0 + HOUR)
+    client.force_login(viewer_carol)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    assert 'id="campaign-conversions"' in page
+    assert '<tr data-group="A"><th>A</th><td>4</td><td>2</td><td>50.0%</td>' in page
+    assert "+25.0 pts" in page and "+100.0%" in page  # A: 50% against the holdout's 25%
+    assert '<tr data-group="holdout"><th>holdout</th><td>4</td><td>1</td><td>25.0%</td>' in page
+    csv_text = client.get(f"/admin/campaigns/campaign/{campaign.pk}/report.csv").content.decode()
+    assert "conversion_event,window_hours,anchor,conditions\r\npurchase,24,accepted,0" in csv_text
+    assert "A,4,2,0.5,0.15,0.85,1.0,0.25," in csv_text
+    assert "holdout,4,1,0.25,0.0456,0.6994,,,," in csv_text
+    api = api_key_for(manager_mallory, scopes=["read"])
+    report = api.get(f"/api/v1/campaigns/{campaign.pk}/report/").json()["conversions"]
+    assert report["goal"] == {"event": "purchase", "where": [], "window_hours": 24, "anchor": "accepted"}
+    assert report["variants"][1]["variant"] == "B" and report["variants"][1]["uplift"] == 0.0
+    assert report["holdout"]["conversions"] == 1
+    detail = api.get(f"/api/v1/campaigns/{campaign.pk}/").json()
+    assert detail["conversion"] == {"event": "purchase", "where": [], "window_hours": 24, "anchor": "accepted"}
+    stranger = api_key_for(UserFactory(username="manager_stranger", role="Manager"), scopes=["read"])
+    assert stranger.get(f"/api/v1/campaigns/{campaign.pk}/report/").status_code == 404
+
+
+def test_the_report_counts_conversions_in_one_query(sent, manager_alice, django_assert_num_queries):
+    from campaigns.reports import campaign_conversions
+
+    campaign, deliver = sent
+    _goal(campaign, manager_alice)
+    for _ in range(5):
+        deliver(variant=1)
+    campaign = Campaign.objects.get(pk=campaign.pk)
+    ids = list(Dispatch.objects.values_list("pk", flat=True))
+    with django_assert_num_queries(1):
+        assert campaign_conversions(campaign, dispatch_ids=ids)["variants"][0]["reached"] == 5
+
+
+def test_duplicating_a_campaign_keeps_its_goal(make_campaign, manager_alice):
+    from campaigns.services.lifecycle import campaign_duplicate
+
+    campaign = make_campaign()
+    where = [{"property": "amount", "type": "number", "op": "gt", "value": 5}]
+    _goal(campaign, manager_alice, where=where, window_hours=6, anchor="opened")
+    copy = campaign_duplicate(campaign_id=campaign.pk, by=manager_alice)
+    copy.refresh_from_db()
+    assert (copy.conversion_event, copy.conversion_where, copy.conversion_window_hours, copy.conversion_anchor) == (
+        "purchase",
+        where,
+        6,
+        "opened",
+    )

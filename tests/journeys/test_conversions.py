@@ -1,0 +1,141 @@
+"""Conversions of a journey, per push step: its goal set through its service and the journey form,
+counted on the journey page and in the API; a Viewer changes nothing."""
+
+import datetime as dt
+import json
+
+import pytest
+from django.core.exceptions import PermissionDenied
+
+from delivery.models import Delivery, Dispatch
+from journeys.models import Journey
+from journeys.selectors import journey_shown_version, version_step_stats
+from journeys.services.conversions import journey_conversion_set
+from tests.factories import EventFactory, ProfileFactory
+
+T0 = dt.datetime(2026, 11, 2, 10, 0, tzinfo=dt.UTC)
+
+
+def two_pushes(content: int) -> dict:
+    """A 50/50 split into two push steps."""
+    return {
+        "steps": [
+            {
+                "id": "ab",
+                "type": "split",
+                "branches": [
+                    {"label": "A", "percent": 50, "next": "push_a"},
+                    {"label": "B", "percent": 50, "next": "push_b"},
+                ],
+            },
+            {"id": "push_a", "type": "push", "content": content, "next": "done"},
+            {"id": "push_b", "type": "push", "content": content, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+
+
+@pytest.fixture
+def pushed(make_journey, welcome):
+    """A journey whose two push steps sent: push_a to 4 profiles (3 buy within the day, 1 after),
+    push_b to 2 (1 buys)."""
+    journey = make_journey(graph=two_pushes(welcome.pk))
+    version = journey_shown_version(journey)
+    for step, buyers, others, late in (("push_a", 3, 0, 1), ("push_b", 1, 1, 0)):
+        dispatch = Dispatch.objects.create(
+            app=journey.app,
+            kind=Dispatch.Kind.JOURNEY,
+            source_id=version.pk,
+            content_spec=welcome.spec(),
+            context={"journey": {"id": journey.pk, "step": step}},
+        )
+        for index in range(buyers + others + late):
+            profile = ProfileFactory()
+            Delivery.objects.create(dispatch=dispatch, profile=profile, status="accepted", finished_at=T0)
+            if index < buyers:
+                EventFactory(profile=profile, name="purchase", occurred_at=T0 + dt.timedelta(hours=3))
+            elif index >= buyers + others:
+                EventFactory(profile=profile, name="purchase", occurred_at=T0 + dt.timedelta(hours=30))
+    return journey
+
+
+def test_conversions_are_counted_per_push_step_inside_the_window(pushed, manager_alice):
+    assert "conversions" not in version_step_stats(journey_shown_version(pushed))["push_a"]  # no goal yet
+    journey_conversion_set(journey_id=pushed.pk, by=manager_alice, event="purchase", window_hours=24)
+    stats = version_step_stats(journey_shown_version(Journey.objects.get(pk=pushed.pk)))
+    a, b = stats["push_a"]["conversions"], stats["push_b"]["conversions"]
+    assert (a["reached"], a["conversions"], a["conversion_rate"]) == (4, 3, 0.75)
+    assert (b["reached"], b["conversions"], b["conversion_rate"]) == (2, 1, 0.5)
+    assert a["rate_low"] < 0.75 < a["rate_high"]
+    assert "conversions" not in stats["ab"]  # only push steps convert
+
+
+def test_journey_page_and_api_show_each_steps_conversions(client, pushed, manager_alice, approver_bob, api_key_for):
+    journey_conversion_set(journey_id=pushed.pk, by=manager_alice, event="purchase", window_hours=48)
+    client.force_login(approver_bob)
+    page = client.get(f"/admin/journeys/journey/{pushed.pk}/change/").content.decode()
+    assert 'id="journey-conversions"' in page
+    assert '<tr data-group="push_a"><th>push_a</th><td>4</td><td>4</td><td>100.0%</td>' in page
+    assert '<tr data-group="push_b"><th>push_b</th><td>2</td><td>1</td><td>50.0%</td>' in page
+    body = api_key_for(approver_bob).get(f"/api/v1/journeys/{pushed.pk}/").json()
+    assert body["conversion"] == {"event": "purchase", "where": [], "window_hours": 48, "anchor": "accepted"}
+    steps = {s["id"]: s for s in body["steps"]}
+    assert steps["push_b"]["conversions"]["conversions"] == 1
+
+
+def _form(journey, **extra):
+    version = journey_shown_version(journey)
+    data = {
+        "name": journey.name,
+        "entry_kind": "segment",
+        "entry_segment": version.entry_segment_id,
+        "entry_every_hours": 0,
+        "entry_event": "",
+        "reentry": "never",
+        "reentry_wait_seconds": 0,
+        "exit_event": "",
+        "graph": json.dumps(version.graph),
+        "conversion_event": "",
+        "conversion_window_hours": 24,
+        "conversion_anchor": "accepted",
+    }
+    for row in (1, 2, 3):
+        data.update({f"conversion_type_{row}": "string", f"conversion_op_{row}": "eq"})
+    data.update(extra)
+    return data
+
+
+def test_manager_sets_the_goal_with_the_journey_form(client, pushed, manager_alice):
+    client.force_login(manager_alice)
+    answer = client.post(
+        f"/admin/journeys/journey/{pushed.pk}/change/",
+        _form(
+            pushed,
+            conversion_event="purchase",
+            conversion_anchor="opened",
+            conversion_window_hours=6,
+            conversion_property_1="plan",
+            conversion_op_1="in",
+            conversion_value_1="pro, team",
+        ),
+    )
+    assert answer.status_code == 302, answer.content.decode()[:3000]
+    journey = Journey.objects.get(pk=pushed.pk)
+    assert (journey.conversion_event, journey.conversion_anchor, journey.conversion_window_hours) == (
+        "purchase",
+        "opened",
+        6,
+    )
+    assert journey.conversion_where == [{"property": "plan", "type": "string", "op": "in", "value": ["pro", "team"]}]
+    assert journey.versions.count() == 1  # a report setting: no new version
+
+
+def test_a_viewer_cannot_set_a_journeys_goal(client, pushed, viewer_carol):
+    with pytest.raises(PermissionDenied):
+        journey_conversion_set(journey_id=pushed.pk, by=viewer_carol, event="purchase")
+    client.force_login(viewer_carol)
+    page = client.get(f"/admin/journeys/journey/{pushed.pk}/change/").content.decode()
+    assert 'name="conversion_event"' not in page and "No conversion event." in page
+    answer = client.post(f"/admin/journeys/journey/{pushed.pk}/change/", _form(pushed, conversion_event="purchase"))
+    assert answer.status_code == 403
+    assert Journey.objects.get(pk=pushed.pk).conversion_event == ""
