@@ -35,6 +35,30 @@ class JsonObjectField(serializers.DictField):
         return value
 
 
+class _JsonType:
+    """Refuse a JSON value of another type instead of converting it (DRF reads 5 as "5" and
+    "true" or 1 as True), so a body the schema calls invalid is answered 400, naming the field."""
+
+    json_types: tuple[type, ...] = ()
+
+    def to_internal_value(self, data):
+        if not isinstance(data, self.json_types) or (isinstance(data, bool) and bool not in self.json_types):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class JsonCharField(_JsonType, serializers.CharField):
+    json_types = (str,)
+
+
+class JsonIntegerField(_JsonType, serializers.IntegerField):
+    json_types = (int,)
+
+
+class JsonBooleanField(_JsonType, serializers.BooleanField):
+    json_types = (bool,)
+
+
 # --- errors -----------------------------------------------------------------------------------
 
 

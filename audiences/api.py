@@ -20,7 +20,7 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.api import JsonObjectField, _flatten
+from accounts.api import JsonCharField, JsonObjectField, _flatten
 from accounts.json_values import MAX_DEPTH, json_parse, json_value_problem
 from accounts.pagination import ListQuery, QueryInteger, page_response, page_schema, query_params_valid
 from accounts.parsers import ApiJSONParser
@@ -36,10 +36,10 @@ from audiences.services.segments import segment_preview
 
 
 class ProfileInSerializer(serializers.Serializer):
-    external_id = serializers.CharField(max_length=255, trim_whitespace=False)
+    external_id = JsonCharField(max_length=255, trim_whitespace=False)
     attributes = JsonObjectField(required=False, allow_empty=True, help_text="Merged; a null removes a name.")
-    locale = serializers.CharField(required=False, allow_blank=True, max_length=35)
-    timezone = serializers.CharField(required=False, allow_blank=True, max_length=64)
+    locale = JsonCharField(required=False, allow_blank=True, max_length=35)
+    timezone = JsonCharField(required=False, allow_blank=True, max_length=64)
     last_seen_at = serializers.DateTimeField(required=False, allow_null=True)
 
     def validate(self, attrs):
@@ -56,8 +56,8 @@ class ProfileOutSerializer(serializers.ModelSerializer):
 
 
 class EventInSerializer(serializers.Serializer):
-    external_id = serializers.CharField(max_length=255, trim_whitespace=False)
-    name = serializers.CharField(max_length=100)
+    external_id = JsonCharField(max_length=255, trim_whitespace=False)
+    name = JsonCharField(max_length=100)
     properties = JsonObjectField(required=False, allow_empty=True)
     occurred_at = serializers.DateTimeField()
 
@@ -172,7 +172,7 @@ class ImportInSerializer(serializers.Serializer):
     file = serializers.FileField()
     encoding = serializers.ChoiceField(choices=Import.Encoding.values, default="utf-8")
     target = serializers.ChoiceField(choices=Import.Target.values, default="profiles")
-    segment = serializers.IntegerField(required=False, allow_null=True)
+    segment = serializers.IntegerField(required=False, min_value=1, help_text="The static segment's id.")
     segment_name = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
     columns = ColumnsField(
         required=False, help_text="Per CSV column: {'to': attribute name, 'type': auto|string|number|boolean|date|skip}"
@@ -210,6 +210,16 @@ def _bulk_items(request, key: str) -> list:
             {key: f"At most {settings.AUDIENCES_BULK_MAX_ITEMS} items per call, got {len(items)}."}
         )
     return items
+
+
+def _bulk_list(item: str) -> serializers.ListField:
+    """A bulk call's items: any JSON value each, since each is checked alone and answered in ``results``."""
+    return serializers.ListField(
+        child=serializers.JSONField(),
+        max_length=settings.AUDIENCES_BULK_MAX_ITEMS,
+        help_text=f"At most {settings.AUDIENCES_BULK_MAX_ITEMS} items, each {item}. Each item is checked on its "
+        "own: a bad one is answered in `results` with its errors, and the others land.",
+    )
 
 
 BULK_RESULT = inline_serializer(
@@ -266,7 +276,9 @@ class ProfileBulkView(APIView):
 
     @extend_schema(
         operation_id="profiles_bulk_upsert",
-        request=inline_serializer("ProfileBulk", {"profiles": ProfileInSerializer(many=True)}),
+        request=inline_serializer(
+            "ProfileBulk", {"profiles": _bulk_list("a profile as POST /api/v1/profiles/ takes it")}
+        ),
         responses=BULK_RESULT,
     )
     def post(self, request):
@@ -303,7 +315,14 @@ class EventBulkView(APIView):
 
     @extend_schema(
         operation_id="events_bulk",
-        request=inline_serializer("EventBulk", {"events": EventInSerializer(many=True)}),
+        request=inline_serializer(
+            "EventBulk",
+            {
+                "events": _bulk_list(
+                    "an event: `external_id`, `name`, `properties` (an object), `occurred_at` (ISO 8601 with a time zone, at most a day ahead)"
+                )
+            },
+        ),
         responses=BULK_RESULT,
     )
     def post(self, request):

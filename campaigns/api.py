@@ -14,7 +14,7 @@ from rest_framework.exceptions import APIException, Throttled
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.api import JsonObjectField
+from accounts.api import JsonCharField, JsonObjectField
 from accounts.authentication import request_stamps
 from accounts.pagination import ListQuery, QueryChoice, page_response, page_schema, query_params_valid, rows_matching
 from campaigns.models import Campaign, CampaignVariant
@@ -122,7 +122,7 @@ class ReportSerializer(serializers.Serializer):
 
 
 class RecipientSerializer(serializers.Serializer):
-    external_id = serializers.CharField(max_length=255, trim_whitespace=False)
+    external_id = JsonCharField(max_length=255, trim_whitespace=False)
     context = JsonObjectField(required=False, default=dict)
 
 

@@ -10,6 +10,7 @@ from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.api import JsonBooleanField, JsonCharField, JsonIntegerField
 from accounts.pagination import (
     MAX_LIMIT,
     ListQuery,
@@ -41,23 +42,23 @@ class Conflict(exceptions.APIException):
 
 
 class DeviceInSerializer(serializers.Serializer):
-    app = serializers.IntegerField(help_text="The app's id.")
-    external_id = serializers.CharField(max_length=255, trim_whitespace=False, help_text="The profile's id.")
+    app = JsonIntegerField(help_text="The app's id.")
+    external_id = JsonCharField(max_length=255, trim_whitespace=False, help_text="The profile's id.")
     platform = serializers.ChoiceField(
         choices=Platform.choices, error_messages={"invalid_choice": "Unknown platform “{input}”; use ios or android."}
     )
-    token = serializers.CharField(max_length=512, allow_blank=True, trim_whitespace=False)
-    push_enabled = serializers.BooleanField(default=True, help_text="The phone's notification opt-in.")
-    is_test = serializers.BooleanField(default=False)
+    token = JsonCharField(max_length=512, allow_blank=True, trim_whitespace=False)
+    push_enabled = JsonBooleanField(default=True, help_text="The phone's notification opt-in.")
+    is_test = JsonBooleanField(default=False)
 
 
 class DeviceRefSerializer(serializers.Serializer):
-    app = serializers.IntegerField()
-    token = serializers.CharField(max_length=512, trim_whitespace=False)
+    app = JsonIntegerField()
+    token = JsonCharField(max_length=512, trim_whitespace=False)
 
 
 class DeviceOptInSerializer(DeviceRefSerializer):
-    push_enabled = serializers.BooleanField()
+    push_enabled = JsonBooleanField()
 
 
 class DeviceOutSerializer(serializers.ModelSerializer):
@@ -157,8 +158,8 @@ class DeliveryDetailSerializer(serializers.ModelSerializer):
 
 
 class OpenInSerializer(serializers.Serializer):
-    app = serializers.IntegerField()
-    delivery = serializers.IntegerField(help_text="The delivery id the push carried (pushdesk.delivery).")
+    app = JsonIntegerField()
+    delivery = JsonIntegerField(help_text="The delivery id the push carried (pushdesk.delivery).")
 
 
 # --- views ----------------------------------------------------------------------------------------------

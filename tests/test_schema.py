@@ -139,3 +139,16 @@ def test_every_operation_with_a_body_documents_request_too_large(db):
         for method, operation in methods.items():
             if "requestBody" in operation:
                 assert "`request_too_large`" in operation["responses"]["413"]["description"], f"{method} {path}"
+
+
+@pytest.mark.parametrize(("component", "items"), [("ProfileBulkRequest", "profiles"), ("EventBulkRequest", "events")])
+def test_a_bulk_call_documents_any_item_as_accepted_and_answered_alone(component, items, db):
+    """Each item is checked alone and answered in `results` (200): the schema may not call a bad item invalid."""
+    declared = _schema()["components"]["schemas"][component]["properties"][items]
+    assert declared["items"] == {} and declared["maxItems"] == 1000
+    assert "answered in `results`" in declared["description"]
+
+
+def test_an_import_segment_is_a_positive_id_and_never_null(db):
+    declared = _schema()["components"]["schemas"]["ImportInRequest"]["properties"]["segment"]
+    assert declared.get("nullable") is not True and declared["minimum"] == 1

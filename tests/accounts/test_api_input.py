@@ -167,3 +167,42 @@ def test_the_admin_segment_form_refuses_rules_that_cannot_be_stored(client, mana
     assert response.status_code == 200
     assert response.context["adminform"].form.errors["rules"]
     assert not Segment.objects.filter(name="Bad").exists()
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/api/v1/profiles/", {"external_id": 0}, "external_id"),
+        ("/api/v1/profiles/", {"external_id": "x", "locale": 5}, "locale"),
+        ("/api/v1/devices/", {"app": "1", "external_id": "x", "platform": "ios", "token": "t"}, "app"),
+        ("/api/v1/devices/", {"app": 1, "external_id": "x", "platform": "ios", "token": "t", "is_test": 1}, "is_test"),
+        ("/api/v1/devices/opt-in/", {"app": 1, "token": "t", "push_enabled": "true"}, "push_enabled"),
+        ("/api/v1/devices/unregister/", {"app": 1.0, "token": "t"}, "app"),
+        ("/api/v1/opens/", {"app": 1, "delivery": True}, "delivery"),
+        ("/api/v1/devices/", {"app": 1, "external_id": "x", "platform": "windows", "token": "t"}, "platform"),
+    ],
+)
+def test_a_json_value_of_the_wrong_type_is_refused_not_converted(ingest, path, body, field):
+    response = _post(ingest, path, json.dumps(body))
+    assert response.status_code == 400, response.content[:300]
+    assert _fields(response) == [field]
+    assert not Profile.objects.exists()
+
+
+def test_a_bulk_item_of_the_wrong_type_fails_alone(ingest):
+    good = {"external_id": "u1", "name": "open", "occurred_at": "2026-01-01T00:00:00Z"}
+    raw = json.dumps({"events": [good, {**good, "external_id": 7}]})
+    body = _post(ingest, "/api/v1/events/bulk/", raw).json()
+    assert (body["accepted"], body["failed"]) == (1, 1)
+    assert body["results"][1]["errors"][0]["field"] == "external_id"
+
+
+@pytest.mark.parametrize("segment", ["null", "0", "seven"])
+def test_an_import_names_its_segment_by_a_positive_id(ingest, segment):
+    upload = SimpleUploadedFile("people.csv", b"external_id\nu1\n", content_type="text/csv")
+    response = ingest.post(
+        "/api/v1/imports/", {"file": upload, "target": "add_to_segment", "segment": segment}, format="multipart"
+    )
+    assert response.status_code == 400, response.content[:300]
+    assert _fields(response) == ["segment"]
+    assert not Import.objects.exists()
