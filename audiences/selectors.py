@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from django.core.cache import cache
@@ -185,7 +186,10 @@ class Reach:
         )
 
 
-REACH_SQL = """
+# Two plans for the same figures, chosen by the audience's estimated size. Both read the devices
+# from the index (app_id, profile_id) INCLUDE (platform, push_enabled) WHERE active alone.
+# A few profiles: probe each one's devices (an index lookup per profile).
+REACH_BY_PROBES_SQL = """
 SELECT count(*), count(*) FILTER (WHERE reach.any), count(*) FILTER (WHERE reach.ios),
        count(*) FILTER (WHERE reach.android), count(*) FILTER (WHERE reach.opted_in)
 FROM ({profiles}) AS audience
@@ -196,28 +200,57 @@ LEFT JOIN LATERAL (
     WHERE profile_id = audience.id AND app_id = %s AND active
 ) AS reach ON true
 """
+# Many profiles: one pass over the app's devices in profile order, kept when the profile is in the
+# audience (a merge semi-join), grouped per profile; the audience is counted on its own.
+REACH_BY_SCAN_SQL = """
+WITH reach AS (
+    SELECT bool_or(platform = 'ios') AS ios, bool_or(platform = 'android') AS android,
+           bool_or(push_enabled) AS opted_in
+    FROM {devices}
+    WHERE app_id = %s AND active AND profile_id IN ({profiles})
+    GROUP BY profile_id
+)
+SELECT (SELECT count(*) FROM ({profiles}) AS audience), count(*), count(*) FILTER (WHERE reach.ios),
+       count(*) FILTER (WHERE reach.android), count(*) FILTER (WHERE reach.opted_in)
+FROM reach
+"""
+# Above this many profiles (as the planner estimates them) the scan beats the probes: on 1,000,000
+# profiles with 2,000,000 devices a probe costs about 7 µs a profile, the scan about 2 s in all.
+REACH_SCAN_FROM_PROFILES = 200_000
 
 
 def audience_reach(*, segment, app_id: int) -> Reach:
     """How many profiles the segment holds, how many have an active device of the app (and on
-    which platform), and how many of those allow notifications: one query.
+    which platform), and how many of those allow notifications.
 
     Reachable counts a profile once even with several phones; iOS and Android each count the
     profiles with a device of that platform (a profile with both counts in both). On PostgreSQL
-    the query runs with JIT compilation off, like the segment counts.
+    the figures come from one query, planned for the audience's estimated size (one EXPLAIN
+    first), with JIT compilation off like the segment counts.
     """
     from django.core.exceptions import EmptyResultSet
-    from django.db import connection, transaction
+    from django.db import transaction
 
     try:
-        profiles_sql, profiles_params = segment_profiles(segment).values("id").query.sql_with_params()
+        profiles_sql, profiles_params = segment_profiles(segment).values("id").order_by().query.sql_with_params()
     except EmptyResultSet:  # a segment without rules holds nobody
         return Reach(0, 0, 0, 0, 0)
-    sql = REACH_SQL.format(profiles=profiles_sql, devices=device_model()._meta.db_table)
+    devices = device_model()._meta.db_table
     with transaction.atomic(), connection.cursor() as cursor:
+        by_scan = False
         if connection.vendor == "postgresql":
             cursor.execute("SET LOCAL jit = off")
-        cursor.execute(sql, [*profiles_params, app_id])
+            cursor.execute(f"EXPLAIN (FORMAT JSON) {profiles_sql}", profiles_params)
+            plan = cursor.fetchone()[0]
+            plan = json.loads(plan) if isinstance(plan, str) else plan
+            by_scan = plan[0]["Plan"]["Plan Rows"] >= REACH_SCAN_FROM_PROFILES
+        if by_scan:
+            sql = REACH_BY_SCAN_SQL.format(profiles=profiles_sql, devices=devices)
+            params = [app_id, *profiles_params, *profiles_params]
+        else:
+            sql = REACH_BY_PROBES_SQL.format(profiles=profiles_sql, devices=devices)
+            params = [*profiles_params, app_id]
+        cursor.execute(sql, params)
         return Reach(*cursor.fetchone())
 
 

@@ -140,7 +140,16 @@ class Device(models.Model):
     class Meta:
         ordering = ["-id"]
         constraints = [models.UniqueConstraint(fields=["app", "token"], name="device_app_token_unique")]
-        indexes = [models.Index(fields=["app", "is_test"], name="device_app_test_idx")]
+        indexes = [
+            models.Index(fields=["app", "is_test"], name="device_app_test_idx"),
+            # An audience's reach in an app read from the index alone (see audiences.selectors.audience_reach).
+            models.Index(
+                fields=["app", "profile"],
+                include=["platform", "push_enabled"],
+                condition=models.Q(active=True),
+                name="device_app_profile_reach_idx",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_platform_display()} …{self.token[-8:]}"

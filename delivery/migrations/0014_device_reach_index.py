@@ -1,0 +1,45 @@
+"""Active devices by (app, profile), carrying platform and opt-in, so an audience's reach in an app
+is read from the index alone (index-only scans), without visiting the devices table.
+
+The devices table is among the biggest: on PostgreSQL the index is built CONCURRENTLY, so
+registrations and sends keep writing while it builds. If the build fails it leaves an invalid
+index behind; drop it (``DROP INDEX CONCURRENTLY device_app_profile_reach_idx``) and migrate again.
+"""
+
+from django.db import migrations, models
+
+
+class AddIndexConcurrentlyOnPostgres(migrations.AddIndex):
+    """AddIndex, built CONCURRENTLY on PostgreSQL (plainly elsewhere, as on SQLite)."""
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor != "postgresql":
+            return super().database_forwards(app_label, schema_editor, from_state, to_state)
+        model = to_state.apps.get_model(app_label, self.model_name)
+        if self.allow_migrate_model(schema_editor.connection.alias, model):
+            schema_editor.add_index(model, self.index, concurrently=True)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor != "postgresql":
+            return super().database_backwards(app_label, schema_editor, from_state, to_state)
+        model = from_state.apps.get_model(app_label, self.model_name)
+        if self.allow_migrate_model(schema_editor.connection.alias, model):
+            schema_editor.remove_index(model, self.index, concurrently=True)
+
+
+class Migration(migrations.Migration):
+    atomic = False
+
+    dependencies = [("delivery", "0013_dispatch_by_platform")]
+
+    operations = [
+        AddIndexConcurrentlyOnPostgres(
+            model_name="device",
+            index=models.Index(
+                condition=models.Q(("active", True)),
+                fields=["app", "profile"],
+                include=("platform", "push_enabled"),
+                name="device_app_profile_reach_idx",
+            ),
+        ),
+    ]
