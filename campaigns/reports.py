@@ -19,10 +19,25 @@ def _dispatches(campaign: Campaign):
 
 
 def campaign_report(campaign: Campaign) -> dict:
-    """Counts over every dispatch of the campaign (test sends excluded), in two grouped queries."""
-    from delivery.models import Delivery
+    """Counts over every dispatch of the campaign (test sends excluded), in grouped queries. The
+    send's figures are kept in the cache until a dispatch's counters move
+    (``delivery.reports.kept_until_counted``); the conversions, which events make, are counted each time."""
+    from delivery.reports import kept_until_counted
 
     dispatches = list(_dispatches(campaign).values("id", "label", "status", "created_at", "finished_at"))
+    ids = [d["id"] for d in dispatches]
+    report = dict(
+        kept_until_counted(
+            name="campaign_report", dispatch_ids=ids, compute=lambda: _report(dispatches), extra=str(campaign.pk)
+        )
+    )
+    report["conversions"] = campaign_conversions(campaign, dispatch_ids=ids)
+    return report
+
+
+def _report(dispatches: list[dict]) -> dict:
+    from delivery.models import Delivery
+
     ids = [d["id"] for d in dispatches]
     rows = Delivery.objects.filter(dispatch_id__in=ids)
     by_status_reason = rows.values("status", "reason").annotate(n=Count("id")).order_by()
@@ -73,7 +88,6 @@ def campaign_report(campaign: Campaign) -> dict:
             for d in dispatches
         ],
         "variants": variants,
-        "conversions": campaign_conversions(campaign, dispatch_ids=ids),
         "holdout": holdout,
     }
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from django.core.cache import cache
 from django.db.models import Count, F, Max, Min, Q
@@ -26,6 +27,7 @@ PLATFORMS = ("ios", "android", "none")
 OUTCOMES = ("targeted", "accepted", "failed", "skipped", "opened")
 HOURLY_UP_TO = dt.timedelta(hours=48)  # a longer span is drawn per day
 MOST_BUCKETS = 400
+T = TypeVar("T")
 CACHE_SECONDS = 24 * 3600  # figures whose dispatches' counters stay put stay right; a day bounds the space
 
 
@@ -44,18 +46,26 @@ def report_charts(*, dispatch_ids: Iterable[int], tz: dt.tzinfo | None = None) -
     """
     ids = sorted(set(dispatch_ids))
     tz = tz or timezone.get_current_timezone()
+    return kept_until_counted(name="report_charts", dispatch_ids=ids, compute=lambda: _charts(ids, tz), extra=str(tz))
+
+
+def kept_until_counted(*, name: str, dispatch_ids: Iterable[int], compute: Callable[[], T], extra: str = "") -> T:
+    """``compute()``, a figure over these dispatches' deliveries, kept in the cache under their
+    counters (one query): a row that finishes or is opened moves a counter as the send tasks
+    record it, so a kept figure is what a count now would say. (A stream's counters follow its
+    rows at each watch, so its figures may lag by that much.)"""
     counters = list(
-        Dispatch.objects.filter(pk__in=ids)
+        Dispatch.objects.filter(pk__in=sorted(set(dispatch_ids)))
         .order_by("pk")
         .values_list("pk", "status", "total", "accepted", "failed", "skipped", "unknown", "opened")
     )
-    stamp = hashlib.sha256(json.dumps([str(tz), counters]).encode()).hexdigest()
-    key = f"delivery:report_charts:{stamp}"
-    charts = cache.get(key)
-    if charts is None:
-        charts = _charts(ids, tz)
-        cache.set(key, charts, CACHE_SECONDS)
-    return charts
+    stamp = hashlib.sha256(json.dumps([extra, counters]).encode()).hexdigest()
+    key = f"delivery:{name}:{stamp}"
+    figures = cache.get(key)
+    if figures is None:
+        figures = compute()
+        cache.set(key, figures, CACHE_SECONDS)
+    return figures
 
 
 def _charts(ids: list[int], tz: dt.tzinfo) -> dict:

@@ -173,3 +173,21 @@ def test_a_wrongly_typed_date_is_answered_with_the_format(client, make_campaign,
     assert response.status_code == 200
     page = response.content.decode()
     assert "Enter the date as YYYY-MM-DD" in page and "Enter the time as HH:MM" in page
+
+
+def test_the_report_is_kept_until_a_dispatch_counts_a_new_outcome(make_campaign, django_assert_max_num_queries):
+    from django.db.models import F
+
+    from campaigns.reports import campaign_report
+    from tests.delivery.reporting import T0, sent_dispatch
+
+    campaign = make_campaign()
+    dispatch = sent_dispatch(campaign.app, kind="campaign", source_id=campaign.pk)
+    first = campaign_report(campaign)
+    assert (first["targeted"], first["accepted"], first["opened"]) == (7, 3, 2)
+    assert first["skipped_by_reason"] == {"frequency_cap": 1, "not_opted_in": 1, "no_device": 1}
+    Delivery.objects.filter(dispatch=dispatch, status="accepted", opened_at__isnull=True).update(opened_at=T0)
+    with django_assert_max_num_queries(2):  # the dispatches and their counters: the rest is kept
+        assert campaign_report(campaign)["opened"] == 2
+    Dispatch.objects.filter(pk=dispatch.pk).update(opened=F("opened") + 1)  # as the opens service counts it
+    assert campaign_report(campaign)["opened"] == 3
