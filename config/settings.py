@@ -271,12 +271,12 @@ elif PRODUCTION:
     _refuse_start(
         "REDIS_URL is not set; set it to redis://[:PASSWORD@]HOST:6379/DB (the queue, cache and rate limiter)."
     )
-if REDIS_URL and os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw") and not os.environ.get("XDIST_REDIS_DB"):
+if REDIS_URL and "PYTEST_XDIST_WORKER" in os.environ and "XDIST_REDIS_DB" not in os.environ:
     # The test suite's parallel processes share one Redis server, as they share one PostgreSQL
     # server (where each gets a database of its own): each takes the database its number below
     # the one set. Processes the tests start inherit the chosen URL and keep it.
     _parts = urlsplit(REDIS_URL)
-    _redis_db = (int(_parts.path.strip("/") or 0) - int(os.environ["PYTEST_XDIST_WORKER"][2:])) % 16
+    _redis_db = (int(_parts.path.strip("/") or 0) - int(os.environ["PYTEST_XDIST_WORKER"].lstrip("gw") or 0)) % 16
     REDIS_URL = os.environ["REDIS_URL"] = _parts._replace(path=f"/{_redis_db}").geturl()
     os.environ["XDIST_REDIS_DB"] = str(_redis_db)
 if REDIS_URL:

@@ -305,7 +305,7 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         actions.pop("delete_selected", None)
         return actions
 
-    @admin.action(description="Count reach now", permissions=["view"])
+    @admin.action(description="Count reach now", permissions=["change"])
     def count_reach(self, request, queryset):
         """Count the selected segments (at most COUNT_REACH_AT_ONCE) and keep their reach for the list."""
         chosen = list(queryset.order_by("pk").values_list("pk", flat=True)[: COUNT_REACH_AT_ONCE + 1])

@@ -324,12 +324,14 @@ def test_segment_list_shows_the_reach_kept_at_the_last_count_without_counting(
 
 @pytest.mark.presses("audiences.segment:count_reach")
 def test_count_reach_now_keeps_each_selected_segments_reach_and_is_refused_without_a_role(
-    login, manager_alice, outsider_dave
+    login, manager_alice, viewer_carol, outsider_dave
 ):
     shop, _ = _reachable_world(manager_alice)
     segment = segment_create(name="Pros", rules=PRO, by=manager_alice)
     press = {"action": "count_reach", "_selected_action": [segment.pk]}
     assert login(outsider_dave).post("/admin/audiences/segment/", press).status_code == 403
+    # A Viewer changes nothing, kept figures included: the action is not theirs to press.
+    login(viewer_carol).post("/admin/audiences/segment/", press)
     assert Segment.objects.get(pk=segment.pk).last_count is None
 
     response = login(manager_alice).post("/admin/audiences/segment/", press, follow=True)
