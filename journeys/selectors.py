@@ -87,7 +87,7 @@ def version_step_stats(version: JourneyVersion) -> dict[str, dict]:
 def version_step_conversions(version: JourneyVersion) -> dict[str, dict] | None:
     """Per push step of the version, its conversions against the journey's goal (profiles reached,
     converted, rate and its 95% interval). One grouped query; None when the journey names no goal."""
-    from django.db.models import F
+    from django.db.models.fields.json import KeyTextTransform, KeyTransform
 
     from delivery.conversions import Goal, conversions_by
     from delivery.models import Dispatch
@@ -96,7 +96,8 @@ def version_step_conversions(version: JourneyVersion) -> dict[str, dict] | None:
     if goal is None:
         return None
     dispatches = Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id=version.pk).values("pk")
-    counts = conversions_by(dispatch_ids=dispatches, goal=goal, group=F("dispatch__context__journey__step"))
+    step = KeyTextTransform("step", KeyTransform("journey", "dispatch__context"))
+    counts = conversions_by(dispatch_ids=dispatches, goal=goal, group=step)
     return {step: rate_figures(row["converted"], row["reached"]) for step, row in counts.items()}
 
 

@@ -48,6 +48,7 @@ def pushed(make_journey, welcome):
             source_id=version.pk,
             content_spec=welcome.spec(),
             context={"journey": {"id": journey.pk, "step": step}},
+            created_at=T0 - dt.timedelta(minutes=5),
         )
         for index in range(buyers + others + late):
             profile = ProfileFactory()

@@ -1,0 +1,186 @@
+"""Benchmark: conversion attribution of a 1,000,000-delivery campaign against 5,000,000 events.
+
+    .venv/bin/python bench/conversions.py [--deliveries 1000000] [--events 5000000] [--rebuild]
+
+Uses its own PostgreSQL database (``BENCH_DATABASE_URL``, default
+postgres://postgres@127.0.0.1:5432/pushdesk_bench_conversions), created and migrated if missing,
+and fills it once, set-based with generate_series (secondary indexes dropped during the inserts
+and built after): one profile per delivery; one campaign with variants A, B, C and a 10% holdout,
+whose dispatch holds ``--deliveries`` rows (85% accepted spread over 24 hours, 5% failed, the
+holdout skipped, 10% opened); ``--events`` events over the 14 days around the send, on random
+profiles, a tenth of them ``purchase`` with an amount. Then times, warm, the median of 5 runs of
+the campaign's conversions (``campaigns.reports.campaign_conversions``: one grouped query) for
+three goals: purchase within 24 h of acceptance, the same with ``amount >= 50``, and within 2 h of
+the open. Prints one JSON line in milliseconds.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/pushdesk_bench_conversions"
+os.environ["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL)
+os.environ.setdefault("REDIS_URL", "")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+from bench.segments import _secondary_indexes, setup_django  # noqa: E402
+
+# bench.segments points DATABASE_URL at its own database when imported: this benchmark keeps its own.
+os.environ["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL)
+
+NAME = "bench conversions"
+GOALS = {
+    "purchase_24h_accepted": {"event": "purchase", "window_hours": 24, "anchor": "accepted"},
+    "purchase_amount_24h_accepted": {
+        "event": "purchase",
+        "where": [{"property": "amount", "type": "number", "op": "gte", "value": 50}],
+        "window_hours": 24,
+        "anchor": "accepted",
+    },
+    "purchase_2h_opened": {"event": "purchase", "window_hours": 2, "anchor": "opened"},
+}
+
+PROFILES = """
+INSERT INTO audiences_profile (external_id, attributes, locale, timezone, created_at, updated_at)
+SELECT 'conv-' || n, '{}'::jsonb, '', '', now(), now() FROM generate_series(1, %(n)s) n
+"""
+# Bucket n % 10: 0 the holdout; 1 failed (half of it: 5%); else accepted, variant 1 + n % 3.
+DELIVERIES = """
+INSERT INTO delivery_delivery (dispatch_id, device_id, profile_id, status, reason, provider_message_id,
+                               attempts, finished_at, opened_at, variant)
+SELECT %(dispatch)s, NULL, %(first)s + n - 1,
+  CASE WHEN n %% 10 = 0 THEN 'skipped' WHEN n %% 20 = 1 THEN 'failed' ELSE 'accepted' END,
+  CASE WHEN n %% 10 = 0 THEN 'holdout' WHEN n %% 20 = 1 THEN 'Unregistered' ELSE '' END,
+  '', 1, %(start)s + make_interval(secs => n * 86400.0 / %(n)s),
+  CASE WHEN n %% 10 = 5 THEN %(start)s + make_interval(secs => n * 86400.0 / %(n)s + 900) END,
+  CASE WHEN n %% 10 = 0 THEN 0 ELSE 1 + n %% 3 END
+FROM generate_series(1, %(n)s) n
+"""
+EVENTS = """
+INSERT INTO audiences_event (profile_id, name, properties, occurred_at, received_at)
+SELECT %(first)s + floor(random() * %(profiles)s)::bigint, e.name,
+  CASE WHEN e.name = 'purchase' THEN jsonb_build_object('amount', round((random() * 100)::numeric, 2))
+       ELSE '{}'::jsonb END,
+  %(start)s - interval '7 days' + random() * interval '14 days', now()
+FROM (SELECT (ARRAY['app_open', 'app_open', 'app_open', 'app_open', 'view_item', 'view_item', 'add_to_cart',
+                    'add_to_cart', 'share', 'purchase'])[1 + floor(random() * 10)::int] AS name
+      FROM generate_series(1, %(n)s)) e
+"""
+
+
+def ensure_campaign(*, deliveries: int, events: int, rebuild: bool, log) -> dict:
+    """The campaign, its deliveries and the events, made once (another size makes them again)."""
+    import datetime as dt
+
+    from django.db import connection
+
+    from accounts.models import User
+    from campaigns.models import Campaign
+    from delivery.models import App, Dispatch, PushContent
+
+    campaign = Campaign.objects.filter(name=NAME).first()
+    dispatch = Dispatch.objects.filter(label=NAME).first()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE relname = 'audiences_event'")
+        estimated_events = cursor.fetchone()[0]
+    if (
+        not rebuild
+        and campaign is not None
+        and dispatch is not None
+        and dispatch.total == deliveries
+        and abs(estimated_events - events) <= events * 0.05
+    ):
+        return {"campaign": campaign, "dispatch": dispatch, "generated": False}
+    log(f"generating {deliveries:,} deliveries and {events:,} events...")
+    timings = {}
+    started = time.perf_counter()
+    start = dt.datetime(2026, 10, 1, 8, 0, tzinfo=dt.UTC)
+    with connection.cursor() as cursor:
+        cursor.execute("SET synchronous_commit = off")
+        cursor.execute("SET maintenance_work_mem = '512MB'")
+        cursor.execute(
+            "TRUNCATE delivery_delivery, audiences_event, audiences_profile RESTART IDENTITY CASCADE",
+        )
+    user, _ = User.objects.get_or_create(username="bench")
+    Campaign.objects.filter(name=NAME).delete()
+    Dispatch.objects.filter(label=NAME).delete()
+    app, _ = App.objects.get_or_create(name=NAME)
+    content, _ = PushContent.objects.get_or_create(app=app, name=NAME, defaults={"title": "Hello", "body": "Bench"})
+    campaign = Campaign.objects.create(name=NAME, app=app, content=content, owner=user, holdout_share=10)
+    dispatch = Dispatch.objects.create(
+        app=app,
+        kind=Dispatch.Kind.CAMPAIGN,
+        source_id=campaign.pk,
+        label=NAME,
+        content_spec=content.spec(),
+        status=Dispatch.Status.DONE,
+        total=deliveries,
+        holdout_share=10,
+        created_at=start - dt.timedelta(minutes=1),
+    )
+    with connection.cursor() as cursor:
+        indexes = _secondary_indexes(cursor, ["audiences_profile", "audiences_event", "delivery_delivery"])
+        for name, _ in indexes:
+            cursor.execute(f'DROP INDEX "{name}"')
+        cursor.execute("SELECT setseed(0.19)")
+        cursor.execute(PROFILES, {"n": deliveries})
+        cursor.execute("SELECT min(id) FROM audiences_profile")
+        first = cursor.fetchone()[0]
+        cursor.execute(DELIVERIES, {"dispatch": dispatch.pk, "first": first, "start": start, "n": deliveries})
+        timings["deliveries_s"] = round(time.perf_counter() - started, 1)
+        mark = time.perf_counter()
+        cursor.execute(EVENTS, {"first": first, "profiles": deliveries, "start": start, "n": events})
+        timings["events_s"] = round(time.perf_counter() - mark, 1)
+        mark = time.perf_counter()
+        for _, definition in indexes:
+            cursor.execute(definition)
+        timings["indexes_s"] = round(time.perf_counter() - mark, 1)
+        for table in ("audiences_profile", "audiences_event", "delivery_delivery"):
+            cursor.execute(f"VACUUM ANALYZE {table}")
+    timings["total_s"] = round(time.perf_counter() - started, 1)
+    log(f"generated in {timings['total_s']} s")
+    return {"campaign": campaign, "dispatch": dispatch, "generated": True, **timings}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--deliveries", type=int, default=1_000_000)
+    parser.add_argument("--events", type=int, default=5_000_000)
+    parser.add_argument("--rebuild", action="store_true")
+    args = parser.parse_args()
+    setup_django()
+    from campaigns.reports import campaign_conversions
+
+    made = ensure_campaign(
+        deliveries=args.deliveries, events=args.events, rebuild=args.rebuild, log=lambda m: print(m, file=sys.stderr)
+    )
+    campaign, dispatch = made.pop("campaign"), made.pop("dispatch")
+    result = {"benchmark": "conversions", "deliveries": args.deliveries, "events": args.events, **made}
+    for label, goal in GOALS.items():
+        campaign.conversion_event = goal["event"]
+        campaign.conversion_where = goal.get("where", [])
+        campaign.conversion_window_hours = goal["window_hours"]
+        campaign.conversion_anchor = goal["anchor"]
+        report = campaign_conversions(campaign, dispatch_ids=[dispatch.pk])  # warm
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            report = campaign_conversions(campaign, dispatch_ids=[dispatch.pk])
+            times.append((time.perf_counter() - started) * 1000)
+        result[f"{label}_ms"] = round(statistics.median(times), 1)
+        result[f"{label}_rates"] = {v["variant"]: v["conversion_rate"] for v in report["variants"]} | {
+            "holdout": report["holdout"]["conversion_rate"],
+            "reached": report["overall"]["reached"] + report["holdout"]["reached"],
+        }
+    result["goal"] = "each < 1000 ms"
+    result["met"] = all(result[f"{label}_ms"] < 1000 for label in GOALS)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
