@@ -141,7 +141,7 @@ def campaign_conversions(campaign: Campaign, *, dispatch_ids: list[int]) -> dict
     goal = Goal.of(campaign)
     if goal is None:
         return None
-    counts = conversions_by(dispatch_ids=dispatch_ids, goal=goal, group="variant")
+    counts = conversions_by(dispatch_ids=dispatch_ids, goal=goal, group="variant", group_key="variant")
     held = counts.pop(0, None)
     sent = list(counts.values())
     overall = rate_figures(sum(r["converted"] for r in sent), sum(r["reached"] for r in sent))

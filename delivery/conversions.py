@@ -2,8 +2,9 @@
 
 A campaign or a journey may name a conversion goal (``ConversionGoal``): an event, optional
 property conditions (the audiences' event rule, compiled by its compiler) and a window after the
-anchor (the delivery accepted, or opened). Attribution is one grouped SQL query over the
-dispatches' deliveries, hash-joined by profile to the goal's events (read index-only from the
+anchor (the delivery accepted, or opened). Attribution is grouped SQL over the dispatches'
+deliveries (the reached profiles kept in the cache until the counters move), hash-joined by
+profile to the goal's events (read index-only from the
 events' (name, occurred_at) INCLUDE (profile_id) index): per group, the profiles reached and
 those that converted.
 
@@ -20,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
-from django.db.models import Case, F, Min, Q, QuerySet, When
+from django.db.models import Case, F, Min, Q, When
 
 from delivery.models import ConversionGoal
 
@@ -91,9 +92,10 @@ def conversion_check(*, event: str, where: list, window_hours: int, anchor: str)
         raise ValidationError({"conversion_where": messages}) from exc
 
 
-def conversions_by(*, dispatch_ids: Iterable[int] | QuerySet, goal: Goal, group: str | F) -> dict:
-    """Per value of ``group`` (a Delivery field, or an expression over it): the profiles reached
-    and the profiles that converted. One SQL statement (after reading when the first dispatch began).
+def conversions_by(*, dispatch_ids: Iterable[int], goal: Goal, group: str | F, group_key: str) -> dict:
+    """Per value of ``group`` (a Delivery field, or an expression over it, named by ``group_key``):
+    the profiles reached and the profiles that converted. Two grouped statements: the reached
+    profiles (kept in the cache until a dispatch's counters move), and the conversions.
 
     Reached: a delivery accepted by the provider, or a holdout row (variant 0, skipped). Converted:
     a reached profile that did the goal's event, its properties meeting the conditions, at or after
@@ -105,17 +107,17 @@ def conversions_by(*, dispatch_ids: Iterable[int] | QuerySet, goal: Goal, group:
     read are only the goal's, from the first dispatch's creation (no anchor is earlier) to now plus
     the window (no anchor is later than now), through the events' (name, occurred_at) index.
     """
-    from django.db import connection, transaction
     from django.utils import timezone
 
     from audiences.models import Event
     from audiences.rules.compiler import Compiler
     from delivery.models import Delivery, Dispatch
+    from delivery.reports import kept_until_counted
 
-    if not isinstance(dispatch_ids, QuerySet):
-        dispatch_ids = list(dispatch_ids)
-        if not dispatch_ids:
-            return {}  # never sent: nobody reached
+    ids = list(dispatch_ids)
+    if not ids:
+        return {}  # never sent: nobody reached
+    dispatch_ids = ids
     holdout = Q(variant=0, status=Delivery.Status.SKIPPED, reason="holdout")
     if goal.anchor == ConversionGoal.Anchor.OPENED:
         anchor = Case(When(variant=0, then=F("finished_at")), default=F("opened_at"))
@@ -141,29 +143,43 @@ def conversions_by(*, dispatch_ids: Iterable[int] | QuerySet, goal: Goal, group:
     candidates_sql, candidates_params = reached.filter(anchor__isnull=False).query.sql_with_params()
     reached_sql, reached_params = reached.query.sql_with_params()
     events_sql, events_params = events.values("profile_id", "occurred_at").order_by().query.sql_with_params()
-    # The deliveries are read twice rather than kept in a CTE, which PostgreSQL would write to disk.
-    sql = f"""
-        SELECT grp, count(*), 0 FROM (SELECT DISTINCT r.grp, r.profile_id FROM ({reached_sql}) r) p GROUP BY grp
-        UNION ALL
-        SELECT grp, 0, count(*) FROM (
+    # The reached profiles change only with the rows' outcomes: kept in the cache until a dispatch's
+    # counters move, as the report's other figures are. The conversions, which events make, are
+    # counted on each call.
+    reached_sql, reached_params = reached.query.sql_with_params()
+    reached_counts = kept_until_counted(
+        name="conversions_reached",
+        dispatch_ids=ids,
+        extra=group_key,
+        compute=lambda: _counted(
+            f"SELECT grp, count(*) FROM (SELECT DISTINCT r.grp, r.profile_id FROM ({reached_sql}) r) p GROUP BY grp",  # noqa: S608 (the ORM's SQL)
+            reached_params,
+        ),
+    )
+    converted_counts = _counted(
+        f"""
+        SELECT grp, count(*) FROM (
             SELECT DISTINCT r.grp, r.profile_id
             FROM ({candidates_sql}) r JOIN ({events_sql}) e ON e.profile_id = r.profile_id
             WHERE e.occurred_at >= r.anchor AND e.occurred_at < r.window_end
         ) c GROUP BY grp
-    """  # noqa: S608 (the parts are the ORM's SQL, their values parameters)
-    counts: dict = {}
+        """,  # noqa: S608 (the parts are the ORM's SQL, their values parameters)
+        [*candidates_params, *events_params],
+    )
+    return {grp: {"reached": n, "converted": converted_counts.get(grp, 0)} for grp, n in reached_counts.items()}
+
+
+def _counted(sql: str, params: list) -> dict:
+    """Run a grouped count (group, n); on PostgreSQL with JIT off, as segment counts are (its
+    compiling costs more than it saves on a sub-second query), and room to hash in memory."""
+    from django.db import connection, transaction
+
     with transaction.atomic(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            # As for segment counts: JIT's compiling costs more than it saves on a sub-second query;
-            # the distinct (group, profile) pairs are hashed in memory rather than sorted on disk.
             cursor.execute("SET LOCAL jit = off")
             cursor.execute("SET LOCAL work_mem = '64MB'")
-        cursor.execute(sql, [*reached_params, *candidates_params, *events_params])
-        for grp, reached_n, converted_n in cursor.fetchall():
-            row = counts.setdefault(grp, {"reached": 0, "converted": 0})
-            row["reached"] += reached_n
-            row["converted"] += converted_n
-    return counts
+        cursor.execute(sql, params)
+        return dict(cursor.fetchall())
 
 
 def wilson_interval(successes: int, trials: int, *, z: float = Z_95) -> tuple[float, float] | None:

@@ -95,9 +95,9 @@ def version_step_conversions(version: JourneyVersion) -> dict[str, dict] | None:
     goal = Goal.of(version.journey)
     if goal is None:
         return None
-    dispatches = Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id=version.pk).values("pk")
+    dispatches = Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id=version.pk).values_list("pk", flat=True)
     step = KeyTextTransform("step", KeyTransform("journey", "dispatch__context"))
-    counts = conversions_by(dispatch_ids=dispatches, goal=goal, group=step)
+    counts = conversions_by(dispatch_ids=dispatches, goal=goal, group=step, group_key="journey_step")
     return {step: rate_figures(row["converted"], row["reached"]) for step, row in counts.items()}
 
 
