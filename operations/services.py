@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.models import User
 from accounts.services import audit
 
 logger = logging.getLogger("pushdesk.instance")
@@ -150,3 +151,27 @@ def retention_apply(*, now=None, delivery_days: int | None = None, audit_days: i
         summary={"delivery_days": delivery_days, "audit_days": audit_days, **result},
     )
     return result
+
+
+def task_resubmit(*, task_id: str, by: User) -> None:
+    """Queue a finished task again with its function, arguments and hook, and audit it.
+
+    A failed task leaves the failures list (its new run will say how it went); a successful one
+    stays. Raises PermissionDenied when ``by`` may not change the queue's tasks (superusers only:
+    the Administrator role reads the queue).
+    """
+    from django.core.exceptions import PermissionDenied
+    from django_q.models import Task
+    from django_q.tasks import async_task
+
+    with transaction.atomic():
+        task = Task.objects.select_for_update().get(pk=task_id)
+        if not by.has_perm(f"django_q.change_{'success' if task.success else 'failure'}"):
+            raise PermissionDenied("Only a superuser resubmits the queue's tasks.")
+        audit(actor=by, action="task_resubmitted", obj=task, summary={"func": task.func, "success": task.success})
+        if not task.success:
+            task.delete()
+        args, kwargs = task.args or (), task.kwargs or {}
+        transaction.on_commit(
+            lambda: async_task(task.func, *args, hook=task.hook, group=task.group, cluster=task.cluster, **kwargs)
+        )

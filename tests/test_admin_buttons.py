@@ -50,11 +50,11 @@ def _superuser_request():
     return request
 
 
-def admin_buttons(site=admin.site) -> set[str]:
-    """The key of every button the admin site offers."""
+def admin_buttons(site=admin.site, request=None) -> set[str]:
+    """The key of every button the admin site offers (to ``request.user``; to a superuser by default)."""
     from accounts.admin.lifecycle import LifecycleAdminMixin
 
-    request = _superuser_request()
+    request = request or _superuser_request()
     buttons = set()
     for model, model_admin in site._registry.items():
         label, opts = model._meta.label_lower, model._meta

@@ -134,6 +134,10 @@ class UserAdmin(AccessAdmin, DjangoUserAdmin):
             summary={"fields": changed},
         )
 
+    def user_change_password(self, request, id, form_url=""):
+        """Django's password page saves outside the change form: audit it like any change."""
+        return self._audited_view(super().user_change_password, request, id, form_url)
+
     inlines = [AppAccessInline]
 
     def get_inline_instances(self, request, obj=None):
