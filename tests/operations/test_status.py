@@ -105,3 +105,12 @@ def test_qinfo_runs_without_blessed_missing(db, capsys):
     call_command("qinfo")
     captured = capsys.readouterr()
     assert "Blessed is not installed" not in captured.out + captured.err
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_migrate_brings_back_a_deleted_beat_and_leaves_a_changed_one_as_set():
+    Schedule.objects.filter(name="journeys tick").delete()
+    Schedule.objects.filter(name="campaigns tick").update(minutes=5)
+    call_command("migrate", verbosity=0)
+    assert Schedule.objects.get(name="journeys tick").func == "journeys.tasks.journeys_tick_task"
+    assert Schedule.objects.get(name="campaigns tick").minutes == 5
