@@ -267,8 +267,9 @@ profiler.disable()
 per_call = (time.perf_counter() - started) / CALLS
 stats = pstats.Stats(profiler)
 rows = []
+HERE = __import__("os").getcwd() + "/"  # the project's files are named from its root
 for (filename, line, name), (cc, nc, tt, ct, callers) in stats.stats.items():
-    rows.append((ct / CALLS * 1000, tt / CALLS * 1000, f"{filename.split('site-packages/')[-1].split('/work/')[-1]}:{name}"))
+    rows.append((ct / CALLS * 1000, tt / CALLS * 1000, f"{filename.split('site-packages/')[-1].replace(HERE, '')}:{name}"))
 def top(key, n=12):
     return [f"{label}: {c:.2f} ms cumulative, {t:.2f} ms own" for c, t, label in sorted(rows, key=key, reverse=True)[:n]]
 print(json.dumps({"ms_per_call_in_process": round(per_call * 1000, 2), "by_own_time": top(lambda r: r[1]),
