@@ -280,6 +280,24 @@ def test_the_simulator_unreachable_for_a_while_delays_but_loses_and_duplicates_n
     assert_the_admin_says_what_happened(client, admin_erin, dispatch, statuses)
 
 
+def _journey_state(journey, app) -> dict:
+    """What a journey run that did not settle left open: enrollments, dispatches and their rows."""
+    from journeys.models import Enrollment
+
+    enrollments = Enrollment.objects.filter(journey=journey).values_list("status", "step").annotate(n=Count("id"))
+    dispatches = Dispatch.objects.filter(kind="journey", app=app).values_list("pk", "status", "total")
+    rows = (
+        Delivery.objects.filter(dispatch__kind="journey", dispatch__app=app)
+        .values_list("status")
+        .annotate(n=Count("id"))
+    )
+    return {
+        "enrollments": sorted(enrollments.order_by()),
+        "dispatches": list(dispatches),
+        "rows": dict(rows.order_by()),
+    }
+
+
 def test_a_worker_killed_during_a_journey_run_loses_and_duplicates_nothing(
     transactional_db, pushsim, pushsim_app, manager_alice, approver_bob, admin_erin, client, tmp_path
 ):
@@ -340,7 +358,7 @@ def test_a_worker_killed_during_a_journey_run_loses_and_duplicates_nothing(
             _push(queue, "journeys.tasks.journeys_run_due_task")
             _push(queue, "delivery.tasks.dispatches_watch_task")
             _wait_for(settled, timeout=8, step=0.2)
-        assert settled(), workers.log()
+        assert settled(), (_journey_state(journey, pushsim_app), workers.log())
     finally:
         Conf.SYNC, Conf.PREFIX, Conf.CLUSTER_NAME = sync, prefix, name
         if workers is not None:
