@@ -336,7 +336,10 @@ def test_a_worker_killed_during_a_journey_run_loses_and_duplicates_nothing(
         journey_submit(journey_id=journey.pk, by=manager_alice)
         journey_approve(journey_id=journey.pk, by=approver_bob)
         connection.close()
-        workers = Workers(queue, pushsim, tmp_path / "qcluster.log")
+        # The watchdog queues a lost prepare task again a task's timeout after its dispatch was made
+        # (the send task's length plus a lease: 203 s by default); the kill may lose one, so the
+        # workers here hand over every 10 s and the watchdog restarts a lost prepare within 13 s.
+        workers = Workers(queue, pushsim, tmp_path / "qcluster.log", PUSHDESK_SEND_TASK_SECONDS="10")
         assert _wait_for(
             lambda: Delivery.objects.filter(dispatch__kind="journey", status="accepted").count() >= 150, timeout=90
         ), workers.log()
