@@ -152,8 +152,10 @@ def deliveries_write_back(
     retried: Counter = Counter()
     per_platform: Counter = Counter()  # (platform, final status) -> rows written
     with transaction.atomic(), connection.cursor() as cursor:
-        status, by_platform = (
-            Dispatch.objects.select_for_update(no_key=True).values_list("status", "by_platform").get(pk=dispatch_id)
+        status, by_platform, retries = (
+            Dispatch.objects.select_for_update(no_key=True)
+            .values_list("status", "by_platform", "retries")
+            .get(pk=dispatch_id)
         )
         if status != Dispatch.Status.SENDING:
             results = [Result(r.id, DS.SKIPPED, reason="stopped") if r.status == DS.QUEUED else r for r in results]
@@ -201,16 +203,17 @@ def deliveries_write_back(
                         retried[r.reason[:100]] += 1
                     else:
                         per_platform[platforms.get(r.id, NO_PLATFORM), r.status] += 1
-        increments = {status: F(status) + n for status, n in written.items() if status in finals}
-        if increments:
-            Dispatch.objects.filter(pk=dispatch_id).update(
-                **increments, by_platform=platform_counts_add(by_platform or {}, per_platform)
-            )
+        # One update of the row already held: the counters, the counts per platform, the retries.
+        changes = {status: F(status) + n for status, n in written.items() if status in finals}
+        if changes:
+            changes["by_platform"] = platform_counts_add(by_platform or {}, per_platform)
         if retried:
-            counts = Dispatch.objects.select_for_update().values_list("retries", flat=True).get(pk=dispatch_id)
+            retries = dict(retries or {})
             for reason, n in retried.items():
-                counts[reason] = counts.get(reason, 0) + n
-            Dispatch.objects.filter(pk=dispatch_id).update(retries=counts)
+                retries[reason] = retries.get(reason, 0) + n
+            changes["retries"] = retries
+        if changes:
+            Dispatch.objects.filter(pk=dispatch_id).update(**changes)
     return written
 
 
