@@ -1,8 +1,12 @@
-"""The task queue's lists of finished tasks, whose "Resubmit" writes: offered to superusers only, and audited."""
+"""The task queue's admin pages, audited like every other write in the admin.
+
+The lists of finished tasks have a "Resubmit" that writes: offered to superusers only. Schedules and
+queued messages are django-q2's own pages, their adds, changes and deletes audited.
+"""
 
 from django.contrib import admin, messages
 from django_q import admin as queue_admin
-from django_q.models import Failure, Success
+from django_q.models import Failure, OrmQ, Schedule, Success
 
 from accounts.admin.bases import AdminAuditMixin
 from operations.services import task_resubmit
@@ -32,7 +36,20 @@ class FailureAdmin(ResubmitMixin, queue_admin.FailAdmin):
     pass
 
 
-for model, model_admin in ((Success, SuccessAdmin), (Failure, FailureAdmin)):
+class ScheduleAdmin(AdminAuditMixin, queue_admin.ScheduleAdmin):
+    pass
+
+
+class QueueAdmin(AdminAuditMixin, queue_admin.QueueAdmin):
+    pass
+
+
+for model, model_admin in (
+    (Success, SuccessAdmin),
+    (Failure, FailureAdmin),
+    (Schedule, ScheduleAdmin),
+    (OrmQ, QueueAdmin),  # registered by django-q2 only with its ORM broker
+):
     if admin.site.is_registered(model):
         admin.site.unregister(model)
-    admin.site.register(model, model_admin)
+        admin.site.register(model, model_admin)

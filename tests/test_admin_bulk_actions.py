@@ -6,9 +6,11 @@ import uuid
 
 import pytest
 from django.contrib.auth.models import Group
+from django.contrib.contenttypes.models import ContentType
 from django.urls import reverse
 from django.utils import timezone
 
+from accounts.models import AuditEvent
 from accounts.services import access_grant
 from tests.factories import AppFactory, DeviceFactory, ProfileFactory, PushContentFactory, UserFactory
 
@@ -113,6 +115,7 @@ def test_delete_selected_deletes_for_an_administrator_and_nothing_for_a_viewer(
     obj = make(app, admin_erin)
     model = _model(label)
 
+    started = AuditEvent.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
     client.force_login(viewer_carol)
     refused = _press(client, label, "delete_selected", obj)
     assert refused.status_code in (200, 302, 403), refused.status_code
@@ -122,10 +125,15 @@ def test_delete_selected_deletes_for_an_administrator_and_nothing_for_a_viewer(
     elif refused.status_code == 302:  # the list offers other actions, not this one
         assert "No action selected." in [m.message for m in refused.wsgi_request._messages]
 
-    client.force_login(superuser if superuser_only else admin_erin)
+    actor = superuser if superuser_only else admin_erin
+    client.force_login(actor)
     answer = _press(client, label, "delete_selected", obj)
     assert answer.status_code == 302, answer.content[:2000]
     assert not model.objects.filter(pk=obj.pk).exists()
+    content_type = ContentType.objects.get_for_model(model, for_concrete_model=False)
+    deleted = AuditEvent.objects.filter(pk__gt=started, actor=actor, object_type=content_type, object_id=str(obj.pk))
+    assert deleted.filter(action__endswith="_deleted").exists(), list(deleted.values_list("action", flat=True))
+    assert not AuditEvent.objects.filter(pk__gt=started, actor=viewer_carol).exists()
 
 
 @pytest.mark.presses("django_q.success:resubmit_task", "django_q.failure:resubmit_task")
