@@ -561,7 +561,8 @@ PUSHDESK_TRIGGER_RATE_PER_KEY = _env_float("PUSHDESK_TRIGGER_RATE_PER_KEY", 1000
 PUSHDESK_CACHE_SECONDS = _env_float("PUSHDESK_CACHE_SECONDS", 60)
 
 # --- streams (standing dispatches of API triggers and event-entered journeys) ---------------
-# Long-running sender tasks draining the streams (each holds one qcluster worker while it runs).
+# Stream sender slots: one `manage.py send_stream --slot N` process each (a slot without one gets
+# a sender task in a qcluster worker from the watchdog).
 PUSHDESK_STREAM_SENDERS = _env_int("PUSHDESK_STREAM_SENDERS", 1, minimum=1)
 # Without a wake-up (the embedded mode, or a lost one), senders look for work this often.
 PUSHDESK_STREAM_POLL_SECONDS = _env_float("PUSHDESK_STREAM_POLL_SECONDS", 0.5)

@@ -28,7 +28,9 @@ def dispatches_watch_task() -> list[int]:
 
 
 def streams_send_task(slot: int) -> dict:
-    """A stream sender: drains the open streams for a task's time, then hands over to a fresh task."""
+    """A stream sender in the queue (when no ``send_stream`` process holds its slot): drains the
+    open streams for a task's time, then hands over to a fresh task, unless such a process took
+    the slot meanwhile."""
     report = streams_send(budget=settings.PUSHDESK_SEND_TASK_SECONDS, slot=slot)
-    streams_sender_hand_over(slot)
-    return {"claimed": report.claimed, "batches": report.batches}
+    handed_over = streams_sender_hand_over(slot)
+    return {"claimed": report.claimed, "batches": report.batches, "handed_over": handed_over}

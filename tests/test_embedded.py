@@ -136,7 +136,8 @@ def test_embedded_setup_brings_up_the_admin_with_demo_users(embedded_env, tmp_pa
 
 def test_make_run_looks_like_the_product_and_ctrl_c_stops_everything_cleanly(embedded_env, tmp_path):
     """`make run`'s stack: no debug pages, error pages inside the admin's frame, static files
-    served; Ctrl-C (SIGINT to the whole process group) stops web, worker and simulator cleanly."""
+    served; Ctrl-C (SIGINT to the whole process group) stops web, worker, stream sender and simulator
+    cleanly."""
     migrate = _manage(["migrate", "--noinput"], embedded_env, timeout=300)
     assert migrate.returncode == 0, migrate.stderr
     port, sim_port = _free_port(), _free_port()
@@ -180,7 +181,7 @@ def test_make_run_looks_like_the_product_and_ctrl_c_stops_everything_cleanly(emb
         while time.monotonic() < deadline and "running" not in log.read_text():
             time.sleep(0.2)
         family = _descendants(stack.pid)
-        assert len(family) >= 4, family  # web, worker (its sentinel and workers), simulator
+        assert len(family) >= 5, family  # web, worker (its sentinel and workers), stream sender, simulator
         started = time.monotonic()
         os.killpg(stack.pid, signal.SIGINT)
         assert stack.wait(timeout=60) == 0, log.read_text()[-3000:]
@@ -192,6 +193,7 @@ def test_make_run_looks_like_the_product_and_ctrl_c_stops_everything_cleanly(emb
     for bad in ("Traceback", "RecursionError", "Segmentation fault", "ERROR"):
         assert bad not in output, output[-3000:]
     assert "Stopped." in output
+    assert "Stream sender 0 stopped" in output
     # Nothing is left behind.
     time.sleep(0.5)
     assert [pid for pid in family if Path(f"/proc/{pid}").exists()] == []

@@ -1,18 +1,29 @@
-"""Stream senders: the long-running tasks that drain the open streams as calls append to them.
+"""Stream senders: the processes that drain the open streams as calls append to them.
 
-``streams_send`` (a worker task, ``PUSHDESK_STREAM_SENDERS`` of them, each beating a heartbeat
-in the cache) claims the ready rows of every open stream (``delivery.services.streams``) and
+``streams_send`` claims the ready rows of every open stream (``delivery.services.streams``) and
 sends them with the send engine's batches: one row when one is waiting, up to
 ``PUSHDESK_SEND_BATCH`` under load, one batch in flight while the next is claimed. Leases,
 ``unknown`` and never re-sending are the engine's (``delivery.services.sending``). An append
 wakes the senders with PostgreSQL's ``NOTIFY`` on ``CHANNEL``; on SQLite they poll.
+
+It runs in one of two homes, per slot (``PUSHDESK_STREAM_SENDERS`` of them), each beating a
+heartbeat in the cache:
+
+* ``manage.py send_stream --slot N`` (``streams_sender_run``), a process of its own that runs
+  until SIGTERM: nothing else shares its process, and it never waits behind other tasks;
+* a worker task (``delivery.tasks.streams_send_task``), started by the watchdog for a slot
+  whose heartbeat is missing, which hands over to a fresh task every
+  ``PUSHDESK_SEND_TASK_SECONDS`` and yields as soon as a ``send_stream`` process beats its slot.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.cache import cache
@@ -20,6 +31,12 @@ from django.db import connection
 from django.utils import timezone
 
 from delivery.models import Dispatch
+from operations.shutdown import stop_requested
+
+if TYPE_CHECKING:
+    from delivery.services.sending import SendReport
+
+log = logging.getLogger(__name__)
 
 CHANNEL = "pushdesk_stream"
 _HEARTBEAT = "pushdesk:stream-sender:{slot}"
@@ -35,7 +52,8 @@ def streams_wake(dispatch_id: int) -> None:
 
 
 def streams_senders_ensure() -> list[int]:
-    """Start a sender task for every slot whose sender is not beating; returns the slots started."""
+    """Start a sender task for every slot whose sender (a process or a task) is not beating; returns
+    the slots started."""
     from django_q.conf import Conf
     from django_q.tasks import async_task
 
@@ -50,12 +68,27 @@ def streams_senders_ensure() -> list[int]:
     return started
 
 
-def streams_sender_hand_over(slot: int) -> None:
-    """A sender whose time is up starts its successor at once (its heartbeat still holds the slot)."""
+def streams_sender_hand_over(slot: int) -> bool:
+    """A sender task whose time is up starts its successor at once (its heartbeat still holds the
+    slot), unless a ``send_stream`` process holds the slot now. Returns whether it handed over."""
     from django_q.tasks import async_task
 
-    cache.set(_HEARTBEAT.format(slot=slot), {"pid": os.getpid(), "at": time.time()}, timeout=15)
+    if not _beat(slot, dedicated=False):
+        return False
     async_task("delivery.tasks.streams_send_task", slot, q_options={"timeout": _sender_timeout()})
+    return True
+
+
+def _beat(slot: int, *, dedicated: bool) -> bool:
+    """Beat the slot's heartbeat. A task yields to a ``send_stream`` process beating the slot
+    (returns False and beats nothing); a process always beats."""
+    key = _HEARTBEAT.format(slot=slot)
+    if not dedicated:
+        held = cache.get(key)
+        if isinstance(held, dict) and held.get("process") and held.get("pid") != os.getpid():
+            return False
+    cache.set(key, {"pid": os.getpid(), "at": time.time(), "process": dedicated}, timeout=15)
+    return True
 
 
 def _sender_timeout() -> int:
@@ -117,13 +150,16 @@ def _acquire_all(limits: list[tuple[str, float]], count: int, before_waiting=Non
         before_waiting = None
 
 
-def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None = None):
-    """Drain the open streams until ``budget`` seconds are spent (0: until nothing is ready).
+def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None = None, dedicated: bool = False):
+    """Drain the open streams until ``budget`` seconds are spent (0: until nothing is ready;
+    ``math.inf``: until the process is asked to stop).
 
     Claims what is ready in each stream (one row when one waits, up to ``PUSHDESK_SEND_BATCH``
     under load), sends it through the engine's batches with one batch in flight while the next is
     claimed, and otherwise sleeps until an append wakes it (PostgreSQL) or the poll interval
-    passes. Any number of senders may run (claims are atomic). Returns a SendReport.
+    passes. Any number of senders may run (claims are atomic). Stops early, after writing back
+    the batch in flight, when the process is asked to stop (SIGTERM), or when it is a task
+    (``dedicated`` False) and a ``send_stream`` process beats its slot. Returns a SendReport.
     """
     from delivery.services.claims import deliveries_claim
     from delivery.services.sending import SendReport, _batch_finish, _batch_prepare, _batch_submit
@@ -134,7 +170,6 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
     if instance_refuses(action="send the open streams"):
         return report
     deadline = time.monotonic() + budget
-    heartbeat_key = _HEARTBEAT.format(slot=slot)
     listener = _Listener() if budget > 0 and connection.vendor == "postgresql" else None
     streams = _open_streams(dispatch_ids)
     refreshed = time.monotonic()
@@ -149,10 +184,11 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
         in_flight = []
 
     try:
-        while True:
+        while not stop_requested():
             now_mono = time.monotonic()
             if budget > 0 and now_mono - beat > 3:
-                cache.set(heartbeat_key, {"pid": os.getpid(), "at": time.time()}, timeout=15)
+                if not _beat(slot, dedicated=dedicated):
+                    break  # a send_stream process holds the slot: this task yields to it
                 beat = now_mono
             if dispatch_ids is None and now_mono - refreshed > 2:
                 streams, refreshed = _open_streams(), now_mono
@@ -196,3 +232,38 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
         if listener is not None:
             listener.close()
     return report
+
+
+def streams_sender_run(*, slot: int = 0, retry_seconds: float = 2.0) -> SendReport:
+    """Run a stream sender in this process until it is asked to stop (``manage.py send_stream``).
+
+    A lost database or Redis (a restart, a failover) does not end it: the error is logged, the
+    connections are dropped and it starts again after ``retry_seconds``. Rows it had claimed then
+    stay ``sending`` and end ``unknown`` after their lease, never sent again. Returns what it did.
+    """
+    from django.db import close_old_connections, connections
+
+    from delivery.services.sending import SendReport
+
+    total = SendReport()
+    while not stop_requested():
+        try:
+            report = streams_send(budget=math.inf, slot=slot, dedicated=True)
+        except Exception:
+            log.exception("stream sender %s failed: starting again in %.0f s", slot, retry_seconds)
+            connections.close_all()
+            _sleep_unless_stopped(retry_seconds)
+            continue
+        finally:
+            close_old_connections()
+        total.claimed += report.claimed
+        total.batches += report.batches
+        total.outcomes.update(report.outcomes)
+    cache.delete(_HEARTBEAT.format(slot=slot))  # the watchdog may start a task for the slot at once
+    return total
+
+
+def _sleep_unless_stopped(seconds: float) -> None:
+    until = time.monotonic() + seconds
+    while time.monotonic() < until and not stop_requested():
+        time.sleep(0.1)

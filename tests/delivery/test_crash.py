@@ -42,9 +42,9 @@ def _database_url() -> str:
 
 
 class Cluster:
-    """``manage.py qcluster`` in its own process group, on a queue of its own."""
+    """``manage.py qcluster`` (or another worker ``command``) in its own process group, on a queue of its own."""
 
-    def __init__(self, queue: str, pushsim, log_path: str):
+    def __init__(self, queue: str, pushsim, log_path: str, command: tuple[str, ...] = ("qcluster",)):
         env = {k: v for k, v in os.environ.items() if k != "PUSHDESK_TASKS_SYNC"}
         env.update(
             DATABASE_URL=_database_url(),
@@ -59,7 +59,7 @@ class Cluster:
         )
         self.log = open(log_path, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"],
+            [sys.executable, "manage.py", *command],
             cwd=settings.BASE_DIR,
             env=env,
             stdout=self.log,

@@ -22,7 +22,7 @@ def _read(name: str) -> configparser.ConfigParser:
     return parser
 
 
-@pytest.mark.parametrize("name", ["pushdesk-web.service", "pushdesk-worker.service"])
+@pytest.mark.parametrize("name", ["pushdesk-web.service", "pushdesk-worker.service", "pushdesk-sender.service"])
 def test_long_running_units_start_at_boot_as_the_service_user(name):
     unit = _read(name)
     assert unit["Install"]["WantedBy"] == "multi-user.target"
@@ -38,6 +38,12 @@ def test_the_worker_unit_gives_the_worker_time_to_stop_on_its_own():
     service = _read("pushdesk-worker.service")["Service"]
     assert service["KillSignal"] == "SIGTERM"
     assert int(service["TimeoutStopSec"]) > 45  # PUSHDESK_STOP_SECONDS' default, then systemd kills
+
+
+def test_the_sender_unit_runs_the_first_slot_and_stops_on_sigterm():
+    service = _read("pushdesk-sender.service")["Service"]
+    assert service["ExecStart"].endswith("manage.py send_stream --slot 0")
+    assert service["KillSignal"] == "SIGTERM"
 
 
 def test_no_unit_value_carries_an_inline_comment():

@@ -1,4 +1,4 @@
-"""Start the embedded stack in one terminal: web, task worker and (when present) the push simulator."""
+"""Start the embedded stack in one terminal: web, task worker, stream sender and (when present) the push simulator."""
 
 import os
 import signal
@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand
 
 
 class Command(BaseCommand):
-    help = "Run the web app, a django-q2 worker and the push simulator until Ctrl-C (or SIGTERM)."
+    help = "Run the web app, a django-q2 worker, the stream sender and the push simulator until Ctrl-C (or SIGTERM)."
 
     def add_arguments(self, parser):
         parser.add_argument("--addr", default="127.0.0.1:8000")
@@ -20,6 +20,8 @@ class Command(BaseCommand):
     def handle(self, *args, addr, pushsim_port, **options):
         manage = [sys.executable, "manage.py"]
         commands = [manage + ["runserver", "--noreload", addr], manage + ["qcluster"]]
+        if "send_stream" in get_commands():  # API triggers and event-entered journeys, as they come
+            commands.append(manage + ["send_stream"])
         if "pushsim" in get_commands():
             commands.append(manage + ["pushsim", "--port", str(pushsim_port), "--sandbox-port", str(pushsim_port + 1)])
         stopping: list[int] = []
@@ -37,7 +39,7 @@ class Command(BaseCommand):
         failed = [" ".join(p.args[2:]) for p in procs if p.poll() not in (None, 0)]
         if failed and not stopping:
             self.stderr.write(f"stopping: {', '.join(failed)} exited")
-        self.stdout.write("Stopping the web app, the worker and the push simulator…")
+        self.stdout.write("Stopping the web app, the worker, the stream sender and the push simulator…")
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)  # what each expects from a terminal: a clean stop
