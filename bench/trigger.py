@@ -1,13 +1,15 @@
 """Benchmark: API triggers (and event-entered journeys) through the standing send stream.
 
-    .venv/bin/python bench/trigger.py [--only ceiling,throughput,e2e,journey,soak,crash]
+    .venv/bin/python bench/trigger.py [--only ceiling,throughput,e2e,profile,journey,soak,crash]
         [--seconds 15] [--connections 32] [--rate 200] [--e2e-seconds 60] [--soak-seconds 600]
 
-Sets up a database of its own (``pushdesk_bench_trigger``) with the demo app pointed at the push
-simulator, ``--profiles`` profiles with a device each, a live API-triggered campaign, a live
-journey entered by the event ``order_paid`` whose first step is a push, and API keys; starts
-the simulator, ``qcluster`` (``--workers`` processes: one holds the stream sender) and the web
-app under gunicorn (2 workers x ``--threads`` threads). Then, each phase on demand:
+Sets up a database of its own (``--database``, ``pushdesk_bench_trigger``; Redis db ``--redis-db``,
+12) with the demo app pointed at the push simulator, ``--profiles`` profiles with a device each,
+a live API-triggered campaign, a live journey entered by the event ``order_paid`` whose first
+step is a push, and API keys; starts
+the simulator, ``qcluster`` (``--workers`` processes), the stream sender (``manage.py
+send_stream``, a process of its own) and the web app under gunicorn (2 workers x ``--threads``
+threads). Then, each phase on demand:
 
 - ``ceiling``: wrk against a bare DRF endpoint under the same gunicorn settings that
   authenticates nothing and does one INSERT: this stack's ceiling on this machine;
@@ -19,10 +21,10 @@ app under gunicorn (2 workers x ``--threads`` threads). Then, each phase on dema
 - ``journey``: the same with one event per call to ``POST /api/v1/events/bulk/``;
 - ``soak``: ``--rate`` triggers/s for ``--soak-seconds``: errors, web and worker RSS after the
   first minute and at the end, queued rows sampled every 10 s;
-- ``crash``: ``--rate`` triggers/s for 40 s, each to a profile of its own; the process running
-  the sender is killed with SIGKILL after 10 s (qcluster starts a new worker process, the
-  watchdog a new sender); then no token may have received a push twice, and every delivery
-  must end ``accepted`` or ``unknown``.
+- ``crash``: ``--rate`` triggers/s for 40 s, each to a profile of its own; the sender process is
+  killed with SIGKILL after 10 s and started again 2 s later (as systemd's ``Restart=always``
+  does); then no token may have received a push twice, and every delivery must end ``accepted``
+  or ``unknown`` (the lease, 15 s here, then the watchdog's minute).
 
 Prints one JSON line, with the load average of the machine when each phase ran.
 """
@@ -43,9 +45,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-DB = "pushdesk_bench_trigger"
-DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{DB}"
-REDIS_URL = "redis://127.0.0.1:6379/12"
 EVENT = "order_paid"
 
 SETUP = r"""
@@ -146,12 +145,6 @@ import json
 from django.db.models import Count
 from delivery.models import Delivery
 print(json.dumps(dict(Delivery.objects.filter(queued_at__isnull=False).values_list("status").annotate(n=Count("id")).order_by())))
-"""
-
-SENDER = r"""
-import json
-from django.core.cache import cache
-print(json.dumps(cache.get("pushdesk:stream-sender:0")))
 """
 
 
@@ -409,7 +402,9 @@ def main():  # noqa: C901 (one script, phase after phase)
     parser.add_argument("--soak-seconds", type=int, default=600)
     parser.add_argument("--profiles", type=int, default=40000)
     parser.add_argument("--threads", type=int, default=16, help="threads per gunicorn worker")
-    parser.add_argument("--workers", type=int, default=3, help="qcluster processes (one holds the sender)")
+    parser.add_argument("--workers", type=int, default=2, help="qcluster processes (the sender runs beside them)")
+    parser.add_argument("--database", default="pushdesk_bench_trigger", help="dropped and created again")
+    parser.add_argument("--redis-db", type=int, default=12, help="flushed first")
     parser.add_argument("--var-dir", help="keep the keys and files here (default: a temporary folder, removed)")
     args = parser.parse_args()
     phases = set(args.only.split(","))
@@ -421,8 +416,8 @@ def main():  # noqa: C901 (one script, phase after phase)
     sim_port, sandbox_port, web_port, bare_port = free_port(), free_port(), free_port(), free_port()
     env = {
         **os.environ,
-        "DATABASE_URL": DATABASE_URL,
-        "REDIS_URL": REDIS_URL,
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{args.database}",
+        "REDIS_URL": f"redis://127.0.0.1:6379/{args.redis_db}",
         "PUSHDESK_VAR_DIR": str(tmp),
         "DEBUG": "0",
         "ALLOWED_HOSTS": "127.0.0.1",
@@ -436,9 +431,10 @@ def main():  # noqa: C901 (one script, phase after phase)
         "PUSHDESK_QUEUE_NAME": "bench-trigger",
         "PYTHONPATH": str(tmp),
     }
-    subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", "--force", DB], check=True)
-    subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", DB], check=True)
-    subprocess.run(["redis-cli", "-n", "12", "flushdb"], check=True, capture_output=True)
+    dropdb = ["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", "--force", args.database]
+    subprocess.run(dropdb, check=True)
+    subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", args.database], check=True)
+    subprocess.run(["redis-cli", "-n", str(args.redis_db), "flushdb"], check=True, capture_output=True)
     run([PY, "manage.py", "migrate", "--noinput"], env)
     run([PY, "manage.py", "demo_setup"], env)
     setup = run([PY, "manage.py", "shell", "-c", f"N = {args.profiles}\n" + SETUP], env)
@@ -451,12 +447,14 @@ def main():  # noqa: C901 (one script, phase after phase)
     procs = {}
     report: dict = {"benchmark": "trigger", "web": f"gunicorn, 2 workers x {args.threads} threads"}
     report["qcluster_workers"] = args.workers
+    report["senders"] = 1
     quiet = {"cwd": ROOT, "env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     try:
         procs["sim"] = subprocess.Popen(
             [PY, "manage.py", "pushsim", "--port", str(sim_port), "--sandbox-port", str(sandbox_port)], **quiet
         )
         procs["workers"] = subprocess.Popen([PY, "manage.py", "qcluster"], **quiet, start_new_session=True)
+        procs["sender"] = subprocess.Popen([PY, "manage.py", "send_stream"], **quiet)
         procs["web"] = subprocess.Popen([*gunicorn, "--bind", f"127.0.0.1:{web_port}", "config.wsgi"], **quiet)
         base = f"http://127.0.0.1:{web_port}"
         wait_http(f"{base}/api/v1/me/")
@@ -484,10 +482,11 @@ def main():  # noqa: C901 (one script, phase after phase)
 
         if "e2e" in phases:
             started_load = load()
-            cpu = (tree_cpu(procs["web"].pid), tree_cpu(procs["workers"].pid))
+            cpu = (tree_cpu(procs["web"].pid), tree_cpu(procs["workers"].pid) + tree_cpu(procs["sender"].pid))
             paced = Paced(args.rate, args.e2e_seconds, trigger_request(url, key, lambda i: i % args.profiles))
             paced.run()
-            web_cpu, worker_cpu = tree_cpu(procs["web"].pid) - cpu[0], tree_cpu(procs["workers"].pid) - cpu[1]
+            web_cpu = tree_cpu(procs["web"].pid) - cpu[0]
+            worker_cpu = tree_cpu(procs["workers"].pid) + tree_cpu(procs["sender"].pid) - cpu[1]
             report["e2e"] = {"rate": args.rate, "seconds": args.e2e_seconds, **e2e_figures(env, tmp, paced, 10)}
             report["e2e"]["web_cpu_ms_per_call"] = round(web_cpu / max(paced.total, 1) * 1000, 2)
             report["e2e"]["workers_cpu_ms_per_message"] = round(worker_cpu / max(paced.total, 1) * 1000, 2)
@@ -546,6 +545,7 @@ def main():  # noqa: C901 (one script, phase after phase)
                             "t": round(time.time() - t0),
                             "web_mb": round(tree_rss(procs["web"].pid), 1),
                             "workers_mb": round(tree_rss(procs["workers"].pid), 1),
+                            "sender_mb": round(rss_mb(procs["sender"].pid), 1),
                             "queued": shell(env, COUNTS).get("queued", 0),
                             "load": load(),
                         }
@@ -565,6 +565,8 @@ def main():  # noqa: C901 (one script, phase after phase)
                 "web_mb_end": samples[-1]["web_mb"],
                 "workers_mb_after_1min": after_first["workers_mb"],
                 "workers_mb_end": samples[-1]["workers_mb"],
+                "sender_mb_after_1min": after_first["sender_mb"],
+                "sender_mb_end": samples[-1]["sender_mb"],
                 "queued_samples": [s["queued"] for s in samples],
                 "load": [started_load, load()],
             }
@@ -584,10 +586,11 @@ def main():  # noqa: C901 (one script, phase after phase)
 
             def kill_sender():
                 time.sleep(10)
-                beat = shell(env, SENDER) or {}
-                if beat.get("pid"):
-                    os.kill(beat["pid"], signal.SIGKILL)
-                    killed.update(pid=beat["pid"], at=time.time())
+                procs["sender"].send_signal(signal.SIGKILL)
+                procs["sender"].wait()
+                killed.update(pid=procs["sender"].pid, at=time.time())
+                time.sleep(2)
+                procs["sender"] = subprocess.Popen([PY, "manage.py", "send_stream"], **quiet)
 
             killer = threading.Thread(target=kill_sender)
             killer.start()

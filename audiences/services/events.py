@@ -195,8 +195,9 @@ _EVENT_LISTENERS: list[Callable[..., None]] = []
 def event_listeners_register(fn: Callable[..., None]) -> None:
     """Call ``fn(event_ids=[id, ...], names={name, ...})`` after each batch of ingested events is committed.
 
-    Listeners should only queue work (e.g. a task with the event ids): they run inside the
-    request that sent the events. A listener that raises is logged and the others still run.
+    Listeners run inside the request that sent the events, after its events committed: they do
+    short work in transactions of their own (the journeys enter event-entered journeys there),
+    or queue it. A listener that raises is logged and the others still run.
     """
     if fn not in _EVENT_LISTENERS:
         _EVENT_LISTENERS.append(fn)

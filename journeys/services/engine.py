@@ -134,15 +134,29 @@ def _stats_add(counts: Counter) -> None:
         )
 
 
-def _run_batch(*, batch: int, now: dt.datetime, report: RunReport) -> int:
+def journeys_run_enrollments(*, enrollment_ids: list[int], now: dt.datetime | None = None) -> RunReport:
+    """Run these enrollments (those due, not held by another worker) to their next wait, now.
+
+    For entries the caller just wrote (an event's): called in the transaction that enrolled them,
+    their first steps, pushes included, commit with the entry, and no other worker ever sees them
+    at the entry step.
+    """
+    report = RunReport()
+    if enrollment_ids and _run_batch(
+        batch=len(enrollment_ids), now=now or timezone.now(), report=report, ids=enrollment_ids
+    ):
+        report.batches += 1
+    return report
+
+
+def _run_batch(*, batch: int, now: dt.datetime, report: RunReport, ids: list[int] | None = None) -> int:
     with transaction.atomic():
-        rows = [
-            _Row(values)
-            for values in Enrollment.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(status__in=Enrollment.OPEN_STATUSES, due_at__lte=now)
-            .order_by("due_at")
-            .values_list(*_ROW_FIELDS)[:batch]
-        ]
+        due = Enrollment.objects.select_for_update(skip_locked=True, of=("self",)).filter(
+            status__in=Enrollment.OPEN_STATUSES, due_at__lte=now
+        )
+        if ids is not None:
+            due = due.filter(_among(ids))
+        rows = [_Row(values) for values in due.order_by("due_at").values_list(*_ROW_FIELDS)[:batch]]
         if not rows:
             return 0
         versions = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections import Counter, defaultdict
 
 from django.db import connection, transaction
@@ -15,16 +16,21 @@ from accounts.services import (
 )
 from journeys.graph import entry_of
 from journeys.models import Enrollment, Journey, JourneyVersion
-from journeys.services.engine import _stats_add, journeys_run_due
+from journeys.services.engine import _stats_add, journeys_run_due, journeys_run_enrollments
 from journeys.services.lifecycle import SAVED_WITH_STATUS, EStatus, Status, VStatus, _queue
+
+log = logging.getLogger(__name__)
 
 
 def _dt(value: dt.datetime | None):
     return connection.ops.adapt_datetimefield_value(value) if value is not None else None
 
 
-def _enter(version: JourneyVersion, audience_sql: str, audience_params: list, *, now: dt.datetime) -> int:
-    """Enroll the audience's profiles in one INSERT … SELECT, obeying the re-entry policy.
+def _enter(
+    version: JourneyVersion, audience_sql: str, audience_params: list, *, now: dt.datetime, returning: bool = False
+):
+    """Enroll the audience's profiles in one INSERT … SELECT, obeying the re-entry policy; return
+    how many entered (``returning``: the new enrollments' ids).
 
     A profile enters when it never entered the journey, or (re-entry after a wait) when it has
     no open enrollment and its last entry is at least the wait old. The partial unique index
@@ -32,7 +38,7 @@ def _enter(version: JourneyVersion, audience_sql: str, audience_params: list, *,
     """
     entry = entry_of(version.steps())
     if entry is None:
-        return 0
+        return [] if returning else 0
     reentry = version.reentry == JourneyVersion.Reentry.AFTER_WAIT
     empty = "'[]'::jsonb" if connection.vendor == "postgresql" else "'[]'"
     sql = (
@@ -45,7 +51,7 @@ def _enter(version: JourneyVersion, audience_sql: str, audience_params: list, *,
         "FROM journeys_enrollment WHERE journey_id = %s GROUP BY profile_id"
         ") prev ON prev.profile_id = p.id "
         "WHERE prev.profile_id IS NULL OR (%s AND prev.busy = 0 AND prev.last_at <= %s) "
-        "ON CONFLICT DO NOTHING"
+        "ON CONFLICT DO NOTHING" + (" RETURNING id" if returning else "")
     )
     params = [
         version.journey_id,
@@ -61,6 +67,8 @@ def _enter(version: JourneyVersion, audience_sql: str, audience_params: list, *,
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
+        if returning:
+            return [row[0] for row in cursor.fetchall()]
         return max(cursor.rowcount, 0)
 
 
@@ -107,7 +115,10 @@ def journeys_events_received(*, event_ids: list[int]) -> dict:
 
     An exit event ends the profile's open enrollments (entered before the event) of every live
     journey whose version names it. An entry event enrolls the profile in each live journey
-    whose live version enters on it (re-entry policy applies). Returns the counts.
+    whose live version enters on it (re-entry policy applies), and runs the new enrollments to
+    their first wait in the same transaction: a first push joins its stream as the entry commits,
+    once (the entry and its rows commit together). Safe to run again for the same events (an exit
+    is final, an entry obeys the re-entry policy). Returns the counts.
     """
     from audiences.models import Event, Profile
 
@@ -160,23 +171,28 @@ def journeys_events_received(*, event_ids: list[int]) -> dict:
         profile_ids = sorted({e["profile_id"] for e in events if e["name"] == version.entry_event})
         sql, params = Profile.objects.filter(pk__in=profile_ids).order_by().values("id").query.sql_with_params()
         with transaction.atomic():
-            entered += _enter(version, sql, list(params), now=now)
-    if entered:
-        # Run the engine here rather than through the queue: an entry whose first push does not
-        # wait reaches the stream one queue trip sooner. What one batch leaves goes to the queue.
-        journeys_run_due(max_batches=1)
-        transaction.on_commit(lambda: _queue("journeys.tasks.journeys_run_due_task"))
+            enrolled = _enter(version, sql, list(params), now=now, returning=True)
+            journeys_run_enrollments(enrollment_ids=enrolled, now=now)
+        entered += len(enrolled)
     return {"exited": exited, "entered": entered}
 
 
 def journeys_on_events(*, event_ids: list[int], names: set[str]) -> None:
-    """The audiences event listener: queue the journey work when a live journey cares about these events."""
+    """The audiences event listener, run by the events call once its events committed: when a live
+    journey cares about these events, exit and enter them now (``journeys_events_received``), so
+    that an entry's first push is on its way when the call answers. Should that fail, the same
+    work goes to the queue (running it again changes nothing that was done)."""
     wanted = JourneyVersion.objects.filter(
         Q(entry_kind=JourneyVersion.EntryKind.EVENT, entry_event__in=names, status=VStatus.LIVE)
         | Q(exit_event__in=names, status__in=(VStatus.LIVE, VStatus.RETIRED)),
         journey__status=Status.LIVE,
     )
-    if wanted.exists():
+    if not wanted.exists():
+        return
+    try:
+        journeys_events_received(event_ids=event_ids)
+    except Exception:
+        log.exception("Journey entries of %s events failed here: queued for a worker", len(event_ids))
         _queue("journeys.tasks.journeys_events_task", event_ids)
 
 

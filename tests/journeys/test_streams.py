@@ -67,3 +67,58 @@ def test_stopping_the_journey_closes_its_stream_with_a_push_held_for_quiet_hours
     stream = Dispatch.objects.get(kind="journey")
     assert stream.status == "stopped"
     assert list(Delivery.objects.filter(dispatch=stream).values_list("status", "reason")) == [("skipped", "stopped")]
+
+
+def test_an_event_enters_and_pushes_within_its_own_call_once(
+    paid_journey, pushsim, sim_team, api_key_for, manager_alice, monkeypatch, django_capture_on_commit_callbacks
+):
+    """No queue trip: when the events call answers, the entry ran past its first push, whose row
+    waits in the stream for the sender; the same event again, or the engine, pushes nothing more."""
+    from django_q.conf import Conf
+
+    from delivery.services.stream_senders import streams_send
+    from journeys.models import Enrollment
+    from journeys.services.engine import journeys_run_due
+
+    token = DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=sim_team).token
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    monkeypatch.setattr(Conf, "SYNC", False)  # tasks would go to a queue no worker reads
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _post_event(client, "zoe", "zoe").status_code == 200
+    enrollment = Enrollment.objects.get()
+    assert enrollment.status == "completed" and [step for step, _, _ in enrollment.history] == ["thanks", "done"]
+    (row,) = Delivery.objects.filter(dispatch__kind="journey").values_list("status", flat=True)
+    assert row == "queued"
+    assert streams_send(budget=0).claimed == 1  # the sender (woken by the append's NOTIFY)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _post_event(client, "zoe").status_code == 200  # enters once (re-entry: never)
+    journeys_run_due()
+    streams_send(budget=0)
+    assert list(Delivery.objects.filter(dispatch__kind="journey").values_list("status", flat=True)) == ["accepted"]
+    assert pushsim.state.count(token) == 1
+
+
+def test_when_entering_fails_in_the_call_a_worker_enters_the_events_once(
+    paid_journey, pushsim, sim_team, api_key_for, manager_alice, monkeypatch, django_capture_on_commit_callbacks
+):
+    from journeys.services import entries
+
+    token = DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=sim_team).token
+    received = entries.journeys_events_received
+    calls = []
+
+    def database_gone_once(**kwargs):
+        from django.db import OperationalError
+
+        calls.append(kwargs)
+        if len(calls) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return received(**kwargs)
+
+    monkeypatch.setattr(entries, "journeys_events_received", database_gone_once)
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _post_event(client, "zoe").status_code == 200  # the events are stored either way
+    # It failed in the call; the queued task (run in-process in tests) entered the event.
+    assert list(Delivery.objects.filter(dispatch__kind="journey").values_list("status", flat=True)) == ["accepted"]
+    assert pushsim.state.count(token) == 1
