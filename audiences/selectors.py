@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from django.core.cache import cache
@@ -186,37 +185,32 @@ class Reach:
         )
 
 
-# Two plans for the same figures, chosen by the audience's estimated size. Both read the devices
-# from the index (app_id, profile_id) INCLUDE (platform, push_enabled) WHERE active alone.
-# A few profiles: probe each one's devices (an index lookup per profile).
-REACH_BY_PROBES_SQL = """
-SELECT count(*), count(*) FILTER (WHERE reach.any), count(*) FILTER (WHERE reach.ios),
-       count(*) FILTER (WHERE reach.android), count(*) FILTER (WHERE reach.opted_in)
+# On PostgreSQL each profile carries its reach per app (``audiences_profile.reach[app id]``, kept
+# exactly by triggers on the devices: see delivery/migrations/0015_profile_reach.py): 1 reachable,
+# plus 2 iOS, 4 Android, 8 opted in; 0 or NULL without an active device of the app. The figures are
+# one scan of the audience's profiles, each profile's element read once and grouped (16 groups at
+# most), the groups summed.
+REACH_SQL = """
+SELECT coalesce(sum(n), 0), coalesce(sum(n) FILTER (WHERE bits <> 0), 0),
+       coalesce(sum(n) FILTER (WHERE bits & 2 <> 0), 0), coalesce(sum(n) FILTER (WHERE bits & 4 <> 0), 0),
+       coalesce(sum(n) FILTER (WHERE bits & 8 <> 0), 0)
+FROM (SELECT bits, count(*) AS n FROM ({profiles}) AS audience GROUP BY bits) AS groups
+"""
+REACH_BITS = 'COALESCE("audiences_profile"."reach"[%s], 0)'
+# Elsewhere (SQLite) from the devices: the app's active devices grouped per profile, joined to the audience.
+REACH_FROM_DEVICES_SQL = """
+SELECT count(*), count(reach.profile_id), coalesce(sum(reach.ios), 0), coalesce(sum(reach.android), 0),
+       coalesce(sum(reach.opted_in), 0)
 FROM ({profiles}) AS audience
-LEFT JOIN LATERAL (
-    SELECT bool_or(true) AS any, bool_or(platform = 'ios') AS ios, bool_or(platform = 'android') AS android,
-           bool_or(push_enabled) AS opted_in
+LEFT JOIN (
+    SELECT profile_id, max(CASE WHEN platform = 'ios' THEN 1 ELSE 0 END) AS ios,
+           max(CASE WHEN platform = 'android' THEN 1 ELSE 0 END) AS android,
+           max(CASE WHEN push_enabled THEN 1 ELSE 0 END) AS opted_in
     FROM {devices}
-    WHERE profile_id = audience.id AND app_id = %s AND active
-) AS reach ON true
-"""
-# Many profiles: one pass over the app's devices in profile order, kept when the profile is in the
-# audience (a merge semi-join), grouped per profile; the audience is counted on its own.
-REACH_BY_SCAN_SQL = """
-WITH reach AS (
-    SELECT bool_or(platform = 'ios') AS ios, bool_or(platform = 'android') AS android,
-           bool_or(push_enabled) AS opted_in
-    FROM {devices}
-    WHERE app_id = %s AND active AND profile_id IN ({profiles})
+    WHERE app_id = %s AND active
     GROUP BY profile_id
-)
-SELECT (SELECT count(*) FROM ({profiles}) AS audience), count(*), count(*) FILTER (WHERE reach.ios),
-       count(*) FILTER (WHERE reach.android), count(*) FILTER (WHERE reach.opted_in)
-FROM reach
+) AS reach ON reach.profile_id = audience.id
 """
-# Above this many profiles (as the planner estimates them) the scan beats the probes: on 1,000,000
-# profiles with 2,000,000 devices a probe costs about 7 µs a profile, the scan about 2 s in all.
-REACH_SCAN_FROM_PROFILES = 200_000
 
 
 def audience_reach(*, segment, app_id: int) -> Reach:
@@ -224,34 +218,33 @@ def audience_reach(*, segment, app_id: int) -> Reach:
     which platform), and how many of those allow notifications.
 
     Reachable counts a profile once even with several phones; iOS and Android each count the
-    profiles with a device of that platform (a profile with both counts in both). On PostgreSQL
-    the figures come from one query, planned for the audience's estimated size (one EXPLAIN
-    first), with JIT compilation off like the segment counts.
+    profiles with a device of that platform (a profile with both counts in both). One query: on
+    PostgreSQL a scan of the audience's profiles reading the reach kept on each (JIT off, like the
+    segment counts); elsewhere the devices of each profile of the audience.
     """
     from django.core.exceptions import EmptyResultSet
     from django.db import transaction
+    from django.db.models.expressions import RawSQL
 
+    profiles = segment_profiles(segment).order_by()
     try:
-        profiles_sql, profiles_params = segment_profiles(segment).values("id").order_by().query.sql_with_params()
+        if connection.vendor == "postgresql":
+            bits = RawSQL(REACH_BITS, [int(app_id)])  # noqa: S611 (a constant; the app id is bound)
+            profiles = profiles.annotate(bits=bits).values("bits")
+            profiles_sql, profiles_params = profiles.query.sql_with_params()
+            sql, params = REACH_SQL.format(profiles=profiles_sql), [*profiles_params]
+        else:
+            profiles_sql, profiles_params = profiles.values("id").query.sql_with_params()
+            devices = device_model()._meta.db_table
+            sql = REACH_FROM_DEVICES_SQL.format(profiles=profiles_sql, devices=devices)
+            params = [*profiles_params, app_id]
     except EmptyResultSet:  # a segment without rules holds nobody
         return Reach(0, 0, 0, 0, 0)
-    devices = device_model()._meta.db_table
     with transaction.atomic(), connection.cursor() as cursor:
-        by_scan = False
         if connection.vendor == "postgresql":
             cursor.execute("SET LOCAL jit = off")
-            cursor.execute(f"EXPLAIN (FORMAT JSON) {profiles_sql}", profiles_params)
-            plan = cursor.fetchone()[0]
-            plan = json.loads(plan) if isinstance(plan, str) else plan
-            by_scan = plan[0]["Plan"]["Plan Rows"] >= REACH_SCAN_FROM_PROFILES
-        if by_scan:
-            sql = REACH_BY_SCAN_SQL.format(profiles=profiles_sql, devices=devices)
-            params = [app_id, *profiles_params, *profiles_params]
-        else:
-            sql = REACH_BY_PROBES_SQL.format(profiles=profiles_sql, devices=devices)
-            params = [*profiles_params, app_id]
         cursor.execute(sql, params)
-        return Reach(*cursor.fetchone())
+        return Reach(*(int(n) for n in cursor.fetchone()))
 
 
 REACH_APPS = 5  # a count measures the reach in this many apps at most, the first by name

@@ -142,7 +142,8 @@ class Device(models.Model):
         constraints = [models.UniqueConstraint(fields=["app", "token"], name="device_app_token_unique")]
         indexes = [
             models.Index(fields=["app", "is_test"], name="device_app_test_idx"),
-            # An audience's reach in an app read from the index alone (see audiences.selectors.audience_reach).
+            # A profile's devices of an app, read from the index alone (a dispatch's targeting, the rules'
+            # reachable condition; an audience's reach is read from the profiles on PostgreSQL).
             models.Index(
                 fields=["app", "profile"],
                 include=["platform", "push_enabled"],
