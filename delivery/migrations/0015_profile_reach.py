@@ -37,7 +37,8 @@ $$;
 
 # The arrays of many profiles at once, in one pass over their devices: a profile whose apps are
 # consecutive ids (one app, nearly always) gets its array from the aggregate, the others from
-# delivery_profile_reach. The profiles are locked first, in id order, and recomputed by a later
+# delivery_profile_reach. The profiles are locked first, in id order (as an events call locks the
+# profiles whose last seen time moves: the two never deadlock), and recomputed by a later
 # statement, which reads with a new snapshot: of two transactions adding devices to one profile at
 # once, the second waits for the first's lock, then counts the first's committed device too.
 PROFILES_REFRESH = """

@@ -4,14 +4,16 @@ import threading
 
 import pytest
 from django.db import connection, connections, transaction
+from django.utils import timezone
 
 from accounts.services import access_grant
 from audiences.models import Profile
 from audiences.rules.compiler import segment_profiles
 from audiences.selectors import Reach, audience_reach
+from audiences.services.events import events_ingest
 from delivery.models import App, Device
 from delivery.services.devices import device_opt_in_set, device_register, device_unregister, devices_invalidate
-from tests.factories import AppFactory, DeviceFactory, ProfileFactory, SegmentFactory
+from tests.factories import AppFactory, DeviceFactory, ProfileFactory, SegmentFactory, UserFactory
 
 PRO = {"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}]}
 EVERYONE = {"all": [{"field": "locale", "op": "exists"}]}
@@ -148,6 +150,20 @@ def test_the_reach_kept_on_profiles_follows_a_truncate_and_survives_a_profile_sa
     assert audience_reach(segment=segment, app_id=shop.pk) == Reach(1, 0, 0, 0, 0)
 
 
+def wait_for_a_blocked_writer() -> bool:
+    """Whether another session of the test database waits for a lock (within 10 s)."""
+    with connection.cursor() as cursor:
+        for _ in range(200):
+            cursor.execute("SELECT pg_stat_clear_snapshot()")  # else read once per transaction
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if cursor.fetchone()[0]:
+                return True
+            threading.Event().wait(0.05)
+    return False
+
+
 def test_two_transactions_adding_devices_to_one_profile_at_once_are_both_counted(transactional_db):
     """The second writer waits for the first's lock on the profile, then recomputes with what the
     first committed: neither device is lost from the profile's reach."""
@@ -155,19 +171,6 @@ def test_two_transactions_adding_devices_to_one_profile_at_once_are_both_counted
     person = ProfileFactory(attributes={"plan": "pro"})
     first_inserted, second_started = threading.Event(), threading.Event()
     errors, blocked = [], []
-
-    def wait_for_a_blocked_writer():
-        with connection.cursor() as cursor:
-            for _ in range(200):
-                cursor.execute("SELECT pg_stat_clear_snapshot()")  # else read once per transaction
-                cursor.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock'"
-                )
-                if cursor.fetchone()[0]:
-                    return True
-                threading.Event().wait(0.05)
-        return False
 
     def first():
         try:
@@ -201,3 +204,56 @@ def test_two_transactions_adding_devices_to_one_profile_at_once_are_both_counted
     assert blocked == [True]  # the second writer did wait for the first's lock
     assert Device.objects.filter(profile=person).count() == 2
     assert audience_reach(segment=SegmentFactory(rules=PRO), app_id=shop.pk) == Reach(1, 1, 1, 1, 1)
+
+
+def test_a_bulk_device_write_and_an_events_call_lock_profiles_in_one_order(transactional_db):
+    """The triggers lock profiles in id order, as an events call locks the profiles whose last
+    seen time moves: an events call partway through its locks never deadlocks with a bulk write
+    of the same profiles' devices (in the order of the external ids it would)."""
+    shop = AppFactory()
+    zed = ProfileFactory(external_id="zed")  # the lower id, the later external id
+    ann = ProfileFactory(external_id="ann")
+    writer = UserFactory(username="ingest", role="Manager")
+    holding, errors, blocked = threading.Event(), [], []
+
+    def events_call():
+        try:
+            with transaction.atomic():
+                # As far as the call's id-ordered lock has come when the device write starts.
+                list(Profile.objects.filter(pk=zed.pk).select_for_update(no_key=True))
+                holding.set()
+                blocked.append(wait_for_a_blocked_writer())
+                now = timezone.now()
+                events_ingest(
+                    items=[{"external_id": x, "name": "open", "occurred_at": now} for x in ("ann", "zed")], by=writer
+                )
+        except Exception as exc:  # noqa: BLE001 (reported by the test below)
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    def device_write():
+        try:
+            holding.wait(10)
+            with transaction.atomic():
+                Device.objects.bulk_create(
+                    Device(profile_id=p.pk, app_id=shop.pk, platform="ios", token=f"{p.pk:064x}") for p in (zed, ann)
+                )
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=events_call), threading.Thread(target=device_write)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors  # a deadlock would abort one of them
+    assert blocked == [True]
+    assert (
+        audience_reach(
+            segment=SegmentFactory(rules={"all": [{"event": "open", "within_days": 1}]}), app_id=shop.pk
+        ).reachable
+        == 2
+    )
