@@ -322,7 +322,10 @@ def test_a_stop_that_commits_between_the_checks_and_the_append_refuses_the_trigg
 def test_a_stop_waits_for_a_trigger_appending_and_then_stops_its_rows(
     live_trigger, trigger_client, zoe, manager_alice, monkeypatch
 ):
-    """Issue 12, finding 5: the trigger holds the campaign row shared; the stop waits, then stops its rows."""
+    """Issue 12, finding 5: the trigger holds the campaign row shared; the stop waits, then stops its rows.
+
+    With an Idempotency-Key the append shares a transaction with the stored answer, which stays open
+    here; without one the append is a single statement (autocommit), its locks held just as long."""
     from django_q.conf import Conf
 
     import delivery.services.streams
@@ -338,7 +341,9 @@ def test_a_stop_waits_for_a_trigger_appending_and_then_stops_its_rows(
         return rows
 
     monkeypatch.setattr(delivery.services.streams, "stream_append", paused)
-    trigger, triggered = _in_thread(lambda: _trigger(trigger_client, live_trigger, "zoe"))
+    trigger, triggered = _in_thread(
+        lambda: _trigger(trigger_client, live_trigger, "zoe", HTTP_IDEMPOTENCY_KEY="order-1")
+    )
     assert appended.wait(20)
     stop, stopped = _in_thread(lambda: campaign_stop(campaign_id=live_trigger.pk, by=manager_alice))
     stop.join(1.0)
