@@ -42,6 +42,7 @@ class ApiKey(models.Model):
         INGEST = "ingest", "ingest (profiles, events, devices)"
         TRIGGER = "trigger", "trigger (API-triggered campaigns)"
         READ = "read", "read (segments, campaigns, dispatches, journeys)"
+        CAMPAIGNS = "campaigns", "campaigns (change a campaign's settings: winner mode)"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100, help_text="What uses this key, e.g. 'backend production'.")

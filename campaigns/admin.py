@@ -15,6 +15,7 @@ from accounts.admin.bases import ActiveStatusFilter, ObjectAccessAdminMixin, Sco
 from accounts.admin.lifecycle import LifecycleAdminMixin
 from accounts.selectors import approval_current, visible_to
 from accounts.services import TransitionError
+from campaigns import winner_admin
 from campaigns.models import Campaign, Occurrence
 from campaigns.reports import campaign_charts, campaign_report, campaign_report_csv
 from campaigns.review import approved_phones_html, audience_text, campaign_phones_html, version_diff_html
@@ -40,10 +41,11 @@ from campaigns.variant_admin import (
     VARIANTS_HELP,
     CampaignVariantFormSet,
     CampaignVariantInline,
+    conversions_report_html,
     variants_report_html,
 )
 from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
-from delivery.reports import conversions_html, report_charts_html
+from delivery.reports import report_charts_html
 
 Status = Campaign.Status
 
@@ -114,7 +116,7 @@ class CampaignForm(ConversionFormMixin, forms.ModelForm):
 
     class Meta:
         model = Campaign
-        fields = (*EDITABLE_FIELDS, "holdout_share")
+        fields = (*EDITABLE_FIELDS, "holdout_share", *winner_admin.WINNER_FIELDS)
         widgets = {"send_at": DateTimePicker, "ends_at": DateTimePicker}
         field_classes = {"send_at": ZonedDateTimeField, "ends_at": ZonedDateTimeField}
         help_texts = {
@@ -126,6 +128,7 @@ class CampaignForm(ConversionFormMixin, forms.ModelForm):
         super().__init__(*args, **kwargs)
         if "holdout_share" in self.fields:
             self.fields["holdout_share"].required = False  # empty: no holdout
+        winner_admin.winner_form_init(self)
         instance = self.instance
         for name in ("send_at", "ends_at"):
             value = getattr(instance, name, None)
@@ -147,17 +150,8 @@ class CampaignForm(ConversionFormMixin, forms.ModelForm):
             if value is not None:
                 wall = value.astimezone(dt.UTC).replace(tzinfo=None)
                 data[name] = localize(wall, tz).astimezone(dt.UTC)
+        winner_admin.winner_form_clean(self, data)
         return data
-
-
-def _conversions_table(conversions: dict | None) -> str:
-    """The report's conversions: all, each variant with its uplift against the holdout, the holdout."""
-    if not conversions:
-        return ""
-    rows = [("all", conversions["overall"])] + [(v["variant"], v) for v in conversions["variants"]]
-    if conversions["holdout"]:
-        rows.append(("holdout", conversions["holdout"]))
-    return conversions_html(rows, conversions["goal"], table_id="campaign-conversions")
 
 
 class _StatusFilter(ActiveStatusFilter):
@@ -188,7 +182,7 @@ class OccurrenceInline(admin.TabularInline):
 
 
 @admin.register(Campaign)
-class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
+class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     form = CampaignForm
     list_display = ("name", "app", "kind", "purpose", "status", "next_send", "owner", "updated_at")
     list_filter = (_StatusFilter, "kind", "purpose", "app")
@@ -210,6 +204,7 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         "report",
         "object_access",
         "conversion_goal",
+        "winner_status",
     )
 
     class Media:
@@ -259,12 +254,15 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             if obj.kind == Campaign.Kind.API_TRIGGERED:
                 fieldsets.append(("API", {"fields": ("api_call",)}))
             fieldsets.append(("Preview", {"fields": ("preview",)}))
-            fieldsets.append(("Report", {"fields": ("sends", "report")}))
+            fieldsets.append(("Report", {"fields": winner_admin.report_fields(obj)}))
             fieldsets.append(("Access", {"fields": ("object_access",)}))
         if obj is None or self.has_change_permission(request, obj):
             fieldsets.append(("Conversions", {"fields": CONVERSION_FIELDS, "description": CONVERSION_HELP}))
         else:
             fieldsets.append(("Conversions", {"fields": ("conversion_goal",)}))
+        fieldsets.append(
+            ("Winner mode", {"fields": winner_admin.WINNER_FIELDS, "description": winner_admin.WINNER_HELP})
+        )
         # Last, so that the variants' inline follows it.
         fieldsets.append(("Variants and holdout", {"fields": ("holdout_share",), "description": VARIANTS_HELP}))
         return fieldsets
@@ -308,6 +306,7 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     def save_model(self, request, obj, form, change):
         values = {field: form.cleaned_data[field] for field in EDITABLE_FIELDS if field in form.cleaned_data}
         try:
+            winner_admin.winner_save(request, form, turning_off=True)  # first: the edit may no longer fit winner mode
             if change:
                 updated = campaign_update(campaign_id=obj.pk, by=request.user, **values)
                 if updated.has_pending_revision:
@@ -333,6 +332,7 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
                     )
                 except TransitionError as exc:
                     raise PermissionDenied(str(exc)) from exc
+                winner_admin.winner_save(request, form, turning_off=False)  # last: it needs the variants
                 updated = Campaign.objects.get(pk=form.instance.pk)
                 if change and updated.has_pending_revision:
                     request.campaign_revision = updated
@@ -561,7 +561,7 @@ class CampaignAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             counters,
             reasons,
             variants_report_html(data["variants"], data["holdout"]),
-            _conversions_table(data["conversions"]),
+            conversions_report_html(data["conversions"]),
             mark_safe(report_charts_html(campaign_charts(obj))),  # noqa: S308 (a template, autoescaped)
             csv_url,
         )

@@ -8,16 +8,23 @@ import json
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.urls import path
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.exceptions import APIException, Throttled
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.api import JsonCharField, JsonObjectField
+from accounts.api import JsonBooleanField, JsonCharField, JsonIntegerField, JsonObjectField
 from accounts.authentication import request_stamps
 from accounts.pagination import ListQuery, QueryChoice, page_response, page_schema, query_params_valid, rows_matching
-from campaigns.models import Campaign, CampaignVariant
+from accounts.services import TransitionError
+from campaigns.models import Campaign, CampaignVariant, WinnerTest, variant_label
 from campaigns.reports import campaign_report
 from campaigns.selectors import campaign_for, campaigns_visible_to
 from campaigns.services.triggers import (
@@ -29,6 +36,7 @@ from campaigns.services.triggers import (
     trigger_request_finish,
     trigger_request_start,
 )
+from campaigns.services.winner import MAX_WAIT_MINUTES, WinnerInput, campaign_winner_set
 from delivery.api import ConversionGoalSerializer, ConversionReportSerializer
 
 
@@ -39,6 +47,91 @@ class CampaignVariantOutSerializer(serializers.ModelSerializer):
     class Meta:
         model = CampaignVariant
         fields = ("variant", "content", "share")
+
+
+VARIANT_LETTERS = [variant_label(n) for n in range(1, 11)]
+
+
+class WinnerSettingsSerializer(serializers.Serializer):
+    """Winner mode's settings (``winner`` of a campaign: null when off)."""
+
+    sample_share = serializers.IntegerField(help_text="The sample's percentage of the audience.")
+    wait_minutes = serializers.IntegerField(help_text="How long after the sample is sent the winner is picked.")
+    metric = serializers.ChoiceField(choices=Campaign.WinnerMetric.values)
+    confidence = serializers.IntegerField(help_text="Percent: the two-proportion z-test's confidence.")
+    fallback = serializers.ChoiceField(choices=Campaign.WinnerFallback.values)
+    fallback_variant = serializers.ChoiceField(
+        choices=VARIANT_LETTERS, allow_null=True, help_text="With the default_variant fallback: A, B…"
+    )
+
+
+def winner_settings_out(campaign: Campaign) -> dict | None:
+    settings = campaign.winner_settings()
+    if settings is None:
+        return None
+    settings = {name: settings[name] for name in WinnerSettingsSerializer().fields}
+    number = settings["fallback_variant"]
+    return {**settings, "fallback_variant": variant_label(number) if number else None}
+
+
+class WinnerStatusSerializer(serializers.Serializer):
+    outcome = serializers.ChoiceField(
+        choices=["not_sent", *WinnerTest.Outcome.values],
+        help_text="not_sent; waiting (for the pick); winner; fallback (no winner); cancelled (nothing sent to the rest).",
+    )
+    due_at = serializers.DateTimeField(allow_null=True, help_text="When the winner is (or was) picked.")
+    picked_at = serializers.DateTimeField(allow_null=True)
+    winner = serializers.CharField(allow_null=True, help_text="The variant the rest get; null: all variants.")
+    metric = serializers.CharField()
+    confidence = serializers.IntegerField()
+    reason = serializers.CharField(help_text="Which rule applied, and why, with the numbers.")
+    figures = serializers.ListField(
+        child=inline_serializer(
+            "WinnerFigures",
+            {
+                "variant": serializers.CharField(),
+                "trials": serializers.IntegerField(help_text="Accepted pushes, or profiles reached."),
+                "successes": serializers.IntegerField(help_text="Opened, or converted."),
+                "rate": serializers.FloatField(allow_null=True),
+            },
+        )
+    )
+    comparisons = serializers.ListField(
+        child=inline_serializer(
+            "WinnerComparison",
+            {
+                "variant": serializers.CharField(help_text="The variant the best is compared with."),
+                "z": serializers.FloatField(),
+                "p": serializers.FloatField(help_text="Two-sided."),
+                "significant": serializers.BooleanField(),
+            },
+        )
+    )
+    sample_dispatch = serializers.IntegerField(allow_null=True)
+    remainder_dispatch = serializers.IntegerField(allow_null=True, help_text="The dispatch that sent the rest.")
+
+
+def winner_status_out(campaign: Campaign) -> dict | None:
+    """The winner test's state for the API (null when the campaign is not in winner mode)."""
+    test = WinnerTest.objects.filter(campaign=campaign).first()
+    if test is None:
+        settings = campaign.winner_settings()
+        if settings is None:
+            return None
+        test = WinnerTest(campaign=campaign, settings=settings, outcome="not_sent", due_at=None)
+    return {
+        "outcome": test.outcome,
+        "due_at": test.due_at,
+        "picked_at": test.picked_at,
+        "winner": variant_label(test.winner) if test.winner else None,
+        "metric": test.settings["metric"],
+        "confidence": test.settings["confidence"],
+        "reason": test.reason,
+        "figures": [{k: f[k] for k in ("variant", "trials", "successes", "rate")} for f in test.figures],
+        "comparisons": test.comparisons,
+        "sample_dispatch": test.sample_dispatch_id,
+        "remainder_dispatch": test.remainder_dispatch_id,
+    }
 
 
 class CampaignOutSerializer(serializers.ModelSerializer):
@@ -52,6 +145,19 @@ class CampaignOutSerializer(serializers.ModelSerializer):
         help_text="The contents it tests (A/B/n), each with its share in percent; empty: one content for everyone.",
     )
     conversion = ConversionGoalSerializer(source="*", read_only=True, allow_null=True)
+    winner = serializers.SerializerMethodField(help_text="Winner mode's settings; null when off.")
+    winner_status = serializers.SerializerMethodField(
+        help_text="Winner mode: waiting until due_at, the winner picked or the fallback (with the numbers), the rest's "
+        "dispatch; null when off."
+    )
+
+    @extend_schema_field(WinnerSettingsSerializer(allow_null=True))
+    def get_winner(self, campaign) -> dict | None:
+        return winner_settings_out(campaign)
+
+    @extend_schema_field(WinnerStatusSerializer(allow_null=True))
+    def get_winner_status(self, campaign) -> dict | None:
+        return WinnerStatusSerializer(found).data if (found := winner_status_out(campaign)) else None
 
     class Meta:
         model = Campaign
@@ -74,6 +180,8 @@ class CampaignOutSerializer(serializers.ModelSerializer):
             "variants",
             "holdout_share",
             "conversion",
+            "winner",
+            "winner_status",
             "next_occurrence_at",
             "activated_at",
             "owner",
@@ -119,6 +227,7 @@ class ReportSerializer(serializers.Serializer):
         allow_null=True,
         help_text="With a conversion goal: overall, per variant with its uplift against the holdout, the holdout.",
     )
+    winner = WinnerStatusSerializer(allow_null=True, help_text="Winner mode's status; null when off.")
 
 
 class RecipientSerializer(serializers.Serializer):
@@ -204,7 +313,67 @@ class CampaignReportView(APIView):
 
     @extend_schema(operation_id="campaigns_report", responses=ReportSerializer)
     def get(self, request, campaign_id: int):
-        return Response(campaign_report(campaign_for(request.user, campaign_id)))
+        campaign = campaign_for(request.user, campaign_id)
+        status_ = winner_status_out(campaign)
+        return Response(
+            {**campaign_report(campaign), "winner": WinnerStatusSerializer(status_).data if status_ else None}
+        )
+
+
+class WinnerInSerializer(serializers.Serializer):
+    winner_mode = JsonBooleanField(help_text="false: winner mode off (the other fields are then ignored).")
+    sample_share = JsonIntegerField(required=False, default=20, min_value=1, max_value=99)
+    wait_minutes = JsonIntegerField(required=False, default=120, min_value=0, max_value=MAX_WAIT_MINUTES)
+    metric = serializers.ChoiceField(choices=Campaign.WinnerMetric.values, required=False, default="open_rate")
+    confidence = serializers.ChoiceField(choices=[80, 90, 95, 99], required=False, default=95)
+    fallback = serializers.ChoiceField(choices=Campaign.WinnerFallback.values, required=False, default="all_variants")
+    fallback_variant = serializers.ChoiceField(choices=VARIANT_LETTERS, required=False, allow_null=True, default=None)
+
+
+class CampaignWinnerView(APIView):
+    """Set a campaign's winner mode (scheduled, one-off campaigns with variants; not API-triggered ones).
+
+    An edit like any other: the approval covers the settings, so a scheduled or live campaign's change is
+    a pending revision. Errors name the field (``winner_mode`` for an API-triggered campaign).
+    """
+
+    required_scope = "campaigns"
+
+    @extend_schema(
+        operation_id="campaigns_winner_set",
+        request=WinnerInSerializer,
+        responses={
+            200: CampaignOutSerializer,
+            409: OpenApiResponse(description="`conflict`: the campaign is in review or finished: it cannot be edited."),
+        },
+    )
+    def put(self, request, campaign_id: int):
+        data = WinnerInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        settings = None
+        if values["winner_mode"]:
+            letter = values["fallback_variant"]
+            settings = WinnerInput(
+                sample_share=values["sample_share"],
+                wait_minutes=values["wait_minutes"],
+                metric=values["metric"],
+                confidence=int(values["confidence"]),
+                fallback=values["fallback"],
+                fallback_variant=VARIANT_LETTERS.index(letter) + 1 if letter else None,
+            )
+        try:
+            campaign = campaign_winner_set(campaign_id=campaign_id, by=request.user, settings=settings)
+        except TransitionError as exc:
+            raise Conflict(str(exc)) from exc
+        except DjangoValidationError as exc:
+            # The service names the campaign's fields (winner_wait_minutes); the body names them without the prefix.
+            errors = {
+                (key if key == "winner_mode" else key.removeprefix("winner_")): value
+                for key, value in exc.message_dict.items()
+            }
+            raise serializers.ValidationError(errors) from exc
+        return Response(CampaignOutSerializer(campaign).data)
 
 
 class CampaignTriggerView(APIView):
@@ -304,5 +473,6 @@ urlpatterns = [
     path("campaigns/", CampaignListView.as_view(), name="campaigns"),
     path("campaigns/<int:campaign_id>/", CampaignDetailView.as_view(), name="campaign"),
     path("campaigns/<int:campaign_id>/report/", CampaignReportView.as_view(), name="campaign-report"),
+    path("campaigns/<int:campaign_id>/winner/", CampaignWinnerView.as_view(), name="campaign-winner"),
     path("campaigns/<int:campaign_id>/trigger/", CampaignTriggerView.as_view(), name="campaign-trigger"),
 ]

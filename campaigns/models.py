@@ -89,6 +89,53 @@ class Campaign(ConversionGoal):
         help_text="With variants: the percentage of the audience that gets nothing (the control group).",
     )
 
+    class WinnerMetric(models.TextChoices):
+        OPEN_RATE = "open_rate", "Open rate (opened / accepted)"
+        CONVERSION_RATE = "conversion_rate", "Conversion rate (the campaign's conversion goal)"
+
+    class WinnerFallback(models.TextChoices):
+        DEFAULT_VARIANT = "default_variant", "Send the default variant to the rest"
+        ALL_VARIANTS = "all_variants", "Send all variants to the rest, in their shares"
+
+    winner_mode = models.BooleanField(
+        "winner mode",
+        default=False,
+        help_text="With variants: send them to a sample first, then the winner to the rest (scheduled, one-off "
+        "campaigns).",
+    )
+    winner_sample_share = models.PositiveSmallIntegerField(
+        "sample share (%)",
+        default=20,
+        help_text="The share of the audience that gets the test, split across the variants.",
+    )
+    winner_wait_minutes = models.PositiveIntegerField(
+        "wait (minutes)", default=120, help_text="How long after the sample is sent the winner is picked."
+    )
+    winner_metric = models.CharField(
+        "metric", max_length=20, choices=WinnerMetric.choices, default=WinnerMetric.OPEN_RATE
+    )
+    winner_confidence = models.PositiveSmallIntegerField(
+        "confidence (%)",
+        choices=[(80, "80%"), (90, "90%"), (95, "95%"), (99, "99%")],
+        default=95,
+        help_text="The best variant wins when a two-proportion z-test against each other variant is significant at "
+        "this level.",
+    )
+    winner_fallback = models.CharField(
+        "fallback",
+        max_length=20,
+        choices=WinnerFallback.choices,
+        default=WinnerFallback.ALL_VARIANTS,
+        help_text="What the rest get when no variant wins at that confidence.",
+    )
+    winner_fallback_variant = models.PositiveSmallIntegerField(
+        "default variant",
+        null=True,
+        blank=True,
+        choices=[(n, chr(ord("A") + n - 1)) for n in range(1, 11)],
+        help_text="The variant the rest get when no variant wins (fallback: the default variant).",
+    )
+
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.DRAFT, db_index=True)
     status_changed_at = models.DateTimeField(default=timezone.now)
     approved_fingerprint = models.CharField(max_length=64, blank=True, editable=False)
@@ -146,11 +193,38 @@ class Campaign(ConversionGoal):
             # Only then: the fingerprints of campaigns without variants stay what they were approved as.
             data["variants"] = [[v.content.fingerprint(), v.share] for v in variants]
             data["holdout_share"] = self.holdout_share
+        if self.winner_mode:
+            # Only then, for the same reason: the settings decide what the rest of the audience gets.
+            data["winner"] = self.winner_settings()
         blob = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
     # Besides the fingerprint, what the approved version keeps (it does not change what is sent).
     SNAPSHOT_EXTRA_FIELDS = ("content_id", "missed_window_minutes")
+
+    WINNER_FIELDS = (
+        "winner_sample_share",
+        "winner_wait_minutes",
+        "winner_metric",
+        "winner_confidence",
+        "winner_fallback",
+        "winner_fallback_variant",
+    )
+
+    def winner_settings(self) -> dict | None:
+        """Winner mode's settings as the approval covers them (None when off). With the conversion
+        metric, the goal too: it decides what the rest get, so it is frozen into the approved version."""
+        if not self.winner_mode:
+            return None
+        settings_ = {name.removeprefix("winner_"): getattr(self, name) for name in self.WINNER_FIELDS}
+        if self.winner_metric == self.WinnerMetric.CONVERSION_RATE:
+            settings_["goal"] = {
+                "event": self.conversion_event,
+                "where": list(self.conversion_where or []),
+                "window_hours": self.conversion_window_hours,
+                "anchor": self.conversion_anchor,
+            }
+        return settings_
 
     def variant_list(self) -> list["CampaignVariant"]:
         """The variants in their order (empty: the campaign sends its one content to everyone)."""
@@ -188,6 +262,7 @@ class Campaign(ConversionGoal):
                 for v in self.variant_list()
             ],
             "holdout_share": self.holdout_share,
+            "winner": self.winner_settings(),
         }
 
     def approved(self) -> "ApprovedVersion | None":
@@ -251,6 +326,7 @@ class ApprovedVersion:
     snapshot: dict
     variants: list  # [{number, label, content_id, content, share, spec}]: empty without variants
     holdout_share: int
+    winner: dict | None  # winner mode's settings (Campaign.winner_settings), None when off
 
     @classmethod
     def from_snapshot(cls, snapshot: dict, *, campaign: "Campaign | None" = None) -> "ApprovedVersion":
@@ -269,6 +345,7 @@ class ApprovedVersion:
             snapshot=snapshot,
             variants=snapshot.get("variants") or [],
             holdout_share=snapshot.get("holdout_share") or 0,
+            winner=snapshot.get("winner"),
             missed_window_minutes=fields.pop("missed_window_minutes", 60),
             activated_at=campaign.activated_at if campaign else None,
             **{name: fields.get(name) for name in Campaign.FINGERPRINT_FIELDS + ("content_id",)},
@@ -337,6 +414,53 @@ class Occurrence(models.Model):
 
     def __str__(self) -> str:
         return f"{self.campaign} @ {self.due_at:%Y-%m-%d %H:%M} ({self.outcome})"
+
+
+class WinnerTest(models.Model):
+    """A winner-mode campaign's test: the sample it sent, the pick after the wait, and the remainder.
+
+    One per campaign. The pick is written on this row, under its lock, in the transaction that
+    creates the remainder's dispatch: two workers racing, or one killed midway, cannot send the
+    remainder twice. The gate lets the remainder through only against this row.
+    """
+
+    class Outcome(models.TextChoices):
+        WAITING = "waiting", "Waiting for the pick"
+        WINNER = "winner", "Winner picked"
+        FALLBACK = "fallback", "No winner: fallback"
+        CANCELLED = "cancelled", "Nothing sent to the rest"
+
+    id = models.BigAutoField(primary_key=True)
+    campaign = models.OneToOneField(Campaign, on_delete=models.CASCADE, related_name="winner_test")
+    version = models.PositiveIntegerField(help_text="The approved version that sent the sample.")
+    fingerprint = models.CharField(max_length=64, help_text="Its approved fingerprint: the rest gets the same.")
+    settings = models.JSONField(help_text="Winner mode's settings as approved (Campaign.winner_settings).")
+    sample_dispatch = models.ForeignKey(
+        "delivery.Dispatch", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    due_at = models.DateTimeField(help_text="When the winner is picked: the sample's send plus the wait.")
+    outcome = models.CharField(max_length=20, choices=Outcome.choices, default=Outcome.WAITING)
+    winner = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="The variant the rest get (1 = A); empty: all variants in their shares."
+    )
+    figures = models.JSONField(
+        default=list, blank=True, help_text="Per variant: [{variant, trials, successes, rate}] of the sample."
+    )
+    comparisons = models.JSONField(
+        default=list, blank=True, help_text="The best against each other variant: [{variant, z, p, significant}]."
+    )
+    reason = models.CharField(max_length=300, blank=True, help_text="Which rule applied, and why.")
+    picked_at = models.DateTimeField(null=True, blank=True)
+    remainder_dispatch = models.ForeignKey(
+        "delivery.Dispatch", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["outcome", "due_at"], name="winner_test_due_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.campaign} winner test ({self.outcome})"
 
 
 class TriggerRequest(models.Model):

@@ -190,6 +190,10 @@ def version_rows(version: dict, *, app_id: int, now: dt.datetime) -> list[tuple[
         rows += _variant_rows(variant)
     if version.get("variants") or version.get("holdout_share"):
         rows.append(("Holdout", f"{version.get('holdout_share') or 0}% get nothing"))
+    if version.get("winner"):
+        from campaigns.winner import winner_settings_text
+
+        rows.append(("Winner mode", winner_settings_text(version["winner"])))
     return rows
 
 

@@ -45,6 +45,9 @@ class CampaignVariantFormSet(forms.BaseInlineFormSet):
             variants_check(
                 variants=self.variant_inputs(), holdout_share=campaign.holdout_share or 0, app_id=campaign.app_id
             )
+            from campaigns.winner_admin import winner_formset_check
+
+            winner_formset_check(campaign, len(self.variant_inputs()))
         except ValidationError as exc:
             raise forms.ValidationError(exc.messages) from exc
 
@@ -122,3 +125,15 @@ def variants_report_html(variants: list[dict], holdout: dict | None) -> str:
         rows,
         holdout["profiles"] if holdout else 0,
     )
+
+
+def conversions_report_html(conversions: dict | None) -> str:
+    """The report's conversions: all, each variant with its uplift against the holdout, the holdout."""
+    from delivery.reports import conversions_html
+
+    if not conversions:
+        return ""
+    rows = [("all", conversions["overall"])] + [(v["variant"], v) for v in conversions["variants"]]
+    if conversions["holdout"]:
+        rows.append(("holdout", conversions["holdout"]))
+    return conversions_html(rows, conversions["goal"], table_id="campaign-conversions")

@@ -319,6 +319,11 @@ class Dispatch(models.Model):
         help_text="A campaign's variants, frozen: [{number, label, content_id, share, spec}]; empty: one content.",
     )
     holdout_share = models.PositiveSmallIntegerField(default=0, help_text="The percentage that gets nothing.")
+    sample = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="A winner-mode campaign's part: {part: 'sample' or 'rest', share, test}; empty: the whole audience.",
+    )
     segment = models.ForeignKey("audiences.Segment", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     profile_ids = models.JSONField(null=True, blank=True, help_text="An explicit audience (API trigger).")
     rate_limit_per_second = models.PositiveIntegerField(null=True, blank=True, help_text="This run's own throttle.")

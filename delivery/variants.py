@@ -27,6 +27,27 @@ def bucket(profile_id: int, salt: int) -> int:
     return int(digest[:8], 16) % BUCKETS
 
 
+def sample_bucket(profile_id: int, salt: int) -> int:
+    """The profile's sample bucket for this salt, 0–9999: a second draw, independent of ``bucket``.
+
+    A winner-mode campaign's sample is the profiles whose sample bucket is below its share, so the
+    sample splits across the variants (and the holdout) in their shares.
+    """
+    digest = hashlib.md5(f"{profile_id}:{salt}:sample".encode(), usedforsecurity=False).hexdigest()
+    return int(digest[:8], 16) % BUCKETS
+
+
+def in_sample_sql(column: str, *, vendor: str, salt: int, share: int, rest: bool = False) -> str:
+    """A SQL condition on ``column`` (a profile id): in the sample of ``share`` percent (or, with
+    ``rest``, outside it), as ``sample_bucket`` computes it. Integers only are formatted here."""
+    salt, upper = int(salt), int(share) * BUCKETS // 100
+    if vendor == "postgresql":
+        expression = f"mod(('x' || substr(md5({column}::text || ':{salt}:sample'), 1, 8))::bit(32)::bigint, {BUCKETS})"
+    else:
+        expression = f"pushdesk_sample_bucket({column}, {salt})"
+    return f"{expression} {'>=' if rest else '<'} {upper}"
+
+
 def _bounds(variants: list[dict], holdout_share: int) -> list[tuple[int, int]]:
     """(upper bucket bound, variant number) in order: the holdout first, then each variant."""
     bounds, upper = [], 0
@@ -76,6 +97,7 @@ def variant_sql(bucket_column: str, *, variants: list[dict], holdout_share: int)
 def _sqlite_functions(sender, connection, **kwargs) -> None:
     if connection.vendor == "sqlite":
         connection.connection.create_function("pushdesk_bucket", 2, bucket, deterministic=True)
+        connection.connection.create_function("pushdesk_sample_bucket", 2, sample_bucket, deterministic=True)
 
 
 connection_created.connect(_sqlite_functions, dispatch_uid="pushdesk_bucket")

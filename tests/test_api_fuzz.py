@@ -35,7 +35,13 @@ from tests.factories import AppFactory, DeviceFactory, ProfileFactory, SegmentFa
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 SCALE = float(os.environ.get("PUSHDESK_FUZZ_EXAMPLES", "40")) / 40
-SCOPE_SETS = {"read": ["read"], "ingest": ["ingest"], "trigger": ["trigger"], "all": ["read", "ingest", "trigger"]}
+SCOPE_SETS = {
+    "read": ["read"],
+    "ingest": ["ingest"],
+    "trigger": ["trigger"],
+    "campaigns": ["campaigns"],
+    "all": ["read", "ingest", "trigger", "campaigns"],
+}
 # Every request carries this key; each test gives it the scope under test (see ``fuzz_key``).
 FUZZ_KEY_PREFIX = "f0220000"
 FUZZ_KEY = f"pdk_{FUZZ_KEY_PREFIX}_key-of-the-fuzz-tests-valid-in-their-database-only"
@@ -45,7 +51,8 @@ ALL_CHECKS = [CHECKS.get_one(name) for name in CHECKS.get_all_names()]
 
 
 # Rules the schema cannot state, so a request it calls valid may still be refused with 400: a
-# profile's time zone must be a known IANA name, and an import's file must read as CSV.
+# profile's time zone must be a known IANA name, an import's file must read as CSV, and winner mode
+# must fit the campaign.
 SEMANTIC_400 = {
     "operations": [
         {
@@ -58,6 +65,16 @@ SEMANTIC_400 = {
             },
         }
         for path in ("/api/v1/profiles/", "/api/v1/imports/")
+    ]
+    # Winner mode's rules depend on the campaign (its variants, kind and schedule), which the schema cannot state.
+    + [
+        {
+            "include-path": "/api/v1/campaigns/{campaign_id}/winner/",
+            "include-method": "PUT",
+            "checks": {
+                "positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "403", "404", "409", "429"]}
+            },
+        }
     ]
 }
 
@@ -153,7 +170,7 @@ def test_every_check_holds_with_a_key_of_every_scope(case, fuzz_key, wsgi_app, f
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fuzz_key", ["read", "ingest", "trigger"], indirect=True)
+@pytest.mark.parametrize("fuzz_key", ["read", "ingest", "trigger", "campaigns"], indirect=True)
 @ONE_SCOPE.parametrize()
 @settings(max_examples=max(1, int(40 * SCALE)), **FUZZ_SETTINGS)
 def test_every_check_holds_with_a_key_of_each_single_scope(case, fuzz_key, wsgi_app, fuzz_world):

@@ -88,6 +88,10 @@ def _validate(campaign: Campaign, *, by: User, changed: set[str] = frozenset()) 
     if campaign.purpose not in Campaign.Purpose.values:
         raise ValidationError({"purpose": f"Use one of {', '.join(Campaign.Purpose.values)}."})
     _check_references(campaign, by=by, changed=changed)
+    if campaign.winner_mode:
+        from campaigns.services.winner import campaign_winner_check
+
+        campaign_winner_check(campaign)  # e.g. made API-triggered or recurring while in winner mode
     schedule_check(
         kind=campaign.kind,
         schedule_kind=campaign.schedule_kind,
@@ -420,6 +424,7 @@ def campaign_duplicate(*, campaign_id: int, by: User) -> Campaign:
             copy.holdout_share = source.holdout_share
             copy.save(update_fields=["holdout_share"])
         goal = ("conversion_event", "conversion_where", "conversion_window_hours", "conversion_anchor")
+        goal += ("winner_mode", *Campaign.WINNER_FIELDS) if variants else ()
         for field in goal:
             setattr(copy, field, getattr(source, field))
         copy.save(update_fields=list(goal))

@@ -15,9 +15,10 @@ from accounts.services import (
     audit,
     status_transition,
 )
-from campaigns.models import Campaign, Occurrence
+from campaigns.models import Campaign, Occurrence, WinnerTest
 from campaigns.schedule import local_wall_time, next_occurrence
 from campaigns.services.lifecycle import SAVED_WITH_STATUS, Status
+from campaigns.services.winner import winner_test_open, winners_pick_due
 
 
 def campaign_gate(
@@ -29,10 +30,12 @@ def campaign_gate(
     api_triggered: bool = False,
     variants: list[dict] | None = None,
     holdout_share: int = 0,
+    sample: dict | None = None,
 ) -> None:
     """The campaigns' gate in the delivery pipeline: a dispatch only for an approved, active campaign,
     sending exactly the content of its approved version (a pending revision never reaches a send):
-    its variants, their shares and its holdout too.
+    its variants, their shares and its holdout too. In winner mode, first its sample, then only
+    "the recorded winner to the rest", against the campaign's ``WinnerTest`` row, once.
 
     Raises GateClosed otherwise, whoever calls: a forged admin POST or a direct service call alike.
     """
@@ -48,9 +51,10 @@ def campaign_gate(
     approved = campaign.approved()
     if approved is None or approved.fingerprint != campaign.approved_fingerprint:
         raise GateClosed(f"'{campaign}' changed since it was approved.")
-    if spec != approved.spec:
+    expected_spec, expected_variants = _winner_gate(campaign, approved, sample or {})
+    if spec != expected_spec:
         raise GateClosed("The content to send is not the approved content.")
-    if (variants or []) != approved.variants or holdout_share != approved.holdout_share:
+    if (variants or []) != expected_variants or holdout_share != approved.holdout_share:
         raise GateClosed("The variants or shares to send are not the approved ones.")
     if approved.segment_id is not None and not api_triggered:
         from audiences.models import Segment
@@ -62,6 +66,35 @@ def campaign_gate(
                 f"The audience of '{campaign}' is defined otherwise than when it was approved: "
                 "approve the campaign's revision to send to it."
             )
+
+
+def _winner_gate(campaign: Campaign, approved, sample: dict) -> tuple[dict, list[dict]]:
+    """The spec and variants a send of this part of a winner-mode campaign may carry; GateClosed
+    for a part it may not send (the whole audience of a winner-mode campaign, a second remainder)."""
+    from campaigns.models import WinnerTest
+    from campaigns.services.winner import rest_variants
+    from delivery.services.dispatches import GateClosed
+
+    winner = approved.winner
+    if not sample:
+        if winner:
+            raise GateClosed(f"'{campaign}' is in winner mode: it sends to its sample, then the winner to the rest.")
+        return approved.spec, approved.variants
+    if not winner or sample.get("share") != winner["sample_share"]:
+        raise GateClosed(f"The approved version of '{campaign}' sends no such sample.")
+    if sample.get("part") == "sample":
+        return approved.spec, approved.variants
+    test = WinnerTest.objects.filter(pk=sample.get("test"), campaign_id=campaign.pk).first()
+    if test is None or sample.get("part") != "rest":
+        raise GateClosed(f"No winner was recorded for '{campaign}'.")
+    if test.outcome not in (WinnerTest.Outcome.WINNER, WinnerTest.Outcome.FALLBACK) or test.remainder_dispatch_id:
+        raise GateClosed(
+            f"The rest of '{campaign}' is not to be sent: its test is {test.get_outcome_display().lower()}."
+        )
+    if test.fingerprint != approved.fingerprint:
+        raise GateClosed(f"'{campaign}' was approved anew since its sample was sent: its winner is not this version's.")
+    expected = rest_variants(approved, test.winner)
+    return (expected[0]["spec"] if test.winner is not None else approved.spec), expected
 
 
 def campaign_api_gate(**kwargs) -> None:
@@ -119,6 +152,8 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
             local = approved.at_local_time and approved.schedule_kind != Campaign.ScheduleKind.NOW
             try:
                 with transaction.atomic():
+                    # Winner mode: this send is the sample; its test row is written with its dispatch.
+                    test = winner_test_open(campaign=campaign, approved=approved, now=now) if approved.winner else None
                     dispatch = dispatch_create(
                         app_id=approved.app_id,
                         kind=Dispatch.Kind.CAMPAIGN,
@@ -134,7 +169,13 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                         context={"campaign": {"id": campaign.pk, "name": campaign.name}},
                         variants=approved.variants,
                         holdout_share=approved.holdout_share,
+                        sample={"part": "sample", "share": approved.winner["sample_share"], "test": test.pk}
+                        if test
+                        else None,
                     )
+                    if test is not None:
+                        test.sample_dispatch = dispatch
+                        test.save(update_fields=["sample_dispatch"])
             except GateClosed as exc:
                 # Said on the campaign's page; the campaign stays on the air for its next occurrence.
                 fired.append(_occurrence(campaign, due, Occurrence.Outcome.REFUSED, note=str(exc)[:300]))
@@ -178,6 +219,7 @@ def campaigns_tick(*, now: dt.datetime | None = None) -> dict:
         .values_list("pk", flat=True)[:500]
     )
     fired = sum(len(campaign_fire_due(campaign_id=pk, now=now)) for pk in due_ids)
+    picked = winners_pick_due(now=now)
     completed = 0
     running = Dispatch.objects.filter(
         kind=Dispatch.Kind.CAMPAIGN, status__in=(Dispatch.Status.PREPARING, Dispatch.Status.SENDING)
@@ -185,6 +227,7 @@ def campaigns_tick(*, now: dt.datetime | None = None) -> dict:
     finished = (
         Campaign.objects.filter(kind=Campaign.Kind.SCHEDULED, status=Status.LIVE, next_occurrence_at__isnull=True)
         .exclude(pk__in=running)
+        .exclude(winner_test__outcome=WinnerTest.Outcome.WAITING)  # the rest is still to be sent
         .values_list("pk", flat=True)
     )
     for pk in list(finished):
@@ -204,7 +247,7 @@ def campaigns_tick(*, now: dt.datetime | None = None) -> dict:
                     also_saved=SAVED_WITH_STATUS,
                 )
                 completed += 1
-    return {"due": len(due_ids), "occurrences": fired, "completed": completed}
+    return {"due": len(due_ids), "occurrences": fired, "winners": picked, "completed": completed}
 
 
 def campaign_test_send(*, campaign_id: int, by: User):

@@ -87,6 +87,12 @@ def campaign_variants_set(
     with transaction.atomic():
         campaign = lock_editable(campaign_id, by=by)
         variants_check(variants=variants, holdout_share=holdout_share, app_id=campaign.app_id)
+        if campaign.winner_mode and not variants:
+            raise ValidationError({"variants": "Winner mode needs variants: turn it off first."})
+        if campaign.winner_mode and (campaign.winner_fallback_variant or 0) > len(variants):
+            raise ValidationError(
+                {"variants": "The default variant of winner mode's fallback would be gone: choose another first."}
+            )
         before = [(v.content_id, v.share) for v in campaign.variant_list()]
         known = {content_id for content_id, _ in before} | {campaign.content_id}
         new = {v.content_id for v in variants} - known

@@ -35,7 +35,7 @@ from delivery.payloads import (
     spec_validate,
 )
 from delivery.rules import local_time_apply, rules_apply
-from delivery.variants import HOLDOUT, bucket_sql, variant_sql
+from delivery.variants import HOLDOUT, bucket_sql, in_sample_sql, variant_sql
 from operations.instance import ensure_instance_claimed, instance_refuses
 
 DS = Delivery.Status
@@ -87,6 +87,7 @@ def dispatch_create(
     local_default_timezone: str = "",
     variants: list[dict] | None = None,
     holdout_share: int = 0,
+    sample: dict | None = None,
 ) -> Dispatch:
     """Open a send run after its gate agrees; the audience is resolved and sent by worker tasks.
 
@@ -94,7 +95,9 @@ def dispatch_create(
     ``segment_id``, or ``profile_ids``, or, for a test send, the app's test devices.
     ``variants`` (``[{number, label, content_id, share, spec}]``, a campaign's) split the audience
     by a hash of profile and ``source_id``, and ``holdout_share`` percent get nothing; the gate is
-    asked about them too.
+    asked about them too. ``sample`` (``{part: 'sample' or 'rest', share, test}``, a winner-mode
+    campaign's) narrows the audience to its sample of ``share`` percent, or to the rest, by a second
+    hash of profile and ``source_id``; the gate is asked about it.
     Raises GateClosed when the kind's gate refuses (or the kind has none), ValidationError when
     the spec is not sendable, InstanceMismatch on a copy of another instance's database.
     """
@@ -103,7 +106,17 @@ def dispatch_create(
     gate = _GATES.get(kind)
     if gate is None:
         raise GateClosed(f"No gate is registered for '{kind}' dispatches: nothing is sent.")
-    if variants or holdout_share:
+    if sample:
+        gate(
+            app=app,
+            source_id=source_id,
+            spec=spec,
+            by=by,
+            variants=variants or [],
+            holdout_share=holdout_share,
+            sample=sample,
+        )
+    elif variants or holdout_share:
         gate(app=app, source_id=source_id, spec=spec, by=by, variants=variants or [], holdout_share=holdout_share)
     else:
         gate(app=app, source_id=source_id, spec=spec, by=by)
@@ -123,6 +136,7 @@ def dispatch_create(
             context=context or {},
             variants=list(variants or []),
             holdout_share=holdout_share,
+            sample=dict(sample or {}),
             segment_id=segment_id,
             profile_ids=list(profile_ids) if profile_ids is not None else None,
             rate_limit_per_second=rate_limit_per_second,
@@ -219,10 +233,23 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
             bucket = bucket_sql("a.id", vendor=connection.vendor, salt=dispatch.source_id or 0)
             variant = variant_sql("a.bucket", variants=dispatch.variants, holdout_share=dispatch.holdout_share)
             # (Integers formatted by delivery.variants and the ORM's own SQL; values are bound.)
+            # A winner-mode campaign's sample (or the rest): a second hash, independent of the variant's.
+            where = (
+                "WHERE "
+                + in_sample_sql(
+                    "a.id",
+                    vendor=connection.vendor,
+                    salt=dispatch.source_id or 0,
+                    share=dispatch.sample["share"],
+                    rest=dispatch.sample.get("part") == "rest",
+                )
+                if dispatch.sample
+                else ""
+            )
             profiles = (
-                f"SELECT a.id, {variant} AS variant FROM (SELECT a.id, {bucket} AS bucket FROM ({audience_sql}) a) a"  # noqa: S608
+                f"SELECT a.id, {variant} AS variant FROM (SELECT a.id, {bucket} AS bucket FROM ({audience_sql}) a {where}) a"  # noqa: S608
                 if dispatch.variants
-                else f"SELECT a.id, CAST(NULL AS integer) AS variant FROM ({audience_sql}) a"  # noqa: S608
+                else f"SELECT a.id, CAST(NULL AS integer) AS variant FROM ({audience_sql}) a {where}"  # noqa: S608
             )
             sql = (
                 f"INSERT INTO delivery_delivery ({columns}) "  # noqa: S608 (constants and the ORM's own SQL; values are bound)

@@ -1,0 +1,398 @@
+"""Winner mode: the sample gets the test, the winner is picked after the wait by a two-proportion
+z-test and sent to the rest exactly once (two workers racing), the fallback when nothing wins, the
+gate, the settings' rules and their place in the approval."""
+
+import datetime as dt
+import threading
+
+import pytest
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import connection
+from django.db.models import Count
+
+from accounts.services import access_grant
+from audiences.models import Event
+from campaigns.models import Campaign, WinnerTest
+from campaigns.services.conversions import campaign_conversion_set
+from campaigns.services.lifecycle import campaign_approve, campaign_create, campaign_submit, campaign_update
+from campaigns.services.scheduling import campaign_fire_due, campaigns_tick
+from campaigns.services.variants import VariantInput, campaign_variants_set
+from campaigns.services.winner import WinnerInput, campaign_winner_set, winner_pick
+from campaigns.winner import two_proportion_z, winner_decide
+from delivery.models import Delivery, Dispatch
+from delivery.services.dispatches import GateClosed, dispatch_create, dispatch_prepare
+from delivery.services.sending import dispatch_send
+from delivery.variants import sample_bucket, variant_for
+from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory, SegmentFactory
+
+T0 = dt.datetime(2030, 3, 1, 9, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def shop(pushsim_app, manager_alice, approver_bob, viewer_carol):
+    for user in (manager_alice, approver_bob, viewer_carol):
+        access_grant(obj=pushsim_app, to=user, by=None)
+    return pushsim_app
+
+
+@pytest.fixture
+def contents(shop):
+    return [PushContentFactory(app=shop, name=f"Sale {label}", title=f"Title {label}") for label in "ABC"]
+
+
+def _phones(n: int, shop, prefix="w-") -> dict[int, object]:
+    phones = {}
+    for i in range(n):
+        profile = ProfileFactory(external_id=f"{prefix}{i}")
+        phones[profile.pk] = DeviceFactory(profile=profile, app=shop, platform="ios" if i % 2 else "android")
+    return phones
+
+
+def _campaign(by, app, contents, *, shares=(45, 45), holdout=10, winner=None, prefix="w-", **fields):
+    segment = SegmentFactory(
+        name=f"Cohort {prefix}", rules={"all": [{"field": "external_id", "op": "starts_with", "value": prefix}]}
+    )
+    access_grant(obj=segment, to=by, by=None)
+    campaign = campaign_create(
+        by=by,
+        name="Spring test",
+        app=app,
+        kind="scheduled",
+        segment=segment,
+        content=contents[0],
+        **{"schedule_kind": "at", "send_at": T0, **fields},
+    )
+    campaign_variants_set(
+        campaign_id=campaign.pk,
+        by=by,
+        variants=[VariantInput(content_id=c.pk, share=s) for c, s in zip(contents, shares, strict=False)],
+        holdout_share=holdout,
+    )
+    if winner is not None:
+        campaign_winner_set(campaign_id=campaign.pk, by=by, settings=winner)
+    return Campaign.objects.get(pk=campaign.pk)
+
+
+def _approve(campaign, manager, approver):
+    campaign_submit(campaign_id=campaign.pk, by=manager)
+    campaign_approve(campaign_id=campaign.pk, by=approver, now=T0 - dt.timedelta(hours=1))
+    return Campaign.objects.get(pk=campaign.pk)
+
+
+def _send(dispatch_id: int) -> Dispatch:
+    dispatch_prepare(dispatch_id=dispatch_id)
+    dispatch_send(dispatch_id=dispatch_id, time_budget=20)
+    return Dispatch.objects.get(pk=dispatch_id)
+
+
+def _sample(campaign) -> Dispatch:
+    (occurrence,) = [o for o in campaign_fire_due(campaign_id=campaign.pk, now=T0) if o.dispatch_id]
+    return _send(occurrence.dispatch_id)
+
+
+def _open(dispatch, variant: int, share: float = 1.0) -> None:
+    rows = list(Delivery.objects.filter(dispatch=dispatch, variant=variant, status="accepted").order_by("id"))
+    opened = rows[: round(len(rows) * share)]
+    Delivery.objects.filter(pk__in=[r.pk for r in opened]).update(opened_at=T0 + dt.timedelta(minutes=5))
+
+
+WINNER = WinnerInput(sample_share=40, wait_minutes=120, metric="open_rate", confidence=95)
+
+
+def test_the_first_send_reaches_the_sample_only(shop, contents, manager_alice, approver_bob, pushsim):
+    phones = _phones(150, shop)
+    campaign = _approve(_campaign(manager_alice, shop, contents, winner=WINNER), manager_alice, approver_bob)
+    sample = _sample(campaign)
+    assert sample.sample == {"part": "sample", "share": 40, "test": campaign.winner_test.pk}
+    rows = {d.profile_id: d for d in Delivery.objects.filter(dispatch=sample)}
+    in_sample = {pk for pk in phones if sample_bucket(pk, campaign.pk) < 4000}
+    assert set(rows) == in_sample and 30 < len(in_sample) < 90
+    for profile_id, phone in phones.items():
+        row = rows.get(profile_id)
+        expected = variant_for(profile_id, salt=campaign.pk, variants=sample.variants, holdout_share=10)
+        if row is None or row.variant == 0:
+            assert pushsim.state.count(phone.token) == 0
+            assert row is None or (row.status, row.reason) == ("skipped", "holdout")
+        else:
+            assert (row.status, row.variant) == ("accepted", expected)
+            assert pushsim.state.count(phone.token) == 1
+    assert {r.variant for r in rows.values()} == {0, 1, 2}
+    test = WinnerTest.objects.get(campaign=campaign)
+    assert (test.outcome, test.due_at, test.sample_dispatch_id) == ("waiting", T0 + dt.timedelta(hours=2), sample.pk)
+    # Waiting for the pick, the campaign is not completed by the beat, and nothing is picked early.
+    assert campaigns_tick(now=T0 + dt.timedelta(minutes=119))["winners"] == 0
+    assert Campaign.objects.get(pk=campaign.pk).status == Campaign.Status.LIVE
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_racing_pick_once_and_the_rest_gets_the_winner_once(
+    shop, contents, manager_alice, approver_bob, pushsim
+):
+    phones = _phones(150, shop)
+    campaign = _approve(_campaign(manager_alice, shop, contents, winner=WINNER), manager_alice, approver_bob)
+    sample = _sample(campaign)
+    _open(sample, 2, 0.6)
+    _open(sample, 1, 0.1)
+    due = T0 + dt.timedelta(hours=2)
+    barrier, picked, errors = threading.Barrier(2), [], []
+
+    def worker():
+        try:
+            barrier.wait()
+            picked.append(winner_pick(campaign_id=campaign.pk, now=due))
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors
+    decided = [t for t in picked if t is not None]
+    assert len(decided) == 1
+    test = WinnerTest.objects.get(campaign=campaign)
+    assert (test.outcome, test.winner) == ("winner", 2)
+    assert test.reason.startswith("B won at 95% with a open rate") or test.reason.startswith("B won at 95%")
+    (comparison,) = test.comparisons
+    assert comparison["variant"] == "A" and comparison["significant"] and comparison["p"] < 0.05
+    rest = Dispatch.objects.filter(kind="campaign", source_id=campaign.pk).exclude(pk=sample.pk)
+    assert list(rest.values_list("pk", flat=True)) == [test.remainder_dispatch_id]
+    remainder = _send(test.remainder_dispatch_id)
+    assert remainder.sample["part"] == "rest" and [v["number"] for v in remainder.variants] == [2]
+    # Again, and by the beat: nothing more.
+    assert winner_pick(campaign_id=campaign.pk, now=due) is None
+    assert campaigns_tick(now=due)["winners"] == 0
+    assert rest.count() == 1
+    received = {}
+    for r in pushsim.state.recent(limit=1000):
+        received.setdefault(r["token"], []).append(r["title"])
+    sample_rows = dict(Delivery.objects.filter(dispatch=sample).values_list("profile_id", "variant"))
+    rest_rows = dict(Delivery.objects.filter(dispatch=remainder).values_list("profile_id", "variant"))
+    assert not set(sample_rows) & set(rest_rows)
+    assert set(sample_rows) | set(rest_rows) == set(phones)
+    for profile_id, phone in phones.items():
+        variant = sample_rows.get(profile_id, rest_rows.get(profile_id))
+        if variant == 0:
+            assert phone.token not in received  # the holdout stays held out, in the sample and the rest
+        elif profile_id in rest_rows:
+            assert received[phone.token] == ["Title B"]
+        else:
+            assert len(received[phone.token]) == 1
+    # The rest is sent: the beat completes the campaign.
+    campaigns_tick(now=due + dt.timedelta(minutes=1))
+    assert Campaign.objects.get(pk=campaign.pk).status == Campaign.Status.COMPLETED
+
+
+@pytest.mark.parametrize(
+    ("fallback", "fallback_variant", "rest_variants"),
+    [("default_variant", 2, [2]), ("all_variants", None, [1, 2])],
+)
+def test_the_fallback_applies_when_no_variant_wins(
+    shop, contents, manager_alice, approver_bob, pushsim, fallback, fallback_variant, rest_variants
+):
+    _phones(120, shop)
+    settings = WinnerInput(sample_share=40, wait_minutes=0, fallback=fallback, fallback_variant=fallback_variant)
+    campaign = _approve(_campaign(manager_alice, shop, contents, winner=settings), manager_alice, approver_bob)
+    sample = _sample(campaign)
+    _open(sample, 1, 0.5)
+    _open(sample, 2, 0.5)
+    test = winner_pick(campaign_id=campaign.pk, now=T0)
+    assert (test.outcome, test.winner) == ("fallback", fallback_variant)
+    assert test.reason.startswith("No winner at 95%: ") and "Fallback: " in test.reason
+    (comparison,) = test.comparisons
+    assert not comparison["significant"] and comparison["p"] > 0.05
+    assert [f["trials"] for f in test.figures] == [
+        Delivery.objects.filter(dispatch=sample, variant=n, status="accepted").count() for n in (1, 2)
+    ]
+    remainder = Dispatch.objects.get(pk=test.remainder_dispatch_id)
+    assert [v["number"] for v in remainder.variants] == rest_variants
+    dispatch_prepare(dispatch_id=remainder.pk)
+    sent = set(Delivery.objects.filter(dispatch=remainder).exclude(variant=0).values_list("variant", flat=True))
+    assert sent == set(rest_variants)
+
+
+def test_the_conversion_rate_picks_by_the_goal_frozen_at_approval(shop, contents, manager_alice, approver_bob, pushsim):
+    _phones(150, shop)
+    campaign = _campaign(manager_alice, shop, contents)
+    campaign_conversion_set(campaign_id=campaign.pk, by=manager_alice, event="purchase", where=[], window_hours=24)
+    settings = WinnerInput(sample_share=40, wait_minutes=60, metric="conversion_rate", confidence=90)
+    campaign_winner_set(campaign_id=campaign.pk, by=manager_alice, settings=settings)
+    campaign = _approve(Campaign.objects.get(pk=campaign.pk), manager_alice, approver_bob)
+    sample = _sample(campaign)
+    accepted = Delivery.objects.filter(dispatch=sample, status="accepted")
+    finished = accepted.first().finished_at
+    for row in accepted.filter(variant=1):
+        Event.objects.create(profile_id=row.profile_id, name="purchase", occurred_at=finished + dt.timedelta(minutes=9))
+    test = winner_pick(campaign_id=campaign.pk, now=T0 + dt.timedelta(hours=1))
+    assert (test.outcome, test.winner) == ("winner", 1), test.reason
+    a, b = test.figures
+    assert a["successes"] == a["trials"] > 0 and b["successes"] == 0
+    assert "conversion rate of 100.0%" in test.reason
+
+
+def test_the_statistics_match_the_worked_example():
+    z, p = two_proportion_z((156, 1200), (120, 1200))
+    assert round(z, 2) == 2.30 and round(p, 4) == 0.0213
+    decision = winner_decide({1: (120, 1200), 2: (156, 1200)}, numbers=[1, 2], confidence=95, metric="open_rate")
+    assert decision.winner == 2
+    decision = winner_decide({1: (120, 1200), 2: (156, 1200)}, numbers=[1, 2], confidence=99, metric="open_rate")
+    assert decision.winner is None and "p must be below 0.01" in decision.reason
+    nobody = winner_decide({1: (3, 10)}, numbers=[1, 2], confidence=95, metric="open_rate")
+    assert nobody.winner is None and "B reached nobody" in nobody.reason
+
+
+def test_the_gate_allows_the_rest_only_against_the_recorded_pick(shop, contents, manager_alice, approver_bob):
+    _phones(20, shop)
+    campaign = _approve(
+        _campaign(manager_alice, shop, contents, winner=WinnerInput(sample_share=40, wait_minutes=0)),
+        manager_alice,
+        approver_bob,
+    )
+    approved = campaign.approved()
+    common = dict(
+        app_id=shop.pk,
+        kind="campaign",
+        spec=approved.spec,
+        segment_id=campaign.segment_id,
+        source_id=campaign.pk,
+        variants=approved.variants,
+        holdout_share=10,
+    )
+    with pytest.raises(GateClosed, match="winner mode"):
+        dispatch_create(**common)  # everyone at once
+    with pytest.raises(GateClosed, match="no such sample"):
+        dispatch_create(**common, sample={"part": "sample", "share": 90})
+    sample = _send(campaign_fire_due(campaign_id=campaign.pk, now=T0)[0].dispatch_id)
+    test = WinnerTest.objects.get(campaign=campaign)
+    rest = {"part": "rest", "share": 40, "test": test.pk}
+    with pytest.raises(GateClosed, match="waiting"):
+        dispatch_create(**common, sample=rest)  # nothing picked yet
+    test = winner_pick(campaign_id=campaign.pk, now=T0)
+    assert test.remainder_dispatch_id is not None and sample.status == "done"
+    with pytest.raises(GateClosed):
+        dispatch_create(**common, sample=rest)  # a second remainder
+    # A second occurrence (e.g. a moved date) is refused: winner mode sends once.
+    Campaign.objects.filter(pk=campaign.pk).update(next_occurrence_at=T0 + dt.timedelta(days=1))
+    (refused,) = campaign_fire_due(campaign_id=campaign.pk, now=T0 + dt.timedelta(days=1))
+    assert refused.outcome == "refused" and "sends once" in refused.note
+
+
+def test_a_stopped_campaign_sends_nothing_to_the_rest(shop, contents, manager_alice, approver_bob):
+    from campaigns.services.lifecycle import campaign_stop
+
+    _phones(20, shop)
+    campaign = _approve(
+        _campaign(manager_alice, shop, contents, winner=WinnerInput(sample_share=40, wait_minutes=0)),
+        manager_alice,
+        approver_bob,
+    )
+    _sample(campaign)
+    campaign_stop(campaign_id=campaign.pk, by=manager_alice)
+    test = winner_pick(campaign_id=campaign.pk, now=T0)
+    assert (test.outcome, test.remainder_dispatch_id) == ("cancelled", None)
+    assert "stopped" in test.reason
+
+
+def test_api_triggered_campaigns_refuse_winner_mode(shop, contents, manager_alice):
+    campaign = campaign_create(
+        by=manager_alice, name="Order shipped", app=shop, kind="api_triggered", content=contents[0]
+    )
+    campaign_variants_set(
+        campaign_id=campaign.pk,
+        by=manager_alice,
+        variants=[VariantInput(content_id=contents[0].pk, share=50), VariantInput(content_id=contents[1].pk, share=50)],
+    )
+    with pytest.raises(ValidationError) as refused:
+        campaign_winner_set(campaign_id=campaign.pk, by=manager_alice, settings=WINNER)
+    assert "API-triggered" in refused.value.message_dict["winner_mode"][0]
+    # Nor may a winner-mode campaign become API-triggered.
+    scheduled = _campaign(manager_alice, shop, contents, winner=WINNER)
+    with pytest.raises(ValidationError) as refused:
+        campaign_update(campaign_id=scheduled.pk, by=manager_alice, kind="api_triggered", segment=None)
+    assert "winner_mode" in refused.value.message_dict
+
+
+@pytest.mark.parametrize(
+    ("asked", "field"),
+    [
+        (WinnerInput(sample_share=95), "winner_sample_share"),
+        (WinnerInput(wait_minutes=99_999), "winner_wait_minutes"),
+        (WinnerInput(metric="conversion_rate"), "winner_metric"),
+        (WinnerInput(confidence=42), "winner_confidence"),
+        (WinnerInput(fallback="default_variant", fallback_variant=3), "winner_fallback_variant"),
+    ],
+)
+def test_winner_settings_are_checked_naming_the_field(shop, contents, manager_alice, asked, field):
+    campaign = _campaign(manager_alice, shop, contents)
+    with pytest.raises(ValidationError) as refused:
+        campaign_winner_set(campaign_id=campaign.pk, by=manager_alice, settings=asked)
+    assert field in refused.value.message_dict
+
+
+def test_winner_mode_needs_variants_and_a_one_off_schedule(shop, contents, manager_alice):
+    single = _campaign(manager_alice, shop, contents, shares=(), holdout=0)
+    with pytest.raises(ValidationError, match="needs variants"):
+        campaign_winner_set(campaign_id=single.pk, by=manager_alice, settings=WINNER)
+    recurring = _campaign(manager_alice, shop, contents, schedule_kind="recurring", recurrence="daily")
+    with pytest.raises(ValidationError, match="sends once"):
+        campaign_winner_set(campaign_id=recurring.pk, by=manager_alice, settings=WINNER)
+    campaign = _campaign(manager_alice, shop, contents, winner=WINNER)
+    with pytest.raises(ValidationError, match="turn it off first"):
+        campaign_variants_set(campaign_id=campaign.pk, by=manager_alice, variants=[])
+
+
+def test_the_fingerprint_covers_the_winner_settings(shop, contents, manager_alice, approver_bob):
+    campaign = _campaign(manager_alice, shop, contents)
+    without = campaign.fingerprint()
+    campaign = campaign_winner_set(campaign_id=campaign.pk, by=manager_alice, settings=WINNER)
+    with_winner = campaign.fingerprint()
+    assert with_winner != without
+    for change in ({"wait_minutes": 60}, {"confidence": 99}, {"sample_share": 30}, {"fallback": "default_variant"}):
+        settings = WinnerInput(**{**WINNER.__dict__, "fallback_variant": 1, **change})
+        changed = campaign_winner_set(campaign_id=campaign.pk, by=manager_alice, settings=settings)
+        assert changed.fingerprint() != with_winner, change
+        campaign_winner_set(campaign_id=campaign.pk, by=manager_alice, settings=WINNER)
+    assert Campaign.objects.get(pk=campaign.pk).fingerprint() == with_winner
+    # An approved campaign's change is a pending revision: the approved settings keep sending.
+    campaign = _approve(Campaign.objects.get(pk=campaign.pk), manager_alice, approver_bob)
+    assert campaign.approved().winner["wait_minutes"] == 120
+    campaign_winner_set(
+        campaign_id=campaign.pk, by=manager_alice, settings=WinnerInput(**{**WINNER.__dict__, "wait_minutes": 5})
+    )
+    campaign = Campaign.objects.get(pk=campaign.pk)
+    assert campaign.has_pending_revision and campaign.approved().winner["wait_minutes"] == 120
+
+
+def test_a_viewer_cannot_set_winner_mode(shop, contents, manager_alice, viewer_carol):
+    campaign = _campaign(manager_alice, shop, contents)
+    with pytest.raises(PermissionDenied):
+        campaign_winner_set(campaign_id=campaign.pk, by=viewer_carol, settings=WINNER)
+    assert not Campaign.objects.get(pk=campaign.pk).winner_mode
+
+
+def test_the_sample_splits_across_the_variants_in_their_shares(shop, contents, manager_alice, approver_bob):
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO audiences_profile (external_id, attributes, locale, timezone, created_at, updated_at) "
+            "SELECT 'big-' || n, '{}'::jsonb, '', '', now(), now() FROM generate_series(1, 20000) n"
+        )
+    campaign = _approve(
+        _campaign(manager_alice, shop, contents, shares=(60, 30), holdout=10, winner=WINNER, prefix="big-"),
+        manager_alice,
+        approver_bob,
+    )
+    (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=T0)
+    dispatch_prepare(dispatch_id=occurrence.dispatch_id)
+    counts = dict(
+        Delivery.objects.filter(dispatch_id=occurrence.dispatch_id)
+        .values_list("variant")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    total = sum(counts.values())
+    assert abs(total / 20_000 - 0.40) < 0.015
+    for variant, share in ((0, 10), (1, 60), (2, 30)):
+        assert abs(counts[variant] / total - share / 100) < 0.03, counts
