@@ -184,6 +184,7 @@ API_PATHS = [
     ("get", "/api/v1/campaigns/{campaigns.campaign}/", None),
     ("get", "/api/v1/campaigns/{campaigns.campaign}/report/", None),
     ("post", "/api/v1/campaigns/{campaigns.campaign}/trigger/", {"recipients": [{"external_id": "zoe"}]}),
+    ("put", "/api/v1/campaigns/{campaigns.campaign}/winner/", {"winner_mode": False}),
     ("get", "/api/v1/segments/{audiences.segment}/", None),
     ("get", "/api/v1/segments/{audiences.segment}/preview/", None),
     ("get", "/api/v1/imports/{audiences.import}/", None),
@@ -212,11 +213,11 @@ def test_every_api_view_of_an_object_outside_access_answers_404(
     url, data = _fill(path, world), _fill(body, world)
     if data and "delivery" in data:
         data = {key: int(value) for key, value in data.items()}
-    outsider = api_key_for(manager_mallory, scopes=["read", "ingest", "trigger"])
+    outsider = api_key_for(manager_mallory, scopes=["read", "ingest", "trigger", "campaigns"])
     response = getattr(outsider, method)(url, data, format="json")
     assert response.status_code == 404, response.content
     assert response.json()["code"] == "not_found"
-    owner = api_key_for(manager_alice, scopes=["read", "ingest", "trigger"])
+    owner = api_key_for(manager_alice, scopes=["read", "ingest", "trigger", "campaigns"])
     assert getattr(owner, method)(url, data, format="json").status_code != 404
 
 
