@@ -101,13 +101,20 @@ class UpsertResult:
     profile_id: int
 
 
+def _locked(profiles):
+    """Lock ``profiles`` in id order, the order the events call and the devices' reach triggers lock
+    them in, so no two of these paths wait for each other in a circle. The lock leaves the key alone
+    (``FOR NO KEY UPDATE``): events and devices referring to a profile are not held up by it."""
+    return profiles.select_for_update(no_key=True).order_by("id")
+
+
 def profiles_upsert(*, items: list[dict], by: User) -> list[UpsertResult]:
     """Create or update profiles by external id, in one transaction; return one result per item, in order.
 
     Each item: ``external_id`` (required), ``attributes`` (merged: a null removes a name),
     ``locale``, ``timezone``, ``last_seen_at``. Items must be valid (``profile_check``); an
-    external id given twice is applied in order. Existing rows are locked in external-id order
-    (no deadlock between concurrent calls); rows that would not change are not written.
+    external id given twice is applied in order. Rows are locked as ``_locked`` says; rows that
+    would not change are not written.
     Raises PermissionDenied when the role may not write profiles, ValidationError on bad items.
     """
     _ensure_perm(by, "audiences.add_profile", "Your role may not write profiles.")
@@ -123,14 +130,14 @@ def profiles_upsert(*, items: list[dict], by: User) -> list[UpsertResult]:
     now = timezone.now()
     ids = sorted({item["external_id"] for item in items})
     with transaction.atomic():
-        existing = {p.external_id: p for p in Profile.objects.select_for_update().filter(external_id__in=ids)}
+        existing = {p.external_id: p for p in _locked(Profile.objects.filter(external_id__in=ids))}
         missing = [x for x in ids if x not in existing]
         created_ids: set[str] = set()
         if missing:
             Profile.objects.bulk_create(
                 [Profile(external_id=x, created_at=now, updated_at=now) for x in missing], ignore_conflicts=True
             )
-            for profile in Profile.objects.select_for_update().filter(external_id__in=missing).order_by("external_id"):
+            for profile in _locked(Profile.objects.filter(external_id__in=missing)):
                 existing[profile.external_id] = profile
                 created_ids.add(profile.external_id)
         changed: dict[str, Profile] = {}

@@ -11,6 +11,7 @@ from audiences.models import Profile
 from audiences.rules.compiler import segment_profiles
 from audiences.selectors import Reach, audience_reach
 from audiences.services.events import events_ingest
+from audiences.services.profiles import profiles_upsert
 from delivery.models import App, Device
 from delivery.services.devices import device_opt_in_set, device_register, device_unregister, devices_invalidate
 from tests.factories import AppFactory, DeviceFactory, ProfileFactory, SegmentFactory, UserFactory
@@ -257,3 +258,46 @@ def test_a_bulk_device_write_and_an_events_call_lock_profiles_in_one_order(trans
         ).reachable
         == 2
     )
+
+
+def test_a_profile_upsert_and_a_bulk_device_write_lock_profiles_in_one_order(transactional_db):
+    """The upsert locks its profiles in id order, as the devices' triggers do: a device write that
+    holds the lower id's profile while the upsert waits for it can still lock the higher one."""
+    shop = AppFactory()
+    zed = ProfileFactory(external_id="zed")  # the lower id, the later external id
+    ann = ProfileFactory(external_id="ann")
+    writer = UserFactory(username="ingest", role="Manager")
+    holding, errors, blocked = threading.Event(), [], []
+
+    def device_write():
+        try:
+            with transaction.atomic():
+                DeviceFactory(profile_id=zed.pk, app_id=shop.pk, platform="ios")  # its trigger locks zed
+                holding.set()
+                blocked.append(wait_for_a_blocked_writer())
+                DeviceFactory(profile_id=ann.pk, app_id=shop.pk, platform="android")
+        except Exception as exc:  # noqa: BLE001 (reported by the test below)
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    def upsert():
+        try:
+            holding.wait(10)
+            profiles_upsert(
+                items=[{"external_id": x, "attributes": {"plan": "pro"}} for x in ("ann", "zed")], by=writer
+            )
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=device_write), threading.Thread(target=upsert)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors  # a deadlock would abort one of them
+    assert blocked == [True]  # the upsert did wait for the device write
+    assert set(Profile.objects.filter(attributes__plan="pro").values_list("external_id", flat=True)) == {"ann", "zed"}
+    assert audience_reach(segment=SegmentFactory(rules=PRO), app_id=shop.pk).reachable == 2
