@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
-from django.db.models import Count, Q
+from django.db.models import Count
 
 from campaigns.models import Campaign, variant_label
 
@@ -19,57 +19,54 @@ def _dispatches(campaign: Campaign):
 
 
 def campaign_report(campaign: Campaign) -> dict:
-    """Counts over every dispatch of the campaign (test sends excluded), in grouped queries. The
-    send's figures are kept in the cache until a dispatch's counters move
-    (``delivery.reports.kept_until_counted``); the conversions, which events make, are counted each time."""
-    from delivery.reports import kept_until_counted
-
+    """Figures over every dispatch of the campaign (test sends excluded), summed from their rollup
+    (``delivery.reports.rollup_rows``). The profiles per variant, which a rollup cannot sum (one
+    profile may have several devices and several occurrences), are counted and kept in the cache
+    until a dispatch's counters move (``delivery.reports.kept_until_counted``); the conversions,
+    which events make, are counted each time."""
     dispatches = list(_dispatches(campaign).values("id", "label", "status", "created_at", "finished_at"))
     ids = [d["id"] for d in dispatches]
-    report = dict(
-        kept_until_counted(
-            name="campaign_report", dispatch_ids=ids, compute=lambda: _report(dispatches), extra=str(campaign.pk)
-        )
-    )
+    report = _report(dispatches)
     report["conversions"] = campaign_conversions(campaign, dispatch_ids=ids)
     return report
 
 
 def _report(dispatches: list[dict]) -> dict:
-    from delivery.models import Delivery
+    from delivery.reports import rollup_rows
 
     ids = [d["id"] for d in dispatches]
-    rows = Delivery.objects.filter(dispatch_id__in=ids)
-    by_status_reason = rows.values("status", "reason").annotate(n=Count("id")).order_by()
-    totals = {"accepted": 0, "failed": 0, "skipped": 0, "unknown": 0, "pending": 0}
+    rows = rollup_rows(ids, by=("dispatch_id", "variant", "outcome", "reason"))
+    totals = {"accepted": 0, "failed": 0, "skipped": 0, "unknown": 0}
     failed_by_reason: dict[str, int] = {}
     skipped_by_reason: dict[str, int] = {}
-    for row in by_status_reason:
-        status, reason, n = row["status"], row["reason"] or "unspecified", row["n"]
-        if status in ("queued", "sending"):
-            totals["pending"] += n
+    per_dispatch: dict[int, dict] = {}
+    per_variant: dict[int, dict] = {}
+    targeted = opened = 0
+    for row in rows:
+        outcome, reason, n = row["outcome"], row["reason"] or "unspecified", row["n"]
+        counts = per_dispatch.setdefault(row["dispatch_id"], {"targeted": 0, "accepted": 0, "opened": 0})
+        variant = per_variant.setdefault(row["variant"], {"sent": 0, "accepted": 0, "opened": 0})
+        if outcome in counts:
+            counts[outcome] += n
+        if outcome in variant:
+            variant[outcome] += n
+        if outcome in ("accepted", "failed", "unknown"):
+            variant["sent"] += n
+        if outcome == "targeted":
+            targeted += n
+        elif outcome == "opened":
+            opened += n
         else:
-            totals[status] += n
-        if status == "failed":
+            totals[outcome] += n
+        if outcome == "failed":
             failed_by_reason[reason] = failed_by_reason.get(reason, 0) + n
-        elif status == "skipped":
+        elif outcome == "skipped":
             skipped_by_reason[reason] = skipped_by_reason.get(reason, 0) + n
-    per_dispatch = {
-        row["dispatch_id"]: row
-        for row in rows.values("dispatch_id")
-        .annotate(
-            targeted=Count("id"),
-            accepted=Count("id", filter=Q(status="accepted")),
-            opened=Count("id", filter=Q(opened_at__isnull=False)),
-        )
-        .order_by()
-    }
-    opened = sum(r["opened"] for r in per_dispatch.values())
-    targeted = sum(totals.values())
-    variants, holdout = _by_variant(rows, ids)
+    variants, holdout = _by_variant(per_variant, ids)
     return {
         "targeted": targeted,
         **totals,
+        "pending": targeted - sum(totals.values()),
         "opened": opened,
         "open_rate": round(opened / totals["accepted"], 4) if totals["accepted"] else None,
         "failed_by_reason": dict(sorted(failed_by_reason.items(), key=lambda kv: -kv[1])),
@@ -92,37 +89,38 @@ def _report(dispatches: list[dict]) -> dict:
     }
 
 
-def _by_variant(rows, dispatch_ids: list[int]) -> tuple[list[dict], dict | None]:
+def _by_variant(per_variant: dict[int, dict], dispatch_ids: list[int]) -> tuple[list[dict], dict | None]:
     """Per variant: profiles, sent (to a provider), accepted, opened, open rate; and the holdout's
-    size. One grouped query; ([], None) for a campaign that never sent variants."""
-    from delivery.models import Dispatch
+    size. Sent, accepted and opened come from the rollup; the profiles from one grouped query kept
+    until the counters move. ([], None) for a campaign that never sent variants."""
+    from delivery.models import Delivery, DeliveryRollup, Dispatch
+    from delivery.reports import kept_until_counted
 
-    grouped = (
-        rows.filter(variant__isnull=False)
-        .values("variant")
-        .annotate(
-            profiles=Count("profile_id", distinct=True),
-            sent=Count("id", filter=Q(status__in=("accepted", "failed", "unknown"))),
-            accepted=Count("id", filter=Q(status="accepted")),
-            opened=Count("id", filter=Q(opened_at__isnull=False)),
-        )
-        .order_by("variant")
-    )
-    counts = {row["variant"]: row for row in grouped}
+    counts = {number: row for number, row in per_variant.items() if number != DeliveryRollup.NO_VARIANT}
     if not counts:
         return [], None
+    profiles = kept_until_counted(
+        name="variant_profiles",
+        dispatch_ids=dispatch_ids,
+        compute=lambda: dict(
+            Delivery.objects.filter(dispatch_id__in=dispatch_ids, variant__isnull=False)
+            .values_list("variant")
+            .annotate(n=Count("profile_id", distinct=True))
+            .order_by()
+        ),
+    )
     # What each variant sent, by the newest dispatch that froze it.
     contents: dict[int, dict] = {}
     for frozen in Dispatch.objects.filter(pk__in=dispatch_ids).order_by("id").values_list("variants", flat=True):
         for variant in frozen or []:
             contents[variant["number"]] = variant
-    holdout_row = counts.pop(0, None)
+    counts.pop(0, None)
     variants = [
         {
             "variant": variant_label(number),
             "content": str(contents.get(number, {}).get("content", "")),
             "share": contents.get(number, {}).get("share"),
-            "profiles": row["profiles"],
+            "profiles": profiles.get(number, 0),
             "sent": row["sent"],
             "accepted": row["accepted"],
             "opened": row["opened"],
@@ -130,7 +128,7 @@ def _by_variant(rows, dispatch_ids: list[int]) -> tuple[list[dict], dict | None]
         }
         for number, row in sorted(counts.items())
     ]
-    return variants, {"profiles": holdout_row["profiles"] if holdout_row else 0}
+    return variants, {"profiles": profiles.get(0, 0)}
 
 
 def campaign_conversions(campaign: Campaign, *, dispatch_ids: list[int]) -> dict | None:

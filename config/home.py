@@ -1,16 +1,15 @@
 """What the admin's home page shows each user: permission-filtered reads, cheap by construction.
 
-Every count reads a bounded time range through an index (deliveries by ``finished_at`` and
-``opened_at``, the last 24 hours or the last hour), or a short list with a limit; nothing counts a
-whole table.
+Every count sums the deliveries' rollup (``DeliveryRollup``) over a bounded time range through
+its ``period`` index (the last 24 hours, the last hour), or reads a short list with a limit;
+nothing counts the deliveries.
 """
 
 import datetime as dt
 from dataclasses import dataclass, field
 
 from django.contrib.auth import get_user_model
-from django.db.models import Count, Q, Sum
-from django.db.models.functions import TruncHour
+from django.db.models import Q, Sum
 from django.urls import reverse
 from django.utils import timezone
 
@@ -20,8 +19,8 @@ from audiences.models import Import
 from audiences.selectors import imports_visible_to
 from campaigns.models import Campaign
 from campaigns.selectors import campaigns_visible_to
-from delivery.models import Delivery, Dispatch
-from delivery.selectors import deliveries_visible_to, dispatches_visible_to
+from delivery.models import Delivery, DeliveryRollup, Dispatch
+from delivery.selectors import dispatches_visible_to
 from journeys.models import Journey
 from journeys.selectors import journeys_visible_to
 
@@ -126,12 +125,19 @@ def approvals(user: User, *, now: dt.datetime) -> tuple[Section, Section]:
     return waiting, mine
 
 
+def _rollup_visible_to(user: User):
+    """The rollup of the dispatches whose deliveries the user may see."""
+    if not user.has_perm("delivery.view_delivery"):
+        return DeliveryRollup.objects.none()
+    return DeliveryRollup.objects.filter(dispatch__in=dispatches_visible_to(user).values("pk"))
+
+
 def sends_last_24h(user: User, *, now: dt.datetime) -> dict:
     """Hourly series of the last 24 hours: targeted, accepted, failed, skipped, opened; skips by reason.
 
-    Outcomes count by the hour a row finished, opens by the hour it was opened (both indexed
-    ranges); targeted is the audience of the dispatches started in each hour (a standing
-    dispatch counts the rows appended so far, at the hour it opened).
+    Summed from the rollup's quarter hours in the window (its ``period`` index): outcomes by when a
+    row finished, opens by when it was opened, targeted by when a row was made (a bulk send's at
+    its dispatch's creation, a stream's at each call); test sends are not targeted.
     """
     tz = timezone.get_current_timezone()
     end = timezone.localtime(now, tz).replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
@@ -139,57 +145,29 @@ def sends_last_24h(user: User, *, now: dt.datetime) -> dict:
     hours = [start + dt.timedelta(hours=i) for i in range(SEND_WINDOW_HOURS)]
     index = {hour: i for i, hour in enumerate(hours)}
     series = {name: [0] * SEND_WINDOW_HOURS for name in ("targeted", "accepted", "failed", "skipped", "opened")}
-
-    def slot(hour):
-        return index.get(timezone.localtime(hour, tz).replace(minute=0, second=0, microsecond=0))
-
-    deliveries = deliveries_visible_to(user)
-    finished = (
-        deliveries.filter(finished_at__gte=start, finished_at__lt=end)
-        .filter(status__in=[Delivery.Status.ACCEPTED, Delivery.Status.FAILED, Delivery.Status.SKIPPED])
-        .annotate(hour=TruncHour("finished_at", tzinfo=tz))
-        .values("hour", "status")
-        .annotate(n=Count("id"))
+    rows = (
+        _rollup_visible_to(user)
+        .filter(period__gte=start, period__lt=end, outcome__in=list(series))
+        .exclude(outcome=DeliveryRollup.Outcome.TARGETED, dispatch__kind=Dispatch.Kind.TEST)
+        .values("period", "outcome", "reason")
+        .annotate(n=Sum("rows"))
         .order_by()
     )
-    for row in finished:
-        if (i := slot(row["hour"])) is not None:
-            series[row["status"]][i] += row["n"]
-    opened = (
-        deliveries.filter(opened_at__gte=start, opened_at__lt=end)
-        .annotate(hour=TruncHour("opened_at", tzinfo=tz))
-        .values("hour")
-        .annotate(n=Count("id"))
-        .order_by()
-    )
-    for row in opened:
-        if (i := slot(row["hour"])) is not None:
-            series["opened"][i] += row["n"]
-    started = (
-        dispatches_visible_to(user)
-        .filter(created_at__gte=start, created_at__lt=end)
-        .exclude(kind=Dispatch.Kind.TEST)
-        .annotate(hour=TruncHour("created_at", tzinfo=tz))
-        .values("hour")
-        .annotate(n=Sum("total"))
-        .order_by()
-    )
-    for row in started:
-        if (i := slot(row["hour"])) is not None:
-            series["targeted"][i] += row["n"] or 0
-    skipped = (
-        deliveries.filter(finished_at__gte=start, finished_at__lt=end, status=Delivery.Status.SKIPPED)
-        .values("reason")
-        .annotate(n=Count("id"))
-        .order_by("-n", "reason")
-    )
+    skipped: dict[str, int] = {}
+    for row in rows:
+        hour = timezone.localtime(row["period"], tz).replace(minute=0, second=0, microsecond=0)
+        if (i := index.get(hour)) is not None:
+            series[row["outcome"]][i] += row["n"]
+        if row["outcome"] == DeliveryRollup.Outcome.SKIPPED and row["n"]:
+            reason = row["reason"] or "unspecified"
+            skipped[reason] = skipped.get(reason, 0) + row["n"]
     return {
         "labels": [hour.strftime("%H:%M") for hour in hours],
         "start": start.strftime("%Y-%m-%d %H:%M %Z"),
         "end": end.strftime("%Y-%m-%d %H:%M %Z"),
         "series": series,
         "totals": {name: sum(values) for name, values in series.items()},
-        "skipped_by_reason": [(row["reason"] or "unspecified", row["n"]) for row in skipped],
+        "skipped_by_reason": sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0])),
         "deliveries_url": _changelist_url(Dispatch),
     }
 
@@ -218,24 +196,30 @@ def dispatches_running(user: User, *, now: dt.datetime) -> Section:
 def provider_health(user: User, *, now: dt.datetime) -> list[dict]:
     """Per app and platform over the last hour: accepted, failed by reason, and the error rate.
 
+    Summed from the rollup's quarter hours since the one an hour ago began (so 60 to 75 minutes).
     Credentials refused are called out: the send engine records them as ``credentials: …``.
     """
+    since = now - HEALTH_WINDOW
+    since = since.replace(minute=since.minute // 15 * 15, second=0, microsecond=0)
     rows = (
-        deliveries_visible_to(user)
-        .filter(finished_at__gte=now - HEALTH_WINDOW, device__isnull=False)
-        .filter(status__in=[Delivery.Status.ACCEPTED, Delivery.Status.FAILED, Delivery.Status.UNKNOWN])
-        .values("dispatch__app_id", "dispatch__app__name", "device__platform", "status", "reason")
-        .annotate(n=Count("id"))
+        _rollup_visible_to(user)
+        .filter(period__gte=since)
+        .exclude(platform="none")
+        .filter(outcome__in=[Delivery.Status.ACCEPTED, Delivery.Status.FAILED, Delivery.Status.UNKNOWN])
+        .values("dispatch__app_id", "dispatch__app__name", "platform", "outcome", "reason")
+        .annotate(n=Sum("rows"))
         .order_by()
     )
     health: dict[tuple, dict] = {}
     for row in rows:
-        key = (row["dispatch__app__name"], row["device__platform"])
+        if not row["n"]:
+            continue
+        key = (row["dispatch__app__name"], row["platform"])
         entry = health.setdefault(
             key,
             {
                 "app": row["dispatch__app__name"],
-                "platform": row["device__platform"],
+                "platform": row["platform"],
                 "url": reverse("admin:delivery_app_change", args=[row["dispatch__app_id"]]),
                 "accepted": 0,
                 "errors": 0,
@@ -243,11 +227,11 @@ def provider_health(user: User, *, now: dt.datetime) -> list[dict]:
                 "credentials": "",
             },
         )
-        if row["status"] == Delivery.Status.ACCEPTED:
+        if row["outcome"] == Delivery.Status.ACCEPTED:
             entry["accepted"] += row["n"]
             continue
         entry["errors"] += row["n"]
-        reason = row["reason"] or row["status"]
+        reason = row["reason"] or row["outcome"]
         entry["reasons"][reason] = entry["reasons"].get(reason, 0) + row["n"]
         if reason.startswith("credentials"):
             entry["credentials"] = reason

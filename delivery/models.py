@@ -554,3 +554,51 @@ class DeliveryRules(models.Model):
     @property
     def has_quiet_hours(self) -> bool:
         return self.quiet_start is not None and self.quiet_end is not None and self.quiet_start != self.quiet_end
+
+
+class DeliveryRollup(models.Model):
+    """The deliveries of a dispatch counted as they happen: per quarter hour, platform, variant,
+    outcome and reason (``delivery.services.rollups``). Reports, charts and the home page read these
+    few rows instead of counting the deliveries.
+
+    ``outcome`` is ``targeted`` (a row was made: counted at the quarter hour it was queued, or the
+    dispatch started), a final status (``accepted``, ``failed``, ``skipped``, ``unknown``: at the
+    quarter hour the row finished) or ``opened`` (at the quarter hour it was opened). Rows not yet
+    final are the targeted less the final ones. Written in the transaction that changes the
+    deliveries, so it is what a count of them would say; deleting old deliveries takes theirs away. A key may be split over a few ``shard`` rows: sum them.
+    """
+
+    class Outcome(models.TextChoices):
+        TARGETED = "targeted", "targeted"
+        ACCEPTED = "accepted", "accepted"
+        FAILED = "failed", "failed"
+        SKIPPED = "skipped", "skipped"
+        UNKNOWN = "unknown", "unknown"
+        OPENED = "opened", "opened"
+
+    NO_VARIANT = -1  # a row of a dispatch without variants (the delivery's variant is empty)
+
+    id = models.BigAutoField(primary_key=True)
+    dispatch = models.ForeignKey(Dispatch, on_delete=models.CASCADE, related_name="+", db_index=False)
+    period = models.DateTimeField(help_text="The start of the quarter hour (UTC).")
+    platform = models.CharField(max_length=8, help_text="ios, android, or none (no device).")
+    variant = models.SmallIntegerField(default=NO_VARIANT, help_text="The variant (0: the holdout; -1: none).")
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    reason = models.CharField(max_length=100, blank=True)
+    rows = models.BigIntegerField(default=0)
+    # Calls appending to one stream at once add to different rows (by connection), so that none
+    # waits for another's commit; readers sum over it.
+    shard = models.SmallIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["dispatch", "period", "platform", "variant", "outcome", "reason", "shard"],
+                name="delivery_rollup_key",
+            )
+        ]
+        # The home page's last 24 hours and provider health across dispatches.
+        indexes = [models.Index(fields=["period"], name="delivery_rollup_period_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.dispatch_id} {self.period:%Y-%m-%d %H:%M} {self.outcome} {self.rows}"

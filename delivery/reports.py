@@ -1,9 +1,9 @@
 """Report charts of a set of dispatches (a campaign's, a journey's, one dispatch): the figures the
 campaign, dispatch and journey pages draw with Chart.js, and show as tables beside the charts.
 
-Every figure is computed in SQL by grouped queries over the dispatches' deliveries (their
-``(dispatch, status)`` index) and kept in the cache until the dispatches' counters move; the page
-reads them from one JSON script tag.
+Every figure is summed from the dispatches' rollup (``DeliveryRollup``, kept by the send
+pipeline as rows change), never counted over the deliveries; the page reads them from one JSON
+script tag.
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from django.core.cache import cache
-from django.db.models import Count, F, Max, Min, Q
-from django.db.models.functions import Trunc
+from django.db.models import Sum
 from django.utils import timezone
 
-from delivery.models import Delivery, Dispatch
+from delivery.models import DeliveryRollup, Dispatch
 
 # Rows skipped because no device of the profile allows notifications: the audience not reachable.
 UNREACHABLE_REASONS = ("no_device", "not_opted_in")
@@ -32,9 +31,8 @@ CACHE_SECONDS = 24 * 3600  # figures whose dispatches' counters stay put stay ri
 
 
 def report_charts(*, dispatch_ids: Iterable[int], tz: dt.tzinfo | None = None) -> dict:
-    """The charts' figures for these dispatches: kept in the cache under the dispatches' counters
-    (one query), computed again (four more) only once a row of theirs has finished or been opened
-    since, which the send tasks count as it happens.
+    """The charts' figures for these dispatches, from their rollup (``DeliveryRollup``: one grouped
+    query over a few rows per quarter hour, whatever the number of deliveries).
 
     - ``timeline``: accepted and opened per hour, or per day when the sends span more than 48
       hours, in ``tz`` (the current time zone by default), every bucket between the first and
@@ -45,8 +43,7 @@ def report_charts(*, dispatch_ids: Iterable[int], tz: dt.tzinfo | None = None) -
     - ``reasons``: failures and skips by reason, the largest first.
     """
     ids = sorted(set(dispatch_ids))
-    tz = tz or timezone.get_current_timezone()
-    return kept_until_counted(name="report_charts", dispatch_ids=ids, compute=lambda: _charts(ids, tz), extra=str(tz))
+    return _charts(ids, tz or timezone.get_current_timezone())
 
 
 def kept_until_counted(*, name: str, dispatch_ids: Iterable[int], compute: Callable[[], T], extra: str = "") -> T:
@@ -68,27 +65,31 @@ def kept_until_counted(*, name: str, dispatch_ids: Iterable[int], compute: Calla
     return figures
 
 
+def rollup_rows(dispatch_ids: Iterable[int], *, by: tuple[str, ...], **filters) -> list[dict]:
+    """The dispatches' rollup summed by ``by`` (fields of ``DeliveryRollup``), each with ``n``."""
+    return list(
+        DeliveryRollup.objects.filter(dispatch_id__in=list(dispatch_ids), **filters)
+        .values(*by)
+        .annotate(n=Sum("rows"))
+        .order_by()
+    )
+
+
 def _charts(ids: list[int], tz: dt.tzinfo) -> dict:
-    rows = Delivery.objects.filter(dispatch_id__in=ids)
+    rows = rollup_rows(ids, by=("period", "platform", "outcome", "reason"))
     platforms = {name: dict.fromkeys(OUTCOMES, 0) for name in PLATFORMS}
     reasons: dict[tuple[str, str], int] = {}
     unreachable = 0
-    grouped = (
-        rows.values("status", "reason", platform=F("device__platform"))
-        .annotate(n=Count("id"), opened=Count("id", filter=Q(opened_at__isnull=False)))
-        .order_by()
-    )
-    for row in grouped:
-        figures = platforms[row["platform"] or "none"]
-        figures["targeted"] += row["n"]
-        figures["opened"] += row["opened"]
-        if row["status"] in ("accepted", "failed", "skipped"):
-            figures[row["status"]] += row["n"]
-        if row["status"] in ("failed", "skipped"):
-            key = (row["status"], row["reason"] or "unspecified")
-            reasons[key] = reasons.get(key, 0) + row["n"]
-            if row["status"] == "skipped" and row["reason"] in UNREACHABLE_REASONS:
-                unreachable += row["n"]
+    for row in rows:
+        figures = platforms[row["platform"] if row["platform"] in PLATFORMS else "none"]
+        outcome, n = row["outcome"], row["n"]
+        if outcome in OUTCOMES:
+            figures[outcome] += n
+        if outcome in ("failed", "skipped"):
+            key = (outcome, row["reason"] or "unspecified")
+            reasons[key] = reasons.get(key, 0) + n
+            if outcome == "skipped" and row["reason"] in UNREACHABLE_REASONS:
+                unreachable += n
     totals = {name: sum(platforms[p][name] for p in PLATFORMS) for name in OUTCOMES}
     shown = [p for p in PLATFORMS if platforms[p]["targeted"]]
     return {
@@ -109,19 +110,19 @@ def _charts(ids: list[int], tz: dt.tzinfo) -> dict:
     }
 
 
-def _timeline(rows, tz: dt.tzinfo) -> dict:
-    """Accepted (by the time the provider accepted) and opened (by the time opened) per bucket."""
-    span = rows.aggregate(
-        first=Min("finished_at", filter=Q(status="accepted")),
-        last=Max("finished_at", filter=Q(status="accepted")),
-        last_open=Max("opened_at"),
-    )
-    if span["first"] is None:
+def _timeline(rows: list[dict], tz: dt.tzinfo) -> dict:
+    """Accepted (by when the provider accepted) and opened (by when opened) per bucket. The
+    rollup's quarter hours fall whole into a local hour or day: every time zone's offset is a
+    multiple of 15 minutes."""
+    accepted = [row for row in rows if row["outcome"] == "accepted" and row["n"]]
+    opened = [row for row in rows if row["outcome"] == "opened" and row["n"]]
+    if not accepted:
         return {"unit": "hour", "labels": [], "accepted": [], "opened": []}
-    last = max(x for x in (span["last"], span["last_open"]) if x is not None)
-    unit = "hour" if last - span["first"] <= HOURLY_UP_TO else "day"
+    first = min(row["period"] for row in accepted)
+    last = max(row["period"] for row in accepted + opened)
+    unit = "hour" if last - first <= HOURLY_UP_TO else "day"
     step = dt.timedelta(hours=1) if unit == "hour" else dt.timedelta(days=1)
-    start, end = _bucket(span["first"], unit, tz), _bucket(last, unit, tz)
+    start, end = _bucket(first, unit, tz), _bucket(last, unit, tz)
     buckets = []
     at = start
     while at <= end and len(buckets) < MOST_BUCKETS:
@@ -131,15 +132,9 @@ def _timeline(rows, tz: dt.tzinfo) -> dict:
         at = _bucket(nxt, unit, tz)
     index = {bucket: i for i, bucket in enumerate(buckets)}
     series = {"accepted": [0] * len(buckets), "opened": [0] * len(buckets)}
-    for name, field, selection in (
-        ("accepted", "finished_at", rows.filter(status="accepted", finished_at__isnull=False)),
-        ("opened", "opened_at", rows.filter(opened_at__isnull=False)),
-    ):
-        counted = (
-            selection.annotate(bucket=Trunc(field, unit, tzinfo=tz)).values("bucket").annotate(n=Count("id")).order_by()
-        )
-        for row in counted:
-            i = index.get(timezone.localtime(row["bucket"], tz))
+    for name, selection in (("accepted", accepted), ("opened", opened)):
+        for row in selection:
+            i = index.get(_bucket(row["period"], unit, tz))
             if i is not None:
                 series[name][i] += row["n"]
     shape = "%Y-%m-%d %H:00" if unit == "hour" else "%Y-%m-%d"

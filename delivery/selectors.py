@@ -39,21 +39,27 @@ def dispatch_for(user: User, dispatch_id: int) -> Dispatch:
 
 
 def dispatch_outcomes(dispatch: Dispatch) -> list[dict]:
-    """Counts by (status, reason) of a dispatch's rows: one GROUP BY on its index; then the sends
-    retried on the way, by the provider's reason (status ``retried``)."""
-    from django.db.models import Count
+    """Counts by (status, reason) of a dispatch's rows, summed from its rollup: the final ones, and
+    those not final yet (status ``pending``: queued, held or in flight); then the sends retried on
+    the way, by the provider's reason (status ``retried``)."""
+    from delivery.reports import rollup_rows
 
-    rows = (
-        Delivery.objects.filter(dispatch_id=dispatch.pk)
-        .values("status", "reason")
-        .annotate(count=Count("id"))
-        .order_by("status", "-count")
-    )
+    counts = rollup_rows([dispatch.pk], by=("outcome", "reason"))
+    targeted = sum(r["n"] for r in counts if r["outcome"] == "targeted")
+    final = [
+        {"status": r["outcome"], "reason": r["reason"], "count": r["n"]}
+        for r in counts
+        if r["outcome"] in Delivery.FINAL_STATUSES and r["n"]
+    ]
+    pending = targeted - sum(r["count"] for r in final)
+    if pending:
+        final.append({"status": "pending", "reason": "", "count": pending})
+    final.sort(key=lambda r: (r["status"], -r["count"]))
     retried = [
         {"status": "retried", "reason": reason, "count": count}
         for reason, count in sorted((dispatch.retries or {}).items(), key=lambda item: -item[1])
     ]
-    return list(rows) + retried
+    return final + retried
 
 
 def device_deliveries(device: Device, *, limit: int = 50) -> list[Delivery]:

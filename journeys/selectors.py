@@ -104,10 +104,11 @@ def version_step_conversions(version: JourneyVersion) -> dict[str, dict] | None:
 def version_push_outcomes(version: JourneyVersion) -> dict[str, dict]:
     """Per push step, what its sends became: sent (rows targeted), accepted, failed, and skipped by
     reason (no device, not opted in, frequency cap...). Two grouped queries: the dispatches'
-    counters, and the skipped rows by reason."""
+    counters, and their rollup's skips by reason."""
     from django.db.models.fields.json import KT
 
-    from delivery.models import Delivery, Dispatch
+    from delivery.models import Dispatch
+    from delivery.reports import rollup_rows
 
     dispatches = Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id=version.pk)
     result: dict[str, dict] = defaultdict(lambda: {"sent": 0, "accepted": 0, "failed": 0, "skipped": {}})
@@ -119,13 +120,7 @@ def version_push_outcomes(version: JourneyVersion) -> dict[str, dict]:
         counts["sent"] += row["total"]
         counts["accepted"] += row["accepted"]
         counts["failed"] += row["failed"]
-    skipped = (
-        Delivery.objects.filter(dispatch_id__in=list(step_of), status=Delivery.Status.SKIPPED)
-        .values("dispatch_id", "reason")
-        .annotate(n=Count("id"))
-        .order_by()
-    )
-    for row in skipped:
+    for row in rollup_rows(list(step_of), by=("dispatch_id", "reason"), outcome="skipped"):
         reasons = result[step_of[row["dispatch_id"]]]["skipped"]
         reason = row["reason"] or "unknown"
         reasons[reason] = reasons.get(reason, 0) + row["n"]

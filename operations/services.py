@@ -34,6 +34,7 @@ def instance_claim(*, name: str | None = None) -> dict:
     from campaigns.models import Campaign, Occurrence
     from campaigns.schedule import next_occurrence
     from delivery.models import Delivery, Dispatch
+    from delivery.services.rollups import deliveries_finish
     from journeys.models import Enrollment
     from operations.models import Instance
 
@@ -49,11 +50,18 @@ def instance_claim(*, name: str | None = None) -> dict:
             .values_list("pk", flat=True)
         )
         for dispatch_id in open_ids:
-            skipped = Delivery.objects.filter(dispatch_id=dispatch_id, status=Delivery.Status.QUEUED).update(
-                status=Delivery.Status.SKIPPED, reason=VOID_REASON, finished_at=now
-            )
-            unknown = Delivery.objects.filter(dispatch_id=dispatch_id, status=Delivery.Status.SENDING).update(
-                status=Delivery.Status.UNKNOWN, reason=VOID_REASON, finished_at=now, lease_expires_at=None
+            skipped, unknown = (
+                deliveries_finish(
+                    where="d.dispatch_id = %s AND d.status = %s",
+                    params=[dispatch_id, was],
+                    status=status,
+                    reason=VOID_REASON,
+                    now=now,
+                )
+                for was, status in (
+                    (Delivery.Status.QUEUED, Delivery.Status.SKIPPED),
+                    (Delivery.Status.SENDING, Delivery.Status.UNKNOWN),
+                )
             )
             dispatch = Dispatch.objects.get(pk=dispatch_id)
             dispatch.skipped += skipped
@@ -119,6 +127,7 @@ def retention_apply(*, now=None, delivery_days: int | None = None, audit_days: i
     from django.db import connection
 
     from delivery.models import Delivery, Dispatch
+    from delivery.services.rollups import rollup_subtract
 
     now = now or timezone.now()
     delivery_days = settings.PUSHDESK_RETENTION_DELIVERY_DAYS if delivery_days is None else delivery_days
@@ -134,6 +143,7 @@ def retention_apply(*, now=None, delivery_days: int | None = None, audit_days: i
                     chunk = list(Delivery.objects.filter(dispatch_id=dispatch_id).values_list("pk", flat=True)[:10_000])
                     if not chunk:
                         break
+                    rollup_subtract(ids=chunk)
                     result["deliveries"] += Delivery.objects.filter(pk__in=chunk).delete()[0]
     if audit_days > 0:
         if audit_days < AUDIT_MINIMUM_DAYS:

@@ -11,6 +11,7 @@ from accounts.services import access_grant
 from campaigns.services.lifecycle import campaign_create, campaign_submit
 from config.home import home_for, queue_state
 from delivery.models import Delivery, Dispatch
+from delivery.services.rollups import rollup_rebuild
 from tests.factories import AppFactory, DeviceFactory, PushContentFactory, SegmentFactory
 
 pytestmark = pytest.mark.django_db
@@ -57,6 +58,7 @@ def make_sends(app, outcomes, *, finished_at, label="Run", status="done", opened
             )
         )
     Delivery.objects.bulk_create(rows)
+    rollup_rebuild(dispatch_ids=[dispatch.pk])  # as the send pipeline would have counted them
     return dispatch
 
 

@@ -161,11 +161,21 @@ class DispatchAdmin(ScopedAdmin):
         final = [r for r in rows if r["status"] != "retried"]
         retried = [r for r in rows if r["status"] == "retried"]
         return format_html(
-            "<table><tr><th>status</th><th>reason</th><th>count</th></tr>{}{}</table>",
+            "<table><tr><th>status</th><th>reason</th><th>count</th></tr>{}{}{}</table>",
             format_html_join(
                 "",
                 '<tr><td><a href="{}?dispatch__id__exact={}&status__exact={}">{}</a></td><td>{}</td><td>{}</td></tr>',
-                ((deliveries, obj.pk, r["status"], r["status"], r["reason"] or "—", r["count"]) for r in final),
+                (
+                    (deliveries, obj.pk, r["status"], r["status"], r["reason"] or "—", r["count"])
+                    for r in final
+                    if r["status"] != "pending"
+                ),
+            ),
+            format_html_join(
+                "",
+                '<tr><td><a href="{}?dispatch__id__exact={}">pending</a></td><td>queued or in flight</td>'
+                "<td>{}</td></tr>",
+                ((deliveries, obj.pk, r["count"]) for r in final if r["status"] == "pending"),
             ),
             format_html_join(
                 "",

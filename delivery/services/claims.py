@@ -21,6 +21,7 @@ from django.db.models import F
 from audiences.models import Profile
 from delivery.models import Delivery, Device, Dispatch
 from delivery.services.dispatches import DS, NO_PLATFORM, _dt, platform_counts_add
+from delivery.services.rollups import rollup_add_finished
 
 
 @dataclass(slots=True)
@@ -151,6 +152,7 @@ def deliveries_write_back(
     written: Counter = Counter()
     retried: Counter = Counter()
     per_platform: Counter = Counter()  # (platform, final status) -> rows written
+    finished: list[int] = []  # rows made final: counted into the rollup
     with transaction.atomic(), connection.cursor() as cursor:
         status, by_platform, retries = (
             Dispatch.objects.select_for_update(no_key=True)
@@ -182,6 +184,7 @@ def deliveries_write_back(
                     retried[reason] += 1
                 else:
                     per_platform[platforms.get(row_id, NO_PLATFORM), status] += 1
+                    finished.append(row_id)
         else:
             for r in results:
                 cursor.execute(
@@ -203,6 +206,8 @@ def deliveries_write_back(
                         retried[r.reason[:100]] += 1
                     else:
                         per_platform[platforms.get(r.id, NO_PLATFORM), r.status] += 1
+                        finished.append(r.id)
+        rollup_add_finished(ids=finished)
         # One update of the row already held: the counters, the counts per platform, the retries.
         changes = {status: F(status) + n for status, n in written.items() if status in finals}
         if changes:

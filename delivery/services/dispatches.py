@@ -35,6 +35,7 @@ from delivery.payloads import (
     spec_validate,
 )
 from delivery.rules import local_time_apply, rules_apply
+from delivery.services.rollups import deliveries_finish, rollup_add_made
 from delivery.variants import HOLDOUT, bucket_sql, in_sample_sql, variant_sql
 from operations.instance import ensure_instance_claimed, instance_refuses
 
@@ -265,10 +266,9 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
         held = rules_apply(dispatch=dispatch, now=now)
         if held:
             audit(actor=None, action="dispatch_rules_applied", obj=dispatch, summary=held)
-        counts = dict(
-            Delivery.objects.filter(dispatch_id=dispatch.pk).values_list("status").annotate(n=Count("id")).order_by()
-        )
-        dispatch.total = sum(counts.values())
+        counts = rollup_add_made(dispatch_id=dispatch.pk)  # by outcome: targeted, and those final already
+        counts[DS.QUEUED] = counts["targeted"] - sum(counts[status] for status in Delivery.FINAL_STATUSES)
+        dispatch.total = counts["targeted"]
         dispatch.skipped = counts.get(DS.SKIPPED, 0)
         dispatch.status = Dispatch.Status.SENDING
         dispatch.started_at = now
@@ -296,8 +296,12 @@ def dispatch_stop(*, dispatch_id: int, by: User) -> Dispatch:
             raise PermissionDenied("You may not stop this dispatch.")
         if dispatch.status in Dispatch.FINAL_STATUSES:
             return dispatch
-        stopped = Delivery.objects.filter(dispatch_id=dispatch.pk, status=DS.QUEUED).update(
-            status=DS.SKIPPED, reason="stopped", finished_at=timezone.now(), next_attempt_at=None
+        stopped = deliveries_finish(
+            where="d.dispatch_id = %s AND d.status = 'queued'",
+            params=[dispatch.pk],
+            status=DS.SKIPPED,
+            reason="stopped",
+            now=timezone.now(),
         )
         dispatch.status = Dispatch.Status.STOPPED
         dispatch.finished_at = timezone.now()
@@ -403,13 +407,21 @@ def deliveries_expire_leases(*, now: datetime | None = None) -> int:
     for dispatch_id, _ in expired:
         with transaction.atomic():
             Dispatch.objects.select_for_update(no_key=True).filter(pk=dispatch_id).values_list("pk").first()
-            changed = Delivery.objects.filter(
-                dispatch_id=dispatch_id, status=DS.SENDING, lease_expires_at__lt=deadline
-            ).update(status=DS.UNKNOWN, reason="lease_expired", lease_expires_at=None, finished_at=Now())
+            changed = deliveries_finish(
+                where="d.dispatch_id = %s AND d.status = 'sending' AND d.lease_expires_at < "
+                + ("%s" if now is not None else _DB_NOW[connection.vendor == "postgresql"]),
+                params=[dispatch_id, *([_dt(now)] if now is not None else [])],
+                status=DS.UNKNOWN,
+                reason="lease_expired",
+            )
             Dispatch.objects.filter(pk=dispatch_id).update(unknown=F("unknown") + changed)
         total += changed
         dispatch_complete_if_done(dispatch_id=dispatch_id)
     return total
+
+
+# The database's clock in SQL, as Django's Now() writes it: SQLite's, then PostgreSQL's.
+_DB_NOW = ("STRFTIME('%Y-%m-%d %H:%M:%f', 'NOW')", "CURRENT_TIMESTAMP")
 
 
 def dispatches_watch(*, now: datetime | None = None) -> list[int]:

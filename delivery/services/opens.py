@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from delivery.models import Delivery, Dispatch
+from delivery.services.rollups import rollup_add_opened
 
 
 class AlreadyOpened(ValidationError):
@@ -53,4 +54,5 @@ def delivery_open_report(*, delivery_id: int, app_id: int, by: User, when: datet
         delivery.opened_at = when or timezone.now()
         delivery.save(update_fields=["opened_at"])
         Dispatch.objects.filter(pk=delivery.dispatch_id).update(opened=F("opened") + 1)
+        rollup_add_opened(ids=[delivery.pk])
     return delivery

@@ -51,6 +51,7 @@ from delivery.services.dispatches import (
     dispatch_complete_if_done,
     platform_counts_add,
 )
+from delivery.services.rollups import deliveries_finish
 from delivery.throttle import throttle_acquire
 from delivery.transport import Http2Transport
 from operations.instance import instance_refuses
@@ -279,8 +280,13 @@ def _batch_finish(dispatch: Dispatch, batch: _Batch, report: SendReport) -> None
 
 def _fail_platform(dispatch: Dispatch, platform: str, reason: str) -> None:
     """The app's credentials for a platform were refused: fail its queued rows at once (no retry storm)."""
-    failed = Delivery.objects.filter(dispatch_id=dispatch.pk, status=DS.QUEUED, device__platform=platform).update(
-        status=DS.FAILED, reason=f"credentials: {reason}"[:100], finished_at=timezone.now(), next_attempt_at=None
+    failed = deliveries_finish(
+        where="d.dispatch_id = %s AND d.status = 'queued' AND d.device_id IN "
+        "(SELECT id FROM delivery_device WHERE platform = %s)",
+        params=[dispatch.pk, platform],
+        status=DS.FAILED,
+        reason=f"credentials: {reason}",
+        now=timezone.now(),
     )
     if failed:
         with transaction.atomic():

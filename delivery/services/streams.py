@@ -31,6 +31,13 @@ from accounts.models import User
 from accounts.services import audit
 from delivery.models import Delivery, DeliveryRules, Dispatch
 from delivery.rules import _CAP_LOCK_CLASS, quiet_until
+from delivery.services.rollups import (
+    STREAM_SHARD,
+    deliveries_finish,
+    rollup_add_appended,
+    rollup_add_finished,
+    rollup_insert_sql,
+)
 from delivery.services.stream_senders import CHANNEL, streams_senders_ensure
 
 log = logging.getLogger(__name__)
@@ -221,7 +228,9 @@ def stream_append(
         "LEFT JOIN delivery_device dev "
         "ON dev.profile_id = v.profile_id AND dev.app_id = %s AND dev.active "
         "ORDER BY v.n, dev.id "
-        "RETURNING id, profile_id, device_id, status, reason), "
+        "RETURNING id, profile_id, device_id, status, reason, dispatch_id, variant, finished_at, queued_at), "
+        # The rows are counted into the rollup by the statement that makes them.
+        f"counted AS ({rollup_insert_sql(where='true', outcomes=('targeted', 'final'), source='ins d', shard=STREAM_SHARD)}), "
         "wake AS (SELECT pg_notify(%s, d.id::text) FROM d WHERE EXISTS (SELECT 1 FROM ins WHERE status = 'queued')) "
         "SELECT id, profile_id, device_id, status, reason FROM ins "
         "UNION ALL SELECT -1, (SELECT count(*) FROM src), (SELECT count(*) FROM d), (SELECT count(*) FROM wake)::text, ''"
@@ -305,6 +314,7 @@ def _append_portable(*, dispatch_id, app_id, recipients, source_lock, rules, now
                 )
             )
     Delivery.objects.bulk_create(made)
+    rollup_add_appended(ids=[d.pk for d in made])
     rows = [AppendedRow(d.pk, d.profile_id, d.device_id, d.status, d.reason) for d in made]
     if rules is not None and rules.frequency_cap:
         rows = _frequency_cap(dispatch_id, app_id, rows, rules, now)
@@ -341,6 +351,7 @@ def _frequency_cap(
             [adapt(now), *queued, app_id, *queued, *queued, adapt(since), rules.frequency_cap],
         )
         capped = {row[0] for row in cursor.fetchall()}
+    rollup_add_finished(ids=sorted(capped))
     return [
         AppendedRow(r.id, r.profile_id, r.device_id, DS.SKIPPED, "frequency_cap") if r.id in capped else r for r in rows
     ]
@@ -356,8 +367,12 @@ def streams_close(*, kind: str, source_id: int, by: User | None, reason: str) ->
     for dispatch in Dispatch.objects.select_for_update().filter(
         standing=True, kind=kind, source_id=source_id, status=Dispatch.Status.SENDING
     ):
-        stopped = Delivery.objects.filter(dispatch_id=dispatch.pk, status=DS.QUEUED).update(
-            status=DS.SKIPPED, reason="stopped", finished_at=now, next_attempt_at=None
+        stopped = deliveries_finish(
+            where="d.dispatch_id = %s AND d.status = 'queued'",
+            params=[dispatch.pk],
+            status=DS.SKIPPED,
+            reason="stopped",
+            now=now,
         )
         dispatch.status = Dispatch.Status.STOPPED
         dispatch.finished_at = now

@@ -3,6 +3,7 @@
 import datetime as dt
 
 from delivery.models import Delivery, Dispatch
+from delivery.services.rollups import rollup_rebuild
 from tests.factories import DeviceFactory, ProfileFactory
 
 T0 = dt.datetime(2026, 11, 28, 10, 15, tzinfo=dt.UTC)
@@ -51,4 +52,5 @@ def sent_dispatch(app, *, kind="campaign", source_id=None, context=None) -> Disp
             finished_at=finished,
             opened_at=opened,
         )
+    rollup_rebuild(dispatch_ids=[dispatch.pk])  # as the send pipeline would have counted them
     return dispatch

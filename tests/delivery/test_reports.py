@@ -1,13 +1,14 @@
-"""The report charts' figures: computed in SQL over a set of dispatches' deliveries."""
+"""The report charts' figures: summed from a set of dispatches' rollup."""
 
 import datetime as dt
 import zoneinfo
 
 import pytest
-from django.db.models import F
 
-from delivery.models import Delivery, Dispatch
+from delivery.models import Delivery
 from delivery.reports import report_charts, step_series
+from delivery.services.opens import delivery_open_report
+from delivery.services.rollups import rollup_rebuild
 from tests.delivery.reporting import T0, sent_dispatch
 from tests.factories import AppFactory, DeviceFactory
 
@@ -54,7 +55,7 @@ def test_the_timeline_is_in_the_time_zone_given_and_per_day_beyond_two_days():
     Delivery.objects.create(
         dispatch=dispatch, device=late, profile=late.profile, status="accepted", finished_at=T0 + dt.timedelta(days=3)
     )
-    Dispatch.objects.filter(pk=dispatch.pk).update(total=F("total") + 1, accepted=F("accepted") + 1)  # as sends count
+    rollup_rebuild(dispatch_ids=[dispatch.pk])  # as the send pipeline would have counted it
     daily = report_charts(dispatch_ids=[dispatch.pk], tz=paris)["timeline"]
     assert daily == {
         "unit": "day",
@@ -64,15 +65,37 @@ def test_the_timeline_is_in_the_time_zone_given_and_per_day_beyond_two_days():
     }
 
 
-def test_figures_are_kept_until_the_dispatch_counts_a_new_outcome(django_assert_max_num_queries):
+def test_figures_follow_a_new_open_at_once_from_the_rollup_in_one_query(admin_erin, django_assert_max_num_queries):
     app = AppFactory()
     dispatch = sent_dispatch(app)
     assert report_charts(dispatch_ids=[dispatch.pk])["funnel"]["values"] == [7, 5, 3, 2]
-    Delivery.objects.filter(dispatch=dispatch, status="accepted", opened_at__isnull=True).update(opened_at=T0)
-    with django_assert_max_num_queries(1):  # the counters only: the figures come from the cache
-        assert report_charts(dispatch_ids=[dispatch.pk])["funnel"]["values"] == [7, 5, 3, 2]
-    Dispatch.objects.filter(pk=dispatch.pk).update(opened=F("opened") + 1)  # the open is counted
-    assert report_charts(dispatch_ids=[dispatch.pk])["funnel"]["values"] == [7, 5, 3, 3]
+    unopened = Delivery.objects.filter(dispatch=dispatch, status="accepted", opened_at__isnull=True).get()
+    delivery_open_report(delivery_id=unopened.pk, app_id=app.pk, by=admin_erin, when=T0 + dt.timedelta(hours=1))
+    with django_assert_max_num_queries(1):  # the rollup, summed: no delivery is counted
+        charts = report_charts(dispatch_ids=[dispatch.pk], tz=dt.UTC)
+    assert charts["funnel"]["values"] == [7, 5, 3, 3]
+    assert charts["timeline"]["opened"] == [0, 2, 1]
+
+
+def test_the_timeline_is_exact_in_a_time_zone_half_an_hour_off_utc():
+    app = AppFactory()
+    dispatch = sent_dispatch(app)
+    late = DeviceFactory(app=app, platform="ios")  # 10:40 UTC is 16:10 in Kolkata, past the hour 10:00 UTC began
+    Delivery.objects.create(
+        dispatch=dispatch,
+        device=late,
+        profile=late.profile,
+        status="accepted",
+        finished_at=T0 + dt.timedelta(minutes=25),
+    )
+    rollup_rebuild(dispatch_ids=[dispatch.pk])
+    timeline = report_charts(dispatch_ids=[dispatch.pk], tz=zoneinfo.ZoneInfo("Asia/Kolkata"))["timeline"]
+    assert timeline == {
+        "unit": "hour",
+        "labels": ["2026-11-28 15:00", "2026-11-28 16:00", "2026-11-28 17:00"],
+        "accepted": [2, 2, 0],
+        "opened": [0, 1, 1],
+    }
 
 
 def test_no_send_draws_empty_charts():

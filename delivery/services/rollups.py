@@ -1,0 +1,194 @@
+"""Rollups: the deliveries counted as they change, so that no page counts them (``DeliveryRollup``).
+
+Each function adds to the rollup what one change to some deliveries did, grouped in SQL in one
+``INSERT … SELECT … ON CONFLICT DO UPDATE``, and must run in the transaction of that change:
+
+- ``rollup_add_made``: rows just made (a dispatch resolved, a stream's call appended): targeted,
+  and those made final already (skipped);
+- ``rollup_add_finished``: rows that just became final (written back, stopped, expired, voided);
+- ``rollup_add_opened``: rows just opened;
+- ``rollup_subtract``: rows about to be deleted (retention);
+- ``rollup_rebuild``: a dispatch's rollup counted again from its rows (the migration's backfill).
+
+A row counts under the platform of its device at the time (``none`` without one) and its variant
+(-1 without). Reads: ``delivery.reports``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from delivery.models import DeliveryRollup
+
+PERIOD_MINUTES = 15
+FINAL = ("accepted", "failed", "skipped", "unknown")
+_TABLE = DeliveryRollup._meta.db_table
+_KEY = "dispatch_id, period, platform, variant, outcome, reason, shard"
+# The shard of a stream's appends: by connection, so concurrent calls add to different rows.
+STREAM_SHARD = "pg_backend_pid() % 8"
+# When a row was made: its call (a stream's row), else when its dispatch was created.
+_MADE = "COALESCE(d.queued_at, x.created_at)"
+
+
+def _period(column: str) -> str:
+    """SQL for the start of the quarter hour holding ``column`` (UTC)."""
+    if connection.vendor == "postgresql":
+        return f"date_bin('{PERIOD_MINUTES} minutes', {column}, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
+    # SQLite keeps datetimes as UTC text: 'YYYY-MM-DD HH:MM:SS[.ffffff]'.
+    return (
+        f"strftime('%Y-%m-%d %H:', {column}) || "
+        f"printf('%02d', CAST(strftime('%M', {column}) AS integer) / {PERIOD_MINUTES} * {PERIOD_MINUTES}) || ':00'"
+    )
+
+
+def _part(outcome: str, *, sign: int, source: str = "delivery_delivery d", shard: str = "0") -> str:
+    """One grouped SELECT of the rows under ``{where}``: targeted, their final statuses, or opens."""
+    if outcome == "targeted":
+        period, name, reason, only = _period(_MADE), "'targeted'", "''", ""
+    elif outcome == "final":
+        period = _period(f"COALESCE(d.finished_at, {_MADE})")
+        name, reason, only = "d.status", "d.reason", f" AND d.status IN ({', '.join(repr(s) for s in FINAL)})"
+    else:
+        period, name, reason, only = _period("d.opened_at"), "'opened'", "''", " AND d.opened_at IS NOT NULL"
+    return (
+        f"SELECT d.dispatch_id, {period} AS period, COALESCE(dev.platform, 'none') AS platform, "  # noqa: S608 (constants)
+        f"COALESCE(d.variant, {DeliveryRollup.NO_VARIANT}) AS variant, {name} AS outcome, {reason} AS reason, "
+        f"{shard} AS shard, {sign} * COUNT(*) AS n "
+        f"FROM {source} JOIN delivery_dispatch x ON x.id = d.dispatch_id "
+        "LEFT JOIN delivery_device dev ON dev.id = d.device_id "
+        f"WHERE {{where}}{only} GROUP BY 1, 2, 3, 4, 5, 6, 7"
+    )
+
+
+def rollup_insert_sql(
+    *,
+    where: str,
+    outcomes: Iterable[str],
+    sign: int = 1,
+    source: str = "delivery_delivery d",
+    shard: str = "0",
+    returning: str = "",
+) -> str:
+    """The statement adding to the rollup what the rows of ``source`` (aliased ``d``) under
+    ``where`` count as ``outcomes`` (``targeted``, ``final``, ``opened``); its parameters are
+    ``where``'s, once per outcome. ``source`` may be a data-modifying CTE's name (``"ins d"``) to
+    count rows in the statement that writes them; ``shard`` (SQL) the shard they go to."""
+    parts = [_part(outcome, sign=sign, source=source, shard=shard).replace("{where}", where) for outcome in outcomes]
+    return (
+        f"INSERT INTO {_TABLE} ({_KEY}, rows) "  # noqa: S608 (constants; values are bound)
+        f"SELECT * FROM ({' UNION ALL '.join(parts)}) AS u WHERE true "
+        f"ON CONFLICT ({_KEY}) DO UPDATE SET rows = {_TABLE}.rows + excluded.rows{returning}"
+    )
+
+
+def _add(*, where: str, params: list, outcomes: Iterable[str], sign: int = 1) -> None:
+    outcomes = list(outcomes)
+    with connection.cursor() as cursor:
+        cursor.execute(rollup_insert_sql(where=where, outcomes=outcomes, sign=sign), params * len(outcomes))
+
+
+def _ids_where(ids: list[int]) -> tuple[str, list]:
+    if connection.vendor == "postgresql":
+        return "d.id = ANY(%s)", [list(ids)]
+    return f"d.id IN ({', '.join(['%s'] * len(ids))})", list(ids)
+
+
+def rollup_add_made(*, dispatch_id: int) -> Counter:
+    """Count the rows of a dispatch just resolved, in its transaction: as targeted, and by their
+    final status where they have one already (skipped). Returns its rows by outcome (``targeted``,
+    ``skipped``...), which are the dispatch's whole rollup then."""
+    sql = rollup_insert_sql(
+        where="d.dispatch_id = %s", outcomes=("targeted", "final"), returning=f" RETURNING {_TABLE}.outcome, rows"
+    )
+    counts: Counter = Counter()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [dispatch_id, dispatch_id])
+        for outcome, n in cursor.fetchall():
+            counts[outcome] += n
+    return counts
+
+
+def rollup_add_appended(*, ids: list[int]) -> None:
+    """Count rows just appended to a stream (the portable append; PostgreSQL counts them in the
+    appending statement): as targeted, and by their final status where they have one already."""
+    if ids:
+        where, params = _ids_where(ids)
+        _add(where=where, params=params, outcomes=("targeted", "final"))
+
+
+def deliveries_finish(*, where: str, params: list, status: str, reason: str, now: datetime | None = None) -> int:
+    """Make the deliveries under ``where`` (SQL over ``d``, e.g. a dispatch's queued rows) final with
+    ``status`` and ``reason``, finished ``now`` (the database's clock when None), and count them into
+    the rollup; return how many. One statement on PostgreSQL. For the changes that are not a
+    write-back: a stop, expired leases, refused credentials, a voided instance."""
+    finished = "%s" if now is not None else ("now()" if connection.vendor == "postgresql" else "%s")
+    moment = connection.ops.adapt_datetimefield_value(now if now is not None else timezone.now())
+    update = (
+        "UPDATE delivery_delivery AS d SET status = %s, reason = %s, "  # noqa: S608 (constants and the callers' fixed SQL)
+        f"finished_at = {finished}, next_attempt_at = NULL, lease_expires_at = NULL WHERE {where}"
+    )
+    head = [status, reason[:100], *([moment] if finished == "%s" else [])]
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            columns = "d.id, d.dispatch_id, d.device_id, d.variant, d.status, d.reason, d.finished_at, d.queued_at"
+            cursor.execute(
+                f"WITH changed AS ({update} RETURNING {columns}), "  # noqa: S608 (constants and the callers' fixed SQL)
+                f"counted AS ({rollup_insert_sql(where='true', outcomes=['final'], source='changed d')}) "
+                "SELECT COUNT(*) FROM changed",
+                [*head, *params],
+            )
+            return cursor.fetchone()[0]
+        cursor.execute(f"{update} RETURNING id", [*head, *params])
+        ids = [row[0] for row in cursor.fetchall()]
+        rollup_add_finished(ids=ids)
+    return len(ids)
+
+
+def rollup_add_finished(*, ids: list[int]) -> None:
+    """Count rows that just became final (those of ``ids`` that are), at the quarter hour they
+    finished. In the transaction that wrote them."""
+    if ids:
+        where, params = _ids_where(ids)
+        _add(where=where, params=params, outcomes=("final",))
+
+
+def rollup_add_opened(*, ids: list[int]) -> None:
+    """Count rows just opened, at the quarter hour they were opened. In the transaction that wrote them."""
+    if ids:
+        where, params = _ids_where(ids)
+        _add(where=where, params=params, outcomes=("opened",))
+
+
+def rollup_subtract(*, ids: list[int]) -> None:
+    """Take away everything rows about to be deleted counted; call before deleting them, in the
+    same transaction. Keys left at zero are removed."""
+    if not ids:
+        return
+    where, params = _ids_where(ids)
+    _add(where=where, params=params, outcomes=("targeted", "final", "opened"), sign=-1)
+    key = _KEY.replace(", shard", "")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {_TABLE} WHERE ({key}) IN (SELECT {key} FROM {_TABLE} "  # noqa: S608 (constants; values are bound)
+            f"WHERE dispatch_id IN (SELECT d.dispatch_id FROM delivery_delivery d WHERE {where}) "
+            f"GROUP BY {key} HAVING SUM(rows) = 0)",
+            params,
+        )
+
+
+def rollup_rebuild(*, dispatch_ids: Iterable[int] | None = None) -> None:
+    """Count these dispatches' rollups again from their rows (a repair), or every dispatch's
+    (``None``: the migration's backfill, one grouped pass over the deliveries)."""
+    if dispatch_ids is None:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DELETE FROM {_TABLE}")  # noqa: S608 (the model's table)
+        _add(where="true", params=[], outcomes=("targeted", "final", "opened"))
+        return
+    for dispatch_id in dispatch_ids:
+        DeliveryRollup.objects.filter(dispatch_id=dispatch_id).delete()
+        _add(where="d.dispatch_id = %s", params=[dispatch_id], outcomes=("targeted", "final", "opened"))

@@ -1,0 +1,241 @@
+"""The rollup the reports read is what a count over the deliveries says, after every kind of change:
+a bulk send with mixed outcomes and retries, an open, a stream's appends with skips, a stopped
+stream, a crash's rows left ``unknown``, refused credentials, and retention deleting rows."""
+
+import datetime as dt
+from collections import Counter
+
+import pytest
+from django.utils import timezone
+
+from delivery.models import Delivery, DeliveryRollup, Dispatch
+from delivery.services.claims import deliveries_claim
+from delivery.services.dispatches import (
+    _GATES,
+    deliveries_expire_leases,
+    dispatch_create,
+    dispatch_gate_register,
+    dispatch_prepare,
+    dispatch_stop,
+)
+from delivery.services.opens import delivery_open_report
+from delivery.services.rollups import rollup_rebuild
+from delivery.services.sending import dispatch_send
+from delivery.services.stream_senders import streams_send
+from delivery.services.streams import Recipient, stream_append, stream_open, streams_close
+from operations.services import retention_apply
+from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _quarter(moment: dt.datetime) -> dt.datetime:
+    moment = moment.astimezone(dt.UTC)
+    return moment.replace(minute=moment.minute // 15 * 15, second=0, microsecond=0)
+
+
+def counted(dispatch_ids) -> Counter:
+    """The rollup as a count over the deliveries would make it, row by row in Python."""
+    made_at = dict(Dispatch.objects.filter(pk__in=dispatch_ids).values_list("pk", "created_at"))
+    expected: Counter = Counter()
+    for row in Delivery.objects.filter(dispatch_id__in=dispatch_ids).select_related("device"):
+        platform = row.device.platform if row.device else "none"
+        variant = -1 if row.variant is None else row.variant
+        key = (row.dispatch_id, platform, variant)
+        expected[(*key, _quarter(row.queued_at or made_at[row.dispatch_id]), "targeted", "")] += 1
+        if row.status in Delivery.FINAL_STATUSES:
+            expected[(*key, _quarter(row.finished_at), row.status, row.reason)] += 1
+        if row.opened_at is not None:
+            expected[(*key, _quarter(row.opened_at), "opened", "")] += 1
+    return expected
+
+
+def rolled_up(dispatch_ids) -> Counter:
+    rows = DeliveryRollup.objects.filter(dispatch_id__in=dispatch_ids).values_list(
+        "dispatch_id", "platform", "variant", "period", "outcome", "reason", "rows"
+    )
+    summed: Counter = Counter()  # over the shards
+    for d, p, v, period, o, r, n in rows:
+        summed[(d, p, v, period.astimezone(dt.UTC), o, r)] += n
+    return Counter({key: n for key, n in summed.items() if n})
+
+
+def assert_rollup_is_the_count(*dispatches):
+    ids = [d.pk for d in dispatches]
+    expected = counted(ids)
+    assert expected, "nothing to compare"
+    assert rolled_up(ids) == expected
+
+
+@pytest.fixture
+def open_gate():
+    saved = dict(_GATES)
+    dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=lambda **kwargs: None)
+    yield
+    _GATES.clear()
+    _GATES.update(saved)
+
+
+def test_a_bulk_send_with_failures_retries_skips_variants_and_an_open_is_rolled_up_exactly(
+    pushsim_app, pushsim, open_gate, admin_erin, settings, django_capture_on_commit_callbacks
+):
+    settings.PUSHDESK_SEND_BACKOFF_SECONDS = 0.05
+    content = PushContentFactory(app=pushsim_app)
+    profiles = ProfileFactory.create_batch(12)
+    devices = [
+        DeviceFactory(profile=p, app=pushsim_app, platform="ios" if n % 2 else "android")
+        for n, p in enumerate(profiles[:9])
+    ]
+    DeviceFactory(profile=profiles[9], app=pushsim_app, push_enabled=False)
+    pushsim.state.fail_token(token=devices[0].token, failures=[(400, "INVALID_ARGUMENT")])
+    pushsim.state.fail_token(token=devices[1].token, failures=[(410, "Unregistered")])
+    pushsim.state.fail_token(token=devices[2].token, failures=[429])  # retried, then accepted
+    variants = [
+        {"number": n, "label": label, "content_id": content.pk, "share": 40, "spec": content.spec()}
+        for n, label in ((1, "A"), (2, "B"))
+    ]
+    with django_capture_on_commit_callbacks(execute=True):
+        dispatch = dispatch_create(
+            app_id=pushsim_app.pk,
+            kind=Dispatch.Kind.API_TRIGGER,
+            spec=content.spec(),
+            profile_ids=[p.pk for p in profiles],
+            variants=variants,
+            holdout_share=20,
+        )
+    dispatch.refresh_from_db()
+    assert dispatch.status == Dispatch.Status.DONE
+    assert dispatch.retries, "a send was retried"
+    statuses = set(Delivery.objects.filter(dispatch=dispatch).values_list("status", flat=True))
+    assert {"accepted", "failed", "skipped"} <= statuses
+    assert_rollup_is_the_count(dispatch)
+
+    accepted = Delivery.objects.filter(dispatch=dispatch, status="accepted").first()
+    delivery_open_report(
+        delivery_id=accepted.pk, app_id=pushsim_app.pk, by=admin_erin, when=timezone.now() + dt.timedelta(hours=2)
+    )
+    assert_rollup_is_the_count(dispatch)
+    assert DeliveryRollup.objects.filter(dispatch=dispatch, outcome="opened").get().rows == 1
+
+
+def test_a_stopped_dispatch_and_rows_a_crash_left_unknown_are_rolled_up_exactly(
+    pushsim_app, pushsim, open_gate, manager_alice, django_capture_on_commit_callbacks
+):
+    from accounts.services import access_grant
+
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
+    content = PushContentFactory(app=pushsim_app)
+    profiles = ProfileFactory.create_batch(4)
+    for profile in profiles:
+        DeviceFactory(profile=profile, app=pushsim_app, platform="android")
+    with django_capture_on_commit_callbacks(execute=False):
+        crashed = dispatch_create(
+            app_id=pushsim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
+        )
+        dispatch_prepare(dispatch_id=crashed.pk)
+        stopped = dispatch_create(
+            app_id=pushsim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
+        )
+        dispatch_prepare(dispatch_id=stopped.pk)
+    assert len(deliveries_claim(crashed.pk, limit=2, now=timezone.now())) == 2  # a worker dies with these
+    dispatch_send(dispatch_id=crashed.pk)
+    assert deliveries_expire_leases(now=timezone.now() + dt.timedelta(hours=1)) == 2
+    dispatch_stop(dispatch_id=stopped.pk, by=manager_alice)
+
+    assert Counter(Delivery.objects.filter(dispatch=crashed).values_list("status", flat=True)) == {
+        "accepted": 2,
+        "unknown": 2,
+    }
+    assert set(Delivery.objects.filter(dispatch=stopped).values_list("reason", flat=True)) == {"stopped"}
+    assert_rollup_is_the_count(crashed, stopped)
+
+
+def test_a_streams_appends_with_skips_its_sends_and_its_close_are_rolled_up_exactly(pushsim, pushsim_app):
+    content = PushContentFactory(app=pushsim_app)
+    stream = Dispatch.objects.get(
+        pk=stream_open(
+            kind=Dispatch.Kind.API_TRIGGER,
+            source_id=777,
+            version="v1",
+            app_id=pushsim_app.pk,
+            spec=content.spec(),
+            content_id=content.pk,
+            label="Orders",
+            purpose="transactional",
+        )
+    )
+    source = ("SELECT id FROM delivery_app WHERE id = %s FOR SHARE", [pushsim_app.pk])
+    reachable = ProfileFactory.create_batch(3)
+    for profile in reachable:
+        DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
+    muted, lonely = ProfileFactory(), ProfileFactory()
+    DeviceFactory(profile=muted, app=pushsim_app, push_enabled=False)
+
+    def append(profiles):
+        stream_append(
+            dispatch_id=stream.pk,
+            app_id=pushsim_app.pk,
+            recipients=[Recipient(p.pk) for p in profiles],
+            source_lock=source,
+        )
+
+    append([*reachable, muted, lonely])
+    streams_send(budget=0)
+    append(reachable[:2])  # still queued when the stream closes
+    assert streams_close(kind=stream.kind, source_id=777, by=None, reason="stopped") == 1
+
+    reasons = Counter(Delivery.objects.filter(dispatch=stream).values_list("status", "reason"))
+    assert reasons == {
+        ("accepted", ""): 3,
+        ("skipped", "not_opted_in"): 1,
+        ("skipped", "no_device"): 1,
+        ("skipped", "stopped"): 2,
+    }
+    assert_rollup_is_the_count(stream)
+
+
+def test_refused_credentials_and_retention_keep_the_rollup_exact(
+    pushsim, open_gate, settings, django_capture_on_commit_callbacks
+):
+    from delivery.services.apps import app_create
+
+    settings.PUSHDESK_SEND_BATCH = 1  # the first refusal fails the other queued rows of the platform at once
+    app = app_create(name="No credentials", by=None, uses_simulator=True)
+    content = PushContentFactory(app=app)
+    profiles = ProfileFactory.create_batch(4)
+    for profile in profiles:
+        DeviceFactory(profile=profile, app=app, platform="ios")
+
+    def send():
+        with django_capture_on_commit_callbacks(execute=True):
+            dispatch = dispatch_create(
+                app_id=app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
+            )
+        dispatch.refresh_from_db()
+        return dispatch
+
+    old, recent = send(), send()
+    assert Counter(Delivery.objects.filter(dispatch=old).values_list("status", "reason")) == {
+        ("failed", "credentials: not_configured:ios"): 4
+    }
+    assert_rollup_is_the_count(old, recent)
+
+    Dispatch.objects.filter(pk=old.pk).update(finished_at=timezone.now() - dt.timedelta(days=400))
+    assert retention_apply(delivery_days=30)["deliveries"] == 4
+    assert not DeliveryRollup.objects.filter(dispatch=old).exists()
+    assert_rollup_is_the_count(recent)
+
+
+def test_a_rebuild_counts_what_the_send_counted(pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks):
+    content = PushContentFactory(app=pushsim_app)
+    profiles = ProfileFactory.create_batch(3)
+    DeviceFactory(profile=profiles[0], app=pushsim_app, platform="ios")
+    with django_capture_on_commit_callbacks(execute=True):
+        dispatch = dispatch_create(
+            app_id=pushsim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
+        )
+    kept = rolled_up([dispatch.pk])
+    rollup_rebuild(dispatch_ids=[dispatch.pk])
+    assert rolled_up([dispatch.pk]) == kept
+    rollup_rebuild()
+    assert rolled_up([dispatch.pk]) == kept == counted([dispatch.pk])
