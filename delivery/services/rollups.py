@@ -30,7 +30,7 @@ FINAL = ("accepted", "failed", "skipped", "unknown")
 _TABLE = DeliveryRollup._meta.db_table
 _KEY = "dispatch_id, period, platform, variant, outcome, reason, shard"
 # The shard of a stream's appends: by connection, so concurrent calls add to different rows.
-STREAM_SHARD = "pg_backend_pid() % 8"
+STREAM_SHARD = "mod(pg_backend_pid(), 8)"
 # When a row was made: its call (a stream's row), else when its dispatch was created.
 _MADE = "COALESCE(d.queued_at, x.created_at)"
 

@@ -26,7 +26,7 @@ from delivery.services.streams import Recipient, stream_append, stream_open, str
 from operations.services import retention_apply
 from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.embedded]  # the rollup is kept on SQLite too
 
 
 def _quarter(moment: dt.datetime) -> dt.datetime:
