@@ -13,7 +13,7 @@ def backfill(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("delivery", "0014_device_reach_index"),
+        ("delivery", "0016_dispatch_sample"),
     ]
 
     operations = [
