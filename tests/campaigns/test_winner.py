@@ -396,3 +396,16 @@ def test_the_sample_splits_across_the_variants_in_their_shares(shop, contents, m
     assert abs(total / 20_000 - 0.40) < 0.015
     for variant, share in ((0, 10), (1, 60), (2, 30)):
         assert abs(counts[variant] / total - share / 100) < 0.03, counts
+
+
+def test_the_database_and_python_draw_the_same_sample(db):
+    from delivery.variants import in_sample_sql
+
+    with connection.cursor() as cursor:
+        for profile_id in (1, 2, 77, 123_456, 9_876_543_210):
+            expected = sample_bucket(profile_id, 42) < 2000
+            cursor.execute(f"SELECT {in_sample_sql('%s', vendor=connection.vendor, salt=42, share=20)}", [profile_id])
+            assert cursor.fetchone()[0] is expected
+            sql = in_sample_sql("%s", vendor=connection.vendor, salt=42, share=20, rest=True)
+            cursor.execute(f"SELECT {sql}", [profile_id])
+            assert cursor.fetchone()[0] is not expected
