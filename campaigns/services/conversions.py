@@ -6,6 +6,7 @@ part of what an approval covers (``Campaign.fingerprint``) and may be set in any
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from accounts.models import User
@@ -30,6 +31,10 @@ def campaign_conversion_set(
     """
     with transaction.atomic():
         campaign = lock_for(Campaign, campaign_id, by=by, perm="campaigns.change_campaign")
+        if not event and campaign.winner_mode and campaign.winner_metric == Campaign.WinnerMetric.CONVERSION_RATE:
+            raise ValidationError(
+                {"event": "Winner mode picks by this goal's conversion rate: choose the open rate there first."}
+            )
         conversion_goal_write(
             campaign,
             by=by,

@@ -409,3 +409,17 @@ def test_the_database_and_python_draw_the_same_sample(db):
             sql = in_sample_sql("%s", vendor=connection.vendor, salt=42, share=20, rest=True)
             cursor.execute(f"SELECT {sql}", [profile_id])
             assert cursor.fetchone()[0] is not expected
+
+
+def test_the_goal_a_conversion_pick_needs_cannot_be_cleared(shop, contents, manager_alice):
+    campaign = _campaign(manager_alice, shop, contents)
+    campaign_conversion_set(campaign_id=campaign.pk, by=manager_alice, event="purchase", where=[], window_hours=24)
+    settings = WinnerInput(sample_share=40, wait_minutes=60, metric="conversion_rate", confidence=90)
+    campaign_winner_set(campaign_id=campaign.pk, by=manager_alice, settings=settings)
+    with pytest.raises(ValidationError) as refused:
+        campaign_conversion_set(campaign_id=campaign.pk, by=manager_alice, event="")
+    assert "open rate" in refused.value.message_dict["event"][0]
+    assert Campaign.objects.get(pk=campaign.pk).conversion_event == "purchase"
+    campaign_winner_set(campaign_id=campaign.pk, by=manager_alice, settings=WinnerInput(sample_share=40))
+    campaign_conversion_set(campaign_id=campaign.pk, by=manager_alice, event="")
+    assert Campaign.objects.get(pk=campaign.pk).conversion_event == ""
