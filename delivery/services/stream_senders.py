@@ -3,8 +3,10 @@
 ``streams_send`` claims the ready rows of every open stream (``delivery.services.streams``) and
 sends them with the send engine's batches: one row when one is waiting, up to
 ``PUSHDESK_SEND_BATCH`` under load, one batch in flight while the next is claimed. Leases,
-``unknown`` and never re-sending are the engine's (``delivery.services.sending``). An append
-wakes the senders with PostgreSQL's ``NOTIFY`` on ``CHANNEL``; on SQLite they poll.
+``unknown`` and never re-sending are the engine's (``delivery.services.sending``). A call that
+appended wakes the senders once it commits (``streams_wake``: a message on a Redis channel);
+without Redis (the embedded mode), or should a message be lost, they poll every
+``PUSHDESK_STREAM_POLL_SECONDS``.
 
 It runs in one of two homes, per slot (``PUSHDESK_STREAM_SENDERS`` of them), each beating a
 heartbeat in the cache:
@@ -23,11 +25,11 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connection
 from django.utils import timezone
 
 from delivery.models import Dispatch
@@ -38,17 +40,36 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "pushdesk_stream"
 _HEARTBEAT = "pushdesk:stream-sender:{slot}"
 
 
 def streams_wake(dispatch_id: int) -> None:
     """After a call committed rows: in-process tasks (tests, ``PUSHDESK_TASKS_SYNC``) send them at
-    once; otherwise the senders were woken by the append's NOTIFY (or poll, on SQLite)."""
+    once; otherwise a message on Redis wakes the senders (without Redis they poll). A wake-up that
+    fails is logged, not raised: the rows are in, and the senders' poll finds them."""
     from django_q.conf import Conf
 
     if Conf.SYNC:
         streams_send(budget=0.0, dispatch_ids=[dispatch_id])
+        return
+    if not settings.REDIS_URL:
+        return
+    try:
+        _redis(settings.REDIS_URL).publish(_channel(), str(dispatch_id))
+    except Exception:
+        log.warning("could not wake the stream senders for dispatch %s: they will poll", dispatch_id, exc_info=True)
+
+
+@lru_cache(maxsize=4)
+def _redis(url: str):
+    import redis
+
+    return redis.Redis.from_url(url)
+
+
+def _channel() -> str:
+    # Prefixed with the instance: deployments sharing a Redis wake their own senders.
+    return f"{settings.PUSHDESK_INSTANCE}:stream-wake"
 
 
 def streams_senders_ensure() -> list[int]:
@@ -96,25 +117,27 @@ def _sender_timeout() -> int:
 
 
 class _Listener:
-    """A connection of its own that LISTENs for appends (PostgreSQL); ``wait`` returns woken stream ids."""
+    """A Redis connection of its own subscribed to the wake-ups; ``wait`` returns the woken stream ids."""
 
     def __init__(self):
-        import psycopg
+        import redis
 
-        params = connection.get_connection_params()
-        params.pop("cursor_factory", None)
-        params.pop("context", None)
-        self.conn = psycopg.connect(**params, autocommit=True)
-        self.conn.execute(f"LISTEN {CHANNEL}")
+        self.client = redis.Redis.from_url(settings.REDIS_URL)
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        self.pubsub.subscribe(_channel())
 
     def wait(self, timeout: float) -> set[int]:
         woken = set()
-        for note in self.conn.notifies(timeout=max(timeout, 0.0), stop_after=1):
-            woken.add(int(note.payload))
+        message = self.pubsub.get_message(timeout=max(timeout, 0.0))
+        while message is not None:
+            if message.get("type") == "message":
+                woken.add(int(message["data"]))
+            message = self.pubsub.get_message(timeout=0.0)
         return woken
 
     def close(self) -> None:
-        self.conn.close()
+        self.pubsub.close()
+        self.client.close()
 
 
 @dataclass
@@ -156,7 +179,7 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
 
     Claims what is ready in each stream (one row when one waits, up to ``PUSHDESK_SEND_BATCH``
     under load), sends it through the engine's batches with one batch in flight while the next is
-    claimed, and otherwise sleeps until an append wakes it (PostgreSQL) or the poll interval
+    claimed, and otherwise sleeps until a call that appended wakes it (Redis) or the poll interval
     passes. Any number of senders may run (claims are atomic). Stops early, after writing back
     the batch in flight, when the process is asked to stop (SIGTERM), or when it is a task
     (``dedicated`` False) and a ``send_stream`` process beats its slot. Returns a SendReport.
@@ -170,7 +193,7 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
     if instance_refuses(action="send the open streams"):
         return report
     deadline = time.monotonic() + budget
-    listener = _Listener() if budget > 0 and connection.vendor == "postgresql" else None
+    listener = _Listener() if budget > 0 and settings.REDIS_URL else None
     streams = _open_streams(dispatch_ids)
     refreshed = time.monotonic()
     beat = 0.0

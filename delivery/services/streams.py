@@ -7,8 +7,10 @@ one *standing* dispatch per approved version and UTC day, instead of a dispatch 
 2. ``stream_append`` adds one call's rows in one statement, in the transaction of the call: the
    source row is read ``FOR SHARE`` with the conditions of its gate (a stop or a voided approval
    takes it ``FOR UPDATE``, so it waits for calls in flight and later calls see it), the dispatch
-   ``FOR KEY SHARE`` while it is still sending. The same statement wakes the senders
-   (PostgreSQL's ``NOTIFY``, delivered when the call commits).
+   ``FOR KEY SHARE`` while it is still sending. Once the call commits, it wakes the senders
+   (``streams_wake``: a Redis message; not a ``NOTIFY`` in the statement, which would make
+   every appending call's commit wait for the one before it: PostgreSQL serialises the commits
+   of notifying transactions).
 3. The senders (``delivery.services.stream_senders``) drain the ready rows of every open stream
    with the send engine's batches.
 4. ``streams_close`` (stop, voided approval) skips the queued rows; ``streams_watch`` (every
@@ -38,7 +40,7 @@ from delivery.services.rollups import (
     rollup_add_finished,
     rollup_insert_sql,
 )
-from delivery.services.stream_senders import CHANNEL, streams_senders_ensure
+from delivery.services.stream_senders import streams_senders_ensure
 
 log = logging.getLogger(__name__)
 
@@ -230,10 +232,9 @@ def stream_append(
         "ORDER BY v.n, dev.id "
         "RETURNING id, profile_id, device_id, status, reason, dispatch_id, variant, finished_at, queued_at), "
         # The rows are counted into the rollup by the statement that makes them.
-        f"counted AS ({rollup_insert_sql(where='true', outcomes=('targeted', 'final'), source='ins d', shard=STREAM_SHARD)}), "
-        "wake AS (SELECT pg_notify(%s, d.id::text) FROM d WHERE EXISTS (SELECT 1 FROM ins WHERE status = 'queued')) "
+        f"counted AS ({rollup_insert_sql(where='true', outcomes=('targeted', 'final'), source='ins d', shard=STREAM_SHARD)}) "
         "SELECT id, profile_id, device_id, status, reason FROM ins "
-        "UNION ALL SELECT -1, (SELECT count(*) FROM src), (SELECT count(*) FROM d), (SELECT count(*) FROM wake)::text, ''"
+        "UNION ALL SELECT -1, (SELECT count(*) FROM src), (SELECT count(*) FROM d), NULL, ''"
     )
     params = [
         *lock_params,
@@ -247,7 +248,6 @@ def stream_append(
         now,
         now,
         app_id,
-        CHANNEL,
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
