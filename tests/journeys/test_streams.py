@@ -89,7 +89,7 @@ def test_an_event_enters_and_pushes_within_its_own_call_once(
     assert enrollment.status == "completed" and [step for step, _, _ in enrollment.history] == ["thanks", "done"]
     (row,) = Delivery.objects.filter(dispatch__kind="journey").values_list("status", flat=True)
     assert row == "queued"
-    assert streams_send(budget=0).claimed == 1  # the sender (woken by the append's NOTIFY)
+    assert streams_send(budget=0).claimed == 1  # the sender (woken through Redis once the call committed)
     with django_capture_on_commit_callbacks(execute=True):
         assert _post_event(client, "zoe").status_code == 200  # enters once (re-entry: never)
     journeys_run_due()
