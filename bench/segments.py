@@ -1,9 +1,11 @@
 """Benchmark: segment counts on 1,000,000 profiles and 5,000,000 events, against hand-written SQL.
 
     .venv/bin/python bench/segments.py [--profiles 1000000] [--events 5000000] [--rebuild]
+    .venv/bin/python bench/segments.py --profiles 5000000 --events 25000000 --baseline 1m.json
 
 Uses its own PostgreSQL database (``BENCH_DATABASE_URL``, default
-postgres://postgres@127.0.0.1:5432/pushdesk_bench), created and migrated if missing, and
+postgres://postgres@127.0.0.1:5432/pushdesk_bench; another size than 1,000,000 profiles gets
+its own, ``pushdesk_bench_<profiles>``, so the 1M data stays), created and migrated if missing, and
 fills it once with generate_series (10 attributes per profile; events over 180 days), reused
 by later runs and by bench/admin_pages.py. Then times, warm, the median of 5 runs of:
 
@@ -18,7 +20,8 @@ by later runs and by bench/admin_pages.py. Then times, warm, the median of 5 run
 
 each as the count of the compiled segment (Django, one query) and as the same predicate
 written by hand in SQL. Prints one JSON line: milliseconds, counts (which must agree) and the
-ratio compiled / hand-written.
+ratio compiled / hand-written. With ``--baseline`` (the JSON line of a run at a smaller size),
+``growth`` gives each count's time against the baseline's, beside the ratio of the sizes.
 """
 
 import argparse
@@ -226,7 +229,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5_000_000)
     parser.add_argument("--rebuild", action="store_true")
     parser.add_argument("--only-reach", action="store_true", help="time only the reach query (profiles → opted in)")
+    parser.add_argument(
+        "--baseline", type=Path, help="the JSON line of a run at a smaller size: prints each count's growth against it"
+    )
     args = parser.parse_args()
+    if args.profiles != 1_000_000 and "BENCH_DATABASE_URL" not in os.environ:
+        os.environ["DATABASE_URL"] = f"{DEFAULT_URL}_{args.profiles}"
     setup_django()
     from django.db import connection, transaction
 
@@ -291,6 +299,21 @@ def main() -> None:
         }
         if count != hand_count:
             result[name]["mismatch"] = True
+    if cases and args.baseline:
+        # Ten times the data may cost at most 5.5 times the time (five times here: 5M against 1M), and under 1.5 s.
+        baseline = json.loads(args.baseline.read_text().strip().splitlines()[-1])
+        size_ratio = args.profiles / baseline["profiles"]
+        result["growth"] = {
+            "baseline_profiles": baseline["profiles"],
+            "baseline_events": baseline["events"],
+            "size_ratio": round(size_ratio, 2),
+            **{name: round(result[name]["ms"] / baseline[name]["ms"], 2) for name in cases if name in baseline},
+        }
+        result["growth"]["met"] = all(
+            result["growth"][name] <= 1.1 * size_ratio and result[name]["ms"] < 1500
+            for name in cases
+            if name in result["growth"]
+        )
     if cases:
         preview_ms, _ = median_ms(
             lambda: len(list(segment_profiles(Segment(kind=Segment.Kind.RULES, rules=nested)).order_by()[:20]))

@@ -112,7 +112,7 @@ def _ttl(dispatch: Dispatch) -> dt.timedelta:
 
 
 def _quiet_hours(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -> dict[str, int]:
-    queued = Delivery.objects.filter(dispatch_id=dispatch.pk, status=DS.QUEUED)
+    queued = Delivery.objects.filter(dispatch_id=dispatch.pk, finished_at__isnull=True, status=DS.QUEUED)
     zones = set(queued.values_list("profile__timezone", flat=True).distinct())
     held = {"quiet_hours": 0, "quiet_hours_delayed": 0}
     wall = dt.datetime.fromisoformat(dispatch.local_time) if dispatch.local_time else None
@@ -138,7 +138,7 @@ def local_time_apply(*, dispatch: Dispatch, now: dt.datetime) -> int:
     if not dispatch.local_time:
         return 0
     wall = dt.datetime.fromisoformat(dispatch.local_time)
-    queued = Delivery.objects.filter(dispatch_id=dispatch.pk, status=DS.QUEUED)
+    queued = Delivery.objects.filter(dispatch_id=dispatch.pk, finished_at__isnull=True, status=DS.QUEUED)
     held = 0
     for name in set(queued.values_list("profile__timezone", flat=True).distinct()):
         at = _localize(wall, _zone(name, dispatch.local_default_timezone))

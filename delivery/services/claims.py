@@ -68,7 +68,7 @@ def deliveries_claim(dispatch_id: int, *, limit: int, now: datetime, with_profil
     # a worker whose clock is behind cannot stamp a lease that is over before it starts. (The
     # embedded SQLite mode runs on one machine.)
     lease = now + timedelta(seconds=settings.PUSHDESK_SEND_LEASE_SECONDS)
-    ready = "dispatch_id = %s AND status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= %s)"
+    ready = "dispatch_id = %s AND finished_at IS NULL AND status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= %s)"
     if connection.vendor == "postgresql":
         profile_columns = ", p.external_id, p.locale, p.timezone, p.attributes" if with_profiles else ""
         profile_join = " LEFT JOIN audiences_profile p ON p.id = c.profile_id" if with_profiles else ""
@@ -162,6 +162,10 @@ def deliveries_write_back(
         if status != Dispatch.Status.SENDING:
             results = [Result(r.id, DS.SKIPPED, reason="stopped") if r.status == DS.QUEUED else r for r in results]
         if connection.vendor == "postgresql":
+            # An outcome may be lost with the server (the last moments before a crash of
+            # PostgreSQL itself): its row then stays `sending` and ends `unknown` when its lease
+            # runs out, never sent again. So this commit need not wait for the disk; the claim's does.
+            cursor.execute("SET LOCAL synchronous_commit = off")
             cursor.execute(
                 "UPDATE delivery_delivery d SET status = v.status, reason = v.reason, provider_message_id = v.pid, "
                 "next_attempt_at = v.next_at, finished_at = CASE WHEN v.status = 'queued' THEN NULL ELSE %s END, "

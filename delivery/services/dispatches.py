@@ -297,7 +297,7 @@ def dispatch_stop(*, dispatch_id: int, by: User) -> Dispatch:
         if dispatch.status in Dispatch.FINAL_STATUSES:
             return dispatch
         stopped = deliveries_finish(
-            where="d.dispatch_id = %s AND d.status = 'queued'",
+            where="d.dispatch_id = %s AND d.finished_at IS NULL AND d.status = 'queued'",
             params=[dispatch.pk],
             status=DS.SKIPPED,
             reason="stopped",
@@ -365,7 +365,9 @@ def dispatch_complete_if_done(*, dispatch_id: int) -> bool:
     """
     if Dispatch.objects.filter(pk=dispatch_id, standing=True, status=Dispatch.Status.SENDING).exists():
         return False
-    busy = Delivery.objects.filter(dispatch_id=dispatch_id, status__in=(DS.QUEUED, DS.SENDING)).exists()
+    busy = Delivery.objects.filter(
+        dispatch_id=dispatch_id, finished_at__isnull=True, status__in=(DS.QUEUED, DS.SENDING)
+    ).exists()
     if busy:
         return False
     with transaction.atomic():
@@ -398,7 +400,7 @@ def deliveries_expire_leases(*, now: datetime | None = None) -> int:
     """
     deadline = now if now is not None else Now()
     expired = list(
-        Delivery.objects.filter(status=DS.SENDING, lease_expires_at__lt=deadline)
+        Delivery.objects.filter(finished_at__isnull=True, status=DS.SENDING, lease_expires_at__lt=deadline)
         .values_list("dispatch_id")
         .annotate(n=Count("id"))
         .order_by()
@@ -408,7 +410,7 @@ def deliveries_expire_leases(*, now: datetime | None = None) -> int:
         with transaction.atomic():
             Dispatch.objects.select_for_update(no_key=True).filter(pk=dispatch_id).values_list("pk").first()
             changed = deliveries_finish(
-                where="d.dispatch_id = %s AND d.status = 'sending' AND d.lease_expires_at < "
+                where="d.dispatch_id = %s AND d.finished_at IS NULL AND d.status = 'sending' AND d.lease_expires_at < "
                 + ("%s" if now is not None else _DB_NOW[connection.vendor == "postgresql"]),
                 params=[dispatch_id, *([_dt(now)] if now is not None else [])],
                 status=DS.UNKNOWN,
@@ -447,7 +449,7 @@ def dispatches_watch(*, now: datetime | None = None) -> list[int]:
     quiet_since = now - timedelta(seconds=settings.PUSHDESK_SEND_LEASE_SECONDS)
     sending = Dispatch.objects.filter(status=Dispatch.Status.SENDING, started_at__lt=quiet_since, standing=False)
     for dispatch in sending.only("id"):
-        rows = Delivery.objects.filter(dispatch_id=dispatch.pk)
+        rows = Delivery.objects.filter(dispatch_id=dispatch.pk, finished_at__isnull=True)
         if rows.filter(status=DS.SENDING).exists():
             continue
         queued = rows.filter(status=DS.QUEUED)

@@ -281,7 +281,7 @@ def _batch_finish(dispatch: Dispatch, batch: _Batch, report: SendReport) -> None
 def _fail_platform(dispatch: Dispatch, platform: str, reason: str) -> None:
     """The app's credentials for a platform were refused: fail its queued rows at once (no retry storm)."""
     failed = deliveries_finish(
-        where="d.dispatch_id = %s AND d.status = 'queued' AND d.device_id IN "
+        where="d.dispatch_id = %s AND d.finished_at IS NULL AND d.status = 'queued' AND d.device_id IN "
         "(SELECT id FROM delivery_device WHERE platform = %s)",
         params=[dispatch.pk, platform],
         status=DS.FAILED,
@@ -366,7 +366,7 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
                 in_flight = None
                 continue
             next_retry = (
-                Delivery.objects.filter(dispatch_id=dispatch_id, status=DS.QUEUED)
+                Delivery.objects.filter(dispatch_id=dispatch_id, finished_at__isnull=True, status=DS.QUEUED)
                 .order_by("next_attempt_at")
                 .values_list("next_attempt_at", flat=True)
                 .first()
@@ -380,7 +380,7 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
     finally:
         if in_flight is not None:
             _batch_finish(dispatch, in_flight, report)
-    if Delivery.objects.filter(dispatch_id=dispatch_id, status=DS.QUEUED).exists():
+    if Delivery.objects.filter(dispatch_id=dispatch_id, finished_at__isnull=True, status=DS.QUEUED).exists():
         handing_over = time.monotonic() >= deadline or stop_requested()
         if handing_over or not _only_future_retries(dispatch_id, now=timezone.now()):
             _enqueue("delivery.tasks.dispatch_send_task", dispatch_id)
@@ -394,7 +394,9 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
 def _only_future_retries(dispatch_id: int, *, now: datetime) -> bool:
     """True when every queued row waits for a retry still to come (none is ready now)."""
     ready = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
-    return not Delivery.objects.filter(ready, dispatch_id=dispatch_id, status=DS.QUEUED).exists()
+    return not Delivery.objects.filter(
+        ready, dispatch_id=dispatch_id, finished_at__isnull=True, status=DS.QUEUED
+    ).exists()
 
 
 def _schedule_retry(dispatch_id: int) -> None:
@@ -402,7 +404,7 @@ def _schedule_retry(dispatch_id: int) -> None:
     from django_q.models import Schedule
 
     when = (
-        Delivery.objects.filter(dispatch_id=dispatch_id, status=DS.QUEUED)
+        Delivery.objects.filter(dispatch_id=dispatch_id, finished_at__isnull=True, status=DS.QUEUED)
         .order_by("next_attempt_at")
         .values_list("next_attempt_at", flat=True)
         .first()

@@ -368,7 +368,7 @@ def streams_close(*, kind: str, source_id: int, by: User | None, reason: str) ->
         standing=True, kind=kind, source_id=source_id, status=Dispatch.Status.SENDING
     ):
         stopped = deliveries_finish(
-            where="d.dispatch_id = %s AND d.status = 'queued'",
+            where="d.dispatch_id = %s AND d.finished_at IS NULL AND d.status = 'queued'",
             params=[dispatch.pk],
             status=DS.SKIPPED,
             reason="stopped",
@@ -407,7 +407,9 @@ def streams_watch(*, now: dt.datetime | None = None) -> dict:
             continue
         with transaction.atomic():
             locked = Dispatch.objects.select_for_update().get(pk=dispatch.pk)
-            busy = Delivery.objects.filter(dispatch_id=dispatch.pk, status__in=(DS.QUEUED, DS.SENDING)).exists()
+            busy = Delivery.objects.filter(
+                dispatch_id=dispatch.pk, finished_at__isnull=True, status__in=(DS.QUEUED, DS.SENDING)
+            ).exists()
             if locked.status != Dispatch.Status.SENDING or busy:
                 continue
             locked.status = Dispatch.Status.DONE
