@@ -309,7 +309,11 @@ def test_a_worker_killed_during_a_journey_run_loses_and_duplicates_nothing(
 
     for user in (manager_alice, approver_bob):
         access_grant(obj=pushsim_app, to=user, by=None)
-    make_dispatch(pushsim_app, manager_alice, "journey")  # the devices (its own test dispatch is never sent)
+    # The devices. Its own test dispatch is never sent: it is stopped, or the watchdog would prepare
+    # it (a dispatch still `preparing` a task timeout after it was made) once the run outlasts that.
+    Dispatch.objects.filter(pk=make_dispatch(pushsim_app, manager_alice, "journey").pk).update(
+        status=Dispatch.Status.STOPPED
+    )
     entry = SegmentFactory(
         name="Journey crowd",
         created_by=manager_alice,
