@@ -165,43 +165,49 @@ def wait_for_a_blocked_writer() -> bool:
     return False
 
 
+def concurrently(*steps) -> list[Exception]:
+    """Run each step in a thread of its own, with its own connection; return what they raised
+    (a deadlock aborts one of them)."""
+    errors = []
+
+    def run(step):
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 (returned to the test)
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(step,)) for step in steps]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return errors
+
+
 def test_two_transactions_adding_devices_to_one_profile_at_once_are_both_counted(transactional_db):
     """The second writer waits for the first's lock on the profile, then recomputes with what the
     first committed: neither device is lost from the profile's reach."""
     shop = AppFactory()
     person = ProfileFactory(attributes={"plan": "pro"})
     first_inserted, second_started = threading.Event(), threading.Event()
-    errors, blocked = [], []
+    blocked = []
 
     def first():
-        try:
-            with transaction.atomic():
-                DeviceFactory(profile_id=person.pk, app_id=shop.pk, platform="ios")
-                first_inserted.set()
-                second_started.wait(10)
-                blocked.append(wait_for_a_blocked_writer())
-        except Exception as exc:  # noqa: BLE001 (reported by the test below)
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        with transaction.atomic():
+            DeviceFactory(profile_id=person.pk, app_id=shop.pk, platform="ios")
+            first_inserted.set()
+            second_started.wait(10)
+            blocked.append(wait_for_a_blocked_writer())
 
     def second():
-        try:
-            first_inserted.wait(10)
-            second_started.set()
-            with transaction.atomic():
-                DeviceFactory(profile_id=person.pk, app_id=shop.pk, platform="android", push_enabled=False)
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        first_inserted.wait(10)
+        second_started.set()
+        with transaction.atomic():
+            DeviceFactory(profile_id=person.pk, app_id=shop.pk, platform="android", push_enabled=False)
 
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert not errors
+    assert not concurrently(first, second)
     assert blocked == [True]  # the second writer did wait for the first's lock
     assert Device.objects.filter(profile=person).count() == 2
     assert audience_reach(segment=SegmentFactory(rules=PRO), app_id=shop.pk) == Reach(1, 1, 1, 1, 1)
@@ -215,42 +221,27 @@ def test_a_bulk_device_write_and_an_events_call_lock_profiles_in_one_order(trans
     zed = ProfileFactory(external_id="zed")  # the lower id, the later external id
     ann = ProfileFactory(external_id="ann")
     writer = UserFactory(username="ingest", role="Manager")
-    holding, errors, blocked = threading.Event(), [], []
+    holding, blocked = threading.Event(), []
 
     def events_call():
-        try:
-            with transaction.atomic():
-                # As far as the call's id-ordered lock has come when the device write starts.
-                list(Profile.objects.filter(pk=zed.pk).select_for_update(no_key=True))
-                holding.set()
-                blocked.append(wait_for_a_blocked_writer())
-                now = timezone.now()
-                events_ingest(
-                    items=[{"external_id": x, "name": "open", "occurred_at": now} for x in ("ann", "zed")], by=writer
-                )
-        except Exception as exc:  # noqa: BLE001 (reported by the test below)
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        with transaction.atomic():
+            # As far as the call's id-ordered lock has come when the device write starts.
+            list(Profile.objects.filter(pk=zed.pk).select_for_update(no_key=True))
+            holding.set()
+            blocked.append(wait_for_a_blocked_writer())
+            now = timezone.now()
+            events_ingest(
+                items=[{"external_id": x, "name": "open", "occurred_at": now} for x in ("ann", "zed")], by=writer
+            )
 
     def device_write():
-        try:
-            holding.wait(10)
-            with transaction.atomic():
-                Device.objects.bulk_create(
-                    Device(profile_id=p.pk, app_id=shop.pk, platform="ios", token=f"{p.pk:064x}") for p in (zed, ann)
-                )
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        holding.wait(10)
+        with transaction.atomic():
+            Device.objects.bulk_create(
+                Device(profile_id=p.pk, app_id=shop.pk, platform="ios", token=f"{p.pk:064x}") for p in (zed, ann)
+            )
 
-    threads = [threading.Thread(target=events_call), threading.Thread(target=device_write)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert not errors  # a deadlock would abort one of them
+    assert not concurrently(events_call, device_write)  # a deadlock would abort one of them
     assert blocked == [True]
     assert (
         audience_reach(
@@ -267,37 +258,20 @@ def test_a_profile_upsert_and_a_bulk_device_write_lock_profiles_in_one_order(tra
     zed = ProfileFactory(external_id="zed")  # the lower id, the later external id
     ann = ProfileFactory(external_id="ann")
     writer = UserFactory(username="ingest", role="Manager")
-    holding, errors, blocked = threading.Event(), [], []
+    holding, blocked = threading.Event(), []
 
     def device_write():
-        try:
-            with transaction.atomic():
-                DeviceFactory(profile_id=zed.pk, app_id=shop.pk, platform="ios")  # its trigger locks zed
-                holding.set()
-                blocked.append(wait_for_a_blocked_writer())
-                DeviceFactory(profile_id=ann.pk, app_id=shop.pk, platform="android")
-        except Exception as exc:  # noqa: BLE001 (reported by the test below)
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        with transaction.atomic():
+            DeviceFactory(profile_id=zed.pk, app_id=shop.pk, platform="ios")  # its trigger locks zed
+            holding.set()
+            blocked.append(wait_for_a_blocked_writer())
+            DeviceFactory(profile_id=ann.pk, app_id=shop.pk, platform="android")
 
     def upsert():
-        try:
-            holding.wait(10)
-            profiles_upsert(
-                items=[{"external_id": x, "attributes": {"plan": "pro"}} for x in ("ann", "zed")], by=writer
-            )
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        holding.wait(10)
+        profiles_upsert(items=[{"external_id": x, "attributes": {"plan": "pro"}} for x in ("ann", "zed")], by=writer)
 
-    threads = [threading.Thread(target=device_write), threading.Thread(target=upsert)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert not errors  # a deadlock would abort one of them
+    assert not concurrently(device_write, upsert)  # a deadlock would abort one of them
     assert blocked == [True]  # the upsert did wait for the device write
     assert set(Profile.objects.filter(attributes__plan="pro").values_list("external_id", flat=True)) == {"ann", "zed"}
     assert audience_reach(segment=SegmentFactory(rules=PRO), app_id=shop.pk).reachable == 2
