@@ -170,6 +170,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         form = super().get_form(request, obj, change=change, **kwargs)
         if "graph" not in form.base_fields:
             return form
+        admin_self = self
 
         class BoundForm(form):
             user = request.user
@@ -177,7 +178,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             def __init__(self, *args, **kw):
                 super().__init__(*args, **kw)
                 segments = segments_visible_to(request.user).order_by("name")
-                shown = (journey_open_version(obj) or obj.live_version) if obj is not None else None
+                shown = (admin_self._open_version(request, obj) or obj.live_version) if obj is not None else None
                 if shown is not None and shown.entry_segment_id:
                     # Never blank a reference: colleagues keep a segment they were not granted.
                     segments = segments | Segment.objects.filter(pk=shown.entry_segment_id)
@@ -192,7 +193,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
                     "rules": builder_meta(request.user),
                 }
                 self.fields["graph"].widget = StepEditorWidget(meta=meta)
-                version = (journey_open_version(obj) or obj.live_version) if obj is not None else None
+                version = shown
                 if version is not None and not self.is_bound:
                     for name in VERSION_FIELDS:
                         value = getattr(version, name)
@@ -214,11 +215,22 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             return (*self.readonly_fields, "app")
         return self.readonly_fields
 
+    @staticmethod
+    def _open_version(request, obj):
+        """The journey's draft or version in review; a page that only reads looks it up once (the
+        change form asks for the permission a dozen times), a request that writes every time."""
+        if request.method not in ("GET", "HEAD"):
+            return journey_open_version(obj)
+        found = request.__dict__.setdefault("_pushdesk_open_versions", {})
+        if obj.pk not in found:
+            found[obj.pk] = journey_open_version(obj)
+        return found[obj.pk]
+
     def has_change_permission(self, request, obj=None):
         if obj is not None:
             if obj.status not in (Status.DRAFT, Status.LIVE):
                 return False  # in review (locked), or finished
-            open_version = journey_open_version(obj)
+            open_version = self._open_version(request, obj)
             if open_version is not None and open_version.status == JourneyVersion.Status.IN_REVIEW:
                 return False
         return super().has_change_permission(request, obj)
@@ -287,7 +299,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         """The entry segment's size as profiles → reachable in the journey's app → opted in."""
         from audiences.selectors import audience_reach
 
-        version = journey_shown_version(obj)
+        version = self._shown_version(obj)
         if version is None or version.entry_kind != version.EntryKind.SEGMENT or version.entry_segment is None:
             return "Profiles enter when the event arrives." if version is not None else "—"
         reach = audience_reach(segment=version.entry_segment, app_id=obj.app_id)
@@ -299,7 +311,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
 
     @admin.display(description="Graph")
     def journey_graph(self, obj):
-        version = journey_shown_version(obj)
+        version = self._shown_version(obj)
         if version is None:
             return "—"
         totals = version_totals(version)
@@ -315,8 +327,21 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             version_status_text(obj, version).lower(),
             summary,
             link,
-            version_svg(version, stats=version_step_stats(version), names=content_names(version), step_url=step_url),
+            version_svg(version, stats=self._shown_stats(obj), names=content_names(version), step_url=step_url),
         )
+
+    @staticmethod
+    def _shown_version(obj):
+        """The shown version, read once per page (the graph, the audience and the report show it)."""
+        if "_shown_version" not in obj.__dict__:
+            obj.__dict__["_shown_version"] = journey_shown_version(obj)
+        return obj.__dict__["_shown_version"]
+
+    def _shown_stats(self, obj) -> dict:
+        """The shown version's counters per step, counted once per page (the graph and the report)."""
+        if "_shown_stats" not in obj.__dict__:
+            obj.__dict__["_shown_stats"] = version_step_stats(self._shown_version(obj))
+        return obj.__dict__["_shown_stats"]
 
     @admin.display(description="Report")
     def report(self, obj):
@@ -326,12 +351,12 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         from delivery.models import Dispatch
         from delivery.reports import conversions_html, report_charts, report_charts_html, step_series
 
-        version = journey_shown_version(obj)
+        version = self._shown_version(obj)
         if version is None:
             return "—"
         dispatches = Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id=version.pk)
         charts = report_charts(dispatch_ids=dispatches.values_list("id", flat=True))
-        stats = version_step_stats(version)
+        stats = self._shown_stats(obj)
         charts["steps"] = step_series(stats)
         html = mark_safe(report_charts_html(charts))  # noqa: S308 (a template, autoescaped)
         goal = Goal.of(obj)

@@ -178,20 +178,31 @@ class ScopedAdmin(AccessAdmin):
         opts = self.model._meta
         return f"{opts.app_label}.{action}_{opts.model_name}"
 
+    def _can(self, request, action: str, obj) -> bool:
+        """``can`` for this request's user; a page that only reads asks each question once (the
+        change form asks a dozen times per object), a request that writes asks every time."""
+        if request.method not in ("GET", "HEAD"):
+            return can(request.user, self._perm(action), obj)
+        answers = request.__dict__.setdefault("_pushdesk_can", {})
+        key = (self._perm(action), obj.pk)
+        if key not in answers:
+            answers[key] = can(request.user, self._perm(action), obj)
+        return answers[key]
+
     def has_change_permission(self, request, obj=None):
         if not super().has_change_permission(request, obj):
             return False
-        return obj is None or can(request.user, self._perm("change"), obj)
+        return obj is None or self._can(request, "change", obj)
 
     def has_delete_permission(self, request, obj=None):
         if not super().has_delete_permission(request, obj):
             return False
-        return obj is None or can(request.user, self._perm("delete"), obj)
+        return obj is None or self._can(request, "delete", obj)
 
     def has_view_permission(self, request, obj=None):
         if not super().has_view_permission(request, obj):
             return False
-        return obj is None or can(request.user, self._perm("view"), obj)
+        return obj is None or self._can(request, "view", obj)
 
 
 class _AccessForm(forms.Form):
