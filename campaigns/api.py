@@ -113,7 +113,10 @@ class WinnerStatusSerializer(serializers.Serializer):
 
 def winner_status_out(campaign: Campaign) -> dict | None:
     """The winner test's state for the API (null when the campaign is not in winner mode)."""
-    test = WinnerTest.objects.filter(campaign=campaign).first()
+    try:
+        test = campaign.winner_test  # joined by the list's query
+    except WinnerTest.DoesNotExist:
+        test = None
     if test is None:
         settings = campaign.winner_settings()
         if settings is None:
@@ -296,7 +299,12 @@ class CampaignListView(APIView):
     )
     def get(self, request):
         query = query_params_valid(CampaignListQuery, request)
-        campaigns = campaigns_visible_to(request.user).prefetch_related("variants").order_by("-id")
+        campaigns = (
+            campaigns_visible_to(request.user)
+            .select_related("winner_test")
+            .prefetch_related("variants")
+            .order_by("-id")
+        )
         return page_response(request, self, rows_matching(campaigns, query, status="status"), CampaignOutSerializer)
 
 
