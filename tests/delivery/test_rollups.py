@@ -23,6 +23,7 @@ from delivery.services.rollups import rollup_rebuild
 from delivery.services.sending import dispatch_send
 from delivery.services.stream_senders import streams_send
 from delivery.services.streams import Recipient, stream_append, stream_open, streams_close
+from delivery.variants import variant_for
 from operations.services import retention_apply
 from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory
 
@@ -87,13 +88,20 @@ def test_a_bulk_send_with_failures_retries_skips_variants_and_an_open_is_rolled_
         for n, p in enumerate(profiles[:9])
     ]
     DeviceFactory(profile=profiles[9], app=pushsim_app, push_enabled=False)
-    pushsim.state.fail_token(token=devices[0].token, failures=[(400, "INVALID_ARGUMENT")])
-    pushsim.state.fail_token(token=devices[1].token, failures=[(410, "Unregistered")])
-    pushsim.state.fail_token(token=devices[2].token, failures=[429])  # retried, then accepted
     variants = [
         {"number": n, "label": label, "content_id": content.pk, "share": 40, "spec": content.spec()}
         for n, label in ((1, "A"), (2, "B"))
     ]
+    # The failures go to devices that are sent to: a profile in the holdout is never sent to, and
+    # which profiles fall in it depends on their ids (the salt of a dispatch without a campaign is 0).
+    while (
+        len(sent := [d for d in devices if variant_for(d.profile_id, salt=0, variants=variants, holdout_share=20)]) < 4
+    ):
+        devices.append(DeviceFactory(app=pushsim_app, platform="ios"))
+        profiles.append(devices[-1].profile)
+    pushsim.state.fail_token(token=sent[0].token, failures=[(400, "INVALID_ARGUMENT")])
+    pushsim.state.fail_token(token=sent[1].token, failures=[(410, "Unregistered")])
+    pushsim.state.fail_token(token=sent[2].token, failures=[429])  # retried, then accepted
     with django_capture_on_commit_callbacks(execute=True):
         dispatch = dispatch_create(
             app_id=pushsim_app.pk,
