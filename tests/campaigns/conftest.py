@@ -7,6 +7,12 @@ from tests.factories import AppFactory, PushContentFactory, SegmentFactory
 
 
 @pytest.fixture
+def abc(team):
+    """Three contents of the Shop app, A, B and C."""
+    return [PushContentFactory(app=team, name=f"Sale {label}", title=f"Title {label}") for label in "ABC"]
+
+
+@pytest.fixture
 def shop(db):
     return AppFactory(name="Shop")
 

@@ -14,6 +14,7 @@ from campaigns.services.conversions import campaign_conversion_set
 from campaigns.services.lifecycle import campaign_approve, campaign_submit
 from delivery.conversions import difference_interval, wilson_interval
 from delivery.models import Delivery, Dispatch
+from tests.campaigns.helpers import change_form
 from tests.factories import DeviceFactory, EventFactory, ProfileFactory
 
 T0 = dt.datetime(2026, 11, 2, 10, 0, tzinfo=dt.UTC)
@@ -231,27 +232,7 @@ def test_a_viewer_or_an_outsider_cannot_set_the_goal(make_campaign, viewer_carol
 
 
 def _form(campaign, **conversion):
-    data = {
-        "name": campaign.name,
-        "app": campaign.app_id,
-        "kind": campaign.kind,
-        "purpose": campaign.purpose,
-        "segment": campaign.segment_id or "",
-        "content": campaign.content_id,
-        "schedule_kind": campaign.schedule_kind,
-        "time_zone": campaign.time_zone,
-        "missed_window_minutes": 60,
-        "holdout_share": "",
-        "occurrences-TOTAL_FORMS": 0,
-        "occurrences-INITIAL_FORMS": 0,
-        "variants-TOTAL_FORMS": 0,
-        "variants-INITIAL_FORMS": 0,
-        "variants-MIN_NUM_FORMS": 0,
-        "variants-MAX_NUM_FORMS": 10,
-        "conversion_event": "",
-        "conversion_window_hours": 24,
-        "conversion_anchor": "accepted",
-    }
+    data = change_form(campaign, conversion_event="", conversion_window_hours=24, conversion_anchor="accepted")
     for row in (1, 2, 3):
         data.update(
             {f"conversion_type_{row}": "string", f"conversion_op_{row}": "eq", f"conversion_property_{row}": ""}

@@ -7,49 +7,14 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from accounts.models import ApprovalRequest, AuditEvent
 from campaigns.models import Campaign
 from campaigns.services.lifecycle import campaign_approve, campaign_submit
-from campaigns.services.variants import VariantInput, campaign_variants_set
 from delivery.models import Delivery, Dispatch
 from delivery.services.rollups import rollup_rebuild
+from tests.campaigns.helpers import change_form, variants_set
 from tests.factories import AppFactory, ProfileFactory, PushContentFactory
 
 
-@pytest.fixture
-def abc(team):
-    return [PushContentFactory(app=team, name=f"Sale {label}", title=f"Title {label}") for label in "ABC"]
-
-
-def _set(campaign, by, contents, shares, holdout=0):
-    return campaign_variants_set(
-        campaign_id=campaign.pk,
-        by=by,
-        variants=[VariantInput(content_id=c.pk, share=s) for c, s in zip(contents, shares, strict=True)],
-        holdout_share=holdout,
-    )
-
-
 def _form(campaign, variants, holdout=""):
-    data = {
-        "name": campaign.name,
-        "app": campaign.app_id,
-        "kind": campaign.kind,
-        "purpose": campaign.purpose,
-        "segment": campaign.segment_id or "",
-        "content": campaign.content_id,
-        "schedule_kind": campaign.schedule_kind,
-        "time_zone": campaign.time_zone,
-        "missed_window_minutes": 60,
-        "holdout_share": holdout,
-        "occurrences-TOTAL_FORMS": 0,
-        "occurrences-INITIAL_FORMS": 0,
-        "variants-TOTAL_FORMS": len(variants),
-        "variants-INITIAL_FORMS": 0,
-        "variants-MIN_NUM_FORMS": 0,
-        "variants-MAX_NUM_FORMS": 10,
-    }
-    for index, (content, share) in enumerate(variants):
-        data[f"variants-{index}-content"] = content.pk
-        data[f"variants-{index}-share"] = share
-    return data
+    return change_form(campaign, variants, holdout)
 
 
 def test_the_fingerprint_changes_when_any_variant_share_or_the_holdout_changes(make_campaign, manager_alice, abc):
@@ -63,19 +28,19 @@ def test_the_fingerprint_changes_when_any_variant_share_or_the_holdout_changes(m
         ([40, 50], 10, [abc[0], abc[2]]),
         ([30, 30, 30], 10, abc),
     ):
-        _set(campaign, manager_alice, contents, shares, holdout)
+        variants_set(campaign, manager_alice, contents, shares, holdout)
         fingerprint = Campaign.objects.get(pk=campaign.pk).fingerprint()
         assert fingerprint not in seen, (shares, holdout)
         seen.add(fingerprint)
     abc[1].body = "Edited after the submission"
     abc[1].save()
     assert Campaign.objects.get(pk=campaign.pk).fingerprint() not in seen
-    campaign_variants_set(campaign_id=campaign.pk, by=manager_alice, variants=[])
+    variants_set(campaign, manager_alice, [], [])
     assert Campaign.objects.get(pk=campaign.pk).fingerprint() == alone  # one content again: as approved before
 
 
 def test_an_edited_variant_content_voids_the_submission(make_campaign, manager_alice, approver_bob, abc):
-    campaign = _set(make_campaign(content=abc[0]), manager_alice, abc[:2], [50, 50])
+    campaign = variants_set(make_campaign(content=abc[0]), manager_alice, abc[:2], [50, 50])
     campaign_submit(campaign_id=campaign.pk, by=manager_alice)
     abc[1].title = "Changed while in review"
     abc[1].save()
@@ -86,10 +51,12 @@ def test_an_edited_variant_content_voids_the_submission(make_campaign, manager_a
 def test_changing_a_share_of_a_live_campaign_is_a_revision_and_the_approved_shares_keep_sending(
     make_campaign, manager_alice, approver_bob, abc
 ):
-    campaign = _set(make_campaign(content=abc[0], kind="api_triggered", segment=None), manager_alice, abc[:2], [50, 50])
+    campaign = variants_set(
+        make_campaign(content=abc[0], kind="api_triggered", segment=None), manager_alice, abc[:2], [50, 50]
+    )
     campaign_submit(campaign_id=campaign.pk, by=manager_alice)
     campaign_approve(campaign_id=campaign.pk, by=approver_bob)
-    campaign = _set(Campaign.objects.get(pk=campaign.pk), manager_alice, abc[:2], [70, 30])
+    campaign = variants_set(Campaign.objects.get(pk=campaign.pk), manager_alice, abc[:2], [70, 30])
     assert campaign.status == "live" and campaign.has_pending_revision
     assert [v["share"] for v in campaign.approved().variants] == [50, 50]
     assert AuditEvent.objects.filter(action="campaign_revision_edited").exists()
@@ -110,7 +77,7 @@ def test_variants_are_checked_on_save(make_campaign, manager_alice, team, shares
     contents = [PushContentFactory(app=team) for _ in shares]
     campaign = make_campaign()
     with pytest.raises(ValidationError, match=message):
-        _set(campaign, manager_alice, contents, shares, holdout)
+        variants_set(campaign, manager_alice, contents, shares, holdout)
     assert not Campaign.objects.get(pk=campaign.pk).variants.exists()
 
 
@@ -118,15 +85,15 @@ def test_variant_contents_are_of_the_campaigns_app_and_each_their_own(make_campa
     campaign = make_campaign(content=abc[0])
     elsewhere = PushContentFactory(app=AppFactory(name="Elsewhere"))
     with pytest.raises(ValidationError, match="belongs to another app"):
-        _set(campaign, manager_alice, [abc[0], elsewhere], [50, 50])
+        variants_set(campaign, manager_alice, [abc[0], elsewhere], [50, 50])
     with pytest.raises(ValidationError, match="listed twice"):
-        _set(campaign, manager_alice, [abc[0], abc[0]], [50, 50])
+        variants_set(campaign, manager_alice, [abc[0], abc[0]], [50, 50])
 
 
 def test_a_viewer_cannot_set_variants(make_campaign, viewer_carol, abc):
     campaign = make_campaign(content=abc[0])
     with pytest.raises(PermissionDenied):
-        _set(campaign, viewer_carol, abc[:2], [50, 50])
+        variants_set(campaign, viewer_carol, abc[:2], [50, 50])
 
 
 def test_manager_sets_variants_and_holdout_in_the_campaign_form(client, make_campaign, manager_alice, abc):
@@ -171,7 +138,7 @@ def test_a_viewer_cannot_post_variants_in_the_admin(client, make_campaign, viewe
 
 
 def test_the_approver_reviews_every_variant_with_its_previews(client, make_campaign, manager_alice, approver_bob, abc):
-    campaign = _set(make_campaign(content=abc[0]), manager_alice, abc, [30, 30, 30], holdout=10)
+    campaign = variants_set(make_campaign(content=abc[0]), manager_alice, abc, [30, 30, 30], holdout=10)
     campaign_submit(campaign_id=campaign.pk, by=manager_alice)
     request = ApprovalRequest.objects.get()
     client.force_login(approver_bob)
@@ -185,7 +152,7 @@ def test_the_approver_reviews_every_variant_with_its_previews(client, make_campa
 def test_report_shows_each_variant_and_the_holdout_on_the_page_and_in_the_api(
     client, make_campaign, manager_alice, manager_mallory, viewer_carol, abc, api_key_for
 ):
-    campaign = _set(make_campaign(content=abc[0]), manager_alice, abc[:2], [45, 45], holdout=10)
+    campaign = variants_set(make_campaign(content=abc[0]), manager_alice, abc[:2], [45, 45], holdout=10)
     dispatch = Dispatch.objects.create(
         app=campaign.app,
         kind="campaign",
@@ -247,7 +214,7 @@ def test_a_manager_of_another_team_does_not_see_a_campaigns_variants_in_the_api(
 ):
     from tests.factories import UserFactory
 
-    campaign = _set(make_campaign(content=abc[0]), manager_alice, abc[:2], [50, 50])
+    campaign = variants_set(make_campaign(content=abc[0]), manager_alice, abc[:2], [50, 50])
     api = api_key_for(UserFactory(username="manager_stranger", role="Manager"), scopes=["read"])
     assert api.get(f"/api/v1/campaigns/{campaign.pk}/").status_code == 404
     assert api.get(f"/api/v1/campaigns/{campaign.pk}/report/").status_code == 404
@@ -257,7 +224,7 @@ def test_a_manager_of_another_team_does_not_see_a_campaigns_variants_in_the_api(
 def test_duplicating_a_campaign_keeps_its_variants_and_holdout(make_campaign, manager_alice, abc):
     from campaigns.services.lifecycle import campaign_duplicate
 
-    campaign = _set(make_campaign(content=abc[0]), manager_alice, abc, [30, 30, 30], holdout=10)
+    campaign = variants_set(make_campaign(content=abc[0]), manager_alice, abc, [30, 30, 30], holdout=10)
     copy = campaign_duplicate(campaign_id=campaign.pk, by=manager_alice)
     variants = copy.variant_list()
     assert [v.share for v in variants] == [30, 30, 30] and copy.holdout_share == 10

@@ -10,38 +10,17 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from accounts.models import ApprovalRequest
 from campaigns.models import Campaign, WinnerTest
 from campaigns.services.lifecycle import campaign_submit
-from campaigns.services.variants import VariantInput, campaign_variants_set
 from campaigns.services.winner import WinnerInput, campaign_winner_set
 from delivery.models import Dispatch
-from tests.factories import PushContentFactory
-
-
-@pytest.fixture
-def abc(team):
-    return [PushContentFactory(app=team, name=f"Sale {label}", title=f"Title {label}") for label in "ABC"]
+from tests.campaigns.helpers import change_form, variants_set
 
 
 def _with_variants(campaign, by, contents, shares=(45, 45), holdout=10):
-    return campaign_variants_set(
-        campaign_id=campaign.pk,
-        by=by,
-        variants=[VariantInput(content_id=c.pk, share=s) for c, s in zip(contents, shares, strict=True)],
-        holdout_share=holdout,
-    )
+    return variants_set(campaign, by, contents, shares, holdout)
 
 
 def _form(campaign, variants, holdout=10, **winner):
-    data = {
-        "name": campaign.name,
-        "app": campaign.app_id,
-        "kind": campaign.kind,
-        "purpose": campaign.purpose,
-        "segment": campaign.segment_id or "",
-        "content": campaign.content_id,
-        "schedule_kind": campaign.schedule_kind,
-        "time_zone": campaign.time_zone,
-        "missed_window_minutes": 60,
-        "holdout_share": holdout,
+    defaults = {
         "conversion_window_hours": 24,
         "conversion_anchor": "accepted",
         "winner_sample_share": 20,
@@ -50,18 +29,8 @@ def _form(campaign, variants, holdout=10, **winner):
         "winner_confidence": 95,
         "winner_fallback": "all_variants",
         "winner_fallback_variant": "",
-        "occurrences-TOTAL_FORMS": 0,
-        "occurrences-INITIAL_FORMS": 0,
-        "variants-TOTAL_FORMS": len(variants),
-        "variants-INITIAL_FORMS": 0,
-        "variants-MIN_NUM_FORMS": 0,
-        "variants-MAX_NUM_FORMS": 10,
-        **winner,
     }
-    for index, (content, share) in enumerate(variants):
-        data[f"variants-{index}-content"] = content.pk
-        data[f"variants-{index}-share"] = share
-    return data
+    return change_form(campaign, variants, holdout, **{**defaults, **winner})
 
 
 def test_manager_sets_winner_mode_in_the_campaign_form(client, make_campaign, manager_alice, abc):
