@@ -10,9 +10,12 @@ whose dispatch holds ``--deliveries`` rows (85% accepted spread over 24 hours, 5
 holdout skipped, 10% opened); ``--events`` events over the 14 days around the send, on random
 profiles, a tenth of them ``purchase`` with an amount. Then times, warm, the median of 5 runs of
 the campaign's conversions (``campaigns.reports.campaign_conversions``) for three goals: purchase
-within 24 h of acceptance, the same with ``amount >= 50``, and within 2 h of the open; the reached
-profiles are kept until the dispatch's counters move, so each goal is also timed once with them
-counted again (``_after_outcome_ms``). Prints one JSON line in milliseconds.
+within 24 h of acceptance, the same with ``amount >= 50``, and within 2 h of the open. Each goal is
+also timed on the first view after a new outcome (``_after_outcome_ms``: an open recorded, the cache
+cleared); the finished dispatch's reached profiles are counted once and kept on it, timed as
+``first_view_ever_ms``, and ``sending_after_outcome_ms`` is what a dispatch still sending pays after
+each new outcome (its reached profiles counted over the deliveries). Prints one JSON line in
+milliseconds, with the load average at the end.
 """
 
 import argparse
@@ -148,6 +151,33 @@ def ensure_campaign(*, deliveries: int, events: int, rebuild: bool, log) -> dict
     return {"campaign": campaign, "dispatch": dispatch, "generated": True, **timings}
 
 
+def _record_open(dispatch) -> None:
+    """A new outcome, as the open service records it: one accepted row opened now, the dispatch's
+    opened counter and the rollup moved in the same transaction."""
+    from django.db import transaction
+    from django.db.models import F
+    from django.utils import timezone
+
+    from delivery.models import Delivery, Dispatch
+    from delivery.services.rollups import rollup_add_opened
+
+    with transaction.atomic():
+        row = (
+            Delivery.objects.filter(dispatch_id=dispatch.pk, status="accepted", opened_at__isnull=True)
+            .values_list("pk", flat=True)
+            .first()
+        )
+        Delivery.objects.filter(pk=row).update(opened_at=timezone.now())
+        Dispatch.objects.filter(pk=dispatch.pk).update(opened=F("opened") + 1)
+        rollup_add_opened(ids=[row])
+
+
+def _timed(call) -> float:
+    started = time.perf_counter()
+    call()
+    return round((time.perf_counter() - started) * 1000, 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--deliveries", type=int, default=1_000_000)
@@ -158,33 +188,50 @@ def main() -> None:
     from django.core.cache import cache
 
     from campaigns.reports import campaign_conversions
+    from delivery.models import Dispatch, DispatchProfiles
 
     made = ensure_campaign(
         deliveries=args.deliveries, events=args.events, rebuild=args.rebuild, log=lambda m: print(m, file=sys.stderr)
     )
     campaign, dispatch = made.pop("campaign"), made.pop("dispatch")
     result = {"benchmark": "conversions", "deliveries": args.deliveries, "events": args.events, **made}
+
+    def view():
+        return campaign_conversions(campaign, dispatch_ids=[dispatch.pk])
+
     for label, goal in GOALS.items():
         campaign.conversion_event = goal["event"]
         campaign.conversion_where = goal.get("where", [])
         campaign.conversion_window_hours = goal["window_hours"]
         campaign.conversion_anchor = goal["anchor"]
-        cache.clear()  # as after a new outcome: the reached profiles are counted again
-        started = time.perf_counter()
-        campaign_conversions(campaign, dispatch_ids=[dispatch.pk])
-        result[f"{label}_after_outcome_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        if label == next(iter(GOALS)):
+            DispatchProfiles.objects.filter(dispatch_id=dispatch.pk).delete()
+            # A dispatch still sending counts its reached profiles on the first view after each new outcome.
+            Dispatch.objects.filter(pk=dispatch.pk).update(status=Dispatch.Status.SENDING)
+            try:
+                cache.clear()
+                result["sending_after_outcome_ms"] = _timed(view)
+            finally:
+                Dispatch.objects.filter(pk=dispatch.pk).update(status=Dispatch.Status.DONE)
+            # Finished and never reported on: its reached profiles counted and kept on it, once.
+            cache.clear()
+            result["first_view_ever_ms"] = _timed(view)
+        _record_open(dispatch)  # a new outcome (on a finished dispatch, opens are the ones that come)
+        cache.clear()
+        result[f"{label}_after_outcome_ms"] = _timed(view)
         times = []
         for _ in range(5):
             started = time.perf_counter()
-            report = campaign_conversions(campaign, dispatch_ids=[dispatch.pk])
+            report = view()
             times.append((time.perf_counter() - started) * 1000)
         result[f"{label}_ms"] = round(statistics.median(times), 1)
         result[f"{label}_rates"] = {v["variant"]: v["conversion_rate"] for v in report["variants"]} | {
             "holdout": report["holdout"]["conversion_rate"],
             "reached": report["overall"]["reached"] + report["holdout"]["reached"],
         }
-    result["goal"] = "each < 1000 ms (the reached profiles kept)"
-    result["met"] = all(result[f"{label}_ms"] < 1000 for label in GOALS)
+    result["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    result["goal"] = "each < 1000 ms, the first view after a new outcome included (the dispatch finished)"
+    result["met"] = all(result[f"{label}_ms"] < 1000 and result[f"{label}_after_outcome_ms"] < 1000 for label in GOALS)
     print(json.dumps(result))
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import io
 
-from django.db.models import Count
-
 from campaigns.models import Campaign, variant_label
 
 
@@ -21,8 +19,8 @@ def _dispatches(campaign: Campaign):
 def campaign_report(campaign: Campaign) -> dict:
     """Figures over every dispatch of the campaign (test sends excluded), summed from their rollup
     (``delivery.reports.rollup_rows``). The profiles per variant, which a rollup cannot sum (one
-    profile may have several devices and several occurrences), are counted and kept in the cache
-    until a dispatch's counters move (``delivery.reports.kept_until_counted``); the conversions,
+    profile may have several devices and several occurrences), are counted once and kept on each
+    settled dispatch (``delivery.reports.profiles_by``); the conversions,
     which events make, are counted each time."""
     dispatches = list(_dispatches(campaign).values("id", "label", "status", "created_at", "finished_at"))
     ids = [d["id"] for d in dispatches]
@@ -91,23 +89,19 @@ def _report(dispatches: list[dict]) -> dict:
 
 def _by_variant(per_variant: dict[int, dict], dispatch_ids: list[int]) -> tuple[list[dict], dict | None]:
     """Per variant: profiles, sent (to a provider), accepted, opened, open rate; and the holdout's
-    size. Sent, accepted and opened come from the rollup; the profiles from one grouped query kept
-    until the counters move. ([], None) for a campaign that never sent variants."""
+    size. Sent, accepted and opened come from the rollup; the profiles from one grouped query, kept
+    on a settled dispatch (``delivery.reports.profiles_by``). ([], None) for a campaign that never sent variants."""
     from delivery.models import Delivery, DeliveryRollup, Dispatch
-    from delivery.reports import kept_until_counted
+    from delivery.reports import profiles_by
 
     counts = {number: row for number, row in per_variant.items() if number != DeliveryRollup.NO_VARIANT}
     if not counts:
         return [], None
-    profiles = kept_until_counted(
+    profiles = profiles_by(
         name="variant_profiles",
         dispatch_ids=dispatch_ids,
-        compute=lambda: dict(
-            Delivery.objects.filter(dispatch_id__in=dispatch_ids, variant__isnull=False)
-            .values_list("variant")
-            .annotate(n=Count("profile_id", distinct=True))
-            .order_by()
-        ),
+        rows=lambda ids: Delivery.objects.filter(dispatch_id__in=ids, variant__isnull=False),
+        group="variant",
     )
     # What each variant sent, by the newest dispatch that froze it.
     contents: dict[int, dict] = {}

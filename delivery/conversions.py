@@ -3,10 +3,9 @@
 A campaign or a journey may name a conversion goal (``ConversionGoal``): an event, optional
 property conditions (the audiences' event rule, compiled by its compiler) and a window after the
 anchor (the delivery accepted, or opened). Attribution is grouped SQL over the dispatches'
-deliveries (the reached profiles kept in the cache until the counters move), hash-joined by
-profile to the goal's events (read index-only from the
-events' (name, occurred_at) INCLUDE (profile_id) index): per group, the profiles reached and
-those that converted.
+deliveries (the reached profiles kept on each settled dispatch: ``delivery.reports.profiles_by``),
+hash-joined by profile to the goal's events (read index-only from the events' (name, occurred_at)
+INCLUDE (profile_id) index): per group, the profiles reached and those that converted.
 
 The holdout is sent nothing: its anchor is the time its row was settled, when the others were
 sent. Rates carry a Wilson score interval; each variant's uplift against the holdout carries
@@ -94,14 +93,16 @@ def conversion_check(*, event: str, where: list, window_hours: int, anchor: str)
 
 def conversions_by(*, dispatch_ids: Iterable[int], goal: Goal, group: str | F, group_key: str) -> dict:
     """Per value of ``group`` (a Delivery field, or an expression over it, named by ``group_key``):
-    the profiles reached and the profiles that converted. Two grouped statements: the reached
-    profiles (kept in the cache until a dispatch's counters move), and the conversions.
+    the profiles reached and the profiles that converted. The reached profiles change only with
+    the rows' outcomes, never with opens or events: a settled dispatch's are counted once and kept
+    on it, others kept in the cache until a dispatch's counters move (``delivery.reports.profiles_by``).
+    The conversions, which events make, are one grouped statement on each call.
 
     Reached: a delivery accepted by the provider, or a holdout row (variant 0, skipped). Converted:
     a reached profile that did the goal's event, its properties meeting the conditions, at or after
     its anchor and before the anchor plus the window. With the "opened" anchor, only a delivery that
-    was opened can convert (the rate stays over every profile reached); the holdout's anchor is
-    always the time its row was settled.
+    was opened can convert (the rate stays over every profile reached, whatever the anchor); the
+    holdout's anchor is always the time its row was settled.
 
     The deliveries are joined to the events (a hash join, not a probe per delivery): the events
     read are only the goal's, from the first dispatch's creation (no anchor is earlier) to now plus
@@ -112,51 +113,42 @@ def conversions_by(*, dispatch_ids: Iterable[int], goal: Goal, group: str | F, g
     from audiences.models import Event
     from audiences.rules.compiler import Compiler
     from delivery.models import Delivery, Dispatch
-    from delivery.reports import kept_until_counted
+    from delivery.reports import grouped_count, profiles_by
 
     ids = list(dispatch_ids)
     if not ids:
         return {}  # never sent: nobody reached
-    dispatch_ids = ids
-    holdout = Q(variant=0, status=Delivery.Status.SKIPPED, reason="holdout")
+    # A constant, not a subquery: the planner then sees how few events it reads, and hashes them.
+    first_sent = Dispatch.objects.filter(pk__in=ids).aggregate(first=Min("created_at"))["first"]
+    if first_sent is None:
+        return {}
+
+    def reached(of: list[int]):
+        holdout = Q(variant=0, status=Delivery.Status.SKIPPED, reason="holdout")
+        return Delivery.objects.filter(Q(status=Delivery.Status.ACCEPTED) | holdout, dispatch_id__in=of)
+
     if goal.anchor == ConversionGoal.Anchor.OPENED:
         anchor = Case(When(variant=0, then=F("finished_at")), default=F("opened_at"))
     else:
         anchor = F("finished_at")
     window = dt.timedelta(hours=goal.window_hours)
-    reached = (
-        Delivery.objects.filter(Q(status=Delivery.Status.ACCEPTED) | holdout, dispatch_id__in=dispatch_ids)
+    # Only rows with an anchor can convert (with the "opened" anchor: the opened ones and the holdout).
+    candidates = (
+        reached(ids)
         .annotate(grp=F(group) if isinstance(group, str) else group, anchor=anchor)
         .annotate(window_end=F("anchor") + window)
+        .filter(anchor__isnull=False)
         .values("grp", "profile_id", "anchor", "window_end")
         .order_by()
     )
-    # A constant, not a subquery: the planner then sees how few events it reads, and hashes them.
-    first_sent = Dispatch.objects.filter(pk__in=dispatch_ids).aggregate(first=Min("created_at"))["first"]
-    if first_sent is None:
-        return {}
     events = Event.objects.filter(name=goal.event, occurred_at__gte=first_sent, occurred_at__lt=timezone.now() + window)
     compiler = Compiler()
     for condition in goal.where:
         events = events.filter(compiler.json_condition("properties", condition["property"], condition))
-    # Only rows with an anchor can convert (with the "opened" anchor: the opened ones and the holdout).
-    candidates_sql, candidates_params = reached.filter(anchor__isnull=False).query.sql_with_params()
-    reached_sql, reached_params = reached.query.sql_with_params()
+    candidates_sql, candidates_params = candidates.query.sql_with_params()
     events_sql, events_params = events.values("profile_id", "occurred_at").order_by().query.sql_with_params()
-    # The reached profiles change only with the rows' outcomes: kept in the cache until a dispatch's
-    # counters move, as the report's other figures are. The conversions, which events make, are
-    # counted on each call.
-    reached_sql, reached_params = reached.query.sql_with_params()
-    reached_counts = kept_until_counted(
-        name="conversions_reached",
-        dispatch_ids=ids,
-        extra=group_key,
-        compute=lambda: _counted(
-            f"SELECT grp, count(*) FROM (SELECT DISTINCT r.grp, r.profile_id FROM ({reached_sql}) r) p GROUP BY grp",  # noqa: S608 (the ORM's SQL)
-            reached_params,
-        ),
-    )
-    converted_counts = _counted(
+    reached_counts = profiles_by(name=f"conversions_reached:{group_key}", dispatch_ids=ids, rows=reached, group=group)
+    converted_counts = grouped_count(
         f"""
         SELECT grp, count(*) FROM (
             SELECT DISTINCT r.grp, r.profile_id
@@ -167,19 +159,6 @@ def conversions_by(*, dispatch_ids: Iterable[int], goal: Goal, group: str | F, g
         [*candidates_params, *events_params],
     )
     return {grp: {"reached": n, "converted": converted_counts.get(grp, 0)} for grp, n in reached_counts.items()}
-
-
-def _counted(sql: str, params: list) -> dict:
-    """Run a grouped count (group, n); on PostgreSQL with JIT off, as segment counts are (its
-    compiling costs more than it saves on a sub-second query), and room to hash in memory."""
-    from django.db import connection, transaction
-
-    with transaction.atomic(), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SET LOCAL jit = off")
-            cursor.execute("SET LOCAL work_mem = '64MB'")
-        cursor.execute(sql, params)
-        return dict(cursor.fetchall())
 
 
 def wilson_interval(successes: int, trials: int, *, z: float = Z_95) -> tuple[float, float] | None:

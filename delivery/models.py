@@ -525,6 +525,32 @@ class Delivery(models.Model):
         return f"Delivery #{self.pk}"
 
 
+class DispatchProfiles(models.Model):
+    """Distinct profiles per group (a variant, a journey step) among a *settled* dispatch's rows,
+    kept once: a figure a rollup cannot sum (one profile may have several devices and rows).
+
+    A dispatch is settled when it is final and no row of it is queued or in flight: its rows'
+    statuses no longer change then (an open sets ``opened_at`` only), so neither do these counts.
+    ``name`` says which rows were counted and by what (``delivery.reports.profiles_by``); ``counts``
+    is ``[[group, profiles], ...]``. Written lazily by the first report that asks, under a key-share
+    lock on the dispatch; retention, which deletes rows, takes the dispatch's row lock and deletes
+    these in the same transaction, so they are counted again from what remains.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    dispatch = models.ForeignKey(Dispatch, on_delete=models.CASCADE, related_name="+", db_index=False)
+    name = models.CharField(max_length=60)
+    counts = models.JSONField(default=list)
+    counted_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "dispatch profiles"
+        constraints = [models.UniqueConstraint(fields=["dispatch", "name"], name="dispatch_profiles_once")]
+
+    def __str__(self) -> str:
+        return f"{self.dispatch_id} {self.name}"
+
+
 class RateBucket(models.Model):
     """The state of one send-rate limiter when the database keeps it (no Redis)."""
 

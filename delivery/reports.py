@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from django.core.cache import cache
-from django.db.models import Sum
+from django.db.models import Expression, F, QuerySet, Sum
 from django.utils import timezone
 
-from delivery.models import DeliveryRollup, Dispatch
+from delivery.models import Delivery, DeliveryRollup, Dispatch, DispatchProfiles
 
 # Rows skipped because no device of the profile allows notifications: the audience not reachable.
 UNREACHABLE_REASONS = ("no_device", "not_opted_in")
@@ -46,15 +46,19 @@ def report_charts(*, dispatch_ids: Iterable[int], tz: dt.tzinfo | None = None) -
     return _charts(ids, tz or timezone.get_current_timezone())
 
 
-def kept_until_counted(*, name: str, dispatch_ids: Iterable[int], compute: Callable[[], T], extra: str = "") -> T:
+def kept_until_counted(
+    *, name: str, dispatch_ids: Iterable[int], compute: Callable[[], T], extra: str = "", opens_matter: bool = True
+) -> T:
     """``compute()``, a figure over these dispatches' deliveries, kept in the cache under their
     counters (one query): a row that finishes or is opened moves a counter as the send tasks
     record it, so a kept figure is what a count now would say. (A stream's counters follow its
-    rows at each watch, so its figures may lag by that much.)"""
+    rows at each watch, so its figures may lag by that much.) A figure that opens do not change
+    (``opens_matter=False``) stays kept when only the opened counter moves."""
+    fields = ["pk", "status", "total", "accepted", "failed", "skipped", "unknown"]
     counters = list(
         Dispatch.objects.filter(pk__in=sorted(set(dispatch_ids)))
         .order_by("pk")
-        .values_list("pk", "status", "total", "accepted", "failed", "skipped", "unknown", "opened")
+        .values_list(*fields, *(["opened"] if opens_matter else []))
     )
     stamp = hashlib.sha256(json.dumps([extra, counters]).encode()).hexdigest()
     key = f"delivery:{name}:{stamp}"
@@ -63,6 +67,84 @@ def kept_until_counted(*, name: str, dispatch_ids: Iterable[int], compute: Calla
         figures = compute()
         cache.set(key, figures, CACHE_SECONDS)
     return figures
+
+
+def profiles_by(
+    *, name: str, dispatch_ids: Iterable[int], rows: Callable[[list[int]], QuerySet], group: str | Expression
+) -> dict:
+    """Distinct profiles per value of ``group`` (a Delivery field or an expression over one) among
+    ``rows(ids)``, the rows of dispatches ``ids`` to count; ``name`` names that choice of rows and
+    group (the same name must always mean the same rows and group). A figure that opens do not change.
+
+    A settled dispatch's figure (final, nothing queued or in flight: its rows no longer change) is
+    counted once and kept on it (``DispatchProfiles``); so, when a single dispatch of these holds
+    rows, the figure is read from one small row. A dispatch not settled (sending, or a stream that
+    calls still append to), or several dispatches holding rows (one profile may be in more than
+    one, so their figures do not add up), are counted as one grouped statement, kept in the cache
+    until a dispatch's counters other than opens move (``kept_until_counted``).
+    """
+    ids = sorted(set(dispatch_ids))
+    holding = [
+        pk
+        for pk, status, total in Dispatch.objects.filter(pk__in=ids).values_list("pk", "status", "total")
+        if total or status not in Dispatch.FINAL_STATUSES  # a final dispatch without rows counts nobody
+    ]
+    if not holding:
+        return {}
+
+    def count(of: list[int]) -> dict:
+        counted = rows(of).annotate(grp=F(group) if isinstance(group, str) else group)
+        sql, params = counted.values("grp", "profile_id").distinct().order_by().query.sql_with_params()
+        return grouped_count(f"SELECT grp, count(profile_id) FROM ({sql}) p GROUP BY grp", params)  # noqa: S608 (the ORM's SQL)
+
+    if len(holding) == 1:
+        kept = _settled_profiles(dispatch_id=holding[0], name=name, count=count)
+        if kept is not None:
+            return kept
+    return kept_until_counted(name=name, dispatch_ids=holding, compute=lambda: count(holding), opens_matter=False)
+
+
+def _settled_profiles(*, dispatch_id: int, name: str, count: Callable[[list[int]], dict]) -> dict | None:
+    """The dispatch's kept figure, counted and kept now if it is settled; None when it is not.
+
+    The dispatch's row is held with a key-share lock while counting (PostgreSQL): retention, which
+    takes the row's update lock before deleting rows, waits, so no figure is kept from rows it
+    deleted meanwhile; counters and opens (no-key updates) do not wait.
+    """
+    from django.db import connection, transaction
+
+    kept = DispatchProfiles.objects.filter(dispatch_id=dispatch_id, name=name).values_list("counts", flat=True).first()
+    if kept is not None:
+        return {grp: n for grp, n in kept}
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT id FROM delivery_dispatch WHERE id = %s FOR KEY SHARE", [dispatch_id])
+        settled = (
+            Dispatch.objects.filter(pk=dispatch_id, status__in=Dispatch.FINAL_STATUSES).exists()
+            and not Delivery.objects.filter(dispatch_id=dispatch_id, finished_at__isnull=True).exists()
+        )
+        if not settled:
+            return None
+        figures = count([dispatch_id])
+        DispatchProfiles.objects.bulk_create(
+            [DispatchProfiles(dispatch_id=dispatch_id, name=name, counts=[[grp, n] for grp, n in figures.items()])],
+            ignore_conflicts=True,
+        )
+    return figures
+
+
+def grouped_count(sql: str, params: list) -> dict:
+    """Run a grouped count (group, n); on PostgreSQL with JIT off, as segment counts are (its
+    compiling costs more than it saves on a sub-second query), and room to hash in memory."""
+    from django.db import connection, transaction
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET LOCAL jit = off")
+            cursor.execute("SET LOCAL work_mem = '64MB'")
+        cursor.execute(sql, params)
+        return dict(cursor.fetchall())
 
 
 def rollup_rows(dispatch_ids: Iterable[int], *, by: tuple[str, ...], **filters) -> list[dict]:

@@ -119,14 +119,15 @@ def retention_apply(*, now=None, delivery_days: int | None = None, audit_days: i
     """Delete what the retention settings let go: old deliveries, and (if asked) old audit events.
 
     Deliveries: the rows of dispatches finished more than ``delivery_days`` ago (the dispatch, its
-    counters and its outcomes' totals stay), in chunks of 10,000 rows (one transaction each).
+    counters and its outcomes' totals stay), in chunks of 10,000 rows (one transaction each); the
+    profiles kept on the dispatch (``DispatchProfiles``) go with them, counted again when next asked.
     Audit events: those older than ``audit_days`` (never under 365: the database refuses), through
     the one door the append-only trigger leaves open. 0 keeps either forever. Writes an audit event
     with the counts. Returns {"deliveries": n, "audit_events": n}.
     """
     from django.db import connection
 
-    from delivery.models import Delivery, Dispatch
+    from delivery.models import Delivery, Dispatch, DispatchProfiles
     from delivery.services.rollups import rollup_subtract
 
     now = now or timezone.now()
@@ -140,10 +141,14 @@ def retention_apply(*, now=None, delivery_days: int | None = None, audit_days: i
         for dispatch_id in finished.iterator():
             while True:
                 with transaction.atomic():
+                    # The dispatch's row lock first: a report keeping its profiles holds a key-share
+                    # lock while it counts, so no figure is kept from rows deleted meanwhile.
+                    Dispatch.objects.select_for_update().filter(pk=dispatch_id).values_list("pk").first()
                     chunk = list(Delivery.objects.filter(dispatch_id=dispatch_id).values_list("pk", flat=True)[:10_000])
                     if not chunk:
                         break
                     rollup_subtract(ids=chunk)
+                    DispatchProfiles.objects.filter(dispatch_id=dispatch_id).delete()
                     result["deliveries"] += Delivery.objects.filter(pk__in=chunk).delete()[0]
     if audit_days > 0:
         if audit_days < AUDIT_MINIMUM_DAYS:

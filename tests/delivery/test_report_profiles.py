@@ -1,0 +1,276 @@
+"""The distinct profiles reports count per variant (the conversions' reached profiles, the variants'
+profiles) are kept on a dispatch once it is settled, and are what a recount over its deliveries
+says: after sends with failures, a retry and skips, profiles with two devices, opens, a stop with
+rows in flight, several dispatches reaching the same profiles, a stream, and retention."""
+
+import datetime as dt
+from collections import Counter
+
+import pytest
+from django.utils import timezone
+
+from delivery.conversions import Goal, conversions_by
+from delivery.models import Delivery, Dispatch, DispatchProfiles
+from delivery.reports import profiles_by
+from delivery.services.claims import deliveries_claim
+from delivery.services.dispatches import (
+    _GATES,
+    deliveries_expire_leases,
+    dispatch_create,
+    dispatch_gate_register,
+    dispatch_prepare,
+    dispatch_recount,
+    dispatch_stop,
+)
+from delivery.services.opens import delivery_open_report
+from delivery.services.sending import dispatch_send
+from delivery.services.stream_senders import streams_send
+from delivery.services.streams import Recipient, stream_append, stream_open, streams_watch
+from delivery.variants import variant_for
+from operations.services import retention_apply
+from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory
+
+pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
+
+GOAL = Goal(event="purchase", where=(), window_hours=24, anchor="opened")
+REACHED = "conversions_reached:variant"
+
+
+def recounted_reached(ids) -> dict:
+    """Profiles reached per variant, row by row in Python: accepted rows and the holdout's."""
+    pairs = {
+        (variant, profile)
+        for variant, profile, status, reason in Delivery.objects.filter(dispatch_id__in=ids).values_list(
+            "variant", "profile_id", "status", "reason"
+        )
+        if status == "accepted" or (variant == 0 and status == "skipped" and reason == "holdout")
+    }
+    return dict(Counter(variant for variant, _ in pairs))
+
+
+def recounted_profiles(ids) -> dict:
+    """Profiles per variant among every row with a variant, row by row in Python."""
+    pairs = set(
+        Delivery.objects.filter(dispatch_id__in=ids, variant__isnull=False).values_list("variant", "profile_id")
+    )
+    return dict(Counter(variant for variant, _ in pairs))
+
+
+def reached(ids) -> dict:
+    return {
+        variant: row["reached"]
+        for variant, row in conversions_by(dispatch_ids=ids, goal=GOAL, group="variant", group_key="variant").items()
+    }
+
+
+def variant_profiles(ids) -> dict:
+    return profiles_by(
+        name="variant_profiles",
+        dispatch_ids=ids,
+        rows=lambda of: Delivery.objects.filter(dispatch_id__in=of, variant__isnull=False),
+        group="variant",
+    )
+
+
+def kept(dispatch, name=REACHED):
+    row = DispatchProfiles.objects.filter(dispatch=dispatch, name=name).first()
+    return None if row is None else {group: n for group, n in row.counts}
+
+
+def assert_figures_are_the_recount(*dispatches):
+    ids = [d.pk for d in dispatches]
+    expected = recounted_reached(ids)
+    assert expected, "nothing to compare"
+    assert reached(ids) == expected
+    assert variant_profiles(ids) == recounted_profiles(ids)
+
+
+@pytest.fixture
+def open_gate():
+    saved = dict(_GATES)
+    dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=lambda **kwargs: None)
+    yield
+    _GATES.clear()
+    _GATES.update(saved)
+
+
+def _variants(content):
+    return [
+        {"number": n, "label": label, "content_id": content.pk, "share": 40, "spec": content.spec()}
+        for n, label in ((1, "A"), (2, "B"))
+    ]
+
+
+def test_a_finished_sends_profiles_are_kept_once_and_are_the_recount_after_retries_devices_and_opens(
+    pushsim_app, pushsim, open_gate, admin_erin, settings, django_capture_on_commit_callbacks
+):
+    settings.PUSHDESK_SEND_BACKOFF_SECONDS = 0.05
+    content = PushContentFactory(app=pushsim_app)
+    variants = _variants(content)
+    profiles = ProfileFactory.create_batch(14)
+    devices = []
+    for n, profile in enumerate(profiles):
+        devices.append(DeviceFactory(profile=profile, app=pushsim_app, platform="ios" if n % 2 else "android"))
+        if n % 3 == 0:  # a second device: the profile counts once
+            devices.append(DeviceFactory(profile=profile, app=pushsim_app, platform="android"))
+    DeviceFactory(profile=ProfileFactory(), app=pushsim_app, push_enabled=False)
+    sent = [d for d in devices if variant_for(d.profile_id, salt=0, variants=variants, holdout_share=20)]
+    assert len(sent) < len(devices), "some held out"
+    sent = [d for d in sent if d.platform == "ios"]  # APNs' reasons below
+    assert len(sent) >= 2
+    pushsim.state.fail_token(token=sent[0].token, failures=[(410, "Unregistered")])
+    pushsim.state.fail_token(token=sent[1].token, failures=[429])  # retried, then accepted
+    with django_capture_on_commit_callbacks(execute=True):
+        dispatch = dispatch_create(
+            app_id=pushsim_app.pk,
+            kind=Dispatch.Kind.API_TRIGGER,
+            spec=content.spec(),
+            profile_ids=sorted({d.profile_id for d in devices}),
+            variants=variants,
+            holdout_share=20,
+        )
+    dispatch.refresh_from_db()
+    assert dispatch.status == Dispatch.Status.DONE and dispatch.retries
+    assert {"accepted", "failed", "skipped"} <= set(
+        Delivery.objects.filter(dispatch=dispatch).values_list("status", flat=True)
+    )
+    assert kept(dispatch) is None
+    assert_figures_are_the_recount(dispatch)
+    assert kept(dispatch) == recounted_reached([dispatch.pk])
+    assert kept(dispatch, "variant_profiles") == recounted_profiles([dispatch.pk])
+
+    # Opens come after the send: they change nothing counted here, and the kept figure is read.
+    for row in Delivery.objects.filter(dispatch=dispatch, status="accepted")[:2]:
+        delivery_open_report(delivery_id=row.pk, app_id=pushsim_app.pk, by=admin_erin, when=timezone.now())
+    assert_figures_are_the_recount(dispatch)
+    DispatchProfiles.objects.filter(dispatch=dispatch, name=REACHED).update(counts=[[1, 999]])
+    assert reached([dispatch.pk]) == {1: 999}, "the kept figure is read, not counted again"
+
+
+def test_a_stopped_dispatch_is_counted_while_rows_are_in_flight_and_kept_once_they_end(
+    pushsim_app, pushsim, open_gate, manager_alice, django_capture_on_commit_callbacks
+):
+    from accounts.services import access_grant
+
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
+    content = PushContentFactory(app=pushsim_app)
+    profiles = ProfileFactory.create_batch(6)
+    for profile in profiles:
+        DeviceFactory(profile=profile, app=pushsim_app, platform="android")
+    with django_capture_on_commit_callbacks(execute=False):
+        dispatch = dispatch_create(
+            app_id=pushsim_app.pk,
+            kind="api_trigger",
+            spec=content.spec(),
+            profile_ids=[p.pk for p in profiles],
+            variants=_variants(content),
+        )
+        dispatch_prepare(dispatch_id=dispatch.pk)
+    in_flight = deliveries_claim(dispatch.pk, limit=2, now=timezone.now())  # a worker dies with these
+    dispatch_send(dispatch_id=dispatch.pk)
+    dispatch_stop(dispatch_id=dispatch.pk, by=manager_alice)
+    dispatch.refresh_from_db()
+    assert dispatch.status == Dispatch.Status.STOPPED and len(in_flight) == 2
+    assert_figures_are_the_recount(dispatch)
+    assert kept(dispatch) is None, "rows in flight may still be accepted"
+
+    assert deliveries_expire_leases(now=timezone.now() + dt.timedelta(hours=1)) == 2
+    assert_figures_are_the_recount(dispatch)
+    assert kept(dispatch) == recounted_reached([dispatch.pk])
+
+
+def test_dispatches_reaching_the_same_profiles_count_each_profile_once(
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
+):
+    content = PushContentFactory(app=pushsim_app)
+    profiles = ProfileFactory.create_batch(5)
+    for profile in profiles:
+        DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
+
+    def send(audience):
+        with django_capture_on_commit_callbacks(execute=True):
+            dispatch = dispatch_create(
+                app_id=pushsim_app.pk,
+                kind="api_trigger",
+                spec=content.spec(),
+                profile_ids=[p.pk for p in audience],
+                variants=_variants(content),
+            )
+        dispatch.refresh_from_db()
+        return dispatch
+
+    first, second = send(profiles), send(profiles[:3])
+    assert_figures_are_the_recount(first)
+    assert_figures_are_the_recount(second)
+    both = recounted_reached([first.pk, second.pk])
+    assert sum(both.values()) == 5 < sum(kept(first).values()) + sum(kept(second).values())
+    assert_figures_are_the_recount(first, second)
+
+
+def test_a_stream_is_counted_while_calls_append_and_kept_once_it_is_finished(pushsim, pushsim_app):
+    content = PushContentFactory(app=pushsim_app)
+    stream = Dispatch.objects.get(
+        pk=stream_open(
+            kind=Dispatch.Kind.API_TRIGGER,
+            source_id=778,
+            version="v1",
+            app_id=pushsim_app.pk,
+            spec=content.spec(),
+            content_id=content.pk,
+            label="Orders",
+            purpose="transactional",
+            variants=_variants(content),
+        )
+    )
+    profiles = ProfileFactory.create_batch(4)
+    for profile in profiles:
+        DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
+    source = ("SELECT id FROM delivery_app WHERE id = %s FOR SHARE", [pushsim_app.pk])
+
+    def append(audience, variant):
+        stream_append(
+            dispatch_id=stream.pk,
+            app_id=pushsim_app.pk,
+            recipients=[Recipient(p.pk, variant=variant) for p in audience],
+            source_lock=source,
+        )
+
+    append(profiles[:2], 1)
+    streams_send(budget=0)
+    assert_figures_are_the_recount(stream)
+    append(profiles, 2)  # the same profiles again, and more: the figure follows
+    streams_send(budget=0)
+    dispatch_recount(dispatch_id=stream.pk)  # its counters follow the rows, as at each watch
+    assert_figures_are_the_recount(stream)
+    assert kept(stream) is None, "calls may still append"
+
+    streams_watch(now=timezone.now() + dt.timedelta(days=1))  # a new day: calls go to another stream
+    stream.refresh_from_db()
+    assert stream.status == Dispatch.Status.DONE
+    assert_figures_are_the_recount(stream)
+    assert kept(stream) == {1: 2, 2: 4}
+
+
+def test_retention_takes_the_kept_figures_with_the_rows(
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
+):
+    content = PushContentFactory(app=pushsim_app)
+    profiles = ProfileFactory.create_batch(4)
+    for profile in profiles:
+        DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
+    with django_capture_on_commit_callbacks(execute=True):
+        dispatch = dispatch_create(
+            app_id=pushsim_app.pk,
+            kind="api_trigger",
+            spec=content.spec(),
+            profile_ids=[p.pk for p in profiles],
+            variants=_variants(content),
+        )
+    assert_figures_are_the_recount(dispatch)
+    assert kept(dispatch) and kept(dispatch, "variant_profiles")
+
+    Dispatch.objects.filter(pk=dispatch.pk).update(finished_at=timezone.now() - dt.timedelta(days=400))
+    assert retention_apply(delivery_days=30)["deliveries"] == 4
+    assert not DispatchProfiles.objects.filter(dispatch=dispatch).exists()
+    assert reached([dispatch.pk]) == recounted_reached([dispatch.pk]) == {}
+    assert variant_profiles([dispatch.pk]) == {}
