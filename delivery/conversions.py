@@ -105,11 +105,9 @@ def conversions_by(*, dispatch_ids: Iterable[int], goal: Goal, group: str | F, g
     holdout's anchor is always the time its row was settled.
 
     The deliveries are joined to the events (a hash join, not a probe per delivery): the events
-    read are only the goal's, from the first dispatch's creation (no anchor is earlier) to now plus
-    the window (no anchor is later than now), through the events' (name, occurred_at) index.
+    read are only the goal's, from the first dispatch's creation (no anchor is earlier) to the end
+    of the latest anchor's window (``_last_window_end``), through the events' (name, occurred_at) index.
     """
-    from django.utils import timezone
-
     from audiences.models import Event
     from audiences.rules.compiler import Compiler
     from delivery.models import Delivery, Dispatch
@@ -141,7 +139,9 @@ def conversions_by(*, dispatch_ids: Iterable[int], goal: Goal, group: str | F, g
         .values("grp", "profile_id", "anchor", "window_end")
         .order_by()
     )
-    events = Event.objects.filter(name=goal.event, occurred_at__gte=first_sent, occurred_at__lt=timezone.now() + window)
+    events = Event.objects.filter(
+        name=goal.event, occurred_at__gte=first_sent, occurred_at__lt=_last_window_end(ids, goal, window)
+    )
     compiler = Compiler()
     for condition in goal.where:
         events = events.filter(compiler.json_condition("properties", condition["property"], condition))
@@ -159,6 +159,31 @@ def conversions_by(*, dispatch_ids: Iterable[int], goal: Goal, group: str | F, g
         [*candidates_params, *events_params],
     )
     return {grp: {"reached": n, "converted": converted_counts.get(grp, 0)} for grp, n in reached_counts.items()}
+
+
+def _last_window_end(dispatch_ids: list[int], goal: Goal, window: dt.timedelta) -> dt.datetime:
+    """No event at or after this moment can convert: the end of the latest anchor's window.
+
+    The anchors are the reached rows' times (accepted or settled: the holdout's) or, with the
+    "opened" anchor, their opens and the holdout's rows. The rollup knows the last quarter hour
+    each of those outcomes happened in (a few rows read), so a campaign viewed weeks after it was
+    sent reads the events of its windows only, not every event since. Without a rollup row, now
+    plus the window (no anchor is later than now).
+    """
+    from django.db.models import Max
+    from django.utils import timezone
+
+    from delivery.models import DeliveryRollup
+    from delivery.services.rollups import PERIOD_MINUTES
+
+    bound = timezone.now() + window
+    anchors = ("opened", "skipped") if goal.anchor == ConversionGoal.Anchor.OPENED else ("accepted", "skipped")
+    last = DeliveryRollup.objects.filter(dispatch_id__in=dispatch_ids, outcome__in=anchors).aggregate(
+        last=Max("period")
+    )["last"]
+    if last is None:
+        return bound
+    return min(bound, last + dt.timedelta(minutes=PERIOD_MINUTES) + window)
 
 
 def wilson_interval(successes: int, trials: int, *, z: float = Z_95) -> tuple[float, float] | None:

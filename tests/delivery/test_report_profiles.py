@@ -7,6 +7,7 @@ import datetime as dt
 from collections import Counter
 
 import pytest
+from django.db.models import F
 from django.utils import timezone
 
 from delivery.conversions import Goal, conversions_by
@@ -23,12 +24,13 @@ from delivery.services.dispatches import (
     dispatch_stop,
 )
 from delivery.services.opens import delivery_open_report
+from delivery.services.rollups import rollup_rebuild
 from delivery.services.sending import dispatch_send
 from delivery.services.stream_senders import streams_send
 from delivery.services.streams import Recipient, stream_append, stream_open, streams_watch
 from delivery.variants import variant_for
 from operations.services import retention_apply
-from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory
+from tests.factories import DeviceFactory, EventFactory, ProfileFactory, PushContentFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 
@@ -274,3 +276,39 @@ def test_retention_takes_the_kept_figures_with_the_rows(
     assert not DispatchProfiles.objects.filter(dispatch=dispatch).exists()
     assert reached([dispatch.pk]) == recounted_reached([dispatch.pk]) == {}
     assert variant_profiles([dispatch.pk]) == {}
+
+
+def test_conversions_read_events_up_to_the_latest_anchors_window_and_no_further(
+    pushsim_app, pushsim, open_gate, admin_erin, django_capture_on_commit_callbacks
+):
+    content = PushContentFactory(app=pushsim_app)
+    profiles = ProfileFactory.create_batch(3)
+    for profile in profiles:
+        DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
+    with django_capture_on_commit_callbacks(execute=True):
+        dispatch = dispatch_create(
+            app_id=pushsim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
+        )
+    # Sent 30 hours ago: the rows' times moved back, and the rollup counted again from them.
+    back = dt.timedelta(hours=30)
+    Dispatch.objects.filter(pk=dispatch.pk).update(created_at=F("created_at") - back)
+    Delivery.objects.filter(dispatch=dispatch).update(finished_at=F("finished_at") - back)
+    rollup_rebuild(dispatch_ids=[dispatch.pk])
+    rows = {row.profile_id: row for row in Delivery.objects.filter(dispatch=dispatch, status="accepted")}
+    assert len(rows) == 3
+    late, early, other = (rows[p.pk] for p in profiles)
+    opened = timezone.now() - dt.timedelta(hours=3)  # opened a day after it was accepted
+    delivery_open_report(delivery_id=late.pk, app_id=pushsim_app.pk, by=admin_erin, when=opened)
+    delivery_open_report(delivery_id=early.pk, app_id=pushsim_app.pk, by=admin_erin, when=early.finished_at)
+    EventFactory(profile=profiles[0], name="purchase", occurred_at=opened + dt.timedelta(hours=2, seconds=-1))
+    EventFactory(profile=profiles[1], name="purchase", occurred_at=early.finished_at + dt.timedelta(hours=23))
+    EventFactory(profile=profiles[2], name="purchase", occurred_at=other.finished_at + dt.timedelta(hours=24))
+
+    def converted(anchor, hours):
+        goal = Goal(event="purchase", where=(), window_hours=hours, anchor=anchor)
+        counts = conversions_by(dispatch_ids=[dispatch.pk], goal=goal, group="variant", group_key="variant")
+        return counts[None]["converted"]
+
+    assert converted("opened", 2) == 1  # the late open's window, though acceptance's ended long before
+    assert converted("accepted", 24) == 1  # 23 h after acceptance counts, 24 h does not
+    assert converted("accepted", 25) == 2
