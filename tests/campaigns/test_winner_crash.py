@@ -14,17 +14,16 @@ from django.db.models import Count
 from django.utils import timezone
 
 from accounts.services import access_grant
-from audiences.models import Profile
 from campaigns.models import Campaign, WinnerTest
 from campaigns.services.lifecycle import campaign_approve, campaign_create, campaign_submit
 from campaigns.services.scheduling import campaign_fire_due
 from campaigns.services.variants import VariantInput, campaign_variants_set
 from campaigns.services.winner import WinnerInput, campaign_winner_set
-from delivery.models import Delivery, Device, Dispatch
+from delivery.models import Delivery, Dispatch
 from delivery.services.dispatches import dispatch_prepare
 from delivery.services.sending import dispatch_send
-from tests.delivery.test_crash import BATCH, WORKERS, Cluster, _push, _wait_for
 from tests.factories import PushContentFactory, SegmentFactory
+from tests.fakes.workers import BATCH, WORKERS, Cluster, push_task, sending_devices, wait_for, watch_until
 
 pytestmark = [
     pytest.mark.slow,
@@ -40,16 +39,7 @@ def test_a_worker_killed_between_the_pick_and_the_rest_sends_nothing_twice(
 ):
     for user in (manager_alice, approver_bob):
         access_grant(obj=pushsim_app, to=user, by=None)
-    profiles = Profile.objects.bulk_create(Profile(external_id=f"wc-{n}") for n in range(1500))
-    Device.objects.bulk_create(
-        Device(
-            profile=p,
-            app=pushsim_app,
-            platform="ios" if n % 2 else "android",
-            token=f"{n + 1:064x}" if n % 2 else f"winner-fcm-token-{n:08d}:android",
-        )
-        for n, p in enumerate(profiles)
-    )
+    sending_devices(pushsim_app, "wc", 1500)
     contents = [PushContentFactory(app=pushsim_app, name=f"Sale {x}", title=f"Title {x}") for x in "AB"]
     segment = SegmentFactory(
         name="Crash cohort", rules={"all": [{"field": "external_id", "op": "starts_with", "value": "wc-"}]}
@@ -88,8 +78,8 @@ def test_a_worker_killed_between_the_pick_and_the_rest_sends_nothing_twice(
     remainder_rows = Delivery.objects.filter(dispatch__sample__part="rest", dispatch__source_id=campaign.pk)
     try:
         for _ in range(3):  # a queue in a shared Redis may be flushed by another test run: push again
-            _push(queue, "campaigns.tasks.winner_pick_task", campaign.pk)
-            if _wait_for(lambda: remainder_rows.filter(status="accepted").count() >= 150, timeout=20, cluster=first):
+            push_task(queue, "campaigns.tasks.winner_pick_task", campaign.pk)
+            if wait_for(lambda: remainder_rows.filter(status="accepted").count() >= 150, timeout=20, cluster=first):
                 break
         assert remainder_rows.filter(status="accepted").count() >= 150, open(log).read()[-3000:]
         first.kill()
@@ -98,21 +88,15 @@ def test_a_worker_killed_between_the_pick_and_the_rest_sends_nothing_twice(
 
         pushsim.state.faults.latency_ms = 0
         second = Cluster(queue, pushsim, log)
-        _push(queue, "campaigns.tasks.winner_pick_task", campaign.pk)  # a second pick, after the kill
+        push_task(queue, "campaigns.tasks.winner_pick_task", campaign.pk)  # a second pick, after the kill
         time.sleep(3.5)  # the dead worker's lease runs out
         test = WinnerTest.objects.get(campaign=campaign)
-        done = False
-        for _ in range(3):  # the watchdog (every minute in production), pushed now; again if its task was lost
-            _push(queue, "delivery.tasks.dispatches_watch_task")
-            done = _wait_for(
-                lambda: Dispatch.objects.get(pk=test.remainder_dispatch_id).status == Dispatch.Status.DONE,
-                timeout=30,
-                step=0.2,
-                cluster=second,
-            )
-            if done:
-                break
-        assert done, open(log).read()[-3000:]
+        watch_until(
+            queue,
+            second,
+            lambda: Dispatch.objects.get(pk=test.remainder_dispatch_id).status == Dispatch.Status.DONE,
+            log,
+        )
     finally:
         first.kill()
         if second is not None:

@@ -18,8 +18,8 @@ from django.db.models import Count
 from delivery.models import Delivery, Dispatch
 from delivery.services.dispatches import deliveries_expire_leases
 from tests.campaigns.conftest import live_trigger  # noqa: F401 (a live API-triggered campaign)
-from tests.delivery.test_crash import BATCH, Cluster, _state, _wait_for
 from tests.factories import DeviceFactory, ProfileFactory
+from tests.fakes.workers import BATCH, Cluster, rows_state, wait_for
 
 pytestmark = pytest.mark.skipif(
     not settings.REDIS_URL or settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
@@ -54,7 +54,7 @@ def _start(pushsim, log: str) -> Cluster:
     """Start ``send_stream`` and wait until it beats its slot (so no queue task is started for it)."""
     connection.close()
     sender = Cluster(f"sender-{uuid.uuid4().hex[:8]}", pushsim, log, command=("send_stream",))
-    beating = _wait_for(
+    beating = wait_for(
         lambda: (cache.get(HEARTBEAT) or {}).get("pid") == sender.process.pid, timeout=60, step=0.1, cluster=sender
     )
     assert beating, open(log).read()[-3000:]
@@ -88,12 +88,12 @@ def test_the_sender_process_sends_triggers_as_they_come_and_stops_cleanly_on_sig
             started = time.monotonic()
             answer = _trigger(sender_client, live_trigger, [external_id])
             token = phones[external_id]
-            assert _wait_for(lambda t=token: pushsim.state.count(t) == 1, timeout=10, step=0.005, cluster=sender), (
-                _state(Dispatch.objects.get(pk=answer["dispatch"]), log)
+            assert wait_for(lambda t=token: pushsim.state.count(t) == 1, timeout=10, step=0.005, cluster=sender), (
+                rows_state(Dispatch.objects.get(pk=answer["dispatch"]), log)
             )
             assert time.monotonic() - started < 5  # woken by the append, not by a task's turn
         stream = answer["dispatch"]
-        assert _wait_for(lambda: _statuses(stream) == {"accepted": 10}, timeout=10, cluster=sender)
+        assert wait_for(lambda: _statuses(stream) == {"accepted": 10}, timeout=10, cluster=sender)
 
         asked = time.monotonic()
         sender.process.send_signal(signal.SIGTERM)
@@ -117,8 +117,8 @@ def test_a_sender_killed_mid_send_leaves_its_rows_unknown_and_the_next_one_sends
     second = None
     try:
         stream = _trigger(sender_client, live_trigger, list(phones))["dispatch"]
-        assert _wait_for(lambda: _statuses(stream).get("accepted", 0) >= BATCH, timeout=60, step=0.01, cluster=first), (
-            _state(Dispatch.objects.get(pk=stream), log)
+        assert wait_for(lambda: _statuses(stream).get("accepted", 0) >= BATCH, timeout=60, step=0.01, cluster=first), (
+            rows_state(Dispatch.objects.get(pk=stream), log)
         )
         first.kill()  # SIGKILL
         in_flight = _statuses(stream).get("sending", 0)
@@ -127,7 +127,7 @@ def test_a_sender_killed_mid_send_leaves_its_rows_unknown_and_the_next_one_sends
 
         pushsim.state.faults.latency_ms = 0
         second = _start(pushsim, log)
-        assert _wait_for(lambda: _statuses(stream).get("queued", 0) == 0, timeout=60, cluster=second), _state(
+        assert wait_for(lambda: _statuses(stream).get("queued", 0) == 0, timeout=60, cluster=second), rows_state(
             Dispatch.objects.get(pk=stream), log
         )
         time.sleep(3.5)  # the dead sender's lease (3 s) runs out: the watchdog judges it

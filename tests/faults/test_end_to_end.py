@@ -25,12 +25,11 @@ from django.db import connection
 from django.db.models import Count
 
 from accounts.services import access_grant
-from audiences.models import Profile
-from delivery.models import App, Delivery, Device, Dispatch
+from delivery.models import App, Delivery, Dispatch
 from delivery.pushsim import PushSimulator
-from tests.delivery.test_crash import _database_url, _push, _wait_for
 from tests.factories import PushContentFactory
 from tests.fakes.pushsim import pushsim_environment
+from tests.fakes.workers import database_url, push_task, sending_devices, wait_for
 
 BATCH = 50
 WORKERS = 2
@@ -53,7 +52,7 @@ class Workers:
         self.queue, self.log_path = queue, log_path
         self.env = {k: v for k, v in os.environ.items() if k != "PUSHDESK_TASKS_SYNC"}
         self.env.update(
-            DATABASE_URL=_database_url(),
+            DATABASE_URL=database_url(),
             REDIS_URL=settings.REDIS_URL,
             PUSHDESK_QUEUE_NAME=queue,
             PUSHDESK_WORKERS=str(WORKERS),
@@ -114,17 +113,7 @@ def reconnect() -> None:
 
 def make_dispatch(pushsim_app, manager_alice, prefix: str) -> Dispatch:
     access_grant(obj=pushsim_app, to=manager_alice, by=None)
-    profiles = Profile.objects.bulk_create(Profile(external_id=f"{prefix}-{n}") for n in range(DEVICES))
-    Device.objects.bulk_create(
-        Device(
-            profile=p,
-            app=pushsim_app,
-            platform="ios" if n % 2 else "android",
-            token=f"{n + 1:064x}" if n % 2 else f"{prefix}-fcm-token-{n:08d}:android",
-            is_test=True,
-        )
-        for n, p in enumerate(profiles)
-    )
+    sending_devices(pushsim_app, prefix, DEVICES, is_test=True)
     content = PushContentFactory(app=pushsim_app)
     return Dispatch.objects.create(
         app=pushsim_app,
@@ -141,8 +130,8 @@ def run_until_done(dispatch, workers: Workers, *, timeout: float) -> bool:
     while time.monotonic() < deadline:
         workers.keep_alive()
         try:
-            _push(workers.queue, "delivery.tasks.dispatches_watch_task")
-            if _wait_for(
+            push_task(workers.queue, "delivery.tasks.dispatches_watch_task")
+            if wait_for(
                 lambda: Dispatch.objects.get(pk=dispatch.pk).status in Dispatch.FINAL_STATUSES, timeout=8, step=0.2
             ):
                 return True
@@ -154,10 +143,10 @@ def run_until_done(dispatch, workers: Workers, *, timeout: float) -> bool:
 
 def start_sending(dispatch, workers: Workers, *, accepted_at_least: int) -> None:
     for _ in range(3):  # a queue in a shared Redis may be flushed by another run: push again
-        _push(workers.queue, "delivery.tasks.dispatch_prepare_task", dispatch.pk)
-        if _wait_for(lambda: Dispatch.objects.get(pk=dispatch.pk).status != "preparing", timeout=15):
+        push_task(workers.queue, "delivery.tasks.dispatch_prepare_task", dispatch.pk)
+        if wait_for(lambda: Dispatch.objects.get(pk=dispatch.pk).status != "preparing", timeout=15):
             break
-    assert _wait_for(
+    assert wait_for(
         lambda: Delivery.objects.filter(dispatch=dispatch, status="accepted").count() >= accepted_at_least,
         timeout=90,
     ), workers.log()
@@ -344,7 +333,7 @@ def test_a_worker_killed_during_a_journey_run_loses_and_duplicates_nothing(
         # (the send task's length plus a lease: 203 s by default); the kill may lose one, so the
         # workers here hand over every 10 s and the watchdog restarts a lost prepare within 13 s.
         workers = Workers(queue, pushsim, tmp_path / "qcluster.log", PUSHDESK_SEND_TASK_SECONDS="10")
-        assert _wait_for(
+        assert wait_for(
             lambda: Delivery.objects.filter(dispatch__kind="journey", status="accepted").count() >= 150, timeout=90
         ), workers.log()
         workers.kill()
@@ -362,9 +351,9 @@ def test_a_worker_killed_during_a_journey_run_loses_and_duplicates_nothing(
         deadline = time.monotonic() + 180
         while not settled() and time.monotonic() < deadline:
             workers.keep_alive()
-            _push(queue, "journeys.tasks.journeys_run_due_task")
-            _push(queue, "delivery.tasks.dispatches_watch_task")
-            _wait_for(settled, timeout=8, step=0.2)
+            push_task(queue, "journeys.tasks.journeys_run_due_task")
+            push_task(queue, "delivery.tasks.dispatches_watch_task")
+            wait_for(settled, timeout=8, step=0.2)
         assert settled(), (_journey_state(journey, pushsim_app), workers.log())
     finally:
         Conf.SYNC, Conf.PREFIX, Conf.CLUSTER_NAME = sync, prefix, name
@@ -409,7 +398,7 @@ def test_web_requests_after_a_postgresql_restart_get_no_error(
         PUSHDESK_INSTANCE=settings.PUSHDESK_INSTANCE,
         SECRET_KEY="a-test-only-secret-key-" + uuid.uuid4().hex * 2,
         PUSHDESK_ENCRYPTION_KEY=Fernet.generate_key().decode(),
-        DATABASE_URL=_database_url(),
+        DATABASE_URL=database_url(),
         REDIS_URL=settings.REDIS_URL,
         ALLOWED_HOSTS="127.0.0.1",
         PUSHDESK_VAR_DIR=str(tmp_path),
@@ -436,7 +425,7 @@ def test_web_requests_after_a_postgresql_restart_get_no_error(
             return False
 
     try:
-        assert _wait_for(answers, timeout=60, step=0.5), log_path.read_text(errors="replace")[-4000:]
+        assert wait_for(answers, timeout=60, step=0.5), log_path.read_text(errors="replace")[-4000:]
         assert me() == 200  # the worker now holds a connection
         postgres_server()
         statuses = [me() for _ in range(3)]

@@ -18,6 +18,8 @@ import trustme
 from cryptography.fernet import Fernet
 from django.conf import settings
 
+from tests.fakes.workers import database_url
+
 ROOT = Path(settings.BASE_DIR)
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -34,12 +36,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _database_url() -> str:
-    db = settings.DATABASES["default"]
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
 def _wait(url: str, **kwargs) -> None:
@@ -61,7 +57,7 @@ def production_web(transactional_db, tmp_path):
         PUSHDESK_INSTANCE=settings.PUSHDESK_INSTANCE,
         SECRET_KEY="a-test-only-secret-key-" + "k3y" * 20,
         PUSHDESK_ENCRYPTION_KEY=Fernet.generate_key().decode(),
-        DATABASE_URL=_database_url(),
+        DATABASE_URL=database_url(),
         REDIS_URL=settings.REDIS_URL,
         ALLOWED_HOSTS="push.example.com",
         CSRF_TRUSTED_ORIGINS="https://push.example.com",

@@ -13,8 +13,8 @@ from django.db import connection
 from django.db.models import Count
 
 from delivery.models import Delivery, Device, Dispatch
-from tests.delivery.test_crash import Cluster, _push, _state, _wait_for
 from tests.factories import ProfileFactory, PushContentFactory
+from tests.fakes.workers import Cluster, push_task, rows_state, wait_for
 
 pytestmark = pytest.mark.skipif(
     not settings.REDIS_URL or settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
@@ -49,12 +49,12 @@ def test_sigterm_during_a_send_stops_the_worker_within_a_minute_with_nothing_unk
     second = None
     try:
         for _ in range(3):
-            _push(queue, "delivery.tasks.dispatch_prepare_task", dispatch.pk)
-            if _wait_for(lambda: Dispatch.objects.get(pk=dispatch.pk).status != "preparing", timeout=10, cluster=first):
+            push_task(queue, "delivery.tasks.dispatch_prepare_task", dispatch.pk)
+            if wait_for(lambda: Dispatch.objects.get(pk=dispatch.pk).status != "preparing", timeout=10, cluster=first):
                 break
-        assert _wait_for(
+        assert wait_for(
             lambda: Delivery.objects.filter(dispatch=dispatch, status="sending").exists(), timeout=60, cluster=first
-        ), _state(dispatch, log)
+        ), rows_state(dispatch, log)
 
         asked = time.monotonic()
         if target == "group":
@@ -63,7 +63,7 @@ def test_sigterm_during_a_send_stops_the_worker_within_a_minute_with_nothing_unk
             first.process.send_signal(signal.SIGTERM)
         first.process.wait(timeout=60)
         took = time.monotonic() - asked
-        assert took < 60, _state(dispatch, log)
+        assert took < 60, rows_state(dispatch, log)
         # Every process of the cluster is gone (none orphaned, still holding rows).
         time.sleep(0.5)
         with pytest.raises(ProcessLookupError):
@@ -72,7 +72,7 @@ def test_sigterm_during_a_send_stops_the_worker_within_a_minute_with_nothing_unk
         statuses = dict(
             Delivery.objects.filter(dispatch=dispatch).values_list("status").annotate(n=Count("id")).order_by()
         )
-        assert statuses.get("unknown", 0) == 0 and statuses.get("sending", 0) == 0, _state(dispatch, log)
+        assert statuses.get("unknown", 0) == 0 and statuses.get("sending", 0) == 0, rows_state(dispatch, log)
         assert statuses.get("queued", 0) > 0, "stopped too late to matter"
         output = open(log).read()
         assert "Traceback" not in output and "RecursionError" not in output, output[-3000:]
@@ -80,12 +80,12 @@ def test_sigterm_during_a_send_stops_the_worker_within_a_minute_with_nothing_unk
         # The next worker sends the rest (the stopped one handed its dispatch over on the queue).
         pushsim.state.faults.latency_ms = 0
         second = Cluster(queue, pushsim, log)
-        assert _wait_for(
+        assert wait_for(
             lambda: Dispatch.objects.get(pk=dispatch.pk).status == Dispatch.Status.DONE,
             timeout=90,
             step=0.2,
             cluster=second,
-        ), _state(dispatch, log)
+        ), rows_state(dispatch, log)
     finally:
         first.kill()
         if second is not None:
