@@ -1,15 +1,17 @@
 """Benchmark: conversion attribution of a 1,000,000-delivery campaign against 5,000,000 events.
 
     .venv/bin/python bench/conversions.py [--deliveries 1000000] [--events 5000000] [--rebuild]
+                                          [--other-deliveries 0]
 
 Uses its own PostgreSQL database (``BENCH_DATABASE_URL``, default
 postgres://postgres@127.0.0.1:5432/pushdesk_bench_conversions), created and migrated if missing,
 and fills it once, set-based with generate_series (secondary indexes dropped during the inserts
 and built after): one profile per delivery; one campaign with variants A, B, C and a 10% holdout,
 whose dispatch holds ``--deliveries`` rows (85% accepted spread over 24 hours, 5% failed, the
-holdout skipped, 10% opened) and its rollup; ``--events`` events over the 14 days around the send, on random
-profiles, a tenth of them ``purchase`` with an amount. Then times, warm, the median of 5 runs of
-the campaign's conversions (``campaigns.reports.campaign_conversions``) for three goals: purchase
+holdout skipped, 10% opened) and its rollup; ``--events`` events over the 14 days around the
+send, on random profiles, a tenth of them ``purchase`` with an amount; with ``--other-deliveries``,
+that many rows of another dispatch (a stream a month earlier, over the same profiles) in the same
+table. Then times, warm, the median of 5 runs of the campaign's conversions (``campaigns.reports.campaign_conversions``) for three goals: purchase
 within 24 h of acceptance, the same with ``amount >= 50``, and within 2 h of the open. Each goal is
 also timed on the first view after a new outcome (``_after_outcome_ms``: an open recorded, the cache
 cleared); the finished dispatch's reached profiles are counted once and kept on it, timed as
@@ -115,7 +117,7 @@ def ensure_campaign(*, deliveries: int, events: int, rebuild: bool, log) -> dict
         )
     user, _ = User.objects.get_or_create(username="bench")
     Campaign.objects.filter(name=NAME).delete()
-    Dispatch.objects.filter(label=NAME).delete()
+    Dispatch.objects.filter(label__in=(NAME, OTHERS)).delete()  # their rows were truncated
     app, _ = App.objects.get_or_create(name=NAME)
     content, _ = PushContent.objects.get_or_create(app=app, name=NAME, defaults={"title": "Hello", "body": "Bench"})
     campaign = Campaign.objects.create(name=NAME, app=app, content=content, owner=user, holdout_share=10)
@@ -157,6 +159,62 @@ def ensure_campaign(*, deliveries: int, events: int, rebuild: bool, log) -> dict
     return {"campaign": campaign, "dispatch": dispatch, "generated": True, **timings}
 
 
+OTHERS = "bench conversions: other campaigns"
+# Other campaigns' rows in the same table: a stream's, over the same profiles, a month earlier.
+OTHER_DELIVERIES = """
+INSERT INTO delivery_delivery (dispatch_id, device_id, profile_id, status, reason, provider_message_id,
+                               attempts, finished_at, queued_at, variant)
+SELECT %(dispatch)s, NULL, %(first)s + n %% %(profiles)s, 'accepted', '', '', 1,
+  %(start)s - interval '30 days' + make_interval(secs => n * 86400.0 / %(n)s),
+  %(start)s - interval '30 days' + make_interval(secs => n * 86400.0 / %(n)s), NULL
+FROM generate_series(1, %(n)s) n
+"""
+
+
+def ensure_others(*, rows: int, dispatch, log) -> None:
+    """``rows`` deliveries of another dispatch beside the campaign's, made once (another count
+    makes them again): a report then finds its campaign's rows among others'."""
+    import datetime as dt
+
+    from django.db import connection
+
+    from delivery.models import Delivery, Dispatch
+
+    others = Dispatch.objects.filter(label=OTHERS).first()
+    if (others.total if others else 0) == rows:
+        return
+    log(f"making {rows:,} deliveries of other campaigns...")
+    if others is not None:
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM delivery_delivery WHERE dispatch_id = %s", [others.pk])
+        others.delete()
+    if not rows:
+        return
+    others = Dispatch.objects.create(
+        app=dispatch.app,
+        kind=Dispatch.Kind.API_TRIGGER,
+        label=OTHERS,
+        content_spec=dispatch.content_spec,
+        status=Dispatch.Status.DONE,
+        standing=True,
+        total=rows,
+    )
+    first = Delivery.objects.filter(dispatch_id=dispatch.pk).order_by("profile_id").values_list("profile_id").first()[0]
+    with connection.cursor() as cursor:
+        cursor.execute("SET synchronous_commit = off")
+        cursor.execute(
+            OTHER_DELIVERIES,
+            {
+                "dispatch": others.pk,
+                "first": first,
+                "profiles": dispatch.total,
+                "start": dt.datetime(2026, 10, 1, 8, 0, tzinfo=dt.UTC),
+                "n": rows,
+            },
+        )
+        cursor.execute("VACUUM ANALYZE delivery_delivery")
+
+
 def _record_open(dispatch) -> None:
     """A new outcome, as the open service records it: one accepted row opened now, the dispatch's
     opened counter and the rollup moved in the same transaction."""
@@ -189,6 +247,9 @@ def main() -> None:
     parser.add_argument("--deliveries", type=int, default=1_000_000)
     parser.add_argument("--events", type=int, default=5_000_000)
     parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument(
+        "--other-deliveries", type=int, default=0, help="rows of another dispatch in the same table (0: none)"
+    )
     args = parser.parse_args()
     setup_django()
     from django.core.cache import cache
@@ -200,7 +261,14 @@ def main() -> None:
         deliveries=args.deliveries, events=args.events, rebuild=args.rebuild, log=lambda m: print(m, file=sys.stderr)
     )
     campaign, dispatch = made.pop("campaign"), made.pop("dispatch")
-    result = {"benchmark": "conversions", "deliveries": args.deliveries, "events": args.events, **made}
+    ensure_others(rows=args.other_deliveries, dispatch=dispatch, log=lambda m: print(m, file=sys.stderr))
+    result = {
+        "benchmark": "conversions",
+        "deliveries": args.deliveries,
+        "events": args.events,
+        "other_deliveries": args.other_deliveries,
+        **made,
+    }
 
     def view():
         return campaign_conversions(campaign, dispatch_ids=[dispatch.pk])

@@ -100,7 +100,7 @@ def _by_variant(per_variant: dict[int, dict], dispatch_ids: list[int]) -> tuple[
     profiles = profiles_by(
         name="variant_profiles",
         dispatch_ids=dispatch_ids,
-        rows=lambda ids: Delivery.objects.filter(dispatch_id__in=ids, variant__isnull=False),
+        rows=lambda ids: Delivery.objects.filter(Delivery.of_dispatches(ids), variant__isnull=False),
         group="variant",
     )
     # What each variant sent, by the newest dispatch that froze it.

@@ -123,7 +123,7 @@ def conversions_by(*, dispatch_ids: Iterable[int], goal: Goal, group: str | F, g
 
     def reached(of: list[int]):
         holdout = Q(variant=0, status=Delivery.Status.SKIPPED, reason="holdout")
-        return Delivery.objects.filter(Q(status=Delivery.Status.ACCEPTED) | holdout, dispatch_id__in=of)
+        return Delivery.objects.filter(Delivery.of_dispatches(of), Q(status=Delivery.Status.ACCEPTED) | holdout)
 
     if goal.anchor == ConversionGoal.Anchor.OPENED:
         anchor = Case(When(variant=0, then=F("finished_at")), default=F("opened_at"))
