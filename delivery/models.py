@@ -372,6 +372,12 @@ class Dispatch(models.Model):
         max_length=64, blank=True, editable=False, help_text="The approved fingerprint (or step) this stream sends."
     )
     stream_day = models.DateField(null=True, blank=True, editable=False, help_text="The UTC day this stream covers.")
+    rows_deleted_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="When retention last deleted some of its deliveries: figures counted from them before are void.",
+    )
 
     class Meta:
         ordering = ["-id"]

@@ -53,14 +53,15 @@ def kept_until_counted(
     counters (one query): a row that finishes or is opened moves a counter as the send tasks
     record it, so a kept figure is what a count now would say. (A stream's counters follow its
     rows at each watch, so its figures may lag by that much.) A figure that opens do not change
-    (``opens_matter=False``) stays kept when only the opened counter moves."""
-    fields = ["pk", "status", "total", "accepted", "failed", "skipped", "unknown"]
+    (``opens_matter=False``) stays kept when only the opened counter moves. Retention deleting rows
+    stamps the dispatch (``rows_deleted_at``), which voids what was kept over it."""
+    fields = ["pk", "status", "total", "accepted", "failed", "skipped", "unknown", "rows_deleted_at"]
     counters = list(
         Dispatch.objects.filter(pk__in=sorted(set(dispatch_ids)))
         .order_by("pk")
         .values_list(*fields, *(["opened"] if opens_matter else []))
     )
-    stamp = hashlib.sha256(json.dumps([extra, counters]).encode()).hexdigest()
+    stamp = hashlib.sha256(json.dumps([extra, counters], default=str).encode()).hexdigest()
     key = f"delivery:{name}:{stamp}"
     figures = cache.get(key)
     if figures is None:
@@ -78,30 +79,79 @@ def profiles_by(
 
     A settled dispatch's figure (final, nothing queued or in flight: its rows no longer change) is
     counted once and kept on it (``DispatchProfiles``); so, when a single dispatch of these holds
-    rows, the figure is read from one small row. A dispatch not settled (sending, or a stream that
-    calls still append to), or several dispatches holding rows (one profile may be in more than
-    one, so their figures do not add up), are counted as one grouped statement, kept in the cache
-    until a dispatch's counters other than opens move (``kept_until_counted``).
+    rows, the figure is read from one small row. Several dispatches' figures do not add up (one
+    profile may be in more than one): those of the settled ones are counted together, kept in the
+    cache (their counters no longer move), and the dispatches not settled (sending, or a stream
+    that calls still append to) add only their profiles that no settled one reached in the same
+    group, one statement probing each of their rows' profiles, kept in the cache until a
+    counter other than opens moves (``kept_until_counted``). So a view after a new outcome counts
+    what is still sending, not the history.
     """
+    from django.db import connection
+
     ids = sorted(set(dispatch_ids))
-    holding = [
-        pk
-        for pk, status, total in Dispatch.objects.filter(pk__in=ids).values_list("pk", "status", "total")
-        if total or status not in Dispatch.FINAL_STATUSES  # a final dispatch without rows counts nobody
-    ]
+    states = Dispatch.objects.filter(pk__in=ids).values_list("pk", "status", "total")
+    # A final dispatch without rows counts nobody.
+    holding = [pk for pk, status, total in states if total or status not in Dispatch.FINAL_STATUSES]
     if not holding:
         return {}
 
-    def count(of: list[int]) -> dict:
+    def select(of: list[int]) -> tuple[str, list]:
         counted = rows(of).annotate(grp=F(group) if isinstance(group, str) else group)
-        sql, params = counted.values("grp", "profile_id").distinct().order_by().query.sql_with_params()
-        return grouped_count(f"SELECT grp, count(profile_id) FROM ({sql}) p GROUP BY grp", params)  # noqa: S608 (the ORM's SQL)
+        return counted.values("grp", "profile_id").order_by().query.sql_with_params()
+
+    def count(of: list[int]) -> dict:
+        sql, params = select(of)
+        return grouped_count(
+            f"SELECT grp, count(profile_id) FROM (SELECT DISTINCT grp, profile_id FROM ({sql}) r) p GROUP BY grp",  # noqa: S608 (the ORM's SQL)
+            params,
+        )
 
     if len(holding) == 1:
         kept = _settled_profiles(dispatch_id=holding[0], name=name, count=count)
-        if kept is not None:
-            return kept
-    return kept_until_counted(name=name, dispatch_ids=holding, compute=lambda: count(holding), opens_matter=False)
+        return (
+            kept
+            if kept is not None
+            else kept_until_counted(name=name, dispatch_ids=holding, compute=lambda: count(holding), opens_matter=False)
+        )
+    settled = _settled_of(holding)
+    open_ = [pk for pk in holding if pk not in settled]
+    if not settled or not open_:
+        return kept_until_counted(name=name, dispatch_ids=holding, compute=lambda: count(holding), opens_matter=False)
+    if len(settled) == 1:
+        before = _settled_profiles(dispatch_id=settled[0], name=name, count=count) or {}
+    else:
+        before = kept_until_counted(name=name, dispatch_ids=settled, compute=lambda: count(settled), opens_matter=False)
+
+    def count_beyond() -> dict:
+        new_sql, new_params = select(open_)
+        old_sql, old_params = select(settled)
+        same = "IS" if connection.vendor == "sqlite" else "IS NOT DISTINCT FROM"
+        return grouped_count(
+            f"SELECT grp, count(profile_id) FROM (SELECT DISTINCT grp, profile_id FROM ({new_sql}) n "  # noqa: S608 (the ORM's SQL)
+            f"WHERE NOT EXISTS (SELECT 1 FROM ({old_sql}) o WHERE o.profile_id = n.profile_id AND o.grp {same} n.grp)"
+            ") p GROUP BY grp",
+            [*new_params, *old_params],
+        )
+
+    beyond = kept_until_counted(
+        name=f"{name}:beyond", dispatch_ids=holding, compute=count_beyond, extra=json.dumps(settled), opens_matter=False
+    )
+    return {grp: before.get(grp, 0) + beyond.get(grp, 0) for grp in before.keys() | beyond.keys()}
+
+
+def _settled_of(dispatch_ids: list[int]) -> list[int]:
+    """Those of the dispatches that are settled: final, and no row of them queued or in flight."""
+    final = list(
+        Dispatch.objects.filter(pk__in=dispatch_ids, status__in=Dispatch.FINAL_STATUSES).values_list("pk", flat=True)
+    )
+    busy = set(
+        Delivery.objects.filter(dispatch_id__in=final, finished_at__isnull=True)
+        .values_list("dispatch_id", flat=True)
+        .distinct()
+        .order_by()
+    )
+    return sorted(pk for pk in final if pk not in busy)
 
 
 def _settled_profiles(*, dispatch_id: int, name: str, count: Callable[[list[int]], dict]) -> dict | None:

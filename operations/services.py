@@ -120,7 +120,8 @@ def retention_apply(*, now=None, delivery_days: int | None = None, audit_days: i
 
     Deliveries: the rows of dispatches finished more than ``delivery_days`` ago (the dispatch, its
     counters and its outcomes' totals stay), in chunks of 10,000 rows (one transaction each); the
-    profiles kept on the dispatch (``DispatchProfiles``) go with them, counted again when next asked.
+    profiles kept on the dispatch (``DispatchProfiles``) go with them, counted again when next asked,
+    and its ``rows_deleted_at`` voids the figures the cache keeps over it.
     Audit events: those older than ``audit_days`` (never under 365: the database refuses), through
     the one door the append-only trigger leaves open. 0 keeps either forever. Writes an audit event
     with the counts. Returns {"deliveries": n, "audit_events": n}.
@@ -149,6 +150,7 @@ def retention_apply(*, now=None, delivery_days: int | None = None, audit_days: i
                         break
                     rollup_subtract(ids=chunk)
                     DispatchProfiles.objects.filter(dispatch_id=dispatch_id).delete()
+                    Dispatch.objects.filter(pk=dispatch_id).update(rows_deleted_at=now)
                     result["deliveries"] += Delivery.objects.filter(pk__in=chunk).delete()[0]
     if audit_days > 0:
         if audit_days < AUDIT_MINIMUM_DAYS:

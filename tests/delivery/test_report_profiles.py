@@ -312,3 +312,73 @@ def test_conversions_read_events_up_to_the_latest_anchors_window_and_no_further(
     assert converted("opened", 2) == 1  # the late open's window, though acceptance's ended long before
     assert converted("accepted", 24) == 1  # 23 h after acceptance counts, 24 h does not
     assert converted("accepted", 25) == 2
+
+
+def test_a_dispatch_still_sending_adds_only_the_profiles_the_settled_ones_did_not_reach(
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
+):
+    content = PushContentFactory(app=pushsim_app)
+    profiles = ProfileFactory.create_batch(8)
+    for profile in profiles:
+        DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
+
+    def send(audience, *, variants=None, sent=True):
+        with django_capture_on_commit_callbacks(execute=sent):
+            dispatch = dispatch_create(
+                app_id=pushsim_app.pk,
+                kind="api_trigger",
+                spec=content.spec(),
+                profile_ids=[p.pk for p in audience],
+                variants=variants or [],
+            )
+            if not sent:
+                dispatch_prepare(dispatch_id=dispatch.pk)
+        dispatch.refresh_from_db()
+        return dispatch
+
+    for variants in (_variants(content), None):  # with variants, and without (the group is empty)
+        first, second = send(profiles[:5], variants=variants), send(profiles[3:], variants=variants)
+        sending = send(profiles, variants=variants, sent=False)
+        assert [first.status, second.status, sending.status] == ["done", "done", "sending"]
+        in_flight = deliveries_claim(sending.pk, limit=5, now=timezone.now())
+        dispatch_send(dispatch_id=sending.pk)  # some of its rows are accepted, some still in flight
+        assert len(in_flight) == 5 and Delivery.objects.filter(dispatch=sending, status="accepted").count() == 3
+        dispatch_recount(dispatch_id=sending.pk)
+        ids = [first.pk, second.pk, sending.pk]
+        assert reached(ids) == recounted_reached(ids)
+        assert sum(recounted_reached(ids).values()) == 8  # each profile once, in the one variant it has
+        assert variant_profiles(ids) == recounted_profiles(ids)
+        assert kept(sending) is None
+
+        deliveries_expire_leases(now=timezone.now() + dt.timedelta(hours=1))  # the rest never answered
+        assert reached(ids) == recounted_reached(ids)
+        assert variant_profiles(ids) == recounted_profiles(ids)
+
+
+def test_retention_voids_the_figures_kept_over_several_dispatches(
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
+):
+    content = PushContentFactory(app=pushsim_app)
+    profiles = ProfileFactory.create_batch(4)
+    for profile in profiles:
+        DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
+
+    def send(audience):
+        with django_capture_on_commit_callbacks(execute=True):
+            dispatch = dispatch_create(
+                app_id=pushsim_app.pk,
+                kind="api_trigger",
+                spec=content.spec(),
+                profile_ids=[p.pk for p in audience],
+                variants=_variants(content),
+            )
+        dispatch.refresh_from_db()
+        return dispatch
+
+    old, recent = send(profiles[:3]), send(profiles[2:])
+    ids = [old.pk, recent.pk]
+    assert reached(ids) == recounted_reached(ids)
+    Dispatch.objects.filter(pk=old.pk).update(finished_at=timezone.now() - dt.timedelta(days=400))
+    assert retention_apply(delivery_days=30)["deliveries"] == 3
+    assert reached(ids) == recounted_reached(ids) == recounted_reached([recent.pk])
+    assert variant_profiles(ids) == recounted_profiles(ids)
