@@ -205,7 +205,7 @@ def _sample_counts(test: WinnerTest) -> tuple[dict[int, tuple[int, int]], str]:
         )
         return {n: (row["converted"], row["reached"]) for n, row in counts.items() if n}, ""
     rows = (
-        Delivery.objects.filter(dispatch_id=test.sample_dispatch_id, variant__gt=0)
+        Delivery.objects.filter(Delivery.of_dispatches([test.sample_dispatch_id]), variant__gt=0)
         .values("variant")
         .annotate(
             trials=Count("id", filter=Q(status=Delivery.Status.ACCEPTED)),
