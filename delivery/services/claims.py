@@ -21,7 +21,7 @@ from django.db.models import F
 from audiences.models import Profile
 from delivery.models import Delivery, Device, Dispatch
 from delivery.services.dispatches import DS, NO_PLATFORM, _dt, platform_counts_add
-from delivery.services.rollups import rollup_add_finished
+from delivery.services.rollups import rollup_add_finished, rollup_insert_sql
 
 
 @dataclass(slots=True)
@@ -152,7 +152,7 @@ def deliveries_write_back(
     written: Counter = Counter()
     retried: Counter = Counter()
     per_platform: Counter = Counter()  # (platform, final status) -> rows written
-    finished: list[int] = []  # rows made final: counted into the rollup
+    finished: list[int] = []  # rows made final: counted into the rollup (the portable path)
     with transaction.atomic(), connection.cursor() as cursor:
         status, by_platform, retries = (
             Dispatch.objects.select_for_update(no_key=True)
@@ -166,13 +166,18 @@ def deliveries_write_back(
             # PostgreSQL itself): its row then stays `sending` and ends `unknown` when its lease
             # runs out, never sent again. So this commit need not wait for the disk; the claim's does.
             cursor.execute("SET LOCAL synchronous_commit = off")
+            # The outcomes and what they count in the rollup, in one statement: the rows are
+            # read once, and the dispatch row is held for as short a time as can be.
             cursor.execute(
-                "UPDATE delivery_delivery d SET status = v.status, reason = v.reason, provider_message_id = v.pid, "
-                "next_attempt_at = v.next_at, finished_at = CASE WHEN v.status = 'queued' THEN NULL ELSE %s END, "
-                "lease_expires_at = NULL "
+                "WITH written AS (UPDATE delivery_delivery d SET status = v.status, reason = v.reason, "  # noqa: S608 (constants; values are bound)
+                "provider_message_id = v.pid, next_attempt_at = v.next_at, "
+                "finished_at = CASE WHEN v.status = 'queued' THEN NULL ELSE %s END, lease_expires_at = NULL "
                 "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::timestamptz[]) "
                 "AS v(id, status, reason, pid, next_at) "
-                "WHERE d.id = v.id AND d.status = 'sending' RETURNING d.id, d.status, d.reason",
+                "WHERE d.id = v.id AND d.status = 'sending' "
+                "RETURNING d.id, d.dispatch_id, d.device_id, d.variant, d.status, d.reason, d.finished_at, d.queued_at), "
+                f"counted AS ({rollup_insert_sql(where='true', outcomes=['final'], source='written d')}) "
+                "SELECT id, status, reason FROM written",
                 [
                     now,
                     [r.id for r in results],
@@ -188,7 +193,6 @@ def deliveries_write_back(
                     retried[reason] += 1
                 else:
                     per_platform[platforms.get(row_id, NO_PLATFORM), status] += 1
-                    finished.append(row_id)
         else:
             for r in results:
                 cursor.execute(
@@ -211,7 +215,7 @@ def deliveries_write_back(
                     else:
                         per_platform[platforms.get(r.id, NO_PLATFORM), r.status] += 1
                         finished.append(r.id)
-        rollup_add_finished(ids=finished)
+            rollup_add_finished(ids=finished)
         # One update of the row already held: the counters, the counts per platform, the retries.
         changes = {status: F(status) + n for status, n in written.items() if status in finals}
         if changes:
