@@ -25,9 +25,9 @@ from audiences.imports import (
     Batch,
     ErrorFile,
     ImportRefused,
-    parse_record,
+    RecordReader,
+    parse_rows,
     plan_columns,
-    records,
     sniff_header,
     write_batch,
 )
@@ -159,54 +159,48 @@ def _import_rows(record: Import, fh, plan, *, started: float, seconds: float) ->
         "failed": record.rows_failed,
         "duplicate": record.rows_duplicate,
     }
-    position = 0
-    batch = Batch()
     tz_names = _timezones()
+    reader = RecordReader(fh, encoding=record.encoding)
+    position = _skip_done(reader, record.position, plan, seen)
     committer = _Committer(record, segment_id=segment_id, replace=replace)
-
-    def commit() -> None:
-        try:
-            bytes_done = fh.tell()
-        except (OSError, ValueError):
-            bytes_done = record.bytes_done
-        if committer.threaded:
-            batch.prepare_copy()  # here, so the writer thread holds the GIL as little as possible
-        committer.submit(batch, position=position, bytes_done=bytes_done, error_bytes=errors.tell(), **counters)
-
     try:
-        for item in records(fh, encoding=record.encoding):
-            position += 1
-            if position <= record.position:
-                if item.cells is not None and len(item.cells) > plan.id_index:
-                    seen.add(hash(item.cells[plan.id_index].strip()))
-                continue
-            counters["done"] += 1
-            parsed = parse_record(item, plan, timezones=tz_names)
-            if isinstance(parsed, str):
-                external_id = item.cells[plan.id_index] if item.cells and len(item.cells) > plan.id_index else ""
-                errors.add(item.line, external_id, parsed)
-                counters["failed"] += 1
+        while not reader.finished:
+            # Batches end where they did before a resume: at each multiple of batch_rows rows done.
+            rows, lines, unreadable = reader.read(batch_rows - counters["done"] % batch_rows)
+            if not rows and not unreadable:
+                break
+            position += len(rows) + len(unreadable)
+            counters["done"] += len(rows) + len(unreadable)
+            parsed, failures = parse_rows(rows, lines, plan, timezones=tz_names)
+            problems = [(line, "", reason) for line, reason in unreadable] + failures
+            counters["failed"] += len(problems)
+            hashes = list(map(hash, parsed.external_ids))
+            fresh = set(hashes)
+            if len(fresh) == len(hashes) and fresh.isdisjoint(seen):
+                seen |= fresh
+                counters["imported"] += len(hashes)
             else:
-                key = hash(parsed.external_id)
-                if key in seen:
-                    errors.add(
-                        parsed.line,
-                        parsed.external_id,
-                        "duplicate external_id: an earlier row has it; this later row wins",
-                    )
-                    counters["duplicate"] += 1
-                else:
-                    seen.add(key)
-                    counters["imported"] += 1
-                batch.rows[parsed.external_id] = parsed
-            if len(batch) >= batch_rows or counters["done"] % batch_rows == 0:
-                commit()
-                batch = Batch()
-                if time.monotonic() - started > seconds:
-                    committer.close()
-                    _import_hand_over(record)
-                    return True
-        commit()
+                for line, external_id, key in zip(parsed.lines, parsed.external_ids, hashes, strict=True):
+                    if key in seen:
+                        problems.append((line, external_id, DUPLICATE))
+                        counters["duplicate"] += 1
+                    else:
+                        seen.add(key)
+                        counters["imported"] += 1
+            for line, external_id, reason in sorted(problems, key=lambda problem: problem[0]):
+                errors.add(line, external_id, reason)
+            batch = Batch.of(parsed)
+            if committer.threaded:
+                batch.prepare_copy()  # here, so the writer thread holds the GIL as little as possible
+            try:
+                bytes_done = fh.tell()
+            except (OSError, ValueError):
+                bytes_done = record.bytes_done
+            committer.submit(batch, position=position, bytes_done=bytes_done, error_bytes=errors.tell(), **counters)
+            if time.monotonic() - started > seconds and not reader.finished:
+                committer.close()
+                _import_hand_over(record)
+                return True
         committer.close()
     finally:
         committer.close(raise_error=False)
@@ -219,6 +213,22 @@ def _import_rows(record: Import, fh, plan, *, started: float, seconds: float) ->
             record.error_file.name = str(_error_path(record).relative_to(settings.MEDIA_ROOT))
         _import_finish(record, status=Import.Status.DONE)
     return False
+
+
+DUPLICATE = "duplicate external_id: an earlier row has it; this later row wins"
+
+
+def _skip_done(reader: RecordReader, position: int, plan, seen: set[int]) -> int:
+    """Read past the rows a resumed import already wrote, remembering their ids for duplicates."""
+    done = 0
+    index = plan.id_index
+    while done < position and not reader.finished:
+        rows, _lines, unreadable = reader.read(min(position - done, 100_000))
+        if not rows and not unreadable:
+            break
+        done += len(rows) + len(unreadable)
+        seen.update(hash(row[index].strip()) for row in rows if len(row) > index)
+    return done
 
 
 class _Committer:

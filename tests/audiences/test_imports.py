@@ -324,3 +324,60 @@ def test_bytes_that_do_not_decode_fail_only_their_row(run_import):
     assert not Profile.objects.filter(external_id="u1").exists()
     reason = "holds bytes that are not valid text in this encoding (is the file Latin-1?)"
     assert error_rows(record) == [["1202", "u1", reason], ["1204", "u3\ufffd", reason]]
+
+
+def test_rows_parsed_a_column_at_a_time_match_the_row_by_row_rules():
+    """The worker's column-wise parser gives each row what parse_record gives it, good or bad."""
+    import json
+
+    from audiences.imports import Record, parse_record, parse_rows, plan_columns
+    from audiences.services.profiles import _timezones
+
+    header = ["external_id", "n", "flag", "note", "locale", "timezone", "when"]
+    plan = plan_columns(header, {"n": {"type": "number"}, "when": {"type": "date"}})
+    rows = [
+        ["u1", "1", "true", "plain", "fr-FR", "Europe/Paris", "2026-01-02"],
+        ["u2", " 007 ", "no", "", "", "", ""],  # empty cells leave attributes out
+        ["u3", "x", "yes", "a", "de", "UTC", "2026-01-02"],  # not a number
+        ["u4", "2", "1", " " * 1500, "x" * 50, "Mars/Base", ""],  # bad zone; blank long cell is fine
+        ["u5", "3", "0", "y" * 1001, "", "", ""],  # too long
+        ["u6", "4", "false", 'tab\tback\\slash "q"', "", "", "2026-13-40"],  # not a date
+        ["", "5", "true", "z", "", "", ""],  # no id
+        ["u8", "6"],  # too few fields
+        ["u9", "7", "true", "nul\x00", "", "", ""],
+        ["u10", "8", "true", "bad\udcff", "", "", ""],
+        ["u" + "1" * 300, "9", "true", "long id", "", "", ""],
+        ["  u12 ", "1e3", "TRUE", "1.50", "en", "UTC", "2026-01-02T10:00:00Z"],
+        ["u13", "-0.5", "maybe", "007", "", "", ""],
+    ]
+    lines = [n + 2 for n in range(len(rows))]
+    # Twice: the second time the columns' caches answer for the cells seen the first time.
+    for _ in range(2):
+        parsed, failures = parse_rows(rows, lines, plan, timezones=_timezones())
+        expected_good, expected_bad = [], []
+        for line, cells in zip(lines, rows, strict=True):
+            one = parse_record(Record(line=line, cells=cells), plan, timezones=_timezones())
+            if isinstance(one, str):
+                expected_bad.append((line, cells[0], one))
+            else:
+                expected_good.append((line, one.external_id, one.attributes, one.locale, one.timezone))
+        got_good = list(
+            zip(
+                parsed.lines,
+                parsed.external_ids,
+                map(json.loads, parsed.attributes),
+                parsed.locales,
+                parsed.timezones,
+                strict=True,
+            )
+        )
+        assert got_good == expected_good
+        assert failures == expected_bad
+        assert [line for line, *_ in expected_good] == [2, 3, 13, 14]
+
+
+def test_error_lines_count_blank_lines_and_quoted_newlines(run_import):
+    content = b'external_id,note\n\nu1,"two\r\nlines"\n\n  \n,x\nu3,"a\nb\nc"\nu3,dup\n'
+    record = run_import(content)
+    assert (record.rows_done, record.rows_imported, record.rows_failed, record.rows_duplicate) == (4, 2, 1, 1)
+    assert [(r[0], r[1]) for r in error_rows(record)] == [("7", ""), ("11", "u3")]
