@@ -11,6 +11,8 @@ CSV of external_id + 10 attribute columns (about 90 MB at a million rows), then,
 * ``ceiling``: the SQL ceiling of an import: COPY of the file into a staging table, then one
   ``INSERT … ON CONFLICT DO UPDATE`` of every row (its ten cells as a JSON object) into the
   empty, indexed profiles table, in one transaction; the profiles are removed again afterwards;
+* ``ceiling_segment``: the same, then every profile added to a segment in the same transaction
+  (one ``INSERT … SELECT``), as the import into a new segment does: the ceiling of the same work;
 * ``import``: ``import_create`` (header check, the file stored under MEDIA_ROOT) and the worker's
   ``import_process`` to the end: streamed, parsed, typed, validated row by row, upserted into
   profiles (attributes merged) and added to a new imported segment;
@@ -77,22 +79,38 @@ ON CONFLICT (external_id) DO UPDATE SET attributes = p.attributes || EXCLUDED.at
 """
 
 
-def measure_ceiling(connection, csv_path: Path) -> float:
-    """COPY into a staging table and one upsert into the indexed profiles table; the seconds both took."""
+CEILING_MEMBERS = """
+INSERT INTO audiences_segmentmember (segment_id, profile_id, added_at)
+SELECT %s, p.id, now() FROM bench_stage s JOIN audiences_profile p ON p.external_id = s.external_id
+ON CONFLICT (segment_id, profile_id) DO NOTHING
+"""
+
+
+def measure_ceiling(connection, csv_path: Path, *, segment_id: int | None = None) -> float:
+    """COPY into a staging table and one upsert into the indexed profiles table; the seconds both took.
+
+    With ``segment_id``, the same transaction then adds every profile to that segment, as the
+    import into a new segment does (its foreign keys checked at commit). The session gets the
+    import's work_mem.
+    """
     from django.db import transaction
 
     cells = ", ".join(f"'{name}', {name}" for name in COLUMNS[1:])
     began = time.perf_counter()
     with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL work_mem = '64MB'")
         cursor.execute("CREATE TEMP TABLE bench_stage (" + ", ".join(f"{c} text" for c in COLUMNS) + ") ON COMMIT DROP")
         with open(csv_path, "rb") as fh:
             with cursor.cursor.copy("COPY bench_stage FROM STDIN (FORMAT csv, HEADER true)") as copy:
                 while chunk := fh.read(1 << 20):
                     copy.write(chunk)
         cursor.execute(CEILING_UPSERT.format(cells=cells))
+        if segment_id is not None:
+            cursor.execute("ANALYZE bench_stage")
+            cursor.execute(CEILING_MEMBERS, [segment_id])
     seconds = time.perf_counter() - began
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE audiences_profile CASCADE")
+        cursor.execute("TRUNCATE audiences_segmentmember, audiences_profile CASCADE")
         cursor.execute("CHECKPOINT")
     return seconds
 
@@ -110,7 +128,7 @@ def main() -> None:
     from django.db import connection
 
     from accounts.models import User
-    from audiences.models import Import
+    from audiences.models import Import, Segment
     from audiences.services.imports import import_create, import_process
 
     call_command("migrate", verbosity=0, interactive=False)
@@ -134,8 +152,9 @@ def main() -> None:
                 copy.write(chunk)
     copy_s = time.perf_counter() - started
     ceiling_s = measure_ceiling(connection, csv_path)
-
     user, _ = User.objects.get_or_create(username="bench", defaults={"is_superuser": True, "is_staff": True})
+    ceiling_segment = Segment.objects.create(name="bench ceiling", kind=Segment.Kind.IMPORTED, created_by=user)
+    ceiling_segment_s = measure_ceiling(connection, csv_path, segment_id=ceiling_segment.pk)
 
     def run_import(name: str) -> tuple[float, Import]:
         from django.db import transaction
@@ -169,6 +188,9 @@ def main() -> None:
         "ceiling_s": round(ceiling_s, 2),
         "ceiling_rows_per_s": round(args.rows / ceiling_s),
         "ratio_to_ceiling": round(ceiling_s / import_s, 3),
+        "ceiling_segment_s": round(ceiling_segment_s, 2),
+        "ceiling_segment_rows_per_s": round(args.rows / ceiling_segment_s),
+        "ratio_to_ceiling_segment": round(ceiling_segment_s / import_s, 3),
         "ratio_to_copy": round(copy_s / import_s, 3),
         "rerun_s": round(rerun_s, 2),
         "rerun_rows_per_s": round(args.rows / rerun_s),
