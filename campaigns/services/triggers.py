@@ -285,13 +285,30 @@ def campaign_trigger_allowed(*, campaign_id: int, by: User, stamps=None) -> None
     _may_trigger(by, campaign_id, stamps[_campaign_stamp(campaign_id)])
 
 
+# The advisory lock class of the trigger gate (campaigns/migrations/0011_trigger_gate_lock.py).
+GATE_LOCK_CLASS = 0x50C5
+
+
 def _recipient_source_lock(entry: _Approved) -> tuple[str, list]:
-    """The campaign row under its gate's conditions, locked shared: a stop or a voided approval
-    (FOR UPDATE) waits for calls in flight, and calls after it find no row."""
+    """The campaign row under its gate's conditions, behind the gate's lock taken shared: an
+    update that changes what the gate reads (a stop, a voided or replaced approval) takes it
+    exclusively from a database trigger, so it waits for calls in flight, and calls after it
+    wait for its commit. An advisory lock, not ``FOR SHARE`` on the row: locking a row shared
+    writes it (a multixact per concurrent call, its page dirtied, WAL), which every call paid.
+    A call whose statement began before such an update committed reads the row as it was; the
+    stream's dispatch, which a stop closes in that transaction, is locked after the gate and
+    read as it is then, so it writes nothing (``StreamClosed``)."""
+    conditions = [Status.LIVE, Campaign.Kind.API_TRIGGERED, entry.fingerprint]
+    if connection.vendor != "postgresql":  # SQLite: the write lock serialises the append and a stop
+        return (
+            "SELECT id FROM campaigns_campaign WHERE id = %s AND status = %s AND kind = %s "
+            "AND approved_fingerprint = %s",
+            [entry.campaign_id, *conditions],
+        )
     return (
-        "SELECT id FROM campaigns_campaign WHERE id = %s AND status = %s AND kind = %s "
-        "AND approved_fingerprint = %s FOR SHARE",
-        [entry.campaign_id, Status.LIVE, Campaign.Kind.API_TRIGGERED, entry.fingerprint],
+        "SELECT c.id FROM (SELECT pg_advisory_xact_lock_shared(%s, mod(%s::bigint, 2147483648)::int)) AS gate, "
+        "campaigns_campaign c WHERE c.id = %s AND c.status = %s AND c.kind = %s AND c.approved_fingerprint = %s",
+        [GATE_LOCK_CLASS, entry.campaign_id, entry.campaign_id, *conditions],
     )
 
 
@@ -307,8 +324,8 @@ def campaign_trigger(
     """Send a live API-triggered campaign to the named recipients (external ids), now.
 
     The call's rows join the campaign's standing dispatch (``delivery.services.streams``) in one statement,
-    in a transaction that locks the campaign row shared under the gate's conditions (a stop waits
-    for it, or it finds the campaign stopped) and, with ``request_record`` (an Idempotency-Key's
+    in a transaction that holds the campaign's gate lock shared and reads its row under the gate's
+    conditions (a stop waits for it, or it finds the campaign stopped) and, with ``request_record`` (an Idempotency-Key's
     TriggerRequest), stores the answer and the dispatch on that record: a retry replays it.
     Recipients that are unknown are reported and left out; those without a reachable device are
     reported and still targeted (their delivery records the skip). Each recipient's context is
@@ -428,13 +445,16 @@ _PROFILES_WITH_REACH = (
 
 def _profiles_with_reach(*, app_id: int, external_ids: list[str]) -> dict[str, dict]:
     """One query: the profiles of these external ids, each with whether it has an opted-in device of
-    the app. On PostgreSQL a fixed statement (building it with the ORM cost as much as running it)."""
+    the app. On PostgreSQL a fixed statement (building it with the ORM cost as much as running it),
+    prepared once per connection."""
     from audiences.models import Profile
     from delivery.models import Device
 
     columns = ("id", "external_id", "locale", "timezone", "attributes", "reachable")
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
+        from delivery.services.prepared import prepared_cursor
+
+        with prepared_cursor() as cursor:
             cursor.execute(_PROFILES_WITH_REACH, [app_id, external_ids])
             rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
         for row in rows:

@@ -82,7 +82,12 @@ def deliveries_claim(dispatch_id: int, *, limit: int, now: datetime, with_profil
             f"c.variant{profile_columns} "
             f"FROM claimed c LEFT JOIN delivery_device dev ON dev.id = c.device_id{profile_join}"
         )
-        with transaction.atomic(), connection.cursor() as cursor:
+        # One statement: alone in autocommit (no BEGIN and COMMIT round trips before the send; its
+        # commit still waits for the disk, so a claimed row is never sent again after a crash),
+        # from a plan the connection keeps.
+        from delivery.services.prepared import prepared_cursor
+
+        with prepared_cursor() as cursor:
             cursor.execute(sql, [dispatch_id, _dt(now), limit, settings.PUSHDESK_SEND_LEASE_SECONDS])
             fetched = cursor.fetchall()
         rows = []

@@ -5,8 +5,9 @@ one *standing* dispatch per approved version and UTC day, instead of a dispatch 
 
 1. ``stream_open`` finds or opens it (status ``sending`` at once), after its source's gate agreed.
 2. ``stream_append`` adds one call's rows in one statement, in the transaction of the call: the
-   source row is read ``FOR SHARE`` with the conditions of its gate (a stop or a voided approval
-   takes it ``FOR UPDATE``, so it waits for calls in flight and later calls see it), the dispatch
+   source row is read under the conditions of its gate, behind a lock a stop or a voided approval
+   takes exclusively (a journey's row ``FOR SHARE``, a campaign's gate advisory lock), so it waits
+   for calls in flight and later calls see it, the dispatch
    ``FOR KEY SHARE`` while it is still sending. Once the call commits, it wakes the senders
    (``streams_wake``: a Redis message; not a ``NOTIFY`` in the statement, which would make
    every appending call's commit wait for the one before it: PostgreSQL serialises the commits
@@ -33,6 +34,7 @@ from accounts.models import User
 from accounts.services import audit
 from delivery.models import Delivery, DeliveryRules, Dispatch
 from delivery.rules import _CAP_LOCK_CLASS, quiet_until
+from delivery.services.prepared import prepared_cursor
 from delivery.services.rollups import (
     STREAM_SHARD,
     deliveries_finish,
@@ -192,8 +194,8 @@ def stream_append(
     """Append one call's rows to an open stream, in one statement; returns them in recipient order.
 
     Call inside the transaction that records the call (its idempotency record commits with the
-    rows). ``source_lock`` is a ``SELECT … FOR SHARE`` of the source row under its gate's
-    conditions; no row is written unless it returns one and the dispatch is still sending.
+    rows). ``source_lock`` is a ``SELECT`` of the source row under its gate's conditions that
+    holds what a stop waits for (the row ``FOR SHARE``, or a shared advisory lock); no row is written unless it returns one and the dispatch is still sending.
     Every recipient gets a row per active device of the app (``queued``, or ``skipped`` with
     ``not_opted_in``), or one ``skipped`` / ``no_device`` row; a recipient in the holdout
     (variant 0) gets them all ``skipped`` / ``holdout``. ``rules`` (the app's, for marketing
@@ -249,7 +251,7 @@ def stream_append(
         now,
         app_id,
     ]
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(sql, params)
         fetched = cursor.fetchall()
     marker = next(row for row in fetched if row[0] == -1)

@@ -357,3 +357,51 @@ def test_a_stop_waits_for_a_trigger_appending_and_then_stops_its_rows(
     assert triggered["value"].status_code == 202 and "error" not in stopped
     assert list(Delivery.objects.values_list("status", "reason")) == [("skipped", "stopped")]
     assert Dispatch.objects.get().status == "stopped"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_trigger_queued_behind_a_stop_reads_the_stopped_stream_and_writes_nothing(
+    live_trigger, trigger_client, zoe, manager_alice, pushsim_app, monkeypatch
+):
+    """The gate is an advisory lock the stop's update takes exclusively: a call whose statement
+    began while the stop waited reads the campaign as it was (live), yet finds its stream closed
+    once the stop committed, so it writes nothing and answers 409."""
+    from django_q.conf import Conf
+
+    import delivery.services.streams
+
+    monkeypatch.setattr(Conf, "SYNC", False)
+    DeviceFactory(profile=ProfileFactory(external_id="yann"), app=pushsim_app, platform="android")
+    assert _trigger(trigger_client, live_trigger, "zoe").status_code == 202  # everything cached
+    appended, go = threading.Event(), threading.Event()
+    original = delivery.services.streams.stream_append
+    calls = []
+
+    def paused(**kwargs):
+        calls.append(kwargs)
+        rows = original(**kwargs)
+        if len(calls) == 1:
+            appended.set()
+            go.wait(10)  # rows written, transaction (with its gate lock) still open
+        return rows
+
+    monkeypatch.setattr(delivery.services.streams, "stream_append", paused)
+    first, first_outcome = _in_thread(
+        lambda: _trigger(trigger_client, live_trigger, "zoe", HTTP_IDEMPOTENCY_KEY="order-1")
+    )
+    assert appended.wait(20)
+    stop, stopped = _in_thread(lambda: campaign_stop(campaign_id=live_trigger.pk, by=manager_alice))
+    stop.join(1.0)
+    assert stop.is_alive(), "the stop waits for the call holding the gate"
+    late, late_outcome = _in_thread(lambda: _trigger(trigger_client, live_trigger, "yann"))
+    late.join(1.0)
+    assert late.is_alive(), "a call after the stop began waits behind it"
+    go.set()
+    for thread in (first, stop, late):
+        thread.join(20)
+    assert first_outcome["value"].status_code == 202 and "error" not in stopped
+    response = late_outcome["value"]
+    assert response.status_code == 409 and response.json()["code"] == "campaign_not_live"
+    assert len(calls) >= 2  # the late call did reach its append
+    assert not Delivery.objects.filter(profile__external_id="yann").exists()
+    assert not Delivery.objects.filter(status__in=("queued", "sending", "accepted")).exists()
