@@ -23,6 +23,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -45,8 +47,12 @@ _HEARTBEAT = "pushdesk:stream-sender:{slot}"
 
 def streams_wake(dispatch_id: int) -> None:
     """After a call committed rows: in-process tasks (tests, ``PUSHDESK_TASKS_SYNC``) send them at
-    once; otherwise a message on Redis wakes the senders (without Redis they poll). A wake-up that
-    fails is logged, not raised: the rows are in, and the senders' poll finds them."""
+    once; otherwise a message on Redis wakes the senders (without Redis they poll).
+
+    The message is published by a thread of the process (``_Waker``), so the call answers without
+    waiting for that round trip, and wake-ups that pile up while one is published go out together,
+    once per stream. A wake-up that fails, or that a process exiting leaves unsent, is logged or
+    lost, never raised: the rows are in, and the senders' poll finds them."""
     from django_q.conf import Conf
 
     if Conf.SYNC:
@@ -54,10 +60,75 @@ def streams_wake(dispatch_id: int) -> None:
         return
     if not settings.REDIS_URL:
         return
+    _Waker.get().put(dispatch_id)
+
+
+def streams_wake_now(dispatch_ids) -> None:
+    """Publish the wake-ups of these streams now, in this thread (one round trip for them all)."""
     try:
-        _redis(settings.REDIS_URL).publish(_channel(), str(dispatch_id))
+        client = _redis(settings.REDIS_URL)
+        channel = _channel()
+        if len(dispatch_ids) == 1:
+            client.publish(channel, str(next(iter(dispatch_ids))))
+            return
+        with client.pipeline(transaction=False) as pipe:
+            for dispatch_id in dispatch_ids:
+                pipe.publish(channel, str(dispatch_id))
+            pipe.execute()
     except Exception:
-        log.warning("could not wake the stream senders for dispatch %s: they will poll", dispatch_id, exc_info=True)
+        log.warning("could not wake the stream senders for %s: they will poll", dispatch_ids, exc_info=True)
+
+
+class _Waker:
+    """One thread per process publishing the wake-ups handed to it (started at the first, and again
+    in a forked child)."""
+
+    _current: _Waker | None = None
+    _lock = threading.Lock()
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.pending = 0  # handed over, not yet published
+        self.published = threading.Condition()
+        threading.Thread(target=self._run, name="stream-waker", daemon=True).start()
+
+    @classmethod
+    def get(cls) -> _Waker:
+        waker = cls._current
+        if waker is None or waker.pid != os.getpid():
+            with cls._lock:
+                waker = cls._current
+                if waker is None or waker.pid != os.getpid():
+                    waker = cls._current = cls()
+        return waker
+
+    def put(self, dispatch_id: int) -> None:
+        with self.published:
+            self.pending += 1
+        self.queue.put(dispatch_id)
+
+    def _run(self) -> None:
+        while True:
+            taken = [self.queue.get()]
+            while True:
+                try:
+                    taken.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            streams_wake_now(set(taken))
+            with self.published:
+                self.pending -= len(taken)
+                self.published.notify_all()
+
+
+def streams_wake_flush(timeout: float = 5.0) -> bool:
+    """Wait until this process's wake-ups are published (tests, an orderly exit)."""
+    waker = _Waker._current
+    if waker is None or waker.pid != os.getpid():
+        return True
+    with waker.published:
+        return waker.published.wait_for(lambda: waker.pending == 0, timeout)
 
 
 @lru_cache(maxsize=4)

@@ -212,20 +212,32 @@ class RedisTrips:
 def test_a_trigger_costs_at_most_4_queries_and_one_redis_round_trip_before_its_rows(
     live_trigger, trigger_client, zoe, monkeypatch, settings, idempotency
 ):
-    """Before the rows: one script (rate limit and stamps). After they commit: the senders' wake-up."""
+    """Before the rows: one script (rate limit and stamps). After they commit: the senders' wake-up,
+    published by a thread of the process (the answer does not wait for it)."""
     if not settings.REDIS_URL:
         pytest.skip("the one round trip is to Redis")
     from django_q.conf import Conf
 
+    import delivery.services.stream_senders
+    from delivery.services.stream_senders import streams_wake_flush
+
     monkeypatch.setattr(Conf, "SYNC", False)  # as in production: the senders run elsewhere
     headers = lambda n: {"HTTP_IDEMPOTENCY_KEY": f"order-{n}"} if idempotency else {}  # noqa: E731
     assert _trigger(trigger_client, live_trigger, "zoe", **headers(0)).status_code == 202  # warm the caches
+    assert streams_wake_flush()
+    release, publish = threading.Event(), delivery.services.stream_senders.streams_wake_now
+    monkeypatch.setattr(
+        delivery.services.stream_senders, "streams_wake_now", lambda ids: release.wait(10) and publish(ids)
+    )
     trips = RedisTrips(monkeypatch)
     with CaptureQueriesContext(connection) as captured:
         response = _trigger(trigger_client, live_trigger, "zoe", **headers(1))
     assert response.status_code == 202
     queries = [q["sql"] for q in captured if q["sql"] not in ("BEGIN", "COMMIT")]
     assert len(queries) <= (4 if idempotency else 2), [q[:120] for q in queries]
+    assert trips.count == 1, trips.commands  # the answer did not wait for the wake-up, held back here
+    release.set()
+    assert streams_wake_flush()
     assert trips.count == 2 and trips.commands[-1] == "PUBLISH", trips.commands
     assert Delivery.objects.filter(dispatch_id=response.json()["dispatch"]).count() == 2
 
