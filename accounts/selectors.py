@@ -49,6 +49,12 @@ def granted_q(user: User, model: type[models.Model], *, field: str = "pk") -> Q:
     )
 
 
+def is_view_perm(perm: str | None) -> bool:
+    """A view permission (or none named): ``visible_to`` also reaches what the user's pending
+    requests reference, read-only."""
+    return perm is None or perm.partition(".")[2].startswith("view_")
+
+
 def visible_to(user: User, queryset: QuerySet, *, perm: str | None = None) -> QuerySet:
     """Narrow ``queryset`` to the objects the user may see.
 
@@ -68,7 +74,7 @@ def visible_to(user: User, queryset: QuerySet, *, perm: str | None = None) -> Qu
     if scope_field:
         scope_model = model._meta.get_field(scope_field).related_model
         condition |= granted_q(user, scope_model, field=f"{scope_field}_id")
-    if perm is None or perm.partition(".")[2].startswith("view_"):
+    if is_view_perm(perm):
         # Whoever may decide a request reads what its review shows, read-only.
         referenced = decidable_references(user).get(model._meta.label_lower)
         if referenced:
@@ -101,9 +107,26 @@ def decidable_references(user: User) -> dict[str, set[int]]:
     return references
 
 
-def can(user: User, perm: str, obj: models.Model) -> bool:
-    """True when the user's role grants ``perm`` and the object is within their access."""
-    return visible_to(user, type(obj)._default_manager.filter(pk=obj.pk), perm=perm).exists()
+def access_key(obj: models.Model, perm: str | None) -> tuple:
+    """Under what ``can`` keeps its answer for ``perm`` on ``obj`` in a page's ``answers``."""
+    return (obj._meta.label_lower, obj.pk, is_view_perm(perm))
+
+
+def can(user: User, perm: str, obj: models.Model, *, answers: dict | None = None) -> bool:
+    """True when the user's role grants ``perm`` and the object is within their access.
+
+    ``answers`` (one page's that only reads) keeps what was found: ``visible_to`` tells two
+    permissions apart only by the role's grant and by whether they view, so the object's access is
+    read at most twice however many permissions the page asks about.
+    """
+    if answers is None:
+        return visible_to(user, type(obj)._default_manager.filter(pk=obj.pk), perm=perm).exists()
+    if not user.has_perm(perm):
+        return False
+    key = access_key(obj, perm)
+    if key not in answers:
+        answers[key] = can(user, perm, obj)
+    return answers[key]
 
 
 def object_access_of(user: User) -> list[tuple[models.Model, str]]:

@@ -11,7 +11,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from accounts.admin.bases import ActiveStatusFilter, ObjectAccessAdminMixin, ScopedAdmin
+from accounts.admin.bases import ActiveStatusFilter, KeptChoiceField, ObjectAccessAdminMixin, ScopedAdmin
 from accounts.admin.lifecycle import LifecycleAdminMixin
 from accounts.selectors import approval_current, visible_to
 from accounts.services import TransitionError
@@ -278,6 +278,8 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         }
         if db_field.name in querysets:
             kwargs["queryset"] = querysets[db_field.name]()
+            kwargs["form_class"] = KeptChoiceField
+            kwargs["label_fields"] = ("name",)  # each one's __str__
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_form(self, request, obj=None, change=False, **kwargs):
@@ -500,8 +502,8 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
 
     lifecycle_button_name = "campaign_action"
 
-    def lifecycle_actions(self, user, obj):
-        return campaign_actions(user, obj)
+    def lifecycle_actions(self, user, obj, *, answers=None):
+        return campaign_actions(user, obj, answers=answers)
 
     def lifecycle_handlers(self, request, object_id):
         by = request.user
@@ -534,6 +536,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         if obj is None or obj.pk is None:
             return "—"
         data = campaign_report(obj)
+        charts = campaign_charts(obj, dispatch_ids=[d["id"] for d in data["dispatches"]])
         counters = format_html_join(
             "",
             "<tr><th>{}</th><td>{}</td></tr>",
@@ -562,7 +565,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             reasons,
             variants_report_html(data["variants"], data["holdout"]),
             conversions_report_html(data["conversions"]),
-            mark_safe(report_charts_html(campaign_charts(obj))),  # noqa: S308 (a template, autoescaped)
+            mark_safe(report_charts_html(charts)),  # noqa: S308 (a template, autoescaped)
             csv_url,
         )
 

@@ -151,11 +151,14 @@ def campaign_conversions(campaign: Campaign, *, dispatch_ids: list[int]) -> dict
     return {"goal": goal.as_dict(), "overall": overall, "variants": variants, "holdout": holdout}
 
 
-def campaign_charts(campaign: Campaign) -> dict:
-    """The report charts' figures over every dispatch of the campaign (test sends excluded)."""
+def campaign_charts(campaign: Campaign, *, dispatch_ids: list[int] | None = None) -> dict:
+    """The report charts' figures over every dispatch of the campaign (test sends excluded);
+    ``dispatch_ids``: those dispatches, when the caller has read them already (``campaign_report``)."""
     from delivery.reports import report_charts
 
-    return report_charts(dispatch_ids=_dispatches(campaign).values_list("id", flat=True))
+    if dispatch_ids is None:
+        dispatch_ids = list(_dispatches(campaign).values_list("id", flat=True))
+    return report_charts(dispatch_ids=dispatch_ids)
 
 
 def _cell(value) -> str:

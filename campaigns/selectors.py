@@ -33,20 +33,21 @@ TRANSITIONS = {
 }
 
 
-def campaign_actions(user: User, campaign: Campaign) -> list[tuple[str, str]]:
+def campaign_actions(user: User, campaign: Campaign, *, answers: dict | None = None) -> list[tuple[str, str]]:
     """The (action, label) buttons this user may use on this campaign in its current state.
 
     A scheduled or live campaign with a pending revision offers to submit it, and, while it
-    waits, to cancel the request; its approved version keeps sending either way.
+    waits, to cancel the request; its approved version keeps sending either way. ``answers``
+    keeps a page's permission checks (``accounts.selectors.can``).
     """
     actions = []
     for name, (states, perm, label) in TRANSITIONS.items():
-        if campaign.status in states and can(user, perm, campaign):
+        if campaign.status in states and can(user, perm, campaign, answers=answers):
             actions.append((name, label))
     if campaign.is_active and campaign.has_pending_revision:
         request = approval_current(campaign)
         waiting = request is not None and request.status == request.Status.PENDING
         name, label = ("cancel_request", "Cancel request") if waiting else ("submit", "Submit revision for review")
-        if can(user, "campaigns.submit_campaign", campaign):
+        if can(user, "campaigns.submit_campaign", campaign, answers=answers):
             actions.insert(0, (name, label))
     return actions

@@ -11,6 +11,7 @@ from django.contrib import admin
 from django.core.exceptions import ValidationError
 from django.utils.html import format_html, format_html_join
 
+from accounts.admin.bases import KeptChoiceField
 from accounts.selectors import visible_to
 from campaigns.models import Campaign, CampaignVariant
 from campaigns.services.variants import MAX_VARIANTS, VariantInput, variants_check
@@ -64,6 +65,10 @@ class CampaignVariantInline(admin.TabularInline):
     verbose_name = "variant"
     verbose_name_plural = "Variants (A/B/n)"
 
+    def get_queryset(self, request):
+        # Each row is headed by its variant's name, which names its content.
+        return super().get_queryset(request).select_related("content")
+
     def _campaign_admin(self):
         return self.admin_site._registry[Campaign]
 
@@ -91,6 +96,8 @@ class CampaignVariantInline(admin.TabularInline):
             object_id = (request.resolver_match.kwargs.get("object_id") if request.resolver_match else None) or ""
             kept = CampaignVariant.objects.filter(campaign_id=object_id if object_id.isdigit() else None)
             kwargs["queryset"] = mine | PushContent.objects.filter(pk__in=kept.values("content_id"))
+            kwargs["form_class"] = KeptChoiceField  # one read for every row of the inline
+            kwargs["label_fields"] = ("name",)  # PushContent.__str__
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 

@@ -367,8 +367,8 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
 
     lifecycle_button_name = "journey_action"
 
-    def lifecycle_actions(self, user, obj):
-        return journey_actions(user, obj)
+    def lifecycle_actions(self, user, obj, *, answers=None):
+        return journey_actions(user, obj, answers=answers)
 
     def lifecycle_handlers(self, request, object_id):
         by = request.user

@@ -150,12 +150,13 @@ TRANSITIONS = {
 }
 
 
-def journey_actions(user: User, journey: Journey) -> list[tuple[str, str]]:
-    """The (action, label) buttons this user may use on this journey in its current state."""
+def journey_actions(user: User, journey: Journey, *, answers: dict | None = None) -> list[tuple[str, str]]:
+    """The (action, label) buttons this user may use on this journey in its current state;
+    ``answers`` keeps a page's permission checks (``accounts.selectors.can``)."""
     open_version = journey_open_version(journey)
     actions = []
     for name, (states, perm, label) in TRANSITIONS.items():
-        if journey.status not in states or not can(user, perm, journey):
+        if journey.status not in states or not can(user, perm, journey, answers=answers):
             continue
         if name == "submit" and (open_version is None or open_version.status != "draft"):
             continue

@@ -17,6 +17,7 @@ from django.utils.html import format_html
 from accounts.json_values import JsonValueFormField
 from accounts.models import User
 from accounts.selectors import (
+    access_key,
     can,
     grants_on,
     visible_to,
@@ -27,6 +28,64 @@ from accounts.services import (
     audit,
     audited_objects,
 )
+
+
+def page_answers(request) -> dict | None:
+    """Where a page that only reads keeps its answers of ``can`` (None for a request that writes:
+    each of its checks reads the access as it stands)."""
+    if request is None or request.method not in ("GET", "HEAD"):
+        return None
+    return request.__dict__.setdefault("_pushdesk_can", {})
+
+
+class _KeptChoiceIterator(forms.models.ModelChoiceIterator):
+    """The field's objects read in one plain query, the first time a copy of the field needs them."""
+
+    def _objects(self) -> list:
+        kept = self.field._kept_objects
+        if kept[0] is None:
+            queryset = self.queryset
+            if self.field.label_fields:
+                queryset = queryset.select_related(None).only(*self.field.label_fields)
+            kept[0] = list(queryset)
+        return kept[0]
+
+    def __iter__(self):
+        if self.field.empty_label is not None:
+            yield ("", self.field.empty_label)
+        for obj in self._objects():
+            yield self.choice(obj)
+
+    def __len__(self):
+        return len(self._objects()) + (1 if self.field.empty_label is not None else 0)
+
+    def __bool__(self):
+        return self.field.empty_label is not None or bool(self._objects())
+
+
+class KeptChoiceField(forms.ModelChoiceField):
+    """A select of objects whose choices are read once per form class: every form of a formset
+    (each inline row and the empty row) shows the list the first one read, instead of one query
+    each, and in one round trip rather than through a server-side cursor. ``label_fields``: the
+    fields the labels show, the only ones read for the list. Choosing is checked against the
+    queryset as usual (the chosen object is read whole)."""
+
+    iterator = _KeptChoiceIterator
+
+    def __init__(self, queryset, *, label_fields: tuple[str, ...] = (), **kwargs):
+        self.label_fields = label_fields
+        super().__init__(queryset, **kwargs)
+
+    def _set_queryset(self, queryset):
+        self._kept_objects = [None]  # a new queryset: read again
+        super()._set_queryset(queryset)
+
+    queryset = property(forms.ModelChoiceField._get_queryset, _set_queryset)
+
+    def __deepcopy__(self, memo):
+        result = super().__deepcopy__(memo)
+        result._kept_objects = self._kept_objects  # the copy's queryset is the same query
+        return result
 
 
 class EstimatedCountPaginator(Paginator):
@@ -144,7 +203,15 @@ class AccessAdmin(AdminAuditMixin, admin.ModelAdmin):
         # A role that may not even view this kind of object learns nothing about which ids exist.
         if not self.has_view_or_change_permission(request):
             raise Http404(f"No {self.model._meta.verbose_name} with this id.")
-        obj = super().get_object(request, object_id, from_field)
+        if request.method in ("GET", "HEAD"):
+            # A page that only reads loads its object once, however many of its parts ask for it.
+            loaded = request.__dict__.setdefault("_pushdesk_objects", {})
+            key = (self.model._meta.label_lower, str(object_id), from_field)
+            if key not in loaded:
+                loaded[key] = super().get_object(request, object_id, from_field)
+            obj = loaded[key]
+        else:
+            obj = super().get_object(request, object_id, from_field)
         if obj is None:
             raise Http404(f"No {self.model._meta.verbose_name} with this id.")
         return obj
@@ -166,10 +233,19 @@ class ScopedAdmin(AccessAdmin):
     """An admin whose lists and pages hold only what the user has object access to.
 
     An object outside the user's access answers 404 on every page, as if it did not exist.
+    ``get_queryset`` narrows through ``visible_to`` (a subclass may narrow further, never widen).
     """
 
     def get_queryset(self, request):
         return visible_to(request.user, super().get_queryset(request))
+
+    def get_object(self, request, object_id, from_field=None):
+        obj = super().get_object(request, object_id, from_field)
+        answers = page_answers(request)
+        if answers is not None:
+            # Read through get_queryset: within the user's access for viewing, no need to ask again.
+            answers.setdefault(access_key(obj, None), True)
+        return obj
 
     def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
         raise Http404(f"No {opts.verbose_name} with this id.")
@@ -179,15 +255,9 @@ class ScopedAdmin(AccessAdmin):
         return f"{opts.app_label}.{action}_{opts.model_name}"
 
     def _can(self, request, action: str, obj) -> bool:
-        """``can`` for this request's user; a page that only reads asks each question once (the
-        change form asks a dozen times per object), a request that writes asks every time."""
-        if request.method not in ("GET", "HEAD"):
-            return can(request.user, self._perm(action), obj)
-        answers = request.__dict__.setdefault("_pushdesk_can", {})
-        key = (self._perm(action), obj.pk)
-        if key not in answers:
-            answers[key] = can(request.user, self._perm(action), obj)
-        return answers[key]
+        """``can`` for this request's user; a page that only reads looks the object's access up
+        once (the change form asks a dozen times per object), a request that writes asks every time."""
+        return can(request.user, self._perm(action), obj, answers=page_answers(request))
 
     def has_change_permission(self, request, obj=None):
         if not super().has_change_permission(request, obj):

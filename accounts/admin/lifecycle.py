@@ -8,6 +8,8 @@ from django.http import Http404, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html_join
 
+from accounts.admin.bases import page_answers
+
 # The admin instance is shared by every request; the request whose page is being drawn lives here,
 # so that readonly fields (which see only the object) can draw the buttons for that user.
 _drawing_for: contextvars.ContextVar = contextvars.ContextVar("lifecycle_admin_request", default=None)
@@ -33,7 +35,9 @@ class LifecycleAdminMixin:
             self.message_user(request, " ".join(exc.messages), messages.ERROR)
             return HttpResponseRedirect(request.path)
 
-    def lifecycle_actions(self, user, obj) -> list[tuple[str, str]]:
+    def lifecycle_actions(self, user, obj, *, answers: dict | None = None) -> list[tuple[str, str]]:
+        """The (action, label) buttons ``user`` may use on ``obj`` now; ``answers`` keeps the page's
+        permission checks (``accounts.selectors.can``)."""
         raise NotImplementedError
 
     def lifecycle_handlers(self, request, object_id: int) -> dict:
@@ -48,7 +52,7 @@ class LifecycleAdminMixin:
         request = _drawing_for.get()
         if obj is None or obj.pk is None or request is None:
             return "—"
-        actions = self.lifecycle_actions(request.user, obj)
+        actions = self.lifecycle_actions(request.user, obj, answers=page_answers(request))
         if not actions:
             return "Nothing you can do in this state."
         return format_html_join(

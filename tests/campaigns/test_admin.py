@@ -193,3 +193,60 @@ def test_the_report_follows_a_new_open_at_once_from_the_rollup(
     delivery_open_report(delivery_id=unopened.pk, app_id=campaign.app_id, by=admin_erin, when=T0)
     with django_assert_max_num_queries(2):  # the dispatches and their rollup: no delivery is counted
         assert campaign_report(campaign)["opened"] == 3
+
+
+def test_the_change_page_reads_each_choice_list_once_however_many_variant_rows(
+    client, make_campaign, manager_alice, abc, django_assert_max_num_queries
+):
+    """The variants' rows (and the empty row the page copies) share one read of the contents, in one
+    round trip (no server-side cursor), and their headings read no content each; every row still
+    offers every content, its own chosen."""
+    import re
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from delivery.models import PushContent
+    from tests.campaigns.helpers import variants_set
+
+    campaign = variants_set(make_campaign(content=abc[0]), manager_alice, abc, [30, 30, 30], 10)
+    client.force_login(manager_alice)
+    url = f"/admin/campaigns/campaign/{campaign.pk}/change/"
+    assert client.get(url).status_code == 200
+    with CaptureQueriesContext(connection) as queries, django_assert_max_num_queries(27):  # 40 with a read per row
+        page = client.get(url)
+    assert page.status_code == 200
+    assert not [q["sql"] for q in queries if "DECLARE" in q["sql"]]
+    lists = [
+        q["sql"]
+        for q in queries
+        if re.match(r'SELECT "delivery_pushcontent"\."id", "delivery_pushcontent"\."name" FROM', q["sql"])
+    ]
+    assert len(lists) == 2, lists  # the campaign's content, and every variant row's
+    html = page.content.decode()
+    everything = sorted(PushContent.objects.values_list("pk", flat=True))  # the Shop app's, all hers
+    assert len(everything) == 4
+    for index, chosen in enumerate(abc):
+        select = re.search(rf'<select name="variants-{index}-content".*?</select>', html, re.S).group(0)
+        offered = re.findall(r'<option value="(\d+)"', select)
+        assert sorted(map(int, offered)) == everything
+        assert re.search(rf'<option value="{chosen.pk}" selected>', select)
+    empty = re.search(r'<select name="variants-__prefix__-content".*?</select>', html, re.S).group(0)
+    assert sorted(map(int, re.findall(r'<option value="(\d+)"', empty))) == everything
+
+
+def test_a_variant_content_outside_the_list_is_refused(client, make_campaign, manager_alice, abc):
+    """The list is read once for the page; what is posted is still checked against the user's contents."""
+    from tests.campaigns.helpers import change_form
+    from tests.factories import AppFactory, PushContentFactory
+
+    hidden = PushContentFactory(app=AppFactory(name="Elsewhere"), name="Not yours")
+    campaign = make_campaign(content=abc[0])
+    client.force_login(manager_alice)
+    response = client.post(
+        f"/admin/campaigns/campaign/{campaign.pk}/change/",
+        change_form(campaign, [(abc[0], 50), (hidden, 50)]),
+    )
+    assert response.status_code == 200
+    assert "Select a valid choice" in response.content.decode()
+    assert not campaign.variants.exists()

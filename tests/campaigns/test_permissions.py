@@ -229,3 +229,35 @@ def test_self_approval_allowed_when_a_policy_says_so(db, admin_erin, approver_bo
     campaign = _campaign({"approver": approver_bob}, owner=approver_bob, app=shop, state="in_review")
     campaign_approve(campaign_id=campaign.pk, by=approver_bob)
     assert Campaign.objects.get(pk=campaign.pk).status == "scheduled"
+
+
+def test_a_pages_kept_answers_agree_with_each_check_and_tell_viewing_from_acting(
+    make_campaign, manager_alice, approver_bob, outsider_dave, segment, django_assert_num_queries
+):
+    """A page that only reads keeps its answers of ``can`` (``answers``): they must be those of each
+    check on its own, and a view permission's answer must not stand for another's (an approver reads
+    the segment of a request he may decide, without the right to change it)."""
+    from accounts.models import User
+    from accounts.selectors import can
+
+    campaign = make_campaign()
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    perms = ["audiences.view_segment", "audiences.change_segment", "audiences.delete_segment", "audiences.add_segment"]
+    expected = {
+        "manager_alice": dict.fromkeys(perms, True),
+        "approver_bob": {**dict.fromkeys(perms, False), "audiences.view_segment": True},
+        "outsider_dave": dict.fromkeys(perms, False),
+    }
+    for person in (manager_alice, approver_bob, outsider_dave):
+        alone = {perm: can(User.objects.get(pk=person.pk), perm, segment) for perm in perms}
+        assert alone == expected[person.username], person.username
+        user, answers = User.objects.get(pk=person.pk), {}
+        # Asked in two orders: the view answer first, then after the others.
+        kept = {perm: can(user, perm, segment, answers=answers) for perm in perms}
+        kept_again = {perm: can(user, perm, segment, answers=answers) for perm in reversed(perms)}
+        assert kept == kept_again == alone, person.username
+        with django_assert_num_queries(0):  # asked again: nothing read
+            assert {perm: can(user, perm, segment, answers=answers) for perm in perms} == alone
+        user, answers = User.objects.get(pk=person.pk), {}
+        assert can(user, "audiences.change_segment", segment, answers=answers) == alone["audiences.change_segment"]
+        assert can(user, "audiences.view_segment", segment, answers=answers) == alone["audiences.view_segment"]
