@@ -468,10 +468,10 @@ def parse_cell(raw: str, kind: str):
         if INT_RE.match(value):
             return int(value)
         if FLOAT_RE.match(value):
-            return float(value)
+            return _finite_or(float(value), raw)
         return raw
     if first == "." and FLOAT_RE.match(value):
-        return float(value)
+        return _finite_or(float(value), raw)
     if len(value) in (4, 5):
         lowered = value.lower()
         if lowered == "true":
@@ -479,6 +479,11 @@ def parse_cell(raw: str, kind: str):
         if lowered == "false":
             return False
     return raw
+
+
+def _finite_or(number: float, raw: str):
+    """A number too big for JSON (1e999 reads as infinity) stays text, as JSON has no infinity."""
+    return number if math.isfinite(number) else raw
 
 
 def parse_record(record: Record, plan: Plan, *, timezones: set[str]) -> ParsedRow | str:

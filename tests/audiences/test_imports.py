@@ -381,3 +381,9 @@ def test_error_lines_count_blank_lines_and_quoted_newlines(run_import):
     record = run_import(content)
     assert (record.rows_done, record.rows_imported, record.rows_failed, record.rows_duplicate) == (4, 2, 1, 1)
     assert [(r[0], r[1]) for r in error_rows(record)] == [("7", ""), ("11", "u3")]
+
+
+def test_a_number_too_big_for_json_stays_text(run_import):
+    record = run_import(b"external_id,big,small\nu1,1e999,-2.5e3\n")
+    assert (record.rows_imported, record.rows_failed) == (1, 0)
+    assert attrs("u1") == {"big": "1e999", "small": -2500.0}
