@@ -89,8 +89,9 @@ def ensure_audience(devices: int):
     return segment
 
 
-def make_app(*, token_uri: str):
-    """A fresh app with freshly made credentials; the bench devices move to it."""
+def make_app(*, token_uri: str, segment):
+    """A fresh app with freshly made credentials; the devices of the segment's profiles move to it
+    (those of another size's audience stay behind: the app holds this run's devices only)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -120,7 +121,10 @@ def make_app(*, token_uri: str):
         apns_private_key=apns_key_parse(raw=apns_key.private_bytes(pem, pkcs8, serialization.NoEncryption())),
         fcm_service_account=service_account_parse(raw=json.dumps(info).encode()),
     )
-    Device.objects.filter(app__name__startswith="Bench").exclude(app=app).update(app=app)
+    from audiences.models import SegmentMember
+
+    members = SegmentMember.objects.filter(segment=segment).values("profile_id")
+    Device.objects.filter(app__name__startswith="Bench", profile_id__in=members).exclude(app=app).update(app=app)
     public = serialization.PublicFormat.SubjectPublicKeyInfo
     return app, apns_key.public_key().public_bytes(pem, public), fcm_key.public_key().public_bytes(pem, public), info
 
@@ -329,7 +333,7 @@ def run(target: str, segment, devices: int, workers_env: dict, log: Path, ca: st
     from delivery.services.dispatches import dispatch_create, dispatch_gate_register, dispatch_recount
 
     token_uri = workers_env.pop("_token_uri")
-    app, apns_public, fcm_public, info = make_app(token_uri=token_uri)
+    app, apns_public, fcm_public, info = make_app(token_uri=token_uri, segment=segment)
     if target == "sim":
         sim = workers_env.pop("_sim")
         sim.state.add_apns_key(key_id=KEY_ID, team_id=TEAM_ID, public_key_pem=apns_public, topics=[BUNDLE_ID])
@@ -350,8 +354,9 @@ def run(target: str, segment, devices: int, workers_env: dict, log: Path, ca: st
     )
     spec_validate(content.spec())
     content.save()
-    with connection.cursor() as cursor:  # a fair start: no dead rows left by an earlier run
+    with connection.cursor() as cursor:  # a fair start: no dead rows left by an earlier run,
         cursor.execute("VACUUM ANALYZE delivery_delivery")
+        cursor.execute("ANALYZE delivery_device")  # and the devices' statistics after their move
     queue = f"bench-{secrets.token_hex(3)}"
     env = {
         "PUSHDESK_QUEUE_NAME": queue,
