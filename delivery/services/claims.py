@@ -58,17 +58,25 @@ def _aware(value) -> datetime | None:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def deliveries_claim(dispatch_id: int, *, limit: int, now: datetime, with_profiles: bool = False) -> list[Claimed]:
+def deliveries_claim(
+    dispatch_id: int, *, limit: int, now: datetime, with_profiles: bool = False, after: int = 0
+) -> list[Claimed]:
     """Atomically move up to ``limit`` ready queued rows to ``sending`` under a lease.
 
     On PostgreSQL one statement claims (``FOR UPDATE SKIP LOCKED``) and returns each row with
-    its device's token and platform (and its profile when ``with_profiles``).
+    its device's token and platform (and its profile when ``with_profiles``). Only rows whose id
+    is above ``after`` are taken: a sender going through a big dispatch passes its last claimed
+    id, so each claim starts where the last one ended instead of stepping again over the index
+    entries of every row sent before it (which stay until a vacuum removes them).
     """
     # On PostgreSQL the lease runs on the database's clock, the one the watchdog judges it by:
     # a worker whose clock is behind cannot stamp a lease that is over before it starts. (The
     # embedded SQLite mode runs on one machine.)
     lease = now + timedelta(seconds=settings.PUSHDESK_SEND_LEASE_SECONDS)
-    ready = "dispatch_id = %s AND finished_at IS NULL AND status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= %s)"
+    ready = (
+        "dispatch_id = %s AND id > %s AND finished_at IS NULL AND status = 'queued' "
+        "AND (next_attempt_at IS NULL OR next_attempt_at <= %s)"
+    )
     if connection.vendor == "postgresql":
         profile_columns = ", p.external_id, p.locale, p.timezone, p.attributes" if with_profiles else ""
         profile_join = " LEFT JOIN audiences_profile p ON p.id = c.profile_id" if with_profiles else ""
@@ -88,7 +96,7 @@ def deliveries_claim(dispatch_id: int, *, limit: int, now: datetime, with_profil
         from delivery.services.prepared import prepared_cursor
 
         with prepared_cursor() as cursor:
-            cursor.execute(sql, [dispatch_id, _dt(now), limit, settings.PUSHDESK_SEND_LEASE_SECONDS])
+            cursor.execute(sql, [dispatch_id, after, _dt(now), limit, settings.PUSHDESK_SEND_LEASE_SECONDS])
             fetched = cursor.fetchall()
         rows = []
         for values in fetched:
@@ -114,7 +122,7 @@ def deliveries_claim(dispatch_id: int, *, limit: int, now: datetime, with_profil
         "RETURNING id, device_id, profile_id, attempts, expires_at, context, variant"
     )
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(sql, [_dt(lease), dispatch_id, _dt(now), limit])
+        cursor.execute(sql, [_dt(lease), dispatch_id, after, _dt(now), limit])
         rows = [
             Claimed(
                 *row[:4],

@@ -331,6 +331,9 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
     with_profiles = dispatch_needs_profiles(dispatch)
     # One batch sends (in the send threads) while the next is claimed and rendered here.
     in_flight: _Batch | None = None
+    # Each claim starts after the last one's rows; from the start again when none is left there,
+    # and at least every _RESCAN_SECONDS, so rows queued again below (retries) are not held back.
+    after, rescan_at = 0, time.monotonic() + _RESCAN_SECONDS
 
     def write_back_in_flight() -> None:
         # Before waiting for tokens: the batch's rows are leased, and the wait may outlast it.
@@ -351,8 +354,16 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
                 break
             if not Dispatch.objects.filter(pk=dispatch_id, status=Dispatch.Status.SENDING).exists():
                 return report
-            rows = deliveries_claim(dispatch_id, limit=granted, now=timezone.now(), with_profiles=with_profiles)
+            if time.monotonic() >= rescan_at:
+                after, rescan_at = 0, time.monotonic() + _RESCAN_SECONDS
+            rows = deliveries_claim(
+                dispatch_id, limit=granted, now=timezone.now(), with_profiles=with_profiles, after=after
+            )
+            if not rows and after:
+                after = 0
+                rows = deliveries_claim(dispatch_id, limit=granted, now=timezone.now(), with_profiles=with_profiles)
             if rows:
+                after = max(row.id for row in rows)
                 report.claimed += len(rows)
                 report.batches += 1
                 batch = _batch_prepare(dispatch, rows)
@@ -389,6 +400,10 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
     else:
         dispatch_complete_if_done(dispatch_id=dispatch_id)
     return report
+
+
+# How often a sender claims from its dispatch's first row again, whatever its last claim took.
+_RESCAN_SECONDS = 10.0
 
 
 def _only_future_retries(dispatch_id: int, *, now: datetime) -> bool:

@@ -9,6 +9,7 @@ from django.db import connection
 from django.utils import timezone
 
 from delivery.models import App, Delivery, Device, Dispatch
+from delivery.services import sending
 from delivery.services.claims import deliveries_claim
 from delivery.services.contents import pushcontent_save, pushcontent_test_send
 from delivery.services.dispatches import (
@@ -653,3 +654,48 @@ def test_a_batch_is_written_back_before_the_sender_waits_for_the_throttle(
     statuses = list(Delivery.objects.filter(dispatch=dispatch).values_list("status", flat=True))
     assert statuses == ["accepted"] * 3
     assert all(pushsim.state.count(d.token) == 1 for d in devices)
+
+
+def test_a_claim_takes_only_rows_after_the_id_it_is_given(pushsim_app, open_gate, django_capture_on_commit_callbacks):
+    content = PushContentFactory(app=pushsim_app)
+    profiles = ProfileFactory.create_batch(4)
+    for p in profiles:
+        DeviceFactory(profile=p, app=pushsim_app, platform="android")
+    with django_capture_on_commit_callbacks(execute=False):
+        dispatch = dispatch_create(
+            app_id=pushsim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
+        )
+        dispatch_prepare(dispatch_id=dispatch.pk)
+    ids = sorted(Delivery.objects.filter(dispatch=dispatch).values_list("id", flat=True))
+
+    claimed = deliveries_claim(dispatch.pk, limit=10, now=timezone.now(), after=ids[1])
+
+    assert [c.id for c in claimed] == ids[2:]
+    assert deliveries_claim(dispatch.pk, limit=10, now=timezone.now(), after=ids[3]) == []
+    assert [c.id for c in deliveries_claim(dispatch.pk, limit=10, now=timezone.now())] == ids[:2]
+
+
+def test_a_sender_goes_back_for_a_retry_queued_below_its_last_claim(
+    pushsim_app, pushsim, open_gate, fast_retries, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    """Each claim starts after the last one's rows; a row queued again before them is still sent, by the same task."""
+    settings.PUSHDESK_SEND_BATCH = 1
+    monkeypatch.setattr(sending, "_RESCAN_SECONDS", 3600.0)  # only running out of rows sends it back
+    content = PushContentFactory(app=pushsim_app)
+    profiles = ProfileFactory.create_batch(3)
+    for p in profiles:
+        DeviceFactory(profile=p, app=pushsim_app, platform="android")
+    with django_capture_on_commit_callbacks(execute=False):
+        dispatch = dispatch_create(
+            app_id=pushsim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
+        )
+        dispatch_prepare(dispatch_id=dispatch.pk)
+    first = Delivery.objects.filter(dispatch=dispatch).select_related("device").order_by("id").first()
+    pushsim.state.fail_token(token=first.device.token, failures=[503])
+
+    report = dispatch_send(dispatch_id=dispatch.pk, time_budget=10)
+
+    assert report.claimed == 4  # three rows, and the first one again when its retry was due
+    first.refresh_from_db()
+    assert (first.status, first.attempts) == ("accepted", 2)
+    assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", flat=True)) == {"accepted"}
