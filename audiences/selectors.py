@@ -264,3 +264,17 @@ def reach_apps_for(user: User) -> list:
 def reach_of(figures: dict) -> Reach:
     """A Reach from one app's entry of ``Segment.last_reach``."""
     return Reach(**{key: figures[key] for key in ("profiles", "reachable", "ios", "android", "opted_in")})
+
+
+def reach_kept(segment, app_id: int):
+    """The segment's reach in the app at its last count, and when that was: (Reach, datetime), or None.
+
+    An entry counted on its own (``segment_reach_keep``) carries its time; the others were counted
+    with the segment (``last_counted_at``)."""
+    import datetime as dt
+
+    for figures in segment.last_reach or []:
+        if figures.get("app") == app_id:
+            at = figures.get("counted_at")
+            return reach_of(figures), dt.datetime.fromisoformat(at) if at else segment.last_counted_at
+    return None

@@ -6,19 +6,24 @@ import re
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from accounts.admin.bases import ActiveStatusFilter, KeptChoiceField, ObjectAccessAdminMixin, ScopedAdmin
+from accounts.admin.bases import ActiveStatusFilter, KeptChoiceField, ObjectAccessAdminMixin, ScopedAdmin, page_answers
 from accounts.admin.lifecycle import LifecycleAdminMixin
-from accounts.selectors import approval_current, visible_to
+from accounts.selectors import approval_current, can, visible_to
 from accounts.services import TransitionError
 from campaigns import winner_admin
 from campaigns.models import Campaign, Occurrence
 from campaigns.reports import campaign_charts, campaign_report, campaign_report_csv
-from campaigns.review import approved_phones_html, audience_text, campaign_phones_html, version_diff_html
+from campaigns.review import (
+    approved_phones_html,
+    audience_kept_text,
+    campaign_phones_html,
+    version_diff_html,
+)
 from campaigns.schedule import localize
 from campaigns.schedule import zone as schedule_zone
 from campaigns.selectors import campaign_actions, campaigns_visible_to
@@ -431,11 +436,23 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
 
     @admin.display(description="Audience size")
     def audience_size(self, obj):
-        """Profiles → reachable in the campaign's app (iOS / Android) → opted in, counted now."""
+        """Profiles → reachable in the campaign's app (iOS / Android) → opted in, as last counted
+        with its age (counted now when it never was); *Count now* for those who may edit it."""
         if obj is None or obj.pk is None:
             return "Counted once the campaign is saved."
-        text = audience_text(segment_id=obj.segment_id, app_id=obj.app_id)
-        return format_html('<span id="audience-size">{}</span>', text)
+        text = audience_kept_text(obj)
+        request, button = _page_request.get(), ""
+        if (
+            obj.segment_id is not None
+            and request is not None
+            and can(request.user, "campaigns.change_campaign", obj, answers=page_answers(request))
+        ):
+            button = format_html(
+                ' <button type="submit" id="count-audience" class="button" formmethod="post" formaction="{}" '
+                "formnovalidate>Count now</button>",
+                reverse("admin:campaigns_campaign_count_audience", args=[obj.pk]),
+            )
+        return format_html('<span id="audience-size">{}</span>{}', text, button)
 
     @admin.display(description="Versions")
     def versions(self, obj):
@@ -581,8 +598,25 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         response["Content-Disposition"] = f'attachment; filename="campaign-{campaign.pk}-report.csv"'
         return response
 
+    def count_audience_view(self, request, object_id):
+        """Count the campaign's audience now and keep it (POST, by those who may edit the campaign)."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        campaign = self.get_object(request, object_id)
+        if campaign is None or not self.has_view_permission(request, campaign):
+            raise Http404("No such campaign.")
+        if not can(request.user, "campaigns.change_campaign", campaign):
+            raise PermissionDenied("Your role may not count this campaign's audience.")
+        self.message_user(request, f"Audience counted: {audience_kept_text(campaign, count=True)}.", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:campaigns_campaign_change", args=[campaign.pk]))
+
     def get_urls(self):
         return [
+            path(
+                "<path:object_id>/count-audience/",
+                self.admin_site.admin_view(self.count_audience_view),
+                name="campaigns_campaign_count_audience",
+            ),
             path(
                 "<path:object_id>/report.csv",
                 self.admin_site.admin_view(self.report_csv_view),

@@ -55,6 +55,39 @@ def audience_text(*, segment_id: int | None, app_id: int, label: str = "") -> st
     return f"{segment}: {audience_reach(segment=segment, app_id=app_id).text()}"
 
 
+def audience_kept_text(campaign, *, count: bool = False) -> str:
+    """The campaign's audience and its size as last counted, with the age of that count; counted
+    now (and kept on the segment) when it never was in this app, or when ``count`` asks.
+
+    The campaign page shows this rather than counting on every view (one scan of the audience,
+    a third of a second at 1,000,000 profiles); the approver's review counts now (``audience_text``).
+    """
+    if campaign.segment_id is None:
+        return "Recipients named by each API call."
+    from django.utils.timesince import timesince
+
+    from audiences.models import Segment
+    from audiences.selectors import audience_reach, reach_kept
+    from audiences.services.segments import segment_reach_keep
+
+    segment = Segment.objects.filter(pk=campaign.segment_id).first()
+    if segment is None:
+        return f"{campaign.segment_id}: deleted"
+    kept = None if count else reach_kept(segment, campaign.app_id)
+    if kept is None:
+        reach = audience_reach(segment=segment, app_id=campaign.app_id)
+        segment_reach_keep(segment_id=segment.pk, app=campaign.app, reach=reach)
+        return f"{segment}: {reach.text()} (counted just now)"
+    reach, at = kept
+    if at is None:
+        age = "counted earlier"
+    elif timezone.now() - at < dt.timedelta(minutes=1):
+        age = "counted under a minute ago"
+    else:
+        age = f"counted {timesince(at)} ago"
+    return f"{segment}: {reach.text()} ({age})"
+
+
 def definition_text(definition: dict) -> str:
     """Who the approval covers, as it is defined: each segment's rules (and the segments they use),
     a kept list's member count (``definition`` from Segment.definition())."""

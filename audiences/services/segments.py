@@ -182,6 +182,18 @@ def segment_preview(
     return Preview(count=count, sample=sample, took_ms=took, reach=reaches)
 
 
+def segment_reach_keep(*, segment_id: int, app, reach) -> None:
+    """Keep the segment's reach in one app (counted by whoever asks: a campaign page, its Count now)
+    beside the other apps' figures, with its own time. A change to the rules clears them all."""
+    with transaction.atomic():
+        segment = Segment.objects.select_for_update().filter(pk=segment_id).first()
+        if segment is None:
+            return
+        kept = [figures for figures in segment.last_reach or [] if figures.get("app") != app.pk]
+        kept.append({"app": app.pk, "name": app.name, **asdict(reach), "counted_at": timezone.now().isoformat()})
+        Segment.objects.filter(pk=segment_id).update(last_reach=kept)
+
+
 def segment_members_change(
     *, segment_id: int, by: User, add: list[str] = (), remove: list[str] = ()
 ) -> tuple[int, int, list[str]]:

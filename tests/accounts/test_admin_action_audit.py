@@ -41,6 +41,7 @@ READ_ONLY = {
     "audiences.segment:count_reach": "a count: keeps the reach it counted for the list, changes no definition",
     "audiences.segment:preview": "a count and a sample of a saved segment",
     "audiences.segment:preview_rules": "a count and a sample of rules being edited, saved nowhere",
+    "campaigns.campaign:count_audience": "a count: keeps the reach it counted on the segment, changes no definition",
     "campaigns.campaign:report_csv": "an export of the campaign's report",
     "delivery.pushcontent:live_preview": "renders the content being edited as phones show it",
     "delivery.pushcontent:live_preview_new": "renders the content being written as phones show it",

@@ -51,9 +51,19 @@ def test_manager_sees_reachable_sizes_and_local_times_and_so_does_the_approver(
     page.click("input[name=_continue]")
     campaign = Campaign.objects.get(name="Xmas morning")
     page.wait_for_url(f"**/admin/campaigns/campaign/{campaign.pk}/change/**")
-    reach = "4 profiles → 2 reachable (iOS 1 / Android 1) → 1 opted in"
-    assert reach in page.locator("#audience-size").inner_text()
+    first = "4 profiles → 2 reachable (iOS 1 / Android 1) → 1 opted in"
+    assert f"{first} (counted just now)" in page.locator("#audience-size").inner_text()
     assert page.input_value("#id_send_at_1") == "07:10"  # shown as entered, in the campaign's zone
+    # The page shows the figure as counted, with its age, until someone counts again.
+    DeviceFactory(profile=pro[2], app=pushsim_app, platform="ios")
+    page.reload()
+    assert f"{first} (counted " in page.locator("#audience-size").inner_text()
+    assert "just now" not in page.locator("#audience-size").inner_text()
+    page.click("#count-audience")
+    page.wait_for_selector(".messagelist .success")
+    reach = "4 profiles → 3 reachable (iOS 2 / Android 1) → 2 opted in"
+    assert f"Audience counted: Pro: {reach}" in page.locator(".messagelist").inner_text()
+    assert f"{reach} (counted " in page.locator("#audience-size").inner_text()
     page.click("button[value=submit]")
     page.wait_for_selector(".messagelist .success")
 
