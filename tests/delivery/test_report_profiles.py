@@ -103,6 +103,20 @@ def _variants(content):
     ]
 
 
+def _sent(app, content, audience, capture):
+    """A dispatch of ``content`` with two variants to ``audience``, sent (its tasks run inline)."""
+    with capture(execute=True):
+        dispatch = dispatch_create(
+            app_id=app.pk,
+            kind="api_trigger",
+            spec=content.spec(),
+            profile_ids=[p.pk for p in audience],
+            variants=_variants(content),
+        )
+    dispatch.refresh_from_db()
+    return dispatch
+
+
 def test_a_finished_sends_profiles_are_kept_once_and_are_the_recount_after_retries_devices_and_opens(
     pushsim_app, pushsim, open_gate, admin_erin, settings, django_capture_on_commit_callbacks
 ):
@@ -190,16 +204,7 @@ def test_dispatches_reaching_the_same_profiles_count_each_profile_once(
         DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
 
     def send(audience):
-        with django_capture_on_commit_callbacks(execute=True):
-            dispatch = dispatch_create(
-                app_id=pushsim_app.pk,
-                kind="api_trigger",
-                spec=content.spec(),
-                profile_ids=[p.pk for p in audience],
-                variants=_variants(content),
-            )
-        dispatch.refresh_from_db()
-        return dispatch
+        return _sent(pushsim_app, content, audience, django_capture_on_commit_callbacks)
 
     first, second = send(profiles), send(profiles[:3])
     assert_figures_are_the_recount(first)
@@ -364,16 +369,7 @@ def test_retention_voids_the_figures_kept_over_several_dispatches(
         DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
 
     def send(audience):
-        with django_capture_on_commit_callbacks(execute=True):
-            dispatch = dispatch_create(
-                app_id=pushsim_app.pk,
-                kind="api_trigger",
-                spec=content.spec(),
-                profile_ids=[p.pk for p in audience],
-                variants=_variants(content),
-            )
-        dispatch.refresh_from_db()
-        return dispatch
+        return _sent(pushsim_app, content, audience, django_capture_on_commit_callbacks)
 
     old, recent = send(profiles[:3]), send(profiles[2:])
     ids = [old.pk, recent.pk]
