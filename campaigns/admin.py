@@ -448,7 +448,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             and can(request.user, "campaigns.change_campaign", obj, answers=page_answers(request))
         ):
             button = format_html(
-                ' <button type="submit" id="count-audience" class="button" formmethod="post" formaction="{}" '
+                ' <button type="submit" id="count-audience" class="button" formaction="{}" '
                 "formnovalidate>Count now</button>",
                 reverse("admin:campaigns_campaign_count_audience", args=[obj.pk]),
             )
@@ -600,11 +600,11 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
 
     def count_audience_view(self, request, object_id):
         """Count the campaign's audience now and keep it (POST, by those who may edit the campaign)."""
-        if request.method != "POST":
-            return HttpResponseNotAllowed(["POST"])
         campaign = self.get_object(request, object_id)
         if campaign is None or not self.has_view_permission(request, campaign):
             raise Http404("No such campaign.")
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
         if not can(request.user, "campaigns.change_campaign", campaign):
             raise PermissionDenied("Your role may not count this campaign's audience.")
         self.message_user(request, f"Audience counted: {audience_kept_text(campaign, count=True)}.", messages.SUCCESS)

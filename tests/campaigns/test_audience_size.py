@@ -4,6 +4,7 @@ those who may edit the campaign can press."""
 
 import datetime as dt
 
+import pytest
 from django.utils import timezone
 
 from audiences.models import Segment
@@ -38,6 +39,7 @@ def test_the_page_counts_once_then_shows_the_kept_figure_with_its_age(
     assert 'id="count-audience"' in page
 
 
+@pytest.mark.presses("campaigns.campaign:count_audience")
 def test_count_now_counts_and_keeps_for_a_manager_and_is_refused_to_a_viewer(
     client, make_campaign, segment, team, manager_alice, viewer_carol, outsider_dave
 ):

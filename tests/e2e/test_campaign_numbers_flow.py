@@ -16,6 +16,7 @@ from tests.factories import DeviceFactory, ProfileFactory
 pytestmark = pytest.mark.browser
 
 
+@pytest.mark.presses("campaigns.campaign:count_audience")
 def test_manager_sees_reachable_sizes_and_local_times_and_so_does_the_approver(
     login, page, live_server, manager_alice, approver_bob, pushsim_app, screenshot
 ):
