@@ -237,9 +237,10 @@ def main() -> None:
         os.environ["DATABASE_URL"] = f"{DEFAULT_URL}_{args.profiles}"
     setup_django()
     from django.db import connection, transaction
+    from django.utils import timezone
 
     from audiences.models import Segment
-    from audiences.rules.compiler import segment_count, segment_profiles
+    from audiences.rules.compiler import COUNT_WORK_MEM, segment_count, segment_profiles
 
     dataset = ensure_dataset(
         profiles=args.profiles, events=args.events, rebuild=args.rebuild, log=lambda m: print(m, file=sys.stderr)
@@ -257,12 +258,20 @@ def main() -> None:
         ]
     }
 
+    # Every count, ours and the hand-written, at one moment: the time windows of a slow count
+    # would otherwise move between the two, and the counts differ by the events crossing them.
+    at = timezone.now()
+
     def hand(sql, params=(), *, jit=False):
-        # Same session settings as the product's count (segment_count: JIT off), unless jit=True.
+        # Same session settings as the product's count (segment_count: JIT off, its work_mem),
+        # unless jit=True (the server's defaults).
+        sql = sql.replace("now()", f"'{at.isoformat()}'::timestamptz")
+
         def run():
             with transaction.atomic(), connection.cursor() as cursor:
                 if not jit:
                     cursor.execute("SET LOCAL jit = off")
+                    cursor.execute(f"SET LOCAL work_mem = '{COUNT_WORK_MEM}'")
                 cursor.execute(sql, params)
                 return cursor.fetchone()[0]
 
@@ -270,7 +279,7 @@ def main() -> None:
 
     def compiled(rules):
         def run():
-            return segment_count(Segment(kind=Segment.Kind.RULES, rules=rules))
+            return segment_count(Segment(kind=Segment.Kind.RULES, rules=rules), now=at)
 
         return run
 

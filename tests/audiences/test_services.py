@@ -252,3 +252,49 @@ def test_event_listeners_get_the_committed_ids_and_names(manager_alice, django_c
 def test_viewer_cannot_send_events(viewer_carol):
     with pytest.raises(PermissionDenied):
         events_ingest(items=[{"external_id": "a", "name": "x", "occurred_at": timezone.now()}], by=viewer_carol)
+
+
+def test_a_segment_count_hashes_a_large_static_segment_instead_of_probing_per_profile(db):
+    """The count sets its own work_mem for its transaction (never the session's), so that the members of a
+    large static segment are hashed once instead of each profile probing the members' index. The
+    server's default 4 MB stops holding them at a few hundred thousand; here 64 kB stands in for
+    it against 50,000 members."""
+    from django.db import connection, transaction
+
+    from audiences.rules.compiler import COUNT_WORK_MEM, segment_count, segment_profiles
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's session settings")
+    static = Segment.objects.create(name="Big list", kind=Segment.Kind.STATIC)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO audiences_profile (external_id, attributes, locale, timezone, created_at, updated_at) "
+            "SELECT 'big-' || g, '{}', '', '', now(), now() FROM generate_series(1, 100000) g"
+        )
+        cursor.execute(
+            "INSERT INTO audiences_segmentmember (segment_id, profile_id, added_at) "
+            "SELECT %s, id, now() FROM audiences_profile WHERE external_id LIKE 'big-%%' AND id %% 2 = 0",
+            [static.pk],
+        )
+        cursor.execute("ANALYZE audiences_profile")
+        cursor.execute("ANALYZE audiences_segmentmember")
+    rules = {
+        "any": [{"attribute": "plan", "type": "string", "op": "eq", "value": "vip"}, {"all": [{"segment": static.pk}]}]
+    }
+    segment = Segment(kind=Segment.Kind.RULES, rules=rules)
+    seen = []
+
+    def record(execute, sql, params, many, context):
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        assert segment_count(segment) == 50_000
+    assert f"SET LOCAL work_mem = '{COUNT_WORK_MEM}'" in seen
+    plans = {}
+    for memory in ("64kB", COUNT_WORK_MEM):
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(f"SET LOCAL work_mem = '{memory}'")
+            plans[memory] = segment_profiles(segment).order_by().explain()
+    assert "hashed SubPlan" in plans[COUNT_WORK_MEM], plans
+    assert "hashed SubPlan" not in plans["64kB"], plans
