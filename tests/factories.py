@@ -96,3 +96,23 @@ class PushContentFactory(factory.django.DjangoModelFactory):
     name = factory.Sequence(lambda n: f"Content {n}")
     title = "Hello {{ profile.attributes.first_name | default: 'there' }}"
     body = "Our sale starts today."
+
+
+def orders_stream(content, *, source_id: int, **fields):
+    """A transactional standing dispatch ("Orders", version v1) of ``content``, opened as a trigger opens it."""
+    from delivery.models import Dispatch
+    from delivery.services.streams import stream_open
+
+    return Dispatch.objects.get(
+        pk=stream_open(
+            kind=Dispatch.Kind.API_TRIGGER,
+            source_id=source_id,
+            version="v1",
+            app_id=content.app_id,
+            spec=content.spec(),
+            content_id=content.pk,
+            label="Orders",
+            purpose="transactional",
+            **fields,
+        )
+    )

@@ -27,10 +27,10 @@ from delivery.services.opens import delivery_open_report
 from delivery.services.rollups import rollup_rebuild
 from delivery.services.sending import dispatch_send
 from delivery.services.stream_senders import streams_send
-from delivery.services.streams import Recipient, stream_append, stream_open, streams_watch
+from delivery.services.streams import Recipient, stream_append, streams_watch
 from delivery.variants import variant_for
 from operations.services import retention_apply
-from tests.factories import DeviceFactory, EventFactory, ProfileFactory, PushContentFactory
+from tests.factories import DeviceFactory, EventFactory, ProfileFactory, PushContentFactory, orders_stream
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 
@@ -216,19 +216,7 @@ def test_dispatches_reaching_the_same_profiles_count_each_profile_once(
 
 def test_a_stream_is_counted_while_calls_append_and_kept_once_it_is_finished(pushsim, pushsim_app):
     content = PushContentFactory(app=pushsim_app)
-    stream = Dispatch.objects.get(
-        pk=stream_open(
-            kind=Dispatch.Kind.API_TRIGGER,
-            source_id=778,
-            version="v1",
-            app_id=pushsim_app.pk,
-            spec=content.spec(),
-            content_id=content.pk,
-            label="Orders",
-            purpose="transactional",
-            variants=_variants(content),
-        )
-    )
+    stream = orders_stream(content, source_id=778, variants=_variants(content))
     profiles = ProfileFactory.create_batch(4)
     for profile in profiles:
         DeviceFactory(profile=profile, app=pushsim_app, platform="ios")

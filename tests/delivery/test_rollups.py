@@ -22,10 +22,10 @@ from delivery.services.opens import delivery_open_report
 from delivery.services.rollups import rollup_rebuild
 from delivery.services.sending import dispatch_send
 from delivery.services.stream_senders import streams_send
-from delivery.services.streams import Recipient, stream_append, stream_open, streams_close
+from delivery.services.streams import Recipient, stream_append, streams_close
 from delivery.variants import variant_for
 from operations.services import retention_apply
-from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory
+from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory, orders_stream
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]  # the rollup is kept on SQLite too
 
@@ -160,18 +160,7 @@ def test_a_stopped_dispatch_and_rows_a_crash_left_unknown_are_rolled_up_exactly(
 
 def test_a_streams_appends_with_skips_its_sends_and_its_close_are_rolled_up_exactly(pushsim, pushsim_app):
     content = PushContentFactory(app=pushsim_app)
-    stream = Dispatch.objects.get(
-        pk=stream_open(
-            kind=Dispatch.Kind.API_TRIGGER,
-            source_id=777,
-            version="v1",
-            app_id=pushsim_app.pk,
-            spec=content.spec(),
-            content_id=content.pk,
-            label="Orders",
-            purpose="transactional",
-        )
-    )
+    stream = orders_stream(content, source_id=777)
     source = ("SELECT id FROM delivery_app WHERE id = %s FOR SHARE", [pushsim_app.pk])
     reachable = ProfileFactory.create_batch(3)
     for profile in reachable:

@@ -22,7 +22,7 @@ from delivery.services.streams import (
     streams_close,
     streams_watch,
 )
-from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory
+from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory, orders_stream
 
 pytestmark = pytest.mark.django_db
 
@@ -35,18 +35,7 @@ def _source(app):
 @pytest.fixture
 def stream(pushsim_app):
     content = PushContentFactory(app=pushsim_app, title="Order {{ context.order | default: '?' }}", body="On its way")
-    return Dispatch.objects.get(
-        pk=stream_open(
-            kind=Dispatch.Kind.API_TRIGGER,
-            source_id=12345,
-            version="v1",
-            app_id=pushsim_app.pk,
-            spec=content.spec(),
-            content_id=content.pk,
-            label="Orders",
-            purpose="transactional",
-        )
-    )
+    return orders_stream(content, source_id=12345)
 
 
 def _people(app, n, **device):

@@ -7,8 +7,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from delivery.models import Dispatch
 from delivery.services.dispatches import _GATES, dispatch_create, dispatch_gate_register
 from delivery.services.stream_senders import streams_send
-from delivery.services.streams import Recipient, stream_append, stream_open
-from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory
+from delivery.services.streams import Recipient, stream_append
+from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory, orders_stream
 
 TOKEN = "metrics-token-for-the-tests-0123456789"
 
@@ -85,16 +85,7 @@ def _platform_sends(samples: dict, app_name: str) -> dict:
 def test_sends_break_down_per_platform_as_batches_land(client, pushsim, pushsim_app, metrics_on):
     """A stream's batches move the per-platform series at once, before any recount."""
     content = PushContentFactory(app=pushsim_app)
-    stream = stream_open(
-        kind=Dispatch.Kind.API_TRIGGER,
-        source_id=1,
-        version="v1",
-        app_id=pushsim_app.pk,
-        spec=content.spec(),
-        content_id=content.pk,
-        label="Orders",
-        purpose="transactional",
-    )
+    stream = orders_stream(content, source_id=1).pk
     profiles = [ProfileFactory() for _ in range(3)]
     iphones = [DeviceFactory(profile=p, app=pushsim_app, platform="ios") for p in profiles[:2]]
     DeviceFactory(profile=profiles[2], app=pushsim_app, platform="android")
