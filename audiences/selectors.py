@@ -14,6 +14,7 @@ from accounts.selectors import has_every_scope, visible_to
 from audiences.models import Event, Import, Profile, Segment, SegmentMember
 from audiences.rules.compiler import Compiler, segment_profiles
 from audiences.rules.schema import DATE_RE, RulesInvalid, device_model
+from config.db import count_session
 
 PICKER_CACHE_SECONDS = 300
 
@@ -241,8 +242,7 @@ def audience_reach(*, segment, app_id: int) -> Reach:
     except EmptyResultSet:  # a segment without rules holds nobody
         return Reach(0, 0, 0, 0, 0)
     with transaction.atomic(), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SET LOCAL jit = off")
+        count_session(cursor)
         cursor.execute(sql, params)
         return Reach(*(int(n) for n in cursor.fetchone()))
 

@@ -240,7 +240,8 @@ def main() -> None:
     from django.utils import timezone
 
     from audiences.models import Segment
-    from audiences.rules.compiler import COUNT_WORK_MEM, segment_count, segment_profiles
+    from audiences.rules.compiler import segment_count, segment_profiles
+    from config.db import COUNT_WORK_MEM
 
     dataset = ensure_dataset(
         profiles=args.profiles, events=args.events, rebuild=args.rebuild, log=lambda m: print(m, file=sys.stderr)

@@ -170,11 +170,7 @@ def _settled_profiles(*, dispatch_id: int, name: str, count: Callable[[list[int]
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT id FROM delivery_dispatch WHERE id = %s FOR KEY SHARE", [dispatch_id])
-        settled = (
-            Dispatch.objects.filter(pk=dispatch_id, status__in=Dispatch.FINAL_STATUSES).exists()
-            and not Delivery.objects.filter(dispatch_id=dispatch_id, finished_at__isnull=True).exists()
-        )
-        if not settled:
+        if not _settled_of([dispatch_id]):
             return None
         figures = count([dispatch_id])
         DispatchProfiles.objects.bulk_create(
@@ -185,14 +181,14 @@ def _settled_profiles(*, dispatch_id: int, name: str, count: Callable[[list[int]
 
 
 def grouped_count(sql: str, params: list) -> dict:
-    """Run a grouped count (group, n); on PostgreSQL with JIT off, as segment counts are (its
-    compiling costs more than it saves on a sub-second query), and room to hash in memory."""
+    """Run a grouped count (group, n) with a count's session settings (``config.db.count_session``),
+    as segment counts are."""
     from django.db import connection, transaction
 
+    from config.db import count_session
+
     with transaction.atomic(), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SET LOCAL jit = off")
-            cursor.execute("SET LOCAL work_mem = '64MB'")
+        count_session(cursor)
         cursor.execute(sql, params)
         return dict(cursor.fetchall())
 

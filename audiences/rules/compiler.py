@@ -37,6 +37,7 @@ from audiences.rules.schema import (
     resolve_date,
     segment_references,
 )
+from config.db import count_session
 
 
 class _OnJsonColumn(Expression):
@@ -388,18 +389,11 @@ def segment_profiles(segment: Segment, *, now: dt.datetime | None = None) -> mod
     return Profile.objects.filter(Exists(SegmentMember.objects.filter(segment_id=segment.pk, profile=OuterRef("pk"))))
 
 
-# The memory one segment count may use per sort or hash (``segment_count``); a constant, set per transaction.
-COUNT_WORK_MEM = "64MB"
-
-
 def segment_count(segment: Segment, *, now: dt.datetime | None = None) -> int:
     """How many profiles the segment holds now: one query.
 
-    On PostgreSQL the query runs with JIT compilation off: for these sub-second counts, JIT's
-    100–200 ms of compiling is more than it saves. It also gets ``COUNT_WORK_MEM``: a rule on a
-    large static segment or on events is answered by hashing their profile ids once, which the
-    server's default 4 MB cannot hold past a few hundred thousand, and without which each profile
-    probes an index instead (at 5,000,000 profiles and 500,000 members: 2.7 s instead of 12 s).
+    On PostgreSQL the query runs with the count's session settings (``config.db.count_session``:
+    JIT off, room to hash a large static segment's or an event rule's profile ids once).
     """
     from django.db import connection, transaction
 
@@ -408,6 +402,5 @@ def segment_count(segment: Segment, *, now: dt.datetime | None = None) -> int:
         return profiles.count()
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL jit = off")
-            cursor.execute(f"SET LOCAL work_mem = '{COUNT_WORK_MEM}'")
+            count_session(cursor)
         return profiles.count()

@@ -68,7 +68,7 @@ def streams_wake_now(dispatch_ids) -> None:
     try:
         client = _redis(settings.REDIS_URL)
         channel = _channel()
-        if len(dispatch_ids) == 1:
+        if len(dispatch_ids) == 1:  # the usual case: a plain PUBLISH
             client.publish(channel, str(next(iter(dispatch_ids))))
             return
         with client.pipeline(transaction=False) as pipe:
@@ -123,7 +123,8 @@ class _Waker:
 
 
 def streams_wake_flush(timeout: float = 5.0) -> bool:
-    """Wait until this process's wake-ups are published (tests, an orderly exit)."""
+    """Wait until this process's wake-ups are published (tests; a process that exits does not wait:
+    the senders' poll finds what it left)."""
     waker = _Waker._current
     if waker is None or waker.pid != os.getpid():
         return True
