@@ -26,22 +26,30 @@ def database_url() -> str:
     return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
+def worker_environment(queue: str, pushsim, **extra) -> dict:
+    """A worker process's environment: this test's database and Redis, its own queue, WORKERS send
+    tasks of BATCH rows with 3-second leases, the push simulator as both providers; ``extra`` over it."""
+    env = {k: v for k, v in os.environ.items() if k != "PUSHDESK_TASKS_SYNC"}
+    env.update(
+        DATABASE_URL=database_url(),
+        REDIS_URL=settings.REDIS_URL,
+        PUSHDESK_QUEUE_NAME=queue,
+        PUSHDESK_WORKERS=str(WORKERS),
+        PUSHDESK_SEND_TASKS=str(WORKERS),
+        PUSHDESK_SEND_BATCH=str(BATCH),
+        PUSHDESK_SEND_LEASE_SECONDS="3",
+        **pushsim_environment(pushsim),
+        LOG_LEVEL="WARNING",
+        **extra,
+    )
+    return env
+
+
 class Cluster:
     """``manage.py qcluster`` (or another worker ``command``) in its own process group, on a queue of its own."""
 
     def __init__(self, queue: str, pushsim, log_path: str, command: tuple[str, ...] = ("qcluster",)):
-        env = {k: v for k, v in os.environ.items() if k != "PUSHDESK_TASKS_SYNC"}
-        env.update(
-            DATABASE_URL=database_url(),
-            REDIS_URL=settings.REDIS_URL,
-            PUSHDESK_QUEUE_NAME=queue,
-            PUSHDESK_WORKERS=str(WORKERS),
-            PUSHDESK_SEND_TASKS=str(WORKERS),
-            PUSHDESK_SEND_BATCH=str(BATCH),
-            PUSHDESK_SEND_LEASE_SECONDS="3",
-            **pushsim_environment(pushsim),
-            LOG_LEVEL="WARNING",
-        )
+        env = worker_environment(queue, pushsim)
         self.log = open(log_path, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", *command],

@@ -28,11 +28,8 @@ from accounts.services import access_grant
 from delivery.models import App, Delivery, Dispatch
 from delivery.pushsim import PushSimulator
 from tests.factories import PushContentFactory
-from tests.fakes.pushsim import pushsim_environment
-from tests.fakes.workers import database_url, push_task, sending_devices, wait_for
+from tests.fakes.workers import BATCH, WORKERS, database_url, push_task, sending_devices, wait_for, worker_environment
 
-BATCH = 50
-WORKERS = 2
 DEVICES = 1200
 
 pytestmark = [
@@ -50,19 +47,7 @@ class Workers:
 
     def __init__(self, queue: str, pushsim, log_path: Path, **env):
         self.queue, self.log_path = queue, log_path
-        self.env = {k: v for k, v in os.environ.items() if k != "PUSHDESK_TASKS_SYNC"}
-        self.env.update(
-            DATABASE_URL=database_url(),
-            REDIS_URL=settings.REDIS_URL,
-            PUSHDESK_QUEUE_NAME=queue,
-            PUSHDESK_WORKERS=str(WORKERS),
-            PUSHDESK_SEND_TASKS=str(WORKERS),
-            PUSHDESK_SEND_BATCH=str(BATCH),
-            PUSHDESK_SEND_LEASE_SECONDS="3",
-            **pushsim_environment(pushsim),
-            LOG_LEVEL="WARNING",
-            **env,
-        )
+        self.env = worker_environment(queue, pushsim, **env)
         self.process = None
         self.restarts = -1
         self.start()
