@@ -253,14 +253,7 @@ def test_retention_takes_the_kept_figures_with_the_rows(
     profiles = ProfileFactory.create_batch(4)
     for profile in profiles:
         DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
-    with django_capture_on_commit_callbacks(execute=True):
-        dispatch = dispatch_create(
-            app_id=pushsim_app.pk,
-            kind="api_trigger",
-            spec=content.spec(),
-            profile_ids=[p.pk for p in profiles],
-            variants=_variants(content),
-        )
+    dispatch = _sent(pushsim_app, content, profiles, django_capture_on_commit_callbacks)
     assert_figures_are_the_recount(dispatch)
     assert kept(dispatch) and kept(dispatch, "variant_profiles")
 
