@@ -656,16 +656,22 @@ def test_a_batch_is_written_back_before_the_sender_waits_for_the_throttle(
     assert all(pushsim.state.count(d.token) == 1 for d in devices)
 
 
-def test_a_claim_takes_only_rows_after_the_id_it_is_given(pushsim_app, open_gate, django_capture_on_commit_callbacks):
-    content = PushContentFactory(app=pushsim_app)
-    profiles = ProfileFactory.create_batch(4)
+def _prepared_android(app, count, capture):
+    """A dispatch to ``count`` profiles with an Android device each, prepared (its rows queued), not sent."""
+    content = PushContentFactory(app=app)
+    profiles = ProfileFactory.create_batch(count)
     for p in profiles:
-        DeviceFactory(profile=p, app=pushsim_app, platform="android")
-    with django_capture_on_commit_callbacks(execute=False):
+        DeviceFactory(profile=p, app=app, platform="android")
+    with capture(execute=False):
         dispatch = dispatch_create(
-            app_id=pushsim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
+            app_id=app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
         )
         dispatch_prepare(dispatch_id=dispatch.pk)
+    return dispatch
+
+
+def test_a_claim_takes_only_rows_after_the_id_it_is_given(pushsim_app, open_gate, django_capture_on_commit_callbacks):
+    dispatch = _prepared_android(pushsim_app, 4, django_capture_on_commit_callbacks)
     ids = sorted(Delivery.objects.filter(dispatch=dispatch).values_list("id", flat=True))
 
     claimed = deliveries_claim(dispatch.pk, limit=10, now=timezone.now(), after=ids[1])
@@ -681,15 +687,7 @@ def test_a_sender_goes_back_for_a_retry_queued_below_its_last_claim(
     """Each claim starts after the last one's rows; a row queued again before them is still sent, by the same task."""
     settings.PUSHDESK_SEND_BATCH = 1
     monkeypatch.setattr(sending, "_RESCAN_SECONDS", 3600.0)  # only running out of rows sends it back
-    content = PushContentFactory(app=pushsim_app)
-    profiles = ProfileFactory.create_batch(3)
-    for p in profiles:
-        DeviceFactory(profile=p, app=pushsim_app, platform="android")
-    with django_capture_on_commit_callbacks(execute=False):
-        dispatch = dispatch_create(
-            app_id=pushsim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
-        )
-        dispatch_prepare(dispatch_id=dispatch.pk)
+    dispatch = _prepared_android(pushsim_app, 3, django_capture_on_commit_callbacks)
     first = Delivery.objects.filter(dispatch=dispatch).select_related("device").order_by("id").first()
     pushsim.state.fail_token(token=first.device.token, failures=[503])
 
