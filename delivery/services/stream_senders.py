@@ -2,7 +2,8 @@
 
 ``streams_send`` claims the ready rows of every open stream (``delivery.services.streams``) and
 sends them with the send engine's batches: one row when one is waiting, up to
-``PUSHDESK_SEND_BATCH`` under load, one batch in flight while the next is claimed. Leases,
+``PUSHDESK_SEND_BATCH`` under load, one batch in flight while the next is claimed; while rows
+keep arriving it claims at most every ``PUSHDESK_STREAM_LINGER_SECONDS``, so they go in batches. Leases,
 ``unknown`` and never re-sending are the engine's (``delivery.services.sending``). A call that
 appended wakes the senders once it commits (``streams_wake``: a message on a Redis channel);
 without Redis (the embedded mode), or should a message be lost, they poll every
@@ -270,6 +271,8 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
     refreshed = time.monotonic()
     beat = 0.0
     in_flight = []
+    linger = settings.PUSHDESK_STREAM_LINGER_SECONDS
+    gather_until = 0.0  # rows keep coming: let them gather until then before claiming again
 
     def write_back_in_flight() -> None:
         # Before waiting for tokens: the batch in flight is leased, and the wait may outlast it.
@@ -287,7 +290,11 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
                 beat = now_mono
             if dispatch_ids is None and now_mono - refreshed > 2:
                 streams, refreshed = _open_streams(), now_mono
-            claimed = 0
+            if gather_until > now_mono:
+                write_back_in_flight()  # its latency counts: written back before the wait
+                time.sleep(gather_until - time.monotonic())
+            claimed_at = time.monotonic()
+            claimed, full = 0, False
             for stream in streams.values():
                 limit = settings.PUSHDESK_SEND_BATCH
                 rates = [rate for _, rate in stream.limits if rate]
@@ -299,6 +306,7 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
                 if not rows:
                     continue
                 claimed += len(rows)
+                full = full or len(rows) >= limit
                 report.claimed += len(rows)
                 report.batches += 1
                 _acquire_all(stream.limits, len(rows), before_waiting=write_back_in_flight)
@@ -308,7 +316,11 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
                 _batch_submit(batch, stream.dispatch.app)
                 in_flight = [(stream.dispatch, batch)]
             if claimed:
+                # A partial batch under a steady flow: the next claim waits for more rows to gather
+                # (one batch per linger instead of one per row); a full one claims again at once.
+                gather_until = 0.0 if full else claimed_at + linger
                 continue
+            gather_until = 0.0  # nothing waited: the next row after this quiet spell goes at once
             for dispatch, previous in in_flight:
                 _batch_finish(dispatch, previous, report)  # write back at once: the latency counts
             if in_flight:

@@ -252,6 +252,39 @@ def test_a_waiting_sender_is_woken_by_the_append_and_sends_within_a_second(
     assert report["value"].claimed == 1
 
 
+@pytest.mark.django_db(transaction=True)
+def test_under_a_steady_flow_a_sender_lets_rows_gather_but_sends_the_first_at_once(
+    pushsim, pushsim_app, stream, settings
+):
+    settings.PUSHDESK_STREAM_LINGER_SECONDS = 0.5
+    settings.PUSHDESK_STREAM_POLL_SECONDS = 0.01  # no wake-ups here: the sender polls
+    first, *rest = _people(pushsim_app, 6)
+    _append(stream, [first])
+    report = {}
+
+    def sender():
+        try:
+            report["value"] = streams_send(budget=1.5, dispatch_ids=[stream.pk])
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=sender)
+    started = time.monotonic()
+    thread.start()
+    token = first.devices.get().token
+    while pushsim.state.count(token) == 0 and time.monotonic() - started < 1.0:
+        time.sleep(0.005)
+    first_sent = time.monotonic() - started
+    for profile in rest:  # a steady flow, one row at a time, while the sender lingers
+        _append(stream, [profile])
+        time.sleep(0.01)
+    thread.join(10)
+    assert first_sent < 0.5, first_sent  # the first row did not wait for others
+    assert report["value"].claimed == 6
+    assert report["value"].batches == 2  # the five that followed went out together
+    assert all(count == 1 for count in pushsim.state.snapshot_counts().values())
+
+
 def test_a_streams_admin_page_shows_its_live_rate_and_latency(
     client, pushsim, pushsim_app, stream, viewer_carol, manager_mallory
 ):
