@@ -292,7 +292,7 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
                 streams, refreshed = _open_streams(), now_mono
             if gather_until > now_mono:
                 write_back_in_flight()  # its latency counts: written back before the wait
-                time.sleep(gather_until - time.monotonic())
+                time.sleep(max(gather_until - time.monotonic(), 0.0))
             claimed_at = time.monotonic()
             claimed, full = 0, False
             for stream in streams.values():
