@@ -214,8 +214,11 @@ def stream_append(
         "d AS (SELECT x.id, COALESCE((x.content_spec->>'ttl_seconds')::int, 0) AS ttl, x.variants "
         "FROM delivery_dispatch x "
         "WHERE x.id = %s AND x.status = 'sending' AND EXISTS (SELECT 1 FROM src) FOR KEY SHARE OF x), "
+        # LIMIT (the recipients' count, so it cuts nothing) makes the kept generic plan count on
+        # a few rows, as the plan made for a one-recipient call does: PostgreSQL then runs every
+        # call from the kept plan instead of planning it again (0.6 ms, four times the run).
         "v AS (SELECT * FROM unnest(%s::bigint[], %s::jsonb[], %s::timestamptz[], %s::boolean[], %s::int[]) "
-        "WITH ORDINALITY AS v(profile_id, context, hold_until, quiet_skip, variant, n)), "
+        "WITH ORDINALITY AS v(profile_id, context, hold_until, quiet_skip, variant, n) LIMIT %s), "
         "ins AS (INSERT INTO delivery_delivery (dispatch_id, device_id, profile_id, status, reason, "
         "provider_message_id, attempts, finished_at, next_attempt_at, queued_at, context, expires_at, variant) "
         "SELECT d.id, dev.id, v.profile_id, "
@@ -246,6 +249,7 @@ def stream_append(
         hold,
         skip,
         [r.variant for r in recipients],
+        len(recipients),
         now,
         now,
         now,

@@ -94,6 +94,36 @@ def test_appended_rows_carry_their_calls_context_and_are_sent_by_a_sender(pushsi
     assert titles == ["Order A-1", "Order B-2"]
 
 
+def test_appends_run_from_the_connections_kept_plan_whatever_the_recipients_count(pushsim_app, stream):
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared statements are PostgreSQL's")
+    people = _people(pushsim_app, 12)
+    with connection.cursor() as cursor:  # an app of many phones, as the planner sees it
+        cursor.execute(
+            "INSERT INTO audiences_profile (external_id, attributes, locale, timezone, created_at, updated_at) "
+            "SELECT 'many-' || g, '{}', '', '', now(), now() FROM generate_series(1, 20000) g"
+        )
+        cursor.execute(
+            "INSERT INTO delivery_device (profile_id, app_id, platform, token, active, push_enabled, is_test, "
+            "invalidated_reason, last_registered_at, created_at) "
+            "SELECT id, %s, 'android', 'many-' || id, true, true, false, '', now(), now() FROM audiences_profile "
+            "WHERE external_id LIKE 'many-%%'",
+            [pushsim_app.pk],
+        )
+        cursor.execute("ANALYZE delivery_device")
+    for n in range(1, 13):  # one to twelve recipients a call, on one connection
+        rows = _append(stream, people[:n])
+        assert [r.profile_id for r in rows] == [p.pk for p in people[:n]]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE statement LIKE '%unnest%INSERT INTO delivery_delivery%'"
+        )
+        ((generic, custom),) = cursor.fetchall()
+    # Planned afresh for the first five runs only: the kept plan is cheap enough to run every call.
+    assert (generic, custom) == (7, 5)
+
+
 def test_profiles_without_a_phone_or_opted_out_get_a_skipped_row(pushsim_app, stream):
     lonely = ProfileFactory()
     (muted,) = _people(pushsim_app, 1, push_enabled=False)
