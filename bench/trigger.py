@@ -12,7 +12,10 @@ send_stream``, a process of its own) and the web app under gunicorn (2 workers x
 threads). Then, each phase on demand:
 
 - ``ceiling``: wrk against a bare DRF endpoint under the same gunicorn settings that
-  authenticates nothing and does one INSERT: this stack's ceiling on this machine;
+  authenticates nothing and does one INSERT: this stack's ceiling on this machine (like the
+  throughput, after ``--warmup-seconds`` of the same load, unmeasured: the first requests of each
+  server thread open its database connection and fill its caches, 0.4–0.7 s each, which put
+  the cold start, not the steady state, in a 15 s run's p99);
 - ``throughput``: wrk POSTs one-recipient triggers as fast as it can: requests/s, p50 / p99 of
   the answer, non-2xx;
 - ``e2e``: ``--rate`` triggers/s for ``--e2e-seconds``; each answer names its delivery; from the
@@ -273,6 +276,9 @@ def main():  # noqa: C901 (one script, phase after phase)
     parser.add_argument("--only", default="ceiling,throughput,e2e,profile,journey,soak,crash")
     parser.add_argument("--seconds", type=int, default=15, help="wrk's run")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--warmup-seconds", type=int, default=5, help="wrk's load before each measured run, not measured"
+    )
     parser.add_argument("--rate", type=int, default=200)
     parser.add_argument("--e2e-seconds", type=int, default=60)
     parser.add_argument("--soak-seconds", type=int, default=600)
@@ -341,13 +347,21 @@ def main():  # noqa: C901 (one script, phase after phase)
             procs["bare"] = subprocess.Popen([*gunicorn, "--bind", f"127.0.0.1:{bare_port}", "bench_ceiling"], **quiet)
             wait_http(f"http://127.0.0.1:{bare_port}/bare/")
             report["ceiling"] = wrk(
-                f"http://127.0.0.1:{bare_port}/bare/", None, tmp / "bare.lua", one, args.seconds, args.connections
+                f"http://127.0.0.1:{bare_port}/bare/",
+                None,
+                tmp / "bare.lua",
+                one,
+                args.seconds,
+                args.connections,
+                warmup=args.warmup_seconds,
             )
             procs.pop("bare").send_signal(signal.SIGTERM)
             progress(report, "ceiling")
 
         if "throughput" in phases:
-            report["throughput"] = wrk(url, key, tmp / "trigger.lua", one, args.seconds, args.connections)
+            report["throughput"] = wrk(
+                url, key, tmp / "trigger.lua", one, args.seconds, args.connections, warmup=args.warmup_seconds
+            )
             if "ceiling" in report:
                 ratio = report["throughput"]["requests_per_s"] / report["ceiling"]["requests_per_s"]
                 report["throughput"]["of_ceiling"] = round(ratio, 2)

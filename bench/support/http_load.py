@@ -48,7 +48,7 @@ def tree_cpu(pid: int) -> float:
     return own + sum(tree_cpu(child) for child in children(pid))
 
 
-def wrk(url, key, script_path: Path, body_lua: str, seconds: int, connections: int) -> dict:
+def wrk(url, key, script_path: Path, body_lua: str, seconds: int, connections: int, warmup: int = 0) -> dict:
     script_path.write_text(
         "counter = 0\n"
         'wrk.method = "POST"\n'
@@ -64,6 +64,9 @@ def wrk(url, key, script_path: Path, body_lua: str, seconds: int, connections: i
         "summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))\n"
         "end\n"
     )
+    if warmup:  # the same load first, unmeasured: every server thread has its connections and caches
+        command = ["wrk", "-t2", f"-c{connections}", f"-d{warmup}s", "-s", str(script_path), url]
+        subprocess.run(command, capture_output=True, check=True)
     started_load = load()
     result = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script_path), url],
