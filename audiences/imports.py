@@ -648,31 +648,50 @@ STAGE_SQL = (
 )
 # Rows that would change nothing are left out before the upsert: ON CONFLICT DO UPDATE locks
 # (writes) every conflicting row even when its WHERE is false, so a re-import would rewrite the
-# whole table. The WHERE stays for rows changed meanwhile. Sorted, the index inserts stay local.
+# whole table. Sorted, the index inserts stay local.
 UPSERT_PG = """
 INSERT INTO audiences_profile AS p (external_id, attributes, locale, timezone, created_at, updated_at)
 SELECT s.external_id, s.attributes, coalesce(s.locale, ''), coalesce(s.timezone, ''), %(now)s, %(now)s
-FROM audiences_import_stage s LEFT JOIN audiences_profile o ON o.external_id = s.external_id
-WHERE o.id IS NULL
-   OR NOT (o.attributes @> s.attributes)
-   OR (s.locale <> '' AND s.locale <> o.locale)
-   OR (s.timezone <> '' AND s.timezone <> o.timezone)
+FROM {source}
+WHERE {changes}
 ORDER BY s.external_id
 ON CONFLICT (external_id) DO UPDATE SET
     attributes = p.attributes || EXCLUDED.attributes,
     locale = CASE WHEN EXCLUDED.locale = '' THEN p.locale ELSE EXCLUDED.locale END,
     timezone = CASE WHEN EXCLUDED.timezone = '' THEN p.timezone ELSE EXCLUDED.timezone END,
     updated_at = EXCLUDED.updated_at
-WHERE NOT (p.attributes @> EXCLUDED.attributes)
+{guard}"""
+CHANGES = """(o.id IS NULL
+   OR NOT (o.attributes @> s.attributes)
+   OR (s.locale <> '' AND s.locale <> o.locale)
+   OR (s.timezone <> '' AND s.timezone <> o.timezone))"""
+# Profiles only: the WHERE leaves alone a row another transaction changed to the same values
+# meanwhile.
+PROFILES_PG = UPSERT_PG.format(
+    source="audiences_import_stage s LEFT JOIN audiences_profile o ON o.external_id = s.external_id",
+    changes=CHANGES,
+    guard="""WHERE NOT (p.attributes @> EXCLUDED.attributes)
    OR (EXCLUDED.locale <> '' AND EXCLUDED.locale <> p.locale)
    OR (EXCLUDED.timezone <> '' AND EXCLUDED.timezone <> p.timezone)
-"""
+""",
+)
+# With a segment, one statement: the staged rows are matched to their profiles once, the rows
+# that change are upserted, and the members are the ids the upsert returns plus the profiles
+# that needed no write (``changes`` is NULL, not false, for a row without locale or time zone
+# cells). Every row the upsert reaches is written (no WHERE), so each one returns its id, even
+# one changed meanwhile to the same values.
 MEMBERS_PG = """
+WITH staged AS MATERIALIZED (
+    SELECT s.external_id, s.attributes, s.locale, s.timezone, o.id AS known_id, {changes} AS changes
+    FROM audiences_import_stage s LEFT JOIN audiences_profile o ON o.external_id = s.external_id
+), written AS ({upsert}RETURNING p.id
+)
 INSERT INTO audiences_segmentmember (segment_id, profile_id, added_at, source_import_id)
-SELECT %(segment)s, p.id, %(now)s, %(import)s
-FROM audiences_import_stage s JOIN audiences_profile p ON p.external_id = s.external_id
-ON CONFLICT (segment_id, profile_id) DO {conflict}
-"""
+SELECT %(segment)s, m.id, %(now)s, %(import)s
+FROM (SELECT id FROM written UNION ALL SELECT known_id FROM staged WHERE changes IS NOT TRUE) m
+ORDER BY m.id
+ON CONFLICT (segment_id, profile_id) DO {{conflict}}
+""".format(changes=CHANGES, upsert=UPSERT_PG.format(source="staged s", changes="s.changes", guard=""))  # noqa: S608 (constants)
 UPSERT_SQLITE = """
 INSERT INTO audiences_profile (external_id, attributes, locale, timezone, created_at, updated_at)
 VALUES (%s, %s, coalesce(%s, ''), coalesce(%s, ''), %s, %s)
@@ -700,7 +719,8 @@ def write_batch(batch: Batch, *, now: dt.datetime, segment_id: int | None, impor
     """Upsert the batch's profiles (attributes merged; unchanged rows untouched) and their memberships.
 
     Runs inside the caller's transaction. On PostgreSQL: COPY into a temporary table, then one
-    INSERT ... ON CONFLICT for profiles and one for members.
+    statement: INSERT ... ON CONFLICT for profiles, and with a segment its members from the ids
+    that upsert returns.
     """
     if not len(batch):
         return
@@ -721,8 +741,9 @@ def write_batch(batch: Batch, *, now: dt.datetime, segment_id: int | None, impor
                 "COPY audiences_import_stage (external_id, attributes, locale, timezone) FROM STDIN"
             ) as copy:
                 copy.write(batch.copy_text)
-            cursor.execute(UPSERT_PG, {"now": now})
-            if segment_id is not None:
+            if segment_id is None:
+                cursor.execute(PROFILES_PG, {"now": now})
+            else:
                 cursor.execute(
                     MEMBERS_PG.format(conflict=conflict), {"segment": segment_id, "now": now, "import": import_id}
                 )

@@ -197,6 +197,25 @@ def test_import_into_a_new_segment(run_import):
     assert set(record.segment.members.values_list("profile__external_id", flat=True)) == {"u1", "u2"}
 
 
+def test_a_segment_gets_new_changed_and_unchanged_profiles_alike(run_import):
+    """Members come from the profiles the batch writes and from those it leaves as they are."""
+    ProfileFactory(external_id="same", attributes={"plan": "pro"}, locale="fr")
+    changed = ProfileFactory(external_id="changed", attributes={"plan": "free"})
+    ProfileFactory(external_id="elsewhere")
+    before = Profile.objects.get(external_id="same").updated_at
+    content = b"external_id,plan,locale\nsame,pro,\nchanged,pro,de\nnew,team,\n"
+    record = run_import(content, target="new_segment", segment_name="Mixed")
+    members = record.segment.members.select_related("profile")
+    assert {m.profile.external_id: m.source_import_id for m in members} == {
+        "same": record.pk,
+        "changed": record.pk,
+        "new": record.pk,
+    }
+    assert Profile.objects.get(external_id="same").updated_at == before
+    changed.refresh_from_db()
+    assert (changed.attributes, changed.locale) == ({"plan": "pro"}, "de")
+
+
 def test_replace_keeps_only_the_file_members(run_import, manager_alice):
     static = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
     run_import(b"external_id\na\nb\n", target="add_to_segment", segment_id=static.pk)
