@@ -17,6 +17,9 @@ from django.core.exceptions import ValidationError
 
 MAX_DEPTH = 32
 MAX_BYTES = 64 * 1024
+# Strings DRF's text fields refuse: a NUL or a lone surrogate (the API's shortcuts for usual bodies
+# send any string with one to the serializer, which words the error).
+TEXT_REFUSED = re.compile("[\x00\ud800-\udfff]")
 # A request body wraps the stored values in a few levels of its own (``{"profiles": [{"attributes": …}]}``).
 BODY_MAX_DEPTH = MAX_DEPTH + 8
 

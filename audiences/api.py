@@ -6,8 +6,6 @@ its errors (``{"field", "code", "detail"}``, as everywhere in the API).
 
 from __future__ import annotations
 
-import re
-
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
@@ -21,7 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.api import JsonCharField, JsonObjectField, _flatten
-from accounts.json_values import MAX_DEPTH, json_parse, json_value_problem
+from accounts.json_values import MAX_DEPTH, TEXT_REFUSED, json_parse, json_value_problem
 from accounts.pagination import ListQuery, QueryInteger, page_response, page_schema, query_params_valid
 from accounts.parsers import ApiJSONParser
 from audiences.models import Import, Profile, Segment
@@ -68,10 +66,6 @@ class EventInSerializer(serializers.Serializer):
         return attrs
 
 
-# Strings the serializer's text fields refuse: a NUL or a lone surrogate.
-_TEXT_REFUSED = re.compile("[\x00\ud800-\udfff]")
-
-
 def _event_validated(item: dict) -> dict | None:
     """The item as ``EventInSerializer`` validates it, or None when the serializer must look at it.
 
@@ -86,7 +80,7 @@ def _event_validated(item: dict) -> dict | None:
     name = name.strip()  # the name field trims, the external_id field does not
     if not external_id.strip() or len(external_id) > 255 or not name or len(name) > 100:
         return None
-    if _TEXT_REFUSED.search(external_id) or _TEXT_REFUSED.search(name):
+    if TEXT_REFUSED.search(external_id) or TEXT_REFUSED.search(name):
         return None
     try:
         occurred_at = parse_datetime(when)

@@ -22,6 +22,7 @@ from rest_framework.views import APIView
 
 from accounts.api import JsonBooleanField, JsonCharField, JsonIntegerField, JsonObjectField
 from accounts.authentication import request_stamps
+from accounts.json_values import TEXT_REFUSED, json_value_problem
 from accounts.pagination import ListQuery, QueryChoice, page_response, page_schema, query_params_valid, rows_matching
 from accounts.services import TransitionError
 from campaigns.models import Campaign, CampaignVariant, WinnerTest, variant_label
@@ -243,6 +244,34 @@ class TriggerInSerializer(serializers.Serializer):
     context = JsonObjectField(required=False, default=dict, help_text="Shared by every recipient: context.*")
 
 
+def _trigger_validated(body) -> dict | None:
+    """The body as ``TriggerInSerializer`` validates it, or None when the serializer must look at it.
+
+    A shortcut for the usual body (recipients with a text external id and an optional context
+    object, an optional shared context), several times cheaper than DRF's nested fields. It
+    accepts nothing the serializer refuses and returns what the serializer returns; anything else,
+    every body with a problem included, goes through the serializer, which words the errors.
+    """
+    if type(body) is not dict:
+        return None
+    recipients, context = body.get("recipients"), body.get("context", {})
+    if type(recipients) is not list or not 1 <= len(recipients) <= MAX_RECIPIENTS:
+        return None
+    if type(context) is not dict or json_value_problem(context) is not None:
+        return None
+    validated = []
+    for item in recipients:
+        if type(item) is not dict:
+            return None
+        external_id, own = item.get("external_id"), item.get("context", {})
+        if type(external_id) is not str or not external_id.strip() or len(external_id) > 255:
+            return None
+        if TEXT_REFUSED.search(external_id) or type(own) is not dict or json_value_problem(own) is not None:
+            return None
+        validated.append({"external_id": external_id, "context": dict(own)})
+    return {"recipients": validated, "context": dict(context)}
+
+
 class TriggerOutSerializer(serializers.Serializer):
     dispatch = serializers.IntegerField(
         allow_null=True, help_text="The campaign's standing dispatch (one per approved version and UTC day)."
@@ -453,13 +482,16 @@ class CampaignTriggerView(APIView):
                 response["Idempotent-Replayed"] = "true"
                 return response
         try:
-            data = TriggerInSerializer(data=request.data)
-            data.is_valid(raise_exception=True)
+            data = _trigger_validated(request.data)
+            if data is None:
+                serializer = TriggerInSerializer(data=request.data)
+                serializer.is_valid(raise_exception=True)
+                data = serializer.validated_data
             result = campaign_trigger(
                 campaign_id=campaign_id,
                 by=request.user,
-                recipients=data.validated_data["recipients"],
-                context=data.validated_data["context"],
+                recipients=data["recipients"],
+                context=data["context"],
                 stamps=stamps,
                 request_record=record,  # the answer is stored with the rows, in their transaction
             )

@@ -1,5 +1,7 @@
 """POST /api/v1/campaigns/{id}/trigger/: recipients, contexts, idempotency, rate limit, bad input."""
 
+import pytest
+
 from accounts.services import access_grant
 from campaigns.models import TriggerRequest
 from campaigns.services.lifecycle import campaign_create
@@ -180,3 +182,58 @@ def test_campaigns_are_listed_and_reported_through_the_api(live_trigger, trigger
     report = trigger_client.get(f"/api/v1/campaigns/{live_trigger.pk}/report/").json()
     assert report["targeted"] == 0 and report["open_rate"] is None
     assert api_key_for(manager_mallory, scopes=["read"]).get("/api/v1/campaigns/").json()["results"] == []
+
+
+TRIGGER_BODIES = [
+    # the usual bodies: the shortcut takes them
+    {"recipients": [{"external_id": "a"}]},
+    {"recipients": [{"external_id": "a", "context": {"order": "A-1"}}], "context": {"shop": "x"}},
+    {"recipients": [{"external_id": " a "}, {"external_id": "b", "context": {}}], "extra": 1},
+    {"recipients": [{"external_id": "a", "extra": 1, "context": {"n": {"m": [1, None, 2.5, True]}}}]},
+    # the rest goes to the serializer
+    {"recipients": [{"external_id": 7}]},  # a number: refused, not read as text
+    {"recipients": [{"external_id": ""}]},
+    {"recipients": [{"external_id": "   "}]},
+    {"recipients": [{"external_id": "a" * 256}]},
+    {"recipients": [{"external_id": "a\x00"}]},
+    {"recipients": [{"external_id": "a\ud800"}]},
+    {"recipients": [{"external_id": "a", "context": None}]},
+    {"recipients": [{"external_id": "a", "context": [1]}]},
+    {"recipients": [{"external_id": "a", "context": {"k": "v\x00"}}]},
+    {"recipients": [{"external_id": "a", "context": {"k": float("inf")}}]},
+    {"recipients": [{"external_id": "a", "context": {"k": "v" * 70000}}]},
+    {"recipients": [{"external_id": "a"}], "context": None},
+    {"recipients": [{"external_id": "a"}], "context": "x"},
+    {"recipients": [{"external_id": "a"}], "context": {"k": "\udfff"}},
+    {"recipients": [{}]},
+    {"recipients": ["a"]},
+    {"recipients": []},
+    {"recipients": [{"external_id": str(i)} for i in range(1001)]},
+    {"recipients": {"external_id": "a"}},
+    {"context": {}},
+    [],
+    "x",
+]
+
+
+@pytest.mark.parametrize("body", TRIGGER_BODIES)
+def test_the_trigger_shortcut_agrees_with_the_serializer(body):
+    from rest_framework.exceptions import ValidationError as DrfValidationError
+
+    from campaigns.api import TriggerInSerializer, _trigger_validated
+
+    try:
+        expected = TriggerInSerializer().run_validation(body)
+        expected = {"recipients": [dict(r) for r in expected["recipients"]], "context": expected["context"]}
+    except DrfValidationError:
+        expected = None
+    shortcut = _trigger_validated(body)
+    assert shortcut is None or shortcut == expected
+    if expected is None:
+        assert shortcut is None
+
+
+def test_the_trigger_shortcut_takes_the_usual_bodies():
+    from campaigns.api import _trigger_validated
+
+    assert [_trigger_validated(body) is not None for body in TRIGGER_BODIES[:4]] == [True] * 4
