@@ -715,6 +715,23 @@ MEMBERS_TAKE_OVER = (
 )
 
 
+SEGMENT_GONE = "The import's segment was deleted while the import ran."
+
+
+def _lock_segment(segment_id: int) -> None:
+    """Hold the batch's segment until the batch commits; ImportRefused when it no longer exists.
+
+    Members reference their segment without a database constraint (its check cost a query per
+    member): this one lock per batch stands for it. Deleting a segment locks it first
+    (``segment_delete``), so a deletion waits for the batch and then removes its members too.
+    """
+    lock = " FOR KEY SHARE" if connection.vendor == "postgresql" else ""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT 1 FROM audiences_segment WHERE id = %s{lock}", [segment_id])  # noqa: S608 (constant)
+        if cursor.fetchone() is None:
+            raise ImportRefused(SEGMENT_GONE)
+
+
 def write_batch(batch: Batch, *, now: dt.datetime, segment_id: int | None, import_id: int, replace: bool) -> None:
     """Upsert the batch's profiles (attributes merged; unchanged rows untouched) and their memberships.
 
@@ -725,6 +742,8 @@ def write_batch(batch: Batch, *, now: dt.datetime, segment_id: int | None, impor
     if not len(batch):
         return
     conflict = MEMBERS_TAKE_OVER if replace else "NOTHING"
+    if segment_id is not None:
+        _lock_segment(segment_id)
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(STAGE_SQL)

@@ -178,7 +178,12 @@ class SegmentMember(models.Model):
     """A profile in an imported or static segment."""
 
     id = models.BigAutoField(primary_key=True)
-    segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="members", db_index=False)
+    # No database constraint on the segment: checked per row, it cost imports a query per member.
+    # Writers lock the segment instead (``segment_members``, imports: once per batch) and
+    # ``segment_delete`` locks it before removing its members.
+    segment = models.ForeignKey(
+        Segment, on_delete=models.CASCADE, related_name="members", db_index=False, db_constraint=False
+    )
     profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="memberships")
     added_at = models.DateTimeField(default=dj_timezone.now, editable=False)
     # The import that last listed this member; "replace" imports drop members it did not list.

@@ -8,10 +8,10 @@ from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
-from audiences.imports import ImportRefused, spreadsheet_safe
+from audiences.imports import SEGMENT_GONE, Batch, ImportRefused, spreadsheet_safe, write_batch
 from audiences.models import Import, Profile, Segment, SegmentMember
 from audiences.services.imports import import_create, import_process, import_restart
-from audiences.services.segments import segment_create
+from audiences.services.segments import segment_create, segment_delete
 from tests.factories import ProfileFactory
 
 pytestmark = [pytest.mark.django_db(transaction=False), pytest.mark.embedded]
@@ -214,6 +214,17 @@ def test_a_segment_gets_new_changed_and_unchanged_profiles_alike(run_import):
     assert Profile.objects.get(external_id="same").updated_at == before
     changed.refresh_from_db()
     assert (changed.attributes, changed.locale) == ({"plan": "pro"}, "de")
+
+
+def test_a_batch_whose_segment_was_deleted_writes_nothing(manager_alice):
+    """Members have no database constraint on their segment: the batch checks it under a lock."""
+    static = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    segment_delete(segment_id=static.pk, by=manager_alice)
+    batch = Batch(["u1"], ['{"plan": "pro"}'], [None], [None])
+    with pytest.raises(ImportRefused, match=SEGMENT_GONE):
+        write_batch(batch, now=timezone.now(), segment_id=static.pk, import_id=1, replace=False)
+    assert not SegmentMember.objects.exists()
+    assert not Profile.objects.filter(external_id="u1").exists()
 
 
 def test_replace_keeps_only_the_file_members(run_import, manager_alice):
