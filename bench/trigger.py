@@ -215,6 +215,19 @@ url = f"/api/v1/campaigns/{CAMPAIGN}/trigger/"
 body = lambda i: {"recipients": [{"external_id": f"bench-{i % PROFILES}"}], "context": {"order": str(i)}}
 for i in range(20):
     client.post(url, body(i), format="json")
+from django.db import connection
+with connection.cursor() as cursor:
+    cursor.execute("SELECT pg_backend_pid()")
+    (backend,) = cursor.fetchone()
+def backend_cpu():  # the connection's PostgreSQL process, user + system, in seconds
+    fields = open(f"/proc/{backend}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / __import__("os").sysconf("SC_CLK_TCK")
+cpu, pg_cpu, wall = time.process_time(), backend_cpu(), time.perf_counter()
+for i in range(CALLS):
+    client.post(url, body(i), format="json")
+unprofiled = {"ms_per_call": round((time.perf_counter() - wall) / CALLS * 1000, 2),
+              "web_cpu_ms_per_call": round((time.process_time() - cpu) / CALLS * 1000, 2),
+              "postgresql_cpu_ms_per_call": round((backend_cpu() - pg_cpu) / CALLS * 1000, 2)}
 profiler = cProfile.Profile()
 started = time.perf_counter()
 profiler.enable()
@@ -229,7 +242,7 @@ for (filename, line, name), (cc, nc, tt, ct, callers) in stats.stats.items():
     rows.append((ct / CALLS * 1000, tt / CALLS * 1000, f"{filename.split('site-packages/')[-1].replace(HERE, '')}:{name}"))
 def top(key, n=12):
     return [f"{label}: {c:.2f} ms cumulative, {t:.2f} ms own" for c, t, label in sorted(rows, key=key, reverse=True)[:n]]
-print(json.dumps({"ms_per_call_in_process": round(per_call * 1000, 2), "by_own_time": top(lambda r: r[1]),
+print(json.dumps({**unprofiled, "ms_per_call_in_process": round(per_call * 1000, 2), "by_own_time": top(lambda r: r[1]),
                   "pushdesk_cumulative": [x for x in top(lambda r: r[0], 80) if any(k in x for k in ("accounts/", "campaigns/", "delivery/"))][:10]}))
 """
 
@@ -373,6 +386,7 @@ def main():  # noqa: C901 (one script, phase after phase)
         if "e2e" in phases:
             started_load = load()
             cpu = (tree_cpu(procs["web"].pid), tree_cpu(procs["workers"].pid) + tree_cpu(procs["sender"].pid))
+            sim_cpu = tree_cpu(procs["sim"].pid)
             paced = Paced(args.rate, args.e2e_seconds, trigger_request(url, key, lambda i: i % args.profiles))
             paced.run()
             web_cpu = tree_cpu(procs["web"].pid) - cpu[0]
@@ -380,6 +394,8 @@ def main():  # noqa: C901 (one script, phase after phase)
             report["e2e"] = {"rate": args.rate, "seconds": args.e2e_seconds, **e2e_figures(env, tmp, paced, 10)}
             report["e2e"]["web_cpu_ms_per_call"] = round(web_cpu / max(paced.total, 1) * 1000, 2)
             report["e2e"]["workers_cpu_ms_per_message"] = round(worker_cpu / max(paced.total, 1) * 1000, 2)
+            sim_cpu = tree_cpu(procs["sim"].pid) - sim_cpu
+            report["e2e"]["simulator_cpu_ms_per_message"] = round(sim_cpu / max(paced.total, 1) * 1000, 2)
             report["e2e"]["load"] = [started_load, load()]
             progress(report, "e2e")
 
