@@ -179,7 +179,7 @@ class SegmentMember(models.Model):
 
     id = models.BigAutoField(primary_key=True)
     # No database constraint on the segment: checked per row, it cost imports a query per member.
-    # Writers lock the segment instead (``segment_members``, imports: once per batch) and
+    # Writers lock the segment instead (``segment_members_change``, imports: once per batch) and
     # ``segment_delete`` locks it before removing its members.
     segment = models.ForeignKey(
         Segment, on_delete=models.CASCADE, related_name="members", db_index=False, db_constraint=False
