@@ -6,17 +6,22 @@ class JourneysConfig(AppConfig):
     verbose_name = "Journeys"
 
     def ready(self) -> None:
+        from django.db.models.signals import post_delete, post_save
+
         from accounts.approvals import ApprovalSubject, register_approval_subject
         from audiences.services.events import event_listeners_register
-        from delivery.models import Dispatch
+        from delivery.models import DeliveryRules, Dispatch
         from delivery.services.dispatches import dispatch_gate_register
         from delivery.services.streams import stream_current_check_register
-        from journeys.models import Journey
+        from journeys.models import Journey, JourneyVersion
         from journeys.review import journey_references, journey_review_html
-        from journeys.services.engine import journey_stream_is_current
+        from journeys.services.engine import journey_stream_is_current, journeys_changed
         from journeys.services.entries import journeys_on_events
         from journeys.services.lifecycle import journey_approve, journey_gate, journey_request_changes
 
+        for model in (Journey, JourneyVersion, DeliveryRules):
+            post_save.connect(journeys_changed, sender=model, dispatch_uid=f"journeys.stamp.{model.__name__}")
+            post_delete.connect(journeys_changed, sender=model, dispatch_uid=f"journeys.stamp.{model.__name__}.gone")
         dispatch_gate_register(kind=Dispatch.Kind.JOURNEY, gate=journey_gate)
         stream_current_check_register(kind=Dispatch.Kind.JOURNEY, check=journey_stream_is_current)
         event_listeners_register(journeys_on_events)

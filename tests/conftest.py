@@ -35,10 +35,12 @@ def _fresh_cache():
 
     from accounts.authentication import api_keys_forget
     from campaigns.services.triggers import campaign_caches_forget
+    from journeys.services.entries import journey_caches_forget
 
     cache.clear()  # the version stamps live beside the cache: every stamp starts unset
     api_keys_forget()
     campaign_caches_forget()
+    journey_caches_forget()
     yield
 
 

@@ -384,47 +384,115 @@ def _push(version: JourneyVersion, step_id: str, profile_ids: list[int]) -> tupl
     return dispatch.pk, ""
 
 
+# Everything a live journey's event entries read to push: changed when a journey, a version or an
+# app's delivery rules are saved or deleted (``journeys_changed``), whoever writes them.
+JOURNEYS_STAMP = "journeys"
+
+
+def journeys_changed(sender, instance, **kwargs) -> None:
+    from accounts.stamps import stamps_bump
+
+    stamps_bump(JOURNEYS_STAMP)
+
+
+@dataclass
+class _OpenStep:
+    """A push step's stream as the engine last opened it in this process, behind the journeys stamp."""
+
+    stream_id: int
+    rules: object
+    day: dt.date
+    stamp: str | None
+    loaded_at: float
+
+
+_OPEN_STEPS: dict[tuple[int, str], _OpenStep] = {}
+
+
+def _open_step(version: JourneyVersion, step_id: str, frozen: dict, *, stamp: str | None, now: dt.datetime):
+    """Today's stream of this push step after the full gate (``journey_gate``), and the app's
+    delivery rules: kept per process until the journeys stamp moves, the UTC day turns, or
+    ``PUSHDESK_CACHE_SECONDS`` pass. Raises GateClosed or ValidationError when the gate refuses."""
+    from django.conf import settings
+
+    from delivery.models import DeliveryRules, Dispatch
+    from delivery.services.streams import stream_open
+    from journeys.services.lifecycle import journey_gate
+
+    day = now.astimezone(dt.UTC).date()
+    kept = _OPEN_STEPS.get((version.pk, step_id))
+    if (
+        kept
+        and (kept.stamp, kept.day) == (stamp, day)
+        and time.monotonic() - kept.loaded_at < settings.PUSHDESK_CACHE_SECONDS
+    ):
+        return kept
+    journey = version.journey
+    journey_gate(app=journey.app, source_id=version.pk, spec=frozen["spec"], by=None)
+    stream_id = stream_open(
+        kind=Dispatch.Kind.JOURNEY,
+        source_id=version.pk,
+        version=step_id,
+        app_id=journey.app_id,
+        spec=frozen["spec"],
+        content_id=frozen["content_id"],
+        label=f"{journey.name} v{version.number} · {step_id}",
+        purpose="marketing",
+        context={"journey": {"id": journey.pk, "name": journey.name, "version": version.number, "step": step_id}},
+        now=now,
+    )
+    rules = DeliveryRules.objects.filter(app_id=journey.app_id).first()
+    kept = _OPEN_STEPS[(version.pk, step_id)] = _OpenStep(stream_id, rules, day, stamp, time.monotonic())
+    return kept
+
+
 def _push_stream(version: JourneyVersion, step_id: str, frozen: dict, profile_ids: list[int]) -> tuple[int | None, str]:
     """Event-entered journeys push through a standing dispatch per version, step and day (like API
     triggers): the batch's rows are appended in the engine's transaction, with the journey row
     held shared under the gate's conditions (a stop waits for it), and the senders are woken.
 
+    The gate's full check, the stream's opening and the app's rules are kept per process
+    (``_open_step``); the append itself refuses a journey or version no longer live and a stream
+    closed since, and then the step is opened afresh once (the gate decides).
     Returns (dispatch id, "") or (None, the reason it was refused).
     """
-    from delivery.models import DeliveryRules, Dispatch
+    from accounts.stamps import stamps_read
     from delivery.services.dispatches import GateClosed
     from delivery.services.stream_senders import streams_wake
-    from delivery.services.streams import Recipient, StreamClosed, stream_append, stream_open
-    from journeys.services.lifecycle import VStatus, journey_gate
+    from delivery.services.streams import Recipient, StreamClosed, stream_append
+    from journeys.services.lifecycle import VStatus
 
-    journey = version.journey
-    try:
-        journey_gate(app=journey.app, source_id=version.pk, spec=frozen["spec"], by=None)
-        stream_id = stream_open(
-            kind=Dispatch.Kind.JOURNEY,
-            source_id=version.pk,
-            version=step_id,
-            app_id=journey.app_id,
-            spec=frozen["spec"],
-            content_id=frozen["content_id"],
-            label=f"{journey.name} v{version.number} · {step_id}",
-            purpose="marketing",
-            context={"journey": {"id": journey.pk, "name": journey.name, "version": version.number, "step": step_id}},
-        )
-        stream_append(
-            dispatch_id=stream_id,
-            app_id=journey.app_id,
-            recipients=[Recipient(pid, timezone=tz or "") for pid, tz in _profile_zones(sorted(profile_ids)).items()],
-            source_lock=(
-                "SELECT j.id FROM journeys_journey j JOIN journeys_journeyversion v ON v.journey_id = j.id "
-                "WHERE v.id = %s AND j.status = %s AND v.status IN (%s, %s) FOR SHARE OF j",
-                [version.pk, Status.LIVE, VStatus.LIVE, VStatus.RETIRED],
-            ),
-            rules=DeliveryRules.objects.filter(app_id=journey.app_id).first(),
-        )
-    except (GateClosed, ValidationError, StreamClosed) as exc:
-        log.warning("Journey %s step %s refused: %s", journey.pk, step_id, exc)
-        return None, f"refused at send time: {exc}"
+    now = timezone.now()
+    stamp = stamps_read([JOURNEYS_STAMP])[JOURNEYS_STAMP]
+    recipients = [Recipient(pid, timezone=tz or "") for pid, tz in _profile_zones(sorted(profile_ids)).items()]
+    source_lock = (
+        "SELECT j.id FROM journeys_journey j JOIN journeys_journeyversion v ON v.journey_id = j.id "
+        "WHERE v.id = %s AND j.status = %s AND v.status IN (%s, %s) FOR SHARE OF j",
+        [version.pk, Status.LIVE, VStatus.LIVE, VStatus.RETIRED],
+    )
+    for attempt in (1, 2):
+        try:
+            step = _open_step(version, step_id, frozen, stamp=stamp, now=now)
+            # A refused append wrote nothing and raised no database error: the transaction goes on.
+            stream_append(
+                dispatch_id=step.stream_id,
+                app_id=version.journey.app_id,
+                recipients=recipients,
+                source_lock=source_lock,
+                rules=step.rules,
+                now=now,
+            )
+            break
+        except StreamClosed as exc:
+            _OPEN_STEPS.pop((version.pk, step_id), None)  # opened afresh, through the gate
+            if attempt == 2:
+                log.warning("Journey %s step %s refused: %s", version.journey_id, step_id, exc)
+                return None, f"refused at send time: {exc}"
+        except (GateClosed, ValidationError) as exc:
+            _OPEN_STEPS.pop((version.pk, step_id), None)
+            log.warning("Journey %s step %s refused: %s", version.journey_id, step_id, exc)
+            return None, f"refused at send time: {exc}"
+    stream_id = step.stream_id
     transaction.on_commit(lambda: streams_wake(stream_id))
     return stream_id, ""
 

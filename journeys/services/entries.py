@@ -7,7 +7,6 @@ import logging
 from collections import Counter, defaultdict
 
 from django.db import connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from accounts.services import (
@@ -177,17 +176,50 @@ def journeys_events_received(*, event_ids: list[int]) -> dict:
     return {"exited": exited, "entered": entered}
 
 
+_WANTED: dict[str, object] = {}
+
+
+def _names_wanted() -> set[str]:
+    """The event names a live journey enters or exits on, kept per process behind the journeys
+    stamp (any journey, version or rules change) and for at most ``PUSHDESK_CACHE_SECONDS``."""
+    import time
+
+    from django.conf import settings
+
+    from accounts.stamps import stamps_read
+    from journeys.services.engine import JOURNEYS_STAMP
+
+    stamp = stamps_read([JOURNEYS_STAMP])[JOURNEYS_STAMP]
+    if _WANTED.get("stamp", "-") == stamp and time.monotonic() - _WANTED["at"] < settings.PUSHDESK_CACHE_SECONDS:
+        return _WANTED["names"]
+    live = JourneyVersion.objects.filter(journey__status=Status.LIVE)
+    entries = live.filter(entry_kind=JourneyVersion.EntryKind.EVENT, status=VStatus.LIVE).values_list(
+        "entry_event", flat=True
+    )
+    exits = (
+        live.filter(status__in=(VStatus.LIVE, VStatus.RETIRED))
+        .exclude(exit_event="")
+        .values_list("exit_event", flat=True)
+    )
+    names = set(entries) | set(exits)
+    _WANTED.update(stamp=stamp, at=time.monotonic(), names=names)
+    return names
+
+
+def journey_caches_forget() -> None:
+    """Drop what this process keeps of live journeys (tests start each from nothing)."""
+    from journeys.services.engine import _OPEN_STEPS
+
+    _WANTED.clear()
+    _OPEN_STEPS.clear()
+
+
 def journeys_on_events(*, event_ids: list[int], names: set[str]) -> None:
     """The audiences event listener, run by the events call once its events committed: when a live
     journey cares about these events, exit and enter them now (``journeys_events_received``), so
     that an entry's first push is on its way when the call answers. Should that fail, the same
     work goes to the queue (running it again changes nothing that was done)."""
-    wanted = JourneyVersion.objects.filter(
-        Q(entry_kind=JourneyVersion.EntryKind.EVENT, entry_event__in=names, status=VStatus.LIVE)
-        | Q(exit_event__in=names, status__in=(VStatus.LIVE, VStatus.RETIRED)),
-        journey__status=Status.LIVE,
-    )
-    if not wanted.exists():
+    if not names & _names_wanted():
         return
     try:
         journeys_events_received(event_ids=event_ids)

@@ -122,3 +122,83 @@ def test_when_entering_fails_in_the_call_a_worker_enters_the_events_once(
     # It failed in the call; the queued task (run in-process in tests) entered the event.
     assert list(Delivery.objects.filter(dispatch__kind="journey").values_list("status", flat=True)) == ["accepted"]
     assert pushsim.state.count(token) == 1
+
+
+def _entered(client, name, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _post_event(client, name).status_code == 200
+
+
+def test_entries_keep_the_steps_stream_and_open_it_again_once_it_closed(
+    paid_journey, pushsim, sim_team, api_key_for, manager_alice, django_capture_on_commit_callbacks
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from delivery.services.streams import streams_close
+
+    for name in ("zoe", "max", "ada", "bob"):
+        DeviceFactory(profile=ProfileFactory(external_id=name), app=sim_team)
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    with CaptureQueriesContext(connection) as first:
+        _entered(client, "zoe", django_capture_on_commit_callbacks)
+    with CaptureQueriesContext(connection) as second:
+        _entered(client, "max", django_capture_on_commit_callbacks)
+    # The second entry neither runs the gate nor opens the stream again (nor asks which journeys care).
+    assert len(second.captured_queries) <= len(first.captured_queries) - 5
+    stream = Dispatch.objects.get(kind="journey")
+    assert Delivery.objects.filter(dispatch=stream).count() == 2
+    # Closed behind the kept copy's back (no stamp moved): the next entry opens a new stream.
+    streams_close(kind="journey", source_id=paid_journey.versions.get().pk, by=None, reason="test")
+    _entered(client, "ada", django_capture_on_commit_callbacks)
+    fresh = Dispatch.objects.exclude(pk=stream.pk).get(kind="journey")
+    assert fresh.status == "sending" and Delivery.objects.get(dispatch=fresh).status == "accepted"
+    _entered(client, "bob", django_capture_on_commit_callbacks)
+    assert Delivery.objects.filter(dispatch=fresh).count() == 2
+
+
+def test_a_rules_change_reaches_the_next_entry_at_once(
+    paid_journey, pushsim, sim_team, api_key_for, manager_alice, django_capture_on_commit_callbacks
+):
+    import datetime as dt
+
+    from delivery.models import DeliveryRules
+
+    for name in ("zoe", "max"):
+        DeviceFactory(profile=ProfileFactory(external_id=name, timezone="UTC"), app=sim_team)
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    _entered(client, "zoe", django_capture_on_commit_callbacks)  # the step's stream is kept, without rules
+    now = timezone.now()
+    DeliveryRules.objects.create(
+        app=sim_team,
+        quiet_start=(now - dt.timedelta(hours=1)).time(),
+        quiet_end=(now + dt.timedelta(hours=1)).time(),
+        quiet_mode=DeliveryRules.QuietMode.DISCARD,
+    )
+    _entered(client, "max", django_capture_on_commit_callbacks)
+    rows = dict(Delivery.objects.values_list("profile__external_id", "reason"))
+    assert rows == {"zoe": "", "max": "quiet_hours"}
+
+
+def test_a_journey_going_live_is_entered_by_the_next_event_and_a_stopped_one_by_none(
+    sim_journey, sim_welcome, publish, pushsim, sim_team, api_key_for, manager_alice, django_capture_on_commit_callbacks
+):
+    from journeys.models import Enrollment
+
+    for name in ("zoe", "max", "ada"):
+        DeviceFactory(profile=ProfileFactory(external_id=name), app=sim_team)
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    _entered(client, "zoe", django_capture_on_commit_callbacks)  # no journey cares: kept as such
+    graph = {
+        "steps": [
+            {"id": "thanks", "type": "push", "content": sim_welcome.pk, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+    journey = publish(sim_journey(graph=graph, entry_kind="event", entry_event="order_paid", entry_segment=None))
+    _entered(client, "max", django_capture_on_commit_callbacks)
+    assert list(Enrollment.objects.values_list("profile__external_id", flat=True)) == ["max"]
+    journey_stop(journey_id=journey.pk, by=manager_alice)
+    _entered(client, "ada", django_capture_on_commit_callbacks)
+    assert list(Enrollment.objects.values_list("profile__external_id", flat=True)) == ["max"]
+    assert Delivery.objects.filter(profile__external_id="ada").count() == 0
