@@ -134,22 +134,27 @@ def _stats_add(counts: Counter) -> None:
         )
 
 
-def journeys_run_enrollments(*, enrollment_ids: list[int], now: dt.datetime | None = None) -> RunReport:
+def journeys_run_enrollments(
+    *, enrollment_ids: list[int], now: dt.datetime | None = None, versions: dict | None = None
+) -> RunReport:
     """Run these enrollments (those due, not held by another worker) to their next wait, now.
 
     For entries the caller just wrote (an event's): called in the transaction that enrolled them,
     their first steps, pushes included, commit with the entry, and no other worker ever sees them
-    at the entry step.
+    at the entry step. ``versions`` are journey versions the caller holds already (with their
+    journey), by id: they are not read again.
     """
     report = RunReport()
     if enrollment_ids and _run_batch(
-        batch=len(enrollment_ids), now=now or timezone.now(), report=report, ids=enrollment_ids
+        batch=len(enrollment_ids), now=now or timezone.now(), report=report, ids=enrollment_ids, versions=versions
     ):
         report.batches += 1
     return report
 
 
-def _run_batch(*, batch: int, now: dt.datetime, report: RunReport, ids: list[int] | None = None) -> int:
+def _run_batch(
+    *, batch: int, now: dt.datetime, report: RunReport, ids: list[int] | None = None, versions: dict | None = None
+) -> int:
     with transaction.atomic():
         due = Enrollment.objects.select_for_update(skip_locked=True, of=("self",)).filter(
             status__in=Enrollment.OPEN_STATUSES, due_at__lte=now
@@ -159,10 +164,10 @@ def _run_batch(*, batch: int, now: dt.datetime, report: RunReport, ids: list[int
         rows = [_Row(values) for values in due.order_by("due_at").values_list(*_ROW_FIELDS)[:batch]]
         if not rows:
             return 0
-        versions = {
-            v.pk: v
-            for v in JourneyVersion.objects.select_related("journey").filter(pk__in={r.version_id for r in rows})
-        }
+        versions = dict(versions or {})
+        missing = {r.version_id for r in rows} - set(versions)
+        if missing:
+            versions.update((v.pk, v) for v in JourneyVersion.objects.select_related("journey").filter(pk__in=missing))
         stats: Counter = Counter()
         runs_by_version: dict[int, list[_Run]] = defaultdict(list)
         for row in rows:

@@ -127,12 +127,8 @@ def journeys_events_received(*, event_ids: list[int]) -> dict:
     now = timezone.now()
     names = {e["name"] for e in events}
     exited = entered = 0
-    exit_versions = JourneyVersion.objects.filter(
-        exit_event__in=names, status__in=(VStatus.LIVE, VStatus.RETIRED), journey__status=Status.LIVE
-    ).values_list("pk", "exit_event")
-    by_name = defaultdict(list)
-    for version_id, name in exit_versions:
-        by_name[name].append(version_id)
+    live = _live_for_events()
+    by_name = {name: ids for name, ids in live["exits"].items() if name in names}
     for name, version_ids in by_name.items():
         latest = {}
         for e in events:
@@ -160,18 +156,13 @@ def journeys_events_received(*, event_ids: list[int]) -> dict:
                 )
                 _stats_add(Counter((version_id, step, "exit_event") for _, version_id, step in ending))
                 exited += len(ending)
-    entry_versions = JourneyVersion.objects.filter(
-        entry_kind=JourneyVersion.EntryKind.EVENT,
-        entry_event__in=names,
-        status=VStatus.LIVE,
-        journey__status=Status.LIVE,
-    ).select_related("journey")
+    entry_versions = sorted((v for name in names for v in live["entries"].get(name, ())), key=lambda v: v.pk)
     for version in entry_versions:
         profile_ids = sorted({e["profile_id"] for e in events if e["name"] == version.entry_event})
         sql, params = Profile.objects.filter(pk__in=profile_ids).order_by().values("id").query.sql_with_params()
         with transaction.atomic():
             enrolled = _enter(version, sql, list(params), now=now, returning=True)
-            journeys_run_enrollments(enrollment_ids=enrolled, now=now)
+            journeys_run_enrollments(enrollment_ids=enrolled, now=now, versions={version.pk: version})
         entered += len(enrolled)
     return {"exited": exited, "entered": entered}
 
@@ -179,9 +170,11 @@ def journeys_events_received(*, event_ids: list[int]) -> dict:
 _WANTED: dict[str, object] = {}
 
 
-def _names_wanted() -> set[str]:
-    """The event names a live journey enters or exits on, kept per process behind the journeys
-    stamp (any journey, version or rules change) and for at most ``PUSHDESK_CACHE_SECONDS``."""
+def _live_for_events() -> dict:
+    """What live journeys do on events, kept per process behind the journeys stamp (any save or
+    deletion of a journey, a version or an app's rules) and for at most ``PUSHDESK_CACHE_SECONDS``:
+    ``entries``, the live versions (with their journey) each event name enters; ``exits``, the ids
+    of the versions (live, or retired with profiles finishing) each name ends; ``names``, both."""
     import time
 
     from django.conf import settings
@@ -191,19 +184,19 @@ def _names_wanted() -> set[str]:
 
     stamp = stamps_read([JOURNEYS_STAMP])[JOURNEYS_STAMP]
     if _WANTED.get("stamp", "-") == stamp and time.monotonic() - _WANTED["at"] < settings.PUSHDESK_CACHE_SECONDS:
-        return _WANTED["names"]
+        return _WANTED
     live = JourneyVersion.objects.filter(journey__status=Status.LIVE)
-    entries = live.filter(entry_kind=JourneyVersion.EntryKind.EVENT, status=VStatus.LIVE).values_list(
-        "entry_event", flat=True
-    )
-    exits = (
-        live.filter(status__in=(VStatus.LIVE, VStatus.RETIRED))
-        .exclude(exit_event="")
-        .values_list("exit_event", flat=True)
-    )
-    names = set(entries) | set(exits)
-    _WANTED.update(stamp=stamp, at=time.monotonic(), names=names)
-    return names
+    entries, exits = defaultdict(list), defaultdict(list)
+    entering = live.filter(entry_kind=JourneyVersion.EntryKind.EVENT, status=VStatus.LIVE).select_related("journey")
+    for version in entering:
+        entries[version.entry_event].append(version)
+    ending = live.filter(status__in=(VStatus.LIVE, VStatus.RETIRED)).exclude(exit_event="")
+    for version_id, name in ending.values_list("pk", "exit_event"):
+        exits[name].append(version_id)
+    fresh = {"entries": dict(entries), "exits": dict(exits), "names": set(entries) | set(exits)}
+    _WANTED.clear()
+    _WANTED.update(fresh, stamp=stamp, at=time.monotonic())
+    return fresh
 
 
 def journey_caches_forget() -> None:
@@ -219,7 +212,7 @@ def journeys_on_events(*, event_ids: list[int], names: set[str]) -> None:
     journey cares about these events, exit and enter them now (``journeys_events_received``), so
     that an entry's first push is on its way when the call answers. Should that fail, the same
     work goes to the queue (running it again changes nothing that was done)."""
-    if not names & _names_wanted():
+    if not names & _live_for_events()["names"]:
         return
     try:
         journeys_events_received(event_ids=event_ids)
