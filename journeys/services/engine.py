@@ -155,7 +155,8 @@ def journeys_run_enrollments(
 def _run_batch(
     *, batch: int, now: dt.datetime, report: RunReport, ids: list[int] | None = None, versions: dict | None = None
 ) -> int:
-    with transaction.atomic():
+    # No savepoint inside a caller's transaction (an event's entry): a failure here fails the entry.
+    with transaction.atomic(savepoint=False):
         due = Enrollment.objects.select_for_update(skip_locked=True, of=("self",)).filter(
             status__in=Enrollment.OPEN_STATUSES, due_at__lte=now
         )
