@@ -3,7 +3,8 @@
 ``streams_send`` claims the ready rows of every open stream (``delivery.services.streams``) and
 sends them with the send engine's batches: one row when one is waiting, up to
 ``PUSHDESK_SEND_BATCH`` under load, one batch in flight while the next is claimed; while rows
-keep arriving it claims at most every ``PUSHDESK_STREAM_LINGER_SECONDS``, so they go in batches. Leases,
+keep arriving it claims at most every ``PUSHDESK_STREAM_LINGER_SECONDS`` (when set), so they go in
+batches. Leases,
 ``unknown`` and never re-sending are the engine's (``delivery.services.sending``). A call that
 appended wakes the senders once it commits (``streams_wake``: a message on a Redis channel);
 without Redis (the embedded mode), or should a message be lost, they poll every
