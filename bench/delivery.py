@@ -89,6 +89,17 @@ def ensure_audience(devices: int):
     return segment
 
 
+def sim_trust(sim, apns_public: str, fcm_public: str, info: dict) -> None:
+    """Make the push simulator accept the benchmark app's APNs key and FCM service account."""
+    sim.state.add_apns_key(key_id=KEY_ID, team_id=TEAM_ID, public_key_pem=apns_public, topics=[BUNDLE_ID])
+    sim.state.add_service_account(
+        client_email=info["client_email"],
+        private_key_id=info["private_key_id"],
+        project_id=PROJECT_ID,
+        public_key_pem=fcm_public,
+    )
+
+
 def make_app(*, token_uri: str, segment):
     """A fresh app with freshly made credentials; the devices of the segment's profiles move to it
     (those of another size's audience stay behind: the app holds this run's devices only)."""
@@ -335,14 +346,7 @@ def run(target: str, segment, devices: int, workers_env: dict, log: Path, ca: st
     token_uri = workers_env.pop("_token_uri")
     app, apns_public, fcm_public, info = make_app(token_uri=token_uri, segment=segment)
     if target == "sim":
-        sim = workers_env.pop("_sim")
-        sim.state.add_apns_key(key_id=KEY_ID, team_id=TEAM_ID, public_key_pem=apns_public, topics=[BUNDLE_ID])
-        sim.state.add_service_account(
-            client_email=info["client_email"],
-            private_key_id=info["private_key_id"],
-            project_id=PROJECT_ID,
-            public_key_pem=fcm_public,
-        )
+        sim_trust(workers_env.pop("_sim"), apns_public, fcm_public, info)
     content = PushContent(
         app=app,
         name="Bench",

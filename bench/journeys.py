@@ -54,12 +54,6 @@ ensure_database, make_app, start_workers, peak_memory_mb = (
     bench_delivery.start_workers,
     bench_delivery.peak_memory_mb,
 )
-KEY_ID, TEAM_ID, BUNDLE_ID, PROJECT_ID = (
-    bench_delivery.KEY_ID,
-    bench_delivery.TEAM_ID,
-    bench_delivery.BUNDLE_ID,
-    bench_delivery.PROJECT_ID,
-)
 
 
 PUSHES_WAIT_SECONDS = 600  # at least: a minute more per 100,000 profiles above 600,000
@@ -127,13 +121,7 @@ def run(*, profiles: int, target: dict, log: Path) -> dict:
     app, apns_public, fcm_public, info = make_app(token_uri=target["token_uri"], segment=entry)
     sim = target["sim"]
     if sim is not None:
-        sim.state.add_apns_key(key_id=KEY_ID, team_id=TEAM_ID, public_key_pem=apns_public, topics=[BUNDLE_ID])
-        sim.state.add_service_account(
-            client_email=info["client_email"],
-            private_key_id=info["private_key_id"],
-            project_id=PROJECT_ID,
-            public_key_pem=fcm_public,
-        )
+        bench_delivery.sim_trust(sim, apns_public, fcm_public, info)
     with connection.cursor() as cursor:  # the devices' statistics after their move to the new app
         cursor.execute("ANALYZE delivery_device")
     content = PushContent(app=app, name="Journey bench", title="Hello {{ profile.attributes.first_name }}", body="Hi")
