@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 
 from django.db import connection, transaction
 from django.utils import timezone
@@ -128,7 +129,7 @@ def journeys_events_received(*, event_ids: list[int]) -> dict:
     names = {e["name"] for e in events}
     exited = entered = 0
     live = _live_for_events()
-    by_name = {name: ids for name, ids in live["exits"].items() if name in names}
+    by_name = {name: ids for name, ids in live.exits.items() if name in names}
     for name, version_ids in by_name.items():
         latest = {}
         for e in events:
@@ -156,7 +157,7 @@ def journeys_events_received(*, event_ids: list[int]) -> dict:
                 )
                 _stats_add(Counter((version_id, step, "exit_event") for _, version_id, step in ending))
                 exited += len(ending)
-    entry_versions = sorted((v for name in names for v in live["entries"].get(name, ())), key=lambda v: v.pk)
+    entry_versions = sorted((v for name in names for v in live.entries.get(name, ())), key=lambda v: v.pk)
     for version in entry_versions:
         profile_ids = sorted({e["profile_id"] for e in events if e["name"] == version.entry_event})
         sql, params = Profile.objects.filter(pk__in=profile_ids).order_by().values("id").query.sql_with_params()
@@ -167,14 +168,29 @@ def journeys_events_received(*, event_ids: list[int]) -> dict:
     return {"exited": exited, "entered": entered}
 
 
-_WANTED: dict[str, object] = {}
+@dataclass(frozen=True)
+class _LiveForEvents:
+    """What live journeys do on events: ``entries``, the live versions (with their journey) each
+    event name enters; ``exits``, the ids of the versions (live, or retired with profiles
+    finishing) each name ends."""
+
+    entries: dict[str, list]
+    exits: dict[str, list[int]]
+    stamp: str | None
+    loaded_at: float
+
+    @property
+    def names(self) -> set[str]:
+        return set(self.entries) | set(self.exits)
 
 
-def _live_for_events() -> dict:
+# Replaced whole, never changed in place: the threads of a process read it without a lock.
+_LIVE: _LiveForEvents | None = None
+
+
+def _live_for_events() -> _LiveForEvents:
     """What live journeys do on events, kept per process behind the journeys stamp (any save or
-    deletion of a journey, a version or an app's rules) and for at most ``PUSHDESK_CACHE_SECONDS``:
-    ``entries``, the live versions (with their journey) each event name enters; ``exits``, the ids
-    of the versions (live, or retired with profiles finishing) each name ends; ``names``, both."""
+    deletion of a journey, a version or an app's rules) and for at most ``PUSHDESK_CACHE_SECONDS``."""
     import time
 
     from django.conf import settings
@@ -182,9 +198,11 @@ def _live_for_events() -> dict:
     from accounts.stamps import stamps_read
     from journeys.services.engine import JOURNEYS_STAMP
 
+    global _LIVE
     stamp = stamps_read([JOURNEYS_STAMP])[JOURNEYS_STAMP]
-    if _WANTED.get("stamp", "-") == stamp and time.monotonic() - _WANTED["at"] < settings.PUSHDESK_CACHE_SECONDS:
-        return _WANTED
+    kept = _LIVE
+    if kept and kept.stamp == stamp and time.monotonic() - kept.loaded_at < settings.PUSHDESK_CACHE_SECONDS:
+        return kept
     live = JourneyVersion.objects.filter(journey__status=Status.LIVE)
     entries, exits = defaultdict(list), defaultdict(list)
     entering = live.filter(entry_kind=JourneyVersion.EntryKind.EVENT, status=VStatus.LIVE).select_related("journey")
@@ -193,17 +211,16 @@ def _live_for_events() -> dict:
     ending = live.filter(status__in=(VStatus.LIVE, VStatus.RETIRED)).exclude(exit_event="")
     for version_id, name in ending.values_list("pk", "exit_event"):
         exits[name].append(version_id)
-    fresh = {"entries": dict(entries), "exits": dict(exits), "names": set(entries) | set(exits)}
-    _WANTED.clear()
-    _WANTED.update(fresh, stamp=stamp, at=time.monotonic())
-    return fresh
+    _LIVE = _LiveForEvents(dict(entries), dict(exits), stamp, time.monotonic())
+    return _LIVE
 
 
 def journey_caches_forget() -> None:
     """Drop what this process keeps of live journeys (tests start each from nothing)."""
     from journeys.services.engine import _OPEN_STEPS
 
-    _WANTED.clear()
+    global _LIVE
+    _LIVE = None
     _OPEN_STEPS.clear()
 
 
@@ -212,7 +229,7 @@ def journeys_on_events(*, event_ids: list[int], names: set[str]) -> None:
     journey cares about these events, exit and enter them now (``journeys_events_received``), so
     that an entry's first push is on its way when the call answers. Should that fail, the same
     work goes to the queue (running it again changes nothing that was done)."""
-    if not names & _live_for_events()["names"]:
+    if not names & _live_for_events().names:
         return
     try:
         journeys_events_received(event_ids=event_ids)
