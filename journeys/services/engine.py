@@ -489,13 +489,10 @@ def _push_stream(version: JourneyVersion, step_id: str, frozen: dict, profile_id
                 now=now,
             )
             break
-        except StreamClosed as exc:
-            _OPEN_STEPS.pop((version.pk, step_id), None)  # opened afresh, through the gate
-            if attempt == 2:
-                log.warning("Journey %s step %s refused: %s", version.journey_id, step_id, exc)
-                return None, f"refused at send time: {exc}"
-        except (GateClosed, ValidationError) as exc:
+        except (GateClosed, ValidationError, StreamClosed) as exc:
             _OPEN_STEPS.pop((version.pk, step_id), None)
+            if isinstance(exc, StreamClosed) and attempt == 1:
+                continue  # closed since it was kept: opened afresh, through the gate
             log.warning("Journey %s step %s refused: %s", version.journey_id, step_id, exc)
             return None, f"refused at send time: {exc}"
     stream_id = step.stream_id
