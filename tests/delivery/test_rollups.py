@@ -94,14 +94,19 @@ def test_a_bulk_send_with_failures_retries_skips_variants_and_an_open_is_rolled_
     ]
     # The failures go to devices that are sent to: a profile in the holdout is never sent to, and
     # which profiles fall in it depends on their ids (the salt of a dispatch without a campaign is 0).
-    while (
-        len(sent := [d for d in devices if variant_for(d.profile_id, salt=0, variants=variants, holdout_share=20)]) < 4
-    ):
-        devices.append(DeviceFactory(app=pushsim_app, platform="ios"))
+    # Each failure is the one its provider answers: an FCM error code on an Android phone, an
+    # APNs reason on an iPhone.
+    while len(
+        sent := [d for d in devices if variant_for(d.profile_id, salt=0, variants=variants, holdout_share=20)]
+    ) < 4 or {d.platform for d in sent} != {"ios", "android"}:
+        devices.append(DeviceFactory(app=pushsim_app, platform="android" if len(devices) % 2 else "ios"))
         profiles.append(devices[-1].profile)
-    pushsim.state.fail_token(token=sent[0].token, failures=[(400, "INVALID_ARGUMENT")])
-    pushsim.state.fail_token(token=sent[1].token, failures=[(410, "Unregistered")])
-    pushsim.state.fail_token(token=sent[2].token, failures=[429])  # retried, then accepted
+    android = next(d for d in sent if d.platform == "android")
+    iphone = next(d for d in sent if d.platform == "ios")
+    third = next(d for d in sent if d not in (android, iphone))
+    pushsim.state.fail_token(token=android.token, failures=[(400, "INVALID_ARGUMENT")])
+    pushsim.state.fail_token(token=iphone.token, failures=[(410, "Unregistered")])
+    pushsim.state.fail_token(token=third.token, failures=[429])  # retried, then accepted
     with django_capture_on_commit_callbacks(execute=True):
         dispatch = dispatch_create(
             app_id=pushsim_app.pk,
