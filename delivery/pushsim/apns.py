@@ -15,7 +15,7 @@ import uuid
 
 import jwt
 
-from delivery.pushsim.state import Answer, Exchange, Received, SimState
+from delivery.pushsim.state import APNS_TOKEN, Answer, Exchange, Received, SimState
 
 PUSH_TYPES = {
     "alert": "",
@@ -31,7 +31,6 @@ PUSH_TYPES = {
     "widgets": ".push-type.widgets",
 }
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_HEX_TOKEN = re.compile(r"^(?:[0-9a-fA-F]{2}){32,100}$")
 BAD_ENVIRONMENT_REASON = "BadEnvironmentKeyInToken"  # the string seen on the wire (§1.4)
 TOKEN_UPDATE_FLOOR = 20 * 60
 TOKEN_MAX_AGE = 60 * 60
@@ -111,7 +110,7 @@ def handle_apns(state: SimState, ex: Exchange) -> Answer:
     if status:
         return _fault(state, status, apns_id)
 
-    if not _HEX_TOKEN.match(token):
+    if not APNS_TOKEN.match(token):
         return _reject(400, "BadDeviceToken", apns_id)
     device = state.device(token)
     environment = ex.connection.environment

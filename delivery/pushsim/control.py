@@ -3,6 +3,7 @@
 GET  /control/state                  faults, counters
 POST /control/faults                 {"rate_503": 0.1, "retry_after": 2, "latency_ms": 50, ...}
 POST /control/tokens                 {"token": "...", "platform": "ios", "state": "unregistered", ...}
+POST /control/fail-token             {"token": "...", "failures": [503, [404, "UNREGISTERED"]]}: the next answers
 POST /control/apns-keys              {"key_id", "team_id", "public_key_pem", "topics": [...]}
 POST /control/service-accounts       {"client_email", "private_key_id", "project_id", "public_key_pem"}
 POST /control/reset                  back to the start-up faults and devices; forget deliveries
@@ -62,6 +63,10 @@ def handle_control(state: SimState, ex: Exchange) -> Answer:
                 topic=data.get("topic", ""),
                 project_id=data.get("project_id", ""),
             )
+            return _json(200, {"ok": True})
+        if route == ("POST", "/control/fail-token"):
+            failures = [tuple(f) if isinstance(f, list) else f for f in data["failures"]]
+            state.fail_token(token=data["token"], failures=failures)
             return _json(200, {"ok": True})
         if route == ("POST", "/control/apns-keys"):
             state.add_apns_key(

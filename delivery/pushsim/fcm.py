@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 
 import jwt
 
-from delivery.pushsim.state import Answer, Exchange, Received, SimState
+from delivery.pushsim.state import FCM_ERRORS, Answer, Exchange, Received, SimState
 
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"  # noqa: S105 (a URL)
 SCOPES = ("https://www.googleapis.com/auth/firebase.messaging", "https://www.googleapis.com/auth/cloud-platform")
@@ -495,24 +495,16 @@ def handle_send(state: SimState, ex: Exchange) -> Answer:
     return Answer(200, ok, json.dumps({"name": name}).encode())
 
 
-_CODE_STATUS = {
-    "UNREGISTERED": (404, "NOT_FOUND", "Requested entity was not found."),
-    "INVALID_ARGUMENT": (400, "INVALID_ARGUMENT", "Request contains an invalid argument."),
-    "SENDER_ID_MISMATCH": (403, "PERMISSION_DENIED", "SenderId mismatch"),
-    "QUOTA_EXCEEDED": (429, "RESOURCE_EXHAUSTED", "Quota exceeded for quota metric 'Send messages'."),
-    "UNAVAILABLE": (503, "UNAVAILABLE", "The service is currently unavailable."),
-    "INTERNAL": (500, "INTERNAL", "Internal error encountered."),
-    "THIRD_PARTY_AUTH_ERROR": (401, "UNAUTHENTICATED", "Auth error from APNS or Web Push Service"),
-    "APNS_AUTH_ERROR": (401, "UNAUTHENTICATED", "Auth error from APNS"),
-    "UNSPECIFIED_ERROR": (400, "INVALID_ARGUMENT", "Unspecified error."),
-}
-
-
 def _fault(state: SimState, status: int, code: str = "") -> Answer:
     """An injected failure: by status (429, 500, 503), or by FCM error code."""
     retry_after = state.faults.retry_after
+    if code and code not in FCM_ERRORS:
+        # Only stored by going around ``fail_token``'s check (an APNs token sent through FCM):
+        # a server error for this request alone, every other stream on the connection served on.
+        message = f"The push simulator has no FCM error code {code!r} (an injected failure)."
+        return _error(500, "INTERNAL", message, _fcm_error("INTERNAL"))
     if code:
-        code_status, rpc_status, message = _CODE_STATUS[code]
+        code_status, rpc_status, message = FCM_ERRORS[code]
         wait = retry_after if code_status in (429, 503) else 0
         return _error(code_status, rpc_status, message, _fcm_error(code), retry_after=wait)
     if status == 429:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -19,6 +20,20 @@ from cryptography.hazmat.primitives import serialization
 
 ENVIRONMENTS = ("production", "sandbox")
 TOKEN_STATES = ("active", "unregistered", "expired", "other_sender", "third_party_auth_error")
+APNS_TOKEN = re.compile(r"^(?:[0-9a-fA-F]{2}){32,100}$")
+# Every FCM error code (push-protocols.md §2.4): the HTTP status, RPC status and message FCM sends it with.
+FCM_ERRORS = {
+    "UNREGISTERED": (404, "NOT_FOUND", "Requested entity was not found."),
+    "INVALID_ARGUMENT": (400, "INVALID_ARGUMENT", "Request contains an invalid argument."),
+    "SENDER_ID_MISMATCH": (403, "PERMISSION_DENIED", "SenderId mismatch"),
+    "QUOTA_EXCEEDED": (429, "RESOURCE_EXHAUSTED", "Quota exceeded for quota metric 'Send messages'."),
+    "UNAVAILABLE": (503, "UNAVAILABLE", "The service is currently unavailable."),
+    "INTERNAL": (500, "INTERNAL", "Internal error encountered."),
+    "THIRD_PARTY_AUTH_ERROR": (401, "UNAUTHENTICATED", "Auth error from APNS or Web Push Service"),
+    "APNS_AUTH_ERROR": (401, "UNAUTHENTICATED", "Auth error from APNS"),
+    "UNSPECIFIED_ERROR": (400, "INVALID_ARGUMENT", "Unspecified error."),
+}
+FAULT_STATUSES = (429, 500, 503)  # what a bare status injects: each provider has its usual reason for these
 
 
 @dataclass
@@ -211,9 +226,37 @@ class SimState:
 
         A failure is a status (429, 500, 503: the usual reason) or (status, reason): the APNs
         reason string, or the FCM error code (``"UNREGISTERED"``, ``"QUOTA_EXCEEDED"``...).
+        The token's provider is its device's platform when the simulator knows the device; else
+        APNs for a token shaped as APNs's (64 or more hex digits), FCM for any other.
+
+        Raises ValueError, naming the failure, when its provider could not answer it: another
+        bare status, an FCM code for an APNs token, and for an FCM token a code FCM does not
+        have or a status FCM does not send it with. Any other APNs reason is taken (APNs adds
+        reasons; a client must cope with one it does not know). Nothing is injected then.
         """
+        device = self.device(token)
+        if device is not None:
+            provider = "APNs" if device.platform == "ios" else "FCM"
+        else:
+            provider = "APNs" if APNS_TOKEN.match(token) else "FCM"
+        queue = []
+        for failure in failures:
+            status, reason = failure if isinstance(failure, tuple) else (failure, "")
+            status, reason = int(status), str(reason)
+            if not reason:
+                if status not in FAULT_STATUSES:
+                    raise ValueError(f"a bare status {status} has no usual reason: give (status, reason)")
+            elif provider == "FCM" and reason not in FCM_ERRORS:
+                raise ValueError(f"FCM has no error code {reason!r}; use one of {', '.join(FCM_ERRORS)}")
+            elif provider == "FCM" and FCM_ERRORS[reason][0] != status:
+                raise ValueError(f"FCM answers {reason!r} with {FCM_ERRORS[reason][0]}, not {status}")
+            elif provider == "APNs" and reason in FCM_ERRORS:
+                raise ValueError(f"{reason!r} is an FCM error code and {token!r} an APNs device token")
+            elif not 400 <= status <= 599:
+                raise ValueError(f"{reason!r} with {status}: a failure is a 4xx or 5xx status")
+            queue.append((status, reason))
         with self.lock:
-            self.fail_next[token] = [f if isinstance(f, tuple) else (f, "") for f in failures]
+            self.fail_next[token] = queue
 
     def take_forced_failure(self, token: str) -> tuple[int, str]:
         with self.lock:

@@ -422,3 +422,62 @@ def test_an_invalid_registration_token_carries_only_the_fcm_error_detail(pushsim
             ],
         }
     }
+
+
+# --- injected failures: refused when their provider could not answer them; never fatal -----------
+
+
+@pytest.mark.parametrize(
+    ("token", "failure", "named"),
+    [
+        (FCM_TOKEN, (410, "Unregistered"), "'Unregistered'"),  # an APNs reason for an FCM token
+        (FCM_TOKEN, (400, "NO_SUCH_CODE"), "'NO_SUCH_CODE'"),
+        (FCM_TOKEN, (410, "UNREGISTERED"), "'UNREGISTERED'"),  # FCM answers it with 404
+        (DEVICE, (400, "INVALID_ARGUMENT"), "'INVALID_ARGUMENT'"),  # an FCM code for an APNs token
+        (DEVICE, 410, "410"),  # a bare status has no usual reason
+    ],
+)
+def test_a_failure_its_provider_cannot_answer_is_refused_when_injected(pushsim, token, failure, named):
+    with pytest.raises(ValueError, match=named):
+        pushsim.state.fail_token(token=token, failures=[503, failure])
+    assert pushsim.state.take_forced_failure(token) == (0, "")
+
+
+def test_the_token_s_platform_decides_which_failures_it_takes(pushsim):
+    pushsim.state.add_device(token=DEVICE, platform="android")
+    with pytest.raises(ValueError, match="'Unregistered'"):
+        pushsim.state.fail_token(token=DEVICE, failures=[(410, "Unregistered")])
+    pushsim.state.fail_token(token=DEVICE, failures=[(404, "UNREGISTERED")])
+    assert pushsim.state.take_forced_failure(DEVICE) == (404, "UNREGISTERED")
+
+
+def test_failures_are_injected_over_the_control_endpoint_which_refuses_an_unknown_code(pushsim):
+    with httpx.Client(base_url=pushsim.url()) as control:
+        refused = control.post("/control/fail-token", json={"token": FCM_TOKEN, "failures": [[410, "Unregistered"]]})
+        injected = control.post(
+            "/control/fail-token", json={"token": FCM_TOKEN, "failures": [[404, "UNREGISTERED"], 503]}
+        )
+    assert refused.status_code == 400 and "'Unregistered'" in refused.json()["error"]
+    assert injected.status_code == 200
+    answers = [fcm_send(pushsim, {"message": {"token": FCM_TOKEN}}) for _ in range(3)]
+    assert [a.status_code for a in answers] == [404, 503, 200]
+    assert answers[0].json()["error"]["details"][0]["errorCode"] == "UNREGISTERED"
+
+
+def test_an_fcm_code_the_simulator_lacks_answers_500_naming_it_and_the_connection_serves_on(pushsim):
+    # An APNs reason injected for an APNs-shaped token reaches FCM when that token is sent there.
+    pushsim.state.fail_token(token=DEVICE, failures=[(410, "Unregistered")])
+    access = pushsim.state.issue_access_token(PROJECT_ID)
+    headers = [("authorization", f"Bearer {access}"), ("content-type", "application/json")]
+    path = f"/v1/projects/{PROJECT_ID}/messages:send"
+    client = RawH2("127.0.0.1", int(pushsim.fcm_url().rsplit(":", 1)[1]))
+    try:
+        faulty = client.request(path, headers, json.dumps({"message": {"token": DEVICE}}).encode())
+        fine = client.request(path, headers, json.dumps({"message": {"token": FCM_TOKEN}}).encode())
+        client.wait([faulty, fine])
+    finally:
+        client.close()
+    status, _, body = client.answer(faulty)
+    assert status == 500 and "'Unregistered'" in json.loads(body)["error"]["message"]
+    assert client.answer(fine)[0] == 200 and not client.terminated
+    assert pushsim.state.count(FCM_TOKEN) == 1
