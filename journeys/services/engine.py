@@ -24,6 +24,7 @@ from django.db import connection, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
+from journeys.graph import entry_of
 from journeys.models import Enrollment, JourneyVersion
 from journeys.services.lifecycle import EStatus, Status
 
@@ -134,35 +135,54 @@ def _stats_add(counts: Counter) -> None:
         )
 
 
-def journeys_run_enrollments(
-    *, enrollment_ids: list[int], now: dt.datetime | None = None, versions: dict | None = None
+def journeys_run_entered(
+    *, enrolled: list[tuple[int, int, str]], version: JourneyVersion, stamp: str | None, now: dt.datetime
 ) -> RunReport:
-    """Run these enrollments (those due, not held by another worker) to their next wait, now.
+    """Run enrollments the caller just wrote in its transaction (an event's entries, ``(id, profile
+    id, its time zone)``, in ``version``, read with its journey) to their next wait, now.
 
-    For entries the caller just wrote (an event's): called in the transaction that enrolled them,
-    their first steps, pushes included, commit with the entry, and no other worker ever sees them
-    at the entry step. ``versions`` are journey versions the caller holds already (with their
-    journey), by id: they are not read again.
+    Their first steps, pushes included, commit with the entry, and no other worker ever sees them
+    at the entry step: they are not read again, nor their profiles' zones, nor (``stamp``, the
+    journeys stamp the caller read) the stamp.
     """
     report = RunReport()
-    if enrollment_ids and _run_batch(
-        batch=len(enrollment_ids), now=now or timezone.now(), report=report, ids=enrollment_ids, versions=versions
-    ):
-        report.batches += 1
+    if not enrolled:
+        return report
+    entry = entry_of(version.steps())
+    rows = [
+        _Row((pk, version.journey_id, version.pk, profile_id, entry, EStatus.ACTIVE, now, now, None, "", []))
+        for pk, profile_id, _ in enrolled
+    ]
+    known = _Known(zones={profile_id: zone or "" for _, profile_id, zone in enrolled}, stamp=stamp)
+    _run_batch(batch=len(rows), now=now, report=report, rows=rows, versions={version.pk: version}, known=known)
+    report.batches += 1
     return report
 
 
+@dataclass
+class _Known:
+    """What the caller of a run knows already: the profiles' time zones, the journeys stamp."""
+
+    zones: dict[int, str]
+    stamp: str | None
+
+
 def _run_batch(
-    *, batch: int, now: dt.datetime, report: RunReport, ids: list[int] | None = None, versions: dict | None = None
+    *,
+    batch: int,
+    now: dt.datetime,
+    report: RunReport,
+    rows: list[_Row] | None = None,
+    versions: dict | None = None,
+    known: _Known | None = None,
 ) -> int:
     # No savepoint inside a caller's transaction (an event's entry): a failure here fails the entry.
     with transaction.atomic(savepoint=False):
-        due = Enrollment.objects.select_for_update(skip_locked=True, of=("self",)).filter(
-            status__in=Enrollment.OPEN_STATUSES, due_at__lte=now
-        )
-        if ids is not None:
-            due = due.filter(_among(ids))
-        rows = [_Row(values) for values in due.order_by("due_at").values_list(*_ROW_FIELDS)[:batch]]
+        if rows is None:
+            due = Enrollment.objects.select_for_update(skip_locked=True, of=("self",)).filter(
+                status__in=Enrollment.OPEN_STATUSES, due_at__lte=now
+            )
+            rows = [_Row(values) for values in due.order_by("due_at").values_list(*_ROW_FIELDS)[:batch]]
         if not rows:
             return 0
         versions = dict(versions or {})
@@ -174,7 +194,7 @@ def _run_batch(
         for row in rows:
             runs_by_version[row.version_id].append(_Run(row=row, history=list(row.history or [])))
         for version_id, runs in runs_by_version.items():
-            _run_version(versions[version_id], runs, now=now, stats=stats, report=report)
+            _run_version(versions[version_id], runs, now=now, stats=stats, report=report, known=known)
         _write_back([run for runs in runs_by_version.values() for run in runs], now=now)
         _stats_add(stats)
         report.enrollments += len(rows)
@@ -203,7 +223,13 @@ def _next_time_of_day(until: str, tz_name: str, now: dt.datetime) -> dt.datetime
 
 
 def _run_version(
-    version: JourneyVersion, runs: list[_Run], *, now: dt.datetime, stats: Counter, report: RunReport
+    version: JourneyVersion,
+    runs: list[_Run],
+    *,
+    now: dt.datetime,
+    stats: Counter,
+    report: RunReport,
+    known: _Known | None = None,
 ) -> None:
     journey = version.journey
     stamp = now.isoformat(timespec="seconds")
@@ -246,7 +272,7 @@ def _run_version(
                 if not arriving:
                     continue
                 if "until" in step:
-                    zones = _profile_zones([r.row.profile_id for r in arriving])
+                    zones = known.zones if known else _profile_zones([r.row.profile_id for r in arriving])
                     due = {
                         r.row.pk: _next_time_of_day(step["until"], zones.get(r.row.profile_id, ""), now)
                         for r in arriving
@@ -290,7 +316,7 @@ def _run_version(
                     move(run, step_id, f"branch:{label}", chosen["next"])
                     stats[(version.pk, step_id, f"passed:{label}")] += 1
             elif kind == "push":
-                dispatch_id, error = _push(version, step_id, [r.row.profile_id for r in group])
+                dispatch_id, error = _push(version, step_id, [r.row.profile_id for r in group], known)
                 for run in group:
                     if error:
                         run.history.append([step_id, stamp, "failed"])
@@ -356,7 +382,9 @@ def _branch_holds(branch: dict, remaining: dict[int, _Run]) -> set[int]:
     return {pid for pid, last in latest.items() if last >= remaining[pid].row.entered_at}
 
 
-def _push(version: JourneyVersion, step_id: str, profile_ids: list[int]) -> tuple[int | None, str]:
+def _push(
+    version: JourneyVersion, step_id: str, profile_ids: list[int], known: _Known | None = None
+) -> tuple[int | None, str]:
     """One Dispatch for every profile of the batch at this push step, with the approved content.
 
     Returns (dispatch id, "") or (None, the reason it was refused).
@@ -369,7 +397,7 @@ def _push(version: JourneyVersion, step_id: str, profile_ids: list[int]) -> tupl
         return None, f"step '{step_id}' has no approved content"
     journey = version.journey
     if version.entry_kind == JourneyVersion.EntryKind.EVENT:
-        return _push_stream(version, step_id, frozen, profile_ids)
+        return _push_stream(version, step_id, frozen, profile_ids, known)
     try:
         with transaction.atomic():
             dispatch = dispatch_create(
@@ -452,7 +480,9 @@ def _open_step(version: JourneyVersion, step_id: str, frozen: dict, *, stamp: st
     return kept
 
 
-def _push_stream(version: JourneyVersion, step_id: str, frozen: dict, profile_ids: list[int]) -> tuple[int | None, str]:
+def _push_stream(
+    version: JourneyVersion, step_id: str, frozen: dict, profile_ids: list[int], known: _Known | None = None
+) -> tuple[int | None, str]:
     """Event-entered journeys push through a standing dispatch per version, step and day (like API
     triggers): the batch's rows are appended in the engine's transaction, with the journey row
     held shared under the gate's conditions (a stop waits for it), and the senders are woken.
@@ -469,8 +499,9 @@ def _push_stream(version: JourneyVersion, step_id: str, frozen: dict, profile_id
     from journeys.services.lifecycle import VStatus
 
     now = timezone.now()
-    stamp = stamps_read([JOURNEYS_STAMP])[JOURNEYS_STAMP]
-    recipients = [Recipient(pid, timezone=tz or "") for pid, tz in _profile_zones(sorted(profile_ids)).items()]
+    stamp = known.stamp if known else stamps_read([JOURNEYS_STAMP])[JOURNEYS_STAMP]
+    zones = known.zones if known else _profile_zones(profile_ids)
+    recipients = [Recipient(pid, timezone=zones.get(pid) or "") for pid in sorted(profile_ids) if pid in zones]
     source_lock = (
         "SELECT j.id FROM journeys_journey j JOIN journeys_journeyversion v ON v.journey_id = j.id "
         "WHERE v.id = %s AND j.status = %s AND v.status IN (%s, %s) FOR SHARE OF j",

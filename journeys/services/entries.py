@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from accounts.services import (
 )
 from journeys.graph import entry_of
 from journeys.models import Enrollment, Journey, JourneyVersion
-from journeys.services.engine import _stats_add, journeys_run_due, journeys_run_enrollments
+from journeys.services.engine import _stats_add, journeys_run_due, journeys_run_entered
 from journeys.services.lifecycle import SAVED_WITH_STATUS, EStatus, Status, VStatus, _queue
 
 log = logging.getLogger(__name__)
@@ -26,32 +27,53 @@ def _dt(value: dt.datetime | None):
     return connection.ops.adapt_datetimefield_value(value) if value is not None else None
 
 
+# What a profile's earlier entries in the journey say (``n``: its last entry number, None when it
+# never entered; ``last_at``; ``busy``: an enrollment still open). For a whole segment, every earlier
+# entry of the journey grouped once; for an event's few profiles, each one's own entries through the
+# (journey, profile) index, so an entry costs the same with a million enrollments behind it.
+_PREV_GROUPED = (
+    "LEFT JOIN (SELECT profile_id, MAX(entry_number) AS n, MAX(entered_at) AS last_at, "
+    "MAX(CASE WHEN status IN ('active', 'waiting') THEN 1 ELSE 0 END) AS busy "
+    "FROM journeys_enrollment WHERE journey_id = %s GROUP BY profile_id) prev ON prev.profile_id = p.id"
+)
+_PREV_EACH = (
+    "LEFT JOIN LATERAL (SELECT MAX(e.entry_number) AS n, MAX(e.entered_at) AS last_at, "
+    "MAX(CASE WHEN e.status IN ('active', 'waiting') THEN 1 ELSE 0 END) AS busy "
+    "FROM journeys_enrollment e WHERE e.journey_id = %s AND e.profile_id = p.id) prev ON true"
+)
+
+
 def _enter(
-    version: JourneyVersion, audience_sql: str, audience_params: list, *, now: dt.datetime, returning: bool = False
+    version: JourneyVersion,
+    audience_sql: str,
+    audience_params: list,
+    *,
+    now: dt.datetime,
+    returning: bool = False,
+    few: bool = False,
 ):
     """Enroll the audience's profiles in one INSERT … SELECT, obeying the re-entry policy; return
-    how many entered (``returning``: the new enrollments' ids).
+    how many entered (``returning``: the new enrollments, ``(id, profile_id, its time zone)``).
 
     A profile enters when it never entered the journey, or (re-entry after a wait) when it has
     no open enrollment and its last entry is at least the wait old. The partial unique index
     "one open enrollment per (journey, profile)" settles races between concurrent entries.
+    ``few``: the audience is a handful of profiles (an event's), each looked up on its own.
     """
     entry = entry_of(version.steps())
     if entry is None:
         return [] if returning else 0
     reentry = version.reentry == JourneyVersion.Reentry.AFTER_WAIT
-    empty = "'[]'::jsonb" if connection.vendor == "postgresql" else "'[]'"
+    postgres = connection.vendor == "postgresql"
+    empty = "'[]'::jsonb" if postgres else "'[]'"
+    prev = _PREV_EACH if few and postgres else _PREV_GROUPED
     sql = (
         "INSERT INTO journeys_enrollment (journey_id, version_id, profile_id, entry_number, step, status, "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
         "due_at, entered_at, updated_at, exit_reason, history) "
         f"SELECT %s, %s, p.id, COALESCE(prev.n, 0) + 1, %s, 'active', %s, %s, %s, '', {empty} "
-        f"FROM ({audience_sql}) p LEFT JOIN ("
-        "SELECT profile_id, MAX(entry_number) AS n, MAX(entered_at) AS last_at, "
-        "MAX(CASE WHEN status IN ('active', 'waiting') THEN 1 ELSE 0 END) AS busy "
-        "FROM journeys_enrollment WHERE journey_id = %s GROUP BY profile_id"
-        ") prev ON prev.profile_id = p.id "
-        "WHERE prev.profile_id IS NULL OR (%s AND prev.busy = 0 AND prev.last_at <= %s) "
-        "ON CONFLICT DO NOTHING" + (" RETURNING id" if returning else "")
+        f"FROM ({audience_sql}) p {prev} "
+        "WHERE prev.n IS NULL OR (%s AND prev.busy = 0 AND prev.last_at <= %s) "
+        "ON CONFLICT DO NOTHING" + (" RETURNING id, profile_id" if returning else "")
     )
     params = [
         version.journey_id,
@@ -65,11 +87,22 @@ def _enter(
         reentry,
         _dt(now - dt.timedelta(seconds=version.reentry_wait_seconds)),
     ]
+    if returning and postgres:  # with each one's time zone, which its first steps need
+        sql = (
+            f"WITH entered AS ({sql}) SELECT entered.id, entered.profile_id, z.timezone "  # noqa: S608 (constants)
+            "FROM entered JOIN audiences_profile z ON z.id = entered.profile_id"
+        )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        if returning:
-            return [row[0] for row in cursor.fetchall()]
-        return max(cursor.rowcount, 0)
+        if not returning:
+            return max(cursor.rowcount, 0)
+        entered = sorted(cursor.fetchall())
+    if not postgres and entered:
+        from journeys.services.engine import _profile_zones
+
+        zones = _profile_zones([profile_id for _, profile_id in entered])
+        entered = [(pk, profile_id, zones.get(profile_id, "")) for pk, profile_id in entered]
+    return entered
 
 
 def journey_enter_segment(*, journey_id: int, now: dt.datetime | None = None) -> int:
@@ -110,7 +143,7 @@ def journey_enter_segment(*, journey_id: int, now: dt.datetime | None = None) ->
     return entered
 
 
-def journeys_events_received(*, event_ids: list[int]) -> dict:
+def journeys_events_received(*, event_ids: list[int], live: _LiveForEvents | None = None) -> dict:
     """Events arrived through the API: fire exit criteria, then enter event-entry journeys.
 
     An exit event ends the profile's open enrollments (entered before the event) of every live
@@ -118,17 +151,26 @@ def journeys_events_received(*, event_ids: list[int]) -> dict:
     whose live version enters on it (re-entry policy applies), and runs the new enrollments to
     their first wait in the same transaction: a first push joins its stream as the entry commits,
     once (the entry and its rows commit together). Safe to run again for the same events (an exit
-    is final, an entry obeys the re-entry policy). Returns the counts.
+    is final, an entry obeys the re-entry policy). ``live``: what live journeys do on events, when
+    the caller read it already. Returns the counts.
     """
-    from audiences.models import Event, Profile
+    from audiences.models import Event
 
-    events = list(Event.objects.filter(pk__in=event_ids).values("profile_id", "name", "occurred_at"))
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT profile_id, name, occurred_at FROM audiences_event WHERE id = ANY(%s::bigint[])",
+                [list(event_ids)],
+            )
+            events = [{"profile_id": p, "name": n, "occurred_at": t} for p, n, t in cursor.fetchall()]
+    else:
+        events = list(Event.objects.filter(pk__in=event_ids).values("profile_id", "name", "occurred_at"))
     if not events:
         return {"exited": 0, "entered": 0}
     now = timezone.now()
     names = {e["name"] for e in events}
     exited = entered = 0
-    live = _live_for_events()
+    live = live or _live_for_events()
     by_name = {name: ids for name, ids in live.exits.items() if name in names}
     for name, version_ids in by_name.items():
         latest = {}
@@ -158,12 +200,17 @@ def journeys_events_received(*, event_ids: list[int]) -> dict:
                 _stats_add(Counter((version_id, step, "exit_event") for _, version_id, step in ending))
                 exited += len(ending)
     entry_versions = sorted((v for name in names for v in live.entries.get(name, ())), key=lambda v: v.pk)
+    audience = (
+        "SELECT id FROM audiences_profile WHERE id = ANY(%s::bigint[])"
+        if connection.vendor == "postgresql"
+        else "SELECT id FROM audiences_profile WHERE id IN (SELECT value FROM json_each(%s))"
+    )
     for version in entry_versions:
         profile_ids = sorted({e["profile_id"] for e in events if e["name"] == version.entry_event})
-        sql, params = Profile.objects.filter(pk__in=profile_ids).order_by().values("id").query.sql_with_params()
+        param = profile_ids if connection.vendor == "postgresql" else json.dumps(profile_ids)
         with transaction.atomic():
-            enrolled = _enter(version, sql, list(params), now=now, returning=True)
-            journeys_run_enrollments(enrollment_ids=enrolled, now=now, versions={version.pk: version})
+            enrolled = _enter(version, audience, [param], now=now, returning=True, few=True)
+            journeys_run_entered(enrolled=enrolled, version=version, stamp=live.stamp, now=now)
         entered += len(enrolled)
     return {"exited": exited, "entered": entered}
 
@@ -229,10 +276,11 @@ def journeys_on_events(*, event_ids: list[int], names: set[str]) -> None:
     journey cares about these events, exit and enter them now (``journeys_events_received``), so
     that an entry's first push is on its way when the call answers. Should that fail, the same
     work goes to the queue (running it again changes nothing that was done)."""
-    if not names & _live_for_events().names:
+    live = _live_for_events()
+    if not names & live.names:
         return
     try:
-        journeys_events_received(event_ids=event_ids)
+        journeys_events_received(event_ids=event_ids, live=live)
     except Exception:
         log.exception("Journey entries of %s events failed here: queued for a worker", len(event_ids))
         _queue("journeys.tasks.journeys_events_task", event_ids)

@@ -110,6 +110,51 @@ def test_wait_until_a_time_of_day_uses_the_profiles_time_zone(make_journey, publ
     assert due[nowhere.pk] == dt.datetime(2026, 11, 26, 9, 0, tzinfo=dt.UTC)  # no zone: UTC
 
 
+@pytest.mark.embedded
+@pytest.mark.django_db
+def test_events_enter_each_profile_by_its_own_history_and_wait_in_its_own_zone(
+    make_journey, publish, manager_alice, django_capture_on_commit_callbacks
+):
+    """An event's entries look up each profile's earlier entries on their own (not the journey's
+    whole history), and run their first steps with the zones read by the entry."""
+    from journeys.services.engine import _next_time_of_day
+
+    tokyo = ProfileFactory(timezone="Asia/Tokyo")
+    paris = ProfileFactory(timezone="Europe/Paris")
+    graph = _wait_graph(until="09:00")
+    journey = publish(
+        make_journey(graph=graph, entry_kind="event", entry_event="visit", entry_segment=None, reentry="after_wait")
+    )
+    Enrollment.objects.create(  # an earlier stay of Paris's, finished: it enters again as its second
+        journey=journey,
+        version=journey.live_version,
+        profile=paris,
+        entry_number=1,
+        step="done",
+        status="completed",
+        entered_at=timezone.now() - dt.timedelta(days=2),
+        finished_at=timezone.now() - dt.timedelta(days=2),
+    )
+
+    def visit(*profiles):
+        with django_capture_on_commit_callbacks(execute=True):
+            events_ingest(
+                items=[
+                    {"external_id": p.external_id, "name": "visit", "occurred_at": timezone.now()} for p in profiles
+                ],
+                by=manager_alice,
+            )
+
+    visit(tokyo, paris, tokyo)
+    inside = {e.profile_id: e for e in Enrollment.objects.filter(status="waiting")}
+    assert {pk: e.entry_number for pk, e in inside.items()} == {tokyo.pk: 1, paris.pk: 2}
+    for profile in (tokyo, paris):
+        entry = inside[profile.pk]
+        assert entry.due_at == _next_time_of_day("09:00", profile.timezone, entry.entered_at)
+    visit(tokyo, paris)  # both are inside (waiting): nobody enters twice at once
+    assert Enrollment.objects.count() == 3
+
+
 def _condition_graph(branches):
     return {
         "steps": [

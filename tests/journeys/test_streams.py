@@ -157,6 +157,37 @@ def test_entries_keep_the_steps_stream_and_open_it_again_once_it_closed(
     assert Delivery.objects.filter(dispatch=fresh).count() == 2
 
 
+def test_an_entry_after_the_first_is_a_few_statements_whatever_the_journeys_history(
+    paid_journey, pushsim, sim_team, api_key_for, manager_alice, monkeypatch, django_capture_on_commit_callbacks
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from django_q.conf import Conf
+
+    from journeys.models import Enrollment
+
+    for name in ("zoe", "max"):
+        DeviceFactory(profile=ProfileFactory(external_id=name), app=sim_team)
+    version = paid_journey.versions.get()
+    Enrollment.objects.bulk_create(  # others' finished stays: nothing the entry has to read
+        Enrollment(journey=paid_journey, version=version, profile=p, step="done", status="completed")
+        for p in ProfileFactory.create_batch(30)
+    )
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    monkeypatch.setattr(Conf, "SYNC", False)  # the sender is woken, not run here
+    _entered(client, "zoe", django_capture_on_commit_callbacks)
+    with CaptureQueriesContext(connection) as second:
+        _entered(client, "max", django_capture_on_commit_callbacks)
+    statements = [q["sql"] for q in second.captured_queries if "SAVEPOINT" not in q["sql"]]
+    # The events' four statements, then the entry: the events read back, one statement entering
+    # with the profiles' zones, the append, the enrollments' and the counters' writes.
+    assert len(statements) <= 9, statements
+    assert not any("GROUP BY profile_id" in sql for sql in statements)  # not the journey's whole history
+    entered = Enrollment.objects.get(profile__external_id="max")
+    assert (entered.status, [step for step, _, _ in entered.history]) == ("completed", ["thanks", "done"])
+    assert Delivery.objects.get(profile__external_id="max").status == "queued"
+
+
 def test_a_rules_change_reaches_the_next_entry_at_once(
     paid_journey, pushsim, sim_team, api_key_for, manager_alice, django_capture_on_commit_callbacks
 ):
