@@ -113,16 +113,27 @@ class WinnerStatusSerializer(serializers.Serializer):
 
 
 def winner_status_out(campaign: Campaign) -> dict | None:
-    """The winner test's state for the API (null when the campaign is not in winner mode)."""
+    """The winner test's state for the API: null when the campaign is not in winner mode, outcome
+    ``not_sent`` with the settings and nothing else while no test has started."""
     try:
         test = campaign.winner_test  # joined by the list's query
     except WinnerTest.DoesNotExist:
-        test = None
-    if test is None:
         settings = campaign.winner_settings()
         if settings is None:
             return None
-        test = WinnerTest(campaign=campaign, settings=settings, outcome="not_sent", due_at=None)
+        return {
+            "outcome": "not_sent",
+            "due_at": None,
+            "picked_at": None,
+            "winner": None,
+            "metric": settings["metric"],
+            "confidence": settings["confidence"],
+            "reason": "",
+            "figures": [],
+            "comparisons": [],
+            "sample_dispatch": None,
+            "remainder_dispatch": None,
+        }
     return {
         "outcome": test.outcome,
         "due_at": test.due_at,

@@ -8,6 +8,7 @@ import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 
 from accounts.models import ApprovalRequest
+from campaigns.api import winner_status_out
 from campaigns.models import Campaign, WinnerTest
 from campaigns.services.lifecycle import campaign_submit
 from campaigns.services.winner import WinnerInput, campaign_winner_set
@@ -139,6 +140,31 @@ def test_winner_mode_is_set_through_the_api_and_shown_in_the_campaign(make_campa
     assert Campaign.objects.get(pk=campaign.pk).winner_fallback_variant == 2
     off = api.put(f"/api/v1/campaigns/{campaign.pk}/winner/", {"winner_mode": False}, format="json")
     assert off.status_code == 200 and off.json()["winner"] is None and off.json()["winner_status"] is None
+
+
+def test_a_winner_test_not_started_is_shown_as_not_sent_without_a_test_on_the_campaign(
+    make_campaign, manager_alice, abc
+):
+    campaign = _with_variants(make_campaign(content=abc[0]), manager_alice, abc[:2])
+    campaign_winner_set(campaign_id=campaign.pk, by=manager_alice, settings=WinnerInput(metric="open_rate"))
+    campaign = Campaign.objects.get(pk=campaign.pk)
+    assert winner_status_out(campaign) == {
+        "outcome": "not_sent",
+        "due_at": None,
+        "picked_at": None,
+        "winner": None,
+        "metric": "open_rate",
+        "confidence": 95,
+        "reason": "",
+        "figures": [],
+        "comparisons": [],
+        "sample_dispatch": None,
+        "remainder_dispatch": None,
+    }
+    # No test started, and showing it leaves none behind on the campaign for a later reader.
+    with pytest.raises(WinnerTest.DoesNotExist):
+        campaign.winner_test  # noqa: B018 (the access is what is tested)
+    assert not WinnerTest.objects.filter(campaign=campaign).exists()
 
 
 def test_the_api_refuses_winner_mode_for_an_api_triggered_campaign_naming_the_field(
