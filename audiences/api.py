@@ -19,13 +19,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.api import JsonCharField, JsonObjectField, _flatten
+from accounts.authentication import request_stamps
 from accounts.json_values import MAX_DEPTH, TEXT_REFUSED, json_parse, json_value_problem
 from accounts.pagination import ListQuery, QueryInteger, page_response, page_schema, query_params_valid
 from accounts.parsers import ApiJSONParser
 from audiences.models import Import, Profile, Segment
 from audiences.rules.schema import RulesInvalid
 from audiences.selectors import imports_visible_to, profiles_visible_to, segment_for, segments_visible_to
-from audiences.services.events import event_check, events_ingest
+from audiences.services.events import event_check, event_listener_stamps, events_ingest
 from audiences.services.imports import import_create
 from audiences.services.profiles import profile_check, profiles_upsert
 from audiences.services.segments import segment_preview
@@ -307,6 +308,9 @@ class EventBulkView(APIView):
 
     required_scope = "ingest"
 
+    def stamp_names(self, kwargs) -> list[str]:
+        return event_listener_stamps()  # read with the key's, handed to the listeners
+
     @extend_schema(
         operation_id="events_bulk",
         request=inline_serializer(
@@ -343,7 +347,7 @@ class EventBulkView(APIView):
             except serializers.ValidationError as exc:
                 results[index] = {"index": index, "status": "error", "errors": _flatten(exc.detail)}
         if good:
-            ids = events_ingest(items=[data for _, data in good], by=request.user)
+            ids = events_ingest(items=[data for _, data in good], by=request.user, stamps=request_stamps(request))
             for (index, _), event_id in zip(good, ids, strict=True):
                 results[index] = {"index": index, "status": "accepted", "id": event_id}
         failed = sum(1 for r in results if r["status"] == "error")

@@ -15,7 +15,7 @@ class JourneysConfig(AppConfig):
         from delivery.services.streams import stream_current_check_register
         from journeys.models import Journey, JourneyVersion
         from journeys.review import journey_references, journey_review_html
-        from journeys.services.engine import journey_stream_is_current, journeys_changed
+        from journeys.services.engine import JOURNEYS_STAMP, journey_stream_is_current, journeys_changed
         from journeys.services.entries import journeys_on_events
         from journeys.services.lifecycle import journey_approve, journey_gate, journey_request_changes
 
@@ -24,7 +24,7 @@ class JourneysConfig(AppConfig):
             post_delete.connect(journeys_changed, sender=model, dispatch_uid=f"journeys.stamp.{model.__name__}.gone")
         dispatch_gate_register(kind=Dispatch.Kind.JOURNEY, gate=journey_gate)
         stream_current_check_register(kind=Dispatch.Kind.JOURNEY, check=journey_stream_is_current)
-        event_listeners_register(journeys_on_events)
+        event_listeners_register(journeys_on_events, stamps=(JOURNEYS_STAMP,))
         register_approval_subject(
             Journey,
             ApprovalSubject(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -15,6 +16,9 @@ from accounts.models import User
 from audiences.models import Event, Profile
 from audiences.rules.schema import KEY_RE
 from audiences.services.profiles import _ensure_perm, _json_dumps, text_problem
+
+if TYPE_CHECKING:
+    from accounts.stamps import Stamps
 
 MAX_PROPERTIES_BYTES = 8 * 1024
 
@@ -44,13 +48,14 @@ def event_check(data: dict, *, now: dt.datetime | None = None) -> dict[str, str]
     return errors
 
 
-def events_ingest(*, items: list[dict], by: User) -> list[int]:
+def events_ingest(*, items: list[dict], by: User, stamps: Stamps | None = None) -> list[int]:
     """Store events (``external_id``, ``name``, ``properties``, ``occurred_at``); return their ids, in order.
 
     A profile unknown so far is created (events may arrive before the profile upsert). Each
     profile's ``last_seen_at`` moves forward to its newest event. Events are data, not changes
     of configuration: they are not written to the audit log. Raises PermissionDenied when the
-    role may not write events, ValidationError on bad items (``event_check``).
+    role may not write events, ValidationError on bad items (``event_check``). ``stamps``: the
+    version stamps the caller read already (an API call reads the listeners' with its key's).
     """
     _ensure_perm(by, "audiences.add_event", "Your role may not write events.")
     if len(items) > settings.AUDIENCES_BULK_MAX_ITEMS:
@@ -76,7 +81,7 @@ def events_ingest(*, items: list[dict], by: User) -> list[int]:
             event_ids = _events_write(items, ids=ids, seen=seen, now=now)
         if _EVENT_LISTENERS:
             names = {item["name"] for item in items}
-            transaction.on_commit(lambda: _events_notify(event_ids=event_ids, names=names))
+            transaction.on_commit(lambda: _events_notify(event_ids=event_ids, names=names, stamps=stamps))
     return event_ids
 
 
@@ -190,23 +195,33 @@ def _events_write(items: list[dict], *, ids: list[str], seen: dict, now: dt.date
 
 # Apps further down the chain (journeys) react to events without audiences importing them.
 _EVENT_LISTENERS: list[Callable[..., None]] = []
+_LISTENER_STAMPS: list[str] = []
 
 
-def event_listeners_register(fn: Callable[..., None]) -> None:
-    """Call ``fn(event_ids=[id, ...], names={name, ...})`` after each batch of ingested events is committed.
+def event_listeners_register(fn: Callable[..., None], *, stamps: tuple[str, ...] = ()) -> None:
+    """Call ``fn(event_ids=[id, ...], names={name, ...}, stamps=...)`` after each batch of ingested
+    events is committed.
 
     Listeners run inside the request that sent the events, after its events committed: they do
     short work in transactions of their own (the journeys enter event-entered journeys there),
-    or queue it. A listener that raises is logged and the others still run.
+    or queue it. A listener that raises is logged and the others still run. ``stamps``: the
+    version stamps (``accounts.stamps``) the listener reads; an API call reads them in the same
+    round trip as its key's, and listeners get what it read (or None: they read them themselves).
     """
     if fn not in _EVENT_LISTENERS:
         _EVENT_LISTENERS.append(fn)
+    _LISTENER_STAMPS.extend(name for name in stamps if name not in _LISTENER_STAMPS)
 
 
-def _events_notify(*, event_ids: list[int], names: set[str]) -> None:
+def event_listener_stamps() -> list[str]:
+    """The version stamps the event listeners read (an events call reads them with its key's)."""
+    return list(_LISTENER_STAMPS)
+
+
+def _events_notify(*, event_ids: list[int], names: set[str], stamps: Stamps | None = None) -> None:
     for fn in list(_EVENT_LISTENERS):
         try:
-            fn(event_ids=event_ids, names=names)
+            fn(event_ids=event_ids, names=names, stamps=stamps)
         except Exception:
             log.exception("Event listener %r failed", fn)
 

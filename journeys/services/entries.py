@@ -7,6 +7,7 @@ import json
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from django.db import connection, transaction
 from django.utils import timezone
@@ -19,6 +20,9 @@ from journeys.graph import entry_of
 from journeys.models import Enrollment, Journey, JourneyVersion
 from journeys.services.engine import _stats_add, journeys_run_due, journeys_run_entered
 from journeys.services.lifecycle import SAVED_WITH_STATUS, EStatus, Status, VStatus, _queue
+
+if TYPE_CHECKING:
+    from accounts.stamps import Stamps
 
 log = logging.getLogger(__name__)
 
@@ -235,9 +239,10 @@ class _LiveForEvents:
 _LIVE: _LiveForEvents | None = None
 
 
-def _live_for_events() -> _LiveForEvents:
+def _live_for_events(stamps: Stamps | None = None) -> _LiveForEvents:
     """What live journeys do on events, kept per process behind the journeys stamp (any save or
-    deletion of a journey, a version or an app's rules) and for at most ``PUSHDESK_CACHE_SECONDS``."""
+    deletion of a journey, a version or an app's rules) and for at most ``PUSHDESK_CACHE_SECONDS``.
+    ``stamps``: the stamps the caller read, when they hold the journeys stamp (else it is read)."""
     import time
 
     from django.conf import settings
@@ -246,7 +251,9 @@ def _live_for_events() -> _LiveForEvents:
     from journeys.services.engine import JOURNEYS_STAMP
 
     global _LIVE
-    stamp = stamps_read([JOURNEYS_STAMP])[JOURNEYS_STAMP]
+    if stamps is None or JOURNEYS_STAMP not in stamps.values:
+        stamps = stamps_read([JOURNEYS_STAMP])
+    stamp = stamps[JOURNEYS_STAMP]
     kept = _LIVE
     if kept and kept.stamp == stamp and time.monotonic() - kept.loaded_at < settings.PUSHDESK_CACHE_SECONDS:
         return kept
@@ -271,12 +278,13 @@ def journey_caches_forget() -> None:
     _OPEN_STEPS.clear()
 
 
-def journeys_on_events(*, event_ids: list[int], names: set[str]) -> None:
+def journeys_on_events(*, event_ids: list[int], names: set[str], stamps: Stamps | None = None) -> None:
     """The audiences event listener, run by the events call once its events committed: when a live
     journey cares about these events, exit and enter them now (``journeys_events_received``), so
     that an entry's first push is on its way when the call answers. Should that fail, the same
-    work goes to the queue (running it again changes nothing that was done)."""
-    live = _live_for_events()
+    work goes to the queue (running it again changes nothing that was done). ``stamps``: what the
+    events call read with its key (the journeys stamp among them), or None."""
+    live = _live_for_events(stamps)
     if not names & live.names:
         return
     try:

@@ -246,7 +246,7 @@ def test_event_listeners_get_the_committed_ids_and_names(manager_alice, django_c
             )
     finally:
         service._EVENT_LISTENERS.remove(listener)
-    assert heard == [{"event_ids": ids, "names": {"purchase", "app_open"}}]
+    assert heard == [{"event_ids": ids, "names": {"purchase", "app_open"}, "stamps": None}]
 
 
 def test_viewer_cannot_send_events(viewer_carol):

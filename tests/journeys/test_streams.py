@@ -164,9 +164,10 @@ def test_an_entry_after_the_first_is_a_few_statements_whatever_the_journeys_hist
     from django.test.utils import CaptureQueriesContext
     from django_q.conf import Conf
 
+    from accounts import authentication, stamps
     from journeys.models import Enrollment
 
-    for name in ("zoe", "max"):
+    for name in ("zoe", "max", "ada"):
         DeviceFactory(profile=ProfileFactory(external_id=name), app=sim_team)
     version = paid_journey.versions.get()
     Enrollment.objects.bulk_create(  # others' finished stays: nothing the entry has to read
@@ -178,6 +179,15 @@ def test_an_entry_after_the_first_is_a_few_statements_whatever_the_journeys_hist
     _entered(client, "zoe", django_capture_on_commit_callbacks)
     with CaptureQueriesContext(connection) as second:
         _entered(client, "max", django_capture_on_commit_callbacks)
+    read = []
+    for module in (authentication, stamps):
+        monkeypatch.setattr(
+            module,
+            "stamps_read",
+            lambda names, _read=stamps.stamps_read, **kw: read.append(names) or _read(names, **kw),
+        )
+    _entered(client, "ada", django_capture_on_commit_callbacks)
+    assert read == [["access", "journeys"]]  # one round trip to Redis: the key's stamps and the journeys'
     statements = [q["sql"] for q in second.captured_queries if "SAVEPOINT" not in q["sql"]]
     # The events' four statements, then the entry: the events read back, one statement entering
     # with the profiles' zones, the append, the enrollments' and the counters' writes.
