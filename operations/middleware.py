@@ -8,6 +8,7 @@ no log line (a failing probe is the load balancer's to report, not a traceback p
 import json
 
 from django.conf import settings
+from django.core.handlers.wsgi import WSGIRequest
 from django.http import HttpResponse
 
 
@@ -48,8 +49,14 @@ class DrainBodyMiddleware:
     A view may answer without reading the body (a refused key, a missing permission, a body over
     the limit). The web server then closes a socket with unread bytes in it, which resets the
     connection: a proxy still streaming the body upstream (nginx with ``proxy_request_buffering
-    off``, as docs/deploy/nginx.conf has it) turns the answer into a 502. Draining a body up to
-    ``DATA_UPLOAD_MAX_MEMORY_SIZE`` keeps the answer; a larger unread one is left to the reset.
+    off``, as docs/deploy/nginx.conf has it) turns the answer into a 502. Draining a body whose
+    ``Content-Length`` is within ``DATA_UPLOAD_MAX_MEMORY_SIZE`` keeps the answer; a larger one is
+    left to the reset, never read in vain.
+
+    Only the request's own file interface is used (``request.read``): it stops at the declared
+    length, so a body a view read whole costs one empty read, and one it kept (``request.body``)
+    is read again from memory. Under ASGI the server has received the body before the view runs:
+    nothing is left on the socket.
     """
 
     CHUNK = 64 * 1024
@@ -59,12 +66,17 @@ class DrainBodyMiddleware:
 
     def __call__(self, request):
         response = self.get_response(request)
-        stream = getattr(request, "_stream", None)
-        limit, position = getattr(stream, "limit", 0), getattr(stream, "_pos", 0)
-        if stream is not None and 0 < limit - position <= settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
+        if isinstance(request, WSGIRequest) and 0 < _declared_length(request) <= settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
             try:
-                while stream.read(self.CHUNK):
+                while request.read(self.CHUNK):
                     pass
             except OSError:
                 pass  # the client went away: nothing left to keep
         return response
+
+
+def _declared_length(request) -> int:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0  # Django reads such a body as empty
