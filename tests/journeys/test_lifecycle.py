@@ -10,7 +10,7 @@ from django.http import Http404
 from accounts.models import ApprovalRequest, AuditEvent
 from accounts.services import TransitionError
 from journeys.graph import GraphInvalid
-from journeys.models import Journey, JourneyVersion
+from journeys.models import Enrollment, Journey, JourneyVersion
 from journeys.services.lifecycle import (
     journey_approve,
     journey_archive,
@@ -21,6 +21,7 @@ from journeys.services.lifecycle import (
     journey_submit,
     journey_version_edit,
 )
+from tests.factories import ProfileFactory
 from tests.journeys.conftest import simple_graph
 
 
@@ -194,9 +195,20 @@ def test_only_drafts_that_never_went_live_can_be_deleted(make_journey, publish, 
     draft = make_journey(name="Draft")
     journey_delete(journey_id=draft.pk, by=manager_alice)
     assert not Journey.objects.filter(pk=draft.pk).exists()
+    ProfileFactory.create_batch(2)
     live = publish(make_journey())
     with pytest.raises(TransitionError):
         journey_delete(journey_id=live.pk, by=manager_alice)
+    # Nor once it stopped: its enrollments (which the database does not check against their
+    # journey) always have their journey and version.
+    from journeys.services.entries import journey_enter_segment
+
+    entered = journey_enter_segment(journey_id=live.pk)
+    assert entered == 2
+    journey_stop(journey_id=live.pk, by=manager_alice)
+    with pytest.raises(TransitionError):
+        journey_delete(journey_id=live.pk, by=manager_alice)
+    assert Enrollment.objects.filter(journey=live, version__journey=live).count() == entered
 
 
 def test_outsider_cannot_see_or_change_a_journey(make_journey, outsider_dave):
