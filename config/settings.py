@@ -266,6 +266,9 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
     # which psycopg allows once a threshold is set. Behind PgBouncer in transaction mode, that
     # needs PgBouncer 1.21 or later with max_prepared_statements.
     _db.setdefault("OPTIONS", {})["prepare_threshold"] = 5
+    # Django's backend, whose health check asks the server only when the socket says something
+    # happened (config.postgresql).
+    _db["ENGINE"] = "config.postgresql"
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 from django.db.models import Count
 
 from accounts.services import access_grant
@@ -20,7 +20,7 @@ from tests.fakes.workers import BATCH, WORKERS, Cluster, push_task, rows_state, 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        not settings.REDIS_URL or settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
+        not settings.REDIS_URL or connections["default"].vendor != "postgresql",
         reason="needs PostgreSQL and Redis (real worker processes)",
     ),
 ]

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
+from django.db import connection, connections
 from django.db.models import Count
 
 from delivery.models import Delivery, Dispatch
@@ -22,7 +22,7 @@ from tests.factories import DeviceFactory, ProfileFactory
 from tests.fakes.workers import BATCH, Cluster, rows_state, wait_for
 
 pytestmark = pytest.mark.skipif(
-    not settings.REDIS_URL or settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
+    not settings.REDIS_URL or connections["default"].vendor != "postgresql",
     reason="needs PostgreSQL and Redis (a real sender process)",
 )
 

@@ -50,7 +50,7 @@ def _machine_database_url(db: dict) -> str:
 
 @pytest.fixture(scope="module")
 def machine_servers(django_db_setup, django_db_blocker):
-    if not settings.REDIS_URL or settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    if not settings.REDIS_URL or connections["default"].vendor != "postgresql":
         pytest.skip("needs PostgreSQL and Redis")
     db = connections["default"].settings_dict
     database = psycopg.connect(_machine_database_url(db), autocommit=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 from django.db.models import Count
 
 from accounts.services import access_grant
@@ -35,7 +35,7 @@ DEVICES = 1200
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        not settings.REDIS_URL or settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
+        not settings.REDIS_URL or connections["default"].vendor != "postgresql",
         reason="needs PostgreSQL and Redis (real worker processes)",
     ),
     pytest.mark.usefixtures("own_servers"),

@@ -17,6 +17,7 @@ import pytest
 import trustme
 from cryptography.fernet import Fernet
 from django.conf import settings
+from django.db import connections
 
 from tests.fakes.workers import database_url
 
@@ -26,7 +27,7 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 pytestmark = [
     pytest.mark.skipif(not Path(NGINX).exists(), reason="needs nginx (apt-get install nginx-light)"),
     pytest.mark.skipif(
-        not settings.REDIS_URL or settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
+        not settings.REDIS_URL or connections["default"].vendor != "postgresql",
         reason="production mode needs PostgreSQL and Redis",
     ),
 ]

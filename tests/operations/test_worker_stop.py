@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 from django.db.models import Count
 
 from delivery.models import Delivery, Device, Dispatch
@@ -17,7 +17,7 @@ from tests.factories import ProfileFactory, PushContentFactory
 from tests.fakes.workers import Cluster, push_task, rows_state, wait_for
 
 pytestmark = pytest.mark.skipif(
-    not settings.REDIS_URL or settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
+    not settings.REDIS_URL or connections["default"].vendor != "postgresql",
     reason="needs PostgreSQL and Redis (real worker processes)",
 )
 ROWS = 600

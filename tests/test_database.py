@@ -1,0 +1,54 @@
+"""The PostgreSQL backend's health check: no round trip for a connection nothing happened to."""
+
+import time
+
+import psycopg
+import pytest
+from django.db import connection, connections
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(connections["default"].vendor != "postgresql", reason="the PostgreSQL backend"),
+]
+
+
+def _last_query(pid: int) -> str:
+    """What the server last ran for that session, read over a connection of its own."""
+    with psycopg.connect(**connection.get_connection_params(), autocommit=True) as other:
+        return other.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()[0]
+
+
+def test_an_idle_connection_is_usable_without_asking_the_server():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 'the last statement'")
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    assert connection.is_usable()
+    assert _last_query(pid) == "SELECT pg_backend_pid()"  # no SELECT 1 reached the server
+
+
+def test_a_connection_the_server_ended_is_found_unusable_before_a_request_uses_it():
+    connection.ensure_connection()
+    pid = connection.connection.info.backend_pid
+    with psycopg.connect(**connection.get_connection_params(), autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [pid])
+    deadline = time.monotonic() + 5
+    while connection.is_usable() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not connection.is_usable()
+    connection.close()
+    with connection.cursor() as cursor:  # Django opens a new one
+        cursor.execute("SELECT 1")
+        assert cursor.fetchone() == (1,)
+
+
+def test_a_connection_left_in_a_transaction_is_asked():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    connection.connection.execute("BEGIN")
+    try:
+        assert connection.is_usable()
+        assert _last_query(pid) == "SELECT 1"
+    finally:
+        connection.connection.execute("ROLLBACK")
