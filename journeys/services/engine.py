@@ -118,8 +118,15 @@ def _stats_add(counts: Counter) -> None:
     The rows are taken in key order, so two batches adding to the same counters lock them in
     the same order and cannot deadlock.
     """
+    statement = _stats_statement(counts)
+    if statement is not None:
+        with connection.cursor() as cursor:
+            cursor.execute(*statement)
+
+
+def _stats_statement(counts: Counter) -> tuple[str, list] | None:
     if not counts:
-        return
+        return None
     merged: Counter = Counter()
     for (version_id, step, metric), n in counts.items():
         merged[(version_id, step, metric[:100])] += n
@@ -127,12 +134,11 @@ def _stats_add(counts: Counter) -> None:
     params = []
     for (version_id, step, metric), n in sorted(merged.items()):
         params += [version_id, step, metric, n]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO journeys_stepstat (version_id, step, metric, count) VALUES {values} "  # noqa: S608 (placeholders only)
-            "ON CONFLICT (version_id, step, metric) DO UPDATE SET count = journeys_stepstat.count + excluded.count",
-            params,
-        )
+    return (
+        f"INSERT INTO journeys_stepstat (version_id, step, metric, count) VALUES {values} "  # noqa: S608 (placeholders only)
+        "ON CONFLICT (version_id, step, metric) DO UPDATE SET count = journeys_stepstat.count + excluded.count",
+        params,
+    )
 
 
 def journeys_run_entered(
@@ -195,8 +201,7 @@ def _run_batch(
             runs_by_version[row.version_id].append(_Run(row=row, history=list(row.history or [])))
         for version_id, runs in runs_by_version.items():
             _run_version(versions[version_id], runs, now=now, stats=stats, report=report, known=known)
-        _write_back([run for runs in runs_by_version.values() for run in runs], now=now)
-        _stats_add(stats)
+        _write_back([run for runs in runs_by_version.values() for run in runs], now=now, stats=stats)
         report.enrollments += len(rows)
     return len(rows)
 
@@ -540,22 +545,26 @@ def journey_stream_is_current(source_id: int, version: str) -> bool:
     ).exists()
 
 
-def _write_back(runs: list[_Run], *, now: dt.datetime) -> None:
-    """Save the batch's enrollments in one statement (UPDATE … FROM unnest(arrays) on PostgreSQL)."""
+def _write_back(runs: list[_Run], *, now: dt.datetime, stats: Counter) -> None:
+    """Save the batch's enrollments and add to its step counters: on PostgreSQL one statement
+    (UPDATE … FROM jsonb_to_recordset in a WITH, then the counters' INSERT)."""
     changed = [run for run in runs if run.changed]
-    if not changed:
-        return
     for run in changed:
         run.row.history = run.history
     if connection.vendor != "postgresql":
-        Enrollment.objects.bulk_update(
-            [Enrollment(**{name: getattr(run.row, name) for name in _ROW_FIELDS}, updated_at=now) for run in changed],
-            ["step", "status", "due_at", "history", "updated_at", "finished_at", "exit_reason"],
-            batch_size=500,
-        )
+        if changed:
+            Enrollment.objects.bulk_update(
+                [
+                    Enrollment(**{name: getattr(run.row, name) for name in _ROW_FIELDS}, updated_at=now)
+                    for run in changed
+                ],
+                ["step", "status", "due_at", "history", "updated_at", "finished_at", "exit_reason"],
+                batch_size=500,
+            )
+        _stats_add(stats)
         return
-    # One statement with one parameter (the batch as a JSON document): thousands of placeholders,
-    # or arrays of strings, cost more to send than the update itself.
+    # The batch as one JSON document: thousands of placeholders, or arrays of strings, cost more
+    # to send than the update itself.
     document = json.dumps(
         [
             {
@@ -571,14 +580,20 @@ def _write_back(runs: list[_Run], *, now: dt.datetime) -> None:
         ],
         separators=(",", ":"),
     )
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE journeys_enrollment e SET step = v.step, status = v.status, due_at = v.due_at, "
-            "history = v.history, updated_at = %s, finished_at = v.finished_at, exit_reason = v.exit_reason "
-            "FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, step text, status text, due_at timestamptz, "
-            "history jsonb, finished_at timestamptz, exit_reason text) WHERE e.id = v.id",
-            [now, document],
-        )
+    sql = (
+        "UPDATE journeys_enrollment e SET step = v.step, status = v.status, due_at = v.due_at, "
+        "history = v.history, updated_at = %s, finished_at = v.finished_at, exit_reason = v.exit_reason "
+        "FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, step text, status text, due_at timestamptz, "
+        "history jsonb, finished_at timestamptz, exit_reason text) WHERE e.id = v.id"
+    )
+    params = [now, document]
+    counters = _stats_statement(stats)
+    if counters is not None:
+        sql = f"WITH written AS ({sql}) {counters[0]}"
+        params += counters[1]
+    if changed or counters is not None:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
 
 
 def _among(ids: list[int], field: str = "pk") -> Q:
