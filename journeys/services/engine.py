@@ -88,13 +88,21 @@ _ROW_FIELDS = (
 )
 
 
+# What the engine reads of a due enrollment: an open one has no end yet, and its due time and
+# history are only written (the history by appending, on PostgreSQL; SQLite reads it to rewrite it).
+_READ_FIELDS = ("id", "journey_id", "version_id", "profile_id", "step", "status", "entered_at")
+
+
 class _Row:
     """The columns of an enrollment the engine reads and writes (cheaper than model instances)."""
 
     __slots__ = _ROW_FIELDS
 
-    def __init__(self, values: tuple):
-        for name, value in zip(_ROW_FIELDS, values, strict=True):
+    def __init__(self, values: tuple, fields: tuple[str, ...] = _READ_FIELDS):
+        self.due_at = self.finished_at = None
+        self.exit_reason = ""
+        self.history = []
+        for name, value in zip(fields, values, strict=True):
             setattr(self, name, value)
 
     @property
@@ -107,7 +115,7 @@ class _Run:
     """One enrollment being run in this batch."""
 
     row: _Row
-    history: list
+    history: list  # the steps of this run (added to what the enrollment has)
     running: bool = True
     changed: bool = False
 
@@ -156,7 +164,7 @@ def journeys_run_entered(
         return report
     entry = entry_of(version.steps())
     rows = [
-        _Row((pk, version.journey_id, version.pk, profile_id, entry, EStatus.ACTIVE, now, now, None, "", []))
+        _Row((pk, version.journey_id, version.pk, profile_id, entry, EStatus.ACTIVE, now))
         for pk, profile_id, _ in enrolled
     ]
     known = _Known(zones={profile_id: zone or "" for _, profile_id, zone in enrolled}, stamp=stamp)
@@ -188,7 +196,8 @@ def _run_batch(
             due = Enrollment.objects.select_for_update(skip_locked=True, of=("self",)).filter(
                 status__in=Enrollment.OPEN_STATUSES, due_at__lte=now
             )
-            rows = [_Row(values) for values in due.order_by("due_at").values_list(*_ROW_FIELDS)[:batch]]
+            fields = _READ_FIELDS if connection.vendor == "postgresql" else (*_READ_FIELDS, "history")
+            rows = [_Row(values, fields) for values in due.order_by("due_at").values_list(*fields)[:batch]]
         if not rows:
             return 0
         versions = dict(versions or {})
@@ -198,7 +207,7 @@ def _run_batch(
         stats: Counter = Counter()
         runs_by_version: dict[int, list[_Run]] = defaultdict(list)
         for row in rows:
-            runs_by_version[row.version_id].append(_Run(row=row, history=list(row.history or [])))
+            runs_by_version[row.version_id].append(_Run(row=row, history=[]))
         for version_id, runs in runs_by_version.items():
             _run_version(versions[version_id], runs, now=now, stats=stats, report=report, known=known)
         _write_back([run for runs in runs_by_version.values() for run in runs], now=now, stats=stats)
@@ -546,12 +555,13 @@ def journey_stream_is_current(source_id: int, version: str) -> bool:
 
 
 def _write_back(runs: list[_Run], *, now: dt.datetime, stats: Counter) -> None:
-    """Save the batch's enrollments and add to its step counters: on PostgreSQL one statement
-    (UPDATE … FROM jsonb_to_recordset in a WITH, then the counters' INSERT)."""
+    """Save the batch's enrollments (their history: the steps of this run added) and add to its step
+    counters: on PostgreSQL one statement (UPDATE … FROM jsonb_to_recordset in a WITH, then the
+    counters' INSERT)."""
     changed = [run for run in runs if run.changed]
-    for run in changed:
-        run.row.history = run.history
     if connection.vendor != "postgresql":
+        for run in changed:
+            run.row.history = [*(run.row.history or []), *run.history]
         if changed:
             Enrollment.objects.bulk_update(
                 [
@@ -582,7 +592,7 @@ def _write_back(runs: list[_Run], *, now: dt.datetime, stats: Counter) -> None:
     )
     sql = (
         "UPDATE journeys_enrollment e SET step = v.step, status = v.status, due_at = v.due_at, "
-        "history = v.history, updated_at = %s, finished_at = v.finished_at, exit_reason = v.exit_reason "
+        "history = e.history || v.history, updated_at = %s, finished_at = v.finished_at, exit_reason = v.exit_reason "
         "FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, step text, status text, due_at timestamptz, "
         "history jsonb, finished_at timestamptz, exit_reason text) WHERE e.id = v.id"
     )

@@ -153,6 +153,15 @@ def test_events_enter_each_profile_by_its_own_history_and_wait_in_its_own_zone(
         assert entry.due_at == _next_time_of_day("09:00", profile.timezone, entry.entered_at)
     visit(tokyo, paris)  # both are inside (waiting): nobody enters twice at once
     assert Enrollment.objects.count() == 3
+    journeys_run_due(now=max(e.due_at for e in inside.values()) + dt.timedelta(seconds=1))
+    for entry in Enrollment.objects.filter(pk__in=[e.pk for e in inside.values()]):
+        # each run added its steps to what the enrollment had
+        assert entry.status == "completed"
+        assert [(step, outcome) for step, _, outcome in entry.history] == [
+            ("pause", "waiting"),
+            ("pause", "waited"),
+            ("done", "exit"),
+        ]
 
 
 def _condition_graph(branches):
