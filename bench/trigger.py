@@ -301,6 +301,7 @@ def main():  # noqa: C901 (one script, phase after phase)
     parser.add_argument("--database", default="pushdesk_bench_trigger", help="dropped and created again")
     parser.add_argument("--redis-db", type=int, default=12, help="flushed first")
     parser.add_argument("--var-dir", help="keep the keys and files here (default: a temporary folder, removed)")
+    parser.add_argument("--sender-profile", help="run the stream sender under cProfile, its stats written to this file")
     args = parser.parse_args()
     phases = set(args.only.split(","))
     if phases & {"ceiling", "throughput"} and not shutil.which("wrk"):
@@ -349,7 +350,8 @@ def main():  # noqa: C901 (one script, phase after phase)
             [PY, "manage.py", "pushsim", "--port", str(sim_port), "--sandbox-port", str(sandbox_port)], **quiet
         )
         procs["workers"] = subprocess.Popen([PY, "manage.py", "qcluster"], **quiet, start_new_session=True)
-        procs["sender"] = subprocess.Popen([PY, "manage.py", "send_stream"], **quiet)
+        profiled = ["-m", "cProfile", "-o", str(Path(args.sender_profile).resolve())] if args.sender_profile else []
+        procs["sender"] = subprocess.Popen([PY, *profiled, "manage.py", "send_stream"], **quiet)
         procs["web"] = subprocess.Popen([*gunicorn, "--bind", f"127.0.0.1:{web_port}", "config.wsgi"], **quiet)
         base = f"http://127.0.0.1:{web_port}"
         wait_http(f"{base}/api/v1/me/")
@@ -386,14 +388,17 @@ def main():  # noqa: C901 (one script, phase after phase)
         if "e2e" in phases:
             started_load = load()
             cpu = (tree_cpu(procs["web"].pid), tree_cpu(procs["workers"].pid) + tree_cpu(procs["sender"].pid))
+            sender_cpu = tree_cpu(procs["sender"].pid)
             sim_cpu = tree_cpu(procs["sim"].pid)
             paced = Paced(args.rate, args.e2e_seconds, trigger_request(url, key, lambda i: i % args.profiles))
             paced.run()
             web_cpu = tree_cpu(procs["web"].pid) - cpu[0]
             worker_cpu = tree_cpu(procs["workers"].pid) + tree_cpu(procs["sender"].pid) - cpu[1]
+            sender_cpu = tree_cpu(procs["sender"].pid) - sender_cpu
             report["e2e"] = {"rate": args.rate, "seconds": args.e2e_seconds, **e2e_figures(env, tmp, paced, 10)}
             report["e2e"]["web_cpu_ms_per_call"] = round(web_cpu / max(paced.total, 1) * 1000, 2)
             report["e2e"]["workers_cpu_ms_per_message"] = round(worker_cpu / max(paced.total, 1) * 1000, 2)
+            report["e2e"]["sender_cpu_ms_per_message"] = round(sender_cpu / max(paced.total, 1) * 1000, 2)
             sim_cpu = tree_cpu(procs["sim"].pid) - sim_cpu
             report["e2e"]["simulator_cpu_ms_per_message"] = round(sim_cpu / max(paced.total, 1) * 1000, 2)
             report["e2e"]["load"] = [started_load, load()]
