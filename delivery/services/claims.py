@@ -21,7 +21,7 @@ from django.db.models import F
 from audiences.models import Profile
 from delivery.models import Delivery, Device, Dispatch
 from delivery.services.dispatches import DS, NO_PLATFORM, _dt, platform_counts_add
-from delivery.services.rollups import rollup_add_finished, rollup_insert_sql
+from delivery.services.rollups import FINAL, rollup_add_finished, rollup_insert_sql
 
 
 @dataclass(slots=True)
@@ -160,12 +160,14 @@ def deliveries_write_back(
     """
     if not results:
         return Counter()
-    finals = set(Delivery.FINAL_STATUSES)
     platforms = platforms or {}
+    if connection.vendor == "postgresql":
+        return _write_back_one_statement(dispatch_id, results, now=now, platforms=platforms)
+    finals = set(Delivery.FINAL_STATUSES)
     written: Counter = Counter()
     retried: Counter = Counter()
     per_platform: Counter = Counter()  # (platform, final status) -> rows written
-    finished: list[int] = []  # rows made final: counted into the rollup (the portable path)
+    finished: list[int] = []  # rows made final: counted into the rollup
     with transaction.atomic(), connection.cursor() as cursor:
         status, by_platform, retries = (
             Dispatch.objects.select_for_update(no_key=True)
@@ -174,61 +176,28 @@ def deliveries_write_back(
         )
         if status != Dispatch.Status.SENDING:
             results = [Result(r.id, DS.SKIPPED, reason="stopped") if r.status == DS.QUEUED else r for r in results]
-        if connection.vendor == "postgresql":
-            # An outcome may be lost with the server (the last moments before a crash of
-            # PostgreSQL itself): its row then stays `sending` and ends `unknown` when its lease
-            # runs out, never sent again. So this commit need not wait for the disk; the claim's does.
-            cursor.execute("SET LOCAL synchronous_commit = off")
-            # The outcomes and what they count in the rollup, in one statement: the rows are
-            # read once, and the dispatch row is held for as short a time as can be.
+        for r in results:
             cursor.execute(
-                "WITH written AS (UPDATE delivery_delivery d SET status = v.status, reason = v.reason, "  # noqa: S608 (constants; values are bound)
-                "provider_message_id = v.pid, next_attempt_at = v.next_at, "
-                "finished_at = CASE WHEN v.status = 'queued' THEN NULL ELSE %s END, lease_expires_at = NULL "
-                "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::timestamptz[]) "
-                "AS v(id, status, reason, pid, next_at) "
-                "WHERE d.id = v.id AND d.status = 'sending' "
-                "RETURNING d.id, d.dispatch_id, d.device_id, d.variant, d.status, d.reason, d.finished_at, d.queued_at), "
-                f"counted AS ({rollup_insert_sql(where='true', outcomes=['final'], source='written d')}) "
-                "SELECT id, status, reason FROM written",
+                "UPDATE delivery_delivery SET status = %s, reason = %s, provider_message_id = %s, "
+                "next_attempt_at = %s, finished_at = %s, lease_expires_at = NULL "
+                "WHERE id = %s AND status = 'sending'",
                 [
-                    now,
-                    [r.id for r in results],
-                    [r.status for r in results],
-                    [r.reason[:100] for r in results],
-                    [r.provider_id[:200] for r in results],
-                    [r.next_attempt_at for r in results],
+                    r.status,
+                    r.reason[:100],
+                    r.provider_id[:200],
+                    _dt(r.next_attempt_at),
+                    None if r.status == DS.QUEUED else _dt(now),
+                    r.id,
                 ],
             )
-            for row_id, status, reason in cursor.fetchall():
-                written[status] += 1
-                if status == DS.QUEUED:
-                    retried[reason] += 1
+            if cursor.rowcount:
+                written[r.status] += 1
+                if r.status == DS.QUEUED:
+                    retried[r.reason[:100]] += 1
                 else:
-                    per_platform[platforms.get(row_id, NO_PLATFORM), status] += 1
-        else:
-            for r in results:
-                cursor.execute(
-                    "UPDATE delivery_delivery SET status = %s, reason = %s, provider_message_id = %s, "
-                    "next_attempt_at = %s, finished_at = %s, lease_expires_at = NULL "
-                    "WHERE id = %s AND status = 'sending'",
-                    [
-                        r.status,
-                        r.reason[:100],
-                        r.provider_id[:200],
-                        _dt(r.next_attempt_at),
-                        None if r.status == DS.QUEUED else _dt(now),
-                        r.id,
-                    ],
-                )
-                if cursor.rowcount:
-                    written[r.status] += 1
-                    if r.status == DS.QUEUED:
-                        retried[r.reason[:100]] += 1
-                    else:
-                        per_platform[platforms.get(r.id, NO_PLATFORM), r.status] += 1
-                        finished.append(r.id)
-            rollup_add_finished(ids=finished)
+                    per_platform[platforms.get(r.id, NO_PLATFORM), r.status] += 1
+                    finished.append(r.id)
+        rollup_add_finished(ids=finished)
         # One update of the row already held: the counters, the counts per platform, the retries.
         changes = {status: F(status) + n for status, n in written.items() if status in finals}
         if changes:
@@ -240,6 +209,97 @@ def deliveries_write_back(
             changes["retries"] = retries
         if changes:
             Dispatch.objects.filter(pk=dispatch_id).update(**changes)
+    return written
+
+
+def _json_counts_add(column: str, counts: str) -> str:
+    """SQL for the JSON object ``column`` ({key: n}) plus the rows of ``counts`` (key, n)."""
+    return (
+        "(SELECT COALESCE(jsonb_object_agg(k, n), '{}'::jsonb) FROM (SELECT k, sum(n) AS n FROM ("  # noqa: S608 (constants)
+        f"SELECT key AS k, value::bigint AS n FROM jsonb_each_text(COALESCE({column}, '{{}}'::jsonb)) "
+        f"UNION ALL {counts}) AS s GROUP BY k) AS t)"
+    )
+
+
+_FINAL_COLUMNS = ", ".join(
+    f"{s} = x.{s} + (SELECT count(*) FROM written WHERE status = '{s}')"  # noqa: S608 (constants)
+    for s in FINAL
+)
+_PER_PLATFORM = (
+    # {platform: {outcome: n}} plus the final rows written, by platform and status.
+    "(SELECT COALESCE(jsonb_object_agg(p, o), '{}'::jsonb) FROM (SELECT p, jsonb_object_agg(k, n) AS o FROM ("
+    "SELECT p, k, sum(n) AS n FROM ("
+    "SELECT e.key AS p, i.key AS k, i.value::bigint AS n "
+    "FROM jsonb_each(COALESCE(x.by_platform, '{}'::jsonb)) AS e CROSS JOIN LATERAL jsonb_each_text(e.value) AS i "
+    "UNION ALL SELECT platform, status, count(*) FROM written WHERE status <> 'queued' GROUP BY 1, 2"
+    ") AS s GROUP BY p, k) AS t GROUP BY p) AS u)"
+)
+_RETRIES = _json_counts_add("x.retries", "SELECT reason, count(*) FROM written WHERE status = 'queued' GROUP BY 1")
+
+# The whole write-back as one statement, alone in its transaction: one round trip.
+# - `held` locks the dispatch row first: every row written below is joined to it, so no delivery
+#   row is touched before the lock is taken (the order a stop takes them in too);
+# - a queued retry of a dispatch that is no longer sending becomes skipped / stopped;
+# - the commit need not wait for the disk (set_config(..., true) is SET LOCAL): an outcome lost
+#   with the server (the last moments before a crash of PostgreSQL itself) leaves its row
+#   `sending`, and it ends `unknown` when its lease runs out, never sent again. The claim's
+#   commit does wait. Inside a caller's transaction, its setting is left as it is;
+# - the rows' final statuses are counted into the rollup and into the dispatch's counters.
+_WRITE_BACK_SQL = (
+    "WITH held AS MATERIALIZED (SELECT id, status <> 'sending' AS closed FROM delivery_dispatch "  # noqa: S608 (constants; values are bound)
+    "WHERE id = %s FOR NO KEY UPDATE), "
+    "commit_mode AS MATERIALIZED (SELECT set_config('synchronous_commit', "
+    "CASE WHEN %s THEN 'off' ELSE current_setting('synchronous_commit') END, true) AS setting), "
+    "v AS (SELECT r.id, r.platform, "
+    "CASE WHEN held.closed AND r.status = 'queued' THEN 'skipped' ELSE r.status END AS status, "
+    "CASE WHEN held.closed AND r.status = 'queued' THEN 'stopped' ELSE r.reason END AS reason, "
+    "CASE WHEN held.closed AND r.status = 'queued' THEN '' ELSE r.pid END AS pid, "
+    "CASE WHEN held.closed AND r.status = 'queued' THEN NULL ELSE r.next_at END AS next_at "
+    "FROM held CROSS JOIN unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[]) "
+    "AS r(id, status, reason, pid, next_at, platform)), "
+    "written AS (UPDATE delivery_delivery d SET status = v.status, reason = v.reason, "
+    "provider_message_id = v.pid, next_attempt_at = v.next_at, "
+    "finished_at = CASE WHEN v.status = 'queued' THEN NULL ELSE %s END, lease_expires_at = NULL "
+    "FROM v WHERE d.id = v.id AND d.status = 'sending' "
+    "RETURNING d.id, d.dispatch_id, d.device_id, d.variant, d.status, d.reason, d.finished_at, d.queued_at, "
+    "v.platform), "
+    f"counted AS ({rollup_insert_sql(where='true', outcomes=['final'], source='written d')}), "
+    f"moved AS (UPDATE delivery_dispatch x SET {_FINAL_COLUMNS}, "
+    "by_platform = CASE WHEN EXISTS (SELECT 1 FROM written WHERE status <> 'queued') "
+    f"THEN {_PER_PLATFORM} ELSE x.by_platform END, "
+    "retries = CASE WHEN EXISTS (SELECT 1 FROM written WHERE status = 'queued') "
+    f"THEN {_RETRIES} ELSE x.retries END "
+    "FROM held WHERE x.id = held.id AND EXISTS (SELECT 1 FROM written)) "
+    "SELECT status, reason FROM written UNION ALL SELECT NULL, setting FROM commit_mode CROSS JOIN held"
+)
+
+
+def _write_back_one_statement(dispatch_id: int, results: list[Result], *, now: datetime, platforms) -> Counter:
+    from delivery.services.prepared import prepared_cursor
+
+    params = [
+        dispatch_id,
+        not connection.in_atomic_block,
+        [r.id for r in results],
+        [r.status for r in results],
+        [r.reason[:100] for r in results],
+        [r.provider_id[:200] for r in results],
+        [r.next_attempt_at for r in results],
+        [platforms.get(r.id) or NO_PLATFORM for r in results],
+        now,
+    ]
+    with prepared_cursor() as cursor:
+        cursor.execute(_WRITE_BACK_SQL, params)
+        fetched = cursor.fetchall()
+    written: Counter = Counter()
+    held = False
+    for status, _ in fetched:
+        if status is None:
+            held = True  # the marker row: the dispatch was there
+        else:
+            written[status] += 1
+    if not held:
+        raise Dispatch.DoesNotExist(f"dispatch {dispatch_id} is gone: its outcomes were not written")
     return written
 
 

@@ -331,3 +331,107 @@ def test_a_streams_admin_page_shows_its_live_rate_and_latency(
     assert "Last minute: 0.1 messages/s, trigger to accepted p50" in html
     client.force_login(manager_mallory)  # no access to this app
     assert client.get(page).status_code in (302, 404)
+
+
+def _claimed_row(stream, app, platform="android"):
+    (person,) = _people(app, 1, platform=platform)
+    _append(stream, [person])
+    (row,) = deliveries_claim(stream.pk, limit=10, now=timezone.now())
+    return row
+
+
+def test_a_write_back_is_one_statement_that_moves_the_streams_counters(pushsim_app, stream):
+    if connection.vendor != "postgresql":
+        pytest.skip("the portable path writes row by row")
+    from django.test.utils import CaptureQueriesContext
+
+    from delivery.services.claims import Result, deliveries_write_back
+
+    rows = [_claimed_row(stream, pushsim_app) for _ in range(3)]
+    now = timezone.now()
+    results = [
+        Result(rows[0].id, "accepted", provider_id="p-1"),
+        Result(rows[1].id, "failed", reason="BadDeviceToken"),
+        Result(rows[2].id, "queued", reason="Unavailable", next_attempt_at=now + dt.timedelta(seconds=30)),
+    ]
+    with CaptureQueriesContext(connection) as queries:
+        written = deliveries_write_back(stream.pk, results, now=now, platforms={r.id: "android" for r in rows})
+    assert len(queries) == 1
+    assert written == {"accepted": 1, "failed": 1, "queued": 1}
+    stream.refresh_from_db()
+    assert (stream.accepted, stream.failed, stream.skipped, stream.unknown) == (1, 1, 0, 0)
+    assert stream.by_platform == {"android": {"accepted": 1, "failed": 1}}
+    assert stream.retries == {"Unavailable": 1}
+    with connection.cursor() as cursor:  # the caller's transaction keeps its own commit setting
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"
+    again = deliveries_write_back(stream.pk, [Result(rows[0].id, "accepted")], now=now)
+    assert not again  # only rows still sending are written, and nothing moves
+    stream.refresh_from_db()
+    assert stream.accepted == 1 and stream.retries == {"Unavailable": 1}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stop_waiting_for_a_write_back_stops_the_retry_it_requeued(pushsim_app, stream):
+    """The write-back holds the dispatch row before it writes any delivery: a stop that comes while
+    it runs waits for it, then finds the requeued row and stops it (it is never left queued)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite's write lock serialises them")
+    import psycopg
+
+    from delivery.services.claims import Result, deliveries_write_back
+
+    row = _claimed_row(stream, pushsim_app)
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    blocker = psycopg.connect(**params)  # holds the delivery row: the write-back waits there
+    blocker.execute("SELECT 1 FROM delivery_delivery WHERE id = %s FOR UPDATE", [row.id])
+    watcher = psycopg.connect(**params, autocommit=True)  # (a transaction would see one snapshot of the activity)
+
+    def waiting(count: int) -> bool:
+        found = watcher.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return found.fetchone()[0] >= count
+
+    def in_a_thread(work):
+        def run():
+            try:
+                work()
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    def stop():
+        from django.db import transaction
+
+        with transaction.atomic():
+            streams_close(kind=Dispatch.Kind.API_TRIGGER, source_id=12345, by=None, reason="stopped")
+
+    retry = Result(row.id, "queued", reason="Unavailable", next_attempt_at=timezone.now() + dt.timedelta(seconds=30))
+    try:
+        writing = in_a_thread(lambda: deliveries_write_back(stream.pk, [retry], now=timezone.now()))
+        assert _wait(lambda: waiting(1)), "the write-back should wait for the delivery row"
+        stopping = in_a_thread(stop)
+        _wait(lambda: waiting(2), timeout=2.0)  # the stop waits for the dispatch row (if it does not, it wins)
+    finally:
+        blocker.commit()
+        blocker.close()
+        watcher.close()
+    writing.join(10)
+    stopping.join(10)
+    delivery = Delivery.objects.get(pk=row.id)
+    assert (delivery.status, delivery.reason, delivery.next_attempt_at) == ("skipped", "stopped", None)
+    assert Dispatch.objects.get(pk=stream.pk).status == "stopped"
+
+
+def _wait(condition, *, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
