@@ -219,6 +219,7 @@ class _Stream:
     dispatch: Dispatch
     limits: list[tuple[str, float]]
     with_profiles: bool
+    limit: int  # rows a claim takes at most: a batch, and at most a second's worth under its limits
 
 
 def _open_streams(ids: list[int] | None = None) -> dict[int, _Stream]:
@@ -232,7 +233,11 @@ def _open_streams(ids: list[int] | None = None) -> dict[int, _Stream]:
         limits = [(f"app:{dispatch.app_id}", dispatch.app.rate_limit_per_second)]
         if dispatch.rate_limit_per_second:
             limits.append((f"dispatch:{dispatch.pk}", dispatch.rate_limit_per_second))
-        streams[dispatch.pk] = _Stream(dispatch, limits, dispatch_needs_profiles(dispatch))
+        limit = settings.PUSHDESK_SEND_BATCH
+        rates = [rate for _, rate in limits if rate]
+        if rates:
+            limit = max(1, min(limit, int(min(rates))))
+        streams[dispatch.pk] = _Stream(dispatch, limits, dispatch_needs_profiles(dispatch), limit)
     return streams
 
 
@@ -283,6 +288,7 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
         in_flight = []
 
     try:
+        ready = True  # claim: at the start, after a wake-up or a poll, and while batches come full
         while not stop_requested():
             now_mono = time.monotonic()
             if budget > 0 and now_mono - beat > 3:
@@ -291,52 +297,58 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
                 beat = now_mono
             if dispatch_ids is None and now_mono - refreshed > 2:
                 streams, refreshed = _open_streams(), now_mono
-            if gather_until > now_mono:
-                write_back_in_flight()  # its latency counts: written back before the wait
-                time.sleep(max(gather_until - time.monotonic(), 0.0))
-            claimed_at = time.monotonic()
-            claimed, full = 0, False
-            for stream in streams.values():
-                limit = settings.PUSHDESK_SEND_BATCH
-                rates = [rate for _, rate in stream.limits if rate]
-                if rates:
-                    limit = max(1, min(limit, int(min(rates))))
-                rows = deliveries_claim(
-                    stream.dispatch.pk, limit=limit, now=timezone.now(), with_profiles=stream.with_profiles
-                )
-                if not rows:
-                    continue
-                claimed += len(rows)
-                full = full or len(rows) >= limit
-                report.claimed += len(rows)
-                report.batches += 1
-                _acquire_all(stream.limits, len(rows), before_waiting=write_back_in_flight)
-                batch = _batch_prepare(stream.dispatch, rows)
-                for dispatch, previous in in_flight:
-                    _batch_finish(dispatch, previous, report)
-                _batch_submit(batch, stream.dispatch.app)
-                in_flight = [(stream.dispatch, batch)]
-            if claimed:
-                # A partial batch under a steady flow: the next claim waits for more rows to gather
-                # (one batch per linger instead of one per row); a full one claims again at once.
-                gather_until = 0.0 if full else claimed_at + linger
-                continue
-            gather_until = 0.0  # nothing waited: the next row after this quiet spell goes at once
-            for dispatch, previous in in_flight:
-                _batch_finish(dispatch, previous, report)  # write back at once: the latency counts
+            if ready:
+                if gather_until > now_mono:
+                    write_back_in_flight()  # its latency counts: written back before the wait
+                    time.sleep(max(gather_until - time.monotonic(), 0.0))
+                claimed_at = time.monotonic()
+                claimed, full = 0, False
+                for stream in streams.values():
+                    rows = deliveries_claim(
+                        stream.dispatch.pk, limit=stream.limit, now=timezone.now(), with_profiles=stream.with_profiles
+                    )
+                    if not rows:
+                        continue
+                    claimed += len(rows)
+                    full = full or len(rows) >= stream.limit
+                    report.claimed += len(rows)
+                    report.batches += 1
+                    _acquire_all(stream.limits, len(rows), before_waiting=write_back_in_flight)
+                    batch = _batch_prepare(stream.dispatch, rows)
+                    for dispatch, previous in in_flight:
+                        _batch_finish(dispatch, previous, report)
+                    _batch_submit(batch, stream.dispatch.app)
+                    in_flight = [(stream.dispatch, batch)]
+                if claimed:
+                    # A partial batch under a steady flow: the next claim waits for more rows to
+                    # gather (one batch per linger instead of one per row); a full one claims again.
+                    gather_until = 0.0 if full else claimed_at + linger
+                else:
+                    gather_until = 0.0  # nothing waited: the next row after a quiet spell goes at once
+                if full or (claimed and listener is None):
+                    continue  # more may be ready: claim again while this batch sends
+            woken: set[int] = set()
             if in_flight:
-                in_flight = []
-                continue
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            wait = min(left, settings.PUSHDESK_STREAM_POLL_SECONDS)
-            woken = listener.wait(wait) if listener is not None else (time.sleep(wait) or set())
+                # Rows that came while this batch sends have woken us already: claim them at once,
+                # while it is in flight. Otherwise nothing is ready: write it back now (its latency
+                # counts) and look again (without wake-ups, claim at once; with them, wait for one).
+                woken = listener.wait(0.0) if listener is not None else set()
+                if not woken:
+                    write_back_in_flight()
+                    ready = listener is None
+                    if ready:
+                        continue
+            if not woken:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                wait = min(left, settings.PUSHDESK_STREAM_POLL_SECONDS)
+                woken = listener.wait(wait) if listener is not None else (time.sleep(wait) or set())
+            ready = True  # a wake-up, or the poll: rows may be ready (a retry's time may have come)
             if woken - set(streams) and dispatch_ids is None:
                 streams, refreshed = _open_streams(), time.monotonic()
     finally:
-        for dispatch, previous in in_flight:
-            _batch_finish(dispatch, previous, report)
+        write_back_in_flight()
         if listener is not None:
             listener.close()
     return report
