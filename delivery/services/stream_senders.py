@@ -70,9 +70,6 @@ def streams_wake_now(dispatch_ids) -> None:
     try:
         client = _redis(settings.REDIS_URL)
         channel = _channel()
-        if len(dispatch_ids) == 1:  # the usual case: a plain PUBLISH
-            client.publish(channel, str(next(iter(dispatch_ids))))
-            return
         with client.pipeline(transaction=False) as pipe:
             for dispatch_id in dispatch_ids:
                 pipe.publish(channel, str(dispatch_id))
