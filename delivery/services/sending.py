@@ -266,12 +266,13 @@ def _batch_finish(dispatch: Dispatch, batch: _Batch, report: SendReport) -> None
             else:
                 results.append(_retry_or_fail(row, outcome, now=now, deadline=batch.expires[row.id]))
     written = deliveries_write_back(dispatch.pk, results, now=now, platforms=batch.platforms)
-    log.info(
-        "dispatch %s batch: %s",
-        dispatch.pk,
-        ", ".join(f"{status} {n}" for status, n in sorted(written.items())) or "nothing written",
-        extra={"dispatch": dispatch.pk, "app": dispatch.app_id, "outcomes": dict(written)},
-    )
+    if log.isEnabledFor(logging.INFO):  # its words cost more than the check, per batch
+        log.info(
+            "dispatch %s batch: %s",
+            dispatch.pk,
+            ", ".join(f"{status} {n}" for status, n in sorted(written.items())) or "nothing written",
+            extra={"dispatch": dispatch.pk, "app": dispatch.app_id, "outcomes": dict(written)},
+        )
     if dead:
         devices_invalidate(reasons=dead)
     for platform, reason in credentials.items():
