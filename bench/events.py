@@ -1,18 +1,20 @@
 """Benchmark: events ingest through the API, ``POST /api/v1/events/bulk/``, 1,000 events per call.
 
     .venv/bin/python bench/events.py [--events 400000] [--clients 4] [--profiles 100000]
+        [--database pushdesk_bench_events] [--redis-db 14] [--profile-calls 20]
 
-Uses its own database (``BENCH_EVENTS_DATABASE_URL``, default
-postgres://postgres@127.0.0.1:5432/pushdesk_bench_events, created afresh) and Redis database
-(``BENCH_EVENTS_REDIS_URL``, default redis://127.0.0.1:6379/14, emptied). Creates ``--profiles``
-profiles and an API key with the ``ingest`` scope, then starts gunicorn in production mode
-(2 workers x 4 threads, as behind a TLS proxy) and posts from ``--clients`` concurrent clients
-(threads, one keep-alive connection each). Half of each call's events are for profiles that exist,
-half for profiles that do not exist yet (each call brings 500 new ones). The request bodies are
-built before the clock starts; a few calls warm the workers up first and are not counted.
+Uses its own database (``--database``, dropped and created afresh) and Redis database
+(``--redis-db``, emptied). Creates ``--profiles`` profiles and an API key with the ``ingest``
+scope, then starts gunicorn in production mode (2 workers x 4 threads, as behind a TLS proxy) and
+posts from ``--clients`` concurrent clients (threads, one keep-alive connection each). Half of each
+call's events are for profiles that exist, half for profiles that do not exist yet (each call
+brings 500 new ones). The request bodies are built before the clock starts; a few calls warm the
+workers up first and are not counted.
 
-Prints one JSON line: events/s, the latency of a call (p50, p99, max), and that every event was
-accepted and stored.
+Prints one JSON line: events/s, the latency of a call (p50, p99, max), the web's and PostgreSQL's
+CPU per call during the run, and that every event was accepted and stored. Then (unless
+``--profile-calls 0``) the same calls one at a time in one process, unloaded: the web's and its
+PostgreSQL backend's CPU per call, and where the web's time goes (cProfile).
 """
 
 import argparse
@@ -31,10 +33,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from support.http_load import tree_cpu
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-DATABASE_URL = os.environ.get("BENCH_EVENTS_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/pushdesk_bench_events")
-REDIS_URL = os.environ.get("BENCH_EVENTS_REDIS_URL", "redis://127.0.0.1:6379/14")
 PER_CALL = 1000
 NAMES = ("app_open", "purchase", "add_to_cart", "page_view", "search")
 
@@ -53,6 +55,49 @@ for start in range(0, N, 10000):
     )
 _, raw = api_key_create(user=manager, name="bench", scopes=["ingest"], by=manager)
 print(json.dumps({"key": raw}))
+"""
+
+# The calls one at a time in this process (Django's test client, the same middleware and view),
+# first unprofiled for the CPU figures, then under cProfile for where the time goes.
+PROFILE = r"""
+import cProfile, json, os, pstats, time
+from django.db import connection
+from django.test import Client
+bodies = [open(os.path.join(BODIES, name), "rb").read() for name in sorted(os.listdir(BODIES))]
+half = len(bodies) // 2
+client = Client(HTTP_AUTHORIZATION=f"Bearer {KEY}", HTTP_HOST="127.0.0.1", HTTP_X_FORWARDED_PROTO="https")
+def post(body):
+    response = client.post("/api/v1/events/bulk/", body, content_type="application/json", secure=True)
+    assert response.status_code == 200 and response.json()["failed"] == 0, response.content[:300]
+post(bodies[0])
+with connection.cursor() as cursor:
+    cursor.execute("SELECT pg_backend_pid()")
+    (backend,) = cursor.fetchone()
+def backend_cpu():
+    fields = open(f"/proc/{backend}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+calls = bodies[1:half]
+cpu, pg_cpu, wall = time.process_time(), backend_cpu(), time.perf_counter()
+for body in calls:
+    post(body)
+figures = {"calls": len(calls), "ms_per_call": round((time.perf_counter() - wall) / len(calls) * 1000, 1),
+           "web_cpu_ms_per_call": round((time.process_time() - cpu) / len(calls) * 1000, 1),
+           "postgresql_cpu_ms_per_call": round((backend_cpu() - pg_cpu) / len(calls) * 1000, 1)}
+calls = bodies[half:]
+profiler = cProfile.Profile()
+profiler.enable()
+for body in calls:
+    post(body)
+profiler.disable()
+rows = []
+HERE = os.getcwd() + "/"
+for (filename, line, name), (cc, nc, tt, ct, callers) in pstats.Stats(profiler).stats.items():
+    label = f"{filename.split('site-packages/')[-1].replace(HERE, '')}:{name}"
+    rows.append((ct / len(calls) * 1000, tt / len(calls) * 1000, label))
+def top(key, n):
+    return [f"{label}: {c:.1f} ms cumulative, {t:.1f} ms own" for c, t, label in sorted(rows, key=key, reverse=True)[:n]]
+print(json.dumps({**figures, "by_own_time": top(lambda r: r[1], 15),
+                  "pushdesk_cumulative": [x for x in top(lambda r: r[0], 120) if x.startswith(("accounts/", "audiences/"))][:12]}))
 """
 
 
@@ -151,6 +196,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--profiles", type=int, default=100_000, help="profiles that exist before the run")
     parser.add_argument("--warmup-calls", type=int, default=8)
+    parser.add_argument("--database", default="pushdesk_bench_events", help="dropped and created again")
+    parser.add_argument("--redis-db", type=int, default=14, help="flushed first")
+    parser.add_argument(
+        "--profile-calls", type=int, default=20, help="calls profiled in process after the run (0: none)"
+    )
     args = parser.parse_args()
     calls = max(1, args.events // PER_CALL)
     tmp = Path(tempfile.mkdtemp(prefix="pushdesk-bench-events-"))
@@ -160,12 +210,43 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+class BackendCpu(threading.Thread):
+    """The CPU seconds of the PostgreSQL server processes connected to ``db``, sampled every half
+    second: the web closes a connection after 60 s, and a closed one keeps its last sample."""
+
+    def __init__(self, db: str):
+        super().__init__(daemon=True)
+        self.query = f"SELECT pid FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.stopped = threading.Event()
+        self.sample(self.first)
+
+    def sample(self, into: dict[int, float]) -> None:
+        cmd = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-Atc", self.query]
+        for pid in subprocess.run(cmd, capture_output=True, text=True).stdout.split():
+            cpu = tree_cpu(int(pid))
+            if cpu:
+                into[int(pid)] = cpu
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.5):
+            self.sample(self.last)
+
+    def stop(self) -> float:
+        self.stopped.set()
+        self.join()
+        self.sample(self.last)
+        return sum(cpu - self.first.get(pid, 0.0) for pid, cpu in self.last.items())
+
+
 def measure(args, calls: int, tmp: Path) -> None:
-    db = DATABASE_URL.rsplit("/", 1)[1]
+    db = args.database
+    redis_url = f"redis://127.0.0.1:6379/{args.redis_db}"
     env = {
         **os.environ,
-        "DATABASE_URL": DATABASE_URL,
-        "REDIS_URL": REDIS_URL,
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{db}",
+        "REDIS_URL": redis_url,
         "PUSHDESK_MODE": "production",
         "PUSHDESK_INSTANCE": "bench-events",
         "PUSHDESK_VAR_DIR": str(tmp),
@@ -180,7 +261,7 @@ def measure(args, calls: int, tmp: Path) -> None:
     env["PUSHDESK_ENCRYPTION_KEY"] = Fernet.generate_key().decode()
     subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", "--force", db], check=True)
     subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", db], check=True)
-    subprocess.run(["redis-cli", "-u", REDIS_URL, "flushdb"], check=True, capture_output=True)
+    subprocess.run(["redis-cli", "-u", redis_url, "flushdb"], check=True, capture_output=True)
     run([PY, "manage.py", "migrate", "--noinput"], env)
     run([PY, "manage.py", "demo_setup"], env)
     setup = run([PY, "manage.py", "shell", "-c", f"N = {args.profiles}\n" + SETUP], env)
@@ -195,11 +276,16 @@ def measure(args, calls: int, tmp: Path) -> None:
     try:
         wait_http(port)
         post_all(port, key, warmup, args.clients)
+        pg = BackendCpu(db)
+        pg.start()
+        web_before = tree_cpu(web.pid)
         load_before = os.getloadavg()[0]
         began = time.perf_counter()
         latencies, accepted, errors = post_all(port, key, bodies, args.clients)
         seconds = time.perf_counter() - began
         load_after = os.getloadavg()[0]
+        web_cpu = tree_cpu(web.pid) - web_before
+        pg_cpu = pg.stop()
     finally:
         web.terminate()
         web.wait(30)
@@ -232,6 +318,8 @@ def measure(args, calls: int, tmp: Path) -> None:
         "call_p50_ms": round(percentile(latencies, 50) * 1000, 1),
         "call_p99_ms": round(p99 * 1000, 1),
         "call_max_ms": round(max(latencies) * 1000, 1),
+        "web_cpu_ms_per_call": round(web_cpu / calls * 1000, 1),
+        "postgresql_cpu_ms_per_call": round(pg_cpu / calls * 1000, 1),
         "accepted": accepted,
         "errors": errors[:3],
         "events_stored": int(counted[0]),
@@ -240,6 +328,15 @@ def measure(args, calls: int, tmp: Path) -> None:
         "goal": ">= 50000 events/s, p99 per call < 300 ms",
         "met": rate >= 50_000 and p99 < 0.3 and not errors,
     }
+    if args.profile_calls:
+        folder = tmp / "profile-bodies"
+        folder.mkdir()
+        for n, body in enumerate(make_bodies(2 * args.profile_calls + 1, args.profiles, first_call=10_000_000)):
+            (folder / f"{n:05}.json").write_bytes(body)
+        code = f"KEY = {key!r}\nBODIES = {str(folder)!r}\n" + PROFILE
+        result["in_process"] = json.loads(
+            run([PY, "manage.py", "shell", "-c", code], env).stdout.strip().splitlines()[-1]
+        )
     print(json.dumps(result))
 
 
