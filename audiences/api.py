@@ -6,12 +6,14 @@ its errors (``{"field", "code", "detail"}``, as everywhere in the API).
 
 from __future__ import annotations
 
+import datetime as dt
+import math
+
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from django.urls import path
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -24,9 +26,16 @@ from accounts.json_values import MAX_DEPTH, TEXT_REFUSED, json_parse, json_value
 from accounts.pagination import ListQuery, QueryInteger, page_response, page_schema, query_params_valid
 from accounts.parsers import ApiJSONParser
 from audiences.models import Import, Profile, Segment
-from audiences.rules.schema import RulesInvalid
+from audiences.rules.schema import KEY_RE, RulesInvalid
 from audiences.selectors import imports_visible_to, profiles_visible_to, segment_for, segments_visible_to
-from audiences.services.events import event_check, event_listener_stamps, events_ingest
+from audiences.services.events import (
+    FUTURE_LIMIT,
+    MAX_PROPERTIES_BYTES,
+    event_check,
+    event_listener_stamps,
+    events_ingest,
+    json_compact,
+)
 from audiences.services.imports import import_create
 from audiences.services.profiles import profile_check, profiles_upsert
 from audiences.services.segments import segment_preview
@@ -67,37 +76,75 @@ class EventInSerializer(serializers.Serializer):
         return attrs
 
 
-def _event_validated(item: dict) -> dict | None:
-    """The item as ``EventInSerializer`` validates it, or None when the serializer must look at it.
+def _events_validated(items: list, *, now: dt.datetime) -> list[dict | None]:
+    """Each item as ``EventInSerializer`` validates it, or None where the serializer must look at it.
 
-    A shortcut for the usual item (text fields, an object of properties, an ISO 8601 time with an
-    offset), several times cheaper than DRF's field machinery. It accepts nothing the serializer
-    refuses and returns what the serializer returns; anything else, every item with a problem
-    included, goes through the serializer, which words the errors.
+    A shortcut for the usual items (text fields, an object of properties, an ISO 8601 time with an
+    offset), checked in one pass over the call with ``event_check``'s rules included, many times
+    cheaper than DRF's field machinery: the strings of every item are searched for a NUL or a lone
+    surrogate at once, each time parsed once. It accepts nothing the serializer refuses and returns
+    what the serializer returns; anything else, every item with a problem included, is left to the
+    serializer, which words the errors.
     """
-    external_id, name, when = item.get("external_id"), item.get("name"), item.get("occurred_at")
-    if type(external_id) is not str or type(name) is not str or type(when) is not str:
-        return None
-    name = name.strip()  # the name field trims, the external_id field does not
-    if not external_id.strip() or len(external_id) > 255 or not name or len(name) > 100:
-        return None
-    if TEXT_REFUSED.search(external_id) or TEXT_REFUSED.search(name):
-        return None
-    try:
-        occurred_at = parse_datetime(when)
-        if occurred_at is None or timezone.is_naive(occurred_at):
-            return None
-        occurred_at = occurred_at.astimezone(timezone.get_current_timezone())
-    except (ValueError, TypeError, OverflowError):
-        return None
-    data = {"external_id": external_id, "name": name, "occurred_at": occurred_at}
-    if "properties" in item:
-        properties = item["properties"]
-        # No size here: event_check's limit (8 KB of ASCII JSON) is stricter than the field's.
-        if type(properties) is not dict or json_value_problem(properties, max_bytes=None) is not None:
-            return None
-        data["properties"] = properties
-    return None if event_check(data) else data
+    zone = timezone.get_current_timezone()
+    latest = now + FUTURE_LIMIT
+    parse, key_ok = dt.datetime.fromisoformat, KEY_RE.match
+    taken: list[dict | None] = []
+    texts: list[str] = []
+    for item in items:
+        taken.append(None)
+        if type(item) is not dict:
+            continue
+        external_id, name, when = item.get("external_id"), item.get("name"), item.get("occurred_at")
+        if type(external_id) is not str or type(name) is not str or type(when) is not str:
+            continue
+        name = name.strip()  # the name field trims, the external_id field does not
+        if not external_id.strip() or len(external_id) > 255 or not name or len(name) > 100:
+            continue
+        try:  # DRF's DateTimeField tries fromisoformat first; what it leaves goes to the serializer
+            occurred_at = parse(when)
+            if occurred_at.tzinfo is None:
+                continue
+            occurred_at = occurred_at.astimezone(zone)
+        except (ValueError, OverflowError):
+            continue
+        if occurred_at > latest:
+            continue
+        data = {"external_id": external_id, "name": name, "occurred_at": occurred_at}
+        if "properties" in item:
+            properties = data["properties"] = item["properties"]
+            if type(properties) is not dict or not all(map(key_ok, properties)):
+                continue
+            flat = True
+            for value in properties.values():
+                kind = type(value)
+                if kind is str:
+                    texts.append(value)
+                elif kind is float:
+                    if not math.isfinite(value):
+                        break
+                elif kind is not int and kind is not bool and value is not None:
+                    flat = False
+            else:
+                if not flat and json_value_problem(properties, max_bytes=None) is not None:
+                    continue
+                if len(json_compact(properties)) > MAX_PROPERTIES_BYTES:
+                    continue
+                texts.append(external_id)
+                texts.append(name)
+                taken[-1] = data
+            continue
+        texts.append(external_id)
+        texts.append(name)
+        taken[-1] = data
+    if TEXT_REFUSED.search("\n".join(texts)):  # rare: find the items that hold one
+        for index, data in enumerate(taken):
+            if data is not None and any(
+                type(text) is str and TEXT_REFUSED.search(text)
+                for text in (data["external_id"], data["name"], *data.get("properties", {}).values())
+            ):
+                taken[index] = None
+    return taken
 
 
 class SegmentOutSerializer(serializers.ModelSerializer):
@@ -326,32 +373,33 @@ class EventBulkView(APIView):
     def post(self, request):
         items = _bulk_items(request, "events")
         results: list[dict | None] = [None] * len(items)
-        good: list[tuple[int, dict]] = []
-        # One serializer checks every item, as a ListSerializer's child does: building one per
-        # item (its fields are deep-copied each time) cost more than the checks themselves.
+        good: list[dict] = []
+        where: list[int] = []
+        # One serializer checks every item the shortcut leaves, as a ListSerializer's child does:
+        # building one per item (its fields are deep-copied each time) cost more than the checks.
         serializer = EventInSerializer()
-        for index, item in enumerate(items):
-            if not isinstance(item, dict):
-                results[index] = {
-                    "index": index,
-                    "status": "error",
-                    "errors": [{"field": None, "code": "invalid", "detail": "Each item must be an object."}],
-                }
-                continue
-            data = _event_validated(item)
-            if data is not None:
-                good.append((index, data))
-                continue
-            try:
-                good.append((index, serializer.run_validation(item)))
-            except serializers.ValidationError as exc:
-                results[index] = {"index": index, "status": "error", "errors": _flatten(exc.detail)}
-        if good:
-            ids = events_ingest(items=[data for _, data in good], by=request.user, stamps=request_stamps(request))
-            for (index, _), event_id in zip(good, ids, strict=True):
+        for index, data in enumerate(_events_validated(items, now=timezone.now())):
+            if data is None:
+                if not isinstance(items[index], dict):
+                    results[index] = {
+                        "index": index,
+                        "status": "error",
+                        "errors": [{"field": None, "code": "invalid", "detail": "Each item must be an object."}],
+                    }
+                    continue
+                try:
+                    data = serializer.run_validation(items[index])
+                except serializers.ValidationError as exc:
+                    results[index] = {"index": index, "status": "error", "errors": _flatten(exc.detail)}
+                    continue
+            good.append(data)
+            where.append(index)
+        if good:  # each item passed event_check once, here, through the shortcut or the serializer
+            ids = events_ingest(items=good, by=request.user, stamps=request_stamps(request), checked=True)
+            for index, event_id in zip(where, ids, strict=True):
                 results[index] = {"index": index, "status": "accepted", "id": event_id}
-        failed = sum(1 for r in results if r["status"] == "error")
-        return Response({"results": results, "accepted": len(results) - failed, "failed": failed})
+        failed = len(results) - len(good)
+        return Response({"results": results, "accepted": len(good), "failed": failed})
 
 
 # --- segments ----------------------------------------------------------------------------------

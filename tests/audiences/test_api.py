@@ -145,21 +145,48 @@ EVENT_ITEMS = [
     {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00Z", "properties": {"bad key": 1}},
     {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00Z", "properties": {"k": "v\x00"}},
     {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00Z", "properties": {"k": "v" * 9000}},
+    {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00Z", "properties": {"k": {"m": "\ud800"}}},
+    {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00Z", "properties": {"k": float("inf")}},
+    {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00Z", "properties": {"k": [[[]]] * 3}},
+    {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00Z", "properties": {"k": "\u00e9" * 1400}},
+    {"external_id": "a", "name": "x", "occurred_at": "+2026-06-01T10:00:00Z"},
+    {"external_id": "a", "name": "x", "occurred_at": "0001-01-01T00:00:00+01:00"},
+    {"external_id": "a", "name": "x", "occurred_at": "20260601T100000Z"},
+    {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00Z", "properties": {"k": True, "n": None}},
 ]
+
+
+def _event_validated(item):
+    from django.utils import timezone
+
+    from audiences.api import _events_validated
+
+    return _events_validated([item], now=timezone.now())[0]
 
 
 @pytest.mark.parametrize("item", EVENT_ITEMS)
 def test_the_event_shortcut_agrees_with_the_serializer(item):
-    from audiences.api import EventInSerializer, _event_validated
+    from audiences.api import EventInSerializer
     from tests.shortcuts import assert_shortcut_agrees
 
     assert_shortcut_agrees(_event_validated, EventInSerializer, item, plain=dict)
 
 
 def test_the_event_shortcut_takes_the_usual_items():
-    from audiences.api import _event_validated
-
     assert [_event_validated(item) is not None for item in EVENT_ITEMS[:4]] == [True] * 4
+
+
+def test_the_event_shortcut_checks_a_whole_call_as_each_item_alone():
+    """Items are checked together (their strings searched at once): a bad item beside good ones
+    leaves only itself to the serializer, and each answer is the one the item gets alone."""
+    from django.utils import timezone
+
+    from audiences.api import _events_validated
+
+    items = EVENT_ITEMS + ["not an object", None, [1]] + EVENT_ITEMS[:4]
+    together = _events_validated(items, now=timezone.now())
+    assert together == [_event_validated(item) for item in items]
+    assert [data is not None for data in together[-4:]] == [True] * 4
 
 
 def test_segments_list_shows_only_accessible_segments(manager_alice, manager_mallory, api_key_for):
