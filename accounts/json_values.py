@@ -196,6 +196,28 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+# A surrogate reaches a parsed string only as itself in the text or as a \u escape.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _nested_within(value, max_depth: int) -> bool:
+    """True when no container in ``value`` (parsed JSON) is nested ``max_depth`` deep or more.
+
+    A walk over the containers alone: on parsed JSON whose text holds no surrogate and whose
+    numbers are finite, the only check of ``_looks_storable`` left to make.
+    """
+    stack: list[tuple[object, int]] = [(value, 0)] if type(value) is dict or type(value) is list else []
+    while stack:
+        item, depth = stack.pop()
+        if depth >= max_depth:
+            return False
+        for child in item.values() if type(item) is dict else item:
+            kind = type(child)
+            if kind is dict or kind is list:
+                stack.append((child, depth + 1))
+    return True
+
+
 def json_parse(text: str, *, field: str = "", max_depth: int = BODY_MAX_DEPTH):
     """Parse JSON text and refuse what no field may hold; return the value.
 
@@ -204,13 +226,27 @@ def json_parse(text: str, *, field: str = "", max_depth: int = BODY_MAX_DEPTH):
     infinity (``1e400``), a lone surrogate; ValueError when the text is not JSON (``NaN`` and
     ``Infinity`` are not). NUL characters pass: the field that holds one reports it.
     """
+    overflowed = False
+
+    def parse_float(number: str) -> float:
+        nonlocal overflowed
+        value = float(number)
+        if math.isinf(value):
+            overflowed = True
+        return value
+
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=parse_float)
     except RecursionError:
         value = None
         found = (_deep_path(text, max_depth), f"Nested deeper than {max_depth} levels.")
     else:
-        found = json_value_problem(value, max_depth=max_depth, max_bytes=None, nul_ok=True)
+        # The whole walk (which words the problem and its path) only when something may be wrong:
+        # for a large body it costs several times the parse.
+        found = None
+        may_hold_surrogate = not text.isascii() and _SURROGATE.search(text) or _SURROGATE_ESCAPE.search(text)
+        if overflowed or may_hold_surrogate or not _nested_within(value, max_depth):
+            found = json_value_problem(value, max_depth=max_depth, max_bytes=None, nul_ok=True)
     if found is not None:
         path, message = found
         raise ValidationError({_where(field, path): message})

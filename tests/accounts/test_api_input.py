@@ -206,3 +206,47 @@ def test_an_import_names_its_segment_by_a_positive_id(ingest, segment):
     assert response.status_code == 400, response.content[:300]
     assert _fields(response) == ["segment"]
     assert not Import.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": [1, 2.5, "x", null, true, {"b": {}}]}',
+        "[" * 39 + "]" * 39,
+        "[" * 40 + "]" * 40,
+        "[" * 41 + "]" * 41,
+        '{"a": ' * 39 + "1" + "}" * 39,
+        '{"a": ' * 40 + "1" + "}" * 40,
+        '{"a": "x\\ud800"}',
+        '{"a\\uDC00": 1}',
+        '{"a": "\\ud83d\\ude00 \\u00e9"}',
+        '{"a": "\ud800"}',
+        '{"a": "caf\u00e9"}',
+        '{"a": "\\\\ud800"}',
+        '{"a": 1e400}',
+        '{"a": [-1E+400]}',
+        '{"a": 1e308, "b": 12345678901234567890}',
+        '{"a": "nul \\u0000"}',
+        "5",
+        '"text"',
+        "null",
+    ],
+)
+def test_the_body_check_refuses_exactly_what_the_whole_walk_refuses(text):
+    """``json_parse`` walks the whole value only when its text may hold a problem; what it answers
+    is what the whole walk answers."""
+    from django.core.exceptions import ValidationError
+
+    from accounts.json_values import BODY_MAX_DEPTH, json_parse, json_value_problem
+
+    expected = json_value_problem(
+        json.loads(text, parse_constant=float), max_depth=BODY_MAX_DEPTH, max_bytes=None, nul_ok=True
+    )
+    try:
+        json_parse(text)
+    except ValidationError as exc:
+        found = next(iter(exc.message_dict.items()))
+        assert expected is not None
+        assert found == (expected[0] or "value", [expected[1]])
+    else:
+        assert expected is None
