@@ -679,16 +679,23 @@ PROFILES_PG = UPSERT_PG.format(
 # that change are upserted, and the members are the ids the upsert returns plus the profiles
 # that needed no write (``changes`` is NULL, not false, for a row without locale or time zone
 # cells). Every row the upsert reaches is written (no WHERE), so each one returns its id, even
-# one changed meanwhile to the same values.
+# one changed meanwhile to the same values. Members have no database constraint on their profile:
+# the upsert holds the profiles it writes, and those it leaves alone are locked ``FOR KEY SHARE``
+# here, so a deletion (which locks them first) waits for the batch; one deleted meanwhile is
+# skipped.
 MEMBERS_PG = """
 WITH staged AS MATERIALIZED (
     SELECT s.external_id, s.attributes, s.locale, s.timezone, o.id AS known_id, {changes} AS changes
     FROM audiences_import_stage s LEFT JOIN audiences_profile o ON o.external_id = s.external_id
 ), written AS ({upsert}RETURNING p.id
+), kept AS (
+    SELECT o.id FROM staged s JOIN audiences_profile o ON o.id = s.known_id
+    WHERE s.changes IS NOT TRUE
+    FOR KEY SHARE OF o
 )
 INSERT INTO audiences_segmentmember (segment_id, profile_id, added_at, source_import_id)
 SELECT %(segment)s, m.id, %(now)s, %(import)s
-FROM (SELECT id FROM written UNION ALL SELECT known_id FROM staged WHERE changes IS NOT TRUE) m
+FROM (SELECT id FROM written UNION ALL SELECT id FROM kept) m
 ORDER BY m.id
 ON CONFLICT (segment_id, profile_id) DO {{conflict}}
 """.format(changes=CHANGES, upsert=UPSERT_PG.format(source="staged s", changes="s.changes", guard=""))  # noqa: S608 (constants)

@@ -184,7 +184,11 @@ class SegmentMember(models.Model):
     segment = models.ForeignKey(
         Segment, on_delete=models.CASCADE, related_name="members", db_index=False, db_constraint=False
     )
-    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="memberships")
+    # No database constraint on the profile either: its check cost imports a locking query per
+    # member. A writer holds each member's profile locked instead (an import's upsert writes it or
+    # locks it ``FOR KEY SHARE``, as ``segment_members_change`` does), and ``profiles_delete`` locks
+    # profiles ``FOR UPDATE`` before removing their members.
+    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="memberships", db_constraint=False)
     added_at = models.DateTimeField(default=dj_timezone.now, editable=False)
     # The import that last listed this member; "replace" imports drop members it did not list.
     source_import = models.ForeignKey(

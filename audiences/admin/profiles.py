@@ -13,6 +13,7 @@ from audiences.selectors import (
     profile_memberships,
     profiles_visible_to,
 )
+from audiences.services.profiles import profiles_delete
 
 
 class ReadOnlyMixin:
@@ -47,6 +48,12 @@ class ProfileAdmin(ReadOnlyMixin, BigTableAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return request.user.has_perm("audiences.delete_profile")
+
+    def delete_model(self, request, obj):
+        profiles_delete(profile_ids=[obj.pk], by=request.user)
+
+    def delete_queryset(self, request, queryset):
+        profiles_delete(profile_ids=list(queryset.values_list("pk", flat=True)), by=request.user)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         profile = self.get_object(request, object_id)

@@ -184,3 +184,22 @@ def profile_upsert(
     if last_seen_at is not None:
         item["last_seen_at"] = last_seen_at
     return profiles_upsert(items=[item], by=by)[0]
+
+
+def profiles_delete(*, profile_ids: list[int], by: User) -> int:
+    """Delete profiles with everything that refers to them (events, devices, memberships...); return
+    how many there were.
+
+    The profiles are locked ``FOR UPDATE`` first, in id order: segment members have no database
+    constraint on their profile, and each writer of members holds the profile locked until it
+    commits (an import batch, ``segment_members_change``), so the deletion waits for those members
+    and removes them too. Raises PermissionDenied when the role may not delete profiles.
+    """
+    _ensure_perm(by, "audiences.delete_profile", "Your role may not delete profiles.")
+    with transaction.atomic():
+        profiles = list(Profile.objects.select_for_update().filter(pk__in=profile_ids).order_by("id"))
+        for profile in profiles:
+            audit(actor=by, action="profile_deleted", obj=profile)
+        if profiles:
+            Profile.objects.filter(pk__in=[p.pk for p in profiles]).delete()
+    return len(profiles)

@@ -212,7 +212,11 @@ def segment_members_change(
             raise ValidationError("Only static segments have hand-kept members.")
         wanted = {x.strip() for x in add if x.strip()}
         dropped = {x.strip() for x in remove if x.strip()}
-        found = dict(Profile.objects.filter(external_id__in=wanted | dropped).values_list("external_id", "pk"))
+        # Held until commit: members have no database constraint on their profile, and a deletion
+        # locks the profile first, so it waits for these members and then removes them too. The
+        # lock leaves the key alone and goes in id order, as ``profiles_upsert`` locks.
+        known = Profile.objects.select_for_update(no_key=True).filter(external_id__in=wanted | dropped).order_by("id")
+        found = dict(known.values_list("external_id", "pk"))
         unknown = sorted((wanted | dropped) - set(found))
         before = SegmentMember.objects.filter(segment=segment).count()
         SegmentMember.objects.bulk_create(

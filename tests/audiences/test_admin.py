@@ -6,7 +6,8 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
-from audiences.models import Import, Segment
+from accounts.models import AuditEvent
+from audiences.models import Import, Profile, Segment, SegmentMember
 from audiences.services.segments import segment_create, segment_members_change
 from tests.factories import TEST_PASSWORD, EventFactory, ProfileFactory
 
@@ -152,6 +153,19 @@ def test_profiles_are_read_only_in_the_admin(login, manager_alice):
     assert client.get("/admin/audiences/profile/add/").status_code == 403
     response = client.post(f"/admin/audiences/profile/{profile.pk}/change/", {"external_id": "changed"})
     assert response.status_code == 403
+
+
+def test_deleting_a_profile_from_its_page_removes_its_memberships(login, manager_alice, admin_erin, viewer_carol):
+    ann = ProfileFactory(external_id="ann")
+    kept = segment_create(name="Kept", kind=Segment.Kind.STATIC, by=manager_alice)
+    segment_members_change(segment_id=kept.pk, add=["ann"], by=manager_alice)
+    assert login(viewer_carol).post(f"/admin/audiences/profile/{ann.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert Profile.objects.filter(pk=ann.pk).exists()
+    response = login(admin_erin).post(f"/admin/audiences/profile/{ann.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not Profile.objects.exists() and not SegmentMember.objects.exists()
+    deleted = AuditEvent.objects.filter(action="profile_deleted").values_list("object_id", "actor_id")
+    assert list(deleted) == [(str(ann.pk), admin_erin.pk)]
 
 
 @pytest.mark.presses("audiences.import:status", "audiences.import:errors")

@@ -2,17 +2,21 @@
 
 import csv
 import io
+import threading
 
 import pytest
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection, transaction
 from django.utils import timezone
 
 from audiences.imports import SEGMENT_GONE, Batch, ImportRefused, spreadsheet_safe, write_batch
 from audiences.models import Import, Profile, Segment, SegmentMember
 from audiences.services.imports import import_create, import_process, import_restart
+from audiences.services.profiles import profiles_delete
 from audiences.services.segments import segment_create, segment_delete
 from tests.factories import ProfileFactory
+from tests.locks import concurrently, wait_for_a_blocked_writer
 
 pytestmark = [pytest.mark.django_db(transaction=False), pytest.mark.embedded]
 
@@ -225,6 +229,64 @@ def test_a_batch_whose_segment_was_deleted_writes_nothing(manager_alice):
         write_batch(batch, now=timezone.now(), segment_id=static.pk, import_id=1, replace=False)
     assert not SegmentMember.objects.exists()
     assert not Profile.objects.filter(external_id="u1").exists()
+
+
+row_locks = pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks between two sessions")
+
+
+@row_locks
+@pytest.mark.django_db(transaction=True)
+def test_a_profile_deletion_waits_for_a_batch_listing_it_and_removes_its_new_member(manager_alice):
+    """Members have no database constraint on their profile: a batch locks the profiles it lists
+    as they are until it commits, and a deletion locks them first, so it sees the new member."""
+    same = ProfileFactory(external_id="same", attributes={"plan": "pro"})
+    segment = segment_create(name="Fair", kind=Segment.Kind.IMPORTED, by=manager_alice)
+    written, blocked = threading.Event(), []
+
+    def batch():
+        with transaction.atomic():
+            unchanged = Batch(["same"], ['{"plan": "pro"}'], [None], [None])
+            write_batch(unchanged, now=timezone.now(), segment_id=segment.pk, import_id=1, replace=False)
+            written.set()
+            blocked.append(wait_for_a_blocked_writer())
+
+    def deletion():
+        written.wait(10)
+        profiles_delete(profile_ids=[same.pk], by=manager_alice)
+
+    assert not concurrently(batch, deletion)
+    assert blocked == [True]
+    assert not Profile.objects.exists()
+    assert not SegmentMember.objects.exists()
+
+
+@row_locks
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_waits_for_a_profile_deletion_and_adds_no_member_for_the_deleted_profile(manager_alice):
+    """The batch read both profiles before the deletion committed: the one it leaves as it is is
+    gone and gets no member; the one it writes is created again and joins the segment."""
+    same = ProfileFactory(external_id="same", attributes={"plan": "pro"})
+    changed = ProfileFactory(external_id="changed", attributes={"plan": "free"})
+    segment = segment_create(name="Fair", kind=Segment.Kind.IMPORTED, by=manager_alice)
+    deleting, blocked = threading.Event(), []
+
+    def deletion():
+        with transaction.atomic():
+            profiles_delete(profile_ids=[same.pk, changed.pk], by=manager_alice)
+            deleting.set()
+            blocked.append(wait_for_a_blocked_writer())
+
+    def batch():
+        deleting.wait(10)
+        both = Batch(["same", "changed"], ['{"plan": "pro"}', '{"plan": "team"}'], [None, None], [None, None])
+        with transaction.atomic():
+            write_batch(both, now=timezone.now(), segment_id=segment.pk, import_id=1, replace=False)
+
+    assert not concurrently(deletion, batch)
+    assert blocked == [True]
+    again = Profile.objects.get()
+    assert (again.external_id, again.attributes) == ("changed", {"plan": "team"})
+    assert list(SegmentMember.objects.values_list("segment_id", "profile_id")) == [(segment.pk, again.pk)]
 
 
 def test_replace_keeps_only_the_file_members(run_import, manager_alice):

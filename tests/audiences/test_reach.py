@@ -3,7 +3,7 @@
 import threading
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.services import access_grant
@@ -15,6 +15,7 @@ from audiences.services.profiles import profiles_upsert
 from delivery.models import App, Device
 from delivery.services.devices import device_opt_in_set, device_register, device_unregister, devices_invalidate
 from tests.factories import AppFactory, DeviceFactory, ProfileFactory, SegmentFactory, UserFactory
+from tests.locks import concurrently, wait_for_a_blocked_writer
 
 PRO = {"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}]}
 EVERYONE = {"all": [{"field": "locale", "op": "exists"}]}
@@ -149,41 +150,6 @@ def test_the_reach_kept_on_profiles_follows_a_truncate_and_survives_a_profile_sa
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # the foreign keys' checks, deferred, run first
         cursor.execute("TRUNCATE delivery_device CASCADE")
     assert audience_reach(segment=segment, app_id=shop.pk) == Reach(1, 0, 0, 0, 0)
-
-
-def wait_for_a_blocked_writer() -> bool:
-    """Whether another session of the test database waits for a lock (within 10 s)."""
-    with connection.cursor() as cursor:
-        for _ in range(200):
-            cursor.execute("SELECT pg_stat_clear_snapshot()")  # else read once per transaction
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-            if cursor.fetchone()[0]:
-                return True
-            threading.Event().wait(0.05)
-    return False
-
-
-def concurrently(*steps) -> list[Exception]:
-    """Run each step in a thread of its own, with its own connection; return what they raised
-    (a deadlock aborts one of them)."""
-    errors = []
-
-    def run(step):
-        try:
-            step()
-        except Exception as exc:  # noqa: BLE001 (returned to the test)
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=run, args=(step,)) for step in steps]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    return errors
 
 
 def test_two_transactions_adding_devices_to_one_profile_at_once_are_both_counted(transactional_db):

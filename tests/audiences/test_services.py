@@ -1,9 +1,11 @@
 """Segments, profiles and events through their services: permissions, locks, audit, semantics."""
 
 import datetime as dt
+import threading
 
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
 from django.http import Http404
 from django.utils import timezone
 
@@ -13,7 +15,7 @@ from audiences.models import Event, Profile, Segment, SegmentMember
 from audiences.rules.schema import RulesInvalid
 from audiences.selectors import profile_memberships, segments_visible_to
 from audiences.services.events import events_ingest
-from audiences.services.profiles import profile_upsert, profiles_upsert
+from audiences.services.profiles import profile_upsert, profiles_delete, profiles_upsert
 from audiences.services.segments import (
     segment_create,
     segment_delete,
@@ -22,6 +24,7 @@ from audiences.services.segments import (
     segment_update,
 )
 from tests.factories import ProfileFactory
+from tests.locks import concurrently, wait_for_a_blocked_writer
 
 pytestmark = pytest.mark.django_db
 
@@ -123,6 +126,36 @@ def test_static_members_are_added_and_removed_by_external_id(manager_alice):
     added, removed, unknown = segment_members_change(segment_id=segment.pk, add=["a"], remove=["b"], by=manager_alice)
     assert (added, removed) == (0, 1)
     assert list(SegmentMember.objects.filter(segment=segment).values_list("profile__external_id", flat=True)) == ["a"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_profile_deletion_waits_for_a_static_segment_adding_it_and_removes_the_member(manager_alice):
+    """Members have no database constraint on their profile: adding one holds the profile locked."""
+    ann = ProfileFactory(external_id="ann")
+    segment = segment_create(name="VIPs", kind=Segment.Kind.STATIC, by=manager_alice)
+    added, blocked = threading.Event(), []
+
+    def change():
+        with transaction.atomic():
+            segment_members_change(segment_id=segment.pk, add=["ann"], by=manager_alice)
+            added.set()
+            blocked.append(wait_for_a_blocked_writer())
+
+    def deletion():
+        added.wait(10)
+        profiles_delete(profile_ids=[ann.pk], by=manager_alice)
+
+    assert not concurrently(change, deletion)
+    assert blocked == [True]
+    assert not Profile.objects.exists()
+    assert not SegmentMember.objects.exists()
+
+
+def test_a_viewer_cannot_delete_profiles(viewer_carol):
+    ann = ProfileFactory()
+    with pytest.raises(PermissionDenied):
+        profiles_delete(profile_ids=[ann.pk], by=viewer_carol)
+    assert Profile.objects.filter(pk=ann.pk).exists()
 
 
 def test_profile_page_lists_memberships_of_visible_segments(manager_alice, manager_mallory):

@@ -1,0 +1,40 @@
+"""Tests of locks between transactions: writers in threads of their own, each with its own connection."""
+
+import threading
+
+from django.db import connection, connections
+
+
+def wait_for_a_blocked_writer() -> bool:
+    """Whether another session of the test database waits for a lock (within 10 s)."""
+    with connection.cursor() as cursor:
+        for _ in range(200):
+            cursor.execute("SELECT pg_stat_clear_snapshot()")  # else read once per transaction
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if cursor.fetchone()[0]:
+                return True
+            threading.Event().wait(0.05)
+    return False
+
+
+def concurrently(*steps) -> list[Exception]:
+    """Run each step in a thread of its own, with its own connection; return what they raised
+    (a deadlock aborts one of them)."""
+    errors = []
+
+    def run(step):
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 (returned to the test)
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(step,)) for step in steps]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return errors
