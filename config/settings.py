@@ -575,7 +575,3 @@ PUSHDESK_CACHE_SECONDS = _env_float("PUSHDESK_CACHE_SECONDS", 60)
 PUSHDESK_STREAM_SENDERS = _env_int("PUSHDESK_STREAM_SENDERS", 1, minimum=1)
 # Without a wake-up (the embedded mode, or a lost one), senders look for work this often.
 PUSHDESK_STREAM_POLL_SECONDS = _env_float("PUSHDESK_STREAM_POLL_SECONDS", 0.5)
-# While rows keep arriving, a sender claims at most this often (the rows of that time go out as
-# one batch); the first row after a quiet spell goes at once. 0 (the default): claim as soon as a
-# batch is sent (see the README's trigger notes for what a linger did in the benchmark).
-PUSHDESK_STREAM_LINGER_SECONDS = _env_float("PUSHDESK_STREAM_LINGER_SECONDS", 0.0)

@@ -2,9 +2,8 @@
 
 ``streams_send`` claims the ready rows of every open stream (``delivery.services.streams``) and
 sends them with the send engine's batches: one row when one is waiting, up to
-``PUSHDESK_SEND_BATCH`` under load, one batch in flight while the next is claimed; while rows
-keep arriving it claims at most every ``PUSHDESK_STREAM_LINGER_SECONDS`` (when set), so they go in
-batches. Leases,
+``PUSHDESK_SEND_BATCH`` under load, one batch in flight while the next is claimed (the rows
+that came while it sent go together in the next). Leases,
 ``unknown`` and never re-sending are the engine's (``delivery.services.sending``). A call that
 appended wakes the senders once it commits (``streams_wake``: a message on a Redis channel);
 without Redis (the embedded mode), or should a message be lost, they poll every
@@ -274,8 +273,6 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
     refreshed = time.monotonic()
     beat = 0.0
     in_flight = []
-    linger = settings.PUSHDESK_STREAM_LINGER_SECONDS
-    gather_until = 0.0  # rows keep coming: let them gather until then before claiming again
 
     def write_back_in_flight() -> None:
         # Before waiting for tokens: the batch in flight is leased, and the wait may outlast it.
@@ -295,10 +292,6 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
             if dispatch_ids is None and now_mono - refreshed > 2:
                 streams, refreshed = _open_streams(), now_mono
             if ready:
-                if gather_until > now_mono:
-                    write_back_in_flight()  # its latency counts: written back before the wait
-                    time.sleep(max(gather_until - time.monotonic(), 0.0))
-                claimed_at = time.monotonic()
                 claimed, full = 0, False
                 for stream in streams.values():
                     rows = deliveries_claim(
@@ -316,12 +309,6 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
                         _batch_finish(dispatch, previous, report)
                     _batch_submit(batch, stream.dispatch.app)
                     in_flight = [(stream.dispatch, batch)]
-                if claimed:
-                    # A partial batch under a steady flow: the next claim waits for more rows to
-                    # gather (one batch per linger instead of one per row); a full one claims again.
-                    gather_until = 0.0 if full else claimed_at + linger
-                else:
-                    gather_until = 0.0  # nothing waited: the next row after a quiet spell goes at once
                 if full or (claimed and listener is None):
                     continue  # more may be ready: claim again while this batch sends
             woken: set[int] = set()
