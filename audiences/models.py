@@ -26,7 +26,13 @@ class Profile(models.Model):
 
     class Meta:
         ordering = ["-id"]
-        indexes = [models.Index(fields=["last_seen_at"], name="profile_last_seen_idx")]
+        # Only seen profiles: an imported profile (never seen) then costs no entry. The rules'
+        # ranges imply a time; "never seen" matches too many profiles to want an index.
+        indexes = [
+            models.Index(
+                fields=["last_seen_at"], name="profile_last_seen_idx", condition=models.Q(last_seen_at__isnull=False)
+            )
+        ]
 
     def __str__(self) -> str:
         return self.external_id
