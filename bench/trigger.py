@@ -385,22 +385,26 @@ def main():  # noqa: C901 (one script, phase after phase)
                 time.sleep(2)
             progress(report, "throughput")
 
+        def cpu_now() -> dict[str, float]:
+            sender = tree_cpu(procs["sender"].pid)
+            return {
+                "web_cpu_ms_per_call": tree_cpu(procs["web"].pid),
+                "workers_cpu_ms_per_message": tree_cpu(procs["workers"].pid) + sender,
+                "sender_cpu_ms_per_message": sender,
+                "simulator_cpu_ms_per_message": tree_cpu(procs["sim"].pid),
+            }
+
+        def cpu_per_call(before: dict[str, float], calls: int) -> dict[str, float]:
+            return {name: round((cpu - before[name]) / max(calls, 1) * 1000, 2) for name, cpu in cpu_now().items()}
+
         if "e2e" in phases:
             started_load = load()
-            cpu = (tree_cpu(procs["web"].pid), tree_cpu(procs["workers"].pid) + tree_cpu(procs["sender"].pid))
-            sender_cpu = tree_cpu(procs["sender"].pid)
-            sim_cpu = tree_cpu(procs["sim"].pid)
+            cpu = cpu_now()
             paced = Paced(args.rate, args.e2e_seconds, trigger_request(url, key, lambda i: i % args.profiles))
             paced.run()
-            web_cpu = tree_cpu(procs["web"].pid) - cpu[0]
-            worker_cpu = tree_cpu(procs["workers"].pid) + tree_cpu(procs["sender"].pid) - cpu[1]
-            sender_cpu = tree_cpu(procs["sender"].pid) - sender_cpu
+            spent = cpu_per_call(cpu, paced.total)
             report["e2e"] = {"rate": args.rate, "seconds": args.e2e_seconds, **e2e_figures(env, tmp, paced, 10)}
-            report["e2e"]["web_cpu_ms_per_call"] = round(web_cpu / max(paced.total, 1) * 1000, 2)
-            report["e2e"]["workers_cpu_ms_per_message"] = round(worker_cpu / max(paced.total, 1) * 1000, 2)
-            report["e2e"]["sender_cpu_ms_per_message"] = round(sender_cpu / max(paced.total, 1) * 1000, 2)
-            sim_cpu = tree_cpu(procs["sim"].pid) - sim_cpu
-            report["e2e"]["simulator_cpu_ms_per_message"] = round(sim_cpu / max(paced.total, 1) * 1000, 2)
+            report["e2e"].update(spent)
             report["e2e"]["load"] = [started_load, load()]
             progress(report, "e2e")
 
@@ -421,8 +425,10 @@ def main():  # noqa: C901 (one script, phase after phase)
                 )
                 return external_id if r.status_code == 200 else None
 
+            cpu = cpu_now()
             paced = Paced(args.rate, min(args.e2e_seconds, (args.profiles - offset) / args.rate), event)
             paced.run()
+            spent = cpu_per_call(cpu, paced.total)
             time.sleep(10)
             sent_at = {paced.answers[i]: paced.sent[i] for i in paced.answers}
             path = tmp / "journey.json"
@@ -439,6 +445,7 @@ def main():  # noqa: C901 (one script, phase after phase)
                 ),
                 "p50_ms": ms(percentile(spans, 50)),
                 "p99_ms": ms(percentile(spans, 99)),
+                **spent,
                 "load": [started_load, load()],
             }
             progress(report, "journey")
