@@ -1,8 +1,19 @@
 """Tests of locks between transactions: writers in threads of their own, each with its own connection."""
 
 import threading
+import time
 
 from django.db import connection, connections
+
+
+def eventually(condition, *, timeout: float = 10.0, step: float = 0.01) -> bool:
+    """Whether ``condition()`` holds within ``timeout`` seconds (asked every ``step``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return False
 
 
 def wait_for_a_blocked_writer() -> bool:

@@ -201,6 +201,7 @@ class RedisTrips:
 
         def pipeline(pipe, *args, **kwargs):
             self.count += 1
+            self.commands.append(f"pipeline: {' '.join(str(args[0]) for args, _ in pipe.command_stack)}")
             return original_pipeline(pipe, *args, **kwargs)
 
         monkeypatch.setattr(redis.Redis, "execute_command", command)
@@ -238,7 +239,7 @@ def test_a_trigger_costs_at_most_4_queries_and_one_redis_round_trip_before_its_r
     assert trips.count == 1, trips.commands  # the answer did not wait for the wake-up, held back here
     release.set()
     assert streams_wake_flush()
-    assert trips.count == 2 and trips.commands[-1] == "PUBLISH", trips.commands
+    assert trips.count == 2 and trips.commands[-1] == "pipeline: PUBLISH", trips.commands
     assert Delivery.objects.filter(dispatch_id=response.json()["dispatch"]).count() == 2
 
 

@@ -24,6 +24,7 @@ from delivery.services.dispatches import (
 from delivery.services.sending import dispatch_send
 from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory, SegmentMemberFactory
 from tests.fakes.pushsim import heal_after_the_first_drop
+from tests.locks import eventually
 
 pytestmark = pytest.mark.django_db
 
@@ -268,15 +269,6 @@ def test_stopping_a_dispatch_stops_its_queued_rows(
     assert all(pushsim.state.count(d.token) == 0 for d in devices)
 
 
-def _wait_for(condition, *, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return False
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_row_in_flight_when_its_dispatch_is_stopped_is_not_left_queued_by_a_retry(
     pushsim_app, pushsim, open_gate, manager_alice, settings
@@ -300,7 +292,7 @@ def test_a_row_in_flight_when_its_dispatch_is_stopped_is_not_left_queued_by_a_re
     worker = threading.Thread(target=send_in_a_worker)
     worker.start()
     rows = Delivery.objects.filter(device=device)
-    assert _wait_for(lambda: rows.filter(status="sending").exists()), "the row was never claimed"
+    assert eventually(lambda: rows.filter(status="sending").exists()), "the row was never claimed"
     dispatch_stop(dispatch_id=rows.get().dispatch_id, by=manager_alice)
     worker.join(timeout=30)
 

@@ -23,6 +23,7 @@ from delivery.services.streams import (
     streams_watch,
 )
 from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory, orders_stream
+from tests.locks import eventually
 
 pytestmark = pytest.mark.django_db
 
@@ -430,9 +431,9 @@ def test_a_stop_waiting_for_a_write_back_stops_the_retry_it_requeued(pushsim_app
     retry = Result(row.id, "queued", reason="Unavailable", next_attempt_at=timezone.now() + dt.timedelta(seconds=30))
     try:
         writing = in_a_thread(lambda: deliveries_write_back(stream.pk, [retry], now=timezone.now()))
-        assert _wait(lambda: waiting(1)), "the write-back should wait for the delivery row"
+        assert eventually(lambda: waiting(1)), "the write-back should wait for the delivery row"
         stopping = in_a_thread(stop)
-        _wait(lambda: waiting(2), timeout=2.0)  # the stop waits for the dispatch row (if it does not, it wins)
+        eventually(lambda: waiting(2), timeout=2.0)  # the stop waits for the dispatch row (if it does not, it wins)
     finally:
         blocker.commit()
         blocker.close()
@@ -442,12 +443,3 @@ def test_a_stop_waiting_for_a_write_back_stops_the_retry_it_requeued(pushsim_app
     delivery = Delivery.objects.get(pk=row.id)
     assert (delivery.status, delivery.reason, delivery.next_attempt_at) == ("skipped", "stopped", None)
     assert Dispatch.objects.get(pk=stream.pk).status == "stopped"
-
-
-def _wait(condition, *, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return False

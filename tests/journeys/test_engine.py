@@ -3,7 +3,6 @@ re-entry, exit criteria, versions, stopping, the gate, and two engines racing.""
 
 import datetime as dt
 import threading
-import time
 
 import pytest
 from django.db import connection
@@ -18,6 +17,7 @@ from journeys.services.engine import journeys_run_due
 from journeys.services.entries import journey_enter_segment
 from journeys.services.lifecycle import journey_stop, journey_version_edit
 from tests.factories import DeviceFactory, EventFactory, ProfileFactory, SegmentMemberFactory
+from tests.locks import eventually
 
 EXIT = {"id": "done", "type": "exit"}
 
@@ -505,15 +505,6 @@ def _waiting_on_locks() -> int:
         return cursor.fetchone()[0]
 
 
-def _until(condition, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 @pytest.mark.django_db(transaction=True)
 def test_two_engine_batches_adding_to_the_same_step_counters_do_not_deadlock(make_journey):
     """Batch B has its counters in the order (b, a), batch A in (a, b); a third holds b until both wait."""
@@ -554,9 +545,9 @@ def test_two_engine_batches_adding_to_the_same_step_counters_do_not_deadlock(mak
     assert held.wait(timeout=20)
     batches = [threading.Thread(target=batch, args=(order,)) for order in ((b, a), (a, b))]
     batches[0].start()
-    assert _until(lambda: _waiting_on_locks() >= 1), "batch B never waited"
+    assert eventually(lambda: _waiting_on_locks() >= 1, timeout=20.0, step=0.02), "batch B never waited"
     batches[1].start()
-    assert _until(lambda: _waiting_on_locks() >= 2), "batch A never waited"
+    assert eventually(lambda: _waiting_on_locks() >= 2, timeout=20.0, step=0.02), "batch A never waited"
     release.set()
     for thread in (holder, *batches):
         thread.join(timeout=30)
