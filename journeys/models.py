@@ -227,16 +227,23 @@ class Enrollment(models.Model):
 
 
 class StepStat(models.Model):
-    """Counters per (version, step, metric): entered, passed:<branch>, pushed, exited. Kept by the engine."""
+    """Counters per (version, step, metric): entered, passed:<branch>, pushed, exited. Kept by the engine.
+
+    Each counter is split over shards (the engine adds to the shard of its database session), so
+    concurrent event entries, which add to the same counters, do not queue behind each other's
+    commit; a count is the sum of its shards."""
 
     id = models.BigAutoField(primary_key=True)
     version = models.ForeignKey(JourneyVersion, on_delete=models.CASCADE, related_name="stats")
     step = models.CharField(max_length=64)
     metric = models.CharField(max_length=100)
+    shard = models.SmallIntegerField(default=0)
     count = models.BigIntegerField(default=0)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["version", "step", "metric"], name="step_stat_once")]
+        constraints = [
+            models.UniqueConstraint(fields=["version", "step", "metric", "shard"], name="step_stat_once_per_shard")
+        ]
 
     def __str__(self) -> str:
         return f"{self.version_id}/{self.step}/{self.metric}={self.count}"

@@ -48,7 +48,7 @@ def version_step_stats(version: JourneyVersion) -> dict[str, dict]:
     """Per step: entered, waiting (now), passed per branch, pushed, exited (two grouped queries)."""
     stats: dict[str, dict] = defaultdict(dict)
     for step, metric, count in StepStat.objects.filter(version=version).values_list("step", "metric", "count"):
-        stats[step][metric] = count
+        stats[step][metric] = stats[step].get(metric, 0) + count  # the sum of the counter's shards
     waiting = (
         Enrollment.objects.filter(version=version, status__in=Enrollment.OPEN_STATUSES)
         .values("step", "status")

@@ -506,14 +506,42 @@ def _waiting_on_locks() -> int:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_engine_batches_adding_to_the_same_step_counters_do_not_deadlock(make_journey):
-    """Batch B has its counters in the order (b, a), batch A in (a, b); a third holds b until both wait."""
+def test_step_counters_added_by_concurrent_sessions_are_summed_over_their_shards(make_journey):
+    from collections import Counter
+
+    from journeys.models import StepStat
+    from journeys.services.engine import STEP_STAT_SHARDS, _stats_add
+    from tests.locks import concurrently
+
+    version = make_journey().versions.get()
+    step = version.steps()[0]["id"]
+    pids = []
+
+    def add() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            pids.append(cursor.fetchone()[0])
+        _stats_add(Counter({(version.pk, step, "entered"): 1}))
+
+    assert concurrently(add, add, add) == []
+    shards = set(StepStat.objects.filter(version=version).values_list("shard", flat=True))
+    assert shards == {pid % STEP_STAT_SHARDS for pid in pids}  # each session its own shard's row
+    assert version_step_stats(version)[step]["entered"] == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_engine_batches_adding_to_the_same_step_counters_do_not_deadlock(make_journey, monkeypatch):
+    """Batch B has its counters in the order (b, a), batch A in (a, b); a third holds b until both wait
+    (one shard per counter here: every session adds to the same rows)."""
     from collections import Counter
 
     from django.db import transaction
 
     from journeys.models import StepStat
+    from journeys.services import engine
     from journeys.services.engine import _stats_add
+
+    monkeypatch.setattr(engine, "STEP_STAT_SHARDS", 1)
 
     version_id = make_journey().versions.get().pk
     a, b = (version_id, "a", "entered"), (version_id, "b", "entered")
