@@ -16,6 +16,7 @@ from accounts.services import access_grant
 from delivery.models import Delivery, Dispatch
 from tests.factories import PushContentFactory
 from tests.fakes.workers import BATCH, WORKERS, Cluster, push_task, rows_state, sending_devices, wait_for, watch_until
+from tests.locks import eventually
 
 pytestmark = [
     pytest.mark.slow,
@@ -24,6 +25,16 @@ pytestmark = [
         reason="needs PostgreSQL and Redis (real worker processes)",
     ),
 ]
+
+
+def _no_other_statement_running() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")  # else read once per transaction
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND state = 'active'"
+        )
+        return cursor.fetchone()[0] == 0
 
 
 def test_worker_killed_mid_send_never_sends_twice_and_every_row_ends(
@@ -53,6 +64,9 @@ def test_worker_killed_mid_send_never_sends_twice_and_every_row_ends(
             cluster=first,
         ), open(log).read()[-3000:]
         first.kill()
+        # A killed worker's last statement (a claim) may still run in its server process and commit:
+        # count the rows in flight once no other session of the database is running one.
+        assert eventually(_no_other_statement_running), "a killed worker's statement still runs"
         in_flight = Delivery.objects.filter(dispatch=dispatch, status="sending").count()
         assert Delivery.objects.filter(dispatch=dispatch, status="queued").exists(), "killed too late to matter"
         assert in_flight <= WORKERS * BATCH * 2  # per worker: one batch sending, the next one claimed
