@@ -5,7 +5,6 @@ import threading
 from zoneinfo import ZoneInfo
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 from django_q.conf import Conf
 
@@ -13,6 +12,7 @@ from delivery.models import Delivery, DeliveryRules, Dispatch
 from delivery.rules import quiet_until
 from delivery.services.dispatches import dispatch_prepare
 from tests.factories import AppFactory, DeviceFactory, ProfileFactory, PushContentFactory
+from tests.locks import concurrently
 
 
 @pytest.fixture
@@ -124,22 +124,7 @@ def test_two_dispatches_resolving_at_once_respect_a_cap_of_one(app, monkeypatch)
 
     monkeypatch.setattr("delivery.services.dispatches.rules_apply", rules_apply_after_the_other_inserted)
     monkeypatch.setattr(Conf, "SYNC", False)  # the send tasks go to the broker: nobody runs them here
-    errors = []
-
-    def prepare(dispatch_id):
-        try:
-            dispatch_prepare(dispatch_id=dispatch_id)
-        except Exception as exc:  # noqa: BLE001 (reported below)
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=prepare, args=(pk,)) for pk in ids]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-
+    errors = concurrently(*(lambda pk=pk: dispatch_prepare(dispatch_id=pk) for pk in ids))
     assert not errors, errors
     statuses = sorted(Delivery.objects.filter(dispatch_id__in=ids).values_list("status", "reason"))
     assert statuses == [("queued", ""), ("skipped", "frequency_cap")]
