@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -16,7 +15,7 @@ from django.utils import timezone
 from accounts.models import User
 from audiences.models import Event, Profile
 from audiences.rules.schema import KEY_RE
-from audiences.services.profiles import _ensure_perm, text_problem
+from audiences.services.profiles import _ensure_perm, json_compact, text_problem
 
 if TYPE_CHECKING:
     from accounts.stamps import Stamps
@@ -27,9 +26,6 @@ FUTURE_LIMIT = dt.timedelta(days=1)
 PROPERTY_NAMES_PROBLEM = "Property names use letters, digits, _ . : - (at most 100 characters)."
 PROPERTIES_SIZE_PROBLEM = f"Properties take at most {MAX_PROPERTIES_BYTES} bytes as JSON."
 FUTURE_PROBLEM = "This time is more than a day in the future."
-# Compact ASCII JSON (the size event_check limits, and the events' rows): one encoder built once,
-# where json.dumps with options builds a new one on each call.
-json_compact = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 log = logging.getLogger(__name__)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import zoneinfo
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ def profile_check(data: dict) -> dict[str, str]:
                 errors["attributes"] = (
                     f"Attribute name {bad[0]!r} is invalid: letters, digits, _ . : - (at most 100 characters)."
                 )
-            elif len(_json_dumps(attributes)) > MAX_ATTRIBUTES_BYTES:
+            elif len(json_compact(attributes)) > MAX_ATTRIBUTES_BYTES:
                 errors["attributes"] = f"Attributes take at most {MAX_ATTRIBUTES_BYTES} bytes as JSON."
     locale = data.get("locale")
     if locale not in (None, "") and (not isinstance(locale, str) or not LOCALE_RE.match(locale) or len(locale) > 35):
@@ -75,10 +76,9 @@ def profile_check(data: dict) -> dict[str, str]:
     return errors
 
 
-def _json_dumps(value) -> str:
-    import json
-
-    return json.dumps(value, separators=(",", ":"), default=str)
+# Compact ASCII JSON (the size the checks limit, and what the bulk writes send): one encoder built
+# once, where json.dumps with options builds a new one on each call.
+json_compact = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 def _merged(current: dict, changes: dict | None) -> dict:
