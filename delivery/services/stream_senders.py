@@ -305,8 +305,7 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
                     report.batches += 1
                     _acquire_all(stream.limits, len(rows), before_waiting=write_back_in_flight)
                     batch = _batch_prepare(stream.dispatch, rows)
-                    for dispatch, previous in in_flight:
-                        _batch_finish(dispatch, previous, report)
+                    write_back_in_flight()
                     _batch_submit(batch, stream.dispatch.app)
                     in_flight = [(stream.dispatch, batch)]
                 if full or (claimed and listener is None):
