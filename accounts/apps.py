@@ -17,15 +17,26 @@ class AccountsConfig(AppConfig):
 
 
 def _connect_stamps() -> None:
-    """Bump the ``access`` version stamp whenever a key, a user, a role or an object grant changes."""
+    """Bump the ``access`` version stamp whenever a key, a user, a role or an object grant changes.
+
+    The row receivers listen to those models only: a delete receiver for every model would make
+    each cascade load its rows to signal them one by one (a profile's events, a dispatch's
+    deliveries) instead of deleting them with one query.
+    """
+    from django.apps import apps
     from django.contrib.auth.models import Group
     from django.db.models.signals import m2m_changed, post_delete, post_save
+    from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
-    from accounts.models import User
+    from accounts.models import ApiKey, User
     from accounts.stamps import access_changed, access_rows_changed
 
-    post_save.connect(access_rows_changed, dispatch_uid="accounts.stamps.save")
-    post_delete.connect(access_rows_changed, dispatch_uid="accounts.stamps.delete")
+    granting = (ApiKey, User, Group, UserObjectPermissionBase, GroupObjectPermissionBase)
+    for model in apps.get_models():
+        if issubclass(model, granting):
+            label = model._meta.label_lower
+            post_save.connect(access_rows_changed, sender=model, dispatch_uid=f"accounts.stamps.save.{label}")
+            post_delete.connect(access_rows_changed, sender=model, dispatch_uid=f"accounts.stamps.delete.{label}")
     m2m_changed.connect(access_changed, sender=User.groups.through, dispatch_uid="accounts.stamps.groups")
     m2m_changed.connect(access_changed, sender=Group.permissions.through, dispatch_uid="accounts.stamps.perms")
     m2m_changed.connect(access_changed, sender=User.user_permissions.through, dispatch_uid="accounts.stamps.uperms")

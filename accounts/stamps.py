@@ -143,7 +143,7 @@ def access_changed(**kwargs) -> None:
 
 
 def access_rows_changed(sender, instance=None, **kwargs) -> None:
-    """Signal receiver for saves and deletes of every model: bumps ``access`` for the ones that grant it."""
+    """Signal receiver for saves and deletes of the models that grant access (``accounts.apps``): bumps ``access``."""
     from django.contrib.auth.models import Group
     from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 

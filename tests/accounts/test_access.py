@@ -131,3 +131,27 @@ def test_user_page_shows_roles_and_object_access(client, admin_erin, manager_ali
     assert page.status_code == 200
     assert b"submit for review" in page.content  # the Manager role's capabilities
     assert b"Shop" in page.content
+
+
+def test_each_write_of_what_grants_access_bumps_the_access_stamp_and_a_profile_s_does_not(
+    admin_erin, manager_alice, shop
+):
+    from accounts.stamps import stamps_read
+    from tests.factories import ProfileFactory, UserFactory
+
+    def access_stamp():
+        return stamps_read(["access"]).values["access"]
+
+    steps = [
+        lambda: access_grant(obj=shop, to=manager_alice, by=admin_erin),  # an object grant saved
+        lambda: access_revoke(obj=shop, to=manager_alice, by=admin_erin),  # and deleted
+        lambda: Group.objects.create(name="Temporary").delete(),
+        lambda: UserFactory(username="leaver").delete(),
+    ]
+    for step in steps:
+        before = access_stamp()
+        step()
+        assert access_stamp() != before
+    before = access_stamp()
+    ProfileFactory().delete()
+    assert access_stamp() == before

@@ -151,6 +151,22 @@ def test_a_profile_deletion_waits_for_a_static_segment_adding_it_and_removes_the
     assert not SegmentMember.objects.exists()
 
 
+def test_deleting_a_profile_removes_its_events_by_query_without_reading_them(manager_alice):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tests.factories import EventFactory
+
+    ann, bob = ProfileFactory(external_id="ann"), ProfileFactory(external_id="bob")
+    for profile in (ann, ann, ann, bob):
+        EventFactory(profile=profile)
+    with CaptureQueriesContext(connection) as queries:
+        assert profiles_delete(profile_ids=[ann.pk], by=manager_alice) == 1
+    reads = [q["sql"] for q in queries if q["sql"].startswith("SELECT") and '"audiences_event"' in q["sql"]]
+    assert reads == []  # a GDPR erasure of a profile with a million events loads none of them
+    assert list(Event.objects.values_list("profile__external_id", flat=True)) == ["bob"]
+
+
 def test_a_viewer_cannot_delete_profiles(viewer_carol):
     ann = ProfileFactory()
     with pytest.raises(PermissionDenied):
