@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import reverse
+from django.utils.html import format_html
 from django.utils.http import urlencode
 
 from accounts.admin.bases import BigTableAdmin
@@ -13,7 +14,7 @@ from audiences.selectors import (
     profile_memberships,
     profiles_visible_to,
 )
-from audiences.services.profiles import profiles_delete
+from audiences.services.profiles import profiles_delete, profiles_delete_counts
 
 
 class ReadOnlyMixin:
@@ -48,6 +49,20 @@ class ProfileAdmin(ReadOnlyMixin, BigTableAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return request.user.has_perm("audiences.delete_profile")
+
+    def get_deleted_objects(self, objs, request):
+        """The confirmation of a delete (one profile's, or the list's action): the profiles, and how
+        many rows of each kind go with them (events, devices, memberships...), all removed by
+        ``profiles_delete`` in one transaction. Django's own listing would load every event and
+        ask the event admin, which deletes nothing by hand, for leave to delete each: refused."""
+        profiles = list(objs)
+        listed = [
+            format_html('Profile: <a href="{}">{}</a>', reverse("admin:audiences_profile_change", args=[p.pk]), p)
+            for p in profiles
+        ]
+        counts = profiles_delete_counts(profile_ids=[p.pk for p in profiles])
+        perms_needed = set() if self.has_delete_permission(request) else {Profile._meta.verbose_name}
+        return listed, counts, perms_needed, []
 
     def delete_model(self, request, obj):
         profiles_delete(profile_ids=[obj.pk], by=request.user)

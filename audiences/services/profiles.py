@@ -6,11 +6,13 @@ import datetime as dt
 import json
 import re
 import zoneinfo
+from collections import Counter
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
+from django.db import router, transaction
+from django.db.models.deletion import Collector
 from django.utils import timezone
 
 from accounts.models import User
@@ -203,3 +205,21 @@ def profiles_delete(*, profile_ids: list[int], by: User) -> int:
         if profiles:
             Profile.objects.filter(pk__in=[p.pk for p in profiles]).delete()
     return len(profiles)
+
+
+def profiles_delete_counts(*, profile_ids: list[int]) -> dict[str, int]:
+    """What ``profiles_delete`` removes with these profiles: {kind (plural): rows}, the profiles
+    first, kinds with no row left out.
+
+    Read from the plan the deletion itself follows (the ORM's cascade from the profiles), so it
+    names whatever belongs to a profile; rows the cascade deletes by query (events, memberships)
+    are counted, not loaded.
+    """
+    collector = Collector(using=router.db_for_write(Profile))
+    collector.collect(Profile.objects.filter(pk__in=profile_ids))
+    counts: Counter[str] = Counter()
+    for model, instances in collector.data.items():
+        counts[str(model._meta.verbose_name_plural)] += len(instances)
+    for queryset in collector.fast_deletes:
+        counts[str(queryset.model._meta.verbose_name_plural)] += queryset.count()
+    return {kind: rows for kind, rows in counts.items() if rows}

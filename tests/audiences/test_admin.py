@@ -7,9 +7,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
 from accounts.models import AuditEvent
-from audiences.models import Import, Profile, Segment, SegmentMember
+from audiences.models import Event, Import, Profile, Segment, SegmentMember
 from audiences.services.segments import segment_create, segment_members_change
-from tests.factories import TEST_PASSWORD, EventFactory, ProfileFactory
+from delivery.models import Device
+from tests.factories import TEST_PASSWORD, DeviceFactory, EventFactory, ProfileFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -166,6 +167,82 @@ def test_deleting_a_profile_from_its_page_removes_its_memberships(login, manager
     assert not Profile.objects.exists() and not SegmentMember.objects.exists()
     deleted = AuditEvent.objects.filter(action="profile_deleted").values_list("object_id", "actor_id")
     assert list(deleted) == [(str(ann.pk), admin_erin.pk)]
+
+
+def _profile_with_its_rows(external_id, manager):
+    """A profile with three events, a device and a static segment's membership."""
+    profile = ProfileFactory(external_id=external_id)
+    for name in ("app_open", "purchase", "purchase"):
+        EventFactory(profile=profile, name=name)
+    DeviceFactory(profile=profile)
+    kept = segment_create(name=f"Kept {external_id}", kind=Segment.Kind.STATIC, by=manager)
+    segment_members_change(segment_id=kept.pk, add=[external_id], by=manager)
+    return profile
+
+
+def _rows_of(profile):
+    return (
+        Profile.objects.filter(pk=profile.pk).count(),
+        Event.objects.filter(profile_id=profile.pk).count(),
+        Device.objects.filter(profile_id=profile.pk).count(),
+        SegmentMember.objects.filter(profile_id=profile.pk).count(),
+    )
+
+
+@pytest.mark.parametrize("role", ["manager_alice", "admin_erin"])
+def test_deleting_a_profile_with_events_says_what_goes_and_removes_it_all(
+    request, login, manager_alice, role, django_assert_max_num_queries
+):
+    ann = _profile_with_its_rows("ann", manager_alice)
+    bob = _profile_with_its_rows("bob", manager_alice)
+    client = login(request.getfixturevalue(role))
+    with django_assert_max_num_queries(20):
+        confirmation = client.get(f"/admin/audiences/profile/{ann.pk}/delete/")
+    assert confirmation.status_code == 200
+    html = confirmation.content.decode()
+    for line in ("Profiles: 1", "Events: 3", "Devices: 1", "Segment members: 1"):
+        assert f"<li>{line}</li>" in html, line
+    assert "purchase @" not in html  # counted, not listed one by one
+
+    response = client.post(f"/admin/audiences/profile/{ann.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert _rows_of(ann) == (0, 0, 0, 0)
+    assert _rows_of(bob) == (1, 3, 1, 1)  # the other profile keeps everything
+
+
+@pytest.mark.parametrize("role", ["viewer_carol", "approver_bob"])
+def test_a_role_that_may_not_delete_profiles_is_refused_and_nothing_changes(request, login, manager_alice, role):
+    ann = _profile_with_its_rows("ann", manager_alice)
+    client = login(request.getfixturevalue(role))
+    assert client.get(f"/admin/audiences/profile/{ann.pk}/delete/").status_code == 403
+    assert client.post(f"/admin/audiences/profile/{ann.pk}/delete/", {"post": "yes"}).status_code == 403
+    press = {"action": "delete_selected", "_selected_action": [ann.pk], "post": "yes"}
+    client.post("/admin/audiences/profile/", press)
+    assert _rows_of(ann) == (1, 3, 1, 1)
+    assert not AuditEvent.objects.filter(action="profile_deleted").exists()
+
+
+@pytest.mark.presses("audiences.profile:delete_selected")
+def test_delete_selected_profiles_with_events_confirms_with_counts_and_removes_them_all(
+    login, manager_alice, admin_erin
+):
+    ann = _profile_with_its_rows("ann", manager_alice)
+    bob = _profile_with_its_rows("bob", manager_alice)
+    carl = _profile_with_its_rows("carl", manager_alice)
+    client = login(admin_erin)
+    press = {"action": "delete_selected", "_selected_action": [ann.pk, bob.pk]}
+    confirmation = client.post("/admin/audiences/profile/", press)
+    assert confirmation.status_code == 200
+    html = confirmation.content.decode()
+    for line in ("Profiles: 2", "Events: 6", "Devices: 2", "Segment members: 2"):
+        assert f"<li>{line}</li>" in html, line
+
+    response = client.post("/admin/audiences/profile/", {**press, "post": "yes"})
+    assert response.status_code == 302
+    assert _rows_of(ann) == _rows_of(bob) == (0, 0, 0, 0)
+    assert _rows_of(carl) == (1, 3, 1, 1)
+    deleted = AuditEvent.objects.filter(action="profile_deleted").values_list("object_id", "actor_id")
+    assert sorted(deleted) == sorted([(str(ann.pk), admin_erin.pk), (str(bob.pk), admin_erin.pk)])
 
 
 @pytest.mark.presses("audiences.import:status", "audiences.import:errors")
