@@ -499,10 +499,14 @@ def _fault(state: SimState, status: int, code: str = "") -> Answer:
     """An injected failure: by status (429, 500, 503), or by FCM error code."""
     retry_after = state.faults.retry_after
     if code and code not in FCM_ERRORS:
-        # Only stored by going around ``fail_token``'s check (an APNs token sent through FCM):
-        # a server error for this request alone, every other stream on the connection served on.
-        message = f"The push simulator has no FCM error code {code!r} (an injected failure)."
-        return _error(500, "INTERNAL", message, _fcm_error("INTERNAL"))
+        # An APNs reason, injected for a token ``fail_token`` took for an APNs one, and the token
+        # sent through FCM: a 400 that names it, which no client retries (a 500 is retried, and
+        # the retry then succeeds, hiding the mistake). The failure is used up, as any other.
+        message = (
+            f"The push simulator was told to fail this token with {code!r} ({status}), an APNs reason: "
+            f"FCM has no such error code. Inject one of {', '.join(FCM_ERRORS)} for a token sent through FCM."
+        )
+        return _invalid(message, "message.token")
     if code:
         code_status, rpc_status, message = FCM_ERRORS[code]
         wait = retry_after if code_status in (429, 503) else 0

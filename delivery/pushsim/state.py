@@ -233,6 +233,11 @@ class SimState:
         bare status, an FCM code for an APNs token, and for an FCM token a code FCM does not
         have or a status FCM does not send it with. Any other APNs reason is taken (APNs adds
         reasons; a client must cope with one it does not know). Nothing is injected then.
+
+        The failures are kept by token alone: the next requests for it take them, through either
+        provider. An APNs reason that reaches FCM (an unknown token shaped as APNs's, sent there)
+        answers 400 ``INVALID_ARGUMENT`` naming the reason; an FCM code that reaches APNs is sent
+        as the APNs reason.
         """
         device = self.device(token)
         if device is not None:

@@ -271,6 +271,19 @@ def test_firebase_admin_unregistered_and_invalid_tokens(pushsim, firebase):
         messaging.send(fcm_message("short"), app=firebase)
 
 
+def test_firebase_admin_gets_an_apns_reason_injected_for_its_token_as_an_invalid_argument_not_retried(
+    pushsim, firebase
+):
+    # An unknown token shaped as APNs's takes APNs reasons; sent through FCM, the failure is still
+    # the next answer: one firebase-admin does not re-send (it re-sends a 500, which then succeeds).
+    token = "ab" * 32
+    pushsim.state.fail_token(token=token, failures=[(410, "Unregistered")])
+    with pytest.raises(exceptions.InvalidArgumentError, match="'Unregistered'.*an APNs reason") as raised:
+        messaging.send(fcm_message(token), app=firebase)
+    assert raised.value.http_response.status_code == 400
+    assert pushsim.state.count(token) == 0
+
+
 def test_firebase_admin_waits_the_retry_after_of_a_429_then_sends(pushsim, firebase):
     pushsim.state.faults.retry_after = 1
     pushsim.state.fail_token(token=FCM_TOKEN, failures=[429])

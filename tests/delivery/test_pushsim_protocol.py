@@ -464,7 +464,7 @@ def test_failures_are_injected_over_the_control_endpoint_which_refuses_an_unknow
     assert answers[0].json()["error"]["details"][0]["errorCode"] == "UNREGISTERED"
 
 
-def test_an_fcm_code_the_simulator_lacks_answers_500_naming_it_and_the_connection_serves_on(pushsim):
+def test_an_apns_reason_sent_through_fcm_answers_a_named_invalid_argument_and_the_connection_serves_on(pushsim):
     # An APNs reason injected for an APNs-shaped token reaches FCM when that token is sent there.
     pushsim.state.fail_token(token=DEVICE, failures=[(410, "Unregistered")])
     access = pushsim.state.issue_access_token(PROJECT_ID)
@@ -475,9 +475,19 @@ def test_an_fcm_code_the_simulator_lacks_answers_500_naming_it_and_the_connectio
         faulty = client.request(path, headers, json.dumps({"message": {"token": DEVICE}}).encode())
         fine = client.request(path, headers, json.dumps({"message": {"token": FCM_TOKEN}}).encode())
         client.wait([faulty, fine])
+        again = client.request(path, headers, json.dumps({"message": {"token": DEVICE}}).encode())
+        client.wait([again])
     finally:
         client.close()
     status, _, body = client.answer(faulty)
-    assert status == 500 and "'Unregistered'" in json.loads(body)["error"]["message"]
+    error = json.loads(body)["error"]
+    # A client's error, not a server's: no client retries it, so the test sees the mistake.
+    assert (status, error["status"]) == (400, "INVALID_ARGUMENT")
+    assert "'Unregistered'" in error["message"] and "APNs reason" in error["message"]
+    assert {"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "INVALID_ARGUMENT"} in (
+        error["details"]
+    )
+    assert error["details"][0]["fieldViolations"][0]["field"] == "message.token"
     assert client.answer(fine)[0] == 200 and not client.terminated
-    assert pushsim.state.count(FCM_TOKEN) == 1
+    assert client.answer(again)[0] == 200  # the failure is used up, as any injected one
+    assert pushsim.state.count(FCM_TOKEN) == 1 and pushsim.state.count(DEVICE) == 1
