@@ -96,6 +96,24 @@ def _merged(current: dict, changes: dict | None) -> dict:
     return merged
 
 
+def _apply(profile: Profile, item: dict) -> None:
+    """Give ``profile`` (in memory) one upsert item's values. Applying a profile's items a second
+    time changes nothing: each name, locale, time zone ends as its last item says, the last seen
+    time at the latest."""
+    profile.attributes = _merged(profile.attributes, item.get("attributes"))
+    if item.get("locale") is not None:
+        profile.locale = item["locale"]
+    if item.get("timezone") is not None:
+        profile.timezone = item["timezone"]
+    if item.get("last_seen_at") is not None:
+        profile.last_seen_at = max(filter(None, [profile.last_seen_at, item["last_seen_at"]]))
+
+
+def _values(profile: Profile) -> tuple:
+    """What an upsert item may change on a profile."""
+    return (profile.attributes, profile.locale, profile.timezone, profile.last_seen_at)
+
+
 @dataclass
 class UpsertResult:
     external_id: str
@@ -136,33 +154,35 @@ def profiles_upsert(*, items: list[dict], by: User) -> list[UpsertResult]:
         missing = [x for x in ids if x not in existing]
         created_ids: set[str] = set()
         if missing:
-            Profile.objects.bulk_create(
-                [Profile(external_id=x, created_at=now, updated_at=now) for x in missing], ignore_conflicts=True
-            )
+            # A new profile is written once, with what its items give it. One another writer
+            # created meanwhile (this insert is then ignored) takes the items like a known one.
+            fresh = {x: Profile(external_id=x, created_at=now, updated_at=now) for x in missing}
+            for item in items:
+                if item["external_id"] in fresh:
+                    _apply(fresh[item["external_id"]], item)
+            Profile.objects.bulk_create(list(fresh.values()), ignore_conflicts=True)
             for profile in _locked(Profile.objects.filter(external_id__in=missing)):
                 existing[profile.external_id] = profile
                 created_ids.add(profile.external_id)
+        created_as_read = {x: _values(existing[x]) for x in created_ids}
         changed: dict[str, Profile] = {}
         results: list[UpsertResult] = []
         for item in items:
             profile = existing[item["external_id"]]
-            before = (profile.attributes, profile.locale, profile.timezone, profile.last_seen_at)
-            profile.attributes = _merged(profile.attributes, item.get("attributes"))
-            if item.get("locale") is not None:
-                profile.locale = item["locale"]
-            if item.get("timezone") is not None:
-                profile.timezone = item["timezone"]
-            if item.get("last_seen_at") is not None:
-                profile.last_seen_at = max(filter(None, [profile.last_seen_at, item["last_seen_at"]]))
-            after = (profile.attributes, profile.locale, profile.timezone, profile.last_seen_at)
-            if after != before:
-                profile.updated_at = now
-                changed[profile.external_id] = profile
+            before = _values(profile)
+            _apply(profile, item)
             if profile.external_id in created_ids:
                 status = "created"
             else:
+                if _values(profile) != before:
+                    changed[profile.external_id] = profile
                 status = "updated" if profile.external_id in changed else "unchanged"
             results.append(UpsertResult(external_id=profile.external_id, status=status, profile_id=profile.pk))
+        # A profile created here holds its items' values already (applying them again ends the
+        # same); one another writer created is written when they changed it.
+        changed.update((x, existing[x]) for x, values in created_as_read.items() if _values(existing[x]) != values)
+        for profile in changed.values():
+            profile.updated_at = now
         if changed:
             Profile.objects.bulk_update(
                 list(changed.values()), ["attributes", "locale", "timezone", "last_seen_at", "updated_at"]

@@ -223,6 +223,27 @@ def test_bulk_upsert_applies_a_repeated_id_in_order(manager_alice):
     assert Profile.objects.get(external_id="x").attributes == {"n": 2, "m": 1}
 
 
+@pytest.mark.embedded
+def test_new_profiles_are_written_once_with_what_their_items_say(manager_alice):
+    from django.test.utils import CaptureQueriesContext
+
+    seen = timezone.now() - dt.timedelta(hours=1)
+    with CaptureQueriesContext(connection) as queries:
+        results = profiles_upsert(
+            items=[
+                {"external_id": "x", "attributes": {"n": 1, "gone": True}, "locale": "fr"},
+                {"external_id": "y", "timezone": "Europe/Paris", "last_seen_at": seen},
+                {"external_id": "x", "attributes": {"n": 2, "gone": None}, "last_seen_at": seen},
+            ],
+            by=manager_alice,
+        )
+    assert [r.status for r in results] == ["created", "created", "created"]
+    assert not [q["sql"] for q in queries if q["sql"].startswith('UPDATE "audiences_profile"')]
+    x, y = Profile.objects.order_by("external_id")
+    assert (x.attributes, x.locale, x.timezone, x.last_seen_at) == ({"n": 2}, "fr", "", seen)
+    assert (y.attributes, y.locale, y.timezone, y.last_seen_at) == ({}, "", "Europe/Paris", seen)
+
+
 def test_bulk_upsert_refuses_bad_items_before_writing(manager_alice):
     with pytest.raises(ValidationError):
         profiles_upsert(
@@ -233,13 +254,15 @@ def test_bulk_upsert_refuses_bad_items_before_writing(manager_alice):
 
 @pytest.mark.embedded
 def test_bulk_upsert_of_a_thousand_profiles_takes_few_queries(manager_alice, django_assert_max_num_queries):
+    profiles_upsert(items=[{"external_id": f"p{n}"} for n in range(0, 1000, 2)], by=manager_alice)
     items = [{"external_id": f"p{n}", "attributes": {"n": n}} for n in range(1000)]
-    # One insert and one update for all the rows on PostgreSQL. Django caps a statement at 999
-    # parameters on SQLite, so there each of the two is split by that cap (rows of 7 columns:
-    # 8 statements for 1000 rows), in process, with no round trip per statement.
-    statements_per_write = math.ceil(len(items) / connection.ops.bulk_batch_size(["column"] * 7, items))
-    with django_assert_max_num_queries(10 + 2 * statements_per_write):
-        profiles_upsert(items=items, by=manager_alice)
+    # One insert of the 500 new profiles and one update of the 500 known ones on PostgreSQL.
+    # Django caps a statement at 999 parameters on SQLite: there each is split by that cap (rows
+    # of 7 columns: 4 statements for 500 rows), in process, with no round trip per statement.
+    statements_per_write = math.ceil(500 / connection.ops.bulk_batch_size(["column"] * 7, items))
+    with django_assert_max_num_queries(8 + 2 * statements_per_write):
+        results = profiles_upsert(items=items, by=manager_alice)
+    assert [r.status for r in results[:2]] == ["updated", "created"]
     assert Profile.objects.count() == 1000
 
 
