@@ -15,8 +15,11 @@ from django.db import connection
 from django.db.models import Q
 
 from delivery.models import Delivery, DeliveryRules, Dispatch
+from delivery.services.rollups import deliveries_finish
 
 DS = Delivery.Status
+# The reasons ``rules_apply`` reports for rows it made final (``skipped``): the others are held back.
+SKIPPING_RULES = ("frequency_cap", "quiet_hours")
 
 
 def rules_apply(*, dispatch: Dispatch, now: dt.datetime) -> dict[str, int]:
@@ -58,20 +61,17 @@ def _frequency_cap(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -
     adapt = connection.ops.adapt_datetimefield_value
     # A row queued or sending counts only while its dispatch can still send it: a stopped or
     # finished dispatch's stranded row is no push on its way.
-    sql = (
-        "UPDATE delivery_delivery SET status = %s, reason = 'frequency_cap', finished_at = %s "
-        "WHERE dispatch_id = %s AND status = %s AND profile_id IN ("
-        " SELECT d.profile_id FROM delivery_delivery d JOIN delivery_dispatch x ON x.id = d.dispatch_id"
+    where = (
+        "d.dispatch_id = %s AND d.status = %s AND d.profile_id IN ("
+        " SELECT e.profile_id FROM delivery_delivery e JOIN delivery_dispatch x ON x.id = e.dispatch_id"
         " WHERE x.app_id = %s AND x.purpose = 'marketing' AND x.kind <> 'test' AND x.id <> %s"
-        " AND d.profile_id IN (SELECT profile_id FROM delivery_delivery WHERE dispatch_id = %s)"
-        " AND ((d.status = 'accepted' AND d.finished_at >= %s)"
-        "  OR (d.status IN ('queued', 'sending') AND x.status IN ('preparing', 'sending')))"
-        " GROUP BY d.profile_id"
-        " HAVING COUNT(DISTINCT CAST(d.dispatch_id AS text) || ':' || COALESCE(CAST(d.queued_at AS text), '')) >= %s)"
+        " AND e.profile_id IN (SELECT profile_id FROM delivery_delivery WHERE dispatch_id = %s)"
+        " AND ((e.status = 'accepted' AND e.finished_at >= %s)"
+        "  OR (e.status IN ('queued', 'sending') AND x.status IN ('preparing', 'sending')))"
+        " GROUP BY e.profile_id"
+        " HAVING COUNT(DISTINCT CAST(e.dispatch_id AS text) || ':' || COALESCE(CAST(e.queued_at AS text), '')) >= %s)"
     )
     params = [
-        DS.SKIPPED,
-        adapt(now),
         dispatch.pk,
         DS.QUEUED,
         dispatch.app_id,
@@ -80,9 +80,7 @@ def _frequency_cap(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -
         adapt(since),
         rules.frequency_cap,
     ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.rowcount
+    return deliveries_finish(where=where, params=params, status=DS.SKIPPED, reason="frequency_cap", now=now)
 
 
 def _zone(name: str | None, fallback: str) -> ZoneInfo:
@@ -125,7 +123,10 @@ def _quiet_hours(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -> 
             continue
         rows = _rows_in_zone(queued, name)
         if rules.quiet_mode == DeliveryRules.QuietMode.DISCARD:
-            held["quiet_hours"] += rows.update(status=DS.SKIPPED, reason="quiet_hours", finished_at=now)
+            sql, params = rows.values("id").query.sql_with_params()
+            held["quiet_hours"] += deliveries_finish(
+                where=f"d.id IN ({sql})", params=list(params), status=DS.SKIPPED, reason="quiet_hours", now=now
+            )
         else:
             until = until.astimezone(dt.UTC)
             held["quiet_hours_delayed"] += rows.update(next_attempt_at=until, expires_at=until + _ttl(dispatch))

@@ -34,8 +34,8 @@ from delivery.models import App, Delivery, DeliveryRollup, Dispatch, PushContent
 from delivery.payloads import (
     spec_validate,
 )
-from delivery.rules import local_time_apply, rules_apply
-from delivery.services.rollups import deliveries_finish, rollup_add_made
+from delivery.rules import SKIPPING_RULES, local_time_apply, rules_apply
+from delivery.services.rollups import deliveries_finish, rollup_add_made, rollup_made_sql
 from delivery.variants import HOLDOUT, bucket_sql, in_sample_sql, variant_sql
 from operations.instance import ensure_instance_claimed, instance_refuses
 
@@ -192,7 +192,8 @@ def _audience_sql(dispatch: Dispatch) -> tuple[str, list]:
 def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
     """Resolve the audience to deliveries (one INSERT … SELECT) and start the send tasks.
 
-    Idempotent: runs only while the dispatch is ``preparing``; the insert skips rows that exist.
+    Idempotent: runs only while the dispatch is ``preparing``, and commits whole. The rows are
+    counted into the rollup as they are written (on PostgreSQL, by the same statement).
     Every targeted profile gets a row: its devices (``queued``, or ``skipped`` / ``not_opted_in``)
     or one ``skipped`` / ``no_device`` row. With ``send_inline``, a dispatch small enough for one
     send task is left to the caller (returns True), which saves a trip through the queue.
@@ -219,13 +220,13 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
         columns = (
             "dispatch_id, device_id, profile_id, status, reason, provider_message_id, attempts, finished_at, variant"
         )
+        # Each row with its device's platform, for the rollup. (Constants and the ORM's own SQL; values are bound.)
+        rows = f"%s AS dispatch_id, dev.id AS device_id, {{profile}} AS profile_id, {status_sql} AS status, {reason_sql} AS reason, '' AS provider_message_id, 0 AS attempts, {finished_sql} AS finished_at, {{variant}} AS variant, dev.platform"
         if dispatch.kind == Dispatch.Kind.TEST:
-            sql = (
-                f"INSERT INTO delivery_delivery ({columns}) "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
-                f"SELECT %s, dev.id, dev.profile_id, {status_sql}, {reason_sql}, '', 0, {finished_sql}, NULL "
+            source = (
+                f"SELECT {rows.format(profile='dev.profile_id', variant='p.variant')} "  # noqa: S608
                 "FROM delivery_device dev, (SELECT CAST(NULL AS integer) AS variant) p "
-                "WHERE dev.app_id = %s AND dev.is_test AND dev.active "
-                "ON CONFLICT DO NOTHING"
+                "WHERE dev.app_id = %s AND dev.is_test AND dev.active"
             )
             params = [dispatch.pk, _dt(now), dispatch.app_id]
         else:
@@ -252,21 +253,37 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
                 if dispatch.variants
                 else f"SELECT a.id, CAST(NULL AS integer) AS variant FROM ({audience_sql}) a {where}"  # noqa: S608
             )
-            sql = (
-                f"INSERT INTO delivery_delivery ({columns}) "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
-                f"SELECT %s, dev.id, p.id, {status_sql}, {reason_sql}, '', 0, {finished_sql}, p.variant "
-                f"FROM ({profiles}) p "
-                "LEFT JOIN delivery_device dev ON dev.profile_id = p.id AND dev.app_id = %s AND dev.active "
-                "WHERE 1 = 1 ON CONFLICT DO NOTHING"
+            source = (
+                f"SELECT {rows.format(profile='p.id', variant='p.variant')} FROM ({profiles}) p "  # noqa: S608
+                "LEFT JOIN delivery_device dev ON dev.profile_id = p.id AND dev.app_id = %s AND dev.active"
             )
             params = [dispatch.pk, _dt(now), *audience_params, dispatch.app_id]
+        # No row of this dispatch exists yet: it is still preparing, under its lock, and a resolve
+        # commits whole. The audience holds each profile once and a device has one profile, so no
+        # two rows share a device: the unique index on (dispatch, device) would refuse the
+        # statement, not skip a row. (ON CONFLICT DO NOTHING cost a third of the insert at 1M.)
         with connection.cursor() as cursor:
-            cursor.execute(sql, params)
+            if connection.vendor == "postgresql":
+                cursor.execute(
+                    f"WITH src AS MATERIALIZED ({source}), "  # noqa: S608 (built above from constants)
+                    f"ins AS (INSERT INTO delivery_delivery ({columns}) SELECT {columns} FROM src) "
+                    + rollup_made_sql(source="src"),
+                    [*params, dispatch.pk, _dt(dispatch.created_at), _dt(dispatch.created_at)],
+                )
+                counts = Counter()
+                for outcome, n in cursor.fetchall():
+                    counts[outcome] += n
+            else:
+                cursor.execute(
+                    f"INSERT INTO delivery_delivery ({columns}) SELECT {columns} FROM ({source}) src",  # noqa: S608
+                    params,
+                )
+                counts = rollup_add_made(dispatch_id=dispatch.pk)  # by outcome: targeted, and those final already
         local_time_apply(dispatch=dispatch, now=now)
-        held = rules_apply(dispatch=dispatch, now=now)
+        held = rules_apply(dispatch=dispatch, now=now)  # its skips are counted as they are made
         if held:
             audit(actor=None, action="dispatch_rules_applied", obj=dispatch, summary=held)
-        counts = rollup_add_made(dispatch_id=dispatch.pk)  # by outcome: targeted, and those final already
+        counts[DS.SKIPPED] += sum(n for reason, n in held.items() if reason in SKIPPING_RULES)
         counts[DS.QUEUED] = counts["targeted"] - sum(counts[status] for status in Delivery.FINAL_STATUSES)
         dispatch.total = counts["targeted"]
         dispatch.skipped = counts.get(DS.SKIPPED, 0)
