@@ -14,8 +14,8 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from django.urls import path
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema, inline_serializer
-from rest_framework import serializers, status
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import exceptions, serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -31,6 +31,7 @@ from audiences.selectors import imports_visible_to, profiles_visible_to, segment
 from audiences.services.events import (
     FUTURE_LIMIT,
     MAX_PROPERTIES_BYTES,
+    EventsNotStored,
     event_check,
     event_listener_stamps,
     events_ingest,
@@ -350,8 +351,17 @@ class ProfileBulkView(APIView):
 # --- events ------------------------------------------------------------------------------------
 
 
+class EventsNotStoredAnswer(exceptions.APIException):
+    """What reacts to the events (journeys' entries and exits) failed, and the events with it."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "events_not_stored"
+    default_detail = "No event of this call was stored (handling them failed): send the same call again."
+    wait = 1  # Retry-After, in seconds
+
+
 class EventBulkView(APIView):
-    """Store up to 1,000 events; answers per item, and the good items land."""
+    """Store up to 1,000 events; answers per item, and the good items land with the journey entries and exits they cause."""
 
     required_scope = "ingest"
 
@@ -368,7 +378,14 @@ class EventBulkView(APIView):
                 )
             },
         ),
-        responses=BULK_RESULT,
+        responses={
+            200: BULK_RESULT,
+            503: OpenApiResponse(
+                description="`events_not_stored`: handling the events (entering or ending journeys) "
+                "failed, so none of the call's events was stored; send the same call again after "
+                "`Retry-After` seconds."
+            ),
+        },
     )
     def post(self, request):
         items = _bulk_items(request, "events")
@@ -395,7 +412,10 @@ class EventBulkView(APIView):
             good.append(data)
             where.append(index)
         if good:  # each item passed event_check once, here, through the shortcut or the serializer
-            ids = events_ingest(items=good, by=request.user, stamps=request_stamps(request), checked=True)
+            try:
+                ids = events_ingest(items=good, by=request.user, stamps=request_stamps(request), checked=True)
+            except EventsNotStored as exc:
+                raise EventsNotStoredAnswer() from exc
             for index, event_id in zip(where, ids, strict=True):
                 results[index] = {"index": index, "status": "accepted", "id": event_id}
         failed = len(results) - len(good)

@@ -35,4 +35,6 @@ def journey_enter_task(journey_id: int) -> int:
 
 
 def journeys_events_task(event_ids: list[int]) -> dict:
+    """Exit and enter these events (``journeys_events_received``). Events calls now do it in their
+    own transaction and queue nothing; kept for tasks queued before, and safe to run again."""
     return journeys_events_received(event_ids=event_ids)

@@ -57,9 +57,12 @@ def events_ingest(*, items: list[dict], by: User, stamps: Stamps | None = None, 
     """Store events (``external_id``, ``name``, ``properties``, ``occurred_at``); return their ids, in order.
 
     A profile unknown so far is created (events may arrive before the profile upsert). Each
-    profile's ``last_seen_at`` moves forward to its newest event. Events are data, not changes
-    of configuration: they are not written to the audit log. Raises PermissionDenied when the
-    role may not write events, ValidationError on bad items (``event_check``). ``stamps``: the
+    profile's ``last_seen_at`` moves forward to its newest event. The event listeners (journeys'
+    entries and exits) run in the same transaction: the events and what they caused commit
+    together. Events are data, not changes of configuration: they are not written to the audit
+    log. Raises PermissionDenied when the role may not write events, ValidationError on bad items
+    (``event_check``), EventsNotStored when a listener failed (nothing of the call is stored, so
+    sending it again stores the events once). ``stamps``: the
     version stamps the caller read already (an API call reads the listeners' with its key's).
     ``checked``: every item already passed ``event_check`` (the API checks each item once, at the
     boundary) and is not checked again.
@@ -86,12 +89,14 @@ def events_ingest(*, items: list[dict], by: User, stamps: Stamps | None = None, 
     ids = sorted(seen)
     with transaction.atomic():
         if connection.vendor == "postgresql":
-            event_ids = _events_write_pg(items, ids=ids, seen=seen, now=now)
+            event_ids, profiles = _events_write_pg(items, ids=ids, seen=seen, now=now)
         else:
-            event_ids = _events_write(items, ids=ids, seen=seen, now=now)
+            event_ids, profiles = _events_write(items, ids=ids, seen=seen, now=now)
         if _EVENT_LISTENERS:
-            names = {item["name"] for item in items}
-            transaction.on_commit(lambda: _events_notify(event_ids=event_ids, names=names, stamps=stamps))
+            # In the events' transaction: what the listeners write commits with the events, or
+            # neither does (a worker killed after the events' commit would lose their entries).
+            events = [(profiles[item["external_id"]], item["name"], item["occurred_at"]) for item in items]
+            _events_notify(event_ids=event_ids, events=events, names={item["name"] for item in items}, stamps=stamps)
     return event_ids
 
 
@@ -142,8 +147,11 @@ UPDATE audiences_profile AS p SET last_seen_at = m.seen FROM moving AS m WHERE p
 """
 
 
-def _events_write_pg(items: list[dict], *, ids: list[str], seen: dict, now: dt.datetime) -> list[int]:
-    """Write the events of one call in at most five statements (PostgreSQL); return their ids."""
+def _events_write_pg(
+    items: list[dict], *, ids: list[str], seen: dict, now: dt.datetime
+) -> tuple[list[int], dict[str, int]]:
+    """Write the events of one call in at most five statements (PostgreSQL); return their ids, and
+    the profiles' ids by external id."""
     with connection.cursor() as cursor:
         cursor.execute(LOCK_PROFILES_PG, [ids])
         profiles = dict(cursor.fetchall())
@@ -167,11 +175,14 @@ def _events_write_pg(items: list[dict], *, ids: list[str], seen: dict, now: dt.d
         if known:
             known.sort(key=lambda row: row[1])
             cursor.execute(MOVE_LAST_SEEN_PG, {"ids": [pk for _, pk in known], "seen": [seen[x] for x, _ in known]})
-    return event_ids
+    return event_ids, profiles
 
 
-def _events_write(items: list[dict], *, ids: list[str], seen: dict, now: dt.datetime) -> list[int]:
-    """Write the events of one call through the ORM (SQLite, the embedded mode); return their ids."""
+def _events_write(
+    items: list[dict], *, ids: list[str], seen: dict, now: dt.datetime
+) -> tuple[list[int], dict[str, int]]:
+    """Write the events of one call through the ORM (SQLite, the embedded mode); return their ids,
+    and the profiles' ids by external id."""
 
     def locked(external_ids):
         return {
@@ -209,7 +220,7 @@ def _events_write(items: list[dict], *, ids: list[str], seen: dict, now: dt.date
             moved.append(profile)
     if moved:
         Profile.objects.bulk_update(moved, ["last_seen_at"])
-    return [e.pk for e in events]
+    return [e.pk for e in events], {x: p.pk for x, p in profiles.items()}
 
 
 # Apps further down the chain (journeys) react to events without audiences importing them.
@@ -217,15 +228,22 @@ _EVENT_LISTENERS: list[Callable[..., None]] = []
 _LISTENER_STAMPS: list[str] = []
 
 
-def event_listeners_register(fn: Callable[..., None], *, stamps: tuple[str, ...] = ()) -> None:
-    """Call ``fn(event_ids=[id, ...], names={name, ...}, stamps=...)`` after each batch of ingested
-    events is committed.
+class EventsNotStored(Exception):
+    """An event listener failed: the call's transaction rolled back, and none of its events is stored."""
 
-    Listeners run inside the request that sent the events, after its events committed: they do
-    short work in transactions of their own (the journeys enter event-entered journeys there),
-    or queue it. A listener that raises is logged and the others still run. ``stamps``: the
-    version stamps (``accounts.stamps``) the listener reads; an API call reads them in the same
-    round trip as its key's, and listeners get what it read (or None: they read them themselves).
+
+def event_listeners_register(fn: Callable[..., None], *, stamps: tuple[str, ...] = ()) -> None:
+    """Call ``fn(event_ids=[id, ...], events=[(profile id, name, occurred_at), ...], names={name, ...},
+    stamps=...)`` for each batch of ingested events, in the call's order.
+
+    Listeners run inside the transaction that writes the events, once they are written: what a
+    listener writes there commits with them, or neither does (the journeys enter event-entered
+    journeys and end enrollments there). A listener writes only in that transaction and leaves
+    what must wait for the commit (queued tasks, wake-ups, Redis) to ``transaction.on_commit``.
+    A listener that raises fails the whole call: nothing is stored and ``events_ingest`` raises
+    EventsNotStored (the caller sends the events again). ``stamps``: the version stamps
+    (``accounts.stamps``) the listener reads; an API call reads them in the same round trip as
+    its key's, and listeners get what it read (or None: they read them themselves).
     """
     if fn not in _EVENT_LISTENERS:
         _EVENT_LISTENERS.append(fn)
@@ -237,12 +255,13 @@ def event_listener_stamps() -> list[str]:
     return list(_LISTENER_STAMPS)
 
 
-def _events_notify(*, event_ids: list[int], names: set[str], stamps: Stamps | None = None) -> None:
+def _events_notify(*, event_ids: list[int], events: list[tuple], names: set[str], stamps: Stamps | None) -> None:
     for fn in list(_EVENT_LISTENERS):
         try:
-            fn(event_ids=event_ids, names=names, stamps=stamps)
-        except Exception:
-            log.exception("Event listener %r failed", fn)
+            fn(event_ids=event_ids, events=events, names=names, stamps=stamps)
+        except Exception as exc:
+            log.exception("Event listener %r failed: the %s events of the call are not stored", fn, len(event_ids))
+            raise EventsNotStored(f"{len(event_ids)} events not stored: {type(exc).__name__}") from exc
 
 
 def event_record(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -23,8 +22,6 @@ from journeys.services.lifecycle import SAVED_WITH_STATUS, EStatus, Status, VSta
 
 if TYPE_CHECKING:
     from accounts.stamps import Stamps
-
-log = logging.getLogger(__name__)
 
 
 def _dt(value: dt.datetime | None):
@@ -147,41 +144,52 @@ def journey_enter_segment(*, journey_id: int, now: dt.datetime | None = None) ->
     return entered
 
 
-def journeys_events_received(*, event_ids: list[int], live: _LiveForEvents | None = None) -> dict:
+def journeys_events_received(
+    *,
+    event_ids: list[int] | None = None,
+    events: list[tuple[int, str, dt.datetime]] | None = None,
+    live: _LiveForEvents | None = None,
+) -> dict:
     """Events arrived through the API: fire exit criteria, then enter event-entry journeys.
 
     An exit event ends the profile's open enrollments (entered before the event) of every live
     journey whose version names it. An entry event enrolls the profile in each live journey
     whose live version enters on it (re-entry policy applies), and runs the new enrollments to
     their first wait in the same transaction: a first push joins its stream as the entry commits,
-    once (the entry and its rows commit together). Safe to run again for the same events (an exit
-    is final, an entry obeys the re-entry policy). ``live``: what live journeys do on events, when
-    the caller read it already. Returns the counts.
+    once (the entry and its rows commit together). Inside a caller's transaction (the events
+    call's), everything commits with it and a failure fails it whole; otherwise each exit and
+    each entry is a transaction of its own. Safe to run again for the same events (an exit is
+    final, an entry obeys the re-entry policy). ``events``: ``(profile id, name, occurred_at)``,
+    when the caller has them (else they are read by ``event_ids``). ``live``: what live journeys
+    do on events, when the caller read it already. Returns the counts.
     """
     from audiences.models import Event
 
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT profile_id, name, occurred_at FROM audiences_event WHERE id = ANY(%s::bigint[])",
-                [list(event_ids)],
-            )
-            events = [{"profile_id": p, "name": n, "occurred_at": t} for p, n, t in cursor.fetchall()]
-    else:
-        events = list(Event.objects.filter(pk__in=event_ids).values("profile_id", "name", "occurred_at"))
+    if events is None:
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT profile_id, name, occurred_at FROM audiences_event WHERE id = ANY(%s::bigint[])",
+                    [list(event_ids or ())],
+                )
+                events = cursor.fetchall()
+        else:
+            events = list(Event.objects.filter(pk__in=event_ids or ()).values_list("profile_id", "name", "occurred_at"))
     if not events:
         return {"exited": 0, "entered": 0}
     now = timezone.now()
-    names = {e["name"] for e in events}
+    names = {name for _, name, _ in events}
     exited = entered = 0
     live = live or _live_for_events()
-    by_name = {name: ids for name, ids in live.exits.items() if name in names}
-    for name, version_ids in by_name.items():
+    # Names in order: two calls ending the same journeys take the counters' rows in the same order.
+    by_name = sorted((name, ids) for name, ids in live.exits.items() if name in names)
+    for name, version_ids in by_name:
         latest = {}
-        for e in events:
-            if e["name"] == name:
-                latest[e["profile_id"]] = max(latest.get(e["profile_id"], e["occurred_at"]), e["occurred_at"])
-        with transaction.atomic():
+        for profile_id, event_name, occurred_at in events:
+            if event_name == name:
+                latest[profile_id] = max(latest.get(profile_id, occurred_at), occurred_at)
+        # No savepoint in a caller's transaction: a failure fails it whole.
+        with transaction.atomic(savepoint=False):
             rows = list(
                 Enrollment.objects.select_for_update()
                 .filter(version_id__in=version_ids, profile_id__in=list(latest), status__in=Enrollment.OPEN_STATUSES)
@@ -210,9 +218,9 @@ def journeys_events_received(*, event_ids: list[int], live: _LiveForEvents | Non
         else "SELECT id FROM audiences_profile WHERE id IN (SELECT value FROM json_each(%s))"
     )
     for version in entry_versions:
-        profile_ids = sorted({e["profile_id"] for e in events if e["name"] == version.entry_event})
+        profile_ids = sorted({profile_id for profile_id, name, _ in events if name == version.entry_event})
         param = profile_ids if connection.vendor == "postgresql" else json.dumps(profile_ids)
-        with transaction.atomic():
+        with transaction.atomic(savepoint=False):
             enrolled = _enter(version, audience, [param], now=now, returning=True, few=True)
             journeys_run_entered(enrolled=enrolled, version=version, stamp=live.stamp, now=now)
         entered += len(enrolled)
@@ -278,20 +286,20 @@ def journey_caches_forget() -> None:
     _OPEN_STEPS.clear()
 
 
-def journeys_on_events(*, event_ids: list[int], names: set[str], stamps: Stamps | None = None) -> None:
-    """The audiences event listener, run by the events call once its events committed: when a live
-    journey cares about these events, exit and enter them now (``journeys_events_received``), so
-    that an entry's first push is on its way when the call answers. Should that fail, the same
-    work goes to the queue (running it again changes nothing that was done). ``stamps``: what the
-    events call read with its key (the journeys stamp among them), or None."""
+def journeys_on_events(
+    *, event_ids: list[int], events: list[tuple[int, str, dt.datetime]], names: set[str], stamps: Stamps | None = None
+) -> None:
+    """The audiences event listener, run inside the events call's transaction once its events are
+    written: when a live journey cares about these events, exit and enter them now
+    (``journeys_events_received``, from the ``(profile id, name, occurred_at)`` the call wrote), so
+    that the entries and exits commit with the events and an entry's first push is on its way when
+    the call answers (its stream is woken after the commit). A failure fails the events call: none
+    of its events is stored, and the integrator's retry does both. ``stamps``: what the events
+    call read with its key (the journeys stamp among them), or None."""
     live = _live_for_events(stamps)
     if not names & live.names:
         return
-    try:
-        journeys_events_received(event_ids=event_ids, live=live)
-    except Exception:
-        log.exception("Journey entries of %s events failed here: queued for a worker", len(event_ids))
-        _queue("journeys.tasks.journeys_events_task", event_ids)
+    journeys_events_received(events=events, live=live)
 
 
 def journeys_tick(*, now: dt.datetime | None = None, seconds: float = 40.0) -> dict:

@@ -306,24 +306,63 @@ def test_events_come_back_in_order_and_move_each_profile_to_its_newest(manager_a
     assert Event.objects.get(pk=ids[1]).properties == {}
 
 
-def test_event_listeners_get_the_committed_ids_and_names(manager_alice, django_capture_on_commit_callbacks):
+def test_event_listeners_hear_the_written_events_inside_their_transaction(
+    manager_alice, django_capture_on_commit_callbacks
+):
     from audiences.services import events as service
 
+    known = ProfileFactory(external_id="a")
     heard = []
-    listener = lambda **kwargs: heard.append(kwargs)  # noqa: E731
+
+    def listener(**kwargs):
+        heard.append({**kwargs, "stored": Event.objects.filter(pk__in=kwargs["event_ids"]).count()})
+
     service.event_listeners_register(listener)
     try:
-        with django_capture_on_commit_callbacks(execute=True):
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
             ids = events_ingest(
                 items=[
                     {"external_id": "a", "name": "purchase", "occurred_at": timezone.now()},
-                    {"external_id": "b", "name": "app_open", "occurred_at": timezone.now()},
+                    {"external_id": "b", "name": "app_open", "occurred_at": timezone.now() - dt.timedelta(hours=1)},
                 ],
                 by=manager_alice,
             )
+            assert len(heard) == 1  # before the commit, not from an on-commit callback
     finally:
         service._EVENT_LISTENERS.remove(listener)
-    assert heard == [{"event_ids": ids, "names": {"purchase", "app_open"}, "stamps": None}]
+    assert not callbacks
+    created = Profile.objects.get(external_id="b")
+    stored = Event.objects.in_bulk(ids)
+    assert heard == [
+        {
+            "event_ids": ids,
+            "events": [
+                (known.pk, "purchase", stored[ids[0]].occurred_at),
+                (created.pk, "app_open", stored[ids[1]].occurred_at),
+            ],
+            "names": {"purchase", "app_open"},
+            "stamps": None,
+            "stored": 2,
+        }
+    ]
+
+
+def test_a_failing_event_listener_leaves_none_of_the_events_stored(manager_alice):
+    from audiences.services import events as service
+
+    def listener(**kwargs):
+        raise RuntimeError("listener broken")
+
+    service.event_listeners_register(listener)
+    try:
+        with pytest.raises(service.EventsNotStored) as failed:
+            events_ingest(
+                items=[{"external_id": "a", "name": "purchase", "occurred_at": timezone.now()}], by=manager_alice
+            )
+    finally:
+        service._EVENT_LISTENERS.remove(listener)
+    assert isinstance(failed.value.__cause__, RuntimeError)
+    assert not Event.objects.exists() and not Profile.objects.filter(external_id="a").exists()
 
 
 def test_viewer_cannot_send_events(viewer_carol):

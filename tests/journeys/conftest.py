@@ -110,3 +110,32 @@ def sim_journey(make_journey, sim_team, sim_welcome, vips):
         return make_journey(app=sim_team, graph=graph, **fields)
 
     return make
+
+
+@pytest.fixture
+def enrollments_refused(db):
+    """A context manager: inside it, PostgreSQL refuses every insert and update of an enrollment
+    (a trigger that raises, created on entering and dropped on leaving)."""
+    import contextlib
+
+    from django.db import connection
+
+    @contextlib.contextmanager
+    def refused():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "CREATE FUNCTION enrollment_refused() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'enrollments refused'; END $$"
+            )
+            cursor.execute(
+                "CREATE TRIGGER enrollment_refused BEFORE INSERT OR UPDATE ON journeys_enrollment "
+                "FOR EACH ROW EXECUTE FUNCTION enrollment_refused()"
+            )
+        try:
+            yield
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("DROP TRIGGER enrollment_refused ON journeys_enrollment")
+                cursor.execute("DROP FUNCTION enrollment_refused()")
+
+    return refused

@@ -102,3 +102,43 @@ def test_events_sent_to_the_events_api_enter_and_end_journeys(
         )
     enrollment.refresh_from_db()
     assert (enrollment.status, enrollment.exit_reason) == ("exited", "exit event 'purchase'")
+
+
+def test_an_exit_failing_in_the_database_stores_neither_the_event_nor_the_exit(
+    make_journey, publish, api_key_for, manager_alice, enrollments_refused, django_capture_on_commit_callbacks
+):
+    from django.utils import timezone
+
+    from audiences.models import Event
+    from journeys.models import Enrollment
+
+    graph = {
+        "steps": [{"id": "pause", "type": "wait", "seconds": 86400, "next": "done"}, {"id": "done", "type": "exit"}]
+    }
+    publish(
+        make_journey(
+            graph=graph, entry_kind="event", entry_event="cart_abandoned", entry_segment=None, exit_event="purchase"
+        )
+    )
+    client = api_key_for(manager_alice, scopes=["ingest"])
+
+    def send(name):
+        with django_capture_on_commit_callbacks(execute=True):
+            return client.post(
+                "/api/v1/events/bulk/",
+                {"events": [{"external_id": "shopper", "name": name, "occurred_at": timezone.now().isoformat()}]},
+                format="json",
+            )
+
+    assert send("cart_abandoned").status_code == 200
+    with enrollments_refused():
+        answer = send("purchase")
+    assert (answer.status_code, answer.json()["code"]) == (503, "events_not_stored")
+    assert list(Event.objects.values_list("name", flat=True)) == ["cart_abandoned"]
+    assert Enrollment.objects.get().status == "waiting"
+    assert send("purchase").status_code == 200
+    assert Event.objects.filter(name="purchase").count() == 1
+    assert (Enrollment.objects.get().status, Enrollment.objects.get().exit_reason) == (
+        "exited",
+        "exit event 'purchase'",
+    )

@@ -98,29 +98,29 @@ def test_an_event_enters_and_pushes_within_its_own_call_once(
     assert pushsim.state.count(token) == 1
 
 
-def test_when_entering_fails_in_the_call_a_worker_enters_the_events_once(
-    paid_journey, pushsim, sim_team, api_key_for, manager_alice, monkeypatch, django_capture_on_commit_callbacks
+def test_an_entry_failing_in_the_database_stores_neither_the_events_nor_the_entries(
+    paid_journey, pushsim, sim_team, api_key_for, manager_alice, enrollments_refused, django_capture_on_commit_callbacks
 ):
-    from journeys.services import entries
+    """The events and their entries commit together: PostgreSQL refusing the entry fails the whole
+    call (a JSON 503 to retry, no event, no new profile, no enrollment, no push row, no wake-up);
+    the same call again stores the events and enters them, once."""
+    from audiences.models import Event, Profile
+    from journeys.models import Enrollment
 
     token = DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=sim_team).token
-    received = entries.journeys_events_received
-    calls = []
-
-    def database_gone_once(**kwargs):
-        from django.db import OperationalError
-
-        calls.append(kwargs)
-        if len(calls) == 1:
-            raise OperationalError("server closed the connection unexpectedly")
-        return received(**kwargs)
-
-    monkeypatch.setattr(entries, "journeys_events_received", database_gone_once)
     client = api_key_for(manager_alice, scopes=["ingest"])
+    with enrollments_refused(), django_capture_on_commit_callbacks(execute=True) as callbacks:
+        answer = _post_event(client, "zoe", "newcomer")
+    assert answer.status_code == 503, answer.content
+    assert answer["Content-Type"] == "application/json" and answer["Retry-After"] == "1"
+    assert answer.json()["code"] == "events_not_stored"
+    assert not callbacks
+    assert not Event.objects.exists() and not Profile.objects.filter(external_id="newcomer").exists()
+    assert not Enrollment.objects.exists() and not Delivery.objects.exists()
     with django_capture_on_commit_callbacks(execute=True):
-        assert _post_event(client, "zoe").status_code == 200  # the events are stored either way
-    # It failed in the call; the queued task (run in-process in tests) entered the event.
-    assert list(Delivery.objects.filter(dispatch__kind="journey").values_list("status", flat=True)) == ["accepted"]
+        assert _post_event(client, "zoe", "newcomer").status_code == 200  # the integrator's retry
+    assert Event.objects.count() == Enrollment.objects.count() == 2
+    assert set(Enrollment.objects.values_list("status", flat=True)) == {"completed"}
     assert pushsim.state.count(token) == 1
 
 
@@ -179,6 +179,8 @@ def test_an_entry_after_the_first_is_a_few_statements_whatever_the_journeys_hist
     _entered(client, "zoe", django_capture_on_commit_callbacks)
     with CaptureQueriesContext(connection) as second:
         _entered(client, "max", django_capture_on_commit_callbacks)
+    # Read now: the next request clears Django's query log, which the capture reads from.
+    statements = [q["sql"] for q in second.captured_queries if "SAVEPOINT" not in q["sql"]]
     read = []
     for module in (authentication, stamps):
         monkeypatch.setattr(
@@ -188,10 +190,11 @@ def test_an_entry_after_the_first_is_a_few_statements_whatever_the_journeys_hist
         )
     _entered(client, "ada", django_capture_on_commit_callbacks)
     assert read == [["access", "journeys"]]  # one round trip to Redis: the key's stamps and the journeys'
-    statements = [q["sql"] for q in second.captured_queries if "SAVEPOINT" not in q["sql"]]
-    # The events' four statements, then the entry: the events read back, one statement entering
-    # with the profiles' zones, the append, and one writing the enrollments and the counters.
-    assert len(statements) <= 8, statements
+    # The events' three statements (the profile is known), then the entry, in their transaction
+    # and from the rows they wrote (the events are not read back): one statement entering with the
+    # profiles' zones, the append, and one writing the enrollments and the counters.
+    assert len(statements) <= 6, statements
+    assert not any("FROM audiences_event" in sql for sql in statements)
     assert not any("GROUP BY profile_id" in sql for sql in statements)  # not the journey's whole history
     entered = Enrollment.objects.get(profile__external_id="max")
     assert (entered.status, [step for step, _, _ in entered.history]) == ("completed", ["thanks", "done"])
