@@ -38,6 +38,8 @@ class RunReport:
     transitions: int = 0
     pushed: int = 0
     dispatches: list[int] = field(default_factory=list)
+    # Stopped by its time budget, its last batch full: more may be due (for whoever runs next).
+    out_of_time: bool = False
 
     def as_dict(self) -> dict:
         return {
@@ -45,6 +47,7 @@ class RunReport:
             "enrollments": self.enrollments,
             "transitions": self.transitions,
             "pushed": self.pushed,
+            "out_of_time": self.out_of_time,
         }
 
 
@@ -54,8 +57,9 @@ def journeys_run_due(
     """Run due enrollments, a batch at a time, each to its next wait (or its end).
 
     Each batch is one transaction holding its enrollments' row locks (SKIP LOCKED: workers never
-    wait on, or run, each other's rows). Stops when nothing is due, after ``seconds``, or after
-    ``max_batches``. ``now`` fixes the clock (tests); by default each batch reads the time.
+    wait on, or run, each other's rows). Stops when nothing is due, after ``seconds`` (then says
+    so: ``out_of_time``), or after ``max_batches``. ``now`` fixes the clock (tests); by default
+    each batch reads the time.
     """
     report = RunReport()
     started = time.monotonic()
@@ -67,6 +71,7 @@ def journeys_run_due(
         if taken < batch:
             break
         if seconds is not None and time.monotonic() - started >= seconds:
+            report.out_of_time = True
             break
         if max_batches is not None and report.batches >= max_batches:
             break

@@ -302,8 +302,9 @@ def journeys_on_events(
     journeys_events_received(events=events, live=live)
 
 
-def journeys_tick(*, now: dt.datetime | None = None, seconds: float = 40.0) -> dict:
-    """The scheduler's beat: read due segment entries, close finished one-off journeys, run the engine.
+def journeys_tick(*, now: dt.datetime | None = None, seconds: float = 40.0, batch: int = 1000) -> dict:
+    """The scheduler's beat: read due segment entries, close finished one-off journeys, run the engine
+    (for ``seconds``, ``batch`` enrollments at a time; ``out_of_time``: it stopped with more perhaps due).
 
     Safe on every worker at once (entries under the journey's row lock, the engine with SKIP LOCKED).
     Does nothing on a copy of another instance's database (see ``operations.instance``).
@@ -315,7 +316,7 @@ def journeys_tick(*, now: dt.datetime | None = None, seconds: float = 40.0) -> d
     now = now or timezone.now()
     due = list(Journey.objects.filter(status=Status.LIVE, next_entry_at__lte=now).values_list("pk", flat=True)[:200])
     entered = sum(journey_enter_segment(journey_id=pk, now=now) for pk in due)
-    report = journeys_run_due(now=now, seconds=seconds)
+    report = journeys_run_due(now=now, seconds=seconds, batch=batch)
     closed = journeys_close_finished(now=now)
     return {"entries": len(due), "entered": entered, "closed": closed, **report.as_dict()}
 

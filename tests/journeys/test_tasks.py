@@ -1,10 +1,12 @@
-"""The journeys' queue entry points: the engine's task hands what is due after its budget to a successor."""
+"""The journeys' queue entry points: the engine's task and the minute's beat hand what is due after
+their budget to an engine task."""
 
+import pytest
 from django.utils import timezone
 
 from journeys.models import Enrollment
 from journeys.services.entries import journey_enter_segment
-from journeys.tasks import journeys_run_due_task
+from journeys.tasks import RUN_DUE_SECONDS, journeys_run_due_task, journeys_tick_task
 from tests.factories import ProfileFactory
 
 WAIT_AN_HOUR = {
@@ -31,6 +33,52 @@ def test_a_run_that_empties_what_is_due_hands_nothing_over(make_journey, publish
     report = journeys_run_due_task(seconds=0, batch=3)
     assert (report["enrollments"], report["handed_over"]) == (2, False)
     assert set(Enrollment.objects.filter(journey=journey).values_list("status", flat=True)) == {"waiting"}
+
+
+@pytest.fixture
+def broker(monkeypatch):
+    """The real broker (Redis), as in production: queued tasks wait there, nobody runs them here."""
+    from django_q.brokers import get_broker
+    from django_q.conf import Conf
+
+    broker = get_broker()
+    broker.purge_queue()
+    monkeypatch.setattr(Conf, "SYNC", False)
+    yield broker
+    broker.purge_queue()
+
+
+def _queued(broker) -> list[dict]:
+    from django_q.signing import SignedPackage
+
+    tasks = []
+    while broker.queue_size():
+        tasks += [SignedPackage.loads(payload) for _, payload in broker.dequeue()]
+    return tasks
+
+
+def test_a_beat_stopped_by_its_budget_queues_the_engine_task_for_the_due_rest(make_journey, publish, broker):
+    ProfileFactory.create_batch(7)
+    journey = publish(make_journey(graph=WAIT_AN_HOUR))
+    assert journey_enter_segment(journey_id=journey.pk) == 7  # its own run is queued on commit: not run here
+    report = journeys_tick_task(seconds=0, batch=3)  # no time budget: one full batch of 3, then out of time
+    assert (report["enrollments"], report["out_of_time"], report["handed_over"]) == (3, True, True)
+    (task,) = _queued(broker)
+    assert (task["func"], task["args"]) == ("journeys.tasks.journeys_run_due_task", (RUN_DUE_SECONDS, 3))
+    assert _due(journey) == 4
+    rest = journeys_run_due_task(*task["args"])  # what a worker does with it: 3 + 1, nothing handed on
+    assert (rest["enrollments"], rest["handed_over"]) == (4, False)
+    assert not _due(journey) and not _queued(broker)
+    assert set(Enrollment.objects.filter(journey=journey).values_list("status", flat=True)) == {"waiting"}
+
+
+def test_a_beat_that_empties_what_is_due_queues_nothing(make_journey, publish, broker):
+    ProfileFactory.create_batch(3)
+    journey = publish(make_journey(graph=WAIT_AN_HOUR))
+    journey_enter_segment(journey_id=journey.pk)
+    report = journeys_tick_task(seconds=0, batch=4)
+    assert (report["enrollments"], report["handed_over"]) == (3, False)
+    assert not _due(journey) and not _queued(broker)
 
 
 def _due(journey) -> int:
