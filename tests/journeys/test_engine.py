@@ -465,6 +465,45 @@ def test_two_engines_racing_run_each_enrollment_once_and_push_once(
             assert pushsim.state.count(device.token) == 1
 
 
+@pytest.mark.django_db(transaction=True)
+def test_two_events_calls_entering_one_profile_at_once_enter_it_once(make_journey, publish, manager_alice):
+    """An events call holds its profiles' locks through its entries: a second call for the same
+    profile waits for it (no deadlock), then finds it inside and does not enter it again."""
+    from audiences.models import Event
+    from audiences.services import events as service
+    from tests.locks import concurrently, wait_for_a_blocked_writer
+
+    publish(make_journey(graph=_wait_graph(seconds=3600), entry_kind="event", entry_event="visit", entry_segment=None))
+    ProfileFactory(external_id="zoe")
+    entered, release, blocked = threading.Event(), threading.Event(), []
+
+    def hold_the_first_call(**kwargs):  # runs after the journeys' listener, in the call's transaction
+        if not entered.is_set():
+            entered.set()
+            release.wait(10)
+
+    def visit():
+        events_ingest(items=[{"external_id": "zoe", "name": "visit", "occurred_at": timezone.now()}], by=manager_alice)
+
+    def second_visit():
+        entered.wait(10)
+        visit()
+
+    def watch():
+        entered.wait(10)
+        blocked.append(wait_for_a_blocked_writer())
+        release.set()
+
+    service.event_listeners_register(hold_the_first_call)
+    try:
+        assert not concurrently(visit, second_visit, watch)  # a deadlock would abort one of them
+    finally:
+        service._EVENT_LISTENERS.remove(hold_the_first_call)
+    assert blocked == [True]
+    assert Event.objects.filter(name="visit").count() == 2
+    assert list(Enrollment.objects.values_list("status", flat=True)) == ["waiting"]
+
+
 def test_a_segment_deleted_while_live_holds_for_no_one(make_journey, publish, vips):
     from audiences.models import Segment
 
