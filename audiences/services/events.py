@@ -103,9 +103,9 @@ def events_ingest(*, items: list[dict], by: User, stamps: Stamps | None = None, 
 # Each id is looked up through the unique index by a subquery of its own, in the array's order
 # (sorted, so two calls lock in the same order): a join or `= ANY` over a thousand ids is planned as
 # a scan of the whole table on a table of a few hundred thousand profiles (76 ms at 355,000). KEY
-# SHARE keeps the profiles from being deleted until the events are in, and does not make
-# concurrent calls for the same profiles wait for each other (the foreign-key checks take the same
-# lock at commit).
+# SHARE keeps the profiles from being deleted until the events are in (events have no database
+# constraint on their profile: ``profiles_delete`` locks the profiles first, so it waits for them),
+# and does not make concurrent calls for the same profiles wait for each other.
 LOCK_PROFILES_PG = """
 SELECT x.external_id, p.id FROM unnest(%s::text[]) AS x(external_id)
 CROSS JOIN LATERAL (SELECT id FROM audiences_profile WHERE external_id = x.external_id FOR KEY SHARE) AS p

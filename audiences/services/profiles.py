@@ -212,10 +212,10 @@ def profiles_delete(*, profile_ids: list[int], by: User) -> int:
     """Delete profiles with everything that refers to them (events, devices, memberships...); return
     how many there were.
 
-    The profiles are locked ``FOR UPDATE`` first, in id order: segment members have no database
-    constraint on their profile, and each writer of members holds the profile locked until it
-    commits (an import batch, ``segment_members_change``), so the deletion waits for those members
-    and removes them too. Raises PermissionDenied when the role may not delete profiles.
+    The profiles are locked ``FOR UPDATE`` first, in id order: segment members and events have no
+    database constraint on their profile, and each writer of members or events holds the profile
+    locked until it commits (an import batch, ``segment_members_change``, ``events_ingest``), so the
+    deletion waits for those rows and removes them too. Raises PermissionDenied when the role may not delete profiles.
     """
     _ensure_perm(by, "audiences.delete_profile", "Your role may not delete profiles.")
     with transaction.atomic():

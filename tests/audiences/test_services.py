@@ -152,6 +152,60 @@ def test_a_profile_deletion_waits_for_a_static_segment_adding_it_and_removes_the
     assert not SegmentMember.objects.exists()
 
 
+def _event(external_id: str, *, name: str = "app_open", ago: dt.timedelta = dt.timedelta(0)) -> dict:
+    return {"external_id": external_id, "name": name, "occurred_at": timezone.now() - ago}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_profile_deletion_waits_for_an_events_call_and_removes_its_events(manager_alice):
+    """Events have no database constraint on their profile: a call holds its profiles locked until
+    it commits, so a deletion that started meanwhile waits, then removes the new events too. (The
+    events are older than the profile's last visit, so the call does not write the profile.)"""
+    ann = ProfileFactory(external_id="ann", last_seen_at=timezone.now())
+    stored, blocked = threading.Event(), []
+    earlier = dt.timedelta(hours=1)
+
+    def call():
+        with transaction.atomic():
+            events_ingest(
+                items=[_event("ann", ago=earlier), _event("ann", name="purchase", ago=earlier)], by=manager_alice
+            )
+            stored.set()
+            blocked.append(wait_for_a_blocked_writer())
+
+    def deletion():
+        stored.wait(10)
+        profiles_delete(profile_ids=[ann.pk], by=manager_alice)
+
+    assert not concurrently(call, deletion)
+    assert blocked == [True]
+    assert not Profile.objects.exists()
+    assert not Event.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_events_call_waits_for_a_profile_deletion_and_stores_its_events_on_a_new_profile(manager_alice):
+    """The deletion holds the profile: the call waits, finds it gone, and creates it again."""
+    ann = ProfileFactory(external_id="ann")
+    deleting, blocked = threading.Event(), []
+
+    def deletion():
+        with transaction.atomic():
+            profiles_delete(profile_ids=[ann.pk], by=manager_alice)
+            deleting.set()
+            blocked.append(wait_for_a_blocked_writer())
+
+    def call():
+        deleting.wait(10)
+        events_ingest(items=[_event("ann")], by=manager_alice)
+
+    assert not concurrently(deletion, call)
+    assert blocked == [True]
+    again = Profile.objects.get()
+    assert again.external_id == "ann" and again.pk != ann.pk
+    assert list(Event.objects.values_list("profile_id", flat=True)) == [again.pk]
+
+
 def test_deleting_a_profile_removes_its_events_by_query_without_reading_them(manager_alice):
     from django.test.utils import CaptureQueriesContext
 
