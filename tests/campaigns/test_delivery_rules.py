@@ -210,3 +210,48 @@ def test_only_administrators_change_delivery_rules(client, app, admin_erin, mana
     client.force_login(admin_erin)
     assert client.post("/admin/delivery/deliveryrules/add/", form).status_code == 302
     assert DeliveryRules.objects.get(app=app).frequency_cap == 3
+
+
+def _rollup(dispatch_id: int) -> dict:
+    """The dispatch's rollup by (outcome, reason, platform), its shards summed."""
+    from collections import Counter
+
+    from delivery.models import DeliveryRollup
+
+    counts = Counter()
+    for row in DeliveryRollup.objects.filter(dispatch_id=dispatch_id):
+        counts[(row.outcome, row.reason, row.platform)] += row.rows
+    return {key: n for key, n in counts.items() if n}
+
+
+def test_what_the_rules_skip_is_counted_on_the_dispatch_and_in_its_rollup(app):
+    """The resolve counts its rows as it writes them; the cap and quiet hours then skip some, and
+    the dispatch's figures and its rollup say so, as a count of the rows made again would."""
+    from delivery.services.rollups import rollup_rebuild
+
+    start, end = _window_around_now("Asia/Tokyo", inside=True)
+    DeliveryRules.objects.create(app=app, frequency_cap=1, quiet_start=start, quiet_end=end, quiet_mode="discard")
+    capped, sleeping, fresh = (ProfileFactory(timezone=zone) for zone in ("UTC", "Asia/Tokyo", "America/New_York"))
+    phoneless = ProfileFactory()
+    for profile in (capped, sleeping, fresh):
+        DeviceFactory(profile=profile, app=app, platform="ios")
+    _past_push(app, capped, hours_ago=2)
+    rows = _dispatch(app, [capped, sleeping, fresh, phoneless])
+    dispatch = Dispatch.objects.get(pk=rows[fresh.pk].dispatch_id)
+    assert {p: (r.status, r.reason) for p, r in rows.items()} == {
+        capped.pk: ("skipped", "frequency_cap"),
+        sleeping.pk: ("skipped", "quiet_hours"),
+        fresh.pk: ("queued", ""),
+        phoneless.pk: ("skipped", "no_device"),
+    }
+    assert (dispatch.total, dispatch.skipped, dispatch.status) == (4, 3, "sending")
+    made = _rollup(dispatch.pk)
+    assert made == {
+        ("targeted", "", "ios"): 3,
+        ("targeted", "", "none"): 1,
+        ("skipped", "frequency_cap", "ios"): 1,
+        ("skipped", "quiet_hours", "ios"): 1,
+        ("skipped", "no_device", "none"): 1,
+    }
+    rollup_rebuild(dispatch_ids=[dispatch.pk])
+    assert _rollup(dispatch.pk) == made
