@@ -116,20 +116,30 @@ def _events_validated(items: list, *, now: dt.datetime) -> list[dict | None]:
             properties = data["properties"] = item["properties"]
             if type(properties) is not dict or not all(map(key_ok, properties)):
                 continue
-            flat = True
-            for value in properties.values():
+            # At most how long their JSON is, so that the usual small ones are not encoded to be
+            # measured: a key (ASCII, KEY_RE) with its quotes, colon and comma; a text escaped
+            # whole (an astral character is two \uXXXX); a number as Python writes it.
+            flat, size = True, 1
+            for key, value in properties.items():
                 kind = type(value)
+                size += len(key) + 4
                 if kind is str:
                     texts.append(value)
+                    size += 12 * len(value) + 2
                 elif kind is float:
                     if not math.isfinite(value):
                         break
-                elif kind is not int and kind is not bool and value is not None:
+                    size += 24
+                elif kind is int:
+                    size += 20 if -(10**18) < value < 10**18 else len(str(value))
+                elif kind is bool or value is None:
+                    size += 5
+                else:
                     flat = False
             else:
                 if not flat and json_value_problem(properties, max_bytes=None) is not None:
                     continue
-                if len(json_compact(properties)) > MAX_PROPERTIES_BYTES:
+                if (not flat or size > MAX_PROPERTIES_BYTES) and len(json_compact(properties)) > MAX_PROPERTIES_BYTES:
                     continue
                 texts.append(external_id)
                 texts.append(name)

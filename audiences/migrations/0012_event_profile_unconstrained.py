@@ -5,15 +5,20 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('audiences', '0011_profile_last_seen_partial'),
+        ("audiences", "0011_profile_last_seen_partial"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='event',
-            name='profile',
-            field=models.ForeignKey(db_constraint=False, db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='events', to='audiences.profile'),
+            model_name="event",
+            name="profile",
+            field=models.ForeignKey(
+                db_constraint=False,
+                db_index=False,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="events",
+                to="audiences.profile",
+            ),
         ),
     ]

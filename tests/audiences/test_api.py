@@ -153,6 +153,31 @@ EVENT_ITEMS = [
     {"external_id": "a", "name": "x", "occurred_at": "0001-01-01T00:00:00+01:00"},
     {"external_id": "a", "name": "x", "occurred_at": "20260601T100000Z"},
     {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00Z", "properties": {"k": True, "n": None}},
+    # At the properties' size limit (8,192 characters of compact JSON: {"k":"…"} is 8 more) and over it.
+    {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00Z", "properties": {"k": "v" * 8184}},
+    {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00Z", "properties": {"k": "v" * 8185}},
+    {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00Z", "properties": {"k": "\U0001f600" * 682}},
+    {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00Z", "properties": {"k": "\U0001f600" * 683}},
+    {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00Z", "properties": {"k": "\n" * 1364}},
+    {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00Z", "properties": {"k": "\x01" * 1365}},
+    {
+        "external_id": "a",
+        "name": "x",
+        "occurred_at": "2026-06-01T10:00:00Z",
+        "properties": {"a": 10**4000, "b": 10**4000},
+    },
+    {
+        "external_id": "a",
+        "name": "x",
+        "occurred_at": "2026-06-01T10:00:00Z",
+        "properties": {"a": 10**4000, "b": 10**4200},
+    },
+    {
+        "external_id": "a",
+        "name": "x",
+        "occurred_at": "2026-06-01T10:00:00Z",
+        "properties": {f"k{i:03d}": -1.2345678901234567e-300 for i in range(250)},
+    },
 ]
 
 
