@@ -182,11 +182,22 @@ class Compiler:
     """Turns a validated rule tree into a Q over Profile. Segment references are loaded up front."""
 
     def __init__(
-        self, *, now: dt.datetime | None = None, load: SegmentLoader = _load_segments, correlated: bool = False
+        self,
+        *,
+        now: dt.datetime | None = None,
+        load: SegmentLoader = _load_segments,
+        correlated: bool = False,
+        union: bool = False,
     ):
         # correlated: count events per outer profile (cheap for one profile, e.g. its admin page)
         # instead of grouping every matching event once (cheap for a whole segment).
         self.correlated = correlated
+        # union (PostgreSQL): an 'any' group with a branch that reads another table (events,
+        # members, devices) is the UNION of its branches' profile ids, each branch planned alone
+        # (an index for an attribute, a join of members and events), instead of one scan of
+        # every profile testing each branch on each row. For a whole audience (a count): the
+        # union is made whole even when the query wants only a few profiles.
+        self.union = union
         self.now = now or timezone.now()
         self.today = self.now.astimezone(dt.UTC).date()
         self.load = load
@@ -222,6 +233,9 @@ class Compiler:
                     if merged:
                         parts.append(Q(JsonContains("attributes", merged)))
                 parts += [self.node(child, stack) for child in children]
+                if group != "all" and self._unites(children, stack):
+                    combined = Q(pk__in=self._branch_union(parts))
+                    return ~combined if group == "none" else combined
                 combined = parts[0]
                 for part in parts[1:]:
                     combined = (combined & part) if group == "all" else (combined | part)
@@ -324,11 +338,7 @@ class Compiler:
         return _total(cls(expr, day))
 
     def event(self, node: dict) -> Q:
-        events = Event.objects.filter(name=node["event"]).order_by()
-        if node.get("within_days"):
-            events = events.filter(occurred_at__gte=self.now - dt.timedelta(days=node["within_days"]))
-        for cond in node.get("where", []):
-            events = events.filter(self.json_condition("properties", cond["property"], cond))
+        events = self._events(node)
         min_count = node.get("min_count", 1)
         if min_count <= 1:
             q = Q(Exists(events.filter(profile=OuterRef("pk"))))
@@ -336,9 +346,21 @@ class Compiler:
             counted = events.filter(profile=OuterRef("pk")).values("profile_id").annotate(n=Count("*")).values("n")
             q = _total(GreaterThanOrEqual(Subquery(counted), min_count))
         else:
-            counted = events.values("profile_id").annotate(n=Count("*")).filter(n__gte=min_count)
-            q = Q(pk__in=counted.values("profile_id"))
+            q = Q(pk__in=self._repeated(events, min_count))
         return q if node.get("did", True) else ~q
+
+    def _events(self, node: dict) -> models.QuerySet[Event]:
+        events = Event.objects.filter(name=node["event"]).order_by()
+        if node.get("within_days"):
+            events = events.filter(occurred_at__gte=self.now - dt.timedelta(days=node["within_days"]))
+        for cond in node.get("where", []):
+            events = events.filter(self.json_condition("properties", cond["property"], cond))
+        return events
+
+    @staticmethod
+    def _repeated(events: models.QuerySet[Event], min_count: int) -> models.QuerySet:
+        """The profile ids with at least ``min_count`` of these events, each once."""
+        return events.values("profile_id").annotate(n=Count("*")).filter(n__gte=min_count).values("profile_id")
 
     def membership(self, node: dict, stack: tuple[int, ...]) -> Q:
         segment_id = node["segment"]
@@ -367,6 +389,48 @@ class Compiler:
             devices = devices.filter(platform=spec["platform"])
         return Q(Exists(devices))
 
+    def profile_ids(self, tree, *, stack: tuple[int, ...] = ()) -> models.QuerySet:
+        """The ids of the tree's profiles as one query: the union itself when the tree is an 'any'
+        group made a union (see ``union``), counted without a scan of every profile around it."""
+        self.prepare(tree)
+        group = next((g for g in GROUPS if g in tree), None)
+        if group in ("all", "any") and len(tree[group]) == 1 and isinstance(tree[group][0], dict):
+            return self.profile_ids(tree[group][0], stack=stack)  # a group of one is its child
+        if group == "any" and self._unites(tree["any"], stack):
+            return self._branch_union([self.node(child, stack) for child in tree["any"]])
+        if "event" in tree and tree.get("did", True) and tree.get("min_count", 1) > 1 and not self.correlated:
+            # The profile ids of the events themselves, without a join to every profile: an
+            # event's profile has a database constraint, so each id is a profile's.
+            return self._repeated(self._events(tree), tree["min_count"])
+        return Profile.objects.filter(self.node(tree, stack)).order_by().values("pk")
+
+    def _unites(self, children: list, stack: tuple[int, ...]) -> bool:
+        return (
+            self.union
+            and not self.correlated
+            and len(children) > 1
+            and self._vendor() == "postgresql"
+            and any(self._reads_other_tables(child, stack) for child in children)
+        )
+
+    def _reads_other_tables(self, node: dict, stack: tuple[int, ...]) -> bool:
+        """Whether the node's condition reads events, segment members or devices."""
+        if "event" in node or "reachable" in node:
+            return True
+        if "segment" in node:
+            segment = self.segments.get(node["segment"])
+            if segment is None or segment.kind != Segment.Kind.RULES:
+                return True
+            if node["segment"] in stack or not segment.rules:
+                return False  # node() raises the cycle / matches nobody: no table either way
+            return self._reads_other_tables(segment.rules, (*stack, node["segment"]))
+        return any(self._reads_other_tables(child, stack) for group in GROUPS for child in node.get(group, ()))
+
+    @staticmethod
+    def _branch_union(parts: list[Q]) -> models.QuerySet:
+        branches = [Profile.objects.filter(part).order_by().values("pk") for part in parts]
+        return branches[0].union(*branches[1:])
+
     @staticmethod
     def _vendor() -> str:
         from django.db import connection
@@ -393,13 +457,19 @@ def segment_count(segment: Segment, *, now: dt.datetime | None = None) -> int:
     """How many profiles the segment holds now: one query.
 
     On PostgreSQL the query runs with the count's session settings (``config.db.count_session``:
-    JIT off, room to hash a large static segment's or an event rule's profile ids once).
+    JIT off, room to hash a large static segment's or an event rule's profile ids once), and an
+    'any' group reading events or members counts the union of its branches' ids
+    (``Compiler(union=True)``).
     """
     from django.db import connection, transaction
 
-    profiles = segment_profiles(segment, now=now)
     if connection.vendor != "postgresql":
-        return profiles.count()
+        return segment_profiles(segment, now=now).count()
+    if segment.kind == Segment.Kind.RULES and segment.rules:
+        stack = (segment.pk,) if segment.pk is not None else ()
+        profiles = Compiler(now=now, union=True).profile_ids(segment.rules, stack=stack)
+    else:
+        profiles = segment_profiles(segment, now=now)
     with transaction.atomic():
         with connection.cursor() as cursor:
             count_session(cursor)

@@ -457,3 +457,117 @@ def test_an_empty_number_is_refused_naming_the_condition(value):
     tree = {"all": [{"attribute": "age", "type": "number", "op": op, "value": value}]}
     with pytest.raises(RulesInvalid, match=f"the condition 'age {op}' has an empty value: enter a number"):
         rules_validate(tree)
+
+
+# --- counts: an 'any' group reading other tables counted as a union of profile ids ----------------
+
+
+@pytest.fixture
+def lists(people):
+    """A static segment (bob, dee), an empty one, a rules segment reading events and one with no rules."""
+    static = Segment.objects.create(name="hand-kept", kind=Segment.Kind.STATIC)
+    SegmentMember.objects.bulk_create(
+        [SegmentMember(segment=static, profile=people["bob"]), SegmentMember(segment=static, profile=people["dee"])]
+    )
+    empty = Segment.objects.create(name="nobody yet", kind=Segment.Kind.STATIC)
+    buyers = Segment.objects.create(name="buyers", rules={"all": [ev(min_count=2)]})
+    blank = Segment.objects.create(name="blank", rules=None)
+    return {"static": static.pk, "empty": empty.pk, "buyers": buyers.pk, "blank": blank.pk}
+
+
+UNION_CASES = [
+    # the benchmark's shape: an attribute branch or members who did an event
+    (
+        lambda s: {
+            "any": [
+                {"all": [attr("plan", "string", "eq", "pro"), attr("vip", "boolean", "eq", True)]},
+                {"all": [{"segment": s["static"]}, ev(within_days=7)]},
+            ]
+        },
+        {"ann", "bob", "dee"},
+    ),
+    (lambda s: {"any": [{"segment": s["static"]}, ev("app_open")]}, {"ann", "bob", "cid", "dee"}),
+    # a branch on an attribute the profile lacks or holds with another type (NULL in SQL)
+    (lambda s: {"any": [attr("age", "number", "lt", 20), ev("app_open", within_days=30)]}, {"ann", "bob"}),
+    (lambda s: {"any": [attr("age", "number", "ne", 34), {"segment": s["empty"]}]}, ALL - {"ann"}),
+    # negations inside and around the union
+    (lambda s: {"none": [{"segment": s["static"]}, attr("plan", "string", "eq", "pro")]}, {"cid", "eve"}),
+    (lambda s: {"any": [{"segment": s["static"], "member": False}, ev(min_count=3)]}, {"ann", "cid", "eve"}),
+    (lambda s: {"any": [ev(did=False), attr("plan", "string", "eq", "pro")]}, {"ann", "cid", "eve"}),
+    (lambda s: {"any": [ev(did=False, min_count=2), col("locale", "eq", "de")]}, {"bob", "cid", "dee", "eve"}),
+    # empty lists: an empty static segment, a rules segment without rules
+    (lambda s: {"any": [{"segment": s["empty"]}, attr("vip", "boolean", "eq", True)]}, {"ann"}),
+    (lambda s: {"any": [{"segment": s["empty"]}, {"segment": s["blank"]}]}, set()),
+    (lambda s: {"none": [{"segment": s["empty"]}, {"segment": s["blank"]}]}, ALL),
+    # a rules segment reading events, a union nested in a group, a group of one around a union
+    (lambda s: {"any": [{"segment": s["buyers"]}, col("locale", "eq", "en-US")]}, {"ann", "bob", "dee"}),
+    (
+        lambda s: {"all": [attr("plan", "string", "exists"), {"any": [{"segment": s["static"]}, ev("app_open")]}]},
+        {"ann", "bob", "cid", "dee"},
+    ),
+    (lambda s: {"all": [{"any": [{"segment": s["static"]}, ev(min_count=2)]}]}, {"ann", "bob", "dee"}),
+    # an event counted without the profiles around it
+    (lambda s: {"all": [ev(min_count=2)]}, {"ann", "dee"}),
+    (lambda s: {"all": [ev(min_count=2, within_days=7)]}, {"dee"}),
+    (lambda s: {"all": [ev(where=[prop("amount", "number", "gte", 50)], min_count=2, within_days=30)]}, {"dee"}),
+    (lambda s: {"all": [ev("never_happens", min_count=2)]}, set()),
+]
+
+
+UNION_IDS = [
+    "attributes-or-members-with-event",
+    "members-or-event",
+    "number-on-strings-or-event",
+    "negated-number-or-empty-list",
+    "none-of-members-and-attribute",
+    "not-a-member-or-event-3-times",
+    "did-not-or-attribute",
+    "did-not-twice-or-column",
+    "empty-list-or-attribute",
+    "empty-list-or-blank-rules",
+    "none-of-empty-list-and-blank-rules",
+    "rules-segment-with-event-or-column",
+    "union-inside-all",
+    "group-of-one-around-union",
+    "event-twice",
+    "event-twice-in-7-days",
+    "event-twice-with-property",
+    "event-never-seen",
+]
+
+
+@pytest.mark.parametrize(("make", "expected"), UNION_CASES, ids=UNION_IDS)
+def test_a_count_as_a_union_of_profile_ids_matches_the_per_row_condition(lists, make, expected):
+    from audiences.rules.compiler import Compiler, segment_count
+
+    tree = make(lists)
+    assert members(tree) == expected  # one scan of the profiles, each branch tested per row
+    united = Compiler(now=NOW, union=True).compile(tree)
+    assert set(Profile.objects.filter(united).values_list("external_id", flat=True)) == expected
+    assert segment_count(Segment(kind=Segment.Kind.RULES, rules=tree), now=NOW) == len(expected)
+
+
+def test_a_count_unites_branches_that_read_other_tables_and_counts_events_without_every_profile(lists):
+    """An 'any' group with members or events is counted as the UNION of its branches' ids, not a
+    scan of every profile; an 'at least N times' event counts its events' profile ids alone. A
+    group of attributes alone keeps its one scan."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from audiences.rules.compiler import segment_count
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the union is PostgreSQL's shape")
+
+    def count_sql(tree) -> str:
+        with CaptureQueriesContext(connection) as queries:
+            segment_count(Segment(kind=Segment.Kind.RULES, rules=tree), now=NOW)
+        (sql,) = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"]]
+        return sql
+
+    nested = count_sql({"any": [attr("vip", "boolean", "eq", True), {"segment": lists["static"]}]})
+    assert " UNION " in nested and not nested.startswith('SELECT COUNT(*) AS "__count" FROM "audiences_profile"')
+    events = count_sql({"all": [ev(min_count=2, within_days=30)]})
+    assert '"audiences_profile"' not in events, events
+    attributes = count_sql({"any": [attr("vip", "boolean", "eq", True), attr("age", "number", "gt", 60)]})
+    assert " UNION " not in attributes
