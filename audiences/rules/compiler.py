@@ -234,7 +234,7 @@ class Compiler:
                         parts.append(Q(JsonContains("attributes", merged)))
                 parts += [self.node(child, stack) for child in children]
                 if group != "all" and self._unites(children, stack):
-                    combined = Q(pk__in=self._branch_union(parts))
+                    combined = Q(pk__in=self._branch_union(children, parts, stack))
                     return ~combined if group == "none" else combined
                 combined = parts[0]
                 for part in parts[1:]:
@@ -397,7 +397,8 @@ class Compiler:
         if group in ("all", "any") and len(tree[group]) == 1 and isinstance(tree[group][0], dict):
             return self.profile_ids(tree[group][0], stack=stack)  # a group of one is its child
         if group == "any" and self._unites(tree["any"], stack):
-            return self._branch_union([self.node(child, stack) for child in tree["any"]])
+            children = tree["any"]
+            return self._branch_union(children, [self.node(child, stack) for child in children], stack)
         if "event" in tree and tree.get("did", True) and tree.get("min_count", 1) > 1 and not self.correlated:
             # The profile ids of the events themselves, without a join to every profile: an
             # event's profile has a database constraint, so each id is a profile's.
@@ -426,10 +427,53 @@ class Compiler:
             return self._reads_other_tables(segment.rules, (*stack, node["segment"]))
         return any(self._reads_other_tables(child, stack) for group in GROUPS for child in node.get(group, ()))
 
-    @staticmethod
-    def _branch_union(parts: list[Q]) -> models.QuerySet:
-        branches = [Profile.objects.filter(part).order_by().values("pk") for part in parts]
+    def _branch_union(self, children: list, parts: list[Q], stack: tuple[int, ...]) -> models.QuerySet:
+        """UNION of the branches' profile ids: each branch's events when it has them (``_event_ids``),
+        else its profiles."""
+        branches = []
+        for child, part in zip(children, parts, strict=True):
+            ids = self._event_ids(child, stack)
+            branches.append(ids if ids is not None else Profile.objects.filter(part).order_by().values("pk"))
         return branches[0].union(*branches[1:])
+
+    def _event_ids(self, node: dict, stack: tuple[int, ...]) -> models.QuerySet | None:
+        """The node's profile ids read from its events alone, or None when it is not made only of
+        events done and static or imported segments' members, with at least one event.
+
+        An event's profile has a database constraint, so these ids are profiles' without a join
+        to the profiles; a member's has none, so members only narrow events down. Ids may repeat
+        (a union removes them).
+        """
+        if "event" in node:
+            if not node.get("did", True):
+                return None
+            events = self._events(node)
+            min_count = node.get("min_count", 1)
+            return self._repeated(events, min_count) if min_count > 1 else events.values("profile_id")
+        if not isinstance(node.get("all"), list):
+            return None
+        events = [child for child in node["all"] if "event" in child]
+        members = [child for child in node["all"] if "segment" in child]
+        if not events or len(events) + len(members) != len(node["all"]):
+            return None
+        for child in members:
+            self.membership(child, stack)  # refuses an unknown segment or a cycle, as the per-row form does
+            segment = self.segments[child["segment"]]
+            if segment.kind == Segment.Kind.RULES or not child.get("member", True):
+                return None
+        ids = self._event_ids(events[0], stack)
+        if ids is None:
+            return None
+        for child in events[1:]:
+            more = self._event_ids(child, stack)
+            if more is None:
+                return None
+            ids = ids.filter(profile_id__in=more)
+        for child in members:
+            ids = ids.filter(
+                profile_id__in=SegmentMember.objects.filter(segment_id=child["segment"]).values("profile_id")
+            )
+        return ids
 
     @staticmethod
     def _vendor() -> str:

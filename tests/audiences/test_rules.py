@@ -464,10 +464,15 @@ def test_an_empty_number_is_refused_naming_the_condition(value):
 
 @pytest.fixture
 def lists(people):
-    """A static segment (bob, dee), an empty one, a rules segment reading events and one with no rules."""
+    """A static segment (bob, dee, and a member row whose profile is gone), an empty one, a rules
+    segment reading events and one with no rules."""
     static = Segment.objects.create(name="hand-kept", kind=Segment.Kind.STATIC)
     SegmentMember.objects.bulk_create(
-        [SegmentMember(segment=static, profile=people["bob"]), SegmentMember(segment=static, profile=people["dee"])]
+        [
+            SegmentMember(segment=static, profile=people["bob"]),
+            SegmentMember(segment=static, profile=people["dee"]),
+            SegmentMember(segment=static, profile_id=max(p.pk for p in people.values()) + 1000),
+        ]
     )
     empty = Segment.objects.create(name="nobody yet", kind=Segment.Kind.STATIC)
     buyers = Segment.objects.create(name="buyers", rules={"all": [ev(min_count=2)]})
@@ -506,6 +511,20 @@ UNION_CASES = [
         {"ann", "bob", "cid", "dee"},
     ),
     (lambda s: {"all": [{"any": [{"segment": s["static"]}, ev(min_count=2)]}]}, {"ann", "bob", "dee"}),
+    # members who did events, read from the events; mixes that keep the profiles' form
+    (
+        lambda s: {"any": [{"all": [{"segment": s["static"]}, ev(min_count=2)]}, col("locale", "eq", "en-US")]},
+        {"bob", "dee"},
+    ),
+    (lambda s: {"any": [{"all": [ev(), ev("app_open")]}, {"segment": s["empty"]}]}, {"ann"}),
+    (
+        lambda s: {
+            "any": [{"all": [{"segment": s["static"], "member": False}, ev()]}, attr("vip", "boolean", "eq", True)]
+        },
+        {"ann"},
+    ),
+    (lambda s: {"any": [{"all": [ev("app_open"), {"segment": s["buyers"]}]}, {"segment": s["empty"]}]}, {"ann"}),
+    (lambda s: {"any": [{"all": [ev(did=False), {"segment": s["static"]}]}, {"segment": s["empty"]}]}, set()),
     # an event counted without the profiles around it
     (lambda s: {"all": [ev(min_count=2)]}, {"ann", "dee"}),
     (lambda s: {"all": [ev(min_count=2, within_days=7)]}, {"dee"}),
@@ -529,6 +548,11 @@ UNION_IDS = [
     "rules-segment-with-event-or-column",
     "union-inside-all",
     "group-of-one-around-union",
+    "members-with-event-twice-or-column",
+    "two-events-or-empty-list",
+    "not-a-member-with-event-or-attribute",
+    "event-and-rules-segment-or-empty-list",
+    "did-not-and-members-or-empty-list",
     "event-twice",
     "event-twice-in-7-days",
     "event-twice-with-property",
@@ -549,8 +573,9 @@ def test_a_count_as_a_union_of_profile_ids_matches_the_per_row_condition(lists, 
 
 def test_a_count_unites_branches_that_read_other_tables_and_counts_events_without_every_profile(lists):
     """An 'any' group with members or events is counted as the UNION of its branches' ids, not a
-    scan of every profile; an 'at least N times' event counts its events' profile ids alone. A
-    group of attributes alone keeps its one scan."""
+    scan of every profile; members who did an event are read from the events, and an 'at least N
+    times' event counts its events' profile ids alone. A group of attributes alone keeps its one
+    scan."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -567,6 +592,11 @@ def test_a_count_unites_branches_that_read_other_tables_and_counts_events_withou
 
     nested = count_sql({"any": [attr("vip", "boolean", "eq", True), {"segment": lists["static"]}]})
     assert " UNION " in nested and not nested.startswith('SELECT COUNT(*) AS "__count" FROM "audiences_profile"')
+    members_with_events = count_sql(
+        {"any": [attr("vip", "boolean", "eq", True), {"all": [{"segment": lists["static"]}, ev(within_days=7)]}]}
+    )
+    branch = members_with_events.split(" UNION ")[1]
+    assert 'FROM "audiences_event"' in branch and '"audiences_profile"' not in branch, members_with_events
     events = count_sql({"all": [ev(min_count=2, within_days=30)]})
     assert '"audiences_profile"' not in events, events
     attributes = count_sql({"any": [attr("vip", "boolean", "eq", True), attr("age", "number", "gt", 60)]})
