@@ -400,8 +400,9 @@ class Compiler:
             children = tree["any"]
             return self._branch_union(children, [self.node(child, stack) for child in children], stack)
         if "event" in tree and tree.get("did", True) and tree.get("min_count", 1) > 1 and not self.correlated:
-            # The profile ids of the events themselves, without a join to every profile: an
-            # event's profile has a database constraint, so each id is a profile's.
+            # The profile ids of the events themselves, without a join to every profile: every
+            # event's profile exists (events are written with their profile locked, and
+            # ``profiles_delete`` removes a profile's events with it), so each id is a profile's.
             return self._repeated(self._events(tree), tree["min_count"])
         return Profile.objects.filter(self.node(tree, stack)).order_by().values("pk")
 
@@ -440,8 +441,9 @@ class Compiler:
         """The node's profile ids read from its events alone, or None when it is not made only of
         events done and static or imported segments' members, with at least one event.
 
-        An event's profile has a database constraint, so these ids are profiles' without a join
-        to the profiles; a member's has none, so members only narrow events down. Ids may repeat
+        Every event's profile exists (see ``Event``: its writer and ``profiles_delete`` lock the
+        profile), so these ids are profiles' without a join to the profiles; members only narrow
+        events down. Ids may repeat
         (a union removes them).
         """
         if "event" in node:
