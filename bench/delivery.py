@@ -360,7 +360,9 @@ def run(target: str, segment, devices: int, workers_env: dict, log: Path, ca: st
     content.save()
     with connection.cursor() as cursor:  # a fair start: no dead rows left by an earlier run,
         cursor.execute("VACUUM ANALYZE delivery_delivery")
-        cursor.execute("ANALYZE delivery_device")  # and the devices' statistics after their move
+        # The devices were just moved to this run's app: their old versions are dead rows the
+        # resolve's scan would step over (and set hints on) unless vacuumed; and fresh statistics.
+        cursor.execute("VACUUM ANALYZE delivery_device")
     queue = f"bench-{secrets.token_hex(3)}"
     env = {
         "PUSHDESK_QUEUE_NAME": queue,
