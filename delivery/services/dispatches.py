@@ -189,6 +189,71 @@ def _audience_sql(dispatch: Dispatch) -> tuple[str, list]:
     return sql, list(params)
 
 
+_RESOLVE_COLUMNS = (
+    "dispatch_id, device_id, profile_id, status, reason, provider_message_id, attempts, finished_at, variant"
+)
+
+
+def _resolve_rows_sql(dispatch: Dispatch, *, now: datetime) -> tuple[str, list]:
+    """The SELECT of the rows a resolve writes (``_RESOLVE_COLUMNS``, and each row's device's
+    platform, for the rollup) and its parameters: the app's test devices for a test send, else
+    each profile of the audience with its devices of the app (or none)."""
+    # A holdout row is skipped whatever its device: the control group gets nothing, and is counted.
+    holdout = f"COALESCE(p.variant, -1) = {HOLDOUT}"
+    status_sql = (
+        f"CASE WHEN {holdout} OR dev.id IS NULL THEN '{DS.SKIPPED}' WHEN dev.push_enabled THEN '{DS.QUEUED}' "
+        f"ELSE '{DS.SKIPPED}' END"
+    )
+    reason_sql = (
+        f"CASE WHEN {holdout} THEN 'holdout' WHEN dev.id IS NULL THEN 'no_device' "
+        "WHEN dev.push_enabled THEN '' ELSE 'not_opted_in' END"
+    )
+    finished_sql = f"CASE WHEN dev.id IS NOT NULL AND dev.push_enabled AND NOT {holdout} THEN NULL ELSE %s END"
+
+    def rows(profile: str) -> str:  # (constants and the ORM's own SQL; values are bound)
+        return (
+            f"%s AS dispatch_id, dev.id AS device_id, {profile} AS profile_id, {status_sql} AS status, "
+            f"{reason_sql} AS reason, '' AS provider_message_id, 0 AS attempts, {finished_sql} AS finished_at, "
+            "p.variant AS variant, dev.platform"
+        )
+
+    if dispatch.kind == Dispatch.Kind.TEST:
+        source = (
+            f"SELECT {rows('dev.profile_id')} "  # noqa: S608
+            "FROM delivery_device dev, (SELECT CAST(NULL AS integer) AS variant) p "
+            "WHERE dev.app_id = %s AND dev.is_test AND dev.active"
+        )
+        return source, [dispatch.pk, _dt(now), dispatch.app_id]
+    audience_sql, audience_params = _audience_sql(dispatch)
+    # Each profile's variant from a hash of it and the campaign: stable across retries and occurrences.
+    bucket = bucket_sql("a.id", vendor=connection.vendor, salt=dispatch.source_id or 0)
+    variant = variant_sql("a.bucket", variants=dispatch.variants, holdout_share=dispatch.holdout_share)
+    # (Integers formatted by delivery.variants and the ORM's own SQL; values are bound.)
+    # A winner-mode campaign's sample (or the rest): a second hash, independent of the variant's.
+    where = (
+        "WHERE "
+        + in_sample_sql(
+            "a.id",
+            vendor=connection.vendor,
+            salt=dispatch.source_id or 0,
+            share=dispatch.sample["share"],
+            rest=dispatch.sample.get("part") == "rest",
+        )
+        if dispatch.sample
+        else ""
+    )
+    profiles = (
+        f"SELECT a.id, {variant} AS variant FROM (SELECT a.id, {bucket} AS bucket FROM ({audience_sql}) a {where}) a"  # noqa: S608
+        if dispatch.variants
+        else f"SELECT a.id, CAST(NULL AS integer) AS variant FROM ({audience_sql}) a {where}"  # noqa: S608
+    )
+    source = (
+        f"SELECT {rows('p.id')} FROM ({profiles}) p "  # noqa: S608
+        "LEFT JOIN delivery_device dev ON dev.profile_id = p.id AND dev.app_id = %s AND dev.active"
+    )
+    return source, [dispatch.pk, _dt(now), *audience_params, dispatch.app_id]
+
+
 def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
     """Resolve the audience to deliveries (one INSERT … SELECT) and start the send tasks.
 
@@ -206,58 +271,7 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
         dispatch = Dispatch.objects.select_for_update().filter(pk=dispatch_id).first()
         if dispatch is None or dispatch.status != Dispatch.Status.PREPARING:
             return False
-        # A holdout row is skipped whatever its device: the control group gets nothing, and is counted.
-        holdout = f"COALESCE(p.variant, -1) = {HOLDOUT}"
-        status_sql = (
-            f"CASE WHEN {holdout} OR dev.id IS NULL THEN '{DS.SKIPPED}' WHEN dev.push_enabled THEN '{DS.QUEUED}' "
-            f"ELSE '{DS.SKIPPED}' END"
-        )
-        reason_sql = (
-            f"CASE WHEN {holdout} THEN 'holdout' WHEN dev.id IS NULL THEN 'no_device' "
-            "WHEN dev.push_enabled THEN '' ELSE 'not_opted_in' END"
-        )
-        finished_sql = f"CASE WHEN dev.id IS NOT NULL AND dev.push_enabled AND NOT {holdout} THEN NULL ELSE %s END"
-        columns = (
-            "dispatch_id, device_id, profile_id, status, reason, provider_message_id, attempts, finished_at, variant"
-        )
-        # Each row with its device's platform, for the rollup. (Constants and the ORM's own SQL; values are bound.)
-        rows = f"%s AS dispatch_id, dev.id AS device_id, {{profile}} AS profile_id, {status_sql} AS status, {reason_sql} AS reason, '' AS provider_message_id, 0 AS attempts, {finished_sql} AS finished_at, {{variant}} AS variant, dev.platform"
-        if dispatch.kind == Dispatch.Kind.TEST:
-            source = (
-                f"SELECT {rows.format(profile='dev.profile_id', variant='p.variant')} "  # noqa: S608
-                "FROM delivery_device dev, (SELECT CAST(NULL AS integer) AS variant) p "
-                "WHERE dev.app_id = %s AND dev.is_test AND dev.active"
-            )
-            params = [dispatch.pk, _dt(now), dispatch.app_id]
-        else:
-            audience_sql, audience_params = _audience_sql(dispatch)
-            # Each profile's variant from a hash of it and the campaign: stable across retries and occurrences.
-            bucket = bucket_sql("a.id", vendor=connection.vendor, salt=dispatch.source_id or 0)
-            variant = variant_sql("a.bucket", variants=dispatch.variants, holdout_share=dispatch.holdout_share)
-            # (Integers formatted by delivery.variants and the ORM's own SQL; values are bound.)
-            # A winner-mode campaign's sample (or the rest): a second hash, independent of the variant's.
-            where = (
-                "WHERE "
-                + in_sample_sql(
-                    "a.id",
-                    vendor=connection.vendor,
-                    salt=dispatch.source_id or 0,
-                    share=dispatch.sample["share"],
-                    rest=dispatch.sample.get("part") == "rest",
-                )
-                if dispatch.sample
-                else ""
-            )
-            profiles = (
-                f"SELECT a.id, {variant} AS variant FROM (SELECT a.id, {bucket} AS bucket FROM ({audience_sql}) a {where}) a"  # noqa: S608
-                if dispatch.variants
-                else f"SELECT a.id, CAST(NULL AS integer) AS variant FROM ({audience_sql}) a {where}"  # noqa: S608
-            )
-            source = (
-                f"SELECT {rows.format(profile='p.id', variant='p.variant')} FROM ({profiles}) p "  # noqa: S608
-                "LEFT JOIN delivery_device dev ON dev.profile_id = p.id AND dev.app_id = %s AND dev.active"
-            )
-            params = [dispatch.pk, _dt(now), *audience_params, dispatch.app_id]
+        source, params = _resolve_rows_sql(dispatch, now=now)
         # No row of this dispatch exists yet: it is still preparing, under its lock, and a resolve
         # commits whole. The audience holds each profile once and a device has one profile, so no
         # two rows share a device: the unique index on (dispatch, device) would refuse the
@@ -265,8 +279,8 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
                 cursor.execute(
-                    f"WITH src AS MATERIALIZED ({source}), "  # noqa: S608 (built above from constants)
-                    f"ins AS (INSERT INTO delivery_delivery ({columns}) SELECT {columns} FROM src) "
+                    f"WITH src AS MATERIALIZED ({source}), "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
+                    f"ins AS (INSERT INTO delivery_delivery ({_RESOLVE_COLUMNS}) SELECT {_RESOLVE_COLUMNS} FROM src) "
                     + rollup_made_sql(source="src"),
                     [*params, dispatch.pk, _dt(dispatch.created_at), _dt(dispatch.created_at)],
                 )
@@ -275,7 +289,7 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
                     counts[outcome] += n
             else:
                 cursor.execute(
-                    f"INSERT INTO delivery_delivery ({columns}) SELECT {columns} FROM ({source}) src",  # noqa: S608
+                    f"INSERT INTO delivery_delivery ({_RESOLVE_COLUMNS}) SELECT {_RESOLVE_COLUMNS} FROM ({source}) src",  # noqa: S608
                     params,
                 )
                 counts = rollup_add_made(dispatch_id=dispatch.pk)  # by outcome: targeted, and those final already

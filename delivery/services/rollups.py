@@ -3,8 +3,9 @@
 Each function adds to the rollup what one change to some deliveries did, grouped in SQL in one
 ``INSERT … SELECT … ON CONFLICT DO UPDATE``, and must run in the transaction of that change:
 
-- ``rollup_add_made``: rows just made (a dispatch resolved, a stream's call appended): targeted,
-  and those made final already (skipped);
+- ``rollup_add_made`` / ``rollup_made_sql`` (PostgreSQL, in the resolving statement),
+  ``rollup_add_appended``: rows just made (a dispatch resolved, a stream's call appended):
+  targeted, and those made final already (skipped);
 - ``rollup_add_finished``: rows that just became final (written back, stopped, expired, voided);
 - ``rollup_add_opened``: rows just opened;
 - ``rollup_subtract``: rows about to be deleted (retention);
@@ -101,33 +102,16 @@ def _ids_where(ids: list[int]) -> tuple[str, list]:
 
 
 def rollup_add_made(*, dispatch_id: int) -> Counter:
-    """Count the rows of a dispatch just resolved, in its transaction: as targeted, and by their
-    final status where they have one already (skipped). Returns its rows by outcome (``targeted``,
-    ``skipped``...), which are the dispatch's whole rollup then."""
-    returning = f" RETURNING {_TABLE}.outcome, rows"
-    if connection.vendor == "postgresql":
-        # One pass over the rows (and their devices) counts both: each row yields "targeted",
-        # and its final status when it has one. At a million rows, a second pass cost seconds.
-        made = _period(_MADE)
-        sql = (
-            f"INSERT INTO {_TABLE} ({_KEY}, rows) "  # noqa: S608 (constants; values are bound)
-            f"SELECT d.dispatch_id, o.period, COALESCE(dev.platform, 'none'), "
-            f"COALESCE(d.variant, {DeliveryRollup.NO_VARIANT}), o.outcome, o.reason, 0, COUNT(*) "
-            "FROM delivery_delivery d JOIN delivery_dispatch x ON x.id = d.dispatch_id "
-            "LEFT JOIN delivery_device dev ON dev.id = d.device_id "
-            f"CROSS JOIN LATERAL (VALUES ('targeted', '', {made}), "
-            f"(d.status, d.reason, {_period(f'COALESCE(d.finished_at, {_MADE})')})) AS o(outcome, reason, period) "
-            f"WHERE d.dispatch_id = %s AND (o.outcome = 'targeted' OR d.status IN ({', '.join(repr(s) for s in FINAL)})) "
-            "GROUP BY 1, 2, 3, 4, 5, 6, 7 "
-            f"ON CONFLICT ({_KEY}) DO UPDATE SET rows = {_TABLE}.rows + excluded.rows{returning}"
-        )
-        params = [dispatch_id]
-    else:
-        sql = rollup_insert_sql(where="d.dispatch_id = %s", outcomes=("targeted", "final"), returning=returning)
-        params = [dispatch_id, dispatch_id]
+    """Count the rows of a dispatch just resolved, in its transaction (the portable resolve;
+    PostgreSQL counts them in the resolving statement, ``rollup_made_sql``): as targeted, and by
+    their final status where they have one already (skipped). Returns its rows by outcome
+    (``targeted``, ``skipped``...), which are the dispatch's whole rollup then."""
+    sql = rollup_insert_sql(
+        where="d.dispatch_id = %s", outcomes=("targeted", "final"), returning=f" RETURNING {_TABLE}.outcome, rows"
+    )
     counts: Counter = Counter()
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(sql, [dispatch_id, dispatch_id])
         for outcome, n in cursor.fetchall():
             counts[outcome] += n
     return counts
