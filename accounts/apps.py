@@ -26,12 +26,11 @@ def _connect_stamps() -> None:
     from django.apps import apps
     from django.contrib.auth.models import Group
     from django.db.models.signals import m2m_changed, post_delete, post_save
-    from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
-    from accounts.models import ApiKey, User
-    from accounts.stamps import access_changed, access_rows_changed
+    from accounts.models import User
+    from accounts.stamps import access_changed, access_granting_models, access_rows_changed
 
-    granting = (ApiKey, User, Group, UserObjectPermissionBase, GroupObjectPermissionBase)
+    granting = access_granting_models()
     for model in apps.get_models():
         if issubclass(model, granting):
             label = model._meta.label_lower

@@ -142,14 +142,22 @@ def access_changed(**kwargs) -> None:
     stamps_bump("access")
 
 
-def access_rows_changed(sender, instance=None, **kwargs) -> None:
-    """Signal receiver for saves and deletes of the models that grant access (``accounts.apps``): bumps ``access``."""
+def access_granting_models() -> tuple[type, ...]:
+    """The models whose rows grant access: keys, users, roles and object grants (each app's
+    grant models derive from guardian's bases)."""
     from django.contrib.auth.models import Group
     from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
     from accounts.models import ApiKey, User
 
+    return (ApiKey, User, Group, UserObjectPermissionBase, GroupObjectPermissionBase)
+
+
+def access_rows_changed(sender, instance=None, **kwargs) -> None:
+    """Signal receiver for saves and deletes of the models that grant access (``accounts.apps``): bumps ``access``."""
+    from accounts.models import User
+
     if isinstance(instance, User) and set(kwargs.get("update_fields") or ()) == {"last_login"}:
         return  # signing in to the admin changes nothing an API key can do
-    if isinstance(instance, ApiKey | User | Group | UserObjectPermissionBase | GroupObjectPermissionBase):
+    if isinstance(instance, access_granting_models()):
         stamps_bump("access")
