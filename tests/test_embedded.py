@@ -176,9 +176,10 @@ def test_make_run_looks_like_the_product_and_ctrl_c_stops_everything_cleanly(emb
             login = http.get("/admin/login/")
             css = re.search(r'href="(/static/admin/css/base[^"]*\.css)"', login.text).group(1)
             assert http.get(css).status_code == 200
-        # Wait for the worker to be running before stopping it.
+        # Wait for the worker, the stream sender and the simulator to be running before stopping them.
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and "running" not in log.read_text():
+        ready = ("running", "stream sender 0 started", "Push simulator:")
+        while time.monotonic() < deadline and not all(mark in log.read_text() for mark in ready):
             time.sleep(0.2)
         family = _descendants(stack.pid)
         assert len(family) >= 5, family  # web, worker (its sentinel and workers), stream sender, simulator
@@ -208,3 +209,13 @@ def _descendants(pid: int) -> list[int]:
     for child in map(int, children):
         found += [child, *_descendants(child)]
     return found
+
+
+def test_ctrl_c_before_a_command_sets_up_its_own_stop_ends_it_without_a_traceback(embedded_env):
+    """Ctrl-C while Django loads (as when `make run` is stopped right after it starts) is reported
+    the way a shell reports it, exit 130, not as a traceback."""
+    interrupted = _manage(
+        ["shell", "-c", "import os, signal; os.kill(os.getpid(), signal.SIGINT)"], embedded_env, timeout=120
+    )
+    assert interrupted.returncode == 130
+    assert "Traceback" not in interrupted.stderr + interrupted.stdout
