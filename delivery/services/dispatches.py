@@ -278,8 +278,11 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
         # statement, not skip a row. (ON CONFLICT DO NOTHING cost a third of the insert at 1M.)
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
+                # In profile order: the rows' index entries (device, profile) then go in in order. A
+                # hash join's order, which fresh statistics choose at a million rows, scattered them
+                # over indexes larger than PostgreSQL's buffers: 22 s against 12 s, sort included.
                 cursor.execute(
-                    f"WITH src AS MATERIALIZED ({source}), "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
+                    f"WITH src AS MATERIALIZED ({source} ORDER BY profile_id), "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
                     f"ins AS (INSERT INTO delivery_delivery ({_RESOLVE_COLUMNS}) SELECT {_RESOLVE_COLUMNS} FROM src) "
                     + rollup_made_sql(source="src"),
                     [*params, dispatch.pk, _dt(dispatch.created_at), _dt(dispatch.created_at)],
