@@ -33,7 +33,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from support.http_load import tree_cpu
+from support.http_load import BackendCpu, tree_cpu
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -208,36 +208,6 @@ def main() -> None:
         measure(args, calls, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-class BackendCpu(threading.Thread):
-    """The CPU seconds of the PostgreSQL server processes connected to ``db``, sampled every half
-    second: the web closes a connection after 60 s, and a closed one keeps its last sample."""
-
-    def __init__(self, db: str):
-        super().__init__(daemon=True)
-        self.query = f"SELECT pid FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()"
-        self.first: dict[int, float] = {}
-        self.last: dict[int, float] = {}
-        self.stopped = threading.Event()
-        self.sample(self.first)
-
-    def sample(self, into: dict[int, float]) -> None:
-        cmd = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-Atc", self.query]
-        for pid in subprocess.run(cmd, capture_output=True, text=True).stdout.split():
-            cpu = tree_cpu(int(pid))
-            if cpu:
-                into[int(pid)] = cpu
-
-    def run(self) -> None:
-        while not self.stopped.wait(0.5):
-            self.sample(self.last)
-
-    def stop(self) -> float:
-        self.stopped.set()
-        self.join()
-        self.sample(self.last)
-        return sum(cpu - self.first.get(pid, 0.0) for pid, cpu in self.last.items())
 
 
 def measure(args, calls: int, tmp: Path) -> None:

@@ -45,7 +45,7 @@ import threading
 import time
 from pathlib import Path
 
-from support.http_load import Paced, load, rss_mb, tree_cpu, tree_rss, wrk
+from support.http_load import BackendCpu, Paced, load, rss_mb, tree_cpu, tree_rss, wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -361,6 +361,12 @@ def main():  # noqa: C901 (one script, phase after phase)
         if "ceiling" in phases:
             procs["bare"] = subprocess.Popen([*gunicorn, "--bind", f"127.0.0.1:{bare_port}", "bench_ceiling"], **quiet)
             wait_http(f"http://127.0.0.1:{bare_port}/bare/")
+            bare: dict = {}
+
+            def measure_bare():
+                bare.update(web=tree_cpu(procs["bare"].pid), postgres=BackendCpu(args.database))
+                bare["postgres"].start()
+
             report["ceiling"] = wrk(
                 f"http://127.0.0.1:{bare_port}/bare/",
                 None,
@@ -369,21 +375,15 @@ def main():  # noqa: C901 (one script, phase after phase)
                 args.seconds,
                 args.connections,
                 warmup=args.warmup_seconds,
+                on_start=measure_bare,
             )
+            calls = round(report["ceiling"]["requests_per_s"] * args.seconds)
+            report["ceiling"]["web_cpu_ms_per_call"] = round(
+                (tree_cpu(procs["bare"].pid) - bare["web"]) / calls * 1000, 2
+            )
+            report["ceiling"]["postgres_cpu_ms_per_call"] = round(bare["postgres"].stop() / calls * 1000, 2)
             procs.pop("bare").send_signal(signal.SIGTERM)
             progress(report, "ceiling")
-
-        if "throughput" in phases:
-            report["throughput"] = wrk(
-                url, key, tmp / "trigger.lua", one, args.seconds, args.connections, warmup=args.warmup_seconds
-            )
-            if "ceiling" in report:
-                ratio = report["throughput"]["requests_per_s"] / report["ceiling"]["requests_per_s"]
-                report["throughput"]["of_ceiling"] = round(ratio, 2)
-            drained_by = time.time() + 300
-            while shell(env, COUNTS).get("queued", 0) and time.time() < drained_by:
-                time.sleep(2)
-            progress(report, "throughput")
 
         def cpu_now() -> dict[str, float]:
             sender = tree_cpu(procs["sender"].pid)
@@ -396,6 +396,35 @@ def main():  # noqa: C901 (one script, phase after phase)
 
         def cpu_per_call(before: dict[str, float], calls: int) -> dict[str, float]:
             return {name: round((cpu - before[name]) / max(calls, 1) * 1000, 2) for name, cpu in cpu_now().items()}
+
+        if "throughput" in phases:
+            measured: dict = {}
+
+            def measure_from_here():
+                measured.update(cpu=cpu_now(), postgres=BackendCpu(args.database))
+                measured["postgres"].start()
+
+            report["throughput"] = wrk(
+                url,
+                key,
+                tmp / "trigger.lua",
+                one,
+                args.seconds,
+                args.connections,
+                warmup=args.warmup_seconds,
+                on_start=measure_from_here,
+            )
+            calls = round(report["throughput"]["requests_per_s"] * args.seconds)
+            if "ceiling" in report:
+                ratio = report["throughput"]["requests_per_s"] / report["ceiling"]["requests_per_s"]
+                report["throughput"]["of_ceiling"] = round(ratio, 2)
+            drained_by = time.time() + 300
+            while shell(env, COUNTS).get("queued", 0) and time.time() < drained_by:
+                time.sleep(2)
+            # Per call, the measured run's calls and the sending of what they queued (drained above).
+            report["throughput"].update(cpu_per_call(measured["cpu"], calls))
+            report["throughput"]["postgres_cpu_ms_per_call"] = round(measured["postgres"].stop() / calls * 1000, 2)
+            progress(report, "throughput")
 
         if "e2e" in phases:
             started_load = load()

@@ -48,7 +48,40 @@ def tree_cpu(pid: int) -> float:
     return own + sum(tree_cpu(child) for child in children(pid))
 
 
-def wrk(url, key, script_path: Path, body_lua: str, seconds: int, connections: int, warmup: int = 0) -> dict:
+class BackendCpu(threading.Thread):
+    """The CPU seconds of the PostgreSQL server processes connected to ``db``, sampled every half
+    second: the web closes a connection after 60 s, and a closed one keeps its last sample."""
+
+    def __init__(self, db: str):
+        super().__init__(daemon=True)
+        self.query = f"SELECT pid FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.stopped = threading.Event()
+        self.sample(self.first)
+
+    def sample(self, into: dict[int, float]) -> None:
+        cmd = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-Atc", self.query]
+        for pid in subprocess.run(cmd, capture_output=True, text=True).stdout.split():
+            cpu = tree_cpu(int(pid))
+            if cpu:
+                into[int(pid)] = cpu
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.5):
+            self.sample(self.last)
+
+    def stop(self) -> float:
+        self.stopped.set()
+        self.join()
+        self.sample(self.last)
+        return sum(cpu - self.first.get(pid, 0.0) for pid, cpu in self.last.items())
+
+
+def wrk(
+    url, key, script_path: Path, body_lua: str, seconds: int, connections: int, warmup: int = 0, on_start=None
+) -> dict:
+    """One wrk run after ``warmup`` seconds of the same load; ``on_start`` is called as the measured run begins."""
     script_path.write_text(
         "counter = 0\n"
         'wrk.method = "POST"\n'
@@ -68,6 +101,8 @@ def wrk(url, key, script_path: Path, body_lua: str, seconds: int, connections: i
         command = ["wrk", "-t2", f"-c{connections}", f"-d{warmup}s", "-s", str(script_path), url]
         subprocess.run(command, capture_output=True, check=True)
     started_load = load()
+    if on_start:
+        on_start()
     result = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script_path), url],
         capture_output=True,
