@@ -5,7 +5,7 @@ import datetime as dt
 import threading
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from audiences.services.events import events_ingest
@@ -621,3 +621,55 @@ def test_two_engine_batches_adding_to_the_same_step_counters_do_not_deadlock(mak
 
     assert not errors, errors
     assert dict(StepStat.objects.values_list("step", "count")) == {"a": 2, "b": 2}
+
+
+def test_the_claim_reads_the_due_time_index_in_order_when_statistics_say_nothing_is_open(make_journey, publish):
+    """Statistics taken over finished runs count on one open enrollment; a big entry since then must
+    not make each batch read every open enrollment through the unique index and sort them."""
+    from journeys.services.engine import _claim
+
+    journey = publish(make_journey(entry_kind="event", entry_event="later", entry_segment=None))
+    version = journey.live_version
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO audiences_profile (external_id, attributes, locale, timezone, created_at, updated_at) "
+            "SELECT 'claim-' || n, '{}', '', '', now(), now() FROM generate_series(1, 30000) n"
+        )
+        enroll = (
+            "INSERT INTO journeys_enrollment (journey_id, version_id, profile_id, entry_number, step, status, "
+            "due_at, entered_at, updated_at, finished_at, exit_reason, history) "
+            "SELECT %s, %s, p.id, 1, 'wait', %s, {due}, now(), now(), {finished}, '', '[]' "
+            "FROM audiences_profile p WHERE p.external_id LIKE 'claim-%%' AND p.id %% 3 {which} 0"
+        )
+        # A finished run, and statistics taken then; then an entry the statistics have not seen.
+        cursor.execute(enroll.format(due="NULL", finished="now()", which="<>"), [journey.pk, version.pk, "completed"])
+        cursor.execute("ANALYZE journeys_enrollment")
+        cursor.execute(
+            enroll.format(due="now() - interval '1 minute'", finished="NULL", which="="),
+            [journey.pk, version.pk, "waiting"],
+        )
+    plans = []
+
+    def explain(execute, sql, params, many, context):
+        if "SKIP LOCKED" in sql:
+            raw = context["cursor"].cursor  # psycopg's own: no wrapper, the claim's settings
+            raw.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
+            plans.append(raw.fetchone()[0])
+        return execute(sql, params, many, context)
+
+    with transaction.atomic(), connection.execute_wrapper(explain):
+        rows = _claim(batch=100, now=timezone.now())
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW enable_sort")
+            assert cursor.fetchone()[0] == "on", "sorting is off for the claim alone"
+    assert len(rows) == 100
+
+    def nodes(node):
+        yield node
+        for child in node.get("Plans", []):
+            yield from nodes(child)
+
+    (plan,) = plans
+    found = list(nodes(plan[0]["Plan"]))
+    assert [n.get("Index Name") for n in found if "Index Name" in n] == ["enrollment_due_idx"]
+    assert not [n for n in found if n["Node Type"] == "Sort"]
