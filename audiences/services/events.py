@@ -107,7 +107,7 @@ def events_ingest(*, items: list[dict], by: User, stamps: Stamps | None = None, 
 # constraint on their profile: ``profiles_delete`` locks the profiles first, so it waits for them),
 # and does not make concurrent calls for the same profiles wait for each other.
 LOCK_PROFILES_PG = """
-SELECT x.external_id, p.id FROM unnest(%s::text[]) AS x(external_id)
+SELECT x.external_id, p.id FROM jsonb_array_elements_text(%s::jsonb) AS x(external_id)
 CROSS JOIN LATERAL (SELECT id FROM audiences_profile WHERE external_id = x.external_id FOR KEY SHARE) AS p
 """
 # Only unknown ids are inserted, so no sequence values are burnt on known profiles; they are born
@@ -115,8 +115,8 @@ CROSS JOIN LATERAL (SELECT id FROM audiences_profile WHERE external_id = x.exter
 # and read by the next query.
 CREATE_PROFILES_PG = """
 INSERT INTO audiences_profile (external_id, attributes, locale, timezone, created_at, updated_at, last_seen_at)
-SELECT x, '{}', '', '', %(now)s, %(now)s, seen
-FROM unnest(%(ids)s::text[], %(seen)s::timestamptz[]) AS v(x, seen) ORDER BY x
+SELECT v.e->>0, '{}', '', '', %(now)s, %(now)s, (v.e->>1)::timestamptz
+FROM jsonb_array_elements(%(profiles)s::jsonb) AS v(e) ORDER BY v.e->>0
 ON CONFLICT (external_id) DO NOTHING
 RETURNING external_id, id
 """
@@ -131,12 +131,13 @@ RETURNING id
 """
 # Only the profiles whose last_seen_at moves are locked for update, in id order (the lateral
 # subquery reads the array in order, by the primary key): two calls never hold those in opposite
-# orders. The arrays are read through scalar subqueries, so the update's join is planned for a few
+# orders. The array is read through a scalar subquery, so the update's join is planned for a few
 # rows, through the primary key, whatever the number of profiles.
 MOVE_LAST_SEEN_PG = """
 WITH moving AS MATERIALIZED (
     SELECT p.id, v.seen
-    FROM unnest((SELECT %(ids)s::bigint[]), (SELECT %(seen)s::timestamptz[])) AS v(id, seen)
+    FROM (SELECT (e->>0)::bigint AS id, (e->>1)::timestamptz AS seen
+          FROM jsonb_array_elements((SELECT %(profiles)s::jsonb)) AS e) AS v
     CROSS JOIN LATERAL (
         SELECT id FROM audiences_profile
         WHERE id = v.id AND (last_seen_at IS NULL OR last_seen_at < v.seen)
@@ -151,18 +152,22 @@ def _events_write_pg(
     items: list[dict], *, ids: list[str], seen: dict, now: dt.datetime
 ) -> tuple[list[int], dict[str, int]]:
     """Write the events of one call in at most five statements (PostgreSQL); return their ids, and
-    the profiles' ids by external id."""
+    the profiles' ids by external id.
+
+    Lists travel as JSON text, encoded in C: psycopg adapts a list parameter value by value in
+    Python (for a call's thousand ids and five hundred times, about 3.5 ms of the web's CPU)."""
     with connection.cursor() as cursor:
-        cursor.execute(LOCK_PROFILES_PG, [ids])
+        cursor.execute(LOCK_PROFILES_PG, [json_compact(ids)])
         profiles = dict(cursor.fetchall())
         known = list(profiles.items())
         missing = [x for x in ids if x not in profiles]
         if missing:
-            cursor.execute(CREATE_PROFILES_PG, {"now": now, "ids": missing, "seen": [seen[x] for x in missing]})
+            born = json_compact([(x, seen[x].isoformat()) for x in missing])
+            cursor.execute(CREATE_PROFILES_PG, {"now": now, "profiles": born})
             profiles.update(cursor.fetchall())
             raced = [x for x in missing if x not in profiles]
             if raced:  # created by another call meanwhile: known, and perhaps seen earlier
-                cursor.execute(LOCK_PROFILES_PG, [raced])
+                cursor.execute(LOCK_PROFILES_PG, [json_compact(raced)])
                 found = cursor.fetchall()
                 profiles.update(found)
                 known += found
@@ -174,7 +179,8 @@ def _events_write_pg(
         event_ids = [row[0] for row in cursor.fetchall()]
         if known:
             known.sort(key=lambda row: row[1])
-            cursor.execute(MOVE_LAST_SEEN_PG, {"ids": [pk for _, pk in known], "seen": [seen[x] for x, _ in known]})
+            moving = json_compact([(pk, seen[x].isoformat()) for x, pk in known])
+            cursor.execute(MOVE_LAST_SEEN_PG, {"profiles": moving})
     return event_ids, profiles
 
 
