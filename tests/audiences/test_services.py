@@ -344,6 +344,20 @@ def test_events_create_unknown_profiles_and_move_last_seen_forward(manager_alice
     assert Event.objects.get(pk=ids[0]).properties == {"amount": 5}
 
 
+def test_events_keep_ids_and_times_exactly_whatever_their_characters_and_zone(manager_alice):
+    """The call's ids and times travel to PostgreSQL as JSON text: quotes, backslashes, letters
+    beyond ASCII and a zone other than UTC with microseconds come back as they were sent."""
+    paris = dt.timezone(dt.timedelta(hours=1))
+    when = dt.datetime(2024, 3, 1, 9, 30, 15, 123456, tzinfo=paris)
+    names = ['quote"d', "back\\slash", "café-é", "emoji-🎉", "日本"]
+    events_ingest(items=[{"external_id": x, "name": "a", "occurred_at": when} for x in names], by=manager_alice)
+    assert dict(Profile.objects.values_list("external_id", "last_seen_at")) == dict.fromkeys(names, when)
+    later = when + dt.timedelta(microseconds=1)
+    events_ingest(items=[{"external_id": x, "name": "b", "occurred_at": later} for x in names], by=manager_alice)
+    assert Profile.objects.count() == len(names)  # known the second time: none created again
+    assert dict(Profile.objects.values_list("external_id", "last_seen_at")) == dict.fromkeys(names, later)
+
+
 def test_events_come_back_in_order_and_move_each_profile_to_its_newest(manager_alice):
     now = timezone.now()
     ProfileFactory(external_id="old", last_seen_at=now - dt.timedelta(days=3))
