@@ -358,33 +358,6 @@ def main():  # noqa: C901 (one script, phase after phase)
         url = f"{base}/api/v1/campaigns/{campaign}/trigger/"
         one = f'\'{{"recipients": [{{"external_id": "bench-\' .. (counter % {args.profiles}) .. \'"}}], "context": {{"order": "\' .. counter .. \'"}}}}\''
 
-        if "ceiling" in phases:
-            procs["bare"] = subprocess.Popen([*gunicorn, "--bind", f"127.0.0.1:{bare_port}", "bench_ceiling"], **quiet)
-            wait_http(f"http://127.0.0.1:{bare_port}/bare/")
-            bare: dict = {}
-
-            def measure_bare():
-                bare.update(web=tree_cpu(procs["bare"].pid), postgres=BackendCpu(args.database))
-                bare["postgres"].start()
-
-            report["ceiling"] = wrk(
-                f"http://127.0.0.1:{bare_port}/bare/",
-                None,
-                tmp / "bare.lua",
-                one,
-                args.seconds,
-                args.connections,
-                warmup=args.warmup_seconds,
-                on_start=measure_bare,
-            )
-            calls = round(report["ceiling"]["requests_per_s"] * args.seconds)
-            report["ceiling"]["web_cpu_ms_per_call"] = round(
-                (tree_cpu(procs["bare"].pid) - bare["web"]) / calls * 1000, 2
-            )
-            report["ceiling"]["postgres_cpu_ms_per_call"] = round(bare["postgres"].stop() / calls * 1000, 2)
-            procs.pop("bare").send_signal(signal.SIGTERM)
-            progress(report, "ceiling")
-
         def cpu_now() -> dict[str, float]:
             sender = tree_cpu(procs["sender"].pid)
             return {
@@ -397,24 +370,50 @@ def main():  # noqa: C901 (one script, phase after phase)
         def cpu_per_call(before: dict[str, float], calls: int) -> dict[str, float]:
             return {name: round((cpu - before[name]) / max(calls, 1) * 1000, 2) for name, cpu in cpu_now().items()}
 
-        if "throughput" in phases:
-            measured: dict = {}
+        def wrk_with_cpu(target: str, auth, script: str, cpu_read):
+            """wrk's measured run, with ``cpu_read()`` and PostgreSQL's backends counted from its start;
+            returns wrk's figures and a function giving the CPU per call spent since then."""
+            start: dict = {}
 
-            def measure_from_here():
-                measured.update(cpu=cpu_now(), postgres=BackendCpu(args.database))
-                measured["postgres"].start()
+            def begin():
+                start.update(cpu=cpu_read(), postgres=BackendCpu(args.database))
+                start["postgres"].start()
 
-            report["throughput"] = wrk(
-                url,
-                key,
-                tmp / "trigger.lua",
+            result = wrk(
+                target,
+                auth,
+                tmp / script,
                 one,
                 args.seconds,
                 args.connections,
                 warmup=args.warmup_seconds,
-                on_start=measure_from_here,
+                on_start=begin,
             )
-            calls = round(report["throughput"]["requests_per_s"] * args.seconds)
+            calls = max(1, round(result["requests_per_s"] * args.seconds))
+
+            def spent() -> dict[str, float]:
+                now = cpu_read()
+                figures = {name: round((now[name] - start["cpu"][name]) / calls * 1000, 2) for name in now}
+                figures["postgres_cpu_ms_per_call"] = round(start["postgres"].stop() / calls * 1000, 2)
+                return figures
+
+            return result, spent
+
+        if "ceiling" in phases:
+            procs["bare"] = subprocess.Popen([*gunicorn, "--bind", f"127.0.0.1:{bare_port}", "bench_ceiling"], **quiet)
+            wait_http(f"http://127.0.0.1:{bare_port}/bare/")
+            report["ceiling"], spent = wrk_with_cpu(
+                f"http://127.0.0.1:{bare_port}/bare/",
+                None,
+                "bare.lua",
+                lambda: {"web_cpu_ms_per_call": tree_cpu(procs["bare"].pid)},
+            )
+            report["ceiling"].update(spent())
+            procs.pop("bare").send_signal(signal.SIGTERM)
+            progress(report, "ceiling")
+
+        if "throughput" in phases:
+            report["throughput"], spent = wrk_with_cpu(url, key, "trigger.lua", cpu_now)
             if "ceiling" in report:
                 ratio = report["throughput"]["requests_per_s"] / report["ceiling"]["requests_per_s"]
                 report["throughput"]["of_ceiling"] = round(ratio, 2)
@@ -422,8 +421,7 @@ def main():  # noqa: C901 (one script, phase after phase)
             while shell(env, COUNTS).get("queued", 0) and time.time() < drained_by:
                 time.sleep(2)
             # Per call, the measured run's calls and the sending of what they queued (drained above).
-            report["throughput"].update(cpu_per_call(measured["cpu"], calls))
-            report["throughput"]["postgres_cpu_ms_per_call"] = round(measured["postgres"].stop() / calls * 1000, 2)
+            report["throughput"].update(spent())
             progress(report, "throughput")
 
         if "e2e" in phases:
