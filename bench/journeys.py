@@ -168,20 +168,18 @@ def run(*, profiles: int, target: dict, log: Path) -> dict:
     }
     async_task("journeys.tasks.journeys_run_due_task", q_options={"timeout": 240})  # the second engine
     workers = start_workers(env, log)
-    open_statuses = ("active", "waiting")
+    finished = [status for status in Enrollment.Status.values if status not in Enrollment.OPEN_STATUSES]
     version_id = Journey.objects.values_list("live_version_id", flat=True).get(pk=journey.pk)
     try:
         # The clock starts when the first batch lands (the cluster takes a few seconds to start).
         # A finished enrollment is looked up through the (version, status) index: "not open" read
         # the journey's million open rows on every poll.
-        while not Enrollment.objects.filter(
-            version_id=version_id, status__in=("completed", "exited", "failed")
-        ).exists():
+        while not Enrollment.objects.filter(version_id=version_id, status__in=finished).exists():
             if workers.poll() is not None:
                 sys.exit(f"the workers stopped: {log.read_text()[-2000:]}")
             time.sleep(0.005)
         started = time.perf_counter()
-        while Enrollment.objects.filter(journey=journey, status__in=open_statuses).exists():
+        while Enrollment.objects.filter(journey=journey, status__in=Enrollment.OPEN_STATUSES).exists():
             time.sleep(0.02)
         engine_seconds = time.perf_counter() - started
         deadline = time.perf_counter() + max(PUSHES_WAIT_SECONDS, profiles * 60 // 100_000)
