@@ -367,8 +367,8 @@ def main():  # noqa: C901 (one script, phase after phase)
                 "simulator_cpu_ms_per_message": tree_cpu(procs["sim"].pid),
             }
 
-        def cpu_per_call(before: dict[str, float], calls: int) -> dict[str, float]:
-            return {name: round((cpu - before[name]) / max(calls, 1) * 1000, 2) for name, cpu in cpu_now().items()}
+        def cpu_per_call(before: dict[str, float], calls: int, read=cpu_now) -> dict[str, float]:
+            return {name: round((cpu - before[name]) / max(calls, 1) * 1000, 2) for name, cpu in read().items()}
 
         def wrk_with_cpu(target: str, auth, script: str, cpu_read):
             """wrk's measured run, with ``cpu_read()`` and PostgreSQL's backends counted from its start;
@@ -392,8 +392,7 @@ def main():  # noqa: C901 (one script, phase after phase)
             calls = max(1, round(result["requests_per_s"] * args.seconds))
 
             def spent() -> dict[str, float]:
-                now = cpu_read()
-                figures = {name: round((now[name] - start["cpu"][name]) / calls * 1000, 2) for name in now}
+                figures = cpu_per_call(start["cpu"], calls, read=cpu_read)
                 figures["postgres_cpu_ms_per_call"] = round(start["postgres"].stop() / calls * 1000, 2)
                 return figures
 
