@@ -15,6 +15,7 @@ from django.db import router, transaction
 from django.db.models.deletion import Collector
 from django.utils import timezone
 
+from accounts.json_values import json_text_problem
 from accounts.models import User
 from accounts.services import audit
 from audiences.models import Profile
@@ -44,7 +45,7 @@ def text_problem(value, *, max_length: int) -> str | None:
         return "This field is required: a non-empty string."
     if len(value) > max_length:
         return f"At most {max_length} characters."
-    return None
+    return json_text_problem(value)  # PostgreSQL stores no NUL, JSON carries no lone surrogate
 
 
 def profile_check(data: dict) -> dict[str, str]:

@@ -358,6 +358,22 @@ def test_events_keep_ids_and_times_exactly_whatever_their_characters_and_zone(ma
     assert dict(Profile.objects.values_list("external_id", "last_seen_at")) == dict.fromkeys(names, later)
 
 
+@pytest.mark.parametrize(
+    ("external_id", "message"), [("a\x00b", "NUL"), ("a\ud800b", "surrogate")], ids=["nul", "lone-surrogate"]
+)
+def test_events_refuse_an_id_postgresql_cannot_store_naming_the_field(manager_alice, external_id, message):
+    """The API refuses these in the body; a caller of the service gets the same clear refusal, not a database error."""
+    now = timezone.now()
+    items = [
+        {"external_id": "fine", "name": "a", "occurred_at": now},
+        {"external_id": external_id, "name": "a", "occurred_at": now},
+    ]
+    with pytest.raises(ValidationError) as refused:
+        events_ingest(items=items, by=manager_alice)
+    assert message in refused.value.message_dict["[1].external_id"][0]
+    assert not Profile.objects.exists() and not Event.objects.exists()
+
+
 def test_events_come_back_in_order_and_move_each_profile_to_its_newest(manager_alice):
     now = timezone.now()
     ProfileFactory(external_id="old", last_seen_at=now - dt.timedelta(days=3))
