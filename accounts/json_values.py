@@ -25,6 +25,10 @@ BODY_MAX_DEPTH = MAX_DEPTH + 8
 
 _FORBIDDEN = re.compile("[\x00\ud800-\udfff]")
 
+# Compact ASCII JSON (the size the checks limit, and what the bulk writes send to PostgreSQL as one
+# parameter): one encoder built once, where json.dumps with options builds a new one on each call.
+json_compact = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 

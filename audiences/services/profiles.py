@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import zoneinfo
 from collections import Counter
@@ -15,7 +14,7 @@ from django.db import router, transaction
 from django.db.models.deletion import Collector
 from django.utils import timezone
 
-from accounts.json_values import json_text_problem
+from accounts.json_values import json_compact, json_text_problem
 from accounts.models import User
 from accounts.services import audit
 from audiences.models import Profile
@@ -77,11 +76,6 @@ def profile_check(data: dict) -> dict[str, str]:
     if tz not in (None, "") and (not isinstance(tz, str) or tz not in _timezones()):
         errors["timezone"] = "Not a time zone: use an IANA name such as 'Europe/Paris'."
     return errors
-
-
-# Compact ASCII JSON (the size the checks limit, and what the bulk writes send): one encoder built
-# once, where json.dumps with options builds a new one on each call.
-json_compact = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 def _merged(current: dict, changes: dict | None) -> dict:

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
 
+from accounts.json_values import json_compact
 from audiences.models import Profile
 from delivery.models import Delivery, Device, Dispatch
 from delivery.services.dispatches import DS, NO_PLATFORM, _dt, platform_counts_add
@@ -237,6 +238,9 @@ _PER_PLATFORM = (
 _RETRIES = _json_counts_add("x.retries", "SELECT reason, count(*) FROM written WHERE status = 'queued' GROUP BY 1")
 
 # The whole write-back as one statement, alone in its transaction: one round trip.
+# - the outcomes travel as one JSON array of [id, status, reason, provider id, next attempt,
+#   platform]: encoded in C, where psycopg adapts a list parameter value by value in Python
+#   (six lists of a 2,000-row batch: 13.7 ms of the worker's CPU, against 0.8 ms as JSON);
 # - `held` locks the dispatch row first: every row written below is joined to it, so no delivery
 #   row is touched before the lock is taken (the order a stop takes them in too);
 # - a queued retry of a dispatch that is no longer sending becomes skipped / stopped;
@@ -255,8 +259,8 @@ _WRITE_BACK_SQL = (
     "CASE WHEN held.closed AND r.status = 'queued' THEN 'stopped' ELSE r.reason END AS reason, "
     "CASE WHEN held.closed AND r.status = 'queued' THEN '' ELSE r.pid END AS pid, "
     "CASE WHEN held.closed AND r.status = 'queued' THEN NULL ELSE r.next_at END AS next_at "
-    "FROM held CROSS JOIN unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[]) "
-    "AS r(id, status, reason, pid, next_at, platform)), "
+    "FROM held CROSS JOIN (SELECT (e->>0)::bigint AS id, e->>1 AS status, e->>2 AS reason, e->>3 AS pid, "
+    "(e->>4)::timestamptz AS next_at, e->>5 AS platform FROM jsonb_array_elements(%s::jsonb) AS e) AS r), "
     "written AS (UPDATE delivery_delivery d SET status = v.status, reason = v.reason, "
     "provider_message_id = v.pid, next_attempt_at = v.next_at, "
     "finished_at = CASE WHEN v.status = 'queued' THEN NULL ELSE %s END, lease_expires_at = NULL "
@@ -277,17 +281,18 @@ _WRITE_BACK_SQL = (
 def _write_back_one_statement(dispatch_id: int, results: list[Result], *, now: datetime, platforms) -> Counter:
     from delivery.services.prepared import prepared_cursor
 
-    params = [
-        dispatch_id,
-        not connection.in_atomic_block,
-        [r.id for r in results],
-        [r.status for r in results],
-        [r.reason[:100] for r in results],
-        [r.provider_id[:200] for r in results],
-        [r.next_attempt_at for r in results],
-        [platforms.get(r.id) or NO_PLATFORM for r in results],
-        now,
+    outcomes = [
+        (
+            r.id,
+            r.status,
+            r.reason[:100],
+            r.provider_id[:200],
+            None if r.next_attempt_at is None else r.next_attempt_at.isoformat(),
+            platforms.get(r.id) or NO_PLATFORM,
+        )
+        for r in results
     ]
+    params = [dispatch_id, not connection.in_atomic_block, json_compact(outcomes), now]
     with prepared_cursor() as cursor:
         cursor.execute(_WRITE_BACK_SQL, params)
         fetched = cursor.fetchall()

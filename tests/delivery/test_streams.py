@@ -366,14 +366,24 @@ def test_a_write_back_is_one_statement_that_moves_the_streams_counters(pushsim_a
 
     rows = [_claimed_row(stream, pushsim_app) for _ in range(3)]
     now = timezone.now()
+    # The outcomes travel as JSON text: what a provider says comes back exactly, whatever its
+    # characters, and a retry's time keeps its microseconds whatever the zone it was made in.
+    retry_at = (now + dt.timedelta(seconds=30, microseconds=1)).astimezone(dt.timezone(dt.timedelta(hours=-7)))
+    reason = 'Bad "token" \\ ünïcödé, {x}'
     results = [
-        Result(rows[0].id, "accepted", provider_id="p-1"),
-        Result(rows[1].id, "failed", reason="BadDeviceToken"),
-        Result(rows[2].id, "queued", reason="Unavailable", next_attempt_at=now + dt.timedelta(seconds=30)),
+        Result(rows[0].id, "accepted", provider_id='p-1 "é"'),
+        Result(rows[1].id, "failed", reason=reason),
+        Result(rows[2].id, "queued", reason="Unavailable", next_attempt_at=retry_at),
     ]
     with CaptureQueriesContext(connection) as queries:
         written = deliveries_write_back(stream.pk, results, now=now, platforms={r.id: "android" for r in rows})
     assert len(queries) == 1
+    stored = {d.pk: d for d in Delivery.objects.filter(pk__in=[r.id for r in rows])}
+    assert stored[rows[0].id].provider_message_id == 'p-1 "é"'
+    assert stored[rows[0].id].finished_at == now
+    assert stored[rows[1].id].reason == reason
+    assert (stored[rows[2].id].status, stored[rows[2].id].next_attempt_at) == ("queued", retry_at)
+    assert stored[rows[2].id].finished_at is None
     assert written == {"accepted": 1, "failed": 1, "queued": 1}
     stream.refresh_from_db()
     assert (stream.accepted, stream.failed, stream.skipped, stream.unknown) == (1, 1, 0, 0)
