@@ -52,3 +52,16 @@ def test_a_connection_left_in_a_transaction_is_asked():
         assert _last_query(pid) == "SELECT 1"
     finally:
         connection.connection.execute("ROLLBACK")
+
+
+def test_an_integer_list_travels_as_an_array_literal_postgresql_reads_exactly():
+    from config.db import int_array
+
+    ids = [2**63 - 1, -(2**63), 0, 42, 42]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT unnest(%s::bigint[])", [int_array(ids)])
+        assert [row[0] for row in cursor.fetchall()] == ids
+        cursor.execute("SELECT cardinality(%s::bigint[])", [int_array([])])
+        assert cursor.fetchone()[0] == 0
+    with pytest.raises(ValueError):
+        int_array(["1}, {2"])  # only integers reach the literal

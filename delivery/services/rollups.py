@@ -24,6 +24,7 @@ from datetime import datetime
 from django.db import connection, transaction
 from django.utils import timezone
 
+from config.db import int_array
 from delivery.models import DeliveryRollup
 
 PERIOD_MINUTES = 15
@@ -97,7 +98,7 @@ def _add(*, where: str, params: list, outcomes: Iterable[str], sign: int = 1) ->
 
 def _ids_where(ids: list[int]) -> tuple[str, list]:
     if connection.vendor == "postgresql":
-        return "d.id = ANY(%s)", [list(ids)]
+        return "d.id = ANY(%s::bigint[])", [int_array(ids)]
     return f"d.id IN ({', '.join(['%s'] * len(ids))})", list(ids)
 
 

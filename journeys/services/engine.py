@@ -24,6 +24,7 @@ from django.db import connection, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
+from config.db import int_array
 from journeys.graph import entry_of
 from journeys.models import Enrollment, JourneyVersion
 from journeys.services.lifecycle import EStatus, Status
@@ -644,5 +645,5 @@ def _among(ids: list[int], field: str = "pk") -> Q:
     if connection.vendor == "postgresql":
         from django.db.models.expressions import RawSQL
 
-        return Q(**{f"{field}__in": RawSQL("SELECT unnest(%s::bigint[])", [list(ids)])})
+        return Q(**{f"{field}__in": RawSQL("SELECT unnest(%s::bigint[])", [int_array(ids)])})
     return Q(**{f"{field}__in": list(ids)})

@@ -15,6 +15,7 @@ from accounts.services import (
     audit,
     status_transition,
 )
+from config.db import int_array
 from journeys.graph import entry_of
 from journeys.models import Enrollment, Journey, JourneyVersion
 from journeys.services.engine import _stats_add, journeys_run_due, journeys_run_entered
@@ -170,7 +171,7 @@ def journeys_events_received(
             with connection.cursor() as cursor:
                 cursor.execute(
                     "SELECT profile_id, name, occurred_at FROM audiences_event WHERE id = ANY(%s::bigint[])",
-                    [list(event_ids or ())],
+                    [int_array(event_ids or ())],
                 )
                 events = cursor.fetchall()
         else:
@@ -219,7 +220,7 @@ def journeys_events_received(
     )
     for version in entry_versions:
         profile_ids = sorted({profile_id for profile_id, name, _ in events if name == version.entry_event})
-        param = profile_ids if connection.vendor == "postgresql" else json.dumps(profile_ids)
+        param = int_array(profile_ids) if connection.vendor == "postgresql" else json.dumps(profile_ids)
         with transaction.atomic(savepoint=False):
             enrolled = _enter(version, audience, [param], now=now, returning=True, few=True)
             journeys_run_entered(enrolled=enrolled, version=version, stamp=live.stamp, now=now)
