@@ -25,6 +25,18 @@ BODY_MAX_DEPTH = MAX_DEPTH + 8
 
 _FORBIDDEN = re.compile("[\x00\ud800-\udfff]")
 
+
+def storable_text(text: str) -> str:
+    """``text`` with each NUL or lone surrogate replaced by U+FFFD: what PostgreSQL can store.
+
+    For text from outside that is recorded, not judged: a provider's reason or message id must not
+    fail the write-back of a whole batch (its rows would end ``unknown`` though the provider
+    accepted them). Cheap for the usual ASCII text."""
+    if "\x00" in text or (not text.isascii() and TEXT_REFUSED.search(text)):
+        return TEXT_REFUSED.sub("\ufffd", text)
+    return text
+
+
 # Compact ASCII JSON (the size the checks limit, and what the bulk writes send to PostgreSQL as one
 # parameter): one encoder built once, where json.dumps with options builds a new one on each call.
 json_compact = json.JSONEncoder(separators=(",", ":"), default=str).encode

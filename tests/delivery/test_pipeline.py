@@ -716,3 +716,38 @@ def test_a_sender_goes_back_for_a_retry_queued_below_its_last_claim(
     first.refresh_from_db()
     assert (first.status, first.attempts) == ("accepted", 2)
     assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", flat=True)) == {"accepted"}
+
+
+def test_a_provider_reason_postgresql_cannot_store_is_recorded_and_the_batch_written_back(
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
+):
+    """A provider's answer is outside input: a NUL or a lone surrogate in its reason (JSON escapes
+    that PostgreSQL refuses in text) must not fail the write-back of the whole batch, which would
+    leave the accepted rows ``unknown``. The text is kept with U+FFFD in their place."""
+    from accounts.models import AuditEvent
+
+    content = PushContentFactory(app=pushsim_app)
+    refused, dead, fine = ProfileFactory(), ProfileFactory(), ProfileFactory()
+    hostile = "Bad\x00Topic\ud800"
+    devices = {p.pk: DeviceFactory(profile=p, app=pushsim_app, platform="ios") for p in (refused, dead, fine)}
+    pushsim.state.fail_token(token=devices[refused.pk].token, failures=[(400, hostile)])
+    pushsim.state.fail_token(token=devices[dead.pk].token, failures=[(410, hostile)])
+
+    dispatch = send(content, [refused, dead, fine], django_capture_on_commit_callbacks)
+
+    made = rows(dispatch)
+    assert (made[refused.pk].status, made[refused.pk].reason) == ("failed", "Bad\ufffdTopic\ufffd")
+    assert (made[dead.pk].status, made[dead.pk].reason) == ("failed", "Bad\ufffdTopic\ufffd")
+    assert made[fine.pk].status == "accepted" and made[fine.pk].provider_message_id
+    device = Device.objects.get(pk=devices[dead.pk].pk)
+    assert not device.active and device.invalidated_reason == "Bad\ufffdTopic\ufffd"
+    assert dispatch.status == "done" and (dispatch.accepted, dispatch.failed, dispatch.unknown) == (1, 2, 0)
+
+    # Refused credentials carry the provider's words onto every queued row and into the audit.
+    other = ProfileFactory()
+    phone = DeviceFactory(profile=other, app=pushsim_app, platform="ios")
+    pushsim.state.fail_token(token=phone.token, failures=[(403, "Key\x00Revoked")])
+    dispatch = send(content, [other], django_capture_on_commit_callbacks)
+    assert rows(dispatch)[other.pk].reason == "credentials: Key\ufffdRevoked"
+    refusal = AuditEvent.objects.get(action="dispatch_credentials_refused", object_id=str(dispatch.pk))
+    assert refusal.summary["reason"] == "Key\ufffdRevoked"
