@@ -29,7 +29,7 @@ _FORBIDDEN = re.compile("[\x00\ud800-\udfff]")
 def storable_text(text: str) -> str:
     """``text`` with each NUL or lone surrogate replaced by U+FFFD: what PostgreSQL can store.
 
-    For text from outside that is recorded, not judged: a provider's reason or message id must not
+    For text from outside that is recorded, not judged: a provider's answer (``Outcome``) must not
     fail the write-back of a whole batch (its rows would end ``unknown`` though the provider
     accepted them). Cheap for the usual ASCII text."""
     if "\x00" in text or (not text.isascii() and TEXT_REFUSED.search(text)):

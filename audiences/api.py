@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 
 from accounts.api import JsonCharField, JsonObjectField, _flatten
 from accounts.authentication import request_stamps
-from accounts.json_values import MAX_DEPTH, TEXT_REFUSED, json_parse, json_value_problem
+from accounts.json_values import MAX_DEPTH, TEXT_REFUSED, json_compact, json_parse, json_value_problem
 from accounts.pagination import ListQuery, QueryInteger, page_response, page_schema, query_params_valid
 from accounts.parsers import ApiJSONParser
 from audiences.models import Import, Profile, Segment
@@ -35,7 +35,6 @@ from audiences.services.events import (
     event_check,
     event_listener_stamps,
     events_ingest,
-    json_compact,
 )
 from audiences.services.imports import import_create
 from audiences.services.profiles import profile_check, profiles_upsert

@@ -12,10 +12,11 @@ from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
 
+from accounts.json_values import json_compact
 from accounts.models import User
 from audiences.models import Event, Profile
 from audiences.rules.schema import KEY_RE
-from audiences.services.profiles import _ensure_perm, json_compact, text_problem
+from audiences.services.profiles import _ensure_perm, text_problem
 
 if TYPE_CHECKING:
     from accounts.stamps import Stamps

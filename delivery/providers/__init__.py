@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from accounts.json_values import storable_text
+
 
 class OutcomeKind(StrEnum):
     ACCEPTED = "accepted"
@@ -44,6 +46,14 @@ class Outcome:
     retry_after_from_provider: bool = False
     invalidated_at: datetime | None = None  # APNs 410: when the token stopped being valid
     detail: str = ""  # the provider's human message, when it sent one (never a secret)
+
+    def __post_init__(self) -> None:
+        # What a provider says is outside input, recorded as it is: a NUL or a lone surrogate in it
+        # (JSON escapes PostgreSQL refuses in text) becomes U+FFFD here, where every one of its
+        # words enters, so no write of it (a batch's write-back, a dead device, an audit) fails.
+        self.reason = storable_text(self.reason)
+        self.provider_id = storable_text(self.provider_id)
+        self.detail = storable_text(self.detail)
 
     @property
     def accepted(self) -> bool:

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
 
-from accounts.json_values import json_compact, storable_text
+from accounts.json_values import json_compact
 from audiences.models import Profile
 from delivery.models import Delivery, Device, Dispatch
 from delivery.services.dispatches import DS, NO_PLATFORM, _dt, platform_counts_add
@@ -184,8 +184,8 @@ def deliveries_write_back(
                 "WHERE id = %s AND status = 'sending'",
                 [
                     r.status,
-                    storable_text(r.reason[:100]),
-                    storable_text(r.provider_id[:200]),
+                    r.reason[:100],
+                    r.provider_id[:200],
                     _dt(r.next_attempt_at),
                     None if r.status == DS.QUEUED else _dt(now),
                     r.id,
@@ -194,7 +194,7 @@ def deliveries_write_back(
             if cursor.rowcount:
                 written[r.status] += 1
                 if r.status == DS.QUEUED:
-                    retried[storable_text(r.reason[:100])] += 1
+                    retried[r.reason[:100]] += 1
                 else:
                     per_platform[platforms.get(r.id, NO_PLATFORM), r.status] += 1
                     finished.append(r.id)
@@ -285,8 +285,8 @@ def _write_back_one_statement(dispatch_id: int, results: list[Result], *, now: d
         (
             r.id,
             r.status,
-            storable_text(r.reason[:100]),
-            storable_text(r.provider_id[:200]),
+            r.reason[:100],
+            r.provider_id[:200],
             None if r.next_attempt_at is None else r.next_attempt_at.isoformat(),
             platforms.get(r.id) or NO_PLATFORM,
         )

@@ -9,7 +9,6 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.json_values import storable_text
 from accounts.models import User
 from accounts.selectors import can
 from accounts.services import audit
@@ -127,7 +126,7 @@ def devices_invalidate(*, reasons: dict[int, str], when: datetime | None = None)
         by_reason.setdefault(reason, []).append(device_id)
     for reason, ids in by_reason.items():
         changed += Device.objects.filter(pk__in=ids, active=True).update(
-            active=False, invalidated_at=when, invalidated_reason=storable_text(reason[:100])
+            active=False, invalidated_at=when, invalidated_reason=reason[:100]
         )
     return changed
 

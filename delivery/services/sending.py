@@ -25,7 +25,6 @@ from django.db.models import F, Q
 from django.utils import timezone
 from liquid.exceptions import LiquidError
 
-from accounts.json_values import storable_text
 from accounts.services import audit
 from delivery.models import App, Delivery, Dispatch, Platform
 from delivery.payloads import (
@@ -282,7 +281,6 @@ def _batch_finish(dispatch: Dispatch, batch: _Batch, report: SendReport) -> None
 
 def _fail_platform(dispatch: Dispatch, platform: str, reason: str) -> None:
     """The app's credentials for a platform were refused: fail its queued rows at once (no retry storm)."""
-    reason = storable_text(reason)  # the provider's words, recorded on the rows and in the audit
     failed = deliveries_finish(
         where="d.dispatch_id = %s AND d.finished_at IS NULL AND d.status = 'queued' AND d.device_id IN "
         "(SELECT id FROM delivery_device WHERE platform = %s)",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from delivery.providers import MAX_RETRY_AFTER_SECONDS, parse_retry_after
+from delivery.providers import MAX_RETRY_AFTER_SECONDS, Outcome, OutcomeKind, parse_retry_after
 
 
 @pytest.mark.parametrize(
@@ -25,3 +25,10 @@ def test_retry_after_is_read_as_delta_seconds_or_an_http_date(header, seconds):
 @pytest.mark.parametrize("header", ["9" * 400, "99999999999999", "Fri, 31 Dec 9999 23:59:59 GMT"])
 def test_a_huge_retry_after_is_capped_at_a_day(header):
     assert parse_retry_after(header) == MAX_RETRY_AFTER_SECONDS
+
+
+def test_a_providers_words_are_storable_text_whatever_it_sent():
+    """An outcome is where a provider's words enter: a NUL or a lone surrogate becomes U+FFFD there,
+    the rest of the text as sent."""
+    outcome = Outcome(OutcomeKind.PERMANENT_FAILURE, reason="Bad\x00Topic", provider_id="id-\ud800", detail="é 🎉")
+    assert (outcome.reason, outcome.provider_id, outcome.detail) == ("Bad\ufffdTopic", "id-\ufffd", "é 🎉")
