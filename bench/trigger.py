@@ -309,6 +309,8 @@ def main():  # noqa: C901 (one script, phase after phase)
     parser.add_argument("--var-dir", help="keep the keys and files here (default: a temporary folder, removed)")
     parser.add_argument("--sender-profile", help="run the stream sender under cProfile, its stats written to this file")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds: at least 1")
     phases = set(args.only.split(","))
     if phases & {"ceiling", "throughput"} and not shutil.which("wrk"):
         raise SystemExit("wrk is missing: apt-get install wrk")
@@ -410,7 +412,8 @@ def main():  # noqa: C901 (one script, phase after phase)
         # With --rounds N the ceiling and the triggers take turns N times: on a machine whose speed
         # drifts, each ratio compares runs a few seconds apart, and the median ratio is the figure.
         rounds = []
-        for number in range(1, args.rounds + 1 if phases & {"ceiling", "throughput"} else 1):
+        wanted = args.rounds if phases & {"ceiling", "throughput"} else 0
+        for number in range(1, wanted + 1):
             figures: dict = {}
             if "ceiling" in phases:
                 figures["ceiling"], spent = wrk_with_cpu(
@@ -446,7 +449,9 @@ def main():  # noqa: C901 (one script, phase after phase)
                 for figures in rounds
             ]
             ratios = [
-                figures["throughput"]["of_ceiling"] for figures in rounds if "of_ceiling" in figures["throughput"]
+                figures["throughput"]["of_ceiling"]
+                for figures in rounds
+                if "of_ceiling" in figures.get("throughput", {})
             ]
             if ratios:
                 report["of_ceiling_median"] = statistics.median(ratios)
