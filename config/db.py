@@ -1,4 +1,5 @@
-"""Session settings for the heavy reads: one count over many rows, in a transaction of its own."""
+"""PostgreSQL helpers shared by the apps: the session settings of the heavy reads (one count over
+many rows, in a transaction of its own) and integer lists as one parameter."""
 
 # The memory such a count may use per sort or hash. A rule on a large static segment or on events
 # is answered by hashing their profile ids once, which the server's default 4 MB cannot hold past
