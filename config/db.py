@@ -1,5 +1,5 @@
 """PostgreSQL helpers shared by the apps: the session settings of the heavy reads (one count over
-many rows, in a transaction of its own) and integer lists as one parameter."""
+many rows, in a transaction of its own) and integer and text lists as one parameter."""
 
 # The memory such a count may use per sort or hash. A rule on a large static segment or on events
 # is answered by hashing their profile ids once, which the server's default 4 MB cannot hold past
@@ -24,3 +24,11 @@ def int_array(ids) -> str:
     keeps anything but an integer out of the literal.
     """
     return "{" + ",".join([str(int(i)) for i in ids]) + "}"
+
+
+def text_array(values) -> str:
+    """Texts as PostgreSQL's array literal, for a ``%s::text[]`` parameter (see ``int_array``: a
+    list of one text costs psycopg about as much as a whole short query). Each element is quoted,
+    with its backslashes and double quotes escaped, so commas, braces, spaces and ``NULL`` stay
+    text. Not for a text holding NUL, which PostgreSQL refuses in any text."""
+    return "{" + ",".join(['"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]) + "}"

@@ -65,3 +65,14 @@ def test_an_integer_list_travels_as_an_array_literal_postgresql_reads_exactly():
         assert cursor.fetchone()[0] == 0
     with pytest.raises(ValueError):
         int_array(["1}, {2"])  # only integers reach the literal
+
+
+def test_a_text_list_travels_as_an_array_literal_postgresql_reads_exactly():
+    from config.db import text_array
+
+    texts = ['a"b', "c\\d", "e,f", "{g}", "NULL", "", " h ", "é 😀", '\\"', "x'y"]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT unnest(%s::text[])", [text_array(texts)])
+        assert [row[0] for row in cursor.fetchall()] == texts
+        cursor.execute("SELECT cardinality(%s::text[])", [text_array([])])
+        assert cursor.fetchone()[0] == 0

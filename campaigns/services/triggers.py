@@ -19,6 +19,7 @@ from accounts.selectors import visible_to
 from campaigns.models import Campaign
 from campaigns.services.lifecycle import Status
 from campaigns.services.scheduling import campaign_gate
+from config.db import text_array
 
 MAX_RECIPIENTS = 1000
 # A TriggerRequest still unfinished after this long belonged to a request that died: retry it.
@@ -439,7 +440,7 @@ def campaign_trigger(
 _PROFILES_WITH_REACH = (
     "SELECT p.id, p.external_id, p.locale, p.timezone, p.attributes, EXISTS (SELECT 1 FROM delivery_device d "
     "WHERE d.profile_id = p.id AND d.app_id = %s AND d.active AND d.push_enabled) "
-    "FROM audiences_profile p WHERE p.external_id = ANY(%s)"
+    "FROM audiences_profile p WHERE p.external_id = ANY(%s::text[])"
 )
 
 
@@ -455,7 +456,7 @@ def _profiles_with_reach(*, app_id: int, external_ids: list[str]) -> dict[str, d
         from delivery.services.prepared import prepared_cursor
 
         with prepared_cursor() as cursor:
-            cursor.execute(_PROFILES_WITH_REACH, [app_id, external_ids])
+            cursor.execute(_PROFILES_WITH_REACH, [app_id, text_array(external_ids)])
             rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
         for row in rows:
             if isinstance(row["attributes"], str):

@@ -118,7 +118,7 @@ def test_appends_run_from_the_connections_kept_plan_whatever_the_recipients_coun
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
-            "WHERE statement LIKE '%unnest%INSERT INTO delivery_delivery%'"
+            "WHERE statement LIKE '%jsonb_array_elements%INSERT INTO delivery_delivery%'"
         )
         ((generic, custom),) = cursor.fetchall()
     # Planned afresh for the first five runs only: the kept plan is cheap enough to run every call.
