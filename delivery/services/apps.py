@@ -24,6 +24,7 @@ from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from accounts.encryption import fingerprint
+from accounts.json_values import storable_text
 from accounts.models import User
 from accounts.selectors import can
 from accounts.services import access_grant, audit
@@ -310,6 +311,11 @@ class ConnectionCheck:
     provider: str  # "APNs" or "FCM"
     ok: bool
     message: str
+
+    def __post_init__(self):
+        # It quotes the provider's (or its token endpoint's) words, which may hold a NUL or a lone
+        # surrogate: the admin's page could not be encoded with them.
+        object.__setattr__(self, "message", storable_text(self.message))
 
 
 def _httpx_client(url: str) -> httpx.Client:
