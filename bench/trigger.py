@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/trigger.py [--only ceiling,throughput,e2e,profile,journey,soak,crash]
         [--seconds 15] [--rounds 1] [--connections 32] [--rate 200] [--e2e-seconds 60] [--soak-seconds 600]
+        [--provider sim|nginx]
 
 Sets up a database of its own (``--database``, ``pushdesk_bench_trigger``; Redis db ``--redis-db``,
 12) with the demo app pointed at the push simulator, ``--profiles`` profiles with a device each,
@@ -31,10 +32,17 @@ threads). Then, each phase on demand:
   does); then no token may have received a push twice, and every delivery must end ``accepted``
   or ``unknown`` (the lease, 15 s here, then the watchdog's minute).
 
+With ``--provider nginx`` an nginx HTTP/2 + TLS endpoint (``bench/gateway.py``'s) answers as APNs
+and FCM instead of the simulator: it accepts every push for a few microseconds of CPU, so the
+machine's two cores go to Pushdesk alone, as when the provider is Apple's or Google's (the
+simulator, in Python, spends about as much per push as the sender). Every phase but ``crash``,
+which counts what each token received at the simulator.
+
 Prints one JSON line, with the load average of the machine when each phase ran.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -308,12 +316,21 @@ def main():  # noqa: C901 (one script, phase after phase)
     parser.add_argument("--redis-db", type=int, default=12, help="flushed first")
     parser.add_argument("--var-dir", help="keep the keys and files here (default: a temporary folder, removed)")
     parser.add_argument("--sender-profile", help="run the stream sender under cProfile, its stats written to this file")
+    parser.add_argument(
+        "--provider",
+        choices=("sim", "nginx"),
+        default="sim",
+        help="who answers as APNs and FCM: the push simulator, or nginx (a C server that accepts every push, "
+        "so that the provider's CPU on this machine is next to nothing, as when it is Apple's or Google's)",
+    )
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds: at least 1")
     phases = set(args.only.split(","))
     if phases & {"ceiling", "throughput"} and not shutil.which("wrk"):
         raise SystemExit("wrk is missing: apt-get install wrk")
+    if args.provider == "nginx" and "crash" in phases:
+        parser.error("--provider nginx: the crash phase counts what each token received at the simulator")
 
     tmp = Path(args.var_dir) if args.var_dir else Path(tempfile.mkdtemp(prefix="pushdesk-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -339,24 +356,34 @@ def main():  # noqa: C901 (one script, phase after phase)
     subprocess.run(dropdb, check=True)
     subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", args.database], check=True)
     subprocess.run(["redis-cli", "-n", str(args.redis_db), "flushdb"], check=True, capture_output=True)
-    run([PY, "manage.py", "migrate", "--noinput"], env)
-    run([PY, "manage.py", "demo_setup"], env)
-    setup = run([PY, "manage.py", "shell", "-c", f"N = {args.profiles}\n" + SETUP], env)
-    info = json.loads(setup.stdout.strip().splitlines()[-1])
-    campaign, key = info["campaign"], info["key"]
-    (tmp / "bench_ceiling.py").write_text(CEILING)
-
-    gunicorn = [str(Path(PY).parent / "gunicorn"), "--workers", "2", "--worker-class", "gthread"]
-    gunicorn += ["--threads", str(args.threads), "--access-logfile", "/dev/null"]
     procs = {}
-    report: dict = {"benchmark": "trigger", "web": f"gunicorn, 2 workers x {args.threads} threads"}
-    report["qcluster_workers"] = args.workers
-    report["senders"] = 1
-    quiet = {"cwd": ROOT, "env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    try:
-        procs["sim"] = subprocess.Popen(
-            [PY, "manage.py", "pushsim", "--port", str(sim_port), "--sandbox-port", str(sandbox_port)], **quiet
-        )
+    try:  # whatever has started is stopped below, even when the setup fails
+        if args.provider == "nginx":
+            spec = importlib.util.spec_from_file_location("bench_gateway", ROOT / "bench" / "gateway.py")
+            gateway = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(gateway)
+            procs["provider"], provider_url, ca_path = gateway.start_nginx(tmp)
+            for name in ("APNS_PRODUCTION", "APNS_SANDBOX", "FCM"):
+                env[f"PUSHDESK_PUSHSIM_{name}_URL"] = provider_url
+            env["PUSHDESK_CA_BUNDLE"] = ca_path
+        run([PY, "manage.py", "migrate", "--noinput"], env)
+        run([PY, "manage.py", "demo_setup"], env)
+        setup = run([PY, "manage.py", "shell", "-c", f"N = {args.profiles}\n" + SETUP], env)
+        info = json.loads(setup.stdout.strip().splitlines()[-1])
+        campaign, key = info["campaign"], info["key"]
+        (tmp / "bench_ceiling.py").write_text(CEILING)
+
+        gunicorn = [str(Path(PY).parent / "gunicorn"), "--workers", "2", "--worker-class", "gthread"]
+        gunicorn += ["--threads", str(args.threads), "--access-logfile", "/dev/null"]
+        report: dict = {"benchmark": "trigger", "web": f"gunicorn, 2 workers x {args.threads} threads"}
+        report["provider"] = "push simulator" if args.provider == "sim" else "nginx"
+        report["qcluster_workers"] = args.workers
+        report["senders"] = 1
+        quiet = {"cwd": ROOT, "env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        if args.provider == "sim":
+            procs["provider"] = subprocess.Popen(
+                [PY, "manage.py", "pushsim", "--port", str(sim_port), "--sandbox-port", str(sandbox_port)], **quiet
+            )
         procs["workers"] = subprocess.Popen([PY, "manage.py", "qcluster"], **quiet, start_new_session=True)
         profiled = ["-m", "cProfile", "-o", str(Path(args.sender_profile).resolve())] if args.sender_profile else []
         procs["sender"] = subprocess.Popen([PY, *profiled, "manage.py", "send_stream"], **quiet)
@@ -372,7 +399,9 @@ def main():  # noqa: C901 (one script, phase after phase)
                 "web_cpu_ms_per_call": tree_cpu(procs["web"].pid),
                 "workers_cpu_ms_per_message": tree_cpu(procs["workers"].pid) + sender,
                 "sender_cpu_ms_per_message": sender,
-                "simulator_cpu_ms_per_message": tree_cpu(procs["sim"].pid),
+                f"{'simulator' if args.provider == 'sim' else 'nginx'}_cpu_ms_per_message": tree_cpu(
+                    procs["provider"].pid
+                ),
             }
 
         def cpu_per_call(before: dict[str, float], calls: int, read=cpu_now) -> dict[str, float]:
@@ -454,7 +483,7 @@ def main():  # noqa: C901 (one script, phase after phase)
                 if "of_ceiling" in figures.get("throughput", {})
             ]
             if ratios:
-                report["of_ceiling_median"] = statistics.median(ratios)
+                report["of_ceiling_median"] = round(statistics.median(ratios), 3)
         if "bare" in procs:
             procs.pop("bare").send_signal(signal.SIGTERM)
 
