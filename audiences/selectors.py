@@ -227,7 +227,7 @@ def audience_reach(*, segment, app_id: int) -> Reach:
     from django.db import transaction
     from django.db.models.expressions import RawSQL
 
-    profiles = segment_profiles(segment).order_by()
+    profiles = segment_profiles(segment, union=True).order_by()
     try:
         if connection.vendor == "postgresql":
             bits = RawSQL(REACH_BITS, [int(app_id)])  # noqa: S611 (a constant; the app id is bound)

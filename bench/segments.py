@@ -13,8 +13,9 @@ by later runs and by bench/admin_pages.py. Then times, warm, the median of 5 run
 * ``event_window``: did ``purchase`` at least 2 times in the last 30 days;
 * ``nested``: (plan = team AND vip) OR (member of a 100k static segment AND did ``app_open``
   in the last 7 days);
-* ``reach_attributes`` / ``reach_everyone``: the audience size as profiles → reachable in an app
-  (iOS / Android) → opted in, for ``attributes`` and for all 1,000,000 profiles (2,000,000
+* ``reach_attributes`` / ``reach_everyone`` / ``reach_nested``: the audience size as profiles →
+  reachable in an app (iOS / Android) → opted in, for ``attributes``, for all 1,000,000 profiles
+  and for ``nested`` (2,000,000
   devices: an iOS and an Android one per profile, 80% opted in, 3% dead tokens), each beside
   the plain count of the same audience (``count_ms``), the floor under its reach;
 
@@ -335,7 +336,8 @@ def main() -> None:
 
     app = ensure_devices(log=lambda m: print(m, file=sys.stderr))
     everyone = {"all": [{"field": "locale", "op": "exists"}]}
-    for name, rules in (("reach_attributes", ATTRIBUTES), ("reach_everyone", everyone)):
+    reached = (("reach_attributes", ATTRIBUTES), ("reach_everyone", everyone), ("reach_nested", nested))
+    for name, rules in reached:
         segment = Segment(kind=Segment.Kind.RULES, rules=rules)
         ms, reach = median_ms(lambda segment=segment: audience_reach(segment=segment, app_id=app.pk))
         # The audience's plain count in the same run: the floor under its reach.
@@ -344,7 +346,7 @@ def main() -> None:
     result["goal"] = "each < 1000 ms and <= 1.2x hand-written SQL; reach < 1000 ms"
     result["met"] = all(
         result[n]["ms"] < 1000 and (result[n]["ratio"] or 0) <= 1.2 and not result[n].get("mismatch") for n in cases
-    ) and all(result[n]["ms"] < 1000 for n in ("reach_attributes", "reach_everyone"))
+    ) and all(result[n]["ms"] < 1000 for n, _ in reached)
     result["dataset"] = dataset
     print(json.dumps(result))
 

@@ -484,18 +484,27 @@ class Compiler:
         return connection.vendor
 
 
-def rules_compile(tree, *, now: dt.datetime | None = None, segment_id: int | None = None) -> Q:
-    """Compile a *validated* tree to one condition over Profile (segment references inlined)."""
+def rules_compile(tree, *, now: dt.datetime | None = None, segment_id: int | None = None, union: bool = False) -> Q:
+    """Compile a *validated* tree to one condition over Profile (segment references inlined);
+    ``union``: see ``segment_profiles``."""
     stack = (segment_id,) if segment_id is not None else ()
-    return Compiler(now=now).compile(tree, stack=stack)
+    return Compiler(now=now, union=union).compile(tree, stack=stack)
 
 
-def segment_profiles(segment: Segment, *, now: dt.datetime | None = None) -> models.QuerySet[Profile]:
-    """The profiles of a segment as one queryset (one SQL query when evaluated)."""
+def segment_profiles(
+    segment: Segment, *, now: dt.datetime | None = None, union: bool = False
+) -> models.QuerySet[Profile]:
+    """The profiles of a segment as one queryset (one SQL query when evaluated).
+
+    ``union``: for a reader of the whole audience (its reach, a send's resolve, a journey's
+    entry), an 'any' group reading events, members or devices is the union of its branches'
+    profile ids, as a count reads it (``Compiler(union=True)``), not a scan of every profile
+    testing each branch on each row; a reader of a few profiles (a page of them, a probe of some
+    ids) leaves it False, since the union is made whole whatever it wants."""
     if segment.kind == Segment.Kind.RULES:
         if not segment.rules:
             return Profile.objects.none()
-        return Profile.objects.filter(rules_compile(segment.rules, now=now, segment_id=segment.pk))
+        return Profile.objects.filter(rules_compile(segment.rules, now=now, segment_id=segment.pk, union=union))
     return Profile.objects.filter(Exists(SegmentMember.objects.filter(segment_id=segment.pk, profile=OuterRef("pk"))))
 
 

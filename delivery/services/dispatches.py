@@ -180,7 +180,7 @@ def _audience_sql(dispatch: Dispatch) -> tuple[str, list]:
         from audiences.rules.compiler import segment_profiles
 
         segment = Segment.objects.filter(pk=dispatch.segment_id).first()
-        audience: QuerySet = segment_profiles(segment) if segment is not None else Profile.objects.none()
+        audience: QuerySet = segment_profiles(segment, union=True) if segment is not None else Profile.objects.none()
     else:
         audience = Profile.objects.filter(pk__in=dispatch.profile_ids or [])
     if audience.query.is_empty():

