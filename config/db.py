@@ -27,8 +27,8 @@ def int_array(ids) -> str:
 
 
 def text_array(values) -> str:
-    """Texts as PostgreSQL's array literal, for a ``%s::text[]`` parameter (see ``int_array``: a
-    list of one text costs psycopg about as much as a whole short query). Each element is quoted,
+    """Texts as PostgreSQL's array literal, for a ``%s::text[]`` parameter (see ``int_array``; for a
+    list of one text, about 7 µs of the caller's CPU less than the list). Each element is quoted,
     with its backslashes and double quotes escaped, so commas, braces, spaces and ``NULL`` stay
     text. Not for a text holding NUL, which PostgreSQL refuses in any text."""
     return "{" + ",".join(['"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]) + "}"
