@@ -15,9 +15,9 @@ by later runs and by bench/admin_pages.py. Then times, warm, the median of 5 run
   in the last 7 days);
 * ``reach_attributes`` / ``reach_everyone`` / ``reach_nested``: the audience size as profiles →
   reachable in an app (iOS / Android) → opted in, for ``attributes``, for all 1,000,000 profiles
-  and for ``nested`` (2,000,000
-  devices: an iOS and an Android one per profile, 80% opted in, 3% dead tokens), each beside
-  the plain count of the same audience (``count_ms``), the floor under its reach;
+  and for ``nested`` (2,000,000 devices: an iOS and an Android one per profile, 80% opted in, 3%
+  dead tokens), each beside the plain count of the same audience (``count_ms``), the floor under
+  its reach;
 
 each as the count of the compiled segment (Django, one query) and as the same predicate
 written by hand in SQL. Prints one JSON line: milliseconds, counts (which must agree) and the
