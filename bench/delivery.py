@@ -463,12 +463,7 @@ def run_size(devices: int, targets: list[str], workdir: Path, log: Path) -> dict
         finally:
             sim.stop()
     if "nginx" in targets:
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location("bench_gateway", ROOT / "bench" / "gateway.py")
-        gateway = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(gateway)
-        h2load, start_nginx = gateway.h2load, gateway.start_nginx
+        from support.nginx import h2load, start_nginx
 
         proc, base, ca_path = start_nginx(workdir)
         try:

@@ -24,7 +24,6 @@ import os
 import random
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from support.http_load import BackendCpu, tree_cpu
+from support.http_load import BackendCpu, free_port, tree_cpu
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -99,12 +98,6 @@ def top(key, n):
 print(json.dumps({**figures, "by_own_time": top(lambda r: r[1], 15),
                   "pushdesk_cumulative": [x for x in top(lambda r: r[0], 120) if x.startswith(("accounts/", "audiences/"))][:12]}))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run(cmd, env) -> subprocess.CompletedProcess:

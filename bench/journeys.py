@@ -273,10 +273,9 @@ def main() -> None:
     log = workdir / "workers.log"
     print(f"workers' log: {log}", file=sys.stderr)
     if args.targets == "nginx":
-        _spec = importlib.util.spec_from_file_location("bench_gateway", ROOT / "bench" / "gateway.py")
-        gateway = importlib.util.module_from_spec(_spec)
-        _spec.loader.exec_module(gateway)
-        proc, base, ca_path = gateway.start_nginx(workdir)
+        from support.nginx import start_nginx
+
+        proc, base, ca_path = start_nginx(workdir)
         target = {
             "sim": None,
             "token_uri": f"{base}/token",

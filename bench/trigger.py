@@ -32,7 +32,7 @@ threads). Then, each phase on demand:
   does); then no token may have received a push twice, and every delivery must end ``accepted``
   or ``unknown`` (the lease, 15 s here, then the watchdog's minute).
 
-With ``--provider nginx`` an nginx HTTP/2 + TLS endpoint (``bench/gateway.py``'s) answers as APNs
+With ``--provider nginx`` an nginx HTTP/2 + TLS endpoint (``bench/support/nginx.py``) answers as APNs
 and FCM instead of the simulator: it accepts every push for a few microseconds of CPU, so the
 machine's two cores go to Pushdesk alone, as when the provider is Apple's or Google's (the
 simulator, in Python, spends about as much per push as the sender). Every phase but ``crash``,
@@ -42,12 +42,10 @@ Prints one JSON line, with the load average of the machine when each phase ran.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,7 +54,8 @@ import threading
 import time
 from pathlib import Path
 
-from support.http_load import BackendCpu, Paced, load, rss_mb, tree_cpu, tree_rss, wrk
+from support.http_load import BackendCpu, Paced, free_port, load, rss_mb, tree_cpu, tree_rss, wrk
+from support.nginx import start_nginx
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -161,12 +160,6 @@ from django.db.models import Count
 from delivery.models import Delivery
 print(json.dumps(dict(Delivery.objects.filter(queued_at__isnull=False).values_list("status").annotate(n=Count("id")).order_by())))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(cmd, env, **kwargs):
@@ -359,10 +352,7 @@ def main():  # noqa: C901 (one script, phase after phase)
     procs = {}
     try:  # whatever has started is stopped below, even when the setup fails
         if args.provider == "nginx":
-            spec = importlib.util.spec_from_file_location("bench_gateway", ROOT / "bench" / "gateway.py")
-            gateway = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(gateway)
-            procs["provider"], provider_url, ca_path = gateway.start_nginx(tmp)
+            procs["provider"], provider_url, ca_path = start_nginx(tmp)
             for name in ("APNS_PRODUCTION", "APNS_SANDBOX", "FCM"):
                 env[f"PUSHDESK_PUSHSIM_{name}_URL"] = provider_url
             env["PUSHDESK_CA_BUNDLE"] = ca_path

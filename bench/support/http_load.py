@@ -2,10 +2,17 @@
 
 import os
 import re
+import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def load() -> float:
