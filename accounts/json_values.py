@@ -17,13 +17,12 @@ from django.core.exceptions import ValidationError
 
 MAX_DEPTH = 32
 MAX_BYTES = 64 * 1024
-# Strings DRF's text fields refuse: a NUL or a lone surrogate (the API's shortcuts for usual bodies
-# send any string with one to the serializer, which words the error).
+# Strings DRF's text fields refuse, and PostgreSQL cannot store: a NUL or a lone surrogate (the
+# API's shortcuts for usual bodies send any string with one to the serializer, which words the
+# error; ``storable_text`` replaces them in text recorded from outside).
 TEXT_REFUSED = re.compile("[\x00\ud800-\udfff]")
 # A request body wraps the stored values in a few levels of its own (``{"profiles": [{"attributes": …}]}``).
 BODY_MAX_DEPTH = MAX_DEPTH + 8
-
-_FORBIDDEN = re.compile("[\x00\ud800-\udfff]")
 
 
 def storable_text(text: str) -> str:
@@ -46,7 +45,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _string_problem(text: str, *, nul_ok: bool = False) -> str | None:
-    found = (_SURROGATE if nul_ok else _FORBIDDEN).search(text)
+    found = (_SURROGATE if nul_ok else TEXT_REFUSED).search(text)
     if found is None:
         return None
     if found.group() == "\x00":
@@ -89,7 +88,7 @@ def _looks_storable(value, *, max_depth: int, nul_ok: bool) -> bool:
     The same walk without building a path for every node (the costly part on large bodies):
     anything unusual, a subclass included, answers False and gets the full walk.
     """
-    forbidden = _SURROGATE if nul_ok else _FORBIDDEN
+    forbidden = _SURROGATE if nul_ok else TEXT_REFUSED
     stack: list[tuple[object, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
