@@ -367,6 +367,7 @@ def main():  # noqa: C901 (one script, phase after phase)
         gunicorn += ["--threads", str(args.threads), "--access-logfile", "/dev/null"]
         report: dict = {"benchmark": "trigger", "web": f"gunicorn, 2 workers x {args.threads} threads"}
         report["provider"] = "push simulator" if args.provider == "sim" else "nginx"
+        provider_cpu = "simulator_cpu_ms_per_message" if args.provider == "sim" else "nginx_cpu_ms_per_message"
         report["qcluster_workers"] = args.workers
         report["senders"] = 1
         quiet = {"cwd": ROOT, "env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
@@ -389,9 +390,7 @@ def main():  # noqa: C901 (one script, phase after phase)
                 "web_cpu_ms_per_call": tree_cpu(procs["web"].pid),
                 "workers_cpu_ms_per_message": tree_cpu(procs["workers"].pid) + sender,
                 "sender_cpu_ms_per_message": sender,
-                f"{'simulator' if args.provider == 'sim' else 'nginx'}_cpu_ms_per_message": tree_cpu(
-                    procs["provider"].pid
-                ),
+                provider_cpu: tree_cpu(procs["provider"].pid),
             }
 
         def cpu_per_call(before: dict[str, float], calls: int, read=cpu_now) -> dict[str, float]:
