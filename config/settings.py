@@ -528,6 +528,10 @@ for _name, _schemes in (
 PUSHDESK_SEND_BATCH = _env_int("PUSHDESK_SEND_BATCH", 1000, minimum=1)
 # Send tasks started per dispatch (they share its rows; more than the workers brings nothing).
 PUSHDESK_SEND_TASKS = _env_int("PUSHDESK_SEND_TASKS", Q_CLUSTER["workers"], minimum=1)
+# A segment's resolve is written by this many connections at once, each a range of profile ids,
+# when the profiles' ids span at least this many per slice (one statement runs on one core).
+PUSHDESK_RESOLVE_SLICES = _env_int("PUSHDESK_RESOLVE_SLICES", 2, minimum=1)
+PUSHDESK_RESOLVE_SLICE_PROFILES = _env_int("PUSHDESK_RESOLVE_SLICE_PROFILES", 100_000, minimum=1)
 # Rows still `sending` after this many seconds become `unknown` (never re-sent).
 PUSHDESK_SEND_LEASE_SECONDS = _env_int("PUSHDESK_SEND_LEASE_SECONDS", 120, minimum=1)
 # Attempts per delivery (first send + retries of transient failures), and the backoff base.

@@ -4,8 +4,9 @@ The path of a send (DESIGN.md, "The send pipeline"):
 
 1. ``dispatch_create`` asks the gate of its kind (campaigns plug approval in with
    ``dispatch_gate_register``), freezes the content on the Dispatch and queues ``dispatch_prepare``.
-2. ``dispatch_prepare`` resolves the audience to deliveries with one ``INSERT … SELECT``
-   (skips recorded with their reason) and starts ``PUSHDESK_SEND_TASKS`` send tasks.
+2. ``dispatch_prepare`` resolves the audience to deliveries with one ``INSERT … SELECT`` (for a
+   large segment, one per range of profile ids, written at once on connections of their own;
+   skips recorded with their reason) and starts ``PUSHDESK_SEND_TASKS`` send tasks.
 3. ``dispatch_send`` (``delivery.services.sending``) claims, sends and writes back in batches.
 4. A claimed row carries a lease: a worker that dies leaves rows ``sending``;
    ``deliveries_expire_leases`` turns them ``unknown`` once the lease is over. They are never
@@ -18,6 +19,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from threading import Thread
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -194,10 +196,13 @@ _RESOLVE_COLUMNS = (
 )
 
 
-def _resolve_rows_sql(dispatch: Dispatch, *, now: datetime) -> tuple[str, list]:
+def _resolve_rows_sql(
+    dispatch: Dispatch, *, now: datetime, profiles_between: tuple[int, int] | None = None
+) -> tuple[str, list]:
     """The SELECT of the rows a resolve writes (``_RESOLVE_COLUMNS``, and each row's device's
     platform, for the rollup) and its parameters: the app's test devices for a test send, else
-    each profile of the audience with its devices of the app (or none)."""
+    each profile of the audience with its devices of the app (or none); only the profiles whose
+    ids are ``profiles_between`` (inclusive) when given, for a slice of a resolve."""
     # A holdout row is skipped whatever its device: the control group gets nothing, and is counted.
     holdout = f"COALESCE(p.variant, -1) = {HOLDOUT}"
     status_sql = (
@@ -230,18 +235,25 @@ def _resolve_rows_sql(dispatch: Dispatch, *, now: datetime) -> tuple[str, list]:
     variant = variant_sql("a.bucket", variants=dispatch.variants, holdout_share=dispatch.holdout_share)
     # (Integers formatted by delivery.variants and the ORM's own SQL; values are bound.)
     # A winner-mode campaign's sample (or the rest): a second hash, independent of the variant's.
-    where = (
-        "WHERE "
-        + in_sample_sql(
-            "a.id",
-            vendor=connection.vendor,
-            salt=dispatch.source_id or 0,
-            share=dispatch.sample["share"],
-            rest=dispatch.sample.get("part") == "rest",
+    conditions = []
+    if dispatch.sample:
+        conditions.append(
+            in_sample_sql(
+                "a.id",
+                vendor=connection.vendor,
+                salt=dispatch.source_id or 0,
+                share=dispatch.sample["share"],
+                rest=dispatch.sample.get("part") == "rest",
+            )
         )
-        if dispatch.sample
-        else ""
-    )
+    device_between = ""
+    if profiles_between is not None:
+        # Integers of ours. The devices' side of the join gets its own bound: PostgreSQL carries
+        # an equality over a join, not a range, and would read every device for each slice.
+        low, high = (int(bound) for bound in profiles_between)
+        conditions.append(f"a.id BETWEEN {low} AND {high}")
+        device_between = f" AND dev.profile_id BETWEEN {low} AND {high}"
+    where = "WHERE " + " AND ".join(conditions) if conditions else ""
     profiles = (
         f"SELECT a.id, {variant} AS variant FROM (SELECT a.id, {bucket} AS bucket FROM ({audience_sql}) a {where}) a"  # noqa: S608
         if dispatch.variants
@@ -249,16 +261,142 @@ def _resolve_rows_sql(dispatch: Dispatch, *, now: datetime) -> tuple[str, list]:
     )
     source = (
         f"SELECT {rows('p.id')} FROM ({profiles}) p "  # noqa: S608
-        "LEFT JOIN delivery_device dev ON dev.profile_id = p.id AND dev.app_id = %s AND dev.active"
+        f"LEFT JOIN delivery_device dev ON dev.profile_id = p.id AND dev.app_id = %s AND dev.active{device_between}"
     )
     return source, [dispatch.pk, _dt(now), *audience_params, dispatch.app_id]
 
 
-def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
-    """Resolve the audience to deliveries (one INSERT … SELECT) and start the send tasks.
+def _resolve_insert(cursor, dispatch: Dispatch, *, now: datetime, profiles_between=None, shard: int = 0) -> Counter:
+    """PostgreSQL: write the dispatch's rows (those of ``profiles_between`` only, when given) and
+    count them into the rollup's ``shard`` in one statement; return their counts by outcome.
 
-    Idempotent: runs only while the dispatch is ``preparing``, and commits whole. The rows are
-    counted into the rollup as they are written (on PostgreSQL, by the same statement).
+    No row of these profiles exists yet for the dispatch: it is still preparing, under its lock,
+    and leftovers of a resolve that died were deleted first. The audience holds each profile once
+    and a device has one profile, so no two rows share a device: the unique index on (dispatch,
+    device) would refuse the statement, not skip a row. (ON CONFLICT DO NOTHING cost a third of
+    the insert at 1M.)"""
+    source, params = _resolve_rows_sql(dispatch, now=now, profiles_between=profiles_between)
+    # In profile order: the rows' index entries (device, profile) then go in in order. A hash
+    # join's order, which fresh statistics choose at a million rows, scattered them over indexes
+    # larger than PostgreSQL's buffers: 22 s against 12 s, sort included.
+    cursor.execute(
+        f"WITH src AS MATERIALIZED ({source} ORDER BY profile_id), "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
+        f"ins AS (INSERT INTO delivery_delivery ({_RESOLVE_COLUMNS}) SELECT {_RESOLVE_COLUMNS} FROM src) "
+        + rollup_made_sql(source="src", shard=shard),
+        [*params, dispatch.pk, _dt(dispatch.created_at), _dt(dispatch.created_at)],
+    )
+    counts = Counter()
+    for outcome, n in cursor.fetchall():
+        counts[outcome] += n
+    return counts
+
+
+def _resolve_leftovers_delete(cursor, dispatch_id: int) -> None:
+    """Delete what a sliced resolve of the dispatch that died part-way committed: its rows and
+    their rollup rows, in one statement.
+
+    A slice of it whose server process still runs (its worker killed) holds rows not committed,
+    which this does not see; it never commits (its transaction never gets its COMMIT), and a row
+    written now for one of its devices waits on the unique index until it has rolled back."""
+    cursor.execute(
+        "WITH gone AS (DELETE FROM delivery_delivery WHERE dispatch_id = %s AND queued_at IS NULL) "  # noqa: S608 (a constant)
+        f"DELETE FROM {DeliveryRollup._meta.db_table} WHERE dispatch_id = %s",
+        [dispatch_id, dispatch_id],
+    )
+
+
+def _resolve_slices(dispatch: Dispatch) -> tuple[list[tuple[int, int]], bool]:
+    """How a resolve is written: the ranges of profile ids a segment's resolve is split into, each
+    written by its own connection at once (PostgreSQL runs one statement on one core), or none
+    (one statement: a test send, a list of profiles, a table of few profiles, SQLite); and whether
+    rows of a sliced resolve that died part-way are there to delete first. One query, asked for
+    a segment's dispatch on PostgreSQL only (no other is ever sliced).
+
+    The ranges split the profiles' ids evenly, not the audience: a segment of the newest profiles
+    (an import's, say) is written by the last slice alone, no faster than by one statement."""
+    if connection.vendor != "postgresql" or dispatch.segment_id is None or dispatch.kind == Dispatch.Kind.TEST:
+        return [], False
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT (SELECT min(id) FROM audiences_profile), (SELECT max(id) FROM audiences_profile), "
+            "EXISTS (SELECT FROM delivery_delivery WHERE dispatch_id = %s AND queued_at IS NULL)",
+            [dispatch.pk],
+        )
+        low, high, leftovers = cursor.fetchone()
+    count = settings.PUSHDESK_RESOLVE_SLICES
+    if count < 2 or low is None or high - low + 1 < count * settings.PUSHDESK_RESOLVE_SLICE_PROFILES:
+        return [], leftovers
+    step = -(-(high - low + 1) // count)
+    return [(start, min(high, start + step - 1)) for start in range(low, high + 1, step)], leftovers
+
+
+def _on_own_connection(work: Callable[[], Counter | None]) -> Thread:
+    """Start ``work`` in a thread of its own, so on a connection and in a transaction of its own;
+    its result or its exception lands on the thread (``result``, ``error``) once joined."""
+
+    def run() -> None:
+        try:
+            with transaction.atomic():
+                thread.result = work()
+        except BaseException as exc:  # re-raised by the caller once every slice has ended
+            thread.error = exc
+        finally:
+            connection.close()
+
+    thread = Thread(target=run, daemon=True)
+    thread.result, thread.error = None, None
+    thread.start()
+    return thread
+
+
+def _joined(threads: list[Thread]) -> list:
+    """Wait for every thread, then raise the first one's exception, or return their results."""
+    for thread in threads:
+        thread.join()
+    for thread in threads:
+        if thread.error is not None:
+            raise thread.error
+    return [thread.result for thread in threads]
+
+
+def _resolve_in_slices(
+    dispatch: Dispatch, *, slices: list[tuple[int, int]], now: datetime, leftovers: bool = False
+) -> Counter:
+    """Write a dispatch's rows as ``slices`` statements at once, one per range of profile ids,
+    each committed on a connection of its own; return their counts by outcome.
+
+    The rows of a dispatch still preparing are sent by no one, so a slice may commit before the
+    others. A resolve that dies part-way leaves the slices that committed: the next one (the
+    watchdog queues it again) deletes them, and their rollup rows, before writing. Each slice
+    counts into a rollup shard of its own, so none waits for another's rollup rows."""
+
+    def leftovers_delete() -> None:
+        with connection.cursor() as cursor:
+            _resolve_leftovers_delete(cursor, dispatch.pk)
+
+    def writer(shard: int, between: tuple[int, int]) -> Callable[[], Counter]:
+        def work() -> Counter:
+            with connection.cursor() as cursor:
+                return _resolve_insert(cursor, dispatch, now=now, profiles_between=between, shard=shard)
+
+        return work
+
+    if leftovers:
+        # Committed before the slices start: a row deleted but not yet committed would make a
+        # slice's row of the same device wait on the unique index for this transaction, which
+        # waits for the slices.
+        _joined([_on_own_connection(leftovers_delete)])
+    return sum(_joined([_on_own_connection(writer(shard, between)) for shard, between in enumerate(slices)]), Counter())
+
+
+def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
+    """Resolve the audience to deliveries (one INSERT … SELECT, or one per slice of a large
+    segment's profiles: ``_resolve_in_slices``) and start the send tasks.
+
+    Idempotent: runs only while the dispatch is ``preparing``, under its lock; nothing is sent
+    before the dispatch is ``sending``, which this commits whole (the rows of a sliced resolve
+    that died part-way are deleted and written again). The rows are counted into the rollup as
+    they are written (on PostgreSQL, by the same statement).
     Every targeted profile gets a row: its devices (``queued``, or ``skipped`` / ``not_opted_in``)
     or one ``skipped`` / ``no_device`` row. With ``send_inline``, a dispatch small enough for one
     send task is left to the caller (returns True), which saves a trip through the queue.
@@ -268,34 +406,27 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
     inline = False
     now = timezone.now()
     with transaction.atomic():
-        dispatch = Dispatch.objects.select_for_update().filter(pk=dispatch_id).first()
+        # FOR NO KEY UPDATE: a slice's rollup rows check their dispatch with FOR KEY SHARE, which
+        # FOR UPDATE would make wait for this transaction, and this one waits for the slices.
+        dispatch = Dispatch.objects.select_for_update(no_key=True).filter(pk=dispatch_id).first()
         if dispatch is None or dispatch.status != Dispatch.Status.PREPARING:
             return False
-        source, params = _resolve_rows_sql(dispatch, now=now)
-        # No row of this dispatch exists yet: it is still preparing, under its lock, and a resolve
-        # commits whole. The audience holds each profile once and a device has one profile, so no
-        # two rows share a device: the unique index on (dispatch, device) would refuse the
-        # statement, not skip a row. (ON CONFLICT DO NOTHING cost a third of the insert at 1M.)
-        with connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
-                # In profile order: the rows' index entries (device, profile) then go in in order. A
-                # hash join's order, which fresh statistics choose at a million rows, scattered them
-                # over indexes larger than PostgreSQL's buffers: 22 s against 12 s, sort included.
-                cursor.execute(
-                    f"WITH src AS MATERIALIZED ({source} ORDER BY profile_id), "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
-                    f"ins AS (INSERT INTO delivery_delivery ({_RESOLVE_COLUMNS}) SELECT {_RESOLVE_COLUMNS} FROM src) "
-                    + rollup_made_sql(source="src"),
-                    [*params, dispatch.pk, _dt(dispatch.created_at), _dt(dispatch.created_at)],
-                )
-                counts = Counter()
-                for outcome, n in cursor.fetchall():
-                    counts[outcome] += n
-            else:
+        slices, leftovers = _resolve_slices(dispatch)
+        if slices:
+            counts = _resolve_in_slices(dispatch, slices=slices, now=now, leftovers=leftovers)
+        elif connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                if leftovers:  # of a sliced resolve, when the settings or the profiles were different
+                    _resolve_leftovers_delete(cursor, dispatch.pk)
+                counts = _resolve_insert(cursor, dispatch, now=now)
+        else:
+            source, params = _resolve_rows_sql(dispatch, now=now)
+            with connection.cursor() as cursor:
                 cursor.execute(
                     f"INSERT INTO delivery_delivery ({_RESOLVE_COLUMNS}) SELECT {_RESOLVE_COLUMNS} FROM ({source}) src",  # noqa: S608
                     params,
                 )
-                counts = rollup_add_made(dispatch_id=dispatch.pk)  # by outcome: targeted, and those final already
+            counts = rollup_add_made(dispatch_id=dispatch.pk)  # by outcome: targeted, and those final already
         local_time_apply(dispatch=dispatch, now=now)
         held = rules_apply(dispatch=dispatch, now=now)  # its skips are counted as they are made
         if held:

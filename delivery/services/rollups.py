@@ -118,11 +118,11 @@ def rollup_add_made(*, dispatch_id: int) -> Counter:
     return counts
 
 
-def rollup_made_sql(*, source: str) -> str:
+def rollup_made_sql(*, source: str, shard: int = 0) -> str:
     """PostgreSQL: the statement counting rows a dispatch resolves, from the resolve's own rows
     (``source``, a CTE with ``platform``, ``variant``, ``status``, ``reason`` and ``finished_at``)
     rather than from the table once they are written: as targeted, and by their final status where
-    they have one (skipped). Its parameters: the dispatch's id, then its creation time (when its
+    they have one (skipped), in rollup rows of ``shard``. Its parameters: the dispatch's id, then its creation time (when its
     rows were made) twice. Its rows: the dispatch's rollup by outcome, as ``rollup_add_made``'s.
 
     The rows are grouped before each group yields its two outcomes: at a million rows, reading
@@ -131,7 +131,7 @@ def rollup_made_sql(*, source: str) -> str:
     final = _period("COALESCE(g.finished_at, %s)")
     return (
         f"INSERT INTO {_TABLE} ({_KEY}, rows) "  # noqa: S608 (constants; values are bound)
-        "SELECT %s, o.period, g.platform, g.variant, o.outcome, o.reason, 0, SUM(g.n) "
+        f"SELECT %s, o.period, g.platform, g.variant, o.outcome, o.reason, {int(shard)}, SUM(g.n) "
         f"FROM (SELECT COALESCE(platform, 'none') AS platform, COALESCE(variant, {DeliveryRollup.NO_VARIANT}) AS variant, "
         f"status, reason, finished_at, COUNT(*) AS n FROM {source} GROUP BY 1, 2, 3, 4, 5) g "
         f"CROSS JOIN LATERAL (VALUES ('targeted', '', {made}), (g.status, g.reason, {final})) AS o(outcome, reason, period) "
