@@ -673,3 +673,38 @@ def test_the_claim_reads_the_due_time_index_in_order_when_statistics_say_nothing
     found = list(nodes(plan[0]["Plan"]))
     assert [n.get("Index Name") for n in found if "Index Name" in n] == ["enrollment_due_idx"]
     assert not [n for n in found if n["Node Type"] == "Sort"]
+
+
+def test_a_segment_entry_reads_an_any_group_as_the_union_of_its_branches(make_journey, publish, vips, manager_alice):
+    """The entry reads a whole audience as its count does: an 'any' group whose branches read
+    other tables (members, events) is the union of their profile ids, not each branch tested on
+    every profile (README, "segments")."""
+    from django.test.utils import CaptureQueriesContext
+
+    from accounts.services import access_grant
+    from audiences.models import Segment
+
+    kept = ProfileFactory.create_batch(2)
+    for profile in kept:
+        SegmentMemberFactory(segment=vips, profile=profile)
+    opened = ProfileFactory()
+    EventFactory(profile=opened, name="app_open")
+    ProfileFactory.create_batch(3)  # neither
+    segment = Segment.objects.create(
+        name="Kept or opened", rules={"any": [{"segment": vips.pk}, {"event": "app_open"}]}
+    )
+    access_grant(obj=segment, to=manager_alice, by=None)
+    wait_an_hour = {
+        "steps": [{"id": "pause", "type": "wait", "seconds": 3600, "next": "done"}, {"id": "done", "type": "exit"}]
+    }
+    journey = publish(make_journey(entry_segment=segment, graph=wait_an_hour))
+
+    with CaptureQueriesContext(connection) as queries:
+        assert journey_enter_segment(journey_id=journey.pk) == 3
+    assert set(Enrollment.objects.filter(journey=journey).values_list("profile_id", flat=True)) == {
+        p.pk for p in (*kept, opened)
+    }
+    (entry,) = [
+        q["sql"] for q in queries.captured_queries if "INSERT INTO" in q["sql"] and "journeys_enrollment" in q["sql"]
+    ]
+    assert " UNION " in entry
