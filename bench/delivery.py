@@ -367,6 +367,9 @@ def run(target: str, segment, devices: int, workers_env: dict, log: Path, ca: st
         # The devices were just moved to this run's app: their old versions are dead rows the
         # resolve's scan would step over (and set hints on) unless vacuumed; and fresh statistics.
         cursor.execute("VACUUM ANALYZE delivery_device")
+        # Moving them rewrote each of their profiles' reach (a trigger): the same for the profiles,
+        # whose old versions the resolve's read of the audience would otherwise prune as it goes.
+        cursor.execute("VACUUM ANALYZE audiences_profile")
         # And the setup's writes on disk before the clock starts (as pgbench does), not in a
         # checkpoint the run pays for.
         cursor.execute("CHECKPOINT")
