@@ -11,7 +11,7 @@ submits and approves it (the gate is the real one), reads the segment in (one ``
 SELECT``) and hands the due enrollments to a real ``qcluster`` with 2 workers, each running the
 engine (``SELECT … FOR UPDATE SKIP LOCKED`` batches). The clock runs from the first engine task
 until no enrollment is open; the pushes then finish through the send pipeline to the simulator,
-or with ``--targets nginx`` to the nginx HTTP/2 + TLS endpoint of ``bench/delivery.py``, which
+or with ``--targets nginx`` to the nginx HTTP/2 + TLS endpoint of ``bench/support/nginx.py``, which
 answers as APNs and FCM do without checking anything (for sizes where the simulator's own pace
 would hold the pushes back).
 
@@ -25,8 +25,6 @@ import argparse
 import json
 import os
 import secrets
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,20 +39,14 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/11")
 os.environ.pop("PUSHDESK_TASKS_SYNC", None)
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-import importlib.util  # noqa: E402
-
-_spec = importlib.util.spec_from_file_location("bench_delivery", ROOT / "bench" / "delivery.py")
-bench_delivery = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_delivery)
-# Importing the delivery benchmark points DATABASE_URL at its own database: this one has its own.
-os.environ["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB)
-ensure_database, make_app, start_workers, peak_memory_mb = (
-    bench_delivery.ensure_database,
-    bench_delivery.make_app,
-    bench_delivery.start_workers,
-    bench_delivery.peak_memory_mb,
+from support.send_setup import (  # noqa: E402
+    ensure_database,
+    make_app,
+    peak_memory_mb,
+    sim_trust,
+    start_workers,
+    stop_workers,
 )
-
 
 PUSHES_WAIT_SECONDS = 600  # at least: a minute more per 100,000 profiles above 600,000
 
@@ -121,7 +113,7 @@ def run(*, profiles: int, target: dict, log: Path) -> dict:
     app, apns_public, fcm_public, info = make_app(token_uri=target["token_uri"], segment=entry)
     sim = target["sim"]
     if sim is not None:
-        bench_delivery.sim_trust(sim, apns_public, fcm_public, info)
+        sim_trust(sim, apns_public, fcm_public, info)
     with connection.cursor() as cursor:
         # The devices' statistics after their move to the new app, and the room earlier runs left:
         # each run moves the devices and deletes its deliveries, and a server without autovacuum
@@ -192,12 +184,7 @@ def run(*, profiles: int, target: dict, log: Path) -> dict:
         pushes_seconds = time.perf_counter() - started
         memory = peak_memory_mb(workers.pid)
     finally:
-        os.killpg(workers.pid, signal.SIGTERM)
-        try:
-            workers.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(workers.pid, signal.SIGKILL)
-            workers.wait(5)
+        stop_workers(workers)
 
     with connection.cursor() as cursor:
         cursor.execute(
