@@ -103,35 +103,34 @@ def stop_workers(workers: subprocess.Popen) -> None:
             continue
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its descendants (the worker processes), in seconds."""
-    total = 0
+def _process_tree(pid: int, name: str):
+    """Each live process of the tree under ``pid`` (itself included), as its /proc file ``name``."""
     todo = [pid]
     while todo:
         current = todo.pop()
         try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            text = Path(f"/proc/{current}/{name}").read_text()
             children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
+        yield text
         todo += [int(c) for c in children]
-    return total / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its descendants (the worker processes), in seconds."""
+    ticks = 0
+    for stat in _process_tree(pid, "stat"):
+        fields = stat.rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def peak_memory_mb(pid: int) -> float:
     """The largest VmHWM among a process and its descendants, in MB."""
     peak = 0
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except OSError:
-            continue
+    for status in _process_tree(pid, "status"):
         for line in status.splitlines():
             if line.startswith("VmHWM:"):
                 peak = max(peak, int(line.split()[1]))
-        todo += [int(c) for c in children]
     return round(peak / 1024, 1)
