@@ -195,3 +195,43 @@ def test_a_slice_of_a_dead_resolve_still_running_is_waited_for_and_its_rows_are_
     assert Delivery.objects.filter(dispatch=dispatch, device=device).count() == 1
     assert pushsim.state.count(device.token) == 1
     assert_rollup_is_the_count(dispatch)
+
+
+def test_a_slice_that_fails_fails_the_prepare_after_the_others_end_and_the_next_one_writes_it_whole(audience, settings):
+    app, segment = audience
+    settings.PUSHDESK_RESOLVE_SLICE_PROFILES = 10
+    dispatch = _dispatch(app, segment)
+    slices, _ = _resolve_slices(dispatch)
+    last = Device.objects.filter(app=app, profile__memberships__segment=segment).order_by("profile_id").last()
+    assert last.profile_id >= slices[-1][0]  # written by the last slice
+    with connection.cursor() as cursor:  # PostgreSQL refuses that one row
+        cursor.execute(
+            "CREATE FUNCTION delivery_refused() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN IF NEW.profile_id = {last.profile_id} THEN RAISE EXCEPTION 'delivery refused'; END IF; "
+            "RETURN NEW; END $$"
+        )
+        cursor.execute(
+            "CREATE TRIGGER delivery_refused BEFORE INSERT ON delivery_delivery "
+            "FOR EACH ROW EXECUTE FUNCTION delivery_refused()"
+        )
+    try:
+        with pytest.raises(Exception, match="delivery refused"):
+            dispatch_prepare(dispatch_id=dispatch.pk)
+        # The first slice committed; the dispatch is still preparing, so none of it is sent.
+        assert Delivery.objects.filter(dispatch=dispatch).exists()
+        assert not Delivery.objects.filter(dispatch=dispatch, profile_id__gte=slices[-1][0]).exists()
+        assert _counters(dispatch)[0] == "preparing"
+        assert not Delivery.objects.filter(dispatch=dispatch).exclude(status__in=("queued", "skipped")).exists()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER delivery_refused ON delivery_delivery")
+            cursor.execute("DROP FUNCTION delivery_refused()")
+
+    dispatch_prepare(dispatch_id=dispatch.pk)  # as the watchdog queues it again
+
+    settings.PUSHDESK_RESOLVE_SLICES = 1
+    whole = _dispatch(app, segment)
+    dispatch_prepare(dispatch_id=whole.pk)
+    assert [r[1:4] for r in _rows(dispatch)] == [r[1:4] for r in _rows(whole)]
+    assert _counters(dispatch) == ("done", *_counters(whole)[1:])
+    assert_rollup_is_the_count(dispatch)
