@@ -108,6 +108,23 @@ def test_a_resolve_in_slices_writes_the_rows_and_counts_of_one_statement(audienc
     assert set(DeliveryRollup.objects.filter(dispatch=sliced).values_list("shard", flat=True)) == {0, 1, 2}
 
 
+@pytest.mark.parametrize("part", ["sample", "rest"])
+def test_a_winner_campaigns_sample_and_its_rest_resolve_in_slices_as_in_one_statement(audience, settings, part):
+    app, segment = audience
+    settings.PUSHDESK_RESOLVE_SLICES = 1
+    whole = _dispatch(app, segment, sample={"part": part, "share": 40})
+    dispatch_prepare(dispatch_id=whole.pk)
+    settings.PUSHDESK_RESOLVE_SLICES = 2
+    settings.PUSHDESK_RESOLVE_SLICE_PROFILES = 10
+    sliced = _dispatch(app, segment, sample={"part": part, "share": 40})
+    assert len(_resolve_slices(sliced)[0]) == 2
+    dispatch_prepare(dispatch_id=sliced.pk)
+    rows = _rows(sliced)
+    assert 0 < len({r[0] for r in rows}) < 40  # a part of the segment's profiles
+    assert rows == _rows(whole)
+    assert _counters(sliced) == _counters(whole)
+
+
 def test_a_small_table_and_a_test_send_resolve_in_one_statement(audience, settings):
     app, segment = audience
     settings.PUSHDESK_RESOLVE_SLICE_PROFILES = 100  # more per slice than the ids span
