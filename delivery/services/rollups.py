@@ -122,8 +122,9 @@ def rollup_made_sql(*, source: str, shard: int = 0) -> str:
     """PostgreSQL: the statement counting rows a dispatch resolves, from the resolve's own rows
     (``source``, a CTE with ``platform``, ``variant``, ``status``, ``reason`` and ``finished_at``)
     rather than from the table once they are written: as targeted, and by their final status where
-    they have one (skipped), in rollup rows of ``shard``. Its parameters: the dispatch's id, then its creation time (when its
-    rows were made) twice. Its rows: the dispatch's rollup by outcome, as ``rollup_add_made``'s.
+    they have one (skipped), in rollup rows of ``shard``. Its parameters: the dispatch's id, then
+    its creation time (when its rows were made) twice. Its rows: the dispatch's rollup by outcome
+    (of that shard), as ``rollup_add_made``'s.
 
     The rows are grouped before each group yields its two outcomes: at a million rows, reading
     them back (and their devices, for the platform) took longer than writing them."""
