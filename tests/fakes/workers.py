@@ -48,8 +48,10 @@ def worker_environment(queue: str, pushsim, **extra) -> dict:
 class Cluster:
     """``manage.py qcluster`` (or another worker ``command``) in its own process group, on a queue of its own."""
 
-    def __init__(self, queue: str, pushsim, log_path: str, command: tuple[str, ...] = ("qcluster",)):
-        env = worker_environment(queue, pushsim)
+    def __init__(
+        self, queue: str, pushsim, log_path: str, command: tuple[str, ...] = ("qcluster",), env: dict | None = None
+    ):
+        env = worker_environment(queue, pushsim, **(env or {}))
         self.log = open(log_path, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", *command],
