@@ -162,10 +162,6 @@ def test_worker_killed_mid_resolve_commits_none_of_its_unfinished_slice_and_the_
         assert not Delivery.objects.filter(dispatch=dispatch, profile_id__gt=profiles[29].pk).exists()
         assert Dispatch.objects.get(pk=dispatch.pk).status == "preparing"
         assert sum(pushsim.state.snapshot_counts().values()) == 0
-        with connection.cursor() as cursor:
-            cursor.execute("DROP TRIGGER delivery_slow ON delivery_delivery")
-            cursor.execute("DROP FUNCTION delivery_slow()")
-
     finally:
         first.kill()
         with connection.cursor() as cursor:
