@@ -1,5 +1,7 @@
 """Test-wide set-up: PostgreSQL and Redis (the real servers), the push simulator, the named cast, API clients."""
 
+import os
+
 import pytest
 from rest_framework.test import APIClient
 
@@ -93,3 +95,16 @@ def api_key_for(db):
         return client
 
     return make
+
+
+@pytest.fixture
+def embedded_env(tmp_path):
+    """The environment of a ``manage.py`` run in the embedded default (SQLite in ``tmp_path``):
+    this process's, without the test settings' database, Redis and Pushdesk variables."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PUSHDESK_", "DATABASE_URL", "REDIS_URL", "SECRET_KEY"))
+    }
+    env["PUSHDESK_VAR_DIR"] = str(tmp_path)
+    return env

@@ -1,8 +1,6 @@
 """`make run`'s set-up on SQLite in a temporary folder: migrate, demo data, the admin answers."""
 
-import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -10,7 +8,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,17 +16,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture
-def embedded_env(tmp_path):
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PUSHDESK_", "DATABASE_URL", "REDIS_URL", "SECRET_KEY"))
-    }
-    env["PUSHDESK_VAR_DIR"] = str(tmp_path)
-    return env
 
 
 def _manage(args, env, **kwargs):
@@ -132,72 +118,6 @@ def test_embedded_setup_brings_up_the_admin_with_demo_users(embedded_env, tmp_pa
     finally:
         server.terminate()
         server.wait(timeout=10)
-
-
-def test_make_run_looks_like_the_product_and_ctrl_c_stops_everything_cleanly(embedded_env, tmp_path):
-    """`make run`'s stack: no debug pages, error pages inside the admin's frame, static files
-    served; Ctrl-C (SIGINT to the whole process group) stops web, worker, stream sender and simulator
-    cleanly."""
-    migrate = _manage(["migrate", "--noinput"], embedded_env, timeout=300)
-    assert migrate.returncode == 0, migrate.stderr
-    port, sim_port = _free_port(), _free_port()
-    log = tmp_path / "run.log"
-    with open(log, "wb") as out:
-        stack = subprocess.Popen(
-            [
-                sys.executable,
-                "manage.py",
-                "run_embedded",
-                "--addr",
-                f"127.0.0.1:{port}",
-                "--pushsim-port",
-                str(sim_port),
-            ],
-            cwd=ROOT,
-            env=embedded_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a process group of its own, as a terminal gives `make run`
-        )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        with httpx.Client(base_url=base, follow_redirects=False, timeout=10) as http:
-            for _ in range(300):
-                try:
-                    if http.get("/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-            missing = http.get("/no/such/page/")
-            assert missing.status_code == 404
-            assert "URLconf" not in missing.text and "Traceback" not in missing.text
-            assert 'id="back-to-admin"' in missing.text and 'id="site-name"' in missing.text
-            login = http.get("/admin/login/")
-            css = re.search(r'href="(/static/admin/css/base[^"]*\.css)"', login.text).group(1)
-            assert http.get(css).status_code == 200
-        # Wait for the worker, the stream sender and the simulator to be running before stopping them.
-        deadline = time.monotonic() + 60
-        ready = ("running", "stream sender 0 started", "Push simulator:")
-        while time.monotonic() < deadline and not all(mark in log.read_text() for mark in ready):
-            time.sleep(0.2)
-        family = _descendants(stack.pid)
-        assert len(family) >= 5, family  # web, worker (its sentinel and workers), stream sender, simulator
-        started = time.monotonic()
-        os.killpg(stack.pid, signal.SIGINT)
-        assert stack.wait(timeout=60) == 0, log.read_text()[-3000:]
-        assert time.monotonic() - started < 60
-    finally:
-        if stack.poll() is None:
-            os.killpg(stack.pid, signal.SIGKILL)
-    output = log.read_text()
-    for bad in ("Traceback", "RecursionError", "Segmentation fault", "ERROR"):
-        assert bad not in output, output[-3000:]
-    assert "Stopped." in output
-    assert "Stream sender 0 stopped" in output
-    # Nothing is left behind.
-    time.sleep(0.5)
-    assert [pid for pid in family if Path(f"/proc/{pid}").exists()] == []
 
 
 def _descendants(pid: int) -> list[int]:
