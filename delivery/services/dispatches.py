@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from threading import Thread
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -330,33 +330,14 @@ def _resolve_slices(dispatch: Dispatch) -> tuple[list[tuple[int, int]], bool]:
     return [(start, min(high, start + step - 1)) for start in range(low, high + 1, step)], leftovers
 
 
-def _on_own_connection(work: Callable[[], Counter | None]) -> Thread:
-    """Start ``work`` in a thread of its own, so on a connection and in a transaction of its own;
-    its result or its exception lands on the thread (``result``, ``error``) once joined."""
-
-    def run() -> None:
-        try:
-            with transaction.atomic():
-                thread.result = work()
-        except BaseException as exc:  # re-raised by the caller once every slice has ended
-            thread.error = exc
-        finally:
-            connection.close()
-
-    thread = Thread(target=run, daemon=True)
-    thread.result, thread.error = None, None
-    thread.start()
-    return thread
-
-
-def _joined(threads: list[Thread]) -> list:
-    """Wait for every thread, then raise the first one's exception, or return their results."""
-    for thread in threads:
-        thread.join()
-    for thread in threads:
-        if thread.error is not None:
-            raise thread.error
-    return [thread.result for thread in threads]
+def _in_own_transaction(work: Callable[[], Counter | None]) -> Counter | None:
+    """Run ``work`` in a transaction on this thread's own connection, then close that connection
+    (a pool thread's connection would otherwise outlive the resolve)."""
+    try:
+        with transaction.atomic():
+            return work()
+    finally:
+        connection.close()
 
 
 def _resolve_in_slices(
@@ -381,12 +362,15 @@ def _resolve_in_slices(
 
         return work
 
-    if leftovers:
-        # Committed before the slices start: a row deleted but not yet committed would make a
-        # slice's row of the same device wait on the unique index for this transaction, which
-        # waits for the slices.
-        _joined([_on_own_connection(leftovers_delete)])
-    return sum(_joined([_on_own_connection(writer(shard, between)) for shard, between in enumerate(slices)]), Counter())
+    with ThreadPoolExecutor(max_workers=len(slices)) as pool:
+        if leftovers:
+            # Committed before the slices start: a row deleted but not yet committed would make a
+            # slice's row of the same device wait on the unique index for this transaction, which
+            # waits for the slices.
+            pool.submit(_in_own_transaction, leftovers_delete).result()
+        written = [pool.submit(_in_own_transaction, writer(shard, between)) for shard, between in enumerate(slices)]
+    # Leaving the pool waited for every slice; a slice's exception is raised here, after all ended.
+    return sum((slice_.result() for slice_ in written), Counter())
 
 
 def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
