@@ -344,6 +344,30 @@ def test_events_create_unknown_profiles_and_move_last_seen_forward(manager_alice
     assert Event.objects.get(pk=ids[0]).properties == {"amount": 5}
 
 
+def test_events_move_last_seen_by_hot_updates_writing_no_index_entry(manager_alice):
+    """Moving last_seen_at changes no indexed column of the profile, so PostgreSQL updates the row
+    alone (HOT) instead of adding an entry to each of its indexes, a GIN entry per attribute included."""
+    profiles = ProfileFactory.create_batch(3, attributes={"plan": "pro", "age": 30}, last_seen_at=None)
+    when = timezone.now()
+    with connection.cursor() as cursor:
+
+        def updates():
+            cursor.execute(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables WHERE relname = 'audiences_profile'"
+            )
+            return cursor.fetchone()
+
+        before = updates()
+        events_ingest(
+            items=[{"external_id": p.external_id, "name": "app_open", "occurred_at": when} for p in profiles],
+            by=manager_alice,
+        )
+        after = updates()
+    moved, hot = after[0] - before[0], after[1] - before[1]
+    assert (moved, hot) == (3, 3)
+    assert set(Profile.objects.values_list("last_seen_at", flat=True)) == {when}
+
+
 def test_events_keep_ids_and_times_exactly_whatever_their_characters_and_zone(manager_alice):
     """The call's ids and times travel to PostgreSQL as JSON text: quotes, backslashes, letters
     beyond ASCII and a zone other than UTC with microseconds come back as they were sent."""
