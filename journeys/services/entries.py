@@ -191,12 +191,7 @@ def journeys_events_received(
                 latest[profile_id] = max(latest.get(profile_id, occurred_at), occurred_at)
         # No savepoint in a caller's transaction: a failure fails it whole.
         with transaction.atomic(savepoint=False):
-            rows = list(
-                Enrollment.objects.select_for_update()
-                .filter(version_id__in=version_ids, profile_id__in=list(latest), status__in=Enrollment.OPEN_STATUSES)
-                .order_by("pk")
-                .values_list("pk", "profile_id", "entered_at", "version_id", "step")
-            )
+            rows = _open_enrollments_locked(version_ids, list(latest))
             ending = [
                 (pk, version_id, step)
                 for pk, profile_id, entered_at, version_id, step in rows
@@ -226,6 +221,33 @@ def journeys_events_received(
             journeys_run_entered(enrolled=enrolled, version=version, stamp=live.stamp, now=now)
         entered += len(enrolled)
     return {"exited": exited, "entered": entered}
+
+
+# The open enrollments of these versions and profiles, locked in id order. On PostgreSQL the ids
+# travel as two array literals: the ORM's `__in` over the few hundred profiles of an events call
+# prepared each id in Python, a fifth of the events call's CPU when a live journey exits on one of
+# its names.
+_OPEN_ENROLLMENTS_PG = (
+    "SELECT id, profile_id, entered_at, version_id, step FROM journeys_enrollment "
+    "WHERE version_id = ANY(%s::bigint[]) AND profile_id = ANY(%s::bigint[]) AND status = ANY(%s::text[]) "
+    "ORDER BY id FOR UPDATE"
+)
+
+
+def _open_enrollments_locked(version_ids: list[int], profile_ids: list[int]) -> list[tuple]:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _OPEN_ENROLLMENTS_PG,
+                [int_array(version_ids), int_array(profile_ids), [str(status) for status in Enrollment.OPEN_STATUSES]],
+            )
+            return cursor.fetchall()
+    return list(
+        Enrollment.objects.select_for_update()
+        .filter(version_id__in=version_ids, profile_id__in=profile_ids, status__in=Enrollment.OPEN_STATUSES)
+        .order_by("pk")
+        .values_list("pk", "profile_id", "entered_at", "version_id", "step")
+    )
 
 
 @dataclass(frozen=True)
