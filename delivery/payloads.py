@@ -249,7 +249,7 @@ _wire_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def encode(payload: dict) -> bytes:
-    """Compact UTF-8 JSON, as sent on the wire."""
+    """Compact UTF-8 JSON, as sent on the wire (the providers' request bodies too)."""
     return _wire_json(payload).encode()
 
 

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
+from delivery.payloads import encode
 from delivery.providers import Outcome, OutcomeKind, parse_retry_after, transport_outcome
 from delivery.transport import Http2Transport, Request, Response
 
@@ -82,7 +83,6 @@ REASONS: dict[str, tuple[OutcomeKind, float | None]] = {
     "Shutdown": (OutcomeKind.RETRY_LATER, 1.0),
 }
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 MIN_TOKEN_AGE = 20 * 60
 MAX_TOKEN_AGE = 50 * 60
 
@@ -219,7 +219,7 @@ class ApnsClient:
 
     def build_request(self, message: ApnsMessage) -> Request:
         """The HTTP/2 request for one message, with every APNs header set from it."""
-        body = message.payload if isinstance(message.payload, bytes) else _encode(message.payload).encode()
+        body = message.payload if isinstance(message.payload, bytes) else encode(message.payload)
         priority = (
             message.priority if message.priority is not None else (5 if message.push_type == "background" else 10)
         )

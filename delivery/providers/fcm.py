@@ -22,11 +22,11 @@ from django.views.decorators.debug import sensitive_variables
 from google.auth import _helpers
 from google.oauth2 import service_account
 
+from delivery.payloads import encode
 from delivery.providers import Outcome, OutcomeKind, parse_retry_after, transport_outcome
 from delivery.transport import Http2Transport, Request, Response
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 # FcmError codes (push-protocols.md §2.4) and what they mean for the message: (kind, first backoff).
 ERROR_CODES: dict[str, tuple[OutcomeKind, float | None]] = {
@@ -189,7 +189,7 @@ class FcmClient:
         return Request(
             url=self.send_url,
             headers=[f"authorization: Bearer {access_token}", "content-type: application/json"],
-            body=_encode(body).encode(),
+            body=encode(body),
         )
 
     def interpret(self, response: Response) -> Outcome:
