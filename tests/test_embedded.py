@@ -119,17 +119,6 @@ def test_embedded_setup_brings_up_the_admin_with_demo_users(embedded_env, tmp_pa
         server.wait(timeout=10)
 
 
-def _descendants(pid: int) -> list[int]:
-    found = []
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return found
-    for child in map(int, children):
-        found += [child, *_descendants(child)]
-    return found
-
-
 def test_ctrl_c_before_a_command_sets_up_its_own_stop_ends_it_without_a_traceback(embedded_env):
     """Ctrl-C while Django loads (as when `make run` is stopped right after it starts) is reported
     the way a shell reports it, exit 130, not as a traceback."""

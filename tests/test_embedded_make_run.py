@@ -12,7 +12,18 @@ from pathlib import Path
 
 import httpx
 
-from tests.test_embedded import ROOT, _descendants, _free_port, _manage
+from tests.test_embedded import ROOT, _free_port, _manage
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return found
+    for child in map(int, children):
+        found += [child, *_descendants(child)]
+    return found
 
 
 def test_make_run_looks_like_the_product_and_ctrl_c_stops_everything_cleanly(embedded_env, tmp_path):
