@@ -15,7 +15,7 @@ from accounts.services import (
     audit,
     status_transition,
 )
-from config.db import int_array
+from config.db import int_array, text_array
 from journeys.graph import entry_of
 from journeys.models import Enrollment, Journey, JourneyVersion
 from journeys.services.engine import _stats_add, journeys_run_due, journeys_run_entered
@@ -224,9 +224,9 @@ def journeys_events_received(
 
 
 # The open enrollments of these versions and profiles, locked in id order. On PostgreSQL the ids
-# travel as two array literals: the ORM's `__in` over the few hundred profiles of an events call
-# prepared each id in Python, a fifth of the events call's CPU when a live journey exits on one of
-# its names.
+# and statuses travel as array literals: the ORM's `__in` over the few hundred profiles of an
+# events call prepared each id in Python, a fifth of the events call's CPU when a live journey
+# exits on one of its names.
 _OPEN_ENROLLMENTS_PG = (
     "SELECT id, profile_id, entered_at, version_id, step FROM journeys_enrollment "
     "WHERE version_id = ANY(%s::bigint[]) AND profile_id = ANY(%s::bigint[]) AND status = ANY(%s::text[]) "
@@ -239,7 +239,7 @@ def _open_enrollments_locked(version_ids: list[int], profile_ids: list[int]) -> 
         with connection.cursor() as cursor:
             cursor.execute(
                 _OPEN_ENROLLMENTS_PG,
-                [int_array(version_ids), int_array(profile_ids), [str(status) for status in Enrollment.OPEN_STATUSES]],
+                [int_array(version_ids), int_array(profile_ids), text_array(Enrollment.OPEN_STATUSES)],
             )
             return cursor.fetchall()
     return list(

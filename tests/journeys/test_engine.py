@@ -276,6 +276,8 @@ def test_reentry_after_a_wait_and_never_twice_at_once(make_journey, publish):
     assert sorted(Enrollment.objects.filter(profile=profile).values_list("entry_number", flat=True)) == [1, 2]
 
 
+@pytest.mark.embedded
+@pytest.mark.django_db
 def test_exit_event_from_the_events_api_ends_the_journey_for_that_profile(
     make_journey, publish, manager_alice, django_capture_on_commit_callbacks
 ):
