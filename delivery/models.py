@@ -434,9 +434,13 @@ class Delivery(models.Model):
     push is worse than a missing one. ``profile_id`` is a plain key (no constraint) so that
     deleting a profile never scans this table; ``dispatch_id`` and ``device_id`` are plain keys
     too: a constraint checks (and locks) the dispatch and the device once per row written, which
-    made resolving an audience grow faster than the audience. Deleting a dispatch or a device
-    goes through the ORM (cascade, set null), and a row whose device is gone fails as
-    ``device_deleted``.
+    made resolving an audience grow faster than the audience. Deleting a dispatch goes through
+    the ORM (cascade). Deleting a device (or its profile, or its app) leaves its rows as they are:
+    like ``profile_id``, ``device_id`` keeps naming the device the row was for, which no longer
+    exists; a row of it not sent yet fails as ``device_deleted``, and readers join the device
+    (LEFT JOIN, ``select_related``) and find none. ``device_id`` has no index of its own: every
+    row would write an entry there (the outcome too: it is not a heap-only update), and only
+    a device's deletion read it.
     """
 
     class Status(models.TextChoices):
@@ -454,7 +458,13 @@ class Delivery(models.Model):
         Dispatch, on_delete=models.CASCADE, related_name="deliveries", db_index=False, db_constraint=False
     )
     device = models.ForeignKey(
-        Device, on_delete=models.SET_NULL, null=True, blank=True, related_name="deliveries", db_constraint=False
+        Device,
+        on_delete=models.DO_NOTHING,
+        null=True,
+        blank=True,
+        related_name="deliveries",
+        db_constraint=False,
+        db_index=False,
     )
     profile = models.ForeignKey(
         "audiences.Profile",

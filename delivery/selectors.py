@@ -63,5 +63,13 @@ def dispatch_outcomes(dispatch: Dispatch) -> list[dict]:
 
 
 def device_deliveries(device: Device, *, limit: int = 50) -> list[Delivery]:
-    """A device's most recent deliveries, newest first."""
-    return list(Delivery.objects.filter(device=device).select_related("dispatch").order_by("-id")[:limit])
+    """A device's most recent deliveries for its profile, newest first.
+
+    Read through the profile's index (the deliveries have none on the device): those the device
+    got while it belonged to an earlier profile (a token registered again by someone else) are
+    that profile's history, not shown here."""
+    return list(
+        Delivery.objects.filter(profile_id=device.profile_id, device=device)
+        .select_related("dispatch")
+        .order_by("-id")[:limit]
+    )

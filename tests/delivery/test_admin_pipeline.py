@@ -148,6 +148,29 @@ def test_device_page_shows_its_delivery_history(client, viewer_carol, app):
     assert "Run 1" in page
 
 
+def test_deliveries_of_a_deleted_device_show_in_the_admin_without_it(client, viewer_carol, app):
+    dispatch = make_dispatch(app, n=1)
+    delivery = Delivery.objects.get(dispatch=dispatch)
+    delivery.device.delete()
+    client.force_login(viewer_carol)
+    listed = client.get(reverse("admin:delivery_delivery_changelist"), {"dispatch__id__exact": dispatch.pk})
+    assert listed.status_code == 200 and f">{delivery.pk}<" in listed.content.decode()
+    page = client.get(reverse("admin:delivery_delivery_change", args=[delivery.pk]))
+    assert page.status_code == 200 and "Run 1" in page.content.decode()
+
+
+def test_device_page_shows_the_deliveries_of_its_profile_only(client, viewer_carol, app):
+    dispatch = make_dispatch(app, n=1)
+    device = Delivery.objects.get(dispatch=dispatch).device
+    earlier = make_dispatch(app, n=1)
+    # The token was registered by someone else before: that delivery is the other profile's history.
+    Delivery.objects.filter(dispatch=earlier).update(device=device, profile=ProfileFactory())
+    client.force_login(viewer_carol)
+    page = client.get(reverse("admin:delivery_device_change", args=[device.pk])).content.decode()
+    assert f"#{Delivery.objects.get(dispatch=dispatch).pk}<" in page
+    assert f"#{Delivery.objects.get(dispatch=earlier).pk}<" not in page
+
+
 def test_devices_of_other_apps_are_not_listed(client, viewer_carol, app):
     mine = DeviceFactory(app=app)
     theirs = DeviceFactory(app=AppFactory())

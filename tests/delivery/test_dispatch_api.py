@@ -57,6 +57,23 @@ def test_deliveries_filter_by_status_and_page_by_id(api_key_for, manager_alice, 
     assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "status"
 
 
+def test_a_delivery_whose_device_was_deleted_keeps_its_id_and_has_no_platform(api_key_for, manager_alice, app):
+    dispatch = make_dispatch(app, [("accepted", ""), ("accepted", "")])
+    gone, kept = Delivery.objects.filter(dispatch=dispatch).order_by("id")
+    gone.device.delete()
+    client = api_key_for(manager_alice, scopes=["read"])
+    detail = client.get(f"/api/v1/deliveries/{gone.pk}/")
+    assert detail.status_code == 200
+    assert (detail.json()["device"], detail.json()["platform"], detail.json()["status"]) == (
+        gone.device_id,
+        None,
+        "accepted",
+    )
+    assert client.get(f"/api/v1/deliveries/{kept.pk}/").json()["platform"] == kept.device.platform
+    listed = client.get(f"/api/v1/dispatches/{dispatch.pk}/deliveries/").json()["results"]
+    assert [d["device"] for d in listed] == [gone.device_id, kept.device_id]
+
+
 def test_dispatch_of_an_app_without_access_is_404(api_key_for, outsider_dave, manager_mallory):
     dispatch = make_dispatch(AppFactory(), [("accepted", "")])
     client = api_key_for(manager_mallory, scopes=["read"])

@@ -9,6 +9,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import connection
 from django.utils import timezone
 
+from audiences.services.profiles import profiles_delete
 from delivery.models import App, Delivery, Device, Dispatch
 from delivery.services import sending
 from delivery.services.claims import deliveries_claim
@@ -482,6 +483,44 @@ def test_device_deactivated_keeps_its_history(pushsim_app, pushsim, open_gate, d
     send(content, [profile], django_capture_on_commit_callbacks)
     Device.objects.filter(pk=device.pk).update(active=False)
     assert Delivery.objects.filter(device=device).count() == 1
+
+
+@pytest.mark.embedded
+def test_a_profile_with_two_phones_in_a_dispatch_is_deleted_and_its_queued_rows_fail_unsent(
+    pushsim_app, pushsim, open_gate, manager_alice
+):
+    """Its rows keep the devices' ids, as they keep the profile's: nulling them made two rows
+    without a device for one profile, which the unique index refused (the deletion failed)."""
+    content = PushContentFactory(app=pushsim_app)
+    profile, other = ProfileFactory(), ProfileFactory()
+    phones = [DeviceFactory(profile=profile, app=pushsim_app, platform=p) for p in ("ios", "android")]
+    kept = DeviceFactory(profile=other, app=pushsim_app, platform="android")
+    dispatch = dispatch_create(
+        app_id=content.app_id,
+        kind=Dispatch.Kind.API_TRIGGER,
+        spec=content.spec(),
+        content_id=content.pk,
+        profile_ids=[profile.pk, other.pk],
+    )
+    dispatch_prepare(dispatch_id=dispatch.pk)
+    before = {d.device_id: (d.profile_id, d.status) for d in Delivery.objects.filter(dispatch=dispatch)}
+    assert len(before) == 3
+
+    assert profiles_delete(profile_ids=[profile.pk], by=manager_alice) == 1
+    assert not Device.objects.filter(pk__in=[p.pk for p in phones]).exists()
+    # Deleting the devices wrote nothing in the deliveries.
+    assert {d.device_id: (d.profile_id, d.status) for d in Delivery.objects.filter(dispatch=dispatch)} == before
+
+    dispatch_send(dispatch_id=dispatch.pk)
+    outcomes = {d.device_id: (d.status, d.reason) for d in Delivery.objects.filter(dispatch=dispatch)}
+    assert outcomes == {
+        phones[0].pk: ("failed", "device_deleted"),
+        phones[1].pk: ("failed", "device_deleted"),
+        kept.pk: ("accepted", ""),
+    }
+    assert [r["token"] for r in pushsim.state.recent(limit=10)] == [kept.token]
+    dispatch.refresh_from_db()
+    assert (dispatch.status, dispatch.failed, dispatch.accepted) == ("done", 2, 1)
 
 
 def test_watchdog_restarts_a_dispatch_whose_send_tasks_were_lost(
