@@ -624,13 +624,17 @@ def _write_back(runs: list[_Run], *, now: dt.datetime, stats: Counter) -> None:
         ],
         separators=(",", ":"),
     )
+    # The rows are found by their ids as an array (an index condition), not by the join alone: a
+    # plan made while the statistics say the table is empty (a vacuum of an emptied table, until
+    # the next analyze) would read every enrollment through the primary key for each batch.
     sql = (
+        "WITH v AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, step text, status text, "
+        "due_at timestamptz, history jsonb, finished_at timestamptz, exit_reason text)) "
         "UPDATE journeys_enrollment e SET step = v.step, status = v.status, due_at = v.due_at, "
         "history = e.history || v.history, updated_at = %s, finished_at = v.finished_at, exit_reason = v.exit_reason "
-        "FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, step text, status text, due_at timestamptz, "
-        "history jsonb, finished_at timestamptz, exit_reason text) WHERE e.id = v.id"
+        "FROM v WHERE e.id = ANY(ARRAY(SELECT id FROM v)) AND e.id = v.id"
     )
-    params = [now, document]
+    params = [document, now]
     counters = _stats_statement(stats)
     if counters is not None:
         sql = f"WITH written AS ({sql}) {counters[0]}"

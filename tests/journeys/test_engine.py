@@ -677,6 +677,43 @@ def test_the_claim_reads_the_due_time_index_in_order_when_statistics_say_nothing
     assert not [n for n in found if n["Node Type"] == "Sort"]
 
 
+def test_a_batch_writes_back_only_its_enrollments_when_the_statistics_say_the_table_is_empty(make_journey, publish):
+    """A vacuum of an emptied table leaves it pages and no rows until the next analyze: a plan made
+    then for the batch's update joined it to every enrollment through the primary key."""
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's statistics and plans")
+    journey = publish(
+        make_journey(graph=_wait_graph(seconds=60), entry_kind="event", entry_event="later", entry_segment=None)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO audiences_profile (external_id, attributes, locale, timezone, created_at, updated_at) "
+            "SELECT 'back-' || n, '{}', '', '', now(), now() FROM generate_series(1, 5000) n"
+        )
+        cursor.execute(
+            "INSERT INTO journeys_enrollment (journey_id, version_id, profile_id, entry_number, step, status, "
+            "due_at, entered_at, updated_at, finished_at, exit_reason, history) "
+            "SELECT %s, %s, p.id, 1, 'pause', 'waiting', now() - interval '1 minute', now(), now(), NULL, '', '[]' "
+            "FROM audiences_profile p WHERE p.external_id LIKE 'back-%%'",
+            [journey.pk, journey.live_version.pk],
+        )
+        cursor.execute("UPDATE pg_class SET reltuples = 0, relpages = 10 WHERE oid = 'journeys_enrollment'::regclass")
+
+        def rows_read() -> int:
+            cursor.execute(
+                "SELECT seq_tup_read + COALESCE(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables "
+                "WHERE relid = 'journeys_enrollment'::regclass"
+            )
+            return cursor.fetchone()[0]
+
+        before = rows_read()
+        report = journeys_run_due(batch=50, max_batches=1)
+        read = rows_read() - before
+    assert report.enrollments == 50
+    assert Enrollment.objects.filter(journey=journey, status="completed").count() == 50
+    assert read < 500, read  # the batch's claim and its write-back, not the 5,000 enrollments
+
+
 def test_a_segment_entry_reads_an_any_group_as_the_union_of_its_branches(make_journey, publish, vips, manager_alice):
     """The entry reads a whole audience as its count does: an 'any' group whose branches read
     other tables (members, events) is the union of their profile ids, not each branch tested on
