@@ -133,7 +133,9 @@ RETURNING id
 # Only the profiles whose last_seen_at moves are locked for update, in id order (the lateral
 # subquery reads the array in order, by the primary key): two calls never hold those in opposite
 # orders. The array is read through a scalar subquery, so the update's join is planned for a few
-# rows, through the primary key, whatever the number of profiles.
+# rows, through the primary key, whatever the number of profiles; and the update finds them by
+# their ids as an array (an index condition), not by the join alone, which a plan made while the
+# statistics say the table is empty (a vacuum of an emptied table) joined to every profile.
 MOVE_LAST_SEEN_PG = """
 WITH moving AS MATERIALIZED (
     SELECT p.id, v.seen
@@ -145,7 +147,8 @@ WITH moving AS MATERIALIZED (
         FOR NO KEY UPDATE
     ) AS p
 )
-UPDATE audiences_profile AS p SET last_seen_at = m.seen FROM moving AS m WHERE p.id = m.id
+UPDATE audiences_profile AS p SET last_seen_at = m.seen FROM moving AS m
+WHERE p.id = ANY(ARRAY(SELECT id FROM moving)) AND p.id = m.id
 """
 
 

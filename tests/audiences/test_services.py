@@ -368,6 +368,35 @@ def test_events_move_last_seen_by_hot_updates_writing_no_index_entry(manager_ali
     assert set(Profile.objects.values_list("last_seen_at", flat=True)) == {when}
 
 
+def test_an_events_call_reads_only_its_profiles_when_the_statistics_say_the_table_is_empty(manager_alice):
+    """A vacuum of an emptied table leaves it pages and no rows until the next analyze: a plan made
+    then must still find the call's profiles through their ids, not join them to every profile."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO audiences_profile (external_id, attributes, locale, timezone, created_at, updated_at) "
+            "SELECT 'many-' || n, '{}', '', '', now(), now() FROM generate_series(1, 5000) n"
+        )
+        cursor.execute("UPDATE pg_class SET reltuples = 0, relpages = 10 WHERE oid = 'audiences_profile'::regclass")
+
+        def rows_read() -> int:
+            cursor.execute(
+                "SELECT seq_tup_read + COALESCE(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables "
+                "WHERE relid = 'audiences_profile'::regclass"
+            )
+            return cursor.fetchone()[0]
+
+        before = rows_read()
+        events_ingest(
+            items=[
+                {"external_id": f"many-{n}", "name": "app_open", "occurred_at": timezone.now()} for n in range(1, 11)
+            ],
+            by=manager_alice,
+        )
+        read = rows_read() - before
+    assert Profile.objects.filter(last_seen_at__isnull=False).count() == 10
+    assert read < 100, read
+
+
 def test_events_keep_ids_and_times_exactly_whatever_their_characters_and_zone(manager_alice):
     """The call's ids and times travel to PostgreSQL as JSON text: quotes, backslashes, letters
     beyond ASCII and a zone other than UTC with microseconds come back as they were sent."""
