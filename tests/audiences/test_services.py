@@ -26,6 +26,7 @@ from audiences.services.segments import (
 )
 from tests.factories import ProfileFactory
 from tests.locks import concurrently, wait_for_a_blocked_writer
+from tests.pg_statistics import rows_read, statistics_say_empty
 
 pytestmark = pytest.mark.django_db
 
@@ -376,23 +377,13 @@ def test_an_events_call_reads_only_its_profiles_when_the_statistics_say_the_tabl
             "INSERT INTO audiences_profile (external_id, attributes, locale, timezone, created_at, updated_at) "
             "SELECT 'many-' || n, '{}', '', '', now(), now() FROM generate_series(1, 5000) n"
         )
-        cursor.execute("UPDATE pg_class SET reltuples = 0, relpages = 10 WHERE oid = 'audiences_profile'::regclass")
-
-        def rows_read() -> int:
-            cursor.execute(
-                "SELECT seq_tup_read + COALESCE(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables "
-                "WHERE relid = 'audiences_profile'::regclass"
-            )
-            return cursor.fetchone()[0]
-
-        before = rows_read()
-        events_ingest(
-            items=[
-                {"external_id": f"many-{n}", "name": "app_open", "occurred_at": timezone.now()} for n in range(1, 11)
-            ],
-            by=manager_alice,
-        )
-        read = rows_read() - before
+    statistics_say_empty("audiences_profile")
+    before = rows_read("audiences_profile")
+    events_ingest(
+        items=[{"external_id": f"many-{n}", "name": "app_open", "occurred_at": timezone.now()} for n in range(1, 11)],
+        by=manager_alice,
+    )
+    read = rows_read("audiences_profile") - before
     assert Profile.objects.filter(last_seen_at__isnull=False).count() == 10
     assert read < 100, read
 

@@ -27,6 +27,7 @@ from delivery.services.sending import dispatch_send
 from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory, SegmentMemberFactory
 from tests.fakes.pushsim import heal_after_the_first_drop
 from tests.locks import eventually
+from tests.pg_statistics import rows_read, statistics_say_empty
 
 pytestmark = pytest.mark.django_db
 
@@ -536,22 +537,13 @@ def test_a_claim_and_its_outcomes_read_only_their_rows_when_the_statistics_say_t
     Delivery.objects.bulk_create(
         [Delivery(dispatch=dispatch, device=device, profile=device.profile, queued_at=now) for _ in range(2000)]
     )
-    with connection.cursor() as cursor:
-        cursor.execute("UPDATE pg_class SET reltuples = 0, relpages = 10 WHERE oid = 'delivery_delivery'::regclass")
-
-        def rows_read() -> int:
-            cursor.execute(
-                "SELECT seq_tup_read + COALESCE(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables "
-                "WHERE relid = 'delivery_delivery'::regclass"
-            )
-            return cursor.fetchone()[0]
-
-        before = rows_read()
-        claimed = deliveries_claim(dispatch.pk, limit=10, now=now)
-        assert len(claimed) == 10
-        claim_read = rows_read() - before
-        written = deliveries_write_back(dispatch.pk, [Result(row.id, "accepted") for row in claimed], now=now)
-        write_back_read = rows_read() - before - claim_read
+    statistics_say_empty("delivery_delivery")
+    before = rows_read("delivery_delivery")
+    claimed = deliveries_claim(dispatch.pk, limit=10, now=now)
+    assert len(claimed) == 10
+    claim_read = rows_read("delivery_delivery") - before
+    written = deliveries_write_back(dispatch.pk, [Result(row.id, "accepted") for row in claimed], now=now)
+    write_back_read = rows_read("delivery_delivery") - before - claim_read
     assert written == {"accepted": 10}
     assert claim_read < 50 and write_back_read < 50, (claim_read, write_back_read)
 
