@@ -3,7 +3,8 @@
 import pytest
 
 from accounts.services import access_grant
-from delivery.models import Delivery, Dispatch
+from audiences.services.profiles import profiles_delete
+from delivery.models import Delivery, Device, Dispatch
 from delivery.services.dispatches import dispatch_recount
 from delivery.services.rollups import rollup_rebuild
 from tests.factories import AppFactory, DeviceFactory, PushContentFactory
@@ -57,15 +58,19 @@ def test_deliveries_filter_by_status_and_page_by_id(api_key_for, manager_alice, 
     assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "status"
 
 
-def test_a_delivery_whose_device_was_deleted_keeps_its_id_and_has_no_platform(api_key_for, manager_alice, app):
+def test_a_delivery_whose_profile_and_device_were_deleted_keeps_their_ids(api_key_for, manager_alice, app):
     dispatch = make_dispatch(app, [("accepted", ""), ("accepted", "")])
     gone, kept = Delivery.objects.filter(dispatch=dispatch).order_by("id")
-    gone.device.delete()
+    profiles_delete(profile_ids=[gone.profile_id], by=manager_alice)  # its device goes with it
+    assert not Device.objects.filter(pk=gone.device_id).exists()
     client = api_key_for(manager_alice, scopes=["read"])
     detail = client.get(f"/api/v1/deliveries/{gone.pk}/")
     assert detail.status_code == 200
-    assert (detail.json()["device"], detail.json()["platform"], detail.json()["status"]) == (
+    body = detail.json()
+    assert (body["device"], body["platform"], body["profile"], body["external_id"], body["status"]) == (
         gone.device_id,
+        None,
+        gone.profile_id,
         None,
         "accepted",
     )
