@@ -7,7 +7,7 @@ from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 
-from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin
+from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin, deleted_objects_counted
 from delivery.models import App
 from delivery.services.apps import apns_key_parse, app_create, app_test_connection, app_update, service_account_parse
 
@@ -134,6 +134,10 @@ class AppAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             ),
             ("Dates", {"fields": ("created_at", "updated_at")}),
         )
+
+    def get_deleted_objects(self, objs, request):
+        # An app's devices are counted, not listed one by one (a million would never render).
+        return deleted_objects_counted(self, request, objs)
 
     def get_queryset(self, request):
         # The secrets themselves are never needed to list or show an app.

@@ -13,8 +13,10 @@ from django.urls import reverse
 from django.views.debug import technical_500_response
 
 from accounts.models import AuditEvent
-from delivery.models import App
+from accounts.services import access_grant
+from delivery.models import App, Device, Dispatch
 from delivery.services.apps import apns_key_parse, app_create, app_test_connection, app_update, service_account_parse
+from tests.factories import AppFactory, DeviceFactory
 from tests.fakes.pushsim import make_apns_credentials, make_fcm_credentials
 
 
@@ -468,3 +470,40 @@ def test_other_roles_see_only_the_name_of_the_apps_they_may_use(client, request,
             assert detail not in page.content, (url, detail)
     client.force_login(admin_erin)
     assert b"TEAM123456" in client.get(f"/admin/delivery/app/{app.pk}/change/").content
+
+
+def test_an_apps_delete_page_counts_its_devices_and_the_deletion_takes_them(client, admin_erin):
+    app = AppFactory()
+    devices = DeviceFactory.create_batch(30, app=app)
+    kept = DeviceFactory()  # another app's
+    client.force_login(admin_erin)
+    url = reverse("admin:delivery_app_delete", args=[app.pk])
+    page = client.get(url)
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "<li>Devices: 30</li>" in text
+    assert not [d for d in devices if reverse("admin:delivery_device_change", args=[d.pk]) in text]  # counted only
+    assert client.post(url, {"post": "yes"}).status_code == 302
+    assert not App.objects.filter(pk=app.pk).exists()
+    assert list(Device.objects.values_list("pk", flat=True)) == [kept.pk]
+
+
+def test_an_app_that_sent_is_not_deleted_and_its_delete_page_says_what_protects_it(client, admin_erin):
+    app = AppFactory()
+    Dispatch.objects.create(app=app, kind="api_trigger", content_spec={}, status="done", label="Run 1")
+    client.force_login(admin_erin)
+    url = reverse("admin:delivery_app_delete", args=[app.pk])
+    text = client.get(url).content.decode()
+    assert "protected related objects" in text and "Run 1" in text
+    client.post(url, {"post": "yes"})
+    assert App.objects.filter(pk=app.pk).exists()
+
+
+def test_a_manager_cannot_delete_an_app_in_the_admin(client, manager_alice):
+    app = AppFactory()
+    access_grant(obj=app, to=manager_alice, by=None)
+    client.force_login(manager_alice)
+    url = reverse("admin:delivery_app_delete", args=[app.pk])
+    assert client.get(url).status_code == 403
+    assert client.post(url, {"post": "yes"}).status_code == 403
+    assert App.objects.filter(pk=app.pk).exists()
