@@ -1,5 +1,12 @@
-"""PostgreSQL helpers shared by the apps: the session settings of the heavy reads (one count over
-many rows, in a transaction of its own) and integer and text lists as one parameter."""
+"""Database helpers shared by the apps: the session settings of the heavy reads (one count over
+many rows, in a transaction of its own), integer and text lists as one parameter, and what a
+deletion removes."""
+
+from collections import Counter
+
+from django.db import router
+from django.db.models import QuerySet
+from django.db.models.deletion import Collector
 
 # The memory such a count may use per sort or hash. A rule on a large static segment or on events
 # is answered by hashing their profile ids once, which the server's default 4 MB cannot hold past
@@ -32,3 +39,25 @@ def text_array(values) -> str:
     with its backslashes and double quotes escaped, so commas, braces, spaces and ``NULL`` stay
     text. Not for a text holding NUL, which PostgreSQL refuses in any text."""
     return "{" + ",".join(['"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]) + "}"
+
+
+def deletion_counts(objs) -> dict:
+    """What deleting ``objs`` (a queryset, or a list of one model's objects) removes: {model: rows},
+    in the order the cascade reaches them (their own model first), kinds with no row left out.
+
+    Read from the plan the deletion itself follows (the ORM's cascade), so it names whatever
+    belongs to them; rows the cascade deletes by query are counted, not loaded. Raises
+    ProtectedError or RestrictedError as the deletion would."""
+    if not isinstance(objs, QuerySet):
+        objs = list(objs)
+        if not objs:
+            return {}
+    model = objs.model if isinstance(objs, QuerySet) else type(objs[0])
+    collector = Collector(using=router.db_for_write(model))
+    collector.collect(objs)
+    counts: Counter = Counter()
+    for kind, instances in collector.data.items():
+        counts[kind] += len(instances)
+    for queryset in collector.fast_deletes:
+        counts[queryset.model] += queryset.count()
+    return {kind: rows for kind, rows in counts.items() if rows}

@@ -1,7 +1,5 @@
 """The admin bases every app uses: scoped (object access), big-table, the access page and a status filter."""
 
-from collections import Counter
-
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import NotRelationField, get_fields_from_path
@@ -9,8 +7,8 @@ from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import FieldDoesNotExist, PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.db import connection, models, router
-from django.db.models.deletion import Collector, ProtectedError, RestrictedError
+from django.db import connection, models
+from django.db.models.deletion import ProtectedError, RestrictedError
 from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -32,6 +30,7 @@ from accounts.services import (
     audit,
     audited_objects,
 )
+from config.db import deletion_counts
 
 
 def page_answers(request) -> dict | None:
@@ -226,43 +225,33 @@ class AccessAdmin(AdminAuditMixin, admin.ModelAdmin):
 
 def deleted_objects_counted(model_admin: admin.ModelAdmin, request, objs) -> tuple[list, dict, set, list]:
     """What Django's delete confirmation takes (``get_deleted_objects``), with counts instead of a
-    line per related object: the objects themselves (linked), how many rows of each kind the
-    deletion removes with them (the ORM's cascade, the plan the deletion itself follows; rows it
-    deletes by query are counted, not loaded), the kinds the user may not delete, and what
-    protects them. Django's own listing loads and links every related object: an app's million
-    devices would make a page that never comes back."""
+    line per related object: the objects themselves (linked), how many rows of each kind go with
+    them (``config.db.deletion_counts``), the kinds the user may not delete, and what protects
+    them. Django's own listing loads and links every related object: an app's million devices
+    would make a page that never comes back."""
     objs = list(objs)
-    if not objs:
-        return [], {}, set(), []
     site = model_admin.admin_site
 
     def line(obj) -> str:
         opts = obj._meta
-        if site.is_registered(obj.__class__):
+        if site.is_registered(type(obj)):
             url = reverse(f"{site.name}:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])
             return format_html('{}: <a href="{}">{}</a>', capfirst(opts.verbose_name), url, obj)
         return f"{capfirst(opts.verbose_name)}: {obj}"
 
-    collector = Collector(using=router.db_for_write(objs[0].__class__))
+    listed = [line(obj) for obj in objs]
     try:
-        collector.collect(objs)
-    except (ProtectedError, RestrictedError) as exc:
-        blocking = list(getattr(exc, "protected_objects", None) or getattr(exc, "restricted_objects", ()))
-        return [line(obj) for obj in objs], {}, set(), [line(obj) for obj in blocking[:100]]
-    counts: Counter[str] = Counter()
-    kinds = set()
-    for model, instances in collector.data.items():
-        counts[str(model._meta.verbose_name_plural)] += len(instances)
-        kinds.add(model)
-    for queryset in collector.fast_deletes:
-        counts[str(queryset.model._meta.verbose_name_plural)] += queryset.count()
-        kinds.add(queryset.model)
+        counts = deletion_counts(objs)
+    except ProtectedError as exc:
+        return listed, {}, set(), [line(obj) for obj in list(exc.protected_objects)[:100]]
+    except RestrictedError as exc:
+        return listed, {}, set(), [line(obj) for obj in list(exc.restricted_objects)[:100]]
     perms_needed = {
         str(model._meta.verbose_name)
-        for model in kinds
+        for model in counts
         if site.is_registered(model) and not site.get_model_admin(model).has_delete_permission(request)
     }
-    return [line(obj) for obj in objs], {kind: n for kind, n in counts.items() if n}, perms_needed, []
+    return listed, {str(model._meta.verbose_name_plural): n for model, n in counts.items()}, perms_needed, []
 
 
 class BigTableAdmin(AccessAdmin):

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import router, transaction
-from django.db.models.deletion import Collector
+from django.db import transaction
 from django.utils import timezone
 
 from accounts.json_values import json_compact, json_text_problem
@@ -19,6 +18,7 @@ from accounts.models import User
 from accounts.services import audit
 from audiences.models import Profile
 from audiences.rules.schema import KEY_RE
+from config.db import deletion_counts
 
 LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
 MAX_ATTRIBUTES = 200
@@ -224,17 +224,9 @@ def profiles_delete(*, profile_ids: list[int], by: User) -> int:
 
 def profiles_delete_counts(*, profile_ids: list[int]) -> dict[str, int]:
     """What ``profiles_delete`` removes with these profiles: {kind (plural): rows}, the profiles
-    first, kinds with no row left out.
-
-    Read from the plan the deletion itself follows (the ORM's cascade from the profiles), so it
-    names whatever belongs to a profile; rows the cascade deletes by query (events, memberships)
-    are counted, not loaded.
-    """
-    collector = Collector(using=router.db_for_write(Profile))
-    collector.collect(Profile.objects.filter(pk__in=profile_ids))
+    first, kinds with no row left out (``config.db.deletion_counts``: the plan the deletion itself
+    follows; events and memberships are counted, not loaded)."""
     counts: Counter[str] = Counter()
-    for model, instances in collector.data.items():
-        counts[str(model._meta.verbose_name_plural)] += len(instances)
-    for queryset in collector.fast_deletes:
-        counts[str(queryset.model._meta.verbose_name_plural)] += queryset.count()
-    return {kind: rows for kind, rows in counts.items() if rows}
+    for model, rows in deletion_counts(Profile.objects.filter(pk__in=profile_ids)).items():
+        counts[str(model._meta.verbose_name_plural)] += rows
+    return dict(counts)
