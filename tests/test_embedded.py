@@ -1,31 +1,17 @@
 """`make run`'s set-up on SQLite in a temporary folder: migrate, demo data, the admin answers."""
 
 import re
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _manage(args, env, **kwargs):
-    return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, **kwargs
-    )
+from tests.processes import ROOT, free_port, manage
 
 
 def test_embedded_setup_brings_up_the_admin_with_demo_users(embedded_env, tmp_path):
-    migrate = _manage(["migrate", "--noinput"], embedded_env, timeout=300)
+    migrate = manage(["migrate", "--noinput"], embedded_env, timeout=300)
     assert migrate.returncode == 0, migrate.stderr
     assert (tmp_path / "pushdesk.sqlite3").exists()
     journal = subprocess.run(
@@ -39,17 +25,17 @@ def test_embedded_setup_brings_up_the_admin_with_demo_users(embedded_env, tmp_pa
     )
     assert journal.stdout.strip() == "wal"
 
-    demo = _manage(["demo_setup"], embedded_env, timeout=300)
+    demo = manage(["demo_setup"], embedded_env, timeout=300)
     assert demo.returncode == 0, demo.stderr
     passwords = dict(re.findall(r"^\s+\w+\s+(\w+)\s+(\S+)$", demo.stdout, re.MULTILINE))
     assert set(passwords) >= {"admin", "approver", "manager", "viewer"}, demo.stdout
 
-    again = _manage(["demo_setup"], embedded_env, timeout=300)
+    again = manage(["demo_setup"], embedded_env, timeout=300)
     assert again.returncode == 0
     assert passwords["manager"] not in again.stdout  # printed once only
 
     # The worker takes tasks from django-q2's ORM broker.
-    enqueue = _manage(
+    enqueue = manage(
         ["shell", "-c", "from django_q.tasks import async_task; print(async_task('math.copysign', 2, -1))"],
         embedded_env,
         timeout=60,
@@ -74,7 +60,7 @@ def test_embedded_setup_brings_up_the_admin_with_demo_users(embedded_env, tmp_pa
             "    time.sleep(0.2)\n"
             f"print(result('{task_id}'))"
         )
-        check = _manage(["shell", "-c", waiting], embedded_env, timeout=120)
+        check = manage(["shell", "-c", waiting], embedded_env, timeout=120)
         outcome = check.stdout.strip().splitlines()[-1] if check.stdout.strip() else ""
         assert outcome == "-2.0", check.stderr
     finally:
@@ -86,7 +72,7 @@ def test_embedded_setup_brings_up_the_admin_with_demo_users(embedded_env, tmp_pa
             output, _ = worker.communicate(timeout=30)
     assert "ERROR" not in output, output
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
         cwd=ROOT,
@@ -122,7 +108,7 @@ def test_embedded_setup_brings_up_the_admin_with_demo_users(embedded_env, tmp_pa
 def test_ctrl_c_before_a_command_sets_up_its_own_stop_ends_it_without_a_traceback(embedded_env):
     """Ctrl-C while Django loads (as when `make run` is stopped right after it starts) is reported
     the way a shell reports it, exit 130, not as a traceback."""
-    interrupted = _manage(
+    interrupted = manage(
         ["shell", "-c", "import os, signal; os.kill(os.getpid(), signal.SIGINT)"], embedded_env, timeout=120
     )
     assert interrupted.returncode == 130

@@ -12,27 +12,16 @@ from pathlib import Path
 
 import httpx
 
-from tests.test_embedded import ROOT, _free_port, _manage
-
-
-def _descendants(pid: int) -> list[int]:
-    found = []
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return found
-    for child in map(int, children):
-        found += [child, *_descendants(child)]
-    return found
+from tests.processes import ROOT, descendants, free_port, manage
 
 
 def test_make_run_looks_like_the_product_and_ctrl_c_stops_everything_cleanly(embedded_env, tmp_path):
     """`make run`'s stack: no debug pages, error pages inside the admin's frame, static files
     served; Ctrl-C (SIGINT to the whole process group) stops web, worker, stream sender and simulator
     cleanly."""
-    migrate = _manage(["migrate", "--noinput"], embedded_env, timeout=300)
+    migrate = manage(["migrate", "--noinput"], embedded_env, timeout=300)
     assert migrate.returncode == 0, migrate.stderr
-    port, sim_port = _free_port(), _free_port()
+    port, sim_port = free_port(), free_port()
     log = tmp_path / "run.log"
     with open(log, "wb") as out:
         stack = subprocess.Popen(
@@ -73,7 +62,7 @@ def test_make_run_looks_like_the_product_and_ctrl_c_stops_everything_cleanly(emb
         ready = ("running", "stream sender 0 started", "Push simulator:")
         while time.monotonic() < deadline and not all(mark in log.read_text() for mark in ready):
             time.sleep(0.2)
-        family = _descendants(stack.pid)
+        family = descendants(stack.pid)
         assert len(family) >= 5, family  # web, worker (its sentinel and workers), stream sender, simulator
         started = time.monotonic()
         os.killpg(stack.pid, signal.SIGINT)

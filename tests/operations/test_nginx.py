@@ -5,7 +5,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from django.conf import settings
 from django.db import connections
 
 from tests.fakes.workers import database_url
+from tests.processes import free_port
 
 ROOT = Path(settings.BASE_DIR)
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -31,12 +31,6 @@ pytestmark = [
         reason="production mode needs PostgreSQL and Redis",
     ),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(url: str, **kwargs) -> None:
@@ -76,7 +70,7 @@ def production_web(transactional_db, tmp_path):
         timeout=300,
     )
     assert collect.returncode == 0, collect.stderr
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115
     web = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "config.wsgi", "--workers", "2", "--bind", f"127.0.0.1:{port}"],
@@ -102,7 +96,7 @@ def nginx(production_web, tmp_path):
     cert = ca.issue_cert("push.example.com")
     cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    http_port, https_port = _free_port(), _free_port()
+    http_port, https_port = free_port(), free_port()
     site = (ROOT / "docs" / "deploy" / "nginx.conf").read_text()
     site = site.replace("server 127.0.0.1:8000 ", f"server 127.0.0.1:{production_web} ")
     site = site.replace("listen 80;", f"listen 127.0.0.1:{http_port};")
