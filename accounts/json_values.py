@@ -39,6 +39,9 @@ def storable_text(text: str) -> str:
 # Compact ASCII JSON (the size the checks limit, and what the bulk writes send to PostgreSQL as one
 # parameter): one encoder built once, where json.dumps with options builds a new one on each call.
 json_compact = json.JSONEncoder(separators=(",", ":"), default=str).encode
+# The same in UTF-8 text (letters beyond ASCII as themselves, not \uXXXX): a push's wire body, an
+# import's JSON cells. No ``default``: a value that is not JSON is refused, not turned into text.
+json_compact_utf8 = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

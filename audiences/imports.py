@@ -10,7 +10,6 @@ import codecs
 import csv
 import datetime as dt
 import io
-import json
 import math
 import re
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from operator import itemgetter
 from django.core.exceptions import ValidationError
 from django.db import connection
 
+from accounts.json_values import json_compact_utf8
 from audiences.rules.schema import KEY_RE
 
 SNIFF_BYTES = 64 * 1024
@@ -368,18 +368,17 @@ def _columns(rows: list[list[str]], width: int) -> list[list[str]]:
     return [list(map(itemgetter(index), rows)) for index in range(width)]
 
 
-_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _JSON_TEXT = {str: encode_basestring, bool: lambda v: "true" if v else "false", int: int.__repr__}
 
 
 def _json_value(value) -> str:
-    """``_encode_json`` of a typed cell, without the encoder's machinery for the usual types."""
+    """``json_compact_utf8`` of a typed cell, without the encoder's machinery for the usual types."""
     text = _JSON_TEXT.get(type(value))
     if text is not None:
         return text(value)
     if type(value) is float and math.isfinite(value):
         return float.__repr__(value)
-    return _encode_json(value)
+    return json_compact_utf8(value)
 
 
 def _type_cells(cells, to: str, kind: str, *, timezones: set[str], cache: dict) -> dict:
@@ -388,7 +387,7 @@ def _type_cells(cells, to: str, kind: str, *, timezones: set[str], cache: dict) 
 
     The same rules as ``parse_record``; the good ones join the column's cache while it has room.
     """
-    prefix = _encode_json(to) + ":"
+    prefix = json_compact_utf8(to) + ":"
     out = {}
     for raw in cells:
         value = raw.strip()

@@ -12,12 +12,12 @@ Everything here works on a content *spec*: the plain dict a PushContent freezes 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from accounts.json_values import json_compact_utf8
 from delivery.personalization import (
     VALUE_BYTES,
     is_templated,
@@ -244,13 +244,10 @@ def _bound(values: dict) -> int:
     )
 
 
-# Built once: json.dumps with options builds an encoder on every call (1.7 of its 6 µs a payload).
-_wire_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
-
 def encode(payload: dict) -> bytes:
-    """Compact UTF-8 JSON, as sent on the wire (the providers' request bodies too)."""
-    return _wire_json(payload).encode()
+    """Compact UTF-8 JSON, as sent on the wire (the providers' request bodies too), from an
+    encoder built once (json.dumps with options builds one on every call: 1.7 of its 6 µs)."""
+    return json_compact_utf8(payload).encode()
 
 
 # --- checks at save time -----------------------------------------------------------------------
