@@ -79,7 +79,6 @@ def main() -> None:
                 ca_bundle=ca_path,
                 max_connections_per_host=args.connections,
                 max_streams_per_connection=args.streams,
-                all_headers=False,
             ),
         )
         payload = {"aps": {"alert": {"title": "Hello", "body": "Benchmark"}}, "campaign": "bench"}
@@ -112,7 +111,6 @@ def main() -> None:
                 ca_bundle=ca_path,
                 max_connections_per_host=args.connections,
                 max_streams_per_connection=args.streams,
-                all_headers=False,
             ),
             http=httpx.Client(verify=ssl.create_default_context(cafile=ca_path)),
         )

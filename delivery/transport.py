@@ -165,7 +165,7 @@ class Http2Transport:
         connect_timeout: float = 5.0,
         ca_bundle: str = "",
         max_resends: int = 5,
-        all_headers: bool = True,
+        all_headers: bool = False,
     ):
         self.max_connections_per_host = max_connections_per_host
         self.max_streams_per_connection = max_streams_per_connection
@@ -173,8 +173,9 @@ class Http2Transport:
         self.connect_timeout = connect_timeout
         self.ca_bundle = ca_bundle
         self.max_resends = max_resends
-        # Without all headers, an error response carries only content-type and retry-after (read
-        # from libcurl, not line by line from Python): about 5 µs less per request.
+        # Without all headers (the default: the APNs and FCM clients read none of a success), an
+        # error response carries only content-type and retry-after, read from libcurl, not line by
+        # line from Python: about 5 µs less per request. ``all_headers`` keeps every header.
         self.all_headers = all_headers
         self.max_in_flight = max_connections_per_host * max_streams_per_connection
         self._multi = m = pycurl.CurlMulti()

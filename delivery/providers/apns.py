@@ -187,7 +187,7 @@ class ApnsClient:
         self.bundle_id = bundle_id
         self.environment = environment
         self.base_url = (base_url or apns_base_url(environment=environment)).rstrip("/")
-        self.transport = transport or Http2Transport(ca_bundle=settings.PUSHDESK_CA_BUNDLE, all_headers=False)
+        self.transport = transport or Http2Transport(ca_bundle=settings.PUSHDESK_CA_BUNDLE)
         # apns-ids: a random version-4 UUID prefix per client, then a counter: unique, and far
         # cheaper than a uuid4() per message.
         h = os.urandom(10).hex()

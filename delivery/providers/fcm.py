@@ -161,7 +161,7 @@ class FcmClient:
             service_account_info=service_account_info, http=self.http, clock=clock, refresh_margin=refresh_margin
         )
         self.base_url = (base_url or fcm_base_url()).rstrip("/")
-        self.transport = transport or Http2Transport(ca_bundle=settings.PUSHDESK_CA_BUNDLE, all_headers=False)
+        self.transport = transport or Http2Transport(ca_bundle=settings.PUSHDESK_CA_BUNDLE)
 
     def __repr__(self) -> str:
         return f"<FcmClient {self.project_id}>"

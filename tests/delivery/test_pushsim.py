@@ -30,7 +30,8 @@ def apns_post(base_url, token, *, device=DEVICE, topic=BUNDLE_ID, body=b'{"aps":
 
 @pytest.fixture
 def transport(pushsim):
-    with Http2Transport(ca_bundle=pushsim.ca_path, max_connections_per_host=1) as t:
+    # Every header of each answer: these tests read what the simulator says, headers included.
+    with Http2Transport(ca_bundle=pushsim.ca_path, max_connections_per_host=1, all_headers=True) as t:
         yield t
 
 

@@ -42,7 +42,7 @@ def apns_requests(base_url, bearer, count, prefix="a"):
 @pytest.mark.parametrize("tls", [True, False], ids=["tls-alpn", "h2c"])
 def test_a_batch_multiplexes_over_http2_and_answers_each_request_in_order(pushsim, bearer, tls):
     requests = apns_requests(pushsim.apns_url(tls=tls), bearer, 300)
-    with Http2Transport(ca_bundle=pushsim.ca_path, max_connections_per_host=2) as transport:
+    with Http2Transport(ca_bundle=pushsim.ca_path, max_connections_per_host=2, all_headers=True) as transport:
         responses = transport.send(requests)
     assert [r.status for r in responses] == [200] * 300
     sent_ids = [r.headers[3].split(": ")[1] for r in requests]
@@ -160,7 +160,7 @@ def test_without_all_headers_an_error_still_carries_its_retry_after(pushsim):
         headers=[f"authorization: Bearer {access}", "content-type: application/json"],
         body=b'{"message":{"token":"' + b"f" * 40 + b'"}}',
     )
-    with Http2Transport(ca_bundle=pushsim.ca_path, all_headers=False) as transport:
+    with Http2Transport(ca_bundle=pushsim.ca_path) as transport:
         [response] = transport.send([request])
     assert response.status == 503
     assert response.headers == {"content-type": "application/json; charset=UTF-8", "retry-after": "4"}
