@@ -432,3 +432,37 @@ def test_count_reach_now_keeps_each_selected_segments_reach_and_is_refused_witho
     assert segment.last_reach == [
         {"app": shop.pk, "name": "Shop", "profiles": 3, "reachable": 2, "ios": 1, "android": 1, "opted_in": 1}
     ]
+
+
+def test_events_list_pages_newest_first_across_names(login, viewer_carol):
+    """No index orders every event by time: the unfiltered list reads the newest of each name
+    through the (name, occurred_at) index and keeps the newest of those. Its pages hold the rows
+    a sort of the whole table gives, in its order (backfilled events, ties broken by id)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    profile = ProfileFactory()
+    now = timezone.now().replace(microsecond=0)
+    names = ("app_open", "purchase", "search", "zz_backfilled")
+    events = [
+        Event(
+            profile=profile,
+            name=names[n % 4],
+            # times spread over ten days, some sharing a second; the backfilled name's are older
+            occurred_at=now - timezone.timedelta(seconds=(n * 7919) % 864_000 + (500_000 if n % 4 == 3 else 0)),
+        )
+        for n in range(2000)
+    ]
+    Event.objects.bulk_create(events)
+    expected = list(Event.objects.order_by("-occurred_at", "-id").values_list("id", flat=True))
+    client = login(viewer_carol)
+    with CaptureQueriesContext(connection) as queries:
+        first = client.get("/admin/audiences/event/").context["cl"].result_list
+    assert [e.id for e in first] == expected[:50]
+    assert any("LATERAL" in q["sql"] for q in queries.captured_queries)
+    for page in (2, 7):
+        rows = client.get("/admin/audiences/event/", {"p": str(page)}).context["cl"].result_list
+        assert [e.id for e in rows] == expected[(page - 1) * 50 : page * 50]
+    searches = {e.id for e in events if e.name == "search"}
+    filtered = client.get("/admin/audiences/event/", {"name": "search"}).context["cl"].result_list
+    assert [e.id for e in filtered] == [i for i in expected if i in searches][:50]
