@@ -100,6 +100,11 @@ CAPABILITIES: dict[str, dict] = {
         "roles": (ADMINISTRATOR,),
         "perms": _crud("django_q.ormq", "django_q.success", "django_q.failure", "django_q.schedule", actions=("view",)),
     },
+    "replay_events": {
+        "label": "events whose journey entries failed: read them, replay them now",
+        "roles": (ADMINISTRATOR,),
+        "perms": _crud("audiences.eventreplay", actions=("view", "change")),
+    },
     "administer": {
         "label": "apps and channel credentials, users, roles, approval policies, API keys of others",
         "roles": (ADMINISTRATOR,),

@@ -361,7 +361,8 @@ class ProfileBulkView(APIView):
 
 
 class EventsNotStoredAnswer(exceptions.APIException):
-    """What reacts to the events (journeys' entries and exits) failed, and the events with it."""
+    """What reacts to the events (journeys' entries and exits) failed, and recording it for a
+    replay failed too (the database connection): the events were not stored."""
 
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_code = "events_not_stored"
@@ -391,8 +392,9 @@ class EventBulkView(APIView):
             200: BULK_RESULT,
             503: OpenApiResponse(
                 description="`events_not_stored`: handling the events (entering or ending journeys) "
-                "failed, so none of the call's events was stored; send the same call again after "
-                "`Retry-After` seconds."
+                "failed and could not be recorded to run again (the database failed), so none of the "
+                "call's events was stored; send the same call again after `Retry-After` seconds. "
+                "When only the handling fails, the events are stored (200) and it runs again later."
             ),
         },
     )

@@ -68,6 +68,28 @@ class Event(models.Model):
         return f"{self.name} @ {self.occurred_at:%Y-%m-%d %H:%M}"
 
 
+class EventReplay(models.Model):
+    """Stored events whose listener failed (the journeys' entries and exits they cause): the
+    listener runs again for them later, until it succeeds (``events_replay_due``, the beat's).
+
+    A listener that fails no longer fails the events: a listener that always failed, on some
+    event or after a bad deployment, would have refused every call that held one."""
+
+    listener = models.CharField(max_length=200, help_text="The listener that failed (module.name).")
+    event_ids = models.JSONField(help_text="The call's events, in its order.")
+    error = models.TextField(blank=True, help_text="What the last attempt raised.")
+    attempts = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(default=dj_timezone.now, editable=False)
+    next_attempt_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["next_attempt_at", "id"]
+        indexes = [models.Index(fields=["next_attempt_at"], name="event_replay_due_idx")]
+
+    def __str__(self) -> str:
+        return f"{len(self.event_ids)} events for {self.listener.rsplit('.', 1)[-1]}"
+
+
 class Segment(models.Model):
     """An audience: a rule tree evaluated live, or a kept list of profiles (imported or static)."""
 

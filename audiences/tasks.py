@@ -10,3 +10,14 @@ def import_run(import_id: int) -> None:
     the queue's retry never starts a second copy of a slow import.
     """
     import_process(import_id=import_id)
+
+
+def events_replay_task() -> dict:
+    """Scheduled every minute (``operations.beats``): run the event listeners that failed again
+    for their events, once due (see ``audiences.services.events.events_replay_due``)."""
+    from audiences.services.events import events_replay_due
+    from operations.instance import instance_refuses
+
+    if instance_refuses(action="replay the event listeners"):  # they enter journeys, which send
+        return {"replayed": 0, "failed": 0, "dropped": 0, "refused": True}
+    return events_replay_due()

@@ -8,6 +8,7 @@ as the operator set it.
 BEATS = {
     "campaigns tick": "campaigns.tasks.campaigns_tick_task",
     "journeys tick": "journeys.tasks.journeys_tick_task",
+    "events replay": "audiences.tasks.events_replay_task",
 }
 
 

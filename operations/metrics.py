@@ -84,6 +84,16 @@ class PushdeskCollector:
             "Tasks that failed in the last hour",
             value=sum(s.failures_last_hour.values()),
         )
+        yield GaugeMetricFamily(
+            "pushdesk_event_replays",
+            "Batches of stored events whose listener (journeys' entries and exits) failed, waiting to run it again",
+            value=s.event_replays,
+        )
+        yield GaugeMetricFamily(
+            "pushdesk_event_replay_oldest_age_seconds",
+            "How long the oldest waiting event replay has waited (0 when none waits)",
+            value=s.oldest_event_replay_age_seconds or 0,
+        )
         beat = GaugeMetricFamily(
             "pushdesk_beat_last_run_age_seconds",
             "Seconds since each schedule of the beat last ran",

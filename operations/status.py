@@ -31,6 +31,9 @@ class Snapshot:
     dispatches: list[DispatchProgress] = field(default_factory=list)
     failures_last_hour: dict[str, int] = field(default_factory=dict)
     beat: dict[str, dict] = field(default_factory=dict)
+    # Stored events whose listener (journeys' entries and exits) failed, waiting to run it again.
+    event_replays: int = 0
+    oldest_event_replay_age_seconds: float | None = None
 
 
 def queue_depth_and_oldest_age(*, now: dt.datetime) -> tuple[int, float | None]:
@@ -63,9 +66,10 @@ def queue_depth_and_oldest_age(*, now: dt.datetime) -> tuple[int, float | None]:
 
 def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
     """Read the queue, the unfinished dispatches, the last hour's failed tasks and the beat."""
-    from django.db.models import Count
+    from django.db.models import Count, Min
     from django_q.models import Schedule, Task
 
+    from audiences.models import EventReplay
     from delivery.models import Dispatch
     from operations.instance import instance_problem
 
@@ -100,6 +104,10 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
         .order_by("func")
     )
     result.failures_last_hour = dict(failures)
+    replays = EventReplay.objects.aggregate(n=Count("id"), oldest=Min("created_at"))
+    result.event_replays = replays["n"]
+    if replays["oldest"] is not None:
+        result.oldest_event_replay_age_seconds = (now - replays["oldest"]).total_seconds()
     last_runs = dict(
         Task.objects.filter(pk__in=Schedule.objects.exclude(task=None).values("task")).values_list("id", "stopped")
     )

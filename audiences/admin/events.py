@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.urls import reverse
 from django.utils.html import format_html
 
-from accounts.admin.bases import BigTableAdmin, EstimatedCountPaginator
+from accounts.admin.bases import AccessAdmin, BigTableAdmin, EstimatedCountPaginator
 from audiences.admin.profiles import ReadOnlyMixin
-from audiences.models import Event
+from audiences.models import Event, EventReplay
 from audiences.selectors import (
     event_names,
     events_newest_ids,
@@ -80,3 +80,41 @@ class EventAdmin(ReadOnlyMixin, BigTableAdmin):
     def properties_short(self, obj):
         text = json.dumps(obj.properties, ensure_ascii=False)
         return text if len(text) <= 80 else text[:77] + "…"
+
+
+@admin.register(EventReplay)
+class EventReplayAdmin(ReadOnlyMixin, AccessAdmin):
+    """Stored events whose listener failed (journeys' entries and exits), waiting to be handled
+    again: the beat retries each, waiting twice as long each time; "Replay now" does not wait."""
+
+    list_display = ("created_at", "listener", "events", "attempts", "next_attempt_at", "error_short")
+    ordering = ("next_attempt_at", "id")
+    actions = ["replay_now"]
+    fields = ("listener", "event_ids", "attempts", "created_at", "next_attempt_at", "error")
+    readonly_fields = fields
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_replay_permission(self, request):
+        return request.user.has_perm("audiences.change_eventreplay")
+
+    @admin.display(description="Events")
+    def events(self, obj):
+        return len(obj.event_ids)
+
+    @admin.display(description="Last error")
+    def error_short(self, obj):
+        return obj.error if len(obj.error) <= 100 else obj.error[:97] + "…"
+
+    @admin.action(description="Replay the selected events now", permissions=["replay"])
+    def replay_now(self, request, queryset):
+        from audiences.services.events import events_replay_now
+
+        counts = events_replay_now(ids=list(queryset.values_list("pk", flat=True)), by=request.user)
+        level = messages.SUCCESS if not counts["failed"] else messages.WARNING
+        self.message_user(
+            request,
+            f"{counts['replayed']} replayed, {counts['failed']} failed again, {counts['dropped']} dropped.",
+            level,
+        )

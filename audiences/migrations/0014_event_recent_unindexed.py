@@ -4,14 +4,13 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('audiences', '0013_profile_last_seen_unindexed'),
+        ("audiences", "0013_profile_last_seen_unindexed"),
     ]
 
     operations = [
         migrations.RemoveIndex(
-            model_name='event',
-            name='event_recent_idx',
+            model_name="event",
+            name="event_recent_idx",
         ),
     ]

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from accounts.json_values import json_compact
 from accounts.models import User
-from audiences.models import Event, Profile
+from audiences.models import Event, EventReplay, Profile
 from audiences.rules.schema import KEY_RE
 from audiences.services.profiles import _ensure_perm, text_problem
 
@@ -61,9 +61,10 @@ def events_ingest(*, items: list[dict], by: User, stamps: Stamps | None = None, 
     profile's ``last_seen_at`` moves forward to its newest event. The event listeners (journeys'
     entries and exits) run in the same transaction: the events and what they caused commit
     together. Events are data, not changes of configuration: they are not written to the audit
-    log. Raises PermissionDenied when the role may not write events, ValidationError on bad items
-    (``event_check``), EventsNotStored when a listener failed (nothing of the call is stored, so
-    sending it again stores the events once). ``stamps``: the
+    log. A listener that fails is run again for the events later (``EventReplay``); the events are
+    stored. Raises PermissionDenied when the role may not write events, ValidationError on bad items
+    (``event_check``), EventsNotStored when even that could not be recorded (the connection
+    failed: nothing of the call is stored, so sending it again stores the events once). ``stamps``: the
     version stamps the caller read already (an API call reads the listeners' with its key's).
     ``checked``: every item already passed ``event_check`` (the API checks each item once, at the
     boundary) and is not checked again.
@@ -239,21 +240,28 @@ _LISTENER_STAMPS: list[str] = []
 
 
 class EventsNotStored(Exception):
-    """An event listener failed: the call's transaction rolled back, and none of its events is stored."""
+    """A listener failed and its replay could not be recorded: the call's transaction rolled back,
+    and none of its events is stored."""
+
+
+# A failed listener runs again after a minute, then after twice as long each time, at most an hour.
+REPLAY_FIRST_WAIT = dt.timedelta(minutes=1)
+REPLAY_LONGEST_WAIT = dt.timedelta(hours=1)
 
 
 def event_listeners_register(fn: Callable[..., None], *, stamps: tuple[str, ...] = ()) -> None:
     """Call ``fn(event_ids=[id, ...], events=[(profile id, name, occurred_at), ...], names={name, ...},
     stamps=...)`` for each batch of ingested events, in the call's order.
 
-    Listeners run inside the transaction that writes the events, once they are written: what a
-    listener writes there commits with them, or neither does (the journeys enter event-entered
+    Listeners run inside the transaction that writes the events, once they are written, each in a
+    savepoint: what a listener writes there commits with them (the journeys enter event-entered
     journeys and end enrollments there). A listener writes only in that transaction and leaves
     what must wait for the commit (queued tasks, wake-ups, Redis) to ``transaction.on_commit``.
-    A listener that raises fails the whole call: nothing is stored and ``events_ingest`` raises
-    EventsNotStored (the caller sends the events again). ``stamps``: the version stamps
-    (``accounts.stamps``) the listener reads; an API call reads them in the same round trip as
-    its key's, and listeners get what it read (or None: they read them themselves).
+    A listener that raises has its writes undone and is recorded to run again for these events
+    later (``EventReplay``, ``events_replay_due``), with ``stamps=None``: it must be safe to run
+    late, and again for events it saw. ``stamps``: the version stamps (``accounts.stamps``) the
+    listener reads; an API call reads them in the same round trip as its key's, and listeners
+    get what it read (or None: they read them themselves).
     """
     if fn not in _EVENT_LISTENERS:
         _EVENT_LISTENERS.append(fn)
@@ -265,13 +273,114 @@ def event_listener_stamps() -> list[str]:
     return list(_LISTENER_STAMPS)
 
 
+def _listener_name(fn: Callable[..., None]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+def _failure_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]
+
+
+def _replay_wait(attempts: int) -> dt.timedelta:
+    return min(REPLAY_FIRST_WAIT * 2 ** max(attempts - 1, 0), REPLAY_LONGEST_WAIT)
+
+
 def _events_notify(*, event_ids: list[int], events: list[tuple], names: set[str], stamps: Stamps | None) -> None:
     for fn in list(_EVENT_LISTENERS):
         try:
-            fn(event_ids=event_ids, events=events, names=names, stamps=stamps)
+            with transaction.atomic():  # a savepoint: a failure undoes this listener's writes alone
+                fn(event_ids=event_ids, events=events, names=names, stamps=stamps)
         except Exception as exc:
-            log.exception("Event listener %r failed: the %s events of the call are not stored", fn, len(event_ids))
-            raise EventsNotStored(f"{len(event_ids)} events not stored: {type(exc).__name__}") from exc
+            log.exception(
+                "Event listener %s failed for %s events: they are stored, and it runs again for them later",
+                _listener_name(fn),
+                len(event_ids),
+            )
+            try:
+                EventReplay.objects.create(
+                    listener=_listener_name(fn),
+                    event_ids=list(event_ids),
+                    error=_failure_text(exc),
+                    next_attempt_at=timezone.now() + REPLAY_FIRST_WAIT,
+                )
+            except Exception as unrecorded:  # the connection itself failed: nothing of the call stays
+                raise EventsNotStored(f"{len(event_ids)} events not stored: {type(exc).__name__}") from unrecorded
+
+
+def _events_by_ids(event_ids: list[int]) -> tuple[list[int], list[tuple]]:
+    """The events of these ids that still exist (a deleted profile took its own), in the ids' order:
+    their ids and ``(profile id, name, occurred_at)``."""
+    rows = {
+        row[0]: row[1:]
+        for row in Event.objects.filter(pk__in=event_ids).values_list("id", "profile_id", "name", "occurred_at")
+    }
+    kept = [event_id for event_id in event_ids if event_id in rows]
+    return kept, [rows[event_id] for event_id in kept]
+
+
+def events_replay_due(*, now: dt.datetime | None = None, ids: list[int] | None = None, limit: int = 100) -> dict:
+    """Run each failed listener again for its events, once its replay is due (or those of ``ids``,
+    due or not), each in a transaction of its own with the replay's row locked: what the listener
+    writes commits with the row's deletion, or its failure is recorded and the next attempt waits
+    twice as long (a minute, then two... at most an hour). A replay whose listener no longer
+    exists (its app was removed) is dropped. Safe on every worker at once (``SKIP LOCKED``).
+    Returns the counts: ``replayed``, ``failed``, ``dropped``."""
+    now = now or timezone.now()
+    listeners = {_listener_name(fn): fn for fn in _EVENT_LISTENERS}
+    counts = {"replayed": 0, "failed": 0, "dropped": 0}
+    remaining = None if ids is None else set(ids)
+    for _ in range(limit):
+        with transaction.atomic():
+            if remaining is None:
+                due = EventReplay.objects.filter(next_attempt_at__lte=now)
+            else:
+                due = EventReplay.objects.filter(pk__in=remaining)
+            if connection.features.has_select_for_update_skip_locked:
+                due = due.select_for_update(skip_locked=True)
+            replay = due.order_by("next_attempt_at", "id").first()
+            if replay is None:
+                break
+            if remaining is not None:
+                remaining.discard(replay.pk)
+            fn = listeners.get(replay.listener)
+            if fn is None:
+                log.warning("Event replay %s dropped: no event listener %s is registered", replay.pk, replay.listener)
+                replay.delete()
+                counts["dropped"] += 1
+                continue
+            try:
+                with transaction.atomic():
+                    event_ids, events = _events_by_ids(replay.event_ids)
+                    if events:
+                        names = {name for _, name, _ in events}
+                        fn(event_ids=event_ids, events=events, names=names, stamps=None)
+            except Exception as exc:
+                log.exception("Event replay %s failed again (attempt %s)", replay.pk, replay.attempts + 1)
+                replay.attempts += 1
+                replay.error = _failure_text(exc)
+                replay.next_attempt_at = now + _replay_wait(replay.attempts)
+                replay.save(update_fields=["attempts", "error", "next_attempt_at"])
+                counts["failed"] += 1
+            else:
+                replay.delete()
+                counts["replayed"] += 1
+    return counts
+
+
+def events_replay_now(*, ids: list[int], by: User) -> dict:
+    """Replay these failed listeners now, due or not (the admin's "Replay now"); audited. Raises
+    PermissionDenied without the role (Administrators)."""
+    from accounts.services import audit
+
+    _ensure_perm(by, "audiences.change_eventreplay", "Only an Administrator may replay events.")
+    for replay in EventReplay.objects.filter(pk__in=ids).order_by("pk"):
+        audit(
+            actor=by,
+            action="events_replayed",
+            obj=replay,
+            summary={"listener": replay.listener, "events": len(replay.event_ids), "attempts": replay.attempts},
+        )
+    return events_replay_due(ids=ids)
 
 
 def event_record(

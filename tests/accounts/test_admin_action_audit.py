@@ -18,7 +18,7 @@ from django_q.models import Failure, Success, Task
 
 from accounts.models import ApprovalPolicy, ApprovalRequest, AuditEvent
 from accounts.services import access_grant, api_key_create
-from audiences.models import Import
+from audiences.models import EventReplay, Import
 from delivery.models import Dispatch
 from tests.campaigns.test_permissions import _campaign
 from tests.factories import (
@@ -232,6 +232,10 @@ PRESSES = {
     "delivery.pushcontent:access": _access(lambda by: PushContentFactory(name="Shared content")),
     "delivery.pushcontent:send_test": _action(
         "send_test", lambda by: PushContentFactory(name="Sale"), _latest_dispatch
+    ),
+    "audiences.eventreplay:replay_now": _action(
+        "replay_now",
+        lambda by: EventReplay.objects.create(listener="gone.listener", event_ids=[1], next_attempt_at=timezone.now()),
     ),
     "django_q.success:resubmit_task": _resubmit(Success, success=True),
     "django_q.failure:resubmit_task": _resubmit(Failure, success=False),

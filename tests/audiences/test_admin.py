@@ -466,3 +466,60 @@ def test_events_list_pages_newest_first_across_names(login, viewer_carol):
     searches = {e.id for e in events if e.name == "search"}
     filtered = client.get("/admin/audiences/event/", {"name": "search"}).context["cl"].result_list
     assert [e.id for e in filtered] == [i for i in expected if i in searches][:50]
+
+
+@pytest.mark.presses("audiences.eventreplay:replay_now")
+def test_an_administrator_replays_waiting_events_now_and_a_manager_cannot(login, admin_erin, manager_alice):
+    """Audiences → Event replays: an Administrator sees the batches whose listener failed and
+    replays the selected ones at once, due or not (audited); a Manager sees no such page and
+    pressing the action changes nothing."""
+    from accounts.models import AuditEvent
+    from audiences.models import EventReplay
+    from audiences.services import events as service
+
+    heard = []
+
+    def listener(**kwargs):
+        heard.append(kwargs["event_ids"])
+
+    event = EventFactory(name="purchase")
+    name = f"{listener.__module__}.{listener.__qualname__}"
+    later = timezone.now() + timezone.timedelta(hours=1)
+    replay = EventReplay.objects.create(
+        listener=name, event_ids=[event.pk], error="RuntimeError: broken", next_attempt_at=later
+    )
+    form = {"action": "replay_now", "_selected_action": [replay.pk]}
+    manager = login(manager_alice)
+    assert manager.get("/admin/audiences/eventreplay/").status_code == 403
+    assert manager.post("/admin/audiences/eventreplay/", form).status_code == 403
+    service.event_listeners_register(listener)
+    try:
+        assert not heard and EventReplay.objects.exists()
+        client = login(admin_erin)
+        page = client.get("/admin/audiences/eventreplay/")
+        assert page.status_code == 200 and "RuntimeError: broken" in page.content.decode()
+        assert client.get(f"/admin/audiences/eventreplay/{replay.pk}/change/").status_code == 200
+        response = client.post("/admin/audiences/eventreplay/", form, follow=True)
+    finally:
+        service._EVENT_LISTENERS.remove(listener)
+    assert response.status_code == 200
+    assert "1 replayed, 0 failed again, 0 dropped." in response.content.decode()
+    assert heard == [[event.pk]] and not EventReplay.objects.exists()
+    audited = AuditEvent.objects.get(action="events_replayed")
+    assert (audited.actor, audited.object_id, audited.summary) == (
+        admin_erin,
+        str(replay.pk),
+        {"listener": name, "events": 1, "attempts": 1},
+    )
+
+
+def test_replaying_events_is_refused_to_a_manager_in_the_service(manager_alice):
+    from django.core.exceptions import PermissionDenied
+
+    from audiences.models import EventReplay
+    from audiences.services.events import events_replay_now
+
+    replay = EventReplay.objects.create(listener="gone.listener", event_ids=[1], next_attempt_at=timezone.now())
+    with pytest.raises(PermissionDenied):
+        events_replay_now(ids=[replay.pk], by=manager_alice)
+    assert EventReplay.objects.filter(pk=replay.pk).exists()

@@ -5,6 +5,7 @@ import math
 import threading
 
 import pytest
+from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
 from django.http import Http404
@@ -475,22 +476,101 @@ def test_event_listeners_hear_the_written_events_inside_their_transaction(
     ]
 
 
-def test_a_failing_event_listener_leaves_none_of_the_events_stored(manager_alice):
+@pytest.mark.embedded
+def test_a_failing_event_listener_keeps_the_events_undoes_its_writes_and_is_replayed_later(manager_alice, admin_erin):
+    """A listener that raises has its own writes undone (a savepoint), while the events and what
+    the other listeners wrote commit; the batch is recorded and the listener runs again for it
+    once due (a minute, then twice as long each time), for the events that still exist, until it
+    succeeds. A replay whose listener is gone is dropped."""
+    from audiences.models import EventReplay
     from audiences.services import events as service
 
-    def listener(**kwargs):
-        raise RuntimeError("listener broken")
+    broken = {"on": True}
+    heard = []
 
-    service.event_listeners_register(listener)
+    def flaky(**kwargs):
+        Profile.objects.create(external_id=f"written-by-flaky-{len(heard)}")
+        heard.append(("flaky", kwargs["event_ids"], kwargs["events"], kwargs["names"], kwargs["stamps"]))
+        if broken["on"]:
+            raise RuntimeError("listener broken")
+
+    def steady(**kwargs):
+        Profile.objects.create(external_id="written-by-steady")
+
+    service.event_listeners_register(flaky)
+    service.event_listeners_register(steady)
+    now = timezone.now()
     try:
-        with pytest.raises(service.EventsNotStored) as failed:
-            events_ingest(
-                items=[{"external_id": "a", "name": "purchase", "occurred_at": timezone.now()}], by=manager_alice
+        ids = events_ingest(
+            items=[
+                {"external_id": "a", "name": "purchase", "occurred_at": now},
+                {"external_id": "b", "name": "app_open", "occurred_at": now},
+                {"external_id": "c", "name": "app_open", "occurred_at": now},
+            ],
+            by=manager_alice,
+        )
+        assert Event.objects.count() == 3 and Profile.objects.filter(external_id="written-by-steady").exists()
+        assert not Profile.objects.filter(external_id__startswith="written-by-flaky").exists()
+        replay = EventReplay.objects.get()
+        assert (replay.listener, replay.event_ids, replay.attempts) == (_name(flaky), ids, 1)
+        assert replay.error == "RuntimeError: listener broken"
+        assert now + dt.timedelta(minutes=1) <= replay.next_attempt_at <= timezone.now() + dt.timedelta(minutes=1)
+
+        first_due = replay.next_attempt_at
+        assert service.events_replay_due(now=first_due - dt.timedelta(seconds=1))["replayed"] == 0
+        assert service.events_replay_due(now=first_due) == {"replayed": 0, "failed": 1, "dropped": 0}
+        replay.refresh_from_db()
+        assert (replay.attempts, replay.next_attempt_at) == (2, first_due + dt.timedelta(minutes=2))
+        assert not Profile.objects.filter(external_id__startswith="written-by-flaky").exists()
+
+        Profile.objects.get(external_id="b").delete()  # its event goes with it
+        broken["on"] = False
+        heard.clear()
+        assert service.events_replay_due(now=replay.next_attempt_at) == {"replayed": 1, "failed": 0, "dropped": 0}
+        a, c = Profile.objects.get(external_id="a").pk, Profile.objects.get(external_id="c").pk
+        stored = Event.objects.in_bulk([ids[0], ids[2]])
+        assert heard == [
+            (
+                "flaky",
+                [ids[0], ids[2]],
+                [(a, "purchase", stored[ids[0]].occurred_at), (c, "app_open", stored[ids[2]].occurred_at)],
+                {"purchase", "app_open"},
+                None,
             )
+        ]
+        assert Profile.objects.filter(external_id="written-by-flaky-0").exists()
+        assert not EventReplay.objects.exists()
     finally:
-        service._EVENT_LISTENERS.remove(listener)
-    assert isinstance(failed.value.__cause__, RuntimeError)
-    assert not Event.objects.exists() and not Profile.objects.filter(external_id="a").exists()
+        service._EVENT_LISTENERS.remove(flaky)
+        service._EVENT_LISTENERS.remove(steady)
+
+    EventReplay.objects.create(listener=_name(flaky), event_ids=[ids[0]], next_attempt_at=now)
+    assert service.events_replay_due() == {"replayed": 0, "failed": 0, "dropped": 1}
+    assert not EventReplay.objects.exists()
+
+
+def test_the_replay_beat_replays_what_is_due_and_nothing_on_a_copy_of_another_instance(db):
+    from audiences.models import EventReplay
+    from audiences.tasks import events_replay_task
+    from operations.models import Instance
+
+    EventReplay.objects.create(listener="gone.listener", event_ids=[1], next_attempt_at=timezone.now())
+    Instance.objects.filter(pk=1).update(name="production-eu")
+    assert events_replay_task()["refused"] is True
+    assert EventReplay.objects.exists()
+    Instance.objects.filter(pk=1).update(name=settings.PUSHDESK_INSTANCE)
+    assert events_replay_task() == {"replayed": 0, "failed": 0, "dropped": 1}
+    assert not EventReplay.objects.exists()
+
+
+def test_the_wait_between_replays_doubles_up_to_an_hour():
+    from audiences.services.events import _replay_wait
+
+    assert [_replay_wait(n).total_seconds() / 60 for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
+
+
+def _name(fn):
+    return f"{fn.__module__}.{fn.__qualname__}"
 
 
 def test_viewer_cannot_send_events(viewer_carol):

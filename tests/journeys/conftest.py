@@ -1,5 +1,7 @@
 """Fixtures of the journey tests: the Shop team, an app on the push simulator, a journey maker."""
 
+import contextlib
+
 import pytest
 
 from accounts.services import access_grant
@@ -116,26 +118,33 @@ def sim_journey(make_journey, sim_team, sim_welcome, vips):
 def enrollments_refused(db):
     """A context manager: inside it, PostgreSQL refuses every insert and update of an enrollment
     (a trigger that raises, created on entering and dropped on leaving)."""
-    import contextlib
+    return lambda: writes_refused("journeys_enrollment")
 
+
+@pytest.fixture
+def replays_refused(db):
+    """A context manager: inside it, PostgreSQL refuses to record an event replay."""
+    return lambda: writes_refused("audiences_eventreplay")
+
+
+@contextlib.contextmanager
+def writes_refused(table: str):
+    """PostgreSQL refuses every insert and update of ``table``'s rows inside this block (a trigger
+    that raises, created on entering and dropped on leaving)."""
     from django.db import connection
 
-    @contextlib.contextmanager
-    def refused():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE FUNCTION {table}_refused() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN RAISE EXCEPTION '{table}: writes refused'; END $$"
+        )
+        cursor.execute(
+            f"CREATE TRIGGER {table}_refused BEFORE INSERT OR UPDATE ON {table} "
+            f"FOR EACH ROW EXECUTE FUNCTION {table}_refused()"
+        )
+    try:
+        yield
+    finally:
         with connection.cursor() as cursor:
-            cursor.execute(
-                "CREATE FUNCTION enrollment_refused() RETURNS trigger LANGUAGE plpgsql AS "
-                "$$ BEGIN RAISE EXCEPTION 'enrollments refused'; END $$"
-            )
-            cursor.execute(
-                "CREATE TRIGGER enrollment_refused BEFORE INSERT OR UPDATE ON journeys_enrollment "
-                "FOR EACH ROW EXECUTE FUNCTION enrollment_refused()"
-            )
-        try:
-            yield
-        finally:
-            with connection.cursor() as cursor:
-                cursor.execute("DROP TRIGGER enrollment_refused ON journeys_enrollment")
-                cursor.execute("DROP FUNCTION enrollment_refused()")
-
-    return refused
+            cursor.execute(f"DROP TRIGGER {table}_refused ON {table}")
+            cursor.execute(f"DROP FUNCTION {table}_refused()")

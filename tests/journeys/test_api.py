@@ -104,12 +104,15 @@ def test_events_sent_to_the_events_api_enter_and_end_journeys(
     assert (enrollment.status, enrollment.exit_reason) == ("exited", "exit event 'purchase'")
 
 
-def test_an_exit_failing_in_the_database_stores_neither_the_event_nor_the_exit(
+def test_an_exit_failing_in_the_database_stores_the_event_and_ends_the_enrollment_when_replayed(
     make_journey, publish, api_key_for, manager_alice, enrollments_refused, django_capture_on_commit_callbacks
 ):
+    """The exit refused by PostgreSQL: the event is stored (200) and the enrollment keeps waiting
+    until the replay, which ends it; a replay run again finds nothing to do."""
     from django.utils import timezone
 
-    from audiences.models import Event
+    from audiences.models import Event, EventReplay
+    from audiences.services.events import events_replay_due
     from journeys.models import Enrollment
 
     graph = {
@@ -133,10 +136,21 @@ def test_an_exit_failing_in_the_database_stores_neither_the_event_nor_the_exit(
     assert send("cart_abandoned").status_code == 200
     with enrollments_refused():
         answer = send("purchase")
-    assert (answer.status_code, answer.json()["code"]) == (503, "events_not_stored")
-    assert list(Event.objects.values_list("name", flat=True)) == ["cart_abandoned"]
+    assert answer.status_code == 200 and answer.json()["accepted"] == 1
+    assert sorted(Event.objects.values_list("name", flat=True)) == ["cart_abandoned", "purchase"]
     assert Enrollment.objects.get().status == "waiting"
-    assert send("purchase").status_code == 200
+    replay = EventReplay.objects.get()
+    assert replay.event_ids == [Event.objects.get(name="purchase").pk]
+    with enrollments_refused():  # still refused when it is due: tried again later, waiting twice as long
+        due = timezone.now() + timezone.timedelta(minutes=2)
+        assert events_replay_due(now=due) == {"replayed": 0, "failed": 1, "dropped": 0}
+    replay.refresh_from_db()
+    assert replay.attempts == 2
+    assert replay.next_attempt_at == due + timezone.timedelta(minutes=2)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert events_replay_due(now=due + timezone.timedelta(minutes=2)) == {"replayed": 1, "failed": 0, "dropped": 0}
+    assert Enrollment.objects.get().status == "exited"
+    assert not EventReplay.objects.exists()
     assert Event.objects.filter(name="purchase").count() == 1
     assert (Enrollment.objects.get().status, Enrollment.objects.get().exit_reason) == (
         "exited",

@@ -1,5 +1,7 @@
 """Event-entered journeys push through a standing dispatch, like API triggers."""
 
+import datetime as dt
+
 import pytest
 from django.utils import timezone
 
@@ -98,25 +100,64 @@ def test_an_event_enters_and_pushes_within_its_own_call_once(
     assert pushsim.state.count(token) == 1
 
 
-def test_an_entry_failing_in_the_database_stores_neither_the_events_nor_the_entries(
+def test_an_entry_failing_in_the_database_stores_the_events_and_enters_them_when_replayed(
     paid_journey, pushsim, sim_team, api_key_for, manager_alice, enrollments_refused, django_capture_on_commit_callbacks
 ):
-    """The events and their entries commit together: PostgreSQL refusing the entry fails the whole
-    call (a JSON 503 to retry, no event, no new profile, no enrollment, no push row, no wake-up);
-    the same call again stores the events and enters them, once."""
-    from audiences.models import Event, Profile
+    """PostgreSQL refusing the entry undoes the entry alone: the call stores its events and its new
+    profile (200), records the batch for a replay, and sends nothing; the replay, once due and
+    once the database takes enrollments again, enters them and sends the first push, once."""
+    from audiences.models import Event, EventReplay, Profile
+    from audiences.services.events import events_replay_due
     from journeys.models import Enrollment
 
     token = DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=sim_team).token
     client = api_key_for(manager_alice, scopes=["ingest"])
-    with enrollments_refused(), django_capture_on_commit_callbacks(execute=True) as callbacks:
+    with enrollments_refused(), django_capture_on_commit_callbacks(execute=True):
+        answer = _post_event(client, "zoe", "newcomer")
+    assert answer.status_code == 200, answer.content
+    assert answer.json()["accepted"] == 2
+    assert Event.objects.count() == 2 and Profile.objects.filter(external_id="newcomer").exists()
+    assert not Enrollment.objects.exists() and not Delivery.objects.exists()
+    replay = EventReplay.objects.get()
+    assert replay.listener == "journeys.services.entries.journeys_on_events"
+    assert replay.event_ids == sorted(Event.objects.values_list("id", flat=True)) and replay.attempts == 1
+    assert "journeys_enrollment: writes refused" in replay.error
+    assert events_replay_due() == {"replayed": 0, "failed": 0, "dropped": 0}  # due in a minute
+    with django_capture_on_commit_callbacks(execute=True):
+        later = timezone.now() + dt.timedelta(minutes=1, seconds=1)
+        assert events_replay_due(now=later) == {"replayed": 1, "failed": 0, "dropped": 0}
+    assert not EventReplay.objects.exists()
+    assert Enrollment.objects.count() == 2
+    assert set(Enrollment.objects.values_list("status", flat=True)) == {"completed"}
+    assert pushsim.state.count(token) == 1
+
+
+def test_when_the_replay_cannot_be_recorded_nothing_of_the_call_is_stored(
+    paid_journey,
+    pushsim,
+    sim_team,
+    api_key_for,
+    manager_alice,
+    enrollments_refused,
+    replays_refused,
+    django_capture_on_commit_callbacks,
+):
+    """The entry failing and its replay refused too: the call answers a JSON 503 to retry, with no
+    event, no new profile, no enrollment, no push row and no wake-up; the same call again stores
+    the events and enters them, once."""
+    from audiences.models import Event, EventReplay, Profile
+    from journeys.models import Enrollment
+
+    token = DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=sim_team).token
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    with enrollments_refused(), replays_refused(), django_capture_on_commit_callbacks(execute=True) as callbacks:
         answer = _post_event(client, "zoe", "newcomer")
     assert answer.status_code == 503, answer.content
     assert answer["Content-Type"] == "application/json" and answer["Retry-After"] == "1"
     assert answer.json()["code"] == "events_not_stored"
     assert not callbacks
     assert not Event.objects.exists() and not Profile.objects.filter(external_id="newcomer").exists()
-    assert not Enrollment.objects.exists() and not Delivery.objects.exists()
+    assert not Enrollment.objects.exists() and not Delivery.objects.exists() and not EventReplay.objects.exists()
     with django_capture_on_commit_callbacks(execute=True):
         assert _post_event(client, "zoe", "newcomer").status_code == 200  # the integrator's retry
     assert Event.objects.count() == Enrollment.objects.count() == 2

@@ -28,6 +28,25 @@ def scrape(client) -> dict:
     return samples
 
 
+def test_waiting_event_replays_are_counted_with_the_age_of_the_oldest(client, db, metrics_on):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from audiences.models import EventReplay
+
+    assert scrape(client)[("pushdesk_event_replays", ())] == 0
+    assert scrape(client)[("pushdesk_event_replay_oldest_age_seconds", ())] == 0
+    now = timezone.now()
+    for minutes in (30, 3):
+        EventReplay.objects.create(
+            listener="x.y", event_ids=[1], created_at=now - dt.timedelta(minutes=minutes), next_attempt_at=now
+        )
+    samples = scrape(client)
+    assert samples[("pushdesk_event_replays", ())] == 2
+    assert 1800 <= samples[("pushdesk_event_replay_oldest_age_seconds", ())] < 1860
+
+
 def test_metrics_need_the_token(client, db, metrics_on, settings):
     assert client.get("/metrics").status_code == 404
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong-token-wrong-token").status_code == 404

@@ -72,10 +72,20 @@ def test_status_prints_queue_sends_failures_and_beat_without_secrets(db, queue, 
     )
     beat.task = last.pk
     beat.save()
+    from audiences.models import EventReplay
+
+    for minutes in (5, 2):
+        EventReplay.objects.create(
+            listener="journeys.services.entries.journeys_on_events",
+            event_ids=[1, 2],
+            created_at=now - dt.timedelta(minutes=minutes),
+            next_attempt_at=now,
+        )
 
     out = io.StringIO()
     call_command("status", stdout=out)
     text = out.getvalue()
+    assert "replays    2 batches of events wait to enter or end journeys again, the oldest stored 5 min ago" in text
     assert re.search(r"queue      2 tasks waiting, oldest waiting 4[23]\d s", text), text
     assert "Spring sale: sending, 600/1000 done (590 accepted, 10 failed, 0 unknown)" in text
     assert "1 × delivery.tasks.dispatch_send_task" in text
@@ -114,3 +124,5 @@ def test_a_migrate_brings_back_a_deleted_beat_and_leaves_a_changed_one_as_set():
     call_command("migrate", verbosity=0)
     assert Schedule.objects.get(name="journeys tick").func == "journeys.tasks.journeys_tick_task"
     assert Schedule.objects.get(name="campaigns tick").minutes == 5
+    replays = Schedule.objects.get(name="events replay")  # a beat no migration of its own writes
+    assert (replays.func, replays.minutes, replays.repeats) == ("audiences.tasks.events_replay_task", 1, -1)

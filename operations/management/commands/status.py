@@ -38,6 +38,9 @@ class Command(BaseCommand):
         write(f"failures   {total_failures} failed tasks in the last hour")
         for func, n in s.failures_last_hour.items():
             write(f"  {n} × {func}")
+        oldest = s.oldest_event_replay_age_seconds
+        waited = "" if oldest is None else f", the oldest stored {_age(oldest)}"
+        write(f"replays    {s.event_replays} batches of events wait to enter or end journeys again{waited}")
         write("beat")
         for name, run in s.beat.items():
             upcoming = f"{run['next_run']:%Y-%m-%d %H:%M:%S} UTC" if run["next_run"] else "not scheduled"
