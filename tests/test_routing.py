@@ -1,0 +1,26 @@
+"""The API's routes, one flat list, and what the middleware leaves out of an API request."""
+
+from django.urls import resolve, reverse
+
+
+def test_api_routes_resolve_by_name_and_an_unknown_path_gets_the_apis_json_404(client, db):
+    assert reverse("api:campaign-trigger", args=[7]) == "/api/v1/campaigns/7/trigger/"
+    assert resolve("/api/v1/campaigns/7/trigger/").url_name == "campaign-trigger"
+    assert resolve("/api/v1/events/bulk/").route == "api/v1/events/bulk/"
+    assert resolve("/api/v1/me/").url_name == "me"
+    assert resolve("/api/v1/schema/").url_name == "schema"
+    response = client.get("/api/v1/campaigns/-1/")
+    assert (response.status_code, response.json()["code"]) == (404, "not_found")
+
+
+def test_an_api_request_builds_no_message_store_and_an_admin_page_does(client, db):
+    api = client.get("/api/v1/me/")
+    assert api.status_code in (401, 403)
+    assert not hasattr(api.wsgi_request, "_messages")
+    page = client.get("/admin/login/")
+    assert page.status_code == 200 and hasattr(page.wsgi_request, "_messages")
+
+
+def test_an_accept_the_api_cannot_answer_still_gets_406(client, db):
+    response = client.get("/api/v1/me/", HTTP_ACCEPT="text/html")
+    assert response.status_code == 406
