@@ -101,9 +101,9 @@ CAPABILITIES: dict[str, dict] = {
         "perms": _crud("django_q.ormq", "django_q.success", "django_q.failure", "django_q.schedule", actions=("view",)),
     },
     "replay_events": {
-        "label": "events whose journey entries failed: read them, replay them now",
+        "label": "events whose journey entries failed: read them, replay them now or discard them",
         "roles": (ADMINISTRATOR,),
-        "perms": _crud("audiences.eventreplay", actions=("view", "change")),
+        "perms": _crud("audiences.eventreplay", actions=("view", "change", "delete")),
     },
     "administer": {
         "label": "apps and channel credentials, users, roles, approval policies, API keys of others",

@@ -67,11 +67,20 @@ def _rules(app, admin):
 
 
 # label → (how to make one row of it in the app everyone works on, whether only a superuser may press)
+def _event_replay(app, admin):
+    from django.utils import timezone
+
+    from audiences.models import EventReplay
+
+    return EventReplay.objects.create(listener="x.y", event_ids=[1], next_attempt_at=timezone.now())
+
+
 DELETABLE = {
     "accounts.user": (lambda app, admin: UserFactory(username="leaver", role="Viewer"), False),
     "auth.group": (lambda app, admin: Group.objects.create(name="Temporary"), False),
     "accounts.approvalpolicy": (_policy, False),
     "audiences.profile": (lambda app, admin: ProfileFactory(external_id="gone-1"), False),
+    "audiences.eventreplay": (_event_replay, False),
     "delivery.app": (lambda app, admin: app, False),
     "delivery.pushcontent": (lambda app, admin: PushContentFactory(app=app), False),
     "delivery.device": (lambda app, admin: DeviceFactory(app=app), False),

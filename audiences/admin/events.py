@@ -85,7 +85,8 @@ class EventAdmin(ReadOnlyMixin, BigTableAdmin):
 @admin.register(EventReplay)
 class EventReplayAdmin(ReadOnlyMixin, AccessAdmin):
     """Stored events whose listener failed (journeys' entries and exits), waiting to be handled
-    again: the beat retries each, waiting twice as long each time; "Replay now" does not wait."""
+    again: the beat retries each, waiting twice as long each time; "Replay now" does not wait, and
+    a deletion discards a batch whose entries would come too late to matter."""
 
     list_display = ("created_at", "listener", "events", "attempts", "next_attempt_at", "error_short")
     ordering = ("next_attempt_at", "id")
@@ -93,8 +94,8 @@ class EventReplayAdmin(ReadOnlyMixin, AccessAdmin):
     fields = ("listener", "event_ids", "attempts", "created_at", "next_attempt_at", "error")
     readonly_fields = fields
 
-    def has_delete_permission(self, request, obj=None):
-        return False
+    def has_delete_permission(self, request, obj=None):  # discard: entries that would come too late
+        return request.user.has_perm("audiences.delete_eventreplay")
 
     def has_replay_permission(self, request):
         return request.user.has_perm("audiences.change_eventreplay")
