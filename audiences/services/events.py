@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from accounts.json_values import json_compact
@@ -285,11 +285,23 @@ def _replay_wait(attempts: int) -> dt.timedelta:
     return min(REPLAY_FIRST_WAIT * 2 ** max(attempts - 1, 0), REPLAY_LONGEST_WAIT)
 
 
+def _notify_one(fn: Callable[..., None], **kwargs) -> None:
+    """Run one listener in a savepoint, whose rollback undoes its writes alone on a failure; a
+    failure of the database's own making (a deadlock's victim, a lock or statement timeout) is
+    tried once more at once, as the caller would have."""
+    try:
+        with transaction.atomic():
+            fn(**kwargs)
+    except OperationalError:
+        log.warning("Event listener %s: a transient database failure, tried again", _listener_name(fn), exc_info=True)
+        with transaction.atomic():
+            fn(**kwargs)
+
+
 def _events_notify(*, event_ids: list[int], events: list[tuple], names: set[str], stamps: Stamps | None) -> None:
     for fn in list(_EVENT_LISTENERS):
         try:
-            with transaction.atomic():  # a savepoint: a failure undoes this listener's writes alone
-                fn(event_ids=event_ids, events=events, names=names, stamps=stamps)
+            _notify_one(fn, event_ids=event_ids, events=events, names=names, stamps=stamps)
         except Exception as exc:
             log.exception(
                 "Event listener %s failed for %s events: they are stored, and it runs again for them later",

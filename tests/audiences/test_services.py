@@ -563,6 +563,33 @@ def test_the_replay_beat_replays_what_is_due_and_nothing_on_a_copy_of_another_in
     assert not EventReplay.objects.exists()
 
 
+def test_a_listener_that_lost_a_deadlock_is_tried_again_at_once_and_keeps_its_writes(manager_alice):
+    """A deadlock's victim (PostgreSQL's own error, raised here by the server) is run again in the
+    call, as the integrator's retry would have: its second run's writes commit, and no replay waits."""
+    from audiences.models import EventReplay
+    from audiences.services import events as service
+
+    runs = []
+
+    def listener(**kwargs):
+        runs.append(kwargs["event_ids"])
+        Profile.objects.create(external_id=f"written-by-run-{len(runs)}")
+        if len(runs) == 1:
+            with connection.cursor() as cursor:
+                cursor.execute("DO $$ BEGIN RAISE EXCEPTION 'deadlock' USING ERRCODE = 'deadlock_detected'; END $$")
+
+    service.event_listeners_register(listener)
+    try:
+        ids = events_ingest(items=[{"external_id": "a", "name": "x", "occurred_at": timezone.now()}], by=manager_alice)
+    finally:
+        service._EVENT_LISTENERS.remove(listener)
+    assert runs == [ids, ids] and Event.objects.count() == 1
+    assert list(
+        Profile.objects.filter(external_id__startswith="written-by-run").values_list("external_id", flat=True)
+    ) == ["written-by-run-2"]
+    assert not EventReplay.objects.exists()
+
+
 def test_the_wait_between_replays_doubles_up_to_an_hour():
     from audiences.services.events import _replay_wait
 
