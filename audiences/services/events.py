@@ -117,17 +117,18 @@ CROSS JOIN LATERAL (SELECT id FROM audiences_profile WHERE external_id = x.exter
 # and read by the next query.
 CREATE_PROFILES_PG = """
 INSERT INTO audiences_profile (external_id, attributes, locale, timezone, created_at, updated_at, last_seen_at)
-SELECT v.e->>0, '{}', '', '', %(now)s, %(now)s, (v.e->>1)::timestamptz
+SELECT v.e->>0, '{}', '', '', %(now)s, %(now)s, TIMESTAMPTZ 'epoch' + (v.e->>1)::bigint * INTERVAL '1 microsecond'
 FROM jsonb_array_elements(%(profiles)s::jsonb) AS v(e) ORDER BY v.e->>0
 ON CONFLICT (external_id) DO NOTHING
 RETURNING external_id, id
 """
 # The events travel as one JSON array of [profile, name, properties, time] (one encode in C, no
 # per-value adaptation); rows come back in the array's order, as Django's bulk_create relies on for
-# a VALUES list.
+# a VALUES list. Times travel as microseconds since the epoch (``_epoch_us``): exact, and cheaper
+# to write and to read than ISO 8601 text (a thousand isoformat() calls and timestamp parses).
 INSERT_EVENTS_PG = """
 INSERT INTO audiences_event (profile_id, name, properties, occurred_at, received_at)
-SELECT (e->>0)::bigint, e->>1, e->2, (e->>3)::timestamptz, %(now)s
+SELECT (e->>0)::bigint, e->>1, e->2, TIMESTAMPTZ 'epoch' + (e->>3)::bigint * INTERVAL '1 microsecond', %(now)s
 FROM jsonb_array_elements(%(events)s::jsonb) AS e
 RETURNING id
 """
@@ -140,7 +141,7 @@ RETURNING id
 MOVE_LAST_SEEN_PG = """
 WITH moving AS MATERIALIZED (
     SELECT p.id, v.seen
-    FROM (SELECT (e->>0)::bigint AS id, (e->>1)::timestamptz AS seen
+    FROM (SELECT (e->>0)::bigint AS id, TIMESTAMPTZ 'epoch' + (e->>1)::bigint * INTERVAL '1 microsecond' AS seen
           FROM jsonb_array_elements((SELECT %(profiles)s::jsonb)) AS e) AS v
     CROSS JOIN LATERAL (
         SELECT id FROM audiences_profile
@@ -151,6 +152,15 @@ WITH moving AS MATERIALIZED (
 UPDATE audiences_profile AS p SET last_seen_at = m.seen FROM moving AS m
 WHERE p.id = ANY(ARRAY(SELECT id FROM moving)) AND p.id = m.id
 """
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
+def _epoch_us(when: dt.datetime) -> int:
+    """An aware time as whole microseconds since the epoch (exact, where a float's seconds are not)."""
+    return (when - _EPOCH) // _MICROSECOND
 
 
 def _events_write_pg(
@@ -167,7 +177,7 @@ def _events_write_pg(
         known = list(profiles.items())
         missing = [x for x in ids if x not in profiles]
         if missing:
-            born = json_compact([(x, seen[x].isoformat()) for x in missing])
+            born = json_compact([(x, _epoch_us(seen[x])) for x in missing])
             cursor.execute(CREATE_PROFILES_PG, {"now": now, "profiles": born})
             profiles.update(cursor.fetchall())
             raced = [x for x in missing if x not in profiles]
@@ -177,14 +187,14 @@ def _events_write_pg(
                 profiles.update(found)
                 known += found
         rows = [
-            [profiles[item["external_id"]], item["name"], item.get("properties") or {}, item["occurred_at"].isoformat()]
+            [profiles[item["external_id"]], item["name"], item.get("properties") or {}, _epoch_us(item["occurred_at"])]
             for item in items
         ]
         cursor.execute(INSERT_EVENTS_PG, {"now": now, "events": json_compact(rows)})
         event_ids = [row[0] for row in cursor.fetchall()]
         if known:
             known.sort(key=lambda row: row[1])
-            moving = json_compact([(pk, seen[x].isoformat()) for x, pk in known])
+            moving = json_compact([(pk, _epoch_us(seen[x])) for x, pk in known])
             cursor.execute(MOVE_LAST_SEEN_PG, {"profiles": moving})
     return event_ids, profiles
 

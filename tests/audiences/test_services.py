@@ -590,6 +590,27 @@ def test_a_listener_that_lost_a_deadlock_is_tried_again_at_once_and_keeps_its_wr
     assert not EventReplay.objects.exists()
 
 
+@pytest.mark.embedded
+def test_event_times_are_stored_to_the_microsecond_whatever_their_zone_and_era(manager_alice):
+    """Times travel to PostgreSQL as whole microseconds since the epoch: none moves, not a
+    microsecond, before 1970, across a zone's offset, in any year; the profiles are seen then."""
+    paris = dt.timezone(dt.timedelta(hours=1, minutes=30))
+    times = [
+        dt.datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=dt.UTC),
+        dt.datetime(2026, 12, 2, 4, 20, 15, 123_457, tzinfo=paris),
+        dt.datetime(2001, 9, 9, 1, 46, 40, 1, tzinfo=dt.UTC),
+        timezone.now().replace(microsecond=999_999) - dt.timedelta(seconds=2),
+    ]
+    items = [{"external_id": f"t{n}", "name": "x", "occurred_at": when} for n, when in enumerate(times)]
+    ids = events_ingest(items=items, by=manager_alice)
+    stored = Event.objects.in_bulk(ids)
+    assert [stored[pk].occurred_at for pk in ids] == times
+    seen = dict(Profile.objects.values_list("external_id", "last_seen_at"))
+    assert [seen[f"t{n}"] for n in range(len(times))] == times
+    events_ingest(items=[{"external_id": "t0", "name": "x", "occurred_at": times[1]}], by=manager_alice)
+    assert Profile.objects.get(external_id="t0").last_seen_at == times[1]  # known: moved forward
+
+
 def test_the_wait_between_replays_doubles_up_to_an_hour():
     from audiences.services.events import _replay_wait
 
