@@ -89,17 +89,39 @@ def events_ingest(*, items: list[dict], by: User, stamps: Stamps | None = None, 
         if previous is None or previous < when:
             seen[external_id] = when
     ids = sorted(seen)
-    with transaction.atomic():
-        if connection.vendor == "postgresql":
-            event_ids, profiles = _events_write_pg(items, ids=ids, seen=seen, now=now)
-        else:
-            event_ids, profiles = _events_write(items, ids=ids, seen=seen, now=now)
-        if _EVENT_LISTENERS:
-            # In the events' transaction: what the listeners write commits with the events, or
-            # neither does (a worker killed after the events' commit would lose their entries).
-            events = [(profiles[item["external_id"]], item["name"], item["occurred_at"]) for item in items]
-            _events_notify(event_ids=event_ids, events=events, names={item["name"] for item in items}, stamps=stamps)
-    return event_ids
+    names = {item["name"] for item in items}
+    # A listener that fails rolls the whole transaction back, and the call is written again
+    # without it, its replay recorded (no savepoint on the way that succeeds: two round trips per
+    # call, a tenth of the web's CPU for a one-event call); a transient database failure of a
+    # listener (a deadlock's victim, a lock timeout) is first tried again once, as a caller would.
+    deferred: dict[Callable[..., None], BaseException] = {}
+    retried: set[Callable[..., None]] = set()
+    while True:
+        try:
+            with transaction.atomic():
+                if connection.vendor == "postgresql":
+                    event_ids, profiles = _events_write_pg(items, ids=ids, seen=seen, now=now)
+                else:
+                    event_ids, profiles = _events_write(items, ids=ids, seen=seen, now=now)
+                if _EVENT_LISTENERS:
+                    # In the events' transaction: what the listeners write commits with the events,
+                    # or neither does (a worker killed after the events' commit would lose their entries).
+                    events = [(profiles[item["external_id"]], item["name"], item["occurred_at"]) for item in items]
+                    _events_notify(event_ids=event_ids, events=events, names=names, stamps=stamps, deferred=deferred)
+            return event_ids
+        except _ListenerFailed as failure:
+            fn, exc = failure.fn, failure.__cause__
+            if isinstance(exc, OperationalError) and fn not in retried:
+                retried.add(fn)
+                log.warning("Event listener %s: a transient database failure, tried again", _listener_name(fn))
+                continue
+            log.exception(
+                "Event listener %s failed for %s events: they are stored, and it runs again for them later",
+                _listener_name(fn),
+                len(items),
+                exc_info=exc,
+            )
+            deferred[fn] = exc
 
 
 # Each id is looked up through the unique index by a subquery of its own, in the array's order
@@ -263,14 +285,15 @@ def event_listeners_register(fn: Callable[..., None], *, stamps: tuple[str, ...]
     """Call ``fn(event_ids=[id, ...], events=[(profile id, name, occurred_at), ...], names={name, ...},
     stamps=...)`` for each batch of ingested events, in the call's order.
 
-    Listeners run inside the transaction that writes the events, once they are written, each in a
-    savepoint: what a listener writes there commits with them (the journeys enter event-entered
-    journeys and end enrollments there). A listener writes only in that transaction and leaves
-    what must wait for the commit (queued tasks, wake-ups, Redis) to ``transaction.on_commit``.
-    A listener that raises has its writes undone and is recorded to run again for these events
-    later (``EventReplay``, ``events_replay_due``), with ``stamps=None``: it must be safe to run
-    late, and again for events it saw. ``stamps``: the version stamps (``accounts.stamps``) the
-    listener reads; an API call reads them in the same round trip as its key's, and listeners
+    Listeners run inside the transaction that writes the events, once they are written: what a
+    listener writes there commits with them (the journeys enter event-entered journeys and end
+    enrollments there). A listener writes only in that transaction and leaves what must wait for
+    the commit (queued tasks, wake-ups, Redis) to ``transaction.on_commit``. A listener that
+    raises rolls that transaction back; the events are written again without it (the other
+    listeners run again) and it is recorded to run again for them later (``EventReplay``,
+    ``events_replay_due``), with ``stamps=None``: it must be safe to run late, and again for
+    events it saw. ``stamps``: the version stamps (``accounts.stamps``) the listener reads; an
+    API call reads them in the same round trip as its key's, and listeners
     get what it read (or None: they read them themselves).
     """
     if fn not in _EVENT_LISTENERS:
@@ -295,38 +318,42 @@ def _replay_wait(attempts: int) -> dt.timedelta:
     return min(REPLAY_FIRST_WAIT * 2 ** max(attempts - 1, 0), REPLAY_LONGEST_WAIT)
 
 
-def _notify_one(fn: Callable[..., None], **kwargs) -> None:
-    """Run one listener in a savepoint, whose rollback undoes its writes alone on a failure; a
-    failure of the database's own making (a deadlock's victim, a lock or statement timeout) is
-    tried once more at once, as the caller would have."""
-    try:
-        with transaction.atomic():
-            fn(**kwargs)
-    except OperationalError:
-        log.warning("Event listener %s: a transient database failure, tried again", _listener_name(fn), exc_info=True)
-        with transaction.atomic():
-            fn(**kwargs)
+class _ListenerFailed(Exception):
+    """A listener raised (the cause): the events' transaction is rolled back and written again without it."""
+
+    def __init__(self, fn: Callable[..., None]):
+        super().__init__(_listener_name(fn))
+        self.fn = fn
 
 
-def _events_notify(*, event_ids: list[int], events: list[tuple], names: set[str], stamps: Stamps | None) -> None:
+def _events_notify(
+    *,
+    event_ids: list[int],
+    events: list[tuple],
+    names: set[str],
+    stamps: Stamps | None,
+    deferred: dict[Callable[..., None], BaseException],
+) -> None:
+    """Run each listener, but those ``deferred`` (they failed on this call's first try): a replay
+    is recorded for each of those instead, in the events' transaction."""
     for fn in list(_EVENT_LISTENERS):
-        try:
-            _notify_one(fn, event_ids=event_ids, events=events, names=names, stamps=stamps)
-        except Exception as exc:
-            log.exception(
-                "Event listener %s failed for %s events: they are stored, and it runs again for them later",
-                _listener_name(fn),
-                len(event_ids),
-            )
+        if fn in deferred:
             try:
                 EventReplay.objects.create(
                     listener=_listener_name(fn),
                     event_ids=list(event_ids),
-                    error=_failure_text(exc),
+                    error=_failure_text(deferred[fn]),
                     next_attempt_at=timezone.now() + REPLAY_FIRST_WAIT,
                 )
-            except Exception as unrecorded:  # the connection itself failed: nothing of the call stays
-                raise EventsNotStored(f"{len(event_ids)} events not stored: {type(exc).__name__}") from unrecorded
+            except Exception as unrecorded:  # the database failed: nothing of the call stays
+                raise EventsNotStored(
+                    f"{len(event_ids)} events not stored: {type(unrecorded).__name__}"
+                ) from unrecorded
+            continue
+        try:
+            fn(event_ids=event_ids, events=events, names=names, stamps=stamps)
+        except Exception as exc:
+            raise _ListenerFailed(fn) from exc
 
 
 def _events_by_ids(event_ids: list[int]) -> tuple[list[int], list[tuple]]:
