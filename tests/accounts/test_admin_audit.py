@@ -53,7 +53,16 @@ MAKERS = {
     "delivery.DeliveryRules": lambda by: DeliveryRules.objects.create(app=AppFactory(name="Ruled")),
     "campaigns.Campaign": _campaign,
     "journeys.Journey": _journey,
+    "audiences.EventReplay": lambda by: _event_replay(),
 }
+
+
+def _event_replay():
+    from django.utils import timezone
+
+    from audiences.models import EventReplay
+
+    return EventReplay.objects.create(listener="x.y", event_ids=[1], next_attempt_at=timezone.now())
 
 
 def _events_on(obj, pk) -> int:
