@@ -1,4 +1,5 @@
-"""Requests no view could answer: a NUL character in the path or the query string.
+"""The project's middleware: requests no view could answer (a NUL character in the path or the
+query string), and Django's messages left out of the API.
 
 PostgreSQL text cannot hold NUL, so a lookup or filter with one fails inside the database
 driver. They are refused before any view runs: JSON for the API, plain text for the admin.
@@ -7,13 +8,15 @@ driver. They are refused before any view runs: JSON for the API, plain text for 
 from django.contrib.messages.middleware import MessageMiddleware
 from django.http import HttpResponseBadRequest, HttpResponseNotFound, JsonResponse
 
+API_PREFIX = "/api/"
+
 
 class RefuseNulMiddleware:
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
-        api = request.path.startswith("/api/")
+        api = request.path.startswith(API_PREFIX)
         if "\x00" in request.path:
             if api:
                 return JsonResponse({"code": "not_found", "detail": "Not found."}, status=404)
@@ -41,5 +44,5 @@ class AdminMessageMiddleware(MessageMiddleware):
     twentieth of the web's CPU for an API trigger)."""
 
     def process_request(self, request):
-        if not request.path_info.startswith("/api/"):
+        if not request.path.startswith(API_PREFIX):
             super().process_request(request)

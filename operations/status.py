@@ -65,7 +65,8 @@ def queue_depth_and_oldest_age(*, now: dt.datetime) -> tuple[int, float | None]:
 
 
 def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
-    """Read the queue, the unfinished dispatches, the last hour's failed tasks and the beat."""
+    """Read the queue, the unfinished dispatches, the last hour's failed tasks, the event replays
+    waiting and the beat."""
     from django.db.models import Count, Min
     from django_q.models import Schedule, Task
 

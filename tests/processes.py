@@ -1,5 +1,6 @@
 """Tests that start the product's own processes: the checkout, a free port, `manage.py`, a process's children."""
 
+import signal
 import socket
 import subprocess
 import sys
@@ -14,8 +15,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def as_from_a_terminal() -> None:
+    """A child's ``preexec_fn``: Ctrl-C's default action, as a command started from a terminal has.
+    A suite run in the background of a shell hands its children SIGINT ignored, and Python then
+    never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def manage(args, env, **kwargs) -> subprocess.CompletedProcess:
-    """``manage.py`` with ``args`` in the checkout, under ``env``; its output captured as text."""
+    """``manage.py`` with ``args`` in the checkout, under ``env``, as from a terminal; its output
+    captured as text."""
+    kwargs.setdefault("preexec_fn", as_from_a_terminal)
     return subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, **kwargs
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.processes import ROOT, descendants, free_port, manage
+from tests.processes import ROOT, as_from_a_terminal, descendants, free_port, manage
 
 
 def test_make_run_looks_like_the_product_and_ctrl_c_stops_everything_cleanly(embedded_env, tmp_path):
@@ -39,6 +39,7 @@ def test_make_run_looks_like_the_product_and_ctrl_c_stops_everything_cleanly(emb
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a process group of its own, as a terminal gives `make run`
+            preexec_fn=as_from_a_terminal,
         )
     try:
         base = f"http://127.0.0.1:{port}"

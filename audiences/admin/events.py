@@ -18,6 +18,10 @@ from audiences.selectors import (
 )
 
 
+def _shortened(text: str, most: int) -> str:
+    return text if len(text) <= most else text[: most - 3] + "…"
+
+
 class EventNameFilter(admin.SimpleListFilter):
     """Event names from a skip scan of the index: no COUNT, no scan of the table."""
 
@@ -78,8 +82,7 @@ class EventAdmin(ReadOnlyMixin, BigTableAdmin):
 
     @admin.display(description="Properties")
     def properties_short(self, obj):
-        text = json.dumps(obj.properties, ensure_ascii=False)
-        return text if len(text) <= 80 else text[:77] + "…"
+        return _shortened(json.dumps(obj.properties, ensure_ascii=False), 80)
 
 
 @admin.register(EventReplay)
@@ -89,7 +92,6 @@ class EventReplayAdmin(ReadOnlyMixin, AccessAdmin):
     a deletion discards a batch whose entries would come too late to matter."""
 
     list_display = ("created_at", "listener", "events", "attempts", "next_attempt_at", "error_short")
-    ordering = ("next_attempt_at", "id")
     actions = ["replay_now"]
     fields = ("listener", "event_ids", "attempts", "created_at", "next_attempt_at", "error")
     readonly_fields = fields
@@ -106,7 +108,7 @@ class EventReplayAdmin(ReadOnlyMixin, AccessAdmin):
 
     @admin.display(description="Last error")
     def error_short(self, obj):
-        return obj.error if len(obj.error) <= 100 else obj.error[:97] + "…"
+        return _shortened(obj.error, 100)
 
     @admin.action(description="Replay the selected events now", permissions=["replay"])
     def replay_now(self, request, queryset):

@@ -115,7 +115,7 @@ def events_ingest(*, items: list[dict], by: User, stamps: Stamps | None = None, 
                 retried.add(fn)
                 log.warning("Event listener %s: a transient database failure, tried again", _listener_name(fn))
                 continue
-            log.exception(
+            log.error(
                 "Event listener %s failed for %s events: they are stored, and it runs again for them later",
                 _listener_name(fn),
                 len(items),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import re
 import zoneinfo
-from collections import Counter
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -226,7 +225,5 @@ def profiles_delete_counts(*, profile_ids: list[int]) -> dict[str, int]:
     """What ``profiles_delete`` removes with these profiles: {kind (plural): rows}, the profiles
     first, kinds with no row left out (``config.db.deletion_counts``: the plan the deletion itself
     follows; events and memberships are counted, not loaded)."""
-    counts: Counter[str] = Counter()
-    for model, rows in deletion_counts(Profile.objects.filter(pk__in=profile_ids)).items():
-        counts[str(model._meta.verbose_name_plural)] += rows
-    return dict(counts)
+    counts = deletion_counts(Profile.objects.filter(pk__in=profile_ids))
+    return {str(model._meta.verbose_name_plural): rows for model, rows in counts.items()}

@@ -477,7 +477,7 @@ def test_event_listeners_hear_the_written_events_inside_their_transaction(
 
 
 @pytest.mark.embedded
-def test_a_failing_event_listener_keeps_the_events_undoes_its_writes_and_is_replayed_later(manager_alice, admin_erin):
+def test_a_failing_event_listener_keeps_the_events_undoes_its_writes_and_is_replayed_later(manager_alice):
     """A listener that raises has its own writes undone (the call is written again without it),
     while the events and what the other listeners wrote commit; the batch is recorded and the
     listener runs again for it once due (a minute, then twice as long each time), for the events
