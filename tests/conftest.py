@@ -31,15 +31,27 @@ def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+_DB_FIXTURES = {"db", "transactional_db", "django_db_reset_sequences", "live_server"}
+
+
 @pytest.fixture(autouse=True)
-def _fresh_cache():
-    from django.core.cache import cache
+def _fresh_cache(request):
+    from django.core.cache import caches
+    from django.core.cache.backends.db import DatabaseCache
 
     from accounts.authentication import api_keys_forget
     from campaigns.services.triggers import campaign_caches_forget
     from journeys.services.entries import journey_caches_forget
 
-    cache.clear()  # the version stamps live beside the cache: every stamp starts unset
+    # The version stamps live beside the cache: every stamp starts unset. Without Redis the cache
+    # is a table: cleared once the test's database is set up, and not at all for a test that
+    # may not use the database (it can read no stamp either).
+    cache = caches["default"]
+    if not isinstance(cache, DatabaseCache):
+        cache.clear()
+    elif _DB_FIXTURES & set(request.fixturenames) or request.node.get_closest_marker("django_db"):
+        request.getfixturevalue("db")
+        cache.clear()
     api_keys_forget()
     campaign_caches_forget()
     journey_caches_forget()
