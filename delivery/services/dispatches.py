@@ -573,8 +573,9 @@ def deliveries_expire_leases(*, now: datetime | None = None) -> int:
     return total
 
 
-# The database's clock in SQL, as Django's Now() writes it: SQLite's, then PostgreSQL's.
-_DB_NOW = ("STRFTIME('%Y-%m-%d %H:%M:%f', 'NOW')", "CURRENT_TIMESTAMP")
+# The database's clock in SQL, as Django's Now() writes it (its '%' doubled: the statement has
+# parameters): SQLite's, then PostgreSQL's.
+_DB_NOW = ("STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'NOW')", "CURRENT_TIMESTAMP")
 
 
 def dispatches_watch(*, now: datetime | None = None) -> list[int]:

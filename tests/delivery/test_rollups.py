@@ -6,6 +6,8 @@ import datetime as dt
 from collections import Counter
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from delivery.models import Delivery, DeliveryRollup, Dispatch
@@ -75,6 +77,38 @@ def open_gate():
     yield
     _GATES.clear()
     _GATES.update(saved)
+
+
+def test_a_send_and_the_watchdog_run_with_every_statement_logged(
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
+):
+    """DEBUG's cursor logs each statement with its parameters formatted in by ``%``: a bare ``%``
+    in SQL of ours (SQLite's date functions take them) made that raise, and the request a 500."""
+    content = PushContentFactory(app=pushsim_app)
+    profiles = ProfileFactory.create_batch(3)
+    devices = [DeviceFactory(profile=profile, app=pushsim_app, platform="android") for profile in profiles]
+    stale = Dispatch.objects.create(app=pushsim_app, kind="api_trigger", content_spec=content.spec(), status="sending")
+    left = Delivery.objects.create(
+        dispatch=stale,
+        device=devices[0],
+        profile_id=profiles[0].pk,
+        status="sending",
+        lease_expires_at=timezone.now() - dt.timedelta(minutes=1),
+    )
+    with CaptureQueriesContext(connection) as logged, django_capture_on_commit_callbacks(execute=True):
+        dispatch = dispatch_create(
+            app_id=pushsim_app.pk,
+            kind=Dispatch.Kind.API_TRIGGER,
+            spec=content.spec(),
+            profile_ids=[p.pk for p in profiles],
+        )
+        deliveries_expire_leases()  # by the database's clock
+    dispatch.refresh_from_db()
+    assert (dispatch.status, dispatch.accepted) == ("done", 3)
+    assert_rollup_is_the_count(dispatch)
+    left.refresh_from_db()
+    assert (left.status, left.reason) == ("unknown", "lease_expired")
+    assert any("delivery_deliveryrollup" in query["sql"] for query in logged.captured_queries)
 
 
 def test_a_bulk_send_with_failures_retries_skips_variants_and_an_open_is_rolled_up_exactly(
