@@ -55,11 +55,8 @@ def queue_depth_and_oldest_age(*, now: dt.datetime) -> tuple[int, float | None]:
         from django_q.models import OrmQ
 
         oldest = OrmQ.objects.using(settings.Q_CLUSTER["orm"]).filter(key=broker.list_key).order_by("id").first()
-        if oldest is not None:
-            try:
-                started = oldest.task().get("started")
-            except Exception:
-                started = None
+        if oldest is not None:  # its package, or {"id": "*Error"} when it cannot be read
+            started = oldest.task.get("started")
     age = (now - started).total_seconds() if started is not None else None
     return depth, age
 

@@ -14,7 +14,10 @@ from django_q.models import Schedule, Task
 from django_q.signing import SignedPackage
 
 from delivery.models import Dispatch
+from operations.status import queue_depth_and_oldest_age
 from tests.factories import AppFactory
+
+pytestmark = pytest.mark.embedded  # the queue is Redis, or the database (django-q2's ORM broker)
 
 
 @pytest.fixture
@@ -92,6 +95,11 @@ def test_status_prints_queue_sends_failures_and_beat_without_secrets(db, queue, 
     assert "campaigns tick: last ran 4" in text
     assert "claimed, sending allowed" in text
     assert settings.SECRET_KEY not in text and settings.PUSHDESK_ENCRYPTION_KEY not in text
+
+
+def test_a_task_the_queue_cannot_read_is_counted_with_no_age(db, queue):
+    queue.enqueue("not a package signed with this instance's key")
+    assert queue_depth_and_oldest_age(now=timezone.now()) == (1, None)
 
 
 def test_status_says_sending_is_off_on_a_copy(db, queue):
