@@ -28,6 +28,9 @@ from django.urls import URLPattern
 
 import tests
 
+# On SQLite too: the embedded mode's admin has a page of its own (the ORM broker's queue).
+pytestmark = pytest.mark.embedded
+
 STANDARD_MODEL_URLS = ("changelist", "add", "change", "delete", "history")
 STANDARD_SITE_URLS = {
     "index",
