@@ -377,18 +377,22 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
                 _batch_finish(dispatch, in_flight, report)  # its retries may be due now
                 in_flight = None
                 continue
-            next_retry = (
-                Delivery.objects.filter(dispatch_id=dispatch_id, finished_at__isnull=True, status=DS.QUEUED)
-                .order_by("next_attempt_at")
-                .values_list("next_attempt_at", flat=True)
-                .first()
-            )
+            next_retry = _next_retry(dispatch_id)
             if next_retry is None:
                 break
-            wait = (next_retry - timezone.now()).total_seconds()
-            if time.monotonic() + wait >= deadline:
+            if time.monotonic() + (next_retry - timezone.now()).total_seconds() >= deadline:
                 break
-            time.sleep(max(0.0, min(wait, 5.0)))
+            # No row of the dispatch is due before it: a bulk dispatch gets no rows after its
+            # resolve, and a sender sending it beside this one takes the retries it writes. So
+            # neither claim nor read the rows until then (each is a walk over the dispatch's
+            # unfinished rows: a million during a provider's outage), only the dispatch (a stop).
+            while (wait := (next_retry - timezone.now()).total_seconds()) > 0:
+                time.sleep(min(wait, _IDLE_CHECK_SECONDS))
+                if (
+                    stop_requested()
+                    or not Dispatch.objects.filter(pk=dispatch_id, status=Dispatch.Status.SENDING).exists()
+                ):
+                    break
     finally:
         if in_flight is not None:
             _batch_finish(dispatch, in_flight, report)
@@ -405,6 +409,18 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
 
 # How often a sender claims from its dispatch's first row again, whatever its last claim took.
 _RESCAN_SECONDS = 10.0
+# How often a sender waiting for its dispatch's next retry looks whether it was stopped.
+_IDLE_CHECK_SECONDS = 5.0
+
+
+def _next_retry(dispatch_id: int) -> datetime | None:
+    """When the dispatch's earliest queued row is due (None: no row is queued)."""
+    return (
+        Delivery.objects.filter(dispatch_id=dispatch_id, finished_at__isnull=True, status=DS.QUEUED)
+        .order_by("next_attempt_at")
+        .values_list("next_attempt_at", flat=True)
+        .first()
+    )
 
 
 def _only_future_retries(dispatch_id: int, *, now: datetime) -> bool:
@@ -419,12 +435,7 @@ def _schedule_retry(dispatch_id: int) -> None:
     """Run the send task again when the earliest retry is due (one one-off django-q schedule per dispatch)."""
     from django_q.models import Schedule
 
-    when = (
-        Delivery.objects.filter(dispatch_id=dispatch_id, finished_at__isnull=True, status=DS.QUEUED)
-        .order_by("next_attempt_at")
-        .values_list("next_attempt_at", flat=True)
-        .first()
-    )
+    when = _next_retry(dispatch_id)
     if when is None:
         return
     from django_q.conf import Conf

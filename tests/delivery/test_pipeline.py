@@ -1,5 +1,6 @@
 """The send pipeline end to end, against the push simulator over real HTTP/2 on loopback."""
 
+import datetime as dt
 import random
 import threading
 import time
@@ -815,3 +816,59 @@ def test_a_provider_reason_postgresql_cannot_store_is_recorded_and_the_batch_wri
     assert rows(dispatch)[other.pk].reason == "credentials: Key\ufffdRevoked"
     refusal = AuditEvent.objects.get(action="dispatch_credentials_refused", object_id=str(dispatch.pk))
     assert refusal.summary["reason"] == "Key\ufffdRevoked"
+
+
+class _Clock:
+    """``time`` for the send loop, whose every sleep calls ``on_sleep(seconds)`` first."""
+
+    def __init__(self, on_sleep):
+        self.on_sleep = on_sleep
+        self.monotonic = time.monotonic
+
+    def sleep(self, seconds):
+        self.on_sleep(seconds)
+        time.sleep(seconds)
+
+
+def test_a_sender_waiting_for_the_next_retry_reads_no_row_until_it_is_due(
+    pushsim_app, pushsim, open_gate, monkeypatch, django_capture_on_commit_callbacks
+):
+    """While every queued row waits for its retry (a provider's outage), the sender looks only at
+    its dispatch, for a stop, until the earliest is due: no claim, no row read (there may be a
+    million), then it sends them all."""
+    monkeypatch.setattr(sending, "_IDLE_CHECK_SECONDS", 0.05)
+    dispatch = _prepared_android(pushsim_app, 30, django_capture_on_commit_callbacks)
+    Delivery.objects.filter(dispatch=dispatch).update(next_attempt_at=timezone.now() + dt.timedelta(seconds=1))
+    read_at_each_sleep = []
+    monkeypatch.setattr(
+        sending, "time", _Clock(lambda seconds: read_at_each_sleep.append(rows_read("delivery_delivery")))
+    )
+
+    report = dispatch_send(dispatch_id=dispatch.pk, time_budget=30)
+
+    assert report.outcomes["accepted"] == 30
+    assert len(read_at_each_sleep) >= 10  # about a second of waiting, looked at every 0.05 s
+    assert len(set(read_at_each_sleep)) == 1, read_at_each_sleep  # and not a row read meanwhile
+
+
+def test_a_sender_waiting_for_the_next_retry_ends_when_its_dispatch_is_stopped(
+    pushsim_app, pushsim, open_gate, monkeypatch, django_capture_on_commit_callbacks
+):
+    monkeypatch.setattr(sending, "_IDLE_CHECK_SECONDS", 0.05)
+    dispatch = _prepared_android(pushsim_app, 2, django_capture_on_commit_callbacks)
+    Delivery.objects.filter(dispatch=dispatch).update(next_attempt_at=timezone.now() + dt.timedelta(minutes=10))
+    sleeps = []
+
+    def stop_on_the_third(seconds):
+        sleeps.append(seconds)
+        if len(sleeps) == 3:
+            Dispatch.objects.filter(pk=dispatch.pk).update(status=Dispatch.Status.STOPPED)
+
+    monkeypatch.setattr(sending, "time", _Clock(stop_on_the_third))
+    started = time.monotonic()
+
+    report = dispatch_send(dispatch_id=dispatch.pk, time_budget=1200)
+
+    assert len(sleeps) == 3 and time.monotonic() - started < 5
+    assert report.claimed == 0
+    assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", "attempts")) == {("queued", 0)}
