@@ -41,6 +41,7 @@ def _past_push(app, profile, *, hours_ago, devices=1, purpose="marketing"):
         )
 
 
+@pytest.mark.embedded  # the cap's SQL runs on SQLite too
 def test_frequency_cap_skips_profiles_that_had_enough(app):
     DeliveryRules.objects.create(app=app, frequency_cap=1, frequency_window_hours=24)
     capped, fresh, long_ago = ProfileFactory.create_batch(3)
@@ -53,6 +54,7 @@ def test_frequency_cap_skips_profiles_that_had_enough(app):
     assert rows[fresh.pk].status == rows[long_ago.pk].status == "queued"
 
 
+@pytest.mark.embedded  # the cap's SQL runs on SQLite too
 def test_a_push_to_several_phones_counts_once(app):
     DeliveryRules.objects.create(app=app, frequency_cap=2)
     profile = ProfileFactory()
@@ -82,6 +84,7 @@ def test_test_sends_ignore_the_rules(app):
     assert _dispatch(app, [], kind="test")[profile.pk].status == "queued"
 
 
+@pytest.mark.embedded  # the cap's SQL runs on SQLite too
 def test_a_row_stranded_in_a_stopped_dispatch_does_not_count_toward_the_cap(app):
     DeliveryRules.objects.create(app=app, frequency_cap=1, frequency_window_hours=24)
     profile = ProfileFactory()
@@ -91,6 +94,7 @@ def test_a_row_stranded_in_a_stopped_dispatch_does_not_count_toward_the_cap(app)
     assert _dispatch(app, [profile])[profile.pk].status == "queued"
 
 
+@pytest.mark.embedded  # the cap's SQL runs on SQLite too
 def test_a_push_still_on_its_way_counts_toward_the_cap(app):
     DeliveryRules.objects.create(app=app, frequency_cap=1, frequency_window_hours=24)
     profile = ProfileFactory()

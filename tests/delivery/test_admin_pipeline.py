@@ -1,7 +1,10 @@
 """The admin of the send pipeline: content with previews and test sends, dispatches, deliveries, devices."""
 
+import re
+
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts.services import access_grant
 from delivery.models import Delivery, Dispatch, PushContent
@@ -169,6 +172,34 @@ def test_device_page_shows_the_deliveries_of_its_profile_only(client, viewer_car
     page = client.get(reverse("admin:delivery_device_change", args=[device.pk])).content.decode()
     assert f"#{Delivery.objects.get(dispatch=dispatch).pk}<" in page
     assert f"#{Delivery.objects.get(dispatch=earlier).pk}<" not in page
+
+
+@pytest.mark.embedded
+def test_device_page_lists_its_finished_deliveries_and_those_on_their_way_newest_first(client, viewer_carol, app):
+    device = DeviceFactory(app=app)
+    now = timezone.now()
+
+    def row(status, dispatch_status, **fields):
+        dispatch = Dispatch.objects.create(
+            app=app, kind="campaign", content_spec={}, status=dispatch_status, standing="queued_at" in fields
+        )
+        if status in ("accepted", "failed"):
+            fields["finished_at"] = now
+        return Delivery.objects.create(
+            dispatch=dispatch, device=device, profile_id=device.profile_id, status=status, **fields
+        )
+
+    rows = [
+        row("accepted", "done"),
+        row("failed", "done"),
+        row("queued", "sending"),  # a bulk send's row not sent yet
+        row("sending", "sending", queued_at=now),  # a stream's row in flight
+        row("queued", "sending", queued_at=now),
+    ]
+    client.force_login(viewer_carol)
+    page = client.get(reverse("admin:delivery_device_change", args=[device.pk])).content.decode()
+    shown = [int(n) for n in re.findall(r">#(\d+)<", page)]
+    assert shown == sorted((r.pk for r in rows), reverse=True)
 
 
 def test_devices_of_other_apps_are_not_listed(client, viewer_carol, app):

@@ -177,6 +177,88 @@ def test_quiet_hours_and_the_frequency_cap_apply_to_marketing_streams(pushsim_ap
     assert [(r.status, r.reason) for r in _append(stream, [max_], rules=rules, now=now)] == [("skipped", "quiet_hours")]
 
 
+@pytest.mark.embedded  # the cap's SQL runs on SQLite too
+def test_a_marketing_stream_counts_the_pushes_on_their_way_in_running_sends_of_the_app(pushsim_app, stream):
+    """On their way: a row of a running bulk send (found through the profile's devices), a row of
+    another running stream; not a row of a stopped send, nor a push accepted before the window."""
+    now = timezone.now()
+    rules = DeliveryRules.objects.create(app=pushsim_app, frequency_cap=1, frequency_window_hours=24)
+    Dispatch.objects.filter(pk=stream.pk).update(purpose="marketing")
+    bulk_one, streamed_one, stopped_one, long_ago, fresh = profiles = _people(pushsim_app, 5)
+    device = {p.pk: p.devices.get() for p in profiles}
+
+    def send(status, *, standing=False, source=0):
+        return Dispatch.objects.create(
+            app=pushsim_app,
+            kind="campaign",
+            purpose="marketing",
+            content_spec={},
+            status=status,
+            standing=standing,
+            source_id=source,
+        )
+
+    bulk, other_stream, stopped, done = (
+        send("sending"),
+        send("sending", standing=True, source=7),
+        send("stopped"),
+        send("done"),
+    )
+    Delivery.objects.create(dispatch=bulk, device=device[bulk_one.pk], profile_id=bulk_one.pk, status="sending")
+    Delivery.objects.create(
+        dispatch=other_stream,
+        device=device[streamed_one.pk],
+        profile_id=streamed_one.pk,
+        status="queued",
+        queued_at=now,
+    )
+    Delivery.objects.create(dispatch=stopped, device=device[stopped_one.pk], profile_id=stopped_one.pk, status="queued")
+    Delivery.objects.create(
+        dispatch=done,
+        device=device[long_ago.pk],
+        profile_id=long_ago.pk,
+        status="accepted",
+        finished_at=now - dt.timedelta(hours=25),
+    )
+
+    appended = _append(stream, profiles, rules=rules, now=now)
+
+    assert {r.profile_id: (r.status, r.reason) for r in appended} == {
+        bulk_one.pk: ("skipped", "frequency_cap"),
+        streamed_one.pk: ("skipped", "frequency_cap"),
+        stopped_one.pk: ("queued", ""),
+        long_ago.pk: ("queued", ""),
+        fresh.pk: ("queued", ""),
+    }
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's statistics")
+def test_the_cap_of_a_call_reads_no_row_of_a_running_bulk_send_but_its_profiles_own(pushsim_app, stream):
+    """A trigger's cap looks for its profiles' pushes on their way through their devices, never
+    by walking a running bulk send's rows (a million of them while a campaign sends)."""
+    from tests.pg_statistics import rows_read
+
+    rules = DeliveryRules.objects.create(app=pushsim_app, frequency_cap=1, frequency_window_hours=24)
+    Dispatch.objects.filter(pk=stream.pk).update(purpose="marketing")
+    bulk = Dispatch.objects.create(
+        app=pushsim_app, kind="campaign", purpose="marketing", content_spec={}, status="sending"
+    )
+    Delivery.objects.bulk_create(
+        Delivery(dispatch=bulk, device=d, profile_id=d.profile_id, status="queued")
+        for d in DeviceFactory.create_batch(300, app=pushsim_app)
+    )
+    [caller] = _people(pushsim_app, 1)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE delivery_delivery")
+        cursor.execute("SET LOCAL enable_seqscan = off")  # what an index path reads, whatever the table's size
+    before = rows_read("delivery_delivery")
+
+    [row] = _append(stream, [caller], rules=rules)
+
+    assert row.status == "queued"
+    assert rows_read("delivery_delivery") - before < 20
+
+
 def test_a_sender_takes_one_row_when_one_waits_and_full_batches_under_load(pushsim, pushsim_app, stream, settings):
     settings.PUSHDESK_SEND_BATCH = 100
     _append(stream, _people(pushsim_app, 1))
