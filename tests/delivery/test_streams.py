@@ -185,7 +185,6 @@ def test_a_marketing_stream_counts_the_pushes_on_their_way_in_running_sends_of_t
     rules = DeliveryRules.objects.create(app=pushsim_app, frequency_cap=1, frequency_window_hours=24)
     Dispatch.objects.filter(pk=stream.pk).update(purpose="marketing")
     bulk_one, streamed_one, stopped_one, long_ago, fresh = profiles = _people(pushsim_app, 5)
-    device = {p.pk: p.devices.get() for p in profiles}
 
     def send(status, *, standing=False, source=0):
         return Dispatch.objects.create(
@@ -204,22 +203,16 @@ def test_a_marketing_stream_counts_the_pushes_on_their_way_in_running_sends_of_t
         send("stopped"),
         send("done"),
     )
-    Delivery.objects.create(dispatch=bulk, device=device[bulk_one.pk], profile_id=bulk_one.pk, status="sending")
-    Delivery.objects.create(
-        dispatch=other_stream,
-        device=device[streamed_one.pk],
-        profile_id=streamed_one.pk,
-        status="queued",
-        queued_at=now,
-    )
-    Delivery.objects.create(dispatch=stopped, device=device[stopped_one.pk], profile_id=stopped_one.pk, status="queued")
-    Delivery.objects.create(
-        dispatch=done,
-        device=device[long_ago.pk],
-        profile_id=long_ago.pk,
-        status="accepted",
-        finished_at=now - dt.timedelta(hours=25),
-    )
+
+    def row(dispatch, profile, status, **fields):
+        Delivery.objects.create(
+            dispatch=dispatch, device=profile.devices.get(), profile_id=profile.pk, status=status, **fields
+        )
+
+    row(bulk, bulk_one, "sending")
+    row(other_stream, streamed_one, "queued", queued_at=now)
+    row(stopped, stopped_one, "queued")
+    row(done, long_ago, "accepted", finished_at=now - dt.timedelta(hours=25))
 
     appended = _append(stream, profiles, rules=rules, now=now)
 
