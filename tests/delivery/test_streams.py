@@ -179,7 +179,7 @@ def test_quiet_hours_and_the_frequency_cap_apply_to_marketing_streams(pushsim_ap
 
 @pytest.mark.embedded  # the cap's SQL runs on SQLite too
 def test_a_marketing_stream_counts_the_pushes_on_their_way_in_running_sends_of_the_app(pushsim_app, stream):
-    """On their way: a row of a running bulk send (found through the profile's devices), a row of
+    """On their way: a row of a running bulk send, a row of
     another running stream; not a row of a stopped send, nor a push accepted before the window."""
     now = timezone.now()
     rules = DeliveryRules.objects.create(app=pushsim_app, frequency_cap=1, frequency_window_hours=24)
@@ -227,8 +227,8 @@ def test_a_marketing_stream_counts_the_pushes_on_their_way_in_running_sends_of_t
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's statistics")
 def test_the_cap_of_a_call_reads_no_row_of_a_running_bulk_send_but_its_profiles_own(pushsim_app, stream):
-    """A trigger's cap looks for its profiles' pushes on their way through their devices, never
-    by walking a running bulk send's rows (a million of them while a campaign sends)."""
+    """A trigger's cap reads its own profiles' rows through an index, never by walking a running
+    bulk send's rows (a million of them while a campaign sends)."""
     from tests.pg_statistics import rows_read
 
     rules = DeliveryRules.objects.create(app=pushsim_app, frequency_cap=1, frequency_window_hours=24)
