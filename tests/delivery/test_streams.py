@@ -179,8 +179,8 @@ def test_quiet_hours_and_the_frequency_cap_apply_to_marketing_streams(pushsim_ap
 
 @pytest.mark.embedded  # the cap's SQL runs on SQLite too
 def test_a_marketing_stream_counts_the_pushes_on_their_way_in_running_sends_of_the_app(pushsim_app, stream):
-    """On their way: a row of a running bulk send, a row of
-    another running stream; not a row of a stopped send, nor a push accepted before the window."""
+    """On their way: a row of a running bulk send, a row of another running stream; not a row of
+    a stopped send, nor a push accepted before the window."""
     now = timezone.now()
     rules = DeliveryRules.objects.create(app=pushsim_app, frequency_cap=1, frequency_window_hours=24)
     Dispatch.objects.filter(pk=stream.pk).update(purpose="marketing")
