@@ -522,8 +522,14 @@ class Delivery(models.Model):
             models.Index(
                 fields=["dispatch", "id"], condition=models.Q(finished_at__isnull=True), name="delivery_claim_idx"
             ),
-            # The frequency cap counts a profile's recent and in-flight deliveries.
-            models.Index(fields=["profile", "finished_at"], name="delivery_profile_recent_idx"),
+            # The frequency cap counts a profile's recent deliveries; a device's page lists its
+            # finished ones. Finished rows only: a row not sent yet (the resolve writes a million
+            # at once) costs no entry here, and is found through its running dispatch instead.
+            models.Index(
+                fields=["profile", "finished_at"],
+                condition=models.Q(finished_at__isnull=False),
+                name="delivery_profile_finished_idx",
+            ),
             # The home page's last 24 hours of outcomes and opens, and the last hour's provider health.
             models.Index(
                 fields=["finished_at"], condition=models.Q(finished_at__isnull=False), name="delivery_finished_idx"

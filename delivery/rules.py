@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from django.db import connection
 from django.db.models import Q
 
+from config.db import COUNT_WORK_MEM
 from delivery.models import Delivery, DeliveryRules, Dispatch
 from delivery.services.rollups import deliveries_finish
 
@@ -54,33 +55,46 @@ def _frequency_cap(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -
     commits: two dispatches resolving at once could not see each other's uncommitted rows, so the
     second waits and then counts the first's. (SQLite serialises writers by itself.)
     """
-    if connection.vendor == "postgresql":
+    postgresql = connection.vendor == "postgresql"
+    if postgresql:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_CAP_LOCK_CLASS, dispatch.app_id])
+            # The dispatch's rows, written in this transaction (a million at once), are unknown to
+            # the planner's statistics, which count on one: it would then run the grouped count
+            # once per row of the other side. For this statement only: hash joins, with the
+            # memory of a count (the dispatch's profile ids hashed once).
+            cursor.execute(
+                "SELECT current_setting('enable_nestloop'), current_setting('work_mem'), "
+                "set_config('enable_nestloop', 'off', true), set_config('work_mem', %s, true)",
+                [COUNT_WORK_MEM],
+            )
+            saved = cursor.fetchone()[:2]
     since = now - dt.timedelta(hours=rules.frequency_window_hours)
     adapt = connection.ops.adapt_datetimefield_value
-    # A row queued or sending counts only while its dispatch can still send it: a stopped or
-    # finished dispatch's stranded row is no push on its way.
-    where = (
-        "d.dispatch_id = %s AND d.status = %s AND d.profile_id IN ("
-        " SELECT e.profile_id FROM delivery_delivery e JOIN delivery_dispatch x ON x.id = e.dispatch_id"
-        " WHERE x.app_id = %s AND x.purpose = 'marketing' AND x.kind <> 'test' AND x.id <> %s"
-        " AND e.profile_id IN (SELECT profile_id FROM delivery_delivery WHERE dispatch_id = %s)"
-        " AND ((e.status = 'accepted' AND e.finished_at >= %s)"
-        "  OR (e.status IN ('queued', 'sending') AND x.status IN ('preparing', 'sending')))"
-        " GROUP BY e.profile_id"
-        " HAVING COUNT(DISTINCT CAST(e.dispatch_id AS text) || ':' || COALESCE(CAST(e.queued_at AS text), '')) >= %s)"
+    # Pushes accepted in the window are read through the profiles' index of finished rows; those
+    # on their way are the unfinished rows of the app's other running dispatches (a stopped or
+    # finished dispatch's stranded row is no push on its way), read through their claim index.
+    others = (
+        " JOIN delivery_dispatch x ON x.id = e.dispatch_id WHERE x.app_id = %s AND x.purpose = 'marketing'"
+        " AND x.kind <> 'test' AND x.id <> %s AND e.profile_id IN (SELECT profile_id FROM delivery_delivery WHERE dispatch_id = %s)"
     )
-    params = [
-        dispatch.pk,
-        DS.QUEUED,
-        dispatch.app_id,
-        dispatch.pk,
-        dispatch.pk,
-        adapt(since),
-        rules.frequency_cap,
-    ]
-    return deliveries_finish(where=where, params=params, status=DS.SKIPPED, reason="frequency_cap", now=now)
+    where = (
+        "d.dispatch_id = %s AND d.status = %s AND d.profile_id IN ("  # noqa: S608 (constants; values are bound)
+        " SELECT c.profile_id FROM ("
+        f" SELECT e.profile_id, e.dispatch_id, e.queued_at FROM delivery_delivery e{others}"
+        " AND e.status = 'accepted' AND e.finished_at >= %s"
+        f" UNION ALL SELECT e.profile_id, e.dispatch_id, e.queued_at FROM delivery_delivery e{others}"
+        " AND x.status IN ('preparing', 'sending') AND e.finished_at IS NULL AND e.status IN ('queued', 'sending')"
+        ") c GROUP BY c.profile_id"
+        " HAVING COUNT(DISTINCT CAST(c.dispatch_id AS text) || ':' || COALESCE(CAST(c.queued_at AS text), '')) >= %s)"
+    )
+    ours = [dispatch.app_id, dispatch.pk, dispatch.pk]
+    params = [dispatch.pk, DS.QUEUED, *ours, adapt(since), *ours, rules.frequency_cap]
+    capped = deliveries_finish(where=where, params=params, status=DS.SKIPPED, reason="frequency_cap", now=now)
+    if postgresql:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('enable_nestloop', %s, true), set_config('work_mem', %s, true)", saved)
+    return capped
 
 
 def _zone(name: str | None, fallback: str) -> ZoneInfo:

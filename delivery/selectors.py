@@ -1,6 +1,6 @@
 """Permission-filtered reads of the send pipeline: every admin list and API view goes through these."""
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from accounts.models import User
 from accounts.selectors import visible_to
@@ -65,11 +65,20 @@ def dispatch_outcomes(dispatch: Dispatch) -> list[dict]:
 def device_deliveries(device: Device, *, limit: int = 50) -> list[Delivery]:
     """A device's most recent deliveries for its profile, newest first.
 
-    Read through the profile's index (the deliveries have none on the device): those the device
-    got while it belonged to an earlier profile (a token registered again by someone else) are
-    that profile's history, not shown here."""
-    return list(
-        Delivery.objects.filter(profile_id=device.profile_id, device=device)
-        .select_related("dispatch")
-        .order_by("-id")[:limit]
+    The deliveries have no index on the device: finished ones are read through the profile's
+    index (those the device got while it belonged to an earlier profile, a token registered
+    again by someone else, are that profile's history, not shown here), those on their way
+    through the app's running dispatches (a bulk run's row by its (dispatch, device) index)."""
+    rows = Delivery.objects.filter(device=device, profile_id=device.profile_id).select_related("dispatch")
+    running = Dispatch.objects.filter(
+        app_id=device.app_id, status__in=[Dispatch.Status.PREPARING, Dispatch.Status.SENDING]
+    ).values_list("pk", "standing")
+    bulk = [pk for pk, standing in running if not standing]
+    streams = [pk for pk, standing in running if standing]
+    finished = list(rows.filter(finished_at__isnull=False).order_by("-id")[:limit])
+    on_their_way = list(
+        rows.filter(finished_at__isnull=True).filter(
+            Q(dispatch_id__in=bulk, queued_at__isnull=True) | Q(dispatch_id__in=streams, queued_at__isnull=False)
+        )[:limit]
     )
+    return sorted(finished + on_their_way, key=lambda d: -d.pk)[:limit]

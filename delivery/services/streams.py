@@ -354,20 +354,45 @@ def _frequency_cap(
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_CAP_LOCK_CLASS, app_id])
-        placeholders = ", ".join(["%s"] * len(queued))
+        rows_in = ", ".join(["%s"] * len(queued))
+        profile_ids = sorted({r.profile_id for r in rows if r.status == DS.QUEUED})
+        profiles_in = ", ".join(["%s"] * len(profile_ids))
+        marketing = "x.app_id = %s AND x.purpose = 'marketing' AND x.kind <> 'test'"
+        on_its_way = (
+            "x.status IN ('preparing', 'sending') AND d.finished_at IS NULL AND d.status IN ('queued', 'sending')"
+        )
+        # Accepted in the window: the profiles' index of finished rows. On their way: a running
+        # bulk dispatch's row of one of the profiles' devices (its (dispatch, device) index), or
+        # a running stream's unfinished row; never a walk over a bulk send's million rows.
         cursor.execute(
-            "UPDATE delivery_delivery SET status = 'skipped', reason = 'frequency_cap', finished_at = %s "  # noqa: S608 (placeholders only)
-            f"WHERE id IN ({placeholders}) AND profile_id IN ("
-            " SELECT d.profile_id FROM delivery_delivery d JOIN delivery_dispatch x ON x.id = d.dispatch_id"
-            " WHERE x.app_id = %s AND x.purpose = 'marketing' AND x.kind <> 'test'"
-            f" AND d.profile_id IN (SELECT profile_id FROM delivery_delivery WHERE id IN ({placeholders}))"
-            f" AND d.id NOT IN ({placeholders})"
-            " AND ((d.status = 'accepted' AND d.finished_at >= %s)"
-            "  OR (d.status IN ('queued', 'sending') AND x.status IN ('preparing', 'sending')))"
-            " GROUP BY d.profile_id"
-            " HAVING COUNT(DISTINCT CAST(d.dispatch_id AS text) || ':' || COALESCE(CAST(d.queued_at AS text), '')) >= %s)"
+            "UPDATE delivery_delivery SET status = 'skipped', reason = 'frequency_cap', finished_at = %s "  # noqa: S608 (constants and placeholders; values are bound)
+            f"WHERE id IN ({rows_in}) AND profile_id IN (SELECT c.profile_id FROM ("
+            " SELECT d.profile_id, d.dispatch_id, d.queued_at FROM delivery_delivery d"
+            f" JOIN delivery_dispatch x ON x.id = d.dispatch_id WHERE {marketing} AND d.profile_id IN ({profiles_in})"
+            " AND d.status = 'accepted' AND d.finished_at >= %s"
+            " UNION ALL SELECT d.profile_id, d.dispatch_id, d.queued_at FROM delivery_device dev"
+            " JOIN delivery_dispatch x ON x.app_id = dev.app_id"
+            " JOIN delivery_delivery d ON d.dispatch_id = x.id AND d.device_id = dev.id AND d.queued_at IS NULL"
+            f" WHERE dev.profile_id IN ({profiles_in}) AND {marketing} AND {on_its_way} AND d.profile_id = dev.profile_id"
+            " UNION ALL SELECT d.profile_id, d.dispatch_id, d.queued_at FROM delivery_dispatch x"
+            " JOIN delivery_delivery d ON d.dispatch_id = x.id AND d.queued_at IS NOT NULL"
+            f" WHERE {marketing} AND {on_its_way} AND d.profile_id IN ({profiles_in}) AND d.id NOT IN ({rows_in})"
+            ") c GROUP BY c.profile_id"
+            " HAVING COUNT(DISTINCT CAST(c.dispatch_id AS text) || ':' || COALESCE(CAST(c.queued_at AS text), '')) >= %s)"
             " RETURNING id",
-            [adapt(now), *queued, app_id, *queued, *queued, adapt(since), rules.frequency_cap],
+            [
+                adapt(now),
+                *queued,
+                app_id,
+                *profile_ids,
+                adapt(since),
+                *profile_ids,
+                app_id,
+                app_id,
+                *profile_ids,
+                *queued,
+                rules.frequency_cap,
+            ],
         )
         capped = {row[0] for row in cursor.fetchall()}
     rollup_add_finished(ids=sorted(capped))

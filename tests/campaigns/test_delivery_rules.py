@@ -5,6 +5,7 @@ import threading
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 from django_q.conf import Conf
 
@@ -103,6 +104,24 @@ def test_a_push_still_on_its_way_counts_toward_the_cap(app):
     Delivery.objects.create(dispatch=sending, device=device, profile_id=profile.pk, status="queued")
     row = _dispatch(app, [profile])[profile.pk]
     assert (row.status, row.reason) == ("skipped", "frequency_cap")
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's planner settings")
+def test_the_caps_planner_settings_end_with_its_statement(app):
+    """The cap's count runs with hash joins and a count's memory (the new rows have no statistics);
+    the rest of the resolve's transaction runs with the server's settings."""
+    DeliveryRules.objects.create(app=app, frequency_cap=1, frequency_window_hours=24)
+    profile = ProfileFactory()
+    DeviceFactory(profile=profile, app=app)
+    _past_push(app, profile, hours_ago=1)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('enable_nestloop'), current_setting('work_mem')")
+        before = cursor.fetchone()
+
+        assert _dispatch(app, [profile])[profile.pk].reason == "frequency_cap"
+
+        cursor.execute("SELECT current_setting('enable_nestloop'), current_setting('work_mem')")
+        assert cursor.fetchone() == before
 
 
 @pytest.mark.django_db(transaction=True)
