@@ -1,10 +1,10 @@
 """Database helpers shared by the apps: the session settings of the heavy reads (one count over
-many rows, in a transaction of its own), integer and text lists as one parameter, and what a
-deletion removes."""
+many rows, in a transaction of its own), integer and text lists as one parameter, what a
+deletion removes, and an index built without stopping writes (for migrations)."""
 
 from collections import Counter
 
-from django.db import router
+from django.db import migrations, router
 from django.db.models import QuerySet
 from django.db.models.deletion import Collector
 
@@ -61,3 +61,24 @@ def deletion_counts(objs) -> dict:
     for queryset in collector.fast_deletes:
         counts[queryset.model] += queryset.count()
     return {kind: rows for kind, rows in counts.items() if rows}
+
+
+class AddIndexConcurrentlyOnPostgres(migrations.AddIndex):
+    """AddIndex, built CONCURRENTLY on PostgreSQL (plainly elsewhere, as on SQLite), for a big
+    table whose writers must go on while it builds; its migration is ``atomic = False``. If the
+    build fails it leaves an invalid index behind: drop it (``DROP INDEX CONCURRENTLY``) and
+    migrate again."""
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor != "postgresql":
+            return super().database_forwards(app_label, schema_editor, from_state, to_state)
+        model = to_state.apps.get_model(app_label, self.model_name)
+        if self.allow_migrate_model(schema_editor.connection.alias, model):
+            schema_editor.add_index(model, self.index, concurrently=True)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor != "postgresql":
+            return super().database_backwards(app_label, schema_editor, from_state, to_state)
+        model = from_state.apps.get_model(app_label, self.model_name)
+        if self.allow_migrate_model(schema_editor.connection.alias, model):
+            schema_editor.remove_index(model, self.index, concurrently=True)
