@@ -58,15 +58,15 @@ def _frequency_cap(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -
     postgresql = connection.vendor == "postgresql"
     if postgresql:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_CAP_LOCK_CLASS, dispatch.app_id])
-            # The dispatch's rows, written in this transaction (a million at once), are unknown to
-            # the planner's statistics, which count on one: it would then run the grouped count
-            # once per row of the other side. For this statement only: hash joins, with the
-            # memory of a count (the dispatch's profile ids hashed once).
+            # The lock, and the settings of the count below: the dispatch's rows, written in this
+            # transaction (a million at once), are unknown to the planner's statistics, which count
+            # on one; it would then run the grouped count once per row of the other side. For that
+            # statement only: hash joins, with the memory of a count (the profile ids hashed once).
             cursor.execute(
                 "SELECT current_setting('enable_nestloop'), current_setting('work_mem'), "
-                "set_config('enable_nestloop', 'off', true), set_config('work_mem', %s, true)",
-                [COUNT_WORK_MEM],
+                "pg_advisory_xact_lock(%s, %s), set_config('enable_nestloop', 'off', true), "
+                "set_config('work_mem', %s, true)",
+                [_CAP_LOCK_CLASS, dispatch.app_id, COUNT_WORK_MEM],
             )
             saved = cursor.fetchone()[:2]
     since = now - dt.timedelta(hours=rules.frequency_window_hours)
