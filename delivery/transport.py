@@ -45,6 +45,8 @@ _ABORTED_BY_CALLBACK = 42
 # The message libcurl records when the pre-request callback aborts an attempt; a transfer keeps
 # its first error message, so this one means nothing failed before the retry libcurl wanted.
 _ABORTED_MESSAGE = "operation aborted by pre-request callback"
+# The longest wait for a socket without looking at the clock again (select returns at once when one is ready).
+_MAX_WAIT = 0.05
 
 
 @dataclass(slots=True)
@@ -245,9 +247,7 @@ class Http2Transport:
         deadline_slack = self.timeout + self.connect_timeout + 5
         started = time.monotonic()
 
-        idle_rounds = 0  # rounds in a row that finished nothing: a slow server, wait longer
         while pending or active:
-            finished = 0
             while pending and len(active) < self.max_in_flight:
                 index = pending.popleft()
                 attempts[index] += 1
@@ -260,7 +260,6 @@ class Http2Transport:
                     break
             while True:
                 queued, done, failed = multi.info_read()
-                finished += len(done) + len(failed)
                 for c in done:
                     slot = active.pop(c)
                     multi.remove_handle(c)
@@ -281,11 +280,11 @@ class Http2Transport:
                 if not queued:
                     break
             if active:
-                # Never block long while answers flow: a sub-millisecond wait keeps libcurl's
-                # buffers moving. When a server is slow, back off up to 10 ms instead of spinning
-                # (select still returns as soon as a socket is ready).
-                idle_rounds = 0 if finished else idle_rounds + 1
-                multi.select(0.0005 if idle_rounds < 4 else min(0.0005 * 2 ** (idle_rounds - 3), 0.01))
+                # Wait for a socket to be ready, at most until libcurl's next timer (0: it has work
+                # of its own now, such as data it read and has not handed over yet).
+                due = multi.timeout()
+                if due != 0:
+                    multi.select(_MAX_WAIT if due < 0 else min(due / 1000, _MAX_WAIT))
             if time.monotonic() - started > deadline_slack * (1 + len(requests) / self.max_in_flight):
                 break  # a safety net only: libcurl's own timeouts end every transfer first
         for c, slot in list(active.items()):

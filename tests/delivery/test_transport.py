@@ -120,6 +120,34 @@ def test_a_timeout_comes_back_as_an_error_that_may_have_been_sent(pushsim, beare
     assert all(r.error_kind == "timeout" and r.maybe_sent for r in responses)
 
 
+class _CountedWaits:
+    """The transport's libcurl multi handle, counting the waits for a socket (its loop's rounds)."""
+
+    def __init__(self, multi):
+        self.multi, self.waits = multi, 0
+
+    def select(self, timeout):
+        self.waits += 1
+        return self.multi.select(timeout)
+
+    def __getattr__(self, name):
+        return getattr(self.multi, name)
+
+
+def test_while_a_server_takes_its_time_the_transport_sleeps_until_an_answer_comes(pushsim, bearer):
+    """No spinning: a round when a socket is ready or libcurl's own timer is due, not every few
+    milliseconds (the loop used to wake every 0.5 to 10 ms: about 60 rounds for this answer)."""
+    pushsim.state.faults.latency_ms = 600
+    with Http2Transport(ca_bundle=pushsim.ca_path) as transport:
+        transport._multi = counted = _CountedWaits(transport._multi)
+        started = time.monotonic()
+        responses = transport.send(apns_requests(pushsim.apns_url(), bearer, 2))
+        took = time.monotonic() - started
+    assert [r.status for r in responses] == [200, 200]
+    assert 0.6 <= took < 1.5
+    assert counted.waits <= 20, counted.waits
+
+
 def test_a_refused_connection_is_a_connect_error():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
