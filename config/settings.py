@@ -262,7 +262,7 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["CONN_MAX_AGE"] = 0
 if _db["ENGINE"] == "django.db.backends.postgresql":
     # Django's cursors bind values client-side and never prepare; the hot paths' few fixed
-    # statements use a server-binding cursor that prepares them (delivery.services.prepared),
+    # statements use a server-binding cursor that prepares them (config.db.prepared_cursor),
     # which psycopg allows once a threshold is set. Behind PgBouncer in transaction mode, that
     # needs PgBouncer 1.21 or later with max_prepared_statements.
     _db.setdefault("OPTIONS", {})["prepare_threshold"] = 5

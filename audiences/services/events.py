@@ -17,6 +17,7 @@ from accounts.models import User
 from audiences.models import Event, EventReplay, Profile
 from audiences.rules.schema import KEY_RE
 from audiences.services.profiles import _ensure_perm, text_problem
+from config.db import prepared_cursor
 
 if TYPE_CHECKING:
     from accounts.stamps import Stamps
@@ -193,7 +194,7 @@ def _events_write_pg(
 
     Lists travel as JSON text, encoded in C: psycopg adapts a list parameter value by value in
     Python (for a call's thousand ids and five hundred times, about 3.5 ms of the web's CPU)."""
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(LOCK_PROFILES_PG, [json_compact(ids)])
         profiles = dict(cursor.fetchall())
         known = list(profiles.items())

@@ -457,7 +457,7 @@ def _profiles_with_reach(*, app_id: int, external_ids: list[str]) -> dict[str, d
 
     columns = ("id", "external_id", "locale", "timezone", "attributes", "reachable")
     if connection.vendor == "postgresql":
-        from delivery.services.prepared import prepared_cursor
+        from config.db import prepared_cursor
 
         with prepared_cursor() as cursor:
             if len(external_ids) == 1:

@@ -95,7 +95,7 @@ def deliveries_claim(
         # the statistics say (see _WRITE_BACK_SQL). One statement: alone in autocommit (no BEGIN
         # and COMMIT round trips before the send; its commit still waits for the disk, so a
         # claimed row is never sent again after a crash), from a plan the connection keeps.
-        from delivery.services.prepared import prepared_cursor
+        from config.db import prepared_cursor
 
         with prepared_cursor() as cursor:
             cursor.execute(sql, [dispatch_id, after, _dt(now), limit, settings.PUSHDESK_SEND_LEASE_SECONDS])
@@ -283,7 +283,7 @@ _WRITE_BACK_SQL = (
 
 
 def _write_back_one_statement(dispatch_id: int, results: list[Result], *, now: datetime, platforms) -> Counter:
-    from delivery.services.prepared import prepared_cursor
+    from config.db import prepared_cursor
 
     outcomes = [
         (

@@ -32,9 +32,9 @@ from django.utils import timezone
 
 from accounts.models import User
 from accounts.services import audit
+from config.db import prepared_cursor
 from delivery.models import Delivery, DeliveryRules, Dispatch
 from delivery.rules import _CAP_LOCK_CLASS, quiet_until
-from delivery.services.prepared import prepared_cursor
 from delivery.services.rollups import (
     STREAM_SHARD,
     deliveries_finish,

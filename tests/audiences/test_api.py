@@ -110,6 +110,37 @@ def test_bulk_events_land_good_items(manager_alice, api_key_for):
     assert Event.objects.count() == 1
 
 
+def test_bulk_events_run_from_plans_the_connection_keeps(manager_alice, api_key_for):
+    """The events' statements are prepared on the connection: PostgreSQL plans each once, not on
+    every call (their lists travel as one JSON parameter, so no call's values change the plan)."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's prepared statements")
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    for call in range(10):
+        events = [
+            {"external_id": f"p-{call % 2}", "name": "app_open", "occurred_at": f"2026-06-01T10:0{call}:00Z"},
+            {"external_id": f"new-{call}", "name": "app_open", "occurred_at": "2026-06-01T10:00:00Z"},
+        ]
+        response = client.post("/api/v1/events/bulk/", {"events": events}, format="json")
+        assert [r["status"] for r in response.json()["results"]] == ["accepted", "accepted"]
+    assert Event.objects.count() == 20 and Profile.objects.count() == 12
+    assert Profile.objects.get(external_id="p-1").last_seen_at.minute == 9
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
+        prepared = cursor.fetchall()
+    statements = {  # the profiles looked up and locked, created, seen; the events inserted
+        "locked": "FROM jsonb_array_elements_text(",
+        "created": "INSERT INTO audiences_profile ",
+        "seen": "UPDATE audiences_profile AS p SET last_seen_at",
+        "inserted": "INSERT INTO audiences_event ",
+    }
+    for what, text in statements.items():
+        [(generic, custom)] = [(g, c) for sql, g, c in prepared if text in sql] or [(0, 0)]
+        assert generic > 0 and custom <= 5, (what, generic, custom)
+
+
 EVENT_ITEMS = [
     {
         "external_id": "a",
