@@ -71,6 +71,23 @@ def _env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
     return value
 
 
+def _env_gc_threshold(name: str, default: tuple[int, int, int]) -> tuple[int, ...]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    if not raw.strip():
+        return ()
+    try:
+        value = tuple(int(part) for part in raw.split(","))
+    except ValueError:
+        value = ()
+    if len(value) != 3 or min(value) < 1:
+        _refuse_start(
+            f"{name}={raw!r} is not three whole numbers of at least 1 (e.g. 10000,10,10); set them, or empty it."
+        )
+    return value
+
+
 def _env_url(name: str, default: str, *, schemes: tuple[str, ...]) -> str:
     raw = os.environ.get(name, "").strip() or default
     parts = urlsplit(raw)
@@ -572,6 +589,12 @@ PUSHDESK_TRIGGER_RATE_PER_KEY = _env_float("PUSHDESK_TRIGGER_RATE_PER_KEY", 1000
 # Per-process caches of API keys, permissions and approved campaigns are reloaded when their
 # version stamp changes, and at the latest after this many seconds.
 PUSHDESK_CACHE_SECONDS = _env_float("PUSHDESK_CACHE_SECONDS", 60)
+
+# --- the processes' garbage collector (config.runtime) -------------------------------------------
+# The cyclic collector's thresholds in the web, the workers and the stream sender, once each is
+# ready ("700,10,10" is Python's own; empty: Python's defaults, nothing frozen).
+PUSHDESK_GC_THRESHOLD = _env_gc_threshold("PUSHDESK_GC_THRESHOLD", (10_000, 10, 10))
+
 
 # --- streams (standing dispatches of API triggers and event-entered journeys) ---------------
 # Stream sender slots: one `manage.py send_stream --slot N` process each (a slot without one gets

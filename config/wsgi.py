@@ -6,3 +6,7 @@ from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 application = get_wsgi_application()
+
+from config.runtime import gc_tune  # noqa: E402 (the app is loaded first, then its objects are frozen)
+
+gc_tune()

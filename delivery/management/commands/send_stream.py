@@ -6,6 +6,7 @@ import signal
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from config.runtime import gc_tune
 from delivery.services.stream_senders import streams_sender_run
 from operations.shutdown import request_stop
 
@@ -39,6 +40,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         log.info("stream sender %s started", slot)
+        gc_tune()
         report = streams_sender_run(slot=slot)
         log.info("stream sender %s stopped after sending %s rows", slot, report.claimed)
         self.stdout.write(f"Stream sender {slot} stopped: {report.claimed} rows in {report.batches} batches.")
