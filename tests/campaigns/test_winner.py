@@ -101,7 +101,12 @@ WINNER = WinnerInput(sample_share=40, wait_minutes=120, metric="open_rate", conf
 
 def test_the_first_send_reaches_the_sample_only(shop, contents, manager_alice, approver_bob, pushsim):
     phones = _phones(150, shop)
-    campaign = _approve(_campaign(manager_alice, shop, contents, winner=WINNER), manager_alice, approver_bob)
+    # A holdout of 25 %: the sample's ~60 profiles all missed a 10 % one in about one run of 500.
+    campaign = _approve(
+        _campaign(manager_alice, shop, contents, shares=(40, 35), holdout=25, winner=WINNER),
+        manager_alice,
+        approver_bob,
+    )
     sample = _sample(campaign)
     assert sample.sample == {"part": "sample", "share": 40, "test": campaign.winner_test.pk}
     rows = {d.profile_id: d for d in Delivery.objects.filter(dispatch=sample)}
@@ -109,7 +114,7 @@ def test_the_first_send_reaches_the_sample_only(shop, contents, manager_alice, a
     assert set(rows) == in_sample and 30 < len(in_sample) < 90
     for profile_id, phone in phones.items():
         row = rows.get(profile_id)
-        expected = variant_for(profile_id, salt=campaign.pk, variants=sample.variants, holdout_share=10)
+        expected = variant_for(profile_id, salt=campaign.pk, variants=sample.variants, holdout_share=25)
         if row is None or row.variant == 0:
             assert pushsim.state.count(phone.token) == 0
             assert row is None or (row.status, row.reason) == ("skipped", "holdout")
