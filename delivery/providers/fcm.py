@@ -27,6 +27,7 @@ from delivery.providers import Outcome, OutcomeKind, parse_retry_after, transpor
 from delivery.transport import Http2Transport, Request, Response
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+_decode = json.JSONDecoder().decode
 
 # FcmError codes (push-protocols.md §2.4) and what they mean for the message: (kind, first backoff).
 ERROR_CODES: dict[str, tuple[OutcomeKind, float | None]] = {
@@ -197,8 +198,8 @@ class FcmClient:
         if response.error:
             return transport_outcome(response.error_kind, response.error)
         status = response.status
-        try:
-            body = json.loads(response.body) if response.body else {}
+        try:  # decoded first: json.loads would look for the text's encoding on every answer
+            body = _decode(response.body.decode()) if response.body else {}
         except ValueError:
             body = {}
         if status == 200:

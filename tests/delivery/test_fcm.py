@@ -4,7 +4,7 @@ import pytest
 
 from delivery.providers import OutcomeKind
 from delivery.providers.fcm import FcmClient, FcmMessage, http_client
-from delivery.transport import Http2Transport
+from delivery.transport import Http2Transport, Response
 from tests.fakes.pushsim import FakeClock, make_fcm_credentials
 
 DEAD, PERMANENT, RETRY, CREDENTIALS = (
@@ -161,3 +161,22 @@ def test_a_dropped_connection_duplicates_no_message_and_says_which_may_have_arri
     assert max(pushsim.state.count(t) for t in tokens) == 1
     lost = [o for o in outcomes if not o.accepted]
     assert lost and all(o.reason == "transport:connection" for o in lost)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind", "provider_id"),
+    [
+        (200, b'{"name": "projects/p/messages/0:17"}', OutcomeKind.ACCEPTED, "projects/p/messages/0:17"),
+        (200, b"", OutcomeKind.ACCEPTED, ""),
+        (502, b"<html><body>Bad gateway</body></html>", RETRY, ""),  # a proxy's page, not JSON
+        (500, b"\xff\xfe not text", RETRY, ""),  # not even UTF-8
+        (400, b'{"error": "not an object"}', PERMANENT, ""),
+    ],
+)
+def test_an_answer_is_read_whatever_its_body(client, status, body, kind, provider_id):
+    outcome = client.interpret(Response(status=status, body=body))
+    assert outcome.kind is kind
+    if kind is OutcomeKind.ACCEPTED:
+        assert outcome.provider_id == provider_id
+    else:
+        assert outcome.reason == f"HTTP {status}"
