@@ -20,7 +20,7 @@ from django.conf import settings
 _tuned_in: int | None = None  # the process that tuned its collector (a forked child tunes its own)
 
 
-def gc_tune(**_signal) -> bool:
+def gc_tune() -> bool:
     """Tune this process's collector, once per process; True when it did it now."""
     global _tuned_in
     thresholds = settings.PUSHDESK_GC_THRESHOLD
@@ -31,3 +31,13 @@ def gc_tune(**_signal) -> bool:
     gc.freeze()
     gc.set_threshold(*thresholds)
     return True
+
+
+def gc_tune_worker(*, task: dict | None = None, **_signal) -> bool:
+    """django-q2's ``pre_execute``: a worker process tunes its collector before its first task. A
+    task run synchronously in the calling process (the tests, ``PUSHDESK_TASKS_SYNC``) leaves that
+    process as it is: it is not a worker, and what it would freeze (its connections among them)
+    would never be collected."""
+    if task and task.get("sync"):
+        return False
+    return gc_tune()

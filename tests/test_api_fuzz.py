@@ -24,13 +24,13 @@ from pathlib import Path
 import pytest
 import schemathesis
 from django.core.signals import request_finished, request_started
+from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import CHECKS, load_all_checks
 
 from accounts.models import ApiKey
 from accounts.services import access_grant
-from config.wsgi import application
 from tests.factories import AppFactory, DeviceFactory, ProfileFactory, SegmentFactory
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
@@ -82,7 +82,7 @@ SEMANTIC_400 = {
 def _schema(*, phases: list[str]):
     config = schemathesis.config.SchemathesisConfig.from_dict(SEMANTIC_400)
     schema = schemathesis.openapi.from_path(str(SCHEMA_PATH), config=config)
-    schema.app = application
+    schema.app = get_wsgi_application()
     schema.config.update(base_url="http://localhost", headers={"Authorization": f"Bearer {FUZZ_KEY}"})
     schema.config.generation.update(allow_x00=False, codec="utf-8")
     schema.config.phases.update(phases=phases)
@@ -101,13 +101,13 @@ FUZZ_SETTINGS = {
 
 @pytest.fixture
 def wsgi_app(db):
-    """The project's WSGI application, called in the test's own transaction.
+    """The project's WSGI application, called in the test's own transaction (built as config.wsgi
+    builds it, without tuning this process's garbage collector as a web process does).
 
     Django closes "old" connections at each request's start and end; inside the test's
     transaction that would roll it back, so (as Django's test client does) that is switched off.
     """
-    from config.wsgi import application
-
+    application = get_wsgi_application()
     request_started.disconnect(close_old_connections)
     request_finished.disconnect(close_old_connections)
     try:
