@@ -43,6 +43,15 @@ def rules_apply(*, dispatch: Dispatch, now: dt.datetime) -> dict[str, int]:
 
 # The advisory lock class of the frequency cap (its object id is the app's): a constant of ours.
 _CAP_LOCK_CLASS = 0x50C4
+# What the cap counts, in a resolve's cap (below) and a trigger's (delivery.services.streams), over
+# a dispatch ``x`` and its rows: the app's marketing dispatches (the app's id bound); a row on its
+# way while its dispatch runs (rows ``d``, or ``e`` in the resolve's); and, over the rows ``c``
+# counted, one push per dispatch, or per call on a stream.
+CAP_DISPATCHES = "x.app_id = %s AND x.purpose = 'marketing' AND x.kind <> 'test'"
+CAP_ON_ITS_WAY = (
+    "x.status IN ('preparing', 'sending') AND {row}.finished_at IS NULL AND {row}.status IN ('queued', 'sending')"
+)
+CAP_PUSHES = "COUNT(DISTINCT CAST(c.dispatch_id AS text) || ':' || COALESCE(CAST(c.queued_at AS text), ''))"
 
 
 def _frequency_cap(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -> int:
@@ -75,8 +84,8 @@ def _frequency_cap(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -
     # on their way are the unfinished rows of the app's other running dispatches (a stopped or
     # finished dispatch's stranded row is no push on its way), read through their claim index.
     others = (
-        " JOIN delivery_dispatch x ON x.id = e.dispatch_id WHERE x.app_id = %s AND x.purpose = 'marketing'"
-        " AND x.kind <> 'test' AND x.id <> %s AND e.profile_id IN (SELECT profile_id FROM delivery_delivery WHERE dispatch_id = %s)"
+        f" JOIN delivery_dispatch x ON x.id = e.dispatch_id WHERE {CAP_DISPATCHES} AND x.id <> %s"  # noqa: S608 (constants)
+        " AND e.profile_id IN (SELECT profile_id FROM delivery_delivery WHERE dispatch_id = %s)"
     )
     where = (
         "d.dispatch_id = %s AND d.status = %s AND d.profile_id IN ("  # noqa: S608 (constants; values are bound)
@@ -84,9 +93,8 @@ def _frequency_cap(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -
         f" SELECT e.profile_id, e.dispatch_id, e.queued_at FROM delivery_delivery e{others}"
         " AND e.status = 'accepted' AND e.finished_at >= %s"
         f" UNION ALL SELECT e.profile_id, e.dispatch_id, e.queued_at FROM delivery_delivery e{others}"
-        " AND x.status IN ('preparing', 'sending') AND e.finished_at IS NULL AND e.status IN ('queued', 'sending')"
-        ") c GROUP BY c.profile_id"
-        " HAVING COUNT(DISTINCT CAST(c.dispatch_id AS text) || ':' || COALESCE(CAST(c.queued_at AS text), '')) >= %s)"
+        f" AND {CAP_ON_ITS_WAY.format(row='e')}"
+        f") c GROUP BY c.profile_id HAVING {CAP_PUSHES} >= %s)"
     )
     ours = [dispatch.app_id, dispatch.pk, dispatch.pk]
     params = [dispatch.pk, DS.QUEUED, *ours, adapt(since), *ours, rules.frequency_cap]

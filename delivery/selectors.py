@@ -79,8 +79,8 @@ def device_deliveries(device: Device, *, limit: int = 50) -> list[Delivery]:
     streams = [pk for pk, standing in running if standing]
     finished = list(rows.filter(finished_at__isnull=False).order_by("-id")[:limit])
     on_their_way = list(
-        rows.filter(finished_at__isnull=True).filter(
-            Q(dispatch_id__in=bulk, queued_at__isnull=True) | Q(dispatch_id__in=streams, queued_at__isnull=False)
-        )[:limit]
+        rows.filter(finished_at__isnull=True)
+        .filter(Q(dispatch_id__in=bulk, queued_at__isnull=True) | Q(dispatch_id__in=streams, queued_at__isnull=False))
+        .order_by("-id")[:limit]
     )
     return sorted(finished + on_their_way, key=lambda d: -d.pk)[:limit]

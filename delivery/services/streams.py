@@ -34,7 +34,7 @@ from accounts.models import User
 from accounts.services import audit
 from config.db import prepared_cursor
 from delivery.models import Delivery, DeliveryRules, Dispatch
-from delivery.rules import _CAP_LOCK_CLASS, quiet_until
+from delivery.rules import _CAP_LOCK_CLASS, CAP_DISPATCHES, CAP_ON_ITS_WAY, CAP_PUSHES, quiet_until
 from delivery.services.rollups import (
     STREAM_SHARD,
     deliveries_finish,
@@ -357,10 +357,7 @@ def _frequency_cap(
         rows_in = ", ".join(["%s"] * len(queued))
         profile_ids = sorted({r.profile_id for r in rows if r.status == DS.QUEUED})
         profiles_in = ", ".join(["%s"] * len(profile_ids))
-        marketing = "x.app_id = %s AND x.purpose = 'marketing' AND x.kind <> 'test'"
-        on_its_way = (
-            "x.status IN ('preparing', 'sending') AND d.finished_at IS NULL AND d.status IN ('queued', 'sending')"
-        )
+        on_its_way = CAP_ON_ITS_WAY.format(row="d")
         # Accepted in the window: the profiles' index of finished rows. On their way: a running
         # bulk dispatch's row of one of the profiles' devices (its (dispatch, device) index), or
         # a running stream's unfinished row; never a walk over a bulk send's million rows.
@@ -368,17 +365,16 @@ def _frequency_cap(
             "UPDATE delivery_delivery SET status = 'skipped', reason = 'frequency_cap', finished_at = %s "  # noqa: S608 (constants and placeholders; values are bound)
             f"WHERE id IN ({rows_in}) AND profile_id IN (SELECT c.profile_id FROM ("
             " SELECT d.profile_id, d.dispatch_id, d.queued_at FROM delivery_delivery d"
-            f" JOIN delivery_dispatch x ON x.id = d.dispatch_id WHERE {marketing} AND d.profile_id IN ({profiles_in})"
+            f" JOIN delivery_dispatch x ON x.id = d.dispatch_id WHERE {CAP_DISPATCHES} AND d.profile_id IN ({profiles_in})"
             " AND d.status = 'accepted' AND d.finished_at >= %s"
             " UNION ALL SELECT d.profile_id, d.dispatch_id, d.queued_at FROM delivery_device dev"
             " JOIN delivery_dispatch x ON x.app_id = dev.app_id"
             " JOIN delivery_delivery d ON d.dispatch_id = x.id AND d.device_id = dev.id AND d.queued_at IS NULL"
-            f" WHERE dev.profile_id IN ({profiles_in}) AND {marketing} AND {on_its_way} AND d.profile_id = dev.profile_id"
+            f" WHERE dev.profile_id IN ({profiles_in}) AND {CAP_DISPATCHES} AND {on_its_way} AND d.profile_id = dev.profile_id"
             " UNION ALL SELECT d.profile_id, d.dispatch_id, d.queued_at FROM delivery_dispatch x"
             " JOIN delivery_delivery d ON d.dispatch_id = x.id AND d.queued_at IS NOT NULL"
-            f" WHERE {marketing} AND {on_its_way} AND d.profile_id IN ({profiles_in}) AND d.id NOT IN ({rows_in})"
-            ") c GROUP BY c.profile_id"
-            " HAVING COUNT(DISTINCT CAST(c.dispatch_id AS text) || ':' || COALESCE(CAST(c.queued_at AS text), '')) >= %s)"
+            f" WHERE {CAP_DISPATCHES} AND {on_its_way} AND d.profile_id IN ({profiles_in}) AND d.id NOT IN ({rows_in})"
+            f") c GROUP BY c.profile_id HAVING {CAP_PUSHES} >= %s)"
             " RETURNING id",
             [
                 adapt(now),
