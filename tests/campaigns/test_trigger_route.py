@@ -1,0 +1,147 @@
+"""The trigger's own route (campaigns.trigger_route): the calls it answers before the URL resolver
+and DRF, the ones it hands to CampaignTriggerView, and the same answer either way."""
+
+import pytest
+
+from accounts.models import ApiKey
+from accounts.services import api_key_revoke
+from campaigns.services.lifecycle import campaign_stop
+from delivery.models import Delivery
+from tests.factories import DeviceFactory, ProfileFactory
+
+pytestmark = pytest.mark.embedded
+
+ROUTE = "campaigns.trigger_route.TriggerRouteMiddleware"
+COMPARED_HEADERS = ("Content-Type", "Allow", "X-Frame-Options", "Idempotent-Replayed", "WWW-Authenticate")
+
+
+def _by_route(response) -> bool:
+    """The route answers before Django resolves the URL: its request was never matched to a view."""
+    return response.wsgi_request.resolver_match is None
+
+
+def _ids_out(value):
+    """The answer without what a second run cannot repeat: row and dispatch ids, its own profile's external id."""
+    if isinstance(value, dict):
+        return {k: _ids_out(v) for k, v in value.items() if k not in ("id", "dispatch", "external_id")}
+    if isinstance(value, list):
+        return [_ids_out(v) for v in value]
+    return value
+
+
+def _scenario(name, campaign, pushsim_app, manager_alice, manager_mallory, api_key_for, settings):
+    """(client, url, body, headers) for one scenario; each run makes its own keys and profiles."""
+    url = f"/api/v1/campaigns/{campaign.pk}/trigger/"
+    profile = ProfileFactory()
+    DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
+    body = {"recipients": [{"external_id": profile.external_id, "context": {"order_id": "A-1"}}]}
+    client = api_key_for(manager_alice, scopes=["trigger"])
+    headers = {}
+    if name == "problems":
+        body["recipients"] += [{"external_id": "ghost"}, {"external_id": profile.external_id}]
+    elif name == "context_too_large":
+        body["recipients"][0]["context"] = {"order_id": "x" * 5000}
+    elif name == "replayed":
+        headers["HTTP_IDEMPOTENCY_KEY"] = "order-1"
+        assert client.post(url, body, format="json", **headers).status_code == 202
+    elif name == "throttled":
+        settings.PUSHDESK_TRIGGER_RATE_PER_KEY = 1
+        assert client.post(url, body, format="json").status_code == 202
+    elif name == "no_scope":
+        client = api_key_for(manager_alice, scopes=["read"])
+    elif name == "revoked":
+        api_key_revoke(key_id=ApiKey.objects.get(prefix=client.raw_key.split("_")[1]).pk, by=manager_alice)
+    elif name == "outside_access":
+        client = api_key_for(manager_mallory, scopes=["trigger"])
+    elif name == "bad_json":
+        body = '{"recipients": ['
+    return client, url, body, headers
+
+
+# scenario -> (status, answered by the route)
+SCENARIOS = {
+    "sent": (202, True),
+    "problems": (202, True),
+    "context_too_large": (400, True),
+    "replayed": (202, True),
+    "throttled": (429, True),
+    "outside_access": (404, True),
+    "no_scope": (403, False),
+    "revoked": (401, False),
+    "bad_json": (400, False),
+}
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_the_route_and_the_view_give_the_same_answer(
+    name, live_trigger, pushsim_app, manager_alice, manager_mallory, api_key_for, settings
+):
+    status, by_route = SCENARIOS[name]
+    answers = []
+    for middleware in (settings.MIDDLEWARE, [m for m in settings.MIDDLEWARE if m != ROUTE]):
+        settings.MIDDLEWARE = middleware  # each scenario's clients are new: they load it
+        settings.PUSHDESK_TRIGGER_RATE_PER_KEY = 1000
+        client, url, body, headers = _scenario(
+            name, live_trigger, pushsim_app, manager_alice, manager_mallory, api_key_for, settings
+        )
+        if isinstance(body, str):
+            response = client.generic("POST", url, body, content_type="application/json", **headers)
+        else:
+            response = client.post(url, body, format="json", **headers)
+        assert response.status_code == status, response.content
+        answers.append(
+            (
+                _ids_out(response.json()),
+                {h: response.get(h) for h in COMPARED_HEADERS},
+                response.has_header("Retry-After"),
+                _by_route(response),
+            )
+        )
+    with_route, view_only = answers
+    assert with_route[3] is by_route and view_only[3] is False
+    assert with_route[:3] == view_only[:3]
+
+
+def test_a_trigger_answered_by_the_route_writes_its_rows(live_trigger, trigger_client, pushsim_app):
+    zoe = ProfileFactory(external_id="zoe")
+    DeviceFactory(profile=zoe, app=pushsim_app, platform="android")
+    response = trigger_client.post(
+        f"/api/v1/campaigns/{live_trigger.pk}/trigger/", {"recipients": [{"external_id": "zoe"}]}, format="json"
+    )
+    assert response.status_code == 202 and _by_route(response)
+    (delivery,) = response.json()["deliveries"]
+    row = Delivery.objects.get(pk=delivery["id"])
+    assert (row.profile_id, row.status, row.dispatch_id) == (zoe.pk, "queued", response.json()["dispatch"])
+
+
+def test_a_call_handed_to_the_view_counts_once_against_the_rate(live_trigger, trigger_client, settings):
+    """The route read the stamps and took the key's token; the view answers with them, taking no second one."""
+    settings.PUSHDESK_TRIGGER_RATE_PER_KEY = 1  # a burst of one token
+    url = f"/api/v1/campaigns/{live_trigger.pk}/trigger/"
+    handed = trigger_client.generic("POST", url, '{"recipients": [', content_type="application/json")
+    assert handed.status_code == 400 and not _by_route(handed)  # a second token would have answered 429
+    again = trigger_client.post(url, {"recipients": [{"external_id": "nobody"}]}, format="json")
+    assert again.status_code == 429 and _by_route(again)
+
+
+def test_a_stopped_campaign_is_refused_by_the_route(live_trigger, trigger_client, manager_alice):
+    campaign_stop(campaign_id=live_trigger.pk, by=manager_alice)
+    response = trigger_client.post(
+        f"/api/v1/campaigns/{live_trigger.pk}/trigger/", {"recipients": [{"external_id": "a"}]}, format="json"
+    )
+    assert response.status_code == 409 and _by_route(response)
+    assert response.json()["code"] == "campaign_not_live"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/v1/campaigns/{id}/trigger/"),
+        ("POST", "/api/v1/campaigns/{id}/trigger"),
+        ("POST", "/api/v1/campaigns/{id}/"),
+    ],
+)
+def test_other_requests_pass_by_the_route(method, path, live_trigger, trigger_client):
+    response = trigger_client.generic(method, path.format(id=live_trigger.pk), "{}", content_type="application/json")
+    assert not _by_route(response)
+    assert response.status_code in (301, 404, 405)
