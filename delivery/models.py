@@ -304,6 +304,7 @@ class Dispatch(models.Model):
         FAILED = "failed", "failed"
 
     FINAL_STATUSES = (Status.DONE, Status.STOPPED, Status.FAILED)
+    RUNNING_STATUSES = (Status.PREPARING, Status.SENDING)
 
     id = models.BigAutoField(primary_key=True)
     app = models.ForeignKey(App, on_delete=models.PROTECT, related_name="dispatches")

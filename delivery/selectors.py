@@ -71,9 +71,9 @@ def device_deliveries(device: Device, *, limit: int = 50) -> list[Delivery]:
     through the app's running dispatches (a bulk run's row by its (dispatch, device) index)."""
     rows = Delivery.objects.filter(device=device, profile_id=device.profile_id).select_related("dispatch")
     running = list(
-        Dispatch.objects.filter(
-            app_id=device.app_id, status__in=[Dispatch.Status.PREPARING, Dispatch.Status.SENDING]
-        ).values_list("pk", "standing")
+        Dispatch.objects.filter(app_id=device.app_id, status__in=Dispatch.RUNNING_STATUSES).values_list(
+            "pk", "standing"
+        )
     )
     bulk = [pk for pk, standing in running if not standing]
     streams = [pk for pk, standing in running if standing]

@@ -138,7 +138,7 @@ class PushdeskCollector:
         yield dead
         active = GaugeMetricFamily("pushdesk_dispatches", "Dispatches by status (unfinished ones)", labels=["status"])
         for status, n in (
-            Dispatch.objects.filter(status__in=("preparing", "sending"))
+            Dispatch.objects.filter(status__in=Dispatch.RUNNING_STATUSES)
             .values_list("status")
             .annotate(n=Count("id"))
             .order_by()

@@ -46,7 +46,7 @@ def instance_claim(*, name: str | None = None) -> dict:
         previous = instance.name if instance else None
         open_ids = list(
             Dispatch.objects.select_for_update()
-            .filter(status__in=(Dispatch.Status.PREPARING, Dispatch.Status.SENDING))
+            .filter(status__in=Dispatch.RUNNING_STATUSES)
             .values_list("pk", flat=True)
         )
         for dispatch_id in open_ids:

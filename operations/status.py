@@ -79,7 +79,7 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
         queue_depth=depth,
         oldest_task_age_seconds=age,
     )
-    for d in Dispatch.objects.filter(status__in=(Dispatch.Status.PREPARING, Dispatch.Status.SENDING)).order_by("id"):
+    for d in Dispatch.objects.filter(status__in=Dispatch.RUNNING_STATUSES).order_by("id"):
         elapsed = (now - d.started_at).total_seconds() if d.started_at else 0.0
         done = d.accepted + d.failed + d.skipped + d.unknown
         result.dispatches.append(

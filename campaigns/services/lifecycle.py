@@ -375,7 +375,7 @@ def campaign_stop(*, campaign_id: int, by: User) -> Campaign:
         running = Dispatch.objects.filter(
             source_id=campaign.pk,
             kind__in=(Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER),
-            status__in=(Dispatch.Status.PREPARING, Dispatch.Status.SENDING),
+            status__in=Dispatch.RUNNING_STATUSES,
         ).values_list("pk", flat=True)
         for dispatch_id in list(running):
             dispatch_stop(dispatch_id=dispatch_id, by=by)

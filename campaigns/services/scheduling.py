@@ -221,9 +221,9 @@ def campaigns_tick(*, now: dt.datetime | None = None) -> dict:
     fired = sum(len(campaign_fire_due(campaign_id=pk, now=now)) for pk in due_ids)
     picked = winners_pick_due(now=now)
     completed = 0
-    running = Dispatch.objects.filter(
-        kind=Dispatch.Kind.CAMPAIGN, status__in=(Dispatch.Status.PREPARING, Dispatch.Status.SENDING)
-    ).values("source_id")
+    running = Dispatch.objects.filter(kind=Dispatch.Kind.CAMPAIGN, status__in=Dispatch.RUNNING_STATUSES).values(
+        "source_id"
+    )
     finished = (
         Campaign.objects.filter(kind=Campaign.Kind.SCHEDULED, status=Status.LIVE, next_occurrence_at__isnull=True)
         .exclude(pk__in=running)

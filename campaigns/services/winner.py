@@ -244,7 +244,7 @@ def winner_pick(*, campaign_id: int, now: dt.datetime | None = None) -> WinnerTe
         if test is None:
             return None
         sample = test.sample_dispatch
-        if sample is not None and sample.status in (Dispatch.Status.PREPARING, Dispatch.Status.SENDING):
+        if sample is not None and sample.status in Dispatch.RUNNING_STATUSES:
             return None  # the wait starts over the sample's figures: let it finish
         test.picked_at = now
         approved = campaign.approved()

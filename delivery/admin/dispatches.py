@@ -115,7 +115,7 @@ class DispatchAdmin(ScopedAdmin):
     @admin.display(description="Progress")
     def progress(self, obj):
         live = ""
-        if obj.status in (Dispatch.Status.PREPARING, Dispatch.Status.SENDING):
+        if obj.status in Dispatch.RUNNING_STATUSES:
             live = mark_safe("<script>setTimeout(function(){location.reload()}, 2000)</script>")  # noqa: S308 (a constant)
         return format_html(
             '<div style="width:160px;background:#eee;border-radius:4px" title="{} of {}">'

@@ -373,7 +373,7 @@ def journey_stop(*, journey_id: int, by: User) -> Journey:
         running = Dispatch.objects.filter(
             kind=Dispatch.Kind.JOURNEY,
             source_id__in=version_ids,
-            status__in=(Dispatch.Status.PREPARING, Dispatch.Status.SENDING),
+            status__in=Dispatch.RUNNING_STATUSES,
         ).values_list("pk", flat=True)
         for dispatch_id in list(running):
             dispatch_stop(dispatch_id=dispatch_id, by=by)
