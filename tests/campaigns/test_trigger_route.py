@@ -145,3 +145,12 @@ def test_other_requests_pass_by_the_route(method, path, live_trigger, trigger_cl
     response = trigger_client.generic(method, path.format(id=live_trigger.pk), "{}", content_type="application/json")
     assert not _by_route(response)
     assert response.status_code in (301, 404, 405)
+
+
+def test_the_routes_path_is_the_views():
+    from django.urls import reverse
+
+    from campaigns.trigger_route import TRIGGER_PATH
+
+    path = reverse("api:campaign-trigger", kwargs={"campaign_id": 42})
+    assert TRIGGER_PATH.match(path)[1] == "42"
