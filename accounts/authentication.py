@@ -66,7 +66,8 @@ def _stamps_for(request, prefix: str) -> Stamps:
     return stamps
 
 
-def _key_for(prefix: str, stamp: str | None) -> ApiKey | None:
+def cached_key(prefix: str, stamp: str | None) -> ApiKey | None:
+    """The key with this prefix, kept per process while the ``access`` stamp it was loaded under holds."""
     cached = _KEYS.get(prefix)
     now = time.monotonic()
     if cached is not None and cached.stamp == stamp and now - cached.loaded_at < settings.PUSHDESK_CACHE_SECONDS:
@@ -112,7 +113,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         if not match:
             raise ApiKeyFailed("This is not a Pushdesk API key.", "api_key_invalid")
         stamps = _stamps_for(request, match["prefix"])
-        key = _key_for(match["prefix"], stamps["access"])
+        key = cached_key(match["prefix"], stamps["access"])
         refusal = key_refusal(key, raw_key)
         if refusal is not None:
             raise ApiKeyFailed(*refusal)

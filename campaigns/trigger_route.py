@@ -24,7 +24,7 @@ from rest_framework.exceptions import APIException
 from rest_framework.renderers import JSONRenderer
 
 from accounts.api import api_exception_handler
-from accounts.authentication import KEY_RE, _key_for, key_refusal
+from accounts.authentication import KEY_RE, cached_key, key_refusal
 from accounts.json_values import json_parse
 from accounts.services import api_key_touch
 from accounts.stamps import stamps_read
@@ -67,13 +67,12 @@ def trigger_route(request, campaign_id: int):
     if not 0 < length <= settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
         return None
     prefix = matched["prefix"]
+    rate_name, rate = _VIEW.rate_limit()
     stamps = stamps_read(
-        ["access", *_VIEW.stamp_names({"campaign_id": campaign_id})],
-        rate_key=f"{_VIEW.rate_limit()[0]}:{prefix}",
-        rate=_VIEW.rate_limit()[1],
+        ["access", *_VIEW.stamp_names({"campaign_id": campaign_id})], rate_key=f"{rate_name}:{prefix}", rate=rate
     )
     request.pushdesk_stamps = stamps  # the view reads them, rate token included, if it answers
-    key = _key_for(prefix, stamps["access"])
+    key = cached_key(prefix, stamps["access"])
     if key is None or key_refusal(key, raw_key) is not None or _VIEW.required_scope not in key.scopes:
         return None
     try:
