@@ -15,7 +15,7 @@ from accounts.services import (
     audit,
     status_transition,
 )
-from config.db import int_array, text_array
+from config.db import int_array, prepared_cursor, text_array
 from journeys.graph import entry_of
 from journeys.models import Enrollment, Journey, JourneyVersion
 from journeys.services.engine import _stats_add, journeys_run_due, journeys_run_entered
@@ -94,7 +94,9 @@ def _enter(
             f"WITH entered AS ({sql}) SELECT entered.id, entered.profile_id, z.timezone "  # noqa: S608 (constants)
             "FROM entered JOIN audiences_profile z ON z.id = entered.profile_id"
         )
-    with connection.cursor() as cursor:
+    # An event's few profiles make the same statement every time: its plan is kept per connection.
+    # A segment's audience is a statement of its own, built once per entry.
+    with prepared_cursor() if few else connection.cursor() as cursor:
         cursor.execute(sql, params)
         if not returning:
             return max(cursor.rowcount, 0)
@@ -215,9 +217,14 @@ def journeys_events_received(
     )
     for version in entry_versions:
         profile_ids = sorted({profile_id for profile_id, name, _ in events if name == version.entry_event})
-        param = int_array(profile_ids) if connection.vendor == "postgresql" else json.dumps(profile_ids)
+        if len(profile_ids) == 1 and connection.vendor == "postgresql":
+            # ``= $n``, whose kept plan PostgreSQL runs; for ``= ANY`` it guesses ten ids and plans every call
+            one, param = "SELECT id FROM audiences_profile WHERE id = %s", profile_ids[0]
+        else:
+            one = None
+            param = int_array(profile_ids) if connection.vendor == "postgresql" else json.dumps(profile_ids)
         with transaction.atomic(savepoint=False):
-            enrolled = _enter(version, audience, [param], now=now, returning=True, few=True)
+            enrolled = _enter(version, one or audience, [param], now=now, returning=True, few=True)
             journeys_run_entered(enrolled=enrolled, version=version, stamp=live.stamp, now=now)
         entered += len(enrolled)
     return {"exited": exited, "entered": entered}

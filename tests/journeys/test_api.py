@@ -1,5 +1,7 @@
 """The journeys API: list and detail with per-step counts, for the keys that may read them."""
 
+import pytest
+
 from journeys.services.engine import journeys_run_due
 from journeys.services.entries import journey_enter_segment
 from tests.factories import ProfileFactory, SegmentMemberFactory
@@ -156,3 +158,33 @@ def test_an_exit_failing_in_the_database_stores_the_event_and_ends_the_enrollmen
         "exited",
         "exit event 'purchase'",
     )
+
+
+def test_an_events_journey_entry_runs_from_a_plan_the_connection_keeps(
+    make_journey, publish, api_key_for, manager_alice, django_capture_on_commit_callbacks
+):
+    """An event's entry is the same statement for every call: PostgreSQL plans it once per connection."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from journeys.models import Enrollment
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's prepared statements")
+    graph = {
+        "steps": [{"id": "pause", "type": "wait", "seconds": 86400, "next": "done"}, {"id": "done", "type": "exit"}]
+    }
+    journey = publish(make_journey(graph=graph, entry_kind="event", entry_event="cart_abandoned", entry_segment=None))
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    for call in range(10):
+        events = [
+            {"external_id": f"shopper-{call}", "name": "cart_abandoned", "occurred_at": timezone.now().isoformat()}
+        ]
+        with django_capture_on_commit_callbacks(execute=True):
+            assert client.post("/api/v1/events/bulk/", {"events": events}, format="json").status_code == 200
+    assert Enrollment.objects.filter(journey=journey, status="waiting").count() == 10
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
+        prepared = cursor.fetchall()
+    [(generic, custom)] = [(g, c) for sql, g, c in prepared if "INSERT INTO journeys_enrollment" in sql] or [(0, 0)]
+    assert generic > 0 and custom <= 5, (generic, custom)
