@@ -53,6 +53,8 @@ def _scenario(name, campaign, pushsim_app, manager_alice, manager_mallory, api_k
         api_key_revoke(key_id=ApiKey.objects.get(prefix=client.raw_key.split("_")[1]).pk, by=manager_alice)
     elif name == "outside_access":
         client = api_key_for(manager_mallory, scopes=["trigger"])
+    elif name == "unknown_campaign":
+        url = "/api/v1/campaigns/99999999999999999999/trigger/"  # beyond any id the database can hold
     elif name == "bad_json":
         body = '{"recipients": ['
     return client, url, body, headers
@@ -66,6 +68,7 @@ SCENARIOS = {
     "replayed": (202, True),
     "throttled": (429, True),
     "outside_access": (404, True),
+    "unknown_campaign": (404, True),
     "no_scope": (403, False),
     "revoked": (401, False),
     "bad_json": (400, False),
