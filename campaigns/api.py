@@ -467,73 +467,57 @@ class CampaignTriggerView(APIView):
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
     )
     def post(self, request, campaign_id: int):
-        return trigger_respond(
-            campaign_id=campaign_id,
-            key=request.auth,
-            stamps=request_stamps(request),
-            idempotency_key=request.headers.get("Idempotency-Key", ""),
-            body=lambda: request.data,
-        )
+        stamps = request_stamps(request)
+        if stamps is not None and stamps.rate_granted is False:
+            raise Throttled(wait=max(stamps.rate_wait, 0.001), detail="Too many triggers for this API key.")
+        if stamps is None or stamps.rate_granted is None:
+            wait = trigger_rate_take(api_key=request.auth)
+            if wait is not None:
+                raise Throttled(wait=wait, detail="Too many triggers for this API key.")
+        idempotency_key = request.headers.get("Idempotency-Key", "").strip()
+        if len(idempotency_key) > 200:
+            raise serializers.ValidationError({"Idempotency-Key": "At most 200 characters."})
+        record = None
+        if idempotency_key:
+            campaign_trigger_allowed(campaign_id=campaign_id, by=request.user, stamps=stamps)
+            body_hash = hashlib.sha256(json.dumps(request.data, sort_keys=True, default=str).encode()).hexdigest()
+            record, replay = trigger_request_start(
+                api_key=request.auth, idempotency_key=idempotency_key, campaign_id=campaign_id, body_hash=body_hash
+            )
+            if replay == "different_body":
+                raise Unprocessable("This Idempotency-Key was used with another body.", code="idempotency_key_reused")
+            if replay == "in_progress":
+                raise Conflict("A request with this Idempotency-Key is still running.", code="idempotency_in_progress")
+            if replay == "done":
+                response = Response(record.response_body, status=record.response_status)
+                response["Idempotent-Replayed"] = "true"
+                return response
+        try:
+            data = _trigger_validated(request.data)
+            if data is None:
+                serializer = TriggerInSerializer(data=request.data)
+                serializer.is_valid(raise_exception=True)
+                data = serializer.validated_data
+            result = campaign_trigger(
+                campaign_id=campaign_id,
+                by=request.user,
+                recipients=data["recipients"],
+                context=data["context"],
+                stamps=stamps,
+                request_record=record,  # the answer is stored with the rows, in their transaction
+            )
+        except (serializers.ValidationError, TriggerRefused, DjangoValidationError) as exc:
+            from accounts.api import api_exception_handler
 
-
-def trigger_respond(*, campaign_id: int, key, stamps, idempotency_key: str, body) -> Response:
-    """A trigger call from an authenticated key with the ``trigger`` scope: its answer.
-
-    ``stamps`` are those the authentication read (with the key's rate limit taken on Redis);
-    ``body`` gives the parsed JSON body when called (after the rate limit, as DRF would parse
-    it). Used by ``CampaignTriggerView`` and by the trigger's own route
-    (``campaigns.trigger_route``); raises the API's exceptions for the caller to answer.
-    """
-    if stamps is not None and stamps.rate_granted is False:
-        raise Throttled(wait=max(stamps.rate_wait, 0.001), detail="Too many triggers for this API key.")
-    if stamps is None or stamps.rate_granted is None:
-        wait = trigger_rate_take(api_key=key)
-        if wait is not None:
-            raise Throttled(wait=wait, detail="Too many triggers for this API key.")
-    idempotency_key = idempotency_key.strip()
-    if len(idempotency_key) > 200:
-        raise serializers.ValidationError({"Idempotency-Key": "At most 200 characters."})
-    record = None
-    if idempotency_key:
-        campaign_trigger_allowed(campaign_id=campaign_id, by=key.user, stamps=stamps)
-        body_hash = hashlib.sha256(json.dumps(body(), sort_keys=True, default=str).encode()).hexdigest()
-        record, replay = trigger_request_start(
-            api_key=key, idempotency_key=idempotency_key, campaign_id=campaign_id, body_hash=body_hash
-        )
-        if replay == "different_body":
-            raise Unprocessable("This Idempotency-Key was used with another body.", code="idempotency_key_reused")
-        if replay == "in_progress":
-            raise Conflict("A request with this Idempotency-Key is still running.", code="idempotency_in_progress")
-        if replay == "done":
-            response = Response(record.response_body, status=record.response_status)
-            response["Idempotent-Replayed"] = "true"
+            response = api_exception_handler(exc.as_api() if isinstance(exc, TriggerRefused) else exc, {"view": self})
+            if record is not None:
+                trigger_request_finish(record=record, status_code=response.status_code, body=response.data)
             return response
-    try:
-        data = _trigger_validated(body())
-        if data is None:
-            serializer = TriggerInSerializer(data=body())
-            serializer.is_valid(raise_exception=True)
-            data = serializer.validated_data
-        result = campaign_trigger(
-            campaign_id=campaign_id,
-            by=key.user,
-            recipients=data["recipients"],
-            context=data["context"],
-            stamps=stamps,
-            request_record=record,  # the answer is stored with the rows, in their transaction
-        )
-    except (serializers.ValidationError, TriggerRefused, DjangoValidationError) as exc:
-        from accounts.api import api_exception_handler
-
-        response = api_exception_handler(exc.as_api() if isinstance(exc, TriggerRefused) else exc, {})
-        if record is not None:
-            trigger_request_finish(record=record, status_code=response.status_code, body=response.data)
-        return response
-    except Exception:
-        if record is not None:
-            trigger_request_finish(record=record, status_code=None, body=None)  # kept once it has rows
-        raise
-    return Response(result.answer(), status=status.HTTP_202_ACCEPTED)
+        except Exception:
+            if record is not None:
+                trigger_request_finish(record=record, status_code=None, body=None)  # kept once it has rows
+            raise
+        return Response(result.answer(), status=status.HTTP_202_ACCEPTED)
 
 
 urlpatterns = [

@@ -219,7 +219,7 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "accounts.middleware.RefuseNulMiddleware",
-    "campaigns.trigger_route.TriggerRouteMiddleware",
+    "accounts.api_route.ApiRouteMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "accounts.middleware.AdminMessageMiddleware",

@@ -1,14 +1,13 @@
-"""The trigger's own route: ``POST /api/v1/campaigns/{id}/trigger/`` answered before Django's URL
-resolver and DRF's view machinery, for the usual call.
+"""The API's own route for its hottest calls: a trigger (``POST /api/v1/campaigns/{id}/trigger/``)
+and an events call (``POST /api/v1/events/bulk/``), answered before Django's URL resolver and DRF's
+view machinery when the call is in order.
 
-A trigger is the API's hottest call, and DRF's request wrapping, content negotiation, parsing,
-permission classes and rendering cost about as much CPU as the trigger's own work. This
-middleware answers a call whose key, scope, rate and body are in order with the view's own
-logic (``campaigns.api.trigger_respond``), the same services and the same error answers. Any
-other call (no key or one that cannot be used, another scope, a body that is not plain JSON, a
-parse error) goes on to ``CampaignTriggerView`` untouched, which words the refusal as always;
-the stamps read here (and the rate token taken with them) go along with it, so nothing is
-counted twice.
+DRF's request wrapping, content negotiation, parsing, permission classes and rendering cost about
+as much CPU as a trigger's own work. This middleware answers a call whose key, scope and body are
+in order by calling the view's own handler, with the same services and the same error answers.
+Any other call (no key or one that cannot be used, another scope, a body that is not plain JSON,
+a parse error) goes on to the view untouched, which words the refusal as always; the stamps read
+here (and the rate token taken with them) go along with it, so nothing is counted twice.
 
 It sits after the middleware that guards every request (probes, HTTPS, the allowed hosts, NUL in
 the path) and adds the headers of those after it that an API answer carries.
@@ -20,6 +19,7 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
+from django.utils.module_loading import import_string
 from rest_framework.exceptions import APIException
 from rest_framework.renderers import JSONRenderer
 
@@ -28,30 +28,43 @@ from accounts.authentication import KEY_RE, cached_key, key_refusal
 from accounts.json_values import json_parse
 from accounts.services import api_key_touch
 from accounts.stamps import stamps_read
-from campaigns.api import CampaignTriggerView, trigger_respond
 
-TRIGGER_PATH = re.compile(r"^/api/v1/campaigns/([0-9]+)/trigger/$")
-_VIEW = CampaignTriggerView()
+# (path, view, the path's integer argument): each view's ``post`` is what the route calls.
+ROUTES = (
+    (re.compile(r"^/api/v1/campaigns/([0-9]+)/trigger/$"), "campaigns.api.CampaignTriggerView", "campaign_id"),
+    (re.compile(r"^/api/v1/events/bulk/$"), "audiences.api.EventBulkView", None),
+)
 _RENDERER = JSONRenderer()
 _HANDLED = (APIException, DjangoValidationError, DjangoPermissionDenied, Http404)
 
 
-class TriggerRouteMiddleware:
+class ApiRouteMiddleware:
     def __init__(self, get_response):
         self.get_response = get_response
+        self.routes = [(path, import_string(view), argument) for path, view, argument in ROUTES]
 
     def __call__(self, request):
         if request.method == "POST":
-            match = TRIGGER_PATH.match(request.path_info)
-            if match is not None:
-                response = trigger_route(request, int(match[1]))
-                if response is not None:
-                    return response
+            for path, view, argument in self.routes:
+                match = path.match(request.path_info)
+                if match is not None:
+                    response = api_route(request, view(), {argument: int(match[1])} if argument else {})
+                    if response is not None:
+                        return response
+                    break
         return self.get_response(request)
 
 
-def trigger_route(request, campaign_id: int):
-    """The answer to a trigger call in order, or None to let the view answer it."""
+class _Call:
+    """What the routed views' handlers read of DRF's request: the body, the key and its user, the headers."""
+
+    def __init__(self, request, key, data):
+        self._request, self.user, self.auth, self.data = request, key.user, key, data
+        self.headers, self.META = request.headers, request.META
+
+
+def api_route(request, view, kwargs: dict):
+    """The answer to a call in order, or None to let the view answer it."""
     meta = request.META
     parts = meta.get("HTTP_AUTHORIZATION", "").split()
     if len(parts) != 2 or parts[0].lower() != "bearer":
@@ -67,13 +80,15 @@ def trigger_route(request, campaign_id: int):
     if not 0 < length <= settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
         return None
     prefix = matched["prefix"]
-    rate_name, rate = _VIEW.rate_limit()
+    rate_name, rate = view.rate_limit() if hasattr(view, "rate_limit") else (None, 0.0)
     stamps = stamps_read(
-        ["access", *_VIEW.stamp_names({"campaign_id": campaign_id})], rate_key=f"{rate_name}:{prefix}", rate=rate
+        ["access", *(view.stamp_names(kwargs) if hasattr(view, "stamp_names") else [])],
+        rate_key=f"{rate_name}:{prefix}" if rate_name else None,
+        rate=rate,
     )
     request.pushdesk_stamps = stamps  # the view reads them, rate token included, if it answers
     key = cached_key(prefix, stamps["access"])
-    if key is None or key_refusal(key, raw_key) is not None or _VIEW.required_scope not in key.scopes:
+    if key is None or key_refusal(key, raw_key) is not None or view.required_scope not in key.scopes:
         return None
     try:
         body = json_parse(request.body.decode())
@@ -81,19 +96,13 @@ def trigger_route(request, campaign_id: int):
         return None
     api_key_touch(key=key)
     try:
-        response = trigger_respond(
-            campaign_id=campaign_id,
-            key=key,
-            stamps=stamps,
-            idempotency_key=meta.get("HTTP_IDEMPOTENCY_KEY", ""),
-            body=lambda: body,
-        )
+        response = view.post(_Call(request, key, body), **kwargs)
     except _HANDLED as exc:
         response = api_exception_handler(exc, {})
     response.accepted_renderer = _RENDERER
     response.accepted_media_type = _RENDERER.media_type
     response.renderer_context = {}
-    response["Allow"] = ", ".join(_VIEW.allowed_methods)
+    response["Allow"] = ", ".join(view.allowed_methods)
     response.render()
     if settings.X_FRAME_OPTIONS and "X-Frame-Options" not in response:
         response["X-Frame-Options"] = settings.X_FRAME_OPTIONS

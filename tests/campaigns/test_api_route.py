@@ -1,5 +1,5 @@
-"""The trigger's own route (campaigns.trigger_route): the calls it answers before the URL resolver
-and DRF, the ones it hands to CampaignTriggerView, and the same answer either way."""
+"""The API's own route (accounts.api_route) for triggers and events: the calls it answers before the
+URL resolver and DRF, the ones it hands to the view, and the same answer either way."""
 
 import pytest
 
@@ -11,7 +11,7 @@ from tests.factories import DeviceFactory, ProfileFactory
 
 pytestmark = pytest.mark.embedded
 
-ROUTE = "campaigns.trigger_route.TriggerRouteMiddleware"
+ROUTE = "accounts.api_route.ApiRouteMiddleware"
 COMPARED_HEADERS = ("Content-Type", "Allow", "X-Frame-Options", "Idempotent-Replayed", "WWW-Authenticate")
 
 
@@ -150,10 +150,47 @@ def test_other_requests_pass_by_the_route(method, path, live_trigger, trigger_cl
     assert response.status_code in (301, 404, 405)
 
 
-def test_the_routes_path_is_the_views():
-    from django.urls import reverse
+@pytest.mark.parametrize(("name", "kwargs"), [("api:campaign-trigger", {"campaign_id": 42}), ("api:event-bulk", {})])
+def test_the_routes_paths_are_the_views(name, kwargs):
+    from django.urls import resolve, reverse
 
-    from campaigns.trigger_route import TRIGGER_PATH
+    from accounts.api_route import ROUTES
 
-    path = reverse("api:campaign-trigger", kwargs={"campaign_id": 42})
-    assert TRIGGER_PATH.match(path)[1] == "42"
+    path = reverse(name, kwargs=kwargs)
+    [(argument, view)] = [(argument, view) for pattern, view, argument in ROUTES if pattern.match(path)]
+    assert view.rsplit(".", 1)[1] == resolve(path).func.view_class.__name__
+    assert argument == next(iter(kwargs), None)
+
+
+# events: scenario -> (status, answered by the route)
+EVENT_SCENARIOS = {
+    "accepted": (200, True),
+    "some_items_bad": (200, True),
+    "not_a_list": (400, True),
+    "no_scope": (403, False),
+    "bad_json": (400, False),
+}
+
+
+@pytest.mark.parametrize("name", list(EVENT_SCENARIOS))
+def test_the_route_and_the_view_answer_events_alike(name, manager_alice, api_key_for, settings):
+    status, by_route = EVENT_SCENARIOS[name]
+    answers = []
+    for run, middleware in enumerate((settings.MIDDLEWARE, [m for m in settings.MIDDLEWARE if m != ROUTE])):
+        settings.MIDDLEWARE = middleware
+        client = api_key_for(manager_alice, scopes=["read"] if name == "no_scope" else ["ingest"])
+        event = {"external_id": f"shopper-{run}", "name": "app_open", "occurred_at": "2026-06-01T10:00:00Z"}
+        body = {"events": [event]}
+        if name == "some_items_bad":
+            body["events"] += [{"external_id": "", "name": "app_open"}, "not an object"]
+        elif name == "not_a_list":
+            body = {"events": {"external_id": "x"}}
+        if name == "bad_json":
+            response = client.generic("POST", "/api/v1/events/bulk/", '{"events": [', content_type="application/json")
+        else:
+            response = client.post("/api/v1/events/bulk/", body, format="json")
+        assert response.status_code == status, response.content
+        answers.append((_ids_out(response.json()), {h: response.get(h) for h in COMPARED_HEADERS}, _by_route(response)))
+    with_route, view_only = answers
+    assert with_route[2] is by_route and view_only[2] is False
+    assert with_route[:2] == view_only[:2]
