@@ -19,15 +19,22 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
+from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.utils.module_loading import import_string
 from rest_framework.exceptions import APIException
 from rest_framework.renderers import JSONRenderer
 
 from accounts.api import api_exception_handler
-from accounts.authentication import KEY_RE, cached_key, key_refusal
+from accounts.authentication import (
+    ApiKeyFailed,
+    HasRequiredScope,
+    bearer_key,
+    cached_key,
+    key_refusal,
+    view_stamps_read,
+)
 from accounts.json_values import json_parse
 from accounts.services import api_key_touch
-from accounts.stamps import stamps_read
 
 # (path, view, the path's integer argument): each view's ``post`` is what the route calls.
 ROUTES = (
@@ -35,6 +42,7 @@ ROUTES = (
     (re.compile(r"^/api/v1/events/bulk/$"), "audiences.api.EventBulkView", None),
 )
 _RENDERER = JSONRenderer()
+_FRAME_OPTIONS = XFrameOptionsMiddleware(lambda request: None)
 _HANDLED = (APIException, DjangoValidationError, DjangoPermissionDenied, Http404)
 
 
@@ -56,57 +64,49 @@ class ApiRouteMiddleware:
 
 
 class _Call:
-    """What the routed views' handlers read of DRF's request: the body, the key and its user, the headers."""
+    """What the routed views' handlers (and the scope check) read of DRF's request: the body, the
+    key and its user, the headers."""
 
-    def __init__(self, request, key, data):
-        self._request, self.user, self.auth, self.data = request, key.user, key, data
+    def __init__(self, request, key):
+        self._request, self.user, self.auth, self.data = request, key.user, key, None
         self.headers, self.META = request.headers, request.META
 
 
 def api_route(request, view, kwargs: dict):
     """The answer to a call in order, or None to let the view answer it."""
     meta = request.META
-    parts = meta.get("HTTP_AUTHORIZATION", "").split()
-    if len(parts) != 2 or parts[0].lower() != "bearer":
-        return None
-    raw_key = parts[1]
-    matched = KEY_RE.match(raw_key)
-    if matched is None or not _plain_json(meta.get("CONTENT_TYPE", "")):
-        return None
     try:
+        matched = bearer_key(meta.get("HTTP_AUTHORIZATION", ""))
         length = int(meta.get("CONTENT_LENGTH") or 0)
-    except ValueError:
+    except (ApiKeyFailed, ValueError):
         return None
-    if not 0 < length <= settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
+    if not _plain_json(meta.get("CONTENT_TYPE", "")) or not 0 < length <= settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
         return None
-    prefix = matched["prefix"]
-    rate_name, rate = view.rate_limit() if hasattr(view, "rate_limit") else (None, 0.0)
-    stamps = stamps_read(
-        ["access", *(view.stamp_names(kwargs) if hasattr(view, "stamp_names") else [])],
-        rate_key=f"{rate_name}:{prefix}" if rate_name else None,
-        rate=rate,
-    )
+    stamps = view_stamps_read(view, kwargs, matched["prefix"])
     request.pushdesk_stamps = stamps  # the view reads them, rate token included, if it answers
-    key = cached_key(prefix, stamps["access"])
-    if key is None or key_refusal(key, raw_key) is not None or view.required_scope not in key.scopes:
+    key = cached_key(matched["prefix"], stamps["access"])
+    if key_refusal(key, matched[0]) is not None:
         return None
+    call = _Call(request, key)
     try:
-        body = json_parse(request.body.decode())
+        if not HasRequiredScope().has_permission(call, view):
+            return None
+        call.data = json_parse(request.body.decode())
     except (ValueError, DjangoValidationError):  # the view's parser words it (UnicodeDecodeError included)
         return None
     api_key_touch(key=key)
     try:
-        response = view.post(_Call(request, key, body), **kwargs)
+        response = view.post(call, **kwargs)
     except _HANDLED as exc:
         response = api_exception_handler(exc, {})
+    # As DRF's view would finish it, then the middleware after this one (the frame options).
     response.accepted_renderer = _RENDERER
     response.accepted_media_type = _RENDERER.media_type
     response.renderer_context = {}
-    response["Allow"] = ", ".join(view.allowed_methods)
+    for name, value in view.default_response_headers.items():
+        response[name] = value
     response.render()
-    if settings.X_FRAME_OPTIONS and "X-Frame-Options" not in response:
-        response["X-Frame-Options"] = settings.X_FRAME_OPTIONS
-    return response
+    return _FRAME_OPTIONS.process_response(request, response)
 
 
 def _plain_json(content_type: str) -> bool:

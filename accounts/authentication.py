@@ -52,18 +52,35 @@ def request_stamps(request) -> Stamps | None:
     return getattr(request._request, "pushdesk_stamps", None)
 
 
-def _stamps_for(request, prefix: str) -> Stamps:
-    """Read ``access`` and the stamps the view names, and take the view's per-key rate limit, in one trip."""
-    stamps = getattr(request._request, "pushdesk_stamps", None)
-    if stamps is not None:  # read before the view by the trigger's own route, which let the view answer
-        return stamps
-    context = request.parser_context or {}
-    view, kwargs = context.get("view"), context.get("kwargs") or {}
+def view_stamps_read(view, kwargs: dict, prefix: str) -> Stamps:
+    """Read ``access`` and the stamps ``view`` names, and take its per-key rate limit, in one trip."""
     names = ["access", *(view.stamp_names(kwargs) if hasattr(view, "stamp_names") else [])]
     rate_name, rate = view.rate_limit() if hasattr(view, "rate_limit") else (None, 0.0)
-    stamps = stamps_read(names, rate_key=f"{rate_name}:{prefix}" if rate_name else None, rate=rate)
-    request._request.pushdesk_stamps = stamps
+    return stamps_read(names, rate_key=f"{rate_name}:{prefix}" if rate_name else None, rate=rate)
+
+
+def _stamps_for(request, prefix: str) -> Stamps:
+    """The request's stamps: read once, here or by the API's own route when it hands the call on."""
+    stamps = getattr(request._request, "pushdesk_stamps", None)
+    if stamps is None:
+        context = request.parser_context or {}
+        stamps = view_stamps_read(context.get("view"), context.get("kwargs") or {}, prefix)
+        request._request.pushdesk_stamps = stamps
     return stamps
+
+
+def bearer_key(header: str) -> re.Match:
+    """The API key in an ``Authorization: Bearer <key>`` header (the match's ``prefix`` names it).
+
+    Raises ApiKeyFailed for a header of another shape or a value that is no Pushdesk key.
+    """
+    parts = header.split()
+    if len(parts) != 2 or parts[0].lower() != "bearer":
+        raise ApiKeyFailed("Malformed Authorization header: expected 'Bearer <api key>'.", "malformed_authorization")
+    match = KEY_RE.match(parts[1])
+    if not match:
+        raise ApiKeyFailed("This is not a Pushdesk API key.", "api_key_invalid")
+    return match
 
 
 def cached_key(prefix: str, stamp: str | None) -> ApiKey | None:
@@ -103,18 +120,10 @@ class ApiKeyAuthentication(BaseAuthentication):
         header = request.META.get("HTTP_AUTHORIZATION", "")
         if not header:
             return None
-        parts = header.split()
-        if len(parts) != 2 or parts[0].lower() != self.keyword.lower():
-            raise ApiKeyFailed(
-                "Malformed Authorization header: expected 'Bearer <api key>'.", "malformed_authorization"
-            )
-        raw_key = parts[1]
-        match = KEY_RE.match(raw_key)
-        if not match:
-            raise ApiKeyFailed("This is not a Pushdesk API key.", "api_key_invalid")
+        match = bearer_key(header)
         stamps = _stamps_for(request, match["prefix"])
         key = cached_key(match["prefix"], stamps["access"])
-        refusal = key_refusal(key, raw_key)
+        refusal = key_refusal(key, match[0])
         if refusal is not None:
             raise ApiKeyFailed(*refusal)
         api_key_touch(key=key)

@@ -210,24 +210,25 @@ def journeys_events_received(
                 _stats_add(Counter((version_id, step, "exit_event") for _, version_id, step in ending))
                 exited += len(ending)
     entry_versions = sorted((v for name in names for v in live.entries.get(name, ())), key=lambda v: v.pk)
-    audience = (
-        "SELECT id FROM audiences_profile WHERE id = ANY(%s::bigint[])"
-        if connection.vendor == "postgresql"
-        else "SELECT id FROM audiences_profile WHERE id IN (SELECT value FROM json_each(%s))"
-    )
     for version in entry_versions:
         profile_ids = sorted({profile_id for profile_id, name, _ in events if name == version.entry_event})
-        if len(profile_ids) == 1 and connection.vendor == "postgresql":
-            # ``= $n``, whose kept plan PostgreSQL runs; for ``= ANY`` it guesses ten ids and plans every call
-            one, param = "SELECT id FROM audiences_profile WHERE id = %s", profile_ids[0]
-        else:
-            one = None
-            param = int_array(profile_ids) if connection.vendor == "postgresql" else json.dumps(profile_ids)
+        audience, param = _event_audience(profile_ids)
         with transaction.atomic(savepoint=False):
-            enrolled = _enter(version, one or audience, [param], now=now, returning=True, few=True)
+            enrolled = _enter(version, audience, [param], now=now, returning=True, few=True)
             journeys_run_entered(enrolled=enrolled, version=version, stamp=live.stamp, now=now)
         entered += len(enrolled)
     return {"exited": exited, "entered": entered}
+
+
+def _event_audience(profile_ids: list[int]) -> tuple[str, object]:
+    """An events call's profiles as an entry's audience: (its statement, its one parameter). One
+    profile, most calls, is ``= $n``, whose kept plan PostgreSQL runs; for ``= ANY`` it guesses ten
+    ids, prices its kept plan above one for the values at hand, and plans every call again."""
+    if connection.vendor != "postgresql":
+        return "SELECT id FROM audiences_profile WHERE id IN (SELECT value FROM json_each(%s))", json.dumps(profile_ids)
+    if len(profile_ids) == 1:
+        return "SELECT id FROM audiences_profile WHERE id = %s", profile_ids[0]
+    return "SELECT id FROM audiences_profile WHERE id = ANY(%s::bigint[])", int_array(profile_ids)
 
 
 # The open enrollments of these versions and profiles, locked in id order. On PostgreSQL the ids

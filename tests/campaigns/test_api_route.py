@@ -29,6 +29,28 @@ def _ids_out(value):
     return value
 
 
+def _post(client, url, body, **headers):
+    """A JSON body as given, or text sent as it is (a body that does not parse)."""
+    if isinstance(body, str):
+        return client.generic("POST", url, body, content_type="application/json", **headers)
+    return client.post(url, body, format="json", **headers)
+
+
+def _route_and_view_agree(settings, send, status: int, by_route: bool) -> None:
+    """``send(run)`` once with the route (run 0) and once with the view alone (run 1): the same
+    status, body and headers, and the first answered by the route when ``by_route``."""
+    answers = []
+    for run, middleware in enumerate((settings.MIDDLEWARE, [m for m in settings.MIDDLEWARE if m != ROUTE])):
+        settings.MIDDLEWARE = middleware  # each run's clients are new: they load it
+        response = send(run)
+        assert response.status_code == status, response.content
+        headers = {h: response.get(h) for h in COMPARED_HEADERS}
+        answers.append((_ids_out(response.json()), headers, response.has_header("Retry-After"), _by_route(response)))
+    with_route, view_only = answers
+    assert with_route[3] is by_route and view_only[3] is False
+    assert with_route[:3] == view_only[:3]
+
+
 def _scenario(name, campaign, pushsim_app, manager_alice, manager_mallory, api_key_for, settings):
     """(client, url, body, headers) for one scenario; each run makes its own keys and profiles."""
     url = f"/api/v1/campaigns/{campaign.pk}/trigger/"
@@ -79,30 +101,14 @@ SCENARIOS = {
 def test_the_route_and_the_view_give_the_same_answer(
     name, live_trigger, pushsim_app, manager_alice, manager_mallory, api_key_for, settings
 ):
-    status, by_route = SCENARIOS[name]
-    answers = []
-    for middleware in (settings.MIDDLEWARE, [m for m in settings.MIDDLEWARE if m != ROUTE]):
-        settings.MIDDLEWARE = middleware  # each scenario's clients are new: they load it
+    def send(run):
         settings.PUSHDESK_TRIGGER_RATE_PER_KEY = 1000
         client, url, body, headers = _scenario(
             name, live_trigger, pushsim_app, manager_alice, manager_mallory, api_key_for, settings
         )
-        if isinstance(body, str):
-            response = client.generic("POST", url, body, content_type="application/json", **headers)
-        else:
-            response = client.post(url, body, format="json", **headers)
-        assert response.status_code == status, response.content
-        answers.append(
-            (
-                _ids_out(response.json()),
-                {h: response.get(h) for h in COMPARED_HEADERS},
-                response.has_header("Retry-After"),
-                _by_route(response),
-            )
-        )
-    with_route, view_only = answers
-    assert with_route[3] is by_route and view_only[3] is False
-    assert with_route[:3] == view_only[:3]
+        return _post(client, url, body, **headers)
+
+    _route_and_view_agree(settings, send, *SCENARIOS[name])
 
 
 def test_a_trigger_answered_by_the_route_writes_its_rows(live_trigger, trigger_client, pushsim_app):
@@ -174,10 +180,7 @@ EVENT_SCENARIOS = {
 
 @pytest.mark.parametrize("name", list(EVENT_SCENARIOS))
 def test_the_route_and_the_view_answer_events_alike(name, manager_alice, api_key_for, settings):
-    status, by_route = EVENT_SCENARIOS[name]
-    answers = []
-    for run, middleware in enumerate((settings.MIDDLEWARE, [m for m in settings.MIDDLEWARE if m != ROUTE])):
-        settings.MIDDLEWARE = middleware
+    def send(run):
         client = api_key_for(manager_alice, scopes=["read"] if name == "no_scope" else ["ingest"])
         event = {"external_id": f"shopper-{run}", "name": "app_open", "occurred_at": "2026-06-01T10:00:00Z"}
         body = {"events": [event]}
@@ -185,12 +188,8 @@ def test_the_route_and_the_view_answer_events_alike(name, manager_alice, api_key
             body["events"] += [{"external_id": "", "name": "app_open"}, "not an object"]
         elif name == "not_a_list":
             body = {"events": {"external_id": "x"}}
-        if name == "bad_json":
-            response = client.generic("POST", "/api/v1/events/bulk/", '{"events": [', content_type="application/json")
-        else:
-            response = client.post("/api/v1/events/bulk/", body, format="json")
-        assert response.status_code == status, response.content
-        answers.append((_ids_out(response.json()), {h: response.get(h) for h in COMPARED_HEADERS}, _by_route(response)))
-    with_route, view_only = answers
-    assert with_route[2] is by_route and view_only[2] is False
-    assert with_route[:2] == view_only[:2]
+        elif name == "bad_json":
+            body = '{"events": ['
+        return _post(client, "/api/v1/events/bulk/", body)
+
+    _route_and_view_agree(settings, send, *EVENT_SCENARIOS[name])

@@ -205,7 +205,7 @@ def test_an_entry_after_the_first_is_a_few_statements_whatever_the_journeys_hist
     from django.test.utils import CaptureQueriesContext
     from django_q.conf import Conf
 
-    from accounts import api_route, authentication, stamps
+    from accounts import authentication, stamps
     from journeys.models import Enrollment
 
     for name in ("zoe", "max", "ada"):
@@ -223,7 +223,7 @@ def test_an_entry_after_the_first_is_a_few_statements_whatever_the_journeys_hist
     # Read now: the next request clears Django's query log, which the capture reads from.
     statements = [q["sql"] for q in second.captured_queries if "SAVEPOINT" not in q["sql"]]
     read = []
-    for module in (api_route, authentication, stamps):
+    for module in (authentication, stamps):
         monkeypatch.setattr(
             module,
             "stamps_read",
