@@ -23,7 +23,17 @@ from delivery.models import Delivery, Dispatch
 from delivery.services.dispatches import dispatch_prepare
 from delivery.services.sending import dispatch_send
 from tests.factories import PushContentFactory, SegmentFactory
-from tests.fakes.workers import BATCH, WORKERS, Cluster, push_task, sending_devices, wait_for, watch_until
+from tests.fakes.workers import (
+    BATCH,
+    WORKERS,
+    Cluster,
+    no_other_statement_running,
+    push_task,
+    sending_devices,
+    wait_for,
+    watch_until,
+)
+from tests.locks import eventually
 
 pytestmark = [
     pytest.mark.slow,
@@ -83,6 +93,7 @@ def test_a_worker_killed_between_the_pick_and_the_rest_sends_nothing_twice(
                 break
         assert remainder_rows.filter(status="accepted").count() >= 150, open(log).read()[-3000:]
         first.kill()
+        assert eventually(no_other_statement_running), "a killed worker's statement still runs"
         in_flight = remainder_rows.filter(status="sending").count()
         assert remainder_rows.filter(status="queued").exists(), "killed too late to matter"
 

@@ -16,7 +16,17 @@ from accounts.services import access_grant
 from delivery.models import Delivery, Dispatch
 from delivery.services.dispatches import dispatch_prepare
 from tests.factories import PushContentFactory
-from tests.fakes.workers import BATCH, WORKERS, Cluster, push_task, rows_state, sending_devices, wait_for, watch_until
+from tests.fakes.workers import (
+    BATCH,
+    WORKERS,
+    Cluster,
+    no_other_statement_running,
+    push_task,
+    rows_state,
+    sending_devices,
+    wait_for,
+    watch_until,
+)
 from tests.locks import eventually
 
 pytestmark = [
@@ -26,16 +36,6 @@ pytestmark = [
         reason="needs PostgreSQL and Redis (real worker processes)",
     ),
 ]
-
-
-def _no_other_statement_running() -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_stat_clear_snapshot()")  # else read once per transaction
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid() AND state = 'active'"
-        )
-        return cursor.fetchone()[0] == 0
 
 
 def test_worker_killed_mid_send_never_sends_twice_and_every_row_ends(
@@ -67,7 +67,7 @@ def test_worker_killed_mid_send_never_sends_twice_and_every_row_ends(
         first.kill()
         # A killed worker's last statement (a claim) may still run in its server process and commit:
         # count the rows in flight once no other session of the database is running one.
-        assert eventually(_no_other_statement_running), "a killed worker's statement still runs"
+        assert eventually(no_other_statement_running), "a killed worker's statement still runs"
         in_flight = Delivery.objects.filter(dispatch=dispatch, status="sending").count()
         assert Delivery.objects.filter(dispatch=dispatch, status="queued").exists(), "killed too late to matter"
         assert in_flight <= WORKERS * BATCH * 2  # per worker: one batch sending, the next one claimed
@@ -157,7 +157,7 @@ def test_worker_killed_mid_resolve_commits_none_of_its_unfinished_slice_and_the_
         first.kill()
         # The killed slice's server process ends its statement after the sleep; its transaction
         # never gets its COMMIT.
-        assert eventually(_no_other_statement_running, timeout=20), "a killed worker's statement still runs"
+        assert eventually(no_other_statement_running, timeout=20), "a killed worker's statement still runs"
         assert Delivery.objects.filter(dispatch=dispatch).count() == 30  # the first slice's
         assert not Delivery.objects.filter(dispatch=dispatch, profile_id__gt=profiles[29].pk).exists()
         assert Dispatch.objects.get(pk=dispatch.pk).status == "preparing"

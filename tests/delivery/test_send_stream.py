@@ -19,7 +19,8 @@ from delivery.models import Delivery, Dispatch
 from delivery.services.dispatches import deliveries_expire_leases
 from tests.campaigns.conftest import live_trigger  # noqa: F401 (a live API-triggered campaign)
 from tests.factories import DeviceFactory, ProfileFactory
-from tests.fakes.workers import BATCH, Cluster, rows_state, wait_for
+from tests.fakes.workers import BATCH, Cluster, no_other_statement_running, rows_state, wait_for
+from tests.locks import eventually
 
 pytestmark = pytest.mark.skipif(
     not settings.REDIS_URL or connections["default"].vendor != "postgresql",
@@ -121,6 +122,7 @@ def test_a_sender_killed_mid_send_leaves_its_rows_unknown_and_the_next_one_sends
             rows_state(Dispatch.objects.get(pk=stream), log)
         )
         first.kill()  # SIGKILL
+        assert eventually(no_other_statement_running), "the killed sender's statement still runs"
         in_flight = _statuses(stream).get("sending", 0)
         assert _statuses(stream).get("queued", 0) > 0, "killed too late to matter"
         assert 0 < in_flight <= 2 * BATCH  # one batch sending, the next one claimed

@@ -94,6 +94,21 @@ def rows_state(dispatch, log: str) -> str:
         return f"dispatch {status}, rows {counts}\n{fh.read()[-4000:]}"
 
 
+def no_other_statement_running() -> bool:
+    """Whether no other session of the test database is running a statement. A killed worker's last
+    statement (a claim, a write-back) may still run in its server process and commit: count the rows
+    in flight once this holds."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")  # else read once per transaction
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND state = 'active'"
+        )
+        return cursor.fetchone()[0] == 0
+
+
 def wait_for(condition, *, timeout: float, step: float = 0.02, cluster: "Cluster | None" = None) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
