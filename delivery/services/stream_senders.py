@@ -327,6 +327,9 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
                     break
                 wait = min(left, settings.PUSHDESK_STREAM_POLL_SECONDS)
                 woken = listener.wait(wait) if listener is not None else (time.sleep(wait) or set())
+            if dispatch_ids is not None and woken and not woken & set(streams):
+                ready = False  # another stream's wake-up (the channel is the instance's): keep waiting
+                continue
             ready = True  # a wake-up, or the poll: rows may be ready (a retry's time may have come)
             if woken - set(streams) and dispatch_ids is None:
                 streams, refreshed = _open_streams(), time.monotonic()

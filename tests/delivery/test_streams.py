@@ -407,6 +407,52 @@ def test_rows_that_come_while_a_batch_sends_go_together_in_the_next(
     assert all(count == 1 for count in pushsim.state.snapshot_counts().values())
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_sender_of_one_stream_sleeps_through_other_streams_wake_ups(
+    pushsim, pushsim_app, stream, settings, monkeypatch
+):
+    """The wake-up channel is the instance's: another stream's message wakes a sender limited to its
+    own streams, which goes back to waiting without claiming; its own stream's message still sends."""
+    if not settings.REDIS_URL:
+        pytest.skip("senders are woken through Redis")
+    from django_q.conf import Conf
+
+    from delivery.services import claims as claims_module
+    from delivery.services.stream_senders import streams_wake_now
+
+    monkeypatch.setattr(Conf, "SYNC", False)
+    settings.PUSHDESK_STREAM_POLL_SECONDS = 10  # no poll within the test: only wake-ups count
+    (zoe,) = _people(pushsim_app, 1)
+    claims = []
+    claim = claims_module.deliveries_claim
+    monkeypatch.setattr(
+        claims_module, "deliveries_claim", lambda *a, **kw: claims.append(time.monotonic()) or claim(*a, **kw)
+    )
+    report = {}
+
+    def sender():
+        try:
+            report["value"] = streams_send(budget=3.0, dispatch_ids=[stream.pk])
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    time.sleep(0.5)  # the sender has claimed once at its start and is waiting
+    before = len(claims)
+    for _ in range(5):
+        streams_wake_now([stream.pk + 1000])  # another stream's
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert len(claims) == before
+    _append(stream, [zoe])
+    streams_wake_now([stream.pk])
+    token = zoe.devices.get().token
+    assert eventually(lambda: pushsim.state.count(token) == 1, timeout=2)
+    thread.join(10)
+    assert report["value"].claimed == 1
+
+
 def test_a_streams_admin_page_shows_its_live_rate_and_latency(
     client, pushsim, pushsim_app, stream, viewer_carol, manager_mallory
 ):
