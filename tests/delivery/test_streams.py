@@ -321,23 +321,24 @@ def test_live_figures_show_the_last_minutes_rate_and_latency(pushsim, pushsim_ap
     assert 0 < figures["latency_p50_ms"] <= figures["latency_p99_ms"] < 60_000
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_waiting_sender_is_woken_by_the_append_and_sends_within_a_second(
-    pushsim, pushsim_app, stream, settings, monkeypatch
-):
+@pytest.fixture
+def woken_senders(settings, monkeypatch):
+    """Senders woken through Redis as in production (no in-process sending), with no poll within a
+    test's few seconds: only wake-ups make them claim."""
     if not settings.REDIS_URL:
         pytest.skip("senders are woken through Redis")
     from django_q.conf import Conf
 
-    from delivery.services.stream_senders import streams_wake
+    monkeypatch.setattr(Conf, "SYNC", False)
+    settings.PUSHDESK_STREAM_POLL_SECONDS = 10
 
-    monkeypatch.setattr(Conf, "SYNC", False)  # the wake-up goes to the waiting sender, as in production
-    settings.PUSHDESK_STREAM_POLL_SECONDS = 10  # only the wake-up can make it in time
-    (zoe,) = _people(pushsim_app, 1)
-    report = {}
-    claims = []
+
+def _waiting_sender(stream, monkeypatch):
+    """A sender of ``stream`` alone in a thread for 3 s, once it waits for a wake-up (after its first
+    claim): the thread, its report (``report["value"]`` once it ends) and the times of its claims."""
     from delivery.services import claims as claims_module
 
+    claims, report = [], {}
     claim = claims_module.deliveries_claim
     monkeypatch.setattr(
         claims_module, "deliveries_claim", lambda *a, **kw: claims.append(time.monotonic()) or claim(*a, **kw)
@@ -351,7 +352,18 @@ def test_a_waiting_sender_is_woken_by_the_append_and_sends_within_a_second(
 
     thread = threading.Thread(target=sender)
     thread.start()
-    time.sleep(0.5)  # the sender is waiting for a wake-up
+    time.sleep(0.5)
+    return thread, report, claims
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_waiting_sender_is_woken_by_the_append_and_sends_within_a_second(
+    pushsim, pushsim_app, stream, woken_senders, monkeypatch
+):
+    from delivery.services.stream_senders import streams_wake
+
+    (zoe,) = _people(pushsim_app, 1)
+    thread, report, claims = _waiting_sender(stream, monkeypatch)
     started = time.monotonic()
     _append(stream, [zoe])  # autocommit: committed
     streams_wake(stream.pk)  # what a call does once its rows committed
@@ -370,16 +382,10 @@ def test_a_waiting_sender_is_woken_by_the_append_and_sends_within_a_second(
 
 @pytest.mark.django_db(transaction=True)
 def test_rows_that_come_while_a_batch_sends_go_together_in_the_next(
-    pushsim, pushsim_app, stream, settings, monkeypatch
+    pushsim, pushsim_app, stream, woken_senders, monkeypatch
 ):
-    if not settings.REDIS_URL:
-        pytest.skip("senders are woken through Redis")
-    from django_q.conf import Conf
-
     from delivery.services.stream_senders import streams_wake, streams_wake_flush
 
-    monkeypatch.setattr(Conf, "SYNC", False)  # the wake-ups go to the waiting sender, as in production
-    settings.PUSHDESK_STREAM_POLL_SECONDS = 10  # only the wake-ups can make it in time
     pushsim.state.faults.latency_ms = 400  # the provider holds each batch a while
     first, *rest = _people(pushsim_app, 6)
     report = {}
@@ -409,36 +415,14 @@ def test_rows_that_come_while_a_batch_sends_go_together_in_the_next(
 
 @pytest.mark.django_db(transaction=True)
 def test_a_sender_of_one_stream_sleeps_through_other_streams_wake_ups(
-    pushsim, pushsim_app, stream, settings, monkeypatch
+    pushsim, pushsim_app, stream, woken_senders, monkeypatch
 ):
     """The wake-up channel is the instance's: another stream's message wakes a sender limited to its
     own streams, which goes back to waiting without claiming; its own stream's message still sends."""
-    if not settings.REDIS_URL:
-        pytest.skip("senders are woken through Redis")
-    from django_q.conf import Conf
-
-    from delivery.services import claims as claims_module
     from delivery.services.stream_senders import streams_wake_now
 
-    monkeypatch.setattr(Conf, "SYNC", False)
-    settings.PUSHDESK_STREAM_POLL_SECONDS = 10  # no poll within the test: only wake-ups count
     (zoe,) = _people(pushsim_app, 1)
-    claims = []
-    claim = claims_module.deliveries_claim
-    monkeypatch.setattr(
-        claims_module, "deliveries_claim", lambda *a, **kw: claims.append(time.monotonic()) or claim(*a, **kw)
-    )
-    report = {}
-
-    def sender():
-        try:
-            report["value"] = streams_send(budget=3.0, dispatch_ids=[stream.pk])
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=sender)
-    thread.start()
-    time.sleep(0.5)  # the sender has claimed once at its start and is waiting
+    thread, report, claims = _waiting_sender(stream, monkeypatch)
     before = len(claims)
     for _ in range(5):
         streams_wake_now([stream.pk + 1000])  # another stream's
