@@ -98,7 +98,7 @@ def api_route(request, view, kwargs: dict):
     try:
         response = view.post(call, **kwargs)
     except _HANDLED as exc:
-        response = api_exception_handler(exc, {})
+        response = api_exception_handler(exc, {"view": view})  # as DRF gives it a view's error
     # As DRF's view would finish it, then the middleware after this one (the frame options).
     response.accepted_renderer = _RENDERER
     response.accepted_media_type = _RENDERER.media_type

@@ -138,8 +138,11 @@ def _redis(url: str):
 
 
 def _channel() -> str:
-    # Prefixed with the instance: deployments sharing a Redis wake their own senders.
-    return f"{settings.PUSHDESK_INSTANCE}:stream-wake"
+    # The instance's and its Redis database's: Redis keeps a channel for the whole server, not
+    # per database as the rest (the queue, the cache, the stamps), so deployments sharing a
+    # server wake their own senders only, whatever database or instance name each one uses.
+    db = _redis(settings.REDIS_URL).connection_pool.connection_kwargs.get("db", 0)
+    return f"{settings.PUSHDESK_INSTANCE}:{db}:stream-wake"
 
 
 def streams_senders_ensure() -> list[int]:
@@ -328,7 +331,7 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
                 wait = min(left, settings.PUSHDESK_STREAM_POLL_SECONDS)
                 woken = listener.wait(wait) if listener is not None else (time.sleep(wait) or set())
             if dispatch_ids is not None and woken and not woken & set(streams):
-                ready = False  # another stream's wake-up (the channel is the instance's): keep waiting
+                ready = False  # another stream's wake-up (every stream of the instance shares the channel)
                 continue
             ready = True  # a wake-up, or the poll: rows may be ready (a retry's time may have come)
             if woken - set(streams) and dispatch_ids is None:

@@ -558,3 +558,29 @@ def test_a_stop_waiting_for_a_write_back_stops_the_retry_it_requeued(pushsim_app
     delivery = Delivery.objects.get(pk=row.id)
     assert (delivery.status, delivery.reason, delivery.next_attempt_at) == ("skipped", "stopped", None)
     assert Dispatch.objects.get(pk=stream.pk).status == "stopped"
+
+
+def test_a_wake_up_reaches_the_senders_of_its_own_redis_database_only(settings):
+    """Redis keeps a channel for the whole server: senders of another database of the same server
+    (another deployment, another test process) are not woken by this one's calls."""
+    if not settings.REDIS_URL:
+        pytest.skip("senders are woken through Redis")
+    from urllib.parse import urlsplit
+
+    from delivery.services.stream_senders import _Listener, streams_wake_now
+
+    own = settings.REDIS_URL
+    parts = urlsplit(own)
+    other = parts._replace(path=f"/{(int(parts.path.strip('/') or 0) + 1) % 16}").geturl()
+    settings.REDIS_URL = other
+    elsewhere = _Listener()
+    settings.REDIS_URL = own
+    here = _Listener()
+    try:
+        here.wait(0.2), elsewhere.wait(0.2)  # each reads its subscription's confirmation
+        streams_wake_now([4242])
+        assert here.wait(2.0) == {4242}
+        assert elsewhere.wait(0.3) == set()
+    finally:
+        here.close()
+        elsewhere.close()
