@@ -2,11 +2,12 @@
 
     .venv/bin/python bench/trigger.py [--only ceiling,throughput,e2e,profile,journey,soak,crash]
         [--seconds 15] [--rounds 1] [--connections 32] [--rate 200] [--e2e-seconds 60] [--soak-seconds 600]
-        [--provider sim|nginx]
+        [--provider sim|nginx] [--content profile|context]
 
 Sets up a database of its own (``--database``, ``pushdesk_bench_trigger``; Redis db ``--redis-db``,
 12) with the demo app pointed at the push simulator, ``--profiles`` profiles with a device each,
-a live API-triggered campaign, a live journey entered by the event ``order_paid`` whose first
+a live API-triggered campaign (``--content``: its body greets the profile, the default, or is
+plain; its title renders the call's context either way), a live journey entered by the event ``order_paid`` whose first
 step is a push, and API keys; starts
 the simulator, ``qcluster`` (``--workers`` processes), the stream sender (``manage.py
 send_stream``, a process of its own) and the web app under gunicorn (2 workers x ``--threads``
@@ -58,6 +59,9 @@ from support.http_load import BackendCpu, Paced, free_port, load, rss_mb, tree_c
 from support.nginx import start_nginx
 
 ROOT = Path(__file__).resolve().parent.parent
+# The campaign's body (its title renders the call's context): from the profile, as most
+# transactional pushes greet their reader, or plain (a call to an open stream is then one statement).
+CONTENT_BODIES = {"profile": "Hi {{ profile.attributes.first_name }}", "context": "It is on its way"}
 PY = sys.executable
 EVENT = "order_paid"
 
@@ -89,7 +93,7 @@ Device.objects.bulk_create([
     for i in range(N)
 ])
 content = pushcontent_save(content=PushContent(app=app, name="Order shipped", title="Order {{ context.order }}",
-                                               body="Hi {{ profile.attributes.first_name }}"), by=manager)
+                                               body=BODY), by=manager)
 campaign = campaign_create(by=manager, name="Order shipped", app=app, kind="api_triggered",
                            purpose="transactional", content=content)
 campaign_submit(campaign_id=campaign.pk, by=manager)
@@ -299,6 +303,12 @@ def main():  # noqa: C901 (one script, phase after phase)
     parser.add_argument(
         "--rounds", type=int, default=1, help="ceiling and throughput runs, taking turns (the median ratio is printed)"
     )
+    parser.add_argument(
+        "--content",
+        choices=sorted(CONTENT_BODIES),
+        default="profile",
+        help="what the campaign's content renders from: the profile and the call's context, or the context alone",
+    )
     parser.add_argument("--rate", type=int, default=200)
     parser.add_argument("--e2e-seconds", type=int, default=60)
     parser.add_argument("--soak-seconds", type=int, default=600)
@@ -358,7 +368,8 @@ def main():  # noqa: C901 (one script, phase after phase)
             env["PUSHDESK_CA_BUNDLE"] = ca_path
         run([PY, "manage.py", "migrate", "--noinput"], env)
         run([PY, "manage.py", "demo_setup"], env)
-        setup = run([PY, "manage.py", "shell", "-c", f"N = {args.profiles}\n" + SETUP], env)
+        body = CONTENT_BODIES[args.content]
+        setup = run([PY, "manage.py", "shell", "-c", f"N = {args.profiles}\nBODY = {body!r}\n" + SETUP], env)
         info = json.loads(setup.stdout.strip().splitlines()[-1])
         campaign, key = info["campaign"], info["key"]
         (tmp / "bench_ceiling.py").write_text(CEILING)
@@ -367,6 +378,7 @@ def main():  # noqa: C901 (one script, phase after phase)
         gunicorn += ["--threads", str(args.threads), "--access-logfile", "/dev/null"]
         report: dict = {"benchmark": "trigger", "web": f"gunicorn, 2 workers x {args.threads} threads"}
         report["provider"] = "push simulator" if args.provider == "sim" else "nginx"
+        report["content"] = args.content
         provider_cpu = "simulator_cpu_ms_per_message" if args.provider == "sim" else "nginx_cpu_ms_per_message"
         report["qcluster_workers"] = args.workers
         report["senders"] = 1

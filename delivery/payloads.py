@@ -22,6 +22,7 @@ from delivery.personalization import (
     VALUE_BYTES,
     is_templated,
     template_check,
+    template_reads_profile,
     template_render,
     template_worst_case_bytes,
     url_scheme_check,
@@ -122,13 +123,22 @@ def message_render(spec: dict, *, profile: dict, context: dict | None = None) ->
     return out
 
 
-def spec_is_personalized(spec: dict) -> bool:
-    """True when any text depends on the profile or context (so each message is rendered)."""
+def _spec_sources(spec: dict) -> list[str]:
     sources = [spec.get(name, "") or "" for name in VARIANT_FIELDS]
     sources += list((spec.get("data") or {}).values())
     for variant in (spec.get("variants") or {}).values():
         sources += list(variant.values())
-    return any(is_templated(s) for s in sources)
+    return sources
+
+
+def spec_is_personalized(spec: dict) -> bool:
+    """True when any text depends on the profile or context (so each message is rendered)."""
+    return any(is_templated(s) for s in _spec_sources(spec))
+
+
+def spec_reads_profile(spec: dict) -> bool:
+    """True when any text depends on the profile (its message cannot be rendered from the context alone)."""
+    return any(template_reads_profile(s) for s in _spec_sources(spec))
 
 
 # --- APNs ---------------------------------------------------------------------------------------

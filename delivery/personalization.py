@@ -93,6 +93,16 @@ def template_check(source: str, *, field: str) -> BoundTemplate:
     return template
 
 
+def template_reads_profile(source: str) -> bool:
+    """True when ``source`` uses ``profile`` (or cannot be read: then assume it does)."""
+    if not is_templated(source):
+        return False
+    try:
+        return "profile" in _parse(source).analyze(include_partials=False).globals
+    except LiquidError:
+        return True
+
+
 def _liquid_message(exc: LiquidError) -> str:
     message = getattr(exc, "message", None) or str(exc).splitlines()[0]
     token = getattr(exc, "token", None)

@@ -122,6 +122,7 @@ class _Approved:
     stamp: str | None
     loaded_at: float
     payload_problem: str | None = None  # for content that renders the same for everyone
+    reads_profile: bool = True  # whether any content it sends renders from the profile
     stream_id: int | None = None  # today's standing dispatch, opened by the first call with rows
     variants: list = field(default_factory=list)  # the approved variants (empty: one content)
     holdout_share: int = 0
@@ -197,7 +198,7 @@ def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: 
     import time
 
     from delivery.models import DeliveryRules
-    from delivery.payloads import spec_is_personalized
+    from delivery.payloads import spec_is_personalized, spec_reads_profile
     from delivery.services.dispatches import GateClosed
 
     entry = _APPROVED.get(campaign_id)
@@ -244,7 +245,9 @@ def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: 
         variants=approved.variants,
         holdout_share=approved.holdout_share,
     )
-    entry.personalized = any(spec_is_personalized(s) for s in [spec, *(v["spec"] for v in entry.variants)])
+    specs = [spec, *(v["spec"] for v in entry.variants)]
+    entry.personalized = any(spec_is_personalized(s) for s in specs)
+    entry.reads_profile = any(spec_reads_profile(s) for s in specs)
     if not entry.personalized:
         entry.payload_problem = _payload_problem(spec, profile={"attributes": {}}, context={})
         for frozen in entry.variants:
@@ -346,6 +349,16 @@ def campaign_trigger(
     entry = _approved_for(campaign_id, stamp=stamp, by=by, now=now)
     if len(recipients) > MAX_RECIPIENTS:
         raise ValidationError({"recipients": f"At most {MAX_RECIPIENTS} recipients per call."})
+    if _appends_by_external_id(entry):
+        try:
+            result = _trigger_by_external_id(
+                entry, recipients=recipients, context=context, request_record=request_record, now=now
+            )
+            if result is not None:
+                return result
+        except StreamClosed:
+            _APPROVED.pop(campaign_id, None)  # as below: load it again, then the path that opens streams
+            entry = _approved_for(campaign_id, stamp=stamp, by=by, now=now)
     profiles = _profiles_with_reach(app_id=entry.app_id, external_ids=[r["external_id"] for r in recipients])
     problems, targeted, errors = [], [], {}
     seen: set[str] = set()
@@ -353,20 +366,11 @@ def campaign_trigger(
         external_id = recipient["external_id"]
         profile = profiles.get(external_id)
         if external_id in seen:
-            problems.append(
-                {"index": index, "external_id": external_id, "code": "duplicate", "detail": "Listed twice: sent once."}
-            )
+            problems.append(_problem(index, external_id, "duplicate"))
             continue
         seen.add(external_id)
         if profile is None:
-            problems.append(
-                {
-                    "index": index,
-                    "external_id": external_id,
-                    "code": "unknown_profile",
-                    "detail": "No profile has this external id.",
-                }
-            )
+            problems.append(_problem(index, external_id, "unknown_profile"))
             continue
         merged = {**context, **(recipient.get("context") or {})}
         variant = entry.variant_of(profile["id"])
@@ -380,14 +384,7 @@ def campaign_trigger(
             errors[f"recipients.{index}.context"] = problem
             continue
         if not profile["reachable"] and variant != 0:
-            problems.append(
-                {
-                    "index": index,
-                    "external_id": external_id,
-                    "code": "no_device",
-                    "detail": "No opted-in device for this app.",
-                }
-            )
+            problems.append(_problem(index, external_id, "no_device"))
         targeted.append(Recipient(profile["id"], profile["timezone"] or "", merged or None, variant))
     if errors:
         raise ValidationError(errors)
@@ -397,17 +394,10 @@ def campaign_trigger(
             trigger_request_finish(record=request_record, status_code=202, body=result.answer())
         return result
     external_ids = {p["id"]: p["external_id"] for p in profiles.values()}
-    # The append is one statement on PostgreSQL: alone (no Idempotency-Key record to store with
-    # it, no frequency cap to apply after it) it runs in autocommit, two round trips fewer.
-    alone = (
-        connection.vendor == "postgresql"
-        and request_record is None
-        and not (entry.rules is not None and entry.rules.frequency_cap)
-    )
     for _ in range(2):
         stream_id = entry.stream(by=by, now=now)
         try:
-            with nullcontext() if alone else transaction.atomic():
+            with nullcontext() if _alone(entry, request_record) else transaction.atomic():
                 rows = stream_append(
                     dispatch_id=stream_id,
                     app_id=entry.app_id,
@@ -435,6 +425,103 @@ def campaign_trigger(
             _APPROVED.pop(campaign_id, None)
             entry = _approved_for(campaign_id, stamp=stamp, by=by, now=now)
     raise TriggerRefused("The campaign changed while this call ran: try again.", code="gate_closed")
+
+
+_PROBLEMS = {
+    "duplicate": "Listed twice: sent once.",
+    "unknown_profile": "No profile has this external id.",
+    "no_device": "No opted-in device for this app.",
+}
+
+
+def _problem(index: int, external_id: str, code: str) -> dict:
+    """A recipient's problem in the answer: the call goes on without it (or sends it a skip)."""
+    return {"index": index, "external_id": external_id, "code": code, "detail": _PROBLEMS[code]}
+
+
+def _alone(entry: _Approved, request_record) -> bool:
+    """Whether the append, one statement on PostgreSQL, may run alone in autocommit (two round
+    trips fewer): no Idempotency-Key record to store with it, no frequency cap to apply after it."""
+    return (
+        connection.vendor == "postgresql"
+        and request_record is None
+        and not (entry.rules is not None and entry.rules.frequency_cap)
+    )
+
+
+def _appends_by_external_id(entry: _Approved) -> bool:
+    """Whether a call's recipients can be appended by their external ids in one statement, with
+    no profile read before it: nothing is decided per profile before its rows are made (content
+    that does not render from the profile and fits, no variants, no quiet hours), on PostgreSQL,
+    to a stream already open (a call that names only unknown profiles opens none)."""
+    return (
+        connection.vendor == "postgresql"
+        and entry.stream_id is not None
+        and not entry.reads_profile
+        and not entry.variants
+        and entry.payload_problem is None
+        and not (entry.rules is not None and entry.rules.has_quiet_hours)
+    )
+
+
+def _trigger_by_external_id(
+    entry: _Approved, *, recipients: list[dict], context: dict, request_record, now: dt.datetime
+) -> TriggerResult | None:
+    """``campaign_trigger``'s call in one statement (see ``_appends_by_external_id``): the append
+    looks the profiles up, and what the lookup would have reported is read off the rows made
+    (no row: no profile has the id; no row queued before the frequency cap: no opted-in device).
+    Content rendered from the context is checked first, per recipient; None, with nothing
+    written, when a context makes it fail: the call then takes the path that words the error
+    for known profiles only."""
+    from delivery.services.stream_senders import streams_wake
+    from delivery.services.streams import Named, stream_append
+
+    problems: list[dict] = []
+    index_of: dict[str, int] = {}
+    named = []
+    for index, recipient in enumerate(recipients):
+        external_id = recipient["external_id"]
+        if external_id in index_of:
+            problems.append(_problem(index, external_id, "duplicate"))
+            continue
+        index_of[external_id] = index
+        merged = {**context, **(recipient.get("context") or {})}
+        if entry.personalized and _payload_problem(entry.spec, profile={"attributes": {}}, context=merged):
+            return None
+        named.append(Named(external_id, merged or None))
+    with nullcontext() if _alone(entry, request_record) else transaction.atomic():
+        rows = stream_append(
+            dispatch_id=entry.stream_id,
+            app_id=entry.app_id,
+            named=named,
+            source_lock=_recipient_source_lock(entry),
+            rules=entry.rules,
+            now=now,
+        )
+        reached = {r.external_id for r in rows if r.status == "queued" or r.reason == "frequency_cap"}
+        made = {r.external_id for r in rows}
+        for external_id, index in index_of.items():
+            if external_id not in made:
+                problems.append(_problem(index, external_id, "unknown_profile"))
+            elif external_id not in reached:
+                problems.append(_problem(index, external_id, "no_device"))
+        problems.sort(key=lambda problem: problem["index"])
+        result = TriggerResult(
+            dispatch_id=entry.stream_id if rows else None,
+            accepted=sum(1 for r in rows if r.status == "queued"),
+            problems=problems,
+            deliveries=[
+                {"id": r.id, "external_id": r.external_id, "status": r.status, "reason": r.reason} for r in rows
+            ],
+        )
+        if request_record is not None:
+            if rows:
+                _trigger_request_answer(record=request_record, result=result)
+            else:
+                trigger_request_finish(record=request_record, status_code=202, body=result.answer())
+        if rows:
+            transaction.on_commit(lambda d=entry.stream_id: streams_wake(d))
+    return result
 
 
 _PROFILES_WITH_REACH = (

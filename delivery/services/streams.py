@@ -21,11 +21,12 @@ one *standing* dispatch per approved version and UTC day, instead of a dispatch 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import re
-from dataclasses import dataclass
 
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 DS = Delivery.Status
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Recipient:
     """One profile a call targets, with its context (shared merged with its own)."""
 
@@ -59,13 +60,22 @@ class Recipient:
     variant: int | None = None  # its campaign variant (0: the holdout, which gets a skipped row)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
+class Named:
+    """One profile a call names by its external id, with its context: the append looks it up."""
+
+    external_id: str
+    context: dict | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class AppendedRow:
     id: int
     profile_id: int
     device_id: int | None
     status: str
     reason: str
+    external_id: str = ""  # the profile's, when the call named it (``Named``)
 
 
 class StreamClosed(Exception):
@@ -186,8 +196,9 @@ def stream_append(
     *,
     dispatch_id: int,
     app_id: int,
-    recipients: list[Recipient],
     source_lock: tuple[str, list],
+    recipients: list[Recipient] | None = None,
+    named: list[Named] | None = None,
     rules: DeliveryRules | None = None,
     now: dt.datetime | None = None,
 ) -> list[AppendedRow]:
@@ -200,16 +211,82 @@ def stream_append(
     ``not_opted_in``), or one ``skipped`` / ``no_device`` row; a recipient in the holdout
     (variant 0) gets them all ``skipped`` / ``holdout``. ``rules`` (the app's, for marketing
     streams) hold rows in quiet hours and skip those over the frequency cap.
+    The recipients are ``Recipient`` profiles, or (``named``, PostgreSQL only) distinct external
+    ids that the statement itself looks up: a name no profile has gets no row, and each row
+    carries its name. Named recipients have no variant, and ``rules`` may not have quiet hours
+    (which need each profile's time zone before its rows are made).
     Raises StreamClosed when the source or the dispatch refuses.
     """
-    if connection.vendor != "postgresql":
+    if named is not None:
+        if connection.vendor != "postgresql" or recipients is not None:
+            raise ValueError("named recipients are appended on PostgreSQL, instead of profiles")
+        if rules is not None and rules.has_quiet_hours:
+            raise ValueError("named recipients cannot be held for quiet hours")
+    elif connection.vendor != "postgresql":
         return _append_portable(
             dispatch_id=dispatch_id, app_id=app_id, recipients=recipients, source_lock=source_lock, rules=rules, now=now
         )
     now = now or timezone.now()
-    hold, skip = _held(recipients, rules, now)
     lock_sql, lock_params = source_lock
-    sql = (
+    if named is not None:
+        values = json.dumps([{"external_id": r.external_id, "context": r.context or None} for r in named])
+        count = len(named)
+    else:
+        hold, skip = _held(recipients, rules, now)
+        values = json.dumps(
+            [
+                {
+                    "profile_id": r.profile_id,
+                    "context": r.context or None,
+                    "hold_until": until.isoformat() if until else None,
+                    "quiet_skip": quiet,
+                    "variant": r.variant,
+                }
+                for r, until, quiet in zip(recipients, hold, skip, strict=True)
+            ]
+        )
+        count = len(recipients)
+    params = [*lock_params, dispatch_id, values, count, now, now, now, app_id]
+    with prepared_cursor() as cursor:
+        cursor.execute(_append_sql(lock_sql, named=named is not None), params)
+        fetched = cursor.fetchall()
+    marker = next(row for row in fetched if row[0] == -1)
+    if not marker[1]:
+        raise StreamClosed("source")
+    if not marker[2]:
+        raise StreamClosed("dispatch")
+    rows = [AppendedRow(*row) for row in fetched if row[0] != -1]
+    if named is not None:
+        order = {r.external_id: i for i, r in enumerate(named)}
+        rows.sort(key=lambda r: (order[r.external_id], r.id))
+    else:
+        order = {r.profile_id: i for i, r in enumerate(recipients)}
+        rows.sort(key=lambda r: (order[r.profile_id], r.id))
+    if rules is not None and rules.frequency_cap:
+        rows = _frequency_cap(dispatch_id, app_id, rows, rules, now)
+    return rows
+
+
+# The recipients of the call, as profiles (with their hold, quiet-hours skip and variant, decided
+# by the caller) or as external ids the statement looks up (one statement instead of two: the
+# profiles' index is read in the append).
+_BY_PROFILE = (
+    "v AS (SELECT r.*, u.n FROM unnest(ARRAY(SELECT jsonb_array_elements(%s::jsonb))) WITH ORDINALITY "
+    "AS u(e, n) CROSS JOIN LATERAL jsonb_to_record(u.e) "
+    "AS r(profile_id bigint, context jsonb, hold_until timestamptz, quiet_skip boolean, variant int) LIMIT %s)"
+)
+_BY_EXTERNAL_ID = (
+    "v AS (SELECT p.id AS profile_id, r.context, NULL::timestamptz AS hold_until, false AS quiet_skip, "
+    "NULL::int AS variant, u.n, p.external_id FROM unnest(ARRAY(SELECT jsonb_array_elements(%s::jsonb))) "
+    "WITH ORDINALITY AS u(e, n) CROSS JOIN LATERAL jsonb_to_record(u.e) AS r(external_id text, context jsonb) "
+    "JOIN audiences_profile p ON p.external_id = r.external_id LIMIT %s)"
+)
+
+
+@functools.lru_cache(maxsize=16)
+def _append_sql(lock_sql: str, *, named: bool) -> str:
+    """The append statement for a source's lock (built once per process: it is the same every call)."""
+    return (
         f"WITH src AS ({lock_sql}), "  # noqa: S608 (constants and the callers' fixed SQL; values are bound)
         "d AS (SELECT x.id, COALESCE((x.content_spec->>'ttl_seconds')::int, 0) AS ttl, x.variants "
         "FROM delivery_dispatch x "
@@ -222,9 +299,7 @@ def stream_append(
         # one JSON text. They are unnested from an array, whose length a kept plan guesses at 10,
         # as it did the lists' (a set-returning JSON function counts on 100 rows, and PostgreSQL
         # then plans every call again).
-        "v AS (SELECT r.*, u.n FROM unnest(ARRAY(SELECT jsonb_array_elements(%s::jsonb))) WITH ORDINALITY "
-        "AS u(e, n) CROSS JOIN LATERAL jsonb_to_record(u.e) "
-        "AS r(profile_id bigint, context jsonb, hold_until timestamptz, quiet_skip boolean, variant int) LIMIT %s), "
+        f"{_BY_EXTERNAL_ID if named else _BY_PROFILE}, "
         "ins AS (INSERT INTO delivery_delivery (dispatch_id, device_id, profile_id, status, reason, "
         "provider_message_id, attempts, finished_at, next_attempt_at, queued_at, context, expires_at, variant) "
         "SELECT d.id, dev.id, v.profile_id, "
@@ -244,44 +319,16 @@ def stream_append(
         "RETURNING id, profile_id, device_id, status, reason, dispatch_id, variant, finished_at, queued_at), "
         # The rows are counted into the rollup by the statement that makes them.
         f"counted AS ({rollup_insert_sql(where='true', outcomes=('targeted', 'final'), source='ins d', shard=STREAM_SHARD)}) "
-        "SELECT id, profile_id, device_id, status, reason FROM ins "
-        "UNION ALL SELECT -1, (SELECT count(*) FROM src), (SELECT count(*) FROM d), NULL, ''"
+        + (
+            # Each name once (the caller's), so each row joins its one name.
+            "SELECT ins.id, ins.profile_id, ins.device_id, ins.status, ins.reason, v.external_id "
+            "FROM ins JOIN v ON v.profile_id = ins.profile_id "
+            "UNION ALL SELECT -1, (SELECT count(*) FROM src), (SELECT count(*) FROM d), NULL, '', ''"
+            if named
+            else "SELECT id, profile_id, device_id, status, reason FROM ins "
+            "UNION ALL SELECT -1, (SELECT count(*) FROM src), (SELECT count(*) FROM d), NULL, ''"
+        )
     )
-    params = [
-        *lock_params,
-        dispatch_id,
-        json.dumps(
-            [
-                {
-                    "profile_id": r.profile_id,
-                    "context": r.context or None,
-                    "hold_until": until.isoformat() if until else None,
-                    "quiet_skip": quiet,
-                    "variant": r.variant,
-                }
-                for r, until, quiet in zip(recipients, hold, skip, strict=True)
-            ]
-        ),
-        len(recipients),
-        now,
-        now,
-        now,
-        app_id,
-    ]
-    with prepared_cursor() as cursor:
-        cursor.execute(sql, params)
-        fetched = cursor.fetchall()
-    marker = next(row for row in fetched if row[0] == -1)
-    if not marker[1]:
-        raise StreamClosed("source")
-    if not marker[2]:
-        raise StreamClosed("dispatch")
-    rows = [AppendedRow(*row) for row in fetched if row[0] != -1]
-    order = {r.profile_id: i for i, r in enumerate(recipients)}
-    rows.sort(key=lambda r: (order[r.profile_id], r.id))
-    if rules is not None and rules.frequency_cap:
-        rows = _frequency_cap(dispatch_id, app_id, rows, rules, now)
-    return rows
 
 
 def _append_portable(*, dispatch_id, app_id, recipients, source_lock, rules, now) -> list[AppendedRow]:
@@ -392,9 +439,7 @@ def _frequency_cap(
         )
         capped = {row[0] for row in cursor.fetchall()}
     rollup_add_finished(ids=sorted(capped))
-    return [
-        AppendedRow(r.id, r.profile_id, r.device_id, DS.SKIPPED, "frequency_cap") if r.id in capped else r for r in rows
-    ]
+    return [dataclasses.replace(r, status=DS.SKIPPED, reason="frequency_cap") if r.id in capped else r for r in rows]
 
 
 def streams_close(*, kind: str, source_id: int, by: User | None, reason: str) -> int:

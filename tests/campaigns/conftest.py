@@ -61,13 +61,32 @@ def make_campaign(team, segment, content, manager_alice):
 
 @pytest.fixture
 def live_trigger(pushsim_app, manager_alice, approver_bob):
-    for user in (manager_alice, approver_bob):
-        access_grant(obj=pushsim_app, to=user, by=None)
-    content = PushContentFactory(
-        app=pushsim_app,
+    """A live API-triggered campaign whose content renders from the profile and the call's context."""
+    return _live_trigger(
+        pushsim_app,
+        manager_alice,
+        approver_bob,
         title="Order {{ context.order_id | default: '?' }}",
         body="Hi {{ profile.attributes.first_name | default: 'there' }}",
     )
+
+
+@pytest.fixture
+def context_trigger(pushsim_app, manager_alice, approver_bob):
+    """A live API-triggered campaign whose content renders from the call's context alone."""
+    return _live_trigger(
+        pushsim_app,
+        manager_alice,
+        approver_bob,
+        title="Order {{ context.order_id | default: '?' }}",
+        body="It is on its way",
+    )
+
+
+def _live_trigger(pushsim_app, manager_alice, approver_bob, *, title, body):
+    for user in (manager_alice, approver_bob):
+        access_grant(obj=pushsim_app, to=user, by=None)
+    content = PushContentFactory(app=pushsim_app, title=title, body=body)
     campaign = campaign_create(
         by=manager_alice,
         name="Order shipped",
