@@ -52,6 +52,15 @@ def _post(client, campaign, body=BODY, **extra):
     return response, [q["sql"] for q in captured if q["sql"] not in ("BEGIN", "COMMIT")]
 
 
+def _marketing(campaign, manager, approver) -> None:
+    """The campaign made a marketing one, approved: the app's delivery rules apply to it."""
+    from campaigns.services.lifecycle import campaign_approve, campaign_submit, campaign_update
+
+    campaign_update(campaign_id=campaign.pk, by=manager, purpose="marketing")
+    campaign_submit(campaign_id=campaign.pk, by=manager)
+    campaign_approve(campaign_id=campaign.pk, by=approver)
+
+
 def _without_ids(answer: dict) -> dict:
     return {**answer, "deliveries": [{k: v for k, v in d.items() if k != "id"} for d in answer["deliveries"]]}
 
@@ -177,11 +186,7 @@ def test_a_stream_closed_by_hand_is_followed_by_a_new_one(context_trigger, trigg
 def test_the_frequency_cap_applies_and_a_capped_profile_is_not_reported_unreachable(
     context_trigger, trigger_client, cast, pushsim_app, manager_alice, approver_bob
 ):
-    from campaigns.services.lifecycle import campaign_approve, campaign_submit, campaign_update
-
-    campaign_update(campaign_id=context_trigger.pk, by=manager_alice, purpose="marketing")
-    campaign_submit(campaign_id=context_trigger.pk, by=manager_alice)
-    campaign_approve(campaign_id=context_trigger.pk, by=approver_bob)
+    _marketing(context_trigger, manager_alice, approver_bob)
     DeliveryRules.objects.create(app=pushsim_app, frequency_cap=1, frequency_window_hours=24)
     one = {"recipients": [{"external_id": "zoe"}]}
     assert _post(trigger_client, context_trigger, one)[0].json()["accepted"] == 1  # on its way: counts
@@ -197,11 +202,7 @@ def test_quiet_hours_of_a_marketing_campaign_need_the_profiles_time_zone_first(
 ):
     import datetime as dt
 
-    from campaigns.services.lifecycle import campaign_approve, campaign_submit, campaign_update
-
-    campaign_update(campaign_id=context_trigger.pk, by=manager_alice, purpose="marketing")
-    campaign_submit(campaign_id=context_trigger.pk, by=manager_alice)
-    campaign_approve(campaign_id=context_trigger.pk, by=approver_bob)
+    _marketing(context_trigger, manager_alice, approver_bob)
     now = dt.datetime.now(dt.UTC)
     start, end = (now - dt.timedelta(hours=1)).time(), (now + dt.timedelta(hours=1)).time()
     DeliveryRules.objects.create(app=pushsim_app, quiet_start=start, quiet_end=end, default_timezone="UTC")
