@@ -21,6 +21,7 @@ from accounts.json_values import json_compact_utf8
 from delivery.personalization import (
     VALUE_BYTES,
     is_templated,
+    template_attribute_outputs,
     template_check,
     template_reads_profile,
     template_render,
@@ -139,6 +140,76 @@ def spec_is_personalized(spec: dict) -> bool:
 def spec_reads_profile(spec: dict) -> bool:
     """True when any text depends on the profile (its message cannot be rendered from the context alone)."""
     return any(template_reads_profile(s) for s in _spec_sources(spec))
+
+
+# JSON's longest escape of one byte of text (a control character as ``\\u00XX``); a character of
+# two to four bytes escapes to at most twelve.
+_ESCAPE_BYTES = 6
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileBound:
+    """How much a spec's payloads can grow with a profile, known without reading the profile.
+
+    For content whose only reads of the profile are ``{{ profile.attributes.<name> }}`` outputs
+    (``spec_profile_bound``): rendered with each of those attributes set to one character, a
+    payload grows, once a real value replaces it, by at most ``times[name]`` bytes per byte of
+    the value (its outputs' count, each escaped at JSON's worst), plus ``slack`` (every default
+    counted as if it showed beside the values). ``locales`` are the content's ("" the default).
+    """
+
+    times: dict[str, int]
+    slack: int
+    locales: tuple[str, ...]
+
+
+def payload_sizes(spec: dict, *, profile: dict, context: dict) -> tuple[int, int]:
+    """The APNs payload's and the FCM message's sizes (as each provider counts them) for one
+    recipient, with a delivery id of 16 digits. Raises LiquidError when rendering fails."""
+    message = message_render(spec, profile=profile, context=context)
+    apns = len(encode(apns_payload(spec, message, delivery_id=2**53)))
+    return apns, fcm_payload_bytes(fcm_message(spec, message, token="x" * 200, delivery_id=2**53))
+
+
+def spec_profile_bound(spec: dict) -> ProfileBound | None:
+    """The spec's ``ProfileBound``, or None when a text reads the profile otherwise than through
+    plain attribute outputs (a filter, a tag, another field): only rendering per profile tells."""
+    outputs: list[tuple[str, str]] = []
+    for source in _spec_sources(spec):
+        found = template_attribute_outputs(source)
+        if found is None:
+            return None
+        outputs += found
+    locales = ("", *(spec.get("variants") or {}))
+    times = {}
+    for name in sorted({name for name, _ in outputs}):
+        grows = 0
+        for locale in locales:
+            short = payload_sizes(spec, profile={"locale": locale, "attributes": {name: "x" * 100}}, context={})
+            long = payload_sizes(spec, profile={"locale": locale, "attributes": {name: "x" * 200}}, context={})
+            grows = max(grows, *((b - a + 99) // 100 for a, b in zip(short, long, strict=True)))
+        times[name] = grows * _ESCAPE_BYTES
+    # A default shows where its value is empty: in each payload, at most twice (an image's URL is).
+    slack = sum(2 * _ESCAPE_BYTES * len(default.encode()) for _, default in outputs)
+    return ProfileBound(times=times, slack=slack, locales=locales)
+
+
+def profile_bound_budget(spec: dict, bound: ProfileBound, *, context: dict) -> int | None:
+    """The bytes that the bounded attributes' values may take (each byte counted ``bound.times``)
+    for every payload of every locale to fit its provider's limit, with this context; negative
+    when the context alone makes one too large, None when the content cannot be rendered with it."""
+    from liquid.exceptions import LiquidError
+
+    attributes = dict.fromkeys(bound.times, "x")
+    least = None
+    try:
+        for locale in bound.locales:
+            apns, fcm = payload_sizes(spec, profile={"locale": locale, "attributes": attributes}, context=context)
+            room = min(APNS_LIMIT - apns, FCM_LIMIT - fcm)
+            least = room if least is None else min(least, room)
+    except LiquidError:
+        return None
+    return least - bound.slack
 
 
 # --- APNs ---------------------------------------------------------------------------------------

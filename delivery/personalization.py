@@ -103,6 +103,28 @@ def template_reads_profile(source: str) -> bool:
         return True
 
 
+def template_attribute_outputs(source: str) -> list[tuple[str, str]] | None:
+    """The ``(attribute, default)`` of each output through which ``source`` reads the profile, when
+    every one is a plain ``{{ profile.attributes.<name> }}`` (with or without ``| default: '...'``)
+    of a template otherwise simple (see ``template_render``); None when it reads the profile in any
+    other way. A template that does not read the profile has none. What it renders is then its
+    text around those outputs, each the attribute's value, or its default when the value is empty."""
+    if not template_reads_profile(source):
+        return []
+    parts = _simple_parts(source)
+    if parts is None:
+        return None
+    outputs = []
+    for part in parts:
+        if isinstance(part, str) or part[0][0] != "profile":
+            continue
+        path, default = part
+        if len(path) != 3 or path[1] != "attributes":
+            return None
+        outputs.append((path[2], default or ""))
+    return outputs
+
+
 def _liquid_message(exc: LiquidError) -> str:
     message = getattr(exc, "message", None) or str(exc).splitlines()[0]
     token = getattr(exc, "token", None)

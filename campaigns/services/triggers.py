@@ -76,23 +76,12 @@ def _payload_problem(spec: dict, *, profile: dict, context: dict) -> str | None:
     """Render the content for one recipient and say what is wrong with it, if anything."""
     from liquid.exceptions import LiquidError
 
-    from delivery.payloads import (
-        APNS_LIMIT,
-        FCM_LIMIT,
-        RenderedMessage,
-        apns_payload,
-        encode,
-        fcm_message,
-        fcm_payload_bytes,
-        message_render,
-    )
+    from delivery.payloads import APNS_LIMIT, FCM_LIMIT, payload_sizes
 
     try:
-        message: RenderedMessage = message_render(spec, profile=profile, context=context)
+        apns, fcm = payload_sizes(spec, profile=profile, context=context)
     except LiquidError as exc:
         return f"The content cannot be rendered with this context: {exc}"
-    apns = len(encode(apns_payload(spec, message, delivery_id=2**53)))
-    fcm = fcm_payload_bytes(fcm_message(spec, message, token="x" * 200, delivery_id=2**53))
     if apns > APNS_LIMIT:
         return (
             f"With this context the iOS payload is {apns} bytes, {apns - APNS_LIMIT} over the {APNS_LIMIT}-byte limit."
@@ -127,6 +116,9 @@ class _Approved:
     variants: list = field(default_factory=list)  # the approved variants (empty: one content)
     holdout_share: int = 0
     variant_problems: dict = field(default_factory=dict)  # variant number -> payload problem, as above
+    # For personalized content with no variants: how large its payloads can grow with a profile,
+    # when that is known without reading the profile (``delivery.payloads.ProfileBound``).
+    profile_bound: object | None = None
 
     def variant_of(self, profile_id: int) -> int | None:
         """The recipient's variant (0: the holdout), as the bulk send computes it in SQL."""
@@ -198,7 +190,7 @@ def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: 
     import time
 
     from delivery.models import DeliveryRules
-    from delivery.payloads import spec_is_personalized, spec_reads_profile
+    from delivery.payloads import spec_is_personalized, spec_profile_bound, spec_reads_profile
     from delivery.services.dispatches import GateClosed
 
     entry = _APPROVED.get(campaign_id)
@@ -248,6 +240,8 @@ def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: 
     specs = [spec, *(v["spec"] for v in entry.variants)]
     entry.personalized = any(spec_is_personalized(s) for s in specs)
     entry.reads_profile = any(spec_reads_profile(s) for s in specs)
+    if entry.personalized and not entry.variants:
+        entry.profile_bound = spec_profile_bound(spec)
     if not entry.personalized:
         entry.payload_problem = _payload_problem(spec, profile={"attributes": {}}, context={})
         for frozen in entry.variants:
@@ -452,14 +446,14 @@ def _alone(entry: _Approved, request_record) -> bool:
 def _appends_by_external_id(entry: _Approved) -> bool:
     """Whether a call's recipients can be appended by their external ids in one statement, with
     no profile read before it: nothing is decided per profile before its rows are made (content
-    that does not render from the profile and fits, no variants, no quiet hours), on PostgreSQL,
-    to a stream already open (a call that names only unknown profiles opens none)."""
+    that fits, whatever the profile, or whose size the statement bounds from the attributes it
+    shows; no variants, no quiet hours), on PostgreSQL, to a stream already open (a call that
+    names only unknown profiles opens none)."""
     return (
         connection.vendor == "postgresql"
         and entry.stream_id is not None
-        and not entry.reads_profile
         and not entry.variants
-        and entry.payload_problem is None
+        and (entry.profile_bound is not None if entry.personalized else entry.payload_problem is None)
         and not (entry.rules is not None and entry.rules.has_quiet_hours)
     )
 
@@ -470,15 +464,20 @@ def _trigger_by_external_id(
     """``campaign_trigger``'s call in one statement (see ``_appends_by_external_id``): the append
     looks the profiles up, and what the lookup would have reported is read off the rows made
     (no row: no profile has the id; no row queued before the frequency cap: no opted-in device).
-    Content rendered from the context is checked first, per recipient; None, with nothing
-    written, when a context makes it fail: the call then takes the path that words the error
-    for known profiles only."""
+    Personalized content is checked first, per recipient, for every locale, with the context and
+    with each attribute it shows at one character; the statement then checks each profile's
+    attributes against the room left (``delivery.payloads.ProfileBound``). None, with nothing
+    written, when a recipient may not fit either way: the call then takes the path that renders
+    each known profile's own message and words the error for it (which is the answer in the end,
+    as this path turns away only what might fail)."""
+    from delivery.payloads import profile_bound_budget
     from delivery.services.stream_senders import streams_wake
-    from delivery.services.streams import Named, stream_append
+    from delivery.services.streams import Named, OverBudget, stream_append
 
     problems: list[dict] = []
     index_of: dict[str, int] = {}
     named = []
+    bound = (entry.profile_bound.times or None) if entry.personalized else None  # the attributes it shows
     for index, recipient in enumerate(recipients):
         external_id = recipient["external_id"]
         if external_id in index_of:
@@ -486,18 +485,25 @@ def _trigger_by_external_id(
             continue
         index_of[external_id] = index
         merged = {**context, **(recipient.get("context") or {})}
-        if entry.personalized and _payload_problem(entry.spec, profile={"attributes": {}}, context=merged):
-            return None
-        named.append(Named(external_id, merged or None))
+        budget = None
+        if entry.personalized:
+            budget = profile_bound_budget(entry.spec, entry.profile_bound, context=merged)
+            if budget is None or budget < 0:
+                return None
+        named.append(Named(external_id, merged or None, budget if bound else None))
     with nullcontext() if _alone(entry, request_record) else transaction.atomic():
-        rows = stream_append(
-            dispatch_id=entry.stream_id,
-            app_id=entry.app_id,
-            named=named,
-            source_lock=_recipient_source_lock(entry),
-            rules=entry.rules,
-            now=now,
-        )
+        try:
+            rows = stream_append(
+                dispatch_id=entry.stream_id,
+                app_id=entry.app_id,
+                named=named,
+                source_lock=_recipient_source_lock(entry),
+                rules=entry.rules,
+                now=now,
+                bound=bound,
+            )
+        except OverBudget:
+            return None  # a profile's attributes may make its message too large: rendered one by one
         reached = {r.external_id for r in rows if r.status == "queued" or r.reason == "frequency_cap"}
         made = {r.external_id for r in rows}
         for external_id, index in index_of.items():

@@ -62,10 +62,13 @@ class Recipient:
 
 @dataclasses.dataclass(frozen=True)
 class Named:
-    """One profile a call names by its external id, with its context: the append looks it up."""
+    """One profile a call names by its external id, with its context: the append looks it up.
+
+    ``budget``: the bytes its message has room for, with the append's ``bound`` (see there)."""
 
     external_id: str
     context: dict | None = None
+    budget: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +79,10 @@ class AppendedRow:
     status: str
     reason: str
     external_id: str = ""  # the profile's, when the call named it (``Named``)
+
+
+class OverBudget(Exception):
+    """A named recipient's attributes might not fit its budget: nothing was written."""
 
 
 class StreamClosed(Exception):
@@ -201,6 +208,7 @@ def stream_append(
     named: list[Named] | None = None,
     rules: DeliveryRules | None = None,
     now: dt.datetime | None = None,
+    bound: dict[str, int] | None = None,
 ) -> list[AppendedRow]:
     """Append one call's rows to an open stream, in one statement; returns them in recipient order.
 
@@ -214,7 +222,10 @@ def stream_append(
     The recipients are ``Recipient`` profiles, or (``named``, PostgreSQL only) distinct external
     ids that the statement itself looks up: a name no profile has gets no row, and each row
     carries its name. Named recipients have no variant, and ``rules`` may not have quiet hours
-    (which need each profile's time zone before its rows are made).
+    (which need each profile's time zone before its rows are made). With ``bound`` (attribute
+    name -> bytes per byte of its value), each named profile's attributes must fit its ``budget``
+    (the bound of its message's growth: strings by their UTF-8 bytes, other values by twice
+    their JSON text's and 32 more); if one might not, nothing is written and OverBudget is raised.
     Raises StreamClosed when the source or the dispatch refuses.
     """
     if named is not None:
@@ -229,7 +240,9 @@ def stream_append(
     now = now or timezone.now()
     lock_sql, lock_params = source_lock
     if named is not None:
-        values = json.dumps([{"external_id": r.external_id, "context": r.context or None} for r in named])
+        values = json.dumps(
+            [{"external_id": r.external_id, "context": r.context or None, "budget": r.budget} for r in named]
+        )
         count = len(named)
     else:
         hold, skip = _held(recipients, rules, now)
@@ -247,6 +260,8 @@ def stream_append(
         )
         count = len(recipients)
     params = [*lock_params, dispatch_id, values, count, now, now, now, app_id]
+    if named is not None:
+        params.insert(len(lock_params) + 1, json.dumps([{"name": k, "times": t} for k, t in (bound or {}).items()]))
     with prepared_cursor() as cursor:
         cursor.execute(_append_sql(lock_sql, named=named is not None), params)
         fetched = cursor.fetchall()
@@ -255,6 +270,8 @@ def stream_append(
         raise StreamClosed("source")
     if not marker[2]:
         raise StreamClosed("dispatch")
+    if marker[3] == "over":
+        raise OverBudget
     rows = [AppendedRow(*row) for row in fetched if row[0] != -1]
     if named is not None:
         order = {r.external_id: i for i, r in enumerate(named)}
@@ -271,14 +288,19 @@ def stream_append(
 # by the caller) or as external ids the statement looks up (one statement instead of two: the
 # profiles' index is read in the append).
 _BY_PROFILE = (
-    "v AS (SELECT r.*, u.n FROM unnest(ARRAY(SELECT jsonb_array_elements(%s::jsonb))) WITH ORDINALITY "
+    "v AS (SELECT r.*, u.n, true AS fits FROM unnest(ARRAY(SELECT jsonb_array_elements(%s::jsonb))) WITH ORDINALITY "
     "AS u(e, n) CROSS JOIN LATERAL jsonb_to_record(u.e) "
     "AS r(profile_id bigint, context jsonb, hold_until timestamptz, quiet_skip boolean, variant int) LIMIT %s)"
 )
 _BY_EXTERNAL_ID = (
     "v AS (SELECT p.id AS profile_id, r.context, NULL::timestamptz AS hold_until, false AS quiet_skip, "
-    "NULL::int AS variant, u.n, p.external_id FROM unnest(ARRAY(SELECT jsonb_array_elements(%s::jsonb))) "
-    "WITH ORDINALITY AS u(e, n) CROSS JOIN LATERAL jsonb_to_record(u.e) AS r(external_id text, context jsonb) "
+    "NULL::int AS variant, u.n, p.external_id, r.budget IS NULL OR (SELECT COALESCE(sum(b.times::bigint * "
+    "CASE WHEN a.t IS NULL OR a.t = 'null' THEN 0 WHEN a.t = 'string' THEN octet_length(p.attributes ->> b.name) "
+    "ELSE 2 * octet_length((p.attributes -> b.name)::text) + 32 END), 0) "
+    "FROM jsonb_to_recordset(%s::jsonb) AS b(name text, times int) "
+    "CROSS JOIN LATERAL (SELECT jsonb_typeof(p.attributes -> b.name) AS t) a) <= r.budget AS fits "
+    "FROM unnest(ARRAY(SELECT jsonb_array_elements(%s::jsonb))) "
+    "WITH ORDINALITY AS u(e, n) CROSS JOIN LATERAL jsonb_to_record(u.e) AS r(external_id text, context jsonb, budget int) "
     "JOIN audiences_profile p ON p.external_id = r.external_id LIMIT %s)"
 )
 
@@ -315,6 +337,7 @@ def _append_sql(lock_sql: str, *, named: bool) -> str:
         "FROM jsonb_array_elements(d.variants) e WHERE (e->>'number')::int = v.variant), d.ttl) AS ttl) t "
         "LEFT JOIN delivery_device dev "
         "ON dev.profile_id = v.profile_id AND dev.app_id = %s AND dev.active "
+        "WHERE NOT EXISTS (SELECT 1 FROM v WHERE NOT v.fits) "
         "ORDER BY v.n, dev.id "
         "RETURNING id, profile_id, device_id, status, reason, dispatch_id, variant, finished_at, queued_at), "
         # The rows are counted into the rollup by the statement that makes them.
@@ -323,7 +346,9 @@ def _append_sql(lock_sql: str, *, named: bool) -> str:
             # Each name once (the caller's), so each row joins its one name.
             "SELECT ins.id, ins.profile_id, ins.device_id, ins.status, ins.reason, v.external_id "
             "FROM ins JOIN v ON v.profile_id = ins.profile_id "
-            "UNION ALL SELECT -1, (SELECT count(*) FROM src), (SELECT count(*) FROM d), NULL, '', ''"
+            # The marker: the source's and the dispatch's rows, and whether a profile might not fit.
+            "UNION ALL SELECT -1, (SELECT count(*) FROM src), (SELECT count(*) FROM d), "
+            "CASE WHEN EXISTS (SELECT 1 FROM v WHERE NOT v.fits) THEN 'over' END, '', ''"
             if named
             else "SELECT id, profile_id, device_id, status, reason FROM ins "
             "UNION ALL SELECT -1, (SELECT count(*) FROM src), (SELECT count(*) FROM d), NULL, ''"

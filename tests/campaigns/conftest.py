@@ -83,6 +83,19 @@ def context_trigger(pushsim_app, manager_alice, approver_bob):
     )
 
 
+@pytest.fixture
+def lookup_trigger(pushsim_app, manager_alice, approver_bob):
+    """A live API-triggered campaign whose content reads the profile beyond plain attribute outputs
+    (a filter): each call looks its profiles up before it appends their rows."""
+    return _live_trigger(
+        pushsim_app,
+        manager_alice,
+        approver_bob,
+        title="Order {{ context.order_id | default: '?' }}",
+        body="Hi {{ profile.attributes.first_name | default: 'there' | capitalize }}",
+    )
+
+
 def _live_trigger(pushsim_app, manager_alice, approver_bob, *, title, body):
     for user in (manager_alice, approver_bob):
         access_grant(obj=pushsim_app, to=user, by=None)

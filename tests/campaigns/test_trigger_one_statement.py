@@ -1,16 +1,22 @@
 """A trigger to an open stream in one statement: when nothing is decided per profile before its
-rows are made (content that does not render from the profile, no variants, no quiet hours), the
-append looks the profiles up itself, and the answer is read off the rows it made. It must answer
-exactly as the lookup followed by the append does."""
+rows are made (content that fits whatever the profile, or whose growth the statement bounds from
+the attributes it shows; no variants, no quiet hours), the append looks the profiles up itself,
+and the answer is read off the rows it made. It must answer exactly as the lookup followed by the
+append does."""
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from audiences.models import Profile
+from campaigns.services.triggers import _payload_problem
 from delivery.models import Delivery, DeliveryRules, Dispatch
-from delivery.payloads import spec_reads_profile
-from delivery.personalization import template_reads_profile
+from delivery.payloads import APNS_LIMIT, payload_sizes, profile_bound_budget, spec_profile_bound, spec_reads_profile
+from delivery.personalization import template_attribute_outputs, template_reads_profile
+from tests.campaigns.conftest import _live_trigger
 from tests.factories import DeviceFactory, ProfileFactory
+
+LOOKUP = "FROM audiences_profile p WHERE p.external_id"
 
 pytestmark = pytest.mark.skipif(connection.vendor != "postgresql", reason="one statement on PostgreSQL")
 
@@ -76,13 +82,17 @@ def _rows(answer: dict) -> list[tuple]:
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("content", ["context_trigger", "live_trigger"])
 def test_a_call_to_an_open_stream_is_one_statement_and_answers_as_the_lookup_and_the_append_do(
-    context_trigger, trigger_client, cast
+    content, request, trigger_client, cast
 ):
-    first, first_queries = _post(trigger_client, context_trigger)  # opens the stream: the lookup, then the append
-    second, second_queries = _post(trigger_client, context_trigger)
+    """Content rendered from the context alone, and content showing a profile attribute (Hi
+    {{ profile.attributes.first_name }}), whose size the statement bounds from the attribute."""
+    campaign = request.getfixturevalue(content)
+    first, first_queries = _post(trigger_client, campaign)  # opens the stream: the lookup, then the append
+    second, second_queries = _post(trigger_client, campaign)
     assert first.status_code == second.status_code == 202
-    assert any("FROM audiences_profile p WHERE p.external_id" in sql for sql in first_queries)
+    assert any(LOOKUP in sql for sql in first_queries)
     assert len(second_queries) == 1 and "INSERT INTO delivery_delivery" in second_queries[0], second_queries
     assert _without_ids(second.json()) == _without_ids(first.json())
     answer = second.json()
@@ -106,11 +116,93 @@ def test_a_call_to_an_open_stream_is_one_statement_and_answers_as_the_lookup_and
 
 
 @pytest.mark.django_db(transaction=True)
-def test_content_that_renders_from_the_profile_is_still_looked_up_first(live_trigger, trigger_client, cast):
-    _post(trigger_client, live_trigger)
-    second, queries = _post(trigger_client, live_trigger)
+@pytest.mark.parametrize(
+    "body",
+    ["Hi {{ profile.attributes.first_name | upcase }}", "Hi {{ profile.external_id }}", "{{ profile.attributes.a.b }}"],
+)
+def test_content_reading_the_profile_otherwise_is_still_looked_up_first(
+    body, trigger_client, cast, pushsim_app, manager_alice, approver_bob
+):
+    campaign = _live_trigger(pushsim_app, manager_alice, approver_bob, title="Order", body=body)
+    _post(trigger_client, campaign)
+    second, queries = _post(trigger_client, campaign)
     assert second.status_code == 202
-    assert len(queries) == 2 and "FROM audiences_profile p WHERE p.external_id" in queries[0], queries
+    assert len(queries) == 2 and LOOKUP in queries[0], queries
+
+
+def _first_name(external_id: str, value) -> None:
+    Profile.objects.filter(external_id=external_id).update(attributes={"first_name": value})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_attributes_that_might_not_fit_are_rendered_one_by_one_and_nothing_is_written_twice(
+    live_trigger, trigger_client, cast
+):
+    _post(trigger_client, live_trigger, {"recipients": [{"external_id": "zoe"}]})  # the stream is open
+    rows = Delivery.objects.count()
+    both = {"recipients": [{"external_id": "max"}, {"external_id": "zoe"}], "context": {"order_id": "A-1"}}
+    _first_name("zoe", "x" * 700)  # fits (about 800 bytes), but six times 700 bytes might not
+    fitting, queries = _post(trigger_client, live_trigger, both)
+    assert fitting.status_code == 202, fitting.json()
+    assert len(queries) == 3 and LOOKUP in queries[1], queries  # the statement wrote nothing, then the lookup
+    assert [(d["external_id"], d["status"]) for d in fitting.json()["deliveries"]] == [
+        ("max", "queued"),
+        ("max", "queued"),
+        ("zoe", "queued"),
+    ]
+    assert Delivery.objects.count() == rows + 3
+    _first_name("zoe", "x" * 5000)
+    refused, _ = _post(trigger_client, live_trigger, both)
+    assert refused.status_code == 400
+    assert refused.json()["errors"][0]["field"] == "recipients.1.context"
+    assert "over the 4096-byte limit" in refused.json()["errors"][0]["detail"]
+    assert Delivery.objects.count() == rows + 3
+    _first_name("zoe", "Zoé")
+    assert len(_post(trigger_client, live_trigger, both)[1]) == 1  # one statement again
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_profile_whose_message_the_statement_lets_through_always_fits(live_trigger, trigger_client, cast):
+    """Hostile values near the limit: whenever the statement alone appends, the message rendered
+    for the profile fits; and the bound turns away no more than it must to stay safe."""
+    _post(trigger_client, live_trigger, {"recipients": [{"external_id": "zoe"}]})
+    spec = Dispatch.objects.filter(kind="api_trigger").get().content_spec
+    values = []
+    for size in (10, 300, 560, 640, 700, 2000, 3900, 4200):
+        values += ["\x01" * size, "\U0001f600" * (size // 4), "é" * (size // 2), "x" * size, '\\"' * (size // 2)]
+    values += [10**300, 1e-300, True, None, "", [1.5] * 300, {"k": "\x1f" * 600}, ["a"] * 1000]
+    paths = {"alone": 0, "rendered and sent": 0, "refused": 0}
+    for value in values:
+        _first_name("zoe", value)
+        response, queries = _post(trigger_client, live_trigger, {"recipients": [{"external_id": "zoe"}]})
+        zoe = {"locale": "", "attributes": {"first_name": value}}
+        problem = _payload_problem(spec, profile=zoe, context={})
+        assert response.status_code == (400 if problem else 202), (repr(value)[:40], response.json())
+        if len(queries) == 1:
+            assert problem is None, repr(value)[:40]
+        paths["alone" if len(queries) == 1 else "refused" if problem else "rendered and sent"] += 1
+    assert paths == {"alone": 25, "rendered and sent": 13, "refused": 10}, paths
+
+
+def test_the_bound_counts_each_place_an_attribute_shows_and_every_locale():
+    spec = {"title": "{{ profile.attributes.name }}", "body": "Hi {{ profile.attributes.name | default: 'you' }}"}
+    bound = spec_profile_bound(spec)
+    assert bound.times == {"name": 12} and bound.slack == 2 * 6 * 3 and bound.locales == ("",)
+    image = spec_profile_bound({"title": "T", "body": "B", "image_url": "https://x/{{ profile.attributes.pic }}"})
+    assert image.times == {"pic": 6}  # once in each payload
+    long = {**spec, "variants": {"de": {"body": "Hallo " + "x" * 3000 + " {{ profile.attributes.name }}"}}}
+    plain = profile_bound_budget(spec, bound, context={})
+    german = profile_bound_budget(long, spec_profile_bound(long), context={})
+    assert german < plain - 3000  # the longest locale decides
+    one = payload_sizes(spec, profile={"attributes": {"name": "x"}}, context={})
+    assert plain == min(APNS_LIMIT - one[0], 4096 - one[1]) - bound.slack
+    assert spec_profile_bound({"title": "{{ profile.locale }}", "body": "B"}) is None
+    assert spec_profile_bound({"title": "{{ profile.attributes.name | upcase }}", "body": "B"}) is None
+    assert spec_profile_bound({"title": "{{ context.order }}", "body": "B"}).times == {}
+    assert template_attribute_outputs("Plain") == []
+    assert template_attribute_outputs("{% if context.x %}{{ context.x }}{% endif %}") == []
+    assert template_attribute_outputs('{{ profile.attributes.a | default: "b" }} {{ context.c }}') == [("a", "b")]
+    assert template_attribute_outputs("{% if profile.attributes.a %}x{% endif %}") is None
 
 
 @pytest.mark.django_db(transaction=True)
@@ -148,7 +240,7 @@ def test_an_idempotent_call_stores_its_answer_with_its_rows(context_trigger, tri
     _post(trigger_client, context_trigger, {"recipients": [{"external_id": "zoe"}]})
     first, queries = _post(trigger_client, context_trigger, HTTP_IDEMPOTENCY_KEY="k-2")
     again, _ = _post(trigger_client, context_trigger, HTTP_IDEMPOTENCY_KEY="k-2")
-    assert not any("FROM audiences_profile p WHERE p.external_id" in sql for sql in queries)
+    assert not any(LOOKUP in sql for sql in queries)
     assert first.status_code == again.status_code == 202 and again["Idempotent-Replayed"] == "true"
     assert first.json() == again.json() and len(first.json()["deliveries"]) == 5
 
@@ -191,7 +283,7 @@ def test_the_frequency_cap_applies_and_a_capped_profile_is_not_reported_unreacha
     one = {"recipients": [{"external_id": "zoe"}]}
     assert _post(trigger_client, context_trigger, one)[0].json()["accepted"] == 1  # on its way: counts
     capped, queries = _post(trigger_client, context_trigger, one)
-    assert not any("FROM audiences_profile p WHERE p.external_id" in sql for sql in queries)
+    assert not any(LOOKUP in sql for sql in queries)
     assert capped.json()["accepted"] == 0 and capped.json()["problems"] == []
     assert [(d["status"], d["reason"]) for d in capped.json()["deliveries"]] == [("skipped", "frequency_cap")]
 
@@ -209,7 +301,7 @@ def test_quiet_hours_of_a_marketing_campaign_need_the_profiles_time_zone_first(
     one = {"recipients": [{"external_id": "zoe"}]}
     _post(trigger_client, context_trigger, one)  # the stream is open
     held, queries = _post(trigger_client, context_trigger, one)
-    assert any("FROM audiences_profile p WHERE p.external_id" in sql for sql in queries)
+    assert any(LOOKUP in sql for sql in queries)
     row = Delivery.objects.get(pk=held.json()["deliveries"][0]["id"])
     assert row.status == "queued" and row.next_attempt_at > now  # held until the quiet hours end
 
