@@ -328,6 +328,8 @@ def campaign_trigger(
     Recipients that are unknown are reported and left out; those without a reachable device are
     reported and still targeted (their delivery records the skip). Each recipient's context is
     merged over the shared one. ``stamps`` are the version stamps the API read for this request.
+    When nothing is decided per profile before its rows are made, the profiles are looked up by
+    the append itself (``_trigger_by_external_id``), content showing attributes bounded there.
     Raises Http404 outside the user's access, PermissionDenied without the role, TriggerRefused
     when the campaign is not a live API-triggered one, ValidationError naming
     ``recipients[i].context`` when a context makes the payload too large or unrenderable.
