@@ -225,7 +225,10 @@ def stream_append(
     (which need each profile's time zone before its rows are made). With ``bound`` (attribute
     name -> bytes per byte of its value), each named profile's attributes must fit its ``budget``
     (the bound of its message's growth: strings by their UTF-8 bytes, other values by twice
-    their JSON text's and 32 more); if one might not, nothing is written and OverBudget is raised.
+    their JSON text's and 32 more: a template shows a list or an object as Python writes it,
+    whose characters are printable or escaped in ASCII, so that JSON escapes them to at most
+    twice their count, where ``bound`` counts six); if one might not, nothing is written and
+    OverBudget is raised.
     Raises StreamClosed when the source or the dispatch refuses.
     """
     if named is not None:
