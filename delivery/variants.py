@@ -94,6 +94,27 @@ def variant_sql(bucket_column: str, *, variants: list[dict], holdout_share: int)
     return f"(CASE {cases} ELSE {last} END)" if cases else str(last)
 
 
+def variant_bounds(variants: list[dict], holdout_share: int) -> list[dict]:
+    """The bounds that ``VARIANT_OF_PROFILE_SQL`` reads (a statement's parameter, as JSON): each
+    variant number (0 the holdout) in order with the bucket it starts above, the last one's
+    bound the end of the buckets (``variant_for`` gives the last variant what rounding leaves)."""
+    bounds = _bounds(variants, holdout_share)
+    return [
+        {"i": i, "upper": BUCKETS if i == len(bounds) - 1 else int(upper), "number": int(number)}
+        for i, (upper, number) in enumerate(bounds)
+    ]
+
+
+# ``variant_for`` in PostgreSQL with the campaign as parameters, so that one statement serves
+# every campaign: the profile id ``p.id``, then ``variant_bounds`` as JSON (``[]``: NULL, no
+# variants) and the salt as text.
+VARIANT_OF_PROFILE_SQL = (
+    "(SELECT b.number FROM jsonb_to_recordset(%s::jsonb) AS b(i int, upper int, number int) "  # noqa: S608 (a constant; values are bound)
+    f"WHERE mod(('x' || substr(md5(p.id::text || ':' || %s::text), 1, 8))::bit(32)::bigint, {BUCKETS}) < b.upper "
+    "ORDER BY b.i LIMIT 1)"
+)
+
+
 def _sqlite_functions(sender, connection, **kwargs) -> None:
     if connection.vendor == "sqlite":
         connection.connection.create_function("pushdesk_bucket", 2, bucket, deterministic=True)

@@ -116,9 +116,11 @@ class _Approved:
     variants: list = field(default_factory=list)  # the approved variants (empty: one content)
     holdout_share: int = 0
     variant_problems: dict = field(default_factory=dict)  # variant number -> payload problem, as above
-    # For personalized content with no variants: how large its payloads can grow with a profile,
-    # when that is known without reading the profile (``delivery.payloads.ProfileBound``).
-    profile_bound: object | None = None
+    # For personalized content: how large each content's payloads can grow with a profile, when
+    # that is known without reading the profile (``delivery.payloads.ProfileBound``), and the
+    # bytes per byte of each attribute's value that the most it grows by in any content.
+    profile_bounds: list = field(default_factory=list)  # (spec, ProfileBound) of each content
+    bound_times: dict | None = None  # None: not known
 
     def variant_of(self, profile_id: int) -> int | None:
         """The recipient's variant (0: the holdout), as the bulk send computes it in SQL."""
@@ -240,8 +242,14 @@ def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: 
     specs = [spec, *(v["spec"] for v in entry.variants)]
     entry.personalized = any(spec_is_personalized(s) for s in specs)
     entry.reads_profile = any(spec_reads_profile(s) for s in specs)
-    if entry.personalized and not entry.variants:
-        entry.profile_bound = spec_profile_bound(spec)
+    if entry.personalized:
+        bounds = [spec_profile_bound(s) for s in specs]
+        if all(b is not None for b in bounds):
+            entry.profile_bounds = list(zip(specs, bounds, strict=True))
+            entry.bound_times = {}
+            for b in bounds:
+                for name, times in b.times.items():
+                    entry.bound_times[name] = max(times, entry.bound_times.get(name, 0))
     if not entry.personalized:
         entry.payload_problem = _payload_problem(spec, profile={"attributes": {}}, context={})
         for frozen in entry.variants:
@@ -449,13 +457,17 @@ def _appends_by_external_id(entry: _Approved) -> bool:
     """Whether a call's recipients can be appended by their external ids in one statement, with
     no profile read before it: nothing is decided per profile before its rows are made (content
     that fits, whatever the profile, or whose size the statement bounds from the attributes it
-    shows; no variants, no quiet hours), on PostgreSQL, to a stream already open (a call that
-    names only unknown profiles opens none)."""
+    shows; variants the statement assigns; no quiet hours), on PostgreSQL, to a stream already
+    open (a call that names only unknown profiles opens none)."""
+    fits = (
+        entry.bound_times is not None
+        if entry.personalized
+        else entry.payload_problem is None and not any(entry.variant_problems.values())
+    )
     return (
         connection.vendor == "postgresql"
         and entry.stream_id is not None
-        and not entry.variants
-        and (entry.profile_bound is not None if entry.personalized else entry.payload_problem is None)
+        and fits
         and not (entry.rules is not None and entry.rules.has_quiet_hours)
     )
 
@@ -465,10 +477,11 @@ def _trigger_by_external_id(
 ) -> TriggerResult | None:
     """``campaign_trigger``'s call in one statement (see ``_appends_by_external_id``): the append
     looks the profiles up, and what the lookup would have reported is read off the rows made
-    (no row: no profile has the id; no row queued before the frequency cap: no opted-in device).
-    Personalized content is checked first, per recipient, for every locale, with the context and
-    with each attribute it shows at one character; the statement then checks each profile's
-    attributes against the room left (``delivery.payloads.ProfileBound``). None, with nothing
+    (no row: no profile has the id; no row queued before the frequency cap, and not held out: no
+    opted-in device). The statement assigns each profile its variant, as ``variant_of`` does.
+    Personalized content is checked first, per recipient, for every content and locale, with the
+    context and with each attribute it shows at one character; the statement then checks each
+    profile's attributes against the least room left (``delivery.payloads.ProfileBound``). None, with nothing
     written, when a recipient may not fit either way: the call then takes the path that renders
     each known profile's own message and words the error for it (which is the answer in the end,
     as this path turns away only what might fail)."""
@@ -479,7 +492,7 @@ def _trigger_by_external_id(
     problems: list[dict] = []
     index_of: dict[str, int] = {}
     named = []
-    bound = (entry.profile_bound.times or None) if entry.personalized else None  # the attributes it shows
+    bound = (entry.bound_times or None) if entry.personalized else None  # the attributes it shows
     for index, recipient in enumerate(recipients):
         external_id = recipient["external_id"]
         if external_id in index_of:
@@ -489,9 +502,10 @@ def _trigger_by_external_id(
         merged = {**context, **(recipient.get("context") or {})}
         budget = None
         if entry.personalized:
-            budget = profile_bound_budget(entry.spec, entry.profile_bound, context=merged)
-            if budget is None or budget < 0:
+            budgets = [profile_bound_budget(s, b, context=merged) for s, b in entry.profile_bounds]
+            if None in budgets or min(budgets) < 0:
                 return None
+            budget = min(budgets)
         named.append(Named(external_id, merged or None, budget if bound else None))
     with nullcontext() if _alone(entry, request_record) else transaction.atomic():
         try:
@@ -503,10 +517,11 @@ def _trigger_by_external_id(
                 rules=entry.rules,
                 now=now,
                 bound=bound,
+                split=(entry.campaign_id, entry.variants, entry.holdout_share) if entry.variants else None,
             )
         except OverBudget:
             return None  # a profile's attributes may make its message too large: rendered one by one
-        reached = {r.external_id for r in rows if r.status == "queued" or r.reason == "frequency_cap"}
+        reached = {r.external_id for r in rows if r.status == "queued" or r.reason in ("frequency_cap", "holdout")}
         made = {r.external_id for r in rows}
         for external_id, index in index_of.items():
             if external_id not in made:

@@ -44,6 +44,7 @@ from delivery.services.rollups import (
     rollup_insert_sql,
 )
 from delivery.services.stream_senders import streams_senders_ensure
+from delivery.variants import VARIANT_OF_PROFILE_SQL, variant_bounds
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,7 @@ def stream_append(
     rules: DeliveryRules | None = None,
     now: dt.datetime | None = None,
     bound: dict[str, int] | None = None,
+    split: tuple[int, list[dict], int] | None = None,
 ) -> list[AppendedRow]:
     """Append one call's rows to an open stream, in one statement; returns them in recipient order.
 
@@ -221,8 +223,10 @@ def stream_append(
     streams) hold rows in quiet hours and skip those over the frequency cap.
     The recipients are ``Recipient`` profiles, or (``named``, PostgreSQL only) distinct external
     ids that the statement itself looks up: a name no profile has gets no row, and each row
-    carries its name. Named recipients have no variant, and ``rules`` may not have quiet hours
-    (which need each profile's time zone before its rows are made). With ``bound`` (attribute
+    carries its name. Named recipients get their variant from ``split`` (the salt, the variants and
+    the holdout's share, as ``delivery.variants.variant_for`` takes them; None: no variants),
+    computed by the statement, and ``rules`` may not have quiet hours (which need each profile's
+    time zone before its rows are made). With ``bound`` (attribute
     name -> bytes per byte of its value), each named profile's attributes must fit its ``budget``
     (the bound of its message's growth: strings by their UTF-8 bytes, other values by twice
     their JSON text's and 32 more: a template shows a list or an object as Python writes it,
@@ -264,7 +268,12 @@ def stream_append(
         count = len(recipients)
     params = [*lock_params, dispatch_id, values, count, now, now, now, app_id]
     if named is not None:
-        params.insert(len(lock_params) + 1, json.dumps([{"name": k, "times": t} for k, t in (bound or {}).items()]))
+        salt, variants, holdout_share = split or (0, [], 0)
+        params[len(lock_params) + 1 : len(lock_params) + 1] = [
+            json.dumps(variant_bounds(variants, holdout_share) if variants else []),
+            str(salt),
+            json.dumps([{"name": k, "times": t} for k, t in (bound or {}).items()]),
+        ]
     with prepared_cursor() as cursor:
         cursor.execute(_append_sql(lock_sql, named=named is not None), params)
         fetched = cursor.fetchall()
@@ -296,8 +305,8 @@ _BY_PROFILE = (
     "AS r(profile_id bigint, context jsonb, hold_until timestamptz, quiet_skip boolean, variant int) LIMIT %s)"
 )
 _BY_EXTERNAL_ID = (
-    "v AS (SELECT p.id AS profile_id, r.context, NULL::timestamptz AS hold_until, false AS quiet_skip, "
-    "NULL::int AS variant, u.n, p.external_id, r.budget IS NULL OR (SELECT COALESCE(sum(b.times::bigint * "
+    "v AS (SELECT p.id AS profile_id, r.context, NULL::timestamptz AS hold_until, false AS quiet_skip, "  # noqa: S608 (constants; values are bound)
+    f"{VARIANT_OF_PROFILE_SQL} AS variant, u.n, p.external_id, r.budget IS NULL OR (SELECT COALESCE(sum(b.times::bigint * "
     "CASE WHEN a.t IS NULL OR a.t = 'null' THEN 0 WHEN a.t = 'string' THEN octet_length(p.attributes ->> b.name) "
     "ELSE 2 * octet_length((p.attributes -> b.name)::text) + 32 END), 0) "
     "FROM jsonb_to_recordset(%s::jsonb) AS b(name text, times int) "

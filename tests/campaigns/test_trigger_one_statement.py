@@ -1,8 +1,8 @@
 """A trigger to an open stream in one statement: when nothing is decided per profile before its
 rows are made (content that fits whatever the profile, or whose growth the statement bounds from
-the attributes it shows; no variants, no quiet hours), the append looks the profiles up itself,
-and the answer is read off the rows it made. It must answer exactly as the lookup followed by the
-append does."""
+the attributes it shows; variants it assigns; no quiet hours), the append looks the profiles up
+itself, and the answer is read off the rows it made. It must answer exactly as the lookup
+followed by the append does."""
 
 import pytest
 from django.db import connection
@@ -128,6 +128,65 @@ def test_content_reading_the_profile_otherwise_is_still_looked_up_first(
     second, queries = _post(trigger_client, campaign)
     assert second.status_code == 202
     assert len(queries) == 2 and LOOKUP in queries[0], queries
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("personalized", [True, False])
+def test_variants_and_the_holdout_are_assigned_by_the_statement_as_the_lookup_assigns_them(
+    personalized, trigger_client, pushsim_app, manager_alice, approver_bob
+):
+    from campaigns.services.lifecycle import campaign_approve, campaign_submit
+    from campaigns.services.variants import VariantInput, campaign_variants_set
+    from delivery.variants import variant_for
+    from tests.factories import PushContentFactory
+
+    greeting = "Hi {{ profile.attributes.first_name }}" if personalized else "Hi"
+    campaign = _live_trigger(pushsim_app, manager_alice, approver_bob, title="Order A", body=greeting)
+    b = PushContentFactory(app=pushsim_app, title="Order B", body=f"{greeting}, it is on its way")
+    campaign_variants_set(
+        campaign_id=campaign.pk,
+        by=manager_alice,
+        variants=[VariantInput(content_id=campaign.content_id, share=45), VariantInput(content_id=b.pk, share=35)],
+        holdout_share=20,
+    )
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    for n in range(40):
+        profile = ProfileFactory(external_id=f"v-{n}", attributes={"first_name": f"N{n}"})
+        if n % 5:  # every fifth has no device, in the holdout or not
+            DeviceFactory(profile=profile, app=pushsim_app, push_enabled=n % 7 != 0)
+    calls = [
+        {"recipients": [{"external_id": f"v-{n}"} for n in range(k, k + 20)] + [{"external_id": "nobody"}]}
+        for k in (0, 20)
+    ]
+    first, first_queries = _post(trigger_client, campaign, calls[0])  # opens the stream: the lookup first
+    assert any(LOOKUP in sql for sql in first_queries)
+    second, second_queries = _post(trigger_client, campaign, calls[1])
+    assert first.status_code == second.status_code == 202, second.json()
+    assert len(second_queries) == 1, second_queries
+    # The same call by the two statements (the lookup forced) answers and writes the same.
+    import campaigns.services.triggers as triggers
+
+    second_ids = [r["external_id"] for r in calls[1]["recipients"]]
+    Delivery.objects.filter(dispatch_id=second.json()["dispatch"], profile__external_id__in=second_ids).delete()
+    original = triggers._appends_by_external_id
+    triggers._appends_by_external_id = lambda entry: False
+    try:
+        looked_up, queries = _post(trigger_client, campaign, calls[1])
+    finally:
+        triggers._appends_by_external_id = original
+    assert any(LOOKUP in sql for sql in queries)
+    assert _without_ids(looked_up.json()) == _without_ids(second.json())
+    rows = Delivery.objects.filter(dispatch_id=second.json()["dispatch"]).select_related("profile")
+    assert {r.variant for r in rows} == {0, 1, 2}
+    frozen = Dispatch.objects.get(pk=second.json()["dispatch"]).variants
+    for row in rows:
+        assert row.variant == variant_for(row.profile_id, salt=campaign.pk, variants=frozen, holdout_share=20)
+        if row.variant == 0:
+            assert (row.status, row.reason) == ("skipped", "holdout")
+    held = {r.profile.external_id for r in rows if r.variant == 0}
+    reported = {p["external_id"] for p in second.json()["problems"] if p["code"] == "no_device"}
+    assert reported and not reported & held  # the holdout is not reported unreachable
 
 
 def _first_name(external_id: str, value) -> None:
