@@ -23,6 +23,7 @@ from delivery.personalization import (
     is_templated,
     template_attribute_outputs,
     template_check,
+    template_reads_context,
     template_reads_profile,
     template_render,
     template_worst_case_bytes,
@@ -155,12 +156,14 @@ class ProfileBound:
     (``spec_profile_bound``): rendered with each of those attributes set to one character, a
     payload grows, once a real value replaces it, by at most ``times[name]`` bytes per byte of
     the value (its outputs' count, each escaped at JSON's worst), plus ``slack`` (every default
-    counted as if it showed beside the values). ``locales`` are the content's ("" the default).
+    counted as if it showed beside the values). ``locales`` are the content's ("" the default);
+    ``reads_context``: whether the room left depends on the call's context.
     """
 
     times: dict[str, int]
     slack: int
     locales: tuple[str, ...]
+    reads_context: bool = True
 
 
 def payload_sizes(spec: dict, *, profile: dict, context: dict) -> tuple[int, int]:
@@ -191,7 +194,8 @@ def spec_profile_bound(spec: dict) -> ProfileBound | None:
         times[name] = grows * _ESCAPE_BYTES
     # A default shows where its value is empty: in each payload, at most twice (an image's URL is).
     slack = sum(2 * _ESCAPE_BYTES * len(default.encode()) for _, default in outputs)
-    return ProfileBound(times=times, slack=slack, locales=locales)
+    reads_context = any(template_reads_context(s) for s in _spec_sources(spec))
+    return ProfileBound(times=times, slack=slack, locales=locales, reads_context=reads_context)
 
 
 def profile_bound_budget(spec: dict, bound: ProfileBound, *, context: dict) -> int | None:

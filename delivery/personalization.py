@@ -93,14 +93,23 @@ def template_check(source: str, *, field: str) -> BoundTemplate:
     return template
 
 
-def template_reads_profile(source: str) -> bool:
-    """True when ``source`` uses ``profile`` (or cannot be read: then assume it does)."""
+def _template_reads(source: str, name: str) -> bool:
     if not is_templated(source):
         return False
     try:
-        return "profile" in _parse(source).analyze(include_partials=False).globals
+        return name in _parse(source).analyze(include_partials=False).globals
     except LiquidError:
         return True
+
+
+def template_reads_profile(source: str) -> bool:
+    """True when ``source`` uses ``profile`` (or cannot be read: then assume it does)."""
+    return _template_reads(source, "profile")
+
+
+def template_reads_context(source: str) -> bool:
+    """True when ``source`` uses the call's ``context`` (or cannot be read: then assume it does)."""
+    return _template_reads(source, "context")
 
 
 def template_attribute_outputs(source: str) -> list[tuple[str, str]] | None:

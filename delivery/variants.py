@@ -37,12 +37,17 @@ def sample_bucket(profile_id: int, salt: int) -> int:
     return int(digest[:8], 16) % BUCKETS
 
 
+def _pg_bucket(column: str, salted: str) -> str:
+    """PostgreSQL's ``bucket``: ``salted`` is the SQL text appended to the profile id before hashing."""
+    return f"mod(('x' || substr(md5({column}::text || {salted}), 1, 8))::bit(32)::bigint, {BUCKETS})"
+
+
 def in_sample_sql(column: str, *, vendor: str, salt: int, share: int, rest: bool = False) -> str:
     """A SQL condition on ``column`` (a profile id): in the sample of ``share`` percent (or, with
     ``rest``, outside it), as ``sample_bucket`` computes it. Integers only are formatted here."""
     salt, upper = int(salt), int(share) * BUCKETS // 100
     if vendor == "postgresql":
-        expression = f"mod(('x' || substr(md5({column}::text || ':{salt}:sample'), 1, 8))::bit(32)::bigint, {BUCKETS})"
+        expression = _pg_bucket(column, f"':{salt}:sample'")
     else:
         expression = f"pushdesk_sample_bucket({column}, {salt})"
     return f"{expression} {'>=' if rest else '<'} {upper}"
@@ -77,7 +82,7 @@ def bucket_sql(column: str, *, vendor: str, salt: int) -> str:
     salt = int(salt)
     if vendor == "postgresql":
         # mod() rather than %: the statement this joins has bound parameters.
-        return f"mod(('x' || substr(md5({column}::text || ':{salt}'), 1, 8))::bit(32)::bigint, {BUCKETS})"
+        return _pg_bucket(column, f"':{salt}'")
     return f"pushdesk_bucket({column}, {salt})"
 
 
@@ -110,8 +115,7 @@ def variant_bounds(variants: list[dict], holdout_share: int) -> list[dict]:
 # variants) and the salt as text.
 VARIANT_OF_PROFILE_SQL = (
     "(SELECT b.number FROM jsonb_to_recordset(%s::jsonb) AS b(i int, upper int, number int) "  # noqa: S608 (a constant; values are bound)
-    f"WHERE mod(('x' || substr(md5(p.id::text || ':' || %s::text), 1, 8))::bit(32)::bigint, {BUCKETS}) < b.upper "
-    "ORDER BY b.i LIMIT 1)"
+    "WHERE " + _pg_bucket("p.id", "':' || %s::text") + " < b.upper ORDER BY b.i LIMIT 1)"
 )
 
 

@@ -111,15 +111,15 @@ class _Approved:
     stamp: str | None
     loaded_at: float
     payload_problem: str | None = None  # for content that renders the same for everyone
-    reads_profile: bool = True  # whether any content it sends renders from the profile
     stream_id: int | None = None  # today's standing dispatch, opened by the first call with rows
     variants: list = field(default_factory=list)  # the approved variants (empty: one content)
     holdout_share: int = 0
     variant_problems: dict = field(default_factory=dict)  # variant number -> payload problem, as above
-    # For personalized content: how large each content's payloads can grow with a profile, when
-    # that is known without reading the profile (``delivery.payloads.ProfileBound``), and the
-    # bytes per byte of each attribute's value that the most it grows by in any content.
-    profile_bounds: list = field(default_factory=list)  # (spec, ProfileBound) of each content
+    # For personalized content: how large each content it sends can grow with a profile, when
+    # that is known without reading the profile (``delivery.payloads.ProfileBound``), with the
+    # room left for the attributes when it does not depend on the call's context; and the bytes
+    # per byte of each attribute's value that the most it grows by in any content.
+    profile_bounds: list = field(default_factory=list)  # (spec, ProfileBound, room or None)
     bound_times: dict | None = None  # None: not known
 
     def variant_of(self, profile_id: int) -> int | None:
@@ -192,7 +192,7 @@ def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: 
     import time
 
     from delivery.models import DeliveryRules
-    from delivery.payloads import spec_is_personalized, spec_profile_bound, spec_reads_profile
+    from delivery.payloads import profile_bound_budget, spec_is_personalized, spec_profile_bound
     from delivery.services.dispatches import GateClosed
 
     entry = _APPROVED.get(campaign_id)
@@ -241,11 +241,14 @@ def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: 
     )
     specs = [spec, *(v["spec"] for v in entry.variants)]
     entry.personalized = any(spec_is_personalized(s) for s in specs)
-    entry.reads_profile = any(spec_reads_profile(s) for s in specs)
     if entry.personalized:
-        bounds = [spec_profile_bound(s) for s in specs]
+        sent = [v["spec"] for v in entry.variants] or [spec]  # with variants, the campaign's own is not sent
+        bounds = [spec_profile_bound(s) for s in sent]
         if all(b is not None for b in bounds):
-            entry.profile_bounds = list(zip(specs, bounds, strict=True))
+            entry.profile_bounds = [
+                (s, b, None if b.reads_context else profile_bound_budget(s, b, context={}))
+                for s, b in zip(sent, bounds, strict=True)
+            ]
             entry.bound_times = {}
             for b in bounds:
                 for name, times in b.times.items():
@@ -459,11 +462,8 @@ def _appends_by_external_id(entry: _Approved) -> bool:
     that fits, whatever the profile, or whose size the statement bounds from the attributes it
     shows; variants the statement assigns; no quiet hours), on PostgreSQL, to a stream already
     open (a call that names only unknown profiles opens none)."""
-    fits = (
-        entry.bound_times is not None
-        if entry.personalized
-        else entry.payload_problem is None and not any(entry.variant_problems.values())
-    )
+    problems = entry.variant_problems.values() if entry.variants else [entry.payload_problem]
+    fits = entry.bound_times is not None if entry.personalized else not any(problems)
     return (
         connection.vendor == "postgresql"
         and entry.stream_id is not None
@@ -485,7 +485,6 @@ def _trigger_by_external_id(
     written, when a recipient may not fit either way: the call then takes the path that renders
     each known profile's own message and words the error for it (which is the answer in the end,
     as this path turns away only what might fail)."""
-    from delivery.payloads import profile_bound_budget
     from delivery.services.stream_senders import streams_wake
     from delivery.services.streams import Named, OverBudget, stream_append
 
@@ -502,10 +501,9 @@ def _trigger_by_external_id(
         merged = {**context, **(recipient.get("context") or {})}
         budget = None
         if entry.personalized:
-            budgets = [profile_bound_budget(s, b, context=merged) for s, b in entry.profile_bounds]
-            if None in budgets or min(budgets) < 0:
+            budget = _recipient_budget(entry, context=merged)
+            if budget is None or budget < 0:
                 return None
-            budget = min(budgets)
         named.append(Named(external_id, merged or None, budget if bound else None))
     with nullcontext() if _alone(entry, request_record) else transaction.atomic():
         try:
@@ -545,6 +543,20 @@ def _trigger_by_external_id(
         if rows:
             transaction.on_commit(lambda d=entry.stream_id: streams_wake(d))
     return result
+
+
+def _recipient_budget(entry: _Approved, *, context: dict) -> int | None:
+    """The least room any content it sends leaves a recipient's attributes with this context
+    (``delivery.payloads.profile_bound_budget``); None when one cannot be rendered with it."""
+    from delivery.payloads import profile_bound_budget
+
+    least = None
+    for spec, bound, room in entry.profile_bounds:
+        budget = profile_bound_budget(spec, bound, context=context) if bound.reads_context else room
+        if budget is None:
+            return None
+        least = budget if least is None else min(least, budget)
+    return least
 
 
 _PROFILES_WITH_REACH = (

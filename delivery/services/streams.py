@@ -268,6 +268,7 @@ def stream_append(
         count = len(recipients)
     params = [*lock_params, dispatch_id, values, count, now, now, now, app_id]
     if named is not None:
+        # ``_BY_EXTERNAL_ID``'s own, in its order, after the dispatch's id: the split, the bound.
         salt, variants, holdout_share = split or (0, [], 0)
         params[len(lock_params) + 1 : len(lock_params) + 1] = [
             json.dumps(variant_bounds(variants, holdout_share) if variants else []),

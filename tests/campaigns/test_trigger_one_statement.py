@@ -133,7 +133,7 @@ def test_content_reading_the_profile_otherwise_is_still_looked_up_first(
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("personalized", [True, False])
 def test_variants_and_the_holdout_are_assigned_by_the_statement_as_the_lookup_assigns_them(
-    personalized, trigger_client, pushsim_app, manager_alice, approver_bob
+    personalized, trigger_client, pushsim_app, manager_alice, approver_bob, monkeypatch
 ):
     from campaigns.services.lifecycle import campaign_approve, campaign_submit
     from campaigns.services.variants import VariantInput, campaign_variants_set
@@ -165,16 +165,10 @@ def test_variants_and_the_holdout_are_assigned_by_the_statement_as_the_lookup_as
     assert first.status_code == second.status_code == 202, second.json()
     assert len(second_queries) == 1, second_queries
     # The same call by the two statements (the lookup forced) answers and writes the same.
-    import campaigns.services.triggers as triggers
-
     second_ids = [r["external_id"] for r in calls[1]["recipients"]]
     Delivery.objects.filter(dispatch_id=second.json()["dispatch"], profile__external_id__in=second_ids).delete()
-    original = triggers._appends_by_external_id
-    triggers._appends_by_external_id = lambda entry: False
-    try:
-        looked_up, queries = _post(trigger_client, campaign, calls[1])
-    finally:
-        triggers._appends_by_external_id = original
+    monkeypatch.setattr("campaigns.services.triggers._appends_by_external_id", lambda entry: False)
+    looked_up, queries = _post(trigger_client, campaign, calls[1])
     assert any(LOOKUP in sql for sql in queries)
     assert _without_ids(looked_up.json()) == _without_ids(second.json())
     rows = Delivery.objects.filter(dispatch_id=second.json()["dispatch"]).select_related("profile")
@@ -187,6 +181,23 @@ def test_variants_and_the_holdout_are_assigned_by_the_statement_as_the_lookup_as
     held = {r.profile.external_id for r in rows if r.variant == 0}
     reported = {p["external_id"] for p in second.json()["problems"] if p["code"] == "no_device"}
     assert reported and not reported & held  # the holdout is not reported unreachable
+
+
+@pytest.mark.django_db(transaction=True)
+def test_content_not_reading_the_context_is_not_rendered_per_call(
+    trigger_client, cast, pushsim_app, manager_alice, approver_bob, monkeypatch
+):
+    campaign = _live_trigger(
+        pushsim_app, manager_alice, approver_bob, title="Shipped", body="Hi {{ profile.attributes.first_name }}"
+    )
+    _post(trigger_client, campaign)  # opens the stream, and reckons the room once
+
+    def rendered(*args, **kwargs):
+        raise AssertionError("rendered per call")
+
+    monkeypatch.setattr("delivery.payloads.profile_bound_budget", rendered)
+    answer, queries = _post(trigger_client, campaign)
+    assert answer.status_code == 202 and len(queries) == 1, queries
 
 
 def _first_name(external_id: str, value) -> None:
@@ -248,6 +259,7 @@ def test_the_bound_counts_each_place_an_attribute_shows_and_every_locale():
     spec = {"title": "{{ profile.attributes.name }}", "body": "Hi {{ profile.attributes.name | default: 'you' }}"}
     bound = spec_profile_bound(spec)
     assert bound.times == {"name": 12} and bound.slack == 2 * 6 * 3 and bound.locales == ("",)
+    assert not bound.reads_context  # its room is the same for every call: reckoned once
     image = spec_profile_bound({"title": "T", "body": "B", "image_url": "https://x/{{ profile.attributes.pic }}"})
     assert image.times == {"pic": 6}  # once in each payload
     long = {**spec, "variants": {"de": {"body": "Hallo " + "x" * 3000 + " {{ profile.attributes.name }}"}}}
@@ -259,6 +271,7 @@ def test_the_bound_counts_each_place_an_attribute_shows_and_every_locale():
     assert spec_profile_bound({"title": "{{ profile.locale }}", "body": "B"}) is None
     assert spec_profile_bound({"title": "{{ profile.attributes.name | upcase }}", "body": "B"}) is None
     assert spec_profile_bound({"title": "{{ context.order }}", "body": "B"}).times == {}
+    assert spec_profile_bound({"title": "{% if context.x %}x{% endif %}", "body": "B"}).reads_context
     assert template_attribute_outputs("Plain") == []
     assert template_attribute_outputs("{% if context.x %}{{ context.x }}{% endif %}") == []
     assert template_attribute_outputs('{{ profile.attributes.a | default: "b" }} {{ context.c }}') == [("a", "b")]

@@ -78,6 +78,16 @@ def _counters(dispatch) -> tuple:
     return dispatch.status, dispatch.total, dispatch.skipped, dispatch.accepted
 
 
+def _reason(variant: int | None, opted_in: bool | None) -> str:
+    """A resolved row's reason (``opted_in`` None: no device): the holdout first, then no device,
+    then a phone not opted in."""
+    if variant == 0:
+        return "holdout"
+    if opted_in is None:
+        return "no_device"
+    return "" if opted_in else "not_opted_in"
+
+
 def test_a_resolve_in_slices_writes_the_rows_and_counts_of_one_statement(audience, settings):
     app, segment = audience
     content = PushContentFactory(app=app)
@@ -106,16 +116,7 @@ def test_a_resolve_in_slices_writes_the_rows_and_counts_of_one_statement(audienc
     # in the holdout in about one run of 120, so which reasons show is not fixed).
     opted_in = dict(Device.objects.values_list("id", "push_enabled"))
     for _, device_id, _, reason, variant in rows:
-        expected = (
-            "holdout"
-            if variant == 0
-            else "no_device"
-            if device_id is None
-            else ""
-            if opted_in[device_id]
-            else "not_opted_in"
-        )
-        assert reason == expected
+        assert reason == _reason(variant, opted_in.get(device_id))
     assert {"", "no_device", "holdout"} <= {r[3] for r in rows}
     assert rows == _rows(whole)
     assert _counters(sliced) == ("done", *_counters(whole)[1:])
