@@ -149,10 +149,16 @@ def roles_sync() -> None:
 
 
 def roles_sync_after_migrate(sender, app_config=None, using="default", **kwargs) -> None:
-    # Runs once per app after migrate; only the last app's call sees every permission, and
-    # each call is cheap and idempotent.
+    # Django sends post_migrate once per app with models, in the registry's order (a migrate, and
+    # a flush between transactional tests): the roles are set once, after the last app's, when
+    # every earlier app's permissions exist; the last app's own are made here first, as this
+    # receiver may run before Django's.
+    from django.apps import apps
     from django.contrib.auth.management import create_permissions
 
     if app_config is not None:
+        with_models = [config for config in apps.get_app_configs() if config.models_module is not None]
+        if with_models and app_config.label != with_models[-1].label:
+            return
         create_permissions(app_config, verbosity=0, using=using)
     roles_sync()

@@ -22,7 +22,10 @@ def pytest_configure(config):
     # processes, which read the environment as production does.
     from django_q.conf import Conf
 
+    from tests.flush import install
+
     Conf.SYNC = True
+    install()  # transactional tests' flush: delete rows instead of TRUNCATE (tests/flush.py)
 
 
 @pytest.fixture(autouse=True)

@@ -163,3 +163,28 @@ def test_a_colleague_opening_an_owner_link_gets_a_read_only_card(client, manager
     assert 'id="user-card"' in text and "alice@example.com" in text and "Manager" in text
     assert 'name="username"' not in text  # nothing to edit
     assert client.post(f"/admin/accounts/user/{manager_alice.pk}/change/", {"username": "x"}).status_code == 403
+
+
+@pytest.mark.django_db(transaction=True)
+def test_after_a_flush_each_role_holds_exactly_its_tables_permissions_set_once(monkeypatch):
+    """Django sends post_migrate once per app (a migrate, and the flush between transactional
+    tests): the roles are set once, after the last app's, with every app's permissions."""
+    from django.contrib.auth.models import Group
+    from django.core.management import call_command
+
+    import accounts.roles
+
+    calls = []
+    sync = accounts.roles.roles_sync
+    monkeypatch.setattr(accounts.roles, "roles_sync", lambda: calls.append(1) or sync())
+    Group.objects.all().delete()
+    call_command("flush", verbosity=0, interactive=False)
+    assert calls == [1]
+    for role in ROLES:
+        held = {
+            f"{app_label}.{codename}"
+            for app_label, codename in Group.objects.get(name=role).permissions.values_list(
+                "content_type__app_label", "codename"
+            )
+        }
+        assert held == set(role_permissions(role)), role
