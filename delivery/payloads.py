@@ -23,8 +23,7 @@ from delivery.personalization import (
     is_templated,
     template_attribute_outputs,
     template_check,
-    template_reads_context,
-    template_reads_profile,
+    template_reads,
     template_render,
     template_worst_case_bytes,
     url_scheme_check,
@@ -138,9 +137,10 @@ def spec_is_personalized(spec: dict) -> bool:
     return any(is_templated(s) for s in _spec_sources(spec))
 
 
-def spec_reads_profile(spec: dict) -> bool:
-    """True when any text depends on the profile (its message cannot be rendered from the context alone)."""
-    return any(template_reads_profile(s) for s in _spec_sources(spec))
+def spec_reads(spec: dict, name: str) -> bool:
+    """True when any text uses the variable ``name``: ``profile`` (its message cannot be rendered
+    from the context alone) or ``context`` (the call's)."""
+    return any(template_reads(s, name) for s in _spec_sources(spec))
 
 
 # JSON's longest escape of one byte of text (a control character as ``\\u00XX``); a character of
@@ -194,8 +194,7 @@ def spec_profile_bound(spec: dict) -> ProfileBound | None:
         times[name] = grows * _ESCAPE_BYTES
     # A default shows where its value is empty: in each payload, at most twice (an image's URL is).
     slack = sum(2 * _ESCAPE_BYTES * len(default.encode()) for _, default in outputs)
-    reads_context = any(template_reads_context(s) for s in _spec_sources(spec))
-    return ProfileBound(times=times, slack=slack, locales=locales, reads_context=reads_context)
+    return ProfileBound(times=times, slack=slack, locales=locales, reads_context=spec_reads(spec, "context"))
 
 
 def profile_bound_budget(spec: dict, bound: ProfileBound, *, context: dict) -> int | None:

@@ -93,7 +93,9 @@ def template_check(source: str, *, field: str) -> BoundTemplate:
     return template
 
 
-def _template_reads(source: str, name: str) -> bool:
+def template_reads(source: str, name: str) -> bool:
+    """True when ``source`` uses the variable ``name`` (``profile``, ``context``), or cannot be
+    read: then assume it does."""
     if not is_templated(source):
         return False
     try:
@@ -104,12 +106,7 @@ def _template_reads(source: str, name: str) -> bool:
 
 def template_reads_profile(source: str) -> bool:
     """True when ``source`` uses ``profile`` (or cannot be read: then assume it does)."""
-    return _template_reads(source, "profile")
-
-
-def template_reads_context(source: str) -> bool:
-    """True when ``source`` uses the call's ``context`` (or cannot be read: then assume it does)."""
-    return _template_reads(source, "context")
+    return template_reads(source, "profile")
 
 
 def template_attribute_outputs(source: str) -> list[tuple[str, str]] | None:

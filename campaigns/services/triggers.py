@@ -115,10 +115,11 @@ class _Approved:
     variants: list = field(default_factory=list)  # the approved variants (empty: one content)
     holdout_share: int = 0
     variant_problems: dict = field(default_factory=dict)  # variant number -> payload problem, as above
-    # For personalized content: how large each content it sends can grow with a profile, when
-    # that is known without reading the profile (``delivery.payloads.ProfileBound``), with the
-    # room left for the attributes when it does not depend on the call's context; and the bytes
-    # per byte of each attribute's value that the most it grows by in any content.
+    # For personalized content, when it is known without reading the profile: how large each
+    # content it sends can grow with a profile (``delivery.payloads.ProfileBound``), with the room
+    # it leaves the attributes when that does not depend on the call's context; and, derived from
+    # them once per approved version for every call, each attribute's most bytes per byte of its
+    # value in any of those contents.
     profile_bounds: list = field(default_factory=list)  # (spec, ProfileBound, room or None)
     bound_times: dict | None = None  # None: not known
 
@@ -462,8 +463,10 @@ def _appends_by_external_id(entry: _Approved) -> bool:
     that fits, whatever the profile, or whose size the statement bounds from the attributes it
     shows; variants the statement assigns; no quiet hours), on PostgreSQL, to a stream already
     open (a call that names only unknown profiles opens none)."""
-    problems = entry.variant_problems.values() if entry.variants else [entry.payload_problem]
-    fits = entry.bound_times is not None if entry.personalized else not any(problems)
+    if entry.personalized:
+        fits = entry.bound_times is not None
+    else:
+        fits = not any(entry.variant_problems.values()) if entry.variants else entry.payload_problem is None
     return (
         connection.vendor == "postgresql"
         and entry.stream_id is not None

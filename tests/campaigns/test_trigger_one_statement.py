@@ -11,8 +11,8 @@ from django.test.utils import CaptureQueriesContext
 from audiences.models import Profile
 from campaigns.services.triggers import _payload_problem
 from delivery.models import Delivery, DeliveryRules, Dispatch
-from delivery.payloads import APNS_LIMIT, payload_sizes, profile_bound_budget, spec_profile_bound, spec_reads_profile
-from delivery.personalization import template_attribute_outputs, template_reads_profile
+from delivery.payloads import APNS_LIMIT, payload_sizes, profile_bound_budget, spec_profile_bound, spec_reads
+from delivery.personalization import template_attribute_outputs, template_reads, template_reads_profile
 from tests.campaigns.conftest import _live_trigger
 from tests.factories import DeviceFactory, ProfileFactory
 
@@ -385,8 +385,14 @@ def test_which_templates_read_the_profile():
     assert template_reads_profile("Hi {{ profile.attributes.first_name }}")
     assert template_reads_profile("{% if profile.locale == 'fr' %}Salut{% endif %}")
     assert template_reads_profile("{{ broken")  # unreadable: assume it does
-    assert not spec_reads_profile({"title": "Order {{ context.id }}", "body": "On its way", "data": {"k": "v"}})
-    assert spec_reads_profile({"title": "Hi", "body": "On its way", "data": {"who": "{{ profile.external_id }}"}})
+    assert not spec_reads({"title": "Order {{ context.id }}", "body": "On its way", "data": {"k": "v"}}, "profile")
+    assert spec_reads({"title": "Hi", "body": "On its way", "data": {"who": "{{ profile.external_id }}"}}, "profile")
+    # The call's context, read the same way (the room a content leaves is reckoned once without it).
+    assert template_reads("Order {{ context.order_id }}", "context")
+    assert not template_reads("Hi {{ profile.attributes.first_name }}", "context")
+    assert template_reads("{{ broken", "context")
+    assert spec_reads({"title": "Order {{ context.id }}", "body": "On its way", "data": {"k": "v"}}, "context")
+    assert not spec_reads({"title": "Hi", "body": "{{ profile.attributes.name }}", "data": {}}, "context")
 
 
 @pytest.mark.django_db(transaction=True)
