@@ -28,6 +28,33 @@ def pytest_configure(config):
     install()  # transactional tests' flush: delete rows instead of TRUNCATE (tests/flush.py)
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's test database, which it drops at the end: first the sessions still open on
+    it from processes or threads the tests started (one shutting down as the last test ends) are
+    given ten seconds to close, then closed, so the drop does not fail and leave the database."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    import time
+    import warnings
+
+    query = "SELECT {} FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        deadline = time.monotonic() + 10
+        while True:
+            cursor.execute(query.format("application_name, backend_start, left(query, 80)"))
+            others = cursor.fetchall()
+            if not others or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        if others:
+            warnings.warn(f"Sessions left open on the test database, closed: {others}", stacklevel=1)
+            cursor.execute(query.format("pg_terminate_backend(pid)"))
+
+
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):
     # The production hasher is slow on purpose; tests create many users.
