@@ -250,7 +250,16 @@ def stream_append(
         values = json.dumps(
             [{"external_id": r.external_id, "context": r.context or None, "budget": r.budget} for r in named]
         )
-        count = len(named)
+        # ``_BY_EXTERNAL_ID``'s parameters in its placeholders' order: the split's bounds and salt
+        # (``VARIANT_OF_PROFILE_SQL``), the attributes' bound, then the recipients and their count.
+        salt, variants, holdout_share = split or (0, [], 0)
+        recipients_params = [
+            json.dumps(variant_bounds(variants, holdout_share) if variants else []),
+            str(salt),
+            json.dumps([{"name": k, "times": t} for k, t in (bound or {}).items()]),
+            values,
+            len(named),
+        ]
     else:
         hold, skip = _held(recipients, rules, now)
         values = json.dumps(
@@ -265,16 +274,9 @@ def stream_append(
                 for r, until, quiet in zip(recipients, hold, skip, strict=True)
             ]
         )
-        count = len(recipients)
-    params = [*lock_params, dispatch_id, values, count, now, now, now, app_id]
-    if named is not None:
-        # ``_BY_EXTERNAL_ID``'s own, in its order, after the dispatch's id: the split, the bound.
-        salt, variants, holdout_share = split or (0, [], 0)
-        params[len(lock_params) + 1 : len(lock_params) + 1] = [
-            json.dumps(variant_bounds(variants, holdout_share) if variants else []),
-            str(salt),
-            json.dumps([{"name": k, "times": t} for k, t in (bound or {}).items()]),
-        ]
+        recipients_params = [values, len(recipients)]  # ``_BY_PROFILE``'s
+    # In the statement's order: the source's lock, the dispatch, the recipients' CTE, the insert.
+    params = [*lock_params, dispatch_id, *recipients_params, now, now, now, app_id]
     with prepared_cursor() as cursor:
         cursor.execute(_append_sql(lock_sql, named=named is not None), params)
         fetched = cursor.fetchall()
