@@ -63,11 +63,17 @@ class JsonBooleanField(_JsonType, serializers.BooleanField):
 
 
 def _flatten(detail, prefix="") -> list[dict]:
-    """Turn DRF's nested error detail into a flat list naming each field by its path."""
+    """Turn DRF's nested error detail into a flat list naming each field by its path: keys joined
+    by dots, list positions in brackets (``recipients[0].context``), as every other check names
+    them (``accounts.json_values``, the rules' validation). DRF keys a list field's errors by
+    position (``{0: …}``) and a list serializer's by order (``[{…}]``): both are positions."""
     errors = []
     if isinstance(detail, dict):
         for key, value in detail.items():
-            field = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(key, int):
+                field = f"{prefix}[{key}]"
+            else:
+                field = f"{prefix}.{key}" if prefix else str(key)
             errors += _flatten(value, field)
     elif isinstance(detail, list):
         if all(not isinstance(item, (dict, list)) for item in detail):

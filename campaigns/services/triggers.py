@@ -389,7 +389,7 @@ def campaign_trigger(
         else:
             problem = entry.variant_problems.get(variant) if variant else entry.payload_problem
         if problem:
-            errors[f"recipients.{index}.context"] = problem
+            errors[f"recipients[{index}].context"] = problem
             continue
         if not profile["reachable"] and variant != 0:
             problems.append(_problem(index, external_id, "no_device"))

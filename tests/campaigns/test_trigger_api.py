@@ -115,7 +115,7 @@ def test_context_too_large_for_the_payload_is_refused_naming_it(live_trigger, tr
     )
     assert response.status_code == 400
     error = response.json()["errors"][0]
-    assert error["field"] == "recipients.0.context"
+    assert error["field"] == "recipients[0].context"
     assert "over the 4096-byte limit" in error["detail"]
     assert not Dispatch.objects.exists()
 

@@ -224,7 +224,7 @@ def test_attributes_that_might_not_fit_are_rendered_one_by_one_and_nothing_is_wr
     _first_name("zoe", "x" * 5000)
     refused, _ = _post(trigger_client, live_trigger, both)
     assert refused.status_code == 400
-    assert refused.json()["errors"][0]["field"] == "recipients.1.context"
+    assert refused.json()["errors"][0]["field"] == "recipients[1].context"
     assert "over the 4096-byte limit" in refused.json()["errors"][0]["detail"]
     assert Delivery.objects.count() == rows + 3
     _first_name("zoe", "Zoé")
@@ -327,7 +327,7 @@ def test_a_context_too_large_is_refused_for_a_known_profile_and_reported_unknown
     huge = {"order_id": "x" * 5000}
     refused, _ = _post(trigger_client, context_trigger, {"recipients": [{"external_id": "zoe", "context": huge}]})
     assert refused.status_code == 400
-    assert refused.json()["errors"][0]["field"] == "recipients.0.context"
+    assert refused.json()["errors"][0]["field"] == "recipients[0].context"
     assert "over the 4096-byte limit" in refused.json()["errors"][0]["detail"]
     unknown, _ = _post(trigger_client, context_trigger, {"recipients": [{"external_id": "ghost", "context": huge}]})
     assert unknown.status_code == 202
