@@ -40,9 +40,7 @@ def test_a_url_outside_the_allow_list_is_refused(app, manager_alice, url, field)
 
 @pytest.mark.parametrize("url", ["javascript:alert(1)", "data:,x", "{{ context.link }}"])
 def test_a_deep_link_outside_the_allow_list_is_refused(app, manager_alice, url):
-    content = PushContent(
-        app=app, name="Bad", title="Hi", body="Body", tap_action="deep_link", tap_url=url
-    )
+    content = PushContent(app=app, name="Bad", title="Hi", body="Body", tap_action="deep_link", tap_url=url)
     with pytest.raises(ValidationError):
         pushcontent_save(content=content, by=manager_alice)
 
