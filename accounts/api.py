@@ -135,7 +135,12 @@ ERROR_SCHEMA = {
             "items": {
                 "type": "object",
                 "properties": {
-                    "field": {"type": "string", "nullable": True},
+                    "field": {
+                        "type": "string",
+                        "nullable": True,
+                        "description": "The field's path in the body or the query: keys joined by dots, list "
+                        "positions in brackets (`recipients[0].context`); null for the body as a whole.",
+                    },
                     "code": {"type": "string"},
                     "detail": {"type": "string"},
                 },

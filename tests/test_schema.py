@@ -20,8 +20,7 @@ def test_committed_schema_equals_the_generated_one(tmp_path, db):
     out = tmp_path / "schema.yaml"
     call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(out))
     assert COMMITTED.read_text() == out.read_text(), (
-        "docs/openapi.yaml is stale: regenerate it with "
-        "`manage.py spectacular --validate --fail-on-warn --file docs/openapi.yaml`"
+        "docs/openapi.yaml is stale: regenerate it with `make schema` (generated for PostgreSQL)"
     )
 
 
