@@ -4,7 +4,7 @@ from django.db.models import Q, QuerySet
 
 from accounts.models import User
 from accounts.selectors import visible_to
-from delivery.models import App, Delivery, Device, Dispatch, PushContent
+from delivery.models import App, Delivery, Device, Dispatch
 
 
 def apps_visible_to(user: User) -> QuerySet[App]:
@@ -16,10 +16,6 @@ def devices_visible_to(user: User) -> QuerySet[Device]:
     if not user.has_perm("delivery.view_device"):
         return Device.objects.none()
     return Device.objects.filter(app__in=apps_visible_to(user).values("pk"))
-
-
-def pushcontents_visible_to(user: User) -> QuerySet[PushContent]:
-    return visible_to(user, PushContent.objects.all())
 
 
 def dispatches_visible_to(user: User) -> QuerySet[Dispatch]:
