@@ -23,19 +23,23 @@ COLORS = {
 }
 
 
+def duration_text(seconds: int) -> str:
+    """A wait as the marketer typed it: in the largest unit it is a whole number of."""
+    if seconds and seconds % 86400 == 0:
+        return f"{seconds // 86400} day(s)"
+    if seconds and seconds % 3600 == 0:
+        return f"{seconds // 3600} hour(s)"
+    if seconds and seconds % 60 == 0:
+        return f"{seconds // 60} minute(s)"
+    return f"{seconds} s"
+
+
 def _describe(step: dict, names: dict) -> str:
     kind = step.get("type")
     if kind == "wait":
         if "until" in step:
             return f"until {step['until']} (profile's time)"
-        seconds = step.get("seconds", 0)
-        if seconds and seconds % 86400 == 0:
-            return f"{seconds // 86400} day(s)"
-        if seconds and seconds % 3600 == 0:
-            return f"{seconds // 3600} hour(s)"
-        if seconds and seconds % 60 == 0:
-            return f"{seconds // 60} minute(s)"
-        return f"{seconds} s"
+        return duration_text(step.get("seconds", 0))
     if kind == "entry":
         return step.get("text", "")
     if kind == "push":

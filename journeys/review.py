@@ -3,7 +3,7 @@
 from django.utils.html import format_html, format_html_join
 
 from accounts.models import ApprovalRequest, User
-from journeys.diagram import version_svg
+from journeys.diagram import duration_text, version_svg
 from journeys.graph import contents_of
 from journeys.models import Journey, JourneyVersion
 
@@ -15,7 +15,7 @@ def entry_text(version: JourneyVersion) -> str:
         every = f", read again every {version.entry_every_hours} h" if version.entry_every_hours else ", read once"
         text = f"Everyone in '{version.entry_segment}'{every}"
     if version.reentry == JourneyVersion.Reentry.AFTER_WAIT:
-        text += f"; re-entry after {version.reentry_wait_seconds} s"
+        text += f"; re-entry after {duration_text(version.reentry_wait_seconds)}"
     else:
         text += "; a profile enters once"
     return text

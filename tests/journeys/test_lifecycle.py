@@ -6,6 +6,7 @@ import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection
 from django.http import Http404
+from django.utils.html import escape
 
 from accounts.models import ApprovalRequest, AuditEvent
 from accounts.services import TransitionError
@@ -234,3 +235,35 @@ def test_approval_inbox_approves_through_the_registered_subject(make_journey, ma
     assert "Onboarding — version 1" in handler.review_html(journey, request=request, user=approver_bob)
     handler.approve(subject_id=journey.pk, by=approver_bob, comment="")
     assert _reload(journey).status == "live"
+
+
+@pytest.mark.parametrize(
+    ("fields", "entry", "exit_text"),
+    [
+        (
+            {"entry_kind": "event", "entry_segment": None, "entry_event": "signed_up", "reentry": "after_wait"}
+            | {"reentry_wait_seconds": 2 * 86400, "exit_event": "purchased"},
+            "When the event 'signed_up' arrives; re-entry after 2 day(s)",
+            "the event 'purchased'",
+        ),
+        (
+            {"entry_every_hours": 6, "reentry": "after_wait", "reentry_wait_seconds": 90 * 60},
+            "Everyone in 'Everyone', read again every 6 h; re-entry after 90 minute(s)",
+            "none",
+        ),
+        ({}, "Everyone in 'Everyone', read once; a profile enters once", "none"),
+    ],
+    ids=["event-entry", "segment-read-again", "segment-once"],
+)
+def test_the_approver_reads_the_entry_re_entry_and_exit_as_they_were_set(
+    make_journey, manager_alice, approver_bob, fields, entry, exit_text
+):
+    from accounts.approvals import approval_subject_for
+    from accounts.selectors import approvals_waiting_for
+
+    journey = make_journey(**fields)
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    (request,) = approvals_waiting_for(approver_bob)
+    html = approval_subject_for(Journey).review_html(journey, request=request, user=approver_bob)
+    assert f"<tr><th>Entry</th><td>{escape(entry)}</td></tr>" in html
+    assert f"<tr><th>Exit criteria</th><td>{escape(exit_text)}</td></tr>" in html
