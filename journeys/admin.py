@@ -64,6 +64,50 @@ class StepEditorWidget(forms.Textarea):
         return context
 
 
+# The units a duration is typed in, as the step editor's waits are: (seconds, name).
+DURATION_UNITS = ((60, "minutes"), (3600, "hours"), (86400, "days"), (1, "seconds"))
+_MAX_SECONDS = 2**31 - 1  # the column's range (a PositiveIntegerField)
+
+
+class DurationWidget(forms.MultiWidget):
+    """An amount and its unit; a stored duration opens in the largest unit it is a whole number of."""
+
+    def __init__(self, attrs=None):
+        unit = forms.Select(choices=[(str(seconds), name) for seconds, name in DURATION_UNITS])
+        super().__init__((forms.NumberInput(attrs={"min": 0, "class": "vIntegerField"}), unit), attrs)
+
+    def decompress(self, value):
+        if value in (None, ""):
+            return [None, "60"]
+        value = int(value)
+        for seconds in (86400, 3600, 60):
+            if value % seconds == 0:
+                return [value // seconds, str(seconds) if value else "60"]
+        return [value, "1"]
+
+
+class DurationField(forms.MultiValueField):
+    """A duration typed as an amount of minutes, hours, days (or seconds), cleaned to seconds."""
+
+    widget = DurationWidget
+
+    def __init__(self, **kwargs):
+        fields = (
+            forms.IntegerField(min_value=0, error_messages={"min_value": "The amount is 0 or more."}),
+            forms.TypedChoiceField(choices=[(str(s), n) for s, n in DURATION_UNITS], coerce=int),
+        )
+        super().__init__(fields, require_all_fields=True, **kwargs)
+
+    def compress(self, data_list):
+        if not data_list:
+            return 0
+        amount, unit = data_list
+        seconds = (amount or 0) * unit
+        if seconds > _MAX_SECONDS:
+            raise forms.ValidationError(f"At most {_MAX_SECONDS // 86400:,} days.")
+        return seconds
+
+
 class JourneyForm(ConversionFormMixin, forms.ModelForm):
     """The journey and its editable version: entry, re-entry, exit criteria and the steps."""
 
@@ -74,8 +118,8 @@ class JourneyForm(ConversionFormMixin, forms.ModelForm):
     )
     entry_event = forms.CharField(required=False, help_text="Event entry: the event's name, e.g. signed_up.")
     reentry = forms.ChoiceField(choices=JourneyVersion.Reentry.choices, initial="never")
-    reentry_wait_seconds = forms.IntegerField(
-        min_value=0, initial=0, help_text="With re-entry: the least time between entries."
+    reentry_wait_seconds = DurationField(
+        label="Re-entry wait", initial=0, help_text="With re-entry: the least time between two entries of a profile."
     )
     exit_event = forms.CharField(required=False, help_text="An event that ends the journey for the profile (optional).")
     graph = JsonValueFormField(widget=StepEditorWidget, help_text="Build the steps; each error names its step.")

@@ -2,6 +2,7 @@
 enrollment history per profile."""
 
 import json
+import re
 
 import pytest
 
@@ -31,7 +32,8 @@ def _form(team, everyone, graph, **extra):
         "entry_every_hours": 0,
         "entry_event": "",
         "reentry": "never",
-        "reentry_wait_seconds": 0,
+        "reentry_wait_seconds_0": 0,
+        "reentry_wait_seconds_1": 60,
         "exit_event": "",
         "graph": json.dumps(graph),
     }
@@ -49,6 +51,41 @@ def test_manager_builds_a_journey_with_the_step_editor(login, manager_alice, tea
     assert answer.status_code == 302, answer.content[:2000]
     journey = Journey.objects.get(name="Welcome series")
     assert journey.versions.get().graph == graph
+
+
+@pytest.mark.parametrize(("amount", "unit", "seconds"), [(2, "86400", 2 * 86400), (90, "60", 5400), (45, "1", 45)])
+def test_the_re_entry_wait_is_typed_in_minutes_hours_or_days_and_opens_in_its_unit(
+    login, manager_alice, team, everyone, vips, welcome, amount, unit, seconds
+):
+    client = login(manager_alice)
+    graph = simple_graph(condition_segment=vips.pk, content=welcome.pk)
+    data = _form(
+        team, everyone, graph, reentry="after_wait", reentry_wait_seconds_0=amount, reentry_wait_seconds_1=unit
+    )
+    answer = client.post("/admin/journeys/journey/add/", data)
+    assert answer.status_code == 302, answer.content[:2000]
+    journey = Journey.objects.get(name="Welcome series")
+    assert journey.versions.get().reentry_wait_seconds == seconds
+    # 90 minutes open as 90 minutes, not 1.5 hours; 2 days as 2 days.
+    page = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert re.search(rf'name="reentry_wait_seconds_0" value="{amount}"', page)
+    units = page.split('name="reentry_wait_seconds_1"', 1)[1].split("</select>", 1)[0]
+    assert re.findall(r'<option value="(\d+)" selected>', units) == [unit]
+
+
+@pytest.mark.parametrize(
+    ("amount", "message"), [(-1, "The amount is 0 or more."), (10**9, "At most 24,855 days."), ("", "required")]
+)
+def test_a_re_entry_wait_out_of_range_is_refused_on_the_form(login, manager_alice, team, everyone, amount, message):
+    client = login(manager_alice)
+    graph = {"steps": [{"id": "end", "type": "exit"}]}
+    data = _form(
+        team, everyone, graph, reentry="after_wait", reentry_wait_seconds_0=amount, reentry_wait_seconds_1="86400"
+    )
+    answer = client.post("/admin/journeys/journey/add/", data)
+    assert answer.status_code == 200
+    assert message in " ".join(answer.context["adminform"].form.errors["reentry_wait_seconds"])
+    assert not Journey.objects.exists()
 
 
 def test_invalid_steps_are_shown_on_the_form_naming_the_step(login, manager_alice, team, everyone):
