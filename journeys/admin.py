@@ -29,6 +29,7 @@ from journeys.selectors import (
 )
 from journeys.services.conversions import journey_conversion_set
 from journeys.services.lifecycle import (
+    MAX_WHOLE_NUMBER,
     VERSION_FIELDS,
     journey_archive,
     journey_cancel_request,
@@ -66,7 +67,6 @@ class StepEditorWidget(forms.Textarea):
 
 # The units a duration is typed in, as the step editor's waits are: (seconds, name).
 DURATION_UNITS = ((60, "minutes"), (3600, "hours"), (86400, "days"), (1, "seconds"))
-_MAX_SECONDS = 2**31 - 1  # the column's range (a PositiveIntegerField)
 
 
 class DurationWidget(forms.MultiWidget):
@@ -103,8 +103,8 @@ class DurationField(forms.MultiValueField):
             return 0
         amount, unit = data_list
         seconds = (amount or 0) * unit
-        if seconds > _MAX_SECONDS:
-            raise forms.ValidationError(f"At most {_MAX_SECONDS // 86400:,} days.")
+        if seconds > MAX_WHOLE_NUMBER:
+            raise forms.ValidationError(f"At most {MAX_WHOLE_NUMBER // 86400:,} days.")
         return seconds
 
 
@@ -114,7 +114,10 @@ class JourneyForm(ConversionFormMixin, forms.ModelForm):
     entry_kind = forms.ChoiceField(choices=JourneyVersion.EntryKind.choices, initial="segment")
     entry_segment = forms.ModelChoiceField(queryset=None, required=False, help_text="Segment entry: who enters.")
     entry_every_hours = forms.IntegerField(
-        min_value=0, initial=0, help_text="Segment entry: 0 reads the segment once; N reads it again every N hours."
+        min_value=0,
+        max_value=MAX_WHOLE_NUMBER,
+        initial=0,
+        help_text="Segment entry: 0 reads the segment once; N reads it again every N hours.",
     )
     entry_event = forms.CharField(required=False, help_text="Event entry: the event's name, e.g. signed_up.")
     reentry = forms.ChoiceField(choices=JourneyVersion.Reentry.choices, initial="never")

@@ -31,6 +31,7 @@ from journeys.models import Enrollment, Journey, JourneyVersion
 
 Status = Journey.Status
 VStatus = JourneyVersion.Status
+MAX_WHOLE_NUMBER = 2**31 - 1  # the range of the version's whole-number columns
 EStatus = Enrollment.Status
 
 VERSION_FIELDS = (
@@ -107,10 +108,14 @@ def _validate_version(version: JourneyVersion, *, by: User | None) -> None:
             errors["entry_event"] = "An event entry needs the event's name."
     else:
         errors["entry_kind"] = f"Use one of {', '.join(JourneyVersion.EntryKind.values)}."
+    if not 0 <= version.entry_every_hours <= MAX_WHOLE_NUMBER:
+        errors["entry_every_hours"] = f"Between 0 and {MAX_WHOLE_NUMBER:,} hours."
     if version.reentry not in JourneyVersion.Reentry.values:
         errors["reentry"] = f"Use one of {', '.join(JourneyVersion.Reentry.values)}."
     elif version.reentry == JourneyVersion.Reentry.AFTER_WAIT and version.reentry_wait_seconds < 0:
         errors["reentry_wait_seconds"] = "The re-entry wait is 0 seconds or more."
+    if version.reentry_wait_seconds > MAX_WHOLE_NUMBER:
+        errors["reentry_wait_seconds"] = f"The re-entry wait is at most {MAX_WHOLE_NUMBER // 86400:,} days."
     if errors:
         raise ValidationError(errors)
     graph_validate(version.graph, **version_reference_checks(app_id=version.journey.app_id, by=by))

@@ -88,6 +88,15 @@ def test_a_re_entry_wait_out_of_range_is_refused_on_the_form(login, manager_alic
     assert not Journey.objects.exists()
 
 
+def test_a_segment_read_again_too_rarely_is_refused_on_the_form(login, manager_alice, team, everyone):
+    client = login(manager_alice)
+    data = _form(team, everyone, {"steps": [{"id": "end", "type": "exit"}]}, entry_every_hours=10**12)
+    answer = client.post("/admin/journeys/journey/add/", data)
+    assert answer.status_code == 200
+    assert answer.context["adminform"].form.errors["entry_every_hours"]
+    assert not Journey.objects.exists()
+
+
 def test_invalid_steps_are_shown_on_the_form_naming_the_step(login, manager_alice, team, everyone):
     client = login(manager_alice)
     graph = {

@@ -267,3 +267,18 @@ def test_the_approver_reads_the_entry_re_entry_and_exit_as_they_were_set(
     html = approval_subject_for(Journey).review_html(journey, request=request, user=approver_bob)
     assert f"<tr><th>Entry</th><td>{escape(entry)}</td></tr>" in html
     assert f"<tr><th>Exit criteria</th><td>{escape(exit_text)}</td></tr>" in html
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"entry_every_hours": 2**31}, "entry_every_hours"),
+        ({"reentry": "after_wait", "reentry_wait_seconds": 2**31}, "reentry_wait_seconds"),
+        ({"reentry": "never", "reentry_wait_seconds": 10**12}, "reentry_wait_seconds"),
+    ],
+)
+def test_a_whole_number_past_its_column_is_refused_naming_it_and_nothing_is_written(make_journey, fields, field):
+    with pytest.raises(ValidationError) as refused:
+        make_journey(**fields)
+    assert field in refused.value.message_dict
+    assert not Journey.objects.exists()
