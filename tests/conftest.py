@@ -31,15 +31,19 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker):
     """pytest-django's test database, which it drops at the end: first the sessions still open on
-    it from processes or threads the tests started (one shutting down as the last test ends) are
-    given ten seconds to close, then closed, so the drop does not fail and leave the database."""
+    it from processes or threads the tests started (one shutting down as the last test ends, or a
+    finished thread's connection that only the garbage collector closes) are given ten seconds to
+    close, then closed, so the drop does not fail and leave the database."""
     yield
     from django.db import connection
 
     if connection.vendor != "postgresql":
         return
+    import gc
     import time
     import warnings
+
+    gc.collect()
 
     query = "SELECT {} FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
     with django_db_blocker.unblock(), connection.cursor() as cursor:
