@@ -1,0 +1,108 @@
+"""Hostile numbers on every admin form: each number input of every add and change page the world
+reaches, sent past its range, as an overflowing float and negative, answers the form again (or a
+redirect once saved), never a 500."""
+
+from html.parser import HTMLParser
+
+import pytest
+from django.contrib import admin
+from django.urls import reverse
+
+HOSTILE = ["9" * 30, "1e400", "-99999999999", "nan"]
+
+
+class _Form(HTMLParser):
+    """The form of an admin page as a browser would post it: every named field's value, and which
+    of them are number inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.data: dict[str, list[str]] = {}
+        self.numbers: set[str] = set()
+        self._select = None
+        self._textarea = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        name = attrs.get("name")
+        if tag == "input" and name:
+            kind = attrs.get("type", "text")
+            if kind in ("submit", "button", "file", "image"):
+                return
+            if kind in ("checkbox", "radio") and "checked" not in attrs:
+                return
+            self.data.setdefault(name, []).append(attrs.get("value", "on" if kind == "checkbox" else ""))
+            if kind == "number":
+                self.numbers.add(name)
+        elif tag == "select" and name:
+            self._select = name
+            self.data.setdefault(name, [])
+        elif tag == "option" and self._select and "selected" in attrs:
+            self.data[self._select].append(attrs.get("value", ""))
+        elif tag == "textarea" and name:
+            self._textarea = name
+            self.data[name] = [""]
+
+    def handle_data(self, data):
+        if self._textarea:
+            self.data[self._textarea][0] += data
+
+    def handle_endtag(self, tag):
+        if tag == "select":
+            self._select = None
+        elif tag == "textarea":
+            self._textarea = None
+
+
+def _form_pages(world):
+    """(model label, add url, change url or None) of every registered admin."""
+    for model in admin.site._registry:
+        prefix = f"admin:{model._meta.app_label}_{model._meta.model_name}"
+        obj = world.get(model._meta.label_lower)
+        change = reverse(f"{prefix}_change", args=[obj.pk]) if obj is not None else None
+        yield model._meta.label_lower, reverse(f"{prefix}_add"), change
+
+
+def _saved(answer) -> bool:
+    return answer.status_code == 302
+
+
+def _read(client, url) -> _Form | None:
+    page = client.get(url)
+    if page.status_code != 200:
+        return None
+    form = _Form()
+    form.feed(page.content.decode())
+    return form
+
+
+@pytest.mark.slow
+def test_every_number_input_of_every_admin_form_takes_hostile_numbers_without_a_500(client, world, admin_erin):
+    """Each form is posted with the values its page shows (an add page, the values of the world's
+    object where there is one). Where those save as they are, a hostile number that is refused was
+    refused by its own field's check, not by another's."""
+    client.force_login(admin_erin)
+    probed, failures, checked_alone = [], {}, set()
+    for label, add_url, change_url in _form_pages(world):
+        shown = _read(client, change_url) if change_url else None
+        if shown is None or not shown.numbers:  # no object, or one its state makes read-only
+            shown, change_url = _read(client, add_url), None
+        if shown is None:
+            continue
+        for url in filter(None, (change_url, add_url)):
+            for name in sorted(shown.numbers):
+                for value in HOSTILE:
+                    answer = client.post(url, {**shown.data, name: [value]})
+                    if answer.status_code >= 500 or _saved(answer):
+                        failures[f"{url} {name}={value}"] = answer.status_code
+                probed.append((label, url, name))
+            if shown.numbers and _saved(client.post(url, shown.data)):
+                checked_alone.add(url)
+    assert not failures, failures
+    assert len(probed) > 20, probed
+    # The forms whose own values save: there, each refusal above is the number's own.
+    assert checked_alone >= {
+        f"/admin/delivery/app/{world['delivery.app'].pk}/change/",
+        "/admin/delivery/pushcontent/add/",
+        f"/admin/journeys/journey/{world['journeys.journey'].pk}/change/",
+    }, checked_alone
