@@ -1,6 +1,6 @@
-"""Hostile numbers on every admin form: each number input of every add and change page the world
-reaches, sent past its range, as an overflowing float and negative, answers the form again (or a
-redirect once saved), never a 500."""
+"""Hostile input on every admin form: each number input of every add and change page the world
+reaches, sent past its range, as an overflowing float, negative and as NaN, and each text input
+with a NUL, answers the form again with its error: never a 500, never a save."""
 
 from html.parser import HTMLParser
 
@@ -19,6 +19,7 @@ class _Form(HTMLParser):
         super().__init__()
         self.data: dict[str, list[str]] = {}
         self.numbers: set[str] = set()
+        self.texts: set[str] = set()
         self._select = None
         self._textarea = None
 
@@ -34,6 +35,8 @@ class _Form(HTMLParser):
             self.data.setdefault(name, []).append(attrs.get("value", "on" if kind == "checkbox" else ""))
             if kind == "number":
                 self.numbers.add(name)
+            elif kind in ("text", "url", "email", "search") and "__prefix__" not in name:
+                self.texts.add(name)
         elif tag == "select" and name:
             self._select = name
             self.data.setdefault(name, [])
@@ -42,6 +45,8 @@ class _Form(HTMLParser):
         elif tag == "textarea" and name:
             self._textarea = name
             self.data[name] = [""]
+            if "__prefix__" not in name:
+                self.texts.add(name)
 
     def handle_data(self, data):
         if self._textarea:
@@ -106,3 +111,25 @@ def test_every_number_input_of_every_admin_form_takes_hostile_numbers_without_a_
         "/admin/delivery/pushcontent/add/",
         f"/admin/journeys/journey/{world['journeys.journey'].pk}/change/",
     }, checked_alone
+
+
+@pytest.mark.slow
+def test_every_text_input_of_every_admin_form_takes_a_nul_without_a_500(client, world, admin_erin):
+    """PostgreSQL stores no NUL in text: each text field and text area gets one, answered by the
+    form, never a 500 or a save."""
+    client.force_login(admin_erin)
+    probed, failures = [], {}
+    for label, add_url, change_url in _form_pages(world):
+        shown = _read(client, change_url) if change_url else None
+        if shown is None or not shown.texts:
+            shown, change_url = _read(client, add_url), None
+        if shown is None:
+            continue
+        url = change_url or add_url
+        for name in sorted(shown.texts):
+            answer = client.post(url, {**shown.data, name: ["a\x00b"]})
+            if answer.status_code >= 500 or _saved(answer):
+                failures[f"{url} {name}"] = answer.status_code
+            probed.append((label, name))
+    assert not failures, failures
+    assert len(probed) > 40, probed
