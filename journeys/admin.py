@@ -120,7 +120,7 @@ class JourneyForm(ConversionFormMixin, forms.ModelForm):
         help_text="Segment entry: 0 reads the segment once; N reads it again every N hours.",
     )
     entry_event = forms.CharField(required=False, help_text="Event entry: the event's name, e.g. signed_up.")
-    reentry = forms.ChoiceField(choices=JourneyVersion.Reentry.choices, initial="never")
+    reentry = forms.ChoiceField(label="Re-entry", choices=JourneyVersion.Reentry.choices, initial="never")
     reentry_wait_seconds = DurationField(
         label="Re-entry wait", initial=0, help_text="With re-entry: the least time between two entries of a profile."
     )

@@ -106,11 +106,18 @@ def test_manager_types_journey_waits_in_minutes_hours_and_days(login, page, live
         row.locator("input.wait-amount").fill(amount)
         row.locator("input.wait-amount").dispatch_event("change")
         row.locator("select.next-select").select_option(following)
+    # The re-entry wait is typed the same way: an amount and a unit.
+    page.select_option("#id_reentry", "after_wait")
+    page.fill("#id_reentry_wait_seconds_0", "3")
+    page.select_option("#id_reentry_wait_seconds_1", "3600")
     page.click("input[name=_continue]")
     journey = Journey.objects.get(name="Slow drip")
     page.wait_for_url(f"**/admin/journeys/journey/{journey.pk}/change/**")
     seconds = {s["id"]: s.get("seconds") for s in journey.versions.get().graph["steps"] if s["type"] == "wait"}
     assert seconds == {"wait2": 15 * 60, "wait3": 2 * 3600, "wait4": 3 * 86400}
+    assert journey.versions.get().reentry_wait_seconds == 3 * 3600
+    assert page.input_value("#id_reentry_wait_seconds_0") == "3"
+    assert page.input_value("#id_reentry_wait_seconds_1") == "3600"
 
     # Opened again, each wait reads in its own unit, in the editor and in the drawing.
     for step, (amount, unit, _) in waits.items():
