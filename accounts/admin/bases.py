@@ -2,7 +2,9 @@
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import NotRelationField, get_fields_from_path
+from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import FieldDoesNotExist, PermissionDenied, ValidationError
@@ -177,6 +179,25 @@ class AdminAuditMixin:
         return super().log_deletions(request, queryset)
 
 
+class BoundedDateChangeList(ChangeList):
+    """A change list whose date hierarchy refuses a day it cannot step past (a year outside 1 to
+    9998, or one too long to be a number) as it refuses an unknown filter (``?e=1``): Django
+    builds the next year or month from it unchecked, and the overflow answered 500."""
+
+    def get_filters(self, request):
+        if self.date_hierarchy:
+            year = self.params.get(f"{self.date_hierarchy}__year")
+            for value in year if isinstance(year, list) else [year]:
+                if value is not None and not (str(value).isdigit() and 1 <= int(str(value)[:6]) <= 9998):
+                    raise IncorrectLookupParameters(f"No year {str(value)[:20]} in the calendar.")
+            for part in ("month", "day"):
+                value = self.params.get(f"{self.date_hierarchy}__{part}")
+                for one in value if isinstance(value, list) else [value]:
+                    if one is not None and not (str(one).isdigit() and len(str(one)) <= 2):
+                        raise IncorrectLookupParameters(f"No {part} {str(one)[:20]} in the calendar.")
+        return super().get_filters(request)
+
+
 class AccessAdmin(AdminAuditMixin, admin.ModelAdmin):
     """An admin whose object pages answer 404 for an object outside ``get_queryset``, before any permission check.
 
@@ -187,6 +208,9 @@ class AccessAdmin(AdminAuditMixin, admin.ModelAdmin):
     """
 
     formfield_overrides = {models.JSONField: {"form_class": JsonValueFormField}}
+
+    def get_changelist(self, request, **kwargs):
+        return BoundedDateChangeList
 
     def get_list_filter(self, request):
         filters = []
