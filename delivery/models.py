@@ -235,7 +235,8 @@ class PushContent(models.Model):
             "image_url": self.image_url,
             "tap_action": self.tap_action,
             "tap_url": self.tap_url,
-            "data": dict(self.data or {}),
+            # A copy of each object (a value of another type is kept for spec_validate to refuse).
+            "data": dict(self.data) if isinstance(self.data, dict) else (self.data or {}),
             "ios": {
                 "sound": self.ios_sound,
                 "badge": self.ios_badge,
@@ -254,7 +255,7 @@ class PushContent(models.Model):
             "ttl_seconds": self.ttl_seconds,
             "collapse_key": self.collapse_key,
             "default_locale": self.default_locale,
-            "variants": dict(self.variants or {}),
+            "variants": dict(self.variants) if isinstance(self.variants, dict) else (self.variants or {}),
         }
 
     def fingerprint(self) -> str:

@@ -20,6 +20,7 @@ from accounts.selectors import (
     policy_approver_problems,
 )
 from accounts.services import (
+    TransitionError,
     approval_policy_activate,
     approval_policy_deactivate,
     audit,
@@ -233,10 +234,16 @@ class ApprovalRequestAdmin(AccessAdmin):
             raise Http404("Nothing can review this kind of object.")
         subject = approval.subject
         allowed, reason = approver_standing(request.user, approval)
+        if request.method == "POST" and not allowed:
+            raise PermissionDenied(reason)
+        decided = approval.status != ApprovalRequest.Status.PENDING
+        if decided and allowed:
+            # A decision sent from a page left open after it was decided (by this approver, or
+            # another) changes nothing and says why, as the page now does.
+            status = approval.get_status_display().lower()
+            allowed, reason = False, f"This request is {status}: nothing is left to decide."
         form = ApprovalDecisionForm(request.POST or None)
-        if request.method == "POST":
-            if not allowed:
-                raise PermissionDenied(reason)
+        if request.method == "POST" and not decided:
             if form.is_valid():
                 comment = form.cleaned_data["comment"]
                 try:
@@ -254,6 +261,8 @@ class ApprovalRequestAdmin(AccessAdmin):
                         raise PermissionDenied("Choose approve or request changes.")
                 except ValidationError as exc:
                     form.add_error(None, exc)
+                except TransitionError as exc:  # decided, or its subject moved, since this request was read
+                    form.add_error(None, str(exc))
                 else:
                     return HttpResponseRedirect(reverse("admin:accounts_approvalrequest_changelist"))
         context = {

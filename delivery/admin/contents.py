@@ -43,6 +43,14 @@ _ANDROID_CARD = (
 _current = threading.local()
 
 
+def _json_object(value, message: str):
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationError(message)
+    return value
+
+
 def _previews_html(content: PushContent, profile: dict | None, context: dict) -> str:
     """iOS and Android lock-screen mock-ups of the content rendered for one profile."""
     return _spec_previews_html(
@@ -197,6 +205,14 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         form_class = super().get_form(request, obj, change=change, **kwargs)
 
         class ValidatingForm(form_class):
+            # An object or nothing (a number or a list is refused here, before the content
+            # takes it, so the page shown again previews the content as saved).
+            def clean_data(self):
+                return _json_object(self.cleaned_data.get("data"), "Custom data must map keys to strings.")
+
+            def clean_variants(self):
+                return _json_object(self.cleaned_data.get("variants"), "Variants must be an object of locale → texts.")
+
             def _post_clean(self):
                 super()._post_clean()
                 if self.errors:

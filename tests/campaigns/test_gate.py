@@ -92,6 +92,31 @@ def test_approver_approves_from_the_inbox(client, make_campaign, manager_alice, 
     assert campaign.status == "live"
 
 
+@pytest.mark.parametrize("second", ["_approve", "_request_changes"])
+def test_a_decision_sent_again_from_a_page_left_open_changes_nothing_and_says_why(
+    client, make_campaign, manager_alice, approver_bob, second
+):
+    """A double click, or a second approver's page open since before the first decided: the
+    page again with the request's status (it answered 500 once the campaign was live)."""
+    from accounts.models import ApprovalRequest, AuditEvent
+
+    campaign = make_campaign(kind="api_triggered", segment=None)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    request = ApprovalRequest.objects.get()
+    client.force_login(approver_bob)
+    url = f"/admin/accounts/approvalrequest/{request.pk}/review/"
+    assert client.post(url, {"_approve": "1", "comment": "ok"}).status_code == 302
+    events = AuditEvent.objects.count()
+    again = client.post(url, {second: "1", "comment": "once more"})
+    assert again.status_code == 200
+    assert b"This request is approved: nothing is left to decide." in again.content
+    assert b"Approve and activate" not in again.content
+    campaign.refresh_from_db()
+    request.refresh_from_db()
+    assert (campaign.status, request.status, request.comment) == ("live", "approved", "ok")
+    assert AuditEvent.objects.count() == events
+
+
 def test_forged_transition_post_by_a_viewer_is_refused(client, make_campaign, viewer_carol):
     campaign = make_campaign()
     client.force_login(viewer_carol)

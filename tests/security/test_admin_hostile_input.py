@@ -165,3 +165,37 @@ def test_every_changelist_answers_hostile_query_values_without_a_500(client, wor
                 assert answer.url.endswith("?e=1"), (query, answer.url)  # an unknown filter, said so
     assert not failures, failures
     assert sent > 250, sent
+
+
+@pytest.mark.parametrize("field", ["variants", "data"])
+@pytest.mark.parametrize("value", ["-1", "[1, 2]", '"text"', "9" * 30])
+def test_content_variants_or_data_that_are_not_an_object_are_refused_on_the_form(
+    client, world, manager_alice, field, value
+):
+    """Valid JSON of another type is refused by its field, and the page shown again previews the
+    content as it was saved (a number reached the previews, and the service, and answered 500)."""
+    content = world["delivery.pushcontent"]
+    saved = getattr(content, field)
+    client.force_login(manager_alice)
+    url = reverse("admin:delivery_pushcontent_change", args=[content.pk])
+    shown = _read(client, url)
+    answer = client.post(url, {**shown.data, field: [value]})
+    assert answer.status_code == 200
+    assert answer.context["adminform"].form.errors[field]
+    assert "content-previews" in answer.content.decode()
+    content.refresh_from_db()
+    assert getattr(content, field) == saved
+
+
+@pytest.mark.parametrize("field", ["variants", "data"])
+def test_the_content_service_refuses_variants_or_data_that_are_not_an_object(world, manager_alice, field):
+    from django.core.exceptions import ValidationError
+
+    from delivery.models import PushContent
+    from delivery.services.contents import pushcontent_save
+
+    content = PushContent(app=world["delivery.app"], name="Odd", title="Hi", body="Body", **{field: -1})
+    with pytest.raises(ValidationError) as refused:
+        pushcontent_save(content=content, by=manager_alice)
+    assert field in refused.value.message_dict
+    assert not PushContent.objects.filter(name="Odd").exists()
