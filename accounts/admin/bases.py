@@ -2,6 +2,7 @@
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import NotRelationField, get_fields_from_path
 from django.contrib.admin.views.main import ChangeList
@@ -211,6 +212,18 @@ class AccessAdmin(AdminAuditMixin, admin.ModelAdmin):
 
     def get_changelist(self, request, **kwargs):
         return BoundedDateChangeList
+
+    def response_action(self, request, queryset):
+        """An action's selection is ids: one that is not (a forged POST) is refused with a message,
+        as an empty selection is, before Django filters by it (a ValueError, a 500)."""
+        selected = request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
+        try:
+            for value in selected:
+                self.model._meta.pk.to_python(value)
+        except ValidationError:
+            self.message_user(request, "Items are selected by their ids: nothing was done.", messages.WARNING)
+            return HttpResponseRedirect(request.get_full_path())
+        return super().response_action(request, queryset)
 
     def get_list_filter(self, request):
         filters = []

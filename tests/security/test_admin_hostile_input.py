@@ -199,3 +199,32 @@ def test_the_content_service_refuses_variants_or_data_that_are_not_an_object(wor
         pushcontent_save(content=content, by=manager_alice)
     assert field in refused.value.message_dict
     assert not PushContent.objects.filter(name="Odd").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("who", ["admin_erin", "manager_alice"])
+def test_every_list_action_sent_ids_that_are_not_ids_changes_nothing_without_a_500(client, world, request, who):
+    """A forged action POST: each action a change list offers, its selection a word, a NUL, a
+    negative or a number past any column (alone or beside a real id)."""
+    from accounts.models import AuditEvent
+
+    client.force_login(request.getfixturevalue(who))
+    failures, sent = {}, 0
+    for model in admin.site._registry:
+        url = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist")
+        page = client.get(url)
+        if page.status_code != 200 or not (page.context or {}).get("action_form"):
+            continue
+        actions = [value for value, _ in page.context["action_form"].fields["action"].choices if value]
+        obj = world.get(model._meta.label_lower)
+        for action in actions:
+            for selected in (["abc"], ["a\x00"], ["-1"], ["9" * 30], [str(obj.pk if obj else 1), "x"]):
+                events = AuditEvent.objects.count()
+                answer = client.post(url, {"action": action, "_selected_action": selected, "index": "0"})
+                sent += 1
+                if answer.status_code >= 500:
+                    failures[f"{url} {action} {selected}"] = answer.status_code
+                elif any(not v.lstrip("-").isdigit() for v in selected) and AuditEvent.objects.count() != events:
+                    failures[f"{url} {action} {selected}"] = "acted"
+    assert not failures, failures
+    assert sent > 50, sent
