@@ -189,7 +189,7 @@ class BoundedDateChangeList(ChangeList):
         if self.date_hierarchy:
             year = self.params.get(f"{self.date_hierarchy}__year")
             for value in year if isinstance(year, list) else [year]:
-                if value is not None and not (str(value).isdigit() and 1 <= int(str(value)[:6]) <= 9998):
+                if value is not None and not (str(value).isdigit() and len(value) <= 4 and 1 <= int(value) <= 9998):
                     raise IncorrectLookupParameters(f"No year {str(value)[:20]} in the calendar.")
             for part in ("month", "day"):
                 value = self.params.get(f"{self.date_hierarchy}__{part}")
