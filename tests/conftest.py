@@ -3,6 +3,7 @@
 import os
 
 import pytest
+from django.db.backends.signals import connection_created
 from rest_framework.test import APIClient
 
 from tests.factories import UserFactory
@@ -26,6 +27,18 @@ def pytest_configure(config):
 
     Conf.SYNC = True
     install()  # transactional tests' flush: delete rows instead of TRUNCATE (tests/flush.py)
+    connection_created.connect(_name_the_session, dispatch_uid="tests-session-name")
+
+
+def _name_the_session(sender, connection, **kwargs):
+    """Each PostgreSQL session of the test process is named after its thread, so that one left
+    open at the end (see ``django_db_setup``) says whose it is."""
+    import threading
+
+    if connection.vendor == "postgresql":  # on the driver's connection: no query a test counts
+        connection.connection.execute(
+            "SELECT set_config('application_name', %s, false)", [threading.current_thread().name[:60]]
+        )
 
 
 @pytest.fixture(scope="session")
