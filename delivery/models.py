@@ -156,6 +156,12 @@ class Device(models.Model):
         return f"{self.get_platform_display()} …{self.token[-8:]}"
 
 
+def _object_copy(value):
+    """A content's JSON object as its spec keeps it: a copy, or {} for none; a value of another
+    type (a number, a list) is kept as it is, for ``spec_validate`` to refuse."""
+    return dict(value) if isinstance(value, dict) else (value or {})
+
+
 class PushContent(models.Model):
     """A push message as authored: texts (Liquid), tap action, options per platform, locale variants.
 
@@ -235,8 +241,7 @@ class PushContent(models.Model):
             "image_url": self.image_url,
             "tap_action": self.tap_action,
             "tap_url": self.tap_url,
-            # A copy of each object (a value of another type is kept for spec_validate to refuse).
-            "data": dict(self.data) if isinstance(self.data, dict) else (self.data or {}),
+            "data": _object_copy(self.data),
             "ios": {
                 "sound": self.ios_sound,
                 "badge": self.ios_badge,
@@ -255,7 +260,7 @@ class PushContent(models.Model):
             "ttl_seconds": self.ttl_seconds,
             "collapse_key": self.collapse_key,
             "default_locale": self.default_locale,
-            "variants": dict(self.variants) if isinstance(self.variants, dict) else (self.variants or {}),
+            "variants": _object_copy(self.variants),
         }
 
     def fingerprint(self) -> str:

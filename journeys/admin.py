@@ -14,7 +14,7 @@ from accounts.json_values import JsonValueFormField
 from accounts.selectors import approval_current, visible_to
 from accounts.services import TransitionError
 from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
-from journeys.diagram import version_svg
+from journeys.diagram import WAIT_UNITS, duration_parts, version_svg
 from journeys.graph import GraphInvalid, graph_validate
 from journeys.models import Enrollment, Journey, JourneyVersion
 from journeys.review import content_names, entry_text
@@ -65,36 +65,33 @@ class StepEditorWidget(forms.Textarea):
         return context
 
 
-# The units a duration is typed in, as the step editor's waits are: (seconds, name).
-DURATION_UNITS = ((60, "minutes"), (3600, "hours"), (86400, "days"), (1, "seconds"))
+# The wait units as the form offers them: minutes (a new wait's), hours, days, then seconds.
+_UNIT_CHOICES = [(str(unit), typed) for unit, typed, _ in sorted(WAIT_UNITS, key=lambda u: (u[0] == 1, u[0]))]
 
 
-class DurationWidget(forms.MultiWidget):
-    """An amount and its unit; a stored duration opens in the largest unit it is a whole number of."""
+class WaitWidget(forms.MultiWidget):
+    """An amount and its unit; a stored wait opens as ``duration_parts`` reads it (none: 0 minutes)."""
 
     def __init__(self, attrs=None):
-        unit = forms.Select(choices=[(str(seconds), name) for seconds, name in DURATION_UNITS])
-        super().__init__((forms.NumberInput(attrs={"min": 0, "class": "vIntegerField"}), unit), attrs)
+        amount = forms.NumberInput(attrs={"min": 0, "class": "vIntegerField"})
+        super().__init__((amount, forms.Select(choices=_UNIT_CHOICES)), attrs)
 
     def decompress(self, value):
         if value in (None, ""):
             return [None, "60"]
-        value = int(value)
-        for seconds in (86400, 3600, 60):
-            if value % seconds == 0:
-                return [value // seconds, str(seconds) if value else "60"]
-        return [value, "1"]
+        amount, unit = duration_parts(int(value))
+        return [amount, str(unit) if amount else "60"]
 
 
-class DurationField(forms.MultiValueField):
-    """A duration typed as an amount of minutes, hours, days (or seconds), cleaned to seconds."""
+class WaitField(forms.MultiValueField):
+    """A wait typed as an amount of minutes, hours, days (or seconds), cleaned to seconds."""
 
-    widget = DurationWidget
+    widget = WaitWidget
 
     def __init__(self, **kwargs):
         fields = (
             forms.IntegerField(min_value=0, error_messages={"min_value": "The amount is 0 or more."}),
-            forms.TypedChoiceField(choices=[(str(s), n) for s, n in DURATION_UNITS], coerce=int),
+            forms.TypedChoiceField(choices=_UNIT_CHOICES, coerce=int),
         )
         super().__init__(fields, require_all_fields=True, **kwargs)
 
@@ -121,7 +118,7 @@ class JourneyForm(ConversionFormMixin, forms.ModelForm):
     )
     entry_event = forms.CharField(required=False, help_text="Event entry: the event's name, e.g. signed_up.")
     reentry = forms.ChoiceField(label="Re-entry", choices=JourneyVersion.Reentry.choices, initial="never")
-    reentry_wait_seconds = DurationField(
+    reentry_wait_seconds = WaitField(
         label="Re-entry wait", initial=0, help_text="With re-entry: the least time between two entries of a profile."
     )
     exit_event = forms.CharField(required=False, help_text="An event that ends the journey for the profile (optional).")

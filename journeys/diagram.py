@@ -23,15 +23,20 @@ COLORS = {
 }
 
 
+# The units a wait is typed and shown in, largest first: (seconds, as typed, as shown).
+WAIT_UNITS = ((86400, "days", "day(s)"), (3600, "hours", "hour(s)"), (60, "minutes", "minute(s)"), (1, "seconds", "s"))
+
+
+def duration_parts(seconds: int) -> tuple[int, int]:
+    """A wait as (amount, unit in seconds), in the largest unit it is a whole number of: as the
+    marketer typed it (no wait at all reads as 0 seconds)."""
+    unit = next(unit for unit, _, _ in WAIT_UNITS if seconds % unit == 0) if seconds else 1
+    return seconds // unit, unit
+
+
 def duration_text(seconds: int) -> str:
-    """A wait as the marketer typed it: in the largest unit it is a whole number of."""
-    if seconds and seconds % 86400 == 0:
-        return f"{seconds // 86400} day(s)"
-    if seconds and seconds % 3600 == 0:
-        return f"{seconds // 3600} hour(s)"
-    if seconds and seconds % 60 == 0:
-        return f"{seconds // 60} minute(s)"
-    return f"{seconds} s"
+    amount, unit = duration_parts(seconds)
+    return f"{amount} {next(shown for u, _, shown in WAIT_UNITS if u == unit)}"
 
 
 def _describe(step: dict, names: dict) -> str:

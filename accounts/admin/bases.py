@@ -187,15 +187,11 @@ class BoundedDateChangeList(ChangeList):
 
     def get_filters(self, request):
         if self.date_hierarchy:
-            year = self.params.get(f"{self.date_hierarchy}__year")
-            for value in year if isinstance(year, list) else [year]:
-                if value is not None and not (str(value).isdigit() and len(value) <= 4 and 1 <= int(value) <= 9998):
-                    raise IncorrectLookupParameters(f"No year {str(value)[:20]} in the calendar.")
-            for part in ("month", "day"):
+            # (part, its most digits, its highest value): Django checks the rest of the date.
+            for part, digits, highest in (("year", 4, 9998), ("month", 2, 99), ("day", 2, 99)):
                 value = self.params.get(f"{self.date_hierarchy}__{part}")
-                for one in value if isinstance(value, list) else [value]:
-                    if one is not None and not (str(one).isdigit() and len(str(one)) <= 2):
-                        raise IncorrectLookupParameters(f"No {part} {str(one)[:20]} in the calendar.")
+                if value is not None and not (value.isdigit() and len(value) <= digits and 1 <= int(value) <= highest):
+                    raise IncorrectLookupParameters(f"No {part} {value[:20]} in the calendar.")
         return super().get_filters(request)
 
 
