@@ -235,6 +235,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
                     "segments": [{"id": s.pk, "name": s.name} for s in segments[:500]],
                     "contents": [{"id": c.pk, "name": f"{c.name} ({c.app.name})"} for c in contents[:500]],
                     "rules": builder_meta(request.user),
+                    "wait_units": [[str(unit), typed] for unit, typed in _UNIT_CHOICES],
                 }
                 self.fields["graph"].widget = StepEditorWidget(meta=meta)
                 version = shown

@@ -93,12 +93,13 @@ def test_manager_types_journey_waits_in_minutes_hours_and_days(login, page, live
     page.fill("#id_name", "Slow drip")
     page.select_option("#id_app", str(pushsim_app.pk))
     page.select_option("#id_entry_segment", str(segment.pk))
-    for _ in range(3):
+    for _ in range(4):
         page.click(".step-editor button.add-wait")
     waits = {
         "wait2": ("15", "60", "wait3"),  # 15 minutes
         "wait3": ("2", "3600", "wait4"),  # 2 hours
-        "wait4": ("3", "86400", "end"),  # 3 days
+        "wait4": ("3", "86400", "wait5"),  # 3 days
+        "wait5": ("90", "1", "end"),  # 90 seconds: no larger unit divides it
     }
     for step, (amount, unit, following) in waits.items():
         row = page.locator(f".step-editor .step-row[data-step={step}]")
@@ -114,7 +115,7 @@ def test_manager_types_journey_waits_in_minutes_hours_and_days(login, page, live
     journey = Journey.objects.get(name="Slow drip")
     page.wait_for_url(f"**/admin/journeys/journey/{journey.pk}/change/**")
     seconds = {s["id"]: s.get("seconds") for s in journey.versions.get().graph["steps"] if s["type"] == "wait"}
-    assert seconds == {"wait2": 15 * 60, "wait3": 2 * 3600, "wait4": 3 * 86400}
+    assert seconds == {"wait2": 15 * 60, "wait3": 2 * 3600, "wait4": 3 * 86400, "wait5": 90}
     assert journey.versions.get().reentry_wait_seconds == 3 * 3600
     assert page.input_value("#id_reentry_wait_seconds_0") == "3"
     assert page.input_value("#id_reentry_wait_seconds_1") == "3600"
@@ -125,7 +126,7 @@ def test_manager_types_journey_waits_in_minutes_hours_and_days(login, page, live
         assert row.locator("input.wait-amount").input_value() == amount
         assert row.locator("select.wait-unit").input_value() == unit
     drawn = page.locator("svg.journey-graph").text_content()
-    assert "15 minute(s)" in drawn and "2 hour(s)" in drawn and "3 day(s)" in drawn
+    assert "15 minute(s)" in drawn and "2 hour(s)" in drawn and "3 day(s)" in drawn and "90 s" in drawn
 
     # A change of unit keeps the amount: 2 hours become 2 days.
     page.locator(".step-editor .step-row[data-step=wait3] select.wait-unit").select_option("86400")

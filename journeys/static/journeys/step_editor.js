@@ -111,10 +111,12 @@
           delete step.seconds; delete step.until; if (v === "until") step.until = "09:00"; else step.seconds = 0; save(); render();
         }, { "class": "wait-mode" }));
         if (mode === "seconds") {
-          // A duration in minutes, hours or days (stored in seconds): the largest unit that divides it.
-          const units = [["86400", "days"], ["3600", "hours"], ["60", "minutes"]];
+          // A duration (stored in seconds) in the largest unit that divides it, minutes for none;
+          // the units are the server's (journeys.diagram.WAIT_UNITS), offered minutes first.
+          const units = meta.wait_units;
           const seconds = step.seconds || 0;
-          let unit = (units.find(([size]) => seconds && seconds % parseInt(size, 10) === 0) || ["60"])[0];
+          const largest = units.map(([size]) => size).sort((a, b) => parseInt(b, 10) - parseInt(a, 10));
+          let unit = seconds ? largest.find((size) => seconds % parseInt(size, 10) === 0) : "60";
           const amount = input("number", seconds / parseInt(unit, 10), (v) => {
             step.seconds = Math.max(0, parseInt(v, 10) || 0) * parseInt(unit, 10); save();
           }, { "class": "wait-amount", min: 0 });
