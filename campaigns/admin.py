@@ -298,12 +298,13 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
                     field.queryset = field.queryset | field.queryset.model.objects.filter(pk=current)
         return form
 
-    def has_change_permission(self, request, obj=None):
-        if obj is not None and obj.status not in (Status.DRAFT, Status.SCHEDULED, Status.LIVE):
-            return False  # locked in review; finished campaigns are duplicated, not edited
-        if obj is not None and obj.is_active and revision_waiting(obj):
-            return False  # its revision is in review
-        return super().has_change_permission(request, obj)
+    def lifecycle_locked(self, request, obj) -> str:
+        if obj.status not in (Status.DRAFT, Status.SCHEDULED, Status.LIVE):
+            # locked in review; finished campaigns are duplicated, not edited
+            return str(TransitionError(obj, "changed"))
+        if obj.is_active and revision_waiting(obj):
+            return f"'{obj}' has changes waiting for approval: it cannot be changed until they are decided."
+        return ""
 
     def has_delete_permission(self, request, obj=None):
         if obj is not None and obj.status != Status.DRAFT:
@@ -311,34 +312,30 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         return super().has_delete_permission(request, obj)
 
     def save_model(self, request, obj, form, change):
+        # A TransitionError (the campaign moved on during the save) is answered by the lifecycle
+        # mixin: a message, and the save undone.
         values = {field: form.cleaned_data[field] for field in EDITABLE_FIELDS if field in form.cleaned_data}
-        try:
-            winner_admin.winner_save(request, form, turning_off=True)  # first: the edit may no longer fit winner mode
-            if change:
-                updated = campaign_update(campaign_id=obj.pk, by=request.user, **values)
-                if updated.has_pending_revision:
-                    request.campaign_revision = updated
-            else:
-                created = campaign_create(by=request.user, **values)
-                obj.pk = created.pk
-            if hasattr(form, "conversion_values") and "conversion_event" in form.cleaned_data:
-                campaign_conversion_set(campaign_id=obj.pk, by=request.user, **form.conversion_values())
-        except TransitionError as exc:
-            raise PermissionDenied(str(exc)) from exc
+        winner_admin.winner_save(request, form, turning_off=True)  # first: the edit may no longer fit winner mode
+        if change:
+            updated = campaign_update(campaign_id=obj.pk, by=request.user, **values)
+            if updated.has_pending_revision:
+                request.campaign_revision = updated
+        else:
+            created = campaign_create(by=request.user, **values)
+            obj.pk = created.pk
+        if hasattr(form, "conversion_values") and "conversion_event" in form.cleaned_data:
+            campaign_conversion_set(campaign_id=obj.pk, by=request.user, **form.conversion_values())
 
     def save_related(self, request, form, formsets, change):
         # Occurrences are written by the scheduler only; variants through their service.
         for formset in formsets:
             if isinstance(formset, CampaignVariantFormSet):
-                try:
-                    campaign_variants_set(
-                        campaign_id=form.instance.pk,
-                        by=request.user,
-                        variants=formset.variant_inputs(),
-                        holdout_share=form.cleaned_data.get("holdout_share") or 0,
-                    )
-                except TransitionError as exc:
-                    raise PermissionDenied(str(exc)) from exc
+                campaign_variants_set(
+                    campaign_id=form.instance.pk,
+                    by=request.user,
+                    variants=formset.variant_inputs(),
+                    holdout_share=form.cleaned_data.get("holdout_share") or 0,
+                )
                 winner_admin.winner_save(request, form, turning_off=False)  # last: it needs the variants
                 updated = Campaign.objects.get(pk=form.instance.pk)
                 if change and updated.has_pending_revision:

@@ -3,7 +3,6 @@ from urllib.parse import quote
 
 from django import forms
 from django.contrib import admin
-from django.core.exceptions import PermissionDenied
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
@@ -271,14 +270,13 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             found[obj.pk] = journey_open_version(obj)
         return found[obj.pk]
 
-    def has_change_permission(self, request, obj=None):
-        if obj is not None:
-            if obj.status not in (Status.DRAFT, Status.LIVE):
-                return False  # in review (locked), or finished
-            open_version = self._open_version(request, obj)
-            if open_version is not None and open_version.status == JourneyVersion.Status.IN_REVIEW:
-                return False
-        return super().has_change_permission(request, obj)
+    def lifecycle_locked(self, request, obj) -> str:
+        if obj.status not in (Status.DRAFT, Status.LIVE):
+            return str(TransitionError(obj, "changed"))  # in review (locked), or finished
+        open_version = self._open_version(request, obj)
+        if open_version is not None and open_version.status == JourneyVersion.Status.IN_REVIEW:
+            return f"'{obj}' has version {open_version.number} waiting for approval: it cannot be changed until it is decided."
+        return ""
 
     def has_delete_permission(self, request, obj=None):
         if obj is not None and (obj.status != Status.DRAFT or obj.live_version_id):
@@ -290,20 +288,19 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         values = {name: data.get(name) for name in VERSION_FIELDS}
         values["entry_event"] = (values["entry_event"] or "").strip()
         values["exit_event"] = (values["exit_event"] or "").strip()
-        try:
-            if not change:
-                created = journey_create(by=request.user, name=data["name"], app=data["app"], **values)
-                obj.pk = created.pk
-            else:
-                current = Journey.objects.get(pk=obj.pk)
-                if data["name"] != current.name:
-                    journey_rename(journey_id=obj.pk, by=request.user, name=data["name"])
-                base = journey_open_version(current) or current.live_version
-                changed = {n: v for n, v in values.items() if base is None or getattr(base, n) != v}
-                if changed:
-                    journey_version_edit(journey_id=obj.pk, by=request.user, **changed)
-        except TransitionError as exc:
-            raise PermissionDenied(str(exc)) from exc
+        # A TransitionError (the journey moved on during the save) is answered by the lifecycle
+        # mixin: a message, and the save undone.
+        if not change:
+            created = journey_create(by=request.user, name=data["name"], app=data["app"], **values)
+            obj.pk = created.pk
+        else:
+            current = Journey.objects.get(pk=obj.pk)
+            if data["name"] != current.name:
+                journey_rename(journey_id=obj.pk, by=request.user, name=data["name"])
+            base = journey_open_version(current) or current.live_version
+            changed = {n: v for n, v in values.items() if base is None or getattr(base, n) != v}
+            if changed:
+                journey_version_edit(journey_id=obj.pk, by=request.user, **changed)
         journey_conversion_set(journey_id=obj.pk, by=request.user, **form.conversion_values())
 
     def save_related(self, request, form, formsets, change):

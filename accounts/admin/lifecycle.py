@@ -3,12 +3,15 @@
 import contextvars
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import ValidationError
+from django.db import router, transaction
 from django.http import Http404, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html_join
 
 from accounts.admin.bases import page_answers
+from accounts.services import TransitionError
 
 # The admin instance is shared by every request; the request whose page is being drawn lives here,
 # so that readonly fields (which see only the object) can draw the buttons for that user.
@@ -21,19 +24,44 @@ class LifecycleAdminMixin:
     Subclasses name the buttons the user may use now (``lifecycle_actions``) and what each does
     (``lifecycle_handlers``: name → callable; a callable may return ``(message, url)`` to say
     something else or go elsewhere). A refused step (TransitionError, ValidationError) comes back
-    as an error message on the object's page; a role or access refusal is a 403 / 404.
+    as an error message on the object's page; a role or access refusal is a 403 / 404. An object
+    whose state locks it (``lifecycle_locked``) is read-only.
     """
 
     lifecycle_button_name = "lifecycle_action"
 
     def _changeform_view(self, request, object_id, form_url, extra_context):
+        # A form left open while the object moved on (a colleague submitted it for approval, an
+        # approver decided, it finished): the save is refused with the reason, not with a 403,
+        # to whoever could change the object in its earlier state. Anyone else gets Django's 403.
+        if request.method == "POST" and object_id is not None:
+            obj = self.get_object(request, unquote(object_id))
+            locked = self.lifecycle_locked(request, obj) if obj is not None else ""
+            if locked and super().has_change_permission(request, obj):
+                self.message_user(request, f"{locked} Your changes were not saved.", messages.ERROR)
+                return HttpResponseRedirect(request.path)
         # The add and change forms save through the object's services: a save they refuse
-        # (ValidationError) comes back as an error message on the same page, as a refused step does.
+        # (ValidationError, TransitionError) comes back as an error message on the same page, as a
+        # refused step does, and every write of the save is undone (the view's own transaction
+        # would commit what came before the refusal).
         try:
-            return super()._changeform_view(request, object_id, form_url, extra_context)
+            with transaction.atomic(using=router.db_for_write(self.model)):
+                return super()._changeform_view(request, object_id, form_url, extra_context)
         except ValidationError as exc:
             self.message_user(request, " ".join(exc.messages), messages.ERROR)
-            return HttpResponseRedirect(request.path)
+        except TransitionError as exc:
+            self.message_user(request, f"{exc} Your changes were not saved.", messages.ERROR)
+        return HttpResponseRedirect(request.path)
+
+    def lifecycle_locked(self, request, obj) -> str:
+        """Why ``obj``'s state forbids changing it now ('' when it does not). The object's page is
+        then read-only, and a form left open from before is refused with this reason."""
+        return ""
+
+    def has_change_permission(self, request, obj=None):
+        if obj is not None and self.lifecycle_locked(request, obj):
+            return False
+        return super().has_change_permission(request, obj)
 
     def lifecycle_actions(self, user, obj, *, answers: dict | None = None) -> list[tuple[str, str]]:
         """The (action, label) buttons ``user`` may use on ``obj`` now; ``answers`` keeps the page's

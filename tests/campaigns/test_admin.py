@@ -5,6 +5,7 @@ import io
 
 import pytest
 
+from campaigns.models import Campaign
 from campaigns.services.lifecycle import campaign_approve, campaign_submit
 from delivery.models import Delivery, Dispatch
 from delivery.services.rollups import rollup_rebuild
@@ -250,3 +251,36 @@ def test_a_variant_content_outside_the_list_is_refused(client, make_campaign, ma
     assert response.status_code == 200
     assert "Select a valid choice" in response.content.decode()
     assert not campaign.variants.exists()
+
+
+def test_a_form_left_open_while_the_campaign_moved_on_is_refused_with_the_reason(
+    client, make_campaign, manager_alice, approver_bob, viewer_carol, team
+):
+    from campaigns.services.lifecycle import campaign_update
+    from delivery.models import PushContent
+    from tests.campaigns.helpers import change_form
+
+    campaign = make_campaign()
+    client.force_login(manager_alice)
+    url = f"/admin/campaigns/campaign/{campaign.pk}/change/"
+    assert client.get(url).status_code == 200
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)  # from another tab
+    answer = client.post(url, change_form(campaign, name="Renamed"))
+    assert answer.status_code == 302 and answer["Location"] == url
+    assert "is in review: it cannot be changed. Your changes were not saved." in client.get(url).content.decode()
+    assert Campaign.objects.get(pk=campaign.pk).name == "Spring sale"
+
+    # Approved, then edited into a revision now waiting for its own approval.
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    other = PushContent.objects.create(app=team, name="Other", title="New title", body="New body")
+    campaign_update(campaign_id=campaign.pk, by=manager_alice, content=other)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    answer = client.post(url, change_form(Campaign.objects.get(pk=campaign.pk), name="Renamed"))
+    assert answer.status_code == 302
+    page = client.get(url).content.decode()
+    assert "has changes waiting for approval: it cannot be changed until they are decided." in page
+    assert Campaign.objects.get(pk=campaign.pk).name == "Spring sale"
+
+    # A role that never could change it is refused outright.
+    client.force_login(viewer_carol)
+    assert client.post(url, change_form(campaign, name="Renamed")).status_code == 403

@@ -238,3 +238,73 @@ def test_a_graph_that_cannot_be_stored_is_refused_on_the_form(login, manager_ali
     assert answer.status_code == 200
     assert answer.context["adminform"].form.errors["graph"]
     assert not Journey.objects.filter(name="Welcome series").exists()
+
+
+def _colleague(manager, *segments):
+    from accounts.services import access_grant
+
+    for segment in segments:
+        access_grant(obj=segment, to=manager, by=None)
+
+
+def test_a_form_left_open_while_a_colleague_submitted_is_refused_with_the_reason(
+    login, manager_alice, manager_mallory, viewer_carol, make_journey, team, everyone, vips, welcome
+):
+    journey = make_journey()
+    _colleague(manager_mallory, everyone, vips)
+    client = login(manager_alice)
+    assert client.get(f"/admin/journeys/journey/{journey.pk}/change/").status_code == 200
+    journey_submit(journey_id=journey.pk, by=manager_mallory)  # while alice's form is open
+    graph = simple_graph(condition_segment=vips.pk, content=welcome.pk, wait=3600)
+    answer = client.post(f"/admin/journeys/journey/{journey.pk}/change/", _form(team, everyone, graph, name="Renamed"))
+    assert answer.status_code == 302 and answer["Location"] == f"/admin/journeys/journey/{journey.pk}/change/"
+    page = client.get(answer["Location"]).content.decode()
+    assert "is in review: it cannot be changed. Your changes were not saved." in page
+    journey.refresh_from_db()
+    assert journey.name == "Onboarding" and journey.versions.get().graph["steps"][0]["seconds"] == 0
+    # A role that never could change it is still refused outright.
+    viewer = login(viewer_carol)
+    answer = viewer.post(f"/admin/journeys/journey/{journey.pk}/change/", _form(team, everyone, graph, name="Renamed"))
+    assert answer.status_code == 403
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_save_refused_half_way_undoes_what_it_wrote(
+    login, manager_alice, manager_mallory, make_journey, team, everyone, vips, welcome
+):
+    """The journey is submitted while the admin's save waits for its lock: the rename the save
+    wrote first is undone with the refused edit, and the manager reads why."""
+    import threading
+
+    from django.db import transaction
+
+    from tests.locks import concurrently, wait_for_a_blocked_writer
+
+    journey = make_journey()
+    _colleague(manager_mallory, everyone, vips)
+    client = login(manager_alice)
+    submitted = threading.Event()
+
+    def submit_while_the_save_waits():
+        with transaction.atomic():
+            Journey.objects.select_for_update().get(pk=journey.pk)
+            journey_submit(journey_id=journey.pk, by=manager_mallory)
+            submitted.set()  # not committed: the save reads a draft, then waits for this lock
+            assert wait_for_a_blocked_writer()
+
+    answers = []
+
+    def save():
+        assert submitted.wait(10)
+        graph = simple_graph(condition_segment=vips.pk, content=welcome.pk, wait=3600)
+        answers.append(
+            client.post(f"/admin/journeys/journey/{journey.pk}/change/", _form(team, everyone, graph, name="Renamed"))
+        )
+
+    assert concurrently(submit_while_the_save_waits, save) == []
+    assert answers[0].status_code == 302
+    journey.refresh_from_db()
+    assert journey.status == "in_review" and journey.name == "Onboarding"
+    assert journey.versions.get().graph["steps"][0]["seconds"] == 0
+    page = client.get(answers[0]["Location"]).content.decode()
+    assert "is in review: it cannot be edited" in page and "Your changes were not saved." in page
