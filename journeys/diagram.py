@@ -193,7 +193,8 @@ def version_svg(
 
 def _counters(kind: str, counts: dict) -> tuple[str, str]:
     """A step's live counters (entered, waiting, sent, accepted, exited) and its notes (failures,
-    skips by reason, exits on the exit event)."""
+    skips by reason, rows still to send, exits on the exit event). A push step's sent are the rows
+    handed to a provider; with the skipped and those still to send they make every row targeted."""
     if kind == "exit":
         return f"exited {counts.get('exited', 0) - counts.get('exit_event', 0):,}", ""
     line = f"entered {counts.get('entered', 0):,}"
@@ -208,5 +209,8 @@ def _counters(kind: str, counts: dict) -> tuple[str, str]:
         if skipped:
             reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(skipped.items(), key=lambda r: -r[1]))
             notes.append(f"skipped {sum(skipped.values()):,} ({reasons})")
+        to_send = counts.get("targeted", 0) - counts.get("sent", 0) - sum(skipped.values())
+        if to_send > 0:
+            notes.append(f"to send {to_send:,}")
         extra = " · ".join(notes)
     return line, extra

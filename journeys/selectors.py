@@ -74,6 +74,7 @@ def version_step_stats(version: JourneyVersion) -> dict[str, dict]:
             "exited": counts.get("exited", 0) + counts.get("exit_event", 0),
             "exit_event": counts.get("exit_event", 0),
             "passed": {label: _passed(step["type"], label, counts) for label, _ in exits_of(step)},
+            "targeted": outcomes.get("targeted", 0),
             "sent": outcomes.get("sent", 0),
             "accepted": outcomes.get("accepted", 0),
             "send_failed": outcomes.get("failed", 0),
@@ -102,28 +103,27 @@ def version_step_conversions(version: JourneyVersion) -> dict[str, dict] | None:
 
 
 def version_push_outcomes(version: JourneyVersion) -> dict[str, dict]:
-    """Per push step, what its sends became: sent (rows targeted), accepted, failed, and skipped by
-    reason (no device, not opted in, frequency cap...). Two grouped queries: the dispatches'
-    counters, and their rollup's skips by reason."""
+    """Per push step, what its sends became, summed from the dispatches' rollup as a campaign's
+    report is: targeted (rows made), sent (handed to a provider: accepted, failed or unknown),
+    accepted, failed, and skipped by reason (no device, not opted in, frequency cap...). Two
+    queries: the dispatches' steps, and their rollup by outcome and reason."""
     from django.db.models.fields.json import KT
 
     from delivery.models import Dispatch
     from delivery.reports import rollup_rows
 
     dispatches = Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id=version.pk)
-    result: dict[str, dict] = defaultdict(lambda: {"sent": 0, "accepted": 0, "failed": 0, "skipped": {}})
-    step_of = {}
-    rows = dispatches.annotate(step=KT("context__journey__step")).values("pk", "step", "total", "accepted", "failed")
-    for row in rows:
-        step_of[row["pk"]] = row["step"]
-        counts = result[row["step"]]
-        counts["sent"] += row["total"]
-        counts["accepted"] += row["accepted"]
-        counts["failed"] += row["failed"]
-    for row in rollup_rows(list(step_of), by=("dispatch_id", "reason"), outcome="skipped"):
-        reasons = result[step_of[row["dispatch_id"]]]["skipped"]
-        reason = row["reason"] or "unknown"
-        reasons[reason] = reasons.get(reason, 0) + row["n"]
+    step_of = dict(dispatches.annotate(step=KT("context__journey__step")).values_list("pk", "step"))
+    result: dict[str, dict] = defaultdict(lambda: {"targeted": 0, "sent": 0, "accepted": 0, "failed": 0, "skipped": {}})
+    for row in rollup_rows(list(step_of), by=("dispatch_id", "outcome", "reason")):
+        counts, outcome, n = result[step_of[row["dispatch_id"]]], row["outcome"], row["n"]
+        if outcome in ("targeted", "accepted", "failed"):
+            counts[outcome] += n
+        if outcome in ("accepted", "failed", "unknown"):
+            counts["sent"] += n
+        elif outcome == "skipped":
+            reason = row["reason"] or "unknown"
+            counts["skipped"][reason] = counts["skipped"].get(reason, 0) + n
     return dict(result)
 
 

@@ -361,7 +361,7 @@ def test_a_worker_killed_during_a_journey_run_loses_and_duplicates_nothing(
     assert rows.filter(status="unknown").count() <= WORKERS * BATCH * 2
     client.force_login(admin_erin)
     page = client.get(f"/admin/journeys/journey/{Journey.objects.get(pk=journey.pk).pk}/change/").content.decode()
-    # The journey's diagram counts what its push step sent, from the dispatches' counters.
+    # The journey's diagram counts what its push step sent, from the dispatches' rollup.
     assert f"entered {DEVICES:,} · sent {rows.count():,} · accepted" in page
 
 

@@ -308,3 +308,35 @@ def test_a_save_refused_half_way_undoes_what_it_wrote(
     assert journey.versions.get().graph["steps"][0]["seconds"] == 0
     page = client.get(answers[0]["Location"]).content.decode()
     assert "is in review: it cannot be edited" in page and "Your changes were not saved." in page
+
+
+def test_a_push_step_counts_sent_as_handed_to_a_provider_and_accounts_for_every_row(
+    login, manager_alice, make_journey
+):
+    """Seven rows targeted: three accepted and one failed were sent; three were skipped, and none
+    counts as sent (the step once showed the rows targeted as sent)."""
+    from delivery.models import Delivery
+    from delivery.services.rollups import rollup_rebuild
+    from journeys.selectors import version_push_outcomes
+    from tests.delivery.reporting import sent_dispatch
+
+    journey = make_journey()
+    version = journey.versions.get()
+    context = {"journey": {"id": journey.pk, "name": journey.name, "version": 1, "step": "push"}}
+    dispatch = sent_dispatch(journey.app, kind="journey", source_id=version.pk, context=context)
+    assert version_push_outcomes(version)["push"] == {
+        "targeted": 7,
+        "sent": 4,
+        "accepted": 3,
+        "failed": 1,
+        "skipped": {"frequency_cap": 1, "not_opted_in": 1, "no_device": 1},
+    }
+    client = login(manager_alice)
+    text = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert "sent 4 · accepted 3" in text and "failed 1 · skipped 3" in text and "to send" not in text
+
+    # A row still queued is neither sent nor skipped: the step says it is still to send.
+    Delivery.objects.filter(dispatch=dispatch, status="accepted").update(status="queued", finished_at=None)
+    rollup_rebuild(dispatch_ids=[dispatch.pk])
+    text = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert "sent 1 · accepted 0" in text and "to send 3" in text
