@@ -1,5 +1,5 @@
 """Database helpers shared by the apps: the session settings of the heavy reads (one count over
-many rows, in a transaction of its own), integer and text lists as one parameter, what a
+many rows, in a transaction of its own), the ids a row can have, integer and text lists as one parameter, what a
 deletion removes, the hot paths' prepared statements, and an index built without stopping writes
 (for migrations)."""
 
@@ -16,6 +16,10 @@ from django.db.models.deletion import Collector
 # a few hundred thousand: each profile then probes an index instead (at 5,000,000 profiles and
 # 500,000 members: 2.7 s instead of 12 s).
 COUNT_WORK_MEM = "64MB"
+
+# The ids a row can have (a positive bigint). A number past them names no row; in a list
+# (``pk__in``) SQLite cannot even bind it (OverflowError), so such input is checked against this.
+ROW_IDS = range(1, 2**63)
 
 
 def count_session(cursor) -> None:

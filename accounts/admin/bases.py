@@ -33,7 +33,7 @@ from accounts.services import (
     audit,
     audited_objects,
 )
-from config.db import deletion_counts
+from config.db import ROW_IDS, deletion_counts
 
 
 def page_answers(request) -> dict | None:
@@ -195,6 +195,30 @@ class BoundedDateChangeList(ChangeList):
         return super().get_filters(request)
 
 
+def row_id(model, value):
+    """``value`` (from a form) as the id of one of ``model``'s rows, or None when it cannot be one:
+    not a number, or past the ids a row can have (``ROW_IDS``; SQLite cannot bind such a number)."""
+    try:
+        pk = model._meta.pk.to_python(value)
+    except ValidationError:
+        return None
+    return None if pk is None or (isinstance(pk, int) and pk not in ROW_IDS) else pk
+
+
+class RowsChoiceField(forms.ModelMultipleChoiceField):
+    """A many-to-many field whose values past any row's id are an invalid choice, as on PostgreSQL,
+    instead of an OverflowError from SQLite's list of ids (a 500)."""
+
+    def _check_values(self, value):
+        if not self.to_field_name and isinstance(value, list | tuple):
+            for item in value:
+                if isinstance(item, str) and item.strip().lstrip("-").isdigit() and int(item) not in ROW_IDS:
+                    raise ValidationError(
+                        self.error_messages["invalid_choice"], code="invalid_choice", params={"value": item}
+                    )
+        return super()._check_values(value)
+
+
 class AccessAdmin(AdminAuditMixin, admin.ModelAdmin):
     """An admin whose object pages answer 404 for an object outside ``get_queryset``, before any permission check.
 
@@ -213,13 +237,14 @@ class AccessAdmin(AdminAuditMixin, admin.ModelAdmin):
         """An action's selection is ids: one that is not (a forged POST) is refused with a message,
         as an empty selection is, before Django filters by it (a ValueError, a 500)."""
         selected = request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
-        try:
-            for value in selected:
-                self.model._meta.pk.to_python(value)
-        except ValidationError:
+        if any(row_id(self.model, value) is None for value in selected):
             self.message_user(request, "Items are selected by their ids: nothing was done.", messages.WARNING)
             return HttpResponseRedirect(request.get_full_path())
         return super().response_action(request, queryset)
+
+    def formfield_for_manytomany(self, db_field, request, **kwargs):
+        kwargs.setdefault("form_class", RowsChoiceField)
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
 
     def get_list_filter(self, request):
         filters = []
@@ -392,7 +417,9 @@ class ObjectAccessAdminMixin:
             revoke = request.POST.get("revoke", "")
             if revoke:
                 kind, _, pk = revoke.partition(":")
-                principal = (Group if kind == "group" else User).objects.filter(pk=pk).first()
+                model = Group if kind == "group" else User
+                pk = row_id(model, pk)
+                principal = model.objects.filter(pk=pk).first() if pk is not None else None
                 if principal is None:
                     raise Http404("No such user or group.")
                 access_revoke(obj=obj, to=principal, by=request.user)

@@ -31,6 +31,7 @@ from audiences.rules.schema import (
     resolve_date,
     segment_references,
 )
+from config.db import ROW_IDS
 
 
 class _Validator:
@@ -300,7 +301,7 @@ class _Validator:
         """Check referenced segments exist, may be used, and do not lead back to this segment."""
         if not self.segment_refs:
             return
-        found = self.load(self.segment_refs)
+        found = self.load([i for i in self.segment_refs if i in ROW_IDS])
         for segment_id, path in self.segment_refs.items():
             allowed = self.allowed_segment_ids is None or segment_id in self.allowed_segment_ids
             if segment_id not in found or not allowed:
@@ -321,7 +322,8 @@ class _Validator:
             app_model = apps.get_model("delivery", "App")
         except LookupError:
             return
-        known = set(app_model.objects.filter(pk__in=list(self.app_refs)).values_list("pk", flat=True))
+        ids = [i for i in self.app_refs if i in ROW_IDS]
+        known = set(app_model.objects.filter(pk__in=ids).values_list("pk", flat=True))
         for app_id, path in self.app_refs.items():
             allowed = self.allowed_app_ids is None or app_id in self.allowed_app_ids
             # One message for "missing" and "outside your access": app ids cannot be enumerated.
