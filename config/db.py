@@ -1,9 +1,12 @@
 """Database helpers shared by the apps: the session settings of the heavy reads (one count over
-many rows, in a transaction of its own), the ids a row can have, integer and text lists as one parameter, what a
+many rows, in a transaction of its own), the ids a row can have, the pace of a loop of writes on
+SQLite, integer and text lists as one parameter, what a
 deletion removes, the hot paths' prepared statements, and an index built without stopping writes
 (for migrations)."""
 
+import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -20,6 +23,32 @@ COUNT_WORK_MEM = "64MB"
 # The ids a row can have (a positive bigint). A number past them names no row; in a list
 # (``pk__in``) SQLite cannot even bind it (OverflowError), so such input is checked against this.
 ROW_IDS = range(1, 2**63)
+
+# SQLite lets one writer at a time hold the database; another waits by polling for it, every
+# 100 ms at most once it has waited a while. A loop that begins its next write transaction as it
+# commits the last (the journey engine's batches, a send's claims and write-backs) is never seen
+# free, and every other writer (the admin, the task queue) waits until its timeout: 17 s for a
+# 20,000-profile journey, then "database is locked". The loop pauses a little longer than that
+# poll after each WRITE_HOLD_SECONDS of writing.
+WRITE_HOLD_SECONDS = 0.5
+WRITE_PAUSE_SECONDS = 0.12
+
+
+def write_pacer() -> Callable[[], None]:
+    """A function for a loop of write transactions to call between two of them: on SQLite it
+    pauses ``WRITE_PAUSE_SECONDS`` once the loop has written for ``WRITE_HOLD_SECONDS`` since its
+    last pause, so a waiting writer gets in; elsewhere it does nothing."""
+    if connection.vendor != "sqlite":
+        return lambda: None
+    since = time.monotonic()
+
+    def pace() -> None:
+        nonlocal since
+        if time.monotonic() - since >= WRITE_HOLD_SECONDS:
+            time.sleep(WRITE_PAUSE_SECONDS)
+            since = time.monotonic()
+
+    return pace
 
 
 def count_session(cursor) -> None:

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from accounts.services import audit
+from config.db import write_pacer
 
 logger = logging.getLogger("pushdesk.instance")
 
@@ -139,8 +140,10 @@ def retention_apply(*, now=None, delivery_days: int | None = None, audit_days: i
         finished = Dispatch.objects.filter(
             status__in=Dispatch.FINAL_STATUSES, finished_at__lt=now - dt.timedelta(days=delivery_days)
         ).values_list("pk", flat=True)
+        pace = write_pacer()
         for dispatch_id in finished.iterator():
             while True:
+                pace()
                 with transaction.atomic():
                     # The dispatch's row lock first: a report keeping its profiles holds a key-share
                     # lock while it counts, so no figure is kept from rows deleted meanwhile.

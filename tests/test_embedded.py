@@ -114,3 +114,63 @@ def test_ctrl_c_before_a_command_sets_up_its_own_stop_ends_it_without_a_tracebac
     )
     assert interrupted.returncode == 130
     assert "Traceback" not in interrupted.stderr + interrupted.stdout
+
+
+# A journey engine run over 8,000 profiles while another connection writes a row every 0.2 s.
+_ENGINE_BESIDE_A_WRITER = """
+import json, threading, time
+from django.db import connections
+from accounts.services import access_grant
+from audiences.models import Profile
+from journeys.services.engine import journeys_run_due
+from journeys.services.entries import journey_enter_segment
+from journeys.services.lifecycle import journey_approve, journey_create, journey_submit
+from tests.factories import AppFactory, SegmentFactory, UserFactory
+
+alice, bob = UserFactory(role="Manager"), UserFactory(role="Approver")
+app = AppFactory()
+everyone = SegmentFactory(rules={"all": [{"field": "external_id", "op": "exists"}]})
+for user in (alice, bob):
+    access_grant(obj=app, to=user, by=None)
+    access_grant(obj=everyone, to=user, by=None)
+Profile.objects.bulk_create([Profile(external_id=f"p{i}") for i in range(8000)], batch_size=2000)
+graph = {"steps": [{"id": "w", "type": "wait", "seconds": 0, "next": "done"}, {"id": "done", "type": "exit"}]}
+journey = journey_create(by=alice, name="J", app=app, graph=graph, entry_kind="segment", entry_segment=everyone)
+journey_submit(journey_id=journey.pk, by=alice)
+journey_approve(journey_id=journey.pk, by=bob)
+journey_enter_segment(journey_id=journey.pk)
+result = {}
+
+def run():
+    started = time.monotonic()
+    result["enrollments"] = journeys_run_due(batch=200).enrollments
+    result["seconds"] = time.monotonic() - started
+    connections.close_all()
+
+engine = threading.Thread(target=run)
+engine.start()
+waits = []
+while engine.is_alive():
+    started = time.monotonic()
+    Profile.objects.filter(external_id="p1").update(locale="fr")
+    waits.append(time.monotonic() - started)
+    time.sleep(0.2)
+engine.join()
+print(json.dumps({**result, "waits": waits}))
+"""
+
+
+def test_a_long_journey_run_on_sqlite_lets_other_writers_in(embedded_env):
+    """SQLite has one writer at a time, and a waiting one polls: a loop of back-to-back write
+    transactions kept every other writer (the admin, the task queue) waiting for the whole run,
+    then "database is locked". The engine now pauses between its batches (``config.db.write_pacer``):
+    a write beside it waits for about a batch."""
+    import json
+
+    assert manage(["migrate", "--noinput"], embedded_env, timeout=300).returncode == 0
+    ran = manage(["shell", "-c", _ENGINE_BESIDE_A_WRITER], embedded_env, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    result = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert result["enrollments"] == 8000
+    assert result["seconds"] > 2 and len(result["waits"]) > 5, result  # the writer wrote during the run
+    assert max(result["waits"]) < 2.5, result

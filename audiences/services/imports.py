@@ -35,6 +35,7 @@ from audiences.models import Import, Segment, SegmentMember
 from audiences.selectors import segment_for
 from audiences.services.profiles import _ensure_perm, _timezones
 from audiences.services.segments import segment_create
+from config.db import write_pacer
 
 
 def import_create(
@@ -268,9 +269,11 @@ class _Committer:
             raise self.error
 
     def _loop(self) -> None:
+        pace = write_pacer()
         try:
             while (job := self.queue.get()) is not None:
                 if self.error is None:
+                    pace()
                     self._write(job[0], **job[1])
         except BaseException as exc:  # handed to the parsing thread, which raises it
             self.error = exc

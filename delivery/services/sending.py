@@ -26,6 +26,7 @@ from django.utils import timezone
 from liquid.exceptions import LiquidError
 
 from accounts.services import audit
+from config.db import write_pacer
 from delivery.models import App, Delivery, Dispatch, Platform
 from delivery.payloads import (
     APNS_LIMIT,
@@ -343,8 +344,10 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
             _batch_finish(dispatch, in_flight, report)
             in_flight = None
 
+    pace = write_pacer()
     try:
         while time.monotonic() < deadline and not stop_requested():
+            pace()
             granted = throttle_acquire(
                 limits=limits,
                 count=settings.PUSHDESK_SEND_BATCH,

@@ -24,7 +24,7 @@ from django.db import connection, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
-from config.db import int_array
+from config.db import int_array, write_pacer
 from journeys.graph import entry_of
 from journeys.models import Enrollment, JourneyVersion
 from journeys.services.lifecycle import EStatus, Status
@@ -64,7 +64,9 @@ def journeys_run_due(
     """
     report = RunReport()
     started = time.monotonic()
+    pace = write_pacer()
     while True:
+        pace()
         moment = now or timezone.now()
         taken = _run_batch(batch=batch, now=moment, report=report)
         if taken:
