@@ -33,4 +33,7 @@ def populate(*, stdout) -> None:
         for username, role, password in created:
             stdout.write(f"  {role:<14} {username:<10} {password}")
     else:
-        stdout.write("Demo users already exist (their passwords were printed when they were created).")
+        stdout.write(
+            "Demo users already exist (their passwords were printed when they were created; "
+            "to set a new one: .venv/bin/python manage.py changepassword admin)."
+        )

@@ -74,4 +74,4 @@ def populate(*, stdout) -> None:
     )
     journey_submit(journey_id=journey.pk, by=manager, message="Demo: welcome back our beta testers.")
     journey_approve(journey_id=journey.pk, by=approver, comment="Demo approval.")
-    stdout.write(f"Demo journey {DEMO_JOURNEY!r}: live; beta testers enter when the workers run (manage.py qcluster).")
+    stdout.write(f"Demo journey {DEMO_JOURNEY!r}: live; beta testers enter as the workers run it.")

@@ -5,6 +5,7 @@ Each app may hold a ``demo.py`` with ``populate(*, stdout) -> None``; they run i
 
 import importlib
 import importlib.util
+import logging
 
 from django.core.management.base import BaseCommand
 
@@ -15,6 +16,8 @@ class Command(BaseCommand):
     help = "Create demo users (one per role, passwords printed once) and each app's demo data."
 
     def handle(self, *args, **options):
+        # The queue's own line for each task the demo queues is noise among what the demo says.
+        logging.getLogger("django-q").setLevel(logging.WARNING)
         for app in APPS_IN_ORDER:
             if importlib.util.find_spec(f"{app}.demo") is None:
                 continue
