@@ -80,3 +80,51 @@ def test_make_run_looks_like_the_product_and_ctrl_c_stops_everything_cleanly(emb
     # Nothing is left behind.
     time.sleep(0.5)
     assert [pid for pid in family if Path(f"/proc/{pid}").exists()] == []
+
+
+def test_the_stack_stops_when_make_run_is_killed_outright(embedded_env, tmp_path):
+    """SIGKILL to `make run`'s process (which cannot stop anything then): its web app, worker,
+    stream sender and simulator, each asked to stop when their parent dies, stop too, and leave
+    the ports for the next `make run`."""
+    assert manage(["migrate", "--noinput"], embedded_env, timeout=300).returncode == 0
+    port, sim_port = free_port(), free_port()
+    log = tmp_path / "run.log"
+    with open(log, "wb") as out:
+        stack = subprocess.Popen(
+            [
+                sys.executable,
+                "manage.py",
+                "run_embedded",
+                "--addr",
+                f"127.0.0.1:{port}",
+                "--pushsim-port",
+                str(sim_port),
+            ],
+            cwd=ROOT,
+            env=embedded_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=as_from_a_terminal,
+        )
+    family = []
+    try:
+        deadline = time.monotonic() + 120
+        ready = ("running", "stream sender 0 started", "Push simulator:")
+        while time.monotonic() < deadline and not all(mark in log.read_text() for mark in ready):
+            time.sleep(0.2)
+        family = descendants(stack.pid)
+        assert len(family) >= 5, (family, log.read_text()[-3000:])
+        stack.kill()
+        stack.wait(timeout=10)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in family):
+            time.sleep(0.2)
+        assert [pid for pid in family if Path(f"/proc/{pid}").exists()] == [], log.read_text()[-3000:]
+    finally:
+        for pid in [*family, stack.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)  # whatever is left, if the test failed
+            except ProcessLookupError:
+                pass
+        stack.wait(timeout=10)

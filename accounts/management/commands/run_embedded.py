@@ -1,5 +1,6 @@
 """Start the embedded stack in one terminal: web, task worker, stream sender and (when present) the push simulator."""
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -8,6 +9,24 @@ import time
 
 from django.core.management import get_commands
 from django.core.management.base import BaseCommand
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent(parent: int):
+    """Run in each child before it starts (Linux): SIGINT, its clean stop, when this process dies
+    without stopping it (SIGKILL, say), so that nothing is left holding the ports for the next
+    `make run`. Elsewhere nothing is asked."""
+
+    def arm() -> None:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGINT)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # died before the request was made
+            os.kill(os.getpid(), signal.SIGINT)
+
+    return arm
 
 
 class Command(BaseCommand):
@@ -33,7 +52,12 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, on_signal)
         # Each in a session of its own: Ctrl-C reaches this process only, which stops them in
         # order, once each (a worker signalled twice, by the terminal and by us, stops badly).
-        procs = [subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True) for cmd in commands]
+        procs = [
+            subprocess.Popen(
+                cmd, env=os.environ.copy(), start_new_session=True, preexec_fn=_stop_with_parent(os.getpid())
+            )
+            for cmd in commands
+        ]
         while not stopping and all(p.poll() is None for p in procs):
             time.sleep(0.2)
         failed = [" ".join(p.args[2:]) for p in procs if p.poll() not in (None, 0)]
