@@ -17,7 +17,7 @@ from delivery.selectors import (
     deliveries_visible_to,
     dispatch_outcomes,
 )
-from delivery.services.dispatches import dispatch_stop
+from delivery.services.dispatches import dispatch_counts, dispatch_stop
 
 
 @admin.register(Dispatch)
@@ -102,6 +102,15 @@ class DispatchAdmin(ScopedAdmin):
             _spec_previews_html(obj.content_spec or {}, app_name=obj.app.name, profile=None, context={}),
             json.dumps(obj.content_spec, indent=2, ensure_ascii=False),
         )
+
+    def get_object(self, request, object_id, from_field=None):
+        obj = super().get_object(request, object_id, from_field)
+        if obj is not None and obj.standing and obj.status in Dispatch.RUNNING_STATUSES:
+            # An open stream's counters are kept once a minute (``streams_watch``); its page, which
+            # reloads every two seconds, reads them from the rollup now.
+            for name, value in dispatch_counts(dispatch_id=obj.pk).items():
+                setattr(obj, name, value)
+        return obj
 
     def has_add_permission(self, request):
         return False  # dispatches are made by campaigns, journeys, API triggers and test sends

@@ -476,13 +476,17 @@ def platform_counts_add(by_platform: dict, counts) -> dict:
 
 
 def dispatch_recount(*, dispatch_id: int) -> Dispatch:
-    """Set a dispatch's counters, and its final outcomes per platform, from its rollup.
+    """Set a dispatch's counters, and its final outcomes per platform, from its rollup
+    (``dispatch_counts``). Used when it finishes, and for a stream at each watch."""
+    Dispatch.objects.filter(pk=dispatch_id).update(**dispatch_counts(dispatch_id=dispatch_id))
+    return Dispatch.objects.get(pk=dispatch_id)
 
-    Used when it finishes, and for a stream at each watch. The rollup is written in the
-    transactions that change the rows, so its sums are what a count of the rows would say
-    (``tests/delivery/test_rollups.py`` holds it to that), at the cost of a few rows read
-    however many deliveries the dispatch has.
-    """
+
+def dispatch_counts(*, dispatch_id: int) -> dict:
+    """A dispatch's counters (its fields ``total``, ``accepted``… ``by_platform``) summed from its
+    rollup. The rollup is written in the transactions that change the rows, so its sums are what a
+    count of the rows would say (``tests/delivery/test_rollups.py`` holds it to that), at the cost
+    of a few rows read however many deliveries the dispatch has."""
     rows = (
         DeliveryRollup.objects.filter(dispatch_id=dispatch_id)
         .values_list("outcome", "platform")
@@ -495,16 +499,15 @@ def dispatch_recount(*, dispatch_id: int) -> Dispatch:
         counts[outcome] += n
         if outcome in Delivery.FINAL_STATUSES:
             per_platform[platform or NO_PLATFORM, outcome] += n
-    Dispatch.objects.filter(pk=dispatch_id).update(
-        total=counts.get(DeliveryRollup.Outcome.TARGETED, 0),
-        accepted=counts.get(DS.ACCEPTED, 0),
-        failed=counts.get(DS.FAILED, 0),
-        skipped=counts.get(DS.SKIPPED, 0),
-        unknown=counts.get(DS.UNKNOWN, 0),
-        opened=counts.get(DeliveryRollup.Outcome.OPENED, 0),
-        by_platform=platform_counts_add({}, per_platform),
-    )
-    return Dispatch.objects.get(pk=dispatch_id)
+    return {
+        "total": counts.get(DeliveryRollup.Outcome.TARGETED, 0),
+        "accepted": counts.get(DS.ACCEPTED, 0),
+        "failed": counts.get(DS.FAILED, 0),
+        "skipped": counts.get(DS.SKIPPED, 0),
+        "unknown": counts.get(DS.UNKNOWN, 0),
+        "opened": counts.get(DeliveryRollup.Outcome.OPENED, 0),
+        "by_platform": platform_counts_add({}, per_platform),
+    }
 
 
 def dispatch_complete_if_done(*, dispatch_id: int) -> bool:

@@ -451,6 +451,12 @@ def test_a_streams_admin_page_shows_its_live_rate_and_latency(
     client.force_login(viewer_carol)
     html = client.get(page).content.decode()
     assert "Last minute: 0.1 messages/s, trigger to accepted p50" in html
+    # Its counters as they are now, not as the last minute's watch kept them.
+    assert Dispatch.objects.get(pk=stream.pk).total == 0
+    response = client.get(page)
+    shown = response.context["original"]
+    assert (shown.total, shown.accepted, shown.percent) == (3, 3, 100.0)
+    assert "100.0% · 3 of 3" in response.content.decode()
     client.force_login(manager_mallory)  # no access to this app
     assert client.get(page).status_code in (302, 404)
 
