@@ -457,6 +457,9 @@ def test_a_streams_admin_page_shows_its_live_rate_and_latency(
     shown = response.context["original"]
     assert (shown.total, shown.accepted, shown.percent) == (3, 3, 100.0)
     assert "100.0% · 3 of 3" in response.content.decode()
+    listing = client.get(reverse("admin:delivery_dispatch_changelist"))
+    (listed,) = [d for d in listing.context["cl"].result_list if d.pk == stream.pk]
+    assert (listed.total, listed.accepted) == (3, 3)
     client.force_login(manager_mallory)  # no access to this app
     assert client.get(page).status_code in (302, 404)
 
