@@ -310,9 +310,7 @@ def test_a_save_refused_half_way_undoes_what_it_wrote(
     assert "is in review: it cannot be edited" in page and "Your changes were not saved." in page
 
 
-def test_a_push_step_counts_sent_as_handed_to_a_provider_and_accounts_for_every_row(
-    login, manager_alice, make_journey
-):
+def test_a_push_step_counts_sent_as_handed_to_a_provider_and_accounts_for_every_row(login, manager_alice, make_journey):
     """Seven rows targeted: three accepted and one failed were sent; three were skipped, and none
     counts as sent (the step once showed the rows targeted as sent)."""
     from delivery.models import Delivery
