@@ -15,7 +15,7 @@ import uuid
 
 import jwt
 
-from delivery.pushsim.state import APNS_TOKEN, Answer, Exchange, Received, SimState
+from delivery.pushsim.state import APNS_TOKEN, Answer, Exchange, Received, SimState, parse_json
 
 PUSH_TYPES = {
     "alert": "",
@@ -31,6 +31,7 @@ PUSH_TYPES = {
     "widgets": ".push-type.widgets",
 }
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_DIGITS = re.compile(r"[0-9]+")  # str.isdigit() takes "²" and Arabic-Indic digits too
 BAD_ENVIRONMENT_REASON = "BadEnvironmentKeyInToken"  # the string seen on the wire (§1.4)
 TOKEN_UPDATE_FLOOR = 20 * 60
 TOKEN_MAX_AGE = 60 * 60
@@ -80,13 +81,15 @@ def handle_apns(state: SimState, ex: Exchange) -> Answer:
     if priority is not None and priority not in ("1", "5", "10"):
         return _reject(400, "BadPriority", apns_id)
     expiration = ex.header("apns-expiration")
-    if expiration is not None and not expiration.isdigit():
+    if expiration is not None and not _DIGITS.fullmatch(expiration):
         return _reject(400, "BadExpirationDate", apns_id)
     collapse_id = ex.header("apns-collapse-id")
     if collapse_id is not None and len(collapse_id.encode()) > 64:
         return _reject(400, "BadCollapseId", apns_id)
-    push_type = ex.header("apns-push-type") or "alert"
-    if push_type not in PUSH_TYPES:
+    push_type = ex.header("apns-push-type")
+    if push_type is None:
+        push_type = "alert"  # absent: APNs takes an alert; present, it must name a push type
+    elif push_type not in PUSH_TYPES:
         return _reject(400, "InvalidPushType", apns_id)
 
     rejected, key = _check_provider_token(state, ex, apns_id)
@@ -135,18 +138,19 @@ def handle_apns(state: SimState, ex: Exchange) -> Answer:
         return _reject(413, "PayloadTooLarge", apns_id)
 
     try:
-        payload = json.loads(ex.body)
+        payload = parse_json(ex.body)
     except ValueError:
         payload = None
-    if not isinstance(payload, dict):
-        # Apple documents the payload as a JSON dictionary but no reason for anything else.
-        return _reject(400, "BadPayload", apns_id)
-    aps = payload.get("aps", {})
+    aps = payload.get("aps", {}) if isinstance(payload, dict) else {}
     aps = aps if isinstance(aps, dict) else {}
+    alert = {} if aps.get("alert") is None else aps["alert"]
+    if not isinstance(payload, dict) or not isinstance(alert, str | dict):
+        # Apple documents the payload as a JSON dictionary, and its alert as a string or a
+        # dictionary, but no reason for anything else.
+        return _reject(400, "BadPayload", apns_id)
     if priority == "10" and _is_background(push_type, aps):
         # "Using priority 10 is an error" for a background push (no reason documented).
         return _reject(400, "BadPriority", apns_id)
-    alert = aps.get("alert", {})
     if isinstance(alert, str):
         alert = {"body": alert}
     state.record(
@@ -176,6 +180,12 @@ def _is_background(push_type: str, aps: dict) -> bool:
     if push_type == "background":
         return True
     return push_type == "alert" and bool(aps.get("content-available")) and not ({"alert", "badge", "sound"} & set(aps))
+
+
+def internal_error(ex: Exchange) -> Answer:
+    """What APNs answers when it fails itself: 500 InternalServerError, for this request alone."""
+    sent_id = ex.header("apns-id")
+    return _reject(500, "InternalServerError", sent_id if sent_id and _UUID.match(sent_id) else str(uuid.uuid4()))
 
 
 def _fault(state: SimState, status: int, apns_id: str, reason: str = "") -> Answer:

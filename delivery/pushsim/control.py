@@ -10,21 +10,48 @@ POST /control/reset                  back to the start-up faults and devices; fo
 GET  /control/counts                 {"<device token>": <notifications received>, ...}
 GET  /control/received?token=&limit= the notifications received, newest first
 GET  /                               the phone mock-ups, newest first
+
+A request the simulator cannot take answers 400 {"error": "<what is wrong>", "field": "<its field>"}
+and changes nothing.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import re
 from dataclasses import asdict
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
-from delivery.pushsim.state import Answer, Exchange, SimState
+from delivery.pushsim.state import ENVIRONMENTS, Answer, Exchange, InvalidField, SimState, parse_json, shown
+
+_LIMIT = re.compile(r"[0-9]{1,9}")
 
 
 def _json(status: int, value) -> Answer:
-    return Answer(status, [("content-type", "application/json")], json.dumps(value).encode())
+    # Strict JSON out (allow_nan=False): every number the simulator keeps came in finite.
+    return Answer(status, [("content-type", "application/json")], json.dumps(value, allow_nan=False).encode())
+
+
+def _text(data: dict, name: str, default: str | None = None) -> str:
+    """A string field of a control request (null is absent); required when it has no default."""
+    value = default if data.get(name) is None else data[name]
+    if value is None:
+        raise InvalidField(name, f"{name} is required")
+    if not isinstance(value, str):
+        raise InvalidField(name, f"{name} is a string, not {shown(value)}")
+    return value
+
+
+def _texts(data: dict, name: str, default: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """A list-of-strings field (a bare string is refused: it is not a list of its characters)."""
+    value = default if data.get(name) is None else data[name]
+    if value is None:
+        raise InvalidField(name, f"{name} is required")
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        raise InvalidField(name, f"{name} is a list of strings, not {shown(value)}")
+    return tuple(value)
 
 
 def handle_control(state: SimState, ex: Exchange) -> Answer:
@@ -32,9 +59,11 @@ def handle_control(state: SimState, ex: Exchange) -> Answer:
     query = parse_qs(url.query)
     route = (ex.method, url.path.rstrip("/"))
     try:
-        data = json.loads(ex.body) if ex.body else {}
-    except ValueError:
-        return _json(400, {"error": "the body is not JSON"})
+        data = parse_json(ex.body) if ex.body else {}
+    except ValueError as exc:
+        return _json(400, {"error": f"the body is not JSON: {exc}", "field": ""})
+    if ex.method == "POST" and not isinstance(data, dict):
+        return _json(400, {"error": f"the body is a JSON object, not {shown(data)}", "field": ""})
     try:
         if route == ("GET", "/control/state"):
             with state.lock:
@@ -55,34 +84,49 @@ def handle_control(state: SimState, ex: Exchange) -> Answer:
                 state.faults.update(data)
                 return _json(200, {"faults": asdict(state.faults)})
         if route == ("POST", "/control/tokens"):
+            platform = _text(data, "platform", "ios")
+            if platform not in ("ios", "android"):
+                raise InvalidField("platform", f"platform is ios or android, not {shown(platform)}")
+            environment = _text(data, "environment", "")
+            if environment not in ("", *ENVIRONMENTS):
+                raise InvalidField("environment", f"environment is production or sandbox, not {shown(environment)}")
             state.add_device(
-                token=data["token"],
-                platform=data.get("platform", "ios"),
-                state=data.get("state", "active"),
-                environment=data.get("environment", ""),
-                topic=data.get("topic", ""),
-                project_id=data.get("project_id", ""),
+                token=_text(data, "token"),
+                platform=platform,
+                state=_text(data, "state", "active"),
+                environment=environment,
+                topic=_text(data, "topic", ""),
+                project_id=_text(data, "project_id", ""),
             )
             return _json(200, {"ok": True})
         if route == ("POST", "/control/fail-token"):
-            failures = [tuple(f) if isinstance(f, list) else f for f in data["failures"]]
-            state.fail_token(token=data["token"], failures=failures)
+            failures = data.get("failures")
+            if not isinstance(failures, list):
+                raise InvalidField(
+                    "failures", f"failures is a list of statuses and [status, reason], not {shown(failures)}"
+                )
+            state.fail_token(token=_text(data, "token"), failures=failures)
             return _json(200, {"ok": True})
         if route == ("POST", "/control/apns-keys"):
+            environments = _texts(data, "environments", ENVIRONMENTS) or ENVIRONMENTS
+            if not set(environments) <= set(ENVIRONMENTS):
+                raise InvalidField(
+                    "environments", f"environments are production and sandbox, not {shown(environments)}"
+                )
             state.add_apns_key(
-                key_id=data["key_id"],
-                team_id=data["team_id"],
-                public_key_pem=data["public_key_pem"],
-                topics=data["topics"],
-                environments=tuple(data.get("environments") or ("production", "sandbox")),
+                key_id=_text(data, "key_id"),
+                team_id=_text(data, "team_id"),
+                public_key_pem=_text(data, "public_key_pem"),
+                topics=_texts(data, "topics"),
+                environments=environments,
             )
             return _json(200, {"ok": True})
         if route == ("POST", "/control/service-accounts"):
             state.add_service_account(
-                client_email=data["client_email"],
-                private_key_id=data["private_key_id"],
-                project_id=data["project_id"],
-                public_key_pem=data["public_key_pem"],
+                client_email=_text(data, "client_email"),
+                private_key_id=_text(data, "private_key_id"),
+                project_id=_text(data, "project_id"),
+                public_key_pem=_text(data, "public_key_pem"),
             )
             return _json(200, {"ok": True})
         if route == ("POST", "/control/reset"):
@@ -91,10 +135,12 @@ def handle_control(state: SimState, ex: Exchange) -> Answer:
         if route == ("GET", "/control/counts"):
             return _json(200, state.snapshot_counts())
         if route == ("GET", "/control/received"):
-            limit = int(query.get("limit", ["100"])[0])
-            return _json(200, state.recent(token=query.get("token", [""])[0], limit=limit))
-    except (KeyError, ValueError, TypeError) as exc:
-        return _json(400, {"error": f"bad control request: {exc}"})
+            limit = query.get("limit", ["100"])[0]
+            if not _LIMIT.fullmatch(limit):
+                raise InvalidField("limit", f"limit is a whole number, 0 or more, not {shown(limit)}")
+            return _json(200, state.recent(token=query.get("token", [""])[0], limit=int(limit)))
+    except InvalidField as exc:
+        return _json(400, {"error": f"bad control request: {exc}", "field": exc.field})
     return _json(404, {"error": "no such control endpoint"})
 
 
@@ -156,4 +202,5 @@ def handle_page(state: SimState, ex: Exchange) -> Answer:
     page = _PAGE.format(
         total=total, clock=datetime.fromtimestamp(state.now(), tz=UTC).strftime("%H:%M"), ios=ios, android=android
     )
-    return Answer(200, [("content-type", "text/html; charset=utf-8")], page.encode())
+    # "replace": a stored string that is not Unicode (none should be) must not take the page down.
+    return Answer(200, [("content-type", "text/html; charset=utf-8")], page.encode("utf-8", "replace"))

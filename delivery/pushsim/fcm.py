@@ -15,14 +15,14 @@ from urllib.parse import parse_qs
 
 import jwt
 
-from delivery.pushsim.state import FCM_ERRORS, Answer, Exchange, Received, SimState
+from delivery.pushsim.state import FCM_ERRORS, Answer, Exchange, Received, SimState, parse_json
 
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"  # noqa: S105 (a URL)
 SCOPES = ("https://www.googleapis.com/auth/firebase.messaging", "https://www.googleapis.com/auth/cloud-platform")
-_SEND_PATH = re.compile(r"^/v1/projects/([^/]+)/messages:send$")
-_FCM_TOKEN = re.compile(r"^[A-Za-z0-9_:\-]{20,4096}$")
-_TOPIC = re.compile(r"^[a-zA-Z0-9\-_.~%]+$")
-_DURATION = re.compile(r"^\d+(\.\d{1,9})?s$")
+_SEND_PATH = re.compile(r"^/v1/projects/([^/?]+)/messages:send(?:\?.*)?$", re.DOTALL)  # ?alt=json...
+_FCM_TOKEN = re.compile(r"^[A-Za-z0-9_:\-]{20,4096}\Z")
+_TOPIC = re.compile(r"^[a-zA-Z0-9\-_.~%]+\Z")
+_DURATION_TEXT = re.compile(r"^[0-9]+(\.[0-9]{1,9})?s\Z")
 _AUTH_HELP = (
     "Expected OAuth 2 access token, login cookie or other valid authentication credential. "
     "See https://developers.google.com/identity/sign-in/web/devconsole-project."
@@ -107,6 +107,82 @@ FIELDS: dict[str, set[str]] = {
 _CAMEL_TO_SNAKE = {
     "fcmOptions": "fcm_options",
     "validateOnly": "validate_only",
+}
+
+# What FCM's JSON parser takes for each field, checked before the message's own rules: the JSON
+# form ("string", "bool", "int32", "object", a "map" of strings, or a "list" of another form)
+# and the type its error names.
+_V1 = "type.googleapis.com/google.firebase.fcm.v1."
+_STRING = ("string", "TYPE_STRING")
+_BOOL = ("bool", "TYPE_BOOL")
+_DURATION = ("string", "type.googleapis.com/google.protobuf.Duration")
+_TIMESTAMP = ("string", "type.googleapis.com/google.protobuf.Timestamp")
+_STRUCT = ("object", "type.googleapis.com/google.protobuf.Struct")
+_ANDROID_NOTIFICATION = f"{_V1}AndroidNotification"
+FIELD_TYPES: dict[str, tuple] = {
+    "validate_only": _BOOL,
+    "message": ("object", f"{_V1}Message"),
+    **{f"message.{name}": _STRING for name in ("name", "token", "topic", "condition", "fid")},
+    "message.data": ("map", f"{_V1}Message.DataEntry"),
+    "message.notification": ("object", f"{_V1}Notification"),
+    "message.android": ("object", f"{_V1}AndroidConfig"),
+    "message.apns": ("object", f"{_V1}ApnsConfig"),
+    "message.webpush": ("object", f"{_V1}WebpushConfig"),
+    "message.fcm_options": ("object", f"{_V1}FcmOptions"),
+    **{f"message.notification.{name}": _STRING for name in ("title", "body", "image")},
+    "message.android.collapse_key": _STRING,
+    "message.android.priority": ("string", f"{_V1}AndroidConfig.AndroidMessagePriority"),
+    "message.android.ttl": _DURATION,
+    "message.android.restricted_package_name": _STRING,
+    "message.android.data": ("map", f"{_V1}AndroidConfig.DataEntry"),
+    "message.android.notification": ("object", _ANDROID_NOTIFICATION),
+    "message.android.fcm_options": ("object", f"{_V1}AndroidFcmOptions"),
+    **{
+        f"message.android.{name}": _BOOL
+        for name in ("direct_boot_ok", "bandwidth_constrained_ok", "restricted_satellite_ok")
+    },
+    **{
+        f"message.android.notification.{name}": _STRING
+        for name in (
+            "title",
+            "body",
+            "icon",
+            "color",
+            "sound",
+            "tag",
+            "click_action",
+            "body_loc_key",
+            "title_loc_key",
+            "channel_id",
+            "ticker",
+            "image",
+        )
+    },
+    **{
+        f"message.android.notification.{name}": _BOOL
+        for name in ("sticky", "local_only", "default_sound", "default_vibrate_timings", "default_light_settings")
+    },
+    "message.android.notification.body_loc_args": ("list", _STRING),
+    "message.android.notification.title_loc_args": ("list", _STRING),
+    "message.android.notification.event_time": _TIMESTAMP,
+    "message.android.notification.notification_priority": ("string", f"{_ANDROID_NOTIFICATION}.NotificationPriority"),
+    "message.android.notification.vibrate_timings": ("list", _DURATION),
+    "message.android.notification.visibility": ("string", f"{_ANDROID_NOTIFICATION}.Visibility"),
+    "message.android.notification.notification_count": ("int32", "TYPE_INT32"),
+    "message.android.notification.light_settings": ("object", f"{_V1}LightSettings"),
+    "message.android.notification.proxy": ("string", f"{_ANDROID_NOTIFICATION}.Proxy"),
+    "message.apns.headers": ("map", f"{_V1}ApnsConfig.HeadersEntry"),
+    "message.apns.payload": _STRUCT,
+    "message.apns.fcm_options": ("object", f"{_V1}ApnsFcmOptions"),
+    "message.apns.live_activity_token": _STRING,
+    "message.webpush.headers": ("map", f"{_V1}WebpushConfig.HeadersEntry"),
+    "message.webpush.data": ("map", f"{_V1}WebpushConfig.DataEntry"),
+    "message.webpush.notification": _STRUCT,
+    "message.webpush.fcm_options": ("object", f"{_V1}WebpushFcmOptions"),
+    "message.fcm_options.analytics_label": _STRING,
+    "message.android.fcm_options.analytics_label": _STRING,
+    "message.apns.fcm_options.analytics_label": _STRING,
+    "message.apns.fcm_options.image": _STRING,
 }
 
 
@@ -199,6 +275,7 @@ def handle_token(state: SimState, ex: Exchange) -> Answer:
 
 
 def _check_fields(obj: dict, path: str) -> Answer | None:
+    """Unknown names, and values of the wrong JSON form (FIELD_TYPES), at any depth."""
     allowed = FIELDS.get(path)
     if allowed is None:
         return None  # free-form maps (data, headers, payload, light_settings)
@@ -213,12 +290,45 @@ def _check_fields(obj: dict, path: str) -> Answer | None:
                 return _error(400, "INVALID_ARGUMENT", message, violation)
             message = f"Invalid JSON payload received. Unknown name \"{name}\" at '{path}': Cannot find field."
             return _invalid(message, path, fcm=False)
-        if isinstance(value, dict):
-            child = _CAMEL_TO_SNAKE.get(name) or re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), name)
-            found = _check_fields(value, f"{path}.{child}" if path else child)
+        child = _CAMEL_TO_SNAKE.get(name) or re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), name)
+        field = f"{path}.{child}" if path else child
+        found = _check_form(field, value, FIELD_TYPES[field])
+        if found is None and isinstance(value, dict):
+            found = _check_fields(value, field)
+        if found is not None:
+            return found
+    return None
+
+
+def _check_form(field: str, value, expected: tuple) -> Answer | None:
+    """A value of the wrong JSON form for its field: ``"android": "x"``, ``"validate_only": "false"``..."""
+    form, of = expected
+    if value is None:  # proto3 JSON: null is the field's default
+        return None
+    if form == "list":
+        if not isinstance(value, list):
+            return _bad_value(field, of[1], value)
+        for i, item in enumerate(value):
+            found = _check_form(f"{field}[{i}]", item, of)
             if found is not None:
                 return found
-    return None
+        return None
+    if form == "map":
+        if not isinstance(value, dict):
+            return _bad_value(field, of, value)
+        for i, item in enumerate(value.values()):
+            if not isinstance(item, str):
+                return _bad_value(f"{field}[{i}].value", "TYPE_STRING", item)
+        return None
+    if form == "string":
+        fits = isinstance(value, str)
+    elif form == "bool":
+        fits = isinstance(value, bool)
+    elif form == "int32":
+        fits = isinstance(value, int) and not isinstance(value, bool) and -(2**31) <= value < 2**31
+    else:
+        fits = isinstance(value, dict)
+    return None if fits else _bad_value(field, of, value)
 
 
 def _get(obj: dict, name: str):
@@ -228,30 +338,29 @@ def _get(obj: dict, name: str):
     return obj.get(head + "".join(p.capitalize() for p in rest))
 
 
-def _check_data(data, field: str) -> Answer | None:
-    if data is None:
-        return None
-    if not isinstance(data, dict):
-        return _invalid(f"Invalid value at '{field}'", field, fcm=False)
-    for i, (key, value) in enumerate(data.items()):
-        if not isinstance(value, str):
-            message = f"Invalid value at '{field}[{i}].value' (TYPE_STRING), {json.dumps(value)}"
-            return _invalid(message, f"{field}[{i}].value", fcm=False)
+def _check_data(data: dict | None, field: str) -> Answer | None:
+    """Reserved ``data`` keys (their values are strings: checked with the message's form)."""
+    for i, key in enumerate(data or {}):
         if key in ("from", "message_type") or key.startswith(("google", "gcm")):
             return _invalid(f"Invalid data key: {key} is a reserved word.", f"{field}[{i}].key")
     return None
 
 
-_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
-_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
-_NOTIFICATION = "type.googleapis.com/google.firebase.fcm.v1.AndroidNotification"
+_COLOR = re.compile(r"^#[0-9a-fA-F]{6}\Z")
+_TIMESTAMP_TEXT = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})\Z"
+)
 _ENUMS = {
-    "notification_priority": (
-        f"{_NOTIFICATION}.NotificationPriority",
-        {"PRIORITY_UNSPECIFIED", "PRIORITY_MIN", "PRIORITY_LOW", "PRIORITY_DEFAULT", "PRIORITY_HIGH", "PRIORITY_MAX"},
-    ),
-    "visibility": (f"{_NOTIFICATION}.Visibility", {"VISIBILITY_UNSPECIFIED", "PRIVATE", "PUBLIC", "SECRET"}),
-    "proxy": (f"{_NOTIFICATION}.Proxy", {"PROXY_UNSPECIFIED", "ALLOW", "DENY", "IF_PRIORITY_LOWERED"}),
+    "notification_priority": {
+        "PRIORITY_UNSPECIFIED",
+        "PRIORITY_MIN",
+        "PRIORITY_LOW",
+        "PRIORITY_DEFAULT",
+        "PRIORITY_HIGH",
+        "PRIORITY_MAX",
+    },
+    "visibility": {"VISIBILITY_UNSPECIFIED", "PRIVATE", "PUBLIC", "SECRET"},
+    "proxy": {"PROXY_UNSPECIFIED", "ALLOW", "DENY", "IF_PRIORITY_LOWERED"},
 }
 
 
@@ -260,25 +369,22 @@ def _bad_value(field: str, type_name: str, value) -> Answer:
     return _invalid(f"Invalid value at '{field}' ({type_name}), {json.dumps(value)}", field, fcm=False)
 
 
-def _check_android_notification(notification) -> Answer | None:
+def _check_android_notification(notification: dict) -> Answer | None:
     """``android.notification``: color ``#rrggbb``, the enums, durations and the event time."""
-    if not isinstance(notification, dict):
-        return None
     base = "message.android.notification"
     color = notification.get("color")
-    if color is not None and not (isinstance(color, str) and _COLOR.match(color)):
+    if color is not None and not _COLOR.match(color):
         return _invalid("Invalid color format. Color should be in the form #RRGGBB.", f"{base}.color")
-    for name, (type_name, values) in _ENUMS.items():
+    for name, values in _ENUMS.items():
         value = _get(notification, name)
         if value is not None and value not in values:
-            return _bad_value(f"{base}.{name}", type_name, value)
-    timings = _get(notification, "vibrate_timings")
-    for i, timing in enumerate(timings if isinstance(timings, list) else []):
-        if not isinstance(timing, str) or not _DURATION.match(timing):
-            return _bad_value(f"{base}.vibrate_timings[{i}]", "type.googleapis.com/google.protobuf.Duration", timing)
+            return _bad_value(f"{base}.{name}", FIELD_TYPES[f"{base}.{name}"][1], value)
+    for i, timing in enumerate(_get(notification, "vibrate_timings") or []):
+        if not _DURATION_TEXT.match(timing):
+            return _bad_value(f"{base}.vibrate_timings[{i}]", _DURATION[1], timing)
     event_time = _get(notification, "event_time")
-    if event_time is not None and not (isinstance(event_time, str) and _TIMESTAMP.match(event_time)):
-        return _bad_value(f"{base}.event_time", "type.googleapis.com/google.protobuf.Timestamp", event_time)
+    if event_time is not None and not _TIMESTAMP_TEXT.match(event_time):
+        return _bad_value(f"{base}.event_time", _TIMESTAMP[1], event_time)
     return None
 
 
@@ -286,13 +392,13 @@ _CONDITION_TOKEN = re.compile(
     r"\s*(?:(&&|\|\||!|\(|\))|'([a-zA-Z0-9\-_.~%]+)'|\"([a-zA-Z0-9\-_.~%]+)\"|(in)\b|(topics)\b)"
 )
 MAX_CONDITION_TOPICS = 5
+MAX_CONDITION_DEPTH = 32  # "!" and "(" nested in one another; five topics need a handful
 
 
-def _condition_ok(condition) -> bool:
+def _condition_ok(condition: str) -> bool:
     """A topic condition: ``'name' in topics`` terms joined by ``&&``, ``||``, ``!`` and parentheses,
-    naming at most five topics (FCM's documented limit)."""
-    if not isinstance(condition, str):
-        return False
+    naming at most five topics (FCM's documented limit), nested at most MAX_CONDITION_DEPTH deep
+    (which also bounds the parser's recursion)."""
     tokens, position = [], 0
     text = condition.rstrip()
     while position < len(text):
@@ -309,33 +415,33 @@ def _condition_ok(condition) -> bool:
         position = match.end()
     topics = 0
 
-    def expression(i: int) -> int:  # or-expression; returns the next index or -1
-        i = conjunction(i)
+    def expression(i: int, depth: int) -> int:  # or-expression; returns the next index or -1
+        i = conjunction(i, depth)
         while i >= 0 and i < len(tokens) and tokens[i] == "||":
-            i = conjunction(i + 1)
+            i = conjunction(i + 1, depth)
         return i
 
-    def conjunction(i: int) -> int:
-        i = unary(i)
+    def conjunction(i: int, depth: int) -> int:
+        i = unary(i, depth)
         while i >= 0 and i < len(tokens) and tokens[i] == "&&":
-            i = unary(i + 1)
+            i = unary(i + 1, depth)
         return i
 
-    def unary(i: int) -> int:
+    def unary(i: int, depth: int) -> int:
         nonlocal topics
-        if i >= len(tokens):
+        if i >= len(tokens) or depth > MAX_CONDITION_DEPTH:
             return -1
         if tokens[i] == "!":
-            return unary(i + 1)
+            return unary(i + 1, depth + 1)
         if tokens[i] == "(":
-            i = expression(i + 1)
+            i = expression(i + 1, depth + 1)
             return i + 1 if i >= 0 and i < len(tokens) and tokens[i] == ")" else -1
         if isinstance(tokens[i], tuple) and tokens[i + 1 : i + 3] == ["in", "topics"]:
             topics += 1
             return i + 3
         return -1
 
-    end = expression(0)
+    end = expression(0, 0)
     return end == len(tokens) and 0 < topics <= MAX_CONDITION_TOPICS
 
 
@@ -381,9 +487,9 @@ def handle_send(state: SimState, ex: Exchange) -> Answer:
         return _error(403, "PERMISSION_DENIED", "The caller does not have permission")
 
     try:
-        request = json.loads(ex.body)
-    except ValueError:
-        return _invalid("Invalid JSON payload received. Unexpected token.", "", fcm=False)
+        request = parse_json(ex.body)
+    except ValueError as exc:
+        return _invalid(f"Invalid JSON payload received. {exc}.", "", fcm=False)
     if not isinstance(request, dict):
         return _invalid("Invalid JSON payload received. Expected an object.", "", fcm=False)
     rejected = _check_fields(request, "")
@@ -391,7 +497,7 @@ def handle_send(state: SimState, ex: Exchange) -> Answer:
         return rejected
     message = request.get("message")
     validate_only = bool(_get(request, "validate_only"))
-    if not isinstance(message, dict):
+    if message is None:
         return _invalid("Recipient of the message is not set.")
     targets = [t for t in ("token", "topic", "condition", "fid") if message.get(t)]
     if not targets:
@@ -407,43 +513,37 @@ def handle_send(state: SimState, ex: Exchange) -> Answer:
         if rejected is not None:
             return rejected
     ttl = android.get("ttl")
-    if ttl is not None:
-        if not isinstance(ttl, str) or not _DURATION.match(ttl) or float(ttl[:-1]) > 2_419_200:
-            return _invalid(
-                f"Invalid value at 'message.android.ttl' (type.googleapis.com/google.protobuf.Duration), {json.dumps(ttl)}",
-                "message.android.ttl",
-                fcm=False,
-            )
+    if ttl is not None and (not _DURATION_TEXT.match(ttl) or float(ttl[:-1]) > 2_419_200):
+        return _bad_value("message.android.ttl", FIELD_TYPES["message.android.ttl"][1], ttl)
     priority = android.get("priority")
-    if priority is not None and str(priority).lower() not in ("normal", "high"):
-        return _invalid(
-            f"Invalid value at 'message.android.priority' (type.googleapis.com/google.firebase.fcm.v1.AndroidConfig.AndroidMessagePriority), {json.dumps(priority)}",
-            "message.android.priority",
-            fcm=False,
-        )
-    rejected = _check_android_notification(android.get("notification"))
+    if priority is not None and priority.lower() not in ("normal", "high"):
+        return _bad_value("message.android.priority", FIELD_TYPES["message.android.priority"][1], priority)
+    rejected = _check_android_notification(android.get("notification") or {})
     if rejected is not None:
         return rejected
     topic = message.get("topic")
-    if topic is not None and not _TOPIC.match(str(topic)):
+    if topic is not None and not _TOPIC.match(topic):
         return _invalid("Invalid topic name.", "message.topic")
     condition = message.get("condition")
     if condition is not None and not _condition_ok(condition):
         return _invalid("Invalid condition expression provided.", "message.condition")
-    size = len(json.dumps(message.get("data") or {})) + len(json.dumps(message.get("notification") or {}))
+    # FCM counts bytes: UTF-8, not the \u escapes json.dumps would write for "é".
+    size = sum(
+        len(json.dumps(message.get(part) or {}, ensure_ascii=False).encode()) for part in ("data", "notification")
+    )
     size_limit = 4096 if "token" in targets or "fid" in targets else 2048
     if size > size_limit:
         return _invalid("Message is too big.", "message")
 
     registration = message.get("token")
     if registration is not None:
-        status, code = state.take_forced_failure(registration) if isinstance(registration, str) else (0, "")
+        status, code = state.take_forced_failure(registration)
         if status:
             return _fault(state, status, code)
         status = state.random_fault()
         if status:
             return _fault(state, status)
-        if not isinstance(registration, str) or not _FCM_TOKEN.match(registration):
+        if not _FCM_TOKEN.match(registration):
             return _invalid_token()
         device = state.device(registration)
         if device is None:
@@ -484,8 +584,8 @@ def handle_send(state: SimState, ex: Exchange) -> Answer:
             platform="android",
             token=registration or f"/topics/{topic or message.get('condition')}",
             received_at=state.now(),
-            title=str(android_notification.get("title") or notification.get("title") or ""),
-            body=str(android_notification.get("body") or notification.get("body") or ""),
+            title=android_notification.get("title") or notification.get("title") or "",
+            body=android_notification.get("body") or notification.get("body") or "",
             app=project_id,
             push_type="data" if not (notification or android_notification) else "notification",
             payload=message,
@@ -531,4 +631,9 @@ def _fault(state: SimState, status: int, code: str = "") -> Answer:
             _fcm_error("UNAVAILABLE"),
             retry_after=retry_after,
         )
+    return internal_error()
+
+
+def internal_error() -> Answer:
+    """What FCM answers when it fails itself: 500 INTERNAL, for this request alone."""
     return _error(500, "INTERNAL", "Internal error encountered.", _fcm_error("INTERNAL"))

@@ -13,43 +13,134 @@ import asyncio
 import itertools
 import json
 import logging
+import re
 import ssl
 import time
+from http import HTTPStatus
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
 from hyperframe.frame import GoAwayFrame
 
-from delivery.pushsim.apns import handle_apns
+from delivery.pushsim import apns, fcm
 from delivery.pushsim.control import handle_control, handle_page
-from delivery.pushsim.fcm import handle_send, handle_token
 from delivery.pushsim.state import Answer, Connection, Exchange, SimState
 
 log = logging.getLogger("delivery.pushsim")
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+MAX_CONCURRENT_STREAMS = 1000  # per HTTP/2 connection, as advertised
+MAX_HEAD_BYTES = 16 * 1024  # an HTTP/1.1 request line and its headers
+MAX_BODY_BYTES = 1 << 20  # an HTTP/1.1 request body; the largest real one (a control request) is a few KB
 _conn_ids = itertools.count(1)
+
+_HANDLERS = {
+    "apns": apns.handle_apns,
+    "fcm": fcm.handle_send,
+    "token": fcm.handle_token,
+    "control": handle_control,
+    "page": handle_page,
+}
+
+
+def _service(ex: Exchange) -> str:
+    path = ex.path
+    if path.startswith("/3/"):
+        return "apns"
+    if path.startswith("/v1/projects/"):
+        return "fcm"
+    if path.split("?")[0] == "/token":
+        return "token"
+    if path.startswith("/control/"):
+        return "control"
+    if path.split("?")[0] == "/" and ex.method == "GET":
+        return "page"
+    return "apns"  # APNs answers 404 BadPath (or 405) for anything else
 
 
 def route(state: SimState, ex: Exchange) -> Answer:
-    path = ex.path
-    if path.startswith("/3/"):
-        answer = handle_apns(state, ex)
-    elif path.startswith("/v1/projects/"):
-        answer = handle_send(state, ex)
-    elif path.split("?")[0] == "/token":
-        answer = handle_token(state, ex)
-    elif path.startswith("/control/"):
-        answer = handle_control(state, ex)
-    elif path.split("?")[0] == "/" and ex.method == "GET":
-        answer = handle_page(state, ex)
-    else:
-        answer = handle_apns(state, ex)  # APNs answers 404 BadPath (or 405) for anything else
+    """Answer one request. A handler that fails answers 500 for this request alone, as the real
+    services do (the connection and its other streams go on), and logs one line: a traceback
+    per request (thousands of lines for a RecursionError) would bury the log."""
+    service = _service(ex)
+    try:
+        answer = _HANDLERS[service](state, ex)
+    except Exception as exc:
+        log.error("pushsim: %.20r %.200r failed: %s: %.200r", ex.method, ex.path, type(exc).__name__, str(exc))
+        if service == "apns":
+            answer = apns.internal_error(ex)
+        elif service == "fcm":
+            answer = fcm.internal_error()
+        else:
+            answer = Answer(500, [("content-type", "application/json")], b'{"error": "internal error"}')
     with state.lock:
         state.requests[answer.status] += 1
     return answer
+
+
+_PSEUDO_HEADERS = (b":method", b":scheme", b":authority", b":path")
+_CONNECTION_SPECIFIC = (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
+_FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")  # a token, lowercase
+_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
+
+
+def malformed_request(headers: list[tuple[bytes, bytes]]) -> bool:
+    """A request header block RFC 9113 calls malformed (§8.2, §8.3.1): a pseudo-header unknown,
+    repeated or after a field; :method, :scheme or :path missing (or :path empty); a field name
+    with uppercase or other non-token characters; a connection-specific field; a value with NUL,
+    CR, LF or surrounding whitespace.
+
+    A real server resets such a stream with PROTOCOL_ERROR. h2 checks this when asked to
+    (``validate_inbound_headers``), but then ends the whole connection and its other streams.
+    """
+    pseudo: dict[bytes, bytes] = {}
+    fields = False
+    for name, value in headers:
+        if name.startswith(b":"):
+            if fields or name not in _PSEUDO_HEADERS or name in pseudo:
+                return True
+            pseudo[name] = value
+        elif (
+            not _FIELD_NAME.fullmatch(name) or name in _CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers")
+        ):
+            return True
+        else:
+            fields = True
+        if _BAD_VALUE.search(value):
+            return True
+    return not (pseudo.get(b":method") and pseudo.get(b":scheme") and pseudo.get(b":path"))
+
+
+def _reason_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""  # a status injected for a test (499...): the phrase may be empty
+
+
+_DIGITS = re.compile(r"[0-9]+")
+_REQUEST_LINE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (\S+) HTTP/1\.([01])")
+_H1_FIELD = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\r\n\x00]*?)[ \t]*")
+
+
+def _parse_head(head: bytes) -> tuple[str, str, bool, list[tuple[str, str]]] | None:
+    """An HTTP/1.1 request head: method, target, whether it is HTTP/1.0, and the headers (names
+    lowercase); None when it is malformed (RFC 9112 §3, §5: no space before the colon, no
+    folded line, no bare CR or NUL)."""
+    request_line, *lines = head.decode("latin-1").split("\r\n")
+    request = _REQUEST_LINE.fullmatch(request_line)
+    if request is None:
+        return None
+    headers = []
+    for line in lines:
+        field = _H1_FIELD.fullmatch(line)
+        if field is None:
+            return None
+        headers.append((field[1].lower(), field[2]))
+    return request[1], request[2], request[3] == "0", headers
 
 
 class SimProtocol(asyncio.Protocol):
@@ -74,6 +165,7 @@ class SimProtocol(asyncio.Protocol):
     # --- connection --------------------------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
+        self._touch()
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             alpn = ssl_object.selected_alpn_protocol()
@@ -88,7 +180,8 @@ class SimProtocol(asyncio.Protocol):
             self.idle_timer.cancel()
 
     def _touch(self) -> None:
-        """Restart the idle clock (fault ``idle_timeout_s``: GOAWAY IdleTimeout after that long idle)."""
+        """Restart the idle clock (fault ``idle_timeout_s``: after that long idle, GOAWAY IdleTimeout
+        over HTTP/2; HTTP/1.1, with no GOAWAY, and a connection that never spoke are closed)."""
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
@@ -99,6 +192,9 @@ class SimProtocol(asyncio.Protocol):
     def _idle(self) -> None:
         self.idle_timer = None
         if self.closed or self.goaway_last_stream >= 0:
+            return
+        if self.mode != "h2":
+            self.transport.close()
             return
         if self.open_streams or self.pending_data:
             self._touch()
@@ -122,20 +218,25 @@ class SimProtocol(asyncio.Protocol):
             id=next(_conn_ids), environment=self.environment, protocol="h2" if mode == "h2" else "http/1.1"
         )
         if mode == "h2":
+            # Headers are checked by ``malformed_request``, which resets only the stream (h2's
+            # own check ends the connection).
             config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False)
             self.h2 = h2.connection.H2Connection(config=config)
             self.h2.local_settings = h2.settings.Settings(
                 client=False,
                 initial_values={
-                    h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1000,
+                    h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
                     h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 8000,
                     h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20,
                 },
             )
             self.h2.initiate_connection()
+            # Advertised, h2 would enforce the limit by ending the whole connection (its
+            # TooManyStreamsError comes before the stream's headers are even decoded); RFC 9113
+            # §5.1.2 refuses the stream over it alone, with REFUSED_STREAM: _on_request does.
+            del self.h2.local_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS]
             self.h2.increment_flow_control_window(1 << 24)
             self._flush()
-            self._touch()
 
     def data_received(self, data: bytes):
         if not self.mode:
@@ -176,8 +277,8 @@ class SimProtocol(asyncio.Protocol):
                 self.requests.pop(event.stream_id, None)
                 self.open_streams.discard(event.stream_id)
                 self.pending_data.pop(event.stream_id, None)
-            elif isinstance(event, h2.events.WindowUpdated):
-                self._send_pending()
+            elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+                self._send_pending()  # a larger window, by WINDOW_UPDATE or INITIAL_WINDOW_SIZE
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.transport.close()
                 return
@@ -189,6 +290,14 @@ class SimProtocol(asyncio.Protocol):
         faults = self.state.faults
         if self.goaway_last_stream >= 0:
             return  # after our GOAWAY: a refused stream, never processed
+        if len(self.open_streams) >= MAX_CONCURRENT_STREAMS:
+            # The streams accepted before this one and not yet answered (h2's own count also
+            # takes the streams that arrived after it in the same read).
+            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        if malformed_request(raw_headers):
+            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            return
         self.conn.streams += 1
         if faults.drop_after_streams and self.conn.streams > faults.drop_after_streams:
             # Drop the connection without GOAWAY: what is unanswered stays unanswered. The answers
@@ -226,7 +335,7 @@ class SimProtocol(asyncio.Protocol):
         if request is None:
             return
         headers, chunks = request
-        pseudo = dict((k, v) for k, v in headers if k.startswith(":"))
+        pseudo = dict((k, v) for k, v in headers if k.startswith(":"))  # each one once: not malformed
         ex = Exchange(
             method=pseudo.get(":method", ""),
             path=pseudo.get(":path", ""),
@@ -296,23 +405,29 @@ class SimProtocol(asyncio.Protocol):
 
     # --- HTTP/1.1 --------------------------------------------------------------------------------
     def _h1_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return
+        self._touch()
         self.buffer += data
         while True:
             head_end = self.buffer.find(b"\r\n\r\n")
-            if head_end < 0:
+            if head_end < 0 and len(self.buffer) <= MAX_HEAD_BYTES:
                 return
-            head = self.buffer[:head_end].decode("latin-1")
-            lines = head.split("\r\n")
-            try:
-                method, target, _version = lines[0].split(" ", 2)
-            except ValueError:
-                self.transport.close()
-                return
-            headers = []
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                headers.append((name.strip().lower(), value.strip()))
-            length = int(dict(headers).get("content-length", "0") or 0)
+            if head_end < 0 or head_end > MAX_HEAD_BYTES:
+                return self._h1_refuse(431)
+            request = _parse_head(self.buffer[:head_end])
+            if request is None:
+                return self._h1_refuse(400)
+            method, target, http10, headers = request
+            if any(name == "transfer-encoding" for name, _ in headers):
+                return self._h1_refuse(501)  # no client of the simulator sends a chunked request
+            lengths = {value for name, value in headers if name == "content-length"}
+            if len(lengths) > 1 or not all(_DIGITS.fullmatch(length) for length in lengths):
+                return self._h1_refuse(400)  # digits only: a negative length would rewind the buffer
+            declared = lengths.pop() if lengths else "0"
+            if len(declared) > 9 or int(declared) > MAX_BODY_BYTES:  # (int() refuses over 4,300 digits)
+                return self._h1_refuse(413)
+            length = int(declared)
             if len(self.buffer) < head_end + 4 + length:
                 return
             body = self.buffer[head_end + 4 : head_end + 4 + length]
@@ -322,17 +437,29 @@ class SimProtocol(asyncio.Protocol):
                 return
             ex = Exchange(method=method, path=target, headers=headers, body=body, connection=self.conn)
             answer = route(self.state, ex)
-            keep_alive = dict(headers).get("connection", "").lower() != "close"
-            reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found"}
-            out = [f"HTTP/1.1 {answer.status} {reason.get(answer.status, 'Status')}"]
-            out += [f"{k}: {v}" for k, v in answer.headers]
-            out.append(f"content-length: {len(answer.body)}")
-            if not keep_alive:
-                out.append("connection: close")
-            self.transport.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + answer.body)
+            connection = dict(headers).get("connection", "").lower()
+            keep_alive = connection == "keep-alive" if http10 else connection != "close"
+            self._h1_answer(answer, keep_alive=keep_alive, with_body=method != "HEAD")
             if not keep_alive:
                 self.transport.close()
                 return
+
+    def _h1_refuse(self, status: int) -> None:
+        """Answer a request that cannot be read (400, 413, 431, 501) and close: nothing after it on
+        the connection can be told apart from its body."""
+        self.buffer = b""
+        phrase = _reason_phrase(status)
+        self._h1_answer(Answer(status, [("content-type", "text/plain")], phrase.encode()), keep_alive=False)
+        self.transport.close()
+
+    def _h1_answer(self, answer: Answer, *, keep_alive: bool, with_body: bool = True) -> None:
+        out = [f"HTTP/1.1 {answer.status} {_reason_phrase(answer.status)}"]
+        out += [f"{k}: {v}" for k, v in answer.headers]
+        out.append(f"content-length: {len(answer.body)}")
+        if not keep_alive:
+            out.append("connection: close")
+        head = ("\r\n".join(out) + "\r\n\r\n").encode("latin-1")
+        self.transport.write(head + answer.body if with_body else head)
 
 
 def server_ssl_context(cert_pem: str, key_pem: str) -> ssl.SSLContext:

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
+import math
 import random
 import re
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 ENVIRONMENTS = ("production", "sandbox")
 TOKEN_STATES = ("active", "unregistered", "expired", "other_sender", "third_party_auth_error")
@@ -34,6 +38,72 @@ FCM_ERRORS = {
     "UNSPECIFIED_ERROR": (400, "INVALID_ARGUMENT", "Unspecified error."),
 }
 FAULT_STATUSES = (429, 500, 503)  # what a bare status injects: each provider has its usual reason for these
+MAX_JSON_DEPTH = 100  # protobuf's JSON parser stops there too; no push nests nearly as deep
+
+
+class InvalidField(ValueError):
+    """A value the simulator refuses, and the field (of a control request, or a keyword) it came in."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def shown(value: Any) -> str:
+    """A value as JSON, cut short, for an error message."""
+    text = json.dumps(value, default=repr)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a request body as APNs and FCM read JSON: UTF-8 (strict: no BOM, no UTF-16, no
+    encoded surrogate), no lone surrogate escape, finite numbers, at most MAX_JSON_DEPTH deep.
+
+    ``json.loads`` alone takes all of those (NaN, and 1e400 as infinity) and recurses until the
+    stack runs out. Raises ValueError saying what is wrong, in a few words.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"Not UTF-8 at byte {exc.start}") from None
+    depth = 0
+    for bracket in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"Nested deeper than {MAX_JSON_DEPTH}")
+    try:
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"Unexpected token at line {exc.lineno} column {exc.colno}") from None
+    if "\\u" in text and _has_lone_surrogate(value):
+        raise ValueError("A lone surrogate escape, not a character")
+    return value
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
 
 @dataclass
@@ -52,11 +122,50 @@ class Faults:
     strict_tokens: bool = False  # unknown tokens answer BadDeviceToken / invalid registration token
 
     def update(self, values: dict[str, Any]) -> None:
-        for name, value in values.items():
-            if not hasattr(self, name):
-                raise ValueError(f"unknown fault {name!r}")
-            current = getattr(self, name)
-            setattr(self, name, type(current)(value))
+        """Set the faults named in ``values``: all of them, or none when one is refused.
+
+        Each must be a declared fault with a value of its type: true or false for a switch, a
+        whole number for counts and ``retry_after``, a finite number for the others, from 0
+        (to 1 for a rate). Raises InvalidField naming the first refused.
+        """
+        if not isinstance(values, dict):
+            raise InvalidField("", 'the faults are a JSON object: {"rate_503": 0.1, ...}')
+        checked = {name: _fault_value(name, value) for name, value in values.items()}
+        for name, value in checked.items():
+            setattr(self, name, value)
+
+
+FAULT_TYPES = {f.name: f.type for f in fields(Faults)}  # "float", "int" or "bool"
+FAULT_RATES = ("rate_429", "rate_500", "rate_503", "dead_rate")
+
+
+def _fault_value(name: str, value: Any) -> float | int | bool:
+    kind = FAULT_TYPES.get(name)
+    if kind is None:
+        raise InvalidField(name, f"unknown fault {shown(name)}; the faults are {', '.join(FAULT_TYPES)}")
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise InvalidField(name, f"{name} is true or false, not {shown(value)}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int if kind == "int" else int | float):
+        raise InvalidField(name, f"{name} is {'a whole' if kind == 'int' else 'a'} number, not {shown(value)}")
+    if kind == "float":
+        try:
+            value = float(value)
+        except OverflowError:
+            value = math.inf
+    if name in FAULT_RATES and not 0 <= value <= 1:
+        raise InvalidField(name, f"{name} is a fraction from 0 to 1, not {shown(value)}")
+    if value < 0 or (kind == "float" and not math.isfinite(value)):
+        raise InvalidField(name, f"{name} is a finite number, 0 or more, not {shown(value)}")
+    return value
+
+
+def _load_public_key(pem: bytes | str) -> Any:
+    try:
+        return serialization.load_pem_public_key(pem.encode() if isinstance(pem, str) else pem)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise InvalidField("public_key_pem", f"not a PEM public key this simulator can read: {exc}") from None
 
 
 @dataclass
@@ -144,12 +253,17 @@ class SimState:
         topics: list[str] | tuple[str, ...],
         environments: tuple[str, ...] = ENVIRONMENTS,
     ) -> None:
-        """Trust an APNs signing key (its public half) for a team and bundle ids."""
-        pem = public_key_pem.encode() if isinstance(public_key_pem, str) else public_key_pem
+        """Trust an APNs signing key (its public half) for a team and bundle ids.
+
+        Raises InvalidField when ``public_key_pem`` is not an EC P-256 public key (APNs signs ES256).
+        """
+        public_key = _load_public_key(public_key_pem)
+        if not (isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(public_key.curve, ec.SECP256R1)):
+            raise InvalidField("public_key_pem", "an APNs key is an EC P-256 key (the .p8's public half)")
         key = ApnsKey(
             key_id=key_id,
             team_id=team_id,
-            public_key=serialization.load_pem_public_key(pem),
+            public_key=public_key,
             topics=frozenset(topics),
             environments=frozenset(environments),
         )
@@ -159,13 +273,18 @@ class SimState:
     def add_service_account(
         self, *, client_email: str, private_key_id: str, project_id: str, public_key_pem: bytes | str
     ) -> None:
-        """Trust an FCM service account (its public key) for a project."""
-        pem = public_key_pem.encode() if isinstance(public_key_pem, str) else public_key_pem
+        """Trust an FCM service account (its public key) for a project.
+
+        Raises InvalidField when ``public_key_pem`` is not an RSA public key (Google signs RS256).
+        """
+        public_key = _load_public_key(public_key_pem)
+        if not isinstance(public_key, rsa.RSAPublicKey):
+            raise InvalidField("public_key_pem", "a service account's key is an RSA key")
         account = ServiceAccount(
             client_email=client_email,
             private_key_id=private_key_id,
             project_id=project_id,
-            public_key=serialization.load_pem_public_key(pem),
+            public_key=public_key,
         )
         with self.lock:
             self.accounts[client_email] = account
@@ -201,7 +320,7 @@ class SimState:
     ) -> None:
         """Register a device token and its state ("active", "unregistered", "expired", "other_sender"...)."""
         if state not in TOKEN_STATES:
-            raise ValueError(f"unknown token state {state!r}; use one of {', '.join(TOKEN_STATES)}")
+            raise InvalidField("state", f"unknown token state {shown(state)}; use one of {', '.join(TOKEN_STATES)}")
         device = Device(
             token=token, platform=platform, state=state, environment=environment, topic=topic, project_id=project_id
         )
@@ -229,10 +348,11 @@ class SimState:
         The token's provider is its device's platform when the simulator knows the device; else
         APNs for a token shaped as APNs's (64 or more hex digits), FCM for any other.
 
-        Raises ValueError, naming the failure, when its provider could not answer it: another
-        bare status, an FCM code for an APNs token, and for an FCM token a code FCM does not
-        have or a status FCM does not send it with. Any other APNs reason is taken (APNs adds
-        reasons; a client must cope with one it does not know). Nothing is injected then.
+        Raises InvalidField (a ValueError), naming the failure, when it is neither, or its
+        provider could not answer it: another bare status, an FCM code for an APNs token, and
+        for an FCM token a code FCM does not have or a status FCM does not send it with. Any
+        other APNs reason is taken (APNs adds reasons; a client must cope with one it does not
+        know). Nothing is injected then.
 
         The failures are kept by token alone: the next requests for it take them, through either
         provider. An APNs reason that reaches FCM (an unknown token shaped as APNs's, sent there)
@@ -246,19 +366,20 @@ class SimState:
             provider = "APNs" if APNS_TOKEN.match(token) else "FCM"
         queue = []
         for failure in failures:
-            status, reason = failure if isinstance(failure, tuple) else (failure, "")
-            status, reason = int(status), str(reason)
+            status, reason = failure if isinstance(failure, tuple | list) and len(failure) == 2 else (failure, "")
+            if isinstance(status, bool) or not isinstance(status, int) or not isinstance(reason, str):
+                raise InvalidField("failures", f"a failure is a status or [status, reason], not {shown(failure)}")
             if not reason:
                 if status not in FAULT_STATUSES:
-                    raise ValueError(f"a bare status {status} has no usual reason: give (status, reason)")
+                    raise InvalidField("failures", f"a bare status {status} has no usual reason: give (status, reason)")
             elif provider == "FCM" and reason not in FCM_ERRORS:
-                raise ValueError(f"FCM has no error code {reason!r}; use one of {', '.join(FCM_ERRORS)}")
+                raise InvalidField("failures", f"FCM has no error code {reason!r}; use one of {', '.join(FCM_ERRORS)}")
             elif provider == "FCM" and FCM_ERRORS[reason][0] != status:
-                raise ValueError(f"FCM answers {reason!r} with {FCM_ERRORS[reason][0]}, not {status}")
+                raise InvalidField("failures", f"FCM answers {reason!r} with {FCM_ERRORS[reason][0]}, not {status}")
             elif provider == "APNs" and reason in FCM_ERRORS:
-                raise ValueError(f"{reason!r} is an FCM error code and {token!r} an APNs device token")
+                raise InvalidField("failures", f"{reason!r} is an FCM error code and {token!r} an APNs device token")
             elif not 400 <= status <= 599:
-                raise ValueError(f"{reason!r} with {status}: a failure is a 4xx or 5xx status")
+                raise InvalidField("failures", f"{reason!r} with {status}: a failure is a 4xx or 5xx status")
             queue.append((status, reason))
         with self.lock:
             self.fail_next[token] = queue
