@@ -276,3 +276,28 @@ def test_the_pushsim_command_starts_with_faults_and_dead_tokens_from_its_flags(t
         process.wait(10)
     assert (state["faults"]["rate_503"], state["faults"]["retry_after"], state["devices"]) == (0.25, 9, 1)
     assert page.status_code == 200 and "Push simulator" in page.text
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--rate-429", "2"], "--rate-429: rate_429 is a fraction from 0 to 1"),
+        (["--drop-after", "-1"], "--drop-after: drop_after_streams is a finite number, 0 or more"),
+    ],
+)
+def test_the_pushsim_command_refuses_a_fault_out_of_range_naming_its_flag(tmp_path, flags, said):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PUSHDESK_VAR_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3"}
+    manage = str(Path(__file__).resolve().parents[2] / "manage.py")
+    refused = subprocess.run(
+        [sys.executable, manage, "pushsim", "--port", "0", "--sandbox-port", "0", *flags],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1
+    assert said in refused.stderr and "Traceback" not in refused.stderr

@@ -8,10 +8,18 @@ at its ``ca.pem``.
 """
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from delivery.pushsim import PushSimulator
+from delivery.pushsim.state import InvalidField
 from delivery.pushsim.trust import trust_file_path, trust_loader
+
+# The faults whose option is not named after them.
+_OPTIONS = {
+    "goaway_after_streams": "goaway-after",
+    "drop_after_streams": "drop-after",
+    "idle_timeout_s": "idle-timeout",
+}
 
 
 class Command(BaseCommand):
@@ -47,20 +55,23 @@ class Command(BaseCommand):
             sandbox_tls_port=o["sandbox_tls_port"],
             ca_dir=ca_dir,
         )
-        sim.state.faults.update(
-            {
-                "rate_429": o["rate_429"],
-                "rate_500": o["rate_500"],
-                "rate_503": o["rate_503"],
-                "retry_after": o["retry_after"],
-                "latency_ms": o["latency_ms"],
-                "goaway_after_streams": o["goaway_after"],
-                "drop_after_streams": o["drop_after"],
-                "idle_timeout_s": o["idle_timeout"],
-                "dead_rate": o["dead_rate"],
-                "strict_tokens": o["strict_tokens"],
-            }
-        )
+        faults = {
+            "rate_429": o["rate_429"],
+            "rate_500": o["rate_500"],
+            "rate_503": o["rate_503"],
+            "retry_after": o["retry_after"],
+            "latency_ms": o["latency_ms"],
+            "goaway_after_streams": o["goaway_after"],
+            "drop_after_streams": o["drop_after"],
+            "idle_timeout_s": o["idle_timeout"],
+            "dead_rate": o["dead_rate"],
+            "strict_tokens": o["strict_tokens"],
+        }
+        try:
+            sim.state.faults.update(faults)
+        except InvalidField as exc:  # checked as a /control/faults request is, before anything listens
+            option = _OPTIONS.get(exc.field, exc.field.replace("_", "-"))
+            raise CommandError(f"--{option}: {exc}") from exc
         for token in o["dead_token"]:
             platform = "ios" if all(c in "0123456789abcdefABCDEF" for c in token) else "android"
             sim.state.add_device(token=token, platform=platform, state="unregistered")
