@@ -511,7 +511,13 @@ class CampaignTriggerView(APIView):
 
             response = api_exception_handler(exc.as_api() if isinstance(exc, TriggerRefused) else exc, {"view": self})
             if record is not None:
-                trigger_request_finish(record=record, status_code=response.status_code, body=response.data)
+                # An answer about the body is the body's for good: kept, and replayed. A refusal
+                # by the campaign's state (409: not live yet, its approval changed) may not last:
+                # the key is freed, so that the integrator's retry with it runs.
+                kept = response.status_code in (400, 422)
+                trigger_request_finish(
+                    record=record, status_code=response.status_code if kept else None, body=response.data
+                )
             return response
         except Exception:
             if record is not None:

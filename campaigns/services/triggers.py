@@ -646,7 +646,7 @@ def trigger_request_start(*, api_key, idempotency_key: str, campaign_id: int, bo
 
 
 def trigger_request_finish(*, record, status_code: int | None, body: dict | None) -> None:
-    """Store an answer that sent nothing (a refusal, bad input, no one to send to), to replay it.
+    """Store an answer that sent nothing (bad input, no one to send to), to replay it.
 
     ``status_code=None`` (the request failed) frees the key for a retry, unless the record holds
     an answer: a record written with its dispatch's rows is never deleted.

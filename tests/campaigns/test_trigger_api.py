@@ -231,3 +231,33 @@ def test_the_trigger_shortcut_takes_the_usual_bodies():
     from campaigns.api import _trigger_validated
 
     assert [_trigger_validated(body) is not None for body in TRIGGER_BODIES[:4]] == [True] * 4
+
+
+def test_a_key_refused_while_the_campaign_was_not_live_runs_when_retried_once_it_is(
+    make_campaign, manager_alice, approver_bob, trigger_client, pushsim_app
+):
+    """A refusal by the campaign's state is not the body's answer: the integrator's retry with the
+    same key, once the campaign is live, sends (it replayed the 409 for good). Bad input stays
+    replayed."""
+    from campaigns.services.lifecycle import campaign_approve, campaign_submit
+    from tests.factories import DeviceFactory
+
+    campaign = make_campaign(kind="api_triggered", segment=None)
+    zoe = ProfileFactory(external_id="zoe")
+    DeviceFactory(profile=zoe, app=campaign.app, platform="ios")
+    body = {"recipients": [{"external_id": "zoe"}]}
+    early = trigger_client.post(_url(campaign), body, format="json", HTTP_IDEMPOTENCY_KEY="order-1")
+    assert early.status_code == 409 and early.json()["code"] == "campaign_not_live"
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    retried = trigger_client.post(_url(campaign), body, format="json", HTTP_IDEMPOTENCY_KEY="order-1")
+    assert retried.status_code == 202 and "Idempotent-Replayed" not in retried
+    assert retried.json()["accepted"] == 1
+    again = trigger_client.post(_url(campaign), body, format="json", HTTP_IDEMPOTENCY_KEY="order-1")
+    assert again["Idempotent-Replayed"] == "true" and again.json() == retried.json()
+
+    bad = {"recipients": [{"external_id": 5}]}
+    first = trigger_client.post(_url(campaign), bad, format="json", HTTP_IDEMPOTENCY_KEY="bad-1")
+    replayed = trigger_client.post(_url(campaign), bad, format="json", HTTP_IDEMPOTENCY_KEY="bad-1")
+    assert first.status_code == replayed.status_code == 400
+    assert replayed["Idempotent-Replayed"] == "true"
