@@ -21,6 +21,7 @@ from accounts.pagination import (
     query_params_valid,
     rows_matching,
 )
+from config.db import ROW_IDS
 from delivery.models import Delivery, Device, Dispatch, Platform
 from delivery.selectors import (
     apps_visible_to,
@@ -30,6 +31,7 @@ from delivery.selectors import (
     dispatches_visible_to,
 )
 from delivery.services.devices import device_opt_in_set, device_register, device_unregister
+from delivery.services.dispatches import dispatch_counted_now
 from delivery.services.opens import AlreadyOpened, NotAccepted, delivery_open_report
 
 
@@ -107,6 +109,9 @@ class DispatchOutSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
         )
+
+    def to_representation(self, instance):
+        return super().to_representation(dispatch_counted_now(instance))  # an open stream's, summed now
 
     def get_outcomes(self, obj) -> list[dict]:
         return [
@@ -236,7 +241,7 @@ class DispatchListItemSerializer(DispatchOutSerializer):
 class DispatchListQuery(ListQuery):
     status = QueryChoice(Dispatch.Status.values)
     kind = QueryChoice(Dispatch.Kind.values)
-    app = QueryInteger(required=False, min_value=1, help_text="The app's id.")
+    app = QueryInteger(required=False, min_value=1, max_value=ROW_IDS.stop - 1, help_text="The app's id.")
 
 
 class DispatchListView(APIView):

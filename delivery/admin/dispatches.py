@@ -17,7 +17,7 @@ from delivery.selectors import (
     deliveries_visible_to,
     dispatch_outcomes,
 )
-from delivery.services.dispatches import dispatch_counts, dispatch_stop
+from delivery.services.dispatches import dispatch_counted_now, dispatch_stop
 
 
 @admin.register(Dispatch)
@@ -103,25 +103,17 @@ class DispatchAdmin(ScopedAdmin):
             json.dumps(obj.content_spec, indent=2, ensure_ascii=False),
         )
 
-    @staticmethod
-    def _counted_now(obj: Dispatch) -> Dispatch:
-        # An open stream's counters are kept once a minute (``streams_watch``); its page, which
-        # reloads every two seconds, and the list read them from the rollup now.
-        if obj.standing and obj.status in Dispatch.RUNNING_STATUSES:
-            for name, value in dispatch_counts(dispatch_id=obj.pk).items():
-                setattr(obj, name, value)
-        return obj
-
     def get_object(self, request, object_id, from_field=None):
         obj = super().get_object(request, object_id, from_field)
-        return obj if obj is None else self._counted_now(obj)
+        # An open stream's page reloads every two seconds: its counters as they are now.
+        return obj if obj is None else dispatch_counted_now(obj)
 
     def changelist_view(self, request, extra_context=None):
         response = super().changelist_view(request, extra_context)
         changelist = (getattr(response, "context_data", None) or {}).get("cl")
         if changelist is not None:
             for obj in changelist.result_list:
-                self._counted_now(obj)
+                dispatch_counted_now(obj)
         return response
 
     def has_add_permission(self, request):

@@ -454,8 +454,16 @@ def dispatch_stop(*, dispatch_id: int, by: User) -> Dispatch:
         )
         dispatch.status = Dispatch.Status.STOPPED
         dispatch.finished_at = timezone.now()
-        dispatch.skipped = F("skipped") + stopped
-        dispatch.save(update_fields=["status", "finished_at", "skipped"])
+        if dispatch.standing:
+            # A stream's counters were kept once a minute: set them for good from the rollup,
+            # which the stop just counted into (rows in flight add their outcomes as they finish).
+            counts = dispatch_counts(dispatch_id=dispatch.pk)
+            for name, value in counts.items():
+                setattr(dispatch, name, value)
+            dispatch.save(update_fields=["status", "finished_at", *counts])
+        else:
+            dispatch.skipped = F("skipped") + stopped
+            dispatch.save(update_fields=["status", "finished_at", "skipped"])
         audit(actor=by, action="dispatch_stopped", obj=dispatch, summary={"stopped": stopped})
     dispatch.refresh_from_db()
     return dispatch
@@ -480,6 +488,16 @@ def dispatch_recount(*, dispatch_id: int) -> Dispatch:
     (``dispatch_counts``). Used when it finishes, and for a stream at each watch."""
     Dispatch.objects.filter(pk=dispatch_id).update(**dispatch_counts(dispatch_id=dispatch_id))
     return Dispatch.objects.get(pk=dispatch_id)
+
+
+def dispatch_counted_now(dispatch: Dispatch) -> Dispatch:
+    """``dispatch`` with its counters as they are now, for a page or an answer: an open stream's
+    are kept once a minute (``streams_watch``; calls append without touching the dispatch's row),
+    so they are summed from its rollup (a few rows); any other dispatch's are current."""
+    if dispatch.standing and dispatch.status in Dispatch.RUNNING_STATUSES:
+        for name, value in dispatch_counts(dispatch_id=dispatch.pk).items():
+            setattr(dispatch, name, value)
+    return dispatch
 
 
 def dispatch_counts(*, dispatch_id: int) -> dict:

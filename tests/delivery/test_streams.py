@@ -594,3 +594,35 @@ def test_a_wake_up_reaches_the_senders_of_its_own_redis_database_only(settings):
     finally:
         here.close()
         elsewhere.close()
+
+
+def test_a_streams_counters_read_through_the_api_are_current_and_set_for_good_when_stopped(
+    pushsim, pushsim_app, stream, manager_alice, admin_erin, api_key_for
+):
+    """Calls append without touching the stream's row, whose counters the minute's watch keeps:
+    the API sums an open stream's from its rollup (its percent went past 100), and a stop sets
+    them for good (a stopped stream is no longer watched: they stayed as the last watch left them)."""
+    from accounts.services import access_grant
+    from delivery.services.dispatches import dispatch_stop
+
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
+    client = api_key_for(manager_alice, scopes=["read"])
+    _append(stream, _people(pushsim_app, 3))
+    streams_send(budget=0)
+    _append(stream, _people(pushsim_app, 2))  # queued
+    assert Dispatch.objects.get(pk=stream.pk).total == 0  # not watched yet
+    shown = client.get(f"/api/v1/dispatches/{stream.pk}/").json()
+    assert (shown["total"], shown["accepted"], shown["percent"]) == (5, 3, 60.0)
+    (listed,) = [d for d in client.get("/api/v1/dispatches/").json()["results"] if d["id"] == stream.pk]
+    assert (listed["total"], listed["accepted"]) == (5, 3)
+
+    dispatch_stop(dispatch_id=stream.pk, by=admin_erin)
+    stopped = Dispatch.objects.get(pk=stream.pk)
+    assert (stopped.status, stopped.total, stopped.accepted, stopped.skipped) == ("stopped", 5, 3, 2)
+    assert stopped.percent == 100.0
+    assert client.get(f"/api/v1/dispatches/{stream.pk}/").json()["total"] == 5
+
+
+def test_the_dispatches_app_filter_past_any_id_is_a_400_naming_it(manager_alice, api_key_for):
+    answer = api_key_for(manager_alice, scopes=["read"]).get("/api/v1/dispatches/", {"app": str(2**63)})
+    assert answer.status_code == 400 and answer.json()["errors"][0]["field"] == "app"
