@@ -265,23 +265,31 @@ def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: 
 
 
 def _may_trigger(by: User, campaign_id: int, stamp: str | None) -> None:
-    """Raise Http404 outside the user's access, PermissionDenied when their role may not trigger.
+    """Raise Http404 outside the user's access, PermissionDenied when their role may not trigger
+    or they were granted the campaign but not its app: a trigger answers with the deliveries it
+    made, which are read through the app (``GET /api/v1/deliveries/{id}/``).
 
     The answer is kept on the user object, which the API keeps per process behind the ``access``
     stamp; it is also keyed by the campaign's stamp (a campaign moved to another app)."""
+    from delivery.models import App
+
     decided = by.__dict__.setdefault("_pushdesk_may_trigger", {})
     verdict = decided.get((campaign_id, stamp))
     if verdict is None:
         one = Campaign.objects.filter(pk=campaign_id)
-        if visible_to(by, one, perm="campaigns.trigger_campaign").exists():
-            verdict = "yes"
-        elif visible_to(by, one).exists():
-            verdict = "role"
-        else:
+        if not visible_to(by, one).exists():
             raise Http404(f"No campaign {campaign_id}.")
+        if not visible_to(by, one, perm="campaigns.trigger_campaign").exists():
+            verdict = "role"
+        elif not visible_to(by, App.objects.filter(campaigns__pk=campaign_id)).exists():
+            verdict = "app"
+        else:
+            verdict = "yes"
         decided[(campaign_id, stamp)] = verdict
     if verdict == "role":
         raise PermissionDenied("Your role may not trigger campaigns.")
+    if verdict == "app":
+        raise PermissionDenied("Triggering a campaign needs access to its app, through which its deliveries are read.")
 
 
 def campaign_trigger_allowed(*, campaign_id: int, by: User, stamps=None) -> None:

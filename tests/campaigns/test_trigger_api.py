@@ -261,3 +261,23 @@ def test_a_key_refused_while_the_campaign_was_not_live_runs_when_retried_once_it
     replayed = trigger_client.post(_url(campaign), bad, format="json", HTTP_IDEMPOTENCY_KEY="bad-1")
     assert first.status_code == replayed.status_code == 400
     assert replayed["Idempotent-Replayed"] == "true"
+
+
+def test_a_user_granted_the_campaign_but_not_its_app_may_not_trigger_it(live_trigger, api_key_for, pushsim_app):
+    """A trigger answers with the deliveries it made, read through the campaign's app: a key whose
+    user was granted the campaign alone would get ids it could not look up. Refused, saying why."""
+    from accounts.services import access_grant
+    from tests.factories import UserFactory
+
+    outsider = UserFactory(username="campaign_only", role="Manager")
+    access_grant(obj=live_trigger, to=outsider, by=None)
+    client = api_key_for(outsider, scopes=["trigger", "read"])
+    ProfileFactory(external_id="zoe")
+    refused = client.post(_url(live_trigger), {"recipients": [{"external_id": "zoe"}]}, format="json")
+    assert refused.status_code == 403 and "access to its app" in refused.json()["detail"]
+    assert not Dispatch.objects.exists()
+    access_grant(obj=pushsim_app, to=outsider, by=None)
+    answered = client.post(_url(live_trigger), {"recipients": [{"external_id": "zoe"}]}, format="json")
+    assert answered.status_code == 202
+    (delivery,) = answered.json()["deliveries"]
+    assert client.get(f"/api/v1/deliveries/{delivery['id']}/").status_code == 200
