@@ -8,6 +8,7 @@ from django.urls import path
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView, exception_handler
 
 from accounts.json_values import MAX_BYTES, MAX_DEPTH, json_value_problem
@@ -66,12 +67,15 @@ def _flatten(detail, prefix="") -> list[dict]:
     """Turn DRF's nested error detail into a flat list naming each field by its path: keys joined
     by dots, list positions in brackets (``recipients[0].context``), as every other check names
     them (``accounts.json_values``, the rules' validation). DRF keys a list field's errors by
-    position (``{0: …}``) and a list serializer's by order (``[{…}]``): both are positions."""
+    position (``{0: …}``) and a list serializer's by order (``[{…}]``): both are positions. Its
+    errors of a whole object (``non_field_errors``) name that object: ``null`` for the body."""
     errors = []
     if isinstance(detail, dict):
         for key, value in detail.items():
             if isinstance(key, int):
                 field = f"{prefix}[{key}]"
+            elif key == api_settings.NON_FIELD_ERRORS_KEY:
+                field = prefix
             else:
                 field = f"{prefix}.{key}" if prefix else str(key)
             errors += _flatten(value, field)

@@ -438,6 +438,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "accounts.pagination.ApiPagination",
     "PAGE_SIZE": 100,
     "UNAUTHENTICATED_USER": None,
+    # JSON is all the API speaks: no ``?format=`` (a list's unknown parameters are ignored, and
+    # the API's own route answers the hot calls without DRF's negotiation).
+    "URL_FORMAT_OVERRIDE": None,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Pushdesk API",
