@@ -17,6 +17,7 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 
 from accounts.models import ApiKey
+from accounts.selectors import may_own_api_keys
 from accounts.services import api_key_touch
 from accounts.stamps import Stamps, stamps_read
 
@@ -108,6 +109,8 @@ def key_refusal(key: ApiKey | None, raw_key: str) -> tuple[str, str] | None:
         return "This API key has expired.", "api_key_expired"
     if not key.user.is_active:
         return "The account this API key belongs to is disabled.", "account_disabled"
+    if not may_own_api_keys(key.user):  # its role changed since (a Viewer, or none)
+        return "The role of the account this API key belongs to may not use API keys.", "account_role"
     return None
 
 

@@ -132,6 +132,21 @@ def test_key_of_disabled_user_is_refused(manager_alice):
     assert response.json()["code"] == "account_disabled"
 
 
+def test_key_of_a_user_since_made_a_viewer_is_refused_at_once(manager_alice):
+    """Viewers may not own API keys: a key made while its user was a Manager stops working when
+    the user becomes a Viewer (its reads went on)."""
+    from django.contrib.auth.models import Group
+
+    _, raw = api_key_create(user=manager_alice, name="backend", scopes=["read"], by=manager_alice)
+    assert _client(raw).get("/api/v1/me/").status_code == 200
+    manager_alice.groups.set([Group.objects.get(name="Viewer")])
+    response = _client(raw).get("/api/v1/me/")
+    assert response.status_code == 401
+    assert response.json()["code"] == "account_role"
+    manager_alice.groups.set([Group.objects.get(name="Manager")])
+    assert _client(raw).get("/api/v1/me/").status_code == 200
+
+
 @pytest.mark.urls("tests.accounts.test_api_keys")
 def test_key_without_the_scope_gets_403(manager_alice):
     _, read_only = api_key_create(user=manager_alice, name="r", scopes=["read"], by=manager_alice)

@@ -138,7 +138,8 @@ def test_removing_the_grant_on_the_app_hides_the_campaign_at_once(live_trigger, 
 def test_removing_the_role_refuses_at_once(live_trigger, trigger_client, zoe, manager_alice):
     assert _trigger(trigger_client, live_trigger, "zoe").status_code == 202
     manager_alice.groups.remove(Group.objects.get(name="Manager"))
-    assert _trigger(trigger_client, live_trigger, "zoe").status_code in (403, 404)
+    refused = _trigger(trigger_client, live_trigger, "zoe")  # on the API's own route
+    assert refused.status_code == 401 and refused.json()["code"] == "account_role"
 
 
 def test_disabling_the_user_refuses_at_once(live_trigger, trigger_client, zoe, manager_alice):
