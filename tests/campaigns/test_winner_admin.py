@@ -196,13 +196,13 @@ def test_the_api_refuses_winner_mode_to_roles_and_keys_that_may_not_set_it(
     assert read_only.status_code == 403 and read_only.json()["code"] == "insufficient_scope"
     with pytest.raises((PermissionDenied, ValidationError)):  # a Viewer holds no API key
         api_key_create(user=viewer_carol, name="viewer", scopes=["campaigns"], by=viewer_carol)
-    # A key made while its user was a Manager acts with the role they have now: a Viewer's.
+    # A key made while its user was a Manager stops working once they are a Viewer (who own none).
     demoted = UserFactory(username="manager_erin", role="Manager")
     access_grant(obj=campaign.app, to=demoted, by=None)
     key = api_key_for(demoted, scopes=["campaigns"])
     demoted.groups.set([Group.objects.get(name="Viewer")])
     refused = key.put(url, WINNER_BODY, format="json")
-    assert refused.status_code == 403 and refused.json()["code"] == "permission_denied"
+    assert refused.status_code == 401 and refused.json()["code"] == "account_role"
     stranger = UserFactory(username="manager_stranger", role="Manager")  # no access to the campaign's app
     assert api_key_for(stranger, scopes=["campaigns"]).put(url, WINNER_BODY, format="json").status_code == 404
     assert not Campaign.objects.get(pk=campaign.pk).winner_mode

@@ -127,11 +127,11 @@ def test_opens_need_a_role_that_writes_profiles(api_key_for, approver_bob, manag
     approver = api_key_for(approver_bob, scopes=["ingest"])
     response = approver.post("/api/v1/opens/", {"app": app.pk, "delivery": delivery.pk}, format="json")
     assert response.status_code == 403 and response.json()["code"] == "permission_denied"
-    # A key made while its user was a Manager stops writing once the user becomes a Viewer.
+    # A key made while its user was a Manager stops working once the user becomes a Viewer.
     manager = api_key_for(manager_alice, scopes=["ingest"])
     manager_alice.groups.set([Group.objects.get(name="Viewer")])
     response = manager.post("/api/v1/opens/", {"app": app.pk, "delivery": delivery.pk}, format="json")
-    assert response.status_code == 403
+    assert response.status_code == 401 and response.json()["code"] == "account_role"
     assert Delivery.objects.get(pk=delivery.pk).opened_at is None
 
 
