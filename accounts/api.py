@@ -5,6 +5,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from django.urls import path
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.response import Response
@@ -58,6 +59,22 @@ class JsonIntegerField(_JsonType, serializers.IntegerField):
 
 class JsonBooleanField(_JsonType, serializers.BooleanField):
     json_types = (bool,)
+
+
+class JsonDateTimeField(_JsonType, serializers.DateTimeField):
+    """An ISO 8601 time with its zone (``Z`` or an offset): one without is refused, not read as UTC
+    (the time an integrator's server wrote in its own zone would be off by hours)."""
+
+    json_types = (str,)
+    default_error_messages = {
+        "invalid": "An ISO 8601 time with its zone is required, e.g. 2026-12-03T10:00:00Z or +01:00.",
+        "naive": "Give the time with its zone, e.g. 2026-12-03T10:00:00Z or +01:00.",
+    }
+
+    def enforce_timezone(self, value):
+        if timezone.is_naive(value):
+            self.fail("naive")
+        return super().enforce_timezone(value)
 
 
 # --- errors -----------------------------------------------------------------------------------

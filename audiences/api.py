@@ -20,7 +20,7 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.api import JsonCharField, JsonObjectField, _flatten
+from accounts.api import JsonCharField, JsonDateTimeField, JsonObjectField, _flatten
 from accounts.authentication import request_stamps
 from accounts.json_values import MAX_DEPTH, TEXT_REFUSED, json_compact, json_parse, json_value_problem
 from accounts.pagination import ListQuery, QueryInteger, page_response, page_schema, query_params_valid
@@ -48,7 +48,7 @@ class ProfileInSerializer(serializers.Serializer):
     attributes = JsonObjectField(required=False, allow_empty=True, help_text="Merged; a null removes a name.")
     locale = JsonCharField(required=False, allow_blank=True, max_length=35)
     timezone = JsonCharField(required=False, allow_blank=True, max_length=64)
-    last_seen_at = serializers.DateTimeField(required=False, allow_null=True)
+    last_seen_at = JsonDateTimeField(required=False, allow_null=True)
 
     def validate(self, attrs):
         problems = profile_check(attrs)
@@ -67,7 +67,7 @@ class EventInSerializer(serializers.Serializer):
     external_id = JsonCharField(max_length=255, trim_whitespace=False)
     name = JsonCharField(max_length=100)
     properties = JsonObjectField(required=False, allow_empty=True)
-    occurred_at = serializers.DateTimeField()
+    occurred_at = JsonDateTimeField()
 
     def validate(self, attrs):
         problems = event_check(attrs)

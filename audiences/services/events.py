@@ -16,18 +16,15 @@ from accounts.json_values import json_compact
 from accounts.models import User
 from audiences.models import Event, EventReplay, Profile
 from audiences.rules.schema import KEY_RE
-from audiences.services.profiles import _ensure_perm, text_problem
+from audiences.services.profiles import FUTURE_LIMIT, FUTURE_PROBLEM, _ensure_perm, text_problem
 from config.db import prepared_cursor
 
 if TYPE_CHECKING:
     from accounts.stamps import Stamps
 
 MAX_PROPERTIES_BYTES = 8 * 1024
-# How far ahead of the clock an event's time may be.
-FUTURE_LIMIT = dt.timedelta(days=1)
 PROPERTY_NAMES_PROBLEM = "Property names use letters, digits, _ . : - (at most 100 characters)."
 PROPERTIES_SIZE_PROBLEM = f"Properties take at most {MAX_PROPERTIES_BYTES} bytes as JSON."
-FUTURE_PROBLEM = "This time is more than a day in the future."
 
 log = logging.getLogger(__name__)
 

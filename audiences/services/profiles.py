@@ -46,6 +46,11 @@ def text_problem(value, *, max_length: int) -> str | None:
     return json_text_problem(value)  # PostgreSQL stores no NUL, JSON carries no lone surrogate
 
 
+# How far ahead of the clock an event's time, or a profile's last visit, may be.
+FUTURE_LIMIT = dt.timedelta(days=1)
+FUTURE_PROBLEM = "This time is more than a day in the future."
+
+
 def profile_check(data: dict) -> dict[str, str]:
     """Check one profile's fields; return {field: message} for each problem (empty: fine).
 
@@ -74,6 +79,9 @@ def profile_check(data: dict) -> dict[str, str]:
     tz = data.get("timezone")
     if tz not in (None, "") and (not isinstance(tz, str) or tz not in _timezones()):
         errors["timezone"] = "Not a time zone: use an IANA name such as 'Europe/Paris'."
+    seen = data.get("last_seen_at")
+    if isinstance(seen, dt.datetime) and seen > timezone.now() + FUTURE_LIMIT:
+        errors["last_seen_at"] = FUTURE_PROBLEM  # it only moves forward: a year 2999 would stay
     return errors
 
 

@@ -347,3 +347,29 @@ def test_approver_key_is_refused_imports_by_role_like_profile_writes(approver_bo
     assert response.status_code == 403
     assert response.json()["code"] == "permission_denied"
     assert not Import.objects.exists() and not Profile.objects.exists()
+
+
+def test_times_without_a_zone_and_a_last_visit_in_the_future_are_refused_naming_the_field(manager_alice, api_key_for):
+    """A time without its zone was read as UTC (an integrator's server writing its own zone would
+    be off by hours); a last visit years ahead stayed for good, since it only moves forward."""
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    events = client.post(
+        "/api/v1/events/bulk/",
+        {
+            "events": [
+                {"external_id": "a", "name": "open", "occurred_at": "2026-06-01T10:00:00"},
+                {"external_id": "a", "name": "open", "occurred_at": "2026-06-01T10:00:00+02:00"},
+            ]
+        },
+        format="json",
+    ).json()
+    assert [r["status"] for r in events["results"]] == ["error", "accepted"]
+    assert events["results"][0]["errors"][0]["field"] == "occurred_at"
+    assert "zone" in events["results"][0]["errors"][0]["detail"]
+    for seen in ("2026-06-01T10:00:00", "2999-12-03T10:00:00Z"):
+        answer = client.post("/api/v1/profiles/", {"external_id": "b", "last_seen_at": seen}, format="json")
+        assert answer.status_code == 400, answer.json()
+        assert [e["field"] for e in answer.json()["errors"]] == ["last_seen_at"]
+    assert not Profile.objects.filter(external_id="b").exists()
+    ok = client.post("/api/v1/profiles/", {"external_id": "b", "last_seen_at": "2026-06-01T10:00:00Z"}, format="json")
+    assert ok.status_code in (200, 201)
