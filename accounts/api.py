@@ -61,6 +61,13 @@ class JsonBooleanField(_JsonType, serializers.BooleanField):
     json_types = (bool,)
 
 
+class JsonIntegerChoiceField(_JsonType, serializers.ChoiceField):
+    """One of whole-number choices, given as a number (DRF's choice field takes "95" for 95)."""
+
+    json_types = (int,)
+    default_error_messages = {"invalid": "A whole number is required."}
+
+
 class JsonDateTimeField(_JsonType, serializers.DateTimeField):
     """An ISO 8601 time with its zone (``Z`` or an offset): one without is refused, not read as UTC
     (the time an integrator's server wrote in its own zone would be off by hours)."""

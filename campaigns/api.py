@@ -20,7 +20,7 @@ from rest_framework.exceptions import APIException, Throttled
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.api import JsonBooleanField, JsonCharField, JsonIntegerField, JsonObjectField
+from accounts.api import JsonBooleanField, JsonCharField, JsonIntegerChoiceField, JsonIntegerField, JsonObjectField
 from accounts.authentication import request_stamps
 from accounts.json_values import TEXT_REFUSED, json_value_problem
 from accounts.pagination import ListQuery, QueryChoice, page_response, page_schema, query_params_valid, rows_matching
@@ -373,7 +373,7 @@ class WinnerInSerializer(serializers.Serializer):
     sample_share = JsonIntegerField(required=False, default=20, min_value=1, max_value=99)
     wait_minutes = JsonIntegerField(required=False, default=120, min_value=0, max_value=MAX_WAIT_MINUTES)
     metric = serializers.ChoiceField(choices=Campaign.WinnerMetric.values, required=False, default="open_rate")
-    confidence = serializers.ChoiceField(choices=[80, 90, 95, 99], required=False, default=95)
+    confidence = JsonIntegerChoiceField(choices=[80, 90, 95, 99], required=False, default=95)
     fallback = serializers.ChoiceField(choices=Campaign.WinnerFallback.values, required=False, default="all_variants")
     fallback_variant = serializers.ChoiceField(choices=VARIANT_LETTERS, required=False, allow_null=True, default=None)
 

@@ -260,3 +260,19 @@ def test_the_winner_status_is_on_the_page_in_the_api_and_the_report(
     assert status["outcome"] == "winner" and status["winner"] == "B" and status["remainder_dispatch"] == rest.pk
     assert status["comparisons"] == [{"variant": "A", "z": 2.303, "p": 0.0213, "significant": True}]
     assert status["figures"][1] == {"variant": "B", "trials": 1200, "successes": 156, "rate": 0.13}
+
+
+@pytest.mark.parametrize("confidence", ["95", 95.0, True, 94])
+def test_the_api_refuses_a_confidence_that_is_not_one_of_the_numbers(
+    make_campaign, manager_alice, abc, api_key_for, confidence
+):
+    """The schema's confidence is a whole number (80, 90, 95 or 99): text, a float or a boolean is
+    refused as any other typed field is (DRF's choice field took "95" for 95)."""
+    campaign = _with_variants(make_campaign(content=abc[0]), manager_alice, abc[:2])
+    api = api_key_for(manager_alice, scopes=["campaigns"])
+    answer = api.put(
+        f"/api/v1/campaigns/{campaign.pk}/winner/", {**WINNER_BODY, "confidence": confidence}, format="json"
+    )
+    assert answer.status_code == 400, answer.json()
+    assert [e["field"] for e in answer.json()["errors"]] == ["confidence"]
+    assert not Campaign.objects.get(pk=campaign.pk).winner_mode
