@@ -322,9 +322,21 @@ class ProfileDetailView(APIView):
 
 
 class ProfileBulkView(APIView):
-    """Upsert up to 1,000 profiles; answers per item, and the good items land."""
+    """Upsert up to 1,000 profiles; answers per item, and the good items land. A GET of its path
+    reads the profile whose external id is "bulk", as ``GET /api/v1/profiles/{external_id}/``
+    reads any other."""
 
-    required_scope = "ingest"
+    @property
+    def required_scope(self) -> str:
+        return "read" if self.request.method == "GET" else "ingest"
+
+    @extend_schema(
+        operation_id="profile_detail_bulk",
+        description='The profile whose external id is "bulk" (this path is also the bulk upsert\'s).',
+        responses=ProfileOutSerializer,
+    )
+    def get(self, request):
+        return ProfileDetailView().get(request, external_id="bulk")
 
     @extend_schema(
         operation_id="profiles_bulk_upsert",
@@ -568,7 +580,8 @@ class ImportErrorsView(_ReadOrIngest, APIView):
 urlpatterns = [
     path("profiles/", ProfileUpsertView.as_view(), name="profile-upsert"),
     path("profiles/bulk/", ProfileBulkView.as_view(), name="profile-bulk"),
-    path("profiles/<str:external_id>/", ProfileDetailView.as_view(), name="profile-detail"),
+    # Any external id, a slash in it included (sent as %2F or as is).
+    path("profiles/<path:external_id>/", ProfileDetailView.as_view(), name="profile-detail"),
     path("events/bulk/", EventBulkView.as_view(), name="event-bulk"),
     path("segments/", SegmentListView.as_view(), name="segment-list"),
     path("segments/<int:segment_id>/", SegmentDetailView.as_view(), name="segment-detail"),

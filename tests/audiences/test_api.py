@@ -373,3 +373,19 @@ def test_times_without_a_zone_and_a_last_visit_in_the_future_are_refused_naming_
     assert not Profile.objects.filter(external_id="b").exists()
     ok = client.post("/api/v1/profiles/", {"external_id": "b", "last_seen_at": "2026-06-01T10:00:00Z"}, format="json")
     assert ok.status_code in (200, 201)
+
+
+@pytest.mark.parametrize("external_id", ["a/b", "bulk", "x/"])
+def test_every_profile_written_can_be_read_by_its_external_id(manager_alice, api_key_for, external_id):
+    """An external id with a slash, or the word of the bulk path, was written but never read
+    (404, or the bulk upsert's 405)."""
+    from urllib.parse import quote
+
+    writer = api_key_for(manager_alice, scopes=["ingest"])
+    assert writer.post("/api/v1/profiles/", {"external_id": external_id}, format="json").status_code == 201
+    reader = api_key_for(manager_alice, scopes=["read"])
+    for path in (quote(external_id, safe=""), external_id):
+        answer = reader.get(f"/api/v1/profiles/{path}/")
+        assert answer.status_code == 200, (path, answer.content)
+        assert answer.json()["external_id"] == external_id
+    assert writer.get(f"/api/v1/profiles/{quote(external_id, safe='')}/").status_code == 403  # ingest only
