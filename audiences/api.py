@@ -63,6 +63,13 @@ class ProfileOutSerializer(serializers.ModelSerializer):
         fields = ("external_id", "attributes", "locale", "timezone", "created_at", "updated_at", "last_seen_at")
 
 
+class ProfileUpsertOutSerializer(ProfileOutSerializer):
+    result = serializers.ChoiceField(choices=["created", "updated", "unchanged"], help_text="What the call did.")
+
+    class Meta(ProfileOutSerializer.Meta):
+        fields = (*ProfileOutSerializer.Meta.fields, "result")
+
+
 class EventInSerializer(serializers.Serializer):
     external_id = JsonCharField(max_length=255, trim_whitespace=False)
     name = JsonCharField(max_length=100)
@@ -295,7 +302,7 @@ class ProfileUpsertView(APIView):
     @extend_schema(
         operation_id="profile_upsert",
         request=ProfileInSerializer,
-        responses={200: ProfileOutSerializer, 201: ProfileOutSerializer},
+        responses={200: ProfileUpsertOutSerializer, 201: ProfileUpsertOutSerializer},
     )
     def post(self, request):
         serializer = ProfileInSerializer(data=request.data)

@@ -181,7 +181,11 @@ class DeviceRegisterView(APIView):
 
     required_scope = "ingest"
 
-    @extend_schema(operation_id="device_register", request=DeviceInSerializer, responses={201: DeviceOutSerializer})
+    @extend_schema(
+        operation_id="device_register",
+        request=DeviceInSerializer,
+        responses={201: DeviceOutSerializer, 200: DeviceOutSerializer},  # 200: a token it knew, moved
+    )
     def post(self, request):
         data = DeviceInSerializer(data=request.data)
         data.is_valid(raise_exception=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.urls import path
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -62,6 +62,13 @@ class StepStatsSerializer(serializers.Serializer):
     exited = serializers.IntegerField()
     exit_event = serializers.IntegerField()
     passed = serializers.DictField(child=serializers.IntegerField())
+    targeted = serializers.IntegerField(help_text="Push steps: the rows its sends made.")
+    sent = serializers.IntegerField(help_text="Push steps: handed to a provider (accepted, failed or unknown).")
+    accepted = serializers.IntegerField()
+    send_failed = serializers.IntegerField(help_text="Push steps: refused by the provider.")
+    skipped = serializers.DictField(
+        child=serializers.IntegerField(), help_text="Push steps: rows skipped, by reason (no_device, not_opted_in…)."
+    )
     conversions = ConversionFiguresSerializer(
         required=False, help_text="Push steps, when the journey names a conversion goal: its conversions."
     )
@@ -94,7 +101,7 @@ class JourneyDetailSerializer(JourneyOutSerializer):
         version = self._shown(obj)
         return version_totals(version) if version else {}
 
-    @extend_schema(responses=StepStatsSerializer(many=True))
+    @extend_schema_field(StepStatsSerializer(many=True))
     def get_steps(self, obj) -> list[dict]:
         version = self._shown(obj)
         if version is None:

@@ -200,3 +200,17 @@ def test_manager_cannot_revoke_someone_elses_key(admin_erin, manager_alice, appr
     api_key_revoke(key_id=key.pk, by=admin_erin)
     key.refresh_from_db()
     assert key.is_revoked
+
+
+def test_a_method_an_accept_or_a_content_type_the_api_does_not_take_answers_its_documented_code(
+    manager_alice, api_key_for
+):
+    """The README's status table: 405, 406 and 415, each as JSON with its code."""
+    client = api_key_for(manager_alice, scopes=["read", "ingest"])
+    wrong_method = client.delete("/api/v1/profiles/")
+    assert (wrong_method.status_code, wrong_method.json()["code"]) == (405, "method_not_allowed")
+    assert "POST" in wrong_method["Allow"]
+    xml_only = client.get("/api/v1/me/", HTTP_ACCEPT="application/xml")
+    assert (xml_only.status_code, xml_only.json()["code"]) == (406, "not_acceptable")
+    form = client.post("/api/v1/profiles/", "external_id=a", content_type="application/x-www-form-urlencoded")
+    assert (form.status_code, form.json()["code"]) == (415, "unsupported_media_type")
