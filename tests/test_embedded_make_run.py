@@ -15,10 +15,9 @@ import httpx
 from tests.processes import ROOT, as_from_a_terminal, descendants, free_port, manage
 
 
-def test_make_run_looks_like_the_product_and_ctrl_c_stops_everything_cleanly(embedded_env, tmp_path):
-    """`make run`'s stack: no debug pages, error pages inside the admin's frame, static files
-    served; Ctrl-C (SIGINT to the whole process group) stops web, worker, stream sender and simulator
-    cleanly."""
+def _start(embedded_env, tmp_path) -> tuple[subprocess.Popen, Path, int, int]:
+    """`make run`'s stack on a migrated SQLite database in ``tmp_path``, on free ports: its
+    process, its log, the web app's port and the simulator's."""
     migrate = manage(["migrate", "--noinput"], embedded_env, timeout=300)
     assert migrate.returncode == 0, migrate.stderr
     port, sim_port = free_port(), free_port()
@@ -41,6 +40,14 @@ def test_make_run_looks_like_the_product_and_ctrl_c_stops_everything_cleanly(emb
             start_new_session=True,  # a process group of its own, as a terminal gives `make run`
             preexec_fn=as_from_a_terminal,
         )
+    return stack, log, port, sim_port
+
+
+def test_make_run_looks_like_the_product_and_ctrl_c_stops_everything_cleanly(embedded_env, tmp_path):
+    """`make run`'s stack: no debug pages, error pages inside the admin's frame, static files
+    served; Ctrl-C (SIGINT to the whole process group) stops web, worker, stream sender and simulator
+    cleanly."""
+    stack, log, port, _ = _start(embedded_env, tmp_path)
     try:
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, follow_redirects=False, timeout=10) as http:
@@ -86,27 +93,7 @@ def test_the_stack_stops_when_make_run_is_killed_outright(embedded_env, tmp_path
     """SIGKILL to `make run`'s process (which cannot stop anything then): its web app, worker,
     stream sender and simulator, each asked to stop when their parent dies, stop too, and leave
     the ports for the next `make run`."""
-    assert manage(["migrate", "--noinput"], embedded_env, timeout=300).returncode == 0
-    port, sim_port = free_port(), free_port()
-    log = tmp_path / "run.log"
-    with open(log, "wb") as out:
-        stack = subprocess.Popen(
-            [
-                sys.executable,
-                "manage.py",
-                "run_embedded",
-                "--addr",
-                f"127.0.0.1:{port}",
-                "--pushsim-port",
-                str(sim_port),
-            ],
-            cwd=ROOT,
-            env=embedded_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=as_from_a_terminal,
-        )
+    stack, log, _, sim_port = _start(embedded_env, tmp_path)
     family = []
     try:
         deadline = time.monotonic() + 120
@@ -115,6 +102,9 @@ def test_the_stack_stops_when_make_run_is_killed_outright(embedded_env, tmp_path
             time.sleep(0.2)
         family = descendants(stack.pid)
         assert len(family) >= 5, (family, log.read_text()[-3000:])
+        # The senders send to this simulator's port, not the default one.
+        environ = Path(f"/proc/{family[0]}/environ").read_bytes().split(b"\0")
+        assert f"PUSHDESK_PUSHSIM_FCM_URL=http://127.0.0.1:{sim_port}".encode() in environ
         stack.kill()
         stack.wait(timeout=10)
         deadline = time.monotonic() + 60

@@ -34,7 +34,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--addr", default="127.0.0.1:8000")
-        parser.add_argument("--pushsim-port", type=int, default=8440, help="the simulator's port (sandbox: the next)")
+        parser.add_argument(
+            "--pushsim-port",
+            type=int,
+            default=8440,
+            help="the simulator's port (sandbox: the next); the worker and the stream sender send there",
+        )
 
     def handle(self, *args, addr, pushsim_port, **options):
         manage = [sys.executable, "manage.py"]
@@ -52,10 +57,14 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, on_signal)
         # Each in a session of its own: Ctrl-C reaches this process only, which stops them in
         # order, once each (a worker signalled twice, by the terminal and by us, stops badly).
+        # The senders send where this simulator listens, unless told otherwise. (An FCM service
+        # account keeps the token URI it was given: the demo's names the port demo_setup saw.)
+        env = os.environ.copy()
+        env.setdefault("PUSHDESK_PUSHSIM_APNS_PRODUCTION_URL", f"http://127.0.0.1:{pushsim_port}")
+        env.setdefault("PUSHDESK_PUSHSIM_APNS_SANDBOX_URL", f"http://127.0.0.1:{pushsim_port + 1}")
+        env.setdefault("PUSHDESK_PUSHSIM_FCM_URL", f"http://127.0.0.1:{pushsim_port}")
         procs = [
-            subprocess.Popen(
-                cmd, env=os.environ.copy(), start_new_session=True, preexec_fn=_stop_with_parent(os.getpid())
-            )
+            subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_stop_with_parent(os.getpid()))
             for cmd in commands
         ]
         while not stopping and all(p.poll() is None for p in procs):
