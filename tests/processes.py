@@ -15,6 +15,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_pair() -> int:
+    """A free port whose next one is free too (the push simulator's sandbox listens there)."""
+    while True:
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+
+
 def as_from_a_terminal() -> None:
     """A child's ``preexec_fn``: Ctrl-C's default action, as a command started from a terminal has.
     A suite run in the background of a shell hands its children SIGINT ignored, and Python then

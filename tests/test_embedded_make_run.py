@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.processes import ROOT, as_from_a_terminal, descendants, free_port, manage
+from tests.processes import ROOT, as_from_a_terminal, descendants, free_port, free_port_pair, manage
 
 
 def _start(embedded_env, tmp_path) -> tuple[subprocess.Popen, Path, int, int]:
@@ -20,7 +20,8 @@ def _start(embedded_env, tmp_path) -> tuple[subprocess.Popen, Path, int, int]:
     process, its log, the web app's port and the simulator's."""
     migrate = manage(["migrate", "--noinput"], embedded_env, timeout=300)
     assert migrate.returncode == 0, migrate.stderr
-    port, sim_port = free_port(), free_port()
+    sim_port = free_port_pair()  # and its next, the sandbox's
+    port = next(p for p in iter(free_port, None) if p not in (sim_port, sim_port + 1))
     log = tmp_path / "run.log"
     with open(log, "wb") as out:
         stack = subprocess.Popen(
@@ -71,7 +72,8 @@ def test_make_run_looks_like_the_product_and_ctrl_c_stops_everything_cleanly(emb
         while time.monotonic() < deadline and not all(mark in log.read_text() for mark in ready):
             time.sleep(0.2)
         family = descendants(stack.pid)
-        assert len(family) >= 5, family  # web, worker (its sentinel and workers), stream sender, simulator
+        # web, worker (its sentinel and workers), stream sender, simulator
+        assert len(family) >= 5, (family, log.read_text()[-3000:])
         started = time.monotonic()
         os.killpg(stack.pid, signal.SIGINT)
         assert stack.wait(timeout=60) == 0, log.read_text()[-3000:]

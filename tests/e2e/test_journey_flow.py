@@ -74,7 +74,8 @@ def test_manager_builds_approver_approves_and_the_graph_counts_the_push(
     entry = page.locator("#entry-audience").inner_text()
     assert "2 profiles → 1 reachable (iOS 0 / Android 1) → 1 opted in" in entry
     push_box = graph.locator("g.step-push")
-    assert "entered 2 · sent 2 · accepted 1" in push_box.locator("text.counts").text_content()
+    # Sent: handed to a provider; the profile without a device was skipped, not sent.
+    assert "entered 2 · sent 1 · accepted 1" in push_box.locator("text.counts").text_content()
     assert "skipped 1 (no_device 1)" in push_box.locator("text.notes").text_content()
     screenshot("journey-live-graph")
     page.goto(f"{live_server.url}/admin/journeys/enrollment/?q=zoe")
