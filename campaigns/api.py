@@ -453,7 +453,8 @@ class CampaignTriggerView(APIView):
                 "`idempotency_in_progress`: a request with this Idempotency-Key is still running."
             ),
             422: OpenApiResponse(
-                description="`idempotency_key_reused`: this Idempotency-Key was used with another body."
+                description="`idempotency_key_reused`: this Idempotency-Key was used with another body, "
+                "or to trigger another campaign."
             ),
             429: OpenApiResponse(
                 description="`throttled`: too many triggers from this key; retry after `Retry-After` seconds."
@@ -484,6 +485,11 @@ class CampaignTriggerView(APIView):
             record, replay = trigger_request_start(
                 api_key=request.auth, idempotency_key=idempotency_key, campaign_id=campaign_id, body_hash=body_hash
             )
+            if replay == "other_campaign":
+                raise Unprocessable(
+                    f"This Idempotency-Key was used to trigger campaign {record.campaign_id}.",
+                    code="idempotency_key_reused",
+                )
             if replay == "different_body":
                 raise Unprocessable("This Idempotency-Key was used with another body.", code="idempotency_key_reused")
             if replay == "in_progress":

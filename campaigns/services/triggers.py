@@ -625,7 +625,8 @@ def trigger_request_start(*, api_key, idempotency_key: str, campaign_id: int, bo
     """Claim an Idempotency-Key for this API key. Returns (record, what to do):
 
     ``new`` (run it), ``done`` (replay the stored answer), ``in_progress`` (409),
-    ``different_body`` (422). The claim commits at once, so a concurrent twin sees it.
+    ``other_campaign`` or ``different_body`` (422). The claim commits at once, so a concurrent
+    twin sees it.
     """
     from django.db import IntegrityError
 
@@ -641,7 +642,9 @@ def trigger_request_start(*, api_key, idempotency_key: str, campaign_id: int, bo
             )
     except IntegrityError:
         record = TriggerRequest.objects.get(api_key=api_key, idempotency_key=idempotency_key)
-    if record.body_hash != body_hash or record.campaign_id != campaign_id:
+    if record.campaign_id != campaign_id:
+        return record, "other_campaign"
+    if record.body_hash != body_hash:
         return record, "different_body"
     if record.finished:
         return record, "done"

@@ -302,3 +302,16 @@ def test_a_body_that_is_not_an_object_is_refused_as_the_body_and_format_is_no_pa
             content_type=content_type,
         )
         assert answer.status_code == 202, (content_type, answer.content)
+
+
+def test_same_key_on_another_campaign_is_422_naming_the_campaign_it_triggered(
+    live_trigger, context_trigger, trigger_client
+):
+    ProfileFactory(external_id="zoe")
+    body = {"recipients": [{"external_id": "zoe"}]}
+    first = trigger_client.post(_url(live_trigger), body, format="json", HTTP_IDEMPOTENCY_KEY="order-9")
+    assert first.status_code == 202
+    other = trigger_client.post(_url(context_trigger), body, format="json", HTTP_IDEMPOTENCY_KEY="order-9")
+    assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
+    assert f"to trigger campaign {live_trigger.pk}" in other.json()["detail"]
+    assert Dispatch.objects.count() == 1
