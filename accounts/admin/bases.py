@@ -212,7 +212,11 @@ class RowsChoiceField(forms.ModelMultipleChoiceField):
     def _check_values(self, value):
         if not self.to_field_name and isinstance(value, list | tuple):
             for item in value:
-                if isinstance(item, str) and item.strip().lstrip("-").isdigit() and int(item) not in ROW_IDS:
+                try:
+                    number = int(item)
+                except (TypeError, ValueError):
+                    continue  # not a number at all: Django's own check words it
+                if number not in ROW_IDS:
                     raise ValidationError(
                         self.error_messages["invalid_choice"], code="invalid_choice", params={"value": item}
                     )

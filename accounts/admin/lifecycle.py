@@ -4,7 +4,7 @@ import contextvars
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import router, transaction
 from django.http import Http404, HttpResponseRedirect
 from django.urls import path, reverse
@@ -31,15 +31,6 @@ class LifecycleAdminMixin:
     lifecycle_button_name = "lifecycle_action"
 
     def _changeform_view(self, request, object_id, form_url, extra_context):
-        # A form left open while the object moved on (a colleague submitted it for approval, an
-        # approver decided, it finished): the save is refused with the reason, not with a 403,
-        # to whoever could change the object in its earlier state. Anyone else gets Django's 403.
-        if request.method == "POST" and object_id is not None:
-            obj = self.get_object(request, unquote(object_id))
-            locked = self.lifecycle_locked(request, obj) if obj is not None else ""
-            if locked and super().has_change_permission(request, obj):
-                self.message_user(request, f"{locked} Your changes were not saved.", messages.ERROR)
-                return HttpResponseRedirect(request.path)
         # The add and change forms save through the object's services: a save they refuse
         # (ValidationError, TransitionError) comes back as an error message on the same page, as a
         # refused step does, and every write of the save is undone (the view's own transaction
@@ -51,6 +42,15 @@ class LifecycleAdminMixin:
             self.message_user(request, " ".join(exc.messages), messages.ERROR)
         except TransitionError as exc:
             self.message_user(request, f"{exc} Your changes were not saved.", messages.ERROR)
+        except PermissionDenied:
+            # A form left open while the object moved on (a colleague submitted it for approval,
+            # an approver decided, it finished): refused with the reason to whoever could change
+            # the object in its earlier state. Anyone else gets Django's 403.
+            obj = self.get_object(request, unquote(object_id)) if object_id is not None else None
+            locked = self.lifecycle_locked(request, obj) if obj is not None else ""
+            if not (locked and super().has_change_permission(request, obj)):
+                raise
+            self.message_user(request, f"{locked} Your changes were not saved.", messages.ERROR)
         return HttpResponseRedirect(request.path)
 
     def lifecycle_locked(self, request, obj) -> str:

@@ -21,6 +21,9 @@ from typing import Any
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from django.core.exceptions import ValidationError
+
+from accounts.json_values import json_parse
 
 ENVIRONMENTS = ("production", "sandbox")
 TOKEN_STATES = ("active", "unregistered", "expired", "other_sender", "third_party_auth_error")
@@ -55,55 +58,21 @@ def shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
-
-
 def parse_json(body: bytes) -> Any:
-    """Parse a request body as APNs and FCM read JSON: UTF-8 (strict: no BOM, no UTF-16, no
-    encoded surrogate), no lone surrogate escape, finite numbers, at most MAX_JSON_DEPTH deep.
-
-    ``json.loads`` alone takes all of those (NaN, and 1e400 as infinity) and recurses until the
-    stack runs out. Raises ValueError saying what is wrong, in a few words.
-    """
+    """Parse a request body as APNs and FCM read JSON: strict UTF-8 (no BOM, no UTF-16, no encoded
+    surrogate), then as every JSON field of the product is read (``accounts.json_values.json_parse``:
+    no lone surrogate escape, no ``NaN`` or ``1e400``, at most MAX_JSON_DEPTH deep, without ever
+    hitting Python's recursion limit). Raises ValueError saying what is wrong, in a few words."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"Not UTF-8 at byte {exc.start}") from None
-    depth = 0
-    for bracket in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
-        depth += 1 if bracket in "[{" else -1
-        if depth > MAX_JSON_DEPTH:
-            raise ValueError(f"Nested deeper than {MAX_JSON_DEPTH}")
     try:
-        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+        return json_parse(text, max_depth=MAX_JSON_DEPTH)
+    except ValidationError as exc:
+        raise ValueError(" ".join(exc.messages)) from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"Unexpected token at line {exc.lineno} column {exc.colno}") from None
-    if "\\u" in text and _has_lone_surrogate(value):
-        raise ValueError("A lone surrogate escape, not a character")
-    return value
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text[:20]} is out of range")
-    return value
-
-
-def _has_lone_surrogate(value: Any) -> bool:
-    if isinstance(value, str):
-        return _SURROGATE.search(value) is not None
-    if isinstance(value, dict):
-        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_lone_surrogate(v) for v in value)
-    return False
 
 
 @dataclass

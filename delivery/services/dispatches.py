@@ -454,16 +454,10 @@ def dispatch_stop(*, dispatch_id: int, by: User) -> Dispatch:
         )
         dispatch.status = Dispatch.Status.STOPPED
         dispatch.finished_at = timezone.now()
-        if dispatch.standing:
-            # A stream's counters were kept once a minute: set them for good from the rollup,
-            # which the stop just counted into (rows in flight add their outcomes as they finish).
-            counts = dispatch_counts(dispatch_id=dispatch.pk)
-            for name, value in counts.items():
-                setattr(dispatch, name, value)
-            dispatch.save(update_fields=["status", "finished_at", *counts])
-        else:
-            dispatch.skipped = F("skipped") + stopped
-            dispatch.save(update_fields=["status", "finished_at", "skipped"])
+        dispatch.save(update_fields=["status", "finished_at"])
+        # Its counters from the rollup the stop just counted into, under the dispatch's lock (a
+        # stream's were kept once a minute; rows in flight add their outcomes as they finish).
+        dispatch_recount(dispatch_id=dispatch.pk)
         audit(actor=by, action="dispatch_stopped", obj=dispatch, summary={"stopped": stopped})
     dispatch.refresh_from_db()
     return dispatch
