@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ from campaigns.models import Campaign
 from campaigns.services.lifecycle import Status
 from campaigns.services.scheduling import campaign_gate
 from config.db import text_array
+from delivery.reports import UNREACHABLE_REASONS
 
 MAX_RECIPIENTS = 1000
 # A TriggerRequest still unfinished after this long belonged to a request that died: retry it.
@@ -378,6 +380,7 @@ def campaign_trigger(
     profiles = _profiles_with_reach(app_id=entry.app_id, external_ids=[r["external_id"] for r in recipients])
     problems, targeted, errors = [], [], {}
     seen: set[str] = set()
+    index_of: dict[int, int] = {}  # a targeted profile's id: its recipient's index
     for index, recipient in enumerate(recipients):
         external_id = recipient["external_id"]
         profile = profiles.get(external_id)
@@ -399,8 +402,7 @@ def campaign_trigger(
         if problem:
             errors[f"recipients[{index}].context"] = problem
             continue
-        if not profile["reachable"] and variant != 0:
-            problems.append(_problem(index, external_id, "no_device"))
+        index_of[profile["id"]] = index
         targeted.append(Recipient(profile["id"], profile["timezone"] or "", merged or None, variant))
     if errors:
         raise ValidationError(errors)
@@ -425,7 +427,7 @@ def campaign_trigger(
                 result = TriggerResult(
                     dispatch_id=stream_id,
                     accepted=sum(1 for r in rows if r.status == "queued"),
-                    problems=problems,
+                    problems=_with_unreached(problems, rows, lambda row: index_of[row.profile_id], external_ids),
                     deliveries=[
                         {"id": r.id, "external_id": external_ids[r.profile_id], "status": r.status, "reason": r.reason}
                         for r in rows
@@ -446,8 +448,27 @@ def campaign_trigger(
 _PROBLEMS = {
     "duplicate": "Listed twice: sent once.",
     "unknown_profile": "No profile has this external id.",
-    "no_device": "No opted-in device for this app.",
+    "no_device": "No active device for this app.",
+    "not_opted_in": "No device for this app has opted in to push.",
 }
+
+
+def _with_unreached(problems: list[dict], rows, index_of: Callable, external_ids: dict | None) -> list[dict]:
+    """The problems, with each recipient none of whose rows can reach it: its rows' own reason
+    (``no_device`` or ``not_opted_in``), so the problem and the rows say the same. A row queued, held
+    back by a rule (``frequency_cap``, ``quiet_hours``) or in the holdout is no problem of reach."""
+    problems, reasons = list(problems), {}
+    for row in rows:
+        reasons.setdefault(index_of(row), set()).add(
+            row.reason if row.status == "skipped" and row.reason in UNREACHABLE_REASONS else ""
+        )
+    for row in rows:
+        index = index_of(row)
+        kept = reasons.pop(index, {""})
+        if "" not in kept:
+            external_id = external_ids[row.profile_id] if external_ids is not None else row.external_id
+            problems.append(_problem(index, external_id, "not_opted_in" if "not_opted_in" in kept else "no_device"))
+    return sorted(problems, key=lambda problem: problem["index"])
 
 
 def _problem(index: int, external_id: str, code: str) -> dict:
@@ -530,14 +551,13 @@ def _trigger_by_external_id(
             )
         except OverBudget:
             return None  # a profile's attributes may make its message too large: rendered one by one
-        reached = {r.external_id for r in rows if r.status == "queued" or r.reason in ("frequency_cap", "holdout")}
         made = {r.external_id for r in rows}
-        for external_id, index in index_of.items():
-            if external_id not in made:
-                problems.append(_problem(index, external_id, "unknown_profile"))
-            elif external_id not in reached:
-                problems.append(_problem(index, external_id, "no_device"))
-        problems.sort(key=lambda problem: problem["index"])
+        problems += [
+            _problem(index, external_id, "unknown_profile")
+            for external_id, index in index_of.items()
+            if external_id not in made
+        ]
+        problems = _with_unreached(problems, rows, lambda row: index_of[row.external_id], None)
         result = TriggerResult(
             dispatch_id=entry.stream_id if rows else None,
             accepted=sum(1 for r in rows if r.status == "queued"),

@@ -39,16 +39,30 @@ def test_trigger_sends_to_each_recipient_with_their_context(
 
 
 def test_unknown_profiles_and_unreachable_ones_are_reported(live_trigger, trigger_client, pushsim_app):
+    """Each unreachable recipient's problem says what its rows say: no device, or none opted in."""
     ProfileFactory(external_id="no-phone")
+    mute = ProfileFactory(external_id="mute")
+    DeviceFactory(profile=mute, app=pushsim_app, push_enabled=False)
+    DeviceFactory(profile=mute, app=pushsim_app, push_enabled=False)
+    half = ProfileFactory(external_id="half")  # one phone muted, one not: reached
+    DeviceFactory(profile=half, app=pushsim_app, push_enabled=False)
+    DeviceFactory(profile=half, app=pushsim_app)
+    names = ["ghost", "no-phone", "ghost", "mute", "half", "mute"]
     response = trigger_client.post(
-        _url(live_trigger),
-        {"recipients": [{"external_id": "ghost"}, {"external_id": "no-phone"}, {"external_id": "ghost"}]},
-        format="json",
+        _url(live_trigger), {"recipients": [{"external_id": name} for name in names]}, format="json"
     )
     assert response.status_code == 202
-    codes = [(p["index"], p["code"]) for p in response.json()["problems"]]
-    assert codes == [(0, "unknown_profile"), (1, "no_device"), (2, "duplicate")]
-    assert response.json()["accepted"] == 0
+    answer = response.json()
+    codes = [(p["index"], p["code"]) for p in answer["problems"]]
+    assert codes == [(0, "unknown_profile"), (1, "no_device"), (2, "duplicate"), (3, "not_opted_in"), (5, "duplicate")]
+    assert sorted((d["external_id"], d["status"], d["reason"]) for d in answer["deliveries"]) == [
+        ("half", "queued", ""),
+        ("half", "skipped", "not_opted_in"),
+        ("mute", "skipped", "not_opted_in"),
+        ("mute", "skipped", "not_opted_in"),
+        ("no-phone", "skipped", "no_device"),
+    ]
+    assert answer["accepted"] == 1
 
 
 def test_same_key_and_body_replays_the_first_answer(live_trigger, trigger_client, pushsim_app):

@@ -100,7 +100,7 @@ def test_a_call_to_an_open_stream_is_one_statement_and_answers_as_the_lookup_and
         (1, "unknown_profile"),
         (3, "no_device"),
         (4, "duplicate"),
-        (5, "no_device"),
+        (5, "not_opted_in"),
     ]
     assert [(d["external_id"], d["status"], d["reason"]) for d in answer["deliveries"]] == [
         ("zoe", "queued", ""),
@@ -377,6 +377,14 @@ def test_quiet_hours_of_a_marketing_campaign_need_the_profiles_time_zone_first(
     assert any(LOOKUP in sql for sql in queries)
     row = Delivery.objects.get(pk=held.json()["deliveries"][0]["id"])
     assert row.status == "queued" and row.next_attempt_at > now  # held until the quiet hours end
+    assert held.json()["problems"] == []
+    # Quiet hours that discard skip the row: a rule held it back, the recipient is reachable.
+    rules = DeliveryRules.objects.get(app=pushsim_app)
+    rules.quiet_mode = DeliveryRules.QuietMode.DISCARD
+    rules.save()
+    discarded, _ = _post(trigger_client, context_trigger, one)
+    assert [(d["status"], d["reason"]) for d in discarded.json()["deliveries"]] == [("skipped", "quiet_hours")]
+    assert discarded.json()["problems"] == [] and discarded.json()["accepted"] == 0
 
 
 def test_which_templates_read_the_profile():
