@@ -16,6 +16,7 @@ import logging
 import re
 import ssl
 import time
+import uuid
 from http import HTTPStatus
 
 import h2.config
@@ -34,7 +35,7 @@ log = logging.getLogger("delivery.pushsim")
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_CONCURRENT_STREAMS = 1000  # per HTTP/2 connection, as advertised
 MAX_HEAD_BYTES = 16 * 1024  # an HTTP/1.1 request line and its headers
-MAX_BODY_BYTES = 1 << 20  # an HTTP/1.1 request body; the largest real one (a control request) is a few KB
+MAX_BODY_BYTES = 1 << 20  # a request body; the largest real one (a control request) is a few KB
 _conn_ids = itertools.count(1)
 
 _HANDLERS = {
@@ -269,8 +270,7 @@ class SimProtocol(asyncio.Protocol):
                 self._on_request(event.stream_id, event.headers)
             elif isinstance(event, h2.events.DataReceived):
                 self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                if event.stream_id in self.requests:
-                    self.requests[event.stream_id][1].append(event.data)
+                self._on_data(event.stream_id, event.data)
             elif isinstance(event, h2.events.StreamEnded):
                 self._on_stream_ended(event.stream_id)
             elif isinstance(event, h2.events.StreamReset):
@@ -313,7 +313,7 @@ class SimProtocol(asyncio.Protocol):
             return
         self._touch()
         headers = [(k.decode("latin-1"), v.decode("utf-8", "replace")) for k, v in raw_headers]
-        self.requests[stream_id] = [headers, []]
+        self.requests[stream_id] = [headers, [], 0]
         self.open_streams.add(stream_id)
 
     _last_answered = 0
@@ -330,11 +330,29 @@ class SimProtocol(asyncio.Protocol):
             return
         asyncio.get_running_loop().call_later(0.01, self._abort_when_flushed, deadline, quiet_since)
 
+    def _on_data(self, stream_id: int, data: bytes) -> None:
+        """Keep a request's body, up to ``MAX_BODY_BYTES``: past it, answer 413 at once (APNs's
+        ``PayloadTooLarge`` on its paths) and drop the rest of the body as it comes."""
+        request = self.requests.get(stream_id)
+        if request is None:
+            return
+        request[2] += len(data)
+        if request[2] <= MAX_BODY_BYTES:
+            request[1].append(data)
+            return
+        del self.requests[stream_id]
+        path = next((v for k, v in request[0] if k == ":path"), "")
+        if path.startswith("/3/"):
+            answer = apns._reject(413, "PayloadTooLarge", str(uuid.uuid4()))  # noqa: SLF001 (its own answer)
+        else:
+            answer = Answer(413, [("content-type", "text/plain")], _reason_phrase(413).encode())
+        self._respond(stream_id, answer)
+
     def _on_stream_ended(self, stream_id: int) -> None:
         request = self.requests.pop(stream_id, None)
         if request is None:
             return
-        headers, chunks = request
+        headers, chunks, _ = request
         pseudo = dict((k, v) for k, v in headers if k.startswith(":"))  # each one once: not malformed
         ex = Exchange(
             method=pseudo.get(":method", ""),

@@ -662,3 +662,35 @@ def test_faults_are_set_all_or_none(pushsim):
 def test_received_refuses_a_limit_that_is_not_a_whole_number(pushsim, limit):
     answer = httpx.get(pushsim.url() + "/control/received", params={"limit": limit})
     assert (answer.status_code, answer.json()["field"]) == (400, "limit")
+
+
+@pytest.mark.parametrize("path", [f"/3/device/{DEVICE}", "/control/faults"])
+def test_an_http2_body_over_1_mb_is_answered_413_at_once_and_the_rest_dropped(pushsim, client, apns_credentials, path):
+    """The body is not kept past 1 MB: the answer comes before it ends, and its end is taken quietly."""
+    token = bearer(apns_credentials.private_key_pem)
+    stream = client.request([(k, path if k == ":path" else v) for k, v in apns_headers(token)], end=False)
+    chunk = b"x" * 16_384
+    sent = 0
+    while not client.ended(stream) and sent < 3 << 20:
+        if client.conn.local_flow_control_window(stream) < len(chunk):  # the simulator's WINDOW_UPDATE
+            client.read(lambda: client.ended(stream) or client.conn.local_flow_control_window(stream) >= len(chunk))
+            continue
+        client.conn.send_data(stream, chunk)
+        client.flush()
+        sent += len(chunk)
+    client.read(lambda: client.ended(stream))
+    assert client.ended(stream) and sent < 3 << 20, sent
+    status = next(
+        int(dict(e.headers)[":status"]) for e in client.events[stream] if isinstance(e, h2.events.ResponseReceived)
+    )
+    body = b"".join(e.data for e in client.events[stream] if isinstance(e, h2.events.DataReceived))
+    assert status == 413
+    assert body == (b'{"reason":"PayloadTooLarge"}' if path.startswith("/3/") else b"Request Entity Too Large")
+    rest = chunk[: client.conn.local_flow_control_window(stream)]
+    client.conn.send_data(stream, rest, end_stream=True)  # the rest of it: dropped
+    client.flush()
+    fine = client.request(apns_headers(token), ALERT)
+    client.wait(fine)
+    assert client.answer(fine) == (200, "") and not client.terminated
+    assert pushsim.state.count(DEVICE) == 1
+    assert still_serves(pushsim, apns_credentials)
