@@ -31,14 +31,16 @@ def pytest_configure(config):
 
 
 def _name_the_session(sender, connection, **kwargs):
-    """Each PostgreSQL session of the test process is named after its thread, so that one left
-    open at the end (see ``django_db_setup``) says whose it is."""
+    """Each PostgreSQL session of the test process is named after its thread and the test that
+    opened it, so that one left open at the end (see ``django_db_setup``) says whose it is."""
+    import os
     import threading
 
     if connection.vendor == "postgresql":  # on the driver's connection: no query a test counts
-        connection.connection.execute(
-            "SELECT set_config('application_name', %s, false)", [threading.current_thread().name[:60]]
-        )
+        # The thread, and the test that opened it (the end of its id: PostgreSQL keeps 63 bytes).
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit("::", 1)[-1].split(" ")[0]
+        name = f"{threading.current_thread().name[:20]} {test}"[:63]
+        connection.connection.execute("SELECT set_config('application_name', %s, false)", [name])
 
 
 @pytest.fixture(scope="session")
