@@ -162,3 +162,35 @@ def test_a_finished_dispatch_is_recounted_per_platform(
     for outcome in ("accepted", "failed", "skipped"):
         per_app = finished[("pushdesk_sends_total", (("app", pushsim_app.name), ("outcome", outcome)))]
         assert per_app == sum(n for (_, o), n in by_platform.items() if o == outcome)
+
+
+def test_trigger_latency_is_the_slowest_request_to_send_of_the_streams_last_minute(client, db, metrics_on):
+    """A trigger stream is opened once a day: its rows, not its opening, say how long a trigger waited."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from delivery.models import Delivery
+    from tests.factories import AppFactory
+
+    stream = orders_stream(PushContentFactory(app=AppFactory()), source_id=1)
+    now = timezone.now()
+
+    def row(*, queued: int, finished: int | None = None, status: str = "accepted", held: int | None = None):
+        Delivery.objects.create(
+            dispatch=stream,
+            status=status if finished is not None else "queued",
+            queued_at=now - dt.timedelta(seconds=queued),
+            finished_at=None if finished is None else now - dt.timedelta(seconds=finished),
+            next_attempt_at=None if held is None else now + dt.timedelta(seconds=held),
+        )
+
+    assert scrape(client)[("pushdesk_trigger_latency_seconds", ())] == 0
+    row(queued=47, finished=5)  # sent 42 s after its request
+    row(queued=3, finished=2)
+    row(queued=900, finished=300)  # slow, but before the last minute
+    row(queued=200, finished=10, status="unknown")  # never sent: its lease ran out
+    row(queued=7200, held=3600)  # held back for quiet hours: not due yet
+    assert 41.5 <= scrape(client)[("pushdesk_trigger_latency_seconds", ())] < 45
+    row(queued=70)  # due at once, still waiting for the sender
+    assert 70 <= scrape(client)[("pushdesk_trigger_latency_seconds", ())] < 75
