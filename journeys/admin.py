@@ -28,6 +28,7 @@ from journeys.selectors import (
 )
 from journeys.services.conversions import journey_conversion_set
 from journeys.services.lifecycle import (
+    MAX_ENTRY_EVERY_HOURS,
     MAX_WHOLE_NUMBER,
     VERSION_FIELDS,
     journey_archive,
@@ -111,9 +112,9 @@ class JourneyForm(ConversionFormMixin, forms.ModelForm):
     entry_segment = forms.ModelChoiceField(queryset=None, required=False, help_text="Segment entry: who enters.")
     entry_every_hours = forms.IntegerField(
         min_value=0,
-        max_value=MAX_WHOLE_NUMBER,
+        max_value=MAX_ENTRY_EVERY_HOURS,
         initial=0,
-        help_text="Segment entry: 0 reads the segment once; N reads it again every N hours.",
+        help_text="Segment entry: 0 reads the segment once; N reads it again every N hours (at most a year).",
     )
     entry_event = forms.CharField(required=False, help_text="Event entry: the event's name, e.g. signed_up.")
     reentry = forms.ChoiceField(label="Re-entry", choices=JourneyVersion.Reentry.choices, initial="never")

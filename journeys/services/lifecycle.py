@@ -32,6 +32,8 @@ from journeys.models import Enrollment, Journey, JourneyVersion
 Status = Journey.Status
 VStatus = JourneyVersion.Status
 MAX_WHOLE_NUMBER = 2**31 - 1  # the range of the version's whole-number columns
+# A segment read again at most a year apart: its next read is a date (millions of hours overflow it).
+MAX_ENTRY_EVERY_HOURS = 365 * 24
 EStatus = Enrollment.Status
 
 VERSION_FIELDS = (
@@ -108,8 +110,8 @@ def _validate_version(version: JourneyVersion, *, by: User | None) -> None:
             errors["entry_event"] = "An event entry needs the event's name."
     else:
         errors["entry_kind"] = f"Use one of {', '.join(JourneyVersion.EntryKind.values)}."
-    if not 0 <= version.entry_every_hours <= MAX_WHOLE_NUMBER:
-        errors["entry_every_hours"] = f"Between 0 and {MAX_WHOLE_NUMBER:,} hours."
+    if not 0 <= version.entry_every_hours <= MAX_ENTRY_EVERY_HOURS:
+        errors["entry_every_hours"] = f"Between 0 and {MAX_ENTRY_EVERY_HOURS:,} hours (a year)."
     if version.reentry not in JourneyVersion.Reentry.values:
         errors["reentry"] = f"Use one of {', '.join(JourneyVersion.Reentry.values)}."
     elif version.reentry == JourneyVersion.Reentry.AFTER_WAIT and version.reentry_wait_seconds < 0:

@@ -740,3 +740,21 @@ def test_a_segment_entry_reads_an_any_group_as_the_union_of_its_branches(make_jo
         q["sql"] for q in queries.captured_queries if "INSERT INTO" in q["sql"] and "journeys_enrollment" in q["sql"]
     ]
     assert " UNION " in entry
+
+
+def test_a_segment_read_again_as_rarely_as_allowed_is_read_and_its_next_read_set(make_journey, publish):
+    from django.core.exceptions import ValidationError
+
+    from journeys.services.entries import journeys_tick
+
+    # Hours a date cannot be counted in (past the year 9999) are refused when saved, naming the field...
+    with pytest.raises(ValidationError) as refused:
+        make_journey(name="Every 2**31 - 1 hours", entry_every_hours=2**31 - 1)
+    assert "entry_every_hours" in refused.value.message_dict
+    # ...and the longest interval saved is read, and the beat goes on for every journey.
+    ProfileFactory()
+    now = timezone.now()
+    journey = publish(make_journey(entry_every_hours=365 * 24), now=now)
+    assert journeys_tick(now=now)["entered"] == 1
+    journey.refresh_from_db()
+    assert journey.next_entry_at == now + dt.timedelta(days=365)
