@@ -75,7 +75,8 @@ def graph_validate(graph, *, check_segment=None, check_content=None, check_rules
     if not steps:
         raise GraphInvalid(["A journey needs at least one step (and an exit)."])
     if len(steps) > MAX_STEPS:
-        errors.append(f"A journey has at most {MAX_STEPS} steps; this one has {len(steps)}.")
+        # Alone: checking each step's references would cost a query or two per step.
+        raise GraphInvalid([f"A journey has at most {MAX_STEPS} steps; this one has {len(steps)}."])
     by_id: dict[str, dict] = {}
     for index, step in enumerate(steps):
         if not isinstance(step, dict):

@@ -136,3 +136,11 @@ def test_every_problem_is_listed_at_once():
 
 def test_empty_graph_is_refused():
     assert _errors({"steps": []}) == ["A journey needs at least one step (and an exit)."]
+
+
+def test_a_graph_of_thousands_of_steps_is_refused_before_any_step_is_looked_up():
+    steps = [{"id": f"s{i}", "type": "push", "content": 7, "next": f"s{i + 1}"} for i in range(3000)]
+    looked_up = []
+    errors = _errors(_steps(*steps, {"id": "s3000", "type": "exit"}), check_content=looked_up.append)
+    assert errors == ["A journey has at most 50 steps; this one has 3001."]
+    assert looked_up == []  # a query per step, thousands per refused save
