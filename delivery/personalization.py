@@ -140,12 +140,18 @@ def _liquid_message(exc: LiquidError) -> str:
     return message
 
 
+class FilterValueError(LiquidError):
+    """A filter failed on a value in a way Liquid does not report as its own error: ``round`` of
+    "nan", ``base64_decode`` of bytes that are not UTF-8, ``sum`` of words, ``times`` of "1e400"."""
+
+
 def template_render(source: str, *, profile: dict, context: dict) -> str:
     """Render ``source`` for one profile. Plain text (no markup) comes back as it is.
 
     The common shape, text with ``{{ path }}`` / ``{{ path | default: 'x' }}`` outputs over
     string values, is rendered by a short path with Liquid's result (about 20 times faster);
-    anything else goes through Liquid. Raises LiquidError when rendering fails.
+    anything else goes through Liquid. Raises LiquidError when rendering fails, whatever failed:
+    one profile's odd value fails that profile's message, never its batch, preview or trigger.
     """
     if not is_templated(source):
         return source
@@ -154,7 +160,12 @@ def template_render(source: str, *, profile: dict, context: dict) -> str:
         fast = _render_simple(parts, profile, context)
         if fast is not None:
             return fast
-    return _parse(source).render(profile=profile, context=context)
+    try:
+        return _parse(source).render(profile=profile, context=context)
+    except LiquidError:
+        raise
+    except Exception as exc:  # a filter's own Python error, on a value it was not written for
+        raise FilterValueError(f"a filter failed on a value ({type(exc).__name__})", token=None) from exc
 
 
 _MARKUP = re.compile(r"(\{\{.*?\}\}|\{%.*?%\})", re.S)

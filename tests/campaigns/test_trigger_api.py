@@ -134,6 +134,25 @@ def test_context_too_large_for_the_payload_is_refused_naming_it(live_trigger, tr
     assert not Dispatch.objects.exists()
 
 
+def test_a_context_value_that_breaks_a_filter_is_refused_naming_it(
+    pushsim_app, manager_alice, approver_bob, trigger_client
+):
+    from tests.campaigns.conftest import _live_trigger
+
+    campaign = _live_trigger(
+        pushsim_app, manager_alice, approver_bob, title="Total {{ context.total | round }}", body="Thanks"
+    )
+    ProfileFactory(external_id="zoe")
+    response = trigger_client.post(
+        _url(campaign), {"recipients": [{"external_id": "zoe", "context": {"total": "nan"}}]}, format="json"
+    )
+    assert response.status_code == 400
+    error = response.json()["errors"][0]
+    assert error["field"] == "recipients[0].context"
+    assert "a filter failed on a value (ValueError)" in error["detail"]
+    assert not Dispatch.objects.exists()
+
+
 def test_unknown_campaign_is_404(trigger_client, db):
     response = trigger_client.post(
         "/api/v1/campaigns/999999/trigger/", {"recipients": [{"external_id": "a"}]}, format="json"

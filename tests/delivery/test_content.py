@@ -71,6 +71,25 @@ def test_profile_fields_attributes_and_context_render():
     assert out == "u1 LYON X1"
 
 
+@pytest.mark.parametrize(
+    ("source", "value"),
+    [
+        ("{{ profile.attributes.v | base64_decode }}", "/w=="),  # decodes to bytes that are not UTF-8
+        ("{{ profile.attributes.v | round }}", "nan"),
+        ("{{ profile.attributes.v | ceil }}", "1e400"),
+        ("{{ profile.attributes.v | sum }}", "abc"),
+        ("{{ profile.attributes.v | times: 0 }}", "1e400"),
+        ("{{ profile.attributes.v | compact: 0 }}", {"a": 1}),
+    ],
+)
+def test_a_filter_failing_on_a_profiles_value_is_a_liquid_error_naming_it(source, value):
+    from liquid.exceptions import LiquidError
+
+    with pytest.raises(LiquidError) as exc:
+        template_render(source, profile={"attributes": {"v": value}}, context={})
+    assert "a filter failed on a value" in str(exc.value.message)
+
+
 def test_syntax_error_is_refused_with_its_line():
     with pytest.raises(ValidationError) as exc:
         template_check("Hello\n{{ profile.attributes.name ", field="body")

@@ -4,7 +4,7 @@ import pytest
 
 from accounts.services import access_grant
 from delivery.models import PushContent
-from tests.factories import AppFactory
+from tests.factories import AppFactory, ProfileFactory
 
 
 def _form(content, **changes):
@@ -56,3 +56,17 @@ def test_live_preview_is_refused_outside_ones_access_and_without_a_post(
     assert client.get(f"/admin/delivery/pushcontent/{content.pk}/live-preview/").status_code == 405
     client.force_login(viewer_carol)  # a Viewer may not write content: no preview of a new one
     assert client.post("/admin/delivery/pushcontent/live-preview/", _form(content)).status_code == 403
+
+
+def test_live_preview_of_a_profile_whose_value_breaks_a_filter_says_so(client, db, manager_alice):
+    shop = AppFactory(name="Shop")
+    access_grant(obj=shop, to=manager_alice, by=None)
+    ProfileFactory(external_id="odd", attributes={"score": "nan"})
+    content = PushContent.objects.create(app=shop, name="Sale", title="Hello", body="Spring sale")
+    client.force_login(manager_alice)
+    answer = client.post(
+        f"/admin/delivery/pushcontent/{content.pk}/live-preview/",
+        {**_form(content, title="Score {{ profile.attributes.score | round }}"), "preview_profile": "odd"},
+    )
+    assert answer.status_code == 200
+    assert "The content does not render: a filter failed on a value (ValueError)" in answer.content.decode()

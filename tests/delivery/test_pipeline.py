@@ -161,6 +161,24 @@ def test_personalized_and_localized_message_reaches_the_phone(
     assert received[de_device.token]["title"] == "Hello there"
 
 
+def test_a_profile_whose_value_breaks_a_filter_fails_alone_and_its_batch_is_sent(
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
+):
+    content = PushContentFactory(app=pushsim_app, title="Score {{ profile.attributes.score | round }}")
+    odd, fine = ProfileFactory(attributes={"score": "nan"}), ProfileFactory(attributes={"score": "2.6"})
+    DeviceFactory(profile=odd, app=pushsim_app, platform="ios")
+    fine_device = DeviceFactory(profile=fine, app=pushsim_app, platform="android")
+
+    dispatch = send(content, [odd, fine], django_capture_on_commit_callbacks)
+
+    outcome = rows(dispatch)
+    assert outcome[odd.pk].status == "failed"
+    assert outcome[odd.pk].reason == "render_error: a filter failed on a value (ValueError)"
+    assert outcome[fine.pk].status == "accepted"
+    assert {r["token"]: r["title"] for r in pushsim.state.recent(limit=10)} == {fine_device.token: "Score 3"}
+    assert dispatch.status == "done"
+
+
 def test_dead_token_deactivates_the_device_and_it_is_never_targeted_again(
     pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
 ):
