@@ -12,6 +12,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Q, Sum
 from django.urls import reverse
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from accounts.models import ApprovalRequest, User
 from accounts.selectors import approval_requests_visible_to, approvals_waiting_for, approver_standing, has_every_scope
@@ -246,7 +247,15 @@ def provider_health(user: User, *, now: dt.datetime) -> list[dict]:
 
 
 def queue_state(broker=None, *, now: dt.datetime) -> dict:
-    """The task queue's depth and the age of its oldest waiting task (django-q2's broker)."""
+    """The task queue's depth and the age of its oldest waiting task (django-q2's broker), or why
+    they cannot be read (Redis down or restarting: the rest of the page still shows)."""
+    try:
+        return _queue_state(broker, now=now)
+    except RedisError as exc:
+        return {"depth": None, "oldest_seconds": None, "problem": f"Redis does not answer ({exc.__class__.__name__})"}
+
+
+def _queue_state(broker, *, now: dt.datetime) -> dict:
     from django_q.brokers import get_broker
     from django_q.signing import SignedPackage
 
@@ -267,7 +276,7 @@ def queue_state(broker=None, *, now: dt.datetime) -> dict:
                 started = None
             if started is not None:
                 oldest = max((now - started).total_seconds(), 0.0)
-    return {"depth": depth, "oldest_seconds": oldest}
+    return {"depth": depth, "oldest_seconds": oldest, "problem": None}
 
 
 def quick_links(user: User) -> list[Item]:

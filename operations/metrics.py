@@ -104,12 +104,16 @@ class PushdeskCollector:
             "1 when the database is this instance's (it may send), else 0",
             value=0 if s.instance_problem else 1,
         )
-        yield GaugeMetricFamily("pushdesk_queue_depth", "Tasks waiting in the queue", value=s.queue_depth)
         yield GaugeMetricFamily(
-            "pushdesk_queue_oldest_task_age_seconds",
-            "How long the oldest waiting task has waited (0 when none waits)",
-            value=s.oldest_task_age_seconds or 0,
+            "pushdesk_queue_up", "1 when the queue (Redis) answers, else 0", value=0 if s.queue_problem else 1
         )
+        if not s.queue_problem:  # absent rather than a made-up 0 while the queue cannot be read
+            yield GaugeMetricFamily("pushdesk_queue_depth", "Tasks waiting in the queue", value=s.queue_depth)
+            yield GaugeMetricFamily(
+                "pushdesk_queue_oldest_task_age_seconds",
+                "How long the oldest waiting task has waited (0 when none waits)",
+                value=s.oldest_task_age_seconds or 0,
+            )
         yield GaugeMetricFamily(
             "pushdesk_failed_tasks_last_hour",
             "Tasks that failed in the last hour",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 
 @dataclass
@@ -26,8 +27,9 @@ class DispatchProgress:
 class Snapshot:
     instance: str
     instance_problem: str | None
-    queue_depth: int
+    queue_depth: int | None  # None when the queue cannot be read (queue_problem says why)
     oldest_task_age_seconds: float | None
+    queue_problem: str | None = None
     dispatches: list[DispatchProgress] = field(default_factory=list)
     failures_last_hour: dict[str, int] = field(default_factory=dict)
     beat: dict[str, dict] = field(default_factory=dict)
@@ -63,7 +65,8 @@ def queue_depth_and_oldest_age(*, now: dt.datetime) -> tuple[int, float | None]:
 
 def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
     """Read the queue, the unfinished dispatches, the last hour's failed tasks, the event replays
-    waiting and the beat."""
+    waiting and the beat. A queue Redis does not answer for is reported in ``queue_problem``;
+    the database not answering raises ``django.db.Error``."""
     from django.db.models import Count, Min
     from django_q.models import Schedule, Task
 
@@ -72,12 +75,17 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
     from operations.instance import instance_problem
 
     now = now or timezone.now()
-    depth, age = queue_depth_and_oldest_age(now=now)
+    problem = None
+    try:
+        depth, age = queue_depth_and_oldest_age(now=now)
+    except RedisError as exc:  # Redis down or restarting: everything else can still be read
+        depth, age, problem = None, None, f"Redis does not answer ({exc.__class__.__name__})"
     result = Snapshot(
         instance=settings.PUSHDESK_INSTANCE,
         instance_problem=instance_problem(),
         queue_depth=depth,
         oldest_task_age_seconds=age,
+        queue_problem=problem,
     )
     for d in Dispatch.objects.filter(status__in=Dispatch.RUNNING_STATUSES).order_by("id"):
         elapsed = (now - d.started_at).total_seconds() if d.started_at else 0.0

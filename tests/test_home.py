@@ -137,7 +137,7 @@ def test_queue_state_reports_depth_and_the_oldest_tasks_age():
     broker.purge_queue()
     now = timezone.now()
     try:
-        assert queue_state(broker, now=now) == {"depth": 0, "oldest_seconds": None}
+        assert queue_state(broker, now=now) == {"depth": 0, "oldest_seconds": None, "problem": None}
         for minutes in (7, 2):
             task = {"id": f"t{minutes}", "func": "math.floor", "args": (), "kwargs": {}}
             broker.enqueue(SignedPackage.dumps({**task, "started": now - dt.timedelta(minutes=minutes)}))
@@ -236,3 +236,18 @@ def test_home_links_the_lists_one_may_view(client, manager_alice, shop):
     assert 'href="/admin/campaigns/campaign/">Campaigns</a>' in html
     assert 'href="/admin/accounts/approvalrequest/">Approval requests</a>' in html
     assert 'id="no-access"' not in html
+
+
+def test_administrator_home_says_the_queue_cannot_be_read_while_redis_is_down(client, admin_erin, monkeypatch):
+    from django.conf import settings
+    from django_q.conf import Conf
+
+    from tests.processes import free_port
+
+    if "redis" not in settings.Q_CLUSTER:
+        pytest.skip("the queue is the database here")
+    monkeypatch.setattr(Conf, "REDIS", f"redis://127.0.0.1:{free_port()}/0")
+    client.force_login(admin_erin)
+    response = client.get("/admin/")
+    assert response.status_code == 200
+    assert "cannot be read: Redis does not answer (ConnectionError)" in response.content.decode()

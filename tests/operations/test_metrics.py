@@ -194,3 +194,19 @@ def test_trigger_latency_is_the_slowest_request_to_send_of_the_streams_last_minu
     assert 41.5 <= scrape(client)[("pushdesk_trigger_latency_seconds", ())] < 45
     row(queued=70)  # due at once, still waiting for the sender
     assert 70 <= scrape(client)[("pushdesk_trigger_latency_seconds", ())] < 75
+
+
+def test_metrics_still_answer_while_redis_is_down_without_the_queue_series(client, db, metrics_on, monkeypatch):
+    from django.conf import settings
+    from django_q.conf import Conf
+
+    from tests.processes import free_port
+
+    if "redis" not in settings.Q_CLUSTER:
+        pytest.skip("the queue is the database here")
+    monkeypatch.setattr(Conf, "REDIS", f"redis://127.0.0.1:{free_port()}/0")
+    samples = scrape(client)
+    assert samples[("pushdesk_instance_claimed", ())] == 1
+    assert samples[("pushdesk_queue_up", ())] == 0
+    assert ("pushdesk_queue_depth", ()) not in samples
+    assert ("pushdesk_queue_oldest_task_age_seconds", ()) not in samples

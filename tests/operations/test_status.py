@@ -134,3 +134,38 @@ def test_a_migrate_brings_back_a_deleted_beat_and_leaves_a_changed_one_as_set():
     assert Schedule.objects.get(name="campaigns tick").minutes == 5
     replays = Schedule.objects.get(name="events replay")  # a beat no migration of its own writes
     assert (replays.func, replays.minutes, replays.repeats) == ("audiences.tasks.events_replay_task", 1, -1)
+
+
+@pytest.fixture
+def redis_down(monkeypatch):
+    """The broker pointed at a port where no Redis answers, as during a Redis restart."""
+    from django_q.conf import Conf
+
+    from tests.processes import free_port
+
+    if "redis" not in settings.Q_CLUSTER:
+        pytest.skip("the queue is the database here")
+    monkeypatch.setattr(Conf, "REDIS", f"redis://127.0.0.1:{free_port()}/0")
+
+
+def test_status_says_the_queue_cannot_be_read_while_redis_is_down_and_prints_the_rest(db, redis_down, beat):
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as stopped:
+        call_command("status", stdout=out)
+    text = out.getvalue()
+    assert stopped.value.code == 1
+    assert "queue      cannot be read: Redis does not answer (ConnectionError)" in text
+    assert "claimed, sending allowed" in text and "campaigns tick: last ran never" in text
+
+
+def test_status_says_in_one_line_that_the_database_does_not_answer(tmp_path):
+    import os
+
+    from tests.processes import free_port, manage
+
+    env = {**os.environ, "DATABASE_URL": f"postgres://pushdesk:db-password@127.0.0.1:{free_port()}/pushdesk"}
+    result = manage(["status"], env, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "db-password" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the database does not answer" in lines[0], result.stderr

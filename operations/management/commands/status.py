@@ -1,6 +1,9 @@
 """Print what an operator watches: the queue, the sends in progress, failed tasks, the beat."""
 
-from django.core.management.base import BaseCommand
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import Error as DatabaseError
 
 from operations.status import snapshot
 
@@ -20,14 +23,21 @@ class Command(BaseCommand):
     help = "Queue depth and the oldest task's age, dispatches sending and their rates, failed tasks, the beat."
 
     def handle(self, *args, **options):
-        s = snapshot()
+        try:
+            s = snapshot()
+        except DatabaseError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise CommandError(f"the database does not answer: {reason}") from None
         write = self.stdout.write
         if s.instance_problem:
             write(f"instance   {s.instance}: SENDING IS OFF: {s.instance_problem}")
         else:
             write(f"instance   {s.instance}: claimed, sending allowed")
         oldest = "" if s.oldest_task_age_seconds is None else f", oldest waiting {int(s.oldest_task_age_seconds)} s"
-        write(f"queue      {s.queue_depth} tasks waiting{oldest}")
+        if s.queue_problem:
+            write(f"queue      cannot be read: {s.queue_problem}")
+        else:
+            write(f"queue      {s.queue_depth} tasks waiting{oldest}")
         write(f"sending    {len(s.dispatches)} dispatches")
         for d in s.dispatches:
             write(
@@ -45,3 +55,5 @@ class Command(BaseCommand):
         for name, run in s.beat.items():
             upcoming = f"{run['next_run']:%Y-%m-%d %H:%M:%S} UTC" if run["next_run"] else "not scheduled"
             write(f"  {name}: last ran {_age(run['age_seconds'])}, next {upcoming}")
+        if s.queue_problem:
+            sys.exit(1)
