@@ -297,6 +297,12 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = os.environ.get("REDIS_URL", "").strip()
 if REDIS_URL:
     REDIS_URL = _env_url("REDIS_URL", "", schemes=("redis", "rediss", "unix"))
+    # Redis' client reads a path that is not a number as database 0, and /1/2 as 12.
+    if urlsplit(REDIS_URL).scheme != "unix" and not re.fullmatch(r"/?|/\d+", urlsplit(REDIS_URL).path):
+        _refuse_start(
+            f"REDIS_URL={_without_password(REDIS_URL)!r} names no database number; "
+            "end it with /N (0 to 15 on a default Redis), or with nothing for 0."
+        )
 elif PRODUCTION:
     _refuse_start(
         "REDIS_URL is not set; set it to redis://[:PASSWORD@]HOST:6379/DB (the queue, cache and rate limiter)."

@@ -261,3 +261,14 @@ def test_a_dsn_with_sentry_sdk_installed_starts_reporting_without_personal_data(
     assert result.returncode == 0, result.stderr
     options = json.loads(result.stdout.strip().removeprefix("init "))
     assert options == {"dsn": SENTRY_DSN, "environment": "test-instance", "send_default_pii": False}
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/abc", "redis://127.0.0.1:6379/1/2", "redis://127.0.0.1:6379/-1"]
+)
+def test_a_redis_url_whose_database_is_not_a_number_stops_start_up(tmp_path, url):
+    """Redis' client reads `/abc` as database 0 and `/1/2` as 12: another deployment's, perhaps."""
+    result = _import_settings({"REDIS_URL": url}, tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "REDIS_URL" in lines[0] and "database" in lines[0], result.stderr
