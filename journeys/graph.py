@@ -26,6 +26,12 @@ STEP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 MAX_STEPS = 50
 MAX_WAIT_SECONDS = 90 * 24 * 3600  # AJO's longest wait
+MAX_LABEL = 80  # a branch's counter is "passed:<label>", at most 100 characters
+
+
+def branch_label(branch: dict, index: int) -> str:
+    """A branch's label, the name its profiles are counted under: as typed, else "branch N"."""
+    return str(branch.get("label") or f"branch {index + 1}")
 
 
 def exits_of(step: dict) -> list[tuple[str, str | None]]:
@@ -35,7 +41,7 @@ def exits_of(step: dict) -> list[tuple[str, str | None]]:
         return [("next", step.get("next"))]
     if kind in ("condition", "split"):
         pairs = [
-            (str(branch.get("label") or f"branch {i + 1}"), branch.get("next"))
+            (branch_label(branch, i), branch.get("next"))
             for i, branch in enumerate(step.get("branches") or [])
             if isinstance(branch, dict)
         ]
@@ -162,6 +168,8 @@ def _check_step(step: dict, check_segment, check_content, check_rules) -> list[s
             if not isinstance(branch, dict):
                 problems.append(f"{name} must be an object.")
                 continue
+            if label == "else":
+                problems.append(f"{name}: 'else' is the label of all others; give this branch another.")
             kinds = [key for key in ("segment", "rules", "event") if key in branch]
             if len(kinds) != 1:
                 problems.append(f"{name} needs exactly one of segment, rules or event.")
@@ -177,10 +185,12 @@ def _check_step(step: dict, check_segment, check_content, check_rules) -> list[s
                     problems.append(f"{name}: {message}")
             elif not isinstance(branch["event"], str) or not branch["event"].strip():
                 problems.append(f"{name}: name the event (did it happen since the profile entered?).")
+        problems += _label_problems(branches)
     elif kind == "split":
         branches = step.get("branches")
         if not isinstance(branches, list) or len(branches) < 2:
             return ["a split needs at least two branches."]
+        problems += _label_problems(branches)
         total = 0
         for index, branch in enumerate(branches):
             label = branch.get("label") if isinstance(branch, dict) else None
@@ -201,6 +211,29 @@ def _check_step(step: dict, check_segment, check_content, check_rules) -> list[s
     elif kind == "exit":
         if any(key in step for key in ("next", "branches", "else")):
             problems.append("an exit ends the journey: it leads nowhere.")
+    return problems
+
+
+def _label_problems(branches: list) -> list[str]:
+    """Each branch's profiles are counted under its label: labels that are not text, too long to
+    count under, or shared by two branches (whose profiles would be counted together)."""
+    problems, seen = [], set()
+    for index, branch in enumerate(branches):
+        if not isinstance(branch, dict):
+            continue
+        label = branch.get("label")
+        if label is not None and not isinstance(label, str):
+            problems.append(f"branch #{index + 1}: its label must be text.")
+            continue
+        if label and len(label) > MAX_LABEL:
+            problems.append(f"branch #{index + 1}: its label is longer than {MAX_LABEL} characters.")
+            continue
+        name = branch_label(branch, index)
+        if name in seen:
+            problems.append(
+                f"two branches are labelled '{name}'; each branch's label counts its profiles, give each its own."
+            )
+        seen.add(name)
     return problems
 
 

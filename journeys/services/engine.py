@@ -25,7 +25,7 @@ from django.db.models import Max, Q
 from django.utils import timezone
 
 from config.db import int_array, write_pacer
-from journeys.graph import entry_of
+from journeys.graph import branch_label, entry_of
 from journeys.models import Enrollment, JourneyVersion
 from journeys.services.lifecycle import EStatus, Status
 
@@ -344,7 +344,7 @@ def _run_version(
             elif kind == "condition":
                 remaining = {r.row.profile_id: r for r in group}
                 for index, branch in enumerate(step["branches"]):
-                    label = str(branch.get("label") or f"branch {index + 1}")
+                    label = branch_label(branch, index)
                     holding = _branch_holds(branch, remaining)
                     for profile_id in holding:
                         run = remaining.pop(profile_id)
@@ -356,13 +356,15 @@ def _run_version(
             elif kind == "split":
                 for run in group:
                     bucket = _split_bucket(journey.pk, step_id, run.row.profile_id)
-                    chosen, edge = step["branches"][-1], 0
-                    for branch in step["branches"]:
+                    branches = step["branches"]
+                    chosen, edge = len(branches) - 1, 0
+                    for index, branch in enumerate(branches):
                         edge += branch["percent"]
                         if bucket < edge:
-                            chosen = branch
+                            chosen = index
                             break
-                    label = str(chosen.get("label") or "")
+                    label = branch_label(branches[chosen], chosen)
+                    chosen = branches[chosen]
                     move(run, step_id, f"branch:{label}", chosen["next"])
                     stats[(version.pk, step_id, f"passed:{label}")] += 1
             elif kind == "push":

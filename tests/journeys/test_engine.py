@@ -758,3 +758,24 @@ def test_a_segment_read_again_as_rarely_as_allowed_is_read_and_its_next_read_set
     assert journeys_tick(now=now)["entered"] == 1
     journey.refresh_from_db()
     assert journey.next_entry_at == now + dt.timedelta(days=365)
+
+
+def test_a_split_whose_branches_have_no_label_counts_each_branch_as_the_page_names_it(make_journey, publish):
+    ProfileFactory.create_batch(40)
+    graph = {
+        "steps": [
+            {
+                "id": "ab",
+                "type": "split",
+                "branches": [{"percent": 50, "next": "a"}, {"label": "", "percent": 50, "next": "b"}],
+            },
+            {"id": "a", "type": "exit"},
+            {"id": "b", "type": "exit"},
+        ]
+    }
+    journey = publish(make_journey(graph=graph))
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    stats = version_step_stats(journey.live_version)
+    assert stats["ab"]["passed"] == {"branch 1": stats["a"]["exited"], "branch 2": stats["b"]["exited"]}
+    assert stats["a"]["exited"] + stats["b"]["exited"] == 40 and stats["a"]["exited"] > 0

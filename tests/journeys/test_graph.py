@@ -144,3 +144,41 @@ def test_a_graph_of_thousands_of_steps_is_refused_before_any_step_is_looked_up()
     errors = _errors(_steps(*steps, {"id": "s3000", "type": "exit"}), check_content=looked_up.append)
     assert errors == ["A journey has at most 50 steps; this one has 3001."]
     assert looked_up == []  # a query per step, thousands per refused save
+
+
+@pytest.mark.parametrize(
+    ("kind", "branches", "error"),
+    [
+        (
+            "condition",
+            [{"label": "VIP", "event": "buy", "next": "done"}, {"label": "VIP", "event": "cart", "next": "done"}],
+            "Step 'c': two branches are labelled 'VIP'; each branch's label counts its profiles, give each its own.",
+        ),
+        (
+            "condition",
+            [{"label": "else", "event": "buy", "next": "done"}],
+            "Step 'c': branch 'else': 'else' is the label of all others; give this branch another.",
+        ),
+        (
+            "split",
+            [{"percent": 50, "next": "done"}, {"label": "branch 1", "percent": 50, "next": "done"}],
+            "Step 'c': two branches are labelled 'branch 1'; each branch's label counts its profiles, give each its own.",
+        ),
+        (
+            "split",
+            [{"label": "x" * 81, "percent": 50, "next": "done"}, {"label": "B", "percent": 50, "next": "done"}],
+            "Step 'c': branch #1: its label is longer than 80 characters.",
+        ),
+        (
+            "split",
+            [{"label": 7, "percent": 50, "next": "done"}, {"label": "B", "percent": 50, "next": "done"}],
+            "Step 'c': branch #1: its label must be text.",
+        ),
+    ],
+    ids=["same-label", "else", "same-as-unlabelled", "too-long", "not-text"],
+)
+def test_branch_labels_that_would_count_together_or_not_at_all_are_refused(kind, branches, error):
+    step = {"id": "c", "type": kind, "branches": branches}
+    if kind == "condition":
+        step["else"] = "done"
+    assert _errors(_steps(step, EXIT)) == [error]
