@@ -57,6 +57,15 @@ def test_deliveries_of_old_dispatches_go_and_the_counters_stay(db):
     assert AuditEvent.objects.filter(action="retention_applied").exists()
 
 
+def test_delivery_days_0_keeps_deliveries_forever_and_says_so(db, settings):
+    settings.PUSHDESK_RETENTION_DELIVERY_DAYS = 0
+    old = _dispatch(2000)
+    out = io.StringIO()
+    call_command("retention_apply", stdout=out)
+    assert Delivery.objects.filter(dispatch=old).count() == 3
+    assert out.getvalue().startswith("Deleted 0 deliveries (kept forever)"), out.getvalue()
+
+
 def test_audit_events_are_kept_forever_by_default(db):
     event = _old_event(800)
     assert retention_apply()["audit_events"] == 0

@@ -14,8 +14,10 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         result = retention_apply()
+        delivery_days, audit_days = settings.PUSHDESK_RETENTION_DELIVERY_DAYS, settings.PUSHDESK_RETENTION_AUDIT_DAYS
+        deliveries = f"dispatches finished more than {delivery_days} days ago" if delivery_days else "kept forever"
+        audit_events = f"older than {audit_days} days" if audit_days else "kept forever"
         self.stdout.write(
-            f"Deleted {result['deliveries']} deliveries (dispatches finished more than "
-            f"{settings.PUSHDESK_RETENTION_DELIVERY_DAYS} days ago) and {result['audit_events']} audit events "
-            f"({'kept forever' if not settings.PUSHDESK_RETENTION_AUDIT_DAYS else f'older than {settings.PUSHDESK_RETENTION_AUDIT_DAYS} days'})."
+            f"Deleted {result['deliveries']} deliveries ({deliveries}) "
+            f"and {result['audit_events']} audit events ({audit_events})."
         )
