@@ -337,6 +337,34 @@ def encode(payload: dict) -> bytes:
 # --- checks at save time -----------------------------------------------------------------------
 
 
+def data_shape_check(data) -> None:
+    """Refuse custom data that is not an object of strings (a number, a list, a nested object).
+
+    Raises ValidationError({"data": message}).
+    """
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise ValidationError({"data": "Custom data must map keys to strings."})
+
+
+def variants_shape_check(variants) -> None:
+    """Refuse locale variants that are not an object of locale → object of texts (strings).
+
+    Raises ValidationError({"variants": [messages]}) naming each variant and field at fault.
+    """
+    if not isinstance(variants, dict):
+        raise ValidationError({"variants": "Variants must be an object of locale → texts."})
+    problems = []
+    for locale, texts in variants.items():
+        if not isinstance(texts, dict):
+            problems.append(f"Variant '{locale}' must be an object of texts.")
+            continue
+        problems += [
+            f"Variant '{locale}': its {name} must be text." for name, v in texts.items() if not isinstance(v, str)
+        ]
+    if problems:
+        raise ValidationError({"variants": problems})
+
+
 def spec_validate(spec: dict) -> None:
     """Check a spec the way the providers and the sandbox will see it; raise ValidationError if not.
 
@@ -356,13 +384,9 @@ def spec_validate(spec: dict) -> None:
     url_schemes = tuple(settings.PUSHDESK_URL_SCHEMES)
     deep_link_schemes = tuple(settings.PUSHDESK_DEEP_LINK_SCHEMES)
     variants = spec.get("variants") or {}
-    if not isinstance(variants, dict):
-        raise ValidationError({"variants": "Variants must be an object of locale → texts."})
+    variants_shape_check(variants)
     all_texts = [("", variant_texts(spec, None))]
     for locale, texts in variants.items():
-        if not isinstance(texts, dict):
-            errors.setdefault("variants", []).append(f"Variant '{locale}' must be an object of texts.")
-            continue
         unknown = sorted(set(texts) - set(VARIANT_FIELDS))
         if unknown:
             errors.setdefault("variants", []).append(
@@ -392,8 +416,10 @@ def spec_validate(spec: dict) -> None:
             errors.setdefault(f"{where}body", []).append("A visible push needs a title or a body.")
 
     data = spec.get("data") or {}
-    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
-        errors.setdefault("data", []).append("Custom data must map keys to strings.")
+    try:
+        data_shape_check(data)
+    except ValidationError as exc:
+        errors.setdefault("data", []).extend(exc.messages)
         data = {}
     for key, value in data.items():
         lowered = key.lower()

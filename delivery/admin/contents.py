@@ -12,7 +12,7 @@ from liquid.exceptions import LiquidError
 from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin
 from audiences.models import Profile
 from delivery.models import PushContent
-from delivery.payloads import message_render, spec_validate
+from delivery.payloads import data_shape_check, message_render, spec_validate, variants_shape_check
 from delivery.selectors import (
     apps_visible_to,
 )
@@ -48,6 +48,15 @@ def _json_object(value, message: str):
         return {}
     if not isinstance(value, dict):
         raise ValidationError(message)
+    return value
+
+
+def _shape_checked(check, value):
+    """``value`` when ``check`` passes it; else its messages, as the field's own errors."""
+    try:
+        check(value)
+    except ValidationError as exc:
+        raise ValidationError(exc.messages) from None
     return value
 
 
@@ -205,13 +214,18 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         form_class = super().get_form(request, obj, change=change, **kwargs)
 
         class ValidatingForm(form_class):
-            # An object or nothing (a number or a list is refused here, before the content
-            # takes it, so the page shown again previews the content as saved).
+            # An object of texts or nothing (a number, a list, a value that is not text is refused
+            # here, before the content takes it, so the page shown again previews the content as
+            # saved, and the live preview renders only texts).
             def clean_data(self):
-                return _json_object(self.cleaned_data.get("data"), "Custom data must map keys to strings.")
+                data = _json_object(self.cleaned_data.get("data"), "Custom data must map keys to strings.")
+                return _shape_checked(data_shape_check, data)
 
             def clean_variants(self):
-                return _json_object(self.cleaned_data.get("variants"), "Variants must be an object of locale → texts.")
+                variants = _json_object(
+                    self.cleaned_data.get("variants"), "Variants must be an object of locale → texts."
+                )
+                return _shape_checked(variants_shape_check, variants)
 
             def _post_clean(self):
                 super()._post_clean()

@@ -156,6 +156,8 @@ def test_valid_content_passes():
         ({"title": "", "body": ""}, "body"),
         ({"variants": {"fr": {"title": "{{ nope }}"}}}, "variants.fr.title"),
         ({"variants": {"fr": {"headline": "x"}}}, "variants"),
+        ({"variants": {"fr": {"title": 5}}}, "variants"),
+        ({"variants": {"fr": "Bonjour"}}, "variants"),
     ],
 )
 def test_bad_content_is_refused_naming_the_field(changes, field):

@@ -70,3 +70,30 @@ def test_live_preview_of_a_profile_whose_value_breaks_a_filter_says_so(client, d
     )
     assert answer.status_code == 200
     assert "The content does not render: a filter failed on a value (ValueError)" in answer.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        ({"data": '{"order": 1234}'}, "data", "Custom data must map keys to strings."),
+        ({"data": '{"order": {"id": "7"}}'}, "data", "Custom data must map keys to strings."),
+        ({"variants": '{"fr": "Bonjour"}'}, "variants", "Variant &#x27;fr&#x27; must be an object of texts."),
+        ({"variants": '{"fr": {"title": 5}}'}, "variants", "Variant &#x27;fr&#x27;: its title must be text."),
+    ],
+)
+def test_custom_data_or_a_variant_that_is_not_text_is_refused_on_its_field_and_previews_as_saved(
+    client, db, manager_alice, changes, field, message
+):
+    shop = AppFactory(name="Shop")
+    access_grant(obj=shop, to=manager_alice, by=None)
+    content = PushContent.objects.create(app=shop, name="Sale", title="Hello", body="Spring sale")
+    client.force_login(manager_alice)
+    answer = client.post(f"/admin/delivery/pushcontent/{content.pk}/change/", _form(content, **changes))
+    assert answer.status_code == 200
+    assert message in str(answer.context["adminform"].form.errors[field])
+    assert "Hello" in answer.content.decode()  # the phones show the content as saved
+    preview = client.post(
+        f"/admin/delivery/pushcontent/{content.pk}/live-preview/", {**_form(content, **changes), "preview_locale": "fr"}
+    )
+    assert preview.status_code == 200 and "Hello" in preview.content.decode()
+    assert PushContent.objects.get(pk=content.pk).version == content.version
