@@ -1,6 +1,7 @@
 """Re-encrypt every stored secret under the first key of PUSHDESK_ENCRYPTION_KEY."""
 
-from django.core.management.base import BaseCommand
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand, CommandError
 
 from accounts.services import encryption_key_rotate
 
@@ -12,7 +13,10 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args, **options):
-        done = encryption_key_rotate()
+        try:
+            done = encryption_key_rotate()
+        except ImproperlyConfigured as exc:  # a secret no key decrypts: say so, without a traceback
+            raise CommandError(str(exc)) from None
         for label, count in done.items():
             self.stdout.write(f"{label}: {count} secret(s) re-encrypted")
         self.stdout.write(self.style.SUCCESS("Done: the keys after the first may now be removed."))
