@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import google.auth.exceptions
 import httpx
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from django.conf import settings
@@ -85,6 +86,8 @@ def apns_key_parse(*, raw: bytes) -> Secret:
         key = serialization.load_pem_private_key(text.encode(), password=None)
     except (ValueError, TypeError):
         raise ValidationError({"apns_private_key": "The .p8 file is not a readable private key."}) from None
+    except UnsupportedAlgorithm:
+        key = None  # a key of another algorithm (GOST, say): the rule below names what is needed
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ValidationError({"apns_private_key": "The .p8 key must be an EC P-256 key (APNs signs with ES256)."})
     return Secret(text + "\n")
@@ -101,7 +104,7 @@ def service_account_parse(*, raw: bytes) -> ServiceAccountInfo:
         raise ValidationError({field: "The service-account file is too large."})
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested thousands deep
         raise ValidationError({field: "The service-account file is not JSON."}) from None
     if not isinstance(data, dict):
         raise ValidationError({field: "The service-account JSON must be an object."})
@@ -114,6 +117,8 @@ def service_account_parse(*, raw: bytes) -> ServiceAccountInfo:
         key = serialization.load_pem_private_key(data["private_key"].encode(), password=None)
     except (ValueError, TypeError):
         raise ValidationError({field: "The service account's private_key is not a readable PEM private key."}) from None
+    except UnsupportedAlgorithm:
+        key = None  # a key of another algorithm: the rule below names what is needed
     if not isinstance(key, rsa.RSAPrivateKey):
         raise ValidationError({field: "The service account's private_key must be an RSA key."})
     if "@" not in data["client_email"]:

@@ -281,6 +281,43 @@ def test_managers_cannot_add_apps_nor_see_apps_outside_their_access(client, mana
 # --- test connection -----------------------------------------------------------------------------------
 
 
+# A GOST R 34.10-2012 private key in PKCS#8: readable PEM, of an algorithm nothing here can load.
+GOST_KEY = (
+    "-----BEGIN PRIVATE KEY-----\n"
+    "MDMCAQAwCgYIKoUDBwEBAQEEIgQgAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n"
+    "-----END PRIVATE KEY-----\n"
+)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("upload", "field_error"),
+    [
+        ("p8_gost", "The .p8 key must be an EC P-256 key (APNs signs with ES256)."),
+        ("json_gost", "The service account&#x27;s private_key must be an RSA key."),
+        ("json_deep", "The service-account file is not JSON."),
+    ],
+)
+def test_a_key_of_an_unknown_algorithm_or_json_nested_too_deep_is_refused_on_its_field(
+    client, admin_erin, apns_credentials, fcm_credentials, upload, field_error, caplog
+):
+    overrides = {
+        "p8_gost": {"apns_private_key_file": SimpleUploadedFile("AuthKey.p8", GOST_KEY.encode())},
+        "json_gost": {
+            "fcm_service_account_file": SimpleUploadedFile(
+                "sa.json", json.dumps({**fcm_credentials.info, "private_key": GOST_KEY}).encode()
+            )
+        },
+        "json_deep": {"fcm_service_account_file": SimpleUploadedFile("sa.json", b"[" * 30_000 + b"]" * 30_000)},
+    }[upload]
+    client.force_login(admin_erin)
+    response = client.post(reverse("admin:delivery_app_add"), form_data(apns_credentials, fcm_credentials, **overrides))
+    page = response.content.decode()
+    assert response.status_code == 200 and field_error in page
+    assert not App.objects.exists()
+    assert "MDMCAQAwCgYIKoUDBwEBAQEEIgQg" not in page + caplog.text
+
+
 @pytest.mark.django_db
 def test_test_connection_reports_what_apns_and_fcm_answered(
     pushsim_tls_app, admin_erin, pushsim, caplog, apns_credentials, fcm_credentials
