@@ -192,9 +192,10 @@ def version_svg(
 
 
 def _counters(kind: str, counts: dict) -> tuple[str, str]:
-    """A step's live counters (entered, waiting, sent, accepted, exited) and its notes (failures,
-    skips by reason, rows still to send, exits on the exit event). A push step's sent are the rows
-    handed to a provider; with the skipped and those still to send they make every row targeted."""
+    """A step's live counters (entered, waiting, sent, accepted, exited) and its notes (a push
+    refused at send time, failures, skips by reason, rows still to send, exits on the exit event).
+    A push step's sent are the rows handed to a provider; with the skipped and those still to send
+    they make every row targeted; the profiles it refused end there, failed."""
     if kind == "exit":
         return f"exited {counts.get('exited', 0) - counts.get('exit_event', 0):,}", ""
     line = f"entered {counts.get('entered', 0):,}"
@@ -206,6 +207,8 @@ def _counters(kind: str, counts: dict) -> tuple[str, str]:
     if kind == "push":
         skipped = counts.get("skipped") or {}
         notes = [f"failed {counts['send_failed']:,}"] if counts.get("send_failed") else []
+        if counts.get("failed"):  # refused at send time (the gate): those profiles end here, failed
+            notes.insert(0, f"refused {counts['failed']:,} (see its enrollments)")
         if skipped:
             reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(skipped.items(), key=lambda r: -r[1]))
             notes.append(f"skipped {sum(skipped.values()):,} ({reasons})")

@@ -338,3 +338,20 @@ def test_a_push_step_counts_sent_as_handed_to_a_provider_and_accounts_for_every_
     rollup_rebuild(dispatch_ids=[dispatch.pk])
     text = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
     assert "sent 1 · accepted 0" in text and "to send 3" in text
+
+
+def test_a_push_step_whose_send_was_refused_says_how_many_profiles_it_failed(
+    login, manager_alice, make_journey, publish, welcome
+):
+    """The gate refused the send (what runs is not what was approved): the profiles end there,
+    failed, and the step's box says so (it read "entered 3 · sent 0 · accepted 0" and nothing else)."""
+    from journeys.models import JourneyVersion
+
+    ProfileFactory.create_batch(3)
+    push = {"id": "push", "type": "push", "content": welcome.pk, "next": "done"}
+    journey = publish(make_journey(graph={"steps": [push, {"id": "done", "type": "exit"}]}))
+    JourneyVersion.objects.filter(pk=journey.live_version_id).update(exit_event="forged")
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    text = login(manager_alice).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert "entered 3 · sent 0 · accepted 0" in text and "refused 3 (see its enrollments)" in text
