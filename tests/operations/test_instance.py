@@ -63,6 +63,17 @@ def test_instance_claim_without_yes_asks_and_changes_nothing_when_refused(restor
     assert "Nothing changed" in out.getvalue()
 
 
+def test_instance_claim_without_yes_and_without_a_terminal_changes_nothing_and_says_to_use_yes(
+    restored_copy, monkeypatch
+):
+    from django.core.management import CommandError
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # run from a script: no one to answer
+    with pytest.raises(CommandError, match="--yes"):
+        call_command("instance_claim", stdout=io.StringIO())
+    assert Instance.objects.get().name == "production-eu"
+
+
 def test_instance_claim_voids_unfinished_dispatches_and_due_occurrences(restored_copy, make_campaign, approve):
     from campaigns.models import Campaign, Occurrence
     from delivery.models import Delivery, Dispatch

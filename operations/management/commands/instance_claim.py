@@ -1,7 +1,7 @@
 """Make the database this instance's, voiding the work that was queued before."""
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from operations.instance import instance_problem
 from operations.services import instance_claim
@@ -24,7 +24,10 @@ class Command(BaseCommand):
             return
         self.stdout.write(f"Now: {problem}.")
         if not yes:
-            answer = input(f"Claim the database for instance {name!r} and void what was queued before? [y/N] ")
+            try:
+                answer = input(f"Claim the database for instance {name!r} and void what was queued before? [y/N] ")
+            except EOFError:  # no terminal (a script, a unit): no one to answer
+                raise CommandError("Nothing changed: no answer to confirm with; run it with --yes to claim.") from None
             if answer.strip().lower() not in {"y", "yes"}:
                 self.stdout.write("Nothing changed.")
                 return
