@@ -12,6 +12,7 @@ import json
 import re
 import ssl
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import google.auth.exceptions
 import httpx
@@ -123,12 +124,25 @@ def service_account_parse(*, raw: bytes) -> ServiceAccountInfo:
         raise ValidationError({field: "The service account's private_key must be an RSA key."})
     if "@" not in data["client_email"]:
         raise ValidationError({field: "The service account's client_email is not an email address."})
-    token_uri = data["token_uri"]
-    if not (token_uri.startswith("https://") or token_uri.startswith(("http://127.0.0.1", "http://localhost"))):
+    if not _token_uri_allowed(data["token_uri"]):
         raise ValidationError({field: "The service account's token_uri must be an https:// URL."})
     return ServiceAccountInfo(
         secret=Secret(json.dumps(data)), project_id=data["project_id"], client_email=data["client_email"]
     )
+
+
+def _token_uri_allowed(uri: str) -> bool:
+    """An https:// URL with a host, or http:// to this machine itself (the simulator): the signed
+    assertion goes there, and must not cross a network in clear."""
+    try:
+        parts = urlsplit(uri)
+        host = parts.hostname
+        parts.port  # noqa: B018 (raises ValueError on a port that is not a number)
+    except ValueError:
+        return False
+    if parts.scheme == "https":
+        return bool(host)
+    return parts.scheme == "http" and host in ("127.0.0.1", "localhost", "::1")
 
 
 def _check_apns_fields(*, team_id: str, key_id: str, bundle_id: str, environment: str, has_key: bool) -> None:

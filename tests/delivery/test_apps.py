@@ -87,6 +87,20 @@ def test_garbage_is_refused_as_a_p8(raw, message):
             "The service account's private_key is not a readable PEM private key.",
         ),
         ({"token_uri": "http://tokens.example.com/token"}, "The service account's token_uri must be an https:// URL."),
+        # Cleartext only to this machine: a name that merely starts like it is another host.
+        (
+            {"token_uri": "http://localhost@tokens.example.com/t"},
+            "The service account's token_uri must be an https:// URL.",
+        ),
+        (
+            {"token_uri": "http://localhost.example.com/token"},
+            "The service account's token_uri must be an https:// URL.",
+        ),
+        (
+            {"token_uri": "http://127.0.0.1.example.com/token"},
+            "The service account's token_uri must be an https:// URL.",
+        ),
+        ({"token_uri": "https://"}, "The service account's token_uri must be an https:// URL."),
     ],
 )
 def test_a_broken_service_account_is_refused_naming_what_is_wrong(fcm_credentials, change, message):
