@@ -76,3 +76,15 @@ def test_systemd_accepts_the_unit(tmp_path, name):
     )
     problems = [line for line in (result.stdout + result.stderr).splitlines() if name.split(".")[0] in line]
     assert result.returncode == 0 and not problems, result.stdout + result.stderr
+
+
+def test_the_guide_counts_the_beat_s_schedules_as_many_as_it_names():
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    beat = guide[guide.index("* **The beat**") :].split("\n* ")[0]
+    named = set(re.findall(r"`((?:campaigns|journeys|delivery|events) \w+)`", beat))
+    numbers = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
+    counted = re.findall(
+        r"(two|three|four|five|six) (?:django-q2 )?schedules|beat's (two|three|four|five|six) schedules", guide
+    )
+    assert len(named) == 4 and counted
+    assert {numbers[a or b] for a, b in counted} == {len(named)}, counted
