@@ -65,7 +65,8 @@ def template_check(source: str, *, field: str) -> BoundTemplate:
     """Parse ``source`` and check every name it uses; return the compiled template.
 
     Raises ValidationError({field: message}) on a syntax error, an unknown filter, an
-    unknown top-level variable, or an unknown ``profile`` field.
+    unknown top-level variable, an unknown ``profile`` field, or, for a template that reads
+    neither the profile nor the context, a failure to render it (it would fail for everyone).
     """
     try:
         template = _parse(source)
@@ -90,6 +91,13 @@ def template_check(source: str, *, field: str) -> BoundTemplate:
                             f"{', '.join(PROFILE_FIELDS)}; write profile.attributes.{segments[1]} for a custom attribute."
                         }
                     )
+    if not analysis.globals:
+        # It reads neither the profile nor the context, so it renders the same for every
+        # recipient: failing now, it would fail every message at send time.
+        try:
+            template_render(source, profile={}, context={})
+        except LiquidError as exc:
+            raise ValidationError({field: f"This text cannot be rendered for anyone: {exc.message}."}) from exc
     return template
 
 

@@ -90,6 +90,25 @@ def test_a_filter_failing_on_a_profiles_value_is_a_liquid_error_naming_it(source
     assert "a filter failed on a value" in str(exc.value.message)
 
 
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("Share: {{ 100 | divided_by: 0 }}%", "divided_by: can't divide by 0"),
+        ("Countdown {% for i in (1..30) %}*{% endfor %}", "loop iteration limit reached"),
+        ("{{ 'gA==' | base64_decode }}", "a filter failed on a value (UnicodeDecodeError)"),
+    ],
+)
+def test_a_template_that_fails_whoever_receives_it_is_refused_on_save(source, message):
+    with pytest.raises(ValidationError) as exc:
+        template_check(source, field="body")
+    assert errors_of(exc)["body"] == [f"This text cannot be rendered for anyone: {message}."]
+
+
+def test_a_template_that_fails_only_for_some_values_is_saved():
+    template_check("{{ 100 | divided_by: profile.attributes.count }}", field="body")
+    template_check("{% for t in context.items %}{{ t }}{% endfor %}", field="body")
+
+
 def test_syntax_error_is_refused_with_its_line():
     with pytest.raises(ValidationError) as exc:
         template_check("Hello\n{{ profile.attributes.name ", field="body")
@@ -158,6 +177,8 @@ def test_valid_content_passes():
         ({"variants": {"fr": {"headline": "x"}}}, "variants"),
         ({"variants": {"fr": {"title": 5}}}, "variants"),
         ({"variants": {"fr": "Bonjour"}}, "variants"),
+        ({"body": "Save {{ 100 | divided_by: 0 }}%"}, "body"),
+        ({"data": {"n": "{% for i in (1..99) %}{% endfor %}"}}, "data.n"),
     ],
 )
 def test_bad_content_is_refused_naming_the_field(changes, field):
