@@ -59,8 +59,11 @@ class StepStatsSerializer(serializers.Serializer):
     due = serializers.IntegerField()
     pushed = serializers.IntegerField()
     failed = serializers.IntegerField()
-    exited = serializers.IntegerField()
-    exit_event = serializers.IntegerField()
+    exited = serializers.IntegerField(
+        help_text="Left the journey here: at an exit, on the exit event, or when the journey stopped."
+    )
+    exit_event = serializers.IntegerField(help_text="Ended here by the exit event.")
+    stopped = serializers.IntegerField(help_text="Ended here when the journey was stopped.")
     passed = serializers.DictField(child=serializers.IntegerField())
     targeted = serializers.IntegerField(help_text="Push steps: the rows its sends made.")
     sent = serializers.IntegerField(help_text="Push steps: handed to a provider (accepted, failed or unknown).")

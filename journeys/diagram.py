@@ -193,17 +193,19 @@ def version_svg(
 
 def _counters(kind: str, counts: dict) -> tuple[str, str]:
     """A step's live counters (entered, waiting, sent, accepted, exited) and its notes (a push
-    refused at send time, failures, skips by reason, rows still to send, exits on the exit event).
+    refused at send time, failures, skips by reason, rows still to send, exits on the exit event or
+    when the journey stopped).
     A push step's sent are the rows handed to a provider; with the skipped and those still to send
     they make every row targeted; the profiles it refused end there, failed."""
     if kind == "exit":
-        return f"exited {counts.get('exited', 0) - counts.get('exit_event', 0):,}", ""
+        return f"exited {counts.get('exited', 0) - counts.get('exit_event', 0) - counts.get('stopped', 0):,}", ""
     line = f"entered {counts.get('entered', 0):,}"
     if kind == "wait":
         line += f" · waiting {counts.get('waiting', 0):,}"
     elif kind == "push":
         line += f" · sent {counts.get('sent', 0):,} · accepted {counts.get('accepted', 0):,}"
-    extra = f"exit event {counts['exit_event']:,}" if counts.get("exit_event") else ""
+    ended = (("exit event", counts.get("exit_event")), ("journey stopped", counts.get("stopped")))
+    extra = " · ".join(f"{why} {n:,}" for why, n in ended if n)
     if kind == "push":
         skipped = counts.get("skipped") or {}
         notes = [f"failed {counts['send_failed']:,}"] if counts.get("send_failed") else []

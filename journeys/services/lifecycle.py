@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -371,11 +371,7 @@ def journey_stop(*, journey_id: int, by: User) -> Journey:
             raise TransitionError(journey, "stopped")
         journey.next_entry_at = None
         status_transition(journey, Status.STOPPED, by=by, action="stopped", also_saved=SAVED_WITH_STATUS)
-        now = timezone.now()
-        # Waits for any engine batch holding these rows, so nothing moves on after the stop.
-        exited = Enrollment.objects.filter(journey=journey, status__in=Enrollment.OPEN_STATUSES).update(
-            status=EStatus.EXITED, exit_reason="journey stopped", finished_at=now, updated_at=now, due_at=None
-        )
+        exited = _exit_everyone_inside(journey, now=timezone.now())
         version_ids = list(journey.versions.values_list("pk", flat=True))
         running = Dispatch.objects.filter(
             kind=Dispatch.Kind.JOURNEY,
@@ -386,6 +382,33 @@ def journey_stop(*, journey_id: int, by: User) -> Journey:
             dispatch_stop(dispatch_id=dispatch_id, by=by)
         audit(actor=by, action="journey_enrollments_exited", obj=journey, summary={"count": exited})
     return journey
+
+
+def _exit_everyone_inside(journey: Journey, *, now: dt.datetime) -> int:
+    """End every open enrollment of the journey ("journey stopped"), each counted at the step it was
+    at (``stopped``: the steps' counters account for every profile that entered them). Waits for
+    any engine batch holding these rows, so nothing moves on after the stop. Returns how many."""
+    from collections import Counter
+
+    from journeys.services.engine import _stats_add
+
+    table = Enrollment._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET status = %s, exit_reason = %s, finished_at = %s, updated_at = %s, due_at = NULL "  # noqa: S608 (the table's name)
+            "WHERE journey_id = %s AND status IN (%s, %s) RETURNING version_id, step",
+            [
+                EStatus.EXITED,
+                "journey stopped",
+                connection.ops.adapt_datetimefield_value(now),
+                connection.ops.adapt_datetimefield_value(now),
+                journey.pk,
+                *Enrollment.OPEN_STATUSES,
+            ],
+        )
+        stopped = Counter((version_id, step, "stopped") for version_id, step in cursor.fetchall())
+    _stats_add(stopped)
+    return sum(stopped.values())
 
 
 def journey_archive(*, journey_id: int, by: User) -> Journey:

@@ -779,3 +779,30 @@ def test_a_split_whose_branches_have_no_label_counts_each_branch_as_the_page_nam
     stats = version_step_stats(journey.live_version)
     assert stats["ab"]["passed"] == {"branch 1": stats["a"]["exited"], "branch 2": stats["b"]["exited"]}
     assert stats["a"]["exited"] + stats["b"]["exited"] == 40 and stats["a"]["exited"] > 0
+
+
+def test_stopping_a_journey_counts_each_profile_inside_as_exited_at_the_step_it_was_at(
+    make_journey, publish, manager_alice, client
+):
+    """Profiles waiting on a retired version and on the live one: each version's wait step says how
+    many left there when the journey stopped (the steps said entered 3, waiting 0, and nothing of them)."""
+    from journeys.models import JourneyVersion
+    from tests.factories import TEST_PASSWORD
+
+    first = ProfileFactory()
+    journey = publish(make_journey(graph=_wait_graph(seconds=3600), entry_every_hours=1))
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, graph=_wait_graph(seconds=7200))
+    ProfileFactory.create_batch(2)
+    journey = publish(journey)
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    assert Enrollment.objects.get(profile=first).version.number == 1
+    journey_stop(journey_id=journey.pk, by=manager_alice)
+    for number, inside in ((1, 1), (2, 2)):
+        pause = version_step_stats(JourneyVersion.objects.get(journey=journey, number=number))["pause"]
+        assert (pause["entered"], pause["waiting"], pause["exited"], pause["stopped"]) == (inside, 0, inside, inside)
+    assert client.login(username=manager_alice.username, password=TEST_PASSWORD)
+    page = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert "entered 2 · waiting 0" in page and "journey stopped 2" in page
