@@ -99,7 +99,15 @@ def _env_url(name: str, default: str, *, schemes: tuple[str, ...]) -> str:
 
 
 def _without_password(url: str) -> str:
-    return re.sub(r"(://[^/@:\s]*:)[^/@\s]+@", r"\1***@", url)
+    """The URL with what comes before its host's ``@`` masked, however malformed (no scheme, an
+    unescaped ``@`` in the password): only a user name before a ``:`` is kept."""
+    head, at, host = url.rpartition("@")
+    if not at:
+        return url
+    scheme, sep, userinfo = head.rpartition("://")
+    user, colon, _ = userinfo.partition(":")
+    masked = f"{user}:***" if colon and "/" not in user else "***"
+    return f"{scheme}{sep}{masked}@{host}"
 
 
 def _env_list(name: str, default: list[str]) -> list[str]:

@@ -272,3 +272,19 @@ def test_a_redis_url_whose_database_is_not_a_number_stops_start_up(tmp_path, url
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "REDIS_URL" in lines[0] and "database" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        ":hunter2-redis@cache.internal:6379/0",  # no scheme
+        "redis:/:hunter2-redis@cache.internal:6379/0",  # a slash missing
+        "redis://:hunter2@redis@cache.internal:6379/x",  # an @ in the password, not escaped
+        "http://default:hunter2-redis@cache.internal:6379/0",
+    ],
+)
+def test_a_refused_redis_url_is_named_without_its_password(tmp_path, url):
+    result = _import_settings({"REDIS_URL": url}, tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "REDIS_URL" in result.stderr and "***" in result.stderr
+    assert "hunter2" not in result.stderr and "redis@" not in result.stderr, result.stderr
