@@ -238,12 +238,22 @@ def template_worst_case_bytes(source: str, *, value_bytes: int = VALUE_BYTES) ->
     """An upper estimate of what ``source`` renders to, in bytes of a JSON string.
 
     Literal text counts as itself in every branch; each output counts ``value_bytes`` plus
-    its string literals; anything inside a loop counts ``LOOP_LIMIT`` times. The rendered
-    size is checked again at send time, so an estimate that is beaten fails that one message,
-    never the payload limit at the provider.
+    its string literals; anything inside a loop counts ``LOOP_LIMIT`` times. It is never less
+    than what the template renders for a profile without attributes and an empty context (a
+    literal assigned once and shown many times is counted there). The rendered size is checked
+    again at send time, so an estimate that is beaten fails that one message, never the payload
+    limit at the provider.
     """
     if not is_templated(source):
         return _json_bytes(source)
+    try:
+        rendered = _json_bytes(template_render(source, profile={"attributes": {}}, context={}))
+    except LiquidError:
+        rendered = 0
+    return max(rendered, _token_estimate(source, value_bytes=value_bytes))
+
+
+def _token_estimate(source: str, *, value_bytes: int) -> int:
     total = 0
     loop_depth = 0
     last_tag = ""

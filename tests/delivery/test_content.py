@@ -199,6 +199,21 @@ def test_oversize_payload_names_the_part_and_the_excess():
     assert any("Android (FCM)" in m for m in messages)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        "{% assign s = '" + "x" * 900 + "' %}" + "{{ s }}" * 5,  # a literal assigned once, shown five times
+        "{% capture s %}" + "x" * 800 + "{% endcapture %}" + "{{ s }}" * 5,
+        "Hi {{ profile.attributes.name }}! {% assign s = '" + "x" * 900 + "' %}" + "{{ s }}" * 5,
+    ],
+)
+def test_a_text_that_renders_over_the_limit_for_a_profile_without_attributes_is_refused(body):
+    message_render(spec(body=body), profile={"attributes": {}}, context={})  # it renders, over 4 KB
+    with pytest.raises(ValidationError) as exc:
+        spec_validate(spec(body=body))
+    assert any("iOS (APNs)" in m and "over the 4,096-byte limit" in m for m in errors_of(exc)["body"])
+
+
 def test_oversize_locale_variant_is_named():
     with pytest.raises(ValidationError) as exc:
         spec_validate(spec(variants={"de": {"body": "ü" * 2100}}))
