@@ -20,6 +20,7 @@ from accounts.services import (
     TransitionError,
     access_grant,
     approval_request_cancel,
+    approval_request_close,
     approval_request_decide,
     approval_request_open,
     audit,
@@ -313,13 +314,16 @@ def journey_approve(*, journey_id: int, by: User, comment: str = "", now: dt.dat
     and a segment entry is read at once.
 
     Raises ValidationError when what would run changed since it was submitted (e.g. its push
-    content was edited) or no longer holds; PermissionDenied when ``by`` may not approve it.
+    content was edited) or no longer holds; PermissionDenied when ``by`` may not approve it;
+    TransitionError when the journey is stopped, closed or archived, or nothing is in review.
     """
     from delivery.models import PushContent, spec_fingerprint
 
     now = now or timezone.now()
     with transaction.atomic():
         journey = lock_for(Journey, journey_id, by=by, perm="journeys.approve_journey")
+        if journey.status not in (Status.IN_REVIEW, Status.LIVE):  # a stopped journey stays stopped
+            raise TransitionError(journey, "approved")
         version = _version_in_review(journey)
         request = _pending_request(journey)
         # One read of the contents, held until commit: what is checked against the submission is
@@ -361,7 +365,8 @@ def journey_approve(*, journey_id: int, by: User, comment: str = "", now: dt.dat
 
 
 def journey_stop(*, journey_id: int, by: User) -> Journey:
-    """Stop a live journey: no more entries, every profile inside exits, queued pushes are stopped."""
+    """Stop a live journey: no more entries, every profile inside exits, queued pushes are stopped,
+    and a version in review goes back to draft, its request closed (no approval makes it live again)."""
     from delivery.models import Dispatch
     from delivery.services.dispatches import dispatch_stop
 
@@ -371,6 +376,13 @@ def journey_stop(*, journey_id: int, by: User) -> Journey:
             raise TransitionError(journey, "stopped")
         journey.next_entry_at = None
         status_transition(journey, Status.STOPPED, by=by, action="stopped", also_saved=SAVED_WITH_STATUS)
+        in_review = journey.versions.filter(status=VStatus.IN_REVIEW).first()
+        if in_review is not None:  # an approval of it would make the journey live again
+            request = approval_current(journey)
+            if request is not None:
+                approval_request_close(request_id=request.pk, by=by, reason="The journey was stopped.")
+            in_review.status = VStatus.DRAFT
+            in_review.save(update_fields=["status"])
         exited = _exit_everyone_inside(journey, now=timezone.now())
         version_ids = list(journey.versions.values_list("pk", flat=True))
         running = Dispatch.objects.filter(

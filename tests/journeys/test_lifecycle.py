@@ -282,3 +282,33 @@ def test_a_whole_number_past_its_column_is_refused_naming_it_and_nothing_is_writ
         make_journey(**fields)
     assert field in refused.value.message_dict
     assert not Journey.objects.exists()
+
+
+def test_stopping_a_journey_closes_its_version_in_review_so_no_approval_brings_it_back_live(
+    make_journey, publish, manager_alice, approver_bob
+):
+    ProfileFactory.create_batch(2)
+    journey = publish(make_journey())
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="purchase")
+    request = journey_submit(journey_id=journey.pk, by=manager_alice)
+    journey_stop(journey_id=journey.pk, by=manager_alice)
+    request.refresh_from_db()
+    assert (request.status, request.comment) == ("cancelled", "The journey was stopped.")
+    assert list(journey.versions.order_by("number").values_list("status", flat=True)) == ["live", "draft"]
+    with pytest.raises(TransitionError):
+        journey_approve(journey_id=journey.pk, by=approver_bob)
+    assert _reload(journey).status == "stopped"
+    assert _reload(journey).live_version.number == 1
+
+
+def test_an_approval_never_makes_a_finished_journey_live_again(make_journey, publish, manager_alice, approver_bob):
+    """Whatever left a version in review (a stop from before this rule), a stopped or archived
+    journey stays so: the approval is refused."""
+    journey = publish(make_journey())
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="purchase")
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    Journey.objects.filter(pk=journey.pk).update(status="archived")
+    with pytest.raises(TransitionError, match="archived"):
+        journey_approve(journey_id=journey.pk, by=approver_bob)
+    assert _reload(journey).status == "archived"
+    assert ApprovalRequest.objects.filter(status="pending").count() == 1
