@@ -21,6 +21,8 @@ class DispatchProgress:
     failed: int
     unknown: int
     per_second: float
+    # A stream (standing: open all day) is rated on its last minute, a run on its average since it started.
+    standing: bool = False
 
 
 @dataclass
@@ -72,6 +74,7 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
 
     from audiences.models import EventReplay
     from delivery.models import Dispatch
+    from delivery.services.streams import stream_live_figures
     from operations.instance import instance_problem
 
     now = now or timezone.now()
@@ -90,6 +93,10 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
     for d in Dispatch.objects.filter(status__in=Dispatch.RUNNING_STATUSES).order_by("id"):
         elapsed = (now - d.started_at).total_seconds() if d.started_at else 0.0
         done = d.accepted + d.failed + d.skipped + d.unknown
+        if d.standing:
+            per_second = stream_live_figures(d, now=now)["rate_per_second"]
+        else:
+            per_second = round(done / elapsed, 1) if elapsed > 0 else 0.0
         result.dispatches.append(
             DispatchProgress(
                 id=d.pk,
@@ -100,7 +107,8 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
                 accepted=d.accepted,
                 failed=d.failed,
                 unknown=d.unknown,
-                per_second=round(done / elapsed, 1) if elapsed > 0 else 0.0,
+                per_second=per_second,
+                standing=d.standing,
             )
         )
     failures = (

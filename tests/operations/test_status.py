@@ -169,3 +169,26 @@ def test_status_says_in_one_line_that_the_database_does_not_answer(tmp_path):
     assert "Traceback" not in result.stderr and "db-password" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "the database does not answer" in lines[0], result.stderr
+
+
+def test_status_gives_a_stream_the_rate_of_its_last_minute_not_its_days_average(db, queue):
+    """A stream opened at midnight and sending 2/s now is not sending its day's average."""
+    from delivery.models import Delivery
+    from tests.factories import PushContentFactory, orders_stream
+
+    now = timezone.now()
+    stream = orders_stream(PushContentFactory(app=AppFactory()), source_id=1)
+    Dispatch.objects.filter(pk=stream.pk).update(started_at=now - dt.timedelta(hours=10), total=36_000, accepted=36_000)
+    Delivery.objects.bulk_create(
+        Delivery(
+            dispatch=stream,
+            status="accepted",
+            queued_at=now - dt.timedelta(seconds=i % 50 + 2),
+            finished_at=now - dt.timedelta(seconds=i % 50 + 1),
+        )
+        for i in range(120)
+    )
+    out = io.StringIO()
+    call_command("status", stdout=out)
+    line = next(line for line in out.getvalue().splitlines() if f"#{stream.pk} " in line)
+    assert line.endswith("2.0/s in the last minute"), line

@@ -43,6 +43,7 @@ class Command(BaseCommand):
             write(
                 f"  #{d.id} {d.label[:60]}: {d.status}, {d.done}/{d.total} done "
                 f"({d.accepted} accepted, {d.failed} failed, {d.unknown} unknown), {d.per_second}/s"
+                + (" in the last minute" if d.standing else "")
             )
         total_failures = sum(s.failures_last_hour.values())
         write(f"failures   {total_failures} failed tasks in the last hour")
