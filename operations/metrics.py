@@ -131,12 +131,14 @@ class PushdeskCollector:
         )
         beat = GaugeMetricFamily(
             "pushdesk_beat_last_run_age_seconds",
-            "Seconds since each schedule of the beat last ran",
+            "Seconds since each schedule of the beat last ran; one that never ran counts from when it was due",
             labels=["schedule"],
         )
         for name, run in s.beat.items():
             if run["age_seconds"] is not None:
                 beat.add_metric([name], run["age_seconds"])
+            elif run["next_run"] is not None:  # no series would leave the alert nothing to fire on
+                beat.add_metric([name], max((now - run["next_run"]).total_seconds(), 0.0))
         yield beat
 
         names = dict(App.objects.values_list("pk", "name"))

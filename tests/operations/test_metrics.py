@@ -210,3 +210,36 @@ def test_metrics_still_answer_while_redis_is_down_without_the_queue_series(clien
     assert samples[("pushdesk_queue_up", ())] == 0
     assert ("pushdesk_queue_depth", ()) not in samples
     assert ("pushdesk_queue_oldest_task_age_seconds", ()) not in samples
+
+
+def test_a_schedule_that_never_ran_counts_from_when_it_was_due(client, db, metrics_on):
+    """A new installation whose workers never started: the beat's alert must fire, not find no series."""
+    import datetime as dt
+    import uuid
+
+    from django.utils import timezone
+    from django_q.models import Schedule, Task
+
+    now = timezone.now()
+    Schedule.objects.all().delete()
+    ran = Schedule.objects.create(name="campaigns tick", func="math.floor", minutes=1, next_run=now)
+    last = Task.objects.create(
+        id=uuid.uuid4().hex,
+        name="n",
+        func="math.floor",
+        started=now,
+        stopped=now - dt.timedelta(seconds=40),
+        success=True,
+    )
+    Schedule.objects.filter(pk=ran.pk).update(task=last.pk)
+    Schedule.objects.create(name="journeys tick", func="math.floor", minutes=1, next_run=now - dt.timedelta(minutes=10))
+    Schedule.objects.create(name="events replay", func="math.floor", minutes=1, next_run=now + dt.timedelta(seconds=30))
+    samples = scrape(client)
+    age = {
+        dict(labels)["schedule"]: v
+        for (name, labels), v in samples.items()
+        if name == "pushdesk_beat_last_run_age_seconds"
+    }
+    assert 40 <= age["campaigns tick"] < 45
+    assert 600 <= age["journeys tick"] < 605
+    assert age["events replay"] == 0
