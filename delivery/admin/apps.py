@@ -3,6 +3,7 @@
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models.constants import LOOKUP_SEP
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
@@ -134,6 +135,21 @@ class AppAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             ),
             ("Dates", {"fields": ("created_at", "updated_at")}),
         )
+
+    # What the list may be filtered by in its query string (``?name=Shop``); Django's own rule
+    # allows every field of the app.
+    SECRET_FIELDS = ("apns_private_key", "fcm_service_account")
+
+    def lookup_allowed(self, lookup, value, request=None):
+        """Nobody filters by the encrypted secrets, and only those who administer apps filter by
+        their configuration: a Viewer's ``?apns_key_id__startswith=K`` would read it out letter by
+        letter from the list's count. Django answers a refused lookup 400."""
+        field = lookup.split(LOOKUP_SEP, 1)[0]
+        if field in self.SECRET_FIELDS:
+            return False
+        if request is not None and not self._administers(request) and field != "name":
+            return False
+        return super().lookup_allowed(lookup, value, request)
 
     def get_deleted_objects(self, objs, request):
         # An app's devices are counted, not listed one by one (a million would never render).

@@ -285,6 +285,41 @@ def test_an_empty_upload_keeps_the_key_and_a_new_one_replaces_it(client, admin_e
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    "lookup",
+    [
+        "apns_key_id__startswith",
+        "apns_team_id",
+        "apns_bundle_id__contains",
+        "fcm_client_email__startswith",
+        "fcm_project_id__startswith",
+        "apns_private_key_fingerprint__startswith",
+    ],
+)
+def test_the_app_list_cannot_be_filtered_by_its_configuration_by_roles_that_do_not_see_it(
+    client, pushsim_tls_app, viewer_carol, manager_alice, admin_erin, lookup
+):
+    # One letter at a time, the list's count would read out what the page never shows them.
+    field = lookup.split("__")[0]
+    value = getattr(pushsim_tls_app, field)[:1]
+    url = f"{reverse('admin:delivery_app_changelist')}?{lookup}={value}"
+    for user in (viewer_carol, manager_alice):
+        access_grant(obj=pushsim_tls_app, to=user, by=None)
+        client.force_login(user)
+        assert client.get(url).status_code == 400
+        assert client.get(f"{reverse('admin:delivery_app_changelist')}?name={pushsim_tls_app.name}").status_code == 200
+    client.force_login(admin_erin)
+    assert client.get(url).status_code == 200
+
+
+@pytest.mark.django_db
+def test_nobody_filters_apps_by_their_encrypted_secrets(client, pushsim_tls_app, admin_erin):
+    client.force_login(admin_erin)
+    for lookup in ("apns_private_key__startswith", "fcm_service_account__contains"):
+        assert client.get(f"{reverse('admin:delivery_app_changelist')}?{lookup}=x").status_code == 400
+
+
+@pytest.mark.django_db
 def test_managers_cannot_add_apps_nor_see_apps_outside_their_access(client, manager_alice, admin_erin):
     other = app_create(name="Not yours", by=admin_erin)
     client.force_login(manager_alice)
