@@ -127,8 +127,33 @@ def segment_delete(*, segment_id: int, by: User) -> None:
         audit(actor=by, action="segment_deleted", obj=segment, summary={"name": segment.name})
         try:
             segment.delete()
-        except ProtectedError as exc:  # a reference added concurrently
-            raise ValidationError("This segment is used by another segment's rules.") from exc
+        except ProtectedError as exc:  # a campaign's audience, a journey's entry, or a reference added concurrently
+            uses = _protected_uses(exc.protected_objects, by=by)
+            raise ValidationError(
+                f"Segment '{segment.name}' is {', '.join(uses)}: change {'it' if len(uses) == 1 else 'them'} first."
+            ) from exc
+
+
+def _protected_uses(objects, *, by: User) -> list[str]:
+    """What keeps a segment from being deleted, as ``by`` may be told: "the entry of journey 'X'",
+    "the audience of campaign 'Y'"; what they may not see, without its name."""
+    from accounts.selectors import visible_to
+
+    uses: list[str] = []
+    for obj in objects:
+        if isinstance(obj, SegmentReference):
+            use = "used by another segment's rules"
+        else:
+            owner = getattr(obj, "journey", obj)  # a journey version: its journey
+            kind = owner._meta.verbose_name
+            role = "entry" if owner is not obj else "audience"
+            seen = visible_to(by, type(owner)._default_manager.filter(pk=owner.pk)).exists()
+            use = f"the {role} of {kind} '{owner}'" if seen else f"the {role} of a {kind} you cannot see"
+        if use not in uses:
+            uses.append(use)
+        if len(uses) == 5:  # enough to start with
+            break
+    return uses
 
 
 @dataclass

@@ -312,3 +312,24 @@ def test_an_approval_never_makes_a_finished_journey_live_again(make_journey, pub
         journey_approve(journey_id=journey.pk, by=approver_bob)
     assert _reload(journey).status == "archived"
     assert ApprovalRequest.objects.filter(status="pending").count() == 1
+
+
+def test_deleting_the_entry_segment_of_a_journey_is_refused_naming_the_journey(
+    make_journey, publish, manager_alice, everyone
+):
+    """It said "used by another segment's rules", which sent the manager looking in the wrong place."""
+    from accounts.services import access_grant
+    from audiences.services.segments import segment_delete
+
+    publish(make_journey())
+    with pytest.raises(ValidationError) as refused:
+        segment_delete(segment_id=everyone.pk, by=manager_alice)
+    assert refused.value.messages == ["Segment 'Everyone' is the entry of journey 'Onboarding': change it first."]
+    # Someone who may use the segment but not see the journey learns that it is used, not by what.
+    from tests.factories import UserFactory
+
+    manager_oscar = UserFactory(username="manager_oscar", role="Manager")
+    access_grant(obj=everyone, to=manager_oscar, by=None)
+    with pytest.raises(ValidationError) as refused:
+        segment_delete(segment_id=everyone.pk, by=manager_oscar)
+    assert refused.value.messages == ["Segment 'Everyone' is the entry of a journey you cannot see: change it first."]
