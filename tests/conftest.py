@@ -41,6 +41,13 @@ def _name_the_session(sender, connection, **kwargs):
         test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit("::", 1)[-1].split(" ")[0]
         name = f"{threading.current_thread().name[:20]} {test}"[:63]
         connection.connection.execute("SELECT set_config('application_name', %s, false)", [name])
+        if threading.current_thread() is threading.main_thread():  # where it was opened, if it is left open
+            import traceback
+
+            _OPENED_AT[connection.connection.info.backend_pid] = "".join(traceback.format_stack(limit=30)[:-1])
+
+
+_OPENED_AT: dict[int, str] = {}  # a session the test process's main thread opened: the stack that opened it
 
 
 @pytest.fixture(scope="session")
@@ -64,13 +71,16 @@ def django_db_setup(django_db_setup, django_db_blocker):
     with django_db_blocker.unblock(), connection.cursor() as cursor:
         deadline = time.monotonic() + 10
         while True:
-            cursor.execute(query.format("application_name, backend_start, left(query, 80)"))
+            cursor.execute(query.format("pid, application_name, backend_start, left(query, 80)"))
             others = cursor.fetchall()
             if not others or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         if others:
-            warnings.warn(f"Sessions left open on the test database, closed: {others}", stacklevel=1)
+            opened = "".join(
+                f"\nsession {pid} was opened at:\n{_OPENED_AT[pid]}" for pid, *_ in others if pid in _OPENED_AT
+            )
+            warnings.warn(f"Sessions left open on the test database, closed: {others}{opened}", stacklevel=1)
             cursor.execute(query.format("pg_terminate_backend(pid)"))
 
 
