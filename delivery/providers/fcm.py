@@ -121,9 +121,22 @@ class AccessToken:
         return f"<AccessToken {self._credentials.service_account_email}>"
 
     def get(self, *, force: bool = False) -> str:
-        """The current access token, fetched from the token URI when missing, expiring or ``force``."""
+        """The current access token, fetched from the token URI when missing, expiring or ``force``.
+
+        Raises google.auth.exceptions.GoogleAuthError when none can be had (``TransportError``
+        when the endpoint could not be reached, ``RefreshError`` when it refused or answered
+        something else than a token)."""
         if force or not self._token or self.clock() >= self.expires_at - self.refresh_margin:
-            self._credentials.refresh(self._request)
+            try:
+                self._credentials.refresh(self._request)
+            except google.auth.exceptions.GoogleAuthError:
+                raise
+            except (TypeError, ValueError, KeyError, OverflowError):
+                # A 200 whose body is no token answer (a proxy's page, a list, an expires_in that
+                # is not a number): google-auth reads it with plain indexing and int().
+                raise google.auth.exceptions.RefreshError(
+                    "The token endpoint answered without a usable access token."
+                ) from None
             # google-auth computes the expiry on the real clock; keep its lifetime on ours.
             lifetime = (
                 (self._credentials.expiry - _helpers.utcnow()).total_seconds() if self._credentials.expiry else 3600

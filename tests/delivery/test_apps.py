@@ -457,6 +457,28 @@ def test_a_token_endpoints_odd_characters_reach_the_admins_page_as_replacement_c
 
 @pytest.mark.django_db
 @pytest.mark.presses("delivery.app:test_connection")
+def test_test_connection_reports_a_token_endpoint_answering_without_a_token(client, admin_erin, settings, tmp_path):
+    from tests.fakes.token_endpoint import token_endpoint
+
+    with token_endpoint(status=200, body=b"<html>Sign in</html>", ca_path=str(tmp_path / "ca.pem")) as url:
+        settings.PUSHDESK_CA_BUNDLE = str(tmp_path / "ca.pem")
+        fcm = make_fcm_credentials(token_uri=url, name="proxied")
+        app = app_create(name="Proxied", by=None, fcm_service_account=service_account_parse(raw=fcm.json_bytes))
+        client.force_login(admin_erin)
+        response = client.post(
+            reverse("admin:delivery_app_changelist"),
+            {"action": "test_connection", "_selected_action": [app.pk]},
+            follow=True,
+        )
+    assert response.status_code == 200
+    assert (
+        "The token endpoint refused the service account: "
+        "The token endpoint answered without a usable access token." in response.content.decode()
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.presses("delivery.app:test_connection")
 def test_the_admin_action_tests_the_connection(client, pushsim_tls_app, admin_erin, pushsim):
     client.force_login(admin_erin)
     response = client.post(

@@ -6,6 +6,7 @@ from delivery.providers import OutcomeKind
 from delivery.providers.fcm import FcmClient, FcmMessage, http_client
 from delivery.transport import Http2Transport, Response
 from tests.fakes.pushsim import FakeClock, make_fcm_credentials
+from tests.fakes.token_endpoint import token_endpoint
 
 DEAD, PERMANENT, RETRY, CREDENTIALS = (
     OutcomeKind.DEAD_TOKEN,
@@ -143,6 +144,35 @@ def test_a_service_account_the_token_endpoint_refuses_is_a_credentials_problem(p
     assert [(o.kind, o.reason) for o in outcomes] == [(CREDENTIALS, "oauth")] * 2
     assert "invalid_grant" in outcomes[0].detail
     assert stranger.info["private_key"] not in outcomes[0].detail
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html>Sign in to the proxy</html>",
+        b"[]",
+        b'{"access_token": "ya29.x", "expires_in": "soon"}',
+        b'{"access_token": "ya29.x", "expires_in": 1e400}',
+    ],
+)
+def test_a_token_endpoint_answering_200_without_a_usable_token_is_a_credentials_problem(
+    pushsim, settings, tmp_path, body
+):
+    with token_endpoint(status=200, body=body, ca_path=str(tmp_path / "ca.pem")) as url:
+        settings.PUSHDESK_CA_BUNDLE = str(tmp_path / "ca.pem")
+        account = make_fcm_credentials(token_uri=url, name="proxied")
+        c = FcmClient(
+            service_account_info=account.info,
+            base_url=pushsim.fcm_url(tls=True),
+            transport=Http2Transport(ca_bundle=pushsim.ca_path),
+            http=http_client(),
+        )
+        try:
+            outcomes = c.send([to(), to()])
+        finally:
+            c.close()
+    assert [(o.kind, o.reason) for o in outcomes] == [(CREDENTIALS, "oauth")] * 2
+    assert outcomes[0].detail == "The token endpoint answered without a usable access token."
 
 
 def test_a_client_for_an_app_reads_its_project_and_settings(pushsim_tls_app, pushsim):
