@@ -94,3 +94,20 @@ def test_sigterm_during_a_send_stops_the_worker_within_a_minute_with_nothing_unk
     assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", flat=True)) == {"accepted"}
     counts = pushsim.state.snapshot_counts()
     assert len(counts) == ROWS and max(counts.values()) == 1, "a device got the dispatch twice"
+
+
+@pytest.mark.parametrize("down", ["REDIS_URL", "DATABASE_URL"])
+def test_a_worker_whose_redis_or_database_does_not_answer_says_so_in_one_line(down):
+    """systemd starts it again every 2 s: one line each time, not a page of tracebacks."""
+    from tests.processes import free_port, manage
+
+    port = free_port()
+    url = {
+        "REDIS_URL": f"redis://:hunter2@127.0.0.1:{port}/0",
+        "DATABASE_URL": f"postgres://postgres:hunter2@127.0.0.1:{port}/pushdesk",
+    }[down]
+    result = manage(["qcluster"], {**os.environ, down: url}, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "hunter2" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and ("Redis" if down == "REDIS_URL" else "database") in lines[0], result.stderr

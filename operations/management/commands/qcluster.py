@@ -24,6 +24,7 @@ import time
 
 import django_q.cluster
 from django.conf import settings
+from django.core.management.base import CommandError
 from django_q.cluster import Cluster, Sentinel
 from django_q.management.commands.qcluster import Command as QclusterCommand
 
@@ -70,10 +71,32 @@ class GracefulSentinel(Sentinel):
                 _signal(process.pid, signal.SIGTERM)
 
 
+def _ensure_queue_and_database_answer() -> None:
+    """Refuse to start, in one line, when Redis or the database does not answer: the unit starts
+    the worker again every 2 s, and each failed start would otherwise log pages of tracebacks."""
+    from django.db import Error as DatabaseError
+    from django.db import connection
+
+    if settings.REDIS_URL:
+        import redis
+
+        try:
+            redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5, socket_timeout=5).ping()
+        except redis.RedisError as exc:
+            raise CommandError(f"the queue's Redis does not answer ({exc}); start it, or check REDIS_URL.") from None
+    try:
+        connection.ensure_connection()
+    except DatabaseError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise CommandError(f"the database does not answer ({reason}); start it, or check DATABASE_URL.") from None
+    connection.close()  # the workers are forked: none inherits this connection
+
+
 class Command(QclusterCommand):
     help = "Start the task workers; SIGTERM or SIGINT stops them within PUSHDESK_STOP_SECONDS."
 
     def handle(self, *args, **options):
+        _ensure_queue_and_database_answer()
         if options.get("cluster_name"):
             os.environ["Q_CLUSTER_NAME"] = options["cluster_name"]
         django_q.cluster.Sentinel = GracefulSentinel
