@@ -288,3 +288,12 @@ def test_a_refused_redis_url_is_named_without_its_password(tmp_path, url):
     assert result.returncode == 2, result.stderr
     assert "REDIS_URL" in result.stderr and "***" in result.stderr
     assert "hunter2" not in result.stderr and "redis@" not in result.stderr, result.stderr
+
+
+def test_every_pushdesk_setting_read_from_the_environment_is_documented():
+    """An operator finds each variable the settings read in the README or the operator's guide."""
+    settings_source = (ROOT / "config" / "settings.py").read_text()
+    read = set(re.findall(r"\"(PUSHDESK_[A-Z0-9_]*[A-Z0-9])\"", settings_source))
+    documented = (ROOT / "README.md").read_text() + (ROOT / "docs" / "operations.md").read_text()
+    assert len(read) > 30
+    assert sorted(name for name in read if f"`{name}`" not in documented and f"{name}=" not in documented) == []
