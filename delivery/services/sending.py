@@ -81,7 +81,17 @@ class _Clients:
         fingerprint = (
             app.apns_private_key_fingerprint if platform == Platform.IOS else app.fcm_service_account_fingerprint
         )
-        key = (app.pk, platform, fingerprint, app.uses_simulator, app.apns_environment, app.apns_bundle_id)
+        # Everything the client is built from: a corrected key or team id takes effect at the next send.
+        key = (
+            app.pk,
+            platform,
+            fingerprint,
+            app.uses_simulator,
+            app.apns_environment,
+            app.apns_bundle_id,
+            app.apns_team_id,
+            app.apns_key_id,
+        )
         client = self._by_key.get(key)
         if client is None:
             for old_key in [k for k in self._by_key if k[:2] == key[:2]]:

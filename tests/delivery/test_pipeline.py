@@ -482,6 +482,25 @@ def test_a_provider_going_down_between_acting_and_answering_gets_nothing_twice(
     assert len(statuses) == len(devices)
 
 
+@pytest.mark.parametrize(("field", "wrong"), [("apns_key_id", "KEYWRONG01"), ("apns_team_id", "TEAMWRONG1")])
+def test_correcting_an_apps_key_or_team_id_reaches_the_next_send_without_a_restart(
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks, field, wrong
+):
+    from delivery.services.apps import app_update
+
+    right = getattr(pushsim_app, field)
+    app_update(app_id=pushsim_app.pk, by=None, **{field: wrong})
+    content = PushContentFactory(app=pushsim_app)
+    profile = ProfileFactory()
+    DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
+    refused = send(content, [profile], django_capture_on_commit_callbacks)
+    assert Delivery.objects.get(dispatch=refused).reason.startswith("credentials: ")
+
+    app_update(app_id=pushsim_app.pk, by=None, **{field: right})
+    corrected = send(content, [profile], django_capture_on_commit_callbacks)
+    assert Delivery.objects.get(dispatch=corrected).status == "accepted"
+
+
 def test_app_without_apns_credentials_fails_ios_rows_with_the_reason(
     pushsim, open_gate, django_capture_on_commit_callbacks
 ):
