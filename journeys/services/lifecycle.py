@@ -15,7 +15,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from accounts.models import ApprovalRequest, User
-from accounts.selectors import approval_current, visible_to
+from accounts.selectors import approval_current, can, visible_to
 from accounts.services import (
     TransitionError,
     access_grant,
@@ -369,8 +369,16 @@ def journey_stop(*, journey_id: int, by: User) -> Journey:
     and a version in review goes back to draft, its request closed (no approval makes it live again)."""
     from delivery.models import Dispatch
     from delivery.services.dispatches import dispatch_stop
+    from journeys.selectors import journey_for
 
     with transaction.atomic():
+        if not can(by, "journeys.stop_journey", journey_for(by, journey_id)):
+            raise PermissionDenied("Your role may not do this to a journey.")
+        # Its open enrollments first, then the journey: the order an engine batch takes them in (the
+        # rows it claimed, then the journey, shared, to append to a step's stream). The other way
+        # round, a stop pressed while a batch pushed waited for the batch's rows while the batch
+        # waited for the journey, and one of them was aborted.
+        _lock_everyone_inside(journey_id)
         journey = lock_for(Journey, journey_id, by=by, perm="journeys.stop_journey")
         if journey.status != Status.LIVE:
             raise TransitionError(journey, "stopped")
@@ -394,6 +402,19 @@ def journey_stop(*, journey_id: int, by: User) -> Journey:
             dispatch_stop(dispatch_id=dispatch_id, by=by)
         audit(actor=by, action="journey_enrollments_exited", obj=journey, summary={"count": exited})
     return journey
+
+
+def _lock_everyone_inside(journey_id: int) -> None:
+    """Lock the journey's open enrollments, in id order (waits for an engine batch holding some)."""
+    if connection.vendor != "postgresql":
+        return  # SQLite writes one transaction at a time
+    table = Enrollment._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE journey_id = %s AND status IN (%s, %s) "  # noqa: S608 (the table's name)
+            "ORDER BY id FOR UPDATE) inside",
+            [journey_id, *Enrollment.OPEN_STATUSES],
+        )
 
 
 def _exit_everyone_inside(journey: Journey, *, now: dt.datetime) -> int:

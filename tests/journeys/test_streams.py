@@ -287,3 +287,47 @@ def test_a_journey_going_live_is_entered_by_the_next_event_and_a_stopped_one_by_
     _entered(client, "ada", django_capture_on_commit_callbacks)
     assert list(Enrollment.objects.values_list("profile__external_id", flat=True)) == ["max"]
     assert Delivery.objects.filter(profile__external_id="ada").count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stop_pressed_while_the_engine_pushes_a_batch_waits_for_it_instead_of_deadlocking(
+    sim_journey, sim_welcome, sim_team, publish, manager_alice, monkeypatch
+):
+    """The engine holds the batch's enrollments and then the journey (shared, to append to its
+    stream); the stop held the journey and then waited for the enrollments: one of them was aborted
+    (the stop, most often: the journey went on live)."""
+    import threading
+
+    from journeys.models import Enrollment, Journey
+    from journeys.services import engine
+    from journeys.services.entries import journeys_events_received
+    from tests.locks import concurrently, wait_for_a_blocked_writer
+
+    graph = {
+        "steps": [
+            {"id": "pause", "type": "wait", "seconds": 60, "next": "thanks"},
+            {"id": "thanks", "type": "push", "content": sim_welcome.pk, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+    journey = publish(sim_journey(graph=graph, entry_kind="event", entry_event="order_paid", entry_segment=None))
+    zoe = ProfileFactory(external_id="zoe")
+    DeviceFactory(profile=zoe, app=sim_team)
+    journeys_events_received(events=[(zoe.pk, "order_paid", timezone.now())])
+    claimed, open_step = threading.Event(), engine._open_step
+
+    def open_step_once_the_stop_waits(*args, **kwargs):
+        claimed.set()
+        wait_for_a_blocked_writer()
+        return open_step(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_open_step", open_step_once_the_stop_waits)
+
+    def stop():
+        assert claimed.wait(10)
+        journey_stop(journey_id=journey.pk, by=manager_alice)
+
+    assert concurrently(lambda: engine.journeys_run_due(now=timezone.now() + dt.timedelta(minutes=2)), stop) == []
+    assert Journey.objects.get(pk=journey.pk).status == "stopped"
+    assert Enrollment.objects.get().status == "completed"  # the batch went first, the stop after it
+    assert Dispatch.objects.get(kind="journey").status == "stopped"
