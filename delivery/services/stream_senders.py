@@ -33,7 +33,10 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from delivery.models import Dispatch
 from operations.shutdown import stop_requested
@@ -358,8 +361,12 @@ def streams_sender_run(*, slot: int = 0, retry_seconds: float = 2.0) -> SendRepo
     while not stop_requested():
         try:
             report = streams_send(budget=math.inf, slot=slot, dedicated=True)
-        except Exception:
-            log.exception("stream sender %s failed: starting again in %.0f s", slot, retry_seconds)
+        except Exception as exc:
+            outage = _outage(exc)
+            if outage:  # a restart, a failover: a line each time, not a traceback every 2 s
+                log.error("stream sender %s: %s: starting again in %.0f s", slot, outage, retry_seconds)
+            else:
+                log.exception("stream sender %s failed: starting again in %.0f s", slot, retry_seconds)
             connections.close_all()
             _sleep_unless_stopped(retry_seconds)
             continue
@@ -368,8 +375,27 @@ def streams_sender_run(*, slot: int = 0, retry_seconds: float = 2.0) -> SendRepo
         total.claimed += report.claimed
         total.batches += report.batches
         total.outcomes.update(report.outcomes)
-    cache.delete(_HEARTBEAT.format(slot=slot))  # the watchdog may start a task for the slot at once
+    try:
+        cache.delete(_HEARTBEAT.format(slot=slot))  # the watchdog may start a task for the slot at once
+    except (RedisConnectionError, RedisTimeoutError):
+        pass  # Redis is down: the heartbeat lapses on its own
     return total
+
+
+def _outage(exc: Exception) -> str | None:
+    """Say which server does not answer when ``exc`` is Redis or the database gone (a connection
+    refused or lost, a shutdown), or return None for any other error (a deadlock, a bug)."""
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        which = "Redis"
+    elif isinstance(exc, InterfaceError) or (
+        isinstance(exc, OperationalError)
+        and (getattr(exc.__cause__, "sqlstate", None) or "08").startswith(("08", "57P"))
+    ):
+        which = "the database"
+    else:
+        return None
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{which} does not answer ({exc.__class__.__name__}{': ' + detail if detail else ''})"
 
 
 def _sleep_unless_stopped(seconds: float) -> None:

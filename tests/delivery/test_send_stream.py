@@ -150,3 +150,37 @@ def test_a_sender_killed_mid_send_leaves_its_rows_unknown_and_the_next_one_sends
 def test_a_sender_slot_outside_the_configured_ones_is_refused(db):
     with pytest.raises(CommandError, match="PUSHDESK_STREAM_SENDERS"):
         call_command("send_stream", "--slot", str(settings.PUSHDESK_STREAM_SENDERS))
+
+
+def test_a_sender_whose_redis_does_not_answer_says_so_in_a_line_each_time_it_starts_again(transactional_db):
+    """A Redis restart of a few minutes: a line every 2 s, not a page of tracebacks every 2 s."""
+    import os
+    import subprocess
+    import sys
+
+    from django.utils import timezone
+
+    from operations.models import Instance
+    from tests.fakes.workers import database_url
+    from tests.processes import ROOT, as_from_a_terminal, free_port
+
+    Instance.objects.get_or_create(pk=1, defaults={"name": settings.PUSHDESK_INSTANCE, "claimed_at": timezone.now()})
+    env = {**os.environ, "DATABASE_URL": database_url(), "REDIS_URL": f"redis://:hunter2@127.0.0.1:{free_port()}/0"}
+    sender = subprocess.Popen(
+        [sys.executable, "manage.py", "send_stream", "--slot", "0"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=as_from_a_terminal,
+    )
+    try:
+        time.sleep(5)
+        sender.send_signal(signal.SIGTERM)
+        output, _ = sender.communicate(timeout=30)
+    finally:
+        sender.kill()
+    failures = [line for line in output.splitlines() if "starting again in 2 s" in line]
+    assert failures and all("Redis does not answer (ConnectionError" in line for line in failures), output[-3000:]
+    assert "Traceback" not in output and "hunter2" not in output, output[-3000:]
