@@ -411,6 +411,7 @@ def _branch_holds(branch: dict, remaining: dict[int, _Run]) -> set[int]:
     """The profiles among ``remaining`` for which the condition branch holds (one query)."""
     from audiences.models import Event, Profile, Segment
     from audiences.rules.compiler import rules_compile, segment_profiles
+    from audiences.rules.schema import RulesInvalid
 
     ids = list(remaining)
     if not ids:
@@ -421,9 +422,12 @@ def _branch_holds(branch: dict, remaining: dict[int, _Run]) -> set[int]:
             return set()  # a deleted segment holds for no one: they take "all others"
         return set(segment_profiles(segment).filter(_among(ids)).values_list("pk", flat=True))
     if "rules" in branch:
-        return set(
-            Profile.objects.filter(rules_compile(branch["rules"])).filter(_among(ids)).values_list("pk", flat=True)
-        )
+        try:
+            condition = rules_compile(branch["rules"])
+        except RulesInvalid as exc:  # a segment it names was deleted since: as a deleted segment's branch
+            log.warning("Journey condition %r holds for no one: %s", branch.get("label"), exc)
+            return set()
+        return set(Profile.objects.filter(condition).filter(_among(ids)).values_list("pk", flat=True))
     earliest = min(run.row.entered_at for run in remaining.values())
     latest = dict(
         Event.objects.filter(_among(ids, "profile_id"), name=branch["event"], occurred_at__gte=earliest)

@@ -519,6 +519,26 @@ def test_a_segment_deleted_while_live_holds_for_no_one(make_journey, publish, vi
     assert _enrollment(journey, member).step == "others"
 
 
+def test_a_rule_naming_a_segment_deleted_while_live_holds_for_no_one_and_the_engine_goes_on(
+    make_journey, publish, manager_alice, vips
+):
+    """Deleting the segment is allowed (no segment's rules use it); the rule then failed to compile
+    in every batch that held the journey's profiles, which stopped the engine for every journey."""
+    from audiences.services.segments import segment_delete
+
+    member = ProfileFactory()
+    SegmentMemberFactory(segment=vips, profile=member)
+    branch = {"label": "VIP", "rules": {"all": [{"segment": vips.pk}]}, "next": "vip"}
+    journey = publish(make_journey(graph=_condition_graph([branch])))
+    other = publish(make_journey(name="Other", graph={"steps": [EXIT]}))
+    segment_delete(segment_id=vips.pk, by=manager_alice)
+    journey_enter_segment(journey_id=journey.pk)
+    journey_enter_segment(journey_id=other.pk)
+    journeys_run_due()
+    assert _enrollment(journey, member).step == "others"
+    assert set(Enrollment.objects.values_list("status", flat=True)) == {"completed"}
+
+
 def test_the_beat_runs_the_engine_every_minute(db):
     from django_q.models import Schedule
 
