@@ -8,7 +8,7 @@ import calendar
 import datetime as dt
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from django.core.exceptions import ValidationError
 
 UTC = dt.UTC
@@ -37,6 +37,12 @@ def localize(naive: dt.datetime, tz: ZoneInfo) -> dt.datetime:
     if round_trip != naive:  # inside a spring-forward gap
         aware = (aware.astimezone(UTC)).astimezone(tz)
     return aware
+
+
+def _repeated_wall_time(moment: dt.datetime, tz: ZoneInfo) -> bool:
+    """Whether ``moment`` is the second time its wall-clock time is shown in ``tz`` (fall back)."""
+    local = moment.astimezone(tz)
+    return local.fold == 1 and local.replace(fold=0).utcoffset() != local.utcoffset()
 
 
 def occurrences_after(
@@ -69,13 +75,22 @@ def occurrences_after(
     if recurrence == "cron":
         base = max(after, send_at - dt.timedelta(seconds=1)).astimezone(tz)
         it = croniter(cron, base)
+        fields = cron.split()
+        every_hour = fields[0] == "@hourly" or (len(fields) > 1 and fields[1].startswith("*"))
         while True:
-            candidate = it.get_next(dt.datetime)
+            try:
+                candidate = it.get_next(dt.datetime)
+            except CroniterBadDateError:
+                return  # a date the calendar never has (30 February): no occurrence left
             if candidate.tzinfo is None:
                 candidate = localize(candidate, tz)
             candidate = candidate.astimezone(UTC)
             if ends_at is not None and candidate > ends_at:
                 return
+            if not every_hour and _repeated_wall_time(candidate, tz):
+                # The clock went back: this wall time was already reached (and sent) an hour ago. A
+                # cron at fixed hours fires once a day, as cron does; one running every hour keeps its pace.
+                continue
             if candidate > after and candidate >= send_at:
                 yield candidate
         return
@@ -160,9 +175,34 @@ def schedule_check(
     if schedule_kind == "recurring":
         if recurrence not in ("daily", "weekly", "monthly", "cron"):
             errors["recurrence"] = "Choose daily, weekly, monthly or a cron expression."
-        if recurrence == "cron" and not croniter.is_valid(cron or ""):
+        if recurrence == "cron" and not _cron_valid(cron):
             errors["cron"] = f"'{cron}' is not a valid five-field cron expression (e.g. '0 9 * * 1-5')."
         if ends_at is not None and send_at is not None and ends_at <= send_at:
             errors["ends_at"] = "The end must come after the first send."
     if errors:
         raise ValidationError(errors)
+    if schedule_kind == "recurring":
+        first = next(
+            occurrences_after(
+                schedule_kind=schedule_kind,
+                send_at=send_at,
+                time_zone=time_zone,
+                recurrence=recurrence,
+                cron=cron,
+                after=send_at - dt.timedelta(microseconds=1),
+            ),
+            None,
+        )
+        if first is None:
+            raise ValidationError({"cron": f"'{cron}' never fires: no calendar has that date (e.g. 30 February)."})
+        if ends_at is not None and first > ends_at:
+            raise ValidationError(
+                {"ends_at": "No occurrence falls between the first send and the end: it would never send."}
+            )
+
+
+def _cron_valid(cron: str) -> bool:
+    """Five fields (minute, hour, day, month, weekday) or an alias such as @daily: croniter also takes
+    a sixth field of seconds, which would fire many times a minute."""
+    cron = (cron or "").strip()
+    return (cron.startswith("@") or len(cron.split()) == 5) and croniter.is_valid(cron)

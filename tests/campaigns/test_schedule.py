@@ -1,0 +1,118 @@
+"""When occurrences fall, in the campaign's time zone: daylight-saving days, cron expressions that
+never fire, and the beat firing each occurrence once."""
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from campaigns.models import Campaign, Occurrence
+from campaigns.services.lifecycle import campaign_approve, campaign_submit
+from campaigns.services.scheduling import campaigns_tick
+
+PARIS = ZoneInfo("Europe/Paris")
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+@pytest.fixture
+def approve(manager_alice, approver_bob):
+    def run(campaign, now):
+        campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+        campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=now)
+        return Campaign.objects.get(pk=campaign.pk)
+
+    return run
+
+
+def _beat(campaign, *, start: dt.datetime, end: dt.datetime) -> list[dt.datetime]:
+    """Tick every minute from start to end; the campaign's occurrences that sent, in its zone."""
+    now = start
+    while now <= end:
+        campaigns_tick(now=now)
+        now += dt.timedelta(minutes=1)
+    sent = Occurrence.objects.filter(campaign=campaign, outcome__in=("sent", "sent_late")).order_by("due_at")
+    return [o.due_at.astimezone(ZoneInfo(campaign.time_zone)) for o in sent]
+
+
+@pytest.mark.parametrize(
+    ("tz", "cron", "day", "wall"),
+    [
+        (PARIS, "30 2 * * *", dt.date(2027, 10, 31), dt.time(2, 30)),
+        (NEW_YORK, "30 1 * * *", dt.date(2027, 11, 7), dt.time(1, 30)),
+    ],
+)
+def test_a_cron_time_that_happens_twice_on_the_fall_back_night_sends_once(make_campaign, approve, tz, cron, day, wall):
+    start = dt.datetime.combine(day - dt.timedelta(days=1), wall, tzinfo=tz)
+    campaign = approve(
+        make_campaign(schedule_kind="recurring", recurrence="cron", cron=cron, time_zone=str(tz), send_at=start),
+        now=start - dt.timedelta(hours=1),
+    )
+    first = dt.datetime.combine(day, wall, tzinfo=tz)  # the first of the two
+    sent = _beat(campaign, start=first - dt.timedelta(minutes=2), end=first + dt.timedelta(hours=1, minutes=2))
+    assert sent == [first]
+    campaign.refresh_from_db()
+    assert campaign.next_occurrence_at == dt.datetime.combine(day + dt.timedelta(days=1), wall, tzinfo=tz)
+
+
+def test_a_cron_every_half_hour_keeps_its_pace_through_the_repeated_hour(make_campaign, approve):
+    start = dt.datetime(2027, 10, 31, 1, 30, tzinfo=PARIS)
+    campaign = approve(
+        make_campaign(
+            schedule_kind="recurring", recurrence="cron", cron="*/30 * * * *", time_zone="Europe/Paris", send_at=start
+        ),
+        now=start - dt.timedelta(hours=1),
+    )
+    sent = _beat(campaign, start=start, end=start + dt.timedelta(hours=3))
+    assert [b - a for a, b in zip(sent, sent[1:], strict=False)] == [dt.timedelta(minutes=30)] * 6
+
+
+def test_a_cron_time_skipped_on_the_spring_forward_night_sends_once_after_the_jump(make_campaign, approve):
+    start = dt.datetime(2027, 3, 27, 2, 30, tzinfo=PARIS)
+    campaign = approve(
+        make_campaign(
+            schedule_kind="recurring", recurrence="cron", cron="30 2 * * *", time_zone="Europe/Paris", send_at=start
+        ),
+        now=start - dt.timedelta(hours=1),
+    )
+    night = dt.datetime(2027, 3, 28, 1, 0, tzinfo=PARIS)
+    sent = _beat(campaign, start=night, end=night + dt.timedelta(hours=3))
+    assert len(sent) == 1 and night < sent[0] < night + dt.timedelta(hours=3)
+
+
+@pytest.mark.parametrize("cron", ["0 9 30 2 *", "0 9 31 4,6,9,11 *"])
+def test_a_cron_that_never_fires_is_refused_naming_the_cron(make_campaign, cron):
+    with pytest.raises(ValidationError) as error:
+        make_campaign(
+            schedule_kind="recurring",
+            recurrence="cron",
+            cron=cron,
+            time_zone="Europe/Paris",
+            send_at=dt.datetime(2027, 1, 1, 9, tzinfo=PARIS),
+        )
+    assert "never" in error.value.message_dict["cron"][0]
+
+
+def test_a_schedule_with_no_occurrence_before_its_end_is_refused_naming_the_end(make_campaign):
+    monday_cron = "0 9 * * 1"
+    with pytest.raises(ValidationError) as error:
+        make_campaign(
+            schedule_kind="recurring",
+            recurrence="cron",
+            cron=monday_cron,
+            time_zone="Europe/Paris",
+            send_at=dt.datetime(2027, 1, 5, 9, tzinfo=PARIS),  # a Tuesday
+            ends_at=dt.datetime(2027, 1, 8, 9, tzinfo=PARIS),  # the Friday
+        )
+    assert list(error.value.message_dict) == ["ends_at"]
+
+
+def test_a_cron_with_a_field_of_seconds_is_refused(make_campaign):
+    with pytest.raises(ValidationError) as error:
+        make_campaign(
+            schedule_kind="recurring",
+            recurrence="cron",
+            cron="0 9 * * * *",
+            send_at=dt.datetime(2027, 1, 1, 9, tzinfo=dt.UTC),
+        )
+    assert "five-field" in error.value.message_dict["cron"][0]
