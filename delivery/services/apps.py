@@ -76,7 +76,9 @@ def apns_key_parse(*, raw: bytes) -> Secret:
     if len(raw) > MAX_UPLOAD:
         raise ValidationError({"apns_private_key": "The .p8 file is too large to be an APNs key."})
     try:
-        text = raw.decode("ascii").strip()
+        # An editor that saved Apple's file again may have added a byte order mark or CRLF line
+        # ends: the same key reads, and keeps its fingerprint, either way.
+        text = raw.removeprefix(b"\xef\xbb\xbf").decode("ascii").replace("\r\n", "\n").strip()
     except UnicodeDecodeError:
         raise ValidationError({"apns_private_key": "The .p8 file is not a text PEM file."}) from None
     if not text.startswith("-----BEGIN PRIVATE KEY-----"):

@@ -76,6 +76,15 @@ def test_garbage_is_refused_as_a_p8(raw, message):
 
 @pytest.mark.embedded
 @pytest.mark.django_db
+def test_a_p8_saved_with_a_byte_order_mark_or_windows_line_ends_is_read(apns_credentials):
+    # What an editor may leave of Apple's file once it was opened and saved again.
+    pem = apns_credentials.private_key_pem.encode()
+    for raw in (b"\xef\xbb\xbf" + pem, pem.replace(b"\n", b"\r\n")):
+        assert apns_key_parse(raw=raw).value == apns_key_parse(raw=pem).value
+
+
+@pytest.mark.embedded
+@pytest.mark.django_db
 @pytest.mark.parametrize(
     ("change", "message"),
     [
