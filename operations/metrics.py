@@ -165,11 +165,17 @@ class PushdeskCollector:
         for reason, n in sorted(_retries_by_reason().items()):
             retries.add_metric([reason], n)
         yield retries
-        dead = CounterMetricFamily(
-            "pushdesk_dead_tokens", "Devices whose token the provider refused for good", labels=["app"]
+        # A gauge: a refused token registered again is alive, and the figure goes down. A token the
+        # app itself unregistered (a sign-out: device_unregister's reason) was refused by no provider.
+        dead = GaugeMetricFamily(
+            "pushdesk_dead_tokens", "Devices whose token a provider refused for good, now", labels=["app"]
         )
         for app_id, n in (
-            Device.objects.filter(invalidated_at__isnull=False).values_list("app_id").annotate(n=Count("id")).order_by()
+            Device.objects.filter(invalidated_at__isnull=False)
+            .exclude(invalidated_reason="unregistered")
+            .values_list("app_id")
+            .annotate(n=Count("id"))
+            .order_by()
         ):
             dead.add_metric([names.get(app_id, str(app_id))], n)
         yield dead

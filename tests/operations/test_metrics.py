@@ -86,7 +86,7 @@ def test_series_move_during_a_send_with_faults(
     assert before.get(accepted, 0) == 0 and after[accepted] == 3
     assert after[failed] == 1
     assert after[("pushdesk_send_retries_total", (("reason", "TooManyRequests"),))] == 1
-    assert after[("pushdesk_dead_tokens_total", app)] == 1
+    assert after[("pushdesk_dead_tokens", app)] == 1
     assert after[("pushdesk_trigger_latency_seconds", ())] >= 0
     assert ("pushdesk_queue_depth", ()) in after and ("pushdesk_failed_tasks_last_hour", ()) in after
 
@@ -243,3 +243,26 @@ def test_a_schedule_that_never_ran_counts_from_when_it_was_due(client, db, metri
     assert 40 <= age["campaigns tick"] < 45
     assert 600 <= age["journeys tick"] < 605
     assert age["events replay"] == 0
+
+
+def test_dead_tokens_are_those_the_providers_refused_now_a_gauge(client, db, metrics_on):
+    """A token the app itself unregistered (a sign-out) is not a provider's refusal, and a refused
+    token registered again is alive: the figure goes down, so it is a gauge, not a counter."""
+    from django.utils import timezone
+
+    from delivery.models import Device
+    from tests.factories import AppFactory
+
+    app = AppFactory()
+    refused = DeviceFactory(app=app, platform="ios")
+    signed_out = DeviceFactory(app=app, platform="ios")
+    Device.objects.filter(pk=refused.pk).update(
+        active=False, invalidated_at=timezone.now(), invalidated_reason="Unregistered"
+    )
+    Device.objects.filter(pk=signed_out.pk).update(
+        active=False, invalidated_at=timezone.now(), invalidated_reason="unregistered"
+    )
+    response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+    families = {f.name: f for f in text_string_to_metric_families(response.content.decode())}
+    assert families["pushdesk_dead_tokens"].type == "gauge"
+    assert scrape(client)[("pushdesk_dead_tokens", (("app", app.name),))] == 1
