@@ -425,9 +425,11 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
 
 def version_status_text(journey: Journey, version) -> str:
     """A version's status as the journey stands: the last live version of a stopped or closed journey
-    says so, not "Live"."""
+    says so, not "Live", and its retired versions are no longer finished on by anyone."""
     if version.status == version.Status.LIVE and journey.status != Journey.Status.LIVE:
         return f"{journey.get_status_display()} (was live)"
+    if version.status == version.Status.RETIRED and journey.status != Journey.Status.LIVE:
+        return "Retired"
     return version.get_status_display()
 
 

@@ -355,3 +355,20 @@ def test_a_push_step_whose_send_was_refused_says_how_many_profiles_it_failed(
     journeys_run_due()
     text = login(manager_alice).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
     assert "entered 3 · sent 0 · accepted 0" in text and "refused 3 (see its enrollments)" in text
+
+
+def test_a_stopped_journeys_versions_say_no_one_finishes_on_them(
+    login, manager_alice, make_journey, publish, vips, welcome
+):
+    from journeys.services.lifecycle import journey_stop, journey_version_edit
+
+    journey = publish(make_journey())
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="purchase")
+    journey = publish(journey)
+    client = login(manager_alice)
+    table = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert "<td>v1</td><td>Retired (profiles inside finish on it)</td>" in table
+    journey_stop(journey_id=journey.pk, by=manager_alice)
+    table = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert "<td>v2</td><td>Stopped (was live)</td>" in table
+    assert "<td>v1</td><td>Retired</td>" in table  # everyone inside exited when it stopped
