@@ -298,7 +298,7 @@ def _approve_revision(campaign: Campaign, request: ApprovalRequest, *, by: User,
         if campaign.schedule_kind == Campaign.ScheduleKind.NOW:
             campaign.next_occurrence_at = None if fired else now
         else:
-            campaign.next_occurrence_at = next_occurrence(campaign.approved(), after=now)
+            campaign.next_occurrence_at = _first_due(campaign.approved(), now=now, fired=fired)
     campaign.updated_at = now
     campaign.save(update_fields=["approved_version", "approved_fingerprint", "next_occurrence_at", "updated_at"])
     audit(
@@ -338,7 +338,7 @@ def campaign_approve(*, campaign_id: int, by: User, comment: str = "", now: dt.d
             campaign.next_occurrence_at = None
             to = Status.LIVE
         else:
-            campaign.next_occurrence_at = next_occurrence(campaign, after=now - dt.timedelta(microseconds=1))
+            campaign.next_occurrence_at = _first_due(campaign, now=now - dt.timedelta(microseconds=1))
             to = Status.SCHEDULED if campaign.next_occurrence_at and campaign.next_occurrence_at > now else Status.LIVE
         status_transition(
             campaign,
@@ -351,6 +351,16 @@ def campaign_approve(*, campaign_id: int, by: User, comment: str = "", now: dt.d
         if campaign.next_occurrence_at is not None and campaign.next_occurrence_at <= now:
             transaction.on_commit(lambda: _queue_fire(campaign.pk))
     return campaign
+
+
+def _first_due(campaign, *, now: dt.datetime, fired: bool = False) -> dt.datetime | None:
+    """The next occurrence after ``now``; for a one-off whose time passed before it was approved, that
+    time, so the beat sends it late within the campaign's window or records it skipped, saying why,
+    instead of the campaign completing without a word. (Not again once it has fired.)"""
+    due = next_occurrence(campaign, after=now)
+    if due is None and campaign.schedule_kind == Campaign.ScheduleKind.AT and not fired:
+        due = next_occurrence(campaign, after=dt.datetime.min.replace(tzinfo=dt.UTC))
+    return due
 
 
 def _queue_fire(campaign_id: int) -> None:

@@ -116,3 +116,27 @@ def test_a_cron_with_a_field_of_seconds_is_refused(make_campaign):
             send_at=dt.datetime(2027, 1, 1, 9, tzinfo=dt.UTC),
         )
     assert "five-field" in error.value.message_dict["cron"][0]
+
+
+def test_a_one_off_whose_time_passed_before_its_approval_is_sent_late_within_the_window(make_campaign, approve):
+    now = dt.datetime(2027, 1, 4, 9, 10, tzinfo=PARIS)
+    campaign = approve(
+        make_campaign(schedule_kind="at", send_at=now - dt.timedelta(minutes=10), time_zone="Europe/Paris"), now=now
+    )
+    campaigns_tick(now=now + dt.timedelta(seconds=30))
+    campaigns_tick(now=now + dt.timedelta(minutes=1, seconds=30))
+    assert list(Occurrence.objects.filter(campaign=campaign).values_list("outcome", flat=True)) == ["sent_late"]
+
+
+def test_a_one_off_whose_time_passed_long_before_its_approval_is_skipped_and_said(make_campaign, approve):
+    now = dt.datetime(2027, 1, 4, 12, 0, tzinfo=PARIS)
+    campaign = approve(
+        make_campaign(schedule_kind="at", send_at=now - dt.timedelta(hours=3), time_zone="Europe/Paris"), now=now
+    )
+    campaigns_tick(now=now + dt.timedelta(seconds=30))
+    campaigns_tick(now=now + dt.timedelta(minutes=1, seconds=30))
+    occurrence = Occurrence.objects.get(campaign=campaign)
+    assert occurrence.outcome == "skipped_missed"
+    assert "window" in occurrence.note
+    campaign.refresh_from_db()
+    assert campaign.status == "completed"
