@@ -74,8 +74,9 @@ def trigger_rate_take(*, api_key) -> float | None:
     return None if granted else max(wait, 0.001)
 
 
-def _payload_problem(spec: dict, *, profile: dict, context: dict) -> str | None:
-    """Render the content for one recipient and say what is wrong with it, if anything."""
+def _payload_problem(spec: dict, *, profile: dict, context: dict, source: str = "this context") -> str | None:
+    """Render the content for one recipient and say what is wrong with it, if anything; ``source``
+    words what made it so."""
     from liquid.exceptions import LiquidError
 
     from delivery.payloads import APNS_LIMIT, FCM_LIMIT, payload_sizes
@@ -83,16 +84,34 @@ def _payload_problem(spec: dict, *, profile: dict, context: dict) -> str | None:
     try:
         apns, fcm = payload_sizes(spec, profile=profile, context=context)
     except LiquidError as exc:
-        return f"The content cannot be rendered with this context: {exc}"
+        return f"The content cannot be rendered with {source}: {exc}"
     if apns > APNS_LIMIT:
-        return (
-            f"With this context the iOS payload is {apns} bytes, {apns - APNS_LIMIT} over the {APNS_LIMIT}-byte limit."
-        )
+        return f"With {source} the iOS payload is {apns} bytes, {apns - APNS_LIMIT} over the {APNS_LIMIT}-byte limit."
     if fcm > FCM_LIMIT:
-        return (
-            f"With this context the Android payload is {fcm} bytes, {fcm - FCM_LIMIT} over the {FCM_LIMIT}-byte limit."
-        )
+        return f"With {source} the Android payload is {fcm} bytes, {fcm - FCM_LIMIT} over the {FCM_LIMIT}-byte limit."
     return None
+
+
+def _recipient_problem(spec: dict, *, index: int, profile: dict, context: dict) -> tuple[str, str] | None:
+    """The field and the words of what is wrong with one recipient's message, if anything: their
+    context when it makes the payload too large or unrenderable, the recipient themselves when
+    their profile alone makes it too large (no context they send could help)."""
+    from liquid.exceptions import LiquidError
+
+    from delivery.payloads import APNS_LIMIT, FCM_LIMIT, payload_sizes
+
+    problem = _payload_problem(spec, profile=profile, context=context)
+    if problem is None:
+        return None
+    try:
+        apns, fcm = payload_sizes(spec, profile=profile, context={})
+    except LiquidError:  # it fails without the context too: which of the two is at fault is not known
+        return f"recipients[{index}].context", problem
+    if apns > APNS_LIMIT or fcm > FCM_LIMIT:
+        return f"recipients[{index}]", _payload_problem(
+            spec, profile=profile, context={}, source="this recipient's profile"
+        )
+    return f"recipients[{index}].context", problem
 
 
 @dataclass
@@ -354,7 +373,8 @@ def campaign_trigger(
     the append itself (``_trigger_by_external_id``), content showing attributes bounded there.
     Raises Http404 outside the user's access, PermissionDenied without the role, TriggerRefused
     when the campaign is not a live API-triggered one, ValidationError naming
-    ``recipients[i].context`` when a context makes the payload too large or unrenderable.
+    ``recipients[i].context`` when a context makes the payload too large or unrenderable, or
+    ``recipients[i]`` when that recipient's profile alone makes it too large.
     """
     from accounts.stamps import stamps_read
     from delivery.services.stream_senders import streams_wake
@@ -396,11 +416,12 @@ def campaign_trigger(
         if variant == 0:
             problem = None  # the holdout gets nothing: its row records the skip
         elif entry.personalized:
-            problem = _payload_problem(entry.spec_of(variant), profile=profile, context=merged)
+            problem = _recipient_problem(entry.spec_of(variant), index=index, profile=profile, context=merged)
         else:
             problem = entry.variant_problems.get(variant) if variant else entry.payload_problem
+            problem = problem and (f"recipients[{index}].context", problem)
         if problem:
-            errors[f"recipients[{index}].context"] = problem
+            errors[problem[0]] = problem[1]
             continue
         index_of[profile["id"]] = index
         targeted.append(Recipient(profile["id"], profile["timezone"] or "", merged or None, variant))

@@ -153,6 +153,20 @@ def test_a_context_value_that_breaks_a_filter_is_refused_naming_it(
     assert not Dispatch.objects.exists()
 
 
+def test_a_profile_too_large_for_the_payload_is_refused_naming_the_recipient_not_the_context(
+    live_trigger, trigger_client, pushsim_app
+):
+    ProfileFactory(external_id="zoe", attributes={"first_name": "x" * 5000})
+    response = trigger_client.post(
+        _url(live_trigger), {"recipients": [{"external_id": "zoe", "context": {"order_id": "A-1"}}]}, format="json"
+    )
+    assert response.status_code == 400
+    error = response.json()["errors"][0]
+    assert error["field"] == "recipients[0]"
+    assert error["detail"].startswith("With this recipient's profile the iOS payload is ")
+    assert not Dispatch.objects.exists()
+
+
 def test_unknown_campaign_is_404(trigger_client, db):
     response = trigger_client.post(
         "/api/v1/campaigns/999999/trigger/", {"recipients": [{"external_id": "a"}]}, format="json"
