@@ -192,3 +192,15 @@ def test_status_gives_a_stream_the_rate_of_its_last_minute_not_its_days_average(
     call_command("status", stdout=out)
     line = next(line for line in out.getvalue().splitlines() if f"#{stream.pk} " in line)
     assert line.endswith("2.0/s in the last minute"), line
+
+
+def test_status_on_a_database_not_migrated_says_to_migrate_not_that_it_does_not_answer(db, queue):
+    from django.core.management import CommandError
+    from django.db import connection
+
+    with connection.cursor() as cursor:  # rolled back with the test's transaction
+        cursor.execute("ALTER TABLE operations_instance RENAME TO operations_instance_elsewhere")
+    with pytest.raises(CommandError) as refused:
+        call_command("status", stdout=io.StringIO())
+    assert "does not answer" not in str(refused.value)
+    assert "manage.py migrate" in str(refused.value), refused.value

@@ -3,7 +3,7 @@
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import Error as DatabaseError
+from django.db import InterfaceError, OperationalError, ProgrammingError
 
 from operations.status import snapshot
 
@@ -19,15 +19,23 @@ def _age(seconds: float | None) -> str:
     return f"{seconds // 3600} h ago"
 
 
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+
+
 class Command(BaseCommand):
     help = "Queue depth and the oldest task's age, dispatches sending and their rates, failed tasks, the beat."
 
     def handle(self, *args, **options):
         try:
             s = snapshot()
-        except DatabaseError as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            raise CommandError(f"the database does not answer: {reason}") from None
+        except (OperationalError, InterfaceError) as exc:
+            raise CommandError(f"the database does not answer: {_first_line(exc)}") from None
+        except ProgrammingError as exc:  # a table missing: a new database, or a release not migrated
+            raise CommandError(
+                f"the database cannot be read ({_first_line(exc)}); are its migrations applied? "
+                "Run `manage.py migrate`."
+            ) from None
         write = self.stdout.write
         if s.instance_problem:
             write(f"instance   {s.instance}: SENDING IS OFF: {s.instance_problem}")
