@@ -99,15 +99,34 @@ def test_sigterm_during_a_send_stops_the_worker_within_a_minute_with_nothing_unk
 @pytest.mark.parametrize("down", ["REDIS_URL", "DATABASE_URL"])
 def test_a_worker_whose_redis_or_database_does_not_answer_says_so_in_one_line(down):
     """systemd starts it again every 2 s: one line each time, not a page of tracebacks."""
-    from tests.processes import free_port, manage
+    import subprocess
+    import sys
+
+    from tests.processes import ROOT, as_from_a_terminal, free_port
 
     port = free_port()
     url = {
         "REDIS_URL": f"redis://:hunter2@127.0.0.1:{port}/0",
         "DATABASE_URL": f"postgres://postgres:hunter2@127.0.0.1:{port}/pushdesk",
     }[down]
-    result = manage(["qcluster"], {**os.environ, down: url}, timeout=60)
-    assert result.returncode == 1, result.stderr
-    assert "Traceback" not in result.stderr and "hunter2" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and ("Redis" if down == "REDIS_URL" else "database") in lines[0], result.stderr
+    worker = subprocess.Popen(  # a group of its own: a cluster that started anyway is stopped whole
+        [sys.executable, "manage.py", "qcluster"],
+        cwd=ROOT,
+        env={**os.environ, down: url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=as_from_a_terminal,
+        start_new_session=True,
+    )
+    try:
+        _, stderr = worker.communicate(timeout=60)
+    finally:
+        try:
+            os.killpg(worker.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert worker.returncode == 1, stderr
+    assert "Traceback" not in stderr and "hunter2" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and ("Redis" if down == "REDIS_URL" else "database") in lines[0], stderr
