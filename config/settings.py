@@ -168,7 +168,7 @@ if not PUSHDESK_ENCRYPTION_KEY:
     if PRODUCTION:
         _refuse_start(
             "PUSHDESK_ENCRYPTION_KEY is not set; set it to a Fernet key "
-            '(python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())").'
+            '(.venv/bin/python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())").'
         )
     from cryptography.fernet import Fernet as _Fernet
 
@@ -182,7 +182,7 @@ else:
         except Exception:
             _refuse_start(
                 f"PUSHDESK_ENCRYPTION_KEY: key {_position} is not a Fernet key (32 url-safe base64-encoded bytes); "
-                'make one with python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())".'
+                'make one with .venv/bin/python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())".'
             )
 
 ALLOWED_HOSTS = _env_list("ALLOWED_HOSTS", [] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]"])

@@ -88,3 +88,12 @@ def test_the_guide_counts_the_beat_s_schedules_as_many_as_it_names():
     )
     assert len(named) == 4 and counted
     assert {numbers[a or b] for a, b in counted} == {len(named)}, counted
+
+
+def test_the_guide_makes_keys_with_the_python_that_has_cryptography():
+    """cryptography is installed in the application's .venv, not in the machine's Python."""
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    settings_source = (ROOT / "config" / "settings.py").read_text()
+    for text in (guide, settings_source):
+        commands = re.findall(r"([\w./-]*python3?(?:\.\d+)?) -c \"from cryptography", text)
+        assert commands and all(c.endswith(".venv/bin/python") for c in commands), commands
