@@ -168,15 +168,26 @@ class _StatusFilter(ActiveStatusFilter):
 
 class OccurrenceInline(admin.TabularInline):
     model = Occurrence
-    fields = ("due_at", "fired_at", "outcome", "dispatch_link", "note")
+    fields = ("due", "fired", "outcome", "dispatch_link", "note")
     readonly_fields = fields
     extra = 0
     max_num = 0
     can_delete = False
     ordering = ("-due_at",)
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("campaign")  # each row shows in its zone
+
     def has_change_permission(self, request, obj=None):
         return False
+
+    @admin.display(description="Due at")
+    def due(self, obj):
+        return zoned(obj.due_at, obj.campaign.time_zone)
+
+    @admin.display(description="Fired at")
+    def fired(self, obj):
+        return zoned(obj.fired_at, obj.campaign.time_zone)
 
     @admin.display(description="Dispatch")
     def dispatch_link(self, obj):
@@ -189,7 +200,7 @@ class OccurrenceInline(admin.TabularInline):
 @admin.register(Campaign)
 class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     form = CampaignForm
-    list_display = ("name", "app", "kind", "purpose", "status", "next_send", "owner", "updated_at")
+    list_display = ("name", "app", "kind", "purpose", "status", "next_send", "owner", "updated")
     list_filter = (_StatusFilter, "kind", "purpose", "app")
     list_select_related = ("app", "owner")
     search_fields = ("name",)
@@ -430,6 +441,10 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
     @admin.display(description="Next send", ordering="next_occurrence_at")
     def next_send(self, obj):
         return zoned(obj.next_occurrence_at, obj.time_zone)
+
+    @admin.display(description="Updated at", ordering="updated_at")
+    def updated(self, obj):
+        return zoned(obj.updated_at, obj.time_zone)
 
     @admin.display(description="Audience size")
     def audience_size(self, obj):

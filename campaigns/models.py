@@ -413,7 +413,12 @@ class Occurrence(models.Model):
         constraints = [models.UniqueConstraint(fields=["campaign", "due_at"], name="occurrence_once")]
 
     def __str__(self) -> str:
-        return f"{self.campaign} @ {self.due_at:%Y-%m-%d %H:%M} ({self.outcome})"
+        from campaigns.schedule import zone
+
+        time_zone = self.campaign.time_zone  # as the campaign's dates are entered and shown
+        return (
+            f"{self.campaign} @ {self.due_at.astimezone(zone(time_zone)):%Y-%m-%d %H:%M} ({time_zone}, {self.outcome})"
+        )
 
 
 class WinnerTest(models.Model):

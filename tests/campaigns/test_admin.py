@@ -284,3 +284,33 @@ def test_a_form_left_open_while_the_campaign_moved_on_is_refused_with_the_reason
     # A role that never could change it is refused outright.
     client.force_login(viewer_carol)
     assert client.post(url, change_form(campaign, name="Renamed")).status_code == 403
+
+
+def test_occurrences_and_the_list_show_times_in_the_campaigns_zone_naming_it(
+    client, make_campaign, manager_alice, approver_bob
+):
+    import datetime as dt
+    import re
+    from zoneinfo import ZoneInfo
+
+    from campaigns.services.scheduling import campaigns_tick
+
+    kathmandu = ZoneInfo("Asia/Kathmandu")  # UTC+05:45: a time shown in UTC cannot read as local
+    send_at = dt.datetime(2026, 12, 24, 7, 10, tzinfo=kathmandu)
+    campaign = make_campaign(schedule_kind="at", send_at=send_at, time_zone="Asia/Kathmandu")
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=send_at - dt.timedelta(days=1))
+    campaigns_tick(now=send_at + dt.timedelta(seconds=20))
+    Campaign.objects.filter(pk=campaign.pk).update(updated_at=send_at)
+
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    occurrences = page[page.index('id="occurrences-group"') :]
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", occurrences))
+    assert "2026-12-24 07:10 (Asia/Kathmandu)" in text
+    assert "01:25" not in text and "1:25 a.m." not in text  # the same moment in UTC
+    assert "(Asia/Kathmandu, sent)" in text
+
+    listing = client.get("/admin/campaigns/campaign/?status=all").content.decode()
+    assert listing.count("2026-12-24 07:10 (Asia/Kathmandu)") == 1  # updated at
+    assert "1:25 a.m." not in listing
