@@ -10,7 +10,14 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 
 from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin, deleted_objects_counted
 from delivery.models import App
-from delivery.services.apps import apns_key_parse, app_create, app_test_connection, app_update, service_account_parse
+from delivery.services.apps import (
+    MAX_UPLOAD,
+    apns_key_parse,
+    app_create,
+    app_test_connection,
+    app_update,
+    service_account_parse,
+)
 
 
 def _credential_status(set_at, fingerprint: str) -> str:
@@ -52,7 +59,8 @@ class AppForm(forms.ModelForm):
         upload = self.cleaned_data.get(name)
         if not upload:
             return None
-        raw = upload.read()
+        # One byte past the limit says "too large": a huge upload is not read whole into memory.
+        raw = upload.read(MAX_UPLOAD + 1)
         return raw
 
     @method_decorator(sensitive_variables("raw"))

@@ -377,6 +377,40 @@ def test_a_key_of_an_unknown_algorithm_or_json_nested_too_deep_is_refused_on_its
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("upload", "message"),
+    [
+        ("apns_private_key_file", "The .p8 file is too large to be an APNs key."),
+        ("fcm_service_account_file", "The service-account file is too large."),
+    ],
+)
+def test_a_huge_upload_is_refused_without_being_read_whole(apns_credentials, fcm_credentials, upload, message):
+    import tracemalloc
+
+    from django.core.files.uploadedfile import TemporaryUploadedFile
+
+    from delivery.admin.apps import AppForm
+
+    data = form_data(apns_credentials, fcm_credentials)
+    files = {name: data.pop(name) for name in ("apns_private_key_file", "fcm_service_account_file")}
+    # As Django keeps an upload over FILE_UPLOAD_MAX_MEMORY_SIZE: in a file on disk.
+    big = TemporaryUploadedFile("big", "application/octet-stream", 20 * 1024 * 1024, None)
+    for _ in range(20):
+        big.write(b"x" * 1024 * 1024)
+    big.seek(0)
+    files[upload] = big
+    tracemalloc.start()
+    try:
+        form = AppForm(data, files)
+        assert not form.is_valid()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert form.errors[upload] == [message]
+    assert peak < 2 * 1024 * 1024, f"{peak:,} bytes held to refuse it"
+
+
+@pytest.mark.django_db
 def test_test_connection_reports_what_apns_and_fcm_answered(
     pushsim_tls_app, admin_erin, pushsim, caplog, apns_credentials, fcm_credentials
 ):
