@@ -204,3 +204,10 @@ def test_status_on_a_database_not_migrated_says_to_migrate_not_that_it_does_not_
         call_command("status", stdout=io.StringIO())
     assert "does not answer" not in str(refused.value)
     assert "manage.py migrate" in str(refused.value), refused.value
+
+
+def test_qinfo_says_in_one_line_that_redis_does_not_answer(db, redis_down):
+    from django.core.management import CommandError
+
+    with pytest.raises(CommandError, match=r"Redis does not answer \(ConnectionError"):
+        call_command("qinfo", stdout=io.StringIO())
