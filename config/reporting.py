@@ -4,7 +4,10 @@ import re
 
 from django.views.debug import SafeExceptionReporterFilter
 
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@:\s]*:)(?P<password>[^/@\s]+)(?=@)", re.IGNORECASE)
+# A service URL's user information: up to the last @ before the host (a password may hold an @).
+_URL_PASSWORD = re.compile(
+    r"(?P<head>[a-z][a-z0-9+.-]*://[^/@:\s]*:)(?P<password>[^/\s]+)(?=@[^@/\s]*(?:[/\s]|$))", re.IGNORECASE
+)
 
 
 class SettingsReportFilter(SafeExceptionReporterFilter):

@@ -124,3 +124,14 @@ def test_error_reports_hide_the_keys_and_the_passwords_in_service_urls(settings)
     ):
         assert secret not in shown
     assert "db.internal" in shown  # where it runs still helps whoever debugs
+
+
+def test_error_reports_hide_a_password_with_an_at_sign_in_it_whole(settings):
+    """Redis and PostgreSQL take the host after the last @: a password holding an @ still works."""
+    settings.REDIS_URL = "redis://:p@ss-word-789@cache.internal:6379/0"
+    settings.DATABASE_URL = "postgres://pushdesk:db@pass-012@db.internal:5432/pushdesk"
+    from django.views.debug import get_default_exception_reporter_filter
+
+    shown = repr(get_default_exception_reporter_filter().get_safe_settings())
+    assert "ss-word-789" not in shown and "pass-012" not in shown
+    assert "@cache.internal:6379/0" in shown and "pushdesk:" in shown
