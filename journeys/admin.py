@@ -129,6 +129,7 @@ class JourneyForm(ConversionFormMixin, forms.ModelForm):
         fields = ("name", "app")
 
     user = None
+    kept = None  # the version being changed (its draft, else its live one): what it names stays
 
     def clean(self):
         cleaned = super().clean()
@@ -137,7 +138,7 @@ class JourneyForm(ConversionFormMixin, forms.ModelForm):
         if app is None or graph is None:
             return cleaned
         try:
-            graph_validate(graph, **version_reference_checks(app_id=app.pk, by=self.user))
+            graph_validate(graph, **version_reference_checks(app_id=app.pk, by=self.user, kept=self.kept))
         except GraphInvalid as exc:
             for message in exc.errors_list:
                 self.add_error("graph", message)
@@ -223,6 +224,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
                 super().__init__(*args, **kw)
                 segments = segments_visible_to(request.user).order_by("name")
                 shown = (admin_self._open_version(request, obj) or obj.live_version) if obj is not None else None
+                self.kept = shown
                 if shown is not None and shown.entry_segment_id:
                     # Never blank a reference: colleagues keep a segment they were not granted.
                     segments = segments | Segment.objects.filter(pk=shown.entry_segment_id)

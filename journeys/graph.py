@@ -287,6 +287,17 @@ def segments_of(graph: dict) -> set[int]:
     return found
 
 
+def rules_of(graph: dict) -> list:
+    """The rule trees of the graph's conditions."""
+    return [
+        branch["rules"]
+        for step in (graph or {}).get("steps") or []
+        if isinstance(step, dict) and step.get("type") == "condition"
+        for branch in step.get("branches") or []
+        if isinstance(branch, dict) and "rules" in branch
+    ]
+
+
 def contents_of(graph: dict) -> dict[str, int]:
     """Each push step's content id, by step id."""
     return {

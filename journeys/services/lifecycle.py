@@ -7,7 +7,9 @@ fingerprint pins the version under review (entry, exit, re-entry, graph, each pu
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
+import json
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
@@ -27,7 +29,7 @@ from accounts.services import (
     lock_for,
     status_transition,
 )
-from journeys.graph import contents_of, exits_of, graph_validate, segments_of
+from journeys.graph import contents_of, exits_of, graph_validate, rules_of, segments_of
 from journeys.models import Enrollment, Journey, JourneyVersion
 
 Status = Journey.Status
@@ -58,18 +60,31 @@ def _open_version(journey: Journey) -> JourneyVersion | None:
     return journey.versions.filter(status__in=(VStatus.DRAFT, VStatus.IN_REVIEW)).order_by("-number").first()
 
 
-def version_reference_checks(*, app_id: int, by: User | None):
-    """The functions graph_validate uses to check segments, contents and rule trees (access of ``by``)."""
+def version_reference_checks(*, app_id: int, by: User | None, kept: JourneyVersion | None = None):
+    """The functions graph_validate uses to check segments, contents and rule trees (access of ``by``).
+
+    ``kept``: the version as it stood before this change. What it named already is only checked to
+    exist (and a content to be of the app), not against ``by``'s access: a colleague keeps what they
+    were not granted; what they name now must be theirs to use, as for a campaign."""
     from audiences.models import Segment
     from audiences.rules.schema import RulesInvalid, segment_references
     from audiences.rules.validation import rules_validate_for
     from audiences.selectors import segments_visible_to
     from delivery.models import PushContent
 
-    def check_segment(segment_id: int) -> str:
+    kept_graph = kept.graph if kept is not None else {}
+    kept_segments = segments_of(kept_graph)
+    kept_contents = set(contents_of(kept_graph).values())
+    kept_rules = {json.dumps(tree, sort_keys=True) for tree in rules_of(kept_graph)}
+
+    def check_segment(segment_id: int, *, who: User | None = by) -> str:
         if not Segment.objects.filter(pk=segment_id).exists():
             return f"segment {segment_id} does not exist (was it deleted?)."
-        if by is not None and not segments_visible_to(by).filter(pk=segment_id).exists():
+        if (
+            who is not None
+            and segment_id not in kept_segments
+            and not segments_visible_to(who).filter(pk=segment_id).exists()
+        ):
             return f"you have no access to segment {segment_id}."
         return ""
 
@@ -79,32 +94,42 @@ def version_reference_checks(*, app_id: int, by: User | None):
             return f"push content {content_id} does not exist."
         if content.app_id != app_id:
             return f"push content '{content}' belongs to another app."
-        if by is not None and not visible_to(by, PushContent.objects.filter(pk=content_id)).exists():
+        if (
+            by is not None
+            and content_id not in kept_contents
+            and not visible_to(by, PushContent.objects.filter(pk=content_id)).exists()
+        ):
             return f"you have no access to push content '{content}'."
         return ""
 
     def check_rules(tree) -> str:
+        who = None if json.dumps(tree, sort_keys=True) in kept_rules else by
         try:
-            rules_validate_for(tree, by=by)
+            rules_validate_for(tree, by=who)
         except RulesInvalid as exc:
             return "the rule is invalid: " + "; ".join(exc.messages)
         for segment_id in segment_references(tree):
-            if message := check_segment(segment_id):
+            if message := check_segment(segment_id, who=who):
                 return f"the rule refers to {message}"
         return ""
 
     return {"check_segment": check_segment, "check_content": check_content, "check_rules": check_rules}
 
 
-def _validate_version(version: JourneyVersion, *, by: User | None) -> None:
-    """Raise ValidationError naming the field, or GraphInvalid naming each broken step."""
+def _validate_version(version: JourneyVersion, *, by: User | None, kept: JourneyVersion | None = None) -> None:
+    """Raise ValidationError naming the field, or GraphInvalid naming each broken step. ``kept``: the
+    version as it stood before this change (what it named already is not checked against ``by``'s access)."""
     from audiences.selectors import segments_visible_to
 
     errors: dict[str, str] = {}
     if version.entry_kind == JourneyVersion.EntryKind.SEGMENT:
         if version.entry_segment_id is None:
             errors["entry_segment"] = "A segment entry needs a segment."
-        elif by is not None and not segments_visible_to(by).filter(pk=version.entry_segment_id).exists():
+        elif (
+            by is not None
+            and version.entry_segment_id != (kept.entry_segment_id if kept is not None else None)
+            and not segments_visible_to(by).filter(pk=version.entry_segment_id).exists()
+        ):
             errors["entry_segment"] = "Choose a segment you have access to."
     elif version.entry_kind == JourneyVersion.EntryKind.EVENT:
         if not version.entry_event.strip():
@@ -121,7 +146,7 @@ def _validate_version(version: JourneyVersion, *, by: User | None) -> None:
         errors["reentry_wait_seconds"] = f"The re-entry wait is at most {MAX_WHOLE_NUMBER // 86400:,} days."
     if errors:
         raise ValidationError(errors)
-    graph_validate(version.graph, **version_reference_checks(app_id=version.journey.app_id, by=by))
+    graph_validate(version.graph, **version_reference_checks(app_id=version.journey.app_id, by=by, kept=kept))
 
 
 def _content_fingerprints(version: JourneyVersion) -> dict[str, str]:
@@ -202,9 +227,10 @@ def journey_version_edit(*, journey_id: int, by: User, **changes) -> JourneyVers
             if source is not None:
                 for name in VERSION_FIELDS:
                     setattr(version, name, getattr(source, name))
+        kept = JourneyVersion(entry_segment_id=version.entry_segment_id, graph=copy.deepcopy(version.graph))
         for name, value in changes.items():
             setattr(version, name, value)
-        _validate_version(version, by=by)
+        _validate_version(version, by=by, kept=kept)
         version.updated_at = timezone.now()
         version.save()
         journey.updated_at = version.updated_at
@@ -239,7 +265,7 @@ def journey_submit(*, journey_id: int, by: User, message: str = "") -> ApprovalR
         version = _open_version(journey)
         if journey.status not in (Status.DRAFT, Status.LIVE) or version is None or version.status != VStatus.DRAFT:
             raise TransitionError(journey, "submitted for review", "There is no draft version to submit.")
-        _validate_version(version, by=by)
+        _validate_version(version, by=by, kept=version)  # it all still exists; access was checked as it was set
         request = approval_request_open(
             subject=journey,
             context={"type": "journey", "app_id": journey.app_id},

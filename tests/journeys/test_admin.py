@@ -372,3 +372,17 @@ def test_a_stopped_journeys_versions_say_no_one_finishes_on_them(
     table = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
     assert "<td>v2</td><td>Stopped (was live)</td>" in table
     assert "<td>v1</td><td>Retired</td>" in table  # everyone inside exited when it stopped
+
+
+def test_a_colleague_changes_a_journey_in_the_admin_keeping_segments_they_were_not_granted(
+    login, manager_mallory, make_journey, team, everyone, vips, welcome
+):
+    journey = make_journey()
+    graph = simple_graph(condition_segment=vips.pk, content=welcome.pk, wait=60)
+    answer = login(manager_mallory).post(
+        f"/admin/journeys/journey/{journey.pk}/change/",
+        _form(team, everyone, graph, name="Onboarding", exit_event="buy"),
+    )
+    assert answer.status_code == 302
+    version = journey.versions.get()
+    assert (version.exit_event, version.graph) == ("buy", graph)

@@ -333,3 +333,31 @@ def test_deleting_the_entry_segment_of_a_journey_is_refused_naming_the_journey(
     with pytest.raises(ValidationError) as refused:
         segment_delete(segment_id=everyone.pk, by=manager_oscar)
     assert refused.value.messages == ["Segment 'Everyone' is the entry of a journey you cannot see: change it first."]
+
+
+def test_a_colleague_edits_and_submits_a_journey_keeping_segments_they_were_not_granted(
+    make_journey, manager_alice, manager_mallory, vips, welcome
+):
+    """As for a campaign, what a user sets now must be within their access; what the journey already
+    named stays (it said "Choose a segment you have access to." to any edit, the exit event's too)."""
+    from tests.factories import SegmentFactory
+
+    journey = make_journey()  # alice's: enters Everyone, a condition on VIPs; mallory was granted neither
+    draft = journey_version_edit(journey_id=journey.pk, by=manager_mallory, exit_event="purchase")
+    assert draft.exit_event == "purchase"
+    graph = simple_graph(condition_segment=vips.pk, content=welcome.pk, wait=3600)
+    assert journey_version_edit(journey_id=journey.pk, by=manager_mallory, graph=graph).graph == graph
+    journey_submit(journey_id=journey.pk, by=manager_mallory)
+    assert _reload(journey).status == "in_review"
+    # What she names now must be hers to use.
+    journey_cancel_request(journey_id=journey.pk, by=manager_mallory)
+    secret = SegmentFactory(name="Secret")
+    with pytest.raises(GraphInvalid, match=rf"Step 'check': branch 'VIP': you have no access to segment {secret.pk}"):
+        journey_version_edit(
+            journey_id=journey.pk,
+            by=manager_mallory,
+            graph=simple_graph(condition_segment=secret.pk, content=welcome.pk),
+        )
+    with pytest.raises(ValidationError) as refused:
+        journey_version_edit(journey_id=journey.pk, by=manager_mallory, entry_segment=secret)
+    assert refused.value.message_dict == {"entry_segment": ["Choose a segment you have access to."]}
