@@ -182,7 +182,9 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     @admin.display(description="Version")
     def version_label(self, obj):
         open_version = journey_open_version(obj)
-        live = f"v{obj.live_version.number} live" if obj.live_version_id else ""
+        live = ""
+        if obj.live_version_id:
+            live = f"v{obj.live_version.number} {'live' if obj.status == Status.LIVE else '(was live)'}"
         draft = f"v{open_version.number} {open_version.get_status_display().lower()}" if open_version else ""
         return ", ".join(x for x in (live, draft) if x) or "—"
 

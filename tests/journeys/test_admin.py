@@ -386,3 +386,14 @@ def test_a_colleague_changes_a_journey_in_the_admin_keeping_segments_they_were_n
     assert answer.status_code == 302
     version = journey.versions.get()
     assert (version.exit_event, version.graph) == ("buy", graph)
+
+
+def test_the_list_says_a_stopped_journeys_last_version_was_live(login, manager_alice, make_journey, publish):
+    from journeys.services.lifecycle import journey_stop
+
+    journey = publish(make_journey())
+    client = login(manager_alice)
+    assert '<td class="field-version_label">v1 live</td>' in client.get("/admin/journeys/journey/").content.decode()
+    journey_stop(journey_id=journey.pk, by=manager_alice)
+    text = client.get("/admin/journeys/journey/?status=stopped").content.decode()
+    assert '<td class="field-version_label">v1 (was live)</td>' in text
