@@ -1,5 +1,8 @@
 """The admin of approval policies and approval requests (the inbox and the review page)."""
 
+import datetime as dt
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
 from django import forms
 from django.apps import apps as django_apps
 from django.contrib import admin, messages
@@ -163,7 +166,7 @@ class ApprovalDecisionForm(forms.Form):
 class ApprovalRequestAdmin(AccessAdmin):
     """The approvers' inbox ("Waiting for my approval") and the requesters' view of decisions."""
 
-    list_display = ("what", "subject_type", "state", "requested_by", "requested_at", "decided_by", "comment")
+    list_display = ("what", "subject_type", "state", "requested_by", "asked", "decided_by", "comment")
     list_display_links = None
     show_facets = admin.ShowFacets.NEVER
     list_filter = (_InboxFilter, "status")
@@ -174,10 +177,10 @@ class ApprovalRequestAdmin(AccessAdmin):
         "status",
         "message",
         "requested_by",
-        "requested_at",
+        "asked",
         "policy",
         "decided_by",
-        "decided_at",
+        "decided",
         "comment",
         "fingerprint",
     )
@@ -215,6 +218,15 @@ class ApprovalRequestAdmin(AccessAdmin):
                 '<strong class="stuck">{}</strong>', "Stuck: nobody may decide it (ask an Administrator)"
             )
         return obj.get_status_display()
+
+    # The inbox mixes subjects of every zone: its times are in UTC, said so.
+    @admin.display(description="Requested at", ordering="requested_at")
+    def asked(self, obj):
+        return _utc(obj.requested_at)
+
+    @admin.display(description="Decided at", ordering="decided_at")
+    def decided(self, obj):
+        return _utc(obj.decided_at)
 
     @admin.display(description="What", ordering="subject_label")
     def what(self, obj):
@@ -270,9 +282,23 @@ class ApprovalRequestAdmin(AccessAdmin):
             "opts": self.model._meta,
             "title": f"Review: {approval.subject_label}",
             "approval": approval,
+            "asked_at": _in_subjects_zone(approval.requested_at, subject),
             "review": handler.review_html(subject, request=approval, user=request.user),
             "form": form,
             "may_decide": allowed,
             "reason": reason,
         }
         return TemplateResponse(request, "admin/accounts/approvalrequest/review.html", context)
+
+
+def _utc(value: dt.datetime | None) -> str:
+    return f"{value.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC" if value else "-"
+
+
+def _in_subjects_zone(value: dt.datetime, subject) -> str:
+    """In the zone the subject's dates are entered in (a campaign's), the zone named; else in UTC."""
+    name = getattr(subject, "time_zone", "")
+    try:
+        return f"{value.astimezone(ZoneInfo(name)):%Y-%m-%d %H:%M} ({name})" if name else _utc(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        return _utc(value)

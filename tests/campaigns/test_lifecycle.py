@@ -196,3 +196,22 @@ def test_fingerprint_covers_content_audience_and_schedule(make_campaign, content
     assert campaign.fingerprint() == before
     content.title = "Other"
     assert campaign.fingerprint() != before
+
+
+def test_the_review_and_the_inbox_say_when_it_was_asked_with_the_zone(
+    client, make_campaign, manager_alice, approver_bob
+):
+    from zoneinfo import ZoneInfo
+
+    campaign = make_campaign(
+        schedule_kind="at", send_at=dt.datetime(2027, 1, 4, 9, tzinfo=dt.UTC), time_zone="Asia/Kathmandu"
+    )
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    request = ApprovalRequest.objects.get()
+    asked = dt.datetime(2026, 12, 24, 1, 25, tzinfo=dt.UTC)
+    ApprovalRequest.objects.filter(pk=request.pk).update(requested_at=asked)
+    client.force_login(approver_bob)
+    review = client.get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+    assert f"on {asked.astimezone(ZoneInfo('Asia/Kathmandu')):%Y-%m-%d %H:%M} (Asia/Kathmandu)" in review
+    inbox = client.get("/admin/accounts/approvalrequest/").content.decode()
+    assert "2026-12-24 01:25 UTC" in inbox and "1:25 a.m." not in inbox
