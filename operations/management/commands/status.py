@@ -3,7 +3,7 @@
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import InterfaceError, OperationalError, ProgrammingError
+from django.db import DatabaseError, connection
 
 from operations.status import snapshot
 
@@ -28,10 +28,12 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         try:
-            s = snapshot()
-        except (OperationalError, InterfaceError) as exc:
+            connection.ensure_connection()
+        except DatabaseError as exc:
             raise CommandError(f"the database does not answer: {_first_line(exc)}") from None
-        except ProgrammingError as exc:  # a table missing: a new database, or a release not migrated
+        try:
+            s = snapshot()
+        except DatabaseError as exc:  # it answers: a table missing (a new database, a release not migrated)
             raise CommandError(
                 f"the database cannot be read ({_first_line(exc)}); are its migrations applied? "
                 "Run `manage.py migrate`."
