@@ -97,3 +97,20 @@ def test_the_guide_makes_keys_with_the_python_that_has_cryptography():
     for text in (guide, settings_source):
         commands = re.findall(r"([\w./-]*python3?(?:\.\d+)?) -c \"from cryptography", text)
         assert commands and all(c.endswith(".venv/bin/python") for c in commands), commands
+
+
+@pytest.mark.parametrize(
+    ("cited_by", "heading"),
+    [
+        ("# Fernet key(s), comma-separated, the first encrypts", "Rotating keys and credentials"),
+        ("8. **Check**", "What to watch, and where"),
+        ("the command in section", "Rotating keys and credentials"),
+        ("**The units**", "Processes and their units"),
+        ("back up PostgreSQL", "Backups and restore drills"),
+    ],
+)
+def test_the_guide_s_section_numbers_lead_where_they_say(cited_by, heading):
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    line = next(line for line in guide.splitlines() if cited_by in line)
+    number = re.search(r"section (\d+)", line)[1]
+    assert f"\n## {number}. {heading}\n" in guide, line
