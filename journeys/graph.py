@@ -25,6 +25,7 @@ STEP_TYPES = ("wait", "condition", "split", "push", "exit")
 STEP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 MAX_STEPS = 50
+MAX_BRANCHES = 20  # per condition or split: each is a query for every batch of profiles that reaches it
 MAX_WAIT_SECONDS = 90 * 24 * 3600  # AJO's longest wait
 MAX_LABEL = 80  # a branch's counter is "passed:<label>", at most 100 characters
 
@@ -162,6 +163,8 @@ def _check_step(step: dict, check_segment, check_content, check_rules) -> list[s
         branches = step.get("branches")
         if not isinstance(branches, list) or not branches:
             return ["a condition needs at least one branch (plus 'else' for all others)."]
+        if len(branches) > MAX_BRANCHES:
+            return [f"a step has at most {MAX_BRANCHES} branches; this one has {len(branches)}."]
         for index, branch in enumerate(branches):
             label = branch.get("label") if isinstance(branch, dict) else None
             name = f"branch '{label}'" if label else f"branch #{index + 1}"
@@ -190,6 +193,8 @@ def _check_step(step: dict, check_segment, check_content, check_rules) -> list[s
         branches = step.get("branches")
         if not isinstance(branches, list) or len(branches) < 2:
             return ["a split needs at least two branches."]
+        if len(branches) > MAX_BRANCHES:
+            return [f"a step has at most {MAX_BRANCHES} branches; this one has {len(branches)}."]
         problems += _label_problems(branches)
         total = 0
         for index, branch in enumerate(branches):

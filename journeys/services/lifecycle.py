@@ -77,7 +77,15 @@ def version_reference_checks(*, app_id: int, by: User | None, kept: JourneyVersi
     kept_contents = set(contents_of(kept_graph).values())
     kept_rules = {json.dumps(tree, sort_keys=True) for tree in rules_of(kept_graph)}
 
+    answers: dict[tuple, str] = {}  # a segment or content named by many branches is looked up once
+
     def check_segment(segment_id: int, *, who: User | None = by) -> str:
+        key = ("segment", segment_id, who is None)
+        if key not in answers:
+            answers[key] = _check_segment(segment_id, who)
+        return answers[key]
+
+    def _check_segment(segment_id: int, who: User | None) -> str:
         if not Segment.objects.filter(pk=segment_id).exists():
             return f"segment {segment_id} does not exist (was it deleted?)."
         if (
@@ -89,6 +97,11 @@ def version_reference_checks(*, app_id: int, by: User | None, kept: JourneyVersi
         return ""
 
     def check_content(content_id: int) -> str:
+        if ("content", content_id) not in answers:
+            answers[("content", content_id)] = _check_content(content_id)
+        return answers[("content", content_id)]
+
+    def _check_content(content_id: int) -> str:
         content = PushContent.objects.filter(pk=content_id).first()
         if content is None:
             return f"push content {content_id} does not exist."

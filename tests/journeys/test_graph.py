@@ -182,3 +182,15 @@ def test_branch_labels_that_would_count_together_or_not_at_all_are_refused(kind,
     if kind == "condition":
         step["else"] = "done"
     assert _errors(_steps(step, EXIT)) == [error]
+
+
+@pytest.mark.parametrize("kind", ["condition", "split"])
+def test_a_step_of_more_than_20_branches_is_refused_before_its_branches_are_looked_up(kind):
+    branches = [{"label": f"b{i}", "segment": 7, "percent": 0, "next": "done"} for i in range(21)]
+    step = {"id": "many", "type": kind, "branches": branches}
+    if kind == "condition":
+        step["else"] = "done"
+    looked_up = []
+    errors = _errors(_steps(step, EXIT), check_segment=looked_up.append)
+    assert errors == ["Step 'many': a step has at most 20 branches; this one has 21."]
+    assert looked_up == []  # a query or two per branch, and one per branch in every engine batch

@@ -361,3 +361,14 @@ def test_a_colleague_edits_and_submits_a_journey_keeping_segments_they_were_not_
     with pytest.raises(ValidationError) as refused:
         journey_version_edit(journey_id=journey.pk, by=manager_mallory, entry_segment=secret)
     assert refused.value.message_dict == {"entry_segment": ["Choose a segment you have access to."]}
+
+
+def test_a_segment_or_content_named_by_many_steps_is_looked_up_once(
+    make_journey, manager_alice, vips, welcome, django_assert_max_num_queries
+):
+    from journeys.services.lifecycle import version_reference_checks
+
+    checks = version_reference_checks(app_id=welcome.app_id, by=manager_alice)
+    assert checks["check_segment"](vips.pk) == "" and checks["check_content"](welcome.pk) == ""
+    with django_assert_max_num_queries(0):
+        assert checks["check_segment"](vips.pk) == "" and checks["check_content"](welcome.pk) == ""
