@@ -91,6 +91,7 @@ def template_check(source: str, *, field: str) -> BoundTemplate:
                             f"{', '.join(PROFILE_FIELDS)}; write profile.attributes.{segments[1]} for a custom attribute."
                         }
                     )
+    _zero_divisor_check(source, field=field)
     if not analysis.globals:
         # It reads neither the profile nor the context, so it renders the same for every
         # recipient: failing now, it would fail every message at send time.
@@ -99,6 +100,31 @@ def template_check(source: str, *, field: str) -> BoundTemplate:
         except LiquidError as exc:
             raise ValidationError({field: f"This text cannot be rendered for anyone: {exc.message}."}) from exc
     return template
+
+
+# ``| divided_by: 0`` or ``| modulo: 0`` (0.0, -0, '0', nil), once string literals are set aside.
+_ZERO_DIVISOR = re.compile(r"\|\s*(divided_by|modulo)\s*:\s*(?:[-+]?0+(?:\.0*)?|nil)\s*(?=\||$)", re.M)
+_NUMBER_TEXT = re.compile(r"[-+]?\d+(?:\.\d*)?")
+
+
+def _zero_divisor_check(source: str, *, field: str) -> None:
+    """Refuse a division by a literal zero: it fails whatever it divides, so for every recipient
+    who reaches it (a branch taken only by some profiles included)."""
+    if "divided_by" not in source and "modulo" not in source:
+        return
+    for token in _TOKENIZER(source):
+        if token.kind not in (TOKEN_OUTPUT, TOKEN_EXPRESSION):
+            continue
+        # A string literal counts as the number it spells (Liquid reads '0' as 0), else as nothing.
+        expression = _STRING_LITERAL.sub(
+            lambda m: m.group(0)[1:-1] if _NUMBER_TEXT.fullmatch(m.group(0)[1:-1]) else '""', token.value
+        )
+        found = _ZERO_DIVISOR.search(expression)
+        if found:
+            line = source.count("\n", 0, max(token.start_index, 0)) + 1
+            raise ValidationError(
+                {field: f"'{found.group(1)}: 0' divides by 0, which fails for every value (line {line})."}
+            )
 
 
 def template_reads(source: str, name: str) -> bool:

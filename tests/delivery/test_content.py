@@ -93,7 +93,7 @@ def test_a_filter_failing_on_a_profiles_value_is_a_liquid_error_naming_it(source
 @pytest.mark.parametrize(
     ("source", "message"),
     [
-        ("Share: {{ 100 | divided_by: 0 }}%", "divided_by: can't divide by 0"),
+        ("Share: {{ 'x' | slice: 'a' }}", "slice expected an integer start, found str"),
         ("Countdown {% for i in (1..30) %}*{% endfor %}", "loop iteration limit reached"),
         ("{{ 'gA==' | base64_decode }}", "a filter failed on a value (UnicodeDecodeError)"),
     ],
@@ -104,8 +104,25 @@ def test_a_template_that_fails_whoever_receives_it_is_refused_on_save(source, me
     assert errors_of(exc)["body"] == [f"This text cannot be rendered for anyone: {message}."]
 
 
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ profile.attributes.visits | divided_by: 0 }}",
+        "{% if profile.attributes.vip %}{{ context.total | modulo: 0.0 }}{% endif %}",
+        "{% assign share = profile.attributes.n | times: 100 | divided_by: '0' %}{{ share }}",
+        "{% liquid\n  assign n = profile.attributes.n | divided_by: -0\n  echo n\n%}",
+        "{{ profile.attributes.n | divided_by: nil }}",
+    ],
+)
+def test_a_division_by_a_literal_zero_is_refused_whatever_it_divides(source):
+    with pytest.raises(ValidationError) as exc:
+        template_check(source, field="body")
+    assert "by 0, which fails for every value" in errors_of(exc)["body"][0]
+
+
 def test_a_template_that_fails_only_for_some_values_is_saved():
     template_check("{{ 100 | divided_by: profile.attributes.count }}", field="body")
+    template_check("{{ profile.attributes.n | divided_by: 0.5 | modulo: 10 }} {{ 'divided_by: 0' }}", field="body")
     template_check("{% for t in context.items %}{{ t }}{% endfor %}", field="body")
 
 
