@@ -92,3 +92,22 @@ def test_the_database_refuses_to_delete_an_old_event_outside_retention(db):
     with pytest.raises(DatabaseError), transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("DELETE FROM accounts_auditevent WHERE id = %s", [event.pk])
     assert AuditEvent.objects.filter(pk=event.pk).exists()
+
+
+def test_retention_reads_an_old_dispatch_s_rows_through_an_index_not_the_whole_table(db):
+    """It runs daily over every old dispatch: a scan of the biggest table for each would never end."""
+    from django.test.utils import CaptureQueriesContext
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's plans")
+    _dispatch(200)
+    with CaptureQueriesContext(connection) as run:
+        assert retention_apply()["deliveries"] == 3
+    reads = [q["sql"] for q in run.captured_queries if q["sql"].startswith('SELECT "delivery_delivery"."id"')]
+    assert reads
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")  # a plan that could use an index does
+        for sql in reads:
+            cursor.execute(f"EXPLAIN {sql}")
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            assert "Index Cond: (dispatch_id = " in plan, plan  # its rows found by their dispatch
