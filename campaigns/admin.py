@@ -24,7 +24,7 @@ from campaigns.review import (
     campaign_phones_html,
     version_diff_html,
 )
-from campaigns.schedule import localize
+from campaigns.schedule import localize, schedule_check
 from campaigns.schedule import zone as schedule_zone
 from campaigns.selectors import campaign_actions, campaigns_visible_to
 from campaigns.services.conversions import campaign_conversion_set
@@ -154,9 +154,35 @@ class CampaignForm(ConversionFormMixin, forms.ModelForm):
             value = data.get(name)
             if value is not None:
                 wall = value.astimezone(dt.UTC).replace(tzinfo=None)
-                data[name] = localize(wall, tz).astimezone(dt.UTC)
+                try:
+                    data[name] = localize(wall, tz).astimezone(dt.UTC)
+                except OverflowError:
+                    self.add_error(
+                        name, "This date is out of range in the campaign's time zone: choose an earlier one."
+                    )
+        self._schedule_clean(data)
         winner_admin.winner_form_clean(self, data)
         return data
+
+    def _schedule_clean(self, data: dict) -> None:
+        """The services' check of the schedule, answered at its field with what was typed kept (on
+        save it would only come back as a message, the form lost)."""
+        fields = ("kind", "schedule_kind", "send_at", "time_zone", "recurrence", "cron", "ends_at")
+        if "schedule_kind" not in self.fields or any(name in self.errors for name in fields):
+            return  # already answered at its field
+        try:
+            schedule_check(
+                kind=data.get("kind") or self.instance.kind,
+                schedule_kind=data.get("schedule_kind") or "",
+                send_at=data.get("send_at"),
+                time_zone=data.get("time_zone") or "UTC",
+                recurrence=data.get("recurrence") or "",
+                cron=data.get("cron") or "",
+                ends_at=data.get("ends_at"),
+            )
+        except ValidationError as exc:
+            for name, problems in exc.message_dict.items():
+                self.add_error(name if name in self.fields else None, problems)
 
 
 class _StatusFilter(ActiveStatusFilter):

@@ -314,3 +314,37 @@ def test_occurrences_and_the_list_show_times_in_the_campaigns_zone_naming_it(
     listing = client.get("/admin/campaigns/campaign/?status=all").content.decode()
     assert listing.count("2026-12-24 07:10 (Asia/Kathmandu)") == 1  # updated at
     assert "1:25 a.m." not in listing
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "says"),
+    [
+        (
+            {"recurrence": "daily", "send_at_0": "2027-02-03", "ends_at_0": "2027-02-02", "ends_at_1": "10:30"},
+            "ends_at",
+            "The end must come after the first send.",
+        ),
+        ({"recurrence": "cron", "cron": "0 9 30 2 *", "send_at_0": "2027-02-03"}, "cron", "never fires"),
+        ({"recurrence": "cron", "cron": "0 9 * * * *", "send_at_0": "2027-02-03"}, "cron", "five-field"),
+        (
+            {"recurrence": "daily", "send_at_0": "9999-12-31", "send_at_1": "23:59", "time_zone": "America/New_York"},
+            "send_at",
+            "out of range",
+        ),
+    ],
+)
+def test_a_schedule_that_cannot_fire_is_answered_at_its_field_keeping_what_was_typed(
+    client, make_campaign, manager_alice, fields, field, says
+):
+    from tests.campaigns.helpers import change_form
+
+    campaign = make_campaign()
+    client.force_login(manager_alice)
+    typed = {"schedule_kind": "recurring", "send_at_1": "10:30", "time_zone": "Europe/Paris", **fields}
+    answer = client.post(f"/admin/campaigns/campaign/{campaign.pk}/change/", change_form(campaign, **typed))
+    assert answer.status_code == 200
+    page = answer.content.decode()
+    row = page[page.index(f"field-{field}") :]
+    assert says in row[: row.index("</div>", row.index("errorlist"))]
+    assert f'value="{fields["send_at_0"]}"' in page  # what was typed is still there
+    assert Campaign.objects.get(pk=campaign.pk).schedule_kind == "now"
