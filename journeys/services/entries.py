@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -23,6 +24,8 @@ from journeys.services.lifecycle import SAVED_WITH_STATUS, EStatus, Status, VSta
 
 if TYPE_CHECKING:
     from accounts.stamps import Stamps
+
+log = logging.getLogger(__name__)
 
 
 def _dt(value: dt.datetime | None):
@@ -345,8 +348,15 @@ def journeys_tick(*, now: dt.datetime | None = None, seconds: float = 40.0, batc
     if instance_refuses(action="run the journeys tick"):
         return {"entries": 0, "entered": 0, "closed": 0, "refused": True}
     now = now or timezone.now()
-    due = list(Journey.objects.filter(status=Status.LIVE, next_entry_at__lte=now).values_list("pk", flat=True)[:200])
-    entered = sum(journey_enter_segment(journey_id=pk, now=now) for pk in due)
+    due = list(Journey.objects.filter(status=Status.LIVE, next_entry_at__lte=now).values_list("pk", "name")[:200])
+    entered = 0
+    for pk, name in due:
+        try:
+            entered += journey_enter_segment(journey_id=pk, now=now)
+        except Exception:  # one journey's entry failing (undone) holds back neither the others nor the engine
+            log.exception(
+                "The segment entry of journey %s ('%s') failed; it is tried again at the next beat.", pk, name
+            )
     report = journeys_run_due(now=now, seconds=seconds, batch=batch)
     closed = journeys_close_finished(now=now)
     return {"entries": len(due), "entered": entered, "closed": closed, **report.as_dict()}

@@ -826,3 +826,21 @@ def test_stopping_a_journey_counts_each_profile_inside_as_exited_at_the_step_it_
     assert client.login(username=manager_alice.username, password=TEST_PASSWORD)
     page = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
     assert "entered 2 · waiting 0" in page and "journey stopped 2" in page
+
+
+def test_a_journey_whose_segment_entry_fails_holds_back_no_other_journey(make_journey, publish, caplog):
+    """A version saved before a rule it breaks (here, a segment read again every 2**31 - 1 hours,
+    whose next read cannot be dated): its entry fails each beat, the other journeys go on."""
+    from journeys.models import JourneyVersion
+    from journeys.services.entries import journeys_tick
+
+    profile = ProfileFactory()
+    now = timezone.now()
+    broken = publish(make_journey(name="Broken", entry_every_hours=1), now=now)
+    JourneyVersion.objects.filter(pk=broken.live_version_id).update(entry_every_hours=2**31 - 1)
+    fine = publish(make_journey(name="Fine", graph={"steps": [EXIT]}), now=now)
+    report = journeys_tick(now=now)
+    assert report["entered"] == 1 and report["enrollments"] == 1
+    assert _enrollment(fine, profile).status == "completed"
+    assert not broken.enrollments.exists()
+    assert "Broken" in caplog.text and "OverflowError" in caplog.text
