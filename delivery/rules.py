@@ -123,7 +123,11 @@ def quiet_until(*, start: dt.time, end: dt.time, local: dt.datetime) -> dt.datet
     if not inside:
         return None
     day = local.date() if (not overnight or t < end) else local.date() + dt.timedelta(days=1)
-    return dt.datetime.combine(day, end, tzinfo=local.tzinfo)
+    until = dt.datetime.combine(day, end, tzinfo=local.tzinfo)
+    if until.astimezone(dt.UTC) <= local.astimezone(dt.UTC):
+        # The clock went back and shows the quiet hours again: they end when it shows their end again.
+        until = until.replace(fold=1)
+    return until
 
 
 def _ttl(dispatch: Dispatch) -> dt.timedelta:

@@ -217,6 +217,29 @@ def test_quiet_until_handles_windows_across_midnight(now, until):
     assert (end.strftime("%Y-%m-%d %H:%M") if end else None) == until
 
 
+@pytest.mark.parametrize(
+    ("zone", "start", "end", "now_utc", "until_utc"),
+    [
+        # The clock goes back at 03:00 CEST to 02:00 CET: 02:10 and 02:20 are shown twice.
+        ("Europe/Paris", "22:00", "02:30", "2027-10-31 00:10", "2027-10-31 00:30"),  # 02:10 CEST
+        ("Europe/Paris", "22:00", "02:30", "2027-10-31 01:10", "2027-10-31 01:30"),  # 02:10 CET, again quiet
+        ("Europe/Paris", "02:15", "02:45", "2027-10-31 01:20", "2027-10-31 01:45"),  # 02:20 CET
+        ("America/New_York", "23:00", "01:30", "2027-11-07 06:10", "2027-11-07 06:30"),  # 01:10 EST
+        # Spring forward: 02:30 does not exist; the quiet hours end when the clock jumps past it.
+        ("Europe/Paris", "22:00", "02:30", "2027-03-28 00:50", "2027-03-28 01:30"),
+    ],
+)
+def test_quiet_hours_ending_in_an_hour_the_clock_repeats_hold_until_the_clock_shows_their_end(
+    zone, start, end, now_utc, until_utc
+):
+    now = dt.datetime.fromisoformat(now_utc).replace(tzinfo=dt.UTC)
+    until = quiet_until(
+        start=dt.time.fromisoformat(start), end=dt.time.fromisoformat(end), local=now.astimezone(ZoneInfo(zone))
+    )
+    assert until.astimezone(dt.UTC) == dt.datetime.fromisoformat(until_utc).replace(tzinfo=dt.UTC)
+    assert until.astimezone(dt.UTC) > now
+
+
 def test_only_administrators_change_delivery_rules(client, app, admin_erin, manager_alice):
     from accounts.services import access_grant
 
