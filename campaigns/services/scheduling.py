@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.http import Http404
 from django.utils import timezone
@@ -176,9 +176,12 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                     if test is not None:
                         test.sample_dispatch = dispatch
                         test.save(update_fields=["sample_dispatch"])
-            except GateClosed as exc:
+            except (GateClosed, ValidationError) as exc:
                 # Said on the campaign's page; the campaign stays on the air for its next occurrence.
-                fired.append(_occurrence(campaign, due, Occurrence.Outcome.REFUSED, note=str(exc)[:300]))
+                # A ValidationError: the approved content no longer passes the send's checks (a URL
+                # scheme the settings no longer allow, say); the campaigns due after it still fire.
+                note = str(exc) if isinstance(exc, GateClosed) else _content_refusal(exc)
+                fired.append(_occurrence(campaign, due, Occurrence.Outcome.REFUSED, note=note[:300]))
                 campaign.next_occurrence_at = later
                 break
             fired.append(_occurrence(campaign, due, outcome, dispatch=dispatch))
@@ -189,6 +192,16 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
             campaign.status_changed_at = now
         campaign.save(update_fields=["next_occurrence_at", "status", "status_changed_at"])
     return fired
+
+
+def _content_refusal(exc: ValidationError) -> str:
+    """What the send's checks found wrong with the approved content, each field named."""
+    found = (
+        "; ".join(f"{field}: {' '.join(messages)}" for field, messages in exc.message_dict.items())
+        if hasattr(exc, "error_dict")
+        else " ".join(exc.messages)
+    )
+    return f"The approved content does not pass the send's checks: {found}"
 
 
 def _occurrence(campaign: Campaign, due: dt.datetime, outcome: str, *, dispatch=None, note: str = "") -> Occurrence:

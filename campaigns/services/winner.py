@@ -294,9 +294,13 @@ def winner_pick(*, campaign_id: int, now: dt.datetime | None = None) -> WinnerTe
                     holdout_share=approved.holdout_share,
                     sample={"part": "rest", "share": settings["sample_share"], "test": test.pk},
                 )
-        except GateClosed as exc:
+        except (GateClosed, ValidationError) as exc:
+            # A ValidationError: the approved content no longer passes the send's checks (a URL
+            # scheme the settings no longer allow, say); the beat goes on with the other tests.
+            refused = "The gate refused the rest" if isinstance(exc, GateClosed) else "The rest's content was refused"
+            detail = str(exc) if isinstance(exc, GateClosed) else " ".join(exc.messages)
             test.outcome = WinnerTest.Outcome.CANCELLED
-            test.reason = f"{test.reason} The gate refused the rest: {exc}"[:300]
+            test.reason = f"{test.reason} {refused}: {detail}"[:300]
             test.save(update_fields=["outcome", "reason"])
             audit(actor=None, action="campaign_winner_cancelled", obj=campaign, summary={"reason": test.reason})
             return test

@@ -12,7 +12,7 @@ from campaigns.models import Campaign, Occurrence
 from campaigns.services.lifecycle import campaign_approve, campaign_submit, campaign_update
 from campaigns.services.scheduling import campaign_fire_due, campaigns_tick
 from delivery.models import Dispatch
-from tests.factories import DeviceFactory, ProfileFactory
+from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory
 
 T0 = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
 
@@ -95,6 +95,29 @@ def test_content_edited_after_approval_sends_the_approved_content(make_campaign,
     assert fired[0].dispatch.content_spec == approved_spec
     campaign.refresh_from_db()
     assert campaign.status == "live" and campaign.has_pending_revision
+
+
+def test_an_approved_content_the_settings_no_longer_allow_is_refused_and_the_tick_goes_on(
+    make_campaign, approve, content, settings
+):
+    # The deep link's scheme was allowed when the content was approved; the operator has since
+    # taken it off the list. That occurrence is refused with the reason, and the campaigns due
+    # after it still fire.
+    content.tap_action, content.tap_url = "deep_link", "shop://sale"
+    content.save()
+    settings.PUSHDESK_DEEP_LINK_SCHEMES = ["https", "shop"]
+    stale = approve(make_campaign(schedule_kind="at", send_at=T0 - dt.timedelta(minutes=1)))
+    fine = approve(
+        make_campaign(name="Fine", content=PushContentFactory(app=content.app), schedule_kind="at", send_at=T0)
+    )
+    settings.PUSHDESK_DEEP_LINK_SCHEMES = ["https"]
+
+    assert campaigns_tick(now=T0 + dt.timedelta(seconds=20))["occurrences"] == 2
+    refused = Occurrence.objects.get(campaign=stale)
+    assert refused.outcome == "refused" and "URL scheme 'shop' is not allowed" in refused.note
+    assert Occurrence.objects.get(campaign=fine).outcome == "sent"
+    stale.refresh_from_db()
+    assert stale.status == "scheduled" and stale.next_occurrence_at is None
 
 
 def test_segment_rules_edited_after_approval_are_refused_at_send_time(make_campaign, approve, segment, manager_alice):

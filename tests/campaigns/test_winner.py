@@ -301,6 +301,28 @@ def test_a_stopped_campaign_sends_nothing_to_the_rest(shop, contents, manager_al
     assert "stopped" in test.reason
 
 
+def test_a_rest_the_settings_no_longer_allow_is_cancelled_saying_why(
+    shop, contents, manager_alice, approver_bob, settings
+):
+    # The deep link's scheme was allowed when the variants were approved and the sample sent; the
+    # operator has since taken it off the list: the pick is kept, the rest is refused and said.
+    settings.PUSHDESK_DEEP_LINK_SCHEMES = ["https", "shop"]
+    for content in contents:
+        content.tap_action, content.tap_url = "deep_link", "shop://sale"
+        content.save()
+    _phones(20, shop)
+    campaign = _approve(
+        _campaign(manager_alice, shop, contents, winner=WinnerInput(sample_share=40, wait_minutes=0)),
+        manager_alice,
+        approver_bob,
+    )
+    _sample(campaign)
+    settings.PUSHDESK_DEEP_LINK_SCHEMES = ["https"]
+    test = winner_pick(campaign_id=campaign.pk, now=T0)
+    assert (test.outcome, test.remainder_dispatch_id) == ("cancelled", None)
+    assert "URL scheme 'shop' is not allowed" in test.reason
+
+
 def test_api_triggered_campaigns_refuse_winner_mode(shop, contents, manager_alice):
     campaign = campaign_create(
         by=manager_alice, name="Order shipped", app=shop, kind="api_triggered", content=contents[0]
