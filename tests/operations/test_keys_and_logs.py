@@ -72,3 +72,42 @@ def test_each_batch_of_a_send_logs_its_outcomes(pushsim, pushsim_app, caplog, dj
     batches = [r for r in caplog.records if getattr(r, "dispatch", None) == dispatch.pk]
     assert batches and sum(r.outcomes.get("accepted", 0) for r in batches) == 2
     assert sum(r.outcomes.get("failed", 0) for r in batches) == 1
+
+
+def test_json_logs_of_the_web_are_json_gunicorn_s_own_lines_too(tmp_path):
+    """A log pipeline reading the web unit's output gets one JSON object a line from start to stop."""
+    import signal
+    import time
+
+    import httpx
+
+    from tests.fakes.workers import database_url
+    from tests.processes import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHDESK_")}
+    env.update(LOG_FORMAT="json", PUSHDESK_VAR_DIR=str(tmp_path), DATABASE_URL=database_url())
+    port = free_port()
+    web = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "config.wsgi", "--workers", "1", "--bind", f"127.0.0.1:{port}"],
+        cwd=settings.BASE_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+    finally:
+        os.killpg(web.pid, signal.SIGTERM)
+        output, _ = web.communicate(timeout=30)
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert any("Booting worker" in line for line in lines), output
+    for line in lines:
+        entry = json.loads(line)  # fails on a plain line
+        assert {"time", "level", "logger", "message"} <= set(entry), line
