@@ -114,3 +114,16 @@ def test_the_guide_s_section_numbers_lead_where_they_say(cited_by, heading):
     line = next(line for line in guide.splitlines() if cited_by in line)
     number = re.search(r"section (\d+)", line)[1]
     assert f"\n## {number}. {heading}\n" in guide, line
+
+
+def test_the_upgrade_section_names_every_table_whose_index_is_built_concurrently():
+    """A failed concurrent build leaves an invalid index: the guide says where to find its name."""
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    upgrading = guide[guide.index("## 11. Upgrading") :]
+    tables = set()
+    for migration in ROOT.glob("*/migrations/0*.py"):
+        source = migration.read_text()
+        for model in re.findall(r"AddIndexConcurrentlyOnPostgres\(\s*model_name=\"(\w+)\"", source):
+            tables.add(f"{migration.parent.parent.name}_{model}")
+    assert tables
+    assert sorted(t for t in tables if f"\\d {t}" not in upgrading) == []
