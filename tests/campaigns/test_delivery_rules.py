@@ -258,6 +258,25 @@ def test_only_administrators_change_delivery_rules(client, app, admin_erin, mana
     assert DeliveryRules.objects.get(app=app).frequency_cap == 3
 
 
+@pytest.mark.parametrize(
+    ("typed", "field"),
+    [
+        ({"default_timezone": "Paris"}, "default_timezone"),
+        ({"default_timezone": "GMT+2"}, "default_timezone"),
+        ({"quiet_start": "22:00"}, "quiet_end"),
+        ({"quiet_end": "07:00"}, "quiet_start"),
+    ],
+)
+def test_quiet_hours_that_would_not_apply_as_meant_are_refused_naming_the_field(client, app, admin_erin, typed, field):
+    form = {"app": app.pk, "frequency_window_hours": 24, "quiet_mode": "delay", "default_timezone": "UTC", **typed}
+    client.force_login(admin_erin)
+    answer = client.post("/admin/delivery/deliveryrules/add/", form)
+    assert answer.status_code == 200
+    page = answer.content.decode()
+    assert "errorlist" in page[page.index(f"field-{field}") :][:600]
+    assert not DeliveryRules.objects.filter(app=app).exists()
+
+
 def _rollup(dispatch_id: int) -> dict:
     """The dispatch's rollup by (outcome, reason, platform), its shards summed."""
     from collections import Counter
