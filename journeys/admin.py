@@ -3,6 +3,7 @@ from urllib.parse import quote
 
 from django import forms
 from django.contrib import admin
+from django.db.models import Prefetch
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
@@ -177,11 +178,20 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     )
 
     def get_queryset(self, request):
-        return journeys_visible_to(request.user)
+        # Each row of the list shows its draft or version in review: read for the whole page at once.
+        open_versions = JourneyVersion.objects.filter(
+            status__in=(JourneyVersion.Status.DRAFT, JourneyVersion.Status.IN_REVIEW)
+        ).order_by("-number")
+        return journeys_visible_to(request.user).prefetch_related(
+            Prefetch("versions", queryset=open_versions, to_attr="open_versions")
+        )
 
     @admin.display(description="Version")
     def version_label(self, obj):
-        open_version = journey_open_version(obj)
+        if hasattr(obj, "open_versions"):
+            open_version = obj.open_versions[0] if obj.open_versions else None
+        else:
+            open_version = journey_open_version(obj)
         live = ""
         if obj.live_version_id:
             live = f"v{obj.live_version.number} {'live' if obj.status == Status.LIVE else '(was live)'}"

@@ -397,3 +397,20 @@ def test_the_list_says_a_stopped_journeys_last_version_was_live(login, manager_a
     journey_stop(journey_id=journey.pk, by=manager_alice)
     text = client.get("/admin/journeys/journey/?status=stopped").content.decode()
     assert '<td class="field-version_label">v1 (was live)</td>' in text
+
+
+def test_the_journeys_list_costs_the_same_queries_for_one_journey_or_twenty(login, manager_alice, make_journey):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = login(manager_alice)
+    make_journey(name="First")
+    client.get("/admin/journeys/journey/")
+    with CaptureQueriesContext(connection) as one:
+        client.get("/admin/journeys/journey/")
+    for number in range(19):
+        make_journey(name=f"Journey {number}")
+    with CaptureQueriesContext(connection) as twenty:
+        page = client.get("/admin/journeys/journey/")
+    assert page.content.decode().count("v1 draft") == 20
+    assert len(twenty) == len(one)  # each row's version once read its draft on its own
