@@ -209,8 +209,12 @@ class PushdeskCollector:
 def metrics_response(request) -> HttpResponse:
     """The metrics in Prometheus' text format; 404 unless the token is configured and presented."""
     token = settings.PUSHDESK_METRICS_TOKEN
-    presented = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not token or not hmac.compare_digest(presented.encode(), token.encode()):
+    scheme, _, presented = request.headers.get("Authorization", "").strip().partition(" ")
+    if (
+        not token
+        or scheme.lower() != "bearer"  # HTTP's authentication schemes are case-insensitive
+        or not hmac.compare_digest(presented.strip().encode(), token.encode())
+    ):
         response = HttpResponse(status=404)
         response._has_been_logged = True
         return response

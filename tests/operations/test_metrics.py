@@ -47,6 +47,13 @@ def test_waiting_event_replays_are_counted_with_the_age_of_the_oldest(client, db
     assert 1800 <= samples[("pushdesk_event_replay_oldest_age_seconds", ())] < 1860
 
 
+def test_the_bearer_scheme_is_read_in_any_case(client, db, metrics_on):
+    """HTTP's authentication schemes are case-insensitive: a scraper may send 'bearer'."""
+    for scheme in ("bearer", "BEARER", "Bearer"):
+        assert client.get("/metrics", HTTP_AUTHORIZATION=f"{scheme} {TOKEN}").status_code == 200
+    assert client.get("/metrics", HTTP_AUTHORIZATION=f"Basic {TOKEN}").status_code == 404
+
+
 def test_metrics_need_the_token(client, db, metrics_on, settings):
     assert client.get("/metrics").status_code == 404
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong-token-wrong-token").status_code == 404
