@@ -30,7 +30,8 @@ def schedule_text(campaign, *, now: dt.datetime | None = None) -> str:
     when = _when(campaign.send_at, campaign.time_zone) if campaign.send_at else "—"
     if campaign.schedule_kind == Campaign.ScheduleKind.AT:
         if campaign.send_at and campaign.send_at <= now:
-            return f"Sent once, at {when}{local}."
+            # Past, but not necessarily sent: the campaign's occurrences say what became of it.
+            return f"Once, at {when}{local}: that time has passed."
         return f"Sends once, at {when}{local}."
     rule = campaign.cron if campaign.recurrence == Campaign.Recurrence.CRON else campaign.recurrence
     until = f" until {_when(campaign.ends_at, campaign.time_zone)}" if campaign.ends_at else ""

@@ -140,3 +140,20 @@ def test_a_one_off_whose_time_passed_long_before_its_approval_is_skipped_and_sai
     assert "window" in occurrence.note
     campaign.refresh_from_db()
     assert campaign.status == "completed"
+
+
+def test_the_review_of_a_one_off_whose_time_passed_does_not_say_it_was_sent(
+    client, make_campaign, manager_alice, approver_bob
+):
+    from django.utils import timezone
+
+    from accounts.models import ApprovalRequest
+
+    past = (timezone.now() - dt.timedelta(hours=2)).replace(second=0, microsecond=0)
+    campaign = make_campaign(schedule_kind="at", send_at=past, time_zone="Europe/Paris")
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(approver_bob)
+    review = client.get(f"/admin/accounts/approvalrequest/{ApprovalRequest.objects.get().pk}/review/").content.decode()
+    when = f"{past.astimezone(PARIS):%Y-%m-%d %H:%M} (Europe/Paris)"
+    assert f"Once, at {when}: that time has passed." in review
+    assert "Sent once" not in review
