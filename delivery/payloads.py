@@ -250,6 +250,12 @@ def apns_payload(spec: dict, message: RenderedMessage, *, delivery_id: int) -> d
     return {"aps": aps, "pushdesk": pushdesk, **message.data}
 
 
+def collapse_key_sendable(key: str) -> bool:
+    """Whether APNs can take ``key`` as its ``apns-collapse-id`` header: printable ASCII, no
+    space at either end (an HTTP/2 field value)."""
+    return all(" " <= c <= "~" for c in key) and key == key.strip()
+
+
 def apns_options(spec: dict) -> dict:
     """The APNs request options of a spec: push type, priority, collapse id. The expiration is
     each delivery's own (what remains of its TTL), set by the send engine."""
@@ -444,8 +450,14 @@ def spec_validate(spec: dict) -> None:
     ttl = spec.get("ttl_seconds")
     if not isinstance(ttl, int) or ttl < 0 or ttl > FCM_MAX_TTL:
         errors.setdefault("ttl_seconds", []).append(f"The TTL is 0 to {FCM_MAX_TTL:,} seconds (4 weeks).")
-    if len((spec.get("collapse_key") or "").encode()) > APNS_COLLAPSE_ID_LIMIT:
+    collapse_key = spec.get("collapse_key") or ""
+    if len(collapse_key.encode()) > APNS_COLLAPSE_ID_LIMIT:
         errors.setdefault("collapse_key", []).append(f"At most {APNS_COLLAPSE_ID_LIMIT} bytes (APNs' limit).")
+    elif not collapse_key_sendable(collapse_key):
+        errors.setdefault("collapse_key", []).append(
+            "Use letters, digits, spaces and ASCII punctuation, without a space at either end "
+            "(APNs takes the collapse key as a header)."
+        )
     if errors:
         raise ValidationError(errors)
 

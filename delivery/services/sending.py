@@ -33,6 +33,7 @@ from delivery.payloads import (
     RECIPIENT_CONTEXTS,
     apns_options,
     apns_payload,
+    collapse_key_sendable,
     encode,
     fcm_message,
     fcm_payload_fits,
@@ -229,6 +230,9 @@ def _batch_prepare(dispatch: Dispatch, rows: list[Claimed]) -> _Batch:
             results.append(Result(row.id, DS.FAILED, reason=f"render_error: {exc.message}"[:100]))
             continue
         if row.platform == Platform.IOS:
+            if options["collapse_id"] and not collapse_key_sendable(options["collapse_id"]):  # saved before the rule
+                results.append(Result(row.id, DS.FAILED, reason="invalid_collapse_key (APNs takes ASCII only)"))
+                continue
             body = encode(apns_payload(spec, message, delivery_id=row.id))
             if len(body) > APNS_LIMIT:
                 results.append(Result(row.id, DS.FAILED, reason=f"payload_too_large ({len(body)} bytes)"))

@@ -189,6 +189,9 @@ def test_valid_content_passes():
         ({"android": {**spec()["android"], "color": "red"}}, "android.color"),
         ({"ttl_seconds": 3_000_000}, "ttl_seconds"),
         ({"collapse_key": "k" * 65}, "collapse_key"),
+        ({"collapse_key": "soldé"}, "collapse_key"),  # APNs takes it as a header: ASCII only
+        ({"collapse_key": "sale\n"}, "collapse_key"),
+        ({"collapse_key": " sale"}, "collapse_key"),
         ({"title": "", "body": ""}, "body"),
         ({"variants": {"fr": {"title": "{{ nope }}"}}}, "variants.fr.title"),
         ({"variants": {"fr": {"headline": "x"}}}, "variants"),

@@ -501,6 +501,29 @@ def test_correcting_an_apps_key_or_team_id_reaches_the_next_send_without_a_resta
     assert Delivery.objects.get(dispatch=corrected).status == "accepted"
 
 
+def test_a_collapse_key_apns_cannot_take_fails_the_ios_rows_alone(
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
+):
+    # Saved before collapse keys had to be ASCII: APNs takes it as a header, FCM in the body.
+    content = PushContentFactory(app=pushsim_app)
+    profile = ProfileFactory()
+    DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
+    DeviceFactory(profile=profile, app=pushsim_app, platform="android")
+    with django_capture_on_commit_callbacks() as queued:
+        dispatch = dispatch_create(
+            app_id=pushsim_app.pk, kind=Dispatch.Kind.API_TRIGGER, spec=content.spec(), profile_ids=[profile.pk]
+        )
+    Dispatch.objects.filter(pk=dispatch.pk).update(content_spec={**content.spec(), "collapse_key": "soldé"})
+    for callback in queued:
+        callback()
+
+    outcomes = {d.device.platform: (d.status, d.reason) for d in Delivery.objects.filter(dispatch=dispatch)}
+    assert outcomes == {
+        "ios": ("failed", "invalid_collapse_key (APNs takes ASCII only)"),
+        "android": ("accepted", ""),
+    }
+
+
 def test_app_without_apns_credentials_fails_ios_rows_with_the_reason(
     pushsim, open_gate, django_capture_on_commit_callbacks
 ):
