@@ -348,3 +348,22 @@ def test_a_schedule_that_cannot_fire_is_answered_at_its_field_keeping_what_was_t
     assert says in row[: row.index("</div>", row.index("errorlist"))]
     assert f'value="{fields["send_at_0"]}"' in page  # what was typed is still there
     assert Campaign.objects.get(pk=campaign.pk).schedule_kind == "now"
+
+
+def test_the_next_send_of_a_local_time_campaign_reads_as_entered_and_says_when_it_starts(
+    client, make_campaign, manager_alice, approver_bob
+):
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    nine = dt.datetime(2027, 1, 5, 9, 0, tzinfo=ZoneInfo("Europe/Paris"))
+    campaign = make_campaign(schedule_kind="at", send_at=nine, time_zone="Europe/Paris", at_local_time=True)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=nine - dt.timedelta(days=2))
+    # The beat starts it when UTC+14 reaches 09:00: 20:00 the day before in Paris.
+    assert Campaign.objects.get(pk=campaign.pk).next_occurrence_at == dt.datetime(2027, 1, 4, 19, 0, tzinfo=dt.UTC)
+
+    said = "2027-01-05 09:00 at each profile&#x27;s local time, from 2027-01-04 20:00 (Europe/Paris)"
+    client.force_login(manager_alice)
+    assert said in client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    assert said in client.get("/admin/campaigns/campaign/").content.decode()
