@@ -40,6 +40,7 @@ from journeys.services.lifecycle import (
     journey_stop,
     journey_submit,
     journey_version_edit,
+    version_entry_fields_clear,
     version_reference_checks,
 )
 
@@ -303,6 +304,9 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         values = {name: data.get(name) for name in VERSION_FIELDS}
         values["entry_event"] = (values["entry_event"] or "").strip()
         values["exit_event"] = (values["exit_event"] or "").strip()
+        cleared = JourneyVersion(**values)  # as saved: a segment left chosen for an event entry is not a change
+        version_entry_fields_clear(cleared)
+        values = {name: getattr(cleared, name) for name in VERSION_FIELDS}
         # A TransitionError (the journey moved on during the save) is answered by the lifecycle
         # mixin: a message, and the save undone.
         if not change:

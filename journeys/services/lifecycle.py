@@ -129,6 +129,16 @@ def version_reference_checks(*, app_id: int, by: User | None, kept: JourneyVersi
     return {"check_segment": check_segment, "check_content": check_content, "check_rules": check_rules}
 
 
+def version_entry_fields_clear(version: JourneyVersion) -> None:
+    """Clear what the chosen entry does not use (a form sends the segment still chosen when the
+    entry becomes an event): kept, it went unseen by the approver and held the segment from deletion."""
+    if version.entry_kind == JourneyVersion.EntryKind.EVENT:
+        version.entry_segment = None
+        version.entry_every_hours = 0
+    elif version.entry_kind == JourneyVersion.EntryKind.SEGMENT:
+        version.entry_event = ""
+
+
 def _validate_version(version: JourneyVersion, *, by: User | None, kept: JourneyVersion | None = None) -> None:
     """Raise ValidationError naming the field, or GraphInvalid naming each broken step. ``kept``: the
     version as it stood before this change (what it named already is not checked against ``by``'s access)."""
@@ -196,6 +206,7 @@ def journey_create(*, by: User, name: str, app, graph: dict | None = None, **ver
     with transaction.atomic():
         journey = Journey.objects.create(name=name.strip(), app=app, owner=by)
         version = JourneyVersion(journey=journey, number=1, created_by=by, graph=graph or {}, **version_fields)
+        version_entry_fields_clear(version)
         _validate_version(version, by=by)
         version.save()
         access_grant(obj=journey, to=by, by=None)
@@ -243,6 +254,7 @@ def journey_version_edit(*, journey_id: int, by: User, **changes) -> JourneyVers
         kept = JourneyVersion(entry_segment_id=version.entry_segment_id, graph=copy.deepcopy(version.graph))
         for name, value in changes.items():
             setattr(version, name, value)
+        version_entry_fields_clear(version)
         _validate_version(version, by=by, kept=kept)
         version.updated_at = timezone.now()
         version.save()

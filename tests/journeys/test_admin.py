@@ -414,3 +414,14 @@ def test_the_journeys_list_costs_the_same_queries_for_one_journey_or_twenty(logi
         page = client.get("/admin/journeys/journey/")
     assert page.content.decode().count("v1 draft") == 20
     assert len(twenty) == len(one)  # each row's version once read its draft on its own
+
+
+def test_a_segment_left_chosen_for_an_event_entry_is_neither_saved_nor_a_change(
+    login, manager_alice, make_journey, publish, team, everyone
+):
+    graph = {"steps": [{"id": "end", "type": "exit"}]}
+    journey = publish(make_journey(graph=graph, entry_kind="event", entry_event="signed_up", entry_segment=None))
+    data = _form(team, everyone, graph, name="Onboarding", entry_kind="event", entry_event="signed_up")
+    assert data["entry_segment"] == everyone.pk
+    assert login(manager_alice).post(f"/admin/journeys/journey/{journey.pk}/change/", data).status_code == 302
+    assert [(v.number, v.status, v.entry_segment) for v in journey.versions.all()] == [(1, "live", None)]

@@ -372,3 +372,20 @@ def test_a_segment_or_content_named_by_many_steps_is_looked_up_once(
     assert checks["check_segment"](vips.pk) == "" and checks["check_content"](welcome.pk) == ""
     with django_assert_max_num_queries(0):
         assert checks["check_segment"](vips.pk) == "" and checks["check_content"](welcome.pk) == ""
+
+
+def test_an_event_entry_keeps_no_segment_nor_a_segment_entry_an_event(make_journey, manager_alice, everyone):
+    """The form sends the segment still chosen when the entry becomes an event: it was kept, unseen
+    by the approver, and refused the segment's deletion as 'the entry' of a journey entered by events."""
+    from audiences.models import Segment
+    from audiences.services.segments import segment_delete
+
+    journey = make_journey(entry_kind="event", entry_event="signed_up", entry_every_hours=6)
+    version = journey.versions.get()
+    assert (version.entry_segment, version.entry_every_hours, version.entry_event) == (None, 0, "signed_up")
+    edited = journey_version_edit(journey_id=journey.pk, by=manager_alice, entry_kind="segment", entry_segment=everyone)
+    assert (edited.entry_segment, edited.entry_event) == (everyone, "")
+    edited = journey_version_edit(journey_id=journey.pk, by=manager_alice, entry_kind="event", entry_event="paid")
+    assert edited.entry_segment is None
+    segment_delete(segment_id=everyone.pk, by=manager_alice)
+    assert not Segment.objects.filter(pk=everyone.pk).exists()
