@@ -15,8 +15,9 @@ from accounts.services import audit
 from audiences.models import Profile
 from delivery.models import App, Device, Platform
 
-_APNS_TOKEN = re.compile(r"^[0-9a-fA-F]{64,200}$")
-_FCM_TOKEN = re.compile(r"^[A-Za-z0-9_:\-.]{20,512}$")
+# \Z, not $: $ also matches before a final line end, and a token ending in one was taken.
+_APNS_TOKEN = re.compile(r"^[0-9a-fA-F]{64,200}\Z")
+_FCM_TOKEN = re.compile(r"^[A-Za-z0-9_:\-.]{20,512}\Z")
 
 
 def device_token_check(*, platform: str, token: str) -> None:

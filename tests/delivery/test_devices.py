@@ -87,6 +87,9 @@ def test_unregistering_an_unknown_token_answers_404(ingest, app):
         ({"token": "abc"}, "token"),
         ({"platform": "android", "token": "short"}, "token"),
         ({"platform": "android", "token": "has spaces in it, which FCM never sends"}, "token"),
+        # A line end after the token: no provider takes it (APNs' URL cannot hold it).
+        ({"token": IOS_TOKEN + "a\n"}, "token"),
+        ({"platform": "android", "token": FCM_TOKEN + "\n"}, "token"),
     ],
 )
 def test_bad_device_input_is_refused_naming_the_field_and_nothing_is_saved(ingest, app, changes, field):
