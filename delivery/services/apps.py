@@ -35,9 +35,10 @@ from delivery.providers.apns import ApnsClient, ApnsMessage
 from delivery.providers.fcm import FcmClient, FcmMessage
 from delivery.transport import Request, Response
 
-TEAM_ID = re.compile(r"^[A-Z0-9]{10}$")
-KEY_ID = re.compile(r"^[A-Z0-9]{10}$")
-BUNDLE_ID = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+# \Z, not $: $ also matches before a final line end (a bundle id is a header, the ids go in a JWT).
+TEAM_ID = re.compile(r"^[A-Z0-9]{10}\Z")
+KEY_ID = re.compile(r"^[A-Z0-9]{10}\Z")
+BUNDLE_ID = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+\Z")
 SERVICE_ACCOUNT_FIELDS = ("type", "project_id", "private_key", "client_email", "token_uri")
 MAX_UPLOAD = 64 * 1024
 # Not a device token (not hex): APNs answers BadDeviceToken once the provider token passed.

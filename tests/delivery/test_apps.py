@@ -141,6 +141,27 @@ def test_a_wrong_bundle_id_saves_nothing(apns_credentials):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("field", ["apns_team_id", "apns_key_id", "apns_bundle_id"])
+def test_an_id_with_a_line_end_after_it_is_refused_naming_it(apns_credentials, field):
+    # The bundle id is the apns-topic header, the team and key ids go into the provider token.
+    values = {
+        "apns_team_id": apns_credentials.team_id,
+        "apns_key_id": apns_credentials.key_id,
+        "apns_bundle_id": apns_credentials.bundle_id,
+    }
+    values[field] += "\n"
+    with pytest.raises(ValidationError) as exc:
+        app_create(
+            name="Shop",
+            by=None,
+            apns_private_key=apns_key_parse(raw=apns_credentials.private_key_pem.encode()),
+            **values,
+        )
+    assert list(exc.value.message_dict) == [field]
+    assert not App.objects.exists()
+
+
+@pytest.mark.django_db
 def test_apns_is_all_or_nothing(apns_credentials):
     with pytest.raises(ValidationError) as exc:
         app_create(name="Shop", by=None, apns_team_id=apns_credentials.team_id)
