@@ -140,6 +140,10 @@ def next_occurrence(campaign, *, after: dt.datetime) -> dt.datetime | None:
     send_at = (
         _rebased(campaign.send_at, from_zone=campaign.time_zone, to_zone=EARLIEST_ZONE) if local else campaign.send_at
     )
+    # The end too is a wall-clock time: no profile gets a send whose local time is after it.
+    ends_at = (
+        _rebased(campaign.ends_at, from_zone=campaign.time_zone, to_zone=EARLIEST_ZONE) if local else campaign.ends_at
+    )
     return next(
         occurrences_after(
             schedule_kind=campaign.schedule_kind,
@@ -147,7 +151,7 @@ def next_occurrence(campaign, *, after: dt.datetime) -> dt.datetime | None:
             time_zone=time_zone,
             recurrence=campaign.recurrence,
             cron=campaign.cron,
-            ends_at=campaign.ends_at,
+            ends_at=ends_at,
             after=after,
             activated_at=campaign.activated_at,
         ),

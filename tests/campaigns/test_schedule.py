@@ -161,3 +161,25 @@ def test_the_review_of_a_one_off_whose_time_passed_does_not_say_it_was_sent(
     when = f"{past.astimezone(PARIS):%Y-%m-%d %H:%M} (Europe/Paris)"
     assert f"Once, at {when}: that time has passed." in review
     assert "Sent once" not in review
+
+
+def test_a_local_time_campaign_sends_nothing_after_its_end_as_entered(make_campaign, approve):
+    from campaigns.schedule import local_wall_time, next_occurrence
+
+    nine = dt.datetime(2027, 1, 5, 9, 0, tzinfo=PARIS)
+    campaign = approve(
+        make_campaign(
+            schedule_kind="recurring",
+            recurrence="daily",
+            send_at=nine,
+            ends_at=dt.datetime(2027, 1, 7, 21, 0, tzinfo=PARIS),  # after the 7th's send, before the 8th's
+            time_zone="Europe/Paris",
+            at_local_time=True,
+        ),
+        now=nine - dt.timedelta(days=2),
+    )
+    walls, due = [], campaign.next_occurrence_at
+    while due is not None:
+        walls.append(local_wall_time(campaign, due))
+        due = next_occurrence(campaign.approved(), after=due)
+    assert walls == ["2027-01-05T09:00:00", "2027-01-06T09:00:00", "2027-01-07T09:00:00"]
