@@ -3,8 +3,9 @@
 Templates see three names: ``profile`` (``external_id``, ``locale``, ``timezone``,
 ``attributes.*``), ``context`` (the trigger's payload) and nothing else. A missing attribute
 renders as an empty string, so ``{{ profile.attributes.first_name | default: "there" }}`` is
-how a default is written. Everything that can be wrong with a template is caught when the
-content is saved (``template_check``), not when it is sent.
+how a default is written. Everything that is wrong with a template whatever the profile is
+caught when the content is saved (``template_check``), not when it is sent; what fails only for
+some values (a filter on an odd attribute) fails that recipient's message alone.
 
 The sandbox: no ``include``/``render`` (no file or template access), loops capped at
 ``LOOP_LIMIT`` iterations, output capped, and values are plain dicts and strings, so a
@@ -65,8 +66,9 @@ def template_check(source: str, *, field: str) -> BoundTemplate:
     """Parse ``source`` and check every name it uses; return the compiled template.
 
     Raises ValidationError({field: message}) on a syntax error, an unknown filter, an
-    unknown top-level variable, an unknown ``profile`` field, or, for a template that reads
-    neither the profile nor the context, a failure to render it (it would fail for everyone).
+    unknown top-level variable, an unknown ``profile`` field, a division by a literal 0, or,
+    for a template that reads neither the profile nor the context, a failure to render it (it
+    would fail for everyone).
     """
     try:
         template = _parse(source)
