@@ -183,3 +183,23 @@ def test_a_local_time_campaign_sends_nothing_after_its_end_as_entered(make_campa
         walls.append(local_wall_time(campaign, due))
         due = next_occurrence(campaign.approved(), after=due)
     assert walls == ["2027-01-05T09:00:00", "2027-01-06T09:00:00", "2027-01-07T09:00:00"]
+
+
+def test_a_window_of_zero_minutes_still_sends_on_the_beat_and_only_skips_what_downtime_missed(make_campaign, approve):
+    nine = dt.datetime(2027, 1, 5, 9, 0, tzinfo=PARIS)
+    campaign = approve(
+        make_campaign(
+            schedule_kind="recurring",
+            recurrence="daily",
+            send_at=nine,
+            time_zone="Europe/Paris",
+            missed_window_minutes=0,
+        ),
+        now=nine - dt.timedelta(days=1),
+    )
+    campaigns_tick(now=nine + dt.timedelta(seconds=40))  # the beat's minute: on time
+    campaigns_tick(now=nine + dt.timedelta(days=1, minutes=10))  # a worker was down for 10 minutes
+    assert list(Occurrence.objects.filter(campaign=campaign).order_by("due_at").values_list("outcome", flat=True)) == [
+        "sent",
+        "skipped_missed",
+    ]
