@@ -386,6 +386,8 @@ def _check_fcm(app: App) -> ConnectionCheck:
             token = client.access_token.get()
         except google.auth.exceptions.GoogleAuthError as exc:
             detail = str(exc.args[0]) if exc.args else type(exc).__name__
+            if isinstance(exc, google.auth.exceptions.TransportError):  # no answer: nothing was refused
+                return ConnectionCheck("FCM", False, f"Could not reach the token endpoint: {detail[:200]}.")
             return ConnectionCheck("FCM", False, f"The token endpoint refused the service account: {detail[:200]}")
     probe = FcmMessage(
         message={"topic": "pushdesk-connection-test", "notification": {"title": "Connection test"}}, validate_only=True

@@ -520,6 +520,15 @@ def test_a_token_endpoints_odd_characters_reach_the_admins_page_as_replacement_c
 
 
 @pytest.mark.django_db
+def test_test_connection_says_a_token_endpoint_that_does_not_answer_was_not_reached(admin_erin):
+    fcm = make_fcm_credentials(token_uri="https://127.0.0.1:1/token", name="unreachable")
+    app = app_create(name="Unreachable", by=None, fcm_service_account=service_account_parse(raw=fcm.json_bytes))
+    (check,) = app_test_connection(app_id=app.pk, by=admin_erin)
+    assert not check.ok
+    assert check.message == "Could not reach the token endpoint: ConnectError talking to https://127.0.0.1:1/token."
+
+
+@pytest.mark.django_db
 @pytest.mark.presses("delivery.app:test_connection")
 def test_test_connection_reports_a_token_endpoint_answering_without_a_token(client, admin_erin, settings, tmp_path):
     from tests.fakes.token_endpoint import token_endpoint
