@@ -374,7 +374,22 @@ def _check_apns(app: App) -> ConnectionCheck:
             f"key {app.apns_key_id}, topic {app.apns_bundle_id} (it answered {response.status} "
             f"{outcome.reason or 'OK'} for a probe device token, as expected).",
         )
-    return ConnectionCheck("APNs", False, f"APNs answered {response.status} {outcome.reason}.")
+    hint = _APNS_REFUSALS.get(outcome.reason)
+    return ConnectionCheck(
+        "APNs", False, f"APNs answered {response.status} {outcome.reason}" + (f": {hint}." if hint else ".")
+    )
+
+
+# Which of the app's fields an APNs refusal of the connection test points to.
+_APNS_REFUSALS = {
+    "InvalidProviderToken": "check the team id, the key id and the .p8 key (one key, of that team)",
+    "ExpiredProviderToken": "check this server's clock (the provider token's time)",
+    "BadEnvironmentKeyInToken": "check the environment (the key is for the other one)",
+    "BadEnvironmentKeyIdInToken": "check the environment (the key is for the other one)",
+    "TopicDisallowed": "check the bundle id (the key's team may not push to it)",
+    "BadTopic": "check the bundle id",
+    "MissingTopic": "check the bundle id",
+}
 
 
 def _check_fcm(app: App) -> ConnectionCheck:

@@ -463,8 +463,27 @@ def test_test_connection_reports_refused_credentials(pushsim, admin_erin):
     )
     checks = app_test_connection(app_id=app.pk, by=admin_erin)
     assert [(c.provider, c.ok) for c in checks] == [("APNs", False), ("FCM", False)]
-    assert checks[0].message == "APNs answered 403 InvalidProviderToken."
+    assert checks[0].message == (
+        "APNs answered 403 InvalidProviderToken: check the team id, the key id and the .p8 key (one key, of that team)."
+    )
     assert "invalid_grant" in checks[1].message and stranger_fcm.info["private_key"][40:80] not in checks[1].message
+
+
+@pytest.mark.django_db
+def test_test_connection_names_the_bundle_id_when_apns_refuses_the_topic(pushsim, admin_erin, apns_credentials):
+    app = app_create(
+        name="Other bundle",
+        by=None,
+        apns_team_id=apns_credentials.team_id,
+        apns_key_id=apns_credentials.key_id,
+        apns_bundle_id="com.example.someoneelse",
+        apns_private_key=apns_key_parse(raw=apns_credentials.private_key_pem.encode()),
+    )
+    (check,) = app_test_connection(app_id=app.pk, by=admin_erin)
+    assert not check.ok
+    assert check.message == (
+        "APNs answered 400 TopicDisallowed: check the bundle id (the key's team may not push to it)."
+    )
 
 
 @pytest.mark.django_db
