@@ -191,6 +191,8 @@ class CampaignOutSerializer(serializers.ModelSerializer):
             "recurrence",
             "cron",
             "ends_at",
+            "at_local_time",
+            "missed_window_minutes",
             "throttle_per_second",
             "variants",
             "holdout_share",

@@ -203,3 +203,19 @@ def test_a_window_of_zero_minutes_still_sends_on_the_beat_and_only_skips_what_do
         "sent",
         "skipped_missed",
     ]
+
+
+def test_the_api_says_a_campaign_is_sent_at_each_profiles_local_time(
+    make_campaign, approve, api_key_for, manager_alice
+):
+    nine = dt.datetime(2027, 1, 5, 9, 0, tzinfo=PARIS)
+    campaign = approve(
+        make_campaign(schedule_kind="at", send_at=nine, time_zone="Europe/Paris", at_local_time=True),
+        now=nine - dt.timedelta(days=2),
+    )
+    body = api_key_for(manager_alice).get(f"/api/v1/campaigns/{campaign.pk}/").json()
+    # send_at is the time of day in each profile's zone; the beat starts it when UTC+14 gets there.
+    assert body["at_local_time"] is True
+    assert (body["send_at"], body["time_zone"]) == ("2027-01-05T08:00:00Z", "Europe/Paris")
+    assert body["next_occurrence_at"] == "2027-01-04T19:00:00Z"
+    assert body["missed_window_minutes"] == 60
