@@ -156,6 +156,14 @@ class CampaignForm(ConversionFormMixin, forms.ModelForm):
                 wall = value.astimezone(dt.UTC).replace(tzinfo=None)
                 try:
                     data[name] = localize(wall, tz).astimezone(dt.UTC)
+                    if name == "send_at" and data[name].astimezone(tz).replace(tzinfo=None) != wall:
+                        # Moved past the gap, the first send would set a recurrence's time of day to
+                        # another hour for good.
+                        self.add_error(
+                            name,
+                            f"{wall:%Y-%m-%d %H:%M} does not exist in {tz.key}: the clocks go forward "
+                            "then. Choose another time or day.",
+                        )
                 except OverflowError:
                     self.add_error(
                         name, "This date is out of range in the campaign's time zone: choose an earlier one."

@@ -367,3 +367,29 @@ def test_the_next_send_of_a_local_time_campaign_reads_as_entered_and_says_when_i
     client.force_login(manager_alice)
     assert said in client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
     assert said in client.get("/admin/campaigns/campaign/").content.decode()
+
+
+def test_a_first_send_at_a_time_the_clocks_skip_is_refused_naming_the_field(client, make_campaign, manager_alice):
+    from tests.campaigns.helpers import change_form
+
+    campaign = make_campaign()
+    client.force_login(manager_alice)
+    typed = {
+        "schedule_kind": "recurring",
+        "recurrence": "daily",
+        "send_at_0": "2027-03-28",  # the clocks go from 02:00 to 03:00 in Paris
+        "send_at_1": "02:30",
+        "time_zone": "Europe/Paris",
+    }
+    answer = client.post(f"/admin/campaigns/campaign/{campaign.pk}/change/", change_form(campaign, **typed))
+    assert answer.status_code == 200
+    page = answer.content.decode()
+    row = page[page.index("field-send_at") :]
+    assert "does not exist in Europe/Paris" in row[: row.index("</div>", row.index("errorlist"))]
+    assert Campaign.objects.get(pk=campaign.pk).schedule_kind == "now"
+
+    # The hour the clocks repeat is a time that exists: its first 02:30 is taken.
+    typed.update(send_at_0="2027-10-31")
+    answer = client.post(f"/admin/campaigns/campaign/{campaign.pk}/change/", change_form(campaign, **typed))
+    assert answer.status_code == 302
+    assert Campaign.objects.get(pk=campaign.pk).send_at.isoformat() == "2027-10-31T00:30:00+00:00"
