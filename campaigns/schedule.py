@@ -6,7 +6,8 @@ changes) and returned as aware UTC datetimes.
 
 import calendar
 import datetime as dt
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+import functools
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import CroniterBadDateError, croniter
 from django.core.exceptions import ValidationError
@@ -21,6 +22,20 @@ def zone(name: str) -> ZoneInfo:
         raise ValidationError(
             {"time_zone": f"Unknown time zone '{name}': use an IANA name such as Europe/Paris."}
         ) from None
+
+
+@functools.cache
+def _iana_names() -> frozenset[str]:
+    # Not 'localtime' (the server's own zone, which may differ between hosts); available_timezones()
+    # already leaves out right/ (leap seconds counted) and posix/ copies.
+    return frozenset(available_timezones() - {"localtime", "posixrules"})
+
+
+def zone_check(name: str) -> None:
+    """Refuse a time zone that is not an IANA name, naming the field. Raises ValidationError."""
+    zone(name)
+    if name not in _iana_names():
+        raise ValidationError({"time_zone": f"Unknown time zone '{name}': use an IANA name such as Europe/Paris."})
 
 
 def _add_months(local: dt.datetime, months: int, day: int) -> dt.datetime:
@@ -170,7 +185,7 @@ def schedule_check(
     ends_at: dt.datetime | None,
 ) -> None:
     """Refuse a schedule that cannot fire, naming the field. Raises ValidationError."""
-    zone(time_zone)
+    zone_check(time_zone)
     if kind == "api_triggered":
         return  # sent when the API asks; no schedule
     errors = {}

@@ -219,3 +219,17 @@ def test_the_api_says_a_campaign_is_sent_at_each_profiles_local_time(
     assert (body["send_at"], body["time_zone"]) == ("2027-01-05T08:00:00Z", "Europe/Paris")
     assert body["next_occurrence_at"] == "2027-01-04T19:00:00Z"
     assert body["missed_window_minutes"] == 60
+
+
+@pytest.mark.parametrize("name", ["localtime", "posixrules", "right/Europe/Paris", "posix/Europe/Paris", "Etc/GMT+14"])
+def test_a_time_zone_that_is_no_iana_name_is_refused_naming_the_field(make_campaign, name):
+    # localtime is the server's own zone; right/ counts leap seconds: a campaign's time would depend on them.
+    with pytest.raises(ValidationError) as error:
+        make_campaign(schedule_kind="at", send_at=dt.datetime(2027, 1, 5, 9, tzinfo=dt.UTC), time_zone=name)
+    assert list(error.value.message_dict) == ["time_zone"]
+
+
+@pytest.mark.parametrize("name", ["Asia/Kathmandu", "Pacific/Apia", "Pacific/Kiritimati", "Etc/GMT-14", "US/Eastern"])
+def test_odd_but_real_time_zones_are_taken(make_campaign, name):
+    campaign = make_campaign(schedule_kind="at", send_at=dt.datetime(2027, 1, 5, 9, tzinfo=dt.UTC), time_zone=name)
+    assert campaign.time_zone == name
