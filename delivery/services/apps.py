@@ -39,6 +39,9 @@ from delivery.transport import Request, Response
 TEAM_ID = re.compile(r"^[A-Z0-9]{10}\Z")
 KEY_ID = re.compile(r"^[A-Z0-9]{10}\Z")
 BUNDLE_ID = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+\Z")
+# A Google Cloud project id (6 to 30 lower-case letters, digits and hyphens; an older one may
+# carry its domain, "example.com:my-project"): it goes into the FCM URL's path.
+PROJECT_ID = re.compile(r"^(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,61}[a-z0-9]\Z")
 SERVICE_ACCOUNT_FIELDS = ("type", "project_id", "private_key", "client_email", "token_uri")
 MAX_UPLOAD = 64 * 1024
 # Not a device token (not hex): APNs answers BadDeviceToken once the provider token passed.
@@ -117,6 +120,8 @@ def service_account_parse(*, raw: bytes) -> ServiceAccountInfo:
         raise ValidationError({field: f"The service-account JSON has no {', '.join(missing)}."})
     if data["type"] != "service_account":
         raise ValidationError({field: 'The JSON is not a service account ("type" must be "service_account").'})
+    if not PROJECT_ID.match(data["project_id"]):
+        raise ValidationError({field: "The service account's project_id is not a Google Cloud project id."})
     try:
         key = serialization.load_pem_private_key(data["private_key"].encode(), password=None)
     except (ValueError, TypeError):

@@ -110,6 +110,10 @@ def test_a_p8_saved_with_a_byte_order_mark_or_windows_line_ends_is_read(apns_cre
             "The service account's token_uri must be an https:// URL.",
         ),
         ({"token_uri": "https://"}, "The service account's token_uri must be an https:// URL."),
+        # It goes into the FCM URL's path: /v1/projects/<project_id>/messages:send.
+        ({"project_id": "my project"}, "The service account's project_id is not a Google Cloud project id."),
+        ({"project_id": "pushdesk-test\n"}, "The service account's project_id is not a Google Cloud project id."),
+        ({"project_id": "a/../../b"}, "The service account's project_id is not a Google Cloud project id."),
     ],
 )
 def test_a_broken_service_account_is_refused_naming_what_is_wrong(fcm_credentials, change, message):
@@ -117,6 +121,14 @@ def test_a_broken_service_account_is_refused_naming_what_is_wrong(fcm_credential
     with pytest.raises(ValidationError) as exc:
         service_account_parse(raw=json.dumps(info).encode())
     assert exc.value.message_dict["fcm_service_account"] == [message]
+
+
+@pytest.mark.embedded
+@pytest.mark.django_db
+@pytest.mark.parametrize("project_id", ["pushdesk-test", "example.com:my-project", "a12345"])
+def test_a_service_account_of_any_google_cloud_project_id_is_taken(fcm_credentials, project_id):
+    info = {**fcm_credentials.info, "project_id": project_id}
+    assert service_account_parse(raw=json.dumps(info).encode()).project_id == project_id
 
 
 def test_not_json_is_refused_as_a_service_account():
