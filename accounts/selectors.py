@@ -9,6 +9,7 @@ they are the ones who hand out access.
 
 from django.apps import apps
 from django.contrib.auth.models import Group
+from django.contrib.contenttypes.models import ContentType
 from django.db import models
 from django.db.models import Q, QuerySet
 from guardian.utils import get_group_obj_perms_model, get_user_obj_perms_model
@@ -256,6 +257,8 @@ def approver_standing(user: User, request: ApprovalRequest) -> tuple[bool, str]:
         return False, "Your role may not approve."
     if request.block_self_approval and request.requested_by_id == user.pk:
         return False, "You cannot approve your own request."
+    if request.block_self_approval and _changed_since_approval(user, request):
+        return False, "You changed what this request asks to approve: another approver decides it."
     if request.policy_id is not None:
         named = request.approver_users.filter(pk=user.pk).exists()
         in_group = request.approver_groups.filter(pk__in=user.groups.values("pk")).exists()
@@ -265,6 +268,41 @@ def approver_standing(user: User, request: ApprovalRequest) -> tuple[bool, str]:
     if not visible_to(user, subject).exists():
         return False, "You have no access to this object."
     return True, ""
+
+
+CONTENT_AUTHORING_ACTIONS = ("pushcontent_created", "pushcontent_duplicated", "pushcontent_changed")
+
+
+def _changed_since_approval(user: User, request: ApprovalRequest) -> bool:
+    """Whether ``user`` changed the request's subject, or a push content it sends, since the subject
+    was last approved (ever, when it never was): their own work, which the four eyes are for."""
+    from delivery.models import PushContent
+
+    model = request.subject_type.model_class()
+    actions = getattr(model, "APPROVAL_AUTHORING_ACTIONS", ())
+    subject = model._default_manager.filter(pk=request.subject_id).first()
+    if not actions or subject is None:
+        return False
+    since = (
+        ApprovalRequest.objects.filter(
+            subject_type=request.subject_type_id, subject_id=request.subject_id, status=ApprovalRequest.Status.APPROVED
+        )
+        .order_by("-decided_at")
+        .values_list("decided_at", flat=True)
+        .first()
+    )
+    content_type = ContentType.objects.get_for_model(PushContent)
+    changes = AuditEvent.objects.filter(actor=user).filter(
+        Q(object_type=request.subject_type_id, object_id=str(request.subject_id), action__in=actions)
+        | Q(
+            object_type=content_type,
+            object_id__in=[str(pk) for pk in subject.approval_content_ids()],
+            action__in=CONTENT_AUTHORING_ACTIONS,
+        )
+    )
+    if since is not None:
+        changes = changes.filter(created_at__gt=since)
+    return changes.exists()
 
 
 def approvals_waiting_for(user: User) -> list[ApprovalRequest]:

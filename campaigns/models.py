@@ -226,6 +226,20 @@ class Campaign(ConversionGoal):
             }
         return settings_
 
+    # The audit actions that change what an approval covers: whoever did one since the campaign's
+    # last approval may not decide its request, as its requester may not (``approver_standing``).
+    APPROVAL_AUTHORING_ACTIONS = (
+        "campaign_created",
+        "campaign_duplicated",
+        "campaign_changed",
+        "campaign_variants_set",
+        "campaign_revision_edited",
+    )
+
+    def approval_content_ids(self) -> list[int]:
+        """The push contents an approval of the campaign covers: its content and its variants'."""
+        return [self.content_id, *self.variants.values_list("content_id", flat=True)]
+
     def variant_list(self) -> list["CampaignVariant"]:
         """The variants in their order (empty: the campaign sends its one content to everyone)."""
         if self.pk is None:

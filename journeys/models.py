@@ -63,6 +63,21 @@ class Journey(ConversionGoal):
     def is_live(self) -> bool:
         return self.status == self.Status.LIVE
 
+    # The audit actions that change what an approval covers: whoever did one since the journey's
+    # last approval may not decide its request, as its requester may not (``approver_standing``).
+    APPROVAL_AUTHORING_ACTIONS = ("journey_created", "journey_renamed", "journey_version_edited")
+
+    def approval_content_ids(self) -> list[int]:
+        """The push contents an approval covers: those of its version being drafted or in review."""
+        from journeys.graph import contents_of
+
+        version = (
+            self.versions.filter(status__in=(JourneyVersion.Status.DRAFT, JourneyVersion.Status.IN_REVIEW))
+            .order_by("-number")
+            .first()
+        )
+        return list(contents_of(version.graph).values()) if version is not None else []
+
 
 class JourneyUserObjectPermission(UserObjectPermissionBase, GrantStamp):
     content_object = models.ForeignKey(Journey, on_delete=models.CASCADE)

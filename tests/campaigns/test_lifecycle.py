@@ -215,3 +215,43 @@ def test_the_review_and_the_inbox_say_when_it_was_asked_with_the_zone(
     assert f"on {asked.astimezone(ZoneInfo('Asia/Kathmandu')):%Y-%m-%d %H:%M} (Asia/Kathmandu)" in review
     inbox = client.get("/admin/accounts/approvalrequest/").content.decode()
     assert "2026-12-24 01:25 UTC" in inbox and "1:25 a.m." not in inbox
+
+
+def test_an_approver_who_changed_the_campaign_or_its_content_cannot_approve_it(
+    make_campaign, manager_alice, approver_bob, segment, content
+):
+    """Four eyes: an approver who edited a colleague's campaign, or the content it sends, since its
+    last approval, did part of the work; another approver decides. Approved once, their earlier
+    edits are behind it."""
+    from accounts.selectors import approvals_waiting_for
+    from accounts.services import access_grant
+    from delivery.services.contents import pushcontent_save
+    from tests.factories import UserFactory
+
+    approver_zoe = UserFactory(username="approver_zoe", role="Approver")
+    for user in (approver_bob, approver_zoe):
+        access_grant(obj=segment, to=user, by=None)
+        access_grant(obj=content.app, to=user, by=None)
+    campaign = make_campaign()
+    campaign_update(campaign_id=campaign.pk, by=approver_bob, name="Spring sale, reworded")
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    request = ApprovalRequest.objects.get(status="pending")
+    assert request not in approvals_waiting_for(approver_bob)
+    with pytest.raises(PermissionDenied, match="You changed what this request asks to approve"):
+        campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    assert _reload(campaign).status == "in_review"
+    assert request in approvals_waiting_for(approver_zoe)
+    campaign_approve(campaign_id=campaign.pk, by=approver_zoe)
+
+    # The next revision: Alice's edit of its content alone, which Bob may approve; then Bob's.
+    content.body = "Everything half price"
+    pushcontent_save(content=content, by=manager_alice)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    assert ApprovalRequest.objects.get(status="pending") in approvals_waiting_for(approver_bob)
+    campaign_cancel_request(campaign_id=campaign.pk, by=manager_alice)
+    content.body = "Everything half price, today only"
+    pushcontent_save(content=content, by=approver_bob)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    with pytest.raises(PermissionDenied, match="You changed what this request asks to approve"):
+        campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    campaign_approve(campaign_id=campaign.pk, by=approver_zoe)

@@ -389,3 +389,33 @@ def test_an_event_entry_keeps_no_segment_nor_a_segment_entry_an_event(make_journ
     assert edited.entry_segment is None
     segment_delete(segment_id=everyone.pk, by=manager_alice)
     assert not Segment.objects.filter(pk=everyone.pk).exists()
+
+
+def test_an_approver_who_changed_the_journey_or_a_push_it_sends_cannot_approve_it(
+    make_journey, manager_alice, approver_bob, welcome, everyone, vips
+):
+    """Four eyes, as for a campaign: an approver who edited the version in review, or a push
+    content its steps send, since the journey's last approval, leaves the decision to another."""
+    from accounts.services import access_grant
+    from delivery.services.contents import pushcontent_save
+    from tests.factories import UserFactory
+
+    approver_zoe = UserFactory(username="approver_zoe", role="Approver")
+    for user in (approver_bob, approver_zoe):
+        for obj in (welcome.app, everyone, vips):
+            access_grant(obj=obj, to=user, by=None)
+    journey = make_journey()
+    journey_version_edit(journey_id=journey.pk, by=approver_bob, exit_event="purchase")
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    with pytest.raises(PermissionDenied, match="You changed what this request asks to approve"):
+        journey_approve(journey_id=journey.pk, by=approver_bob)
+    journey_approve(journey_id=journey.pk, by=approver_zoe)
+
+    # A new version, its push's content reworded by Bob.
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="")
+    welcome.body = "Welcome aboard, and enjoy"
+    pushcontent_save(content=welcome, by=approver_bob)
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    with pytest.raises(PermissionDenied, match="You changed what this request asks to approve"):
+        journey_approve(journey_id=journey.pk, by=approver_bob)
+    assert journey_approve(journey_id=journey.pk, by=approver_zoe).number == 2
