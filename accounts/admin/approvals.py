@@ -244,7 +244,14 @@ class ApprovalRequestAdmin(AccessAdmin):
         handler = approval_subject_for(approval.subject_type.model_class())
         if handler is None:
             raise Http404("Nothing can review this kind of object.")
-        subject = approval.subject
+        subject = approval.subject_type.model_class()._default_manager.filter(pk=approval.subject_id).first()
+        if subject is None:  # a draft deleted since it was reviewed: its record is what is left
+            self.message_user(
+                request,
+                f"'{approval.subject_label}' was deleted since this request was made: nothing is left to review.",
+                messages.WARNING,
+            )
+            return HttpResponseRedirect(reverse("admin:accounts_approvalrequest_change", args=[approval.pk]))
         allowed, reason = approver_standing(request.user, approval)
         if request.method == "POST" and not allowed:
             raise PermissionDenied(reason)

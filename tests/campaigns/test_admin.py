@@ -393,3 +393,24 @@ def test_a_first_send_at_a_time_the_clocks_skip_is_refused_naming_the_field(clie
     answer = client.post(f"/admin/campaigns/campaign/{campaign.pk}/change/", change_form(campaign, **typed))
     assert answer.status_code == 302
     assert Campaign.objects.get(pk=campaign.pk).send_at.isoformat() == "2027-10-31T00:30:00+00:00"
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_the_review_of_a_request_whose_draft_was_deleted_leads_to_its_record(
+    client, make_campaign, manager_alice, approver_bob, method
+):
+    from accounts.models import ApprovalRequest
+    from campaigns.services.lifecycle import campaign_delete, campaign_request_changes
+
+    campaign = make_campaign()
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_request_changes(campaign_id=campaign.pk, by=approver_bob, comment="Shorter")
+    campaign_delete(campaign_id=campaign.pk, by=manager_alice)
+    request = ApprovalRequest.objects.get()
+    client.force_login(approver_bob)
+    url = f"/admin/accounts/approvalrequest/{request.pk}/review/"
+    answer = getattr(client, method)(url, {"_approve": "1", "comment": ""} if method == "post" else None, follow=True)
+    assert answer.status_code == 200
+    assert answer.redirect_chain[-1][0] == f"/admin/accounts/approvalrequest/{request.pk}/change/"
+    assert "was deleted since this request was made" in answer.content.decode()
+    assert ApprovalRequest.objects.get().status == "changes_requested"
