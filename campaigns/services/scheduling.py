@@ -144,7 +144,8 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                 campaign.next_occurrence_at = later
                 continue
             if now - due > max(window, LATE_AFTER):  # the window is for downtime: a send on the beat is on time
-                note = f"missed by {now - due}, longer than the {window} window"
+                late = int((now - due).total_seconds() // 60)
+                note = f"missed by {late:,} minutes, more than its window of {approved.missed_window_minutes:,} minutes"
                 fired.append(_occurrence(campaign, due, Occurrence.Outcome.SKIPPED_MISSED, note=note))
                 campaign.next_occurrence_at = later
                 break

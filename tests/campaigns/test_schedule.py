@@ -233,3 +233,11 @@ def test_a_time_zone_that_is_no_iana_name_is_refused_naming_the_field(make_campa
 def test_odd_but_real_time_zones_are_taken(make_campaign, name):
     campaign = make_campaign(schedule_kind="at", send_at=dt.datetime(2027, 1, 5, 9, tzinfo=dt.UTC), time_zone=name)
     assert campaign.time_zone == name
+
+
+def test_a_skipped_occurrence_says_how_late_in_minutes(make_campaign, approve):
+    nine = dt.datetime(2027, 1, 5, 9, 0, tzinfo=PARIS)
+    campaign = approve(make_campaign(schedule_kind="at", send_at=nine), now=nine - dt.timedelta(days=1))
+    campaigns_tick(now=nine + dt.timedelta(days=1, hours=2, minutes=3, seconds=12, microseconds=482913))
+    note = Occurrence.objects.get(campaign=campaign).note
+    assert note == "missed by 1,563 minutes, more than its window of 60 minutes"
