@@ -26,7 +26,7 @@ from accounts.services import (
     status_transition,
 )
 from campaigns.models import Campaign
-from campaigns.schedule import next_occurrence, schedule_check
+from campaigns.schedule import next_occurrence, schedule_check, zone
 from delivery.services.contents import pushcontent_duplicate
 
 Status = Campaign.Status
@@ -328,6 +328,7 @@ def campaign_approve(*, campaign_id: int, by: User, comment: str = "", now: dt.d
         request = _pending_request(campaign)
         if campaign.fingerprint() != request.fingerprint:
             raise ValidationError("What would be sent changed since it was submitted: ask for changes and resubmit.")
+        _check_a_send_is_left(campaign, now=now)
         approval_request_decide(request_id=request.pk, by=by, approve=True, comment=comment)
         if revision:
             _approve_revision(campaign, request, by=by, comment=comment, now=now)
@@ -351,6 +352,17 @@ def campaign_approve(*, campaign_id: int, by: User, comment: str = "", now: dt.d
         if campaign.next_occurrence_at is not None and campaign.next_occurrence_at <= now:
             transaction.on_commit(lambda: _queue_fire(campaign.pk))
     return campaign
+
+
+def _check_a_send_is_left(campaign: Campaign, *, now: dt.datetime) -> None:
+    """Refuse to approve a recurring schedule that ended before the approval: it would go live and
+    complete at once without a send or a word. Raises ValidationError."""
+    if campaign.kind != Campaign.Kind.SCHEDULED or campaign.schedule_kind != Campaign.ScheduleKind.RECURRING:
+        return
+    if campaign.ends_at is None or next_occurrence(campaign, after=now - dt.timedelta(microseconds=1)) is not None:
+        return
+    ended = f"{campaign.ends_at.astimezone(zone(campaign.time_zone)):%Y-%m-%d %H:%M} ({campaign.time_zone})"
+    raise ValidationError(f"'{campaign}' has no send left: its schedule ended {ended}. Ask for changes.")
 
 
 def _first_due(campaign, *, now: dt.datetime, fired: bool = False) -> dt.datetime | None:

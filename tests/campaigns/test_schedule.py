@@ -241,3 +241,24 @@ def test_a_skipped_occurrence_says_how_late_in_minutes(make_campaign, approve):
     campaigns_tick(now=nine + dt.timedelta(days=1, hours=2, minutes=3, seconds=12, microseconds=482913))
     note = Occurrence.objects.get(campaign=campaign).note
     assert note == "missed by 1,563 minutes, more than its window of 60 minutes"
+
+
+def test_a_recurring_campaign_whose_end_has_passed_is_not_approved_into_silence(
+    client, make_campaign, manager_alice, approver_bob
+):
+    from accounts.models import ApprovalRequest
+
+    nine = dt.datetime(2027, 1, 5, 9, 0, tzinfo=PARIS)
+    campaign = make_campaign(
+        schedule_kind="recurring",
+        recurrence="daily",
+        send_at=nine,
+        ends_at=nine + dt.timedelta(days=2),
+        time_zone="Europe/Paris",
+    )
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    with pytest.raises(ValidationError) as error:
+        campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=nine + dt.timedelta(days=3))
+    assert "2027-01-07 09:00 (Europe/Paris)" in error.value.messages[0]
+    assert Campaign.objects.get(pk=campaign.pk).status == "in_review"
+    assert ApprovalRequest.objects.get().status == "pending"
