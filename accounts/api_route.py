@@ -38,8 +38,8 @@ from accounts.services import api_key_touch
 
 # (path, view, the path's integer argument): each view's ``post`` is what the route calls.
 ROUTES = (
-    (re.compile(r"^/api/v1/campaigns/([0-9]+)/trigger/$"), "campaigns.api.CampaignTriggerView", "campaign_id"),
-    (re.compile(r"^/api/v1/events/bulk/$"), "audiences.api.EventBulkView", None),
+    (re.compile(r"^/api/v1/campaigns/([0-9]+)/trigger/\Z"), "campaigns.api.CampaignTriggerView", "campaign_id"),
+    (re.compile(r"^/api/v1/events/bulk/\Z"), "audiences.api.EventBulkView", None),
 )
 _RENDERER = JSONRenderer()
 _FRAME_OPTIONS = XFrameOptionsMiddleware(lambda request: None)

@@ -22,7 +22,7 @@ from accounts.services import api_key_touch
 from accounts.stamps import Stamps, stamps_read
 
 KEY_RE = re.compile(
-    rf"^{re.escape(settings.PUSHDESK_API_KEY_PREFIX)}_(?P<prefix>[0-9a-f]{{8}})_[A-Za-z0-9_-]{{20,100}}$"
+    rf"^{re.escape(settings.PUSHDESK_API_KEY_PREFIX)}_(?P<prefix>[0-9a-f]{{8}})_[A-Za-z0-9_-]{{20,100}}\Z"
 )
 
 

@@ -22,8 +22,8 @@ import re
 from django.core.exceptions import ValidationError
 
 STEP_TYPES = ("wait", "condition", "split", "push", "exit")
-STEP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+STEP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)\Z")
 MAX_STEPS = 50
 MAX_BRANCHES = 20  # per condition or split: each is a query for every batch of profiles that reaches it
 MAX_WAIT_SECONDS = 90 * 24 * 3600  # AJO's longest wait

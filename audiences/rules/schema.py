@@ -87,8 +87,8 @@ COLUMNS: dict[str, str] = {
 }
 RELATIVE_UNITS = {"days": 1, "weeks": 7}
 PLATFORMS = ("ios", "android")
-KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,99}$")
-DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,99}\Z")
+DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}\Z")
 NODE_KEYS = {
     "field": {"field", "op", "value"},
     "attribute": {"attribute", "type", "op", "value"},

@@ -19,7 +19,7 @@ from audiences.models import Profile
 from audiences.rules.schema import KEY_RE
 from config.db import deletion_counts
 
-LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*\Z")
 MAX_ATTRIBUTES = 200
 MAX_ATTRIBUTES_BYTES = 16 * 1024
 _TIMEZONES = None

@@ -30,7 +30,7 @@ PUSH_TYPES = {
     "voip": ".voip",
     "widgets": ".push-type.widgets",
 }
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _DIGITS = re.compile(r"[0-9]+")  # str.isdigit() takes "²" and Arabic-Indic digits too
 BAD_ENVIRONMENT_REASON = "BadEnvironmentKeyInToken"  # the string seen on the wire (§1.4)
 TOKEN_UPDATE_FLOOR = 20 * 60

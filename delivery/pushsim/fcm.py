@@ -19,7 +19,7 @@ from delivery.pushsim.state import FCM_ERRORS, Answer, Exchange, Received, SimSt
 
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"  # noqa: S105 (a URL)
 SCOPES = ("https://www.googleapis.com/auth/firebase.messaging", "https://www.googleapis.com/auth/cloud-platform")
-_SEND_PATH = re.compile(r"^/v1/projects/([^/?]+)/messages:send(?:\?.*)?$", re.DOTALL)  # ?alt=json...
+_SEND_PATH = re.compile(r"^/v1/projects/([^/?]+)/messages:send(?:\?.*)?\Z", re.DOTALL)  # ?alt=json...
 _FCM_TOKEN = re.compile(r"^[A-Za-z0-9_:\-]{20,4096}\Z")
 _TOPIC = re.compile(r"^[a-zA-Z0-9\-_.~%]+\Z")
 _DURATION_TEXT = re.compile(r"^[0-9]+(\.[0-9]{1,9})?s\Z")

@@ -27,7 +27,7 @@ from accounts.json_values import json_parse
 
 ENVIRONMENTS = ("production", "sandbox")
 TOKEN_STATES = ("active", "unregistered", "expired", "other_sender", "third_party_auth_error")
-APNS_TOKEN = re.compile(r"^(?:[0-9a-fA-F]{2}){32,100}$")
+APNS_TOKEN = re.compile(r"^(?:[0-9a-fA-F]{2}){32,100}\Z")
 # Every FCM error code (push-protocols.md §2.4): the HTTP status, RPC status and message FCM sends it with.
 FCM_ERRORS = {
     "UNREGISTERED": (404, "NOT_FOUND", "Requested entity was not found."),
