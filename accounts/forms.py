@@ -1,11 +1,18 @@
 """The admin's login form, throttled: repeated failures for an account or from an address wait."""
 
+import logging
+
 from django.conf import settings
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
+from redis.exceptions import RedisError
 
 from accounts.services import audit
+
+logger = logging.getLogger("pushdesk.signin")
+
+LOCKOUT_UNAVAILABLE = "lockout_unavailable"
 
 
 def _client_address(request) -> str:
@@ -29,7 +36,11 @@ def _keys(request, username: str) -> list[str]:
 class ThrottledAdminAuthenticationForm(AdminAuthenticationForm):
     """After ``PUSHDESK_LOGIN_MAX_FAILURES`` failures in ``PUSHDESK_LOGIN_LOCKOUT_SECONDS`` for a
     username or an address, further attempts are refused (even with the right password) until
-    the window passes. The messages speak of roles, not of Django's staff flag."""
+    the window passes. The messages speak of roles, not of Django's staff flag.
+
+    The failures are counted in the cache (Redis). While it does not answer, the lockout cannot be
+    checked, so no one signs in: the form fails with the code ``lockout_unavailable`` (the admin
+    site answers 503 with it) instead of letting guesses through uncounted."""
 
     error_messages = {
         **AdminAuthenticationForm.error_messages,
@@ -49,7 +60,11 @@ class ThrottledAdminAuthenticationForm(AdminAuthenticationForm):
         username = (self.cleaned_data.get("username") or "").strip()
         keys = _keys(self.request, username)
         limit = settings.PUSHDESK_LOGIN_MAX_FAILURES
-        if any((cache.get(key) or 0) >= limit for key in keys):
+        try:
+            locked = any((cache.get(key) or 0) >= limit for key in keys)
+        except RedisError as exc:
+            raise self._lockout_unavailable(exc) from exc
+        if locked:
             raise ValidationError(
                 "Too many failed sign-ins: wait %(minutes)d minutes and try again.",
                 code="throttled",
@@ -58,11 +73,30 @@ class ThrottledAdminAuthenticationForm(AdminAuthenticationForm):
         try:
             return super().clean()
         except ValidationError:
-            for key in keys:
-                cache.add(key, 0, timeout=settings.PUSHDESK_LOGIN_LOCKOUT_SECONDS)
-                try:
-                    cache.incr(key)
-                except ValueError:  # expired between add and incr
-                    cache.set(key, 1, timeout=settings.PUSHDESK_LOGIN_LOCKOUT_SECONDS)
             audit(actor=None, action="login_failed", summary={"username": username[:150]})
+            try:
+                self._count_failure(keys)
+            except RedisError as exc:
+                raise self._lockout_unavailable(exc) from exc
             raise
+
+    @staticmethod
+    def _count_failure(keys: list[str]) -> None:
+        for key in keys:
+            cache.add(key, 0, timeout=settings.PUSHDESK_LOGIN_LOCKOUT_SECONDS)
+            try:
+                cache.incr(key)
+            except ValueError:  # expired between add and incr
+                cache.set(key, 1, timeout=settings.PUSHDESK_LOGIN_LOCKOUT_SECONDS)
+
+    @staticmethod
+    def _lockout_unavailable(exc: RedisError) -> ValidationError:
+        logger.error(
+            "sign-in refused: the cache counting failed sign-ins (Redis) does not answer (%s)", exc.__class__.__name__
+        )
+        return ValidationError(
+            "Signing in is unavailable for now: the service that counts failed sign-ins (Redis) does not "
+            "answer, and without it no one may sign in. Try again in a few minutes; if this lasts, tell "
+            "your operators.",
+            code=LOCKOUT_UNAVAILABLE,
+        )

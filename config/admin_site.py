@@ -29,6 +29,19 @@ class PushdeskAdminSite(admin.AdminSite):
         request.current_app = self.name
         return TemplateResponse(request, "admin/home.html", context)
 
+    def login(self, request, extra_context=None):
+        """Django's sign-in page; 503 when the sign-in lockout cannot be checked (the form says why)."""
+        from django.forms.forms import NON_FIELD_ERRORS
+
+        from accounts.forms import LOCKOUT_UNAVAILABLE
+
+        response = super().login(request, extra_context)
+        form = (getattr(response, "context_data", None) or {}).get("form")
+        if form is not None and form.is_bound and form.has_error(NON_FIELD_ERRORS, LOCKOUT_UNAVAILABLE):
+            response.status_code = 503
+            response["Retry-After"] = "60"
+        return response
+
     def models_view(self, request):
         """Django's list of models, as the index used to show it."""
         return super().index(request, extra_context={"title": "All models"})

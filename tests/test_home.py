@@ -238,15 +238,18 @@ def test_home_links_the_lists_one_may_view(client, manager_alice, shop):
     assert 'id="no-access"' not in html
 
 
-def test_administrator_home_says_the_queue_cannot_be_read_while_redis_is_down(client, admin_erin, monkeypatch):
-    from django.conf import settings
+def test_administrator_home_says_the_queue_cannot_be_read_while_redis_is_down(
+    client, admin_erin, monkeypatch, settings
+):
     from django_q.conf import Conf
 
     from tests.processes import free_port
 
     if "redis" not in settings.Q_CLUSTER:
         pytest.skip("the queue is the database here")
-    monkeypatch.setattr(Conf, "REDIS", f"redis://127.0.0.1:{free_port()}/0")
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    monkeypatch.setattr(Conf, "REDIS", closed)
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": closed}}
     client.force_login(admin_erin)
     response = client.get("/admin/")
     assert response.status_code == 200

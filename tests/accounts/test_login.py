@@ -2,6 +2,7 @@ import pytest
 
 from accounts.models import AuditEvent
 from tests.factories import TEST_PASSWORD
+from tests.processes import free_port
 
 
 def _login(client, username, password):
@@ -30,6 +31,26 @@ def test_failures_from_one_address_lock_other_usernames_too(client, manager_alic
     _login(client, "someone", "x")
     _login(client, "someone-else", "x")
     assert b"Too many failed sign-ins" in _login(client, "approver_bob", TEST_PASSWORD).content
+
+
+def _cache_on_a_closed_port(settings):
+    """The cache (the sign-in lockout's counts) pointed at a port no Redis listens on."""
+    location = f"redis://127.0.0.1:{free_port()}/0"
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": location}}
+
+
+def test_while_redis_does_not_answer_no_one_signs_in_and_the_page_says_why(client, manager_alice, settings):
+    _cache_on_a_closed_port(settings)
+    for password in (TEST_PASSWORD, "wrong"):
+        response = _login(client, "manager_alice", password)
+        assert response.status_code == 503
+        assert response["Retry-After"] == "60"
+        html = response.content.decode()
+        assert "Signing in is unavailable for now" in html and "(Redis) does not answer" in html
+        assert 'id="login-form"' in html
+        assert "Enter a correct username" not in html  # the password is not checked
+        assert "_auth_user_id" not in client.session
+    assert client.get("/admin/login/").status_code == 200
 
 
 @pytest.mark.presses("accounts.user:auth_user_password_change")
