@@ -40,6 +40,27 @@ def test_the_worker_unit_gives_the_worker_time_to_stop_on_its_own():
     assert int(service["TimeoutStopSec"]) > 45  # PUSHDESK_STOP_SECONDS' default, then systemd kills
 
 
+STOP_MARGIN = 10  # after PUSHDESK_STOP_SECONDS the worker kills its processes and exits within a few seconds
+
+
+def test_the_guide_says_how_far_pushdesk_stop_seconds_may_go_under_the_worker_unit():
+    """systemd kills the whole unit after TimeoutStopSec whatever PUSHDESK_STOP_SECONDS says: the
+    unit, the guide and the README's table give the same bound, and how to raise it."""
+    timeout = int(_read("pushdesk-worker.service")["Service"]["TimeoutStopSec"])
+    bound = timeout - STOP_MARGIN
+    assert bound >= 45  # the default fits
+    unit = (DEPLOY / "pushdesk-worker.service").read_text()
+    assert f"PUSHDESK_STOP_SECONDS above {bound}" in unit
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    workers = guide[guide.index("* **Workers**: `manage.py qcluster`. On SIGTERM") :].split("\n* ")[0]
+    assert f"`TimeoutStopSec={timeout}`" in workers and f"above {bound} s" in workers
+    assert f"`PUSHDESK_STOP_SECONDS` + {STOP_MARGIN}" in workers
+    assert "systemctl edit pushdesk-worker" in workers
+    readme = (ROOT / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `PUSHDESK_STOP_SECONDS`"))
+    assert f"above {bound}" in row and "TimeoutStopSec" in row
+
+
 def test_the_sender_unit_runs_the_first_slot_and_stops_on_sigterm():
     service = _read("pushdesk-sender.service")["Service"]
     assert service["ExecStart"].endswith("manage.py send_stream --slot 0")
