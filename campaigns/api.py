@@ -452,6 +452,8 @@ class CampaignTriggerView(APIView):
                 description="`campaign_not_live`: the campaign has no live approved version; "
                 "`not_api_triggered`: it is a scheduled campaign; "
                 "`gate_closed`: it is being stopped or changed, try again; "
+                "`content_refused`: its approved content no longer passes the send's checks (a URL scheme "
+                "since taken off the settings, say): `detail` names the field and the rule; "
                 "`idempotency_in_progress`: a request with this Idempotency-Key is still running."
             ),
             422: OpenApiResponse(

@@ -181,7 +181,7 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                 # Said on the campaign's page; the campaign stays on the air for its next occurrence.
                 # A ValidationError: the approved content no longer passes the send's checks (a URL
                 # scheme the settings no longer allow, say); the campaigns due after it still fire.
-                note = str(exc) if isinstance(exc, GateClosed) else _content_refusal(exc)
+                note = str(exc) if isinstance(exc, GateClosed) else content_refusal(exc)
                 fired.append(_occurrence(campaign, due, Occurrence.Outcome.REFUSED, note=note[:300]))
                 campaign.next_occurrence_at = later
                 break
@@ -195,14 +195,15 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
     return fired
 
 
-def _content_refusal(exc: ValidationError) -> str:
-    """What the send's checks found wrong with the approved content, each field named."""
+def content_refusal(exc: ValidationError, *, where: str = "") -> str:
+    """What the send's checks found wrong with the approved content, each field named (``where``:
+    the variant it is, as ``variant B: ``)."""
     found = (
         "; ".join(f"{field}: {' '.join(messages)}" for field, messages in exc.message_dict.items())
         if hasattr(exc, "error_dict")
         else " ".join(exc.messages)
     )
-    return f"The approved content does not pass the send's checks: {found}"
+    return f"The approved content does not pass the send's checks: {where}{found}"
 
 
 def _occurrence(campaign: Campaign, due: dt.datetime, outcome: str, *, dispatch=None, note: str = "") -> Occurrence:

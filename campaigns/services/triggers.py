@@ -19,7 +19,7 @@ from accounts.models import User
 from accounts.selectors import visible_to
 from campaigns.models import Campaign
 from campaigns.services.lifecycle import Status
-from campaigns.services.scheduling import campaign_gate
+from campaigns.services.scheduling import campaign_gate, content_refusal
 from config.db import text_array
 from delivery.reports import UNREACHABLE_REASONS
 
@@ -205,11 +205,31 @@ def _refuse_unless_triggerable(campaign: Campaign) -> None:
         )
 
 
+def _refuse_unless_sendable(campaign: Campaign, approved) -> None:
+    """Refuse the calls of a campaign whose approved content (each variant's) no longer passes the
+    send's checks (a URL scheme since taken off the settings, say), as a scheduled occurrence of it
+    is refused. Raises TriggerRefused naming the variant, the field and the rule."""
+    from campaigns.models import variant_label
+    from delivery.payloads import spec_validate
+
+    # With variants, the campaign's own content is variant A's: each content is checked once.
+    sent = [(f"variant {variant_label(v['number'])}: ", v["spec"]) for v in approved.variants]
+    for where, spec in sent or [("", approved.spec)]:
+        try:
+            spec_validate(spec)
+        except ValidationError as exc:
+            raise TriggerRefused(
+                f"'{campaign}' cannot be triggered. {content_refusal(exc, where=where)}", code="content_refused"
+            ) from exc
+
+
 def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: dt.datetime) -> _Approved:
     """The cached approved campaign, (re)loaded when its stamp moved, its day passed or it is old.
 
-    Loading runs the full gate (``campaign_gate``: approved, live, fingerprint unchanged) and opens
-    today's stream of the approved version. Raises TriggerRefused when it cannot be triggered.
+    Loading runs the full gate (``campaign_gate``: approved, live, fingerprint unchanged) and the
+    send's checks of the approved content (a scheduled send runs them on each occurrence; a call
+    only when its process loads the campaign), and opens today's stream of the approved version.
+    Raises TriggerRefused when it cannot be triggered.
     """
     import time
 
@@ -241,6 +261,7 @@ def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: 
         )
     except GateClosed as exc:
         raise TriggerRefused(str(exc), code="gate_closed") from exc
+    _refuse_unless_sendable(campaign, approved)
     rules = None
     if approved.purpose == Campaign.Purpose.MARKETING:
         rules = DeliveryRules.objects.filter(app_id=campaign.app_id).first()
@@ -372,7 +393,8 @@ def campaign_trigger(
     When nothing is decided per profile before its rows are made, the profiles are looked up by
     the append itself (``_trigger_by_external_id``), content showing attributes bounded there.
     Raises Http404 outside the user's access, PermissionDenied without the role, TriggerRefused
-    when the campaign is not a live API-triggered one, ValidationError naming
+    when the campaign is not a live API-triggered one or its approved content no longer passes
+    the send's checks, ValidationError naming
     ``recipients[i].context`` when a context makes the payload too large or unrenderable, or
     ``recipients[i]`` when that recipient's profile alone makes it too large.
     """

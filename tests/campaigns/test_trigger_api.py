@@ -362,3 +362,69 @@ def test_same_key_on_another_campaign_is_422_naming_the_campaign_it_triggered(
     assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
     assert f"to trigger campaign {live_trigger.pk}" in other.json()["detail"]
     assert Dispatch.objects.count() == 1
+
+
+def test_an_approved_content_the_settings_no_longer_allow_refuses_the_call_naming_the_field(
+    pushsim_app, manager_alice, approver_bob, trigger_client, settings
+):
+    """The deep link's scheme was allowed when the content was approved; the operator has since
+    taken it off the list. As a scheduled occurrence is, the call is refused (409, the field and
+    the rule) with nothing written, and its Idempotency-Key is freed: the integrator's retry runs
+    once the content passes again."""
+    settings.PUSHDESK_DEEP_LINK_SCHEMES = ["https", "shop"]
+    content = PushContentFactory(
+        app=pushsim_app, title="Shipped", tap_action="deep_link", tap_url="shop://orders/{{ context.order_id }}"
+    )
+    campaign = _approved_trigger(pushsim_app, manager_alice, approver_bob, contents=[content])
+    DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=pushsim_app)
+    settings.PUSHDESK_DEEP_LINK_SCHEMES = ["https"]
+    body = {"recipients": [{"external_id": "zoe", "context": {"order_id": "A-1"}}]}
+
+    refused = trigger_client.post(_url(campaign), body, format="json", HTTP_IDEMPOTENCY_KEY="order-1")
+    assert refused.status_code == 409, refused.json()
+    answer = refused.json()
+    assert answer["code"] == "content_refused"
+    assert "tap_url: URL scheme 'shop' is not allowed; use one of: https." in answer["detail"]
+    assert not Dispatch.objects.exists() and not Delivery.objects.exists()
+    assert not TriggerRequest.objects.exists()
+
+    settings.PUSHDESK_DEEP_LINK_SCHEMES = ["https", "shop"]
+    retried = trigger_client.post(_url(campaign), body, format="json", HTTP_IDEMPOTENCY_KEY="order-1")
+    assert retried.status_code == 202 and retried.json()["accepted"] == 1
+
+
+def test_a_variant_the_settings_no_longer_allow_refuses_the_call_naming_the_variant(
+    pushsim_app, manager_alice, approver_bob, trigger_client, settings
+):
+    settings.PUSHDESK_URL_SCHEMES = ["https", "http"]
+    plain = PushContentFactory(app=pushsim_app, title="Shipped")
+    linked = PushContentFactory(app=pushsim_app, title="Shipped", tap_action="url", tap_url="http://example.com/o")
+    campaign = _approved_trigger(pushsim_app, manager_alice, approver_bob, contents=[plain, linked])
+    ProfileFactory(external_id="zoe")
+    settings.PUSHDESK_URL_SCHEMES = ["https"]
+
+    refused = trigger_client.post(_url(campaign), {"recipients": [{"external_id": "zoe"}]}, format="json")
+    assert refused.status_code == 409, refused.json()
+    assert refused.json()["code"] == "content_refused"
+    assert "variant B: tap_url: URL scheme 'http' is not allowed" in refused.json()["detail"]
+    assert not Dispatch.objects.exists()
+
+
+def _approved_trigger(app, manager, approver, *, contents):
+    """A live API-triggered campaign sending these contents (two or more: as variants, in equal shares)."""
+    from campaigns.services.lifecycle import campaign_approve, campaign_submit
+    from campaigns.services.variants import VariantInput, campaign_variants_set
+
+    for user in (manager, approver):
+        access_grant(obj=app, to=user, by=None)
+    campaign = campaign_create(by=manager, name="Order shipped", app=app, kind="api_triggered", content=contents[0])
+    if len(contents) > 1:
+        share = 100 // len(contents)
+        campaign_variants_set(
+            campaign_id=campaign.pk,
+            by=manager,
+            variants=[VariantInput(content_id=c.pk, share=share) for c in contents],
+        )
+    campaign_submit(campaign_id=campaign.pk, by=manager)
+    campaign_approve(campaign_id=campaign.pk, by=approver)
+    return campaign
