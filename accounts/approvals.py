@@ -3,7 +3,8 @@
 Each app whose objects need approval (campaigns, journeys) registers an ``ApprovalSubject``
 for its model at start-up: how to render the side-by-side review, and which of its services
 approve-and-activate or send back for changes (those services lock the object, check its
-state and call ``accounts.services.approval_request_decide``).
+state, refuse when the pending request is not ``request_id``, the one the approver read, and
+call ``accounts.services.approval_request_decide``).
 """
 
 from collections.abc import Callable
@@ -15,8 +16,8 @@ from django.db import models
 @dataclass(frozen=True)
 class ApprovalSubject:
     review_html: Callable[..., str]  # (subject, *, request, user) -> safe HTML for the review pane
-    approve: Callable[..., object]  # (*, subject_id, by, comment) -> approve and activate
-    request_changes: Callable[..., object]  # (*, subject_id, by, comment) -> back to draft
+    approve: Callable[..., object]  # (*, subject_id, by, comment, request_id) -> approve and activate
+    request_changes: Callable[..., object]  # (*, subject_id, by, comment, request_id) -> back to draft
     # (subject) -> {"app_label.model": {pk, ...}}: what the review shows, which its deciders may read
     references: Callable[..., dict[str, set[int]]] = field(default=lambda subject: {})
 

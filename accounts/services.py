@@ -301,6 +301,24 @@ def approval_request_open(
     return request
 
 
+def approval_request_as_read(current: ApprovalRequest, *, read_id: int | None) -> ApprovalRequest:
+    """Return ``current``, the subject's pending request, when it is the request the approver read
+    (``read_id``; None when the caller read none, e.g. a demo that approves what it submitted).
+
+    Call it inside the subject's own locked transition, before anything changes. Raises
+    ApprovalError when another request waits now: the one read was closed (cancelled, sent back)
+    and the subject submitted again, maybe changed, since; a decision on it would be unseen.
+    """
+    if read_id is None or current.pk == read_id:
+        return current
+    read = ApprovalRequest.objects.filter(pk=read_id).first()
+    status = f" ({read.get_status_display().lower()})" if read is not None else ""
+    raise ApprovalError(
+        f"The request you read was closed since you read it{status}, and '{current.subject_label}' "
+        "submitted again: nothing was decided. Review the request waiting now."
+    )
+
+
 def approval_request_decide(*, request_id: int, by: User, approve: bool, comment: str = "") -> ApprovalRequest:
     """Record an approver's decision on a pending request.
 

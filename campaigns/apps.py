@@ -38,11 +38,11 @@ class CampaignsConfig(AppConfig):
             Campaign,
             ApprovalSubject(
                 review_html=campaign_review_html,
-                approve=lambda *, subject_id, by, comment: campaign_approve(
-                    campaign_id=subject_id, by=by, comment=comment
+                approve=lambda *, subject_id, by, comment, request_id=None: campaign_approve(
+                    campaign_id=subject_id, by=by, comment=comment, request_id=request_id
                 ),
-                request_changes=lambda *, subject_id, by, comment: campaign_request_changes(
-                    campaign_id=subject_id, by=by, comment=comment
+                request_changes=lambda *, subject_id, by, comment, request_id=None: campaign_request_changes(
+                    campaign_id=subject_id, by=by, comment=comment, request_id=request_id
                 ),
                 references=campaign_references,
             ),

@@ -29,11 +29,11 @@ class JourneysConfig(AppConfig):
             Journey,
             ApprovalSubject(
                 review_html=journey_review_html,
-                approve=lambda *, subject_id, by, comment: journey_approve(
-                    journey_id=subject_id, by=by, comment=comment
+                approve=lambda *, subject_id, by, comment, request_id=None: journey_approve(
+                    journey_id=subject_id, by=by, comment=comment, request_id=request_id
                 ),
-                request_changes=lambda *, subject_id, by, comment: journey_request_changes(
-                    journey_id=subject_id, by=by, comment=comment
+                request_changes=lambda *, subject_id, by, comment, request_id=None: journey_request_changes(
+                    journey_id=subject_id, by=by, comment=comment, request_id=request_id
                 ),
                 references=journey_references,
             ),

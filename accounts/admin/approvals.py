@@ -23,6 +23,7 @@ from accounts.selectors import (
     policy_approver_problems,
 )
 from accounts.services import (
+    ApprovalError,
     TransitionError,
     approval_policy_activate,
     approval_policy_deactivate,
@@ -266,11 +267,18 @@ class ApprovalRequestAdmin(AccessAdmin):
             if form.is_valid():
                 comment = form.cleaned_data["comment"]
                 try:
+                    # The decision is on this request only: another submitted since is refused.
+                    decision = {
+                        "subject_id": subject.pk,
+                        "by": request.user,
+                        "comment": comment,
+                        "request_id": approval.pk,
+                    }
                     if "_approve" in request.POST:
-                        handler.approve(subject_id=subject.pk, by=request.user, comment=comment)
+                        handler.approve(**decision)
                         self.message_user(request, f"Approved and activated: {subject}.", messages.SUCCESS)
                     elif "_request_changes" in request.POST:
-                        handler.request_changes(subject_id=subject.pk, by=request.user, comment=comment)
+                        handler.request_changes(**decision)
                         self.message_user(
                             request,
                             f"Changes requested on {subject}: the requester sees your comment.",
@@ -282,6 +290,9 @@ class ApprovalRequestAdmin(AccessAdmin):
                     form.add_error(None, exc)
                 except TransitionError as exc:  # decided, or its subject moved, since this request was read
                     form.add_error(None, str(exc))
+                except ApprovalError as exc:  # closed, and its subject submitted again, since it was read
+                    self.message_user(request, str(exc), messages.ERROR)
+                    return HttpResponseRedirect(reverse("admin:accounts_approvalrequest_changelist"))
                 else:
                     return HttpResponseRedirect(reverse("admin:accounts_approvalrequest_changelist"))
         context = {

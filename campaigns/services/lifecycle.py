@@ -17,6 +17,7 @@ from accounts.selectors import approval_current, visible_to
 from accounts.services import (
     TransitionError,
     access_grant,
+    approval_request_as_read,
     approval_request_cancel,
     approval_request_close,
     approval_request_decide,
@@ -224,11 +225,11 @@ def campaign_submit(*, campaign_id: int, by: User, message: str = "") -> Approva
     return request
 
 
-def _pending_request(campaign: Campaign) -> ApprovalRequest:
+def _pending_request(campaign: Campaign, *, read_id: int | None = None) -> ApprovalRequest:
     request = approval_current(campaign)
     if request is None or request.status != ApprovalRequest.Status.PENDING:
         raise TransitionError(campaign, "decided", "It has no pending approval request.")
-    return request
+    return approval_request_as_read(request, read_id=read_id)
 
 
 def campaign_cancel_request(*, campaign_id: int, by: User) -> Campaign:
@@ -247,18 +248,24 @@ def campaign_cancel_request(*, campaign_id: int, by: User) -> Campaign:
     return campaign
 
 
-def campaign_request_changes(*, campaign_id: int, by: User, comment: str) -> Campaign:
+def campaign_request_changes(*, campaign_id: int, by: User, comment: str, request_id: int | None = None) -> Campaign:
     """An approver sends the campaign back to draft with a comment the requester sees; a revision
-    goes back to a pending edit, and the approved version keeps sending."""
+    goes back to a pending edit, and the approved version keeps sending.
+
+    With ``request_id`` (the request the approver read), raises ApprovalError when another request
+    waits now.
+    """
     with transaction.atomic():
         campaign = lock_for(Campaign, campaign_id, by=by, perm="campaigns.approve_campaign")
         if campaign.is_active and revision_waiting(campaign) is not None:
-            approval_request_decide(request_id=_pending_request(campaign).pk, by=by, approve=False, comment=comment)
+            request = _pending_request(campaign, read_id=request_id)
+            approval_request_decide(request_id=request.pk, by=by, approve=False, comment=comment)
             audit(actor=by, action="campaign_revision_changes_requested", obj=campaign, summary={"comment": comment})
             return campaign
         if campaign.status != Status.IN_REVIEW:
             raise TransitionError(campaign, "sent back for changes")
-        approval_request_decide(request_id=_pending_request(campaign).pk, by=by, approve=False, comment=comment)
+        request = _pending_request(campaign, read_id=request_id)
+        approval_request_decide(request_id=request.pk, by=by, approve=False, comment=comment)
         status_transition(
             campaign,
             Status.DRAFT,
@@ -311,13 +318,16 @@ def _approve_revision(campaign: Campaign, request: ApprovalRequest, *, by: User,
         transaction.on_commit(lambda: _queue_fire(campaign.pk))
 
 
-def campaign_approve(*, campaign_id: int, by: User, comment: str = "", now: dt.datetime | None = None) -> Campaign:
+def campaign_approve(
+    *, campaign_id: int, by: User, comment: str = "", now: dt.datetime | None = None, request_id: int | None = None
+) -> Campaign:
     """Approve and activate: the campaign becomes scheduled (a future send) or live. For the
     revision of a scheduled or live campaign, the revision becomes the approved version that sends.
 
     Raises ValidationError when what would be sent differs from what was submitted (e.g. its push
     content was edited meanwhile: ask for changes), PermissionDenied when ``by`` may not approve
-    this request (own request, not an approver of its policy, no access).
+    this request (own request, not an approver of its policy, no access), ApprovalError when
+    ``request_id`` (the request the approver read) is given and another request waits now.
     """
     now = now or timezone.now()
     with transaction.atomic():
@@ -325,7 +335,7 @@ def campaign_approve(*, campaign_id: int, by: User, comment: str = "", now: dt.d
         revision = campaign.is_active and revision_waiting(campaign) is not None
         if campaign.status != Status.IN_REVIEW and not revision:
             raise TransitionError(campaign, "approved")
-        request = _pending_request(campaign)
+        request = _pending_request(campaign, read_id=request_id)
         if campaign.fingerprint() != request.fingerprint:
             raise ValidationError("What would be sent changed since it was submitted: ask for changes and resubmit.")
         _check_a_send_is_left(campaign, now=now)

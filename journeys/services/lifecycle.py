@@ -21,6 +21,7 @@ from accounts.selectors import approval_current, can, visible_to
 from accounts.services import (
     TransitionError,
     access_grant,
+    approval_request_as_read,
     approval_request_cancel,
     approval_request_close,
     approval_request_decide,
@@ -315,11 +316,11 @@ def journey_submit(*, journey_id: int, by: User, message: str = "") -> ApprovalR
     return request
 
 
-def _pending_request(journey: Journey) -> ApprovalRequest:
+def _pending_request(journey: Journey, *, read_id: int | None = None) -> ApprovalRequest:
     request = approval_current(journey)
     if request is None or request.status != ApprovalRequest.Status.PENDING:
         raise TransitionError(journey, "decided", "It has no pending approval request.")
-    return request
+    return approval_request_as_read(request, read_id=read_id)
 
 
 def _version_in_review(journey: Journey) -> JourneyVersion:
@@ -348,25 +349,34 @@ def journey_cancel_request(*, journey_id: int, by: User) -> Journey:
     return journey
 
 
-def journey_request_changes(*, journey_id: int, by: User, comment: str) -> Journey:
-    """An approver sends the version back to draft with a comment the requester sees."""
+def journey_request_changes(*, journey_id: int, by: User, comment: str, request_id: int | None = None) -> Journey:
+    """An approver sends the version back to draft with a comment the requester sees.
+
+    With ``request_id`` (the request the approver read), raises ApprovalError when another request
+    waits now.
+    """
     with transaction.atomic():
         journey = lock_for(Journey, journey_id, by=by, perm="journeys.approve_journey")
         version = _version_in_review(journey)
-        approval_request_decide(request_id=_pending_request(journey).pk, by=by, approve=False, comment=comment)
+        request = _pending_request(journey, read_id=request_id)
+        approval_request_decide(request_id=request.pk, by=by, approve=False, comment=comment)
         summary = {"version": version.number, "comment": comment}
         _back_to_draft(journey, version, by=by, action="changes_requested", summary=summary)
     return journey
 
 
-def journey_approve(*, journey_id: int, by: User, comment: str = "", now: dt.datetime | None = None) -> JourneyVersion:
+def journey_approve(
+    *, journey_id: int, by: User, comment: str = "", now: dt.datetime | None = None, request_id: int | None = None
+) -> JourneyVersion:
     """Approve and publish the version in review: it becomes the live version (the previous live
     one is retired; profiles inside it finish on it), its push contents are frozen as approved,
     and a segment entry is read at once.
 
     Raises ValidationError when what would run changed since it was submitted (e.g. its push
     content was edited) or no longer holds; PermissionDenied when ``by`` may not approve it;
-    TransitionError when the journey is stopped, closed or archived, or nothing is in review.
+    TransitionError when the journey is stopped, closed or archived, or nothing is in review;
+    ApprovalError when ``request_id`` (the request the approver read) is given and another
+    request waits now.
     """
     from delivery.models import PushContent, spec_fingerprint
 
@@ -376,7 +386,7 @@ def journey_approve(*, journey_id: int, by: User, comment: str = "", now: dt.dat
         if journey.status not in (Status.IN_REVIEW, Status.LIVE):  # a stopped journey stays stopped
             raise TransitionError(journey, "approved")
         version = _version_in_review(journey)
-        request = _pending_request(journey)
+        request = _pending_request(journey, read_id=request_id)
         # One read of the contents, held until commit: what is checked against the submission is
         # what is frozen, and a save of a content waits until it is frozen.
         steps = contents_of(version.graph)

@@ -414,3 +414,41 @@ def test_the_review_of_a_request_whose_draft_was_deleted_leads_to_its_record(
     assert answer.redirect_chain[-1][0] == f"/admin/accounts/approvalrequest/{request.pk}/change/"
     assert "was deleted since this request was made" in answer.content.decode()
     assert ApprovalRequest.objects.get().status == "changes_requested"
+
+
+@pytest.mark.parametrize("button", ["_approve", "_request_changes"])
+def test_a_decision_applies_only_to_the_request_the_approver_read(
+    client, make_campaign, manager_alice, approver_bob, monkeypatch, button
+):
+    """Between the approver's read of the request and their decision, its requester cancels it,
+    changes the campaign and submits it again: the decision on the first request changes nothing."""
+    from accounts.admin import approvals
+    from accounts.models import ApprovalRequest
+    from campaigns.services.lifecycle import campaign_cancel_request, campaign_update
+
+    campaign = make_campaign()
+    read = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(approver_bob)
+    url = f"/admin/accounts/approvalrequest/{read.pk}/review/"
+    assert "Approve and activate" in client.get(url).content.decode()
+
+    standing = approvals.approver_standing
+
+    def resubmitted_meanwhile(user, approval):
+        answer = standing(user, approval)
+        campaign_cancel_request(campaign_id=campaign.pk, by=manager_alice)
+        campaign_update(campaign_id=campaign.pk, by=manager_alice, throttle_per_second=7)
+        campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+        return answer
+
+    monkeypatch.setattr(approvals, "approver_standing", resubmitted_meanwhile)
+    answer = client.post(url, {button: "1", "comment": "Looks fine"}, follow=True)
+
+    assert answer.status_code == 200
+    assert "The request you read was closed since you read it (cancelled)" in answer.content.decode()
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.IN_REVIEW
+    assert not campaign.approved_version
+    unseen = ApprovalRequest.objects.exclude(pk=read.pk).get()
+    assert (unseen.status, unseen.decided_by) == (ApprovalRequest.Status.PENDING, None)
+    assert ApprovalRequest.objects.get(pk=read.pk).status == ApprovalRequest.Status.CANCELLED

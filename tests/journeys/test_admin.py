@@ -425,3 +425,39 @@ def test_a_segment_left_chosen_for_an_event_entry_is_neither_saved_nor_a_change(
     assert data["entry_segment"] == everyone.pk
     assert login(manager_alice).post(f"/admin/journeys/journey/{journey.pk}/change/", data).status_code == 302
     assert [(v.number, v.status, v.entry_segment) for v in journey.versions.all()] == [(1, "live", None)]
+
+
+def test_an_approval_applies_only_to_the_version_the_approver_read(
+    login, manager_alice, approver_bob, make_journey, vips, welcome, monkeypatch
+):
+    """The requester cancels, adds a wait and submits again between the approver's read and their
+    approval: the approval of the request read changes nothing, and the changed version waits."""
+    from accounts.admin import approvals
+    from accounts.models import ApprovalRequest
+    from journeys.services.lifecycle import journey_cancel_request, journey_version_edit
+
+    journey = make_journey()
+    read = journey_submit(journey_id=journey.pk, by=manager_alice)
+    client = login(approver_bob)
+    url = f"/admin/accounts/approvalrequest/{read.pk}/review/"
+    assert "Approve and activate" in client.get(url).content.decode()
+
+    standing = approvals.approver_standing
+
+    def resubmitted_meanwhile(user, approval):
+        answer = standing(user, approval)
+        journey_cancel_request(journey_id=journey.pk, by=manager_alice)
+        graph = simple_graph(condition_segment=vips.pk, content=welcome.pk, wait=86400)
+        journey_version_edit(journey_id=journey.pk, by=manager_alice, graph=graph)
+        journey_submit(journey_id=journey.pk, by=manager_alice)
+        return answer
+
+    monkeypatch.setattr(approvals, "approver_standing", resubmitted_meanwhile)
+    answer = client.post(url, {"_approve": "1", "comment": ""}, follow=True)
+
+    assert "The request you read was closed since you read it (cancelled)" in answer.content.decode()
+    journey.refresh_from_db()
+    assert (journey.status, journey.live_version) == ("in_review", None)
+    assert journey.versions.get().status == "in_review"
+    waiting = ApprovalRequest.objects.exclude(pk=read.pk).get()
+    assert (waiting.status, waiting.decided_by) == (ApprovalRequest.Status.PENDING, None)
