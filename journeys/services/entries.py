@@ -64,6 +64,10 @@ def _enter(
     no open enrollment and its last entry is at least the wait old. The partial unique index
     "one open enrollment per (journey, profile)" settles races between concurrent entries.
     ``few``: the audience is a handful of profiles (an event's), each looked up on its own.
+
+    No one enters unless the journey is live on ``version``, read with its row held shared until
+    commit: a stop waits for the entry, then exits whoever it entered; an entry after a stop (or
+    a new version) waits for it, then enters no one.
     """
     entry = entry_of(version.steps())
     if entry is None:
@@ -72,11 +76,15 @@ def _enter(
     postgres = connection.vendor == "postgresql"
     empty = "'[]'::jsonb" if postgres else "'[]'"
     prev = _PREV_EACH if few and postgres else _PREV_GROUPED
+    # The journey row under the stop's lock order (its open enrollments, then the journey): an
+    # entry takes no enrollment before it, and a stop's exit reads the enrollments committed.
+    lock = " FOR SHARE" if postgres else ""
+    live = f"(SELECT id FROM journeys_journey WHERE id = %s AND status = %s AND live_version_id = %s{lock}) live"  # noqa: S608 (constants)
     sql = (
         "INSERT INTO journeys_enrollment (journey_id, version_id, profile_id, entry_number, step, status, "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
         "due_at, entered_at, updated_at, exit_reason, history) "
         f"SELECT %s, %s, p.id, COALESCE(prev.n, 0) + 1, %s, 'active', %s, %s, %s, '', {empty} "
-        f"FROM ({audience_sql}) p {prev} "
+        f"FROM ({audience_sql}) p CROSS JOIN {live} {prev} "
         "WHERE prev.n IS NULL OR (%s AND prev.busy = 0 AND prev.last_at <= %s) "
         "ON CONFLICT DO NOTHING" + (" RETURNING id, profile_id" if returning else "")
     )
@@ -88,6 +96,9 @@ def _enter(
         _dt(now),
         _dt(now),
         *audience_params,
+        version.journey_id,
+        Status.LIVE,
+        version.pk,
         version.journey_id,
         reentry,
         _dt(now - dt.timedelta(seconds=version.reentry_wait_seconds)),

@@ -507,6 +507,60 @@ def test_two_events_calls_entering_one_profile_at_once_enter_it_once(make_journe
     assert list(Enrollment.objects.values_list("status", flat=True)) == ["waiting"]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_an_event_entry_committing_just_after_a_stop_leaves_no_one_inside(
+    make_journey, publish, manager_alice, monkeypatch
+):
+    """The entry wrote its enrollment and had not committed when the stop was pressed: the stop found
+    no one inside, and the entry then committed an open enrollment in a stopped journey."""
+    from journeys.services import entries
+    from tests.locks import concurrently, wait_for_a_blocked_writer
+
+    journey = publish(
+        make_journey(graph=_wait_graph(seconds=3600), entry_kind="event", entry_event="visit", entry_segment=None)
+    )
+    zoe = ProfileFactory(external_id="zoe")
+    entered, stopped, run_entered = threading.Event(), threading.Event(), entries.journeys_run_entered
+
+    def run_entered_then_let_the_stop_in(**kwargs):
+        report = run_entered(**kwargs)
+        entered.set()
+        assert stopped.wait(1) or wait_for_a_blocked_writer()  # the stop went through, or waits
+        return report
+
+    monkeypatch.setattr(entries, "journeys_run_entered", run_entered_then_let_the_stop_in)
+
+    def enter():
+        with transaction.atomic():
+            entries.journeys_events_received(events=[(zoe.pk, "visit", timezone.now())])
+
+    def stop():
+        assert entered.wait(10)
+        journey_stop(journey_id=journey.pk, by=manager_alice)
+        stopped.set()
+
+    assert concurrently(enter, stop) == []
+    assert Journey.objects.get(pk=journey.pk).status == "stopped"
+    assert list(Enrollment.objects.values_list("status", "exit_reason")) == [("exited", "journey stopped")]
+
+
+def test_an_event_read_with_the_journey_still_live_enters_no_one_once_it_is_stopped(
+    make_journey, publish, manager_alice
+):
+    """What live journeys do on events is kept per process: a view read before the stop still names it."""
+    from journeys.services.entries import _live_for_events, journeys_events_received
+
+    journey = publish(
+        make_journey(graph=_wait_graph(seconds=3600), entry_kind="event", entry_event="visit", entry_segment=None)
+    )
+    zoe = ProfileFactory(external_id="zoe")
+    read_before = _live_for_events()
+    journey_stop(journey_id=journey.pk, by=manager_alice)
+    counts = journeys_events_received(events=[(zoe.pk, "visit", timezone.now())], live=read_before)
+    assert counts["entered"] == 0
+    assert not Enrollment.objects.exists()
+
+
 def test_a_segment_deleted_while_live_holds_for_no_one(make_journey, publish, vips):
     from audiences.models import Segment
 
