@@ -1,6 +1,7 @@
 """Test-wide set-up: PostgreSQL and Redis (the real servers), the push simulator, the named cast, API clients."""
 
 import os
+import weakref
 
 import pytest
 from django.db.backends.signals import connection_created
@@ -45,9 +46,15 @@ def _name_the_session(sender, connection, **kwargs):
             import traceback
 
             _OPENED_AT[connection.connection.info.backend_pid] = "".join(traceback.format_stack(limit=30)[:-1])
+            _MAIN_THREAD_WRAPPERS.add(connection)
 
 
 _OPENED_AT: dict[int, str] = {}  # a session the test process's main thread opened: the stack that opened it
+# The main thread's connection wrappers. Django keeps one per alias and context: pytest-django's
+# session-wide live server, set up by the first browser test of a process, can find none in its
+# context and make a second one, which the tests after it use while the end of the session sees the
+# first; without this the second's session stayed open to the end (and was waited for, then killed).
+_MAIN_THREAD_WRAPPERS: weakref.WeakSet = weakref.WeakSet()
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +64,7 @@ def django_db_setup(django_db_setup, django_db_blocker):
     finished thread's connection that only the garbage collector closes) are given ten seconds to
     close, then closed, so the drop does not fail and leave the database."""
     yield
-    from django.db import connection
+    from django.db import connection, connections
 
     if connection.vendor != "postgresql":
         return
@@ -66,6 +73,9 @@ def django_db_setup(django_db_setup, django_db_blocker):
     import warnings
 
     gc.collect()
+    for wrapper in list(_MAIN_THREAD_WRAPPERS):  # the main thread's other wrappers, as its own closes
+        if wrapper is not connections["default"]:
+            wrapper.close()
 
     query = "SELECT {} FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
     with django_db_blocker.unblock(), connection.cursor() as cursor:
