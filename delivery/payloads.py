@@ -23,6 +23,7 @@ from delivery.personalization import (
     is_templated,
     template_attribute_outputs,
     template_check,
+    template_context_gaps,
     template_reads,
     template_render,
     template_worst_case_bytes,
@@ -141,6 +142,22 @@ def spec_reads(spec: dict, name: str) -> bool:
     """True when any text uses the variable ``name``: ``profile`` (its message cannot be rendered
     from the context alone) or ``context`` (the call's)."""
     return any(template_reads(s, name) for s in _spec_sources(spec))
+
+
+def spec_context_gaps(spec: dict, *, given: dict) -> list[tuple[str, str]]:
+    """The ``(field, output)`` of each output a send whose context is ``given`` shows empty
+    (``template_context_gaps``), fields named as ``spec_validate`` names them (``body``,
+    ``variants.fr.title``, ``data.order``)."""
+    sources = [(name, spec.get(name, "") or "") for name in VARIANT_FIELDS]
+    for locale, texts in (spec.get("variants") or {}).items():
+        sources += [(f"variants.{locale}.{name}", value) for name, value in dict(texts).items()]
+    sources += [(f"data.{key}", value) for key, value in (spec.get("data") or {}).items()]
+    return [
+        (field, output)
+        for field, source in sources
+        if isinstance(source, str)
+        for output in template_context_gaps(source, given=given)
+    ]
 
 
 # JSON's longest escape of one byte of text (a control character as ``\\u00XX``); a character of

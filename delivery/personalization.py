@@ -145,6 +145,71 @@ def template_reads_profile(source: str) -> bool:
     return template_reads(source, "profile")
 
 
+_OPENS_GUARD = ("if", "unless", "case")
+_ADDS_TO_GUARD = ("elsif", "when")
+_CLOSES_GUARD = ("endif", "endunless", "endcase")
+_DEFAULT_FILTER = re.compile(r"\|\s*default\s*:")
+
+
+def template_context_gaps(source: str, *, given: dict) -> list[str]:
+    """The outputs of ``source`` (``{{ … }}``, ``echo``) that a send whose context is ``given``
+    shows empty, as written: each that reads a ``context.*`` value ``given`` does not hold, with no
+    ``default`` and outside any ``if``, ``unless`` or ``case`` that reads that value (the
+    template then says what shows without it). ``given`` holds what such a send puts in the
+    context (``{"campaign": {"id": …, "name": …}}``). A template that cannot be read has none
+    (``template_check`` refuses it)."""
+    if "context" not in source or not is_templated(source):
+        return []
+    try:
+        uses = _parse(source).analyze(include_partials=False).globals.get("context", [])
+    except LiquidError:
+        return []
+
+    def path(segments) -> tuple:
+        found = []
+        for segment in list(segments)[1:]:
+            if not isinstance(segment, str):
+                found.append(None)  # a key computed at render time: not one ``given`` holds
+                break
+            found.append(segment)
+        return tuple(found)
+
+    def held(read: tuple) -> bool:
+        node = given
+        for segment in read:
+            if not isinstance(node, dict) or segment not in node:
+                return False
+            node = node[segment]
+        return True
+
+    reads = [(use.span.index, path(use.segments)) for use in uses]
+    gaps, guards, tag, output = [], [], "", None
+    for token in _TOKENIZER(source):
+        start, end = token.start_index, token.start_index + len(token.value)
+        inside = [read for index, read in reads if start <= index < end]
+        if token.kind == TOKEN_TAG:
+            tag = token.value.strip()
+            if tag in _CLOSES_GUARD and guards:
+                guards.pop()
+            elif tag in _OPENS_GUARD:
+                guards.append([])
+            continue
+        if token.kind == TOKEN_OUTPUT:
+            output = token.value
+            continue
+        if token.kind == TOKEN_EXPRESSION and tag in _OPENS_GUARD + _ADDS_TO_GUARD and guards:
+            guards[-1] += [read for read in inside if not held(read)]
+        elif token.kind == TOKEN_EXPRESSION and (output is not None or tag == "echo"):
+            written = output or f"{{% echo {token.value.strip()} %}}"
+            defaulted = _DEFAULT_FILTER.search(_STRING_LITERAL.sub('""', token.value)) is not None
+            for read in inside:
+                guarded = any(read[: len(guard)] == guard for frame in guards for guard in frame)
+                if not (held(read) or defaulted or guarded) and written not in gaps:
+                    gaps.append(written)
+        tag, output = "", None
+    return gaps
+
+
 def template_attribute_outputs(source: str) -> list[tuple[str, str]] | None:
     """The ``(attribute, default)`` of each output through which ``source`` reads the profile, when
     every one is a plain ``{{ profile.attributes.<name> }}`` (with or without ``| default: '...'``)

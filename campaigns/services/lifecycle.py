@@ -81,6 +81,39 @@ def _check_references(campaign: Campaign, *, by: User, changed: set[str]) -> Non
         raise ValidationError(errors)
 
 
+# What a scheduled send gives its content as ``context`` (``campaign_fire_due``): no call's values.
+SCHEDULED_CONTEXT = {"campaign": {"id": 0, "name": ""}}
+
+
+def campaign_context_check(campaign: Campaign) -> None:
+    """Refuse a scheduled campaign whose content, or a variant's, shows a ``context.*`` value
+    without a default: only an API trigger's call gives a context, so a scheduled send would show
+    it empty ("Order  is on its way"). A default, or a condition on the value, says what shows
+    without it. Raises ValidationError naming ``content`` (``variants`` for another variant's)."""
+    from delivery.payloads import spec_context_gaps
+
+    if campaign.kind != Campaign.Kind.SCHEDULED or campaign.content is None:
+        return
+    contents = [("content", "", campaign.content)]
+    contents += [
+        ("variants", f"Variant {v.label}'s content ", v.content)
+        for v in campaign.variant_list()
+        if v.content_id != campaign.content_id
+    ]
+    for field, whose, content in contents:
+        gaps = spec_context_gaps(content.spec(), given=SCHEDULED_CONTEXT)
+        if gaps:
+            shown = " and ".join(f"{output} in its {where}" for where, output in gaps)
+            raise ValidationError(
+                {
+                    field: f"{whose}'{content}' shows {shown}: only an API trigger's call gives a context, "
+                    "so a scheduled campaign sends it empty. Give it a default "
+                    "({{ context.… | default: '…' }}), show a profile attribute instead, or make the "
+                    "campaign API-triggered."
+                }
+            )
+
+
 def _validate(campaign: Campaign, *, by: User, changed: set[str] = frozenset()) -> None:
     if not (campaign.name or "").strip():
         raise ValidationError({"name": "A campaign needs a name."})
@@ -89,6 +122,7 @@ def _validate(campaign: Campaign, *, by: User, changed: set[str] = frozenset()) 
     if campaign.purpose not in Campaign.Purpose.values:
         raise ValidationError({"purpose": f"Use one of {', '.join(Campaign.Purpose.values)}."})
     _check_references(campaign, by=by, changed=changed)
+    campaign_context_check(campaign)
     if campaign.winner_mode:
         from campaigns.services.winner import campaign_winner_check
 

@@ -19,7 +19,7 @@ from accounts.models import User
 from accounts.selectors import visible_to
 from accounts.services import audit
 from campaigns.models import Campaign, CampaignVariant, variant_label
-from campaigns.services.lifecycle import lock_editable
+from campaigns.services.lifecycle import campaign_context_check, lock_editable
 
 MIN_VARIANTS = 2
 MAX_VARIANTS = 10
@@ -77,7 +77,8 @@ def campaign_variants_set(
     """Replace a campaign's variants and holdout; an empty list makes it a one-content campaign again.
 
     Variant A becomes the campaign's content. Contents that are new to the campaign must be within
-    ``by``'s access. The same states as any edit allow it (a draft, or an approved campaign whose
+    ``by``'s access; a scheduled campaign's may not show a call's context (``campaign_context_check``).
+    The same states as any edit allow it (a draft, or an approved campaign whose
     edit becomes a revision waiting for its own approval). Raises Http404 outside ``by``'s access,
     PermissionDenied when the role may not edit campaigns, TransitionError in another state,
     ValidationError naming the field and the rule broken.
@@ -108,6 +109,7 @@ def campaign_variants_set(
         )
         if variants:
             campaign.content_id = variants[0].content_id
+        campaign_context_check(campaign)  # a variant's content may show a call's context
         campaign.holdout_share = holdout_share
         campaign.updated_at = timezone.now()
         campaign.save(update_fields=["content", "holdout_share", "updated_at"])

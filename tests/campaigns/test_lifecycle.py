@@ -53,6 +53,59 @@ def test_bad_schedule_names_the_field(make_campaign):
     assert "time_zone" in error.value.message_dict
 
 
+def test_a_scheduled_campaign_whose_content_shows_a_call_context_is_refused_naming_the_field(make_campaign, team):
+    """Only an API trigger's call gives a context: a scheduled send would show those parts empty
+    ("Order  is on its way"). An API-triggered campaign may show them."""
+    from tests.factories import PushContentFactory
+
+    shipped = PushContentFactory(
+        app=team, name="Shipped", title="Shipped", body="Order {{ context.order_id }} is on its way"
+    )
+    with pytest.raises(ValidationError) as error:
+        make_campaign(content=shipped)
+    (message,) = error.value.message_dict["content"]
+    assert message.startswith("'Shipped' shows {{ context.order_id }} in its body")
+    assert "a scheduled campaign sends it empty" in message
+    assert make_campaign(content=shipped, kind="api_triggered", segment=None).kind == "api_triggered"
+
+
+def test_a_call_context_shown_with_a_default_or_read_in_a_condition_is_accepted(make_campaign, team):
+    """What the marketer wrote for a send without the value shows: a default, the other branch;
+    and every send of a campaign gives its id and name."""
+    from tests.factories import PushContentFactory
+
+    shared = PushContentFactory(
+        app=team,
+        title="{{ context.campaign.name }}",
+        body="Everything in {{ context.category | default: 'the shop' }}{% if context.code %} with {{ '' }}{% endif %}",
+        data={"campaign": "{{ context.campaign.id }}"},
+    )
+    assert make_campaign(content=shared).kind == "scheduled"
+
+
+def test_a_call_context_is_refused_on_submit_and_on_making_the_campaign_scheduled(
+    make_campaign, manager_alice, content, segment
+):
+    """The content is edited after the campaign was saved, or the campaign changes kind: the next
+    save or the submit says so, naming the field."""
+    campaign = make_campaign()
+    content.variants = {"fr": {"title": "Commande {{ context.order_id }}"}}
+    content.save()
+    with pytest.raises(ValidationError) as error:
+        campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    assert "{{ context.order_id }} in its variants.fr.title" in error.value.message_dict["content"][0]
+    assert _reload(campaign).status == "draft"
+
+    content.variants = {}
+    content.data = {"order": "{{ context.order_id }}"}
+    content.save()
+    trigger = make_campaign(name="Order shipped", kind="api_triggered", segment=None)
+    with pytest.raises(ValidationError) as error:
+        campaign_update(campaign_id=trigger.pk, by=manager_alice, kind="scheduled", segment=segment)
+    assert "{{ context.order_id }} in its data.order" in error.value.message_dict["content"][0]
+    assert _reload(trigger).kind == "api_triggered"
+
+
 def test_submit_locks_and_opens_a_request(make_campaign, manager_alice):
     campaign = make_campaign()
     request = campaign_submit(campaign_id=campaign.pk, by=manager_alice, message="please")

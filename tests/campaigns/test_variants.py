@@ -185,6 +185,20 @@ def test_a_campaign_with_one_content_sends_as_before(shop, contents, manager_ali
     assert list(Delivery.objects.filter(dispatch=dispatch).values_list("status", "variant")) == [("queued", None)]
 
 
+def test_a_variant_that_shows_a_call_context_is_refused_in_a_scheduled_campaign_naming_it(
+    shop, contents, manager_alice
+):
+    from django.core.exceptions import ValidationError
+
+    contents[1].body = "Your code: {{ context.code }}"
+    contents[1].save()
+    with pytest.raises(ValidationError) as error:
+        _campaign(manager_alice, shop, contents, shares=[50, 50])
+    (message,) = error.value.message_dict["variants"]
+    assert message.startswith("Variant B's content 'Sale B' shows {{ context.code }} in its body: ")
+    assert not Campaign.objects.get().variant_list()
+
+
 def test_api_triggered_campaign_sends_each_recipient_their_variant_and_the_holdout_nothing(
     shop,
     contents,

@@ -394,3 +394,26 @@ def test_fcm_size_shortcut_agrees_with_the_exact_size():
     quoted_spec = spec(body='"' * 1500)
     near = fcm_message(quoted_spec, message_render(quoted_spec, profile={}, context={}), token="t", delivery_id=1)
     assert fcm_payload_fits(near) is None and fcm_payload_bytes(near) <= FCM_LIMIT
+
+
+@pytest.mark.parametrize(
+    ("source", "gaps"),
+    [
+        ("Order {{ context.order_id }} is on its way", ["{{ context.order_id }}"]),
+        ("{% echo context.code %}", ["{% echo context.code %}"]),
+        ("{{ 'Hi ' | append: context.name }}", ["{{ 'Hi ' | append: context.name }}"]),
+        ("{{ context.campaign.name }} {{ context.campaign.id }}", []),  # every send gives these
+        ("{{ context.campaign.owner }}", ["{{ context.campaign.owner }}"]),
+        ("In {{ context.category | default: 'the shop' }}", []),
+        ("{% if context.code %}Code {{ context.code }}{% endif %}", []),
+        ("{% if context.order %}{{ context.order.id }}{% endif %}{{ context.order.id }}", ["{{ context.order.id }}"]),
+        ("{% if profile.attributes.vip %}{{ context.code }}{% endif %}", ["{{ context.code }}"]),
+        ("{% if context %}{{ context.code }}{% endif %}", ["{{ context.code }}"]),
+        ("{% for item in context.items %}{{ item }}{% endfor %}", []),
+        ("{{ profile.attributes.first_name }}", []),
+    ],
+)
+def test_the_outputs_a_send_without_a_call_context_shows_empty_are_found(source, gaps):
+    from delivery.personalization import template_context_gaps
+
+    assert template_context_gaps(source, given={"campaign": {"id": 0, "name": ""}}) == gaps
