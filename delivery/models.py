@@ -142,6 +142,13 @@ class Device(models.Model):
         constraints = [models.UniqueConstraint(fields=["app", "token"], name="device_app_token_unique")]
         indexes = [
             models.Index(fields=["app", "is_test"], name="device_app_test_idx"),
+            # The devices a provider refused, per app (the dead-tokens gauge), without reading the others.
+            models.Index(
+                fields=["app"],
+                include=["invalidated_reason"],
+                condition=models.Q(invalidated_at__isnull=False),
+                name="device_invalidated_idx",
+            ),
             # A profile's devices of an app, read from the index alone (a dispatch's targeting, the rules'
             # reachable condition; an audience's reach is read from the profiles on PostgreSQL).
             models.Index(
@@ -390,7 +397,14 @@ class Dispatch(models.Model):
         ordering = ["-id"]
         verbose_name_plural = "dispatches"
         permissions = [("stop_dispatch", "Can stop a dispatch")]
-        indexes = [models.Index(fields=["kind", "source_id"], name="dispatch_source_idx")]
+        indexes = [
+            models.Index(fields=["kind", "source_id"], name="dispatch_source_idx"),
+            # What a metrics scrape reads: the unfinished dispatches, and those finished since a time.
+            models.Index(
+                fields=["status"], condition=models.Q(finished_at__isnull=True), name="dispatch_unfinished_idx"
+            ),
+            models.Index(fields=["finished_at"], name="dispatch_finished_idx"),
+        ]
         constraints = [
             # One open stream per source, version and day (a closed one may be followed by another).
             models.UniqueConstraint(

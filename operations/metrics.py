@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import connection
-from django.db.models import Count, DurationField, ExpressionWrapper, F, Max, Q, Sum
+from django.db import connection, transaction
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Max, Q, QuerySet, Sum
 from django.http import HttpResponse
 from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -21,41 +22,119 @@ from prometheus_client.core import CollectorRegistry, CounterMetricFamily, Gauge
 OUTCOMES = ("accepted", "failed", "skipped", "unknown")
 
 
-def _retries_by_reason() -> dict[str, int]:
-    from delivery.models import Dispatch
+# A finished dispatch's figures no longer change an hour after it finished (rows in flight when it
+# stopped land within their lease): from then on they are read from the stored sums (SendTotals).
+SUM_AFTER = dt.timedelta(hours=1)
+# The stored sums move forward when they are this far behind: a write every few scrapes, not each.
+SUM_STEP = dt.timedelta(minutes=5)
 
+
+@dataclass
+class SendFigures:
+    """Dispatches' figures summed: by (app id, outcome), by (app id, platform, outcome), by retry reason."""
+
+    sends: dict[tuple[int, str], int] = field(default_factory=dict)
+    platform_sends: dict[tuple[int, str, str], int] = field(default_factory=dict)
+    retries: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: SendFigures) -> None:
+        for mine, theirs in (
+            (self.sends, other.sends),
+            (self.platform_sends, other.platform_sends),
+            (self.retries, other.retries),
+        ):
+            for key, n in theirs.items():
+                mine[key] = mine.get(key, 0) + n
+
+
+def _figures(dispatches: QuerySet) -> SendFigures:
+    """Sum the outcomes, the outcomes per platform (``by_platform``) and the retries of ``dispatches``."""
+    figures = SendFigures()
+    for row in dispatches.values("app_id").annotate(**{o: Sum(o) for o in OUTCOMES}).order_by():
+        for outcome in OUTCOMES:
+            figures.sends[row["app_id"], outcome] = row[outcome] or 0
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
+            sql, params = dispatches.values("app_id", "by_platform").order_by().query.sql_with_params()
             cursor.execute(
-                "SELECT r.key, SUM(r.value::bigint) FROM delivery_dispatch d, jsonb_each_text(d.retries) r "
-                "WHERE d.retries <> '{}'::jsonb GROUP BY r.key"
+                "SELECT d.app_id, p.key, o.key, SUM(o.value::bigint) "  # noqa: S608 (a queryset's SQL; values are bound)
+                f"FROM ({sql}) d, jsonb_each(d.by_platform) p, jsonb_each_text(p.value) o "
+                "WHERE d.by_platform <> '{}'::jsonb GROUP BY 1, 2, 3",
+                params,
             )
-            return {key: int(total) for key, total in cursor.fetchall()}
-    totals: dict[str, int] = {}
-    for retries in Dispatch.objects.exclude(retries={}).values_list("retries", flat=True):
-        for reason, n in (retries or {}).items():
-            totals[reason] = totals.get(reason, 0) + int(n)
-    return totals
-
-
-def _sends_by_platform() -> dict[tuple[int, str, str], int]:
-    """Final outcomes summed over every dispatch's ``by_platform``: {(app id, platform, outcome): n}."""
-    from delivery.models import Dispatch
-
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
+            figures.platform_sends = {(a, p, o): int(n) for a, p, o, n in cursor.fetchall()}
+            sql, params = dispatches.values("retries").order_by().query.sql_with_params()
             cursor.execute(
-                "SELECT d.app_id, p.key, o.key, SUM(o.value::bigint) "
-                "FROM delivery_dispatch d, jsonb_each(d.by_platform) p, jsonb_each_text(p.value) o "
-                "WHERE d.by_platform <> '{}'::jsonb GROUP BY 1, 2, 3"
+                "SELECT r.key, SUM(r.value::bigint) "  # noqa: S608 (a queryset's SQL; values are bound)
+                f"FROM ({sql}) d, jsonb_each_text(d.retries) r WHERE d.retries <> '{{}}'::jsonb GROUP BY r.key",
+                params,
             )
-            return {(app_id, platform, outcome): int(n) for app_id, platform, outcome, n in cursor.fetchall()}
-    totals: dict[tuple[int, str, str], int] = {}
-    for app_id, by_platform in Dispatch.objects.exclude(by_platform={}).values_list("app_id", "by_platform"):
+            figures.retries = {key: int(n) for key, n in cursor.fetchall()}
+        return figures
+    for by_platform, retries, app_id in dispatches.values_list("by_platform", "retries", "app_id"):
         for platform, outcomes in (by_platform or {}).items():
             for outcome, n in outcomes.items():
-                totals[app_id, platform, outcome] = totals.get((app_id, platform, outcome), 0) + int(n)
+                key = (app_id, platform, outcome)
+                figures.platform_sends[key] = figures.platform_sends.get(key, 0) + int(n)
+        for reason, n in (retries or {}).items():
+            figures.retries[reason] = figures.retries.get(reason, 0) + int(n)
+    return figures
+
+
+def _stored(totals) -> SendFigures:
+    return SendFigures(
+        sends={(int(app), o): n for app, outcomes in totals.sends.items() for o, n in outcomes.items()},
+        platform_sends={
+            (int(app), p, o): n
+            for app, platforms in totals.platform_sends.items()
+            for p, outcomes in platforms.items()
+            for o, n in outcomes.items()
+        },
+        retries=dict(totals.retries),
+    )
+
+
+def _send_totals_move(*, through: dt.datetime):
+    """Add the dispatches finished before ``through`` (and not yet summed) to the stored sums.
+
+    Under the row's lock: of two web processes scraping at once, the second finds it done."""
+    from delivery.models import Dispatch
+    from operations.models import SendTotals
+
+    with transaction.atomic():
+        SendTotals.objects.bulk_create([SendTotals(pk=1)], ignore_conflicts=True)
+        totals = SendTotals.objects.select_for_update().get(pk=1)
+        if totals.through is not None and totals.through >= through - SUM_STEP:
+            return totals
+        finished = Dispatch.objects.filter(finished_at__lt=through)
+        if totals.through is not None:
+            finished = finished.filter(finished_at__gte=totals.through)
+        figures = _stored(totals)
+        figures.add(_figures(finished))
+        totals.sends, totals.platform_sends = {}, {}
+        for (app, outcome), n in figures.sends.items():
+            totals.sends.setdefault(str(app), {})[outcome] = n
+        for (app, platform, outcome), n in figures.platform_sends.items():
+            totals.platform_sends.setdefault(str(app), {}).setdefault(platform, {})[outcome] = n
+        totals.retries = figures.retries
+        totals.through = through
+        totals.save()
     return totals
+
+
+def send_totals(*, now: dt.datetime) -> SendFigures:
+    """Every dispatch's figures, summed: the stored sums of those finished more than an hour ago
+    (moved forward here when due), plus the dispatches not in them, the running and the recent,
+    read through their indexes. A scrape reads no more as the finished dispatches pile up."""
+    from delivery.models import Dispatch
+    from operations.models import SendTotals
+
+    totals = SendTotals.objects.filter(pk=1).first()
+    if totals is None or totals.through is None or totals.through < now - SUM_AFTER - SUM_STEP:
+        totals = _send_totals_move(through=now - SUM_AFTER)
+    figures = _stored(totals)
+    figures.add(_figures(Dispatch.objects.filter(Q(finished_at__isnull=True) | Q(finished_at__gte=totals.through))))
+    return figures
 
 
 def _trigger_latency_seconds(*, now: dt.datetime) -> float:
@@ -67,7 +146,7 @@ def _trigger_latency_seconds(*, now: dt.datetime) -> float:
     since = now - dt.timedelta(seconds=60)
     streams = list(
         Dispatch.objects.filter(kind=Dispatch.Kind.API_TRIGGER, standing=True)
-        .filter(Q(status=Dispatch.Status.SENDING) | Q(finished_at__gte=since))
+        .filter(Q(finished_at__isnull=True, status=Dispatch.Status.SENDING) | Q(finished_at__gte=since))
         .values_list("pk", flat=True)
     )
     if not streams:
@@ -142,13 +221,13 @@ class PushdeskCollector:
         yield beat
 
         names = dict(App.objects.values_list("pk", "name"))
+        figures = send_totals(now=now)
         sends = CounterMetricFamily(
             "pushdesk_sends", "Deliveries that reached an outcome, by app and outcome", labels=["app", "outcome"]
         )
-        totals = Dispatch.objects.values("app_id").annotate(**{o: Sum(o) for o in OUTCOMES}).order_by()
-        for row in totals:
-            for outcome in OUTCOMES:
-                sends.add_metric([names.get(row["app_id"], str(row["app_id"])), outcome], row[outcome] or 0)
+        for (app_id, outcome), n in sorted(figures.sends.items()):
+            if app_id in names:  # the sums keep a deleted app's dispatches, as its series went with them
+                sends.add_metric([names[app_id], outcome], n)
         yield sends
         by_platform = CounterMetricFamily(
             "pushdesk_platform_sends",
@@ -156,13 +235,14 @@ class PushdeskCollector:
             "Accepted and failed move with each batch; skipped and unknown when a dispatch finishes",
             labels=["app", "platform", "outcome"],
         )
-        for (app_id, platform, outcome), n in sorted(_sends_by_platform().items()):
-            by_platform.add_metric([names.get(app_id, str(app_id)), platform, outcome], n)
+        for (app_id, platform, outcome), n in sorted(figures.platform_sends.items()):
+            if app_id in names:
+                by_platform.add_metric([names[app_id], platform, outcome], n)
         yield by_platform
         retries = CounterMetricFamily(
             "pushdesk_send_retries", "Sends retried, by the provider's reason", labels=["reason"]
         )
-        for reason, n in sorted(_retries_by_reason().items()):
+        for reason, n in sorted(figures.retries.items()):
             retries.add_metric([reason], n)
         yield retries
         # A gauge: a refused token registered again is alive, and the figure goes down. A token the
@@ -181,7 +261,7 @@ class PushdeskCollector:
         yield dead
         active = GaugeMetricFamily("pushdesk_dispatches", "Dispatches by status (unfinished ones)", labels=["status"])
         for status, n in (
-            Dispatch.objects.filter(status__in=Dispatch.RUNNING_STATUSES)
+            Dispatch.objects.filter(finished_at__isnull=True, status__in=Dispatch.RUNNING_STATUSES)
             .values_list("status")
             .annotate(n=Count("id"))
             .order_by()

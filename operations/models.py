@@ -19,3 +19,25 @@ class Instance(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class SendTotals(models.Model):
+    """The one row summing the figures of dispatches finished before ``through``, for ``/metrics``.
+
+    A scrape adds the dispatches not summed here (running, or finished since ``through``) to these,
+    so it reads no finished dispatch twice; ``operations.metrics.send_totals`` moves ``through``
+    forward (under this row's lock) to an hour ago, once a dispatch's figures no longer change.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
+    through = models.DateTimeField(null=True, blank=True, help_text="None: nothing summed yet.")
+    sends = models.JSONField(default=dict, help_text="{app id: {outcome: count}}")
+    platform_sends = models.JSONField(default=dict, help_text="{app id: {platform: {outcome: count}}}")
+    retries = models.JSONField(default=dict, help_text="{reason: count}")
+
+    class Meta:
+        verbose_name_plural = "send totals"
+        constraints = [models.CheckConstraint(condition=models.Q(id=1), name="operations_sendtotals_single_row")]
+
+    def __str__(self) -> str:
+        return f"Send totals through {self.through}"

@@ -273,3 +273,87 @@ def test_dead_tokens_are_those_the_providers_refused_now_a_gauge(client, db, met
     families = {f.name: f for f in text_string_to_metric_families(response.content.decode())}
     assert families["pushdesk_dead_tokens"].type == "gauge"
     assert scrape(client)[("pushdesk_dead_tokens", (("app", app.name),))] == 1
+
+
+def _finished_dispatch(app, *, finished_at, status="done"):
+    return Dispatch(
+        app=app,
+        kind="campaign",
+        content_spec={},
+        status=status,
+        accepted=2,
+        failed=1,
+        by_platform={"ios": {"accepted": 2, "failed": 1}},
+        retries={"TooManyRequests": 1},
+        finished_at=finished_at,
+    )
+
+
+def _sends_series(samples: dict) -> dict:
+    names = ("pushdesk_sends_total", "pushdesk_platform_sends_total", "pushdesk_send_retries_total")
+    return {key: value for key, value in samples.items() if key[0] in names}
+
+
+def test_a_scrape_reads_the_running_and_recent_dispatches_and_the_dead_devices_not_the_history(
+    client, db, metrics_on, django_assert_max_num_queries
+):
+    """Finished dispatches are summed once, an hour after they finished: a scrape then reads the
+    running and recent ones (by their indexes), and the devices a provider refused, not all."""
+    import datetime as dt
+
+    from django.db import connection
+    from django.utils import timezone
+
+    from delivery.models import Device
+    from operations.metrics import send_totals
+    from tests.factories import AppFactory
+    from tests.pg_statistics import rows_read
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's statistics")
+    now = timezone.now()
+    app = AppFactory(name="Shop")
+    Dispatch.objects.bulk_create(
+        [_finished_dispatch(app, finished_at=now - dt.timedelta(days=2)) for _ in range(300)]
+        + [_finished_dispatch(app, finished_at=now - dt.timedelta(minutes=5), status="stopped")]
+    )
+    running = Dispatch.objects.create(
+        app=app,
+        kind="campaign",
+        content_spec={},
+        status="sending",
+        accepted=1,
+        by_platform={"android": {"accepted": 1}},
+    )
+    DeviceFactory.create_batch(60, app=app, platform="ios")
+    refused = DeviceFactory.create_batch(2, app=app, platform="ios")
+    Device.objects.filter(pk__in=[d.pk for d in refused]).update(
+        active=False, invalidated_at=now, invalidated_reason="BadDeviceToken"
+    )
+    shop = (("app", "Shop"),)
+    expected = {
+        ("pushdesk_sends_total", (*shop, ("outcome", "accepted"))): 603,
+        ("pushdesk_sends_total", (*shop, ("outcome", "failed"))): 301,
+        ("pushdesk_platform_sends_total", (*shop, ("outcome", "accepted"), ("platform", "ios"))): 602,
+        ("pushdesk_platform_sends_total", (*shop, ("outcome", "accepted"), ("platform", "android"))): 1,
+        ("pushdesk_send_retries_total", (("reason", "TooManyRequests"),)): 301,
+        ("pushdesk_dead_tokens", shop): 2,
+        ("pushdesk_dispatches", (("status", "sending"),)): 1,
+    }
+    first = scrape(client)  # sums what finished more than an hour ago
+    assert {key: first.get(key) for key in expected} == expected
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE delivery_dispatch")
+        cursor.execute("ANALYZE delivery_device")
+        cursor.execute("SET LOCAL enable_seqscan = off")  # what an index path reads, whatever the table's size
+    dispatches, devices = rows_read("delivery_dispatch"), rows_read("delivery_device")
+    with django_assert_max_num_queries(20):
+        second = scrape(client)
+    # The running one and the recent one, once for each series and for `manage.py status`' list.
+    assert rows_read("delivery_dispatch") - dispatches < 20
+    assert rows_read("delivery_device") - devices <= 2  # the refused ones
+    assert _sends_series(second) == _sends_series(first)
+    # Once finished and an hour old, the running dispatch is summed too: counted once, never twice.
+    Dispatch.objects.filter(pk=running.pk).update(status="done", finished_at=now)
+    assert send_totals(now=now + dt.timedelta(hours=2)) == send_totals(now=now)
+    assert _sends_series(scrape(client)) == _sends_series(second)
