@@ -374,21 +374,32 @@ def journeys_tick(*, now: dt.datetime | None = None, seconds: float = 40.0, batc
 
 
 def journeys_close_finished(*, now: dt.datetime | None = None) -> int:
-    """Close live journeys that will take no one new (a one-off segment entry, read) and have no one inside."""
+    """Close live journeys that will take no one new (a one-off segment entry, read) and have no one inside.
+
+    A journey with a next version open (a draft, or one in review) stays live: closing it would
+    leave that version neither editable nor submittable. Once it is approved (a new entry) or the
+    journey stopped, the journey finishes as any other.
+    """
     now = now or timezone.now()
-    candidates = Journey.objects.filter(
-        status=Status.LIVE,
-        next_entry_at__isnull=True,
-        live_version__entry_kind=JourneyVersion.EntryKind.SEGMENT,
-        live_version__entry_every_hours=0,
-    ).exclude(pk__in=Enrollment.objects.filter(status__in=Enrollment.OPEN_STATUSES).values("journey_id"))
+    being_revised = JourneyVersion.objects.filter(status__in=(VStatus.DRAFT, VStatus.IN_REVIEW)).values("journey_id")
+    candidates = (
+        Journey.objects.filter(
+            status=Status.LIVE,
+            next_entry_at__isnull=True,
+            live_version__entry_kind=JourneyVersion.EntryKind.SEGMENT,
+            live_version__entry_every_hours=0,
+        )
+        .exclude(pk__in=Enrollment.objects.filter(status__in=Enrollment.OPEN_STATUSES).values("journey_id"))
+        .exclude(pk__in=being_revised)  # in the query, so that they never fill the batch
+    )
     closed = 0
     for pk in list(candidates.values_list("pk", flat=True)[:200]):
         with transaction.atomic():
             journey = Journey.objects.select_for_update(skip_locked=True).filter(pk=pk, status=Status.LIVE).first()
             if journey is None or journey.next_entry_at is not None:
                 continue
-            if journey.versions.filter(status=VStatus.IN_REVIEW).exists():
+            # Under the journey's lock, which an edit and a submission take: none opened since.
+            if journey.versions.filter(status__in=(VStatus.DRAFT, VStatus.IN_REVIEW)).exists():
                 continue
             if Enrollment.objects.filter(journey=journey, status__in=Enrollment.OPEN_STATUSES).exists():
                 continue

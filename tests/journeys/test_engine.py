@@ -73,6 +73,33 @@ def test_one_off_journey_closes_when_everyone_is_through(
     assert Journey.objects.get(pk=journey.pk).status == "closed"
 
 
+def test_a_one_off_journey_with_a_new_version_open_stays_live_until_that_version_is_decided(
+    sim_journey, sim_team, vips, publish, manager_alice, approver_bob, django_capture_on_commit_callbacks
+):
+    """Everyone is through the first version, and a colleague drafts the next one: closing the
+    journey then left the draft neither editable nor submittable."""
+    from journeys.services.entries import journeys_tick
+    from journeys.services.lifecycle import journey_approve, journey_submit
+
+    _profiles(2, sim_team)
+    with django_capture_on_commit_callbacks(execute=True):
+        journey = publish(sim_journey())
+        finished = publish(sim_journey(name="Finished"))
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, graph={"steps": [EXIT]})
+    journeys_tick()
+    assert Journey.objects.get(pk=finished.pk).status == "closed"  # nothing open in it: closed as before
+    assert Journey.objects.get(pk=journey.pk).status == "live"
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="unsubscribed")
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    journeys_tick()
+    assert Journey.objects.get(pk=journey.pk).status == "live"
+    with django_capture_on_commit_callbacks(execute=True):
+        journey_approve(journey_id=journey.pk, by=approver_bob)
+    journeys_tick()
+    journey = Journey.objects.get(pk=journey.pk)
+    assert (journey.status, journey.live_version.number) == ("closed", 2)
+
+
 def _wait_graph(seconds=None, until=None, content=None):
     wait = {"id": "pause", "type": "wait", "next": "push" if content else "done"}
     wait.update({"seconds": seconds} if seconds is not None else {"until": until})
