@@ -61,8 +61,14 @@ def _open_version(journey: Journey) -> JourneyVersion | None:
     return journey.versions.filter(status__in=(VStatus.DRAFT, VStatus.IN_REVIEW)).order_by("-number").first()
 
 
+# What a journey's push gives its content as ``context`` (``journeys.services.engine``): its event
+# entries carry no event's values.
+JOURNEY_PUSH_CONTEXT = {"journey": {"id": 0, "name": "", "version": 0, "step": ""}}
+
+
 def version_reference_checks(*, app_id: int, by: User | None, kept: JourneyVersion | None = None):
-    """The functions graph_validate uses to check segments, contents and rule trees (access of ``by``).
+    """The functions graph_validate uses to check segments, contents and rule trees (access of ``by``);
+    a content may not show a ``context.*`` value a journey's push does not give, without a default.
 
     ``kept``: the version as it stood before this change. What it named already is only checked to
     exist (and a content to be of the app), not against ``by``'s access: a colleague keeps what they
@@ -72,6 +78,7 @@ def version_reference_checks(*, app_id: int, by: User | None, kept: JourneyVersi
     from audiences.rules.validation import rules_validate_for
     from audiences.selectors import segments_visible_to
     from delivery.models import PushContent
+    from delivery.payloads import spec_context_gaps
 
     kept_graph = kept.graph if kept is not None else {}
     kept_segments = segments_of(kept_graph)
@@ -108,6 +115,14 @@ def version_reference_checks(*, app_id: int, by: User | None, kept: JourneyVersi
             return f"push content {content_id} does not exist."
         if content.app_id != app_id:
             return f"push content '{content}' belongs to another app."
+        gaps = spec_context_gaps(content.spec(), given=JOURNEY_PUSH_CONTEXT)
+        if gaps:
+            shown = " and ".join(f"{output} in its {where}" for where, output in gaps)
+            return (
+                f"push content '{content}' shows {shown}: a journey's push has no call's context (only an "
+                "API trigger's call gives one), so it would send that part empty. Give it a default "
+                "({{ context.… | default: '…' }}) or show a profile attribute instead."
+            )
         if (
             by is not None
             and content_id not in kept_contents

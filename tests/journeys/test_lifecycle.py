@@ -69,6 +69,22 @@ def test_push_content_of_another_app_is_refused(make_journey, vips):
         make_journey(graph=simple_graph(condition_segment=vips.pk, content=other.pk))
 
 
+def test_push_content_that_shows_a_call_context_is_refused_naming_the_step(make_journey, vips, team):
+    """A journey's push gives no call's context (its event entries carry none): the value would
+    show empty. A default, or the journey's own name, is accepted."""
+    from tests.factories import PushContentFactory
+
+    coded = PushContentFactory(app=team, name="Coded", title="Hi", body="Your code: {{ context.code }}")
+    with pytest.raises(
+        GraphInvalid, match=r"Step 'push': push content 'Coded' shows \{\{ context.code \}\} in its body"
+    ):
+        make_journey(graph=simple_graph(condition_segment=vips.pk, content=coded.pk))
+    fine = PushContentFactory(
+        app=team, title="{{ context.journey.name }}", body="Code: {{ context.code | default: 'none' }}"
+    )
+    assert make_journey(graph=simple_graph(condition_segment=vips.pk, content=fine.pk)).status == "draft"
+
+
 def test_submit_locks_the_version_and_approval_makes_it_live(make_journey, manager_alice, approver_bob):
     journey = make_journey()
     request = journey_submit(journey_id=journey.pk, by=manager_alice)
