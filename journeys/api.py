@@ -20,9 +20,14 @@ from journeys.selectors import (
     version_totals,
 )
 
+# A version's status as its journey stands: the last live version of a stopped or closed journey
+# runs no one any more, and says so (the admin's "(was live)").
+WAS_LIVE = "was_live"
+
 
 class VersionOutSerializer(serializers.ModelSerializer):
     entry_segment = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
+    status = serializers.SerializerMethodField()
 
     class Meta:
         model = JourneyVersion
@@ -40,15 +45,43 @@ class VersionOutSerializer(serializers.ModelSerializer):
             "live_at",
         )
 
+    def get_status(self, obj) -> str:
+        journey = self.context.get("journey") or obj.journey
+        if obj.status == JourneyVersion.Status.LIVE and journey.status != Journey.Status.LIVE:
+            return WAS_LIVE
+        return obj.status
+
 
 class JourneyOutSerializer(serializers.ModelSerializer):
     app = serializers.PrimaryKeyRelatedField(read_only=True)
     owner = serializers.CharField(source="owner.username", read_only=True)
-    live_version = serializers.IntegerField(source="live_version.number", read_only=True, allow_null=True, default=None)
+    live_version = serializers.SerializerMethodField(
+        help_text="The number of the version live now: null unless the journey is live."
+    )
+    last_live_version = serializers.IntegerField(
+        source="live_version.number",
+        read_only=True,
+        allow_null=True,
+        default=None,
+        help_text="The number of the version that went live last: live now, or until the journey was stopped or closed.",
+    )
 
     class Meta:
         model = Journey
-        fields = ("id", "name", "app", "status", "live_version", "owner", "created_at", "updated_at")
+        fields = (
+            "id",
+            "name",
+            "app",
+            "status",
+            "live_version",
+            "last_live_version",
+            "owner",
+            "created_at",
+            "updated_at",
+        )
+
+    def get_live_version(self, obj) -> int | None:
+        return obj.live_version.number if obj.live_version_id and obj.status == Journey.Status.LIVE else None
 
 
 class StepStatsSerializer(serializers.Serializer):
@@ -78,7 +111,10 @@ class StepStatsSerializer(serializers.Serializer):
 
 
 class JourneyDetailSerializer(JourneyOutSerializer):
-    version = serializers.SerializerMethodField()
+    version = serializers.SerializerMethodField(
+        help_text="The live version, else the newest. Its status is that of the version as the journey stands: "
+        "draft, in_review, live, retired, or was_live (the last live version of a stopped or closed journey)."
+    )
     draft_version = serializers.SerializerMethodField()
     enrollments = serializers.SerializerMethodField()
     steps = serializers.SerializerMethodField()
@@ -94,7 +130,7 @@ class JourneyDetailSerializer(JourneyOutSerializer):
 
     def get_version(self, obj) -> dict | None:
         version = self._shown(obj)
-        return VersionOutSerializer(version).data if version else None
+        return VersionOutSerializer(version, context={"journey": obj}).data if version else None
 
     def get_draft_version(self, obj) -> dict | None:
         version = journey_open_version(obj)

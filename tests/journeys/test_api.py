@@ -188,3 +188,20 @@ def test_an_events_journey_entry_runs_from_a_plan_the_connection_keeps(
         prepared = cursor.fetchall()
     [(generic, custom)] = [(g, c) for sql, g, c in prepared if "INSERT INTO journeys_enrollment" in sql] or [(0, 0)]
     assert generic > 0 and custom <= 5, (generic, custom)
+
+
+def test_a_stopped_journey_has_no_live_version_and_says_which_one_was(
+    make_journey, publish, api_key_for, approver_bob, manager_alice
+):
+    from journeys.services.lifecycle import journey_stop
+
+    journey = publish(make_journey())
+    client = api_key_for(approver_bob)
+    live = client.get(f"/api/v1/journeys/{journey.pk}/").json()
+    assert (live["live_version"], live["last_live_version"], live["version"]["status"]) == (1, 1, "live")
+    journey_stop(journey_id=journey.pk, by=manager_alice)
+    body = client.get(f"/api/v1/journeys/{journey.pk}/").json()
+    assert (body["status"], body["live_version"], body["last_live_version"]) == ("stopped", None, 1)
+    assert (body["version"]["number"], body["version"]["status"]) == (1, "was_live")
+    (listed,) = client.get("/api/v1/journeys/").json()["results"]
+    assert (listed["status"], listed["live_version"], listed["last_live_version"]) == ("stopped", None, 1)
