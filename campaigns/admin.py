@@ -32,6 +32,7 @@ from campaigns.services.lifecycle import (
     EDITABLE_FIELDS,
     campaign_archive,
     campaign_cancel_request,
+    campaign_context_check,
     campaign_create,
     campaign_delete,
     campaign_duplicate,
@@ -169,8 +170,20 @@ class CampaignForm(ConversionFormMixin, forms.ModelForm):
                         name, "This date is out of range in the campaign's time zone: choose an earlier one."
                     )
         self._schedule_clean(data)
+        self._context_clean(data)
         winner_admin.winner_form_clean(self, data)
         return data
+
+    def _context_clean(self, data: dict) -> None:
+        """The services' check of a scheduled campaign's content (``campaign_context_check``: no
+        call's context to show), answered at its field with the form kept."""
+        content = data.get("content")
+        if content is None or "content" in self.errors:
+            return
+        try:
+            campaign_context_check(Campaign(kind=data.get("kind") or self.instance.kind, content=content))
+        except ValidationError as exc:
+            self.add_error("content", exc.message_dict["content"])
 
     def _schedule_clean(self, data: dict) -> None:
         """The services' check of the schedule, answered at its field with what was typed kept (on

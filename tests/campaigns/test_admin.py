@@ -452,3 +452,20 @@ def test_a_decision_applies_only_to_the_request_the_approver_read(
     unseen = ApprovalRequest.objects.exclude(pk=read.pk).get()
     assert (unseen.status, unseen.decided_by) == (ApprovalRequest.Status.PENDING, None)
     assert ApprovalRequest.objects.get(pk=read.pk).status == ApprovalRequest.Status.CANCELLED
+
+
+def test_a_content_that_shows_a_call_context_is_answered_at_its_field_in_a_scheduled_campaign(
+    client, make_campaign, manager_alice, team
+):
+    from tests.campaigns.helpers import change_form
+    from tests.factories import PushContentFactory
+
+    campaign = make_campaign()
+    shipped = PushContentFactory(app=team, name="Shipped", title="Shipped", body="Order {{ context.order_id }}")
+    client.force_login(manager_alice)
+    answer = client.post(f"/admin/campaigns/campaign/{campaign.pk}/change/", change_form(campaign, content=shipped.pk))
+    assert answer.status_code == 200
+    page = answer.content.decode()
+    row = page[page.index("field-content") :]
+    assert "shows {{ context.order_id }} in its body" in row[: row.index("</div>", row.index("errorlist"))]
+    assert Campaign.objects.get(pk=campaign.pk).content_id == campaign.content_id
