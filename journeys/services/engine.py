@@ -506,6 +506,7 @@ def _open_step(version: JourneyVersion, step_id: str, frozen: dict, *, stamp: st
     from django.conf import settings
 
     from delivery.models import DeliveryRules, Dispatch
+    from delivery.payloads import spec_validate
     from delivery.services.streams import stream_open
     from journeys.services.lifecycle import journey_gate
 
@@ -519,6 +520,9 @@ def _open_step(version: JourneyVersion, step_id: str, frozen: dict, *, stamp: st
         return kept
     journey = version.journey
     journey_gate(app=journey.app, source_id=version.pk, spec=frozen["spec"], by=None)
+    # The send's checks, as a segment entry's dispatch has them (a URL scheme since taken off the
+    # settings, say): once per opening, not per batch.
+    spec_validate(frozen["spec"])
     stream_id = stream_open(
         kind=Dispatch.Kind.JOURNEY,
         source_id=version.pk,

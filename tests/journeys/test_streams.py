@@ -331,3 +331,40 @@ def test_a_stop_pressed_while_the_engine_pushes_a_batch_waits_for_it_instead_of_
     assert Journey.objects.get(pk=journey.pk).status == "stopped"
     assert Enrollment.objects.get().status == "completed"  # the batch went first, the stop after it
     assert Dispatch.objects.get(kind="journey").status == "stopped"
+
+
+def test_a_push_whose_approved_content_the_settings_no_longer_allow_is_refused_naming_the_field(
+    sim_journey,
+    sim_welcome,
+    publish,
+    pushsim,
+    sim_team,
+    api_key_for,
+    manager_alice,
+    settings,
+    django_capture_on_commit_callbacks,
+):
+    """As a segment entry's dispatch and an API trigger are: the deep link's scheme was allowed when
+    the journey was approved and has since been taken off the list; the stream is not opened."""
+    from journeys.models import Enrollment
+
+    settings.PUSHDESK_DEEP_LINK_SCHEMES = ["https", "shop"]
+    sim_welcome.tap_action, sim_welcome.tap_url = "deep_link", "shop://welcome"
+    sim_welcome.save()
+    graph = {
+        "steps": [
+            {"id": "thanks", "type": "push", "content": sim_welcome.pk, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+    publish(sim_journey(graph=graph, entry_kind="event", entry_event="order_paid", entry_segment=None))
+    phone = DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=sim_team).token
+    settings.PUSHDESK_DEEP_LINK_SCHEMES = ["https"]
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _post_event(client, "zoe").status_code == 200
+    assert not Dispatch.objects.exists() and not Delivery.objects.exists()
+    assert pushsim.state.count(phone) == 0
+    enrollment = Enrollment.objects.get()
+    assert enrollment.status == "failed"
+    assert "tap_url" in enrollment.exit_reason and "shop" in enrollment.exit_reason
