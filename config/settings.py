@@ -329,6 +329,10 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": PUSHDESK_INSTANCE,
+            # A Redis that takes connections but never answers (hung, or a failover half done)
+            # fails a request in seconds, as one that refuses them does (sign-in answers 503 saying
+            # why): set here rather than left to the client's default (5 s in redis-py 8).
+            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 3},
         }
     }
 else:

@@ -1,4 +1,9 @@
+import socket
+import threading
+import time
+
 import pytest
+from django.conf import settings as conf
 
 from accounts.models import AuditEvent
 from tests.factories import TEST_PASSWORD
@@ -51,6 +56,25 @@ def test_while_redis_does_not_answer_no_one_signs_in_and_the_page_says_why(clien
         assert "Enter a correct username" not in html  # the password is not checked
         assert "_auth_user_id" not in client.session
     assert client.get("/admin/login/").status_code == 200
+
+
+@pytest.mark.skipif(not conf.REDIS_URL, reason="the cache is the database here")
+def test_a_redis_that_takes_the_connection_and_never_answers_fails_sign_in_in_seconds(client, manager_alice, settings):
+    """The production cache's options (its socket timeouts), against a server that accepts and says nothing."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(silent.accept()[0]), daemon=True).start()
+    try:
+        location = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        settings.CACHES = {"default": {**conf.CACHES["default"], "LOCATION": location}}
+        started = time.monotonic()
+        response = _login(client, "manager_alice", TEST_PASSWORD)
+        assert response.status_code == 503 and "Signing in is unavailable for now" in response.content.decode()
+        assert time.monotonic() - started < 8
+    finally:
+        silent.close()
+        for connection in accepted:
+            connection.close()
 
 
 @pytest.mark.presses("accounts.user:auth_user_password_change")
