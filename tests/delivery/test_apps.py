@@ -505,35 +505,12 @@ def test_a_token_endpoints_odd_characters_reach_the_admins_page_as_replacement_c
 ):
     # A token endpoint (HTTPS, on loopback) whose refusal holds a NUL and a lone surrogate, as
     # JSON escapes: the page that quotes it could not be encoded, and the action ended in a 500.
-    import http.server
-    import ssl
-    import threading
+    from tests.fakes.token_endpoint import token_endpoint
 
-    import trustme
-
-    class Refusing(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server's name)
-            self.rfile.read(int(self.headers["Content-Length"]))
-            body = b'{"error": "invalid_grant", "error_description": "no \\u0000 such \\ud800 key"}'
-            self.send_response(400)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    ca = trustme.CA()
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    settings.PUSHDESK_CA_BUNDLE = str(tmp_path / "ca.pem")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        fcm = make_fcm_credentials(token_uri=f"https://127.0.0.1:{server.server_port}/token", name="odd")
+    body = b'{"error": "invalid_grant", "error_description": "no \\u0000 such \\ud800 key"}'
+    with token_endpoint(status=400, body=body, ca_path=str(tmp_path / "ca.pem")) as url:
+        settings.PUSHDESK_CA_BUNDLE = str(tmp_path / "ca.pem")
+        fcm = make_fcm_credentials(token_uri=url, name="odd")
         app = app_create(name="Odd", by=None, fcm_service_account=service_account_parse(raw=fcm.json_bytes))
         client.force_login(admin_erin)
         response = client.post(
@@ -541,9 +518,6 @@ def test_a_token_endpoints_odd_characters_reach_the_admins_page_as_replacement_c
             {"action": "test_connection", "_selected_action": [app.pk]},
             follow=True,
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     assert response.status_code == 200
     page = response.content.decode()
     assert "The token endpoint refused the service account" in page

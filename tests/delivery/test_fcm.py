@@ -129,18 +129,23 @@ def test_an_access_token_fcm_calls_expired_is_refreshed_once_and_the_message_res
     assert pushsim.state.token_grants == 2 and pushsim.state.count(TOKEN) == 2
 
 
-def test_a_service_account_the_token_endpoint_refuses_is_a_credentials_problem(pushsim):
-    stranger = make_fcm_credentials(token_uri=pushsim.url(tls=True) + "/token", name="stranger")
+def _send_two(pushsim, service_account_info) -> list:
+    """Two messages through a client of this service account, to the simulator over TLS."""
     c = FcmClient(
-        service_account_info=stranger.info,
+        service_account_info=service_account_info,
         base_url=pushsim.fcm_url(tls=True),
         transport=Http2Transport(ca_bundle=pushsim.ca_path),
         http=http_client(),
     )
     try:
-        outcomes = c.send([to(), to()])
+        return c.send([to(), to()])
     finally:
         c.close()
+
+
+def test_a_service_account_the_token_endpoint_refuses_is_a_credentials_problem(pushsim):
+    stranger = make_fcm_credentials(token_uri=pushsim.url(tls=True) + "/token", name="stranger")
+    outcomes = _send_two(pushsim, stranger.info)
     assert [(o.kind, o.reason) for o in outcomes] == [(CREDENTIALS, "oauth")] * 2
     assert "invalid_grant" in outcomes[0].detail
     assert stranger.info["private_key"] not in outcomes[0].detail
@@ -161,16 +166,7 @@ def test_a_token_endpoint_answering_200_without_a_usable_token_is_a_credentials_
     with token_endpoint(status=200, body=body, ca_path=str(tmp_path / "ca.pem")) as url:
         settings.PUSHDESK_CA_BUNDLE = str(tmp_path / "ca.pem")
         account = make_fcm_credentials(token_uri=url, name="proxied")
-        c = FcmClient(
-            service_account_info=account.info,
-            base_url=pushsim.fcm_url(tls=True),
-            transport=Http2Transport(ca_bundle=pushsim.ca_path),
-            http=http_client(),
-        )
-        try:
-            outcomes = c.send([to(), to()])
-        finally:
-            c.close()
+        outcomes = _send_two(pushsim, account.info)
     assert [(o.kind, o.reason) for o in outcomes] == [(CREDENTIALS, "oauth")] * 2
     assert outcomes[0].detail == "The token endpoint answered without a usable access token."
 
