@@ -36,6 +36,37 @@ def browser_type_launch_args(browser_type_launch_args):
     }
 
 
+@pytest.fixture(scope="session")
+def _browsers():
+    """The browsers this process launched: closed at its end."""
+    launched = []
+    yield launched
+    for browser in launched:
+        if browser.is_connected():
+            browser.close()
+
+
+@pytest.fixture
+def browser(launch_browser, _browsers):
+    """pytest-playwright's browser, one for the process as its own is, but launched again when the
+    last one is gone: a Chromium that crashed or was killed fails the test it happened in (which
+    runs once more, see below), not every browser test after it in the process."""
+    if not _browsers or not _browsers[-1].is_connected():
+        _browsers.append(launch_browser())
+    return _browsers[-1]
+
+
+# Chromium itself closing under a test ("Target page, context or browser has been closed"): the
+# test runs once more, in a browser launched again. Any other failure counts as it is.
+BROWSER_GONE = r"TargetClosedError: .*(Target page, context or browser has been closed|Browser closed)"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("browser") is not None:
+            item.add_marker(pytest.mark.flaky(reruns=1, only_rerun=[BROWSER_GONE]))
+
+
 @pytest.fixture
 def screenshot(page):
     """Save a full-page screenshot under test-artifacts/screenshots/<name>.png."""
