@@ -24,7 +24,7 @@ from campaigns.review import (
     campaign_phones_html,
     version_diff_html,
 )
-from campaigns.schedule import local_wall_time, localize, schedule_check
+from campaigns.schedule import local_wall_time, localize, schedule_check, zoned
 from campaigns.schedule import zone as schedule_zone
 from campaigns.selectors import campaign_actions, campaigns_visible_to
 from campaigns.services.conversions import campaign_conversion_set
@@ -108,13 +108,6 @@ def trigger_example(campaign: Campaign, *, url: str) -> str:
         '  -H "Idempotency-Key: $(uuidgen)" \\\n'
         f"  -d '{json.dumps(body, ensure_ascii=False)}'"
     )
-
-
-def zoned(value: dt.datetime | None, time_zone: str) -> str:
-    """A stored (UTC) time as the wall-clock time of the campaign's zone, the zone named."""
-    if value is None:
-        return "—"
-    return f"{value.astimezone(schedule_zone(time_zone)):%Y-%m-%d %H:%M} ({time_zone})"
 
 
 class CampaignForm(ConversionFormMixin, forms.ModelForm):
@@ -411,15 +404,12 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         request = approval_current(obj)
         if request is None:
             return "Not submitted yet."
-        tz = schedule_zone(obj.time_zone)
         if request.status == request.Status.PENDING:
-            who, when = request.requested_by, request.requested_at
+            who, when = request.requested_by, zoned(request.requested_at, obj.time_zone)
             text = "Revision waiting for approval" if obj.is_active else request.get_status_display()
-            return format_html("{}: asked by {} on {} ({})", text, who, f"{when.astimezone(tz):%Y-%m-%d %H:%M}", tz)
+            return format_html("{}: asked by {} on {}", text, who, when)
         decided = (
-            f" by {request.decided_by} on {request.decided_at.astimezone(tz):%Y-%m-%d %H:%M} ({tz})"
-            if request.decided_by
-            else ""
+            f" by {request.decided_by} on {zoned(request.decided_at, obj.time_zone)}" if request.decided_by else ""
         )
         comment = format_html(" — “{}”", request.comment) if request.comment else ""
         return format_html("{}{}{}", request.get_status_display(), decided, comment)
@@ -527,7 +517,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         if approved is None:
             return "—"
         at = dt.datetime.fromisoformat(approved.approved_at) if approved.approved_at else None
-        when = f" on {at.astimezone(schedule_zone(obj.time_zone)):%Y-%m-%d %H:%M} ({obj.time_zone})" if at else ""
+        when = f" on {zoned(at, obj.time_zone)}" if at else ""
         sending = format_html(
             '<p id="approved-version">Version {} (approved{}{}) is sending.</p>',
             approved.number,

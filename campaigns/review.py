@@ -8,12 +8,7 @@ from django.utils.html import format_html, format_html_join
 
 from accounts.models import ApprovalRequest, User
 from campaigns.models import ApprovedVersion, Campaign
-from campaigns.schedule import zone
-
-
-def _when(value: dt.datetime, time_zone: str) -> str:
-    """A date as entered: the wall-clock time in the campaign's zone, the zone named."""
-    return f"{value.astimezone(zone(time_zone)):%Y-%m-%d %H:%M} ({time_zone})"
+from campaigns.schedule import zoned
 
 
 def schedule_text(campaign, *, now: dt.datetime | None = None) -> str:
@@ -27,14 +22,14 @@ def schedule_text(campaign, *, now: dt.datetime | None = None) -> str:
     local = " at each profile's local time" if campaign.at_local_time else ""
     if campaign.schedule_kind == Campaign.ScheduleKind.NOW:
         return "Sent as soon as it is approved."
-    when = _when(campaign.send_at, campaign.time_zone) if campaign.send_at else "—"
+    when = zoned(campaign.send_at, campaign.time_zone)
     if campaign.schedule_kind == Campaign.ScheduleKind.AT:
         if campaign.send_at and campaign.send_at <= now:
             # Past, but not necessarily sent: the campaign's occurrences say what became of it.
             return f"Once, at {when}{local}: that time has passed."
         return f"Sends once, at {when}{local}."
     rule = campaign.cron if campaign.recurrence == Campaign.Recurrence.CRON else campaign.recurrence
-    until = f" until {_when(campaign.ends_at, campaign.time_zone)}" if campaign.ends_at else ""
+    until = f" until {zoned(campaign.ends_at, campaign.time_zone)}" if campaign.ends_at else ""
     verb = "Started" if campaign.send_at and campaign.send_at <= now else "Starts"
     return f"Recurring ({rule}){local}. {verb} {when}{until}."
 

@@ -31,6 +31,14 @@ def _iana_names() -> frozenset[str]:
     return frozenset(available_timezones() - {"localtime", "posixrules"})
 
 
+def zoned(value: dt.datetime | None, time_zone: str) -> str:
+    """A stored (UTC) time as the wall-clock time of the campaign's zone, the zone named: the form
+    every page and message shows a campaign's dates in."""
+    if value is None:
+        return "—"
+    return f"{value.astimezone(zone(time_zone)):%Y-%m-%d %H:%M} ({time_zone})"
+
+
 def zone_check(name: str) -> None:
     """Refuse a time zone that is not an IANA name, naming the field. Raises ValidationError."""
     zone(name)

@@ -27,7 +27,7 @@ from accounts.services import (
     status_transition,
 )
 from campaigns.models import Campaign
-from campaigns.schedule import next_occurrence, schedule_check, zone
+from campaigns.schedule import next_occurrence, schedule_check, zoned
 from delivery.services.contents import pushcontent_duplicate
 
 Status = Campaign.Status
@@ -101,9 +101,8 @@ def campaign_context_check(campaign: Campaign) -> None:
         if v.content_id != campaign.content_id
     ]
     for field, whose, content in contents:
-        gaps = spec_context_gaps(content.spec(), given=SCHEDULED_CONTEXT)
-        if gaps:
-            shown = " and ".join(f"{output} in its {where}" for where, output in gaps)
+        shown = spec_context_gaps(content.spec(), given=SCHEDULED_CONTEXT)
+        if shown:
             raise ValidationError(
                 {
                     field: f"{whose}'{content}' shows {shown}: only an API trigger's call gives a context, "
@@ -405,7 +404,7 @@ def _check_a_send_is_left(campaign: Campaign, *, now: dt.datetime) -> None:
         return
     if campaign.ends_at is None or next_occurrence(campaign, after=now - dt.timedelta(microseconds=1)) is not None:
         return
-    ended = f"{campaign.ends_at.astimezone(zone(campaign.time_zone)):%Y-%m-%d %H:%M} ({campaign.time_zone})"
+    ended = zoned(campaign.ends_at, campaign.time_zone)
     raise ValidationError(f"'{campaign}' has no send left: its schedule ended {ended}. Ask for changes.")
 
 
