@@ -255,7 +255,8 @@ class ApprovalRequest(models.Model):
 
     @property
     def subject(self):
-        return self.subject_type.get_object_for_this_type(pk=self.subject_id)
+        """The campaign or journey asked about; None once it was deleted (a draft can be)."""
+        return self.subject_type.model_class()._default_manager.filter(pk=self.subject_id).first()
 
 
 class VersionStamp(models.Model):

@@ -278,10 +278,9 @@ def _changed_since_approval(user: User, request: ApprovalRequest) -> bool:
     was last approved (ever, when it never was): their own work, which the four eyes are for."""
     from delivery.models import PushContent
 
-    model = request.subject_type.model_class()
-    actions = getattr(model, "APPROVAL_AUTHORING_ACTIONS", ())
-    subject = model._default_manager.filter(pk=request.subject_id).first()
-    if not actions or subject is None:
+    actions = getattr(request.subject_type.model_class(), "APPROVAL_AUTHORING_ACTIONS", ())
+    subject = request.subject if actions else None
+    if subject is None:
         return False
     since = (
         ApprovalRequest.objects.filter(

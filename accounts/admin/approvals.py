@@ -245,7 +245,7 @@ class ApprovalRequestAdmin(AccessAdmin):
         handler = approval_subject_for(approval.subject_type.model_class())
         if handler is None:
             raise Http404("Nothing can review this kind of object.")
-        subject = approval.subject_type.model_class()._default_manager.filter(pk=approval.subject_id).first()
+        subject = approval.subject
         if subject is None:  # a draft deleted since it was reviewed: its record is what is left
             self.message_user(
                 request,
