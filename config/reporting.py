@@ -1,4 +1,5 @@
-"""What error reports (the DEBUG page, emailed reports) may show of the settings."""
+"""What error reports (the DEBUG page, emailed reports) may show of the settings, and the one line
+a command or a log says of an error."""
 
 import re
 
@@ -8,6 +9,13 @@ from django.views.debug import SafeExceptionReporterFilter
 _URL_PASSWORD = re.compile(
     r"(?P<head>[a-z][a-z0-9+.-]*://[^/@:\s]*:)(?P<password>[^/\s]+)(?=@[^@/\s]*(?:[/\s]|$))", re.IGNORECASE
 )
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of what ``exc`` says ("" when it says nothing): a driver's error runs on for
+    lines (the server's hint, the statement), where a one-line message wants its gist."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 class SettingsReportFilter(SafeExceptionReporterFilter):

@@ -144,20 +144,20 @@ def spec_reads(spec: dict, name: str) -> bool:
     return any(template_reads(s, name) for s in _spec_sources(spec))
 
 
-def spec_context_gaps(spec: dict, *, given: dict) -> list[tuple[str, str]]:
-    """The ``(field, output)`` of each output a send whose context is ``given`` shows empty
-    (``template_context_gaps``), fields named as ``spec_validate`` names them (``body``,
-    ``variants.fr.title``, ``data.order``)."""
+def spec_context_gaps(spec: dict, *, given: dict) -> str:
+    """What a send whose context is ``given`` shows empty, in words ("{{ context.order }} in its
+    body and …"; "" when nothing): each output ``template_context_gaps`` finds, with its field named
+    as ``spec_validate`` names it (``body``, ``variants.fr.title``, ``data.order``)."""
     sources = [(name, spec.get(name, "") or "") for name in VARIANT_FIELDS]
     for locale, texts in (spec.get("variants") or {}).items():
         sources += [(f"variants.{locale}.{name}", value) for name, value in dict(texts).items()]
     sources += [(f"data.{key}", value) for key, value in (spec.get("data") or {}).items()]
-    return [
-        (field, output)
+    return " and ".join(
+        f"{output} in its {field}"
         for field, source in sources
         if isinstance(source, str)
         for output in template_context_gaps(source, given=given)
-    ]
+    )
 
 
 # JSON's longest escape of one byte of text (a control character as ``\\u00XX``); a character of

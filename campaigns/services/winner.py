@@ -297,10 +297,11 @@ def winner_pick(*, campaign_id: int, now: dt.datetime | None = None) -> WinnerTe
         except (GateClosed, ValidationError) as exc:
             # A ValidationError: the approved content no longer passes the send's checks (a URL
             # scheme the settings no longer allow, say); the beat goes on with the other tests.
-            refused = "The gate refused the rest" if isinstance(exc, GateClosed) else "The rest's content was refused"
-            detail = str(exc) if isinstance(exc, GateClosed) else " ".join(exc.messages)
+            from campaigns.services.scheduling import content_refusal
+
+            refused = f"The gate refused the rest: {exc}" if isinstance(exc, GateClosed) else content_refusal(exc)
             test.outcome = WinnerTest.Outcome.CANCELLED
-            test.reason = f"{test.reason} {refused}: {detail}"[:300]
+            test.reason = f"{test.reason} {refused}"[:300]
             test.save(update_fields=["outcome", "reason"])
             audit(actor=None, action="campaign_winner_cancelled", obj=campaign, summary={"reason": test.reason})
             return test

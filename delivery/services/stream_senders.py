@@ -38,6 +38,7 @@ from django.utils import timezone
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from config.reporting import first_line
 from delivery.models import Dispatch
 from operations.shutdown import stop_requested
 
@@ -394,7 +395,7 @@ def _outage(exc: Exception) -> str | None:
         which = "the database"
     else:
         return None
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    detail = first_line(exc)
     return f"{which} does not answer ({exc.__class__.__name__}{': ' + detail if detail else ''})"
 
 

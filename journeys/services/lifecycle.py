@@ -115,9 +115,8 @@ def version_reference_checks(*, app_id: int, by: User | None, kept: JourneyVersi
             return f"push content {content_id} does not exist."
         if content.app_id != app_id:
             return f"push content '{content}' belongs to another app."
-        gaps = spec_context_gaps(content.spec(), given=JOURNEY_PUSH_CONTEXT)
-        if gaps:
-            shown = " and ".join(f"{output} in its {where}" for where, output in gaps)
+        shown = spec_context_gaps(content.spec(), given=JOURNEY_PUSH_CONTEXT)
+        if shown:
             return (
                 f"push content '{content}' shows {shown}: a journey's push has no call's context (only an "
                 "API trigger's call gives one), so it would send that part empty. Give it a default "

@@ -28,6 +28,7 @@ from django.core.management.base import CommandError
 from django_q.cluster import Cluster, Sentinel
 from django_q.management.commands.qcluster import Command as QclusterCommand
 
+from config.reporting import first_line
 from operations.shutdown import request_stop
 
 logger = logging.getLogger("pushdesk.worker")
@@ -87,7 +88,7 @@ def _ensure_queue_and_database_answer() -> None:
     try:
         connection.ensure_connection()
     except DatabaseError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        reason = first_line(exc) or exc.__class__.__name__
         raise CommandError(f"the database does not answer ({reason}); start it, or check DATABASE_URL.") from None
     connection.close()  # the workers are forked: none inherits this connection
 

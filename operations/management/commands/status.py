@@ -5,6 +5,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, connection
 
+from config.reporting import first_line
 from operations.status import snapshot
 
 
@@ -19,10 +20,6 @@ def _age(seconds: float | None) -> str:
     return f"{seconds // 3600} h ago"
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-
-
 class Command(BaseCommand):
     help = "Queue depth and the oldest task's age, dispatches sending and their rates, failed tasks, the beat."
 
@@ -30,12 +27,12 @@ class Command(BaseCommand):
         try:
             connection.ensure_connection()
         except DatabaseError as exc:
-            raise CommandError(f"the database does not answer: {_first_line(exc)}") from None
+            raise CommandError(f"the database does not answer: {first_line(exc) or type(exc).__name__}") from None
         try:
             s = snapshot()
         except DatabaseError as exc:  # it answers: a table missing (a new database, a release not migrated)
             raise CommandError(
-                f"the database cannot be read ({_first_line(exc)}); are its migrations applied? "
+                f"the database cannot be read ({first_line(exc) or type(exc).__name__}); are its migrations applied? "
                 "Run `manage.py migrate`."
             ) from None
         write = self.stdout.write
