@@ -498,6 +498,23 @@ def test_test_connection_names_the_bundle_id_when_apns_refuses_the_topic(pushsim
     )
 
 
+def _test_connection_against(client, admin_erin, settings, tmp_path, *, status: int, body: bytes):
+    """An Administrator presses Test connection for an app whose service account's token endpoint
+    (HTTPS, on loopback) answers ``status`` with ``body``: the page that follows."""
+    from tests.fakes.token_endpoint import token_endpoint
+
+    with token_endpoint(status=status, body=body, ca_path=str(tmp_path / "ca.pem")) as url:
+        settings.PUSHDESK_CA_BUNDLE = str(tmp_path / "ca.pem")
+        fcm = make_fcm_credentials(token_uri=url, name="endpoint")
+        app = app_create(name="Endpoint", by=None, fcm_service_account=service_account_parse(raw=fcm.json_bytes))
+        client.force_login(admin_erin)
+        return client.post(
+            reverse("admin:delivery_app_changelist"),
+            {"action": "test_connection", "_selected_action": [app.pk]},
+            follow=True,
+        )
+
+
 @pytest.mark.django_db
 @pytest.mark.presses("delivery.app:test_connection")
 def test_a_token_endpoints_odd_characters_reach_the_admins_page_as_replacement_characters(
@@ -505,19 +522,8 @@ def test_a_token_endpoints_odd_characters_reach_the_admins_page_as_replacement_c
 ):
     # A token endpoint (HTTPS, on loopback) whose refusal holds a NUL and a lone surrogate, as
     # JSON escapes: the page that quotes it could not be encoded, and the action ended in a 500.
-    from tests.fakes.token_endpoint import token_endpoint
-
     body = b'{"error": "invalid_grant", "error_description": "no \\u0000 such \\ud800 key"}'
-    with token_endpoint(status=400, body=body, ca_path=str(tmp_path / "ca.pem")) as url:
-        settings.PUSHDESK_CA_BUNDLE = str(tmp_path / "ca.pem")
-        fcm = make_fcm_credentials(token_uri=url, name="odd")
-        app = app_create(name="Odd", by=None, fcm_service_account=service_account_parse(raw=fcm.json_bytes))
-        client.force_login(admin_erin)
-        response = client.post(
-            reverse("admin:delivery_app_changelist"),
-            {"action": "test_connection", "_selected_action": [app.pk]},
-            follow=True,
-        )
+    response = _test_connection_against(client, admin_erin, settings, tmp_path, status=400, body=body)
     assert response.status_code == 200
     page = response.content.decode()
     assert "The token endpoint refused the service account" in page
@@ -536,18 +542,8 @@ def test_test_connection_says_a_token_endpoint_that_does_not_answer_was_not_reac
 @pytest.mark.django_db
 @pytest.mark.presses("delivery.app:test_connection")
 def test_test_connection_reports_a_token_endpoint_answering_without_a_token(client, admin_erin, settings, tmp_path):
-    from tests.fakes.token_endpoint import token_endpoint
-
-    with token_endpoint(status=200, body=b"<html>Sign in</html>", ca_path=str(tmp_path / "ca.pem")) as url:
-        settings.PUSHDESK_CA_BUNDLE = str(tmp_path / "ca.pem")
-        fcm = make_fcm_credentials(token_uri=url, name="proxied")
-        app = app_create(name="Proxied", by=None, fcm_service_account=service_account_parse(raw=fcm.json_bytes))
-        client.force_login(admin_erin)
-        response = client.post(
-            reverse("admin:delivery_app_changelist"),
-            {"action": "test_connection", "_selected_action": [app.pk]},
-            follow=True,
-        )
+    body = b"<html>Sign in</html>"
+    response = _test_connection_against(client, admin_erin, settings, tmp_path, status=200, body=body)
     assert response.status_code == 200
     assert (
         "The token endpoint refused the service account: "
