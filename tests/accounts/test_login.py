@@ -70,7 +70,7 @@ def test_a_redis_that_takes_the_connection_and_never_answers_fails_sign_in_in_se
         started = time.monotonic()
         response = _login(client, "manager_alice", TEST_PASSWORD)
         assert response.status_code == 503 and "Signing in is unavailable for now" in response.content.decode()
-        assert time.monotonic() - started < 8
+        assert time.monotonic() - started < 4.5  # the 3 s set in the settings, not the client's 5 s default
     finally:
         silent.close()
         for connection in accepted:
