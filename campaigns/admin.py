@@ -22,9 +22,10 @@ from campaigns.review import (
     approved_phones_html,
     audience_kept_text,
     campaign_phones_html,
+    next_send_text,
     version_diff_html,
 )
-from campaigns.schedule import local_wall_time, localize, schedule_check, zoned
+from campaigns.schedule import localize, schedule_check, zoned
 from campaigns.schedule import zone as schedule_zone
 from campaigns.selectors import campaign_actions, campaigns_visible_to
 from campaigns.services.conversions import campaign_conversion_set
@@ -477,14 +478,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
 
     @admin.display(description="Next send", ordering="next_occurrence_at")
     def next_send(self, obj):
-        approved = (obj.approved_version or {}).get("fields") or {}
-        if obj.next_occurrence_at is None or not approved.get("at_local_time") or approved["schedule_kind"] == "now":
-            return zoned(obj.next_occurrence_at, obj.time_zone)
-        # The time of day as entered, and when the beat starts it (UTC+14 gets there first).
-        wall = dt.datetime.fromisoformat(local_wall_time(obj, obj.next_occurrence_at))
-        return (
-            f"{wall:%Y-%m-%d %H:%M} at each profile's local time, from {zoned(obj.next_occurrence_at, obj.time_zone)}"
-        )
+        return next_send_text(obj)
 
     @admin.display(description="Updated at", ordering="updated_at")
     def updated(self, obj):

@@ -8,7 +8,7 @@ from django.utils.html import format_html, format_html_join
 
 from accounts.models import ApprovalRequest, User
 from campaigns.models import ApprovedVersion, Campaign
-from campaigns.schedule import zoned
+from campaigns.schedule import local_wall_time, zoned
 
 
 def schedule_text(campaign, *, now: dt.datetime | None = None) -> str:
@@ -32,6 +32,18 @@ def schedule_text(campaign, *, now: dt.datetime | None = None) -> str:
     until = f" until {zoned(campaign.ends_at, campaign.time_zone)}" if campaign.ends_at else ""
     verb = "Started" if campaign.send_at and campaign.send_at <= now else "Starts"
     return f"Recurring ({rule}){local}. {verb} {when}{until}."
+
+
+def next_send_text(campaign: Campaign) -> str:
+    """The campaign's next send (``next_occurrence_at``) in its own zone, the zone named; for a send
+    at each profile's local time, the time of day as entered and when the send starts it (UTC+14
+    gets there first), as the approved version says. "—" when nothing is due."""
+    approved = (campaign.approved_version or {}).get("fields") or {}
+    when = zoned(campaign.next_occurrence_at, campaign.time_zone)
+    if campaign.next_occurrence_at is None or not approved.get("at_local_time") or approved["schedule_kind"] == "now":
+        return when
+    wall = dt.datetime.fromisoformat(local_wall_time(campaign, campaign.next_occurrence_at))
+    return f"{wall:%Y-%m-%d %H:%M} at each profile's local time, from {when}"
 
 
 def audience_text(*, segment_id: int | None, app_id: int, label: str = "") -> str:

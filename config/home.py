@@ -19,6 +19,7 @@ from accounts.selectors import approval_requests_visible_to, approvals_waiting_f
 from audiences.models import Import
 from audiences.selectors import imports_visible_to
 from campaigns.models import Campaign
+from campaigns.review import next_send_text
 from campaigns.selectors import campaigns_visible_to
 from delivery.models import Delivery, DeliveryRollup, Dispatch
 from delivery.selectors import dispatches_visible_to
@@ -72,8 +73,9 @@ def live_and_next(user: User, *, now: dt.datetime) -> tuple[Section, Section]:
     scheduled = Section("Scheduled next", empty="Nothing is scheduled.")
     upcoming = campaigns.filter(status=Campaign.Status.SCHEDULED, next_occurrence_at__isnull=False)
     for campaign in upcoming.order_by("next_occurrence_at")[:LIST_LIMIT]:
-        when = timezone.localtime(campaign.next_occurrence_at).strftime("%Y-%m-%d %H:%M %Z")
-        scheduled.items.append(Item(f"Campaign: {campaign}", _change_url(campaign), f"next send {when}"))
+        scheduled.items.append(
+            Item(f"Campaign: {campaign}", _change_url(campaign), f"next send {next_send_text(campaign)}")
+        )
     scheduled.more_url = _changelist_url(Campaign, "status__exact=scheduled")
     return live, scheduled
 

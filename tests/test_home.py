@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from accounts.models import ApprovalRequest
 from accounts.services import access_grant
-from campaigns.services.lifecycle import campaign_create, campaign_submit
+from campaigns.services.lifecycle import campaign_approve, campaign_create, campaign_submit
 from config.home import home_for, queue_state
 from delivery.models import Delivery, Dispatch
 from delivery.services.rollups import rollup_rebuild
@@ -254,3 +254,35 @@ def test_administrator_home_says_the_queue_cannot_be_read_while_redis_is_down(
     response = client.get("/admin/")
     assert response.status_code == 200
     assert "cannot be read: Redis does not answer (ConnectionError)" in response.content.decode()
+
+
+def test_scheduled_next_reads_each_campaigns_next_send_in_its_own_zone(client, manager_alice, approver_bob, shop):
+    from zoneinfo import ZoneInfo
+
+    segment = SegmentFactory(name="Everyone", created_by=manager_alice)
+    access_grant(obj=segment, to=manager_alice, by=None)
+    nine_in_new_york = dt.datetime(2027, 1, 5, 9, 0, tzinfo=ZoneInfo("America/New_York"))
+    nine_in_paris = dt.datetime(2027, 1, 6, 9, 0, tzinfo=ZoneInfo("Europe/Paris"))
+    for name, send_at, time_zone, local in (
+        ("New York sale", nine_in_new_york, "America/New_York", False),
+        ("Paris morning", nine_in_paris, "Europe/Paris", True),
+    ):
+        campaign = campaign_create(
+            by=manager_alice,
+            name=name,
+            app=shop,
+            segment=segment,
+            content=PushContentFactory(app=shop),
+            kind="scheduled",
+            schedule_kind="at",
+            send_at=send_at,
+            time_zone=time_zone,
+            at_local_time=local,
+        )
+        campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+        campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=send_at - dt.timedelta(days=2))
+    client.force_login(manager_alice)
+    html = client.get("/admin/").content.decode()
+    assert "next send 2027-01-05 09:00 (America/New_York)" in html
+    # At each profile's local time: 09:00 as entered, started when UTC+14 gets there (20:00 in Paris).
+    assert "next send 2027-01-06 09:00 at each profile&#x27;s local time, from 2027-01-05 20:00 (Europe/Paris)" in html
