@@ -135,8 +135,10 @@ def occurrences_after(
             yield candidate
 
 
-# A send at each profile's local time starts when the earliest time zone (UTC+14) gets there.
+# A send at each profile's local time starts when the earliest time zone (UTC+14) gets there, and
+# goes on until the last one (UTC−12) gets there, 26 hours later.
 EARLIEST_ZONE = "Etc/GMT-14"
+LOCAL_SPAN = dt.timedelta(hours=26)
 
 
 def _rebased(send_at: dt.datetime | None, *, from_zone: str, to_zone: str) -> dt.datetime | None:
@@ -152,13 +154,34 @@ def local_wall_time(campaign, occurrence: dt.datetime) -> str:
     return occurrence.astimezone(zone(EARLIEST_ZONE)).replace(tzinfo=None).isoformat(timespec="seconds")
 
 
+def at_local_time(campaign) -> bool:
+    """Does the campaign send at each profile's local time (a schedule that is not "now")?"""
+    return bool(getattr(campaign, "at_local_time", False)) and campaign.schedule_kind != "now"
+
+
+def local_occurrence_open(campaign, *, now: dt.datetime, fired: set[dt.datetime] = frozenset()) -> dt.datetime | None:
+    """For a local-time campaign, the latest occurrence begun by ``now`` that some time zone has not
+    reached yet (it began less than 26 hours ago) and that is not in ``fired``; None when there is
+    none. Approved after UTC+14 reached its time, it is still due for the zones behind."""
+    if not at_local_time(campaign):
+        return None
+    found = None
+    due = next_occurrence(campaign, after=now - LOCAL_SPAN)
+    for _ in range(10_000):  # bounded: a cron every minute has 1,560 occurrences in 26 hours
+        if due is None or due > now:
+            break
+        found = due
+        due = next_occurrence(campaign, after=due)
+    return None if found in fired else found
+
+
 def next_occurrence(campaign, *, after: dt.datetime) -> dt.datetime | None:
     """The campaign's first occurrence strictly after ``after``, or None when there is none left.
 
     For a send at each profile's local time, the occurrence is when UTC+14 reaches the wall-clock
     time (the send then holds each profile's rows until their own zone gets there).
     """
-    local = getattr(campaign, "at_local_time", False) and campaign.schedule_kind != "now"
+    local = at_local_time(campaign)
     time_zone = EARLIEST_ZONE if local else campaign.time_zone
     send_at = (
         _rebased(campaign.send_at, from_zone=campaign.time_zone, to_zone=EARLIEST_ZONE) if local else campaign.send_at

@@ -349,6 +349,12 @@ class Dispatch(models.Model):
     local_default_timezone = models.CharField(
         max_length=64, blank=True, help_text="The time zone of profiles without one, for local-time sends."
     )
+    local_late_minutes = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="For a local-time send: how late a time zone may still be sent to when the rows are resolved; "
+        "the rows of a zone later than that are skipped (missed_local_time). Empty: sent however late.",
+    )
     purpose = models.CharField(
         max_length=20,
         choices=[("marketing", "marketing"), ("transactional", "transactional")],

@@ -20,7 +20,7 @@ from delivery.services.rollups import deliveries_finish
 
 DS = Delivery.Status
 # The reasons ``rules_apply`` reports for rows it made final (``skipped``): the others are held back.
-SKIPPING_RULES = ("frequency_cap", "quiet_hours")
+SKIPPING_RULES = ("frequency_cap", "quiet_hours", "missed_local_time")
 
 
 def rules_apply(*, dispatch: Dispatch, now: dt.datetime) -> dict[str, int]:
@@ -159,21 +159,35 @@ def _quiet_hours(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -> 
     return held
 
 
-def local_time_apply(*, dispatch: Dispatch, now: dt.datetime) -> int:
+def local_time_apply(*, dispatch: Dispatch, now: dt.datetime) -> dict[str, int]:
     """For a send at a local time of day: hold each queued row until that wall-clock time in its
-    profile's time zone (one UPDATE per time zone present). Returns the rows held."""
+    profile's time zone (one UPDATE per time zone present); a zone already past it is sent now, or,
+    past it by more than the dispatch's ``local_late_minutes``, skipped (``missed_local_time``).
+    Returns {"local_time_held": rows, "missed_local_time": rows}, without zeros."""
     if not dispatch.local_time:
-        return 0
+        return {}
     wall = dt.datetime.fromisoformat(dispatch.local_time)
+    late = dt.timedelta(minutes=dispatch.local_late_minutes) if dispatch.local_late_minutes is not None else None
     queued = Delivery.objects.filter(dispatch_id=dispatch.pk, finished_at__isnull=True, status=DS.QUEUED)
-    held = 0
+    counts = {"local_time_held": 0, "missed_local_time": 0}
     for name in set(queued.values_list("profile__timezone", flat=True).distinct()):
         at = _localize(wall, _zone(name, dispatch.local_default_timezone))
         if at <= now:
-            continue  # that time zone is already there: send now
+            if late is not None and now - at > late:
+                sql, params = _rows_in_zone(queued, name).values("id").query.sql_with_params()
+                counts["missed_local_time"] += deliveries_finish(
+                    where=f"d.id IN ({sql})",
+                    params=list(params),
+                    status=DS.SKIPPED,
+                    reason="missed_local_time",
+                    now=now,
+                )
+            continue  # that time zone is there: send now
         at = at.astimezone(dt.UTC)
-        held += _rows_in_zone(queued, name).update(next_attempt_at=at, expires_at=at + _ttl(dispatch))
-    return held
+        counts["local_time_held"] += _rows_in_zone(queued, name).update(
+            next_attempt_at=at, expires_at=at + _ttl(dispatch)
+        )
+    return {reason: n for reason, n in counts.items() if n}
 
 
 def _localize(wall: dt.datetime, zone: ZoneInfo) -> dt.datetime:

@@ -27,7 +27,7 @@ from accounts.services import (
     status_transition,
 )
 from campaigns.models import Campaign
-from campaigns.schedule import next_occurrence, schedule_check, zoned
+from campaigns.schedule import LOCAL_SPAN, local_occurrence_open, next_occurrence, schedule_check, zoned
 from delivery.services.contents import pushcontent_duplicate
 
 Status = Campaign.Status
@@ -338,7 +338,10 @@ def _approve_revision(campaign: Campaign, request: ApprovalRequest, *, by: User,
         if campaign.schedule_kind == Campaign.ScheduleKind.NOW:
             campaign.next_occurrence_at = None if fired else now
         else:
-            campaign.next_occurrence_at = _first_due(campaign.approved(), now=now, fired=fired)
+            recent = campaign.occurrences.filter(due_at__gt=now - LOCAL_SPAN).values_list("due_at", flat=True)
+            campaign.next_occurrence_at = _first_due(
+                campaign.approved(), now=now, fired=fired, fired_dues=set(recent) if fired else set()
+            )
     campaign.updated_at = now
     campaign.save(update_fields=["approved_version", "approved_fingerprint", "next_occurrence_at", "updated_at"])
     audit(
@@ -402,17 +405,21 @@ def _check_a_send_is_left(campaign: Campaign, *, now: dt.datetime) -> None:
     complete at once without a send or a word. Raises ValidationError."""
     if campaign.kind != Campaign.Kind.SCHEDULED or campaign.schedule_kind != Campaign.ScheduleKind.RECURRING:
         return
-    if campaign.ends_at is None or next_occurrence(campaign, after=now - dt.timedelta(microseconds=1)) is not None:
+    if campaign.ends_at is None or _first_due(campaign, now=now - dt.timedelta(microseconds=1)) is not None:
         return
     ended = zoned(campaign.ends_at, campaign.time_zone)
     raise ValidationError(f"'{campaign}' has no send left: its schedule ended {ended}. Ask for changes.")
 
 
-def _first_due(campaign, *, now: dt.datetime, fired: bool = False) -> dt.datetime | None:
+def _first_due(
+    campaign, *, now: dt.datetime, fired: bool = False, fired_dues: set[dt.datetime] = frozenset()
+) -> dt.datetime | None:
     """The next occurrence after ``now``; for a one-off whose time passed before it was approved, that
     time, so the beat sends it late within the campaign's window or records it skipped, saying why,
-    instead of the campaign completing without a word. (Not again once it has fired.)"""
-    due = next_occurrence(campaign, after=now)
+    instead of the campaign completing without a word. (Not again once it has fired.) At each
+    profile's local time, the occurrence under way while some time zone has not reached it yet,
+    unless it fired (``fired_dues``): sent to the zones behind, the others skipped past the window."""
+    due = local_occurrence_open(campaign, now=now, fired=fired_dues) or next_occurrence(campaign, after=now)
     if due is None and campaign.schedule_kind == Campaign.ScheduleKind.AT and not fired:
         due = next_occurrence(campaign, after=dt.datetime.min.replace(tzinfo=dt.UTC))
     return due

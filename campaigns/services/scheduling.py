@@ -16,7 +16,7 @@ from accounts.services import (
     status_transition,
 )
 from campaigns.models import Campaign, Occurrence, WinnerTest
-from campaigns.schedule import local_wall_time, next_occurrence
+from campaigns.schedule import LOCAL_SPAN, at_local_time, local_wall_time, next_occurrence
 from campaigns.services.lifecycle import SAVED_WITH_STATUS, Status
 from campaigns.services.winner import winner_test_open, winners_pick_due
 
@@ -133,6 +133,7 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
         if approved is None:
             return fired
         window = dt.timedelta(minutes=approved.missed_window_minutes)
+        limit = max(window, LATE_AFTER)  # the window is for downtime: a send on the beat is on time
         for _ in range(10_000):  # bounded: a daily campaign down for years still ends
             due = campaign.next_occurrence_at
             if due is None or due > now:
@@ -143,14 +144,25 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                 fired.append(_occurrence(campaign, due, Occurrence.Outcome.SKIPPED_MISSED, note="a later one was due"))
                 campaign.next_occurrence_at = later
                 continue
-            if now - due > max(window, LATE_AFTER):  # the window is for downtime: a send on the beat is on time
-                late = int((now - due).total_seconds() // 60)
+            local = at_local_time(approved)
+            # At each profile's local time the occurrence lasts until the last time zone gets there;
+            # each zone is judged by its own time when the rows are resolved (``local_time_apply``).
+            span = LOCAL_SPAN if local else dt.timedelta(0)
+            if now - due > limit + span:
+                late = int((now - due - span).total_seconds() // 60)
                 note = f"missed by {late:,} minutes, more than its window of {approved.missed_window_minutes:,} minutes"
+                if local:
+                    note += " in every time zone"
                 fired.append(_occurrence(campaign, due, Occurrence.Outcome.SKIPPED_MISSED, note=note))
                 campaign.next_occurrence_at = later
                 break
             outcome = Occurrence.Outcome.SENT if now - due <= LATE_AFTER else Occurrence.Outcome.SENT_LATE
-            local = approved.at_local_time and approved.schedule_kind != Campaign.ScheduleKind.NOW
+            late_note = ""
+            if local and outcome == Occurrence.Outcome.SENT_LATE:
+                late_note = (
+                    f"begun after UTC+14 reached its time: time zones past it by more than "
+                    f"{limit.total_seconds() // 60:,.0f} minutes are skipped (missed_local_time)"
+                )
             try:
                 with transaction.atomic():
                     # Winner mode: this send is the sample; its test row is written with its dispatch.
@@ -167,6 +179,7 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                         purpose=approved.purpose,
                         local_time=local_wall_time(approved, due) if local else "",
                         local_default_timezone=approved.time_zone if local else "",
+                        local_late_minutes=int(limit.total_seconds() // 60) if local else None,
                         context={"campaign": {"id": campaign.pk, "name": campaign.name}},
                         variants=approved.variants,
                         holdout_share=approved.holdout_share,
@@ -185,7 +198,7 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                 fired.append(_occurrence(campaign, due, Occurrence.Outcome.REFUSED, note=note[:300]))
                 campaign.next_occurrence_at = later
                 break
-            fired.append(_occurrence(campaign, due, outcome, dispatch=dispatch))
+            fired.append(_occurrence(campaign, due, outcome, dispatch=dispatch, note=late_note))
             campaign.next_occurrence_at = later
             break
         if campaign.status == Status.SCHEDULED and any(o.dispatch_id for o in fired):

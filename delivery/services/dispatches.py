@@ -88,6 +88,7 @@ def dispatch_create(
     purpose: str = "marketing",
     local_time: str = "",
     local_default_timezone: str = "",
+    local_late_minutes: int | None = None,
     variants: list[dict] | None = None,
     holdout_share: int = 0,
     sample: dict | None = None,
@@ -146,6 +147,7 @@ def dispatch_create(
             purpose=purpose,
             local_time=local_time,
             local_default_timezone=local_default_timezone,
+            local_late_minutes=local_late_minutes,
             created_by=by if by is not None and by.pk else None,
         )
         audit(actor=by, action="dispatch_created", obj=dispatch, summary={"kind": kind, "source_id": source_id})
@@ -411,8 +413,8 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
                     params,
                 )
             counts = rollup_add_made(dispatch_id=dispatch.pk)  # by outcome: targeted, and those final already
-        local_time_apply(dispatch=dispatch, now=now)
-        held = rules_apply(dispatch=dispatch, now=now)  # its skips are counted as they are made
+        held = local_time_apply(dispatch=dispatch, now=now)
+        held.update(rules_apply(dispatch=dispatch, now=now))  # its skips are counted as they are made
         if held:
             audit(actor=None, action="dispatch_rules_applied", obj=dispatch, summary=held)
         counts[DS.SKIPPED] += sum(n for reason, n in held.items() if reason in SKIPPING_RULES)

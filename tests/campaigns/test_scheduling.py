@@ -258,6 +258,108 @@ def test_send_at_each_profiles_local_time(make_campaign, approve, team, segment)
     assert when[unknown.pk] == nine  # no time zone: the campaign's
 
 
+def _local_profiles(team, segment, zones):
+    """A profile with a phone in each of ``zones``, all in ``segment``; {zone: profile}."""
+    profiles = {name: ProfileFactory(timezone=name, attributes={}) for name in zones}
+    for profile in profiles.values():
+        DeviceFactory(profile=profile, app=team)
+    segment.rules = {"all": [{"field": "external_id", "op": "in", "value": [p.external_id for p in profiles.values()]}]}
+    segment.save()
+    return profiles
+
+
+def test_local_time_approved_late_sends_to_the_zones_behind_and_skips_those_past_the_window(
+    make_campaign, approve, team, segment
+):
+    """Approved after UTC+14 reached the time of day: the zones that have not reached it wait for it,
+    those past it within the campaign's window get it now, those further past are skipped, saying why."""
+    from zoneinfo import ZoneInfo
+
+    from delivery.models import Delivery
+    from delivery.services.dispatches import dispatch_prepare
+
+    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    tokyo = ZoneInfo("Asia/Tokyo")
+    wall = (now.astimezone(tokyo) - dt.timedelta(hours=3)).replace(tzinfo=None)  # Tokyo got there 3 hours ago
+    send_at = wall.replace(tzinfo=ZoneInfo("Europe/Paris"))
+    profiles = _local_profiles(team, segment, ["Asia/Tokyo", "Asia/Yangon", "America/New_York", "Etc/GMT-12"])
+    campaign = approve(
+        make_campaign(schedule_kind="at", send_at=send_at, time_zone="Europe/Paris", at_local_time=True), now=now
+    )
+    began = wall.replace(tzinfo=dt.UTC) - dt.timedelta(hours=14)  # UTC+14 got there 8 hours ago
+    assert campaign.next_occurrence_at == began
+    (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=now)
+    assert occurrence.outcome == "sent_late", occurrence.note
+    assert "more than 60 minutes are skipped (missed_local_time)" in occurrence.note
+    assert occurrence.dispatch.local_late_minutes == 60
+    dispatch_prepare(dispatch_id=occurrence.dispatch.pk)
+    rows = {
+        d.profile.timezone: d for d in Delivery.objects.filter(dispatch=occurrence.dispatch).select_related("profile")
+    }
+    for late in ("Asia/Tokyo", "Etc/GMT-12"):  # 3 and 6 hours past it
+        assert (rows[late].status, rows[late].reason) == ("skipped", "missed_local_time")
+    # Yangon (UTC+6:30) got there 30 minutes ago, within the window: sent now.
+    assert rows["Asia/Yangon"].status == "queued"
+    assert rows["Asia/Yangon"].next_attempt_at is None or rows["Asia/Yangon"].next_attempt_at <= now + dt.timedelta(
+        minutes=1
+    )
+    # New York has not got there: it waits for its own 09:00 (whatever the time of day is).
+    assert rows["America/New_York"].status == "queued"
+    assert rows["America/New_York"].next_attempt_at == wall.replace(tzinfo=ZoneInfo("America/New_York"))
+    assert Dispatch.objects.get(pk=occurrence.dispatch.pk).skipped == 2
+    assert {row.profile_id for row in rows.values()} == {p.pk for p in profiles.values()}
+
+
+def test_local_time_missed_in_every_zone_is_skipped_whole(make_campaign, approve, team, segment):
+    """More than 26 hours and the window after UTC+14 got there, the last zone too is past it."""
+    from zoneinfo import ZoneInfo
+
+    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    paris = ZoneInfo("Europe/Paris")
+    send_at = (now + dt.timedelta(days=2)).astimezone(paris)
+    campaign = approve(
+        make_campaign(schedule_kind="at", send_at=send_at, time_zone="Europe/Paris", at_local_time=True), now=now
+    )
+    began = campaign.next_occurrence_at
+    late = began + dt.timedelta(hours=26, minutes=61)
+    (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=late)
+    assert occurrence.outcome == "skipped_missed"
+    assert occurrence.note == "missed by 61 minutes, more than its window of 60 minutes in every time zone"
+    # Within 26 hours and the window, it is still sent (to the zones behind).
+    campaign2 = approve(
+        make_campaign(
+            name="Spring sale 2", schedule_kind="at", send_at=send_at, time_zone="Europe/Paris", at_local_time=True
+        ),
+        now=now,
+    )
+    (occurrence2,) = campaign_fire_due(campaign_id=campaign2.pk, now=began + dt.timedelta(hours=26, minutes=59))
+    assert occurrence2.outcome == "sent_late"
+
+
+def test_daily_local_time_approved_mid_day_starts_with_the_day_under_way(make_campaign, approve):
+    """A daily send at 09:00 local time, approved when UTC+14 is past 09:00 but the west is not: today's
+    occurrence is due (for the zones behind); after it fired, a revision does not fire it again."""
+    from zoneinfo import ZoneInfo
+
+    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    plus14 = ZoneInfo("Etc/GMT-14")
+    wall = (now.astimezone(plus14) - dt.timedelta(hours=2)).replace(tzinfo=None)
+    paris = ZoneInfo("Europe/Paris")
+    send_at = wall.replace(tzinfo=paris) - dt.timedelta(days=3)  # a schedule that began days ago
+    campaign = approve(
+        make_campaign(
+            schedule_kind="recurring", recurrence="daily", send_at=send_at, time_zone="Europe/Paris", at_local_time=True
+        ),
+        now=now,
+    )
+    today = wall.replace(tzinfo=dt.UTC) - dt.timedelta(hours=14)
+    assert campaign.next_occurrence_at == today
+    (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=now)
+    assert occurrence.due_at == today
+    campaign.refresh_from_db()
+    assert campaign.next_occurrence_at == today + dt.timedelta(days=1)
+
+
 def test_campaign_whose_every_send_failed_ends_failed(make_campaign, approve, django_capture_on_commit_callbacks):
     # The Shop app has no provider credentials: every push to its phones fails.
     campaign = approve(make_campaign(schedule_kind="at", send_at=T0))
