@@ -8,7 +8,7 @@ from django.utils.html import format_html, format_html_join
 
 from accounts.models import ApprovalRequest, User
 from campaigns.models import ApprovedVersion, Campaign
-from campaigns.schedule import local_wall_time, zoned
+from campaigns.schedule import local_occurrence_open, local_wall_time, zoned
 
 
 def schedule_text(campaign, *, now: dt.datetime | None = None) -> str:
@@ -23,7 +23,10 @@ def schedule_text(campaign, *, now: dt.datetime | None = None) -> str:
     if campaign.schedule_kind == Campaign.ScheduleKind.NOW:
         return "Sent as soon as it is approved."
     when = zoned(campaign.send_at, campaign.time_zone)
+    under_way = local_under_way_text(campaign, now=now)
     if campaign.schedule_kind == Campaign.ScheduleKind.AT:
+        if under_way:
+            return f"Once, at {when}{local}.{under_way}"
         if campaign.send_at and campaign.send_at <= now:
             # Past, but not necessarily sent: the campaign's occurrences say what became of it.
             return f"Once, at {when}{local}: that time has passed."
@@ -31,7 +34,36 @@ def schedule_text(campaign, *, now: dt.datetime | None = None) -> str:
     rule = campaign.cron if campaign.recurrence == Campaign.Recurrence.CRON else campaign.recurrence
     until = f" until {zoned(campaign.ends_at, campaign.time_zone)}" if campaign.ends_at else ""
     verb = "Started" if campaign.send_at and campaign.send_at <= now else "Starts"
-    return f"Recurring ({rule}){local}. {verb} {when}{until}."
+    return f"Recurring ({rule}){local}. {verb} {when}{until}.{under_way}"
+
+
+def local_under_way_text(campaign, *, now: dt.datetime) -> str:
+    """For a send at each profile's local time whose time of day UTC+14 has passed already while
+    zones to the west have not: which zones a send now still reaches, and which it skips. ""
+    otherwise. (What ``campaign_fire_due`` and ``local_time_apply`` will do.)"""
+    from campaigns.services.scheduling import LATE_AFTER
+
+    began = local_occurrence_open(campaign, now=now)
+    if began is None or began >= now:
+        return ""
+    limit = max(dt.timedelta(minutes=campaign.missed_window_minutes), LATE_AFTER)
+    wall = dt.datetime.fromisoformat(local_wall_time(campaign, began))
+    # A zone at UTC+o reaches the time (14 − o) hours after UTC+14 did: past it by more than the
+    # window now when o > 14 − (now − began − window).
+    east_of = dt.timedelta(hours=14) - (now - began - limit)
+    if east_of >= dt.timedelta(hours=14):
+        skipped = "no time zone is past it by more than the window yet"
+    else:
+        minutes = int(east_of.total_seconds() // 60)
+        sign, minutes = ("+" if minutes >= 0 else "−"), abs(minutes)
+        skipped = (
+            f"sent now, the time zones ahead of UTC{sign}{minutes // 60:02d}:{minutes % 60:02d} are past it by more "
+            f"than {int(limit.total_seconds() // 60):,} minutes and are skipped (missed_local_time)"
+        )
+    return (
+        f" Its {wall:%Y-%m-%d %H:%M} is under way: UTC+14 reached it {zoned(began, campaign.time_zone)}; "
+        f"{skipped}; the zones behind get it at their own {wall:%H:%M}."
+    )
 
 
 def next_send_text(campaign: Campaign) -> str:

@@ -163,6 +163,42 @@ def test_the_review_of_a_one_off_whose_time_passed_does_not_say_it_was_sent(
     assert "Sent once" not in review
 
 
+def test_the_review_of_a_local_time_campaign_under_way_says_which_zones_it_still_reaches(
+    client, make_campaign, manager_alice, approver_bob
+):
+    """UTC+14 passed the time of day 8 hours ago: a send now skips the zones more than the window
+    (60 minutes) past it, those ahead of UTC+07:00, and the zones behind get it at their own time."""
+    from zoneinfo import ZoneInfo
+
+    from django.utils import timezone
+
+    from accounts.models import ApprovalRequest
+
+    now = timezone.now()
+    wall = (now.astimezone(ZoneInfo("Etc/GMT-14")) - dt.timedelta(hours=8)).replace(second=0, microsecond=0)
+    began = wall.replace(tzinfo=dt.UTC) - dt.timedelta(hours=14)
+    campaign = make_campaign(
+        schedule_kind="at",
+        send_at=wall.replace(tzinfo=None).replace(tzinfo=PARIS),
+        time_zone="Europe/Paris",
+        at_local_time=True,
+    )
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(approver_bob)
+    review = client.get(f"/admin/accounts/approvalrequest/{ApprovalRequest.objects.get().pk}/review/").content.decode()
+    assert "that time has passed" not in review
+    # 8 hours late (and the seconds since the minute), less the 60-minute window: the zones less than
+    # 7 hours behind UTC+14 are past it by more than the window.
+    assert (
+        f"Its {wall:%Y-%m-%d %H:%M} is under way: UTC+14 reached it {began.astimezone(PARIS):%Y-%m-%d %H:%M} "
+        f"(Europe/Paris); sent now, the time zones ahead of UTC+06:5"
+    ) in review
+    assert (
+        " are past it by more than 60 minutes and are skipped (missed_local_time); the zones behind get it at "
+        f"their own {wall:%H:%M}."
+    ) in review
+
+
 def test_a_local_time_campaign_sends_nothing_after_its_end_as_entered(make_campaign, approve):
     from campaigns.schedule import local_wall_time, next_occurrence
 
