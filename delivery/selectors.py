@@ -1,10 +1,31 @@
 """Permission-filtered reads of the send pipeline: every admin list and API view goes through these."""
 
-from django.db.models import Q, QuerySet
+from django.db.models import Case, CharField, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models.functions import Coalesce
 
 from accounts.models import User
 from accounts.selectors import visible_to
 from delivery.models import App, Delivery, Device, Dispatch
+
+_CAMPAIGN_KINDS = (Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER)
+
+
+def dispatch_shown_zone(dispatch_path: str = "") -> Case:
+    """The zone a dispatch's times are shown in, as an expression over its row (``dispatch_path``:
+    the way to it, e.g. ``"dispatch__"`` from a delivery): its campaign's, the zone the campaign's
+    dates are entered in; UTC for a journey's (a journey has no zone of its own), a test send's, or
+    one whose campaign was deleted. One subquery in the list's query, none per row."""
+    from django.apps import apps
+
+    campaign = apps.get_model("campaigns", "Campaign").objects.filter(pk=OuterRef(f"{dispatch_path}source_id"))
+    return Case(
+        When(
+            **{f"{dispatch_path}kind__in": _CAMPAIGN_KINDS},
+            then=Coalesce(Subquery(campaign.values("time_zone")[:1]), Value("UTC")),
+        ),
+        default=Value("UTC"),
+        output_field=CharField(),
+    )
 
 
 def apps_visible_to(user: User) -> QuerySet[App]:
@@ -59,13 +80,18 @@ def dispatch_outcomes(dispatch: Dispatch) -> list[dict]:
 
 
 def device_deliveries(device: Device, *, limit: int = 50) -> list[Delivery]:
-    """A device's most recent deliveries for its profile, newest first.
+    """A device's most recent deliveries for its profile, newest first, each with ``shown_zone``
+    (the zone its times are shown in).
 
     The deliveries have no index on the device: finished ones are read through the profile's
     index (those the device got while it belonged to an earlier profile, a token registered
     again by someone else, are that profile's history, not shown here), those on their way
     through the app's running dispatches (a bulk run's row by its (dispatch, device) index)."""
-    rows = Delivery.objects.filter(device=device, profile_id=device.profile_id).select_related("dispatch")
+    rows = (
+        Delivery.objects.filter(device=device, profile_id=device.profile_id)
+        .select_related("dispatch")
+        .annotate(shown_zone=dispatch_shown_zone("dispatch__"))
+    )
     running = list(
         Dispatch.objects.filter(app_id=device.app_id, status__in=Dispatch.RUNNING_STATUSES).values_list(
             "pk", "standing"

@@ -6,6 +6,7 @@ from django.urls import reverse
 from django.utils.html import format_html_join
 
 from accounts.admin.bases import BigTableAdmin
+from delivery.admin.dispatches import zoned_time
 from delivery.models import Device
 from delivery.selectors import (
     device_deliveries,
@@ -81,7 +82,7 @@ class DeviceAdmin(BigTableAdmin):
                     d.dispatch,
                     d.status,
                     d.reason,
-                    f"· opened {d.opened_at:%Y-%m-%d %H:%M}" if d.opened_at else "",
+                    f"· opened {zoned_time(d.opened_at, d.shown_zone)}" if d.opened_at else "",
                 )
                 for d in rows
             ),

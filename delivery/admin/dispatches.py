@@ -16,8 +16,16 @@ from delivery.reports import report_charts, report_charts_html
 from delivery.selectors import (
     deliveries_visible_to,
     dispatch_outcomes,
+    dispatch_shown_zone,
 )
 from delivery.services.dispatches import dispatch_counted_now, dispatch_stop
+
+
+def zoned_time(value, time_zone: str) -> str:
+    """``value`` in ``time_zone``, the zone named, worded as a campaign's own dates are."""
+    from campaigns.schedule import zoned
+
+    return zoned(value, time_zone)
 
 
 @admin.register(Dispatch)
@@ -32,7 +40,7 @@ class DispatchAdmin(ScopedAdmin):
         "failed",
         "skipped",
         "unknown",
-        "created_at",
+        "created",
     )
     list_filter = ("status", "kind")
     list_select_related = ("app",)
@@ -57,11 +65,26 @@ class DispatchAdmin(ScopedAdmin):
         "content",
         "context",
         "created_by",
-        "created_at",
-        "started_at",
-        "finished_at",
+        "created",
+        "started",
+        "finished",
     )
     readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(shown_zone=dispatch_shown_zone())
+
+    @admin.display(description="Created at", ordering="created_at")
+    def created(self, obj):
+        return zoned_time(obj.created_at, obj.shown_zone)
+
+    @admin.display(description="Started at", ordering="started_at")
+    def started(self, obj):
+        return zoned_time(obj.started_at, obj.shown_zone)
+
+    @admin.display(description="Finished at", ordering="finished_at")
+    def finished(self, obj):
+        return zoned_time(obj.finished_at, obj.shown_zone)
 
     @admin.display(description="Sent by")
     def source(self, obj):
@@ -218,7 +241,7 @@ class DispatchAdmin(ScopedAdmin):
 
 @admin.register(Delivery)
 class DeliveryAdmin(BigTableAdmin):
-    list_display = ("id", "dispatch", "device", "status", "reason", "attempts", "finished_at", "opened_at")
+    list_display = ("id", "dispatch", "device", "status", "reason", "attempts", "finished", "opened")
     list_filter = ("status",)
     search_fields = ("=id", "=provider_message_id")
     list_select_related = ("dispatch", "device")
@@ -233,16 +256,41 @@ class DeliveryAdmin(BigTableAdmin):
         "variant",
         "provider_message_id",
         "attempts",
-        "next_attempt_at",
-        "expires_at",
-        "lease_expires_at",
-        "finished_at",
-        "opened_at",
+        "next_attempt",
+        "expires",
+        "lease_expires",
+        "finished",
+        "opened",
     )
     readonly_fields = fields
 
     def get_queryset(self, request):
-        return deliveries_visible_to(request.user).select_related("dispatch", "device")
+        # Times in the zone of the dispatch's campaign (UTC for a journey's or a test send's).
+        return (
+            deliveries_visible_to(request.user)
+            .select_related("dispatch", "device")
+            .annotate(shown_zone=dispatch_shown_zone("dispatch__"))
+        )
+
+    @admin.display(description="Next attempt at", ordering="next_attempt_at")
+    def next_attempt(self, obj):
+        return zoned_time(obj.next_attempt_at, obj.shown_zone)
+
+    @admin.display(description="Expires at", ordering="expires_at")
+    def expires(self, obj):
+        return zoned_time(obj.expires_at, obj.shown_zone)
+
+    @admin.display(description="Lease expires at", ordering="lease_expires_at")
+    def lease_expires(self, obj):
+        return zoned_time(obj.lease_expires_at, obj.shown_zone)
+
+    @admin.display(description="Finished at", ordering="finished_at")
+    def finished(self, obj):
+        return zoned_time(obj.finished_at, obj.shown_zone)
+
+    @admin.display(description="Opened at", ordering="opened_at")
+    def opened(self, obj):
+        return zoned_time(obj.opened_at, obj.shown_zone)
 
     def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
         raise Http404("No delivery with this id.")

@@ -1,5 +1,6 @@
 """The admin of the send pipeline: content with previews and test sends, dispatches, deliveries, devices."""
 
+import datetime as dt
 import re
 
 import pytest
@@ -125,6 +126,128 @@ def test_dispatch_and_delivery_lists_are_cheap(client, viewer_carol, app, django
     with django_assert_max_num_queries(15):
         url = reverse("admin:delivery_delivery_changelist") + f"?dispatch__id__exact={dispatch.pk}"
         assert client.get(url).status_code == 200
+
+
+NINE_IN_NEW_YORK = dt.datetime(2027, 1, 5, 14, 0, tzinfo=dt.UTC)  # 09:00 in New York, 15:00 in Paris
+
+
+def sent_by_each_source(app, owner, *, runs=1) -> dict[str, list[Dispatch]]:
+    """Finished dispatches of a campaign in New York, a local-time campaign in Paris, a journey and
+    a test send, ``runs`` of each, all created at 09:00 in New York and finished 30 minutes later."""
+    from campaigns.models import Campaign
+    from journeys.models import Journey, JourneyVersion
+
+    content = PushContentFactory(app=app)
+    new_york = Campaign.objects.create(
+        name="NY sale", app=app, content=content, kind="scheduled", owner=owner, time_zone="America/New_York"
+    )
+    paris = Campaign.objects.create(
+        name="Paris morning",
+        app=app,
+        content=content,
+        kind="scheduled",
+        owner=owner,
+        time_zone="Europe/Paris",
+        schedule_kind="at",
+        send_at=NINE_IN_NEW_YORK,
+        at_local_time=True,
+    )
+    journey = Journey.objects.create(name="Onboarding", app=app, owner=owner)
+    version = JourneyVersion.objects.create(journey=journey, number=1)
+    sources = {
+        "new_york": ("campaign", new_york.pk),
+        "paris": ("campaign", paris.pk),
+        "journey": ("journey", version.pk),
+        "test": ("test", content.pk),
+    }
+    made = {}
+    for name, (kind, source_id) in sources.items():
+        made[name] = [
+            Dispatch.objects.create(
+                app=app,
+                kind=kind,
+                source_id=source_id,
+                content_spec={},
+                status="done",
+                label=f"{name} {run}",
+                created_at=NINE_IN_NEW_YORK,
+                started_at=NINE_IN_NEW_YORK,
+                finished_at=NINE_IN_NEW_YORK + dt.timedelta(minutes=30),
+            )
+            for run in range(runs)
+        ]
+    return made
+
+
+def test_dispatch_pages_show_their_times_in_the_campaigns_zone_named(client, viewer_carol, app, manager_alice):
+    made = sent_by_each_source(app, manager_alice)
+    client.force_login(viewer_carol)
+    shown = {
+        "new_york": ("2027-01-05 09:00 (America/New_York)", "2027-01-05 09:30 (America/New_York)"),
+        "paris": ("2027-01-05 15:00 (Europe/Paris)", "2027-01-05 15:30 (Europe/Paris)"),
+        "journey": ("2027-01-05 14:00 (UTC)", "2027-01-05 14:30 (UTC)"),  # a journey has no zone of its own
+        "test": ("2027-01-05 14:00 (UTC)", "2027-01-05 14:30 (UTC)"),
+    }
+    listing = client.get(reverse("admin:delivery_dispatch_changelist")).content.decode()
+    for name, (started, finished) in shown.items():
+        (dispatch,) = made[name]
+        row = listing[listing.index(f">{dispatch.label}</a>") :]
+        assert row[: row.index("</tr>")].count(started) == 1, name  # created at
+        page = client.get(reverse("admin:delivery_dispatch_change", args=[dispatch.pk])).content.decode()
+        for label, value in (("Created at", started), ("Started at", started), ("Finished at", finished)):
+            field = page[page.index(f"<label>{label}:</label>") :]
+            assert value in field[: field.index("</div>")], (name, label)
+
+
+def test_delivery_pages_and_device_history_show_times_in_the_dispatchs_campaign_zone_named(
+    client, viewer_carol, app, manager_alice
+):
+    made = sent_by_each_source(app, manager_alice)
+    device = DeviceFactory(app=app)
+    rows = {
+        name: Delivery.objects.create(
+            dispatch=made[name][0],
+            device=device,
+            profile=device.profile,
+            status="accepted",
+            finished_at=NINE_IN_NEW_YORK,
+            opened_at=NINE_IN_NEW_YORK + dt.timedelta(hours=1),
+        )
+        for name in ("new_york", "journey")
+    }
+    client.force_login(viewer_carol)
+    listing = client.get(reverse("admin:delivery_delivery_changelist")).content.decode()
+    for name, finished, opened in (
+        ("new_york", "2027-01-05 09:00 (America/New_York)", "2027-01-05 10:00 (America/New_York)"),
+        ("journey", "2027-01-05 14:00 (UTC)", "2027-01-05 15:00 (UTC)"),
+    ):
+        link = f'href="{reverse("admin:delivery_delivery_change", args=[rows[name].pk])}"'
+        row = listing[listing.index(link) :]
+        assert finished in row[: row.index("</tr>")] and opened in row[: row.index("</tr>")], name
+        page = client.get(reverse("admin:delivery_delivery_change", args=[rows[name].pk])).content.decode()
+        field = page[page.index("<label>Opened at:</label>") :]
+        assert opened in field[: field.index("</div>")], name
+    history = client.get(reverse("admin:delivery_device_change", args=[device.pk])).content.decode()
+    assert "opened 2027-01-05 10:00 (America/New_York)" in history
+    assert "opened 2027-01-05 15:00 (UTC)" in history
+
+
+def test_dispatch_list_reads_every_zone_in_its_own_query(client, viewer_carol, app, manager_alice):
+    """No query per row: the zones come with the dispatches."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    sent_by_each_source(app, manager_alice)
+    client.force_login(viewer_carol)
+    url = reverse("admin:delivery_dispatch_changelist")
+    client.get(url)  # warm: the session, content types
+    with CaptureQueriesContext(connection) as few:
+        assert "(America/New_York)" in client.get(url).content.decode()
+    sent_by_each_source(app, manager_alice, runs=5)
+    with CaptureQueriesContext(connection) as many:
+        page = client.get(url).content.decode()
+    assert page.count("(America/New_York)") == 6 and page.count("(Europe/Paris)") == 6
+    assert len(many) == len(few)
 
 
 @pytest.mark.presses("delivery.dispatch:stop")
