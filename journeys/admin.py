@@ -36,6 +36,7 @@ from journeys.services.lifecycle import (
     journey_cancel_request,
     journey_create,
     journey_delete,
+    journey_draft_discard,
     journey_rename,
     journey_stop,
     journey_submit,
@@ -436,9 +437,15 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         return {
             "submit": lambda: journey_submit(journey_id=object_id, by=by, message=request.POST.get("message", "")),
             "cancel_request": lambda: journey_cancel_request(journey_id=object_id, by=by),
+            "discard_draft": lambda: _draft_discarded(journey_draft_discard(journey_id=object_id, by=by)),
             "stop": lambda: journey_stop(journey_id=object_id, by=by),
             "archive": lambda: journey_archive(journey_id=object_id, by=by),
         }
+
+
+def _draft_discarded(journey: Journey) -> tuple[str, None]:
+    live = journey.live_version
+    return f"Draft discarded: '{journey}' is back to version {live.number}, as it was before the edit.", None
 
 
 def version_status_text(journey: Journey, version) -> str:

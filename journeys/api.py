@@ -1,15 +1,17 @@
-"""The journeys API (``read`` scope): the journeys a key's user may see, and each one's per-step counts."""
+"""The journeys API: the journeys a key's user may see, and each one's per-step counts (``read`` scope);
+discarding a journey's draft (``journeys`` scope)."""
 
 from __future__ import annotations
 
 from django.urls import path
-from drf_spectacular.utils import extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.pagination import ListQuery, QueryChoice, page_response, page_schema, query_params_valid, rows_matching
-from delivery.api import ConversionFiguresSerializer, ConversionGoalSerializer
+from accounts.services import TransitionError
+from delivery.api import Conflict, ConversionFiguresSerializer, ConversionGoalSerializer
 from journeys.models import Journey, JourneyVersion
 from journeys.selectors import (
     journey_for,
@@ -19,6 +21,7 @@ from journeys.selectors import (
     version_step_stats,
     version_totals,
 )
+from journeys.services.lifecycle import journey_draft_discard
 
 # A version's status as its journey stands: the last live version of a stopped or closed journey
 # runs no one any more, and says so (the admin's "(was live)").
@@ -178,7 +181,37 @@ class JourneyDetailView(APIView):
         return Response(JourneyDetailSerializer(journey_for(request.user, journey_id)).data)
 
 
+class JourneyDraftDiscardView(APIView):
+    """Discard the draft version of a journey that went live: the journey goes back to its live
+    version (or, stopped or closed, the one that was live), as it was before the edit.
+
+    Needs the role's right to change journeys and access to the journey. Answers the journey as
+    ``GET /api/v1/journeys/{id}/`` does.
+    """
+
+    required_scope = "journeys"
+
+    @extend_schema(
+        operation_id="journey_draft_discard",
+        request=None,
+        responses={
+            200: JourneyDetailSerializer,
+            409: OpenApiResponse(
+                description="`conflict`: nothing to discard: the journey never went live (delete it instead), "
+                "its new version is in review (cancel the request first), or it has no draft."
+            ),
+        },
+    )
+    def post(self, request, journey_id: int):
+        try:
+            journey_draft_discard(journey_id=journey_id, by=request.user)
+        except TransitionError as exc:
+            raise Conflict(str(exc)) from exc
+        return Response(JourneyDetailSerializer(journey_for(request.user, journey_id)).data)
+
+
 urlpatterns = [
     path("journeys/", JourneyListView.as_view(), name="journey-list"),
     path("journeys/<int:journey_id>/", JourneyDetailView.as_view(), name="journey-detail"),
+    path("journeys/<int:journey_id>/discard-draft/", JourneyDraftDiscardView.as_view(), name="journey-discard-draft"),
 ]

@@ -147,6 +147,11 @@ def version_totals(version: JourneyVersion) -> dict[str, int]:
 TRANSITIONS = {
     "submit": ((Status.DRAFT, Status.LIVE), "journeys.submit_journey", "Submit for review"),
     "cancel_request": ((Status.IN_REVIEW, Status.LIVE), "journeys.submit_journey", "Cancel request"),
+    "discard_draft": (
+        (Status.LIVE, Status.STOPPED, Status.CLOSED, Status.ARCHIVED),
+        "journeys.change_journey",
+        "Discard draft",
+    ),
     "stop": ((Status.LIVE,), "journeys.stop_journey", "Stop"),
     "archive": ((Status.STOPPED, Status.CLOSED), "journeys.archive_journey", "Archive"),
 }
@@ -163,6 +168,10 @@ def journey_actions(user: User, journey: Journey, *, answers: dict | None = None
         if name == "submit" and (open_version is None or open_version.status != "draft"):
             continue
         if name == "cancel_request" and (open_version is None or open_version.status != "in_review"):
+            continue
+        if name == "discard_draft" and (
+            open_version is None or open_version.status != "draft" or journey.live_version_id is None
+        ):
             continue
         actions.append((name, label))
     return actions

@@ -43,7 +43,8 @@ SCOPE_SETS = {
     "ingest": ["ingest"],
     "trigger": ["trigger"],
     "campaigns": ["campaigns"],
-    "all": ["read", "ingest", "trigger", "campaigns"],
+    "journeys": ["journeys"],
+    "all": ["read", "ingest", "trigger", "campaigns", "journeys"],
 }
 # Every request carries this key; each test gives it the scope under test (see ``fuzz_key``).
 FUZZ_KEY_PREFIX = "f0220000"
@@ -173,7 +174,7 @@ def test_every_check_holds_with_a_key_of_every_scope(case, fuzz_key, wsgi_app, f
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fuzz_key", ["read", "ingest", "trigger", "campaigns"], indirect=True)
+@pytest.mark.parametrize("fuzz_key", ["read", "ingest", "trigger", "campaigns", "journeys"], indirect=True)
 @ONE_SCOPE.parametrize()
 @settings(max_examples=max(1, int(12 * SCALE)), **FUZZ_SETTINGS)
 def test_every_check_holds_with_a_key_of_each_single_scope(case, fuzz_key, wsgi_app, fuzz_world):

@@ -377,8 +377,8 @@ def journeys_close_finished(*, now: dt.datetime | None = None) -> int:
     """Close live journeys that will take no one new (a one-off segment entry, read) and have no one inside.
 
     A journey with a next version open (a draft, or one in review) stays live: closing it would
-    leave that version neither editable nor submittable. Once it is approved (a new entry) or the
-    journey stopped, the journey finishes as any other.
+    leave that version neither editable nor submittable. Once it is approved (a new entry), the
+    draft discarded (``journey_draft_discard``) or the journey stopped, the journey finishes as any other.
     """
     now = now or timezone.now()
     being_revised = JourneyVersion.objects.filter(status__in=(VStatus.DRAFT, VStatus.IN_REVIEW)).values("journey_id")

@@ -1,4 +1,4 @@
-"""The life of a journey: validation, create, edit, submit, approve, stop, archive and the gate.
+"""The life of a journey: validation, create, edit, discard a draft, submit, approve, stop, archive and the gate.
 
 Transitions lock the journey row, check the state they start from, write an audit event and
 queue follow-up work on commit (STYLE rule 2). The approval subject is the journey; the request's
@@ -261,7 +261,7 @@ def journey_version_edit(*, journey_id: int, by: User, **changes) -> JourneyVers
             raise TransitionError(journey, "edited", "A version is in review: cancel the request first.")
         if version is None:
             source = journey.live_version
-            number = (journey.versions.aggregate(n=Max("number"))["n"] or 0) + 1
+            number = _next_version_number(journey)
             version = JourneyVersion(journey=journey, number=number, created_by=by)
             if source is not None:
                 for name in VERSION_FIELDS:
@@ -282,6 +282,66 @@ def journey_version_edit(*, journey_id: int, by: User, **changes) -> JourneyVers
             summary={"version": version.number, "fields": sorted(changes)},
         )
     return version
+
+
+def _next_version_number(journey: Journey) -> int:
+    """The number of the journey's next version: after every version it has, and after every draft
+    discarded (``journey_draft_discarded``), so that a number in the audit log or an earlier
+    approval request names one version only."""
+    from django.contrib.contenttypes.models import ContentType
+
+    from accounts.models import AuditEvent
+
+    highest = journey.versions.aggregate(n=Max("number"))["n"] or 0
+    discarded = AuditEvent.objects.filter(
+        object_type=ContentType.objects.get_for_model(Journey),
+        object_id=str(journey.pk),
+        action="journey_draft_discarded",
+    ).values_list("summary", flat=True)
+    for summary in discarded:
+        number = summary.get("version") if isinstance(summary, dict) else None
+        if isinstance(number, int):
+            highest = max(highest, number)
+    return highest + 1
+
+
+def journey_draft_discard(*, journey_id: int, by: User) -> Journey:
+    """Throw away the draft version of a journey that went live: the live version (or, on a stopped or
+    closed journey, the one that was live) stays what the journey is, as it was before the first edit.
+
+    The draft never ran (no enrollment, counter or send names it), so it is deleted; its number is
+    not given again (``_next_version_number``). Raises TransitionError when the journey never went
+    live (delete the journey instead), when its version is in review (cancel the request first),
+    or when it has no draft; PermissionDenied when ``by`` may not change the journey.
+    """
+    with transaction.atomic():
+        journey = lock_for(Journey, journey_id, by=by, perm="journeys.change_journey")
+        if journey.live_version_id is None:
+            raise TransitionError(
+                journey,
+                "returned to its live version",
+                "It never went live: there is no live version to go back to. Delete the journey instead.",
+            )
+        version = _open_version(journey)
+        if version is not None and version.status == VStatus.IN_REVIEW:
+            raise TransitionError(
+                journey,
+                "returned to its live version",
+                f"Version {version.number} is in review: cancel the request first, then discard the draft.",
+            )
+        if version is None:
+            raise TransitionError(journey, "returned to its live version", "It has no draft version to discard.")
+        number = version.number
+        audit(
+            actor=by,
+            action="journey_draft_discarded",
+            obj=journey,
+            summary={"version": number, "live_version": journey.live_version.number},
+        )
+        version.delete()
+        journey.updated_at = timezone.now()
+        journey.save(update_fields=["updated_at"])
+    return journey
 
 
 def journey_delete(*, journey_id: int, by: User) -> None:

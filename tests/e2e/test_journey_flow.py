@@ -118,3 +118,45 @@ def test_a_condition_branch_on_a_rule_uses_the_rule_builder(login, page, live_se
     steps = {s["type"]: s for s in journey.versions.get().graph["steps"]}
     rule = {"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}]}
     assert steps["condition"]["branches"][0]["rules"] == rule
+
+
+def test_manager_discards_the_draft_of_a_live_journey_and_the_live_version_stays(
+    login, page, live_server, manager_alice, approver_bob, viewer_carol, pushsim_app
+):
+    from journeys.services.lifecycle import journey_approve, journey_create, journey_submit, journey_version_edit
+
+    for user in (manager_alice, approver_bob, viewer_carol):
+        access_grant(obj=pushsim_app, to=user, by=None)
+    segment = Segment.objects.create(name="Everyone", kind="static")
+    access_grant(obj=segment, to=manager_alice, by=None)
+    journey = journey_create(
+        by=manager_alice,
+        name="Welcome back",
+        app=pushsim_app,
+        graph={"steps": [{"id": "end", "type": "exit"}]},
+        entry_kind="segment",
+        entry_segment=segment,
+        entry_every_hours=24,
+    )
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    journey_approve(journey_id=journey.pk, by=approver_bob)
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="purchase")
+
+    # A viewer is offered no button.
+    login(viewer_carol)
+    page.goto(f"{live_server.url}/admin/journeys/journey/{journey.pk}/change/")
+    assert page.locator("button[value=discard_draft]").count() == 0
+
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/journeys/journey/{journey.pk}/change/")
+    assert page.locator("table.journey-versions tr", has_text="v2").inner_text().startswith("v2\tDraft")
+    assert page.input_value("#id_exit_event") == "purchase"  # the form edits the draft
+    page.click("button[value=discard_draft]")
+    page.wait_for_selector(".messagelist .success")
+    assert "back to version 1" in page.locator(".messagelist .success").inner_text()
+    journey = Journey.objects.get(pk=journey.pk)
+    assert (journey.status, journey.live_version.number, journey.live_version.exit_event) == ("live", 1, "")
+    assert list(journey.versions.values_list("number", flat=True)) == [1]
+    assert page.locator("table.journey-versions tr", has_text="v2").count() == 0
+    assert page.locator("button[value=discard_draft]").count() == 0
+    assert page.input_value("#id_exit_event") == ""  # the form shows the live version again

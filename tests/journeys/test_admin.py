@@ -461,3 +461,35 @@ def test_an_approval_applies_only_to_the_version_the_approver_read(
     assert journey.versions.get().status == "in_review"
     waiting = ApprovalRequest.objects.exclude(pk=read.pk).get()
     assert (waiting.status, waiting.decided_by) == (ApprovalRequest.Status.PENDING, None)
+
+
+@pytest.mark.presses("journeys.journey:transition/discard_draft")
+def test_discard_draft_is_offered_to_whoever_may_change_the_journey_and_refused_to_others(
+    login, manager_alice, viewer_carol, outsider_dave, make_journey, publish
+):
+    from journeys.services.lifecycle import journey_version_edit
+
+    journey = publish(make_journey())
+    page_url = f"/admin/journeys/journey/{journey.pk}/change/"
+    assert 'value="discard_draft"' not in login(manager_alice).get(page_url).content.decode()  # no draft yet
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="purchase")
+    assert 'value="discard_draft"' in login(manager_alice).get(page_url).content.decode()
+    assert 'value="discard_draft"' not in login(viewer_carol).get(page_url).content.decode()
+    url = f"/admin/journeys/journey/{journey.pk}/transition/discard_draft/"
+    for user, refusal in ((viewer_carol, 403), (outsider_dave, 404)):
+        assert login(user).post(url).status_code == refusal, user
+        assert [(v.number, v.status) for v in journey.versions.order_by("number")] == [(1, "live"), (2, "draft")]
+    answer = login(manager_alice).post(url, follow=True)
+    assert "Draft discarded: &#x27;Onboarding&#x27; is back to version 1" in answer.content.decode()
+    journey = Journey.objects.get(pk=journey.pk)
+    assert journey.status == "live" and [v.number for v in journey.versions.all()] == [1]
+    assert 'value="discard_draft"' not in answer.content.decode()
+    # Pressed again (a page left open): nothing to discard, said on the page.
+    again = login(manager_alice).post(url, follow=True).content.decode()
+    assert "It has no draft version to discard." in again
+
+
+def test_discard_draft_is_not_offered_on_a_journey_that_never_went_live(login, manager_alice, make_journey):
+    journey = make_journey()
+    page = login(manager_alice).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert 'value="submit"' in page and 'value="discard_draft"' not in page

@@ -205,3 +205,72 @@ def test_a_stopped_journey_has_no_live_version_and_says_which_one_was(
     assert (body["version"]["number"], body["version"]["status"]) == (1, "was_live")
     (listed,) = client.get("/api/v1/journeys/").json()["results"]
     assert (listed["status"], listed["live_version"], listed["last_live_version"]) == ("stopped", None, 1)
+
+
+def _live_with_a_draft(make_journey, publish, manager_alice):
+    from journeys.services.lifecycle import journey_version_edit
+
+    journey = publish(make_journey())
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="purchase")
+    return journey
+
+
+def test_discarding_a_draft_through_the_api_answers_the_journey_on_its_live_version(
+    make_journey, publish, api_key_for, manager_alice
+):
+    journey = _live_with_a_draft(make_journey, publish, manager_alice)
+    client = api_key_for(manager_alice, scopes=["journeys", "read"])
+    assert client.get(f"/api/v1/journeys/{journey.pk}/").json()["draft_version"] == {"number": 2, "status": "draft"}
+    answer = client.post(f"/api/v1/journeys/{journey.pk}/discard-draft/")
+    assert answer.status_code == 200, answer.content
+    body = answer.json()
+    assert (body["status"], body["live_version"], body["draft_version"]) == ("live", 1, None)
+    assert (body["version"]["number"], body["version"]["status"], body["version"]["exit_event"]) == (1, "live", "")
+    assert client.get(f"/api/v1/journeys/{journey.pk}/").json() == body
+    assert [v.number for v in journey.versions.all()] == [1]
+
+
+def test_discarding_a_draft_through_the_api_in_a_wrong_state_is_a_409_naming_the_problem(
+    make_journey, publish, api_key_for, manager_alice
+):
+    from journeys.services.lifecycle import journey_submit
+
+    client = api_key_for(manager_alice, scopes=["journeys"])
+    never_live = make_journey(name="Never live")
+    answer = client.post(f"/api/v1/journeys/{never_live.pk}/discard-draft/")
+    assert answer.status_code == 409
+    assert answer.json()["code"] == "conflict" and "Delete the journey instead" in answer.json()["detail"]
+    journey = _live_with_a_draft(make_journey, publish, manager_alice)
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    answer = client.post(f"/api/v1/journeys/{journey.pk}/discard-draft/")
+    assert answer.status_code == 409
+    assert "Version 2 is in review: cancel the request first" in answer.json()["detail"]
+    assert journey.versions.get(number=2).status == "in_review"
+    no_draft = publish(make_journey(name="No draft"))
+    answer = client.post(f"/api/v1/journeys/{no_draft.pk}/discard-draft/")
+    assert answer.status_code == 409 and "no draft version to discard" in answer.json()["detail"]
+    assert client.post("/api/v1/journeys/999999/discard-draft/").status_code == 404
+
+
+def test_the_api_refuses_discarding_a_draft_to_keys_and_users_that_may_not(
+    make_journey, publish, api_key_for, manager_alice
+):
+    from django.contrib.auth.models import Group
+
+    from accounts.services import access_grant
+    from tests.factories import UserFactory
+
+    journey = _live_with_a_draft(make_journey, publish, manager_alice)
+    url = f"/api/v1/journeys/{journey.pk}/discard-draft/"
+    read_only = api_key_for(manager_alice, scopes=["read"]).post(url)
+    assert read_only.status_code == 403 and read_only.json()["code"] == "insufficient_scope"
+    # A key made while its user was a Manager stops working once they are a Viewer (who own none).
+    demoted = UserFactory(username="manager_erin", role="Manager")
+    access_grant(obj=journey.app, to=demoted, by=None)
+    key = api_key_for(demoted, scopes=["journeys"])
+    demoted.groups.set([Group.objects.get(name="Viewer")])
+    refused = key.post(url)
+    assert refused.status_code == 401 and refused.json()["code"] == "account_role"
+    stranger = UserFactory(username="manager_stranger", role="Manager")  # no access to the journey's app
+    assert api_key_for(stranger, scopes=["journeys"]).post(url).status_code == 404
+    assert [(v.number, v.status) for v in journey.versions.order_by("number")] == [(1, "live"), (2, "draft")]

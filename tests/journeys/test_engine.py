@@ -100,6 +100,27 @@ def test_a_one_off_journey_with_a_new_version_open_stays_live_until_that_version
     assert (journey.status, journey.live_version.number) == ("closed", 2)
 
 
+def test_a_one_off_journey_whose_draft_is_discarded_closes_once_everyone_is_through(
+    sim_journey, sim_team, publish, manager_alice, django_capture_on_commit_callbacks
+):
+    """A forgotten draft kept a finished one-off journey live until someone stopped it: discarded,
+    the next beat closes the journey on the version that ran."""
+    from journeys.services.entries import journeys_close_finished
+    from journeys.services.lifecycle import journey_draft_discard
+
+    _profiles(2, sim_team)
+    with django_capture_on_commit_callbacks(execute=True):
+        journey = publish(sim_journey())
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, graph={"steps": [EXIT]})
+    assert journeys_close_finished() == 0
+    assert Journey.objects.get(pk=journey.pk).status == "live"
+    journey_draft_discard(journey_id=journey.pk, by=manager_alice)
+    assert journeys_close_finished() == 1
+    journey = Journey.objects.get(pk=journey.pk)
+    assert (journey.status, journey.live_version.number) == ("closed", 1)
+    assert Enrollment.objects.filter(journey=journey, status="completed").count() == 2
+
+
 def _wait_graph(seconds=None, until=None, content=None):
     wait = {"id": "pause", "type": "wait", "next": "push" if content else "done"}
     wait.update({"seconds": seconds} if seconds is not None else {"until": until})

@@ -17,6 +17,7 @@ from journeys.services.lifecycle import (
     journey_archive,
     journey_cancel_request,
     journey_delete,
+    journey_draft_discard,
     journey_request_changes,
     journey_stop,
     journey_submit,
@@ -435,3 +436,115 @@ def test_an_approver_who_changed_the_journey_or_a_push_it_sends_cannot_approve_i
     with pytest.raises(PermissionDenied, match="You changed what this request asks to approve"):
         journey_approve(journey_id=journey.pk, by=approver_bob)
     assert journey_approve(journey_id=journey.pk, by=approver_zoe).number == 2
+
+
+# --- Discarding the draft of a live journey ------------------------------------------------------
+
+
+def _live_with_a_draft(make_journey, publish, manager_alice, **changes):
+    journey = publish(make_journey())
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, **(changes or {"exit_event": "purchase"}))
+    return _reload(journey)
+
+
+def test_discarding_the_draft_of_a_live_journey_leaves_the_live_version_running_as_before(
+    make_journey, publish, manager_alice
+):
+    from journeys.models import StepStat
+    from journeys.selectors import version_step_stats
+    from journeys.services.engine import journeys_run_due
+    from journeys.services.entries import journey_enter_segment
+
+    ProfileFactory.create_batch(3)
+    journey = publish(make_journey())
+    live = journey.live_version
+    assert journey_enter_segment(journey_id=journey.pk) == 3
+    journeys_run_due()
+    stats = version_step_stats(live)
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="purchase")
+    draft = JourneyVersion.objects.get(journey=journey, status="draft")
+
+    journey_draft_discard(journey_id=journey.pk, by=manager_alice)
+
+    journey = _reload(journey)
+    assert (journey.status, journey.live_version_id) == ("live", live.pk)
+    assert [(v.number, v.status, v.exit_event) for v in journey.versions.all()] == [(1, "live", "")]
+    assert not JourneyVersion.objects.filter(pk=draft.pk).exists()
+    assert Enrollment.objects.filter(journey=journey, version=live).count() == 3
+    assert version_step_stats(live) == stats and StepStat.objects.filter(version_id=draft.pk).count() == 0
+    event = AuditEvent.objects.get(action="journey_draft_discarded", object_id=str(journey.pk))
+    assert (event.actor, event.summary) == (manager_alice, {"version": 2, "live_version": 1})
+    # The next edit is version 3: "version 2" in the audit log and in requests names the discarded one only.
+    again = journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="unsubscribed")
+    assert (again.number, again.status) == (3, "draft")
+
+
+def test_a_draft_an_approver_sent_back_is_discarded_and_its_closed_request_still_reads(
+    make_journey, publish, manager_alice, approver_bob
+):
+    from journeys.review import journey_review_html
+
+    journey = _live_with_a_draft(make_journey, publish, manager_alice)
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    journey_request_changes(journey_id=journey.pk, by=approver_bob, comment="Not now")
+    request = ApprovalRequest.objects.get(status="changes_requested")
+
+    journey_draft_discard(journey_id=journey.pk, by=manager_alice)
+
+    request.refresh_from_db()
+    assert request.status == "changes_requested" and request.subject == _reload(journey)
+    html = journey_review_html(_reload(journey), request=request, user=approver_bob)
+    assert "version 1" in html and "replaces" not in html
+    # A new draft is submitted and approved as any other.
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="unsubscribed")
+    journey = publish(journey)
+    assert (journey.live_version.number, journey.live_version.exit_event) == (3, "unsubscribed")
+
+
+def test_the_draft_of_a_stopped_journey_can_be_discarded(make_journey, publish, manager_alice):
+    """Stopping a journey sends its version in review back to draft, which nothing can submit again."""
+    journey = _live_with_a_draft(make_journey, publish, manager_alice)
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    journey_stop(journey_id=journey.pk, by=manager_alice)
+    journey_draft_discard(journey_id=journey.pk, by=manager_alice)
+    journey = _reload(journey)
+    assert journey.status == "stopped"
+    assert [(v.number, v.status) for v in journey.versions.all()] == [(1, "live")]
+
+
+def test_a_draft_in_review_is_not_discarded_until_its_request_is_cancelled(make_journey, publish, manager_alice):
+    journey = _live_with_a_draft(make_journey, publish, manager_alice)
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    with pytest.raises(TransitionError, match="Version 2 is in review: cancel the request first"):
+        journey_draft_discard(journey_id=journey.pk, by=manager_alice)
+    assert journey.versions.get(number=2).status == "in_review"
+    assert ApprovalRequest.objects.filter(status="pending").count() == 1
+    journey_cancel_request(journey_id=journey.pk, by=manager_alice)
+    journey_draft_discard(journey_id=journey.pk, by=manager_alice)
+    assert list(journey.versions.values_list("number", flat=True)) == [1]
+
+
+def test_a_journey_that_never_went_live_has_no_live_version_to_go_back_to(make_journey, manager_alice):
+    journey = make_journey()
+    with pytest.raises(TransitionError, match="It never went live.*Delete the journey instead"):
+        journey_draft_discard(journey_id=journey.pk, by=manager_alice)
+    assert journey.versions.get().status == "draft"
+    assert not AuditEvent.objects.filter(action="journey_draft_discarded").exists()
+
+
+def test_a_live_journey_without_a_draft_has_nothing_to_discard(make_journey, publish, manager_alice):
+    journey = publish(make_journey())
+    with pytest.raises(TransitionError, match="It has no draft version to discard"):
+        journey_draft_discard(journey_id=journey.pk, by=manager_alice)
+    assert list(journey.versions.values_list("status", flat=True)) == ["live"]
+
+
+def test_a_viewer_or_an_outsider_cannot_discard_a_draft(
+    make_journey, publish, manager_alice, viewer_carol, outsider_dave
+):
+    journey = _live_with_a_draft(make_journey, publish, manager_alice)
+    with pytest.raises(PermissionDenied):
+        journey_draft_discard(journey_id=journey.pk, by=viewer_carol)
+    with pytest.raises(Http404):
+        journey_draft_discard(journey_id=journey.pk, by=outsider_dave)
+    assert [v.status for v in journey.versions.order_by("number")] == ["live", "draft"]

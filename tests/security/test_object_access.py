@@ -192,6 +192,7 @@ API_PATHS = [
     ("get", "/api/v1/dispatches/{delivery.dispatch}/", None),
     ("get", "/api/v1/dispatches/{delivery.dispatch}/deliveries/", None),
     ("get", "/api/v1/journeys/{journeys.journey}/", None),
+    ("post", "/api/v1/journeys/{journeys.journey}/discard-draft/", None),
     ("post", "/api/v1/opens/", {"app": "{delivery.app}", "delivery": "{delivery.delivery}"}),
 ]
 
@@ -213,11 +214,11 @@ def test_every_api_view_of_an_object_outside_access_answers_404(
     url, data = _fill(path, world), _fill(body, world)
     if data and "delivery" in data:
         data = {key: int(value) for key, value in data.items()}
-    outsider = api_key_for(manager_mallory, scopes=["read", "ingest", "trigger", "campaigns"])
+    outsider = api_key_for(manager_mallory, scopes=["read", "ingest", "trigger", "campaigns", "journeys"])
     response = getattr(outsider, method)(url, data, format="json")
     assert response.status_code == 404, response.content
     assert response.json()["code"] == "not_found"
-    owner = api_key_for(manager_alice, scopes=["read", "ingest", "trigger", "campaigns"])
+    owner = api_key_for(manager_alice, scopes=["read", "ingest", "trigger", "campaigns", "journeys"])
     assert getattr(owner, method)(url, data, format="json").status_code != 404
 
 
