@@ -20,6 +20,9 @@ class ApprovalSubject:
     request_changes: Callable[..., object]  # (*, subject_id, by, comment, request_id) -> back to draft
     # (subject) -> {"app_label.model": {pk, ...}}: what the review shows, which its deciders may read
     references: Callable[..., dict[str, set[int]]] = field(default=lambda subject: {})
+    # The labels ``references`` may answer with (None: any): ``visible_to`` works out the references
+    # only for a model among them, so the lists of other models never pay for it.
+    referenced_models: frozenset[str] | None = None
 
 
 _SUBJECTS: dict[str, ApprovalSubject] = {}
@@ -31,3 +34,11 @@ def register_approval_subject(model: type[models.Model], subject: ApprovalSubjec
 
 def approval_subject_for(model: type[models.Model]) -> ApprovalSubject | None:
     return _SUBJECTS.get(model._meta.label_lower)
+
+
+def may_be_referenced(model: type[models.Model]) -> bool:
+    """Whether the review of some kind of subject may show objects of ``model``."""
+    label = model._meta.label_lower
+    return any(
+        subject.referenced_models is None or label in subject.referenced_models for subject in _SUBJECTS.values()
+    )

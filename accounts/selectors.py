@@ -11,9 +11,10 @@ from django.apps import apps
 from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from guardian.utils import get_group_obj_perms_model, get_user_obj_perms_model
 
+from accounts.approvals import may_be_referenced
 from accounts.models import ApiKey, ApprovalPolicy, ApprovalRequest, AuditEvent, User
 from accounts.roles import ADMINISTRATOR
 
@@ -75,7 +76,7 @@ def visible_to(user: User, queryset: QuerySet, *, perm: str | None = None) -> Qu
     if scope_field:
         scope_model = model._meta.get_field(scope_field).related_model
         condition |= granted_q(user, scope_model, field=f"{scope_field}_id")
-    if is_view_perm(perm):
+    if is_view_perm(perm) and may_be_referenced(model):
         # Whoever may decide a request reads what its review shows, read-only.
         referenced = decidable_references(user).get(model._meta.label_lower)
         if referenced:
@@ -251,72 +252,169 @@ def approval_policies_active() -> list[ApprovalPolicy]:
 
 def approver_standing(user: User, request: ApprovalRequest) -> tuple[bool, str]:
     """May ``user`` decide ``request``? Returns (allowed, the reason when not)."""
+    return approver_standings(user, [request])[request.pk]
+
+
+def approver_standings(
+    user: User, requests: list[ApprovalRequest], *, policy_approver_of: set[int] | None = None
+) -> dict[int, tuple[bool, str]]:
+    """``approver_standing`` of each request, by request id, in a number of queries that does not
+    grow with the requests: each check runs once for all the requests still standing, in this
+    order (the first refusal is the reason given).
+
+    ``policy_approver_of``: the ids of the requests whose policy names the user (directly or
+    through a group), when the caller read them already (the inbox's own query does).
+    """
+    answers: dict[int, tuple[bool, str]] = {}
+    standing = list(requests)
+
+    def refuse(refused: set[int], reason: str) -> None:
+        nonlocal standing
+        for request in standing:
+            if request.pk in refused:
+                answers[request.pk] = (False, reason)
+        standing = [request for request in standing if request.pk not in refused]
+
     if not user.is_active:
-        return False, "This account is disabled."
-    if not (user.has_perm("accounts.decide_approvalrequest") and user.has_perm(request.approve_perm)):
-        return False, "Your role may not approve."
-    if request.block_self_approval and request.requested_by_id == user.pk:
-        return False, "You cannot approve your own request."
-    if request.block_self_approval and _changed_since_approval(user, request):
-        return False, "You changed what this request asks to approve: another approver decides it."
-    if request.policy_id is not None:
-        named = request.approver_users.filter(pk=user.pk).exists()
-        in_group = request.approver_groups.filter(pk__in=user.groups.values("pk")).exists()
-        if not (named or in_group):
-            return False, f"You are not an approver of the policy '{request.policy}'."
-    subject = request.subject_type.model_class()._default_manager.filter(pk=request.subject_id)
-    if not visible_to(user, subject).exists():
-        return False, "You have no access to this object."
-    return True, ""
+        refuse({r.pk for r in standing}, "This account is disabled.")
+    decides = user.has_perm("accounts.decide_approvalrequest") if standing else False
+    refuse({r.pk for r in standing if not (decides and user.has_perm(r.approve_perm))}, "Your role may not approve.")
+    refuse(
+        {r.pk for r in standing if r.block_self_approval and r.requested_by_id == user.pk},
+        ("You cannot approve your own request."),
+    )
+    refuse(
+        _changed_since_approval(user, [r for r in standing if r.block_self_approval]),
+        "You changed what this request asks to approve: another approver decides it.",
+    )
+    with_policy = [r for r in standing if r.policy_id is not None]
+    if with_policy and policy_approver_of is None:
+        policy_approver_of = set(
+            ApprovalRequest.objects.filter(pk__in=[r.pk for r in with_policy])
+            .filter(policy_approver_q(user))
+            .values_list("pk", flat=True)
+        )
+    for request in with_policy:
+        if request.pk not in policy_approver_of:
+            refuse({request.pk}, f"You are not an approver of the policy '{request.policy}'.")
+    refuse(_subjects_out_of_reach(user, standing), "You have no access to this object.")
+    for request in standing:
+        answers[request.pk] = (True, "")
+    return answers
+
+
+def policy_approver_q(user: User) -> Q:
+    """A condition on approval requests: their policy names ``user``, directly or through a group."""
+    named = ApprovalRequest.approver_users.through.objects.filter(approvalrequest=OuterRef("pk"), user=user)
+    in_group = ApprovalRequest.approver_groups.through.objects.filter(
+        approvalrequest=OuterRef("pk"), group__in=user.groups.values("pk")
+    )
+    return Q(Exists(named)) | Q(Exists(in_group))
+
+
+def _by_subject_model(requests: list[ApprovalRequest]) -> dict[type[models.Model], list[ApprovalRequest]]:
+    grouped: dict[type[models.Model], list[ApprovalRequest]] = {}
+    for request in requests:
+        model = ContentType.objects.get_for_id(request.subject_type_id).model_class()
+        grouped.setdefault(model, []).append(request)
+    return grouped
+
+
+def _subjects_out_of_reach(user: User, requests: list[ApprovalRequest]) -> set[int]:
+    """The requests whose subject ``user`` has no access to (or which was deleted): one query per
+    kind of subject."""
+    out: set[int] = set()
+    for model, group in _by_subject_model(requests).items():
+        subjects = model._default_manager.filter(pk__in={r.subject_id for r in group})
+        reached = {str(pk) for pk in visible_to(user, subjects).values_list("pk", flat=True)}
+        out |= {r.pk for r in group if str(r.subject_id) not in reached}
+    return out
 
 
 CONTENT_AUTHORING_ACTIONS = ("pushcontent_created", "pushcontent_duplicated", "pushcontent_changed")
 
 
-def _changed_since_approval(user: User, request: ApprovalRequest) -> bool:
-    """Whether ``user`` changed the request's subject, or a push content it sends, since the subject
-    was last approved (ever, when it never was): their own work, which the four eyes are for."""
+def _changed_since_approval(user: User, requests: list[ApprovalRequest]) -> set[int]:
+    """The requests whose subject, or a push content it sends, ``user`` changed since the subject
+    was last approved (ever, when it never was): their own work, which the four eyes are for.
+
+    A fixed number of queries whatever the requests: per kind of subject, its rows and their
+    contents (``approval_content_ids_of``, one query, or ``approval_content_ids`` each); then for
+    all of them the last approval of each subject, and the user's last authoring of each subject
+    and content.
+    """
     from delivery.models import PushContent
 
-    actions = getattr(request.subject_type.model_class(), "APPROVAL_AUTHORING_ACTIONS", ())
-    subject = request.subject if actions else None
-    if subject is None:
-        return False
-    since = (
-        ApprovalRequest.objects.filter(
-            subject_type=request.subject_type_id, subject_id=request.subject_id, status=ApprovalRequest.Status.APPROVED
-        )
-        .order_by("-decided_at")
-        .values_list("decided_at", flat=True)
-        .first()
-    )
+    subjects: dict[ApprovalRequest, tuple[models.Model, list[int]]] = {}
+    for model, group in _by_subject_model(requests).items():
+        if not getattr(model, "APPROVAL_AUTHORING_ACTIONS", ()):
+            continue
+        rows = {str(row.pk): row for row in model._default_manager.filter(pk__in={r.subject_id for r in group})}
+        if hasattr(model, "approval_content_ids_of"):
+            contents = model.approval_content_ids_of(list(rows.values()))
+        else:
+            contents = {row.pk: row.approval_content_ids() for row in rows.values()}
+        for request in group:
+            row = rows.get(str(request.subject_id))
+            if row is not None:  # a deleted subject has nothing left to approve
+                subjects[request] = (row, contents[row.pk])
+    if not subjects:
+        return set()
+
+    def subject_key(request: ApprovalRequest) -> tuple[int, str]:
+        return request.subject_type_id, str(request.subject_id)
+
+    approved = Q(pk__in=[])
+    authored = Q(pk__in=[])
+    content_ids: set[str] = set()
+    for request, (row, contents) in subjects.items():
+        type_id, object_id = subject_key(request)
+        approved |= Q(subject_type=type_id, subject_id=object_id)
+        authored |= Q(object_type=type_id, object_id=object_id, action__in=type(row).APPROVAL_AUTHORING_ACTIONS)
+        content_ids |= {str(pk) for pk in contents}
     content_type = ContentType.objects.get_for_model(PushContent)
-    changes = AuditEvent.objects.filter(actor=user).filter(
-        Q(object_type=request.subject_type_id, object_id=str(request.subject_id), action__in=actions)
-        | Q(
-            object_type=content_type,
-            object_id__in=[str(pk) for pk in subject.approval_content_ids()],
-            action__in=CONTENT_AUTHORING_ACTIONS,
-        )
-    )
-    if since is not None:
-        changes = changes.filter(created_at__gt=since)
-    return changes.exists()
+    if content_ids:
+        authored |= Q(object_type=content_type, object_id__in=sorted(content_ids), action__in=CONTENT_AUTHORING_ACTIONS)
+    last_approved = {
+        (row["subject_type"], row["subject_id"]): row["last"]
+        for row in ApprovalRequest.objects.filter(approved, status=ApprovalRequest.Status.APPROVED)
+        .order_by()
+        .values("subject_type", "subject_id")
+        .annotate(last=models.Max("decided_at"))
+    }
+    last_authored = {
+        (row["object_type"], row["object_id"]): row["last"]
+        for row in AuditEvent.objects.filter(authored, actor=user)
+        .order_by()
+        .values("object_type", "object_id")
+        .annotate(last=models.Max("created_at"))
+    }
+    changed: set[int] = set()
+    for request, (_row, contents) in subjects.items():
+        since = last_approved.get(subject_key(request))
+        touched = [last_authored.get(subject_key(request))]
+        touched += [last_authored.get((content_type.pk, str(pk))) for pk in contents]
+        if any(when is not None and (since is None or when > since) for when in touched):
+            changed.add(request.pk)
+    return changed
 
 
 def approvals_waiting_for(user: User) -> list[ApprovalRequest]:
-    """The approver's inbox: pending requests this user may decide, oldest first."""
+    """The approver's inbox: pending requests this user may decide, oldest first.
+
+    A fixed number of queries whatever the number of requests (``approver_standings``).
+    """
     if not user.has_perm("accounts.decide_approvalrequest"):
         return []
-    pending = (
+    pending = list(
         ApprovalRequest.objects.filter(status=ApprovalRequest.Status.PENDING)
-        .filter(Q(policy__isnull=True) | Q(approver_users=user) | Q(approver_groups__in=user.groups.values("pk")))
+        .filter(Q(policy__isnull=True) | policy_approver_q(user))
         .exclude(block_self_approval=True, requested_by=user)
         .select_related("requested_by", "subject_type", "policy")
-        .distinct()
         .order_by("requested_at")
     )
-    return [request for request in pending if approver_standing(user, request)[0]]
+    standings = approver_standings(user, pending, policy_approver_of={r.pk for r in pending if r.policy_id is not None})
+    return [request for request in pending if standings[request.pk][0]]
 
 
 def approval_requests_visible_to(user: User) -> QuerySet[ApprovalRequest]:

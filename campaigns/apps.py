@@ -45,5 +45,6 @@ class CampaignsConfig(AppConfig):
                     campaign_id=subject_id, by=by, comment=comment, request_id=request_id
                 ),
                 references=campaign_references,
+                referenced_models=frozenset({"delivery.app", "audiences.segment", "delivery.pushcontent"}),
             ),
         )

@@ -238,7 +238,16 @@ class Campaign(ConversionGoal):
 
     def approval_content_ids(self) -> list[int]:
         """The push contents an approval of the campaign covers: its content and its variants'."""
-        return [self.content_id, *self.variants.values_list("content_id", flat=True)]
+        return self.approval_content_ids_of([self])[self.pk]
+
+    @classmethod
+    def approval_content_ids_of(cls, campaigns: list["Campaign"]) -> dict[int, list[int]]:
+        """``approval_content_ids`` of several campaigns, by campaign id, in one query."""
+        found = {campaign.pk: [campaign.content_id] for campaign in campaigns}
+        variants = CampaignVariant.objects.filter(campaign__in=list(found)).order_by("campaign_id", "number")
+        for campaign_id, content_id in variants.values_list("campaign_id", "content_id"):
+            found[campaign_id].append(content_id)
+        return found
 
     def variant_list(self) -> list["CampaignVariant"]:
         """The variants in their order (empty: the campaign sends its one content to everyone)."""

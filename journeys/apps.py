@@ -36,5 +36,6 @@ class JourneysConfig(AppConfig):
                     journey_id=subject_id, by=by, comment=comment, request_id=request_id
                 ),
                 references=journey_references,
+                referenced_models=frozenset({"delivery.app", "audiences.segment", "delivery.pushcontent"}),
             ),
         )

@@ -69,14 +69,25 @@ class Journey(ConversionGoal):
 
     def approval_content_ids(self) -> list[int]:
         """The push contents an approval covers: those of its version being drafted or in review."""
+        return self.approval_content_ids_of([self])[self.pk]
+
+    @classmethod
+    def approval_content_ids_of(cls, journeys: list["Journey"]) -> dict[int, list[int]]:
+        """``approval_content_ids`` of several journeys, by journey id, in one query."""
         from journeys.graph import contents_of
 
-        version = (
-            self.versions.filter(status__in=(JourneyVersion.Status.DRAFT, JourneyVersion.Status.IN_REVIEW))
-            .order_by("-number")
-            .first()
+        found: dict[int, list[int] | None] = {journey.pk: None for journey in journeys}
+        versions = (
+            JourneyVersion.objects.filter(
+                journey__in=list(found), status__in=(JourneyVersion.Status.DRAFT, JourneyVersion.Status.IN_REVIEW)
+            )
+            .order_by("journey_id", "-number")
+            .values_list("journey_id", "graph")
         )
-        return list(contents_of(version.graph).values()) if version is not None else []
+        for journey_id, graph in versions:
+            if found[journey_id] is None:  # the newest version of each journey
+                found[journey_id] = list(contents_of(graph).values())
+        return {pk: contents or [] for pk, contents in found.items()}
 
 
 class JourneyUserObjectPermission(UserObjectPermissionBase, GrantStamp):

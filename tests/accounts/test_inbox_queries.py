@@ -1,0 +1,146 @@
+"""The approver's inbox costs the same number of queries for 3 requests as for 30."""
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from accounts.models import ApprovalPolicy, ApprovalRequest, User
+from accounts.selectors import approvals_waiting_for, approver_standing
+from accounts.services import access_grant, approval_policy_activate, approval_request_open
+from campaigns.services.lifecycle import campaign_create, campaign_submit, campaign_update
+from delivery.models import PushContent
+from delivery.services.contents import pushcontent_save
+from journeys.services.lifecycle import journey_create, journey_submit
+from tests.factories import AppFactory, PushContentFactory, SegmentFactory, UserFactory
+
+
+@pytest.fixture
+def world(db, admin_erin, manager_alice, approver_bob):
+    """Three apps: Shop (Bob decides), Bank (a policy names Zoe alone), Vault (Bob has no access)."""
+    approver_zoe = UserFactory(username="approver_zoe", role="Approver")
+    apps = {name: AppFactory(name=name) for name in ("Shop", "Bank", "Vault")}
+    for app in apps.values():
+        access_grant(obj=app, to=manager_alice, by=None)
+        access_grant(obj=app, to=approver_zoe, by=None)
+    for name in ("Shop", "Bank"):
+        access_grant(obj=apps[name], to=approver_bob, by=None)
+    policy = ApprovalPolicy.objects.create(name="Bank's", app_ids=[apps["Bank"].pk], applies_to_journeys=True)
+    policy.approver_users.set([approver_zoe])
+    approval_policy_activate(policy_id=policy.pk, by=admin_erin)
+    everyone = SegmentFactory(name="Everyone", rules={"all": [{"field": "external_id", "op": "exists"}]})
+    access_grant(obj=everyone, to=manager_alice, by=None)
+    return {"apps": apps, "segment": everyone, "alice": manager_alice, "bob": approver_bob, "made": 0}
+
+
+def _campaign(world, app: str, *, by=None):
+    world["made"] += 1
+    app = world["apps"][app]
+    content = PushContentFactory(app=app, name=f"Content {world['made']}", title="Hello", body="Hi")
+    return campaign_create(
+        by=by or world["alice"],
+        name=f"Campaign {world['made']}",
+        app=app,
+        segment=world["segment"],
+        content=content,
+        kind="scheduled",
+    )
+
+
+def _journey(world, app: str):
+    world["made"] += 1
+    app = world["apps"][app]
+    content = PushContentFactory(app=app, name=f"Content {world['made']}", title="Hello", body="Hi")
+    graph = {
+        "steps": [
+            {"id": "push", "type": "push", "content": content.pk, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+    journey = journey_create(
+        by=world["alice"],
+        name=f"Journey {world['made']}",
+        app=app,
+        graph=graph,
+        entry_kind="segment",
+        entry_segment=world["segment"],
+    )
+    return journey, content
+
+
+def _request_of(subject) -> ApprovalRequest:
+    return ApprovalRequest.objects.get(subject_id=str(subject.pk), status="pending", subject_label=subject.name)
+
+
+def _add(world, rounds: int) -> dict[str, list[ApprovalRequest]]:
+    """``rounds`` requests of each kind Bob may or may not decide."""
+    alice, bob = world["alice"], world["bob"]
+    made: dict[str, list[ApprovalRequest]] = {}
+    for _ in range(rounds):
+        campaign = _campaign(world, "Shop")
+        made.setdefault("campaign", []).append(campaign_submit(campaign_id=campaign.pk, by=alice))
+        journey, _content = _journey(world, "Shop")
+        made.setdefault("journey", []).append(journey_submit(journey_id=journey.pk, by=alice))
+
+        own = _campaign(world, "Shop")
+        with transaction.atomic():
+            made.setdefault("own", []).append(
+                approval_request_open(
+                    subject=own,
+                    context={"type": "campaign", "app_id": own.app_id, "kind": "scheduled", "purpose": "marketing"},
+                    fingerprint=own.fingerprint(),
+                    approve_perm="campaigns.approve_campaign",
+                    by=bob,
+                )
+            )
+        changed = _campaign(world, "Shop")
+        campaign_update(campaign_id=changed.pk, by=bob, name=f"{changed.name}, reworded")
+        made.setdefault("changed campaign", []).append(campaign_submit(campaign_id=changed.pk, by=alice))
+        journey, content = _journey(world, "Shop")
+        content.body = "Hi again"
+        pushcontent_save(content=PushContent.objects.get(pk=content.pk), by=bob)
+        made.setdefault("changed content", []).append(journey_submit(journey_id=journey.pk, by=alice))
+
+        bank = _campaign(world, "Bank")
+        made.setdefault("not in the policy", []).append(campaign_submit(campaign_id=bank.pk, by=alice))
+        vault, _content = _journey(world, "Vault")
+        made.setdefault("no access", []).append(journey_submit(journey_id=vault.pk, by=alice))
+    return made
+
+
+REASONS = {
+    "campaign": "",
+    "journey": "",
+    "own": "You cannot approve your own request.",
+    "changed campaign": "You changed what this request asks to approve: another approver decides it.",
+    "changed content": "You changed what this request asks to approve: another approver decides it.",
+    "not in the policy": "You are not an approver of the policy 'Bank's'.",
+    "no access": "You have no access to this object.",
+}
+
+
+def _inbox_queries(bob: User) -> tuple[list[ApprovalRequest], int]:
+    fresh = User.objects.get(pk=bob.pk)  # a new page: nothing cached on the user yet
+    with CaptureQueriesContext(connection) as queries:
+        inbox = approvals_waiting_for(fresh)
+    return inbox, len(queries)
+
+
+def test_the_inbox_costs_as_many_queries_for_thirty_requests_as_for_three(world):
+    bob = world["bob"]
+    made = _add(world, rounds=1)
+    few, few_queries = _inbox_queries(bob)
+    assert len(ApprovalRequest.objects.filter(status="pending")) == 7
+    assert few == made["campaign"] + made["journey"]  # oldest first
+
+    for kind, requests in _add(world, rounds=4).items():
+        made[kind] += requests
+    many, many_queries = _inbox_queries(bob)
+    assert ApprovalRequest.objects.filter(status="pending").count() == 35
+    assert many_queries == few_queries
+    assert many_queries <= 20
+    assert many == sorted(made["campaign"] + made["journey"], key=lambda r: r.requested_at)
+
+    # Each request, decided alone, gives the same answer and says why.
+    for kind, requests in made.items():
+        for request in requests:
+            assert approver_standing(User.objects.get(pk=bob.pk), request) == (not REASONS[kind], REASONS[kind])
