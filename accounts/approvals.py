@@ -23,6 +23,8 @@ class ApprovalSubject:
     # The labels ``references`` may answer with (None: any): ``visible_to`` works out the references
     # only for a model among them, so the lists of other models never pay for it.
     referenced_models: frozenset[str] | None = None
+    # (subject, time) -> the time as the subject's own dates are shown, its zone named; None: in UTC
+    zoned: Callable[..., str] | None = None
 
 
 _SUBJECTS: dict[str, ApprovalSubject] = {}

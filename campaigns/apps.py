@@ -9,6 +9,7 @@ class CampaignsConfig(AppConfig):
         from accounts.approvals import ApprovalSubject, register_approval_subject
         from campaigns.models import Campaign
         from campaigns.review import campaign_references, campaign_review_html
+        from campaigns.schedule import zoned
         from campaigns.services.lifecycle import campaign_approve, campaign_request_changes
         from campaigns.services.scheduling import campaign_api_gate, campaign_gate
         from campaigns.services.triggers import (
@@ -46,5 +47,6 @@ class CampaignsConfig(AppConfig):
                 ),
                 references=campaign_references,
                 referenced_models=frozenset({"delivery.app", "audiences.segment", "delivery.pushcontent"}),
+                zoned=lambda campaign, value: zoned(value, campaign.time_zone),
             ),
         )

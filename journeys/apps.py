@@ -10,6 +10,7 @@ class JourneysConfig(AppConfig):
 
         from accounts.approvals import ApprovalSubject, register_approval_subject
         from audiences.services.events import event_listeners_register
+        from campaigns.schedule import zoned
         from delivery.models import DeliveryRules, Dispatch
         from delivery.services.dispatches import dispatch_gate_register
         from delivery.services.streams import stream_current_check_register
@@ -37,5 +38,6 @@ class JourneysConfig(AppConfig):
                 ),
                 references=journey_references,
                 referenced_models=frozenset({"delivery.app", "audiences.segment", "delivery.pushcontent"}),
+                zoned=lambda journey, value: zoned(value, "UTC"),  # a journey has no zone of its own
             ),
         )

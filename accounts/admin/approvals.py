@@ -1,7 +1,6 @@
 """The admin of approval policies and approval requests (the inbox and the review page)."""
 
 import datetime as dt
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django import forms
 from django.apps import apps as django_apps
@@ -300,7 +299,7 @@ class ApprovalRequestAdmin(AccessAdmin):
             "opts": self.model._meta,
             "title": f"Review: {approval.subject_label}",
             "approval": approval,
-            "asked_at": _in_subjects_zone(approval.requested_at, subject),
+            "asked_at": handler.zoned(subject, approval.requested_at) if handler.zoned else _utc(approval.requested_at),
             "review": handler.review_html(subject, request=approval, user=request.user),
             "form": form,
             "may_decide": allowed,
@@ -311,12 +310,3 @@ class ApprovalRequestAdmin(AccessAdmin):
 
 def _utc(value: dt.datetime | None) -> str:
     return f"{value.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC" if value else "-"
-
-
-def _in_subjects_zone(value: dt.datetime, subject) -> str:
-    """In the zone the subject's dates are entered in (a campaign's), the zone named; else in UTC."""
-    name = getattr(subject, "time_zone", "")
-    try:
-        return f"{value.astimezone(ZoneInfo(name)):%Y-%m-%d %H:%M} ({name})" if name else _utc(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        return _utc(value)

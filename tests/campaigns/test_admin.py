@@ -369,6 +369,30 @@ def test_the_next_send_of_a_local_time_campaign_reads_as_entered_and_says_when_i
     assert said in client.get("/admin/campaigns/campaign/").content.decode()
 
 
+def test_the_review_says_when_it_was_asked_in_the_campaigns_zone_named(
+    client, make_campaign, manager_alice, approver_bob
+):
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from accounts.models import ApprovalRequest
+
+    asked = dt.datetime(2027, 1, 5, 14, 30, tzinfo=dt.UTC)
+    client.force_login(approver_bob)
+    for time_zone, local, said in (
+        ("America/New_York", False, "2027-01-05 09:30 (America/New_York)"),
+        ("Europe/Paris", True, "2027-01-05 15:30 (Europe/Paris)"),  # at each profile's local time
+    ):
+        nine = dt.datetime(2027, 2, 1, 9, 0, tzinfo=ZoneInfo(time_zone))
+        campaign = make_campaign(
+            name=f"Sale in {time_zone}", schedule_kind="at", send_at=nine, time_zone=time_zone, at_local_time=local
+        )
+        request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+        ApprovalRequest.objects.filter(pk=request.pk).update(requested_at=asked)
+        page = client.get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+        assert f"Asked by <strong>manager_alice</strong> on {said} " in page, time_zone
+
+
 def test_a_first_send_at_a_time_the_clocks_skip_is_refused_naming_the_field(client, make_campaign, manager_alice):
     from tests.campaigns.helpers import change_form
 

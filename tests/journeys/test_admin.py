@@ -427,6 +427,18 @@ def test_a_segment_left_chosen_for_an_event_entry_is_neither_saved_nor_a_change(
     assert [(v.number, v.status, v.entry_segment) for v in journey.versions.all()] == [(1, "live", None)]
 
 
+def test_the_review_of_a_journey_says_when_it_was_asked_in_utc_named(login, manager_alice, approver_bob, make_journey):
+    """A journey has no time zone of its own: its review's times are in UTC, said so."""
+    import datetime as dt
+
+    from accounts.models import ApprovalRequest
+
+    request = journey_submit(journey_id=make_journey().pk, by=manager_alice)
+    ApprovalRequest.objects.filter(pk=request.pk).update(requested_at=dt.datetime(2027, 1, 5, 14, 30, tzinfo=dt.UTC))
+    page = login(approver_bob).get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+    assert "Asked by <strong>manager_alice</strong> on 2027-01-05 14:30 (UTC) " in page
+
+
 def test_an_approval_applies_only_to_the_version_the_approver_read(
     login, manager_alice, approver_bob, make_journey, vips, welcome, monkeypatch
 ):
