@@ -286,3 +286,32 @@ def test_scheduled_next_reads_each_campaigns_next_send_in_its_own_zone(client, m
     assert "next send 2027-01-05 09:00 (America/New_York)" in html
     # At each profile's local time: 09:00 as entered, started when UTC+14 gets there (20:00 in Paris).
     assert "next send 2027-01-06 09:00 at each profile&#x27;s local time, from 2027-01-05 20:00 (Europe/Paris)" in html
+
+
+def test_my_requests_say_when_they_were_sent_in_each_campaigns_zone(client, manager_alice, shop):
+    segment = SegmentFactory(name="Everyone", created_by=manager_alice)
+    access_grant(obj=segment, to=manager_alice, by=None)
+    for name, time_zone, local in (
+        ("New York sale", "America/New_York", False),
+        ("Paris morning", "Europe/Paris", True),
+    ):
+        campaign = campaign_create(
+            by=manager_alice,
+            name=name,
+            app=shop,
+            segment=segment,
+            content=PushContentFactory(app=shop),
+            kind="scheduled",
+            schedule_kind="at",
+            send_at=dt.datetime(2027, 2, 1, 9, 0, tzinfo=dt.UTC),
+            time_zone=time_zone,
+            at_local_time=local,
+        )
+        request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+        ApprovalRequest.objects.filter(pk=request.pk).update(
+            requested_at=dt.datetime(2027, 1, 5, 14, 30, tzinfo=dt.UTC)
+        )
+    client.force_login(manager_alice)
+    html = client.get("/admin/").content.decode()
+    assert "sent 2027-01-05 09:30 (America/New_York)" in html
+    assert "sent 2027-01-05 15:30 (Europe/Paris)" in html
