@@ -165,14 +165,21 @@ def _stats_statement(counts: Counter) -> tuple[str, list] | None:
 
 
 def journeys_run_entered(
-    *, enrolled: list[tuple[int, int, str]], version: JourneyVersion, stamp: str | None, now: dt.datetime
+    *,
+    enrolled: list[tuple[int, int, str]],
+    version: JourneyVersion,
+    stamp: str | None,
+    now: dt.datetime,
+    exits: dict[int, str] | None = None,
 ) -> RunReport:
     """Run enrollments the caller just wrote in its transaction (an event's entries, ``(id, profile
     id, its time zone)``, in ``version``, read with its journey) to their next wait, now.
 
     Their first steps, pushes included, commit with the entry, and no other worker ever sees them
     at the entry step: they are not read again, nor their profiles' zones, nor (``stamp``, the
-    journeys stamp the caller read) the stamp.
+    journeys stamp the caller read) the stamp. ``exits``: the profiles whose exit event came at or
+    after their entry (profile id → exit reason); they end at the entry step before it runs,
+    counted there as entered and exited (``exit_event``), written with the others.
     """
     report = RunReport()
     if not enrolled:
@@ -183,7 +190,10 @@ def journeys_run_entered(
         for pk, profile_id, _ in enrolled
     ]
     known = _Known(zones={profile_id: zone or "" for _, profile_id, zone in enrolled}, stamp=stamp)
-    _run_batch(batch=len(rows), now=now, report=report, rows=rows, versions={version.pk: version}, known=known)
+    ended = {row.pk: exits[row.profile_id] for row in rows if exits and row.profile_id in exits}
+    _run_batch(
+        batch=len(rows), now=now, report=report, rows=rows, versions={version.pk: version}, known=known, exits=ended
+    )
     report.batches += 1
     return report
 
@@ -204,7 +214,10 @@ def _run_batch(
     rows: list[_Row] | None = None,
     versions: dict | None = None,
     known: _Known | None = None,
+    exits: dict[int, str] | None = None,
 ) -> int:
+    """``exits``: enrollments (id → exit reason) that end where they are before running, as an exit
+    event ends them (``journeys_run_entered``)."""
     # No savepoint inside a caller's transaction (an event's entry): a failure here fails the entry.
     with transaction.atomic(savepoint=False):
         if rows is None:
@@ -218,7 +231,12 @@ def _run_batch(
         stats: Counter = Counter()
         runs_by_version: dict[int, list[_Run]] = defaultdict(list)
         for row in rows:
-            runs_by_version[row.version_id].append(_Run(row=row, history=[]))
+            run = _Run(row=row, history=[])
+            if exits and row.pk in exits:
+                _finish(run, EStatus.EXITED, now, reason=exits[row.pk])
+                stats[(row.version_id, row.step, "entered")] += 1
+                stats[(row.version_id, row.step, "exit_event")] += 1
+            runs_by_version[row.version_id].append(run)
         for version_id, runs in runs_by_version.items():
             _run_version(versions[version_id], runs, now=now, stats=stats, report=report, known=known)
         _write_back([run for runs in runs_by_version.values() for run in runs], now=now, stats=stats)

@@ -173,7 +173,9 @@ def journeys_events_received(
     journey whose version names it. An entry event enrolls the profile in each live journey
     whose live version enters on it (re-entry policy applies), and runs the new enrollments to
     their first wait in the same transaction: a first push joins its stream as the entry commits,
-    once (the entry and its rows commit together). Inside a caller's transaction (the events
+    once (the entry and its rows commit together). A profile whose exit event for that version
+    occurred, in the same call, at or after its entry event enters and ends at once ("exit event
+    …"), before its first step: its first push is not sent. Inside a caller's transaction (the events
     call's), everything commits with it and a failure fails it whole; otherwise each exit and
     each entry is a transaction of its own. Safe to run again for the same events (an exit is
     final, an entry obeys the re-entry policy). ``events``: ``(profile id, name, occurred_at)``,
@@ -225,13 +227,48 @@ def journeys_events_received(
                 exited += len(ending)
     entry_versions = sorted((v for name in names for v in live.entries.get(name, ())), key=lambda v: v.pk)
     for version in entry_versions:
-        profile_ids = sorted({profile_id for profile_id, name, _ in events if name == version.entry_event})
-        audience, param = _event_audience(profile_ids)
+        entering = _latest(events, version.entry_event)
+        ending = _exited_since_entering(version, entering, events, names)
+        audience, param = _event_audience(sorted(entering))
         with transaction.atomic(savepoint=False):
             enrolled = _enter(version, audience, [param], now=now, returning=True, few=True)
-            journeys_run_entered(enrolled=enrolled, version=version, stamp=live.stamp, now=now)
+            journeys_run_entered(enrolled=enrolled, version=version, stamp=live.stamp, now=now, exits=ending)
         entered += len(enrolled)
+        if ending:
+            exited += sum(1 for _, profile_id, _ in enrolled if profile_id in ending)
     return {"exited": exited, "entered": entered}
+
+
+def _latest(events: list[tuple[int, str, dt.datetime]], name: str) -> dict[int, dt.datetime]:
+    """Each profile's latest event called ``name`` among ``events``."""
+    latest: dict[int, dt.datetime] = {}
+    for profile_id, event_name, occurred_at in events:
+        if event_name == name and (profile_id not in latest or occurred_at > latest[profile_id]):
+            latest[profile_id] = occurred_at
+    return latest
+
+
+def _exited_since_entering(
+    version: JourneyVersion,
+    entering: dict[int, dt.datetime],
+    events: list[tuple[int, str, dt.datetime]],
+    names: set[str],
+) -> dict[int, str]:
+    """The profiles entering ``version`` whose exit event, in the same call, occurred at or after
+    their entry event (each one's latest of both): by the events' own times they are out already,
+    so they enter and end at once, before their first step (``journeys_run_entered``'s ``exits``),
+    with the exit's reason. An exit event older than the entry does not end the new enrollment,
+    as an exit only ends what was entered before it. A version that enters and exits on the same
+    event enters as it did (the event cannot both start and end the same passage)."""
+    name = version.exit_event
+    if not name or name not in names or name == version.entry_event:
+        return {}
+    reason = f"exit event '{name}'"
+    return {
+        profile_id: reason
+        for profile_id, exit_at in _latest(events, name).items()
+        if profile_id in entering and exit_at >= entering[profile_id]
+    }
 
 
 def _event_audience(profile_ids: list[int]) -> tuple[str, object]:

@@ -368,3 +368,140 @@ def test_a_push_whose_approved_content_the_settings_no_longer_allow_is_refused_n
     enrollment = Enrollment.objects.get()
     assert enrollment.status == "failed"
     assert "tap_url" in enrollment.exit_reason and "shop" in enrollment.exit_reason
+
+
+@pytest.fixture
+def signup_journey(sim_journey, sim_welcome, publish):
+    """Enters on signup, sends its welcome push at once, and ends for whoever purchases."""
+    graph = {
+        "steps": [
+            {"id": "welcome", "type": "push", "content": sim_welcome.pk, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+    return publish(
+        sim_journey(graph=graph, entry_kind="event", entry_event="signup", entry_segment=None, exit_event="purchase")
+    )
+
+
+def _post_events(client, *events):
+    return client.post(
+        "/api/v1/events/bulk/",
+        {"events": [{"external_id": e, "name": n, "occurred_at": at.isoformat()} for e, n, at in events]},
+        format="json",
+    )
+
+
+def test_a_signup_and_a_later_purchase_in_one_call_exit_the_profile_before_its_first_push(
+    signup_journey, pushsim, sim_team, api_key_for, manager_alice, django_capture_on_commit_callbacks
+):
+    """The events' own times decide, not the order exits and entries are run in: the profile that
+    already purchased when the call arrives is not welcomed as a new signup."""
+    from journeys.models import Enrollment
+    from journeys.selectors import version_step_stats
+
+    phone = DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=sim_team).token
+    signed_up = timezone.now() - dt.timedelta(minutes=10)
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = _post_events(
+            client, ("zoe", "signup", signed_up), ("zoe", "purchase", signed_up + dt.timedelta(minutes=5))
+        )
+    assert answer.status_code == 200 and answer.json()["accepted"] == 2
+    enrollment = Enrollment.objects.get(journey=signup_journey)
+    assert (enrollment.status, enrollment.exit_reason, enrollment.step) == (
+        "exited",
+        "exit event 'purchase'",
+        "welcome",
+    )
+    assert enrollment.finished_at is not None and enrollment.due_at is None
+    assert not Delivery.objects.exists() and pushsim.state.count(phone) == 0
+    stats = version_step_stats(signup_journey.live_version)
+    assert (stats["welcome"]["entered"], stats["welcome"]["exit_event"], stats["welcome"]["exited"]) == (1, 1, 1)
+    assert stats["welcome"]["pushed"] == 0 and stats["done"]["entered"] == 0
+
+
+def test_a_purchase_at_the_very_time_of_the_signup_exits_too_whatever_the_order_in_the_call(
+    signup_journey, pushsim, sim_team, api_key_for, manager_alice, django_capture_on_commit_callbacks
+):
+    from journeys.models import Enrollment
+
+    phone = DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=sim_team).token
+    at = timezone.now() - dt.timedelta(minutes=1)
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _post_events(client, ("zoe", "purchase", at), ("zoe", "signup", at)).status_code == 200
+    assert Enrollment.objects.get(journey=signup_journey).status == "exited"
+    assert pushsim.state.count(phone) == 0
+
+
+def test_a_purchase_older_than_the_signup_in_the_same_call_does_not_exit_the_new_enrollment(
+    signup_journey, pushsim, sim_team, api_key_for, manager_alice, django_capture_on_commit_callbacks
+):
+    """An exit ends only what was entered before it: a profile that purchased, then signed up, is welcomed."""
+    from journeys.models import Enrollment
+
+    phone = DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=sim_team).token
+    signed_up = timezone.now() - dt.timedelta(minutes=10)
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = _post_events(
+            client, ("zoe", "signup", signed_up), ("zoe", "purchase", signed_up - dt.timedelta(seconds=1))
+        )
+    assert answer.status_code == 200
+    enrollment = Enrollment.objects.get(journey=signup_journey)
+    assert (enrollment.status, enrollment.exit_reason) == ("completed", "")
+    assert pushsim.state.count(phone) == 1
+
+
+def test_in_one_call_the_profile_that_purchased_after_signing_up_exits_and_the_other_is_welcomed(
+    signup_journey, pushsim, sim_team, api_key_for, manager_alice, django_capture_on_commit_callbacks
+):
+    from journeys.models import Enrollment
+    from journeys.selectors import version_step_stats
+
+    phones = {
+        name: DeviceFactory(profile=ProfileFactory(external_id=name), app=sim_team).token for name in ("zoe", "max")
+    }
+    signed_up = timezone.now() - dt.timedelta(minutes=10)
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = _post_events(
+            client,
+            ("zoe", "purchase", signed_up - dt.timedelta(minutes=5)),
+            ("zoe", "signup", signed_up),
+            ("max", "signup", signed_up),
+            ("max", "purchase", signed_up + dt.timedelta(seconds=1)),
+        )
+    assert answer.status_code == 200
+    enrollments = {e.profile.external_id: e for e in Enrollment.objects.filter(journey=signup_journey)}
+    assert (enrollments["zoe"].status, enrollments["zoe"].exit_reason) == ("completed", "")
+    assert (enrollments["max"].status, enrollments["max"].exit_reason) == ("exited", "exit event 'purchase'")
+    assert (pushsim.state.count(phones["zoe"]), pushsim.state.count(phones["max"])) == (1, 0)
+    stats = version_step_stats(signup_journey.live_version)
+    assert (stats["welcome"]["entered"], stats["welcome"]["pushed"], stats["welcome"]["exit_event"]) == (2, 1, 1)
+    assert (stats["done"]["entered"], stats["done"]["exited"]) == (1, 1)
+
+
+def test_the_events_call_counts_an_entry_ended_by_its_exit_event_as_entered_and_exited(signup_journey, sim_team):
+    from journeys.services.entries import journeys_events_received
+
+    zoe, max_ = ProfileFactory.create_batch(2)
+    at = timezone.now() - dt.timedelta(minutes=10)
+    events = [(zoe.pk, "signup", at), (zoe.pk, "purchase", at + dt.timedelta(minutes=5)), (max_.pk, "signup", at)]
+    assert journeys_events_received(events=events) == {"exited": 1, "entered": 2}
+
+
+def test_a_journey_that_enters_and_exits_on_the_same_event_still_enters_on_it(make_journey, publish):
+    from journeys.models import Enrollment
+    from journeys.services.entries import journeys_events_received
+
+    graph = {
+        "steps": [{"id": "pause", "type": "wait", "seconds": 3600, "next": "done"}, {"id": "done", "type": "exit"}]
+    }
+    journey = publish(
+        make_journey(graph=graph, entry_kind="event", entry_event="visit", entry_segment=None, exit_event="visit")
+    )
+    zoe = ProfileFactory()
+    assert journeys_events_received(events=[(zoe.pk, "visit", timezone.now())]) == {"exited": 0, "entered": 1}
+    assert Enrollment.objects.get(journey=journey).status == "waiting"
