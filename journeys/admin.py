@@ -13,6 +13,7 @@ from accounts.admin.lifecycle import LifecycleAdminMixin
 from accounts.json_values import JsonValueFormField
 from accounts.selectors import approval_current, visible_to
 from accounts.services import TransitionError
+from campaigns.schedule import zoned
 from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
 from journeys.diagram import WAIT_UNITS, duration_parts, version_svg
 from journeys.graph import GraphInvalid, graph_validate
@@ -46,6 +47,9 @@ from journeys.services.lifecycle import (
 )
 
 Status = Journey.Status
+
+# A journey has no time zone of its own: its times are shown in UTC, named "(UTC)".
+JOURNEY_ZONE = "UTC"
 
 
 class StepEditorWidget(forms.Textarea):
@@ -162,7 +166,7 @@ class _StatusFilter(ActiveStatusFilter):
 @admin.register(Journey)
 class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     form = JourneyForm
-    list_display = ("name", "app", "status", "version_label", "owner", "updated_at")
+    list_display = ("name", "app", "status", "version_label", "owner", "updated")
     list_filter = (_StatusFilter, "app")
     list_select_related = ("app", "owner", "live_version")
     search_fields = ("name",)
@@ -187,6 +191,10 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         return journeys_visible_to(request.user).prefetch_related(
             Prefetch("versions", queryset=open_versions, to_attr="open_versions")
         )
+
+    @admin.display(description="Updated at", ordering="updated_at")
+    def updated(self, obj):
+        return zoned(obj.updated_at, JOURNEY_ZONE)
 
     @admin.display(description="Version")
     def version_label(self, obj):
@@ -334,7 +342,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         request = approval_current(obj)
         if request is None:
             return "Not submitted yet."
-        decided = f" by {request.decided_by} on {request.decided_at:%Y-%m-%d %H:%M}" if request.decided_by else ""
+        decided = f" by {request.decided_by} on {zoned(request.decided_at, JOURNEY_ZONE)}" if request.decided_by else ""
         comment = format_html(" — “{}”", request.comment) if request.comment else ""
         return format_html("{}{}{}", request.get_status_display(), decided, comment)
 
@@ -462,7 +470,7 @@ def version_status_text(journey: Journey, version) -> str:
 class EnrollmentAdmin(BigTableAdmin):
     """Enrollments, read-only: search a profile's external id to see its history in every journey."""
 
-    list_display = ("profile", "journey", "version_number", "entry_number", "step", "status", "due_at", "entered_at")
+    list_display = ("profile", "journey", "version_number", "entry_number", "step", "status", "due", "entered")
     list_filter = ("status",)
     list_select_related = ("profile", "journey", "version")
     search_fields = ("=profile__external_id",)
@@ -475,9 +483,9 @@ class EnrollmentAdmin(BigTableAdmin):
         "entry_number",
         "status",
         "step",
-        "due_at",
-        "entered_at",
-        "finished_at",
+        "due",
+        "entered",
+        "finished",
         "exit_reason",
         "history_table",
     )
@@ -506,6 +514,18 @@ class EnrollmentAdmin(BigTableAdmin):
     @admin.display(description="Version")
     def version_number(self, obj):
         return f"v{obj.version.number}"
+
+    @admin.display(description="Due at", ordering="due_at")
+    def due(self, obj):
+        return zoned(obj.due_at, JOURNEY_ZONE)
+
+    @admin.display(description="Entered at", ordering="entered_at")
+    def entered(self, obj):
+        return zoned(obj.entered_at, JOURNEY_ZONE)
+
+    @admin.display(description="Finished at", ordering="finished_at")
+    def finished(self, obj):
+        return zoned(obj.finished_at, JOURNEY_ZONE)
 
     @admin.display(description="History")
     def history_table(self, obj):

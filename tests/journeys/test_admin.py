@@ -197,6 +197,34 @@ def test_enrollment_history_per_profile(login, viewer_carol, make_journey, publi
     assert "branch:else" in detail and "<td>done</td>" in detail
 
 
+def test_journey_pages_show_their_times_in_utc_named(login, viewer_carol, make_journey, publish):
+    """A journey has no time zone of its own: its list, its page's approval and its enrollments say UTC."""
+    import datetime as dt
+
+    from accounts.models import ApprovalRequest
+    from journeys.models import Enrollment
+
+    profile = ProfileFactory(external_id="shopper-7")
+    journey = publish(make_journey())
+    at = dt.datetime(2027, 1, 5, 14, 30, tzinfo=dt.UTC)
+    Journey.objects.filter(pk=journey.pk).update(updated_at=at)
+    ApprovalRequest.objects.filter(subject_id=str(journey.pk)).update(decided_at=at)
+    enrollment = Enrollment.objects.create(
+        journey=journey, version=journey.live_version, profile=profile, step="start", due_at=at, entered_at=at
+    )
+    client = login(viewer_carol)
+    listing = client.get("/admin/journeys/journey/").content.decode()
+    assert '<td class="field-updated">2027-01-05 14:30 (UTC)</td>' in listing
+    page = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert "by approver_bob on 2027-01-05 14:30 (UTC)" in page
+    enrollments = client.get("/admin/journeys/enrollment/?q=shopper-7").content.decode()
+    assert '<td class="field-due">2027-01-05 14:30 (UTC)</td>' in enrollments
+    assert '<td class="field-entered">2027-01-05 14:30 (UTC)</td>' in enrollments
+    detail = client.get(f"/admin/journeys/enrollment/{enrollment.pk}/change/").content.decode()
+    field = detail[detail.index("<label>Due at:</label>") :]
+    assert "2027-01-05 14:30 (UTC)" in field[: field.index("</div>")]
+
+
 # Each transition button: the state it is pressed in, and the state it leads to.
 JOURNEY_BUTTONS = {
     "submit": ("draft", "in_review"),
