@@ -602,6 +602,13 @@ PUSHDESK_RETENTION_DELIVERY_DAYS = _env_int("PUSHDESK_RETENTION_DELIVERY_DAYS", 
 # Audit events older than this many days are deleted; 0 (the default) keeps them forever. The
 # audit log is append-only: the database itself refuses to delete an event younger than 365 days.
 PUSHDESK_RETENTION_AUDIT_DAYS = _env_int("PUSHDESK_RETENTION_AUDIT_DAYS", 0)
+# Profiles' events that occurred more than this many days ago are deleted; 0 (the default) keeps
+# them forever, as segments may count events over any window: retention refuses to run while a
+# rules segment or a journey condition counts events further back than this.
+PUSHDESK_RETENTION_EVENT_DAYS = _env_int("PUSHDESK_RETENTION_EVENT_DAYS", 0)
+# The task queue's failed tasks that stopped more than this many days ago are deleted (it keeps
+# only Q_CLUSTER's save_limit successes itself, but every failure); 0 keeps them forever.
+PUSHDESK_RETENTION_TASK_DAYS = _env_int("PUSHDESK_RETENTION_TASK_DAYS", 30)
 if 0 < PUSHDESK_RETENTION_AUDIT_DAYS < 365:
     _refuse_start(
         f"PUSHDESK_RETENTION_AUDIT_DAYS={PUSHDESK_RETENTION_AUDIT_DAYS} is under 365; audit events are kept a year "

@@ -7,6 +7,7 @@ import logging
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import User
@@ -116,18 +117,163 @@ def instance_claim(*, name: str | None = None) -> dict:
 AUDIT_MINIMUM_DAYS = 365  # the database's own floor (operations migration 0002)
 
 
-def retention_apply(*, now=None, delivery_days: int | None = None, audit_days: int | None = None) -> dict:
-    """Delete what the retention settings let go: old deliveries, and (if asked) old audit events.
+class RetentionRefused(Exception):
+    """Retention would delete what something still reads; ``problems`` each name that thing."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(" ".join(problems))
+
+
+RETENTION_CHUNK = 10_000
+
+
+def _event_windows(tree) -> list[tuple[str, int | None]]:
+    """The event conditions of a rule tree: (event name, the days they count over; None: all time)."""
+    from audiences.rules.schema import GROUPS
+
+    found, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        for group in GROUPS:
+            if isinstance(node.get(group), list):
+                stack.extend(node[group])
+        if "event" in node:
+            found.append((str(node["event"]), node.get("within_days") or None))
+    return found
+
+
+def _window_problem(what: str, event: str, days: int | None, event_days: int) -> str:
+    window = "over all time (no within_days)" if days is None else f"over the last {days} days"
+    return f"{what} counts '{event}' events {window}, longer than PUSHDESK_RETENTION_EVENT_DAYS={event_days}."
+
+
+def _journey_reach_days(graph: dict) -> int:
+    """How long after entry a profile may still be in a journey version, in whole days, at most: its
+    waits added up (a wait until a time of day, a day each)."""
+    seconds = 0
+    for step in (graph or {}).get("steps") or []:
+        if isinstance(step, dict) and step.get("type") == "wait":
+            seconds += step["seconds"] if isinstance(step.get("seconds"), int) else 24 * 3600
+    return -(-seconds // (24 * 3600))
+
+
+def event_retention_problems(*, event_days: int | None = None) -> list[str]:
+    """What counts events further back than ``event_days`` (default PUSHDESK_RETENTION_EVENT_DAYS),
+    and would count wrong once retention deleted them: rules segments whose event conditions look
+    back longer or over all time, and journey versions that may still run (draft, in review, live,
+    or retired with profiles inside) whose conditions do, through a rule tree or an "event since
+    entry" branch (which looks back as long as a profile may stay). Empty when events are kept
+    forever (0) or nothing does."""
+    from audiences.models import Segment
+    from journeys.graph import rules_of
+    from journeys.models import Enrollment, JourneyVersion
+
+    event_days = settings.PUSHDESK_RETENTION_EVENT_DAYS if event_days is None else event_days
+    if event_days <= 0:
+        return []
+    problems = []
+    for segment in Segment.objects.filter(kind=Segment.Kind.RULES).order_by("name", "pk").only("name", "rules"):
+        for event, days in _event_windows(segment.rules):
+            if days is None or days > event_days:
+                problems.append(
+                    _window_problem(f"The segment '{segment.name}' (id {segment.pk})", event, days, event_days)
+                )
+    running = Enrollment.objects.filter(status__in=Enrollment.OPEN_STATUSES).values("version_id")
+    versions = (
+        JourneyVersion.objects.filter(
+            Q(status__in=(JourneyVersion.Status.DRAFT, JourneyVersion.Status.IN_REVIEW, JourneyVersion.Status.LIVE))
+            | Q(status=JourneyVersion.Status.RETIRED, pk__in=running)
+        )
+        .select_related("journey")
+        .order_by("journey__name", "journey_id", "number")
+    )
+    for version in versions:
+        what = f"The journey '{version.journey.name}' (id {version.journey_id}, version {version.number})"
+        for tree in rules_of(version.graph):
+            for event, days in _event_windows(tree):
+                if days is None or days > event_days:
+                    problems.append(_window_problem(what, event, days, event_days))
+        reach = _journey_reach_days(version.graph)
+        for step in (version.graph or {}).get("steps") or []:
+            if not isinstance(step, dict) or step.get("type") != "condition":
+                continue
+            for branch in step.get("branches") or []:
+                if isinstance(branch, dict) and "event" in branch and reach > event_days:
+                    problems.append(
+                        f"{what}, step '{step.get('id')}', asks whether '{branch['event']}' happened since entry, "
+                        f"up to {reach} days after it, longer than PUSHDESK_RETENTION_EVENT_DAYS={event_days}."
+                    )
+    return problems
+
+
+def _events_delete(*, before: dt.datetime) -> int:
+    """Delete the events that occurred before ``before``, name by name through the (name,
+    occurred_at) index, in chunks of ``RETENTION_CHUNK`` (one transaction each). No index on the
+    time alone: every ingested event would pay an entry in it, for this daily run."""
+    from django.db import connection
+
+    from audiences.models import Event
+
+    table, quote = Event._meta.db_table, connection.ops.quote_name
+    with connection.cursor() as cursor:
+        # The distinct names, one index probe each (PostgreSQL has no skip scan of its own).
+        cursor.execute(
+            f"""WITH RECURSIVE names(name) AS (
+                    SELECT MIN(name) FROM {quote(table)}
+                    UNION ALL
+                    SELECT (SELECT MIN(e.name) FROM {quote(table)} e WHERE e.name > names.name)
+                    FROM names WHERE names.name IS NOT NULL
+                )
+                SELECT name FROM names WHERE name IS NOT NULL"""  # noqa: S608 (the model's own table)
+        )
+        names = [row[0] for row in cursor.fetchall()]
+    deleted = 0
+    pace = write_pacer()
+    for name in names:
+        while True:
+            pace()
+            with transaction.atomic():
+                chunk = list(
+                    Event.objects.filter(name=name, occurred_at__lt=before)
+                    .order_by()
+                    .values_list("pk", flat=True)[:RETENTION_CHUNK]
+                )
+                if not chunk:
+                    break
+                deleted += Event.objects.filter(pk__in=chunk).delete()[1].get(Event._meta.label, 0)
+    return deleted
+
+
+def retention_apply(
+    *,
+    now=None,
+    delivery_days: int | None = None,
+    audit_days: int | None = None,
+    event_days: int | None = None,
+    task_days: int | None = None,
+) -> dict:
+    """Delete what the retention settings let go: old deliveries, profiles' events and failed
+    tasks, and (if asked) old audit events. Each ``*_days`` defaults to its
+    PUSHDESK_RETENTION_*_DAYS setting; 0 keeps that kind forever.
 
     Deliveries: the rows of dispatches finished more than ``delivery_days`` ago (the dispatch, its
     counters and its outcomes' totals stay), in chunks of 10,000 rows (one transaction each); the
     profiles kept on the dispatch (``DispatchProfiles``) go with them, counted again when next asked,
     and its ``rows_deleted_at`` voids the figures the cache keeps over it.
+    Events: those that occurred more than ``event_days`` ago, in chunks (``_events_delete``).
+    Raises RetentionRefused, before deleting anything, when a segment or a journey counts events
+    over a longer window (``event_retention_problems``).
+    Failed tasks: django-q's failures that stopped more than ``task_days`` ago (its successes are
+    kept to ``save_limit`` by the queue itself).
     Audit events: those older than ``audit_days`` (never under 365: the database refuses), through
-    the one door the append-only trigger leaves open. 0 keeps either forever. Writes an audit event
-    with the counts. Returns {"deliveries": n, "audit_events": n}.
+    the one door the append-only trigger leaves open. Writes an audit event with the counts.
+    Returns {"deliveries": n, "events": n, "failed_tasks": n, "audit_events": n}.
     """
     from django.db import connection
+    from django_q.models import Failure
 
     from delivery.models import Delivery, Dispatch, DispatchProfiles
     from delivery.services.rollups import rollup_subtract
@@ -135,7 +281,16 @@ def retention_apply(*, now=None, delivery_days: int | None = None, audit_days: i
     now = now or timezone.now()
     delivery_days = settings.PUSHDESK_RETENTION_DELIVERY_DAYS if delivery_days is None else delivery_days
     audit_days = settings.PUSHDESK_RETENTION_AUDIT_DAYS if audit_days is None else audit_days
-    result = {"deliveries": 0, "audit_events": 0}
+    event_days = settings.PUSHDESK_RETENTION_EVENT_DAYS if event_days is None else event_days
+    task_days = settings.PUSHDESK_RETENTION_TASK_DAYS if task_days is None else task_days
+    if 0 < audit_days < AUDIT_MINIMUM_DAYS:
+        raise ValueError(f"Audit events are kept {AUDIT_MINIMUM_DAYS} days at least.")
+    problems = event_retention_problems(event_days=event_days)
+    if problems:
+        raise RetentionRefused(
+            [f"Nothing was deleted: events are kept {event_days} days (PUSHDESK_RETENTION_EVENT_DAYS), but", *problems]
+        )
+    result = {"deliveries": 0, "events": 0, "failed_tasks": 0, "audit_events": 0}
     if delivery_days > 0:
         finished = Dispatch.objects.filter(
             status__in=Dispatch.FINAL_STATUSES, finished_at__lt=now - dt.timedelta(days=delivery_days)
@@ -154,7 +309,7 @@ def retention_apply(*, now=None, delivery_days: int | None = None, audit_days: i
                     chunk = list(
                         Delivery.objects.filter(Delivery.of_dispatches([dispatch_id]))
                         .order_by()
-                        .values_list("pk", flat=True)[:10_000]
+                        .values_list("pk", flat=True)[:RETENTION_CHUNK]
                     )
                     if not chunk:
                         break
@@ -162,9 +317,11 @@ def retention_apply(*, now=None, delivery_days: int | None = None, audit_days: i
                     DispatchProfiles.objects.filter(dispatch_id=dispatch_id).delete()
                     Dispatch.objects.filter(pk=dispatch_id).update(rows_deleted_at=now)
                     result["deliveries"] += Delivery.objects.filter(pk__in=chunk).delete()[0]
+    if event_days > 0:
+        result["events"] = _events_delete(before=now - dt.timedelta(days=event_days))
+    if task_days > 0:
+        result["failed_tasks"] = Failure.objects.filter(stopped__lt=now - dt.timedelta(days=task_days)).delete()[0]
     if audit_days > 0:
-        if audit_days < AUDIT_MINIMUM_DAYS:
-            raise ValueError(f"Audit events are kept {AUDIT_MINIMUM_DAYS} days at least.")
         with transaction.atomic(), connection.cursor() as cursor:
             if connection.vendor == "postgresql":
                 cursor.execute("SET LOCAL pushdesk.audit_retention = 'on'")
@@ -175,7 +332,13 @@ def retention_apply(*, now=None, delivery_days: int | None = None, audit_days: i
     audit(
         actor=None,
         action="retention_applied",
-        summary={"delivery_days": delivery_days, "audit_days": audit_days, **result},
+        summary={
+            "delivery_days": delivery_days,
+            "event_days": event_days,
+            "task_days": task_days,
+            "audit_days": audit_days,
+            **result,
+        },
     )
     return result
 

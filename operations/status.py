@@ -38,6 +38,9 @@ class Snapshot:
     # Stored events whose listener (journeys' entries and exits) failed, waiting to run it again.
     event_replays: int = 0
     oldest_event_replay_age_seconds: float | None = None
+    # Segments and journeys counting events further back than PUSHDESK_RETENTION_EVENT_DAYS:
+    # retention refuses to run while there is one.
+    retention_problems: list[str] = field(default_factory=list)
 
 
 def queue_depth_and_oldest_age(*, now: dt.datetime) -> tuple[int, float | None]:
@@ -67,7 +70,7 @@ def queue_depth_and_oldest_age(*, now: dt.datetime) -> tuple[int, float | None]:
 
 def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
     """Read the queue, the unfinished dispatches, the last hour's failed tasks, the event replays
-    waiting and the beat. A queue Redis does not answer for is reported in ``queue_problem``;
+    waiting, what stops event retention and the beat. A queue Redis does not answer for is reported in ``queue_problem``;
     the database not answering raises ``django.db.Error``."""
     from django.db.models import Count, Min
     from django_q.models import Schedule, Task
@@ -76,6 +79,7 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
     from delivery.models import Dispatch
     from delivery.services.streams import stream_live_figures
     from operations.instance import instance_problem
+    from operations.services import event_retention_problems
 
     now = now or timezone.now()
     problem = None
@@ -123,6 +127,7 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
     result.event_replays = replays["n"]
     if replays["oldest"] is not None:
         result.oldest_event_replay_age_seconds = (now - replays["oldest"]).total_seconds()
+    result.retention_problems = event_retention_problems()
     last_runs = dict(
         Task.objects.filter(pk__in=Schedule.objects.exclude(task=None).values("task")).values_list("id", "stopped")
     )

@@ -119,6 +119,8 @@ BAD_VALUES = {
     "PUSHDESK_MAX_REQUEST_BYTES": "24MB",
     "PUSHDESK_RETENTION_DELIVERY_DAYS": "half a year",
     "PUSHDESK_RETENTION_AUDIT_DAYS": "30",
+    "PUSHDESK_RETENTION_EVENT_DAYS": "a quarter",
+    "PUSHDESK_RETENTION_TASK_DAYS": "-1",
     "PUSHDESK_SEND_TASK_SECONDS": "",  # replaced below: an empty value means the default
     "PUSHDESK_SEND_TIMEOUT_SECONDS": "nan",
     "PUSHDESK_TASKS_SYNC": "sometimes",

@@ -5,7 +5,7 @@ import datetime as dt
 import io
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
@@ -111,3 +111,192 @@ def test_retention_reads_an_old_dispatch_s_rows_through_an_index_not_the_whole_t
             cursor.execute(f"EXPLAIN {sql}")
             plan = "\n".join(row[0] for row in cursor.fetchall())
             assert "Index Cond: (dispatch_id = " in plan, plan  # its rows found by their dispatch
+
+
+# --- profiles' events and failed tasks ------------------------------------------------------------
+
+
+def _events(name: str, *, days_ago: int, n: int = 2):
+    from tests.factories import EventFactory
+
+    return EventFactory.create_batch(n, name=name, occurred_at=NOW - dt.timedelta(days=days_ago))
+
+
+def _task(*, success: bool, days_ago: int):
+    import uuid
+
+    from django_q.models import Task
+
+    stopped = NOW - dt.timedelta(days=days_ago)
+    return Task.objects.create(
+        id=uuid.uuid4().hex,
+        name=f"task {uuid.uuid4().hex[:8]}",
+        func="audiences.tasks.events_replay_task",
+        started=stopped - dt.timedelta(seconds=1),
+        stopped=stopped,
+        success=success,
+    )
+
+
+def _rules_segment(name: str, rules: dict):
+    from tests.factories import SegmentFactory
+
+    return SegmentFactory(name=name, kind="rules", rules=rules)
+
+
+@pytest.mark.embedded
+def test_events_older_than_their_days_go_and_recent_ones_stay(db, settings):
+    settings.PUSHDESK_RETENTION_EVENT_DAYS = 90
+    _rules_segment("Recent buyers", {"all": [{"event": "purchase", "did": True, "min_count": 1, "within_days": 30}]})
+    old = _events("purchase", days_ago=200, n=3) + _events("app_open", days_ago=91)
+    recent = _events("purchase", days_ago=10) + _events("app_open", days_ago=89)
+    from audiences.models import Event
+
+    result = retention_apply(delivery_days=0)
+    assert result["events"] == 5
+    assert not Event.objects.filter(pk__in=[e.pk for e in old]).exists()
+    assert Event.objects.filter(pk__in=[e.pk for e in recent]).count() == 4
+    summary = AuditEvent.objects.get(action="retention_applied").summary
+    assert (summary["events"], summary["event_days"]) == (5, 90)
+
+
+@pytest.mark.embedded
+def test_events_are_kept_forever_by_default(db):
+    from audiences.models import Event
+
+    _events("purchase", days_ago=3000)
+    assert retention_apply()["events"] == 0
+    assert Event.objects.count() == 2
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize(
+    ("condition", "window"),
+    [({"within_days": 365}, "over the last 365 days"), ({}, "over all time")],
+    ids=["longer", "all time"],
+)
+def test_retention_refuses_while_a_segment_counts_events_further_back(db, settings, condition, window):
+    from audiences.models import Event
+    from operations.services import RetentionRefused
+
+    settings.PUSHDESK_RETENTION_EVENT_DAYS = 90
+    _rules_segment(
+        "Loyal customers", {"any": [{"all": [{"event": "purchase", "did": True, "min_count": 5, **condition}]}]}
+    )
+    events = _events("purchase", days_ago=200)
+    failure = _task(success=False, days_ago=400)
+    old = _dispatch(2000)
+    with pytest.raises(RetentionRefused) as refused:
+        retention_apply()
+    message = str(refused.value)
+    assert "Nothing was deleted" in message
+    assert "The segment 'Loyal customers'" in message and f"'purchase' events {window}" in message, message
+    assert "PUSHDESK_RETENTION_EVENT_DAYS=90" in message
+    assert Event.objects.filter(pk__in=[e.pk for e in events]).count() == 2
+    assert type(failure).objects.filter(pk=failure.pk).exists()
+    assert Delivery.objects.filter(dispatch=old).count() == 3
+    assert not AuditEvent.objects.filter(action="retention_applied").exists()
+
+    out = io.StringIO()
+    call_command("status", stdout=out)
+    assert "retention  REFUSES TO RUN" in out.getvalue() and "'Loyal customers'" in out.getvalue()
+    with pytest.raises(CommandError, match="The segment 'Loyal customers'"):
+        call_command("retention_apply", stdout=io.StringIO())
+
+    settings.PUSHDESK_RETENTION_EVENT_DAYS = 400 if condition else 0  # kept as long as it counts: it runs
+    assert retention_apply()["events"] == 0
+    out = io.StringIO()
+    call_command("status", stdout=out)
+    assert "retention" not in out.getvalue()
+
+
+def test_retention_refuses_while_a_journey_condition_counts_events_further_back(
+    db, settings, team, segment, content, manager_alice
+):
+    from journeys.services.lifecycle import journey_create
+    from operations.services import RetentionRefused, event_retention_problems
+
+    graph = {
+        "steps": [
+            {"id": "start", "type": "wait", "seconds": 60 * 24 * 3600, "next": "check"},
+            {
+                "id": "check",
+                "type": "condition",
+                "branches": [
+                    {
+                        "label": "Buyers",
+                        "rules": {"all": [{"event": "purchase", "did": True, "within_days": 120}]},
+                        "next": "done",
+                    },
+                    {"label": "Openers", "event": "app_open", "next": "done"},
+                ],
+                "else": "done",
+            },
+            {"id": "done", "type": "exit"},
+        ]
+    }
+    rules = {"all": [{"field": "external_id", "op": "exists"}]}
+    segment.kind, segment.rules = "rules", rules
+    segment.save()
+    journey = journey_create(
+        by=manager_alice, name="Win back", app=team, graph=graph, entry_kind="segment", entry_segment=segment
+    )
+    settings.PUSHDESK_RETENTION_EVENT_DAYS = 30
+    with pytest.raises(RetentionRefused) as refused:
+        retention_apply()
+    assert refused.value.problems[1:] == [
+        f"The journey 'Win back' (id {journey.pk}, version 1) counts 'purchase' events over the last 120 days, "
+        "longer than PUSHDESK_RETENTION_EVENT_DAYS=30.",
+        f"The journey 'Win back' (id {journey.pk}, version 1), step 'check', asks whether 'app_open' happened since "
+        "entry, up to 60 days after it, longer than PUSHDESK_RETENTION_EVENT_DAYS=30.",
+    ]
+    assert event_retention_problems(event_days=120) == []
+
+
+@pytest.mark.embedded
+def test_failed_tasks_older_than_their_days_go(db, settings):
+    from django_q.models import Task
+
+    old_failure, recent_failure = _task(success=False, days_ago=31), _task(success=False, days_ago=29)
+    old_success = _task(success=True, days_ago=300)  # the queue keeps its own save_limit of those
+    out = io.StringIO()
+    call_command("retention_apply", stdout=out)
+    assert set(Task.objects.values_list("pk", flat=True)) == {recent_failure.pk, old_success.pk}
+    assert "and 0 audit events" in out.getvalue()
+    assert "1 failed tasks (stopped more than 30 days ago)" in out.getvalue(), out.getvalue()
+    assert "0 events (kept forever)" in out.getvalue()
+    assert AuditEvent.objects.get(action="retention_applied").summary["failed_tasks"] == 1
+    assert old_failure.pk not in set(Task.objects.values_list("pk", flat=True))
+
+    settings.PUSHDESK_RETENTION_TASK_DAYS = 0
+    _task(success=False, days_ago=3000)
+    assert retention_apply()["failed_tasks"] == 0
+
+
+def test_the_command_says_how_many_events_went(db, settings):
+    settings.PUSHDESK_RETENTION_EVENT_DAYS = 30
+    _events("app_open", days_ago=45, n=4)
+    out = io.StringIO()
+    call_command("retention_apply", stdout=out)
+    assert "4 events (occurred more than 30 days ago)" in out.getvalue(), out.getvalue()
+
+
+def test_retention_reads_old_events_through_the_name_and_time_index_not_the_whole_table(db, settings):
+    """Events come by the million: no index on the time alone (each event would pay for it), the
+    (name, occurred_at) one serves each name's old events."""
+    from django.test.utils import CaptureQueriesContext
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's plans")
+    settings.PUSHDESK_RETENTION_EVENT_DAYS = 30
+    _events("app_open", days_ago=45)
+    with CaptureQueriesContext(connection) as run:
+        assert retention_apply(delivery_days=0)["events"] == 2
+    reads = [q["sql"] for q in run.captured_queries if q["sql"].startswith('SELECT "audiences_event"."id"')]
+    assert reads
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        for sql in reads:
+            cursor.execute(f"EXPLAIN {sql}")
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            assert "event_name_time_idx" in plan, plan

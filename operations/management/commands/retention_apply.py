@@ -1,23 +1,36 @@
-"""Delete deliveries and audit events past their retention (PUSHDESK_RETENTION_*_DAYS)."""
+"""Delete deliveries, events, failed tasks and audit events past their retention (PUSHDESK_RETENTION_*_DAYS)."""
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
-from operations.services import retention_apply
+from operations.services import RetentionRefused, retention_apply
+
+
+def _kept(days: int, what: str) -> str:
+    return f"{what} more than {days} days ago" if days else "kept forever"
 
 
 class Command(BaseCommand):
     help = (
         "Delete the deliveries of dispatches finished more than PUSHDESK_RETENTION_DELIVERY_DAYS ago, "
-        "and audit events older than PUSHDESK_RETENTION_AUDIT_DAYS (if set; 365 at least). Run daily."
+        "profiles' events older than PUSHDESK_RETENTION_EVENT_DAYS (if set), failed tasks older than "
+        "PUSHDESK_RETENTION_TASK_DAYS, and audit events older than PUSHDESK_RETENTION_AUDIT_DAYS "
+        "(if set; 365 at least). Run daily."
     )
 
     def handle(self, *args, **options):
-        result = retention_apply()
-        delivery_days, audit_days = settings.PUSHDESK_RETENTION_DELIVERY_DAYS, settings.PUSHDESK_RETENTION_AUDIT_DAYS
-        deliveries = f"dispatches finished more than {delivery_days} days ago" if delivery_days else "kept forever"
+        try:
+            result = retention_apply()
+        except RetentionRefused as refused:
+            raise CommandError("\n".join(refused.problems)) from None
+        audit_days = settings.PUSHDESK_RETENTION_AUDIT_DAYS
+        deliveries = _kept(settings.PUSHDESK_RETENTION_DELIVERY_DAYS, "dispatches finished")
+        events = _kept(settings.PUSHDESK_RETENTION_EVENT_DAYS, "occurred")
+        tasks = _kept(settings.PUSHDESK_RETENTION_TASK_DAYS, "stopped")
         audit_events = f"older than {audit_days} days" if audit_days else "kept forever"
         self.stdout.write(
-            f"Deleted {result['deliveries']} deliveries ({deliveries}) "
+            f"Deleted {result['deliveries']} deliveries ({deliveries}), "
+            f"{result['events']} events ({events}), "
+            f"{result['failed_tasks']} failed tasks ({tasks}) "
             f"and {result['audit_events']} audit events ({audit_events})."
         )

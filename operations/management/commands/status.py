@@ -59,6 +59,10 @@ class Command(BaseCommand):
         oldest = s.oldest_event_replay_age_seconds
         waited = "" if oldest is None else f", the oldest stored {_age(oldest)}"
         write(f"replays    {s.event_replays} batches of events wait to enter or end journeys again{waited}")
+        if s.retention_problems:
+            write("retention  REFUSES TO RUN (nothing is deleted) until the events are kept longer or these change:")
+            for problem in s.retention_problems:
+                write(f"  {problem}")
         write("beat")
         for name, run in s.beat.items():
             upcoming = f"{run['next_run']:%Y-%m-%d %H:%M:%S} UTC" if run["next_run"] else "not scheduled"
