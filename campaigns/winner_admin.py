@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from campaigns.models import Campaign, WinnerTest, variant_label
-from campaigns.schedule import zone as schedule_zone
+from campaigns.schedule import zoned
 from campaigns.services.variants import MAX_VARIANTS
 from campaigns.services.winner import WinnerInput, campaign_winner_set, winner_check
 from campaigns.winner import wait_text, winner_settings_text
@@ -116,7 +116,6 @@ def winner_status_html(campaign: Campaign) -> str:
     """Waiting until when, or picked (which, with the numbers), or the fallback (why, with the numbers),
     and the rest's dispatch."""
     test = WinnerTest.objects.filter(campaign=campaign).select_related("remainder_dispatch").first()
-    tz = schedule_zone(campaign.time_zone)
     if test is None:
         if not campaign.winner_mode:
             return "—"
@@ -128,11 +127,10 @@ def winner_status_html(campaign: Campaign) -> str:
     sample = _dispatch_link(test.sample_dispatch_id, f"the sample ({test.settings['sample_share']}%)")
     if test.outcome == WinnerTest.Outcome.WAITING:
         return format_html(
-            '<div id="winner-status" data-outcome="waiting"><p>{} was sent; the winner is picked at {} ({}), '
+            '<div id="winner-status" data-outcome="waiting"><p>{} was sent; the winner is picked at {}, '
             "{} after it.</p></div>",
             sample,
-            f"{test.due_at.astimezone(tz):%Y-%m-%d %H:%M}",
-            campaign.time_zone,
+            zoned(test.due_at, campaign.time_zone),
             wait_text(test.settings["wait_minutes"]),
         )
     comparisons = {c["variant"]: c for c in test.comparisons}
@@ -172,13 +170,12 @@ def winner_status_html(campaign: Campaign) -> str:
         else ""
     )
     return format_html(
-        '<div id="winner-status" data-outcome="{}"><p><strong>{}</strong> (picked {} ({}) from {}). {}</p>'
+        '<div id="winner-status" data-outcome="{}"><p><strong>{}</strong> (picked {} from {}). {}</p>'
         '<table id="winner-figures"><thead><tr><th>variant</th><th>trials</th><th>successes</th><th>rate ({})</th>'
         "<th>z (best vs it)</th><th>p</th></tr></thead>{}</table>{}</div>",
         test.outcome,
         heading,
-        f"{test.picked_at.astimezone(tz):%Y-%m-%d %H:%M}" if test.picked_at else "—",
-        campaign.time_zone,
+        zoned(test.picked_at, campaign.time_zone),
         sample,
         test.reason,
         metric,

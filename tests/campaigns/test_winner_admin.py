@@ -254,6 +254,7 @@ def test_the_winner_status_is_on_the_page_in_the_api_and_the_report(
     )
     page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
     assert 'data-outcome="winner"' in page and "<strong>Winner: B</strong>" in page
+    assert "(picked 2030-03-01 11:00 (UTC) from " in page
     assert "13.0%" in page and "2.303" in page and "0.0213" in page
     assert "Spring sale v1: the rest (winner B)" in page and "78 accepted" in page
     status = api.get(f"/api/v1/campaigns/{campaign.pk}/report/").json()["winner"]
