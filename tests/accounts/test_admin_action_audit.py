@@ -99,7 +99,13 @@ def _campaign_in(state):
 def _journey_in(state):
     def make(by):
         from journeys.models import Journey
-        from journeys.services.lifecycle import journey_approve, journey_create, journey_stop, journey_submit
+        from journeys.services.lifecycle import (
+            journey_approve,
+            journey_create,
+            journey_stop,
+            journey_submit,
+            journey_version_edit,
+        )
 
         app = AppFactory(name=f"Journeys {state}")
         approver = UserFactory(username="approver_jo", role="Approver")
@@ -111,10 +117,12 @@ def _journey_in(state):
         )
         if state != "draft":
             journey_submit(journey_id=journey.pk, by=by)
-        if state in ("live", "stopped"):
+        if state in ("live", "stopped", "live_with_draft"):
             journey_approve(journey_id=journey.pk, by=approver)
         if state == "stopped":
             journey_stop(journey_id=journey.pk, by=by)
+        if state == "live_with_draft":
+            journey_version_edit(journey_id=journey.pk, by=by, exit_event="purchase")
         return Journey.objects.get(pk=journey.pk)
 
     return make
@@ -243,6 +251,7 @@ PRESSES = {
     "journeys.journey:transition/submit": _transition("submit", _journey_in("draft")),
     "journeys.journey:transition/cancel_request": _transition("cancel_request", _journey_in("in_review")),
     "journeys.journey:transition/stop": _transition("stop", _journey_in("live")),
+    "journeys.journey:transition/discard_draft": _transition("discard_draft", _journey_in("live_with_draft")),
     "journeys.journey:transition/archive": _transition("archive", _journey_in("stopped")),
 }
 
