@@ -18,8 +18,9 @@ class ApprovalSubject:
     review_html: Callable[..., str]  # (subject, *, request, user) -> safe HTML for the review pane
     approve: Callable[..., object]  # (*, subject_id, by, comment, request_id) -> approve and activate
     request_changes: Callable[..., object]  # (*, subject_id, by, comment, request_id) -> back to draft
-    # (subject) -> {"app_label.model": {pk, ...}}: what the review shows, which its deciders may read
-    references: Callable[..., dict[str, set[int]]] = field(default=lambda subject: {})
+    # (subjects) -> {"app_label.model": {pk, ...}}: what the reviews of these subjects (a list) show,
+    # which their deciders may read; in a number of queries that does not grow with the subjects
+    references: Callable[..., dict[str, set[int]]] = field(default=lambda subjects: {})
     # The labels ``references`` may answer with (None: any): ``visible_to`` works out the references
     # only for a model among them, so the lists of other models never pay for it.
     referenced_models: frozenset[str] | None = None

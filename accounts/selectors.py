@@ -98,13 +98,14 @@ def decidable_references(user: User) -> dict[str, set[int]]:
     user._decidable_references = (stamp, references)  # first: the checks below read visibility too
     from accounts.approvals import approval_subject_for
 
-    for request in approvals_waiting_for(user):
-        model = request.subject_type.model_class()
+    for model, requests in _by_subject_model(approvals_waiting_for(user)).items():
         handler = approval_subject_for(model)
-        subject = model._default_manager.filter(pk=request.subject_id).first()
-        if handler is None or subject is None:
+        if handler is None:
             continue
-        for label, pks in handler.references(subject).items():
+        subjects = list(model._default_manager.filter(pk__in={r.subject_id for r in requests}))
+        if not subjects:  # deleted since
+            continue
+        for label, pks in handler.references(subjects).items():
             references.setdefault(label, set()).update(pks)
     return references
 
@@ -477,21 +478,57 @@ def policy_approver_problems(*, users, groups, app_ids, campaigns: bool, journey
 
 def approval_request_stuck(request: ApprovalRequest) -> bool:
     """A pending request that nobody may decide (its approvers lost their role or access)."""
-    if request.status != ApprovalRequest.Status.PENDING:
-        return False
-    if request.policy_id is not None:
-        candidates = _approvers(request.approver_users.all(), request.approver_groups.all())
-    else:
-        candidates = list(
-            User.objects.filter(is_active=True)
-            .filter(
+    return request.pk in approval_requests_stuck_among([request])
+
+
+def approval_requests_stuck_among(requests: list[ApprovalRequest]) -> set[int]:
+    """The ids of the pending ``requests`` that nobody may decide: ``approval_request_stuck`` of each,
+    in a number of queries that grows with the approvers asked, not with the requests (each one's
+    ``approver_standings`` over all the requests they are asked to decide)."""
+    pending = [request for request in requests if request.status == ApprovalRequest.Status.PENDING]
+    candidates: dict[int, list[ApprovalRequest]] = {}  # user id -> the requests they are asked about
+    with_policy = [request for request in pending if request.policy_id is not None]
+    if with_policy:
+        ids = [request.pk for request in with_policy]
+        asked = {request.pk: set() for request in with_policy}
+        for request_id, user_id in ApprovalRequest.approver_users.through.objects.filter(
+            approvalrequest__in=ids
+        ).values_list("approvalrequest_id", "user_id"):
+            asked[request_id].add(user_id)
+        groups: dict[int, set[int]] = {}
+        for request_id, group_id in ApprovalRequest.approver_groups.through.objects.filter(
+            approvalrequest__in=ids
+        ).values_list("approvalrequest_id", "group_id"):
+            groups.setdefault(group_id, set()).add(request_id)
+        for group_id, user_id in User.groups.through.objects.filter(group__in=list(groups)).values_list(
+            "group_id", "user_id"
+        ):
+            for request_id in groups[group_id]:
+                asked[request_id].add(user_id)
+        for request in with_policy:
+            for user_id in asked[request.pk]:
+                candidates.setdefault(user_id, []).append(request)
+    without_policy = [request for request in pending if request.policy_id is None]
+    if without_policy:
+        deciders = (
+            User.objects.filter(
                 Q(is_superuser=True)
                 | Q(groups__permissions__codename="decide_approvalrequest")
                 | Q(user_permissions__codename="decide_approvalrequest")
             )
+            .values_list("pk", flat=True)
             .distinct()
         )
-    return not any(approver_standing(user, request)[0] for user in candidates)
+        for user_id in deciders:
+            candidates.setdefault(user_id, []).extend(without_policy)
+    users = User.objects.filter(pk__in=list(candidates), is_active=True).order_by("pk")
+    stuck = {request.pk for request in pending}
+    for user in users:
+        asked = [request for request in candidates[user.pk] if request.pk in stuck]
+        if asked:
+            standings = approver_standings(user, asked)
+            stuck -= {pk for pk, (allowed, _reason) in standings.items() if allowed}
+    return stuck
 
 
 def approval_requests_stuck() -> list[ApprovalRequest]:
@@ -499,4 +536,6 @@ def approval_requests_stuck() -> list[ApprovalRequest]:
     pending = ApprovalRequest.objects.filter(status=ApprovalRequest.Status.PENDING).select_related(
         "requested_by", "policy", "subject_type"
     )
-    return [request for request in pending.order_by("requested_at") if approval_request_stuck(request)]
+    pending = list(pending.order_by("requested_at"))
+    stuck = approval_requests_stuck_among(pending)
+    return [request for request in pending if request.pk in stuck]

@@ -384,12 +384,17 @@ def campaign_review_html(campaign: Campaign, *, request: ApprovalRequest, user: 
     )
 
 
-def campaign_references(campaign: Campaign) -> dict[str, set[int]]:
-    """What a campaign's review shows (app, segment, content, of the revision and of the approved
-    version): whoever may decide its request may read them."""
-    approved = campaign.approved() if campaign.is_active else None
-    segments = {campaign.segment_id, approved.segment_id if approved else None} - {None}
-    contents = {campaign.content_id, approved.content_id if approved else None} - {None}
-    contents |= {v.content_id for v in campaign.variant_list()}
-    contents |= {v["content_id"] for v in (approved.variants if approved else [])}
-    return {"delivery.app": {campaign.app_id}, "audiences.segment": segments, "delivery.pushcontent": contents}
+def campaign_references(campaigns: list[Campaign]) -> dict[str, set[int]]:
+    """What the campaigns' reviews show (app, segment, content, of the revision and of the approved
+    version): whoever may decide their requests may read them. Their variants in one query."""
+    from campaigns.models import CampaignVariant
+
+    apps, segments = set(), set()
+    contents = set(CampaignVariant.objects.filter(campaign__in=campaigns).values_list("content_id", flat=True))
+    for campaign in campaigns:
+        approved = campaign.approved() if campaign.is_active else None
+        apps.add(campaign.app_id)
+        segments |= {campaign.segment_id, approved.segment_id if approved else None} - {None}
+        contents |= {campaign.content_id, approved.content_id if approved else None} - {None}
+        contents |= {v["content_id"] for v in (approved.variants if approved else [])}
+    return {"delivery.app": apps, "audiences.segment": segments, "delivery.pushcontent": contents}

@@ -8,16 +8,20 @@ nothing counts the deliveries.
 import datetime as dt
 from dataclasses import dataclass, field
 
-from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
-from django.db.models import Q, Sum
+from django.db.models import Sum
 from django.urls import reverse
 from django.utils import timezone
 from redis.exceptions import RedisError
 
 from accounts.approvals import approval_subject_for
 from accounts.models import ApprovalRequest, User
-from accounts.selectors import approval_requests_visible_to, approvals_waiting_for, approver_standing, has_every_scope
+from accounts.selectors import (
+    approval_requests_stuck_among,
+    approval_requests_visible_to,
+    approvals_waiting_for,
+    has_every_scope,
+)
 from audiences.models import Import
 from audiences.selectors import imports_visible_to
 from campaigns.models import Campaign
@@ -83,30 +87,10 @@ def live_and_next(user: User, *, now: dt.datetime) -> tuple[Section, Section]:
     return live, scheduled
 
 
-def _has_eligible_approver(request: ApprovalRequest, *, limit: int = 20) -> bool:
-    """Is there someone who may decide ``request``? Checks at most ``limit`` candidates."""
-    users = get_user_model().objects.filter(is_active=True)
-    if request.policy_id is not None:
-        users = users.filter(
-            Q(pk__in=request.approver_users.values("pk")) | Q(groups__in=request.approver_groups.values("pk"))
-        )
-    else:
-        users = users.filter(
-            Q(is_superuser=True)
-            | Q(
-                groups__permissions__codename="decide_approvalrequest",
-                groups__permissions__content_type__app_label="accounts",
-            )
-        )
-    if request.block_self_approval:
-        users = users.exclude(pk=request.requested_by_id)
-    return any(approver_standing(candidate, request)[0] for candidate in users.distinct()[:limit])
-
-
-def _stuck(request: ApprovalRequest, *, now: dt.datetime) -> str:
+def _stuck(request: ApprovalRequest, *, now: dt.datetime, undecidable: set[int]) -> str:
     if now - request.requested_at > STUCK_AFTER:
         return f"stuck: waiting for {(now - request.requested_at).days} days"
-    if not _has_eligible_approver(request):
+    if request.pk in undecidable:
         return "stuck: no one may approve it"
     return ""
 
@@ -126,9 +110,11 @@ def approvals(user: User, *, now: dt.datetime) -> tuple[Section, Section]:
     pending = approval_requests_visible_to(user).filter(requested_by=user, status=ApprovalRequest.Status.PENDING)
     pending = list(pending.order_by("requested_at")[:LIST_LIMIT])
     sent = _asked_at(pending)
+    undecidable = approval_requests_stuck_among([r for r in pending if now - r.requested_at <= STUCK_AFTER])
     for request in pending:
         url = reverse("admin:accounts_approvalrequest_change", args=[request.pk])
-        mine.items.append(Item(request.subject_label, url, f"sent {sent[request.pk]}", _stuck(request, now=now)))
+        stuck = _stuck(request, now=now, undecidable=undecidable)
+        mine.items.append(Item(request.subject_label, url, f"sent {sent[request.pk]}", stuck))
     return waiting, mine
 
 

@@ -86,14 +86,15 @@ def _phones(spec: dict | None, journey: Journey) -> str:
     return _spec_previews_html(spec, app_name=journey.app.name, profile=None, context={})
 
 
-def journey_references(journey) -> dict[str, set[int]]:
-    """What a journey's review shows (its app, the segments and contents of its live version and of
-    the one in review): whoever may decide its request may read them."""
-    from journeys.graph import contents_of
+def journey_references(journeys: list[Journey]) -> dict[str, set[int]]:
+    """What the journeys' reviews show (their app, the segments and contents of their live version
+    and of the one in review): whoever may decide their requests may read them. Their versions in
+    one query."""
     from journeys.services.lifecycle import segments_used
 
     segments, contents = set(), set()
-    for version in journey.versions.filter(status__in=("in_review", "live")):
+    for version in JourneyVersion.objects.filter(journey__in=journeys, status__in=("in_review", "live")):
         segments |= segments_used(version)
         contents |= set(contents_of(version.graph).values())
-    return {"delivery.app": {journey.app_id}, "audiences.segment": segments, "delivery.pushcontent": contents}
+    apps = {journey.app_id for journey in journeys}
+    return {"delivery.app": apps, "audiences.segment": segments, "delivery.pushcontent": contents}

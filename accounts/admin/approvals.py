@@ -16,6 +16,7 @@ from accounts.approvals import approval_subject_for
 from accounts.models import ApprovalPolicy, ApprovalRequest
 from accounts.selectors import (
     approval_request_stuck,
+    approval_requests_stuck_among,
     approval_requests_visible_to,
     approvals_waiting_for,
     approver_standing,
@@ -189,6 +190,16 @@ class ApprovalRequestAdmin(AccessAdmin):
     def get_queryset(self, request):
         return approval_requests_visible_to(request.user)
 
+    def changelist_view(self, request, extra_context=None):
+        response = super().changelist_view(request, extra_context)
+        changelist = (getattr(response, "context_data", None) or {}).get("cl")
+        if changelist is not None:
+            page = list(changelist.result_list)
+            stuck = approval_requests_stuck_among(page)
+            for obj in page:
+                obj.stuck = obj.pk in stuck
+        return response
+
     def get_urls(self):
         return [
             path(
@@ -213,7 +224,10 @@ class ApprovalRequestAdmin(AccessAdmin):
 
     @admin.display(description="Status", ordering="status")
     def state(self, obj):
-        if approval_request_stuck(obj):
+        stuck = getattr(obj, "stuck", None)  # the changelist's, found for its whole page at once
+        if stuck is None:
+            stuck = approval_request_stuck(obj)
+        if stuck:
             return format_html(
                 '<strong class="stuck">{}</strong>', "Stuck: nobody may decide it (ask an Administrator)"
             )

@@ -144,3 +144,57 @@ def test_the_inbox_costs_as_many_queries_for_thirty_requests_as_for_three(world)
     for kind, requests in made.items():
         for request in requests:
             assert approver_standing(User.objects.get(pk=bob.pk), request) == (not REASONS[kind], REASONS[kind])
+
+
+def test_the_inbox_page_and_the_home_page_cost_as_many_queries_for_thirty_requests_as_for_three(
+    world, client, django_assert_max_num_queries
+):
+    """The admin's inbox (its rows' "stuck" status found for the whole page at once) and the home
+    page that lists it, with the user's own requests and whether someone may decide them."""
+    from django.urls import reverse
+
+    client.force_login(world["bob"])
+    _add(world, rounds=1)
+    inbox, home = reverse("admin:accounts_approvalrequest_changelist"), reverse("admin:index")
+    counts = {}
+    for url in (inbox, home):
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get(url).status_code == 200
+        counts[url] = len(queries)
+    _add(world, rounds=4)
+    for url, count in counts.items():
+        with django_assert_max_num_queries(count):
+            page = client.get(url)
+        assert page.status_code == 200
+    rows = client.get(inbox).content.decode()
+    assert rows.count("/review/") == 10  # Bob's five campaigns and five journeys to decide
+    assert "Stuck: nobody may decide it" not in rows
+
+
+def test_requests_nobody_may_decide_are_found_for_a_whole_page_at_once(world, admin_erin, client):
+    from django.contrib.auth.models import Group
+    from django.urls import reverse
+
+    from accounts.selectors import approval_request_stuck, approval_requests_stuck_among
+
+    alice, zoe = world["alice"], User.objects.get(username="approver_zoe")
+    reviewers = Group.objects.create(name="Vault reviewers")
+    zoe.groups.add(reviewers)
+    vaults = ApprovalPolicy.objects.create(
+        name="Vault's", app_ids=[world["apps"]["Vault"].pk], applies_to_campaigns=False, applies_to_journeys=True
+    )
+    vaults.approver_groups.set([reviewers])
+    approval_policy_activate(policy_id=vaults.pk, by=admin_erin)
+    shop = campaign_submit(campaign_id=_campaign(world, "Shop").pk, by=alice)
+    bank = campaign_submit(campaign_id=_campaign(world, "Bank").pk, by=alice)
+    vault = journey_submit(journey_id=_journey(world, "Vault")[0].pk, by=alice)
+    assert (shop.policy, bank.policy.name, vault.policy) == (None, "Bank's", vaults)
+    requests = [shop, bank, vault]
+    assert approval_requests_stuck_among(requests) == set()
+
+    zoe.groups.remove(Group.objects.get(name="Approver"))  # the one approver of both policies
+    assert approval_requests_stuck_among(requests) == {bank.pk, vault.pk}
+    assert [approval_request_stuck(request) for request in requests] == [False, True, True]
+    client.force_login(admin_erin)
+    page = client.get(reverse("admin:accounts_approvalrequest_changelist") + "?show=all").content.decode()
+    assert page.count("Stuck: nobody may decide it") == 2
