@@ -211,12 +211,15 @@ def event_retention_problems(*, event_days: int | None = None) -> list[str]:
 
 def _events_delete(*, before: dt.datetime) -> int:
     """Delete the events that occurred before ``before``, name by name through the (name,
-    occurred_at) index, in chunks of ``RETENTION_CHUNK`` (one transaction each). No index on the
-    time alone: every ingested event would pay an entry in it, for this daily run."""
+    occurred_at) index, in chunks of ``RETENTION_CHUNK`` (one transaction each), except those an
+    event replay waits to run a listener for. No index on the time alone: every ingested event
+    would pay an entry in it, for this daily run."""
     from django.db import connection
 
-    from audiences.models import Event
+    from audiences.models import Event, EventReplay
 
+    # The events a journey listener has yet to run again for (a few, while it fails) stay for it.
+    waiting = sorted({pk for ids in EventReplay.objects.values_list("event_ids", flat=True) for pk in ids})
     table, quote = Event._meta.db_table, connection.ops.quote_name
     with connection.cursor() as cursor:
         # The distinct names, one index probe each (PostgreSQL has no skip scan of its own).
@@ -238,6 +241,7 @@ def _events_delete(*, before: dt.datetime) -> int:
             with transaction.atomic():
                 chunk = list(
                     Event.objects.filter(name=name, occurred_at__lt=before)
+                    .exclude(pk__in=waiting)
                     .order_by()
                     .values_list("pk", flat=True)[:RETENTION_CHUNK]
                 )

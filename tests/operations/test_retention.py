@@ -161,6 +161,19 @@ def test_events_older_than_their_days_go_and_recent_ones_stay(db, settings):
 
 
 @pytest.mark.embedded
+def test_an_event_a_replay_waits_for_stays(db, settings):
+    from audiences.models import Event, EventReplay
+
+    settings.PUSHDESK_RETENTION_EVENT_DAYS = 30
+    held, gone = _events("purchase", days_ago=40)
+    EventReplay.objects.create(
+        listener="journeys.services.entries.journeys_on_events", event_ids=[held.pk], next_attempt_at=NOW
+    )
+    assert retention_apply()["events"] == 1
+    assert list(Event.objects.values_list("pk", flat=True)) == [held.pk]
+
+
+@pytest.mark.embedded
 def test_events_are_kept_forever_by_default(db):
     from audiences.models import Event
 
@@ -294,6 +307,8 @@ def test_retention_reads_old_events_through_the_name_and_time_index_not_the_whol
         assert retention_apply(delivery_days=0)["events"] == 2
     reads = [q["sql"] for q in run.captured_queries if q["sql"].startswith('SELECT "audiences_event"."id"')]
     assert reads
+    reads += [q["sql"] for q in run.captured_queries if q["sql"].lstrip().startswith("WITH RECURSIVE names")]
+    assert len(reads) == 3  # two chunks of app_open (the second finds none), and the names
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = off")
         for sql in reads:
