@@ -346,33 +346,35 @@ def _changed_since_approval(user: User, requests: list[ApprovalRequest]) -> set[
     """
     from delivery.models import PushContent
 
-    subjects: dict[ApprovalRequest, tuple[models.Model, list[int]]] = {}
+    subjects: dict[ApprovalRequest, list[int]] = {}  # each request's contents, its subject still there
+    approved = Q(pk__in=[])  # the subjects' approvals
+    authored = Q(pk__in=[])  # the authoring of the subjects and of their contents
+    content_ids: set[str] = set()
     for model, group in _by_subject_model(requests).items():
-        if not getattr(model, "APPROVAL_AUTHORING_ACTIONS", ()):
+        actions = getattr(model, "APPROVAL_AUTHORING_ACTIONS", ())
+        if not actions:
             continue
         rows = {str(row.pk): row for row in model._default_manager.filter(pk__in={r.subject_id for r in group})}
+        if not rows:  # deleted subjects have nothing left to approve
+            continue
         if hasattr(model, "approval_content_ids_of"):
             contents = model.approval_content_ids_of(list(rows.values()))
         else:
             contents = {row.pk: row.approval_content_ids() for row in rows.values()}
         for request in group:
             row = rows.get(str(request.subject_id))
-            if row is not None:  # a deleted subject has nothing left to approve
-                subjects[request] = (row, contents[row.pk])
+            if row is not None:
+                subjects[request] = contents[row.pk]
+                content_ids |= {str(pk) for pk in contents[row.pk]}
+        type_id = group[0].subject_type_id
+        approved |= Q(subject_type=type_id, subject_id__in=sorted(rows))
+        authored |= Q(object_type=type_id, object_id__in=sorted(rows), action__in=actions)
     if not subjects:
         return set()
 
     def subject_key(request: ApprovalRequest) -> tuple[int, str]:
         return request.subject_type_id, str(request.subject_id)
 
-    approved = Q(pk__in=[])
-    authored = Q(pk__in=[])
-    content_ids: set[str] = set()
-    for request, (row, contents) in subjects.items():
-        type_id, object_id = subject_key(request)
-        approved |= Q(subject_type=type_id, subject_id=object_id)
-        authored |= Q(object_type=type_id, object_id=object_id, action__in=type(row).APPROVAL_AUTHORING_ACTIONS)
-        content_ids |= {str(pk) for pk in contents}
     content_type = ContentType.objects.get_for_model(PushContent)
     if content_ids:
         authored |= Q(object_type=content_type, object_id__in=sorted(content_ids), action__in=CONTENT_AUTHORING_ACTIONS)
@@ -391,7 +393,7 @@ def _changed_since_approval(user: User, requests: list[ApprovalRequest]) -> set[
         .annotate(last=models.Max("created_at"))
     }
     changed: set[int] = set()
-    for request, (_row, contents) in subjects.items():
+    for request, contents in subjects.items():
         since = last_approved.get(subject_key(request))
         touched = [last_authored.get(subject_key(request))]
         touched += [last_authored.get((content_type.pk, str(pk))) for pk in contents]
