@@ -208,6 +208,12 @@ class PushdeskCollector:
             "How long the oldest waiting event replay has waited (0 when none waits)",
             value=s.oldest_event_replay_age_seconds or 0,
         )
+        yield GaugeMetricFamily(
+            "pushdesk_retention_refusals",
+            "Segments and journey conditions that count events further back than PUSHDESK_RETENTION_EVENT_DAYS "
+            "(retention refuses to run while there is one)",
+            value=len(s.retention_problems),
+        )
         beat = GaugeMetricFamily(
             "pushdesk_beat_last_run_age_seconds",
             "Seconds since each schedule of the beat last ran; one that never ran counts from when it was due",

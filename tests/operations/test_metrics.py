@@ -47,6 +47,16 @@ def test_waiting_event_replays_are_counted_with_the_age_of_the_oldest(client, db
     assert 1800 <= samples[("pushdesk_event_replay_oldest_age_seconds", ())] < 1860
 
 
+def test_what_stops_event_retention_is_counted(client, db, metrics_on, settings):
+    from tests.factories import SegmentFactory
+
+    settings.PUSHDESK_RETENTION_EVENT_DAYS = 30
+    assert scrape(client)[("pushdesk_retention_refusals", ())] == 0
+    SegmentFactory(name="Ever bought", kind="rules", rules={"all": [{"event": "purchase", "did": True}]})
+    SegmentFactory(name="Bought lately", kind="rules", rules={"all": [{"event": "purchase", "within_days": 7}]})
+    assert scrape(client)[("pushdesk_retention_refusals", ())] == 1
+
+
 def test_the_bearer_scheme_is_read_in_any_case(client, db, metrics_on):
     """HTTP's authentication schemes are case-insensitive: a scraper may send 'bearer'."""
     for scheme in ("bearer", "BEARER", "Bearer"):
