@@ -292,7 +292,11 @@ def retention_apply(
     problems = event_retention_problems(event_days=event_days)
     if problems:
         raise RetentionRefused(
-            [f"Nothing was deleted: events are kept {event_days} days (PUSHDESK_RETENTION_EVENT_DAYS), but", *problems]
+            [
+                f"Nothing was deleted: PUSHDESK_RETENTION_EVENT_DAYS={event_days} would delete events these count "
+                "(give each a window within it, or keep events longer):",
+                *problems,
+            ]
         )
     result = {"deliveries": 0, "events": 0, "failed_tasks": 0, "audit_events": 0}
     if delivery_days > 0:
