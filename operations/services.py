@@ -130,19 +130,9 @@ RETENTION_CHUNK = 10_000
 
 def _event_windows(tree) -> list[tuple[str, int | None]]:
     """The event conditions of a rule tree: (event name, the days they count over; None: all time)."""
-    from audiences.rules.schema import GROUPS
+    from audiences.rules.schema import rule_nodes
 
-    found, stack = [], [tree]
-    while stack:
-        node = stack.pop()
-        if not isinstance(node, dict):
-            continue
-        for group in GROUPS:
-            if isinstance(node.get(group), list):
-                stack.extend(node[group])
-        if "event" in node:
-            found.append((str(node["event"]), node.get("within_days") or None))
-    return found
+    return [(str(node["event"]), node.get("within_days") or None) for node in rule_nodes(tree) if "event" in node]
 
 
 def _window_problem(what: str, event: str, days: int | None, event_days: int) -> str:

@@ -139,9 +139,8 @@ def device_model() -> type[models.Model] | None:
         return None
 
 
-def segment_references(tree) -> set[int]:
-    """The ids of the segments whose membership the tree uses (well-formed nodes only)."""
-    found: set[int] = set()
+def rule_nodes(tree):
+    """Every node of a rule tree that is an object (groups and conditions), in no particular order."""
     stack = [tree]
     while stack:
         node = stack.pop()
@@ -150,6 +149,13 @@ def segment_references(tree) -> set[int]:
         for group in GROUPS:
             if isinstance(node.get(group), list):
                 stack.extend(node[group])
+        yield node
+
+
+def segment_references(tree) -> set[int]:
+    """The ids of the segments whose membership the tree uses (well-formed nodes only)."""
+    found: set[int] = set()
+    for node in rule_nodes(tree):
         ref = node.get("segment")
         if isinstance(ref, int) and not isinstance(ref, bool):
             found.add(ref)
