@@ -25,8 +25,7 @@ from campaigns.review import (
     next_send_text,
     version_diff_html,
 )
-from campaigns.schedule import localize, schedule_check, zoned
-from campaigns.schedule import zone as schedule_zone
+from campaigns.schedule import localize, schedule_check
 from campaigns.selectors import campaign_actions, campaigns_visible_to
 from campaigns.services.conversions import campaign_conversion_set
 from campaigns.services.lifecycle import (
@@ -51,6 +50,8 @@ from campaigns.variant_admin import (
     conversions_report_html,
     variants_report_html,
 )
+from config.zones import zone as schedule_zone
+from config.zones import zoned
 from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
 from delivery.reports import report_charts_html
 

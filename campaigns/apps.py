@@ -9,7 +9,6 @@ class CampaignsConfig(AppConfig):
         from accounts.approvals import ApprovalSubject, register_approval_subject
         from campaigns.models import Campaign
         from campaigns.review import campaign_references, campaign_review_html
-        from campaigns.schedule import zoned
         from campaigns.services.lifecycle import campaign_approve, campaign_request_changes
         from campaigns.services.scheduling import campaign_api_gate, campaign_gate
         from campaigns.services.triggers import (
@@ -18,6 +17,7 @@ class CampaignsConfig(AppConfig):
             campaign_rules_changed,
             campaign_stream_is_current,
         )
+        from config.zones import zoned
         from delivery.models import Dispatch
         from delivery.services.dispatches import dispatch_gate_register
         from delivery.services.streams import stream_current_check_register

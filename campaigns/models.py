@@ -436,7 +436,7 @@ class Occurrence(models.Model):
         constraints = [models.UniqueConstraint(fields=["campaign", "due_at"], name="occurrence_once")]
 
     def __str__(self) -> str:
-        from campaigns.schedule import zone
+        from config.zones import zone
 
         time_zone = self.campaign.time_zone  # as the campaign's dates are entered and shown
         return (

@@ -8,7 +8,8 @@ from django.utils.html import format_html, format_html_join
 
 from accounts.models import ApprovalRequest, User
 from campaigns.models import ApprovedVersion, Campaign
-from campaigns.schedule import local_occurrence_open, local_wall_time, zoned
+from campaigns.schedule import local_occurrence_open, local_wall_time
+from config.zones import zoned
 
 
 def schedule_text(campaign, *, now: dt.datetime | None = None) -> str:

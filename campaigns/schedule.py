@@ -7,21 +7,14 @@ changes) and returned as aware UTC datetimes.
 import calendar
 import datetime as dt
 import functools
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+from zoneinfo import ZoneInfo, available_timezones
 
 from croniter import CroniterBadDateError, croniter
 from django.core.exceptions import ValidationError
 
+from config.zones import zone
+
 UTC = dt.UTC
-
-
-def zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValidationError(
-            {"time_zone": f"Unknown time zone '{name}': use an IANA name such as Europe/Paris."}
-        ) from None
 
 
 @functools.cache
@@ -29,14 +22,6 @@ def _iana_names() -> frozenset[str]:
     # Not 'localtime' (the server's own zone, which may differ between hosts); available_timezones()
     # already leaves out right/ (leap seconds counted) and posix/ copies.
     return frozenset(available_timezones() - {"localtime", "posixrules"})
-
-
-def zoned(value: dt.datetime | None, time_zone: str) -> str:
-    """A stored (UTC) time as the wall-clock time of the campaign's zone, the zone named: the form
-    every page and message shows a campaign's dates in."""
-    if value is None:
-        return "—"
-    return f"{value.astimezone(zone(time_zone)):%Y-%m-%d %H:%M} ({time_zone})"
 
 
 def zone_check(name: str) -> None:

@@ -13,10 +13,10 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from campaigns.models import Campaign, WinnerTest, variant_label
-from campaigns.schedule import zoned
 from campaigns.services.variants import MAX_VARIANTS
 from campaigns.services.winner import WinnerInput, campaign_winner_set, winner_check
 from campaigns.winner import wait_text, winner_settings_text
+from config.zones import zoned
 
 WINNER_FIELDS = ("winner_mode", *Campaign.WINNER_FIELDS)
 WINNER_HELP = (

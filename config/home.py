@@ -26,8 +26,8 @@ from audiences.models import Import
 from audiences.selectors import imports_visible_to
 from campaigns.models import Campaign
 from campaigns.review import next_send_text
-from campaigns.schedule import zoned
 from campaigns.selectors import campaigns_visible_to
+from config.zones import zoned
 from delivery.models import Delivery, DeliveryRollup, Dispatch
 from delivery.selectors import dispatches_visible_to
 from journeys.models import Journey

@@ -13,7 +13,7 @@ from accounts.admin.lifecycle import LifecycleAdminMixin
 from accounts.json_values import JsonValueFormField
 from accounts.selectors import approval_current, visible_to
 from accounts.services import TransitionError
-from campaigns.schedule import zoned
+from config.zones import zoned
 from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
 from journeys.diagram import WAIT_UNITS, duration_parts, version_svg
 from journeys.graph import GraphInvalid, graph_validate

@@ -10,7 +10,7 @@ class JourneysConfig(AppConfig):
 
         from accounts.approvals import ApprovalSubject, register_approval_subject
         from audiences.services.events import event_listeners_register
-        from campaigns.schedule import zoned
+        from config.zones import zoned
         from delivery.models import DeliveryRules, Dispatch
         from delivery.services.dispatches import dispatch_gate_register
         from delivery.services.streams import stream_current_check_register

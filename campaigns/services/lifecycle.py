@@ -27,7 +27,8 @@ from accounts.services import (
     status_transition,
 )
 from campaigns.models import Campaign
-from campaigns.schedule import LOCAL_SPAN, local_occurrence_open, next_occurrence, schedule_check, zoned
+from campaigns.schedule import LOCAL_SPAN, local_occurrence_open, next_occurrence, schedule_check
+from config.zones import zoned
 from delivery.services.contents import pushcontent_duplicate
 
 Status = Campaign.Status

@@ -6,7 +6,7 @@ from django.urls import reverse
 from django.utils.html import format_html_join
 
 from accounts.admin.bases import BigTableAdmin
-from delivery.admin.dispatches import zoned_time
+from config.zones import zoned
 from delivery.models import Device
 from delivery.selectors import (
     device_deliveries,
@@ -82,7 +82,7 @@ class DeviceAdmin(BigTableAdmin):
                     d.dispatch,
                     d.status,
                     d.reason,
-                    f"· opened {zoned_time(d.opened_at, d.shown_zone)}" if d.opened_at else "",
+                    f"· opened {zoned(d.opened_at, d.shown_zone)}" if d.opened_at else "",
                 )
                 for d in rows
             ),

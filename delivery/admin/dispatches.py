@@ -10,6 +10,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from accounts.admin.bases import BigTableAdmin, ScopedAdmin
+from config.zones import zoned
 from delivery.admin.contents import _spec_previews_html
 from delivery.models import Delivery, Dispatch
 from delivery.reports import report_charts, report_charts_html
@@ -21,11 +22,15 @@ from delivery.selectors import (
 from delivery.services.dispatches import dispatch_counted_now, dispatch_stop
 
 
-def zoned_time(value, time_zone: str) -> str:
-    """``value`` in ``time_zone``, the zone named, worded as a campaign's own dates are."""
-    from campaigns.schedule import zoned
+def zoned_column(field: str, description: str):
+    """An admin column showing the time ``field`` in the row's ``shown_zone`` (annotated by the
+    admin's queryset: ``dispatch_shown_zone``), the zone named."""
 
-    return zoned(value, time_zone)
+    @admin.display(description=description, ordering=field)
+    def column(self, obj):
+        return zoned(getattr(obj, field), obj.shown_zone)
+
+    return column
 
 
 @admin.register(Dispatch)
@@ -74,17 +79,11 @@ class DispatchAdmin(ScopedAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(shown_zone=dispatch_shown_zone())
 
-    @admin.display(description="Created at", ordering="created_at")
-    def created(self, obj):
-        return zoned_time(obj.created_at, obj.shown_zone)
+    created = zoned_column("created_at", "Created at")
 
-    @admin.display(description="Started at", ordering="started_at")
-    def started(self, obj):
-        return zoned_time(obj.started_at, obj.shown_zone)
+    started = zoned_column("started_at", "Started at")
 
-    @admin.display(description="Finished at", ordering="finished_at")
-    def finished(self, obj):
-        return zoned_time(obj.finished_at, obj.shown_zone)
+    finished = zoned_column("finished_at", "Finished at")
 
     @admin.display(description="Sent by")
     def source(self, obj):
@@ -272,25 +271,15 @@ class DeliveryAdmin(BigTableAdmin):
             .annotate(shown_zone=dispatch_shown_zone("dispatch__"))
         )
 
-    @admin.display(description="Next attempt at", ordering="next_attempt_at")
-    def next_attempt(self, obj):
-        return zoned_time(obj.next_attempt_at, obj.shown_zone)
+    next_attempt = zoned_column("next_attempt_at", "Next attempt at")
 
-    @admin.display(description="Expires at", ordering="expires_at")
-    def expires(self, obj):
-        return zoned_time(obj.expires_at, obj.shown_zone)
+    expires = zoned_column("expires_at", "Expires at")
 
-    @admin.display(description="Lease expires at", ordering="lease_expires_at")
-    def lease_expires(self, obj):
-        return zoned_time(obj.lease_expires_at, obj.shown_zone)
+    lease_expires = zoned_column("lease_expires_at", "Lease expires at")
 
-    @admin.display(description="Finished at", ordering="finished_at")
-    def finished(self, obj):
-        return zoned_time(obj.finished_at, obj.shown_zone)
+    finished = zoned_column("finished_at", "Finished at")
 
-    @admin.display(description="Opened at", ordering="opened_at")
-    def opened(self, obj):
-        return zoned_time(obj.opened_at, obj.shown_zone)
+    opened = zoned_column("opened_at", "Opened at")
 
     def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
         raise Http404("No delivery with this id.")
