@@ -42,12 +42,12 @@ def local_under_way_text(campaign, *, now: dt.datetime) -> str:
     """For a send at each profile's local time whose time of day UTC+14 has passed already while
     zones to the west have not: which zones a send now still reaches, and which it skips. ""
     otherwise. (What ``campaign_fire_due`` and ``local_time_apply`` will do.)"""
-    from campaigns.services.scheduling import LATE_AFTER
+    from campaigns.services.scheduling import lateness_allowed
 
     began = local_occurrence_open(campaign, now=now)
     if began is None or began >= now:
         return ""
-    limit = max(dt.timedelta(minutes=campaign.missed_window_minutes), LATE_AFTER)
+    limit = lateness_allowed(campaign)
     wall = dt.datetime.fromisoformat(local_wall_time(campaign, began))
     # A zone at UTC+o reaches the time (14 − o) hours after UTC+14 did: past it by more than the
     # window now when o > 14 − (now − began − window).

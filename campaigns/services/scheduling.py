@@ -105,6 +105,13 @@ def campaign_api_gate(**kwargs) -> None:
 LATE_AFTER = dt.timedelta(minutes=5)
 
 
+def lateness_allowed(campaign) -> dt.timedelta:
+    """How late an occurrence (at each profile's local time: a time zone's) may still be sent: the
+    campaign's missed window, which is for downtime, never under ``LATE_AFTER`` (a send on the beat
+    is on time)."""
+    return max(dt.timedelta(minutes=campaign.missed_window_minutes), LATE_AFTER)
+
+
 def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> list[Occurrence]:
     """Fire the campaign's due occurrence(s), each exactly once, however many workers race for it.
 
@@ -132,8 +139,7 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
         approved = campaign.approved()  # what sends, whatever revision is pending
         if approved is None:
             return fired
-        window = dt.timedelta(minutes=approved.missed_window_minutes)
-        limit = max(window, LATE_AFTER)  # the window is for downtime: a send on the beat is on time
+        limit = lateness_allowed(approved)
         for _ in range(10_000):  # bounded: a daily campaign down for years still ends
             due = campaign.next_occurrence_at
             if due is None or due > now:
