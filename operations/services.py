@@ -135,9 +135,16 @@ def _event_windows(tree) -> list[tuple[str, int | None]]:
     return [(str(node["event"]), node.get("within_days") or None) for node in rule_nodes(tree) if "event" in node]
 
 
-def _window_problem(what: str, event: str, days: int | None, event_days: int) -> str:
-    window = "over all time (no within_days)" if days is None else f"over the last {days} days"
-    return f"{what} counts '{event}' events {window}, longer than PUSHDESK_RETENTION_EVENT_DAYS={event_days}."
+def _window_problems(what: str, tree, event_days: int) -> list[str]:
+    """The event conditions of ``tree`` that count further back than ``event_days``, each said."""
+    problems = []
+    for event, days in _event_windows(tree):
+        if days is None or days > event_days:
+            window = "over all time (no within_days)" if days is None else f"over the last {days} days"
+            problems.append(
+                f"{what} counts '{event}' events {window}, longer than PUSHDESK_RETENTION_EVENT_DAYS={event_days}."
+            )
+    return problems
 
 
 def _journey_reach_days(graph: dict) -> int:
@@ -166,11 +173,7 @@ def event_retention_problems(*, event_days: int | None = None) -> list[str]:
         return []
     problems = []
     for segment in Segment.objects.filter(kind=Segment.Kind.RULES).order_by("name", "pk").only("name", "rules"):
-        for event, days in _event_windows(segment.rules):
-            if days is None or days > event_days:
-                problems.append(
-                    _window_problem(f"The segment '{segment.name}' (id {segment.pk})", event, days, event_days)
-                )
+        problems += _window_problems(f"The segment '{segment.name}' (id {segment.pk})", segment.rules, event_days)
     running = Enrollment.objects.filter(status__in=Enrollment.OPEN_STATUSES).values("version_id")
     versions = (
         JourneyVersion.objects.filter(
@@ -183,9 +186,7 @@ def event_retention_problems(*, event_days: int | None = None) -> list[str]:
     for version in versions:
         what = f"The journey '{version.journey.name}' (id {version.journey_id}, version {version.number})"
         for tree in rules_of(version.graph):
-            for event, days in _event_windows(tree):
-                if days is None or days > event_days:
-                    problems.append(_window_problem(what, event, days, event_days))
+            problems += _window_problems(what, tree, event_days)
         reach = _journey_reach_days(version.graph)
         for step in (version.graph or {}).get("steps") or []:
             if not isinstance(step, dict) or step.get("type") != "condition":
