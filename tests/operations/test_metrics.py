@@ -365,5 +365,7 @@ def test_a_scrape_reads_the_running_and_recent_dispatches_and_the_dead_devices_n
     assert _sends_series(second) == _sends_series(first)
     # Once finished and an hour old, the running dispatch is summed too: counted once, never twice.
     Dispatch.objects.filter(pk=running.pk).update(status="done", finished_at=now)
+    moved = send_totals(now=now + dt.timedelta(hours=2))
+    assert (moved.sends[app.pk, "accepted"], moved.platform_sends[app.pk, "android", "accepted"]) == (603, 1)
     assert send_totals(now=now + dt.timedelta(hours=2)) == send_totals(now=now)
     assert _sends_series(scrape(client)) == _sends_series(second)
