@@ -30,7 +30,9 @@ WAS_LIVE = "was_live"
 
 class VersionOutSerializer(serializers.ModelSerializer):
     entry_segment = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
-    status = serializers.SerializerMethodField()
+    status = serializers.SerializerMethodField(
+        help_text="draft, in_review, live, retired, or was_live (the last live version of a stopped or closed journey)."
+    )
 
     class Meta:
         model = JourneyVersion
@@ -131,6 +133,7 @@ class JourneyDetailSerializer(JourneyOutSerializer):
             obj._shown_version = journey_shown_version(obj)
         return obj._shown_version
 
+    @extend_schema_field(VersionOutSerializer(allow_null=True))
     def get_version(self, obj) -> dict | None:
         version = self._shown(obj)
         return VersionOutSerializer(version, context={"journey": obj}).data if version else None
