@@ -72,6 +72,14 @@ def test_audit_events_are_kept_forever_by_default(db):
     assert AuditEvent.objects.filter(pk=event.pk).exists()
 
 
+def test_the_command_refuses_audit_days_under_a_year_in_a_sentence_deleting_nothing(db, settings):
+    settings.PUSHDESK_RETENTION_AUDIT_DAYS = 200
+    old = _dispatch(2000)
+    with pytest.raises(CommandError, match=r"kept 365 days at least\. Set PUSHDESK_RETENTION_AUDIT_DAYS"):
+        call_command("retention_apply", stdout=io.StringIO())
+    assert Delivery.objects.filter(dispatch=old).count() == 3
+
+
 def test_retention_deletes_audit_events_past_their_days_only(db):
     ancient, last_year = _old_event(800), _old_event(300)
     assert retention_apply(audit_days=700)["audit_events"] == 1

@@ -23,6 +23,8 @@ class Command(BaseCommand):
             result = retention_apply()
         except RetentionRefused as refused:
             raise CommandError("\n".join(refused.problems)) from None
+        except ValueError as exc:  # audit events asked to go before their year
+            raise CommandError(f"{exc} Set PUSHDESK_RETENTION_AUDIT_DAYS to 365 or more, or 0.") from None
         audit_days = settings.PUSHDESK_RETENTION_AUDIT_DAYS
         deliveries = _kept(settings.PUSHDESK_RETENTION_DELIVERY_DAYS, "dispatches finished")
         events = _kept(settings.PUSHDESK_RETENTION_EVENT_DAYS, "occurred")
