@@ -13,7 +13,7 @@ from accounts.admin.lifecycle import LifecycleAdminMixin
 from accounts.json_values import JsonValueFormField
 from accounts.selectors import approval_current, visible_to
 from accounts.services import TransitionError
-from config.zones import zoned
+from config.zones import zoned, zoned_column
 from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
 from journeys.diagram import WAIT_UNITS, duration_parts, version_svg
 from journeys.graph import GraphInvalid, graph_validate
@@ -192,9 +192,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             Prefetch("versions", queryset=open_versions, to_attr="open_versions")
         )
 
-    @admin.display(description="Updated at", ordering="updated_at")
-    def updated(self, obj):
-        return zoned(obj.updated_at, JOURNEY_ZONE)
+    updated = zoned_column("updated_at", "Updated at", time_zone=JOURNEY_ZONE)
 
     @admin.display(description="Version")
     def version_label(self, obj):
@@ -515,17 +513,11 @@ class EnrollmentAdmin(BigTableAdmin):
     def version_number(self, obj):
         return f"v{obj.version.number}"
 
-    @admin.display(description="Due at", ordering="due_at")
-    def due(self, obj):
-        return zoned(obj.due_at, JOURNEY_ZONE)
+    due = zoned_column("due_at", "Due at", time_zone=JOURNEY_ZONE)
 
-    @admin.display(description="Entered at", ordering="entered_at")
-    def entered(self, obj):
-        return zoned(obj.entered_at, JOURNEY_ZONE)
+    entered = zoned_column("entered_at", "Entered at", time_zone=JOURNEY_ZONE)
 
-    @admin.display(description="Finished at", ordering="finished_at")
-    def finished(self, obj):
-        return zoned(obj.finished_at, JOURNEY_ZONE)
+    finished = zoned_column("finished_at", "Finished at", time_zone=JOURNEY_ZONE)
 
     @admin.display(description="History")
     def history_table(self, obj):

@@ -10,7 +10,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from accounts.admin.bases import BigTableAdmin, ScopedAdmin
-from config.zones import zoned
+from config.zones import zoned_column
 from delivery.admin.contents import _spec_previews_html
 from delivery.models import Delivery, Dispatch
 from delivery.reports import report_charts, report_charts_html
@@ -20,17 +20,6 @@ from delivery.selectors import (
     dispatch_shown_zone,
 )
 from delivery.services.dispatches import dispatch_counted_now, dispatch_stop
-
-
-def zoned_column(field: str, description: str):
-    """An admin column showing the time ``field`` in the row's ``shown_zone`` (annotated by the
-    admin's queryset: ``dispatch_shown_zone``), the zone named."""
-
-    @admin.display(description=description, ordering=field)
-    def column(self, obj):
-        return zoned(getattr(obj, field), obj.shown_zone)
-
-    return column
 
 
 @admin.register(Dispatch)
