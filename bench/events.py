@@ -5,8 +5,8 @@
 
 Uses its own database (``--database``, dropped and created afresh) and Redis database
 (``--redis-db``, emptied). Creates ``--profiles`` profiles and an API key with the ``ingest``
-scope, then starts gunicorn in production mode (2 workers x 4 threads, as behind a TLS proxy) and
-posts from ``--clients`` concurrent clients (threads, one keep-alive connection each). Half of each
+scope, then starts the web server (``config.web``) in production mode (2 workers x 4 threads, as
+behind a TLS proxy) and posts from ``--clients`` concurrent clients (threads, one keep-alive connection each). Half of each
 call's events are for profiles that exist, half for profiles that do not exist yet (each call
 brings 500 new ones). The request bodies are built before the clock starts; a few calls warm the
 workers up first and are not counted.
@@ -122,7 +122,7 @@ def wait_http(port: int, timeout: float = 120) -> None:
             return
         except OSError:
             time.sleep(0.3)
-    raise SystemExit("gunicorn did not answer")
+    raise SystemExit("the web server did not answer")
 
 
 def make_bodies(calls: int, profiles: int, first_call: int) -> list[bytes]:
@@ -233,9 +233,8 @@ def measure(args, calls: int, tmp: Path) -> None:
     warmup = make_bodies(args.warmup_calls, args.profiles, first_call=0)
     bodies = make_bodies(calls, args.profiles, first_call=args.warmup_calls)
     port = free_port()
-    gunicorn = [str(Path(PY).parent / "gunicorn"), "--workers", "2", "--worker-class", "gthread", "--threads", "4"]
-    gunicorn += ["--access-logfile", "/dev/null", "--bind", f"127.0.0.1:{port}", "config.wsgi"]
-    web = subprocess.Popen(gunicorn, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [PY, "-m", "config.web", "--workers", "2", "--threads", "4", "--bind", f"127.0.0.1:{port}"]
+    web = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_http(port)
         post_all(port, key, warmup, args.clients)
@@ -272,7 +271,7 @@ def measure(args, calls: int, tmp: Path) -> None:
     p99 = percentile(latencies, 99)
     result = {
         "benchmark": "events",
-        "web": "gunicorn, 2 workers x 4 threads, production mode",
+        "web": "config.web (granian), 2 workers x 4 threads, production mode",
         "clients": args.clients,
         "calls": calls,
         "events": calls * PER_CALL,

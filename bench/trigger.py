@@ -10,10 +10,11 @@ a live API-triggered campaign (``--content``: its body greets the profile, the d
 plain; its title renders the call's context either way), a live journey entered by the event ``order_paid`` whose first
 step is a push, and API keys; starts
 the simulator, ``qcluster`` (``--workers`` processes), the stream sender (``manage.py
-send_stream``, a process of its own) and the web app under gunicorn (2 workers x ``--threads``
-threads). Then, each phase on demand:
+send_stream``, a process of its own) and the web app as production runs it (``python -m config.web``:
+granian, 2 workers x ``--threads`` threads; ``--server gunicorn``: gunicorn's threaded workers
+instead, to compare). Then, each phase on demand:
 
-- ``ceiling``: wrk against a bare DRF endpoint under the same gunicorn settings that
+- ``ceiling``: wrk against a bare DRF endpoint under the same server and settings that
   authenticates nothing and does one INSERT: this stack's ceiling on this machine (like the
   throughput, after ``--warmup-seconds`` of the same load, unmeasured: the first requests of each
   server thread open its database connection and fill its caches, 0.4–0.7 s each, which put
@@ -111,7 +112,7 @@ with connection.cursor() as cursor:
 print(json.dumps({"campaign": campaign.pk, "journey": journey.pk, "key": raw}))
 """
 
-# The ceiling: a DRF view that authenticates nothing and does one INSERT, same gunicorn settings.
+# The ceiling: a DRF view that authenticates nothing and does one INSERT, same server and settings.
 CEILING = r"""
 import os
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -139,6 +140,10 @@ urlpatterns = [path("bare/", Bare.as_view())]
 settings.ROOT_URLCONF = __name__
 from django.core.wsgi import get_wsgi_application
 application = get_wsgi_application()
+
+
+def factory():
+    return application
 """
 
 RESULTS = r"""
@@ -164,6 +169,14 @@ from django.db.models import Count
 from delivery.models import Delivery
 print(json.dumps(dict(Delivery.objects.filter(queued_at__isnull=False).values_list("status").annotate(n=Count("id")).order_by())))
 """
+
+
+def web_command(server: list[str], port: int, module: str) -> list[str]:
+    """The web's command line: Pushdesk's own (``config.web``, granian) or gunicorn's, to compare."""
+    if server[0] == PY:
+        factory = "config.web:worker_application" if module == "config.wsgi" else f"{module}:factory"
+        return [*server, "--bind", f"127.0.0.1:{port}", "--app", factory]
+    return [*server, "--bind", f"127.0.0.1:{port}", module]
 
 
 def run(cmd, env, **kwargs):
@@ -313,7 +326,10 @@ def main():  # noqa: C901 (one script, phase after phase)
     parser.add_argument("--e2e-seconds", type=int, default=60)
     parser.add_argument("--soak-seconds", type=int, default=600)
     parser.add_argument("--profiles", type=int, default=40000)
-    parser.add_argument("--threads", type=int, default=16, help="threads per gunicorn worker")
+    parser.add_argument("--threads", type=int, default=16, help="threads per web worker")
+    parser.add_argument(
+        "--server", choices=("granian", "gunicorn"), default="granian", help="the web's (config.web) or gunicorn's"
+    )
     parser.add_argument("--workers", type=int, default=2, help="qcluster processes (the sender runs beside them)")
     parser.add_argument("--database", default="pushdesk_bench_trigger", help="dropped and created again")
     parser.add_argument("--redis-db", type=int, default=12, help="flushed first")
@@ -374,9 +390,11 @@ def main():  # noqa: C901 (one script, phase after phase)
         campaign, key = info["campaign"], info["key"]
         (tmp / "bench_ceiling.py").write_text(CEILING)
 
-        gunicorn = [str(Path(PY).parent / "gunicorn"), "--workers", "2", "--worker-class", "gthread"]
-        gunicorn += ["--threads", str(args.threads), "--access-logfile", "/dev/null"]
-        report: dict = {"benchmark": "trigger", "web": f"gunicorn, 2 workers x {args.threads} threads"}
+        web = [PY, "-m", "config.web", "--workers", "2", "--threads", str(args.threads)]
+        if args.server == "gunicorn":  # the server before (requirements-dev.txt), to compare
+            web = [str(Path(PY).parent / "gunicorn"), "--workers", "2", "--worker-class", "gthread"]
+            web += ["--threads", str(args.threads)]
+        report: dict = {"benchmark": "trigger", "web": f"{args.server}, 2 workers x {args.threads} threads"}
         report["provider"] = "push simulator" if args.provider == "sim" else "nginx"
         report["content"] = args.content
         provider_cpu = "simulator_cpu_ms_per_message" if args.provider == "sim" else "nginx_cpu_ms_per_message"
@@ -390,7 +408,7 @@ def main():  # noqa: C901 (one script, phase after phase)
         procs["workers"] = subprocess.Popen([PY, "manage.py", "qcluster"], **quiet, start_new_session=True)
         profiled = ["-m", "cProfile", "-o", str(Path(args.sender_profile).resolve())] if args.sender_profile else []
         procs["sender"] = subprocess.Popen([PY, *profiled, "manage.py", "send_stream"], **quiet)
-        procs["web"] = subprocess.Popen([*gunicorn, "--bind", f"127.0.0.1:{web_port}", "config.wsgi"], **quiet)
+        procs["web"] = subprocess.Popen(web_command(web, web_port, "config.wsgi"), **quiet)
         base = f"http://127.0.0.1:{web_port}"
         wait_http(f"{base}/api/v1/me/")
         url = f"{base}/api/v1/campaigns/{campaign}/trigger/"
@@ -437,7 +455,7 @@ def main():  # noqa: C901 (one script, phase after phase)
             return result, spent
 
         if "ceiling" in phases:
-            procs["bare"] = subprocess.Popen([*gunicorn, "--bind", f"127.0.0.1:{bare_port}", "bench_ceiling"], **quiet)
+            procs["bare"] = subprocess.Popen(web_command(web, bare_port, "bench_ceiling"), **quiet)
             wait_http(f"http://127.0.0.1:{bare_port}/bare/")
         # With --rounds N the ceiling and the triggers take turns N times: on a machine whose speed
         # drifts, each ratio compares runs a few seconds apart, and the median ratio is the figure.

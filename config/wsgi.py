@@ -1,4 +1,4 @@
-"""WSGI entry point: ``gunicorn config.wsgi``."""
+"""WSGI entry point: the web server (``python -m config.web``, granian) serves ``application``."""
 
 import os
 

@@ -388,10 +388,10 @@ def test_web_requests_after_a_postgresql_restart_get_no_error(
         ALLOWED_HOSTS="127.0.0.1",
         PUSHDESK_VAR_DIR=str(tmp_path),
     )
-    log_path = tmp_path / "gunicorn.log"
+    log_path = tmp_path / "web.log"
     with open(log_path, "ab") as log:
         web = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "config.wsgi", "--workers", "1", "--bind", f"127.0.0.1:{port}"],
+            [sys.executable, "-m", "config.web", "--workers", "1", "--bind", f"127.0.0.1:{port}"],
             cwd=settings.BASE_DIR,
             env=env,
             stdout=log,

@@ -1,4 +1,4 @@
-"""The documented nginx configuration in front of a production gunicorn: TLS, the forwarded headers,
+"""The documented nginx configuration in front of the production web server (``config.web``): TLS, the forwarded headers,
 static files from WhiteNoise (hashed, compressed, cached for a year), large uploads, the probes."""
 
 import os
@@ -45,7 +45,7 @@ def _wait(url: str, **kwargs) -> None:
 
 @pytest.fixture
 def production_web(transactional_db, tmp_path):
-    """collectstatic, then gunicorn in production mode on a free port, as the operator's guide does."""
+    """collectstatic, then the web server in production mode on a free port, as the operator's guide does."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PUSHDESK_", "DEBUG", "DJANGO_"))}
     env.update(
         PUSHDESK_MODE="production",
@@ -71,9 +71,9 @@ def production_web(transactional_db, tmp_path):
     )
     assert collect.returncode == 0, collect.stderr
     port = free_port()
-    log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115
+    log = open(tmp_path / "web.log", "wb")  # noqa: SIM115
     web = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "config.wsgi", "--workers", "2", "--bind", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "config.web", "--workers", "2", "--bind", f"127.0.0.1:{port}"],
         cwd=ROOT,
         env=env,
         stdout=log,

@@ -1,0 +1,107 @@
+"""The web server for the admin and the API: ``python -m config.web``, granian serving ``config.wsgi``.
+
+    python -m config.web --bind 0.0.0.0:8000 --workers 4
+
+- ``--workers``: processes (about two per core); each runs ``--threads`` requests at once (16) and
+  keeps more waiting in the server.
+- ``--stop-seconds``: on SIGTERM a worker stops taking requests and finishes those in progress within
+  this many seconds (30), then is killed.
+- A worker that dies is started again.
+- Its own lines (start, workers, stop) are written as the application's are (``LOG_FORMAT``,
+  ``LOG_LEVEL``): with ``LOG_FORMAT=json`` one JSON object a line, like every other line.
+
+Why granian (a Rust HTTP server running the WSGI app in threads) rather than gunicorn's threaded
+workers: on the same two cores a trigger call costs 0.81–0.87 ms of the web's CPU under it against
+1.22–1.26 ms under gunicorn, and triggers go 995–1,080 requests/s against 733–834 (``bench/trigger.py
+--server``; README, "Performance").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+SERVER_LOGGERS = ("_granian", "granian.access")  # granian's own loggers (its Rust side logs as _granian)
+
+# granian puts the process's environment into every request's environ (``request.META``), as CGI did.
+# Once the settings have read them, these leave a web worker's environment, so that nothing showing a
+# request's META (an error report, a debugging page) can show them.
+SECRETS = ("SECRET_KEY", "PUSHDESK_ENCRYPTION_KEY", "DATABASE_URL", "REDIS_URL", "PUSHDESK_METRICS_TOKEN", "SENTRY_DSN")
+
+
+def worker_application():
+    """What a worker serves (granian calls it in each worker process): the WSGI app, its settings read,
+    then the secrets out of the environment granian copies into each request."""
+    from config.wsgi import application
+
+    for name in SECRETS:
+        os.environ.pop(name, None)
+    return application
+
+
+def server_logging(log_format: str, formatters: dict) -> dict:
+    """granian's logging in the application's format (``LOGGING``'s formatter of that name)."""
+    return {
+        "formatters": {"pushdesk": formatters[log_format]},
+        "handlers": {
+            "console": {"class": "logging.StreamHandler", "formatter": "pushdesk", "stream": "ext://sys.stdout"}
+        },
+        "loggers": {name: {"handlers": ["console"], "level": "INFO", "propagate": False} for name in SERVER_LOGGERS},
+    }
+
+
+def _bind(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r}: give HOST:PORT, e.g. 0.0.0.0:8000")
+    return host.strip("[]"), int(port)
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: a whole number, 1 or more")
+    return int(value)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m config.web", description="Serve the admin and the API.")
+    parser.add_argument("--bind", type=_bind, default=("127.0.0.1", 8000), help="HOST:PORT (127.0.0.1:8000)")
+    parser.add_argument("--workers", type=_positive, default=2, help="processes (2)")
+    parser.add_argument("--threads", type=_positive, default=16, help="requests a worker runs at once (16)")
+    parser.add_argument(
+        "--app",
+        default="config.web:worker_application",
+        help="MODULE:FUNCTION returning the WSGI application, called in each worker (Pushdesk's)",
+    )
+    parser.add_argument("--stop-seconds", type=_positive, default=30, help="SIGTERM: finish requests within (30)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    from django.conf import settings  # the settings' checks refuse a bad configuration here, before any worker
+    from granian import Granian
+    from granian.constants import Interfaces
+    from granian.log import LogLevels
+
+    server = Granian(
+        args.app,
+        factory=True,
+        address=args.bind[0],
+        port=args.bind[1],
+        interface=Interfaces.WSGI,
+        workers=args.workers,
+        blocking_threads=args.threads,
+        websockets=False,
+        log_level=LogLevels(settings.LOG_LEVEL.lower()),  # checked by the settings
+        log_dictconfig=server_logging(settings.LOG_FORMAT, settings.LOGGING["formatters"]),
+        respawn_failed_workers=True,
+        workers_kill_timeout=args.stop_seconds,
+    )
+    server.serve()
+
+
+if __name__ == "__main__":
+    main()

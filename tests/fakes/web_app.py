@@ -1,0 +1,37 @@
+"""A WSGI app for the web server's own tests (``python -m config.web --app tests.fakes.web_app:factory``):
+Pushdesk's application is loaded as a worker loads it, then this answers instead of it.
+
+- ``/environ``: the names in the request's WSGI environ, as JSON;
+- ``/slow``: answers after two seconds (a request in progress while the server is told to stop);
+- ``/pid``: the worker's process id;
+- ``/upload``: reads the body 1 MB at a time, answers its size in bytes.
+"""
+
+import json
+import os
+import time
+
+from config.web import worker_application
+
+
+def factory():
+    worker_application()  # the settings read and the secrets dropped, as in a worker serving Pushdesk
+
+    def app(environ, start_response):
+        path = environ["PATH_INFO"]
+        if path == "/slow":
+            time.sleep(2)
+            body = b"done"
+        elif path == "/upload":
+            size, stream = 0, environ["wsgi.input"]
+            while chunk := stream.read(1024 * 1024):
+                size += len(chunk)
+            body = str(size).encode()
+        elif path == "/pid":
+            body = str(os.getpid()).encode()
+        else:
+            body = json.dumps(sorted(environ)).encode()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
