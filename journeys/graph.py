@@ -4,7 +4,8 @@ A graph is ``{"steps": [step, ...]}``; each step has an ``id`` (letters, digits,
 and a ``type``:
 
 - ``wait``: ``{"seconds": N, "next": id}`` or ``{"until": "HH:MM", "next": id}`` (the next
-  such time of day in the profile's time zone);
+  such time of day in the profile's time zone); a wait of whole days (N a multiple of 86,400) ends
+  at the time of day it began in the profile's zone, 23 or 25 hours a day across a clock change;
 - ``condition``: ``{"branches": [{"label", one of "segment": id | "rules": tree | "event": name,
   "next": id}, ...], "else": id}``: the first branch that holds wins, everyone else takes ``else``;
 - ``split``: ``{"branches": [{"label", "percent": N, "next": id}, ...]}`` (percentages sum to 100,
@@ -26,8 +27,14 @@ STEP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)\Z")
 MAX_STEPS = 50
 MAX_BRANCHES = 20  # per condition or split: each is a query for every batch of profiles that reaches it
-MAX_WAIT_SECONDS = 90 * 24 * 3600  # AJO's longest wait
+DAY_SECONDS = 86400
+MAX_WAIT_SECONDS = 90 * DAY_SECONDS  # AJO's longest wait
 MAX_LABEL = 80  # a branch's counter is "passed:<label>", at most 100 characters
+
+
+def whole_days(seconds: int) -> bool:
+    """A wait of whole days, which the engine counts in calendar days of the profile's zone."""
+    return seconds > 0 and seconds % DAY_SECONDS == 0
 
 
 def branch_label(branch: dict, index: int) -> str:

@@ -25,7 +25,7 @@ from django.db.models import Max, Q
 from django.utils import timezone
 
 from config.db import int_array, write_pacer
-from journeys.graph import branch_label, entry_of
+from journeys.graph import DAY_SECONDS, branch_label, entry_of, whole_days
 from journeys.models import Enrollment, JourneyVersion
 from journeys.services.lifecycle import EStatus, Status
 
@@ -275,12 +275,28 @@ def _split_bucket(journey_id: int, step_id: str, profile_id: int) -> int:
     return int.from_bytes(digest[:8], "big") % 100
 
 
+def _profile_zone(tz_name: str) -> dt.tzinfo:
+    """A profile's time zone; UTC when blank or unknown."""
+    try:
+        return ZoneInfo(tz_name) if tz_name else dt.UTC
+    except (ZoneInfoNotFoundError, ValueError):
+        return dt.UTC
+
+
+def _wait_end(seconds: int, tz_name: str, now: dt.datetime) -> dt.datetime:
+    """When a wait of ``seconds`` started ``now`` ends. A wait of whole days ends at the same time of
+    day in the profile's zone (``tz_name``), so across a clock change it lasts 23 or 25 hours: a
+    push sent at 10:00 and followed "2 days later" goes at 10:00 again. Other waits are exact."""
+    if not whole_days(seconds):
+        return now + dt.timedelta(seconds=seconds)
+    # An aware datetime plus days moves its wall time; its offset is then the zone's on that day.
+    local = now.astimezone(_profile_zone(tz_name))
+    return (local + dt.timedelta(days=seconds // DAY_SECONDS)).astimezone(dt.UTC)
+
+
 def _next_time_of_day(until: str, tz_name: str, now: dt.datetime) -> dt.datetime:
     """The next ``HH:MM`` (now included) in the zone ``tz_name`` (UTC when blank or unknown)."""
-    try:
-        tz = ZoneInfo(tz_name) if tz_name else dt.UTC
-    except (ZoneInfoNotFoundError, ValueError):
-        tz = dt.UTC
+    tz = _profile_zone(tz_name)
     hour, minute = (int(part) for part in until.split(":"))
     local = now.astimezone(tz)
     target = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
@@ -345,6 +361,9 @@ def _run_version(
                         r.row.pk: _next_time_of_day(step["until"], zones.get(r.row.profile_id, ""), now)
                         for r in arriving
                     }
+                elif whole_days(step["seconds"]):  # ends at a time of day in each profile's zone
+                    zones = known.zones if known else _profile_zones([r.row.profile_id for r in arriving])
+                    due = {r.row.pk: _wait_end(step["seconds"], zones.get(r.row.profile_id, ""), now) for r in arriving}
                 else:
                     due = {r.row.pk: now + dt.timedelta(seconds=step["seconds"]) for r in arriving}
                 for run in arriving:

@@ -946,3 +946,24 @@ def test_a_journey_whose_segment_entry_fails_holds_back_no_other_journey(make_jo
     assert _enrollment(fine, profile).status == "completed"
     assert not broken.enrollments.exists()
     assert "Broken" in caplog.text and "OverflowError" in caplog.text
+
+
+def test_a_wait_of_whole_days_keeps_the_profile_s_time_of_day_across_a_clock_change(make_journey, publish):
+    """New York moves its clocks forward on 2027-03-14: a day's wait begun at 10:00 the day before
+    ends at 10:00 again, 23 hours later; in UTC it is 24 hours, and a wait of hours stays exact."""
+    new_york = ProfileFactory(timezone="America/New_York")
+    nowhere = ProfileFactory(timezone="")
+    t0 = dt.datetime(2027, 3, 13, 15, 0, tzinfo=dt.UTC)  # 10:00 in New York (UTC-5)
+    journey = publish(make_journey(graph=_wait_graph(seconds=2 * 86400)), now=t0)
+    journey_enter_segment(journey_id=journey.pk, now=t0)
+    journeys_run_due(now=t0)
+    due = {e.profile_id: e.due_at for e in Enrollment.objects.filter(journey=journey)}
+    assert due[new_york.pk] == dt.datetime(2027, 3, 15, 14, 0, tzinfo=dt.UTC)  # 10:00 EDT (UTC-4): 47 h
+    assert due[nowhere.pk] == t0 + dt.timedelta(days=2)
+    journeys_run_due(now=dt.datetime(2027, 3, 15, 14, 0, 1, tzinfo=dt.UTC))
+    assert Enrollment.objects.get(journey=journey, profile=new_york).status == "completed"
+
+    hours = publish(make_journey(name="Hours", graph=_wait_graph(seconds=36 * 3600)), now=t0)
+    journey_enter_segment(journey_id=hours.pk, now=t0)
+    journeys_run_due(now=t0)
+    assert Enrollment.objects.get(journey=hours, profile=new_york).due_at == t0 + dt.timedelta(hours=36)
