@@ -401,6 +401,8 @@ PUSHDESK_TRUSTED_PROXIES = _env_int("PUSHDESK_TRUSTED_PROXIES", 0)
 # --- i18n, static ----------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
+# Times without a zone of their own are shown in UTC, the zone named (config/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["config.formats"]
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"

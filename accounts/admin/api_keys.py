@@ -24,6 +24,7 @@ class ApiKeyAddForm(forms.ModelForm):
     class Meta:
         model = ApiKey
         fields = ("user", "name", "scopes", "expires_at")
+        help_texts = {"expires_at": "In UTC (the server's zone). Empty: never expires."}
 
 
 @admin.register(ApiKey)

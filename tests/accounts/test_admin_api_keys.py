@@ -112,3 +112,32 @@ def test_revoke_action_is_refused_to_a_viewer_and_reaches_no_one_elses_key(
     client.post("/admin/accounts/apikey/", {"action": "revoke_keys", "_selected_action": [key.pk]})
     key.refresh_from_db()
     assert not key.is_revoked
+
+
+def test_a_key_s_times_are_typed_and_shown_in_utc_the_zone_named(client, manager_alice):
+    """The expiry is typed in UTC, which the form says; the list and the key's page show each time
+    with its zone, not a bare "Dec. 24, 2026, 1:25 a.m."."""
+    import datetime as dt
+
+    client.force_login(manager_alice)
+    form = client.get("/admin/accounts/apikey/add/").content.decode()
+    assert "In UTC (the server&#x27;s zone)" in form or "In UTC (the server's zone)" in form
+    response = client.post(
+        "/admin/accounts/apikey/add/",
+        {
+            "user": manager_alice.pk,
+            "name": "expiring",
+            "scopes": ["read"],
+            "expires_at_0": "2027-12-24",
+            "expires_at_1": "01:25",
+        },
+    )
+    assert response.status_code == 200
+    key = ApiKey.objects.get(user=manager_alice)
+    assert key.expires_at == dt.datetime(2027, 12, 24, 1, 25, tzinfo=dt.UTC)
+    listing = client.get("/admin/accounts/apikey/").content.decode()
+    page = client.get(f"/admin/accounts/apikey/{key.pk}/change/").content.decode()
+    for text in (listing, page):
+        assert "2027-12-24 01:25 UTC" in text
+        assert f"{key.created_at:%Y-%m-%d %H:%M} UTC" in text
+        assert "a.m." not in text and "p.m." not in text
