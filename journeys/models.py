@@ -44,6 +44,11 @@ class Journey(ConversionGoal):
         null=True, blank=True, db_index=True, editable=False, help_text="The next segment entry run (segment entry)."
     )
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    last_version_number = models.PositiveIntegerField(
+        default=1,
+        editable=False,
+        help_text="The highest version number given, a discarded draft's included: the next version's is after it.",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(default=timezone.now, editable=False)
 

@@ -13,7 +13,6 @@ import json
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
-from django.db.models import Max
 from django.utils import timezone
 
 from accounts.models import ApprovalRequest, User
@@ -285,24 +284,12 @@ def journey_version_edit(*, journey_id: int, by: User, **changes) -> JourneyVers
 
 
 def _next_version_number(journey: Journey) -> int:
-    """The number of the journey's next version: after every version it has, and after every draft
-    discarded (``journey_draft_discarded``), so that a number in the audit log or an earlier
-    approval request names one version only."""
-    from django.contrib.contenttypes.models import ContentType
-
-    from accounts.models import AuditEvent
-
-    highest = journey.versions.aggregate(n=Max("number"))["n"] or 0
-    discarded = AuditEvent.objects.filter(
-        object_type=ContentType.objects.get_for_model(Journey),
-        object_id=str(journey.pk),
-        action="journey_draft_discarded",
-    ).values_list("summary", flat=True)
-    for summary in discarded:
-        number = summary.get("version") if isinstance(summary, dict) else None
-        if isinstance(number, int):
-            highest = max(highest, number)
-    return highest + 1
+    """Give the journey (locked by the caller) its next version number: after every number given
+    before, a discarded draft's included (``Journey.last_version_number``), so that a number in the
+    audit log or an earlier approval request names one version only."""
+    journey.last_version_number += 1
+    journey.save(update_fields=["last_version_number"])
+    return journey.last_version_number
 
 
 def journey_draft_discard(*, journey_id: int, by: User) -> Journey:

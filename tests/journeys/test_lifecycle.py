@@ -3,6 +3,7 @@
 import threading
 
 import pytest
+from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection
 from django.http import Http404
@@ -477,6 +478,36 @@ def test_discarding_the_draft_of_a_live_journey_leaves_the_live_version_running_
     # The next edit is version 3: "version 2" in the audit log and in requests names the discarded one only.
     again = journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="unsubscribed")
     assert (again.number, again.status) == (3, "draft")
+    # Kept on the journey, not read back from the audit log (which retention may empty).
+    assert _reload(journey).last_version_number == 3
+
+
+def test_the_migration_counts_the_numbers_given_before_from_the_versions_and_the_discards(
+    make_journey, publish, manager_alice
+):
+    """Journeys made before the journey kept its last number: the highest of its versions' and of
+    the drafts discarded (the audit log's ``journey_draft_discarded``)."""
+    import importlib
+
+    from django.apps import apps
+
+    numbers_given = importlib.import_module("journeys.migrations.0007_journey_last_version_number").numbers_given
+    discarded = publish(make_journey(name="Discarded"))
+    edited = publish(make_journey(name="Edited"))
+    make_journey(name="Untouched")
+    journey_version_edit(journey_id=edited.pk, by=manager_alice, exit_event="purchase")
+    AuditEvent.objects.create(
+        actor=manager_alice,
+        action="journey_draft_discarded",
+        object_type=ContentType.objects.get_for_model(Journey),
+        object_id=str(discarded.pk),
+        summary={"version": 4, "live_version": 1},
+    )
+    Journey.objects.update(last_version_number=1)  # as the field's default left them
+    numbers_given(apps, None)
+    given = dict(Journey.objects.values_list("name", "last_version_number"))
+    assert given == {"Discarded": 4, "Edited": 2, "Untouched": 1}
+    assert journey_version_edit(journey_id=discarded.pk, by=manager_alice, exit_event="x").number == 5
 
 
 def test_a_draft_an_approver_sent_back_is_discarded_and_its_closed_request_still_reads(
