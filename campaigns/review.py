@@ -8,7 +8,7 @@ from django.utils.html import format_html, format_html_join
 
 from accounts.models import ApprovalRequest, User
 from campaigns.models import ApprovedVersion, Campaign
-from campaigns.schedule import local_occurrence_open, local_wall_time
+from campaigns.schedule import lateness_allowed, local_occurrence_open, local_wall_time
 from config.zones import zoned
 
 
@@ -42,8 +42,6 @@ def local_under_way_text(campaign, *, now: dt.datetime) -> str:
     """For a send at each profile's local time whose time of day UTC+14 has passed already while
     zones to the west have not: which zones a send now still reaches, and which it skips. ""
     otherwise. (What ``campaign_fire_due`` and ``local_time_apply`` will do.)"""
-    from campaigns.services.scheduling import lateness_allowed
-
     began = local_occurrence_open(campaign, now=now)
     if began is None or began >= now:
         return ""

@@ -144,14 +144,26 @@ def at_local_time(campaign) -> bool:
     return bool(getattr(campaign, "at_local_time", False)) and campaign.schedule_kind != "now"
 
 
+# The scheduler beats every minute: an occurrence fired later than this was missed (downtime).
+LATE_AFTER = dt.timedelta(minutes=5)
+
+
+def lateness_allowed(campaign) -> dt.timedelta:
+    """How late an occurrence (at each profile's local time: a time zone's) may still be sent: the
+    campaign's missed window, which is for downtime, never under ``LATE_AFTER`` (a send on the beat
+    is on time)."""
+    return max(dt.timedelta(minutes=campaign.missed_window_minutes), LATE_AFTER)
+
+
 def local_occurrence_open(campaign, *, now: dt.datetime, fired: set[dt.datetime] = frozenset()) -> dt.datetime | None:
-    """For a local-time campaign, the latest occurrence begun by ``now`` that some time zone has not
-    reached yet (it began less than 26 hours ago) and that is not in ``fired``; None when there is
-    none. Approved after UTC+14 reached its time, it is still due for the zones behind."""
+    """For a local-time campaign, the latest occurrence begun by ``now`` that some time zone may still
+    be sent (it began less than 26 hours and the campaign's missed window ago) and that is not in
+    ``fired``; None when there is none. Approved after UTC+14 reached its time, it is still due for
+    the zones behind, and for the last ones within the window."""
     if not at_local_time(campaign):
         return None
     found = None
-    due = next_occurrence(campaign, after=now - LOCAL_SPAN)
+    due = next_occurrence(campaign, after=now - LOCAL_SPAN - lateness_allowed(campaign))
     for _ in range(10_000):  # bounded: a cron every minute has 1,560 occurrences in 26 hours
         if due is None or due > now:
             break

@@ -27,7 +27,7 @@ from accounts.services import (
     status_transition,
 )
 from campaigns.models import Campaign
-from campaigns.schedule import LOCAL_SPAN, local_occurrence_open, next_occurrence, schedule_check
+from campaigns.schedule import LOCAL_SPAN, lateness_allowed, local_occurrence_open, next_occurrence, schedule_check
 from config.zones import zoned
 from delivery.services.contents import pushcontent_duplicate
 
@@ -339,9 +339,11 @@ def _approve_revision(campaign: Campaign, request: ApprovalRequest, *, by: User,
         if campaign.schedule_kind == Campaign.ScheduleKind.NOW:
             campaign.next_occurrence_at = None if fired else now
         else:
-            recent = campaign.occurrences.filter(due_at__gt=now - LOCAL_SPAN).values_list("due_at", flat=True)
+            approved = campaign.approved()
+            looked_back = LOCAL_SPAN + lateness_allowed(approved)  # as far as local_occurrence_open looks
+            recent = campaign.occurrences.filter(due_at__gt=now - looked_back).values_list("due_at", flat=True)
             campaign.next_occurrence_at = _first_due(
-                campaign.approved(), now=now, fired=fired, fired_dues=set(recent) if fired else set()
+                approved, now=now, fired=fired, fired_dues=set(recent) if fired else set()
             )
     campaign.updated_at = now
     campaign.save(update_fields=["approved_version", "approved_fingerprint", "next_occurrence_at", "updated_at"])

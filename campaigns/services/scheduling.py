@@ -16,7 +16,7 @@ from accounts.services import (
     status_transition,
 )
 from campaigns.models import Campaign, Occurrence, WinnerTest
-from campaigns.schedule import LOCAL_SPAN, at_local_time, local_wall_time, next_occurrence
+from campaigns.schedule import LATE_AFTER, LOCAL_SPAN, at_local_time, lateness_allowed, local_wall_time, next_occurrence
 from campaigns.services.lifecycle import SAVED_WITH_STATUS, Status
 from campaigns.services.winner import winner_test_open, winners_pick_due
 
@@ -99,17 +99,6 @@ def _winner_gate(campaign: Campaign, approved, sample: dict) -> tuple[dict, list
 
 def campaign_api_gate(**kwargs) -> None:
     campaign_gate(api_triggered=True, **kwargs)
-
-
-# The scheduler beats every minute: an occurrence fired later than this was missed (downtime).
-LATE_AFTER = dt.timedelta(minutes=5)
-
-
-def lateness_allowed(campaign) -> dt.timedelta:
-    """How late an occurrence (at each profile's local time: a time zone's) may still be sent: the
-    campaign's missed window, which is for downtime, never under ``LATE_AFTER`` (a send on the beat
-    is on time)."""
-    return max(dt.timedelta(minutes=campaign.missed_window_minutes), LATE_AFTER)
 
 
 def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> list[Occurrence]:

@@ -402,3 +402,43 @@ def test_campaign_page_shows_the_phones(client, make_campaign, manager_alice):
     client.force_login(manager_alice)
     page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/")
     assert b"phone-ios" in page.content and b"Hello there" in page.content
+
+
+def test_a_weekly_local_time_send_approved_in_the_last_zone_s_window_still_reaches_it(
+    make_campaign, approve, team, segment
+):
+    """Approved 26½ hours after UTC+14 reached this week's time: UTC−12 got there 30 minutes ago,
+    within the 60-minute window, so this week's occurrence is still due for it (not next week's),
+    and every zone further past is skipped, saying why."""
+    from zoneinfo import ZoneInfo
+
+    from delivery.models import Delivery
+    from delivery.services.dispatches import dispatch_prepare
+
+    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    began = now - dt.timedelta(hours=26, minutes=30)  # when UTC+14 reached the wall time
+    wall = began.astimezone(ZoneInfo("Etc/GMT-14")).replace(tzinfo=None)
+    send_at = wall.replace(tzinfo=ZoneInfo("Europe/Paris")) - dt.timedelta(weeks=2)  # began weeks ago
+    profiles = _local_profiles(team, segment, ["Etc/GMT+12", "America/New_York"])
+    campaign = approve(
+        make_campaign(
+            schedule_kind="recurring",
+            recurrence="weekly",
+            send_at=send_at,
+            time_zone="Europe/Paris",
+            at_local_time=True,
+        ),
+        now=now,
+    )
+    assert campaign.next_occurrence_at == began
+    (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=now)
+    assert (occurrence.due_at, occurrence.outcome) == (began, "sent_late")
+    dispatch_prepare(dispatch_id=occurrence.dispatch.pk)
+    rows = {d.profile_id: d for d in Delivery.objects.filter(dispatch=occurrence.dispatch)}
+    assert rows[profiles["Etc/GMT+12"].pk].status == "queued"
+    assert (rows[profiles["America/New_York"].pk].status, rows[profiles["America/New_York"].pk].reason) == (
+        "skipped",
+        "missed_local_time",
+    )
+    campaign.refresh_from_db()
+    assert campaign.next_occurrence_at == began + dt.timedelta(weeks=1)
