@@ -198,7 +198,7 @@ def imports_running(user: User) -> Section:
 
 def dispatches_running(user: User, *, now: dt.datetime) -> Section:
     section = Section("Dispatches running", empty="No dispatch is running.", more_url=_changelist_url(Dispatch))
-    running = dispatches_visible_to(user).filter(status__in=Dispatch.RUNNING_STATUSES)
+    running = dispatches_visible_to(user).running()
     for dispatch in running.order_by("created_at")[:LIST_LIMIT]:
         detail = f"{dispatch.get_status_display()}, {dispatch.done_count} of {dispatch.total} done"
         if dispatch.started_at and dispatch.done_count:

@@ -291,6 +291,13 @@ class PushContentGroupObjectPermission(GroupObjectPermissionBase, GrantStamp):
     content_object = models.ForeignKey(PushContent, on_delete=models.CASCADE)
 
 
+class DispatchQuerySet(models.QuerySet):
+    def running(self):
+        """The dispatches preparing or sending, read through the unfinished ones' partial index
+        (``dispatch_unfinished_idx``: a running dispatch has no finish time)."""
+        return self.filter(finished_at__isnull=True, status__in=Dispatch.RUNNING_STATUSES)
+
+
 class Dispatch(models.Model):
     """One send run: a campaign execution, a journey step batch, or a test send; or a *standing*
     dispatch (a stream) that the API triggers of one approved version of a campaign (or the event
@@ -398,6 +405,8 @@ class Dispatch(models.Model):
         editable=False,
         help_text="When retention last deleted some of its deliveries: figures counted from them before are void.",
     )
+
+    objects = DispatchQuerySet.as_manager()
 
     class Meta:
         ordering = ["-id"]

@@ -92,11 +92,7 @@ def device_deliveries(device: Device, *, limit: int = 50) -> list[Delivery]:
         .select_related("dispatch")
         .annotate(shown_zone=dispatch_shown_zone("dispatch__"))
     )
-    running = list(
-        Dispatch.objects.filter(app_id=device.app_id, status__in=Dispatch.RUNNING_STATUSES).values_list(
-            "pk", "standing"
-        )
-    )
+    running = list(Dispatch.objects.running().filter(app_id=device.app_id).values_list("pk", "standing"))
     bulk = [pk for pk, standing in running if not standing]
     streams = [pk for pk, standing in running if standing]
     finished = list(rows.filter(finished_at__isnull=False).order_by("-id")[:limit])

@@ -46,11 +46,7 @@ def instance_claim(*, name: str | None = None) -> dict:
     with transaction.atomic():
         instance = Instance.objects.select_for_update().filter(pk=1).first()
         previous = instance.name if instance else None
-        open_ids = list(
-            Dispatch.objects.select_for_update()
-            .filter(status__in=Dispatch.RUNNING_STATUSES)
-            .values_list("pk", flat=True)
-        )
+        open_ids = list(Dispatch.objects.select_for_update().running().values_list("pk", flat=True))
         for dispatch_id in open_ids:
             skipped, unknown = (
                 deliveries_finish(

@@ -94,7 +94,7 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
         oldest_task_age_seconds=age,
         queue_problem=problem,
     )
-    running = Dispatch.objects.filter(finished_at__isnull=True, status__in=Dispatch.RUNNING_STATUSES)
+    running = Dispatch.objects.running()
     for d in running.order_by("id"):
         elapsed = (now - d.started_at).total_seconds() if d.started_at else 0.0
         done = d.accepted + d.failed + d.skipped + d.unknown

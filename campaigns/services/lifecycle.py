@@ -447,11 +447,11 @@ def campaign_stop(*, campaign_id: int, by: User) -> Campaign:
         status_transition(campaign, Status.STOPPED, by=by, action="stopped", also_saved=SAVED_WITH_STATUS)
         if (request := revision_waiting(campaign)) is not None:
             approval_request_close(request_id=request.pk, by=by, reason="The campaign was stopped.")
-        running = Dispatch.objects.filter(
-            source_id=campaign.pk,
-            kind__in=(Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER),
-            status__in=Dispatch.RUNNING_STATUSES,
-        ).values_list("pk", flat=True)
+        running = (
+            Dispatch.objects.running()
+            .filter(source_id=campaign.pk, kind__in=(Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER))
+            .values_list("pk", flat=True)
+        )
         for dispatch_id in list(running):
             dispatch_stop(dispatch_id=dispatch_id, by=by)
     return campaign

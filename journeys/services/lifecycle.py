@@ -515,11 +515,11 @@ def journey_stop(*, journey_id: int, by: User) -> Journey:
             in_review.save(update_fields=["status"])
         exited = _exit_everyone_inside(journey, now=timezone.now())
         version_ids = list(journey.versions.values_list("pk", flat=True))
-        running = Dispatch.objects.filter(
-            kind=Dispatch.Kind.JOURNEY,
-            source_id__in=version_ids,
-            status__in=Dispatch.RUNNING_STATUSES,
-        ).values_list("pk", flat=True)
+        running = (
+            Dispatch.objects.running()
+            .filter(kind=Dispatch.Kind.JOURNEY, source_id__in=version_ids)
+            .values_list("pk", flat=True)
+        )
         for dispatch_id in list(running):
             dispatch_stop(dispatch_id=dispatch_id, by=by)
         audit(actor=by, action="journey_enrollments_exited", obj=journey, summary={"count": exited})
