@@ -98,12 +98,10 @@ def decidable_references(user: User) -> dict[str, set[int]]:
     user._decidable_references = (stamp, references)  # first: the checks below read visibility too
     from accounts.approvals import approval_subject_for
 
-    for model, requests in _by_subject_model(approvals_waiting_for(user)).items():
+    waiting = approvals_waiting_for(user)
+    for model, subjects in _by_model(set(approval_subjects(waiting).values())).items():  # deleted ones gone
         handler = approval_subject_for(model)
         if handler is None:
-            continue
-        subjects = list(model._default_manager.filter(pk__in={r.subject_id for r in requests}))
-        if not subjects:  # deleted since
             continue
         for label, pks in handler.references(subjects).items():
             references.setdefault(label, set()).update(pks)
@@ -284,8 +282,9 @@ def approver_standings(
         {r.pk for r in standing if r.block_self_approval and r.requested_by_id == user.pk},
         ("You cannot approve your own request."),
     )
+    subjects = approval_subjects(standing)  # for the two checks that read them
     refuse(
-        _changed_since_approval(user, [r for r in standing if r.block_self_approval]),
+        _changed_since_approval(user, [r for r in standing if r.block_self_approval], subjects),
         "You changed what this request asks to approve: another approver decides it.",
     )
     with_policy = [r for r in standing if r.policy_id is not None]
@@ -298,7 +297,7 @@ def approver_standings(
     for request in with_policy:
         if request.pk not in policy_approver_of:
             refuse({request.pk}, f"You are not an approver of the policy '{request.policy}'.")
-    refuse(_subjects_out_of_reach(user, standing), "You have no access to this object.")
+    refuse(_subjects_out_of_reach(user, standing, subjects), "You have no access to this object.")
     for request in standing:
         answers[request.pk] = (True, "")
     return answers
@@ -313,63 +312,80 @@ def policy_approver_q(user: User) -> Q:
     return Q(Exists(named)) | Q(Exists(in_group))
 
 
-def _by_subject_model(requests: list[ApprovalRequest]) -> dict[type[models.Model], list[ApprovalRequest]]:
-    grouped: dict[type[models.Model], list[ApprovalRequest]] = {}
+def approval_subjects(requests: list[ApprovalRequest]) -> dict[int, models.Model]:
+    """Each request's subject, by request id (none for a subject deleted since): one query per kind
+    of subject, whatever the requests."""
+    wanted: dict[int, set[str]] = {}
     for request in requests:
-        model = ContentType.objects.get_for_id(request.subject_type_id).model_class()
-        grouped.setdefault(model, []).append(request)
+        wanted.setdefault(request.subject_type_id, set()).add(request.subject_id)
+    rows: dict[tuple[int, str], models.Model] = {}
+    for type_id, ids in wanted.items():
+        model = ContentType.objects.get_for_id(type_id).model_class()
+        if model is None:  # a model no longer installed
+            continue
+        rows.update({(type_id, str(pk)): row for pk, row in model._default_manager.in_bulk(ids).items()})
+    answer = {}
+    for request in requests:
+        row = rows.get((request.subject_type_id, str(request.subject_id)))
+        if row is not None:
+            answer[request.pk] = row
+    return answer
+
+
+def _by_model(subjects) -> dict[type[models.Model], list[models.Model]]:
+    grouped: dict[type[models.Model], list[models.Model]] = {}
+    for subject in subjects:
+        grouped.setdefault(type(subject), []).append(subject)
     return grouped
 
 
-def _subjects_out_of_reach(user: User, requests: list[ApprovalRequest]) -> set[int]:
-    """The requests whose subject ``user`` has no access to (or which was deleted): one query per
-    kind of subject."""
-    out: set[int] = set()
-    for model, group in _by_subject_model(requests).items():
-        subjects = model._default_manager.filter(pk__in={r.subject_id for r in group})
-        reached = {str(pk) for pk in visible_to(user, subjects).values_list("pk", flat=True)}
-        out |= {r.pk for r in group if str(r.subject_id) not in reached}
-    return out
+def _subjects_out_of_reach(user: User, requests: list[ApprovalRequest], subjects: dict[int, models.Model]) -> set[int]:
+    """The requests whose subject (``approval_subjects``) ``user`` has no access to, or which was
+    deleted: one query per kind of subject."""
+    reached: set[tuple[type[models.Model], object]] = set()
+    for model, rows in _by_model({subjects[r.pk] for r in requests if r.pk in subjects}).items():
+        visible = visible_to(user, model._default_manager.filter(pk__in=[row.pk for row in rows]))
+        reached |= {(model, pk) for pk in visible.values_list("pk", flat=True)}
+    return {r.pk for r in requests if r.pk not in subjects or (type(subjects[r.pk]), subjects[r.pk].pk) not in reached}
 
 
 CONTENT_AUTHORING_ACTIONS = ("pushcontent_created", "pushcontent_duplicated", "pushcontent_changed")
 
 
-def _changed_since_approval(user: User, requests: list[ApprovalRequest]) -> set[int]:
+def _changed_since_approval(user: User, requests: list[ApprovalRequest], subjects: dict[int, models.Model]) -> set[int]:
     """The requests whose subject, or a push content it sends, ``user`` changed since the subject
     was last approved (ever, when it never was): their own work, which the four eyes are for.
 
-    A fixed number of queries whatever the requests: per kind of subject, its rows and their
-    contents (``approval_content_ids_of``, one query, or ``approval_content_ids`` each); then for
-    all of them the last approval of each subject, and the user's last authoring of each subject
-    and content.
+    A fixed number of queries whatever the requests: per kind of subject (``subjects``, read by
+    ``approval_subjects``), their contents (``approval_content_ids_of``, one query, or
+    ``approval_content_ids`` each); then for all of them the last approval of each subject, and
+    the user's last authoring of each subject and content.
     """
     from delivery.models import PushContent
 
-    subjects: dict[ApprovalRequest, list[int]] = {}  # each request's contents, its subject still there
+    contents_of: dict[ApprovalRequest, list[int]] = {}  # each request's contents, its subject still there
     approved = Q(pk__in=[])  # the subjects' approvals
     authored = Q(pk__in=[])  # the authoring of the subjects and of their contents
     content_ids: set[str] = set()
-    for model, group in _by_subject_model(requests).items():
+    there = [r for r in requests if r.pk in subjects]  # deleted subjects have nothing left to approve
+    for model, rows in _by_model({subjects[r.pk] for r in there}).items():
         actions = getattr(model, "APPROVAL_AUTHORING_ACTIONS", ())
         if not actions:
             continue
-        rows = {str(row.pk): row for row in model._default_manager.filter(pk__in={r.subject_id for r in group})}
-        if not rows:  # deleted subjects have nothing left to approve
-            continue
         if hasattr(model, "approval_content_ids_of"):
-            contents = model.approval_content_ids_of(list(rows.values()))
+            contents = model.approval_content_ids_of(rows)
         else:
-            contents = {row.pk: row.approval_content_ids() for row in rows.values()}
-        for request in group:
-            row = rows.get(str(request.subject_id))
-            if row is not None:
-                subjects[request] = contents[row.pk]
+            contents = {row.pk: row.approval_content_ids() for row in rows}
+        for request in there:
+            row = subjects[request.pk]
+            if type(row) is model:
+                contents_of[request] = contents[row.pk]
                 content_ids |= {str(pk) for pk in contents[row.pk]}
-        type_id = group[0].subject_type_id
-        approved |= Q(subject_type=type_id, subject_id__in=sorted(rows))
-        authored |= Q(object_type=type_id, object_id__in=sorted(rows), action__in=actions)
-    if not subjects:
+                type_id = request.subject_type_id
+        ids = sorted(str(row.pk) for row in rows)
+        approved |= Q(subject_type=type_id, subject_id__in=ids)
+        authored |= Q(object_type=type_id, object_id__in=ids, action__in=actions)
+    if not contents_of:
         return set()
 
     def subject_key(request: ApprovalRequest) -> tuple[int, str]:
@@ -393,7 +409,7 @@ def _changed_since_approval(user: User, requests: list[ApprovalRequest]) -> set[
         .annotate(last=models.Max("created_at"))
     }
     changed: set[int] = set()
-    for request, contents in subjects.items():
+    for request, contents in contents_of.items():
         since = last_approved.get(subject_key(request))
         touched = [last_authored.get(subject_key(request))]
         touched += [last_authored.get((content_type.pk, str(pk))) for pk in contents]

@@ -8,7 +8,6 @@ nothing counts the deliveries.
 import datetime as dt
 from dataclasses import dataclass, field
 
-from django.contrib.contenttypes.models import ContentType
 from django.db.models import Sum
 from django.urls import reverse
 from django.utils import timezone
@@ -19,6 +18,7 @@ from accounts.models import ApprovalRequest, User
 from accounts.selectors import (
     approval_requests_stuck_among,
     approval_requests_visible_to,
+    approval_subjects,
     approvals_waiting_for,
     has_every_scope,
 )
@@ -121,17 +121,11 @@ def approvals(user: User, *, now: dt.datetime) -> tuple[Section, Section]:
 def _asked_at(requests: list[ApprovalRequest]) -> dict[int, str]:
     """When each request was asked, as its subject shows its dates (``ApprovalSubject.zoned``: a
     campaign's in its zone), in UTC when the subject is gone; the subjects read in one query per
-    kind, not one per request."""
-    wanted: dict[int, set[str]] = {}
-    for request in requests:
-        wanted.setdefault(request.subject_type_id, set()).add(request.subject_id)
-    subjects = {}
-    for type_id, ids in wanted.items():
-        model = ContentType.objects.get_for_id(type_id).model_class()
-        subjects.update({(type_id, str(pk)): obj for pk, obj in model._default_manager.in_bulk(ids).items()})
+    kind (``approval_subjects``), not one per request."""
+    subjects = approval_subjects(requests)
     answer = {}
     for request in requests:
-        subject = subjects.get((request.subject_type_id, str(request.subject_id)))
+        subject = subjects.get(request.pk)
         handler = approval_subject_for(type(subject)) if subject is not None else None
         if handler is not None and handler.zoned is not None:
             answer[request.pk] = handler.zoned(subject, request.requested_at)
