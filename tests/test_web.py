@@ -138,3 +138,11 @@ def test_a_large_upload_streams_through_the_worker(tmp_path):
         _stop(web)
     assert answer.status_code == 200 and int(answer.text) == size
     assert after - before < 50 * 1024, (before, after)
+
+
+def test_the_server_s_start_logs_no_warning_of_the_measured_thread_count(tmp_path):
+    web, url = _serve(tmp_path, "--workers", "1", "--threads", "16")
+    _stop(web)
+    log = (tmp_path / "web.log").read_text()
+    assert "Started worker-1" in log
+    assert "WARNING" not in log and "quite high" not in log, log
