@@ -1,9 +1,10 @@
 """The web server for the admin and the API: ``python -m config.web``, granian serving ``config.wsgi``.
 
-    python -m config.web --bind 0.0.0.0:8000 --workers 4
+    python -m config.web --bind 0.0.0.0:8000 --workers 2
 
-- ``--workers``: processes (about two per core); each runs ``--threads`` requests at once (16) and
-  keeps more waiting in the server.
+- ``--workers``: processes (about one per core: the HTTP work runs in granian's own threads, outside
+  Python); each runs ``--threads`` requests at once (16), each thread with its own PostgreSQL
+  connection, and keeps more waiting in the server.
 - ``--stop-seconds``: on SIGTERM a worker stops taking requests and finishes those in progress within
   this many seconds (30), then is killed.
 - A worker that dies is started again.
@@ -11,8 +12,8 @@
   ``LOG_LEVEL``): with ``LOG_FORMAT=json`` one JSON object a line, like every other line.
 
 Why granian (a Rust HTTP server running the WSGI app in threads) rather than gunicorn's threaded
-workers: on the same two cores a trigger call costs 0.81–0.87 ms of the web's CPU under it against
-1.22–1.26 ms under gunicorn, and triggers go 995–1,080 requests/s against 733–834 (``bench/trigger.py
+workers: on the same two cores a trigger call costs 0.81–0.92 ms of the web's CPU under it against
+1.22–1.26 ms under gunicorn, and triggers go 888–1,080 requests/s against 678–834 (``bench/trigger.py
 --server``; README, "Performance").
 """
 
