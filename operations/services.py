@@ -153,13 +153,40 @@ def _journey_reach_days(graph: dict) -> int:
     return -(-seconds // (24 * 3600))
 
 
+def _conversion_window_problems(event_days: int) -> list[str]:
+    """Campaigns and journeys still to send (or sending) whose conversion goal counts events longer
+    after a send than events are kept: the window's first events would be deleted while it is open."""
+    from campaigns.models import Campaign
+    from journeys.models import Journey
+
+    problems = []
+    still = (
+        (
+            Campaign,
+            "campaign",
+            (Campaign.Status.DRAFT, Campaign.Status.IN_REVIEW, Campaign.Status.SCHEDULED, Campaign.Status.LIVE),
+        ),
+        (Journey, "journey", (Journey.Status.DRAFT, Journey.Status.IN_REVIEW, Journey.Status.LIVE)),
+    )
+    for model, noun, statuses in still:
+        goals = model.objects.filter(status__in=statuses).exclude(conversion_event="")
+        goals = goals.filter(conversion_window_hours__gt=event_days * 24).order_by("name", "pk")
+        for pk, name, event, hours in goals.values_list("pk", "name", "conversion_event", "conversion_window_hours"):
+            problems.append(
+                f"The {noun} '{name}' (id {pk}) counts '{event}' events as conversions up to {-(-hours // 24)} days "
+                f"after each send, longer than PUSHDESK_RETENTION_EVENT_DAYS={event_days}."
+            )
+    return problems
+
+
 def event_retention_problems(*, event_days: int | None = None) -> list[str]:
     """What counts events further back than ``event_days`` (default PUSHDESK_RETENTION_EVENT_DAYS),
     and would count wrong once retention deleted them: rules segments whose event conditions look
     back longer or over all time, and journey versions that may still run (draft, in review, live,
     or retired with profiles inside) whose conditions do, through a rule tree or an "event since
-    entry" branch (which looks back as long as a profile may stay). Empty when events are kept
-    forever (0) or nothing does."""
+    entry" branch (which looks back as long as a profile may stay); and campaigns and journeys still
+    to send whose conversion window is longer. Empty when events are kept forever (0) or nothing
+    does."""
     from audiences.models import Segment
     from journeys.graph import rules_of
     from journeys.models import Enrollment, JourneyVersion
@@ -179,6 +206,7 @@ def event_retention_problems(*, event_days: int | None = None) -> list[str]:
         .select_related("journey")
         .order_by("journey__name", "journey_id", "number")
     )
+    problems += _conversion_window_problems(event_days)
     for version in versions:
         what = f"The journey '{version.journey.name}' (id {version.journey_id}, version {version.number})"
         for tree in rules_of(version.graph):

@@ -323,3 +323,27 @@ def test_retention_reads_old_events_through_the_name_and_time_index_not_the_whol
             cursor.execute(f"EXPLAIN {sql}")
             plan = "\n".join(row[0] for row in cursor.fetchall())
             assert "event_name_time_idx" in plan, plan
+
+
+def test_retention_refuses_while_a_conversion_window_outlasts_the_events(
+    db, settings, team, segment, content, manager_alice
+):
+    """A campaign still to send whose conversion goal counts 'purchase' for 30 days after each send:
+    with events kept 14 days, the window's first events would go while it is open. A sent one (or
+    one with a window within the setting) does not hold retention back."""
+    from campaigns.models import Campaign
+    from campaigns.services.lifecycle import campaign_create
+    from operations.services import RetentionRefused, event_retention_problems
+
+    campaign = campaign_create(by=manager_alice, name="Spring sale", app=team, segment=segment, content=content)
+    Campaign.objects.filter(pk=campaign.pk).update(conversion_event="purchase", conversion_window_hours=30 * 24)
+    settings.PUSHDESK_RETENTION_EVENT_DAYS = 14
+    with pytest.raises(RetentionRefused) as refused:
+        retention_apply()
+    assert refused.value.problems[1:] == [
+        f"The campaign 'Spring sale' (id {campaign.pk}) counts 'purchase' events as conversions up to 30 days "
+        "after each send, longer than PUSHDESK_RETENTION_EVENT_DAYS=14."
+    ]
+    assert event_retention_problems(event_days=30) == []
+    Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.COMPLETED)
+    assert event_retention_problems(event_days=14) == []
