@@ -7,6 +7,8 @@ the user or one of their groups, on the object itself or on the App it is scoped
 they are the ones who hand out access.
 """
 
+import datetime as dt
+
 from django.apps import apps
 from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
@@ -366,6 +368,8 @@ def _changed_since_approval(user: User, requests: list[ApprovalRequest], subject
     contents_of: dict[ApprovalRequest, list[int]] = {}  # each request's contents, its subject still there
     approved = Q(pk__in=[])  # the subjects' approvals
     authored = Q(pk__in=[])  # the authoring of the subjects and of their contents
+    undoing = Q(pk__in=[])  # by anyone: what throws authoring away (``APPROVAL_AUTHORING_UNDONE_BY``)
+    undone_by: dict[str, str] = {}
     content_ids: set[str] = set()
     there = [r for r in requests if r.pk in subjects]  # deleted subjects have nothing left to approve
     for model, rows in _by_model({subjects[r.pk] for r in there}).items():
@@ -385,6 +389,10 @@ def _changed_since_approval(user: User, requests: list[ApprovalRequest], subject
         ids = sorted(str(row.pk) for row in rows)
         approved |= Q(subject_type=type_id, subject_id__in=ids)
         authored |= Q(object_type=type_id, object_id__in=ids, action__in=actions)
+        undone = getattr(model, "APPROVAL_AUTHORING_UNDONE_BY", {})
+        if undone:
+            undone_by.update(undone)
+            undoing |= Q(object_type=type_id, object_id__in=ids, action__in=sorted(set(undone.values())))
     if not contents_of:
         return set()
 
@@ -401,13 +409,22 @@ def _changed_since_approval(user: User, requests: list[ApprovalRequest], subject
         .values("subject_type", "subject_id")
         .annotate(last=models.Max("decided_at"))
     }
-    last_authored = {
-        (row["object_type"], row["object_id"]): row["last"]
-        for row in AuditEvent.objects.filter(authored, actor=user)
+    last_done: dict[tuple[int, str, str], dt.datetime] = {}  # (type, id, action): its last time
+    for row in (
+        AuditEvent.objects.filter((authored & Q(actor=user)) | undoing)
         .order_by()
-        .values("object_type", "object_id")
+        .values("object_type", "object_id", "action")
         .annotate(last=models.Max("created_at"))
-    }
+    ):
+        last_done[row["object_type"], row["object_id"], row["action"]] = row["last"]
+    last_authored: dict[tuple[int, str], dt.datetime] = {}  # what the user authored, and still stands
+    for (type_id, object_id, action), when in last_done.items():
+        undoer = undone_by.get(action)
+        undone_at = last_done.get((type_id, object_id, undoer)) if undoer else None
+        if action in undone_by.values() or (undone_at is not None and undone_at > when):
+            continue
+        key = (type_id, object_id)
+        last_authored[key] = max(when, last_authored.get(key, when))
     changed: set[int] = set()
     for request, contents in contents_of.items():
         since = last_approved.get(subject_key(request))

@@ -71,6 +71,9 @@ class Journey(ConversionGoal):
     # The audit actions that change what an approval covers: whoever did one since the journey's
     # last approval may not decide its request, as its requester may not (``approver_standing``).
     APPROVAL_AUTHORING_ACTIONS = ("journey_created", "journey_renamed", "journey_version_edited")
+    # An authoring action that a later one throws away: a discarded draft's edits are gone, and the
+    # journey is what it was when last approved (a rename stays: the name is the journey's own).
+    APPROVAL_AUTHORING_UNDONE_BY = {"journey_version_edited": "journey_draft_discarded"}
 
     def approval_content_ids(self) -> list[int]:
         """The push contents an approval covers: those of its version being drafted or in review."""

@@ -439,6 +439,37 @@ def test_an_approver_who_changed_the_journey_or_a_push_it_sends_cannot_approve_i
     assert journey_approve(journey_id=journey.pk, by=approver_zoe).number == 2
 
 
+def test_an_approver_whose_draft_was_discarded_may_approve_the_next_one(
+    make_journey, manager_alice, approver_bob, welcome, everyone, vips
+):
+    """The edits of a discarded draft are gone: the approver who made them did not change what the
+    next request asks to approve (the live version, edited by someone else). A rename stays."""
+    from accounts.services import access_grant
+    from tests.factories import UserFactory
+
+    approver_zoe = UserFactory(username="approver_zoe", role="Approver")
+    for user in (approver_bob, approver_zoe):
+        for obj in (welcome.app, everyone, vips):
+            access_grant(obj=obj, to=user, by=None)
+    journey = make_journey()
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    journey_approve(journey_id=journey.pk, by=approver_zoe)
+
+    journey_version_edit(journey_id=journey.pk, by=approver_bob, exit_event="purchase")  # Bob's draft...
+    journey_draft_discard(journey_id=journey.pk, by=manager_alice)  # ...thrown away
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="unsubscribed")
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    assert journey_approve(journey_id=journey.pk, by=approver_bob).number == 3
+
+    # Bob edits again after a discard: that edit stands.
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="")
+    journey_draft_discard(journey_id=journey.pk, by=manager_alice)
+    journey_version_edit(journey_id=journey.pk, by=approver_bob, exit_event="purchase")
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    with pytest.raises(PermissionDenied, match="You changed what this request asks to approve"):
+        journey_approve(journey_id=journey.pk, by=approver_bob)
+
+
 # --- Discarding the draft of a live journey ------------------------------------------------------
 
 
