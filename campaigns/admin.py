@@ -51,7 +51,7 @@ from campaigns.variant_admin import (
     variants_report_html,
 )
 from config.zones import zone as schedule_zone
-from config.zones import zoned
+from config.zones import zoned, zoned_column
 from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
 from delivery.reports import report_charts_html
 
@@ -473,17 +473,13 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             "" if occurrences == 1 else "s",
         )
 
-    @admin.display(description="Activated")
-    def activated(self, obj):
-        return zoned(obj.activated_at, obj.time_zone)
+    activated = zoned_column("activated_at", "Activated", zone_field="time_zone")
 
     @admin.display(description="Next send", ordering="next_occurrence_at")
     def next_send(self, obj):
         return next_send_text(obj)
 
-    @admin.display(description="Updated at", ordering="updated_at")
-    def updated(self, obj):
-        return zoned(obj.updated_at, obj.time_zone)
+    updated = zoned_column("updated_at", "Updated at", zone_field="time_zone")
 
     @admin.display(description="Audience size")
     def audience_size(self, obj):

@@ -27,13 +27,14 @@ def zoned(value: dt.datetime | None, time_zone: str) -> str:
     return f"{value.astimezone(zone(time_zone)):%Y-%m-%d %H:%M} ({time_zone})"
 
 
-def zoned_column(field: str, description: str, *, time_zone: str | None = None):
+def zoned_column(field: str, description: str, *, time_zone: str | None = None, zone_field: str = "shown_zone"):
     """An admin column showing the stored time ``field`` with ``zoned``: in ``time_zone``, or, when
-    None, in the zone the admin's queryset annotates each row with (``shown_zone``)."""
+    None, in the zone the row names in ``zone_field`` (a campaign's own ``time_zone``, or the zone
+    the admin's queryset annotates each row with, ``shown_zone``)."""
     from django.contrib import admin  # the admin only where a page asks: this module is below the apps
 
     @admin.display(description=description, ordering=field)
     def column(self, obj):
-        return zoned(getattr(obj, field), time_zone or obj.shown_zone)
+        return zoned(getattr(obj, field), time_zone or getattr(obj, zone_field))
 
     return column
