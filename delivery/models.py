@@ -672,7 +672,8 @@ class DeliveryRollup(models.Model):
     dispatch started), a final status (``accepted``, ``failed``, ``skipped``, ``unknown``: at the
     quarter hour the row finished) or ``opened`` (at the quarter hour it was opened). Rows not yet
     final are the targeted less the final ones. Written in the transaction that changes the
-    deliveries, so it is what a count of them would say; deleting old deliveries takes theirs away. A key may be split over a few ``shard`` rows: sum them.
+    deliveries, so it is what a count of them would say; retention deleting old deliveries leaves
+    theirs (the dispatch's ``rows_deleted_at`` says so): reports keep their totals. A key may be split over a few ``shard`` rows: sum them.
     """
 
     class Outcome(models.TextChoices):

@@ -279,9 +279,10 @@ def retention_apply(
     PUSHDESK_RETENTION_*_DAYS setting; 0 keeps that kind forever.
 
     Deliveries: the rows of dispatches finished more than ``delivery_days`` ago (the dispatch, its
-    counters and its outcomes' totals stay), in chunks of 10,000 rows (one transaction each); the
-    profiles kept on the dispatch (``DispatchProfiles``) go with them, counted again when next asked,
-    and its ``rows_deleted_at`` voids the figures the cache keeps over it.
+    counters and its rollup stay, so reports and charts keep their totals), in chunks of 10,000 rows
+    (one transaction each); the profiles kept on the dispatch (``DispatchProfiles``) go with them,
+    counted again when next asked, and its ``rows_deleted_at`` voids the figures the cache keeps
+    over it.
     Events: those that occurred more than ``event_days`` ago, in chunks (``_events_delete``).
     Raises RetentionRefused, before deleting anything, when a segment or a journey counts events
     over a longer window (``event_retention_problems``).
@@ -295,7 +296,6 @@ def retention_apply(
     from django_q.models import Failure
 
     from delivery.models import Delivery, Dispatch, DispatchProfiles
-    from delivery.services.rollups import rollup_subtract
 
     now = now or timezone.now()
     delivery_days = settings.PUSHDESK_RETENTION_DELIVERY_DAYS if delivery_days is None else delivery_days
@@ -336,7 +336,7 @@ def retention_apply(
                     )
                     if not chunk:
                         break
-                    rollup_subtract(ids=chunk)
+                    # The rollup stays: reports and charts keep their totals (``DeliveryRollup``).
                     DispatchProfiles.objects.filter(dispatch_id=dispatch_id).delete()
                     Dispatch.objects.filter(pk=dispatch_id).update(rows_deleted_at=now)
                     result["deliveries"] += Delivery.objects.filter(pk__in=chunk).delete()[0]

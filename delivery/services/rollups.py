@@ -8,11 +8,11 @@ Each function adds to the rollup what one change to some deliveries did, grouped
   targeted, and those made final already (skipped);
 - ``rollup_add_finished``: rows that just became final (written back, stopped, expired, voided);
 - ``rollup_add_opened``: rows just opened;
-- ``rollup_subtract``: rows about to be deleted (retention);
 - ``rollup_rebuild``: a dispatch's rollup counted again from its rows (the migration's backfill).
 
 A row counts under the platform of its device at the time (``none`` without one) and its variant
-(-1 without). Reads: ``delivery.reports``.
+(-1 without). Reads: ``delivery.reports``. Retention deleting a dispatch's old rows leaves its
+rollup: what they were is what its reports go on showing.
 """
 
 from __future__ import annotations
@@ -190,23 +190,6 @@ def rollup_add_opened(*, ids: list[int]) -> None:
     if ids:
         where, params = _ids_where(ids)
         _add(where=where, params=params, outcomes=("opened",))
-
-
-def rollup_subtract(*, ids: list[int]) -> None:
-    """Take away everything rows about to be deleted counted; call before deleting them, in the
-    same transaction. Keys left at zero are removed."""
-    if not ids:
-        return
-    where, params = _ids_where(ids)
-    _add(where=where, params=params, outcomes=("targeted", "final", "opened"), sign=-1)
-    key = _KEY.replace(", shard", "")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"DELETE FROM {_TABLE} WHERE ({key}) IN (SELECT {key} FROM {_TABLE} "  # noqa: S608 (constants; values are bound)
-            f"WHERE dispatch_id IN (SELECT d.dispatch_id FROM delivery_delivery d WHERE {where}) "
-            f"GROUP BY {key} HAVING SUM(rows) = 0)",
-            params,
-        )
 
 
 def rollup_rebuild(*, dispatch_ids: Iterable[int] | None = None) -> None:

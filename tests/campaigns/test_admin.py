@@ -196,6 +196,32 @@ def test_the_report_follows_a_new_open_at_once_from_the_rollup(
         assert campaign_report(campaign)["opened"] == 3
 
 
+def test_the_report_keeps_its_totals_once_retention_deleted_the_rows(make_campaign, client, admin_erin):
+    """Retention deletes a send's per-device rows after PUSHDESK_RETENTION_DELIVERY_DAYS: the report
+    (and its page) still says what was targeted, accepted, skipped and opened."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from campaigns.reports import campaign_report
+    from delivery.models import Dispatch
+    from operations.services import retention_apply
+    from tests.delivery.reporting import sent_dispatch
+
+    campaign = make_campaign()
+    dispatch = sent_dispatch(campaign.app, kind="campaign", source_id=campaign.pk)
+    before = campaign_report(campaign)
+    Dispatch.objects.filter(pk=dispatch.pk).update(finished_at=timezone.now() - dt.timedelta(days=400))
+    assert retention_apply(delivery_days=180)["deliveries"] == 7
+    after = campaign_report(campaign)
+    for figure in ("targeted", "accepted", "failed", "skipped", "opened", "skipped_by_reason"):
+        assert after[figure] == before[figure], figure
+    assert (after["targeted"], after["accepted"], after["opened"]) == (7, 3, 2)
+    client.force_login(admin_erin)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    assert "<tr><th>Targeted</th><td>7</td></tr>" in page and "<tr><th>Accepted</th><td>3</td></tr>" in page
+
+
 def test_the_change_page_reads_each_choice_list_once_however_many_variant_rows(
     client, make_campaign, manager_alice, abc, django_assert_max_num_queries
 ):
