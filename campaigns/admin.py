@@ -622,11 +622,23 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             + [("skipped", r, n) for r, n in data["skipped_by_reason"].items()],
         )
         csv_url = reverse("admin:campaigns_campaign_report_csv", args=[obj.pk])
+        cleared = data["rows_deleted"]
+        cleared_html = (
+            format_html(
+                '<p class="rows-deleted">The per-device rows of {} send(s), the latest finished {}, were deleted by '
+                "retention: the totals above count them; the profiles per variant and the conversions below do not.</p>",
+                cleared["sends"],
+                zoned(cleared["last_finished_at"], obj.time_zone),
+            )
+            if cleared
+            else ""
+        )
         return format_html(
             '<div id="campaign-report"><table>{}</table><table><thead><tr><th>outcome</th><th>reason</th>'
-            '<th>count</th></tr></thead>{}</table>{}{}{}<p><a href="{}">Export as CSV</a></p></div>',
+            '<th>count</th></tr></thead>{}</table>{}{}{}{}<p><a href="{}">Export as CSV</a></p></div>',
             counters,
             reasons,
+            cleared_html,
             variants_report_html(data["variants"], data["holdout"]),
             conversions_report_html(data["conversions"]),
             mark_safe(report_charts_html(charts)),  # noqa: S308 (a template, autoescaped)

@@ -245,6 +245,16 @@ class ReportSerializer(serializers.Serializer):
         help_text="With a conversion goal: overall, per variant with its uplift against the holdout, the holdout.",
     )
     winner = WinnerStatusSerializer(allow_null=True, help_text="Winner mode's status; null when off.")
+    rows_deleted = inline_serializer(
+        "RowsDeletedReport",
+        {
+            "sends": serializers.IntegerField(help_text="Sends whose per-device rows retention deleted."),
+            "last_finished_at": serializers.DateTimeField(help_text="When the latest of them finished."),
+        },
+        allow_null=True,
+        help_text="Sends whose per-device rows retention deleted (PUSHDESK_RETENTION_DELIVERY_DAYS): the totals "
+        "count them, the profiles per variant and the conversions do not; null when none.",
+    )
 
 
 class RecipientSerializer(serializers.Serializer):

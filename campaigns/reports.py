@@ -22,10 +22,18 @@ def campaign_report(campaign: Campaign) -> dict:
     profile may have several devices and several occurrences), are counted once and kept on each
     settled dispatch (``delivery.reports.profiles_by``); the conversions,
     which events make, are counted each time."""
-    dispatches = list(_dispatches(campaign).values("id", "label", "status", "created_at", "finished_at"))
+    dispatches = list(
+        _dispatches(campaign).values("id", "label", "status", "created_at", "finished_at", "rows_deleted_at")
+    )
     ids = [d["id"] for d in dispatches]
+    cleared = [d for d in dispatches if d.pop("rows_deleted_at") is not None]
     report = _report(dispatches)
     report["conversions"] = campaign_conversions(campaign, dispatch_ids=ids)
+    # Sends whose per-device rows retention deleted: their totals stay (the rollup), but the figures
+    # counted per profile (profiles per variant, conversions) no longer include them.
+    report["rows_deleted"] = (
+        {"sends": len(cleared), "last_finished_at": max(d["finished_at"] for d in cleared)} if cleared else None
+    )
     return report
 
 

@@ -196,7 +196,7 @@ def test_the_report_follows_a_new_open_at_once_from_the_rollup(
         assert campaign_report(campaign)["opened"] == 3
 
 
-def test_the_report_keeps_its_totals_once_retention_deleted_the_rows(make_campaign, client, admin_erin):
+def test_the_report_keeps_its_totals_once_retention_deleted_the_rows(make_campaign, client, admin_erin, api_key_for):
     """Retention deletes a send's per-device rows after PUSHDESK_RETENTION_DELIVERY_DAYS: the report
     (and its page) still says what was targeted, accepted, skipped and opened."""
     import datetime as dt
@@ -204,6 +204,7 @@ def test_the_report_keeps_its_totals_once_retention_deleted_the_rows(make_campai
     from django.utils import timezone
 
     from campaigns.reports import campaign_report
+    from config.zones import zoned
     from delivery.models import Dispatch
     from operations.services import retention_apply
     from tests.delivery.reporting import sent_dispatch
@@ -217,9 +218,16 @@ def test_the_report_keeps_its_totals_once_retention_deleted_the_rows(make_campai
     for figure in ("targeted", "accepted", "failed", "skipped", "opened", "skipped_by_reason"):
         assert after[figure] == before[figure], figure
     assert (after["targeted"], after["accepted"], after["opened"]) == (7, 3, 2)
+    finished = Dispatch.objects.get(pk=dispatch.pk).finished_at
+    assert before["rows_deleted"] is None and after["rows_deleted"] == {"sends": 1, "last_finished_at": finished}
     client.force_login(admin_erin)
     page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
     assert "<tr><th>Targeted</th><td>7</td></tr>" in page and "<tr><th>Accepted</th><td>3</td></tr>" in page
+    assert "The per-device rows of 1 send(s), the latest finished" in page
+    assert f"{zoned(finished, campaign.time_zone)}, were deleted by retention" in page
+    api = api_key_for(admin_erin).get(f"/api/v1/campaigns/{campaign.pk}/report/")
+    assert api.status_code == 200 and api.json()["rows_deleted"]["sends"] == 1
+    assert api.json()["targeted"] == 7
 
 
 def test_the_change_page_reads_each_choice_list_once_however_many_variant_rows(
