@@ -385,7 +385,7 @@ def _changed_since_approval(user: User, requests: list[ApprovalRequest], subject
             if type(row) is model:
                 contents_of[request] = contents[row.pk]
                 content_ids |= {str(pk) for pk in contents[row.pk]}
-                type_id = request.subject_type_id
+        type_id = ContentType.objects.get_for_model(model, for_concrete_model=False).pk  # cached: no query
         ids = sorted(str(row.pk) for row in rows)
         approved |= Q(subject_type=type_id, subject_id__in=ids)
         authored |= Q(object_type=type_id, object_id__in=ids, action__in=actions)

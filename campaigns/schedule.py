@@ -155,6 +155,12 @@ def lateness_allowed(campaign) -> dt.timedelta:
     return max(dt.timedelta(minutes=campaign.missed_window_minutes), LATE_AFTER)
 
 
+def local_look_back(campaign) -> dt.timedelta:
+    """How long after UTC+14 reached its time a local-time occurrence may still be sent somewhere:
+    until UTC−12 got there (``LOCAL_SPAN``), and the campaign's missed window after that."""
+    return LOCAL_SPAN + lateness_allowed(campaign)
+
+
 def local_occurrence_open(campaign, *, now: dt.datetime, fired: set[dt.datetime] = frozenset()) -> dt.datetime | None:
     """For a local-time campaign, the latest occurrence begun by ``now`` that some time zone may still
     be sent (it began less than 26 hours and the campaign's missed window ago) and that is not in
@@ -163,7 +169,7 @@ def local_occurrence_open(campaign, *, now: dt.datetime, fired: set[dt.datetime]
     if not at_local_time(campaign):
         return None
     found = None
-    due = next_occurrence(campaign, after=now - LOCAL_SPAN - lateness_allowed(campaign))
+    due = next_occurrence(campaign, after=now - local_look_back(campaign))
     for _ in range(10_000):  # bounded: a cron every minute has 1,560 occurrences in 26 hours
         if due is None or due > now:
             break

@@ -27,7 +27,7 @@ from accounts.services import (
     status_transition,
 )
 from campaigns.models import Campaign
-from campaigns.schedule import LOCAL_SPAN, lateness_allowed, local_occurrence_open, next_occurrence, schedule_check
+from campaigns.schedule import local_look_back, local_occurrence_open, next_occurrence, schedule_check
 from config.zones import zoned
 from delivery.services.contents import pushcontent_duplicate
 
@@ -340,7 +340,7 @@ def _approve_revision(campaign: Campaign, request: ApprovalRequest, *, by: User,
             campaign.next_occurrence_at = None if fired else now
         else:
             approved = campaign.approved()
-            looked_back = LOCAL_SPAN + lateness_allowed(approved)  # as far as local_occurrence_open looks
+            looked_back = local_look_back(approved)  # as far as local_occurrence_open looks
             recent = campaign.occurrences.filter(due_at__gt=now - looked_back).values_list("due_at", flat=True)
             campaign.next_occurrence_at = _first_due(
                 approved, now=now, fired=fired, fired_dues=set(recent) if fired else set()

@@ -25,7 +25,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from config.db import int_array
-from delivery.models import DeliveryRollup
+from delivery.models import DeliveryRollup, Dispatch
 
 PERIOD_MINUTES = 15
 FINAL = ("accepted", "failed", "skipped", "unknown")
@@ -49,7 +49,7 @@ def _period(column: str) -> str:
     return f"substr({column}, 1, 14) || substr('0' || ({minute}), -2) || ':00'"
 
 
-def _part(outcome: str, *, sign: int, source: str = "delivery_delivery d", shard: str = "0") -> str:
+def _part(outcome: str, *, source: str = "delivery_delivery d", shard: str = "0") -> str:
     """One grouped SELECT of the rows under ``{where}``: targeted, their final statuses, or opens."""
     if outcome == "targeted":
         period, name, reason, only = _period(_MADE), "'targeted'", "''", ""
@@ -61,7 +61,7 @@ def _part(outcome: str, *, sign: int, source: str = "delivery_delivery d", shard
     return (
         f"SELECT d.dispatch_id, {period} AS period, COALESCE(dev.platform, 'none') AS platform, "  # noqa: S608 (constants)
         f"COALESCE(d.variant, {DeliveryRollup.NO_VARIANT}) AS variant, {name} AS outcome, {reason} AS reason, "
-        f"{shard} AS shard, {sign} * COUNT(*) AS n "
+        f"{shard} AS shard, COUNT(*) AS n "
         f"FROM {source} JOIN delivery_dispatch x ON x.id = d.dispatch_id "
         "LEFT JOIN delivery_device dev ON dev.id = d.device_id "
         f"WHERE {{where}}{only} GROUP BY 1, 2, 3, 4, 5, 6, 7"
@@ -72,7 +72,6 @@ def rollup_insert_sql(
     *,
     where: str,
     outcomes: Iterable[str],
-    sign: int = 1,
     source: str = "delivery_delivery d",
     shard: str = "0",
     returning: str = "",
@@ -81,7 +80,7 @@ def rollup_insert_sql(
     ``where`` count as ``outcomes`` (``targeted``, ``final``, ``opened``); its parameters are
     ``where``'s, once per outcome. ``source`` may be a data-modifying CTE's name (``"ins d"``) to
     count rows in the statement that writes them; ``shard`` (SQL) the shard they go to."""
-    parts = [_part(outcome, sign=sign, source=source, shard=shard).replace("{where}", where) for outcome in outcomes]
+    parts = [_part(outcome, source=source, shard=shard).replace("{where}", where) for outcome in outcomes]
     return (
         f"INSERT INTO {_TABLE} ({_KEY}, rows) "  # noqa: S608 (constants; values are bound)
         f"SELECT * FROM ({' UNION ALL '.join(parts)}) AS u WHERE true "
@@ -89,10 +88,10 @@ def rollup_insert_sql(
     )
 
 
-def _add(*, where: str, params: list, outcomes: Iterable[str], sign: int = 1) -> None:
+def _add(*, where: str, params: list, outcomes: Iterable[str]) -> None:
     outcomes = list(outcomes)
     with connection.cursor() as cursor:
-        cursor.execute(rollup_insert_sql(where=where, outcomes=outcomes, sign=sign), params * len(outcomes))
+        cursor.execute(rollup_insert_sql(where=where, outcomes=outcomes), params * len(outcomes))
 
 
 def _ids_where(ids: list[int]) -> tuple[str, list]:
@@ -193,13 +192,21 @@ def rollup_add_opened(*, ids: list[int]) -> None:
 
 
 def rollup_rebuild(*, dispatch_ids: Iterable[int] | None = None) -> None:
-    """Count these dispatches' rollups again from their rows (a repair), or every dispatch's
-    (``None``: the migration's backfill, one grouped pass over the deliveries)."""
+    """Count these dispatches' rollups again from their rows (a repair; a dispatch whose rows
+    retention deleted is left as it is), or every dispatch's (``None``: the migration's backfill,
+    one grouped pass over the deliveries, before retention kept any rollup)."""
     if dispatch_ids is None:
         with connection.cursor() as cursor:
             cursor.execute(f"DELETE FROM {_TABLE}")  # noqa: S608 (the model's table)
         _add(where="true", params=[], outcomes=("targeted", "final", "opened"))
         return
+    dispatch_ids = list(dispatch_ids)
+    # A dispatch whose rows retention deleted keeps its rollup: its rows no longer say what it did.
+    cleared = set(
+        Dispatch.objects.filter(pk__in=dispatch_ids, rows_deleted_at__isnull=False).values_list("pk", flat=True)
+    )
     for dispatch_id in dispatch_ids:
+        if dispatch_id in cleared:
+            continue
         DeliveryRollup.objects.filter(dispatch_id=dispatch_id).delete()
         _add(where="d.dispatch_id = %s", params=[dispatch_id], outcomes=("targeted", "final", "opened"))

@@ -283,15 +283,12 @@ def _profile_zone(tz_name: str) -> dt.tzinfo:
         return dt.UTC
 
 
-def _wait_end(seconds: int, tz_name: str, now: dt.datetime) -> dt.datetime:
-    """When a wait of ``seconds`` started ``now`` ends. A wait of whole days ends at the same time of
-    day in the profile's zone (``tz_name``), so across a clock change it lasts 23 or 25 hours: a
-    push sent at 10:00 and followed "2 days later" goes at 10:00 again. Other waits are exact."""
-    if not whole_days(seconds):
-        return now + dt.timedelta(seconds=seconds)
+def _days_later(days: int, tz_name: str, now: dt.datetime) -> dt.datetime:
+    """``days`` calendar days after ``now`` in the profile's zone (``tz_name``): the same time of day,
+    so across a clock change a day lasts 23 or 25 hours (a push sent at 10:00 and followed "2 days
+    later" goes at 10:00 again). Waits of whole days end so; other waits are exact."""
     # An aware datetime plus days moves its wall time; its offset is then the zone's on that day.
-    local = now.astimezone(_profile_zone(tz_name))
-    return (local + dt.timedelta(days=seconds // DAY_SECONDS)).astimezone(dt.UTC)
+    return (now.astimezone(_profile_zone(tz_name)) + dt.timedelta(days=days)).astimezone(dt.UTC)
 
 
 def _next_time_of_day(until: str, tz_name: str, now: dt.datetime) -> dt.datetime:
@@ -363,7 +360,8 @@ def _run_version(
                     }
                 elif whole_days(step["seconds"]):  # ends at a time of day in each profile's zone
                     zones = known.zones if known else _profile_zones([r.row.profile_id for r in arriving])
-                    due = {r.row.pk: _wait_end(step["seconds"], zones.get(r.row.profile_id, ""), now) for r in arriving}
+                    days = step["seconds"] // DAY_SECONDS
+                    due = {r.row.pk: _days_later(days, zones.get(r.row.profile_id, ""), now) for r in arriving}
                 else:
                     due = {r.row.pk: now + dt.timedelta(seconds=step["seconds"]) for r in arriving}
                 for run in arriving:

@@ -261,6 +261,8 @@ def test_refused_credentials_and_retention_keep_the_rollup_exact(
     assert retention_apply(delivery_days=30)["deliveries"] == 4
     # The rows are gone, what they were stays: reports keep their totals.
     assert rolled_up([old.pk]) == kept and kept
+    rollup_rebuild(dispatch_ids=[old.pk, recent.pk])  # a repair leaves a dispatch whose rows are gone
+    assert rolled_up([old.pk]) == kept
     assert_rollup_is_the_count(recent)
 
 
