@@ -626,7 +626,9 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         cleared_html = (
             format_html(
                 '<p class="rows-deleted">The per-device rows of {} send(s), the latest finished {}, were deleted by '
-                "retention: the totals above count them; the profiles per variant and the conversions below do not.</p>",
+                "retention: the totals above count them, and so do the profiles per variant and the conversions "
+                "below (their profiles were kept), the conversions for the goal set when the rows went: a goal "
+                "changed since counts only the sends whose rows remain.</p>",
                 cleared["sends"],
                 zoned(cleared["last_finished_at"], obj.time_zone),
             )

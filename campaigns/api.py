@@ -253,7 +253,9 @@ class ReportSerializer(serializers.Serializer):
         },
         allow_null=True,
         help_text="Sends whose per-device rows retention deleted (PUSHDESK_RETENTION_DELIVERY_DAYS): the totals "
-        "count them, the profiles per variant and the conversions do not; null when none.",
+        "count them, and so do the profiles per variant and the conversions (their profiles were kept), the "
+        "conversions for the goal set when the rows went (a goal changed since counts the sends whose rows "
+        "remain); null when none.",
     )
 
 

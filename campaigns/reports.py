@@ -7,6 +7,15 @@ import io
 
 from campaigns.models import Campaign, variant_label
 
+VARIANT_PROFILES = "variant_profiles"  # the profiles per variant (``delivery.reports.profiles_by``)
+
+
+def variant_rows(of: list[int]):
+    """The rows the profiles per variant count: those of dispatches ``of`` that sent a variant."""
+    from delivery.models import Delivery
+
+    return Delivery.objects.filter(Delivery.of_dispatches(of), variant__isnull=False)
+
 
 def _dispatches(campaign: Campaign):
     from delivery.models import Dispatch
@@ -27,17 +36,18 @@ def campaign_report(campaign: Campaign) -> dict:
     )
     ids = [d["id"] for d in dispatches]
     cleared = [d for d in dispatches if d.pop("rows_deleted_at") is not None]
-    report = _report(dispatches)
+    report = _report(dispatches, campaign_id=campaign.pk)
     report["conversions"] = campaign_conversions(campaign, dispatch_ids=ids)
-    # Sends whose per-device rows retention deleted: their totals stay (the rollup), but the figures
-    # counted per profile (profiles per variant, conversions) no longer include them.
+    # Sends whose per-device rows retention deleted: their totals stay (the rollup), and so do the
+    # figures counted per profile (the profiles kept for them: ``delivery.kept``), but for
+    # conversions of a goal set after the rows went.
     report["rows_deleted"] = (
         {"sends": len(cleared), "last_finished_at": max(d["finished_at"] for d in cleared)} if cleared else None
     )
     return report
 
 
-def _report(dispatches: list[dict]) -> dict:
+def _report(dispatches: list[dict], *, campaign_id: int) -> dict:
     from delivery.reports import rollup_rows
 
     ids = [d["id"] for d in dispatches]
@@ -68,7 +78,7 @@ def _report(dispatches: list[dict]) -> dict:
             failed_by_reason[reason] = failed_by_reason.get(reason, 0) + n
         elif outcome == "skipped":
             skipped_by_reason[reason] = skipped_by_reason.get(reason, 0) + n
-    variants, holdout = _by_variant(per_variant, ids)
+    variants, holdout = _by_variant(per_variant, ids, campaign_id=campaign_id)
     return {
         "targeted": targeted,
         **totals,
@@ -95,21 +105,25 @@ def _report(dispatches: list[dict]) -> dict:
     }
 
 
-def _by_variant(per_variant: dict[int, dict], dispatch_ids: list[int]) -> tuple[list[dict], dict | None]:
+def _by_variant(
+    per_variant: dict[int, dict], dispatch_ids: list[int], *, campaign_id: int
+) -> tuple[list[dict], dict | None]:
     """Per variant: profiles, sent (to a provider), accepted, opened, open rate; and the holdout's
     size. Sent, accepted and opened come from the rollup; the profiles from one grouped query, kept
     on a settled dispatch (``delivery.reports.profiles_by``). ([], None) for a campaign that never sent variants."""
-    from delivery.models import Delivery, DeliveryRollup, Dispatch
+    from delivery.kept import Scope
+    from delivery.models import DeliveryRollup, Dispatch
     from delivery.reports import profiles_by
 
     counts = {number: row for number, row in per_variant.items() if number != DeliveryRollup.NO_VARIANT}
     if not counts:
         return [], None
     profiles = profiles_by(
-        name="variant_profiles",
+        name=VARIANT_PROFILES,
         dispatch_ids=dispatch_ids,
-        rows=lambda ids: Delivery.objects.filter(Delivery.of_dispatches(ids), variant__isnull=False),
+        rows=variant_rows,
         group="variant",
+        scope=Scope.campaign(campaign_id),
     )
     # What each variant sent, by the newest dispatch that froze it.
     contents: dict[int, dict] = {}
@@ -137,11 +151,14 @@ def campaign_conversions(campaign: Campaign, *, dispatch_ids: list[int]) -> dict
     """The campaign's conversions (``delivery.conversions``): overall, per variant with the uplift
     against the holdout, and the holdout's rate. One grouped query; None without a conversion goal."""
     from delivery.conversions import Goal, conversions_by, rate_figures, uplift_figures
+    from delivery.kept import Scope
 
     goal = Goal.of(campaign)
     if goal is None:
         return None
-    counts = conversions_by(dispatch_ids=dispatch_ids, goal=goal, group="variant", group_key="variant")
+    counts = conversions_by(
+        dispatch_ids=dispatch_ids, goal=goal, group="variant", group_key="variant", scope=Scope.campaign(campaign.pk)
+    )
     held = counts.pop(0, None)
     sent = list(counts.values())
     overall = rate_figures(sum(r["converted"] for r in sent), sum(r["reached"] for r in sent))

@@ -18,11 +18,15 @@ import datetime as dt
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from django.core.exceptions import ValidationError
 from django.db.models import Case, F, Min, Q, When
 
 from delivery.models import ConversionGoal
+
+if TYPE_CHECKING:
+    from delivery.kept import Scope
 
 Z_95 = 1.959963984540054  # the normal quantile for a two-sided 95% interval
 MAX_WINDOW_HOURS = 24 * 90
@@ -91,7 +95,69 @@ def conversion_check(*, event: str, where: list, window_hours: int, anchor: str)
         raise ValidationError({"conversion_where": messages}) from exc
 
 
-def conversions_by(*, dispatch_ids: Iterable[int], goal: Goal, group: str | F, group_key: str) -> dict:
+def reached_rows(of: list[int]):
+    """The rows of dispatches ``of`` that reached their profile: accepted by the provider, or a
+    holdout row (variant 0, skipped)."""
+    from delivery.models import Delivery
+
+    holdout = Q(variant=0, status=Delivery.Status.SKIPPED, reason="holdout")
+    return Delivery.objects.filter(Delivery.of_dispatches(of), Q(status=Delivery.Status.ACCEPTED) | holdout)
+
+
+def converted_select(of: list[int], *, goal: Goal, group: str | F) -> tuple[str, list] | None:
+    """The SQL selecting each (grp, profile_id) among the reached rows of dispatches ``of`` that
+    converted under ``goal``, with its parameters; None when none of them holds rows.
+
+    The deliveries are joined to the events (a hash join, not a probe per delivery): the events
+    read are only the goal's, from the first dispatch's creation (no anchor is earlier) to the end
+    of the latest anchor's window (``_last_window_end``), through the events' (name, occurred_at) index.
+    """
+    from audiences.models import Event
+    from audiences.rules.compiler import Compiler
+    from delivery.models import Dispatch
+
+    # A constant, not a subquery: the planner then sees how few events it reads, and hashes them.
+    # Dispatches whose rows retention deleted have no anchor left.
+    first_sent = Dispatch.objects.filter(pk__in=of, rows_deleted_at__isnull=True).aggregate(first=Min("created_at"))[
+        "first"
+    ]
+    if first_sent is None:
+        return None
+    if goal.anchor == ConversionGoal.Anchor.OPENED:
+        anchor = Case(When(variant=0, then=F("finished_at")), default=F("opened_at"))
+    else:
+        anchor = F("finished_at")
+    window = dt.timedelta(hours=goal.window_hours)
+    # Only rows with an anchor can convert (with the "opened" anchor: the opened ones and the holdout).
+    candidates = (
+        reached_rows(of)
+        .annotate(grp=F(group) if isinstance(group, str) else group, anchor=anchor)
+        .annotate(window_end=F("anchor") + window)
+        .filter(anchor__isnull=False)
+        .values("grp", "profile_id", "anchor", "window_end")
+        .order_by()
+    )
+    events = Event.objects.filter(
+        name=goal.event, occurred_at__gte=first_sent, occurred_at__lt=_last_window_end(of, goal, window)
+    )
+    compiler = Compiler()
+    for condition in goal.where:
+        events = events.filter(compiler.json_condition("properties", condition["property"], condition))
+    candidates_sql, candidates_params = candidates.query.sql_with_params()
+    events_sql, events_params = events.values("profile_id", "occurred_at").order_by().query.sql_with_params()
+    return (
+        f"""
+        SELECT DISTINCT r.grp, r.profile_id
+        FROM ({candidates_sql}) r JOIN ({events_sql}) e ON e.profile_id = r.profile_id
+        WHERE e.occurred_at >= r.anchor AND e.occurred_at < r.window_end
+        """,  # noqa: S608 (the parts are the ORM's SQL, their values parameters)
+        [*candidates_params, *events_params],
+    )
+
+
+def conversions_by(
+    *, dispatch_ids: Iterable[int], goal: Goal, group: str | F, group_key: str, scope: Scope | None = None
+) -> dict:
     """Per value of ``group`` (a Delivery field, or an expression over it, named by ``group_key``):
     the profiles reached and the profiles that converted. The reached profiles change only with
     the rows' outcomes, never with opens or events: a settled dispatch's are counted once and kept
@@ -104,60 +170,49 @@ def conversions_by(*, dispatch_ids: Iterable[int], goal: Goal, group: str | F, g
     was opened can convert (the rate stays over every profile reached, whatever the anchor); the
     holdout's anchor is always the time its row was settled.
 
-    The deliveries are joined to the events (a hash join, not a probe per delivery): the events
-    read are only the goal's, from the first dispatch's creation (no anchor is earlier) to the end
-    of the latest anchor's window (``_last_window_end``), through the events' (name, occurred_at) index.
+    With ``scope`` (the report these dispatches make up), the profiles retention kept for it when
+    it deleted rows count too (``delivery.kept``): those it kept reached and converted under this
+    same goal.
     """
-    from audiences.models import Event
-    from audiences.rules.compiler import Compiler
-    from delivery.models import Delivery, Dispatch
+    from delivery.kept import decoded, goal_names, with_kept
     from delivery.reports import grouped_count, profiles_by
 
     ids = list(dispatch_ids)
     if not ids:
         return {}  # never sent: nobody reached
-    # A constant, not a subquery: the planner then sees how few events it reads, and hashes them.
-    first_sent = Dispatch.objects.filter(pk__in=ids).aggregate(first=Min("created_at"))["first"]
-    if first_sent is None:
+    reached_name, converted_name = goal_names(goal, group_key)
+    reached_counts = profiles_by(
+        name=f"conversions_reached:{group_key}",
+        dispatch_ids=ids,
+        rows=reached_rows,
+        group=group,
+        scope=scope,
+        kept_name=reached_name,
+    )
+    if not reached_counts:
         return {}
-
-    def reached(of: list[int]):
-        holdout = Q(variant=0, status=Delivery.Status.SKIPPED, reason="holdout")
-        return Delivery.objects.filter(Delivery.of_dispatches(of), Q(status=Delivery.Status.ACCEPTED) | holdout)
-
-    if goal.anchor == ConversionGoal.Anchor.OPENED:
-        anchor = Case(When(variant=0, then=F("finished_at")), default=F("opened_at"))
+    select = converted_select(ids, goal=goal, group=group)
+    if scope is None:
+        converted_counts = (
+            grouped_count(f"SELECT grp, count(*) FROM ({select[0]}) c GROUP BY grp", select[1])  # noqa: S608 (the ORM's SQL)
+            if select
+            else {}
+        )
     else:
-        anchor = F("finished_at")
-    window = dt.timedelta(hours=goal.window_hours)
-    # Only rows with an anchor can convert (with the "opened" anchor: the opened ones and the holdout).
-    candidates = (
-        reached(ids)
-        .annotate(grp=F(group) if isinstance(group, str) else group, anchor=anchor)
-        .annotate(window_end=F("anchor") + window)
-        .filter(anchor__isnull=False)
-        .values("grp", "profile_id", "anchor", "window_end")
-        .order_by()
-    )
-    events = Event.objects.filter(
-        name=goal.event, occurred_at__gte=first_sent, occurred_at__lt=_last_window_end(ids, goal, window)
-    )
-    compiler = Compiler()
-    for condition in goal.where:
-        events = events.filter(compiler.json_condition("properties", condition["property"], condition))
-    candidates_sql, candidates_params = candidates.query.sql_with_params()
-    events_sql, events_params = events.values("profile_id", "occurred_at").order_by().query.sql_with_params()
-    reached_counts = profiles_by(name=f"conversions_reached:{group_key}", dispatch_ids=ids, rows=reached, group=group)
-    converted_counts = grouped_count(
-        f"""
-        SELECT grp, count(*) FROM (
-            SELECT DISTINCT r.grp, r.profile_id
-            FROM ({candidates_sql}) r JOIN ({events_sql}) e ON e.profile_id = r.profile_id
-            WHERE e.occurred_at >= r.anchor AND e.occurred_at < r.window_end
-        ) c GROUP BY grp
-        """,  # noqa: S608 (the parts are the ORM's SQL, their values parameters)
-        [*candidates_params, *events_params],
-    )
+        if select:
+            sql, params = with_kept(*select, scope=scope, name=converted_name)
+        else:
+            sql, params = (
+                "SELECT grp, profile_id FROM delivery_keptprofile WHERE scope = %s AND name = %s",
+                [
+                    scope.key,
+                    converted_name,
+                ],
+            )
+        converted_counts = decoded(
+            grouped_count(f"SELECT grp, count(*) FROM ({sql}) c GROUP BY grp", params),  # noqa: S608 (the ORM's SQL)
+            scope,
+        )
     return {grp: {"reached": n, "converted": converted_counts.get(grp, 0)} for grp, n in reached_counts.items()}
 
 

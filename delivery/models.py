@@ -602,7 +602,7 @@ class DispatchProfiles(models.Model):
     ``name`` says which rows were counted and by what (``delivery.reports.profiles_by``); ``counts``
     is ``[[group, profiles], ...]``. Written lazily by the first report that asks, under a key-share
     lock on the dispatch; retention, which deletes rows, takes the dispatch's row lock and deletes
-    these in the same transaction, so they are counted again from what remains.
+    these in the same transaction, having kept the profiles its report counts (``KeptProfile``).
     """
 
     id = models.BigAutoField(primary_key=True)
@@ -617,6 +617,32 @@ class DispatchProfiles(models.Model):
 
     def __str__(self) -> str:
         return f"{self.dispatch_id} {self.name}"
+
+
+class KeptProfile(models.Model):
+    """One profile a report counts (``delivery.reports.profiles_by``), kept when retention deleted
+    the rows it was counted from: so a report's per-profile figures (profiles per variant, profiles
+    reached, conversions) still count the sends whose rows are gone, each profile once.
+
+    ``scope`` is the report the rows belonged to (``campaign:<id>``, ``journey_version:<id>``),
+    ``name`` the figure (as ``profiles_by`` names it; a conversion's name carries its goal's
+    fingerprint, so a goal changed later counts only the rows still there), ``grp`` the group's
+    value as text ("" for none). One row per profile per group, however many sends and devices
+    reached it: far fewer rows than the deliveries they stand for. Written by retention, in the
+    transaction that deletes a dispatch's first rows (``delivery.kept.keep_profiles``).
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    scope = models.CharField(max_length=40)
+    name = models.CharField(max_length=60)
+    grp = models.CharField(max_length=100)
+    profile_id = models.BigIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["scope", "name", "grp", "profile_id"], name="kept_profile_once")]
+
+    def __str__(self) -> str:
+        return f"{self.scope} {self.name} {self.grp} {self.profile_id}"
 
 
 class RateBucket(models.Model):

@@ -18,6 +18,7 @@ from django.core.cache import cache
 from django.db.models import Expression, F, QuerySet, Sum
 from django.utils import timezone
 
+from delivery.kept import Scope, decoded, with_kept
 from delivery.models import Delivery, DeliveryRollup, Dispatch, DispatchProfiles
 
 # Rows skipped because no device of the profile allows notifications: the audience not reachable.
@@ -71,7 +72,13 @@ def kept_until_counted(
 
 
 def profiles_by(
-    *, name: str, dispatch_ids: Iterable[int], rows: Callable[[list[int]], QuerySet], group: str | Expression
+    *,
+    name: str,
+    dispatch_ids: Iterable[int],
+    rows: Callable[[list[int]], QuerySet],
+    group: str | Expression,
+    scope: Scope | None = None,
+    kept_name: str | None = None,
 ) -> dict:
     """Distinct profiles per value of ``group`` (a Delivery field or an expression over one) among
     ``rows(ids)``, the rows of dispatches ``ids`` to count; ``name`` names that choice of rows and
@@ -86,13 +93,19 @@ def profiles_by(
     group, one statement probing each of their rows' profiles, kept in the cache until a
     counter other than opens moves (``kept_until_counted``). So a view after a new outcome counts
     what is still sending, not the history.
+
+    With ``scope`` (the report these dispatches make up), once retention deleted rows of one of
+    them, the profiles it kept for the report's figure ``kept_name`` (by default ``name``) count too
+    (``delivery.kept``): one
+    statement counts the union of the rows still there and the kept profiles, kept in the cache
+    until a counter other than opens moves.
     """
     from django.db import connection
 
     ids = sorted(set(dispatch_ids))
-    states = Dispatch.objects.filter(pk__in=ids).values_list("pk", "status", "total")
+    states = list(Dispatch.objects.filter(pk__in=ids).values_list("pk", "status", "total", "rows_deleted_at"))
     # A final dispatch without rows counts nobody.
-    holding = [pk for pk, status, total in states if total or status not in Dispatch.FINAL_STATUSES]
+    holding = [pk for pk, status, total, _ in states if total or status not in Dispatch.FINAL_STATUSES]
     if not holding:
         return {}
 
@@ -107,6 +120,20 @@ def profiles_by(
             params,
         )
 
+    if scope is not None and any(cleared for *_, cleared in states):
+
+        def count_with_kept() -> dict:
+            sql, params = with_kept(*select(holding), scope=scope, name=kept_name or name)
+            counts = grouped_count(f"SELECT grp, count(profile_id) FROM ({sql}) p GROUP BY grp", params)  # noqa: S608 (the ORM's SQL)
+            return decoded(counts, scope)
+
+        return kept_until_counted(
+            name=f"{name}:kept",
+            dispatch_ids=holding,
+            compute=count_with_kept,
+            extra=f"{scope.key}:{kept_name or name}",
+            opens_matter=False,
+        )
     if len(holding) == 1:
         kept = _settled_profiles(dispatch_id=holding[0], name=name, count=count)
         return (

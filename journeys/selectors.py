@@ -87,20 +87,34 @@ def version_step_stats(version: JourneyVersion) -> dict[str, dict]:
     return result
 
 
+JOURNEY_STEP = "journey_step"  # a journey's per-profile figures are grouped by the step that sent
+
+
+def journey_step():
+    """The push step a journey dispatch's row was sent by (its dispatch's context), as a Delivery expression."""
+    from django.db.models.fields.json import KeyTextTransform, KeyTransform
+
+    return KeyTextTransform("step", KeyTransform("journey", "dispatch__context"))
+
+
 def version_step_conversions(version: JourneyVersion) -> dict[str, dict] | None:
     """Per push step of the version, its conversions against the journey's goal (profiles reached,
     converted, rate and its 95% interval). One grouped query; None when the journey names no goal."""
-    from django.db.models.fields.json import KeyTextTransform, KeyTransform
-
     from delivery.conversions import Goal, conversions_by
+    from delivery.kept import Scope
     from delivery.models import Dispatch
 
     goal = Goal.of(version.journey)
     if goal is None:
         return None
     dispatches = Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id=version.pk).values_list("pk", flat=True)
-    step = KeyTextTransform("step", KeyTransform("journey", "dispatch__context"))
-    counts = conversions_by(dispatch_ids=dispatches, goal=goal, group=step, group_key="journey_step")
+    counts = conversions_by(
+        dispatch_ids=dispatches,
+        goal=goal,
+        group=journey_step(),
+        group_key=JOURNEY_STEP,
+        scope=Scope.journey_version(version.pk),
+    )
     return {step: rate_figures(row["converted"], row["reached"]) for step, row in counts.items()}
 
 

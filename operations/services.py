@@ -280,9 +280,11 @@ def retention_apply(
 
     Deliveries: the rows of dispatches finished more than ``delivery_days`` ago (the dispatch, its
     counters and its rollup stay, so reports and charts keep their totals), in chunks of 10,000 rows
-    (one transaction each); the profiles kept on the dispatch (``DispatchProfiles``) go with them,
-    counted again when next asked, and its ``rows_deleted_at`` voids the figures the cache keeps
-    over it.
+    (one transaction each). With its first chunk, the profiles its report counts per profile
+    (profiles per variant, reached, converted under the goal of the moment) are kept for the report
+    (``delivery.kept``), so those figures keep counting its profiles; the profiles counted on the
+    dispatch itself (``DispatchProfiles``) go, and its ``rows_deleted_at`` voids the figures the
+    cache keeps over it.
     Events: those that occurred more than ``event_days`` ago, in chunks (``_events_delete``).
     Raises RetentionRefused, before deleting anything, when a segment or a journey counts events
     over a longer window (``event_retention_problems``).
@@ -295,6 +297,7 @@ def retention_apply(
     from django.db import connection
     from django_q.models import Failure
 
+    from delivery.kept import keep_profiles
     from delivery.models import Delivery, Dispatch, DispatchProfiles
 
     now = now or timezone.now()
@@ -325,7 +328,12 @@ def retention_apply(
                 with transaction.atomic():
                     # The dispatch's row lock first: a report keeping its profiles holds a key-share
                     # lock while it counts, so no figure is kept from rows deleted meanwhile.
-                    Dispatch.objects.select_for_update().filter(pk=dispatch_id).values_list("pk").first()
+                    kind, source_id, cleared = (
+                        Dispatch.objects.select_for_update()
+                        .filter(pk=dispatch_id)
+                        .values_list("kind", "source_id", "rows_deleted_at")
+                        .get()
+                    )
                     # Through the indexes that lead with the dispatch, in no order: by the table's
                     # ordering (-id), or without the partial indexes' conditions, each chunk read
                     # the whole table.
@@ -336,7 +344,10 @@ def retention_apply(
                     )
                     if not chunk:
                         break
-                    # The rollup stays: reports and charts keep their totals (``DeliveryRollup``).
+                    # The rollup stays: reports and charts keep their totals (``DeliveryRollup``);
+                    # before its first rows go, the profiles its report counts are kept for it.
+                    if cleared is None:
+                        keep_profiles(dispatch_id=dispatch_id, kind=kind, source_id=source_id)
                     DispatchProfiles.objects.filter(dispatch_id=dispatch_id).delete()
                     Dispatch.objects.filter(pk=dispatch_id).update(rows_deleted_at=now)
                     result["deliveries"] += Delivery.objects.filter(pk__in=chunk).delete()[0]

@@ -388,3 +388,77 @@ def test_duplicating_a_campaign_keeps_its_goal(make_campaign, manager_alice):
         6,
         "opened",
     )
+
+
+@pytest.mark.embedded  # the kept profiles' SQL runs on SQLite too
+def test_the_reports_per_profile_figures_outlive_retention(sent, manager_alice, client, admin_erin):
+    """Retention deletes an old send's rows but keeps the profiles its report counts: the profiles
+    per variant, the holdout and the conversions are what they were, each profile still counted once
+    though a newer send (whose rows stay) reached it too. A goal set after the rows went counts the
+    rows still there only."""
+    from delivery.models import KeptProfile
+    from delivery.services.rollups import rollup_rebuild
+    from operations.services import retention_apply
+
+    campaign, deliver = sent
+    _goal(campaign, manager_alice, window_hours=24)
+    old = Dispatch.objects.get(source_id=campaign.pk)
+    both = deliver(variant=1)  # reached by the old send and the new one, converted after the old
+    EventFactory(profile=both, name="purchase", occurred_at=T0 + HOUR)
+    deliver(profile=both, variant=1, finished_at=T0 + dt.timedelta(minutes=5))  # a second device
+    twice_b = deliver(variant=2)  # converted after the old send only
+    EventFactory(profile=twice_b, name="purchase", occurred_at=T0 + 2 * HOUR)
+    deliver(variant=2, status="failed")
+    held = deliver(variant=0, status="skipped")  # the holdout, converted
+    EventFactory(profile=held, name="purchase", occurred_at=T0 + 3 * HOUR)
+    later = T0 + dt.timedelta(days=20)
+    recent = Dispatch.objects.create(
+        app=campaign.app,
+        kind="campaign",
+        source_id=campaign.pk,
+        content_spec=campaign.content.spec(),
+        created_at=later - HOUR,
+    )
+    fresh = ProfileFactory()
+    for profile, variant in ((both, 1), (twice_b, 2), (fresh, 2)):
+        Delivery.objects.create(dispatch=recent, profile=profile, variant=variant, status="accepted", finished_at=later)
+    EventFactory(profile=fresh, name="purchase", occurred_at=later + HOUR)
+    Dispatch.objects.filter(pk=old.pk).update(status="done", total=5, finished_at=T0 + HOUR)
+    Dispatch.objects.filter(pk=recent.pk).update(status="done", total=3, finished_at=later + HOUR)
+    rollup_rebuild(dispatch_ids=[old.pk, recent.pk])
+
+    def figures():
+        report = campaign_report(Campaign.objects.get(pk=campaign.pk))
+        return (
+            {v["variant"]: v["profiles"] for v in report["variants"]},
+            report["holdout"],
+            report["conversions"],
+        )
+
+    before = figures()
+    profiles, holdout, conversions = before
+    assert profiles == {"A": 1, "B": 3} and holdout == {"profiles": 1}
+    assert (conversions["overall"]["reached"], conversions["overall"]["conversions"]) == (3, 3)
+    assert [(v["variant"], v["reached"], v["conversions"]) for v in conversions["variants"]] == [
+        ("A", 1, 1),
+        ("B", 2, 2),
+    ]
+    assert (conversions["holdout"]["reached"], conversions["holdout"]["conversions"]) == (1, 1)
+
+    assert retention_apply(now=T0 + dt.timedelta(days=190), delivery_days=180)["deliveries"] == 5
+    assert not Delivery.objects.filter(dispatch=old).exists()
+    assert Delivery.objects.filter(dispatch=recent).count() == 3
+    assert KeptProfile.objects.filter(scope=f"campaign:{campaign.pk}").exists()
+    assert figures() == before
+    client.force_login(admin_erin)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    assert '<tr data-group="B"><th>B</th><td>2</td><td>2</td><td>100.0%</td>' in page
+
+    _goal(campaign, manager_alice, window_hours=48)  # after the rows went: the recent send's alone
+    conversions = figures()[2]
+    assert [(v["variant"], v["reached"], v["conversions"]) for v in conversions["variants"]] == [
+        ("A", 1, 0),
+        ("B", 2, 1),
+    ]
+    assert conversions["holdout"] is None
+    assert figures()[0] == before[0]  # the profiles per variant do not depend on the goal

@@ -141,3 +141,36 @@ def test_a_viewer_cannot_set_a_journeys_goal(client, pushed, viewer_carol):
     answer = client.post(f"/admin/journeys/journey/{pushed.pk}/change/", _form(pushed, conversion_event="purchase"))
     assert answer.status_code == 403
     assert Journey.objects.get(pk=pushed.pk).conversion_event == ""
+
+
+@pytest.mark.embedded  # the kept profiles' SQL runs on SQLite too
+def test_a_steps_conversions_outlive_retention_under_the_same_goal(pushed, manager_alice):
+    """Retention deletes the push steps' rows but keeps the profiles they reached and converted for
+    the version's report: the figures stay what they were. A goal set after the rows went counts the
+    rows still there only (none here): no rate over profiles another goal's rows reached."""
+    from delivery.models import KeptProfile
+    from operations.services import retention_apply
+
+    journey_conversion_set(journey_id=pushed.pk, by=manager_alice, event="purchase", window_hours=24)
+    version = journey_shown_version(Journey.objects.get(pk=pushed.pk))
+
+    def conversions():
+        stats = version_step_stats(journey_shown_version(Journey.objects.get(pk=pushed.pk)))
+        return {step: stats[step]["conversions"] for step in ("push_a", "push_b")}
+
+    before = conversions()
+    assert (before["push_a"]["reached"], before["push_a"]["conversions"]) == (4, 3)
+    dispatches = Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id=version.pk)
+    dispatches.update(status="done", total=4, finished_at=T0 - dt.timedelta(days=400))
+    assert retention_apply(delivery_days=180)["deliveries"] == 6
+    assert not Delivery.objects.filter(dispatch__in=dispatches).exists()
+    assert KeptProfile.objects.filter(scope=f"journey_version:{version.pk}").count() == 6 + 4  # reached, converted
+    assert conversions() == before
+
+    journey_conversion_set(journey_id=pushed.pk, by=manager_alice, event="purchase", window_hours=48)
+    after = conversions()
+    assert (after["push_a"]["reached"], after["push_a"]["conversions"], after["push_a"]["conversion_rate"]) == (
+        0,
+        0,
+        None,
+    )
