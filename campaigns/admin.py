@@ -53,7 +53,7 @@ from campaigns.variant_admin import (
 from config.zones import zone as schedule_zone
 from config.zones import zoned, zoned_column
 from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
-from delivery.reports import report_charts_html
+from delivery.reports import report_charts_html, rows_deleted_html
 
 Status = Campaign.Status
 
@@ -622,18 +622,8 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             + [("skipped", r, n) for r, n in data["skipped_by_reason"].items()],
         )
         csv_url = reverse("admin:campaigns_campaign_report_csv", args=[obj.pk])
-        cleared = data["rows_deleted"]
-        cleared_html = (
-            format_html(
-                '<p class="rows-deleted">The per-device rows of {} send(s), the latest finished {}, were deleted by '
-                "retention: the totals above count them, and so do the profiles per variant and the conversions "
-                "below (their profiles were kept), the conversions for the goal set when the rows went: a goal "
-                "changed since counts only the sends whose rows remain.</p>",
-                cleared["sends"],
-                zoned(cleared["last_finished_at"], obj.time_zone),
-            )
-            if cleared
-            else ""
+        cleared_html = rows_deleted_html(
+            data["rows_deleted"], obj.time_zone, per_profile="the profiles per variant and the conversions below"
         )
         return format_html(
             '<div id="campaign-report"><table>{}</table><table><thead><tr><th>outcome</th><th>reason</th>'

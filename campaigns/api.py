@@ -38,7 +38,12 @@ from campaigns.services.triggers import (
     trigger_request_start,
 )
 from campaigns.services.winner import MAX_WAIT_MINUTES, WinnerInput, campaign_winner_set
-from delivery.api import ConversionGoalSerializer, ConversionReportSerializer
+from delivery.api import (
+    ROWS_DELETED_HELP,
+    ConversionGoalSerializer,
+    ConversionReportSerializer,
+    RowsDeletedSerializer,
+)
 
 
 class CampaignVariantOutSerializer(serializers.ModelSerializer):
@@ -245,18 +250,7 @@ class ReportSerializer(serializers.Serializer):
         help_text="With a conversion goal: overall, per variant with its uplift against the holdout, the holdout.",
     )
     winner = WinnerStatusSerializer(allow_null=True, help_text="Winner mode's status; null when off.")
-    rows_deleted = inline_serializer(
-        "RowsDeletedReport",
-        {
-            "sends": serializers.IntegerField(help_text="Sends whose per-device rows retention deleted."),
-            "last_finished_at": serializers.DateTimeField(help_text="When the latest of them finished."),
-        },
-        allow_null=True,
-        help_text="Sends whose per-device rows retention deleted (PUSHDESK_RETENTION_DELIVERY_DAYS): the totals "
-        "count them, and so do the profiles per variant and the conversions (their profiles were kept), the "
-        "conversions for the goal set when the rows went (a goal changed since counts the sends whose rows "
-        "remain); null when none.",
-    )
+    rows_deleted = RowsDeletedSerializer(allow_null=True, help_text=ROWS_DELETED_HELP)
 
 
 class RecipientSerializer(serializers.Serializer):

@@ -395,6 +395,20 @@ class ConversionGoalSerializer(serializers.Serializer):
         return super().to_representation(instance) if instance.conversion_event else None
 
 
+class RowsDeletedSerializer(serializers.Serializer):
+    """Sends whose per-device rows retention deleted (PUSHDESK_RETENTION_DELIVERY_DAYS)."""
+
+    sends = serializers.IntegerField(help_text="Sends whose per-device rows retention deleted.")
+    last_finished_at = serializers.DateTimeField(help_text="When the latest of them finished.")
+
+
+ROWS_DELETED_HELP = (
+    "Sends whose per-device rows retention deleted (PUSHDESK_RETENTION_DELIVERY_DAYS): the totals count them, and "
+    "so do the figures counted per profile (their profiles were kept), the conversions for the goal set when the "
+    "rows went (a goal changed since counts the sends whose rows remain); null when none."
+)
+
+
 class ConversionFiguresSerializer(serializers.Serializer):
     reached = serializers.IntegerField(help_text="Profiles reached (accepted; for the holdout, held out).")
     conversions = serializers.IntegerField(help_text="Reached profiles that did the event within the window.")

@@ -207,6 +207,35 @@ def _settled_profiles(*, dispatch_id: int, name: str, count: Callable[[list[int]
     return figures
 
 
+def rows_deleted(dispatches: QuerySet) -> dict | None:
+    """Of these dispatches, those whose per-device rows retention deleted: {"sends": n,
+    "last_finished_at": when the latest of them finished}; None when none. One query."""
+    from django.db.models import Count, Max
+
+    cleared = dispatches.filter(rows_deleted_at__isnull=False).aggregate(sends=Count("pk"), last=Max("finished_at"))
+    return {"sends": cleared["sends"], "last_finished_at": cleared["last"]} if cleared["sends"] else None
+
+
+def rows_deleted_html(cleared: dict | None, time_zone: str, *, per_profile: str) -> str:
+    """The report's sentence on sends whose rows retention deleted (``rows_deleted``): the totals
+    count them, and so do the figures counted per profile (``per_profile`` names them), their
+    profiles kept (``delivery.kept``)."""
+    from django.utils.html import format_html
+
+    from config.zones import zoned
+
+    if not cleared:
+        return ""
+    return format_html(
+        '<p class="rows-deleted">The per-device rows of {} send(s), the latest finished {}, were deleted by '
+        "retention: the totals count them, and so do {} (their profiles were kept), the conversions for the "
+        "goal set when the rows went: a goal changed since counts only the sends whose rows remain.</p>",
+        cleared["sends"],
+        zoned(cleared["last_finished_at"], time_zone),
+        per_profile,
+    )
+
+
 def grouped_count(sql: str, params: list) -> dict:
     """Run a grouped count (group, n) with a count's session settings (``config.db.count_session``),
     as segment counts are."""

@@ -25,6 +25,7 @@ from journeys.selectors import (
     journey_open_version,
     journey_shown_version,
     journeys_visible_to,
+    version_dispatches,
     version_step_stats,
     version_totals,
 )
@@ -416,17 +417,27 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         """The shown version's sends over time, per platform, the funnel and the reasons, and its
         counters per step."""
         from delivery.conversions import Goal
-        from delivery.models import Dispatch
-        from delivery.reports import conversions_html, report_charts, report_charts_html, step_series
+        from delivery.reports import (
+            conversions_html,
+            report_charts,
+            report_charts_html,
+            rows_deleted,
+            rows_deleted_html,
+            step_series,
+        )
 
         version = self._shown_version(obj)
         if version is None:
             return "—"
-        dispatches = Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id=version.pk)
+        dispatches = version_dispatches(version)
         charts = report_charts(dispatch_ids=dispatches.values_list("id", flat=True))
         stats = self._shown_stats(obj)
         charts["steps"] = step_series(stats)
-        html = mark_safe(report_charts_html(charts))  # noqa: S308 (a template, autoescaped)
+        html = format_html(
+            "{}{}",
+            rows_deleted_html(rows_deleted(dispatches), "UTC", per_profile="the conversions per step"),
+            mark_safe(report_charts_html(charts)),  # noqa: S308 (a template, autoescaped)
+        )
         goal = Goal.of(obj)
         if goal is None:
             return html

@@ -11,13 +11,21 @@ from rest_framework.views import APIView
 
 from accounts.pagination import ListQuery, QueryChoice, page_response, page_schema, query_params_valid, rows_matching
 from accounts.services import TransitionError
-from delivery.api import Conflict, ConversionFiguresSerializer, ConversionGoalSerializer
+from delivery.api import (
+    ROWS_DELETED_HELP,
+    Conflict,
+    ConversionFiguresSerializer,
+    ConversionGoalSerializer,
+    RowsDeletedSerializer,
+)
+from delivery.reports import rows_deleted
 from journeys.models import Journey, JourneyVersion
 from journeys.selectors import (
     journey_for,
     journey_open_version,
     journey_shown_version,
     journeys_visible_to,
+    version_dispatches,
     version_step_stats,
     version_totals,
 )
@@ -124,9 +132,18 @@ class JourneyDetailSerializer(JourneyOutSerializer):
     enrollments = serializers.SerializerMethodField()
     steps = serializers.SerializerMethodField()
     conversion = ConversionGoalSerializer(source="*", read_only=True, allow_null=True)
+    rows_deleted = serializers.SerializerMethodField(help_text=f"Of the shown version's sends: {ROWS_DELETED_HELP}")
 
     class Meta(JourneyOutSerializer.Meta):
-        fields = (*JourneyOutSerializer.Meta.fields, "version", "draft_version", "enrollments", "steps", "conversion")
+        fields = (
+            *JourneyOutSerializer.Meta.fields,
+            "version",
+            "draft_version",
+            "enrollments",
+            "steps",
+            "conversion",
+            "rows_deleted",
+        )
 
     def _shown(self, obj):
         if not hasattr(obj, "_shown_version"):
@@ -145,6 +162,11 @@ class JourneyDetailSerializer(JourneyOutSerializer):
     def get_enrollments(self, obj) -> dict:
         version = self._shown(obj)
         return version_totals(version) if version else {}
+
+    @extend_schema_field(RowsDeletedSerializer(allow_null=True))
+    def get_rows_deleted(self, obj) -> dict | None:
+        version = self._shown(obj)
+        return rows_deleted(version_dispatches(version)) if version else None
 
     @extend_schema_field(StepStatsSerializer(many=True))
     def get_steps(self, obj) -> list[dict]:

@@ -87,6 +87,13 @@ def version_step_stats(version: JourneyVersion) -> dict[str, dict]:
     return result
 
 
+def version_dispatches(version: JourneyVersion):
+    """The dispatches the version's push steps sent (one per step and batch of entries)."""
+    from delivery.models import Dispatch
+
+    return Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id=version.pk)
+
+
 JOURNEY_STEP = "journey_step"  # a journey's per-profile figures are grouped by the step that sent
 
 
@@ -102,12 +109,11 @@ def version_step_conversions(version: JourneyVersion) -> dict[str, dict] | None:
     converted, rate and its 95% interval). One grouped query; None when the journey names no goal."""
     from delivery.conversions import Goal, conversions_by
     from delivery.kept import Scope
-    from delivery.models import Dispatch
 
     goal = Goal.of(version.journey)
     if goal is None:
         return None
-    dispatches = Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id=version.pk).values_list("pk", flat=True)
+    dispatches = version_dispatches(version).values_list("pk", flat=True)
     counts = conversions_by(
         dispatch_ids=dispatches,
         goal=goal,
@@ -125,10 +131,9 @@ def version_push_outcomes(version: JourneyVersion) -> dict[str, dict]:
     queries: the dispatches' steps, and their rollup by outcome and reason."""
     from django.db.models.fields.json import KT
 
-    from delivery.models import Dispatch
     from delivery.reports import rollup_rows
 
-    dispatches = Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id=version.pk)
+    dispatches = version_dispatches(version)
     step_of = dict(dispatches.annotate(step=KT("context__journey__step")).values_list("pk", "step"))
     result: dict[str, dict] = defaultdict(lambda: {"targeted": 0, "sent": 0, "accepted": 0, "failed": 0, "skipped": {}})
     for row in rollup_rows(list(step_of), by=("dispatch_id", "outcome", "reason")):

@@ -144,7 +144,7 @@ def test_a_viewer_cannot_set_a_journeys_goal(client, pushed, viewer_carol):
 
 
 @pytest.mark.embedded  # the kept profiles' SQL runs on SQLite too
-def test_a_steps_conversions_outlive_retention_under_the_same_goal(pushed, manager_alice):
+def test_a_steps_conversions_outlive_retention_under_the_same_goal(pushed, manager_alice, client, api_key_for):
     """Retention deletes the push steps' rows but keeps the profiles they reached and converted for
     the version's report: the figures stay what they were. A goal set after the rows went counts the
     rows still there only (none here): no rate over profiles another goal's rows reached."""
@@ -160,12 +160,23 @@ def test_a_steps_conversions_outlive_retention_under_the_same_goal(pushed, manag
 
     before = conversions()
     assert (before["push_a"]["reached"], before["push_a"]["conversions"]) == (4, 3)
+    assert api_key_for(manager_alice).get(f"/api/v1/journeys/{pushed.pk}/").json()["rows_deleted"] is None
     dispatches = Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id=version.pk)
     dispatches.update(status="done", total=4, finished_at=T0 - dt.timedelta(days=400))
     assert retention_apply(delivery_days=180)["deliveries"] == 6
     assert not Delivery.objects.filter(dispatch__in=dispatches).exists()
     assert KeptProfile.objects.filter(scope=f"journey_version:{version.pk}").count() == 6 + 4  # reached, converted
     assert conversions() == before
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/journeys/journey/{pushed.pk}/change/").content.decode()
+    assert "The per-device rows of 2 send(s), the latest finished 2025-09-28 10:00 (UTC), were deleted" in page
+    assert '<tr data-group="push_a"><th>push_a</th><td>4</td><td>3</td><td>75.0%</td>' in page
+    api = api_key_for(manager_alice).get(f"/api/v1/journeys/{pushed.pk}/").json()
+    assert api["rows_deleted"] == {"sends": 2, "last_finished_at": "2025-09-28T10:00:00Z"}
+    assert {s["id"]: s["conversions"]["conversions"] for s in api["steps"] if "conversions" in s} == {
+        "push_a": 3,
+        "push_b": 1,
+    }
 
     journey_conversion_set(journey_id=pushed.pk, by=manager_alice, event="purchase", window_hours=48)
     after = conversions()
