@@ -20,7 +20,7 @@ from functools import lru_cache
 
 from django.core.exceptions import ValidationError
 from liquid import BoundTemplate, Environment
-from liquid.exceptions import LiquidError
+from liquid.exceptions import LiquidError, LoopIterationLimitError, OutputStreamLimitError, ResourceLimitError
 from liquid.token import TOKEN_CONTENT, TOKEN_EXPRESSION, TOKEN_OUTPUT, TOKEN_TAG
 
 # The fields of ``profile`` a template may use; anything else must go through ``profile.attributes``.
@@ -101,7 +101,34 @@ def template_check(source: str, *, field: str) -> BoundTemplate:
             template_render(source, profile={}, context={})
         except LiquidError as exc:
             raise ValidationError({field: f"This text cannot be rendered for anyone: {exc.message}."}) from exc
+        return template
+    # It reads the profile or the context: rendered for a profile and a call that have nothing, a
+    # value that is missing renders empty and a loop over it runs no time. A sandbox limit reached
+    # even so (a loop over a fixed range longer than LOOP_LIMIT, an output too long) comes from the
+    # text itself, and would be reached for (nearly) every recipient at send time.
+    try:
+        template_render(source, profile={}, context={})
+    except ResourceLimitError as exc:
+        raise ValidationError({field: f"{_liquid_message(exc, _limit_message(exc))}."}) from exc
+    except LiquidError:
+        pass  # fails for empty values only: a recipient with values may render it
     return template
+
+
+def _limit_message(exc: ResourceLimitError) -> str:
+    if isinstance(exc, LoopIterationLimitError):
+        return f"A loop here runs more than {LOOP_LIMIT} times in all, whatever the profile"
+    if isinstance(exc, OutputStreamLimitError):
+        return f"This text is longer than {MAX_OUTPUT_CHARS} characters, whatever the profile"
+    return f"This text reaches a limit of the template sandbox, whatever the profile: {exc.message}"
+
+
+def _line_of(exc: LiquidError) -> int | None:
+    """The line of the template the error points at; None when it points nowhere."""
+    token = getattr(exc, "token", None)
+    if token is None or not getattr(token, "source", None):
+        return None
+    return token.source.count("\n", 0, token.start_index) + 1
 
 
 # ``| divided_by: 0`` or ``| modulo: 0`` (0.0, -0, '0', nil), once string literals are set aside.
@@ -232,13 +259,11 @@ def template_attribute_outputs(source: str) -> list[tuple[str, str]] | None:
     return outputs
 
 
-def _liquid_message(exc: LiquidError) -> str:
-    message = getattr(exc, "message", None) or str(exc).splitlines()[0]
-    token = getattr(exc, "token", None)
-    if token is not None and getattr(token, "source", None):
-        line = token.source.count("\n", 0, token.start_index) + 1
-        return f"{message} (line {line})"
-    return message
+def _liquid_message(exc: LiquidError, message: str | None = None) -> str:
+    """``message`` (by default the error's own) with the line the error points at."""
+    message = message or getattr(exc, "message", None) or str(exc).splitlines()[0]
+    line = _line_of(exc)
+    return message if line is None else f"{message} (line {line})"
 
 
 class FilterValueError(LiquidError):

@@ -68,6 +68,15 @@ def test_bad_template_is_shown_on_its_field_and_nothing_is_saved(client, manager
     assert not PushContent.objects.exists()
 
 
+def test_a_fixed_loop_past_the_limit_is_refused_on_its_field(client, manager_alice, app):
+    client.force_login(manager_alice)
+    body = "Hi {{ profile.attributes.name }} {% for i in (1..40) %}*{% endfor %}"
+    response = client.post(reverse("admin:delivery_pushcontent_add"), content_form(app, body=body))
+    assert response.status_code == 200
+    assert "A loop here runs more than 20 times" in str(response.context["adminform"].form.errors["body"])
+    assert not PushContent.objects.exists()
+
+
 def test_oversize_variant_is_refused_on_the_variants_field(client, manager_alice, app):
     client.force_login(manager_alice)
     response = client.post(

@@ -120,10 +120,34 @@ def test_a_division_by_a_literal_zero_is_refused_whatever_it_divides(source):
     assert "by 0, which fails for every value" in errors_of(exc)["body"][0]
 
 
+@pytest.mark.parametrize(
+    ("source", "line"),
+    [
+        ("Hi {{ profile.attributes.name }}\n{% for i in (1..30) %}*{% endfor %}", 2),
+        ("{% for i in (1..5) %}{% for j in (1..5) %}{{ context.code }}{% endfor %}{% endfor %}", 1),
+        ("{% unless profile.attributes.vip %}{% for i in (1..21) %}.{% endfor %}{% endunless %}", 1),
+    ],
+)
+def test_a_fixed_loop_past_the_limit_is_refused_though_the_text_reads_the_profile(source, line):
+    """A loop over a fixed range runs as often for every recipient: past LOOP_LIMIT iterations in
+    all it would fail each message at send time, so the text is refused when saved."""
+    with pytest.raises(ValidationError) as exc:
+        template_check(source, field="body")
+    assert errors_of(exc)["body"] == [f"A loop here runs more than 20 times in all, whatever the profile (line {line})."]
+
+
+def test_a_text_past_the_output_limit_whatever_the_profile_is_refused():
+    with pytest.raises(ValidationError) as exc:
+        template_check("{% for i in (1..20) %}{{ profile.attributes.name }}" + "x" * 500 + "{% endfor %}", field="body")
+    assert errors_of(exc)["body"] == ["This text is longer than 8192 characters, whatever the profile (line 1)."]
+
+
 def test_a_template_that_fails_only_for_some_values_is_saved():
     template_check("{{ 100 | divided_by: profile.attributes.count }}", field="body")
     template_check("{{ profile.attributes.n | divided_by: 0.5 | modulo: 10 }} {{ 'divided_by: 0' }}", field="body")
     template_check("{% for t in context.items %}{{ t }}{% endfor %}", field="body")
+    template_check("{% for i in (1..20) %}{{ context.code }}{% endfor %}", field="body")  # at the limit
+    template_check("{% if profile.attributes.vip %}{% for i in (1..30) %}*{% endfor %}{% endif %}", field="body")
 
 
 def test_syntax_error_is_refused_with_its_line():
