@@ -133,7 +133,9 @@ def test_a_fixed_loop_past_the_limit_is_refused_though_the_text_reads_the_profil
     all it would fail each message at send time, so the text is refused when saved."""
     with pytest.raises(ValidationError) as exc:
         template_check(source, field="body")
-    assert errors_of(exc)["body"] == [f"A loop here runs more than 20 times in all, whatever the profile (line {line})."]
+    assert errors_of(exc)["body"] == [
+        f"A loop here runs more than 20 times in all, whatever the profile (line {line})."
+    ]
 
 
 def test_a_text_past_the_output_limit_whatever_the_profile_is_refused():
