@@ -40,6 +40,9 @@ class Campaign(ConversionGoal):
         FAILED = "failed", "Failed"
         ARCHIVED = "archived", "Archived"
 
+    # Still to send, or sending: what a retention of the events it counts would still change.
+    STILL_TO_SEND = (Status.DRAFT, Status.IN_REVIEW, Status.SCHEDULED, Status.LIVE)
+
     class ScheduleKind(models.TextChoices):
         NOW = "now", "Send when approved"
         AT = "at", "At a date and time"

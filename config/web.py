@@ -81,6 +81,28 @@ def _positive(value: str) -> int:
     return int(value)
 
 
+def _app(value: str) -> str:
+    module, _, function = value.partition(":")
+    if not module or not function.isidentifier():
+        raise argparse.ArgumentTypeError(f"{value!r}: give MODULE:FUNCTION, e.g. config.web:worker_application")
+    return value
+
+
+def _app_error(target: str) -> str | None:
+    """Why ``MODULE:FUNCTION`` cannot be served, in a sentence; None when it can. Checked once,
+    before any worker starts: a worker that cannot load it would be respawned again and again."""
+    import importlib
+
+    module, _, function = target.partition(":")
+    try:
+        loaded = importlib.import_module(module)
+    except ImportError as exc:
+        return f"--app {target!r}: the module {module!r} cannot be imported ({exc})"
+    if not callable(getattr(loaded, function, None)):
+        return f"--app {target!r}: the module {module!r} has no function {function!r}"
+    return None
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m config.web", description="Serve the admin and the API.")
     parser.add_argument("--bind", type=_bind, default=("127.0.0.1", 8000), help="HOST:PORT (127.0.0.1:8000)")
@@ -88,6 +110,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=_positive, default=16, help="requests a worker runs at once (16)")
     parser.add_argument(
         "--app",
+        type=_app,
         default="config.web:worker_application",
         help="MODULE:FUNCTION returning the WSGI application, called in each worker (Pushdesk's)",
     )
@@ -99,6 +122,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     from django.conf import settings  # the settings' checks refuse a bad configuration here, before any worker
+
+    problem = _app_error(args.app)
+    if problem:
+        sys.stderr.write(f"python -m config.web: error: {problem}\n")
+        raise SystemExit(2)
     from granian import Granian
     from granian.constants import Interfaces
     from granian.log import LogLevels

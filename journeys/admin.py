@@ -16,7 +16,7 @@ from accounts.services import TransitionError
 from config.zones import zoned, zoned_column
 from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
 from journeys.diagram import WAIT_UNITS, duration_parts, version_svg
-from journeys.graph import GraphInvalid, graph_validate
+from journeys.graph import DAY_SECONDS, GraphInvalid, graph_validate
 from journeys.models import Enrollment, Journey, JourneyVersion
 from journeys.review import content_names, entry_text
 from journeys.selectors import (
@@ -109,7 +109,7 @@ class WaitField(forms.MultiValueField):
         amount, unit = data_list
         seconds = (amount or 0) * unit
         if seconds > MAX_WHOLE_NUMBER:
-            raise forms.ValidationError(f"At most {MAX_WHOLE_NUMBER // 86400:,} days.")
+            raise forms.ValidationError(f"At most {MAX_WHOLE_NUMBER // DAY_SECONDS:,} days.")
         return seconds
 
 

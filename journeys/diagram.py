@@ -9,7 +9,7 @@ from django.templatetags.static import static
 from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
-from journeys.graph import entry_of, exits_of
+from journeys.graph import DAY_SECONDS, entry_of, exits_of
 
 BOX_W, BOX_H, GAP_X, GAP_Y = 190, 86, 70, 26
 ENTRY_ID = "(entry)"
@@ -24,7 +24,12 @@ COLORS = {
 
 
 # The units a wait is typed and shown in, largest first: (seconds, as typed, as shown).
-WAIT_UNITS = ((86400, "days", "day(s)"), (3600, "hours", "hour(s)"), (60, "minutes", "minute(s)"), (1, "seconds", "s"))
+WAIT_UNITS = (
+    (DAY_SECONDS, "days", "day(s)"),
+    (3600, "hours", "hour(s)"),
+    (60, "minutes", "minute(s)"),
+    (1, "seconds", "s"),
+)
 
 
 def duration_parts(seconds: int) -> tuple[int, int]:

@@ -33,6 +33,9 @@ class Journey(ConversionGoal):
         CLOSED = "closed", "Closed"
         ARCHIVED = "archived", "Archived"
 
+    # Still to send, or sending: what a retention of the events it counts would still change.
+    STILL_TO_SEND = (Status.DRAFT, Status.IN_REVIEW, Status.LIVE)
+
     name = models.CharField(max_length=200)
     app = models.ForeignKey("delivery.App", on_delete=models.PROTECT, related_name="journeys")
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.DRAFT, db_index=True)

@@ -146,11 +146,13 @@ def _window_problems(what: str, tree, event_days: int) -> list[str]:
 def _journey_reach_days(graph: dict) -> int:
     """How long after entry a profile may still be in a journey version, in whole days, at most: its
     waits added up (a wait until a time of day, a day each)."""
+    from journeys.graph import DAY_SECONDS
+
     seconds = 0
     for step in (graph or {}).get("steps") or []:
         if isinstance(step, dict) and step.get("type") == "wait":
-            seconds += step["seconds"] if isinstance(step.get("seconds"), int) else 24 * 3600
-    return -(-seconds // (24 * 3600))
+            seconds += step["seconds"] if isinstance(step.get("seconds"), int) else DAY_SECONDS
+    return -(-seconds // DAY_SECONDS)
 
 
 def _conversion_window_problems(event_days: int) -> list[str]:
@@ -160,16 +162,8 @@ def _conversion_window_problems(event_days: int) -> list[str]:
     from journeys.models import Journey
 
     problems = []
-    still = (
-        (
-            Campaign,
-            "campaign",
-            (Campaign.Status.DRAFT, Campaign.Status.IN_REVIEW, Campaign.Status.SCHEDULED, Campaign.Status.LIVE),
-        ),
-        (Journey, "journey", (Journey.Status.DRAFT, Journey.Status.IN_REVIEW, Journey.Status.LIVE)),
-    )
-    for model, noun, statuses in still:
-        goals = model.objects.filter(status__in=statuses).exclude(conversion_event="")
+    for model, noun in ((Campaign, "campaign"), (Journey, "journey")):
+        goals = model.objects.filter(status__in=model.STILL_TO_SEND).exclude(conversion_event="")
         goals = goals.filter(conversion_window_hours__gt=event_days * 24).order_by("name", "pk")
         for pk, name, event, hours in goals.values_list("pk", "name", "conversion_event", "conversion_window_hours"):
             problems.append(

@@ -29,7 +29,7 @@ from accounts.services import (
     lock_for,
     status_transition,
 )
-from journeys.graph import contents_of, exits_of, graph_validate, rules_of, segments_of
+from journeys.graph import DAY_SECONDS, contents_of, exits_of, graph_validate, rules_of, segments_of
 from journeys.models import Enrollment, Journey, JourneyVersion
 
 Status = Journey.Status
@@ -180,7 +180,7 @@ def _validate_version(version: JourneyVersion, *, by: User | None, kept: Journey
     elif version.reentry == JourneyVersion.Reentry.AFTER_WAIT and version.reentry_wait_seconds < 0:
         errors["reentry_wait_seconds"] = "The re-entry wait is 0 seconds or more."
     if version.reentry_wait_seconds > MAX_WHOLE_NUMBER:
-        errors["reentry_wait_seconds"] = f"The re-entry wait is at most {MAX_WHOLE_NUMBER // 86400:,} days."
+        errors["reentry_wait_seconds"] = f"The re-entry wait is at most {MAX_WHOLE_NUMBER // DAY_SECONDS:,} days."
     if errors:
         raise ValidationError(errors)
     graph_validate(version.graph, **version_reference_checks(app_id=version.journey.app_id, by=by, kept=kept))
