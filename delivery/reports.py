@@ -18,7 +18,7 @@ from django.core.cache import cache
 from django.db.models import Expression, F, QuerySet, Sum
 from django.utils import timezone
 
-from delivery.kept import Scope, decoded, with_kept
+from delivery.kept import Scope, as_text, decoded, with_kept
 from delivery.models import Delivery, DeliveryRollup, Dispatch, DispatchProfiles
 
 # Rows skipped because no device of the profile allows notifications: the audience not reachable.
@@ -121,19 +121,7 @@ def profiles_by(
         )
 
     if scope is not None and any(cleared for *_, cleared in states):
-
-        def count_with_kept() -> dict:
-            sql, params = with_kept(*select(holding), scope=scope, name=kept_name or name)
-            counts = grouped_count(f"SELECT grp, count(profile_id) FROM ({sql}) p GROUP BY grp", params)  # noqa: S608 (the ORM's SQL)
-            return decoded(counts, scope)
-
-        return kept_until_counted(
-            name=f"{name}:kept",
-            dispatch_ids=holding,
-            compute=count_with_kept,
-            extra=f"{scope.key}:{kept_name or name}",
-            opens_matter=False,
-        )
+        return _profiles_with_kept(name=name, scope=scope, kept=kept_name or name, holding=holding, select=select)
     if len(holding) == 1:
         kept = _settled_profiles(dispatch_id=holding[0], name=name, count=count)
         return (
@@ -165,6 +153,50 @@ def profiles_by(
         name=f"{name}:beyond", dispatch_ids=holding, compute=count_beyond, extra=json.dumps(settled), opens_matter=False
     )
     return {grp: before.get(grp, 0) + beyond.get(grp, 0) for grp in before.keys() | beyond.keys()}
+
+
+def _profiles_with_kept(
+    *, name: str, scope: Scope, kept: str, holding: list[int], select: Callable[[list[int]], tuple[str, list]]
+) -> dict:
+    """``profiles_by`` once retention deleted the rows of one of these dispatches: the rows of the
+    settled ones (the cleared ones among them) and the profiles retention kept for the scope's figure
+    ``kept`` are counted together, kept in the cache (their counters no longer move, and a dispatch
+    cleared since stamps its own); the dispatches not settled add only their profiles that neither
+    reached in the same group, kept in the cache until a counter other than opens moves."""
+    settled = _settled_of(holding)
+    open_ = [pk for pk in holding if pk not in settled]
+    kept_rows = "SELECT grp, profile_id FROM delivery_keptprofile WHERE scope = %s AND name = %s"
+
+    def count_before() -> dict:
+        sql, params = with_kept(*select(settled), scope=scope, name=kept) if settled else (kept_rows, [scope.key, kept])
+        return grouped_count(f"SELECT grp, count(profile_id) FROM ({sql}) p GROUP BY grp", params)  # noqa: S608 (the ORM's SQL)
+
+    before = kept_until_counted(
+        name=f"{name}:kept", dispatch_ids=settled, compute=count_before, extra=f"{scope.key}:{kept}", opens_matter=False
+    )
+    beyond: dict = {}
+    if open_:
+
+        def count_beyond() -> dict:
+            new_sql, new_params = select(open_)
+            old_sql, old_params = select(settled) if settled else ("SELECT NULL AS grp, NULL AS profile_id", [])
+            return grouped_count(
+                f"SELECT grp, count(profile_id) FROM (SELECT DISTINCT grp, profile_id FROM ({as_text(new_sql)}) n "  # noqa: S608 (the ORM's SQL)
+                f"WHERE NOT EXISTS (SELECT 1 FROM ({as_text(old_sql)}) o WHERE o.profile_id = n.profile_id AND o.grp = n.grp) "
+                "AND NOT EXISTS (SELECT 1 FROM delivery_keptprofile k WHERE k.scope = %s AND k.name = %s "
+                "AND k.profile_id = n.profile_id AND k.grp = n.grp)"
+                ") p GROUP BY grp",
+                [*new_params, *old_params, scope.key, kept],
+            )
+
+        beyond = kept_until_counted(
+            name=f"{name}:kept:beyond",
+            dispatch_ids=holding,
+            compute=count_beyond,
+            extra=json.dumps([scope.key, kept, settled]),
+            opens_matter=False,
+        )
+    return decoded({grp: before.get(grp, 0) + beyond.get(grp, 0) for grp in before.keys() | beyond.keys()}, scope)
 
 
 def _settled_of(dispatch_ids: list[int]) -> list[int]:

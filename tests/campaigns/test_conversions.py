@@ -454,11 +454,33 @@ def test_the_reports_per_profile_figures_outlive_retention(sent, manager_alice, 
     page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
     assert '<tr data-group="B"><th>B</th><td>2</td><td>2</td><td>100.0%</td>' in page
 
-    _goal(campaign, manager_alice, window_hours=48)  # after the rows went: the recent send's alone
+    # A send still under way adds only the profiles that neither the rows left nor the kept ones hold.
+    sending = Dispatch.objects.create(
+        app=campaign.app,
+        kind="campaign",
+        source_id=campaign.pk,
+        content_spec=campaign.content.spec(),
+        created_at=later,
+        status="sending",
+        total=3,
+    )
+    newcomer = ProfileFactory()
+    for profile, status in ((both, "accepted"), (newcomer, "accepted"), (ProfileFactory(), "queued")):
+        finished = later + HOUR if status == "accepted" else None
+        Delivery.objects.create(dispatch=sending, profile=profile, variant=1, status=status, finished_at=finished)
+    rollup_rebuild(dispatch_ids=[sending.pk])
+    profiles, holdout, conversions = figures()
+    assert profiles == {"A": 3, "B": 3} and holdout == {"profiles": 1}
+    assert [(v["variant"], v["reached"], v["conversions"]) for v in conversions["variants"]] == [
+        ("A", 2, 1),
+        ("B", 2, 2),
+    ]
+
+    _goal(campaign, manager_alice, window_hours=48)  # after the rows went: the rows left alone
     conversions = figures()[2]
     assert [(v["variant"], v["reached"], v["conversions"]) for v in conversions["variants"]] == [
-        ("A", 1, 0),
+        ("A", 2, 0),
         ("B", 2, 1),
     ]
     assert conversions["holdout"] is None
-    assert figures()[0] == before[0]  # the profiles per variant do not depend on the goal
+    assert figures()[0] == {"A": 3, "B": 3}  # the profiles per variant do not depend on the goal
