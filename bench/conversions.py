@@ -1,7 +1,7 @@
 """Benchmark: conversion attribution of a 1,000,000-delivery campaign against 5,000,000 events.
 
     .venv/bin/python bench/conversions.py [--deliveries 1000000] [--events 5000000] [--rebuild]
-                                          [--other-deliveries 0] [--sending-deliveries 20000]
+                                          [--other-deliveries 0] [--sending-deliveries 20000] [--retention]
 
 Uses its own PostgreSQL database (``BENCH_DATABASE_URL``, default
 postgres://postgres@127.0.0.1:5432/pushdesk_bench_conversions), created and migrated if missing,
@@ -18,8 +18,9 @@ cleared); the finished dispatch's reached profiles are counted once and kept on 
 ``first_view_ever_ms``, and ``sending_after_outcome_ms`` is what a dispatch still sending pays after
 each new outcome (its reached profiles counted over the deliveries);
 ``with_a_dispatch_sending_after_outcome_ms`` is the view over the finished dispatch and a second one
-still sending ``--sending-deliveries`` rows (only the second's new profiles counted). Prints one JSON line in
-milliseconds, with the load average at the end.
+still sending ``--sending-deliveries`` rows (only the second's new profiles counted). With ``--retention``,
+what retention's keeping of the report's profiles costs and the report read after the rows went
+(``_after_retention``, rolled back). Prints one JSON line in milliseconds, with the load average at the end.
 """
 
 import argparse
@@ -279,6 +280,46 @@ def _with_a_dispatch_sending(campaign, dispatch, *, rows: int) -> float:
         sending.delete()
 
 
+def _after_retention(campaign, dispatch, view) -> dict:
+    """What retention's keeping costs and what the report then reads, in a transaction rolled back
+    (the data stays for the next run): the profiles the campaign's report counts kept
+    (``delivery.kept.keep_profiles``, as retention does before a dispatch's first rows go), the
+    dispatch's rows deleted, then the conversions viewed: first (the cache cleared) and warm, and
+    whether they are what they were before."""
+    from django.core.cache import cache
+    from django.db import connection, transaction
+    from django.utils import timezone
+
+    from delivery.kept import keep_profiles
+    from delivery.models import Dispatch, DispatchProfiles
+
+    before = view()
+    with transaction.atomic():
+        campaign.save(
+            update_fields=["conversion_event", "conversion_where", "conversion_window_hours", "conversion_anchor"]
+        )
+        started = time.perf_counter()
+        kept = keep_profiles(dispatch_id=dispatch.pk, kind=dispatch.kind, source_id=campaign.pk)
+        keep_ms = round((time.perf_counter() - started) * 1000, 1)
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM delivery_delivery WHERE dispatch_id = %s", [dispatch.pk])
+        DispatchProfiles.objects.filter(dispatch_id=dispatch.pk).delete()
+        Dispatch.objects.filter(pk=dispatch.pk).update(rows_deleted_at=timezone.now())
+        cache.clear()
+        first = _timed(view)
+        times = [_timed(view) for _ in range(3)]
+        after = view()
+        transaction.set_rollback(True)
+    cache.clear()
+    return {
+        "retention_keep_ms": keep_ms,
+        "retention_kept_rows": kept,
+        "after_retention_first_view_ms": first,
+        "after_retention_ms": statistics.median(times),
+        "after_retention_same_figures": after == before,
+    }
+
+
 def _timed(call) -> float:
     started = time.perf_counter()
     call()
@@ -298,6 +339,11 @@ def main() -> None:
         type=int,
         default=20_000,
         help="rows of a second dispatch of the campaign, still sending, over the same profiles (0: none)",
+    )
+    parser.add_argument(
+        "--retention",
+        action="store_true",
+        help="also time retention keeping the report's profiles and the report after the rows went (rolled back)",
     )
     args = parser.parse_args()
     setup_django()
@@ -352,6 +398,8 @@ def main() -> None:
             "holdout": report["holdout"]["conversion_rate"],
             "reached": report["overall"]["reached"] + report["holdout"]["reached"],
         }
+    if args.retention:
+        result.update(_after_retention(campaign, dispatch, view))
     if args.sending_deliveries:
         result["with_a_dispatch_sending_after_outcome_ms"] = _with_a_dispatch_sending(
             campaign, dispatch, rows=args.sending_deliveries

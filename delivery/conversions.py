@@ -174,7 +174,7 @@ def conversions_by(
     it deleted rows count too (``delivery.kept``): those it kept reached and converted under this
     same goal.
     """
-    from delivery.kept import decoded, goal_names, with_kept
+    from delivery.kept import NO_PAIRS, counted_with_kept, decoded, goal_names
     from delivery.reports import grouped_count, profiles_by
 
     ids = list(dispatch_ids)
@@ -199,19 +199,9 @@ def conversions_by(
             else {}
         )
     else:
-        if select:
-            sql, params = with_kept(*select, scope=scope, name=converted_name)
-        else:
-            sql, params = (
-                "SELECT grp, profile_id FROM delivery_keptprofile WHERE scope = %s AND name = %s",
-                [
-                    scope.key,
-                    converted_name,
-                ],
-            )
+        sql, params = select or (NO_PAIRS, [])
         converted_counts = decoded(
-            grouped_count(f"SELECT grp, count(*) FROM ({sql}) c GROUP BY grp", params),  # noqa: S608 (the ORM's SQL)
-            scope,
+            grouped_count(*counted_with_kept(sql, params, scope=scope, name=converted_name)), scope
         )
     return {grp: {"reached": n, "converted": converted_counts.get(grp, 0)} for grp, n in reached_counts.items()}
 

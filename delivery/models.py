@@ -619,30 +619,45 @@ class DispatchProfiles(models.Model):
         return f"{self.dispatch_id} {self.name}"
 
 
-class KeptProfile(models.Model):
-    """One profile a report counts (``delivery.reports.profiles_by``), kept when retention deleted
-    the rows it was counted from: so a report's per-profile figures (profiles per variant, profiles
-    reached, conversions) still count the sends whose rows are gone, each profile once.
+class KeptFigure(models.Model):
+    """A report's per-profile figure for one group, whose profiles retention kept (``KeptProfile``)
+    when it deleted the rows they were counted from: so a report's per-profile figures (profiles per
+    variant, profiles reached, conversions) still count the sends whose rows are gone, each profile
+    once.
 
     ``scope`` is the report the rows belonged to (``campaign:<id>``, ``journey_version:<id>``),
     ``name`` the figure (as ``profiles_by`` names it; a conversion's name carries its goal's
     fingerprint, so a goal changed later counts only the rows still there), ``grp`` the group's
-    value as text ("" for none). One row per profile per group, however many sends and devices
-    reached it: far fewer rows than the deliveries they stand for. Written by retention, in the
-    transaction that deletes a dispatch's first rows (``delivery.kept.keep_profiles``).
+    value as text ("" for none). Written by retention (``delivery.kept.keep_profiles``).
     """
 
     id = models.BigAutoField(primary_key=True)
     scope = models.CharField(max_length=40)
     name = models.CharField(max_length=60)
     grp = models.CharField(max_length=100)
-    profile_id = models.BigIntegerField()
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["scope", "name", "grp", "profile_id"], name="kept_profile_once")]
+        constraints = [models.UniqueConstraint(fields=["scope", "name", "grp"], name="kept_figure_once")]
 
     def __str__(self) -> str:
-        return f"{self.scope} {self.name} {self.grp} {self.profile_id}"
+        return f"{self.scope} {self.name} {self.grp}"
+
+
+class KeptProfile(models.Model):
+    """One profile a kept figure counts: one row per profile per figure and group, however many
+    sends and devices reached it, two integers (far fewer and smaller rows than the deliveries they
+    stand for). Written in the transaction that deletes a dispatch's first rows."""
+
+    pk = models.CompositePrimaryKey("figure_id", "profile_id")
+    # No index of its own (the key leads with it) and no constraint checked per row written, as
+    # deliveries: only retention writes these, after the figure it names.
+    figure = models.ForeignKey(
+        KeptFigure, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
+    profile_id = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.figure_id} {self.profile_id}"
 
 
 class RateBucket(models.Model):

@@ -18,7 +18,7 @@ from django.core.cache import cache
 from django.db.models import Expression, F, QuerySet, Sum
 from django.utils import timezone
 
-from delivery.kept import Scope, as_text, decoded, with_kept
+from delivery.kept import NO_PAIRS, NOT_KEPT, Scope, as_text, counted_with_kept, decoded
 from delivery.models import Delivery, DeliveryRollup, Dispatch, DispatchProfiles
 
 # Rows skipped because no device of the profile allows notifications: the audience not reachable.
@@ -165,11 +165,10 @@ def _profiles_with_kept(
     reached in the same group, kept in the cache until a counter other than opens moves."""
     settled = _settled_of(holding)
     open_ = [pk for pk in holding if pk not in settled]
-    kept_rows = "SELECT grp, profile_id FROM delivery_keptprofile WHERE scope = %s AND name = %s"
 
     def count_before() -> dict:
-        sql, params = with_kept(*select(settled), scope=scope, name=kept) if settled else (kept_rows, [scope.key, kept])
-        return grouped_count(f"SELECT grp, count(profile_id) FROM ({sql}) p GROUP BY grp", params)  # noqa: S608 (the ORM's SQL)
+        sql, params = select(settled) if settled else (NO_PAIRS, [])
+        return grouped_count(*counted_with_kept(sql, params, scope=scope, name=kept))
 
     before = kept_until_counted(
         name=f"{name}:kept", dispatch_ids=settled, compute=count_before, extra=f"{scope.key}:{kept}", opens_matter=False
@@ -179,13 +178,11 @@ def _profiles_with_kept(
 
         def count_beyond() -> dict:
             new_sql, new_params = select(open_)
-            old_sql, old_params = select(settled) if settled else ("SELECT NULL AS grp, NULL AS profile_id", [])
+            old_sql, old_params = select(settled) if settled else (NO_PAIRS, [])
             return grouped_count(
                 f"SELECT grp, count(profile_id) FROM (SELECT DISTINCT grp, profile_id FROM ({as_text(new_sql)}) n "  # noqa: S608 (the ORM's SQL)
                 f"WHERE NOT EXISTS (SELECT 1 FROM ({as_text(old_sql)}) o WHERE o.profile_id = n.profile_id AND o.grp = n.grp) "
-                "AND NOT EXISTS (SELECT 1 FROM delivery_keptprofile k WHERE k.scope = %s AND k.name = %s "
-                "AND k.profile_id = n.profile_id AND k.grp = n.grp)"
-                ") p GROUP BY grp",
+                f"AND {NOT_KEPT.format(alias='n')}) p GROUP BY grp",
                 [*new_params, *old_params, scope.key, kept],
             )
 

@@ -448,7 +448,7 @@ def test_the_reports_per_profile_figures_outlive_retention(sent, manager_alice, 
     assert retention_apply(now=T0 + dt.timedelta(days=190), delivery_days=180)["deliveries"] == 5
     assert not Delivery.objects.filter(dispatch=old).exists()
     assert Delivery.objects.filter(dispatch=recent).count() == 3
-    assert KeptProfile.objects.filter(scope=f"campaign:{campaign.pk}").exists()
+    assert KeptProfile.objects.filter(figure__scope=f"campaign:{campaign.pk}").exists()
     assert figures() == before
     client.force_login(admin_erin)
     page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()

@@ -165,7 +165,9 @@ def test_a_steps_conversions_outlive_retention_under_the_same_goal(pushed, manag
     dispatches.update(status="done", total=4, finished_at=T0 - dt.timedelta(days=400))
     assert retention_apply(delivery_days=180)["deliveries"] == 6
     assert not Delivery.objects.filter(dispatch__in=dispatches).exists()
-    assert KeptProfile.objects.filter(scope=f"journey_version:{version.pk}").count() == 6 + 4  # reached, converted
+    assert (
+        KeptProfile.objects.filter(figure__scope=f"journey_version:{version.pk}").count() == 6 + 4
+    )  # reached, converted
     assert conversions() == before
     client.force_login(manager_alice)
     page = client.get(f"/admin/journeys/journey/{pushed.pk}/change/").content.decode()
