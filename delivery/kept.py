@@ -98,15 +98,7 @@ def figures_of(kind: str, source_id: int | None) -> tuple[Scope, list[tuple[str,
     report counts per profile (a test send)."""
     from delivery.conversions import Goal, converted_select, reached_rows
     from delivery.models import Dispatch
-
-    def pairs(rows, group):
-        def select(of: list[int]) -> tuple:
-            from django.db.models import F
-
-            counted = rows(of).annotate(grp=F(group) if isinstance(group, str) else group)
-            return counted.values("grp", "profile_id").order_by().query.sql_with_params()
-
-        return select
+    from delivery.reports import pairs_of as pairs
 
     if source_id is None:
         return None

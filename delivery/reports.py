@@ -109,9 +109,7 @@ def profiles_by(
     if not holding:
         return {}
 
-    def select(of: list[int]) -> tuple[str, list]:
-        counted = rows(of).annotate(grp=F(group) if isinstance(group, str) else group)
-        return counted.values("grp", "profile_id").order_by().query.sql_with_params()
+    select = pairs_of(rows, group)
 
     def count(of: list[int]) -> dict:
         sql, params = select(of)
@@ -153,6 +151,17 @@ def profiles_by(
         name=f"{name}:beyond", dispatch_ids=holding, compute=count_beyond, extra=json.dumps(settled), opens_matter=False
     )
     return {grp: before.get(grp, 0) + beyond.get(grp, 0) for grp in before.keys() | beyond.keys()}
+
+
+def pairs_of(rows: Callable[[list[int]], QuerySet], group: str | Expression) -> Callable[[list[int]], tuple[str, list]]:
+    """A function giving the SQL (and its parameters) that selects ``grp`` (``group``: a Delivery
+    field or an expression over one) and ``profile_id`` of ``rows(ids)``, the rows of dispatches ids."""
+
+    def select(of: list[int]) -> tuple[str, list]:
+        counted = rows(of).annotate(grp=F(group) if isinstance(group, str) else group)
+        return counted.values("grp", "profile_id").order_by().query.sql_with_params()
+
+    return select
 
 
 def _profiles_with_kept(
