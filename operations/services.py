@@ -173,14 +173,67 @@ def _conversion_window_problems(event_days: int) -> list[str]:
     return problems
 
 
-def event_retention_problems(*, event_days: int | None = None) -> list[str]:
+def _kept_rows_conversion_problems(*, event_days: int, delivery_days: int, now: dt.datetime) -> list[str]:
+    """Campaigns and journeys with a conversion goal whose sends keep their rows past this run but
+    began before the events' cut: their conversions are counted from those rows and events, so
+    deleting the events would take conversions out of their reports. (A send whose rows this run
+    deletes has its converted profiles kept first, events still there: ``delivery.kept``.)"""
+    from django.db.models import Count, Min
+
+    from campaigns.models import Campaign
+    from delivery.models import Dispatch
+    from journeys.models import Journey, JourneyVersion
+
+    cut = now - dt.timedelta(days=event_days)
+    kept = Dispatch.objects.filter(rows_deleted_at__isnull=True, created_at__lt=cut, total__gt=0)
+    if delivery_days > 0:  # those this run deletes the rows of keep their conversions first
+        kept = kept.exclude(status__in=Dispatch.FINAL_STATUSES, finished_at__lt=now - dt.timedelta(days=delivery_days))
+    sends: dict[tuple[str, int], list] = {}
+    campaign_kinds = (Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER)
+    for source_id, n, oldest in (
+        kept.filter(kind__in=campaign_kinds).values_list("source_id").annotate(n=Count("pk"), oldest=Min("created_at"))
+    ):
+        sends[("campaign", source_id)] = [n, oldest]
+    steps = list(
+        kept.filter(kind=Dispatch.Kind.JOURNEY)
+        .values_list("source_id")
+        .annotate(n=Count("pk"), oldest=Min("created_at"))
+    )
+    journey_of = dict(JourneyVersion.objects.filter(pk__in=[row[0] for row in steps]).values_list("pk", "journey_id"))
+    for source_id, n, oldest in steps:
+        counted = sends.setdefault(("journey", journey_of.get(source_id)), [0, oldest])
+        counted[0], counted[1] = counted[0] + n, min(counted[1], oldest)
+    problems = []
+    for model, noun in ((Campaign, "campaign"), (Journey, "journey")):
+        ids = [pk for kind, pk in sends if kind == noun and pk is not None]
+        goals = model.objects.filter(pk__in=ids).exclude(conversion_event="").order_by("name", "pk")
+        for pk, name, event, hours in goals.values_list("pk", "name", "conversion_event", "conversion_window_hours"):
+            n, oldest = sends[(noun, pk)]
+            least = delivery_days + -(-hours // 24) if delivery_days > 0 else None
+            problems.append(
+                f"The {noun} '{name}' (id {pk}) counts '{event}' events as conversions of {n} send(s) whose rows are "
+                f"still kept, the oldest from {oldest:%Y-%m-%d}: PUSHDESK_RETENTION_EVENT_DAYS={event_days} would "
+                "delete events its report counts ("
+                + (
+                    f"keep events at least PUSHDESK_RETENTION_DELIVERY_DAYS plus its window, {least} days)."
+                    if least
+                    else "deliveries are kept forever: keep events forever too, or deliveries for less time)."
+                )
+            )
+    return problems
+
+
+def event_retention_problems(
+    *, event_days: int | None = None, delivery_days: int | None = None, now: dt.datetime | None = None
+) -> list[str]:
     """What counts events further back than ``event_days`` (default PUSHDESK_RETENTION_EVENT_DAYS),
     and would count wrong once retention deleted them: rules segments whose event conditions look
     back longer or over all time, and journey versions that may still run (draft, in review, live,
     or retired with profiles inside) whose conditions do, through a rule tree or an "event since
     entry" branch (which looks back as long as a profile may stay); and campaigns and journeys still
-    to send whose conversion window is longer. Empty when events are kept forever (0) or nothing
-    does."""
+    to send whose conversion window is longer, or with sent ones whose rows are kept past
+    ``delivery_days`` (default PUSHDESK_RETENTION_DELIVERY_DAYS) and which began before the cut.
+    Empty when events are kept forever (0) or nothing does."""
     from audiences.models import Segment
     from journeys.graph import rules_of
     from journeys.models import Enrollment, JourneyVersion
@@ -201,6 +254,11 @@ def event_retention_problems(*, event_days: int | None = None) -> list[str]:
         .order_by("journey__name", "journey_id", "number")
     )
     problems += _conversion_window_problems(event_days)
+    problems += _kept_rows_conversion_problems(
+        event_days=event_days,
+        delivery_days=settings.PUSHDESK_RETENTION_DELIVERY_DAYS if delivery_days is None else delivery_days,
+        now=now or timezone.now(),
+    )
     for version in versions:
         what = f"The journey '{version.journey.name}' (id {version.journey_id}, version {version.number})"
         for tree in rules_of(version.graph):
@@ -301,7 +359,7 @@ def retention_apply(
     task_days = settings.PUSHDESK_RETENTION_TASK_DAYS if task_days is None else task_days
     if 0 < audit_days < AUDIT_MINIMUM_DAYS:
         raise ValueError(f"Audit events are kept {AUDIT_MINIMUM_DAYS} days at least.")
-    problems = event_retention_problems(event_days=event_days)
+    problems = event_retention_problems(event_days=event_days, delivery_days=delivery_days, now=now)
     if problems:
         raise RetentionRefused(
             [

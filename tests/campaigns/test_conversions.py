@@ -484,3 +484,38 @@ def test_the_reports_per_profile_figures_outlive_retention(sent, manager_alice, 
     ]
     assert conversions["holdout"] is None
     assert figures()[0] == {"A": 3, "B": 3}  # the profiles per variant do not depend on the goal
+
+
+@pytest.mark.embedded
+def test_event_retention_waits_until_the_rows_conversions_are_counted_from_are_gone(sent, manager_alice):
+    """Events deleted while a send's rows are kept would take its conversions out of the report:
+    retention refuses, deleting nothing. Once the send's rows go in the same run (its converted
+    profiles kept first, the events still there), the events may go: the report stays the same."""
+    from audiences.models import Event
+    from delivery.services.rollups import rollup_rebuild
+    from operations.services import RetentionRefused, retention_apply
+
+    campaign, deliver = sent
+    _goal(campaign, manager_alice, window_hours=24)
+    buyer = deliver(variant=1)
+    EventFactory(profile=buyer, name="purchase", occurred_at=T0 + HOUR)
+    deliver(variant=1)
+    dispatch = Dispatch.objects.get(source_id=campaign.pk)
+    Dispatch.objects.filter(pk=dispatch.pk).update(status="done", total=2, finished_at=T0 + HOUR)
+    rollup_rebuild(dispatch_ids=[dispatch.pk])
+    before = _conversions(campaign)
+    assert (before["overall"]["reached"], before["overall"]["conversions"]) == (2, 1)
+
+    later = T0 + dt.timedelta(days=40)
+    with pytest.raises(RetentionRefused) as refused:
+        retention_apply(now=later, delivery_days=180, event_days=30)
+    assert refused.value.problems[1:] == [
+        f"The campaign 'Spring sale' (id {campaign.pk}) counts 'purchase' events as conversions of 1 send(s) whose "
+        "rows are still kept, the oldest from 2026-11-02: PUSHDESK_RETENTION_EVENT_DAYS=30 would delete events its "
+        "report counts (keep events at least PUSHDESK_RETENTION_DELIVERY_DAYS plus its window, 181 days)."
+    ]
+    assert Delivery.objects.filter(dispatch=dispatch).count() == 2 and Event.objects.count() == 1
+
+    result = retention_apply(now=later, delivery_days=35, event_days=30)
+    assert (result["deliveries"], result["events"]) == (2, 1)
+    assert _conversions(campaign) == before

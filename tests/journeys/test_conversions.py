@@ -187,3 +187,29 @@ def test_a_steps_conversions_outlive_retention_under_the_same_goal(pushed, manag
         0,
         None,
     )
+
+
+def test_event_retention_waits_until_the_steps_rows_are_gone(pushed, manager_alice):
+    """A journey's conversions, like a campaign's, are counted from its sends' rows and the events:
+    while the rows are kept, retention deletes no event their windows hold."""
+    from audiences.models import Event
+    from operations.services import RetentionRefused, retention_apply
+
+    journey_conversion_set(journey_id=pushed.pk, by=manager_alice, event="purchase", window_hours=24)
+    version = journey_shown_version(Journey.objects.get(pk=pushed.pk))
+    Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id=version.pk).update(
+        status="done", total=4, finished_at=T0
+    )
+    before = version_step_stats(version)["push_a"]["conversions"]
+    later = T0 + dt.timedelta(days=40)
+    with pytest.raises(RetentionRefused) as refused:
+        retention_apply(now=later, delivery_days=180, event_days=30)
+    assert (
+        f"The journey '{pushed.name}' (id {pushed.pk}) counts 'purchase' events as conversions of 2 send(s) whose rows "
+        "are still kept, the oldest from 2026-11-02" in refused.value.problems[1]
+    )
+    assert Event.objects.count() == 5
+    assert retention_apply(now=later, delivery_days=35, event_days=30)["events"] == 5
+    assert (
+        version_step_stats(journey_shown_version(Journey.objects.get(pk=pushed.pk)))["push_a"]["conversions"] == before
+    )
