@@ -299,7 +299,7 @@ def _after_retention(campaign, dispatch, view) -> dict:
             update_fields=["conversion_event", "conversion_where", "conversion_window_hours", "conversion_anchor"]
         )
         started = time.perf_counter()
-        kept = keep_profiles(dispatch_id=dispatch.pk, kind=dispatch.kind, source_id=campaign.pk)
+        kept = keep_profiles(dispatch_id=dispatch.pk, kind=dispatch.kind, source_id=campaign.pk, rows=dispatch.total)
         keep_ms = round((time.perf_counter() - started) * 1000, 1)
         with connection.cursor() as cursor:
             cursor.execute("DELETE FROM delivery_delivery WHERE dispatch_id = %s", [dispatch.pk])

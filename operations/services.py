@@ -380,10 +380,10 @@ def retention_apply(
                 with transaction.atomic():
                     # The dispatch's row lock first: a report keeping its profiles holds a key-share
                     # lock while it counts, so no figure is kept from rows deleted meanwhile.
-                    kind, source_id, cleared = (
+                    kind, source_id, total, cleared = (
                         Dispatch.objects.select_for_update()
                         .filter(pk=dispatch_id)
-                        .values_list("kind", "source_id", "rows_deleted_at")
+                        .values_list("kind", "source_id", "total", "rows_deleted_at")
                         .get()
                     )
                     # Through the indexes that lead with the dispatch, in no order: by the table's
@@ -399,7 +399,7 @@ def retention_apply(
                     # The rollup stays: reports and charts keep their totals (``DeliveryRollup``);
                     # before its first rows go, the profiles its report counts are kept for it.
                     if cleared is None:
-                        keep_profiles(dispatch_id=dispatch_id, kind=kind, source_id=source_id)
+                        keep_profiles(dispatch_id=dispatch_id, kind=kind, source_id=source_id, rows=total)
                     DispatchProfiles.objects.filter(dispatch_id=dispatch_id).delete()
                     Dispatch.objects.filter(pk=dispatch_id).update(rows_deleted_at=now)
                     result["deliveries"] += Delivery.objects.filter(pk__in=chunk).delete()[0]
