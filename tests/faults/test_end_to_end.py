@@ -391,7 +391,18 @@ def test_web_requests_after_a_postgresql_restart_get_no_error(
     log_path = tmp_path / "web.log"
     with open(log_path, "ab") as log:
         web = subprocess.Popen(
-            [sys.executable, "-m", "config.web", "--workers", "1", "--bind", f"127.0.0.1:{port}"],
+            # --stop-seconds within the 30 s the teardown waits for it.
+            [
+                sys.executable,
+                "-m",
+                "config.web",
+                "--workers",
+                "1",
+                "--stop-seconds",
+                "10",
+                "--bind",
+                f"127.0.0.1:{port}",
+            ],
             cwd=settings.BASE_DIR,
             env=env,
             stdout=log,

@@ -88,7 +88,8 @@ def test_json_logs_of_the_web_are_json_the_server_s_own_lines_too(tmp_path):
     env.update(LOG_FORMAT="json", PUSHDESK_VAR_DIR=str(tmp_path), DATABASE_URL=database_url())
     port = free_port()
     web = subprocess.Popen(
-        [sys.executable, "-m", "config.web", "--workers", "1", "--bind", f"127.0.0.1:{port}"],
+        # --stop-seconds within the 30 s it is waited for.
+        [sys.executable, "-m", "config.web", "--workers", "1", "--stop-seconds", "10", "--bind", f"127.0.0.1:{port}"],
         cwd=settings.BASE_DIR,
         env=env,
         stdout=subprocess.PIPE,

@@ -73,7 +73,8 @@ def production_web(transactional_db, tmp_path):
     port = free_port()
     log = open(tmp_path / "web.log", "wb")  # noqa: SIM115
     web = subprocess.Popen(
-        [sys.executable, "-m", "config.web", "--workers", "2", "--bind", f"127.0.0.1:{port}"],
+        # Requests a closing connection still holds get 10 s, within the 30 s the teardown waits.
+        [sys.executable, "-m", "config.web", "--workers", "2", "--stop-seconds", "10", "--bind", f"127.0.0.1:{port}"],
         cwd=ROOT,
         env=env,
         stdout=log,
