@@ -366,7 +366,17 @@ def test_events_move_last_seen_by_hot_updates_writing_no_index_entry(manager_ali
         )
         after = updates()
     moved, hot = after[0] - before[0], after[1] - before[1]
-    assert (moved, hot) == (3, 3)
+    # PostgreSQL never updates a row HOT when an indexed column changed; it may not when the row's
+    # page has no room left for the new version (the table's pages as earlier tests left them):
+    # one HOT update shows the statement changes no indexed column, and no index names the column.
+    assert moved == 3 and hot >= 1, (moved, hot)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+            "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = 'audiences_profile'::regclass "
+            "AND a.attname = 'last_seen_at'"
+        )
+        assert cursor.fetchone()[0] == 0
     assert set(Profile.objects.values_list("last_seen_at", flat=True)) == {when}
 
 
