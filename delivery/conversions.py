@@ -104,9 +104,12 @@ def reached_rows(of: list[int]):
     return Delivery.objects.filter(Delivery.of_dispatches(of), Q(status=Delivery.Status.ACCEPTED) | holdout)
 
 
-def converted_select(of: list[int], *, goal: Goal, group: str | F) -> tuple[str, list] | None:
+def converted_select(
+    of: list[int], *, goal: Goal, group: str | F, first_sent: dt.datetime | None = None
+) -> tuple[str, list] | None:
     """The SQL selecting each (grp, profile_id) among the reached rows of dispatches ``of`` that
     converted under ``goal``, with its parameters; None when none of them holds rows.
+    ``first_sent``: the earliest creation of those still holding rows, when the caller read it.
 
     The deliveries are joined to the events (a hash join, not a probe per delivery): the events
     read are only the goal's, from the first dispatch's creation (no anchor is earlier) to the end
@@ -118,9 +121,10 @@ def converted_select(of: list[int], *, goal: Goal, group: str | F) -> tuple[str,
 
     # A constant, not a subquery: the planner then sees how few events it reads, and hashes them.
     # Dispatches whose rows retention deleted have no anchor left.
-    first_sent = Dispatch.objects.filter(pk__in=of, rows_deleted_at__isnull=True).aggregate(first=Min("created_at"))[
-        "first"
-    ]
+    if first_sent is None:
+        first_sent = Dispatch.objects.filter(pk__in=of, rows_deleted_at__isnull=True).aggregate(
+            first=Min("created_at")
+        )["first"]
     if first_sent is None:
         return None
     if goal.anchor == ConversionGoal.Anchor.OPENED:
@@ -170,16 +174,25 @@ def conversions_by(
     was opened can convert (the rate stays over every profile reached, whatever the anchor); the
     holdout's anchor is always the time its row was settled.
 
-    With ``scope`` (the report these dispatches make up), the profiles retention kept for it when
-    it deleted rows count too (``delivery.kept``): those it kept reached and converted under this
-    same goal.
+    With ``scope`` (the report these dispatches make up), once retention deleted rows of one of
+    them, the profiles it kept for the report count too (``delivery.kept``): those it kept reached
+    and converted under this same goal. Otherwise the rows alone are counted, as without it.
     """
+    from django.db.models import Count
+
     from delivery.kept import NO_PAIRS, counted_with_kept, decoded, goal_names
+    from delivery.models import Dispatch
     from delivery.reports import grouped_count, profiles_by
 
     ids = list(dispatch_ids)
     if not ids:
         return {}  # never sent: nobody reached
+    holding = Q(rows_deleted_at__isnull=True)
+    read = Dispatch.objects.filter(pk__in=ids).aggregate(
+        first=Min("created_at", filter=holding), cleared=Count("pk", filter=~holding)
+    )
+    if not read["cleared"]:
+        scope = None  # nothing kept to count: the rows alone
     reached_name, converted_name = goal_names(goal, group_key)
     reached_counts = profiles_by(
         name=f"conversions_reached:{group_key}",
@@ -191,18 +204,16 @@ def conversions_by(
     )
     if not reached_counts:
         return {}
-    select = converted_select(ids, goal=goal, group=group)
-    if scope is None:
-        converted_counts = (
-            grouped_count(f"SELECT grp, count(*) FROM ({select[0]}) c GROUP BY grp", select[1])  # noqa: S608 (the ORM's SQL)
-            if select
-            else {}
-        )
-    else:
+    select = converted_select(ids, goal=goal, group=group, first_sent=read["first"]) if read["first"] else None
+    if scope is not None:
         sql, params = select or (NO_PAIRS, [])
         converted_counts = decoded(
             grouped_count(*counted_with_kept(sql, params, scope=scope, name=converted_name)), scope
         )
+    elif select:
+        converted_counts = grouped_count(f"SELECT grp, count(*) FROM ({select[0]}) c GROUP BY grp", select[1])  # noqa: S608 (the ORM's SQL)
+    else:
+        converted_counts = {}
     return {grp: {"reached": n, "converted": converted_counts.get(grp, 0)} for grp, n in reached_counts.items()}
 
 

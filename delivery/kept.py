@@ -68,10 +68,11 @@ KEPT = (
     "SELECT f.grp, k.profile_id FROM delivery_keptprofile k JOIN delivery_keptfigure f ON f.id = k.figure_id "
     "WHERE f.scope = %s AND f.name = %s"
 )
-# Not among them: a condition on a row ``alias`` (grp as text, profile_id), then scope and name.
+# Not among them: a condition on a row's ``grp`` (as text) and ``profile`` expressions; its
+# parameters are the scope and the name.
 NOT_KEPT = (
     "NOT EXISTS (SELECT 1 FROM delivery_keptprofile k JOIN delivery_keptfigure f ON f.id = k.figure_id "
-    "WHERE f.scope = %s AND f.name = %s AND f.grp = {alias}.grp AND k.profile_id = {alias}.profile_id)"
+    "WHERE f.scope = %s AND f.name = %s AND f.grp = {grp} AND k.profile_id = {profile})"
 )
 
 
@@ -82,7 +83,7 @@ def counted_with_kept(sql: str, params: list, *, scope: Scope, name: str) -> tup
     return (
         f"SELECT grp, sum(n) FROM (SELECT grp, count(*) AS n FROM ({KEPT}) kept GROUP BY grp UNION ALL "  # noqa: S608 (the ORM's SQL)
         f"SELECT p.grp, count(p.profile_id) FROM (SELECT DISTINCT grp, profile_id FROM ({as_text(sql)}) t) p "
-        f"WHERE {NOT_KEPT.format(alias='p')} GROUP BY p.grp) c GROUP BY grp",
+        f"WHERE {NOT_KEPT.format(grp='p.grp', profile='p.profile_id')} GROUP BY p.grp) c GROUP BY grp",
         [scope.key, name, *params, scope.key, name],
     )
 
@@ -166,7 +167,7 @@ def keep_profiles(*, dispatch_id: int, kind: str, source_id: int | None, rows: i
             # "WHERE true": SQLite reads an ON CONFLICT after a bare FROM as a join's condition.
             figure_insert = (
                 "INSERT INTO delivery_keptfigure (scope, name, grp) SELECT DISTINCT %s, %s, s.grp "
-                "FROM {} s WHERE true ON CONFLICT DO NOTHING"
+                "FROM {} s WHERE true ORDER BY 3 ON CONFLICT DO NOTHING"
             )
             cursor.execute(figure_insert.format(source), [scope.key, name, *source_params])  # noqa: S608 (the ORM's SQL)
             profile_insert = (

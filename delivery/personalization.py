@@ -66,9 +66,10 @@ def template_check(source: str, *, field: str) -> BoundTemplate:
     """Parse ``source`` and check every name it uses; return the compiled template.
 
     Raises ValidationError({field: message}) on a syntax error, an unknown filter, an
-    unknown top-level variable, an unknown ``profile`` field, a division by a literal 0, or,
-    for a template that reads neither the profile nor the context, a failure to render it (it
-    would fail for everyone).
+    unknown top-level variable, an unknown ``profile`` field, a division by a literal 0, a
+    failure to render a template that reads neither the profile nor the context (it would fail
+    for everyone), or a sandbox limit (loop, output) that a template reading them reaches even
+    for empty values.
     """
     try:
         template = _parse(source)
@@ -94,24 +95,20 @@ def template_check(source: str, *, field: str) -> BoundTemplate:
                         }
                     )
     _zero_divisor_check(source, field=field)
-    if not analysis.globals:
-        # It reads neither the profile nor the context, so it renders the same for every
-        # recipient: failing now, it would fail every message at send time.
-        try:
-            template_render(source, profile={}, context={})
-        except LiquidError as exc:
-            raise ValidationError({field: f"This text cannot be rendered for anyone: {exc.message}."}) from exc
-        return template
-    # It reads the profile or the context: rendered for a profile and a call that have nothing, a
-    # value that is missing renders empty and a loop over it runs no time. A sandbox limit reached
-    # even so (a loop over a fixed range longer than LOOP_LIMIT, an output too long) comes from the
-    # text itself, and would be reached for (nearly) every recipient at send time.
     try:
         template_render(source, profile={}, context={})
-    except ResourceLimitError as exc:
-        raise ValidationError({field: f"{_liquid_message(exc, _limit_message(exc))}."}) from exc
-    except LiquidError:
-        pass  # fails for empty values only: a recipient with values may render it
+    except LiquidError as exc:
+        if not analysis.globals:
+            # It reads neither the profile nor the context, so it renders the same for every
+            # recipient: failing now, it would fail every message at send time.
+            raise ValidationError({field: f"This text cannot be rendered for anyone: {exc.message}."}) from exc
+        # It reads the profile or the context: rendered for a profile and a call that have nothing,
+        # a missing value renders empty and a loop over it runs no time. A sandbox limit reached even
+        # so (a loop over a fixed range longer than LOOP_LIMIT, an output too long) comes from the
+        # text itself, and would be reached for (nearly) every recipient at send time; any other
+        # failure is for empty values only (a recipient with values may render it).
+        if isinstance(exc, ResourceLimitError):
+            raise ValidationError({field: f"{_liquid_message(exc, _limit_message(exc))}."}) from exc
     return template
 
 

@@ -18,7 +18,7 @@ from django.core.cache import cache
 from django.db.models import Expression, F, QuerySet, Sum
 from django.utils import timezone
 
-from delivery.kept import NO_PAIRS, NOT_KEPT, Scope, as_text, counted_with_kept, decoded
+from delivery.kept import NO_PAIRS, NOT_KEPT, Scope, counted_with_kept, decoded
 from delivery.models import Delivery, DeliveryRollup, Dispatch, DispatchProfiles
 
 # Rows skipped because no device of the profile allows notifications: the audience not reachable.
@@ -96,9 +96,8 @@ def profiles_by(
 
     With ``scope`` (the report these dispatches make up), once retention deleted rows of one of
     them, the profiles it kept for the report's figure ``kept_name`` (by default ``name``) count too
-    (``delivery.kept``): one
-    statement counts the union of the rows still there and the kept profiles, kept in the cache
-    until a counter other than opens moves.
+    (``delivery.kept``): the settled rows and the kept profiles are counted together, each pair
+    once, and the dispatches not settled add only their profiles neither holds.
     """
     from django.db import connection
 
@@ -118,37 +117,64 @@ def profiles_by(
             params,
         )
 
-    if scope is not None and any(cleared for *_, cleared in states):
-        return _profiles_with_kept(name=name, scope=scope, kept=kept_name or name, holding=holding, select=select)
-    if len(holding) == 1:
-        kept = _settled_profiles(dispatch_id=holding[0], name=name, count=count)
+    # Once retention deleted rows of one of these, the profiles it kept for the report count too.
+    kept = (scope, kept_name or name) if scope is not None and any(cleared for *_, cleared in states) else None
+    if len(holding) == 1 and kept is None:
+        figures = _settled_profiles(dispatch_id=holding[0], name=name, count=count)
         return (
-            kept
-            if kept is not None
+            figures
+            if figures is not None
             else kept_until_counted(name=name, dispatch_ids=holding, compute=lambda: count(holding), opens_matter=False)
         )
     settled = _settled_of(holding)
     open_ = [pk for pk in holding if pk not in settled]
-    if not settled or not open_:
+    if kept is None and (not settled or not open_):
         return kept_until_counted(name=name, dispatch_ids=holding, compute=lambda: count(holding), opens_matter=False)
-    if len(settled) == 1:
+    if kept is not None:
+        # The settled rows (the cleared ones have none) and the kept profiles, each pair once.
+        def count_with_kept() -> dict:
+            sql, params = select(settled) if settled else (NO_PAIRS, [])
+            return decoded(grouped_count(*counted_with_kept(sql, params, scope=scope, name=kept[1])), scope)
+
+        before = kept_until_counted(
+            name=f"{name}:kept",
+            dispatch_ids=settled,
+            compute=count_with_kept,
+            extra=f"{scope.key}:{kept[1]}",
+            opens_matter=False,
+        )
+    elif len(settled) == 1:
         before = _settled_profiles(dispatch_id=settled[0], name=name, count=count) or {}
     else:
         before = kept_until_counted(name=name, dispatch_ids=settled, compute=lambda: count(settled), opens_matter=False)
+    if not open_:
+        return before
 
     def count_beyond() -> dict:
-        new_sql, new_params = select(open_)
-        old_sql, old_params = select(settled)
-        same = "IS" if connection.vendor == "sqlite" else "IS NOT DISTINCT FROM"
+        new_sql, params = select(open_)
+        unseen = []
+        if settled:
+            old_sql, old_params = select(settled)
+            same = "IS" if connection.vendor == "sqlite" else "IS NOT DISTINCT FROM"
+            unseen.append(
+                f"NOT EXISTS (SELECT 1 FROM ({old_sql}) o WHERE o.profile_id = n.profile_id AND o.grp {same} n.grp)"  # noqa: S608 (the ORM's SQL)
+            )
+            params = [*params, *old_params]
+        if kept is not None:
+            unseen.append(NOT_KEPT.format(grp="COALESCE(CAST(n.grp AS TEXT), '')", profile="n.profile_id"))
+            params = [*params, kept[0].key, kept[1]]
         return grouped_count(
             f"SELECT grp, count(profile_id) FROM (SELECT DISTINCT grp, profile_id FROM ({new_sql}) n "  # noqa: S608 (the ORM's SQL)
-            f"WHERE NOT EXISTS (SELECT 1 FROM ({old_sql}) o WHERE o.profile_id = n.profile_id AND o.grp {same} n.grp)"
-            ") p GROUP BY grp",
-            [*new_params, *old_params],
+            f"WHERE {' AND '.join(unseen)}) p GROUP BY grp",
+            params,
         )
 
     beyond = kept_until_counted(
-        name=f"{name}:beyond", dispatch_ids=holding, compute=count_beyond, extra=json.dumps(settled), opens_matter=False
+        name=f"{name}:beyond",
+        dispatch_ids=holding,
+        compute=count_beyond,
+        extra=json.dumps([settled, kept[0].key, kept[1]] if kept else settled),
+        opens_matter=False,
     )
     return {grp: before.get(grp, 0) + beyond.get(grp, 0) for grp in before.keys() | beyond.keys()}
 
@@ -162,47 +188,6 @@ def pairs_of(rows: Callable[[list[int]], QuerySet], group: str | Expression) -> 
         return counted.values("grp", "profile_id").order_by().query.sql_with_params()
 
     return select
-
-
-def _profiles_with_kept(
-    *, name: str, scope: Scope, kept: str, holding: list[int], select: Callable[[list[int]], tuple[str, list]]
-) -> dict:
-    """``profiles_by`` once retention deleted the rows of one of these dispatches: the rows of the
-    settled ones (the cleared ones among them) and the profiles retention kept for the scope's figure
-    ``kept`` are counted together, kept in the cache (their counters no longer move, and a dispatch
-    cleared since stamps its own); the dispatches not settled add only their profiles that neither
-    reached in the same group, kept in the cache until a counter other than opens moves."""
-    settled = _settled_of(holding)
-    open_ = [pk for pk in holding if pk not in settled]
-
-    def count_before() -> dict:
-        sql, params = select(settled) if settled else (NO_PAIRS, [])
-        return grouped_count(*counted_with_kept(sql, params, scope=scope, name=kept))
-
-    before = kept_until_counted(
-        name=f"{name}:kept", dispatch_ids=settled, compute=count_before, extra=f"{scope.key}:{kept}", opens_matter=False
-    )
-    beyond: dict = {}
-    if open_:
-
-        def count_beyond() -> dict:
-            new_sql, new_params = select(open_)
-            old_sql, old_params = select(settled) if settled else (NO_PAIRS, [])
-            return grouped_count(
-                f"SELECT grp, count(profile_id) FROM (SELECT DISTINCT grp, profile_id FROM ({as_text(new_sql)}) n "  # noqa: S608 (the ORM's SQL)
-                f"WHERE NOT EXISTS (SELECT 1 FROM ({as_text(old_sql)}) o WHERE o.profile_id = n.profile_id AND o.grp = n.grp) "
-                f"AND {NOT_KEPT.format(alias='n')}) p GROUP BY grp",
-                [*new_params, *old_params, scope.key, kept],
-            )
-
-        beyond = kept_until_counted(
-            name=f"{name}:kept:beyond",
-            dispatch_ids=holding,
-            compute=count_beyond,
-            extra=json.dumps([scope.key, kept, settled]),
-            opens_matter=False,
-        )
-    return decoded({grp: before.get(grp, 0) + beyond.get(grp, 0) for grp in before.keys() | beyond.keys()}, scope)
 
 
 def _settled_of(dispatch_ids: list[int]) -> list[int]:
