@@ -88,7 +88,9 @@ def profiles_by(
     counted once and kept on it (``DispatchProfiles``); so, when a single dispatch of these holds
     rows, the figure is read from one small row. Several dispatches' figures do not add up (one
     profile may be in more than one): those of the settled ones are counted together, kept in the
-    cache (their counters no longer move), and the dispatches not settled (sending, or a stream
+    cache (their counters no longer move) and, as more of them settle (a day's stream, a journey's
+    batch), grown by the new ones' profiles that none before reached rather than counted again
+    (``_settled_union``); the dispatches not settled (sending, or a stream
     that calls still append to) add only their profiles that no settled one reached in the same
     group, one statement probing each of their rows' profiles, kept in the cache until a
     counter other than opens moves (``kept_until_counted``). So a view after a new outcome counts
@@ -119,6 +121,30 @@ def profiles_by(
 
     # Once retention deleted rows of one of these, the profiles it kept for the report count too.
     kept = (scope, kept_name or name) if scope is not None and any(cleared for *_, cleared in states) else None
+
+    def count_unseen(new: list[int], old: list[int]) -> dict:
+        """The pairs of dispatches ``new`` that neither the rows of settled dispatches ``old`` nor
+        the kept profiles hold: one statement probing each of the new rows' profiles."""
+        new_sql, params = select(new)
+        unseen = []
+        if old:
+            # Every row of a settled dispatch is finished: said, the probe reads the profile's finished rows' index.
+            old_sql, old_params = pairs_of(lambda of: rows(of).filter(finished_at__isnull=False), group)(old)
+            same = "IS" if connection.vendor == "sqlite" else "IS NOT DISTINCT FROM"
+            unseen.append(
+                f"NOT EXISTS (SELECT 1 FROM ({old_sql}) o WHERE o.profile_id = n.profile_id AND o.grp {same} n.grp)"  # noqa: S608 (the ORM's SQL)
+            )
+            params = [*params, *old_params]
+        if kept is not None:
+            unseen.append(NOT_KEPT.format(grp="COALESCE(CAST(n.grp AS TEXT), '')", profile="n.profile_id"))
+            params = [*params, kept[0].key, kept[1]]
+        where = f"WHERE {' AND '.join(unseen)}" if unseen else ""
+        return grouped_count(
+            f"SELECT grp, count(profile_id) FROM (SELECT DISTINCT grp, profile_id FROM ({new_sql}) n "  # noqa: S608 (the ORM's SQL)
+            f"{where}) p GROUP BY grp",
+            params,
+        )
+
     if len(holding) == 1 and kept is None:
         figures = _settled_profiles(dispatch_id=holding[0], name=name, count=count)
         return (
@@ -128,7 +154,7 @@ def profiles_by(
         )
     settled = _settled_of(holding)
     open_ = [pk for pk in holding if pk not in settled]
-    if kept is None and (not settled or not open_):
+    if kept is None and not settled:
         return kept_until_counted(name=name, dispatch_ids=holding, compute=lambda: count(holding), opens_matter=False)
     if kept is not None:
         # The settled rows (the cleared ones have none) and the kept profiles, each pair once.
@@ -136,47 +162,106 @@ def profiles_by(
             sql, params = select(settled) if settled else (NO_PAIRS, [])
             return decoded(grouped_count(*counted_with_kept(sql, params, scope=scope, name=kept[1])), scope)
 
-        before = kept_until_counted(
+        before = _settled_union(
             name=f"{name}:kept",
-            dispatch_ids=settled,
+            settled=settled,
             compute=count_with_kept,
+            added=count_unseen,
             extra=f"{scope.key}:{kept[1]}",
-            opens_matter=False,
+            clears_change=False,
         )
     elif len(settled) == 1:
         before = _settled_profiles(dispatch_id=settled[0], name=name, count=count) or {}
     else:
-        before = kept_until_counted(name=name, dispatch_ids=settled, compute=lambda: count(settled), opens_matter=False)
+        before = _settled_union(
+            name=name, settled=settled, compute=lambda: count(settled), added=count_unseen, extra="", clears_change=True
+        )
     if not open_:
         return before
-
-    def count_beyond() -> dict:
-        new_sql, params = select(open_)
-        unseen = []
-        if settled:
-            old_sql, old_params = select(settled)
-            same = "IS" if connection.vendor == "sqlite" else "IS NOT DISTINCT FROM"
-            unseen.append(
-                f"NOT EXISTS (SELECT 1 FROM ({old_sql}) o WHERE o.profile_id = n.profile_id AND o.grp {same} n.grp)"  # noqa: S608 (the ORM's SQL)
-            )
-            params = [*params, *old_params]
-        if kept is not None:
-            unseen.append(NOT_KEPT.format(grp="COALESCE(CAST(n.grp AS TEXT), '')", profile="n.profile_id"))
-            params = [*params, kept[0].key, kept[1]]
-        return grouped_count(
-            f"SELECT grp, count(profile_id) FROM (SELECT DISTINCT grp, profile_id FROM ({new_sql}) n "  # noqa: S608 (the ORM's SQL)
-            f"WHERE {' AND '.join(unseen)}) p GROUP BY grp",
-            params,
-        )
-
     beyond = kept_until_counted(
         name=f"{name}:beyond",
         dispatch_ids=holding,
-        compute=count_beyond,
+        compute=lambda: count_unseen(open_, settled),
         extra=json.dumps([settled, kept[0].key, kept[1]] if kept else settled),
         opens_matter=False,
     )
-    return {grp: before.get(grp, 0) + beyond.get(grp, 0) for grp in before.keys() | beyond.keys()}
+    return _summed(before, beyond)
+
+
+def _summed(a: dict, b: dict) -> dict:
+    return {grp: a.get(grp, 0) + b.get(grp, 0) for grp in a.keys() | b.keys()}
+
+
+# What a settled dispatch's figure may change with: retention deleting its rows (its stamp) aside,
+# nothing once settled; the counters are read as a check.
+_SETTLED_FIELDS = ("pk", "status", "total", "accepted", "failed", "skipped", "unknown", "rows_deleted_at")
+
+
+def _settled_union(
+    *,
+    name: str,
+    settled: list[int],
+    compute: Callable[[], dict],
+    added: Callable[[list[int], list[int]], dict],
+    extra: str,
+    clears_change: bool,
+) -> dict:
+    """The figure ``name`` over settled dispatches ``settled`` (several), kept in the cache under
+    their counters, as ``kept_until_counted`` keeps it; and, when that misses, grown from the
+    figure last kept over fewer of them instead of counted again over every row.
+
+    A report's settled dispatches only grow in number (a day's stream, a journey's batch settles),
+    and their rows no longer change: so the figure over ``settled`` is the one kept over an earlier
+    ``base`` among them plus the pairs of the dispatches settled since that ``base``'s rows do not
+    hold (``added(new, base)``, which probes only the new rows' profiles). The last figure counted
+    is kept with its dispatches (``chain``), under the report's first dispatch and ``extra``.
+
+    It is grown only while it is still right: its dispatches' counters are what they were, retention
+    stamps included when a clear changes the figure (``clears_change``: rows counted alone);
+    otherwise, with the kept profiles counted beside the rows, a clear moves a dispatch's pairs from
+    its rows to the kept ones and the figure stays; and no dispatch settled since was cleared (its
+    pairs would be among the kept ones, which the figure did not count). A clear while growing it
+    (a set of cleared dispatches that changed under the count) has it counted whole.
+    """
+    counters = list(Dispatch.objects.filter(pk__in=settled).order_by("pk").values_list(*_SETTLED_FIELDS))
+    key = f"delivery:{name}:settled:{_stamp([extra, counters])}"
+    held = {row[0]: row if clears_change else row[:-1] for row in counters}
+    cleared = {row[0] for row in counters if row[-1] is not None}
+    chain_key = f"delivery:{name}:chain:{_stamp([extra, settled[:1]])}"
+    found = cache.get_many([chain_key, key])
+    chain, figures = found.get(chain_key), found.get(key)
+
+    def keep_chain() -> None:
+        stamp = _stamp([held[pk] for pk in settled])
+        cache.set(chain_key, {"ids": settled, "stamp": stamp, "figures": figures}, CACHE_SECONDS)
+
+    if figures is not None:
+        if chain is None or chain["ids"] != settled:  # grown from here next (another view kept another)
+            keep_chain()
+        return figures
+    if chain is not None:
+        base = set(chain["ids"])
+        new = [pk for pk in settled if pk not in base]
+        if (
+            base <= held.keys()
+            and _stamp([held[pk] for pk in chain["ids"]]) == chain["stamp"]
+            and not cleared.intersection(new)
+        ):
+            figures = _summed(chain["figures"], added(new, chain["ids"])) if new else chain["figures"]
+            if (
+                set(Dispatch.objects.filter(pk__in=settled, rows_deleted_at__isnull=False).values_list("pk", flat=True))
+                != cleared
+            ):
+                figures = None
+    if figures is None:
+        figures = compute()
+    cache.set(key, figures, CACHE_SECONDS)
+    keep_chain()
+    return figures
+
+
+def _stamp(value) -> str:
+    return hashlib.sha256(json.dumps(value, default=str).encode()).hexdigest()
 
 
 def pairs_of(rows: Callable[[list[int]], QuerySet], group: str | Expression) -> Callable[[list[int]], tuple[str, list]]:

@@ -1,0 +1,372 @@
+"""Benchmark: reports over many settled sends (an API-triggered campaign live for months, a journey
+whose push step sends a batch at each run of the engine).
+
+    .venv/bin/python bench/many_sends.py [--sends 180] [--rows 5000] [--batches 2000] [--batch-rows 250]
+                                         [--profiles 200000] [--events 2000000] [--rebuild]
+
+Uses its own PostgreSQL database (``BENCH_DATABASE_URL``, default
+postgres://postgres@127.0.0.1:5432/pushdesk_bench_many_sends), created and migrated if missing,
+and fills it once, set-based with generate_series: ``--profiles`` profiles; an API-triggered
+campaign with variants A and B and a 10% holdout, a conversion goal (purchase within 24 h of
+acceptance), and ``--sends`` finished daily standing dispatches of ``--rows`` rows each (the
+profiles drawn again each day, so most recur); a journey version with a goal and two push steps
+whose ``--batches`` finished dispatches hold ``--batch-rows`` rows each; ``--events`` events over
+the whole span, a tenth of them purchases.
+
+Then, for the campaign's report (``campaigns.reports.campaign_report``) and the journey version's
+step conversions (``journeys.selectors.version_step_conversions``), in milliseconds:
+
+- ``first_view_ever``: nothing counted yet (the cache cleared, no figure kept on a dispatch);
+- ``warm``: the median of 5 views after it;
+- ``after_new_send``: the first view after one more send settles (a day's dispatch, a batch),
+  what each new day (or each run of the engine) costs the first reader, checked against a count
+  from nothing over the same sends (``recount_ms``, ``grown_equals_recount``);
+- ``after_outcome``: the first view after a new outcome of a send still under way (an open
+  dispatch of one batch's size beside the settled ones).
+
+The sends added are deleted at the end (the data stays for the next run). Prints one JSON line,
+with the figures of each view (they must not change but by what was added) and the load average.
+"""
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/pushdesk_bench_many_sends"
+os.environ["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL)
+os.environ.setdefault("REDIS_URL", "")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+from bench.segments import _secondary_indexes, setup_django  # noqa: E402
+
+# bench.segments points DATABASE_URL at its own database when imported: this benchmark keeps its own.
+os.environ["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL)
+
+NAME = "bench many sends"
+START = dt.datetime(2026, 3, 1, 8, 0, tzinfo=dt.UTC)
+STEPS = ("welcome", "reminder")
+
+PROFILES = """
+INSERT INTO audiences_profile (external_id, attributes, locale, timezone, created_at, updated_at)
+SELECT 'many-' || n, '{}'::jsonb, '', '', now(), now() FROM generate_series(1, %(n)s) n
+"""
+# One row per (send, n): each send's profiles spread over all of them from an offset of its own, none
+# twice in a send (a step of 7919, a prime, while the profiles are not a multiple of it). A profile's
+# variant is its own in every send, as the split draws it: profile % 10 = 0 the holdout (campaign
+# only), else 1 + profile % 2; row n % 20 = 1 failed, the others accepted.
+ROWS = """
+INSERT INTO delivery_delivery (dispatch_id, device_id, profile_id, status, reason, provider_message_id,
+                               attempts, finished_at, queued_at, variant)
+SELECT r.id, NULL, r.profile,
+  CASE WHEN %(holdout)s AND r.profile %% 10 = 0 THEN 'skipped' WHEN r.n %% 20 = 1 THEN 'failed' ELSE 'accepted' END,
+  CASE WHEN %(holdout)s AND r.profile %% 10 = 0 THEN 'holdout' WHEN r.n %% 20 = 1 THEN 'Unregistered' ELSE '' END,
+  '', 1, r.created_at + make_interval(secs => r.n * %(spread)s / %(n)s),
+  CASE WHEN %(standing)s THEN r.created_at END,
+  CASE WHEN NOT %(holdout)s THEN NULL WHEN r.profile %% 10 = 0 THEN 0 ELSE 1 + r.profile %% 2 END
+FROM (SELECT d.id, d.created_at, n, %(first)s + (n * 7919 + d.id * 104729) %% %(profiles)s AS profile
+      FROM delivery_dispatch d, generate_series(1, %(n)s) n WHERE d.id = ANY(%(dispatches)s)) r
+"""
+EVENTS = """
+INSERT INTO audiences_event (profile_id, name, properties, occurred_at, received_at)
+SELECT %(first)s + floor(random() * %(profiles)s)::bigint,
+  CASE WHEN random() < 0.1 THEN 'purchase' ELSE 'app_open' END, '{}'::jsonb,
+  %(start)s + random() * (%(end)s - %(start)s), now()
+FROM generate_series(1, %(n)s)
+"""
+
+
+def ensure_data(args, log) -> dict:
+    """The campaign, the journey version, their sends and the events, made once per size."""
+    from django.db import connection
+
+    from accounts.models import User
+    from audiences.models import Profile
+    from campaigns.models import Campaign
+    from delivery.models import App, Dispatch, PushContent
+    from delivery.services.rollups import rollup_rebuild
+    from journeys.models import Journey, JourneyVersion
+
+    size = {k: getattr(args, k) for k in ("sends", "rows", "batches", "batch_rows", "profiles", "events")}
+    campaign = Campaign.objects.filter(name=NAME).first()
+    journey = Journey.objects.filter(name=NAME).first()
+    if (
+        not args.rebuild
+        and campaign is not None
+        and journey is not None
+        and _size_of(campaign, journey, events_wanted=args.events) == size
+    ):
+        return {"campaign": campaign, "version": journey.versions.get(), "generated": False}
+    log(f"generating {size}...")
+    started = time.perf_counter()
+    with connection.cursor() as cursor:
+        cursor.execute("SET synchronous_commit = off")
+        cursor.execute("TRUNCATE delivery_delivery, audiences_event, audiences_profile RESTART IDENTITY CASCADE")
+    Dispatch.objects.filter(label__startswith=NAME).delete()
+    Campaign.objects.filter(name=NAME).delete()
+    Journey.objects.filter(name=NAME).delete()
+    user, _ = User.objects.get_or_create(username="bench")
+    app, _ = App.objects.get_or_create(name=NAME)
+    content, _ = PushContent.objects.get_or_create(app=app, name=NAME, defaults={"title": "Hello", "body": "Bench"})
+    goal = {"conversion_event": "purchase", "conversion_window_hours": 24, "conversion_anchor": "accepted"}
+    campaign = Campaign.objects.create(
+        name=NAME,
+        app=app,
+        content=content,
+        owner=user,
+        holdout_share=10,
+        kind=Campaign.Kind.API_TRIGGERED,
+        **goal,
+    )
+    journey = Journey.objects.create(name=NAME, app=app, owner=user, **goal)
+    version = JourneyVersion.objects.create(journey=journey, number=1, graph={"steps": []})
+    spec = content.spec()
+    days = [
+        Dispatch(
+            app=app,
+            kind=Dispatch.Kind.API_TRIGGER,
+            source_id=campaign.pk,
+            label=f"{NAME}: day {day}",
+            content_spec=spec,
+            status=Dispatch.Status.DONE,
+            standing=True,
+            total=args.rows,
+            holdout_share=10,
+            created_at=START + dt.timedelta(days=day),
+        )
+        for day in range(args.sends)
+    ]
+    batch_seconds = args.sends * 86400 / max(args.batches, 1)
+    batches = [
+        Dispatch(
+            app=app,
+            kind=Dispatch.Kind.JOURNEY,
+            source_id=version.pk,
+            label=f"{NAME}: batch {batch}",
+            content_spec=spec,
+            context={"journey": {"id": journey.pk, "version": 1, "step": STEPS[batch % 2]}},
+            status=Dispatch.Status.DONE,
+            total=args.batch_rows,
+            created_at=START + dt.timedelta(seconds=batch * batch_seconds),
+        )
+        for batch in range(args.batches)
+    ]
+    Dispatch.objects.bulk_create(days + batches, batch_size=2000)
+    with connection.cursor() as cursor:
+        indexes = _secondary_indexes(cursor, ["audiences_profile", "audiences_event", "delivery_delivery"])
+        for name, _ in indexes:
+            cursor.execute(f'DROP INDEX "{name}"')
+        try:  # the indexes come back whatever happens (a failed insert inserted nothing)
+            cursor.execute("SELECT setseed(0.23)")
+            cursor.execute(PROFILES, {"n": args.profiles})
+            first = Profile.objects.order_by("pk").values_list("pk", flat=True).first()
+            common = {"first": first, "profiles": args.profiles}
+            cursor.execute(
+                ROWS,
+                {
+                    **common,
+                    "holdout": True,
+                    "standing": True,
+                    "spread": 86000.0,
+                    "n": args.rows,
+                    "dispatches": [d.pk for d in days],
+                },
+            )
+            cursor.execute(
+                ROWS,
+                {
+                    **common,
+                    "holdout": False,
+                    "standing": False,
+                    "spread": 60.0,
+                    "n": args.batch_rows,
+                    "dispatches": [d.pk for d in batches],
+                },
+            )
+            end = START + dt.timedelta(days=args.sends + 1)
+            cursor.execute(EVENTS, {**common, "start": START, "end": end, "n": args.events})
+        finally:
+            for _, definition in indexes:
+                cursor.execute(definition)
+        rollup_rebuild(dispatch_ids=[d.pk for d in days + batches])
+        for table in ("audiences_profile", "audiences_event", "delivery_delivery", "delivery_dispatch"):
+            cursor.execute(f"VACUUM ANALYZE {table}")
+    log(f"generated in {time.perf_counter() - started:.1f} s")
+    return {
+        "campaign": campaign,
+        "version": version,
+        "generated": True,
+        "generated_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def _size_of(campaign, journey, *, events_wanted: int) -> dict:
+    """The sizes the data was made with (events estimated: within 5% counts as the same)."""
+    from django.db import connection
+
+    from audiences.models import Profile
+    from delivery.models import Dispatch
+
+    def sends(kind, source_id) -> tuple[int, int]:
+        totals = list(Dispatch.objects.filter(kind=kind, source_id=source_id).values_list("total", flat=True)[:1])
+        return Dispatch.objects.filter(kind=kind, source_id=source_id).count(), (totals or [0])[0]
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE relname = 'audiences_event'")
+        events = cursor.fetchone()[0]
+    (days, rows), (batches, batch_rows) = (
+        sends(Dispatch.Kind.API_TRIGGER, campaign.pk),
+        sends(Dispatch.Kind.JOURNEY, journey.versions.get().pk),
+    )
+    return {
+        "sends": days,
+        "rows": rows,
+        "batches": batches,
+        "batch_rows": batch_rows,
+        "profiles": Profile.objects.count(),
+        "events": events if abs(events - events_wanted) > events_wanted * 0.05 else events_wanted,
+    }
+
+
+def _added(like, *, rows: int, status: str, label: str):
+    """One more send of ``like``'s report: a dispatch a day (or a batch) after the last, with ``rows`` rows."""
+    from django.db import connection
+
+    from audiences.models import Profile
+    from delivery.models import Dispatch
+    from delivery.services.rollups import rollup_rebuild
+
+    last = Dispatch.objects.filter(kind=like.kind, source_id=like.source_id).order_by("-created_at").first()
+    dispatch = Dispatch.objects.create(
+        app_id=like.app_id,
+        kind=like.kind,
+        source_id=like.source_id,
+        label=f"{NAME}: {label}",
+        content_spec=like.content_spec,
+        context=like.context,
+        status=status,
+        standing=like.standing,
+        total=rows,
+        holdout_share=like.holdout_share,
+        created_at=last.created_at + dt.timedelta(hours=1),
+    )
+    first = Profile.objects.order_by("pk").values_list("pk", flat=True).first()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            ROWS,
+            {
+                "first": first,
+                "profiles": Profile.objects.count(),
+                "holdout": like.kind != Dispatch.Kind.JOURNEY,
+                "standing": like.standing,
+                "spread": 60.0,
+                "n": rows,
+                "dispatches": [dispatch.pk],
+            },
+        )
+    rollup_rebuild(dispatch_ids=[dispatch.pk])
+    return dispatch
+
+
+def _new_outcome(dispatch) -> None:
+    """A row of a send under way settles, as the send tasks record it (the row, the counters)."""
+    from django.db.models import F
+    from django.utils import timezone
+
+    from delivery.models import Delivery, Dispatch
+
+    row = Delivery.objects.filter(dispatch_id=dispatch.pk, status="queued").values_list("pk", flat=True).first()
+    Delivery.objects.filter(pk=row).update(status="accepted", finished_at=timezone.now())
+    Dispatch.objects.filter(pk=dispatch.pk).update(accepted=F("accepted") + 1)
+
+
+def _timed(call) -> tuple[float, object]:
+    started = time.perf_counter()
+    value = call()
+    return round((time.perf_counter() - started) * 1000, 1), value
+
+
+def measure(view, *, like, rows: int) -> dict:
+    """The four views of one report (see the module's docstring)."""
+    from django.core.cache import cache
+    from django.db import connection
+
+    from delivery.models import Delivery, Dispatch, DispatchProfiles
+
+    DispatchProfiles.objects.filter(dispatch__kind=like.kind, dispatch__source_id=like.source_id).delete()
+    cache.clear()
+    out = {}
+    out["first_view_ever_ms"], figures = _timed(view)
+    warm = [_timed(view)[0] for _ in range(5)]
+    out["warm_ms"] = statistics.median(warm)
+    out["figures"] = figures
+    added = []
+    try:
+        added.append(_added(like, rows=rows, status=Dispatch.Status.DONE, label="new send"))
+        out["after_new_send_ms"], out["figures_after_new_send"] = _timed(view)
+        out["after_new_send_warm_ms"] = _timed(view)[0]
+        # The figures grown from the last ones must be those of a count from nothing.
+        DispatchProfiles.objects.filter(dispatch__kind=like.kind, dispatch__source_id=like.source_id).delete()
+        cache.clear()
+        out["recount_ms"], recounted = _timed(view)
+        out["grown_equals_recount"] = recounted == out["figures_after_new_send"]
+        sending = _added(like, rows=rows, status=Dispatch.Status.SENDING, label="sending")
+        added.append(sending)
+        Delivery.objects.filter(dispatch_id=sending.pk).update(status="queued", finished_at=None, reason="")
+        view()  # the send under way counted once
+        _new_outcome(sending)
+        out["after_outcome_ms"] = _timed(view)[0]
+    finally:
+        with connection.cursor() as cursor:
+            for dispatch in added:
+                cursor.execute("DELETE FROM delivery_delivery WHERE dispatch_id = %s", [dispatch.pk])
+        Dispatch.objects.filter(pk__in=[d.pk for d in added]).delete()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sends", type=int, default=180, help="the campaign's daily dispatches")
+    parser.add_argument("--rows", type=int, default=5000, help="rows per daily dispatch")
+    parser.add_argument("--batches", type=int, default=2000, help="the journey version's dispatches")
+    parser.add_argument("--batch-rows", type=int, default=250, help="rows per journey dispatch")
+    parser.add_argument("--profiles", type=int, default=200_000)
+    parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--rebuild", action="store_true")
+    args = parser.parse_args()
+    setup_django()
+    from campaigns.reports import campaign_report
+    from delivery.models import Dispatch
+    from journeys.selectors import version_step_conversions
+
+    made = ensure_data(args, log=lambda m: print(m, file=sys.stderr))
+    campaign, version = made.pop("campaign"), made.pop("version")
+    result = {
+        "benchmark": "many_sends",
+        **{k: getattr(args, k) for k in ("sends", "rows", "batches", "batch_rows", "profiles", "events")},
+        **made,
+    }
+
+    def campaign_view():
+        report = campaign_report(campaign)
+        return {
+            "variants": [v["profiles"] for v in report["variants"]],
+            "holdout": report["holdout"],
+            "conversions": report["conversions"]["overall"],
+        }
+
+    day = Dispatch.objects.filter(kind=Dispatch.Kind.API_TRIGGER, source_id=campaign.pk).first()
+    result["campaign"] = measure(campaign_view, like=day, rows=args.rows)
+    batch = Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id=version.pk).first()
+    result["journey"] = measure(lambda: version_step_conversions(version), like=batch, rows=args.batch_rows)
+    result["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(result, default=str))
+
+
+if __name__ == "__main__":
+    main()
