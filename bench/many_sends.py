@@ -22,7 +22,9 @@ step conversions (``journeys.selectors.version_step_conversions``), in milliseco
   what each new day (or each run of the engine) costs the first reader, checked against a count
   from nothing over the same sends (``recount_ms``, ``grown_equals_recount``);
 - ``after_outcome``: the first view after a new outcome of a send still under way (an open
-  dispatch of one batch's size beside the settled ones).
+  dispatch of one batch's size beside the settled ones);
+- ``charts``: the median of 5 reads of the report pages' charts (``delivery.reports.report_charts``:
+  the timeline per day over the whole span, from the rollup's ``rollup_rows`` rows).
 
 The sends added are deleted at the end (the data stays for the next run). Prints one JSON line,
 with the figures of each view (they must not change but by what was added) and the load average.
@@ -341,7 +343,8 @@ def main() -> None:
     args = parser.parse_args()
     setup_django()
     from campaigns.reports import campaign_report
-    from delivery.models import Dispatch
+    from delivery.models import DeliveryRollup, Dispatch
+    from delivery.reports import report_charts
     from journeys.selectors import version_step_conversions
 
     made = ensure_data(args, log=lambda m: print(m, file=sys.stderr))
@@ -364,6 +367,13 @@ def main() -> None:
     result["campaign"] = measure(campaign_view, like=day, rows=args.rows)
     batch = Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id=version.pk).first()
     result["journey"] = measure(lambda: version_step_conversions(version), like=batch, rows=args.batch_rows)
+    # The charts of both pages (the timeline per day over the whole span), from the rollup.
+    for key, like in (("campaign", day), ("journey", batch)):
+        ids = list(Dispatch.objects.filter(kind=like.kind, source_id=like.source_id).values_list("pk", flat=True))
+        result[key]["charts_ms"] = statistics.median(
+            _timed(lambda ids=ids: report_charts(dispatch_ids=ids))[0] for _ in range(5)
+        )
+        result[key]["rollup_rows"] = DeliveryRollup.objects.filter(dispatch_id__in=ids).count()
     result["load_average"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result, default=str))
 

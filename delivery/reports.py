@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from django.core.cache import cache
-from django.db.models import Expression, F, QuerySet, Sum
+from django.db.models import Expression, F, Max, Min, Q, QuerySet, Sum
+from django.db.models.functions import Trunc
 from django.utils import timezone
 
 from delivery.kept import NO_PAIRS, NOT_KEPT, Scope, counted_with_kept, decoded
@@ -368,10 +369,16 @@ def rollup_rows(dispatch_ids: Iterable[int], *, by: tuple[str, ...], **filters) 
 
 
 def _charts(ids: list[int], tz: dt.tzinfo) -> dict:
-    # Two grouped reads: the totals without the quarter hours (a few dozen rows), and the quarter
-    # hours of the two outcomes the timeline draws only (a few hundred rows, not thousands).
-    rows = rollup_rows(ids, by=("platform", "outcome", "reason"))
-    periods = rollup_rows(ids, by=("period", "outcome"), outcome__in=("accepted", "opened"))
+    # Two grouped reads: the totals without the quarter hours (a few dozen rows, each with the
+    # first and last quarter hour it was counted in: the timeline's span), and the timeline's
+    # buckets of the two outcomes it draws (a few hundred rows, however long the sends went on).
+    counted = Q(rows__gt=0)
+    rows = list(
+        DeliveryRollup.objects.filter(dispatch_id__in=ids)
+        .values("platform", "outcome", "reason")
+        .annotate(n=Sum("rows"), first=Min("period", filter=counted), last=Max("period", filter=counted))
+        .order_by()
+    )
     platforms = {name: dict.fromkeys(OUTCOMES, 0) for name in PLATFORMS}
     reasons: dict[tuple[str, str], int] = {}
     unreachable = 0
@@ -388,7 +395,7 @@ def _charts(ids: list[int], tz: dt.tzinfo) -> dict:
     totals = {name: sum(platforms[p][name] for p in PLATFORMS) for name in OUTCOMES}
     shown = [p for p in PLATFORMS if platforms[p]["targeted"]]
     return {
-        "timeline": _timeline(periods, tz),
+        "timeline": _timeline(ids, rows, tz),
         "platforms": {
             "labels": shown,
             "series": {name: [platforms[p][name] for p in shown] for name in OUTCOMES},
@@ -405,17 +412,26 @@ def _charts(ids: list[int], tz: dt.tzinfo) -> dict:
     }
 
 
-def _timeline(rows: list[dict], tz: dt.tzinfo) -> dict:
-    """Accepted (by when the provider accepted) and opened (by when opened) per bucket. The
-    rollup's quarter hours fall whole into a local hour or day: every time zone's offset is a
-    multiple of 15 minutes."""
+def _timeline(ids: list[int], totals: list[dict], tz: dt.tzinfo) -> dict:
+    """Accepted (by when the provider accepted) and opened (by when opened) per bucket: per local
+    hour from the rollup's quarter hours, or, past ``HOURLY_UP_TO``, per local day summed in SQL
+    (a stream that ran for months has tens of thousands of quarter hours). The rollup's quarter
+    hours fall whole into a local hour or day: every time zone's offset is a multiple of 15 minutes.
+    ``totals``: the rollup summed by outcome (and more), with each group's first and last quarter hour."""
+    spans = [row for row in totals if row["outcome"] in ("accepted", "opened") and row["last"] is not None]
+    if not any(row["outcome"] == "accepted" for row in spans):
+        return {"unit": "hour", "labels": [], "accepted": [], "opened": []}
+    first = min(row["first"] for row in spans if row["outcome"] == "accepted")
+    last = max(row["last"] for row in spans)
+    unit = "hour" if last - first <= HOURLY_UP_TO else "day"
+    drawn = DeliveryRollup.objects.filter(dispatch_id__in=ids, outcome__in=("accepted", "opened"))
+    if unit == "hour":
+        rows = list(drawn.values("period", "outcome").annotate(n=Sum("rows")).order_by())
+    else:
+        days = drawn.annotate(day=Trunc("period", "day", tzinfo=tz)).values("day", "outcome").annotate(n=Sum("rows"))
+        rows = [{"period": row["day"], "outcome": row["outcome"], "n": row["n"]} for row in days.order_by()]
     accepted = [row for row in rows if row["outcome"] == "accepted" and row["n"]]
     opened = [row for row in rows if row["outcome"] == "opened" and row["n"]]
-    if not accepted:
-        return {"unit": "hour", "labels": [], "accepted": [], "opened": []}
-    first = min(row["period"] for row in accepted)
-    last = max(row["period"] for row in accepted + opened)
-    unit = "hour" if last - first <= HOURLY_UP_TO else "day"
     step = dt.timedelta(hours=1) if unit == "hour" else dt.timedelta(days=1)
     start, end = _bucket(first, unit, tz), _bucket(last, unit, tz)
     buckets = []

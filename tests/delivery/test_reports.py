@@ -65,6 +65,37 @@ def test_the_timeline_is_in_the_time_zone_given_and_per_day_beyond_two_days():
     }
 
 
+@pytest.mark.embedded
+def test_a_long_timeline_is_summed_per_local_day_across_a_change_of_offset(django_assert_max_num_queries):
+    """Past two days the buckets are local days summed in SQL: the quarter hours either side of a
+    local midnight, on the night the clocks go back (Paris, 25 October 2026: 03:00 CEST is 02:00
+    CET), fall in their own day; the days between with nothing are drawn empty."""
+    app = AppFactory()
+    dispatch = sent_dispatch(app)  # 2026-11-28, 11:15-13:15 in Paris (CET)
+    paris = zoneinfo.ZoneInfo("Europe/Paris")
+    times = [
+        dt.datetime(2026, 10, 24, 21, 50, tzinfo=dt.UTC),  # 23:50 CEST on the 24th
+        dt.datetime(2026, 10, 24, 22, 10, tzinfo=dt.UTC),  # 00:10 CEST on the 25th
+        dt.datetime(2026, 10, 25, 22, 55, tzinfo=dt.UTC),  # 23:55 CET on the 25th
+        dt.datetime(2026, 10, 25, 23, 5, tzinfo=dt.UTC),  # 00:05 CET on the 26th
+        dt.datetime(2026, 10, 25, 23, 20, tzinfo=dt.UTC),  # 00:20 CET on the 26th
+    ]
+    for when in times:
+        device = DeviceFactory(app=app, platform="android")
+        Delivery.objects.create(
+            dispatch=dispatch, device=device, profile=device.profile, status="accepted", finished_at=when
+        )
+    rollup_rebuild(dispatch_ids=[dispatch.pk])
+    with django_assert_max_num_queries(2):  # the totals with their span, then the days
+        timeline = report_charts(dispatch_ids=[dispatch.pk], tz=paris)["timeline"]
+    assert timeline["unit"] == "day"
+    assert timeline["labels"][:3] == ["2026-10-24", "2026-10-25", "2026-10-26"]
+    assert timeline["labels"][-1] == "2026-11-28" and len(timeline["labels"]) == 36
+    assert timeline["accepted"][:4] == [1, 2, 2, 0]
+    assert timeline["accepted"][-1] == 3 and sum(timeline["accepted"]) == 8
+    assert timeline["opened"][-1] == 2 and sum(timeline["opened"]) == 2
+
+
 def test_figures_follow_a_new_open_at_once_from_the_rollup_in_two_queries(admin_erin, django_assert_max_num_queries):
     app = AppFactory()
     dispatch = sent_dispatch(app)
