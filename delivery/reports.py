@@ -33,8 +33,8 @@ CACHE_SECONDS = 24 * 3600  # figures whose dispatches' counters stay put stay ri
 
 
 def report_charts(*, dispatch_ids: Iterable[int], tz: dt.tzinfo | None = None) -> dict:
-    """The charts' figures for these dispatches, from their rollup (``DeliveryRollup``: one grouped
-    query over a few rows per quarter hour, whatever the number of deliveries).
+    """The charts' figures for these dispatches, from their rollup (``DeliveryRollup``: two grouped
+    queries over a few rows per quarter hour, whatever the number of deliveries).
 
     - ``timeline``: accepted and opened per hour, or per day when the sends span more than 48
       hours, in ``tz`` (the current time zone by default), every bucket between the first and
