@@ -17,7 +17,8 @@ Then, for the campaign's report (``campaigns.reports.campaign_report``) and the 
 step conversions (``journeys.selectors.version_step_conversions``), in milliseconds:
 
 - ``first_view_ever``: nothing counted yet (the cache cleared, no figure kept on a dispatch);
-- ``warm``: the median of 5 views after it;
+- ``warm``: the median of 5 views after it, nothing changed;
+- ``after_event``: the first view after a goal event is posted (as a live campaign's keep coming);
 - ``after_new_send``: the first view after one more send settles (a day's dispatch, a batch),
   what each new day (or each run of the engine) costs the first reader, checked against a count
   from nothing over the same sends (``recount_ms``, ``grown_equals_recount``);
@@ -298,6 +299,7 @@ def measure(view, *, like, rows: int) -> dict:
     from django.core.cache import cache
     from django.db import connection
 
+    from audiences.models import Event
     from delivery.models import Delivery, Dispatch, DispatchProfiles
 
     DispatchProfiles.objects.filter(dispatch__kind=like.kind, dispatch__source_id=like.source_id).delete()
@@ -309,6 +311,15 @@ def measure(view, *, like, rows: int) -> dict:
     out["figures"] = figures
     added = []
     try:
+        # A goal event posted now (a live campaign's purchases keep coming): its conversions counted again.
+        reached = Delivery.objects.filter(dispatch_id=like.pk, status="accepted").values_list("profile_id", flat=True)[
+            0
+        ]
+        event = Event.objects.create(
+            profile_id=reached, name="purchase", properties={}, occurred_at=like.created_at + dt.timedelta(hours=1)
+        )
+        out["after_event_ms"] = _timed(view)[0]
+        event.delete()
         added.append(_added(like, rows=rows, status=Dispatch.Status.DONE, label="new send"))
         out["after_new_send_ms"], out["figures_after_new_send"] = _timed(view)
         out["after_new_send_warm_ms"] = _timed(view)[0]

@@ -30,7 +30,7 @@ def campaign_report(campaign: Campaign) -> dict:
     (``delivery.reports.rollup_rows``). The profiles per variant, which a rollup cannot sum (one
     profile may have several devices and several occurrences), are counted once and kept on each
     settled dispatch (``delivery.reports.profiles_by``); the conversions,
-    which events make, are counted each time."""
+    which events make, are kept until the counters or the goal's events move (``delivery.conversions``)."""
     dispatches = list(
         _dispatches(campaign).values("id", "label", "status", "created_at", "finished_at", "rows_deleted_at")
     )

@@ -15,6 +15,7 @@ Newcombe's interval for a difference of two proportions (built from the two Wils
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -105,11 +106,17 @@ def reached_rows(of: list[int]):
 
 
 def converted_select(
-    of: list[int], *, goal: Goal, group: str | F, first_sent: dt.datetime | None = None
+    of: list[int],
+    *,
+    goal: Goal,
+    group: str | F,
+    first_sent: dt.datetime | None = None,
+    until: dt.datetime | None = None,
 ) -> tuple[str, list] | None:
     """The SQL selecting each (grp, profile_id) among the reached rows of dispatches ``of`` that
     converted under ``goal``, with its parameters; None when none of them holds rows.
-    ``first_sent``: the earliest creation of those still holding rows, when the caller read it.
+    ``first_sent``: the earliest creation of those still holding rows, and ``until`` the end of the
+    latest anchor's window, when the caller read them.
 
     The deliveries are joined to the events (a hash join, not a probe per delivery): the events
     read are only the goal's, from the first dispatch's creation (no anchor is earlier) to the end
@@ -142,7 +149,7 @@ def converted_select(
         .order_by()
     )
     events = Event.objects.filter(
-        name=goal.event, occurred_at__gte=first_sent, occurred_at__lt=_last_window_end(of, goal, window)
+        name=goal.event, occurred_at__gte=first_sent, occurred_at__lt=until or _last_window_end(of, goal, window)
     )
     compiler = Compiler()
     for condition in goal.where:
@@ -166,7 +173,9 @@ def conversions_by(
     the profiles reached and the profiles that converted. The reached profiles change only with
     the rows' outcomes, never with opens or events: a settled dispatch's are counted once and kept
     on it, others kept in the cache until a dispatch's counters move (``delivery.reports.profiles_by``).
-    The conversions, which events make, are one grouped statement on each call.
+    The conversions, which events make, are one grouped statement, kept in the cache until the
+    counters (the opens too, with the "opened" anchor) or the goal's events in its span move
+    (``_events_stamp``).
 
     Reached: a delivery accepted by the provider, or a holdout row (variant 0, skipped). Converted:
     a reached profile that did the goal's event, its properties meeting the conditions, at or after
@@ -182,7 +191,7 @@ def conversions_by(
 
     from delivery.kept import NO_PAIRS, counted_with_kept, decoded, goal_names
     from delivery.models import Dispatch
-    from delivery.reports import grouped_count, profiles_by
+    from delivery.reports import grouped_count, kept_until_counted, profiles_by
 
     ids = list(dispatch_ids)
     if not ids:
@@ -204,17 +213,55 @@ def conversions_by(
     )
     if not reached_counts:
         return {}
-    select = converted_select(ids, goal=goal, group=group, first_sent=read["first"]) if read["first"] else None
-    if scope is not None:
-        sql, params = select or (NO_PAIRS, [])
-        converted_counts = decoded(
-            grouped_count(*counted_with_kept(sql, params, scope=scope, name=converted_name)), scope
+    until = _last_window_end(ids, goal, dt.timedelta(hours=goal.window_hours))
+
+    def count_converted() -> dict:
+        select = converted_select(ids, goal=goal, group=group, first_sent=read["first"], until=until)
+        if scope is not None:
+            sql, params = select or (NO_PAIRS, [])
+            return decoded(grouped_count(*counted_with_kept(sql, params, scope=scope, name=converted_name)), scope)
+        if select:
+            return grouped_count(f"SELECT grp, count(*) FROM ({select[0]}) c GROUP BY grp", select[1])  # noqa: S608 (the ORM's SQL)
+        return {}
+
+    # Kept until the rows' outcomes (their opens too, with the "opened" anchor) or the goal's
+    # events that the count reads move: the events are fingerprinted from their index alone.
+    converted_counts = (
+        kept_until_counted(
+            name=f"conversions_converted:{group_key}",
+            dispatch_ids=ids,
+            compute=count_converted,
+            extra=json.dumps(
+                [
+                    goal.as_dict(),
+                    converted_name if scope is not None else None,
+                    _events_stamp(goal, since=read["first"], until=until),
+                ],
+                default=str,
+            ),
+            opens_matter=goal.anchor == ConversionGoal.Anchor.OPENED,
         )
-    elif select:
-        converted_counts = grouped_count(f"SELECT grp, count(*) FROM ({select[0]}) c GROUP BY grp", select[1])  # noqa: S608 (the ORM's SQL)
-    else:
-        converted_counts = {}
+        if read["first"] or scope is not None
+        else {}
+    )
     return {grp: {"reached": n, "converted": converted_counts.get(grp, 0)} for grp, n in reached_counts.items()}
+
+
+def _events_stamp(goal: Goal, *, since: dt.datetime | None, until: dt.datetime) -> list:
+    """What the goal's events between ``since`` and ``until`` are, read from the events' (name,
+    occurred_at) INCLUDE (profile_id) index alone (no row's properties): how many, the sum of their
+    profiles, the first and the last. An event posted late, deleted or moved to another profile
+    (a merge) changes it; a conversion count is kept only while it holds."""
+    from django.db.models import Count, Max, Sum
+
+    from audiences.models import Event
+
+    if since is None:
+        return []
+    read = Event.objects.filter(name=goal.event, occurred_at__gte=since, occurred_at__lt=until).aggregate(
+        n=Count("*"), profiles=Sum("profile_id"), first=Min("occurred_at"), last=Max("occurred_at")
+    )
+    return [read["n"], read["profiles"], read["first"], read["last"]]
 
 
 def _last_window_end(dispatch_ids: list[int], goal: Goal, window: dt.timedelta) -> dt.datetime:

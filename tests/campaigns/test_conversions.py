@@ -8,6 +8,7 @@ import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 
 from accounts.models import AuditEvent
+from audiences.models import Event
 from campaigns.models import Campaign
 from campaigns.reports import campaign_report
 from campaigns.services.conversions import campaign_conversion_set
@@ -343,7 +344,7 @@ def test_report_page_csv_and_api_show_conversions_per_variant_and_the_holdout(
     assert stranger.get(f"/api/v1/campaigns/{campaign.pk}/report/").status_code == 404
 
 
-def test_the_reached_profiles_are_kept_until_the_counters_move_and_conversions_counted_each_time(sent, manager_alice):
+def test_the_reached_profiles_and_conversions_are_kept_until_the_counters_or_goal_events_move(sent, manager_alice):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -365,13 +366,46 @@ def test_the_reached_profiles_are_kept_until_the_counters_move_and_conversions_c
 
     figures, grouped = counted()
     assert figures == (5, 0) and len(grouped) == 2  # the reached profiles, then the conversions
+    assert counted() == ((5, 0), [])  # a repeat view counts nothing
     EventFactory(profile=buyer, name="purchase", occurred_at=T0 + HOUR)
     figures, grouped = counted()
     assert figures == (5, 1) and len(grouped) == 1 and "audiences_event" in grouped[0]
+    EventFactory(profile=buyer, name="app_open", occurred_at=T0 + HOUR)  # not the goal's event
+    assert counted() == ((5, 1), [])
+    # A goal event posted late, whoever's, has them counted again; so has one deleted.
+    late = EventFactory(profile=ProfileFactory(), name="purchase", occurred_at=T0 + 2 * HOUR)
+    figures, grouped = counted()
+    assert figures == (5, 1) and len(grouped) == 1
+    late.delete()
+    Event.objects.filter(profile=buyer, name="purchase").delete()
+    assert counted()[0] == (5, 0)  # the goal's events as they were at the first view: its figure
+    EventFactory(profile=buyer, name="purchase", occurred_at=T0 + HOUR)
+    assert counted()[0] == (5, 1)
     deliver(variant=1)
     Dispatch.objects.filter(pk__in=ids).update(accepted=6)  # as the send tasks record an outcome
     figures, grouped = counted()
     assert figures == (6, 1) and len(grouped) == 2
+    assert counted() == ((6, 1), [])
+
+
+def test_with_the_opened_anchor_an_open_has_the_kept_conversions_counted_again(sent, manager_alice):
+    from delivery.conversions import Goal, conversions_by
+
+    campaign, deliver = sent
+    _goal(campaign, manager_alice, window_hours=2, anchor="opened")
+    buyer = deliver(variant=1)
+    EventFactory(profile=buyer, name="purchase", occurred_at=T0 + HOUR)
+    campaign = Campaign.objects.get(pk=campaign.pk)
+    ids = list(Dispatch.objects.values_list("pk", flat=True))
+
+    def converted():
+        figures = conversions_by(dispatch_ids=ids, goal=Goal.of(campaign), group="variant", group_key="variant")
+        return figures[1]["converted"]
+
+    assert converted() == 0  # not opened: it cannot convert
+    Delivery.objects.filter(profile=buyer).update(opened_at=T0 + dt.timedelta(minutes=30))
+    Dispatch.objects.filter(pk__in=ids).update(opened=1)  # as the open is recorded
+    assert converted() == 1
 
 
 def test_duplicating_a_campaign_keeps_its_goal(make_campaign, manager_alice):
