@@ -122,6 +122,32 @@ def converted_select(
     read are only the goal's, from the first dispatch's creation (no anchor is earlier) to the end
     of the latest anchor's window (``_last_window_end``), through the events' (name, occurred_at) index.
     """
+    parts = _converted_parts(of, goal=goal, group=group, first_sent=first_sent, until=until)
+    if parts is None:
+        return None
+    (candidates_sql, candidates_params), (events_sql, events_params) = parts
+    return (
+        f"""
+        SELECT DISTINCT r.grp, r.profile_id
+        FROM ({candidates_sql}) r JOIN ({events_sql}) e ON e.profile_id = r.profile_id
+        WHERE e.occurred_at >= r.anchor AND e.occurred_at < r.window_end
+        """,  # noqa: S608 (the parts are the ORM's SQL, their values parameters)
+        [*candidates_params, *events_params],
+    )
+
+
+def _converted_parts(
+    of: list[int],
+    *,
+    goal: Goal,
+    group: str | F,
+    first_sent: dt.datetime | None,
+    until: dt.datetime | None,
+    events_where: Q | None = None,
+) -> tuple[tuple[str, list], tuple[str, list]] | None:
+    """The SQL of the reached rows that can convert (``grp``, ``profile_id``, ``anchor``,
+    ``window_end``) and of the goal's events that can convert them (``profile_id``,
+    ``occurred_at``; ``events_where`` narrows them), each with its parameters."""
     from audiences.models import Event
     from audiences.rules.compiler import Compiler
     from delivery.models import Dispatch
@@ -151,18 +177,14 @@ def converted_select(
     events = Event.objects.filter(
         name=goal.event, occurred_at__gte=first_sent, occurred_at__lt=until or _last_window_end(of, goal, window)
     )
+    if events_where is not None:
+        events = events.filter(events_where)
     compiler = Compiler()
     for condition in goal.where:
         events = events.filter(compiler.json_condition("properties", condition["property"], condition))
-    candidates_sql, candidates_params = candidates.query.sql_with_params()
-    events_sql, events_params = events.values("profile_id", "occurred_at").order_by().query.sql_with_params()
     return (
-        f"""
-        SELECT DISTINCT r.grp, r.profile_id
-        FROM ({candidates_sql}) r JOIN ({events_sql}) e ON e.profile_id = r.profile_id
-        WHERE e.occurred_at >= r.anchor AND e.occurred_at < r.window_end
-        """,  # noqa: S608 (the parts are the ORM's SQL, their values parameters)
-        [*candidates_params, *events_params],
+        candidates.query.sql_with_params(),
+        events.values("profile_id", "occurred_at").order_by().query.sql_with_params(),
     )
 
 
@@ -187,6 +209,7 @@ def conversions_by(
     them, the profiles it kept for the report count too (``delivery.kept``): those it kept reached
     and converted under this same goal. Otherwise the rows alone are counted, as without it.
     """
+    from django.db import connection
     from django.db.models import Count
 
     from delivery.kept import NO_PAIRS, counted_with_kept, decoded, goal_names
@@ -224,6 +247,11 @@ def conversions_by(
             return grouped_count(f"SELECT grp, count(*) FROM ({select[0]}) c GROUP BY grp", select[1])  # noqa: S608 (the ORM's SQL)
         return {}
 
+    if scope is None and read["first"] and connection.vendor == "postgresql":
+        return _reached_and_converted(
+            reached_counts,
+            _converted_grown(ids, goal=goal, group=group, group_key=group_key, first_sent=read["first"], until=until),
+        )
     # Kept until the rows' outcomes (their opens too, with the "opened" anchor) or the goal's
     # events that the count reads move: the events are fingerprinted from their index alone.
     converted_counts = (
@@ -244,7 +272,106 @@ def conversions_by(
         if read["first"] or scope is not None
         else {}
     )
-    return {grp: {"reached": n, "converted": converted_counts.get(grp, 0)} for grp, n in reached_counts.items()}
+    return _reached_and_converted(reached_counts, converted_counts)
+
+
+def _reached_and_converted(reached: dict, converted: dict) -> dict:
+    return {grp: {"reached": n, "converted": converted.get(grp, 0)} for grp, n in reached.items()}
+
+
+# What the goal's events between two times are (``_events_stamp``), in one statement's snapshot:
+# how many, their profiles' sum, the first and the last (seconds), from the (name, occurred_at)
+# INCLUDE (profile_id) index alone; ``{newer}`` narrows it to the events past an id (the primary key's index).
+_STAMP_SQL = (
+    "SELECT json_build_array(count(*), coalesce(sum(profile_id), 0), extract(epoch FROM min(occurred_at)), "
+    "extract(epoch FROM max(occurred_at))) FROM {table} WHERE name = %s AND occurred_at >= %s AND occurred_at < %s{newer}"
+)
+
+
+def _converted_grown(
+    ids: list[int], *, goal: Goal, group: str | F, group_key: str, first_sent: dt.datetime, until: dt.datetime
+) -> dict:
+    """PostgreSQL: the profiles that converted per group, kept in the cache with the goal's events
+    they were counted from (their stamp, and the highest event id then) until the dispatches'
+    counters move (their opens too, with the "opened" anchor); while those stay, a view whose
+    events changed counts only the pairs the events since that id convert that no earlier event
+    did, instead of joining every reached row with every event again.
+
+    Each count reads the events' stamp and the highest id in its own statement, so in one snapshot
+    with the figure. The figure is grown only when the stamp now is the one kept joined with the
+    newer events' (none deleted, moved to another profile, or committed late below that id);
+    otherwise it is counted whole.
+    """
+    from django.core.cache import cache
+    from django.db import connection, transaction
+
+    from audiences.models import Event
+    from config.db import count_session
+    from delivery.models import Dispatch
+    from delivery.reports import CACHE_SECONDS, COUNTER_FIELDS, stamp_of, summed
+
+    opened = ["opened"] if goal.anchor == ConversionGoal.Anchor.OPENED else []
+    counters = list(Dispatch.objects.filter(pk__in=ids).order_by("pk").values_list(*COUNTER_FIELDS, *opened))
+    # Not the span's end: without a rollup it is now plus the window, and the stamp reads past it.
+    key = f"delivery:conversions_grown:{group_key}:{stamp_of([goal.as_dict(), first_sent, counters])}"
+    kept = cache.get(key)
+    table = connection.ops.quote_name(Event._meta.db_table)
+    span = [goal.event, first_sent, until]
+    stamp_sql = _STAMP_SQL.format(table=table, newer="")
+    top_sql = f"SELECT coalesce(max(id), 0) FROM {table}"  # noqa: S608 (the model's own table)
+    parts = {"group": group, "first_sent": first_sent, "until": until}
+    with transaction.atomic(), connection.cursor() as cursor:
+        count_session(cursor)
+        if kept is not None:
+            cursor.execute(stamp_sql, span)
+            if cursor.fetchone()[0] == kept["stamp"]:
+                return kept["figures"]
+            upto = kept["upto"]
+            (rows_sql, rows_params), (new_sql, new_params) = _converted_parts(
+                ids, goal=goal, **parts, events_where=Q(pk__gt=upto)
+            )
+            (old_rows_sql, old_rows_params), (old_sql, old_params) = _converted_parts(
+                ids, goal=goal, **parts, events_where=Q(pk__lte=upto)
+            )
+            added = f"""
+                SELECT grp, count(*) FROM (
+                    SELECT DISTINCT r.grp, r.profile_id
+                    FROM ({rows_sql}) r JOIN ({new_sql}) e ON e.profile_id = r.profile_id
+                    WHERE e.occurred_at >= r.anchor AND e.occurred_at < r.window_end AND NOT EXISTS (
+                        SELECT 1 FROM ({old_rows_sql}) o JOIN ({old_sql}) oe ON oe.profile_id = o.profile_id
+                        WHERE o.profile_id = r.profile_id AND o.grp IS NOT DISTINCT FROM r.grp
+                        AND oe.occurred_at >= o.anchor AND oe.occurred_at < o.window_end
+                    )
+                ) c GROUP BY grp
+            """  # noqa: S608 (the parts are the ORM's SQL, their values parameters)
+            newer_sql = _STAMP_SQL.format(table=table, newer=" AND id > %s")
+            cursor.execute(
+                f"SELECT ({stamp_sql}), ({newer_sql}), ({top_sql}), "  # noqa: S608 (the ORM's SQL and constants)
+                f"(SELECT coalesce(json_agg(json_build_array(grp, n)), '[]'::json) FROM ({added}) f(grp, n))",
+                [*span, *span, upto, *rows_params, *new_params, *old_rows_params, *old_params],
+            )
+            stamp, newer, top, figures = cursor.fetchone()
+            if _joined(kept["stamp"], newer) == stamp:
+                grown = {"upto": top, "stamp": stamp, "figures": summed(kept["figures"], dict(figures))}
+                cache.set(key, grown, CACHE_SECONDS)
+                return grown["figures"]
+        select = converted_select(ids, goal=goal, **parts)
+        cursor.execute(
+            f"SELECT ({stamp_sql}), ({top_sql}), (SELECT coalesce(json_agg(json_build_array(grp, n)), '[]'::json) "  # noqa: S608 (the ORM's SQL and constants)
+            f"FROM (SELECT grp, count(*) FROM ({select[0]}) c GROUP BY grp) f(grp, n))",
+            [*span, *select[1]],
+        )
+        stamp, top, figures = cursor.fetchone()
+    counted = {"upto": top, "stamp": stamp, "figures": dict(figures)}
+    cache.set(key, counted, CACHE_SECONDS)
+    return counted["figures"]
+
+
+def _joined(kept: list, newer: list) -> list:
+    """The stamp of two sets of events together (see ``_STAMP_SQL``)."""
+    firsts = [at for at in (kept[2], newer[2]) if at is not None]
+    lasts = [at for at in (kept[3], newer[3]) if at is not None]
+    return [kept[0] + newer[0], kept[1] + newer[1], min(firsts, default=None), max(lasts, default=None)]
 
 
 def _events_stamp(goal: Goal, *, since: dt.datetime | None, until: dt.datetime) -> list:

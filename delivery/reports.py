@@ -48,6 +48,11 @@ def report_charts(*, dispatch_ids: Iterable[int], tz: dt.tzinfo | None = None) -
     return _charts(ids, tz or timezone.get_current_timezone())
 
 
+# What a figure over a dispatch's rows is kept under: a row that finishes moves a counter (an open
+# moves ``opened``, read when opens matter); retention deleting rows stamps ``rows_deleted_at``.
+COUNTER_FIELDS = ("pk", "status", "total", "accepted", "failed", "skipped", "unknown", "rows_deleted_at")
+
+
 def kept_until_counted(
     *, name: str, dispatch_ids: Iterable[int], compute: Callable[[], T], extra: str = "", opens_matter: bool = True
 ) -> T:
@@ -57,14 +62,12 @@ def kept_until_counted(
     rows at each watch, so its figures may lag by that much.) A figure that opens do not change
     (``opens_matter=False``) stays kept when only the opened counter moves. Retention deleting rows
     stamps the dispatch (``rows_deleted_at``), which voids what was kept over it."""
-    fields = ["pk", "status", "total", "accepted", "failed", "skipped", "unknown", "rows_deleted_at"]
     counters = list(
         Dispatch.objects.filter(pk__in=sorted(set(dispatch_ids)))
         .order_by("pk")
-        .values_list(*fields, *(["opened"] if opens_matter else []))
+        .values_list(*COUNTER_FIELDS, *(["opened"] if opens_matter else []))
     )
-    stamp = hashlib.sha256(json.dumps([extra, counters], default=str).encode()).hexdigest()
-    key = f"delivery:{name}:{stamp}"
+    key = f"delivery:{name}:{stamp_of([extra, counters])}"
     figures = cache.get(key)
     if figures is None:
         figures = compute()
@@ -186,16 +189,11 @@ def profiles_by(
         extra=json.dumps([settled, kept[0].key, kept[1]] if kept else settled),
         opens_matter=False,
     )
-    return _summed(before, beyond)
+    return summed(before, beyond)
 
 
-def _summed(a: dict, b: dict) -> dict:
+def summed(a: dict, b: dict) -> dict:
     return {grp: a.get(grp, 0) + b.get(grp, 0) for grp in a.keys() | b.keys()}
-
-
-# What a settled dispatch's figure may change with: retention deleting its rows (its stamp) aside,
-# nothing once settled; the counters are read as a check.
-_SETTLED_FIELDS = ("pk", "status", "total", "accepted", "failed", "skipped", "unknown", "rows_deleted_at")
 
 
 def _settled_union(
@@ -224,16 +222,16 @@ def _settled_union(
     pairs would be among the kept ones, which the figure did not count). A clear while growing it
     (a set of cleared dispatches that changed under the count) has it counted whole.
     """
-    counters = list(Dispatch.objects.filter(pk__in=settled).order_by("pk").values_list(*_SETTLED_FIELDS))
-    key = f"delivery:{name}:settled:{_stamp([extra, counters])}"
+    counters = list(Dispatch.objects.filter(pk__in=settled).order_by("pk").values_list(*COUNTER_FIELDS))
+    key = f"delivery:{name}:settled:{stamp_of([extra, counters])}"
     held = {row[0]: row if clears_change else row[:-1] for row in counters}
     cleared = {row[0] for row in counters if row[-1] is not None}
-    chain_key = f"delivery:{name}:chain:{_stamp([extra, settled[:1]])}"
+    chain_key = f"delivery:{name}:chain:{stamp_of([extra, settled[:1]])}"
     found = cache.get_many([chain_key, key])
     chain, figures = found.get(chain_key), found.get(key)
 
     def keep_chain() -> None:
-        stamp = _stamp([held[pk] for pk in settled])
+        stamp = stamp_of([held[pk] for pk in settled])
         cache.set(chain_key, {"ids": settled, "stamp": stamp, "figures": figures}, CACHE_SECONDS)
 
     if figures is not None:
@@ -245,10 +243,10 @@ def _settled_union(
         new = [pk for pk in settled if pk not in base]
         if (
             base <= held.keys()
-            and _stamp([held[pk] for pk in chain["ids"]]) == chain["stamp"]
+            and stamp_of([held[pk] for pk in chain["ids"]]) == chain["stamp"]
             and not cleared.intersection(new)
         ):
-            figures = _summed(chain["figures"], added(new, chain["ids"])) if new else chain["figures"]
+            figures = summed(chain["figures"], added(new, chain["ids"])) if new else chain["figures"]
             if (
                 set(Dispatch.objects.filter(pk__in=settled, rows_deleted_at__isnull=False).values_list("pk", flat=True))
                 != cleared
@@ -261,7 +259,7 @@ def _settled_union(
     return figures
 
 
-def _stamp(value) -> str:
+def stamp_of(value) -> str:
     return hashlib.sha256(json.dumps(value, default=str).encode()).hexdigest()
 
 

@@ -558,3 +558,72 @@ def test_event_retention_waits_until_the_rows_conversions_are_counted_from_are_g
     result = retention_apply(now=later, delivery_days=35, event_days=30)
     assert (result["deliveries"], result["events"]) == (2, 1)
     assert _conversions(campaign) == before
+
+
+def test_new_goal_events_grow_the_kept_conversions_and_any_other_change_counts_them_whole(sent, manager_alice):
+    """On PostgreSQL, with the rows' counters unchanged, a view counts only what the events posted
+    since the last count convert (a pair no earlier event converted); an event deleted, or one
+    committed late below the highest id then counted, has them counted whole. Each figure is the
+    one a count from nothing gives."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from delivery.conversions import Goal, conversions_by, converted_select
+    from delivery.kept import Scope
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the conversions are grown on PostgreSQL")
+    campaign, deliver = sent
+    _goal(campaign, manager_alice, window_hours=24)
+    first, second, third = deliver(variant=1), deliver(variant=1), deliver(variant=2)
+    holdout = deliver(variant=0, status="skipped")
+    campaign = Campaign.objects.get(pk=campaign.pk)
+    ids = list(Dispatch.objects.values_list("pk", flat=True))
+
+    def view():
+        with CaptureQueriesContext(connection) as captured:
+            counts = conversions_by(
+                dispatch_ids=ids,
+                goal=Goal.of(campaign),
+                group="variant",
+                group_key="variant",
+                scope=Scope.campaign(campaign.pk),
+            )
+        variants = {variant: figures["converted"] for variant, figures in counts.items()}
+        ways = [
+            "grown" if "NOT EXISTS" in q["sql"] else "whole"
+            for q in captured.captured_queries
+            if "json_agg" in q["sql"]
+        ]
+        return variants, "+".join(ways) or "kept"
+
+    def recounted():
+        sql, params = converted_select(ids, goal=Goal.of(campaign), group="variant")
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT grp, count(*) FROM ({sql}) c GROUP BY grp", params)  # noqa: S608 (the ORM's SQL)
+            counts = dict(cursor.fetchall())
+        return {variant: counts.get(variant, 0) for variant in (0, 1, 2)}
+
+    def check(expected_way):
+        variants, way = view()
+        assert way == expected_way
+        assert variants == recounted()
+        return variants
+
+    assert check("whole") == {1: 0, 2: 0, 0: 0}
+    assert check("kept")[1] == 0
+    EventFactory(profile=first, name="purchase", occurred_at=T0 + HOUR)
+    assert check("grown")[1] == 1
+    EventFactory(profile=first, name="purchase", occurred_at=T0 + 2 * HOUR)  # converted already
+    EventFactory(profile=second, name="purchase", occurred_at=T0 + 30 * HOUR)  # past the window
+    assert check("grown")[1] == 1
+    EventFactory(profile=third, name="purchase", occurred_at=T0 + 3 * HOUR)
+    EventFactory(profile=holdout, name="purchase", occurred_at=T0 + 3 * HOUR)
+    variants = check("grown")
+    assert (variants[1], variants[2], variants[0]) == (1, 1, 1)
+    # An event committed late below the highest id counted (another transaction's): counted whole.
+    Event.objects.create(id=-1, profile=second, name="purchase", properties={}, occurred_at=T0 + 4 * HOUR)
+    assert check("grown+whole")[1] == 2  # the stamps do not add up: counted whole
+    Event.objects.filter(profile=first).delete()
+    assert check("grown+whole")[1] == 1
+    assert check("kept")[1] == 1
