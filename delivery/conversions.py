@@ -291,16 +291,20 @@ _STAMP_SQL = (
 def _converted_grown(
     ids: list[int], *, goal: Goal, group: str | F, group_key: str, first_sent: dt.datetime, until: dt.datetime
 ) -> dict:
-    """PostgreSQL: the profiles that converted per group, kept in the cache with the goal's events
-    they were counted from (their stamp, and the highest event id then) until the dispatches'
-    counters move (their opens too, with the "opened" anchor); while those stay, a view whose
-    events changed counts only the pairs the events since that id convert that no earlier event
-    did, instead of joining every reached row with every event again.
+    """PostgreSQL: the profiles that converted per group.
 
-    Each count reads the events' stamp and the highest id in its own statement, so in one snapshot
-    with the figure. The figure is grown only when the stamp now is the one kept joined with the
-    newer events' (none deleted, moved to another profile, or committed late below that id);
-    otherwise it is counted whole.
+    Those the settled dispatches' rows convert (final, nothing queued or in flight; all of them
+    while none is) are kept in the cache with the goal's events they were counted from (their
+    stamp, and the highest event id then) until those dispatches' counters move (their opens too,
+    with the "opened" anchor); while those stay, a view whose events changed counts only the pairs
+    the events since that id convert that no earlier event did, instead of joining every settled
+    row with every event again. The figure is grown only when the stamp now is the kept one joined
+    with the newer events' (none deleted, moved to another profile, or committed late below that
+    id); otherwise it is counted whole. The dispatches not settled (a stream calls append to, a
+    send under way) add, on each view, the pairs their rows convert that no settled row does.
+
+    Each view's figures come from one statement (one snapshot): the settled figure's stamp, its
+    growth or whole count, and what the others add.
     """
     from django.core.cache import cache
     from django.db import connection, transaction
@@ -308,63 +312,93 @@ def _converted_grown(
     from audiences.models import Event
     from config.db import count_session
     from delivery.models import Dispatch
-    from delivery.reports import CACHE_SECONDS, COUNTER_FIELDS, stamp_of, summed
+    from delivery.reports import CACHE_SECONDS, COUNTER_FIELDS, settled_of, stamp_of, summed
 
+    window = dt.timedelta(hours=goal.window_hours)
+    settled = settled_of(ids)
+    base = settled or ids  # none settled: all of them, kept until their counters move
+    in_base = set(base)
+    open_ = [pk for pk in ids if pk not in in_base]
+    base_until = _last_window_end(base, goal, window) if open_ else until
     opened = ["opened"] if goal.anchor == ConversionGoal.Anchor.OPENED else []
-    counters = list(Dispatch.objects.filter(pk__in=ids).order_by("pk").values_list(*COUNTER_FIELDS, *opened))
+    counters = list(Dispatch.objects.filter(pk__in=base).order_by("pk").values_list(*COUNTER_FIELDS, *opened))
     # Not the span's end: without a rollup it is now plus the window, and the stamp reads past it.
     key = f"delivery:conversions_grown:{group_key}:{stamp_of([goal.as_dict(), first_sent, counters])}"
     kept = cache.get(key)
     table = connection.ops.quote_name(Event._meta.db_table)
-    span = [goal.event, first_sent, until]
-    stamp_sql = _STAMP_SQL.format(table=table, newer="")
-    top_sql = f"SELECT coalesce(max(id), 0) FROM {table}"  # noqa: S608 (the model's own table)
-    parts = {"group": group, "first_sent": first_sent, "until": until}
+    span = [goal.event, first_sent, base_until]
+    stamp = (_STAMP_SQL.format(table=table, newer=""), span)
+    top = (f"SELECT coalesce(max(id), 0) FROM {table}", [])  # noqa: S608 (the model's own table)
+
+    def parts(of, *, since=first_sent, end=base_until, events_where=None):
+        return _converted_parts(of, goal=goal, group=group, first_sent=since, until=end, events_where=events_where)
+
+    beyond = []
+    if open_:
+        since = Dispatch.objects.filter(pk__in=open_).aggregate(first=Min("created_at"))["first"]
+        beyond = [_as_json(*_converted_beyond(parts(open_, since=since, end=until), parts(base)))]
+
+    def read(*columns: tuple[str, list]) -> tuple:
+        cursor.execute(
+            "SELECT " + ", ".join(f"({sql})" for sql, _ in columns),
+            [param for _, params in columns for param in params],
+        )
+        return cursor.fetchone()
+
+    def with_beyond(figures: dict, *rest) -> dict:
+        return summed(figures, dict(rest[0])) if rest else figures
+
     with transaction.atomic(), connection.cursor() as cursor:
         count_session(cursor)
         if kept is not None:
-            cursor.execute(stamp_sql, span)
-            if cursor.fetchone()[0] == kept["stamp"]:
-                return kept["figures"]
+            now, *rest = read(stamp, *beyond)
+            if now == kept["stamp"]:
+                return with_beyond(kept["figures"], *rest)
             upto = kept["upto"]
-            (rows_sql, rows_params), (new_sql, new_params) = _converted_parts(
-                ids, goal=goal, **parts, events_where=Q(pk__gt=upto)
+            added = _converted_beyond(
+                parts(base, events_where=Q(pk__gt=upto)), parts(base, events_where=Q(pk__lte=upto))
             )
-            (old_rows_sql, old_rows_params), (old_sql, old_params) = _converted_parts(
-                ids, goal=goal, **parts, events_where=Q(pk__lte=upto)
-            )
-            added = f"""
-                SELECT grp, count(*) FROM (
-                    SELECT DISTINCT r.grp, r.profile_id
-                    FROM ({rows_sql}) r JOIN ({new_sql}) e ON e.profile_id = r.profile_id
-                    WHERE e.occurred_at >= r.anchor AND e.occurred_at < r.window_end AND NOT EXISTS (
-                        SELECT 1 FROM ({old_rows_sql}) o JOIN ({old_sql}) oe ON oe.profile_id = o.profile_id
-                        WHERE o.profile_id = r.profile_id AND o.grp IS NOT DISTINCT FROM r.grp
-                        AND oe.occurred_at >= o.anchor AND oe.occurred_at < o.window_end
-                    )
-                ) c GROUP BY grp
-            """  # noqa: S608 (the parts are the ORM's SQL, their values parameters)
-            newer_sql = _STAMP_SQL.format(table=table, newer=" AND id > %s")
-            cursor.execute(
-                f"SELECT ({stamp_sql}), ({newer_sql}), ({top_sql}), "  # noqa: S608 (the ORM's SQL and constants)
-                f"(SELECT coalesce(json_agg(json_build_array(grp, n)), '[]'::json) FROM ({added}) f(grp, n))",
-                [*span, *span, upto, *rows_params, *new_params, *old_rows_params, *old_params],
-            )
-            stamp, newer, top, figures = cursor.fetchone()
-            if _joined(kept["stamp"], newer) == stamp:
-                grown = {"upto": top, "stamp": stamp, "figures": summed(kept["figures"], dict(figures))}
+            newer = (_STAMP_SQL.format(table=table, newer=" AND id > %s"), [*span, upto])
+            now, newer_stamp, highest, figures, *rest = read(stamp, newer, top, _as_json(*added), *beyond)
+            if _joined(kept["stamp"], newer_stamp) == now:
+                grown = {"upto": highest, "stamp": now, "figures": summed(kept["figures"], dict(figures))}
                 cache.set(key, grown, CACHE_SECONDS)
-                return grown["figures"]
-        select = converted_select(ids, goal=goal, **parts)
-        cursor.execute(
-            f"SELECT ({stamp_sql}), ({top_sql}), (SELECT coalesce(json_agg(json_build_array(grp, n)), '[]'::json) "  # noqa: S608 (the ORM's SQL and constants)
-            f"FROM (SELECT grp, count(*) FROM ({select[0]}) c GROUP BY grp) f(grp, n))",
-            [*span, *select[1]],
+                return with_beyond(grown["figures"], *rest)
+        whole_sql, whole_params = converted_select(
+            base, goal=goal, group=group, first_sent=first_sent, until=base_until
         )
-        stamp, top, figures = cursor.fetchone()
-    counted = {"upto": top, "stamp": stamp, "figures": dict(figures)}
+        whole = (f"SELECT grp, count(*) FROM ({whole_sql}) c GROUP BY grp", whole_params)  # noqa: S608 (the ORM's SQL)
+        now, highest, figures, *rest = read(stamp, top, _as_json(*whole), *beyond)
+    counted = {"upto": highest, "stamp": now, "figures": dict(figures)}
     cache.set(key, counted, CACHE_SECONDS)
-    return counted["figures"]
+    return with_beyond(counted["figures"], *rest)
+
+
+def _converted_beyond(new: tuple, old: tuple) -> tuple[str, list]:
+    """The SQL counting per group the pairs that ``new``'s rows and events convert and that no
+    row of ``old`` is converted by one of its events (each a ``_converted_parts``): a probe by
+    profile into ``old`` for each pair ``new`` converts."""
+    (rows_sql, rows_params), (events_sql, events_params) = new
+    (old_rows_sql, old_rows_params), (old_events_sql, old_events_params) = old
+    return (
+        f"""
+        SELECT grp, count(*) FROM (
+            SELECT DISTINCT r.grp, r.profile_id
+            FROM ({rows_sql}) r JOIN ({events_sql}) e ON e.profile_id = r.profile_id
+            WHERE e.occurred_at >= r.anchor AND e.occurred_at < r.window_end AND NOT EXISTS (
+                SELECT 1 FROM ({old_rows_sql}) o JOIN ({old_events_sql}) oe ON oe.profile_id = o.profile_id
+                WHERE o.profile_id = r.profile_id AND o.grp IS NOT DISTINCT FROM r.grp
+                AND oe.occurred_at >= o.anchor AND oe.occurred_at < o.window_end
+            )
+        ) c GROUP BY grp
+        """,  # noqa: S608 (the parts are the ORM's SQL, their values parameters)
+        [*rows_params, *events_params, *old_rows_params, *old_events_params],
+    )
+
+
+def _as_json(sql: str, params: list) -> tuple[str, list]:
+    """A grouped count (grp, n) as one JSON array of [grp, n] pairs, to read beside other columns."""
+    return f"SELECT coalesce(json_agg(json_build_array(grp, n)), '[]'::json) FROM ({sql}) f(grp, n)", params  # noqa: S608 (the ORM's SQL)
 
 
 def _joined(kept: list, newer: list) -> list:

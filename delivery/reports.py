@@ -156,8 +156,9 @@ def profiles_by(
             if figures is not None
             else kept_until_counted(name=name, dispatch_ids=holding, compute=lambda: count(holding), opens_matter=False)
         )
-    settled = _settled_of(holding)
-    open_ = [pk for pk in holding if pk not in settled]
+    settled = settled_of(holding)
+    in_settled = set(settled)
+    open_ = [pk for pk in holding if pk not in in_settled]
     if kept is None and not settled:
         return kept_until_counted(name=name, dispatch_ids=holding, compute=lambda: count(holding), opens_matter=False)
     if kept is not None:
@@ -274,7 +275,7 @@ def pairs_of(rows: Callable[[list[int]], QuerySet], group: str | Expression) -> 
     return select
 
 
-def _settled_of(dispatch_ids: list[int]) -> list[int]:
+def settled_of(dispatch_ids: list[int]) -> list[int]:
     """Those of the dispatches that are settled: final, and no row of them queued or in flight."""
     final = list(
         Dispatch.objects.filter(pk__in=dispatch_ids, status__in=Dispatch.FINAL_STATUSES).values_list("pk", flat=True)
@@ -304,7 +305,7 @@ def _settled_profiles(*, dispatch_id: int, name: str, count: Callable[[list[int]
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT id FROM delivery_dispatch WHERE id = %s FOR KEY SHARE", [dispatch_id])
-        if not _settled_of([dispatch_id]):
+        if not settled_of([dispatch_id]):
             return None
         figures = count([dispatch_id])
         DispatchProfiles.objects.bulk_create(

@@ -627,3 +627,70 @@ def test_new_goal_events_grow_the_kept_conversions_and_any_other_change_counts_t
     Event.objects.filter(profile=first).delete()
     assert check("grown+whole")[1] == 1
     assert check("kept")[1] == 1
+
+
+@pytest.mark.embedded
+def test_a_send_under_way_adds_what_its_rows_convert_beyond_the_settled_ones(sent, manager_alice):
+    """The settled dispatches' conversions are kept (and grown by new events); a dispatch still
+    sending adds on each view the pairs its rows convert that no settled row does. Each figure is
+    the one a count from nothing gives, through new events, new outcomes, and the send settling."""
+    from django.db import connection
+
+    from delivery.conversions import Goal, conversions_by, converted_select
+    from delivery.kept import Scope
+
+    campaign, deliver = sent
+    _goal(campaign, manager_alice, window_hours=2)
+    only_settled, both, only_open, queued = (deliver(variant=1) for _ in range(4))
+    Dispatch.objects.filter(source_id=campaign.pk).update(status="done", total=4, accepted=4)
+    sending = Dispatch.objects.create(
+        app=campaign.app,
+        kind="campaign",
+        source_id=campaign.pk,
+        content_spec=campaign.content.spec(),
+        status="sending",
+        created_at=T0 + 9 * HOUR,
+    )
+    for profile, finished_at in ((both, T0 + 10 * HOUR), (only_open, T0 + 10 * HOUR), (queued, None)):
+        Delivery.objects.create(
+            dispatch=sending,
+            profile=profile,
+            variant=1,
+            status="accepted" if finished_at else "queued",
+            finished_at=finished_at,
+        )
+    campaign = Campaign.objects.get(pk=campaign.pk)
+    ids = list(Dispatch.objects.values_list("pk", flat=True))
+
+    def check() -> int:
+        counts = conversions_by(
+            dispatch_ids=ids,
+            goal=Goal.of(campaign),
+            group="variant",
+            group_key="variant",
+            scope=Scope.campaign(campaign.pk),
+        )
+        sql, params = converted_select(ids, goal=Goal.of(campaign), group="variant")
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT count(*) FROM ({sql}) c", params)  # noqa: S608 (the ORM's SQL)
+            assert counts[1]["converted"] == cursor.fetchone()[0]
+        return counts[1]["converted"]
+
+    assert check() == 0
+    EventFactory(profile=both, name="purchase", occurred_at=T0 + HOUR)  # the settled row's window
+    assert check() == 1
+    EventFactory(profile=both, name="purchase", occurred_at=T0 + 11 * HOUR)  # the open row's too: once
+    assert check() == 1
+    EventFactory(profile=only_open, name="purchase", occurred_at=T0 + 11 * HOUR)
+    assert check() == 2
+    EventFactory(profile=queued, name="purchase", occurred_at=T0 + 11 * HOUR)  # not reached yet
+    assert check() == 2
+    Delivery.objects.filter(dispatch=sending, profile=queued).update(status="accepted", finished_at=T0 + 10 * HOUR)
+    Dispatch.objects.filter(pk=sending.pk).update(accepted=3)  # as the send tasks record the outcome
+    assert check() == 3
+    EventFactory(profile=only_settled, name="purchase", occurred_at=T0 + HOUR)
+    assert check() == 4
+    Dispatch.objects.filter(pk=sending.pk).update(status="done", total=3)  # settled: all counted together
+    assert check() == 4
+    Event.objects.filter(profile=both).delete()
+    assert check() == 3
