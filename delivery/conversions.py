@@ -294,14 +294,16 @@ def _converted_grown(
     """PostgreSQL: the profiles that converted per group.
 
     Those the settled dispatches' rows convert (final, nothing queued or in flight; all of them
-    while none is) are kept in the cache with the goal's events they were counted from (their
-    stamp, and the highest event id then) until those dispatches' counters move (their opens too,
-    with the "opened" anchor); while those stay, a view whose events changed counts only the pairs
-    the events since that id convert that no earlier event did, instead of joining every settled
-    row with every event again. The figure is grown only when the stamp now is the kept one joined
-    with the newer events' (none deleted, moved to another profile, or committed late below that
-    id); otherwise it is counted whole. The dispatches not settled (a stream calls append to, a
-    send under way) add, on each view, the pairs their rows convert that no settled row does.
+    while none is) are kept in the cache with the dispatches they cover, their counters, and the
+    goal's events they were counted from (their stamp over the span counted, and the highest event
+    id then). While those dispatches' counters stay (their opens too, with the "opened" anchor), a
+    view counts only what changed instead of joining every settled row with every event again: the
+    pairs the events since that id convert that no earlier event did, and the pairs the dispatches
+    settled since convert that none of the kept ones does. The figure is grown only when the stamp
+    now is the kept one joined with the newer events' (none deleted, moved to another profile, or
+    committed late below that id); otherwise it is counted whole. The dispatches not settled (a
+    stream calls append to, a send under way) add, on each view, the pairs their rows convert that
+    no settled row does.
 
     Each view's figures come from one statement (one snapshot): the settled figure's stamp, its
     growth or whole count, and what the others add.
@@ -316,18 +318,18 @@ def _converted_grown(
 
     window = dt.timedelta(hours=goal.window_hours)
     settled = settled_of(ids)
-    base = settled or ids  # none settled: all of them, kept until their counters move
+    base = sorted(settled or ids)  # none settled: all of them, kept until their counters move
     in_base = set(base)
     open_ = [pk for pk in ids if pk not in in_base]
     base_until = _last_window_end(base, goal, window) if open_ else until
     opened = ["opened"] if goal.anchor == ConversionGoal.Anchor.OPENED else []
     counters = list(Dispatch.objects.filter(pk__in=base).order_by("pk").values_list(*COUNTER_FIELDS, *opened))
-    # Not the span's end: without a rollup it is now plus the window, and the stamp reads past it.
-    key = f"delivery:conversions_grown:{group_key}:{stamp_of([goal.as_dict(), first_sent, counters])}"
+    held = {row[0]: row for row in counters}
+    # One figure per goal and first send, over the settled sends it covers ("ids"): grown as they grow.
+    key = f"delivery:conversions_grown:{group_key}:{stamp_of([goal.as_dict(), first_sent, base[0]])}"
     kept = cache.get(key)
     table = connection.ops.quote_name(Event._meta.db_table)
-    span = [goal.event, first_sent, base_until]
-    stamp = (_STAMP_SQL.format(table=table, newer=""), span)
+    stamp = (_STAMP_SQL.format(table=table, newer=""), [goal.event, first_sent, base_until])
     top = (f"SELECT coalesce(max(id), 0) FROM {table}", [])  # noqa: S608 (the model's own table)
 
     def parts(of, *, since=first_sent, end=base_until, events_where=None):
@@ -348,30 +350,49 @@ def _converted_grown(
     def with_beyond(figures: dict, *rest) -> dict:
         return summed(figures, dict(rest[0])) if rest else figures
 
+    def keep(figures: dict, **entry) -> None:
+        cache.set(key, {"ids": base, "counters": stamp_of(counters), "figures": figures, **entry}, CACHE_SECONDS)
+
     with transaction.atomic(), connection.cursor() as cursor:
         count_session(cursor)
-        if kept is not None:
-            now, *rest = read(stamp, *beyond)
-            if now == kept["stamp"]:
-                return with_beyond(kept["figures"], *rest)
+        if (
+            kept is not None
+            and set(kept["ids"]) <= held.keys()
+            and stamp_of([held[pk] for pk in kept["ids"]]) == kept["counters"]
+        ):
+            # The kept figure's sends are among these and unchanged: grown by the events since and
+            # the sends settled since, over the span it was counted over (its rows' windows end in it).
+            old, end = kept["ids"], kept["until"]
+            new = [pk for pk in base if pk not in set(old)]
+            old_stamp = (_STAMP_SQL.format(table=table, newer=""), [goal.event, first_sent, end])
+            if not new:
+                now, *rest = read(old_stamp, *beyond)
+                if now == kept["stamp"]:
+                    return with_beyond(kept["figures"], *rest)
             upto = kept["upto"]
             added = _converted_beyond(
-                parts(base, events_where=Q(pk__gt=upto)), parts(base, events_where=Q(pk__lte=upto))
+                parts(old, end=end, events_where=Q(pk__gt=upto)), parts(old, end=end, events_where=Q(pk__lte=upto))
             )
-            newer = (_STAMP_SQL.format(table=table, newer=" AND id > %s"), [*span, upto])
-            now, newer_stamp, highest, figures, *rest = read(stamp, newer, top, _as_json(*added), *beyond)
-            if _joined(kept["stamp"], newer_stamp) == now:
-                grown = {"upto": highest, "stamp": now, "figures": summed(kept["figures"], dict(figures))}
-                cache.set(key, grown, CACHE_SECONDS)
-                return with_beyond(grown["figures"], *rest)
+            newer = (_STAMP_SQL.format(table=table, newer=" AND id > %s"), [goal.event, first_sent, end, upto])
+            columns = [old_stamp, newer, top, _as_json(*added)]
+            if new:  # what the sends settled since convert beyond the kept ones, and the stamp over all
+                columns += [_as_json(*_converted_beyond(parts(new), parts(old, end=end))), stamp]
+            old_now, newer_stamp, highest, figures, *rest = read(*columns, *beyond)
+            if _joined(kept["stamp"], newer_stamp) == old_now:
+                figures = summed(kept["figures"], dict(figures))
+                now = old_now
+                if new:
+                    settled_since, now, *rest = rest
+                    figures = summed(figures, dict(settled_since))
+                keep(figures, until=base_until if new else end, upto=highest, stamp=now)
+                return with_beyond(figures, *rest)
         whole_sql, whole_params = converted_select(
             base, goal=goal, group=group, first_sent=first_sent, until=base_until
         )
         whole = (f"SELECT grp, count(*) FROM ({whole_sql}) c GROUP BY grp", whole_params)  # noqa: S608 (the ORM's SQL)
         now, highest, figures, *rest = read(stamp, top, _as_json(*whole), *beyond)
-    counted = {"upto": highest, "stamp": now, "figures": dict(figures)}
-    cache.set(key, counted, CACHE_SECONDS)
-    return with_beyond(counted["figures"], *rest)
+    keep(dict(figures), until=base_until, upto=highest, stamp=now)
+    return with_beyond(dict(figures), *rest)
 
 
 def _converted_beyond(new: tuple, old: tuple) -> tuple[str, list]:

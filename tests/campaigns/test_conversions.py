@@ -635,6 +635,7 @@ def test_a_send_under_way_adds_what_its_rows_convert_beyond_the_settled_ones(sen
     sending adds on each view the pairs its rows convert that no settled row does. Each figure is
     the one a count from nothing gives, through new events, new outcomes, and the send settling."""
     from django.db import connection
+    from django.test.utils import CaptureQueriesContext
 
     from delivery.conversions import Goal, conversions_by, converted_select
     from delivery.kept import Scope
@@ -691,6 +692,12 @@ def test_a_send_under_way_adds_what_its_rows_convert_beyond_the_settled_ones(sen
     EventFactory(profile=only_settled, name="purchase", occurred_at=T0 + HOUR)
     assert check() == 4
     Dispatch.objects.filter(pk=sending.pk).update(status="done", total=3)  # settled: all counted together
+    with CaptureQueriesContext(connection) as captured:
+        assert check() == 4
+    counts = [q["sql"] for q in captured.captured_queries if "json_agg" in q["sql"]]
+    if connection.vendor == "postgresql":  # grown by the send settled since, not counted whole
+        assert len(counts) == 1 and "NOT EXISTS" in counts[0]
+    EventFactory(profile=queued, name="purchase", occurred_at=T0 + 10 * HOUR + 30 * dt.timedelta(minutes=1))
     assert check() == 4
     Event.objects.filter(profile=both).delete()
     assert check() == 3
