@@ -59,6 +59,33 @@ def _conversions(campaign):
     return campaign_report(Campaign.objects.get(pk=campaign.pk))["conversions"]
 
 
+def _converted_per_variant(campaign, ids) -> dict:
+    """The report's conversions per variant (0: the holdout) over dispatches ``ids``."""
+    from delivery.conversions import Goal, conversions_by
+    from delivery.kept import Scope
+
+    counts = conversions_by(
+        dispatch_ids=ids,
+        goal=Goal.of(campaign),
+        group="variant",
+        group_key="variant",
+        scope=Scope.campaign(campaign.pk),
+    )
+    return {variant: figures["converted"] for variant, figures in counts.items()}
+
+
+def _recounted_per_variant(campaign, ids) -> dict:
+    """The same from nothing: the conversions' statement itself, every row joined with every event."""
+    from django.db import connection
+
+    from delivery.conversions import Goal, converted_select
+
+    sql, params = converted_select(ids, goal=Goal.of(campaign), group="variant")
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT grp, count(*) FROM ({sql}) c GROUP BY grp", params)  # noqa: S608 (the ORM's SQL)
+        return dict(cursor.fetchall())
+
+
 def test_a_conversion_counts_only_inside_the_window_after_acceptance(sent, manager_alice):
     campaign, deliver = sent
     _goal(campaign, manager_alice, window_hours=24)
@@ -568,9 +595,6 @@ def test_new_goal_events_grow_the_kept_conversions_and_any_other_change_counts_t
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from delivery.conversions import Goal, conversions_by, converted_select
-    from delivery.kept import Scope
-
     if connection.vendor != "postgresql":
         pytest.skip("the conversions are grown on PostgreSQL")
     campaign, deliver = sent
@@ -580,34 +604,13 @@ def test_new_goal_events_grow_the_kept_conversions_and_any_other_change_counts_t
     campaign = Campaign.objects.get(pk=campaign.pk)
     ids = list(Dispatch.objects.values_list("pk", flat=True))
 
-    def view():
-        with CaptureQueriesContext(connection) as captured:
-            counts = conversions_by(
-                dispatch_ids=ids,
-                goal=Goal.of(campaign),
-                group="variant",
-                group_key="variant",
-                scope=Scope.campaign(campaign.pk),
-            )
-        variants = {variant: figures["converted"] for variant, figures in counts.items()}
-        ways = [
-            "grown" if "NOT EXISTS" in q["sql"] else "whole"
-            for q in captured.captured_queries
-            if "json_agg" in q["sql"]
-        ]
-        return variants, "+".join(ways) or "kept"
-
-    def recounted():
-        sql, params = converted_select(ids, goal=Goal.of(campaign), group="variant")
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT grp, count(*) FROM ({sql}) c GROUP BY grp", params)  # noqa: S608 (the ORM's SQL)
-            counts = dict(cursor.fetchall())
-        return {variant: counts.get(variant, 0) for variant in (0, 1, 2)}
-
     def check(expected_way):
-        variants, way = view()
-        assert way == expected_way
-        assert variants == recounted()
+        with CaptureQueriesContext(connection) as captured:
+            variants = _converted_per_variant(campaign, ids)
+        counts = [q["sql"] for q in captured.captured_queries if "json_agg" in q["sql"]]
+        ways = ["grown" if "NOT EXISTS" in sql else "whole" for sql in counts]
+        assert ("+".join(ways) or "kept") == expected_way
+        assert variants == {variant: _recounted_per_variant(campaign, ids).get(variant, 0) for variant in (0, 1, 2)}
         return variants
 
     assert check("whole") == {1: 0, 2: 0, 0: 0}
@@ -637,9 +640,6 @@ def test_a_send_under_way_adds_what_its_rows_convert_beyond_the_settled_ones(sen
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from delivery.conversions import Goal, conversions_by, converted_select
-    from delivery.kept import Scope
-
     campaign, deliver = sent
     _goal(campaign, manager_alice, window_hours=2)
     only_settled, both, only_open, queued = (deliver(variant=1) for _ in range(4))
@@ -664,18 +664,9 @@ def test_a_send_under_way_adds_what_its_rows_convert_beyond_the_settled_ones(sen
     ids = list(Dispatch.objects.values_list("pk", flat=True))
 
     def check() -> int:
-        counts = conversions_by(
-            dispatch_ids=ids,
-            goal=Goal.of(campaign),
-            group="variant",
-            group_key="variant",
-            scope=Scope.campaign(campaign.pk),
-        )
-        sql, params = converted_select(ids, goal=Goal.of(campaign), group="variant")
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT count(*) FROM ({sql}) c", params)  # noqa: S608 (the ORM's SQL)
-            assert counts[1]["converted"] == cursor.fetchone()[0]
-        return counts[1]["converted"]
+        converted = _converted_per_variant(campaign, ids)[1]
+        assert converted == _recounted_per_variant(campaign, ids).get(1, 0)
+        return converted
 
     assert check() == 0
     EventFactory(profile=both, name="purchase", occurred_at=T0 + HOUR)  # the settled row's window
