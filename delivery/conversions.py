@@ -197,7 +197,9 @@ def conversions_by(
     on it, others kept in the cache until a dispatch's counters move (``delivery.reports.profiles_by``).
     The conversions, which events make, are one grouped statement, kept in the cache until the
     counters (the opens too, with the "opened" anchor) or the goal's events in its span move
-    (``_events_stamp``).
+    (``_events_stamp``); on PostgreSQL, without retention's kept profiles, the settled dispatches'
+    are kept and grown by new events and newly settled dispatches, the others' added beyond them
+    on each view (``_converted_grown``).
 
     Reached: a delivery accepted by the provider, or a holdout row (variant 0, skipped). Converted:
     a reached profile that did the goal's event, its properties meeting the conditions, at or after
