@@ -216,7 +216,7 @@ def conversions_by(
 
     from delivery.kept import NO_PAIRS, counted_with_kept, decoded, goal_names
     from delivery.models import Dispatch
-    from delivery.reports import grouped_count, kept_until_counted, profiles_by
+    from delivery.reports import grouped_count, kept_until_counted, profiles_by, settled_of
 
     ids = list(dispatch_ids)
     if not ids:
@@ -228,6 +228,8 @@ def conversions_by(
     if not read["cleared"]:
         scope = None  # nothing kept to count: the rows alone
     reached_name, converted_name = goal_names(goal, group_key)
+    grown = scope is None and read["first"] is not None and connection.vendor == "postgresql"
+    settled = settled_of(ids) if grown else None  # read once for both figures
     reached_counts = profiles_by(
         name=f"conversions_reached:{group_key}",
         dispatch_ids=ids,
@@ -235,10 +237,16 @@ def conversions_by(
         group=group,
         scope=scope,
         kept_name=reached_name,
+        known_settled=settled,
     )
     if not reached_counts:
         return {}
     until = _last_window_end(ids, goal, dt.timedelta(hours=goal.window_hours))
+    if grown:
+        converted = _converted_grown(
+            ids, settled, goal=goal, group=group, group_key=group_key, first_sent=read["first"], until=until
+        )
+        return _reached_and_converted(reached_counts, converted)
 
     def count_converted() -> dict:
         select = converted_select(ids, goal=goal, group=group, first_sent=read["first"], until=until)
@@ -249,11 +257,6 @@ def conversions_by(
             return grouped_count(f"SELECT grp, count(*) FROM ({select[0]}) c GROUP BY grp", select[1])  # noqa: S608 (the ORM's SQL)
         return {}
 
-    if scope is None and read["first"] and connection.vendor == "postgresql":
-        return _reached_and_converted(
-            reached_counts,
-            _converted_grown(ids, goal=goal, group=group, group_key=group_key, first_sent=read["first"], until=until),
-        )
     # Kept until the rows' outcomes (their opens too, with the "opened" anchor) or the goal's
     # events that the count reads move: the events are fingerprinted from their index alone.
     converted_counts = (
@@ -291,9 +294,17 @@ _STAMP_SQL = (
 
 
 def _converted_grown(
-    ids: list[int], *, goal: Goal, group: str | F, group_key: str, first_sent: dt.datetime, until: dt.datetime
+    ids: list[int],
+    settled: list[int],
+    *,
+    goal: Goal,
+    group: str | F,
+    group_key: str,
+    first_sent: dt.datetime,
+    until: dt.datetime,
 ) -> dict:
-    """PostgreSQL: the profiles that converted per group.
+    """PostgreSQL: the profiles that converted per group among dispatches ``ids``, of which
+    ``settled`` are settled (``delivery.reports.settled_of``).
 
     Those the settled dispatches' rows convert (final, nothing queued or in flight; all of them
     while none is) are kept in the cache with the dispatches they cover, their counters, and the
@@ -316,10 +327,9 @@ def _converted_grown(
     from audiences.models import Event
     from config.db import count_session
     from delivery.models import Dispatch
-    from delivery.reports import CACHE_SECONDS, COUNTER_FIELDS, settled_of, stamp_of, summed
+    from delivery.reports import CACHE_SECONDS, COUNTER_FIELDS, stamp_of, summed, unchanged_among
 
     window = dt.timedelta(hours=goal.window_hours)
-    settled = settled_of(ids)
     base = sorted(settled or ids)  # none settled: all of them, kept until their counters move
     in_base = set(base)
     open_ = [pk for pk in ids if pk not in in_base]
@@ -357,11 +367,7 @@ def _converted_grown(
 
     with transaction.atomic(), connection.cursor() as cursor:
         count_session(cursor)
-        if (
-            kept is not None
-            and set(kept["ids"]) <= held.keys()
-            and stamp_of([held[pk] for pk in kept["ids"]]) == kept["counters"]
-        ):
+        if kept is not None and unchanged_among(kept["ids"], kept["counters"], held):
             # The kept figure's sends are among these and unchanged: grown by the events since and
             # the sends settled since, over the span it was counted over (its rows' windows end in it).
             old, end = kept["ids"], kept["until"]

@@ -83,6 +83,7 @@ def profiles_by(
     group: str | Expression,
     scope: Scope | None = None,
     kept_name: str | None = None,
+    known_settled: list[int] | None = None,
 ) -> dict:
     """Distinct profiles per value of ``group`` (a Delivery field or an expression over one) among
     ``rows(ids)``, the rows of dispatches ``ids`` to count; ``name`` names that choice of rows and
@@ -104,6 +105,9 @@ def profiles_by(
     them, the profiles it kept for the report's figure ``kept_name`` (by default ``name``) count too
     (``delivery.kept``): the settled rows and the kept profiles are counted together, each pair
     once, and the dispatches not settled add only their profiles neither holds.
+
+    ``known_settled``: those of the dispatches that are settled (``settled_of``), when the caller
+    read them for its own figures in the same view.
     """
     from django.db import connection
 
@@ -156,7 +160,7 @@ def profiles_by(
             if figures is not None
             else kept_until_counted(name=name, dispatch_ids=holding, compute=lambda: count(holding), opens_matter=False)
         )
-    settled = settled_of(holding)
+    settled = settled_of(holding) if known_settled is None else sorted(set(holding).intersection(known_settled))
     in_settled = set(settled)
     open_ = [pk for pk in holding if pk not in in_settled]
     if kept is None and not settled:
@@ -242,11 +246,7 @@ def _settled_union(
     if chain is not None:
         base = set(chain["ids"])
         new = [pk for pk in settled if pk not in base]
-        if (
-            base <= held.keys()
-            and stamp_of([held[pk] for pk in chain["ids"]]) == chain["stamp"]
-            and not cleared.intersection(new)
-        ):
+        if unchanged_among(chain["ids"], chain["stamp"], held) and not cleared.intersection(new):
             figures = summed(chain["figures"], added(new, chain["ids"])) if new else chain["figures"]
             if (
                 set(Dispatch.objects.filter(pk__in=settled, rows_deleted_at__isnull=False).values_list("pk", flat=True))
@@ -258,6 +258,12 @@ def _settled_union(
     cache.set(key, figures, CACHE_SECONDS)
     keep_chain()
     return figures
+
+
+def unchanged_among(ids: list[int], stamp: str, held: dict[int, tuple]) -> bool:
+    """Whether dispatches ``ids``, whose counters were ``stamp`` when a figure was kept over them,
+    are all among ``held`` (counter rows by id, as read now) with the same counters."""
+    return set(ids) <= held.keys() and stamp_of([held[pk] for pk in ids]) == stamp
 
 
 def stamp_of(value) -> str:
