@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from django.core.exceptions import ValidationError
 from django.db.models import Case, F, Min, Q, When
 
+from config.db import among
 from delivery.models import ConversionGoal
 
 if TYPE_CHECKING:
@@ -155,7 +156,7 @@ def _converted_parts(
     # A constant, not a subquery: the planner then sees how few events it reads, and hashes them.
     # Dispatches whose rows retention deleted have no anchor left.
     if first_sent is None:
-        first_sent = Dispatch.objects.filter(pk__in=of, rows_deleted_at__isnull=True).aggregate(
+        first_sent = Dispatch.objects.filter(among("pk", of), rows_deleted_at__isnull=True).aggregate(
             first=Min("created_at")
         )["first"]
     if first_sent is None:
@@ -222,7 +223,7 @@ def conversions_by(
     if not ids:
         return {}  # never sent: nobody reached
     holding = Q(rows_deleted_at__isnull=True)
-    read = Dispatch.objects.filter(pk__in=ids).aggregate(
+    read = Dispatch.objects.filter(among("pk", ids)).aggregate(
         first=Min("created_at", filter=holding), cleared=Count("pk", filter=~holding)
     )
     if not read["cleared"]:
@@ -335,7 +336,7 @@ def _converted_grown(
     open_ = [pk for pk in ids if pk not in in_base]
     base_until = _last_window_end(base, goal, window) if open_ else until
     opened = ["opened"] if goal.anchor == ConversionGoal.Anchor.OPENED else []
-    counters = list(Dispatch.objects.filter(pk__in=base).order_by("pk").values_list(*COUNTER_FIELDS, *opened))
+    counters = list(Dispatch.objects.filter(among("pk", base)).order_by("pk").values_list(*COUNTER_FIELDS, *opened))
     held = {row[0]: row for row in counters}
     # One figure per goal and first send, over the settled sends it covers ("ids"): grown as they grow.
     key = f"delivery:conversions_grown:{group_key}:{stamp_of([goal.as_dict(), first_sent, base[0]])}"
@@ -349,7 +350,7 @@ def _converted_grown(
 
     beyond = []
     if open_:
-        since = Dispatch.objects.filter(pk__in=open_).aggregate(first=Min("created_at"))["first"]
+        since = Dispatch.objects.filter(among("pk", open_)).aggregate(first=Min("created_at"))["first"]
         beyond = [_as_json(*_converted_beyond(parts(open_, since=since, end=until), parts(base)))]
 
     def read(*columns: tuple[str, list]) -> tuple:
@@ -471,7 +472,7 @@ def _last_window_end(dispatch_ids: list[int], goal: Goal, window: dt.timedelta) 
 
     bound = timezone.now() + window
     anchors = ("opened", "skipped") if goal.anchor == ConversionGoal.Anchor.OPENED else ("accepted", "skipped")
-    last = DeliveryRollup.objects.filter(dispatch_id__in=dispatch_ids, outcome__in=anchors).aggregate(
+    last = DeliveryRollup.objects.filter(among("dispatch_id", dispatch_ids), outcome__in=anchors).aggregate(
         last=Max("period")
     )["last"]
     if last is None:

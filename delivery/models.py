@@ -5,6 +5,7 @@ from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
 from accounts.encryption import EncryptedTextField
 from accounts.models import GrantStamp
+from config.db import among
 
 
 class ConversionGoal(models.Model):
@@ -588,8 +589,8 @@ class Delivery(models.Model):
         partial indexes that lead with the dispatch (a bulk run's rows, a stream's rows) instead
         of scanning every dispatch's rows: no index covers a dispatch's finished rows alone."""
         ids = list(dispatch_ids)
-        return models.Q(queued_at__isnull=True, dispatch_id__in=ids) | models.Q(
-            queued_at__isnull=False, dispatch_id__in=ids
+        return models.Q(among("dispatch_id", ids), queued_at__isnull=True) | models.Q(
+            among("dispatch_id", ids), queued_at__isnull=False
         )
 
 

@@ -19,6 +19,7 @@ from django.db.models import Expression, F, Max, Min, Q, QuerySet, Sum
 from django.db.models.functions import Trunc
 from django.utils import timezone
 
+from config.db import among
 from delivery.kept import NO_PAIRS, NOT_KEPT, Scope, counted_with_kept, decoded
 from delivery.models import Delivery, DeliveryRollup, Dispatch, DispatchProfiles
 
@@ -63,7 +64,7 @@ def kept_until_counted(
     (``opens_matter=False``) stays kept when only the opened counter moves. Retention deleting rows
     stamps the dispatch (``rows_deleted_at``), which voids what was kept over it."""
     counters = list(
-        Dispatch.objects.filter(pk__in=sorted(set(dispatch_ids)))
+        Dispatch.objects.filter(among("pk", sorted(set(dispatch_ids))))
         .order_by("pk")
         .values_list(*COUNTER_FIELDS, *(["opened"] if opens_matter else []))
     )
@@ -112,7 +113,7 @@ def profiles_by(
     from django.db import connection
 
     ids = sorted(set(dispatch_ids))
-    states = list(Dispatch.objects.filter(pk__in=ids).values_list("pk", "status", "total", "rows_deleted_at"))
+    states = list(Dispatch.objects.filter(among("pk", ids)).values_list("pk", "status", "total", "rows_deleted_at"))
     # A final dispatch without rows counts nobody.
     holding = [pk for pk, status, total, _ in states if total or status not in Dispatch.FINAL_STATUSES]
     if not holding:
@@ -227,7 +228,7 @@ def _settled_union(
     pairs would be among the kept ones, which the figure did not count). A clear while growing it
     (a set of cleared dispatches that changed under the count) has it counted whole.
     """
-    counters = list(Dispatch.objects.filter(pk__in=settled).order_by("pk").values_list(*COUNTER_FIELDS))
+    counters = list(Dispatch.objects.filter(among("pk", settled)).order_by("pk").values_list(*COUNTER_FIELDS))
     key = f"delivery:{name}:settled:{stamp_of([extra, counters])}"
     held = {row[0]: row if clears_change else row[:-1] for row in counters}
     cleared = {row[0] for row in counters if row[-1] is not None}
@@ -249,7 +250,11 @@ def _settled_union(
         if unchanged_among(chain["ids"], chain["stamp"], held) and not cleared.intersection(new):
             figures = summed(chain["figures"], added(new, chain["ids"])) if new else chain["figures"]
             if (
-                set(Dispatch.objects.filter(pk__in=settled, rows_deleted_at__isnull=False).values_list("pk", flat=True))
+                set(
+                    Dispatch.objects.filter(among("pk", settled), rows_deleted_at__isnull=False).values_list(
+                        "pk", flat=True
+                    )
+                )
                 != cleared
             ):
                 figures = None
@@ -284,10 +289,12 @@ def pairs_of(rows: Callable[[list[int]], QuerySet], group: str | Expression) -> 
 def settled_of(dispatch_ids: list[int]) -> list[int]:
     """Those of the dispatches that are settled: final, and no row of them queued or in flight."""
     final = list(
-        Dispatch.objects.filter(pk__in=dispatch_ids, status__in=Dispatch.FINAL_STATUSES).values_list("pk", flat=True)
+        Dispatch.objects.filter(among("pk", dispatch_ids), status__in=Dispatch.FINAL_STATUSES).values_list(
+            "pk", flat=True
+        )
     )
     busy = set(
-        Delivery.objects.filter(dispatch_id__in=final, finished_at__isnull=True)
+        Delivery.objects.filter(among("dispatch_id", final), finished_at__isnull=True)
         .values_list("dispatch_id", flat=True)
         .distinct()
         .order_by()
@@ -366,7 +373,7 @@ def grouped_count(sql: str, params: list) -> dict:
 def rollup_rows(dispatch_ids: Iterable[int], *, by: tuple[str, ...], **filters) -> list[dict]:
     """The dispatches' rollup summed by ``by`` (fields of ``DeliveryRollup``), each with ``n``."""
     return list(
-        DeliveryRollup.objects.filter(dispatch_id__in=list(dispatch_ids), **filters)
+        DeliveryRollup.objects.filter(among("dispatch_id", list(dispatch_ids)), **filters)
         .values(*by)
         .annotate(n=Sum("rows"))
         .order_by()
@@ -379,7 +386,7 @@ def _charts(ids: list[int], tz: dt.tzinfo) -> dict:
     # buckets of the two outcomes it draws (a few hundred rows, however long the sends went on).
     counted = Q(rows__gt=0)
     rows = list(
-        DeliveryRollup.objects.filter(dispatch_id__in=ids)
+        DeliveryRollup.objects.filter(among("dispatch_id", ids))
         .values("platform", "outcome", "reason")
         .annotate(n=Sum("rows"), first=Min("period", filter=counted), last=Max("period", filter=counted))
         .order_by()
@@ -429,7 +436,7 @@ def _timeline(ids: list[int], totals: list[dict], tz: dt.tzinfo) -> dict:
     first = min(row["first"] for row in spans if row["outcome"] == "accepted")
     last = max(row["last"] for row in spans)
     unit = "hour" if last - first <= HOURLY_UP_TO else "day"
-    drawn = DeliveryRollup.objects.filter(dispatch_id__in=ids, outcome__in=("accepted", "opened"))
+    drawn = DeliveryRollup.objects.filter(among("dispatch_id", ids), outcome__in=("accepted", "opened"))
     if unit == "hour":
         rows = list(drawn.values("period", "outcome").annotate(n=Sum("rows")).order_by())
     else:
