@@ -6,6 +6,7 @@ import csv
 import io
 
 from campaigns.models import Campaign, variant_label
+from config.db import among
 
 VARIANT_PROFILES = "variant_profiles"  # the profiles per variant (``delivery.reports.profiles_by``)
 
@@ -127,7 +128,7 @@ def _by_variant(
     )
     # What each variant sent, by the newest dispatch that froze it.
     contents: dict[int, dict] = {}
-    for frozen in Dispatch.objects.filter(pk__in=dispatch_ids).order_by("id").values_list("variants", flat=True):
+    for frozen in Dispatch.objects.filter(among("pk", dispatch_ids)).order_by("id").values_list("variants", flat=True):
         for variant in frozen or []:
             contents[variant["number"]] = variant
     counts.pop(0, None)
