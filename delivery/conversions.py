@@ -145,10 +145,11 @@ def _converted_parts(
     first_sent: dt.datetime | None,
     until: dt.datetime | None,
     events_where: Q | None = None,
+    rows_where: Q | None = None,
 ) -> tuple[tuple[str, list], tuple[str, list]] | None:
     """The SQL of the reached rows that can convert (``grp``, ``profile_id``, ``anchor``,
-    ``window_end``) and of the goal's events that can convert them (``profile_id``,
-    ``occurred_at``; ``events_where`` narrows them), each with its parameters."""
+    ``window_end``; ``rows_where`` narrows them) and of the goal's events that can convert them
+    (``profile_id``, ``occurred_at``; ``events_where`` narrows them), each with its parameters."""
     from audiences.models import Event
     from audiences.rules.compiler import Compiler
     from delivery.models import Dispatch
@@ -175,6 +176,8 @@ def _converted_parts(
         .values("grp", "profile_id", "anchor", "window_end")
         .order_by()
     )
+    if rows_where is not None:
+        candidates = candidates.filter(rows_where)
     events = Event.objects.filter(
         name=goal.event, occurred_at__gte=first_sent, occurred_at__lt=until or _last_window_end(of, goal, window)
     )
@@ -308,26 +311,29 @@ def _converted_grown(
     ``settled`` are settled (``delivery.reports.settled_of``).
 
     Those the settled dispatches' rows convert (final, nothing queued or in flight; all of them
-    while none is) are kept in the cache with the dispatches they cover, their counters, and the
-    goal's events they were counted from (their stamp over the span counted, and the highest event
-    id then). While those dispatches' counters stay (their opens too, with the "opened" anchor), a
-    view counts only what changed instead of joining every settled row with every event again: the
-    pairs the events since that id convert that no earlier event did, and the pairs the dispatches
+    while none is) are kept in the cache with the dispatches they cover, their counters, the goal's
+    events they were counted from (their stamp over the span counted, and the highest event id
+    then) and, with the "opened" anchor, their opens (how many, and the latest). While those
+    dispatches' counters but opens stay, a view counts only what changed instead of joining every
+    settled row with every event again: the pairs that the events since that id convert, that the
+    rows opened since the latest convert, and that the events past the span convert (a later open's
+    window reaches there), none of which an earlier event and open did; and the pairs the dispatches
     settled since convert that none of the kept ones does. The figure is grown only when the stamp
     now is the kept one joined with the newer events' (none deleted, moved to another profile, or
-    committed late below that id); otherwise it is counted whole. The dispatches not settled (a
+    committed late below that id) and the opens now are the kept ones and those since the latest
+    (none committed late below it); otherwise it is counted whole. The dispatches not settled (a
     stream calls append to, a send under way) add, on each view, the pairs their rows convert that
     no settled row does.
 
-    Each view's figures come from one statement (one snapshot): the settled figure's stamp, its
+    Each view's figures come from one statement (one snapshot): the settled figure's stamps, its
     growth or whole count, and what the others add.
     """
     from django.core.cache import cache
     from django.db import connection, transaction
 
     from audiences.models import Event
-    from config.db import count_session
-    from delivery.models import Dispatch
+    from config.db import count_session, int_array
+    from delivery.models import Delivery, Dispatch
     from delivery.reports import CACHE_SECONDS, COUNTER_FIELDS, stamp_of, summed, unchanged_among
 
     window = dt.timedelta(hours=goal.window_hours)
@@ -335,32 +341,48 @@ def _converted_grown(
     in_base = set(base)
     open_ = [pk for pk in ids if pk not in in_base]
     base_until = _last_window_end(base, goal, window) if open_ else until
-    opened = ["opened"] if goal.anchor == ConversionGoal.Anchor.OPENED else []
-    counters = list(Dispatch.objects.filter(among("pk", base)).order_by("pk").values_list(*COUNTER_FIELDS, *opened))
+    opens = goal.anchor == ConversionGoal.Anchor.OPENED
+    counters = list(Dispatch.objects.filter(among("pk", base)).order_by("pk").values_list(*COUNTER_FIELDS))
     held = {row[0]: row for row in counters}
     # One figure per goal and first send, over the settled sends it covers ("ids"): grown as they grow.
     key = f"delivery:conversions_grown:{group_key}:{stamp_of([goal.as_dict(), first_sent, base[0]])}"
     kept = cache.get(key)
     table = connection.ops.quote_name(Event._meta.db_table)
-    stamp = (_STAMP_SQL.format(table=table, newer=""), [goal.event, first_sent, base_until])
     top = (f"SELECT coalesce(max(id), 0) FROM {table}", [])  # noqa: S608 (the model's own table)
 
-    def parts(of, *, since=first_sent, end=base_until, events_where=None):
-        return _converted_parts(of, goal=goal, group=group, first_sent=since, until=end, events_where=events_where)
+    def stamp(end: dt.datetime, *, newer_than: int | None = None) -> tuple[str, list]:
+        if newer_than is None:
+            return _STAMP_SQL.format(table=table, newer=""), [goal.event, first_sent, end]
+        return _STAMP_SQL.format(table=table, newer=" AND id > %s"), [goal.event, first_sent, end, newer_than]
+
+    def opened(of: list[int]) -> list[tuple[str, list]]:
+        """With the "opened" anchor, the opens of dispatches ``of`` (their counters) and the latest."""
+        if not opens:
+            return []
+        latest = Delivery.objects.filter(among("dispatch_id", of), opened_at__isnull=False).order_by("-opened_at")
+        return [
+            ("SELECT coalesce(sum(opened), 0) FROM delivery_dispatch WHERE id = ANY(%s::bigint[])", [int_array(of)]),
+            latest.values("opened_at")[:1].query.sql_with_params(),
+        ]
+
+    def parts(of, *, since=first_sent, end=base_until, events_where=None, rows_where=None):
+        return _converted_parts(
+            of, goal=goal, group=group, first_sent=since, until=end, events_where=events_where, rows_where=rows_where
+        )
 
     beyond = []
     if open_:
         since = Dispatch.objects.filter(among("pk", open_)).aggregate(first=Min("created_at"))["first"]
-        beyond = [_as_json(*_converted_beyond(parts(open_, since=since, end=until), parts(base)))]
+        beyond = [_as_json(*_converted_beyond([parts(open_, since=since, end=until)], parts(base)))]
 
-    def read(*columns: tuple[str, list]) -> tuple:
+    def read(*columns: tuple[str, list]) -> list:
         cursor.execute(
             "SELECT " + ", ".join(f"({sql})" for sql, _ in columns),
             [param for _, params in columns for param in params],
         )
-        return cursor.fetchone()
+        return list(cursor.fetchone())
 
-    def with_beyond(figures: dict, *rest) -> dict:
+    def with_beyond(figures: dict, rest: list) -> dict:
         return summed(figures, dict(rest[0])) if rest else figures
 
     def keep(figures: dict, **entry) -> None:
@@ -368,61 +390,93 @@ def _converted_grown(
 
     with transaction.atomic(), connection.cursor() as cursor:
         count_session(cursor)
-        if kept is not None and unchanged_among(kept["ids"], kept["counters"], held):
-            # The kept figure's sends are among these and unchanged: grown by the events since and
-            # the sends settled since, over the span it was counted over (its rows' windows end in it).
+        if (
+            kept is not None
+            and (not opens or kept.get("opened") is not None)
+            and unchanged_among(kept["ids"], kept["counters"], held)
+        ):
+            # The kept figure's sends are among these and unchanged but for opens: grown by the
+            # events and opens since and the sends settled since. Its span (its rows' windows ended
+            # in it) reaches as far as the latest window now (a later open's).
             old, end = kept["ids"], kept["until"]
             new = [pk for pk in base if pk not in set(old)]
-            old_stamp = (_STAMP_SQL.format(table=table, newer=""), [goal.event, first_sent, end])
-            if not new:
-                now, *rest = read(old_stamp, *beyond)
-                if now == kept["stamp"]:
-                    return with_beyond(kept["figures"], *rest)
+            # How far the kept sends' windows reach now: an open since may reach past the span.
+            bound = max(end, base_until) if opens else end
+            until_now = max(bound, base_until) if new else bound
+            # Every window of the rows counted ended in the span (an open committed as the figure
+            # was counted may reach past it).
+            covered = not opens or kept["opened"][1] is None or kept["opened"][1] + window <= end
+            if not new and (covered or bound == end):
+                now, *rest = read(stamp(end), *opened(old)[:1], *beyond)
+                if now == kept["stamp"] and (not opens or rest.pop(0) == kept["opened"][0]):
+                    return with_beyond(kept["figures"], rest)
             upto = kept["upto"]
-            added = _converted_beyond(
-                parts(old, end=end, events_where=Q(pk__gt=upto)), parts(old, end=end, events_where=Q(pk__lte=upto))
-            )
-            newer = (_STAMP_SQL.format(table=table, newer=" AND id > %s"), [goal.event, first_sent, end, upto])
-            columns = [old_stamp, newer, top, _as_json(*added)]
-            if new:  # what the sends settled since convert beyond the kept ones, and the stamp over all
-                columns += [_as_json(*_converted_beyond(parts(new), parts(old, end=end))), stamp]
+            news = [parts(old, end=end, events_where=Q(pk__gt=upto))]
+            rows_before = None
+            if opens:  # the rows opened since the latest open then, with every event
+                latest = kept["opened"][1]
+                since_latest = Q(opened_at__gt=latest) if latest is not None else Q(opened_at__isnull=False)
+                news.append(parts(old, end=end, rows_where=since_latest))
+                rows_before = ~since_latest
+                fresh = Delivery.objects.filter(among("dispatch_id", old), since_latest).values("pk")
+                fresh_sql, fresh_params = fresh.query.sql_with_params()
+            if bound > end:  # events past the span: only a later open's window reaches them
+                news.append(parts(old, since=end, end=bound))
+            added = _converted_beyond(news, parts(old, end=end, events_where=Q(pk__lte=upto), rows_where=rows_before))
+            columns = [stamp(end), stamp(end, newer_than=upto), top, _as_json(*added)]
+            if opens:
+                columns += [*opened(old)[:1], (f"SELECT count(*) FROM ({fresh_sql}) f", fresh_params), *opened(base)]  # noqa: S608 (the ORM's SQL)
+            if new:  # what the sends settled since convert beyond the kept ones
+                columns.append(_as_json(*_converted_beyond([parts(new, end=until_now)], parts(old, end=bound))))
+            if until_now != end:
+                columns.append(stamp(until_now))
             old_now, newer_stamp, highest, figures, *rest = read(*columns, *beyond)
-            if _joined(kept["stamp"], newer_stamp) == old_now:
+            opens_add_up = True
+            if opens:
+                opened_now, fresh_count, *opened_kept = rest[:4]
+                rest = rest[4:]
+                opens_add_up = kept["opened"][0] + fresh_count == opened_now
+            if _joined(kept["stamp"], newer_stamp) == old_now and opens_add_up:
                 figures = summed(kept["figures"], dict(figures))
-                now = old_now
                 if new:
-                    settled_since, now, *rest = rest
-                    figures = summed(figures, dict(settled_since))
-                keep(figures, until=base_until if new else end, upto=highest, stamp=now)
-                return with_beyond(figures, *rest)
+                    figures = summed(figures, dict(rest.pop(0)))
+                now = rest.pop(0) if until_now != end else old_now
+                keep(figures, until=until_now, upto=highest, stamp=now, opened=opened_kept if opens else None)
+                return with_beyond(figures, rest)
         whole_sql, whole_params = converted_select(
             base, goal=goal, group=group, first_sent=first_sent, until=base_until
         )
         whole = (f"SELECT grp, count(*) FROM ({whole_sql}) c GROUP BY grp", whole_params)  # noqa: S608 (the ORM's SQL)
-        now, highest, figures, *rest = read(stamp, top, _as_json(*whole), *beyond)
-    keep(dict(figures), until=base_until, upto=highest, stamp=now)
-    return with_beyond(dict(figures), *rest)
+        now, highest, figures, *rest = read(stamp(base_until), top, _as_json(*whole), *opened(base), *beyond)
+        opened_kept = rest[:2] if opens else None
+        rest = rest[2:] if opens else rest
+    keep(dict(figures), until=base_until, upto=highest, stamp=now, opened=opened_kept)
+    return with_beyond(dict(figures), rest)
 
 
-def _converted_beyond(new: tuple, old: tuple) -> tuple[str, list]:
-    """The SQL counting per group the pairs that ``new``'s rows and events convert and that no
-    row of ``old`` is converted by one of its events (each a ``_converted_parts``): a probe by
-    profile into ``old`` for each pair ``new`` converts."""
-    (rows_sql, rows_params), (events_sql, events_params) = new
+def _converted_beyond(news: list[tuple], old: tuple) -> tuple[str, list]:
+    """The SQL counting per group the pairs that the rows and events of any of ``news`` convert and
+    that no row of ``old`` is converted by one of its events (each a ``_converted_parts``): a probe
+    by profile into ``old`` for each pair ``news`` convert."""
+    joins, params = [], []
+    for (rows_sql, rows_params), (events_sql, events_params) in news:
+        joins.append(
+            f"SELECT r.grp, r.profile_id FROM ({rows_sql}) r JOIN ({events_sql}) e ON e.profile_id = r.profile_id "  # noqa: S608 (the ORM's SQL)
+            "WHERE e.occurred_at >= r.anchor AND e.occurred_at < r.window_end"
+        )
+        params += [*rows_params, *events_params]
     (old_rows_sql, old_rows_params), (old_events_sql, old_events_params) = old
     return (
         f"""
-        SELECT grp, count(*) FROM (
-            SELECT DISTINCT r.grp, r.profile_id
-            FROM ({rows_sql}) r JOIN ({events_sql}) e ON e.profile_id = r.profile_id
-            WHERE e.occurred_at >= r.anchor AND e.occurred_at < r.window_end AND NOT EXISTS (
-                SELECT 1 FROM ({old_rows_sql}) o JOIN ({old_events_sql}) oe ON oe.profile_id = o.profile_id
-                WHERE o.profile_id = r.profile_id AND o.grp IS NOT DISTINCT FROM r.grp
-                AND oe.occurred_at >= o.anchor AND oe.occurred_at < o.window_end
-            )
-        ) c GROUP BY grp
+        SELECT grp, count(*) FROM (SELECT DISTINCT grp, profile_id FROM ({" UNION ALL ".join(joins)}) u) n
+        WHERE NOT EXISTS (
+            SELECT 1 FROM ({old_rows_sql}) o JOIN ({old_events_sql}) oe ON oe.profile_id = o.profile_id
+            WHERE o.profile_id = n.profile_id AND o.grp IS NOT DISTINCT FROM n.grp
+            AND oe.occurred_at >= o.anchor AND oe.occurred_at < o.window_end
+        )
+        GROUP BY grp
         """,  # noqa: S608 (the parts are the ORM's SQL, their values parameters)
-        [*rows_params, *events_params, *old_rows_params, *old_events_params],
+        [*params, *old_rows_params, *old_events_params],
     )
 
 

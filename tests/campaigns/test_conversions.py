@@ -20,6 +20,7 @@ from tests.factories import DeviceFactory, EventFactory, ProfileFactory
 
 T0 = dt.datetime(2026, 11, 2, 10, 0, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
+MINUTE = dt.timedelta(minutes=1)
 
 
 @pytest.fixture
@@ -630,6 +631,64 @@ def test_new_goal_events_grow_the_kept_conversions_and_any_other_change_counts_t
     Event.objects.filter(profile=first).delete()
     assert check("grown+whole")[1] == 1
     assert check("kept")[1] == 1
+
+
+def test_opens_grow_the_kept_conversions_with_the_opened_anchor(sent, manager_alice):
+    """On PostgreSQL, with the "opened" anchor, a view after opens counts only what the rows opened
+    since the latest open then convert, with every event: those past the span counted too, as an
+    open's window may reach there. An open committed late (its counter moved, its time not past
+    that latest) has them counted whole. Each figure is the one a count from nothing gives."""
+    from django.db import connection
+    from django.db.models import F
+    from django.test.utils import CaptureQueriesContext
+
+    from delivery.services.rollups import rollup_rebuild
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the conversions are grown on PostgreSQL")
+    campaign, deliver = sent
+    _goal(campaign, manager_alice, window_hours=2, anchor="opened")
+    first, second = deliver(variant=1, opened_at=T0 + HOUR), deliver(variant=1)
+    third, fourth, fifth = (deliver(variant=2) for _ in range(3))
+    holdout = deliver(variant=0, status="skipped")
+    campaign = Campaign.objects.get(pk=campaign.pk)
+    ids = list(Dispatch.objects.values_list("pk", flat=True))
+    EventFactory(profile=first, name="purchase", occurred_at=T0 + 2 * HOUR)
+    EventFactory(profile=second, name="purchase", occurred_at=T0 + 5 * HOUR)  # once opened at T0 + 4 h
+    EventFactory(profile=third, name="purchase", occurred_at=T0 + 30 * HOUR)  # once opened at T0 + 29 h
+    EventFactory(profile=fourth, name="purchase", occurred_at=T0 + 2 * HOUR)  # once opened at T0 + 90 min
+    EventFactory(profile=fifth, name="purchase", occurred_at=T0 + 150 * MINUTE)  # once opened at T0 + 2 h
+    EventFactory(profile=holdout, name="purchase", occurred_at=T0 + HOUR)  # the holdout's anchor: T0
+
+    def opened(profile, at):  # as an open is recorded: the row, its dispatch's counter, the rollup
+        Delivery.objects.filter(profile=profile).update(opened_at=at)
+        Dispatch.objects.filter(pk__in=ids).update(opened=F("opened") + 1)
+        rollup_rebuild(dispatch_ids=ids)
+
+    def check(expected_way):
+        with CaptureQueriesContext(connection) as captured:
+            variants = _converted_per_variant(campaign, ids)
+        counts = [q["sql"] for q in captured.captured_queries if "json_agg" in q["sql"]]
+        ways = ["grown" if "NOT EXISTS" in sql else "whole" for sql in counts]
+        assert ("+".join(ways) or "kept") == expected_way
+        assert variants == {variant: _recounted_per_variant(campaign, ids).get(variant, 0) for variant in (0, 1, 2)}
+        return variants
+
+    Dispatch.objects.filter(pk__in=ids).update(opened=1)
+    rollup_rebuild(dispatch_ids=ids)
+    assert check("whole") == {1: 1, 2: 0, 0: 1}
+    assert check("kept") == {1: 1, 2: 0, 0: 1}
+    opened(fifth, T0 + 2 * HOUR)  # converted by an event counted before
+    assert check("grown") == {1: 1, 2: 1, 0: 1}
+    opened(second, T0 + 4 * HOUR)  # its window (to T0 + 6 h) reaches past the span counted (to T0 + 3:15)
+    assert check("grown") == {1: 2, 2: 1, 0: 1}
+    opened(third, T0 + 29 * HOUR)
+    EventFactory(profile=second, name="purchase", occurred_at=T0 + 5 * HOUR)  # an event and an open at once
+    assert check("grown") == {1: 2, 2: 2, 0: 1}
+    assert check("kept")[2] == 2
+    opened(fourth, T0 + 90 * MINUTE)  # committed after a later open was counted
+    assert check("grown+whole") == {1: 2, 2: 3, 0: 1}  # the opens do not add up: counted whole
+    assert check("kept")[2] == 3
 
 
 @pytest.mark.embedded
