@@ -3,6 +3,7 @@ whose push step sends a batch at each run of the engine).
 
     .venv/bin/python bench/many_sends.py [--sends 180] [--rows 5000] [--batches 2000] [--batch-rows 250]
                                          [--profiles 200000] [--events 2000000] [--rebuild]
+                                         [--anchor accepted|opened]
 
 Uses its own PostgreSQL database (``BENCH_DATABASE_URL``, default
 postgres://postgres@127.0.0.1:5432/pushdesk_bench_many_sends), created and migrated if missing,
@@ -11,7 +12,8 @@ campaign with variants A and B and a 10% holdout, a conversion goal (purchase wi
 acceptance), and ``--sends`` finished daily standing dispatches of ``--rows`` rows each (the
 profiles drawn again each day, so most recur); a journey version with a goal and two push steps
 whose ``--batches`` finished dispatches hold ``--batch-rows`` rows each; ``--events`` events over
-the whole span, a tenth of them purchases.
+the whole span, a tenth of them purchases; a tenth of the accepted rows opened within two hours.
+The goal's anchor is ``--anchor`` for the run: the acceptance, or the open.
 
 Then, for the campaign's report (``campaigns.reports.campaign_report``) and the journey version's
 step conversions (``journeys.selectors.version_step_conversions``), in milliseconds:
@@ -24,6 +26,9 @@ step conversions (``journeys.selectors.version_step_conversions``), in milliseco
   from nothing over the same sends (``recount_ms``, ``grown_equals_recount``);
 - ``after_outcome``: the first view after a new outcome of a send still under way (an open
   dispatch of one batch's size beside the settled ones);
+- ``after_open``: the first view after a push of a settled send is opened (with ``--anchor opened``,
+  the goal's anchor, opens keep coming long after a send settles), checked against a count from
+  nothing (``open_equals_recount``), the open then taken back;
 - ``charts``: the median of 5 reads of the report pages' charts (``delivery.reports.report_charts``:
   the timeline per day over the whole span, from the rollup's ``rollup_rows`` rows).
 
@@ -84,6 +89,18 @@ FROM generate_series(1, %(n)s)
 """
 
 
+# A tenth of the accepted rows opened, within two hours of their acceptance; each dispatch's counter.
+OPENS = """
+WITH opened AS (
+  UPDATE delivery_delivery SET opened_at = finished_at + make_interval(mins => (id %% 120)::int)
+  WHERE dispatch_id = ANY(%(dispatches)s) AND status = 'accepted' AND abs(hashint8(id)) %% 10 = 3
+  RETURNING dispatch_id
+)
+UPDATE delivery_dispatch d SET opened = o.n FROM (SELECT dispatch_id, count(*) n FROM opened GROUP BY 1) o
+WHERE d.id = o.dispatch_id
+"""
+
+
 def ensure_data(args, log) -> dict:
     """The campaign, the journey version, their sends and the events, made once per size."""
     from django.db import connection
@@ -91,7 +108,7 @@ def ensure_data(args, log) -> dict:
     from accounts.models import User
     from audiences.models import Profile
     from campaigns.models import Campaign
-    from delivery.models import App, Dispatch, PushContent
+    from delivery.models import App, Delivery, Dispatch, PushContent
     from delivery.services.rollups import rollup_rebuild
     from journeys.models import Journey, JourneyVersion
 
@@ -104,6 +121,12 @@ def ensure_data(args, log) -> dict:
         and journey is not None
         and _size_of(campaign, journey, events_wanted=args.events) == size
     ):
+        if not Delivery.objects.filter(opened_at__isnull=False).exists():  # made before the opens were
+            log("opening a tenth of the accepted rows...")
+            ids = list(Dispatch.objects.filter(label__startswith=NAME).values_list("pk", flat=True))
+            with connection.cursor() as cursor:
+                cursor.execute(OPENS, {"dispatches": ids})
+            rollup_rebuild()  # every dispatch's, in one pass: the database is the benchmark's own
         return {"campaign": campaign, "version": journey.versions.get(), "generated": False}
     log(f"generating {size}...")
     started = time.perf_counter()
@@ -196,7 +219,8 @@ def ensure_data(args, log) -> dict:
         finally:
             for _, definition in indexes:
                 cursor.execute(definition)
-        rollup_rebuild(dispatch_ids=[d.pk for d in days + batches])
+        cursor.execute(OPENS, {"dispatches": [d.pk for d in days + batches]})
+        rollup_rebuild()  # every dispatch's, in one pass: the database is the benchmark's own
         for table in ("audiences_profile", "audiences_event", "delivery_delivery", "delivery_dispatch"):
             cursor.execute(f"VACUUM ANALYZE {table}")
     log(f"generated in {time.perf_counter() - started:.1f} s")
@@ -309,7 +333,7 @@ def measure(view, *, like, rows: int) -> dict:
     warm = [_timed(view)[0] for _ in range(5)]
     out["warm_ms"] = statistics.median(warm)
     out["figures"] = figures
-    added = []
+    added, opened = [], None
     try:
         # A goal event posted now (a live campaign's purchases keep coming): its conversions counted again.
         reached = Delivery.objects.filter(dispatch_id=like.pk, status="accepted").values_list("profile_id", flat=True)[
@@ -339,12 +363,50 @@ def measure(view, *, like, rows: int) -> dict:
         out["after_outcome_ms"], figures = _timed(view)
         cache.clear()
         out["outcome_equals_recount"] = view() == figures
+        view()  # kept again
+        opened = _new_open(like)
+        out["after_open_ms"], figures = _timed(view)
+        cache.clear()
+        out["open_equals_recount"] = view() == figures
     finally:
         with connection.cursor() as cursor:
             for dispatch in added:
                 cursor.execute("DELETE FROM delivery_delivery WHERE dispatch_id = %s", [dispatch.pk])
         Dispatch.objects.filter(pk__in=[d.pk for d in added]).delete()
+        if opened is not None:
+            _open_taken_back(like, opened)
     return out
+
+
+def _new_open(dispatch) -> int:
+    """A push of a settled send is opened now, as an open is recorded (the row, its dispatch's
+    counter, the rollup): the row's id."""
+    from django.db.models import F
+    from django.utils import timezone
+
+    from delivery.models import Delivery, Dispatch
+    from delivery.services.rollups import rollup_add_opened
+
+    row = (
+        Delivery.objects.filter(dispatch_id=dispatch.pk, status="accepted", opened_at__isnull=True)
+        .values_list("pk", flat=True)
+        .first()
+    )
+    Delivery.objects.filter(pk=row).update(opened_at=timezone.now())
+    Dispatch.objects.filter(pk=dispatch.pk).update(opened=F("opened") + 1)
+    rollup_add_opened(ids=[row])
+    return row
+
+
+def _open_taken_back(dispatch, row: int) -> None:
+    from django.db.models import F
+
+    from delivery.models import Delivery, Dispatch
+    from delivery.services.rollups import rollup_rebuild
+
+    Delivery.objects.filter(pk=row).update(opened_at=None)
+    Dispatch.objects.filter(pk=dispatch.pk).update(opened=F("opened") - 1)
+    rollup_rebuild(dispatch_ids=[dispatch.pk])
 
 
 def main() -> None:
@@ -356,6 +418,7 @@ def main() -> None:
     parser.add_argument("--profiles", type=int, default=200_000)
     parser.add_argument("--events", type=int, default=2_000_000)
     parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--anchor", choices=("accepted", "opened"), default="accepted", help="the goal's anchor")
     args = parser.parse_args()
     setup_django()
     from campaigns.reports import campaign_report
@@ -365,9 +428,12 @@ def main() -> None:
 
     made = ensure_data(args, log=lambda m: print(m, file=sys.stderr))
     campaign, version = made.pop("campaign"), made.pop("version")
+    for owner in (campaign, version.journey):
+        type(owner).objects.filter(pk=owner.pk).update(conversion_anchor=args.anchor)
+        owner.refresh_from_db()
     result = {
         "benchmark": "many_sends",
-        **{k: getattr(args, k) for k in ("sends", "rows", "batches", "batch_rows", "profiles", "events")},
+        **{k: getattr(args, k) for k in ("sends", "rows", "batches", "batch_rows", "profiles", "events", "anchor")},
         **made,
     }
 

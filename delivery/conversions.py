@@ -342,7 +342,10 @@ def _converted_grown(
     open_ = [pk for pk in ids if pk not in in_base]
     base_until = _last_window_end(base, goal, window) if open_ else until
     opens = goal.anchor == ConversionGoal.Anchor.OPENED
-    counters = list(Dispatch.objects.filter(among("pk", base)).order_by("pk").values_list(*COUNTER_FIELDS))
+    read_counters = Dispatch.objects.filter(among("pk", base)).order_by("pk")
+    counters = list(read_counters.values_list(*COUNTER_FIELDS, *(["opened"] if opens else [])))
+    opens_seen = {row[0]: row[-1] for row in counters} if opens else {}  # to tell at once that opens moved
+    counters = [row[: len(COUNTER_FIELDS)] for row in counters]
     held = {row[0]: row for row in counters}
     # One figure per goal and first send, over the settled sends it covers ("ids"): grown as they grow.
     key = f"delivery:conversions_grown:{group_key}:{stamp_of([goal.as_dict(), first_sent, base[0]])}"
@@ -350,10 +353,10 @@ def _converted_grown(
     table = connection.ops.quote_name(Event._meta.db_table)
     top = (f"SELECT coalesce(max(id), 0) FROM {table}", [])  # noqa: S608 (the model's own table)
 
-    def stamp(end: dt.datetime, *, newer_than: int | None = None) -> tuple[str, list]:
+    def stamp(end: dt.datetime, *, since=first_sent, newer_than: int | None = None) -> tuple[str, list]:
         if newer_than is None:
-            return _STAMP_SQL.format(table=table, newer=""), [goal.event, first_sent, end]
-        return _STAMP_SQL.format(table=table, newer=" AND id > %s"), [goal.event, first_sent, end, newer_than]
+            return _STAMP_SQL.format(table=table, newer=""), [goal.event, since, end]
+        return _STAMP_SQL.format(table=table, newer=" AND id > %s"), [goal.event, since, end, newer_than]
 
     def opened(of: list[int]) -> list[tuple[str, list]]:
         """With the "opened" anchor, the opens of dispatches ``of`` (their counters) and the latest."""
@@ -399,14 +402,16 @@ def _converted_grown(
             # events and opens since and the sends settled since. Its span (its rows' windows ended
             # in it) reaches as far as the latest window now (a later open's).
             old, end = kept["ids"], kept["until"]
-            new = [pk for pk in base if pk not in set(old)]
+            in_old = set(old)
+            new = [pk for pk in base if pk not in in_old]
             # How far the kept sends' windows reach now: an open since may reach past the span.
             bound = max(end, base_until) if opens else end
             until_now = max(bound, base_until) if new else bound
             # Every window of the rows counted ended in the span (an open committed as the figure
             # was counted may reach past it).
             covered = not opens or kept["opened"][1] is None or kept["opened"][1] + window <= end
-            if not new and (covered or bound == end):
+            opens_moved = opens and sum(opens_seen[pk] for pk in old) != kept["opened"][0]
+            if not new and (covered or bound == end) and not opens_moved:
                 now, *rest = read(stamp(end), *opened(old)[:1], *beyond)
                 if now == kept["stamp"] and (not opens or rest.pop(0) == kept["opened"][0]):
                     return with_beyond(kept["figures"], rest)
@@ -420,16 +425,16 @@ def _converted_grown(
                 rows_before = ~since_latest
                 fresh = Delivery.objects.filter(among("dispatch_id", old), since_latest).values("pk")
                 fresh_sql, fresh_params = fresh.query.sql_with_params()
-            if bound > end:  # events past the span: only a later open's window reaches them
-                news.append(parts(old, since=end, end=bound))
+            if bound > end:  # events past the span: only the windows of rows opened late enough reach them
+                news.append(parts(old, since=end, end=bound, rows_where=Q(opened_at__gt=end - window)))
             added = _converted_beyond(news, parts(old, end=end, events_where=Q(pk__lte=upto), rows_where=rows_before))
             columns = [stamp(end), stamp(end, newer_than=upto), top, _as_json(*added)]
             if opens:
                 columns += [*opened(old)[:1], (f"SELECT count(*) FROM ({fresh_sql}) f", fresh_params), *opened(base)]  # noqa: S608 (the ORM's SQL)
             if new:  # what the sends settled since convert beyond the kept ones
                 columns.append(_as_json(*_converted_beyond([parts(new, end=until_now)], parts(old, end=bound))))
-            if until_now != end:
-                columns.append(stamp(until_now))
+            if until_now != end:  # the events past the span, whose stamp joined with the span's is the new one's
+                columns.append(stamp(until_now, since=end))
             old_now, newer_stamp, highest, figures, *rest = read(*columns, *beyond)
             opens_add_up = True
             if opens:
@@ -440,7 +445,7 @@ def _converted_grown(
                 figures = summed(kept["figures"], dict(figures))
                 if new:
                     figures = summed(figures, dict(rest.pop(0)))
-                now = rest.pop(0) if until_now != end else old_now
+                now = _joined(old_now, rest.pop(0)) if until_now != end else old_now
                 keep(figures, until=until_now, upto=highest, stamp=now, opened=opened_kept if opens else None)
                 return with_beyond(figures, rest)
         whole_sql, whole_params = converted_select(
