@@ -572,6 +572,13 @@ class Delivery(models.Model):
                 fields=["finished_at"], condition=models.Q(finished_at__isnull=False), name="delivery_finished_idx"
             ),
             models.Index(fields=["opened_at"], condition=models.Q(opened_at__isnull=False), name="delivery_opened_idx"),
+            # A report's opens by send: the latest of each, those since a time (conversions anchored
+            # at the open), whatever the other sends' opens. Opened rows only: nothing on the send path.
+            models.Index(
+                fields=["dispatch", "opened_at"],
+                condition=models.Q(opened_at__isnull=False),
+                name="delivery_dispatch_opened_idx",
+            ),
             # A standing dispatch's live rate and latency read its last minute.
             models.Index(
                 fields=["dispatch", "finished_at"],
