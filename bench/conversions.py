@@ -37,6 +37,8 @@ os.environ["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL)
 os.environ.setdefault("REDIS_URL", "")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
+from support.opens import record_open  # noqa: E402
+
 from bench.segments import _secondary_indexes, setup_django  # noqa: E402
 
 # bench.segments points DATABASE_URL at its own database when imported: this benchmark keeps its own.
@@ -218,27 +220,6 @@ def ensure_others(*, rows: int, dispatch, log) -> None:
         cursor.execute("VACUUM ANALYZE delivery_delivery")
 
 
-def _record_open(dispatch) -> None:
-    """A new outcome, as the open service records it: one accepted row opened now, the dispatch's
-    opened counter and the rollup moved in the same transaction."""
-    from django.db import transaction
-    from django.db.models import F
-    from django.utils import timezone
-
-    from delivery.models import Delivery, Dispatch
-    from delivery.services.rollups import rollup_add_opened
-
-    with transaction.atomic():
-        row = (
-            Delivery.objects.filter(dispatch_id=dispatch.pk, status="accepted", opened_at__isnull=True)
-            .values_list("pk", flat=True)
-            .first()
-        )
-        Delivery.objects.filter(pk=row).update(opened_at=timezone.now())
-        Dispatch.objects.filter(pk=dispatch.pk).update(opened=F("opened") + 1)
-        rollup_add_opened(ids=[row])
-
-
 SENDING_DELIVERIES = """
 INSERT INTO delivery_delivery (dispatch_id, device_id, profile_id, status, reason, provider_message_id,
                                attempts, finished_at, variant)
@@ -385,7 +366,7 @@ def main() -> None:
             # Finished and never reported on: its reached profiles counted and kept on it, once.
             cache.clear()
             result["first_view_ever_ms"] = _timed(view)
-        _record_open(dispatch)  # a new outcome (on a finished dispatch, opens are the ones that come)
+        record_open(dispatch)  # a new outcome (on a finished dispatch, opens are the ones that come)
         cache.clear()
         result[f"{label}_after_outcome_ms"] = _timed(view)
         times = []

@@ -51,6 +51,8 @@ os.environ["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL)
 os.environ.setdefault("REDIS_URL", "")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
+from support.opens import record_open  # noqa: E402
+
 from bench.segments import _secondary_indexes, setup_django  # noqa: E402
 
 # bench.segments points DATABASE_URL at its own database when imported: this benchmark keeps its own.
@@ -364,7 +366,7 @@ def measure(view, *, like, rows: int) -> dict:
         cache.clear()
         out["outcome_equals_recount"] = view() == figures
         view()  # kept again
-        opened = _new_open(like)
+        opened = record_open(like)
         out["after_open_ms"], figures = _timed(view)
         cache.clear()
         out["open_equals_recount"] = view() == figures
@@ -376,26 +378,6 @@ def measure(view, *, like, rows: int) -> dict:
         if opened is not None:
             _open_taken_back(like, opened)
     return out
-
-
-def _new_open(dispatch) -> int:
-    """A push of a settled send is opened now, as an open is recorded (the row, its dispatch's
-    counter, the rollup): the row's id."""
-    from django.db.models import F
-    from django.utils import timezone
-
-    from delivery.models import Delivery, Dispatch
-    from delivery.services.rollups import rollup_add_opened
-
-    row = (
-        Delivery.objects.filter(dispatch_id=dispatch.pk, status="accepted", opened_at__isnull=True)
-        .values_list("pk", flat=True)
-        .first()
-    )
-    Delivery.objects.filter(pk=row).update(opened_at=timezone.now())
-    Dispatch.objects.filter(pk=dispatch.pk).update(opened=F("opened") + 1)
-    rollup_add_opened(ids=[row])
-    return row
 
 
 def _open_taken_back(dispatch, row: int) -> None:

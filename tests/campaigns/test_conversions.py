@@ -87,6 +87,22 @@ def _recounted_per_variant(campaign, ids) -> dict:
         return dict(cursor.fetchall())
 
 
+def _grown_or_counted(campaign, ids, expected_way: str) -> dict:
+    """The conversions per variant over dispatches ``ids``, having checked how the view reached them
+    (``kept``, ``grown``, ``whole``, or ``grown+whole`` when a growth's check failed) and that they
+    are those of a count from nothing."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        variants = _converted_per_variant(campaign, ids)
+    counts = [q["sql"] for q in captured.captured_queries if "json_agg" in q["sql"]]
+    ways = ["grown" if "NOT EXISTS" in sql else "whole" for sql in counts]
+    assert ("+".join(ways) or "kept") == expected_way
+    assert variants == {variant: _recounted_per_variant(campaign, ids).get(variant, 0) for variant in (0, 1, 2)}
+    return variants
+
+
 def test_a_conversion_counts_only_inside_the_window_after_acceptance(sent, manager_alice):
     campaign, deliver = sent
     _goal(campaign, manager_alice, window_hours=24)
@@ -594,7 +610,6 @@ def test_new_goal_events_grow_the_kept_conversions_and_any_other_change_counts_t
     committed late below the highest id then counted, has them counted whole. Each figure is the
     one a count from nothing gives."""
     from django.db import connection
-    from django.test.utils import CaptureQueriesContext
 
     if connection.vendor != "postgresql":
         pytest.skip("the conversions are grown on PostgreSQL")
@@ -606,13 +621,7 @@ def test_new_goal_events_grow_the_kept_conversions_and_any_other_change_counts_t
     ids = list(Dispatch.objects.values_list("pk", flat=True))
 
     def check(expected_way):
-        with CaptureQueriesContext(connection) as captured:
-            variants = _converted_per_variant(campaign, ids)
-        counts = [q["sql"] for q in captured.captured_queries if "json_agg" in q["sql"]]
-        ways = ["grown" if "NOT EXISTS" in sql else "whole" for sql in counts]
-        assert ("+".join(ways) or "kept") == expected_way
-        assert variants == {variant: _recounted_per_variant(campaign, ids).get(variant, 0) for variant in (0, 1, 2)}
-        return variants
+        return _grown_or_counted(campaign, ids, expected_way)
 
     assert check("whole") == {1: 0, 2: 0, 0: 0}
     assert check("kept")[1] == 0
@@ -640,7 +649,6 @@ def test_opens_grow_the_kept_conversions_with_the_opened_anchor(sent, manager_al
     that latest) has them counted whole. Each figure is the one a count from nothing gives."""
     from django.db import connection
     from django.db.models import F
-    from django.test.utils import CaptureQueriesContext
 
     from delivery.services.rollups import rollup_rebuild
 
@@ -666,13 +674,7 @@ def test_opens_grow_the_kept_conversions_with_the_opened_anchor(sent, manager_al
         rollup_rebuild(dispatch_ids=ids)
 
     def check(expected_way):
-        with CaptureQueriesContext(connection) as captured:
-            variants = _converted_per_variant(campaign, ids)
-        counts = [q["sql"] for q in captured.captured_queries if "json_agg" in q["sql"]]
-        ways = ["grown" if "NOT EXISTS" in sql else "whole" for sql in counts]
-        assert ("+".join(ways) or "kept") == expected_way
-        assert variants == {variant: _recounted_per_variant(campaign, ids).get(variant, 0) for variant in (0, 1, 2)}
-        return variants
+        return _grown_or_counted(campaign, ids, expected_way)
 
     Dispatch.objects.filter(pk__in=ids).update(opened=1)
     rollup_rebuild(dispatch_ids=ids)
