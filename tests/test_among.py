@@ -25,6 +25,8 @@ def test_the_rows_are_those_of_in_whatever_the_list_and_however_it_is_combined()
     assert list(either) == list(
         rows.filter(Q(dispatch_id=first.pk, status="accepted") | Q(pk=rows.last())).order_by("pk")
     )
+    twice = rows.filter(among("dispatch_id", (pk for pk in (first.pk, second.pk))))  # a generator, read once
+    assert list(twice) == list(twice.all()) == list(rows.filter(dispatch_id__in=[first.pk, second.pk]))
     assert set(rows.filter(Delivery.of_dispatches([second.pk, third.pk]))) == set(
         rows.filter(dispatch_id__in=[second.pk, third.pk])
     )
