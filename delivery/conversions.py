@@ -202,8 +202,8 @@ def conversions_by(
     The conversions, which events make, are one grouped statement, kept in the cache until the
     counters (the opens too, with the "opened" anchor) or the goal's events in its span move
     (``_events_stamp``); on PostgreSQL, without retention's kept profiles, the settled dispatches'
-    are kept and grown by new events and newly settled dispatches, the others' added beyond them
-    on each view (``_converted_grown``).
+    are kept and grown by new events, new opens (with the "opened" anchor) and newly settled
+    dispatches, the others' added beyond them on each view (``_converted_grown``).
 
     Reached: a delivery accepted by the provider, or a holdout row (variant 0, skipped). Converted:
     a reached profile that did the goal's event, its properties meeting the conditions, at or after
