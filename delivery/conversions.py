@@ -172,7 +172,10 @@ def _converted_parts(
         reached_rows(of)
         .annotate(grp=F(group) if isinstance(group, str) else group, anchor=anchor)
         .annotate(window_end=F("anchor") + window)
-        .filter(anchor__isnull=False)
+        # Said, though every reached row is finished: a probe by profile reads the finished rows'
+        # index by profile, whose condition the "opened" anchor's CASE hides from the planner (it
+        # then hashed every kept row's conversions instead: 380 -> 185 ms after a new send).
+        .filter(anchor__isnull=False, finished_at__isnull=False)
         .values("grp", "profile_id", "anchor", "window_end")
         .order_by()
     )
