@@ -362,42 +362,49 @@ def _converted_grown(
             return _STAMP_SQL.format(table=table, newer=""), [goal.event, since, end]
         return _STAMP_SQL.format(table=table, newer=" AND id > %s"), [goal.event, since, end, newer_than]
 
-    def opened(of: list[int]) -> list[tuple[str, list]]:
-        """With the "opened" anchor, the opens of dispatches ``of`` (their counters) and the latest
-        (the latest of each, read from the opens by send: not a walk back through other sends' opens)."""
-        if not opens:
-            return []
-        return [
-            (f"SELECT coalesce(sum(opened), 0) FROM {dispatches} WHERE id = ANY(%s::bigint[])", [int_array(of)]),  # noqa: S608 (the model's own table)
-            (
-                f"SELECT max(x.opened_at) FROM unnest(%s::bigint[]) d(id), LATERAL (SELECT opened_at FROM {rows} "  # noqa: S608 (the model's own table)
-                "WHERE dispatch_id = d.id AND opened_at IS NOT NULL ORDER BY opened_at DESC LIMIT 1) x",
-                [int_array(of)],
-            ),
-        ]
+    def opens_of(of: list[int]) -> tuple[str, list]:
+        """How many opens dispatches ``of`` hold (their counters)."""
+        return f"SELECT coalesce(sum(opened), 0) FROM {dispatches} WHERE id = ANY(%s::bigint[])", [int_array(of)]  # noqa: S608 (the model's own table)
+
+    def latest_open(of: list[int]) -> tuple[str, list]:
+        """The latest open of dispatches ``of``: the latest of each, read from the opens by send (not
+        a walk back through other sends' opens)."""
+        return (
+            f"SELECT max(x.opened_at) FROM unnest(%s::bigint[]) d(id), LATERAL (SELECT opened_at FROM {rows} "  # noqa: S608 (the model's own table)
+            "WHERE dispatch_id = d.id AND opened_at IS NOT NULL ORDER BY opened_at DESC LIMIT 1) x",
+            [int_array(of)],
+        )
 
     def parts(of, *, since=first_sent, end=base_until, events_where=None, rows_where=None):
         return _converted_parts(
             of, goal=goal, group=group, first_sent=since, until=end, events_where=events_where, rows_where=rows_where
         )
 
-    beyond = []
+    # What the dispatches not settled add beyond the settled ones, read beside every figure.
+    columns: dict[str, tuple[str, list]] = {}
     if open_:
         since = Dispatch.objects.filter(among("pk", open_)).aggregate(first=Min("created_at"))["first"]
-        beyond = [_as_json(*_converted_beyond([parts(open_, since=since, end=until)], parts(base)))]
+        columns["beyond"] = _as_json(*_converted_beyond([parts(open_, since=since, end=until)], parts(base)))
 
-    def read(*columns: tuple[str, list]) -> list:
+    def read(**more: tuple[str, list]) -> dict:
+        """The columns asked, and those of every view, from one statement: {name: value}."""
+        asked = {**more, **columns}
         cursor.execute(
-            "SELECT " + ", ".join(f"({sql})" for sql, _ in columns),
-            [param for _, params in columns for param in params],
+            "SELECT " + ", ".join(f"({sql})" for sql, _ in asked.values()),
+            [param for _, params in asked.values() for param in params],
         )
-        return list(cursor.fetchone())
+        return dict(zip(asked, cursor.fetchone(), strict=True))
 
-    def with_beyond(figures: dict, rest: list) -> dict:
-        return summed(figures, dict(rest[0])) if rest else figures
+    def with_beyond(figures: dict, got: dict) -> dict:
+        return summed(figures, dict(got["beyond"])) if "beyond" in got else figures
 
-    def keep(figures: dict, **entry) -> None:
-        cache.set(key, {"ids": base, "counters": stamp_of(counters), "figures": figures, **entry}, CACHE_SECONDS)
+    def keep(figures: dict, got: dict, **entry) -> None:
+        opened = [got["opens"], got["latest"]] if opens else None
+        cache.set(
+            key,
+            {"ids": base, "counters": stamp_of(counters), "figures": figures, "opened": opened, **entry},
+            CACHE_SECONDS,
+        )
 
     with transaction.atomic(), connection.cursor() as cursor:
         count_session(cursor)
@@ -420,51 +427,60 @@ def _converted_grown(
             covered = not opens or kept["opened"][1] is None or kept["opened"][1] + window <= end
             opens_moved = opens and sum(opens_seen[pk] for pk in old) != kept["opened"][0]
             if not new and (covered or bound == end) and not opens_moved:
-                now, *rest = read(stamp(end), *opened(old)[:1], *beyond)
-                if now == kept["stamp"] and (not opens or rest.pop(0) == kept["opened"][0]):
-                    return with_beyond(kept["figures"], rest)
+                got = read(stamp=stamp(end), **({"old_opens": opens_of(old)} if opens else {}))
+                if got["stamp"] == kept["stamp"] and (not opens or got["old_opens"] == kept["opened"][0]):
+                    return with_beyond(kept["figures"], got)
             upto = kept["upto"]
             news = [parts(old, end=end, events_where=Q(pk__gt=upto))]
             rows_before = None
+            asked = {}
             if opens:  # the rows opened since the latest open then, with every event
                 latest = kept["opened"][1]
                 since_latest = Q(opened_at__gt=latest) if latest is not None else Q(opened_at__isnull=False)
                 news.append(parts(old, end=end, rows_where=since_latest))
                 rows_before = ~since_latest
-                fresh = Delivery.objects.filter(among("dispatch_id", old), since_latest).values("pk")
-                fresh_sql, fresh_params = fresh.query.sql_with_params()
+                fresh_sql, fresh_params = (
+                    Delivery.objects.filter(among("dispatch_id", old), since_latest)
+                    .values("pk")
+                    .query.sql_with_params()
+                )
+                asked = {
+                    "old_opens": opens_of(old),
+                    "fresh": (f"SELECT count(*) FROM ({fresh_sql}) f", fresh_params),  # noqa: S608 (the ORM's SQL)
+                    "opens": opens_of(base),
+                    "latest": latest_open(base),
+                }
             if bound > end:  # events past the span: only the windows of rows opened late enough reach them
                 news.append(parts(old, since=end, end=bound, rows_where=Q(opened_at__gt=end - window)))
             added = _converted_beyond(news, parts(old, end=end, events_where=Q(pk__lte=upto), rows_where=rows_before))
-            columns = [stamp(end), stamp(end, newer_than=upto), top, _as_json(*added)]
-            if opens:
-                columns += [*opened(old)[:1], (f"SELECT count(*) FROM ({fresh_sql}) f", fresh_params), *opened(base)]  # noqa: S608 (the ORM's SQL)
             if new:  # what the sends settled since convert beyond the kept ones
-                columns.append(_as_json(*_converted_beyond([parts(new, end=until_now)], parts(old, end=bound))))
+                asked["settled_since"] = _as_json(
+                    *_converted_beyond([parts(new, end=until_now)], parts(old, end=bound))
+                )
             if until_now != end:  # the events past the span, whose stamp joined with the span's is the new one's
-                columns.append(stamp(until_now, since=end))
-            old_now, newer_stamp, highest, figures, *rest = read(*columns, *beyond)
-            opens_add_up = True
-            if opens:
-                opened_now, fresh_count, *opened_kept = rest[:4]
-                rest = rest[4:]
-                opens_add_up = kept["opened"][0] + fresh_count == opened_now
-            if _joined(kept["stamp"], newer_stamp) == old_now and opens_add_up:
-                figures = summed(kept["figures"], dict(figures))
+                asked["past_span"] = stamp(until_now, since=end)
+            got = read(stamp=stamp(end), newer=stamp(end, newer_than=upto), top=top, added=_as_json(*added), **asked)
+            opens_add_up = not opens or kept["opened"][0] + got["fresh"] == got["old_opens"]
+            if _joined(kept["stamp"], got["newer"]) == got["stamp"] and opens_add_up:
+                figures = summed(kept["figures"], dict(got["added"]))
                 if new:
-                    figures = summed(figures, dict(rest.pop(0)))
-                now = _joined(old_now, rest.pop(0)) if until_now != end else old_now
-                keep(figures, until=until_now, upto=highest, stamp=now, opened=opened_kept if opens else None)
-                return with_beyond(figures, rest)
+                    figures = summed(figures, dict(got["settled_since"]))
+                now = _joined(got["stamp"], got["past_span"]) if until_now != end else got["stamp"]
+                keep(figures, got, until=until_now, upto=got["top"], stamp=now)
+                return with_beyond(figures, got)
         whole_sql, whole_params = converted_select(
             base, goal=goal, group=group, first_sent=first_sent, until=base_until
         )
         whole = (f"SELECT grp, count(*) FROM ({whole_sql}) c GROUP BY grp", whole_params)  # noqa: S608 (the ORM's SQL)
-        now, highest, figures, *rest = read(stamp(base_until), top, _as_json(*whole), *opened(base), *beyond)
-        opened_kept = rest[:2] if opens else None
-        rest = rest[2:] if opens else rest
-    keep(dict(figures), until=base_until, upto=highest, stamp=now, opened=opened_kept)
-    return with_beyond(dict(figures), rest)
+        got = read(
+            stamp=stamp(base_until),
+            top=top,
+            figures=_as_json(*whole),
+            **({"opens": opens_of(base), "latest": latest_open(base)} if opens else {}),
+        )
+    figures = dict(got["figures"])
+    keep(figures, got, until=base_until, upto=got["top"], stamp=got["stamp"])
+    return with_beyond(figures, got)
 
 
 def _converted_beyond(news: list[tuple], old: tuple) -> tuple[str, list]:

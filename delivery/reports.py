@@ -373,7 +373,7 @@ def grouped_count(sql: str, params: list) -> dict:
 def rollup_rows(dispatch_ids: Iterable[int], *, by: tuple[str, ...], **filters) -> list[dict]:
     """The dispatches' rollup summed by ``by`` (fields of ``DeliveryRollup``), each with ``n``."""
     return list(
-        DeliveryRollup.objects.filter(among("dispatch_id", list(dispatch_ids)), **filters)
+        DeliveryRollup.objects.filter(among("dispatch_id", dispatch_ids), **filters)
         .values(*by)
         .annotate(n=Sum("rows"))
         .order_by()
