@@ -32,17 +32,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/pushdesk_bench_conversions"
-os.environ["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL)
-os.environ.setdefault("REDIS_URL", "")
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 from support.opens import record_open  # noqa: E402
 
 from bench.segments import _secondary_indexes, setup_django  # noqa: E402
 
-# bench.segments points DATABASE_URL at its own database when imported: this benchmark keeps its own.
-os.environ["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL)
+DATABASE = "pushdesk_bench_conversions"  # its own (``setup_django``)
 
 NAME = "bench conversions"
 GOALS = {
@@ -327,7 +322,7 @@ def main() -> None:
         help="also time retention keeping the report's profiles and the report after the rows went (rolled back)",
     )
     args = parser.parse_args()
-    setup_django()
+    setup_django(DATABASE)
     from django.core.cache import cache
 
     from campaigns.reports import campaign_conversions

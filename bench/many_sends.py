@@ -46,17 +46,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/pushdesk_bench_many_sends"
-os.environ["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL)
-os.environ.setdefault("REDIS_URL", "")
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 from support.opens import record_open  # noqa: E402
 
 from bench.segments import _secondary_indexes, setup_django  # noqa: E402
 
-# bench.segments points DATABASE_URL at its own database when imported: this benchmark keeps its own.
-os.environ["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL)
+DATABASE = "pushdesk_bench_many_sends"  # its own (``setup_django``)
 
 NAME = "bench many sends"
 START = dt.datetime(2026, 3, 1, 8, 0, tzinfo=dt.UTC)
@@ -402,7 +397,7 @@ def main() -> None:
     parser.add_argument("--rebuild", action="store_true")
     parser.add_argument("--anchor", choices=("accepted", "opened"), default="accepted", help="the goal's anchor")
     args = parser.parse_args()
-    setup_django()
+    setup_django(DATABASE)
     from campaigns.reports import campaign_report
     from delivery.models import DeliveryRollup, Dispatch
     from delivery.reports import report_charts

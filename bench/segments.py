@@ -108,7 +108,12 @@ def ensure_database(url: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def setup_django() -> None:
+def setup_django(database: str | None = None) -> None:
+    """Django set up on the benchmark's database, created and migrated if missing: this module's, or
+    the one named ``database`` (a benchmark with a database of its own); ``BENCH_DATABASE_URL``, when
+    set, is used instead of either. Before anything reads the settings."""
+    if database is not None:
+        os.environ["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", f"{DEFAULT_URL.rsplit('/', 1)[0]}/{database}")
     ensure_database(os.environ["DATABASE_URL"])
     import django
 
