@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from support.opens import record_open  # noqa: E402
 
-from bench.segments import _secondary_indexes, setup_django  # noqa: E402
+from bench.segments import indexes_dropped, setup_django  # noqa: E402
 
 DATABASE = "pushdesk_bench_conversions"  # its own (``setup_django``)
 
@@ -133,21 +133,17 @@ def ensure_campaign(*, deliveries: int, events: int, rebuild: bool, log) -> dict
         created_at=start - dt.timedelta(minutes=1),
     )
     with connection.cursor() as cursor:
-        indexes = _secondary_indexes(cursor, ["audiences_profile", "audiences_event", "delivery_delivery"])
-        for name, _ in indexes:
-            cursor.execute(f'DROP INDEX "{name}"')
-        cursor.execute("SELECT setseed(0.19)")
-        cursor.execute(PROFILES, {"n": deliveries})
-        cursor.execute("SELECT min(id) FROM audiences_profile")
-        first = cursor.fetchone()[0]
-        cursor.execute(DELIVERIES, {"dispatch": dispatch.pk, "first": first, "start": start, "n": deliveries})
-        timings["deliveries_s"] = round(time.perf_counter() - started, 1)
-        mark = time.perf_counter()
-        cursor.execute(EVENTS, {"first": first, "profiles": deliveries, "start": start, "n": events})
-        timings["events_s"] = round(time.perf_counter() - mark, 1)
-        mark = time.perf_counter()
-        for _, definition in indexes:
-            cursor.execute(definition)
+        with indexes_dropped(cursor, ["audiences_profile", "audiences_event", "delivery_delivery"]):
+            cursor.execute("SELECT setseed(0.19)")
+            cursor.execute(PROFILES, {"n": deliveries})
+            cursor.execute("SELECT min(id) FROM audiences_profile")
+            first = cursor.fetchone()[0]
+            cursor.execute(DELIVERIES, {"dispatch": dispatch.pk, "first": first, "start": start, "n": deliveries})
+            timings["deliveries_s"] = round(time.perf_counter() - started, 1)
+            mark = time.perf_counter()
+            cursor.execute(EVENTS, {"first": first, "profiles": deliveries, "start": start, "n": events})
+            timings["events_s"] = round(time.perf_counter() - mark, 1)
+            mark = time.perf_counter()
         timings["indexes_s"] = round(time.perf_counter() - mark, 1)
         mark = time.perf_counter()
         rollup_rebuild(dispatch_ids=[dispatch.pk])  # as the send pipeline keeps it

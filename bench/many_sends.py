@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from support.opens import record_open  # noqa: E402
 
-from bench.segments import _secondary_indexes, setup_django  # noqa: E402
+from bench.segments import indexes_dropped, setup_django  # noqa: E402
 
 DATABASE = "pushdesk_bench_many_sends"  # its own (``setup_django``)
 
@@ -181,10 +181,7 @@ def ensure_data(args, log) -> dict:
     ]
     Dispatch.objects.bulk_create(days + batches, batch_size=2000)
     with connection.cursor() as cursor:
-        indexes = _secondary_indexes(cursor, ["audiences_profile", "audiences_event", "delivery_delivery"])
-        for name, _ in indexes:
-            cursor.execute(f'DROP INDEX "{name}"')
-        try:  # the indexes come back whatever happens (a failed insert inserted nothing)
+        with indexes_dropped(cursor, ["audiences_profile", "audiences_event", "delivery_delivery"]):
             cursor.execute("SELECT setseed(0.23)")
             cursor.execute(PROFILES, {"n": args.profiles})
             first = Profile.objects.order_by("pk").values_list("pk", flat=True).first()
@@ -213,9 +210,6 @@ def ensure_data(args, log) -> dict:
             )
             end = START + dt.timedelta(days=args.sends + 1)
             cursor.execute(EVENTS, {**common, "start": START, "end": end, "n": args.events})
-        finally:
-            for _, definition in indexes:
-                cursor.execute(definition)
         cursor.execute(OPENS, {"dispatches": [d.pk for d in days + batches]})
         rollup_rebuild()  # every dispatch's, in one pass: the database is the benchmark's own
         for table in ("audiences_profile", "audiences_event", "delivery_delivery", "delivery_dispatch"):
