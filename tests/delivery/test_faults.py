@@ -4,19 +4,10 @@ import pytest
 from django.db.models import Count
 
 from delivery.models import Delivery, Dispatch
-from delivery.services.dispatches import _GATES, dispatch_create, dispatch_gate_register
+from delivery.services.dispatches import dispatch_create
 from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def open_gate():
-    saved = dict(_GATES)
-    dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=lambda **kwargs: None)
-    yield
-    _GATES.clear()
-    _GATES.update(saved)
 
 
 def test_ten_percent_transient_faults_end_in_one_accepted_send_or_a_reasoned_failure(

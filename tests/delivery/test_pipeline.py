@@ -34,16 +34,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def open_gate():
-    """A gate for API-triggered dispatches that lets everything through (campaigns test their own)."""
-    saved = dict(_GATES)
-    dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=lambda **kwargs: None)
-    yield
-    _GATES.clear()
-    _GATES.update(saved)
-
-
-@pytest.fixture
 def fast_retries(settings):
     settings.PUSHDESK_SEND_BACKOFF_SECONDS = 0.05
     settings.PUSHDESK_SEND_MAX_ATTEMPTS = 4

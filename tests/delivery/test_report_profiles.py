@@ -15,10 +15,8 @@ from delivery.models import Delivery, Dispatch, DispatchProfiles
 from delivery.reports import profiles_by
 from delivery.services.claims import deliveries_claim
 from delivery.services.dispatches import (
-    _GATES,
     deliveries_expire_leases,
     dispatch_create,
-    dispatch_gate_register,
     dispatch_prepare,
     dispatch_recount,
     dispatch_stop,
@@ -85,15 +83,6 @@ def assert_figures_are_the_recount(*dispatches):
     assert expected, "nothing to compare"
     assert reached(ids) == expected
     assert variant_profiles(ids) == recounted_profiles(ids)
-
-
-@pytest.fixture
-def open_gate():
-    saved = dict(_GATES)
-    dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=lambda **kwargs: None)
-    yield
-    _GATES.clear()
-    _GATES.update(saved)
 
 
 def _variants(content):

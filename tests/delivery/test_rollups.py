@@ -13,10 +13,8 @@ from django.utils import timezone
 from delivery.models import Delivery, DeliveryRollup, Dispatch
 from delivery.services.claims import deliveries_claim
 from delivery.services.dispatches import (
-    _GATES,
     deliveries_expire_leases,
     dispatch_create,
-    dispatch_gate_register,
     dispatch_prepare,
     dispatch_stop,
 )
@@ -68,15 +66,6 @@ def assert_rollup_is_the_count(*dispatches):
     expected = counted(ids)
     assert expected, "nothing to compare"
     assert rolled_up(ids) == expected
-
-
-@pytest.fixture
-def open_gate():
-    saved = dict(_GATES)
-    dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=lambda **kwargs: None)
-    yield
-    _GATES.clear()
-    _GATES.update(saved)
 
 
 def test_a_send_and_the_watchdog_run_with_every_statement_logged(

@@ -14,7 +14,7 @@ from django.utils import timezone
 from delivery.models import Delivery, Dispatch
 from delivery.services.dispatches import dispatch_create, dispatch_prepare
 from delivery.services.sending import dispatch_send
-from tests.delivery.test_pipeline import fast_retries, open_gate, send  # noqa: F401 (fixtures used below)
+from tests.delivery.test_pipeline import fast_retries, send  # noqa: F401 (a fixture used below)
 from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("open_gate", "fast_retries")]
