@@ -60,19 +60,23 @@ def _conversions(campaign):
     return campaign_report(Campaign.objects.get(pk=campaign.pk))["conversions"]
 
 
-def _converted_per_variant(campaign, ids) -> dict:
-    """The report's conversions per variant (0: the holdout) over dispatches ``ids``."""
+def reached_and_converted(campaign, ids) -> dict:
+    """The report's profiles reached and converted per variant (0: the holdout) over dispatches ``ids``."""
     from delivery.conversions import Goal, conversions_by
     from delivery.kept import Scope
 
-    counts = conversions_by(
+    return conversions_by(
         dispatch_ids=ids,
         goal=Goal.of(campaign),
         group="variant",
         group_key="variant",
         scope=Scope.campaign(campaign.pk),
     )
-    return {variant: figures["converted"] for variant, figures in counts.items()}
+
+
+def _converted_per_variant(campaign, ids) -> dict:
+    """The report's conversions per variant (0: the holdout) over dispatches ``ids``."""
+    return {variant: figures["converted"] for variant, figures in reached_and_converted(campaign, ids).items()}
 
 
 def _recounted_per_variant(campaign, ids) -> dict:

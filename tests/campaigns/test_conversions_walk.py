@@ -19,13 +19,13 @@ from django.utils import timezone
 from audiences.models import Event
 from campaigns.models import Campaign
 from campaigns.services.conversions import campaign_conversion_set
-from delivery.conversions import Goal, conversions_by, converted_select, reached_rows
-from delivery.kept import Scope
+from delivery.conversions import Goal, converted_select, reached_rows
 from delivery.models import Delivery, Dispatch
 from delivery.services.claims import Result, deliveries_claim, deliveries_write_back
 from delivery.services.dispatches import dispatch_complete_if_done, dispatch_recount
 from delivery.services.opens import delivery_open_report
 from delivery.services.rollups import rollup_rebuild
+from tests.campaigns.test_conversions import reached_and_converted
 from tests.factories import DeviceFactory, EventFactory, ProfileFactory
 
 STEPS = 40
@@ -208,13 +208,7 @@ def test_the_kept_figures_equal_a_count_from_nothing_after_every_step(make_campa
         history.append(walk.step())
         ids = list(Dispatch.objects.filter(source_id=campaign.pk).order_by("pk").values_list("pk", flat=True))
         for view in ("first", "again"):  # counted (or grown), then as kept
-            shown = conversions_by(
-                dispatch_ids=ids,
-                goal=Goal.of(campaign),
-                group="variant",
-                group_key="variant",
-                scope=Scope.campaign(campaign.pk),
-            )
+            shown = reached_and_converted(campaign, ids)
             assert shown == _recounted(campaign, ids), (seed, number, view, history)
     assert Dispatch.objects.filter(source_id=campaign.pk).count() >= 2  # the walk went through more than one send
     assert Delivery.objects.filter(dispatch__source_id=campaign.pk, opened_at__isnull=False).exists()
