@@ -7,14 +7,17 @@ twice); a closed stream's queued rows end ``skipped``/``stopped`` and nothing of
 Each walk draws its steps from a seeded generator; a failure names its seed and the steps so far.
 """
 
+import datetime as dt
 import random
 from collections import Counter
 
 import pytest
+from django.conf import settings
 from django.utils import timezone
 
 from delivery.models import Delivery, Device, Dispatch
-from delivery.services.dispatches import dispatch_counted_now
+from delivery.services.claims import deliveries_claim
+from delivery.services.dispatches import deliveries_expire_leases, dispatch_counted_now
 from delivery.services.opens import delivery_open_report
 from delivery.services.stream_senders import streams_send
 from delivery.services.streams import (
@@ -92,6 +95,16 @@ class Walk:
         report = streams_send(budget=0, dispatch_ids=[s.pk for s in self.streams])
         return f"send: claimed {report.claimed}"
 
+    def crash(self) -> str:
+        """A sender dies holding a claim: its rows are never sent, and end ``unknown`` once their
+        leases run out (the watchdog)."""
+        appended = self.append()  # what a call appends as the sender takes it
+        held = deliveries_claim(self.live.pk, limit=self.rng.randint(1, 3), now=timezone.now())
+        later = timezone.now() + dt.timedelta(seconds=settings.PUSHDESK_SEND_LEASE_SECONDS + 5)
+        expired = deliveries_expire_leases(now=later)
+        assert expired == len(held), (held, expired)
+        return f"{appended}, crash holding {[r.id for r in held]}"
+
     def open(self) -> str:
         rows = list(
             Delivery.objects.filter(dispatch__in=self.streams, status="accepted", opened_at__isnull=True)
@@ -122,7 +135,8 @@ class Walk:
 
     def step(self) -> str:
         action = self.rng.choices(
-            (self.append, self.fault, self.send, self.open, self.watch, self.close), weights=(6, 2, 4, 2, 1, 1)
+            (self.append, self.fault, self.send, self.crash, self.open, self.watch, self.close),
+            weights=(6, 2, 4, 2, 2, 1, 1),
         )[0]
         return action()
 
@@ -173,7 +187,7 @@ def test_a_stream_is_accounted_for_after_every_step(
     assert_accounted(walk, (seed, history, "closed"))
     rows = Delivery.objects.filter(dispatch__in=walk.streams)
     assert not rows.filter(finished_at__isnull=True).exists()
-    assert {"accepted", "failed", "skipped"} <= set(rows.values_list("status", flat=True))
+    assert {"accepted", "failed", "skipped", "unknown"} <= set(rows.values_list("status", flat=True))
     assert rows.filter(status="skipped", reason="stopped").exists() or len(walk.streams) == 2
     assert (
         not Device.objects.filter(pk__in=[d.pk for d in walk.devices], active=False).exists()
