@@ -44,7 +44,7 @@ class Walk:
             self.profiles.append((profile, DeviceFactory(profile=profile, app=campaign.app)))
 
     def send(self) -> str:
-        """A new dispatch: a queued row per chosen profile (variant 1 or 2), a tenth held out."""
+        """A new dispatch: a queued row per chosen profile (variant 1 or 2), about one in seven held out."""
         dispatch = Dispatch.objects.create(
             app=self.campaign.app,
             kind=Dispatch.Kind.CAMPAIGN,

@@ -28,23 +28,13 @@ from delivery.services.streams import (
     streams_close,
     streams_watch,
 )
-from tests.delivery.test_accounting_walk import COUNTERS
+from tests.delivery.test_accounting_walk import counters_of, rows_counted
 from tests.delivery.test_rollups import counted, rolled_up
 from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory, orders_stream
 
 pytestmark = pytest.mark.django_db
 
 STEPS = 40
-
-
-def _count(stream: Dispatch) -> dict:
-    rows = Delivery.objects.filter(dispatch=stream)
-    by_status = Counter(rows.values_list("status", flat=True))
-    return {
-        "total": rows.count(),
-        **{status: by_status[status] for status in ("accepted", "failed", "skipped", "unknown")},
-        "opened": rows.filter(opened_at__isnull=False).count(),
-    }
 
 
 class Walk:
@@ -121,7 +111,7 @@ class Walk:
         streams_watch()
         for stream in self.streams:
             stream.refresh_from_db()
-            assert {name: getattr(stream, name) for name in COUNTERS} == _count(stream), stream.pk
+            assert counters_of(stream) == rows_counted(stream), stream.pk
         return "watch"
 
     def close(self) -> str:
@@ -147,7 +137,7 @@ def assert_accounted(walk: Walk, context) -> None:
     for stream in Dispatch.objects.filter(pk__in=ids):
         live = dispatch_counted_now(stream)
         if stream.status in Dispatch.RUNNING_STATUSES:
-            assert {name: getattr(live, name) for name in COUNTERS} == _count(stream), (stream.pk, context)
+            assert counters_of(live) == rows_counted(stream), (stream.pk, context)
     # Nothing sent twice: each phone received as many pushes as its rows were accepted.
     accepted = Counter(
         Delivery.objects.filter(dispatch_id__in=ids, status="accepted").values_list("device__token", flat=True)
@@ -188,8 +178,5 @@ def test_a_stream_is_accounted_for_after_every_step(
     rows = Delivery.objects.filter(dispatch__in=walk.streams)
     assert not rows.filter(finished_at__isnull=True).exists()
     assert {"accepted", "failed", "skipped", "unknown"} <= set(rows.values_list("status", flat=True))
-    assert rows.filter(status="skipped", reason="stopped").exists() or len(walk.streams) == 2
-    assert (
-        not Device.objects.filter(pk__in=[d.pk for d in walk.devices], active=False).exists()
-        or rows.filter(status="failed").exists()
-    )
+    assert rows.filter(status="skipped", reason="stopped").exists()  # a close found rows queued
+    assert Device.objects.filter(pk__in=[d.pk for d in walk.devices], active=False).exists()  # a dead token
