@@ -180,3 +180,26 @@ class AddIndexConcurrentlyOnPostgres(migrations.AddIndex):
         model = from_state.apps.get_model(app_label, self.model_name)
         if self.allow_migrate_model(schema_editor.connection.alias, model):
             schema_editor.remove_index(model, self.index, concurrently=True)
+
+
+class RemoveIndexConcurrentlyOnPostgres(migrations.RemoveIndex):
+    """RemoveIndex, dropped CONCURRENTLY on PostgreSQL (plainly elsewhere), for a big table whose
+    writers must go on meanwhile (no lock held on the table); its migration is ``atomic = False``.
+    Migrating back builds the index again, concurrently too."""
+
+    def _index(self, state, app_label):
+        return state.models[app_label, self.model_name_lower].get_index_by_name(self.name)
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor != "postgresql":
+            return super().database_forwards(app_label, schema_editor, from_state, to_state)
+        model = from_state.apps.get_model(app_label, self.model_name)
+        if self.allow_migrate_model(schema_editor.connection.alias, model):
+            schema_editor.remove_index(model, self._index(from_state, app_label), concurrently=True)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor != "postgresql":
+            return super().database_backwards(app_label, schema_editor, from_state, to_state)
+        model = to_state.apps.get_model(app_label, self.model_name)
+        if self.allow_migrate_model(schema_editor.connection.alias, model):
+            schema_editor.add_index(model, self._index(to_state, app_label), concurrently=True)

@@ -567,10 +567,8 @@ class Delivery(models.Model):
                 condition=models.Q(finished_at__isnull=False),
                 name="delivery_profile_finished_idx",
             ),
-            # The home page's last 24 hours of outcomes and opens, and the last hour's provider health.
-            models.Index(
-                fields=["finished_at"], condition=models.Q(finished_at__isnull=False), name="delivery_finished_idx"
-            ),
+            # The rows of a report's sends opened since a time, whatever their send (conversions
+            # anchored at the open grow by these): few rows, found without a probe per send.
             models.Index(fields=["opened_at"], condition=models.Q(opened_at__isnull=False), name="delivery_opened_idx"),
             # A report's opens by send: the latest of each, those since a time (conversions anchored
             # at the open), whatever the other sends' opens. Opened rows only: nothing on the send path.
