@@ -8,6 +8,7 @@ Two modes, chosen by ``PUSHDESK_MODE``:
   line naming what to set when one is missing.
 """
 
+import logging
 import math
 import os
 import re
@@ -510,7 +511,12 @@ LOGGING = {
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # hpack logs each HTTP/2 header block it encodes at DEBUG, Huffman-coded, not hidden: the
+        # providers' bearer tokens (APNs provider token, FCM access token) of a connection test.
+        "hpack": {"level": max(logging.INFO, logging.getLevelName(LOG_LEVEL))},
+    },
 }
 
 # The Prometheus endpoint (/metrics) answers requests bearing this token; unset: no endpoint.
@@ -527,7 +533,15 @@ if SENTRY_DSN:
         import sentry_sdk
     except ImportError:
         _refuse_start("SENTRY_DSN is set but sentry-sdk is not installed; pip install sentry-sdk, or unset it.")
-    sentry_sdk.init(dsn=SENTRY_DSN, environment=PUSHDESK_INSTANCE, send_default_pii=False)
+    # No frame's local variables and no request body: a credential being parsed, an API call's
+    # context or an uploaded key would otherwise travel with an error's report.
+    sentry_sdk.init(
+        dsn=SENTRY_DSN,
+        environment=PUSHDESK_INSTANCE,
+        send_default_pii=False,
+        include_local_variables=False,
+        max_request_body_size="never",
+    )
 
 # --- Pushdesk ------------------------------------------------------------------------------
 # Base URLs of the push providers: settings, so tests, benchmarks and the demo point the

@@ -262,7 +262,13 @@ def test_a_dsn_with_sentry_sdk_installed_starts_reporting_without_personal_data(
     )
     assert result.returncode == 0, result.stderr
     options = json.loads(result.stdout.strip().removeprefix("init "))
-    assert options == {"dsn": SENTRY_DSN, "environment": "test-instance", "send_default_pii": False}
+    assert options == {
+        "dsn": SENTRY_DSN,
+        "environment": "test-instance",
+        "send_default_pii": False,
+        "include_local_variables": False,  # a frame parsing a credential holds it in plain
+        "max_request_body_size": "never",  # an uploaded key, a trigger's context
+    }
 
 
 @pytest.mark.parametrize(

@@ -75,6 +75,32 @@ def test_a_send_and_a_connection_test_log_no_credential(world, apns_credentials,
         assert fragment not in text
 
 
+def test_a_send_and_a_connection_test_log_no_provider_token_even_at_debug(
+    world, apns_credentials, fcm_credentials, caplog, admin_erin, manager_alice, django_capture_on_commit_callbacks
+):
+    """hpack logs each HTTP/2 header block it encodes at DEBUG, the providers' bearer tokens among
+    them (Huffman-coded, which anyone can decode): the settings keep it at INFO at any LOG_LEVEL."""
+    import logging.config
+
+    from django.conf import settings
+
+    from campaigns.services.scheduling import campaign_test_send
+    from delivery.services.apps import app_test_connection
+
+    # As in a web process or a worker, where no simulator ran in-process (it quiets hpack itself).
+    logging.getLogger("hpack").setLevel(logging.NOTSET)
+    logging.config.dictConfig({"version": 1, "incremental": True, "loggers": settings.LOGGING["loggers"]})
+    caplog.set_level(logging.DEBUG)
+    app_test_connection(app_id=world["delivery.app"].pk, by=admin_erin)
+    with django_capture_on_commit_callbacks(execute=True):
+        campaign_test_send(campaign_id=world["campaigns.campaign"].pk, by=manager_alice)
+    assert caplog.records  # DEBUG was on
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("hpack")] == []
+    assert "bearer" not in caplog.text.lower()
+    for fragment in fragments_of(apns_credentials, fcm_credentials):
+        assert fragment not in caplog.text
+
+
 def test_an_api_key_is_shown_once_and_then_never_again(client, admin_erin, caplog):
     from accounts.models import ApiKey, AuditEvent
 
