@@ -124,6 +124,16 @@ def test_manager_cannot_grant_access_through_a_forged_post(client, manager_alice
     assert not visible_to(approver_bob, App.objects.all()).exists()
 
 
+def test_manager_cannot_revoke_access_through_a_forged_post(client, manager_alice, approver_bob, shop):
+    for user in (manager_alice, approver_bob):
+        access_grant(obj=shop, to=user, by=None)
+    client.force_login(manager_alice)
+    for whom in (approver_bob, manager_alice):  # a colleague's access, or her own
+        answer = client.post(f"/admin/delivery/app/{shop.pk}/access/", {"revoke": f"user:{whom.pk}"})
+        assert answer.status_code == 403, whom
+        assert list(visible_to(whom, App.objects.all())) == [shop], whom
+
+
 def test_user_page_shows_roles_and_object_access(client, admin_erin, manager_alice, shop):
     access_grant(obj=shop, to=manager_alice, by=None)
     client.force_login(admin_erin)

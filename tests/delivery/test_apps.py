@@ -689,3 +689,34 @@ def test_a_manager_cannot_delete_an_app_in_the_admin(client, manager_alice):
     assert client.get(url).status_code == 403
     assert client.post(url, {"post": "yes"}).status_code == 403
     assert App.objects.filter(pk=app.pk).exists()
+
+
+@pytest.mark.django_db
+def test_an_administrator_removes_a_channel_on_the_apps_page_and_a_manager_may_not(
+    client, admin_erin, manager_alice, apns_credentials, fcm_credentials
+):
+    client.force_login(admin_erin)
+    client.post(reverse("admin:delivery_app_add"), form_data(apns_credentials, fcm_credentials))
+    app = App.objects.get()
+    access_grant(obj=app, to=manager_alice, by=None)
+    url = reverse("admin:delivery_app_change", args=[app.pk])
+    keep = form_data(apns_credentials, fcm_credentials, apns_private_key_file=None, fcm_service_account_file=None)
+
+    client.force_login(manager_alice)
+    for box in ("remove_apns", "remove_fcm"):
+        assert client.post(url, {**keep, box: "on"}).status_code == 403, box
+    untouched = App.objects.get()
+    assert untouched.apns_configured and untouched.fcm_configured
+    assert untouched.apns_private_key_fingerprint == app.apns_private_key_fingerprint
+
+    client.force_login(admin_erin)
+    assert client.post(url, {**keep, "remove_fcm": "on"}).status_code == 302
+    app = App.objects.get()
+    assert not app.fcm_configured and app.fcm_service_account == "" and app.fcm_project_id == ""
+    assert app.apns_configured
+    # The form still carries the APNs ids as shown: the box clears them with the key.
+    assert client.post(url, {**keep, "remove_apns": "on"}).status_code == 302
+    app = App.objects.get()
+    assert not app.apns_configured and app.apns_private_key == "" and app.apns_team_id == ""
+    audited = AuditEvent.objects.filter(action="app_changed").order_by("pk").values_list("summary", flat=True)
+    assert [summary["fields"] for summary in audited] == [["fcm_removed"], ["apns_removed"]]

@@ -533,3 +533,37 @@ def test_discard_draft_is_not_offered_on_a_journey_that_never_went_live(login, m
     journey = make_journey()
     page = login(manager_alice).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
     assert 'value="submit"' in page and 'value="discard_draft"' not in page
+
+
+@pytest.mark.presses("accounts.approvalrequest:review")
+@pytest.mark.parametrize("decision", ["_approve", "_request_changes"])
+def test_a_journeys_request_is_decided_on_its_review_page_by_an_approver_and_by_nobody_else(
+    login, manager_alice, manager_mallory, approver_bob, viewer_carol, outsider_dave, make_journey, decision
+):
+    from accounts.models import ApprovalRequest
+
+    journey = make_journey()
+    request = journey_submit(journey_id=journey.pk, by=manager_alice)
+    url = f"/admin/accounts/approvalrequest/{request.pk}/review/"
+    form = {decision: "1", "comment": "Wait a day first"}
+    # The requester sees her request and may not decide it; the team's Viewer and another Manager,
+    # not asked to decide it, and an outsider do not know it.
+    for user, refusal in ((manager_alice, 403), (viewer_carol, 404), (manager_mallory, 404), (outsider_dave, 404)):
+        assert login(user).post(url, form).status_code == refusal, user
+        journey.refresh_from_db()
+        assert (journey.status, journey.live_version) == ("in_review", None), user
+        assert ApprovalRequest.objects.get(pk=request.pk).status == ApprovalRequest.Status.PENDING, user
+
+    answer = login(approver_bob).post(url, form)
+
+    assert answer.status_code == 302
+    journey.refresh_from_db()
+    decided = ApprovalRequest.objects.get(pk=request.pk)
+    assert (decided.decided_by, decided.comment) == (approver_bob, "Wait a day first")
+    if decision == "_approve":
+        assert decided.status == ApprovalRequest.Status.APPROVED
+        assert journey.status == "live" and journey.live_version.status == "live"
+    else:
+        assert decided.status == ApprovalRequest.Status.CHANGES_REQUESTED
+        assert journey.status == "draft" and journey.live_version is None
+        assert journey.versions.get().status == "draft"
