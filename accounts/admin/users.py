@@ -1,7 +1,7 @@
 """The admin of users and roles (groups)."""
 
 from django.apps import apps as django_apps
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.models import Group
@@ -94,6 +94,27 @@ class UserAdmin(AccessAdmin, DjangoUserAdmin):
             fields.append("is_superuser")  # nobody but a superuser makes a superuser
         return fields
 
+    @staticmethod
+    def _superuser_out_of_reach(request, obj) -> bool:
+        """Whether ``obj`` is a superuser's account and the request's user is not one: a password,
+        an email to reset it through, roles, a username or the active flag set by someone else would
+        hand the account (and what only a superuser may do) to them."""
+        return obj is not None and obj.is_superuser and not request.user.is_superuser
+
+    def has_change_permission(self, request, obj=None):
+        # Also the password page's check (Django's user_change_password asks it of the user).
+        return super().has_change_permission(request, obj) and not self._superuser_out_of_reach(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and not self._superuser_out_of_reach(request, obj)
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if self._superuser_out_of_reach(request, obj):
+            self.message_user(
+                request, "Only a superuser changes a superuser's account: this page is read-only.", messages.WARNING
+            )
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
     def formfield_for_manytomany(self, db_field, request, **kwargs):
         if db_field.name == "groups":
             kwargs["queryset"] = Group.objects.filter(name__in=ROLES).order_by("name")
@@ -169,13 +190,14 @@ class UserAdmin(AccessAdmin, DjangoUserAdmin):
         user = form.instance
         # The admin's change message reads these; the grants are written by the access services below.
         formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
-        for inline_form in formset.forms:
-            app = inline_form.cleaned_data.get("content_object") if hasattr(inline_form, "cleaned_data") else None
-            if app is None:
-                continue
-            if inline_form in formset.deleted_forms:
-                access_revoke(obj=app, to=user, by=request.user)
-            elif inline_form.instance.pk is None:
+        # A granted row shows its app read-only, so a row ticked Delete posts only its id: the formset
+        # found the user's grant by it, and the app revoked is that grant's, never one posted with it.
+        deleted = [f.instance.pk for f in formset.deleted_forms if f.instance.pk is not None]
+        for grant in formset.get_queryset().filter(pk__in=deleted):
+            access_revoke(obj=grant.content_object, to=user, by=request.user)
+        for inline_form in formset.extra_forms:
+            app = getattr(inline_form, "cleaned_data", {}).get("content_object")
+            if app is not None and inline_form not in formset.deleted_forms:
                 access_grant(obj=app, to=user, by=request.user)
 
     def save_related(self, request, form, formsets, change):

@@ -1,0 +1,222 @@
+"""The user page: its app access rows, who may change an account, and a superuser's out of others' reach."""
+
+import html
+
+import pytest
+from django.contrib.auth.models import Group
+
+from accounts.models import AuditEvent, User
+from accounts.selectors import visible_to
+from accounts.services import access_grant
+from delivery.models import App, AppUserObjectPermission
+from tests.factories import TEST_PASSWORD, AppFactory, UserFactory
+
+ROWS = "appuserobjectpermission_set"  # the "Access to apps" rows' prefix
+NEW_PASSWORD = {
+    "password1": "a-brand-new-long-passphrase-42",
+    "password2": "a-brand-new-long-passphrase-42",
+    "usable_password": "true",
+}
+
+
+@pytest.fixture
+def shop(db):
+    return AppFactory(name="Shop")
+
+
+@pytest.fixture
+def bank(db):
+    return AppFactory(name="Bank")
+
+
+@pytest.fixture
+def superuser_sam(db):
+    return UserFactory(username="superuser_sam", is_superuser=True)
+
+
+def change_form(user: User, *, roles: list[str] | None = None, **changes) -> dict:
+    """The user page's form as the browser posts it: the account's fields, then one row per app
+    grant (a granted row shows its app read-only, so it posts only its id). ``roles`` replaces the
+    user's roles; a change of None leaves the field out, as an unticked checkbox is."""
+    grants = AppUserObjectPermission.objects.filter(user=user, permission__codename="view_app").order_by("pk")
+    data = {
+        "username": user.username,
+        "first_name": user.first_name,
+        "last_name": user.last_name,
+        "email": user.email,
+        "groups": [
+            group.pk for group in (Group.objects.filter(name__in=roles) if roles is not None else user.groups.all())
+        ],
+        **{flag: "on" for flag in ("is_active", "is_staff", "is_service_account") if getattr(user, flag)},
+        f"{ROWS}-TOTAL_FORMS": len(grants),
+        f"{ROWS}-INITIAL_FORMS": len(grants),
+        f"{ROWS}-MIN_NUM_FORMS": 0,
+        f"{ROWS}-MAX_NUM_FORMS": 1000,
+    }
+    for i, grant in enumerate(grants):
+        data[f"{ROWS}-{i}-id"] = grant.pk
+        data[f"{ROWS}-{i}-user"] = user.pk
+    data.update(changes)
+    return {key: value for key, value in data.items() if value is not None}
+
+
+def _account(user: User) -> tuple:
+    """What an account is made of, as the database holds it."""
+    user = User.objects.get(pk=user.pk)
+    return (
+        user.username,
+        user.email,
+        user.password,
+        user.is_active,
+        user.is_staff,
+        user.is_superuser,
+        sorted(user.groups.values_list("name", flat=True)),
+    )
+
+
+# --- the "Access to apps" rows ------------------------------------------------------------------
+
+
+def test_administrator_revokes_an_app_by_ticking_delete_on_the_user_page(client, admin_erin, manager_alice, shop):
+    access_grant(obj=shop, to=manager_alice, by=admin_erin)
+    client.force_login(admin_erin)
+    response = client.post(
+        f"/admin/accounts/user/{manager_alice.pk}/change/", change_form(manager_alice, **{f"{ROWS}-0-DELETE": "on"})
+    )
+    assert response.status_code == 302
+    assert not AppUserObjectPermission.objects.filter(user=manager_alice).exists()
+    assert not visible_to(manager_alice, App.objects.all()).exists()
+    revoked = AuditEvent.objects.get(action="access_revoked")
+    assert (revoked.actor, revoked.object_id, revoked.summary) == (
+        admin_erin,
+        str(shop.pk),
+        {"from": "user:manager_alice"},
+    )
+
+
+def test_a_deleted_row_revokes_its_own_app_never_one_posted_with_it(client, admin_erin, manager_alice, shop, bank):
+    access_grant(obj=shop, to=manager_alice, by=admin_erin)
+    access_grant(obj=bank, to=manager_alice, by=admin_erin)
+    client.force_login(admin_erin)
+    data = change_form(manager_alice, **{f"{ROWS}-0-DELETE": "on", f"{ROWS}-0-content_object": bank.pk})
+    assert client.post(f"/admin/accounts/user/{manager_alice.pk}/change/", data).status_code == 302
+    assert list(visible_to(manager_alice, App.objects.all())) == [bank]
+    assert list(AuditEvent.objects.filter(action="access_revoked").values_list("object_id", flat=True)) == [
+        str(shop.pk)
+    ]
+
+
+def test_administrator_grants_an_app_on_the_user_page_and_a_new_row_ticked_delete_grants_nothing(
+    client, admin_erin, manager_alice, shop, bank
+):
+    client.force_login(admin_erin)
+    data = change_form(
+        manager_alice,
+        **{
+            f"{ROWS}-TOTAL_FORMS": 2,
+            f"{ROWS}-0-user": manager_alice.pk,
+            f"{ROWS}-0-content_object": shop.pk,
+            f"{ROWS}-1-user": manager_alice.pk,
+            f"{ROWS}-1-content_object": bank.pk,
+            f"{ROWS}-1-DELETE": "on",
+        },
+    )
+    assert client.post(f"/admin/accounts/user/{manager_alice.pk}/change/", data).status_code == 302
+    assert list(visible_to(manager_alice, App.objects.all())) == [shop]
+    assert list(AuditEvent.objects.filter(action__startswith="access_").values_list("action", "object_id")) == [
+        ("access_granted", str(shop.pk))
+    ]
+
+
+@pytest.mark.parametrize("role_user", ["manager_alice", "approver_bob", "viewer_carol"])
+def test_roles_that_may_not_manage_users_cannot_revoke_an_app_on_the_user_page(
+    request, client, admin_erin, manager_mallory, shop, role_user
+):
+    access_grant(obj=shop, to=manager_mallory, by=admin_erin)
+    client.force_login(request.getfixturevalue(role_user))
+    data = change_form(manager_mallory, **{f"{ROWS}-0-DELETE": "on"})
+    assert client.post(f"/admin/accounts/user/{manager_mallory.pk}/change/", data).status_code == 403
+    assert list(visible_to(manager_mallory, App.objects.all())) == [shop]
+    assert not AuditEvent.objects.filter(action="access_revoked").exists()
+
+
+# --- who may change an account ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role_user", ["manager_alice", "approver_bob", "viewer_carol"])
+def test_roles_that_may_not_manage_users_cannot_change_roles_or_accounts(request, client, manager_mallory, role_user):
+    actor = request.getfixturevalue(role_user)
+    client.force_login(actor)
+    for user in (manager_mallory, actor):  # a colleague's account, and one's own
+        before = _account(user)
+        data = change_form(user, roles=["Administrator"], email="taken@example.test", is_active=None)
+        assert client.post(f"/admin/accounts/user/{user.pk}/change/", data).status_code == 403
+        assert _account(user) == before
+
+
+def test_a_forged_is_superuser_post_by_an_administrator_makes_no_superuser(client, admin_erin, viewer_carol):
+    client.force_login(admin_erin)
+    for user in (viewer_carol, admin_erin):
+        data = change_form(user, is_superuser="on", first_name="Renamed")
+        assert client.post(f"/admin/accounts/user/{user.pk}/change/", data).status_code == 302
+        user = User.objects.get(pk=user.pk)
+        assert user.first_name == "Renamed"  # the form was saved, without the flag
+        assert not user.is_superuser
+
+
+# --- a superuser's account ----------------------------------------------------------------------
+
+
+@pytest.mark.presses("accounts.user:auth_user_password_change")
+def test_an_administrator_cannot_set_a_superusers_password(client, admin_erin, superuser_sam):
+    hashed = superuser_sam.password
+    client.force_login(admin_erin)
+    assert client.get(f"/admin/accounts/user/{superuser_sam.pk}/password/").status_code == 403
+    assert client.post(f"/admin/accounts/user/{superuser_sam.pk}/password/", NEW_PASSWORD).status_code == 403
+    unset = {"usable_password": "false", "unset-password": "1"}
+    assert client.post(f"/admin/accounts/user/{superuser_sam.pk}/password/", unset).status_code == 403
+    superuser_sam.refresh_from_db()
+    assert superuser_sam.password == hashed and superuser_sam.check_password(TEST_PASSWORD)
+    assert not AuditEvent.objects.filter(actor=admin_erin).exists()
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"username": "sam-taken"},
+        {"email": "taken@example.test"},
+        {"is_active": None},
+        {"roles": ["Viewer"]},
+        {"password": "pbkdf2_sha256$1$salt$forged"},
+    ],
+    ids=["username", "email", "active", "roles", "password"],
+)
+def test_an_administrator_cannot_change_a_superusers_account(client, admin_erin, superuser_sam, changes):
+    before = _account(superuser_sam)
+    client.force_login(admin_erin)
+    page = client.get(f"/admin/accounts/user/{superuser_sam.pk}/change/")
+    assert page.status_code == 200 and b'name="_save"' not in page.content
+    assert "Only a superuser changes a superuser's account" in html.unescape(page.content.decode())
+    url = f"/admin/accounts/user/{superuser_sam.pk}/change/"
+    assert client.post(url, change_form(superuser_sam, is_superuser="on", **changes)).status_code == 403
+    assert _account(superuser_sam) == before
+
+
+def test_an_administrator_cannot_delete_a_superuser(client, admin_erin, superuser_sam):
+    client.force_login(admin_erin)
+    assert client.post(f"/admin/accounts/user/{superuser_sam.pk}/delete/", {"post": "yes"}).status_code == 403
+    listed = {"action": "delete_selected", "_selected_action": [superuser_sam.pk], "post": "yes"}
+    assert client.post("/admin/accounts/user/", listed).status_code == 403
+    assert User.objects.filter(pk=superuser_sam.pk).exists()
+
+
+def test_a_superuser_changes_a_superusers_password_and_account(client, superuser_sam):
+    other = UserFactory(username="superuser_tess", is_superuser=True)
+    client.force_login(superuser_sam)
+    assert client.post(f"/admin/accounts/user/{other.pk}/password/", NEW_PASSWORD).status_code == 302
+    other.refresh_from_db()
+    assert other.check_password(NEW_PASSWORD["password1"])
+    data = change_form(other, email="tess@example.test", is_superuser="on")
+    assert client.post(f"/admin/accounts/user/{other.pk}/change/", data).status_code == 302
+    other.refresh_from_db()
+    assert other.email == "tess@example.test" and other.is_superuser
