@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+from datetime import datetime
 
 from django import forms
 from django.apps import apps as django_apps
@@ -31,6 +32,7 @@ from audiences.selectors import (
     segments_visible_to,
 )
 from audiences.services.segments import (
+    segment_count_keep,
     segment_create,
     segment_delete,
     segment_members_change,
@@ -163,6 +165,10 @@ def _rendered(response):
     return response
 
 
+def _age(counted_at: str | None) -> str:
+    return f" (counted {timesince(datetime.fromisoformat(counted_at))} ago)" if counted_at else ""
+
+
 COUNT_REACH_AT_ONCE = 20  # each count is a query per app: a page's worth keeps the request short
 
 
@@ -193,18 +199,19 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     @admin.display(description="Reach at the last count")
     def reach(self, obj):
         """Kept figures, never counted here: the profiles, then for each app the user sees the
-        reachable (iOS / Android) and opted-in profiles."""
+        reachable (iOS / Android) and opted-in profiles, with the age of an app's figures counted
+        apart from the profile count (by a colleague who sees other apps, or a campaign page)."""
         if obj is None or obj.last_count is None:
             return "Not counted yet: preview it, or “Count reach now”."
         readable = reach_app_ids.get()
         lines = [
-            (figures["name"], reach_of(figures).text())
+            (figures["name"], reach_of(figures).text(), _age(figures.get("counted_at")))
             for figures in obj.last_reach or []
             if figures.get("app") in readable
         ]
         if not lines:
             return f"{obj.last_count:,} profiles"
-        return format_html_join("", '<div class="segment-reach"><strong>{}</strong>: {}</div>', lines)
+        return format_html_join("", '<div class="segment-reach"><strong>{}</strong>: {}{}</div>', lines)
 
     @admin.display(description="Counted", ordering="last_counted_at")
     def counted(self, obj):
@@ -307,12 +314,22 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
 
     @admin.action(description="Count reach now", permissions=["change"])
     def count_reach(self, request, queryset):
-        """Count the selected segments (at most COUNT_REACH_AT_ONCE) and keep their reach for the list."""
-        chosen = list(queryset.order_by("pk").values_list("pk", flat=True)[: COUNT_REACH_AT_ONCE + 1])
-        for segment_id in chosen[:COUNT_REACH_AT_ONCE]:
-            segment_preview(by=request.user, segment_id=segment_id, sample_size=0)
-        counted = min(len(chosen), COUNT_REACH_AT_ONCE)
-        self.message_user(request, f"{counted} segment(s) counted.", messages.SUCCESS)
+        """Count the selected segments (at most COUNT_REACH_AT_ONCE) and keep their reach for the list;
+        those the user may only view are refused, as an edit of them is."""
+        chosen = list(queryset.order_by("pk")[: COUNT_REACH_AT_ONCE + 1])
+        counted, refused = 0, []
+        for segment in chosen[:COUNT_REACH_AT_ONCE]:
+            try:
+                segment_count_keep(segment_id=segment.pk, by=request.user)
+                counted += 1
+            except (PermissionDenied, Http404):
+                refused.append(segment.name)
+        if counted:
+            self.message_user(request, f"{counted} segment(s) counted.", messages.SUCCESS)
+        if refused:
+            self.message_user(
+                request, f"Not counted, as you may not change them: {', '.join(refused)}.", messages.ERROR
+            )
         if len(chosen) > COUNT_REACH_AT_ONCE:
             self.message_user(
                 request, f"At most {COUNT_REACH_AT_ONCE} segments are counted at once: select fewer.", messages.WARNING
@@ -348,7 +365,11 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         ]
 
     def preview_view(self, request, object_id: int | None = None):
-        """JSON: the count and 20 sample profiles of a saved segment (GET) or of the tree being edited (POST)."""
+        """JSON: the count and 20 sample profiles of a saved segment (GET) or of the tree being edited (POST).
+
+        A GET writes nothing; the segment page's POST keeps the figures of a saved segment counted
+        from its saved rules when the user may change it (``segment_preview``'s ``keep``).
+        """
         if not self.has_view_permission(request):
             if object_id is not None:
                 raise Http404("No segment with this id.")  # as for any object outside one's access
@@ -373,7 +394,9 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             if not isinstance(segment_id, int):
                 segment_id = None
         try:
-            preview = segment_preview(by=request.user, segment_id=segment_id, rules=rules)
+            preview = segment_preview(
+                by=request.user, segment_id=segment_id, rules=rules, keep=request.method == "POST"
+            )
         except RulesInvalid as exc:
             return JsonResponse(
                 {"errors": [{"path": e.path, "code": e.code, "message": e.message} for e in exc.errors]}, status=400

@@ -171,14 +171,17 @@ def segment_preview(
     rules: dict | None = None,
     sample_size: int | None = None,
     reach: bool = True,
+    keep: bool = False,
 ) -> Preview:
     """Count a segment's profiles and take a sample (two queries), for a saved segment or an unsaved tree.
 
-    For a saved segment (or a tree equal to its saved rules) the count is remembered on it
-    (``last_count``, ``last_counted_at``). An unsaved tree is validated first (RulesInvalid).
-    With ``reach``, the size is also measured as profiles → reachable → opted in in each app the
-    user sees (up to REACH_APPS, one query each) and remembered with the count (``last_reach``),
-    so the segment list shows it without counting. Raises Http404 for a segment outside the
+    An unsaved tree is validated first (RulesInvalid). With ``reach``, the size is also measured as
+    profiles → reachable → opted in in each app the user sees (up to REACH_APPS, one query each).
+    A preview writes nothing, so whoever may see a segment may preview it (a Viewer, a GET, the
+    API's ``read`` scope). With ``keep`` (the segment page's preview, a POST), the figures of a
+    saved segment counted from its saved rules are kept on it for the segment list as
+    ``segment_count_keep`` keeps them, but only when ``by`` may change the segment: one they may
+    only view is counted and shown, never written. Raises Http404 for a segment outside the
     user's access.
     """
     sample_size = settings.AUDIENCES_PREVIEW_SAMPLE if sample_size is None else sample_size
@@ -198,13 +201,61 @@ def segment_preview(
         for app in reach_apps_for(by):
             figures = audience_reach(segment=segment, app_id=app.pk)
             reaches.append({"app": app.pk, "name": app.name, **asdict(figures)})
-    if saved is not None and (rules is None or rules == saved.rules):
-        kept = {"last_count": count, "last_counted_at": timezone.now()}
-        if reach:
-            kept["last_reach"] = reaches
-        Segment.objects.filter(pk=segment_id).update(**kept)
     took = int((timezone.now() - started).total_seconds() * 1000)
-    return Preview(count=count, sample=sample, took_ms=took, reach=reaches)
+    preview = Preview(count=count, sample=sample, took_ms=took, reach=reaches)
+    if keep and saved is not None and (rules is None or rules == saved.rules):
+        _figures_keep(segment=saved, by=by, preview=preview)
+    return preview
+
+
+def segment_count_keep(*, segment_id: int, by: User) -> Preview:
+    """Count a saved segment now and keep the figures on it, which the segment list shows ("Count
+    reach now").
+
+    Requires change access to the segment, the check an edit of it makes: a segment one may only
+    view (a Viewer's, or an Approver's read through a pending approval) is refused, since its kept
+    figures are what everyone reads. Raises Http404 outside the user's access, PermissionDenied
+    when the role may not change segments or the user may not change this one.
+    """
+    segment = segment_for(by, segment_id)  # 404 before 403: an object outside access does not exist
+    _ensure_perm(by, "audiences.change_segment", "Your role may not change segments.")
+    if not can(by, "audiences.change_segment", segment):
+        raise PermissionDenied("You may not change this segment.")
+    preview = segment_preview(by=by, segment_id=segment_id, sample_size=0)
+    _figures_keep(segment=segment, by=by, preview=preview)
+    return preview
+
+
+def _figures_keep(*, segment: Segment, by: User, preview: Preview) -> bool:
+    """Keep a count of ``segment`` (as read before counting) on its row; False when nothing was kept.
+
+    The profile count is everyone's: profiles are org-wide and the rules say the same to every
+    user. The reach is per app, and a count measures only the apps its counter sees, so it
+    replaces the entries of those apps and keeps the other apps' entries, each with the time it
+    was counted (``counted_at``, whose age the list shows beside it). A user who sees fewer apps thus never narrows what others read as the segment's
+    reach: each reads the entries of the apps they see. A segment that holds nobody is reached in
+    no app, and keeps no entry.
+
+    Locks the segment; keeps nothing when it is gone, when its rules changed since it was read
+    (these would not be the figures of its new rules), or when ``by`` may no longer change it.
+    """
+    with transaction.atomic():
+        locked = Segment.objects.select_for_update().filter(pk=segment.pk).first()
+        if locked is None or locked.rules != segment.rules:
+            return False
+        if not can(by, "audiences.change_segment", locked):
+            return False
+        counted = {figures["app"] for figures in preview.reach}
+        earlier = locked.last_counted_at.isoformat() if locked.last_counted_at else None
+        others = [
+            {**figures, "counted_at": figures.get("counted_at") or earlier}
+            for figures in locked.last_reach or []
+            if figures.get("app") not in counted and preview.count
+        ]
+        Segment.objects.filter(pk=segment.pk).update(
+            last_count=preview.count, last_counted_at=timezone.now(), last_reach=[*others, *preview.reach]
+        )
+    return True
 
 
 def segment_reach_keep(*, segment_id: int, app, reach) -> None:

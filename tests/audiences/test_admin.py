@@ -108,6 +108,44 @@ def test_static_segment_members_are_edited_by_external_id(login, manager_alice):
     assert "Unknown external ids: nobody" in response.content.decode()
 
 
+def test_static_segment_members_are_removed_by_external_id(login, manager_alice):
+    for external_id in ("a", "b"):
+        ProfileFactory(external_id=external_id)
+    static = segment_create(name="Kept", kind=Segment.Kind.STATIC, by=manager_alice)
+    segment_members_change(segment_id=static.pk, add=["a", "b"], by=manager_alice)
+    response = login(manager_alice).post(
+        f"/admin/audiences/segment/{static.pk}/change/",
+        {"name": "Kept", "description": "", "add_members": "", "remove_members": "a\nnobody"},
+        follow=True,
+    )
+    assert "0 member(s) added, 1 removed." in response.content.decode()
+    assert "Unknown external ids: nobody" in response.content.decode()
+    assert list(static.members.values_list("profile__external_id", flat=True)) == ["b"]
+    event = AuditEvent.objects.filter(action="segment_members_changed").latest("pk")
+    assert event.actor == manager_alice and event.object_id == str(static.pk)
+    assert event.summary == {"added": 0, "removed": 1}
+
+
+@pytest.mark.parametrize("field", ["add_members", "remove_members"])
+def test_static_segment_members_stay_when_who_may_not_change_the_segment_posts_them(
+    field, login, manager_alice, manager_mallory, approver_bob, viewer_carol, under_review
+):
+    from accounts.services import access_grant
+
+    for external_id in ("a", "b"):
+        ProfileFactory(external_id=external_id)
+    static = segment_create(name="Kept", kind=Segment.Kind.STATIC, by=manager_alice)
+    segment_members_change(segment_id=static.pk, add=["a"], by=manager_alice)
+    under_review(static)
+    access_grant(obj=static, to=viewer_carol, by=None)
+    audited = AuditEvent.objects.count()
+    press = {"name": "Kept", "description": "", "add_members": "", "remove_members": "", field: "a\nb"}
+    for user, refused in ((viewer_carol, 403), (approver_bob, 403), (manager_mallory, 404)):
+        assert login(user).post(f"/admin/audiences/segment/{static.pk}/change/", press).status_code == refused
+    assert list(static.members.values_list("profile__external_id", flat=True)) == ["a"]
+    assert AuditEvent.objects.count() == audited
+
+
 def test_profile_page_shows_attributes_events_and_memberships(
     login, viewer_carol, manager_alice, admin_erin, django_assert_max_num_queries
 ):
@@ -397,9 +435,12 @@ def test_segment_list_shows_the_reach_kept_at_the_last_count_without_counting(
     segments = [segment_create(name=f"Pros {n}", rules=PRO, by=manager_alice) for n in range(12)]
     access_grant(obj=segments[0], to=viewer_carol, by=None)
     client = login(manager_alice)
-    assert client.get(f"/admin/audiences/segment/{segments[0].pk}/preview/").json()["reach"] == [
+    preview = f"/admin/audiences/segment/{segments[0].pk}/preview/"
+    assert client.get(preview).json()["reach"] == [
         {"app": "Shop", "text": "3 profiles → 2 reachable (iOS 1 / Android 1) → 1 opted in"}
     ]
+    assert Segment.objects.get(pk=segments[0].pk).last_count is None  # a GET writes nothing
+    client.post(preview, "{}", content_type="application/json")  # the segment page's preview keeps it
     kept = Segment.objects.get(pk=segments[0].pk)
     assert kept.last_count == 3 and [f["app"] for f in kept.last_reach] == [shop.pk]  # only the apps she sees
 
@@ -413,18 +454,21 @@ def test_segment_list_shows_the_reach_kept_at_the_last_count_without_counting(
     assert "3 profiles" in html and "Shop" not in html
 
 
+def _kept(segment) -> tuple:
+    segment = Segment.objects.get(pk=segment.pk)
+    return segment.last_count, segment.last_counted_at, segment.last_reach
+
+
 @pytest.mark.presses("audiences.segment:count_reach")
-def test_count_reach_now_keeps_each_selected_segments_reach_and_is_refused_without_a_role(
-    login, manager_alice, viewer_carol, outsider_dave
+def test_count_reach_now_keeps_each_selected_segments_reach_and_is_refused_without_change_access(
+    login, manager_alice, approver_bob, viewer_carol, outsider_dave, under_review
 ):
+    from accounts.services import access_grant
+
     shop, _ = _reachable_world(manager_alice)
     segment = segment_create(name="Pros", rules=PRO, by=manager_alice)
     press = {"action": "count_reach", "_selected_action": [segment.pk]}
     assert login(outsider_dave).post("/admin/audiences/segment/", press).status_code == 403
-    # A Viewer changes nothing, kept figures included: the action is not theirs to press.
-    login(viewer_carol).post("/admin/audiences/segment/", press)
-    assert Segment.objects.get(pk=segment.pk).last_count is None
-
     response = login(manager_alice).post("/admin/audiences/segment/", press, follow=True)
     assert "1 segment(s) counted." in response.content.decode()
     segment.refresh_from_db()
@@ -432,6 +476,45 @@ def test_count_reach_now_keeps_each_selected_segments_reach_and_is_refused_witho
     assert segment.last_reach == [
         {"app": shop.pk, "name": "Shop", "profiles": 3, "reachable": 2, "ios": 1, "android": 1, "opted_in": 1}
     ]
+
+    ProfileFactory(attributes={"plan": "pro"})  # a count now says 4
+    before = _kept(segment)
+    under_review(segment)
+    access_grant(obj=segment, to=viewer_carol, by=None)
+    # The approver reads the segment through the request they decide, and may not change it.
+    response = login(approver_bob).post("/admin/audiences/segment/", press, follow=True)
+    assert "Not counted, as you may not change them: Pros." in response.content.decode()
+    assert "counted." not in response.content.decode()
+    # A Viewer changes nothing, kept figures included: the action is not theirs, and their preview is a read.
+    client = login(viewer_carol)
+    client.post("/admin/audiences/segment/", press)
+    assert client.get(f"/admin/audiences/segment/{segment.pk}/preview/").json()["count"] == 4
+    assert client.post(f"/admin/audiences/segment/{segment.pk}/preview/", "{}", content_type="application/json")
+    assert _kept(segment) == before
+
+    login(manager_alice).post("/admin/audiences/segment/", press)
+    assert _kept(segment)[0] == 4
+
+
+def test_the_list_dates_an_apps_reach_counted_before_the_profile_count(login, manager_alice, manager_mallory):
+    """A colleague who sees other apps counts the segment: the reach in the apps one sees stays, with its age."""
+    from accounts.services import access_grant
+    from audiences.services.segments import segment_count_keep
+
+    _, bank = _reachable_world(manager_alice)
+    access_grant(obj=bank, to=manager_mallory, by=None)
+    segment = segment_create(name="Pros", rules=PRO, by=manager_alice)
+    access_grant(obj=segment, to=manager_mallory, by=None)
+    segment_count_keep(segment_id=segment.pk, by=manager_alice)
+    Segment.objects.filter(pk=segment.pk).update(last_counted_at=timezone.now() - timezone.timedelta(hours=3))
+    segment_count_keep(segment_id=segment.pk, by=manager_mallory)
+
+    html = login(manager_alice).get("/admin/audiences/segment/").content.decode()
+    assert "<strong>Shop</strong>: 3 profiles → 2 reachable (iOS 1 / Android 1) → 1 opted in (counted 3" in html
+    assert "Bank" not in html
+    html = login(manager_mallory).get("/admin/audiences/segment/").content.decode()
+    assert "<strong>Bank</strong>: 3 profiles → 1 reachable (iOS 1 / Android 0) → 1 opted in</div>" in html
+    assert "Shop" not in html
 
 
 def test_events_list_pages_newest_first_across_names(login, viewer_carol):

@@ -19,6 +19,7 @@ from audiences.selectors import profile_memberships, segments_visible_to
 from audiences.services.events import events_ingest
 from audiences.services.profiles import profile_upsert, profiles_delete, profiles_upsert
 from audiences.services.segments import (
+    segment_count_keep,
     segment_create,
     segment_delete,
     segment_members_change,
@@ -98,7 +99,7 @@ def test_segment_used_by_another_cannot_be_deleted(manager_alice):
     assert not Segment.objects.filter(pk=a.pk).exists()
 
 
-def test_preview_counts_samples_and_remembers_the_count(manager_alice, django_assert_max_num_queries):
+def test_preview_counts_and_samples_and_keeps_the_count_only_when_asked(manager_alice):
     for n in range(25):
         ProfileFactory(attributes={"plan": "pro" if n % 2 else "free"})
     segment = segment_create(name="Pro", rules=PRO, by=manager_alice)
@@ -107,12 +108,84 @@ def test_preview_counts_samples_and_remembers_the_count(manager_alice, django_as
     assert len(preview.sample) == 12
     assert all(p.attributes["plan"] == "pro" for p in preview.sample)
     segment.refresh_from_db()
-    assert segment.last_count == 12
+    assert segment.last_count is None  # a preview is a read
+    segment_preview(segment_id=segment.pk, by=manager_alice, keep=True)
+    segment.refresh_from_db()
+    assert segment.last_count == 12 and segment.last_counted_at is not None
     unsaved = segment_preview(
         rules={"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "free"}]}, by=manager_alice
     )
     assert unsaved.count == 13
     assert len(unsaved.sample) == 13
+
+
+def _kept(segment) -> tuple:
+    segment = Segment.objects.get(pk=segment.pk)
+    return segment.last_count, segment.last_counted_at, segment.last_reach
+
+
+def test_only_who_may_change_a_segment_keeps_its_count(
+    manager_alice, manager_mallory, approver_bob, viewer_carol, under_review
+):
+    ProfileFactory(attributes={"plan": "pro"})
+    segment = segment_create(name="Pro", rules=PRO, by=manager_alice)
+    segment_count_keep(segment_id=segment.pk, by=manager_alice)
+    ProfileFactory(attributes={"plan": "pro"})  # a count now says 2
+    before = _kept(segment)
+    assert before[0] == 1
+    under_review(segment)
+    access_grant(obj=segment, to=viewer_carol, by=None)
+    for reader in (approver_bob, viewer_carol):  # each may read the segment, not change it
+        assert segment_preview(segment_id=segment.pk, by=reader, keep=True).count == 2
+        with pytest.raises(PermissionDenied):
+            segment_count_keep(segment_id=segment.pk, by=reader)
+    with pytest.raises(Http404):
+        segment_count_keep(segment_id=segment.pk, by=manager_mallory)
+    assert _kept(segment) == before
+
+    assert segment_count_keep(segment_id=segment.pk, by=manager_alice).count == 2
+    assert _kept(segment)[0] == 2
+
+
+def test_a_count_keeps_the_reach_in_the_apps_its_counter_does_not_see(manager_alice, manager_mallory):
+    from tests.factories import AppFactory, DeviceFactory
+
+    shop, bank = AppFactory(name="Shop"), AppFactory(name="Bank")
+    access_grant(obj=shop, to=manager_alice, by=None)
+    access_grant(obj=bank, to=manager_mallory, by=None)
+    ann, bea = ProfileFactory(attributes={"plan": "pro"}), ProfileFactory(attributes={"plan": "pro"})
+    DeviceFactory(profile=ann, app=shop, platform="ios")
+    DeviceFactory(profile=bea, app=bank, platform="android")
+    segment = segment_create(name="Pro", rules=PRO, by=manager_alice)
+    access_grant(obj=segment, to=manager_mallory, by=None)
+    segment_count_keep(segment_id=segment.pk, by=manager_alice)
+    _, alice_counted_at, reach = _kept(segment)
+    assert [(f["app"], f["reachable"], "counted_at" in f) for f in reach] == [(shop.pk, 1, False)]
+
+    DeviceFactory(profile=bea, app=shop, platform="ios")
+    segment_count_keep(segment_id=segment.pk, by=manager_mallory)  # she sees the Bank app only
+    count, _, reach = _kept(segment)
+    assert count == 2
+    # Alice's Shop figures stay, dated from her count; Mallory's Bank figures are new.
+    assert [(f["app"], f["reachable"], f.get("counted_at")) for f in reach] == [
+        (shop.pk, 1, alice_counted_at.isoformat()),
+        (bank.pk, 1, None),
+    ]
+    segment_count_keep(segment_id=segment.pk, by=manager_alice)
+    reach = _kept(segment)[2]
+    assert [(f["app"], f["reachable"], "counted_at" in f) for f in reach] == [(bank.pk, 1, True), (shop.pk, 2, False)]
+
+
+def test_a_count_of_rules_changed_since_it_began_is_not_kept(manager_alice):
+    from audiences.services.segments import _figures_keep
+
+    ProfileFactory(attributes={"plan": "pro"})
+    segment = segment_create(name="Pro", rules=PRO, by=manager_alice)
+    read = Segment.objects.get(pk=segment.pk)
+    preview = segment_preview(segment_id=segment.pk, by=manager_alice)
+    segment_update(segment_id=segment.pk, rules={"none": [PRO]}, by=manager_alice)  # while it counted
+    assert not _figures_keep(segment=read, by=manager_alice, preview=preview)
+    assert _kept(segment) == (None, None, None)
 
 
 def test_preview_of_unsaved_tree_is_validated(manager_alice):
