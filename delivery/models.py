@@ -577,7 +577,9 @@ class Delivery(models.Model):
                 condition=models.Q(opened_at__isnull=False),
                 name="delivery_dispatch_opened_idx",
             ),
-            # A standing dispatch's live rate and latency read its last minute.
+            # A standing dispatch's live rate and latency read its last minute; its rows not sent
+            # yet are a trigger's cap's pushes on their way, found here without a bulk send's rows
+            # (so an append writes an entry too: a finished-only index made the cap walk those).
             models.Index(
                 fields=["dispatch", "finished_at"],
                 condition=models.Q(queued_at__isnull=False),
