@@ -4,6 +4,8 @@ Profiles and events are the big tables: bigint keys, indexes for the segment que
 (a GIN index on ``attributes`` on PostgreSQL, events by (profile, name, occurred_at)).
 """
 
+import datetime as dt
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone as dj_timezone
@@ -65,7 +67,8 @@ class Event(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.name} @ {self.occurred_at:%Y-%m-%d %H:%M}"
+        # An event has no zone of its own: in UTC, named, as the admin shows its other times.
+        return f"{self.name} @ {self.occurred_at.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC"
 
 
 class EventReplay(models.Model):

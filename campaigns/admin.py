@@ -6,6 +6,7 @@ import re
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import F
 from django.http import Http404, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
@@ -124,6 +125,9 @@ class CampaignForm(ConversionFormMixin, forms.ModelForm):
             "send_at": "The (first) send, for 'at' and 'recurring', in the campaign's time zone.",
             "ends_at": "No occurrence after this (recurring), in the campaign's time zone.",
         }
+        # The read-only page shows the dates through CampaignAdmin.send_at_shown and ends_at_shown,
+        # with the same help (the admin reads a read-only field's help here).
+        help_texts.update(send_at_shown=help_texts["send_at"], ends_at_shown=help_texts["ends_at"])
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -152,9 +156,9 @@ class CampaignForm(ConversionFormMixin, forms.ModelForm):
                 wall = value.astimezone(dt.UTC).replace(tzinfo=None)
                 try:
                     data[name] = localize(wall, tz).astimezone(dt.UTC)
-                    if name == "send_at" and data[name].astimezone(tz).replace(tzinfo=None) != wall:
+                    if data[name].astimezone(tz).replace(tzinfo=None) != wall:
                         # Moved past the gap, the first send would set a recurrence's time of day to
-                        # another hour for good.
+                        # another hour for good; an end so moved would come an hour after the one typed.
                         self.add_error(
                             name,
                             f"{wall:%Y-%m-%d %H:%M} does not exist in {tz.key}: the clocks go forward "
@@ -218,14 +222,21 @@ class OccurrenceInline(admin.TabularInline):
     ordering = ("-due_at",)
 
     def get_queryset(self, request):
-        return super().get_queryset(request).select_related("campaign")  # each row shows in its zone
+        # Each row shows in its campaign's zone, and says whether its dispatch sent at each
+        # profile's local time (one column of it, not the dispatch's frozen content).
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("campaign")
+            .annotate(dispatch_local_time=F("dispatch__local_time"))
+        )
 
     def has_change_permission(self, request, obj=None):
         return False
 
     @admin.display(description="Due at")
     def due(self, obj):
-        return zoned(obj.due_at, obj.campaign.time_zone)
+        return obj.due_text()
 
     @admin.display(description="Fired at")
     def fired(self, obj):
@@ -263,6 +274,8 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         "object_access",
         "conversion_goal",
         "winner_status",
+        "send_at_shown",
+        "ends_at_shown",
     )
 
     class Media:
@@ -272,6 +285,10 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         return campaigns_visible_to(request.user)
 
     def get_fieldsets(self, request, obj=None):
+        # The form shows the dates in the campaign's zone (CampaignForm); a page read only (a
+        # Viewer's, one in review, a finished campaign) shows them so too, the zone named.
+        read_only = obj is not None and not self.has_change_permission(request, obj)
+        send_at, ends_at = ("send_at_shown", "ends_at_shown") if read_only else ("send_at", "ends_at")
         fieldsets = [
             (None, {"fields": ("name", "app", "kind", "purpose", "segment", "audience_size", "content")}),
             (
@@ -279,11 +296,11 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
                 {
                     "fields": (
                         "schedule_kind",
-                        "send_at",
+                        send_at,
                         "time_zone",
                         "recurrence",
                         "cron",
-                        "ends_at",
+                        ends_at,
                         "at_local_time",
                         "missed_window_minutes",
                     )
@@ -314,7 +331,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             fieldsets.append(("Preview", {"fields": ("preview",)}))
             fieldsets.append(("Report", {"fields": winner_admin.report_fields(obj)}))
             fieldsets.append(("Access", {"fields": ("object_access",)}))
-        if obj is None or self.has_change_permission(request, obj):
+        if not read_only:
             fieldsets.append(("Conversions", {"fields": CONVERSION_FIELDS, "description": CONVERSION_HELP}))
         else:
             fieldsets.append(("Conversions", {"fields": ("conversion_goal",)}))
@@ -474,6 +491,10 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         )
 
     activated = zoned_column("activated_at", "Activated", zone_field="time_zone")
+
+    send_at_shown = zoned_column("send_at", "Send at", zone_field="time_zone")
+
+    ends_at_shown = zoned_column("ends_at", "Ends at", zone_field="time_zone")
 
     @admin.display(description="Next send", ordering="next_occurrence_at")
     def next_send(self, obj):

@@ -439,12 +439,27 @@ class Occurrence(models.Model):
         constraints = [models.UniqueConstraint(fields=["campaign", "due_at"], name="occurrence_once")]
 
     def __str__(self) -> str:
-        from config.zones import zone
+        return f"{self.campaign} @ {self.due_text()}: {self.get_outcome_display().lower()}"
+
+    def due_text(self) -> str:
+        """When it was due, as the schedule was entered (``campaigns.schedule.occurrence_when``): in
+        the campaign's zone, named; at each profile's local time, the wall-clock time entered and
+        when the send began. Local when its dispatch sent so (a list annotates each row's
+        ``dispatch_local_time`` rather than reading each dispatch); without a dispatch (skipped,
+        refused), when the approved version sends so."""
+        from campaigns.schedule import at_local_time, occurrence_when
+        from config.zones import zoned
 
         time_zone = self.campaign.time_zone  # as the campaign's dates are entered and shown
-        return (
-            f"{self.campaign} @ {self.due_at.astimezone(zone(time_zone)):%Y-%m-%d %H:%M} ({time_zone}, {self.outcome})"
-        )
+        if self.dispatch_id is None:
+            approved = self.campaign.approved()
+            local = approved is not None and at_local_time(approved)
+        elif hasattr(self, "dispatch_local_time"):
+            local = bool(self.dispatch_local_time)
+        else:
+            local = bool(self.dispatch.local_time)
+        when = occurrence_when(self.due_at, time_zone=time_zone, local=local)
+        return f"{when}, from {zoned(self.due_at, time_zone)}" if local else when
 
 
 class WinnerTest(models.Model):

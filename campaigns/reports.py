@@ -7,6 +7,7 @@ import io
 
 from campaigns.models import Campaign, variant_label
 from config.db import among
+from config.zones import zone
 
 VARIANT_PROFILES = "variant_profiles"  # the profiles per variant (``delivery.reports.profiles_by``)
 
@@ -178,13 +179,14 @@ def campaign_conversions(campaign: Campaign, *, dispatch_ids: list[int]) -> dict
 
 
 def campaign_charts(campaign: Campaign, *, dispatch_ids: list[int] | None = None) -> dict:
-    """The report charts' figures over every dispatch of the campaign (test sends excluded);
-    ``dispatch_ids``: those dispatches, when the caller has read them already (``campaign_report``)."""
+    """The report charts' figures over every dispatch of the campaign (test sends excluded), the
+    timeline in the campaign's zone, as the rest of its page; ``dispatch_ids``: those dispatches,
+    when the caller has read them already (``campaign_report``)."""
     from delivery.reports import report_charts
 
     if dispatch_ids is None:
         dispatch_ids = list(_dispatches(campaign).values_list("id", flat=True))
-    return report_charts(dispatch_ids=dispatch_ids)
+    return report_charts(dispatch_ids=dispatch_ids, tz=zone(campaign.time_zone))
 
 
 def _cell(value) -> str:
@@ -194,8 +196,10 @@ def _cell(value) -> str:
 
 
 def campaign_report_csv(campaign: Campaign) -> str:
-    """The report as CSV: one summary block, then one line per dispatch."""
+    """The report as CSV: one summary block, then one line per dispatch, its time in the
+    campaign's zone (ISO 8601, with its offset)."""
     report = campaign_report(campaign)
+    tz = zone(campaign.time_zone)
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(
@@ -231,7 +235,7 @@ def campaign_report_csv(campaign: Campaign) -> str:
                 d["id"],
                 _cell(d["label"]),
                 d["status"],
-                d["created_at"].isoformat(),
+                d["created_at"].astimezone(tz).isoformat(),  # as the page shows it, the offset kept
                 d["targeted"],
                 d["accepted"],
                 d["opened"],

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, available_timezones
 from croniter import CroniterBadDateError, croniter
 from django.core.exceptions import ValidationError
 
-from config.zones import zone
+from config.zones import zone, zoned
 
 UTC = dt.UTC
 
@@ -137,6 +137,16 @@ def _rebased(send_at: dt.datetime | None, *, from_zone: str, to_zone: str) -> dt
 def local_wall_time(campaign, occurrence: dt.datetime) -> str:
     """For a local-time campaign, the wall-clock time its occurrence stands for (ISO, no zone)."""
     return occurrence.astimezone(zone(EARLIEST_ZONE)).replace(tzinfo=None).isoformat(timespec="seconds")
+
+
+def occurrence_when(due: dt.datetime, *, time_zone: str, local: bool) -> str:
+    """When an occurrence due at ``due`` sends, as its schedule was entered: in the campaign's zone,
+    the zone named; at each profile's local time, the wall-clock time every zone sends at (not the
+    moment UTC+14 gets there, when the send starts), said so."""
+    if not local:
+        return zoned(due, time_zone)
+    wall = dt.datetime.fromisoformat(local_wall_time(None, due))
+    return f"{wall:%Y-%m-%d %H:%M} at each profile's local time"
 
 
 def at_local_time(campaign) -> bool:

@@ -315,3 +315,38 @@ def test_my_requests_say_when_they_were_sent_in_each_campaigns_zone(client, mana
     html = client.get("/admin/").content.decode()
     assert "sent 2027-01-05 09:30 (America/New_York)" in html
     assert "sent 2027-01-05 15:30 (Europe/Paris)" in html
+
+
+def test_a_stuck_request_says_when_it_was_asked_as_its_requesters_card_does(
+    client, manager_alice, approver_bob, admin_erin, shop
+):
+    from accounts.models import ApprovalPolicy
+    from accounts.services import approval_policy_activate
+
+    policy = ApprovalPolicy.objects.create(name="Bob decides", applies_to_campaigns=True)
+    policy.approver_users.add(approver_bob)
+    approval_policy_activate(policy_id=policy.pk, by=admin_erin)
+    segment = SegmentFactory(name="Everyone", created_by=manager_alice)
+    access_grant(obj=segment, to=manager_alice, by=None)
+    campaign = campaign_create(
+        by=manager_alice,
+        name="Stranded",
+        app=shop,
+        segment=segment,
+        content=PushContentFactory(app=shop),
+        kind="scheduled",
+        schedule_kind="at",
+        send_at=dt.datetime(2030, 1, 5, 9, 0, tzinfo=dt.UTC),
+        time_zone="America/New_York",
+    )
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    ApprovalRequest.objects.filter(pk=request.pk).update(requested_at=dt.datetime(2027, 1, 5, 14, 30, tzinfo=dt.UTC))
+    approver_bob.groups.clear()  # the policy's only approver loses the role: nobody may decide it
+
+    client.force_login(admin_erin)
+    html = client.get("/admin/").content.decode()
+    notice = html[html.index('id="stuck-approvals"') :]
+    assert "— asked by manager_alice on 2027-01-05 09:30 (America/New_York), policy" in notice
+    client.force_login(manager_alice)
+    html = client.get("/admin/").content.decode()
+    assert "sent 2027-01-05 09:30 (America/New_York)" in html  # the requester's own card

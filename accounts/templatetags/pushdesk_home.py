@@ -2,6 +2,7 @@
 
 from django import template
 
+from accounts.approvals import approvals_asked_at
 from accounts.selectors import approval_requests_stuck
 
 register = template.Library()
@@ -9,10 +10,15 @@ register = template.Library()
 
 @register.simple_tag
 def stuck_approval_requests(user) -> list:
-    """Pending requests nobody may decide, for those who can unblock them (Administrators)."""
+    """Pending requests nobody may decide, for those who can unblock them (Administrators), each
+    with ``asked_at``: when it was asked, as its requester's home page says it (in the subject's zone)."""
     if not user.is_authenticated or not user.has_perm("accounts.change_approvalpolicy"):
         return []
-    return approval_requests_stuck()
+    stuck = approval_requests_stuck()
+    asked = approvals_asked_at(stuck)
+    for request in stuck:
+        request.asked_at = asked[request.pk]
+    return stuck
 
 
 @register.simple_tag

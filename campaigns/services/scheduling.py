@@ -16,7 +16,15 @@ from accounts.services import (
     status_transition,
 )
 from campaigns.models import Campaign, Occurrence, WinnerTest
-from campaigns.schedule import LATE_AFTER, LOCAL_SPAN, at_local_time, lateness_allowed, local_wall_time, next_occurrence
+from campaigns.schedule import (
+    LATE_AFTER,
+    LOCAL_SPAN,
+    at_local_time,
+    lateness_allowed,
+    local_wall_time,
+    next_occurrence,
+    occurrence_when,
+)
 from campaigns.services.lifecycle import SAVED_WITH_STATUS, Status
 from campaigns.services.winner import winner_test_open, winners_pick_due
 
@@ -158,6 +166,9 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                     f"begun after UTC+14 reached its time: time zones past it by more than "
                     f"{limit.total_seconds() // 60:,.0f} minutes are skipped (missed_local_time)"
                 )
+            # The dispatch's label (Sends, the dispatches, the home page) says when it sends as the
+            # schedule was entered: in the zone named, or the wall time of each profile's zone.
+            when = occurrence_when(due, time_zone=approved.time_zone, local=local)
             try:
                 with transaction.atomic():
                     # Winner mode: this send is the sample; its test row is written with its dispatch.
@@ -169,7 +180,7 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                         content_id=approved.content_id,
                         segment_id=approved.segment_id,
                         source_id=campaign.pk,
-                        label=f"{campaign.name} v{approved.number} @ {due:%Y-%m-%d %H:%M} UTC",
+                        label=f"{campaign.name} v{approved.number} @ {when}",
                         rate_limit_per_second=approved.throttle_per_second,
                         purpose=approved.purpose,
                         local_time=local_wall_time(approved, due) if local else "",

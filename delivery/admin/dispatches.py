@@ -10,7 +10,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from accounts.admin.bases import BigTableAdmin, ScopedAdmin
-from config.zones import zoned_column
+from config.zones import zone, zoned_column
 from delivery.admin.contents import _spec_previews_html
 from delivery.models import Delivery, Dispatch
 from delivery.reports import report_charts, report_charts_html
@@ -210,8 +210,10 @@ class DispatchAdmin(ScopedAdmin):
 
     @admin.display(description="Report")
     def report(self, obj):
-        """Accepted and opened over time, per platform, the funnel, and failures and skips by reason."""
-        return mark_safe(report_charts_html(report_charts(dispatch_ids=[obj.pk])))  # noqa: S308 (a template, autoescaped)
+        """Accepted and opened over time (in the zone of the page's other times: its campaign's), per
+        platform, the funnel, and failures and skips by reason."""
+        charts = report_charts(dispatch_ids=[obj.pk], tz=zone(obj.shown_zone))
+        return mark_safe(report_charts_html(charts))  # noqa: S308 (a template, autoescaped)
 
     @admin.action(description="Stop the selected dispatches (queued rows are not sent)", permissions=["stop"])
     def stop(self, request, queryset):

@@ -606,3 +606,14 @@ def test_replaying_events_is_refused_to_a_manager_in_the_service(manager_alice):
     with pytest.raises(PermissionDenied):
         events_replay_now(ids=[replay.pk], by=manager_alice)
     assert EventReplay.objects.filter(pk=replay.pk).exists()
+
+
+def test_an_events_title_names_its_time_in_utc(login, viewer_carol):
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    occurred = dt.datetime(2027, 1, 5, 15, 30, tzinfo=ZoneInfo("Europe/Paris"))
+    event = EventFactory(name="purchase", occurred_at=occurred)
+    assert str(event) == "purchase @ 2027-01-05 14:30 UTC"  # whatever zone it came in
+    page = login(viewer_carol).get(f"/admin/audiences/event/{event.pk}/change/").content.decode()
+    assert "<h2>purchase @ 2027-01-05 14:30 UTC</h2>" in page

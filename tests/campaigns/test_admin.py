@@ -343,7 +343,7 @@ def test_occurrences_and_the_list_show_times_in_the_campaigns_zone_naming_it(
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", occurrences))
     assert "2026-12-24 07:10 (Asia/Kathmandu)" in text
     assert "01:25" not in text and "1:25 a.m." not in text  # the same moment in UTC
-    assert "(Asia/Kathmandu, sent)" in text
+    assert "Spring sale @ 2026-12-24 07:10 (Asia/Kathmandu): sent" in text  # the row's title
 
     listing = client.get("/admin/campaigns/campaign/?status=all").content.decode()
     assert listing.count("2026-12-24 07:10 (Asia/Kathmandu)") == 1  # updated at
@@ -527,3 +527,172 @@ def test_a_content_that_shows_a_call_context_is_answered_at_its_field_in_a_sched
     row = page[page.index("field-content") :]
     assert "shows {{ context.order_id }} in its body" in row[: row.index("</div>", row.index("errorlist"))]
     assert Campaign.objects.get(pk=campaign.pk).content_id == campaign.content_id
+
+
+def _shown(page: str, field: str) -> str:
+    """The text of a field's row (or table cell) on an admin page, up to the next field's, tags and
+    runs of spaces taken out."""
+    import re
+
+    start = page.index(f'field-{field}"') + len(f'field-{field}"') + 1
+    ends = [page.find(mark, start) for mark in ("field-", "</tr>", "</fieldset>")]
+    end = page.rfind("<", start, min(i for i in ends if i >= 0))
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page[start:end])).strip()
+
+
+def test_a_read_only_campaign_page_shows_its_dates_in_its_zone_named(
+    client, make_campaign, manager_alice, approver_bob, viewer_carol
+):
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    paris = ZoneInfo("Europe/Paris")
+    campaign = make_campaign(
+        schedule_kind="recurring",
+        recurrence="daily",
+        send_at=dt.datetime(2027, 1, 5, 9, 0, tzinfo=paris),
+        ends_at=dt.datetime(2027, 2, 5, 21, 0, tzinfo=paris),
+        time_zone="Europe/Paris",
+    )
+    send_at = "Send at: 2027-01-05 09:00 (Europe/Paris) The (first) send, for 'at' and 'recurring', in the campaign's"
+    ends_at = "Ends at: 2027-02-05 21:00 (Europe/Paris) No occurrence after this (recurring), in the campaign's"
+    url = f"/admin/campaigns/campaign/{campaign.pk}/change/"
+
+    def read_as(user):
+        client.force_login(user)
+        page = client.get(url).content.decode().replace("&#x27;", "'")
+        assert b'name="_save"' not in page.encode(), user
+        return _shown(page, "send_at_shown"), _shown(page, "ends_at_shown")
+
+    assert read_as(viewer_carol) == (send_at + " time zone.", ends_at + " time zone.")
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    for user in (approver_bob, manager_alice, viewer_carol):  # in review: read-only to its author too
+        assert read_as(user) == (send_at + " time zone.", ends_at + " time zone."), user
+    Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.COMPLETED)
+    assert read_as(manager_alice) == (send_at + " time zone.", ends_at + " time zone.")
+
+    # Where it may be changed, the form still shows them as typed in the campaign's zone.
+    Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.DRAFT)
+    client.force_login(manager_alice)
+    page = client.get(url).content.decode()
+    assert 'name="send_at_1" value="09:00"' in page and 'name="ends_at_1" value="21:00"' in page
+    assert "field-send_at_shown" not in page and "UTC" not in _shown(page, "send_at")
+
+
+def test_an_end_at_a_time_the_clocks_skip_is_refused_as_a_first_send_is(client, make_campaign, manager_alice):
+    from tests.campaigns.helpers import change_form
+
+    campaign = make_campaign()
+    client.force_login(manager_alice)
+    typed = {
+        "schedule_kind": "recurring",
+        "recurrence": "daily",
+        "send_at_0": "2027-03-20",
+        "send_at_1": "02:30",
+        "ends_at_0": "2027-03-28",  # the clocks go from 02:00 to 03:00 in Paris
+        "ends_at_1": "02:30",
+        "time_zone": "Europe/Paris",
+    }
+    answer = client.post(f"/admin/campaigns/campaign/{campaign.pk}/change/", change_form(campaign, **typed))
+    assert answer.status_code == 200
+    page = answer.content.decode()
+    row = page[page.index("field-ends_at") :]
+    said = row[: row.index("</div>", row.index("errorlist"))]
+    assert "2027-03-28 02:30 does not exist in Europe/Paris: the clocks go forward then." in said
+    assert Campaign.objects.get(pk=campaign.pk).schedule_kind == "now"
+
+    typed.update(ends_at_1="03:30")  # the first time that exists after the jump
+    answer = client.post(f"/admin/campaigns/campaign/{campaign.pk}/change/", change_form(campaign, **typed))
+    assert answer.status_code == 302
+    assert Campaign.objects.get(pk=campaign.pk).ends_at.isoformat() == "2027-03-28T01:30:00+00:00"
+
+
+def _fired(campaign, manager_alice, approver_bob):
+    """``campaign`` submitted, approved two days before its send, and its first occurrence fired."""
+    import datetime as dt
+
+    from campaigns.services.scheduling import campaign_fire_due
+
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=campaign.send_at - dt.timedelta(days=2))
+    due = Campaign.objects.get(pk=campaign.pk).next_occurrence_at
+    (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=due)
+    return occurrence
+
+
+def test_a_local_time_send_reads_as_entered_in_its_occurrence_and_its_dispatch(
+    client, make_campaign, manager_alice, approver_bob, viewer_carol
+):
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    nine = dt.datetime(2027, 1, 5, 9, 0, tzinfo=ZoneInfo("Europe/Paris"))
+    campaign = make_campaign(schedule_kind="at", send_at=nine, time_zone="Europe/Paris", at_local_time=True)
+    occurrence = _fired(campaign, manager_alice, approver_bob)
+    # Started when UTC+14 reached 09:00 (20:00 the day before in Paris); 09:00 is what each zone gets.
+    assert occurrence.due_at == dt.datetime(2027, 1, 4, 19, 0, tzinfo=dt.UTC)
+    label = "Spring sale v1 @ 2027-01-05 09:00 at each profile's local time"
+    assert occurrence.dispatch.label == label
+    due = "2027-01-05 09:00 at each profile's local time, from 2027-01-04 20:00 (Europe/Paris)"
+    assert str(occurrence) == f"Spring sale @ {due}: sent"
+
+    for user in (manager_alice, viewer_carol):
+        client.force_login(user)
+        page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode().replace("&#x27;", "'")
+        assert _shown(page, "due").startswith(due), user  # the occurrence's row
+        assert f"{label}</a> — preparing" in page, user  # the campaign's sends
+        assert "UTC" not in _shown(page, "sends")
+        assert f">{label}</a>" in client.get("/admin/delivery/dispatch/").content.decode().replace("&#x27;", "'")
+
+
+def test_a_campaigns_dispatch_is_labelled_in_its_zone_named_wherever_it_is_listed(
+    client, make_campaign, manager_alice, approver_bob, viewer_carol, admin_erin
+):
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    nine = dt.datetime(2027, 1, 5, 9, 0, tzinfo=ZoneInfo("America/New_York"))
+    campaign = make_campaign(schedule_kind="at", send_at=nine, time_zone="America/New_York")
+    occurrence = _fired(campaign, manager_alice, approver_bob)
+    label = "Spring sale v1 @ 2027-01-05 09:00 (America/New_York)"
+    assert occurrence.dispatch.label == label
+    assert str(occurrence) == "Spring sale @ 2027-01-05 09:00 (America/New_York): sent"
+    client.force_login(viewer_carol)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    assert _shown(page, "due").startswith("2027-01-05 09:00 (America/New_York)")
+    assert f"{label}</a> — preparing" in page
+    assert f">{label}</a>" in client.get("/admin/delivery/dispatch/").content.decode()
+    client.force_login(admin_erin)
+    assert f">{label}</a>" in client.get("/admin/").content.decode()  # the dispatches running
+
+
+def test_the_report_draws_and_exports_its_times_in_the_campaigns_zone(client, make_campaign, viewer_carol, team):
+    import datetime as dt
+    import json
+
+    from tests.delivery.reporting import sent_dispatch
+
+    campaign = make_campaign(time_zone="Asia/Kolkata")  # UTC+05:30
+    dispatch = sent_dispatch(team, kind="campaign", source_id=campaign.pk)
+    Dispatch.objects.filter(pk=dispatch.pk).update(created_at=dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC))
+
+    def drawn(url):
+        page = client.get(url).content.decode()
+        start = page.index(">", page.index('id="pd-report-data"')) + 1
+        return json.loads(page[start : page.index("</script>", start)])["timeline"], page
+
+    client.force_login(viewer_carol)
+    for url in (f"/admin/campaigns/campaign/{campaign.pk}/change/", f"/admin/delivery/dispatch/{dispatch.pk}/change/"):
+        timeline, page = drawn(url)
+        # Accepted at 10:15, 10:25 and 11:15 UTC: 15:45, 15:55 and 16:45 in Kolkata.
+        assert timeline["labels"] == ["2026-11-28 15:00", "2026-11-28 16:00", "2026-11-28 17:00"], url
+        assert timeline["accepted"] == [2, 1, 0], url
+        assert "Accepted and opened per hour, in Asia/Kolkata" in page, url
+    assert _shown(page, "created") == "Created at: 2026-11-28 15:30 (Asia/Kolkata)"  # the dispatch's, as its chart
+
+    exported = client.get(f"/admin/campaigns/campaign/{campaign.pk}/report.csv").content.decode()
+    rows = list(csv.reader(io.StringIO(exported)))
+    header = rows.index(["dispatch", "label", "status", "created_at", "targeted", "accepted", "opened"])
+    created = rows[header + 1][3]
+    assert created == "2026-11-28T15:30:00+05:30"
+    assert dt.datetime.fromisoformat(created) == dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)

@@ -442,3 +442,51 @@ def test_a_weekly_local_time_send_approved_in_the_last_zone_s_window_still_reach
     )
     campaign.refresh_from_db()
     assert campaign.next_occurrence_at == began + dt.timedelta(weeks=1)
+
+
+def test_the_migration_labels_the_dispatches_sent_before_as_their_schedule_was_entered(make_campaign, approve):
+    """Dispatches labelled with their occurrence's moment in UTC (for a local-time send, when UTC+14
+    got there) are labelled as the schedule was entered; a label written otherwise is left alone."""
+    import importlib
+    from zoneinfo import ZoneInfo
+
+    from django.apps import apps
+
+    forwards = importlib.import_module("campaigns.migrations.0012_dispatch_labels_as_entered").forwards
+    paris = ZoneInfo("Europe/Paris")
+    zoned = approve(make_campaign(name="Paris v2 sale", schedule_kind="at", send_at=T0, time_zone="Europe/Paris"))
+    ten = dt.datetime(2026, 11, 25, 10, 0, tzinfo=paris)
+    local = make_campaign(name="Local", schedule_kind="at", send_at=ten, time_zone="Europe/Paris", at_local_time=True)
+    local = approve(local, now=ten - dt.timedelta(days=2))
+    dispatches = {}
+    for campaign in (zoned, local):
+        (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=campaign.next_occurrence_at)
+        old = f"{campaign.name} v1 @ {occurrence.due_at:%Y-%m-%d %H:%M} UTC"  # as they were labelled
+        Dispatch.objects.filter(pk=occurrence.dispatch_id).update(label=old)
+        dispatches[campaign.name] = occurrence.dispatch_id
+    assert Dispatch.objects.get(pk=dispatches["Local"]).label == "Local v1 @ 2026-11-24 20:00 UTC"
+    renamed = Occurrence.objects.get(campaign=zoned).dispatch
+    mismatched = Dispatch.objects.create(
+        app=renamed.app,
+        kind="campaign",
+        source_id=zoned.pk,
+        content_spec={},
+        label="Paris v2 sale v1 @ 2026-11-25 10:00 UTC",
+    )
+
+    forwards(apps, None)
+
+    assert (
+        Dispatch.objects.get(pk=dispatches["Paris v2 sale"]).label
+        == "Paris v2 sale v1 @ 2026-11-25 10:00 (Europe/Paris)"
+    )
+    assert (
+        Dispatch.objects.get(pk=dispatches["Local"]).label == "Local v1 @ 2026-11-25 10:00 at each profile's local time"
+    )
+    assert (
+        Dispatch.objects.get(pk=mismatched.pk).label == "Paris v2 sale v1 @ 2026-11-25 10:00 UTC"
+    )  # no occurrence of it
+    forwards(apps, None)  # run again: nothing left to rewrite
+    assert (
+        Dispatch.objects.get(pk=dispatches["Local"]).label == "Local v1 @ 2026-11-25 10:00 at each profile's local time"
+    )
