@@ -8,7 +8,9 @@ hash-joined by profile to the goal's events (read index-only from the events' (n
 INCLUDE (profile_id) index): per group, the profiles reached and those that converted.
 
 The holdout is sent nothing: its anchor is the time its row was settled, when the others were
-sent. Rates carry a Wilson score interval; each variant's uplift against the holdout carries
+sent. Its rows are only those that would have been sent (a phone that allows notifications; the
+others keep ``no_device`` / ``not_opted_in``, as in the variants), so it is compared with the
+variants' reached profiles on the same footing: profiles a push could reach. Rates carry a Wilson score interval; each variant's uplift against the holdout carries
 Newcombe's interval for a difference of two proportions (built from the two Wilson intervals).
 """
 
@@ -99,7 +101,8 @@ def conversion_check(*, event: str, where: list, window_hours: int, anchor: str)
 
 def reached_rows(of: list[int]):
     """The rows of dispatches ``of`` that reached their profile: accepted by the provider, or a
-    holdout row (variant 0, skipped)."""
+    holdout row (variant 0, skipped: a phone that allows notifications, which the holdout kept
+    from the push)."""
     from delivery.models import Delivery
 
     holdout = Q(variant=0, status=Delivery.Status.SKIPPED, reason="holdout")

@@ -402,7 +402,12 @@ def _charts(ids: list[int], tz: dt.tzinfo) -> dict:
         if outcome in ("failed", "skipped"):
             key = (outcome, row["reason"] or "unspecified")
             reasons[key] = reasons.get(key, 0) + n
-            if outcome == "skipped" and row["reason"] in UNREACHABLE_REASONS:
+            if outcome == "skipped" and (
+                row["reason"] in UNREACHABLE_REASONS
+                # A holdout row without a device: written by a resolve before the holdout took only
+                # the rows that would be sent (a phone not opted in is not told apart there).
+                or (row["reason"] == "holdout" and row["platform"] == "none")
+            ):
                 unreachable += n
     totals = {name: sum(platforms[p][name] for p in PLATFORMS) for name in OUTCOMES}
     shown = [p for p in PLATFORMS if platforms[p]["targeted"]]

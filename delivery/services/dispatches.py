@@ -205,15 +205,19 @@ def _resolve_rows_sql(
     platform, for the rollup) and its parameters: the app's test devices for a test send, else
     each profile of the audience with its devices of the app (or none); only the profiles whose
     ids are ``profiles_between`` (inclusive) when given, for a slice of a resolve."""
-    # A holdout row is skipped whatever its device: the control group gets nothing, and is counted.
+    # The holdout (the control group) gets nothing, and is counted. Only a row that would be sent
+    # is held out: a row without a device or with a phone not opted in keeps that reason, as in
+    # every variant. A variant's profiles count as reached only when a push was accepted, so a
+    # holdout that kept the unreachable would weigh profiles no push could reach against profiles
+    # one did, and the reports' "reachable" would count them.
     holdout = f"COALESCE(p.variant, -1) = {HOLDOUT}"
     status_sql = (
-        f"CASE WHEN {holdout} OR dev.id IS NULL THEN '{DS.SKIPPED}' WHEN dev.push_enabled THEN '{DS.QUEUED}' "
+        f"CASE WHEN dev.id IS NULL OR {holdout} THEN '{DS.SKIPPED}' WHEN dev.push_enabled THEN '{DS.QUEUED}' "
         f"ELSE '{DS.SKIPPED}' END"
     )
     reason_sql = (
-        f"CASE WHEN {holdout} THEN 'holdout' WHEN dev.id IS NULL THEN 'no_device' "
-        "WHEN dev.push_enabled THEN '' ELSE 'not_opted_in' END"
+        f"CASE WHEN dev.id IS NULL THEN 'no_device' WHEN NOT dev.push_enabled THEN 'not_opted_in' "
+        f"WHEN {holdout} THEN 'holdout' ELSE '' END"
     )
     finished_sql = f"CASE WHEN dev.id IS NOT NULL AND dev.push_enabled AND NOT {holdout} THEN NULL ELSE %s END"
 
@@ -384,7 +388,8 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
     that died part-way are deleted and written again). The rows are counted into the rollup as
     they are written (on PostgreSQL, by the same statement).
     Every targeted profile gets a row: its devices (``queued``, or ``skipped`` / ``not_opted_in``)
-    or one ``skipped`` / ``no_device`` row. With ``send_inline``, a dispatch small enough for one
+    or one ``skipped`` / ``no_device`` row; in the holdout, the rows that would be queued are
+    ``skipped`` / ``holdout``. With ``send_inline``, a dispatch small enough for one
     send task is left to the caller (returns True), which saves a trip through the queue.
     """
     if instance_refuses(action=f"prepare dispatch {dispatch_id}"):

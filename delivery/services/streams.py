@@ -218,8 +218,8 @@ def stream_append(
     rows). ``source_lock`` is a ``SELECT`` of the source row under its gate's conditions that
     holds what a stop waits for (the row ``FOR SHARE``, or a shared advisory lock); no row is written unless it returns one and the dispatch is still sending.
     Every recipient gets a row per active device of the app (``queued``, or ``skipped`` with
-    ``not_opted_in``), or one ``skipped`` / ``no_device`` row; a recipient in the holdout
-    (variant 0) gets them all ``skipped`` / ``holdout``. ``rules`` (the app's, for marketing
+    ``not_opted_in``), or one ``skipped`` / ``no_device`` row; in the holdout (variant 0), the
+    rows that would be queued are ``skipped`` / ``holdout``. ``rules`` (the app's, for marketing
     streams) hold rows in quiet hours and skip those over the frequency cap.
     The recipients are ``Recipient`` profiles, or (``named``, PostgreSQL only) distinct external
     ids that the statement itself looks up: a name no profile has gets no row, and each row
@@ -341,8 +341,9 @@ def _append_sql(lock_sql: str, *, named: bool) -> str:
         "provider_message_id, attempts, finished_at, next_attempt_at, queued_at, context, expires_at, variant) "
         "SELECT d.id, dev.id, v.profile_id, "
         f"CASE WHEN {_SKIP} THEN 'skipped' ELSE 'queued' END, "
-        "CASE WHEN v.variant = 0 THEN 'holdout' WHEN dev.id IS NULL THEN 'no_device' "
-        "WHEN NOT dev.push_enabled THEN 'not_opted_in' WHEN v.quiet_skip THEN 'quiet_hours' ELSE '' END, '', 0, "
+        # The holdout takes only rows that would be sent (delivery.services.dispatches says why).
+        "CASE WHEN dev.id IS NULL THEN 'no_device' WHEN NOT dev.push_enabled THEN 'not_opted_in' "
+        "WHEN v.variant = 0 THEN 'holdout' WHEN v.quiet_skip THEN 'quiet_hours' ELSE '' END, '', 0, "
         f"CASE WHEN {_SKIP} THEN %s END, v.hold_until, %s, v.context, "
         # The TTL runs from the call (or from the end of a quiet-hours hold), not from the stream's start;
         # a variant's own content says how long.
@@ -395,12 +396,12 @@ def _append_portable(*, dispatch_id, app_id, recipients, source_lock, rules, now
         ttl = int(dispatch.spec_for(recipient.variant).get("ttl_seconds") or 0)
         for device in devices.get(recipient.profile_id) or [None]:
             if recipient.variant == 0 or device is None or not device.push_enabled or quiet:
-                if recipient.variant == 0:
-                    reason = "holdout"
-                elif device is None:
+                if device is None:
                     reason = "no_device"
+                elif not device.push_enabled:
+                    reason = "not_opted_in"
                 else:
-                    reason = "not_opted_in" if not device.push_enabled else "quiet_hours"
+                    reason = "holdout" if recipient.variant == 0 else "quiet_hours"
                 status, finished = DS.SKIPPED, now
             else:
                 status, reason, finished = DS.QUEUED, "", None

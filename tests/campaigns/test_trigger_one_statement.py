@@ -171,17 +171,20 @@ def test_variants_and_the_holdout_are_assigned_by_the_statement_as_the_lookup_as
     looked_up, queries = _post(trigger_client, campaign, calls[1])
     assert any(LOOKUP in sql for sql in queries)
     assert _without_ids(looked_up.json()) == _without_ids(second.json())
-    rows = Delivery.objects.filter(dispatch_id=second.json()["dispatch"]).select_related("profile")
+    rows = Delivery.objects.filter(dispatch_id=second.json()["dispatch"]).select_related("profile", "device")
     assert {r.variant for r in rows} == {0, 1, 2}
     frozen = Dispatch.objects.get(pk=second.json()["dispatch"]).variants
     for row in rows:
         assert row.variant == variant_for(row.profile_id, salt=campaign.pk, variants=frozen, holdout_share=20)
         if row.variant == 0:
-            assert (row.status, row.reason) == ("skipped", "holdout")
-    held = {r.profile.external_id for r in rows if r.variant == 0}
+            # The holdout takes the phones a push could reach; the others keep their own reason.
+            reason = "no_device" if row.device is None else "holdout" if row.device.push_enabled else "not_opted_in"
+            assert (row.status, row.reason) == ("skipped", reason)
+    held = {r.profile.external_id for r in rows if r.reason == "holdout"}
     unreachable = ("no_device", "not_opted_in")
     reported = {p["external_id"] for p in second.json()["problems"] if p["code"] in unreachable}
-    assert reported and not reported & held  # the holdout is not reported unreachable
+    assert reported == {r.profile.external_id for r in rows if r.reason in unreachable} & set(second_ids)
+    assert not reported & held  # the holdout is not reported unreachable
 
 
 @pytest.mark.django_db(transaction=True)

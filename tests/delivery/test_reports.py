@@ -153,3 +153,88 @@ def test_step_series_sum_the_skips_of_each_step():
             "exited": [0, 4],
         },
     }
+
+
+@pytest.mark.embedded
+def test_the_funnels_reachable_leaves_out_the_held_out_profiles_no_push_could_reach():
+    """40 targeted: 10 with a phone that allows notifications, 5 with one that does not, 25 with
+    none; two variants of 25% and a holdout of 50%. The holdout takes only the phones a push could
+    reach (the others keep their own reason, as in the variants), so the funnel's reachable is
+    those 10, and the conversions' holdout (``reached_rows``) holds only profiles a push could reach."""
+    from delivery.conversions import reached_rows
+    from delivery.models import Dispatch
+    from delivery.services.dispatches import dispatch_prepare
+    from tests.factories import ProfileFactory, PushContentFactory, SegmentFactory, SegmentMemberFactory
+
+    app = AppFactory()
+    content = PushContentFactory(app=app)
+    segment = SegmentFactory(kind="static", rules=None)
+    phones = {}
+    for n in range(40):
+        profile = ProfileFactory()
+        SegmentMemberFactory(segment=segment, profile=profile)
+        if n < 15:
+            phones[profile.pk] = DeviceFactory(profile=profile, app=app, platform="ios", push_enabled=n < 10)
+    variants = [
+        {"number": n, "label": label, "content_id": content.pk, "share": 25, "spec": content.spec()}
+        for n, label in ((1, "A"), (2, "B"))
+    ]
+    dispatch = Dispatch.objects.create(
+        app=app,
+        kind=Dispatch.Kind.CAMPAIGN,
+        source_id=content.pk,
+        content_spec=content.spec(),
+        segment_id=segment.pk,
+        variants=variants,
+        holdout_share=50,
+        label="A/B",
+    )
+    dispatch_prepare(dispatch_id=dispatch.pk)
+
+    rows = list(Delivery.objects.filter(dispatch=dispatch))
+    assert len(rows) == 40
+    for row in rows:
+        phone = phones.get(row.profile_id)
+        if phone is None:
+            expected = ("skipped", "no_device")
+        elif not phone.push_enabled:
+            expected = ("skipped", "not_opted_in")
+        else:
+            expected = ("skipped", "holdout") if row.variant == 0 else ("queued", "")
+        assert (row.status, row.reason) == expected, (row.variant, phone)
+    held_out = {row.profile_id for row in rows if row.variant == 0}
+    assert held_out - set(phones) and held_out & {pk for pk, phone in phones.items() if phone.push_enabled}
+
+    funnel = report_charts(dispatch_ids=[dispatch.pk], tz=dt.UTC)["funnel"]
+    assert funnel["values"][:2] == [40, 10]
+    reached = set(reached_rows([dispatch.pk]).filter(variant=0).values_list("profile_id", flat=True))
+    assert reached == {pk for pk in held_out if pk in phones and phones[pk].push_enabled}
+
+
+@pytest.mark.embedded
+def test_a_holdout_row_without_a_device_written_before_is_not_counted_reachable():
+    """Rows a resolve wrote when the holdout took every profile: its rows without a device (the
+    rollup's platform "none") are not reachable either."""
+    from delivery.models import Dispatch
+    from tests.factories import ProfileFactory
+
+    app = AppFactory()
+    dispatch = Dispatch.objects.create(app=app, kind="campaign", content_spec={"title": "Hi"}, status="done")
+    phone, other = DeviceFactory(app=app, platform="ios"), DeviceFactory(app=app, platform="android")
+    for device, status, reason, variant in (
+        (None, "skipped", "holdout", 0),
+        (phone, "skipped", "holdout", 0),
+        (other, "accepted", "", 1),
+    ):
+        profile = device.profile if device else ProfileFactory()
+        Delivery.objects.create(
+            dispatch=dispatch,
+            device=device,
+            profile=profile,
+            status=status,
+            reason=reason,
+            variant=variant,
+            finished_at=T0,
+        )
+    rollup_rebuild(dispatch_ids=[dispatch.pk])
+    assert report_charts(dispatch_ids=[dispatch.pk], tz=dt.UTC)["funnel"]["values"] == [3, 2, 1, 0]
