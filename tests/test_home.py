@@ -31,11 +31,11 @@ def bank():
     return AppFactory(name="Bank")
 
 
-def make_sends(app, outcomes, *, finished_at, label="Run", status="done", opened=0):
+def make_sends(app, outcomes, *, finished_at, label="Run", status="done", opened=0, kind="campaign"):
     """A dispatch of ``app`` with one row per (status, reason, platform), finished at ``finished_at``."""
     dispatch = Dispatch.objects.create(
         app=app,
-        kind="campaign",
+        kind=kind,
         label=label,
         content_spec=PushContentFactory(app=app).spec(),
         status=status,
@@ -127,6 +127,51 @@ def test_administrator_sees_provider_health_queue_and_running_dispatches(client,
     assert f'href="/admin/delivery/dispatch/{running.pk}/change/"' in html
     assert f'href="/admin/delivery/app/{shop.pk}/change/"' in html
     assert 'id="pd-queue-depth"' in html
+
+
+def test_test_sends_are_left_out_of_every_figure_of_the_last_24_hours(client, manager_alice, shop):
+    """A test send goes to the app's test devices, not to an audience: none of its rows is counted,
+    so accepted never exceeds targeted."""
+    now = timezone.now()
+    make_sends(shop, [("accepted", "", "ios")] * 2 + [("skipped", "no_device", "none")], finished_at=now, opened=1)
+    make_sends(
+        shop,
+        [("accepted", "", "ios")] * 3 + [("failed", "BadDeviceToken", "android"), ("skipped", "not_opted_in", "ios")],
+        finished_at=now,
+        opened=2,
+        kind="test",
+    )
+    client.force_login(manager_alice)
+    sends = _sends(client.get("/admin/"))
+    assert sends["totals"] == {"targeted": 3, "accepted": 2, "failed": 0, "skipped": 1, "opened": 1}
+    assert sends["skipped_by_reason"] == [["no_device", 1]]
+
+
+def test_provider_health_shows_unknown_rows_apart_from_the_errors(client, admin_erin, shop):
+    """A row left unknown (a worker lost mid-send, a connection dropped after the message went out)
+    may have been delivered: it is neither an error nor in the error rate."""
+    now = timezone.now()
+    lost = "transport:timeout (may have been delivered)"
+    make_sends(
+        shop,
+        [("accepted", "", "ios")] * 3
+        + [("failed", "BadDeviceToken", "ios")]
+        + [("unknown", "lease_expired", "ios")] * 2
+        + [("unknown", lost, "ios")],
+        finished_at=now - dt.timedelta(minutes=10),
+    )
+    client.force_login(admin_erin)
+    response = client.get("/admin/")
+    (row,) = response.context["home"]["health"]
+    assert (row["accepted"], row["errors"], row["unknown"], row["error_rate"]) == (3, 1, 3, 25.0)
+    assert row["reasons"] == [("BadDeviceToken", 1)]
+    assert row["unknown_reasons"] == [("lease_expired", 2), (lost, 1)]
+    html = response.content.decode()
+    assert "<th>Unknown (maybe delivered)</th>" in html
+    assert (
+        '<td data-health="errors">1</td><td data-health="error-rate">25.0%</td><td data-health="unknown">3</td>' in html
+    )
+    assert f"BadDeviceToken 1; unknown: lease_expired 2, {lost} 1</td>" in html
 
 
 def test_queue_state_reports_depth_and_the_oldest_tasks_age():
