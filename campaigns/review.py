@@ -77,8 +77,11 @@ def next_send_text(campaign: Campaign) -> str:
     return f"{wall:%Y-%m-%d %H:%M} at each profile's local time, from {when}"
 
 
-def audience_text(*, segment_id: int | None, app_id: int, label: str = "") -> str:
-    """The audience and its size now, as profiles → reachable in the app → opted in.
+def audience_text(
+    *, segment_id: int | None, app_id: int, label: str = "", holdout_share: int = 0, purpose: str = "marketing"
+) -> str:
+    """The audience and its size now, as profiles → reachable in the app → opted in, then what the
+    holdout and the app's delivery rules take from it (``reach_text``).
 
     The reviewer sees it through the campaign they review, whether or not they were granted the
     segment itself.
@@ -86,9 +89,39 @@ def audience_text(*, segment_id: int | None, app_id: int, label: str = "") -> st
     from audiences.selectors import audience_reach
 
     segment, instead = _audience_segment(segment_id, label=label)
-    if instead:
-        return instead
-    return f"{segment}: {audience_reach(segment=segment, app_id=app_id).text()}"
+    if segment is None and segment_id is not None:
+        return instead  # deleted
+    reach = audience_reach(segment=segment, app_id=app_id) if segment is not None else None
+    figures = reach_text(reach, app_id=app_id, holdout_share=holdout_share, purpose=purpose)
+    return f"{segment}: {figures}" if segment is not None else figures
+
+
+def reach_text(reach, *, app_id: int, holdout_share: int, purpose: str, age: str = "") -> str:
+    """What a campaign's send will reach, as the campaign page and the approver's review both say
+    it: the audience's size (``reach``: profiles → reachable → opted in; None: recipients named by
+    each API call) with ``age`` after it, then about how many are sent after the holdout (its share
+    of the opted in: the holdout takes only profiles a push could reach), and for a marketing
+    campaign the app's frequency cap and quiet hours, named with their values, that may hold some
+    back. Their effect is not counted: it depends on the time of the send and on the sends before
+    it. A transactional campaign bypasses them, and says so.
+    """
+    from delivery.models import DeliveryRules
+    from delivery.rules import rules_text
+
+    size = reach.text() if reach is not None else "Recipients named by each API call"
+    if age:
+        size += f" ({age})"
+    if holdout_share and reach is not None:
+        size += f" → ≈ {round(reach.opted_in * (100 - holdout_share) / 100):,} after the {holdout_share}% holdout"
+    elif holdout_share:
+        size += f", {holdout_share}% of them held out"
+    parts = [size]
+    rules = rules_text(DeliveryRules.objects.filter(app_id=app_id).first())
+    if rules and purpose == Campaign.Purpose.TRANSACTIONAL:
+        parts.append(f"transactional: it bypasses {rules}")
+    elif rules:
+        parts.append(f"{rules} may hold some back")
+    return "; ".join(parts) + ("." if reach is None else "")
 
 
 def _audience_segment(segment_id: int | None, *, label: str = ""):
@@ -114,21 +147,27 @@ def audience_kept_text(campaign, *, count: bool = False) -> str:
     from audiences.services.segments import segment_reach_keep
 
     segment, instead = _audience_segment(campaign.segment_id)
-    if instead:
-        return instead
+    if segment is None:
+        if campaign.segment_id is not None:
+            return instead  # deleted
+        return reach_text(None, app_id=campaign.app_id, holdout_share=campaign.holdout_share, purpose=campaign.purpose)
     kept = None if count else reach_kept(segment, campaign.app_id)
     if kept is None:
         reach = audience_reach(segment=segment, app_id=campaign.app_id)
         segment_reach_keep(segment_id=segment.pk, app=campaign.app, reach=reach)
-        return f"{segment}: {reach.text()} (counted just now)"
-    reach, at = kept
-    if at is None:
-        age = "counted earlier"
-    elif timezone.now() - at < dt.timedelta(minutes=1):
-        age = "counted under a minute ago"
+        age = "counted just now"
     else:
-        age = f"counted {timesince(at)} ago"
-    return f"{segment}: {reach.text()} ({age})"
+        reach, at = kept
+        if at is None:
+            age = "counted earlier"
+        elif timezone.now() - at < dt.timedelta(minutes=1):
+            age = "counted under a minute ago"
+        else:
+            age = f"counted {timesince(at)} ago"
+    figures = reach_text(
+        reach, app_id=campaign.app_id, holdout_share=campaign.holdout_share, purpose=campaign.purpose, age=age
+    )
+    return f"{segment}: {figures}"
 
 
 def definition_text(definition: dict) -> str:
@@ -249,7 +288,16 @@ def version_rows(version: dict, *, app_id: int, now: dt.datetime) -> list[tuple[
     view = ApprovedVersion.from_snapshot(version)
     rows = [
         ("Kind and purpose", f"{Campaign.Kind(fields['kind']).label}, {Campaign.Purpose(fields['purpose']).label}"),
-        ("Audience", audience_text(segment_id=fields["segment_id"], app_id=app_id, label=labels.get("segment", ""))),
+        (
+            "Audience",
+            audience_text(
+                segment_id=fields["segment_id"],
+                app_id=app_id,
+                label=labels.get("segment", ""),
+                holdout_share=version.get("holdout_share") or 0,
+                purpose=fields["purpose"],
+            ),
+        ),
         ("Audience definition", definition_text(version.get("audience_definition") or {})),
         ("Schedule", schedule_text(view, now=now)),
         (

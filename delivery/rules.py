@@ -41,6 +41,27 @@ def rules_apply(*, dispatch: Dispatch, now: dt.datetime) -> dict[str, int]:
     return {reason: n for reason, n in held.items() if n}
 
 
+def rules_text(rules: DeliveryRules | None) -> str:
+    """The app's rules in words, naming their values: "the app's frequency cap (at most 1 push per
+    profile in 24 h) and quiet hours (22:00–08:00 in each profile's time zone, UTC without one;
+    held until they end)"; "" when the app has neither."""
+    if rules is None:
+        return ""
+    parts = []
+    if rules.frequency_cap:
+        pushes = "push" if rules.frequency_cap == 1 else "pushes"
+        parts.append(
+            f"frequency cap (at most {rules.frequency_cap:,} {pushes} per profile in {rules.frequency_window_hours:,} h)"
+        )
+    if rules.has_quiet_hours:
+        mode = "held until they end" if rules.quiet_mode == DeliveryRules.QuietMode.DELAY else "skipped"
+        parts.append(
+            f"quiet hours ({rules.quiet_start:%H:%M}–{rules.quiet_end:%H:%M} in each profile's time zone, "
+            f"{rules.default_timezone} without one; pushes {mode})"
+        )
+    return "the app's " + " and ".join(parts) if parts else ""
+
+
 # The advisory lock class of the frequency cap (its object id is the app's): a constant of ours.
 _CAP_LOCK_CLASS = 0x50C4
 # What the cap counts, in a resolve's cap (below) and a trigger's (delivery.services.streams), over

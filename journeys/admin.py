@@ -11,14 +11,14 @@ from django.utils.safestring import mark_safe
 from accounts.admin.bases import ActiveStatusFilter, BigTableAdmin, ObjectAccessAdminMixin, ScopedAdmin
 from accounts.admin.lifecycle import LifecycleAdminMixin
 from accounts.json_values import JsonValueFormField
-from accounts.selectors import approval_current, visible_to
+from accounts.selectors import approval_current, in_scope
 from accounts.services import TransitionError
 from config.zones import zoned, zoned_column
 from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
 from journeys.diagram import WAIT_UNITS, duration_parts, version_svg
 from journeys.graph import DAY_SECONDS, GraphInvalid, graph_validate
 from journeys.models import Enrollment, Journey, JourneyVersion
-from journeys.review import content_names, entry_text
+from journeys.review import content_names, entry_audience_text, entry_text
 from journeys.selectors import (
     enrollments_visible_to,
     journey_actions,
@@ -230,7 +230,6 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     def get_form(self, request, obj=None, change=False, **kwargs):
         from audiences.admin.segments import builder_meta
         from audiences.models import Segment
-        from audiences.selectors import segments_visible_to
         from delivery.models import PushContent
 
         form = super().get_form(request, obj, change=change, **kwargs)
@@ -243,7 +242,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
 
             def __init__(self, *args, **kw):
                 super().__init__(*args, **kw)
-                segments = segments_visible_to(request.user).order_by("name")
+                segments = in_scope(request.user, Segment.objects.order_by("name"))
                 shown = (admin_self._open_version(request, obj) or obj.live_version) if obj is not None else None
                 self.kept = shown
                 if shown is not None and shown.entry_segment_id:
@@ -251,7 +250,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
                     segments = segments | Segment.objects.filter(pk=shown.entry_segment_id)
                 if "entry_segment" in self.fields:
                     self.fields["entry_segment"].queryset = segments
-                contents = visible_to(request.user, PushContent.objects.select_related("app")).order_by("name")
+                contents = in_scope(request.user, PushContent.objects.select_related("app")).order_by("name")
                 if obj is not None:
                     contents = contents.filter(app=obj.app)
                 meta = {
@@ -275,7 +274,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         from delivery.models import App
 
         if db_field.name == "app":
-            kwargs["queryset"] = visible_to(request.user, App.objects.all())
+            kwargs["queryset"] = in_scope(request.user, App.objects.all())
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_readonly_fields(self, request, obj=None):
@@ -365,14 +364,14 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
 
     @admin.display(description="Who enters")
     def entry_audience(self, obj):
-        """The entry segment's size as profiles → reachable in the journey's app → opted in."""
-        from audiences.selectors import audience_reach
-
+        """The entry segment's size as profiles → reachable in the journey's app → opted in, as the
+        approver's review shows it (``entry_audience_text``)."""
         version = self._shown_version(obj)
-        if version is None or version.entry_kind != version.EntryKind.SEGMENT or version.entry_segment is None:
-            return "Profiles enter when the event arrives." if version is not None else "—"
-        reach = audience_reach(segment=version.entry_segment, app_id=obj.app_id)
-        return format_html('<span id="entry-audience">{}: {}</span>', version.entry_segment, reach.text())
+        if version is None:
+            return "—"
+        if version.entry_kind != version.EntryKind.SEGMENT or version.entry_segment is None:
+            return entry_audience_text(version, app_id=obj.app_id)
+        return format_html('<span id="entry-audience">{}</span>', entry_audience_text(version, app_id=obj.app_id))
 
     @admin.display(description="Conversion event")
     def conversion_goal(self, obj):

@@ -21,6 +21,17 @@ def entry_text(version: JourneyVersion) -> str:
     return text
 
 
+def entry_audience_text(version: JourneyVersion, *, app_id: int) -> str:
+    """Who enters the version, as the journey page and the approver's review both say it: the entry
+    segment's size now as profiles → reachable in the journey's app → opted in (one count of the
+    audience), or that profiles enter when the event arrives."""
+    from audiences.selectors import audience_reach
+
+    if version.entry_kind != JourneyVersion.EntryKind.SEGMENT or version.entry_segment is None:
+        return "Profiles enter when the event arrives."
+    return f"{version.entry_segment}: {audience_reach(segment=version.entry_segment, app_id=app_id).text()}"
+
+
 def content_names(version: JourneyVersion) -> dict:
     from delivery.models import PushContent
 
@@ -65,6 +76,7 @@ def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: Use
             ("Journey", f"{journey.name} — version {version.number}{replaces}"),
             ("App", journey.app.name),
             ("Entry", entry_text(version)),
+            ("Who enters", entry_audience_text(version, app_id=journey.app_id)),
             ("Exit criteria", f"the event '{version.exit_event}'" if version.exit_event else "none"),
         ],
     )

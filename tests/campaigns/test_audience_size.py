@@ -71,3 +71,90 @@ def test_an_api_triggered_campaign_has_no_audience_to_count(client, make_campaig
     page = _page(client, campaign)
     assert "Recipients named by each API call." in page
     assert 'id="count-audience"' not in page
+
+
+def _review(client, request):
+    return client.get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+
+
+def _audience_said(page: str, *, before: str) -> str:
+    """The audience's figures a page says after the segment's name, up to ``before``."""
+    import html
+    import re
+
+    text = html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page)))
+    start = text.index("Everyone: ") + len("Everyone: ")
+    return text[start : text.index(before, start)].strip()
+
+
+def test_the_page_and_the_review_say_what_the_holdout_leaves_and_which_rules_may_hold_some_back(
+    client, make_campaign, team, abc, manager_alice, approver_bob
+):
+    import datetime as dt_
+
+    from campaigns.services.lifecycle import campaign_submit
+    from delivery.models import DeliveryRules
+    from tests.campaigns.helpers import variants_set
+
+    DeliveryRules.objects.create(
+        app=team, frequency_cap=1, frequency_window_hours=24, quiet_start=dt_.time(22), quiet_end=dt_.time(8)
+    )
+    for _ in range(10):
+        DeviceFactory(profile=ProfileFactory(locale="fr"), app=team, platform="ios")
+    campaign = variants_set(make_campaign(content=abc[0]), manager_alice, abc[:2], [25, 25], 50)
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(approver_bob)
+    page = _page(client, campaign)
+    review = _review(client, request)
+
+    rules = (
+        "the app's frequency cap (at most 1 push per profile in 24 h) and quiet hours (22:00–08:00 in each "
+        "profile's time zone, UTC without one; pushes held until they end) may hold some back"
+    )
+    said = "10 profiles → 10 reachable (iOS 10 / Android 0) → 10 opted in"
+    assert _audience_said(page, before="Count now") == (
+        f"{said} (counted just now) → ≈ 5 after the 50% holdout; {rules}"
+    )
+    # The review counts now, and says the same of the same campaign.
+    assert _audience_said(review, before="Audience definition") == f"{said} → ≈ 5 after the 50% holdout; {rules}"
+
+
+def test_a_transactional_campaign_says_the_rules_do_not_apply_and_no_rules_say_nothing(
+    client, make_campaign, team, manager_alice, approver_bob
+):
+    from campaigns.services.lifecycle import campaign_submit
+    from delivery.models import DeliveryRules
+
+    for _ in range(3):
+        DeviceFactory(profile=ProfileFactory(locale="fr"), app=team, platform="android")
+    campaign = make_campaign()
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(approver_bob)
+    said = "3 profiles → 3 reachable (iOS 0 / Android 3) → 3 opted in"
+    assert _audience_said(_page(client, campaign), before="Count now") == f"{said} (counted just now)"
+    assert _audience_said(_review(client, request), before="Audience definition") == said
+
+    DeliveryRules.objects.create(app=team, frequency_cap=3, frequency_window_hours=48)
+    transactional = make_campaign(name="Receipts", purpose="transactional")
+    request = campaign_submit(campaign_id=transactional.pk, by=manager_alice)
+    rules = "transactional: it bypasses the app's frequency cap (at most 3 pushes per profile in 48 h)"
+    page = _audience_said(_page(client, transactional), before="Count now")
+    assert page == f"{said} (counted under a minute ago); {rules}"
+    assert _audience_said(_review(client, request), before="Audience definition") == f"{said}; {rules}"
+
+
+def test_an_api_triggered_campaign_says_its_holdout_share_and_the_rules(
+    client, make_campaign, team, abc, manager_alice
+):
+    from delivery.models import DeliveryRules
+    from tests.campaigns.helpers import variants_set
+
+    DeliveryRules.objects.create(app=team, frequency_cap=2, frequency_window_hours=24)
+    campaign = make_campaign(kind="api_triggered", segment=None, content=abc[0])
+    variants_set(campaign, manager_alice, abc[:2], [45, 45], 10)
+    client.force_login(manager_alice)
+    page = _page(client, campaign)
+    assert (
+        "Recipients named by each API call, 10% of them held out; the app's frequency cap "
+        "(at most 2 pushes per profile in 24 h) may hold some back."
+    ) in page.replace("&#x27;", "'")

@@ -467,6 +467,35 @@ def test_the_review_of_a_journey_says_when_it_was_asked_in_utc_named(login, mana
     assert "Asked by <strong>manager_alice</strong> on 2027-01-05 14:30 (UTC) " in page
 
 
+def test_the_review_of_a_journey_says_who_enters_as_its_page_does(
+    login, manager_alice, approver_bob, make_journey, team
+):
+    """The approver reads the entry segment's size, counted now, in the words of the journey page."""
+    from tests.factories import DeviceFactory
+
+    for n in range(5):
+        profile = ProfileFactory(external_id=f"who-{n}")
+        if n < 4:
+            DeviceFactory(profile=profile, app=team, platform="ios" if n % 2 else "android", push_enabled=n != 3)
+    journey = make_journey()
+    request = journey_submit(journey_id=journey.pk, by=manager_alice)
+    client = login(approver_bob)
+    said = "Everyone: 5 profiles → 4 reachable (iOS 2 / Android 2) → 3 opted in"
+    page = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert f'<span id="entry-audience">{said}</span>' in page
+    review = client.get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+    assert f"<tr><th>Who enters</th><td>{said}</td></tr>" in review
+
+
+def test_the_review_of_an_event_entry_says_profiles_enter_when_it_arrives(
+    login, manager_alice, approver_bob, make_journey
+):
+    journey = make_journey(entry_kind="event", entry_event="signed_up", entry_segment=None)
+    request = journey_submit(journey_id=journey.pk, by=manager_alice)
+    review = login(approver_bob).get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+    assert "<tr><th>Who enters</th><td>Profiles enter when the event arrives.</td></tr>" in review
+
+
 def test_an_approval_applies_only_to_the_version_the_approver_read(
     login, manager_alice, approver_bob, make_journey, vips, welcome, monkeypatch
 ):
