@@ -5,6 +5,10 @@ says where. Object access is a guardian object permission ``<app>.view_<model>``
 the user or one of their groups, on the object itself or on the App it is scoped to
 (``Model.access_scope_field``). Superusers and Administrators have every object in scope:
 they are the ones who hand out access.
+
+Whoever may decide a pending approval request also reads the app, segments and push contents its
+review shows (``visible_to``), read-only and only those pages. Anything more (a write, naming an
+object in one's own work, reading other objects through it) asks ``in_scope``, the grants alone.
 """
 
 import datetime as dt
@@ -59,25 +63,54 @@ def is_view_perm(perm: str | None) -> bool:
     return perm is None or perm.partition(".")[2].startswith("view_")
 
 
-def visible_to(user: User, queryset: QuerySet, *, perm: str | None = None) -> QuerySet:
-    """Narrow ``queryset`` to the objects the user may see.
-
-    ``perm`` is the role permission needed (default: the model's view permission). The model's
-    ``access_scope_field`` (if it has one) names the foreign key to an App: access to that App
-    reaches the object too.
-    """
-    model = queryset.model
-    if user is None or not user.is_authenticated or not user.is_active:
-        return queryset.none()
-    if not user.has_perm(perm or access_perm(model)):
-        return queryset.none()
-    if has_every_scope(user):
-        return queryset
+def _scope_q(user: User, model: type[models.Model]) -> Q:
+    """A condition on ``model``'s rows: granted to the user or one of their groups, on the row or on
+    the App its ``access_scope_field`` (if it has one) names."""
     condition = granted_q(user, model)
     scope_field = getattr(model, "access_scope_field", None)
     if scope_field:
         scope_model = model._meta.get_field(scope_field).related_model
         condition |= granted_q(user, scope_model, field=f"{scope_field}_id")
+    return condition
+
+
+def _role_allows(user: User | None, model: type[models.Model], perm: str | None) -> bool:
+    if user is None or not user.is_authenticated or not user.is_active:
+        return False
+    return user.has_perm(perm or access_perm(model))
+
+
+def in_scope(user: User, queryset: QuerySet, *, perm: str | None = None) -> QuerySet:
+    """Narrow ``queryset`` to the objects in the user's scope: granted to them or one of their
+    groups, on the object or on the App it is scoped to (every object for Superusers and
+    Administrators), when their role grants ``perm`` (default: the model's view permission).
+
+    Ask this, not ``visible_to``, whenever access authorizes more than reading the object's own
+    page: a write, naming the object in one's own work (a campaign's app, segment or content, a
+    journey's, a segment's rules, a device's app), or reading other objects through it (an app's
+    devices, a segment's imports). What a decider reads through a pending review is not in scope.
+    """
+    if not _role_allows(user, queryset.model, perm):
+        return queryset.none()
+    if has_every_scope(user):
+        return queryset
+    return queryset.filter(_scope_q(user, queryset.model))
+
+
+def visible_to(user: User, queryset: QuerySet, *, perm: str | None = None) -> QuerySet:
+    """Narrow ``queryset`` to the objects the user may see.
+
+    ``perm`` is the role permission needed (default: the model's view permission). The objects in
+    the user's scope (``in_scope``) and, for a view permission, those referenced by the pending
+    requests the user may decide (the app, segments and push contents a review shows): read-only,
+    for their pages. A check that authorizes anything else asks ``in_scope``.
+    """
+    model = queryset.model
+    if not _role_allows(user, model, perm):
+        return queryset.none()
+    if has_every_scope(user):
+        return queryset
+    condition = _scope_q(user, model)
     if is_view_perm(perm) and may_be_referenced(model):
         # Whoever may decide a request reads what its review shows, read-only.
         referenced = decidable_references(user).get(model._meta.label_lower)
@@ -116,7 +149,9 @@ def access_key(obj: models.Model, perm: str | None) -> tuple:
 
 
 def can(user: User, perm: str, obj: models.Model, *, answers: dict | None = None) -> bool:
-    """True when the user's role grants ``perm`` and the object is within their access.
+    """True when the user's role grants ``perm`` and the object is within their access: in their
+    scope, or for a view permission also read through a review (``visible_to``). A check that
+    authorizes using the object names the action's own permission, or asks ``in_scope``.
 
     ``answers`` (one page's that only reads) keeps what was found: ``visible_to`` tells two
     permissions apart only by the role's grant and by whether they view, so the object's access is
@@ -173,7 +208,15 @@ def grants_on(obj: models.Model) -> list[User | Group]:
 
 
 def can_manage_api_keys_of(by: User, owner: User) -> bool:
+    """Whether ``by`` may read and revoke ``owner``'s keys: their own, or anyone's for an Administrator."""
     return by.is_active and (by.pk == owner.pk or by.has_perm("accounts.manage_others_apikey"))
+
+
+def can_create_api_key_for(by: User, owner: User) -> bool:
+    """Whether ``by`` may create a key for ``owner``: one whose keys they manage, and a superuser
+    only for a superuser. A key acts as its owner, so an Administrator's key for a superuser would
+    let them do through the API what only a superuser may."""
+    return can_manage_api_keys_of(by, owner) and (by.is_superuser or not owner.is_superuser)
 
 
 def may_own_api_keys(user: User) -> bool:
@@ -182,11 +225,14 @@ def may_own_api_keys(user: User) -> bool:
 
 
 def api_key_owner_choices(by: User) -> QuerySet[User]:
-    """The users ``by`` may create an API key for: themself, or (Administrators) anyone whose role may own one."""
+    """The users ``by`` may create an API key for: themself, or (Administrators) anyone whose role
+    may own one, superusers only for a superuser (``can_create_api_key_for``)."""
     from django.contrib.auth.models import Permission
 
     if by.has_perm("accounts.manage_others_apikey"):
         users = User.objects.filter(is_active=True)
+        if not by.is_superuser:
+            users = users.filter(is_superuser=False)
     else:
         users = User.objects.filter(pk=by.pk, is_active=True)
     perm = Permission.objects.filter(content_type__app_label="accounts", codename="add_apikey")
@@ -346,7 +392,7 @@ def _subjects_out_of_reach(user: User, requests: list[ApprovalRequest], subjects
     deleted: one query per kind of subject."""
     reached: set[tuple[type[models.Model], object]] = set()
     for model, rows in _by_model({subjects[r.pk] for r in requests if r.pk in subjects}).items():
-        visible = visible_to(user, model._default_manager.filter(pk__in=[row.pk for row in rows]))
+        visible = in_scope(user, model._default_manager.filter(pk__in=[row.pk for row in rows]))
         reached |= {(model, pk) for pk in visible.values_list("pk", flat=True)}
     return {r.pk for r in requests if r.pk not in subjects or (type(subjects[r.pk]), subjects[r.pk].pk) not in reached}
 
@@ -506,7 +552,7 @@ def policy_approver_problems(*, users, groups, app_ids, campaigns: bool, journey
             problems.append(f"None of its approvers ({names}) has a role that may approve {noun}.")
             continue
         for app in app_model.objects.filter(pk__in=app_ids) if app_ids else []:
-            if not any(visible_to(p, app_model.objects.filter(pk=app.pk)).exists() for p in deciders):
+            if not any(in_scope(p, app_model.objects.filter(pk=app.pk)).exists() for p in deciders):
                 problems.append(f"None of the approvers who may approve {noun} has access to the app '{app}'.")
     return problems
 

@@ -18,6 +18,7 @@ from accounts.selectors import (
     approval_policies_active,
     approver_standing,
     can,
+    can_create_api_key_for,
     can_manage_api_keys_of,
     may_own_api_keys,
     policy_approver_problems,
@@ -156,12 +157,15 @@ def api_key_create(
 ) -> tuple[ApiKey, str]:
     """Create a key for ``user`` and return it with the raw key, which is never stored or shown again.
 
-    Raises PermissionDenied when ``by`` may not create keys for ``user``, ValidationError
-    when ``user``'s role may not own keys (Viewers, users without a role), on an unknown scope,
-    no scope, or an expiry in the past.
+    Raises PermissionDenied when ``by`` may not create keys for ``user`` (someone else's, unless
+    an Administrator; a superuser's, unless a superuser), ValidationError when ``user``'s role may
+    not own keys (Viewers, users without a role), on an unknown scope, no scope, or an expiry in
+    the past.
     """
     if not can_manage_api_keys_of(by, user):
         raise PermissionDenied("You may only create API keys for yourself.")
+    if not can_create_api_key_for(by, user):
+        raise PermissionDenied("Only a superuser creates API keys for a superuser.")
     if not by.has_perm("accounts.add_apikey"):
         raise PermissionDenied("Your role may not create API keys.")
     if not may_own_api_keys(user):

@@ -11,7 +11,7 @@ from django.db.models.expressions import RawSQL
 from django.http import Http404
 
 from accounts.models import User
-from accounts.selectors import has_every_scope, visible_to
+from accounts.selectors import has_every_scope, in_scope, visible_to
 from audiences.models import Event, Import, Profile, Segment, SegmentMember
 from audiences.rules.compiler import Compiler, segment_profiles
 from audiences.rules.schema import DATE_RE, RulesInvalid, device_model
@@ -47,13 +47,14 @@ def events_visible_to(user: User) -> QuerySet[Event]:
 
 
 def imports_visible_to(user: User) -> QuerySet[Import]:
-    """Administrators see every import; others their own and those feeding a segment they may see."""
+    """Administrators see every import; others their own and those feeding a segment in their scope
+    (``in_scope``): reading a segment through a review shows none of its imports."""
     if user is None or not user.is_active or not user.has_perm("audiences.view_import"):
         return Import.objects.none()
     qs = Import.objects.select_related("segment", "created_by")
     if has_every_scope(user):
         return qs
-    return qs.filter(created_by=user) | qs.filter(segment__in=segments_visible_to(user).values("pk"))
+    return qs.filter(created_by=user) | qs.filter(segment__in=in_scope(user, Segment.objects.all()).values("pk"))
 
 
 def profile_memberships(user: User, profile: Profile, *, limit: int = 100) -> list[Segment]:

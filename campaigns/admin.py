@@ -14,7 +14,7 @@ from django.utils.safestring import mark_safe
 
 from accounts.admin.bases import ActiveStatusFilter, KeptChoiceField, ObjectAccessAdminMixin, ScopedAdmin, page_answers
 from accounts.admin.lifecycle import LifecycleAdminMixin
-from accounts.selectors import approval_current, can, visible_to
+from accounts.selectors import approval_current, can, in_scope
 from accounts.services import TransitionError
 from campaigns import winner_admin
 from campaigns.models import Campaign, Occurrence
@@ -343,13 +343,14 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         return fieldsets
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
-        from audiences.selectors import segments_visible_to
+        from audiences.models import Segment
         from delivery.models import App, PushContent
 
+        # What the user may name (``in_scope``): not what they read through a review.
         querysets = {
-            "app": lambda: visible_to(request.user, App.objects.all()),
-            "segment": lambda: segments_visible_to(request.user),
-            "content": lambda: visible_to(request.user, PushContent.objects.select_related("app")),
+            "app": lambda: in_scope(request.user, App.objects.all()),
+            "segment": lambda: in_scope(request.user, Segment.objects.all()),
+            "content": lambda: in_scope(request.user, PushContent.objects.select_related("app")),
         }
         if db_field.name in querysets:
             kwargs["queryset"] = querysets[db_field.name]()

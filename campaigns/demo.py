@@ -5,7 +5,7 @@ import datetime as dt
 from django.utils import timezone
 
 from accounts.models import User
-from accounts.selectors import visible_to
+from accounts.selectors import in_scope
 from accounts.services import access_grant
 from audiences.models import Segment
 from campaigns.models import Campaign
@@ -20,7 +20,7 @@ def populate(*, stdout) -> None:
         stdout.write("Demo campaigns skipped: the demo app or users are missing.")
         return
     for user in users.values():
-        if not visible_to(user, App.objects.filter(pk=app.pk)).exists():
+        if not in_scope(user, App.objects.filter(pk=app.pk)).exists():
             access_grant(obj=app, to=user, by=None)
     manager, approver = users["manager"], users["approver"]
     segment = Segment.objects.filter(name="Lapsed users").first() or Segment.objects.order_by("pk").first()

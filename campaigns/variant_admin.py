@@ -12,7 +12,7 @@ from django.core.exceptions import ValidationError
 from django.utils.html import format_html, format_html_join
 
 from accounts.admin.bases import KeptChoiceField
-from accounts.selectors import visible_to
+from accounts.selectors import in_scope
 from campaigns.models import Campaign, CampaignVariant
 from campaigns.services.variants import MAX_VARIANTS, VariantInput, variants_check
 
@@ -92,7 +92,7 @@ class CampaignVariantInline(admin.TabularInline):
             from delivery.models import PushContent
 
             # The contents the user may pick, and those the campaign already has (a colleague's).
-            mine = visible_to(request.user, PushContent.objects.select_related("app"))
+            mine = in_scope(request.user, PushContent.objects.select_related("app"))
             object_id = (request.resolver_match.kwargs.get("object_id") if request.resolver_match else None) or ""
             kept = CampaignVariant.objects.filter(campaign_id=object_id if object_id.isdigit() else None)
             kwargs["queryset"] = mine | PushContent.objects.filter(pk__in=kept.values("content_id"))

@@ -24,7 +24,7 @@ from accounts.pagination import (
 from config.db import ROW_IDS
 from delivery.models import Delivery, Device, Dispatch, Platform
 from delivery.selectors import (
-    apps_visible_to,
+    apps_in_scope,
     deliveries_visible_to,
     dispatch_for,
     dispatch_outcomes,
@@ -170,8 +170,9 @@ class OpenInSerializer(serializers.Serializer):
 # --- views ----------------------------------------------------------------------------------------------
 
 
-def _visible_app(request, app_id: int) -> int:
-    if not apps_visible_to(request.user).filter(pk=app_id).exists():
+def _app_in_scope(request, app_id: int) -> int:
+    """The app a device or open is written for: it must be in the user's scope (``apps_in_scope``)."""
+    if not apps_in_scope(request.user).filter(pk=app_id).exists():
         raise exceptions.NotFound("No app with this id.")
     return app_id
 
@@ -190,7 +191,7 @@ class DeviceRegisterView(APIView):
         data = DeviceInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        app_id = _visible_app(request, values.pop("app"))
+        app_id = _app_in_scope(request, values.pop("app"))
         created = not Device.objects.filter(app_id=app_id, token=values["token"]).exists()
         device = device_register(app_id=app_id, by=request.user, **values)
         return Response(
@@ -207,7 +208,7 @@ class DeviceOptInView(APIView):
     def post(self, request):
         data = DeviceOptInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        app_id = _visible_app(request, data.validated_data["app"])
+        app_id = _app_in_scope(request, data.validated_data["app"])
         try:
             device = device_opt_in_set(
                 app_id=app_id,
@@ -229,7 +230,7 @@ class DeviceUnregisterView(APIView):
     def post(self, request):
         data = DeviceRefSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        app_id = _visible_app(request, data.validated_data["app"])
+        app_id = _app_in_scope(request, data.validated_data["app"])
         try:
             device = device_unregister(app_id=app_id, token=data.validated_data["token"], by=request.user)
         except Device.DoesNotExist as exc:
@@ -353,7 +354,7 @@ class OpenReportView(APIView):
     def post(self, request):
         data = OpenInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        app_id = _visible_app(request, data.validated_data["app"])
+        app_id = _app_in_scope(request, data.validated_data["app"])
         try:
             delivery = delivery_open_report(delivery_id=data.validated_data["delivery"], app_id=app_id, by=request.user)
         except ObjectDoesNotExist as exc:

@@ -4,7 +4,7 @@ from django.db.models import Case, CharField, OuterRef, Q, QuerySet, Subquery, V
 from django.db.models.functions import Coalesce
 
 from accounts.models import User
-from accounts.selectors import visible_to
+from accounts.selectors import in_scope, visible_to
 from delivery.models import App, Delivery, Device, Dispatch
 
 _CAMPAIGN_KINDS = (Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER)
@@ -29,14 +29,21 @@ def dispatch_shown_zone(dispatch_path: str = "") -> Case:
 
 
 def apps_visible_to(user: User) -> QuerySet[App]:
+    """The apps the user may see, those they read through a review they may decide included."""
     return visible_to(user, App.objects.all())
 
 
+def apps_in_scope(user: User) -> QuerySet[App]:
+    """The apps in the user's scope (``in_scope``): those whose devices, rules and contents they may
+    write or read, and that they may name in their own work."""
+    return in_scope(user, App.objects.all())
+
+
 def devices_visible_to(user: User) -> QuerySet[Device]:
-    """Devices of the apps the user has access to (devices belong to an app's scope)."""
+    """Devices of the apps in the user's scope: an app read through a review shows none of its devices."""
     if not user.has_perm("delivery.view_device"):
         return Device.objects.none()
-    return Device.objects.filter(app__in=apps_visible_to(user).values("pk"))
+    return Device.objects.filter(app__in=apps_in_scope(user).values("pk"))
 
 
 def dispatches_visible_to(user: User) -> QuerySet[Dispatch]:

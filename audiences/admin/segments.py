@@ -19,7 +19,7 @@ from django.utils.timesince import timesince
 
 from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin
 from accounts.json_values import JsonValueFormField, json_parse, json_value_check
-from accounts.selectors import visible_to
+from accounts.selectors import in_scope
 from audiences.models import Segment
 from audiences.rules.schema import COLUMNS, OPERATOR_LABELS, OPERATORS, RELATIVE_UNITS, TYPES, RulesInvalid
 from audiences.rules.validation import rules_validate, rules_validate_for
@@ -29,7 +29,6 @@ from audiences.selectors import (
     event_property_keys,
     reach_apps_for,
     reach_of,
-    segments_visible_to,
 )
 from audiences.services.segments import (
     segment_count_keep,
@@ -74,10 +73,11 @@ class RuleBuilderWidget(forms.Textarea):
 
 
 def builder_meta(user, *, exclude_segment: int | None = None) -> dict:
-    segments = segments_visible_to(user).order_by("name").values("id", "name", "kind")[:500]
+    """What the rule builder offers: the segments and apps a rule of ``user``'s may name (``in_scope``)."""
+    segments = in_scope(user, Segment.objects.order_by("name")).values("id", "name", "kind")[:500]
     try:
         app_model = django_apps.get_model("delivery", "App")
-        app_list = list(visible_to(user, app_model.objects.all()).order_by("name").values("id", "name")[:200])
+        app_list = list(in_scope(user, app_model.objects.all()).order_by("name").values("id", "name")[:200])
     except LookupError:
         app_list = []
     return {

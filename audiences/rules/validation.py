@@ -402,17 +402,17 @@ def rules_validate(
 
 def rules_validate_for(tree, *, by, segment_id: int | None = None) -> set[int]:
     """``rules_validate`` for a user: segment conditions and ``reachable`` may name only the segments
-    and apps ``by`` has access to; any other answers as if it did not exist. ``by=None`` is the system."""
+    and apps in ``by``'s scope (``in_scope``: not those read through a review); any other answers as
+    if it did not exist. ``by=None`` is the system."""
     if by is None:
         return rules_validate(tree, segment_id=segment_id)
-    from accounts.selectors import visible_to
-    from audiences.selectors import segments_visible_to
+    from accounts.selectors import in_scope
 
-    allowed_segments = set(segments_visible_to(by).values_list("pk", flat=True))
+    allowed_segments = set(in_scope(by, Segment.objects.all()).values_list("pk", flat=True))
     allowed_apps = None
     if device_model() is not None:
         app_model = apps.get_model("delivery", "App")
-        allowed_apps = set(visible_to(by, app_model.objects.all()).values_list("pk", flat=True))
+        allowed_apps = set(in_scope(by, app_model.objects.all()).values_list("pk", flat=True))
     return rules_validate(
         tree, segment_id=segment_id, allowed_segment_ids=allowed_segments, allowed_app_ids=allowed_apps
     )

@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import ApprovalRequest, User
-from accounts.selectors import approval_current, visible_to
+from accounts.selectors import approval_current, in_scope
 from accounts.services import (
     TransitionError,
     access_grant,
@@ -57,26 +57,27 @@ SAVED_WITH_STATUS = ("approved_fingerprint", "approved_version", "activated_at",
 
 
 def _check_references(campaign: Campaign, *, by: User, changed: set[str]) -> None:
-    """The app, segment and content fit together; those the user sets now must be within their access."""
-    from audiences.selectors import segments_visible_to
+    """The app, segment and content fit together; those the user sets now must be in their scope
+    (``in_scope``: one they only read through a review is not theirs to use)."""
+    from audiences.models import Segment
     from delivery.models import App, PushContent
 
     errors = {}
     app, segment, content = campaign.app, campaign.segment, campaign.content
     if app is None:
         errors["app"] = "Choose an app."
-    elif "app" in changed and not visible_to(by, App.objects.filter(pk=app.pk)).exists():
+    elif "app" in changed and not in_scope(by, App.objects.filter(pk=app.pk)).exists():
         errors["app"] = "Choose an app you have access to."
     if content is None:
         errors["content"] = "Choose push content."
-    elif "content" in changed and not visible_to(by, PushContent.objects.filter(pk=content.pk)).exists():
+    elif "content" in changed and not in_scope(by, PushContent.objects.filter(pk=content.pk)).exists():
         errors["content"] = "Choose push content you have access to."
     elif app is not None and content.app_id != app.pk:
         errors["content"] = f"This content belongs to another app than '{app}'."
     if campaign.kind == Campaign.Kind.SCHEDULED:
         if segment is None:
             errors["segment"] = "A scheduled campaign needs an audience segment."
-        elif "segment" in changed and not segments_visible_to(by).filter(pk=segment.pk).exists():
+        elif "segment" in changed and not in_scope(by, Segment.objects.filter(pk=segment.pk)).exists():
             errors["segment"] = "Choose a segment you have access to."
     if errors:
         raise ValidationError(errors)

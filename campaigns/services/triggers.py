@@ -16,7 +16,7 @@ from django.http import Http404
 from django.utils import timezone
 
 from accounts.models import User
-from accounts.selectors import visible_to
+from accounts.selectors import in_scope, visible_to
 from campaigns.models import Campaign
 from campaigns.services.lifecycle import Status
 from campaigns.services.scheduling import campaign_gate, content_refusal
@@ -309,7 +309,8 @@ def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: 
 def _may_trigger(by: User, campaign_id: int, stamp: str | None) -> None:
     """Raise Http404 outside the user's access, PermissionDenied when their role may not trigger
     or they were granted the campaign but not its app: a trigger answers with the deliveries it
-    made, which are read through the app (``GET /api/v1/deliveries/{id}/``).
+    made, which are read through the app (``GET /api/v1/deliveries/{id}/``). The app must be in
+    their scope: an approver who reads it through the review of a pending revision may not.
 
     The answer is kept on the user object, which the API keeps per process behind the ``access``
     stamp; it is also keyed by the campaign's stamp (a campaign moved to another app)."""
@@ -323,7 +324,7 @@ def _may_trigger(by: User, campaign_id: int, stamp: str | None) -> None:
             raise Http404(f"No campaign {campaign_id}.")
         if not visible_to(by, one, perm="campaigns.trigger_campaign").exists():
             verdict = "role"
-        elif not visible_to(by, App.objects.filter(campaigns__pk=campaign_id)).exists():
+        elif not in_scope(by, App.objects.filter(campaigns__pk=campaign_id)).exists():
             verdict = "app"
         else:
             verdict = "yes"

@@ -16,7 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import User
-from accounts.selectors import visible_to
+from accounts.selectors import in_scope
 from accounts.services import audit
 from campaigns.models import Campaign, CampaignVariant, variant_label
 from campaigns.services.lifecycle import campaign_context_check, lock_editable
@@ -97,7 +97,7 @@ def campaign_variants_set(
         before = [(v.content_id, v.share) for v in campaign.variant_list()]
         known = {content_id for content_id, _ in before} | {campaign.content_id}
         new = {v.content_id for v in variants} - known
-        if new and visible_to(by, PushContent.objects.filter(pk__in=new)).count() != len(new):
+        if new and in_scope(by, PushContent.objects.filter(pk__in=new)).count() != len(new):
             raise ValidationError({"variants": "Choose push contents you have access to."})
         after = [(v.content_id, v.share) for v in variants]
         if before == after and campaign.holdout_share == holdout_share:

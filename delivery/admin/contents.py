@@ -14,7 +14,7 @@ from audiences.models import Profile
 from delivery.models import PushContent
 from delivery.payloads import data_shape_check, message_render, spec_validate, variants_shape_check
 from delivery.selectors import (
-    apps_visible_to,
+    apps_in_scope,
 )
 from delivery.services.contents import pushcontent_save, pushcontent_test_send
 
@@ -206,7 +206,7 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name == "app":
-            kwargs["queryset"] = apps_visible_to(request.user)
+            kwargs["queryset"] = apps_in_scope(request.user)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_form(self, request, obj=None, change=False, **kwargs):

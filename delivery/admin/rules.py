@@ -9,7 +9,7 @@ from accounts.admin.bases import AccessAdmin
 from accounts.services import audit
 from delivery.models import DeliveryRules
 from delivery.selectors import (
-    apps_visible_to,
+    apps_in_scope,
 )
 
 
@@ -67,11 +67,11 @@ class DeliveryRulesAdmin(AccessAdmin):
         rules = super().get_queryset(request)
         if not request.user.has_perm("delivery.view_deliveryrules"):
             return rules.none()
-        return rules.filter(app__in=apps_visible_to(request.user).values("pk"))
+        return rules.filter(app__in=apps_in_scope(request.user).values("pk"))
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name == "app":
-            kwargs["queryset"] = apps_visible_to(request.user)
+            kwargs["queryset"] = apps_in_scope(request.user)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def save_model(self, request, obj, form, change):

@@ -10,7 +10,7 @@ from django.http import Http404
 from django.utils import timezone
 
 from accounts.models import User
-from accounts.selectors import can, visible_to
+from accounts.selectors import can, in_scope
 from accounts.services import access_grant, audit
 from delivery.models import App, Dispatch, PushContent
 from delivery.payloads import (
@@ -29,7 +29,7 @@ def pushcontent_save(*, content: PushContent, by: User) -> PushContent:
     """
     creating = content.pk is None
     perm = "delivery.add_pushcontent" if creating else "delivery.change_pushcontent"
-    if not by.has_perm(perm) or not can(by, "delivery.view_app", App.objects.get(pk=content.app_id)):
+    if not by.has_perm(perm) or not in_scope(by, App.objects.filter(pk=content.app_id)).exists():
         raise PermissionDenied("You may not write push content for this app.")
     if not creating and not can(by, "delivery.change_pushcontent", content):
         raise PermissionDenied("You may not change this push content.")
@@ -64,7 +64,7 @@ def pushcontent_duplicate(*, content_id: int, by: User) -> PushContent:
     Raises Http404 when the content does not exist or is outside ``by``'s access, PermissionDenied
     when their role may not write content for its app.
     """
-    source = visible_to(by, PushContent.objects.filter(pk=content_id)).first()
+    source = in_scope(by, PushContent.objects.filter(pk=content_id)).first()
     if source is None:
         raise Http404(f"No push content {content_id}.")
     fields = {

@@ -10,7 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import User
-from accounts.selectors import can
+from accounts.selectors import in_scope
 from accounts.services import audit
 from audiences.models import Profile
 from delivery.models import App, Device, Platform
@@ -35,7 +35,7 @@ def device_token_check(*, platform: str, token: str) -> None:
 
 
 def _ensure_device_write(by: User, app: App) -> None:
-    if not by.has_perm("delivery.change_device") or not can(by, "delivery.view_app", app):
+    if not by.has_perm("delivery.change_device") or not in_scope(by, App.objects.filter(pk=app.pk)).exists():
         raise PermissionDenied("You may not register devices for this app.")
 
 

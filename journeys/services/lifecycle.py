@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.models import ApprovalRequest, User
-from accounts.selectors import approval_current, can, visible_to
+from accounts.selectors import approval_current, can, in_scope
 from accounts.services import (
     TransitionError,
     access_grant,
@@ -75,7 +75,6 @@ def version_reference_checks(*, app_id: int, by: User | None, kept: JourneyVersi
     from audiences.models import Segment
     from audiences.rules.schema import RulesInvalid, segment_references
     from audiences.rules.validation import rules_validate_for
-    from audiences.selectors import segments_visible_to
     from delivery.models import PushContent
     from delivery.payloads import spec_context_gaps
 
@@ -98,7 +97,7 @@ def version_reference_checks(*, app_id: int, by: User | None, kept: JourneyVersi
         if (
             who is not None
             and segment_id not in kept_segments
-            and not segments_visible_to(who).filter(pk=segment_id).exists()
+            and not in_scope(who, Segment.objects.filter(pk=segment_id)).exists()
         ):
             return f"you have no access to segment {segment_id}."
         return ""
@@ -124,7 +123,7 @@ def version_reference_checks(*, app_id: int, by: User | None, kept: JourneyVersi
         if (
             by is not None
             and content_id not in kept_contents
-            and not visible_to(by, PushContent.objects.filter(pk=content_id)).exists()
+            and not in_scope(by, PushContent.objects.filter(pk=content_id)).exists()
         ):
             return f"you have no access to push content '{content}'."
         return ""
@@ -156,7 +155,7 @@ def version_entry_fields_clear(version: JourneyVersion) -> None:
 def _validate_version(version: JourneyVersion, *, by: User | None, kept: JourneyVersion | None = None) -> None:
     """Raise ValidationError naming the field, or GraphInvalid naming each broken step. ``kept``: the
     version as it stood before this change (what it named already is not checked against ``by``'s access)."""
-    from audiences.selectors import segments_visible_to
+    from audiences.models import Segment
 
     errors: dict[str, str] = {}
     if version.entry_kind == JourneyVersion.EntryKind.SEGMENT:
@@ -165,7 +164,7 @@ def _validate_version(version: JourneyVersion, *, by: User | None, kept: Journey
         elif (
             by is not None
             and version.entry_segment_id != (kept.entry_segment_id if kept is not None else None)
-            and not segments_visible_to(by).filter(pk=version.entry_segment_id).exists()
+            and not in_scope(by, Segment.objects.filter(pk=version.entry_segment_id)).exists()
         ):
             errors["entry_segment"] = "Choose a segment you have access to."
     elif version.entry_kind == JourneyVersion.EntryKind.EVENT:
@@ -215,7 +214,7 @@ def journey_create(*, by: User, name: str, app, graph: dict | None = None, **ver
         raise ValidationError({f: "Not a journey field." for f in unknown})
     if not (name or "").strip():
         raise ValidationError({"name": "A journey needs a name."})
-    if app is None or not visible_to(by, App.objects.filter(pk=app.pk)).exists():
+    if app is None or not in_scope(by, App.objects.filter(pk=app.pk)).exists():
         raise ValidationError({"app": "Choose an app you have access to."})
     with transaction.atomic():
         journey = Journey.objects.create(name=name.strip(), app=app, owner=by)

@@ -96,6 +96,30 @@ def test_the_owner_choices_hold_only_users_whose_role_may_own_a_key(
     assert not ApiKey.objects.exists()
 
 
+def test_an_administrator_is_not_offered_a_superuser_and_a_forged_post_makes_no_key(client, admin_erin, manager_alice):
+    from tests.factories import UserFactory
+
+    root = UserFactory(username="root_rita", is_superuser=True)
+    client.force_login(admin_erin)
+    choices = client.get("/admin/accounts/apikey/add/").context["adminform"].form.fields["user"].queryset
+    assert set(choices) == {admin_erin, manager_alice}
+    response = client.post(
+        "/admin/accounts/apikey/add/",
+        {"user": root.pk, "name": "x", "scopes": ["read", "ingest"], "expires_at_0": "", "expires_at_1": ""},
+    )
+    assert response.status_code == 200 and b"Select a valid choice" in response.content
+    assert not ApiKey.objects.exists()
+    client.force_login(root)
+    choices = client.get("/admin/accounts/apikey/add/").context["adminform"].form.fields["user"].queryset
+    assert set(choices) == {root, admin_erin, manager_alice}
+    response = client.post(
+        "/admin/accounts/apikey/add/",
+        {"user": root.pk, "name": "ops", "scopes": ["read"], "expires_at_0": "", "expires_at_1": ""},
+    )
+    assert response.status_code == 200 and b"new-api-key" in response.content
+    assert ApiKey.objects.get().user == root
+
+
 @pytest.mark.presses("accounts.apikey:revoke_keys")
 def test_revoke_action_is_refused_to_a_viewer_and_reaches_no_one_elses_key(
     client, manager_alice, manager_mallory, viewer_carol

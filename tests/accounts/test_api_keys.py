@@ -193,6 +193,25 @@ def test_a_viewer_or_a_user_without_role_cannot_own_a_key(admin_erin, owner, req
     assert not ApiKey.objects.filter(user=user).exists()
 
 
+def test_administrator_cannot_create_a_key_for_a_superuser(admin_erin):
+    root = UserFactory(username="root_rita", is_superuser=True)
+    with pytest.raises(PermissionDenied, match="Only a superuser"):
+        api_key_create(user=root, name="x", scopes=["read", "ingest"], by=admin_erin)
+    assert not ApiKey.objects.filter(user=root).exists()
+    other_root = UserFactory(username="root_sam", is_superuser=True)
+    key, raw = api_key_create(user=root, name="ops", scopes=["read"], by=other_root)
+    assert key.user == root and key.created_by == other_root
+    assert _client(raw).get("/api/v1/me/").json()["username"] == "root_rita"
+
+
+def test_administrator_may_still_revoke_a_superusers_key(admin_erin):
+    root = UserFactory(username="root_rita", is_superuser=True)
+    key, _ = api_key_create(user=root, name="ops", scopes=["read"], by=root)
+    api_key_revoke(key_id=key.pk, by=admin_erin)  # taking a key away gives nobody a superuser's power
+    key.refresh_from_db()
+    assert key.is_revoked
+
+
 def test_manager_cannot_revoke_someone_elses_key(admin_erin, manager_alice, approver_bob):
     key, _ = api_key_create(user=approver_bob, name="x", scopes=["read"], by=approver_bob)
     with pytest.raises(PermissionDenied):

@@ -1,0 +1,305 @@
+"""What an approver reads through a pending review (the app, segments and push contents it shows)
+is read-only and reaches those pages alone: no write, no use in their own work, no read of other
+objects through them. Only what is in their scope (their grants) does.
+
+approver_pat holds the Approver and Manager roles and was granted manager_alice's campaign, not its
+app, segment or content: he reads those while the campaign waits for his decision, and nothing more.
+"""
+
+from dataclasses import dataclass
+
+import pytest
+from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from accounts.models import ApprovalRequest, User
+from accounts.selectors import in_scope, visible_to
+from accounts.services import access_grant
+from audiences.models import Import, Segment, SegmentReference
+from audiences.rules.schema import RulesInvalid
+from audiences.services.segments import segment_create
+from campaigns.models import Campaign
+from campaigns.services.lifecycle import campaign_approve, campaign_create, campaign_submit, campaign_update
+from delivery.models import App, Delivery, Device, Dispatch, PushContent
+from delivery.selectors import devices_visible_to
+from delivery.services.contents import pushcontent_save
+from delivery.services.devices import device_register
+from journeys.models import Journey
+from journeys.services.lifecycle import journey_create
+from tests.factories import AppFactory, DeviceFactory, ProfileFactory, PushContentFactory, SegmentFactory, UserFactory
+
+ROUTE = "accounts.api_route.ApiRouteMiddleware"
+IOS_TOKEN = "ab" * 32
+EXIT_ONLY = {"steps": [{"id": "done", "type": "exit"}]}
+
+
+@dataclass
+class Review:
+    app: App
+    segment: Segment
+    content: PushContent
+    campaign: Campaign
+    request: ApprovalRequest
+
+
+@pytest.fixture
+def approver_pat(db):
+    """An Approver who is a Manager too: he may write what is in his scope."""
+    pat = UserFactory(username="approver_pat", role="Approver")
+    pat.groups.add(Group.objects.get(name="Manager"))
+    return User.objects.get(pk=pat.pk)
+
+
+@pytest.fixture
+def review(manager_alice, approver_pat):
+    """manager_alice's campaign in her app, granted to approver_pat alone (not its app, segment or
+    content), waiting for his decision."""
+    app = AppFactory(name="Alice's app")
+    access_grant(obj=app, to=manager_alice, by=None)
+    segment = SegmentFactory(name="Alice's buyers", created_by=manager_alice)
+    access_grant(obj=segment, to=manager_alice, by=None)
+    content = PushContentFactory(app=app, name="Alice's promo")
+    campaign = campaign_create(by=manager_alice, name="Promo", app=app, segment=segment, content=content)
+    access_grant(obj=campaign, to=approver_pat, by=None)
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    return Review(app=app, segment=segment, content=content, campaign=campaign, request=request)
+
+
+@pytest.fixture
+def own_app(approver_pat):
+    """An app of approver_pat's own."""
+    app = AppFactory(name="Pat's app")
+    access_grant(obj=app, to=approver_pat, by=None)
+    return app
+
+
+def test_the_approver_sees_what_the_review_shows_but_none_of_it_is_in_his_scope(approver_pat, review):
+    for model, obj in ((App, review.app), (Segment, review.segment), (PushContent, review.content)):
+        assert list(visible_to(approver_pat, model.objects.all())) == [obj]
+        assert not in_scope(approver_pat, model.objects.all()).exists()
+
+
+# --- review visibility still reads ----------------------------------------------------------------
+
+
+def test_the_approver_reads_the_review_and_the_pages_of_its_app_segment_and_content(
+    client, approver_pat, review, api_key_for
+):
+    client.force_login(approver_pat)
+    page = client.get(f"/admin/accounts/approvalrequest/{review.request.pk}/review/")
+    assert page.status_code == 200 and "Promo" in page.content.decode()
+    for url, name in (
+        (f"/admin/delivery/app/{review.app.pk}/change/", "Alice's app"),
+        (f"/admin/audiences/segment/{review.segment.pk}/change/", "Alice's buyers"),
+        (f"/admin/delivery/pushcontent/{review.content.pk}/change/", "Alice's promo"),
+    ):
+        page = client.get(url)
+        assert page.status_code == 200, url
+        assert name in page.content.decode().replace("&#x27;", "'")
+        assert b'name="_save"' not in page.content  # read-only
+    answer = api_key_for(approver_pat, scopes=["read"]).get(f"/api/v1/segments/{review.segment.pk}/")
+    assert answer.status_code == 200 and answer.json()["name"] == "Alice's buyers"
+
+
+def test_the_reviewed_apps_devices_stay_out_of_the_approvers_lists(client, approver_pat, review):
+    DeviceFactory(profile=ProfileFactory(external_id="vic"), app=review.app, platform="ios", token=IOS_TOKEN)
+    assert not devices_visible_to(approver_pat).exists()
+    client.force_login(approver_pat)
+    listing = client.get("/admin/delivery/device/")
+    assert listing.status_code == 200 and list(listing.context["cl"].result_list) == []
+
+
+# --- devices --------------------------------------------------------------------------------------
+
+
+def test_devices_of_a_reviewed_app_are_not_written_by_its_approver(approver_pat, review, api_key_for):
+    victim = DeviceFactory(profile=ProfileFactory(external_id="vic"), app=review.app, platform="ios", token=IOS_TOKEN)
+    client = api_key_for(approver_pat, scopes=["ingest"])
+    register = {"app": review.app.pk, "external_id": "pat", "platform": "android", "token": "t" * 30}
+    assert client.post("/api/v1/devices/", register, format="json").status_code == 404
+    opt_out = {"app": review.app.pk, "token": IOS_TOKEN, "push_enabled": False}
+    assert client.post("/api/v1/devices/opt-in/", opt_out, format="json").status_code == 404
+    unregister = {"app": review.app.pk, "token": IOS_TOKEN}
+    assert client.post("/api/v1/devices/unregister/", unregister, format="json").status_code == 404
+    with pytest.raises(PermissionDenied):
+        device_register(app_id=review.app.pk, external_id="pat", platform="android", token="t" * 30, by=approver_pat)
+    assert list(Device.objects.filter(app=review.app)) == [victim]
+    victim.refresh_from_db()
+    assert (victim.push_enabled, victim.active) == (True, True)
+
+
+def test_devices_of_an_app_granted_to_the_approver_are_written(approver_pat, review, api_key_for):
+    access_grant(obj=review.app, to=approver_pat, by=None)
+    victim = DeviceFactory(profile=ProfileFactory(external_id="vic"), app=review.app, platform="ios", token=IOS_TOKEN)
+    client = api_key_for(approver_pat, scopes=["ingest"])
+    register = {"app": review.app.pk, "external_id": "pat", "platform": "android", "token": "t" * 30}
+    assert client.post("/api/v1/devices/", register, format="json").status_code == 201
+    opt_out = {"app": review.app.pk, "token": IOS_TOKEN, "push_enabled": False}
+    assert client.post("/api/v1/devices/opt-in/", opt_out, format="json").json()["push_enabled"] is False
+    unregister = {"app": review.app.pk, "token": IOS_TOKEN}
+    assert client.post("/api/v1/devices/unregister/", unregister, format="json").json()["active"] is False
+    assert Device.objects.filter(app=review.app, profile__external_id="pat", token="t" * 30).exists()
+    victim.refresh_from_db()
+    assert (victim.push_enabled, victim.active) == (False, False)
+
+
+# --- triggers -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def live_trigger_in_review(pushsim_app, manager_alice, approver_bob, approver_pat):
+    """A live API-triggered campaign of alice's, granted to approver_pat (not its app), whose
+    revision waits for a decision."""
+    for user in (manager_alice, approver_bob):
+        access_grant(obj=pushsim_app, to=user, by=None)
+    content = PushContentFactory(app=pushsim_app, title="Shipped", body="On its way")
+    campaign = campaign_create(
+        by=manager_alice, name="Order shipped", app=pushsim_app, kind="api_triggered", purpose="transactional",
+        content=content,
+    )  # fmt: skip
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    access_grant(obj=campaign, to=approver_pat, by=None)
+    campaign_update(campaign_id=campaign.pk, by=manager_alice, purpose="marketing")
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    return Campaign.objects.get(pk=campaign.pk)
+
+
+@pytest.mark.parametrize("route", ["route", "view"])
+def test_a_campaign_whose_app_the_approver_reads_through_a_review_is_not_triggered_by_him(
+    route, live_trigger_in_review, approver_pat, pushsim_app, api_key_for, settings
+):
+    if route == "view":
+        settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != ROUTE]
+    zoe = ProfileFactory(external_id="zoe")
+    DeviceFactory(profile=zoe, app=pushsim_app, platform="android")
+    assert pushsim_app in visible_to(approver_pat, App.objects.all())  # the review shows it
+    dispatches = Dispatch.objects.count()
+    client = api_key_for(approver_pat, scopes=["trigger", "read"])
+    url = f"/api/v1/campaigns/{live_trigger_in_review.pk}/trigger/"
+    refused = client.post(url, {"recipients": [{"external_id": "zoe"}]}, format="json")
+    assert refused.status_code == 403, refused.content
+    assert "needs access to its app" in refused.json()["detail"]
+    assert (refused.wsgi_request.resolver_match is None) is (route == "route")
+    assert Dispatch.objects.count() == dispatches and not Delivery.objects.exists()
+
+    access_grant(obj=pushsim_app, to=approver_pat, by=None)
+    sent = api_key_for(approver_pat, scopes=["trigger", "read"]).post(
+        url, {"recipients": [{"external_id": "zoe"}]}, format="json"
+    )
+    assert sent.status_code == 202, sent.content
+    (delivery,) = sent.json()["deliveries"]
+    assert Delivery.objects.get(pk=delivery["id"]).profile_id == zoe.pk
+
+
+# --- imports --------------------------------------------------------------------------------------
+
+
+def test_an_import_into_a_reviewed_segment_is_not_read_by_its_approver(
+    manager_alice, approver_pat, api_key_for, settings, tmp_path, django_capture_on_commit_callbacks
+):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    upload = SimpleUploadedFile(
+        "people.csv", b"external_id,email\nann,ann@x.test\n,bad@x.test\n", content_type="text/csv"
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = api_key_for(manager_alice, scopes=["ingest"]).post(
+            "/api/v1/imports/", {"file": upload, "target": "new_segment", "segment_name": "VIPs"}, format="multipart"
+        )
+    record = Import.objects.get(pk=answer.json()["id"])
+    assert record.segment.name == "VIPs" and record.error_bytes
+    app = AppFactory(name="Alice's app")
+    access_grant(obj=app, to=manager_alice, by=None)
+    content = PushContentFactory(app=app)
+    campaign = campaign_create(by=manager_alice, name="Promo", app=app, segment=record.segment, content=content)
+    access_grant(obj=campaign, to=approver_pat, by=None)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+
+    reader = api_key_for(approver_pat, scopes=["read"])
+    assert reader.get(f"/api/v1/segments/{record.segment_id}/").json()["name"] == "VIPs"  # the review shows it
+    assert reader.get(f"/api/v1/imports/{record.pk}/").status_code == 404
+    assert reader.get(f"/api/v1/imports/{record.pk}/errors/").status_code == 404
+
+    access_grant(obj=record.segment, to=approver_pat, by=None)
+    reader = api_key_for(approver_pat, scopes=["read"])
+    assert reader.get(f"/api/v1/imports/{record.pk}/").json()["id"] == record.pk
+    errors = reader.get(f"/api/v1/imports/{record.pk}/errors/")
+    assert errors.status_code == 200 and b"external_id" in b"".join(errors.streaming_content)
+
+
+# --- campaigns, journeys, segments, contents ---------------------------------------------------------
+
+
+def test_a_campaign_is_not_made_with_what_the_approver_reads_through_a_review(approver_pat, review, own_app):
+    with pytest.raises(ValidationError) as refused:
+        campaign_create(by=approver_pat, name="Mine", app=review.app, segment=review.segment, content=review.content)
+    assert set(refused.value.message_dict) >= {"app", "content", "segment"}
+    mine = PushContentFactory(app=own_app)
+    with pytest.raises(ValidationError) as refused:
+        campaign_create(by=approver_pat, name="Mine", app=own_app, segment=review.segment, content=mine)
+    assert set(refused.value.message_dict) == {"segment"}
+    assert not Campaign.objects.filter(owner=approver_pat).exists()
+
+    access_grant(obj=review.segment, to=approver_pat, by=None)
+    campaign = campaign_create(by=approver_pat, name="Mine", app=own_app, segment=review.segment, content=mine)
+    assert Campaign.objects.get(pk=campaign.pk).segment == review.segment
+
+
+def test_a_journey_is_not_made_with_what_the_approver_reads_through_a_review(approver_pat, review, own_app):
+    with pytest.raises(ValidationError) as refused:
+        journey_create(by=approver_pat, name="Mine", app=review.app, graph=EXIT_ONLY)
+    assert set(refused.value.message_dict) == {"app"}
+    with pytest.raises(ValidationError) as refused:
+        journey_create(
+            by=approver_pat, name="Mine", app=own_app, graph=EXIT_ONLY, entry_kind="segment",
+            entry_segment=review.segment,
+        )  # fmt: skip
+    assert set(refused.value.message_dict) == {"entry_segment"}
+    branch = {
+        "steps": [
+            {"id": "check", "type": "condition", "branches": [{"segment": review.segment.pk, "next": "done"}],
+             "else": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }  # fmt: skip
+    with pytest.raises(ValidationError, match=f"no access to segment {review.segment.pk}"):
+        journey_create(by=approver_pat, name="Mine", app=own_app, graph=branch, entry_kind="event", entry_event="x")
+    assert not Journey.objects.filter(owner=approver_pat).exists()
+
+    access_grant(obj=review.segment, to=approver_pat, by=None)
+    journey = journey_create(
+        by=approver_pat, name="Mine", app=own_app, graph=branch, entry_kind="segment", entry_segment=review.segment
+    )
+    assert journey.versions.get().entry_segment == review.segment
+
+
+def test_a_segment_s_rules_do_not_name_what_the_approver_reads_through_a_review(approver_pat, review):
+    for rules in ({"all": [{"segment": review.segment.pk}]}, {"all": [{"reachable": {"app": review.app.pk}}]}):
+        with pytest.raises(RulesInvalid):
+            segment_create(name="Mine", rules=rules, by=approver_pat)
+    assert not Segment.objects.filter(created_by=approver_pat).exists()
+    access_grant(obj=review.segment, to=approver_pat, by=None)
+    mine = segment_create(name="Mine", rules={"all": [{"segment": review.segment.pk}]}, by=approver_pat)
+    assert SegmentReference.objects.get(source=mine).target == review.segment
+
+
+def test_push_content_is_not_written_in_an_app_the_approver_reads_through_a_review(approver_pat, review):
+    with pytest.raises(PermissionDenied):
+        pushcontent_save(content=PushContent(app=review.app, name="Mine", title="Hi", body="Yo"), by=approver_pat)
+    assert not PushContent.objects.filter(created_by=approver_pat).exists()
+    access_grant(obj=review.app, to=approver_pat, by=None)
+    mine = pushcontent_save(content=PushContent(app=review.app, name="Mine", title="Hi", body="Yo"), by=approver_pat)
+    assert PushContent.objects.get(pk=mine.pk).created_by == approver_pat
+
+
+def test_the_forms_offer_only_what_is_in_the_approvers_scope(client, approver_pat, review, own_app):
+    client.force_login(approver_pat)
+    for url in ("/admin/campaigns/campaign/add/", "/admin/delivery/pushcontent/add/", "/admin/journeys/journey/add/"):
+        choices = client.get(url).context["adminform"].form.fields["app"].queryset
+        assert list(choices) == [own_app], url
+    fields = client.get("/admin/campaigns/campaign/add/").context["adminform"].form.fields
+    assert review.segment not in fields["segment"].queryset and review.content not in fields["content"].queryset
+    meta = client.get("/admin/audiences/segment/add/").context["adminform"].form.fields["rules"].widget.meta
+    assert review.segment.pk not in [s["id"] for s in meta["segments"]]
+    assert [a["id"] for a in meta["apps"]] == [own_app.pk]
