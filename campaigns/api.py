@@ -13,6 +13,7 @@ from drf_spectacular.utils import (
     OpenApiResponse,
     extend_schema,
     extend_schema_field,
+    extend_schema_serializer,
     inline_serializer,
 )
 from rest_framework import serializers, status
@@ -291,11 +292,19 @@ def _trigger_validated(body) -> dict | None:
     return {"recipients": validated, "context": dict(context)}
 
 
+@extend_schema_serializer(deprecate_fields=["accepted"])
 class TriggerOutSerializer(serializers.Serializer):
     dispatch = serializers.IntegerField(
         allow_null=True, help_text="The campaign's standing dispatch (one per approved version and UTC day)."
     )
-    accepted = serializers.IntegerField(help_text="Deliveries queued to be sent (one per opted-in device).")
+    queued = serializers.IntegerField(
+        help_text="Deliveries made to be sent (one per opted-in device), now or when quiet hours end; "
+        "whether the provider accepted each is its delivery's status (GET /api/v1/deliveries/{id}/)."
+    )
+    accepted = serializers.IntegerField(
+        help_text="Deprecated: the same count as `queued`, under its first name (it never meant accepted by "
+        "the provider). Read `queued`; this goes in API v2."
+    )
     problems = serializers.ListField(
         child=inline_serializer(
             "RecipientProblem",

@@ -46,15 +46,21 @@ class TriggerRefused(Exception):
 @dataclass
 class TriggerResult:
     dispatch_id: int | None
-    accepted: int
+    queued: int
     problems: list[dict] = field(default_factory=list)
     deliveries: list[dict] = field(default_factory=list)
 
     def answer(self) -> dict:
-        """The 202 body: the stream it joined, what will be sent, per-recipient problems, the rows made."""
+        """The 202 body: the stream it joined, what will be sent, per-recipient problems, the rows made.
+
+        ``queued`` counts the rows made to be sent (now, or when quiet hours end); whether the
+        provider accepted each is its delivery's status. ``accepted`` is the same count under the
+        name API v1 first gave it, kept for the integrations that read it: it never meant accepted
+        by the provider."""
         return {
             "dispatch": self.dispatch_id,
-            "accepted": self.accepted,
+            "queued": self.queued,
+            "accepted": self.queued,
             "problems": self.problems,
             "deliveries": self.deliveries,
         }
@@ -451,7 +457,7 @@ def campaign_trigger(
     if errors:
         raise ValidationError(errors)
     if not targeted:
-        result = TriggerResult(dispatch_id=None, accepted=0, problems=problems)
+        result = TriggerResult(dispatch_id=None, queued=0, problems=problems)
         if request_record is not None:
             trigger_request_finish(record=request_record, status_code=202, body=result.answer())
         return result
@@ -470,7 +476,7 @@ def campaign_trigger(
                 )
                 result = TriggerResult(
                     dispatch_id=stream_id,
-                    accepted=sum(1 for r in rows if r.status == "queued"),
+                    queued=sum(1 for r in rows if r.status == "queued"),
                     problems=_with_unreached(problems, rows, lambda row: index_of[row.profile_id], external_ids),
                     deliveries=[
                         {"id": r.id, "external_id": external_ids[r.profile_id], "status": r.status, "reason": r.reason}
@@ -604,7 +610,7 @@ def _trigger_by_external_id(
         problems = _with_unreached(problems, rows, lambda row: index_of[row.external_id], None)
         result = TriggerResult(
             dispatch_id=entry.stream_id if rows else None,
-            accepted=sum(1 for r in rows if r.status == "queued"),
+            queued=sum(1 for r in rows if r.status == "queued"),
             problems=problems,
             deliveries=[
                 {"id": r.id, "external_id": r.external_id, "status": r.status, "reason": r.reason} for r in rows

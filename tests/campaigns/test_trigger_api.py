@@ -28,7 +28,8 @@ def test_trigger_sends_to_each_recipient_with_their_context(
         response = trigger_client.post(_url(live_trigger), body, format="json")
     assert response.status_code == 202, response.json()
     answer = response.json()
-    assert answer["accepted"] == 2 and answer["problems"] == []
+    assert answer["queued"] == 2 and answer["problems"] == []
+    assert answer["accepted"] == answer["queued"]  # its first name, kept for the integrations that read it
     dispatch = Dispatch.objects.get(pk=answer["dispatch"])
     assert dispatch.kind == "api_trigger" and dispatch.source_id == live_trigger.pk
     assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", flat=True)) == {"accepted"}
@@ -62,7 +63,7 @@ def test_unknown_profiles_and_unreachable_ones_are_reported(live_trigger, trigge
         ("mute", "skipped", "not_opted_in"),
         ("no-phone", "skipped", "no_device"),
     ]
-    assert answer["accepted"] == 1
+    assert answer["queued"] == 1
 
 
 def test_same_key_and_body_replays_the_first_answer(live_trigger, trigger_client, pushsim_app):
@@ -299,7 +300,7 @@ def test_a_key_refused_while_the_campaign_was_not_live_runs_when_retried_once_it
     campaign_approve(campaign_id=campaign.pk, by=approver_bob)
     retried = trigger_client.post(_url(campaign), body, format="json", HTTP_IDEMPOTENCY_KEY="order-1")
     assert retried.status_code == 202 and "Idempotent-Replayed" not in retried
-    assert retried.json()["accepted"] == 1
+    assert retried.json()["queued"] == 1
     again = trigger_client.post(_url(campaign), body, format="json", HTTP_IDEMPOTENCY_KEY="order-1")
     assert again["Idempotent-Replayed"] == "true" and again.json() == retried.json()
 
@@ -390,7 +391,7 @@ def test_an_approved_content_the_settings_no_longer_allow_refuses_the_call_namin
 
     settings.PUSHDESK_DEEP_LINK_SCHEMES = ["https", "shop"]
     retried = trigger_client.post(_url(campaign), body, format="json", HTTP_IDEMPOTENCY_KEY="order-1")
-    assert retried.status_code == 202 and retried.json()["accepted"] == 1
+    assert retried.status_code == 202 and retried.json()["queued"] == 1
 
 
 def test_a_variant_the_settings_no_longer_allow_refuses_the_call_naming_the_variant(

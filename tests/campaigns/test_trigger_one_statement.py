@@ -109,7 +109,7 @@ def test_a_call_to_an_open_stream_is_one_statement_and_answers_as_the_lookup_and
         ("no-phone", "skipped", "no_device"),
         ("mute", "skipped", "not_opted_in"),
     ]
-    assert answer["accepted"] == 3
+    assert answer["queued"] == 3
     # The rows are the same too: their devices aside, which are the same ones.
     assert [row[:1] + row[2:] for row in _rows(second.json())] == [row[:1] + row[2:] for row in _rows(first.json())]
     assert _rows(answer)[0][4] == {"order_id": "A-1"}  # its own context over the shared one
@@ -295,7 +295,8 @@ def test_a_call_naming_only_unknown_profiles_writes_nothing_and_is_replayed(cont
         == again.json()
         == {
             "dispatch": None,
-            "accepted": 0,
+            "queued": 0,
+            "accepted": 0,  # the same count under its first name, for integrations that read it
             "problems": [
                 {
                     "index": 0,
@@ -346,7 +347,7 @@ def test_a_stream_closed_by_hand_is_followed_by_a_new_one(context_trigger, trigg
     first, _ = _post(trigger_client, context_trigger, {"recipients": [{"external_id": "zoe"}]})
     dispatch_stop(dispatch_id=first.json()["dispatch"], by=manager_alice)
     second, _ = _post(trigger_client, context_trigger, {"recipients": [{"external_id": "zoe"}]})
-    assert second.status_code == 202 and second.json()["accepted"] == 1
+    assert second.status_code == 202 and second.json()["queued"] == 1
     assert second.json()["dispatch"] != first.json()["dispatch"]
     assert Dispatch.objects.get(pk=second.json()["dispatch"]).status == "sending"
 
@@ -358,10 +359,10 @@ def test_the_frequency_cap_applies_and_a_capped_profile_is_not_reported_unreacha
     _marketing(context_trigger, manager_alice, approver_bob)
     DeliveryRules.objects.create(app=pushsim_app, frequency_cap=1, frequency_window_hours=24)
     one = {"recipients": [{"external_id": "zoe"}]}
-    assert _post(trigger_client, context_trigger, one)[0].json()["accepted"] == 1  # on its way: counts
+    assert _post(trigger_client, context_trigger, one)[0].json()["queued"] == 1  # on its way: counts
     capped, queries = _post(trigger_client, context_trigger, one)
     assert not any(LOOKUP in sql for sql in queries)
-    assert capped.json()["accepted"] == 0 and capped.json()["problems"] == []
+    assert capped.json()["queued"] == 0 and capped.json()["problems"] == []
     assert [(d["status"], d["reason"]) for d in capped.json()["deliveries"]] == [("skipped", "frequency_cap")]
 
 
@@ -388,7 +389,7 @@ def test_quiet_hours_of_a_marketing_campaign_need_the_profiles_time_zone_first(
     rules.save()
     discarded, _ = _post(trigger_client, context_trigger, one)
     assert [(d["status"], d["reason"]) for d in discarded.json()["deliveries"]] == [("skipped", "quiet_hours")]
-    assert discarded.json()["problems"] == [] and discarded.json()["accepted"] == 0
+    assert discarded.json()["problems"] == [] and discarded.json()["queued"] == 0
 
 
 def test_which_templates_read_the_profile():
@@ -413,7 +414,7 @@ def test_the_connection_plans_the_one_statement_once_not_per_call(context_trigge
     the statement from the plan the connection keeps, instead of planning every call again."""
     for n in range(12):
         response, _ = _post(trigger_client, context_trigger, {"recipients": [{"external_id": "zoe"}]})
-        assert response.status_code == 202 and response.json()["accepted"] == 1, n
+        assert response.status_code == 202 and response.json()["queued"] == 1, n
     with connection.cursor() as cursor:
         cursor.execute("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
         statements = cursor.fetchall()

@@ -174,10 +174,10 @@ def test_new_delivery_rules_reach_a_cached_marketing_campaign(
     campaign_submit(campaign_id=live_trigger.pk, by=manager_alice)
     campaign_approve(campaign_id=live_trigger.pk, by=approver_bob)
     with django_capture_on_commit_callbacks(execute=True):
-        assert _trigger(trigger_client, live_trigger, "zoe").json()["accepted"] == 1
+        assert _trigger(trigger_client, live_trigger, "zoe").json()["queued"] == 1
     DeliveryRules.objects.create(app=pushsim_app, frequency_cap=1, frequency_window_hours=24)
     capped = _trigger(trigger_client, live_trigger, "zoe").json()
-    assert capped["accepted"] == 0
+    assert capped["queued"] == 0
     assert capped["deliveries"][0]["reason"] == "frequency_cap"
 
 
