@@ -13,12 +13,11 @@ from django.urls import reverse
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from accounts.approvals import approval_subject_for
+from accounts.approvals import approvals_asked_at
 from accounts.models import ApprovalRequest, User
 from accounts.selectors import (
     approval_requests_stuck_among,
     approval_requests_visible_to,
-    approval_subjects,
     approvals_waiting_for,
     has_every_scope,
 )
@@ -27,7 +26,6 @@ from audiences.selectors import imports_visible_to
 from campaigns.models import Campaign
 from campaigns.review import next_send_text
 from campaigns.selectors import campaigns_visible_to
-from config.zones import zoned
 from delivery.models import Delivery, DeliveryRollup, Dispatch
 from delivery.selectors import dispatches_visible_to
 from journeys.models import Journey
@@ -109,29 +107,13 @@ def approvals(user: User, *, now: dt.datetime) -> tuple[Section, Section]:
     mine.more_url = f"{changelist}?show=my_requests"
     pending = approval_requests_visible_to(user).filter(requested_by=user, status=ApprovalRequest.Status.PENDING)
     pending = list(pending.order_by("requested_at")[:LIST_LIMIT])
-    sent = _asked_at(pending)
+    sent = approvals_asked_at(pending)
     undecidable = approval_requests_stuck_among([r for r in pending if now - r.requested_at <= STUCK_AFTER])
     for request in pending:
         url = reverse("admin:accounts_approvalrequest_change", args=[request.pk])
         stuck = _stuck(request, now=now, undecidable=undecidable)
         mine.items.append(Item(request.subject_label, url, f"sent {sent[request.pk]}", stuck))
     return waiting, mine
-
-
-def _asked_at(requests: list[ApprovalRequest]) -> dict[int, str]:
-    """When each request was asked, as its subject shows its dates (``ApprovalSubject.zoned``: a
-    campaign's in its zone), in UTC when the subject is gone; the subjects read in one query per
-    kind (``approval_subjects``), not one per request."""
-    subjects = approval_subjects(requests)
-    answer = {}
-    for request in requests:
-        subject = subjects.get(request.pk)
-        handler = approval_subject_for(type(subject)) if subject is not None else None
-        if handler is not None and handler.zoned is not None:
-            answer[request.pk] = handler.zoned(subject, request.requested_at)
-        else:
-            answer[request.pk] = zoned(request.requested_at, "UTC")
-    return answer
 
 
 def _rollup_visible_to(user: User):

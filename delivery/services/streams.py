@@ -146,7 +146,7 @@ def stream_open(
                 app_id=app_id,
                 kind=kind,
                 source_id=source_id,
-                label=f"{label} · {day.isoformat()}"[:300],
+                label=f"{label} · {day.isoformat()} (UTC)"[:300],  # a stream's day is UTC's
                 content_id=content_id,
                 content_spec=dict(spec),
                 variants=list(variants or []),

@@ -80,6 +80,8 @@ def test_one_stream_is_open_per_source_version_and_day(pushsim_app, stream):
     )
     assert again == stream.pk and tomorrow != stream.pk
     assert stream.status == "sending" and stream.standing and stream.started_at is not None
+    day = (timezone.now() + dt.timedelta(days=1)).astimezone(dt.UTC).date()
+    assert Dispatch.objects.get(pk=tomorrow).label == f"Orders · {day.isoformat()} (UTC)"  # its day named
 
 
 def test_appended_rows_carry_their_calls_context_and_are_sent_by_a_sender(pushsim, pushsim_app, stream):
