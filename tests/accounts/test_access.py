@@ -6,17 +6,6 @@ from accounts.models import AuditEvent
 from accounts.selectors import can, visible_to
 from accounts.services import access_grant, access_revoke
 from delivery.models import App
-from tests.factories import AppFactory
-
-
-@pytest.fixture
-def shop(db):
-    return AppFactory(name="Shop")
-
-
-@pytest.fixture
-def bank(db):
-    return AppFactory(name="Bank")
 
 
 def test_user_sees_only_the_apps_granted(manager_alice, shop, bank):

@@ -9,7 +9,7 @@ from accounts.models import AuditEvent, User
 from accounts.selectors import visible_to
 from accounts.services import access_grant
 from delivery.models import App, AppUserObjectPermission
-from tests.factories import TEST_PASSWORD, AppFactory, UserFactory
+from tests.factories import TEST_PASSWORD, UserFactory
 
 ROWS = "appuserobjectpermission_set"  # the "Access to apps" rows' prefix
 NEW_PASSWORD = {
@@ -17,16 +17,6 @@ NEW_PASSWORD = {
     "password2": "a-brand-new-long-passphrase-42",
     "usable_password": "true",
 }
-
-
-@pytest.fixture
-def shop(db):
-    return AppFactory(name="Shop")
-
-
-@pytest.fixture
-def bank(db):
-    return AppFactory(name="Bank")
 
 
 @pytest.fixture

@@ -21,11 +21,6 @@ from tests.factories import AppFactory, UserFactory
 APPROVE = "accounts.decide_approvalrequest"
 
 
-@pytest.fixture
-def shop(db):
-    return AppFactory(name="Shop")
-
-
 def _open(subject, by, **context):
     with transaction.atomic():
         return approval_request_open(
