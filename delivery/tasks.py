@@ -6,6 +6,7 @@ from delivery.services.dispatches import dispatch_prepare, dispatches_watch
 from delivery.services.sending import dispatch_send
 from delivery.services.stream_senders import streams_send, streams_sender_hand_over
 from delivery.services.streams import streams_watch
+from operations.instance import instance_refuses
 
 
 def dispatch_prepare_task(dispatch_id: int) -> None:
@@ -31,6 +32,8 @@ def streams_send_task(slot: int) -> dict:
     """A stream sender in the queue (when no ``send_stream`` process holds its slot): drains the
     open streams for a task's time, then hands over to a fresh task, unless such a process took
     the slot meanwhile."""
+    if instance_refuses(action="send the open streams"):
+        return {"claimed": 0, "batches": 0, "handed_over": False}  # a copy not claimed: no successor
     report = streams_send(budget=settings.PUSHDESK_SEND_TASK_SECONDS, slot=slot)
     handed_over = streams_sender_hand_over(slot)
     return {"claimed": report.claimed, "batches": report.batches, "handed_over": handed_over}

@@ -357,10 +357,33 @@ def streams_sender_run(*, slot: int = 0, retry_seconds: float = 2.0) -> SendRepo
     from django.db import close_old_connections, connections
 
     from delivery.services.sending import SendReport
+    from operations.instance import instance_problem
 
     total = SendReport()
+    refused_logged_at = None  # a copy not claimed: when the refusal was last logged
+    refused_wait = 0.0
     while not stop_requested():
         try:
+            problem = instance_problem()
+            if problem is not None:
+                # A restored or copied database: wait for `instance_claim`, quietly and cheaply.
+                now_mono = time.monotonic()
+                if refused_logged_at is None or now_mono - refused_logged_at >= _REFUSED_LOG_SECONDS:
+                    log.warning(
+                        "stream sender %s refused to send the open streams: %s (checked again every %.0f s at most)",
+                        slot,
+                        problem,
+                        _REFUSED_WAIT_MAX_SECONDS,
+                    )
+                    refused_logged_at = now_mono
+                refused_wait = min(
+                    max(refused_wait * 2, settings.PUSHDESK_STREAM_POLL_SECONDS, 1.0), _REFUSED_WAIT_MAX_SECONDS
+                )
+                _idle(slot, refused_wait)
+                continue
+            if refused_logged_at is not None:
+                log.warning("stream sender %s: the database is this instance's now: sending", slot)
+                refused_logged_at, refused_wait = None, 0.0
             report = streams_send(budget=math.inf, slot=slot, dedicated=True)
         except Exception as exc:
             outage = _outage(exc)
@@ -397,6 +420,21 @@ def _outage(exc: Exception) -> str | None:
         return None
     detail = first_line(exc)
     return f"{which} does not answer ({exc.__class__.__name__}{': ' + detail if detail else ''})"
+
+
+_REFUSED_WAIT_MAX_SECONDS = 60.0
+_REFUSED_LOG_SECONDS = 600.0
+
+
+def _idle(slot: int, seconds: float) -> None:
+    """Wait ``seconds`` (or until asked to stop), beating the slot so no task is started for it."""
+    until = time.monotonic() + seconds
+    while not stop_requested():
+        _beat(slot, dedicated=True)
+        left = until - time.monotonic()
+        if left <= 0:
+            return
+        _sleep_unless_stopped(min(left, 5.0))
 
 
 def _sleep_unless_stopped(seconds: float) -> None:

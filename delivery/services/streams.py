@@ -518,9 +518,15 @@ def _recount(dispatch_id: int) -> None:
 def streams_watch(*, now: dt.datetime | None = None) -> dict:
     """Every minute: refresh open streams' counters, and finish those no call appends to any more
     (an earlier day, or a version that is no longer the approved one) once nothing is queued or
-    in flight. A stream is finished under its row lock, which a call appending holds shared."""
-    from delivery.services.dispatches import dispatch_recount
+    in flight. A stream is finished under its row lock, which a call appending holds shared.
 
+    On a database this instance has not claimed (a restored copy), does nothing: the streams it
+    inherited are left as they are, and no sender is started."""
+    from delivery.services.dispatches import dispatch_recount
+    from operations.instance import instance_refuses
+
+    if instance_refuses(action="run the stream watchdog"):
+        return {"refreshed": 0, "finished": 0}
     now = now or timezone.now()
     today = _today(now)
     finished = refreshed = 0

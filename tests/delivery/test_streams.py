@@ -628,3 +628,56 @@ def test_a_streams_counters_read_through_the_api_are_current_and_set_for_good_wh
 def test_the_dispatches_app_filter_past_any_id_is_a_400_naming_it(manager_alice, api_key_for):
     answer = api_key_for(manager_alice, scopes=["read"]).get("/api/v1/dispatches/", {"app": str(2**63)})
     assert answer.status_code == 400 and answer.json()["errors"][0]["field"] == "app"
+
+
+@pytest.fixture
+def restored_copy(db):
+    """A database restored from another instance and not claimed here yet."""
+    from operations.models import Instance
+
+    Instance.objects.filter(pk=1).update(name="production-eu")
+
+
+def test_a_restored_copys_watchdog_leaves_inherited_streams_alone_and_starts_no_sender(
+    pushsim_app, stream, restored_copy, monkeypatch
+):
+    import django_q.tasks
+    from django.core.cache import cache
+    from django_q.conf import Conf
+
+    from delivery import tasks
+
+    _append(stream, _people(pushsim_app, 1))
+    Delivery.objects.filter(dispatch_id=stream.pk).update(status="accepted", finished_at=timezone.now())
+    Dispatch.objects.filter(pk=stream.pk).update(stream_day=timezone.now().date() - dt.timedelta(days=1))
+    monkeypatch.setattr(Conf, "SYNC", False)
+    queued = []
+    monkeypatch.setattr(django_q.tasks, "async_task", lambda func, *args, **kwargs: queued.append(func))
+    cache.delete_many(["pushdesk:stream-sender:0", "pushdesk:stream-sender:0:starting"])
+
+    tasks.dispatches_watch_task()
+    assert tasks.streams_send_task(0) == {"claimed": 0, "batches": 0, "handed_over": False}
+
+    assert queued == []  # no sender started, none handed over to
+    stream.refresh_from_db()
+    assert (stream.status, stream.total) == ("sending", 0)  # neither finished nor recounted
+
+
+def test_a_restored_copys_sender_process_waits_quietly_until_claimed(transactional_db, monkeypatch, caplog):
+    from delivery.services import stream_senders
+    from operations import instance
+    from operations.models import Instance
+
+    Instance.objects.update_or_create(pk=1, defaults={"name": "production-eu", "claimed_at": timezone.now()})
+    checks = []
+    real_problem = instance.instance_problem
+    monkeypatch.setattr(instance, "instance_problem", lambda: checks.append(1) or real_problem())
+    until = time.monotonic() + 3.5
+    monkeypatch.setattr(stream_senders, "stop_requested", lambda: time.monotonic() > until)
+
+    stream_senders.streams_sender_run(slot=0)
+
+    assert 2 <= len(checks) <= 4, len(checks)  # it backs off (1 s, 2 s, …): not thousands of checks a second
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 1, lines  # the refusal, once
+    assert "refused to send the open streams" in lines[0] and "production-eu" in lines[0]
