@@ -9,6 +9,7 @@ BEATS = {
     "campaigns tick": "campaigns.tasks.campaigns_tick_task",
     "journeys tick": "journeys.tasks.journeys_tick_task",
     "events replay": "audiences.tasks.events_replay_task",
+    "delivery watchdog": "delivery.tasks.dispatches_watch_task",
 }
 
 

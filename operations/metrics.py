@@ -228,7 +228,8 @@ class PushdeskCollector:
         )
         beat = GaugeMetricFamily(
             "pushdesk_beat_last_run_age_seconds",
-            "Seconds since each schedule of the beat last ran; one that never ran counts from when it was due",
+            "Seconds since each schedule of the beat last ran; one that never ran counts from when it was due, "
+            "one that is missing (deleted) is +Inf",
             labels=["schedule"],
         )
         for name, run in s.beat.items():

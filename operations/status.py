@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -138,4 +139,8 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
             "age_seconds": (now - last).total_seconds() if last else None,
             "next_run": schedule.next_run,
         }
+    from operations.beats import BEATS
+
+    for name in BEATS.keys() - result.beat.keys():  # deleted: `migrate` makes it again
+        result.beat[name] = {"last_run": None, "age_seconds": math.inf, "next_run": None, "missing": True}
     return result

@@ -262,6 +262,24 @@ def test_a_schedule_that_never_ran_counts_from_when_it_was_due(client, db, metri
     assert age["events replay"] == 0
 
 
+def test_a_deleted_schedule_of_the_beat_is_an_infinite_age_not_a_missing_series(client, db, metrics_on):
+    import math
+
+    from django_q.models import Schedule
+
+    from operations.beats import BEATS
+
+    Schedule.objects.filter(name="delivery watchdog").delete()
+    samples = scrape(client)
+    age = {
+        dict(labels)["schedule"]: v
+        for (name, labels), v in samples.items()
+        if name == "pushdesk_beat_last_run_age_seconds"
+    }
+    assert set(BEATS) <= set(age)
+    assert math.isinf(age["delivery watchdog"])
+
+
 def test_dead_tokens_are_those_the_providers_refused_now_a_gauge(client, db, metrics_on):
     """A token the app itself unregistered (a sign-out) is not a provider's refusal, and a refused
     token registered again is alive: the figure goes down, so it is a gauge, not a counter."""

@@ -136,6 +136,27 @@ def test_a_migrate_brings_back_a_deleted_beat_and_leaves_a_changed_one_as_set():
     assert (replays.func, replays.minutes, replays.repeats) == ("audiences.tasks.events_replay_task", 1, -1)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_each_deleted_beat_is_reported_missing_and_a_migrate_brings_it_back():
+    from operations.beats import BEATS
+
+    assert set(BEATS) == {"campaigns tick", "journeys tick", "events replay", "delivery watchdog"}
+    call_command("migrate", verbosity=0)  # a transactional test before this one may have emptied the table
+    Schedule.objects.filter(name__in=BEATS).delete()
+    out = io.StringIO()
+    call_command("status", stdout=out)
+    for name in BEATS:
+        assert f"{name}: MISSING" in out.getvalue(), out.getvalue()
+
+    call_command("migrate", verbosity=0)
+    out = io.StringIO()
+    call_command("status", stdout=out)
+    for name, func in BEATS.items():
+        assert Schedule.objects.get(name=name).func == func
+        assert f"{name}: last ran" in out.getvalue()
+    assert "MISSING" not in out.getvalue()
+
+
 @pytest.fixture
 def redis_down(monkeypatch):
     """The broker pointed at a port where no Redis answers, as during a Redis restart."""

@@ -65,6 +65,9 @@ class Command(BaseCommand):
                 write(f"  {problem}")
         write("beat")
         for name, run in s.beat.items():
+            if run.get("missing"):
+                write(f"  {name}: MISSING (deleted?); `manage.py migrate` makes it again")
+                continue
             upcoming = f"{run['next_run']:%Y-%m-%d %H:%M:%S} UTC" if run["next_run"] else "not scheduled"
             write(f"  {name}: last ran {_age(run['age_seconds'])}, next {upcoming}")
         if s.queue_problem:
