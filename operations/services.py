@@ -9,10 +9,12 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from accounts.models import User
 from accounts.services import audit
 from config.db import write_pacer
+from config.reporting import first_line
 
 logger = logging.getLogger("pushdesk.instance")
 
@@ -101,13 +103,27 @@ def instance_claim(*, name: str | None = None) -> dict:
             counts["tasks"] = OrmQ.objects.all().delete()[0]
         Instance.objects.update_or_create(pk=1, defaults={"name": name, "claimed_at": now})
         audit(actor=None, action="instance_claimed", summary={"name": name, "previous": previous, **counts})
-    if "redis" in settings.Q_CLUSTER:
-        from django_q.brokers import get_broker
-
-        # Only this instance's own queue: a shared Redis also holds the original's.
-        get_broker().purge_queue()
     logger.warning("instance %r claimed the database (it was %r); voided %s", name, previous, counts)
-    return {"previous": previous, "name": name, **counts}
+    result = {"previous": previous, "name": name, **counts, "queue_purge_failed": None}
+    if "redis" in settings.Q_CLUSTER:
+        try:
+            result["tasks"] = instance_queue_purge()
+        except RedisError as exc:  # the claim stands; the purge is run again with --purge-queue
+            result["queue_purge_failed"] = f"Redis does not answer ({exc.__class__.__name__}: {first_line(exc)})"
+            logger.error("instance %r: the task queue could not be purged: %s", name, result["queue_purge_failed"])
+    return result
+
+
+def instance_queue_purge() -> int:
+    """Drop the tasks waiting in this instance's queue in Redis (``instance_claim`` does it after
+    it commits; run on its own when Redis did not answer then). Only this instance's queue: a
+    shared Redis also holds the original's. Returns the number dropped. Raises ``RedisError``."""
+    from django_q.brokers import get_broker
+
+    broker = get_broker()
+    waiting = broker.queue_size() or 0
+    broker.purge_queue()
+    return waiting
 
 
 AUDIT_MINIMUM_DAYS = 365  # the database's own floor (operations migration 0002)

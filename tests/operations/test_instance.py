@@ -110,3 +110,40 @@ def test_instance_claim_voids_unfinished_dispatches_and_due_occurrences(restored
     campaign = Campaign.objects.get(pk=campaign.pk)
     assert campaign.next_occurrence_at > now
     assert Occurrence.objects.filter(campaign=campaign, outcome="skipped_missed").count() == 3
+
+
+def test_a_claim_while_redis_is_down_says_the_queue_was_not_purged_and_purge_queue_does_it_later(
+    restored_copy, monkeypatch, settings
+):
+    from django.core.management.base import CommandError
+    from django_q.brokers import get_broker
+    from django_q.conf import Conf
+
+    from tests.processes import free_port
+
+    if "redis" not in settings.Q_CLUSTER:
+        pytest.skip("the queue is the database here: the claim purges it in its transaction")
+    broker = get_broker()
+    broker.purge_queue()
+    broker.enqueue("a task the original queued")
+    up = Conf.REDIS
+    monkeypatch.setattr(Conf, "REDIS", f"redis://:hunter2@127.0.0.1:{free_port()}/0")
+
+    with pytest.raises(CommandError) as failed:
+        call_command("instance_claim", "--yes", stdout=io.StringIO())
+    message = str(failed.value)
+    assert "claim is made" in message and "instance_claim --purge-queue" in message
+    assert "\n" not in message and "hunter2" not in message
+    assert instance_problem() is None  # claimed all the same
+    out = io.StringIO()
+    call_command("instance_claim", stdout=out)
+    assert "nothing to do" in out.getvalue()
+    with pytest.raises(CommandError, match="Redis does not answer"):
+        call_command("instance_claim", "--purge-queue", stdout=io.StringIO())
+    assert broker.queue_size() == 1
+
+    monkeypatch.setattr(Conf, "REDIS", up)
+    out = io.StringIO()
+    call_command("instance_claim", "--purge-queue", stdout=out)
+    assert "1 tasks dropped" in out.getvalue()
+    assert broker.queue_size() == 0

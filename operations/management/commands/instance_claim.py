@@ -2,9 +2,11 @@
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from redis.exceptions import RedisError
 
+from config.reporting import first_line
 from operations.instance import instance_problem
-from operations.services import instance_claim
+from operations.services import instance_claim, instance_queue_purge
 
 
 class Command(BaseCommand):
@@ -15,11 +17,20 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--yes", action="store_true", help="Do not ask for confirmation.")
+        parser.add_argument(
+            "--purge-queue",
+            action="store_true",
+            help="On a database already claimed: drop the tasks waiting in this instance's queue in Redis "
+            "(when Redis did not answer during the claim).",
+        )
 
-    def handle(self, *args, yes: bool, **options):
+    def handle(self, *args, yes: bool, purge_queue: bool, **options):
         name = settings.PUSHDESK_INSTANCE
         problem = instance_problem()
         if problem is None:
+            if purge_queue:
+                self._purge_queue()
+                return
             self.stdout.write(f"The database already belongs to instance {name!r}: nothing to do.")
             return
         self.stdout.write(f"Now: {problem}.")
@@ -38,3 +49,22 @@ class Command(BaseCommand):
             f"{result['deliveries_unknown']} in-flight rows unknown), {result['occurrences']} due campaign "
             f"occurrences, {result['enrollments']} due journey steps, {result.get('tasks', 0)} queued tasks."
         )
+        if result["queue_purge_failed"]:
+            raise CommandError(
+                f"The claim is made, but the task queue in Redis was not purged: {result['queue_purge_failed']}; "
+                "tasks queued before may still run. Once Redis answers, run "
+                "`manage.py instance_claim --purge-queue`."
+            )
+
+    def _purge_queue(self):
+        if "redis" not in settings.Q_CLUSTER:
+            self.stdout.write("The task queue is in the database: the claim purged it.")
+            return
+        try:
+            dropped = instance_queue_purge()
+        except RedisError as exc:
+            raise CommandError(
+                f"The task queue was not purged: Redis does not answer ({exc.__class__.__name__}: "
+                f"{first_line(exc)}). Run it again once Redis answers."
+            ) from None
+        self.stdout.write(f"Purged this instance's task queue: {dropped} tasks dropped.")
