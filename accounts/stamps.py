@@ -1,6 +1,6 @@
 """Version stamps: what lets a process cache API keys, permissions and approved content safely.
 
-A stamp is a named random token, kept in Redis (``pushdesk:stamp:<name>``) or, in the embedded
+A stamp is a named random token, kept in Redis (``<PUSHDESK_INSTANCE>:stamp:<name>``) or, in the embedded
 mode, in the database (``VersionStamp``). A cache entry remembers the stamp it was loaded under;
 a change bumps the stamp, and the next request that reads it reloads. Names:
 
@@ -21,8 +21,6 @@ from functools import lru_cache
 
 from django.conf import settings
 from django.db import transaction
-
-PREFIX = "pushdesk:stamp:"
 
 # GCRA token bucket (``delivery.throttle`` runs the same): KEYS[1] the bucket, ARGV rate, want,
 # burst. Sets the locals ``grant`` and ``wait``, which the script around it declares.
@@ -70,16 +68,21 @@ class Stamps:
 
 
 class _Redis:
-    def __init__(self, url: str):
+    def __init__(self, url: str, instance: str):
         import redis
 
         self.client = redis.Redis.from_url(url)
         self.script = self.client.register_script(_TAKE_AND_READ)
+        # The instance's, as the cache, the queue and the send rate limiters: deployments sharing a
+        # Redis neither take from each other's buckets nor bump each other's stamps.
+        self.stamp_prefix = f"{instance}:stamp:"
+        self.throttle_prefix = f"{instance}:throttle:"
+        self.no_bucket = f"{instance}:throttle:-"
 
 
 @lru_cache(maxsize=1)
 def _redis() -> _Redis | None:
-    return _Redis(settings.REDIS_URL) if settings.REDIS_URL else None
+    return _Redis(settings.REDIS_URL, settings.PUSHDESK_INSTANCE) if settings.REDIS_URL else None
 
 
 def burst_of(rate: float) -> float:
@@ -100,7 +103,8 @@ def stamps_read(names: list[str], *, rate_key: str | None = None, rate: float = 
         found = dict(VersionStamp.objects.filter(name__in=names).values_list("name", "value"))
         return Stamps({name: found.get(name) for name in names})
     take = rate_key is not None and rate > 0
-    keys = [f"pushdesk:throttle:{rate_key}" if take else "pushdesk:throttle:-"] + [PREFIX + n for n in names]
+    stamp = server.stamp_prefix
+    keys = [server.throttle_prefix + rate_key if take else server.no_bucket] + [stamp + n for n in names]
     granted, wait, values = server.script(keys=keys, args=[rate if take else 0, 1, burst_of(rate) if take else 0])
     decoded = {name: (v.decode() if isinstance(v, bytes) else None) for name, v in zip(names, values, strict=True)}
     if not take:
@@ -127,7 +131,7 @@ def stamps_bump(*names: str) -> None:
     def bump() -> None:
         with server.client.pipeline(transaction=False) as pipe:
             for name in set(names):
-                pipe.set(PREFIX + name, secrets.token_hex(8))
+                pipe.set(server.stamp_prefix + name, secrets.token_hex(8))
             pipe.execute()
 
     # Now, so that no process goes on trusting what is changing, and again once it commits, so
