@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -407,19 +406,15 @@ def streams_sender_run(*, slot: int = 0, retry_seconds: float = 2.0) -> SendRepo
 
 
 def _outage(exc: Exception) -> str | None:
-    """Say which server does not answer when ``exc`` is Redis or the database gone (a connection
-    refused or lost, a shutdown), or return None for any other error (a deadlock, a bug)."""
+    """Say in a line what is wrong when ``exc`` is Redis or the database gone (a connection refused
+    or lost, a shutdown) or the database not migrated, or return None for any other error (a
+    deadlock, a bug)."""
+    from operations.database import database_problem
+
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
-        which = "Redis"
-    elif isinstance(exc, InterfaceError) or (
-        isinstance(exc, OperationalError)
-        and (getattr(exc.__cause__, "sqlstate", None) or "08").startswith(("08", "57P"))
-    ):
-        which = "the database"
-    else:
-        return None
-    detail = first_line(exc)
-    return f"{which} does not answer ({exc.__class__.__name__}{': ' + detail if detail else ''})"
+        detail = first_line(exc)
+        return f"Redis does not answer ({exc.__class__.__name__}{': ' + detail if detail else ''})"
+    return database_problem(exc)
 
 
 _REFUSED_WAIT_MAX_SECONDS = 60.0

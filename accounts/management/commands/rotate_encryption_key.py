@@ -4,6 +4,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.services import encryption_key_rotate
+from operations.database import database_errors_said
 
 
 class Command(BaseCommand):
@@ -14,7 +15,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         try:
-            done = encryption_key_rotate()
+            with database_errors_said():
+                done = encryption_key_rotate()
         except ImproperlyConfigured as exc:  # a secret no key decrypts: say so, without a traceback
             raise CommandError(str(exc)) from None
         for label, count in done.items():

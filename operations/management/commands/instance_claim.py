@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 from redis.exceptions import RedisError
 
 from config.reporting import first_line
+from operations.database import database_errors_said
 from operations.instance import instance_problem
 from operations.services import instance_claim, instance_queue_purge
 
@@ -24,7 +25,11 @@ class Command(BaseCommand):
             "(when Redis did not answer during the claim).",
         )
 
-    def handle(self, *args, yes: bool, purge_queue: bool, **options):
+    def handle(self, *args, **options):
+        with database_errors_said():
+            self._handle(**options)
+
+    def _handle(self, *, yes: bool, purge_queue: bool, **options):
         name = settings.PUSHDESK_INSTANCE
         problem = instance_problem()
         if problem is None:

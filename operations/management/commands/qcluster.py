@@ -29,6 +29,7 @@ from django_q.cluster import Cluster, Sentinel
 from django_q.management.commands.qcluster import Command as QclusterCommand
 
 from config.reporting import first_line
+from operations.database import database_errors_said, migrations_pending
 from operations.shutdown import request_stop
 
 logger = logging.getLogger("pushdesk.worker")
@@ -90,6 +91,10 @@ def _ensure_queue_and_database_answer() -> None:
     except DatabaseError as exc:
         reason = first_line(exc) or exc.__class__.__name__
         raise CommandError(f"the database does not answer ({reason}); start it, or check DATABASE_URL.") from None
+    with database_errors_said():
+        pending = migrations_pending()
+    if pending:  # the workers start (a release may migrate after), but their tasks fail until then
+        logger.error("%s migrations are not applied to the database: run `manage.py migrate`", pending)
     connection.close()  # the workers are forked: none inherits this connection
 
 

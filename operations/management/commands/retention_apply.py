@@ -3,6 +3,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from operations.database import database_errors_said
 from operations.services import RetentionRefused, retention_apply
 
 
@@ -20,7 +21,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         try:
-            result = retention_apply()
+            with database_errors_said():
+                result = retention_apply()
         except RetentionRefused as refused:
             raise CommandError("\n".join(refused.problems)) from None
         except ValueError as exc:  # audit events asked to go before their year

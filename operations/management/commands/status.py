@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, connection
 
 from config.reporting import first_line
+from operations.database import database_errors_said
 from operations.status import snapshot
 
 
@@ -25,12 +26,10 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         try:
-            connection.ensure_connection()
-        except DatabaseError as exc:
-            raise CommandError(f"the database does not answer: {first_line(exc) or type(exc).__name__}") from None
-        try:
-            s = snapshot()
-        except DatabaseError as exc:  # it answers: a table missing (a new database, a release not migrated)
+            with database_errors_said():
+                connection.ensure_connection()
+                s = snapshot()
+        except DatabaseError as exc:  # it answers, but something in it cannot be read
             raise CommandError(
                 f"the database cannot be read ({first_line(exc) or type(exc).__name__}); are its migrations applied? "
                 "Run `manage.py migrate`."

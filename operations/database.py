@@ -1,0 +1,58 @@
+"""What a command or a process says when the database cannot be used: it does not answer (down,
+restarting, a wrong address), or it answers but its migrations are not applied (a new database,
+a release not migrated yet). One wording for ``status``, ``retention_apply``,
+``rotate_encryption_key``, ``instance_claim``, ``send_stream`` and ``qcluster``: a line that says
+what to do, never a traceback.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from django.core.management.base import CommandError
+from django.db import DatabaseError, InterfaceError, OperationalError
+
+from config.reporting import first_line
+
+# PostgreSQL's undefined_table and undefined_column; SQLite says it in words.
+_NOT_MIGRATED_SQLSTATES = ("42P01", "42703")
+_NOT_MIGRATED_SQLITE = ("no such table", "no such column")
+
+
+def database_problem(exc: BaseException) -> str | None:
+    """Say in one line what is wrong when ``exc`` is the database gone or not migrated; return
+    None for any other error (a deadlock, a bug), which deserves its traceback."""
+    if not isinstance(exc, DatabaseError):
+        return None
+    detail = first_line(exc)
+    said = f"{exc.__class__.__name__}{': ' + detail if detail else ''}"
+    sqlstate = getattr(exc.__cause__, "sqlstate", None)
+    if sqlstate in _NOT_MIGRATED_SQLSTATES or (sqlstate is None and detail.startswith(_NOT_MIGRATED_SQLITE)):
+        return f"the database is not migrated ({said}): run `manage.py migrate`"
+    if isinstance(exc, InterfaceError) or (
+        isinstance(exc, OperationalError) and (sqlstate or "08").startswith(("08", "57P"))
+    ):
+        return f"the database does not answer ({said}): start it, or check DATABASE_URL"
+    return None
+
+
+@contextmanager
+def database_errors_said():
+    """In a management command: turn the database gone or not migrated into a one-line
+    ``CommandError``; any other error goes on as it is."""
+    try:
+        yield
+    except DatabaseError as exc:
+        problem = database_problem(exc)
+        if problem is None:
+            raise
+        raise CommandError(problem) from None
+
+
+def migrations_pending(*, using: str = "default") -> int:
+    """How many migrations the code has that the database has not applied."""
+    from django.db import connections
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connections[using])
+    return len(executor.migration_plan(executor.loader.graph.leaf_nodes()))

@@ -1,0 +1,76 @@
+"""The operator's commands and processes with a database gone or not migrated: one line that says
+what to do (start it, or `manage.py migrate`), never a traceback."""
+
+import io
+import logging
+import os
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection, connections
+
+from tests.processes import free_port, manage
+
+COMMANDS = [["retention_apply"], ["rotate_encryption_key"], ["instance_claim", "--yes"], ["status"]]
+
+postgresql_only = pytest.mark.skipif(
+    connections["default"].vendor != "postgresql", reason="renames tables inside the test's transaction"
+)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0])
+def test_a_command_says_in_one_line_that_the_database_does_not_answer(command):
+    env = {**os.environ, "DATABASE_URL": f"postgres://pushdesk:db-password@127.0.0.1:{free_port()}/pushdesk"}
+    result = manage(command, env, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "db-password" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the database does not answer" in lines[0], result.stderr
+
+
+@pytest.fixture
+def not_migrated(db):
+    """A database whose tables are not there (rolled back with the test's transaction)."""
+    with connection.cursor() as cursor:
+        for table in ("operations_instance", "delivery_app", "delivery_dispatch", "django_q_schedule"):
+            cursor.execute(f"ALTER TABLE {table} RENAME TO {table}_elsewhere")
+
+
+@postgresql_only
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0])
+def test_a_command_on_a_database_not_migrated_says_to_migrate(not_migrated, command):
+    with pytest.raises(CommandError) as refused:
+        call_command(*command, stdout=io.StringIO())
+    message = str(refused.value)
+    assert "\n" not in message and "does not answer" not in message
+    assert "manage.py migrate" in message, message
+
+
+@postgresql_only
+def test_the_stream_sender_on_a_database_not_migrated_says_to_migrate(not_migrated):
+    from django.db import DatabaseError
+
+    from delivery.services.stream_senders import _outage
+    from operations.instance import instance_problem
+
+    with pytest.raises(DatabaseError) as failed:
+        with connection.cursor() as cursor:
+            cursor.execute("SAVEPOINT probe")
+            try:
+                instance_problem()
+            finally:
+                cursor.execute("ROLLBACK TO SAVEPOINT probe")
+    said = _outage(failed.value)
+    assert said is not None and "not migrated" in said and "manage.py migrate" in said
+
+
+def test_the_workers_say_when_migrations_are_not_applied(db, caplog):
+    from operations.management.commands.qcluster import _ensure_queue_and_database_answer
+
+    with connection.cursor() as cursor:  # rolled back with the test's transaction
+        cursor.execute("DELETE FROM django_migrations WHERE app = 'operations'")
+    with caplog.at_level(logging.ERROR, logger="pushdesk.worker"):
+        _ensure_queue_and_database_answer()
+    assert any(
+        "migrations are not applied" in r.getMessage() and "manage.py migrate" in r.getMessage() for r in caplog.records
+    ), caplog.text
