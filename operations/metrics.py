@@ -9,17 +9,28 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import logging
+import math
+import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Count, DurationField, ExpressionWrapper, F, Max, Q, QuerySet
 from django.http import HttpResponse
 from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
+from redis.exceptions import RedisError
+
+from config.reporting import first_line
 
 OUTCOMES = ("accepted", "failed", "skipped", "unknown")
+_DATABASE_UP_HELP = "1 when the database answers, else 0 (and only the queue's figures are served)"
+_QUEUE_UP_HELP = "1 when the queue (Redis) answers, else 0"
+_OLDEST_HELP = "How long the oldest waiting task has waited (0 when none waits)"
+
+logger = logging.getLogger("pushdesk.metrics")
 
 
 # A finished dispatch's figures no longer change an hour after it finished (rows in flight when it
@@ -190,20 +201,17 @@ class PushdeskCollector:
 
         now = timezone.now()
         s = snapshot(now=now)
+        yield GaugeMetricFamily("pushdesk_database_up", _DATABASE_UP_HELP, value=1)
         yield GaugeMetricFamily(
             "pushdesk_instance_claimed",
             "1 when the database is this instance's (it may send), else 0",
             value=0 if s.instance_problem else 1,
         )
-        yield GaugeMetricFamily(
-            "pushdesk_queue_up", "1 when the queue (Redis) answers, else 0", value=0 if s.queue_problem else 1
-        )
+        yield GaugeMetricFamily("pushdesk_queue_up", _QUEUE_UP_HELP, value=0 if s.queue_problem else 1)
         if not s.queue_problem:  # absent rather than a made-up 0 while the queue cannot be read
             yield GaugeMetricFamily("pushdesk_queue_depth", "Tasks waiting in the queue", value=s.queue_depth)
             yield GaugeMetricFamily(
-                "pushdesk_queue_oldest_task_age_seconds",
-                "How long the oldest waiting task has waited (0 when none waits)",
-                value=s.oldest_task_age_seconds or 0,
+                "pushdesk_queue_oldest_task_age_seconds", _OLDEST_HELP, value=s.oldest_task_age_seconds or 0
             )
         yield GaugeMetricFamily(
             "pushdesk_failed_tasks_last_hour",
@@ -314,6 +322,46 @@ def metrics_response(request) -> HttpResponse:
         return response
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PushdeskCollector())
-    response = HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    try:
+        body = generate_latest(registry)
+    except DatabaseError as exc:
+        body = _database_down_metrics(exc)
+    response = HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
     response["Cache-Control"] = "no-store"
     return response
+
+
+_DOWN_LOG_SECONDS = 60.0
+_down_logged_at = -math.inf
+
+
+def _database_down_metrics(exc: DatabaseError) -> bytes:
+    """What a scrape gets while the database cannot be read: ``pushdesk_database_up 0`` and the
+    queue's figures that Redis alone gives, as exporters answer when what they watch is down (a
+    failed scrape would say the web process is down). Logs a line a minute at most."""
+    global _down_logged_at
+    from operations.database import database_problem
+    from operations.status import queue_depth_and_oldest_age
+
+    if time.monotonic() - _down_logged_at >= _DOWN_LOG_SECONDS:
+        _down_logged_at = time.monotonic()
+        problem = database_problem(exc) or f"the database cannot be read ({exc.__class__.__name__}: {first_line(exc)})"
+        logger.error("/metrics: %s; serving pushdesk_database_up 0", problem)
+    registry = CollectorRegistry(auto_describe=False)
+    families = [GaugeMetricFamily("pushdesk_database_up", _DATABASE_UP_HELP, value=0)]
+    if "redis" in settings.Q_CLUSTER:
+        try:
+            depth, age = queue_depth_and_oldest_age(now=timezone.now())
+        except RedisError:  # Redis down too
+            depth = age = None
+        families.append(GaugeMetricFamily("pushdesk_queue_up", _QUEUE_UP_HELP, value=0 if depth is None else 1))
+        if depth is not None:
+            families.append(GaugeMetricFamily("pushdesk_queue_depth", "Tasks waiting in the queue", value=depth))
+            families.append(GaugeMetricFamily("pushdesk_queue_oldest_task_age_seconds", _OLDEST_HELP, value=age or 0))
+
+    class _Down:
+        def collect(self):
+            yield from families
+
+    registry.register(_Down())
+    return generate_latest(registry)

@@ -387,3 +387,35 @@ def test_a_scrape_reads_the_running_and_recent_dispatches_and_the_dead_devices_n
     assert (moved.sends[app.pk, "accepted"], moved.platform_sends[app.pk, "android", "accepted"]) == (603, 1)
     assert send_totals(now=now + dt.timedelta(hours=2)) == send_totals(now=now)
     assert _sends_series(scrape(client)) == _sends_series(second)
+
+
+def test_a_scrape_while_the_database_is_down_says_database_up_0_and_logs_a_line_a_minute(
+    client, transactional_db, metrics_on, settings, monkeypatch, caplog
+):
+    """What exporters do when what they watch is down: the scrape succeeds and says so (a failed
+    scrape would read as the web process down); the queue's figures, from Redis, still come."""
+    from django.db import connection
+
+    from operations import metrics
+    from tests.processes import free_port
+
+    if connection.vendor != "postgresql":
+        pytest.skip("points the database connection at a port where no PostgreSQL answers")
+    assert scrape(client)[("pushdesk_database_up", ())] == 1
+    monkeypatch.setattr(metrics, "_down_logged_at", -float("inf"))
+    saved = dict(connection.settings_dict)
+    connection.close()
+    connection.settings_dict.update(HOST="127.0.0.1", PORT=str(free_port()))
+    try:
+        samples = [scrape(client) for _ in range(3)]
+    finally:
+        connection.close()
+        connection.settings_dict.update(saved)
+    for found in samples:
+        assert found[("pushdesk_database_up", ())] == 0
+        assert ("pushdesk_instance_claimed", ()) not in found
+        if settings.REDIS_URL:
+            assert found[("pushdesk_queue_up", ())] == 1 and ("pushdesk_queue_depth", ()) in found
+    lines = [r for r in caplog.records if "/metrics" in r.getMessage()]
+    assert len(lines) == 1 and "the database does not answer" in lines[0].getMessage()
+    assert not any(r.exc_info for r in caplog.records)
