@@ -230,7 +230,8 @@ class PushdeskCollector:
         )
         yield GaugeMetricFamily(
             "pushdesk_retention_refusals",
-            "Segments and journey conditions that count events further back than PUSHDESK_RETENTION_EVENT_DAYS "
+            "Segments and journey conditions that count events further back than PUSHDESK_RETENTION_EVENT_DAYS, "
+            "and frequency caps that count deliveries further back than PUSHDESK_RETENTION_DELIVERY_DAYS "
             "(retention refuses to run while there is one)",
             value=len(s.retention_problems),
         )

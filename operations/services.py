@@ -239,6 +239,33 @@ def _kept_rows_conversion_problems(*, event_days: int, delivery_days: int, now: 
     return problems
 
 
+def delivery_retention_problems(*, delivery_days: int | None = None) -> list[str]:
+    """The apps whose frequency cap counts deliveries further back than ``delivery_days`` (default
+    PUSHDESK_RETENTION_DELIVERY_DAYS): the cap reads the deliveries in its window, and once
+    retention deleted the older ones it would let through pushes it should hold back. Empty when
+    deliveries are kept forever (0) or no cap looks back that far."""
+    from delivery.models import DeliveryRules
+
+    delivery_days = settings.PUSHDESK_RETENTION_DELIVERY_DAYS if delivery_days is None else delivery_days
+    if delivery_days <= 0:
+        return []
+    capping = DeliveryRules.objects.filter(frequency_cap__gt=0, frequency_window_hours__gt=delivery_days * 24)
+    return [
+        f"The app '{rules.app.name}' (id {rules.app_id}) caps marketing pushes at {rules.frequency_cap} per "
+        f"{rules.frequency_window_hours} hours, longer than PUSHDESK_RETENTION_DELIVERY_DAYS={delivery_days} "
+        f"({delivery_days * 24} hours)."
+        for rules in capping.select_related("app").order_by("app__name", "app_id")
+    ]
+
+
+def retention_problems(*, event_days: int | None = None, delivery_days: int | None = None, now=None) -> list[str]:
+    """Everything that stops ``retention_apply`` (for ``status`` and ``/metrics``), each naming
+    the setting it outlasts: ``event_retention_problems`` and ``delivery_retention_problems``."""
+    return event_retention_problems(
+        event_days=event_days, delivery_days=delivery_days, now=now
+    ) + delivery_retention_problems(delivery_days=delivery_days)
+
+
 def event_retention_problems(
     *, event_days: int | None = None, delivery_days: int | None = None, now: dt.datetime | None = None
 ) -> list[str]:
@@ -355,7 +382,8 @@ def retention_apply(
     cache keeps over it.
     Events: those that occurred more than ``event_days`` ago, in chunks (``_events_delete``).
     Raises RetentionRefused, before deleting anything, when a segment or a journey counts events
-    over a longer window (``event_retention_problems``).
+    over a longer window, or an app's frequency cap counts deliveries over a longer window
+    (``retention_problems``).
     Failed tasks: django-q's failures that stopped more than ``task_days`` ago (its successes are
     kept to ``save_limit`` by the queue itself).
     Audit events: those older than ``audit_days`` (never under 365: the database refuses), through
@@ -375,15 +403,23 @@ def retention_apply(
     task_days = settings.PUSHDESK_RETENTION_TASK_DAYS if task_days is None else task_days
     if 0 < audit_days < AUDIT_MINIMUM_DAYS:
         raise ValueError(f"Audit events are kept {AUDIT_MINIMUM_DAYS} days at least.")
+    said = []
     problems = event_retention_problems(event_days=event_days, delivery_days=delivery_days, now=now)
     if problems:
-        raise RetentionRefused(
-            [
-                f"Nothing was deleted: PUSHDESK_RETENTION_EVENT_DAYS={event_days} would delete events these count "
-                "(give each a window within it, or keep events longer):",
-                *problems,
-            ]
-        )
+        said += [
+            f"PUSHDESK_RETENTION_EVENT_DAYS={event_days} would delete events these count "
+            "(give each a window within it, or keep events longer):",
+            *problems,
+        ]
+    problems = delivery_retention_problems(delivery_days=delivery_days)
+    if problems:
+        said += [
+            f"PUSHDESK_RETENTION_DELIVERY_DAYS={delivery_days} would delete deliveries these frequency caps count "
+            "(shorten the cap's window, or keep deliveries longer):",
+            *problems,
+        ]
+    if said:
+        raise RetentionRefused([f"Nothing was deleted: {said[0]}", *said[1:]])
     result = {"deliveries": 0, "events": 0, "failed_tasks": 0, "audit_events": 0}
     if delivery_days > 0:
         finished = Dispatch.objects.filter(

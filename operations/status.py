@@ -80,7 +80,7 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
     from delivery.models import Dispatch
     from delivery.services.streams import stream_live_figures
     from operations.instance import instance_problem
-    from operations.services import event_retention_problems
+    from operations.services import retention_problems
 
     now = now or timezone.now()
     problem = None
@@ -128,7 +128,7 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
     result.event_replays = replays["n"]
     if replays["oldest"] is not None:
         result.oldest_event_replay_age_seconds = (now - replays["oldest"]).total_seconds()
-    result.retention_problems = event_retention_problems()
+    result.retention_problems = retention_problems()
     last_runs = dict(
         Task.objects.filter(pk__in=Schedule.objects.exclude(task=None).values("task")).values_list("id", "stopped")
     )

@@ -347,3 +347,30 @@ def test_retention_refuses_while_a_conversion_window_outlasts_the_events(
     assert event_retention_problems(event_days=30) == []
     Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.COMPLETED)
     assert event_retention_problems(event_days=14) == []
+
+
+def test_retention_refuses_while_a_frequency_cap_counts_deliveries_further_back(db, settings):
+    from delivery.models import DeliveryRules
+    from operations.services import RetentionRefused
+
+    settings.PUSHDESK_RETENTION_DELIVERY_DAYS = 7
+    sent = _dispatch(10)  # a marketing send ten days ago
+    DeliveryRules.objects.create(app=sent.app, frequency_cap=1, frequency_window_hours=720)  # one per 30 days
+    with pytest.raises(RetentionRefused) as refused:
+        retention_apply()
+    message = str(refused.value)
+    assert message.startswith(
+        "Nothing was deleted: PUSHDESK_RETENTION_DELIVERY_DAYS=7 would delete deliveries these frequency caps count"
+    )
+    assert f"The app '{sent.app.name}' (id {sent.app_id}) caps marketing pushes at 1 per 720 hours" in message
+    assert Delivery.objects.filter(dispatch=sent).count() == 3  # the cap still counts them
+
+    out = io.StringIO()
+    call_command("status", stdout=out)
+    assert "retention  REFUSES TO RUN" in out.getvalue() and "1 per 720 hours" in out.getvalue()
+    with pytest.raises(CommandError, match="PUSHDESK_RETENTION_DELIVERY_DAYS=7"):
+        call_command("retention_apply", stdout=io.StringIO())
+
+    settings.PUSHDESK_RETENTION_DELIVERY_DAYS = 30  # kept as long as the cap counts: it runs, and keeps them
+    assert retention_apply()["deliveries"] == 0
+    assert Delivery.objects.filter(dispatch=sent).count() == 3

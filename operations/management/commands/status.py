@@ -59,7 +59,7 @@ class Command(BaseCommand):
         waited = "" if oldest is None else f", the oldest stored {_age(oldest)}"
         write(f"replays    {s.event_replays} batches of events wait to enter or end journeys again{waited}")
         if s.retention_problems:
-            write("retention  REFUSES TO RUN (nothing is deleted) until the events are kept longer or these change:")
+            write("retention  REFUSES TO RUN (nothing is deleted) until these change:")
             for problem in s.retention_problems:
                 write(f"  {problem}")
         write("beat")
