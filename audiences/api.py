@@ -25,6 +25,7 @@ from accounts.authentication import request_stamps
 from accounts.json_values import MAX_DEPTH, TEXT_REFUSED, json_compact, json_parse, json_value_problem
 from accounts.pagination import ListQuery, QueryInteger, page_response, page_schema, query_params_valid
 from accounts.parsers import ApiJSONParser
+from audiences.imports import columns_problem
 from audiences.models import Import, Profile, Segment
 from audiences.rules.schema import KEY_RE, RulesInvalid
 from audiences.selectors import imports_visible_to, profiles_visible_to, segment_for, segments_visible_to
@@ -247,7 +248,7 @@ class ImportInSerializer(serializers.Serializer):
                 raise serializers.ValidationError("Not JSON.") from exc
         if value is not None and not isinstance(value, dict):
             raise serializers.ValidationError("Must be an object: CSV column → {'to', 'type'}.")
-        found = json_value_problem(value or {})
+        found = json_value_problem(value or {}) or columns_problem(value or {})
         if found is not None:
             where, message = found
             raise serializers.ValidationError({where: [message]} if where else [message])

@@ -10,6 +10,7 @@ import codecs
 import csv
 import datetime as dt
 import io
+import json
 import math
 import re
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from django.db import connection
 
 from accounts.json_values import json_compact_utf8
 from audiences.rules.schema import KEY_RE
+from audiences.services.profiles import MAX_ATTRIBUTES, MAX_ATTRIBUTES_BYTES, profile_check
 
 SNIFF_BYTES = 64 * 1024
 CELL_TYPES = ("auto", "string", "number", "boolean", "date", "skip")
@@ -44,12 +46,21 @@ BINARY_SIGNATURES = {
     b"GIF8": "a GIF image",
     b"\x1f\x8b": "a gzip archive",
 }
+# Longest first: the UTF-32 LE mark starts as the UTF-16 LE one does.
+WIDE_TEXT_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # Bytes that do not decode are read as lone surrogates (U+DC80-U+DCFF, Python's "surrogateescape"),
 # which no valid text decodes to; a U+FFFD that the file spells in valid UTF-8 is an ordinary character.
 UNDECODABLE_RE = re.compile("[\udc80-\udcff]")
 SUSPECT_RE = re.compile("[\x00\udc80-\udcff]")  # a column holding neither needs no row-by-row look
 COPY_SPECIAL_RE = re.compile("[\\\\\t\n\r]")
+QUOTED_RE = re.compile('[^"]*(?:""[^"]*)*')  # the inside of a quoted CSV field, up to its closing quote
+KEPT_LINES = 1024
 
 
 class ImportRefused(ValidationError):
@@ -104,13 +115,39 @@ def attribute_name(header: str) -> str:
     return re.sub(r"\s+", "_", header.strip())
 
 
+def columns_problem(columns: dict) -> tuple[str, str] | None:
+    """What is wrong with the shape of a column mapping, as (path, message); None when nothing is.
+
+    Each column maps to null or an object with an optional ``to`` (a name, as text) and ``type``
+    (one of CELL_TYPES). The names themselves are checked against the header by ``plan_columns``.
+    """
+    for name, spec in columns.items():
+        if spec is None:
+            continue
+        if not isinstance(spec, dict):
+            return name, f"The mapping of column {name!r} must be an object with 'to' and/or 'type'."
+        for key in spec:
+            if key not in ("to", "type"):
+                return f"{name}.{key}", f"Column {name!r}: unknown key {key!r}; a mapping has 'to' and/or 'type'."
+        to = spec.get("to")
+        if to is not None and not isinstance(to, str):
+            return (
+                f"{name}.to",
+                f"Column {name!r}: 'to' must be a name (text): an attribute, external_id, locale or timezone.",
+            )
+        kind = spec.get("type")
+        if kind is not None and (not isinstance(kind, str) or kind not in CELL_TYPES):
+            return f"{name}.type", f"Column {name!r}: unknown type {kind!r}; use one of {', '.join(CELL_TYPES)}."
+    return None
+
+
 def plan_columns(header: list[str], columns: dict | None) -> Plan:
     """Map the header to profile fields and typed attributes, or refuse the file (ImportRefused).
 
     ``columns`` maps a CSV header to ``{"to": name, "type": type}`` (either optional) or
-    ``{"type": "skip"}``. Unmapped columns become attributes of the header's name, typed
-    by inference ("auto"). The external id comes from the column named ``external_id`` or
-    mapped to it; without one the file is refused.
+    ``{"type": "skip"}`` (``columns_problem`` says what else is refused). Unmapped columns become
+    attributes of the header's name, typed by inference ("auto"). The external id comes from the
+    column named ``external_id`` or mapped to it; without one the file is refused.
     """
     columns = columns or {}
     names = [h.strip() for h in header]
@@ -124,16 +161,15 @@ def plan_columns(header: list[str], columns: dict | None) -> Plan:
     unknown = sorted(set(columns) - set(names))
     if unknown:
         raise ImportRefused(f"The column mapping names {unknown[0]!r}, which is not in the file's header.")
+    found = columns_problem(columns)
+    if found is not None:
+        raise ImportRefused(found[1])
     plan: list[Column] = []
     id_index = None
     targets: set[str] = set()
     for index, name in enumerate(names):
         spec = columns.get(name) or {}
-        if not isinstance(spec, dict):
-            raise ImportRefused(f"The mapping of column {name!r} must be an object with 'to' and/or 'type'.")
-        kind = spec.get("type", "auto")
-        if kind not in CELL_TYPES:
-            raise ImportRefused(f"Column {name!r}: unknown type {kind!r}; use one of {', '.join(CELL_TYPES)}.")
+        kind = spec.get("type") or "auto"
         if kind == "skip" or (not name and not spec.get("to")):
             continue
         to = spec.get("to") or (name if name in ("external_id", *PROFILE_COLUMNS) else attribute_name(name))
@@ -155,7 +191,11 @@ def plan_columns(header: list[str], columns: dict | None) -> Plan:
 
 
 def sniff_header(fileobj, *, encoding: str) -> list[str]:
-    """Read the start of the file and return its header, or refuse a file that is not CSV text."""
+    """Read the start of the file and return its header, or refuse a file that is not CSV text.
+
+    A NUL byte in the header (the first line that is not blank) marks a binary file, or UTF-16
+    text without its byte order mark, and refuses it; in a later row it fails that row alone.
+    """
     fileobj.seek(0)
     head = fileobj.read(SNIFF_BYTES)
     fileobj.seek(0)
@@ -166,8 +206,19 @@ def sniff_header(fileobj, *, encoding: str) -> list[str]:
     for signature, what in BINARY_SIGNATURES.items():
         if head.startswith(signature):
             raise ImportRefused(f"This is not a CSV file: it looks like {what}. Export it as CSV first.")
-    if b"\x00" in head:
-        raise ImportRefused("This is not a CSV file: it holds binary data (NUL bytes).")
+    for bom, name in WIDE_TEXT_BOMS:
+        if head.startswith(bom):
+            raise ImportRefused(
+                f"The file is {name} text (it starts with a {name} byte order mark), which imports do not read: "
+                "export it as CSV UTF-8 and upload it again."
+            )
+    if head.startswith(codecs.BOM_UTF8) and python_encoding(encoding) != "utf-8-sig":
+        raise ImportRefused(
+            "The file starts with a UTF-8 byte order mark, so it is UTF-8 text: choose the UTF-8 encoding."
+        )
+    first_line = re.split(rb"[\r\n]", head.lstrip(b"\r\n"), maxsplit=1)[0]
+    if b"\x00" in first_line:
+        raise ImportRefused(_nul_refusal(first_line))
     decoder = codecs.getincrementaldecoder(python_encoding(encoding))(errors="strict")
     try:
         text = decoder.decode(head, final=len(head) < SNIFF_BYTES)
@@ -180,10 +231,23 @@ def sniff_header(fileobj, *, encoding: str) -> list[str]:
     try:
         for row in reader:
             if row and any(cell.strip() for cell in row):
+                if "\x00" in "".join(row):
+                    raise ImportRefused(_nul_refusal(b""))
                 return row
     except csv.Error as exc:
         raise ImportRefused(f"This is not a readable CSV file: {exc}.") from exc
     raise ImportRefused("The file has no header row: the first line must name the columns, e.g. external_id.")
+
+
+def _nul_refusal(line: bytes) -> str:
+    """The refusal of a header holding NUL bytes; UTF-16 text without its mark has one beside each ASCII letter."""
+    sample = line[:512]
+    if len(sample) >= 4 and max(sample[0::2].count(0), sample[1::2].count(0)) >= len(sample) // 2 - 1:
+        return (
+            "This is not a CSV file as it stands: it looks like UTF-16 text (a NUL byte beside each letter). "
+            "Export it as CSV UTF-8 and upload it again."
+        )
+    return "This is not a CSV file: it holds binary data (NUL bytes)."
 
 
 @dataclass
@@ -193,49 +257,35 @@ class Record:
     error: str = ""
 
 
-def records(binary, *, encoding: str) -> Iterator[Record]:
-    """Yield every CSV record after the header, streamed, with the line it starts on.
+class RecordReader:
+    """The records of a CSV file after its header, read in chunks, with the line each starts on.
 
     Blank lines are skipped. Quoted fields may hold commas and newlines; CRLF and LF both end
     lines. Undecodable bytes become lone surrogates (see UNDECODABLE_RE) and fail only their row.
-    """
-    text = io.TextIOWrapper(binary, encoding=python_encoding(encoding), errors="surrogateescape", newline="")
-    reader = csv.reader(text)
-    last_line = 0
-    header_seen = False
-    while True:
-        start = last_line + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            last_line = reader.line_num
-            yield Record(line=start, cells=None, error=f"unreadable CSV ({exc})")
-            continue
-        last_line = reader.line_num
-        if not row or not any(cell.strip() for cell in row):
-            continue
-        if not header_seen:
-            header_seen = True
-            continue
-        yield Record(line=start, cells=row)
-
-
-class RecordReader:
-    """The records of a CSV file after its header, read in chunks: the fast path of ``records``.
-
-    Same rules (blank lines skipped, quoted newlines, undecodable bytes as lone surrogates); a
-    chunk gives the cells of each record and the line it starts on, the per-record work being
-    the C reader's alone.
+    A record the csv module gives up on partway (a field over its size limit) is unreadable as a
+    whole: reading goes on after its end, never inside one of its quoted fields.
     """
 
     def __init__(self, binary, *, encoding: str):
         text = io.TextIOWrapper(binary, encoding=python_encoding(encoding), errors="surrogateescape", newline="")
-        self.reader = csv.reader(text)
+        self.kept: list[str] = []  # the lines read lately, the current record's at least
+        self.reopen: list[bool] = []  # not empty: the next line continues a quoted field
+        self.reader = csv.reader(self._lines(text))
         self.last_line = 0
         self.header_seen = False
         self.finished = False
+
+    def _lines(self, text) -> Iterator[str]:
+        kept, reopen = self.kept, self.reopen
+        for line in text:
+            if reopen:
+                reopen.clear()
+                line = '"' + line
+            kept.append(line)
+            if len(kept) > KEPT_LINES:
+                # The record under way began after last_line; its lines (this one too) stay.
+                del kept[: -(self.reader.line_num - self.last_line + 1)]
+            yield line
 
     def read(self, count: int) -> tuple[list[list[str]], list[int], list[tuple[int, str]]]:
         """Up to ``count`` records: their cells, their lines, and those that could not be read (line, reason).
@@ -266,8 +316,52 @@ class RecordReader:
                     self.finished = True
             except csv.Error as exc:
                 unreadable.append((self.last_line + 1, f"unreadable CSV ({exc})"))
+                self._skip_rest_of_record()
                 self.last_line = reader.line_num
         return rows, lines, unreadable
+
+    def _skip_rest_of_record(self) -> None:
+        """After the reader gave up on a record, drop what is left of it.
+
+        The reader starts afresh on the next line, which is right unless the record stopped inside a
+        quoted field that goes on there: then that line is read as opening a quoted field, so the
+        reader finds the field's real end and the record's, and the record thus read is dropped.
+        """
+        reader = self.reader
+        while True:
+            record_lines = self.kept[-max(1, reader.line_num - self.last_line) :]
+            if not _ends_inside_quotes("".join(record_lines)):
+                return
+            self.last_line = reader.line_num
+            self.reopen.append(True)
+            try:
+                next(reader)
+                return
+            except StopIteration:
+                self.finished = True
+                return
+            except csv.Error:
+                continue  # the rest is too long as well: look where it stopped
+
+
+def _ends_inside_quotes(text: str) -> bool:
+    """Whether the csv module, reading ``text`` from the start of a record, ends inside a quoted field.
+
+    Its rules: a field opening with a quote runs to the next quote not doubled; after that, or in
+    a field that opens otherwise, a quote is an ordinary character and a comma ends the field.
+    """
+    at, end = 0, len(text)
+    while at < end:
+        if text[at] == '"':
+            at = QUOTED_RE.match(text, at + 1).end()
+            if at >= end:
+                return True
+            at += 1  # the closing quote
+        comma = text.find(",", at)
+        if comma < 0:
+            return False
+        at = comma + 1
+    return False
 
 
 class _Bad:
@@ -335,9 +429,10 @@ def parse_rows(
         fragments = [[values[j] for j in good] for values in fragments]
         locales = None if locales is None else [locales[j] for j in good]
         timezones_col = None if timezones_col is None else [timezones_col[j] for j in good]
-        good_lines = [lines[keep[j]] for j in good]
+        good_rows = [keep[j] for j in good]
+        good_lines = [lines[i] for i in good_rows]
     else:
-        good_lines = lines
+        good_rows, good_lines = keep, lines
     count = len(ids)
     if not fragments:
         attributes = ["{}"] * count
@@ -346,6 +441,16 @@ def parse_rows(
         if any("" in values for values in fragments):  # an empty cell leaves its attribute out
             tuples = map(partial(filter, None), tuples)
         attributes = list(map("{{{}}}".format, map(",".join, tuples)))
+    over = _over_profile_limits(attributes, len(fragments))
+    if over:
+        bad.update(good_rows[j] for j in over)
+        left = [j for j in range(count) if j not in over]
+        ids = [ids[j] for j in left]
+        attributes = [attributes[j] for j in left]
+        locales = None if locales is None else [locales[j] for j in left]
+        timezones_col = None if timezones_col is None else [timezones_col[j] for j in left]
+        good_lines = [good_lines[j] for j in left]
+        count = len(ids)
     failures = []
     for i in sorted(bad):
         cells = rows[i]
@@ -361,6 +466,23 @@ def parse_rows(
         timezones=timezones_col or [None] * count,
     )
     return parsed, failures
+
+
+def _over_profile_limits(attributes: list[str], columns: int) -> set[int]:
+    """The positions of the rows whose attributes break the profile API's limits (``profile_check``).
+
+    Only a row that could break them is checked: any row when there are more attribute columns than
+    MAX_ATTRIBUTES, else one whose JSON text could reach MAX_ATTRIBUTES_BYTES escaped as ASCII (the
+    size the limit measures: 12 bytes a character at most).
+    """
+    longest = MAX_ATTRIBUTES_BYTES // 12
+    if columns > MAX_ATTRIBUTES:
+        suspects = range(len(attributes))
+    elif attributes and max(map(len, attributes)) > longest:
+        suspects = [j for j, text in enumerate(attributes) if len(text) > longest]
+    else:
+        return set()
+    return {j for j in suspects if _profile_problem("attributes", json.loads(attributes[j]))}
 
 
 def _columns(rows: list[list[str]], width: int) -> list[list[str]]:
@@ -398,7 +520,7 @@ def _type_cells(cells, to: str, kind: str, *, timezones: set[str], cache: dict) 
             out[raw] = _BAD
             continue
         if to == "locale":
-            out[raw] = value[:35]
+            out[raw] = _BAD if _profile_problem("locale", value) else value
         elif to == "timezone":
             out[raw] = value if value in timezones else _BAD
         else:
@@ -459,8 +581,8 @@ def parse_cell(raw: str, kind: str):
     if not value:
         return raw
     first = value[0]
-    if first.isdigit() or first == "-":
-        if value.isdigit():
+    if "0" <= first <= "9" or first == "-":
+        if value.isdigit() and value.isascii():  # other scripts' digits (², ①, ٣) stay text
             if first != "0" or len(value) == 1:
                 return int(value) if len(value) < 19 else raw
             return raw
@@ -516,7 +638,9 @@ def parse_record(record: Record, plan: Plan, *, timezones: set[str]) -> ParsedRo
         if len(raw) > MAX_CELL:
             return f"column {header!r} is longer than {MAX_CELL} characters"
         if to == "locale":
-            row.locale = value[:35]
+            if problem := _profile_problem("locale", value):
+                return f"column {header!r}: {_shorten(value)!r}: {problem}"
+            row.locale = value
         elif to == "timezone":
             if value not in timezones:
                 return f"column {header!r}: {value!r} is not a time zone (e.g. Europe/Paris)"
@@ -528,7 +652,14 @@ def parse_record(record: Record, plan: Plan, *, timezones: set[str]) -> ParsedRo
                 return f"column {header!r}: {_shorten(raw)!r} {exc}"
             if len(typed) < CELL_CACHE_SIZE:
                 typed[raw] = typed_value
+    if attributes and (problem := _profile_problem("attributes", attributes)):
+        return f"attributes: {problem}"
     return row
+
+
+def _profile_problem(name: str, value) -> str | None:
+    """What the profile API says of this field's value (``profile_check``): imports keep the same rules."""
+    return profile_check({name: value}).get(name)
 
 
 def _shorten(value: str) -> str:
@@ -587,18 +718,31 @@ class Batch:
 
     @classmethod
     def of(cls, parsed: ParsedRows) -> Batch:
-        """The batch of a chunk's good rows; an external id seen twice keeps its last row."""
+        """The batch of a chunk's good rows. Rows repeating an external id apply in file order, merged
+        into its first row as two imports would write them: each cell that is not empty replaces the
+        earlier one, so the profile ends the same whatever the batch size."""
         ids = parsed.external_ids
-        last = dict(zip(ids, range(len(ids)), strict=True))
-        if len(last) == len(ids):
+        if len(set(ids)) == len(ids):
             return cls(ids, parsed.attributes, parsed.locales, parsed.timezones)
-        keep = sorted(last.values())
-        return cls(
-            [ids[i] for i in keep],
-            [parsed.attributes[i] for i in keep],
-            [parsed.locales[i] for i in keep],
-            [parsed.timezones[i] for i in keep],
-        )
+        first: dict[str, int] = {}
+        attributes: list[str] = []
+        locales: list[str | None] = []
+        timezones: list[str | None] = []
+        for external_id, text, locale, tz in zip(ids, parsed.attributes, parsed.locales, parsed.timezones, strict=True):
+            at = first.get(external_id)
+            if at is None:
+                first[external_id] = len(attributes)
+                attributes.append(text)
+                locales.append(locale)
+                timezones.append(tz)
+                continue
+            if text != "{}":
+                attributes[at] = json_compact_utf8({**json.loads(attributes[at]), **json.loads(text)})
+            if locale is not None:
+                locales[at] = locale
+            if tz is not None:
+                timezones[at] = tz
+        return cls(list(first), attributes, locales, timezones)
 
     def __len__(self) -> int:
         return len(self.external_ids)

@@ -236,7 +236,7 @@ class ImportAdmin(AccessAdmin):
             content_type="text/csv",
         )
 
-    @admin.action(description="Restart stalled imports", permissions=["add"])
+    @admin.action(description="Restart stalled or failed imports", permissions=["add"])
     def restart_imports(self, request, queryset):
         restarted = 0
         for record in queryset:

@@ -6,6 +6,7 @@ The file is read by ``audiences.imports``; these services check permissions and 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import queue
 import threading
 import time
@@ -22,6 +23,7 @@ from django_q.tasks import async_task
 from accounts.models import User
 from accounts.services import audit
 from audiences.imports import (
+    SEGMENT_GONE,
     Batch,
     ErrorFile,
     ImportRefused,
@@ -36,6 +38,8 @@ from audiences.selectors import segment_for
 from audiences.services.profiles import _ensure_perm, _timezones
 from audiences.services.segments import segment_create
 from config.db import write_pacer
+
+log = logging.getLogger(__name__)
 
 
 def import_create(
@@ -118,7 +122,9 @@ def import_process(*, import_id: int, seconds: float | None = None) -> bool:
     heartbeats), so two workers never run it at once. Each batch commits its rows together with
     the progress counters and the resume position, so a rerun neither repeats nor loses work;
     the same file imported twice changes nothing more (unchanged profiles are not written).
-    Returns True when the time budget ran out and the rest must run in a new task.
+    Any error ends the import as failed (an unexpected one logged too), its error saying what
+    landed: whole batches, never part of one. Returns True when the time budget ran out and the
+    rest must run in a new task.
     """
     seconds = settings.PUSHDESK_IMPORT_TASK_SECONDS if seconds is None else seconds
     started = time.monotonic()
@@ -142,6 +148,12 @@ def import_process(*, import_id: int, seconds: float | None = None) -> bool:
     except FileNotFoundError:
         _import_finish(record, status=Import.Status.FAILED, error="The uploaded file is missing from storage.")
         return False
+    except _ImportStopped as stopped:
+        _import_stopped(record, stopped.__cause__, line=stopped.line)
+        return False
+    except Exception as exc:
+        _import_stopped(record, exc, line=0)
+        return False
 
 
 def _error_path(record: Import):
@@ -149,6 +161,8 @@ def _error_path(record: Import):
 
 
 def _import_rows(record: Import, fh, plan, *, started: float, seconds: float) -> bool:
+    if record.target != Import.Target.PROFILES and record.segment_id is None:
+        raise ImportRefused(SEGMENT_GONE)  # deleted before the import began or while it stood still
     batch_rows = settings.PUSHDESK_IMPORT_BATCH_ROWS
     replace = record.target == Import.Target.REPLACE_SEGMENT
     segment_id = record.segment_id if record.target != Import.Target.PROFILES else None
@@ -162,9 +176,9 @@ def _import_rows(record: Import, fh, plan, *, started: float, seconds: float) ->
     }
     tz_names = _timezones()
     reader = RecordReader(fh, encoding=record.encoding)
-    position = _skip_done(reader, record.position, plan, seen)
     committer = _Committer(record, segment_id=segment_id, replace=replace)
     try:
+        position = _skip_done(reader, record.position, plan, seen, timezones=tz_names)
         while not reader.finished:
             # Batches end where they did before a resume: at each multiple of batch_rows rows done.
             rows, lines, unreadable = reader.read(batch_rows - counters["done"] % batch_rows)
@@ -197,12 +211,20 @@ def _import_rows(record: Import, fh, plan, *, started: float, seconds: float) ->
                 bytes_done = fh.tell()
             except (OSError, ValueError):
                 bytes_done = record.bytes_done
-            committer.submit(batch, position=position, bytes_done=bytes_done, error_bytes=errors.tell(), **counters)
+            last_line = max(lines[-1] if lines else 0, unreadable[-1][0] if unreadable else 0)
+            committer.submit(
+                batch, line=last_line, position=position, bytes_done=bytes_done, error_bytes=errors.tell(), **counters
+            )
             if time.monotonic() - started > seconds and not reader.finished:
                 committer.close()
                 _import_hand_over(record)
                 return True
         committer.close()
+    except (ImportRefused, FileNotFoundError):
+        raise
+    except Exception as exc:
+        committer.close(raise_error=False)
+        raise _ImportStopped(committer.line) from exc
     finally:
         committer.close(raise_error=False)
         errors.close()
@@ -216,19 +238,27 @@ def _import_rows(record: Import, fh, plan, *, started: float, seconds: float) ->
     return False
 
 
-DUPLICATE = "duplicate external_id: an earlier row has it; this later row wins"
+DUPLICATE = "external_id repeated: an earlier row has it; this row applies over it, in file order"
 
 
-def _skip_done(reader: RecordReader, position: int, plan, seen: set[int]) -> int:
-    """Read past the rows a resumed import already wrote, remembering their ids for duplicates."""
+class _ImportStopped(Exception):
+    """An unexpected error (its ``__cause__``) stopped an import; ``line``: where its written batches end."""
+
+    def __init__(self, line: int):
+        super().__init__(line)
+        self.line = line
+
+
+def _skip_done(reader: RecordReader, position: int, plan, seen: set[int], *, timezones: set[str]) -> int:
+    """Read past the rows a resumed import already wrote, remembering the ids of its good rows for duplicates."""
     done = 0
-    index = plan.id_index
     while done < position and not reader.finished:
-        rows, _lines, unreadable = reader.read(min(position - done, 100_000))
+        rows, lines, unreadable = reader.read(min(position - done, 100_000))
         if not rows and not unreadable:
             break
         done += len(rows) + len(unreadable)
-        seen.update(hash(row[index].strip()) for row in rows if len(row) > index)
+        parsed, _failures = parse_rows(rows, lines, plan, timezones=timezones)
+        seen.update(map(hash, parsed.external_ids))
     return done
 
 
@@ -245,6 +275,7 @@ class _Committer:
         self.segment_id = segment_id
         self.replace = replace
         self.error: BaseException | None = None
+        self.line = 0  # the line of the last row read by the batches committed here
         self.closed = False
         self.threaded = connection.vendor == "postgresql" and not connection.in_atomic_block
         if self.threaded:
@@ -282,7 +313,9 @@ class _Committer:
         finally:
             connection.close()
 
-    def _write(self, batch: Batch, *, position, bytes_done, error_bytes, done, imported, failed, duplicate) -> None:
+    def _write(
+        self, batch: Batch, *, line, position, bytes_done, error_bytes, done, imported, failed, duplicate
+    ) -> None:
         record = self.record
         now = timezone.now()
         with transaction.atomic():
@@ -312,6 +345,7 @@ class _Committer:
                     "heartbeat_at",
                 ]
             )
+        self.line = line
 
 
 def _import_hand_over(record: Import) -> None:
@@ -341,21 +375,64 @@ def _import_finish(record: Import, *, status: str, error: str = "") -> None:
     )
 
 
+def _import_stopped(record: Import, exc: BaseException, *, line: int) -> None:
+    """Log the unexpected error that stopped an import and end it as failed, saying what landed.
+
+    What landed is what the last committed batch recorded: the counters are read again, and the
+    error file is cut back to the rows those batches account for, as a resume would.
+    """
+    log.error("Import %s stopped by an unexpected error", record.pk, exc_info=exc)
+    if not connection.in_atomic_block:
+        connection.close_if_unusable_or_obsolete()  # a lost connection: the next query opens another
+    record.refresh_from_db(
+        fields=["position", "error_bytes", "rows_done", "rows_imported", "rows_failed", "rows_duplicate", "bytes_done"]
+    )
+    path = _error_path(record)
+    if path.exists():
+        if record.error_bytes:
+            with open(path, "r+b") as fh:
+                fh.truncate(record.error_bytes)
+        else:
+            path.unlink()
+    if record.rows_failed or record.rows_duplicate:
+        record.error_file.name = str(path.relative_to(settings.MEDIA_ROOT))
+    cause = f"{type(exc).__name__}: {exc}".strip()
+    if len(cause) > 300:
+        cause = cause[:297] + "..."
+    if record.rows_done:
+        where = f" (to line {line:,})" if line else ""
+        landed = (
+            f"The file's first {record.rows_done:,} rows{where} were read and their good rows written, "
+            "in whole batches; nothing after them was written."
+        )
+    else:
+        landed = "No row was written."
+    _import_finish(
+        record,
+        status=Import.Status.FAILED,
+        error=f"Stopped by an unexpected error ({cause}). {landed} Restart the import to go on from there, "
+        "or import the file again: the rows already written change nothing.",
+    )
+
+
 def import_restart(*, import_id: int, by: User) -> Import:
-    """Queue again an import whose worker stopped (no heartbeat for longer than a task may run).
+    """Queue again an import whose worker stopped (no heartbeat for longer than a task may run), or
+    one that failed.
 
     It resumes where its last committed batch ended. Raises ValidationError when the import is
-    finished or still alive, PermissionDenied when ``by`` may not import.
+    done or still alive, PermissionDenied when ``by`` may not import.
     """
     _ensure_perm(by, "audiences.add_import", "Your role may not import profiles.")
     stale = timezone.now() - dt.timedelta(seconds=settings.Q_CLUSTER.get("timeout", 300) + 60)
     with transaction.atomic():
         record = Import.objects.select_for_update().get(pk=import_id)
         alive = record.status == Import.Status.RUNNING and record.heartbeat_at and record.heartbeat_at >= stale
-        if record.status in (Import.Status.DONE, Import.Status.FAILED) or alive:
-            raise ValidationError("Only an import whose worker stopped can be restarted.")
+        if record.status == Import.Status.DONE or alive:
+            raise ValidationError("Only an import that failed or whose worker stopped can be restarted.")
         record.status = Import.Status.QUEUED
-        record.save(update_fields=["status"])
+        record.error = ""
+        record.finished_at = None
+        record.save(update_fields=["status", "error", "finished_at"])
         audit(actor=by, action="import_restarted", obj=record)
         transaction.on_commit(lambda: async_task("audiences.tasks.import_run", record.pk))
     return record

@@ -340,6 +340,28 @@ def test_import_columns_are_declared_as_json_in_multipart(
     assert Profile.objects.get(external_id="c1").attributes == {"age": 7}
 
 
+@pytest.mark.parametrize(
+    ("columns", "field"),
+    [
+        ('{"note": {"to": 5}}', "columns.note.to"),
+        ('{"note": {"to": ["x"]}}', "columns.note.to"),
+        ('{"note": {"type": "string", "to": {"a": 1}}}', "columns.note.to"),
+        ('{"note": {"type": "text"}}', "columns.note.type"),
+        ('{"note": 5}', "columns.note"),
+    ],
+)
+def test_import_columns_of_the_wrong_shape_are_refused_naming_the_field(
+    manager_alice, api_key_for, media, columns, field
+):
+    """A 'to' that was not text answered 500 (a TypeError in the column plan)."""
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    upload = SimpleUploadedFile("people.csv", b"external_id,note\nu1,x\n", content_type="text/csv")
+    response = client.post("/api/v1/imports/", {"file": upload, "columns": columns}, format="multipart")
+    assert response.status_code == 400, response.content
+    assert [e["field"] for e in response.json()["errors"]] == [field]
+    assert not Import.objects.exists()
+
+
 def test_approver_key_is_refused_imports_by_role_like_profile_writes(approver_bob, api_key_for, media):
     client = api_key_for(approver_bob, scopes=["ingest"])
     upload = SimpleUploadedFile("people.csv", b"external_id,plan\nann,pro\n", content_type="text/csv")

@@ -7,7 +7,7 @@ import threading
 import pytest
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from audiences.imports import SEGMENT_GONE, Batch, ImportRefused, spreadsheet_safe, write_batch
@@ -114,14 +114,26 @@ def test_quoted_fields_crlf_and_blank_lines(run_import):
     assert attrs("u2") == {"address": 'say "hi"', "note": "x"}
 
 
-def test_duplicate_ids_in_one_file_last_wins_and_is_reported(run_import, settings):
+def test_repeated_ids_in_one_file_apply_in_file_order_and_the_later_rows_are_reported(run_import, settings):
     settings.PUSHDESK_IMPORT_BATCH_ROWS = 2  # the duplicates fall into different batches too
     content = b"external_id,plan\nu1,free\nu2,free\nu1,team\nu3,x\nu1,pro\n"
     record = run_import(content)
     assert (record.rows_done, record.rows_imported, record.rows_duplicate, record.rows_failed) == (5, 3, 2, 0)
     assert attrs("u1") == {"plan": "pro"}
     assert [(r[0], r[1]) for r in error_rows(record)] == [("4", "u1"), ("6", "u1")]
-    assert "later row wins" in error_rows(record)[0][2]
+    assert "applies over it, in file order" in error_rows(record)[0][2]
+
+
+@pytest.mark.parametrize("batch_rows", [2, 3, 20_000])
+def test_a_repeated_id_merges_its_rows_in_file_order_whatever_the_batch_size(run_import, settings, batch_rows):
+    """Within a batch only the last row counted ({plan: pro}); across two, the rows merged ({age: 30, plan: pro})."""
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = batch_rows
+    content = b"external_id,plan,age,locale\nx0,a,1,\nu1,free,30,fr\nu1,pro,,\nu1,,31,\n"
+    record = run_import(content)
+    assert (record.rows_imported, record.rows_duplicate) == (2, 2)
+    profile = Profile.objects.get(external_id="u1")
+    assert (profile.attributes, profile.locale) == ({"plan": "pro", "age": 31}, "fr")
+    assert [(r[0], r[1]) for r in error_rows(record)] == [("4", "u1"), ("5", "u1")]
 
 
 def test_missing_external_id_column_is_refused_before_any_row_lands(run_import):
@@ -479,3 +491,210 @@ def test_a_number_too_big_for_json_stays_text(run_import):
     record = run_import(b"external_id,big,small\nu1,1e999,-2.5e3\n")
     assert (record.rows_imported, record.rows_failed) == (1, 0)
     assert attrs("u1") == {"big": "1e999", "small": -2500.0}
+
+
+def test_only_ascii_digits_make_numbers(run_import):
+    """Other scripts' digits passed for digits: '²' failed its row (int() refused it) and '٠١٢' became 12."""
+    record = run_import("external_id,note\nu1,²\nu2,①\nu3,٠١٢\nu4,5²\nu5,-٣\nu6,42\n".encode())
+    assert (record.rows_imported, record.rows_failed) == (6, 0)
+    notes = {p.external_id: p.attributes["note"] for p in Profile.objects.all()}
+    assert notes == {"u1": "²", "u2": "①", "u3": "٠١٢", "u4": "5²", "u5": "-٣", "u6": 42}
+
+
+def test_a_quoted_field_over_the_size_limit_fails_its_record_and_reading_goes_on_after_it(run_import):
+    """The reader gave up inside the field and went on at its next line: 'rest"' became a profile."""
+    big = "a" * 140_000
+    content = f'external_id,note\nu1,"{big}\nrest",tail\nu2,ok\n,empty\n'.encode()
+    record = run_import(content)
+    assert (record.rows_done, record.rows_imported, record.rows_failed) == (3, 1, 2)
+    assert list(Profile.objects.values_list("external_id", flat=True)) == ["u2"]
+    rows = error_rows(record)
+    assert [(r[0], r[1]) for r in rows] == [("2", ""), ("5", "")]
+    assert "field larger than field limit" in rows[0][2]
+
+
+def test_a_record_with_several_quoted_lines_over_the_limit_is_skipped_to_its_end(run_import):
+    big = "b" * 140_000
+    content = f'external_id,note,x\nu1,"{big}\n{big}\n"",{big}",x\nu2,"short\nlines",y\nu3,z,"{big}"\nu4,w,v\n'
+    record = run_import(content.encode())
+    assert (record.rows_done, record.rows_imported, record.rows_failed) == (4, 2, 2)
+    assert sorted(Profile.objects.values_list("external_id", flat=True)) == ["u2", "u4"]
+    assert [r[0] for r in error_rows(record)] == ["2", "7"]
+
+
+def test_a_quoted_field_closed_on_the_line_it_outgrew_the_limit_does_not_swallow_the_next_record(run_import):
+    big = "c" * 140_000
+    record = run_import(f'external_id,note\nu1,"short\n{big}",x\nu2,ok\n'.encode())
+    assert (record.rows_done, record.rows_imported, record.rows_failed) == (2, 1, 1)
+    assert list(Profile.objects.values_list("external_id", flat=True)) == ["u2"]
+    assert [r[0] for r in error_rows(record)] == ["2"]
+
+
+def test_locale_and_attributes_follow_the_profile_api_rules(run_import):
+    """Locales were stored unchecked (cut to 35 characters), and any number and size of attributes landed."""
+    many = ",".join(f"c{i}" for i in range(201))
+    record = run_import(f"external_id,locale\nu1,not a locale!!\nu2,{'x' * 50}\nu3,fr-FR\n".encode())
+    assert (record.rows_imported, record.rows_failed) == (1, 2)
+    reasons = {r[1]: r[2] for r in error_rows(record)}
+    assert "Not a locale" in reasons["u1"] and "Not a locale" in reasons["u2"]
+    assert Profile.objects.get(external_id="u3").locale == "fr-FR"
+
+    wide = run_import(f"external_id,{many}\nw1,{','.join('1' * 201)}\nw2,{',' * 200}1\n".encode())
+    assert (wide.rows_imported, wide.rows_failed) == (1, 1)
+    assert error_rows(wide) == [["2", "w1", "attributes: At most 200 attributes."]]
+    assert attrs("w2") == {"c200": 1}
+
+    # The limit counts bytes of ASCII JSON, as the API does: each 'é' takes six ('\\u00e9').
+    columns = ",".join(f"n{i}" for i in range(20))
+    content = f"external_id,{columns}\nb1,{','.join(['v' * 900] * 20)}\nb2,{','.join(['é' * 1000] * 3)}{',' * 17}\n"
+    heavy = run_import(content.encode() + b"b3,short" + b"," * 19 + b"\n")
+    assert (heavy.rows_imported, heavy.rows_failed) == (1, 2)
+    assert [(r[1], r[2]) for r in error_rows(heavy)] == [
+        ("b1", "attributes: Attributes take at most 16384 bytes as JSON."),
+        ("b2", "attributes: Attributes take at most 16384 bytes as JSON."),
+    ]
+    assert not Profile.objects.filter(external_id__in=["w1", "b1", "b2"]).exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("external_id,n\nu1,x\n".encode("utf-16"), "UTF-16 text"),
+        ("external_id,n\nu1,x\n".encode("utf-16-be"), "looks like UTF-16"),
+        ("external_id,n\nu1,x\n".encode("utf-32"), "UTF-32 text"),
+    ],
+)
+def test_utf16_and_utf32_files_are_refused_with_a_hint_to_export_as_utf8(run_import, content, message):
+    """They were refused as binary data (NUL bytes)."""
+    with pytest.raises(ImportRefused, match=message) as refused:
+        run_import(content)
+    assert "UTF-8" in str(refused.value)
+    assert not Import.objects.exists()
+
+
+def test_a_utf8_file_with_its_mark_declared_latin1_is_refused_naming_utf8(run_import):
+    """It was refused because the header's first column read 'ï»¿external_id'."""
+    with pytest.raises(ImportRefused, match="choose the UTF-8 encoding"):
+        run_import("\ufeffexternal_id,city\nu1,Zürich\n".encode(), encoding="latin-1")
+    assert not Import.objects.exists()
+
+
+def test_a_nul_in_a_row_fails_that_row_wherever_it_is(run_import):
+    """Within the first 64 KB it refused the whole file; further on it failed its row only."""
+    padding = b"".join(b"p%05d,%s\n" % (n, b"x" * 60) for n in range(1200))  # beyond the upload check
+    record = run_import(b"external_id,n\nu1,a\x00b\nu2,ok\n" + padding + b"u3,c\x00d\n")
+    assert (record.rows_imported, record.rows_failed) == (1201, 2)
+    assert [(r[0], r[2]) for r in error_rows(record)] == [
+        ("2", "holds a NUL character"),
+        ("1204", "holds a NUL character"),
+    ]
+
+
+def test_after_a_resume_a_good_row_repeating_a_failed_rows_id_is_not_a_duplicate(
+    run_import, settings, manager_alice, django_capture_on_commit_callbacks
+):
+    """The ids remembered from the rows done before the resume included the failed rows'."""
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
+    content = b"external_id,n\nu1,1\nu2,2\nu3,x\nu4,4\nu3,5\n"
+    record = run_import(content, columns={"n": {"type": "number"}})
+    assert (record.rows_imported, record.rows_failed, record.rows_duplicate) == (4, 1, 0)
+    # The worker stopped after the second batch; the error file then held what it holds now.
+    old = timezone.now() - timezone.timedelta(hours=1)
+    Import.objects.filter(pk=record.pk).update(
+        status=Import.Status.RUNNING, position=4, rows_done=4, rows_imported=3, heartbeat_at=old, finished_at=None
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        import_restart(import_id=record.pk, by=manager_alice)
+    record.refresh_from_db()
+    assert record.status == Import.Status.DONE
+    assert (record.rows_done, record.rows_imported, record.rows_failed, record.rows_duplicate) == (5, 4, 1, 0)
+    assert [(r[0], r[1]) for r in error_rows(record)] == [("4", "u3")]
+    assert attrs("u3") == {"n": 5}
+
+
+def _failing_second_batch(monkeypatch):
+    import audiences.services.imports as services
+
+    real, calls = services.write_batch, []
+
+    def write_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(services, "write_batch", write_batch)
+
+
+def test_an_unexpected_error_fails_the_import_saying_what_landed_and_a_restart_finishes_it(
+    run_import, settings, monkeypatch, caplog, manager_alice, django_capture_on_commit_callbacks
+):
+    """It stayed 'running' with no error, at 100 %, its first batch written."""
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
+    _failing_second_batch(monkeypatch)
+    record = run_import(b"external_id,n\nu1,1\n,bad\nu3,3\nu4,4\nu5,5\n")
+    assert record.status == Import.Status.FAILED
+    assert record.error == (
+        "Stopped by an unexpected error (OperationalError: server closed the connection unexpectedly). "
+        "The file's first 2 rows (to line 3) were read and their good rows written, in whole batches; nothing "
+        "after them was written. Restart the import to go on from there, or import the file again: the rows "
+        "already written change nothing."
+    )
+    assert (record.rows_done, record.rows_imported, record.rows_failed) == (2, 1, 1)
+    assert list(Profile.objects.values_list("external_id", flat=True)) == ["u1"]
+    assert [(r[0], r[2]) for r in error_rows(record)] == [("3", "external_id is empty")]
+    assert any(r.levelname == "ERROR" and f"Import {record.pk}" in r.getMessage() for r in caplog.records)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        import_restart(import_id=record.pk, by=manager_alice)
+    record.refresh_from_db()
+    assert (record.status, record.error) == (Import.Status.DONE, "")
+    assert (record.rows_done, record.rows_imported, record.rows_failed) == (5, 4, 1)
+    assert sorted(Profile.objects.values_list("external_id", flat=True)) == ["u1", "u3", "u4", "u5"]
+    assert [r[0] for r in error_rows(record)] == ["3"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unexpected_error_in_the_writer_thread_fails_the_import(manager_alice, media, settings, monkeypatch):
+    """Outside a transaction (as on a worker) the PostgreSQL batches are written by a second thread."""
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
+    _failing_second_batch(monkeypatch)
+    upload = SimpleUploadedFile("people.csv", b"external_id\nu1\nu2\nu3\nu4\nu5\nu6\nu7\n", content_type="text/csv")
+    record = import_create(upload=upload, by=manager_alice)
+    record.refresh_from_db()
+    assert record.status == Import.Status.FAILED
+    assert "first 2 rows (to line 3)" in record.error
+    assert (record.rows_done, record.rows_imported) == (2, 2)
+    assert sorted(Profile.objects.values_list("external_id", flat=True)) == ["u1", "u2"]
+
+
+def test_an_import_whose_segment_is_gone_fails_instead_of_writing_profiles_alone(
+    manager_alice, media, django_capture_on_commit_callbacks
+):
+    """The segment's deletion set the import's segment to null: a queued import then wrote profiles only."""
+    static = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    upload = SimpleUploadedFile("people.csv", b"external_id\nu1\n", content_type="text/csv")
+    record = import_create(upload=upload, by=manager_alice, target="add_to_segment", segment_id=static.pk)
+    segment_delete(segment_id=static.pk, by=manager_alice)
+    import_process(import_id=record.pk)
+    record.refresh_from_db()
+    assert (record.status, record.error) == (Import.Status.FAILED, SEGMENT_GONE)
+    assert not Profile.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        ({"note": {"to": 5}}, "'to' must be a name"),
+        ({"note": {"to": ["x"]}}, "'to' must be a name"),
+        ({"note": {"type": "string", "to": {"a": 1}}}, "'to' must be a name"),
+        ({"note": {"type": ["string"]}}, "unknown type"),
+        ({"note": {"tpye": "number"}}, "unknown key 'tpye'"),
+        ({"note": 5}, "must be an object"),
+    ],
+)
+def test_a_column_mapping_of_the_wrong_shape_is_refused(run_import, columns, message):
+    """A 'to' that was not text raised a TypeError."""
+    with pytest.raises(ImportRefused, match=message):
+        run_import(b"external_id,note\nu1,x\n", columns=columns)
+    assert not Import.objects.exists()
