@@ -368,6 +368,7 @@ def retention_apply(
     audit_days: int | None = None,
     event_days: int | None = None,
     task_days: int | None = None,
+    idempotency_days: int | None = None,
 ) -> dict:
     """Delete what the retention settings let go: old deliveries, profiles' events and failed
     tasks, and (if asked) old audit events. Each ``*_days`` defaults to its
@@ -386,9 +387,11 @@ def retention_apply(
     (``retention_problems``).
     Failed tasks: django-q's failures that stopped more than ``task_days`` ago (its successes are
     kept to ``save_limit`` by the queue itself).
+    Idempotency-Key records of trigger calls: those claimed more than ``idempotency_days`` ago,
+    never one still in progress (``_trigger_requests_delete``).
     Audit events: those older than ``audit_days`` (never under 365: the database refuses), through
     the one door the append-only trigger leaves open. Writes an audit event with the counts.
-    Returns {"deliveries": n, "events": n, "failed_tasks": n, "audit_events": n}.
+    Returns {"deliveries": n, "events": n, "failed_tasks": n, "trigger_requests": n, "audit_events": n}.
     """
     from django.db import connection
     from django_q.models import Failure
@@ -401,6 +404,8 @@ def retention_apply(
     audit_days = settings.PUSHDESK_RETENTION_AUDIT_DAYS if audit_days is None else audit_days
     event_days = settings.PUSHDESK_RETENTION_EVENT_DAYS if event_days is None else event_days
     task_days = settings.PUSHDESK_RETENTION_TASK_DAYS if task_days is None else task_days
+    if idempotency_days is None:
+        idempotency_days = settings.PUSHDESK_RETENTION_IDEMPOTENCY_DAYS
     if 0 < audit_days < AUDIT_MINIMUM_DAYS:
         raise ValueError(f"Audit events are kept {AUDIT_MINIMUM_DAYS} days at least.")
     said = []
@@ -420,7 +425,7 @@ def retention_apply(
         ]
     if said:
         raise RetentionRefused([f"Nothing was deleted: {said[0]}", *said[1:]])
-    result = {"deliveries": 0, "events": 0, "failed_tasks": 0, "audit_events": 0}
+    result = {"deliveries": 0, "events": 0, "failed_tasks": 0, "trigger_requests": 0, "audit_events": 0}
     if delivery_days > 0:
         finished = Dispatch.objects.filter(
             status__in=Dispatch.FINAL_STATUSES, finished_at__lt=now - dt.timedelta(days=delivery_days)
@@ -459,6 +464,8 @@ def retention_apply(
         result["events"] = _events_delete(before=now - dt.timedelta(days=event_days))
     if task_days > 0:
         result["failed_tasks"] = Failure.objects.filter(stopped__lt=now - dt.timedelta(days=task_days)).delete()[0]
+    if idempotency_days > 0:
+        result["trigger_requests"] = _trigger_requests_delete(before=now - dt.timedelta(days=idempotency_days))
     if audit_days > 0:
         with transaction.atomic(), connection.cursor() as cursor:
             if connection.vendor == "postgresql":
@@ -475,10 +482,32 @@ def retention_apply(
             "event_days": event_days,
             "task_days": task_days,
             "audit_days": audit_days,
+            "idempotency_days": idempotency_days,
             **result,
         },
     )
     return result
+
+
+def _trigger_requests_delete(*, before: dt.datetime) -> int:
+    """Delete the Idempotency-Key records claimed before ``before``, in chunks, through the
+    ``created_at`` index; never one still in progress within its claim (an unfinished record is
+    a live request until ``TRIGGER_ABANDONED_AFTER``; a retry reclaiming it moves ``created_at``)."""
+    from campaigns.models import TriggerRequest
+    from campaigns.services.triggers import TRIGGER_ABANDONED_AFTER
+
+    claimed_since = timezone.now() - TRIGGER_ABANDONED_AFTER
+    old = TriggerRequest.objects.filter(created_at__lt=before).filter(
+        Q(finished=True) | Q(created_at__lt=claimed_since)
+    )
+    deleted = 0
+    pace = write_pacer()
+    while True:
+        pace()
+        chunk = list(old.order_by().values_list("pk", flat=True)[:RETENTION_CHUNK])
+        if not chunk:
+            return deleted
+        deleted += TriggerRequest.objects.filter(pk__in=chunk).delete()[0]
 
 
 def task_resubmit(*, task_id: str, by: User) -> None:

@@ -121,6 +121,7 @@ BAD_VALUES = {
     "PUSHDESK_RETENTION_AUDIT_DAYS": "30",
     "PUSHDESK_RETENTION_EVENT_DAYS": "a quarter",
     "PUSHDESK_RETENTION_TASK_DAYS": "-1",
+    "PUSHDESK_RETENTION_IDEMPOTENCY_DAYS": "a month",
     "PUSHDESK_SEND_TASK_SECONDS": "",  # replaced below: an empty value means the default
     "PUSHDESK_SEND_TIMEOUT_SECONDS": "nan",
     "PUSHDESK_TASKS_SYNC": "sometimes",

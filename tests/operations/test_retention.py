@@ -1,6 +1,8 @@
 """Retention: old deliveries go, their dispatch's counters stay; audit events stay append-only,
 and only retention may remove those more than a year old."""
 
+# ruff: noqa: F811 (the campaigns' ``live_trigger`` fixture, imported, is named by a test's arguments)
+
 import datetime as dt
 import io
 
@@ -13,6 +15,7 @@ from accounts.models import AuditEvent
 from accounts.services import audit
 from delivery.models import Delivery, Dispatch
 from operations.services import retention_apply
+from tests.campaigns.conftest import live_trigger  # noqa: F401 (an API-triggered campaign, live)
 from tests.factories import AppFactory, DeviceFactory
 
 NOW = timezone.now()
@@ -374,3 +377,49 @@ def test_retention_refuses_while_a_frequency_cap_counts_deliveries_further_back(
     settings.PUSHDESK_RETENTION_DELIVERY_DAYS = 30  # kept as long as the cap counts: it runs, and keeps them
     assert retention_apply()["deliveries"] == 0
     assert Delivery.objects.filter(dispatch=sent).count() == 3
+
+
+def test_retention_deletes_idempotency_records_past_their_window_and_a_retry_after_it_is_a_new_call(
+    live_trigger, api_key_for, manager_alice, pushsim, pushsim_app, settings, django_capture_on_commit_callbacks
+):
+    from campaigns.models import TriggerRequest
+    from operations.services import _trigger_requests_delete
+    from tests.factories import ProfileFactory
+
+    trigger_client = api_key_for(manager_alice, scopes=["trigger"])
+    url = f"/api/v1/campaigns/{live_trigger.pk}/trigger/"
+
+    now = timezone.now()
+    DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=pushsim_app, platform="ios")
+    body = {"recipients": [{"external_id": "zoe"}]}
+    with django_capture_on_commit_callbacks(execute=True):
+        first = trigger_client.post(url, body, format="json", HTTP_IDEMPOTENCY_KEY="old")
+    assert first.status_code == 202, first.content[:300]
+    key = manager_alice.api_keys.get()
+
+    def record(name, *, days_ago, finished):
+        return TriggerRequest.objects.create(
+            api_key=key,
+            idempotency_key=name,
+            campaign=live_trigger,
+            body_hash="-",
+            finished=finished,
+            created_at=now - dt.timedelta(days=days_ago),
+        )
+
+    TriggerRequest.objects.filter(idempotency_key="old").update(created_at=now - dt.timedelta(days=31))
+    record("abandoned", days_ago=31, finished=False)  # its request died long ago
+    record("recent", days_ago=1, finished=True)
+    record("running", days_ago=0, finished=False)  # claimed just now, in progress
+    settings.PUSHDESK_RETENTION_IDEMPOTENCY_DAYS = 30
+
+    assert retention_apply()["trigger_requests"] == 2
+    assert set(TriggerRequest.objects.values_list("idempotency_key", flat=True)) == {"recent", "running"}
+    with django_capture_on_commit_callbacks(execute=True):
+        again = trigger_client.post(url, body, format="json", HTTP_IDEMPOTENCY_KEY="old")
+    assert again.status_code == 202 and again.json() != first.json()  # a new call, not a replay
+    assert Delivery.objects.count() == 2
+
+    # However short the window, a claim still in progress stays.
+    _trigger_requests_delete(before=timezone.now() + dt.timedelta(days=1))
+    assert list(TriggerRequest.objects.values_list("idempotency_key", flat=True)) == ["running"]

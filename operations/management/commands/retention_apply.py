@@ -15,7 +15,8 @@ class Command(BaseCommand):
     help = (
         "Delete the deliveries of dispatches finished more than PUSHDESK_RETENTION_DELIVERY_DAYS ago, "
         "profiles' events older than PUSHDESK_RETENTION_EVENT_DAYS (if set), failed tasks older than "
-        "PUSHDESK_RETENTION_TASK_DAYS, and audit events older than PUSHDESK_RETENTION_AUDIT_DAYS "
+        "PUSHDESK_RETENTION_TASK_DAYS, trigger Idempotency-Key records older than PUSHDESK_RETENTION_IDEMPOTENCY_DAYS, "
+        "and audit events older than PUSHDESK_RETENTION_AUDIT_DAYS "
         "(if set; 365 at least). Run daily."
     )
 
@@ -31,10 +32,12 @@ class Command(BaseCommand):
         deliveries = _kept(settings.PUSHDESK_RETENTION_DELIVERY_DAYS, "dispatches finished")
         events = _kept(settings.PUSHDESK_RETENTION_EVENT_DAYS, "occurred")
         tasks = _kept(settings.PUSHDESK_RETENTION_TASK_DAYS, "stopped")
+        requests = _kept(settings.PUSHDESK_RETENTION_IDEMPOTENCY_DAYS, "claimed")
         audit_events = f"older than {audit_days} days" if audit_days else "kept forever"
         self.stdout.write(
             f"Deleted {result['deliveries']} deliveries ({deliveries}), "
             f"{result['events']} events ({events}), "
-            f"{result['failed_tasks']} failed tasks ({tasks}) "
+            f"{result['failed_tasks']} failed tasks ({tasks}), "
+            f"{result['trigger_requests']} trigger Idempotency-Key records ({requests}) "
             f"and {result['audit_events']} audit events ({audit_events})."
         )
