@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
@@ -440,6 +440,40 @@ class _NoTransport:
         pass
 
 
+SECRET_FIELDS = {"apns_private_key": "the APNs .p8 key", "fcm_service_account": "the FCM service account"}
+
+
+def app_secret_problems(*, app_id: int | None = None) -> dict[int, list[str]]:
+    """Try to decrypt each app's stored credentials (or ``app_id``'s) with PUSHDESK_ENCRYPTION_KEY;
+    return {app id: [what cannot be decrypted, said]} for those that fail, never a secret. For
+    Test connection and ``manage.py status`` (a restore drill's check that the key came along)."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from accounts.encryption import decrypt
+
+    columns = ", ".join(SECRET_FIELDS)
+    sql = f"SELECT id, name, {columns} FROM {App._meta.db_table}"  # noqa: S608 (constants)
+    params = []
+    if app_id is not None:
+        sql += " WHERE id = %s"
+        params.append(app_id)
+    problems: dict[int, list[str]] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(sql + " ORDER BY name, id", params)
+        for pk, name, *stored in cursor.fetchall():
+            for what, token in zip(SECRET_FIELDS.values(), stored, strict=True):
+                if not token:
+                    continue
+                try:
+                    decrypt(token)
+                except ImproperlyConfigured:
+                    problems.setdefault(pk, []).append(
+                        f"app '{name}' (id {pk}): {what} cannot be decrypted with this PUSHDESK_ENCRYPTION_KEY "
+                        "(a different key, or one dropped before rotating?)"
+                    )
+    return problems
+
+
 def app_test_connection(*, app_id: int, by: User) -> list[ConnectionCheck]:
     """Check each configured channel of an app against its provider, and audit the answers.
 
@@ -447,14 +481,18 @@ def app_test_connection(*, app_id: int, by: User) -> list[ConnectionCheck]:
     access token from the token URI, then a ``validate_only`` message. Raises
     PermissionDenied when ``by`` may not test this app's connection.
     """
-    app = App.objects.get(pk=app_id)
+    app = App.objects.defer(*SECRET_FIELDS).get(pk=app_id)
     if not can(by, "delivery.test_connection_app", app):
         raise PermissionDenied("Only an Administrator with access to this app can test its connection.")
     checks = []
-    if app.apns_configured:
-        checks.append(_check_apns(app))
-    if app.fcm_configured:
-        checks.append(_check_fcm(app))
+    unreadable = app_secret_problems(app_id=app.pk)
+    if unreadable:  # a restored database under another key: say so, rather than fail
+        checks.append(ConnectionCheck("-", False, f"{'; '.join(unreadable[app.pk])}: nothing was tried."))
+    else:
+        if app.apns_configured:
+            checks.append(_check_apns(app))
+        if app.fcm_configured:
+            checks.append(_check_fcm(app))
     if not checks:
         checks.append(ConnectionCheck("-", False, "This app has no APNs or FCM credentials yet."))
     audit(

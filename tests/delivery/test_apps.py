@@ -720,3 +720,63 @@ def test_an_administrator_removes_a_channel_on_the_apps_page_and_a_manager_may_n
     assert not app.apns_configured and app.apns_private_key == "" and app.apns_team_id == ""
     audited = AuditEvent.objects.filter(action="app_changed").order_by("pk").values_list("summary", flat=True)
     assert [summary["fields"] for summary in audited] == [["fcm_removed"], ["apns_removed"]]
+
+
+@pytest.fixture
+def another_encryption_key(settings):
+    """The process runs with a key other than the one the credentials were stored under."""
+    from cryptography.fernet import Fernet
+
+    def switch():
+        settings.PUSHDESK_ENCRYPTION_KEY = Fernet.generate_key().decode()
+
+    return switch
+
+
+@pytest.mark.django_db
+def test_test_connection_under_another_encryption_key_says_the_credentials_cannot_be_decrypted(
+    client, admin_erin, apns_credentials, another_encryption_key
+):
+    app = app_create(
+        name="Restored",
+        by=None,
+        apns_team_id=apns_credentials.team_id,
+        apns_key_id=apns_credentials.key_id,
+        apns_bundle_id=apns_credentials.bundle_id,
+        apns_private_key=apns_key_parse(raw=apns_credentials.private_key_pem.encode()),
+    )
+    access_grant(obj=app, to=admin_erin, by=None)
+    another_encryption_key()
+
+    (check,) = app_test_connection(app_id=app.pk, by=admin_erin)
+    assert not check.ok and "cannot be decrypted with this PUSHDESK_ENCRYPTION_KEY" in check.message
+    client.force_login(admin_erin)
+    page = client.post("/admin/delivery/app/", {"action": "test_connection", "_selected_action": [app.pk]}, follow=True)
+    assert page.status_code == 200
+    assert "the APNs .p8 key cannot be decrypted with this PUSHDESK_ENCRYPTION_KEY" in page.content.decode()
+
+
+@pytest.mark.django_db
+def test_status_names_each_app_whose_credentials_the_key_cannot_decrypt(
+    apns_credentials, fcm_credentials, another_encryption_key
+):
+    import io
+
+    from django.core.management import call_command
+
+    app = app_create(
+        name="Restored",
+        by=None,
+        fcm_service_account=service_account_parse(raw=fcm_credentials.json_bytes),
+    )
+    out = io.StringIO()
+    call_command("status", stdout=out)
+    assert "every app's stored credentials decrypt" in out.getvalue()
+
+    another_encryption_key()
+    out = io.StringIO()
+    call_command("status", stdout=out)
+    text = out.getvalue()
+    assert "secrets    CANNOT BE DECRYPTED" in text
+    assert f"app 'Restored' (id {app.pk}): the FCM service account cannot be decrypted" in text
+    assert all(fragment not in text for fragment in secret_fragments(apns_credentials, fcm_credentials))

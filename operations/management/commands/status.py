@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, connection
 
 from config.reporting import first_line
+from delivery.services.apps import app_secret_problems
 from operations.database import database_errors_said
 from operations.status import snapshot
 
@@ -29,6 +30,7 @@ class Command(BaseCommand):
             with database_errors_said():
                 connection.ensure_connection()
                 s = snapshot()
+                unreadable = app_secret_problems()
         except DatabaseError as exc:  # it answers, but something in it cannot be read
             raise CommandError(
                 f"the database cannot be read ({first_line(exc) or type(exc).__name__}); are its migrations applied? "
@@ -39,6 +41,13 @@ class Command(BaseCommand):
             write(f"instance   {s.instance}: SENDING IS OFF: {s.instance_problem}")
         else:
             write(f"instance   {s.instance}: claimed, sending allowed")
+        if unreadable:
+            write("secrets    CANNOT BE DECRYPTED (nothing can be sent with them):")
+            for problems in unreadable.values():
+                for problem in problems:
+                    write(f"  {problem}")
+        else:
+            write("secrets    every app's stored credentials decrypt with PUSHDESK_ENCRYPTION_KEY")
         oldest = "" if s.oldest_task_age_seconds is None else f", oldest waiting {int(s.oldest_task_age_seconds)} s"
         if s.queue_problem:
             write(f"queue      cannot be read: {s.queue_problem}")
