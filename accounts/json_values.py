@@ -1,9 +1,11 @@
 """The one check of every JSON value Pushdesk stores (attributes, properties, trigger contexts, rules, graphs...).
 
 PostgreSQL's ``jsonb`` cannot hold a NUL character or a lone UTF-16 surrogate, JSON has no
-infinity, and a value nested thousands deep overflows Python's recursion in every function that
-walks it. Each API serializer and admin form that accepts a JSON value checks it here first, so
-bad input answers a 4xx naming the field instead of failing when it is written or read.
+infinity, a whole number beyond a 64-bit float's range fails every reader that takes numbers as
+floats (Python's ``float()``, PostgreSQL's ``float8``), and a value nested thousands deep
+overflows Python's recursion in every function that walks it. Each API serializer and admin form
+that accepts a JSON value checks it here first, so bad input answers a 4xx naming the field
+instead of failing when it is written or read.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ MAX_BYTES = 64 * 1024
 # API's shortcuts for usual bodies send any string with one to the serializer, which words the
 # error; ``storable_text`` replaces them in text recorded from outside).
 TEXT_REFUSED = re.compile("[\x00\ud800-\udfff]")
+# The smallest whole number a 64-bit float cannot hold: ``float()`` (and PostgreSQL's ``float8``,
+# both rounding to nearest) round anything below it to at most 1.7976931348623157e308.
+FLOAT_LIMIT = 2**1024 - 2**970
 # A request body wraps the stored values in a few levels of its own (``{"profiles": [{"attributes": …}]}``).
 BODY_MAX_DEPTH = MAX_DEPTH + 8
 
@@ -56,6 +61,21 @@ def _string_problem(text: str, *, nul_ok: bool = False) -> str | None:
     return "A lone UTF-16 surrogate is not allowed: send valid Unicode."
 
 
+def number_problem(number: int | float) -> str | None:
+    """Why ``number`` (a JSON number, not a boolean) cannot be stored, or None when it can: it must
+    be finite, and a whole number must be one a 64-bit float holds (at most about 1.8e308 in
+    magnitude).
+
+    The bound is a float's range, not 2**53: segments compare numbers exactly (``numeric``) and
+    equal ones through ``jsonb`` containment, so a 64-bit id sent as a number matches as it did;
+    a reader that takes numbers as floats (a browser's JavaScript) rounds it."""
+    if isinstance(number, float):
+        return None if math.isfinite(number) else "Numbers must be finite (this one overflows a 64-bit float)."
+    if -FLOAT_LIMIT < number < FLOAT_LIMIT:
+        return None
+    return "Numbers must fit a 64-bit float (at most about 1.8e308 in magnitude): this whole number is too large."
+
+
 def _join(path: str, key) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
@@ -69,10 +89,10 @@ def json_value_problem(
 
     The path is relative to the value (``""`` for the value itself, ``"a.b[2]"`` inside it).
     Refused: a string or key with a NUL or a lone surrogate, a key that is not a string, a
-    number that is not finite, a type JSON does not have, containers nested deeper than
-    ``max_depth``, and more than ``max_bytes`` once encoded as compact JSON. Walks without
-    recursion, so any depth is safe to check. ``nul_ok`` lets NUL pass (for a whole request body,
-    whose fields report it themselves).
+    number that is not finite or a whole number beyond a 64-bit float (``number_problem``), a
+    type JSON does not have, containers nested deeper than ``max_depth``, and more than
+    ``max_bytes`` once encoded as compact JSON. Walks without recursion, so any depth is safe to
+    check. ``nul_ok`` lets NUL pass (for a whole request body, whose fields report it themselves).
     """
     if not _looks_storable(value, max_depth=max_depth, nul_ok=nul_ok):
         found = _first_problem(value, max_depth=max_depth, nul_ok=nul_ok)
@@ -110,7 +130,10 @@ def _looks_storable(value, *, max_depth: int, nul_ok: bool) -> bool:
             if depth >= max_depth:
                 return False
             stack.extend((child, depth + 1) for child in item)
-        elif kind is int or kind is bool or item is None:
+        elif kind is int:
+            if not -FLOAT_LIMIT < item < FLOAT_LIMIT:
+                return False
+        elif kind is bool or item is None:
             continue
         elif kind is float:
             if not math.isfinite(item):
@@ -130,11 +153,10 @@ def _first_problem(value, *, max_depth: int, nul_ok: bool) -> tuple[str, str] | 
                 return path, problem
         elif isinstance(item, bool) or item is None:
             continue
-        elif isinstance(item, int):
-            continue
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                return path, "Numbers must be finite (this one overflows a 64-bit float)."
+        elif isinstance(item, int | float):
+            problem = number_problem(item)
+            if problem:
+                return path, problem
         elif isinstance(item, dict | list):
             if depth >= max_depth:
                 return path, f"Nested deeper than {max_depth} levels."
@@ -218,12 +240,15 @@ def _refuse_constant(name: str):
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def _nested_within(value, max_depth: int) -> bool:
-    """True when no container in ``value`` (parsed JSON) is nested ``max_depth`` deep or more.
+def _plain_within(value, max_depth: int) -> bool:
+    """True when no container in ``value`` (parsed JSON) is nested ``max_depth`` deep or more and
+    no whole number in it is beyond a 64-bit float.
 
-    A walk over the containers alone: on parsed JSON whose text holds no surrogate and whose
-    numbers are finite, the only check of ``_looks_storable`` left to make.
+    A walk over the containers' children alone: on parsed JSON whose text holds no surrogate and
+    whose floats are finite, the only checks of ``_looks_storable`` left to make.
     """
+    if type(value) is int:
+        return -FLOAT_LIMIT < value < FLOAT_LIMIT
     stack: list[tuple[object, int]] = [(value, 0)] if type(value) is dict or type(value) is list else []
     while stack:
         item, depth = stack.pop()
@@ -233,6 +258,8 @@ def _nested_within(value, max_depth: int) -> bool:
             kind = type(child)
             if kind is dict or kind is list:
                 stack.append((child, depth + 1))
+            elif kind is int and not -FLOAT_LIMIT < child < FLOAT_LIMIT:
+                return False
     return True
 
 
@@ -241,8 +268,9 @@ def json_parse(text: str, *, field: str = "", max_depth: int = BODY_MAX_DEPTH):
 
     Raises ValidationError naming the path (under ``field``) of a container nested deeper than
     ``max_depth`` (without ever hitting Python's recursion limit), a number that overflows to
-    infinity (``1e400``), a lone surrogate; ValueError when the text is not JSON (``NaN`` and
-    ``Infinity`` are not). NUL characters pass: the field that holds one reports it.
+    infinity (``1e400``) or a whole number a 64-bit float cannot hold (``1`` and 400 zeros), a lone
+    surrogate; ValueError when the text is not JSON (``NaN`` and ``Infinity`` are not). NUL
+    characters pass: the field that holds one reports it.
     """
     overflowed = False
 
@@ -263,7 +291,7 @@ def json_parse(text: str, *, field: str = "", max_depth: int = BODY_MAX_DEPTH):
         # for a large body it costs several times the parse.
         found = None
         may_hold_surrogate = not text.isascii() and _SURROGATE.search(text) or _SURROGATE_ESCAPE.search(text)
-        if overflowed or may_hold_surrogate or not _nested_within(value, max_depth):
+        if overflowed or may_hold_surrogate or not _plain_within(value, max_depth):
             found = json_value_problem(value, max_depth=max_depth, max_bytes=None, nul_ok=True)
     if found is not None:
         path, message = found

@@ -22,7 +22,14 @@ from rest_framework.views import APIView
 
 from accounts.api import JsonCharField, JsonDateTimeField, JsonObjectField, _flatten
 from accounts.authentication import request_stamps
-from accounts.json_values import MAX_DEPTH, TEXT_REFUSED, json_compact, json_parse, json_value_problem
+from accounts.json_values import (
+    FLOAT_LIMIT,
+    MAX_DEPTH,
+    TEXT_REFUSED,
+    json_compact,
+    json_parse,
+    json_value_problem,
+)
 from accounts.pagination import ListQuery, QueryInteger, page_response, page_schema, query_params_valid
 from accounts.parsers import ApiJSONParser
 from audiences.imports import columns_problem
@@ -138,7 +145,12 @@ def _events_validated(items: list, *, now: dt.datetime) -> list[dict | None]:
                         break
                     size += 24
                 elif kind is int:
-                    size += 20 if -(10**18) < value < 10**18 else len(str(value))
+                    if -(10**18) < value < 10**18:
+                        size += 20
+                    elif -FLOAT_LIMIT < value < FLOAT_LIMIT:
+                        size += len(str(value))
+                    else:
+                        break
                 elif kind is bool or value is None:
                     size += 5
                 else:

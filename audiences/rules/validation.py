@@ -7,6 +7,7 @@ import datetime as dt
 from django.apps import apps
 from django.utils import timezone
 
+from accounts.json_values import number_problem
 from audiences.models import Segment
 from audiences.rules.schema import (
     COLUMNS,
@@ -190,6 +191,9 @@ class _Validator:
         if value_type == "number":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 self.fail(path, "wrong_type", f"expected a number, got {_json_type(value)}")
+                return False
+            if number_problem(value):
+                self.fail(path, "out_of_range", "expected a finite number within a 64-bit float (about ±1.8e308)")
                 return False
             return True
         if value_type == "boolean":

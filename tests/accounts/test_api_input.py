@@ -19,6 +19,10 @@ def _fields(response) -> list[str]:
     return [error["field"] for error in response.json()["errors"]]
 
 
+# A whole number no 64-bit float holds (1 and 400 zeros): stored, it failed every segment comparing it.
+BEYOND_FLOAT = "1" + "0" * 400
+
+
 @pytest.fixture
 def ingest(manager_alice, api_key_for):
     return api_key_for(manager_alice, scopes=["ingest", "read", "trigger"])
@@ -30,10 +34,12 @@ def ingest(manager_alice, api_key_for):
         ('"a\\u0000b"', "NUL"),
         ('"a\\ud800b"', "surrogate"),
         ("1e400", "finite"),
+        (BEYOND_FLOAT, "fit a 64-bit float"),
+        ("-" + BEYOND_FLOAT, "fit a 64-bit float"),
         ("[" * 35 + "]" * 35, "Nested deeper than 32"),
         ("[" * 20000 + "]" * 20000, "Nested deeper than"),
     ],
-    ids=["nul", "lone-surrogate", "1e400", "depth-35", "depth-20000"],
+    ids=["nul", "lone-surrogate", "1e400", "integer-beyond-float", "negative-beyond-float", "depth-35", "depth-20000"],
 )
 def test_a_profile_attribute_that_cannot_be_stored_answers_400_naming_it(ingest, raw_value, message):
     response = _post(ingest, "/api/v1/profiles/", '{"external_id": "x", "attributes": {"v": ' + raw_value + "}}")
@@ -62,8 +68,19 @@ def test_an_event_property_that_cannot_be_stored_fails_its_item_alone(ingest):
     assert Event.objects.count() == 1
 
 
+@pytest.mark.parametrize("raw_value", ["1e400", BEYOND_FLOAT, "-" + BEYOND_FLOAT])
+def test_an_event_property_no_float_holds_answers_400_naming_it(ingest, raw_value):
+    good = '{"external_id": "u1", "name": "open", "occurred_at": "2026-01-01T00:00:00Z"'
+    raw = '{"events": [' + good + "}, " + good + ', "properties": {"p": ' + raw_value + "}}]}"
+    response = _post(ingest, "/api/v1/events/bulk/", raw)
+    assert response.status_code == 400, response.content[:300]
+    assert _fields(response) == ["events[1].properties.p"]
+    assert not Event.objects.exists()
+
+
 @pytest.mark.parametrize(
-    "raw_context", ['{"v": "\\u0000"}', '{"v": 1e400}', '{"v": ' + "[" * 20000 + "]" * 20000 + "}"]
+    "raw_context",
+    ['{"v": "\\u0000"}', '{"v": 1e400}', '{"v": ' + BEYOND_FLOAT + "}", '{"v": ' + "[" * 20000 + "]" * 20000 + "}"],
 )
 def test_a_trigger_context_that_cannot_be_stored_answers_400_naming_it(ingest, raw_context):
     raw = '{"recipients": [{"external_id": "u1", "context": ' + raw_context + "}]}"
@@ -152,8 +169,9 @@ def test_a_body_over_the_limit_answers_json_413_stating_it(ingest, settings):
         "[" * 20000 + "]" * 20000,
         '{"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "a\\u0000b"}]}',
         '{"all": [{"attribute": "age", "type": "number", "op": "gt", "value": 1e400}]}',
+        '{"all": [{"attribute": "age", "type": "number", "op": "gt", "value": ' + BEYOND_FLOAT + "}]}",
     ],
-    ids=["depth-20000", "nul", "1e400"],
+    ids=["depth-20000", "nul", "1e400", "integer-beyond-float"],
 )
 def test_the_admin_rule_preview_answers_400_for_rules_that_cannot_be_stored(client, manager_alice, raw_rules):
     client.force_login(manager_alice)
@@ -168,8 +186,9 @@ def test_the_admin_rule_preview_answers_400_for_rules_that_cannot_be_stored(clie
         "[" * 20000 + "]" * 20000,
         '{"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "a\\u0000b"}]}',
         '{"all": [{"attribute": "age", "type": "number", "op": "gt", "value": 1e400}]}',
+        '{"all": [{"attribute": "age", "type": "number", "op": "gt", "value": ' + BEYOND_FLOAT + "}]}",
     ],
-    ids=["depth-20000", "nul", "1e400"],
+    ids=["depth-20000", "nul", "1e400", "integer-beyond-float"],
 )
 def test_the_admin_segment_form_refuses_rules_that_cannot_be_stored(client, manager_alice, raw_rules):
     from audiences.models import Segment
@@ -240,6 +259,11 @@ def test_an_import_names_its_segment_by_a_positive_id(ingest, segment):
         '{"a": 1e400}',
         '{"a": [-1E+400]}',
         '{"a": 1e308, "b": 12345678901234567890}',
+        '{"a": ' + BEYOND_FLOAT + "}",
+        '{"a": [0, -' + BEYOND_FLOAT + "]}",
+        '{"a": ' + str(2**1024 - 2**970 - 1) + ', "b": -' + str(2**1024 - 2**970 - 1) + "}",
+        '{"a": ' + str(2**1024 - 2**970) + "}",
+        BEYOND_FLOAT,
         '{"a": "nul \\u0000"}',
         "5",
         '"text"',

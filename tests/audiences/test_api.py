@@ -203,6 +203,14 @@ EVENT_ITEMS = [
         "occurred_at": "2026-06-01T10:00:00Z",
         "properties": {"a": 10**4000, "b": 10**4200},
     },
+    # Whole numbers at a 64-bit float's edge: the largest it holds, and the smallest beyond it.
+    {
+        "external_id": "a",
+        "name": "x",
+        "occurred_at": "2026-06-01T10:00:00Z",
+        "properties": {"a": 2**1024 - 2**970 - 1, "b": -(2**1024 - 2**970 - 1)},
+    },
+    {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00Z", "properties": {"a": -(2**1024 - 2**970)}},
     {
         "external_id": "a",
         "name": "x",
@@ -271,6 +279,18 @@ def test_segment_preview_counts_and_samples(manager_alice, admin_erin, approver_
     assert body["count"] == 25
     assert len(body["sample"]) == 20
     assert len(client.get(f"/api/v1/segments/{segment.pk}/preview/?sample=3").json()["sample"]) == 3
+
+
+def test_segment_preview_counts_numbers_no_float_holds_stored_before_they_were_refused(manager_alice, api_key_for):
+    ProfileFactory(attributes={"n": 10**400})  # as the API took it before the JSON check refused it
+    ProfileFactory(attributes={"n": 3})
+    ProfileFactory(attributes={"n": "three"})
+    segment = segment_create(
+        name="n > 1", rules={"all": [{"attribute": "n", "type": "number", "op": "gt", "value": 1}]}, by=manager_alice
+    )
+    response = api_key_for(manager_alice, scopes=["read"]).get(f"/api/v1/segments/{segment.pk}/preview/")
+    assert response.status_code == 200, response.content[:300]
+    assert response.json()["count"] == 2
 
 
 def test_profile_read_needs_read_scope(manager_alice, api_key_for):

@@ -459,6 +459,86 @@ def test_an_empty_number_is_refused_naming_the_condition(value):
         rules_validate(tree)
 
 
+BEYOND_FLOAT = 10**400  # a whole number no 64-bit float holds
+
+
+@pytest.mark.parametrize(
+    "value",
+    [BEYOND_FLOAT, -BEYOND_FLOAT, float("nan"), float("inf"), [1, BEYOND_FLOAT]],
+    ids=["beyond-float", "negative", "nan", "inf", "between"],
+)
+def test_a_number_a_float_cannot_hold_is_refused_naming_the_condition(value):
+    op = "between" if isinstance(value, list) else "gt"
+    where = "rules.all[0].value[1]" if isinstance(value, list) else "rules.all[0].value"
+    assert errors_of({"all": [attr("age", "number", op, value)]}) == [(where, "out_of_range")]
+    assert errors_of({"all": [ev(where=[prop("amount", "number", op, value)])]}) == [
+        (where.replace("value", "where[0].value"), "out_of_range")
+    ]
+
+
+def test_the_largest_whole_number_a_float_holds_is_a_valid_rule_value():
+    largest = 2**1024 - 2**970 - 1
+    rules_validate({"all": [attr("age", "number", "between", [-largest, largest])]})
+
+
+@pytest.fixture
+def stored_beyond_float(db):
+    """Profiles and events holding whole numbers beyond a float, written as the API took them
+    before it refused them (straight to the table), beside ordinary ones."""
+    big = ProfileFactory(external_id="big", attributes={"n": BEYOND_FLOAT})
+    ProfileFactory(external_id="small", attributes={"n": 3})
+    ProfileFactory(external_id="negative", attributes={"n": -BEYOND_FLOAT})
+    ProfileFactory(external_id="exact", attributes={"n": 2**53 + 1})
+    Event.objects.create(profile=big, name="buy", properties={"amount": BEYOND_FLOAT}, occurred_at=NOW)
+    return big
+
+
+@pytest.mark.parametrize(
+    ("tree", "expected"),
+    [
+        (attr("n", "number", "gt", 1), {"big", "small", "exact"}),
+        (attr("n", "number", "lt", 0), {"negative"}),
+        (attr("n", "number", "between", [0, 10]), {"small"}),
+        (attr("n", "number", "ne", 3), {"big", "negative", "exact"}),
+        (attr("n", "number", "not_in", [3, 4]), {"big", "negative", "exact"}),
+        (ev("buy", where=[prop("amount", "number", "gt", 1)]), {"big"}),
+        (ev("buy", where=[prop("amount", "number", "lt", 1)]), set()),
+    ],
+    ids=lambda v: repr(v) if isinstance(v, dict) else None,
+)
+def test_numbers_beyond_a_float_stored_before_they_were_refused_compare_without_failing(
+    stored_beyond_float, tree, expected
+):
+    assert members({"all": [tree]}) == expected
+
+
+@pytest.mark.parametrize(
+    ("tree", "expected"),
+    [
+        (attr("n", "number", "lt", BEYOND_FLOAT), {"small", "negative", "exact"}),
+        (attr("n", "number", "gte", BEYOND_FLOAT), {"big"}),
+        (attr("n", "number", "eq", BEYOND_FLOAT), {"big"}),
+        (attr("n", "number", "gt", -BEYOND_FLOAT), {"big", "small", "exact"}),
+    ],
+    ids=["lt", "gte", "eq", "gt-negative"],
+)
+def test_a_saved_rule_whose_value_is_beyond_a_float_counts_without_failing(stored_beyond_float, tree, expected):
+    from audiences.rules.compiler import segment_count, segment_profiles
+
+    segment = Segment.objects.create(name="saved before", kind=Segment.Kind.RULES, rules={"all": [tree]})
+    assert set(segment_profiles(segment, now=NOW).values_list("external_id", flat=True)) == expected
+    assert segment_count(segment, now=NOW) == len(expected)
+
+
+def test_whole_numbers_beyond_2_to_the_53_compare_exactly(stored_beyond_float):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite reads JSON numbers as 64-bit integers or floats")
+    assert members({"all": [attr("n", "number", "gt", 2**53)]}) == {"big", "exact"}
+    assert members({"all": [attr("n", "number", "between", [2**53 + 1, 2**53 + 1])]}) == {"exact"}
+
+
 # --- counts: an 'any' group reading other tables counted as a union of profile ids ----------------
 
 

@@ -234,6 +234,17 @@ def test_condition_on_a_rule_of_the_audience_language(make_journey, publish):
     assert _enrollment(journey, german).step == "others"
 
 
+def test_condition_compares_a_number_no_float_holds_stored_before_it_was_refused(make_journey, publish):
+    big = ProfileFactory(attributes={"n": 10**400})
+    small = ProfileFactory(attributes={"n": 3})
+    rule = {"all": [{"attribute": "n", "type": "number", "op": "gt", "value": 5}]}
+    journey = publish(make_journey(graph=_condition_graph([{"label": "Large", "rules": rule, "next": "large"}])))
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    assert _enrollment(journey, big).step == "large"
+    assert _enrollment(journey, small).step == "others"
+
+
 def test_condition_did_event_since_entering_ignores_older_events(make_journey, publish):
     t0 = timezone.now()
     before, after, never = ProfileFactory.create_batch(3)

@@ -187,6 +187,19 @@ def test_content_variants_or_data_that_are_not_an_object_are_refused_on_the_form
     assert getattr(content, field) == saved
 
 
+@pytest.mark.parametrize("number", ["1e400", "1" + "0" * 400, "-1" + "0" * 400])
+def test_content_data_holding_a_number_no_float_holds_is_refused_on_the_form(client, world, manager_alice, number):
+    content = world["delivery.pushcontent"]
+    saved = content.data
+    client.force_login(manager_alice)
+    url = reverse("admin:delivery_pushcontent_change", args=[content.pk])
+    answer = client.post(url, {**_read(client, url).data, "data": ['{"order": ' + number + "}"]})
+    assert answer.status_code == 200
+    assert "order: Numbers must" in answer.context["adminform"].form.errors["data"][0]
+    content.refresh_from_db()
+    assert content.data == saved
+
+
 @pytest.mark.parametrize("field", ["variants", "data"])
 def test_the_content_service_refuses_variants_or_data_that_are_not_an_object(world, manager_alice, field):
     from django.core.exceptions import ValidationError
