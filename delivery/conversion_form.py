@@ -7,6 +7,8 @@ The form only collects and checks; the page's ``save_model`` writes through the 
 
 from __future__ import annotations
 
+import math
+
 from django import forms
 from django.core.exceptions import ValidationError
 from django.utils.html import format_html, format_html_join
@@ -46,6 +48,8 @@ def _typed(text: str, value_type: str):
             number = float(text)
         except ValueError as exc:
             raise ValidationError(f"{text!r} is not a number.") from exc
+        if not math.isfinite(number):  # "nan", "inf", "1e400": JSON has no such number
+            raise ValidationError(f"{text!r} is not a finite number.")
         return int(number) if number.is_integer() else number
     if value_type == "boolean":
         if text.lower() not in ("true", "false"):
@@ -138,7 +142,7 @@ class ConversionFormMixin(_ConditionRows):
                     else:
                         cond["value"] = _typed(text, cond["type"])
                 except ValidationError as exc:
-                    self.add_error(value, exc)
+                    self.add_error(value, f"Condition {row} ({name}): {exc.messages[0]}")
                     continue
             where.append(cond)
         return where

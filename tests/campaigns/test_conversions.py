@@ -238,6 +238,16 @@ def test_no_goal_no_conversions_and_an_empty_event_clears_the_goal(sent, manager
         ({"event": "p" * 101}, "conversion_event", "at most 100 characters"),
         ({"where": [{"property": "amount", "type": "number", "op": "gte", "value": "a lot"}]}, "conversion_where", ""),
         (
+            {"where": [{"property": "amount", "type": "number", "op": "gte", "value": float("nan")}]},
+            "conversion_where",
+            "condition [0].value: expected a finite number",
+        ),
+        (
+            {"where": [{"property": "amount", "type": "number", "op": "between", "value": [1, 10**400]}]},
+            "conversion_where",
+            "condition [0].value[1]: expected a finite number",
+        ),
+        (
             {"where": [{"property": "amount", "type": "number", "op": "starts_with", "value": 1}]},
             "conversion_where",
             "",
@@ -326,7 +336,17 @@ def test_manager_sets_the_goal_with_the_campaign_form(client, make_campaign, man
     assert 'value="10, 99.5"' in page  # shown back as typed
 
 
-def test_a_broken_goal_is_answered_on_the_form(client, make_campaign, manager_alice):
+@pytest.mark.parametrize(
+    ("op", "typed", "message"),
+    [
+        ("gte", "plenty", "&#x27;plenty&#x27; is not a number."),
+        ("gte", "nan", "&#x27;nan&#x27; is not a finite number."),
+        ("gte", "inf", "&#x27;inf&#x27; is not a finite number."),
+        ("gte", "1e400", "&#x27;1e400&#x27; is not a finite number."),
+        ("between", "1, -Infinity", "&#x27;-Infinity&#x27; is not a finite number."),
+    ],
+)
+def test_a_broken_goal_is_answered_on_the_form(client, make_campaign, manager_alice, op, typed, message):
     campaign = make_campaign()
     client.force_login(manager_alice)
     response = client.post(
@@ -336,12 +356,12 @@ def test_a_broken_goal_is_answered_on_the_form(client, make_campaign, manager_al
             conversion_event="purchase",
             conversion_property_1="amount",
             conversion_type_1="number",
-            conversion_op_1="gte",
-            conversion_value_1="plenty",
+            conversion_op_1=op,
+            conversion_value_1=typed,
         ),
     )
     assert response.status_code == 200
-    assert "&#x27;plenty&#x27; is not a number." in response.content.decode()
+    assert f"Condition 1 (amount): {message}" in response.content.decode()
     assert Campaign.objects.get(pk=campaign.pk).conversion_event == ""
 
 

@@ -132,6 +132,24 @@ def test_manager_sets_the_goal_with_the_journey_form(client, pushed, manager_ali
     assert journey.versions.count() == 1  # a report setting: no new version
 
 
+def test_a_number_condition_that_is_not_finite_is_answered_on_the_journey_form(client, pushed, manager_alice):
+    client.force_login(manager_alice)
+    answer = client.post(
+        f"/admin/journeys/journey/{pushed.pk}/change/",
+        _form(
+            pushed,
+            conversion_event="purchase",
+            conversion_property_1="amount",
+            conversion_type_1="number",
+            conversion_op_1="gt",
+            conversion_value_1="nan",
+        ),
+    )
+    assert answer.status_code == 200
+    assert "Condition 1 (amount): &#x27;nan&#x27; is not a finite number." in answer.content.decode()
+    assert Journey.objects.get(pk=pushed.pk).conversion_event == ""
+
+
 def test_a_viewer_cannot_set_a_journeys_goal(client, pushed, viewer_carol):
     with pytest.raises(PermissionDenied):
         journey_conversion_set(journey_id=pushed.pk, by=viewer_carol, event="purchase")
