@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -57,6 +58,8 @@ class CampaignVariantOutSerializer(serializers.ModelSerializer):
 
 
 VARIANT_LETTERS = [variant_label(n) for n in range(1, 11)]
+# What an Idempotency-Key may not hold: C0 controls and DEL (a NUL cannot even be stored).
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
 
 
 class WinnerSettingsSerializer(serializers.Serializer):
@@ -497,6 +500,10 @@ class CampaignTriggerView(APIView):
         idempotency_key = request.headers.get("Idempotency-Key", "").strip()
         if len(idempotency_key) > 200:
             raise serializers.ValidationError({"Idempotency-Key": "At most 200 characters."})
+        if _CONTROL_CHARACTER.search(idempotency_key):  # PostgreSQL cannot store a NUL; none belongs in a key
+            raise serializers.ValidationError(
+                {"Idempotency-Key": "No control characters (NUL, tab, line ends, DEL): use printable text."}
+            )
         record = None
         if idempotency_key:
             campaign_trigger_allowed(campaign_id=campaign_id, by=request.user, stamps=stamps)

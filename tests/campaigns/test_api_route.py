@@ -77,6 +77,8 @@ def _scenario(name, campaign, pushsim_app, manager_alice, manager_mallory, api_k
         client = api_key_for(manager_mallory, scopes=["trigger"])
     elif name == "unknown_campaign":
         url = "/api/v1/campaigns/99999999999999999999/trigger/"  # beyond any id the database can hold
+    elif name == "idempotency_key_nul":
+        headers["HTTP_IDEMPOTENCY_KEY"] = "order\x00-1"
     elif name == "bad_json":
         body = '{"recipients": ['
     return client, url, body, headers
@@ -91,6 +93,7 @@ SCENARIOS = {
     "throttled": (429, True),
     "outside_access": (404, True),
     "unknown_campaign": (404, True),
+    "idempotency_key_nul": (400, True),
     "no_scope": (403, False),
     "revoked": (401, False),
     "bad_json": (400, False),

@@ -108,6 +108,26 @@ def test_same_key_still_running_is_409(live_trigger, trigger_client, manager_ali
     assert not Dispatch.objects.exists()
 
 
+@pytest.mark.parametrize("key", ["a\x00b", "a\x01b", "a\x7fb", "a\tb", "k" * 201])
+def test_an_idempotency_key_with_a_control_character_or_too_long_is_400_naming_the_header(
+    live_trigger, trigger_client, key
+):
+    ProfileFactory(external_id="zoe")
+    body = {"recipients": [{"external_id": "zoe"}]}
+    response = trigger_client.post(_url(live_trigger), body, format="json", HTTP_IDEMPOTENCY_KEY=key)
+    assert response.status_code == 400, response.content[:300]
+    assert [error["field"] for error in response.json()["errors"]] == ["Idempotency-Key"]
+    assert not TriggerRequest.objects.exists() and not Dispatch.objects.exists()
+
+
+def test_an_idempotency_key_of_printable_text_beyond_ascii_is_taken(live_trigger, trigger_client):
+    ProfileFactory(external_id="zoe")
+    body = {"recipients": [{"external_id": "zoe"}]}
+    response = trigger_client.post(_url(live_trigger), body, format="json", HTTP_IDEMPOTENCY_KEY=" commande-é ")
+    assert response.status_code == 202, response.content[:300]
+    assert TriggerRequest.objects.get().idempotency_key == "commande-é"
+
+
 def test_bad_json_is_400(live_trigger, trigger_client):
     response = trigger_client.post(_url(live_trigger), "{not json", content_type="application/json")
     assert response.status_code == 400
