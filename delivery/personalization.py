@@ -8,14 +8,18 @@ caught when the content is saved (``template_check``), not when it is sent; what
 some values (a filter on an odd attribute) fails that recipient's message alone.
 
 The sandbox: no ``include``/``render`` (no file or template access), loops capped at
-``LOOP_LIMIT`` iterations, output capped, and values are plain dicts and strings, so a
-template cannot reach any Python attribute.
+``LOOP_LIMIT`` iterations, output capped, every filter's text and lists capped (a filter's
+result never reaches the output when a later filter shrinks it: ``replace: "", …`` then
+``size``), and values are plain dicts and strings, so a template cannot reach any Python
+attribute.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+from collections.abc import Callable
 from functools import lru_cache
 
 from django.core.exceptions import ValidationError
@@ -32,8 +36,148 @@ LOOP_LIMIT = 20
 # worst-case payload size is estimated (the rendered size is checked again at send time).
 VALUE_BYTES = 100
 MAX_OUTPUT_CHARS = 8192
+# The most text a filter may take in one value or make, and the most items of a list it may take or
+# make: as much as the largest value a profile or a call holds (64 KB of JSON), so any such value
+# passes through the filters, and no chain of them grows past it (the output limit sees only what
+# is written: "replace" by "" inserts its text between every character, and a "size" after it
+# writes a few digits).
+MAX_FILTER_CHARS = 65_536
+MAX_FILTER_ITEMS = 65_536
 
 _STRING_LITERAL = re.compile(r'"([^"]*)"|\'([^\']*)\'')
+
+
+class FilterLimitError(ResourceLimitError):
+    """A filter would take or make more text or items than the sandbox allows (``MAX_FILTER_CHARS``,
+    ``MAX_FILTER_ITEMS``)."""
+
+
+def _text_size(value, limit: int) -> int:
+    """At least as many characters as ``str(value)`` has, counted no further than just past ``limit``
+    (a list's text is not made to be measured). A string inside a list counts four times over, what
+    its ``repr`` may take."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, range):
+        return 2 + len(value) * (len(str(value[-1])) + 2) if value else 2
+    if not isinstance(value, list | tuple | dict):
+        return len(str(value))
+    total, stack = 2, [value]
+    while stack and total <= limit:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | range):
+            stack.extend(item[: limit + 1])
+        else:
+            total += 4 * len(item) + 4 if isinstance(item, str) else len(str(item)) + 2
+    return total
+
+
+def _replace_size(val, seq="", sub="", *_args, **_kwargs) -> int:
+    """The length of ``replace``'s text, counted without making it."""
+    text, seq, sub = ("" if val is None else str(val)), str(seq), str(sub)
+    count = len(text) + 1 if not seq else text.count(seq)
+    return len(text) + count * (len(sub) - len(seq))
+
+
+def _join_size(left, separator=" ", *_args, **_kwargs) -> int:
+    """At least the length of ``join``'s text (its items flattened, as it flattens them), counted
+    no further than just past ``MAX_FILTER_CHARS``."""
+    step = _text_size(separator, MAX_FILTER_CHARS)
+    total, stack = -step, [left] if not isinstance(left, list | tuple | range) else [iter(left)]
+    while stack and total <= MAX_FILTER_CHARS:
+        top = stack[-1]
+        if not hasattr(top, "__next__"):
+            stack.pop()
+            total += step + _text_size(top, MAX_FILTER_CHARS)
+            continue
+        item = next(top, _END)
+        if item is _END:
+            stack.pop()
+        elif isinstance(item, list | tuple):
+            stack.append(iter(item))
+        else:
+            total += step + _text_size(item, MAX_FILTER_CHARS)
+    return total
+
+
+_END = object()
+# The filters whose text would grow past what they take by more than a few times: measured first.
+_SIZE_FIRST: dict[str, Callable[..., int]] = {"replace": _replace_size, "join": _join_size}
+# The filters that read their values as text (``str()`` of a list included): Liquid's string
+# filters (but ``slice``, which slices a list as a list) and these; ``join`` measures its own.
+_TEXT_FILTERS = ("date", "escapejs", "safe")
+_STRING_FILTERS = "liquid.builtin.filters.string"
+
+
+def _too_much(name: str, value, reads_text: bool) -> FilterLimitError | None:
+    """The error for a value a filter may not take (a list too long, text too long for a filter
+    that reads it as text), or None."""
+    if isinstance(value, list | tuple | range) and len(value) > MAX_FILTER_ITEMS:
+        return FilterLimitError(f"{name} takes lists of at most {MAX_FILTER_ITEMS} items", token=None)
+    if reads_text and _text_size(value, MAX_FILTER_CHARS) > MAX_FILTER_CHARS:
+        return FilterLimitError(f"{name} takes texts of at most {MAX_FILTER_CHARS} characters", token=None)
+    return None
+
+
+def _made_too_long(name: str) -> FilterLimitError:
+    return FilterLimitError(f"{name} would make a text longer than {MAX_FILTER_CHARS} characters", token=None)
+
+
+_PLAIN = (int, float, bool, type(None))
+_INJECTED = ("context", "environment")  # what Liquid passes a filter that asks for it
+
+
+def _bounded(name: str, func: Callable) -> Callable:
+    """``func``, the filter ``name``, refusing (``FilterLimitError``) a list of more than
+    ``MAX_FILTER_ITEMS`` items taken or made, text of more than ``MAX_FILTER_CHARS`` characters
+    taken (by a filter that reads its values as text) or made, the latter measured before it is
+    made where it could grow by more than a few times. Cheap for the usual short strings and numbers."""
+    reads_text = name in _TEXT_FILTERS or (getattr(func, "__module__", "") == _STRING_FILTERS and name != "slice")
+    size_first = _SIZE_FIRST.get(name)
+    injected = sum(1 for flag in ("with_context", "with_environment") if getattr(func, flag, False))
+
+    def refuse_taken(value) -> None:
+        kind = type(value)
+        if kind is str:
+            if reads_text and len(value) > MAX_FILTER_CHARS:
+                raise FilterLimitError(f"{name} takes texts of at most {MAX_FILTER_CHARS} characters", token=None)
+        elif kind not in _PLAIN and (error := _too_much(name, value, reads_text)) is not None:
+            raise error
+
+    @functools.wraps(func)
+    def bounded(left, *args, **kwargs):
+        if type(left) is not str or len(left) > MAX_FILTER_CHARS:
+            refuse_taken(left)
+        for value in args:
+            if type(value) is not str or len(value) > MAX_FILTER_CHARS:
+                refuse_taken(value)
+        if len(kwargs) > injected:
+            for key, value in kwargs.items():
+                if key not in _INJECTED:
+                    refuse_taken(value)
+        if size_first is not None:
+            try:
+                size = size_first(left, *args, **kwargs)
+            except TypeError:
+                size = 0  # arguments the filter itself refuses: it says so
+            if size > MAX_FILTER_CHARS:
+                raise _made_too_long(name)
+        result = func(left, *args, **kwargs)
+        if type(result) in _PLAIN:
+            return result
+        if isinstance(result, str) and len(result) > MAX_FILTER_CHARS:
+            raise _made_too_long(name)
+        if isinstance(result, list | tuple) and len(result) > MAX_FILTER_ITEMS:
+            raise FilterLimitError(f"{name} would make a list of more than {MAX_FILTER_ITEMS} items", token=None)
+        return result
+
+    for flag in ("with_context", "with_environment"):  # how Liquid calls it
+        if getattr(func, flag, False):
+            setattr(bounded, flag, True)
+    return bounded
 
 
 class _SandboxEnvironment(Environment):
@@ -46,6 +190,7 @@ class _SandboxEnvironment(Environment):
         super().setup_tags_and_filters(extra=extra)
         for tag in ("include", "render"):
             self.tags.pop(tag, None)
+        self.filters = {name: _bounded(name, func) for name, func in self.filters.items()}
 
 
 ENVIRONMENT = _SandboxEnvironment()
@@ -117,6 +262,8 @@ def _limit_message(exc: ResourceLimitError) -> str:
         return f"A loop here runs more than {LOOP_LIMIT} times in all, whatever the profile"
     if isinstance(exc, OutputStreamLimitError):
         return f"This text is longer than {MAX_OUTPUT_CHARS} characters, whatever the profile"
+    if isinstance(exc, FilterLimitError):
+        return f"A filter here reaches a limit of the template sandbox, whatever the profile: {exc.message}"
     return f"This text reaches a limit of the template sandbox, whatever the profile: {exc.message}"
 
 

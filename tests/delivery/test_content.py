@@ -144,6 +144,55 @@ def test_a_text_past_the_output_limit_whatever_the_profile_is_refused():
     assert errors_of(exc)["body"] == ["This text is longer than 8192 characters, whatever the profile (line 1)."]
 
 
+# A filter's result is bounded though the output never shows it: "replace" by "" puts its text
+# between every character, so each one multiplies the length (2,000 characters cubed: 8e9).
+_GROWN = '{{ "' + "a" * 2000 + '" | replace: "", "' + "a" * 2000 + '" | replace: "", "' + "a" * 2000 + '" | size }}'
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (_GROWN, "replace would make a text longer than 65536 characters"),
+        (
+            '{{ "abc" | split: "" | join: "' + "x" * 40000 + '" | size }}',
+            "join would make a text longer than 65536 characters",
+        ),
+        ("{{ (1..70000) | join: ',' | size }}", "join takes lists of at most 65536 items"),
+        ("{{ (1..70000) | sort | first }}", "sort takes lists of at most 65536 items"),
+    ],
+    ids=["replace", "join", "range-join", "range-sort"],
+)
+def test_a_filter_making_too_much_whatever_the_profile_is_refused_before_it_is_made(source, message):
+    with pytest.raises(ValidationError) as exc:
+        template_check(source, field="body")
+    assert errors_of(exc)["body"] == [f"This text cannot be rendered for anyone: {message}."]
+    with pytest.raises(ValidationError) as exc:
+        template_check("{{ profile.attributes.name }}\n" + source, field="body")
+    assert errors_of(exc)["body"] == [
+        f"A filter here reaches a limit of the template sandbox, whatever the profile: {message} (line 2)."
+    ]
+
+
+def test_a_filter_making_too_much_from_a_profiles_value_fails_that_message_alone():
+    from liquid.exceptions import ResourceLimitError
+
+    source = '{{ profile.attributes.x | replace: "", profile.attributes.x | replace: "", profile.attributes.x | size }}'
+    template_check(source, field="title")  # empty values make little
+    assert template_render(source, profile={"attributes": {"x": "b" * 10}}, context={}) == "1330"
+    with pytest.raises(ResourceLimitError, match="replace would make a text longer than 65536 characters"):
+        template_render(source, profile={"attributes": {"x": "b" * 150}}, context={})  # 3.4M characters
+    joined = "{{ context.items | join: context.separator | size }}"
+    template_check(joined, field="body")
+    with pytest.raises(ResourceLimitError, match="join would make a text longer than 65536 characters"):
+        template_render(joined, profile={}, context={"items": ["a"] * 30000, "separator": "-" * 100})
+
+
+def test_a_profiles_largest_value_passes_through_filters():
+    bio = "é" * 65000
+    source = "{{ profile.attributes.bio | upcase | strip | split: '' | join: '' | slice: 0, 3 }}"
+    assert template_render(source, profile={"attributes": {"bio": bio}}, context={}) == "ÉÉÉ"
+
+
 def test_a_template_that_fails_only_for_some_values_is_saved():
     template_check("{{ 100 | divided_by: profile.attributes.count }}", field="body")
     template_check("{{ profile.attributes.n | divided_by: 0.5 | modulo: 10 }} {{ 'divided_by: 0' }}", field="body")

@@ -151,6 +151,24 @@ def test_personalized_and_localized_message_reaches_the_phone(
     assert received[de_device.token]["title"] == "Hello there"
 
 
+def test_a_profile_whose_value_grows_a_filter_past_its_limit_fails_alone(
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
+):
+    grown = '{{ profile.attributes.x | replace: "", profile.attributes.x | replace: "", profile.attributes.x | size }}'
+    content = PushContentFactory(app=pushsim_app, title="Size " + grown)
+    long, short = ProfileFactory(attributes={"x": "b" * 150}), ProfileFactory(attributes={"x": "ab"})
+    DeviceFactory(profile=long, app=pushsim_app, platform="ios")
+    short_device = DeviceFactory(profile=short, app=pushsim_app, platform="android")
+
+    dispatch = send(content, [long, short], django_capture_on_commit_callbacks)
+
+    outcome = rows(dispatch)
+    assert outcome[long.pk].status == "failed"
+    assert outcome[long.pk].reason == "render_error: replace would make a text longer than 65536 characters"
+    assert outcome[short.pk].status == "accepted"
+    assert {r["token"]: r["title"] for r in pushsim.state.recent(limit=10)} == {short_device.token: "Size 26"}
+
+
 def test_a_profile_whose_value_breaks_a_filter_fails_alone_and_its_batch_is_sent(
     pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
 ):
