@@ -219,6 +219,23 @@ def can_create_api_key_for(by: User, owner: User) -> bool:
     return can_manage_api_keys_of(by, owner) and (by.is_superuser or not owner.is_superuser)
 
 
+def superuser_keys_made_by_others(*, now=None) -> QuerySet[ApiKey]:
+    """Unrevoked, unexpired API keys owned by a superuser and made by someone who is not one
+    (``can_create_api_key_for`` refuses these now; earlier an Administrator could make them, and
+    act as the superuser through the API), or by a user since deleted. A key a superuser made for
+    themself is not one."""
+    from django.utils import timezone
+
+    now = now or timezone.now()
+    return (
+        ApiKey.objects.filter(user__is_superuser=True, revoked_at__isnull=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .exclude(created_by__is_superuser=True)
+        .select_related("user", "created_by")
+        .order_by("pk")
+    )
+
+
 def may_own_api_keys(user: User) -> bool:
     """Whether the user's role may own API keys (the roles table: not Viewers, not users without a role)."""
     return user.is_active and user.has_perm("accounts.add_apikey")

@@ -232,3 +232,44 @@ def test_qinfo_says_in_one_line_that_redis_does_not_answer(db, redis_down):
 
     with pytest.raises(CommandError, match=r"Redis does not answer \(ConnectionError"):
         call_command("qinfo", stdout=io.StringIO())
+
+
+def test_status_lists_the_live_keys_of_a_superuser_that_someone_else_made(db, queue, admin_erin):
+    """An Administrator could make a key owned by a superuser (and act as them through the API)
+    until only a superuser could: status names those still live, by prefix, to be looked at."""
+    from accounts.models import ApiKey, User
+    from accounts.services import api_key_create
+
+    root = User.objects.create_superuser("root", password="a-long-passphrase-for-root")
+    own, _ = api_key_create(user=root, name="root's own", scopes=["read"], by=root)
+    made = {}
+    for name in ("by erin", "by a deleted user", "revoked", "expired"):
+        made[name], _ = api_key_create(user=root, name=name, scopes=["read"], by=root)
+    ApiKey.objects.filter(pk=made["by erin"].pk).update(created_by=admin_erin)  # as before the rule
+    ApiKey.objects.filter(pk=made["by a deleted user"].pk).update(created_by=None)
+    ApiKey.objects.filter(pk=made["revoked"].pk).update(created_by=admin_erin, revoked_at=timezone.now())
+    expired = timezone.now() - dt.timedelta(days=1)
+    ApiKey.objects.filter(pk=made["expired"].pk).update(created_by=admin_erin, expires_at=expired)
+
+    out = io.StringIO()
+    call_command("status", stdout=out)
+
+    lines = out.getvalue().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("api keys"))
+    assert lines[start].startswith("api keys   2 of a superuser made by someone else")
+    assert lines[start + 1 : start + 3] == [
+        f"  {made['by erin'].prefix}… 'by erin' of root, made by admin_erin",
+        f"  {made['by a deleted user'].prefix}… 'by a deleted user' of root, made by a deleted user",
+    ]
+    assert own.prefix not in out.getvalue()
+
+
+def test_status_says_nothing_of_keys_when_every_superuser_key_is_a_superusers_own(db, queue):
+    from accounts.models import User
+    from accounts.services import api_key_create
+
+    root = User.objects.create_superuser("root", password="a-long-passphrase-for-root")
+    api_key_create(user=root, name="root's own", scopes=["read"], by=root)
+    out = io.StringIO()
+    call_command("status", stdout=out)
+    assert "api keys" not in out.getvalue()

@@ -5,6 +5,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, connection
 
+from accounts.selectors import superuser_keys_made_by_others
 from config.reporting import first_line
 from delivery.services.apps import app_secret_problems
 from operations.database import database_errors_said
@@ -31,6 +32,7 @@ class Command(BaseCommand):
                 connection.ensure_connection()
                 s = snapshot()
                 unreadable = app_secret_problems()
+                foreign_keys = list(superuser_keys_made_by_others())
         except DatabaseError as exc:  # it answers, but something in it cannot be read
             raise CommandError(
                 f"the database cannot be read ({first_line(exc) or type(exc).__name__}); are its migrations applied? "
@@ -48,6 +50,12 @@ class Command(BaseCommand):
                     write(f"  {problem}")
         else:
             write("secrets    every app's stored credentials decrypt with PUSHDESK_ENCRYPTION_KEY")
+        if foreign_keys:
+            # Made before only a superuser could make a superuser's key: each acts as its owner.
+            write(f"api keys   {len(foreign_keys)} of a superuser made by someone else: revoke those not meant to be:")
+            for key in foreign_keys:
+                maker = key.created_by.get_username() if key.created_by else "a deleted user"
+                write(f"  {key.prefix}… '{key.name}' of {key.user.get_username()}, made by {maker}")
         oldest = "" if s.oldest_task_age_seconds is None else f", oldest waiting {int(s.oldest_task_age_seconds)} s"
         if s.queue_problem:
             write(f"queue      cannot be read: {s.queue_problem}")
