@@ -278,7 +278,9 @@ class Import(models.Model):
     segment = models.ForeignKey(Segment, on_delete=models.SET_NULL, null=True, blank=True, related_name="imports")
     segment_name = models.CharField(max_length=200, blank=True, help_text="Name of the new segment.")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
-    error = models.TextField(blank=True, help_text="Why the whole file was refused.")
+    error = models.TextField(
+        blank=True, help_text="Why the file was refused, or why the import stopped (and how much of it landed)."
+    )
     rows_done = models.BigIntegerField(default=0, help_text="Rows read so far (good, failed and duplicate).")
     rows_imported = models.BigIntegerField(default=0)
     rows_failed = models.BigIntegerField(default=0)
