@@ -124,7 +124,8 @@ def _rollup_visible_to(user: User):
 
 
 def sends_last_24h(user: User, *, now: dt.datetime) -> dict:
-    """Hourly series of the last 24 hours: targeted, accepted, failed, skipped, opened; skips by reason.
+    """Hourly series of the last 24 hours: targeted, accepted, failed, unknown (sent, its outcome lost:
+    perhaps delivered), skipped, opened; skips by reason. The outcomes add up to what was targeted.
 
     Summed from the rollup's quarter hours in the window (its ``period`` index): outcomes by when a
     row finished, opens by when it was opened, targeted by when a row was made (a bulk send's at
@@ -137,7 +138,9 @@ def sends_last_24h(user: User, *, now: dt.datetime) -> dict:
     start = end - dt.timedelta(hours=SEND_WINDOW_HOURS)
     hours = [start + dt.timedelta(hours=i) for i in range(SEND_WINDOW_HOURS)]
     index = {hour: i for i, hour in enumerate(hours)}
-    series = {name: [0] * SEND_WINDOW_HOURS for name in ("targeted", "accepted", "failed", "skipped", "opened")}
+    series = {
+        name: [0] * SEND_WINDOW_HOURS for name in ("targeted", "accepted", "failed", "unknown", "skipped", "opened")
+    }
     rows = (
         _rollup_visible_to(user)
         .filter(period__gte=start, period__lt=end, outcome__in=list(series))

@@ -53,7 +53,7 @@ def test_administrator_home_shows_operations_and_every_app(login, page, live_ser
     login(admin_erin)
     page.wait_for_function("() => document.getElementById('pd-sends-chart').chart !== undefined")
     totals = page.evaluate(SERIES)
-    assert totals == {"targeted": 237, "accepted": 211, "failed": 11, "skipped": 15, "opened": 40}
+    assert totals == {"targeted": 237, "accepted": 211, "failed": 11, "unknown": 0, "skipped": 15, "opened": 40}
     labels = page.evaluate("() => document.getElementById('pd-sends-chart').chart.data.labels")
     assert len(labels) == 24
     health = page.locator(".pd-health-row").all_inner_texts()
@@ -71,7 +71,14 @@ def test_manager_home_shows_their_apps_and_leads_to_their_pages(login, page, liv
     login(manager_alice)
     page.wait_for_function("() => document.getElementById('pd-sends-chart').chart !== undefined")
     totals = page.evaluate(SERIES)
-    assert totals == {"targeted": 189, "accepted": 165, "failed": 9, "skipped": 15, "opened": 40}  # Shop only
+    assert totals == {
+        "targeted": 189,
+        "accepted": 165,
+        "failed": 9,
+        "unknown": 0,
+        "skipped": 15,
+        "opened": 40,
+    }  # Shop only
     assert page.locator("#pd-health").count() == 0 and page.locator("#pd-queue").count() == 0
     assert "Bank" not in page.locator("#pd-home").inner_text()
     assert page.locator("[data-skip-reason=frequency_cap]").inner_text() == "frequency_cap 15"

@@ -12,10 +12,11 @@
     targeted: "#6b7280",
     accepted: "#16a34a",
     failed: "#dc2626",
+    unknown: "#7c3aed",
     skipped: "#d97706",
     opened: "#2563eb",
   };
-  const names = ["targeted", "accepted", "failed", "skipped", "opened"];
+  const names = ["targeted", "accepted", "failed", "unknown", "skipped", "opened"];
   const chart = new window.Chart(canvas, {
     type: "line",
     data: {
