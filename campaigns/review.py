@@ -88,9 +88,9 @@ def audience_text(
     """
     from audiences.selectors import audience_reach
 
-    segment, instead = _audience_segment(segment_id, label=label)
-    if segment is None and segment_id is not None:
-        return instead  # deleted
+    segment, deleted = _audience_segment(segment_id, label=label)
+    if deleted:
+        return deleted
     reach = audience_reach(segment=segment, app_id=app_id) if segment is not None else None
     figures = reach_text(reach, app_id=app_id, holdout_share=holdout_share, purpose=purpose)
     return f"{segment}: {figures}" if segment is not None else figures
@@ -125,9 +125,10 @@ def reach_text(reach, *, app_id: int, holdout_share: int, purpose: str, age: str
 
 
 def _audience_segment(segment_id: int | None, *, label: str = ""):
-    """(the audience's segment, None), or (None, the text shown instead: no segment, or a deleted one)."""
+    """(the audience's segment, None); (None, None) for no segment (recipients named by each API
+    call); (None, the text shown instead) for a deleted one."""
     if segment_id is None:
-        return None, "Recipients named by each API call."
+        return None, None
     from audiences.models import Segment
 
     segment = Segment.objects.filter(pk=segment_id).first()
@@ -146,10 +147,10 @@ def audience_kept_text(campaign, *, count: bool = False) -> str:
     from audiences.selectors import audience_reach, reach_kept
     from audiences.services.segments import segment_reach_keep
 
-    segment, instead = _audience_segment(campaign.segment_id)
+    segment, deleted = _audience_segment(campaign.segment_id)
+    if deleted:
+        return deleted
     if segment is None:
-        if campaign.segment_id is not None:
-            return instead  # deleted
         return reach_text(None, app_id=campaign.app_id, holdout_share=campaign.holdout_share, purpose=campaign.purpose)
     kept = None if count else reach_kept(segment, campaign.app_id)
     if kept is None:

@@ -17,6 +17,7 @@ from config.reporting import first_line
 # PostgreSQL's undefined_table and undefined_column; SQLite says it in words.
 _NOT_MIGRATED_SQLSTATES = ("42P01", "42703")
 _NOT_MIGRATED_SQLITE = ("no such table", "no such column")
+_BUSY_SQLITE = ("database is locked", "database table is locked")
 
 
 def database_problem(exc: BaseException) -> str | None:
@@ -29,9 +30,10 @@ def database_problem(exc: BaseException) -> str | None:
     sqlstate = getattr(exc.__cause__, "sqlstate", None)
     if sqlstate in _NOT_MIGRATED_SQLSTATES or (sqlstate is None and detail.startswith(_NOT_MIGRATED_SQLITE)):
         return f"the database is not migrated ({said}): run `manage.py migrate`"
-    if isinstance(exc, InterfaceError) or (
-        isinstance(exc, OperationalError) and (sqlstate or "08").startswith(("08", "57P"))
-    ):
+    # A connection that failed has no SQLSTATE, nor has any SQLite error: a SQLite database that
+    # is locked answers (it is busy), and keeps its traceback.
+    gone = sqlstate.startswith(("08", "57P")) if sqlstate else not detail.startswith(_BUSY_SQLITE)
+    if isinstance(exc, InterfaceError) or (isinstance(exc, OperationalError) and gone):
         return f"the database does not answer ({said}): start it, or check DATABASE_URL"
     return None
 

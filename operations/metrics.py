@@ -23,8 +23,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 from redis.exceptions import RedisError
 
-from config.reporting import first_line
-
 OUTCOMES = ("accepted", "failed", "skipped", "unknown")
 _DATABASE_UP_HELP = "1 when the database answers, else 0 (and only the queue's figures are served)"
 _QUEUE_UP_HELP = "1 when the queue (Redis) answers, else 0"
@@ -326,7 +324,12 @@ def metrics_response(request) -> HttpResponse:
     try:
         body = generate_latest(registry)
     except DatabaseError as exc:
-        body = _database_down_metrics(exc)
+        from operations.database import database_problem
+
+        problem = database_problem(exc)
+        if problem is None:  # the database answers: a collector's own error keeps its traceback
+            raise
+        body = _database_down_metrics(problem)
     response = HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
     response["Cache-Control"] = "no-store"
     return response
@@ -336,17 +339,15 @@ _DOWN_LOG_SECONDS = 60.0
 _down_logged_at = -math.inf
 
 
-def _database_down_metrics(exc: DatabaseError) -> bytes:
+def _database_down_metrics(problem: str) -> bytes:
     """What a scrape gets while the database cannot be read: ``pushdesk_database_up 0`` and the
     queue's figures that Redis alone gives, as exporters answer when what they watch is down (a
     failed scrape would say the web process is down). Logs a line a minute at most."""
     global _down_logged_at
-    from operations.database import database_problem
     from operations.status import queue_depth_and_oldest_age
 
     if time.monotonic() - _down_logged_at >= _DOWN_LOG_SECONDS:
         _down_logged_at = time.monotonic()
-        problem = database_problem(exc) or f"the database cannot be read ({exc.__class__.__name__}: {first_line(exc)})"
         logger.error("/metrics: %s; serving pushdesk_database_up 0", problem)
     registry = CollectorRegistry(auto_describe=False)
     families = [GaugeMetricFamily("pushdesk_database_up", _DATABASE_UP_HELP, value=0)]

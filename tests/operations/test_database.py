@@ -74,3 +74,14 @@ def test_the_workers_say_when_migrations_are_not_applied(db, caplog):
     assert any(
         "migrations are not applied" in r.getMessage() and "manage.py migrate" in r.getMessage() for r in caplog.records
     ), caplog.text
+
+
+def test_a_sqlite_database_that_is_locked_answers_and_one_that_cannot_be_opened_does_not():
+    """SQLite's errors carry no SQLSTATE: a busy database is an error of its own (its traceback
+    kept), a file that cannot be opened is a database that does not answer."""
+    from django.db import OperationalError
+
+    from operations.database import database_problem
+
+    assert database_problem(OperationalError("database is locked")) is None
+    assert database_problem(OperationalError("unable to open database file")).startswith("the database does not answer")
