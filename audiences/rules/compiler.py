@@ -73,7 +73,7 @@ class JsonValue(_OnJsonColumn):
     nothing measurable.
     """
 
-    def __init__(self, column: str, key: str, value_type: str, *, postgres: bool = True):
+    def __init__(self, column: str, key: str, value_type: str, *, postgres: bool):
         output = {
             "string": models.TextField(),
             "number": models.DecimalField() if postgres else models.FloatField(),
