@@ -38,6 +38,12 @@ def database_problem(exc: BaseException) -> str | None:
     return None
 
 
+def redis_problem(exc: BaseException) -> str:
+    """Redis not answering (``exc``, a Redis error), said in one line as the database's is."""
+    detail = first_line(exc)
+    return f"Redis does not answer ({exc.__class__.__name__}{': ' + detail if detail else ''})"
+
+
 @contextmanager
 def database_errors_said():
     """In a management command: turn the database gone or not migrated into a one-line

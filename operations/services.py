@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from accounts.models import User
 from accounts.services import audit
 from config.db import write_pacer
-from config.reporting import first_line
+from operations.database import redis_problem
 
 logger = logging.getLogger("pushdesk.instance")
 
@@ -109,7 +109,7 @@ def instance_claim(*, name: str | None = None) -> dict:
         try:
             result["tasks"] = instance_queue_purge()
         except RedisError as exc:  # the claim stands; the purge is run again with --purge-queue
-            result["queue_purge_failed"] = f"Redis does not answer ({exc.__class__.__name__}: {first_line(exc)})"
+            result["queue_purge_failed"] = redis_problem(exc)
             logger.error("instance %r: the task queue could not be purged: %s", name, result["queue_purge_failed"])
     return result
 

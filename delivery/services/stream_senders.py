@@ -37,7 +37,6 @@ from django.utils import timezone
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from config.reporting import first_line
 from delivery.models import Dispatch
 from operations.shutdown import stop_requested
 
@@ -409,11 +408,10 @@ def _outage(exc: Exception) -> str | None:
     """Say in a line what is wrong when ``exc`` is Redis or the database gone (a connection refused
     or lost, a shutdown) or the database not migrated, or return None for any other error (a
     deadlock, a bug)."""
-    from operations.database import database_problem
+    from operations.database import database_problem, redis_problem
 
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
-        detail = first_line(exc)
-        return f"Redis does not answer ({exc.__class__.__name__}{': ' + detail if detail else ''})"
+        return redis_problem(exc)
     return database_problem(exc)
 
 

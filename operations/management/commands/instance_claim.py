@@ -4,8 +4,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from redis.exceptions import RedisError
 
-from config.reporting import first_line
-from operations.database import database_errors_said
+from operations.database import database_errors_said, redis_problem
 from operations.instance import instance_problem
 from operations.services import instance_claim, instance_queue_purge
 
@@ -69,7 +68,6 @@ class Command(BaseCommand):
             dropped = instance_queue_purge()
         except RedisError as exc:
             raise CommandError(
-                f"The task queue was not purged: Redis does not answer ({exc.__class__.__name__}: "
-                f"{first_line(exc)}). Run it again once Redis answers."
+                f"The task queue was not purged: {redis_problem(exc)}. Run it again once Redis answers."
             ) from None
         self.stdout.write(f"Purged this instance's task queue: {dropped} tasks dropped.")
