@@ -48,12 +48,52 @@ def instance_problem() -> str | None:
 
 
 def instance_refuses(*, action: str) -> bool:
-    """Return True (and log why) when this process may not send; for the beat's ticks."""
+    """Return True when this process may not send; for the beat's ticks and the send tasks.
+
+    The refusal is logged once for the installation, not at each call: on a copy not claimed the
+    beat refuses every minute (the delivery watchdog twice), every worker alike, and the line said
+    nothing new after the first. A different problem (another name recorded) is said again, and
+    ``instance_claim`` forgets what was said (``instance_refusal_forget``), so a copy restored
+    after a claim says it again.
+    """
+    problem = instance_problem()
+    if problem is None:
+        return False
+    if _refusal_first_said(problem):
+        logger.warning("refused to %s: %s (said once; quiet until this changes)", action, problem)
+    return True
+
+
+# The problem last said by ``instance_refuses``, in the cache every process of the instance shares
+# (its keys carry the instance's name).
+_REFUSAL_SAID = "pushdesk:instance-refusal-said"
+
+
+def _refusal_first_said(problem: str) -> bool:
+    """Record ``problem`` as said; return True when it was not said before (or the cache cannot tell)."""
+    from django.core.cache import cache
+    from redis.exceptions import RedisError
+
     try:
-        ensure_instance_claimed(action=action)
-    except InstanceMismatch:
-        return True
-    return False
+        if cache.add(_REFUSAL_SAID, problem, timeout=None):
+            return True
+        if cache.get(_REFUSAL_SAID) == problem:
+            return False
+        cache.set(_REFUSAL_SAID, problem, timeout=None)
+    except (RedisError, DatabaseError):  # the cache does not answer: say it rather than stay silent
+        pass
+    return True
+
+
+def instance_refusal_forget() -> None:
+    """Forget the refusal said, so the next one is logged (after a claim). Quiet when the cache is down."""
+    from django.core.cache import cache
+    from redis.exceptions import RedisError
+
+    try:
+        cache.delete(_REFUSAL_SAID)
+    except (RedisError, DatabaseError):
+        pass
 
 
 def ensure_instance_claimed(*, action: str) -> None:

@@ -15,6 +15,7 @@ from accounts.models import User
 from accounts.services import audit
 from config.db import write_pacer
 from operations.database import redis_problem
+from operations.instance import instance_refusal_forget
 
 logger = logging.getLogger("pushdesk.instance")
 
@@ -104,6 +105,7 @@ def instance_claim(*, name: str | None = None) -> dict:
         Instance.objects.update_or_create(pk=1, defaults={"name": name, "claimed_at": now})
         audit(actor=None, action="instance_claimed", summary={"name": name, "previous": previous, **counts})
     logger.warning("instance %r claimed the database (it was %r); voided %s", name, previous, counts)
+    instance_refusal_forget()
     result = {"previous": previous, "name": name, **counts, "queue_purge_failed": None}
     if "redis" in settings.Q_CLUSTER:
         try:

@@ -147,3 +147,33 @@ def test_a_claim_while_redis_is_down_says_the_queue_was_not_purged_and_purge_que
     call_command("instance_claim", "--purge-queue", stdout=out)
     assert "1 tasks dropped" in out.getvalue()
     assert broker.queue_size() == 0
+
+
+def test_an_unclaimed_copys_watchdog_says_why_once_then_stays_quiet_until_it_changes(restored_copy, caplog):
+    from delivery.tasks import dispatches_watch_task
+
+    def said():
+        lines = [r.getMessage() for r in caplog.records if r.name == "pushdesk.instance"]
+        caplog.clear()
+        return lines
+
+    for _minute in range(3):  # the beat runs it every minute, on whichever worker
+        assert dispatches_watch_task() == []
+    lines = said()
+    assert len(lines) == 1, lines  # once, not twice a minute (its dispatches' pass and its streams')
+    assert "refused to run the delivery watchdog" in lines[0] and "production-eu" in lines[0]
+
+    Instance.objects.filter(pk=1).update(name="staging-eu")  # another copy: a new problem, said
+    dispatches_watch_task()
+    dispatches_watch_task()
+    lines = said()
+    assert len(lines) == 1 and "staging-eu" in lines[0], lines
+
+    call_command("instance_claim", "--yes", stdout=io.StringIO())
+    said()
+    dispatches_watch_task()
+    assert said() == []  # claimed: nothing refused
+    Instance.objects.filter(pk=1).update(name="staging-eu")  # restored again after the claim: said again
+    dispatches_watch_task()
+    lines = said()
+    assert len(lines) == 1 and "staging-eu" in lines[0], lines
