@@ -105,8 +105,7 @@ def reach_text(reach, *, app_id: int, holdout_share: int, purpose: str, age: str
     back. Their effect is not counted: it depends on the time of the send and on the sends before
     it. A transactional campaign bypasses them, and says so.
     """
-    from delivery.models import DeliveryRules
-    from delivery.rules import rules_text
+    from delivery.rules import rules_hold_text
 
     size = reach.text() if reach is not None else "Recipients named by each API call"
     if age:
@@ -115,13 +114,8 @@ def reach_text(reach, *, app_id: int, holdout_share: int, purpose: str, age: str
         size += f" → ≈ {round(reach.opted_in * (100 - holdout_share) / 100):,} after the {holdout_share}% holdout"
     elif holdout_share:
         size += f", {holdout_share}% of them held out"
-    parts = [size]
-    rules = rules_text(DeliveryRules.objects.filter(app_id=app_id).first())
-    if rules and purpose == Campaign.Purpose.TRANSACTIONAL:
-        parts.append(f"transactional: it bypasses {rules}")
-    elif rules:
-        parts.append(f"{rules} may hold some back")
-    return "; ".join(parts) + ("." if reach is None else "")
+    rules = rules_hold_text(app_id=app_id, purpose=purpose)
+    return "; ".join(part for part in (size, rules) if part) + ("." if reach is None else "")
 
 
 def _audience_segment(segment_id: int | None, *, label: str = ""):

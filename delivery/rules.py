@@ -62,6 +62,19 @@ def rules_text(rules: DeliveryRules | None) -> str:
     return "the app's " + " and ".join(parts) if parts else ""
 
 
+def rules_hold_text(*, app_id: int, purpose: str) -> str:
+    """What the app's rules may do to a send of ``purpose``, as a campaign's and a journey's page
+    and their reviews say it: for a marketing send, the rules named with their values "may hold some
+    back" (their effect is not counted: it depends on the time of the send and on the sends before
+    it); a transactional send bypasses them, and says so. "" when the app has no rules."""
+    rules = rules_text(DeliveryRules.objects.filter(app_id=app_id).first())
+    if not rules:
+        return ""
+    if purpose == "transactional":
+        return f"transactional: it bypasses {rules}"
+    return f"{rules} may hold some back"
+
+
 # The advisory lock class of the frequency cap (its object id is the app's): a constant of ours.
 _CAP_LOCK_CLASS = 0x50C4
 # What the cap counts, in a resolve's cap (below) and a trigger's (delivery.services.streams), over

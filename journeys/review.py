@@ -24,12 +24,17 @@ def entry_text(version: JourneyVersion) -> str:
 def entry_audience_text(version: JourneyVersion, *, app_id: int) -> str:
     """Who enters the version, as the journey page and the approver's review both say it: the entry
     segment's size now as profiles → reachable in the journey's app → opted in (one count of the
-    audience), or that profiles enter when the event arrives."""
+    audience), or that profiles enter when the event arrives; then the app's frequency cap and
+    quiet hours that may hold its pushes back, in a campaign's words (a journey's pushes are
+    marketing pushes)."""
     from audiences.selectors import audience_reach
+    from delivery.rules import rules_hold_text
 
+    rules = rules_hold_text(app_id=app_id, purpose="marketing")
     if version.entry_kind != JourneyVersion.EntryKind.SEGMENT or version.entry_segment is None:
-        return "Profiles enter when the event arrives."
-    return f"{version.entry_segment}: {audience_reach(segment=version.entry_segment, app_id=app_id).text()}"
+        return "; ".join(part for part in ("Profiles enter when the event arrives", rules) if part) + "."
+    reach = audience_reach(segment=version.entry_segment, app_id=app_id).text()
+    return "; ".join(part for part in (f"{version.entry_segment}: {reach}", rules) if part)
 
 
 def content_names(version: JourneyVersion) -> dict:

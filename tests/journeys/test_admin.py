@@ -596,3 +596,37 @@ def test_a_journeys_request_is_decided_on_its_review_page_by_an_approver_and_by_
         assert decided.status == ApprovalRequest.Status.CHANGES_REQUESTED
         assert journey.status == "draft" and journey.live_version is None
         assert journey.versions.get().status == "draft"
+
+
+def test_a_journeys_page_and_review_say_which_delivery_rules_may_hold_its_pushes_back(
+    login, manager_alice, approver_bob, make_journey, team
+):
+    """A journey's pushes are marketing pushes: the app's frequency cap and quiet hours apply to them,
+    named with their values in the words of a campaign's page, on the journey's page and its review."""
+    import datetime as dt
+
+    from delivery.models import DeliveryRules
+
+    DeliveryRules.objects.create(
+        app=team, frequency_cap=1, frequency_window_hours=24, quiet_start=dt.time(22), quiet_end=dt.time(8)
+    )
+    rules = (
+        "the app&#x27;s frequency cap (at most 1 push per profile in 24 h) and quiet hours (22:00–08:00 in each "
+        "profile&#x27;s time zone, UTC without one; pushes held until they end) may hold some back"
+    )
+    client = login(approver_bob)
+    journey = make_journey()
+    request = journey_submit(journey_id=journey.pk, by=manager_alice)
+    said = f"Everyone: 0 profiles → 0 reachable (iOS 0 / Android 0) → 0 opted in; {rules}"
+    page = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert f'<span id="entry-audience">{said}</span>' in page
+    review = client.get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+    assert f"<tr><th>Who enters</th><td>{said}</td></tr>" in review
+
+    event = make_journey(name="Signed up", entry_kind="event", entry_event="signed_up", entry_segment=None)
+    request = journey_submit(journey_id=event.pk, by=manager_alice)
+    said = f"Profiles enter when the event arrives; {rules}."
+    page = client.get(f"/admin/journeys/journey/{event.pk}/change/").content.decode()
+    assert f'<div class="readonly">{said}</div>' in page
+    review = client.get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+    assert f"<tr><th>Who enters</th><td>{said}</td></tr>" in review
