@@ -38,6 +38,24 @@ def database_problem(exc: BaseException) -> str | None:
     return None
 
 
+def database_error_said(exc: DatabaseError) -> str:
+    """Say in one line an error the database answered with, one ``database_problem`` leaves to its
+    traceback (a permission refused, a statement cancelled, a bug's query), for a command that
+    reads: `migrate` is suggested only when migrations are pending, never for any error at all."""
+    detail = first_line(exc)
+    sqlstate = getattr(exc.__cause__, "sqlstate", None)
+    said = f"{exc.__class__.__name__}{': ' + detail if detail else ''}{f' [SQLSTATE {sqlstate}]' if sqlstate else ''}"
+    if sqlstate == "42501":  # insufficient_privilege
+        said += ": the user of DATABASE_URL may not read it (its grants?)"
+    try:
+        pending = migrations_pending()
+    except DatabaseError:  # django_migrations cannot be read either: whether they are applied is unknown
+        return f"the database answered with an error ({said})"
+    if pending:
+        return f"the database answered with an error ({said}) and {pending} migrations are not applied: run `manage.py migrate`"
+    return f"the database answered with an error ({said}); its migrations are all applied"
+
+
 def redis_problem(exc: BaseException) -> str:
     """Redis not answering (``exc``, a Redis error), said in one line as the database's is."""
     detail = first_line(exc)

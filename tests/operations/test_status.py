@@ -227,6 +227,57 @@ def test_status_on_a_database_not_migrated_says_to_migrate_not_that_it_does_not_
     assert "manage.py migrate" in str(refused.value), refused.value
 
 
+@pytest.fixture
+def reader_role(transactional_db):
+    """A database user that may read django_migrations and nothing else (as a monitoring user
+    whose grants predate a table), taken on by this connection; dropped after the test."""
+    from django.db import DatabaseError, connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite has no users")
+    role = f"pushdesk_reader_{uuid.uuid4().hex[:12]}"
+    with connection.cursor() as cursor:
+        try:
+            cursor.execute(f"CREATE ROLE {role}")
+        except DatabaseError:
+            pytest.skip("the test database's user may not create roles")
+        cursor.execute(f"GRANT SELECT ON django_migrations TO {role}")
+        cursor.execute(f"SET ROLE {role}")
+    yield role
+    with connection.cursor() as cursor:
+        cursor.execute("RESET ROLE")
+        cursor.execute(f"REVOKE ALL ON django_migrations FROM {role}")
+        cursor.execute(f"DROP ROLE {role}")
+
+
+def test_status_refused_a_read_on_a_migrated_database_says_so_and_does_not_say_to_migrate(reader_role):
+    from django.core.management import CommandError
+    from django.db import connection
+
+    with pytest.raises(CommandError) as refused:
+        call_command("status", stdout=io.StringIO())
+    said = str(refused.value)
+    assert "migrate" not in said, said
+    assert "permission denied" in said and "its migrations are all applied" in said, said
+    assert "\n" not in said
+
+    # The same refusal on a release not migrated yet: then `migrate` is said, with how many.
+    with connection.cursor() as cursor:
+        cursor.execute("RESET ROLE")
+        cursor.execute("SELECT id, app, name, applied FROM django_migrations WHERE app = 'operations' ORDER BY id DESC")
+        last = cursor.fetchone()
+        cursor.execute("DELETE FROM django_migrations WHERE id = %s", [last[0]])
+        cursor.execute(f"SET ROLE {reader_role}")
+    try:
+        with pytest.raises(CommandError) as refused:
+            call_command("status", stdout=io.StringIO())
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET ROLE")
+            cursor.execute("INSERT INTO django_migrations (id, app, name, applied) VALUES (%s, %s, %s, %s)", last)
+    assert "1 migrations are not applied: run `manage.py migrate`" in str(refused.value), refused.value
+
+
 def test_qinfo_says_in_one_line_that_redis_does_not_answer(db, redis_down):
     from django.core.management import CommandError
 

@@ -6,9 +6,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, connection
 
 from accounts.selectors import superuser_keys_made_by_others
-from config.reporting import first_line
 from delivery.services.apps import app_secret_problems
-from operations.database import database_errors_said
+from operations.database import database_error_said, database_errors_said
 from operations.status import snapshot
 
 
@@ -33,11 +32,8 @@ class Command(BaseCommand):
                 s = snapshot()
                 unreadable = app_secret_problems()
                 foreign_keys = list(superuser_keys_made_by_others())
-        except DatabaseError as exc:  # it answers, but something in it cannot be read
-            raise CommandError(
-                f"the database cannot be read ({first_line(exc) or type(exc).__name__}); are its migrations applied? "
-                "Run `manage.py migrate`."
-            ) from None
+        except DatabaseError as exc:  # it answers, but something in it cannot be read (--traceback shows it)
+            raise CommandError(database_error_said(exc)) from exc
         write = self.stdout.write
         if s.instance_problem:
             write(f"instance   {s.instance}: SENDING IS OFF: {s.instance_problem}")
