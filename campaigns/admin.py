@@ -506,16 +506,18 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
     @admin.display(description="Audience size")
     def audience_size(self, obj):
         """Profiles → reachable in the campaign's app (iOS / Android) → opted in, as last counted
-        with its age (counted now when it never was); *Count now* for those who may edit it."""
+        with its age, or not counted yet (a view counts nothing and writes nothing); *Count now*
+        for those who may edit it."""
         if obj is None or obj.pk is None:
             return "Counted once the campaign is saved."
-        text = audience_kept_text(obj)
         request, button = _page_request.get(), ""
-        if (
+        may_count = (
             obj.segment_id is not None
             and request is not None
             and can(request.user, "campaigns.change_campaign", obj, answers=page_answers(request))
-        ):
+        )
+        text = audience_kept_text(obj, can_count=may_count)
+        if may_count:
             button = format_html(
                 ' <button type="submit" id="count-audience" class="button" formaction="{}" '
                 "formnovalidate>Count now</button>",

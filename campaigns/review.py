@@ -129,12 +129,14 @@ def _audience_segment(segment_id: int | None, *, label: str = ""):
     return (segment, None) if segment is not None else (None, f"{label or segment_id}: deleted")
 
 
-def audience_kept_text(campaign, *, count: bool = False) -> str:
-    """The campaign's audience and its size as last counted, with the age of that count; counted
-    now (and kept on the segment) when it never was in this app, or when ``count`` asks.
+def audience_kept_text(campaign, *, count: bool = False, can_count: bool = False) -> str:
+    """The campaign's audience and its size as last counted, with the age of that count; "not
+    counted yet" when it never was in this app, with how it gets counted (``can_count``: the reader
+    may press *Count now*); counted now and kept on the segment when ``count`` asks (a POST).
 
-    The campaign page shows this rather than counting on every view (one scan of the audience,
-    a third of a second at 1,000,000 profiles); the approver's review counts now (``audience_text``).
+    The campaign page shows this rather than counting on a view (one scan of the audience, a third
+    of a second at 1,000,000 profiles), and a view writes nothing: only *Count now* keeps a count.
+    The approver's review counts now without keeping it (``audience_text``).
     """
     from django.utils.timesince import timesince
 
@@ -146,12 +148,15 @@ def audience_kept_text(campaign, *, count: bool = False) -> str:
         return deleted
     if segment is None:
         return reach_text(None, app_id=campaign.app_id, holdout_share=campaign.holdout_share, purpose=campaign.purpose)
-    kept = None if count else reach_kept(segment, campaign.app_id)
-    if kept is None:
+    if count:
         reach = audience_reach(segment=segment, app_id=campaign.app_id)
         segment_reach_keep(segment_id=segment.pk, app=campaign.app, reach=reach)
         age = "counted just now"
     else:
+        kept = reach_kept(segment, campaign.app_id)
+        if kept is None:
+            how = "Count now counts it" if can_count else "whoever may edit the campaign can count it"
+            return f"{segment}: size not counted yet ({how})."
         reach, at = kept
         if at is None:
             age = "counted earlier"

@@ -1,6 +1,6 @@
-"""The campaign page's audience size: shown as last counted with its age (no count per view),
-counted when it never was in the campaign's app, and counted again by *Count now*, which only
-those who may edit the campaign can press."""
+"""The campaign page's audience size: shown as last counted with its age (no count per view), "not
+counted yet" when it never was in the campaign's app (a view writes nothing, whoever reads it), and
+counted and kept by *Count now*, which only those who may edit the campaign can press."""
 
 import datetime as dt
 
@@ -19,24 +19,56 @@ def _kept(segment, app):
     return next(f for f in Segment.objects.get(pk=segment.pk).last_reach if f["app"] == app.pk)
 
 
-def test_the_page_counts_once_then_shows_the_kept_figure_with_its_age(
-    client, make_campaign, segment, team, manager_alice, django_assert_max_num_queries
+def _count(client, campaign, by):
+    """*Count now*, pressed by ``by`` (the page it goes back to shows its message)."""
+    client.force_login(by)
+    answer = client.post(f"/admin/campaigns/campaign/{campaign.pk}/count-audience/", follow=True)
+    assert "Audience counted: " in answer.content.decode()
+
+
+def test_a_view_writes_nothing_and_says_the_size_is_not_counted_yet_with_how_to_count_it(
+    client, make_campaign, segment, team, manager_alice, approver_bob, viewer_carol
+):
+    from campaigns.services.lifecycle import campaign_submit
+
+    DeviceFactory(profile=ProfileFactory(locale="fr"), app=team, platform="ios")
+    campaign = make_campaign()
+    stored = Segment.objects.filter(pk=segment.pk).values("last_reach", "last_count", "last_counted_at").get()
+
+    client.force_login(viewer_carol)
+    page = _page(client, campaign)
+    assert Segment.objects.filter(pk=segment.pk).values("last_reach", "last_count", "last_counted_at").get() == stored
+    assert "Everyone: size not counted yet (whoever may edit the campaign can count it)." in page
+    assert 'id="count-audience"' not in page
+    client.force_login(manager_alice)
+    page = _page(client, campaign)
+    assert "Everyone: size not counted yet (Count now counts it)." in page
+    assert 'id="count-audience"' in page
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(approver_bob)  # reading it in review
+    assert "size not counted yet" in _page(client, campaign)
+    assert Segment.objects.filter(pk=segment.pk).values("last_reach", "last_count", "last_counted_at").get() == stored
+
+
+def test_count_now_keeps_the_figure_the_page_then_shows_with_its_age(
+    client, make_campaign, segment, team, manager_alice, viewer_carol
 ):
     profile = ProfileFactory(locale="fr")
     DeviceFactory(profile=profile, app=team, platform="ios")
     campaign = make_campaign()
-    client.force_login(manager_alice)
-    page = _page(client, campaign)
-    assert "1 reachable (iOS 1 / Android 0) → 1 opted in (counted just now)" in page
+    _count(client, campaign, manager_alice)
     assert _kept(segment, team)["reachable"] == 1
+    assert "1 reachable (iOS 1 / Android 0) → 1 opted in (counted under a minute ago)" in _page(client, campaign)
 
     DeviceFactory(profile=ProfileFactory(locale="fr"), app=team, platform="android")
     Segment.objects.filter(pk=segment.pk).update(
         last_reach=[{**_kept(segment, team), "counted_at": (timezone.now() - dt.timedelta(hours=3)).isoformat()}]
     )
+    client.force_login(viewer_carol)
     page = _page(client, campaign)
     assert "1 reachable (iOS 1 / Android 0) → 1 opted in (counted 3\xa0hours ago)" in page
-    assert 'id="count-audience"' in page
+    assert 'id="count-audience"' not in page
+    assert _kept(segment, team)["reachable"] == 1  # the viewer's view counted nothing
 
 
 @pytest.mark.presses("campaigns.campaign:count_audience")
@@ -45,8 +77,7 @@ def test_count_now_counts_and_keeps_for_a_manager_and_is_refused_to_a_viewer(
 ):
     campaign = make_campaign()
     url = f"/admin/campaigns/campaign/{campaign.pk}/count-audience/"
-    client.force_login(manager_alice)
-    _page(client, campaign)  # counted once: nobody yet
+    _count(client, campaign, manager_alice)  # nobody yet
     assert _kept(segment, team)["reachable"] == 0
     DeviceFactory(profile=ProfileFactory(locale="fr"), app=team, platform="android")
 
@@ -102,6 +133,7 @@ def test_the_page_and_the_review_say_what_the_holdout_leaves_and_which_rules_may
     for _ in range(10):
         DeviceFactory(profile=ProfileFactory(locale="fr"), app=team, platform="ios")
     campaign = variants_set(make_campaign(content=abc[0]), manager_alice, abc[:2], [25, 25], 50)
+    _count(client, campaign, manager_alice)
     request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
     client.force_login(approver_bob)
     page = _page(client, campaign)
@@ -113,7 +145,7 @@ def test_the_page_and_the_review_say_what_the_holdout_leaves_and_which_rules_may
     )
     said = "10 profiles → 10 reachable (iOS 10 / Android 0) → 10 opted in"
     assert _audience_said(page, before="Count now") == (
-        f"{said} (counted just now) → ≈ 5 after the 50% holdout; {rules}"
+        f"{said} (counted under a minute ago) → ≈ 5 after the 50% holdout; {rules}"
     )
     # The review counts now, and says the same of the same campaign.
     assert _audience_said(review, before="Audience definition") == f"{said} → ≈ 5 after the 50% holdout; {rules}"
@@ -128,10 +160,11 @@ def test_a_transactional_campaign_says_the_rules_do_not_apply_and_no_rules_say_n
     for _ in range(3):
         DeviceFactory(profile=ProfileFactory(locale="fr"), app=team, platform="android")
     campaign = make_campaign()
+    _count(client, campaign, manager_alice)
     request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
     client.force_login(approver_bob)
     said = "3 profiles → 3 reachable (iOS 0 / Android 3) → 3 opted in"
-    assert _audience_said(_page(client, campaign), before="Count now") == f"{said} (counted just now)"
+    assert _audience_said(_page(client, campaign), before="Count now") == f"{said} (counted under a minute ago)"
     assert _audience_said(_review(client, request), before="Audience definition") == said
 
     DeliveryRules.objects.create(app=team, frequency_cap=3, frequency_window_hours=48)
