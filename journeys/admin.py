@@ -16,7 +16,7 @@ from accounts.services import TransitionError
 from config.zones import zoned, zoned_column
 from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
 from journeys.diagram import WAIT_UNITS, duration_parts, version_svg
-from journeys.graph import DAY_SECONDS, GraphInvalid, graph_validate
+from journeys.graph import DAY_SECONDS, EVENT_NAME_MAX, GraphInvalid, graph_validate
 from journeys.models import Enrollment, Journey, JourneyVersion
 from journeys.review import content_names, entry_audience_text, entry_text
 from journeys.selectors import (
@@ -124,12 +124,18 @@ class JourneyForm(ConversionFormMixin, forms.ModelForm):
         initial=0,
         help_text="Segment entry: 0 reads the segment once; N reads it again every N hours (at most a year).",
     )
-    entry_event = forms.CharField(required=False, help_text="Event entry: the event's name, e.g. signed_up.")
+    entry_event = forms.CharField(
+        required=False, max_length=EVENT_NAME_MAX, help_text="Event entry: the event's name, e.g. signed_up."
+    )
     reentry = forms.ChoiceField(label="Re-entry", choices=JourneyVersion.Reentry.choices, initial="never")
     reentry_wait_seconds = WaitField(
         label="Re-entry wait", initial=0, help_text="With re-entry: the least time between two entries of a profile."
     )
-    exit_event = forms.CharField(required=False, help_text="An event that ends the journey for the profile (optional).")
+    exit_event = forms.CharField(
+        required=False,
+        max_length=EVENT_NAME_MAX,
+        help_text="An event that ends the journey for the profile (optional).",
+    )
     graph = JsonValueFormField(widget=StepEditorWidget, help_text="Build the steps; each error names its step.")
 
     class Meta:

@@ -30,6 +30,7 @@ MAX_BRANCHES = 20  # per condition or split: each is a query for every batch of 
 DAY_SECONDS = 86400
 MAX_WAIT_SECONDS = 90 * DAY_SECONDS  # AJO's longest wait
 MAX_LABEL = 80  # a branch's counter is "passed:<label>", at most 100 characters
+EVENT_NAME_MAX = 100  # an event's name (audiences.Event.name): a longer one is no event's
 
 
 def whole_days(seconds: int) -> bool:
@@ -195,6 +196,11 @@ def _check_step(step: dict, check_segment, check_content, check_rules) -> list[s
                     problems.append(f"{name}: {message}")
             elif not isinstance(branch["event"], str) or not branch["event"].strip():
                 problems.append(f"{name}: name the event (did it happen since the profile entered?).")
+            elif len(branch["event"]) > EVENT_NAME_MAX:
+                problems.append(
+                    f"{name}: an event's name is at most {EVENT_NAME_MAX} characters "
+                    f"(this one has {len(branch['event']):,}): no event could match it."
+                )
         problems += _label_problems(branches)
     elif kind == "split":
         branches = step.get("branches")

@@ -29,7 +29,7 @@ from accounts.services import (
     lock_for,
     status_transition,
 )
-from journeys.graph import DAY_SECONDS, contents_of, exits_of, graph_validate, rules_of, segments_of
+from journeys.graph import DAY_SECONDS, EVENT_NAME_MAX, contents_of, exits_of, graph_validate, rules_of, segments_of
 from journeys.models import Enrollment, Journey, JourneyVersion
 
 Status = Journey.Status
@@ -172,6 +172,10 @@ def _validate_version(version: JourneyVersion, *, by: User | None, kept: Journey
             errors["entry_event"] = "An event entry needs the event's name."
     else:
         errors["entry_kind"] = f"Use one of {', '.join(JourneyVersion.EntryKind.values)}."
+    for field in ("entry_event", "exit_event"):  # a longer name is no event's, and the column refuses it
+        if len(getattr(version, field)) > EVENT_NAME_MAX:
+            length = len(getattr(version, field))
+            errors[field] = f"An event's name is at most {EVENT_NAME_MAX} characters (this one has {length:,})."
     if not 0 <= version.entry_every_hours <= MAX_ENTRY_EVERY_HOURS:
         errors["entry_every_hours"] = f"Between 0 and {MAX_ENTRY_EVERY_HOURS:,} hours (a year)."
     if version.reentry not in JourneyVersion.Reentry.values:

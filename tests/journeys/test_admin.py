@@ -630,3 +630,51 @@ def test_a_journeys_page_and_review_say_which_delivery_rules_may_hold_its_pushes
     assert f'<div class="readonly">{said}</div>' in page
     review = client.get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
     assert f"<tr><th>Who enters</th><td>{said}</td></tr>" in review
+
+
+def test_an_event_name_longer_than_any_event_can_have_is_refused_on_the_form(
+    login, manager_alice, team, everyone, vips, welcome, make_journey
+):
+    """Events' names are at most 100 characters: a longer entry or exit event was a 500 (the column
+    refused it), and a condition on one never held."""
+    client = login(manager_alice)
+    graph = simple_graph(condition_segment=vips.pk, content=welcome.pk)
+    name = "e" * 101
+    for field in ("entry_event", "exit_event"):
+        data = _form(team, everyone, graph, entry_kind="event", **{field: name})
+        if field == "exit_event":
+            data["entry_event"] = "signed_up"
+        answer = client.post("/admin/journeys/journey/add/", data)
+        assert answer.status_code == 200, field
+        assert "Ensure this value has at most 100 characters (it has 101)." in answer.content.decode(), field
+        assert not Journey.objects.exists()
+    journey = make_journey()
+    answer = client.post(f"/admin/journeys/journey/{journey.pk}/change/", _form(team, everyone, graph, exit_event=name))
+    assert "Ensure this value has at most 100 characters (it has 101)." in answer.content.decode()
+    assert journey.versions.get().exit_event == ""
+
+    graph["steps"][1]["branches"] = [{"label": "Bought", "event": name, "next": "push"}]
+    answer = client.post("/admin/journeys/journey/add/", _form(team, everyone, graph))
+    assert answer.status_code == 200
+    assert (
+        "Step &#x27;check&#x27;: branch &#x27;Bought&#x27;: an event&#x27;s name is at most 100 characters "
+        "(this one has 101): no event could match it."
+    ) in answer.content.decode()
+    assert Journey.objects.count() == 1
+
+
+@pytest.mark.parametrize("field", ["entry_event", "exit_event"])
+def test_the_services_refuse_an_event_name_longer_than_any_event_can_have(manager_alice, make_journey, field):
+    from django.core.exceptions import ValidationError
+
+    from audiences.models import Event
+    from journeys.graph import EVENT_NAME_MAX
+    from journeys.services.lifecycle import journey_version_edit
+
+    assert Event._meta.get_field("name").max_length == EVENT_NAME_MAX
+    journey = make_journey()
+    changes = {field: "e" * 101, **({"entry_kind": "event"} if field == "entry_event" else {})}
+    with pytest.raises(ValidationError) as refused:
+        journey_version_edit(journey_id=journey.pk, by=manager_alice, **changes)
+    assert refused.value.message_dict == {field: ["An event's name is at most 100 characters (this one has 101)."]}
+    assert getattr(journey.versions.get(), field) == ""
