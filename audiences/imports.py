@@ -10,6 +10,7 @@ import codecs
 import csv
 import datetime as dt
 import io
+import itertools
 import json
 import math
 import re
@@ -267,17 +268,35 @@ class RecordReader:
     """
 
     def __init__(self, binary, *, encoding: str):
-        text = io.TextIOWrapper(binary, encoding=python_encoding(encoding), errors="surrogateescape", newline="")
+        # UTF-8 is read without "-sig" so that a byte order mark, dropped by ``_lines``, is counted.
+        self.single_byte = python_encoding(encoding) != "utf-8-sig"
+        text = io.TextIOWrapper(
+            binary, encoding="latin-1" if self.single_byte else "utf-8", errors="surrogateescape", newline=""
+        )
         self.kept: list[str] = []  # the lines read lately, the current record's at least
         self.reopen: list[bool] = []  # not empty: the next line continues a quoted field
         self.reader = csv.reader(self._lines(text))
         self.last_line = 0
+        self.bytes_read = 0  # the file's bytes up to the end of the last record read
         self.header_seen = False
         self.finished = False
 
     def _lines(self, text) -> Iterator[str]:
-        kept, reopen = self.kept, self.reopen
-        for line in text:
+        """The file's lines, each counted in ``bytes_read`` as the csv reader takes it.
+
+        The reader takes no line past the end of the record it returns, so after each record
+        ``bytes_read`` is where the file's next record starts: what a batch read, exactly.
+        """
+        kept, reopen, single_byte = self.kept, self.reopen, self.single_byte
+        first = text.readline()
+        if first.startswith("\ufeff"):  # the UTF-8 byte order mark: counted, not read
+            self.bytes_read = len(codecs.BOM_UTF8)
+            first = first[1:]
+        for line in itertools.chain((first,), text) if first else ():
+            if single_byte or line.isascii():
+                self.bytes_read += len(line)
+            else:  # the bytes that did not decode are given back as they were
+                self.bytes_read += len(line.encode("utf-8", "surrogateescape"))
             if reopen:
                 reopen.clear()
                 line = '"' + line
@@ -675,23 +694,43 @@ def spreadsheet_safe(value) -> str:
 
 
 class ErrorFile:
-    """The downloadable report of failed and duplicate rows: line, external_id, reason."""
+    """The downloadable report of failed and duplicate rows: line, external_id, reason.
+
+    A batch's rows are written here before the batch commits, and the file's length then
+    (``tell``) commits with the batch: that length is where the committed rows end. Whoever
+    opens the file again (a resumed import) or ends the import cuts it back there first
+    (``cut_back``), so it never lists a row of a batch that did not land.
+    """
 
     HEADER = ("line", "external_id", "reason")
 
     def __init__(self, path, *, resume_at: int):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        mode = "r+b" if resume_at and path.exists() else "wb"
-        self.raw = open(path, mode)  # noqa: SIM115 - closed by close()
-        if mode == "r+b":
-            self.raw.truncate(resume_at)  # drop lines written for rows that were not committed
-            self.raw.seek(resume_at)
+        kept = self.cut_back(path, resume_at)
+        self.raw = open(path, "r+b" if kept else "wb")  # noqa: SIM115 - closed by close()
+        self.raw.seek(kept)
         self.text = io.TextIOWrapper(self.raw, encoding="utf-8", newline="", write_through=True)
         self.writer = csv.writer(self.text)
-        if not resume_at:
+        if not kept:
             self.text.write("\ufeff")  # so spreadsheets open it as UTF-8
             self.writer.writerow(self.HEADER)
+
+    @staticmethod
+    def cut_back(path, committed: int) -> int:
+        """Cut the file at ``path`` back to its first ``committed`` bytes, the rows of the committed
+        batches, or remove it when none were committed (0). Returns the length it keeps."""
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return 0
+        if not committed:
+            path.unlink(missing_ok=True)
+            return 0
+        if size > committed:
+            with open(path, "r+b") as fh:
+                fh.truncate(committed)
+        return min(size, committed)
 
     def add(self, line: int, external_id: str, reason: str) -> None:
         external_id = UNDECODABLE_RE.sub("\ufffd", external_id)  # the undecodable bytes of a failed row

@@ -123,8 +123,9 @@ def import_process(*, import_id: int, seconds: float | None = None) -> bool:
     the progress counters and the resume position, so a rerun neither repeats nor loses work;
     the same file imported twice changes nothing more (unchanged profiles are not written).
     Any error ends the import as failed (an unexpected one logged too), its error saying what
-    landed: whole batches, never part of one. Returns True when the time budget ran out and the
-    rest must run in a new task.
+    landed: whole batches, never part of one; its counters, percentage and error file are those
+    of the batches written. Returns True when the time budget ran out and the rest must run in a
+    new task.
     """
     seconds = settings.PUSHDESK_IMPORT_TASK_SECONDS if seconds is None else seconds
     started = time.monotonic()
@@ -142,17 +143,11 @@ def import_process(*, import_id: int, seconds: float | None = None) -> bool:
             plan = plan_columns(header, record.columns)
             fh.seek(0)
             return _import_rows(record, fh, plan, started=started, seconds=seconds)
-    except ImportRefused as exc:
-        _import_finish(record, status=Import.Status.FAILED, error=" ".join(exc.messages))
-        return False
-    except FileNotFoundError:
-        _import_finish(record, status=Import.Status.FAILED, error="The uploaded file is missing from storage.")
-        return False
     except _ImportStopped as stopped:
-        _import_stopped(record, stopped.__cause__, line=stopped.line)
+        _import_failed(record, stopped.__cause__, line=stopped.line)
         return False
-    except Exception as exc:
-        _import_stopped(record, exc, line=0)
+    except Exception as exc:  # before its first batch: the file, its header, the segment
+        _import_failed(record, exc, line=0)
         return False
 
 
@@ -207,21 +202,20 @@ def _import_rows(record: Import, fh, plan, *, started: float, seconds: float) ->
             batch = Batch.of(parsed)
             if committer.threaded:
                 batch.prepare_copy()  # here, so the writer thread holds the GIL as little as possible
-            try:
-                bytes_done = fh.tell()
-            except (OSError, ValueError):
-                bytes_done = record.bytes_done
             last_line = max(lines[-1] if lines else 0, unreadable[-1][0] if unreadable else 0)
             committer.submit(
-                batch, line=last_line, position=position, bytes_done=bytes_done, error_bytes=errors.tell(), **counters
+                batch,
+                line=last_line,
+                position=position,
+                bytes_done=reader.bytes_read,
+                error_bytes=errors.tell(),
+                **counters,
             )
             if time.monotonic() - started > seconds and not reader.finished:
                 committer.close()
                 _import_hand_over(record)
                 return True
         committer.close()
-    except (ImportRefused, FileNotFoundError):
-        raise
     except Exception as exc:
         committer.close(raise_error=False)
         raise _ImportStopped(committer.line) from exc
@@ -231,9 +225,7 @@ def _import_rows(record: Import, fh, plan, *, started: float, seconds: float) ->
     with transaction.atomic():
         if replace and record.segment_id:
             SegmentMember.objects.filter(segment_id=record.segment_id).exclude(source_import_id=record.pk).delete()
-        has_errors = record.rows_failed or record.rows_duplicate
-        if has_errors:
-            record.error_file.name = str(_error_path(record).relative_to(settings.MEDIA_ROOT))
+        _import_landed(record)
         _import_finish(record, status=Import.Status.DONE)
     return False
 
@@ -242,7 +234,7 @@ DUPLICATE = "external_id repeated: an earlier row has it; this row applies over 
 
 
 class _ImportStopped(Exception):
-    """An unexpected error (its ``__cause__``) stopped an import; ``line``: where its written batches end."""
+    """An error (its ``__cause__``) stopped an import partway; ``line``: where the batches this run wrote end."""
 
     def __init__(self, line: int):
         super().__init__(line)
@@ -375,44 +367,65 @@ def _import_finish(record: Import, *, status: str, error: str = "") -> None:
     )
 
 
-def _import_stopped(record: Import, exc: BaseException, *, line: int) -> None:
-    """Log the unexpected error that stopped an import and end it as failed, saying what landed.
+_PROGRESS_FIELDS = [
+    "position",
+    "error_bytes",
+    "rows_done",
+    "rows_imported",
+    "rows_failed",
+    "rows_duplicate",
+    "bytes_done",
+]
 
-    What landed is what the last committed batch recorded: the counters are read again, and the
-    error file is cut back to the rows those batches account for, as a resume would.
+
+def _import_landed(record: Import) -> None:
+    """Make the record and its error file say what the committed batches wrote, however the import ends.
+
+    The progress is read again (a batch may have failed after the run counted it), the error file
+    is cut back to the rows of those batches, as a resume would (``ErrorFile``), and it is offered
+    for download when some of them failed or repeated an id.
     """
-    log.error("Import %s stopped by an unexpected error", record.pk, exc_info=exc)
-    if not connection.in_atomic_block:
-        connection.close_if_unusable_or_obsolete()  # a lost connection: the next query opens another
-    record.refresh_from_db(
-        fields=["position", "error_bytes", "rows_done", "rows_imported", "rows_failed", "rows_duplicate", "bytes_done"]
-    )
+    record.refresh_from_db(fields=_PROGRESS_FIELDS)
     path = _error_path(record)
-    if path.exists():
-        if record.error_bytes:
-            with open(path, "r+b") as fh:
-                fh.truncate(record.error_bytes)
-        else:
-            path.unlink()
+    ErrorFile.cut_back(path, record.error_bytes if record.rows_failed or record.rows_duplicate else 0)
     if record.rows_failed or record.rows_duplicate:
         record.error_file.name = str(path.relative_to(settings.MEDIA_ROOT))
-    cause = f"{type(exc).__name__}: {exc}".strip()
-    if len(cause) > 300:
-        cause = cause[:297] + "..."
+
+
+def _import_failed(record: Import, exc: BaseException, *, line: int) -> None:
+    """End an import as failed by ``exc``, saying why and what landed.
+
+    An unexpected error is logged and may be restarted past; a refusal (ImportRefused) or a
+    missing file says why. What landed is what the committed batches recorded (``_import_landed``),
+    ``line`` the last line of those this run wrote (0: not known).
+    """
+    if not connection.in_atomic_block:
+        connection.close_if_unusable_or_obsolete()  # a lost connection: the next query opens another
+    restart = ""
+    if isinstance(exc, ImportRefused):
+        reason = " ".join(exc.messages)
+    elif isinstance(exc, FileNotFoundError):
+        reason = "The uploaded file is missing from storage."
+    else:
+        log.error("Import %s stopped by an unexpected error", record.pk, exc_info=exc)
+        cause = f"{type(exc).__name__}: {exc}".strip()
+        if len(cause) > 300:
+            cause = cause[:297] + "..."
+        reason = f"Stopped by an unexpected error ({cause})."
+        restart = (
+            " Restart the import to go on from there, or import the file again: the rows already written "
+            "change nothing."
+        )
+    _import_landed(record)
     if record.rows_done:
         where = f" (to line {line:,})" if line else ""
         landed = (
-            f"The file's first {record.rows_done:,} rows{where} were read and their good rows written, "
+            f" The file's first {record.rows_done:,} rows{where} were read and their good rows written, "
             "in whole batches; nothing after them was written."
         )
     else:
-        landed = "No row was written."
-    _import_finish(
-        record,
-        status=Import.Status.FAILED,
-        error=f"Stopped by an unexpected error ({cause}). {landed} Restart the import to go on from there, "
-        "or import the file again: the rows already written change nothing.",
-    )
+        landed = " No row was written." if restart else ""
+    _import_finish(record, status=Import.Status.FAILED, error=f"{reason}{landed}{restart}")
 
 
 def import_restart(*, import_id: int, by: User) -> Import:

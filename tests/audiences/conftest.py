@@ -26,3 +26,69 @@ def under_review(manager_alice, approver_bob):
         return campaign
 
     return submit
+
+
+@pytest.fixture
+def database_refuses_profile(django_db_blocker):
+    """Make the database itself fail the write of one profile (by external id), as a full disk would:
+    a trigger raises when the row is inserted. ``deletes_segment=<id>`` makes that write delete the
+    segment instead, as a deletion committed meanwhile would. Returns a function that lifts it;
+    it is lifted at the end of the test in any case."""
+    from django.db import connection
+
+    installed = []
+
+    def lift():
+        if installed:
+            installed.clear()
+            with django_db_blocker.unblock(), connection.cursor() as cursor:
+                if connection.vendor == "postgresql":
+                    cursor.execute("DROP TRIGGER IF EXISTS pushdesk_test_refuse ON audiences_profile")
+                    cursor.execute("DROP FUNCTION IF EXISTS pushdesk_test_refuse()")
+                else:
+                    cursor.execute("DROP TRIGGER IF EXISTS pushdesk_test_refuse")
+
+    def install(external_id: str, *, deletes_segment: int | None = None):
+        assert external_id.isalnum()  # spelled into the trigger's SQL
+        if connection.vendor == "postgresql":
+            action = (
+                _deletion(int(deletes_segment))
+                if deletes_segment
+                else "RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = '53100'"
+            )
+            statements = [
+                "CREATE FUNCTION pushdesk_test_refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                f"$$ BEGIN {action}; RETURN NEW; END $$",
+                "CREATE TRIGGER pushdesk_test_refuse BEFORE INSERT ON audiences_profile FOR EACH ROW "
+                f"WHEN (NEW.external_id = '{external_id}') EXECUTE FUNCTION pushdesk_test_refuse()",
+            ]
+        else:
+            action = (
+                _deletion(int(deletes_segment))
+                if deletes_segment
+                else "SELECT RAISE(ABORT, 'database or disk is full')"
+            )
+            statements = [
+                "CREATE TRIGGER pushdesk_test_refuse BEFORE INSERT ON audiences_profile "
+                f"WHEN NEW.external_id = '{external_id}' BEGIN {action}; END"
+            ]
+        with connection.cursor() as cursor:
+            for statement in statements:
+                cursor.execute(statement)
+        installed.append(external_id)
+        return lift
+
+    yield install
+    lift()
+
+
+def _deletion(segment_id: int) -> str:
+    """The rows ``segment_delete`` removes or changes with a segment, as SQL statements."""
+    statements = [
+        "DELETE FROM audiences_segmentmember WHERE segment_id = {id}",
+        "DELETE FROM audiences_segmentuserobjectpermission WHERE content_object_id = {id}",
+        "DELETE FROM audiences_segmentgroupobjectpermission WHERE content_object_id = {id}",
+        "UPDATE audiences_import SET segment_id = NULL WHERE segment_id = {id}",
+        "DELETE FROM audiences_segment WHERE id = {id}",
+    ]
+    return "; ".join(statement.format(id=int(segment_id)) for statement in statements)

@@ -698,3 +698,102 @@ def test_a_column_mapping_of_the_wrong_shape_is_refused(run_import, columns, mes
     with pytest.raises(ImportRefused, match=message):
         run_import(b"external_id,note\nu1,x\n", columns=columns)
     assert not Import.objects.exists()
+
+
+def test_a_failed_import_counts_as_done_only_the_bytes_its_written_batches_read(
+    run_import, settings, database_refuses_profile, manager_alice, django_capture_on_commit_callbacks
+):
+    """The percentage read the file's position, which runs ahead of the batches written (a small
+    file is read at once): an import stopped after its first batch showed 100 %."""
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
+    landed = '\ufeffexternal_id,city\r\nu1,"Zürich\r\nNord"\r\n\r\nu2,São Paulo\r\n'.encode()
+    rest = b"u3,Lyon\nboom,Nice\nu5,Metz\n"
+    lift = database_refuses_profile("boom")
+    record = run_import(landed + rest)
+    assert record.status == Import.Status.FAILED
+    assert (record.rows_done, record.bytes_done) == (2, len(landed))
+    assert record.percent == round(100 * len(landed) / len(landed + rest), 1) == 69.0
+
+    lift()
+    with django_capture_on_commit_callbacks(execute=True):
+        import_restart(import_id=record.pk, by=manager_alice)
+    record.refresh_from_db()
+    assert (record.status, record.rows_done, record.percent) == (Import.Status.DONE, 5, 100.0)
+
+
+def test_an_import_stopped_partway_lists_only_the_failed_rows_of_its_written_batches(
+    run_import, settings, database_refuses_profile, manager_alice, django_capture_on_commit_callbacks
+):
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
+    content = b"external_id,n\nu1,1\n,2\nboom,3\n,4\n,5\nu6,6\n"  # batches: lines 2-3, 4-5, 6-7
+    lift = database_refuses_profile("boom")
+    record = run_import(content)
+    assert record.status == Import.Status.FAILED
+    assert (record.rows_done, record.rows_failed) == (2, 1)
+    assert [r[0] for r in error_rows(record)] == ["3"]  # not line 5: its batch was not written
+    assert record.error_bytes == record.error_file.size
+
+    lift()
+    with django_capture_on_commit_callbacks(execute=True):
+        import_restart(import_id=record.pk, by=manager_alice)
+    record.refresh_from_db()
+    assert (record.status, record.rows_done, record.rows_imported, record.rows_failed) == (Import.Status.DONE, 6, 3, 3)
+    assert [r[0] for r in error_rows(record)] == ["3", "5", "6"]
+
+
+def test_an_import_refused_partway_keeps_the_error_file_of_the_batches_it_wrote(
+    run_import, settings, database_refuses_profile, manager_alice
+):
+    """Its segment deleted while it ran: the error file listed the rows of the batch refused, and was not offered."""
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
+    static = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    database_refuses_profile("gone", deletes_segment=static.pk)
+    content = b"external_id,n\nu1,1\n,2\ngone,3\n,4\nu5,5\n,6\n"  # batches: lines 2-3, 4-5, 6-7
+    record = run_import(content, target="add_to_segment", segment_id=static.pk)
+    assert record.status == Import.Status.FAILED
+    assert (record.rows_done, record.rows_imported, record.rows_failed) == (4, 2, 2)
+    assert [r[0] for r in error_rows(record)] == ["3", "5"]
+    assert record.error == (
+        f"{SEGMENT_GONE} The file's first 4 rows (to line 5) were read and their good rows written, "
+        "in whole batches; nothing after them was written."
+    )
+    assert record.bytes_done == len(b"external_id,n\nu1,1\n,2\ngone,3\n,4\n")
+    assert not Profile.objects.filter(external_id="u5").exists()
+
+
+def test_an_import_refused_when_it_resumes_offers_the_error_file_of_the_batches_it_wrote(
+    manager_alice, media, settings, django_capture_on_commit_callbacks
+):
+    """Its segment deleted between two tasks: the rows that failed before were counted but could not be downloaded."""
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
+    static = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    upload = SimpleUploadedFile("people.csv", b"external_id,n\nu1,1\n,2\nu3,3\n,4\n", content_type="text/csv")
+    with django_capture_on_commit_callbacks(execute=False):
+        record = import_create(upload=upload, by=manager_alice, target="add_to_segment", segment_id=static.pk)
+        assert import_process(import_id=record.pk, seconds=0) is True  # one batch, then hands over
+    segment_delete(segment_id=static.pk, by=manager_alice)
+    import_process(import_id=record.pk)
+    record.refresh_from_db()
+    assert record.status == Import.Status.FAILED
+    assert record.error.startswith(SEGMENT_GONE)
+    assert (record.rows_done, record.rows_failed) == (2, 1)
+    assert [r[0] for r in error_rows(record)] == ["3"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_stopped_partway_offers_only_what_its_written_batches_read_and_failed(
+    manager_alice, media, settings, database_refuses_profile
+):
+    """On a worker the file is parsed a batch or two ahead of the writer thread: the error file
+    listed the rows of batches never written, and the percentage the bytes parsed."""
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
+    database_refuses_profile("boom")
+    landed = b"external_id,n\nu1,1\n,2\n"
+    content = landed + b"boom,3\n,4\n,5\n,6\n,7\nu8,8\n"
+    upload = SimpleUploadedFile("people.csv", content, content_type="text/csv")
+    record = import_create(upload=upload, by=manager_alice)
+    record.refresh_from_db()
+    assert record.status == Import.Status.FAILED
+    assert (record.rows_done, record.rows_failed, record.bytes_done) == (2, 1, len(landed))
+    assert [r[0] for r in error_rows(record)] == ["3"]
+    assert "first 2 rows (to line 3)" in record.error
