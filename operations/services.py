@@ -252,11 +252,15 @@ def delivery_retention_problems(*, delivery_days: int | None = None) -> list[str
     if delivery_days <= 0:
         return []
     capping = DeliveryRules.objects.filter(frequency_cap__gt=0, frequency_window_hours__gt=delivery_days * 24)
+    # The app's name only: its whole row holds the credentials, decrypted as they are read, and a
+    # key that cannot decrypt them (``status``' secrets line) would stop this list too.
     return [
-        f"The app '{rules.app.name}' (id {rules.app_id}) caps marketing pushes at {rules.frequency_cap} per "
-        f"{rules.frequency_window_hours} hours, longer than PUSHDESK_RETENTION_DELIVERY_DAYS={delivery_days} "
+        f"The app '{name}' (id {app_id}) caps marketing pushes at {cap} per "
+        f"{hours} hours, longer than PUSHDESK_RETENTION_DELIVERY_DAYS={delivery_days} "
         f"({delivery_days * 24} hours)."
-        for rules in capping.select_related("app").order_by("app__name", "app_id")
+        for app_id, name, cap, hours in capping.order_by("app__name", "app_id").values_list(
+            "app_id", "app__name", "frequency_cap", "frequency_window_hours"
+        )
     ]
 
 

@@ -324,3 +324,24 @@ def test_status_says_nothing_of_keys_when_every_superuser_key_is_a_superusers_ow
     out = io.StringIO()
     call_command("status", stdout=out)
     assert "api keys" not in out.getvalue()
+
+
+def test_status_under_a_key_that_cannot_decrypt_still_names_a_cap_that_stops_retention(db, queue, settings):
+    """A restore drill under the wrong key, on an app whose cap outlasts the deliveries kept: both
+    are said, where reading the cap's app decrypted its credentials and the command failed."""
+    from cryptography.fernet import Fernet
+
+    from delivery.models import App, DeliveryRules
+
+    app = AppFactory(name="Shop")
+    App.objects.filter(pk=app.pk).update(fcm_service_account="a service account")
+    DeliveryRules.objects.create(app=app, frequency_cap=1, frequency_window_hours=24 * 30)
+    settings.PUSHDESK_RETENTION_DELIVERY_DAYS = 7
+    settings.PUSHDESK_ENCRYPTION_KEY = Fernet.generate_key().decode()
+
+    out = io.StringIO()
+    call_command("status", stdout=out)
+    text = out.getvalue()
+    assert f"app 'Shop' (id {app.pk}): the FCM service account cannot be decrypted" in text
+    assert "retention  REFUSES TO RUN" in text
+    assert f"The app 'Shop' (id {app.pk}) caps marketing pushes at 1 per 720 hours" in text
