@@ -189,6 +189,63 @@ def _trigger_latency_seconds(*, now: dt.datetime) -> float:
     return max(slowest, 0.0)
 
 
+# Whether a stored credential decrypts, by a digest of its token and of the keys tried: the same
+# token under the same keys decrypts the same, so a scrape decrypts only a credential saved (or
+# rotated) since the last one. A process's keys change only when it restarts (tests override them).
+_DECRYPTS: dict[tuple[str, str], bool] = {}
+_DECRYPTS_MAX = 10_000  # forgotten at once past this: a process that saw that many tokens starts over
+
+
+def undecryptable_credentials() -> int:
+    """How many stored app credentials (an APNs key, an FCM service account) the keys of
+    PUSHDESK_ENCRYPTION_KEY cannot decrypt: ``status``'s secrets line, counted for every scrape.
+
+    On PostgreSQL one statement reads each token's SHA-256, not the token (a service account's is
+    about 3 KB), and a token is read and decrypted only the first time its digest is seen."""
+    import hashlib
+
+    from django.core.exceptions import ImproperlyConfigured
+
+    from accounts.encryption import decrypt
+    from delivery.models import App
+    from delivery.services.apps import SECRET_FIELDS
+
+    keys = hashlib.sha256(settings.PUSHDESK_ENCRYPTION_KEY.encode()).hexdigest()
+    table, postgresql = App._meta.db_table, connection.vendor == "postgresql"
+    if postgresql:  # the columns are Django's own names (constants)
+        digests = ", ".join(f"encode(sha256(convert_to(NULLIF({c}, ''), 'UTF8')), 'hex')" for c in SECRET_FIELDS)
+    else:  # SQLite (the embedded mode: a few apps) has no digest: the tokens, digested here
+        digests = ", ".join(SECRET_FIELDS)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT id, {digests} FROM {table}")  # noqa: S608 (constants)
+        stored = cursor.fetchall()
+    if len(_DECRYPTS) > _DECRYPTS_MAX:
+        _DECRYPTS.clear()
+    failing = 0
+    for pk, *values in stored:
+        for column, value in zip(SECRET_FIELDS, values, strict=True):
+            if not value:
+                continue
+            token = None if postgresql else value
+            digest = value if postgresql else hashlib.sha256(value.encode()).hexdigest()
+            known = _DECRYPTS.get((keys, digest))
+            if known is None:
+                if token is None:
+                    with connection.cursor() as cursor:
+                        cursor.execute(f"SELECT {column} FROM {table} WHERE id = %s", [pk])  # noqa: S608 (constants)
+                        token = (cursor.fetchone() or [""])[0]
+                    if not token:  # cleared, or the app deleted, since the digests were read
+                        continue
+                try:
+                    decrypt(token)
+                    known = True
+                except ImproperlyConfigured:
+                    known = False
+                _DECRYPTS[keys, digest] = known
+            failing += not known
+    return failing
+
+
 class PushdeskCollector:
     """Every series, computed when Prometheus scrapes."""
 
@@ -232,6 +289,12 @@ class PushdeskCollector:
             "and frequency caps that count deliveries further back than PUSHDESK_RETENTION_DELIVERY_DAYS "
             "(retention refuses to run while there is one)",
             value=len(s.retention_problems),
+        )
+        yield GaugeMetricFamily(
+            "pushdesk_credentials_undecryptable",
+            "App credentials (an APNs key, an FCM service account) that PUSHDESK_ENCRYPTION_KEY cannot decrypt: "
+            "nothing is sent with them (manage.py status names them)",
+            value=undecryptable_credentials(),
         )
         beat = GaugeMetricFamily(
             "pushdesk_beat_last_run_age_seconds",

@@ -419,3 +419,42 @@ def test_a_scrape_while_the_database_is_down_says_database_up_0_and_logs_a_line_
     lines = [r for r in caplog.records if "/metrics" in r.getMessage()]
     assert len(lines) == 1 and "the database does not answer" in lines[0].getMessage()
     assert not any(r.exc_info for r in caplog.records)
+
+
+def test_credentials_the_encryption_key_cannot_decrypt_are_counted_reading_each_token_once(
+    client, db, metrics_on, settings
+):
+    """A wrong key, or the old key dropped from the rotation list before rotating: the gauge says
+    how many credentials nothing can be sent with. A scrape reads the tokens' digests, and a token
+    only the first time it is seen under these keys (a service account's is about 3 KB)."""
+    from cryptography.fernet import Fernet
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from delivery.models import App
+    from tests.factories import AppFactory
+
+    def tokens_read(queries) -> int:
+        return sum("apns_private_key" in q["sql"] and "sha256" not in q["sql"].lower() for q in queries)
+
+    old, new = settings.PUSHDESK_ENCRYPTION_KEY.split(",")[0], Fernet.generate_key().decode()
+    both = AppFactory(name="Shop")
+    App.objects.filter(pk=both.pk).update(apns_private_key="an APNs key", fcm_service_account="a service account")
+    fcm_only = AppFactory(name="News")
+    App.objects.filter(pk=fcm_only.pk).update(fcm_service_account="another service account")
+    AppFactory(name="Not configured")
+    name = "pushdesk_credentials_undecryptable"
+
+    assert scrape(client)[(name, ())] == 0
+    settings.PUSHDESK_ENCRYPTION_KEY = new  # restarted under another key
+    assert scrape(client)[(name, ())] == 3
+    settings.PUSHDESK_ENCRYPTION_KEY = f"{new},{old}"  # the old key kept in the rotation list
+    assert scrape(client)[(name, ())] == 0
+    with CaptureQueriesContext(connection) as queries:
+        assert scrape(client)[(name, ())] == 0
+    if connection.vendor == "postgresql":
+        assert tokens_read(queries) == 0, [q["sql"] for q in queries if "apns_private_key" in q["sql"]]
+    settings.PUSHDESK_ENCRYPTION_KEY = new  # dropped before the rotation ran
+    assert scrape(client)[(name, ())] == 3
+    App.objects.filter(pk=fcm_only.pk).update(fcm_service_account="saved again under the new key")
+    assert scrape(client)[(name, ())] == 2
