@@ -4,6 +4,7 @@ SIGTERM, and when killed with SIGKILL mid-send leaves its claimed rows ``unknown
 # ruff: noqa: F811 (the campaigns' ``live_trigger`` fixture, imported, is named by the tests' arguments)
 
 import signal
+import threading
 import time
 import uuid
 
@@ -175,12 +176,20 @@ def test_a_sender_whose_redis_does_not_answer_says_so_in_a_line_each_time_it_sta
         text=True,
         preexec_fn=as_from_a_terminal,
     )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(sender.stdout), daemon=True)
+    reader.start()
     try:
-        time.sleep(5)
+        # Until it has started again twice: a loaded machine can take several seconds to start Django.
+        deadline = time.monotonic() + 90
+        while sum("starting again in 2 s" in line for line in lines) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
         sender.send_signal(signal.SIGTERM)
-        output, _ = sender.communicate(timeout=30)
+        sender.wait(timeout=30)
+        reader.join(timeout=10)
     finally:
         sender.kill()
+    output = "".join(lines)
     failures = [line for line in output.splitlines() if "starting again in 2 s" in line]
     assert failures and all("Redis does not answer (ConnectionError" in line for line in failures), output[-3000:]
     assert "Traceback" not in output and "hunter2" not in output, output[-3000:]
