@@ -99,13 +99,21 @@ def conversion_check(*, event: str, where: list, window_hours: int, anchor: str)
         raise ValidationError({"conversion_where": messages}) from exc
 
 
+# The figures kept over ``reached_rows`` (on settled dispatches, in the cache) carry this in their
+# names: 2 since the holdout's rows without a device are not reached, so figures kept when they
+# were are not read as today's.
+REACHED_ROWS = "reached2"
+
+
 def reached_rows(of: list[int]):
     """The rows of dispatches ``of`` that reached their profile: accepted by the provider, or a
     holdout row (variant 0, skipped: a phone that allows notifications, which the holdout kept
-    from the push)."""
+    from the push). A holdout row without a device, which a resolve wrote before the holdout took
+    only the rows that would be sent, reached nobody: the report's funnel leaves it out of
+    reachable too (``delivery.reports``), so the conversions' holdout and the funnel agree."""
     from delivery.models import Delivery
 
-    holdout = Q(variant=0, status=Delivery.Status.SKIPPED, reason="holdout")
+    holdout = Q(variant=0, status=Delivery.Status.SKIPPED, reason="holdout", device__isnull=False)
     return Delivery.objects.filter(Delivery.of_dispatches(of), Q(status=Delivery.Status.ACCEPTED) | holdout)
 
 
@@ -241,7 +249,7 @@ def conversions_by(
     grown = scope is None and read["first"] is not None and connection.vendor == "postgresql"
     settled = settled_of(ids) if grown else None  # read once for both figures
     reached_counts = profiles_by(
-        name=f"conversions_reached:{group_key}",
+        name=f"conversions_{REACHED_ROWS}:{group_key}",
         dispatch_ids=ids,
         rows=reached_rows,
         group=group,
@@ -271,7 +279,7 @@ def conversions_by(
     # events that the count reads move: the events are fingerprinted from their index alone.
     converted_counts = (
         kept_until_counted(
-            name=f"conversions_converted:{group_key}",
+            name=f"conversions_converted:{REACHED_ROWS}:{group_key}",
             dispatch_ids=ids,
             compute=count_converted,
             extra=json.dumps(
@@ -354,7 +362,7 @@ def _converted_grown(
     counters = [row[: len(COUNTER_FIELDS)] for row in counters]
     held = {row[0]: row for row in counters}
     # One figure per goal and first send, over the settled sends it covers ("ids"): grown as they grow.
-    key = f"delivery:conversions_grown:{group_key}:{stamp_of([goal.as_dict(), first_sent, base[0]])}"
+    key = f"delivery:conversions_grown:{REACHED_ROWS}:{group_key}:{stamp_of([goal.as_dict(), first_sent, base[0]])}"
     kept = cache.get(key)
     table = connection.ops.quote_name(Event._meta.db_table)
     rows, dispatches = (connection.ops.quote_name(m._meta.db_table) for m in (Delivery, Dispatch))

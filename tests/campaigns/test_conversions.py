@@ -777,3 +777,44 @@ def test_a_send_under_way_adds_what_its_rows_convert_beyond_the_settled_ones(sen
     assert check() == 4
     Event.objects.filter(profile=both).delete()
     assert check() == 3
+
+
+@pytest.mark.embedded
+def test_old_holdout_rows_without_a_device_are_not_reached_as_the_funnel_says_on_the_same_page(
+    client, sent, manager_alice, viewer_carol
+):
+    """Rows a resolve wrote when the holdout took every profile, with a device or none: the funnel
+    leaves those without a device out of reachable, and the conversions' holdout leaves them out of
+    reached, so that the page's two figures agree (a figure kept on the send when they were counted
+    is not read)."""
+    import json
+    import re
+
+    from delivery.models import DispatchProfiles
+    from delivery.services.rollups import rollup_rebuild
+
+    campaign, deliver = sent
+    _goal(campaign, manager_alice, window_hours=24)
+    dispatch = Dispatch.objects.get(source_id=campaign.pk)
+    for variant in (1, 2, 0):  # each with a phone, all converted
+        profile = deliver(variant=variant, status="accepted" if variant else "skipped")
+        EventFactory(profile=profile, name="purchase", occurred_at=T0 + HOUR)
+    for _ in range(2):  # held out without a device, as written before; converted too
+        profile = ProfileFactory()
+        Delivery.objects.create(
+            dispatch=dispatch, profile=profile, variant=0, status="skipped", reason="holdout", finished_at=T0
+        )
+        EventFactory(profile=profile, name="purchase", occurred_at=T0 + HOUR)
+    Dispatch.objects.filter(pk=dispatch.pk).update(status="done", total=5, finished_at=T0 + HOUR)
+    rollup_rebuild(dispatch_ids=[dispatch.pk])
+    # What the send kept when the holdout's rows without a device counted as reached.
+    DispatchProfiles.objects.create(dispatch=dispatch, name="conversions_reached:variant", counts=[[0, 3], [1, 1]])
+
+    client.force_login(viewer_carol)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    funnel = json.loads(re.search(r'"funnel": (\{[^}]*\})', page).group(1))
+    assert dict(zip(funnel["labels"], funnel["values"], strict=True))["reachable"] == 3
+    assert '<tr data-group="holdout"><th>holdout</th><td>1</td><td>1</td><td>100.0%</td>' in page
+    conversions = _conversions(campaign)
+    reached = conversions["overall"]["reached"] + conversions["holdout"]["reached"]
+    assert (conversions["overall"]["reached"], conversions["holdout"]["reached"], reached) == (2, 1, 3)

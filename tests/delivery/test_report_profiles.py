@@ -33,17 +33,17 @@ from tests.factories import DeviceFactory, EventFactory, ProfileFactory, PushCon
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 
 GOAL = Goal(event="purchase", where=(), window_hours=24, anchor="opened")
-REACHED = "conversions_reached:variant"
+REACHED = "conversions_reached2:variant"
 
 
 def recounted_reached(ids) -> dict:
-    """Profiles reached per variant, row by row in Python: accepted rows and the holdout's."""
+    """Profiles reached per variant, row by row in Python: accepted rows and the holdout's with a device."""
     pairs = {
         (variant, profile)
-        for variant, profile, status, reason in Delivery.objects.filter(dispatch_id__in=ids).values_list(
-            "variant", "profile_id", "status", "reason"
+        for variant, profile, status, reason, device in Delivery.objects.filter(dispatch_id__in=ids).values_list(
+            "variant", "profile_id", "status", "reason", "device_id"
         )
-        if status == "accepted" or (variant == 0 and status == "skipped" and reason == "holdout")
+        if status == "accepted" or (variant == 0 and status == "skipped" and reason == "holdout" and device)
     }
     return dict(Counter(variant for variant, _ in pairs))
 
