@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import redirect
 from django.urls import path, reverse
@@ -245,6 +245,12 @@ class ImportAdmin(AccessAdmin):
                 restarted += 1
             except ValidationError as exc:
                 self.message_user(request, f"{record}: {' '.join(exc.messages)}", messages.WARNING)
+            except PermissionDenied as exc:
+                self.message_user(request, f"{record}: {exc}", messages.WARNING)
+            except Http404:  # the list shows it, so its segment is what is out of reach
+                self.message_user(
+                    request, f"{record}: you may not change its segment, so you may not restart it.", messages.WARNING
+                )
         if restarted:
             self.message_user(request, f"{restarted} import(s) queued again.", messages.SUCCESS)
 

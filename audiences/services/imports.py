@@ -17,6 +17,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import Q
+from django.http import Http404
 from django.utils import timezone
 from django_q.tasks import async_task
 
@@ -34,7 +35,7 @@ from audiences.imports import (
     write_batch,
 )
 from audiences.models import Import, Segment, SegmentMember
-from audiences.selectors import segment_for
+from audiences.selectors import imports_visible_to, segment_for
 from audiences.services.profiles import _ensure_perm, _timezones
 from audiences.services.segments import segment_create
 from config.db import write_pacer
@@ -432,16 +433,25 @@ def import_restart(*, import_id: int, by: User) -> Import:
     """Queue again an import whose worker stopped (no heartbeat for longer than a task may run), or
     one that failed.
 
-    It resumes where its last committed batch ended. Raises ValidationError when the import is
-    done or still alive, PermissionDenied when ``by`` may not import.
+    It resumes where its last committed batch ended. ``by`` must see the import and, when it
+    feeds a segment, be allowed to change that segment now, as to start it (access to a segment
+    may have been taken back since). Raises ValidationError when the import is done, still alive
+    or its segment is gone, PermissionDenied when ``by`` may not import, Http404 when the import
+    or its segment is out of their access.
     """
     _ensure_perm(by, "audiences.add_import", "Your role may not import profiles.")
     stale = timezone.now() - dt.timedelta(seconds=settings.Q_CLUSTER.get("timeout", 300) + 60)
     with transaction.atomic():
+        if not imports_visible_to(by).filter(pk=import_id).exists():
+            raise Http404(f"No import {import_id}.")
         record = Import.objects.select_for_update().get(pk=import_id)
         alive = record.status == Import.Status.RUNNING and record.heartbeat_at and record.heartbeat_at >= stale
         if record.status == Import.Status.DONE or alive:
             raise ValidationError("Only an import that failed or whose worker stopped can be restarted.")
+        if record.target != Import.Target.PROFILES:
+            if record.segment_id is None:
+                raise ValidationError(f"{SEGMENT_GONE} Import the file again, into another segment.")
+            segment_for(by, record.segment_id, perm="audiences.change_segment")
         record.status = Import.Status.QUEUED
         record.error = ""
         record.finished_at = None

@@ -797,3 +797,25 @@ def test_a_worker_stopped_partway_offers_only_what_its_written_batches_read_and_
     assert (record.rows_done, record.rows_failed, record.bytes_done) == (2, 1, len(landed))
     assert [r[0] for r in error_rows(record)] == ["3"]
     assert "first 2 rows (to line 3)" in record.error
+
+
+def test_restart_is_refused_to_whoever_may_not_see_the_import_or_change_its_segment_now(
+    run_import, manager_alice, manager_mallory, admin_erin
+):
+    """Any Manager restarted any import by its id, and its creator after losing access to its segment."""
+    from django.http import Http404
+
+    from accounts.services import access_revoke
+
+    static = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    record = run_import(b"external_id\na\n", target="add_to_segment", segment_id=static.pk)
+    Import.objects.filter(pk=record.pk).update(status=Import.Status.FAILED)
+    with pytest.raises(Http404):
+        import_restart(import_id=record.pk, by=manager_mallory)
+    access_revoke(obj=static, to=manager_alice, by=admin_erin)
+    with pytest.raises(Http404):
+        import_restart(import_id=record.pk, by=manager_alice)
+    segment_delete(segment_id=static.pk, by=admin_erin)
+    with pytest.raises(ValidationError, match="segment was deleted"):
+        import_restart(import_id=record.pk, by=admin_erin)
+    assert Import.objects.get(pk=record.pk).status == Import.Status.FAILED

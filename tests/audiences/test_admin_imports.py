@@ -1,0 +1,130 @@
+"""The imports' admin: what a failed import shows, and its restart button pressed by each role."""
+
+import csv
+import io
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from accounts.models import AuditEvent
+from accounts.services import access_grant, access_revoke
+from audiences.models import Import, Profile, Segment, SegmentMember
+from audiences.services.imports import import_create
+from audiences.services.segments import segment_create
+from tests.factories import TEST_PASSWORD
+
+pytestmark = pytest.mark.django_db
+
+LANDED = b"external_id,n\nu1,1\n,2\n"  # the first batch (two rows), written
+CONTENT = LANDED + b"boom,3\n,4\nu1,5\nu6,6\n"  # the second stops the import: the database refuses 'boom'
+
+
+@pytest.fixture
+def login(client):
+    def as_user(user):
+        assert client.login(username=user.username, password=TEST_PASSWORD)
+        return client
+
+    return as_user
+
+
+@pytest.fixture
+def failed_import(manager_alice, media, settings, database_refuses_profile, django_capture_on_commit_callbacks):
+    """manager_alice's import into her static segment, stopped by the database in its second batch.
+
+    Returns the import; ``failed_import.lift()`` lets the database write again."""
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
+    segment = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    lift = database_refuses_profile("boom")
+    upload = SimpleUploadedFile("people.csv", CONTENT, content_type="text/csv")
+    with django_capture_on_commit_callbacks(execute=True):
+        record = import_create(upload=upload, by=manager_alice, target="add_to_segment", segment_id=segment.pk)
+    record.refresh_from_db()
+    assert record.status == Import.Status.FAILED
+    record.lift = lift
+    return record
+
+
+def downloaded_errors(client, record) -> list[tuple[str, str]]:
+    response = client.get(f"/admin/audiences/import/{record.pk}/errors/")
+    assert response.status_code == 200
+    text = b"".join(response.streaming_content).decode("utf-8-sig")
+    return [(row[0], row[1]) for row in list(csv.reader(io.StringIO(text)))[1:]]
+
+
+def state(record) -> tuple:
+    """What a press that is refused must leave as it is."""
+    row = Import.objects.filter(pk=record.pk).values().get()
+    with open(Import.objects.get(pk=record.pk).error_file.path, "rb") as fh:
+        errors = fh.read()
+    return (
+        row,
+        errors,
+        sorted(Profile.objects.values_list("external_id", "attributes")),
+        sorted(SegmentMember.objects.values_list("segment_id", "profile__external_id")),
+        AuditEvent.objects.filter(action="import_restarted").count(),
+    )
+
+
+def test_a_failed_import_shows_in_the_admin_and_the_api_what_landed(login, manager_alice, failed_import, api_key_for):
+    """The percentage was the file's read position: 100 % for a small file, whatever landed."""
+    landed = round(100 * len(LANDED) / len(CONTENT), 1)
+    client = login(manager_alice)
+    status = client.get(f"/admin/audiences/import/{failed_import.pk}/status/").json()
+    assert (status["status"], status["percent"], status["rows_done"], status["rows_failed"]) == ("failed", landed, 2, 1)
+    assert "first 2 rows (to line 3)" in status["error"]
+    assert f'value="{landed}"' in client.get("/admin/audiences/import/").content.decode()
+    assert downloaded_errors(client, failed_import) == [("3", "")]
+    detail = api_key_for(manager_alice, scopes=["read"]).get(f"/api/v1/imports/{failed_import.pk}/").json()
+    assert (detail["status"], detail["percent"], detail["rows_done"], detail["rows_failed"]) == ("failed", landed, 2, 1)
+
+
+@pytest.mark.presses("audiences.import:restart_imports")
+def test_restart_finishes_a_failed_import_with_each_row_once(
+    login, manager_alice, failed_import, django_capture_on_commit_callbacks
+):
+    failed_import.lift()
+    client = login(manager_alice)
+    press = {"action": "restart_imports", "_selected_action": [failed_import.pk]}
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.post("/admin/audiences/import/", press).status_code == 302
+    record = Import.objects.get(pk=failed_import.pk)
+    assert (record.status, record.error) == (Import.Status.DONE, "")
+    assert (record.rows_done, record.rows_imported, record.rows_failed, record.rows_duplicate) == (6, 3, 2, 1)
+    profiles = dict(Profile.objects.values_list("external_id", "attributes"))
+    assert profiles == {"u1": {"n": 5}, "boom": {"n": 3}, "u6": {"n": 6}}
+    members = list(SegmentMember.objects.filter(segment=record.segment).values_list("profile__external_id", flat=True))
+    assert sorted(members) == ["boom", "u1", "u6"]
+    assert downloaded_errors(client, record) == [("3", ""), ("5", ""), ("6", "u1")]
+    assert client.get(f"/admin/audiences/import/{record.pk}/status/").json()["percent"] == 100.0
+    assert AuditEvent.objects.filter(action="import_restarted", actor=manager_alice).count() == 1
+
+
+@pytest.mark.presses("audiences.import:restart_imports")
+def test_restart_changes_nothing_for_a_viewer_a_manager_without_the_segment_or_one_who_lost_it(
+    login, manager_alice, manager_mallory, viewer_carol, admin_erin, failed_import, django_capture_on_commit_callbacks
+):
+    failed_import.lift()  # a restart would now finish the import
+    access_grant(obj=failed_import.segment, to=viewer_carol, by=admin_erin)
+    press = {"action": "restart_imports", "_selected_action": [failed_import.pk]}
+    before = state(failed_import)
+
+    viewer = login(viewer_carol)
+    assert f"Import #{failed_import.pk}" in viewer.get("/admin/audiences/import/").content.decode()  # she sees it
+    with django_capture_on_commit_callbacks(execute=True):
+        assert viewer.post("/admin/audiences/import/", press).status_code in (200, 302, 403)
+    assert state(failed_import) == before
+
+    outsider = login(manager_mallory)
+    assert f"Import #{failed_import.pk}" not in outsider.get("/admin/audiences/import/").content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        outsider.post("/admin/audiences/import/", press)
+    assert state(failed_import) == before
+
+    # Its creator, whose access to the segment was taken back since, still lists it.
+    access_revoke(obj=failed_import.segment, to=manager_alice, by=admin_erin)
+    creator = login(manager_alice)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = creator.post("/admin/audiences/import/", press, follow=True)
+    assert state(failed_import) == before
+    assert "you may not change its segment" in response.content.decode()
