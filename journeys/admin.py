@@ -16,7 +16,7 @@ from accounts.services import TransitionError
 from config.zones import zoned, zoned_column
 from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
 from journeys.diagram import WAIT_UNITS, duration_parts, version_svg
-from journeys.graph import DAY_SECONDS, EVENT_NAME_MAX, GraphInvalid, graph_validate
+from journeys.graph import DAY_SECONDS, EVENT_NAME_MAX, GraphInvalid, contents_of, graph_validate, segments_of
 from journeys.models import Enrollment, Journey, JourneyVersion
 from journeys.review import content_names, entry_audience_text, entry_text
 from journeys.selectors import (
@@ -259,9 +259,20 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
                 contents = in_scope(request.user, PushContent.objects.select_related("app")).order_by("name")
                 if obj is not None:
                     contents = contents.filter(app=obj.app)
+                # The builder lists what the steps name too, so that a step on a segment or a content
+                # the colleague was not granted shows its own name (its list showed another as chosen).
+                listed = list(segments[:500])
+                named = segments_of(shown.graph) - {s.pk for s in listed} if shown is not None else set()
+                listed += Segment.objects.filter(pk__in=named).order_by("name") if named else []
+                offered = list(contents[:500])
+                named = set(contents_of(shown.graph).values()) if shown is not None else set()
+                named -= {c.pk for c in offered}
+                offered += (
+                    PushContent.objects.select_related("app").filter(pk__in=named).order_by("name") if named else []
+                )
                 meta = {
-                    "segments": [{"id": s.pk, "name": s.name} for s in segments[:500]],
-                    "contents": [{"id": c.pk, "name": f"{c.name} ({c.app.name})"} for c in contents[:500]],
+                    "segments": [{"id": s.pk, "name": s.name} for s in listed],
+                    "contents": [{"id": c.pk, "name": f"{c.name} ({c.app.name})"} for c in offered],
                     "rules": builder_meta(request.user),
                     "wait_units": [[str(unit), typed] for unit, typed in _UNIT_CHOICES],
                 }

@@ -678,3 +678,56 @@ def test_the_services_refuse_an_event_name_longer_than_any_event_can_have(manage
         journey_version_edit(journey_id=journey.pk, by=manager_alice, **changes)
     assert refused.value.message_dict == {field: ["An event's name is at most 100 characters (this one has 101)."]}
     assert getattr(journey.versions.get(), field) == ""
+
+
+def test_a_draft_journey_is_deleted_from_its_page_by_whoever_may_change_it_and_by_nobody_else(
+    login, manager_alice, viewer_carol, outsider_dave, make_journey, publish
+):
+    from accounts.models import AuditEvent
+
+    draft = make_journey()
+    live = publish(make_journey(name="Live one"))
+    assert "deletelink" not in login(viewer_carol).get(f"/admin/journeys/journey/{draft.pk}/change/").content.decode()
+    for user, refusal in ((viewer_carol, 403), (outsider_dave, 404), (manager_alice, 403)):
+        client = login(user)
+        if user != manager_alice:
+            assert client.post(f"/admin/journeys/journey/{draft.pk}/delete/", {"post": "yes"}).status_code == refusal
+        # A journey that went live is stopped and archived, never deleted: not even by its owner.
+        assert client.post(f"/admin/journeys/journey/{live.pk}/delete/", {"post": "yes"}).status_code == refusal
+        assert set(Journey.objects.values_list("name", flat=True)) == {"Onboarding", "Live one"}, user
+    client = login(manager_alice)
+    assert "deletelink" in client.get(f"/admin/journeys/journey/{draft.pk}/change/").content.decode()
+    assert "deletelink" not in client.get(f"/admin/journeys/journey/{live.pk}/change/").content.decode()
+    answer = client.post(f"/admin/journeys/journey/{draft.pk}/delete/", {"post": "yes"})
+    assert answer.status_code == 302
+    assert list(Journey.objects.values_list("name", flat=True)) == ["Live one"]
+    assert AuditEvent.objects.filter(action="journey_deleted", actor=manager_alice).count() == 1
+
+
+def _builder_meta(page: str) -> dict:
+    import html
+
+    return json.loads(html.unescape(re.search(r'class="step-editor"[^>]*data-meta="([^"]*)"', page).group(1)))
+
+
+def test_a_colleague_reads_in_the_builder_the_segments_and_contents_the_journey_names_that_they_were_not_granted(
+    login, manager_mallory, make_journey, vips, welcome
+):
+    """Mallory was not granted the VIPs segment that Alice's condition names: the builder listed only
+    her own segments, so the branch's list showed another segment's name (the first) as chosen."""
+    journey = make_journey()
+    page = login(manager_mallory).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    segments = _builder_meta(page)["segments"]
+    assert {"id": vips.pk, "name": "VIPs"} in segments
+    # Granted the journey alone, not its app: its push step's content is listed by its name too.
+    from accounts.services import access_grant
+    from tests.factories import UserFactory
+
+    trent = UserFactory(username="manager_trent", role="Manager")
+    access_grant(obj=journey, to=trent, by=None)
+    meta = _builder_meta(login(trent).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode())
+    assert meta["contents"] == [{"id": welcome.pk, "name": "Welcome (Shop)"}]
+    assert {s["name"] for s in meta["segments"]} == {"Everyone", "VIPs"}
+    # The entry's list offers it not: a segment chosen there anew must be one's own.
+    entry = page.split('name="entry_segment"', 1)[1].split("</select>", 1)[0]
+    assert f'value="{vips.pk}"' not in entry
