@@ -187,6 +187,36 @@ def test_a_filter_making_too_much_from_a_profiles_value_fails_that_message_alone
         template_render(joined, profile={}, context={"items": ["a"] * 30000, "separator": "-" * 100})
 
 
+# Filters that escape or encode their text make more than they take: from a value just under the
+# bound (what a call's context may hold), past it.
+_EXPANDING = [
+    ("escape", "&" * 65_000),
+    ("escape_once", "<" * 65_000),
+    ("escapejs", "<" * 65_000),
+    ("url_encode", "é" * 65_000),
+    ("newline_to_br", "\n" * 65_000),
+    ("base64_encode", "x" * 65_000),
+    ("base64_url_safe_encode", "x" * 65_000),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), _EXPANDING, ids=[name for name, _ in _EXPANDING])
+def test_a_filter_expanding_a_value_past_the_bound_fails_that_message_with_a_template_error(name, value):
+    from liquid.exceptions import ResourceLimitError
+
+    source = f"{{{{ context.x | {name} | size }}}}"
+    template_check(source, field="body")
+    assert template_render(source, profile={}, context={"x": value[:100]}) != ""
+    with pytest.raises(ResourceLimitError, match=f"^{name} would make a text longer than 65536 characters"):
+        template_render(source, profile={}, context={"x": value})
+    # Written in the text itself, it is refused on save, naming the filter, never cut short.
+    with pytest.raises(ValidationError) as exc:
+        template_check(f"{{{{ '{value}' | {name} | size }}}}", field="body")
+    assert errors_of(exc)["body"] == [
+        f"This text cannot be rendered for anyone: {name} would make a text longer than 65536 characters."
+    ]
+
+
 def test_a_profiles_largest_value_passes_through_filters():
     bio = "é" * 65000
     source = "{{ profile.attributes.bio | upcase | strip | split: '' | join: '' | slice: 0, 3 }}"
