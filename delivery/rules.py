@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import Q
 
@@ -73,6 +74,28 @@ def rules_hold_text(*, app_id: int, purpose: str) -> str:
     if purpose == "transactional":
         return f"transactional: it bypasses {rules}"
     return f"{rules} may hold some back"
+
+
+# The longest window a cap may count over: a year (a leap one). A cap counts from now minus its
+# window, and a window of millions of hours is a date before year 1: every send of the app failed.
+FREQUENCY_WINDOW_MAX_HOURS = 366 * 24
+
+
+def frequency_window_outlasts_retention(*, frequency_cap: int | None, window_hours: int) -> str | None:
+    """Say why a cap of ``frequency_cap`` per ``window_hours`` counts deliveries that retention
+    deletes (its window is longer than PUSHDESK_RETENTION_DELIVERY_DAYS keeps them), naming both
+    figures; None when it does not (no cap, deliveries kept forever, or the window within).
+
+    Retention refuses to run while such a cap exists (``operations.services``): the cap would
+    let through pushes it should hold back once the older deliveries it counts were deleted."""
+    days = settings.PUSHDESK_RETENTION_DELIVERY_DAYS
+    if not frequency_cap or days <= 0 or window_hours <= days * 24:
+        return None
+    return (
+        f"A window of {window_hours:,} hours counts deliveries further back than they are kept: "
+        f"PUSHDESK_RETENTION_DELIVERY_DAYS={days} ({days * 24:,} hours). Retention refuses to run "
+        "(deleting nothing) while a cap counts past it."
+    )
 
 
 # The advisory lock class of the frequency cap (its object id is the app's): a constant of ours.

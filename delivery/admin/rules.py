@@ -3,11 +3,13 @@
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django import forms
-from django.contrib import admin
+from django.conf import settings
+from django.contrib import admin, messages
 
 from accounts.admin.bases import AccessAdmin
 from accounts.services import audit
 from delivery.models import DeliveryRules
+from delivery.rules import FREQUENCY_WINDOW_MAX_HOURS, frequency_window_outlasts_retention
 from delivery.selectors import (
     apps_in_scope,
 )
@@ -16,6 +18,9 @@ from delivery.selectors import (
 class DeliveryRulesForm(forms.ModelForm):
     """Quiet hours that would not apply as meant are refused, naming the field: the rules would
     otherwise fall back (UTC for an unknown zone, no quiet hours without an end) without a word."""
+
+    # What the save leaves to be said (a cap that outlasts the deliveries kept, unchanged by it).
+    warnings: list[str]
 
     class Meta:
         model = DeliveryRules
@@ -46,6 +51,33 @@ class DeliveryRulesForm(forms.ModelForm):
             self.add_error("quiet_start", "Quiet hours need a start too (leave both empty for none).")
         if start is not None and start == end:
             self.add_error("quiet_end", "Quiet hours end when they start: leave both empty for none.")
+        self.warnings = []
+        window = data.get("frequency_window_hours")
+        if window is not None and not 1 <= window <= FREQUENCY_WINDOW_MAX_HOURS:
+            self.add_error(
+                "frequency_window_hours", f"The window is 1 to {FREQUENCY_WINDOW_MAX_HOURS:,} hours (a year)."
+            )
+        elif window is not None:
+            problem = frequency_window_outlasts_retention(frequency_cap=data.get("frequency_cap"), window_hours=window)
+            # Refused rather than warned when the save sets the cap or its window: the cap cannot
+            # be honoured past the deliveries kept, and one saved so stops retention for every
+            # table (it refuses to run, deleting nothing), so personal data would outlive the
+            # retention the operator set, from a form in the admin. A longer window is a decision
+            # to take with the operator (keeping deliveries longer), not one this form takes.
+            # A cap saved before the retention was lowered is only warned of when other fields
+            # change: refusing those would block, say, an urgent change of quiet hours.
+            capping_changed = {"frequency_cap", "frequency_window_hours"} & set(self.changed_data)
+            within = settings.PUSHDESK_RETENTION_DELIVERY_DAYS * 24
+            if problem and (self.instance.pk is None or capping_changed):
+                self.add_error(
+                    "frequency_window_hours",
+                    f"{problem} Give it at most {within:,} hours, or have the deliveries kept longer first.",
+                )
+            elif problem:
+                self.warnings.append(
+                    f"This app's frequency cap stops retention. {problem} Shorten its window to at most "
+                    f"{within:,} hours, or have the deliveries kept longer."
+                )
         return data
 
 
@@ -76,6 +108,8 @@ class DeliveryRulesAdmin(AccessAdmin):
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
+        for warning in getattr(form, "warnings", ()):
+            self.message_user(request, warning, messages.WARNING)
         audit(
             actor=request.user, action="delivery_rules_changed", obj=obj, summary={"fields": sorted(form.changed_data)}
         )

@@ -1,0 +1,86 @@
+"""The delivery rules' admin: what a save is refused for, and what it warns of."""
+
+import pytest
+
+from delivery.models import DeliveryRules
+from tests.factories import AppFactory
+
+ADD = "/admin/delivery/deliveryrules/add/"
+
+
+@pytest.fixture
+def app(db):
+    return AppFactory(name="Shop")
+
+
+def _form(app, **typed) -> dict:
+    return {
+        "app": app.pk,
+        "frequency_cap": 1,
+        "frequency_window_hours": 24,
+        "quiet_mode": "delay",
+        "default_timezone": "UTC",
+        **typed,
+    }
+
+
+def _field_errors(page: str, field: str) -> str:
+    return page[page.index(f"field-{field}") :][:900]
+
+
+def test_a_cap_counting_further_back_than_deliveries_are_kept_is_refused_naming_both(client, app, admin_erin, settings):
+    settings.PUSHDESK_RETENTION_DELIVERY_DAYS = 7
+    client.force_login(admin_erin)
+    answer = client.post(ADD, _form(app, frequency_window_hours=720))
+    assert answer.status_code == 200
+    said = _field_errors(answer.content.decode(), "frequency_window_hours")
+    assert "errorlist" in said
+    assert "720 hours" in said and "PUSHDESK_RETENTION_DELIVERY_DAYS=7 (168 hours)" in said, said
+    assert not DeliveryRules.objects.filter(app=app).exists()
+
+    assert client.post(ADD, _form(app, frequency_window_hours=168)).status_code == 302
+    assert DeliveryRules.objects.get(app=app).frequency_window_hours == 168
+
+
+def test_a_long_window_without_a_cap_or_with_deliveries_kept_forever_is_saved(client, app, admin_erin, settings):
+    settings.PUSHDESK_RETENTION_DELIVERY_DAYS = 7
+    client.force_login(admin_erin)
+    assert client.post(ADD, _form(app, frequency_cap="", frequency_window_hours=720)).status_code == 302
+    DeliveryRules.objects.all().delete()
+    settings.PUSHDESK_RETENTION_DELIVERY_DAYS = 0  # kept forever
+    assert client.post(ADD, _form(app, frequency_window_hours=720)).status_code == 302
+    assert DeliveryRules.objects.get(app=app).frequency_window_hours == 720
+
+
+def test_a_cap_saved_before_retention_was_lowered_is_warned_of_when_other_fields_change(
+    client, app, admin_erin, settings
+):
+    rules = DeliveryRules.objects.create(app=app, frequency_cap=1, frequency_window_hours=720)
+    settings.PUSHDESK_RETENTION_DELIVERY_DAYS = 7  # lowered since
+    change = f"/admin/delivery/deliveryrules/{rules.pk}/change/"
+    client.force_login(admin_erin)
+
+    page = client.post(
+        change, _form(app, frequency_window_hours=720, quiet_start="22:00", quiet_end="07:00"), follow=True
+    )
+    assert page.status_code == 200
+    rules.refresh_from_db()
+    assert rules.quiet_start is not None  # an urgent change of quiet hours is not blocked
+    warnings = [str(m) for m in page.context["messages"] if m.level_tag == "warning"]
+    assert len(warnings) == 1 and "720 hours" in warnings[0] and "=7 (168 hours)" in warnings[0], warnings
+
+    answer = client.post(change, _form(app, frequency_cap=2, frequency_window_hours=720))  # the cap changed: refused
+    assert answer.status_code == 200 and "errorlist" in _field_errors(answer.content.decode(), "frequency_window_hours")
+    rules.refresh_from_db()
+    assert rules.frequency_cap == 1
+
+
+@pytest.mark.parametrize("hours", [0, 8785, 2147483647])
+def test_a_window_of_no_hours_or_of_more_than_a_year_is_refused(client, app, admin_erin, settings, hours):
+    """Millions of hours made every send of the app fail (a date before year 1)."""
+    settings.PUSHDESK_RETENTION_DELIVERY_DAYS = 0
+    client.force_login(admin_erin)
+    answer = client.post(ADD, _form(app, frequency_window_hours=hours))
+    assert answer.status_code == 200
+    assert "1 to 8,784 hours" in _field_errors(answer.content.decode(), "frequency_window_hours")
+    assert not DeliveryRules.objects.filter(app=app).exists()
