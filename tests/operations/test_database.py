@@ -85,3 +85,27 @@ def test_a_sqlite_database_that_is_locked_answers_and_one_that_cannot_be_opened_
 
     assert database_problem(OperationalError("database is locked")) is None
     assert database_problem(OperationalError("unable to open database file")).startswith("the database does not answer")
+
+
+def test_the_workers_say_at_start_when_a_frequency_cap_outlasts_the_deliveries_kept(db, caplog, settings):
+    """PUSHDESK_RETENTION_DELIVERY_DAYS is read when a process starts: a lowered one is said then,
+    naming the cap and both figures, rather than when retention next refuses to run."""
+    from delivery.models import DeliveryRules
+    from operations.management.commands.qcluster import (
+        _ensure_queue_and_database_answer,
+        _say_frequency_caps_outlasting_retention,
+    )
+    from tests.factories import AppFactory
+
+    app = AppFactory(name="Shop")
+    DeliveryRules.objects.create(app=app, frequency_cap=1, frequency_window_hours=24 * 30)
+    with caplog.at_level(logging.ERROR, logger="pushdesk.worker"):
+        _say_frequency_caps_outlasting_retention()
+    assert not caplog.records  # kept 180 days: the cap's 30 days are within
+
+    settings.PUSHDESK_RETENTION_DELIVERY_DAYS = 7  # lowered, and the workers restarted with it
+    with caplog.at_level(logging.ERROR, logger="pushdesk.worker"):
+        _ensure_queue_and_database_answer()
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert "retention will refuse to run" in said and f"'Shop' (id {app.pk})" in said
+    assert "720 hours" in said and "PUSHDESK_RETENTION_DELIVERY_DAYS=7 (168 hours)" in said, said

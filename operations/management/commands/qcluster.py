@@ -95,7 +95,26 @@ def _ensure_queue_and_database_answer() -> None:
         pending = migrations_pending()
     if pending:  # the workers start (a release may migrate after), but their tasks fail until then
         logger.error("%s migrations are not applied to the database: run `manage.py migrate`", pending)
+    else:
+        _say_frequency_caps_outlasting_retention()
     connection.close()  # the workers are forked: none inherits this connection
+
+
+def _say_frequency_caps_outlasting_retention() -> None:
+    """Log each frequency cap that counts deliveries further back than PUSHDESK_RETENTION_DELIVERY_DAYS
+    keeps them. The setting is read when a process starts, so this start is the first moment a
+    lowered retention can be said, rather than at the next run of ``retention_apply`` (which then
+    refuses, deleting nothing)."""
+    from operations.services import delivery_retention_problems
+
+    with database_errors_said():
+        problems = delivery_retention_problems()
+    for problem in problems:
+        logger.error(
+            "retention will refuse to run: %s Shorten the cap's window in the app's delivery rules, "
+            "or keep deliveries longer.",
+            problem,
+        )
 
 
 class Command(QclusterCommand):
