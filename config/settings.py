@@ -46,7 +46,7 @@ def _env_bool(name: str, default: bool) -> bool:
     return default
 
 
-def _env_int(name: str, default: int, *, minimum: int = 0) -> int:
+def _env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -54,8 +54,9 @@ def _env_int(name: str, default: int, *, minimum: int = 0) -> int:
         value = int(raw)
     except ValueError:
         value = None
-    if value is None or value < minimum:
-        _refuse_start(f"{name}={raw!r} is not a whole number of at least {minimum}; set it to one, or unset it.")
+    if value is None or value < minimum or (maximum is not None and value > maximum):
+        bounds = f"of at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        _refuse_start(f"{name}={raw!r} is not a whole number {bounds}; set it to one, or unset it.")
     return value
 
 
@@ -612,22 +613,25 @@ PUSHDESK_PUSHSIM_APNS_SANDBOX_URL = _env_url(
 PUSHDESK_PUSHSIM_FCM_URL = _env_url("PUSHDESK_PUSHSIM_FCM_URL", "http://127.0.0.1:8440", schemes=("https", "http"))
 
 # --- retention (manage.py retention_apply, daily) ----------------------------------------------
+# Each is at most a century (0 keeps forever): a cut millions of days back is before year 1, and
+# retention_apply, status and the metrics failed on it.
+_RETENTION_MAX_DAYS = 36_500
 # Deliveries of dispatches finished more than this many days ago are deleted (the dispatch and
 # its counters stay); 0 keeps them forever.
-PUSHDESK_RETENTION_DELIVERY_DAYS = _env_int("PUSHDESK_RETENTION_DELIVERY_DAYS", 180)
+PUSHDESK_RETENTION_DELIVERY_DAYS = _env_int("PUSHDESK_RETENTION_DELIVERY_DAYS", 180, maximum=_RETENTION_MAX_DAYS)
 # Audit events older than this many days are deleted; 0 (the default) keeps them forever. The
 # audit log is append-only: the database itself refuses to delete an event younger than 365 days.
-PUSHDESK_RETENTION_AUDIT_DAYS = _env_int("PUSHDESK_RETENTION_AUDIT_DAYS", 0)
+PUSHDESK_RETENTION_AUDIT_DAYS = _env_int("PUSHDESK_RETENTION_AUDIT_DAYS", 0, maximum=_RETENTION_MAX_DAYS)
 # Profiles' events that occurred more than this many days ago are deleted; 0 (the default) keeps
 # them forever, as segments may count events over any window: retention refuses to run while a
 # rules segment or a journey condition counts events further back than this.
-PUSHDESK_RETENTION_EVENT_DAYS = _env_int("PUSHDESK_RETENTION_EVENT_DAYS", 0)
+PUSHDESK_RETENTION_EVENT_DAYS = _env_int("PUSHDESK_RETENTION_EVENT_DAYS", 0, maximum=_RETENTION_MAX_DAYS)
 # The task queue's failed tasks that stopped more than this many days ago are deleted (it keeps
 # only Q_CLUSTER's save_limit successes itself, but every failure); 0 keeps them forever.
-PUSHDESK_RETENTION_TASK_DAYS = _env_int("PUSHDESK_RETENTION_TASK_DAYS", 30)
+PUSHDESK_RETENTION_TASK_DAYS = _env_int("PUSHDESK_RETENTION_TASK_DAYS", 30, maximum=_RETENTION_MAX_DAYS)
 # Trigger calls' Idempotency-Key records (each with its stored answer) older than this many days
 # are deleted: a retry with the same key after that is a new call. 0 keeps them forever.
-PUSHDESK_RETENTION_IDEMPOTENCY_DAYS = _env_int("PUSHDESK_RETENTION_IDEMPOTENCY_DAYS", 30)
+PUSHDESK_RETENTION_IDEMPOTENCY_DAYS = _env_int("PUSHDESK_RETENTION_IDEMPOTENCY_DAYS", 30, maximum=_RETENTION_MAX_DAYS)
 if 0 < PUSHDESK_RETENTION_AUDIT_DAYS < 365:
     _refuse_start(
         f"PUSHDESK_RETENTION_AUDIT_DAYS={PUSHDESK_RETENTION_AUDIT_DAYS} is under 365; audit events are kept a year "

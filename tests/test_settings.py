@@ -178,6 +178,25 @@ def test_a_malformed_setting_stops_start_up_with_one_line_naming_it(tmp_path, na
 
 
 @pytest.mark.parametrize(
+    "name",
+    [
+        "PUSHDESK_RETENTION_DELIVERY_DAYS",
+        "PUSHDESK_RETENTION_AUDIT_DAYS",
+        "PUSHDESK_RETENTION_EVENT_DAYS",
+        "PUSHDESK_RETENTION_TASK_DAYS",
+        "PUSHDESK_RETENTION_IDEMPOTENCY_DAYS",
+    ],
+)
+def test_a_retention_of_more_than_a_century_stops_start_up_with_one_line(tmp_path, name):
+    """A cut millions of days back is before year 1: retention_apply failed with a traceback."""
+    result = _import_settings({name: "99999999"}, tmp_path)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and name in lines[0] and "from 0 to 36500" in lines[0], result.stderr
+    assert _import_settings({name: "36500"}, tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize(
     ("name", "value"),
     [
         ("REDIS_URL", ""),
