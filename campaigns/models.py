@@ -433,6 +433,12 @@ class Occurrence(models.Model):
         "delivery.Dispatch", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     note = models.CharField(max_length=300, blank=True)
+    at_local_time = models.BooleanField(
+        null=True,
+        blank=True,
+        help_text="Whether it stood for a time of day at each profile's local time, as the version that fired "
+        "it said (empty: not known, recorded before this was kept).",
+    )
 
     class Meta:
         ordering = ["-due_at"]
@@ -444,14 +450,18 @@ class Occurrence(models.Model):
     def due_text(self) -> str:
         """When it was due, as the schedule was entered (``campaigns.schedule.occurrence_when``): in
         the campaign's zone, named; at each profile's local time, the wall-clock time entered and
-        when the send began. Local when its dispatch sent so (a list annotates each row's
-        ``dispatch_local_time`` rather than reading each dispatch); without a dispatch (skipped,
-        refused), when the approved version sends so."""
+        when the send began. Local as the version that fired it said (``at_local_time``, kept when
+        it fired), never as a revision since, pending or approved, says. For a row recorded before
+        that was kept: local when its dispatch sent so (a list annotates each row's
+        ``dispatch_local_time`` rather than reading each dispatch); without a dispatch, when the
+        approved version sends so."""
         from campaigns.schedule import at_local_time, occurrence_when
         from config.zones import zoned
 
         time_zone = self.campaign.time_zone  # as the campaign's dates are entered and shown
-        if self.dispatch_id is None:
+        if self.at_local_time is not None:
+            local = self.at_local_time
+        elif self.dispatch_id is None:
             approved = self.campaign.approved()
             local = approved is not None and at_local_time(approved)
         elif hasattr(self, "dispatch_local_time"):

@@ -137,6 +137,7 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
         if approved is None:
             return fired
         limit = lateness_allowed(approved)
+        local = at_local_time(approved)
         for _ in range(10_000):  # bounded: a daily campaign down for years still ends
             due = campaign.next_occurrence_at
             if due is None or due > now:
@@ -144,10 +145,13 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
             later = next_occurrence(approved, after=due)
             if later is not None and later <= now:
                 # A newer occurrence is due too: this one was missed; only the newest may be sent.
-                fired.append(_occurrence(campaign, due, Occurrence.Outcome.SKIPPED_MISSED, note="a later one was due"))
+                fired.append(
+                    _occurrence(
+                        campaign, due, Occurrence.Outcome.SKIPPED_MISSED, local=local, note="a later one was due"
+                    )
+                )
                 campaign.next_occurrence_at = later
                 continue
-            local = at_local_time(approved)
             # At each profile's local time the occurrence lasts until the last time zone gets there;
             # each zone is judged by its own time when the rows are resolved (``local_time_apply``).
             span = LOCAL_SPAN if local else dt.timedelta(0)
@@ -156,7 +160,7 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                 note = f"missed by {late:,} minutes, more than its window of {approved.missed_window_minutes:,} minutes"
                 if local:
                     note += " in every time zone"
-                fired.append(_occurrence(campaign, due, Occurrence.Outcome.SKIPPED_MISSED, note=note))
+                fired.append(_occurrence(campaign, due, Occurrence.Outcome.SKIPPED_MISSED, local=local, note=note))
                 campaign.next_occurrence_at = later
                 break
             outcome = Occurrence.Outcome.SENT if now - due <= LATE_AFTER else Occurrence.Outcome.SENT_LATE
@@ -201,10 +205,10 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                 # A ValidationError: the approved content no longer passes the send's checks (a URL
                 # scheme the settings no longer allow, say); the campaigns due after it still fire.
                 note = str(exc) if isinstance(exc, GateClosed) else content_refusal(exc)
-                fired.append(_occurrence(campaign, due, Occurrence.Outcome.REFUSED, note=note[:300]))
+                fired.append(_occurrence(campaign, due, Occurrence.Outcome.REFUSED, local=local, note=note[:300]))
                 campaign.next_occurrence_at = later
                 break
-            fired.append(_occurrence(campaign, due, outcome, dispatch=dispatch, note=late_note))
+            fired.append(_occurrence(campaign, due, outcome, local=local, dispatch=dispatch, note=late_note))
             campaign.next_occurrence_at = later
             break
         if campaign.status == Status.SCHEDULED and any(o.dispatch_id for o in fired):
@@ -225,8 +229,14 @@ def content_refusal(exc: ValidationError, *, where: str = "") -> str:
     return f"The approved content does not pass the send's checks: {where}{found}"
 
 
-def _occurrence(campaign: Campaign, due: dt.datetime, outcome: str, *, dispatch=None, note: str = "") -> Occurrence:
-    occurrence = Occurrence.objects.create(campaign=campaign, due_at=due, outcome=outcome, dispatch=dispatch, note=note)
+def _occurrence(
+    campaign: Campaign, due: dt.datetime, outcome: str, *, local: bool, dispatch=None, note: str = ""
+) -> Occurrence:
+    """Record the occurrence with whether the approved version sent it at each profile's local time
+    (how its row reads, whatever a revision says later)."""
+    occurrence = Occurrence.objects.create(
+        campaign=campaign, due_at=due, outcome=outcome, dispatch=dispatch, note=note, at_local_time=local
+    )
     audit(
         actor=None,
         action=f"campaign_occurrence_{outcome}",

@@ -696,3 +696,60 @@ def test_the_report_draws_and_exports_its_times_in_the_campaigns_zone(client, ma
     created = rows[header + 1][3]
     assert created == "2026-11-28T15:30:00+05:30"
     assert dt.datetime.fromisoformat(created) == dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
+
+
+def test_an_occurrence_reads_as_the_schedule_it_fired_under_whatever_was_approved_or_edited_since(
+    client, make_campaign, manager_alice, approver_bob, viewer_carol
+):
+    """A daily send at each profile's local time missed one day (downtime: skipped, no dispatch) and
+    sent the next late. Its occurrences say the 09:00 each zone was due, whatever the schedule
+    became: a pending revision (of a campaign approved before versions were kept) and an approved
+    revision in the campaign's zone leave them as they fired; the next send reads as version 2 says."""
+    import datetime as dt
+    import re
+    from zoneinfo import ZoneInfo
+
+    from campaigns.models import Occurrence
+    from campaigns.services.lifecycle import campaign_update
+    from campaigns.services.scheduling import campaign_fire_due
+
+    nine = dt.datetime(2027, 1, 5, 9, 0, tzinfo=ZoneInfo("Europe/Paris"))
+    campaign = make_campaign(
+        schedule_kind="recurring", recurrence="daily", send_at=nine, time_zone="Europe/Paris", at_local_time=True
+    )
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=nine - dt.timedelta(days=2))
+    due = Campaign.objects.get(pk=campaign.pk).next_occurrence_at
+    skipped, sent = campaign_fire_due(campaign_id=campaign.pk, now=due + dt.timedelta(hours=27))
+    assert (skipped.outcome, skipped.dispatch_id, sent.outcome) == ("skipped_missed", None, "sent_late")
+    rows = [
+        "2027-01-06 09:00 at each profile's local time, from 2027-01-05 20:00 (Europe/Paris)",
+        "2027-01-05 09:00 at each profile's local time, from 2027-01-04 20:00 (Europe/Paris)",
+    ]
+
+    def rows_shown():
+        client.force_login(viewer_carol)
+        page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+        page = page.replace("&#x27;", "'")
+        return [
+            re.sub(r"<[^>]+>", "", cell.split("</td>")[0]).strip() for cell in page.split('<td class="field-due">')[1:]
+        ]
+
+    assert rows_shown() == rows
+    assert (
+        str(Occurrence.objects.get(pk=skipped.pk))
+        == f"Spring sale @ {rows[1]}: skipped (missed for longer than the window)"
+    )
+
+    # Approved before versions were kept, then edited: the edit is pending, version 1 still sends.
+    Campaign.objects.filter(pk=campaign.pk).update(approved_version={})
+    campaign_update(campaign_id=campaign.pk, by=manager_alice, throttle_per_second=50)
+    assert Campaign.objects.get(pk=campaign.pk).has_pending_revision
+    assert rows_shown() == rows
+
+    # Version 2 sends at 09:00 in Paris, not at each profile's local time.
+    campaign_update(campaign_id=campaign.pk, by=manager_alice, at_local_time=False)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=due + dt.timedelta(hours=28))
+    assert Campaign.objects.get(pk=campaign.pk).approved().at_local_time is False
+    assert rows_shown() == rows

@@ -490,3 +490,41 @@ def test_the_migration_labels_the_dispatches_sent_before_as_their_schedule_was_e
     assert (
         Dispatch.objects.get(pk=dispatches["Local"]).label == "Local v1 @ 2026-11-25 10:00 at each profile's local time"
     )
+
+
+def test_an_occurrence_keeps_how_it_fired_and_the_migration_says_it_for_those_recorded_before(make_campaign, approve):
+    """The scheduler records whether the approved version sent the occurrence at each profile's
+    local time. Rows recorded before: from their dispatch when they made one, else from the
+    approved version (the campaign's row when it was approved before versions were kept)."""
+    import importlib
+    from zoneinfo import ZoneInfo
+
+    from django.apps import apps
+
+    forwards = importlib.import_module("campaigns.migrations.0013_occurrence_at_local_time").forwards
+    ten = dt.datetime(2026, 11, 25, 10, 0, tzinfo=ZoneInfo("Europe/Paris"))
+    zoned = approve(make_campaign(name="Zoned", schedule_kind="at", send_at=T0, time_zone="Europe/Paris"))
+    local = make_campaign(name="Local", schedule_kind="at", send_at=ten, time_zone="Europe/Paris", at_local_time=True)
+    local = approve(local, now=ten - dt.timedelta(days=2))
+    sent = {}
+    for campaign in (zoned, local):
+        (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=campaign.next_occurrence_at)
+        assert occurrence.dispatch_id is not None
+        sent[campaign.name] = occurrence
+    assert (sent["Zoned"].at_local_time, sent["Local"].at_local_time) == (False, True)
+    # Skipped, no dispatch: of the approved local campaign, and of one approved before versions were kept.
+    legacy = make_campaign(name="Legacy", schedule_kind="at", send_at=ten, time_zone="Europe/Paris", at_local_time=True)
+    Campaign.objects.filter(pk=legacy.pk).update(status="scheduled", approved_version={})
+    for campaign in (local, legacy):
+        Occurrence.objects.create(campaign=campaign, due_at=ten + dt.timedelta(days=7), outcome="skipped_missed")
+    Occurrence.objects.update(at_local_time=None)  # as recorded before
+
+    forwards(apps, None)
+
+    kept = Occurrence.objects.values_list("campaign__name", "dispatch_id", "at_local_time")
+    assert {(name, "sent" if dispatch else "missed"): local for name, dispatch, local in kept} == {
+        ("Zoned", "sent"): False,
+        ("Local", "sent"): True,
+        ("Local", "missed"): True,
+        ("Legacy", "missed"): True,
+    }
