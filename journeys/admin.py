@@ -26,6 +26,7 @@ from journeys.selectors import (
     journey_shown_version,
     journeys_visible_to,
     version_dispatches,
+    version_others_sent,
     version_step_stats,
     version_totals,
 )
@@ -449,6 +450,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         charts = report_charts(dispatch_ids=dispatches.values_list("id", flat=True))
         stats = self._shown_stats(obj)
         charts["steps"] = step_series(stats)
+        head = _report_version_html(obj, version)  # above the conversions too: they are the version's
         html = format_html(
             "{}{}",
             rows_deleted_html(rows_deleted(dispatches), "UTC", per_profile="the conversions per step"),
@@ -456,9 +458,10 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         )
         goal = Goal.of(obj)
         if goal is None:
-            return html
+            return format_html("{}{}", head, html)
         rows = [(step, counts["conversions"]) for step, counts in stats.items() if "conversions" in counts]
-        return format_html("{}{}", conversions_html(rows, goal.as_dict(), table_id="journey-conversions"), html)
+        conversions = conversions_html(rows, goal.as_dict(), table_id="journey-conversions")
+        return format_html("{}{}{}", head, conversions, html)
 
     lifecycle_button_name = "journey_action"
 
@@ -474,6 +477,21 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             "stop": lambda: journey_stop(journey_id=object_id, by=by),
             "archive": lambda: journey_archive(journey_id=object_id, by=by),
         }
+
+
+def _report_version_html(journey: Journey, version) -> str:
+    """Whose sends the report counts: the shown version's, and what the other versions sent besides,
+    which it does not count (a version's steps are its own)."""
+    others = version_others_sent(version)
+    besides = "; ".join(
+        f"version {number}: {targeted:,} targeted, {accepted:,} accepted" for number, targeted, accepted in others
+    )
+    return format_html(
+        '<p id="report-version">The figures below are version {} ({}).{}</p>',
+        version.number,
+        version_status_text(journey, version).lower(),
+        f" Not counted in them, the sends of {besides}." if besides else "",
+    )
 
 
 def _draft_discarded(journey: Journey) -> tuple[str, None]:

@@ -94,6 +94,29 @@ def version_dispatches(version: JourneyVersion):
     return Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id=version.pk)
 
 
+def version_others_sent(version: JourneyVersion) -> list[tuple[int, int, int]]:
+    """What the journey's other versions sent, as (version number, targeted, accepted) by number,
+    from their dispatches' rollup as a report counts them; versions that sent nothing are left out.
+    At most three queries."""
+    from delivery.models import Dispatch
+    from delivery.reports import rollup_rows
+
+    numbers = dict(
+        JourneyVersion.objects.filter(journey_id=version.journey_id).exclude(pk=version.pk).values_list("pk", "number")
+    )
+    if not numbers:
+        return []
+    others = dict(
+        Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id__in=list(numbers)).values_list("pk", "source_id")
+    )
+    if not others:
+        return []
+    sent: dict[int, dict[str, int]] = defaultdict(lambda: {"targeted": 0, "accepted": 0})
+    for row in rollup_rows(list(others), by=("dispatch_id", "outcome"), outcome__in=("targeted", "accepted")):
+        sent[numbers[others[row["dispatch_id"]]]][row["outcome"]] += row["n"]
+    return [(number, n["targeted"], n["accepted"]) for number, n in sorted(sent.items()) if n["targeted"]]
+
+
 JOURNEY_STEP = "journey_step"  # a journey's per-profile figures are grouped by the step that sent
 
 

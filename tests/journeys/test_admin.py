@@ -731,3 +731,31 @@ def test_a_colleague_reads_in_the_builder_the_segments_and_contents_the_journey_
     # The entry's list offers it not: a segment chosen there anew must be one's own.
     entry = page.split('name="entry_segment"', 1)[1].split("</select>", 1)[0]
     assert f'value="{vips.pk}"' not in entry
+
+
+def test_the_report_says_whose_sends_it_counts_and_what_earlier_versions_sent(
+    login, viewer_carol, manager_alice, sim_journey, sim_team, vips, publish, django_capture_on_commit_callbacks
+):
+    """Once a new version went live, the report counted only its sends and said nothing of it: a
+    journey that had sent to everyone read "Nothing accepted yet"."""
+    from journeys.services.lifecycle import journey_version_edit
+    from tests.factories import DeviceFactory
+
+    for profile in ProfileFactory.create_batch(3):
+        DeviceFactory(profile=profile, app=sim_team, platform="android")
+        SegmentMemberFactory(segment=vips, profile=profile)
+    with django_capture_on_commit_callbacks(execute=True):
+        journey = publish(sim_journey())
+    client = login(viewer_carol)
+    page = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert '<p id="report-version">The figures below are version 1 (live).</p>' in page
+
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="purchase")
+    with django_capture_on_commit_callbacks(execute=True):
+        journey = publish(journey)
+    page = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert (
+        '<p id="report-version">The figures below are version 2 (live). Not counted in them, the sends of '
+        "version 1: 3 targeted, 3 accepted.</p>"
+    ) in page
+    assert "Nothing accepted yet." in page  # version 2 sent nothing: its figures say so
