@@ -1,3 +1,4 @@
+import datetime as dt
 import json
 from urllib.parse import quote
 
@@ -566,7 +567,16 @@ class EnrollmentAdmin(BigTableAdmin):
 
     @admin.display(description="History")
     def history_table(self, obj):
+        rows = ((step, _history_time(at), outcome) for step, at, outcome in obj.history or [])
         return format_html(
             '<table class="enrollment-history"><tr><th>step</th><th>at</th><th>outcome</th></tr>{}</table>',
-            format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", (tuple(h) for h in obj.history or [])),
+            format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
         )
+
+
+def _history_time(stamp: str) -> str:
+    """A history step's time (stored as ISO text) as the journey's other times show: in UTC, named."""
+    try:
+        return zoned(dt.datetime.fromisoformat(stamp), JOURNEY_ZONE)
+    except (TypeError, ValueError):
+        return str(stamp)

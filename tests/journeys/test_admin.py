@@ -210,7 +210,13 @@ def test_journey_pages_show_their_times_in_utc_named(login, viewer_carol, make_j
     Journey.objects.filter(pk=journey.pk).update(updated_at=at)
     ApprovalRequest.objects.filter(subject_id=str(journey.pk)).update(decided_at=at)
     enrollment = Enrollment.objects.create(
-        journey=journey, version=journey.live_version, profile=profile, step="start", due_at=at, entered_at=at
+        journey=journey,
+        version=journey.live_version,
+        profile=profile,
+        step="start",
+        due_at=at,
+        entered_at=at,
+        history=[["start", "2027-01-05T14:30:09+00:00", "waiting"]],
     )
     client = login(viewer_carol)
     listing = client.get("/admin/journeys/journey/").content.decode()
@@ -223,6 +229,7 @@ def test_journey_pages_show_their_times_in_utc_named(login, viewer_carol, make_j
     detail = client.get(f"/admin/journeys/enrollment/{enrollment.pk}/change/").content.decode()
     field = detail[detail.index("<label>Due at:</label>") :]
     assert "2027-01-05 14:30 (UTC)" in field[: field.index("</div>")]
+    assert "<tr><td>start</td><td>2027-01-05 14:30 (UTC)</td><td>waiting</td></tr>" in detail  # its history too
 
 
 # Each transition button: the state it is pressed in, and the state it leads to.
