@@ -37,7 +37,7 @@ def instance_claim(*, name: str | None = None) -> dict:
     Returns the counts of what was voided; writes an audit event.
     """
     from campaigns.models import Campaign, Occurrence
-    from campaigns.schedule import next_occurrence
+    from campaigns.schedule import at_local_time, next_occurrence
     from delivery.models import Delivery, Dispatch
     from delivery.services.rollups import deliveries_finish
     from journeys.models import Enrollment
@@ -78,6 +78,11 @@ def instance_claim(*, name: str | None = None) -> dict:
             status__in=(Campaign.Status.SCHEDULED, Campaign.Status.LIVE), next_occurrence_at__lte=now
         )
         for campaign in due:
+            # The schedule that sends is the approved version's, whatever revision is pending
+            # (as the scheduler reads it): its occurrences are voided and its next one is kept.
+            approved = campaign.approved()
+            if approved is None:  # nothing approved sends: the scheduler skips it too
+                continue
             when = campaign.next_occurrence_at
             while when is not None and when <= now:
                 Occurrence.objects.get_or_create(
@@ -86,10 +91,11 @@ def instance_claim(*, name: str | None = None) -> dict:
                     defaults={
                         "outcome": Occurrence.Outcome.SKIPPED_MISSED,
                         "note": f"voided when instance {name!r} claimed this database",
+                        "at_local_time": at_local_time(approved),
                     },
                 )
                 counts["occurrences"] += 1
-                when = next_occurrence(campaign, after=when)
+                when = next_occurrence(approved, after=when)
             campaign.next_occurrence_at = when
             campaign.save(update_fields=["next_occurrence_at"])
         counts["enrollments"] = Enrollment.objects.filter(status__in=Enrollment.OPEN_STATUSES, due_at__lte=now).update(

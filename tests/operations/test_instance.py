@@ -177,3 +177,28 @@ def test_an_unclaimed_copys_watchdog_says_why_once_then_stays_quiet_until_it_cha
     dispatches_watch_task()
     lines = said()
     assert len(lines) == 1 and "staging-eu" in lines[0], lines
+
+
+def test_instance_claim_moves_a_schedule_on_by_its_approved_version_not_a_pending_edit(
+    restored_copy, make_campaign, approve
+):
+    """A revision waiting for approval moved the daily time and turned local time on: the next send
+    the claim sets is the approved schedule's, and the voided occurrences read as it sent them."""
+    from campaigns.models import Campaign, Occurrence
+
+    now = timezone.now().replace(second=0, microsecond=0)
+    send_at = now - dt.timedelta(days=2, minutes=5)
+    campaign = approve(
+        make_campaign(schedule_kind="recurring", send_at=send_at, recurrence="daily", missed_window_minutes=600),
+        now=now - dt.timedelta(days=3),
+    )
+    Campaign.objects.filter(pk=campaign.pk).update(send_at=send_at + dt.timedelta(hours=3), at_local_time=True)
+    assert Campaign.objects.get(pk=campaign.pk).has_pending_revision
+
+    call_command("instance_claim", "--yes", stdout=io.StringIO())
+
+    campaign = Campaign.objects.get(pk=campaign.pk)
+    assert campaign.next_occurrence_at == send_at + dt.timedelta(days=3)  # the approved time of day, tomorrow
+    voided = Occurrence.objects.filter(campaign=campaign).order_by("due_at")
+    assert [o.due_at for o in voided] == [send_at + dt.timedelta(days=n) for n in range(3)]
+    assert {(o.outcome, o.at_local_time) for o in voided} == {("skipped_missed", False)}
