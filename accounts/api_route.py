@@ -41,6 +41,8 @@ ROUTES = (
     (re.compile(r"^/api/v1/campaigns/([0-9]+)/trigger/\Z"), "campaigns.api.CampaignTriggerView", "campaign_id"),
     (re.compile(r"^/api/v1/events/bulk/\Z"), "audiences.api.EventBulkView", None),
 )
+# More digits than any bigint id has; the URL resolver answers such a path (its 404).
+MAX_ID_DIGITS = 20
 _RENDERER = JSONRenderer()
 _FRAME_OPTIONS = XFrameOptionsMiddleware(lambda request: None)
 _HANDLED = (APIException, DjangoValidationError, DjangoPermissionDenied, Http404)
@@ -56,6 +58,8 @@ class ApiRouteMiddleware:
             for path, view, argument in self.routes:
                 match = path.match(request.path_info)
                 if match is not None:
+                    if argument and len(match[1]) > MAX_ID_DIGITS:
+                        break  # no row has such an id (int() refuses one past 4,300 digits): the URLs' 404
                     response = api_route(request, view(), {argument: int(match[1])} if argument else {})
                     if response is not None:
                         return response

@@ -77,6 +77,8 @@ def _scenario(name, campaign, pushsim_app, manager_alice, manager_mallory, api_k
         client = api_key_for(manager_mallory, scopes=["trigger"])
     elif name == "unknown_campaign":
         url = "/api/v1/campaigns/99999999999999999999/trigger/"  # beyond any id the database can hold
+    elif name == "campaign_id_past_int_digits":
+        url = f"/api/v1/campaigns/{'9' * 5000}/trigger/"  # int() refuses more than 4,300 digits: it was a 500
     elif name == "idempotency_key_nul":
         headers["HTTP_IDEMPOTENCY_KEY"] = "order\x00-1"
     elif name == "bad_json":
@@ -93,6 +95,7 @@ SCENARIOS = {
     "throttled": (429, True),
     "outside_access": (404, True),
     "unknown_campaign": (404, True),
+    "campaign_id_past_int_digits": (404, False),
     "idempotency_key_nul": (400, True),
     "no_scope": (403, False),
     "revoked": (401, False),
