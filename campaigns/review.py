@@ -70,7 +70,8 @@ def next_send_text(campaign: Campaign) -> str:
     at each profile's local time, the time of day as entered and when the send starts it (UTC+14
     gets there first), as the approved version says. "—" when nothing is due."""
     approved = (campaign.approved_version or {}).get("fields") or {}
-    when = zoned(campaign.next_occurrence_at, campaign.time_zone)
+    # In the zone the approved schedule was entered in: a pending revision's zone sends nothing yet.
+    when = zoned(campaign.next_occurrence_at, approved.get("time_zone") or campaign.time_zone)
     if campaign.next_occurrence_at is None or not approved.get("at_local_time") or approved["schedule_kind"] == "now":
         return when
     wall = dt.datetime.fromisoformat(local_wall_time(campaign, campaign.next_occurrence_at))

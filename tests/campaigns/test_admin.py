@@ -403,6 +403,28 @@ def test_the_next_send_of_a_local_time_campaign_reads_as_entered_and_says_when_i
     assert said in client.get("/admin/campaigns/campaign/").content.decode()
 
 
+def test_the_next_send_reads_in_the_approved_zone_while_a_revision_changes_it(
+    client, make_campaign, manager_alice, approver_bob
+):
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    nine = dt.datetime(2027, 1, 5, 9, 0, tzinfo=ZoneInfo("Europe/Paris"))
+    campaign = make_campaign(schedule_kind="at", send_at=nine, time_zone="Europe/Paris")
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=nine - dt.timedelta(days=2))
+    # A revision waiting for approval moves the campaign to New York: the approved 09:00 Paris still sends.
+    Campaign.objects.filter(pk=campaign.pk).update(time_zone="America/New_York")
+    assert Campaign.objects.get(pk=campaign.pk).has_pending_revision
+
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    field = page[page.index("field-next_send") :]
+    assert field[: field.index("</div>", field.index('class="readonly"'))].endswith("2027-01-05 09:00 (Europe/Paris)")
+    listed = client.get("/admin/campaigns/campaign/").content.decode()
+    assert "2027-01-05 09:00 (Europe/Paris)" in listed and "03:00 (America/New_York)" not in listed
+
+
 def test_the_review_says_when_it_was_asked_in_the_campaigns_zone_named(
     client, make_campaign, manager_alice, approver_bob
 ):
