@@ -34,6 +34,12 @@ class DeliveryRulesForm(forms.ModelForm):
             "default_timezone",
         )
 
+    def clean_frequency_cap(self):
+        cap = self.cleaned_data["frequency_cap"]
+        if cap == 0:
+            raise forms.ValidationError("A cap is at least 1 push: leave it empty for no cap.")
+        return cap
+
     def clean_default_timezone(self):
         name = self.cleaned_data["default_timezone"]
         try:

@@ -84,3 +84,29 @@ def test_a_window_of_no_hours_or_of_more_than_a_year_is_refused(client, app, adm
     assert answer.status_code == 200
     assert "1 to 8,784 hours" in _field_errors(answer.content.decode(), "frequency_window_hours")
     assert not DeliveryRules.objects.filter(app=app).exists()
+
+
+def test_a_cap_of_no_push_is_refused_saying_empty_means_no_cap(client, app, admin_erin):
+    client.force_login(admin_erin)
+    answer = client.post(ADD, _form(app, frequency_cap=0))
+    said = _field_errors(answer.content.decode(), "frequency_cap")
+    assert "errorlist" in said and "leave it empty for no cap" in said, said
+    assert not DeliveryRules.objects.filter(app=app).exists()
+
+
+def test_the_migration_brings_rules_saved_before_their_bounds_within_them(db):
+    """A window of millions of hours made every send of the app fail; a cap of 0 was read as none."""
+    import importlib
+
+    from django.apps import apps
+
+    bounded = importlib.import_module("delivery.migrations.0028_delivery_rules_bounds").bounded
+    shop, bank, news = AppFactory(name="Shop"), AppFactory(name="Bank"), AppFactory(name="News")
+    DeliveryRules.objects.create(app=shop, frequency_cap=3, frequency_window_hours=5_000_000)
+    DeliveryRules.objects.create(app=bank, frequency_cap=0, frequency_window_hours=48)
+    DeliveryRules.objects.create(app=news, frequency_cap=2, frequency_window_hours=8_784)
+
+    bounded(apps, None)
+
+    kept = DeliveryRules.objects.values_list("app__name", "frequency_cap", "frequency_window_hours")
+    assert set(kept) == {("Shop", 3, 8_784), ("Bank", None, 48), ("News", 2, 8_784)}
