@@ -1,11 +1,15 @@
 """Every route of /api/v1/. Each app contributes its own ``api.urlpatterns``."""
 
+from django.conf import settings
+from django.core.exceptions import TooManyFieldsSent
 from django.http import JsonResponse
 from django.urls import path, re_path
+from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts import api as accounts_api
+from accounts.middleware import API_PREFIX
 from audiences import api as audiences_api
 from campaigns import api as campaigns_api
 from delivery import api as delivery_api
@@ -16,6 +20,28 @@ from journeys import api as journeys_api
 def api_not_found(request, *args, **kwargs):
     """Any other path under /api/v1/ (a negative or non-numeric id included): the API's JSON 404."""
     return JsonResponse({"code": "not_found", "detail": "Not found."}, status=404)
+
+
+def bad_request(request, exception):
+    """Django's 400 (a request refused before any view ran: more query parameters than
+    ``DATA_UPLOAD_MAX_NUMBER_FIELDS``, a Host not allowed): the API's JSON under /api/, Django's
+    page elsewhere. The exception's text is not echoed (it names settings)."""
+    if not request.path.startswith(API_PREFIX):
+        return defaults.bad_request(request, exception)
+    if isinstance(exception, TooManyFieldsSent):
+        detail = f"The query has more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} parameters."
+        return JsonResponse({"code": "too_many_parameters", "detail": detail}, status=400)
+    return JsonResponse({"code": "bad_request", "detail": "Bad request."}, status=400)
+
+
+def server_error(request):
+    """Django's 500: the API's JSON under /api/ (an integrator's client reads JSON), the page elsewhere."""
+    if not request.path.startswith(API_PREFIX):
+        return defaults.server_error(request)
+    return JsonResponse(
+        {"code": "server_error", "detail": "The server could not finish this request; the error was logged."},
+        status=500,
+    )
 
 
 # One flat list, not an include per app: an include that does not hold the path raises Resolver404

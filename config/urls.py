@@ -7,3 +7,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include(("config.api_urls", "api"), namespace="api")),
 ]
+
+# The API answers JSON even for what Django refuses before any view runs, and for its own failures.
+handler400 = "config.api_urls.bad_request"
+handler500 = "config.api_urls.server_error"

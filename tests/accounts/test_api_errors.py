@@ -1,0 +1,55 @@
+"""What the API answers when Django refuses a request before any view runs, or a view fails: JSON
+with a ``code`` and a ``detail``, as every other answer of the API; the admin keeps its pages."""
+
+import pytest
+from django.test import Client
+from django.urls import path
+
+import config.urls
+
+pytestmark = pytest.mark.django_db
+
+
+def _fails(request):
+    raise RuntimeError("a failure no handler answers")
+
+
+# This module is the URLconf of the tests that need a view that fails (``pytest.mark.urls``): the
+# project's routes and error handlers, and one failing view under /api/ and one in the admin's place.
+urlpatterns = [path("api/v1/failing/", _fails), path("failing/", _fails), *config.urls.urlpatterns]
+handler400 = config.urls.handler400
+handler500 = config.urls.handler500
+
+MANY = "&".join(f"p{i}=1" for i in range(1001))
+
+
+@pytest.mark.parametrize("path", ["/api/v1/campaigns/", "/api/v1/campaigns/1/trigger/", "/api/v1/nothing/"])
+def test_more_query_parameters_than_django_reads_answer_a_json_400(manager_alice, api_key_for, path):
+    client = api_key_for(manager_alice, scopes=["read", "trigger"])
+    for response in (client.get(f"{path}?{MANY}"), client.post(f"{path}?{MANY}", {}, format="json")):
+        assert response.status_code == 400
+        assert response["Content-Type"] == "application/json"
+        assert response.json() == {
+            "code": "too_many_parameters",
+            "detail": "The query has more than 1000 parameters.",
+        }
+
+
+def test_the_admin_keeps_its_400_page(client, admin_erin):
+    client.force_login(admin_erin)
+    response = client.get(f"/admin/?{MANY}")
+    assert response.status_code == 400
+    assert response["Content-Type"].startswith("text/html")
+
+
+@pytest.mark.urls(__name__)
+def test_a_view_that_fails_answers_a_json_500_under_the_api_and_the_page_elsewhere(admin_erin):
+    client = Client(raise_request_exception=False)
+    response = client.get("/api/v1/failing/")
+    assert response.status_code == 500
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["code"] == "server_error"
+    assert "failure" not in response.json()["detail"]  # nothing of the error itself
+    page = client.get("/failing/")
+    assert page.status_code == 500 and page["Content-Type"].startswith("text/html")
+    assert b"Something went wrong" in page.content
