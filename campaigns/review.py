@@ -269,7 +269,7 @@ def variants_phones_html(
     return format_html('<div class="variant-previews">{}{}</div>', parts, holdout)
 
 
-def _texts(spec: dict) -> dict[str, dict]:
+def locale_texts(spec: dict) -> dict[str, dict]:
     """Title, subtitle and body per locale (the default locale's are the content's own fields)."""
     texts = {spec.get("default_locale") or "default": {k: spec.get(k, "") for k in ("title", "subtitle", "body")}}
     for locale, variant in sorted((spec.get("variants") or {}).items()):
@@ -307,7 +307,7 @@ def version_rows(version: dict, *, app_id: int, now: dt.datetime) -> list[tuple[
         ),
         ("Content", labels.get("content", "")),
     ]
-    for locale, texts in _texts(spec).items():
+    for locale, texts in locale_texts(spec).items():
         for key in ("title", "subtitle", "body"):
             rows.append((f"{key.capitalize()} ({locale})", texts[key] or "—"))
     rows += _spec_rows(spec)
@@ -328,7 +328,7 @@ def _variant_rows(variant: dict) -> list[tuple[str, str]]:
     rows = [(name, f"{variant.get('content', '')} — {variant['share']}%")]
     if variant["number"] == 1:
         return rows
-    for locale, texts in _texts(variant["spec"]).items():
+    for locale, texts in locale_texts(variant["spec"]).items():
         for key in ("title", "subtitle", "body"):
             rows.append((f"{name}: {key} ({locale})", texts[key] or "—"))
     return rows + [(f"{name}: {label.lower()}", text) for label, text in _spec_rows(variant["spec"])]
@@ -353,21 +353,31 @@ def version_diff(before: dict | None, after: dict, *, app_id: int, now: dt.datet
     """(label, before, after, changed) for every row of two snapshots; ``before`` None for a first review."""
     now = now or timezone.now()
     after_rows = version_rows(after, app_id=app_id, now=now)
-    if before is None:
+    return rows_diff(None if before is None else version_rows(before, app_id=app_id, now=now), after_rows)
+
+
+def rows_diff(before_rows: list[tuple[str, str]] | None, after_rows: list[tuple[str, str]]) -> list[tuple]:
+    """(label, before, after, changed) for every (label, text) row of two versions, those of ``after``
+    first; ``before_rows`` None for a first review."""
+    if before_rows is None:
         return [(label, "", text, False) for label, text in after_rows]
-    before_rows = dict(version_rows(before, app_id=app_id, now=now))
-    labels = [label for label, _ in after_rows] + [label for label in before_rows if label not in dict(after_rows)]
-    after_map = dict(after_rows)
+    before_map, after_map = dict(before_rows), dict(after_rows)
+    labels = [label for label, _ in after_rows] + [label for label in before_map if label not in after_map]
     return [
-        (label, before_rows.get(label, "—"), after_map.get(label, "—"), before_rows.get(label) != after_map.get(label))
+        (label, before_map.get(label, "—"), after_map.get(label, "—"), before_map.get(label) != after_map.get(label))
         for label in labels
     ]
 
 
 def version_diff_html(before: dict | None, after: dict, *, app_id: int, before_title: str) -> str:
     """The diff as a table: changed rows first and marked; a first review shows every row."""
-    rows = version_diff(before, after, app_id=app_id)
-    if before is None:
+    return rows_diff_html(version_diff(before, after, app_id=app_id), first=before is None, before_title=before_title)
+
+
+def rows_diff_html(rows: list[tuple], *, first: bool, before_title: str) -> str:
+    """``rows_diff``'s rows as the review's table: changed rows first and marked; a first review
+    (``first``) shows every row as what the approval covers."""
+    if first:
         body = format_html_join("", '<tr><th scope="row">{}</th><td>{}</td></tr>', [(r[0], r[2]) for r in rows])
         return format_html(
             '<table id="approval-diff" class="first-review"><caption>{}</caption>{}</table>',

@@ -1,10 +1,12 @@
 """What an approver sees: the version in review drawn as a graph, its entry, exit and re-entry, its pushes."""
 
+import json
+
 from django.utils.html import format_html, format_html_join
 
 from accounts.models import ApprovalRequest, User
 from journeys.diagram import duration_text, version_svg
-from journeys.graph import contents_of
+from journeys.graph import branch_label, contents_of, segments_of
 from journeys.models import Journey, JourneyVersion
 
 
@@ -44,14 +46,85 @@ def content_names(version: JourneyVersion) -> dict:
     return {("content", c.pk): c.name for c in PushContent.objects.filter(pk__in=ids)}
 
 
+def _step_text(step: dict, names: dict) -> str:
+    """A step in words, with where it leads: what the review compares of two versions."""
+    kind = step.get("type")
+    if kind == "wait":
+        wait = f"until {step['until']} (profile's time)" if "until" in step else duration_text(step.get("seconds", 0))
+        return f"wait {wait} → {step.get('next')}"
+    if kind == "push":
+        name = names.get(("content", step.get("content")), f"content {step.get('content')}")
+        return f"push '{name}' → {step.get('next')}"
+    if kind == "condition":
+        branches = []
+        for index, branch in enumerate(step.get("branches") or []):
+            if "segment" in branch:
+                holds = f"in segment '{names.get(('segment', branch['segment']), branch['segment'])}'"
+            elif "rules" in branch:
+                holds = "matches " + json.dumps(branch["rules"], sort_keys=True, separators=(", ", ": "))
+            else:
+                holds = f"did '{branch.get('event')}' since entering"
+            branches.append(f"{branch_label(branch, index)}: {holds} → {branch.get('next')}")
+        return "; ".join([*branches, f"all others → {step.get('else')}"])
+    if kind == "split":
+        return "; ".join(
+            f"{branch_label(branch, index)}: {branch.get('percent')}% → {branch.get('next')}"
+            for index, branch in enumerate(step.get("branches") or [])
+        )
+    return "exit"
+
+
+def version_rows(version: JourneyVersion, *, specs: dict[str, dict], names: dict) -> list[tuple[str, str]]:
+    """What an approval of ``version`` covers, as (label, text) rows: its entry and re-entry, its exit
+    criteria, each step with where it leads, and each push step's texts per locale (``specs``: by
+    step, the content as the version sends it)."""
+    from campaigns.review import locale_texts
+
+    rows = [("Entry", entry_text(version)), ("Exit criteria", exit_text(version))]
+    rows += [(f"Step '{step['id']}'", _step_text(step, names)) for step in version.steps()]
+    for step, spec in specs.items():
+        for locale, texts in locale_texts(spec).items():
+            shown = " · ".join(texts[key] for key in ("title", "subtitle", "body") if texts[key])
+            rows.append((f"Push '{step}' ({locale})", shown or "—"))
+    return rows
+
+
+def exit_text(version: JourneyVersion) -> str:
+    return f"the event '{version.exit_event}'" if version.exit_event else "none"
+
+
+def _revision_diff_html(journey: Journey, version: JourneyVersion, *, contents: dict, names: dict) -> str:
+    """What the version in review changes of the live one (what is sent now: its pushes as
+    approved), as a campaign's revision shows it; "" for a first version. ``contents`` and ``names``:
+    the version's push contents by id and their names (``content_names``)."""
+    from audiences.models import Segment
+    from campaigns.review import rows_diff, rows_diff_html
+
+    live = journey.live_version
+    if live is None or live == version:
+        return ""
+    names = {**content_names(live), **names}
+    segment_ids = segments_of(live.graph) | segments_of(version.graph)
+    names.update(
+        {("segment", pk): name for pk, name in Segment.objects.filter(pk__in=segment_ids).values_list("pk", "name")}
+    )
+    before = {step: item["spec"] for step, item in (live.frozen_specs or {}).items()}
+    after = {step: contents[cid].spec() for step, cid in contents_of(version.graph).items() if cid in contents}
+    rows = rows_diff(version_rows(live, specs=before, names=names), version_rows(version, specs=after, names=names))
+    sending = "live, sending now" if journey.status == Journey.Status.LIVE else "the last live one"
+    return rows_diff_html(rows, first=False, before_title=f"Version {live.number} ({sending})")
+
+
 def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: User) -> str:
-    """The review pane: the graph of the version in review and what it does."""
+    """The review pane: the version in review, its graph and what it does, and for a new version of a
+    journey that went live, what it changes."""
     from delivery.models import PushContent
 
     version = journey.versions.filter(status=JourneyVersion.Status.IN_REVIEW).first() or journey.live_version
     if version is None:
         return format_html("<p>{}</p>", "Nothing to review.")
     contents = {c.pk: c for c in PushContent.objects.filter(pk__in=set(contents_of(version.graph).values()))}
+    names = {("content", pk): content.name for pk, content in contents.items()}
     # Each push step with its phones, as the content shows on them (the version's frozen copy once approved).
     frozen = version.frozen_specs or {}
     pushes = format_html_join(
@@ -82,15 +155,16 @@ def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: Use
             ("App", journey.app.name),
             ("Entry", entry_text(version)),
             ("Who enters", entry_audience_text(version, app_id=journey.app_id)),
-            ("Exit criteria", f"the event '{version.exit_event}'" if version.exit_event else "none"),
+            ("Exit criteria", exit_text(version)),
         ],
     )
     return format_html(
-        '<div class="journey-review"><table>{}</table><div style="display:flex;gap:16px;flex-wrap:wrap">'
+        '<div class="journey-review"><table>{}</table>{}<div style="display:flex;gap:16px;flex-wrap:wrap">'
         '<div style="flex:2 1 480px;min-width:0">{}</div><div style="flex:1 1 300px"><h3>Pushes</h3><ul>{}</ul></div>'
         "</div></div>",
         rows,
-        version_svg(version, names=content_names(version)),
+        _revision_diff_html(journey, version, contents=contents, names=names),
+        version_svg(version, names=names),
         pushes,
     )
 

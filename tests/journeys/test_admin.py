@@ -766,3 +766,43 @@ def test_the_report_says_whose_sends_it_counts_and_what_earlier_versions_sent(
         "version 1: 3 targeted, 3 accepted.</p>"
     ) in page
     assert "Nothing accepted yet." in page  # version 2 sent nothing: its figures say so
+
+
+def test_the_review_of_a_new_version_says_what_changed_since_the_live_one(
+    login, manager_alice, approver_bob, make_journey, publish, vips, welcome
+):
+    """The approver of version 2 read it whole, with nothing to tell what it changes in what is
+    sent now: a longer wait, an exit event, a push's new title."""
+    from delivery.services.contents import pushcontent_save
+    from journeys.services.lifecycle import journey_version_edit
+
+    journey = publish(make_journey())
+    graph = simple_graph(condition_segment=vips.pk, content=welcome.pk, wait=3600)
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, graph=graph, exit_event="purchase")
+    welcome.title = "Hi"
+    pushcontent_save(content=welcome, by=manager_alice)  # the live version sends what was approved
+    request = journey_submit(journey_id=journey.pk, by=manager_alice)
+    review = login(approver_bob).get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+    table = review[review.index('<table id="approval-diff"') :]
+    table = table[: table.index("</table>")]
+    assert "What changed since the approved version — 3 changes" in table
+    assert "<th>Version 1 (live, sending now)</th><th>This revision</th>" in table
+    rows = re.findall(r'<tr class="(\w+)"><th scope="row">(.*?)</th><td>(.*?)</td><td>(.*?)</td></tr>', table)
+    assert rows[:3] == [
+        ("changed", "Exit criteria", "none", "the event &#x27;purchase&#x27;"),
+        ("changed", "Step &#x27;start&#x27;", "wait 0 s → check", "wait 1 hour(s) → check"),
+        ("changed", "Push &#x27;push&#x27; (en)", "Hello · Welcome aboard", "Hi · Welcome aboard"),
+    ]
+    assert (
+        "unchanged",
+        "Step &#x27;check&#x27;",
+        "VIP: in segment &#x27;VIPs&#x27; → push; all others → done",
+        "(unchanged)",
+    ) in rows
+    assert ("unchanged", "Step &#x27;push&#x27;", "push &#x27;Welcome&#x27; → done", "(unchanged)") in rows
+
+
+def test_the_review_of_a_first_version_has_no_diff(login, manager_alice, approver_bob, make_journey):
+    request = journey_submit(journey_id=make_journey().pk, by=manager_alice)
+    review = login(approver_bob).get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+    assert "Onboarding — version 1</td>" in review and 'id="approval-diff"' not in review
