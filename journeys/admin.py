@@ -17,7 +17,7 @@ from accounts.services import TransitionError
 from config.zones import zoned, zoned_column
 from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
 from journeys.diagram import WAIT_UNITS, duration_parts, version_svg
-from journeys.graph import DAY_SECONDS, EVENT_NAME_MAX, GraphInvalid, contents_of, graph_validate, segments_of
+from journeys.graph import DAY_SECONDS, EVENT_NAME_MAX, GraphInvalid, contents_of, graph_validate, rules_of, segments_of
 from journeys.models import Enrollment, Journey, JourneyVersion
 from journeys.review import content_names, entry_audience_text, entry_text
 from journeys.selectors import (
@@ -238,6 +238,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     def get_form(self, request, obj=None, change=False, **kwargs):
         from audiences.admin.segments import builder_meta
         from audiences.models import Segment
+        from audiences.rules.schema import segment_references
         from delivery.models import PushContent
 
         form = super().get_form(request, obj, change=change, **kwargs)
@@ -272,10 +273,17 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
                 offered += (
                     PushContent.objects.select_related("app").filter(pk__in=named).order_by("name") if named else []
                 )
+                rules = builder_meta(request.user)
+                named = {ref for tree in rules_of(shown.graph) for ref in segment_references(tree)} if shown else set()
+                named -= {s["id"] for s in rules["segments"]}
+                if named:  # a rule's membership of a segment not granted, as above
+                    rules["segments"] += (
+                        Segment.objects.filter(pk__in=named).order_by("name").values("id", "name", "kind")
+                    )
                 meta = {
                     "segments": [{"id": s.pk, "name": s.name} for s in listed],
                     "contents": [{"id": c.pk, "name": f"{c.name} ({c.app.name})"} for c in offered],
-                    "rules": builder_meta(request.user),
+                    "rules": rules,
                     "wait_units": [[str(unit), typed] for unit, typed in _UNIT_CHOICES],
                 }
                 self.fields["graph"].widget = StepEditorWidget(meta=meta)

@@ -735,6 +735,14 @@ def test_a_colleague_reads_in_the_builder_the_segments_and_contents_the_journey_
     meta = _builder_meta(login(trent).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode())
     assert meta["contents"] == [{"id": welcome.pk, "name": "Welcome (Shop)"}]
     assert {s["name"] for s in meta["segments"]} == {"Everyone", "VIPs"}
+    # A rule's membership of it, drawn by the rule builder, the same.
+    from journeys.services.lifecycle import journey_version_edit
+
+    graph = simple_graph(condition_segment=vips.pk, content=welcome.pk)
+    graph["steps"][1]["branches"] = [{"label": "VIP", "rules": {"all": [{"segment": vips.pk}]}, "next": "push"}]
+    journey_version_edit(journey_id=journey.pk, by=journey.owner, graph=graph)
+    page = login(manager_mallory).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert {"id": vips.pk, "name": "VIPs", "kind": "static"} in _builder_meta(page)["rules"]["segments"]
     # The entry's list offers it not: a segment chosen there anew must be one's own.
     entry = page.split('name="entry_segment"', 1)[1].split("</select>", 1)[0]
     assert f'value="{vips.pk}"' not in entry
