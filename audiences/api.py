@@ -321,6 +321,8 @@ class ProfileUpsertView(APIView):
         serializer = ProfileInSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         result = profiles_upsert(items=[serializer.validated_data], by=request.user)[0]
+        if result.status == "refused":
+            raise serializers.ValidationError(result.errors)
         profile = Profile.objects.get(pk=result.profile_id)
         return Response(
             {**ProfileOutSerializer(profile).data, "result": result.status},
@@ -384,7 +386,10 @@ class ProfileBulkView(APIView):
         if good:
             upserted = profiles_upsert(items=[data for _, data in good], by=request.user)
             for (index, _), result in zip(good, upserted, strict=True):
-                results[index] = {"index": index, "status": result.status, "external_id": result.external_id}
+                if result.status == "refused":
+                    results[index] = {"index": index, "status": "error", "errors": _flatten(result.errors)}
+                else:
+                    results[index] = {"index": index, "status": result.status, "external_id": result.external_id}
         failed = sum(1 for r in results if r["status"] == "error")
         return Response({"results": results, "accepted": len(results) - failed, "failed": failed})
 

@@ -98,17 +98,48 @@ def _merged(current: dict, changes: dict | None) -> dict:
     return merged
 
 
-def _apply(profile: Profile, item: dict) -> None:
-    """Give ``profile`` (in memory) one upsert item's values. Applying a profile's items a second
-    time changes nothing: each name, locale, time zone ends as its last item says, the last seen
-    time at the latest."""
-    profile.attributes = _merged(profile.attributes, item.get("attributes"))
+def merged_attributes_problem(current: dict, merged: dict, given: dict) -> str | None:
+    """Why a profile whose attributes ``current`` become ``merged`` (by an item giving ``given``)
+    would break the limits ``profile_check`` states for one item, or None.
+
+    The limits hold for what the profile keeps, not only for what one call gives: calls adding
+    new names each would otherwise grow it without end. A profile already over a limit (kept
+    from before the limit) may still change as long as it does not grow past where it was.
+    """
+    if len(merged) > MAX_ATTRIBUTES and len(merged) > len(current):
+        return (
+            f"The profile would hold {len(merged)} attributes (at most {MAX_ATTRIBUTES}): "
+            "remove some by giving them as null."
+        )
+    if all(name in given for name in merged):  # its values are the item's own: profile_check measured them
+        return None
+    size = len(json_compact(merged))
+    if size > MAX_ATTRIBUTES_BYTES and size > len(json_compact(current)):
+        return (
+            f"The profile's attributes would take {size} bytes as JSON (at most {MAX_ATTRIBUTES_BYTES}): "
+            "remove some by giving them as null."
+        )
+    return None
+
+
+def _apply(profile: Profile, item: dict, *, limits: bool = True) -> dict[str, str]:
+    """Give ``profile`` (in memory) one upsert item's values, or nothing when the attributes it
+    would keep break the limits (``merged_attributes_problem``, unless ``limits`` is off): return
+    {field: message} then. Applying a profile's items a second time changes nothing: each name,
+    locale, time zone ends as its last item says, the last seen time at the latest."""
+    attributes = _merged(profile.attributes, item.get("attributes"))
+    if limits and attributes is not profile.attributes:
+        problem = merged_attributes_problem(profile.attributes, attributes, item["attributes"])
+        if problem is not None:
+            return {"attributes": problem}
+    profile.attributes = attributes
     if item.get("locale") is not None:
         profile.locale = item["locale"]
     if item.get("timezone") is not None:
         profile.timezone = item["timezone"]
     if item.get("last_seen_at") is not None:
         profile.last_seen_at = max(filter(None, [profile.last_seen_at, item["last_seen_at"]]))
+    return {}
 
 
 def _values(profile: Profile) -> tuple:
@@ -119,8 +150,9 @@ def _values(profile: Profile) -> tuple:
 @dataclass
 class UpsertResult:
     external_id: str
-    status: str  # created | updated | unchanged
+    status: str  # created | updated | unchanged | refused
     profile_id: int
+    errors: dict[str, str] | None = None  # refused: {field: message}
 
 
 def _locked(profiles):
@@ -135,8 +167,10 @@ def profiles_upsert(*, items: list[dict], by: User) -> list[UpsertResult]:
 
     Each item: ``external_id`` (required), ``attributes`` (merged: a null removes a name),
     ``locale``, ``timezone``, ``last_seen_at``. Items must be valid (``profile_check``); an
-    external id given twice is applied in order. Rows are locked as ``_locked`` says; rows that
-    would not change are not written.
+    external id given twice is applied in order. An item whose attributes, merged over what the
+    profile holds, break the limits (``merged_attributes_problem``) changes nothing and is
+    answered ``refused`` with its errors; the others land. Rows are locked as ``_locked`` says;
+    rows that would not change are not written.
     Raises PermissionDenied when the role may not write profiles, ValidationError on bad items.
     """
     _ensure_perm(by, "audiences.add_profile", "Your role may not write profiles.")
@@ -151,6 +185,7 @@ def profiles_upsert(*, items: list[dict], by: User) -> list[UpsertResult]:
         return []
     now = timezone.now()
     ids = sorted({item["external_id"] for item in items})
+    refused: dict[int, dict[str, str]] = {}  # an item's position -> its errors
     with transaction.atomic():
         existing = {p.external_id: p for p in _locked(Profile.objects.filter(external_id__in=ids))}
         missing = [x for x in ids if x not in existing]
@@ -159,9 +194,9 @@ def profiles_upsert(*, items: list[dict], by: User) -> list[UpsertResult]:
             # A new profile is written once, with what its items give it. One another writer
             # created meanwhile (this insert is then ignored) takes the items like a known one.
             fresh = {x: Profile(external_id=x, created_at=now, updated_at=now) for x in missing}
-            for item in items:
-                if item["external_id"] in fresh:
-                    _apply(fresh[item["external_id"]], item)
+            for index, item in enumerate(items):
+                if item["external_id"] in fresh and (problems := _apply(fresh[item["external_id"]], item)):
+                    refused[index] = problems
             Profile.objects.bulk_create(list(fresh.values()), ignore_conflicts=True)
             for profile in _locked(Profile.objects.filter(external_id__in=missing)):
                 existing[profile.external_id] = profile
@@ -169,10 +204,20 @@ def profiles_upsert(*, items: list[dict], by: User) -> list[UpsertResult]:
         created_as_read = {x: _values(existing[x]) for x in created_ids}
         changed: dict[str, Profile] = {}
         results: list[UpsertResult] = []
-        for item in items:
+        for index, item in enumerate(items):
             profile = existing[item["external_id"]]
             before = _values(profile)
-            _apply(profile, item)
+            # A profile created here holds the items its row was written with, refused ones left
+            # out: applied again, they end the same, and are not measured again.
+            if index not in refused and (
+                problems := _apply(profile, item, limits=profile.external_id not in created_ids)
+            ):
+                refused[index] = problems
+            if index in refused:
+                results.append(
+                    UpsertResult(profile.external_id, status="refused", profile_id=profile.pk, errors=refused[index])
+                )
+                continue
             if profile.external_id in created_ids:
                 status = "created"
             else:
@@ -190,7 +235,10 @@ def profiles_upsert(*, items: list[dict], by: User) -> list[UpsertResult]:
                 list(changed.values()), ["attributes", "locale", "timezone", "last_seen_at", "updated_at"]
             )
         counts = {s: sum(1 for r in results if r.status == s) for s in ("created", "updated", "unchanged")}
-        audit(actor=by, action="profiles_upserted", summary=counts)
+        if refused:
+            counts["refused"] = len(refused)
+        if len(refused) < len(items):  # a call refused whole wrote nothing
+            audit(actor=by, action="profiles_upserted", summary=counts)
     return results
 
 

@@ -3,6 +3,7 @@
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from accounts.models import AuditEvent
 from accounts.services import access_grant
 from audiences.models import Event, Import, Profile, Segment
 from audiences.services.segments import segment_create
@@ -74,6 +75,83 @@ def test_bulk_upsert_lands_good_items_and_reports_bad_ones(manager_alice, api_ke
     assert body["results"][1]["errors"][0]["field"] == "external_id"
     assert body["results"][2]["errors"][0]["field"] == "attributes"
     assert set(Profile.objects.values_list("external_id", flat=True)) == {"a", "c"}
+
+
+def _names(prefix: str, count: int, value="x") -> dict:
+    return {f"{prefix}{n}": value for n in range(count)}
+
+
+def test_a_profiles_attributes_stay_within_the_limits_over_many_calls(manager_alice, api_key_for):
+    # Each call within the limits; the second would have made the profile keep 300 names (it did).
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    first = client.post("/api/v1/profiles/", {"external_id": "u1", "attributes": _names("a", 150)}, format="json")
+    assert first.status_code == 201
+    more = client.post(
+        "/api/v1/profiles/", {"external_id": "u1", "attributes": _names("b", 150), "locale": "fr"}, format="json"
+    )
+    assert more.status_code == 400, more.json()
+    assert more.json()["errors"] == [
+        {
+            "field": "attributes",
+            "code": "invalid",
+            "detail": "The profile would hold 300 attributes (at most 200): remove some by giving them as null.",
+        }
+    ]
+    profile = Profile.objects.get()
+    assert (len(profile.attributes), profile.locale) == (150, "")  # nothing of the refused call
+    assert AuditEvent.objects.filter(action="profiles_upserted").count() == 1
+    # Names removed (null) make room: 150 - 50 + 100 = 200.
+    swap = {**_names("a", 50, None), **_names("b", 100)}
+    assert client.post("/api/v1/profiles/", {"external_id": "u1", "attributes": swap}, format="json").status_code == 200
+    profile.refresh_from_db()
+    assert len(profile.attributes) == 200 and "b99" in profile.attributes and "a0" not in profile.attributes
+
+
+def test_a_profiles_attributes_stay_within_16_kb_over_many_calls(manager_alice, api_key_for):
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    half = {"bio": "x" * 9000}
+    assert client.post("/api/v1/profiles/", {"external_id": "u1", "attributes": half}, format="json").status_code == 201
+    response = client.post(
+        "/api/v1/profiles/", {"external_id": "u1", "attributes": {"notes": "y" * 9000}}, format="json"
+    )
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "attributes"
+    assert "at most 16384" in response.json()["errors"][0]["detail"]
+    assert Profile.objects.get().attributes == half
+    # Replacing a value by a shorter one is taken, whatever the profile holds beside it.
+    shorter = client.post("/api/v1/profiles/", {"external_id": "u1", "attributes": {"bio": "z"}}, format="json")
+    assert shorter.status_code == 200 and Profile.objects.get().attributes == {"bio": "z"}
+
+
+def test_a_bulk_item_over_the_profiles_limits_fails_alone(manager_alice, api_key_for):
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    ProfileFactory(external_id="known", attributes=_names("a", 150))
+    payload = {
+        "profiles": [
+            {"external_id": "known", "attributes": _names("b", 100)},  # 250 names: refused
+            {"external_id": "new", "attributes": _names("a", 120)},
+            {"external_id": "new", "attributes": _names("b", 120)},  # 240 names on a profile made by this call
+            {"external_id": "new", "attributes": {"a0": "changed"}},
+            {"external_id": "known", "attributes": {"a0": "changed"}},
+        ]
+    }
+    body = client.post("/api/v1/profiles/bulk/", payload, format="json").json()
+    assert [r["status"] for r in body["results"]] == ["error", "created", "error", "created", "updated"]
+    assert (body["accepted"], body["failed"]) == (3, 2)
+    assert body["results"][0]["errors"][0]["field"] == "attributes"
+    assert "would hold 240 attributes" in body["results"][2]["errors"][0]["detail"]
+    known, new = Profile.objects.get(external_id="known"), Profile.objects.get(external_id="new")
+    assert len(known.attributes) == 150 and known.attributes["a0"] == "changed"
+    assert len(new.attributes) == 120 and new.attributes["a0"] == "changed" and "b0" not in new.attributes
+
+
+def test_a_profile_over_the_limits_from_before_may_still_change_without_growing(manager_alice, api_key_for):
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    ProfileFactory(external_id="u1", attributes=_names("a", 250))  # kept from before the limits held
+    kept = client.post("/api/v1/profiles/", {"external_id": "u1", "attributes": {"a0": "y"}}, format="json")
+    assert kept.status_code == 200 and kept.json()["attributes"]["a0"] == "y"
+    grown = client.post("/api/v1/profiles/", {"external_id": "u1", "attributes": {"new": 1}}, format="json")
+    assert grown.status_code == 400 and "new" not in Profile.objects.get().attributes
 
 
 def test_bulk_calls_are_capped_at_a_thousand_items(manager_alice, api_key_for):
