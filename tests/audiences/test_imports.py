@@ -7,7 +7,7 @@ import threading
 import pytest
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import OperationalError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from audiences.imports import SEGMENT_GONE, Batch, ImportRefused, spreadsheet_safe, write_batch
@@ -612,30 +612,26 @@ def test_after_a_resume_a_good_row_repeating_a_failed_rows_id_is_not_a_duplicate
     assert attrs("u3") == {"n": 5}
 
 
-def _failing_second_batch(monkeypatch):
-    import audiences.services.imports as services
-
-    real, calls = services.write_batch, []
-
-    def write_batch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise OperationalError("server closed the connection unexpectedly")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(services, "write_batch", write_batch)
+def disk_full() -> str:
+    """What the database says when ``database_refuses_profile`` makes it refuse a write, as the error quotes it."""
+    if connection.vendor == "postgresql":
+        return (
+            "OperationalError: could not extend file: No space left on device\n"
+            "CONTEXT:  PL/pgSQL function pushdesk_test_refuse() line 1 at RAISE"
+        )
+    return "IntegrityError: database or disk is full"
 
 
 def test_an_unexpected_error_fails_the_import_saying_what_landed_and_a_restart_finishes_it(
-    run_import, settings, monkeypatch, caplog, manager_alice, django_capture_on_commit_callbacks
+    run_import, settings, database_refuses_profile, caplog, manager_alice, django_capture_on_commit_callbacks
 ):
     """It stayed 'running' with no error, at 100 %, its first batch written."""
     settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
-    _failing_second_batch(monkeypatch)
+    lift = database_refuses_profile("u3")  # the second batch's first row
     record = run_import(b"external_id,n\nu1,1\n,bad\nu3,3\nu4,4\nu5,5\n")
     assert record.status == Import.Status.FAILED
     assert record.error == (
-        "Stopped by an unexpected error (OperationalError: server closed the connection unexpectedly). "
+        f"Stopped by an unexpected error ({disk_full()}). "
         "The file's first 2 rows (to line 3) were read and their good rows written, in whole batches; nothing "
         "after them was written. Restart the import to go on from there, or import the file again: the rows "
         "already written change nothing."
@@ -645,6 +641,7 @@ def test_an_unexpected_error_fails_the_import_saying_what_landed_and_a_restart_f
     assert [(r[0], r[2]) for r in error_rows(record)] == [("3", "external_id is empty")]
     assert any(r.levelname == "ERROR" and f"Import {record.pk}" in r.getMessage() for r in caplog.records)
 
+    lift()
     with django_capture_on_commit_callbacks(execute=True):
         import_restart(import_id=record.pk, by=manager_alice)
     record.refresh_from_db()
@@ -655,14 +652,17 @@ def test_an_unexpected_error_fails_the_import_saying_what_landed_and_a_restart_f
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_unexpected_error_in_the_writer_thread_fails_the_import(manager_alice, media, settings, monkeypatch):
+def test_an_unexpected_error_in_the_writer_thread_fails_the_import(
+    manager_alice, media, settings, database_refuses_profile
+):
     """Outside a transaction (as on a worker) the PostgreSQL batches are written by a second thread."""
     settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
-    _failing_second_batch(monkeypatch)
+    database_refuses_profile("u3")  # the second batch's first row
     upload = SimpleUploadedFile("people.csv", b"external_id\nu1\nu2\nu3\nu4\nu5\nu6\nu7\n", content_type="text/csv")
     record = import_create(upload=upload, by=manager_alice)
     record.refresh_from_db()
     assert record.status == Import.Status.FAILED
+    assert record.error.startswith(f"Stopped by an unexpected error ({disk_full()}).")
     assert "first 2 rows (to line 3)" in record.error
     assert (record.rows_done, record.rows_imported) == (2, 2)
     assert sorted(Profile.objects.values_list("external_id", flat=True)) == ["u1", "u2"]
