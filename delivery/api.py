@@ -50,8 +50,15 @@ class DeviceInSerializer(serializers.Serializer):
         choices=Platform.choices, error_messages={"invalid_choice": "Unknown platform “{input}”; use ios or android."}
     )
     token = JsonCharField(max_length=512, allow_blank=True, trim_whitespace=False)
-    push_enabled = JsonBooleanField(default=True, help_text="The phone's notification opt-in.")
-    is_test = JsonBooleanField(default=False)
+    push_enabled = JsonBooleanField(
+        required=False,
+        help_text="The phone's notification opt-in. Left out: true for a new token; a known one keeps its own.",
+    )
+    is_test = JsonBooleanField(
+        required=False,
+        help_text="A test device (it gets test sends). Left out: false for a new token; a known one keeps its own "
+        "(the flag an admin set).",
+    )
 
 
 class DeviceRefSerializer(serializers.Serializer):

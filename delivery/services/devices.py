@@ -46,13 +46,16 @@ def device_register(
     platform: str,
     token: str,
     by: User,
-    push_enabled: bool = True,
-    is_test: bool = False,
+    push_enabled: bool | None = None,
+    is_test: bool | None = None,
 ) -> Device:
     """Register (or re-register) a push token for the profile ``external_id``.
 
     The profile is created when it does not exist yet. A token already known for the app is
     moved to this profile and made active again (a dead token comes back to life only this way).
+    ``push_enabled`` and ``is_test`` left out (None) keep a known token's own (the phone's opt-in
+    as last reported, the test flag an admin set: an app registering at each launch sends
+    neither), and are true and false for a new token.
     Raises ValidationError on a bad platform or token, PermissionDenied without device write
     access to the app.
     """
@@ -67,25 +70,28 @@ def device_register(
         if profile is None:
             profile_upsert(external_id=external_id, by=by)
             profile = Profile.objects.get(external_id=external_id)
+        values = {
+            "profile": profile,
+            "platform": platform,
+            "active": True,
+            "invalidated_at": None,
+            "invalidated_reason": "",
+            "last_registered_at": now,
+        }
+        given = {
+            name: value for name, value in (("push_enabled", push_enabled), ("is_test", is_test)) if value is not None
+        }
         device, created = Device.objects.select_for_update().update_or_create(
             app=app,
             token=token,
-            defaults={
-                "profile": profile,
-                "platform": platform,
-                "push_enabled": push_enabled,
-                "is_test": is_test,
-                "active": True,
-                "invalidated_at": None,
-                "invalidated_reason": "",
-                "last_registered_at": now,
-            },
+            defaults={**values, **given},
+            create_defaults={**values, "push_enabled": True, "is_test": False, **given},
         )
         audit(
             actor=by,
             action="device_registered" if created else "device_reregistered",
             obj=device,
-            summary={"profile": external_id, "platform": platform, "push_enabled": push_enabled},
+            summary={"profile": external_id, "platform": platform, "push_enabled": device.push_enabled},
         )
     return device
 

@@ -65,6 +65,35 @@ def test_opt_in_is_updated(ingest, app):
     assert Device.objects.get().push_enabled is False
 
 
+def test_registering_again_keeps_the_test_flag_an_admin_set(ingest, app, admin_erin):
+    # The app registers its token at each launch, and knows nothing of test devices: that cleared the flag.
+    from delivery.services.devices import devices_test_flag_set
+
+    register(ingest, app)
+    devices_test_flag_set(device_ids=[Device.objects.get().pk], is_test=True, by=admin_erin)
+    assert register(ingest, app).status_code == 200
+    assert Device.objects.get().is_test is True
+    assert register(ingest, app, is_test=False).status_code == 200  # given, it is taken
+    assert Device.objects.get().is_test is False
+
+
+def test_registering_again_without_the_opt_in_keeps_the_one_reported(ingest, app):
+    register(ingest, app)
+    ingest.post("/api/v1/devices/opt-in/", {"app": app.pk, "token": IOS_TOKEN, "push_enabled": False}, format="json")
+    response = register(ingest, app, external_id="user-2")  # moved to another profile, the phone's opt-in unchanged
+    assert response.status_code == 200 and response.json()["push_enabled"] is False
+    device = Device.objects.get()
+    assert (device.profile.external_id, device.push_enabled) == ("user-2", False)
+    assert register(ingest, app, push_enabled=True).json()["push_enabled"] is True
+    assert Device.objects.get().push_enabled is True
+
+
+def test_a_new_token_without_opt_in_or_test_flag_is_opted_in_and_not_a_test_device(ingest, app):
+    assert register(ingest, app).status_code == 201
+    device = Device.objects.get()
+    assert (device.push_enabled, device.is_test) == (True, False)
+
+
 def test_unregister_deactivates_the_device(ingest, app):
     register(ingest, app, platform="android", token=FCM_TOKEN)
     response = ingest.post("/api/v1/devices/unregister/", {"app": app.pk, "token": FCM_TOKEN}, format="json")
