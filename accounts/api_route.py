@@ -95,7 +95,7 @@ def api_route(request, view, kwargs: dict):
     try:
         if not HasRequiredScope().has_permission(call, view):
             return None
-        call.data = json_parse(request.body.decode())
+        call.data = json_parse(request.body.decode(), unique_keys=True)
     except (ValueError, DjangoValidationError):  # the view's parser words it (UnicodeDecodeError included)
         return None
     api_key_touch(key=key)

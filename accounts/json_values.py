@@ -263,16 +263,38 @@ def _plain_within(value, max_depth: int) -> bool:
     return True
 
 
-def json_parse(text: str, *, field: str = "", max_depth: int = BODY_MAX_DEPTH):
+class _RepeatedKeys(dict):
+    """An object of the parsed text that gives ``repeated`` more than once (``json_parse``)."""
+
+    repeated: str = ""
+
+
+def _repeated_key_path(value) -> str:
+    """The path of the first key given twice in ``value`` (parsed with ``unique_keys``), as
+    ``json_value_problem`` names paths."""
+    stack: list[tuple[str, object]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, _RepeatedKeys):
+            return _join(path, item.repeated.encode("unicode_escape").decode())
+        if isinstance(item, dict):
+            stack.extend((_join(path, key), child) for key, child in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((_join(path, index), child) for index, child in reversed(list(enumerate(item))))
+    return ""
+
+
+def json_parse(text: str, *, field: str = "", max_depth: int = BODY_MAX_DEPTH, unique_keys: bool = False):
     """Parse JSON text and refuse what no field may hold; return the value.
 
     Raises ValidationError naming the path (under ``field``) of a container nested deeper than
     ``max_depth`` (without ever hitting Python's recursion limit), a number that overflows to
     infinity (``1e400``) or a whole number a 64-bit float cannot hold (``1`` and 400 zeros), a lone
-    surrogate; ValueError when the text is not JSON (``NaN`` and ``Infinity`` are not). NUL
-    characters pass: the field that holds one reports it.
+    surrogate, and with ``unique_keys`` a key an object gives twice (JSON leaves what it means to
+    each reader: Python's keeps the last, others the first); ValueError when the text is not JSON
+    (``NaN`` and ``Infinity`` are not). NUL characters pass: the field that holds one reports it.
     """
-    overflowed = False
+    overflowed = repeated = False
 
     def parse_float(number: str) -> float:
         nonlocal overflowed
@@ -281,8 +303,24 @@ def json_parse(text: str, *, field: str = "", max_depth: int = BODY_MAX_DEPTH):
             overflowed = True
         return value
 
+    def unique(pairs: list[tuple[str, object]], dict=dict, len=len) -> dict:
+        nonlocal repeated
+        value = dict(pairs)
+        if len(value) == len(pairs):
+            return value
+        repeated = True
+        value = _RepeatedKeys(value)
+        seen: set[str] = set()
+        value.repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
+        return value
+
     try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_float=parse_float)
+        value = json.loads(
+            text,
+            parse_constant=_refuse_constant,
+            parse_float=parse_float,
+            object_pairs_hook=unique if unique_keys else None,
+        )
     except RecursionError:
         value = None
         found = (_deep_path(text, max_depth), f"Nested deeper than {max_depth} levels.")
@@ -293,6 +331,8 @@ def json_parse(text: str, *, field: str = "", max_depth: int = BODY_MAX_DEPTH):
         may_hold_surrogate = not text.isascii() and _SURROGATE.search(text) or _SURROGATE_ESCAPE.search(text)
         if overflowed or may_hold_surrogate or not _plain_within(value, max_depth):
             found = json_value_problem(value, max_depth=max_depth, max_bytes=None, nul_ok=True)
+        if found is None and repeated:
+            found = (_repeated_key_path(value), "This key is given more than once in its object.")
     if found is not None:
         path, message = found
         raise ValidationError({_where(field, path): message})

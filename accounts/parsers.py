@@ -48,6 +48,6 @@ class ApiJSONParser(JSONParser):
             raise request_too_large()
         try:
             text = codecs.decode(raw, encoding)
-            return json_parse(text)
+            return json_parse(text, unique_keys=True)
         except ValueError as exc:
             raise exceptions.ParseError(f"JSON parse error - {exc}") from exc

@@ -114,6 +114,40 @@ def test_deep_nesting_in_the_import_columns_answers_400_naming_them(ingest, sett
     assert not Import.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("path", "raw", "field"),
+    [
+        ("/api/v1/profiles/", '{"external_id": "a", "external_id": "b"}', "external_id"),
+        ("/api/v1/profiles/", '{"external_id": "a", "attributes": {"plan": "pro", "plan": "free"}}', "attributes.plan"),
+        (
+            "/api/v1/profiles/bulk/",
+            '{"profiles": [{"external_id": "a"}, {"external_id": "b", "attributes": {"k\\u0000": 1, "k\\u0000": 2}}]}',
+            "profiles[1].attributes.k\\x00",
+        ),
+        (
+            "/api/v1/events/bulk/",
+            '{"events": [{"external_id": "u1", "name": "buy", "occurred_at": "2026-01-01T00:00:00Z",'
+            ' "properties": {"sku": "a", "sku": "b"}}]}',
+            "events[0].properties.sku",
+        ),
+        (
+            "/api/v1/campaigns/1/trigger/",
+            '{"recipients": [{"external_id": "u1", "external_id": "u2"}]}',
+            "recipients[0].external_id",
+        ),
+        ("/api/v1/devices/", '{"app": 1, "app": 2, "external_id": "u1", "platform": "ios", "token": "t"}', "app"),
+    ],
+)
+def test_a_key_given_twice_in_an_object_answers_400_naming_it(ingest, path, raw, field):
+    # JSON leaves a repeated key's meaning to each reader (Python's kept the last one, silently).
+    response = _post(ingest, path, raw)
+    assert response.status_code == 400, response.content[:300]
+    assert response.json()["errors"] == [
+        {"field": field, "code": "invalid", "detail": "This key is given more than once in its object."}
+    ]
+    assert not Profile.objects.exists() and not Event.objects.exists()
+
+
 def test_nan_and_infinity_literals_are_not_json(ingest):
     response = _post(ingest, "/api/v1/profiles/", '{"external_id": "x", "attributes": {"v": NaN}}')
     assert response.status_code == 400
