@@ -296,6 +296,17 @@ class Import(models.Model):
     )
     created_at = models.DateTimeField(default=dj_timezone.now, editable=False)
     started_at = models.DateTimeField(null=True, blank=True)
+    # The current run: when a worker took the import up again after it failed or stalled (or
+    # first took it), and the bytes done then. Empty while a restarted import waits for a worker.
+    # A run goes on across the tasks an import hands over between.
+    run_started_at = models.DateTimeField(
+        "current run started at",
+        null=True,
+        blank=True,
+        help_text="When a worker took up the import this time (its first start, or after it failed or stalled): "
+        "the time left is estimated from this run's pace.",
+    )
+    run_bytes_from = models.BigIntegerField(default=0, editable=False)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -315,11 +326,16 @@ class Import(models.Model):
 
     @property
     def seconds_left(self) -> float | None:
-        """Estimated from the bytes read so far and the time spent; None until there is a rate."""
-        if self.status != self.Status.RUNNING or not self.started_at or not self.bytes_done or not self.size:
+        """Estimated from the current run's pace: the bytes it wrote over the time it has run.
+
+        None until that run has written a batch. The time before it (a failure or a stall and
+        the wait for a restart) is left out: counted, it made the estimate days long.
+        """
+        if self.status != self.Status.RUNNING or not self.run_started_at or not self.size:
             return None
-        elapsed = (dj_timezone.now() - self.started_at).total_seconds()
-        fraction = min(1.0, self.bytes_done / self.size)
-        if fraction <= 0:
+        written = self.bytes_done - self.run_bytes_from
+        if written <= 0:
             return None
-        return round(max(0.0, elapsed * (1 - fraction) / fraction), 1)
+        elapsed = max(0.0, (dj_timezone.now() - self.run_started_at).total_seconds())
+        remaining = max(0, self.size - self.bytes_done)
+        return round(elapsed * remaining / written, 1)

@@ -119,6 +119,7 @@ class ImportAdmin(AccessAdmin):
         "created_by",
         "created_at",
         "started_at",
+        "run_started_at",
         "finished_at",
     )
 

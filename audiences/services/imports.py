@@ -16,7 +16,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Case, F, Q, Value, When
 from django.http import Http404
 from django.utils import timezone
 from django_q.tasks import async_task
@@ -109,11 +109,25 @@ def import_create(
 
 
 def _claim_import(import_id: int, now: dt.datetime) -> bool:
+    """Take a queued import, or a running one whose worker stopped, in one statement.
+
+    A new run starts (``run_started_at``, ``run_bytes_from``) unless the import was handed over
+    by the task before, whose run goes on: taken from a stalled worker, or queued with no run
+    (a first start, a restart), it starts from the bytes done now.
+    """
     stale = now - dt.timedelta(seconds=settings.Q_CLUSTER.get("timeout", 300) + 60)
     claimed = Import.objects.filter(pk=import_id).filter(
         Q(status=Import.Status.QUEUED) | Q(status=Import.Status.RUNNING, heartbeat_at__lt=stale)
     )
-    return bool(claimed.update(status=Import.Status.RUNNING, heartbeat_at=now))
+    new_run = Q(status=Import.Status.RUNNING) | Q(run_started_at__isnull=True)
+    return bool(
+        claimed.update(
+            status=Import.Status.RUNNING,
+            heartbeat_at=now,
+            run_started_at=Case(When(new_run, then=Value(now)), default=F("run_started_at")),
+            run_bytes_from=Case(When(new_run, then=F("bytes_done")), default=F("run_bytes_from")),
+        )
+    )
 
 
 def import_process(*, import_id: int, seconds: float | None = None) -> bool:
@@ -433,9 +447,10 @@ def import_restart(*, import_id: int, by: User) -> Import:
     """Queue again an import whose worker stopped (no heartbeat for longer than a task may run), or
     one that failed.
 
-    It resumes where its last committed batch ended. ``by`` must see the import and, when it
-    feeds a segment, be allowed to change that segment now, as to start it (access to a segment
-    may have been taken back since). Raises ValidationError when the import is done, still alive
+    It resumes where its last committed batch ended, and the worker that takes it up starts a new
+    run: its time left counts from then, not from the import's first start. ``by`` must see the
+    import and, when it feeds a segment, be allowed to change that segment now, as to start it
+    (access to a segment may have been taken back since). Raises ValidationError when the import is done, still alive
     or its segment is gone, PermissionDenied when ``by`` may not import, Http404 when the import
     or its segment is out of their access.
     """
@@ -455,7 +470,8 @@ def import_restart(*, import_id: int, by: User) -> Import:
         record.status = Import.Status.QUEUED
         record.error = ""
         record.finished_at = None
-        record.save(update_fields=["status", "error", "finished_at"])
+        record.run_started_at = None  # the worker that takes it up starts a new run
+        record.save(update_fields=["status", "error", "finished_at", "run_started_at"])
         audit(actor=by, action="import_restarted", obj=record)
         transaction.on_commit(lambda: async_task("audiences.tasks.import_run", record.pk))
     return record

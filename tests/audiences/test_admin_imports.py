@@ -1,22 +1,26 @@
 """The imports' admin: what a failed import shows, and its restart button pressed by each role."""
 
 import csv
+import datetime as dt
 import io
+import re
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
 
 from accounts.models import AuditEvent
 from accounts.services import access_grant, access_revoke
 from audiences.models import Import, Profile, Segment, SegmentMember
-from audiences.services.imports import import_create
+from audiences.services.imports import import_create, import_process
 from audiences.services.segments import segment_create
 from tests.factories import TEST_PASSWORD
 
 pytestmark = pytest.mark.django_db
 
 LANDED = b"external_id,n\nu1,1\n,2\n"  # the first batch (two rows), written
-CONTENT = LANDED + b"boom,3\n,4\nu1,5\nu6,6\n"  # the second stops the import: the database refuses 'boom'
+SECOND = LANDED + b"boom,3\n,4\n"  # the second stops the import: the database refuses 'boom'
+CONTENT = SECOND + b"u1,5\nu6,6\n"
 
 
 @pytest.fixture
@@ -77,6 +81,38 @@ def test_a_failed_import_shows_in_the_admin_and_the_api_what_landed(login, manag
     assert downloaded_errors(client, failed_import) == [("3", "")]
     detail = api_key_for(manager_alice, scopes=["read"]).get(f"/api/v1/imports/{failed_import.pk}/").json()
     assert (detail["status"], detail["percent"], detail["rows_done"], detail["rows_failed"]) == ("failed", landed, 2, 1)
+
+
+@pytest.mark.presses("audiences.import:restart_imports")
+def test_a_restarted_import_shows_the_time_left_at_its_own_runs_pace_in_the_admin_and_the_api(
+    login, manager_alice, failed_import, api_key_for, django_capture_on_commit_callbacks
+):
+    """Failed two days ago and restarted, the estimate counted from the first start: about 15 hours."""
+    two_days_ago = timezone.now() - dt.timedelta(days=2)
+    Import.objects.filter(pk=failed_import.pk).update(started_at=two_days_ago, run_started_at=two_days_ago)
+    failed_import.lift()
+    client = login(manager_alice)
+    press = {"action": "restart_imports", "_selected_action": [failed_import.pk]}
+    with django_capture_on_commit_callbacks(execute=False):  # queued: a worker takes it up later
+        assert client.post("/admin/audiences/import/", press).status_code == 302
+    assert import_process(import_id=failed_import.pk, seconds=0) is True  # a batch, then hands over
+    # The next task is running it, 10 s into the run, which wrote the second batch and has one to go.
+    Import.objects.filter(pk=failed_import.pk).update(
+        status=Import.Status.RUNNING,
+        heartbeat_at=timezone.now(),
+        run_started_at=timezone.now() - dt.timedelta(seconds=10),
+    )
+    record = Import.objects.get(pk=failed_import.pk)
+    assert (record.started_at, record.run_bytes_from, record.bytes_done) == (two_days_ago, len(LANDED), len(SECOND))
+    expected = 10 * (len(CONTENT) - len(SECOND)) / (len(SECOND) - len(LANDED))  # 10 s: 10 bytes done, 10 to go
+
+    status = client.get(f"/admin/audiences/import/{record.pk}/status/").json()
+    assert status["seconds_left"] == pytest.approx(expected, abs=1)
+    assert re.search(r"about 1[01] s left", status["text"])
+    page = client.get(f"/admin/audiences/import/{record.pk}/change/").content.decode()
+    assert re.search(r"about 1[01] s left", page) and "Current run started at" in page
+    detail = api_key_for(manager_alice, scopes=["read"]).get(f"/api/v1/imports/{record.pk}/").json()
+    assert detail["seconds_left"] == pytest.approx(expected, abs=1)
 
 
 @pytest.mark.presses("audiences.import:restart_imports")

@@ -379,9 +379,89 @@ def test_progress_reports_percent_and_time_left(run_import):
     assert record.percent == 100.0
     record.status = Import.Status.RUNNING
     record.bytes_done = record.size // 2
-    record.started_at = timezone.now() - timezone.timedelta(seconds=10)
+    record.run_started_at = timezone.now() - timezone.timedelta(seconds=10)
     assert 0 < record.percent < 100
     assert 5 <= record.seconds_left <= 15
+
+
+def test_an_import_restarted_after_a_long_gap_estimates_the_time_left_from_its_own_run(
+    run_import, settings, database_refuses_profile, manager_alice, django_capture_on_commit_callbacks
+):
+    """The estimate counted from the import's first start: failed for two days, then restarted, it
+    read as most of a day left, its run as fast as ever."""
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
+    landed, second, third = b"external_id,n\nu1,1\nu2,2\n", b"boom,3\nu4,4\n", b"u5,5\nu6,6\n"
+    content = landed + second + third + b"u7,7\nu8,8\n"
+    lift = database_refuses_profile("boom")
+    record = run_import(content)
+    assert (record.status, record.bytes_done) == (Import.Status.FAILED, len(landed))
+    two_days_ago = timezone.now() - timezone.timedelta(days=2)
+    Import.objects.filter(pk=record.pk).update(started_at=two_days_ago, run_started_at=two_days_ago)
+    lift()
+    with django_capture_on_commit_callbacks(execute=False):  # queued: a worker takes it up later
+        import_restart(import_id=record.pk, by=manager_alice)
+    record.refresh_from_db()
+    assert (record.status, record.run_started_at, record.seconds_left) == (Import.Status.QUEUED, None, None)
+
+    taken_up = timezone.now()
+    assert import_process(import_id=record.pk, seconds=0) is True  # one batch, then hands over
+    record.refresh_from_db()
+    assert record.started_at == two_days_ago
+    assert taken_up <= record.run_started_at <= timezone.now()
+    assert (record.run_bytes_from, record.bytes_done) == (len(landed), len(landed + second))
+    run_started_at = record.run_started_at
+    assert import_process(import_id=record.pk, seconds=0) is True  # the next task goes on with the run
+    record.refresh_from_db()
+    assert (record.run_started_at, record.run_bytes_from) == (run_started_at, len(landed))
+    assert record.bytes_done == len(landed + second + third)
+
+    # The task after it is running, 10 s into the run, which wrote two batches and has one to go.
+    Import.objects.filter(pk=record.pk).update(
+        status=Import.Status.RUNNING,
+        heartbeat_at=timezone.now(),
+        run_started_at=timezone.now() - timezone.timedelta(seconds=10),
+    )
+    record.refresh_from_db()
+    pace = len(second + third) / 10  # bytes a second; from the first start it was 46 bytes in two days
+    assert record.seconds_left == pytest.approx((len(content) - record.bytes_done) / pace, abs=1)  # 4.5 s
+
+
+def test_a_stalled_import_taken_up_by_a_new_worker_starts_a_new_run(manager_alice, media, settings):
+    """Its worker stopped two days ago after a batch; the task that takes it up again counts from then."""
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
+    landed = b"external_id\nu1\nu2\n"
+    upload = SimpleUploadedFile("people.csv", landed + b"u3\nu4\nu5\nu6\n", content_type="text/csv")
+    record = import_create(upload=upload, by=manager_alice)  # its task is not run: no commit here
+    assert import_process(import_id=record.pk, seconds=0) is True
+    two_days_ago = timezone.now() - timezone.timedelta(days=2)
+    Import.objects.filter(pk=record.pk).update(
+        status=Import.Status.RUNNING, started_at=two_days_ago, run_started_at=two_days_ago, heartbeat_at=two_days_ago
+    )
+    taken_up = timezone.now()
+    assert import_process(import_id=record.pk, seconds=0) is True
+    record.refresh_from_db()
+    assert record.started_at == two_days_ago
+    assert taken_up <= record.run_started_at <= timezone.now()
+    assert (record.run_bytes_from, record.bytes_done) == (len(landed), len(landed) + len(b"u3\nu4\n"))
+
+
+def test_the_migration_counts_a_running_import_from_its_start(run_import):
+    """A running import had no run recorded: it is counted from its first start, as before; one
+    queued or stopped starts a new run when a worker takes it up."""
+    import importlib
+
+    from django.apps import apps
+
+    forwards = importlib.import_module("audiences.migrations.0017_import_current_run").forwards
+    running, failed = run_import(b"external_id\na\nb\n"), run_import(b"external_id\nc\n")
+    started = timezone.now() - timezone.timedelta(minutes=5)
+    Import.objects.filter(pk=running.pk).update(
+        status=Import.Status.RUNNING, started_at=started, run_started_at=None, bytes_done=10, run_bytes_from=10
+    )
+    Import.objects.filter(pk=failed.pk).update(status=Import.Status.FAILED, started_at=started, run_started_at=None)
+    forwards(apps, None)
+    assert Import.objects.filter(pk=running.pk).values_list("run_started_at", "run_bytes_from").get() == (started, 0)
+    assert Import.objects.get(pk=failed.pk).run_started_at is None
 
 
 @pytest.mark.django_db(transaction=True)
