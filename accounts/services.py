@@ -12,6 +12,7 @@ from django.db import models, transaction
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
+from accounts.json_values import json_text_problem
 from accounts.models import ApiKey, ApprovalPolicy, ApprovalRequest, AuditEvent, User
 from accounts.selectors import (
     access_perm,
@@ -267,6 +268,10 @@ def approval_policy_deactivate(*, policy_id: int, by: User) -> ApprovalPolicy:
     return policy
 
 
+# The longest note a requester sends the approvers with a request.
+APPROVAL_MESSAGE_MAX = 2_000
+
+
 def approval_request_open(
     *, subject: models.Model, context: dict, fingerprint: str, approve_perm: str, by: User, message: str = ""
 ) -> ApprovalRequest:
@@ -276,6 +281,11 @@ def approval_request_open(
     ``type`` ("campaign"/"journey"), ``app_id``, ``kind`` and ``purpose``. Raises ApprovalError
     when the subject already has a pending request.
     """
+    message = message.strip()
+    if len(message) > APPROVAL_MESSAGE_MAX:
+        raise ValidationError({"message": f"A note is at most {APPROVAL_MESSAGE_MAX:,} characters."})
+    if (problem := json_text_problem(message)) is not None:
+        raise ValidationError({"message": f"The note: {problem}"})
     policy = next((p for p in approval_policies_active() if p.matches(context)), None)
     subject_type = ContentType.objects.get_for_model(subject)
     if ApprovalRequest.objects.filter(

@@ -8,10 +8,11 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import router, transaction
 from django.http import Http404, HttpResponseRedirect
 from django.urls import path, reverse
-from django.utils.html import format_html_join
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from accounts.admin.bases import page_answers
-from accounts.services import TransitionError
+from accounts.services import APPROVAL_MESSAGE_MAX, TransitionError
 
 # The admin instance is shared by every request; the request whose page is being drawn lives here,
 # so that readonly fields (which see only the object) can draw the buttons for that user.
@@ -83,7 +84,16 @@ class LifecycleAdminMixin:
         actions = self.lifecycle_actions(request.user, obj, answers=page_answers(request))
         if not actions:
             return "Nothing you can do in this state."
-        return format_html_join(
+        note = mark_safe("")  # noqa: S308 (empty)
+        if any(name == "submit" for name, _ in actions):
+            # Posted with the form by whichever button is pressed; Submit for review sends it along.
+            note = format_html(
+                '<label for="id_lifecycle_message">Note to the approvers (optional)</label>'
+                '<textarea id="id_lifecycle_message" name="message" rows="2" cols="60" maxlength="{}" '
+                'placeholder="What changed, why, anything to check"></textarea><br>',
+                APPROVAL_MESSAGE_MAX,
+            )
+        return note + format_html_join(
             " ",
             '<button type="submit" formaction="{}" formnovalidate class="button" name="{}" value="{}">{}</button>',
             (

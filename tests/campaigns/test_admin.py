@@ -775,3 +775,34 @@ def test_an_occurrence_reads_as_the_schedule_it_fired_under_whatever_was_approve
     campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=due + dt.timedelta(hours=28))
     assert Campaign.objects.get(pk=campaign.pk).approved().at_local_time is False
     assert rows_shown() == rows
+
+
+@pytest.mark.presses("campaigns.campaign:transition/submit")
+def test_submit_carries_the_requesters_note_to_the_review(client, make_campaign, manager_alice, approver_bob):
+    from accounts.models import ApprovalRequest
+
+    campaign = make_campaign()
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    assert 'name="message"' in page and "Note to the approvers" in page
+    url = f"/admin/campaigns/campaign/{campaign.pk}/transition/submit/"
+    for note, said in (("x" * 2_001, "at most 2,000 characters"), ("Ready\x00", "NUL")):
+        answer = client.post(url, {"message": note}, follow=True)
+        assert said in answer.content.decode() and not ApprovalRequest.objects.exists()
+        assert Campaign.objects.get(pk=campaign.pk).status == "draft"
+
+    client.post(url, {"message": "  For Monday's newsletter: the numbers were checked with finance.  "})
+    request = ApprovalRequest.objects.get()
+    assert request.message == "For Monday's newsletter: the numbers were checked with finance."
+    client.force_login(approver_bob)
+    review = client.get(f"/admin/accounts/approvalrequest/{request.pk}/change/").content.decode()
+    assert "For Monday&#x27;s newsletter: the numbers were checked with finance." in review
+    # Once it is in review, the note goes with no button: nothing to submit.
+    client.force_login(manager_alice)
+    assert 'name="message"' not in client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+
+
+def test_a_viewer_gets_no_note_to_write(client, make_campaign, viewer_carol):
+    campaign = make_campaign()
+    client.force_login(viewer_carol)
+    assert 'name="message"' not in client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()

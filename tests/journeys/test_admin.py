@@ -814,3 +814,14 @@ def test_the_review_of_a_first_version_has_no_diff(login, manager_alice, approve
     request = journey_submit(journey_id=make_journey().pk, by=manager_alice)
     review = login(approver_bob).get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
     assert "Onboarding — version 1</td>" in review and 'id="approval-diff"' not in review
+
+
+@pytest.mark.presses("journeys.journey:transition/submit")
+def test_a_journeys_submit_carries_the_requesters_note(client, make_journey, manager_alice):
+    from accounts.models import ApprovalRequest
+
+    journey = make_journey()
+    client.force_login(manager_alice)
+    assert 'name="message"' in client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    client.post(f"/admin/journeys/journey/{journey.pk}/transition/submit/", {"message": "New welcome path."})
+    assert ApprovalRequest.objects.get().message == "New welcome path."
