@@ -10,7 +10,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from accounts.admin.bases import ActiveStatusFilter, BigTableAdmin, ObjectAccessAdminMixin, ScopedAdmin
-from accounts.admin.lifecycle import LifecycleAdminMixin
+from accounts.admin.lifecycle import LifecycleAdminMixin, approval_text
 from accounts.json_values import JsonValueFormField
 from accounts.selectors import approval_current, in_scope
 from accounts.services import TransitionError
@@ -364,12 +364,8 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
 
     @admin.display(description="Approval")
     def approval(self, obj):
-        request = approval_current(obj)
-        if request is None:
-            return "Not submitted yet."
-        decided = f" by {request.decided_by} on {zoned(request.decided_at, JOURNEY_ZONE)}" if request.decided_by else ""
-        comment = format_html(" — “{}”", request.comment) if request.comment else ""
-        return format_html("{}{}{}", request.get_status_display(), decided, comment)
+        pending = "New version waiting for approval" if obj.status == Journey.Status.LIVE else ""
+        return approval_text(approval_current(obj), time_zone=JOURNEY_ZONE, pending=pending)
 
     @admin.display(description="Versions")
     def versions_summary(self, obj):

@@ -145,3 +145,19 @@ class LifecycleAdminMixin:
         message, url = outcome if isinstance(outcome, tuple) else (f"Done: {action.replace('_', ' ')}.", None)
         self.message_user(request, message, messages.SUCCESS)
         return HttpResponseRedirect(url or target)
+
+
+def approval_text(request, *, time_zone: str, pending: str = "") -> str:
+    """An object's Approval line from its current request (``approval_current``): who asked and when
+    while it waits (``pending`` words it, e.g. a revision of something live), who decided and when
+    once decided, with the decider's comment; times in ``time_zone``, named."""
+    from config.zones import zoned
+
+    if request is None:
+        return "Not submitted yet."
+    if request.status == request.Status.PENDING:
+        when = zoned(request.requested_at, time_zone)
+        return format_html("{}: asked by {} on {}", pending or request.get_status_display(), request.requested_by, when)
+    decided = f" by {request.decided_by} on {zoned(request.decided_at, time_zone)}" if request.decided_by else ""
+    comment = format_html(" — “{}”", request.comment) if request.comment else ""
+    return format_html("{}{}{}", request.get_status_display(), decided, comment)

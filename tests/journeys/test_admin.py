@@ -825,3 +825,17 @@ def test_a_journeys_submit_carries_the_requesters_note(client, make_journey, man
     assert 'name="message"' in client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
     client.post(f"/admin/journeys/journey/{journey.pk}/transition/submit/", {"message": "New welcome path."})
     assert ApprovalRequest.objects.get().message == "New welcome path."
+
+
+def test_a_journey_waiting_for_approval_says_who_asked_and_when(client, make_journey, manager_alice, viewer_carol):
+    import datetime as dt
+
+    from accounts.models import ApprovalRequest
+    from journeys.services.lifecycle import journey_submit
+
+    journey = make_journey()
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    ApprovalRequest.objects.update(requested_at=dt.datetime(2027, 3, 1, 8, 30, tzinfo=dt.UTC))
+    client.force_login(viewer_carol)
+    page = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert "Waiting for approval: asked by manager_alice on 2027-03-01 08:30 (UTC)" in page
