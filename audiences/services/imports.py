@@ -423,7 +423,8 @@ def _import_failed(record: Import, exc: BaseException, *, line: int) -> None:
         reason = "The uploaded file is missing from storage."
     else:
         log.error("Import %s stopped by an unexpected error", record.pk, exc_info=exc)
-        cause = f"{type(exc).__name__}: {exc}".strip()
+        # Its first line: a database's error goes on with lines of its own context (CONTEXT:, HINT:).
+        cause = f"{type(exc).__name__}: {exc}".strip().split("\n", 1)[0].strip()
         if len(cause) > 300:
             cause = cause[:297] + "..."
         reason = f"Stopped by an unexpected error ({cause})."
