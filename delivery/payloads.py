@@ -81,18 +81,25 @@ def variant_choose(spec: dict, locale: str) -> str | None:
     """The key of the locale variant for a profile's ``locale``, or None for the content's default.
 
     Falls back from the exact locale (``fr-ca``) to its language (``fr``), then to another
-    region of that language (``fr-fr``), then to the default texts.
+    region of that language (``fr-fr``), then to the default texts. The default texts are in the
+    spec's ``default_locale``: they count as that locale's variant, so a profile of that language
+    gets them rather than another region's variant (``en-us`` gets the ``en`` texts, not ``en-gb``).
     """
     variants = spec.get("variants") or {}
     if not variants or not locale:
         return None
     wanted = normalize_locale(locale)
     by_norm = {normalize_locale(k): k for k in variants}
+    default = normalize_locale(spec.get("default_locale") or "")
     if wanted in by_norm:
         return by_norm[wanted]
+    if wanted == default:
+        return None
     language = wanted.split("-", 1)[0]
     if language in by_norm:
         return by_norm[language]
+    if language == default.split("-", 1)[0]:
+        return None
     for norm in sorted(by_norm):
         if norm.split("-", 1)[0] == language:
             return by_norm[norm]

@@ -364,6 +364,23 @@ def test_locale_variant_falls_back_to_language_then_default(locale, chosen):
     assert variant_choose(spec(variants=variants), locale) == chosen
 
 
+@pytest.mark.parametrize(
+    ("default_locale", "locale", "chosen"),
+    [
+        ("en", "en-US", None),  # English texts, not the British variant
+        ("en", "EN", None),
+        ("en", "en_GB", "en-GB"),
+        ("en", "fr-CA", "fr"),
+        ("en-US", "en-AU", None),  # the default's language: its texts before another region's
+        ("en-US", "en-GB", "en-GB"),
+        ("de", "en-US", "en-GB"),  # no English default: the only English variant
+    ],
+)
+def test_a_profile_of_the_default_locale_or_its_language_gets_the_default_texts(default_locale, locale, chosen):
+    variants = {"en-GB": {"title": "Colour"}, "fr": {"title": "Couleur"}}
+    assert variant_choose(spec(default_locale=default_locale, variants=variants), locale) == chosen
+
+
 def test_variant_overrides_only_its_own_fields():
     s = spec(variants={"fr": {"title": "Bonjour {{ profile.attributes.first_name }}"}})
     message = message_render(

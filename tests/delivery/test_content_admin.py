@@ -3,8 +3,9 @@
 import pytest
 
 from accounts.services import access_grant
-from delivery.models import PushContent
-from tests.factories import AppFactory, ProfileFactory
+from audiences.models import Profile
+from delivery.models import Dispatch, PushContent
+from tests.factories import AppFactory, DeviceFactory, ProfileFactory
 
 
 def _form(content, **changes):
@@ -97,3 +98,45 @@ def test_custom_data_or_a_variant_that_is_not_text_is_refused_on_its_field_and_p
     )
     assert preview.status_code == 200 and "Hello" in preview.content.decode()
     assert PushContent.objects.get(pk=content.pk).version == content.version
+
+
+@pytest.mark.presses("delivery.pushcontent:send_test", "delivery.pushcontent:live_preview")
+def test_a_profile_of_the_default_language_gets_the_default_texts_in_the_preview_and_on_the_phone(
+    client, manager_alice, viewer_carol, pushsim_app, pushsim, django_capture_on_commit_callbacks
+):
+    """Texts written in English with a British variant: an American gets the English texts, not the
+    British ones (the variant of another region comes only when the default is another language),
+    and the preview of the default tab and of the profile show what the phone receives."""
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
+    access_grant(obj=pushsim_app, to=viewer_carol, by=None)
+    content = PushContent.objects.create(
+        app=pushsim_app,
+        name="Sale",
+        title="Color sale",
+        body="Hi {{ profile.attributes.name }}",
+        default_locale="en",
+        variants={"en-GB": {"title": "Colour sale"}, "fr": {"title": "Soldes"}},
+    )
+    ProfileFactory(external_id="sam", locale="en-US", attributes={"name": "Sam"})
+    american = DeviceFactory(profile=Profile.objects.get(external_id="sam"), app=pushsim_app, is_test=True)
+    briton = DeviceFactory(profile=ProfileFactory(locale="en_GB"), app=pushsim_app, is_test=True, platform="android")
+    preview_url = f"/admin/delivery/pushcontent/{content.pk}/live-preview/"
+    form = _form(content, variants='{"en-GB": {"title": "Colour sale"}, "fr": {"title": "Soldes"}}')
+
+    client.force_login(viewer_carol)  # a Viewer previews, and may not send a test
+    default_tab = client.post(preview_url, {**form, "preview_locale": "en"}).content.decode()
+    assert "Color sale" in default_tab and "Colour sale" not in default_tab
+    assert client.post(
+        "/admin/delivery/pushcontent/", {"action": "send_test", "_selected_action": [content.pk]}
+    ).status_code in (200, 302, 403)
+    assert not Dispatch.objects.exists()
+
+    client.force_login(manager_alice)
+    for_sam = client.post(preview_url, {**form, "preview_profile": "sam"}).content.decode()
+    assert "Color sale" in for_sam and "Hi Sam" in for_sam
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = client.post("/admin/delivery/pushcontent/", {"action": "send_test", "_selected_action": [content.pk]})
+    assert answer.status_code == 302 and Dispatch.objects.get().kind == "test"
+    received = {r["token"]: r for r in pushsim.state.recent(limit=10)}
+    assert (received[american.token]["title"], received[american.token]["body"]) == ("Color sale", "Hi Sam")
+    assert received[briton.token]["title"] == "Colour sale"
