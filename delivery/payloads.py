@@ -27,6 +27,7 @@ from delivery.personalization import (
     template_reads,
     template_render,
     template_worst_case_bytes,
+    url_form_check,
     url_scheme_check,
 )
 
@@ -422,7 +423,7 @@ def spec_validate(spec: dict) -> None:
             errors.setdefault("variants", []).append(
                 f"Variant '{locale}' has unknown field '{unknown[0]}'; use {', '.join(VARIANT_FIELDS)}."
             )
-        if not normalize_locale(locale) or not all(part.isalnum() for part in normalize_locale(locale).split("-")):
+        if not _is_locale(locale):
             errors.setdefault("variants", []).append(f"'{locale}' is not a locale (e.g. fr or fr-CA).")
         all_texts.append((locale, variant_texts(spec, locale)))
     if errors:
@@ -487,6 +488,54 @@ def spec_validate(spec: dict) -> None:
 
     for locale, texts in all_texts:
         check(_size_check, spec, texts, locale=locale)
+    if errors:
+        raise ValidationError(errors)
+
+
+def _is_locale(locale: str) -> bool:
+    parts = normalize_locale(locale).split("-")
+    return all(part.isalnum() for part in parts)
+
+
+def spec_authoring_check(spec: dict) -> None:
+    """Check what content must be when it is written, beyond what a send needs (``spec_validate``):
+    its URLs are ones a phone opens (``url_form_check``), its default locale is a locale, and no two
+    of its texts are for the same locale (a variant written ``FR`` beside ``fr``, or for the default
+    locale, would never be sent, or hide the default texts from the review). A send does not ask:
+    content saved before these rules goes out as it was approved.
+
+    Raises ValidationError naming each field (``image_url``, ``variants.fr.tap_url``, ``variants``,
+    ``default_locale``).
+    """
+    errors: dict[str, list[str]] = {}
+    variants = spec.get("variants") or {}
+    tap_action = spec.get("tap_action") or "open_app"
+    for locale, texts in [("", variant_texts(spec, None))] + [(k, variant_texts(spec, k)) for k in variants]:
+        where = f"variants.{locale}." if locale else ""
+        names = ("image_url", "tap_url") if tap_action in ("url", "deep_link") else ("image_url",)
+        for name in names:
+            try:
+                url_form_check(texts[name], field=f"{where}{name}")
+            except ValidationError as exc:
+                for field, messages in exc.message_dict.items():
+                    errors.setdefault(field, []).extend(messages)
+    default_locale = spec.get("default_locale") or ""
+    if default_locale and not _is_locale(default_locale):
+        errors.setdefault("default_locale", []).append(f"'{default_locale}' is not a locale (e.g. en or en-US).")
+    seen: dict[str, str] = {}
+    default = normalize_locale(default_locale)
+    for locale in variants:
+        norm = normalize_locale(locale)
+        if default and norm == default:
+            errors.setdefault("variants", []).append(
+                f"'{locale}' is the default locale ({default_locale}): its texts are the title, subtitle and body "
+                "fields; remove the variant or change the default locale."
+            )
+        elif norm in seen:
+            errors.setdefault("variants", []).append(
+                f"'{seen[norm]}' and '{locale}' are the same locale: keep one variant for it."
+            )
+        seen.setdefault(norm, locale)
     if errors:
         raise ValidationError(errors)
 

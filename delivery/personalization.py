@@ -565,3 +565,29 @@ def url_scheme_check(source: str, *, field: str, allowed: tuple[str, ...]) -> No
     scheme = match.group(1).lower()
     if scheme not in allowed:
         raise ValidationError({field: f"URL scheme '{scheme}' is not allowed; use one of: {', '.join(allowed)}."})
+
+
+# A URL's text with its Liquid markup standing for one character of the value it renders.
+_URL_MARKUP = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
+
+
+def url_form_check(source: str, *, field: str) -> None:
+    """Refuse a URL a phone would not open, in the text written around its Liquid markup: a space,
+    a tab, a line break or another control character (iOS reads no URL from such text), a web
+    address (``http``, ``https``) without a host, or a scheme with nothing after it. The scheme
+    is ``url_scheme_check``'s to judge. Raises ValidationError({field: message}).
+    """
+    if not source:
+        return
+    text = _URL_MARKUP.sub("v", source)
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ValidationError(
+            {field: "A URL holds no space, tab or line break (none before or after it either); write a space as %20."}
+        )
+    scheme, _, rest = text.partition(":")
+    if scheme.lower() in ("http", "https"):
+        host = rest.removeprefix("//").split("/", 1)[0].split("?", 1)[0].split("#", 1)[0] if rest[:2] == "//" else ""
+        if not host:
+            raise ValidationError({field: f"A web address needs a host: {scheme}://example.com/..."})
+    elif not rest:
+        raise ValidationError({field: f"Nothing follows '{scheme}:': write the link's path (e.g. {scheme}://orders)."})

@@ -12,7 +12,13 @@ from liquid.exceptions import LiquidError
 from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin
 from audiences.models import Profile
 from delivery.models import PushContent
-from delivery.payloads import data_shape_check, message_render, spec_validate, variants_shape_check
+from delivery.payloads import (
+    data_shape_check,
+    message_render,
+    spec_authoring_check,
+    spec_validate,
+    variants_shape_check,
+)
 from delivery.selectors import (
     apps_in_scope,
 )
@@ -233,6 +239,7 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
                     return
                 try:
                     spec_validate(self.instance.spec())
+                    spec_authoring_check(self.instance.spec())
                 except ValidationError as exc:
                     for path, errors in exc.message_dict.items():
                         self.add_error(_form_field(path, self.fields), [f"{path}: {e}" for e in errors])

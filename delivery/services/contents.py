@@ -13,9 +13,7 @@ from accounts.models import User
 from accounts.selectors import can, in_scope
 from accounts.services import access_grant, audit
 from delivery.models import App, Dispatch, PushContent
-from delivery.payloads import (
-    spec_validate,
-)
+from delivery.payloads import spec_authoring_check, spec_validate
 from delivery.services.dispatches import dispatch_create
 
 
@@ -24,8 +22,9 @@ def pushcontent_save(*, content: PushContent, by: User) -> PushContent:
 
     Validation (``delivery.payloads.spec_validate``): templates parse and use known names,
     URLs use allowed schemes, options are valid, and every variant's worst-case payload fits
-    APNs' and FCM's 4,096 bytes. Raises ValidationError naming the field, PermissionDenied
-    when ``by`` may not write content for the app.
+    APNs' and FCM's 4,096 bytes; then ``spec_authoring_check``: URLs a phone opens, one text per
+    locale. Raises ValidationError naming the field, PermissionDenied when ``by`` may not write
+    content for the app.
     """
     creating = content.pk is None
     perm = "delivery.add_pushcontent" if creating else "delivery.change_pushcontent"
@@ -34,6 +33,7 @@ def pushcontent_save(*, content: PushContent, by: User) -> PushContent:
     if not creating and not can(by, "delivery.change_pushcontent", content):
         raise PermissionDenied("You may not change this push content.")
     spec_validate(content.spec())
+    spec_authoring_check(content.spec())
     with transaction.atomic():
         content.updated_at = timezone.now()
         if creating:

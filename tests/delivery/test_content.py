@@ -539,3 +539,85 @@ def test_the_outputs_a_send_without_a_call_context_shows_empty_are_found(source,
     from delivery.personalization import template_context_gaps
 
     assert template_context_gaps(source, given={"campaign": {"id": 0, "name": ""}}) == gaps
+
+
+# --- rules a content meets when it is written ------------------------------------------------------
+
+
+@pytest.fixture
+def shop(manager_alice):
+    from accounts.services import access_grant
+    from tests.factories import AppFactory
+
+    app = AppFactory(name="Shop")
+    access_grant(obj=app, to=manager_alice, by=None)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "message"),
+    [
+        ({"image_url": "https://"}, "image_url", "needs a host"),
+        ({"image_url": "https:cdn.example/a.png"}, "image_url", "needs a host"),
+        ({"image_url": "https:///a.png"}, "image_url", "needs a host"),
+        ({"image_url": "https://cdn.example/spring sale.png"}, "image_url", "%20"),
+        ({"image_url": " https://cdn.example/a.png"}, "image_url", "%20"),
+        ({"image_url": "https://cdn.example/a.png\n"}, "image_url", "%20"),
+        ({"tap_action": "url", "tap_url": "https:/shop.example"}, "tap_url", "needs a host"),
+        ({"tap_action": "url", "tap_url": "https://shop.example/\t{{ context.a }}"}, "tap_url", "%20"),
+        ({"tap_action": "deep_link", "tap_url": "pushdesk:"}, "tap_url", "Nothing follows"),
+        ({"variants": {"fr": {"image_url": "https://cdn.example/soldes d'été.png"}}}, "variants.fr.image_url", "%20"),
+        ({"variants": {"fr": {"title": "Salut"}, "FR": {"title": "Bonjour"}}}, "variants", "same locale"),
+        ({"variants": {"fr_CA": {"title": "Allô"}, "fr-ca": {"title": "Salut"}}}, "variants", "same locale"),
+        ({"variants": {"EN": {"title": "Hi"}}}, "variants", "default locale"),
+        ({"default_locale": "english!"}, "default_locale", "not a locale"),
+    ],
+)
+@pytest.mark.django_db
+def test_content_a_phone_would_misread_is_refused_on_save_naming_the_field(shop, manager_alice, fields, field, message):
+    from delivery.models import PushContent
+    from delivery.services.contents import pushcontent_save
+
+    content = PushContent(app=shop, name="Sale", title="Hi", body="Spring sale", **fields)
+    with pytest.raises(ValidationError) as exc:
+        pushcontent_save(content=content, by=manager_alice)
+    assert any(message in m for m in errors_of(exc)[field]), errors_of(exc)
+    assert not PushContent.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"image_url": "https://{{ profile.attributes.cdn }}/a.png"},
+        {"image_url": "https://cdn.example/{% if profile.locale == 'fr' %}fr{% else %}en{% endif %}.png"},
+        {"tap_action": "deep_link", "tap_url": "pushdesk://orders/{{ context.order | default: 'all' }}"},
+        {"tap_action": "deep_link", "tap_url": "pushdesk:orders"},
+        {"tap_action": "open_app", "tap_url": "not a url, not used"},
+        {"variants": {"en-GB": {"title": "Colour"}, "fr": {"title": "Couleur"}}},
+        {"default_locale": "pt_BR"},
+    ],
+)
+@pytest.mark.django_db
+def test_well_formed_urls_and_locales_are_saved(shop, manager_alice, fields):
+    from delivery.models import PushContent
+    from delivery.services.contents import pushcontent_save
+
+    pushcontent_save(
+        content=PushContent(app=shop, name="Sale", title="Hi", body="Spring sale", **fields), by=manager_alice
+    )
+    assert PushContent.objects.get().version == 1
+
+
+@pytest.mark.django_db
+def test_content_saved_before_the_authoring_rules_still_sends(shop, manager_alice, django_capture_on_commit_callbacks):
+    """The rules that keep a phone from misreading a link are asked when content is written, not when
+    an approved send starts: content saved before them still goes out as it was approved."""
+    from delivery.models import Dispatch, PushContent
+    from delivery.services.contents import pushcontent_test_send
+
+    content = PushContent.objects.create(
+        app=shop, name="Old", title="Hi", body="Body", image_url="https://cdn.example/a b.png", variants={"EN": {}}
+    )
+    with django_capture_on_commit_callbacks(execute=False):
+        dispatch = pushcontent_test_send(content_id=content.pk, by=manager_alice)
+    assert Dispatch.objects.get(pk=dispatch.pk).content_spec["image_url"] == "https://cdn.example/a b.png"

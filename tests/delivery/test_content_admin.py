@@ -140,3 +140,27 @@ def test_a_profile_of_the_default_language_gets_the_default_texts_in_the_preview
     received = {r["token"]: r for r in pushsim.state.recent(limit=10)}
     assert (received[american.token]["title"], received[american.token]["body"]) == ("Color sale", "Hi Sam")
     assert received[briton.token]["title"] == "Colour sale"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        ({"image_url": "https://cdn.example/spring sale.png"}, "image_url", "write a space as %20"),
+        ({"tap_action": "url", "tap_url": "https:shop.example"}, "tap_url", "A web address needs a host"),
+        ({"variants": '{"fr": {"title": "Salut"}, "FR": {"title": "Bonjour"}}'}, "variants", "are the same locale"),
+        ({"variants": '{"en": {"title": "Hi"}}'}, "variants", "is the default locale (en)"),
+        ({"default_locale": "english!"}, "default_locale", "is not a locale"),
+    ],
+)
+def test_a_link_or_locale_a_phone_would_misread_is_refused_on_its_field(
+    client, db, manager_alice, changes, field, message
+):
+    shop = AppFactory(name="Shop")
+    access_grant(obj=shop, to=manager_alice, by=None)
+    content = PushContent.objects.create(app=shop, name="Sale", title="Hello", body="Spring sale")
+    client.force_login(manager_alice)
+    answer = client.post(f"/admin/delivery/pushcontent/{content.pk}/change/", _form(content, **changes))
+    assert answer.status_code == 200
+    assert message in str(answer.context["adminform"].form.errors[field])
+    content.refresh_from_db()
+    assert (content.version, content.image_url, content.variants, content.default_locale) == (1, "", {}, "en")
