@@ -295,21 +295,25 @@ class Compiler:
         if op == "not_exists":
             return Q(**{f"{name}__isnull": True})
 
+        # A day runs from its first to its last microsecond (what the columns hold), so no bound is
+        # the next day's start: there is none after 9999-12-31, the last day a rule may name.
         def start(day: dt.date) -> dt.datetime:
             return dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC)
 
+        def end(day: dt.date) -> dt.datetime:
+            return dt.datetime.combine(day, dt.time.max, tzinfo=dt.UTC)
+
         if op == "between":
             low, high = (resolve_date(v, today=self.today) for v in value)
-            return Q(**{f"{name}__gte": start(low), f"{name}__lt": start(high + dt.timedelta(days=1))})
+            return Q(**{f"{name}__gte": start(low), f"{name}__lte": end(high)})
         day = resolve_date(value, today=self.today)
-        next_day = start(day + dt.timedelta(days=1))
         if op in ("eq", "ne"):
-            q = Q(**{f"{name}__gte": start(day), f"{name}__lt": next_day})
+            q = Q(**{f"{name}__gte": start(day), f"{name}__lte": end(day)})
             return ~q if op == "ne" else q
         return {
             "lt": Q(**{f"{name}__lt": start(day)}),
-            "lte": Q(**{f"{name}__lt": next_day}),
-            "gt": Q(**{f"{name}__gte": next_day}),
+            "lte": Q(**{f"{name}__lte": end(day)}),
+            "gt": Q(**{f"{name}__gt": end(day)}),
             "gte": Q(**{f"{name}__gte": start(day)}),
         }[op]
 

@@ -8,6 +8,7 @@ from audiences.models import Event, Profile, Segment, SegmentMember
 from audiences.rules.compiler import rules_compile
 from audiences.rules.schema import RulesInvalid, device_model
 from audiences.rules.validation import rules_validate
+from audiences.services.segments import segment_preview
 from tests.factories import ProfileFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
@@ -291,6 +292,35 @@ def test_relative_dates_follow_the_clock(people):
     tree = {"all": [attr("signup", "date", "gte", {"ago": 7})]}
     later = NOW + dt.timedelta(days=30)
     assert set(Profile.objects.filter(rules_compile(tree, now=later)).values_list("external_id", flat=True)) == set()
+
+
+@pytest.mark.parametrize(
+    ("tree", "expected"),
+    [
+        (col("created_at", "lte", "9999-12-31"), ALL),
+        (col("created_at", "gt", "9999-12-31"), set()),
+        (col("created_at", "eq", "9999-12-31"), set()),
+        (col("created_at", "ne", "9999-12-31"), ALL),
+        (col("last_seen_at", "lte", "9999-12-31"), {"ann", "cid"}),
+        (col("last_seen_at", "between", ["2026-06-01", "9999-12-31"]), {"ann"}),
+    ],
+    ids=repr,
+)
+def test_the_last_day_a_date_holds_is_a_rule_that_counts(people, manager_alice, tree, expected):
+    """9999-12-31 (the builder's date input takes it, the schema too) has no next day: its
+    conditions compiled to the next day's start and failed every count, preview and send."""
+    assert members({"all": [tree]}) == expected
+    preview = segment_preview(by=manager_alice, rules={"all": [tree]}, reach=False)
+    assert preview.count == len(expected)
+
+
+def test_a_day_ends_at_its_last_microsecond(db):
+    last = ProfileFactory(external_id="last", created_at=at(2026, 6, 14, 23, 59, 59, 999999))
+    ProfileFactory(external_id="next", created_at=at(2026, 6, 15))
+    assert members({"all": [col("created_at", "eq", "2026-06-14")]}) == {last.external_id}
+    assert members({"all": [col("created_at", "lte", "2026-06-14")]}) == {"last"}
+    assert members({"all": [col("created_at", "gt", "2026-06-14")]}) == {"next"}
+    assert members({"all": [col("created_at", "between", ["2026-06-01", "2026-06-14"])]}) == {"last"}
 
 
 # --- validation: every broken rule is named with its path --------------------------------------
