@@ -313,7 +313,7 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         form.is_valid()  # fills the instance with what validates; the rest stays as saved
         wanted = request.POST.get("preview_profile", "").strip()
         profile = None
-        if wanted:
+        if wanted and "\x00" not in wanted:  # no external id holds one: PostgreSQL text cannot
             profile = (
                 Profile.objects.filter(external_id=wanted)
                 .values("external_id", "locale", "timezone", "attributes")

@@ -164,3 +164,17 @@ def test_a_link_or_locale_a_phone_would_misread_is_refused_on_its_field(
     assert message in str(answer.context["adminform"].form.errors[field])
     content.refresh_from_db()
     assert (content.version, content.image_url, content.variants, content.default_locale) == (1, "", {}, "en")
+
+
+def test_live_preview_for_an_external_id_holding_a_nul_shows_a_profile_without_attributes(client, db, manager_alice):
+    """No profile's external id holds a NUL (PostgreSQL text cannot): the preview looks none up."""
+    shop = AppFactory(name="Shop")
+    access_grant(obj=shop, to=manager_alice, by=None)
+    ProfileFactory(external_id="zoe", attributes={"name": "Zoé"})
+    content = PushContent.objects.create(app=shop, name="Sale", title="Hello", body="Spring sale")
+    client.force_login(manager_alice)
+    title = "Hi {{ profile.attributes.name | default: 'you' }}"
+    url = f"/admin/delivery/pushcontent/{content.pk}/live-preview/"
+    answer = client.post(url, {**_form(content, title=title), "preview_profile": "zoe\x00"})
+    assert answer.status_code == 200 and "Hi you" in answer.content.decode()
+    assert "Hi Zoé" in client.post(url, {**_form(content, title=title), "preview_profile": "zoe"}).content.decode()
