@@ -35,6 +35,7 @@ from audiences.services.segments import (
     segment_create,
     segment_delete,
     segment_members_change,
+    segment_members_check,
     segment_preview,
     segment_update,
 )
@@ -143,6 +144,14 @@ class SegmentForm(forms.ModelForm):
                     self.add_error("rules", exc)
         else:
             data["rules"] = None
+        if kind == Segment.Kind.STATIC:
+            try:
+                segment_members_check(
+                    add=(data.get("add_members") or "").splitlines(),
+                    remove=(data.get("remove_members") or "").splitlines(),
+                )
+            except ValidationError as exc:
+                self.add_error(None, exc)
         return data
 
 

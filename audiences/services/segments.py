@@ -270,16 +270,34 @@ def segment_reach_keep(*, segment_id: int, app, reach) -> None:
         Segment.objects.filter(pk=segment_id).update(last_reach=kept)
 
 
+def segment_members_check(*, add: list[str] = (), remove: list[str] = ()) -> None:
+    """Check a change of a static segment's members (external ids, one per item) before it is made.
+
+    Raises ValidationError on ``remove_members`` naming the external ids listed both to add and
+    to remove: the change cannot do both, and doing either is not what the other list asked.
+    """
+    twice = sorted({x.strip() for x in add if x.strip()} & {x.strip() for x in remove if x.strip()})
+    if twice:
+        shown = ", ".join(twice[:10]) + ("…" if len(twice) > 10 else "")
+        raise ValidationError(
+            {"remove_members": f"Listed both to add and to remove: {shown}. Keep each external id in one list."}
+        )
+
+
 def segment_members_change(
     *, segment_id: int, by: User, add: list[str] = (), remove: list[str] = ()
 ) -> tuple[int, int, list[str]]:
     """Add and remove profiles (by external id) of a static segment.
 
-    Returns (added, removed, unknown external ids). Raises ValidationError on a segment that is
-    not static, Http404 / PermissionDenied outside access or role.
+    Returns (added, removed, unknown external ids): those added that were not members already,
+    those removed that were. Locks the segment (as an import's batches do), and each profile
+    named. Raises ValidationError on a segment that is not static or an external id listed both
+    to add and to remove (``segment_members_check``; nothing changes), Http404 / PermissionDenied
+    outside access or role.
     """
     segment_for(by, segment_id)
     _ensure_perm(by, "audiences.change_segment", "Your role may not change segments.")
+    segment_members_check(add=add, remove=remove)
     with transaction.atomic():
         segment = Segment.objects.select_for_update().get(pk=segment_id)
         if not can(by, "audiences.change_segment", segment):
@@ -294,14 +312,16 @@ def segment_members_change(
         known = Profile.objects.select_for_update(no_key=True).filter(external_id__in=wanted | dropped).order_by("id")
         found = dict(known.values_list("external_id", "pk"))
         unknown = sorted((wanted | dropped) - set(found))
-        before = SegmentMember.objects.filter(segment=segment).count()
+        # Who is added is told by the profiles named, not by counting every member twice: the
+        # segment's lock keeps other writers of its members out meanwhile.
+        joining = [found[x] for x in wanted if x in found]
+        present = SegmentMember.objects.filter(segment=segment, profile_id__in=joining).count() if joining else 0
         SegmentMember.objects.bulk_create(
-            [SegmentMember(segment=segment, profile_id=found[x]) for x in wanted if x in found], ignore_conflicts=True
+            [SegmentMember(segment=segment, profile_id=pk) for pk in joining], ignore_conflicts=True
         )
-        removed, _ = SegmentMember.objects.filter(
-            segment=segment, profile_id__in=[found[x] for x in dropped if x in found]
-        ).delete()
-        added = SegmentMember.objects.filter(segment=segment).count() - before + removed
+        leaving = [found[x] for x in dropped if x in found]
+        removed = SegmentMember.objects.filter(segment=segment, profile_id__in=leaving).delete()[0] if leaving else 0
+        added = len(joining) - present
         segment.updated_at = timezone.now()
         segment.save(update_fields=["updated_at"])
         audit(actor=by, action="segment_members_changed", obj=segment, summary={"added": added, "removed": removed})

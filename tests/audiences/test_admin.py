@@ -126,6 +126,22 @@ def test_static_segment_members_are_removed_by_external_id(login, manager_alice)
     assert event.summary == {"added": 0, "removed": 1}
 
 
+def test_static_segment_members_listed_to_add_and_to_remove_are_refused_on_the_form(login, manager_alice):
+    for external_id in ("a", "b"):
+        ProfileFactory(external_id=external_id)
+    static = segment_create(name="Kept", kind=Segment.Kind.STATIC, by=manager_alice)
+    segment_members_change(segment_id=static.pk, add=["a"], by=manager_alice)
+    response = login(manager_alice).post(
+        f"/admin/audiences/segment/{static.pk}/change/",
+        {"name": "Renamed", "description": "", "add_members": "b\na", "remove_members": "a"},
+    )
+    assert response.status_code == 200  # the form again, saying why
+    assert "Listed both to add and to remove: a. Keep each external id in one list." in response.content.decode()
+    static.refresh_from_db()
+    assert static.name == "Kept"
+    assert list(static.members.values_list("profile__external_id", flat=True)) == ["a"]
+
+
 @pytest.mark.parametrize("field", ["add_members", "remove_members"])
 def test_static_segment_members_stay_when_who_may_not_change_the_segment_posts_them(
     field, login, manager_alice, manager_mallory, approver_bob, viewer_carol, under_review

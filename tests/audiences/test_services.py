@@ -204,6 +204,43 @@ def test_static_members_are_added_and_removed_by_external_id(manager_alice):
     assert list(SegmentMember.objects.filter(segment=segment).values_list("profile__external_id", flat=True)) == ["a"]
 
 
+def test_an_external_id_listed_to_add_and_to_remove_is_refused_and_nothing_changes(manager_alice):
+    """Both lists at once added the profile, then removed it, and said '1 added, 1 removed'."""
+    for external_id in ("a", "b", "c"):
+        ProfileFactory(external_id=external_id)
+    segment = segment_create(name="VIPs", kind=Segment.Kind.STATIC, by=manager_alice)
+    segment_members_change(segment_id=segment.pk, add=["a"], by=manager_alice)
+    audited = AuditEvent.objects.count()
+    with pytest.raises(ValidationError) as info:
+        segment_members_change(segment_id=segment.pk, add=["b", " c"], remove=["a", "c "], by=manager_alice)
+    assert info.value.message_dict == {
+        "remove_members": ["Listed both to add and to remove: c. Keep each external id in one list."]
+    }
+    assert list(segment.members.values_list("profile__external_id", flat=True)) == ["a"]
+    assert AuditEvent.objects.count() == audited
+
+
+def test_static_members_added_count_only_those_not_members_already_without_counting_the_segment(manager_alice):
+    from django.test.utils import CaptureQueriesContext
+
+    for external_id in ("a", "b", "c"):
+        ProfileFactory(external_id=external_id)
+    segment = segment_create(name="VIPs", kind=Segment.Kind.STATIC, by=manager_alice)
+    segment_members_change(segment_id=segment.pk, add=["a", "b"], by=manager_alice)
+    with CaptureQueriesContext(connection) as queries:
+        added, removed, unknown = segment_members_change(
+            segment_id=segment.pk, add=["a", "c", "zz"], remove=["b"], by=manager_alice
+        )
+    assert (added, removed, unknown) == (1, 1, ["zz"])
+    assert sorted(segment.members.values_list("profile__external_id", flat=True)) == ["a", "c"]
+    assert AuditEvent.objects.filter(action="segment_members_changed").latest("pk").summary == {
+        "added": 1,
+        "removed": 1,
+    }
+    counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"] and "segmentmember" in q["sql"]]
+    assert counts and all('"profile_id" IN' in sql for sql in counts)  # the profiles named, not every member
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_profile_deletion_waits_for_a_static_segment_adding_it_and_removes_the_member(manager_alice):
     """Members have no database constraint on their profile: adding one holds the profile locked."""
