@@ -492,6 +492,11 @@ def spec_validate(spec: dict) -> None:
         raise ValidationError(errors)
 
 
+# The options sent as they are written: no Liquid is rendered in them.
+_PLAIN_IOS_OPTIONS = ("sound", "category", "thread_id")
+_PLAIN_ANDROID_OPTIONS = ("channel_id", "icon")
+
+
 def _is_locale(locale: str) -> bool:
     parts = normalize_locale(locale).split("-")
     return all(part.isalnum() for part in parts)
@@ -499,13 +504,14 @@ def _is_locale(locale: str) -> bool:
 
 def spec_authoring_check(spec: dict) -> None:
     """Check what content must be when it is written, beyond what a send needs (``spec_validate``):
-    its URLs are ones a phone opens (``url_form_check``), its default locale is a locale, and no two
-    of its texts are for the same locale (a variant written ``FR`` beside ``fr``, or for the default
+    its URLs are ones a phone opens (``url_form_check``), its options sent as written (sound,
+    category, thread id, channel, icon, collapse key) hold no Liquid, its default locale is a
+    locale, and no two of its texts are for the same locale (a variant written ``FR`` beside ``fr``, or for the default
     locale, would never be sent, or hide the default texts from the review). A send does not ask:
     content saved before these rules goes out as it was approved.
 
-    Raises ValidationError naming each field (``image_url``, ``variants.fr.tap_url``, ``variants``,
-    ``default_locale``).
+    Raises ValidationError naming each field (``image_url``, ``variants.fr.tap_url``, ``ios.thread_id``,
+    ``variants``, ``default_locale``).
     """
     errors: dict[str, list[str]] = {}
     variants = spec.get("variants") or {}
@@ -519,6 +525,17 @@ def spec_authoring_check(spec: dict) -> None:
             except ValidationError as exc:
                 for field, messages in exc.message_dict.items():
                     errors.setdefault(field, []).extend(messages)
+    ios, android = spec.get("ios") or {}, spec.get("android") or {}
+    options = {
+        **{f"ios.{name}": ios.get(name) for name in _PLAIN_IOS_OPTIONS},
+        **{f"android.{name}": android.get(name) for name in _PLAIN_ANDROID_OPTIONS},
+        "collapse_key": spec.get("collapse_key"),
+    }
+    for field, value in options.items():
+        if isinstance(value, str) and is_templated(value):
+            errors.setdefault(field, []).append(
+                "Liquid is not rendered here (only in the texts, the URLs and custom data): it would go out as written."
+            )
     default_locale = spec.get("default_locale") or ""
     if default_locale and not _is_locale(default_locale):
         errors.setdefault("default_locale", []).append(f"'{default_locale}' is not a locale (e.g. en or en-US).")

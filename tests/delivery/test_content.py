@@ -571,6 +571,13 @@ def shop(manager_alice):
         ({"variants": {"fr_CA": {"title": "Allô"}, "fr-ca": {"title": "Salut"}}}, "variants", "same locale"),
         ({"variants": {"EN": {"title": "Hi"}}}, "variants", "default locale"),
         ({"default_locale": "english!"}, "default_locale", "not a locale"),
+        # Liquid is rendered in the texts, URLs and custom data only: elsewhere it would go out as written.
+        ({"ios_thread_id": "order-{{ context.order }}"}, "ios.thread_id", "not rendered here"),
+        ({"ios_sound": "{% if profile.locale == 'fr' %}coq.caf{% endif %}"}, "ios.sound", "not rendered here"),
+        ({"ios_category": "{{ context.kind }}"}, "ios.category", "not rendered here"),
+        ({"android_channel_id": "{{ profile.attributes.channel }}"}, "android.channel_id", "not rendered here"),
+        ({"android_icon": "{{ context.icon }}"}, "android.icon", "not rendered here"),
+        ({"collapse_key": "order-{{ context.order }}"}, "collapse_key", "not rendered here"),
     ],
 )
 @pytest.mark.django_db

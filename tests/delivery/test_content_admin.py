@@ -150,6 +150,7 @@ def test_a_profile_of_the_default_language_gets_the_default_texts_in_the_preview
         ({"variants": '{"fr": {"title": "Salut"}, "FR": {"title": "Bonjour"}}'}, "variants", "are the same locale"),
         ({"variants": '{"en": {"title": "Hi"}}'}, "variants", "is the default locale (en)"),
         ({"default_locale": "english!"}, "default_locale", "is not a locale"),
+        ({"ios_thread_id": "order-{{ context.order }}"}, "ios_thread_id", "Liquid is not rendered here"),
     ],
 )
 def test_a_link_or_locale_a_phone_would_misread_is_refused_on_its_field(
@@ -164,6 +165,7 @@ def test_a_link_or_locale_a_phone_would_misread_is_refused_on_its_field(
     assert message in str(answer.context["adminform"].form.errors[field])
     content.refresh_from_db()
     assert (content.version, content.image_url, content.variants, content.default_locale) == (1, "", {}, "en")
+    assert content.ios_thread_id == ""
 
 
 def test_live_preview_for_an_external_id_holding_a_nul_shows_a_profile_without_attributes(client, db, manager_alice):
