@@ -9,7 +9,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from accounts.admin.bases import AccessAdmin, BigTableAdmin, EstimatedCountPaginator
-from audiences.admin.profiles import ReadOnlyMixin
+from audiences.admin.profiles import ReadOnlyMixin, external_id_terms
 from audiences.models import Event, EventReplay
 from audiences.selectors import (
     event_names,
@@ -69,8 +69,8 @@ class EventAdmin(ReadOnlyMixin, BigTableAdmin):
         return events_visible_to(request.user)
 
     def get_search_results(self, request, queryset, search_term):
-        term = search_term.strip()
-        return (queryset.filter(profile__external_id=term) if term else queryset), False
+        terms = external_id_terms(search_term)
+        return (queryset.filter(profile__external_id__in=terms) if terms else queryset), False
 
     def has_delete_permission(self, request, obj=None):
         return False

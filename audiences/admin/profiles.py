@@ -17,6 +17,13 @@ from audiences.selectors import (
 from audiences.services.profiles import profiles_delete, profiles_delete_counts
 
 
+def external_id_terms(search_term: str) -> list[str]:
+    """The external ids a search for ``search_term`` names: as typed, and without the spaces around
+    it (pasted text often carries them). Ids keep their spaces (the API does not trim them), so
+    "ann " and "ann" may be two people: a search for "ann " lists both, one for "ann" only "ann"."""
+    return [term for term in dict.fromkeys([search_term, search_term.strip()]) if term.strip()]
+
+
 class ReadOnlyMixin:
     """Profiles and events are written by the API and imports, never by hand in the admin."""
 
@@ -44,8 +51,8 @@ class ProfileAdmin(ReadOnlyMixin, BigTableAdmin):
 
     def get_search_results(self, request, queryset, search_term):
         # Exact and case-sensitive, so the unique index answers (Django's "=" is iexact: a scan).
-        term = search_term.strip()
-        return (queryset.filter(external_id=term) if term else queryset), False
+        terms = external_id_terms(search_term)
+        return (queryset.filter(external_id__in=terms) if terms else queryset), False
 
     def has_delete_permission(self, request, obj=None):
         return request.user.has_perm("audiences.delete_profile")
@@ -82,7 +89,8 @@ class ProfileAdmin(ReadOnlyMixin, BigTableAdmin):
                 (s, reverse("admin:audiences_segment_change", args=[s.pk]))
                 for s in profile_memberships(request.user, profile)
             ]
+            # By the profile's id: a search by its external id would trim it (see external_id_terms).
             extra["events_url"] = (
-                reverse("admin:audiences_event_changelist") + "?" + urlencode({"q": profile.external_id})
+                reverse("admin:audiences_event_changelist") + "?" + urlencode({"profile__id__exact": profile.pk})
             )
         return super().change_view(request, object_id, form_url, extra)

@@ -347,6 +347,23 @@ def test_profile_and_event_search_is_by_exact_external_id(login, viewer_carol):
     assert [e.profile_id for e in events] == [ann.pk]
 
 
+def test_a_profiles_events_link_lists_its_own_events_whatever_spaces_its_id_holds(login, viewer_carol):
+    """External ids keep their spaces (the API does not trim them): "ann " and "ann" are two people.
+    The profile page's link searched the events by its id, trimmed: it listed the other one's."""
+    spaced = ProfileFactory(external_id="ann ")
+    other = ProfileFactory(external_id="ann")
+    EventFactory(profile=spaced, name="purchase")
+    EventFactory(profile=other, name="app_open")
+    client = login(viewer_carol)
+    page = client.get(f"/admin/audiences/profile/{spaced.pk}/change/")
+    listed = client.get(page.context["events_url"]).context["cl"].result_list
+    assert [(e.profile_id, e.name) for e in listed] == [(spaced.pk, "purchase")]
+    found = client.get("/admin/audiences/profile/", {"q": "ann "}).context["cl"].result_list
+    assert sorted(p.external_id for p in found) == ["ann", "ann "]  # as typed, and without its spaces
+    events = client.get("/admin/audiences/event/", {"q": "ann "}).context["cl"].result_list
+    assert sorted(e.profile_id for e in events) == sorted([spaced.pk, other.pk])
+
+
 def test_viewer_reads_a_granted_segment_but_cannot_save_it(login, viewer_carol, manager_alice, admin_erin):
     from accounts.services import access_grant
 
