@@ -26,6 +26,7 @@ from delivery.personalization import (
     template_context_gaps,
     template_reads,
     template_render,
+    template_whole_object_outputs,
     template_worst_case_bytes,
     url_form_check,
     url_scheme_check,
@@ -504,7 +505,8 @@ def _is_locale(locale: str) -> bool:
 
 def spec_authoring_check(spec: dict) -> None:
     """Check what content must be when it is written, beyond what a send needs (``spec_validate``):
-    its URLs are ones a phone opens (``url_form_check``), its options sent as written (sound,
+    its URLs are ones a phone opens (``url_form_check``), its texts write no whole object
+    (``template_whole_object_outputs``: ``{{ profile.attributes }}``), its options sent as written (sound,
     category, thread id, channel, icon, collapse key) hold no Liquid, its default locale is a
     locale, and no two of its texts are for the same locale (a variant written ``FR`` beside ``fr``, or for the default
     locale, would never be sent, or hide the default texts from the review). A send does not ask:
@@ -525,6 +527,16 @@ def spec_authoring_check(spec: dict) -> None:
             except ValidationError as exc:
                 for field, messages in exc.message_dict.items():
                     errors.setdefault(field, []).extend(messages)
+    sources = [(name, spec.get(name, "") or "") for name in VARIANT_FIELDS]
+    for locale, texts in variants.items():
+        sources += [(f"variants.{locale}.{name}", value) for name, value in dict(texts).items()]
+    sources += [(f"data.{key}", value) for key, value in (spec.get("data") or {}).items()]
+    for field, source in sources:
+        for output in template_whole_object_outputs(source) if isinstance(source, str) else ():
+            errors.setdefault(field, []).append(
+                f"{output} shows every attribute or value it holds, written as code: name one "
+                "(profile.attributes.first_name, context.order_id)."
+            )
     ios, android = spec.get("ios") or {}, spec.get("android") or {}
     options = {
         **{f"ios.{name}": ios.get(name) for name in _PLAIN_IOS_OPTIONS},

@@ -591,3 +591,39 @@ def url_form_check(source: str, *, field: str) -> None:
             raise ValidationError({field: f"A web address needs a host: {scheme}://example.com/..."})
     elif not rest:
         raise ValidationError({field: f"Nothing follows '{scheme}:': write the link's path (e.g. {scheme}://orders)."})
+
+
+# An output of a whole object, bare or with a default: ``profile``, ``profile.attributes``, ``context``.
+_WHOLE_OBJECT = re.compile(
+    r"^\s*(profile|profile\.attributes|context)\s*(?:\|\s*default\s*:\s*(?:'[^']*'|\"[^\"]*\"|[\w.]+)\s*)?$"
+)
+
+
+def template_whole_object_outputs(source: str) -> list[str]:
+    """The outputs of ``source`` (``{{ … }}``, ``echo``) that write a whole object (``profile``,
+    ``profile.attributes``, ``context``), as written: Liquid renders one as every field it holds,
+    in Python's notation. A template that cannot be read has none (``template_check`` refuses it)."""
+    if not is_templated(source) or not re.search(r"profile|context", source):
+        return []
+    found, tag, output = [], "", None
+    try:
+        tokens = list(_TOKENIZER(source))
+    except LiquidError:
+        return []
+    for token in tokens:
+        if token.kind == TOKEN_TAG:
+            tag, output = token.value.strip(), None
+            continue
+        if token.kind == TOKEN_OUTPUT:
+            output = token.value
+            continue
+        if token.kind == TOKEN_EXPRESSION and (output is not None or tag == "echo"):
+            if _WHOLE_OBJECT.match(token.value):
+                found.append(output or f"{{% echo {token.value.strip()} %}}")
+        elif token.kind == TOKEN_EXPRESSION and tag == "liquid":
+            for line in token.value.splitlines():
+                word, _, expression = line.strip().partition(" ")
+                if word == "echo" and _WHOLE_OBJECT.match(expression):
+                    found.append(f"{{% echo {expression.strip()} %}}")
+        tag, output = "", None
+    return found

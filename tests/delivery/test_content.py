@@ -578,6 +578,11 @@ def shop(manager_alice):
         ({"android_channel_id": "{{ profile.attributes.channel }}"}, "android.channel_id", "not rendered here"),
         ({"android_icon": "{{ context.icon }}"}, "android.icon", "not rendered here"),
         ({"collapse_key": "order-{{ context.order }}"}, "collapse_key", "not rendered here"),
+        # A whole object renders as its every field, written as Python would: to the lock screen.
+        ({"body": "Hi {{ profile.attributes }}"}, "body", "{{ profile.attributes }} shows every attribute"),
+        ({"title": "{{profile|default:'you'}}"}, "title", "shows every attribute"),
+        ({"variants": {"fr": {"body": "{% echo context %}"}}}, "variants.fr.body", "{% echo context %}"),
+        ({"data": {"profile": "{{ profile.attributes }}"}}, "data.profile", "shows every attribute"),
     ],
 )
 @pytest.mark.django_db
@@ -585,7 +590,7 @@ def test_content_a_phone_would_misread_is_refused_on_save_naming_the_field(shop,
     from delivery.models import PushContent
     from delivery.services.contents import pushcontent_save
 
-    content = PushContent(app=shop, name="Sale", title="Hi", body="Spring sale", **fields)
+    content = PushContent(app=shop, name="Sale", **{"title": "Hi", "body": "Spring sale", **fields})
     with pytest.raises(ValidationError) as exc:
         pushcontent_save(content=content, by=manager_alice)
     assert any(message in m for m in errors_of(exc)[field]), errors_of(exc)
@@ -602,6 +607,7 @@ def test_content_a_phone_would_misread_is_refused_on_save_naming_the_field(shop,
         {"tap_action": "open_app", "tap_url": "not a url, not used"},
         {"variants": {"en-GB": {"title": "Colour"}, "fr": {"title": "Couleur"}}},
         {"default_locale": "pt_BR"},
+        {"subtitle": "{{ profile.attributes.name }}: {{ profile.attributes | size }} fields, {{ context.order }}"},
     ],
 )
 @pytest.mark.django_db
