@@ -6,7 +6,6 @@ import re
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import F
 from django.http import Http404, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
@@ -17,7 +16,8 @@ from accounts.admin.lifecycle import LifecycleAdminMixin
 from accounts.selectors import approval_current, can, in_scope
 from accounts.services import TransitionError
 from campaigns import winner_admin
-from campaigns.models import Campaign, Occurrence
+from campaigns.models import Campaign
+from campaigns.occurrence_admin import OccurrenceInline, occurrences_summary
 from campaigns.reports import campaign_charts, campaign_report, campaign_report_csv
 from campaigns.review import (
     approved_phones_html,
@@ -210,44 +210,6 @@ class _StatusFilter(ActiveStatusFilter):
 
     active_statuses = (Status.DRAFT, Status.IN_REVIEW, Status.SCHEDULED, Status.LIVE)
     active_label = "Draft, in review, scheduled, live"
-
-
-class OccurrenceInline(admin.TabularInline):
-    model = Occurrence
-    fields = ("due", "fired", "outcome", "dispatch_link", "note")
-    readonly_fields = fields
-    extra = 0
-    max_num = 0
-    can_delete = False
-    ordering = ("-due_at",)
-
-    def get_queryset(self, request):
-        # Each row shows in its campaign's zone, and says whether its dispatch sent at each
-        # profile's local time (one column of it, not the dispatch's frozen content).
-        return (
-            super()
-            .get_queryset(request)
-            .select_related("campaign")
-            .annotate(dispatch_local_time=F("dispatch__local_time"))
-        )
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    @admin.display(description="Due at")
-    def due(self, obj):
-        return obj.due_text()
-
-    @admin.display(description="Fired at")
-    def fired(self, obj):
-        return zoned(obj.fired_at, obj.campaign.time_zone)
-
-    @admin.display(description="Dispatch")
-    def dispatch_link(self, obj):
-        if obj.dispatch_id is None:
-            return "—"
-        url = reverse("admin:delivery_dispatch_change", args=[obj.dispatch_id])
-        return format_html('<a href="{}">dispatch {}</a>', url, obj.dispatch_id)
 
 
 @admin.register(Campaign)
@@ -475,7 +437,6 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             .filter(source_id=obj.pk, kind__in=(Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER))
             .order_by("-created_at")[:10]
         )
-        occurrences = obj.occurrences.count()
         rows = format_html_join(
             "",
             '<li><a href="{}">{}</a> — {}, {} targeted, {} accepted</li>',
@@ -485,10 +446,9 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             ),
         )
         return format_html(
-            '<div id="campaign-sends"><ul>{}</ul><p>{} occurrence{} (listed below).</p></div>',
+            '<div id="campaign-sends"><ul>{}</ul><p>Occurrences (listed below): {}.</p></div>',
             rows or format_html("<li>{}</li>", "Nothing sent yet."),
-            occurrences,
-            "" if occurrences == 1 else "s",
+            occurrences_summary(obj),
         )
 
     activated = zoned_column("activated_at", "Activated", zone_field="time_zone")

@@ -443,6 +443,8 @@ class Occurrence(models.Model):
     class Meta:
         ordering = ["-due_at"]
         constraints = [models.UniqueConstraint(fields=["campaign", "due_at"], name="occurrence_once")]
+        # The list of every occurrence, newest first (one campaign's reads the unique one, above).
+        indexes = [models.Index(fields=["due_at", "id"], name="occurrence_due_idx")]
 
     def __str__(self) -> str:
         return f"{self.campaign} @ {self.due_text()}: {self.get_outcome_display().lower()}"

@@ -5,7 +5,7 @@ from django.http import Http404
 
 from accounts.models import User
 from accounts.selectors import approval_current, can, visible_to
-from campaigns.models import Campaign
+from campaigns.models import Campaign, Occurrence
 
 Status = Campaign.Status
 
@@ -13,6 +13,14 @@ Status = Campaign.Status
 def campaigns_visible_to(user: User, *, perm: str | None = None) -> QuerySet[Campaign]:
     """Every campaign the user may see: through its app's scope or a grant on the campaign itself."""
     return visible_to(user, Campaign.objects.select_related("app", "segment", "content", "owner"), perm=perm)
+
+
+def occurrences_visible_to(user: User) -> QuerySet[Occurrence]:
+    """The occurrences of the campaigns the user may see (needs the role's view_occurrence): whoever
+    may not see a campaign sees none of its occurrences, in a list or by id."""
+    if not user.has_perm("campaigns.view_occurrence"):
+        return Occurrence.objects.none()
+    return Occurrence.objects.filter(campaign__in=campaigns_visible_to(user).values("pk"))
 
 
 def campaign_for(user: User, campaign_id: int, *, perm: str | None = None) -> Campaign:
