@@ -57,30 +57,40 @@ def imports_visible_to(user: User) -> QuerySet[Import]:
     return qs.filter(created_by=user) | qs.filter(segment__in=in_scope(user, Segment.objects.all()).values("pk"))
 
 
-def profile_memberships(user: User, profile: Profile, *, limit: int = 100) -> list[Segment]:
-    """The segments (among those the user may see) that hold the profile, in one query for all of them."""
+MEMBERSHIP_BATCH = 100  # segments tested per query: a query of one column per segment stays small to plan
+
+
+def profile_memberships(user: User, profile: Profile, *, limit: int = 1000) -> list[Segment]:
+    """The segments (among the first ``limit`` by name the user may see) that hold the profile.
+
+    One query per MEMBERSHIP_BATCH segments, each testing its segments on this one profile: the
+    page's queries grow with the segments one sees, by one per hundred, never with the profiles
+    or events. It tested the first hundred alone, and said of a profile in the next one that it
+    was in none."""
     segments = list(segments_visible_to(user).order_by("name", "id")[:limit])
-    if not segments:
-        return []
+    found: list[Segment] = []
     compiler = Compiler(correlated=True)
-    annotations = {}
-    for segment in segments:
-        if segment.kind == Segment.Kind.RULES:
-            if not segment.rules:
-                continue
-            try:
-                condition = compiler.compile(segment.rules, stack=(segment.pk,))
-            except RulesInvalid:
-                continue  # a segment broken by a later change (e.g. a removed app) just does not match
-            annotations[f"s{segment.pk}"] = Exists(Profile.objects.filter(condition, pk=OuterRef("pk")))
-        else:
-            annotations[f"s{segment.pk}"] = Exists(
-                SegmentMember.objects.filter(segment_id=segment.pk, profile=OuterRef("pk"))
-            )
-    if not annotations:
-        return []
-    row = Profile.objects.filter(pk=profile.pk).annotate(**annotations).values(*annotations).first() or {}
-    return [s for s in segments if row.get(f"s{s.pk}")]
+    for first in range(0, len(segments), MEMBERSHIP_BATCH):
+        batch = segments[first : first + MEMBERSHIP_BATCH]
+        annotations = {}
+        for segment in batch:
+            if segment.kind == Segment.Kind.RULES:
+                if not segment.rules:
+                    continue
+                try:
+                    condition = compiler.compile(segment.rules, stack=(segment.pk,))
+                except RulesInvalid:
+                    continue  # a segment broken by a later change (e.g. a removed app) just does not match
+                annotations[f"s{segment.pk}"] = Exists(Profile.objects.filter(condition, pk=OuterRef("pk")))
+            else:
+                annotations[f"s{segment.pk}"] = Exists(
+                    SegmentMember.objects.filter(segment_id=segment.pk, profile=OuterRef("pk"))
+                )
+        if not annotations:
+            continue
+        row = Profile.objects.filter(pk=profile.pk).annotate(**annotations).values(*annotations).first() or {}
+        found += [s for s in batch if row.get(f"s{s.pk}")]
+    return found
 
 
 def attribute_keys(*, sample: int = 5000) -> list[dict]:

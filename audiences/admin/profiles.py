@@ -13,8 +13,11 @@ from audiences.selectors import (
     events_visible_to,
     profile_memberships,
     profiles_visible_to,
+    segments_visible_to,
 )
 from audiences.services.profiles import profiles_delete, profiles_delete_counts
+
+MEMBERSHIPS_CHECKED = 1000  # a profile page tests this many segments, the first by name
 
 
 def external_id_terms(search_term: str) -> list[str]:
@@ -87,8 +90,11 @@ class ProfileAdmin(ReadOnlyMixin, BigTableAdmin):
             )
             extra["memberships"] = [
                 (s, reverse("admin:audiences_segment_change", args=[s.pk]))
-                for s in profile_memberships(request.user, profile)
+                for s in profile_memberships(request.user, profile, limit=MEMBERSHIPS_CHECKED)
             ]
+            visible = segments_visible_to(request.user).count()
+            if visible > MEMBERSHIPS_CHECKED:  # say so, rather than "in none" of those not tested
+                extra["memberships_checked"] = (MEMBERSHIPS_CHECKED, visible)
             # By the profile's id: a search by its external id would trim it (see external_id_terms).
             extra["events_url"] = (
                 reverse("admin:audiences_event_changelist") + "?" + urlencode({"profile__id__exact": profile.pk})

@@ -183,6 +183,39 @@ def test_profile_page_shows_attributes_events_and_memberships(
     assert ">Pro</a>" in html and "Kept" not in html  # only segments the viewer may see
 
 
+def test_profile_page_finds_memberships_past_the_first_hundred_segments(
+    login, manager_alice, admin_erin, django_assert_max_num_queries
+):
+    """It checked the first 100 segments by name and said "In none of the segments you may see" of
+    a profile in the 101st."""
+    profile = ProfileFactory(external_id="ann", attributes={"plan": "pro"})
+    Segment.objects.bulk_create(
+        [
+            Segment(name=f"A {n:03d}", rules={"all": [{"field": "locale", "op": "eq", "value": "xx"}]})
+            for n in range(150)
+        ]
+    )
+    zebra = segment_create(name="Zebra", rules=PRO, by=manager_alice)
+    client = login(admin_erin)  # sees every segment
+    with django_assert_max_num_queries(22):
+        page = client.get(f"/admin/audiences/profile/{profile.pk}/change/")
+    assert [s for s, _ in page.context["memberships"]] == [zebra]
+    assert ">Zebra</a>" in page.content.decode() and "Checked the first" not in page.content.decode()
+
+
+def test_profile_page_says_how_many_segments_it_checked_when_not_all(login, admin_erin, monkeypatch):
+    from audiences.admin import profiles
+
+    profile = ProfileFactory(external_id="ann", attributes={"plan": "pro"})
+    Segment.objects.bulk_create(
+        [Segment(name=f"A {n:03d}", rules=PRO) for n in range(3)] + [Segment(name="Zebra", rules=PRO)]
+    )
+    monkeypatch.setattr(profiles, "MEMBERSHIPS_CHECKED", 2)
+    page = login(admin_erin).get(f"/admin/audiences/profile/{profile.pk}/change/")
+    assert [s.name for s, _ in page.context["memberships"]] == ["A 000", "A 001"]
+    assert "Checked the first 2 segments by name of the 4 you may see." in page.content.decode()
+
+
 def test_big_table_lists_take_a_bounded_number_of_queries(login, viewer_carol, django_assert_max_num_queries):
     for n in range(60):
         EventFactory(name="purchase" if n % 2 else "app_open")
