@@ -12,7 +12,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from accounts.admin.bases import ActiveStatusFilter, KeptChoiceField, ObjectAccessAdminMixin, ScopedAdmin, page_answers
-from accounts.admin.lifecycle import LifecycleAdminMixin
+from accounts.admin.lifecycle import LifecycleAdminMixin, approval_text
 from accounts.selectors import approval_current, can, in_scope
 from accounts.services import TransitionError
 from campaigns import winner_admin
@@ -383,18 +383,8 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
 
     @admin.display(description="Approval")
     def approval(self, obj):
-        request = approval_current(obj)
-        if request is None:
-            return "Not submitted yet."
-        if request.status == request.Status.PENDING:
-            who, when = request.requested_by, zoned(request.requested_at, obj.time_zone)
-            text = "Revision waiting for approval" if obj.is_active else request.get_status_display()
-            return format_html("{}: asked by {} on {}", text, who, when)
-        decided = (
-            f" by {request.decided_by} on {zoned(request.decided_at, obj.time_zone)}" if request.decided_by else ""
-        )
-        comment = format_html(" — “{}”", request.comment) if request.comment else ""
-        return format_html("{}{}{}", request.get_status_display(), decided, comment)
+        pending = "Revision waiting for approval" if obj.is_active else ""
+        return approval_text(approval_current(obj), time_zone=obj.time_zone, pending=pending)
 
     @admin.display(description="Endpoint and an example call")
     def api_call(self, obj):
