@@ -806,3 +806,23 @@ def test_a_viewer_gets_no_note_to_write(client, make_campaign, viewer_carol):
     campaign = make_campaign()
     client.force_login(viewer_carol)
     assert 'name="message"' not in client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+
+
+def test_a_live_campaigns_revision_in_review_says_who_asked_and_when(
+    client, make_campaign, manager_alice, approver_bob
+):
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from accounts.models import ApprovalRequest
+
+    nine = dt.datetime(2027, 1, 5, 9, 0, tzinfo=ZoneInfo("Europe/Paris"))
+    campaign = make_campaign(schedule_kind="at", send_at=nine, time_zone="Europe/Paris")
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=nine - dt.timedelta(days=2))
+    Campaign.objects.filter(pk=campaign.pk).update(send_at=nine + dt.timedelta(hours=1))
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    ApprovalRequest.objects.filter(status="pending").update(requested_at=dt.datetime(2027, 1, 3, 7, 15, tzinfo=dt.UTC))
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    assert "Revision waiting for approval: asked by manager_alice on 2027-01-03 08:15 (Europe/Paris)" in page
