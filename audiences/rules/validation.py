@@ -310,14 +310,52 @@ class _Validator:
             allowed = self.allowed_segment_ids is None or segment_id in self.allowed_segment_ids
             if segment_id not in found or not allowed:
                 self.fail(path, "unknown_segment", f"there is no segment {segment_id} you may use")
-        if self.segment_id is None:
-            return  # a segment not saved yet cannot be referenced by anything
-        for segment_id, path in self.segment_refs.items():
-            if segment_id in found:
-                chain = _path_to(self.segment_id, found[segment_id], self.load)
-                if chain:
-                    names = " → ".join(str(i) for i in [self.segment_id, *chain])
-                    self.fail(path, "cycle", f"cycle between segments: {names}")
+        if self.segment_id is not None:  # a segment not saved yet cannot be referenced by anything
+            for segment_id, path in self.segment_refs.items():
+                if segment_id in found:
+                    chain = _path_to(self.segment_id, found[segment_id], self.load)
+                    if chain:
+                        names = " → ".join(str(i) for i in [self.segment_id, *chain])
+                        self.fail(path, "cycle", f"cycle between segments: {names}")
+        if not self.errors:
+            self.reference_depth()
+
+    def reference_depth(self) -> None:
+        """Refuse a tree that makes segments use others deeper than MAX_DEPTH levels, counted as the
+        compiler loads them (each level the segments the one before uses, not yet loaded), from this
+        tree and from every segment using this one: the compiler refuses such a chain, so it was
+        saved and then failed every count, preview and send of the segment at its top."""
+        from audiences.models import SegmentReference
+
+        uses: dict[int, set[int]] = {}
+        for source, target in SegmentReference.objects.values_list("source_id", "target_id"):
+            uses.setdefault(source, set()).add(target)
+        mine = set(self.segment_refs)
+        tops: list[int | None] = [None]  # None: this tree itself
+        if self.segment_id is not None:
+            uses[self.segment_id] = mine
+            users: dict[int, set[int]] = {}
+            for source, targets in uses.items():
+                for target in targets:
+                    users.setdefault(target, set()).add(source)
+            above, pending = set(), [self.segment_id]
+            while pending:
+                for source in users.get(pending.pop(), ()):
+                    if source not in above and source != self.segment_id:
+                        above.add(source)
+                        pending.append(source)
+            tops += sorted(above)
+        first_use = next(iter(self.segment_refs.values()))
+        for top in tops:
+            depth = _levels(mine if top is None else uses.get(top, set()), uses, exclude=top)
+            if depth <= MAX_DEPTH:
+                continue
+            if top is None:
+                message = f"the segments this rule uses go {depth} levels deep through their own rules"
+            else:
+                message = f"segment {top}, which uses this one, would go {depth} levels deep through segments' rules"
+            self.fail(first_use, "too_deep", f"{message} (at most {MAX_DEPTH})")
+            return
 
     def apps(self) -> None:
         if not self.app_refs:
@@ -353,6 +391,20 @@ def _path_to(goal: int, start: Segment, load: SegmentLoader) -> list[int]:
         loaded = load(wanted) if wanted else {}
         frontier = [(loaded[i], wanted[i]) for i in wanted if i in loaded]
     return []
+
+
+def _levels(first: set[int], uses: dict[int, set[int]], *, exclude: int | None = None) -> int:
+    """How many levels of segments a tree whose segment conditions name ``first`` loads to compile,
+    as ``Compiler.prepare`` counts them: each level the segments the one before uses (``uses``)
+    that no earlier level loaded. Stops once past MAX_DEPTH."""
+    seen = set(first) | ({exclude} if exclude is not None else set())
+    level, frontier = (1, set(first)) if first else (0, set())
+    while frontier and level <= MAX_DEPTH:
+        frontier = {ref for pk in frontier for ref in uses.get(pk, ())} - seen
+        seen |= frontier
+        if frontier:
+            level += 1
+    return level
 
 
 def _json_type(value) -> str:

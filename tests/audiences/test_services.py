@@ -15,6 +15,7 @@ from accounts.models import AuditEvent
 from accounts.services import access_grant
 from audiences.models import Event, Profile, Segment, SegmentMember
 from audiences.rules.schema import RulesInvalid
+from audiences.rules.validation import rules_validate_for
 from audiences.selectors import profile_memberships, segments_visible_to
 from audiences.services.events import events_ingest
 from audiences.services.profiles import profile_upsert, profiles_delete, profiles_upsert
@@ -87,6 +88,41 @@ def test_update_refuses_a_cycle_through_another_segment(manager_alice):
     assert info.value.errors[0].code == "cycle"
     a.refresh_from_db()
     assert a.rules == PRO
+
+
+def _chain(by, length: int) -> list[Segment]:
+    """Segments each using the one before: the first holds the pro profiles."""
+    chain = [segment_create(name="s0", rules=PRO, by=by)]
+    for n in range(1, length):
+        chain.append(segment_create(name=f"s{n}", rules={"all": [{"segment": chain[-1].pk}]}, by=by))
+    return chain
+
+
+def test_a_segment_using_others_deeper_than_the_compiler_reads_is_refused_when_saved(manager_alice):
+    """Each segment of a chain was accepted, and the eleventh level failed every count, preview and
+    send ("segments reference each other too deeply")."""
+    ProfileFactory(attributes={"plan": "pro"})
+    chain = _chain(manager_alice, 11)  # the top uses ten levels of segments: the most the compiler reads
+    assert segment_preview(segment_id=chain[-1].pk, by=manager_alice).count == 1
+    with pytest.raises(RulesInvalid) as info:
+        segment_create(name="s11", rules={"all": [PRO, {"segment": chain[-1].pk}]}, by=manager_alice)
+    assert [(e.path, e.code) for e in info.value.errors] == [("rules.all[1].segment", "too_deep")]
+    assert "go 11 levels deep" in info.value.errors[0].message
+    assert not Segment.objects.filter(name="s11").exists()
+    with pytest.raises(RulesInvalid):  # a journey's condition or any tree naming it, alike
+        rules_validate_for({"segment": chain[-1].pk}, by=manager_alice)
+
+
+def test_a_segment_change_making_a_segment_above_it_too_deep_is_refused(manager_alice):
+    chain = _chain(manager_alice, 11)
+    kept = segment_create(name="kept", kind=Segment.Kind.STATIC, by=manager_alice)
+    with pytest.raises(RulesInvalid) as info:
+        segment_update(segment_id=chain[0].pk, rules={"all": [{"segment": kept.pk}]}, by=manager_alice)
+    assert info.value.errors[0].code == "too_deep"
+    assert f"segment {chain[-1].pk}, which uses this one, would go 11 levels deep" in info.value.errors[0].message
+    chain[0].refresh_from_db()
+    assert chain[0].rules == PRO
+    segment_update(segment_id=chain[1].pk, rules={"all": [{"segment": kept.pk}]}, by=manager_alice)  # shorter
 
 
 def test_segment_used_by_another_cannot_be_deleted(manager_alice):
