@@ -30,7 +30,7 @@ from delivery.selectors import (
     dispatch_outcomes,
     dispatches_visible_to,
 )
-from delivery.services.devices import device_opt_in_set, device_register, device_unregister
+from delivery.services.devices import device_opt_in_set, device_register, device_token_normal, device_unregister
 from delivery.services.dispatches import dispatch_counted_now
 from delivery.services.opens import AlreadyOpened, NotAccepted, delivery_open_report
 
@@ -49,7 +49,14 @@ class DeviceInSerializer(serializers.Serializer):
     platform = serializers.ChoiceField(
         choices=Platform.choices, error_messages={"invalid_choice": "Unknown platform “{input}”; use ios or android."}
     )
-    token = JsonCharField(max_length=512, allow_blank=True, trim_whitespace=False)
+    token = JsonCharField(
+        max_length=512,
+        allow_blank=True,
+        trim_whitespace=False,
+        help_text="The push token: for ios, APNs's hexadecimal device token (64 to 200 digits, in either case: it is "
+        "kept in lowercase, so the same token in capitals is the same device); for android, FCM's registration token, "
+        "kept as given (its case counts).",
+    )
     push_enabled = JsonBooleanField(
         required=False,
         help_text="The phone's notification opt-in. Left out: true for a new token; a known one keeps its own.",
@@ -63,7 +70,9 @@ class DeviceInSerializer(serializers.Serializer):
 
 class DeviceRefSerializer(serializers.Serializer):
     app = JsonIntegerField()
-    token = JsonCharField(max_length=512, trim_whitespace=False)
+    token = JsonCharField(
+        max_length=512, trim_whitespace=False, help_text="The token as registered (an APNs token in either case)."
+    )
 
 
 class DeviceOptInSerializer(DeviceRefSerializer):
@@ -199,7 +208,8 @@ class DeviceRegisterView(APIView):
         data.is_valid(raise_exception=True)
         values = data.validated_data
         app_id = _app_in_scope(request, values.pop("app"))
-        created = not Device.objects.filter(app_id=app_id, token=values["token"]).exists()
+        token = device_token_normal(platform=values["platform"], token=values["token"])
+        created = not Device.objects.filter(app_id=app_id, token=token).exists()
         device = device_register(app_id=app_id, by=request.user, **values)
         return Response(
             DeviceOutSerializer(device).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK

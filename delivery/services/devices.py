@@ -7,6 +7,7 @@ from datetime import datetime
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import User
@@ -34,6 +35,33 @@ def device_token_check(*, platform: str, token: str) -> None:
         )
 
 
+def device_token_normal(*, platform: str, token: str) -> str:
+    """The token as a device keeps it: an APNs token in lowercase, an FCM token as given.
+
+    An APNs token is the hexadecimal form of the token's bytes, so its case says nothing: the same
+    phone's token formatted in capitals (an app update, a second SDK) is the same device. FCM
+    tokens are case-sensitive and are never changed.
+    """
+    return token.lower() if platform == Platform.IOS else token
+
+
+def _device_by_token(app: App, token: str) -> Device:
+    """The app's device of ``token``, locked: the one holding it as given, else the iOS device
+    holding it in lowercase (the platform is not given: an FCM token keeps its case, so only an
+    APNs token is found in another case). Raises Device.DoesNotExist."""
+    found = list(
+        Device.objects.select_for_update()
+        .filter(Q(token=token) | Q(token=token.lower(), platform=Platform.IOS), app=app)
+        .order_by("id")
+    )
+    for device in found:
+        if device.token == token:
+            return device
+    if not found:
+        raise Device.DoesNotExist("No device with this token for this app.")
+    return found[0]
+
+
 def _ensure_device_write(by: User, app: App) -> None:
     if not by.has_perm("delivery.change_device") or not in_scope(by, App.objects.filter(pk=app.pk)).exists():
         raise PermissionDenied("You may not register devices for this app.")
@@ -51,8 +79,10 @@ def device_register(
 ) -> Device:
     """Register (or re-register) a push token for the profile ``external_id``.
 
-    The profile is created when it does not exist yet. A token already known for the app is
-    moved to this profile and made active again (a dead token comes back to life only this way).
+    The profile is created when it does not exist yet. An APNs token is kept in lowercase
+    (``device_token_normal``): the same phone's token in capitals is the same device. A token
+    already known for the app is moved to this profile and made active again (a dead token comes
+    back to life only this way).
     ``push_enabled`` and ``is_test`` left out (None) keep a known token's own (the phone's opt-in
     as last reported, the test flag an admin set: an app registering at each launch sends
     neither), and are true and false for a new token.
@@ -62,6 +92,7 @@ def device_register(
     from audiences.services.profiles import profile_upsert
 
     device_token_check(platform=platform, token=token)
+    token = device_token_normal(platform=platform, token=token)
     app = App.objects.get(pk=app_id)
     _ensure_device_write(by, app)
     now = timezone.now()
@@ -97,11 +128,13 @@ def device_register(
 
 
 def device_opt_in_set(*, app_id: int, token: str, push_enabled: bool, by: User) -> Device:
-    """Record the phone's notification opt-in for a registered token. Raises Device.DoesNotExist."""
+    """Record the phone's notification opt-in for a registered token (an APNs token in any case).
+
+    Raises Device.DoesNotExist."""
     app = App.objects.get(pk=app_id)
     _ensure_device_write(by, app)
     with transaction.atomic():
-        device = Device.objects.select_for_update().get(app=app, token=token)
+        device = _device_by_token(app, token)
         if device.push_enabled != push_enabled:
             device.push_enabled = push_enabled
             device.save(update_fields=["push_enabled"])
@@ -110,11 +143,13 @@ def device_opt_in_set(*, app_id: int, token: str, push_enabled: bool, by: User) 
 
 
 def device_unregister(*, app_id: int, token: str, by: User) -> Device:
-    """Deactivate a token at the app's request (logout, uninstall). Raises Device.DoesNotExist."""
+    """Deactivate a token (an APNs token in any case) at the app's request (logout, uninstall).
+
+    Raises Device.DoesNotExist."""
     app = App.objects.get(pk=app_id)
     _ensure_device_write(by, app)
     with transaction.atomic():
-        device = Device.objects.select_for_update().get(app=app, token=token)
+        device = _device_by_token(app, token)
         if device.active:
             device.active = False
             device.invalidated_at = timezone.now()

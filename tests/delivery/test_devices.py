@@ -146,3 +146,85 @@ def test_approver_cannot_register_devices(api_key_for, approver_bob, app):
     client = api_key_for(approver_bob, scopes=["ingest"])
     assert register(client, app).status_code == 403
     assert not Device.objects.exists()
+
+
+def send_to(app, external_id, capture):
+    """Send a push to the profile ``external_id`` of ``app``, as the pipeline tests do."""
+    from audiences.models import Profile
+    from delivery.models import Dispatch
+    from delivery.services.dispatches import dispatch_create
+    from tests.factories import PushContentFactory
+
+    content = PushContentFactory(app=app)
+    with capture(execute=True):
+        dispatch = dispatch_create(
+            app_id=app.pk,
+            kind=Dispatch.Kind.API_TRIGGER,
+            spec=content.spec(),
+            content_id=content.pk,
+            profile_ids=[Profile.objects.get(external_id=external_id).pk],
+        )
+    dispatch.refresh_from_db()
+    return dispatch
+
+
+def test_one_iphone_registered_in_upper_and_lower_case_receives_a_send_once(
+    ingest, manager_alice, pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
+):
+    """APNs tokens are hexadecimal, their case meaningless: an app update (or a second SDK) that
+    formats the same token in capitals registered the phone twice, and every send reached it twice."""
+    from collections import Counter
+
+    from delivery.models import Dispatch
+
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
+    token = "0a1b2c3d4e5f" * 5 + "9e8f"
+    response = register(ingest, pushsim_app, token=token.upper())
+    assert response.status_code == 201 and response.json()["token"] == token
+    response = register(ingest, pushsim_app, token=token)
+    assert response.status_code == 200, response.json()  # the phone it knew
+
+    dispatch = send_to(pushsim_app, "user-1", django_capture_on_commit_callbacks)
+
+    assert (dispatch.status, dispatch.total, dispatch.accepted) == (Dispatch.Status.DONE, 1, 1)
+    assert Counter(item.token.lower() for item in pushsim.state.received) == {token: 1}
+    assert list(Device.objects.values_list("token", flat=True)) == [token]
+
+
+def test_apns_calling_the_token_dead_deactivates_the_phone_whatever_case_it_registered_in(
+    ingest, manager_alice, pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
+):
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
+    token = "0a1b2c3d4e5f" * 5 + "9e8f"
+    pushsim.state.add_device(token=token, platform="ios", state="unregistered")
+    register(ingest, pushsim_app, token=token.upper())
+
+    dispatch = send_to(pushsim_app, "user-1", django_capture_on_commit_callbacks)
+
+    assert (dispatch.total, dispatch.failed) == (1, 1)
+    device = Device.objects.get()
+    assert (device.active, device.invalidated_reason) == (False, "Unregistered")
+    # The app registering it again, in capitals, brings the same device back.
+    assert register(ingest, pushsim_app, token=token.upper()).status_code == 200
+    assert Device.objects.get().active
+
+
+@pytest.mark.parametrize("path", ["/api/v1/devices/opt-in/", "/api/v1/devices/unregister/"])
+def test_opt_in_and_unregister_find_an_apns_token_in_any_case(ingest, app, path):
+    register(ingest, app, token=IOS_TOKEN.upper())
+    response = ingest.post(path, {"app": app.pk, "token": IOS_TOKEN.upper(), "push_enabled": False}, format="json")
+    assert response.status_code == 200, response.json()
+    device = Device.objects.get()
+    assert device.token == IOS_TOKEN
+    assert not device.push_enabled if "opt-in" in path else not device.active
+
+
+def test_fcm_tokens_keep_their_case(ingest, app):
+    upper = FCM_TOKEN.replace("fcm-token", "FCM-Token")
+    assert register(ingest, app, platform="android", token=FCM_TOKEN).status_code == 201
+    assert register(ingest, app, platform="android", token=upper).status_code == 201
+    assert set(Device.objects.values_list("token", flat=True)) == {FCM_TOKEN, upper}
+    Device.objects.filter(token=upper).delete()
+    response = ingest.post("/api/v1/devices/unregister/", {"app": app.pk, "token": upper}, format="json")
+    assert response.status_code == 404  # another token, not the one in lowercase
+    assert Device.objects.get().active
