@@ -1,5 +1,6 @@
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Lower
 from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
@@ -120,7 +121,9 @@ class Platform(models.TextChoices):
 class Device(models.Model):
     """A push token of one app on one phone, belonging to a profile.
 
-    Unique per (app, token): registering a known token again moves it to the new profile.
+    Unique per (app, token): registering a known token again moves it to the new profile. An
+    APNs token is kept in lowercase (its case says nothing), so the same phone's token in capitals
+    is the same device.
     A provider's "this token is dead" answer deactivates it (``active`` false, with the
     reason and time); it is never targeted again until the app registers it anew.
     """
@@ -140,7 +143,15 @@ class Device(models.Model):
 
     class Meta:
         ordering = ["-id"]
-        constraints = [models.UniqueConstraint(fields=["app", "token"], name="device_app_token_unique")]
+        constraints = [
+            models.UniqueConstraint(fields=["app", "token"], name="device_app_token_unique"),
+            # An APNs token's case says nothing (it is hexadecimal): kept in lowercase, the unique
+            # (app, token) above holds for it whatever the case, without a second index on the table.
+            models.CheckConstraint(
+                condition=~models.Q(platform="ios") | models.Q(token=Lower("token")),
+                name="device_ios_token_lowercase",
+            ),
+        ]
         indexes = [
             models.Index(fields=["app", "is_test"], name="device_app_test_idx"),
             # The devices a provider refused, per app (the dead-tokens gauge), without reading the others.
