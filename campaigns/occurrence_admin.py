@@ -22,7 +22,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from accounts.admin.bases import BigTableAdmin, row_id
+from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin, row_id
 from campaigns.models import Campaign, Occurrence
 from campaigns.selectors import campaigns_visible_to, occurrences_visible_to
 from config.zones import zoned
@@ -152,7 +152,7 @@ class DueFilter(admin.SimpleListFilter):
 
 
 @admin.register(Occurrence)
-class OccurrenceAdmin(OccurrenceColumns, BigTableAdmin):
+class OccurrenceAdmin(ReadOnlyAdminMixin, OccurrenceColumns, BigTableAdmin):
     """Every occurrence of the campaigns the user may see, newest first, read-only; the campaign
     page links to those of one campaign (``?campaign__id__exact=``), which answers 404 to whoever
     may not see that campaign."""
@@ -187,15 +187,6 @@ class OccurrenceAdmin(OccurrenceColumns, BigTableAdmin):
                 raise Http404("No such campaign.")
             extra["title"] = f"Occurrences of “{campaign}”"
         return super().changelist_view(request, extra)
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def get_actions(self, request):
         return {}

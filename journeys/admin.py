@@ -9,7 +9,13 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from accounts.admin.bases import ActiveStatusFilter, BigTableAdmin, ObjectAccessAdminMixin, ScopedAdmin
+from accounts.admin.bases import (
+    ActiveStatusFilter,
+    BigTableAdmin,
+    ObjectAccessAdminMixin,
+    ReadOnlyAdminMixin,
+    ScopedAdmin,
+)
 from accounts.admin.lifecycle import LifecycleAdminMixin, approval_text
 from accounts.json_values import JsonValueFormField
 from accounts.selectors import approval_current, in_scope
@@ -515,7 +521,7 @@ def version_status_text(journey: Journey, version) -> str:
 
 
 @admin.register(Enrollment)
-class EnrollmentAdmin(BigTableAdmin):
+class EnrollmentAdmin(ReadOnlyAdminMixin, BigTableAdmin):
     """Enrollments, read-only: search a profile's external id to see its history in every journey."""
 
     list_display = ("profile", "journey", "version_number", "entry_number", "step", "status", "due", "entered")
@@ -541,15 +547,6 @@ class EnrollmentAdmin(BigTableAdmin):
 
     def get_queryset(self, request):
         return enrollments_visible_to(request.user).select_related("profile", "journey", "version")
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def get_actions(self, request):
         return {}

@@ -11,7 +11,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from accounts.admin.bases import AccessAdmin
+from accounts.admin.bases import AccessAdmin, ReadOnlyAdminMixin
 from accounts.approvals import approval_subject_for
 from accounts.models import ApprovalPolicy, ApprovalRequest
 from accounts.selectors import (
@@ -164,7 +164,7 @@ class ApprovalDecisionForm(forms.Form):
 
 
 @admin.register(ApprovalRequest)
-class ApprovalRequestAdmin(AccessAdmin):
+class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
     """The approvers' inbox ("Waiting for my approval") and the requesters' view of decisions."""
 
     list_display = ("what", "subject_type", "state", "requested_by", "asked", "decided_by", "comment")
@@ -209,15 +209,6 @@ class ApprovalRequestAdmin(AccessAdmin):
             ),
             *super().get_urls(),
         ]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
         raise Http404("No such approval request.")

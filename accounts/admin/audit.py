@@ -2,7 +2,7 @@
 
 from django.contrib import admin
 
-from accounts.admin.bases import BigTableAdmin
+from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin
 from accounts.models import AuditEvent
 from accounts.selectors import (
     audit_events_visible_to,
@@ -10,7 +10,7 @@ from accounts.selectors import (
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(BigTableAdmin):
+class AuditEventAdmin(ReadOnlyAdminMixin, BigTableAdmin):
     """Read-only for everyone, superusers included."""
 
     list_display = ("created_at", "actor_label", "action", "object_type", "object_label")
@@ -23,15 +23,6 @@ class AuditEventAdmin(BigTableAdmin):
 
     def get_queryset(self, request):
         return audit_events_visible_to(request.user).select_related("object_type")
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def get_actions(self, request):
         return {}

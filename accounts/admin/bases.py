@@ -223,6 +223,20 @@ class RowsChoiceField(forms.ModelMultipleChoiceField):
         return super()._check_values(value)
 
 
+class ReadOnlyAdminMixin:
+    """A record nobody adds, changes or deletes through the admin (an audit trail, outcomes): its
+    pages read only, whatever the role."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 class AccessAdmin(AdminAuditMixin, admin.ModelAdmin):
     """An admin whose object pages answer 404 for an object outside ``get_queryset``, before any permission check.
 

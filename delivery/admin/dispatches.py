@@ -9,7 +9,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from accounts.admin.bases import BigTableAdmin, ScopedAdmin
+from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin, ScopedAdmin
 from config.zones import zone, zoned_column
 from delivery.admin.contents import _spec_previews_html
 from delivery.models import Delivery, Dispatch
@@ -230,7 +230,7 @@ class DispatchAdmin(ScopedAdmin):
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(BigTableAdmin):
+class DeliveryAdmin(ReadOnlyAdminMixin, BigTableAdmin):
     list_display = ("id", "dispatch", "device", "status", "reason", "attempts", "finished", "opened")
     list_filter = ("status",)
     search_fields = ("=id", "=provider_message_id")
@@ -274,12 +274,3 @@ class DeliveryAdmin(BigTableAdmin):
 
     def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
         raise Http404("No delivery with this id.")
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
