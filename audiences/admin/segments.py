@@ -96,6 +96,26 @@ def builder_meta(user, *, exclude_segment: int | None = None) -> dict:
     }
 
 
+def builder_meta_name(meta: dict, rules) -> None:
+    """Add to ``meta`` the segments and apps ``rules`` names that it does not offer (not granted to
+    the reader, or past its first 500 and 200): the builder draws each condition with its own
+    segment or app, where it showed the first one offered in its place. Saving the rules again
+    still asks that their author may use them (``rules_validate_for``)."""
+    from audiences.rules.schema import rule_nodes, segment_references
+
+    segments = segment_references(rules) - {s["id"] for s in meta["segments"]}
+    if segments:
+        meta["segments"] += Segment.objects.filter(pk__in=segments).order_by("name").values("id", "name", "kind")
+    apps = {
+        node["reachable"]["app"]
+        for node in rule_nodes(rules)
+        if isinstance(node.get("reachable"), dict) and type(node["reachable"].get("app")) is int
+    } - {a["id"] for a in meta["apps"]}
+    if apps:
+        app_model = django_apps.get_model("delivery", "App")
+        meta["apps"] += app_model.objects.filter(pk__in=apps).order_by("name").values("id", "name")
+
+
 def _has_devices() -> bool:
     from audiences.rules.schema import device_model
 
@@ -247,6 +267,8 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         form_class = super().get_form(request, obj, change=change, **kwargs)
         preview_url = reverse("admin:audiences_segment_preview_rules")
         meta = builder_meta(request.user, exclude_segment=obj.pk if obj else None)
+        if obj is not None and obj.rules:
+            builder_meta_name(meta, obj.rules)
         user = request.user
 
         class BoundForm(form_class):

@@ -50,6 +50,32 @@ def test_add_page_renders_the_rule_builder_with_pickers_from_the_data(login, man
     assert {"name": "amount", "type": "number"} in meta["properties"]
 
 
+def test_the_rule_builder_names_the_segments_and_apps_a_rule_uses_to_a_colleague_not_granted_them(
+    login, manager_alice, manager_mallory, viewer_carol, approver_bob, under_review
+):
+    """The builder offered only the reader's own segments and apps, so a rule on another's showed
+    the first of the reader's in its place: a Viewer or an approver read the wrong segment or app."""
+    from accounts.services import access_grant
+    from tests.factories import AppFactory
+
+    shop = AppFactory(name="Shop")
+    access_grant(obj=shop, to=manager_alice, by=None)
+    vips = segment_create(name="VIPs", kind=Segment.Kind.STATIC, by=manager_alice)
+    rules = {"all": [{"segment": vips.pk}, {"reachable": {"app": shop.pk}}]}
+    top = segment_create(name="Top", rules=rules, by=manager_alice)
+    access_grant(obj=top, to=viewer_carol, by=None)
+    under_review(top)
+    for reader in (viewer_carol, approver_bob):
+        page = login(reader).get(f"/admin/audiences/segment/{top.pk}/change/")
+        meta = page.context["adminform"].form.fields["rules"].widget.meta
+        assert {"id": vips.pk, "name": "VIPs", "kind": "static"} in meta["segments"]
+        assert {"id": shop.pk, "name": "Shop"} in meta["apps"]
+    # A new rule names one's own alone: the add page offers neither to who was not granted them.
+    page = login(manager_mallory).get("/admin/audiences/segment/add/")
+    meta = page.context["adminform"].form.fields["rules"].widget.meta
+    assert vips.pk not in {s["id"] for s in meta["segments"]} and shop.pk not in {a["id"] for a in meta["apps"]}
+
+
 def test_manager_creates_a_rules_segment_from_the_admin(login, manager_alice):
     response = login(manager_alice).post(
         "/admin/audiences/segment/add/",
