@@ -72,6 +72,20 @@ def _test_gate(*, app: App, source_id: int | None, spec: dict, by: User | None) 
 _GATES[Dispatch.Kind.TEST] = _test_gate
 
 
+def content_reference_kept(content_id: int | None) -> int | None:
+    """``content_id`` while that push content exists, else None: what a new dispatch may refer to.
+
+    A dispatch sends its frozen copy of the content; the content itself may have been deleted since
+    it was frozen (a journey's step content once the journey was approved), and a deletion empties
+    the reference of the dispatches made before it. Call it inside the transaction that creates the
+    dispatch: the content's row is held until it commits, so a deletion waits for it.
+    """
+    if content_id is None:
+        return None
+    kept = PushContent.objects.select_for_update(no_key=True).filter(pk=content_id).values_list("pk", flat=True)
+    return content_id if kept.exists() else None
+
+
 def dispatch_create(
     *,
     app_id: int,
@@ -135,7 +149,7 @@ def dispatch_create(
             kind=kind,
             source_id=source_id,
             label=label[:300],
-            content_id=content_id,
+            content_id=content_reference_kept(content_id),
             content_spec=dict(spec),
             context=context or {},
             variants=list(variants or []),

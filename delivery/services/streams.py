@@ -36,6 +36,7 @@ from accounts.services import audit
 from config.db import prepared_cursor
 from delivery.models import Delivery, DeliveryRules, Dispatch
 from delivery.rules import _CAP_LOCK_CLASS, CAP_DISPATCHES, CAP_ON_ITS_WAY, CAP_PUSHES, quiet_until
+from delivery.services.dispatches import content_reference_kept
 from delivery.services.rollups import (
     STREAM_SHARD,
     deliveries_finish,
@@ -147,7 +148,7 @@ def stream_open(
                 kind=kind,
                 source_id=source_id,
                 label=f"{label} · {day.isoformat()} (UTC)"[:300],  # a stream's day is UTC's
-                content_id=content_id,
+                content_id=content_reference_kept(content_id),
                 content_spec=dict(spec),
                 variants=list(variants or []),
                 holdout_share=holdout_share,

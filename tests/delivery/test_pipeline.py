@@ -83,6 +83,30 @@ def test_every_targeted_profile_gets_an_outcome_with_its_skip_reason(
     assert pushsim.state.count(ios.token) == pushsim.state.count(android.token) == 1
 
 
+def test_a_dispatch_of_content_deleted_since_it_was_frozen_is_created_and_sends_the_frozen_copy(
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
+):
+    """A journey's segment entry sends the copy frozen at approval: the content may be deleted since."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # as a commit checks them
+    content = PushContentFactory(app=pushsim_app, title="Welcome", body="Aboard")
+    spec, content_id = content.spec(), content.pk
+    content.delete()
+    profile = ProfileFactory()
+    device = DeviceFactory(profile=profile, app=pushsim_app, platform="android")
+    with django_capture_on_commit_callbacks(execute=True):
+        dispatch = dispatch_create(
+            app_id=pushsim_app.pk,
+            kind=Dispatch.Kind.API_TRIGGER,
+            spec=spec,
+            content_id=content_id,
+            profile_ids=[profile.pk],
+        )
+    dispatch.refresh_from_db()
+    assert (dispatch.content_id, dispatch.status, dispatch.accepted) == (None, "done", 1)
+    assert [r["title"] for r in pushsim.state.recent(token=device.token)] == ["Welcome"]
+
+
 def test_segment_audience_is_resolved_in_one_insert(
     pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks, django_assert_max_num_queries
 ):

@@ -84,6 +84,33 @@ def test_one_stream_is_open_per_source_version_and_day(pushsim_app, stream):
     assert Dispatch.objects.get(pk=tomorrow).label == f"Orders · {day.isoformat()} (UTC)"  # its day named
 
 
+def test_a_stream_of_content_deleted_since_it_was_approved_opens_and_sends_the_approved_copy(pushsim, pushsim_app):
+    """A journey freezes its steps' contents when approved; the content itself may be deleted since.
+    The step's stream opens without it (its reference emptied, as a deletion empties a dispatch's)
+    and sends the frozen copy, where the insert failed on its foreign key and the engine run with it."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # as a commit checks them
+    content = PushContentFactory(app=pushsim_app, title="Welcome", body="Aboard")
+    spec, content_id = content.spec(), content.pk
+    content.delete()
+    opened = stream_open(
+        kind=Dispatch.Kind.JOURNEY,
+        source_id=777,
+        version="push",
+        app_id=pushsim_app.pk,
+        spec=spec,
+        content_id=content_id,
+        label="Onboarding v1 · push",
+        purpose="marketing",
+    )
+    stream = Dispatch.objects.get(pk=opened)
+    assert (stream.content_id, stream.content_spec["title"]) == (None, "Welcome")
+    (zoe,) = _people(pushsim_app, 1)
+    _append(stream, [zoe])
+    streams_send(budget=0)
+    assert [r["title"] for r in pushsim.state.recent(token=zoe.devices.get().token)] == ["Welcome"]
+
+
 def test_appended_rows_carry_their_calls_context_and_are_sent_by_a_sender(pushsim, pushsim_app, stream):
     zoe, max_ = _people(pushsim_app, 2)
     ProfileFactory(external_id="no-phone")
