@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
@@ -9,6 +11,7 @@ from django.utils.http import urlencode
 
 from accounts.admin.bases import BigTableAdmin
 from audiences.models import Profile
+from audiences.rules.schema import DATE_RE
 from audiences.selectors import (
     events_visible_to,
     profile_memberships,
@@ -18,6 +21,20 @@ from audiences.selectors import (
 from audiences.services.profiles import profiles_delete, profiles_delete_counts
 
 MEMBERSHIPS_CHECKED = 1000  # a profile page tests this many segments, the first by name
+
+
+def json_kind(value) -> str:
+    """What a rule reads a JSON value as: string, number, boolean or date (a string starting with a
+    day, which date rules read), else list, object or null, which no rule compares."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "date" if DATE_RE.match(value[:10]) else "string"
+    if isinstance(value, list):
+        return "list"
+    return "object" if isinstance(value, dict) else "null"
 
 
 def external_id_terms(search_term: str) -> list[str]:
@@ -84,10 +101,16 @@ class ProfileAdmin(ReadOnlyMixin, BigTableAdmin):
         profile = self.get_object(request, object_id)
         extra = dict(extra_context or {})
         if profile is not None:
-            extra["profile_attributes"] = sorted(profile.attributes.items())
-            extra["recent_events"] = list(
-                events_visible_to(request.user).filter(profile=profile).order_by("-occurred_at", "-id")[:20]
-            )
+            extra["profile_attributes"] = [
+                (name, json.dumps(value, ensure_ascii=False), json_kind(value))
+                for name, value in sorted(profile.attributes.items())
+            ]
+            extra["recent_events"] = [
+                (event, json.dumps(event.properties, ensure_ascii=False))
+                for event in events_visible_to(request.user)
+                .filter(profile=profile)
+                .order_by("-occurred_at", "-id")[:20]
+            ]
             extra["memberships"] = [
                 (s, reverse("admin:audiences_segment_change", args=[s.pk]))
                 for s in profile_memberships(request.user, profile, limit=MEMBERSHIPS_CHECKED)

@@ -209,6 +209,36 @@ def test_profile_page_shows_attributes_events_and_memberships(
     assert ">Pro</a>" in html and "Kept" not in html  # only segments the viewer may see
 
 
+def test_profile_page_shows_each_attribute_as_json_with_the_type_a_rule_reads_it_as(login, viewer_carol):
+    """A rule on "age is more than 30" misses an age sent as the text "34": the page showed 34 for
+    both, True for true, and Python's repr of lists and objects, so no one could tell why."""
+    profile = ProfileFactory(
+        external_id="ann",
+        attributes={
+            "age": "34",
+            "score": 34,
+            "vip": True,
+            "signup": "2026-03-01T10:00:00Z",
+            "tags": ["a", "b"],
+            "note": "<b>x</b>",
+        },
+    )
+    EventFactory(profile=profile, name="purchase", properties={"sku": "A1", "gift": False})
+    page = login(viewer_carol).get(f"/admin/audiences/profile/{profile.pk}/change/")
+    rows = {name: (value, kind) for name, value, kind in page.context["profile_attributes"]}
+    assert rows == {
+        "age": ('"34"', "string"),
+        "note": ('"<b>x</b>"', "string"),
+        "score": ("34", "number"),
+        "signup": ('"2026-03-01T10:00:00Z"', "date"),
+        "tags": ('["a", "b"]', "list"),
+        "vip": ("true", "boolean"),
+    }
+    html = page.content.decode()
+    assert "<td>&quot;34&quot;</td><td>string</td>" in html and "&lt;b&gt;" in html
+    assert '{"sku": "A1", "gift": false}' in html.replace("&quot;", '"')
+
+
 def test_profile_page_finds_memberships_past_the_first_hundred_segments(
     login, manager_alice, admin_erin, django_assert_max_num_queries
 ):
