@@ -527,9 +527,11 @@ def handle_send(state: SimState, ex: Exchange) -> Answer:
     condition = message.get("condition")
     if condition is not None and not _condition_ok(condition):
         return _invalid("Invalid condition expression provided.", "message.condition")
-    # FCM counts bytes: UTF-8, not the \u escapes json.dumps would write for "é".
+    # FCM counts bytes: UTF-8, not the \u escapes json.dumps would write for "é"; compact, as sent
+    # (a space after each ':' and ',' would count two bytes a key that no client sends).
     size = sum(
-        len(json.dumps(message.get(part) or {}, ensure_ascii=False).encode()) for part in ("data", "notification")
+        len(json.dumps(message.get(part) or {}, ensure_ascii=False, separators=(",", ":")).encode())
+        for part in ("data", "notification")
     )
     size_limit = 4096 if "token" in targets or "fid" in targets else 2048
     if size > size_limit:
