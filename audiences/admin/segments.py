@@ -17,7 +17,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html_join
 from django.utils.timesince import timesince
 
-from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin
+from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin, deleted_objects_counted
 from accounts.json_values import JsonValueFormField, json_parse, json_value_check
 from accounts.selectors import in_scope
 from audiences.models import Segment
@@ -330,6 +330,11 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
 
     def delete_model(self, request, obj):
         segment_delete(segment_id=obj.pk, by=request.user)
+
+    def get_deleted_objects(self, objs, request):
+        """The confirmation counts what goes with the segment (its members...) instead of listing
+        each: Django's own listing loads every member of a static segment."""
+        return deleted_objects_counted(self, request, objs)
 
     def delete_view(self, request, object_id, extra_context=None):
         try:

@@ -493,6 +493,36 @@ def test_delete_segments_deletes_for_its_manager_and_nothing_for_a_viewer_or_out
     assert not Segment.objects.filter(pk=segment.pk).exists()
 
 
+def test_a_static_segments_delete_page_counts_its_members_instead_of_listing_each(
+    login, manager_alice, viewer_carol, django_assert_max_num_queries
+):
+    """Django's confirmation loaded and listed every member: a million made a page that never came back."""
+    from accounts.services import access_grant
+
+    static = segment_create(name="Kept", kind=Segment.Kind.STATIC, by=manager_alice)
+    SegmentMember.objects.bulk_create([SegmentMember(segment=static, profile=ProfileFactory()) for _ in range(300)])
+    access_grant(obj=static, to=viewer_carol, by=None)
+    assert login(viewer_carol).get(f"/admin/audiences/segment/{static.pk}/delete/").status_code == 403
+    client = login(manager_alice)
+    with django_assert_max_num_queries(25):
+        page = client.get(f"/admin/audiences/segment/{static.pk}/delete/")
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert "Segment members: 300" in html and html.count(f" in {static.pk}") == 0
+    assert client.post(f"/admin/audiences/segment/{static.pk}/delete/", {"post": "yes"}).status_code == 302
+    assert not Segment.objects.filter(pk=static.pk).exists() and not SegmentMember.objects.exists()
+
+
+def test_the_delete_page_of_a_segment_another_uses_says_so(login, manager_alice):
+    used = segment_create(name="Used", rules=PRO, by=manager_alice)
+    segment_create(name="User", rules={"all": [{"segment": used.pk}]}, by=manager_alice)
+    client = login(manager_alice)
+    page = client.get(f"/admin/audiences/segment/{used.pk}/delete/")
+    assert page.status_code == 200 and "protected" in page.content.decode()
+    client.post(f"/admin/audiences/segment/{used.pk}/delete/", {"post": "yes"})
+    assert Segment.objects.filter(pk=used.pk).exists()
+
+
 @pytest.mark.presses("audiences.segment:preview", "audiences.segment:preview_rules")
 def test_previews_count_for_those_who_see_the_segment_and_are_refused_to_others(
     login, manager_alice, manager_mallory, outsider_dave
