@@ -32,7 +32,7 @@ from accounts.models import User
 from accounts.selectors import can
 from accounts.services import audit
 from audiences.models import Profile
-from delivery.models import App, Delivery, DeliveryRollup, Dispatch, PushContent
+from delivery.models import App, Delivery, DeliveryRollup, Device, Dispatch, PushContent
 from delivery.payloads import (
     spec_validate,
 )
@@ -143,6 +143,14 @@ def dispatch_create(
         spec_validate(variant["spec"])
     if kind != Dispatch.Kind.TEST and segment_id is None and profile_ids is None:
         raise ValidationError({"audience": "A dispatch needs a segment or a list of profiles."})
+    if kind == Dispatch.Kind.TEST and not Device.objects.filter(app_id=app_id, is_test=True, active=True).exists():
+        # Said now: a test send to nobody would complete at once and read as sent.
+        raise ValidationError(
+            {
+                "audience": f"'{app}' has no active test device: mark a device of the app as a test device "
+                "(Devices: tick 'Is test'), or register one with is_test, then send the test."
+            }
+        )
     with transaction.atomic():
         dispatch = Dispatch.objects.create(
             app=app,

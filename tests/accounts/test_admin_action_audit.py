@@ -91,9 +91,16 @@ def _campaign_in(state):
     def make(by):
         owner, app = UserFactory(username="manager_owen", role="Manager"), AppFactory(name="Shop")
         access_grant(obj=app, to=owner, by=None)
+        DeviceFactory(app=app, is_test=True)  # what a test send goes to
         return _campaign(_world(), owner=owner, app=app, state=state)
 
     return make
+
+
+def _content_with_a_test_device():
+    content = PushContentFactory(name="Sale")
+    DeviceFactory(app=content.app, is_test=True)  # what a test send goes to
+    return content
 
 
 def _journey_in(state):
@@ -238,9 +245,7 @@ PRESSES = {
     "delivery.device:unmark_test": _action("unmark_test", lambda by: DeviceFactory(is_test=True)),
     "delivery.dispatch:stop": _action("stop", _running_dispatch),
     "delivery.pushcontent:access": _access(lambda by: PushContentFactory(name="Shared content")),
-    "delivery.pushcontent:send_test": _action(
-        "send_test", lambda by: PushContentFactory(name="Sale"), _latest_dispatch
-    ),
+    "delivery.pushcontent:send_test": _action("send_test", lambda by: _content_with_a_test_device(), _latest_dispatch),
     "audiences.eventreplay:replay_now": _action(
         "replay_now",
         lambda by: EventReplay.objects.create(listener="gone.listener", event_ids=[1], next_attempt_at=timezone.now()),

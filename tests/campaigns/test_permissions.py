@@ -8,7 +8,7 @@ from accounts.models import ApprovalRequest
 from accounts.services import access_grant, api_key_create
 from campaigns.models import Campaign
 from campaigns.services.lifecycle import campaign_approve, campaign_create, campaign_stop, campaign_submit
-from tests.factories import AppFactory, PushContentFactory, SegmentFactory, UserFactory
+from tests.factories import AppFactory, DeviceFactory, PushContentFactory, SegmentFactory, UserFactory
 
 ROLES = {
     "Administrator": "admin_erin",
@@ -38,6 +38,8 @@ ALLOWED_ON_OWN = {**ALLOWED, "cancel": AUTHORS, "approve": set(), "request_chang
 @pytest.fixture
 def world(db, admin_erin):
     shop, bank = AppFactory(name="Shop"), AppFactory(name="Bank")
+    for app in (shop, bank):
+        DeviceFactory(app=app, is_test=True)  # what a test send goes to
     owner = UserFactory(username="manager_owen", role="Manager")
     approver = UserFactory(username="approver_ann", role="Approver")
     for user in (owner, approver):

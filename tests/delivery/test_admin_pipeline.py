@@ -100,11 +100,13 @@ def test_previews_render_for_the_chosen_profile(client, manager_alice, app):
 def test_test_send_action_creates_a_test_dispatch(client, manager_alice, app, django_capture_on_commit_callbacks):
     content = PushContentFactory(app=app)
     client.force_login(manager_alice)
+    url = reverse("admin:delivery_pushcontent_changelist")
+    # Without a test device the test is refused, saying what to do: a send to nobody read as sent.
+    answer = client.post(url, {"action": "send_test", "_selected_action": [content.pk]}, follow=True)
+    assert "has no active test device" in answer.content.decode() and not Dispatch.objects.exists()
+    DeviceFactory(app=app, is_test=True)
     with django_capture_on_commit_callbacks(execute=False):
-        response = client.post(
-            reverse("admin:delivery_pushcontent_changelist"),
-            {"action": "send_test", "_selected_action": [content.pk]},
-        )
+        response = client.post(url, {"action": "send_test", "_selected_action": [content.pk]})
     assert response.status_code == 302
     assert Dispatch.objects.get().kind == "test"
 

@@ -627,10 +627,12 @@ def test_content_saved_before_the_authoring_rules_still_sends(shop, manager_alic
     an approved send starts: content saved before them still goes out as it was approved."""
     from delivery.models import Dispatch, PushContent
     from delivery.services.contents import pushcontent_test_send
+    from tests.factories import DeviceFactory
 
     content = PushContent.objects.create(
         app=shop, name="Old", title="Hi", body="Body", image_url="https://cdn.example/a b.png", variants={"EN": {}}
     )
+    DeviceFactory(app=shop, is_test=True)
     with django_capture_on_commit_callbacks(execute=False):
         dispatch = pushcontent_test_send(content_id=content.pk, by=manager_alice)
     assert Dispatch.objects.get(pk=dispatch.pk).content_spec["image_url"] == "https://cdn.example/a b.png"
