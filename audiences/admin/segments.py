@@ -11,6 +11,7 @@ from django import forms
 from django.apps import apps as django_apps
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import ProtectedError
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect
 from django.urls import path, reverse
@@ -38,7 +39,9 @@ from audiences.services.segments import (
     segment_members_check,
     segment_preview,
     segment_update,
+    segment_uses_described,
 )
+from config.db import deletion_counts
 
 
 class RuleBuilderWidget(forms.Textarea):
@@ -333,8 +336,17 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
 
     def get_deleted_objects(self, objs, request):
         """The confirmation counts what goes with the segment (its members...) instead of listing
-        each: Django's own listing loads every member of a static segment."""
-        return deleted_objects_counted(self, request, objs)
+        each: Django's own listing loads every member of a static segment. What keeps it is told
+        as its deletion tells it (``segment_uses_described``): a campaign or journey the reader
+        may not see, without its name or link."""
+        objs = list(objs)
+        listed, counts, perms_needed, protected = deleted_objects_counted(self, request, objs)
+        if protected:
+            try:
+                deletion_counts(objs)
+            except ProtectedError as exc:
+                protected = segment_uses_described(objects=exc.protected_objects, by=request.user)
+        return listed, counts, perms_needed, protected
 
     def delete_view(self, request, object_id, extra_context=None):
         try:

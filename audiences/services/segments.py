@@ -128,15 +128,16 @@ def segment_delete(*, segment_id: int, by: User) -> None:
         try:
             segment.delete()
         except ProtectedError as exc:  # a campaign's audience, a journey's entry, or a reference added concurrently
-            uses = _protected_uses(exc.protected_objects, by=by)
+            uses = segment_uses_described(objects=exc.protected_objects, by=by)
             raise ValidationError(
                 f"Segment '{segment.name}' is {', '.join(uses)}: change {'it' if len(uses) == 1 else 'them'} first."
             ) from exc
 
 
-def _protected_uses(objects, *, by: User) -> list[str]:
-    """What keeps a segment from being deleted, as ``by`` may be told: "the entry of journey 'X'",
-    "the audience of campaign 'Y'"; what they may not see, without its name."""
+def segment_uses_described(*, objects, by: User) -> list[str]:
+    """What keeps a segment from being deleted (a ProtectedError's objects), as ``by`` may be told:
+    "the entry of journey 'X'", "the audience of campaign 'Y'"; what they may not see, without its
+    name. At most five."""
     from accounts.selectors import visible_to
 
     uses: list[str] = []

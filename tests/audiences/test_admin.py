@@ -523,6 +523,28 @@ def test_the_delete_page_of_a_segment_another_uses_says_so(login, manager_alice)
     assert Segment.objects.filter(pk=used.pk).exists()
 
 
+def test_the_delete_page_names_no_campaign_its_reader_may_not_see(login, manager_alice, manager_mallory):
+    """Django's confirmation named and linked each campaign keeping the segment, one of a colleague
+    the reader was never granted too; the deletion's own refusal already left its name out."""
+    from accounts.services import access_grant
+    from campaigns.services.lifecycle import campaign_create
+    from tests.factories import AppFactory, PushContentFactory
+
+    segment = segment_create(name="Shared", rules=PRO, by=manager_alice)
+    app = AppFactory(name="Theirs")
+    access_grant(obj=app, to=manager_mallory, by=None)
+    access_grant(obj=segment, to=manager_mallory, by=None)
+    content = PushContentFactory(app=app)
+    campaign = campaign_create(by=manager_mallory, name="Secret launch", app=app, segment=segment, content=content)
+    page = login(manager_alice).get(f"/admin/audiences/segment/{segment.pk}/delete/")
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert "Secret launch" not in html and f"/admin/campaigns/campaign/{campaign.pk}/" not in html
+    assert "the audience of a campaign you cannot see" in html
+    mallorys = login(manager_mallory).get(f"/admin/audiences/segment/{segment.pk}/delete/").content.decode()
+    assert "the audience of campaign &#x27;Secret launch&#x27;" in mallorys
+
+
 @pytest.mark.presses("audiences.segment:preview", "audiences.segment:preview_rules")
 def test_previews_count_for_those_who_see_the_segment_and_are_refused_to_others(
     login, manager_alice, manager_mallory, outsider_dave
