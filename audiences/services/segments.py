@@ -15,7 +15,7 @@ from django.db.models import ProtectedError
 from django.utils import timezone
 
 from accounts.models import User
-from accounts.selectors import can
+from accounts.selectors import can, visible_to
 from accounts.services import access_grant, audit
 from audiences.models import Profile, Segment, SegmentMember, SegmentReference
 from audiences.rules.compiler import segment_count, segment_profiles
@@ -120,10 +120,16 @@ def segment_delete(*, segment_id: int, by: User) -> None:
         segment = Segment.objects.select_for_update().get(pk=segment_id)
         if not can(by, "audiences.delete_segment", segment):
             raise PermissionDenied("You may not delete this segment.")
-        users = list(Segment.objects.filter(pk__in=SegmentReference.objects.filter(target=segment).values("source_id")))
-        if users:
-            names = ", ".join(f"'{s.name}'" for s in users)
-            raise ValidationError(f"Segment '{segment.name}' is used by {names}: change those first.")
+        users = Segment.objects.filter(pk__in=SegmentReference.objects.filter(target=segment).values("source_id"))
+        if users.exists():
+            # Those ``by`` may not see are counted, not named.
+            seen = list(visible_to(by, users).order_by("name", "id").values_list("name", flat=True))
+            unseen = users.count() - len(seen)
+            names = [f"'{name}'" for name in seen]
+            if unseen:
+                names.append("a segment you cannot see" if unseen == 1 else f"{unseen} segments you cannot see")
+            listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+            raise ValidationError(f"Segment '{segment.name}' is used by {listed}: change those first.")
         audit(actor=by, action="segment_deleted", obj=segment, summary={"name": segment.name})
         try:
             segment.delete()
@@ -138,8 +144,6 @@ def segment_uses_described(*, objects, by: User) -> list[str]:
     """What keeps a segment from being deleted (a ProtectedError's objects), as ``by`` may be told:
     "the entry of journey 'X'", "the audience of campaign 'Y'"; what they may not see, without its
     name. At most five."""
-    from accounts.selectors import visible_to
-
     uses: list[str] = []
     for obj in objects:
         if isinstance(obj, SegmentReference):

@@ -135,6 +135,19 @@ def test_segment_used_by_another_cannot_be_deleted(manager_alice):
     assert not Segment.objects.filter(pk=a.pk).exists()
 
 
+def test_a_refused_deletion_names_no_segment_its_author_may_not_see(manager_alice, manager_mallory):
+    mine = segment_create(name="Mine", rules=PRO, by=manager_alice)
+    access_grant(obj=mine, to=manager_mallory, by=None)
+    segment_create(name="Mallory's secret", rules={"all": [{"segment": mine.pk}]}, by=manager_mallory)
+    segment_create(name="Alice's own", rules={"all": [{"segment": mine.pk}]}, by=manager_alice)
+    with pytest.raises(ValidationError) as info:
+        segment_delete(segment_id=mine.pk, by=manager_alice)
+    assert info.value.messages == [
+        "Segment 'Mine' is used by 'Alice's own' and a segment you cannot see: change those first."
+    ]
+    assert Segment.objects.filter(pk=mine.pk).exists()
+
+
 def test_preview_counts_and_samples_and_keeps_the_count_only_when_asked(manager_alice):
     for n in range(25):
         ProfileFactory(attributes={"plan": "pro" if n % 2 else "free"})
