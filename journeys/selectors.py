@@ -217,3 +217,25 @@ def journey_actions(user: User, journey: Journey, *, answers: dict | None = None
             continue
         actions.append((name, label))
     return actions
+
+
+def journeys_sending_contents(content_ids: set[int]) -> list[str]:
+    """The journey versions whose steps may still send any of ``content_ids``, each said with its
+    steps: a draft or one in review (approving it would send them), the live one, and a retired one
+    with profiles still inside. (Registered with ``delivery.services.contents``: content they name
+    is not deleted.)"""
+    from journeys.graph import contents_of
+
+    open_versions = Enrollment.objects.filter(status__in=Enrollment.OPEN_STATUSES).values("version_id")
+    versions = (
+        JourneyVersion.objects.exclude(status=JourneyVersion.Status.RETIRED)
+        | JourneyVersion.objects.filter(status=JourneyVersion.Status.RETIRED, pk__in=open_versions)
+    ).select_related("journey")
+    said = []
+    for version in versions.order_by("journey__name", "number"):
+        steps = sorted(step for step, content in contents_of(version.graph).items() if content in content_ids)
+        if steps:
+            named = ", ".join(f"'{step}'" for step in steps)
+            status = version.get_status_display().split(" (")[0].lower()
+            said.append(f"journey “{version.journey}”, version {version.number} ({status}): step {named}")
+    return said

@@ -22,7 +22,7 @@ from delivery.payloads import (
 from delivery.selectors import (
     apps_in_scope,
 )
-from delivery.services.contents import pushcontent_save, pushcontent_test_send
+from delivery.services.contents import pushcontent_holders, pushcontent_save, pushcontent_test_send
 
 _IOS_CARD = (
     '<div style="width:320px;border-radius:18px;background:rgba(235,235,240,.95);padding:10px 12px;'
@@ -156,6 +156,21 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
 
     class Media:
         js = ("delivery/content_form.js",)
+
+    def get_deleted_objects(self, objs, request):
+        # The page and the list's action both refuse, listing them, what journeys still send.
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        return deleted, counts, perms_needed, [*protected, *pushcontent_holders([o.pk for o in objs])]
+
+    def delete_model(self, request, obj):
+        if holders := pushcontent_holders([obj.pk]):
+            raise PermissionDenied(f"{obj} is still sent by: {'; '.join(holders)}.")
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        if holders := pushcontent_holders(queryset.values_list("pk", flat=True)):
+            raise PermissionDenied(f"Still sent by: {'; '.join(holders)}.")
+        super().delete_queryset(request, queryset)
 
     # The admin's own labels would read "Ios sound"; text fields wide enough for Liquid.
     WIDE = {"title": 80, "subtitle": 80, "image_url": 80, "tap_url": 80}

@@ -839,3 +839,37 @@ def test_a_journey_waiting_for_approval_says_who_asked_and_when(client, make_jou
     client.force_login(viewer_carol)
     page = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
     assert "Waiting for approval: asked by manager_alice on 2027-03-01 08:30 (UTC)" in page
+
+
+def test_content_a_journey_sends_is_not_deleted_and_the_refusal_names_the_journey(
+    client, make_journey, publish, welcome, team, admin_erin
+):
+    """A journey's steps name their content in its graph, which no foreign key protects: the content
+    page's Delete and the list's delete action refuse while a version may still send it."""
+    from delivery.models import PushContent
+    from journeys.models import Enrollment, JourneyVersion
+    from tests.factories import PushContentFactory
+
+    journey = make_journey()
+    spare = PushContentFactory(app=team, name="Spare")
+    client.force_login(admin_erin)
+    delete = f"/admin/delivery/pushcontent/{welcome.pk}/delete/"
+    for label in ("draft", "live"):
+        page = client.get(delete).content.decode()
+        assert "Onboarding" in page and f"({label})" in page, label
+        client.post(delete, {"post": "yes"})
+        assert PushContent.objects.filter(pk=welcome.pk).exists(), label
+        if label == "draft":
+            journey = publish(journey)
+    changelist = "/admin/delivery/pushcontent/"
+    answer = client.post(
+        changelist, {"action": "delete_selected", "_selected_action": [welcome.pk, spare.pk], "post": "yes"}
+    )
+    assert answer.status_code == 200 and "Onboarding" in answer.content.decode()
+    assert set(PushContent.objects.values_list("name", flat=True)) == {"Welcome", "Spare"}
+
+    # Retired, with no one left inside: nothing sends it any more.
+    JourneyVersion.objects.filter(journey=journey).update(status=JourneyVersion.Status.RETIRED)
+    Enrollment.objects.filter(journey=journey).update(status=Enrollment.Status.EXITED)
+    client.post(delete, {"post": "yes"})
+    assert not PushContent.objects.filter(pk=welcome.pk).exists()
