@@ -502,8 +502,19 @@ class SegmentPreviewQuery(serializers.Serializer):
     sample = QueryInteger(required=False, min_value=0, max_value=100, help_text="Sample size, 0 to 100 (default 20).")
 
 
+class SegmentReachSerializer(serializers.Serializer):
+    app = serializers.IntegerField(help_text="The app's id.")
+    name = serializers.CharField(help_text="The app's name.")
+    profiles = serializers.IntegerField(help_text="Profiles in the segment.")
+    reachable = serializers.IntegerField(help_text="Of those, profiles with an active device of the app.")
+    ios = serializers.IntegerField(help_text="Reachable profiles with an iOS device of the app.")
+    android = serializers.IntegerField(help_text="Reachable profiles with an Android device of the app.")
+    opted_in = serializers.IntegerField(help_text="Reachable profiles with a device that allows notifications.")
+
+
 class SegmentPreviewView(APIView):
-    """The segment's profile count now, and a sample of profiles."""
+    """The segment's profile count now, a sample of profiles, and what a send would reach in each
+    app the key's user sees (profiles → reachable → opted in; the first 5 apps by name)."""
 
     required_scope = "read"
 
@@ -516,6 +527,9 @@ class SegmentPreviewView(APIView):
                 "count": serializers.IntegerField(),
                 "sample": ProfileOutSerializer(many=True),
                 "took_ms": serializers.IntegerField(),
+                "reach": SegmentReachSerializer(
+                    many=True, help_text="Per app the key's user sees (the first 5 by name); empty when count is 0."
+                ),
             },
         ),
     )
@@ -530,6 +544,7 @@ class SegmentPreviewView(APIView):
                 "count": preview.count,
                 "sample": ProfileOutSerializer(preview.sample, many=True).data,
                 "took_ms": preview.took_ms,
+                "reach": preview.reach,
             }
         )
 

@@ -359,6 +359,25 @@ def test_segment_preview_counts_and_samples(manager_alice, admin_erin, approver_
     assert len(client.get(f"/api/v1/segments/{segment.pk}/preview/?sample=3").json()["sample"]) == 3
 
 
+def test_segment_preview_says_what_a_send_would_reach_in_each_app_the_user_sees(manager_alice, admin_erin, api_key_for):
+    from delivery.models import App
+    from tests.factories import AppFactory, DeviceFactory
+
+    shop, bank = AppFactory(name="Shop"), AppFactory(name="Bank")
+    access_grant(obj=shop, to=manager_alice, by=admin_erin)
+    pro = [ProfileFactory(attributes={"plan": "pro"}) for _ in range(4)]
+    DeviceFactory(app=shop, profile=pro[0], platform="ios")
+    DeviceFactory(app=shop, profile=pro[1], platform="android", push_enabled=False)
+    DeviceFactory(app=bank, profile=pro[2], platform="ios")  # an app she does not see
+    segment = segment_create(name="Pro", rules=PRO, by=manager_alice)
+    body = api_key_for(manager_alice, scopes=["read"]).get(f"/api/v1/segments/{segment.pk}/preview/").json()
+    assert body["count"] == 4
+    assert body["reach"] == [
+        {"app": shop.pk, "name": "Shop", "profiles": 4, "reachable": 2, "ios": 1, "android": 1, "opted_in": 1}
+    ]
+    assert App.objects.count() == 2
+
+
 def test_segment_preview_counts_numbers_no_float_holds_stored_before_they_were_refused(manager_alice, api_key_for):
     ProfileFactory(attributes={"n": 10**400})  # as the API took it before the JSON check refused it
     ProfileFactory(attributes={"n": 3})
