@@ -242,9 +242,8 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         return fieldsets
 
     def get_form(self, request, obj=None, change=False, **kwargs):
-        from audiences.admin.segments import builder_meta
+        from audiences.admin.segments import builder_meta, builder_meta_name
         from audiences.models import Segment
-        from audiences.rules.schema import segment_references
         from delivery.models import PushContent
 
         form = super().get_form(request, obj, change=change, **kwargs)
@@ -280,12 +279,9 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
                     PushContent.objects.select_related("app").filter(pk__in=named).order_by("name") if named else []
                 )
                 rules = builder_meta(request.user)
-                named = {ref for tree in rules_of(shown.graph) for ref in segment_references(tree)} if shown else set()
-                named -= {s["id"] for s in rules["segments"]}
-                if named:  # a rule's membership of a segment not granted, as above
-                    rules["segments"] += (
-                        Segment.objects.filter(pk__in=named).order_by("name").values("id", "name", "kind")
-                    )
+                trees = rules_of(shown.graph) if shown is not None else []
+                if trees:  # a rule's segment or app not granted, as above
+                    builder_meta_name(rules, {"all": trees})
                 meta = {
                     "segments": [{"id": s.pk, "name": s.name} for s in listed],
                     "contents": [{"id": c.pk, "name": f"{c.name} ({c.app.name})"} for c in offered],

@@ -873,3 +873,28 @@ def test_content_a_journey_sends_is_not_deleted_and_the_refusal_names_the_journe
     Enrollment.objects.filter(journey=journey).update(status=Enrollment.Status.EXITED)
     client.post(delete, {"post": "yes"})
     assert not PushContent.objects.filter(pk=welcome.pk).exists()
+
+
+def test_the_rule_builder_names_the_app_a_condition_reads_to_a_colleague_not_granted_it(
+    login, manager_mallory, manager_alice, make_journey, vips, welcome
+):
+    """A condition's rule "has an opted-in device in app Kiosk", Kiosk granted to Alice alone: the
+    builder offered Mallory only her own apps, so the rule showed her first app (Shop) as chosen."""
+    from accounts.services import access_grant
+    from journeys.services.lifecycle import journey_version_edit
+    from tests.factories import AppFactory
+
+    kiosk = AppFactory(name="Kiosk")
+    access_grant(obj=kiosk, to=manager_alice, by=None)
+    journey = make_journey()
+    graph = simple_graph(condition_segment=vips.pk, content=welcome.pk)
+    rules = {"all": [{"segment": vips.pk}, {"reachable": {"app": kiosk.pk, "platform": "ios"}}]}
+    graph["steps"][1]["branches"] = [{"label": "Kiosk", "rules": rules, "next": "push"}]
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, graph=graph)
+    page = login(manager_mallory).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    meta = _builder_meta(page)["rules"]
+    assert {"id": kiosk.pk, "name": "Kiosk"} in meta["apps"]
+    assert {"id": vips.pk, "name": "VIPs", "kind": "static"} in meta["segments"]
+    # A new journey's builder offers it not: a rule chosen anew names one's own apps.
+    page = login(manager_mallory).get("/admin/journeys/journey/add/").content.decode()
+    assert kiosk.pk not in {a["id"] for a in _builder_meta(page)["rules"]["apps"]}
