@@ -219,6 +219,16 @@ def journey_actions(user: User, journey: Journey, *, answers: dict | None = None
     return actions
 
 
+def _versions_that_may_run() -> QuerySet[JourneyVersion]:
+    """A draft or a version in review (approving it runs it), the live one, and a retired one with
+    profiles still inside."""
+    open_versions = Enrollment.objects.filter(status__in=Enrollment.OPEN_STATUSES).values("version_id")
+    versions = JourneyVersion.objects.exclude(status=JourneyVersion.Status.RETIRED) | JourneyVersion.objects.filter(
+        status=JourneyVersion.Status.RETIRED, pk__in=open_versions
+    )
+    return versions.select_related("journey").order_by("journey__name", "number")
+
+
 def journeys_sending_contents(content_ids: set[int]) -> list[str]:
     """The journey versions whose steps may still send any of ``content_ids``, each said with its
     steps: a draft or one in review (approving it would send them), the live one, and a retired one
@@ -226,16 +236,44 @@ def journeys_sending_contents(content_ids: set[int]) -> list[str]:
     is not deleted.)"""
     from journeys.graph import contents_of
 
-    open_versions = Enrollment.objects.filter(status__in=Enrollment.OPEN_STATUSES).values("version_id")
-    versions = (
-        JourneyVersion.objects.exclude(status=JourneyVersion.Status.RETIRED)
-        | JourneyVersion.objects.filter(status=JourneyVersion.Status.RETIRED, pk__in=open_versions)
-    ).select_related("journey")
     said = []
-    for version in versions.order_by("journey__name", "number"):
+    for version in _versions_that_may_run():
         steps = sorted(step for step, content in contents_of(version.graph).items() if content in content_ids)
         if steps:
             named = ", ".join(f"'{step}'" for step in steps)
             status = version.get_status_display().split(" (")[0].lower()
             said.append(f"journey “{version.journey}”, version {version.number} ({status}): step {named}")
+    return said
+
+
+def journeys_rule_trees_naming(segment_ids: set[int], by: User | None) -> list[tuple[str, dict]]:
+    """The rule trees of the conditions of the journey versions that may still run (as
+    ``journeys_sending_contents`` reads them) naming any of ``segment_ids``, each said with its
+    journey, version and step, or as "a journey you cannot see" to ``by`` (None: the system).
+    (Registered with ``audiences.rules.validation``: a segment change making one too deep is refused.)"""
+    from audiences.rules.schema import segment_references
+
+    found = []
+    for version in _versions_that_may_run():
+        for step in (version.graph or {}).get("steps") or []:
+            if not isinstance(step, dict) or step.get("type") != "condition":
+                continue
+            for branch in step.get("branches") or []:
+                if isinstance(branch, dict) and segment_references(branch.get("rules")) & segment_ids:
+                    found.append((version, step.get("id"), branch["rules"]))
+    if not found:
+        return []
+    journeys = {version.journey_id for version, _, _ in found}
+    seen = (
+        journeys
+        if by is None
+        else set(visible_to(by, Journey.objects.filter(pk__in=journeys)).values_list("pk", flat=True))
+    )
+    said = []
+    for version, step_id, tree in found:
+        if version.journey_id in seen:
+            status = version.get_status_display().split(" (")[0].lower()
+            said.append((f"journey “{version.journey}”, version {version.number} ({status}): step '{step_id}'", tree))
+        else:
+            said.append(("a journey you cannot see", tree))
     return said

@@ -34,6 +34,18 @@ from audiences.rules.schema import (
 )
 from config.db import ROW_IDS
 
+# Rule trees kept outside segments that may name them (a journey's conditions): each holder,
+# given segment ids and the user changing a segment, says which of its trees name any of them.
+_TREE_HOLDERS: list = []
+
+
+def rules_tree_holders_register(holders) -> None:
+    """``holders(segment_ids, by) -> list[tuple[str, tree]]``: each rule tree held elsewhere naming
+    any of ``segment_ids``, said as ``by`` may be told of what holds it. A segment change that would
+    make one read segments deeper than the compiler does is refused naming it."""
+    if holders not in _TREE_HOLDERS:
+        _TREE_HOLDERS.append(holders)
+
 
 class _Validator:
     def __init__(
@@ -43,8 +55,10 @@ class _Validator:
         allowed_segment_ids: set[int] | None,
         load: SegmentLoader,
         allowed_app_ids: set[int] | None = None,
+        by=None,
     ):
         self.segment_id = segment_id
+        self.by = by
         self.allowed_segment_ids = allowed_segment_ids
         self.allowed_app_ids = allowed_app_ids
         self.load = load
@@ -323,8 +337,10 @@ class _Validator:
     def reference_depth(self) -> None:
         """Refuse a tree that makes segments use others deeper than MAX_DEPTH levels, counted as the
         compiler loads them (each level the segments the one before uses, not yet loaded), from this
-        tree and from every segment using this one: the compiler refuses such a chain, so it was
-        saved and then failed every count, preview and send of the segment at its top."""
+        tree, from every segment using this one and from every tree held elsewhere using either (a
+        journey's condition, which reads the segments it names as one more level): the compiler
+        refuses such a chain, so it was saved and then failed every count, preview and send of the
+        segment at its top, or held for no one in the journey."""
         from audiences.models import SegmentReference
 
         uses: dict[int, set[int]] = {}
@@ -332,13 +348,14 @@ class _Validator:
             uses.setdefault(source, set()).add(target)
         mine = set(self.segment_refs)
         tops: list[int | None] = [None]  # None: this tree itself
+        above: set[int] = set()
         if self.segment_id is not None:
             uses[self.segment_id] = mine
             users: dict[int, set[int]] = {}
             for source, targets in uses.items():
                 for target in targets:
                     users.setdefault(target, set()).add(source)
-            above, pending = set(), [self.segment_id]
+            pending = [self.segment_id]
             while pending:
                 for source in users.get(pending.pop(), ()):
                     if source not in above and source != self.segment_id:
@@ -356,6 +373,16 @@ class _Validator:
                 message = f"segment {top}, which uses this one, would go {depth} levels deep through segments' rules"
             self.fail(first_use, "too_deep", f"{message} (at most {MAX_DEPTH})")
             return
+        if self.segment_id is None:
+            return  # a segment not saved yet is named by no tree held elsewhere
+        reached = {self.segment_id} | above
+        for holders in _TREE_HOLDERS:
+            for said, tree in holders(reached, self.by):
+                depth = _levels(segment_references(tree), uses)
+                if depth > MAX_DEPTH:
+                    message = f"{said}, which uses this one, would go {depth} levels deep through segments' rules"
+                    self.fail(first_use, "too_deep", f"{message} (at most {MAX_DEPTH})")
+                    return
 
     def apps(self) -> None:
         if not self.app_refs:
@@ -436,16 +463,22 @@ def rules_validate(
     allowed_segment_ids: set[int] | None = None,
     load: SegmentLoader = _load_segments,
     allowed_app_ids: set[int] | None = None,
+    by=None,
 ) -> set[int]:
     """Check a rule tree against the schema; return the ids of the segments it references.
 
-    ``segment_id`` is the segment the tree belongs to (for cycle detection);
+    ``segment_id`` is the segment the tree belongs to (for cycle detection and depth);
     ``allowed_segment_ids`` and ``allowed_app_ids``, when given, are the segments and apps the
-    author may use (``rules_validate_for`` computes them for a user).
+    author may use (``rules_validate_for`` computes them for a user); ``by``, the user told what
+    holds a tree the change would make too deep (None: the system, told everything).
     Raises RulesInvalid listing every broken rule with its path in the tree.
     """
     validator = _Validator(
-        segment_id=segment_id, allowed_segment_ids=allowed_segment_ids, load=load, allowed_app_ids=allowed_app_ids
+        segment_id=segment_id,
+        allowed_segment_ids=allowed_segment_ids,
+        load=load,
+        allowed_app_ids=allowed_app_ids,
+        by=by,
     )
     validator.node(tree, "rules", 1)
     if not validator.errors:
@@ -470,5 +503,5 @@ def rules_validate_for(tree, *, by, segment_id: int | None = None) -> set[int]:
         app_model = apps.get_model("delivery", "App")
         allowed_apps = set(in_scope(by, app_model.objects.all()).values_list("pk", flat=True))
     return rules_validate(
-        tree, segment_id=segment_id, allowed_segment_ids=allowed_segments, allowed_app_ids=allowed_apps
+        tree, segment_id=segment_id, allowed_segment_ids=allowed_segments, allowed_app_ids=allowed_apps, by=by
     )

@@ -652,6 +652,76 @@ def test_a_rule_naming_a_segment_deleted_while_live_holds_for_no_one_and_the_eng
     assert set(Enrollment.objects.values_list("status", flat=True)) == {"completed"}
 
 
+PRO = {"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}]}
+
+
+def _segment_chain(by, length: int) -> list:
+    """Segments each using the one before: the first holds the pro profiles."""
+    from audiences.services.segments import segment_create
+
+    chain = [segment_create(name="s0", rules=PRO, by=by)]
+    for n in range(1, length):
+        chain.append(segment_create(name=f"s{n}", rules={"all": [{"segment": chain[-1].pk}]}, by=by))
+    return chain
+
+
+def test_a_segment_change_making_a_journey_rule_too_deep_is_refused_naming_the_journey(
+    make_journey, publish, manager_alice
+):
+    """A condition's rule naming a segment reads one level more than the segment does: a change below
+    it that kept every segment within ten levels was saved, and the rule then failed to compile in
+    every run, holding for no one (its profiles took "all others")."""
+    from accounts.services import access_grant
+    from audiences.rules.schema import RulesInvalid
+    from audiences.services.segments import segment_create, segment_update
+    from tests.factories import UserFactory
+
+    pro = ProfileFactory(attributes={"plan": "pro"})
+    chain = _segment_chain(manager_alice, 10)  # the top reads nine levels; a rule naming it, ten
+    branch = {"label": "Deep", "rules": {"all": [{"segment": chain[-1].pk}]}, "next": "deep"}
+    journey = publish(make_journey(graph=_condition_graph([branch])))
+    kept = segment_create(name="kept", kind="static", by=manager_alice)
+    with pytest.raises(RulesInvalid) as info:
+        segment_update(segment_id=chain[0].pk, rules={"all": [{"segment": kept.pk}]}, by=manager_alice)
+    assert info.value.errors[0].code == "too_deep"
+    assert info.value.errors[0].message == (
+        "journey “Onboarding”, version 1 (live): step 'check', which uses this one, would go 11 levels deep"
+        " through segments' rules (at most 10)"
+    )
+    # A colleague granted the segment but not the journey is refused without its name.
+    trent = UserFactory(username="manager_trent", role="Manager")
+    access_grant(obj=chain[0], to=trent, by=None)
+    own = segment_create(name="own", kind="static", by=trent)
+    with pytest.raises(RulesInvalid) as info:
+        segment_update(segment_id=chain[0].pk, rules={"all": [{"segment": own.pk}]}, by=trent)
+    assert info.value.errors[0].message.startswith("a journey you cannot see, which uses this one, would go 11")
+    chain[0].refresh_from_db()
+    assert chain[0].rules == PRO
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    assert _enrollment(journey, pro).step == "deep"
+    # Shorter below the top: allowed.
+    segment_update(segment_id=chain[1].pk, rules={"all": [{"segment": kept.pk}]}, by=manager_alice)
+
+
+def test_a_journey_entering_from_or_branching_on_a_segment_reads_no_level_more_than_the_segment(
+    make_journey, publish, manager_alice
+):
+    """The entry and a condition's segment branch read the segment as the segment itself does: one
+    at the ten levels allowed is read whole, and the change that made it so was saved."""
+    from audiences.services.segments import segment_create, segment_update
+
+    pro = ProfileFactory(attributes={"plan": "pro"})
+    chain = _segment_chain(manager_alice, 10)
+    branch = {"label": "Deep", "segment": chain[-1].pk, "next": "deep"}
+    journey = publish(make_journey(graph=_condition_graph([branch]), entry_segment=chain[-1]))
+    kept = segment_create(name="kept", rules=PRO, by=manager_alice)
+    segment_update(segment_id=chain[0].pk, rules={"all": [{"segment": kept.pk}]}, by=manager_alice)  # ten levels
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    assert _enrollment(journey, pro).step == "deep"
+
+
 def test_the_beat_runs_the_engine_every_minute(db):
     from django_q.models import Schedule
 
