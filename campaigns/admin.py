@@ -17,7 +17,7 @@ from accounts.selectors import approval_current, can, in_scope
 from accounts.services import TransitionError
 from campaigns import winner_admin
 from campaigns.models import Campaign
-from campaigns.occurrence_admin import OccurrenceInline, occurrences_summary
+from campaigns.occurrence_admin import OccurrenceInline, latest_summary, occurrences_summary
 from campaigns.reports import campaign_charts, campaign_report, campaign_report_csv
 from campaigns.review import (
     approved_phones_html,
@@ -91,6 +91,8 @@ class ZonedDateTimeField(forms.SplitDateTimeField):
 _page_request: contextvars.ContextVar = contextvars.ContextVar("campaign_page_request", default=None)
 
 CONTEXT_NAME = re.compile(r"\bcontext\.([A-Za-z_][A-Za-z0-9_]*)")
+
+LATEST_SENDS = 10  # the dispatches its page lists; their list has every one
 
 
 def trigger_example(campaign: Campaign, *, url: str) -> str:
@@ -415,29 +417,33 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
 
     @admin.display(description="Sends")
     def sends(self, obj):
-        """The campaign's dispatches (the newest first) and occurrences, each a link."""
-        from delivery.models import Dispatch
+        """The campaign's latest dispatches (the newest first, each a link) with the count of all and
+        a link to their list, then its occurrences'."""
+        from delivery.admin.dispatches import campaign_sends, campaign_sends_url
         from delivery.selectors import dispatches_visible_to
 
         request = _page_request.get()
         if obj is None or obj.pk is None or request is None:
             return "—"
-        dispatches = list(
-            dispatches_visible_to(request.user)
-            .filter(source_id=obj.pk, kind__in=(Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER))
-            .order_by("-created_at")[:10]
+        sends = campaign_sends(dispatches_visible_to(request.user), obj.pk)
+        latest = list(sends[:LATEST_SENDS])
+        count = sends.count()
+        summary = latest_summary(
+            count=count, latest=LATEST_SENDS, url=campaign_sends_url(obj.pk), css_class="dispatches-list"
         )
         rows = format_html_join(
             "",
             '<li><a href="{}">{}</a> — {}, {} targeted, {} accepted</li>',
             (
                 (reverse("admin:delivery_dispatch_change", args=[d.pk]), d, d.get_status_display(), d.total, d.accepted)
-                for d in dispatches
+                for d in latest
             ),
         )
         return format_html(
-            '<div id="campaign-sends"><ul>{}</ul><p>Occurrences (listed below): {}.</p></div>',
-            rows or format_html("<li>{}</li>", "Nothing sent yet."),
+            '<div id="campaign-sends"><p>{}: {}.</p>{}<p>Occurrences (listed below): {}.</p></div>',
+            "Dispatches, newest first" if count else "Dispatches",
+            summary,
+            format_html("<ul>{}</ul>", rows) if latest else "",
             occurrences_summary(obj),
         )
 

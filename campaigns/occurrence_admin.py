@@ -44,17 +44,30 @@ def occurrences_counted(campaign: Campaign) -> int:
     return campaign.__dict__["_occurrences_counted"]
 
 
-def occurrences_summary(campaign: Campaign) -> str:
-    """How many occurrences there were, how many the page lists, and a link to all of them."""
-    count = occurrences_counted(campaign)
+def latest_summary(*, count: int, latest: int, url: str, css_class: str) -> str:
+    """How many there were, how many the page lists (the ``latest``), and a link to all of them at
+    ``url``: a campaign page's occurrences and sends say it in the same words."""
     if count == 0:
         return "none yet"
-    link = '<a href="{}" class="occurrences-list">{}</a>'
-    url = occurrences_url(campaign.pk)
-    if count <= LATEST_OCCURRENCES:
-        return format_html("all {} — " + link, count, url, "their list, with filters")
+    if count <= latest:
+        return format_html('all {} — <a href="{}" class="{}">{}</a>', count, url, css_class, "their list, with filters")
     return format_html(
-        "the latest {} of {} — " + link, LATEST_OCCURRENCES, f"{count:,}", url, "all of them, with filters"
+        'the latest {} of {} — <a href="{}" class="{}">{}</a>',
+        latest,
+        f"{count:,}",
+        url,
+        css_class,
+        "all of them, with filters",
+    )
+
+
+def occurrences_summary(campaign: Campaign) -> str:
+    """How many occurrences there were, how many the page lists, and a link to all of them."""
+    return latest_summary(
+        count=occurrences_counted(campaign),
+        latest=LATEST_OCCURRENCES,
+        url=occurrences_url(campaign.pk),
+        css_class="occurrences-list",
     )
 
 

@@ -431,6 +431,15 @@ class Dispatch(models.Model):
                 fields=["status"], condition=models.Q(finished_at__isnull=True), name="dispatch_unfinished_idx"
             ),
             models.Index(fields=["finished_at"], name="dispatch_finished_idx"),
+            # A campaign's sends, the newest first (its page's latest, their list): its two kinds are the
+            # condition, not a column, so the newest of both come in one ordered scan; the app is
+            # included, so counting those a user may see through the app's scope reads the index alone.
+            models.Index(
+                fields=["source_id", "created_at", "id"],
+                include=["app"],
+                condition=models.Q(kind__in=["campaign", "api_trigger"]),
+                name="dispatch_campaign_sends_idx",
+            ),
         ]
         constraints = [
             # One open stream per source, version and day (a closed one may be followed by another).

@@ -2,14 +2,18 @@
 
 import json
 
+from django.apps import apps
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
 from django.http import Http404
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
 
-from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin, ScopedAdmin
+from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin, ScopedAdmin, row_id
+from accounts.selectors import visible_to
 from config.zones import zone, zoned_column
 from delivery.admin.contents import _spec_previews_html
 from delivery.models import Delivery, Dispatch
@@ -21,9 +25,58 @@ from delivery.selectors import (
 )
 from delivery.services.dispatches import dispatch_counted_now, dispatch_stop
 
+CAMPAIGN_PARAMETER = "campaign"  # the list of one campaign's sends
+
+
+def campaign_sends(queryset: QuerySet[Dispatch], campaign_id: int) -> QuerySet[Dispatch]:
+    """The dispatches of ``queryset`` that the campaign sent (its runs, its API triggers' streams),
+    the newest first: read through ``dispatch_campaign_sends_idx``, however many it sent."""
+    kinds = [Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER]  # the index's condition
+    return queryset.filter(source_id=campaign_id, kind__in=kinds).order_by("-created_at", "-id")
+
+
+def campaign_sends_url(campaign_id: int) -> str:
+    """The list of the campaign's sends."""
+    return reverse("admin:delivery_dispatch_changelist") + "?" + urlencode({CAMPAIGN_PARAMETER: campaign_id})
+
+
+def _campaign_asked(request):
+    """The campaign whose sends the list is asked for (``?campaign=``), or None when it is not asked;
+    raises Http404 for one the user may not see, as for one that does not exist."""
+    if CAMPAIGN_PARAMETER not in request.GET:
+        return None
+    if "_pushdesk_sends_of" not in request.__dict__:
+        model = apps.get_model("campaigns", "Campaign")
+        campaign_id = row_id(model, request.GET[CAMPAIGN_PARAMETER])
+        found = visible_to(request.user, model.objects.filter(pk=campaign_id)).first() if campaign_id else None
+        if found is None:
+            raise Http404("No such campaign.")
+        request.__dict__["_pushdesk_sends_of"] = found
+    return request.__dict__["_pushdesk_sends_of"]
+
+
+class CampaignFilter(admin.SimpleListFilter):
+    """One campaign's sends, the list its page links to; offered once chosen (a choice of every
+    campaign would be long)."""
+
+    title = "campaign"
+    parameter_name = CAMPAIGN_PARAMETER
+
+    def lookups(self, request, model_admin):
+        campaign = _campaign_asked(request)
+        return [] if campaign is None else [(str(campaign.pk), str(campaign))]
+
+    def queryset(self, request, queryset):
+        campaign = _campaign_asked(request)
+        return queryset if campaign is None else campaign_sends(queryset, campaign.pk)
+
 
 @admin.register(Dispatch)
 class DispatchAdmin(ScopedAdmin):
+    """The dispatches the user may see, newest first; a campaign's page links to its own
+    (``?campaign=``), which answers 404 to whoever may not see that campaign. A campaign recurring
+    every minute makes 1,440 a day: the list never counts the whole table."""
+
     list_display = (
         "__str__",
         "app",
@@ -36,8 +89,9 @@ class DispatchAdmin(ScopedAdmin):
         "unknown",
         "created",
     )
-    list_filter = ("status", "kind")
+    list_filter = (CampaignFilter, "status", "kind")
     list_select_related = ("app",)
+    show_full_result_count = False
     actions = ["stop"]
     fields = (
         "label",
@@ -77,8 +131,6 @@ class DispatchAdmin(ScopedAdmin):
     @admin.display(description="Sent by")
     def source(self, obj):
         """A link back to the campaign or the journey that sent it."""
-        from django.apps import apps
-
         if obj.source_id is None:
             return "A test send" if obj.kind == Dispatch.Kind.TEST else "—"
         if obj.kind in (Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER):
@@ -119,8 +171,18 @@ class DispatchAdmin(ScopedAdmin):
         # An open stream's page reloads every two seconds: its counters as they are now.
         return obj if obj is None else dispatch_counted_now(obj)
 
+    def get_ordering(self, request):
+        if CAMPAIGN_PARAMETER in request.GET:
+            return ("-created_at", "-id")  # as its page lists the latest, and as the index reads them
+        return super().get_ordering(request)
+
     def changelist_view(self, request, extra_context=None):
-        response = super().changelist_view(request, extra_context)
+        extra = dict(extra_context or {})
+        if self.has_view_permission(request):
+            campaign = _campaign_asked(request)
+            if campaign is not None:
+                extra["title"] = f"Sends of “{campaign}”"
+        response = super().changelist_view(request, extra)
         changelist = (getattr(response, "context_data", None) or {}).get("cl")
         if changelist is not None:
             for obj in changelist.result_list:
