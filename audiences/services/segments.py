@@ -100,16 +100,22 @@ def segment_update(
                 raise ValidationError({"rules": "Only rules segments have rules."})
             references = _check_rules(rules=rules, by=by, segment_id=segment.pk)
             segment.rules = rules
-            segment.last_count = None
-            segment.last_counted_at = None
-            segment.last_reach = None
-            changed += ["rules", "last_count", "last_counted_at", "last_reach"]
+            changed += ["rules", *_figures_forget(segment)]
             _set_references(segment, references)
         if changed:
             segment.updated_at = timezone.now()
             segment.save(update_fields=[*changed, "updated_at"])
             audit(actor=by, action="segment_changed", obj=segment, summary={"fields": sorted(set(changed))})
     return segment
+
+
+def _figures_forget(segment: Segment) -> list[str]:
+    """Clear the kept count and reach of a segment whose rules or members changed (they were the
+    figures of what it held before); return the fields to save."""
+    segment.last_count = None
+    segment.last_counted_at = None
+    segment.last_reach = None
+    return ["last_count", "last_counted_at", "last_reach"]
 
 
 def segment_delete(*, segment_id: int, by: User) -> None:
@@ -241,12 +247,15 @@ def _figures_keep(*, segment: Segment, by: User, preview: Preview) -> bool:
     reach: each reads the entries of the apps they see. A segment that holds nobody is reached in
     no app, and keeps no entry.
 
-    Locks the segment; keeps nothing when it is gone, when its rules changed since it was read
-    (these would not be the figures of its new rules), or when ``by`` may no longer change it.
+    Locks the segment; keeps nothing when it is gone, when its rules (or a static or imported
+    segment's members: its ``updated_at``) changed since it was read (these would not be the
+    figures of what it holds now), or when ``by`` may no longer change it.
     """
     with transaction.atomic():
         locked = Segment.objects.select_for_update().filter(pk=segment.pk).first()
         if locked is None or locked.rules != segment.rules:
+            return False
+        if locked.kind != Segment.Kind.RULES and locked.updated_at != segment.updated_at:
             return False
         if not can(by, "audiences.change_segment", locked):
             return False
@@ -328,6 +337,8 @@ def segment_members_change(
         removed = SegmentMember.objects.filter(segment=segment, profile_id__in=leaving).delete()[0] if leaving else 0
         added = len(joining) - present
         segment.updated_at = timezone.now()
-        segment.save(update_fields=["updated_at"])
+        # Its kept count was of the members it had: forgotten, as a rules segment's on a rules change.
+        forgotten = _figures_forget(segment) if added or removed else []
+        segment.save(update_fields=["updated_at", *forgotten])
         audit(actor=by, action="segment_members_changed", obj=segment, summary={"added": added, "removed": removed})
     return added, removed, unknown

@@ -134,6 +134,26 @@ def test_static_segment_members_are_edited_by_external_id(login, manager_alice):
     assert "Unknown external ids: nobody" in response.content.decode()
 
 
+def test_a_static_segments_kept_count_is_forgotten_when_its_page_changes_its_members(login, manager_alice):
+    """The page read "1 profiles" counted hours ago after members were added, as its reach."""
+    from audiences.services.segments import segment_count_keep, segment_members_change
+
+    for external_id in ("a", "b"):
+        ProfileFactory(external_id=external_id)
+    static = segment_create(name="Kept", kind=Segment.Kind.STATIC, by=manager_alice)
+    segment_members_change(segment_id=static.pk, by=manager_alice, add=["a"])
+    segment_count_keep(segment_id=static.pk, by=manager_alice)
+    client = login(manager_alice)
+    page = f"/admin/audiences/segment/{static.pk}/change/"
+    assert "1 profiles" in client.get(page).content.decode()
+    client.post(page, {"name": "Kept", "description": "", "add_members": "b", "remove_members": ""})
+    assert static.members.count() == 2
+    static.refresh_from_db()
+    assert (static.last_count, static.last_counted_at, static.last_reach) == (None, None, None)
+    html = client.get(page).content.decode()
+    assert "Not counted yet" in html and "1 profiles" not in html
+
+
 def test_static_segment_members_are_removed_by_external_id(login, manager_alice):
     for external_id in ("a", "b"):
         ProfileFactory(external_id=external_id)

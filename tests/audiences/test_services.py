@@ -237,6 +237,33 @@ def test_a_count_of_rules_changed_since_it_began_is_not_kept(manager_alice):
     assert _kept(segment) == (None, None, None)
 
 
+def test_a_static_segments_member_change_forgets_its_kept_count_as_a_rules_change_does(manager_alice):
+    """A static segment's kept count ("counted 3 hours ago") stayed when members were added or
+    removed, read on its page and its campaigns' as the reach of the members it had."""
+    from audiences.services.segments import _figures_keep
+
+    ProfileFactory(external_id="ann")
+    ProfileFactory(external_id="bea")
+    segment = segment_create(name="Hand-picked", kind=Segment.Kind.STATIC, by=manager_alice)
+    segment_members_change(segment_id=segment.pk, by=manager_alice, add=["ann"])
+    segment_count_keep(segment_id=segment.pk, by=manager_alice)
+    assert _kept(segment)[0] == 1
+    segment_members_change(segment_id=segment.pk, by=manager_alice, add=["ann", "nobody"])  # nothing changes
+    assert _kept(segment)[0] == 1
+    segment_members_change(segment_id=segment.pk, by=manager_alice, add=["bea"])
+    assert _kept(segment) == (None, None, None)
+    segment_count_keep(segment_id=segment.pk, by=manager_alice)
+    assert _kept(segment)[0] == 2
+    segment_members_change(segment_id=segment.pk, by=manager_alice, remove=["ann"])
+    assert _kept(segment) == (None, None, None)
+    # A count begun before the members changed is not kept.
+    read = Segment.objects.get(pk=segment.pk)
+    preview = segment_preview(segment_id=segment.pk, by=manager_alice)
+    segment_members_change(segment_id=segment.pk, by=manager_alice, add=["ann"])
+    assert not _figures_keep(segment=read, by=manager_alice, preview=preview)
+    assert _kept(segment) == (None, None, None)
+
+
 def test_preview_of_unsaved_tree_is_validated(manager_alice):
     with pytest.raises(RulesInvalid):
         segment_preview(rules={"any": [{"field": "nope", "op": "eq", "value": 1}]}, by=manager_alice)
