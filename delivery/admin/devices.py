@@ -1,18 +1,22 @@
 """The admin of devices: a big table, with the test flag."""
 
 from django.contrib import admin, messages
+from django.db.models import Q
 from django.http import Http404
 from django.urls import reverse
 from django.utils.html import format_html_join
 
 from accounts.admin.bases import BigTableAdmin
+from audiences.admin.profiles import external_id_terms
+from audiences.models import Profile
 from config.zones import zoned
-from delivery.models import Device
+from delivery.models import Device, Platform
 from delivery.selectors import (
+    apps_in_scope,
     device_deliveries,
     devices_visible_to,
 )
-from delivery.services.devices import devices_test_flag_set
+from delivery.services.devices import device_token_normal, devices_test_flag_set
 
 
 @admin.register(Device)
@@ -31,6 +35,7 @@ class DeviceAdmin(BigTableAdmin):
     )
     list_filter = ("platform", "active", "is_test", "push_enabled")
     search_fields = ("=profile__external_id", "=token")
+    search_help_text = "An exact token (an APNs token in either case), or a profile's exact external id."
     list_select_related = ("profile", "app")
     raw_id_fields = ("profile",)
     ordering = ("-id",)
@@ -53,6 +58,23 @@ class DeviceAdmin(BigTableAdmin):
 
     def get_queryset(self, request):
         return devices_visible_to(request.user).select_related("profile", "app")
+
+    def get_search_results(self, request, queryset, search_term):
+        """The device of an exact token, and the devices of the profile of an exact external id, each
+        found through its unique index: (app, token) for the apps in the user's scope, and the
+        profiles' external id (Django's "=" is iexact: a scan of every device and every profile).
+        An APNs token is kept in lowercase (``device_token_normal``), so the term is also looked for
+        in lowercase among the iOS devices; an FCM token is found as given."""
+        terms = external_id_terms(search_term)
+        if not terms:
+            return queryset, False
+        token = search_term.strip()
+        apps = list(apps_in_scope(request.user).values_list("pk", flat=True))  # the index's first column
+        profiles = list(Profile.objects.filter(external_id__in=terms).values_list("pk", flat=True))
+        tokens = Q(token=token) | Q(
+            token=device_token_normal(platform=Platform.IOS, token=token), platform=Platform.IOS
+        )
+        return queryset.filter((Q(app__in=apps) & tokens) | Q(profile__in=profiles)), False
 
     def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
         raise Http404("No device with this id.")

@@ -345,6 +345,64 @@ def test_devices_of_other_apps_are_not_listed(client, viewer_carol, app):
     assert client.get(reverse("admin:delivery_device_change", args=[theirs.pk])).status_code == 404
 
 
+def _found(client, term: str) -> list[int]:
+    answer = client.get(reverse("admin:delivery_device_changelist"), {"q": term})
+    assert answer.status_code == 200
+    return sorted(d.pk for d in answer.context["cl"].result_list)
+
+
+def test_a_device_is_found_by_its_exact_token_an_apns_one_in_either_case_within_the_apps_one_may_see(
+    client, manager_alice, manager_mallory, app
+):
+    """An APNs token is kept in lowercase, so one pasted in capitals finds its iPhone; an FCM token is
+    case-sensitive: its lowercase is another phone's. A profile's devices by its exact external id."""
+    iphone = DeviceFactory(app=app, platform="ios", token="a1b2" * 16)
+    android = DeviceFactory(app=app, platform="android", token="fQ9:APA91bXyZ")
+    other_android = DeviceFactory(app=app, platform="android", token="fq9:apa91bxyz")
+    same_token_elsewhere = DeviceFactory(app=AppFactory(), platform="ios", token=iphone.token)
+    ann = ProfileFactory(external_id="Ann-1")
+    anns = [DeviceFactory(app=app, profile=ann).pk, DeviceFactory(app=app, profile=ann, platform="android").pk]
+    client.force_login(manager_alice)
+    assert _found(client, iphone.token) == [iphone.pk]
+    assert _found(client, iphone.token.upper()) == [iphone.pk]
+    assert _found(client, f"  {iphone.token.upper()} ") == [iphone.pk]  # pasted with spaces around
+    assert _found(client, "fQ9:APA91bXyZ") == [android.pk]
+    assert _found(client, "fq9:apa91bxyz") == [other_android.pk]
+    assert _found(client, "FQ9:APA91BXYZ") == []
+    assert _found(client, "Ann-1") == sorted(anns)
+    assert _found(client, "ann-1") == []  # external ids are exact, as the profiles' search finds them
+    assert same_token_elsewhere.pk not in _found(client, iphone.token.upper())
+
+    client.force_login(manager_mallory)  # a Manager without access to the app
+    for term in (iphone.token, iphone.token.upper(), "fQ9:APA91bXyZ", "Ann-1"):
+        assert _found(client, term) == [], term
+
+
+def test_the_device_search_reads_the_unique_indexes_not_every_device(client, manager_alice, admin_erin, app):
+    """The token through (app, token) in the apps the user may see (all of them for an
+    administrator), the external id through the profiles' unique index: Django's case-insensitive
+    match read every device and every profile."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    iphone = DeviceFactory(app=app, platform="ios", token="c3d4" * 16)
+    for user in (manager_alice, admin_erin):
+        client.force_login(user)
+        with CaptureQueriesContext(connection) as page:
+            assert _found(client, iphone.token.upper()) == [iphone.pk]
+        reads = [
+            q["sql"] for q in page.captured_queries if 'FROM "delivery_device"' in q["sql"] and iphone.token in q["sql"]
+        ]
+        assert len(reads) == 2, reads  # the page and its count
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL enable_seqscan = off")  # a plan that could use an index does
+            for sql in reads:
+                cursor.execute(f"EXPLAIN {sql}")
+                plan = "\n".join(row[0] for row in cursor.fetchall())
+                assert "device_app_token_unique" in plan and "upper(" not in plan, plan
+                assert "Seq Scan on delivery_device" not in plan and "Seq Scan on audiences_profile" not in plan, plan
+
+
 def test_manager_marks_test_devices_from_the_admin(client, manager_alice, app):
     device = DeviceFactory(app=app)
     client.force_login(manager_alice)
