@@ -186,7 +186,7 @@ def _import_rows(record: Import, fh, plan, *, started: float, seconds: float) ->
     }
     tz_names = _timezones()
     reader = RecordReader(fh, encoding=record.encoding)
-    committer = _Committer(record, segment_id=segment_id, replace=replace)
+    committer = _Committer(record, errors, segment_id=segment_id, replace=replace)
     try:
         position = _skip_done(reader, record.position, plan, seen, timezones=tz_names)
         while not reader.finished:
@@ -212,18 +212,16 @@ def _import_rows(record: Import, fh, plan, *, started: float, seconds: float) ->
                     else:
                         seen.add(key)
                         counters["imported"] += 1
-            for line, external_id, reason in sorted(problems, key=lambda problem: problem[0]):
-                errors.add(line, external_id, reason)
             batch = Batch.of(parsed)
             if committer.threaded:
                 batch.prepare_copy()  # here, so the writer thread holds the GIL as little as possible
             last_line = max(lines[-1] if lines else 0, unreadable[-1][0] if unreadable else 0)
             committer.submit(
                 batch,
+                problems=problems,
                 line=last_line,
                 position=position,
                 bytes_done=reader.bytes_read,
-                error_bytes=errors.tell(),
                 **counters,
             )
             if time.monotonic() - started > seconds and not reader.finished:
@@ -270,19 +268,26 @@ def _skip_done(reader: RecordReader, position: int, plan, seen: set[int], *, tim
 
 
 class _Committer:
-    """Writes an import's batches, each in its own transaction with the progress that accounts for it.
+    """Writes an import's batches, each in its own transaction with its rows of the error file and
+    the progress that accounts for it.
 
     On PostgreSQL, outside a surrounding transaction, it writes from a second thread (its own
     connection) while the caller parses the next batch: the database and Python then work at
     the same time. Batches are written in order, one at a time; an error stops the import.
+    The rows a batch's write refuses (the profile limits) join its failed rows, in the error file
+    and the counters the caller keeps.
     """
 
-    def __init__(self, record: Import, *, segment_id: int | None, replace: bool):
+    def __init__(self, record: Import, errors: ErrorFile, *, segment_id: int | None, replace: bool):
         self.record = record
+        self.errors = errors
         self.segment_id = segment_id
         self.replace = replace
         self.error: BaseException | None = None
         self.line = 0  # the line of the last row read by the batches committed here
+        # Rows refused on writing this run, which the caller counted as imported / as repeated ids.
+        self.refused_imported = 0
+        self.refused_duplicate = 0
         self.closed = False
         self.threaded = connection.vendor == "postgresql" and not connection.in_atomic_block
         if self.threaded:
@@ -320,9 +325,7 @@ class _Committer:
         finally:
             connection.close()
 
-    def _write(
-        self, batch: Batch, *, line, position, bytes_done, error_bytes, done, imported, failed, duplicate
-    ) -> None:
+    def _write(self, batch: Batch, *, problems, line, position, bytes_done, done, imported, failed, duplicate) -> None:
         record = self.record
         now = timezone.now()
         with transaction.atomic():
@@ -331,13 +334,17 @@ class _Committer:
                 # the import need not wait for each commit to reach the disk.
                 with connection.cursor() as cursor:
                     cursor.execute("SET LOCAL synchronous_commit = off")
-            write_batch(batch, now=now, segment_id=self.segment_id, import_id=record.pk, replace=self.replace)
+            refused = write_batch(batch, now=now, segment_id=self.segment_id, import_id=record.pk, replace=self.replace)
+            if refused:
+                problems = self._with_refused(problems, refused)
+            for row in sorted(problems, key=lambda problem: problem[0]):
+                self.errors.add(*row)
             record.position = position
-            record.error_bytes = error_bytes
+            record.error_bytes = self.errors.tell()
             record.rows_done = done
-            record.rows_imported = imported
-            record.rows_failed = failed
-            record.rows_duplicate = duplicate
+            record.rows_imported = imported - self.refused_imported
+            record.rows_failed = failed + self.refused_imported + self.refused_duplicate
+            record.rows_duplicate = duplicate - self.refused_duplicate
             record.bytes_done = min(bytes_done, record.size) if record.size else bytes_done
             record.heartbeat_at = now
             record.save(
@@ -353,6 +360,15 @@ class _Committer:
                 ]
             )
         self.line = line
+
+    def _with_refused(self, problems: list, refused: list) -> list:
+        """The batch's failed rows with those its write refused; a refused row that repeats an id
+        is reported for its refusal alone."""
+        lines = {line for line, _external_id, _reason in refused}
+        repeated = {line for line, _external_id, reason in problems if reason == DUPLICATE and line in lines}
+        self.refused_duplicate += len(repeated)
+        self.refused_imported += len(refused) - len(repeated)
+        return [problem for problem in problems if problem[0] not in repeated] + refused
 
 
 def _import_hand_over(record: Import) -> None:

@@ -98,28 +98,32 @@ def _merged(current: dict, changes: dict | None) -> dict:
     return merged
 
 
-def merged_attributes_problem(current: dict, merged: dict, given: dict) -> str | None:
-    """Why a profile whose attributes ``current`` become ``merged`` (by an item giving ``given``)
-    would break the limits ``profile_check`` states for one item, or None.
+def attributes_limit_problem(current: dict, merged: dict, given: dict) -> str | None:
+    """Which limit a profile whose attributes ``current`` become ``merged`` (by an item giving
+    ``given``) would break, as "The profile would hold 300 attributes (at most 200)", or None.
 
     The limits hold for what the profile keeps, not only for what one call gives: calls adding
     new names each would otherwise grow it without end. A profile already over a limit (kept
     from before the limit) may still change as long as it does not grow past where it was.
+    ``given`` must be within the limits by itself (``profile_check``). The profile API and CSV
+    imports both measure with this, each adding its own advice.
     """
     if len(merged) > MAX_ATTRIBUTES and len(merged) > len(current):
-        return (
-            f"The profile would hold {len(merged)} attributes (at most {MAX_ATTRIBUTES}): "
-            "remove some by giving them as null."
-        )
+        return f"The profile would hold {len(merged)} attributes (at most {MAX_ATTRIBUTES})"
     if all(name in given for name in merged):  # its values are the item's own: profile_check measured them
         return None
     size = len(json_compact(merged))
     if size > MAX_ATTRIBUTES_BYTES and size > len(json_compact(current)):
-        return (
-            f"The profile's attributes would take {size} bytes as JSON (at most {MAX_ATTRIBUTES_BYTES}): "
-            "remove some by giving them as null."
-        )
+        return f"The profile's attributes would take {size} bytes as JSON (at most {MAX_ATTRIBUTES_BYTES})"
     return None
+
+
+def merged_attributes_problem(current: dict, merged: dict, given: dict) -> str | None:
+    """Why a profile whose attributes ``current`` become ``merged`` (by an item giving ``given``)
+    would break the limits ``profile_check`` states for one item (``attributes_limit_problem``),
+    or None."""
+    problem = attributes_limit_problem(current, merged, given)
+    return None if problem is None else f"{problem}: remove some by giving them as null."
 
 
 def _apply(profile: Profile, item: dict, *, limits: bool = True) -> dict[str, str]:

@@ -10,9 +10,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection, transaction
 from django.utils import timezone
 
+from accounts.json_values import json_compact
 from audiences.imports import SEGMENT_GONE, Batch, ImportRefused, spreadsheet_safe, write_batch
 from audiences.models import Import, Profile, Segment, SegmentMember
-from audiences.services.imports import import_create, import_process, import_restart
+from audiences.services.imports import DUPLICATE, import_create, import_process, import_restart
 from audiences.services.profiles import profiles_delete
 from audiences.services.segments import segment_create, segment_delete
 from tests.factories import ProfileFactory
@@ -634,6 +635,143 @@ def test_locale_and_attributes_follow_the_profile_api_rules(run_import):
         ("b2", "attributes: Attributes take at most 16384 bytes as JSON."),
     ]
     assert not Profile.objects.filter(external_id__in=["w1", "b1", "b2"]).exists()
+
+
+def wide_file(ids: list[str], names: list[str], *, value: str = "1") -> bytes:
+    """A file giving each profile of ``ids`` every attribute of ``names``."""
+    lines = [",".join(["external_id", *names])] + [",".join([x, *[value] * len(names)]) for x in ids]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_imports_cannot_grow_a_profile_past_200_attributes(run_import):
+    """Three imports of 150 other columns each made profiles of 450 attributes, which the API refuses."""
+    first = run_import(wide_file(["u1", "u2"], [f"a{i}" for i in range(150)]))
+    assert (first.rows_imported, first.rows_failed) == (2, 0)
+    second = run_import(wide_file(["u1", "new", "u2"], [f"b{i}" for i in range(150)]))
+    assert (second.rows_done, second.rows_imported, second.rows_failed) == (3, 1, 2)
+    assert error_rows(second) == [
+        ["2", "u1", "attributes: The profile would hold 300 attributes (at most 200)."],
+        ["4", "u2", "attributes: The profile would hold 300 attributes (at most 200)."],
+    ]
+    assert sorted(attrs("u1")) == sorted(f"a{i}" for i in range(150))
+    assert sorted(attrs("new")) == sorted(f"b{i}" for i in range(150))
+    third = run_import(wide_file(["u1", "u2"], [f"c{i}" for i in range(150)]))
+    assert (third.rows_imported, third.rows_failed) == (0, 2)
+    assert {len(p.attributes) for p in Profile.objects.all()} == {150}
+
+
+def test_imports_cannot_grow_a_profile_past_16_kb_of_attributes(run_import):
+    ProfileFactory(external_id="big", attributes={f"k{i}": "v" * 1000 for i in range(12)})
+    ProfileFactory(external_id="small", attributes={"k0": "v"})
+    record = run_import(wide_file(["big", "small"], ["n0", "n1", "n2", "n3", "n4"], value="w" * 900))
+    assert (record.rows_imported, record.rows_failed) == (1, 1)
+    size = len(json_compact({**attrs("big"), **{f"n{i}": "w" * 900 for i in range(5)}}))
+    assert error_rows(record) == [
+        ["2", "big", f"attributes: The profile's attributes would take {size} bytes as JSON (at most 16384)."]
+    ]
+    assert attrs("big") == {f"k{i}": "v" * 1000 for i in range(12)}
+    assert sorted(attrs("small")) == ["k0", "n0", "n1", "n2", "n3", "n4"]
+
+
+def test_letters_beyond_ascii_count_in_what_a_profile_keeps_as_the_api_counts_them(run_import):
+    """The profile's 600 'é' take 1,209 bytes as the database's JSON but 3,608 as the API measures."""
+    ProfileFactory(external_id="accents", attributes={"k": "é" * 600})
+    names = [f"c{i:02d}" for i in range(14)]
+    record = run_import(wide_file(["accents", "plain"], names, value="w" * 945))
+    assert (record.rows_imported, record.rows_failed) == (1, 1)
+    assert error_rows(record) == [
+        ["2", "accents", "attributes: The profile's attributes would take 16964 bytes as JSON (at most 16384)."]
+    ]
+    assert attrs("accents") == {"k": "é" * 600}
+
+
+def test_a_profile_over_the_limits_from_before_may_change_without_growing(run_import):
+    """As the API allows: its values change, a name it holds is given again, nothing is added."""
+    ProfileFactory(external_id="old", attributes={f"a{i}": 1 for i in range(250)}, locale="de")
+    record = run_import(b"external_id,a0,a1,locale\nold,2,3,fr\n")
+    assert (record.rows_imported, record.rows_failed) == (1, 0)
+    profile = Profile.objects.get(external_id="old")
+    assert (len(profile.attributes), profile.attributes["a0"], profile.attributes["a1"], profile.locale) == (
+        250,
+        2,
+        3,
+        "fr",
+    )
+    grows = run_import(b"external_id,a0,extra,locale\nold,5,1,es\n")
+    assert (grows.rows_imported, grows.rows_failed) == (0, 1)
+    assert error_rows(grows) == [["2", "old", "attributes: The profile would hold 251 attributes (at most 200)."]]
+    profile.refresh_from_db()
+    assert (profile.attributes["a0"], "extra" in profile.attributes, profile.locale) == (2, False, "fr")
+    again = run_import(b"external_id,a0,a1,locale\nold,2,3,fr\n")
+    assert (again.rows_imported, again.rows_failed) == (1, 0)
+    assert Profile.objects.get(external_id="old").updated_at == profile.updated_at  # nothing to write
+
+
+def test_a_large_profile_within_the_limits_still_takes_an_import(run_import):
+    """Profiles that may come near the limits are measured one by one; those staying within them land."""
+    ProfileFactory(external_id="near", attributes={f"a{i}": "x" * 50 for i in range(195)})
+    record = run_import(
+        wide_file(["near", "other"], [f"b{i}" for i in range(5)]), target="new_segment", segment_name="S"
+    )
+    assert (record.rows_imported, record.rows_failed) == (2, 0)
+    assert len(attrs("near")) == 200
+    assert set(record.segment.members.values_list("profile__external_id", flat=True)) == {"near", "other"}
+
+
+def test_a_row_refused_for_the_limits_adds_no_member(run_import, manager_alice):
+    static = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    ProfileFactory(external_id="full", attributes={f"a{i}": 1 for i in range(200)})
+    record = run_import(b"external_id,extra\nfull,1\nfine,1\n", target="add_to_segment", segment_id=static.pk)
+    assert (record.rows_imported, record.rows_failed) == (1, 1)
+    assert [r[:2] for r in error_rows(record)] == [["2", "full"]]
+    assert list(static.members.values_list("profile__external_id", flat=True)) == ["fine"]
+    assert "extra" not in attrs("full")
+
+
+@pytest.mark.parametrize("batch_rows", [2, 20_000])
+def test_rows_repeating_an_id_are_measured_in_file_order(run_import, settings, batch_rows):
+    """Each row of a file wider than the limit may give up to 200 values: two rows of one profile then made 250."""
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = batch_rows
+    a, b = [f"a{i}" for i in range(150)], [f"b{i}" for i in range(100)]
+    header = ",".join(["external_id", *a, *b, "locale"])
+    content = "\n".join(
+        [
+            header,
+            ",".join(["u1", *["1"] * 150, *[""] * 100, "de"]),
+            ",".join(["u1", *[""] * 150, *["2"] * 100, "fr"]),
+            ",".join(["u1", *["3"] * 10, *[""] * 240, "es"]),
+        ]
+    )
+    record = run_import(content.encode() + b"\n")
+    assert (record.rows_done, record.rows_imported, record.rows_duplicate, record.rows_failed) == (3, 1, 1, 1)
+    assert error_rows(record) == [
+        ["3", "u1", "attributes: The profile would hold 250 attributes (at most 200)."],
+        ["4", "u1", DUPLICATE],
+    ]
+    profile = Profile.objects.get(external_id="u1")
+    assert (sorted(profile.attributes), profile.locale) == (sorted(a), "es")
+    assert profile.attributes["a0"] == 3 and profile.attributes["a149"] == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_refuses_rows_past_the_limits_from_its_writer_thread(manager_alice, media, settings):
+    """Outside a transaction (as on a worker) the PostgreSQL batches are written by a second thread,
+    which measures the profiles that may pass the limits and reports them with their batch."""
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
+    ProfileFactory(external_id="u3", attributes={f"a{i}": 1 for i in range(200)})
+    content = b"external_id,n\nu1,1\n,bad\nu3,1\nu4,1\nu5,1\nu3,2\n"
+    upload = SimpleUploadedFile("people.csv", content, content_type="text/csv")
+    record = import_create(upload=upload, by=manager_alice, target="new_segment", segment_name="Threaded")
+    record.refresh_from_db()
+    assert record.status == Import.Status.DONE
+    assert (record.rows_done, record.rows_imported, record.rows_failed, record.rows_duplicate) == (6, 3, 3, 0)
+    assert [(r[0], r[1], r[2].split(":")[0]) for r in error_rows(record)] == [
+        ("3", "", "external_id is empty"),
+        ("4", "u3", "attributes"),
+        ("7", "u3", "attributes"),
+    ]
+    assert "n" not in attrs("u3")
+    assert set(record.segment.members.values_list("profile__external_id", flat=True)) == {"u1", "u4", "u5"}
 
 
 @pytest.mark.parametrize(
