@@ -37,7 +37,7 @@ from audiences.imports import (
 from audiences.models import Import, Segment, SegmentMember
 from audiences.selectors import imports_visible_to, segment_for
 from audiences.services.profiles import _ensure_perm, _timezones
-from audiences.services.segments import segment_create
+from audiences.services.segments import segment_create, segment_members_landed
 from config.db import write_pacer
 
 log = logging.getLogger(__name__)
@@ -236,9 +236,16 @@ def _import_rows(record: Import, fh, plan, *, started: float, seconds: float) ->
         committer.close(raise_error=False)
         errors.close()
     with transaction.atomic():
+        removed = 0
         if replace and record.segment_id:
-            SegmentMember.objects.filter(segment_id=record.segment_id).exclude(source_import_id=record.pk).delete()
+            removed = (
+                SegmentMember.objects.filter(segment_id=record.segment_id)
+                .exclude(source_import_id=record.pk)
+                .delete()[0]
+            )
         _import_landed(record)
+        if removed:
+            segment_members_landed(record.segment_id)
         _import_finish(record, status=Import.Status.DONE)
     return False
 
@@ -378,6 +385,8 @@ def _import_hand_over(record: Import) -> None:
 
 
 def _import_finish(record: Import, *, status: str, error: str = "") -> None:
+    if record.segment_id and record.rows_imported:
+        segment_members_landed(record.segment_id)  # its kept count was of the members before
     record.status = status
     record.error = error
     record.finished_at = timezone.now()

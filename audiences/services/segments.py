@@ -109,13 +109,22 @@ def segment_update(
     return segment
 
 
+# What a count keeps on a segment: the figures of what it held when counted.
+_FIGURES = ("last_count", "last_counted_at", "last_reach")
+
+
 def _figures_forget(segment: Segment) -> list[str]:
     """Clear the kept count and reach of a segment whose rules or members changed (they were the
     figures of what it held before); return the fields to save."""
-    segment.last_count = None
-    segment.last_counted_at = None
-    segment.last_reach = None
-    return ["last_count", "last_counted_at", "last_reach"]
+    for name in _FIGURES:
+        setattr(segment, name, None)
+    return list(_FIGURES)
+
+
+def segment_members_landed(segment_id: int) -> None:
+    """An import changed the segment's members: forget its kept count and reach, as a change of its
+    members in the admin does, and mark it changed (a count begun before is then not kept)."""
+    Segment.objects.filter(pk=segment_id).update(**dict.fromkeys(_FIGURES), updated_at=timezone.now())
 
 
 def segment_delete(*, segment_id: int, by: User) -> None:

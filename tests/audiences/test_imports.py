@@ -309,6 +309,24 @@ def test_replace_keeps_only_the_file_members(run_import, manager_alice):
     assert set(static.members.values_list("profile__external_id", flat=True)) == {"b", "c"}
 
 
+def test_an_import_into_a_segment_forgets_its_kept_count_as_a_change_of_its_members_does(run_import, manager_alice):
+    """The kept count was of the members before: the pages read it, with its age, as the segment's size."""
+    from audiences.services.segments import segment_count_keep
+
+    static = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    run_import(b"external_id\na\nb\n", target="add_to_segment", segment_id=static.pk)
+    for content, target in ((b"external_id\nc\n", "add_to_segment"), (b"external_id\nb\n", "replace_segment")):
+        segment_count_keep(segment_id=static.pk, by=manager_alice)
+        assert Segment.objects.get(pk=static.pk).last_count is not None
+        run_import(content, target=target, segment_id=static.pk)
+        kept = Segment.objects.get(pk=static.pk)
+        assert (kept.last_count, kept.last_counted_at, kept.last_reach) == (None, None, None), target
+    # An import that changes nothing of the members leaves the count as it is.
+    segment_count_keep(segment_id=static.pk, by=manager_alice)
+    run_import(b"external_id\n,\n", target="add_to_segment", segment_id=static.pk)
+    assert Segment.objects.get(pk=static.pk).last_count == 1
+
+
 def test_target_must_be_a_static_segment_the_user_may_change(run_import, manager_alice, manager_mallory):
     rules = segment_create(name="R", rules={"all": [{"field": "locale", "op": "exists"}]}, by=manager_alice)
     with pytest.raises(ValidationError, match="static"):
