@@ -354,18 +354,7 @@ class _Committer:
             record.rows_duplicate = duplicate - self.refused_duplicate
             record.bytes_done = min(bytes_done, record.size) if record.size else bytes_done
             record.heartbeat_at = now
-            record.save(
-                update_fields=[
-                    "position",
-                    "error_bytes",
-                    "rows_done",
-                    "rows_imported",
-                    "rows_failed",
-                    "rows_duplicate",
-                    "bytes_done",
-                    "heartbeat_at",
-                ]
-            )
+            record.save(update_fields=[*_PROGRESS_FIELDS, "heartbeat_at"])
         self.line = line
 
     def _with_refused(self, problems: list, refused: list) -> list:
