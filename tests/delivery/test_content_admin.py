@@ -73,6 +73,15 @@ def test_live_preview_of_a_profile_whose_value_breaks_a_filter_says_so(client, d
     assert "The content does not render: a filter failed on a value (ValueError)" in answer.content.decode()
 
 
+def _saved_with(client, manager, changes):
+    """Sale, in an app ``manager`` may write to, saved on its page with ``changes``: (content, answer)."""
+    shop = AppFactory(name="Shop")
+    access_grant(obj=shop, to=manager, by=None)
+    content = PushContent.objects.create(app=shop, name="Sale", title="Hello", body="Spring sale")
+    client.force_login(manager)
+    return content, client.post(f"/admin/delivery/pushcontent/{content.pk}/change/", _form(content, **changes))
+
+
 @pytest.mark.parametrize(
     ("changes", "field", "message"),
     [
@@ -85,11 +94,7 @@ def test_live_preview_of_a_profile_whose_value_breaks_a_filter_says_so(client, d
 def test_custom_data_or_a_variant_that_is_not_text_is_refused_on_its_field_and_previews_as_saved(
     client, db, manager_alice, changes, field, message
 ):
-    shop = AppFactory(name="Shop")
-    access_grant(obj=shop, to=manager_alice, by=None)
-    content = PushContent.objects.create(app=shop, name="Sale", title="Hello", body="Spring sale")
-    client.force_login(manager_alice)
-    answer = client.post(f"/admin/delivery/pushcontent/{content.pk}/change/", _form(content, **changes))
+    content, answer = _saved_with(client, manager_alice, changes)
     assert answer.status_code == 200
     assert message in str(answer.context["adminform"].form.errors[field])
     assert "Hello" in answer.content.decode()  # the phones show the content as saved
@@ -156,11 +161,7 @@ def test_a_profile_of_the_default_language_gets_the_default_texts_in_the_preview
 def test_a_link_or_locale_a_phone_would_misread_is_refused_on_its_field(
     client, db, manager_alice, changes, field, message
 ):
-    shop = AppFactory(name="Shop")
-    access_grant(obj=shop, to=manager_alice, by=None)
-    content = PushContent.objects.create(app=shop, name="Sale", title="Hello", body="Spring sale")
-    client.force_login(manager_alice)
-    answer = client.post(f"/admin/delivery/pushcontent/{content.pk}/change/", _form(content, **changes))
+    content, answer = _saved_with(client, manager_alice, changes)
     assert answer.status_code == 200
     assert message in str(answer.context["adminform"].form.errors[field])
     content.refresh_from_db()
