@@ -88,9 +88,22 @@ class Walk:
     def __init__(self, rng: random.Random, journey, by, vips, capture):
         self.rng, self.journey, self.by, self.vips, self.capture = rng, journey, by, vips, capture
         self.clock = timezone.now()
-        self.profiles = ProfileFactory.create_batch(8)
+        self.profiles = self._four_of_each_group(journey)
         for profile in self.profiles:
             DeviceFactory(profile=profile, app=journey.app, platform="android")
+
+    @staticmethod
+    def _four_of_each_group(journey) -> list:
+        """Eight profiles, the split's A and B alternating: its groups come of a hash of the journey's
+        and the profile's ids, which differ from run to run, so that a seed's walk would otherwise
+        send everyone through one branch on some runs."""
+        from journeys.services.engine import _split_bucket
+
+        groups: dict[bool, list] = {True: [], False: []}
+        while min(len(members) for members in groups.values()) < 4:
+            profile = ProfileFactory()
+            groups[_split_bucket(journey.pk, "split", profile.pk) < 50].append(profile)
+        return [profile for pair in zip(groups[True][:4], groups[False][:4], strict=True) for profile in pair]
 
     def _events(self, name: str, profiles) -> None:
         with self.capture(execute=True):  # the entries run their first steps once the events commit
