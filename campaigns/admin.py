@@ -420,6 +420,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         """The campaign's latest dispatches (the newest first, each a link) with the count of all and
         a link to their list, then its occurrences'."""
         from delivery.admin.dispatches import campaign_sends, campaign_sends_url
+        from delivery.models import Dispatch
         from delivery.selectors import dispatches_visible_to
 
         request = _page_request.get()
@@ -427,10 +428,13 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             return "—"
         sends = campaign_sends(dispatches_visible_to(request.user), obj.pk)
         latest = list(sends[:LATEST_SENDS])
-        count = sends.count()
+        count = sends.count() if latest else 0
         summary = latest_summary(
             count=count, latest=LATEST_SENDS, url=campaign_sends_url(obj.pk), css_class="dispatches-list"
         )
+        if not latest and (hidden := campaign_sends(Dispatch.objects.all(), obj.pk).count()):
+            # Granted the campaign, not its app (through which dispatches are seen): the report counts them.
+            summary = f"{hidden:,} in the app {obj.app}, which you were not granted: ask for access to open them"
         rows = format_html_join(
             "",
             '<li><a href="{}">{}</a> — {}, {} targeted, {} accepted</li>',

@@ -192,3 +192,18 @@ def test_a_sends_list_of_what_is_no_campaign_answers_404(client, campaign, viewe
     client.force_login(viewer_carol)
     for value in ("abc", "0", "-1", "9" * 30, str(campaign.pk + 1000), ""):
         assert client.get(f"/admin/delivery/dispatch/?campaign={value}").status_code == 404, value
+
+
+def test_a_reader_granted_the_campaign_but_not_its_app_is_told_where_its_sends_are(client, campaign):
+    """The report below counts the sends; the box said "none yet" to a colleague who may open none."""
+    from accounts.services import access_grant
+
+    _sends(campaign, 3)
+    viewer = UserFactory(username="viewer_vic", role="Viewer")
+    access_grant(obj=campaign, to=viewer, by=None)
+    client.force_login(viewer)
+    box = _text(_box(client.get(_page(campaign)).content.decode()))
+    assert box.startswith("Dispatches: 3 in the app Shop, which you were not granted: ask for access to open them."), (
+        box
+    )
+    assert _box_sends(client.get(_page(campaign)).content.decode()) == []
