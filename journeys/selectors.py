@@ -229,28 +229,46 @@ def _versions_that_may_run() -> QuerySet[JourneyVersion]:
     return versions.select_related("journey").order_by("journey__name", "number")
 
 
-def journeys_sending_contents(content_ids: set[int]) -> list[str]:
-    """The journey versions whose steps may still send any of ``content_ids``, each said with its
-    steps: a draft or one in review (approving it would send them), the live one, and a retired one
-    with profiles still inside. (Registered with ``delivery.services.contents``: content they name
-    is not deleted.)"""
+HIDDEN_JOURNEY = "a journey you cannot see"
+
+
+def _version_labels(versions: list[JourneyVersion], by: User | None) -> dict[int, str | None]:
+    """Each version said as "journey “X”, version N (live)", by version id; None for one of a
+    journey ``by`` may not see (None: the system sees all)."""
+    journeys = {version.journey_id for version in versions}
+    if by is not None:
+        journeys = set(visible_to(by, Journey.objects.filter(pk__in=journeys)).values_list("pk", flat=True))
+    labels = {}
+    for version in versions:
+        status = version.get_status_display().split(" (")[0].lower()
+        labels[version.pk] = (
+            f"journey “{version.journey}”, version {version.number} ({status})"
+            if version.journey_id in journeys
+            else None
+        )
+    return labels
+
+
+def journeys_sending_contents(content_ids: set[int], by: User | None) -> list[str]:
+    """The journey versions whose steps may still send any of ``content_ids`` (those that may still
+    run: ``_versions_that_may_run``), each said with its steps, or as "a journey you cannot see" to
+    ``by``. (Registered with ``delivery.services.contents``: content they name is not deleted.)"""
     from journeys.graph import contents_of
 
-    said = []
+    found = []
     for version in _versions_that_may_run():
         steps = sorted(step for step, content in contents_of(version.graph).items() if content in content_ids)
         if steps:
-            named = ", ".join(f"'{step}'" for step in steps)
-            status = version.get_status_display().split(" (")[0].lower()
-            said.append(f"journey “{version.journey}”, version {version.number} ({status}): step {named}")
-    return said
+            found.append((version, ", ".join(f"'{step}'" for step in steps)))
+    labels = _version_labels([version for version, _ in found], by)
+    return [f"{labels[version.pk]}: step {named}" if labels[version.pk] else HIDDEN_JOURNEY for version, named in found]
 
 
 def journeys_rule_trees_naming(segment_ids: set[int], by: User | None) -> list[tuple[str, dict]]:
-    """The rule trees of the conditions of the journey versions that may still run (as
-    ``journeys_sending_contents`` reads them) naming any of ``segment_ids``, each said with its
-    journey, version and step, or as "a journey you cannot see" to ``by`` (None: the system).
-    (Registered with ``audiences.rules.validation``: a segment change making one too deep is refused.)"""
+    """The rule trees of the conditions of the journey versions that may still run naming any of
+    ``segment_ids``, each said with its journey, version and step, or as "a journey you cannot see"
+    to ``by`` (None: the system). (Registered with ``audiences.rules.validation``: a segment change
+    making one too deep is refused.)"""
     from audiences.rules.schema import segment_references
 
     found = []
@@ -261,19 +279,8 @@ def journeys_rule_trees_naming(segment_ids: set[int], by: User | None) -> list[t
             for branch in step.get("branches") or []:
                 if isinstance(branch, dict) and segment_references(branch.get("rules")) & segment_ids:
                     found.append((version, step.get("id"), branch["rules"]))
-    if not found:
-        return []
-    journeys = {version.journey_id for version, _, _ in found}
-    seen = (
-        journeys
-        if by is None
-        else set(visible_to(by, Journey.objects.filter(pk__in=journeys)).values_list("pk", flat=True))
-    )
-    said = []
-    for version, step_id, tree in found:
-        if version.journey_id in seen:
-            status = version.get_status_display().split(" (")[0].lower()
-            said.append((f"journey “{version.journey}”, version {version.number} ({status}): step '{step_id}'", tree))
-        else:
-            said.append(("a journey you cannot see", tree))
-    return said
+    labels = _version_labels([version for version, _, _ in found], by)
+    return [
+        (f"{labels[version.pk]}: step '{step_id}'" if labels[version.pk] else HIDDEN_JOURNEY, tree)
+        for version, step_id, tree in found
+    ]

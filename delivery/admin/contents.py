@@ -160,15 +160,15 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     def get_deleted_objects(self, objs, request):
         # The page and the list's action both refuse, listing them, what journeys still send.
         deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
-        return deleted, counts, perms_needed, [*protected, *pushcontent_holders([o.pk for o in objs])]
+        return deleted, counts, perms_needed, [*protected, *pushcontent_holders([o.pk for o in objs], by=request.user)]
 
     def delete_model(self, request, obj):
-        if holders := pushcontent_holders([obj.pk]):
+        if holders := pushcontent_holders([obj.pk], by=request.user):
             raise PermissionDenied(f"{obj} is still sent by: {'; '.join(holders)}.")
         super().delete_model(request, obj)
 
     def delete_queryset(self, request, queryset):
-        if holders := pushcontent_holders(queryset.values_list("pk", flat=True)):
+        if holders := pushcontent_holders(queryset.values_list("pk", flat=True), by=request.user):
             raise PermissionDenied(f"Still sent by: {'; '.join(holders)}.")
         super().delete_queryset(request, queryset)
 

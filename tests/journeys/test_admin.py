@@ -898,3 +898,19 @@ def test_the_rule_builder_names_the_app_a_condition_reads_to_a_colleague_not_gra
     # A new journey's builder offers it not: a rule chosen anew names one's own apps.
     page = login(manager_mallory).get("/admin/journeys/journey/add/").content.decode()
     assert kiosk.pk not in {a["id"] for a in _builder_meta(page)["rules"]["apps"]}
+
+
+def test_content_held_by_a_journey_the_reader_may_not_see_is_kept_without_naming_it(client, make_journey, welcome):
+    from accounts.services import access_grant
+    from delivery.models import PushContent
+    from tests.factories import UserFactory
+
+    make_journey()
+    writer = UserFactory(username="manager_wes", role="Manager")
+    access_grant(obj=welcome, to=writer, by=None)  # the content, not its app: no journey of it is hers to see
+    client.force_login(writer)
+    delete = f"/admin/delivery/pushcontent/{welcome.pk}/delete/"
+    page = client.get(delete).content.decode()
+    assert "a journey you cannot see" in page and "Onboarding" not in page
+    client.post(delete, {"post": "yes"})
+    assert PushContent.objects.filter(pk=welcome.pk).exists()
