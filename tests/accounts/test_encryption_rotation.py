@@ -11,7 +11,7 @@ from django.db import connection
 
 from accounts.models import AuditEvent
 from delivery.models import App
-from delivery.services.apps import apns_key_parse, app_create, service_account_parse
+from delivery.services.apps import app_create, service_account_parse
 from tests.fakes.pushsim import make_apns_credentials, make_fcm_credentials
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
@@ -45,10 +45,7 @@ def test_rotation_re_encrypts_every_secret_under_the_new_key(
     app = app_create(
         name="Shop",
         by=admin_erin,
-        apns_team_id=apns_credentials.team_id,
-        apns_key_id=apns_credentials.key_id,
-        apns_bundle_id=apns_credentials.bundle_id,
-        apns_private_key=apns_key_parse(raw=apns_credentials.private_key_pem.encode()),
+        **apns_credentials.app_fields(),
         fcm_service_account=service_account_parse(raw=fcm_credentials.json_bytes),
     )
     empty = app_create(name="No channels yet", by=admin_erin)
@@ -76,10 +73,7 @@ def test_without_rotation_dropping_the_old_key_says_what_to_check(settings, old_
     app = app_create(
         name="Shop",
         by=admin_erin,
-        apns_team_id=apns_credentials.team_id,
-        apns_key_id=apns_credentials.key_id,
-        apns_bundle_id=apns_credentials.bundle_id,
-        apns_private_key=apns_key_parse(raw=apns_credentials.private_key_pem.encode()),
+        **apns_credentials.app_fields(),
     )
     settings.PUSHDESK_ENCRYPTION_KEY = Fernet.generate_key().decode()
     with pytest.raises(ImproperlyConfigured, match="rotation"):

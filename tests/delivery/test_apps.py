@@ -143,10 +143,7 @@ def test_a_wrong_bundle_id_saves_nothing(apns_credentials):
         app_create(
             name="Shop",
             by=None,
-            apns_team_id=apns_credentials.team_id,
-            apns_key_id=apns_credentials.key_id,
-            apns_bundle_id="my shop app",
-            apns_private_key=apns_key_parse(raw=apns_credentials.private_key_pem.encode()),
+            **apns_credentials.app_fields(apns_bundle_id="my shop app"),
         )
     assert "apns_bundle_id" in exc.value.message_dict
     assert not App.objects.exists()
@@ -190,10 +187,7 @@ def test_secrets_are_encrypted_at_rest_and_only_fingerprinted_in_the_audit_log(
     app = app_create(
         name="Shop",
         by=admin_erin,
-        apns_team_id=apns_credentials.team_id,
-        apns_key_id=apns_credentials.key_id,
-        apns_bundle_id=apns_credentials.bundle_id,
-        apns_private_key=apns_key_parse(raw=apns_credentials.private_key_pem.encode()),
+        **apns_credentials.app_fields(),
         fcm_service_account=service_account_parse(raw=fcm_credentials.json_bytes),
     )
     with connection.cursor() as cursor:
@@ -215,10 +209,7 @@ def test_replacing_a_key_changes_its_fingerprint_and_removing_a_channel_clears_i
     app = app_create(
         name="Shop",
         by=None,
-        apns_team_id=apns_credentials.team_id,
-        apns_key_id=apns_credentials.key_id,
-        apns_bundle_id=apns_credentials.bundle_id,
-        apns_private_key=apns_key_parse(raw=apns_credentials.private_key_pem.encode()),
+        **apns_credentials.app_fields(),
         fcm_service_account=service_account_parse(raw=fcm_credentials.json_bytes),
     )
     before = app.apns_private_key_fingerprint
@@ -486,10 +477,7 @@ def test_test_connection_names_the_bundle_id_when_apns_refuses_the_topic(pushsim
     app = app_create(
         name="Other bundle",
         by=None,
-        apns_team_id=apns_credentials.team_id,
-        apns_key_id=apns_credentials.key_id,
-        apns_bundle_id="com.example.someoneelse",
-        apns_private_key=apns_key_parse(raw=apns_credentials.private_key_pem.encode()),
+        **apns_credentials.app_fields(apns_bundle_id="com.example.someoneelse"),
     )
     (check,) = app_test_connection(app_id=app.pk, by=admin_erin)
     assert not check.ok
@@ -740,10 +728,7 @@ def test_test_connection_under_another_encryption_key_says_the_credentials_canno
     app = app_create(
         name="Restored",
         by=None,
-        apns_team_id=apns_credentials.team_id,
-        apns_key_id=apns_credentials.key_id,
-        apns_bundle_id=apns_credentials.bundle_id,
-        apns_private_key=apns_key_parse(raw=apns_credentials.private_key_pem.encode()),
+        **apns_credentials.app_fields(),
     )
     access_grant(obj=app, to=admin_erin, by=None)
     another_encryption_key()

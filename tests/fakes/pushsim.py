@@ -62,6 +62,19 @@ class ApnsCredentials:
     private_key_pem: str  # the .p8 content
     public_key_pem: str
 
+    def app_fields(self, **overrides) -> dict:
+        """The APNs fields of ``app_create`` / ``app_update`` for these credentials (``overrides``
+        replace some, e.g. ``apns_bundle_id``)."""
+        from delivery.services.apps import apns_key_parse
+
+        return {
+            "apns_team_id": self.team_id,
+            "apns_key_id": self.key_id,
+            "apns_bundle_id": self.bundle_id,
+            "apns_private_key": apns_key_parse(raw=self.private_key_pem.encode()),
+            **overrides,
+        }
+
 
 @dataclass
 class FcmCredentials:
@@ -205,15 +218,12 @@ def pushsim_app(db, pushsim, apns_credentials, fcm_credentials):
 @pytest.fixture
 def pushsim_tls_app(db, pushsim, apns_credentials, fcm_credentials):
     """An App with both channels configured, sending to the simulator's TLS listeners."""
-    from delivery.services.apps import apns_key_parse, app_create, service_account_parse
+    from delivery.services.apps import app_create, service_account_parse
 
     return app_create(
         name="Simulated",
         by=None,
-        apns_team_id=apns_credentials.team_id,
-        apns_key_id=apns_credentials.key_id,
-        apns_bundle_id=apns_credentials.bundle_id,
-        apns_private_key=apns_key_parse(raw=apns_credentials.private_key_pem.encode()),
+        **apns_credentials.app_fields(),
         fcm_service_account=service_account_parse(raw=fcm_credentials.json_bytes),
     )
 
