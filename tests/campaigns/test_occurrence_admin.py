@@ -6,7 +6,6 @@ two fields per row, past Django's 1,000)."""
 
 import datetime as dt
 import re
-from html.parser import HTMLParser
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -20,6 +19,7 @@ from campaigns.models import Campaign, Occurrence
 from campaigns.occurrence_admin import LATEST_OCCURRENCES
 from campaigns.services.lifecycle import campaign_approve, campaign_submit
 from campaigns.services.scheduling import campaign_fire_due
+from tests.pages import page_form
 
 pytestmark = pytest.mark.django_db
 
@@ -124,8 +124,7 @@ def test_the_campaign_page_of_many_occurrences_saves_as_the_browser_posts_it(cli
     _back_after(minutely, dt.timedelta(minutes=605))
     client.force_login(manager_alice)
     page = client.get(_page(minutely)).content.decode()
-    form = _Form()
-    form.feed(page)
+    form = page_form(page)
     before = sorted(Occurrence.objects.filter(campaign=minutely).values_list("pk", "due_at", "outcome", "note"))
     newer = _back_after(minutely, dt.timedelta(0))  # fired while the page was open
 
@@ -261,39 +260,3 @@ def test_a_list_of_what_is_no_campaign_answers_404_and_an_unknown_period_says_th
         assert client.get(f"/admin/campaigns/occurrence/?campaign__id__exact={value}").status_code == 404, value
     answer = client.get(_list(hourly, due="fortnight"))
     assert answer.status_code == 302 and answer.url.endswith("?e=1")
-
-
-class _Form(HTMLParser):
-    """The campaign page's form as a browser posts it: every named field with the value shown."""
-
-    def __init__(self):
-        super().__init__()
-        self.data: dict[str, list[str]] = {}
-        self._select = self._textarea = None
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        name = attrs.get("name")
-        if tag == "input" and name and "__prefix__" not in name:
-            kind = attrs.get("type", "text")
-            if kind in ("submit", "button", "file", "image") or (kind == "checkbox" and "checked" not in attrs):
-                return
-            self.data.setdefault(name, []).append(attrs.get("value", "on" if kind == "checkbox" else ""))
-        elif tag == "select" and name and "__prefix__" not in name:
-            self._select = name
-            self.data.setdefault(name, [])
-        elif tag == "option" and self._select and "selected" in attrs:
-            self.data[self._select].append(attrs.get("value", ""))
-        elif tag == "textarea" and name and "__prefix__" not in name:
-            self._textarea = name
-            self.data[name] = [""]
-
-    def handle_data(self, data):
-        if self._textarea:
-            self.data[self._textarea][0] += data
-
-    def handle_endtag(self, tag):
-        if tag == "select":
-            self._select = None
-        elif tag == "textarea":
-            self._textarea = None

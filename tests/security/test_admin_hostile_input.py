@@ -2,61 +2,13 @@
 reaches, sent past its range, as an overflowing float, negative and as NaN, and each text input
 with a NUL, answers the form again with its error: never a 500, never a save."""
 
-from html.parser import HTMLParser
-
 import pytest
 from django.contrib import admin
 from django.urls import reverse
 
+from tests.pages import PageForm, page_form
+
 HOSTILE = ["9" * 30, "1e400", "-99999999999", "nan"]
-
-
-class _Form(HTMLParser):
-    """The form of an admin page as a browser would post it: every named field's value, and which
-    of them are number inputs."""
-
-    def __init__(self):
-        super().__init__()
-        self.data: dict[str, list[str]] = {}
-        self.numbers: set[str] = set()
-        self.texts: set[str] = set()
-        self._select = None
-        self._textarea = None
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        name = attrs.get("name")
-        if tag == "input" and name:
-            kind = attrs.get("type", "text")
-            if kind in ("submit", "button", "file", "image"):
-                return
-            if kind in ("checkbox", "radio") and "checked" not in attrs:
-                return
-            self.data.setdefault(name, []).append(attrs.get("value", "on" if kind == "checkbox" else ""))
-            if kind == "number":
-                self.numbers.add(name)
-            elif kind in ("text", "url", "email", "search") and "__prefix__" not in name:
-                self.texts.add(name)
-        elif tag == "select" and name:
-            self._select = name
-            self.data.setdefault(name, [])
-        elif tag == "option" and self._select and "selected" in attrs:
-            self.data[self._select].append(attrs.get("value", ""))
-        elif tag == "textarea" and name:
-            self._textarea = name
-            self.data[name] = [""]
-            if "__prefix__" not in name:
-                self.texts.add(name)
-
-    def handle_data(self, data):
-        if self._textarea:
-            self.data[self._textarea][0] += data
-
-    def handle_endtag(self, tag):
-        if tag == "select":
-            self._select = None
-        elif tag == "textarea":
-            self._textarea = None
 
 
 def _form_pages(world):
@@ -72,13 +24,11 @@ def _saved(answer) -> bool:
     return answer.status_code == 302
 
 
-def _read(client, url) -> _Form | None:
+def _read(client, url) -> PageForm | None:
     page = client.get(url)
     if page.status_code != 200:
         return None
-    form = _Form()
-    form.feed(page.content.decode())
-    return form
+    return page_form(page.content.decode())
 
 
 @pytest.mark.slow

@@ -1,0 +1,58 @@
+"""An admin page's form read as a browser would post it, for tests that post a page back."""
+
+from html.parser import HTMLParser
+
+
+class PageForm(HTMLParser):
+    """The form of an admin page as a browser would post it: every named field's value, and which
+    of them are number inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.data: dict[str, list[str]] = {}
+        self.numbers: set[str] = set()
+        self.texts: set[str] = set()
+        self._select = None
+        self._textarea = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        name = attrs.get("name")
+        if tag == "input" and name:
+            kind = attrs.get("type", "text")
+            if kind in ("submit", "button", "file", "image"):
+                return
+            if kind in ("checkbox", "radio") and "checked" not in attrs:
+                return
+            self.data.setdefault(name, []).append(attrs.get("value", "on" if kind == "checkbox" else ""))
+            if kind == "number":
+                self.numbers.add(name)
+            elif kind in ("text", "url", "email", "search") and "__prefix__" not in name:
+                self.texts.add(name)
+        elif tag == "select" and name:
+            self._select = name
+            self.data.setdefault(name, [])
+        elif tag == "option" and self._select and "selected" in attrs:
+            self.data[self._select].append(attrs.get("value", ""))
+        elif tag == "textarea" and name:
+            self._textarea = name
+            self.data[name] = [""]
+            if "__prefix__" not in name:
+                self.texts.add(name)
+
+    def handle_data(self, data):
+        if self._textarea:
+            self.data[self._textarea][0] += data
+
+    def handle_endtag(self, tag):
+        if tag == "select":
+            self._select = None
+        elif tag == "textarea":
+            self._textarea = None
+
+
+def page_form(html: str) -> PageForm:
+    """The form of the page ``html``, read."""
+    form = PageForm()
+    form.feed(html)
+    return form
