@@ -7,7 +7,7 @@ import pytest
 from django.db.backends.signals import connection_created
 from rest_framework.test import APIClient
 
-from tests.factories import UserFactory
+from tests.factories import TEST_PASSWORD, UserFactory
 from tests.fakes.pushsim import (  # noqa: F401 (fixtures: see tests/fakes/pushsim.py)
     apns_credentials,
     fcm_credentials,
@@ -189,3 +189,15 @@ def embedded_env(tmp_path):
     }
     env["PUSHDESK_VAR_DIR"] = str(tmp_path)
     return env
+
+
+@pytest.fixture
+def login(client):
+    """Sign ``client`` in as a user through the login form's backend (their password), not
+    ``force_login``: ``login(user)`` returns the client."""
+
+    def as_user(user):
+        assert client.login(username=user.username, password=TEST_PASSWORD)
+        return client
+
+    return as_user

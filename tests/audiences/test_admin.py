@@ -10,20 +10,11 @@ from accounts.models import AuditEvent
 from audiences.models import Event, Import, Profile, Segment, SegmentMember
 from audiences.services.segments import segment_create, segment_members_change
 from delivery.models import Device
-from tests.factories import TEST_PASSWORD, DeviceFactory, EventFactory, ProfileFactory
+from tests.factories import DeviceFactory, EventFactory, ProfileFactory
 
 pytestmark = pytest.mark.django_db
 
 PRO = {"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}]}
-
-
-@pytest.fixture
-def login(client):
-    def as_user(user):
-        assert client.login(username=user.username, password=TEST_PASSWORD)
-        return client
-
-    return as_user
 
 
 def test_segment_list_holds_only_accessible_segments(login, manager_alice, manager_mallory):

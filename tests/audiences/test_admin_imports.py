@@ -14,22 +14,12 @@ from accounts.services import access_grant, access_revoke
 from audiences.models import Import, Profile, Segment, SegmentMember
 from audiences.services.imports import import_create, import_process
 from audiences.services.segments import segment_create
-from tests.factories import TEST_PASSWORD
 
 pytestmark = pytest.mark.django_db
 
 LANDED = b"external_id,n\nu1,1\n,2\n"  # the first batch (two rows), written
 SECOND = LANDED + b"boom,3\n,4\n"  # the second stops the import: the database refuses 'boom'
 CONTENT = SECOND + b"u1,5\nu6,6\n"
-
-
-@pytest.fixture
-def login(client):
-    def as_user(user):
-        assert client.login(username=user.username, password=TEST_PASSWORD)
-        return client
-
-    return as_user
 
 
 @pytest.fixture

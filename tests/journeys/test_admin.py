@@ -10,17 +10,8 @@ from journeys.models import Journey
 from journeys.services.engine import journeys_run_due
 from journeys.services.entries import journey_enter_segment
 from journeys.services.lifecycle import journey_submit
-from tests.factories import TEST_PASSWORD, ProfileFactory, SegmentMemberFactory
+from tests.factories import ProfileFactory, SegmentMemberFactory
 from tests.journeys.conftest import simple_graph
-
-
-@pytest.fixture
-def login(client):
-    def as_user(user):
-        assert client.login(username=user.username, password=TEST_PASSWORD)
-        return client
-
-    return as_user
 
 
 def _form(team, everyone, graph, **extra):
