@@ -219,6 +219,7 @@ class ImportOutSerializer(serializers.ModelSerializer):
             "error_file_url",
             "created_at",
             "started_at",
+            "run_started_at",
             "finished_at",
         )
 

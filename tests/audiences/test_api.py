@@ -422,6 +422,36 @@ def test_import_create_and_status(manager_alice, api_key_for, django_capture_on_
     assert segment.kind == "imported" and segment.members.count() == 2
 
 
+def test_import_status_gives_the_run_its_time_left_counts_from(
+    manager_alice, api_key_for, django_capture_on_commit_callbacks, media
+):
+    """As the admin page shows it: restarted after a long stop, the time left counts from this run."""
+    from django.utils import timezone
+    from django.utils.dateparse import parse_datetime
+
+    client = api_key_for(manager_alice, scopes=["ingest", "read"])
+    upload = SimpleUploadedFile("people.csv", b"external_id,plan\na,pro\nb,free\n", content_type="text/csv")
+    with django_capture_on_commit_callbacks(execute=True):
+        import_id = client.post("/api/v1/imports/", {"file": upload}, format="multipart").json()["id"]
+    record = Import.objects.get(pk=import_id)
+    two_days_ago = timezone.now() - timezone.timedelta(days=2)
+    ten_seconds_ago = timezone.now() - timezone.timedelta(seconds=10)
+    Import.objects.filter(pk=import_id).update(
+        status=Import.Status.RUNNING,
+        started_at=two_days_ago,
+        run_started_at=ten_seconds_ago,
+        run_bytes_from=0,
+        bytes_done=record.size // 2,
+        heartbeat_at=timezone.now(),
+        finished_at=None,
+    )
+    status = client.get(f"/api/v1/imports/{import_id}/").json()
+    assert parse_datetime(status["started_at"]) == two_days_ago
+    assert parse_datetime(status["run_started_at"]) == ten_seconds_ago
+    assert 5 <= status["seconds_left"] <= 15  # from this run's pace, not from two days ago
+    assert 0 < status["percent"] < 100
+
+
 def test_import_without_external_id_column_is_refused_at_once(manager_alice, api_key_for, settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path
     client = api_key_for(manager_alice, scopes=["ingest"])
