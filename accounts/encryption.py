@@ -25,25 +25,41 @@ def encrypt(plaintext: str) -> str:
     return _fernet(settings.PUSHDESK_ENCRYPTION_KEY).encrypt(plaintext.encode()).decode()
 
 
-def decrypt(token: str) -> str:
+def _opened(token: str) -> str | None:
+    """The text a stored token holds, or None when no key of PUSHDESK_ENCRYPTION_KEY opens it (another
+    key, one dropped before rotating, a damaged token) or what it holds is not text."""
     try:
         return _fernet(settings.PUSHDESK_ENCRYPTION_KEY).decrypt(token.encode()).decode()
-    except InvalidToken:
+    except (InvalidToken, UnicodeDecodeError):
+        return None
+
+
+def secret_decrypts(token: str) -> bool:
+    """Whether a stored token can be read: empty (no secret set) or opened by a key of
+    PUSHDESK_ENCRYPTION_KEY. ``manage.py status``, the metric of credentials that cannot be decrypted
+    and ``rotate_encryption_key`` judge a secret by this, as the field reads it."""
+    return not token or _opened(token) is not None
+
+
+def decrypt(token: str) -> str:
+    plaintext = _opened(token)
+    if plaintext is None:
         # Never echo the token or the key: say what to check.
         raise ImproperlyConfigured(
             "A stored secret cannot be decrypted with PUSHDESK_ENCRYPTION_KEY: was the key changed without rotation?"
-        ) from None
+        )
+    return plaintext
 
 
 def reencrypt(token: str) -> str:
-    """Re-encrypt a stored token under the first (newest) key."""
-    try:
-        return _fernet(settings.PUSHDESK_ENCRYPTION_KEY).rotate(token.encode()).decode()
-    except InvalidToken:
+    """Re-encrypt a stored token under the first (newest) key; one that ``secret_decrypts`` refuses
+    raises ImproperlyConfigured."""
+    if not secret_decrypts(token):
         raise ImproperlyConfigured(
             "A stored secret cannot be decrypted with any key of PUSHDESK_ENCRYPTION_KEY: "
             "keep the old key after the new one until the rotation has run."
-        ) from None
+        )
+    return _fernet(settings.PUSHDESK_ENCRYPTION_KEY).rotate(token.encode()).decode()
 
 
 def fingerprint(plaintext: str) -> str:

@@ -204,9 +204,7 @@ def undecryptable_credentials() -> int:
     about 3 KB), and a token is read and decrypted only the first time its digest is seen."""
     import hashlib
 
-    from django.core.exceptions import ImproperlyConfigured
-
-    from accounts.encryption import decrypt
+    from accounts.encryption import secret_decrypts
     from delivery.models import App
     from delivery.services.apps import SECRET_FIELDS
 
@@ -236,11 +234,7 @@ def undecryptable_credentials() -> int:
                         token = (cursor.fetchone() or [""])[0]
                     if not token:  # cleared, or the app deleted, since the digests were read
                         continue
-                try:
-                    decrypt(token)
-                    known = True
-                except ImproperlyConfigured:
-                    known = False
+                known = secret_decrypts(token)
                 _DECRYPTS[keys, digest] = known
             failing += not known
     return failing

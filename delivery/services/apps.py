@@ -447,9 +447,7 @@ def app_secret_problems(*, app_id: int | None = None) -> dict[int, list[str]]:
     """Try to decrypt each app's stored credentials (or ``app_id``'s) with PUSHDESK_ENCRYPTION_KEY;
     return {app id: [what cannot be decrypted, said]} for those that fail, never a secret. For
     Test connection and ``manage.py status`` (a restore drill's check that the key came along)."""
-    from django.core.exceptions import ImproperlyConfigured
-
-    from accounts.encryption import decrypt
+    from accounts.encryption import secret_decrypts
 
     columns = ", ".join(SECRET_FIELDS)
     sql = f"SELECT id, name, {columns} FROM {App._meta.db_table}"  # noqa: S608 (constants)
@@ -462,11 +460,7 @@ def app_secret_problems(*, app_id: int | None = None) -> dict[int, list[str]]:
         cursor.execute(sql + " ORDER BY name, id", params)
         for pk, name, *stored in cursor.fetchall():
             for what, token in zip(SECRET_FIELDS.values(), stored, strict=True):
-                if not token:
-                    continue
-                try:
-                    decrypt(token)
-                except ImproperlyConfigured:
+                if not secret_decrypts(token):
                     problems.setdefault(pk, []).append(
                         f"app '{name}' (id {pk}): {what} cannot be decrypted with this PUSHDESK_ENCRYPTION_KEY "
                         "(a different key, or one dropped before rotating?)"
