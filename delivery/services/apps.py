@@ -20,12 +20,12 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from django.conf import settings
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied, ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from accounts.encryption import fingerprint
+from accounts.encryption import fingerprint, secret_decrypts
 from accounts.json_values import storable_text
 from accounts.models import User
 from accounts.selectors import can
@@ -447,8 +447,6 @@ def app_secret_problems(*, app_id: int | None = None) -> dict[int, list[str]]:
     """Try to decrypt each app's stored credentials (or ``app_id``'s) with PUSHDESK_ENCRYPTION_KEY;
     return {app id: [what cannot be decrypted, said]} for those that fail, never a secret. For
     Test connection and ``manage.py status`` (a restore drill's check that the key came along)."""
-    from accounts.encryption import secret_decrypts
-
     columns = ", ".join(SECRET_FIELDS)
     sql = f"SELECT id, name, {columns} FROM {App._meta.db_table}"  # noqa: S608 (constants)
     params = []
@@ -479,9 +477,14 @@ def app_test_connection(*, app_id: int, by: User) -> list[ConnectionCheck]:
     if not can(by, "delivery.test_connection_app", app):
         raise PermissionDenied("Only an Administrator with access to this app can test its connection.")
     checks = []
-    unreadable = app_secret_problems(app_id=app.pk)
+    try:  # read and decrypted once, for the checks below
+        app.refresh_from_db(fields=list(SECRET_FIELDS))
+    except ImproperlyConfigured:  # one no key opens stops the read: name each
+        unreadable = app_secret_problems(app_id=app.pk).get(app.pk)
+    else:
+        unreadable = None
     if unreadable:  # a restored database under another key: say so, rather than fail
-        checks.append(ConnectionCheck("-", False, f"{'; '.join(unreadable[app.pk])}: nothing was tried."))
+        checks.append(ConnectionCheck("-", False, f"{'; '.join(unreadable)}: nothing was tried."))
     else:
         if app.apns_configured:
             checks.append(_check_apns(app))

@@ -452,6 +452,21 @@ def test_test_connection_reports_what_apns_and_fcm_answered(
 
 
 @pytest.mark.django_db
+def test_test_connection_reads_and_decrypts_each_credential_once(pushsim_tls_app, admin_erin, pushsim):
+    """Whether the credentials decrypt is learnt by reading them for the checks: they were read and
+    decrypted once to see that they decrypt, then again (a query each) to be used."""
+    import re
+
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        checks = app_test_connection(app_id=pushsim_tls_app.pk, by=admin_erin)
+    assert [(c.provider, c.ok) for c in checks] == [("APNs", True), ("FCM", True)]
+    reads = [q["sql"] for q in queries if re.search(r"\b(apns_private_key|fcm_service_account)\b", q["sql"])]
+    assert len(reads) == 1, reads
+
+
+@pytest.mark.django_db
 def test_test_connection_reports_refused_credentials(pushsim, admin_erin):
     stranger_apns = make_apns_credentials(key_id="KEYSTRANGE")
     stranger_fcm = make_fcm_credentials(token_uri=pushsim.url(tls=True) + "/token", name="stranger")
