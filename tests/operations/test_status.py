@@ -285,6 +285,13 @@ def test_qinfo_says_in_one_line_that_redis_does_not_answer(db, redis_down):
         call_command("qinfo", stdout=io.StringIO())
 
 
+def test_qmonitor_says_in_one_line_that_redis_does_not_answer(db, redis_down):
+    from django.core.management import CommandError
+
+    with pytest.raises(CommandError, match=r"Redis does not answer \(ConnectionError"):
+        call_command("qmonitor", run_once=True, stdout=io.StringIO())
+
+
 def test_status_lists_the_live_keys_of_a_superuser_that_someone_else_made(db, queue, admin_erin):
     """An Administrator could make a key owned by a superuser (and act as them through the API)
     until only a superuser could: status names those still live, by prefix, to be looked at."""
