@@ -873,19 +873,23 @@ def _copy_escape(value: str | None) -> str:
     return value
 
 
+# ``hold``: a row that only locks its profile (an id the batch repeats, ``Batch.repeats``), or
+# creates it empty, so that the batch takes every lock of its profiles in its first statement.
 STAGE_SQL = (
-    "CREATE TEMP TABLE IF NOT EXISTS audiences_import_stage "
-    "(external_id text NOT NULL, attributes jsonb NOT NULL, locale text, timezone text) ON COMMIT DELETE ROWS"
+    "CREATE TEMP TABLE IF NOT EXISTS audiences_import_stage (external_id text NOT NULL, attributes jsonb NOT NULL, "
+    "locale text, timezone text, hold boolean NOT NULL DEFAULT false) ON COMMIT DELETE ROWS"
 )
 # Rows that would change nothing are left out before the upsert: ON CONFLICT DO UPDATE locks
 # (writes) every conflicting row even when its WHERE is false, so a re-import would rewrite the
-# whole table. Sorted, the index inserts stay local.
+# whole table. The rows are locked in the order every writer of profiles takes them in: the known
+# profiles by id, then the new ones by external id (COLLATE "C": as Python sorts them, whatever
+# the database's collation); a new profile's index insert then stays local.
 UPSERT_PG = """
 INSERT INTO audiences_profile AS p (external_id, attributes, locale, timezone, created_at, updated_at)
 SELECT s.external_id, s.attributes, coalesce(s.locale, ''), coalesce(s.timezone, ''), %(now)s, %(now)s
 FROM {source}
 WHERE {changes}
-ORDER BY s.external_id
+ORDER BY s.known_id, s.external_id COLLATE "C"
 ON CONFLICT (external_id) DO UPDATE SET
     attributes = p.attributes || EXCLUDED.attributes,
     locale = CASE WHEN EXCLUDED.locale = '' THEN p.locale ELSE EXCLUDED.locale END,
@@ -908,15 +912,16 @@ PROFILES_GUARD = """WHERE (NOT (p.attributes @> EXCLUDED.attributes)
    OR (EXCLUDED.timezone <> '' AND EXCLUDED.timezone <> p.timezone))
 """
 # Profiles only: the WHERE leaves alone a row another transaction changed to the same values
-# meanwhile (counted as left alone: the rows found then are measured, and change nothing).
+# meanwhile (counted as left alone: the rows found then are measured, and change nothing). A hold
+# row gives nothing, so the WHERE leaves its profile alone too, locked; a new one is inserted.
 PROFILES_PG = """
 WITH staged AS (
-    SELECT s.external_id, s.attributes, s.locale, s.timezone
+    SELECT s.external_id, s.attributes, s.locale, s.timezone, s.hold, o.id AS known_id
     FROM audiences_import_stage s LEFT JOIN audiences_profile o ON o.external_id = s.external_id
-    WHERE {changes}
+    WHERE s.hold OR {changes}
 ), written AS ({upsert}RETURNING 1
 )
-SELECT (SELECT count(*) FROM staged) - (SELECT count(*) FROM written)
+SELECT (SELECT count(*) FROM staged WHERE NOT hold OR known_id IS NULL) - (SELECT count(*) FROM written)
 """  # noqa: S608 (constants)
 # With a segment, one statement: the staged rows are matched to their profiles once, the rows
 # that change are upserted, and the members are the ids the upsert returns plus the profiles
@@ -925,15 +930,17 @@ SELECT (SELECT count(*) FROM staged) - (SELECT count(*) FROM written)
 # its id, even one changed meanwhile to the same values. Members have no database constraint on
 # their profile: the upsert holds the profiles it writes, and those it leaves alone are locked
 # ``FOR KEY SHARE`` here, so a deletion (which locks them first) waits for the batch; one deleted
-# meanwhile is skipped.
+# meanwhile is skipped. A hold row goes through the upsert, which gives nothing to a known profile
+# (``GIVES_SOMETHING``) and locks it, and inserts a new one: its first row lands in any case (a row
+# is within the limits by itself), so it is a member; a known one's rows are measured first.
 MEMBERS_PG = """
 WITH staged AS MATERIALIZED (
-    SELECT s.external_id, s.attributes, s.locale, s.timezone, o.id AS known_id, {changes} AS changes
+    SELECT s.external_id, s.attributes, s.locale, s.timezone, s.hold, o.id AS known_id, {changes} AS changes
     FROM audiences_import_stage s LEFT JOIN audiences_profile o ON o.external_id = s.external_id
 ), written AS ({upsert}RETURNING p.id
 ), kept AS (
     SELECT o.id FROM staged s JOIN audiences_profile o ON o.id = s.known_id
-    WHERE s.changes IS NOT TRUE
+    WHERE s.changes IS NOT TRUE AND NOT s.hold
     FOR KEY SHARE OF o
 ), members AS (
     INSERT INTO audiences_segmentmember (segment_id, profile_id, added_at, source_import_id)
@@ -946,12 +953,17 @@ SELECT (SELECT count(*) FROM staged WHERE changes) - (SELECT count(*) FROM writt
 """  # noqa: S608 (constants)
 
 
+# A row giving nothing changes nothing: a hold row leaves its known profile as it is.
+GIVES_SOMETHING = "(EXCLUDED.attributes <> '{}' OR EXCLUDED.locale <> '' OR EXCLUDED.timezone <> '')"
+
+
 def _statement_pg(*, segment: bool, measured: bool) -> str:
     """The batch's upsert on PostgreSQL; ``measured``: its rows were measured against the limits
     under the profiles' locks (``measured_rows``), so it writes them without the limits' guard."""
     if segment:
-        guard = "" if measured else f"WHERE {LIMITS_GUARD}\n"
-        upsert = UPSERT_PG.format(source="staged s", changes="s.changes", guard=guard)
+        gives = GIVES_SOMETHING.replace("{}", "{{}}")  # the statement is formatted once more, with its conflict
+        guard = f"WHERE {gives}\n" if measured else f"WHERE {gives} AND {LIMITS_GUARD}\n"
+        upsert = UPSERT_PG.format(source="staged s", changes="(s.changes OR s.hold)", guard=guard)
         return MEMBERS_PG.format(changes=CHANGES, upsert=upsert)
     guard = PROFILES_GUARD if measured else f"{PROFILES_GUARD}   AND {LIMITS_GUARD}\n"
     return PROFILES_PG.format(changes=CHANGES, upsert=UPSERT_PG.format(source="staged s", changes="TRUE", guard=guard))
@@ -962,10 +974,11 @@ STATEMENTS_PG = {
     for segment in (False, True)
     for measured in (False, True)
 }
-# The staged rows whose profile the limits' guard may have left alone (and those of others as long).
+# The staged rows whose profile the limits' guard may have left alone (and those of others as long;
+# profiles only: that would change it, the others were neither written nor locked).
 LEFT_ALONE_PG = """
 SELECT s.external_id FROM audiences_import_stage s JOIN audiences_profile o ON o.external_id = s.external_id
-WHERE octet_length(o.attributes::text) > %(room)s
+WHERE NOT s.hold AND octet_length(o.attributes::text) > %(room)s{changes}
 """
 UPSERT_SQLITE = """
 INSERT INTO audiences_profile (external_id, attributes, locale, timezone, created_at, updated_at)
@@ -1018,7 +1031,10 @@ def write_batch(
     that upsert returns. A row that would grow its profile past the limits the profile API holds
     (``attributes_limit_problem``) changes nothing and adds no member: the profiles a row may grow
     that far (the batch's ``room``), and those of ids given by several rows, are measured under
-    their locks (``measured_rows``) and their good rows written after the others.
+    their locks (``measured_rows``) and their good rows written after the others. That statement
+    locks every profile the batch names (``UPSERT_PG``), ids it repeats included, so those
+    written after it wait for no other writer: a batch never holds a lock another writer of
+    profiles takes before one it still waits for (no deadlock).
     """
     if not len(batch):
         return []
@@ -1045,8 +1061,9 @@ def measured_rows(rows: dict[str, list[Row]]) -> tuple[Batch, list[tuple[int, st
     ids = sorted(rows)
     held: dict[str, dict] = {}
     for at in range(0, len(ids), 5000):  # within SQLite's parameters of one query
-        profiles = Profile.objects.select_for_update().filter(external_id__in=ids[at : at + 5000])
-        held.update(profiles.order_by("external_id").values_list("external_id", "attributes"))
+        # On PostgreSQL the batch's first statement locked them already; the key is left alone.
+        profiles = Profile.objects.select_for_update(no_key=True).filter(external_id__in=ids[at : at + 5000])
+        held.update(profiles.order_by("id").values_list("external_id", "attributes"))
     good = Batch()
     refused: list[tuple[int, str, str]] = []
     for external_id in ids:
@@ -1078,7 +1095,7 @@ def _write_pg(
     """Write the batch's rows on PostgreSQL; return the rows to measure (``measured_rows``) before
     writing them: those the limits' guard left alone and those of the ids the batch repeats."""
     to_measure = {} if measured else dict(batch.repeats)
-    if not batch.external_ids:
+    if not batch.external_ids and not to_measure:
         return to_measure
     with connection.cursor() as cursor:
         cursor.execute(STAGE_SQL)
@@ -1095,13 +1112,16 @@ def _write_pg(
             "COPY audiences_import_stage (external_id, attributes, locale, timezone) FROM STDIN"
         ) as copy:
             copy.write(batch.copy_text)
+        if not measured and batch.repeats:
+            with cursor.cursor.copy("COPY audiences_import_stage (external_id, attributes, hold) FROM STDIN") as copy:
+                copy.write("".join(f"{_copy_escape(external_id)}\t{{}}\tt\n" for external_id in batch.repeats))
         room = None if measured else batch.room(key_chars=KEY_CHARS["postgresql"])
         statement = STATEMENTS_PG[segment_id is not None, measured]
         if segment_id is not None:
             statement = statement.format(conflict=conflict)
         cursor.execute(statement, {"now": now, "room": room, "segment": segment_id, "import": import_id})
         if cursor.fetchone()[0] and room is not None:
-            cursor.execute(LEFT_ALONE_PG, {"room": room})
+            cursor.execute(LEFT_ALONE_PG.format(changes="" if segment_id else f" AND {CHANGES}"), {"room": room})
             left_alone = [external_id for (external_id,) in cursor.fetchall()]
             if left_alone:
                 index = {external_id: at for at, external_id in enumerate(batch.external_ids)}

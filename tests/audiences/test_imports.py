@@ -302,6 +302,101 @@ def test_a_batch_waits_for_a_profile_deletion_and_adds_no_member_for_the_deleted
     assert list(SegmentMember.objects.values_list("segment_id", "profile_id")) == [(segment.pk, again.pk)]
 
 
+@row_locks
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_repeating_an_id_and_a_profiles_call_on_its_profiles_do_not_deadlock(manager_alice, media, monkeypatch):
+    """A batch locked the ids it gives once, then those it repeats: here 'a' and 'c', then 'b'. A
+    profiles call locks in id order ('b' before 'c'): holding 'b', it waited for 'c' while the batch
+    waited for 'b', and PostgreSQL ended the call ('deadlock detected'). Every profile of the batch
+    is now locked in the order the other writers lock them in, repeated ids included."""
+    from audiences import imports
+    from audiences.services.profiles import profiles_upsert
+
+    for external_id in ("a", "b", "c"):
+        ProfileFactory(external_id=external_id, attributes={})
+    measure, blocked, answers = imports.measured_rows, [], []
+    items = [{"external_id": "b", "attributes": {"score": 1}}, {"external_id": "c", "attributes": {"score": 1}}]
+    call = threading.Thread(
+        target=lambda: answers.extend(concurrently(lambda: profiles_upsert(items=items, by=manager_alice)))
+    )
+
+    def measured_while_a_profiles_call_runs(rows):
+        call.start()  # the batch's first statement is written: the call comes in now
+        blocked.append(wait_for_a_blocked_writer())
+        return measure(rows)
+
+    monkeypatch.setattr(imports, "measured_rows", measured_while_a_profiles_call_runs)
+    upload = SimpleUploadedFile("people.csv", b"external_id,plan\na,pro\nc,pro\nb,pro\nb,team\n")
+    record = import_create(upload=upload, by=manager_alice)  # run on commit, as on a worker
+    call.join(30)
+
+    assert answers == [] and blocked == [True]
+    record.refresh_from_db()
+    assert (record.status, record.rows_imported, record.rows_duplicate) == (Import.Status.DONE, 3, 1)
+    assert {p.external_id: p.attributes for p in Profile.objects.all()} == {
+        "a": {"plan": "pro"},
+        "b": {"plan": "team", "score": 1},
+        "c": {"plan": "pro", "score": 1},
+    }
+
+
+def _writers_waiting(count: int) -> bool:
+    """Whether ``count`` other sessions of the test database wait for a lock (within 10 s)."""
+    from tests.locks import eventually
+
+    def waiting():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            return cursor.fetchone()[0] >= count
+
+    return eventually(waiting)
+
+
+@row_locks
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("segment", [False, True], ids=["profiles", "segment"])
+def test_a_batch_locks_its_profiles_in_id_order_as_a_profiles_call_does(manager_alice, segment):
+    """'b' was created before 'a'. A batch locked them by external id ('a' then 'b'), a profiles call
+    by id ('b' then 'a'): both waiting for 'a', held by a third writer, the batch took it and waited
+    for 'b', which the call held while it waited for 'a' ('deadlock detected')."""
+    from audiences.services.profiles import profiles_upsert
+
+    ProfileFactory(external_id="b", attributes={})
+    ProfileFactory(external_id="a", attributes={})
+    segment_id = segment_create(name="Fair", kind=Segment.Kind.IMPORTED, by=manager_alice).pk if segment else None
+    holding, released = threading.Event(), threading.Event()
+
+    def holder():
+        with transaction.atomic():
+            Profile.objects.select_for_update().get(external_id="a")
+            holding.set()
+            released.wait(20)
+
+    def batch():
+        holding.wait(10)
+        both = Batch(["a", "b"], ['{"plan": "pro"}', '{"plan": "pro"}'], [None, None], [None, None])
+        with transaction.atomic():
+            write_batch(both, now=timezone.now(), segment_id=segment_id, import_id=1, replace=False)
+
+    def call():
+        assert _writers_waiting(1)  # the batch first
+        items = [{"external_id": "a", "attributes": {"score": 1}}, {"external_id": "b", "attributes": {"score": 1}}]
+        profiles_upsert(items=items, by=manager_alice)
+
+    def release():
+        holding.wait(10)
+        _writers_waiting(2)
+        released.set()
+
+    assert concurrently(holder, batch, call, release) == []
+    assert {p.external_id: p.attributes for p in Profile.objects.all()} == {
+        "a": {"plan": "pro", "score": 1},
+        "b": {"plan": "pro", "score": 1},
+    }
+
+
 def test_replace_keeps_only_the_file_members(run_import, manager_alice):
     static = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
     run_import(b"external_id\na\nb\n", target="add_to_segment", segment_id=static.pk)
