@@ -15,6 +15,24 @@ def main() -> None:
         # Ctrl-C before a command has set up its own clean stop (while Django loads and checks,
         # say) ends it the way a shell reports it, without a traceback.
         raise SystemExit(130) from None
+    except Exception as exc:
+        # Any command (Django's own too: migrate, clearsessions…) run while the database does not
+        # answer says so in one line, as a CommandError is said; --traceback shows it whole.
+        said = None if "--traceback" in sys.argv else _database_gone(exc)
+        if said is None:
+            raise
+        sys.stderr.write(f"CommandError: {said}\n")
+        raise SystemExit(1) from None
+
+
+def _database_gone(exc: Exception) -> str | None:
+    from django.db import DatabaseError
+
+    if not isinstance(exc, DatabaseError):
+        return None
+    from operations.database import database_gone
+
+    return database_gone(exc)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 restarting, a wrong address), or it answers but its migrations are not applied (a new database,
 a release not migrated yet). One wording for ``status``, ``retention_apply``,
 ``rotate_encryption_key``, ``instance_claim``, ``send_stream`` and ``qcluster``: a line that says
-what to do, never a traceback.
+what to do, never a traceback. Any other command run through ``manage.py`` (Django's own:
+``migrate``, ``clearsessions``…) says in that line that PostgreSQL does not answer.
 """
 
 from __future__ import annotations
@@ -34,8 +35,26 @@ def database_problem(exc: BaseException) -> str | None:
     # is locked answers (it is busy), and keeps its traceback.
     gone = sqlstate.startswith(("08", "57P")) if sqlstate else not detail.startswith(_BUSY_SQLITE)
     if isinstance(exc, InterfaceError) or (isinstance(exc, OperationalError) and gone):
-        return f"the database does not answer ({said}): start it, or check DATABASE_URL"
+        return _does_not_answer(said)
     return None
+
+
+def database_gone(exc: BaseException) -> str | None:
+    """Say in one line that PostgreSQL does not answer (a connection refused, lost, or the server
+    shutting down) when ``exc`` is that; return None for any other error, SQLite's included (they
+    carry no SQLSTATE to tell). For any command run through ``manage.py``, Django's own too."""
+    cause = exc.__cause__
+    if not isinstance(exc, (OperationalError, InterfaceError)) or not type(cause).__module__.startswith("psycopg"):
+        return None
+    sqlstate = getattr(cause, "sqlstate", None)
+    if sqlstate and not sqlstate.startswith(("08", "57P")):
+        return None
+    detail = first_line(exc)
+    return _does_not_answer(f"{exc.__class__.__name__}{': ' + detail if detail else ''}")
+
+
+def _does_not_answer(said: str) -> str:
+    return f"the database does not answer ({said}): start it, or check DATABASE_URL"
 
 
 def database_error_said(exc: DatabaseError) -> str:

@@ -28,6 +28,33 @@ def test_a_command_says_in_one_line_that_the_database_does_not_answer(command):
     assert len(lines) == 1 and "the database does not answer" in lines[0], result.stderr
 
 
+# Django's own and those that leave the database's errors to manage.py, as the guide runs them.
+ANY_COMMANDS = [
+    ["migrate"],
+    ["clearsessions"],
+    ["createsuperuser", "--noinput", "--username", "erin", "--email", "erin@example.com"],
+    ["qinfo"],
+    ["demo_setup"],
+]
+
+
+@pytest.mark.parametrize("command", ANY_COMMANDS, ids=lambda c: c[0])
+def test_any_command_says_in_one_line_that_the_database_does_not_answer(command):
+    env = {**os.environ, "DATABASE_URL": f"postgres://pushdesk:db-password@127.0.0.1:{free_port()}/pushdesk"}
+    result = manage(command, env, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "db-password" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("CommandError: the database does not answer"), result.stderr
+
+
+def test_traceback_shows_the_database_not_answering_whole():
+    env = {**os.environ, "DATABASE_URL": f"postgres://pushdesk:db-password@127.0.0.1:{free_port()}/pushdesk"}
+    result = manage(["clearsessions", "--traceback"], env, timeout=60)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "OperationalError" in result.stderr
+
+
 @pytest.fixture
 def not_migrated(db):
     """A database whose tables are not there (rolled back with the test's transaction)."""
