@@ -51,14 +51,17 @@ def decrypt(token: str) -> str:
     return plaintext
 
 
+UNREADABLE_IN_ROTATION = (
+    "A stored secret cannot be decrypted with any key of PUSHDESK_ENCRYPTION_KEY: "
+    "keep the old key after the new one until the rotation has run."
+)
+
+
 def reencrypt(token: str) -> str:
     """Re-encrypt a stored token under the first (newest) key; one that ``secret_decrypts`` refuses
     raises ImproperlyConfigured."""
     if not secret_decrypts(token):
-        raise ImproperlyConfigured(
-            "A stored secret cannot be decrypted with any key of PUSHDESK_ENCRYPTION_KEY: "
-            "keep the old key after the new one until the rotation has run."
-        )
+        raise ImproperlyConfigured(UNREADABLE_IN_ROTATION)
     return _fernet(settings.PUSHDESK_ENCRYPTION_KEY).rotate(token.encode()).decode()
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied, ValidationError
 from django.db import models, transaction
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
@@ -410,6 +410,21 @@ def approval_void(*, subject: models.Model, by: User | None, reason: str) -> int
     return voided
 
 
+def _stored_tokens(model: type[models.Model], field: models.Field, *, batch_size: int, lock: bool = False):
+    """(pk, stored token) of each row whose ``field`` holds a secret: the token, not the decrypted value."""
+    from django.db.models.functions import Cast
+
+    rows = model._default_manager.select_for_update() if lock else model._default_manager.all()
+    return (
+        rows.exclude(**{field.name: ""})
+        .exclude(**{f"{field.name}__isnull": True})
+        .annotate(_token=Cast(field.name, output_field=models.TextField()))
+        .values_list("pk", "_token")
+        .order_by("pk")
+        .iterator(chunk_size=batch_size)
+    )
+
+
 def encryption_key_rotate(*, batch_size: int = 500) -> dict[str, int]:
     """Re-encrypt every secret stored in an ``EncryptedTextField`` under the first key of PUSHDESK_ENCRYPTION_KEY.
 
@@ -417,34 +432,31 @@ def encryption_key_rotate(*, batch_size: int = 500) -> dict[str, int]:
     decrypt); once it has run, the old keys may be removed. Each table is done in one
     transaction with its rows locked; running it again only re-encrypts under the same key.
     Returns the number of secrets re-encrypted per ``app_label.Model.field``. Raises
-    ImproperlyConfigured when a secret cannot be decrypted with any of the keys.
+    ImproperlyConfigured, having changed nothing, when a secret cannot be decrypted with any of the keys.
     """
     from django.apps import apps
-    from django.db.models.functions import Cast
 
-    from accounts.encryption import EncryptedTextField, reencrypt
+    from accounts.encryption import UNREADABLE_IN_ROTATION, EncryptedTextField, reencrypt, secret_decrypts
 
+    fields = [
+        (model, field)
+        for model in apps.get_models()
+        for field in model._meta.concrete_fields
+        if isinstance(field, EncryptedTextField)
+    ]
+    # Every secret first: one no key opens would stop the rotation with the fields before it done.
+    for model, field in fields:
+        if not all(secret_decrypts(token) for _, token in _stored_tokens(model, field, batch_size=batch_size)):
+            raise ImproperlyConfigured(UNREADABLE_IN_ROTATION)
     done: dict[str, int] = {}
-    for model in apps.get_models():
-        for field in model._meta.concrete_fields:
-            if not isinstance(field, EncryptedTextField):
-                continue
-            label = f"{model._meta.label}.{field.name}"
-            done[label] = 0
-            with transaction.atomic():
-                # Cast to plain text: the stored token, not the field's decrypted value.
-                rows = (
-                    model._default_manager.select_for_update()
-                    .exclude(**{field.name: ""})
-                    .exclude(**{f"{field.name}__isnull": True})
-                    .annotate(_token=Cast(field.name, output_field=models.TextField()))
-                    .values_list("pk", "_token")
-                    .order_by("pk")
+    for model, field in fields:
+        label = f"{model._meta.label}.{field.name}"
+        done[label] = 0
+        with transaction.atomic():
+            for pk, token in _stored_tokens(model, field, batch_size=batch_size, lock=True):
+                model._default_manager.filter(pk=pk).update(
+                    **{field.name: models.Value(reencrypt(token), output_field=models.TextField())}
                 )
-                for pk, token in rows.iterator(chunk_size=batch_size):
-                    model._default_manager.filter(pk=pk).update(
-                        **{field.name: models.Value(reencrypt(token), output_field=models.TextField())}
-                    )
-                    done[label] += 1
-            audit(actor=None, action="encryption_key_rotated", summary={"field": label, "secrets": done[label]})
+                done[label] += 1
+        audit(actor=None, action="encryption_key_rotated", summary={"field": label, "secrets": done[label]})
     return done

@@ -8,6 +8,7 @@ from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
 from django.db import connection
+from django.db.models import TextField, Value
 
 from accounts.models import AuditEvent
 from delivery.models import App
@@ -80,3 +81,21 @@ def test_without_rotation_dropping_the_old_key_says_what_to_check(settings, old_
         App.objects.get(pk=app.pk).apns_private_key  # noqa: B018
     with pytest.raises(CommandError, match="keep the old key"):  # one line from the command, no traceback
         call_command("rotate_encryption_key", stdout=io.StringIO())
+
+
+def test_a_rotation_meeting_a_secret_no_key_opens_refuses_changing_nothing(
+    settings, old_key, admin_erin, apns_credentials, fcm_credentials
+):
+    """The APNs key saved under the new key, the FCM account's key dropped before rotating: the
+    rotation re-encrypted the first and wrote its audit event, then refused."""
+    new_key = Fernet.generate_key().decode()
+    settings.PUSHDESK_ENCRYPTION_KEY = new_key
+    app = app_create(name="Shop", by=admin_erin, **apns_credentials.app_fields())
+    under_old_key = Fernet(old_key.encode()).encrypt(fcm_credentials.json_bytes).decode()
+    App.objects.filter(pk=app.pk).update(fcm_service_account=Value(under_old_key, output_field=TextField()))
+    before = stored_tokens(app.pk)
+
+    with pytest.raises(CommandError, match="keep the old key"):
+        call_command("rotate_encryption_key", stdout=io.StringIO())
+    assert stored_tokens(app.pk) == before
+    assert not AuditEvent.objects.filter(action="encryption_key_rotated").exists()
