@@ -30,6 +30,20 @@ def wait_for_a_blocked_writer() -> bool:
     return False
 
 
+def wait_for_blocked_writers(count: int) -> bool:
+    """Whether ``count`` other sessions of the test database wait for a lock at once (within 10 s)."""
+
+    def waiting() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            return cursor.fetchone()[0] >= count
+
+    return eventually(waiting, step=0.05)
+
+
 def concurrently(*steps) -> list[Exception]:
     """Run each step in a thread of its own, with its own connection; return what they raised
     (a deadlock aborts one of them)."""

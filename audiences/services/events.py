@@ -134,11 +134,13 @@ CROSS JOIN LATERAL (SELECT id FROM audiences_profile WHERE external_id = x.exter
 """
 # Only unknown ids are inserted, so no sequence values are burnt on known profiles; they are born
 # seen at their newest event. A profile created meanwhile by another call conflicts, and is locked
-# and read by the next query.
+# and read by the next query. They are inserted by external id as Python sorts them (COLLATE "C"),
+# after the known profiles are locked: the order every writer of profiles takes (an import's
+# batch, ``profiles_upsert``), so none waits for another in a circle.
 CREATE_PROFILES_PG = """
 INSERT INTO audiences_profile (external_id, attributes, locale, timezone, created_at, updated_at, last_seen_at)
 SELECT v.e->>0, '{}', '', '', %(now)s, %(now)s, TIMESTAMPTZ 'epoch' + (v.e->>1)::bigint * INTERVAL '1 microsecond'
-FROM jsonb_array_elements(%(profiles)s::jsonb) AS v(e) ORDER BY v.e->>0
+FROM jsonb_array_elements(%(profiles)s::jsonb) AS v(e) ORDER BY (v.e->>0) COLLATE "C"
 ON CONFLICT (external_id) DO NOTHING
 RETURNING external_id, id
 """
@@ -186,15 +188,16 @@ def _epoch_us(when: dt.datetime) -> int:
 def _events_write_pg(
     items: list[dict], *, ids: list[str], seen: dict, now: dt.datetime
 ) -> tuple[list[int], dict[str, int]]:
-    """Write the events of one call in at most five statements (PostgreSQL); return their ids, and
-    the profiles' ids by external id.
+    """Write the events of one call in at most six statements (PostgreSQL); return their ids, and
+    the profiles' ids by external id. The known profiles whose last visit moves are locked (by id)
+    before the unknown ones are created, as every writer of profiles locks them.
 
     Lists travel as JSON text, encoded in C: psycopg adapts a list parameter value by value in
     Python (for a call's thousand ids and five hundred times, about 3.5 ms of the web's CPU)."""
     with prepared_cursor() as cursor:
         cursor.execute(LOCK_PROFILES_PG, [json_compact(ids)])
         profiles = dict(cursor.fetchall())
-        known = list(profiles.items())
+        _last_seen_move(cursor, list(profiles.items()), seen)
         missing = [x for x in ids if x not in profiles]
         if missing:
             born = json_compact([(x, _epoch_us(seen[x])) for x in missing])
@@ -205,18 +208,23 @@ def _events_write_pg(
                 cursor.execute(LOCK_PROFILES_PG, [json_compact(raced)])
                 found = cursor.fetchall()
                 profiles.update(found)
-                known += found
+                _last_seen_move(cursor, found, seen)
         rows = [
             [profiles[item["external_id"]], item["name"], item.get("properties") or {}, _epoch_us(item["occurred_at"])]
             for item in items
         ]
         cursor.execute(INSERT_EVENTS_PG, {"now": now, "events": json_compact(rows)})
         event_ids = [row[0] for row in cursor.fetchall()]
-        if known:
-            known.sort(key=lambda row: row[1])
-            moving = json_compact([(pk, _epoch_us(seen[x])) for x, pk in known])
-            cursor.execute(MOVE_LAST_SEEN_PG, {"profiles": moving})
     return event_ids, profiles
+
+
+def _last_seen_move(cursor, known: list[tuple[str, int]], seen: dict) -> None:
+    """Move the last visit of these known profiles, (external id, id), to their newest event, each
+    one that moves locked in id order (``MOVE_LAST_SEEN_PG``)."""
+    if known:
+        known = sorted(known, key=lambda row: row[1])
+        moving = json_compact([(pk, _epoch_us(seen[x])) for x, pk in known])
+        cursor.execute(MOVE_LAST_SEEN_PG, {"profiles": moving})
 
 
 def _events_write(

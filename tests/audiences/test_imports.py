@@ -17,7 +17,7 @@ from audiences.services.imports import DUPLICATE, import_create, import_process,
 from audiences.services.profiles import profiles_delete
 from audiences.services.segments import segment_create, segment_delete
 from tests.factories import ProfileFactory
-from tests.locks import concurrently, wait_for_a_blocked_writer
+from tests.locks import concurrently, wait_for_a_blocked_writer, wait_for_blocked_writers
 
 pytestmark = [pytest.mark.django_db(transaction=False), pytest.mark.embedded]
 
@@ -340,20 +340,6 @@ def test_a_batch_repeating_an_id_and_a_profiles_call_on_its_profiles_do_not_dead
     }
 
 
-def _writers_waiting(count: int) -> bool:
-    """Whether ``count`` other sessions of the test database wait for a lock (within 10 s)."""
-    from tests.locks import eventually
-
-    def waiting():
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-            return cursor.fetchone()[0] >= count
-
-    return eventually(waiting)
-
-
 @row_locks
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("segment", [False, True], ids=["profiles", "segment"])
@@ -381,13 +367,13 @@ def test_a_batch_locks_its_profiles_in_id_order_as_a_profiles_call_does(manager_
             write_batch(both, now=timezone.now(), segment_id=segment_id, import_id=1, replace=False)
 
     def call():
-        assert _writers_waiting(1)  # the batch first
+        assert wait_for_blocked_writers(1)  # the batch first
         items = [{"external_id": "a", "attributes": {"score": 1}}, {"external_id": "b", "attributes": {"score": 1}}]
         profiles_upsert(items=items, by=manager_alice)
 
     def release():
         holding.wait(10)
-        _writers_waiting(2)
+        wait_for_blocked_writers(2)
         released.set()
 
     assert concurrently(holder, batch, call, release) == []

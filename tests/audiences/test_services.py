@@ -28,7 +28,7 @@ from audiences.services.segments import (
     segment_update,
 )
 from tests.factories import ProfileFactory
-from tests.locks import concurrently, wait_for_a_blocked_writer
+from tests.locks import concurrently, wait_for_a_blocked_writer, wait_for_blocked_writers
 from tests.pg_statistics import rows_read, statistics_say_empty
 
 pytestmark = pytest.mark.django_db
@@ -369,6 +369,49 @@ def test_a_profile_deletion_waits_for_an_events_call_and_removes_its_events(mana
     assert blocked == [True]
     assert not Profile.objects.exists()
     assert not Event.objects.exists()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks between two sessions")
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("writer", ["profiles call", "import batch"])
+def test_an_events_call_moves_the_last_visits_before_it_creates_profiles(manager_alice, writer):
+    """The order every writer of profiles takes: the known profiles, by id, then the new ones. An
+    events call created 'new' before it locked 'ann' to move her last visit: a profiles call (or an
+    import's batch) holding 'ann' and creating 'new' waited for it in a circle ('deadlock detected')."""
+    from audiences.imports import Batch, write_batch
+
+    ann = ProfileFactory(external_id="ann", attributes={})
+    holding, released = threading.Event(), threading.Event()
+
+    def holder():
+        with transaction.atomic():
+            Profile.objects.select_for_update(no_key=True).get(pk=ann.pk)
+            holding.set()
+            released.wait(20)
+
+    def write():
+        holding.wait(10)
+        if writer == "profiles call":
+            items = [{"external_id": "ann", "attributes": {"plan": "pro"}}, {"external_id": "new", "attributes": {}}]
+            profiles_upsert(items=items, by=manager_alice)
+        else:
+            rows = Batch(["ann", "new"], ['{"plan": "pro"}', "{}"], [None, None], [None, None])
+            with transaction.atomic():
+                write_batch(rows, now=timezone.now(), segment_id=None, import_id=1, replace=False)
+
+    def call():
+        assert wait_for_blocked_writers(1)  # the writer waits for 'ann' first
+        events_ingest(items=[_event("ann"), _event("new")], by=manager_alice)
+
+    def release():
+        holding.wait(10)
+        wait_for_blocked_writers(2)
+        released.set()
+
+    assert concurrently(holder, write, call, release) == []
+    assert Profile.objects.get(pk=ann.pk).attributes == {"plan": "pro"}
+    assert sorted(Profile.objects.exclude(last_seen_at=None).values_list("external_id", flat=True)) == ["ann", "new"]
+    assert Event.objects.count() == 2
 
 
 @pytest.mark.django_db(transaction=True)
