@@ -545,28 +545,38 @@ def _lock_everyone_inside(journey_id: int) -> None:
 def _exit_everyone_inside(journey: Journey, *, now: dt.datetime) -> int:
     """End every open enrollment of the journey ("journey stopped"), each counted at the step it was
     at (``stopped``: the steps' counters account for every profile that entered them). Waits for
-    any engine batch holding these rows, so nothing moves on after the stop. Returns how many."""
+    any engine batch holding these rows, so nothing moves on after the stop. Returns how many.
+
+    An enrollment the engine has not run yet (``active``: entered, at the first step, due) is not
+    counted as entered there (the engine counts a step's arrivals as it runs them): it is counted
+    entered where it stopped, so that no step ends more profiles than came in. The not yet run are
+    ended first, then the waiting: a batch that runs one meanwhile leaves it waiting, for the second."""
     from collections import Counter
 
     from journeys.services.engine import _stats_add
 
     table = Enrollment._meta.db_table
+    counts: Counter = Counter()
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET status = %s, exit_reason = %s, finished_at = %s, updated_at = %s, due_at = NULL "  # noqa: S608 (the table's name)
-            "WHERE journey_id = %s AND status IN (%s, %s) RETURNING version_id, step",
-            [
-                EStatus.EXITED,
-                "journey stopped",
-                connection.ops.adapt_datetimefield_value(now),
-                connection.ops.adapt_datetimefield_value(now),
-                journey.pk,
-                *Enrollment.OPEN_STATUSES,
-            ],
-        )
-        stopped = Counter((version_id, step, "stopped") for version_id, step in cursor.fetchall())
-    _stats_add(stopped)
-    return sum(stopped.values())
+        for status in (EStatus.ACTIVE, EStatus.WAITING):
+            cursor.execute(
+                f"UPDATE {table} SET status = %s, exit_reason = %s, finished_at = %s, updated_at = %s, due_at = NULL "  # noqa: S608 (the table's name)
+                "WHERE journey_id = %s AND status = %s RETURNING version_id, step",
+                [
+                    EStatus.EXITED,
+                    "journey stopped",
+                    connection.ops.adapt_datetimefield_value(now),
+                    connection.ops.adapt_datetimefield_value(now),
+                    journey.pk,
+                    status,
+                ],
+            )
+            for version_id, step in cursor.fetchall():
+                counts[(version_id, step, "stopped")] += 1
+                if status == EStatus.ACTIVE:
+                    counts[(version_id, step, "entered")] += 1
+    _stats_add(counts)
+    return sum(n for (_, _, metric), n in counts.items() if metric == "stopped")
 
 
 def journey_archive(*, journey_id: int, by: User) -> Journey:

@@ -1011,6 +1011,21 @@ def test_stopping_a_journey_counts_each_profile_inside_as_exited_at_the_step_it_
     assert "entered 2 · waiting 0" in page and "journey stopped 2" in page
 
 
+def test_stopping_a_journey_before_the_engine_ran_its_entries_counts_them_entered_where_they_stopped(
+    make_journey, publish, manager_alice, welcome
+):
+    """A segment read, then stopped before the engine took its profiles up: the first step said
+    "entered 0" and "journey stopped 3", more profiles leaving it than had come in."""
+    ProfileFactory.create_batch(3)
+    journey = publish(make_journey(graph=_wait_graph(seconds=3600, content=welcome.pk)))
+    journey_enter_segment(journey_id=journey.pk)
+    assert set(Enrollment.objects.values_list("status", flat=True)) == {"active"}
+    journey_stop(journey_id=journey.pk, by=manager_alice)
+    pause = version_step_stats(journey.live_version)["pause"]
+    assert (pause["entered"], pause["due"], pause["exited"], pause["stopped"]) == (3, 0, 3, 3)
+    assert version_step_stats(journey.live_version)["push"]["entered"] == 0
+
+
 def test_a_journey_whose_segment_entry_fails_holds_back_no_other_journey(make_journey, publish, caplog):
     """A version saved before a rule it breaks (here, a segment read again every 2**31 - 1 hours,
     whose next read cannot be dated): its entry fails each beat, the other journeys go on."""
