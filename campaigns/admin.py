@@ -584,7 +584,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         if obj is None or obj.pk is None:
             return "—"
         data = campaign_report(obj)
-        charts = campaign_charts(obj, dispatch_ids=[d["id"] for d in data["dispatches"]])
+        charts = campaign_charts(obj)
         counters = format_html_join(
             "",
             "<tr><th>{}</th><td>{}</td></tr>",

@@ -28,7 +28,7 @@ from accounts.json_values import TEXT_REFUSED, json_value_problem
 from accounts.pagination import ListQuery, QueryChoice, page_response, page_schema, query_params_valid, rows_matching
 from accounts.services import TransitionError
 from campaigns.models import Campaign, CampaignVariant, WinnerTest, variant_label
-from campaigns.reports import campaign_report
+from campaigns.reports import campaign_report, campaign_report_sends
 from campaigns.selectors import campaign_for, campaigns_visible_to
 from campaigns.services.triggers import (
     MAX_RECIPIENTS,
@@ -384,7 +384,11 @@ class CampaignReportView(APIView):
         campaign = campaign_for(request.user, campaign_id)
         status_ = winner_status_out(campaign)
         return Response(
-            {**campaign_report(campaign), "winner": WinnerStatusSerializer(status_).data if status_ else None}
+            {
+                **campaign_report(campaign),
+                "dispatches": list(campaign_report_sends(campaign)),
+                "winner": WinnerStatusSerializer(status_).data if status_ else None,
+            }
         )
 
 

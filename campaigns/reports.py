@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable, Iterator
 
 from campaigns.models import Campaign, variant_label
 from config.db import among
@@ -20,52 +21,62 @@ def variant_rows(of: list[int]):
 
 
 def _dispatches(campaign: Campaign):
+    """The campaign's sends (its runs, its API triggers' streams; not its test sends), unordered: a
+    query the report's sums join (``dispatch_campaign_sends_idx``), never read whole into Python."""
     from delivery.models import Dispatch
 
     return Dispatch.objects.filter(
         source_id=campaign.pk, kind__in=(Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER)
-    ).order_by("-id")
+    ).order_by()
+
+
+def _dispatch_ids(campaign: Campaign) -> list[int]:
+    """The ids of the campaign's sends, the newest first: for the figures counted per profile (the
+    profiles per variant, the conversions), which are kept per dispatch."""
+    return list(_dispatches(campaign).order_by("-id").values_list("pk", flat=True))
 
 
 def campaign_report(campaign: Campaign) -> dict:
     """Figures over every dispatch of the campaign (test sends excluded), summed from their rollup
-    (``delivery.reports.rollup_rows``). The profiles per variant, which a rollup cannot sum (one
-    profile may have several devices and several occurrences), are counted once and kept on each
-    settled dispatch (``delivery.reports.profiles_by``); the conversions,
-    which events make, are kept until the counters or the goal's events move (``delivery.conversions``)."""
-    dispatches = list(
-        _dispatches(campaign).values("id", "label", "status", "created_at", "finished_at", "rows_deleted_at")
-    )
-    ids = [d["id"] for d in dispatches]
-    cleared = [d for d in dispatches if d.pop("rows_deleted_at") is not None]
-    report = _report(dispatches, campaign_id=campaign.pk)
-    report["conversions"] = campaign_conversions(campaign, dispatch_ids=ids)
+    (``delivery.reports.rollup_rows``) joined to the campaign's dispatches in the database: a
+    campaign sending hourly for a year (8,760 sends) is summed in one grouped query, its sends never
+    listed. The profiles per variant, which a rollup cannot sum (one profile may have several
+    devices and several occurrences), are counted once and kept on each settled dispatch
+    (``delivery.reports.profiles_by``); the conversions, which events make, are kept until the
+    counters or the goal's events move (``delivery.conversions``): those two read the sends' ids,
+    only for a campaign that sent variants or has a conversion goal. What each send made:
+    ``campaign_report_sends``."""
+    from delivery.reports import rows_deleted
+
+    sends = _dispatches(campaign)
+    ids: list[int] = []
+
+    def dispatch_ids() -> list[int]:
+        if not ids:
+            ids.extend(_dispatch_ids(campaign))
+        return ids
+
+    report = _report(sends, dispatch_ids, campaign_id=campaign.pk)
+    report["conversions"] = campaign_conversions(campaign, dispatch_ids=ids or None)  # read above with variants
     # Sends whose per-device rows retention deleted: their totals stay (the rollup), and so do the
     # figures counted per profile (the profiles kept for them: ``delivery.kept``), but for
     # conversions of a goal set after the rows went.
-    report["rows_deleted"] = (
-        {"sends": len(cleared), "last_finished_at": max(d["finished_at"] for d in cleared)} if cleared else None
-    )
+    report["rows_deleted"] = rows_deleted(sends)
     return report
 
 
-def _report(dispatches: list[dict], *, campaign_id: int) -> dict:
+def _report(sends, dispatch_ids: Callable[[], list[int]], *, campaign_id: int) -> dict:
     from delivery.reports import rollup_rows
 
-    ids = [d["id"] for d in dispatches]
-    rows = rollup_rows(ids, by=("dispatch_id", "variant", "outcome", "reason"))
+    rows = rollup_rows(sends, by=("variant", "outcome", "reason"))
     totals = {"accepted": 0, "failed": 0, "skipped": 0, "unknown": 0}
     failed_by_reason: dict[str, int] = {}
     skipped_by_reason: dict[str, int] = {}
-    per_dispatch: dict[int, dict] = {}
     per_variant: dict[int, dict] = {}
     targeted = opened = 0
     for row in rows:
         outcome, reason, n = row["outcome"], row["reason"] or "unspecified", row["n"]
-        counts = per_dispatch.setdefault(row["dispatch_id"], {"targeted": 0, "accepted": 0, "opened": 0})
         variant = per_variant.setdefault(row["variant"], {"sent": 0, "accepted": 0, "opened": 0})
-        if outcome in counts:
-            counts[outcome] += n
         if outcome in variant:
             variant[outcome] += n
         if outcome in ("accepted", "failed", "unknown"):
@@ -80,7 +91,7 @@ def _report(dispatches: list[dict], *, campaign_id: int) -> dict:
             failed_by_reason[reason] = failed_by_reason.get(reason, 0) + n
         elif outcome == "skipped":
             skipped_by_reason[reason] = skipped_by_reason.get(reason, 0) + n
-    variants, holdout = _by_variant(per_variant, ids, campaign_id=campaign_id)
+    variants, holdout = _by_variant(per_variant, dispatch_ids, campaign_id=campaign_id)
     return {
         "targeted": targeted,
         **totals,
@@ -89,50 +100,92 @@ def _report(dispatches: list[dict], *, campaign_id: int) -> dict:
         "open_rate": round(opened / totals["accepted"], 4) if totals["accepted"] else None,
         "failed_by_reason": dict(sorted(failed_by_reason.items(), key=lambda kv: -kv[1])),
         "skipped_by_reason": dict(sorted(skipped_by_reason.items(), key=lambda kv: -kv[1])),
-        "dispatches": [
-            {
-                "id": d["id"],
-                "label": d["label"],
-                "status": d["status"],
-                "created_at": d["created_at"],
-                "finished_at": d["finished_at"],
-                "targeted": per_dispatch.get(d["id"], {}).get("targeted", 0),
-                "accepted": per_dispatch.get(d["id"], {}).get("accepted", 0),
-                "opened": per_dispatch.get(d["id"], {}).get("opened", 0),
-            }
-            for d in dispatches
-        ],
         "variants": variants,
         "holdout": holdout,
     }
 
 
+def campaign_report_sends(campaign: Campaign) -> Iterator[dict]:
+    """What each send of the campaign (test sends excluded) made, the newest first: its id, label,
+    status, when it was created and finished, and its rollup's targeted, accepted and opened. Two
+    queries read as they go (the sends, and their rollup summed per send, both the newest first), so
+    a campaign of thousands of sends is written out (the CSV, the API) without all of them held at once."""
+    from django.db.models import Sum
+
+    from delivery.models import DeliveryRollup
+    from delivery.reports import rollup_of
+
+    sends = _dispatches(campaign)
+    made = (
+        DeliveryRollup.objects.filter(rollup_of(sends), outcome__in=LINE_OUTCOMES)
+        .values_list("dispatch_id", "outcome")
+        .annotate(n=Sum("rows"))
+        .order_by("-dispatch_id")
+        .iterator(chunk_size=SENDS_AT_ONCE)
+    )
+    pending = next(made, None)
+    lines = sends.order_by("-id").values("id", "label", "status", "created_at", "finished_at")
+    for line in lines.iterator(chunk_size=SENDS_AT_ONCE):
+        counts = dict.fromkeys(LINE_OUTCOMES, 0)
+        while pending is not None and pending[0] >= line["id"]:
+            if pending[0] == line["id"]:
+                counts[pending[1]] = pending[2]
+            pending = next(made, None)
+        yield line | counts
+
+
+SENDS_AT_ONCE = 2000  # the rows ``campaign_report_sends`` fetches at a time
+
+
+LINE_OUTCOMES = ("targeted", "accepted", "opened")
+
+
+def _frozen_variants(dispatch_ids: list[int], numbers: set[int]) -> dict[int, dict]:
+    """What each variant of ``numbers`` sent, as the newest of these dispatches (ids, the newest
+    first) that froze it: read a few dispatches at a time until each is found, most often in the
+    newest alone."""
+    from delivery.models import Dispatch
+
+    contents: dict[int, dict] = {}
+    for start in range(0, len(dispatch_ids), FROZEN_AT_ONCE):
+        if numbers <= contents.keys():
+            break
+        chunk = dispatch_ids[start : start + FROZEN_AT_ONCE]
+        frozen = dict(Dispatch.objects.filter(among("pk", chunk)).values_list("pk", "variants"))
+        for pk in chunk:
+            for variant in frozen.get(pk) or []:
+                contents.setdefault(variant["number"], variant)
+    return contents
+
+
+FROZEN_AT_ONCE = 20
+
+
 def _by_variant(
-    per_variant: dict[int, dict], dispatch_ids: list[int], *, campaign_id: int
+    per_variant: dict[int, dict], dispatch_ids: Callable[[], list[int]], *, campaign_id: int
 ) -> tuple[list[dict], dict | None]:
     """Per variant: profiles, sent (to a provider), accepted, opened, open rate; and the holdout's
     size. Sent, accepted and opened come from the rollup; the profiles from one grouped query, kept
-    on a settled dispatch (``delivery.reports.profiles_by``). ([], None) for a campaign that never sent variants."""
+    on a settled dispatch (``delivery.reports.profiles_by``). ([], None) for a campaign that never
+    sent variants; ``dispatch_ids()``: the campaign's sends, the newest first, read only then."""
     from delivery.kept import Scope
-    from delivery.models import DeliveryRollup, Dispatch
+    from delivery.models import DeliveryRollup
     from delivery.reports import profiles_by
 
     counts = {number: row for number, row in per_variant.items() if number != DeliveryRollup.NO_VARIANT}
     if not counts:
         return [], None
+    ids = dispatch_ids()
     profiles = profiles_by(
         name=VARIANT_PROFILES,
-        dispatch_ids=dispatch_ids,
+        dispatch_ids=ids,
         rows=variant_rows,
         group="variant",
         scope=Scope.campaign(campaign_id),
     )
-    # What each variant sent, by the newest dispatch that froze it.
-    contents: dict[int, dict] = {}
-    for frozen in Dispatch.objects.filter(among("pk", dispatch_ids)).order_by("id").values_list("variants", flat=True):
-        for variant in frozen or []:
-            contents[variant["number"]] = variant
     counts.pop(0, None)
+    # What each variant sent, by the newest dispatch that froze it.
+    contents = _frozen_variants(ids, set(counts))
     variants = [
         {
             "variant": variant_label(number),
@@ -149,9 +202,11 @@ def _by_variant(
     return variants, {"profiles": profiles.get(0, 0)}
 
 
-def campaign_conversions(campaign: Campaign, *, dispatch_ids: list[int]) -> dict | None:
+def campaign_conversions(campaign: Campaign, *, dispatch_ids: list[int] | None = None) -> dict | None:
     """The campaign's conversions (``delivery.conversions``): overall, per variant with the uplift
-    against the holdout, and the holdout's rate. One grouped query; None without a conversion goal."""
+    against the holdout, and the holdout's rate. One grouped query; None without a conversion goal.
+    ``dispatch_ids``: the campaign's sends when the caller read them (read here otherwise, and only
+    with a goal)."""
     from delivery.conversions import Goal, conversions_by, rate_figures, uplift_figures
     from delivery.kept import Scope
 
@@ -159,7 +214,11 @@ def campaign_conversions(campaign: Campaign, *, dispatch_ids: list[int]) -> dict
     if goal is None:
         return None
     counts = conversions_by(
-        dispatch_ids=dispatch_ids, goal=goal, group="variant", group_key="variant", scope=Scope.campaign(campaign.pk)
+        dispatch_ids=_dispatch_ids(campaign) if dispatch_ids is None else dispatch_ids,
+        goal=goal,
+        group="variant",
+        group_key="variant",
+        scope=Scope.campaign(campaign.pk),
     )
     held = counts.pop(0, None)
     sent = list(counts.values())
@@ -178,15 +237,13 @@ def campaign_conversions(campaign: Campaign, *, dispatch_ids: list[int]) -> dict
     return {"goal": goal.as_dict(), "overall": overall, "variants": variants, "holdout": holdout}
 
 
-def campaign_charts(campaign: Campaign, *, dispatch_ids: list[int] | None = None) -> dict:
+def campaign_charts(campaign: Campaign) -> dict:
     """The report charts' figures over every dispatch of the campaign (test sends excluded), the
-    timeline in the campaign's zone, as the rest of its page; ``dispatch_ids``: those dispatches,
-    when the caller has read them already (``campaign_report``)."""
+    timeline in the campaign's zone, as the rest of its page: their rollup joined to the campaign's
+    dispatches, however many."""
     from delivery.reports import report_charts
 
-    if dispatch_ids is None:
-        dispatch_ids = list(_dispatches(campaign).values_list("id", flat=True))
-    return report_charts(dispatch_ids=dispatch_ids, tz=zone(campaign.time_zone))
+    return report_charts(dispatch_ids=_dispatches(campaign), tz=zone(campaign.time_zone))
 
 
 def _cell(value) -> str:
@@ -196,8 +253,8 @@ def _cell(value) -> str:
 
 
 def campaign_report_csv(campaign: Campaign) -> str:
-    """The report as CSV: one summary block, then one line per dispatch, its time in the
-    campaign's zone (ISO 8601, with its offset)."""
+    """The report as CSV: one summary block, then one line per dispatch, the newest first, its time
+    in the campaign's zone (ISO 8601, with its offset), written as read (``campaign_report_sends``)."""
     report = campaign_report(campaign)
     tz = zone(campaign.time_zone)
     out = io.StringIO()
@@ -229,7 +286,7 @@ def campaign_report_csv(campaign: Campaign) -> str:
         _conversions_csv(writer, report["conversions"])
     writer.writerow([])
     writer.writerow(["dispatch", "label", "status", "created_at", "targeted", "accepted", "opened"])
-    for d in report["dispatches"]:
+    for d in campaign_report_sends(campaign):
         writer.writerow(
             [
                 d["id"],

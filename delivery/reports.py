@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from django.core.cache import cache
-from django.db.models import Expression, F, Max, Min, Q, QuerySet, Sum
+from django.db.models import Expression, F, Lookup, Max, Min, Q, QuerySet, Sum
 from django.db.models.functions import Trunc
 from django.utils import timezone
 
@@ -33,9 +33,10 @@ T = TypeVar("T")
 CACHE_SECONDS = 24 * 3600  # figures whose dispatches' counters stay put stay right; a day bounds the space
 
 
-def report_charts(*, dispatch_ids: Iterable[int], tz: dt.tzinfo | None = None) -> dict:
-    """The charts' figures for these dispatches, from their rollup (``DeliveryRollup``: two grouped
-    queries over a few rows per quarter hour, whatever the number of deliveries).
+def report_charts(*, dispatch_ids: Iterable[int] | QuerySet[Dispatch], tz: dt.tzinfo | None = None) -> dict:
+    """The charts' figures for these dispatches (ids, or a query of them: ``rollup_of``), from their
+    rollup (``DeliveryRollup``: two grouped queries over a few rows per quarter hour, whatever the
+    number of deliveries).
 
     - ``timeline``: accepted and opened per hour, or per day when the sends span more than 48
       hours, in ``tz`` (the current time zone by default), every bucket between the first and
@@ -45,8 +46,16 @@ def report_charts(*, dispatch_ids: Iterable[int], tz: dt.tzinfo | None = None) -
     - ``funnel``: targeted → reachable (a device that allows notifications) → accepted → opened;
     - ``reasons``: failures and skips by reason, the largest first.
     """
-    ids = sorted(set(dispatch_ids))
-    return _charts(ids, tz or timezone.get_current_timezone())
+    return _charts(rollup_of(dispatch_ids), tz or timezone.get_current_timezone())
+
+
+def rollup_of(dispatches: Iterable[int] | QuerySet[Dispatch]) -> Q | Lookup:
+    """A filter of ``DeliveryRollup``: the rows of these dispatches, given as ids (one array
+    parameter: ``among``) or as a query of them, which the database joins: a campaign's sends or a
+    journey version's batches, thousands of them, summed without their ids read and sent back first."""
+    if isinstance(dispatches, QuerySet):
+        return Q(dispatch_id__in=dispatches.order_by().values("pk"))
+    return among("dispatch_id", sorted(set(dispatches)))
 
 
 # What a figure over a dispatch's rows is kept under: a row that finishes moves a counter (an open
@@ -370,23 +379,21 @@ def grouped_count(sql: str, params: list) -> dict:
         return dict(cursor.fetchall())
 
 
-def rollup_rows(dispatch_ids: Iterable[int], *, by: tuple[str, ...], **filters) -> list[dict]:
-    """The dispatches' rollup summed by ``by`` (fields of ``DeliveryRollup``), each with ``n``."""
+def rollup_rows(dispatch_ids: Iterable[int] | QuerySet[Dispatch], *, by: tuple[str, ...], **filters) -> list[dict]:
+    """The dispatches' rollup (ids, or a query of them: ``rollup_of``) summed by ``by`` (fields of
+    ``DeliveryRollup``), each with ``n``."""
     return list(
-        DeliveryRollup.objects.filter(among("dispatch_id", dispatch_ids), **filters)
-        .values(*by)
-        .annotate(n=Sum("rows"))
-        .order_by()
+        DeliveryRollup.objects.filter(rollup_of(dispatch_ids), **filters).values(*by).annotate(n=Sum("rows")).order_by()
     )
 
 
-def _charts(ids: list[int], tz: dt.tzinfo) -> dict:
+def _charts(of: Q | Lookup, tz: dt.tzinfo) -> dict:
     # Two grouped reads: the totals without the quarter hours (a few dozen rows, each with the
     # first and last quarter hour it was counted in: the timeline's span), and the timeline's
     # buckets of the two outcomes it draws (a few hundred rows, however long the sends went on).
     counted = Q(rows__gt=0)
     rows = list(
-        DeliveryRollup.objects.filter(among("dispatch_id", ids))
+        DeliveryRollup.objects.filter(of)
         .values("platform", "outcome", "reason")
         .annotate(n=Sum("rows"), first=Min("period", filter=counted), last=Max("period", filter=counted))
         .order_by()
@@ -412,7 +419,7 @@ def _charts(ids: list[int], tz: dt.tzinfo) -> dict:
     totals = {name: sum(platforms[p][name] for p in PLATFORMS) for name in OUTCOMES}
     shown = [p for p in PLATFORMS if platforms[p]["targeted"]]
     return {
-        "timeline": _timeline(ids, rows, tz),
+        "timeline": _timeline(of, rows, tz),
         "platforms": {
             "labels": shown,
             "series": {name: [platforms[p][name] for p in shown] for name in OUTCOMES},
@@ -429,7 +436,7 @@ def _charts(ids: list[int], tz: dt.tzinfo) -> dict:
     }
 
 
-def _timeline(ids: list[int], totals: list[dict], tz: dt.tzinfo) -> dict:
+def _timeline(of: Q | Lookup, totals: list[dict], tz: dt.tzinfo) -> dict:
     """Accepted (by when the provider accepted) and opened (by when opened) per bucket: per local
     hour from the rollup's quarter hours, or, past ``HOURLY_UP_TO``, per local day summed in SQL
     (a stream that ran for months has tens of thousands of quarter hours). The rollup's quarter
@@ -441,7 +448,7 @@ def _timeline(ids: list[int], totals: list[dict], tz: dt.tzinfo) -> dict:
     first = min(row["first"] for row in spans if row["outcome"] == "accepted")
     last = max(row["last"] for row in spans)
     unit = "hour" if last - first <= HOURLY_UP_TO else "day"
-    drawn = DeliveryRollup.objects.filter(among("dispatch_id", ids), outcome__in=("accepted", "opened"))
+    drawn = DeliveryRollup.objects.filter(of, outcome__in=("accepted", "opened"))
     if unit == "hour":
         rows = list(drawn.values("period", "outcome").annotate(n=Sum("rows")).order_by())
     else:
