@@ -749,6 +749,12 @@ class ErrorFile:
         self.text.flush()
         return self.raw.tell()
 
+    def rewind(self, to: int) -> None:
+        """Forget the rows written after ``to`` bytes (``tell``): those of a batch rolled back."""
+        self.text.flush()
+        self.raw.seek(to)
+        self.raw.truncate()
+
     def close(self) -> None:
         self.text.flush()
         self.text.close()

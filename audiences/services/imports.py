@@ -15,7 +15,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.http import Http404
 from django.utils import timezone
@@ -332,7 +332,32 @@ class _Committer:
         finally:
             connection.close()
 
-    def _write(self, batch: Batch, *, problems, line, position, bytes_done, done, imported, failed, duplicate) -> None:
+    def _write(self, batch: Batch, **progress) -> None:
+        """Write one batch; a batch its database ended to undo a deadlock or a serialization failure
+        (``TRANSIENT``), which it then rolled back whole, is written again, up to ``ATTEMPTS`` times
+        in all; then the error stops the import (which says what landed)."""
+        for attempt in range(1, ATTEMPTS + 1):
+            error_bytes = self.errors.tell()
+            refused = (self.refused_imported, self.refused_duplicate)
+            try:
+                self._write_once(batch, **progress)
+                return
+            except OperationalError as exc:
+                if getattr(exc.__cause__, "sqlstate", None) not in TRANSIENT or attempt == ATTEMPTS:
+                    raise
+                # What the attempt did outside the database is undone with it.
+                self.errors.rewind(error_bytes)
+                self.refused_imported, self.refused_duplicate = refused
+                log.warning(
+                    "Import %s: the batch to line %s was rolled back (%s); written again",
+                    self.record.pk,
+                    progress["line"],
+                    str(exc).split("\n", 1)[0],
+                )
+
+    def _write_once(
+        self, batch: Batch, *, problems, line, position, bytes_done, done, imported, failed, duplicate
+    ) -> None:
         record = self.record
         now = timezone.now()
         with transaction.atomic():
@@ -365,6 +390,12 @@ class _Committer:
         self.refused_duplicate += len(repeated)
         self.refused_imported += len(refused) - len(repeated)
         return [problem for problem in problems if problem[0] not in repeated] + refused
+
+
+# The SQLSTATEs of a transaction PostgreSQL ends so that others may go on (a deadlock's victim, a
+# serialization failure): written again, the batch lands. Tries in all per batch.
+TRANSIENT = {"40P01", "40001"}
+ATTEMPTS = 3
 
 
 def _import_hand_over(record: Import) -> None:

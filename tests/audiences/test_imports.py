@@ -383,6 +383,42 @@ def test_a_batch_locks_its_profiles_in_id_order_as_a_profiles_call_does(manager_
     }
 
 
+@row_locks
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_its_database_ends_in_a_deadlock_is_written_again(manager_alice, media, caplog):
+    """Another session locks 'b', then 'a': the batch, holding 'a' and waiting for 'b', is the
+    deadlock's victim, rolled back whole. It failed the import ('Stopped by an unexpected error');
+    it is written again once the other session commits, its failed rows reported once."""
+    ProfileFactory(external_id="a", attributes={})
+    ProfileFactory(external_id="b", attributes={})
+    holding, ended = threading.Event(), []
+
+    def other():
+        with transaction.atomic():
+            Profile.objects.select_for_update(no_key=True).get(external_id="b")
+            holding.set()
+            assert wait_for_a_blocked_writer()  # the batch, holding 'a'
+            Profile.objects.select_for_update(no_key=True).get(external_id="a")
+
+    session = threading.Thread(target=lambda: ended.extend(concurrently(other)))
+    session.start()
+    assert holding.wait(10)
+    upload = SimpleUploadedFile("people.csv", b"external_id,plan\na,pro\n,free\nb,pro\nb,team\n")
+    record = import_create(upload=upload, by=manager_alice)  # run on commit, as on a worker
+    session.join(30)
+
+    assert ended == []
+    record.refresh_from_db()
+    assert (record.status, record.error) == (Import.Status.DONE, "")
+    assert "deadlock detected" in caplog.text and "written again" in caplog.text
+    assert (record.rows_done, record.rows_imported, record.rows_failed, record.rows_duplicate) == (4, 2, 1, 1)
+    assert {p.external_id: p.attributes for p in Profile.objects.all()} == {"a": {"plan": "pro"}, "b": {"plan": "team"}}
+    assert [(line, reason) for line, _id, reason in error_rows(record)] == [
+        ("3", "external_id is empty"),
+        ("5", DUPLICATE),
+    ]
+
+
 def test_replace_keeps_only_the_file_members(run_import, manager_alice):
     static = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
     run_import(b"external_id\na\nb\n", target="add_to_segment", segment_id=static.pk)
