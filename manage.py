@@ -11,6 +11,12 @@ def main() -> None:
         from django.core.management import execute_from_command_line
 
         execute_from_command_line(sys.argv)
+        sys.stdout.flush()  # a reader gone is met here, not in the interpreter's last flush
+    except BrokenPipeError:
+        # The reader went away (`manage.py status | head`): stop the way a shell reports a writer
+        # whose pipe closed, without a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(141) from None
     except KeyboardInterrupt:
         # Ctrl-C before a command has set up its own clean stop (while Django loads and checks,
         # say) ends it the way a shell reports it, without a traceback.

@@ -119,6 +119,31 @@ def test_qinfo_config_masks_the_secret_key(db):
     assert settings.SECRET_KEY not in text
 
 
+@pytest.mark.parametrize("unbuffered", [True, False], ids=["unbuffered", "buffered"])
+def test_a_command_whose_reader_went_away_stops_without_a_traceback(embedded_env, unbuffered):
+    """`manage.py qinfo --config | head -1`, `status | head`: the pipe closes before all is written."""
+    import subprocess
+    import sys
+
+    from tests.processes import ROOT
+
+    env = {k: v for k, v in embedded_env.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:  # as under systemd's journal, or a Docker image's usual setting
+        env["PYTHONUNBUFFERED"] = "1"
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "qinfo", "--config"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    process.stdout.close()  # the reader is gone before the first line
+    stderr = process.stderr.read()
+    assert process.wait(timeout=60) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
 def test_qinfo_runs_without_blessed_missing(db, capsys):
     call_command("qinfo")
     captured = capsys.readouterr()
