@@ -363,6 +363,20 @@ def test_exit_event_from_the_events_api_ends_the_journey_for_that_profile(
     assert version_step_stats(journey.live_version)["pause"]["exit_event"] == 1
 
 
+def test_an_exit_event_before_the_engine_ran_an_entry_counts_it_entered_where_it_ended(make_journey, publish):
+    """A segment read, and a profile's exit event before the engine took it up: the first step said
+    "entered 2" and "exit event 1" of the three that came in."""
+    from journeys.services.entries import journeys_events_received
+
+    leaving, *staying = ProfileFactory.create_batch(3)
+    journey = publish(make_journey(graph=_wait_graph(seconds=86400), exit_event="purchase"))
+    journey_enter_segment(journey_id=journey.pk)
+    assert journeys_events_received(events=[(leaving.pk, "purchase", timezone.now())])["exited"] == 1
+    journeys_run_due()
+    pause = version_step_stats(journey.live_version)["pause"]
+    assert (pause["entered"], pause["waiting"], pause["exited"], pause["exit_event"]) == (3, 2, 1, 1)
+
+
 def test_event_from_the_api_enters_an_event_journey(
     sim_journey, sim_team, publish, manager_alice, pushsim, django_capture_on_commit_callbacks
 ):
