@@ -44,7 +44,7 @@ from audiences.services.events import (
     event_listener_stamps,
     events_ingest,
 )
-from audiences.services.imports import import_create
+from audiences.services.imports import ERROR_FILE_MISSING, import_create
 from audiences.services.profiles import profile_check, profiles_upsert
 from audiences.services.segments import segment_preview
 
@@ -610,8 +610,12 @@ class ImportErrorsView(_ReadOrIngest, APIView):
         record = imports_visible_to(request.user).filter(pk=import_id).first()
         if record is None or not record.error_file:
             raise Http404
+        try:
+            errors = record.error_file.open("rb")
+        except FileNotFoundError:
+            raise exceptions.NotFound(ERROR_FILE_MISSING) from None
         return FileResponse(
-            record.error_file.open("rb"),
+            errors,
             as_attachment=True,
             filename=f"import-{record.pk}-errors.csv",
             content_type="text/csv",

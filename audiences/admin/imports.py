@@ -16,7 +16,7 @@ from audiences.selectors import (
     imports_visible_to,
     segments_visible_to,
 )
-from audiences.services.imports import import_create, import_restart
+from audiences.services.imports import ERROR_FILE_MISSING, import_create, import_restart
 
 
 class ImportAddForm(forms.ModelForm):
@@ -230,8 +230,13 @@ class ImportAdmin(AccessAdmin):
         record = self.get_queryset(request).filter(pk=object_id).first()
         if record is None or not record.error_file:
             raise Http404
+        try:
+            errors = record.error_file.open("rb")
+        except FileNotFoundError:
+            self.message_user(request, ERROR_FILE_MISSING, messages.ERROR)
+            return redirect(reverse("admin:audiences_import_change", args=[record.pk]))
         return FileResponse(
-            record.error_file.open("rb"),
+            errors,
             as_attachment=True,
             filename=f"import-{record.pk}-errors.csv",
             content_type="text/csv",

@@ -250,6 +250,12 @@ def _import_rows(record: Import, fh, plan, *, started: float, seconds: float) ->
     return False
 
 
+# The web server reads the error files the workers write: with workers on other machines, MEDIA_ROOT
+# must be shared (README).
+ERROR_FILE_MISSING = (
+    "The error file is missing from this server's storage: the workers wrote it where the web server "
+    "cannot read it (MEDIA_ROOT must be shared by both)."
+)
 DUPLICATE = "external_id repeated: an earlier row has it; this row applies over it, in file order"
 
 

@@ -73,6 +73,23 @@ def test_a_failed_import_shows_in_the_admin_and_the_api_what_landed(login, manag
     assert (detail["status"], detail["percent"], detail["rows_done"], detail["rows_failed"]) == ("failed", landed, 2, 1)
 
 
+def test_an_error_file_missing_from_storage_is_said_so_in_the_admin_and_the_api(
+    login, manager_alice, failed_import, api_key_for
+):
+    """Written by a worker whose storage the web server does not share: the download was a server error."""
+    import os
+
+    os.remove(failed_import.error_file.path)
+    client = login(manager_alice)
+    response = client.get(f"/admin/audiences/import/{failed_import.pk}/errors/", follow=True)
+    assert response.redirect_chain == [(f"/admin/audiences/import/{failed_import.pk}/change/", 302)]
+    assert "The error file is missing from this server&#x27;s storage" in response.content.decode()
+    answer = api_key_for(manager_alice, scopes=["read"]).get(f"/api/v1/imports/{failed_import.pk}/errors/")
+    assert answer.status_code == 404
+    assert "MEDIA_ROOT must be shared" in answer.json()["detail"]
+    assert Import.objects.get(pk=failed_import.pk).status == Import.Status.FAILED  # the import itself as it was
+
+
 @pytest.mark.presses("audiences.import:restart_imports")
 def test_a_restarted_import_shows_the_time_left_at_its_own_runs_pace_in_the_admin_and_the_api(
     login, manager_alice, failed_import, api_key_for, django_capture_on_commit_callbacks
