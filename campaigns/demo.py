@@ -11,10 +11,11 @@ from audiences.models import Segment
 from campaigns.models import Campaign
 from campaigns.services.lifecycle import campaign_approve, campaign_create, campaign_submit
 from delivery.models import App, PushContent
+from delivery.services.apps import SECRET_FIELDS
 
 
 def populate(*, stdout) -> None:
-    app = App.objects.filter(name="Pushdesk Demo").first()
+    app = App.objects.defer(*SECRET_FIELDS).filter(name="Pushdesk Demo").first()  # no credential is needed here
     users = {u.username: u for u in User.objects.filter(username__in=("manager", "approver", "viewer"))}
     if app is None or len(users) < 3:
         stdout.write("Demo campaigns skipped: the demo app or users are missing.")

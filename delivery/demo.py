@@ -14,7 +14,13 @@ from django.conf import settings
 
 from delivery.models import App
 from delivery.pushsim.trust import trust_add, trust_file_path
-from delivery.services.apps import apns_key_parse, app_create, service_account_parse
+from delivery.services.apps import (
+    SECRET_FIELDS,
+    apns_key_parse,
+    app_create,
+    app_secret_problems,
+    service_account_parse,
+)
 
 DEMO_APP = "Pushdesk Demo"
 DEMO_TEAM_ID = "DEMOTEAM01"
@@ -32,8 +38,11 @@ def _public_pem(key) -> str:
 
 
 def populate(*, stdout) -> None:
-    if App.objects.filter(name=DEMO_APP).exists():
+    existing = App.objects.filter(name=DEMO_APP).values_list("pk", flat=True).first()
+    if existing is not None:
         stdout.write(f"Demo app {DEMO_APP!r} already exists.")
+        for problem in app_secret_problems(app_id=existing).get(existing, []):
+            stdout.write(f"  {problem}")
         populate_devices_and_content(stdout=stdout)
         return
     apns_key = ec.generate_private_key(ec.SECP256R1())
@@ -106,7 +115,7 @@ def populate_devices_and_content(*, stdout) -> None:
     from delivery.models import Device, Platform, PushContent
     from delivery.payloads import spec_validate
 
-    app = App.objects.get(name=DEMO_APP)
+    app = App.objects.defer(*SECRET_FIELDS).get(name=DEMO_APP)  # no credential is needed here
     profiles = list(Profile.objects.filter(external_id__startswith="demo-").order_by("id")[:DEMO_DEVICES])
     with transaction.atomic():
         created = 0

@@ -46,6 +46,7 @@ def populate(*, stdout) -> None:
     from audiences.models import Segment
     from delivery.demo import DEMO_APP
     from delivery.models import App, PushContent
+    from delivery.services.apps import SECRET_FIELDS
     from journeys.services.lifecycle import journey_approve, journey_create, journey_submit
 
     if Journey.objects.filter(name=DEMO_JOURNEY).exists():
@@ -53,7 +54,7 @@ def populate(*, stdout) -> None:
         return
     manager = User.objects.filter(username="manager").first()
     approver = User.objects.filter(username="approver").first()
-    app = App.objects.filter(name=DEMO_APP).first()
+    app = App.objects.defer(*SECRET_FIELDS).filter(name=DEMO_APP).first()  # no credential is needed here
     beta = Segment.objects.filter(name="Beta testers").first()
     recent = Segment.objects.filter(name="Recent buyers (2+ purchases in 30 days)").first()
     contents = {c.name: c for c in PushContent.objects.filter(app=app, name__in=("Welcome back", "Flash sale"))}

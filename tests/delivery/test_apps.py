@@ -597,6 +597,33 @@ def test_a_manager_cannot_test_a_connection(pushsim_tls_app, manager_alice):
 
 @pytest.mark.embedded
 @pytest.mark.django_db
+def test_demo_setup_again_under_another_encryption_key_adds_nothing_and_says_the_app_cannot_send(
+    settings, tmp_path, another_encryption_key
+):
+    """A database kept while the key was made anew (another var/ folder, the key file deleted):
+    reading the demo app to add what is missing decrypted its credentials, and the command failed
+    with a traceback."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    settings.VAR_DIR = tmp_path
+    call_command("demo_setup", stdout=StringIO())
+    app = App.objects.get(name="Pushdesk Demo")
+    devices = Device.objects.filter(app=app).count()
+    another_encryption_key()
+
+    out = StringIO()
+    call_command("demo_setup", stdout=out)
+    text = out.getvalue()
+    assert "Demo app 'Pushdesk Demo' already exists." in text
+    assert f"app 'Pushdesk Demo' (id {app.pk}): the APNs .p8 key cannot be decrypted" in text
+    assert "Demo campaigns: already there" in text
+    assert Device.objects.filter(app=app).count() == devices
+
+
+@pytest.mark.embedded
+@pytest.mark.django_db
 def test_the_demo_app_sends_to_the_simulator_with_credentials_made_at_setup(pushsim, settings, tmp_path, admin_erin):
     from io import StringIO
 
