@@ -210,17 +210,17 @@ def _counters(kind: str, counts: dict) -> tuple[str, str]:
     elif kind == "push":
         line += f" · sent {counts.get('sent', 0):,} · accepted {counts.get('accepted', 0):,}"
     ended = (("exit event", counts.get("exit_event")), ("journey stopped", counts.get("stopped")))
-    extra = " · ".join(f"{why} {n:,}" for why, n in ended if n)
+    notes = [f"{why} {n:,}" for why, n in ended if n]
     if kind == "push":
         skipped = counts.get("skipped") or {}
-        notes = [f"failed {counts['send_failed']:,}"] if counts.get("send_failed") else []
         if counts.get("failed"):  # refused at send time (the gate): those profiles end here, failed
             notes.insert(0, f"refused {counts['failed']:,} (see its enrollments)")
+        if counts.get("send_failed"):
+            notes.append(f"failed {counts['send_failed']:,}")
         if skipped:
             reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(skipped.items(), key=lambda r: -r[1]))
             notes.append(f"skipped {sum(skipped.values()):,} ({reasons})")
         to_send = counts.get("targeted", 0) - counts.get("sent", 0) - sum(skipped.values())
         if to_send > 0:
             notes.append(f"to send {to_send:,}")
-        extra = " · ".join(notes)
-    return line, extra
+    return line, " · ".join(notes)

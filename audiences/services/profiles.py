@@ -160,8 +160,9 @@ class UpsertResult:
 
 
 def _locked(profiles):
-    """Lock ``profiles`` in id order, the order the events call and the devices' reach triggers lock
-    them in, so no two of these paths wait for each other in a circle. The lock leaves the key alone
+    """Lock ``profiles`` in id order, the order the events call, an import's batch and the devices'
+    reach triggers lock them in (each creating new profiles after, by external id as Python sorts
+    them), so no two of these paths wait for each other in a circle. The lock leaves the key alone
     (``FOR NO KEY UPDATE``): events and devices referring to a profile are not held up by it."""
     return profiles.select_for_update(no_key=True).order_by("id")
 

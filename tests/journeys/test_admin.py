@@ -383,6 +383,23 @@ def test_a_push_step_whose_send_was_refused_says_how_many_profiles_it_failed(
     assert "entered 3 · sent 0 · accepted 0" in text and "refused 3 (see its enrollments)" in text
 
 
+def test_a_push_step_says_how_many_profiles_left_it_when_the_journey_stopped(
+    login, manager_alice, make_journey, publish, welcome
+):
+    """A journey that begins with its push, stopped before the engine ran its entries: the push
+    step's box read "entered 3 · sent 0 · accepted 0" and nothing of the three who left there."""
+    from journeys.services.lifecycle import journey_stop
+
+    ProfileFactory.create_batch(3)
+    push = {"id": "push", "type": "push", "content": welcome.pk, "next": "done"}
+    journey = publish(make_journey(graph={"steps": [push, {"id": "done", "type": "exit"}]}))
+    journey_enter_segment(journey_id=journey.pk)
+    journey_stop(journey_id=journey.pk, by=manager_alice)
+    text = login(manager_alice).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    box = re.search(r'data-step="push".*?</g>', text, re.S).group(0)
+    assert "entered 3 · sent 0 · accepted 0" in box and "journey stopped 3" in box
+
+
 def test_a_stopped_journeys_versions_say_no_one_finishes_on_them(
     login, manager_alice, make_journey, publish, vips, welcome
 ):
