@@ -454,7 +454,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         if version is None:
             return "—"
         dispatches = version_dispatches(version)
-        charts = report_charts(dispatch_ids=dispatches.values_list("id", flat=True))
+        charts = report_charts(dispatch_ids=dispatches)  # their rollup joined to them, however many
         stats = self._shown_stats(obj)
         charts["steps"] = step_series(stats)
         head = _report_version_html(obj, version)  # above the conversions too: they are the version's

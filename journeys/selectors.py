@@ -98,22 +98,26 @@ def version_others_sent(version: JourneyVersion) -> list[tuple[int, int, int]]:
     """What the journey's other versions sent, as (version number, targeted, accepted) by number,
     from their dispatches' rollup as a report counts them; versions that sent nothing are left out.
     At most three queries."""
-    from delivery.models import Dispatch
-    from delivery.reports import rollup_rows
+    from django.db.models import Sum
+
+    from delivery.models import DeliveryRollup, Dispatch
+    from delivery.reports import rollup_of
 
     numbers = dict(
         JourneyVersion.objects.filter(journey_id=version.journey_id).exclude(pk=version.pk).values_list("pk", "number")
     )
     if not numbers:
         return []
-    others = dict(
-        Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id__in=list(numbers)).values_list("pk", "source_id")
-    )
-    if not others:
-        return []
     sent: dict[int, dict[str, int]] = defaultdict(lambda: {"targeted": 0, "accepted": 0})
-    for row in rollup_rows(list(others), by=("dispatch_id", "outcome"), outcome__in=("targeted", "accepted")):
-        sent[numbers[others[row["dispatch_id"]]]][row["outcome"]] += row["n"]
+    others = Dispatch.objects.filter(kind=Dispatch.Kind.JOURNEY, source_id__in=list(numbers))
+    rows = (
+        DeliveryRollup.objects.filter(rollup_of(others), outcome__in=("targeted", "accepted"))
+        .values("dispatch__source_id", "outcome")
+        .annotate(n=Sum("rows"))
+        .order_by()
+    )
+    for row in rows:
+        sent[numbers[row["dispatch__source_id"]]][row["outcome"]] += row["n"]
     return [(number, n["targeted"], n["accepted"]) for number, n in sorted(sent.items()) if n["targeted"]]
 
 
@@ -150,17 +154,24 @@ def version_step_conversions(version: JourneyVersion) -> dict[str, dict] | None:
 def version_push_outcomes(version: JourneyVersion) -> dict[str, dict]:
     """Per push step, what its sends became, summed from the dispatches' rollup as a campaign's
     report is: targeted (rows made), sent (handed to a provider: accepted, failed or unknown),
-    accepted, failed, and skipped by reason (no device, not opted in, frequency cap...). Two
-    queries: the dispatches' steps, and their rollup by outcome and reason."""
-    from django.db.models.fields.json import KT
+    accepted, failed, and skipped by reason (no device, not opted in, frequency cap...). One
+    grouped query: the rollup joined to the version's dispatches (a batch per run of the engine,
+    thousands of them), summed by the step each dispatch sent."""
+    from django.db.models import Sum
 
-    from delivery.reports import rollup_rows
+    from delivery.models import DeliveryRollup
+    from delivery.reports import rollup_of
 
-    dispatches = version_dispatches(version)
-    step_of = dict(dispatches.annotate(step=KT("context__journey__step")).values_list("pk", "step"))
+    rows = (
+        DeliveryRollup.objects.filter(rollup_of(version_dispatches(version)))
+        .annotate(step=journey_step())  # the dispatch's, as for its deliveries
+        .values("step", "outcome", "reason")
+        .annotate(n=Sum("rows"))
+        .order_by()
+    )
     result: dict[str, dict] = defaultdict(lambda: {"targeted": 0, "sent": 0, "accepted": 0, "failed": 0, "skipped": {}})
-    for row in rollup_rows(list(step_of), by=("dispatch_id", "outcome", "reason")):
-        counts, outcome, n = result[step_of[row["dispatch_id"]]], row["outcome"], row["n"]
+    for row in rows:
+        counts, outcome, n = result[row["step"]], row["outcome"], row["n"]
         if outcome in ("targeted", "accepted", "failed"):
             counts[outcome] += n
         if outcome in ("accepted", "failed", "unknown"):

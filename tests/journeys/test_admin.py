@@ -922,3 +922,73 @@ def test_content_held_by_a_journey_the_reader_may_not_see_is_kept_without_naming
     assert "a journey you cannot see" in page and "Onboarding" not in page
     client.post(delete, {"post": "yes"})
     assert PushContent.objects.filter(pk=welcome.pk).exists()
+
+
+def test_the_journey_page_reads_as_much_for_thirty_batches_as_for_three(
+    login, manager_alice, make_journey, django_assert_max_num_queries
+):
+    """A live journey's push step sends a batch at each run of the engine (thousands a month): the
+    page sums their rollup joined to the version's dispatches, per step, so it runs the same queries
+    whatever their number and names no batch in them."""
+    import datetime as dt
+    import re
+
+    from django.core.cache import cache
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from delivery.models import DeliveryRollup, Dispatch
+
+    journey = make_journey()
+    version = journey.versions.get()
+    context = {"journey": {"id": journey.pk, "name": journey.name, "version": 1, "step": "push"}}
+    start = dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.UTC)
+
+    def batches(count: int) -> list[int]:
+        sent = Dispatch.objects.bulk_create(
+            Dispatch(
+                app=journey.app,
+                kind="journey",
+                source_id=version.pk,
+                context=context,
+                content_spec={"title": "Hi"},
+                status="done",
+                total=3,
+                accepted=2,
+                skipped=1,
+                created_at=start,
+                finished_at=start,
+            )
+            for _ in range(count)
+        )
+        DeliveryRollup.objects.bulk_create(
+            DeliveryRollup(dispatch=batch, period=start, platform="ios", outcome=outcome, reason=reason, rows=n)
+            for batch in sent
+            for outcome, reason, n in (("targeted", "", 3), ("accepted", "", 2), ("skipped", "no_device", 1))
+        )
+        return [batch.pk for batch in sent]
+
+    client = login(manager_alice)
+    url = f"/admin/journeys/journey/{journey.pk}/change/"
+
+    def viewed() -> tuple[str, list[str]]:
+        cache.clear()
+        with CaptureQueriesContext(connection) as captured:
+            page = client.get(url).content.decode()
+        return page, [q["sql"] for q in captured.captured_queries]
+
+    batches(3)
+    viewed()  # what a first page of the process reads once
+    page, few = viewed()
+    assert "sent 6 · accepted 6" in page
+    older = batches(27)
+    with django_assert_max_num_queries(len(few)):
+        page, many = viewed()
+    assert len(many) == len(few)
+    assert "sent 60 · accepted 60" in page and '"skipped": [0, 0, 30, 0]' in page
+    named = [
+        {int(pk) for pk in listed.split(",") if pk}
+        for sql in many
+        for listed in re.findall(r"'\{([0-9,]*)\}'::bigint\[\]", sql)
+    ]
+    assert not [ids for ids in named if ids & set(older)], "a query named the batches one by one"
