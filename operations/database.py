@@ -94,6 +94,25 @@ def database_errors_said():
         raise CommandError(problem) from None
 
 
+@contextmanager
+def redis_errors_said():
+    """In a command that reads the task queue (``qinfo``, ``qmonitor``): turn Redis not answering
+    into a one-line ``CommandError``, without django-q2's own line before it."""
+    import logging
+
+    from redis.exceptions import RedisError
+
+    queue_logger = logging.getLogger("django-q")
+    level = queue_logger.level
+    queue_logger.setLevel(logging.CRITICAL)  # its "Can not connect to Redis server." says less than ours
+    try:
+        yield
+    except RedisError as exc:
+        raise CommandError(f"{redis_problem(exc)}; check REDIS_URL.") from None
+    finally:
+        queue_logger.setLevel(level)
+
+
 def migrations_pending(*, using: str = "default") -> int:
     """How many migrations the code has that the database has not applied."""
     from django.db import connections
