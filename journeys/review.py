@@ -95,22 +95,28 @@ def exit_text(version: JourneyVersion) -> str:
 
 def _revision_diff_html(journey: Journey, version: JourneyVersion, *, contents: dict, names: dict) -> str:
     """What the version in review changes of the live one (what is sent now: its pushes as
-    approved), as a campaign's revision shows it; "" for a first version. ``contents`` and ``names``:
-    the version's push contents by id and their names (``content_names``)."""
+    approved), as a campaign's revision shows it; for a first version, everything the approval
+    covers in words, as a campaign's first review shows it (the graph names a condition's
+    branches, not what each tests). ``contents`` and ``names``: the version's push contents by id
+    and their names (``content_names``)."""
     from audiences.models import Segment
     from campaigns.review import rows_diff, rows_diff_html
 
     live = journey.live_version
-    if live is None or live == version:
-        return ""
-    names = {**content_names(live), **names}
-    segment_ids = segments_of(live.graph) | segments_of(version.graph)
+    if live == version:
+        live = None
+    if live is not None:
+        names = {**content_names(live), **names}
+    segment_ids = segments_of(version.graph) | (segments_of(live.graph) if live is not None else set())
     names.update(
         {("segment", pk): name for pk, name in Segment.objects.filter(pk__in=segment_ids).values_list("pk", "name")}
     )
-    before = {step: item["spec"] for step, item in (live.frozen_specs or {}).items()}
     after = {step: contents[cid].spec() for step, cid in contents_of(version.graph).items() if cid in contents}
-    rows = rows_diff(version_rows(live, specs=before, names=names), version_rows(version, specs=after, names=names))
+    after_rows = version_rows(version, specs=after, names=names)
+    if live is None:
+        return rows_diff_html(rows_diff(None, after_rows), first=True, before_title="")
+    before = {step: item["spec"] for step, item in (live.frozen_specs or {}).items()}
+    rows = rows_diff(version_rows(live, specs=before, names=names), after_rows)
     sending = "live, sending now" if journey.status == Journey.Status.LIVE else "the last live one"
     return rows_diff_html(rows, first=False, before_title=f"Version {live.number} ({sending})")
 

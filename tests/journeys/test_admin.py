@@ -818,10 +818,28 @@ def test_the_review_of_a_new_version_says_what_changed_since_the_live_one(
     assert ("unchanged", "Step &#x27;push&#x27;", "push &#x27;Welcome&#x27; → done", "(unchanged)") in rows
 
 
-def test_the_review_of_a_first_version_has_no_diff(login, manager_alice, approver_bob, make_journey):
+def test_the_review_of_a_first_version_says_each_step_it_covers_in_words(
+    login, manager_alice, approver_bob, make_journey
+):
+    """The approver of a first version read its conditions as "1 branch(es) + all others" and their
+    labels: which segment, rule or event each branch tests, which the approval covers, was shown
+    only once a second version was compared with it."""
     request = journey_submit(journey_id=make_journey().pk, by=manager_alice)
     review = login(approver_bob).get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
-    assert "Onboarding — version 1</td>" in review and 'id="approval-diff"' not in review
+    assert "Onboarding — version 1</td>" in review
+    table = review[review.index('<table id="approval-diff" class="first-review">') :]
+    table = table[: table.index("</table>")]
+    assert "First review: everything this approval covers" in table and "changed" not in table
+    rows = re.findall(r'<tr><th scope="row">(.*?)</th><td>(.*?)</td></tr>', table)
+    assert rows[:6] == [
+        ("Entry", "Everyone in &#x27;Everyone&#x27;, read once; a profile enters once"),
+        ("Exit criteria", "none"),
+        ("Step &#x27;start&#x27;", "wait 0 s → check"),
+        ("Step &#x27;check&#x27;", "VIP: in segment &#x27;VIPs&#x27; → push; all others → done"),
+        ("Step &#x27;push&#x27;", "push &#x27;Welcome&#x27; → done"),
+        ("Step &#x27;done&#x27;", "exit"),
+    ]
+    assert ("Push &#x27;push&#x27; (en)", "Hello · Welcome aboard") in rows
 
 
 @pytest.mark.presses("journeys.journey:transition/submit")
