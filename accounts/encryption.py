@@ -72,9 +72,12 @@ def fingerprint(plaintext: str) -> str:
 
 
 class EncryptedTextField(models.TextField):
-    """A text column stored encrypted; reads decrypt lazily in Python, never in SQL.
+    """A text column stored encrypted; decrypted in Python, never in SQL.
 
-    Empty strings stay empty (an unset secret).
+    A row loaded with the column decrypts it then (``from_db_value``), and one no key opens raises
+    ImproperlyConfigured: a reader that may meet such a row and does not need the secret defers the
+    column (``.defer(...)``), as the apps' admin list and ``manage.py status`` do. Empty strings stay
+    empty (an unset secret).
     """
 
     description = "Text encrypted at rest"
