@@ -11,6 +11,7 @@ class JourneysConfig(AppConfig):
         from accounts.approvals import ApprovalSubject, register_approval_subject
         from audiences.rules.validation import rules_tree_holders_register
         from audiences.services.events import event_listeners_register
+        from audiences.services.segments import segment_holders_register
         from config.zones import zoned
         from delivery.models import DeliveryRules, Dispatch
         from delivery.services.contents import pushcontent_holders_register
@@ -18,7 +19,11 @@ class JourneysConfig(AppConfig):
         from delivery.services.streams import stream_current_check_register
         from journeys.models import Journey, JourneyVersion
         from journeys.review import journey_references, journey_review_html
-        from journeys.selectors import journeys_rule_trees_naming, journeys_sending_contents
+        from journeys.selectors import (
+            journeys_conditions_naming,
+            journeys_rule_trees_naming,
+            journeys_sending_contents,
+        )
         from journeys.services.engine import JOURNEYS_STAMP, journey_stream_is_current, journeys_changed
         from journeys.services.entries import journeys_on_events
         from journeys.services.lifecycle import journey_approve, journey_gate, journey_request_changes
@@ -29,6 +34,7 @@ class JourneysConfig(AppConfig):
         dispatch_gate_register(kind=Dispatch.Kind.JOURNEY, gate=journey_gate)
         pushcontent_holders_register(journeys_sending_contents)
         rules_tree_holders_register(journeys_rule_trees_naming)
+        segment_holders_register(journeys_conditions_naming)
         stream_current_check_register(kind=Dispatch.Kind.JOURNEY, check=journey_stream_is_current)
         event_listeners_register(journeys_on_events, stamps=(JOURNEYS_STAMP,))
         register_approval_subject(

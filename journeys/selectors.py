@@ -275,6 +275,36 @@ def journeys_sending_contents(content_ids: set[int], by: User | None) -> list[st
     return [f"{labels[version.pk]}: step {named}" if labels[version.pk] else HIDDEN_JOURNEY for version, named in found]
 
 
+def journeys_conditions_naming(segment_ids: set[int], by: User | None) -> list[str]:
+    """The journey versions that may still run (``_versions_that_may_run``) whose conditions test any
+    of ``segment_ids`` (a branch on the segment, or a rule naming it), each said with its steps, or as
+    "a journey you cannot see" to ``by``. (Registered with ``audiences.services.segments``: a segment
+    they name is not deleted; a branch on a deleted segment would hold for no one, and its profiles
+    would silently take the other way.)"""
+    from audiences.rules.schema import segment_references
+
+    found = []
+    for version in _versions_that_may_run():
+        steps = []
+        for step in (version.graph or {}).get("steps") or []:
+            if not isinstance(step, dict) or step.get("type") != "condition":
+                continue
+            for branch in step.get("branches") or []:
+                if not isinstance(branch, dict):
+                    continue
+                named = branch.get("segment")
+                if (isinstance(named, int) and named in segment_ids) or segment_references(
+                    branch.get("rules")
+                ) & segment_ids:
+                    steps.append(step.get("id"))
+                    break
+        if steps:
+            found.append((version, ", ".join(f"'{step}'" for step in sorted(map(str, steps)))))
+    labels = _version_labels([version for version, _ in found], by)
+    said = [f"{labels[version.pk]}: step {named}" if labels[version.pk] else HIDDEN_JOURNEY for version, named in found]
+    return list(dict.fromkeys(said))
+
+
 def journeys_rule_trees_naming(segment_ids: set[int], by: User | None) -> list[tuple[str, dict]]:
     """The rule trees of the conditions of the journey versions that may still run naming any of
     ``segment_ids``, each said with its journey, version and step, or as "a journey you cannot see"

@@ -35,6 +35,7 @@ from audiences.services.segments import (
     segment_count_keep,
     segment_create,
     segment_delete,
+    segment_holders,
     segment_members_change,
     segment_members_check,
     segment_preview,
@@ -346,7 +347,8 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
                 deletion_counts(objs)
             except ProtectedError as exc:
                 protected = segment_uses_described(objects=exc.protected_objects, by=request.user)
-        return listed, counts, perms_needed, protected
+        # Journeys' conditions name segments in their graphs, which no foreign key protects.
+        return listed, counts, perms_needed, [*protected, *segment_holders([o.pk for o in objs], by=request.user)]
 
     def delete_view(self, request, object_id, extra_context=None):
         try:

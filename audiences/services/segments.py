@@ -127,8 +127,31 @@ def segment_members_landed(segment_id: int) -> None:
     Segment.objects.filter(pk=segment_id).update(**dict.fromkeys(_FIGURES), updated_at=timezone.now())
 
 
+# What names segments without a foreign key protecting them (a journey's conditions name theirs in
+# its graph): each, given segment ids and the reader, says what still uses them; a segment said so is
+# not deleted.
+_SEGMENT_HOLDERS: list = []
+
+
+def segment_holders_register(holders) -> None:
+    """``holders(segment_ids, by) -> list[str]``: what may still read those segments, each said in a
+    line, without naming to ``by`` what they may not see."""
+    if holders not in _SEGMENT_HOLDERS:
+        _SEGMENT_HOLDERS.append(holders)
+
+
+def segment_holders(segment_ids, *, by: User | None) -> list[str]:
+    """What may still read any of ``segment_ids`` besides another segment's rules, a campaign's
+    audience or a journey's entry (which their foreign keys or references protect): a reason to keep
+    them, said to ``by``. Empty when nothing does."""
+    ids = set(segment_ids)
+    return [said for holders in _SEGMENT_HOLDERS for said in holders(ids, by)] if ids else []
+
+
 def segment_delete(*, segment_id: int, by: User) -> None:
-    """Delete a segment. Refused (ValidationError) while another segment's rules use its membership."""
+    """Delete a segment. Refused (ValidationError) while another segment's rules use its membership,
+    a campaign or a journey's entry targets it, or a journey that may still run tests it in a
+    condition (``segment_holders``)."""
     segment_for(by, segment_id)
     _ensure_perm(by, "audiences.delete_segment", "Your role may not delete segments.")
     with transaction.atomic():
@@ -145,6 +168,9 @@ def segment_delete(*, segment_id: int, by: User) -> None:
                 names.append("a segment you cannot see" if unseen == 1 else f"{unseen} segments you cannot see")
             listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
             raise ValidationError(f"Segment '{segment.name}' is used by {listed}: change those first.")
+        if held := segment_holders([segment.pk], by=by):
+            change = "it" if len(held) == 1 else "them"
+            raise ValidationError(f"Segment '{segment.name}' is used by {'; '.join(held)}: change {change} first.")
         audit(actor=by, action="segment_deleted", obj=segment, summary={"name": segment.name})
         try:
             segment.delete()

@@ -649,16 +649,17 @@ def test_a_segment_deleted_while_live_holds_for_no_one(make_journey, publish, vi
 def test_a_rule_naming_a_segment_deleted_while_live_holds_for_no_one_and_the_engine_goes_on(
     make_journey, publish, manager_alice, vips
 ):
-    """Deleting the segment is allowed (no segment's rules use it); the rule then failed to compile
-    in every batch that held the journey's profiles, which stopped the engine for every journey."""
-    from audiences.services.segments import segment_delete
+    """A segment gone under a live version (its deletion through the product is refused now, but one
+    deleted before that, or by hand, is still met): the rule failed to compile in every batch that
+    held the journey's profiles, which stopped the engine for every journey."""
+    from audiences.models import Segment
 
     member = ProfileFactory()
     SegmentMemberFactory(segment=vips, profile=member)
     branch = {"label": "VIP", "rules": {"all": [{"segment": vips.pk}]}, "next": "vip"}
     journey = publish(make_journey(graph=_condition_graph([branch])))
     other = publish(make_journey(name="Other", graph={"steps": [EXIT]}))
-    segment_delete(segment_id=vips.pk, by=manager_alice)
+    Segment.objects.filter(pk=vips.pk).delete()
     journey_enter_segment(journey_id=journey.pk)
     journey_enter_segment(journey_id=other.pk)
     journeys_run_due()

@@ -353,6 +353,80 @@ def test_deleting_the_entry_segment_of_a_journey_is_refused_naming_the_journey(
     assert refused.value.messages == ["Segment 'Everyone' is the entry of a journey you cannot see: change it first."]
 
 
+def test_deleting_a_segment_a_live_journeys_condition_tests_is_refused_naming_the_step(
+    make_journey, publish, manager_alice, vips, welcome
+):
+    """It was deleted: the branch then held for no one and its profiles silently took "all others",
+    the pushes behind it stopped, with no word to the marketer who deleted it."""
+    from audiences.models import Segment
+    from audiences.services.segments import segment_delete
+
+    publish(make_journey())  # a condition on VIPs, step 'check'
+    with pytest.raises(ValidationError) as refused:
+        segment_delete(segment_id=vips.pk, by=manager_alice)
+    assert refused.value.messages == [
+        "Segment 'VIPs' is used by journey “Onboarding”, version 1 (live): step 'check': change it first."
+    ]
+    assert Segment.objects.filter(pk=vips.pk).exists()
+    # Someone who may use the segment but not see the journey learns that it is used, not by what.
+    from accounts.services import access_grant
+    from tests.factories import UserFactory
+
+    manager_oscar = UserFactory(username="manager_oscar", role="Manager")
+    access_grant(obj=vips, to=manager_oscar, by=None)
+    with pytest.raises(ValidationError) as refused:
+        segment_delete(segment_id=vips.pk, by=manager_oscar)
+    assert refused.value.messages == ["Segment 'VIPs' is used by a journey you cannot see: change it first."]
+    assert Segment.objects.filter(pk=vips.pk).exists()
+
+
+def test_a_condition_rule_naming_a_segment_keeps_it_while_a_draft_may_still_run_it(
+    make_journey, manager_alice, vips, welcome
+):
+    """A rule naming the segment keeps it as a branch on it does; a draft is approved as it stands, so
+    it keeps it too, until its condition names another."""
+    from audiences.models import Segment
+    from audiences.services.segments import segment_delete
+
+    graph = simple_graph(condition_segment=vips.pk, content=welcome.pk)
+    graph["steps"][1]["branches"] = [{"label": "VIP", "rules": {"any": [{"segment": vips.pk}]}, "next": "push"}]
+    journey = make_journey(graph=graph, name="Rules")
+    with pytest.raises(ValidationError) as refused:
+        segment_delete(segment_id=vips.pk, by=manager_alice)
+    assert refused.value.messages == [
+        "Segment 'VIPs' is used by journey “Rules”, version 1 (draft): step 'check': change it first."
+    ]
+    locale = {"all": [{"field": "locale", "op": "starts_with", "value": "fr"}]}
+    graph["steps"][1]["branches"] = [{"label": "French", "rules": locale, "next": "push"}]
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, graph=graph)
+    segment_delete(segment_id=vips.pk, by=manager_alice)
+    assert not Segment.objects.filter(pk=vips.pk).exists()
+
+
+def test_the_delete_page_of_a_segment_a_journey_tests_says_so_and_its_post_deletes_nothing(
+    make_journey, publish, login, manager_alice, vips
+):
+    from audiences.models import Segment
+
+    publish(make_journey())
+    client = login(manager_alice)
+    page = client.get(f"/admin/audiences/segment/{vips.pk}/delete/")
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert escape("journey “Onboarding”, version 1 (live): step 'check'") in html
+    assert "Yes, I’m sure" not in html  # Django's confirmation gives no button for a protected object
+    client.post(f"/admin/audiences/segment/{vips.pk}/delete/", {"post": "yes"})
+    assert Segment.objects.filter(pk=vips.pk).exists()
+    # The list's action refuses it as well, saying why.
+    answer = client.post(
+        "/admin/audiences/segment/",
+        {"action": "delete_segments", "_selected_action": [vips.pk]},
+        follow=True,
+    )
+    assert "is used by journey “Onboarding”" in answer.content.decode()
+    assert Segment.objects.filter(pk=vips.pk).exists()
+
+
 def test_a_colleague_edits_and_submits_a_journey_keeping_segments_they_were_not_granted(
     make_journey, manager_alice, manager_mallory, vips, welcome
 ):
