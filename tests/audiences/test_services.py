@@ -414,6 +414,43 @@ def test_an_events_call_moves_the_last_visits_before_it_creates_profiles(manager
     assert Event.objects.count() == 2
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks between two sessions")
+@pytest.mark.django_db(transaction=True)
+def test_an_events_call_locks_its_known_profiles_in_id_order_as_a_deletion_does(manager_alice):
+    """'b' was created before 'a'. An events call locked its known profiles by external id ('a'
+    then 'b'), a deletion by id ('b' then 'a'): the deletion holding 'b' and waiting for 'a' (held
+    by a third writer), the call took 'a' and waited for 'b' ('deadlock detected' once the third
+    writer let go). The call now locks them by id: it waits for 'b' holding nothing, and stores
+    its events on new profiles once the deletion commits."""
+    b = ProfileFactory(external_id="b")
+    a = ProfileFactory(external_id="a")
+    holding, released = threading.Event(), threading.Event()
+
+    def holder():
+        with transaction.atomic():
+            Profile.objects.select_for_update(no_key=True).get(pk=a.pk)
+            holding.set()
+            released.wait(20)
+
+    def deletion():
+        holding.wait(10)
+        profiles_delete(profile_ids=[a.pk, b.pk], by=manager_alice)
+
+    def call():
+        assert wait_for_blocked_writers(1)  # the deletion holds 'b' and waits for 'a'
+        events_ingest(items=[_event("a"), _event("b")], by=manager_alice)
+
+    def release():
+        holding.wait(10)
+        wait_for_blocked_writers(2)
+        released.set()
+
+    assert concurrently(holder, deletion, call, release) == []
+    again = dict(Profile.objects.values_list("external_id", "pk"))
+    assert sorted(again) == ["a", "b"] and not {a.pk, b.pk} & set(again.values())
+    assert sorted(Event.objects.values_list("profile_id", flat=True)) == sorted(again.values())
+
+
 @pytest.mark.django_db(transaction=True)
 def test_an_events_call_waits_for_a_profile_deletion_and_stores_its_events_on_a_new_profile(manager_alice):
     """The deletion holds the profile: the call waits, finds it gone, and creates it again."""
