@@ -934,20 +934,31 @@ SELECT (SELECT count(*) FROM staged WHERE NOT hold OR known_id IS NULL) - (SELEC
 # that needed no write (``changes`` is NULL, not false, for a row without locale or time zone
 # cells). Every row the upsert reaches within the limits' room is written, so each one returns
 # its id, even one changed meanwhile to the same values. Members have no database constraint on
-# their profile: the upsert holds the profiles it writes, and those it leaves alone are locked
-# ``FOR KEY SHARE`` here, so a deletion (which locks them first) waits for the batch; one deleted
-# meanwhile is skipped. A hold row goes through the upsert, which gives nothing to a known profile
+# their profile: every known profile of the batch is locked ``FOR KEY SHARE`` first (``known``), in
+# id order, before the upsert writes any: a deletion (which locks its profiles first, by id) waits
+# for the batch, and the batch never holds a profile it writes while it waits for one it leaves
+# alone (a deletion holding that one and waiting for the other would wait in a circle). Locked,
+# each row's changes are measured on its profile as it is now; one deleted meanwhile is no longer
+# known: a row that changed it creates it again, one that left it alone is skipped (as measured
+# before the deletion). A hold row goes through the upsert, which gives nothing to a known profile
 # (``GIVES_SOMETHING``) and locks it, and inserts a new one: its first row lands in any case (a row
 # is within the limits by itself), so it is a member; a known one's rows are measured first.
 MEMBERS_PG = """
-WITH staged AS MATERIALIZED (
+WITH known AS MATERIALIZED (
     SELECT s.external_id, s.attributes, s.locale, s.timezone, s.hold, o.id AS known_id, {changes} AS changes
+    FROM audiences_import_stage s JOIN audiences_profile o ON o.external_id = s.external_id
+    ORDER BY o.id
+    FOR KEY SHARE OF o
+), staged AS MATERIALIZED (
+    SELECT * FROM known
+    UNION ALL
+    SELECT s.external_id, s.attributes, s.locale, s.timezone, s.hold, NULL, TRUE
     FROM audiences_import_stage s LEFT JOIN audiences_profile o ON o.external_id = s.external_id
+    WHERE s.external_id NOT IN (SELECT external_id FROM known) AND (s.hold OR {changes})
 ), written AS ({upsert}RETURNING p.id
 ), kept AS (
-    SELECT o.id FROM staged s JOIN audiences_profile o ON o.id = s.known_id
-    WHERE s.changes IS NOT TRUE AND NOT s.hold
-    FOR KEY SHARE OF o
+    SELECT known_id AS id FROM staged
+    WHERE changes IS NOT TRUE AND NOT hold AND known_id IS NOT NULL
 ), members AS (
     INSERT INTO audiences_segmentmember (segment_id, profile_id, added_at, source_import_id)
     SELECT %(segment)s, m.id, %(now)s, %(import)s

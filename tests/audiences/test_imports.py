@@ -304,6 +304,45 @@ def test_a_batch_waits_for_a_profile_deletion_and_adds_no_member_for_the_deleted
 
 @row_locks
 @pytest.mark.django_db(transaction=True)
+def test_a_batch_into_a_segment_locks_the_profiles_it_leaves_as_they_are_in_id_order_too(manager_alice):
+    """'same' (left as it is) was created before 'changed' (written). A batch into a segment locked
+    the profiles it writes, then those it leaves as they are: holding 'changed', it waited for
+    'same', which a deletion held while it waited for 'changed' ('deadlock detected'). The batch
+    now locks all its known profiles by id first: the deletion waits for it, then removes the
+    profiles and their new members."""
+    same = ProfileFactory(external_id="same", attributes={"plan": "pro"})
+    changed = ProfileFactory(external_id="changed", attributes={"plan": "free"})
+    segment = segment_create(name="Fair", kind=Segment.Kind.IMPORTED, by=manager_alice)
+    holding, released = threading.Event(), threading.Event()
+
+    def holder():
+        with transaction.atomic():
+            Profile.objects.select_for_update(no_key=True).get(pk=changed.pk)
+            holding.set()
+            released.wait(20)
+
+    def batch():
+        holding.wait(10)
+        both = Batch(["same", "changed"], ['{"plan": "pro"}', '{"plan": "team"}'], [None, None], [None, None])
+        with transaction.atomic():
+            write_batch(both, now=timezone.now(), segment_id=segment.pk, import_id=1, replace=False)
+
+    def deletion():
+        assert wait_for_blocked_writers(1)  # the batch waits for 'changed'
+        profiles_delete(profile_ids=[same.pk, changed.pk], by=manager_alice)
+
+    def release():
+        holding.wait(10)
+        wait_for_blocked_writers(2)
+        released.set()
+
+    assert concurrently(holder, batch, deletion, release) == []
+    assert not Profile.objects.exists()
+    assert not SegmentMember.objects.exists()
+
+
+@row_locks
+@pytest.mark.django_db(transaction=True)
 def test_a_batch_repeating_an_id_and_a_profiles_call_on_its_profiles_do_not_deadlock(manager_alice, media, monkeypatch):
     """A batch locked the ids it gives once, then those it repeats: here 'a' and 'c', then 'b'. A
     profiles call locks in id order ('b' before 'c'): holding 'b', it waited for 'c' while the batch
