@@ -549,9 +549,20 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         return super().message_user(request, message, level, *args, **kwargs)
 
     lifecycle_button_name = "campaign_action"
+    lifecycle_asked_again = ("stop",)
 
     def lifecycle_actions(self, user, obj, *, answers=None):
         return campaign_actions(user, obj, answers=answers)
+
+    def lifecycle_consequences(self, obj, action):
+        lines = []
+        if obj.kind == Campaign.Kind.API_TRIGGERED:
+            lines.append("Its trigger API refuses every call from now on.")
+        elif obj.next_occurrence_at is not None:
+            lines.append(f"Its next send ({next_send_text(obj)}) and every one after it are cancelled.")
+        lines.append("A send under way stops: its pushes not yet handed to Apple or Google are skipped (stopped).")
+        lines.append("A stopped campaign cannot be started again; Duplicate makes a new draft of it.")
+        return lines
 
     def lifecycle_handlers(self, request, object_id):
         by = request.user

@@ -5,6 +5,7 @@ from urllib.parse import quote
 from django import forms
 from django.contrib import admin
 from django.db.models import Prefetch
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
@@ -471,9 +472,25 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         return format_html("{}{}{}", head, conversions, html)
 
     lifecycle_button_name = "journey_action"
+    lifecycle_asked_again = ("stop",)
 
     def lifecycle_actions(self, user, obj, *, answers=None):
         return journey_actions(user, obj, answers=answers)
+
+    def lifecycle_consequences(self, obj, action):
+        inside = Enrollment.objects.filter(journey=obj, status__in=Enrollment.OPEN_STATUSES).count()
+        lines = [
+            f"{inside:,} profile{pluralize(inside)} inside leave{'s' if inside == 1 else ''} it now, at whatever "
+            "step they are (exit: journey stopped); its pushes not yet handed to Apple or Google are skipped.",
+            "No profile enters it again.",
+        ]
+        open_version = journey_open_version(obj)
+        if open_version is not None and open_version.status == JourneyVersion.Status.IN_REVIEW:
+            lines.append(
+                f"Version {open_version.number}, waiting for approval, goes back to draft; its request is closed."
+            )
+        lines.append("A stopped journey cannot be started again.")
+        return lines
 
     def lifecycle_handlers(self, request, object_id):
         by = request.user

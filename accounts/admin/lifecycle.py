@@ -30,6 +30,9 @@ class LifecycleAdminMixin:
     """
 
     lifecycle_button_name = "lifecycle_action"
+    # The actions that cannot be undone: pressing one shows what it will do and asks again
+    # (``lifecycle_consequences``); the transition is done only when that page's answer is posted.
+    lifecycle_asked_again: tuple[str, ...] = ()
 
     def _changeform_view(self, request, object_id, form_url, extra_context):
         # The add and change forms save through the object's services: a save they refuse
@@ -71,6 +74,11 @@ class LifecycleAdminMixin:
 
     def lifecycle_handlers(self, request, object_id: int) -> dict:
         raise NotImplementedError
+
+    def lifecycle_consequences(self, obj, action: str) -> list[str]:
+        """What ``action`` (one of ``lifecycle_asked_again``) will do to ``obj`` as it stands, each a
+        line of the page that asks again."""
+        return []
 
     def _transition_url_name(self) -> str:
         opts = self.model._meta
@@ -137,6 +145,12 @@ class LifecycleAdminMixin:
             raise Http404("Unknown action.")
         opts = self.model._meta
         target = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[object_id])
+        if action in self.lifecycle_asked_again and request.POST.get("confirmed") != "yes":
+            obj = self.get_object(request, unquote(str(object_id)))
+            labels = dict(self.lifecycle_actions(request.user, obj)) if obj is not None else {}
+            # Only to whom may press it now: anyone else is refused by the transition itself, as before.
+            if action in labels:
+                return self._asked_again(request, obj, action, labels[action], back_url=target)
         try:
             outcome = handlers[action]()
         except (TransitionError, ValidationError) as exc:
@@ -145,6 +159,23 @@ class LifecycleAdminMixin:
         message, url = outcome if isinstance(outcome, tuple) else (f"Done: {action.replace('_', ' ')}.", None)
         self.message_user(request, message, messages.SUCCESS)
         return HttpResponseRedirect(url or target)
+
+    def _asked_again(self, request, obj, action: str, label: str, *, back_url: str):
+        from django.template.response import TemplateResponse
+
+        opts = self.model._meta
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": opts,
+            "object": obj,
+            "title": f"{label} {opts.verbose_name} “{obj}”?",
+            "question": f"{label} {opts.verbose_name} “{obj}”? This cannot be undone.",
+            "consequences": self.lifecycle_consequences(obj, action),
+            "label": label,
+            "action_url": request.get_full_path(),
+            "back_url": back_url,
+        }
+        return TemplateResponse(request, "admin/lifecycle_confirm.html", context)
 
 
 def approval_text(request, *, time_zone: str, pending: str = "") -> str:

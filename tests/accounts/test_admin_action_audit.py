@@ -76,7 +76,7 @@ def _transition(name: str, make, audited=None):
         obj = make(by)
         opts = obj._meta
         url = reverse(f"admin:{opts.app_label}_{opts.model_name}_transition", args=[obj.pk, name])
-        return url, {}, audited or (lambda: obj)
+        return url, {"confirmed": "yes"}, audited or (lambda: obj)  # the answer of the page asking again (Stop)
 
     return press
 

@@ -826,3 +826,47 @@ def test_a_live_campaigns_revision_in_review_says_who_asked_and_when(
     client.force_login(manager_alice)
     page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
     assert "Revision waiting for approval: asked by manager_alice on 2027-01-03 08:15 (Europe/Paris)" in page
+
+
+@pytest.mark.presses("campaigns.campaign:transition/stop")
+def test_stop_asks_again_saying_what_it_cancels_and_stops_only_on_the_answer(
+    client, make_campaign, manager_alice, approver_bob, viewer_carol
+):
+    """Stop was done at the first press: a campaign cannot be started again, and a stray click
+    cancelled its sends for good."""
+    import datetime as dt
+    import re
+    from zoneinfo import ZoneInfo
+
+    paris = ZoneInfo("Europe/Paris")
+    send_at = dt.datetime(2026, 12, 24, 9, 30, tzinfo=paris)
+    campaign = make_campaign(schedule_kind="at", send_at=send_at, time_zone="Europe/Paris")
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=send_at - dt.timedelta(days=1))
+    assert Campaign.objects.get(pk=campaign.pk).status == "scheduled"
+    url = f"/admin/campaigns/campaign/{campaign.pk}/transition/stop/"
+
+    client.force_login(viewer_carol)  # refused as before, not asked
+    assert client.post(url).status_code == 403
+    client.force_login(manager_alice)
+    asked = client.post(url)
+    assert asked.status_code == 200
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", asked.content.decode()))
+    assert "Stop campaign “Spring sale”? This cannot be undone." in text
+    assert "Its next send (2026-12-24 09:30 (Europe/Paris)) and every one after it are cancelled." in text
+    assert "Duplicate makes a new draft of it." in text
+    assert Campaign.objects.get(pk=campaign.pk).status == "scheduled"
+    # The page's answer is posted where the button was.
+    form = re.search(r'<form method="post" action="([^"]+)">', asked.content.decode())
+    assert form.group(1) == url and 'name="confirmed" value="yes"' in asked.content.decode()
+    done = client.post(url, {"confirmed": "yes"})
+    assert done.status_code == 302
+    stopped = Campaign.objects.get(pk=campaign.pk)
+    assert stopped.status == "stopped" and stopped.next_occurrence_at is None
+
+
+def test_stop_of_an_api_triggered_campaign_says_its_calls_are_refused(client, live_trigger, manager_alice):
+    client.force_login(manager_alice)
+    asked = client.post(f"/admin/campaigns/campaign/{live_trigger.pk}/transition/stop/")
+    assert "Its trigger API refuses every call from now on." in asked.content.decode()
+    assert Campaign.objects.get(pk=live_trigger.pk).status == "live"

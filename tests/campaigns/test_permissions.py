@@ -161,7 +161,7 @@ def _act(client, user, campaign, action, admin_erin):
             f"/api/v1/campaigns/{campaign.pk}/trigger/", {"recipients": [{"external_id": "nobody"}]}, format="json"
         )
     names = {"cancel": "cancel_request"}
-    return client.post(f"{base}/transition/{names.get(action, action)}/")
+    return client.post(f"{base}/transition/{names.get(action, action)}/", {"confirmed": "yes"})  # as Stop's page asks
 
 
 def _dispatch_made(action):

@@ -82,11 +82,18 @@ def test_manager_builds_approver_approves_and_the_graph_counts_the_push(
     page.click("#result_list tbody th a")
     assert "pushed:" in page.locator(".enrollment-history").inner_text()
 
-    # Stopped, its last version no longer reads "Live".
-    from journeys.services.lifecycle import journey_stop
-
-    journey_stop(journey_id=journey.pk, by=manager_alice)
+    # Stop asks again, saying what it does; No goes back, Yes stops; its last version no longer reads "Live".
     page.goto(f"{live_server.url}/admin/journeys/journey/{journey.pk}/change/")
+    page.click("button[name=journey_action][value=stop]")
+    assert "cannot be undone" in page.locator("#lifecycle-question").inner_text()
+    assert "No profile enters it again." in page.locator("#lifecycle-consequences").inner_text()
+    page.click("#lifecycle-cancel")
+    page.wait_for_url(f"**/admin/journeys/journey/{journey.pk}/change/")
+    assert Journey.objects.get(pk=journey.pk).status == "live"
+    page.click("button[name=journey_action][value=stop]")
+    page.click("#lifecycle-confirm")
+    page.wait_for_selector(".messagelist .success")
+    assert Journey.objects.get(pk=journey.pk).status == "stopped"
     assert "Stopped (was live)" in page.locator("table.journey-versions").inner_text()
     assert ">Live<" not in page.locator("table.journey-versions").inner_html()
 

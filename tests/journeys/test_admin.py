@@ -246,9 +246,10 @@ def test_each_transition_button_works_for_a_manager_and_is_refused_to_others(
         Journey.objects.filter(pk=journey.pk).update(status=start)
     url = f"/admin/journeys/journey/{journey.pk}/transition/{button}/"
     for user, refusal in ((viewer_carol, 403), (outsider_dave, 404)):
-        assert login(user).post(url).status_code == refusal, user
+        for asked in ({}, {"confirmed": "yes"}):  # refused, never asked again
+            assert login(user).post(url, asked).status_code == refusal, user
         assert Journey.objects.get(pk=journey.pk).status == start
-    answer = login(manager_alice).post(url)
+    answer = login(manager_alice).post(url, {"confirmed": "yes"})  # Stop's page asks again first
     assert answer.status_code == 302
     assert Journey.objects.get(pk=journey.pk).status == end
 
@@ -1010,3 +1011,36 @@ def test_the_journey_page_reads_as_much_for_thirty_batches_as_for_three(
         for listed in re.findall(r"'\{([0-9,]*)\}'::bigint\[\]", sql)
     ]
     assert not [ids for ids in named if ids & set(older)], "a query named the batches one by one"
+
+
+@pytest.mark.presses("journeys.journey:transition/stop")
+def test_stop_asks_again_counting_the_profiles_inside_and_stops_only_on_the_answer(
+    login, manager_alice, viewer_carol, make_journey, publish, everyone, welcome
+):
+    """Stop was done at the first press: everyone inside left at once, and a stopped journey cannot
+    be started again."""
+    from journeys.models import Enrollment
+
+    for name in ("ann", "ben", "cy"):
+        SegmentMemberFactory(segment=everyone, profile=ProfileFactory(external_id=name))
+    journey = publish(make_journey(graph=simple_graph(condition_segment=everyone.pk, content=welcome.pk, wait=3600)))
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    inside = Enrollment.objects.filter(journey=journey, status__in=Enrollment.OPEN_STATUSES).count()
+    assert inside >= 3
+    url = f"/admin/journeys/journey/{journey.pk}/transition/stop/"
+
+    assert login(viewer_carol).post(url).status_code == 403  # refused as before, not asked
+    client = login(manager_alice)
+    asked = client.post(url)
+    html = asked.content.decode()
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+    assert asked.status_code == 200
+    assert "Stop journey “Onboarding”? This cannot be undone." in text
+    assert f"{inside:,} profiles inside leave it now" in text
+    assert "A stopped journey cannot be started again." in text
+    assert Journey.objects.get(pk=journey.pk).status == "live"
+    assert Enrollment.objects.filter(journey=journey, status__in=Enrollment.OPEN_STATUSES).count() == inside
+    assert client.post(url, {"confirmed": "yes"}).status_code == 302
+    assert Journey.objects.get(pk=journey.pk).status == "stopped"
+    assert not Enrollment.objects.filter(journey=journey, status__in=Enrollment.OPEN_STATUSES).exists()
