@@ -992,11 +992,19 @@ STATEMENTS_PG = {
     for measured in (False, True)
 }
 # The staged rows whose profile the limits' guard may have left alone (and those of others as long;
-# profiles only: that would change it, the others were neither written nor locked).
+# profiles only: that would change it, the others were neither written nor locked). With a
+# segment, also those whose profile is no member: one another writer created after the statement
+# began, which the upsert found and, the row giving it nothing, left alone without returning it
+# (and which the statement could not see to add it); measured and written again, it is known.
 LEFT_ALONE_PG = """
 SELECT s.external_id FROM audiences_import_stage s JOIN audiences_profile o ON o.external_id = s.external_id
-WHERE NOT s.hold AND octet_length(o.attributes::text) > %(room)s{changes}
+WHERE NOT s.hold AND (octet_length(o.attributes::text) > %(room)s{also})
 """
+LEFT_ALONE_ALSO = {
+    "profiles": f" AND {CHANGES}",
+    "segment": " OR NOT EXISTS (SELECT 1 FROM audiences_segmentmember m WHERE m.segment_id = %(segment)s "
+    "AND m.profile_id = o.id)",
+}
 UPSERT_SQLITE = """
 INSERT INTO audiences_profile (external_id, attributes, locale, timezone, created_at, updated_at)
 VALUES (%s, %s, coalesce(%s, ''), coalesce(%s, ''), %s, %s)
@@ -1138,7 +1146,8 @@ def _write_pg(
             statement = statement.format(conflict=conflict)
         cursor.execute(statement, {"now": now, "room": room, "segment": segment_id, "import": import_id})
         if cursor.fetchone()[0] and room is not None:
-            cursor.execute(LEFT_ALONE_PG.format(changes="" if segment_id else f" AND {CHANGES}"), {"room": room})
+            also = LEFT_ALONE_ALSO["segment" if segment_id else "profiles"]
+            cursor.execute(LEFT_ALONE_PG.format(also=also), {"room": room, "segment": segment_id})
             left_alone = [external_id for (external_id,) in cursor.fetchall()]
             if left_alone:
                 index = {external_id: at for at, external_id in enumerate(batch.external_ids)}

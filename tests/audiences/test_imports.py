@@ -343,6 +343,36 @@ def test_a_batch_into_a_segment_locks_the_profiles_it_leaves_as_they_are_in_id_o
 
 @row_locks
 @pytest.mark.django_db(transaction=True)
+def test_a_row_giving_only_an_id_whose_profile_another_writer_creates_meanwhile_is_a_member(manager_alice):
+    """The batch did not see 'new' and inserted it; another writer had created it meanwhile, so the
+    upsert found it and, the row giving nothing, left it as it was: its id was not returned, and the
+    row got no member. Such a row is now written again under its lock and joins the segment."""
+    segment = segment_create(name="Fair", kind=Segment.Kind.IMPORTED, by=manager_alice)
+    created = threading.Event()
+
+    def writer():
+        with transaction.atomic():
+            ProfileFactory(external_id="new", attributes={"plan": "pro"})
+            created.set()
+            assert wait_for_a_blocked_writer()  # the batch, inserting 'new'
+
+    def batch():
+        created.wait(10)
+        rows = Batch(["new", "other"], ["{}", '{"plan": "free"}'], [None, None], [None, None])
+        with transaction.atomic():
+            write_batch(rows, now=timezone.now(), segment_id=segment.pk, import_id=1, replace=False)
+
+    assert concurrently(writer, batch) == []
+    assert {p.external_id: p.attributes for p in Profile.objects.all()} == {
+        "new": {"plan": "pro"},
+        "other": {"plan": "free"},
+    }
+    members = SegmentMember.objects.filter(segment=segment)
+    assert sorted(members.values_list("profile__external_id", flat=True)) == ["new", "other"]
+
+
+@row_locks
+@pytest.mark.django_db(transaction=True)
 def test_a_batch_repeating_an_id_and_a_profiles_call_on_its_profiles_do_not_deadlock(manager_alice, media, monkeypatch):
     """A batch locked the ids it gives once, then those it repeats: here 'a' and 'c', then 'b'. A
     profiles call locks in id order ('b' before 'c'): holding 'b', it waited for 'c' while the batch
