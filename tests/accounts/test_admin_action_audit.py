@@ -55,6 +55,7 @@ def _changelist(model, name: str, obj) -> tuple[str, dict]:
     return reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"), {
         "action": name,
         "_selected_action": [obj.pk],
+        "post": "yes",  # the answer of an action that asks again (a dispatch's Stop), as Django's delete takes it
     }
 
 

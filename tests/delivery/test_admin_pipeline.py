@@ -265,7 +265,11 @@ def test_dispatch_list_reads_every_zone_in_its_own_query(client, viewer_carol, a
 def test_viewer_cannot_stop_a_dispatch_from_the_admin(client, viewer_carol, app):
     dispatch = make_dispatch(app)
     client.force_login(viewer_carol)
-    client.post(reverse("admin:delivery_dispatch_changelist"), {"action": "stop", "_selected_action": [dispatch.pk]})
+    answer = client.post(
+        reverse("admin:delivery_dispatch_changelist"),
+        {"action": "stop", "_selected_action": [dispatch.pk], "post": "yes"},
+    )
+    assert "Stop 1 dispatch?" not in answer.content.decode()
     assert Dispatch.objects.get(pk=dispatch.pk).status == "sending"
 
 
@@ -273,7 +277,18 @@ def test_viewer_cannot_stop_a_dispatch_from_the_admin(client, viewer_carol, app)
 def test_manager_stops_a_dispatch_from_the_admin(client, manager_alice, app):
     dispatch = make_dispatch(app)
     client.force_login(manager_alice)
-    client.post(reverse("admin:delivery_dispatch_changelist"), {"action": "stop", "_selected_action": [dispatch.pk]})
+    url = reverse("admin:delivery_dispatch_changelist")
+    asked = client.post(url, {"action": "stop", "_selected_action": [dispatch.pk]})
+    html = asked.content.decode()
+    assert asked.status_code == 200 and "Stop 1 dispatch? This cannot be undone." in html
+    assert str(dispatch) in html
+    assert Dispatch.objects.get(pk=dispatch.pk).status == "sending"  # asked, not done
+    answer = re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', html)
+    data: dict = {}
+    for name, value in answer:
+        data.setdefault(name, []).append(value)
+    assert data["post"] == ["yes"] and data["_selected_action"] == [str(dispatch.pk)]
+    client.post(url, data)
     assert Dispatch.objects.get(pk=dispatch.pk).status == "stopped"
 
 

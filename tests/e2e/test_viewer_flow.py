@@ -73,7 +73,11 @@ def test_viewer_browses_everything_and_finds_no_way_to_change_it(
         "/admin/campaigns/campaign/add/": {"name": "forged"},
         f"/admin/delivery/app/{world['delivery.app'].pk}/access/": {"user": viewer_carol.pk},
         f"/admin/audiences/segment/{world['audiences.segment'].pk}/delete/": {"post": "yes"},
-        "/admin/delivery/dispatch/": {"action": "stop", "_selected_action": world["delivery.dispatch"].pk},
+        "/admin/delivery/dispatch/": {
+            "action": "stop",
+            "_selected_action": world["delivery.dispatch"].pk,
+            "post": "yes",
+        },
     }
     for path, data in forged.items():
         response = page.request.post(
