@@ -1036,9 +1036,13 @@ def _lock_segment(segment_id: int) -> None:
 
     Members reference their segment without a database constraint (its check cost a query per
     member): this one lock per batch stands for it. Deleting a segment locks it first
-    (``segment_delete``), so a deletion waits for the batch and then removes its members too.
+    (``segment_delete``), so a deletion waits for the batch and then removes its members too. The
+    lock keeps the batches of other imports into the segment out until this one commits (``FOR NO
+    KEY UPDATE``): a batch may add its members in two statements (its repeated ids and those it
+    measured after the others), so two batches at once could each wait for a member the other
+    added ('deadlock detected'). The key is left alone: rows referring to the segment are not held up.
     """
-    lock = " FOR KEY SHARE" if connection.vendor == "postgresql" else ""
+    lock = " FOR NO KEY UPDATE" if connection.vendor == "postgresql" else ""
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT 1 FROM audiences_segment WHERE id = %s{lock}", [segment_id])  # noqa: S608 (constant)
         if cursor.fetchone() is None:

@@ -452,6 +452,51 @@ def test_a_batch_locks_its_profiles_in_id_order_as_a_profiles_call_does(manager_
     }
 
 
+def _lock_waiters() -> int:
+    """How many sessions of the test database wait for a lock now."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0]
+
+
+@row_locks
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("replace", [False, True], ids=["add", "replace"])
+def test_two_imports_into_one_segment_write_its_members_in_turn(manager_alice, monkeypatch, replace):
+    """Each batch repeats an id, so it adds its members in two statements: 'a' then 'b' for one,
+    'b' then 'a' for the other. Both first statements went through (the profiles change nothing),
+    then each waited for the member the other had added ('deadlock detected'). A batch now holds
+    its segment so that no other batch writes its members meanwhile: the second waits."""
+    from audiences import imports
+    from tests.locks import eventually
+
+    a = ProfileFactory(external_id="a", attributes={})
+    b = ProfileFactory(external_id="b", attributes={})
+    segment = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    measure, arrived = imports.measured_rows, []
+
+    def measured_once_the_other_batch_is_in(rows):
+        arrived.append(True)
+        eventually(lambda: len(arrived) == 2 or _lock_waiters() >= 1)
+        return measure(rows)
+
+    monkeypatch.setattr(imports, "measured_rows", measured_once_the_other_batch_is_in)
+
+    def batch(ids, import_id):
+        rows = Batch()
+        rows.add(ids[0], "{}", None, None, line=2)
+        rows.repeats[ids[1]] = [(3, "{}", None, None), (4, "{}", None, None)]
+        with transaction.atomic():
+            write_batch(rows, now=timezone.now(), segment_id=segment.pk, import_id=import_id, replace=replace)
+
+    assert concurrently(lambda: batch("ab", 1), lambda: batch("ba", 2)) == []
+    members = SegmentMember.objects.filter(segment=segment)
+    assert sorted(members.values_list("profile_id", flat=True)) == sorted([a.pk, b.pk])
+
+
 @row_locks
 @pytest.mark.django_db(transaction=True)
 def test_a_batch_its_database_ends_in_a_deadlock_is_written_again(manager_alice, media, caplog):
