@@ -23,8 +23,18 @@ from accounts.selectors import approval_current, in_scope
 from accounts.services import TransitionError
 from config.zones import zoned, zoned_column
 from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
-from journeys.diagram import WAIT_UNITS, duration_parts, version_svg
-from journeys.graph import DAY_SECONDS, EVENT_NAME_MAX, GraphInvalid, contents_of, graph_validate, rules_of, segments_of
+from journeys.diagram import version_svg
+from journeys.graph import (
+    DAY_SECONDS,
+    EVENT_NAME_MAX,
+    WAIT_UNITS,
+    GraphInvalid,
+    contents_of,
+    duration_parts,
+    graph_validate,
+    rules_of,
+    segments_of,
+)
 from journeys.models import Enrollment, Journey, JourneyVersion
 from journeys.review import content_names, entry_audience_text, entry_text
 from journeys.selectors import (

@@ -9,7 +9,7 @@ from django.templatetags.static import static
 from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
-from journeys.graph import DAY_SECONDS, entry_of, exits_of
+from journeys.graph import duration_text, entry_of, exits_of
 
 BOX_W, BOX_H, GAP_X, GAP_Y = 190, 86, 70, 26
 ENTRY_ID = "(entry)"
@@ -21,27 +21,6 @@ COLORS = {
     "push": "#e6f4ea",
     "exit": "#eeeeee",
 }
-
-
-# The units a wait is typed and shown in, largest first: (seconds, as typed, as shown).
-WAIT_UNITS = (
-    (DAY_SECONDS, "days", "day(s)"),
-    (3600, "hours", "hour(s)"),
-    (60, "minutes", "minute(s)"),
-    (1, "seconds", "s"),
-)
-
-
-def duration_parts(seconds: int) -> tuple[int, int]:
-    """A wait as (amount, unit in seconds), in the largest unit it is a whole number of: as the
-    marketer typed it (no wait at all reads as 0 seconds)."""
-    unit = next(unit for unit, _, _ in WAIT_UNITS if seconds % unit == 0) if seconds else 1
-    return seconds // unit, unit
-
-
-def duration_text(seconds: int) -> str:
-    amount, unit = duration_parts(seconds)
-    return f"{amount} {next(shown for u, _, shown in WAIT_UNITS if u == unit)}"
 
 
 def _describe(step: dict, names: dict) -> str:

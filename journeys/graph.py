@@ -33,6 +33,28 @@ MAX_LABEL = 80  # a branch's counter is "passed:<label>", at most 100 characters
 EVENT_NAME_MAX = 100  # an event's name (audiences.Event.name): a longer one is no event's
 
 
+# The units a wait is typed and shown in, largest first: (seconds, as typed, as shown).
+WAIT_UNITS = (
+    (DAY_SECONDS, "days", "day(s)"),
+    (3600, "hours", "hour(s)"),
+    (60, "minutes", "minute(s)"),
+    (1, "seconds", "s"),
+)
+
+
+def duration_parts(seconds: int) -> tuple[int, int]:
+    """A wait as (amount, unit in seconds), in the largest unit it is a whole number of: as the
+    marketer typed it (no wait at all reads as 0 seconds)."""
+    unit = next(unit for unit, _, _ in WAIT_UNITS if seconds % unit == 0) if seconds else 1
+    return seconds // unit, unit
+
+
+def duration_text(seconds: int) -> str:
+    """A wait as the marketer typed it: "2 day(s)", "90 minute(s)", "45 s"."""
+    amount, unit = duration_parts(seconds)
+    return f"{amount:,} {next(shown for u, _, shown in WAIT_UNITS if u == unit)}"
+
+
 def whole_days(seconds: int) -> bool:
     """A wait of whole days, which the engine counts in calendar days of the profile's zone."""
     return seconds > 0 and seconds % DAY_SECONDS == 0
@@ -164,7 +186,10 @@ def _check_step(step: dict, check_segment, check_content, check_rules) -> list[s
             elif seconds < 0:
                 problems.append(f"the wait is negative ({seconds} s); a wait is 0 seconds or more.")
             elif seconds > MAX_WAIT_SECONDS:
-                problems.append(f"the wait is longer than 90 days ({seconds} s).")
+                problems.append(
+                    f"the wait is {duration_text(seconds)}, longer than the {MAX_WAIT_SECONDS // DAY_SECONDS} days "
+                    "a wait may last."
+                )
         elif not isinstance(step["until"], str) or not TIME_OF_DAY.match(step["until"]):
             problems.append(f"the time of day {step['until']!r} is not HH:MM (00:00 to 23:59).")
     elif kind == "condition":

@@ -5,8 +5,8 @@ import json
 from django.utils.html import format_html, format_html_join
 
 from accounts.models import ApprovalRequest, User
-from journeys.diagram import duration_text, version_svg
-from journeys.graph import branch_label, contents_of, segments_of
+from journeys.diagram import version_svg
+from journeys.graph import branch_label, contents_of, duration_text, segments_of
 from journeys.models import Journey, JourneyVersion
 
 

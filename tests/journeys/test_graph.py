@@ -48,6 +48,15 @@ def test_negative_wait_is_refused_naming_the_step():
     assert errors == ["Step 'pause': the wait is negative (-5 s); a wait is 0 seconds or more."]
 
 
+@pytest.mark.parametrize(
+    ("seconds", "said"), [(91 * 86400, "91 day(s)"), (2200 * 3600, "2,200 hour(s)"), (90 * 86400 + 60, "129,601 minute(s)")]
+)
+def test_a_wait_over_90_days_is_refused_in_the_unit_it_was_typed_in(seconds, said):
+    """The message quoted seconds ("7862400 s") for a wait typed as 91 days."""
+    errors = _errors(_steps({"id": "pause", "type": "wait", "seconds": seconds, "next": "done"}, EXIT))
+    assert errors == [f"Step 'pause': the wait is {said}, longer than the 90 days a wait may last."]
+
+
 def test_bad_time_of_day_is_refused():
     (error,) = _errors(_steps({"id": "morning", "type": "wait", "until": "25:00", "next": "done"}, EXIT))
     assert error.startswith("Step 'morning': the time of day '25:00' is not HH:MM")
