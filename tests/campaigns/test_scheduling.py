@@ -85,6 +85,19 @@ def test_an_occurrence_older_than_the_window_is_skipped_and_said(make_campaign, 
     assert not Dispatch.objects.exists()
 
 
+def test_a_window_changed_on_a_live_campaign_applies_to_its_next_late_send(make_campaign, approve, manager_alice):
+    # The window is no part of what an approver signs off: the page took the edit and no revision
+    # waits for an approval, so the next send after downtime is judged by the window as shown.
+    campaign = approve(make_campaign(schedule_kind="recurring", send_at=T0, recurrence="daily"))
+    campaign_update(campaign_id=campaign.pk, by=manager_alice, missed_window_minutes=240)
+    campaign.refresh_from_db()
+    assert not campaign.has_pending_revision
+    assert campaign.approved().missed_window_minutes == 240
+    fired = campaign_fire_due(campaign_id=campaign.pk, now=T0 + dt.timedelta(hours=3))
+    assert [o.outcome for o in fired] == ["sent_late"]
+    assert Dispatch.objects.filter(source_id=campaign.pk, kind="campaign").count() == 1
+
+
 def test_content_edited_after_approval_sends_the_approved_content(make_campaign, approve, content):
     campaign = approve(make_campaign(schedule_kind="at", send_at=T0))
     approved_spec = content.spec()
