@@ -299,6 +299,43 @@ class AccessAdmin(AdminAuditMixin, admin.ModelAdmin):
         raise Http404(f"No {opts.verbose_name} with this id.")
 
 
+ASKED_LISTED = 20  # the objects a list action's question names; the rest are counted
+
+
+def action_asked_again(
+    model_admin: admin.ModelAdmin, request, queryset, *, action: str, verb: str, consequences: list[str]
+) -> TemplateResponse | None:
+    """The page a list action that cannot be undone shows before it acts (as Django's own delete
+    does): the objects chosen (the first ``ASKED_LISTED``, the rest counted), what it will do, and a
+    Yes posting the same choice back with Django's ``post`` answer. None once that answer is posted,
+    or when none of the chosen objects is within the reader's queryset (the action then has nothing
+    to do)."""
+    if request.POST.get("post") == "yes":
+        return None
+    shown = list(queryset.order_by("-pk")[: ASKED_LISTED + 1])
+    if not shown:
+        return None
+    count = len(shown) if len(shown) <= ASKED_LISTED else queryset.count()
+    opts = model_admin.model._meta
+    name = opts.verbose_name if count == 1 else opts.verbose_name_plural
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "opts": opts,
+        "title": f"{verb} {name}?",
+        "question": f"{verb} {count:,} {name}? This cannot be undone.",
+        "verb": verb,
+        "action": action,
+        "shown": shown[:ASKED_LISTED],
+        "count": count,
+        "more": count - min(count, ASKED_LISTED),
+        "consequences": consequences,
+        "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+        "select_across": request.POST.get("select_across") == "1",
+        "action_url": request.get_full_path(),
+    }
+    return TemplateResponse(request, "admin/action_confirm.html", context)
+
+
 def deleted_objects_counted(model_admin: admin.ModelAdmin, request, objs) -> tuple[list, dict, set, list]:
     """What Django's delete confirmation takes (``get_deleted_objects``), with counts instead of a
     line per related object: the objects themselves (linked), how many rows of each kind go with

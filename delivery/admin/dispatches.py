@@ -4,7 +4,6 @@ import json
 
 from django.apps import apps
 from django.contrib import admin, messages
-from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404
@@ -13,7 +12,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
 
-from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin, ScopedAdmin, row_id
+from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin, ScopedAdmin, action_asked_again, row_id
 from accounts.selectors import visible_to
 from config.zones import zone, zoned_column
 from delivery.admin.contents import _spec_previews_html
@@ -70,9 +69,6 @@ class CampaignFilter(admin.SimpleListFilter):
     def queryset(self, request, queryset):
         campaign = _campaign_asked(request)
         return queryset if campaign is None else campaign_sends(queryset, campaign.pk)
-
-
-STOP_LISTED = 20  # the dispatches the stop's question names; the rest are counted
 
 
 @admin.register(Dispatch)
@@ -283,9 +279,14 @@ class DispatchAdmin(ScopedAdmin):
 
     @admin.action(description="Stop the selected dispatches (queued rows are not sent)", permissions=["stop"])
     def stop(self, request, queryset):
-        """Asks again first (Django's ``post`` answer, as its delete does): a stop cannot be undone."""
-        if request.POST.get("post") != "yes":
-            return self._stop_asked(request, queryset)
+        consequences = [
+            "Their pushes not yet handed to Apple or Google are skipped (stopped); those already handed over "
+            "keep their outcome. A finished dispatch is left as it is.",
+            "The campaign or journey that made them goes on (its next send, trigger call or journey step opens "
+            "a new dispatch): stop it to stop sending.",
+        ]
+        if asked := action_asked_again(self, request, queryset, action="stop", verb="Stop", consequences=consequences):
+            return asked
         for dispatch in queryset:
             try:
                 dispatch_stop(dispatch_id=dispatch.pk, by=request.user)
@@ -293,26 +294,6 @@ class DispatchAdmin(ScopedAdmin):
                 self.message_user(request, f"{dispatch}: {exc}", messages.ERROR)
                 continue
             self.message_user(request, f"{dispatch}: stopped.", messages.SUCCESS)
-
-    def _stop_asked(self, request, queryset):
-        from django.template.response import TemplateResponse
-
-        shown = list(queryset.order_by("-pk")[: STOP_LISTED + 1])
-        if not shown:  # those selected are not within the reader's access: nothing to ask
-            return None
-        count = len(shown) if len(shown) <= STOP_LISTED else queryset.count()
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.model._meta,
-            "title": "Stop dispatches?",
-            "shown": shown[:STOP_LISTED],
-            "count": count,
-            "more": count - min(count, STOP_LISTED),
-            "selected": request.POST.getlist(ACTION_CHECKBOX_NAME),
-            "select_across": request.POST.get("select_across") == "1",
-            "action_url": request.get_full_path(),
-        }
-        return TemplateResponse(request, "admin/delivery/dispatch/stop_confirm.html", context)
 
     def has_stop_permission(self, request):
         return request.user.has_perm("delivery.stop_dispatch")

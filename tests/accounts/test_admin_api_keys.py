@@ -63,9 +63,12 @@ def test_revoke_action_revokes(client, manager_alice):
 
     key, _ = api_key_create(user=manager_alice, name="mine", scopes=["read"], by=manager_alice)
     client.force_login(manager_alice)
-    response = client.post(
-        "/admin/accounts/apikey/", {"action": "revoke_keys", "_selected_action": [key.pk]}, follow=True
-    )
+    press = {"action": "revoke_keys", "_selected_action": [key.pk]}
+    asked = client.post("/admin/accounts/apikey/", press)  # asked again first: a revoked key stays revoked
+    assert "Revoke 1 API key? This cannot be undone." in asked.content.decode()
+    key.refresh_from_db()
+    assert not key.is_revoked
+    response = client.post("/admin/accounts/apikey/", {**press, "post": "yes"}, follow=True)
     assert response.status_code == 200
     key.refresh_from_db()
     assert key.is_revoked
@@ -129,11 +132,13 @@ def test_revoke_action_is_refused_to_a_viewer_and_reaches_no_one_elses_key(
     key, _ = api_key_create(user=manager_alice, name="mine", scopes=["read"], by=manager_alice)
     client.force_login(viewer_carol)
     assert (
-        client.post("/admin/accounts/apikey/", {"action": "revoke_keys", "_selected_action": [key.pk]}).status_code
+        client.post(
+            "/admin/accounts/apikey/", {"action": "revoke_keys", "_selected_action": [key.pk], "post": "yes"}
+        ).status_code
         == 403
     )
     client.force_login(manager_mallory)  # another Manager: alice's key is not in her list
-    client.post("/admin/accounts/apikey/", {"action": "revoke_keys", "_selected_action": [key.pk]})
+    client.post("/admin/accounts/apikey/", {"action": "revoke_keys", "_selected_action": [key.pk], "post": "yes"})
     key.refresh_from_db()
     assert not key.is_revoked
 

@@ -497,10 +497,16 @@ def test_delete_segments_deletes_for_its_manager_and_nothing_for_a_viewer_or_out
     segment = segment_create(name="Pros", rules=PRO, by=manager_alice)
     access_grant(obj=segment, to=viewer_carol, by=None)
     press = {"action": "delete_segments", "_selected_action": [segment.pk]}
-    assert login(viewer_carol).post("/admin/audiences/segment/", press).status_code in (200, 302, 403)
-    login(manager_mallory).post("/admin/audiences/segment/", press)  # not in her list: nothing happens
+    answered = {**press, "post": "yes"}
+    assert login(viewer_carol).post("/admin/audiences/segment/", answered).status_code in (200, 302, 403)
+    login(manager_mallory).post("/admin/audiences/segment/", answered)  # not in her list: nothing happens
     assert Segment.objects.filter(pk=segment.pk).exists()
-    assert login(manager_alice).post("/admin/audiences/segment/", press).status_code == 302
+    client = login(manager_alice)
+    asked = client.post("/admin/audiences/segment/", press)  # asked again first: a deletion cannot be undone
+    assert asked.status_code == 200 and "Delete 1 segment? This cannot be undone." in asked.content.decode()
+    assert "Pros" in asked.content.decode()
+    assert Segment.objects.filter(pk=segment.pk).exists()
+    assert client.post("/admin/audiences/segment/", answered).status_code == 302
     assert not Segment.objects.filter(pk=segment.pk).exists()
 
 

@@ -420,7 +420,7 @@ def test_the_delete_page_of_a_segment_a_journey_tests_says_so_and_its_post_delet
     # The list's action refuses it as well, saying why.
     answer = client.post(
         "/admin/audiences/segment/",
-        {"action": "delete_segments", "_selected_action": [vips.pk]},
+        {"action": "delete_segments", "_selected_action": [vips.pk], "post": "yes"},
         follow=True,
     )
     assert "is used by journey “Onboarding”" in answer.content.decode()
