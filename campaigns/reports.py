@@ -143,19 +143,28 @@ LINE_OUTCOMES = ("targeted", "accepted", "opened")
 def _frozen_variants(dispatch_ids: list[int], numbers: set[int]) -> dict[int, dict]:
     """What each variant of ``numbers`` sent, as the newest of these dispatches (ids, the newest
     first) that froze it: read a few dispatches at a time until each is found, most often in the
-    newest alone."""
+    newest alone. A winner test's rest froze the winner with the share of everyone but the holdout:
+    its share is the one approved, as the sample froze it (the rest's only when no other has it)."""
     from delivery.models import Dispatch
 
     contents: dict[int, dict] = {}
+    rest: dict[int, dict] = {}
     for start in range(0, len(dispatch_ids), FROZEN_AT_ONCE):
         if numbers <= contents.keys():
             break
         chunk = dispatch_ids[start : start + FROZEN_AT_ONCE]
-        frozen = dict(Dispatch.objects.filter(among("pk", chunk)).values_list("pk", "variants"))
+        frozen = {
+            pk: (variants, sample)
+            for pk, variants, sample in Dispatch.objects.filter(among("pk", chunk)).values_list(
+                "pk", "variants", "sample"
+            )
+        }
         for pk in chunk:
-            for variant in frozen.get(pk) or []:
-                contents.setdefault(variant["number"], variant)
-    return contents
+            variants, sample = frozen.get(pk) or (None, None)
+            found = rest if (sample or {}).get("part") == "rest" else contents
+            for variant in variants or []:
+                found.setdefault(variant["number"], variant)
+    return {**rest, **contents}
 
 
 FROZEN_AT_ONCE = 20

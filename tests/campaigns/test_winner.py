@@ -219,6 +219,30 @@ def test_the_fallback_applies_when_no_variant_wins(
     assert sent == set(rest_variants)
 
 
+def test_the_report_gives_each_variant_its_approved_share_after_the_rest_is_sent(
+    shop, contents, manager_alice, approver_bob, pushsim
+):
+    from campaigns.reports import campaign_report
+
+    _phones(120, shop)
+    campaign = _approve(_campaign(manager_alice, shop, contents, winner=WINNER), manager_alice, approver_bob)
+    sample = _sample(campaign)
+    _open(sample, 2, 0.9)
+    test = winner_pick(campaign_id=campaign.pk, now=T0 + dt.timedelta(hours=2))
+    assert (test.outcome, test.winner) == ("winner", 2)
+    _send(test.remainder_dispatch_id)
+    report = campaign_report(campaign)
+    # B went to the rest too, with every share but the holdout's; approved, it had 45%, as A.
+    assert [(v["variant"], v["content"], v["share"]) for v in report["variants"]] == [
+        ("A", "Sale A", 45),
+        ("B", "Sale B", 45),
+    ]
+    rest = Delivery.objects.filter(dispatch_id=test.remainder_dispatch_id, variant=2).values("profile_id")
+    assert report["variants"][1]["profiles"] == (
+        Delivery.objects.filter(dispatch=sample, variant=2).values("profile_id").union(rest).count()
+    )
+
+
 def test_the_conversion_rate_picks_by_the_goal_frozen_at_approval(shop, contents, manager_alice, approver_bob, pushsim):
     _phones(150, shop)
     campaign = _campaign(manager_alice, shop, contents)
