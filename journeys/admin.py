@@ -21,7 +21,7 @@ from accounts.admin.lifecycle import LifecycleAdminMixin, approval_text
 from accounts.json_values import JsonValueFormField
 from accounts.selectors import approval_current, in_scope
 from accounts.services import TransitionError
-from config.zones import zoned, zoned_column
+from config.zones import zone, zoned, zoned_column
 from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
 from journeys.diagram import version_svg
 from journeys.graph import (
@@ -465,13 +465,14 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         if version is None:
             return "—"
         dispatches = version_dispatches(version)
-        charts = report_charts(dispatch_ids=dispatches)  # their rollup joined to them, however many
+        # Their rollup joined to them, however many; in the journey's zone, as its other times.
+        charts = report_charts(dispatch_ids=dispatches, tz=zone(JOURNEY_ZONE))
         stats = self._shown_stats(obj)
         charts["steps"] = step_series(stats)
         head = _report_version_html(obj, version)  # above the conversions too: they are the version's
         html = format_html(
             "{}{}",
-            rows_deleted_html(rows_deleted(dispatches), "UTC", per_profile="the conversions per step"),
+            rows_deleted_html(rows_deleted(dispatches), JOURNEY_ZONE, per_profile="the conversions per step"),
             mark_safe(report_charts_html(charts)),  # noqa: S308 (a template, autoescaped)
         )
         goal = Goal.of(obj)

@@ -1044,3 +1044,41 @@ def test_stop_asks_again_counting_the_profiles_inside_and_stops_only_on_the_answ
     assert client.post(url, {"confirmed": "yes"}).status_code == 302
     assert Journey.objects.get(pk=journey.pk).status == "stopped"
     assert not Enrollment.objects.filter(journey=journey, status__in=Enrollment.OPEN_STATUSES).exists()
+
+
+def test_the_report_shows_its_times_in_utc_named_whatever_the_servers_zone(
+    login, manager_alice, make_journey, settings
+):
+    """A journey has no zone of its own: its page says UTC everywhere, but its report's charts were
+    drawn in the server's current zone, whatever that was, so on a server set to Paris an hour read
+    an hour off the enrollments' times beside it."""
+    import datetime as dt
+
+    from delivery.models import DeliveryRollup, Dispatch
+
+    settings.TIME_ZONE = "Europe/Paris"
+    journey = make_journey()
+    version = journey.versions.get()
+    at = dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.UTC)
+    batch = Dispatch.objects.create(
+        app=journey.app,
+        kind="journey",
+        source_id=version.pk,
+        context={"journey": {"id": journey.pk, "name": journey.name, "version": 1, "step": "push"}},
+        content_spec={"title": "Hi"},
+        status="done",
+        total=2,
+        accepted=2,
+        created_at=at,
+        finished_at=at,
+        rows_deleted_at=at,
+    )
+    DeliveryRollup.objects.bulk_create(
+        DeliveryRollup(dispatch=batch, period=at, platform="ios", outcome=outcome, rows=2)
+        for outcome in ("targeted", "accepted")
+    )
+    page = login(manager_alice).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    report = page[page.index('id="pd-report"') :]
+    assert "<th>hour (UTC)</th>" in report and "<td>2026-03-02 10:00</td>" in report
+    assert "Europe/Paris" not in page and "2026-03-02 11:00" not in page
+    assert "the latest finished 2026-03-02 10:00 (UTC)" in page
