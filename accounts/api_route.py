@@ -86,7 +86,7 @@ def api_route(request, view, kwargs: dict):
         return None
     if not _plain_json(meta.get("CONTENT_TYPE", "")) or not 0 < length <= settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
         return None
-    stamps = view_stamps_read(view, kwargs, matched["prefix"])
+    stamps = view_stamps_read(view, kwargs, matched)
     request.pushdesk_stamps = stamps  # the view reads them, rate token included, if it answers
     key = cached_key(matched["prefix"], stamps["access"])
     if key_refusal(key, matched[0]) is not None:

@@ -5,6 +5,7 @@ behind the ``access`` version stamp (``accounts.stamps``): each request reads th
 in one round trip, with its key's rate limit when the view has one, and reloads what changed.
 """
 
+import hashlib
 import re
 import threading
 import time
@@ -53,19 +54,30 @@ def request_stamps(request) -> Stamps | None:
     return getattr(request._request, "pushdesk_stamps", None)
 
 
-def view_stamps_read(view, kwargs: dict, prefix: str) -> Stamps:
-    """Read ``access`` and the stamps ``view`` names, and take its per-key rate limit, in one trip."""
+def rate_bucket_of(match: re.Match) -> str:
+    """The name of the rate buckets of the key in ``match`` (``bearer_key``'s): its prefix and a
+    digest of the whole key. The rate is taken before the key is checked (in the round trip that
+    reads the stamps the check needs), and a prefix is no secret (the admin, /me/ and the audit
+    log show it): a call with a key's prefix and a wrong secret takes from a bucket of its own,
+    never from that key's."""
+    return f"{match['prefix']}:{hashlib.sha256(match[0].encode()).hexdigest()[:16]}"
+
+
+def view_stamps_read(view, kwargs: dict, match: re.Match) -> Stamps:
+    """Read ``access`` and the stamps ``view`` names, and take its per-key rate limit, in one trip.
+
+    ``match`` is the request's key as ``bearer_key`` found it."""
     names = ["access", *(view.stamp_names(kwargs) if hasattr(view, "stamp_names") else [])]
     rate_name, rate = view.rate_limit() if hasattr(view, "rate_limit") else (None, 0.0)
-    return stamps_read(names, rate_key=f"{rate_name}:{prefix}" if rate_name else None, rate=rate)
+    return stamps_read(names, rate_key=f"{rate_name}:{rate_bucket_of(match)}" if rate_name else None, rate=rate)
 
 
-def _stamps_for(request, prefix: str) -> Stamps:
+def _stamps_for(request, match: re.Match) -> Stamps:
     """The request's stamps: read once, here or by the API's own route when it hands the call on."""
     stamps = getattr(request._request, "pushdesk_stamps", None)
     if stamps is None:
         context = request.parser_context or {}
-        stamps = view_stamps_read(context.get("view"), context.get("kwargs") or {}, prefix)
+        stamps = view_stamps_read(context.get("view"), context.get("kwargs") or {}, match)
         request._request.pushdesk_stamps = stamps
     return stamps
 
@@ -124,7 +136,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         if not header:
             return None
         match = bearer_key(header)
-        stamps = _stamps_for(request, match["prefix"])
+        stamps = _stamps_for(request, match)
         key = cached_key(match["prefix"], stamps["access"])
         refusal = key_refusal(key, match[0])
         if refusal is not None:

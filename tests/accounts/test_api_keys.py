@@ -233,3 +233,29 @@ def test_a_method_an_accept_or_a_content_type_the_api_does_not_take_answers_its_
     assert (xml_only.status_code, xml_only.json()["code"]) == (406, "not_acceptable")
     form = client.post("/api/v1/profiles/", "external_id=a", content_type="application/x-www-form-urlencoded")
     assert (form.status_code, form.json()["code"]) == (415, "unsupported_media_type")
+
+
+def test_calls_with_a_key_s_prefix_and_a_wrong_secret_spend_nothing_of_its_trigger_rate(
+    pushsim_app, manager_alice, approver_bob, settings
+):
+    """A key's prefix is no secret (the admin's list, /me/ and the audit log show it): refused
+    calls naming it took from the key's rate bucket, so anyone could hold its triggers at 429."""
+    from delivery.models import Dispatch
+    from tests.campaigns.conftest import _live_trigger
+    from tests.factories import DeviceFactory, ProfileFactory
+
+    settings.PUSHDESK_TRIGGER_RATE_PER_KEY = 1
+    campaign = _live_trigger(pushsim_app, manager_alice, approver_bob, title="Shipped", body="On its way")
+    DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=pushsim_app)
+    _, raw = api_key_create(user=manager_alice, name="backend", scopes=["trigger"], by=manager_alice)
+    forged = raw[:-4] + ("AAAA" if not raw.endswith("AAAA") else "BBBB")
+    url, body = f"/api/v1/campaigns/{campaign.pk}/trigger/", {"recipients": [{"external_id": "zoe"}]}
+    for _ in range(3):
+        refused = _client(forged).post(url, body, format="json")
+        assert (refused.status_code, refused.json()["code"]) == (401, "api_key_invalid")
+    answer = _client(raw).post(url, body, format="json")
+    assert answer.status_code == 202, answer.json()
+    assert Dispatch.objects.get(pk=answer.json()["dispatch"]).source_id == campaign.pk
+    assert answer.json()["queued"] == 1
+    throttled = _client(raw).post(url, body, format="json")  # the key's own calls still count
+    assert throttled.status_code == 429 and int(throttled["Retry-After"]) >= 1
