@@ -11,6 +11,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
+from django.db.models.query_utils import DeferredAttribute
 
 
 @lru_cache(maxsize=4)
@@ -71,23 +72,68 @@ def fingerprint(plaintext: str) -> str:
     return f"SHA256:{digest[:16]}"
 
 
+class Sealed:
+    """A stored token as loaded, not decrypted yet: what an ``EncryptedTextField`` holds until the
+    attribute is read. Never a str, so it cannot be sent or shown as the secret; says nothing of it."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: str):
+        self.token = token
+
+    def __repr__(self) -> str:
+        return "<encrypted>"
+
+    def __reduce__(self):
+        return (Sealed, (self.token,))
+
+
+class _DecryptedOnRead(DeferredAttribute):
+    """The attribute of an ``EncryptedTextField``: the loaded token is decrypted the first time it is
+    read, and the text kept in its place."""
+
+    def __get__(self, instance, cls=None):
+        if instance is None:
+            return self
+        value = super().__get__(instance, cls)
+        if isinstance(value, Sealed):
+            value = instance.__dict__[self.field.attname] = decrypt(value.token)
+        return value
+
+    def __set__(self, instance, value):
+        instance.__dict__[self.field.attname] = value
+
+
 class EncryptedTextField(models.TextField):
     """A text column stored encrypted; decrypted in Python, never in SQL.
 
-    A row loaded with the column decrypts it then (``from_db_value``), and one no key opens raises
-    ImproperlyConfigured: a reader that may meet such a row and does not need the secret defers the
-    column (``.defer(...)``), as the apps' admin list and ``manage.py status`` do. Empty strings stay
-    empty (an unset secret).
+    A row is loaded with its token still encrypted (``Sealed``), whichever way it is loaded (its own
+    queryset, ``select_related``, a related object's attribute), and the token is decrypted the first
+    time the attribute is read: a row no key of PUSHDESK_ENCRYPTION_KEY opens loads and shows, and
+    only reading its secret raises ImproperlyConfigured. A reader about to use a secret reads it
+    first, to say which cannot be decrypted before it starts anything
+    (``delivery.services.apps.app_secrets_read``). Saving a row whose secret was never read stores
+    its token back as it was. ``values()`` and ``values_list()`` give the ``Sealed`` token, not the
+    text. Empty strings stay empty (an unset secret).
     """
 
     description = "Text encrypted at rest"
+    descriptor_class = _DecryptedOnRead
 
     def from_db_value(self, value, expression, connection):
         if value in (None, ""):
             return value
-        return decrypt(value)
+        return Sealed(value)
+
+    def pre_save(self, model_instance, add):
+        value = model_instance.__dict__.get(self.attname)
+        if isinstance(value, Sealed):
+            return value  # never read: stored back as it was, without decrypting it
+        return super().pre_save(model_instance, add)
 
     def get_prep_value(self, value):
+        if isinstance(value, Sealed):
+            return value.token
         value = super().get_prep_value(value)
         if value in (None, ""):
             return value

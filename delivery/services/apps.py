@@ -443,10 +443,17 @@ class _NoTransport:
 SECRET_FIELDS = {"apns_private_key": "the APNs .p8 key", "fcm_service_account": "the FCM service account"}
 
 
+def _unreadable(app_id: int, name: str, what: str) -> str:
+    return (
+        f"app '{name}' (id {app_id}): {what} cannot be decrypted with this PUSHDESK_ENCRYPTION_KEY "
+        "(a different key, or one dropped before rotating?)"
+    )
+
+
 def app_secret_problems(*, app_id: int | None = None) -> dict[int, list[str]]:
     """Try to decrypt each app's stored credentials (or ``app_id``'s) with PUSHDESK_ENCRYPTION_KEY;
     return {app id: [what cannot be decrypted, said]} for those that fail, never a secret. For
-    Test connection and ``manage.py status`` (a restore drill's check that the key came along)."""
+    ``manage.py status`` (a restore drill's check that the key came along)."""
     columns = ", ".join(SECRET_FIELDS)
     sql = f"SELECT id, name, {columns} FROM {App._meta.db_table}"  # noqa: S608 (constants)
     params = []
@@ -459,10 +466,20 @@ def app_secret_problems(*, app_id: int | None = None) -> dict[int, list[str]]:
         for pk, name, *stored in cursor.fetchall():
             for what, token in zip(SECRET_FIELDS.values(), stored, strict=True):
                 if not secret_decrypts(token):
-                    problems.setdefault(pk, []).append(
-                        f"app '{name}' (id {pk}): {what} cannot be decrypted with this PUSHDESK_ENCRYPTION_KEY "
-                        "(a different key, or one dropped before rotating?)"
-                    )
+                    problems.setdefault(pk, []).append(_unreadable(pk, name, what))
+    return problems
+
+
+def app_secrets_read(app: App) -> list[str]:
+    """Decrypt a loaded app's credentials (kept on it for the send) and return what cannot be
+    decrypted, said as ``app_secret_problems`` says it (never a secret); no query. Whoever is about to
+    send, or to test the connection, reads them first: a send starts only when both are read."""
+    problems = []
+    for field, what in SECRET_FIELDS.items():
+        try:
+            getattr(app, field)
+        except ImproperlyConfigured:
+            problems.append(_unreadable(app.pk, app.name, what))
     return problems
 
 
@@ -473,16 +490,11 @@ def app_test_connection(*, app_id: int, by: User) -> list[ConnectionCheck]:
     access token from the token URI, then a ``validate_only`` message. Raises
     PermissionDenied when ``by`` may not test this app's connection.
     """
-    app = App.objects.defer(*SECRET_FIELDS).get(pk=app_id)
+    app = App.objects.get(pk=app_id)
     if not can(by, "delivery.test_connection_app", app):
         raise PermissionDenied("Only an Administrator with access to this app can test its connection.")
     checks = []
-    try:  # read and decrypted once, for the checks below
-        app.refresh_from_db(fields=list(SECRET_FIELDS))
-    except ImproperlyConfigured:  # one no key opens stops the read: name each
-        unreadable = app_secret_problems(app_id=app.pk).get(app.pk)
-    else:
-        unreadable = None
+    unreadable = app_secrets_read(app)  # decrypted once, for the checks below
     if unreadable:  # a restored database under another key: say so, rather than fail
         checks.append(ConnectionCheck("-", False, f"{'; '.join(unreadable)}: nothing was tried."))
     else:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -44,6 +45,7 @@ from delivery.payloads import (
 from delivery.providers import Outcome, OutcomeKind
 from delivery.providers.apns import ApnsClient, ApnsMessage
 from delivery.providers.fcm import FcmClient, FcmMessage
+from delivery.services.apps import app_secrets_read
 from delivery.services.claims import Claimed, Result, deliveries_claim, deliveries_write_back
 from delivery.services.devices import devices_invalidate
 from delivery.services.dispatches import (
@@ -323,6 +325,14 @@ def _fail_platform(dispatch: Dispatch, platform: str, reason: str) -> None:
     )
 
 
+def credentials_unreadable_said(dispatch: Dispatch, unreadable: list[str]) -> str:
+    """Why a dispatch is not sent while its app's credentials cannot be decrypted, for the operator."""
+    return (
+        f"Dispatch {dispatch.pk} is not sent: {'; '.join(unreadable)}. Its rows stay queued and are sent "
+        "once PUSHDESK_ENCRYPTION_KEY holds the key they were stored under (manage.py status names them)."
+    )
+
+
 def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> SendReport:
     """Claim and send this dispatch's queued rows until none is ready or the time budget is spent.
 
@@ -331,6 +341,7 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
     budget is spent with work left, or when the worker is asked to stop (SIGTERM): then the
     batch in flight is finished first, so a planned stop leaves no row ``unknown``. Finishes the
     dispatch when no row is left to send. Sends nothing on a copy of another instance's database.
+    Raises ImproperlyConfigured, having claimed nothing, when the app's credentials cannot be decrypted.
     """
     report = SendReport()
     if instance_refuses(action=f"send dispatch {dispatch_id}"):
@@ -341,6 +352,10 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
     if dispatch is None or dispatch.status != Dispatch.Status.SENDING or dispatch.standing:
         return report  # a stream's rows are sent by its senders (delivery.services.stream_senders)
     app = dispatch.app
+    unreadable = app_secrets_read(app)  # decrypted here, once, for the provider clients
+    if unreadable:
+        # Nothing is claimed: the rows stay queued, and the watchdog tries again each minute.
+        raise ImproperlyConfigured(credentials_unreadable_said(dispatch, unreadable))
     limits = [(f"app:{app.pk}", app.rate_limit_per_second)]
     if dispatch.rate_limit_per_second:
         limits.append((f"dispatch:{dispatch.pk}", dispatch.rate_limit_per_second))

@@ -223,14 +223,31 @@ class _Stream:
     limit: int  # rows a claim takes at most: a batch, and at most a second's worth under its limits
 
 
+# What this process has said of the streams it does not send (their app's credentials cannot be
+# decrypted), so the senders, which open the streams every few seconds, say it once.
+_UNREADABLE_SAID: set[str] = set()
+
+
 def _open_streams(ids: list[int] | None = None) -> dict[int, _Stream]:
-    from delivery.services.sending import dispatch_needs_profiles
+    """The open streams to send, their app's credentials decrypted; a stream whose app's credentials
+    cannot be decrypted is left out, its rows queued, and said once in the log (the others go on)."""
+    from delivery.services.apps import app_secrets_read
+    from delivery.services.sending import credentials_unreadable_said, dispatch_needs_profiles
 
     found = Dispatch.objects.select_related("app").filter(standing=True, status=Dispatch.Status.SENDING)
     if ids is not None:
         found = found.filter(pk__in=ids)
     streams = {}
+    apps = {}
     for dispatch in found:
+        dispatch.app = apps.setdefault(dispatch.app_id, dispatch.app)  # each app decrypted once
+        unreadable = app_secrets_read(dispatch.app)
+        if unreadable:
+            said = credentials_unreadable_said(dispatch, unreadable)
+            if said not in _UNREADABLE_SAID:
+                _UNREADABLE_SAID.add(said)
+                log.error(said, extra={"dispatch": dispatch.pk, "app": dispatch.app_id})
+            continue
         limits = [(f"app:{dispatch.app_id}", dispatch.app.rate_limit_per_second)]
         if dispatch.rate_limit_per_second:
             limits.append((f"dispatch:{dispatch.pk}", dispatch.rate_limit_per_second))

@@ -61,3 +61,52 @@ def test_status_the_gauge_and_the_rotation_judge_a_stored_secret_alike(settings,
 
 
 _SAID = "cannot be decrypted with this PUSHDESK_ENCRYPTION_KEY (a different key, or one dropped before rotating?)"
+
+
+@pytest.mark.parametrize(("token", "decrypts"), STORED.values(), ids=STORED.keys())
+def test_a_row_loads_whatever_its_secret_and_only_reading_the_secret_judges_it(settings, token, decrypts):
+    """The field judges a token as ``secret_decrypts`` does, when its attribute is read: loading the row
+    (its own queryset, a related row's ``select_related``) decrypted it, and one no key opened raised there."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from delivery.models import Device
+    from delivery.services.apps import app_secrets_read
+    from tests.factories import DeviceFactory
+
+    settings.PUSHDESK_ENCRYPTION_KEY = f"{NEW.decode()},{OLD.decode()}"
+    app = AppFactory(name="Restored")
+    App.objects.filter(pk=app.pk).update(apns_private_key=models.Value(token, output_field=models.TextField()))
+    device = DeviceFactory(app=app)
+
+    loaded = Device.objects.select_related("app").get(pk=device.pk).app
+    assert (loaded.name, repr(loaded.__dict__["apns_private_key"]) if token else "") == (
+        "Restored",
+        "<encrypted>" if token else "",
+    )
+    assert app_secrets_read(loaded) == ([] if decrypts else [f"app 'Restored' (id {app.pk}): the APNs .p8 key {_SAID}"])
+    if decrypts:
+        assert loaded.apns_private_key == ("-----BEGIN PRIVATE KEY-----" if token else "")
+    else:
+        with pytest.raises(ImproperlyConfigured, match="cannot be decrypted"):
+            _ = App.objects.get(pk=app.pk).apns_private_key
+
+
+def test_an_app_saved_without_its_secret_read_keeps_the_token_it_was_stored_under(settings):
+    """A restored database under the wrong key: renaming the app stores its key back untouched, so
+    it opens again once the right key is set; a secret set anew is encrypted under the current key."""
+    settings.PUSHDESK_ENCRYPTION_KEY = OLD.decode()
+    app = AppFactory(name="Restored")
+    App.objects.filter(pk=app.pk).update(apns_private_key="a .p8 key")  # through the field: encrypted
+    stored = App.objects.values_list("apns_private_key", flat=True).get(pk=app.pk).token
+
+    settings.PUSHDESK_ENCRYPTION_KEY = NEW.decode()
+    app = App.objects.get(pk=app.pk)
+    app.name = "Renamed"
+    app.fcm_service_account = "a service account"
+    app.save()
+    raw = App.objects.annotate(token=models.functions.Cast("apns_private_key", models.TextField()))
+    assert raw.values_list("name", "token").get(pk=app.pk) == ("Renamed", stored)
+    assert App.objects.get(pk=app.pk).fcm_service_account == "a service account"
+
+    settings.PUSHDESK_ENCRYPTION_KEY = OLD.decode()
+    assert App.objects.get(pk=app.pk).apns_private_key == "a .p8 key"

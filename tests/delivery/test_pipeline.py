@@ -964,3 +964,44 @@ def test_a_sender_waiting_for_the_next_retry_ends_when_its_dispatch_is_stopped(
     assert len(sleeps) == 3 and time.monotonic() - started < 5
     assert report.claimed == 0
     assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", "attempts")) == {("queued", 0)}
+
+
+def test_a_dispatch_of_an_app_whose_credentials_cannot_be_decrypted_claims_nothing_and_says_why(
+    pushsim_app, pushsim, open_gate, settings, django_capture_on_commit_callbacks
+):
+    """A database restored under another PUSHDESK_ENCRYPTION_KEY: the dispatch is prepared, and its send
+    stops before claiming a row, naming the app and each credential; once the key is right, it goes."""
+    from cryptography.fernet import Fernet
+    from django.core.exceptions import ImproperlyConfigured
+
+    right = settings.PUSHDESK_ENCRYPTION_KEY
+    content = PushContentFactory(app=pushsim_app)
+    profiles = ProfileFactory.create_batch(2)
+    platforms = ["ios", "android"]
+    devices = [DeviceFactory(profile=p, app=pushsim_app, platform=o) for p, o in zip(profiles, platforms, strict=True)]
+    settings.PUSHDESK_ENCRYPTION_KEY = Fernet.generate_key().decode()
+    with django_capture_on_commit_callbacks(execute=False):
+        dispatch = dispatch_create(
+            app_id=pushsim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
+        )
+        dispatch_prepare(dispatch_id=dispatch.pk)
+
+    with pytest.raises(ImproperlyConfigured) as refused:
+        dispatch_send(dispatch_id=dispatch.pk)
+    app = f"app '{pushsim_app.name}' (id {pushsim_app.pk})"
+    unreadable = (
+        "cannot be decrypted with this PUSHDESK_ENCRYPTION_KEY (a different key, or one dropped before rotating?)"
+    )
+    assert str(refused.value) == (
+        f"Dispatch {dispatch.pk} is not sent: {app}: the APNs .p8 key {unreadable}; "
+        f"{app}: the FCM service account {unreadable}. Its rows stay queued and are sent once "
+        "PUSHDESK_ENCRYPTION_KEY holds the key they were stored under (manage.py status names them)."
+    )
+    assert list(Delivery.objects.filter(dispatch=dispatch).values_list("status", "attempts")) == [("queued", 0)] * 2
+    assert Dispatch.objects.get(pk=dispatch.pk).status == Dispatch.Status.SENDING
+    assert all(pushsim.state.count(d.token) == 0 for d in devices)
+
+    settings.PUSHDESK_ENCRYPTION_KEY = right
+    dispatch_send(dispatch_id=dispatch.pk)
+    assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", flat=True)) == {"accepted"}
+    assert all(pushsim.state.count(d.token) == 1 for d in devices)

@@ -708,3 +708,44 @@ def test_a_restored_copys_sender_process_waits_quietly_until_claimed(transaction
     lines = [record.getMessage() for record in caplog.records]
     assert len(lines) == 1, lines  # the refusal, once
     assert "refused to send the open streams" in lines[0] and "production-eu" in lines[0]
+
+
+def test_the_senders_leave_a_stream_whose_apps_credentials_cannot_be_decrypted_queued_and_send_the_others(
+    pushsim, pushsim_app, stream, settings, apns_credentials, fcm_credentials, caplog
+):
+    """The old key dropped before the rotation ran: one app's stream waits (said once in the log) and
+    the other apps' streams go on; its rows go once the key is back."""
+    from cryptography.fernet import Fernet
+
+    from delivery.services.apps import app_create, service_account_parse
+
+    old = settings.PUSHDESK_ENCRYPTION_KEY
+    waiting = _append(stream, _people(pushsim_app, 2))
+    settings.PUSHDESK_ENCRYPTION_KEY = Fernet.generate_key().decode()
+    other_app = app_create(
+        name="Stored under the new key",
+        by=None,
+        rate_limit_per_second=100_000,
+        uses_simulator=True,
+        fcm_service_account=service_account_parse(raw=fcm_credentials.json_bytes_for(token_uri=pushsim.token_uri)),
+    )
+    other = orders_stream(PushContentFactory(app=other_app), source_id=678)
+    _append(other, _people(other_app, 1, platform="android"))
+
+    assert streams_send(budget=0).claimed == 1
+    assert streams_send(budget=0).claimed == 0
+    assert list(Delivery.objects.filter(dispatch=other).values_list("status", flat=True)) == ["accepted"]
+    statuses = Delivery.objects.filter(dispatch=stream).values_list("status", "attempts")
+    assert list(statuses) == [("queued", 0)] * len(waiting)
+    said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert said == [
+        f"Dispatch {stream.pk} is not sent: app '{pushsim_app.name}' (id {pushsim_app.pk}): the APNs .p8 key "
+        "cannot be decrypted with this PUSHDESK_ENCRYPTION_KEY (a different key, or one dropped before rotating?); "
+        f"app '{pushsim_app.name}' (id {pushsim_app.pk}): the FCM service account cannot be decrypted with this "
+        "PUSHDESK_ENCRYPTION_KEY (a different key, or one dropped before rotating?). Its rows stay queued and are "
+        "sent once PUSHDESK_ENCRYPTION_KEY holds the key they were stored under (manage.py status names them)."
+    ]
+
+    settings.PUSHDESK_ENCRYPTION_KEY = f"{settings.PUSHDESK_ENCRYPTION_KEY},{old}"
+    assert streams_send(budget=0).claimed == 2
+    assert set(Delivery.objects.filter(dispatch=stream).values_list("status", flat=True)) == {"accepted"}

@@ -8,6 +8,7 @@ import json
 import logging
 
 import pytest
+from django.urls import reverse
 from django.views.debug import SafeExceptionReporterFilter
 
 
@@ -161,3 +162,88 @@ def test_error_reports_hide_a_password_with_an_at_sign_in_it_whole(settings):
     shown = repr(get_default_exception_reporter_filter().get_safe_settings())
     assert "ss-word-789" not in shown and "pass-012" not in shown
     assert "@cache.internal:6379/0" in shown and "pushdesk:" in shown
+
+
+@pytest.fixture
+def restored_under_another_key(settings):
+    """The process now runs with a key other than the one the credentials were stored under (a backup
+    restored with the wrong key, or the old key dropped before ``rotate_encryption_key`` ran)."""
+    from cryptography.fernet import Fernet
+
+    def switch():
+        settings.PUSHDESK_ENCRYPTION_KEY = Fernet.generate_key().decode()
+
+    return switch
+
+
+@pytest.mark.parametrize("who", ["admin_erin", "manager_alice"])
+def test_every_page_and_answer_about_an_app_whose_credentials_cannot_be_decrypted_still_shows(
+    client, world, api_key_for, request, who, restored_under_another_key, apns_credentials, fcm_credentials
+):
+    """Loading the app's row (a campaign's, a device's, a dispatch's) decrypted its credentials, and a
+    key that could not answered 500 on every page of its objects; only a send reads them now."""
+    user = request.getfixturevalue(who)
+    client.force_login(user)
+    api = api_key_for(user, scopes=["read"])
+    app = world["delivery.app"]
+    restored_under_another_key()
+    pages = {"/admin/": ["Spring sale"]}
+    for key, shown in (
+        ("campaigns.campaign", "Spring sale"),
+        ("journeys.journey", "Onboarding"),
+        ("audiences.segment", "Alice&#x27;s segment"),
+        ("delivery.pushcontent", "Spring"),
+        ("delivery.device", world["delivery.device"].token[-12:]),
+        ("delivery.dispatch", "Test of Spring"),
+        ("delivery.app", app.name),
+    ):
+        label = key.replace(".", "_")
+        pages[reverse(f"admin:{label}_changelist")] = [shown] if key == "audiences.segment" else [shown, app.name]
+        pages[reverse(f"admin:{label}_change", args=[world[key].pk])] = [shown, app.name]
+    texts = []
+    for path, shown in pages.items():
+        response = client.get(path)
+        assert response.status_code == 200, path
+        texts.append(response.content.decode())
+        assert all(text in texts[-1] for text in shown), path
+    campaign, journey = world["campaigns.campaign"], world["journeys.journey"]
+    for path, expected in (
+        ("/api/v1/campaigns/", {"name": "Spring sale", "app": app.pk}),
+        (f"/api/v1/campaigns/{campaign.pk}/", {"name": "Spring sale", "app": app.pk}),
+        (f"/api/v1/campaigns/{campaign.pk}/report/", {"targeted": 0}),
+        ("/api/v1/journeys/", {"name": "Onboarding"}),
+        (f"/api/v1/journeys/{journey.pk}/", {"name": "Onboarding"}),
+    ):
+        response = api.get(path)
+        assert response.status_code == 200, path
+        answer = response.json()
+        answer = answer["results"][0] if "results" in answer else answer
+        assert {name: answer[name] for name in expected} == expected, path
+        texts.append(response.content.decode())
+    for fragment in fragments_of(apns_credentials, fcm_credentials):
+        assert all(fragment not in text for text in texts)
+
+
+def test_phones_register_opt_out_and_unregister_on_an_app_whose_credentials_cannot_be_decrypted(
+    api_key_for, manager_alice, restored_under_another_key
+):
+    """The phones go on registering (the app's row loaded its credentials, and answered 500): only a send
+    needs them."""
+    from accounts.services import access_grant
+    from delivery.models import App, Device
+    from tests.factories import AppFactory
+
+    app = AppFactory()
+    access_grant(obj=app, to=manager_alice, by=None)
+    App.objects.filter(pk=app.pk).update(apns_private_key="a .p8 key", fcm_service_account="a service account")
+    ingest = api_key_for(manager_alice, scopes=["ingest"])
+    restored_under_another_key()
+
+    token = "ab" * 32
+    body = {"app": app.pk, "external_id": "user-1", "platform": "ios", "token": token}
+    assert ingest.post("/api/v1/devices/", body, format="json").status_code == 201
+    body = {"app": app.pk, "token": token, "push_enabled": False}
+    assert ingest.post("/api/v1/devices/opt-in/", body, format="json").status_code == 200
+    assert (Device.objects.get().profile.external_id, Device.objects.get().push_enabled) == ("user-1", False)
+    assert ingest.post("/api/v1/devices/unregister/", {"app": app.pk, "token": token}, format="json").status_code == 200
+    assert (Device.objects.get().active, Device.objects.get().invalidated_reason) == (False, "unregistered")
