@@ -488,7 +488,9 @@ class CampaignTriggerView(APIView):
             503: OpenApiResponse(
                 description="`instance_not_claimed`: this copy's database belongs to another instance "
                 "(a restored copy, a staging clone), so it sends nothing until an operator runs "
-                "`manage.py instance_claim`; `detail` says why."
+                "`manage.py instance_claim`; `detail` says why. "
+                "`credentials_undecryptable`: the campaign's app's credentials cannot be decrypted on this "
+                "server (its encryption key is not the one they were stored under); nothing was queued."
             ),
         },
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from campaigns.services.lifecycle import Status
 from campaigns.services.scheduling import campaign_gate, content_refusal
 from config.db import text_array
 from delivery.reports import UNREACHABLE_REASONS
+
+log = logging.getLogger(__name__)
 
 MAX_RECIPIENTS = 1000
 # A TriggerRequest still unfinished after this long belonged to a request that died: retry it.
@@ -229,6 +232,24 @@ def _refuse_unless_sendable(campaign: Campaign, approved) -> None:
             ) from exc
 
 
+def _refuse_unless_credentials_read(campaign: Campaign) -> None:
+    """Refuse the calls of a campaign whose app's credentials cannot be decrypted (a database restored
+    under another PUSHDESK_ENCRYPTION_KEY): nothing is queued that could not be sent. The operator's
+    log names the app and what cannot be decrypted; the integrator is told no more than that. Raises
+    TriggerRefused (503)."""
+    from delivery.services.apps import app_secrets_read
+
+    unreadable = app_secrets_read(campaign.app)
+    if unreadable:
+        log.error("Campaign %s cannot be triggered: %s", campaign.pk, "; ".join(unreadable))
+        raise TriggerRefused(
+            f"'{campaign}' cannot be triggered now: its app's credentials cannot be decrypted on this server, "
+            "so nothing was queued. An operator must set the encryption key they were stored under.",
+            code="credentials_undecryptable",
+            status=503,
+        )
+
+
 def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: dt.datetime) -> _Approved:
     """The cached approved campaign, (re)loaded when its stamp moved, its day passed or it is old.
 
@@ -268,6 +289,7 @@ def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: 
     except GateClosed as exc:
         raise TriggerRefused(str(exc), code="gate_closed") from exc
     _refuse_unless_sendable(campaign, approved)
+    _refuse_unless_credentials_read(campaign)
     rules = None
     if approved.purpose == Campaign.Purpose.MARKETING:
         rules = DeliveryRules.objects.filter(app_id=campaign.app_id).first()

@@ -449,3 +449,31 @@ def _approved_trigger(app, manager, approver, *, contents):
     campaign_submit(campaign_id=campaign.pk, by=manager)
     campaign_approve(campaign_id=campaign.pk, by=approver)
     return campaign
+
+
+def test_a_trigger_of_an_app_whose_credentials_cannot_be_decrypted_is_refused_and_queues_nothing(
+    live_trigger, trigger_client, pushsim_app, settings, caplog, apns_credentials
+):
+    """A database restored under another key: the call is told it cannot be sent now (no 500), the
+    operator's log names the app and each credential, and no secret is in either."""
+    from cryptography.fernet import Fernet
+
+    zoe = ProfileFactory(external_id="zoe")
+    DeviceFactory(profile=zoe, app=pushsim_app, platform="ios")
+    settings.PUSHDESK_ENCRYPTION_KEY = Fernet.generate_key().decode()
+
+    response = trigger_client.post(_url(live_trigger), {"recipients": [{"external_id": "zoe"}]}, format="json")
+    assert response.status_code == 503
+    assert response.json() == {
+        "code": "credentials_undecryptable",
+        "detail": "'Order shipped' cannot be triggered now: its app's credentials cannot be decrypted on this "
+        "server, so nothing was queued. An operator must set the encryption key they were stored under.",
+    }
+    assert not Delivery.objects.exists() and not Dispatch.objects.filter(kind="api_trigger").exists()
+    said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert said[0].startswith(
+        f"Campaign {live_trigger.pk} cannot be triggered: app '{pushsim_app.name}' (id {pushsim_app.pk}): "
+        "the APNs .p8 key cannot be decrypted with this PUSHDESK_ENCRYPTION_KEY"
+    )
+    key_line = apns_credentials.private_key_pem.splitlines()[1]
+    assert key_line not in response.content.decode() and key_line not in caplog.text
