@@ -14,16 +14,23 @@ from delivery.services.apps import (
     MAX_UPLOAD,
     apns_key_parse,
     app_create,
+    app_secrets_unreadable,
     app_test_connection,
     app_update,
     service_account_parse,
 )
 
 
-def _credential_status(set_at, fingerprint: str) -> str:
+def _credential_status(set_at, fingerprint: str, *, unreadable: bool = False) -> str:
     if not fingerprint:
         return "Not set."
-    return f"Set on {set_at:%Y-%m-%d %H:%M} UTC, fingerprint {fingerprint}."
+    said = f"Set on {set_at:%Y-%m-%d %H:%M} UTC, fingerprint {fingerprint}."
+    if unreadable:
+        said += (
+            " It cannot be decrypted with this PUSHDESK_ENCRYPTION_KEY (a different key, or one dropped before "
+            "rotating?), so nothing is sent with it: set the key it was stored under, or upload it again."
+        )
+    return said
 
 
 class AppForm(forms.ModelForm):
@@ -164,7 +171,8 @@ class AppAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         return deleted_objects_counted(self, request, objs)
 
     def get_queryset(self, request):
-        # The secrets themselves are never needed to list or show an app.
+        # The secrets themselves are never needed to list or show an app (whether they decrypt is
+        # judged from the stored tokens).
         return super().get_queryset(request).defer("apns_private_key", "fcm_service_account")
 
     @method_decorator(sensitive_post_parameters())
@@ -176,17 +184,31 @@ class AppAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         names = [n for n, on in (("APNs", obj.apns_configured), ("FCM", obj.fcm_configured)) if on]
         return ", ".join(names) or "—"
 
+    def _unreadable(self, obj) -> list[str]:
+        # Judged once per page, from the stored tokens: the secrets are not read to show their status.
+        if not hasattr(obj, "_unreadable_secrets"):
+            obj._unreadable_secrets = app_secrets_unreadable(app_id=obj.pk)
+        return obj._unreadable_secrets
+
     @admin.display(description="APNs key")
     def apns_key_status(self, obj):
         if obj is None:
             return "Not set."
-        return _credential_status(obj.apns_private_key_set_at, obj.apns_private_key_fingerprint)
+        return _credential_status(
+            obj.apns_private_key_set_at,
+            obj.apns_private_key_fingerprint,
+            unreadable="apns_private_key" in self._unreadable(obj),
+        )
 
     @admin.display(description="Service account JSON")
     def fcm_status(self, obj):
         if obj is None:
             return "Not set."
-        return _credential_status(obj.fcm_service_account_set_at, obj.fcm_service_account_fingerprint)
+        return _credential_status(
+            obj.fcm_service_account_set_at,
+            obj.fcm_service_account_fingerprint,
+            unreadable="fcm_service_account" in self._unreadable(obj),
+        )
 
     def _save_through_service(self, request, obj, form, change):
         data = form.cleaned_data

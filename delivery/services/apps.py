@@ -470,6 +470,19 @@ def app_secret_problems(*, app_id: int | None = None) -> dict[int, list[str]]:
     return problems
 
 
+def app_secrets_unreadable(*, app_id: int) -> list[str]:
+    """The names of an app's credential fields (``SECRET_FIELDS``) that are set and that no key of
+    PUSHDESK_ENCRYPTION_KEY opens; one query, nothing kept decrypted. For the app's page."""
+    stored = App.objects.filter(pk=app_id).values_list(*SECRET_FIELDS).first()
+    if stored is None:
+        return []
+    return [
+        field
+        for field, token in zip(SECRET_FIELDS, stored, strict=True)
+        if token and not secret_decrypts(token.token)  # as loaded: a Sealed token
+    ]
+
+
 def app_secrets_read(app: App) -> list[str]:
     """Decrypt a loaded app's credentials (kept on it for the send) and return what cannot be
     decrypted, said as ``app_secret_problems`` says it (never a secret); no query. Whoever is about to

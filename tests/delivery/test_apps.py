@@ -784,6 +784,37 @@ def test_test_connection_under_another_encryption_key_says_the_credentials_canno
 
 
 @pytest.mark.django_db
+def test_the_apps_page_under_another_encryption_key_says_what_cannot_be_decrypted_and_an_upload_replaces_it(
+    client, admin_erin, apns_credentials, fcm_credentials, another_encryption_key
+):
+    """The page says which credential no key opens; uploading it again saves (the change loaded the app,
+    decrypting its credentials, and answered 500) and keeps the other as it was stored."""
+    from delivery.services.apps import app_secrets_unreadable
+
+    app = app_create(
+        name="Shop",
+        by=None,
+        **apns_credentials.app_fields(),
+        fcm_service_account=service_account_parse(raw=fcm_credentials.json_bytes),
+    )
+    access_grant(obj=app, to=admin_erin, by=None)
+    another_encryption_key()
+    client.force_login(admin_erin)
+    url = reverse("admin:delivery_app_change", args=[app.pk])
+    said = "It cannot be decrypted with this PUSHDESK_ENCRYPTION_KEY (a different key, or one dropped before rotating?)"
+    page = client.get(url).content.decode()
+    assert page.count(said) == 2
+
+    response = client.post(url, form_data(apns_credentials, fcm_credentials, fcm_service_account_file=None))
+    assert response.status_code == 302
+    assert app_secrets_unreadable(app_id=app.pk) == ["fcm_service_account"]
+    assert App.objects.get(pk=app.pk).apns_private_key.startswith("-----BEGIN PRIVATE KEY-----")
+    page = client.get(url).content.decode()
+    assert page.count(said) == 1 and "fingerprint " + app.fcm_service_account_fingerprint + ". " + said in page
+    assert all(fragment not in page for fragment in secret_fragments(apns_credentials, fcm_credentials))
+
+
+@pytest.mark.django_db
 def test_status_names_each_app_whose_credentials_the_key_cannot_decrypt(
     apns_credentials, fcm_credentials, another_encryption_key
 ):
