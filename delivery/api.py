@@ -21,6 +21,7 @@ from accounts.pagination import (
     query_params_valid,
     rows_matching,
 )
+from audiences.services.profiles import text_problem
 from config.db import ROW_IDS
 from delivery.models import Delivery, Device, Dispatch, Platform
 from delivery.selectors import (
@@ -66,6 +67,12 @@ class DeviceInSerializer(serializers.Serializer):
         help_text="A test device (it gets test sends). Left out: false for a new token; a known one keeps its own "
         "(the flag an admin set).",
     )
+
+    def validate_external_id(self, value: str) -> str:
+        """As a profile's: the profile is created with it (POST /api/v1/profiles/ checks it alike)."""
+        if problem := text_problem(value, max_length=255):
+            raise serializers.ValidationError(problem)
+        return value
 
 
 class DeviceRefSerializer(serializers.Serializer):

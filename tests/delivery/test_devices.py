@@ -3,6 +3,7 @@
 import pytest
 
 from accounts.services import access_grant
+from audiences.models import Profile
 from delivery.models import Device
 from tests.factories import AppFactory, DeviceFactory, ProfileFactory
 
@@ -119,6 +120,8 @@ def test_unregistering_an_unknown_token_answers_404(ingest, app):
         # A line end after the token: no provider takes it (APNs' URL cannot hold it).
         ({"token": IOS_TOKEN + "a\n"}, "token"),
         ({"platform": "android", "token": FCM_TOKEN + "\n"}, "token"),
+        # Blank: no profile may have it (the profile's check named it "[0].external_id").
+        ({"external_id": "   "}, "external_id"),
     ],
 )
 def test_bad_device_input_is_refused_naming_the_field_and_nothing_is_saved(ingest, app, changes, field):
@@ -126,8 +129,9 @@ def test_bad_device_input_is_refused_naming_the_field_and_nothing_is_saved(inges
     assert response.status_code == 400
     body = response.json()
     assert body["code"] == "invalid"
-    assert body["errors"][0]["field"] == field
-    assert not Device.objects.exists()
+    assert [error["field"] for error in body["errors"]] == [field]
+    assert body["detail"].startswith(f"{field}: ")
+    assert not Device.objects.exists() and not Profile.objects.exists()
 
 
 def test_app_outside_the_keys_access_answers_404(ingest):
