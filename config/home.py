@@ -251,6 +251,17 @@ def provider_health(user: User, *, now: dt.datetime) -> list[dict]:
     return result
 
 
+def credentials_unreadable() -> list[Item]:
+    """Each app whose stored credentials PUSHDESK_ENCRYPTION_KEY cannot decrypt (``manage.py status``'
+    secrets line), with what cannot be, said: nothing of it is sent until the key is right."""
+    from delivery.services.apps import app_secret_problems
+
+    return [
+        Item("; ".join(problems), reverse("admin:delivery_app_change", args=[app_id]))
+        for app_id, problems in app_secret_problems().items()
+    ]
+
+
 def queue_state(broker=None, *, now: dt.datetime) -> dict:
     """The task queue's depth and the age of its oldest waiting task (django-q2's broker), or why
     they cannot be read (Redis down or restarting: the rest of the page still shows)."""
@@ -311,6 +322,7 @@ def home_for(user: User, *, now: dt.datetime | None = None) -> dict:
         "links": quick_links(user),
     }
     if context["is_operator"]:
+        context["credentials"] = credentials_unreadable()
         context["health"] = provider_health(user, now=now)
         context["queue"] = queue_state(now=now)
         context["dispatches"] = dispatches_running(user, now=now)

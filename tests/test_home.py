@@ -131,6 +131,44 @@ def test_administrator_sees_provider_health_queue_and_running_dispatches(client,
     assert 'id="pd-queue-depth"' in html
 
 
+def test_the_home_page_under_another_encryption_key_names_the_apps_whose_credentials_it_cannot_decrypt(
+    client, admin_erin, manager_alice, shop, bank, settings, django_capture_on_commit_callbacks
+):
+    """A database restored under the wrong key: the page shows (loading an app's row decrypted its
+    credentials, and it answered 500) and tells an Administrator which app's credentials wait for the key."""
+    from cryptography.fernet import Fernet
+
+    from campaigns.models import Campaign
+    from delivery.models import App
+
+    App.objects.filter(pk=shop.pk).update(fcm_service_account="a service account")
+    segment = SegmentFactory()
+    access_grant(obj=segment, to=manager_alice, by=None)
+    campaign = campaign_create(
+        by=manager_alice,
+        name="Spring sale",
+        app=shop,
+        segment=segment,
+        content=PushContentFactory(app=shop),
+        kind="scheduled",
+    )
+    Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.LIVE)
+    settings.PUSHDESK_ENCRYPTION_KEY = Fernet.generate_key().decode()
+
+    client.force_login(admin_erin)
+    html = client.get("/admin/").content.decode()
+    assert 'id="undecryptable-credentials"' in html
+    assert (
+        f'<li><a href="/admin/delivery/app/{shop.pk}/change/">app &#x27;Shop&#x27; (id {shop.pk}): the FCM service '
+        "account cannot be decrypted with this PUSHDESK_ENCRYPTION_KEY (a different key, or one dropped before "
+        "rotating?)</a></li>"
+    ) in html
+    assert "Bank" not in html.split('id="undecryptable-credentials"')[1].split("</div>")[0]
+    client.force_login(manager_alice)
+    html = client.get("/admin/").content.decode()
+    assert "Spring sale" in html and 'id="undecryptable-credentials"' not in html
+
+
 def test_test_sends_are_left_out_of_every_figure_of_the_last_24_hours(client, manager_alice, shop):
     """A test send goes to the app's test devices, not to an audience: none of its rows is counted,
     so accepted never exceeds targeted."""

@@ -453,7 +453,7 @@ def _unreadable(app_id: int, name: str, what: str) -> str:
 def app_secret_problems(*, app_id: int | None = None) -> dict[int, list[str]]:
     """Try to decrypt each app's stored credentials (or ``app_id``'s) with PUSHDESK_ENCRYPTION_KEY;
     return {app id: [what cannot be decrypted, said]} for those that fail, never a secret. For
-    ``manage.py status`` (a restore drill's check that the key came along)."""
+    ``manage.py status`` and the home page (a restore drill's check that the key came along)."""
     columns = ", ".join(SECRET_FIELDS)
     sql = f"SELECT id, name, {columns} FROM {App._meta.db_table}"  # noqa: S608 (constants)
     params = []
