@@ -118,6 +118,11 @@ class StepStatsSerializer(serializers.Serializer):
     skipped = serializers.DictField(
         child=serializers.IntegerField(), help_text="Push steps: rows skipped, by reason (no_device, not_opted_in…)."
     )
+    unsent = serializers.DictField(
+        child=serializers.IntegerField(),
+        help_text="Push steps: profiles whose batch was stopped before it made any row, so nothing was sent to "
+        "them, by why: journey_stopped (with the journey), batch_stopped (the batch itself).",
+    )
     conversions = ConversionFiguresSerializer(
         required=False, help_text="Push steps, when the journey names a conversion goal: its conversions."
     )

@@ -23,6 +23,13 @@ COLORS = {
 }
 
 
+# Why a push step's batch sent nothing (``selectors.version_push_unsent``), as its box says it.
+UNSENT_WORDS = {
+    "journey_stopped": "journey stopped before its batch sent",
+    "batch_stopped": "batch stopped before it sent",
+}
+
+
 def _describe(step: dict, names: dict) -> str:
     kind = step.get("type")
     if kind == "wait":
@@ -177,8 +184,8 @@ def version_svg(
 
 def _counters(kind: str, counts: dict) -> tuple[str, str]:
     """A step's live counters (entered, waiting, sent, accepted, exited) and its notes (a push
-    refused at send time, failures, skips by reason, rows still to send, exits on the exit event or
-    when the journey stopped).
+    refused at send time, profiles of a batch stopped before it sent, failures, skips by reason,
+    rows still to send, exits on the exit event or when the journey stopped).
     A push step's sent are the rows handed to a provider; with the skipped and those still to send
     they make every row targeted; the profiles it refused end there, failed."""
     if kind == "exit":
@@ -194,6 +201,8 @@ def _counters(kind: str, counts: dict) -> tuple[str, str]:
         skipped = counts.get("skipped") or {}
         if counts.get("failed"):  # refused at send time (the gate): those profiles end here, failed
             notes.insert(0, f"refused {counts['failed']:,} (see its enrollments)")
+        for why, n in (counts.get("unsent") or {}).items():  # their batch stopped before it made any row
+            notes.append(f"not sent {n:,} ({UNSENT_WORDS.get(why, why)})")
         if counts.get("send_failed"):
             notes.append(f"failed {counts['send_failed']:,}")
         if skipped:

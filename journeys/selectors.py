@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Func, IntegerField, Q, QuerySet, Sum
 from django.http import Http404
 
 from accounts.models import User
@@ -60,6 +60,7 @@ def version_step_stats(version: JourneyVersion) -> dict[str, dict]:
         key = "waiting" if row["status"] == Enrollment.Status.WAITING else "due"
         stats[row["step"]][key] = stats[row["step"]].get(key, 0) + row["n"]
     sends = version_push_outcomes(version)
+    unsent = version_push_unsent(version)
     converted = version_step_conversions(version)
     result = {}
     for step in version.steps():
@@ -81,6 +82,7 @@ def version_step_stats(version: JourneyVersion) -> dict[str, dict]:
             "accepted": outcomes.get("accepted", 0),
             "send_failed": outcomes.get("failed", 0),
             "skipped": outcomes.get("skipped", {}),
+            "unsent": unsent.get(step["id"], {}),
         }
         if converted is not None and step["type"] == "push":
             result[step["id"]]["conversions"] = converted.get(step["id"]) or rate_figures(0, 0)
@@ -98,8 +100,6 @@ def version_others_sent(version: JourneyVersion) -> list[tuple[int, int, int]]:
     """What the journey's other versions sent, as (version number, targeted, accepted) by number,
     from their dispatches' rollup as a report counts them; versions that sent nothing are left out.
     At most three queries."""
-    from django.db.models import Sum
-
     from delivery.models import DeliveryRollup, Dispatch
     from delivery.reports import rollup_of
 
@@ -131,6 +131,13 @@ def journey_step():
     return KeyTextTransform("step", KeyTransform("journey", "dispatch__context"))
 
 
+def journey_step_of_dispatch():
+    """The push step a journey dispatch sent (its context), as a Dispatch expression."""
+    from django.db.models.fields.json import KeyTextTransform, KeyTransform
+
+    return KeyTextTransform("step", KeyTransform("journey", "context"))
+
+
 def version_step_conversions(version: JourneyVersion) -> dict[str, dict] | None:
     """Per push step of the version, its conversions against the journey's goal (profiles reached,
     converted, rate and its 95% interval). One grouped query; None when the journey names no goal."""
@@ -157,8 +164,6 @@ def version_push_outcomes(version: JourneyVersion) -> dict[str, dict]:
     accepted, failed, and skipped by reason (no device, not opted in, frequency cap...). One
     grouped query: the rollup joined to the version's dispatches (a batch per run of the engine,
     thousands of them), summed by the step each dispatch sent."""
-    from django.db.models import Sum
-
     from delivery.models import DeliveryRollup
     from delivery.reports import rollup_of
 
@@ -180,6 +185,46 @@ def version_push_outcomes(version: JourneyVersion) -> dict[str, dict]:
             reason = row["reason"] or "unknown"
             counts["skipped"][reason] = counts["skipped"].get(reason, 0) + n
     return dict(result)
+
+
+class _ListLength(Func):
+    """The length of a JSON list (a dispatch's ``profile_ids``)."""
+
+    function = "jsonb_array_length"
+    output_field = IntegerField()
+
+    def as_sqlite(self, compiler, connection, **extra):
+        return super().as_sql(compiler, connection, function="json_array_length", **extra)
+
+
+# Why a push step's batch sent nothing: the journey's stop stopped it, or someone did from its page.
+UNSENT_JOURNEY_STOPPED = "journey_stopped"
+UNSENT_BATCH_STOPPED = "batch_stopped"
+
+
+def version_push_unsent(version: JourneyVersion) -> dict[str, dict[str, int]]:
+    """Per push step, the profiles its batches took and never sent to, as the batch was stopped
+    before it made any row (they are in no rollup, so ``version_push_outcomes`` cannot count them),
+    by why: the journey's stop (a batch it stopped as it stopped) or a stop of the batch itself.
+    One grouped query over the version's stopped batches."""
+    from delivery.models import Dispatch
+
+    journey = version.journey
+    stopped = version_dispatches(version).filter(
+        status=Dispatch.Status.STOPPED, total=0, standing=False, profile_ids__isnull=False
+    )
+    figures = {"profiles": Sum(_ListLength("profile_ids"))}
+    if journey.status in (Status.STOPPED, Status.CLOSED, Status.ARCHIVED):
+        # ``journey_stop`` stops its running batches after it set the journey's status.
+        at_stop = Q(finished_at__gte=journey.status_changed_at)
+        figures["with_journey"] = Sum(_ListLength("profile_ids"), filter=at_stop)
+    rows = stopped.annotate(step=journey_step_of_dispatch()).values("step").annotate(**figures).order_by()
+    result: dict[str, dict[str, int]] = {}
+    for row in rows:
+        with_journey = row.get("with_journey") or 0
+        reasons = {UNSENT_JOURNEY_STOPPED: with_journey, UNSENT_BATCH_STOPPED: (row["profiles"] or 0) - with_journey}
+        result[row["step"]] = {why: n for why, n in reasons.items() if n}
+    return result
 
 
 def _passed(kind: str, label: str, counts: dict) -> int:

@@ -401,6 +401,37 @@ def test_a_push_step_says_how_many_profiles_left_it_when_the_journey_stopped(
     assert "entered 3 · sent 0 · accepted 0" in box and "journey stopped 3" in box
 
 
+def test_a_push_step_whose_batch_was_stopped_before_its_rows_were_made_says_why(
+    login, manager_alice, make_journey, publish, welcome
+):
+    """The engine ran the push (the three profiles passed on) and the journey was stopped before
+    its batch made any row: the box read "entered 3 · sent 0 · accepted 0" and said nothing of why."""
+    from delivery.models import Delivery, Dispatch
+    from delivery.services.dispatches import dispatch_stop
+    from journeys.services.lifecycle import journey_stop
+
+    ProfileFactory.create_batch(3)
+    push = {"id": "push", "type": "push", "content": welcome.pk, "next": "done"}
+    journey = publish(make_journey(graph={"steps": [push, {"id": "done", "type": "exit"}]}))
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()  # its batch is left preparing: its rows are made once this commits
+    journey_stop(journey_id=journey.pk, by=manager_alice)
+    batch = Dispatch.objects.get(source_id=journey.live_version_id)
+    assert batch.status == "stopped" and not Delivery.objects.filter(dispatch=batch).exists()
+    text = login(manager_alice).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    box = re.search(r'data-step="push".*?</g>', text, re.S).group(0)
+    assert "entered 3 · sent 0 · accepted 0" in box and "not sent 3 (journey stopped before its batch sent)" in box
+
+    # A batch stopped by hand from its own page, the journey still live, says so.
+    other = publish(make_journey(name="Second", graph={"steps": [push, {"id": "done", "type": "exit"}]}))
+    journey_enter_segment(journey_id=other.pk)
+    journeys_run_due()
+    dispatch_stop(dispatch_id=Dispatch.objects.get(source_id=other.live_version_id).pk, by=manager_alice)
+    text = login(manager_alice).get(f"/admin/journeys/journey/{other.pk}/change/").content.decode()
+    box = re.search(r'data-step="push".*?</g>', text, re.S).group(0)
+    assert "not sent 3 (batch stopped before it sent)" in box
+
+
 def test_a_stopped_journeys_versions_say_no_one_finishes_on_them(
     login, manager_alice, make_journey, publish, vips, welcome
 ):

@@ -55,6 +55,25 @@ def test_detail_has_per_step_counts(
     assert steps["done"]["exited"] == 2
 
 
+def test_detail_counts_the_profiles_of_a_push_batch_stopped_before_it_sent(
+    make_journey, publish, api_key_for, manager_alice, welcome
+):
+    """The step's pushed profiles whose batch the journey's stop stopped before it made any row:
+    in no rollup, they were counted nowhere the API answers."""
+    from journeys.services.lifecycle import journey_stop
+
+    ProfileFactory.create_batch(2)
+    push = {"id": "push", "type": "push", "content": welcome.pk, "next": "done"}
+    journey = publish(make_journey(graph={"steps": [push, {"id": "done", "type": "exit"}]}))
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()  # its batch is left preparing: its rows are made once this commits
+    journey_stop(journey_id=journey.pk, by=manager_alice)
+    steps = {s["id"]: s for s in api_key_for(manager_alice).get(f"/api/v1/journeys/{journey.pk}/").json()["steps"]}
+    assert steps["push"]["pushed"] == 2 and steps["push"]["targeted"] == 0
+    assert steps["push"]["unsent"] == {"journey_stopped": 2}
+    assert steps["done"]["unsent"] == {}
+
+
 def test_detail_of_a_journey_out_of_reach_is_404(
     make_journey, api_key_for, manager_alice, manager_mallory, welcome, vips
 ):
