@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -45,15 +45,57 @@ def device_token_normal(*, platform: str, token: str) -> str:
     return token.lower() if platform == Platform.IOS else token
 
 
+# A change of a device's profile, activity or opt-in makes the reach trigger lock its profiles
+# (``delivery_profiles_reach_refresh``), and a deletion of a profile (``profiles_delete``) locks it
+# before it removes its devices: a device locked before its profile could wait for the profile
+# while the deletion waited for the device ('deadlock detected'). So the profiles are locked first,
+# in id order as every writer of profiles takes them, then the devices; the count of ``owners`` is
+# read before any device, so that every owner is locked first. ``FOR KEY SHARE`` is enough to keep
+# a deletion out, and holds up no other writer of the profile (an import's batch, an events call):
+# the trigger takes the stronger lock after, when a device changes. A device moved meanwhile to
+# another profile has that one locked by the trigger, after it.
+_DEVICES_HOLDING = "app_id = %(app)s AND (token = %(token)s OR (token = %(lower)s AND platform = %(ios)s))"
+DEVICES_BY_TOKEN_PG = f"""
+WITH owners AS MATERIALIZED (
+    SELECT id FROM audiences_profile
+    WHERE id IN (SELECT profile_id FROM delivery_device WHERE {_DEVICES_HOLDING})
+    ORDER BY id FOR KEY SHARE
+)
+SELECT d.* FROM delivery_device d CROSS JOIN (SELECT count(*) FROM owners) AS held
+WHERE {_DEVICES_HOLDING}
+ORDER BY d.id FOR UPDATE OF d
+"""  # noqa: S608 (constants)
+# The profile of an external id and the present owner of the app's token (``DEVICES_BY_TOKEN_PG``).
+PROFILES_OF_REGISTRATION_PG = """
+SELECT * FROM audiences_profile
+WHERE external_id = %(external_id)s OR id = (SELECT profile_id FROM delivery_device WHERE app_id = %(app)s AND token = %(token)s)
+ORDER BY id FOR KEY SHARE
+"""
+INVALIDATE_PG = """
+WITH owners AS MATERIALIZED (
+    SELECT id FROM audiences_profile
+    WHERE id IN (SELECT profile_id FROM delivery_device WHERE id = ANY(%(ids)s) AND active)
+    ORDER BY id FOR KEY SHARE
+)
+UPDATE delivery_device SET active = false, invalidated_at = %(when)s, invalidated_reason = %(reason)s
+WHERE id = ANY(%(ids)s) AND active AND (SELECT count(*) FROM owners) >= 0
+"""
+
+
 def _device_by_token(app: App, token: str) -> Device:
-    """The app's device of ``token``, locked: the one holding it as given, else the iOS device
-    holding it in lowercase (the platform is not given: an FCM token keeps its case, so only an
-    APNs token is found in another case). Raises Device.DoesNotExist."""
-    found = list(
-        Device.objects.select_for_update()
-        .filter(Q(token=token) | Q(token=token.lower(), platform=Platform.IOS), app=app)
-        .order_by("id")
-    )
+    """The app's device of ``token``, locked, its profile first (``DEVICES_BY_TOKEN_PG``): the one
+    holding it as given, else the iOS device holding it in lowercase (the platform is not given:
+    an FCM token keeps its case, so only an APNs token is found in another case). Raises
+    Device.DoesNotExist."""
+    if connection.vendor == "postgresql":
+        params = {"app": app.pk, "token": token, "lower": token.lower(), "ios": Platform.IOS}
+        found = list(Device.objects.raw(DEVICES_BY_TOKEN_PG, params))
+    else:
+        found = list(
+            Device.objects.select_for_update()
+            .filter(Q(token=token) | Q(token=token.lower(), platform=Platform.IOS), app=app)
+            .order_by("id")
+        )
     for device in found:
         if device.token == token:
             return device
@@ -97,7 +139,14 @@ def device_register(
     _ensure_device_write(by, app)
     now = timezone.now()
     with transaction.atomic():
-        profile = Profile.objects.filter(external_id=external_id).first()
+        # The profile and the token's owner now, locked before the device (``DEVICES_BY_TOKEN_PG``);
+        # a new profile is created after them.
+        if connection.vendor == "postgresql":
+            params = {"external_id": external_id, "app": app.pk, "token": token}
+            held = Profile.objects.raw(PROFILES_OF_REGISTRATION_PG, params)
+        else:
+            held = Profile.objects.filter(external_id=external_id)
+        profile = next((p for p in held if p.external_id == external_id), None)
         if profile is None:
             profile_upsert(external_id=external_id, by=by)
             profile = Profile.objects.get(external_id=external_id)
@@ -167,6 +216,11 @@ def devices_invalidate(*, reasons: dict[int, str], when: datetime | None = None)
     for device_id, reason in reasons.items():
         by_reason.setdefault(reason, []).append(device_id)
     for reason, ids in by_reason.items():
+        if connection.vendor == "postgresql":  # their profiles locked first (``INVALIDATE_PG``)
+            with connection.cursor() as cursor:
+                cursor.execute(INVALIDATE_PG, {"ids": sorted(ids), "when": when, "reason": reason[:100]})
+                changed += cursor.rowcount
+            continue
         changed += Device.objects.filter(pk__in=ids, active=True).update(
             active=False, invalidated_at=when, invalidated_reason=reason[:100]
         )

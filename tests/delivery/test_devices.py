@@ -1,11 +1,16 @@
 """Devices through the API: register, re-register, opt-in, unregister, and bad input."""
 
+import threading
+
 import pytest
+from django.db import connection, transaction
 
 from accounts.services import access_grant
 from audiences.models import Profile
+from audiences.services.profiles import profiles_delete
 from delivery.models import Device
 from tests.factories import AppFactory, DeviceFactory, ProfileFactory
+from tests.locks import concurrently, wait_for_a_blocked_writer
 
 pytestmark = pytest.mark.django_db
 
@@ -232,3 +237,52 @@ def test_fcm_tokens_keep_their_case(ingest, app):
     response = ingest.post("/api/v1/devices/unregister/", {"app": app.pk, "token": upper}, format="json")
     assert response.status_code == 404  # another token, not the one in lowercase
     assert Device.objects.get().active
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks between two sessions")
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("change", ["unregister", "opt-in", "register", "invalidate"])
+def test_a_device_change_and_a_deletion_of_its_profile_do_not_deadlock(manager_alice, monkeypatch, change):
+    """A deletion locks its profile, then removes its devices. A device change locked the device,
+    and the reach trigger its profile after it: holding the device, it waited for the profile the
+    deletion held, while the deletion waited for the device ('deadlock detected'). A device change
+    now locks its profiles first, as every writer of profiles does: it waits for the deletion."""
+    from audiences.services import profiles as profile_services
+    from delivery.services.devices import device_opt_in_set, device_register, device_unregister, devices_invalidate
+
+    app = AppFactory()
+    access_grant(obj=app, to=manager_alice, by=None)
+    ann = ProfileFactory(external_id="ann")
+    device = DeviceFactory(app=app, profile=ann, token=IOS_TOKEN, push_enabled=True)
+    audit, locked, blocked = profile_services.audit, threading.Event(), []
+
+    def audited_once_the_device_change_waits(**kwargs):
+        audit(**kwargs)
+        if kwargs["action"] == "profile_deleted":  # the deletion holds the profile now
+            locked.set()
+            blocked.append(wait_for_a_blocked_writer())
+
+    monkeypatch.setattr(profile_services, "audit", audited_once_the_device_change_waits)
+
+    def deletion():
+        profiles_delete(profile_ids=[ann.pk], by=manager_alice)
+
+    def device_change():
+        locked.wait(10)
+        if change == "unregister":
+            device_unregister(app_id=app.pk, token=IOS_TOKEN, by=manager_alice)
+        elif change == "opt-in":
+            device_opt_in_set(app_id=app.pk, token=IOS_TOKEN, push_enabled=False, by=manager_alice)
+        elif change == "register":
+            device_register(app_id=app.pk, external_id="bob", platform="ios", token=IOS_TOKEN, by=manager_alice)
+        else:
+            devices_invalidate(reasons={device.pk: "Unregistered"})
+
+    errors = concurrently(deletion, lambda: transaction.atomic(device_change)())
+    assert not [e for e in errors if not isinstance(e, Device.DoesNotExist)], errors
+    assert blocked == [True]
+    assert not Profile.objects.filter(pk=ann.pk).exists()
+    if change == "register":  # registered anew, once the deletion took the device with its profile
+        assert list(Device.objects.values_list("profile__external_id", flat=True)) == ["bob"]
+    else:
+        assert not Device.objects.exists()
