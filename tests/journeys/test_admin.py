@@ -401,6 +401,7 @@ def test_a_push_step_says_how_many_profiles_left_it_when_the_journey_stopped(
     assert "entered 3 · sent 0 · accepted 0" in box and "journey stopped 3" in box
 
 
+@pytest.mark.embedded  # the length of a batch's profile list is SQLite's own function there
 def test_a_push_step_whose_batch_was_stopped_before_its_rows_were_made_says_why(
     login, manager_alice, make_journey, publish, welcome
 ):
