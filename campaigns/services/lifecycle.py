@@ -27,7 +27,14 @@ from accounts.services import (
     status_transition,
 )
 from campaigns.models import Campaign
-from campaigns.schedule import local_look_back, local_occurrence_open, next_occurrence, schedule_check
+from campaigns.schedule import (
+    at_local_time,
+    lateness_allowed,
+    local_look_back,
+    local_occurrence_open,
+    next_occurrence,
+    schedule_check,
+)
 from config.zones import zoned
 from delivery.services.contents import pushcontent_duplicate
 
@@ -336,7 +343,8 @@ def _approve_version(campaign: Campaign, request: ApprovalRequest, *, by: User, 
 
 def _approve_revision(campaign: Campaign, request: ApprovalRequest, *, by: User, comment: str, now: dt.datetime):
     """The revision of a scheduled or live campaign takes over from the approved version. A changed
-    schedule moves the next occurrence; a send that already happened is not repeated."""
+    schedule moves the next occurrence; a send that already happened is not repeated, and one due
+    but not sent yet is sent by the new schedule if it has it, or recorded skipped (``_due_when_revised``)."""
     before = campaign.approved()
     snapshot = _approve_version(campaign, request, by=by, now=now)
     schedule_fields = ("schedule_kind", "send_at", "time_zone", "recurrence", "cron", "ends_at", "at_local_time")
@@ -350,9 +358,13 @@ def _approve_revision(campaign: Campaign, request: ApprovalRequest, *, by: User,
             approved = campaign.approved()
             looked_back = local_look_back(approved)  # as far as local_occurrence_open looks
             recent = campaign.occurrences.filter(due_at__gt=now - looked_back).values_list("due_at", flat=True)
+            was_due = campaign.next_occurrence_at
             campaign.next_occurrence_at = _first_due(
                 approved, now=now, fired=fired, fired_dues=set(recent) if fired else set()
             )
+            # At each profile's local time, either version: the occurrence under way is found above.
+            if was_due is not None and was_due <= now and not at_local_time(approved) and not at_local_time(before):
+                _due_when_revised(campaign, approved, was_due=was_due, now=now)
     campaign.updated_at = now
     campaign.save(update_fields=["approved_version", "approved_fingerprint", "next_occurrence_at", "updated_at"])
     audit(
@@ -363,6 +375,30 @@ def _approve_revision(campaign: Campaign, request: ApprovalRequest, *, by: User,
     )
     if campaign.next_occurrence_at is not None and campaign.next_occurrence_at <= now:
         transaction.on_commit(lambda: _queue_fire(campaign.pk))
+
+
+def _due_when_revised(campaign: Campaign, approved, *, was_due: dt.datetime, now: dt.datetime) -> None:
+    """The schedule changed while an occurrence (``was_due``) was due and not sent yet: the beat
+    comes once a minute, or a worker was down. The new schedule's occurrence since then, within its
+    window, is still due (the beat sends it, or records it skipped); the one due under the version
+    replaced, when the new one has no send at that time, is recorded skipped, saying why."""
+    from campaigns.models import Occurrence
+    from campaigns.services.scheduling import _occurrence
+
+    fired = set(campaign.occurrences.filter(due_at__gte=was_due).values_list("due_at", flat=True))
+    owed = next_occurrence(approved, after=max(was_due, now - lateness_allowed(approved)) - dt.timedelta.resolution)
+    while owed is not None and owed <= now and owed in fired:
+        owed = next_occurrence(approved, after=owed)
+    if owed is not None and owed <= now:
+        campaign.next_occurrence_at = owed
+    if was_due in fired or campaign.next_occurrence_at == was_due:
+        return
+    if next_occurrence(approved, after=was_due - dt.timedelta.resolution) == was_due:
+        late = int((now - was_due).total_seconds() // 60)
+        note = f"missed by {late:,} minutes, more than its window of {approved.missed_window_minutes:,} minutes"
+    else:
+        note = f"not sent: version {approved.number}, approved before it was, has no send at that time"
+    _occurrence(campaign, was_due, Occurrence.Outcome.SKIPPED_MISSED, local=False, note=note)
 
 
 def campaign_approve(

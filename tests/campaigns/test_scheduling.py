@@ -195,6 +195,95 @@ def test_edit_of_the_schedule_waits_for_its_approval(make_campaign, approve, man
     assert campaigns_tick(now=T0 + dt.timedelta(hours=3))["occurrences"] == 1
 
 
+def _revise(campaign, manager, approver, *, now, **changes):
+    campaign_update(campaign_id=campaign.pk, by=manager, **changes)
+    campaign_submit(campaign_id=campaign.pk, by=manager)
+    campaign_approve(campaign_id=campaign.pk, by=approver, now=now)
+    return Campaign.objects.get(pk=campaign.pk)
+
+
+def test_a_schedule_revision_approved_while_an_occurrence_is_due_still_sends_it_once(
+    make_campaign, approve, manager_alice, approver_bob
+):
+    # Approved 30 seconds after 09:00, before the beat's next minute: the revision (a later end)
+    # keeps 09:00, which is due and was not sent yet.
+    campaign = approve(make_campaign(schedule_kind="recurring", send_at=T0, recurrence="daily"))
+    campaign = _revise(
+        campaign, manager_alice, approver_bob, now=T0 + dt.timedelta(seconds=30), ends_at=T0 + dt.timedelta(days=30)
+    )
+    assert campaign.next_occurrence_at == T0
+    campaigns_tick(now=T0 + dt.timedelta(minutes=1))
+    campaigns_tick(now=T0 + dt.timedelta(minutes=2))
+    assert list(Occurrence.objects.filter(campaign=campaign).values_list("due_at", "outcome")) == [(T0, "sent")]
+    assert Dispatch.objects.filter(source_id=campaign.pk, kind="campaign").count() == 1
+    campaign.refresh_from_db()
+    assert campaign.next_occurrence_at == T0 + dt.timedelta(days=1)
+
+
+def test_a_weekly_revision_moving_its_day_while_one_is_due_says_that_one_was_not_sent(
+    make_campaign, approve, manager_alice, approver_bob
+):
+    from zoneinfo import ZoneInfo
+
+    paris = ZoneInfo("Europe/Paris")
+    monday = dt.datetime(2026, 11, 23, 9, 0, tzinfo=paris)
+    campaign = approve(
+        make_campaign(schedule_kind="recurring", send_at=monday, recurrence="weekly", time_zone="Europe/Paris"),
+        now=monday - dt.timedelta(days=1),
+    )
+    # Approved at 09:00:30 on Monday, the revision sends on Tuesdays from tomorrow.
+    campaign = _revise(
+        campaign,
+        manager_alice,
+        approver_bob,
+        now=monday + dt.timedelta(seconds=30),
+        send_at=monday + dt.timedelta(days=1),
+    )
+    assert campaign.next_occurrence_at == monday + dt.timedelta(days=1)
+    (skipped,) = Occurrence.objects.filter(campaign=campaign)
+    assert (skipped.due_at, skipped.outcome, skipped.dispatch_id) == (monday, "skipped_missed", None)
+    assert skipped.note == "not sent: version 2, approved before it was, has no send at that time"
+    campaigns_tick(now=monday + dt.timedelta(minutes=1))
+    assert not Dispatch.objects.filter(source_id=campaign.pk).exists()
+    campaigns_tick(now=monday + dt.timedelta(days=1, seconds=10))
+    assert list(Occurrence.objects.filter(campaign=campaign).order_by("due_at").values_list("due_at", "outcome")) == [
+        (monday, "skipped_missed"),
+        (monday + dt.timedelta(days=1), "sent"),
+    ]
+    assert Dispatch.objects.filter(source_id=campaign.pk, kind="campaign").count() == 1
+
+
+def test_a_schedule_revision_approved_after_downtime_records_what_it_missed_once(
+    make_campaign, approve, manager_alice, approver_bob
+):
+    # Down for three hours across 09:00: the revision keeps 09:00, now older than the window.
+    campaign = approve(make_campaign(schedule_kind="recurring", send_at=T0, recurrence="daily"))
+    campaign = _revise(
+        campaign, manager_alice, approver_bob, now=T0 + dt.timedelta(hours=3), ends_at=T0 + dt.timedelta(days=30)
+    )
+    campaigns_tick(now=T0 + dt.timedelta(hours=3, minutes=1))
+    (missed,) = Occurrence.objects.filter(campaign=campaign)
+    assert (missed.due_at, missed.outcome) == (T0, "skipped_missed")
+    assert missed.note == "missed by 180 minutes, more than its window of 60 minutes"
+    assert not Dispatch.objects.filter(source_id=campaign.pk).exists()
+    campaign.refresh_from_db()
+    assert campaign.next_occurrence_at == T0 + dt.timedelta(days=1)
+
+
+def test_a_one_off_moved_while_due_is_sent_at_its_new_time_once(make_campaign, approve, manager_alice, approver_bob):
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0))
+    campaign = _revise(
+        campaign, manager_alice, approver_bob, now=T0 + dt.timedelta(seconds=30), send_at=T0 + dt.timedelta(hours=2)
+    )
+    assert campaign.next_occurrence_at == T0 + dt.timedelta(hours=2)
+    campaigns_tick(now=T0 + dt.timedelta(hours=2))
+    assert list(Occurrence.objects.filter(campaign=campaign).order_by("due_at").values_list("due_at", "outcome")) == [
+        (T0, "skipped_missed"),
+        (T0 + dt.timedelta(hours=2), "sent"),
+    ]
+    assert Dispatch.objects.filter(source_id=campaign.pk, kind="campaign").count() == 1
+
+
 @pytest.mark.django_db(transaction=True)
 def test_two_workers_racing_fire_an_occurrence_once(make_campaign, approve):
     campaign = approve(make_campaign(schedule_kind="at", send_at=T0))
