@@ -6,7 +6,7 @@ DRF's request wrapping, content negotiation, parsing, permission classes and ren
 as much CPU as a trigger's own work. This middleware answers a call whose key, scope and body are
 in order by calling the view's own handler, with the same services and the same error answers.
 Any other call (no key or one that cannot be used, another scope, a body that is not plain JSON,
-a parse error) goes on to the view untouched, which words the refusal as always; the stamps read
+an ``Accept`` that leaves out JSON, a parse error) goes on to the view untouched, which words the refusal as always; the stamps read
 here (and the rate token taken with them) go along with it, so nothing is counted twice.
 
 It sits after the middleware that guards every request (probes, HTTPS, the allowed hosts, NUL in
@@ -86,6 +86,8 @@ def api_route(request, view, kwargs: dict):
         return None
     if not _plain_json(meta.get("CONTENT_TYPE", "")) or not 0 < length <= settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
         return None
+    if not _answers_json(meta.get("HTTP_ACCEPT", "")):
+        return None  # the view's content negotiation refuses it (406)
     stamps = view_stamps_read(view, kwargs, matched)
     request.pushdesk_stamps = stamps  # the view reads them, rate token included, if it answers
     key = cached_key(matched["prefix"], stamps["access"])
@@ -111,6 +113,22 @@ def api_route(request, view, kwargs: dict):
         response[name] = value
     response.render()
     return _FRAME_OPTIONS.process_response(request, response)
+
+
+def _answers_json(accept: str) -> bool:
+    """Whether the view would answer plain JSON, as the route does: no ``Accept``, or one with
+    ``application/json``, ``application/*`` or ``*/*`` among its ranges, with no parameter but ``q``
+    (the view reads ``indent``). Any other call is handed on: the view refuses an ``Accept`` that
+    leaves out JSON (406) before its handler runs, so nothing is sent or stored."""
+    if not accept.strip():
+        return True
+    for media_range in accept.split(","):
+        media, *params = media_range.split(";")
+        if media.strip().lower() in ("application/json", "application/*", "*/*") and all(
+            param.strip().lower().startswith("q=") for param in params
+        ):
+            return True
+    return False
 
 
 def _plain_json(content_type: str) -> bool:

@@ -83,6 +83,10 @@ def _scenario(name, campaign, pushsim_app, manager_alice, manager_mallory, api_k
         headers["HTTP_IDEMPOTENCY_KEY"] = "order\x00-1"
     elif name == "bad_json":
         body = '{"recipients": ['
+    elif name == "accept_not_json":
+        headers["HTTP_ACCEPT"] = "application/xml"  # the view refuses it before it sends anything
+    elif name == "accept_json_among_others":
+        headers["HTTP_ACCEPT"] = "text/html, application/json;q=0.9, */*;q=0.8"
     return client, url, body, headers
 
 
@@ -100,6 +104,8 @@ SCENARIOS = {
     "no_scope": (403, False),
     "revoked": (401, False),
     "bad_json": (400, False),
+    "accept_not_json": (406, False),
+    "accept_json_among_others": (202, True),
 }
 
 
@@ -137,6 +143,20 @@ def test_a_call_handed_to_the_view_counts_once_against_the_rate(live_trigger, tr
     assert handed.status_code == 400 and not _by_route(handed)  # a second token would have answered 429
     again = trigger_client.post(url, {"recipients": [{"external_id": "nobody"}]}, format="json")
     assert again.status_code == 429 and _by_route(again)
+
+
+def test_a_call_whose_accept_leaves_out_json_sends_nothing(live_trigger, trigger_client, pushsim_app):
+    """The view refuses such a call before its handler runs; the route sent it and answered JSON."""
+    DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=pushsim_app)
+    response = trigger_client.post(
+        f"/api/v1/campaigns/{live_trigger.pk}/trigger/",
+        {"recipients": [{"external_id": "zoe"}]},
+        format="json",
+        HTTP_ACCEPT="application/xml",
+    )
+    assert (response.status_code, response.json()["code"]) == (406, "not_acceptable")
+    assert not _by_route(response)
+    assert not Delivery.objects.exists()
 
 
 def test_a_stopped_campaign_is_refused_by_the_route(live_trigger, trigger_client, manager_alice):
@@ -181,6 +201,7 @@ EVENT_SCENARIOS = {
     "not_a_list": (400, True),
     "no_scope": (403, False),
     "bad_json": (400, False),
+    "accept_not_json": (406, False),
 }
 
 
@@ -196,6 +217,7 @@ def test_the_route_and_the_view_answer_events_alike(name, manager_alice, api_key
             body = {"events": {"external_id": "x"}}
         elif name == "bad_json":
             body = '{"events": ['
-        return _post(client, "/api/v1/events/bulk/", body)
+        headers = {"HTTP_ACCEPT": "text/csv"} if name == "accept_not_json" else {}
+        return _post(client, "/api/v1/events/bulk/", body, **headers)
 
     _route_and_view_agree(settings, send, *EVENT_SCENARIOS[name])
