@@ -258,8 +258,8 @@ def delivery_retention_problems(*, delivery_days: int | None = None) -> list[str
     if delivery_days <= 0:
         return []
     capping = DeliveryRules.objects.filter(frequency_cap__gt=0, frequency_window_hours__gt=delivery_days * 24)
-    # The app's name only: its whole row holds the credentials, decrypted as they are read, and a
-    # key that cannot decrypt them (``status``' secrets line) would stop this list too.
+    # The app's name only: this list needs nothing else of its row (whose credentials are decrypted
+    # only when read: ``accounts.encryption.EncryptedTextField``).
     return [
         f"The app '{name}' (id {app_id}) caps marketing pushes at {cap} per "
         f"{hours} hours, longer than PUSHDESK_RETENTION_DELIVERY_DAYS={delivery_days} "
