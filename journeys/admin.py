@@ -1,6 +1,6 @@
 import datetime as dt
 import json
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from django import forms
 from django.contrib import admin
@@ -23,6 +23,7 @@ from accounts.selectors import approval_current, in_scope
 from accounts.services import TransitionError
 from config.zones import zone, zoned, zoned_column
 from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
+from delivery.models import Dispatch
 from journeys.diagram import version_svg
 from journeys.graph import (
     DAY_SECONDS,
@@ -421,17 +422,26 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         totals = version_totals(version)
         link = reverse("admin:journeys_enrollment_changelist") + f"?version__id__exact={version.pk}"
         summary = ", ".join(f"{status} {count:,}" for status, count in totals.items())
+        stats = self._shown_stats(obj)
         if version.status == version.Status.DRAFT:
             step_url = "#step-{}".format  # the step's row in the editor below
         else:
-            step_url = lambda step: f"{link}&step={quote(step)}"  # noqa: E731 (its enrollments at that step)
+
+            def step_url(step: str) -> str:
+                counts = stats.get(step) or {}
+                # A profile passes a push at once: the step's sends show what it did, unless it sent
+                # nothing and refused its profiles, who ended there (its enrollments say why).
+                if counts.get("type") == "push" and (counts.get("pushed") or not counts.get("failed")):
+                    return step_sends_url(version, step)
+                return f"{link}&step={quote(step)}"  # its enrollments at that step
+
         return format_html(
             '<div class="journey-graph-box"><p>Version {} ({}): {} — <a href="{}">enrollments</a></p>{}</div>',
             version.number,
             version_status_text(obj, version).lower(),
             summary,
             link,
-            version_svg(version, stats=self._shown_stats(obj), names=content_names(version), step_url=step_url),
+            version_svg(version, stats=stats, names=content_names(version), step_url=step_url),
         )
 
     @staticmethod
@@ -512,6 +522,13 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             "stop": lambda: journey_stop(journey_id=object_id, by=by),
             "archive": lambda: journey_archive(journey_id=object_id, by=by),
         }
+
+
+def step_sends_url(version: JourneyVersion, step: str) -> str:
+    """The list of the batches a push step of ``version`` sent, newest first: the version's
+    dispatches (``dispatch_source_idx``), narrowed to the step its context names."""
+    query = urlencode({"kind__exact": Dispatch.Kind.JOURNEY, "source_id": version.pk, "context__journey__step": step})
+    return f"{reverse('admin:delivery_dispatch_changelist')}?{query}"
 
 
 def _report_version_html(journey: Journey, version) -> str:

@@ -200,7 +200,9 @@ def _counters(kind: str, counts: dict) -> tuple[str, str]:
     if kind == "push":
         skipped = counts.get("skipped") or {}
         if counts.get("failed"):  # refused at send time (the gate): those profiles end here, failed
-            notes.insert(0, f"refused {counts['failed']:,} (see its enrollments)")
+            # The box opens the step's enrollments when it refused everyone, else its sends.
+            where = "its enrollments ended failed" if counts.get("pushed") else "see its enrollments"
+            notes.insert(0, f"refused {counts['failed']:,} ({where})")
         for why, n in (counts.get("unsent") or {}).items():  # their batch stopped before it made any row
             notes.append(f"not sent {n:,} ({UNSENT_WORDS.get(why, why)})")
         if counts.get("send_failed"):

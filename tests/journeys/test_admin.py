@@ -132,6 +132,50 @@ def test_journey_page_draws_the_graph_with_per_step_counts(
     assert "Nothing you can do in this state." in text  # a viewer has no buttons
 
 
+@pytest.mark.embedded  # the step named in a batch's JSON context, on SQLite too
+def test_a_click_on_a_push_step_opens_the_batches_it_sent(
+    login, manager_alice, make_journey, publish, everyone, welcome, django_assert_max_num_queries
+):
+    """A push step's box opened the enrollments at that step, which is nearly always empty: a
+    profile passes a push at once. It opens the step's sends (its batches, each with its rows),
+    those of that version and step only."""
+    import html
+
+    from delivery.models import Dispatch
+
+    for name in ("ann", "ben"):
+        SegmentMemberFactory(segment=everyone, profile=ProfileFactory(external_id=name))
+    push = {"id": "push", "type": "push", "content": welcome.pk, "next": "done"}
+    journey = publish(make_journey(graph={"steps": [push, {"id": "done", "type": "exit"}]}))
+    other = publish(make_journey(name="Other", graph={"steps": [push, {"id": "done", "type": "exit"}]}))
+    for each in (journey, other):
+        journey_enter_segment(journey_id=each.pk)
+    journeys_run_due()
+    sent = Dispatch.objects.get(source_id=journey.live_version_id)
+    elsewhere = Dispatch.objects.create(  # another step's batch of the same version
+        app=journey.app,
+        kind="journey",
+        source_id=journey.live_version_id,
+        label="Onboarding v1 · later",
+        context={"journey": {"id": journey.pk, "name": journey.name, "version": 1, "step": "later"}},
+        content_spec={"title": "Hi"},
+    )
+    client = login(manager_alice)
+    page = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    box = re.search(r'data-step="push".*?</g>', page, re.S).group(0)
+    link = html.unescape(re.search(r'<a href="([^"]+)" class="step-link">', box).group(1))
+    assert link.startswith("/admin/delivery/dispatch/?")
+    done = re.search(r'data-step="done".*?</g>', page, re.S).group(0)
+    assert "/admin/journeys/enrollment/?" in done  # other steps open their enrollments there, as before
+
+    with django_assert_max_num_queries(30):
+        listing = client.get(link)
+    assert listing.status_code == 200
+    shown = [row.pk for row in listing.context["cl"].result_list]
+    assert shown == [sent.pk] and elsewhere.pk not in shown
+    assert "Onboarding v1 · push" in listing.content.decode()
+
+
 def test_buttons_follow_the_state(login, manager_alice, make_journey):
     journey = make_journey()
     client = login(manager_alice)
@@ -382,6 +426,8 @@ def test_a_push_step_whose_send_was_refused_says_how_many_profiles_it_failed(
     journeys_run_due()
     text = login(manager_alice).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
     assert "entered 3 · sent 0 · accepted 0" in text and "refused 3 (see its enrollments)" in text
+    box = re.search(r'data-step="push".*?</g>', text, re.S).group(0)
+    assert "/admin/journeys/enrollment/?" in box and "step=push" in box  # where they ended, failed, and why
 
 
 def test_a_push_step_says_how_many_profiles_left_it_when_the_journey_stopped(
