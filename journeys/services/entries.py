@@ -68,6 +68,12 @@ def _enter(
     No one enters unless the journey is live on ``version``, read with its row held shared until
     commit: a stop waits for the entry, then exits whoever it entered; an entry after a stop (or
     a new version) waits for it, then enters no one.
+
+    The enrollments are written in profile id order: each one's foreign key check locks its
+    profile (``FOR KEY SHARE``, at commit, in the order they were written), and a deletion of
+    profiles (``profiles_delete``) locks them by id, as every writer of profiles does; in the
+    audience's order, an entry could hold one profile the deletion waited for while it waited for
+    one the deletion held.
     """
     entry = entry_of(version.steps())
     if entry is None:
@@ -86,7 +92,7 @@ def _enter(
         f"SELECT %s, %s, p.id, COALESCE(prev.n, 0) + 1, %s, 'active', %s, %s, %s, '', {empty} "
         f"FROM ({audience_sql}) p CROSS JOIN {live} {prev} "
         "WHERE prev.n IS NULL OR (%s AND prev.busy = 0 AND prev.last_at <= %s) "
-        "ON CONFLICT DO NOTHING" + (" RETURNING id, profile_id" if returning else "")
+        "ORDER BY p.id ON CONFLICT DO NOTHING" + (" RETURNING id, profile_id" if returning else "")
     )
     params = [
         version.journey_id,

@@ -5,7 +5,7 @@ import datetime as dt
 import threading
 
 import pytest
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from audiences.services.events import events_ingest
@@ -17,7 +17,7 @@ from journeys.services.engine import journeys_run_due
 from journeys.services.entries import journey_enter_segment
 from journeys.services.lifecycle import journey_stop, journey_version_edit
 from tests.factories import DeviceFactory, EventFactory, ProfileFactory, SegmentMemberFactory
-from tests.locks import eventually
+from tests.locks import concurrently, eventually, wait_for_blocked_writers
 from tests.pg_statistics import rows_read, statistics_say_empty
 
 EXIT = {"id": "done", "type": "exit"}
@@ -1078,3 +1078,47 @@ def test_a_wait_of_whole_days_keeps_the_profile_s_time_of_day_across_a_clock_cha
     journey_enter_segment(journey_id=hours.pk, now=t0)
     journeys_run_due(now=t0)
     assert Enrollment.objects.get(journey=hours, profile=new_york).due_at == t0 + dt.timedelta(hours=36)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks between two sessions")
+@pytest.mark.django_db(transaction=True)
+def test_a_segment_entry_and_a_deletion_of_its_profiles_do_not_deadlock(make_journey, publish, manager_alice):
+    """An enrollment's check of its profile locks it (KEY SHARE) at commit, in the order the
+    enrollments were written: as the audience query read the profiles, here 'b' before 'a' (moved
+    to the end of the table by an update). A deletion locks them by id ('a' then 'b'): each held
+    one the other waited for ('deadlock detected'). The enrollments are now written in profile
+    id order: the entry waits for the deletion, then finds the profiles it read gone and enters no
+    one (its next run reads the segment again)."""
+    from audiences.models import Profile
+    from audiences.services.profiles import profiles_delete
+
+    journey = publish(make_journey())
+    a, b = ProfileFactory(external_id="a"), ProfileFactory(external_id="b")
+    Profile.objects.filter(pk=a.pk).update(attributes={"plan": "pro"})  # a new row version after 'b'
+    Journey.objects.filter(pk=journey.pk).update(next_entry_at=timezone.now())
+    holding, released = threading.Event(), threading.Event()
+
+    def holder():
+        with transaction.atomic():
+            Profile.objects.select_for_update(no_key=True).get(pk=b.pk)
+            holding.set()
+            released.wait(20)
+
+    def deletion():
+        holding.wait(10)
+        profiles_delete(profile_ids=[a.pk, b.pk], by=manager_alice)
+
+    def entry():
+        assert wait_for_blocked_writers(1)  # the deletion holds 'a' and waits for 'b'
+        journey_enter_segment(journey_id=journey.pk)
+
+    def release():
+        holding.wait(10)
+        wait_for_blocked_writers(2)
+        released.set()
+
+    errors = concurrently(holder, deletion, entry, release)
+    assert [type(e) for e in errors] == [IntegrityError], errors  # the entry's check, not a deadlock
+    assert not Profile.objects.exists()
+    assert not Enrollment.objects.exists()
+    assert journey_enter_segment(journey_id=journey.pk) == 0
