@@ -7,6 +7,7 @@ from django.urls import path, re_path
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.renderers import JSONRenderer
 
 from accounts import api as accounts_api
 from accounts.middleware import API_PREFIX
@@ -44,6 +45,25 @@ def server_error(request):
     )
 
 
+class _ErrorsInJson:
+    """A view answering in its own format (the schema's YAML, the docs' HTML) whose refusals (a
+    method it does not take, say) are the API's JSON errors, as every other path's under /api/."""
+
+    def handle_exception(self, exc):
+        response = super().handle_exception(exc)
+        self.request.accepted_renderer = JSONRenderer()  # what finalize_response renders it with
+        self.request.accepted_media_type = JSONRenderer.media_type
+        return response
+
+
+class SchemaView(_ErrorsInJson, SpectacularAPIView):
+    pass
+
+
+class DocsView(_ErrorsInJson, SpectacularSwaggerView):
+    pass
+
+
 # One flat list, not an include per app: an include that does not hold the path raises Resolver404
 # with the list of every pattern it tried, which the next one extends; for a path of the third app
 # that was a tenth of the web's CPU for an API trigger. The hot paths (triggers, events) come first.
@@ -53,7 +73,7 @@ urlpatterns = [
     *delivery_api.urlpatterns,
     *journeys_api.urlpatterns,
     *accounts_api.urlpatterns,
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
+    path("schema/", SchemaView.as_view(), name="schema"),
+    path("docs/", DocsView.as_view(url_name="api:schema"), name="docs"),
     re_path(r"^", api_not_found),
 ]

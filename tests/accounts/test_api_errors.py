@@ -53,3 +53,20 @@ def test_a_view_that_fails_answers_a_json_500_under_the_api_and_the_page_elsewhe
     page = client.get("/failing/")
     assert page.status_code == 500 and page["Content-Type"].startswith("text/html")
     assert b"Something went wrong" in page.content
+
+
+@pytest.mark.parametrize("path", ["/api/v1/schema/", "/api/v1/docs/"])
+@pytest.mark.parametrize("method", ["post", "put", "delete"])
+def test_the_schema_and_the_docs_refuse_a_method_in_json(client, path, method):
+    """They answered the refusal as the schema's YAML, and the docs' as an HTML page."""
+    response = getattr(client, method)(path)
+    assert response.status_code == 405
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"code": "method_not_allowed", "detail": f'Method "{method.upper()}" not allowed.'}
+    assert "GET" in response["Allow"]
+
+
+@pytest.mark.parametrize(("path", "content_type"), [("/api/v1/schema/", "openapi"), ("/api/v1/docs/", "text/html")])
+def test_the_schema_and_the_docs_still_answer_a_get_in_their_own_format(client, path, content_type):
+    response = client.get(path)
+    assert response.status_code == 200 and content_type in response["Content-Type"]
