@@ -160,9 +160,12 @@ class UpsertResult:
 
 
 def _locked(profiles):
-    """Lock ``profiles`` in id order, the order the events call, an import's batch and the devices'
-    reach triggers lock them in (each creating new profiles after, by external id as Python sorts
-    them), so no two of these paths wait for each other in a circle. The lock leaves the key alone
+    """Lock ``profiles`` in id order, the order every writer of profiles locks them in, so no two
+    of them wait for each other in a circle: the events call, an import's batch (into a segment,
+    the profiles it leaves as they are too), a static segment's member changes, a deletion
+    (``profiles_delete``), the device calls and the devices' reach triggers (the profiles before
+    the devices), a segment entry's enrollments (their foreign key checks). Those that create
+    profiles create them after, by external id as Python sorts them. The lock leaves the key alone
     (``FOR NO KEY UPDATE``): events and devices referring to a profile are not held up by it."""
     return profiles.select_for_update(no_key=True).order_by("id")
 
