@@ -377,3 +377,39 @@ def test_status_under_a_key_that_cannot_decrypt_still_names_a_cap_that_stops_ret
     assert f"app 'Shop' (id {app.pk}): the FCM service account cannot be decrypted" in text
     assert "retention  REFUSES TO RUN" in text
     assert f"The app 'Shop' (id {app.pk}) caps marketing pushes at 1 per 720 hours" in text
+
+
+def test_status_check_exits_0_while_nothing_needs_an_operator(db, queue, beat):
+    out = io.StringIO()
+    call_command("status", "--check", stdout=out)  # no SystemExit: status 0
+    assert "claimed, sending allowed" in out.getvalue()
+
+
+@pytest.mark.parametrize("problem", ["sending_off", "secrets", "beat_missing"])
+def test_status_check_exits_2_when_a_line_needs_an_operator_and_prints_every_line(db, queue, beat, settings, problem):
+    """`status` exited 0 whatever it said: a monitoring script or a restore drill could not tell
+    from its status that sending was off or the key opened nothing."""
+    from cryptography.fernet import Fernet
+
+    from delivery.models import App
+    from operations.models import Instance
+
+    if problem == "sending_off":
+        Instance.objects.filter(pk=1).update(name="production-eu")
+        said = "SENDING IS OFF"
+    elif problem == "secrets":
+        app = AppFactory(name="Shop")
+        App.objects.filter(pk=app.pk).update(fcm_service_account="a service account")
+        settings.PUSHDESK_ENCRYPTION_KEY = Fernet.generate_key().decode()
+        said = "CANNOT BE DECRYPTED"
+    else:
+        Schedule.objects.filter(name="journeys tick").delete()
+        said = "journeys tick: MISSING"
+    plain = io.StringIO()
+    call_command("status", stdout=plain)  # without --check: status 0, as before
+    assert said in plain.getvalue()
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as stopped:
+        call_command("status", "--check", stdout=out)
+    assert stopped.value.code == 2
+    assert said in out.getvalue() and out.getvalue().rstrip().splitlines()[-1].startswith("  ")  # the beat, last

@@ -25,7 +25,19 @@ def _age(seconds: float | None) -> str:
 class Command(BaseCommand):
     help = "Queue depth and the oldest task's age, dispatches sending and their rates, failed tasks, the beat."
 
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--check",
+            action="store_true",
+            help=(
+                "Exit with status 2 when a line needs an operator (sending is off, credentials cannot be "
+                "decrypted, retention refuses to run, a schedule of the beat is missing): for a monitoring "
+                "script or a restore drill. Status 1 still means the queue could not be read."
+            ),
+        )
+
     def handle(self, *args, **options):
+        attention: list[str] = []  # what a --check exit reports: the lines in capitals
         try:
             with database_errors_said():
                 connection.ensure_connection()
@@ -36,10 +48,12 @@ class Command(BaseCommand):
             raise CommandError(database_error_said(exc)) from exc
         write = self.stdout.write
         if s.instance_problem:
+            attention.append("instance")
             write(f"instance   {s.instance}: SENDING IS OFF: {s.instance_problem}")
         else:
             write(f"instance   {s.instance}: claimed, sending allowed")
         if unreadable:
+            attention.append("secrets")
             write("secrets    CANNOT BE DECRYPTED (nothing can be sent with them):")
             for problems in unreadable.values():
                 for problem in problems:
@@ -72,15 +86,19 @@ class Command(BaseCommand):
         waited = "" if oldest is None else f", the oldest stored {_age(oldest)}"
         write(f"replays    {s.event_replays} batches of events wait to enter or end journeys again{waited}")
         if s.retention_problems:
+            attention.append("retention")
             write("retention  REFUSES TO RUN (nothing is deleted) until these change:")
             for problem in s.retention_problems:
                 write(f"  {problem}")
         write("beat")
         for name, run in s.beat.items():
             if run.get("missing"):
+                attention.append("beat")
                 write(f"  {name}: MISSING (deleted?); `manage.py migrate` makes it again")
                 continue
             upcoming = f"{run['next_run']:%Y-%m-%d %H:%M:%S} UTC" if run["next_run"] else "not scheduled"
             write(f"  {name}: last ran {_age(run['age_seconds'])}, next {upcoming}")
         if s.queue_problem:
             sys.exit(1)
+        if options["check"] and attention:
+            sys.exit(2)
