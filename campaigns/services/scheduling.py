@@ -170,6 +170,11 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                     f"begun after UTC+14 reached its time: time zones past it by more than "
                     f"{limit.total_seconds() // 60:,.0f} minutes are skipped (missed_local_time)"
                 )
+            elif outcome == Occurrence.Outcome.SENT_LATE:
+                late = int((now - due).total_seconds() // 60)
+                late_note = (
+                    f"sent {late:,} minutes late, within its window of {limit.total_seconds() // 60:,.0f} minutes"
+                )
             # The dispatch's label (Sends, the dispatches, the home page) says when it sends as the
             # schedule was entered: in the zone named, or the wall time of each profile's zone.
             when = occurrence_when(due, time_zone=approved.time_zone, local=local)

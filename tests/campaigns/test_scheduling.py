@@ -73,6 +73,7 @@ def test_missed_occurrences_during_downtime_send_the_latest_once(make_campaign, 
     fired = campaign_fire_due(campaign_id=campaign.pk, now=T0 + dt.timedelta(days=3, hours=1))
     assert [o.outcome for o in fired] == ["skipped_missed", "skipped_missed", "skipped_missed", "sent_late"]
     assert fired[-1].due_at == T0 + dt.timedelta(days=3)
+    assert fired[-1].note == "sent 60 minutes late, within its window of 120 minutes"
     campaign.refresh_from_db()
     assert campaign.next_occurrence_at == T0 + dt.timedelta(days=4)
 
