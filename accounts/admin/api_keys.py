@@ -6,7 +6,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404
 from django.template.response import TemplateResponse
 
-from accounts.admin.bases import AccessAdmin, action_asked_again
+from accounts.admin.bases import AccessAdmin, asks_again
 from accounts.models import ApiKey
 from accounts.selectors import (
     api_key_owner_choices,
@@ -119,16 +119,14 @@ class ApiKeyAdmin(AccessAdmin):
         return ", ".join(obj.scopes)
 
     @admin.action(description="Revoke selected API keys", permissions=["revoke_keys"])
-    def revoke_keys(self, request, queryset):
-        consequences = [
+    @asks_again(
+        verb="Revoke",
+        consequences=[
             "Every call made with them is refused from now on (401). A revoked key cannot be restored: "
             "the integrations using it need a new key."
-        ]
-        asked = action_asked_again(
-            self, request, queryset, action="revoke_keys", verb="Revoke", consequences=consequences
-        )
-        if asked:
-            return asked
+        ],
+    )
+    def revoke_keys(self, request, queryset):
         for key in queryset:
             api_key_revoke(key_id=key.pk, by=request.user)
         self.message_user(request, f"{queryset.count()} key(s) revoked.", messages.SUCCESS)

@@ -1,5 +1,7 @@
 """The admin bases every app uses: scoped (object access), big-table, the access page and a status filter."""
 
+import functools
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -334,6 +336,23 @@ def action_asked_again(
         "action_url": request.get_full_path(),
     }
     return TemplateResponse(request, "admin/action_confirm.html", context)
+
+
+def asks_again(*, verb: str, consequences: list[str]):
+    """A list action that cannot be undone, asked again first (``action_asked_again``): put it under
+    ``@admin.action``; the action runs once the page's Yes is posted."""
+
+    def wrap(action):
+        @functools.wraps(action)
+        def run(model_admin, request, queryset):
+            asked = action_asked_again(
+                model_admin, request, queryset, action=action.__name__, verb=verb, consequences=consequences
+            )
+            return asked or action(model_admin, request, queryset)
+
+        return run
+
+    return wrap
 
 
 def deleted_objects_counted(model_admin: admin.ModelAdmin, request, objs) -> tuple[list, dict, set, list]:

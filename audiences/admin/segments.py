@@ -18,7 +18,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html_join
 from django.utils.timesince import timesince
 
-from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin, action_asked_again, deleted_objects_counted
+from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin, asks_again, deleted_objects_counted
 from accounts.json_values import JsonValueFormField, json_parse, json_value_check
 from accounts.selectors import in_scope
 from audiences.models import Segment
@@ -386,16 +386,14 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             )
 
     @admin.action(description="Delete selected segments", permissions=["delete"])
-    def delete_segments(self, request, queryset):
-        consequences = [
+    @asks_again(
+        verb="Delete",
+        consequences=[
             "Their rules and members go with them (the profiles stay). One that another segment, a campaign "
             "or a journey uses is not deleted: each is named."
-        ]
-        asked = action_asked_again(
-            self, request, queryset, action="delete_segments", verb="Delete", consequences=consequences
-        )
-        if asked:
-            return asked
+        ],
+    )
+    def delete_segments(self, request, queryset):
         deleted = 0
         for segment in queryset:
             try:

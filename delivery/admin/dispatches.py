@@ -12,7 +12,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
 
-from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin, ScopedAdmin, action_asked_again, row_id
+from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin, ScopedAdmin, asks_again, row_id
 from accounts.selectors import visible_to
 from config.zones import zone, zoned_column
 from delivery.admin.contents import _spec_previews_html
@@ -278,15 +278,16 @@ class DispatchAdmin(ScopedAdmin):
         return mark_safe(report_charts_html(charts))  # noqa: S308 (a template, autoescaped)
 
     @admin.action(description="Stop the selected dispatches (queued rows are not sent)", permissions=["stop"])
-    def stop(self, request, queryset):
-        consequences = [
+    @asks_again(
+        verb="Stop",
+        consequences=[
             "Their pushes not yet handed to Apple or Google are skipped (stopped); those already handed over "
             "keep their outcome. A finished dispatch is left as it is.",
             "The campaign or journey that made them goes on (its next send, trigger call or journey step opens "
             "a new dispatch): stop it to stop sending.",
-        ]
-        if asked := action_asked_again(self, request, queryset, action="stop", verb="Stop", consequences=consequences):
-            return asked
+        ],
+    )
+    def stop(self, request, queryset):
         for dispatch in queryset:
             try:
                 dispatch_stop(dispatch_id=dispatch.pk, by=request.user)
