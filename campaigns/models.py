@@ -291,6 +291,11 @@ class Campaign(ConversionGoal):
             "winner": self.winner_settings(),
         }
 
+    def schedule_zone(self) -> str:
+        """The zone its sends are shown in: the approved schedule's, as it was entered (a pending
+        revision's zone sends nothing yet); the campaign's own before any approval."""
+        return ((self.approved_version or {}).get("fields") or {}).get("time_zone") or self.time_zone
+
     def approved(self) -> "ApprovedVersion | None":
         """The version that sends while the campaign is scheduled or live (None before any approval)."""
         if self.approved_version:
@@ -460,7 +465,7 @@ class Occurrence(models.Model):
         from campaigns.schedule import at_local_time, occurrence_when
         from config.zones import zoned
 
-        time_zone = self.campaign.time_zone  # as the campaign's dates are entered and shown
+        time_zone = self.campaign.schedule_zone()  # as the schedule that fired it was entered
         if self.at_local_time is not None:
             local = self.at_local_time
         elif self.dispatch_id is None:

@@ -86,7 +86,7 @@ class OccurrenceColumns:
 
     @admin.display(description="Fired at")
     def fired(self, obj):
-        return zoned(obj.fired_at, obj.campaign.time_zone)
+        return zoned(obj.fired_at, obj.campaign.schedule_zone())
 
     @admin.display(description="Dispatch")
     def dispatch_link(self, obj):

@@ -71,7 +71,7 @@ def next_send_text(campaign: Campaign) -> str:
     gets there first), as the approved version says. "—" when nothing is due."""
     approved = (campaign.approved_version or {}).get("fields") or {}
     # In the zone the approved schedule was entered in: a pending revision's zone sends nothing yet.
-    when = zoned(campaign.next_occurrence_at, approved.get("time_zone") or campaign.time_zone)
+    when = zoned(campaign.next_occurrence_at, campaign.schedule_zone())
     if campaign.next_occurrence_at is None or not approved.get("at_local_time") or approved["schedule_kind"] == "now":
         return when
     wall = dt.datetime.fromisoformat(local_wall_time(campaign, campaign.next_occurrence_at))

@@ -425,6 +425,32 @@ def test_the_next_send_reads_in_the_approved_zone_while_a_revision_changes_it(
     assert "2027-01-05 09:00 (Europe/Paris)" in listed and "03:00 (America/New_York)" not in listed
 
 
+def test_occurrences_read_in_the_approved_zone_while_a_revision_changes_it(
+    client, make_campaign, manager_alice, approver_bob
+):
+    """They read in the campaign row's zone, a pending revision's: a 09:00 Paris send listed as
+    03:00 New York, at odds with the Next send above it."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from campaigns.services.scheduling import campaigns_tick
+
+    nine = dt.datetime(2027, 1, 5, 9, 0, tzinfo=ZoneInfo("Europe/Paris"))
+    campaign = make_campaign(schedule_kind="at", send_at=nine, time_zone="Europe/Paris")
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=nine - dt.timedelta(days=2))
+    campaigns_tick(now=nine + dt.timedelta(seconds=20))
+    Campaign.objects.filter(pk=campaign.pk).update(time_zone="America/New_York")  # a revision, pending
+
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    occurrences = page[page.index('id="occurrences-group"') :]
+    assert "2027-01-05 09:00 (Europe/Paris)" in occurrences
+    assert "(America/New_York)" not in occurrences
+    listed = client.get(f"/admin/campaigns/occurrence/?campaign__id__exact={campaign.pk}").content.decode()
+    assert "2027-01-05 09:00 (Europe/Paris)" in listed and "03:00 (America/New_York)" not in listed
+
+
 def test_the_review_says_when_it_was_asked_in_the_campaigns_zone_named(
     client, make_campaign, manager_alice, approver_bob
 ):
