@@ -106,10 +106,14 @@ class StepStatsSerializer(serializers.Serializer):
     pushed = serializers.IntegerField()
     failed = serializers.IntegerField()
     exited = serializers.IntegerField(
-        help_text="Left the journey here: at an exit, on the exit event, or when the journey stopped."
+        help_text="Left the journey here: at an exit, on the exit event, when the journey stopped, or as the "
+        "profile was deleted."
     )
     exit_event = serializers.IntegerField(help_text="Ended here by the exit event.")
     stopped = serializers.IntegerField(help_text="Ended here when the journey was stopped.")
+    deleted = serializers.IntegerField(
+        help_text="Ended here as the profile was deleted (counted, nothing of the profile kept)."
+    )
     passed = serializers.DictField(child=serializers.IntegerField())
     targeted = serializers.IntegerField(help_text="Push steps: the rows its sends made.")
     sent = serializers.IntegerField(help_text="Push steps: handed to a provider (accepted, failed or unknown).")

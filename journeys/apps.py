@@ -11,6 +11,7 @@ class JourneysConfig(AppConfig):
         from accounts.approvals import ApprovalSubject, register_approval_subject
         from audiences.rules.validation import rules_tree_holders_register
         from audiences.services.events import event_listeners_register
+        from audiences.services.profiles import profile_deletion_listeners_register
         from audiences.services.segments import segment_holders_register
         from config.zones import zoned
         from delivery.models import DeliveryRules, Dispatch
@@ -25,7 +26,7 @@ class JourneysConfig(AppConfig):
             journeys_sending_contents,
         )
         from journeys.services.engine import JOURNEYS_STAMP, journey_stream_is_current, journeys_changed
-        from journeys.services.entries import journeys_on_events
+        from journeys.services.entries import journeys_on_events, journeys_profiles_deleting
         from journeys.services.lifecycle import journey_approve, journey_gate, journey_request_changes
 
         for model in (Journey, JourneyVersion, DeliveryRules):
@@ -37,6 +38,7 @@ class JourneysConfig(AppConfig):
         segment_holders_register(journeys_conditions_naming)
         stream_current_check_register(kind=Dispatch.Kind.JOURNEY, check=journey_stream_is_current)
         event_listeners_register(journeys_on_events, stamps=(JOURNEYS_STAMP,))
+        profile_deletion_listeners_register(journeys_profiles_deleting)
         register_approval_subject(
             Journey,
             ApprovalSubject(

@@ -185,17 +185,22 @@ def version_svg(
 def _counters(kind: str, counts: dict) -> tuple[str, str]:
     """A step's live counters (entered, waiting, sent, accepted, exited) and its notes (a push
     refused at send time, profiles of a batch stopped before it sent, failures, skips by reason,
-    rows still to send, exits on the exit event or when the journey stopped).
+    rows still to send, exits on the exit event, when the journey stopped or as the profile was deleted).
     A push step's sent are the rows handed to a provider; with the skipped and those still to send
     they make every row targeted; the profiles it refused end there, failed."""
     if kind == "exit":
-        return f"exited {counts.get('exited', 0) - counts.get('exit_event', 0) - counts.get('stopped', 0):,}", ""
+        ended_here = counts.get("exited", 0) - sum(counts.get(why, 0) for why in ("exit_event", "stopped", "deleted"))
+        return f"exited {ended_here:,}", ""
     line = f"entered {counts.get('entered', 0):,}"
     if kind == "wait":
         line += f" · waiting {counts.get('waiting', 0):,}"
     elif kind == "push":
         line += f" · sent {counts.get('sent', 0):,} · accepted {counts.get('accepted', 0):,}"
-    ended = (("exit event", counts.get("exit_event")), ("journey stopped", counts.get("stopped")))
+    ended = (
+        ("exit event", counts.get("exit_event")),
+        ("journey stopped", counts.get("stopped")),
+        ("profile deleted", counts.get("deleted")),
+    )
     notes = [f"{why} {n:,}" for why, n in ended if n]
     if kind == "push":
         skipped = counts.get("skipped") or {}

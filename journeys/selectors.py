@@ -46,7 +46,8 @@ def journey_open_version(journey: Journey) -> JourneyVersion | None:
 
 def version_step_stats(version: JourneyVersion) -> dict[str, dict]:
     """Per step: entered, waiting (now), passed per branch, pushed, exited (at an exit, on the exit
-    event, or when the journey stopped: ``exit_event``, ``stopped``)."""
+    event, when the journey stopped, or as the profile was deleted: ``exit_event``, ``stopped``,
+    ``deleted``)."""
     stats: dict[str, dict] = defaultdict(dict)
     for step, metric, count in StepStat.objects.filter(version=version).values_list("step", "metric", "count"):
         stats[step][metric] = stats[step].get(metric, 0) + count  # the sum of the counter's shards
@@ -73,9 +74,13 @@ def version_step_stats(version: JourneyVersion) -> dict[str, dict]:
             "due": counts.get("due", 0),
             "pushed": counts.get("pushed", 0),
             "failed": counts.get("failed", 0),
-            "exited": counts.get("exited", 0) + counts.get("exit_event", 0) + counts.get("stopped", 0),
+            "exited": counts.get("exited", 0)
+            + counts.get("exit_event", 0)
+            + counts.get("stopped", 0)
+            + counts.get("deleted", 0),
             "exit_event": counts.get("exit_event", 0),
             "stopped": counts.get("stopped", 0),
+            "deleted": counts.get("deleted", 0),
             "passed": {label: _passed(step["type"], label, counts) for label, _ in exits_of(step)},
             "targeted": outcomes.get("targeted", 0),
             "sent": outcomes.get("sent", 0),

@@ -266,6 +266,18 @@ def profile_upsert(
     return profiles_upsert(items=[item], by=by)[0]
 
 
+# What apps further down the chain do before profiles go (journeys count the open enrollments
+# that go with them as ended): each is called with the ids of the locked profiles, in the deletion's
+# transaction, before anything is deleted.
+_DELETION_LISTENERS: list = []
+
+
+def profile_deletion_listeners_register(fn) -> None:
+    """``fn(profile_ids=[...])``: called by ``profiles_delete`` before those profiles are deleted."""
+    if fn not in _DELETION_LISTENERS:
+        _DELETION_LISTENERS.append(fn)
+
+
 def profiles_delete(*, profile_ids: list[int], by: User) -> int:
     """Delete profiles with everything that refers to them (events, devices, memberships...); return
     how many there were.
@@ -273,7 +285,8 @@ def profiles_delete(*, profile_ids: list[int], by: User) -> int:
     The profiles are locked ``FOR UPDATE`` first, in id order: segment members and events have no
     database constraint on their profile, and each writer of members or events holds the profile
     locked until it commits (an import batch, ``segment_members_change``, ``events_ingest``), so the
-    deletion waits for those rows and removes them too. Raises PermissionDenied when the role may not delete profiles.
+    deletion waits for those rows and removes them too. The deletion listeners run then, in the same
+    transaction. Raises PermissionDenied when the role may not delete profiles.
     """
     _ensure_perm(by, "audiences.delete_profile", "Your role may not delete profiles.")
     with transaction.atomic():
@@ -281,7 +294,10 @@ def profiles_delete(*, profile_ids: list[int], by: User) -> int:
         for profile in profiles:
             audit(actor=by, action="profile_deleted", obj=profile)
         if profiles:
-            Profile.objects.filter(pk__in=[p.pk for p in profiles]).delete()
+            ids = [p.pk for p in profiles]
+            for listener in list(_DELETION_LISTENERS):
+                listener(profile_ids=ids)
+            Profile.objects.filter(pk__in=ids).delete()
     return len(profiles)
 
 

@@ -250,6 +250,33 @@ def journeys_events_received(
     return {"exited": exited, "entered": entered}
 
 
+PROFILE_DELETED = "deleted"  # the step counter of the profiles deleted while there
+
+
+def journeys_profiles_deleting(*, profile_ids: list[int]) -> int:
+    """Profiles are being deleted (``profiles_delete``, which holds them locked): count their open
+    enrollments as ended at the step each was at (``deleted``), as a stop counts those it ends, so
+    that each step's figures still add up once the enrollments go with their profiles; the
+    counters keep a number, nothing of the profile. Waits for an engine batch running any of them
+    (their rows locked, in id order), then counts them as that batch left them. Returns how many.
+
+    An enrollment the engine has not run yet (``active``) is counted entered where it was too,
+    as ``_exit_everyone_inside`` does: the engine counts a step's arrivals as it runs them."""
+    rows = list(
+        Enrollment.objects.select_for_update()
+        .filter(profile_id__in=profile_ids, status__in=Enrollment.OPEN_STATUSES)
+        .order_by("id")
+        .values_list("version_id", "step", "status")
+    )
+    counts: Counter = Counter()
+    for version_id, step, status in rows:
+        counts[(version_id, step, PROFILE_DELETED)] += 1
+        if status == EStatus.ACTIVE:
+            counts[(version_id, step, "entered")] += 1
+    _stats_add(counts)
+    return len(rows)
+
+
 def _latest(events: list[tuple[int, str, dt.datetime]], name: str) -> dict[int, dt.datetime]:
     """Each profile's latest event called ``name`` among ``events``."""
     latest: dict[int, dt.datetime] = {}

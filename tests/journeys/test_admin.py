@@ -479,6 +479,24 @@ def test_a_push_step_whose_batch_was_stopped_before_its_rows_were_made_says_why(
     assert "not sent 3 (batch stopped before it sent)" in box
 
 
+def test_a_profile_deleted_from_its_page_while_waiting_is_counted_where_it_left(
+    login, manager_alice, make_journey, publish
+):
+    """The wait's box read "entered 2 · waiting 1" with nothing for the other once it was deleted."""
+    ann, ben = ProfileFactory.create_batch(2)
+    graph = {
+        "steps": [{"id": "pause", "type": "wait", "seconds": 3600, "next": "done"}, {"id": "done", "type": "exit"}]
+    }
+    journey = publish(make_journey(graph=graph))
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    client = login(manager_alice)
+    assert client.post(f"/admin/audiences/profile/{ben.pk}/delete/", {"post": "yes"}).status_code == 302
+    text = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    box = re.search(r'data-step="pause".*?</g>', text, re.S).group(0)
+    assert "entered 2 · waiting 1" in box and "profile deleted 1" in box
+
+
 def test_a_stopped_journeys_versions_say_no_one_finishes_on_them(
     login, manager_alice, make_journey, publish, vips, welcome
 ):

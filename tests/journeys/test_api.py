@@ -74,6 +74,24 @@ def test_detail_counts_the_profiles_of_a_push_batch_stopped_before_it_sent(
     assert steps["done"]["unsent"] == {}
 
 
+def test_detail_counts_a_profile_deleted_inside_as_ended_where_it_was(
+    make_journey, publish, api_key_for, manager_alice
+):
+    from audiences.services.profiles import profiles_delete
+
+    ann, ben = ProfileFactory.create_batch(2)
+    graph = {
+        "steps": [{"id": "pause", "type": "wait", "seconds": 3600, "next": "done"}, {"id": "done", "type": "exit"}]
+    }
+    journey = publish(make_journey(graph=graph))
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    profiles_delete(profile_ids=[ben.pk], by=manager_alice)
+    steps = {s["id"]: s for s in api_key_for(manager_alice).get(f"/api/v1/journeys/{journey.pk}/").json()["steps"]}
+    assert (steps["pause"]["entered"], steps["pause"]["waiting"], steps["pause"]["exited"]) == (2, 1, 1)
+    assert steps["pause"]["deleted"] == 1
+
+
 def test_detail_of_a_journey_out_of_reach_is_404(
     make_journey, api_key_for, manager_alice, manager_mallory, welcome, vips
 ):

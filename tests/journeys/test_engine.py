@@ -130,6 +130,41 @@ def _wait_graph(seconds=None, until=None, content=None):
     return {"steps": steps}
 
 
+@pytest.mark.embedded
+def test_a_deleted_profile_inside_a_journey_is_counted_as_ended_where_it_was(
+    make_journey, publish, manager_alice, welcome
+):
+    """A profile deleted while waiting (or not yet run) vanished from the step's figures with its
+    enrollment: its step had entered it, and neither waited, passed on nor ended it any more. It
+    is counted ended there ("deleted"), nothing of the profile kept; one that finished keeps counting."""
+    from audiences.services.profiles import profiles_delete
+
+    waiting, gone_before, finished, late = ProfileFactory.create_batch(4)
+    graph = {
+        "steps": [
+            {"id": "pause", "type": "wait", "seconds": 3600, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+    journey = publish(make_journey(graph=graph))
+    t0 = timezone.now()
+    journey_enter_segment(journey_id=journey.pk, now=t0)
+    profiles_delete(profile_ids=[gone_before.pk], by=manager_alice)  # entered, not run yet
+    journeys_run_due(now=t0)
+    Enrollment.objects.filter(profile=finished).update(due_at=t0)
+    journeys_run_due(now=t0 + dt.timedelta(seconds=1))  # 'finished' passes the wait and ends
+    profiles_delete(profile_ids=[waiting.pk, finished.pk], by=manager_alice)
+
+    stats = version_step_stats(journey.live_version)
+    pause, done = stats["pause"], stats["done"]
+    assert (pause["entered"], pause["waiting"], pause["passed"]["next"]) == (4, 1, 1)
+    assert pause["deleted"] == 2 and pause["exited"] == 2
+    assert pause["entered"] == pause["waiting"] + pause["passed"]["next"] + pause["exited"]
+    assert done["entered"] == done["exited"] == 1 and done["deleted"] == 0  # it had finished: counted as it was
+    assert not Enrollment.objects.filter(profile_id__in=[waiting.pk, gone_before.pk, finished.pk]).exists()
+    assert list(Enrollment.objects.values_list("profile_id", "status")) == [(late.pk, "waiting")]
+
+
 def test_wait_for_a_duration_holds_profiles_until_due(make_journey, publish, team):
     ProfileFactory.create_batch(3)
     t0 = timezone.now()
