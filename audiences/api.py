@@ -32,7 +32,7 @@ from accounts.json_values import (
 )
 from accounts.pagination import ListQuery, QueryInteger, page_response, page_schema, query_params_valid
 from accounts.parsers import ApiJSONParser
-from audiences.imports import columns_problem
+from audiences.imports import ImportRefused, columns_problem
 from audiences.models import Import, Profile, Segment
 from audiences.rules.schema import KEY_RE, RulesInvalid
 from audiences.selectors import imports_visible_to, profiles_visible_to, segment_for, segments_visible_to
@@ -568,15 +568,18 @@ class ImportCreateView(APIView):
         serializer = ImportInSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        record = import_create(
-            upload=data["file"],
-            by=request.user,
-            encoding=data["encoding"],
-            columns=data.get("columns") or {},
-            target=data["target"],
-            segment_id=data.get("segment"),
-            segment_name=data.get("segment_name", ""),
-        )
+        try:
+            record = import_create(
+                upload=data["file"],
+                by=request.user,
+                encoding=data["encoding"],
+                columns=data.get("columns") or {},
+                target=data["target"],
+                segment_id=data.get("segment"),
+                segment_name=data.get("segment_name", ""),
+            )
+        except ImportRefused as exc:  # the file as a whole, or its mapping: named as such, not as the body
+            raise serializers.ValidationError({exc.field: exc.messages}) from exc
         record.refresh_from_db()
         return Response(ImportOutSerializer(record, context={"request": request}).data, status=status.HTTP_202_ACCEPTED)
 

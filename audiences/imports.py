@@ -72,7 +72,14 @@ KEPT_LINES = 1024
 
 
 class ImportRefused(ValidationError):
-    """The whole file is refused before any row lands (not CSV, no external_id column, too big...)."""
+    """The whole file is refused before any row lands (not CSV, no external_id column, too big...).
+
+    ``field`` is what the API's error names: ``file``, or ``columns`` when the mapping sent with
+    the file is what is wrong."""
+
+    def __init__(self, message: str, *, field: str = "file"):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -168,10 +175,12 @@ def plan_columns(header: list[str], columns: dict | None) -> Plan:
         seen.add(name)
     unknown = sorted(set(columns) - set(names))
     if unknown:
-        raise ImportRefused(f"The column mapping names {unknown[0]!r}, which is not in the file's header.")
+        raise ImportRefused(
+            f"The column mapping names {unknown[0]!r}, which is not in the file's header.", field="columns"
+        )
     found = columns_problem(columns)
     if found is not None:
-        raise ImportRefused(found[1])
+        raise ImportRefused(found[1], field="columns")
     plan: list[Column] = []
     id_index = None
     targets: set[str] = set()

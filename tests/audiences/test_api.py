@@ -452,13 +452,29 @@ def test_import_status_gives_the_run_its_time_left_counts_from(
     assert 0 < status["percent"] < 100
 
 
-def test_import_without_external_id_column_is_refused_at_once(manager_alice, api_key_for, settings, tmp_path):
+@pytest.mark.parametrize(
+    ("content", "columns", "field", "words"),
+    [
+        (b"email,plan\na@x,pro\n", None, "file", "no external_id column"),
+        (b"\n\n", None, "file", "The file is empty."),
+        (b"external_id,plan,plan\nu1,a,b\n", None, "file", "appears twice"),
+        (b"external_id,plan\nu1,pro\n", '{"tier": {"to": "level"}}', "columns", "'tier', which is not in"),
+    ],
+)
+def test_a_file_refused_at_once_is_answered_naming_the_file_or_the_columns(
+    manager_alice, api_key_for, settings, tmp_path, content, columns, field, words
+):
+    """A refusal of the whole file named no field (null, as for the body)."""
     settings.MEDIA_ROOT = tmp_path
     client = api_key_for(manager_alice, scopes=["ingest"])
-    upload = SimpleUploadedFile("people.csv", b"email,plan\na@x,pro\n", content_type="text/csv")
-    response = client.post("/api/v1/imports/", {"file": upload}, format="multipart")
+    body = {"file": SimpleUploadedFile("people.csv", content, content_type="text/csv")}
+    if columns:
+        body["columns"] = columns
+    response = client.post("/api/v1/imports/", body, format="multipart")
     assert response.status_code == 400
-    assert "external_id" in response.json()["detail"]
+    [error] = response.json()["errors"]
+    assert error["field"] == field and words in error["detail"]
+    assert response.json()["detail"] == f"{field}: {error['detail']}"
     assert not Import.objects.exists() and not Profile.objects.exists()
 
 
