@@ -272,6 +272,14 @@ def winner_pick(*, campaign_id: int, now: dt.datetime | None = None) -> WinnerTe
                 test.winner = None
                 then = "all variants go to the rest, in their shares."
             test.reason = f"{decision.reason} Fallback: {then}"[:300]
+        missed = _rest_missed(test, sample, approved, campaign, now)
+        if missed:
+            # The pick is kept (the report says which variant won); the rest is not sent days late.
+            test.outcome = WinnerTest.Outcome.CANCELLED
+            test.reason = f"{test.reason} {missed}"[:300]
+            test.save()
+            audit(actor=None, action="campaign_winner_cancelled", obj=campaign, summary={"reason": test.reason})
+            return test
         # The pick is on the row before the remainder exists: the gate reads it there.
         test.save()
         variants = rest_variants(approved, test.winner)
@@ -314,6 +322,24 @@ def winner_pick(*, campaign_id: int, now: dt.datetime | None = None) -> WinnerTe
             summary={"winner": variant_label(test.winner) if test.winner else None, "reason": test.reason},
         )
     return test
+
+
+def _rest_missed(test: WinnerTest, sample, approved, campaign: Campaign, now: dt.datetime) -> str:
+    """Why the rest is not sent, when its pick comes later than the campaign's missed window allows
+    (the workers down past it): as an occurrence missed so long, it is skipped, not sent late. Due
+    when the wait is over, or the sample finished sending if that came later. '' when in time."""
+    from config.zones import zoned
+
+    ready = test.due_at
+    if sample is not None and sample.finished_at is not None:
+        ready = max(ready, sample.finished_at)
+    late = int((now - ready).total_seconds() // 60)
+    if late <= approved.missed_window_minutes:
+        return ""
+    return (
+        f"Nothing sent to the rest: its pick was due at {zoned(ready, campaign.schedule_zone())} and came "
+        f"{late:,} minutes late, more than the campaign's missed window of {approved.missed_window_minutes:,} minutes."
+    )
 
 
 def winners_pick_due(*, now: dt.datetime | None = None) -> int:

@@ -474,3 +474,26 @@ def test_the_goal_a_conversion_pick_needs_cannot_be_cleared(shop, contents, mana
     campaign_winner_set(campaign_id=campaign.pk, by=manager_alice, settings=WinnerInput(sample_share=40))
     campaign_conversion_set(campaign_id=campaign.pk, by=manager_alice, event="")
     assert Campaign.objects.get(pk=campaign.pk).conversion_event == ""
+
+
+@pytest.mark.parametrize(("late_minutes", "rest_sent"), [(30, True), (61, False)])
+def test_a_pick_later_than_the_missed_window_keeps_the_winner_and_sends_nothing_to_the_rest(
+    shop, contents, manager_alice, approver_bob, late_minutes, rest_sent
+):
+    """Workers down for days past the wait: the rest went out days late, as no late occurrence would
+    (the window, 60 minutes here, skips those)."""
+    _phones(20, shop)
+    campaign = _approve(_campaign(manager_alice, shop, contents, winner=WINNER), manager_alice, approver_bob)
+    sample = _sample(campaign)
+    _open(sample, 1)
+    test = winner_pick(campaign_id=campaign.pk, now=T0 + dt.timedelta(minutes=WINNER.wait_minutes + late_minutes))
+    assert test.winner == 1 and test.figures  # the pick is kept either way
+    if rest_sent:
+        assert test.outcome == "winner" and test.remainder_dispatch_id is not None
+        return
+    assert (test.outcome, test.remainder_dispatch_id) == ("cancelled", None)
+    assert test.reason.endswith(
+        "Nothing sent to the rest: its pick was due at 2030-03-01 11:00 (UTC) and came 61 minutes late, "
+        "more than the campaign's missed window of 60 minutes."
+    )
+    assert not Dispatch.objects.filter(source_id=campaign.pk).exclude(pk=sample.pk).exists()
