@@ -3,6 +3,7 @@
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.validators import ProhibitNullCharactersValidator
 from django.http import Http404
 from django.urls import path
 from django.utils import timezone
@@ -12,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView, exception_handler
 
-from accounts.json_values import MAX_BYTES, MAX_DEPTH, json_value_problem
+from accounts.json_values import MAX_BYTES, MAX_DEPTH, json_text_problem, json_value_problem
 from accounts.parsers import request_too_large
 from accounts.roles import role_permissions
 from operations.instance import InstanceMismatch
@@ -50,7 +51,20 @@ class _JsonType:
 
 
 class JsonCharField(_JsonType, serializers.CharField):
+    """Text, refused as any other value the API stores when it holds a NUL or a lone surrogate
+    (``accounts.json_values``: one code and wording, in a text field, a JSON value or a query)."""
+
     json_types = (str,)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.validators = [v for v in self.validators if not isinstance(v, ProhibitNullCharactersValidator)]
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if problem := json_text_problem(value):
+            raise serializers.ValidationError(problem, code="invalid")
+        return value
 
 
 class JsonIntegerField(_JsonType, serializers.IntegerField):

@@ -322,3 +322,30 @@ def test_the_body_check_refuses_exactly_what_the_whole_walk_refuses(text):
         assert found == (expected[0] or "value", [expected[1]])
     else:
         assert expected is None
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "raw", "field"),
+    [
+        ("post", "/api/v1/profiles/", '{"external_id": "a\\u0000b"}', "external_id"),
+        ("post", "/api/v1/profiles/", '{"external_id": "a", "locale": "fr\\u0000"}', "locale"),
+        (
+            "post",
+            "/api/v1/campaigns/1/trigger/",
+            '{"recipients": [{"external_id": "a\\u0000"}]}',
+            "recipients[0].external_id",
+        ),
+        ("post", "/api/v1/profiles/", '{"external_id": "a", "attributes": {"plan": "a\\u0000b"}}', "attributes.plan"),
+        ("get", "/api/v1/campaigns/?status=a%00b", None, "status"),
+    ],
+    ids=["text-field", "optional-text-field", "text-field-in-a-list", "json-value", "query-parameter"],
+)
+def test_a_nul_is_refused_with_one_code_and_wording_wherever_it_is(ingest, method, path, raw, field):
+    """A text field's NUL was DRF's 'null_characters_not_allowed' ("Null characters are not allowed."),
+    a JSON value's or a query's 'invalid' ("The NUL character (\\u0000) is not allowed.")."""
+    response = _post(ingest, path, raw) if method == "post" else ingest.get(path)
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {"field": field, "code": "invalid", "detail": "The NUL character (\\u0000) is not allowed."}
+    ]
+    assert not Profile.objects.exists()
