@@ -493,7 +493,23 @@ class CampaignTriggerView(APIView):
                 "server (its encryption key is not the one they were stored under); nothing was queued."
             ),
         },
-        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
+        parameters=[
+            OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False),
+            OpenApiParameter(
+                "Retry-After",
+                int,
+                OpenApiParameter.HEADER,
+                response=[429],
+                description="Seconds to wait before the key may trigger again.",
+            ),
+            OpenApiParameter(
+                "Idempotent-Replayed",
+                str,
+                OpenApiParameter.HEADER,
+                response=[202],
+                description="`true` when this is the stored answer of the first call with this Idempotency-Key.",
+            ),
+        ],
     )
     def post(self, request, campaign_id: int):
         stamps = request_stamps(request)

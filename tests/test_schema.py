@@ -151,3 +151,18 @@ def test_a_bulk_call_documents_any_item_as_accepted_and_answered_alone(component
 def test_an_import_segment_is_a_positive_id_and_never_null(db):
     declared = _schema()["components"]["schemas"]["ImportInRequest"]["properties"]["segment"]
     assert declared.get("nullable") is not True and declared["minimum"] == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "status", "header"),
+    [
+        ("/api/v1/campaigns/{campaign_id}/trigger/", "post", "429", "Retry-After"),
+        ("/api/v1/events/bulk/", "post", "503", "Retry-After"),
+        ("/api/v1/campaigns/{campaign_id}/trigger/", "post", "202", "Idempotent-Replayed"),
+    ],
+)
+def test_the_headers_an_answer_carries_are_documented(path, method, status, header, db):
+    """A client generated from the schema reads only the headers it declares: the wait of a 429, a replay."""
+    declared = _schema()["paths"][path][method]["responses"][status].get("headers", {})
+    assert header in declared, f"{method.upper()} {path} {status} does not declare {header}"
+    assert declared[header]["schema"]["type"] == ("integer" if header == "Retry-After" else "string")
