@@ -205,6 +205,12 @@ COMMON_ERRORS = {
 BODY_TOO_LARGE = (
     "`request_too_large`: the body is over the limit (`PUSHDESK_MAX_REQUEST_BYTES`, 24 MB), stated in `detail`."
 )
+NOT_ACCEPTABLE = (
+    "`not_acceptable`: the `Accept` header leaves out `application/json`, the only type the API answers in."
+)
+UNSUPPORTED_MEDIA_TYPE = (
+    "`unsupported_media_type`: the body is not of a type this operation reads (see its request body)."
+)
 
 
 def document_error_responses(result, generator, request, public):
@@ -220,8 +226,10 @@ def document_error_responses(result, generator, request, public):
             responses = operation.setdefault("responses", {})
             for status, description in COMMON_ERRORS.items():
                 responses.setdefault(status, {"description": description, "content": error_content})
+            responses.setdefault("406", {"description": NOT_ACCEPTABLE, "content": error_content})
             if "requestBody" in operation:
                 responses.setdefault("413", {"description": BODY_TOO_LARGE, "content": error_content})
+                responses.setdefault("415", {"description": UNSUPPORTED_MEDIA_TYPE, "content": error_content})
             for status, response in responses.items():
                 if status[0] in "45" and "content" not in response:
                     response["content"] = error_content

@@ -166,3 +166,19 @@ def test_the_headers_an_answer_carries_are_documented(path, method, status, head
     declared = _schema()["paths"][path][method]["responses"][status].get("headers", {})
     assert header in declared, f"{method.upper()} {path} {status} does not declare {header}"
     assert declared[header]["schema"]["type"] == ("integer" if header == "Retry-After" else "string")
+
+
+def test_every_operation_documents_the_refusals_of_its_content_types(db):
+    """An Accept leaving out JSON answers 406 on every path, a body of another type 415: a client
+    generated from the schema met them as undeclared statuses, without the error body."""
+    for path, methods in _schema()["paths"].items():
+        for method, operation in methods.items():
+            responses = operation["responses"]
+            assert "`not_acceptable`" in responses["406"]["description"], f"{method} {path}"
+            if "requestBody" in operation:
+                assert "`unsupported_media_type`" in responses["415"]["description"], f"{method} {path}"
+            for status in ("406", "415"):
+                if status in responses:
+                    assert responses[status]["content"]["application/json"]["schema"] == {
+                        "$ref": "#/components/schemas/Error"
+                    }
