@@ -1,7 +1,7 @@
 """Every route of /api/v1/. Each app contributes its own ``api.urlpatterns``."""
 
 from django.conf import settings
-from django.core.exceptions import TooManyFieldsSent
+from django.core.exceptions import TooManyFieldsSent, TooManyFilesSent
 from django.http import JsonResponse
 from django.urls import path, re_path
 from django.views import defaults
@@ -24,14 +24,24 @@ def api_not_found(request, *args, **kwargs):
 
 
 def bad_request(request, exception):
-    """Django's 400 (a request refused before any view ran: more query parameters than
-    ``DATA_UPLOAD_MAX_NUMBER_FIELDS``, a Host not allowed): the API's JSON under /api/, Django's
+    """Django's 400 (a request refused before any view ran or as its body was read: more query
+    parameters or form fields than ``DATA_UPLOAD_MAX_NUMBER_FIELDS``, more files than
+    ``DATA_UPLOAD_MAX_NUMBER_FILES``, a Host not allowed): the API's JSON under /api/, Django's
     page elsewhere. The exception's text is not echoed (it names settings)."""
     if not request.path.startswith(API_PREFIX):
         return defaults.bad_request(request, exception)
     if isinstance(exception, TooManyFieldsSent):
-        detail = f"The query has more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} parameters."
-        return JsonResponse({"code": "too_many_parameters", "detail": detail}, status=400)
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        # Counted as Python's parse_qsl counts them: the query's, else a form body's (an import's).
+        if 1 + request.META.get("QUERY_STRING", "").count("&") > limit:
+            detail = f"The query has more than {limit} parameters."
+            return JsonResponse({"code": "too_many_parameters", "detail": detail}, status=400)
+        return JsonResponse(
+            {"code": "too_many_fields", "detail": f"The body has more than {limit} fields."}, status=400
+        )
+    if isinstance(exception, TooManyFilesSent):
+        detail = f"The body has more than {settings.DATA_UPLOAD_MAX_NUMBER_FILES} files."
+        return JsonResponse({"code": "too_many_files", "detail": detail}, status=400)
     return JsonResponse({"code": "bad_request", "detail": "Bad request."}, status=400)
 
 

@@ -70,3 +70,27 @@ def test_the_schema_and_the_docs_refuse_a_method_in_json(client, path, method):
 def test_the_schema_and_the_docs_still_answer_a_get_in_their_own_format(client, path, content_type):
     response = client.get(path)
     assert response.status_code == 200 and content_type in response["Content-Type"]
+
+
+def test_a_form_body_of_too_many_fields_or_files_is_said_so(manager_alice, api_key_for, settings, tmp_path):
+    """An import's multipart body past Django's counts was answered as a query of too many
+    parameters, or a bare 'Bad request.'."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from audiences.models import Import
+
+    settings.MEDIA_ROOT = tmp_path
+    client = api_key_for(manager_alice, scopes=["ingest"])
+
+    def csv(name):
+        return SimpleUploadedFile(name, b"external_id\na\n", content_type="text/csv")
+
+    fields = {f"x{i}": "1" for i in range(1001)}
+    response = client.post("/api/v1/imports/", {**fields, "file": csv("people.csv")}, format="multipart")
+    assert (response.status_code, response["Content-Type"]) == (400, "application/json")
+    assert response.json() == {"code": "too_many_fields", "detail": "The body has more than 1000 fields."}
+    files = {f"file{i}": csv(f"people{i}.csv") for i in range(101)}
+    response = client.post("/api/v1/imports/", {**files, "file": csv("people.csv")}, format="multipart")
+    assert (response.status_code, response["Content-Type"]) == (400, "application/json")
+    assert response.json() == {"code": "too_many_files", "detail": "The body has more than 100 files."}
+    assert not Import.objects.exists()
