@@ -98,6 +98,21 @@ class JsonDateTimeField(_JsonType, serializers.DateTimeField):
         return super().enforce_timezone(value)
 
 
+# --- output -----------------------------------------------------------------------------------
+
+
+# A model's serializer for answers only: every field is read-only, so the schema says what the
+# answer does, that each is always there (``required``); a client generated from it made a model
+# field with a default optional (a delivery's ``status``). No docstring: the schema would give it
+# as the description of every answer without its own.
+class AnswerSerializer(serializers.ModelSerializer):
+    def get_fields(self):
+        fields = super().get_fields()
+        for field in fields.values():
+            field.read_only = True
+        return fields
+
+
 # --- errors -----------------------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.api import JsonCharField, JsonDateTimeField, JsonObjectField, _flatten
+from accounts.api import AnswerSerializer, JsonCharField, JsonDateTimeField, JsonObjectField, _flatten
 from accounts.authentication import request_stamps
 from accounts.json_values import (
     FLOAT_LIMIT,
@@ -65,7 +65,7 @@ class ProfileInSerializer(serializers.Serializer):
         return attrs
 
 
-class ProfileOutSerializer(serializers.ModelSerializer):
+class ProfileOutSerializer(AnswerSerializer):
     class Meta:
         model = Profile
         fields = ("external_id", "attributes", "locale", "timezone", "created_at", "updated_at", "last_seen_at")
@@ -177,7 +177,7 @@ def _events_validated(items: list, *, now: dt.datetime) -> list[dict | None]:
     return taken
 
 
-class SegmentOutSerializer(serializers.ModelSerializer):
+class SegmentOutSerializer(AnswerSerializer):
     class Meta:
         model = Segment
         fields = (
@@ -193,7 +193,7 @@ class SegmentOutSerializer(serializers.ModelSerializer):
         )
 
 
-class ImportOutSerializer(serializers.ModelSerializer):
+class ImportOutSerializer(AnswerSerializer):
     percent = serializers.FloatField(read_only=True)
     seconds_left = serializers.FloatField(read_only=True, allow_null=True)
     segment = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)

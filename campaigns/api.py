@@ -22,7 +22,14 @@ from rest_framework.exceptions import APIException, Throttled
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.api import JsonBooleanField, JsonCharField, JsonIntegerChoiceField, JsonIntegerField, JsonObjectField
+from accounts.api import (
+    AnswerSerializer,
+    JsonBooleanField,
+    JsonCharField,
+    JsonIntegerChoiceField,
+    JsonIntegerField,
+    JsonObjectField,
+)
 from accounts.authentication import request_stamps
 from accounts.json_values import TEXT_REFUSED, json_value_problem
 from accounts.pagination import ListQuery, QueryChoice, page_response, page_schema, query_params_valid, rows_matching
@@ -48,7 +55,7 @@ from delivery.api import (
 )
 
 
-class CampaignVariantOutSerializer(serializers.ModelSerializer):
+class CampaignVariantOutSerializer(AnswerSerializer):
     variant = serializers.CharField(source="label", read_only=True, help_text="A, B, C… in their order.")
     content = serializers.PrimaryKeyRelatedField(read_only=True)
 
@@ -158,7 +165,7 @@ def winner_status_out(campaign: Campaign) -> dict | None:
     }
 
 
-class CampaignOutSerializer(serializers.ModelSerializer):
+class CampaignOutSerializer(AnswerSerializer):
     app = serializers.PrimaryKeyRelatedField(read_only=True)
     segment = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
     content = serializers.PrimaryKeyRelatedField(read_only=True)

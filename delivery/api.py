@@ -10,7 +10,7 @@ from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.api import JsonBooleanField, JsonCharField, JsonIntegerField
+from accounts.api import AnswerSerializer, JsonBooleanField, JsonCharField, JsonIntegerField
 from accounts.pagination import (
     MAX_LIMIT,
     ListQuery,
@@ -86,7 +86,7 @@ class DeviceOptInSerializer(DeviceRefSerializer):
     push_enabled = JsonBooleanField()
 
 
-class DeviceOutSerializer(serializers.ModelSerializer):
+class DeviceOutSerializer(AnswerSerializer):
     external_id = serializers.CharField(source="profile.external_id")
 
     class Meta:
@@ -106,7 +106,7 @@ class DeviceOutSerializer(serializers.ModelSerializer):
         )
 
 
-class DispatchOutSerializer(serializers.ModelSerializer):
+class DispatchOutSerializer(AnswerSerializer):
     percent = serializers.FloatField(read_only=True)
     outcomes = serializers.SerializerMethodField()
 
@@ -142,7 +142,7 @@ class DispatchOutSerializer(serializers.ModelSerializer):
         ]
 
 
-class DeliveryOutSerializer(serializers.ModelSerializer):
+class DeliveryOutSerializer(AnswerSerializer):
     class Meta:
         model = Delivery
         fields = (
@@ -159,7 +159,7 @@ class DeliveryOutSerializer(serializers.ModelSerializer):
         )
 
 
-class DeliveryDetailSerializer(serializers.ModelSerializer):
+class DeliveryDetailSerializer(AnswerSerializer):
     external_id = serializers.CharField(source="profile.external_id", allow_null=True, default=None)
     platform = serializers.ChoiceField(
         choices=Platform.choices, source="device.platform", allow_null=True, default=None, read_only=True

@@ -9,6 +9,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.api import AnswerSerializer
 from accounts.pagination import ListQuery, QueryChoice, page_response, page_schema, query_params_valid, rows_matching
 from accounts.services import TransitionError
 from delivery.api import (
@@ -36,7 +37,7 @@ from journeys.services.lifecycle import journey_draft_discard
 WAS_LIVE = "was_live"
 
 
-class VersionOutSerializer(serializers.ModelSerializer):
+class VersionOutSerializer(AnswerSerializer):
     entry_segment = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
     status = serializers.SerializerMethodField(
         help_text="draft, in_review, live, retired, or was_live (the last live version of a stopped or closed journey)."
@@ -65,7 +66,7 @@ class VersionOutSerializer(serializers.ModelSerializer):
         return obj.status
 
 
-class JourneyOutSerializer(serializers.ModelSerializer):
+class JourneyOutSerializer(AnswerSerializer):
     app = serializers.PrimaryKeyRelatedField(read_only=True)
     owner = serializers.CharField(source="owner.username", read_only=True)
     live_version = serializers.SerializerMethodField(

@@ -182,3 +182,42 @@ def test_every_operation_documents_the_refusals_of_its_content_types(db):
                     assert responses[status]["content"]["application/json"]["schema"] == {
                         "$ref": "#/components/schemas/Error"
                     }
+
+
+# Properties an answer may leave out: a push step's conversions (only with a goal), an error's
+# per-field list (only for bad input).
+MAY_BE_ABSENT = {("StepStats", "conversions"), ("Error", "errors")}
+
+
+def test_every_field_an_answer_always_carries_is_required_in_the_schema(db):
+    """A client generated from the schema made them optional (``status?: ...``): a delivery's
+    status, a device's opt-in, a campaign's kind, a profile's attributes."""
+    schema = _schema()
+    components = schema["components"]["schemas"]
+
+    def referenced(node, found):
+        if isinstance(node, dict):
+            name = node.get("$ref", "").rsplit("/", 1)[-1]
+            if name and name not in found:
+                found.add(name)
+                referenced(components[name], found)
+            for value in node.values():
+                referenced(value, found)
+        elif isinstance(node, list):
+            for value in node:
+                referenced(value, found)
+        return found
+
+    answers, bodies = set(), set()
+    for methods in schema["paths"].values():
+        for operation in methods.values():
+            referenced(operation["responses"], answers)
+            referenced(operation.get("requestBody", {}), bodies)
+    checked = 0
+    for name in sorted(answers - bodies):
+        properties = components[name].get("properties", {})
+        for field in properties:
+            if (name, field) not in MAY_BE_ABSENT:
+                checked += 1
+                assert field in components[name].get("required", []), f"{name}.{field} is always answered"
+    assert checked > 150
