@@ -117,18 +117,20 @@ def api_route(request, view, kwargs: dict):
 
 def _answers_json(accept: str) -> bool:
     """Whether the view would answer plain JSON, as the route does: no ``Accept``, or one with
-    ``application/json``, ``application/*`` or ``*/*`` among its ranges, with no parameter but ``q``
-    (the view reads ``indent``). Any other call is handed on: the view refuses an ``Accept`` that
-    leaves out JSON (406) before its handler runs, so nothing is sent or stored."""
+    ``application/json``, ``application/*`` or ``*/*`` among its ranges (with any parameter, as
+    the view matches them, but ``indent``, which the view obeys). Any other call is handed on:
+    the view refuses an ``Accept`` that leaves out JSON (406) before its handler runs, so nothing
+    is sent or stored."""
     if not accept.strip():
         return True
+    found = False
     for media_range in accept.split(","):
         media, *params = media_range.split(";")
-        if media.strip().lower() in ("application/json", "application/*", "*/*") and all(
-            param.strip().lower().startswith("q=") for param in params
-        ):
-            return True
-    return False
+        if media.strip().lower() in ("application/json", "application/*", "*/*"):
+            if any(param.strip().lower().startswith("indent") for param in params):
+                return False
+            found = True
+    return found
 
 
 def _plain_json(content_type: str) -> bool:

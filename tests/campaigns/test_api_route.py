@@ -87,6 +87,10 @@ def _scenario(name, campaign, pushsim_app, manager_alice, manager_mallory, api_k
         headers["HTTP_ACCEPT"] = "application/xml"  # the view refuses it before it sends anything
     elif name == "accept_json_among_others":
         headers["HTTP_ACCEPT"] = "text/html, application/json;q=0.9, */*;q=0.8"
+    elif name == "accept_json_with_its_charset":
+        headers["HTTP_ACCEPT"] = "application/json; charset=utf-8"
+    elif name == "accept_json_indented":
+        headers["HTTP_ACCEPT"] = "application/json; indent=2"  # the view obeys it
     return client, url, body, headers
 
 
@@ -106,6 +110,8 @@ SCENARIOS = {
     "bad_json": (400, False),
     "accept_not_json": (406, False),
     "accept_json_among_others": (202, True),
+    "accept_json_with_its_charset": (202, True),
+    "accept_json_indented": (202, False),
 }
 
 
