@@ -177,8 +177,9 @@ def profiles_upsert(*, items: list[dict], by: User) -> list[UpsertResult]:
     ``locale``, ``timezone``, ``last_seen_at``. Items must be valid (``profile_check``); an
     external id given twice is applied in order. An item whose attributes, merged over what the
     profile holds, break the limits (``merged_attributes_problem``) changes nothing and is
-    answered ``refused`` with its errors; the others land. Rows are locked as ``_locked`` says;
-    rows that would not change are not written.
+    answered ``refused`` with its errors; the others land. A profile is answered ``created`` by
+    the call that inserted it: one another writer inserted meanwhile is updated like a known one.
+    Rows are locked as ``_locked`` says; rows that would not change are not written.
     Raises PermissionDenied when the role may not write profiles, ValidationError on bad items.
     """
     _ensure_perm(by, "audiences.add_profile", "Your role may not write profiles.")
@@ -208,7 +209,12 @@ def profiles_upsert(*, items: list[dict], by: User) -> list[UpsertResult]:
             Profile.objects.bulk_create(list(fresh.values()), ignore_conflicts=True)
             for profile in _locked(Profile.objects.filter(external_id__in=missing)):
                 existing[profile.external_id] = profile
-                created_ids.add(profile.external_id)
+                if profile.created_at == now:  # this call's insert; another writer's has its own time
+                    created_ids.add(profile.external_id)
+            # Another writer's profile takes the items like a known one: measured against what it holds.
+            refused = {
+                index: problems for index, problems in refused.items() if items[index]["external_id"] in created_ids
+            }
         created_as_read = {x: _values(existing[x]) for x in created_ids}
         changed: dict[str, Profile] = {}
         results: list[UpsertResult] = []
@@ -234,7 +240,7 @@ def profiles_upsert(*, items: list[dict], by: User) -> list[UpsertResult]:
                 status = "updated" if profile.external_id in changed else "unchanged"
             results.append(UpsertResult(external_id=profile.external_id, status=status, profile_id=profile.pk))
         # A profile created here holds its items' values already (applying them again ends the
-        # same); one another writer created is written when they changed it.
+        # same): it is not written again unless they differ from the row as it was read back.
         changed.update((x, existing[x]) for x, values in created_as_read.items() if _values(existing[x]) != values)
         for profile in changed.values():
             profile.updated_at = now

@@ -574,3 +574,43 @@ def test_every_profile_written_can_be_read_by_its_external_id(manager_alice, api
         assert answer.status_code == 200, (path, answer.content)
         assert answer.json()["external_id"] == external_id
     assert writer.get(f"/api/v1/profiles/{quote(external_id, safe='')}/").status_code == 403  # ingest only
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_profile_another_writer_created_meanwhile_is_answered_updated_within_the_limits(manager_alice, api_key_for):
+    """The call found no profile, and its insert waited for another writer's, then gave way: it
+    answered 201 "created" for a profile it did not create (two calls both said so), and merged
+    its attributes past the limits, which it checks only against what it creates itself."""
+    import threading
+
+    from django.db import connections, transaction
+
+    from audiences.services.profiles import MAX_ATTRIBUTES
+    from tests.locks import wait_for_a_blocked_writer
+
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    answers = []
+
+    def upsert(external_id, attributes):
+        try:
+            answers.append(
+                client.post("/api/v1/profiles/", {"external_id": external_id, "attributes": attributes}, format="json")
+            )
+        finally:
+            connections.close_all()
+
+    for external_id, attributes, before in [
+        ("newbie", {"plan": "pro"}, {"seen": True}),
+        ("full", {"one_more": 1}, {f"a{n}": n for n in range(MAX_ATTRIBUTES)}),
+    ]:
+        with transaction.atomic():
+            Profile.objects.create(external_id=external_id, attributes=before)  # the other writer, not committed yet
+            call = threading.Thread(target=upsert, args=(external_id, attributes))
+            call.start()
+            assert wait_for_a_blocked_writer()
+        call.join()
+    updated, refused = answers
+    assert (updated.status_code, updated.json()["result"]) == (200, "updated")
+    assert Profile.objects.get(external_id="newbie").attributes == {"seen": True, "plan": "pro"}
+    assert (refused.status_code, refused.json()["errors"][0]["field"]) == (400, "attributes")
+    assert len(Profile.objects.get(external_id="full").attributes) == MAX_ATTRIBUTES
