@@ -49,7 +49,8 @@ def test_negative_wait_is_refused_naming_the_step():
 
 
 @pytest.mark.parametrize(
-    ("seconds", "said"), [(91 * 86400, "91 day(s)"), (2200 * 3600, "2,200 hour(s)"), (90 * 86400 + 60, "129,601 minute(s)")]
+    ("seconds", "said"),
+    [(91 * 86400, "91 day(s)"), (2200 * 3600, "2,200 hour(s)"), (90 * 86400 + 60, "129,601 minute(s)")],
 )
 def test_a_wait_over_90_days_is_refused_in_the_unit_it_was_typed_in(seconds, said):
     """The message quoted seconds ("7862400 s") for a wait typed as 91 days."""
