@@ -31,7 +31,7 @@ from delivery.selectors import (
     dispatch_outcomes,
     dispatches_visible_to,
 )
-from delivery.services.devices import device_opt_in_set, device_register, device_token_normal, device_unregister
+from delivery.services.devices import device_opt_in_set, device_register, device_unregister
 from delivery.services.dispatches import dispatch_counted_now
 from delivery.services.opens import AlreadyOpened, NotAccepted, delivery_open_report
 
@@ -215,9 +215,7 @@ class DeviceRegisterView(APIView):
         data.is_valid(raise_exception=True)
         values = data.validated_data
         app_id = _app_in_scope(request, values.pop("app"))
-        token = device_token_normal(platform=values["platform"], token=values["token"])
-        created = not Device.objects.filter(app_id=app_id, token=token).exists()
-        device = device_register(app_id=app_id, by=request.user, **values)
+        device, created = device_register(app_id=app_id, by=request.user, **values)
         return Response(
             DeviceOutSerializer(device).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )

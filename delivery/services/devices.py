@@ -118,8 +118,9 @@ def device_register(
     by: User,
     push_enabled: bool | None = None,
     is_test: bool | None = None,
-) -> Device:
-    """Register (or re-register) a push token for the profile ``external_id``.
+) -> tuple[Device, bool]:
+    """Register (or re-register) a push token for the profile ``external_id``; return the device
+    and whether this call created it (not another that registered the token meanwhile).
 
     The profile is created when it does not exist yet. An APNs token is kept in lowercase
     (``device_token_normal``): the same phone's token in capitals is the same device. A token
@@ -173,7 +174,7 @@ def device_register(
             obj=device,
             summary={"profile": external_id, "platform": platform, "push_enabled": device.push_enabled},
         )
-    return device
+    return device, created
 
 
 def device_opt_in_set(*, app_id: int, token: str, push_enabled: bool, by: User) -> Device:

@@ -286,3 +286,28 @@ def test_a_device_change_and_a_deletion_of_its_profile_do_not_deadlock(manager_a
         assert list(Device.objects.values_list("profile__external_id", flat=True)) == ["bob"]
     else:
         assert not Device.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_token_another_call_registered_meanwhile_is_answered_200_not_201(ingest, app):
+    """The call looked the token up before it registered it: one whose insert waited for another
+    call's and gave way answered 201, as if it had created the device (three at once all did)."""
+    from django.db import connections
+
+    answers = []
+
+    def register_in_its_own_connection():
+        try:
+            answers.append(register(ingest, app, external_id="second"))
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():
+        Device.objects.create(app=app, profile=ProfileFactory(external_id="first"), platform="ios", token=IOS_TOKEN)
+        call = threading.Thread(target=register_in_its_own_connection)
+        call.start()
+        assert wait_for_a_blocked_writer()  # its insert waits for this one's
+    call.join()
+    [answer] = answers
+    assert answer.status_code == 200, answer.json()
+    assert list(Device.objects.values_list("profile__external_id", flat=True)) == ["second"]
