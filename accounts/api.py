@@ -9,6 +9,7 @@ from django.urls import path
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import exceptions, serializers
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView, exception_handler
@@ -142,6 +143,18 @@ def _flatten(detail, prefix="") -> list[dict]:
     else:
         errors.append({"field": prefix or None, "code": getattr(detail, "code", "invalid"), "detail": str(detail)})
     return errors
+
+
+class ErrorsInJson:
+    """For a view answering in a format of its own (the schema's YAML, the docs' HTML, an import's
+    error file): its refusals (a method it does not take, no key, no such object) are the API's
+    JSON errors, whatever type the request accepted, as every other path's under /api/."""
+
+    def handle_exception(self, exc):
+        response = super().handle_exception(exc)
+        self.request.accepted_renderer = JSONRenderer()  # what finalize_response renders it with
+        self.request.accepted_media_type = JSONRenderer.media_type
+        return response
 
 
 class InstanceNotClaimed(exceptions.APIException):

@@ -17,10 +17,11 @@ from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.api import AnswerSerializer, JsonCharField, JsonDateTimeField, JsonObjectField, _flatten
+from accounts.api import AnswerSerializer, ErrorsInJson, JsonCharField, JsonDateTimeField, JsonObjectField, _flatten
 from accounts.authentication import request_stamps
 from accounts.json_values import (
     FLOAT_LIMIT,
@@ -612,8 +613,21 @@ class ImportDetailView(_ReadOrIngest, APIView):
         return Response(ImportOutSerializer(record, context={"request": request}).data)
 
 
-class ImportErrorsView(_ReadOrIngest, APIView):
+class CsvFileRenderer(BaseRenderer):
+    """Lets the content negotiation take a request that accepts only ``text/csv``, which a view
+    answers with a file (no renderer renders that); its errors are JSON (``ErrorsInJson``)."""
+
+    media_type = "text/csv"
+    format = "csv"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        raise NotImplementedError("A file is answered as it is; an error as JSON.")
+
+
+class ImportErrorsView(ErrorsInJson, _ReadOrIngest, APIView):
     """The error file of an import (CSV: line, external_id, reason)."""
+
+    renderer_classes = [JSONRenderer, CsvFileRenderer]
 
     @extend_schema(operation_id="import_errors", responses={(200, "text/csv"): bytes})
     def get(self, request, import_id: int):

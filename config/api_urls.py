@@ -7,7 +7,6 @@ from django.urls import path, re_path
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework.renderers import JSONRenderer
 
 from accounts import api as accounts_api
 from accounts.middleware import API_PREFIX
@@ -55,22 +54,11 @@ def server_error(request):
     )
 
 
-class _ErrorsInJson:
-    """A view answering in its own format (the schema's YAML, the docs' HTML) whose refusals (a
-    method it does not take, say) are the API's JSON errors, as every other path's under /api/."""
-
-    def handle_exception(self, exc):
-        response = super().handle_exception(exc)
-        self.request.accepted_renderer = JSONRenderer()  # what finalize_response renders it with
-        self.request.accepted_media_type = JSONRenderer.media_type
-        return response
-
-
-class SchemaView(_ErrorsInJson, SpectacularAPIView):
+class SchemaView(accounts_api.ErrorsInJson, SpectacularAPIView):
     pass
 
 
-class DocsView(_ErrorsInJson, SpectacularSwaggerView):
+class DocsView(accounts_api.ErrorsInJson, SpectacularSwaggerView):
     pass
 
 

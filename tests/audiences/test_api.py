@@ -614,3 +614,24 @@ def test_a_profile_another_writer_created_meanwhile_is_answered_updated_within_t
     assert Profile.objects.get(external_id="newbie").attributes == {"seen": True, "plan": "pro"}
     assert (refused.status_code, refused.json()["errors"][0]["field"]) == (400, "attributes")
     assert len(Profile.objects.get(external_id="full").attributes) == MAX_ATTRIBUTES
+
+
+@pytest.mark.parametrize("accept", ["text/csv", "application/json", "*/*", None])
+def test_the_error_file_is_answered_to_a_client_that_accepts_csv(
+    manager_alice, api_key_for, media, django_capture_on_commit_callbacks, accept
+):
+    """The schema says it answers text/csv, which a generated client asks for: it answered 406."""
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    upload = SimpleUploadedFile("people.csv", b"external_id,plan\na,pro\n,x\n", content_type="text/csv")
+    with django_capture_on_commit_callbacks(execute=True):
+        import_id = client.post("/api/v1/imports/", {"file": upload}, format="multipart").json()["id"]
+    headers = {"HTTP_ACCEPT": accept} if accept else {}
+    errors = client.get(f"/api/v1/imports/{import_id}/errors/", **headers)
+    assert (errors.status_code, errors["Content-Type"]) == (200, "text/csv")
+    assert b"external_id is empty" in b"".join(errors.streaming_content)
+    missing = client.get(f"/api/v1/imports/{import_id + 1}/errors/", **headers)  # its refusals stay JSON
+    assert (missing.status_code, missing["Content-Type"], missing.json()["code"]) == (
+        404,
+        "application/json",
+        "not_found",
+    )
