@@ -480,8 +480,7 @@ SPECTACULAR_SETTINGS = {
         "DispatchStatusEnum": "delivery.models.Dispatch.Status",
         "DispatchKindEnum": "delivery.models.Dispatch.Kind",
     },
-    "APPEND_COMPONENTS": {"securitySchemes": {"ApiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "pdk_…"}}},
-    "SECURITY": [{"ApiKey": []}],
+    # The security scheme and each operation's requirement: accounts.authentication.ApiKeyAuthenticationScheme.
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "accounts.api.document_error_responses",

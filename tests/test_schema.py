@@ -221,3 +221,15 @@ def test_every_field_an_answer_always_carries_is_required_in_the_schema(db):
                 checked += 1
                 assert field in components[name].get("required", []), f"{name}.{field} is always answered"
     assert checked > 150
+
+
+def test_every_operation_names_the_api_key_once_and_the_scheme_says_its_shape(db):
+    """Each operation listed the scheme twice (the settings' SECURITY and the authentication's),
+    and the scheme's format was the settings' "pdk_…" over the authentication's."""
+    schema = _schema()
+    for path, methods in schema["paths"].items():
+        for method, operation in methods.items():
+            assert operation["security"] == [{"ApiKey": []}], f"{method} {path}"
+    assert schema["components"]["securitySchemes"] == {
+        "ApiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "pdk_<prefix>_<secret>"}
+    }
