@@ -191,15 +191,19 @@ def api_exception_handler(exc, context):
         detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
         code = getattr(detail, "code", None) or getattr(exc, "default_code", "error")
         response.data = {"code": code, "detail": str(detail)}
+        if response.has_header("Retry-After"):  # DRF's, from the exception's wait: said in the body too
+            response.data["retry_after"] = int(response["Retry-After"])
     return response
 
 
 ERROR_SCHEMA = {
     "type": "object",
-    "description": "Every API error: a stable `code`, a human `detail`; bad input also lists `errors`.",
+    "description": "Every API error: a stable `code`, a human `detail`; bad input also lists `errors`, and an "
+    "answer to retry later (429, 503) says after how many seconds in `retry_after`, as its `Retry-After` header.",
     "properties": {
         "code": {"type": "string"},
         "detail": {"type": "string"},
+        "retry_after": {"type": "integer", "description": "Seconds to wait before trying again (429, 503)."},
         "errors": {
             "type": "array",
             "items": {

@@ -185,8 +185,8 @@ def test_every_operation_documents_the_refusals_of_its_content_types(db):
 
 
 # Properties an answer may leave out: a push step's conversions (only with a goal), an error's
-# per-field list (only for bad input).
-MAY_BE_ABSENT = {("StepStats", "conversions"), ("Error", "errors")}
+# per-field list (only for bad input) and its wait (only for an answer to retry later).
+MAY_BE_ABSENT = {("StepStats", "conversions"), ("Error", "errors"), ("Error", "retry_after")}
 
 
 def test_every_field_an_answer_always_carries_is_required_in_the_schema(db):

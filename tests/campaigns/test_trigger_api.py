@@ -241,6 +241,8 @@ def test_rate_limit_per_key_answers_429_with_retry_after(live_trigger, trigger_c
     assert limited, [r.status_code for r in statuses]
     assert int(limited[0]["Retry-After"]) >= 1
     assert limited[0].json()["code"] == "throttled"
+    # The body says when too, as a number: a client that does not read headers had only the words.
+    assert limited[0].json()["retry_after"] == int(limited[0]["Retry-After"])
 
 
 def test_campaigns_are_listed_and_reported_through_the_api(live_trigger, trigger_client, api_key_for, manager_mallory):
