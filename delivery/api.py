@@ -32,7 +32,7 @@ from delivery.selectors import (
     dispatches_visible_to,
 )
 from delivery.services.devices import device_opt_in_set, device_register, device_unregister
-from delivery.services.dispatches import dispatch_counted_now
+from delivery.services.dispatches import dispatch_counted_now, dispatches_counted_now
 from delivery.services.opens import AlreadyOpened, NotAccepted, delivery_open_report
 
 
@@ -260,9 +260,17 @@ class DeviceUnregisterView(APIView):
         return Response(DeviceOutSerializer(device).data)
 
 
+class DispatchPageSerializer(serializers.ListSerializer):
+    """A page of dispatches, its open streams' counters summed in one query."""
+
+    def to_representation(self, data):
+        return super().to_representation(dispatches_counted_now(list(data)))
+
+
 class DispatchListItemSerializer(DispatchOutSerializer):
     class Meta(DispatchOutSerializer.Meta):
         fields = tuple(f for f in DispatchOutSerializer.Meta.fields if f != "outcomes")
+        list_serializer_class = DispatchPageSerializer
 
 
 class DispatchListQuery(ListQuery):

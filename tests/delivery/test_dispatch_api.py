@@ -168,3 +168,23 @@ def test_dispatch_list_needs_the_read_scope_and_shows_only_what_is_in_access(
     assert api_key_for(manager_alice, scopes=["ingest"]).get("/api/v1/dispatches/").status_code == 403
     assert api_key_for(manager_alice, scopes=["read"]).get("/api/v1/dispatches/").json()["count"] == 1
     assert api_key_for(manager_mallory, scopes=["read"]).get("/api/v1/dispatches/").json()["count"] == 0
+
+
+def test_the_list_sums_its_open_streams_in_one_query(api_key_for, manager_alice, app, django_assert_num_queries):
+    """Each open stream's counters were summed with a query of its own: a page of a thousand
+    dispatches asked up to a thousand and one."""
+    client = api_key_for(manager_alice, scopes=["read"])
+
+    def open_stream(statuses):
+        stream = make_dispatch(app, statuses)
+        Dispatch.objects.filter(pk=stream.pk).update(status="sending", standing=True, total=0, accepted=0, failed=0)
+        return stream
+
+    for _ in range(5):
+        open_stream([("accepted", ""), ("failed", "BadDeviceToken")])
+    client.get("/api/v1/dispatches/")  # the key and its user, loaded once
+    with django_assert_num_queries(3):  # the count, the page, and the sums of its open streams
+        answer = client.get("/api/v1/dispatches/")
+    streams = answer.json()["results"]
+    assert len(streams) == 5
+    assert {(d["total"], d["accepted"], d["failed"]) for d in streams} == {(2, 1, 1)}  # summed now, not the row's 0
