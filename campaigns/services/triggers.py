@@ -191,11 +191,16 @@ class _Approved:
 
 
 _APPROVED: dict[int, _Approved] = {}
+# What this process has told the operator's log of campaigns refused for credentials it cannot
+# decrypt: (campaign id, what cannot be decrypted).
+_UNREADABLE_SAID: set[tuple[int, str]] = set()
 
 
 def campaign_caches_forget() -> None:
-    """Drop this process's cached campaigns (tests that change rows behind the services' back)."""
+    """Drop this process's cached campaigns (tests that change rows behind the services' back), and
+    what it has logged of them."""
     _APPROVED.clear()
+    _UNREADABLE_SAID.clear()
 
 
 def _campaign_stamp(campaign_id: int) -> str:
@@ -241,7 +246,10 @@ def _refuse_unless_credentials_read(campaign: Campaign) -> None:
 
     unreadable = app_secrets_read(campaign.app)
     if unreadable:
-        log.error("Campaign %s cannot be triggered: %s", campaign.pk, "; ".join(unreadable))
+        said = (campaign.pk, "; ".join(unreadable))
+        if said not in _UNREADABLE_SAID:  # once a process, not at each refused call of an integrator's traffic
+            _UNREADABLE_SAID.add(said)
+            log.error("Campaign %s cannot be triggered: %s", *said)
         raise TriggerRefused(
             f"'{campaign}' cannot be triggered now: its app's credentials cannot be decrypted on this server, "
             "so nothing was queued. An operator must set the encryption key they were stored under.",

@@ -479,3 +479,8 @@ def test_a_trigger_of_an_app_whose_credentials_cannot_be_decrypted_is_refused_an
     )
     key_line = apns_credentials.private_key_pem.splitlines()[1]
     assert key_line not in response.content.decode() and key_line not in caplog.text
+    # The integrator's traffic goes on being refused; the operator's log says it once, not per call.
+    for _ in range(3):
+        again = trigger_client.post(_url(live_trigger), {"recipients": [{"external_id": "zoe"}]}, format="json")
+        assert again.status_code == 503
+    assert len([r for r in caplog.records if r.name == "campaigns.services.triggers"]) == 1
