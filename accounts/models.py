@@ -44,6 +44,7 @@ class ApiKey(models.Model):
         READ = "read", "read (segments, campaigns, dispatches, journeys)"
         CAMPAIGNS = "campaigns", "campaigns (change a campaign's settings: winner mode)"
         JOURNEYS = "journeys", "journeys (change a journey: discard its draft)"
+        TEST_DEVICES = "test_devices", "test devices (register a device as a test device: it gets test sends of drafts)"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100, help_text="What uses this key, e.g. 'backend production'.")

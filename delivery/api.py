@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.api import AnswerSerializer, JsonBooleanField, JsonCharField, JsonIntegerField
+from accounts.models import ApiKey
 from accounts.pagination import (
     MAX_LIMIT,
     ListQuery,
@@ -64,8 +65,9 @@ class DeviceInSerializer(serializers.Serializer):
     )
     is_test = JsonBooleanField(
         required=False,
-        help_text="A test device (it gets test sends). Left out: false for a new token; a known one keeps its own "
-        "(the flag an admin set).",
+        help_text="A test device (it gets test sends, of drafts too): true only with a key of the test_devices scope "
+        "(403 insufficient_scope otherwise). Left out: false for a new token; a known one keeps its own (the flag an "
+        "admin set).",
     )
 
     def validate_external_id(self, value: str) -> str:
@@ -214,6 +216,15 @@ class DeviceRegisterView(APIView):
         data = DeviceInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
+        if values.get("is_test") and ApiKey.Scope.TEST_DEVICES not in getattr(request.auth, "scopes", ()):
+            # A key an app ships is public: with ingest alone, anyone's phone could make itself a test
+            # device and be sent every draft's test, before any approval.
+            raise exceptions.PermissionDenied(
+                "is_test: a test device is registered only with a key of the 'test_devices' scope (a test device "
+                "gets test sends of drafts not yet approved); mark it in the admin (Devices → Mark as test "
+                "devices), or use such a key.",
+                code="insufficient_scope",
+            )
         app_id = _app_in_scope(request, values.pop("app"))
         device, created = device_register(app_id=app_id, by=request.user, **values)
         return Response(

@@ -83,6 +83,26 @@ def test_registering_again_keeps_the_test_flag_an_admin_set(ingest, app, admin_e
     assert Device.objects.get().is_test is False
 
 
+def test_an_ingest_key_cannot_make_a_device_a_test_device_one_of_the_test_devices_scope_can(
+    ingest, app, api_key_for, manager_alice
+):
+    """A key an app ships is public: with ingest alone, anyone's phone registered itself as a test
+    device and was sent every draft's test send, before any approval."""
+    refused = register(ingest, app, is_test=True)
+    assert refused.status_code == 403
+    assert refused.json()["code"] == "insufficient_scope"
+    assert refused.json()["detail"].startswith("is_test: a test device is registered only with a key of the")
+    assert not Device.objects.exists()  # nothing written, the profile neither
+    assert not Profile.objects.filter(external_id="user-1").exists()
+    register(ingest, app)
+    assert register(ingest, app, is_test=True).status_code == 403
+    assert Device.objects.get().is_test is False
+
+    tester = api_key_for(manager_alice, scopes=["ingest", "test_devices"])
+    assert register(tester, app, is_test=True).status_code == 200
+    assert Device.objects.get().is_test is True
+
+
 def test_registering_again_without_the_opt_in_keeps_the_one_reported(ingest, app):
     register(ingest, app)
     ingest.post("/api/v1/devices/opt-in/", {"app": app.pk, "token": IOS_TOKEN, "push_enabled": False}, format="json")
