@@ -190,6 +190,12 @@ class DeliveryDetailSerializer(AnswerSerializer):
 class OpenInSerializer(serializers.Serializer):
     app = JsonIntegerField()
     delivery = JsonIntegerField(help_text="The delivery id the push carried (pushdesk.delivery).")
+    token = JsonCharField(
+        max_length=512,
+        trim_whitespace=False,
+        help_text="The push token of the phone the push reached, as the app registered it: the delivery must have "
+        "been sent to it (404 otherwise).",
+    )
 
 
 # --- views ----------------------------------------------------------------------------------------------
@@ -397,9 +403,14 @@ class OpenReportView(APIView):
         data.is_valid(raise_exception=True)
         app_id = _app_in_scope(request, data.validated_data["app"])
         try:
-            delivery = delivery_open_report(delivery_id=data.validated_data["delivery"], app_id=app_id, by=request.user)
+            delivery = delivery_open_report(
+                delivery_id=data.validated_data["delivery"],
+                app_id=app_id,
+                token=data.validated_data["token"],
+                by=request.user,
+            )
         except ObjectDoesNotExist as exc:
-            raise exceptions.NotFound("No delivery with this id for this app.") from exc
+            raise exceptions.NotFound("No delivery with this id sent to this token of this app.") from exc
         except AlreadyOpened as exc:
             raise Conflict("An open was already reported for this delivery.", code="already_opened") from exc
         except NotAccepted as exc:

@@ -6,11 +6,11 @@ from datetime import datetime
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.models import User
-from delivery.models import Delivery, Dispatch
+from delivery.models import Delivery, Dispatch, Platform
 from delivery.services.rollups import rollup_add_opened
 
 
@@ -22,8 +22,13 @@ class NotAccepted(ValidationError):
     """The delivery was never accepted by the provider: no notification reached the phone to be tapped."""
 
 
-def delivery_open_report(*, delivery_id: int, app_id: int, by: User, when: datetime | None = None) -> Delivery:
-    """Record that the user tapped the notification: sets ``opened_at`` once.
+def delivery_open_report(
+    *, delivery_id: int, app_id: int, by: User, token: str | None = None, when: datetime | None = None
+) -> Delivery:
+    """Record that the user tapped the notification: sets ``opened_at`` once. ``token`` (the API's
+    caller always gives it): the push token of the phone reporting it, which the delivery must have
+    been sent to; a key an app ships is public, and the ids of deliveries count upwards, so without it
+    anyone could mark others' pushes opened (and sway a winner picked by its open rate).
 
     Raises PermissionDenied when ``by``'s role may not write profiles (an open is engagement data
     about a profile), Delivery.DoesNotExist when the delivery is not one of ``app_id``'s (or not
@@ -35,15 +40,17 @@ def delivery_open_report(*, delivery_id: int, app_id: int, by: User, when: datet
     if by is None or not by.is_active or not by.has_perm("audiences.change_profile"):
         raise PermissionDenied("Your role may not report opens (it needs to write profiles).")
     with transaction.atomic():
-        delivery = (
-            Delivery.objects.select_for_update()
-            .filter(
-                pk=delivery_id,
-                dispatch__app_id=app_id,
-                dispatch__in=dispatches_visible_to(by).values("pk"),
-            )
-            .get()
+        deliveries = Delivery.objects.select_for_update(of=("self",)).filter(
+            pk=delivery_id,
+            dispatch__app_id=app_id,
+            dispatch__in=dispatches_visible_to(by).values("pk"),
         )
+        if token is not None:
+            # An APNs token is kept in lowercase (the phone may give it in either case); FCM's as given.
+            deliveries = deliveries.filter(
+                Q(device__token=token) | Q(device__token=token.lower(), device__platform=Platform.IOS)
+            )
+        delivery = deliveries.get()
         if delivery.status != Delivery.Status.ACCEPTED:
             raise NotAccepted(
                 {"delivery": f"This delivery was not accepted (it is {delivery.status}): it cannot have been opened."},

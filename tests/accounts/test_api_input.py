@@ -245,7 +245,7 @@ def test_the_admin_segment_form_refuses_rules_that_cannot_be_stored(client, mana
         ("/api/v1/devices/", {"app": 1, "external_id": "x", "platform": "ios", "token": "t", "is_test": 1}, "is_test"),
         ("/api/v1/devices/opt-in/", {"app": 1, "token": "t", "push_enabled": "true"}, "push_enabled"),
         ("/api/v1/devices/unregister/", {"app": 1.0, "token": "t"}, "app"),
-        ("/api/v1/opens/", {"app": 1, "delivery": True}, "delivery"),
+        ("/api/v1/opens/", {"app": 1, "delivery": True, "token": "t"}, "delivery"),
         ("/api/v1/devices/", {"app": 1, "external_id": "x", "platform": "windows", "token": "t"}, "platform"),
     ],
 )

@@ -90,13 +90,39 @@ def test_open_is_recorded_once(api_key_for, manager_alice, app):
     dispatch = make_dispatch(app, [("accepted", "")])
     delivery = Delivery.objects.get(dispatch=dispatch)
     client = api_key_for(manager_alice, scopes=["ingest"])
-    first = client.post("/api/v1/opens/", {"app": app.pk, "delivery": delivery.pk}, format="json")
+    first = client.post(
+        "/api/v1/opens/", {"app": app.pk, "delivery": delivery.pk, "token": delivery.device.token}, format="json"
+    )
     assert first.status_code == 200 and first.json()["opened_at"]
     opened_at = Delivery.objects.get(pk=delivery.pk).opened_at
-    again = client.post("/api/v1/opens/", {"app": app.pk, "delivery": delivery.pk}, format="json")
+    again = client.post(
+        "/api/v1/opens/", {"app": app.pk, "delivery": delivery.pk, "token": delivery.device.token}, format="json"
+    )
     assert again.status_code == 409 and again.json()["code"] == "already_opened"
     assert Delivery.objects.get(pk=delivery.pk).opened_at == opened_at
     assert Dispatch.objects.get(pk=dispatch.pk).opened == 1
+
+
+def test_an_open_is_taken_only_from_the_phone_the_push_was_sent_to(api_key_for, manager_alice, app):
+    """The key an app ships is public and delivery ids count upwards: anyone reported opens of others'
+    pushes, swaying open rates and a winner picked by them."""
+    dispatch = make_dispatch(app, [("accepted", ""), ("accepted", "")])
+    Device.objects.filter(pk=Delivery.objects.filter(dispatch=dispatch).order_by("pk").last().device_id).update(
+        platform="ios", token="ab" * 32
+    )
+    mine, theirs = Delivery.objects.filter(dispatch=dispatch).select_related("device").order_by("pk")
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    forged = client.post(
+        "/api/v1/opens/", {"app": app.pk, "delivery": theirs.pk, "token": mine.device.token}, format="json"
+    )
+    assert forged.status_code == 404 and forged.json()["code"] == "not_found"
+    missing = client.post("/api/v1/opens/", {"app": app.pk, "delivery": theirs.pk}, format="json")
+    assert missing.status_code == 400 and missing.json()["errors"][0]["field"] == "token"
+    assert Delivery.objects.get(pk=theirs.pk).opened_at is None
+    assert Dispatch.objects.get(pk=dispatch.pk).opened == 0
+    own = {"app": app.pk, "delivery": theirs.pk, "token": "AB" * 32}  # an APNs token in capitals: the same phone
+    assert client.post("/api/v1/opens/", own, format="json").status_code == 200
+    assert Delivery.objects.get(pk=theirs.pk).opened_at is not None
 
 
 def test_open_for_another_apps_delivery_is_404(api_key_for, manager_alice, app):
@@ -104,7 +130,9 @@ def test_open_for_another_apps_delivery_is_404(api_key_for, manager_alice, app):
     access_grant(obj=other, to=manager_alice, by=None)
     delivery = Delivery.objects.get(dispatch=make_dispatch(other, [("accepted", "")]))
     client = api_key_for(manager_alice, scopes=["ingest"])
-    response = client.post("/api/v1/opens/", {"app": app.pk, "delivery": delivery.pk}, format="json")
+    response = client.post(
+        "/api/v1/opens/", {"app": app.pk, "delivery": delivery.pk, "token": delivery.device.token}, format="json"
+    )
     assert response.status_code == 404
     assert Delivery.objects.get(pk=delivery.pk).opened_at is None
 
@@ -113,7 +141,7 @@ def test_open_for_another_apps_delivery_is_404(api_key_for, manager_alice, app):
 def test_an_open_on_a_delivery_that_was_not_accepted_is_409_not_accepted(api_key_for, manager_alice, app, status):
     delivery = Delivery.objects.get(dispatch=make_dispatch(app, [(status, "")]))
     response = api_key_for(manager_alice, scopes=["ingest"]).post(
-        "/api/v1/opens/", {"app": app.pk, "delivery": delivery.pk}, format="json"
+        "/api/v1/opens/", {"app": app.pk, "delivery": delivery.pk, "token": delivery.device.token}, format="json"
     )
     assert response.status_code == 409 and response.json()["code"] == "not_accepted"
     assert Delivery.objects.get(pk=delivery.pk).opened_at is None
@@ -125,12 +153,16 @@ def test_opens_need_a_role_that_writes_profiles(api_key_for, approver_bob, manag
     access_grant(obj=app, to=approver_bob, by=None)
     delivery = Delivery.objects.get(dispatch=make_dispatch(app, [("accepted", "")]))
     approver = api_key_for(approver_bob, scopes=["ingest"])
-    response = approver.post("/api/v1/opens/", {"app": app.pk, "delivery": delivery.pk}, format="json")
+    response = approver.post(
+        "/api/v1/opens/", {"app": app.pk, "delivery": delivery.pk, "token": delivery.device.token}, format="json"
+    )
     assert response.status_code == 403 and response.json()["code"] == "permission_denied"
     # A key made while its user was a Manager stops working once the user becomes a Viewer.
     manager = api_key_for(manager_alice, scopes=["ingest"])
     manager_alice.groups.set([Group.objects.get(name="Viewer")])
-    response = manager.post("/api/v1/opens/", {"app": app.pk, "delivery": delivery.pk}, format="json")
+    response = manager.post(
+        "/api/v1/opens/", {"app": app.pk, "delivery": delivery.pk, "token": delivery.device.token}, format="json"
+    )
     assert response.status_code == 401 and response.json()["code"] == "account_role"
     assert Delivery.objects.get(pk=delivery.pk).opened_at is None
 

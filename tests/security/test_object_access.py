@@ -214,6 +214,7 @@ def test_every_api_view_of_an_object_outside_access_answers_404(
     url, data = _fill(path, world), _fill(body, world)
     if data and "delivery" in data:
         data = {key: int(value) for key, value in data.items()}
+        data["token"] = world["delivery.delivery"].device.token  # the phone's own: the delivery is its
     outsider = api_key_for(manager_mallory, scopes=["read", "ingest", "trigger", "campaigns", "journeys"])
     response = getattr(outsider, method)(url, data, format="json")
     assert response.status_code == 404, response.content
