@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import OperationalError, connection, transaction
+from django.db import DatabaseError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from accounts.json_values import json_compact
@@ -181,6 +181,31 @@ WITH moving AS MATERIALIZED (
 UPDATE audiences_profile AS p SET last_seen_at = m.seen FROM moving AS m
 WHERE p.id = ANY(ARRAY(SELECT id FROM moving)) AND p.id = m.id
 """
+# The same at the end of a call, taking only the rows no other transaction holds (SKIP LOCKED): it
+# never waits, so a call that has created profiles never waits for a profile another writer holds
+# (which may wait for one it created: a circle), and the rows it locks are held only to its commit.
+# It returns the ids it had to leave (still older than the call's events as its snapshot reads
+# them): moved after the commit, in a statement of their own (``MOVE_LAST_SEEN_PG``).
+MOVE_LAST_SEEN_FREE_PG = """
+WITH v AS MATERIALIZED (
+    SELECT (e->>0)::bigint AS id, TIMESTAMPTZ 'epoch' + (e->>1)::bigint * INTERVAL '1 microsecond' AS seen
+    FROM jsonb_array_elements((SELECT %(profiles)s::jsonb)) AS e
+), moving AS MATERIALIZED (
+    SELECT p.id, v.seen FROM v
+    CROSS JOIN LATERAL (
+        SELECT id FROM audiences_profile
+        WHERE id = v.id AND (last_seen_at IS NULL OR last_seen_at < v.seen)
+        FOR NO KEY UPDATE SKIP LOCKED
+    ) AS p
+), moved AS (
+    UPDATE audiences_profile AS p SET last_seen_at = m.seen FROM moving AS m
+    WHERE p.id = ANY(ARRAY(SELECT id FROM moving)) AND p.id = m.id
+)
+SELECT v.id FROM v CROSS JOIN LATERAL (
+    SELECT 1 FROM audiences_profile WHERE id = v.id AND (last_seen_at IS NULL OR last_seen_at < v.seen)
+) AS older
+WHERE v.id <> ALL(ARRAY(SELECT id FROM moving))
+"""
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -204,7 +229,7 @@ def _events_write_pg(
     with prepared_cursor() as cursor:
         cursor.execute(LOCK_PROFILES_PG, [json_compact(ids)])
         profiles = dict(cursor.fetchall())
-        _last_seen_move(cursor, list(profiles.items()), seen)
+        known = list(profiles.items())
         missing = [x for x in ids if x not in profiles]
         if missing:
             born = json_compact([(x, _epoch_us(seen[x])) for x in missing])
@@ -215,23 +240,45 @@ def _events_write_pg(
                 cursor.execute(LOCK_PROFILES_PG, [json_compact(raced)])
                 found = cursor.fetchall()
                 profiles.update(found)
-                _last_seen_move(cursor, found, seen)
+                known += found
         rows = [
             [profiles[item["external_id"]], item["name"], item.get("properties") or {}, _epoch_us(item["occurred_at"])]
             for item in items
         ]
         cursor.execute(INSERT_EVENTS_PG, {"now": now, "events": json_compact(rows)})
         event_ids = [row[0] for row in cursor.fetchall()]
+        left = _last_seen_move(cursor, known, seen, free=True)
+    if left:
+        # Held by another writer now: moved once this call's transaction is over, holding nothing.
+        transaction.on_commit(lambda: _last_seen_move_left(left, seen=seen))
     return event_ids, profiles
 
 
-def _last_seen_move(cursor, known: list[tuple[str, int]], seen: dict) -> None:
+def _last_seen_move(cursor, known: list[tuple[str, int]], seen: dict, *, free: bool = False) -> list[tuple[str, int]]:
     """Move the last visit of these known profiles, (external id, id), to their newest event, each
-    one that moves locked in id order (``MOVE_LAST_SEEN_PG``)."""
-    if known:
-        known = sorted(known, key=lambda row: row[1])
-        moving = json_compact([(pk, _epoch_us(seen[x])) for x, pk in known])
+    one that moves locked in id order (``MOVE_LAST_SEEN_PG``). ``free``: only those no other
+    transaction holds (``MOVE_LAST_SEEN_FREE_PG``); returns the others, to move later."""
+    if not known:
+        return []
+    known = sorted(known, key=lambda row: row[1])
+    moving = json_compact([(pk, _epoch_us(seen[x])) for x, pk in known])
+    if not free:
         cursor.execute(MOVE_LAST_SEEN_PG, {"profiles": moving})
+        return []
+    cursor.execute(MOVE_LAST_SEEN_FREE_PG, {"profiles": moving})
+    left = {row[0] for row in cursor.fetchall()}
+    return [(x, pk) for x, pk in known if pk in left]
+
+
+def _last_seen_move_left(left: list[tuple[str, int]], *, seen: dict) -> None:
+    """After a call's commit: move the last visits its transaction found held by another writer,
+    waiting for them now that it holds nothing. A failure here loses no event (they are in): it is
+    logged, and the next event of those profiles moves them."""
+    try:
+        with transaction.atomic(), prepared_cursor() as cursor:
+            _last_seen_move(cursor, left, seen)
+    except DatabaseError:
+        log.exception("Moving the last visits of %s profiles after an events call failed", len(left))
 
 
 def _events_write(
