@@ -63,3 +63,22 @@ def concurrently(*steps) -> list[Exception]:
     for thread in threads:
         thread.join(30)
     return errors
+
+
+class ProfileHeld:
+    """A third writer holding one profile's row (FOR NO KEY UPDATE, as a profiles call does) in a
+    session of its own from ``holding`` until ``released``: ``holder`` is a step of ``concurrently``."""
+
+    def __init__(self, profile_id: int):
+        self.profile_id = profile_id
+        self.holding, self.released = threading.Event(), threading.Event()
+
+    def holder(self) -> None:
+        from django.db import transaction
+
+        from audiences.models import Profile
+
+        with transaction.atomic():
+            Profile.objects.select_for_update(no_key=True).get(pk=self.profile_id)
+            self.holding.set()
+            self.released.wait(20)

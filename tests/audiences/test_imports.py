@@ -17,7 +17,7 @@ from audiences.services.imports import DUPLICATE, import_create, import_process,
 from audiences.services.profiles import profiles_delete
 from audiences.services.segments import segment_create, segment_delete
 from tests.factories import ProfileFactory
-from tests.locks import concurrently, wait_for_a_blocked_writer, wait_for_blocked_writers
+from tests.locks import ProfileHeld, concurrently, wait_for_a_blocked_writer, wait_for_blocked_writers
 
 pytestmark = [pytest.mark.django_db(transaction=False), pytest.mark.embedded]
 
@@ -313,13 +313,8 @@ def test_a_batch_into_a_segment_locks_the_profiles_it_leaves_as_they_are_in_id_o
     same = ProfileFactory(external_id="same", attributes={"plan": "pro"})
     changed = ProfileFactory(external_id="changed", attributes={"plan": "free"})
     segment = segment_create(name="Fair", kind=Segment.Kind.IMPORTED, by=manager_alice)
-    holding, released = threading.Event(), threading.Event()
-
-    def holder():
-        with transaction.atomic():
-            Profile.objects.select_for_update(no_key=True).get(pk=changed.pk)
-            holding.set()
-            released.wait(20)
+    held = ProfileHeld(changed.pk)  # a third writer's lock on it
+    holding, released = held.holding, held.released
 
     def batch():
         holding.wait(10)
@@ -336,7 +331,7 @@ def test_a_batch_into_a_segment_locks_the_profiles_it_leaves_as_they_are_in_id_o
         wait_for_blocked_writers(2)
         released.set()
 
-    assert concurrently(holder, batch, deletion, release) == []
+    assert concurrently(held.holder, batch, deletion, release) == []
     assert not Profile.objects.exists()
     assert not SegmentMember.objects.exists()
 

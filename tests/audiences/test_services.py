@@ -28,7 +28,7 @@ from audiences.services.segments import (
     segment_update,
 )
 from tests.factories import ProfileFactory
-from tests.locks import concurrently, wait_for_a_blocked_writer, wait_for_blocked_writers
+from tests.locks import ProfileHeld, concurrently, wait_for_a_blocked_writer, wait_for_blocked_writers
 from tests.pg_statistics import rows_read, statistics_say_empty
 
 pytestmark = pytest.mark.django_db
@@ -381,13 +381,8 @@ def test_an_events_call_moves_the_last_visits_before_it_creates_profiles(manager
     from audiences.imports import Batch, write_batch
 
     ann = ProfileFactory(external_id="ann", attributes={})
-    holding, released = threading.Event(), threading.Event()
-
-    def holder():
-        with transaction.atomic():
-            Profile.objects.select_for_update(no_key=True).get(pk=ann.pk)
-            holding.set()
-            released.wait(20)
+    held = ProfileHeld(ann.pk)  # a third writer's lock on it
+    holding, released = held.holding, held.released
 
     def write():
         holding.wait(10)
@@ -408,7 +403,7 @@ def test_an_events_call_moves_the_last_visits_before_it_creates_profiles(manager
         wait_for_blocked_writers(2)
         released.set()
 
-    assert concurrently(holder, write, call, release) == []
+    assert concurrently(held.holder, write, call, release) == []
     assert Profile.objects.get(pk=ann.pk).attributes == {"plan": "pro"}
     assert sorted(Profile.objects.exclude(last_seen_at=None).values_list("external_id", flat=True)) == ["ann", "new"]
     assert Event.objects.count() == 2
@@ -457,13 +452,8 @@ def test_an_events_call_locks_its_known_profiles_in_id_order_as_a_deletion_does(
     its events on new profiles once the deletion commits."""
     b = ProfileFactory(external_id="b")
     a = ProfileFactory(external_id="a")
-    holding, released = threading.Event(), threading.Event()
-
-    def holder():
-        with transaction.atomic():
-            Profile.objects.select_for_update(no_key=True).get(pk=a.pk)
-            holding.set()
-            released.wait(20)
+    held = ProfileHeld(a.pk)  # a third writer's lock on it
+    holding, released = held.holding, held.released
 
     def deletion():
         holding.wait(10)
@@ -478,7 +468,7 @@ def test_an_events_call_locks_its_known_profiles_in_id_order_as_a_deletion_does(
         wait_for_blocked_writers(2)
         released.set()
 
-    assert concurrently(holder, deletion, call, release) == []
+    assert concurrently(held.holder, deletion, call, release) == []
     again = dict(Profile.objects.values_list("external_id", "pk"))
     assert sorted(again) == ["a", "b"] and not {a.pk, b.pk} & set(again.values())
     assert sorted(Event.objects.values_list("profile_id", flat=True)) == sorted(again.values())

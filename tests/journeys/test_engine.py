@@ -17,7 +17,7 @@ from journeys.services.engine import journeys_run_due
 from journeys.services.entries import journey_enter_segment
 from journeys.services.lifecycle import journey_stop, journey_version_edit
 from tests.factories import DeviceFactory, EventFactory, ProfileFactory, SegmentMemberFactory
-from tests.locks import concurrently, eventually, wait_for_blocked_writers
+from tests.locks import ProfileHeld, concurrently, eventually, wait_for_blocked_writers
 from tests.pg_statistics import rows_read, statistics_say_empty
 
 EXIT = {"id": "done", "type": "exit"}
@@ -1131,13 +1131,8 @@ def test_a_segment_entry_and_a_deletion_of_its_profiles_do_not_deadlock(make_jou
     a, b = ProfileFactory(external_id="a"), ProfileFactory(external_id="b")
     Profile.objects.filter(pk=a.pk).update(attributes={"plan": "pro"})  # a new row version after 'b'
     Journey.objects.filter(pk=journey.pk).update(next_entry_at=timezone.now())
-    holding, released = threading.Event(), threading.Event()
-
-    def holder():
-        with transaction.atomic():
-            Profile.objects.select_for_update(no_key=True).get(pk=b.pk)
-            holding.set()
-            released.wait(20)
+    held = ProfileHeld(b.pk)  # a third writer's lock on it
+    holding, released = held.holding, held.released
 
     def deletion():
         holding.wait(10)
@@ -1152,7 +1147,7 @@ def test_a_segment_entry_and_a_deletion_of_its_profiles_do_not_deadlock(make_jou
         wait_for_blocked_writers(2)
         released.set()
 
-    errors = concurrently(holder, deletion, entry, release)
+    errors = concurrently(held.holder, deletion, entry, release)
     assert [type(e) for e in errors] == [IntegrityError], errors  # the entry's check, not a deadlock
     assert not Profile.objects.exists()
     assert not Enrollment.objects.exists()
