@@ -203,3 +203,21 @@ class RemoveIndexConcurrentlyOnPostgres(migrations.RemoveIndex):
         model = to_state.apps.get_model(app_label, self.model_name)
         if self.allow_migrate_model(schema_editor.connection.alias, model):
             schema_editor.add_index(model, self._index(to_state, app_label), concurrently=True)
+
+
+class Holders:
+    """What keeps objects of one kind from being deleted where no foreign key protects them (a
+    journey's graph names its contents and segments): callables ``holders(ids, by) -> list[str]``
+    that the apps holding them register, each saying a line per holder without naming to ``by``
+    (None: the system) what they may not see."""
+
+    def __init__(self):
+        self._holders: list = []
+
+    def register(self, holders) -> None:
+        if holders not in self._holders:
+            self._holders.append(holders)
+
+    def __call__(self, ids, *, by) -> list[str]:
+        ids = set(ids)
+        return [said for holders in self._holders for said in holders(ids, by)] if ids else []

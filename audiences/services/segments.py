@@ -22,6 +22,7 @@ from audiences.rules.compiler import segment_count, segment_profiles
 from audiences.rules.validation import rules_validate_for
 from audiences.selectors import audience_reach, reach_apps_for, segment_for
 from audiences.services.profiles import _ensure_perm
+from config.db import Holders
 
 UNSET: Any = object()
 
@@ -128,24 +129,17 @@ def segment_members_landed(segment_id: int) -> None:
 
 
 # What names segments without a foreign key protecting them (a journey's conditions name theirs in
-# its graph): each, given segment ids and the reader, says what still uses them; a segment said so is
-# not deleted.
-_SEGMENT_HOLDERS: list = []
-
-
-def segment_holders_register(holders) -> None:
-    """``holders(segment_ids, by) -> list[str]``: what may still read those segments, each said in a
-    line, without naming to ``by`` what they may not see."""
-    if holders not in _SEGMENT_HOLDERS:
-        _SEGMENT_HOLDERS.append(holders)
+# its graph): each, given segment ids and the reader, says what may still read them (a line each); a
+# segment said so is not deleted.
+_SEGMENT_HOLDERS = Holders()
+segment_holders_register = _SEGMENT_HOLDERS.register
 
 
 def segment_holders(segment_ids, *, by: User | None) -> list[str]:
     """What may still read any of ``segment_ids`` besides another segment's rules, a campaign's
     audience or a journey's entry (which their foreign keys or references protect): a reason to keep
     them, said to ``by``. Empty when nothing does."""
-    ids = set(segment_ids)
-    return [said for holders in _SEGMENT_HOLDERS for said in holders(ids, by)] if ids else []
+    return _SEGMENT_HOLDERS(segment_ids, by=by)
 
 
 def segment_delete(*, segment_id: int, by: User) -> None:

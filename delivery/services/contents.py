@@ -12,6 +12,7 @@ from django.utils import timezone
 from accounts.models import User
 from accounts.selectors import can, in_scope
 from accounts.services import access_grant, audit
+from config.db import Holders
 from delivery.models import App, Dispatch, PushContent
 from delivery.payloads import spec_authoring_check, spec_validate
 from delivery.services.dispatches import dispatch_create
@@ -99,20 +100,13 @@ def pushcontent_test_send(*, content_id: int, by: User) -> Dispatch:
 
 
 # What holds push content without a foreign key protecting it (a journey's steps name theirs in its
-# graph): each, given content ids and the reader, says what may still send them; content said so is
-# not deleted.
-_CONTENT_HOLDERS: list = []
-
-
-def pushcontent_holders_register(holders) -> None:
-    """``holders(content_ids, by) -> list[str]``: what may still send those contents, each said in a
-    line, without naming to ``by`` what they may not see."""
-    if holders not in _CONTENT_HOLDERS:
-        _CONTENT_HOLDERS.append(holders)
+# graph): each, given content ids and the reader, says what may still send them (a line each);
+# content said so is not deleted.
+_CONTENT_HOLDERS = Holders()
+pushcontent_holders_register = _CONTENT_HOLDERS.register
 
 
 def pushcontent_holders(content_ids, *, by: User | None) -> list[str]:
     """What may still send any of ``content_ids`` besides a campaign (whose foreign key protects its
     content): a reason to keep them, said to ``by``. Empty when nothing does."""
-    ids = set(content_ids)
-    return [said for holders in _CONTENT_HOLDERS for said in holders(ids, by)] if ids else []
+    return _CONTENT_HOLDERS(content_ids, by=by)
