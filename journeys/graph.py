@@ -319,26 +319,32 @@ def _reachable(by_id: dict[str, dict], entry: str) -> set[str]:
     return seen
 
 
-def segments_of(graph: dict) -> set[int]:
-    """The segments the graph's conditions refer to."""
-    found = set()
+def condition_branches(graph: dict):
+    """Each branch of the graph's conditions, as (the step's id, the branch), well-formed ones only
+    (a graph read back from a version may predate a check)."""
     for step in (graph or {}).get("steps") or []:
         if isinstance(step, dict) and step.get("type") == "condition":
             for branch in step.get("branches") or []:
-                if isinstance(branch, dict) and isinstance(branch.get("segment"), int):
-                    found.add(branch["segment"])
-    return found
+                if isinstance(branch, dict):
+                    yield step.get("id"), branch
+
+
+def branch_segments(branch: dict) -> set[int]:
+    """The segments a condition's branch reads: the one it tests, and those its rule names."""
+    from audiences.rules.schema import segment_references
+
+    named = branch.get("segment")
+    return ({named} if isinstance(named, int) else set()) | segment_references(branch.get("rules"))
+
+
+def segments_of(graph: dict) -> set[int]:
+    """The segments the graph's conditions refer to."""
+    return {branch["segment"] for _, branch in condition_branches(graph) if isinstance(branch.get("segment"), int)}
 
 
 def rules_of(graph: dict) -> list:
     """The rule trees of the graph's conditions."""
-    return [
-        branch["rules"]
-        for step in (graph or {}).get("steps") or []
-        if isinstance(step, dict) and step.get("type") == "condition"
-        for branch in step.get("branches") or []
-        if isinstance(branch, dict) and "rules" in branch
-    ]
+    return [branch["rules"] for _, branch in condition_branches(graph) if "rules" in branch]
 
 
 def contents_of(graph: dict) -> dict[str, int]:

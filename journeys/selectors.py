@@ -331,23 +331,13 @@ def journeys_conditions_naming(segment_ids: set[int], by: User | None) -> list[s
     "a journey you cannot see" to ``by``. (Registered with ``audiences.services.segments``: a segment
     they name is not deleted; a branch on a deleted segment would hold for no one, and its profiles
     would silently take the other way.)"""
-    from audiences.rules.schema import segment_references
+    from journeys.graph import branch_segments, condition_branches
 
     found = []
     for version in _versions_that_may_run():
-        steps = []
-        for step in (version.graph or {}).get("steps") or []:
-            if not isinstance(step, dict) or step.get("type") != "condition":
-                continue
-            for branch in step.get("branches") or []:
-                if not isinstance(branch, dict):
-                    continue
-                named = branch.get("segment")
-                if (isinstance(named, int) and named in segment_ids) or segment_references(
-                    branch.get("rules")
-                ) & segment_ids:
-                    steps.append(step.get("id"))
-                    break
+        steps = {
+            step_id for step_id, branch in condition_branches(version.graph) if branch_segments(branch) & segment_ids
+        }
         if steps:
             found.append((version, ", ".join(f"'{step}'" for step in sorted(map(str, steps)))))
     labels = _version_labels([version for version, _ in found], by)
@@ -361,15 +351,13 @@ def journeys_rule_trees_naming(segment_ids: set[int], by: User | None) -> list[t
     to ``by`` (None: the system). (Registered with ``audiences.rules.validation``: a segment change
     making one too deep is refused.)"""
     from audiences.rules.schema import segment_references
+    from journeys.graph import condition_branches
 
     found = []
     for version in _versions_that_may_run():
-        for step in (version.graph or {}).get("steps") or []:
-            if not isinstance(step, dict) or step.get("type") != "condition":
-                continue
-            for branch in step.get("branches") or []:
-                if isinstance(branch, dict) and segment_references(branch.get("rules")) & segment_ids:
-                    found.append((version, step.get("id"), branch["rules"]))
+        for step_id, branch in condition_branches(version.graph):
+            if segment_references(branch.get("rules")) & segment_ids:
+                found.append((version, step_id, branch["rules"]))
     labels = _version_labels([version for version, _, _ in found], by)
     return [
         (f"{labels[version.pk]}: step '{step_id}'" if labels[version.pk] else HIDDEN_JOURNEY, tree)
