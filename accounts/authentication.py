@@ -5,7 +5,6 @@ behind the ``access`` version stamp (``accounts.stamps``): each request reads th
 in one round trip, with its key's rate limit when the view has one, and reloads what changed.
 """
 
-import hashlib
 import re
 import threading
 import time
@@ -60,7 +59,7 @@ def rate_bucket_of(match: re.Match) -> str:
     reads the stamps the check needs), and a prefix is no secret (the admin, /me/ and the audit
     log show it): a call with a key's prefix and a wrong secret takes from a bucket of its own,
     never from that key's."""
-    return f"{match['prefix']}:{hashlib.sha256(match[0].encode()).hexdigest()[:16]}"
+    return f"{match['prefix']}:{ApiKey.hash_key(match[0])[:16]}"
 
 
 def view_stamps_read(view, kwargs: dict, match: re.Match) -> Stamps:
