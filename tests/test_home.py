@@ -43,6 +43,9 @@ def make_sends(app, outcomes, *, finished_at, label="Run", status="done", opened
         started_at=finished_at - dt.timedelta(minutes=1),
     )
     Dispatch.objects.filter(pk=dispatch.pk).update(created_at=finished_at - dt.timedelta(minutes=1))
+    # Opened 5 minutes after, but never later than now: a send finished now, in an hour's last 5
+    # minutes, was opened in the next hour, past the home page's window, and counted nowhere.
+    opened_at = min(finished_at + dt.timedelta(minutes=5), timezone.now())
     rows = []
     for i, (row_status, reason, platform) in enumerate(outcomes):
         device = DeviceFactory(app=app, platform=platform)
@@ -54,7 +57,7 @@ def make_sends(app, outcomes, *, finished_at, label="Run", status="done", opened
                 status=row_status,
                 reason=reason,
                 finished_at=finished_at,
-                opened_at=finished_at + dt.timedelta(minutes=5) if i < opened else None,
+                opened_at=min(opened_at, timezone.now()) if i < opened else None,
             )
         )
     Delivery.objects.bulk_create(rows)
