@@ -276,7 +276,7 @@ def winner_pick(*, campaign_id: int, now: dt.datetime | None = None) -> WinnerTe
         if missed:
             # The pick is kept (the report says which variant won); the rest is not sent days late.
             test.outcome = WinnerTest.Outcome.CANCELLED
-            test.reason = f"{test.reason} {missed}"[:300]
+            test.reason = f"{missed} {test.reason}"[:300]  # what happened first: the pick's reason may be cut
             test.save()
             audit(actor=None, action="campaign_winner_cancelled", obj=campaign, summary={"reason": test.reason})
             return test
