@@ -1040,8 +1040,10 @@ MEMBERS_TAKE_OVER = (
 SEGMENT_GONE = "The import's segment was deleted while the import ran."
 
 
-def _lock_segment(segment_id: int) -> None:
-    """Hold the batch's segment until the batch commits; ImportRefused when it no longer exists.
+def segment_members_lock(segment_id: int) -> None:
+    """Hold the segment whose members a transaction writes (an import's batch, a replace import's
+    removal of the members its file did not list) until it commits; ImportRefused when it no
+    longer exists.
 
     Members reference their segment without a database constraint (its check cost a query per
     member): this one lock per batch stands for it. Deleting a segment locks it first
@@ -1078,7 +1080,7 @@ def write_batch(
         return []
     conflict = MEMBERS_TAKE_OVER if replace else "NOTHING"
     if segment_id is not None:
-        _lock_segment(segment_id)
+        segment_members_lock(segment_id)
     write = _write_pg if connection.vendor == "postgresql" else _write_sqlite
     options = {"now": now, "segment_id": segment_id, "import_id": import_id, "conflict": conflict}
     to_measure = write(batch, measured=False, **options)

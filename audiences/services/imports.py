@@ -31,6 +31,7 @@ from audiences.imports import (
     RecordReader,
     parse_rows,
     plan_columns,
+    segment_members_lock,
     sniff_header,
     write_batch,
 )
@@ -238,6 +239,10 @@ def _import_rows(record: Import, fh, plan, *, started: float, seconds: float) ->
     with transaction.atomic():
         removed = 0
         if replace and record.segment_id:
+            # Held as a batch holds it, before any member goes: a member change in the admin or
+            # another import's batch holding the segment would wait for a member removed here
+            # while this waited for the segment, to mark it changed ('deadlock detected').
+            segment_members_lock(record.segment_id)
             removed = (
                 SegmentMember.objects.filter(segment_id=record.segment_id)
                 .exclude(source_import_id=record.pk)

@@ -528,6 +528,53 @@ def test_a_batch_its_database_ends_in_a_deadlock_is_written_again(manager_alice,
     ]
 
 
+@row_locks
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("other", ["admin", "batch"])
+def test_a_replace_import_ends_in_turn_with_a_change_of_its_segments_members(manager_alice, media, monkeypatch, other):
+    """A replace import removed the members its file did not list without holding its segment: a
+    member change in the admin or another import's batch, holding the segment, waited for a member
+    row the removal had deleted while the removal waited for the segment to mark it changed
+    ('deadlock detected'), and one of them was lost. The removal now holds the segment first, as
+    the batches do: the other change waits for it, then adds 'p' again."""
+    from audiences.services import imports as import_services
+    from audiences.services.segments import segment_members_change
+
+    p = ProfileFactory(external_id="p", attributes={})
+    segment = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    segment_members_change(segment_id=segment.pk, by=manager_alice, add=["p"])
+    landed, removing, blocked = import_services._import_landed, threading.Event(), []
+
+    def landed_once_the_other_change_waits(record):
+        landed(record)
+        if not removing.is_set():  # the removal of 'p' is done, not committed
+            removing.set()
+            blocked.append(wait_for_a_blocked_writer())
+
+    monkeypatch.setattr(import_services, "_import_landed", landed_once_the_other_change_waits)
+
+    def replace():
+        upload = SimpleUploadedFile("people.csv", b"external_id\nb\n")
+        import_create(upload=upload, by=manager_alice, target="replace_segment", segment_id=segment.pk)
+
+    def change():
+        removing.wait(10)
+        if other == "admin":
+            segment_members_change(segment_id=segment.pk, by=manager_alice, add=["p"])
+        else:
+            with transaction.atomic():
+                rows = Batch(["p"], ['{"plan": "pro"}'], [None], [None])
+                write_batch(rows, now=timezone.now(), segment_id=segment.pk, import_id=999, replace=False)
+
+    assert concurrently(replace, change) == []
+    assert blocked == [True]
+    record = Import.objects.get(target="replace_segment")
+    assert (record.status, record.error) == (Import.Status.DONE, "")
+    members = SegmentMember.objects.filter(segment=segment)
+    assert sorted(members.values_list("profile__external_id", flat=True)) == ["b", "p"]
+    assert p.pk in members.values_list("profile_id", flat=True)
+
+
 def test_replace_keeps_only_the_file_members(run_import, manager_alice):
     static = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
     run_import(b"external_id\na\nb\n", target="add_to_segment", segment_id=static.pk)
