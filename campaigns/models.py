@@ -426,6 +426,8 @@ class Occurrence(models.Model):
     class Outcome(models.TextChoices):
         SENT = "sent", "Sent"
         SENT_LATE = "sent_late", "Sent late (missed during downtime)"
+        # Not downtime: the schedule was approved after its time, and the send went at the approval.
+        SENT_AT_APPROVAL = "sent_at_approval", "Sent at approval, after its scheduled time"
         SKIPPED_MISSED = "skipped_missed", "Skipped (missed for longer than the window)"
         REFUSED = "refused", "Refused by the gate"
 

@@ -116,8 +116,9 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
     occurrence is a row unique per (campaign, due time), written in the same transaction as its
     Dispatch: a worker killed midway rolls both back and the next tick fires it. Occurrences missed
     during downtime for longer than the campaign's window are recorded as skipped; the latest one
-    within the window is sent late. What is sent is the approved version, whatever revision is
-    pending; an occurrence the gate refuses is recorded with the reason, and the next one stays due.
+    within the window is sent late (at the approval, when that came after its time, said so). What
+    is sent is the approved version, whatever revision is pending; an occurrence the gate refuses is
+    recorded with the reason, and the next one stays due.
     """
     from delivery.models import Dispatch
     from delivery.services.dispatches import GateClosed, dispatch_create
@@ -163,18 +164,20 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                 fired.append(_occurrence(campaign, due, Occurrence.Outcome.SKIPPED_MISSED, local=local, note=note))
                 campaign.next_occurrence_at = later
                 break
-            outcome = Occurrence.Outcome.SENT if now - due <= LATE_AFTER else Occurrence.Outcome.SENT_LATE
+            outcome = _sent_outcome(approved, due=due, now=now)
             late_note = ""
-            if local and outcome == Occurrence.Outcome.SENT_LATE:
+            window = f"within its window of {limit.total_seconds() // 60:,.0f} minutes"
+            if local and outcome != Occurrence.Outcome.SENT:
                 late_note = (
                     f"begun after UTC+14 reached its time: time zones past it by more than "
                     f"{limit.total_seconds() // 60:,.0f} minutes are skipped (missed_local_time)"
                 )
+            elif outcome == Occurrence.Outcome.SENT_AT_APPROVAL:
+                late = int((_approved_at(approved) - due).total_seconds() // 60)
+                late_note = f"approved {late:,} minutes after its time, {window}"
             elif outcome == Occurrence.Outcome.SENT_LATE:
                 late = int((now - due).total_seconds() // 60)
-                late_note = (
-                    f"sent {late:,} minutes late, within its window of {limit.total_seconds() // 60:,.0f} minutes"
-                )
+                late_note = f"sent {late:,} minutes late, {window}"
             # The dispatch's label (Sends, the dispatches, the home page) says when it sends as the
             # schedule was entered: in the zone named, or the wall time of each profile's zone.
             when = occurrence_when(due, time_zone=approved.time_zone, local=local)
@@ -221,6 +224,23 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
             campaign.status_changed_at = now
         campaign.save(update_fields=["next_occurrence_at", "status", "status_changed_at"])
     return fired
+
+
+def _approved_at(approved) -> dt.datetime | None:
+    """When the version that sends was approved (None: approved before the time was kept)."""
+    return dt.datetime.fromisoformat(approved.approved_at) if approved.approved_at else None
+
+
+def _sent_outcome(approved, *, due: dt.datetime, now: dt.datetime) -> str:
+    """How an occurrence due at ``due`` and sent at ``now`` went: on time (on the beat's minute);
+    at its approval, when the version that sends was approved after its time and it went then (no
+    downtime: the approval came late); otherwise late, missed while the scheduler was down."""
+    if now - due <= LATE_AFTER:
+        return Occurrence.Outcome.SENT
+    approved_at = _approved_at(approved)
+    if approved_at is not None and due < approved_at and now - approved_at <= LATE_AFTER:
+        return Occurrence.Outcome.SENT_AT_APPROVAL
+    return Occurrence.Outcome.SENT_LATE
 
 
 def content_refusal(exc: ValidationError, *, where: str = "") -> str:

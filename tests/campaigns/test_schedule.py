@@ -122,7 +122,7 @@ def test_a_cron_with_a_field_of_seconds_is_refused(make_campaign):
     assert "five-field" in error.value.message_dict["cron"][0]
 
 
-def test_a_one_off_whose_time_passed_before_its_approval_is_sent_late_within_the_window(make_campaign, approve):
+def test_a_one_off_approved_after_its_time_is_sent_at_approval_not_as_missed_during_downtime(make_campaign, approve):
     now = dt.datetime(2027, 1, 4, 9, 10, tzinfo=PARIS)
     campaign = approve(
         make_campaign(schedule_kind="at", send_at=now - dt.timedelta(minutes=10), time_zone="Europe/Paris"), now=now
@@ -130,9 +130,60 @@ def test_a_one_off_whose_time_passed_before_its_approval_is_sent_late_within_the
     campaigns_tick(now=now + dt.timedelta(seconds=30))
     campaigns_tick(now=now + dt.timedelta(minutes=1, seconds=30))
     # How late, on the occurrence's line: it was no downtime, the approval came after its time.
-    assert list(Occurrence.objects.filter(campaign=campaign).values_list("outcome", "note")) == [
-        ("sent_late", "sent 10 minutes late, within its window of 60 minutes")
-    ]
+    occurrence = Occurrence.objects.get(campaign=campaign)
+    assert (occurrence.outcome, occurrence.note) == (
+        "sent_at_approval",
+        "approved 10 minutes after its time, within its window of 60 minutes",
+    )
+    assert occurrence.get_outcome_display() == "Sent at approval, after its scheduled time"
+
+
+def test_a_one_off_approved_after_its_time_but_sent_only_after_downtime_says_downtime(make_campaign, approve):
+    """Approved after its time, then the workers were down: what delayed it past the approval was downtime."""
+    now = dt.datetime(2027, 1, 4, 9, 10, tzinfo=PARIS)
+    campaign = approve(
+        make_campaign(schedule_kind="at", send_at=now - dt.timedelta(minutes=10), time_zone="Europe/Paris"), now=now
+    )
+    campaigns_tick(now=now + dt.timedelta(minutes=20))
+    occurrence = Occurrence.objects.get(campaign=campaign)
+    assert (occurrence.outcome, occurrence.note) == (
+        "sent_late",
+        "sent 30 minutes late, within its window of 60 minutes",
+    )
+    assert occurrence.get_outcome_display() == "Sent late (missed during downtime)"
+
+
+def test_the_migration_says_sent_at_approval_of_the_one_offs_sent_late_at_their_approval(make_campaign, approve):
+    """Rows recorded before: sent late within minutes of an approval that came after their time were
+    sent at approval; those sent late otherwise (downtime) keep the downtime label."""
+    import importlib
+
+    from django.apps import apps
+
+    forwards = importlib.import_module("campaigns.migrations.0015_occurrence_sent_at_approval").forwards
+    now = dt.datetime(2027, 1, 4, 9, 10, tzinfo=PARIS)
+    at_approval = approve(
+        make_campaign(name="A", schedule_kind="at", send_at=now - dt.timedelta(minutes=10), time_zone="Europe/Paris"),
+        now=now,
+    )
+    downtime = approve(
+        make_campaign(name="B", schedule_kind="recurring", recurrence="daily", send_at=now, time_zone="Europe/Paris"),
+        now=now - dt.timedelta(days=1),
+    )
+    for campaign, due, fired in (
+        (at_approval, now - dt.timedelta(minutes=10), now + dt.timedelta(seconds=20)),
+        (downtime, now, now + dt.timedelta(minutes=30)),
+    ):
+        Occurrence.objects.create(
+            campaign=campaign, due_at=due, fired_at=fired, outcome="sent_late", at_local_time=False
+        )
+
+    forwards(apps, None)
+
+    assert dict(Occurrence.objects.values_list("campaign__name", "outcome")) == {
+        "A": "sent_at_approval",
+        "B": "sent_late",
+    }
 
 
 def test_a_one_off_whose_time_passed_long_before_its_approval_is_skipped_and_said(make_campaign, approve):

@@ -392,7 +392,8 @@ def test_local_time_approved_late_sends_to_the_zones_behind_and_skips_those_past
     began = wall.replace(tzinfo=dt.UTC) - dt.timedelta(hours=14)  # UTC+14 got there 8 hours ago
     assert campaign.next_occurrence_at == began
     (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=now)
-    assert occurrence.outcome == "sent_late", occurrence.note
+    # Approved after its time, no downtime: sent at the approval, saying which zones it skips.
+    assert occurrence.outcome == "sent_at_approval", occurrence.note
     assert "more than 60 minutes are skipped (missed_local_time)" in occurrence.note
     assert occurrence.dispatch.local_late_minutes == 60
     dispatch_prepare(dispatch_id=occurrence.dispatch.pk)
@@ -535,7 +536,7 @@ def test_a_weekly_local_time_send_approved_in_the_last_zone_s_window_still_reach
     )
     assert campaign.next_occurrence_at == began
     (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=now)
-    assert (occurrence.due_at, occurrence.outcome) == (began, "sent_late")
+    assert (occurrence.due_at, occurrence.outcome) == (began, "sent_at_approval")
     dispatch_prepare(dispatch_id=occurrence.dispatch.pk)
     rows = {d.profile_id: d for d in Delivery.objects.filter(dispatch=occurrence.dispatch)}
     assert rows[profiles["Etc/GMT+12"].pk].status == "queued"
