@@ -17,6 +17,7 @@ from delivery.services.apps import (
     app_secrets_unreadable,
     app_test_connection,
     app_update,
+    apps_delete,
     service_account_parse,
 )
 
@@ -169,6 +170,12 @@ class AppAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     def get_deleted_objects(self, objs, request):
         # An app's devices are counted, not listed one by one (a million would never render).
         return deleted_objects_counted(self, request, objs)
+
+    def delete_model(self, request, obj):
+        apps_delete(app_ids=[obj.pk], by=request.user)
+
+    def delete_queryset(self, request, queryset):
+        apps_delete(app_ids=list(queryset.values_list("pk", flat=True)), by=request.user)
 
     def get_queryset(self, request):
         # The secrets themselves are never needed to list or show an app (whether they decrypt is

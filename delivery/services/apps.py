@@ -302,6 +302,42 @@ def app_update(
     return app
 
 
+# An app's deletion removes its devices, and the reach trigger then locks their profiles
+# (``delivery_profiles_reach_refresh``): holding a device, it could wait for a profile that a
+# profile's deletion held while that deletion waited for the device ('deadlock detected'). So the
+# profiles are locked first, in id order, ``FOR UPDATE`` as a profile's deletion locks them: a
+# device call holding one ``FOR KEY SHARE`` (``delivery.services.devices``) is waited for before
+# any device goes, and waits for the deletion after.
+APPS_PROFILES_LOCK_PG = """
+SELECT count(*) FROM (
+    SELECT id FROM audiences_profile
+    WHERE id IN (SELECT profile_id FROM delivery_device WHERE app_id = ANY(%s))
+    ORDER BY id FOR UPDATE
+) AS held
+"""
+
+
+def apps_delete(*, app_ids: list[int], by: User) -> int:
+    """Delete apps with their devices and delivery rules; return how many there were.
+
+    Locks their devices' profiles first (``APPS_PROFILES_LOCK_PG``), then deletes each app.
+    Raises PermissionDenied when ``by`` may not delete one of them (nothing is deleted then),
+    ProtectedError while a send, a content, a campaign or a journey uses one.
+    """
+    with transaction.atomic():
+        apps = list(App.objects.filter(pk__in=app_ids).order_by("id"))
+        for app in apps:
+            if not can(by, "delivery.delete_app", app):
+                raise PermissionDenied("Only an Administrator with access to this app can delete it.")
+        if apps and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(APPS_PROFILES_LOCK_PG, [[app.pk for app in apps]])
+        for app in apps:
+            audit(actor=by, action="app_deleted", obj=app, summary={"name": app.name})
+            app.delete()
+    return len(apps)
+
+
 @sensitive_variables("apns_private_key", "fcm_service_account")
 def _set_secrets(
     app: App, *, apns_private_key: Secret | None, fcm_service_account: ServiceAccountInfo | None

@@ -3,6 +3,7 @@
 import json
 import logging
 import sys
+import threading
 
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -700,6 +701,53 @@ def test_an_apps_delete_page_counts_its_devices_and_the_deletion_takes_them(clie
     assert list(Device.objects.values_list("pk", flat=True)) == [kept.pk]
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks between two sessions")
+@pytest.mark.django_db(transaction=True)
+def test_an_apps_deletion_and_a_deletion_of_a_profile_with_a_device_in_it_do_not_deadlock(admin_erin, monkeypatch):
+    """A profile's deletion locks the profile, then removes its devices. An app's deletion removed
+    its devices, and the reach trigger locked their profiles after them: holding ann's device, it
+    waited for ann while her deletion waited for the device ('deadlock detected'). An app's
+    deletion now locks its devices' profiles first, in id order, as every writer of profiles does."""
+    from django.test import Client
+
+    from audiences.models import Profile
+    from audiences.services import profiles as profile_services
+    from audiences.services.profiles import profiles_delete
+    from tests.factories import ProfileFactory
+    from tests.locks import concurrently, wait_for_a_blocked_writer
+
+    app, other = AppFactory(), AppFactory()
+    ann, bob = ProfileFactory(external_id="ann"), ProfileFactory(external_id="bob")
+    DeviceFactory(app=app, profile=ann)
+    DeviceFactory(app=other, profile=ann)
+    DeviceFactory(app=app, profile=bob)
+    audit, locked, blocked = profile_services.audit, threading.Event(), []
+
+    def audited_once_the_apps_deletion_waits(**kwargs):
+        audit(**kwargs)
+        if kwargs["action"] == "profile_deleted":  # the deletion holds ann now
+            locked.set()
+            blocked.append(wait_for_a_blocked_writer())
+
+    monkeypatch.setattr(profile_services, "audit", audited_once_the_apps_deletion_waits)
+
+    def profile_deletion():
+        profiles_delete(profile_ids=[ann.pk], by=admin_erin)
+
+    def apps_deletion():
+        locked.wait(10)
+        browser = Client()
+        browser.force_login(admin_erin)
+        assert browser.post(reverse("admin:delivery_app_delete", args=[app.pk]), {"post": "yes"}).status_code == 302
+
+    assert concurrently(profile_deletion, apps_deletion) == []
+    assert blocked == [True]
+    assert list(App.objects.values_list("pk", flat=True)) == [other.pk]
+    assert list(Profile.objects.values_list("external_id", flat=True)) == ["bob"]
+    assert not Device.objects.exists()
+    assert AuditEvent.objects.filter(action="app_deleted", actor=admin_erin).count() == 1
+
+
 def test_an_app_that_sent_is_not_deleted_and_its_delete_page_says_what_protects_it(client, admin_erin):
     app = AppFactory()
     Dispatch.objects.create(app=app, kind="api_trigger", content_spec={}, status="done", label="Run 1")
@@ -709,6 +757,27 @@ def test_an_app_that_sent_is_not_deleted_and_its_delete_page_says_what_protects_
     assert "protected related objects" in text and "Run 1" in text
     client.post(url, {"post": "yes"})
     assert App.objects.filter(pk=app.pk).exists()
+
+
+def test_the_delete_action_takes_the_chosen_apps_with_their_devices_and_a_manager_may_not(
+    client, admin_erin, manager_alice
+):
+    from delivery.services.apps import apps_delete
+
+    first, second, kept = AppFactory(), AppFactory(), AppFactory()
+    DeviceFactory.create_batch(3, app=first)
+    DeviceFactory(app=second)
+    kept_device = DeviceFactory(app=kept)
+    access_grant(obj=first, to=manager_alice, by=None)
+    with pytest.raises(PermissionDenied):
+        apps_delete(app_ids=[first.pk], by=manager_alice)
+    assert App.objects.filter(pk=first.pk).exists()
+    client.force_login(admin_erin)
+    chosen = {"action": "delete_selected", "_selected_action": [first.pk, second.pk], "post": "yes"}
+    assert client.post(reverse("admin:delivery_app_changelist"), chosen).status_code == 302
+    assert list(App.objects.values_list("pk", flat=True)) == [kept.pk]
+    assert list(Device.objects.values_list("pk", flat=True)) == [kept_device.pk]
+    assert AuditEvent.objects.filter(action="app_deleted", actor=admin_erin).count() == 2
 
 
 def test_a_manager_cannot_delete_an_app_in_the_admin(client, manager_alice):
