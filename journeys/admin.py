@@ -1,6 +1,6 @@
 import datetime as dt
 import json
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from django import forms
 from django.contrib import admin
@@ -22,8 +22,8 @@ from accounts.json_values import JsonValueFormField
 from accounts.selectors import approval_current, in_scope
 from accounts.services import TransitionError
 from config.zones import zone, zoned, zoned_column
+from delivery.admin.dispatches import journey_step_sends_url
 from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
-from delivery.models import Dispatch
 from journeys.diagram import version_svg
 from journeys.graph import (
     DAY_SECONDS,
@@ -525,10 +525,9 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
 
 
 def step_sends_url(version: JourneyVersion, step: str) -> str:
-    """The list of the batches a push step of ``version`` sent, newest first: the version's
-    dispatches (``dispatch_source_idx``), narrowed to the step its context names."""
-    query = urlencode({"kind__exact": Dispatch.Kind.JOURNEY, "source_id": version.pk, "context__journey__step": step})
-    return f"{reverse('admin:delivery_dispatch_changelist')}?{query}"
+    """The list of the batches a push step of ``version`` sent, newest first, titled with the
+    journey, the version and the step."""
+    return journey_step_sends_url(version.pk, step)
 
 
 def _report_version_html(journey: Journey, version) -> str:

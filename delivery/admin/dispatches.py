@@ -55,6 +55,59 @@ def _campaign_asked(request):
     return request.__dict__["_pushdesk_sends_of"]
 
 
+JOURNEY_STEP_PARAMETER = "journey_step"  # the list of one journey push step's sends: "<version id>:<step id>"
+
+
+def journey_step_sends_url(version_id: int, step: str) -> str:
+    """The list of the batches a journey version's push step sent."""
+    query = urlencode({JOURNEY_STEP_PARAMETER: f"{version_id}:{step}"})
+    return reverse("admin:delivery_dispatch_changelist") + "?" + query
+
+
+def _journey_step_asked(request):
+    """The (journey version, step id) whose sends the list is asked for (``?journey_step=``), or None
+    when it is not asked; raises Http404 for a step of a journey the user may not see, as for a
+    version or a step that does not exist."""
+    if JOURNEY_STEP_PARAMETER not in request.GET:
+        return None
+    if "_pushdesk_step_sends_of" not in request.__dict__:
+        versions = apps.get_model("journeys", "JourneyVersion").objects.select_related("journey")
+        version_id, _, step = request.GET[JOURNEY_STEP_PARAMETER].partition(":")
+        version_id = row_id(versions.model, version_id)
+        version = versions.filter(pk=version_id).first() if version_id else None
+        journeys = apps.get_model("journeys", "Journey").objects
+        if version is None or not visible_to(request.user, journeys.filter(pk=version.journey_id)).exists():
+            raise Http404("No such journey.")
+        if step not in version.step_map():
+            raise Http404("No such step in this journey version.")
+        request.__dict__["_pushdesk_step_sends_of"] = (version, step)
+    return request.__dict__["_pushdesk_step_sends_of"]
+
+
+def _journey_step_said(version, step: str) -> str:
+    return f"journey “{version.journey}”, version {version.number}, step '{step}'"
+
+
+class JourneyStepFilter(admin.SimpleListFilter):
+    """One journey push step's sends, the list its box on the journey's page links to; offered once
+    chosen."""
+
+    title = "journey step"
+    parameter_name = JOURNEY_STEP_PARAMETER
+
+    def lookups(self, request, model_admin):
+        asked = _journey_step_asked(request)
+        return [] if asked is None else [(self.value(), _journey_step_said(*asked))]
+
+    def queryset(self, request, queryset):
+        asked = _journey_step_asked(request)
+        if asked is None:
+            return queryset
+        version, step = asked
+        # The version's batches (``dispatch_source_idx``), of the step their context names.
+        return queryset.filter(kind=Dispatch.Kind.JOURNEY, source_id=version.pk, context__journey__step=step)
+
+
 class CampaignFilter(admin.SimpleListFilter):
     """One campaign's sends, the list its page links to; offered once chosen (a choice of every
     campaign would be long)."""
@@ -89,7 +142,7 @@ class DispatchAdmin(ScopedAdmin):
         "unknown",
         "created",
     )
-    list_filter = (CampaignFilter, "status", "kind")
+    list_filter = (CampaignFilter, JourneyStepFilter, "status", "kind")
     list_select_related = ("app",)
     show_full_result_count = False
     actions = ["stop"]
@@ -172,7 +225,7 @@ class DispatchAdmin(ScopedAdmin):
         return obj if obj is None else dispatch_counted_now(obj)
 
     def get_ordering(self, request):
-        if CAMPAIGN_PARAMETER in request.GET:
+        if CAMPAIGN_PARAMETER in request.GET or JOURNEY_STEP_PARAMETER in request.GET:
             return ("-created_at", "-id")  # as its page lists the latest, and as the index reads them
         return super().get_ordering(request)
 
@@ -182,6 +235,9 @@ class DispatchAdmin(ScopedAdmin):
             campaign = _campaign_asked(request)
             if campaign is not None:
                 extra["title"] = f"Sends of “{campaign}”"
+            step = _journey_step_asked(request)
+            if step is not None:
+                extra["title"] = f"Sends of {_journey_step_said(*step)}"
         response = super().changelist_view(request, extra)
         changelist = (getattr(response, "context_data", None) or {}).get("cl")
         if changelist is not None:

@@ -1178,3 +1178,48 @@ def test_the_report_shows_its_times_in_utc_named_whatever_the_servers_zone(
     assert "<th>hour (UTC)</th>" in report and "<td>2026-03-02 10:00</td>" in report
     assert "Europe/Paris" not in page and "2026-03-02 11:00" not in page
     assert "the latest finished 2026-03-02 10:00 (UTC)" in page
+
+
+def _step_link(page: str, step: str) -> str:
+    """The link of a step's box in the journey page's graph."""
+    import html
+
+    box = re.search(rf'data-step="{step}".*?</g>', page, re.S).group(0)
+    return html.unescape(re.search(r'<a href="([^"]+)" class="step-link">', box).group(1))
+
+
+def _journey_with_sends(make_journey, publish, welcome):
+    """A live journey (push → exit) whose push step sent one batch of seven rows (three accepted)."""
+    from tests.delivery.reporting import sent_dispatch
+
+    push = {"id": "push", "type": "push", "content": welcome.pk, "next": "done"}
+    journey = publish(make_journey(graph={"steps": [push, {"id": "done", "type": "exit"}]}))
+    context = {"journey": {"id": journey.pk, "name": journey.name, "version": 1, "step": "push"}}
+    batch = sent_dispatch(journey.app, kind="journey", source_id=journey.live_version_id, context=context)
+    return journey, batch
+
+
+def test_a_push_steps_sends_list_says_which_journey_version_and_step_it_shows(
+    login, manager_alice, make_journey, publish, welcome
+):
+    """The list opened from a push step's box was titled "Select dispatch to view": nothing said
+    that it held one step's batches, nor which journey's."""
+    from tests.factories import UserFactory
+
+    journey, batch = _journey_with_sends(make_journey, publish, welcome)
+    client = login(manager_alice)
+    link = _step_link(client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode(), "push")
+    listing = client.get(link)
+    assert listing.status_code == 200
+    assert listing.context["title"] == "Sends of journey “Onboarding”, version 1, step 'push'"
+    assert "<h1>Sends of journey “Onboarding”, version 1, step &#x27;push&#x27;</h1>" in listing.content.decode()
+    assert [row.pk for row in listing.context["cl"].result_list] == [batch.pk]
+
+    # A journey the reader may not see is not named, nor are its sends listed: 404, as for no journey.
+    stranger = UserFactory(username="viewer_vera", role="Viewer")
+    assert login(stranger).get(link).status_code == 404
+    client = login(manager_alice)
+    version = journey.live_version_id
+    for value in ("abc", f"{version}", f"{version}:nope", f"{version + 1000}:push", ":push", ""):
+        assert client.get(f"/admin/delivery/dispatch/?journey_step={value}").status_code == 404, value
+
