@@ -71,7 +71,8 @@ def version_reference_checks(*, app_id: int, by: User | None, kept: JourneyVersi
 
     ``kept``: the version as it stood before this change. What it named already is only checked to
     exist (and a content to be of the app), not against ``by``'s access: a colleague keeps what they
-    were not granted; what they name now must be theirs to use, as for a campaign."""
+    were not granted; what they name now must be theirs to use, as for a campaign, and one that is not
+    is refused as a missing one is (its name, its app and its very existence stay untold)."""
     from audiences.models import Segment
     from audiences.rules.schema import RulesInvalid, segment_references
     from audiences.rules.validation import rules_validate_for
@@ -92,14 +93,15 @@ def version_reference_checks(*, app_id: int, by: User | None, kept: JourneyVersi
         return answers[key]
 
     def _check_segment(segment_id: int, who: User | None) -> str:
-        if not Segment.objects.filter(pk=segment_id).exists():
-            return f"segment {segment_id} does not exist (was it deleted?)."
+        # One named anew outside access reads as a missing one: which ids exist is not told.
         if (
             who is not None
             and segment_id not in kept_segments
             and not in_scope(who, Segment.objects.filter(pk=segment_id)).exists()
         ):
-            return f"you have no access to segment {segment_id}."
+            return f"there is no segment {segment_id} you may use."
+        if not Segment.objects.filter(pk=segment_id).exists():
+            return f"segment {segment_id} does not exist (was it deleted?)."
         return ""
 
     def check_content(content_id: int) -> str:
@@ -108,6 +110,13 @@ def version_reference_checks(*, app_id: int, by: User | None, kept: JourneyVersi
         return answers[("content", content_id)]
 
     def _check_content(content_id: int) -> str:
+        # One named anew outside access reads as a missing one, before its name or app is said.
+        if (
+            by is not None
+            and content_id not in kept_contents
+            and not in_scope(by, PushContent.objects.filter(pk=content_id)).exists()
+        ):
+            return f"there is no push content {content_id} you may use."
         content = PushContent.objects.filter(pk=content_id).first()
         if content is None:
             return f"push content {content_id} does not exist."
@@ -120,12 +129,6 @@ def version_reference_checks(*, app_id: int, by: User | None, kept: JourneyVersi
                 "API trigger's call gives one), so it would send that part empty. Give it a default "
                 "({{ context.… | default: '…' }}) or show a profile attribute instead."
             )
-        if (
-            by is not None
-            and content_id not in kept_contents
-            and not in_scope(by, PushContent.objects.filter(pk=content_id)).exists()
-        ):
-            return f"you have no access to push content '{content}'."
         return ""
 
     def check_rules(tree) -> str:

@@ -63,12 +63,40 @@ def test_condition_on_a_deleted_segment_is_refused_at_submit(make_journey, manag
     assert not ApprovalRequest.objects.exists()
 
 
-def test_push_content_of_another_app_is_refused(make_journey, vips):
+def test_push_content_of_another_app_is_refused(make_journey, vips, manager_alice):
+    from accounts.services import access_grant
     from tests.factories import PushContentFactory
 
     other = PushContentFactory(name="Elsewhere")
+    access_grant(obj=other.app, to=manager_alice, by=None)  # hers too: named, as she may read it
     with pytest.raises(GraphInvalid, match="Step 'push': push content 'Elsewhere' belongs to another app"):
         make_journey(graph=simple_graph(condition_segment=vips.pk, content=other.pk))
+
+
+def test_a_step_naming_content_or_a_segment_outside_access_is_refused_as_a_missing_one(make_journey, vips, welcome):
+    """A push step naming another team's content answered "push content 'Launch (Other team)'
+    belongs to another app": any id tried read out the name of a content and of its app; and a
+    condition on a segment outside access said so, where a missing one "does not exist"."""
+    from audiences.models import Segment
+    from delivery.models import PushContent
+    from tests.factories import AppFactory, PushContentFactory, SegmentFactory
+
+    hidden = PushContentFactory(name="Launch", app=AppFactory(name="Other team"))
+    secret = SegmentFactory(name="Secret")
+    no_content = PushContent.objects.order_by("-pk").first().pk + 1000
+    no_segment = Segment.objects.order_by("-pk").first().pk + 1000
+
+    def refusal(*, segment: int, content: int, unknown: int) -> list[str]:
+        with pytest.raises(GraphInvalid) as refused:
+            make_journey(graph=simple_graph(condition_segment=segment, content=content))
+        return [message.replace(str(unknown), "N") for message in refused.value.errors_list]
+
+    outside = refusal(segment=vips.pk, content=hidden.pk, unknown=hidden.pk)
+    assert outside == refusal(segment=vips.pk, content=no_content, unknown=no_content)
+    assert outside == ["Step 'push': there is no push content N you may use."]
+    outside = refusal(segment=secret.pk, content=welcome.pk, unknown=secret.pk)
+    assert outside == refusal(segment=no_segment, content=welcome.pk, unknown=no_segment)
+    assert outside == ["Step 'check': branch 'VIP': there is no segment N you may use."]
 
 
 def test_push_content_that_shows_a_call_context_is_refused_naming_the_step(make_journey, vips, team):
@@ -444,7 +472,7 @@ def test_a_colleague_edits_and_submits_a_journey_keeping_segments_they_were_not_
     # What she names now must be hers to use.
     journey_cancel_request(journey_id=journey.pk, by=manager_mallory)
     secret = SegmentFactory(name="Secret")
-    with pytest.raises(GraphInvalid, match=rf"Step 'check': branch 'VIP': you have no access to segment {secret.pk}"):
+    with pytest.raises(GraphInvalid, match=rf"Step 'check': branch 'VIP': there is no segment {secret.pk} you may use"):
         journey_version_edit(
             journey_id=journey.pk,
             by=manager_mallory,

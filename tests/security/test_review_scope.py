@@ -263,7 +263,7 @@ def test_a_journey_is_not_made_with_what_the_approver_reads_through_a_review(app
             {"id": "done", "type": "exit"},
         ]
     }  # fmt: skip
-    with pytest.raises(ValidationError, match=f"no access to segment {review.segment.pk}"):
+    with pytest.raises(ValidationError, match=f"there is no segment {review.segment.pk} you may use"):
         journey_create(by=approver_pat, name="Mine", app=own_app, graph=branch, entry_kind="event", entry_event="x")
     assert not Journey.objects.filter(owner=approver_pat).exists()
 
