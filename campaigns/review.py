@@ -1,5 +1,6 @@
 """What an approver sees side by side: the content as phones would show it, the audience, the schedule."""
 
+import dataclasses
 import datetime as dt
 
 from django.urls import reverse
@@ -87,14 +88,23 @@ def audience_text(
     The reviewer sees it through the campaign they review, whether or not they were granted the
     segment itself.
     """
+    return _audience_counted(
+        segment_id=segment_id, app_id=app_id, label=label, holdout_share=holdout_share, purpose=purpose
+    )[0]
+
+
+def _audience_counted(
+    *, segment_id: int | None, app_id: int, label: str = "", holdout_share: int = 0, purpose: str = "marketing"
+):
+    """``audience_text`` and the reach it counted (None: no segment, or a deleted one)."""
     from audiences.selectors import audience_reach
 
     segment, deleted = _audience_segment(segment_id, label=label)
     if deleted:
-        return deleted
+        return deleted, None
     reach = audience_reach(segment=segment, app_id=app_id) if segment is not None else None
     figures = reach_text(reach, app_id=app_id, holdout_share=holdout_share, purpose=purpose)
-    return f"{segment}: {figures}" if segment is not None else figures
+    return (f"{segment}: {figures}" if segment is not None else figures), reach
 
 
 def reach_text(reach, *, app_id: int, holdout_share: int, purpose: str, age: str = "") -> str:
@@ -287,18 +297,16 @@ def version_rows(version: dict, *, app_id: int, now: dt.datetime) -> list[tuple[
     """Everything an approver signs off, as (label, text) rows, from a snapshot (see Campaign.snapshot)."""
     fields, spec, labels = version["fields"], version["spec"], version.get("labels", {})
     view = ApprovedVersion.from_snapshot(version)
+    audience, reach = _audience_counted(
+        segment_id=fields["segment_id"],
+        app_id=app_id,
+        label=labels.get("segment", ""),
+        holdout_share=version.get("holdout_share") or 0,
+        purpose=fields["purpose"],
+    )
     rows = [
         ("Kind and purpose", f"{Campaign.Kind(fields['kind']).label}, {Campaign.Purpose(fields['purpose']).label}"),
-        (
-            "Audience",
-            audience_text(
-                segment_id=fields["segment_id"],
-                app_id=app_id,
-                label=labels.get("segment", ""),
-                holdout_share=version.get("holdout_share") or 0,
-                purpose=fields["purpose"],
-            ),
-        ),
+        ("Audience", audience),
         ("Audience definition", definition_text(version.get("audience_definition") or {})),
         ("Schedule", schedule_text(view, now=now)),
         (
@@ -307,6 +315,8 @@ def version_rows(version: dict, *, app_id: int, now: dt.datetime) -> list[tuple[
         ),
         ("Content", labels.get("content", "")),
     ]
+    if view.kind == Campaign.Kind.SCHEDULED:
+        rows.insert(4, ("Missed-send window", missed_window_text(view.missed_window_minutes)))
     for locale, texts in locale_texts(spec).items():
         for key in ("title", "subtitle", "body"):
             rows.append((f"{key.capitalize()} ({locale})", texts[key] or "—"))
@@ -319,7 +329,54 @@ def version_rows(version: dict, *, app_id: int, now: dt.datetime) -> list[tuple[
         from campaigns.winner import winner_settings_text
 
         rows.append(("Winner mode", winner_settings_text(version["winner"])))
+        rows.append(("Winner sample", winner_sample_text(version["winner"], reach, holdout_share=view.holdout_share)))
+        rows.append(("Winner picked", winner_pick_text(version["winner"], view, now=now)))
     return rows
+
+
+def missed_window_text(minutes: int) -> str:
+    """How late a missed occurrence may still go (``campaign_fire_due``), as the approver reviews it:
+    the window is kept with the approved version but no approval covers it, and the review says so."""
+    return (
+        "an occurrence the scheduler missed (it was down, or this approval comes after its time) is still sent "
+        f"up to {minutes:,} minutes late, and skipped after that; whoever may edit the campaign may change this "
+        "later, without a new approval"
+    )
+
+
+def winner_sample_text(winner: dict, reach, *, holdout_share: int) -> str:
+    """The winner test's sample as the audience's figures say it (profiles → reachable → opted in),
+    each scaled by the sample share: a profile is drawn into it by a hash, so that share of each is
+    what to expect. ``reach`` None: not counted (no segment, or a deleted one)."""
+    from audiences.selectors import Reach
+
+    share = winner["sample_share"]
+    split = "split across the variants in their shares"
+    if holdout_share:
+        split += f" (the {holdout_share}% holdout's part gets nothing)"
+    if reach is None:
+        return f"{share}% of the audience, drawn per profile, {split}"
+    part = Reach(*(round(n * share / 100) for n in dataclasses.astuple(reach)))
+    size = (
+        f"≈ {part.profiles:,} profiles → ≈ {part.reachable:,} reachable (iOS {part.ios:,} / Android "
+        f"{part.android:,}) → ≈ {part.opted_in:,} opted in"
+    )
+    return f"{size}: {share}% of the audience, drawn per profile, {split}"
+
+
+def winner_pick_text(winner: dict, version, *, now: dt.datetime) -> str:
+    """When the winner is picked: the wait after the sample's send, in the zone the schedule was
+    entered in (``winner_pick`` also waits for the sample to finish sending). The sample goes at
+    the send's time, or at the approval for a send on approval or one whose time has passed."""
+    from campaigns.winner import wait_text
+
+    wait = dt.timedelta(minutes=winner["wait_minutes"])
+    after = f"{wait_text(winner['wait_minutes'])} after the sample is sent"
+    if version.schedule_kind == Campaign.ScheduleKind.AT and version.send_at and version.send_at > now:
+        picked = zoned(version.send_at + wait, version.time_zone)
+        return f"{picked}: {after} at {zoned(version.send_at, version.time_zone)}, once it has finished sending"
+    passed = " (its time has passed)" if version.schedule_kind == Campaign.ScheduleKind.AT else ""
+    return f"{after}, at this approval{passed}, once it has finished sending"
 
 
 def _variant_rows(variant: dict) -> list[tuple[str, str]]:

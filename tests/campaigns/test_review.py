@@ -1,0 +1,97 @@
+"""What the approver's review says will happen, beyond the content and the audience: how late a
+missed occurrence may still go, and in winner mode the sample's size and when the winner is picked."""
+
+import datetime as dt
+import html
+import re
+from zoneinfo import ZoneInfo
+
+from campaigns.services.lifecycle import campaign_submit
+from campaigns.services.winner import WinnerInput, campaign_winner_set
+from tests.campaigns.helpers import variants_set
+from tests.factories import DeviceFactory, ProfileFactory
+
+PARIS = ZoneInfo("Europe/Paris")
+
+
+def _review_rows(client, request) -> dict[str, str]:
+    """The review's rows, as label → text (a first review: every row the approval covers)."""
+    page = client.get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+    rows = re.findall(r'<th scope="row">(.*?)</th><td>(.*?)</td>', page, flags=re.S)
+    return {html.unescape(label): html.unescape(re.sub(r"<[^>]+>", "", text)) for label, text in rows}
+
+
+def test_the_approver_reviews_how_late_a_missed_occurrence_may_still_go(
+    client, make_campaign, manager_alice, approver_bob
+):
+    campaign = make_campaign(
+        schedule_kind="recurring",
+        recurrence="daily",
+        send_at=dt.datetime(2027, 1, 5, 9, tzinfo=PARIS),
+        time_zone="Europe/Paris",
+        missed_window_minutes=90,
+    )
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(approver_bob)
+    assert _review_rows(client, request)["Missed-send window"] == (
+        "an occurrence the scheduler missed (it was down, or this approval comes after its time) is still sent "
+        "up to 90 minutes late, and skipped after that; whoever may edit the campaign may change this later, "
+        "without a new approval"
+    )
+
+
+def test_an_api_triggered_campaign_has_no_missed_send_window_to_review(
+    client, make_campaign, manager_alice, approver_bob
+):
+    campaign = make_campaign(kind="api_triggered", segment=None)
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(approver_bob)
+    assert "Missed-send window" not in _review_rows(client, request)
+
+
+def _winner_campaign(make_campaign, manager_alice, abc, team, **schedule):
+    for platform in ["ios"] * 12 + ["android"] * 8:
+        DeviceFactory(profile=ProfileFactory(locale="fr"), app=team, platform=platform)
+    campaign = variants_set(make_campaign(content=abc[0], **schedule), manager_alice, abc[:2], [45, 45], 10)
+    campaign_winner_set(
+        campaign_id=campaign.pk, by=manager_alice, settings=WinnerInput(sample_share=25, wait_minutes=150)
+    )
+    return campaign
+
+
+def test_the_approver_reviews_the_winner_samples_size_and_when_the_winner_is_picked(
+    client, make_campaign, manager_alice, approver_bob, abc, team
+):
+    campaign = _winner_campaign(
+        make_campaign,
+        manager_alice,
+        abc,
+        team,
+        schedule_kind="at",
+        send_at=dt.datetime(2027, 1, 5, 9, tzinfo=PARIS),
+        time_zone="Europe/Paris",
+    )
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(approver_bob)
+    rows = _review_rows(client, request)
+    # The audience's figures, a quarter of each: the sample is drawn per profile.
+    assert rows["Audience"].startswith("Everyone: 20 profiles → 20 reachable (iOS 12 / Android 8) → 20 opted in")
+    assert rows["Winner sample"] == (
+        "≈ 5 profiles → ≈ 5 reachable (iOS 3 / Android 2) → ≈ 5 opted in: 25% of the audience, drawn per "
+        "profile, split across the variants in their shares (the 10% holdout's part gets nothing)"
+    )
+    assert rows["Winner picked"] == (
+        "2027-01-05 11:30 (Europe/Paris): 2 h 30 min after the sample is sent at 2027-01-05 09:00 (Europe/Paris), "
+        "once it has finished sending"
+    )
+
+
+def test_a_winner_test_sent_when_approved_is_picked_the_wait_after_the_approval(
+    client, make_campaign, manager_alice, approver_bob, abc, team
+):
+    campaign = _winner_campaign(make_campaign, manager_alice, abc, team, schedule_kind="now", time_zone="Europe/Paris")
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(approver_bob)
+    assert _review_rows(client, request)["Winner picked"] == (
+        "2 h 30 min after the sample is sent, at this approval, once it has finished sending"
+    )
