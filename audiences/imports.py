@@ -168,6 +168,8 @@ def plan_columns(header: list[str], columns: dict | None) -> Plan:
     names = [h.strip() for h in header]
     if not any(names):
         raise ImportRefused("The file has no header row: the first line must name the columns, e.g. external_id.")
+    if (problem := separator_problem(names)) is not None:
+        raise ImportRefused(problem)
     seen: set[str] = set()
     for name in names:
         if name and name in seen:
@@ -205,6 +207,35 @@ def plan_columns(header: list[str], columns: dict | None) -> Plan:
             "The file has no external_id column: name a column external_id (or map one to it). No row was imported."
         )
     return Plan(columns=plan, id_index=id_index, width=len(names))
+
+
+SEPARATORS = {";": "semicolons (';')", "\t": "tabs"}
+SEP_LINE_RE = re.compile(r"sep=(.?)\Z", re.IGNORECASE)
+
+
+def separator_problem(names: list[str]) -> str | None:
+    """Why a header read as comma-separated shows a file of another shape, or None.
+
+    Excel saves CSV with semicolons where the decimal separator is a comma, and may write a
+    ``sep=`` line before the header: read with commas, such a header is one column named
+    ``external_id;plan`` or ``sep=;``, which said only that it could not be an attribute name.
+    """
+    cells = [name for name in names if name]
+    if len(cells) == 1 and len(names) <= 2 and (line := SEP_LINE_RE.match(cells[0])):
+        separator = line.group(1) or ("," if len(names) == 2 else "<tab>")
+        return (
+            f"The file starts with a 'sep={separator}' line (Excel writes one): remove that line, so that "
+            "the first line names the columns, and upload it again."
+        )
+    if len(names) == 1:
+        for separator, name in SEPARATORS.items():
+            if separator in names[0]:
+                return (
+                    f"The file's columns are separated by {name}, and imports read comma-separated CSV: "
+                    "export it with commas (Google Sheets and Numbers do; Excel uses the list separator of "
+                    "the computer's region settings) and upload it again."
+                )
+    return None
 
 
 def sniff_header(fileobj, *, encoding: str) -> list[str]:

@@ -146,6 +146,25 @@ def test_missing_external_id_column_is_refused_before_any_row_lands(run_import):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
+        (b"external_id;plan;age\r\nu1;pro;3\r\n", "separated by semicolons"),
+        (b"external_id\tplan\nu1\tpro\n", "separated by tabs"),
+        (b"sep=;\r\nexternal_id;plan\r\nu1;pro\r\n", "starts with a 'sep=;' line"),
+        (b"sep=,\r\nexternal_id,plan\r\nu1,pro\r\n", "starts with a 'sep=,' line"),
+    ],
+    ids=["semicolons", "tabs", "sep-semicolon", "sep-comma"],
+)
+def test_a_spreadsheets_other_csv_shapes_are_refused_saying_why(run_import, content, message):
+    """Excel saves CSV with semicolons where the decimal separator is a comma, and may write a
+    'sep=' line first: the file was refused as holding a column named 'external_id;plan;age' (or
+    'sep=') that cannot be an attribute name, which says nothing of what to change."""
+    with pytest.raises(ImportRefused, match=message):
+        run_import(content)
+    assert not Profile.objects.exists() and not Import.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "PNG image"),
         (b"PK\x03\x04\x14\x00\x06\x00", "zip archive"),
         (b"external_id\x00\x01\x02,plan\n", "binary data"),
