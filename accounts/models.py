@@ -95,6 +95,27 @@ class ApiKey(models.Model):
         return "active"
 
 
+class IdempotentRequest(models.Model):
+    """An ``Idempotency-Key`` an API key sent to an endpoint, with the answer to replay
+    (``accounts.idempotency``). Each endpoint keeps its own table, unique on (api key, key text):
+    the same text from another key is another call."""
+
+    id = models.BigAutoField(primary_key=True)
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
+    idempotency_key = models.CharField(max_length=200)
+    body_hash = models.CharField(max_length=64)
+    finished = models.BooleanField(default=False)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return self.idempotency_key
+
+
 class AuditEventQuerySet(models.QuerySet):
     def update(self, **kwargs):
         raise PermissionDenied("Audit events are append-only: they cannot be changed.")

@@ -21,8 +21,26 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.api import AnswerSerializer, ErrorsInJson, JsonCharField, JsonDateTimeField, JsonObjectField, _flatten
+from accounts.api import (
+    AnswerSerializer,
+    ErrorsInJson,
+    JsonCharField,
+    JsonDateTimeField,
+    JsonObjectField,
+    _flatten,
+    api_exception_handler,
+)
 from accounts.authentication import request_stamps
+from accounts.idempotency import (
+    IDEMPOTENCY_KEY_PARAMETER,
+    IN_PROGRESS_ANSWER,
+    KEY_REUSED_ANSWER,
+    idempotency_key_read,
+    idempotent_call_open,
+    idempotent_replayed_header,
+    idempotent_request_answer,
+    idempotent_request_free,
+)
 from accounts.json_values import (
     FLOAT_LIMIT,
     MAX_DEPTH,
@@ -34,7 +52,7 @@ from accounts.json_values import (
 from accounts.pagination import ListQuery, QueryInteger, page_response, page_schema, query_params_valid
 from accounts.parsers import ApiJSONParser
 from audiences.imports import ImportRefused, columns_problem
-from audiences.models import Import, Profile, Segment
+from audiences.models import EventBulkRequest, Import, Profile, Segment
 from audiences.rules.schema import KEY_RE, RulesInvalid
 from audiences.selectors import imports_visible_to, profiles_visible_to, segment_for, segments_visible_to
 from audiences.services.events import (
@@ -410,7 +428,12 @@ class EventsNotStoredAnswer(exceptions.APIException):
 
 
 class EventBulkView(APIView):
-    """Store up to 1,000 events; answers per item, and the good items land with the journey entries and exits they cause."""
+    """Store up to 1,000 events; answers per item, and the good items land with the journey entries and exits they cause.
+
+    With an ``Idempotency-Key`` header, the same key and body replay the first answer (nothing is
+    stored again, no journey entered again); the same key with another body answers 422; a request
+    still running answers 409.
+    """
 
     required_scope = "ingest"
 
@@ -429,24 +452,50 @@ class EventBulkView(APIView):
         ),
         responses={
             200: BULK_RESULT,
+            409: OpenApiResponse(description=IN_PROGRESS_ANSWER),
+            422: OpenApiResponse(description=KEY_REUSED_ANSWER),
             503: OpenApiResponse(
                 description="`events_not_stored`: handling the events (entering or ending journeys) "
                 "failed and could not be recorded to run again (the database failed), so none of the "
                 "call's events was stored; send the same call again after `Retry-After` seconds. "
-                "When only the handling fails, the events are stored (200) and it runs again later."
+                "When only the handling fails, the events are stored (200) and it runs again later. "
+                "Never replayed: a call sent again with its Idempotency-Key runs."
             ),
         },
         parameters=[
+            IDEMPOTENCY_KEY_PARAMETER,
+            idempotent_replayed_header(200),
             OpenApiParameter(
                 "Retry-After",
                 int,
                 OpenApiParameter.HEADER,
                 response=[503],
                 description="Seconds to wait before sending the same call again.",
-            )
+            ),
         ],
     )
     def post(self, request):
+        idempotency_key = idempotency_key_read(request)  # a header: no query without one
+        if not idempotency_key:
+            return self._events_store(request, record=None)
+        record, replayed = idempotent_call_open(request, EventBulkRequest, idempotency_key=idempotency_key)
+        if replayed is not None:
+            return replayed
+        try:
+            return self._events_store(request, record=record)
+        except serializers.ValidationError as exc:
+            # An answer about the body is the body's for good: kept, and replayed, as the trigger's.
+            response = api_exception_handler(exc, {"view": self})
+            idempotent_request_answer(record=record, status_code=response.status_code, body=response.data)
+            return response
+        except BaseException:
+            # Nothing was stored (a 503 events_not_stored, a role refused): the retry must run.
+            idempotent_request_free(record=record)
+            raise
+
+    def _events_store(self, request, *, record: EventBulkRequest | None) -> Response:
+        """Check each item, store the good ones; with ``record`` (an Idempotency-Key's), store the
+        answer on it in the events' transaction."""
         items = _bulk_items(request, "events")
         results: list[dict | None] = [None] * len(items)
         good: list[dict] = []
@@ -470,22 +519,39 @@ class EventBulkView(APIView):
                     continue
             good.append(data)
             where.append(index)
-        if good:  # each item passed event_check once, here, through the shortcut or the serializer
-            try:
-                ids = events_ingest(items=good, by=request.user, stamps=request_stamps(request), checked=True)
-            except EventsNotStored as exc:
-                raise EventsNotStoredAnswer() from exc
+
+        def answer(ids: list[int]) -> dict:
             for index, event_id in zip(where, ids, strict=True):
                 results[index] = {"index": index, "status": "accepted", "id": event_id}
-        failed = len(results) - len(good)
-        return Response({"results": results, "accepted": len(good), "failed": failed})
+            return {"results": results, "accepted": len(good), "failed": len(results) - len(good)}
+
+        def answer_stored(ids: list[int]) -> None:
+            idempotent_request_answer(record=record, status_code=200, body=answer(ids))
+
+        if not good:
+            body = answer([])
+            if record is not None:
+                idempotent_request_answer(record=record, status_code=200, body=body)
+            return Response(body)
+        # Each item passed event_check once, here, through the shortcut or the serializer.
+        try:
+            ids = events_ingest(
+                items=good,
+                by=request.user,
+                stamps=request_stamps(request),
+                checked=True,
+                on_stored=answer_stored if record is not None else None,
+            )
+        except EventsNotStored as exc:
+            raise EventsNotStoredAnswer() from exc
+        return Response(answer(ids))
 
 
 # --- segments ----------------------------------------------------------------------------------
 
 
 class SegmentListView(APIView):
-    """The segments this key's user may see."""
+    """The segments this key's user may see, by name (a cursor walk: by id, newest first, as a rename moves a name)."""
 
     required_scope = "read"
 

@@ -11,7 +11,7 @@ from django.db import models
 from django.utils import timezone as dj_timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
-from accounts.models import GrantStamp
+from accounts.models import GrantStamp, IdempotentRequest
 
 
 class Profile(models.Model):
@@ -91,6 +91,14 @@ class EventReplay(models.Model):
 
     def __str__(self) -> str:
         return f"{len(self.event_ids)} events for {self.listener.rsplit('.', 1)[-1]}"
+
+
+class EventBulkRequest(IdempotentRequest):
+    """An ``Idempotency-Key`` seen on ``POST /api/v1/events/bulk/``: the same key and body replay
+    the answer, stored in the events' transaction (a retry stores nothing and enters no journey)."""
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["api_key", "idempotency_key"], name="events_idempotency_once")]
 
 
 class Segment(models.Model):

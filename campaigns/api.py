@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.urls import path
@@ -31,10 +27,18 @@ from accounts.api import (
     JsonObjectField,
 )
 from accounts.authentication import request_stamps
+from accounts.idempotency import (
+    IDEMPOTENCY_KEY_PARAMETER,
+    IN_PROGRESS_ANSWER,
+    KEY_REUSED_ANSWER,
+    idempotency_key_read,
+    idempotent_call_open,
+    idempotent_replayed_header,
+)
 from accounts.json_values import TEXT_REFUSED, json_value_problem
 from accounts.pagination import ListQuery, QueryChoice, page_response, page_schema, query_params_valid, rows_matching
 from accounts.services import TransitionError
-from campaigns.models import Campaign, CampaignVariant, WinnerTest, variant_label
+from campaigns.models import Campaign, CampaignVariant, TriggerRequest, WinnerTest, variant_label
 from campaigns.reports import campaign_report, campaign_report_sends
 from campaigns.selectors import campaign_for, campaigns_visible_to
 from campaigns.services.triggers import (
@@ -44,7 +48,6 @@ from campaigns.services.triggers import (
     campaign_trigger_allowed,
     trigger_rate_take,
     trigger_request_finish,
-    trigger_request_start,
 )
 from campaigns.services.winner import MAX_WAIT_MINUTES, WinnerInput, campaign_winner_set
 from delivery.api import (
@@ -65,8 +68,6 @@ class CampaignVariantOutSerializer(AnswerSerializer):
 
 
 VARIANT_LETTERS = [variant_label(n) for n in range(1, 11)]
-# What an Idempotency-Key may not hold: C0 controls and DEL (a NUL cannot even be stored).
-_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
 
 
 class WinnerSettingsSerializer(serializers.Serializer):
@@ -483,12 +484,9 @@ class CampaignTriggerView(APIView):
                 "`gate_closed`: it is being stopped or changed, try again; "
                 "`content_refused`: its approved content no longer passes the send's checks (a URL scheme "
                 "since taken off the settings, say): `detail` names the field and the rule; "
-                "`idempotency_in_progress`: a request with this Idempotency-Key is still running."
+                f"{IN_PROGRESS_ANSWER}"
             ),
-            422: OpenApiResponse(
-                description="`idempotency_key_reused`: this Idempotency-Key was used with another body, "
-                "or to trigger another campaign."
-            ),
+            422: OpenApiResponse(description=f"{KEY_REUSED_ANSWER.removesuffix('.')}, or to trigger another campaign."),
             429: OpenApiResponse(
                 description="`throttled`: too many triggers from this key; retry after `Retry-After` seconds."
             ),
@@ -501,7 +499,7 @@ class CampaignTriggerView(APIView):
             ),
         },
         parameters=[
-            OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False),
+            IDEMPOTENCY_KEY_PARAMETER,
             OpenApiParameter(
                 "Retry-After",
                 int,
@@ -509,13 +507,7 @@ class CampaignTriggerView(APIView):
                 response=[429],
                 description="Seconds to wait before the key may trigger again.",
             ),
-            OpenApiParameter(
-                "Idempotent-Replayed",
-                str,
-                OpenApiParameter.HEADER,
-                response=[202],
-                description="`true` when this is the stored answer of the first call with this Idempotency-Key.",
-            ),
+            idempotent_replayed_header(202),
         ],
     )
     def post(self, request, campaign_id: int):
@@ -526,33 +518,19 @@ class CampaignTriggerView(APIView):
             wait = trigger_rate_take(api_key=request.auth)
             if wait is not None:
                 raise Throttled(wait=wait, detail="Too many triggers for this API key.")
-        idempotency_key = request.headers.get("Idempotency-Key", "").strip()
-        if len(idempotency_key) > 200:
-            raise serializers.ValidationError({"Idempotency-Key": "At most 200 characters."})
-        if _CONTROL_CHARACTER.search(idempotency_key):  # PostgreSQL cannot store a NUL; none belongs in a key
-            raise serializers.ValidationError(
-                {"Idempotency-Key": "No control characters (NUL, tab, line ends, DEL): use printable text."}
-            )
+        idempotency_key = idempotency_key_read(request)
         record = None
         if idempotency_key:
             campaign_trigger_allowed(campaign_id=campaign_id, by=request.user, stamps=stamps)
-            body_hash = hashlib.sha256(json.dumps(request.data, sort_keys=True, default=str).encode()).hexdigest()
-            record, replay = trigger_request_start(
-                api_key=request.auth, idempotency_key=idempotency_key, campaign_id=campaign_id, body_hash=body_hash
+            record, replayed = idempotent_call_open(
+                request,
+                TriggerRequest,
+                idempotency_key=idempotency_key,
+                other_use=lambda record: f"This Idempotency-Key was used to trigger campaign {record.campaign_id}.",
+                campaign_id=campaign_id,
             )
-            if replay == "other_campaign":
-                raise Unprocessable(
-                    f"This Idempotency-Key was used to trigger campaign {record.campaign_id}.",
-                    code="idempotency_key_reused",
-                )
-            if replay == "different_body":
-                raise Unprocessable("This Idempotency-Key was used with another body.", code="idempotency_key_reused")
-            if replay == "in_progress":
-                raise Conflict("A request with this Idempotency-Key is still running.", code="idempotency_in_progress")
-            if replay == "done":
-                response = Response(record.response_body, status=record.response_status)
-                response["Idempotent-Replayed"] = "true"
-                return response
+            if replayed is not None:
+                return replayed
         try:
             data = _trigger_validated(request.data)
             if data is None:

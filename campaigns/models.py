@@ -14,7 +14,7 @@ from django.db import models
 from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
-from accounts.models import GrantStamp
+from accounts.models import GrantStamp, IdempotentRequest
 from delivery.models import ConversionGoal
 
 
@@ -528,17 +528,10 @@ class WinnerTest(models.Model):
         return f"{self.campaign} winner test ({self.outcome})"
 
 
-class TriggerRequest(models.Model):
+class TriggerRequest(IdempotentRequest):
     """An ``Idempotency-Key`` seen on the trigger endpoint: same key + same body replays the answer."""
 
-    id = models.BigAutoField(primary_key=True)
-    api_key = models.ForeignKey("accounts.ApiKey", on_delete=models.CASCADE, related_name="+")
-    idempotency_key = models.CharField(max_length=200)
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="trigger_requests")
-    body_hash = models.CharField(max_length=64)
-    finished = models.BooleanField(default=False)
-    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
-    response_body = models.JSONField(null=True, blank=True)
     dispatch = models.ForeignKey(
         "delivery.Dispatch",
         on_delete=models.SET_NULL,
@@ -547,7 +540,6 @@ class TriggerRequest(models.Model):
         related_name="+",
         help_text="The dispatch the call appended to, stored with its rows: the record is then never deleted.",
     )
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["api_key", "idempotency_key"], name="trigger_idempotency_once")]

@@ -628,8 +628,8 @@ PUSHDESK_RETENTION_EVENT_DAYS = _env_int("PUSHDESK_RETENTION_EVENT_DAYS", 0, max
 # The task queue's failed tasks that stopped more than this many days ago are deleted (it keeps
 # only Q_CLUSTER's save_limit successes itself, but every failure); 0 keeps them forever.
 PUSHDESK_RETENTION_TASK_DAYS = _env_int("PUSHDESK_RETENTION_TASK_DAYS", 30, maximum=_RETENTION_MAX_DAYS)
-# Trigger calls' Idempotency-Key records (each with its stored answer) older than this many days
-# are deleted: a retry with the same key after that is a new call. 0 keeps them forever.
+# Idempotency-Key records of trigger and events calls (each with its stored answer) older than this
+# many days are deleted: a retry with the same key after that is a new call. 0 keeps them forever.
 PUSHDESK_RETENTION_IDEMPOTENCY_DAYS = _env_int("PUSHDESK_RETENTION_IDEMPOTENCY_DAYS", 30, maximum=_RETENTION_MAX_DAYS)
 if 0 < PUSHDESK_RETENTION_AUDIT_DAYS < 365:
     _refuse_start(

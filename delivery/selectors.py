@@ -1,10 +1,12 @@
 """Permission-filtered reads of the send pipeline: every admin list and API view goes through these."""
 
+from collections.abc import Callable
+
 from django.db.models import Case, CharField, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce
 
 from accounts.models import User
-from accounts.selectors import in_scope, visible_to
+from accounts.selectors import has_every_scope, in_scope, visible_to
 from delivery.models import App, Delivery, Device, Dispatch
 
 _CAMPAIGN_KINDS = (Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER)
@@ -46,8 +48,30 @@ def devices_visible_to(user: User) -> QuerySet[Device]:
     return Device.objects.filter(app__in=apps_in_scope(user).values("pk"))
 
 
-def dispatches_visible_to(user: User) -> QuerySet[Dispatch]:
-    return visible_to(user, Dispatch.objects.all())
+# Per dispatch kind, the sources whose readers read their sends: ``sources(user)`` the ids (a
+# values query) of the sources of that kind the user may see.
+_SOURCE_READERS: dict[str, Callable[[User], QuerySet]] = {}
+
+
+def dispatch_source_readers_register(*, kind: str, sources: Callable[[User], QuerySet]) -> None:
+    """Let whoever may see a source of ``kind`` (a journey version, through its journey) read the
+    dispatches it sent, as the source's page and API count them, without access to their app."""
+    _SOURCE_READERS[kind] = sources
+
+
+def dispatches_visible_to(user: User, queryset: QuerySet[Dispatch] | None = None) -> QuerySet[Dispatch]:
+    """The dispatches of ``queryset`` (default: all) the user may see: those in their scope (their
+    app's), and those sent by a source they may see of a kind registered with
+    ``dispatch_source_readers_register``: a journey granted without its app shows its own sends (and
+    their deliveries), nothing else of that app. Only for reading: a write asks ``in_scope``."""
+    queryset = Dispatch.objects.all() if queryset is None else queryset
+    scoped = visible_to(user, queryset)
+    if not _SOURCE_READERS or not user.has_perm("delivery.view_dispatch") or has_every_scope(user):
+        return scoped
+    sent = Q()
+    for kind, sources in _SOURCE_READERS.items():
+        sent |= Q(kind=kind, source_id__in=sources(user))
+    return scoped | queryset.filter(sent)
 
 
 def deliveries_visible_to(user: User) -> QuerySet[Delivery]:

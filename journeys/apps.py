@@ -15,12 +15,14 @@ class JourneysConfig(AppConfig):
         from audiences.services.segments import segment_holders_register
         from config.zones import zoned
         from delivery.models import DeliveryRules, Dispatch
+        from delivery.selectors import dispatch_source_readers_register
         from delivery.services.contents import pushcontent_holders_register
         from delivery.services.dispatches import dispatch_gate_register
         from delivery.services.streams import stream_current_check_register
         from journeys.models import Journey, JourneyVersion
         from journeys.review import journey_references, journey_review_html
         from journeys.selectors import (
+            journey_versions_visible_to,
             journeys_conditions_naming,
             journeys_rule_trees_naming,
             journeys_sending_contents,
@@ -33,6 +35,7 @@ class JourneysConfig(AppConfig):
             post_save.connect(journeys_changed, sender=model, dispatch_uid=f"journeys.stamp.{model.__name__}")
             post_delete.connect(journeys_changed, sender=model, dispatch_uid=f"journeys.stamp.{model.__name__}.gone")
         dispatch_gate_register(kind=Dispatch.Kind.JOURNEY, gate=journey_gate)
+        dispatch_source_readers_register(kind=Dispatch.Kind.JOURNEY, sources=journey_versions_visible_to)
         pushcontent_holders_register(journeys_sending_contents)
         rules_tree_holders_register(journeys_rule_trees_naming)
         segment_holders_register(journeys_conditions_naming)

@@ -28,6 +28,12 @@ def journey_for(user: User, journey_id: int, *, perm: str | None = None) -> Jour
     return journey
 
 
+def journey_versions_visible_to(user: User) -> QuerySet:
+    """The ids of the versions of the journeys the user may see: whose sends they read, their app
+    granted or not (``delivery.selectors.dispatch_source_readers_register``)."""
+    return JourneyVersion.objects.filter(journey__in=journeys_visible_to(user).values("pk")).values("pk")
+
+
 def enrollments_visible_to(user: User) -> QuerySet[Enrollment]:
     """Enrollments of the journeys the user may see (needs the role's view_enrollment)."""
     if not user.has_perm("journeys.view_enrollment"):

@@ -399,11 +399,12 @@ def retention_apply(
     (``retention_problems``).
     Failed tasks: django-q's failures that stopped more than ``task_days`` ago (its successes are
     kept to ``save_limit`` by the queue itself).
-    Idempotency-Key records of trigger calls: those claimed more than ``idempotency_days`` ago,
-    never one still in progress (``_trigger_requests_delete``).
+    Idempotency-Key records of trigger and events calls: those claimed more than ``idempotency_days``
+    ago, never one still in progress (``idempotent_requests_delete``).
     Audit events: those older than ``audit_days`` (never under 365: the database refuses), through
     the one door the append-only trigger leaves open. Writes an audit event with the counts.
-    Returns {"deliveries": n, "events": n, "failed_tasks": n, "trigger_requests": n, "audit_events": n}.
+    Returns {"deliveries": n, "events": n, "failed_tasks": n, "trigger_requests": n, "event_requests": n,
+    "audit_events": n}.
     """
     from django.db import connection
     from django_q.models import Failure
@@ -437,7 +438,14 @@ def retention_apply(
         ]
     if said:
         raise RetentionRefused([f"Nothing was deleted: {said[0]}", *said[1:]])
-    result = {"deliveries": 0, "events": 0, "failed_tasks": 0, "trigger_requests": 0, "audit_events": 0}
+    result = {
+        "deliveries": 0,
+        "events": 0,
+        "failed_tasks": 0,
+        "trigger_requests": 0,
+        "event_requests": 0,
+        "audit_events": 0,
+    }
     if delivery_days > 0:
         finished = Dispatch.objects.filter(
             status__in=Dispatch.FINAL_STATUSES, finished_at__lt=now - dt.timedelta(days=delivery_days)
@@ -477,7 +485,12 @@ def retention_apply(
     if task_days > 0:
         result["failed_tasks"] = Failure.objects.filter(stopped__lt=now - dt.timedelta(days=task_days)).delete()[0]
     if idempotency_days > 0:
-        result["trigger_requests"] = _trigger_requests_delete(before=now - dt.timedelta(days=idempotency_days))
+        from audiences.models import EventBulkRequest
+        from campaigns.models import TriggerRequest
+
+        before = now - dt.timedelta(days=idempotency_days)
+        result["trigger_requests"] = idempotent_requests_delete(TriggerRequest, before=before)
+        result["event_requests"] = idempotent_requests_delete(EventBulkRequest, before=before)
     if audit_days > 0:
         with transaction.atomic(), connection.cursor() as cursor:
             if connection.vendor == "postgresql":
@@ -501,17 +514,15 @@ def retention_apply(
     return result
 
 
-def _trigger_requests_delete(*, before: dt.datetime) -> int:
-    """Delete the Idempotency-Key records claimed before ``before``, in chunks, through the
-    ``created_at`` index; never one still in progress within its claim (an unfinished record is
-    a live request until ``TRIGGER_ABANDONED_AFTER``; a retry reclaiming it moves ``created_at``)."""
-    from campaigns.models import TriggerRequest
-    from campaigns.services.triggers import TRIGGER_ABANDONED_AFTER
+def idempotent_requests_delete(model, *, before: dt.datetime) -> int:
+    """Delete ``model``'s Idempotency-Key records (``accounts.idempotency``) claimed before
+    ``before``, in chunks, through the ``created_at`` index; never one still in progress within its
+    claim (an unfinished record is a live request until ``CLAIM_ABANDONED_AFTER``; a retry
+    reclaiming it moves ``created_at``). Returns how many went."""
+    from accounts.idempotency import CLAIM_ABANDONED_AFTER
 
-    claimed_since = timezone.now() - TRIGGER_ABANDONED_AFTER
-    old = TriggerRequest.objects.filter(created_at__lt=before).filter(
-        Q(finished=True) | Q(created_at__lt=claimed_since)
-    )
+    claimed_since = timezone.now() - CLAIM_ABANDONED_AFTER
+    old = model.objects.filter(created_at__lt=before).filter(Q(finished=True) | Q(created_at__lt=claimed_since))
     deleted = 0
     pace = write_pacer()
     while True:
@@ -519,7 +530,7 @@ def _trigger_requests_delete(*, before: dt.datetime) -> int:
         chunk = list(old.order_by().values_list("pk", flat=True)[:RETENTION_CHUNK])
         if not chunk:
             return deleted
-        deleted += TriggerRequest.objects.filter(pk__in=chunk).delete()[0]
+        deleted += model.objects.filter(pk__in=chunk).delete()[0]
 
 
 def task_resubmit(*, task_id: str, by: User) -> None:

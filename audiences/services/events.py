@@ -52,7 +52,14 @@ def event_check(data: dict, *, now: dt.datetime | None = None) -> dict[str, str]
     return errors
 
 
-def events_ingest(*, items: list[dict], by: User, stamps: Stamps | None = None, checked: bool = False) -> list[int]:
+def events_ingest(
+    *,
+    items: list[dict],
+    by: User,
+    stamps: Stamps | None = None,
+    checked: bool = False,
+    on_stored: Callable[[list[int]], None] | None = None,
+) -> list[int]:
     """Store events (``external_id``, ``name``, ``properties``, ``occurred_at``); return their ids, in order.
 
     A profile unknown so far is created (events may arrive before the profile upsert). Each
@@ -65,7 +72,9 @@ def events_ingest(*, items: list[dict], by: User, stamps: Stamps | None = None, 
     failed: nothing of the call is stored, so sending it again stores the events once). ``stamps``: the
     version stamps the caller read already (an API call reads the listeners' with its key's).
     ``checked``: every item already passed ``event_check`` (the API checks each item once, at the
-    boundary) and is not checked again.
+    boundary) and is not checked again. ``on_stored(event_ids)`` runs in the events' transaction once
+    they and what they caused are written (the API stores an Idempotency-Key's answer there: it
+    commits with the events, or neither does).
     """
     _ensure_perm(by, "audiences.add_event", "Your role may not write events.")
     if len(items) > settings.AUDIENCES_BULK_MAX_ITEMS:
@@ -106,6 +115,8 @@ def events_ingest(*, items: list[dict], by: User, stamps: Stamps | None = None, 
                     # or neither does (a worker killed after the events' commit would lose their entries).
                     events = [(profiles[item["external_id"]], item["name"], item["occurred_at"]) for item in items]
                     _events_notify(event_ids=event_ids, events=events, names=names, stamps=stamps, deferred=deferred)
+                if on_stored is not None:
+                    on_stored(event_ids)
             return event_ids
         except _ListenerFailed as failure:
             fn, exc = failure.fn, failure.__cause__

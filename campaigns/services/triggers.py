@@ -27,8 +27,6 @@ from delivery.reports import UNREACHABLE_REASONS
 log = logging.getLogger(__name__)
 
 MAX_RECIPIENTS = 1000
-# A TriggerRequest still unfinished after this long belonged to a request that died: retry it.
-TRIGGER_ABANDONED_AFTER = dt.timedelta(minutes=5)
 
 
 class TriggerRefused(Exception):
@@ -714,46 +712,9 @@ def _profiles_with_reach(*, app_id: int, external_ids: list[str]) -> dict[str, d
 
 def _trigger_request_answer(*, record, result: TriggerResult) -> None:
     """Store the answer and the dispatch on the Idempotency-Key's record, in the rows' transaction."""
-    from campaigns.models import TriggerRequest
+    from accounts.idempotency import idempotent_request_answer
 
-    TriggerRequest.objects.filter(pk=record.pk).update(
-        finished=True, response_status=202, response_body=result.answer(), dispatch_id=result.dispatch_id
-    )
-
-
-def trigger_request_start(*, api_key, idempotency_key: str, campaign_id: int, body_hash: str):
-    """Claim an Idempotency-Key for this API key. Returns (record, what to do):
-
-    ``new`` (run it), ``done`` (replay the stored answer), ``in_progress`` (409),
-    ``other_campaign`` or ``different_body`` (422). The claim commits at once, so a concurrent
-    twin sees it.
-    """
-    from django.db import IntegrityError
-
-    from campaigns.models import TriggerRequest
-
-    try:
-        with transaction.atomic():
-            return (
-                TriggerRequest.objects.create(
-                    api_key=api_key, idempotency_key=idempotency_key, campaign_id=campaign_id, body_hash=body_hash
-                ),
-                "new",
-            )
-    except IntegrityError:
-        record = TriggerRequest.objects.get(api_key=api_key, idempotency_key=idempotency_key)
-    if record.campaign_id != campaign_id:
-        return record, "other_campaign"
-    if record.body_hash != body_hash:
-        return record, "different_body"
-    if record.finished:
-        return record, "done"
-    stale = timezone.now() - TRIGGER_ABANDONED_AFTER
-    if TriggerRequest.objects.filter(pk=record.pk, finished=False, created_at__lt=stale).update(
-        created_at=timezone.now()
-    ):
-        return record, "new"
-    return record, "in_progress"
+    idempotent_request_answer(record=record, status_code=202, body=result.answer(), dispatch_id=result.dispatch_id)
 
 
 def trigger_request_finish(*, record, status_code: int | None, body: dict | None) -> None:
@@ -762,14 +723,12 @@ def trigger_request_finish(*, record, status_code: int | None, body: dict | None
     ``status_code=None`` (the request failed) frees the key for a retry, unless the record holds
     an answer: a record written with its dispatch's rows is never deleted.
     """
-    from campaigns.models import TriggerRequest
+    from accounts.idempotency import idempotent_request_answer, idempotent_request_free
 
     if status_code is None:
-        TriggerRequest.objects.filter(pk=record.pk, finished=False, dispatch__isnull=True).delete()
+        idempotent_request_free(record=record)
         return
-    TriggerRequest.objects.filter(pk=record.pk, finished=False).update(
-        finished=True, response_status=status_code, response_body=body
-    )
+    idempotent_request_answer(record=record, status_code=status_code, body=body)
 
 
 #

@@ -22,6 +22,7 @@ from delivery.selectors import (
     deliveries_visible_to,
     dispatch_outcomes,
     dispatch_shown_zone,
+    dispatches_visible_to,
 )
 from delivery.services.dispatches import dispatch_counted_now, dispatch_stop
 
@@ -173,7 +174,9 @@ class DispatchAdmin(ScopedAdmin):
     readonly_fields = fields
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(shown_zone=dispatch_shown_zone())
+        # Not the app's scope alone (``ScopedAdmin``): a journey granted without its app shows its sends.
+        rows = dispatches_visible_to(request.user, super(ScopedAdmin, self).get_queryset(request))
+        return rows.annotate(shown_zone=dispatch_shown_zone())
 
     created = zoned_column("created_at", "Created at")
 

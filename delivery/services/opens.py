@@ -35,7 +35,7 @@ def delivery_open_report(
     visible to ``by``), NotAccepted when the delivery is not ``accepted``, AlreadyOpened when an
     open was already reported.
     """
-    from delivery.selectors import dispatches_visible_to
+    from accounts.selectors import in_scope
 
     if by is None or not by.is_active or not by.has_perm("audiences.change_profile"):
         raise PermissionDenied("Your role may not report opens (it needs to write profiles).")
@@ -43,7 +43,7 @@ def delivery_open_report(
         deliveries = Delivery.objects.select_for_update(of=("self",)).filter(
             pk=delivery_id,
             dispatch__app_id=app_id,
-            dispatch__in=dispatches_visible_to(by).values("pk"),
+            dispatch__in=in_scope(by, Dispatch.objects.all()).values("pk"),  # a write: the app's scope
         )
         if token is not None:
             # An APNs token is kept in lowercase (the phone may give it in either case); FCM's as given.

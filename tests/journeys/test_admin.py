@@ -1223,3 +1223,29 @@ def test_a_push_steps_sends_list_says_which_journey_version_and_step_it_shows(
     for value in ("abc", f"{version}", f"{version}:nope", f"{version + 1000}:push", ":push", ""):
         assert client.get(f"/admin/delivery/dispatch/?journey_step={value}").status_code == 404, value
 
+
+@pytest.mark.embedded  # the sources' sends read on SQLite too
+def test_a_reader_granted_the_journey_but_not_its_app_reads_its_sends_as_its_page_counts_them(
+    client, make_journey, publish, welcome
+):
+    """The page counted the push step's sends, and the list its box opens was empty: dispatches were
+    seen through their app only. A journey granted alone shows its own sends; nothing else of the app."""
+    from accounts.services import access_grant
+    from delivery.models import Dispatch
+    from tests.factories import UserFactory
+
+    journey, batch = _journey_with_sends(make_journey, publish, welcome)
+    other = Dispatch.objects.create(app=journey.app, kind="campaign", source_id=1, content_spec={"title": "Hi"})
+    viewer = UserFactory(username="viewer_vic", role="Viewer")
+    access_grant(obj=journey, to=viewer, by=None)
+    client.force_login(viewer)
+    page = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert "sent 4 · accepted 3" in page
+    listing = client.get(_step_link(page, "push"))
+    assert [row.pk for row in listing.context["cl"].result_list] == [batch.pk]
+    assert [row.pk for row in client.get("/admin/delivery/dispatch/").context["cl"].result_list] == [batch.pk]
+    assert client.get(f"/admin/delivery/dispatch/{batch.pk}/change/").status_code == 200
+    rows = client.get(f"/admin/delivery/delivery/?dispatch__id__exact={batch.pk}").context["cl"].result_list
+    assert len(rows) == 7
+    assert client.get(f"/admin/delivery/dispatch/{other.pk}/change/").status_code == 404
+    assert client.get(f"/admin/delivery/delivery/{rows[0].pk}/change/").status_code == 200

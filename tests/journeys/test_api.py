@@ -311,3 +311,29 @@ def test_the_api_refuses_discarding_a_draft_to_keys_and_users_that_may_not(
     stranger = UserFactory(username="manager_stranger", role="Manager")  # no access to the journey's app
     assert api_key_for(stranger, scopes=["journeys"]).post(url).status_code == 404
     assert [(v.number, v.status) for v in journey.versions.order_by("number")] == [(1, "live"), (2, "draft")]
+
+
+def test_a_key_granted_the_journey_but_not_its_app_reads_its_sends_as_its_counts_say(
+    make_journey, publish, api_key_for, welcome
+):
+    """The journey's detail counted its push step's sends, and the dispatches API answered none of
+    them: dispatches were seen through their app only. Nothing else of the app is shown."""
+    from accounts.services import access_grant
+    from delivery.models import Dispatch
+    from tests.delivery.reporting import sent_dispatch
+    from tests.factories import UserFactory
+
+    push = {"id": "push", "type": "push", "content": welcome.pk, "next": "done"}
+    journey = publish(make_journey(graph={"steps": [push, {"id": "done", "type": "exit"}]}))
+    context = {"journey": {"id": journey.pk, "name": journey.name, "version": 1, "step": "push"}}
+    batch = sent_dispatch(journey.app, kind="journey", source_id=journey.live_version_id, context=context)
+    other = Dispatch.objects.create(app=journey.app, kind="campaign", source_id=1, content_spec={"title": "Hi"})
+    reader = UserFactory(username="approver_ann", role="Approver")  # a Viewer owns no key
+    access_grant(obj=journey, to=reader, by=None)
+    client = api_key_for(reader)
+    steps = {s["id"]: s for s in client.get(f"/api/v1/journeys/{journey.pk}/").json()["steps"]}
+    assert steps["push"]["targeted"] == 7 and steps["push"]["accepted"] == 3
+    assert [d["id"] for d in client.get("/api/v1/dispatches/").json()["results"]] == [batch.pk]
+    assert client.get(f"/api/v1/dispatches/{batch.pk}/").json()["total"] == 7
+    assert len(client.get(f"/api/v1/dispatches/{batch.pk}/deliveries/").json()["results"]) == 7
+    assert client.get(f"/api/v1/dispatches/{other.pk}/").status_code == 404

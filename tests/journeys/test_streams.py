@@ -165,6 +165,64 @@ def test_when_the_replay_cannot_be_recorded_nothing_of_the_call_is_stored(
     assert pushsim.state.count(token) == 1
 
 
+def test_an_events_call_sent_again_with_its_idempotency_key_enters_and_pushes_once(
+    paid_journey, pushsim, sim_team, api_key_for, manager_alice, django_capture_on_commit_callbacks
+):
+    """The integrator's retry after a timeout: the same call with the same Idempotency-Key
+    replays the first answer, and stores no event, enters no journey and sends no push again."""
+    from audiences.models import Event
+    from journeys.models import Enrollment
+
+    token = DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=sim_team).token
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    body = {"events": [{"external_id": "zoe", "name": "order_paid", "occurred_at": timezone.now().isoformat()}]}
+    with django_capture_on_commit_callbacks(execute=True):
+        first = client.post("/api/v1/events/bulk/", body, format="json", HTTP_IDEMPOTENCY_KEY="order-42-paid")
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        again = client.post("/api/v1/events/bulk/", body, format="json", HTTP_IDEMPOTENCY_KEY="order-42-paid")
+    assert first.status_code == again.status_code == 200, again.content[:300]
+    assert again.json() == first.json() and again["Idempotent-Replayed"] == "true"
+    assert not callbacks  # no wake-up, no task
+    assert Event.objects.count() == Enrollment.objects.count() == 1
+    assert Delivery.objects.filter(dispatch__kind="journey").count() == 1
+    assert pushsim.state.count(token) == 1
+
+
+def test_a_call_answered_503_is_not_replayed_its_retry_with_the_key_runs(
+    paid_journey,
+    pushsim,
+    sim_team,
+    api_key_for,
+    manager_alice,
+    enrollments_refused,
+    replays_refused,
+    django_capture_on_commit_callbacks,
+):
+    """A 503 events_not_stored stored nothing, so it is no answer to replay: the key is freed and
+    the retry with it stores the events and enters the journey, once; a third call replays that."""
+    from audiences.models import Event, EventBulkRequest
+    from journeys.models import Enrollment
+
+    token = DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=sim_team).token
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    body = {"events": [{"external_id": "zoe", "name": "order_paid", "occurred_at": timezone.now().isoformat()}]}
+
+    def post():
+        with django_capture_on_commit_callbacks(execute=True):
+            return client.post("/api/v1/events/bulk/", body, format="json", HTTP_IDEMPOTENCY_KEY="order-7-paid")
+
+    with enrollments_refused(), replays_refused():
+        failed = post()
+    assert failed.status_code == 503 and failed.json()["code"] == "events_not_stored"
+    assert not EventBulkRequest.objects.exists() and not Event.objects.exists()
+    retry = post()
+    assert retry.status_code == 200 and not retry.has_header("Idempotent-Replayed"), retry.content[:300]
+    third = post()
+    assert third.json() == retry.json() and third["Idempotent-Replayed"] == "true"
+    assert Event.objects.count() == Enrollment.objects.count() == 1
+    assert pushsim.state.count(token) == 1
+
+
 def _entered(client, name, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         assert _post_event(client, name).status_code == 200

@@ -383,7 +383,7 @@ def test_retention_deletes_idempotency_records_past_their_window_and_a_retry_aft
     live_trigger, api_key_for, manager_alice, pushsim, pushsim_app, settings, django_capture_on_commit_callbacks
 ):
     from campaigns.models import TriggerRequest
-    from operations.services import _trigger_requests_delete
+    from operations.services import idempotent_requests_delete
     from tests.factories import ProfileFactory
 
     trigger_client = api_key_for(manager_alice, scopes=["trigger"])
@@ -421,5 +421,45 @@ def test_retention_deletes_idempotency_records_past_their_window_and_a_retry_aft
     assert Delivery.objects.count() == 2
 
     # However short the window, a claim still in progress stays.
-    _trigger_requests_delete(before=timezone.now() + dt.timedelta(days=1))
+    idempotent_requests_delete(TriggerRequest, before=timezone.now() + dt.timedelta(days=1))
     assert list(TriggerRequest.objects.values_list("idempotency_key", flat=True)) == ["running"]
+
+
+@pytest.mark.embedded
+def test_retention_deletes_events_calls_idempotency_records_as_the_triggers_and_the_command_says_so(
+    manager_alice, api_key_for, settings
+):
+    """The events API's Idempotency-Key records go after the same PUSHDESK_RETENTION_IDEMPOTENCY_DAYS:
+    finished or abandoned ones past it, never one in progress; a retry after that stores the events again."""
+    from audiences.models import Event, EventBulkRequest
+    from operations.services import idempotent_requests_delete
+
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    body = {"events": [{"external_id": "zoe", "name": "app_open", "occurred_at": "2026-06-01T10:00:00Z"}]}
+    first = client.post("/api/v1/events/bulk/", body, format="json", HTTP_IDEMPOTENCY_KEY="old")
+    assert first.status_code == 200, first.content[:300]
+    key, now = manager_alice.api_keys.get(), timezone.now()
+    for name, days_ago, finished in (("abandoned", 31, False), ("recent", 1, True), ("running", 0, False)):
+        EventBulkRequest.objects.create(
+            api_key=key,
+            idempotency_key=name,
+            body_hash="-",
+            finished=finished,
+            created_at=now - dt.timedelta(days=days_ago),
+        )
+    EventBulkRequest.objects.filter(idempotency_key="old").update(created_at=now - dt.timedelta(days=31))
+    settings.PUSHDESK_RETENTION_IDEMPOTENCY_DAYS = 30
+
+    out = io.StringIO()
+    call_command("retention_apply", stdout=out)
+    assert "Idempotency-Key records of 0 trigger and 2 events calls (claimed more than 30 days ago)" in out.getvalue()
+    assert AuditEvent.objects.get(action="retention_applied").summary["event_requests"] == 2
+    assert set(EventBulkRequest.objects.values_list("idempotency_key", flat=True)) == {"recent", "running"}
+    again = client.post("/api/v1/events/bulk/", body, format="json", HTTP_IDEMPOTENCY_KEY="old")
+    assert again.status_code == 200 and not again.has_header("Idempotent-Replayed")
+    assert Event.objects.count() == 2  # a new call, not a replay
+
+    idempotent_requests_delete(EventBulkRequest, before=timezone.now() + dt.timedelta(days=1))
+    assert list(EventBulkRequest.objects.values_list("idempotency_key", flat=True)) == ["running"]
+    settings.PUSHDESK_RETENTION_IDEMPOTENCY_DAYS = 0
+    assert retention_apply()["event_requests"] == 0

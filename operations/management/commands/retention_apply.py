@@ -15,7 +15,8 @@ class Command(BaseCommand):
     help = (
         "Delete the deliveries of dispatches finished more than PUSHDESK_RETENTION_DELIVERY_DAYS ago, "
         "profiles' events older than PUSHDESK_RETENTION_EVENT_DAYS (if set), failed tasks older than "
-        "PUSHDESK_RETENTION_TASK_DAYS, trigger Idempotency-Key records older than PUSHDESK_RETENTION_IDEMPOTENCY_DAYS, "
+        "PUSHDESK_RETENTION_TASK_DAYS, trigger and events calls' Idempotency-Key records older than "
+        "PUSHDESK_RETENTION_IDEMPOTENCY_DAYS, "
         "and audit events older than PUSHDESK_RETENTION_AUDIT_DAYS "
         "(if set; 365 at least). Run daily."
     )
@@ -38,6 +39,7 @@ class Command(BaseCommand):
             f"Deleted {result['deliveries']} deliveries ({deliveries}), "
             f"{result['events']} events ({events}), "
             f"{result['failed_tasks']} failed tasks ({tasks}), "
-            f"{result['trigger_requests']} trigger Idempotency-Key records ({requests}) "
+            f"Idempotency-Key records of {result['trigger_requests']} trigger and {result['event_requests']} "
+            f"events calls ({requests}) "
             f"and {result['audit_events']} audit events ({audit_events})."
         )
