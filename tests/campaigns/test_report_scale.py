@@ -1,0 +1,154 @@
+"""A campaign's report over many sends: the figures counted per profile (profiles per variant and
+the holdout, conversions per variant against the holdout) are those a recount of the rows gives,
+however many sends there are."""
+
+import datetime as dt
+
+import pytest
+from django.core.cache import cache
+
+from audiences.models import Event
+from campaigns.models import Campaign
+from campaigns.reports import campaign_report
+from campaigns.services.conversions import campaign_conversion_set
+from delivery.models import Delivery, Dispatch
+from delivery.services.rollups import rollup_rebuild
+from tests.factories import DeviceFactory, EventFactory, ProfileFactory
+
+pytestmark = pytest.mark.django_db
+
+T0 = dt.datetime(2026, 5, 4, 9, 0, tzinfo=dt.UTC)
+HOUR = dt.timedelta(hours=1)
+WINDOW = 24 * HOUR
+VARIANTS = [
+    {"number": 1, "label": "A", "content_id": None, "content": "Sale A", "share": 45, "spec": {"title": "A"}},
+    {"number": 2, "label": "B", "content_id": None, "content": "Sale B", "share": 45, "spec": {"title": "B"}},
+]
+
+
+@pytest.fixture
+def sends(make_campaign, manager_alice, team):
+    """A maker of a campaign with variants A and B, a holdout and a purchase goal, and ``n`` sends
+    of it, a day apart, the last still sending: each send reaches four of twelve profiles (A, B,
+    the holdout, and a row that failed), overlapping from one send to the next; some of them buy
+    within the window, some after it."""
+    profiles = ProfileFactory.create_batch(12)
+    for profile in profiles:
+        DeviceFactory(profile=profile, app=team)
+
+    def make(n: int, *, name: str) -> Campaign:
+        campaign = make_campaign(name=name, kind="api_triggered", segment=None)
+        campaign_conversion_set(campaign_id=campaign.pk, by=manager_alice, event="purchase")
+        for day in range(n):
+            send(campaign, profiles, day=day, status="sending" if day == n - 1 else "done")
+        return Campaign.objects.get(pk=campaign.pk)
+
+    return make, profiles
+
+
+def send(campaign, profiles, *, day: int, status: str = "done") -> Dispatch:
+    at = T0 + day * 24 * HOUR
+    dispatch = Dispatch.objects.create(
+        app=campaign.app,
+        kind=Dispatch.Kind.API_TRIGGER,
+        source_id=campaign.pk,
+        content_spec={"title": "Hi"},
+        variants=VARIANTS,
+        holdout_share=10,
+        standing=True,
+        status=status,
+        total=4,
+        created_at=at,
+        finished_at=at + 23 * HOUR if status == "done" else None,
+    )
+    rows = [
+        (profiles[day % 12], 1, "accepted", ""),
+        (profiles[(day + 3) % 12], 2, "accepted", ""),
+        (profiles[(day + 5) % 12], 0, "skipped", "holdout"),
+        (profiles[(day + 7) % 12], 2, "failed", "Unregistered"),
+    ]
+    for profile, variant, row_status, reason in rows:
+        Delivery.objects.create(
+            dispatch=dispatch,
+            device=profile.devices.first(),
+            profile=profile,
+            variant=variant,
+            status=row_status,
+            reason=reason,
+            queued_at=at,
+            finished_at=at + 10 * dt.timedelta(minutes=1),
+            opened_at=at + HOUR if variant == 1 and day % 2 else None,
+        )
+    Dispatch.objects.filter(pk=dispatch.pk).update(accepted=2, failed=1, skipped=1, opened=day % 2)
+    rollup_rebuild(dispatch_ids=[dispatch.pk])
+    for index, hours in ((day % 12, 2), ((day + 5) % 12, 5), ((day + 3) % 12, 30)):  # the last after the window
+        EventFactory(profile=profiles[index], name="purchase", occurred_at=at + hours * HOUR)
+    return dispatch
+
+
+def recount(campaign) -> dict:
+    """Row by row in Python: profiles per variant; reached (accepted, or held out with a device) and
+    converted (a purchase within 24 hours of the row's settling) per variant."""
+    rows = list(
+        Delivery.objects.filter(dispatch__source_id=campaign.pk, dispatch__kind=Dispatch.Kind.API_TRIGGER).values(
+            "variant", "profile_id", "status", "reason", "device_id", "finished_at"
+        )
+    )
+    purchases: dict[int, list] = {}
+    for profile_id, at in Event.objects.filter(name="purchase").values_list("profile_id", "occurred_at"):
+        purchases.setdefault(profile_id, []).append(at)
+    profiles, reached, converted = {}, {}, {}
+    for row in rows:
+        variant = row["variant"]
+        profiles.setdefault(variant, set()).add(row["profile_id"])
+        held = variant == 0 and row["status"] == "skipped" and row["reason"] == "holdout" and row["device_id"]
+        if row["status"] == "accepted" or held:
+            reached.setdefault(variant, set()).add(row["profile_id"])
+            end = row["finished_at"] + WINDOW
+            if any(row["finished_at"] <= at < end for at in purchases.get(row["profile_id"], [])):
+                converted.setdefault(variant, set()).add(row["profile_id"])
+    label = {0: "holdout", 1: "A", 2: "B"}
+    return {
+        "profiles": {label[v]: len(p) for v, p in profiles.items()},
+        "reached": {label[v]: len(p) for v, p in reached.items()},
+        "converted": {label[v]: len(converted.get(v, ())) for v in reached},
+    }
+
+
+def shown(campaign) -> dict:
+    """The report's figures counted per profile, in the shape of ``recount``."""
+    report = campaign_report(Campaign.objects.get(pk=campaign.pk))
+    conversions = report["conversions"]
+    groups = [(v["variant"], v) for v in conversions["variants"]] + [("holdout", conversions["holdout"])]
+    return {
+        "profiles": {v["variant"]: v["profiles"] for v in report["variants"]}
+        | {"holdout": report["holdout"]["profiles"]},
+        "reached": {name: figures["reached"] for name, figures in groups},
+        "converted": {name: figures["conversions"] for name, figures in groups},
+    }
+
+
+def test_the_figures_per_profile_are_a_recount_of_the_rows_over_many_sends(sends):
+    make, profiles = sends
+    campaign = make(9, name="Daily")
+    expected = recount(campaign)
+    assert expected == {
+        "profiles": {"A": 9, "B": 12, "holdout": 9},
+        "reached": {"A": 9, "B": 9, "holdout": 9},
+        "converted": {"A": 9, "B": 0, "holdout": 9},
+    }
+    assert shown(campaign) == expected
+    assert shown(campaign) == expected, "viewed again: the figures kept"
+
+    # The send under way settles, and two more come (the last under way): the kept figures grow.
+    Dispatch.objects.filter(source_id=campaign.pk, status="sending").update(
+        status="done", finished_at=T0 + 9 * 24 * HOUR
+    )
+    send(campaign, profiles, day=9)
+    send(campaign, profiles, day=10, status="sending")
+    Event.objects.create(profile=profiles[4], name="purchase", occurred_at=T0 + 4 * 24 * HOUR + 6 * HOUR)  # late
+    expected = recount(campaign)
+    assert expected["profiles"] == {"A": 11, "B": 12, "holdout": 11}
+    assert shown(campaign) == expected
+    cache.clear()
+    assert shown(campaign) == expected, "counted whole: the same figures"
