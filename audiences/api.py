@@ -551,7 +551,7 @@ class EventBulkView(APIView):
 
 
 class SegmentListView(APIView):
-    """The segments this key's user may see, by name (a cursor walk: by id, newest first, as a rename moves a name)."""
+    """The segments this key's user may see."""
 
     required_scope = "read"
 
