@@ -325,7 +325,10 @@ def approval_request_as_read(current: ApprovalRequest, *, read_id: int | None) -
     """
     if read_id is None or current.pk == read_id:
         return current
-    read = ApprovalRequest.objects.filter(pk=read_id).first()
+    # Only a request of the same subject is named: any other id posted says nothing of its request.
+    read = ApprovalRequest.objects.filter(
+        pk=read_id, subject_type_id=current.subject_type_id, subject_id=current.subject_id
+    ).first()
     status = f" ({read.get_status_display().lower()})" if read is not None else ""
     raise ApprovalError(
         f"The request you read was closed since you read it{status}, and '{current.subject_label}' "

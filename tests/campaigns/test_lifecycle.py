@@ -308,3 +308,22 @@ def test_an_approver_who_changed_the_campaign_or_its_content_cannot_approve_it(
     with pytest.raises(PermissionDenied, match="You changed what this request asks to approve"):
         campaign_approve(campaign_id=campaign.pk, by=approver_bob)
     campaign_approve(campaign_id=campaign.pk, by=approver_zoe)
+
+
+def test_a_decision_naming_another_subjects_request_says_nothing_of_it(make_campaign, manager_alice, approver_bob):
+    """The request an approver read is looked for among its subject's own: an id of another
+    campaign's request is told as closed, without that request's status."""
+    from accounts.services import ApprovalError
+
+    other = make_campaign(name="Other team's launch")
+    other_request = campaign_submit(campaign_id=other.pk, by=manager_alice)
+    campaign_cancel_request(campaign_id=other.pk, by=manager_alice)
+    campaign = make_campaign()
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+
+    with pytest.raises(ApprovalError) as refused:
+        campaign_approve(campaign_id=campaign.pk, by=approver_bob, request_id=other_request.pk)
+
+    assert "closed since you read it," in str(refused.value)
+    assert "cancelled" not in str(refused.value)
+    assert _reload(campaign).status == "in_review"
