@@ -9,7 +9,7 @@ from django.utils.html import format_html, format_html_join
 
 from accounts.models import ApprovalRequest, User
 from campaigns.models import ApprovedVersion, Campaign
-from campaigns.schedule import lateness_allowed, local_occurrence_open, local_wall_time
+from campaigns.schedule import lateness_allowed, local_occurrence_open, local_wall_time, skipped_time_text
 from config.zones import zoned
 
 
@@ -73,8 +73,13 @@ def next_send_text(campaign: Campaign) -> str:
     approved = (campaign.approved_version or {}).get("fields") or {}
     # In the zone the approved schedule was entered in: a pending revision's zone sends nothing yet.
     when = zoned(campaign.next_occurrence_at, campaign.schedule_zone())
-    if campaign.next_occurrence_at is None or not approved.get("at_local_time") or approved["schedule_kind"] == "now":
+    if campaign.next_occurrence_at is None:
         return when
+    if not approved.get("at_local_time") or approved["schedule_kind"] == "now":
+        # Read from the row (a list shows it too): never the fingerprint of one approved before versions were kept.
+        version = ApprovedVersion.from_snapshot(campaign.approved_version) if approved else None
+        skipped = skipped_time_text(version, campaign.next_occurrence_at) if version is not None else ""
+        return f"{when}: {skipped}" if skipped else when
     wall = dt.datetime.fromisoformat(local_wall_time(campaign, campaign.next_occurrence_at))
     return f"{wall:%Y-%m-%d %H:%M} at each profile's local time, from {when}"
 

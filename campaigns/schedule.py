@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, available_timezones
 from croniter import CroniterBadDateError, croniter
 from django.core.exceptions import ValidationError
 
-from config.zones import zone, zoned
+from config.zones import clocks_jump, wall_clock, zone, zoned
 
 UTC = dt.UTC
 
@@ -39,12 +39,36 @@ def _add_months(local: dt.datetime, months: int, day: int) -> dt.datetime:
 
 
 def localize(naive: dt.datetime, tz: ZoneInfo) -> dt.datetime:
-    """Attach the zone; a wall time skipped by a DST jump moves forward past the gap."""
-    aware = naive.replace(tzinfo=tz)
-    round_trip = aware.astimezone(UTC).astimezone(tz).replace(tzinfo=None)
-    if round_trip != naive:  # inside a spring-forward gap
-        aware = (aware.astimezone(UTC)).astimezone(tz)
-    return aware
+    """Attach the zone; a wall time the clocks skip is the first moment after the jump (02:30 on the
+    night Paris goes from 02:00 to 03:00 sends at 03:00, as a cron at 02:30 does): ``wall_clock``."""
+    return wall_clock(naive, tz)
+
+
+def skipped_time_text(schedule, due: dt.datetime) -> str:
+    """For a recurring schedule (a Campaign or its ApprovedVersion) whose time of day the clocks
+    skipped on the day of ``due``, which fell then at the first minute after the jump: what the
+    time became, said as "02:30 does not exist in Europe/Paris on 2027-03-28 (the clocks go from
+    02:00 to 03:00): due at 03:00, the first minute after". "" for any other occurrence."""
+    if schedule.schedule_kind != "recurring" or at_local_time(schedule) or schedule.send_at is None:
+        return ""
+    tz = zone(schedule.time_zone)
+    jump = clocks_jump(due, tz)
+    if jump is None:
+        return ""
+    first, end = jump
+    if schedule.recurrence == "cron":
+        walls = (first + dt.timedelta(minutes=n) for n in range(int((end - first).total_seconds() // 60)))
+        wall = next((w for w in walls if croniter.match(schedule.cron, w)), None)
+    else:
+        time_of_day = schedule.send_at.astimezone(tz).time()
+        days = sorted({first.date(), end.date()})
+        wall = next((w for w in (dt.datetime.combine(d, time_of_day) for d in days) if first <= w < end), None)
+    if wall is None:  # its time is the end of the jump: nothing skipped
+        return ""
+    return (
+        f"{wall:%H:%M} does not exist in {schedule.time_zone} on {wall:%Y-%m-%d} (the clocks go from "
+        f"{first:%H:%M} to {end:%H:%M}): due at {end:%H:%M}, the first minute after"
+    )
 
 
 def _repeated_wall_time(moment: dt.datetime, tz: ZoneInfo) -> bool:

@@ -19,6 +19,41 @@ def zone(name: str) -> ZoneInfo:
         ) from None
 
 
+def wall_clock(naive: dt.datetime, tz: ZoneInfo) -> dt.datetime:
+    """The moment a wall-clock time shows in ``tz``, aware. A time the clocks skip (02:30 on the night
+    Paris goes from 02:00 to 03:00) is the first moment after the jump (03:00), as cron and most
+    schedulers have it; a time shown twice (the night the clocks go back) is its first showing."""
+    aware = naive.replace(tzinfo=tz, fold=0)
+    if aware.astimezone(dt.UTC).astimezone(tz).replace(tzinfo=None) == naive:
+        return aware
+    # In the gap: read with the offset before the jump it falls after it, with the one after it
+    # before it; the jump is between, where the offset changes (found to the second).
+    early, late = naive.replace(tzinfo=tz, fold=1).astimezone(dt.UTC), aware.astimezone(dt.UTC)
+    after = late.astimezone(tz).utcoffset()
+    while late - early > dt.timedelta(seconds=1):
+        middle = early + (late - early) // 2
+        middle -= dt.timedelta(microseconds=middle.microsecond)
+        if middle <= early:
+            break
+        if middle.astimezone(tz).utcoffset() == after:
+            late = middle
+        else:
+            early = middle
+    return late.astimezone(tz)
+
+
+def clocks_jump(moment: dt.datetime, tz: ZoneInfo) -> tuple[dt.datetime, dt.datetime] | None:
+    """When ``moment`` is the first moment after the clocks of ``tz`` jumped forward: the wall-clock
+    times they skipped, as [first, end) naive (02:00 and 03:00); None otherwise."""
+    moment = moment.astimezone(dt.UTC)  # a second before, in UTC: aware arithmetic in a zone is its wall clock's
+    before, after = (moment - dt.timedelta(seconds=1)).astimezone(tz), moment.astimezone(tz)
+    jump = after.utcoffset() - before.utcoffset()
+    if jump <= dt.timedelta(0):
+        return None
+    end = after.replace(tzinfo=None)
+    return end - jump, end
+
+
 def zoned(value: dt.datetime | None, time_zone: str) -> str:
     """A stored (UTC) time as the wall-clock time of ``time_zone``, the zone named: the form every
     page and message shows a time in (a campaign's dates in its zone, a journey's in UTC)."""

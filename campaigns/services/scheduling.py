@@ -24,6 +24,7 @@ from campaigns.schedule import (
     local_wall_time,
     next_occurrence,
     occurrence_when,
+    skipped_time_text,
 )
 from campaigns.services.lifecycle import SAVED_WITH_STATUS, Status
 from campaigns.services.winner import winner_test_open, winners_pick_due
@@ -148,7 +149,12 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                 # A newer occurrence is due too: this one was missed; only the newest may be sent.
                 fired.append(
                     _occurrence(
-                        campaign, due, Occurrence.Outcome.SKIPPED_MISSED, local=local, note="a later one was due"
+                        campaign,
+                        due,
+                        Occurrence.Outcome.SKIPPED_MISSED,
+                        local=local,
+                        note="a later one was due",
+                        schedule=approved,
                     )
                 )
                 campaign.next_occurrence_at = later
@@ -161,7 +167,11 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                 note = f"missed by {late:,} minutes, more than its window of {approved.missed_window_minutes:,} minutes"
                 if local:
                     note += " in every time zone"
-                fired.append(_occurrence(campaign, due, Occurrence.Outcome.SKIPPED_MISSED, local=local, note=note))
+                fired.append(
+                    _occurrence(
+                        campaign, due, Occurrence.Outcome.SKIPPED_MISSED, local=local, note=note, schedule=approved
+                    )
+                )
                 campaign.next_occurrence_at = later
                 break
             outcome = _sent_outcome(approved, due=due, now=now)
@@ -213,10 +223,14 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                 # A ValidationError: the approved content no longer passes the send's checks (a URL
                 # scheme the settings no longer allow, say); the campaigns due after it still fire.
                 note = str(exc) if isinstance(exc, GateClosed) else content_refusal(exc)
-                fired.append(_occurrence(campaign, due, Occurrence.Outcome.REFUSED, local=local, note=note[:300]))
+                fired.append(
+                    _occurrence(campaign, due, Occurrence.Outcome.REFUSED, local=local, note=note, schedule=approved)
+                )
                 campaign.next_occurrence_at = later
                 break
-            fired.append(_occurrence(campaign, due, outcome, local=local, dispatch=dispatch, note=late_note))
+            fired.append(
+                _occurrence(campaign, due, outcome, local=local, dispatch=dispatch, note=late_note, schedule=approved)
+            )
             campaign.next_occurrence_at = later
             break
         if campaign.status == Status.SCHEDULED and any(o.dispatch_id for o in fired):
@@ -255,10 +269,20 @@ def content_refusal(exc: ValidationError, *, where: str = "") -> str:
 
 
 def _occurrence(
-    campaign: Campaign, due: dt.datetime, outcome: str, *, local: bool, dispatch=None, note: str = ""
+    campaign: Campaign,
+    due: dt.datetime,
+    outcome: str,
+    *,
+    local: bool,
+    dispatch=None,
+    note: str = "",
+    schedule=None,
 ) -> Occurrence:
     """Record the occurrence with whether the approved version sent it at each profile's local time
-    (how its row reads, whatever a revision says later)."""
+    (how its row reads, whatever a revision says later). With the ``schedule`` that fired it (the
+    approved version), the note first says what its time of day became on a night the clocks skipped it."""
+    if schedule is not None:
+        note = "; ".join(part for part in (skipped_time_text(schedule, due), note) if part)[:300]
     occurrence = Occurrence.objects.create(
         campaign=campaign, due_at=due, outcome=outcome, dispatch=dispatch, note=note, at_local_time=local
     )

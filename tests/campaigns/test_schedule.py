@@ -2,6 +2,7 @@
 never fire, and the beat firing each occurrence once."""
 
 import datetime as dt
+import html
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -9,7 +10,7 @@ from django.core.exceptions import ValidationError
 
 from campaigns.models import Campaign, Occurrence
 from campaigns.services.lifecycle import campaign_approve, campaign_submit
-from campaigns.services.scheduling import campaigns_tick
+from campaigns.services.scheduling import campaign_fire_due, campaigns_tick
 
 PARIS = ZoneInfo("Europe/Paris")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -82,6 +83,66 @@ def test_a_cron_time_skipped_on_the_spring_forward_night_sends_once_after_the_ju
     night = dt.datetime(2027, 3, 28, 1, 0, tzinfo=PARIS).astimezone(dt.UTC)
     sent = _beat(campaign, start=night, end=night + dt.timedelta(hours=3))
     assert len(sent) == 1 and night < sent[0] < night + dt.timedelta(hours=3)
+
+
+# Europe/Paris on 2027-03-28, the last Sunday of March: the clocks go from 02:00 straight to 03:00.
+SPRING_NIGHT = dt.date(2027, 3, 28)
+
+
+@pytest.mark.parametrize(
+    ("recurrence", "cron"), [("daily", ""), ("weekly", ""), ("monthly", ""), ("cron", "30 2 * * *")]
+)
+def test_a_time_the_clocks_skip_is_sent_at_the_first_minute_after_the_jump_and_the_occurrence_says_so(
+    client, make_campaign, approve, viewer_carol, recurrence, cron
+):
+    start = dt.datetime(2027, 2, 28, 2, 30, tzinfo=PARIS)  # a Sunday, the 28th: each falls on the night
+    campaign = approve(
+        make_campaign(
+            schedule_kind="recurring", recurrence=recurrence, cron=cron, time_zone="Europe/Paris", send_at=start
+        ),
+        now=dt.datetime(2027, 3, 27, 12, 0, tzinfo=PARIS),
+    )
+    three = dt.datetime(2027, 3, 28, 3, 0, tzinfo=PARIS)  # 01:00 UTC, when the clocks jump
+    assert campaign.next_occurrence_at == three  # as cron and most schedulers do: not 03:30
+    (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=three + dt.timedelta(seconds=20))
+    said = (
+        "02:30 does not exist in Europe/Paris on 2027-03-28 (the clocks go from 02:00 to 03:00): "
+        "due at 03:00, the first minute after"
+    )
+    assert (occurrence.outcome, occurrence.note) == ("sent", said)
+    client.force_login(viewer_carol)
+    listed = client.get(f"/admin/campaigns/occurrence/?campaign__id__exact={campaign.pk}").content.decode()
+    assert "2027-03-28 03:00 (Europe/Paris)" in listed and said in html.unescape(listed)
+    campaign.refresh_from_db()
+    if recurrence == "daily":
+        assert campaign.next_occurrence_at == dt.datetime(2027, 3, 29, 2, 30, tzinfo=PARIS)  # back to 02:30
+
+
+def test_a_time_after_the_jump_is_sent_at_its_time_and_says_nothing_of_it(make_campaign, approve):
+    start = dt.datetime(2027, 3, 27, 3, 0, tzinfo=PARIS)
+    campaign = approve(
+        make_campaign(
+            schedule_kind="recurring", recurrence="cron", cron="0 3 * * *", time_zone="Europe/Paris", send_at=start
+        ),
+        now=dt.datetime(2027, 3, 27, 12, 0, tzinfo=PARIS),
+    )
+    three = dt.datetime(2027, 3, 28, 3, 0, tzinfo=PARIS)
+    (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=three + dt.timedelta(seconds=20))
+    assert (occurrence.due_at, occurrence.outcome, occurrence.note) == (three, "sent", "")
+
+
+def test_the_next_send_says_what_a_time_the_clocks_skip_becomes(client, make_campaign, approve, viewer_carol):
+    start = dt.datetime(2027, 3, 20, 2, 30, tzinfo=PARIS)
+    campaign = approve(
+        make_campaign(schedule_kind="recurring", recurrence="daily", time_zone="Europe/Paris", send_at=start),
+        now=dt.datetime(2027, 3, 27, 12, 0, tzinfo=PARIS),
+    )
+    client.force_login(viewer_carol)
+    page = html.unescape(client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode())
+    assert (
+        "2027-03-28 03:00 (Europe/Paris): 02:30 does not exist in Europe/Paris on 2027-03-28 (the clocks go from "
+        "02:00 to 03:00)"
+    ) in page
 
 
 @pytest.mark.parametrize("cron", ["0 9 30 2 *", "0 9 31 4,6,9,11 *"])
