@@ -225,10 +225,10 @@ def version_push_unsent(version: JourneyVersion) -> dict[str, dict[str, int]]:
         status=Dispatch.Status.STOPPED, total=0, standing=False, profile_ids__isnull=False
     )
     figures = {"profiles": Sum(_ListLength("profile_ids"))}
-    if journey.status in (Status.STOPPED, Status.CLOSED, Status.ARCHIVED):
+    stopped_at = journey_stopped_at(journey)
+    if stopped_at is not None:
         # ``journey_stop`` stops its running batches after it set the journey's status.
-        at_stop = Q(finished_at__gte=journey.status_changed_at)
-        figures["with_journey"] = Sum(_ListLength("profile_ids"), filter=at_stop)
+        figures["with_journey"] = Sum(_ListLength("profile_ids"), filter=Q(finished_at__gte=stopped_at))
     rows = stopped.annotate(step=journey_step_of_dispatch()).values("step").annotate(**figures).order_by()
     result: dict[str, dict[str, int]] = {}
     for row in rows:
@@ -236,6 +236,23 @@ def version_push_unsent(version: JourneyVersion) -> dict[str, dict[str, int]]:
         reasons = {UNSENT_JOURNEY_STOPPED: with_journey, UNSENT_BATCH_STOPPED: (row["profiles"] or 0) - with_journey}
         result[row["step"]] = {why: n for why, n in reasons.items() if n}
     return result
+
+
+def journey_stopped_at(journey: Journey):
+    """When the journey was stopped, or None when it was not: its last change of status while it
+    is stopped; once archived (or closed), its stop's audit event (the archive moved that change)."""
+    from django.contrib.contenttypes.models import ContentType
+
+    from accounts.models import AuditEvent
+
+    if journey.status == Status.STOPPED:
+        return journey.status_changed_at
+    if journey.status not in (Status.CLOSED, Status.ARCHIVED):
+        return None
+    stops = AuditEvent.objects.filter(
+        object_type=ContentType.objects.get_for_model(Journey), object_id=str(journey.pk), action="journey_stopped"
+    )
+    return stops.order_by("-created_at").values_list("created_at", flat=True).first()
 
 
 def _passed(kind: str, label: str, counts: dict) -> int:

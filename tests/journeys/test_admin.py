@@ -455,7 +455,7 @@ def test_a_push_step_whose_batch_was_stopped_before_its_rows_were_made_says_why(
     its batch made any row: the box read "entered 3 · sent 0 · accepted 0" and said nothing of why."""
     from delivery.models import Delivery, Dispatch
     from delivery.services.dispatches import dispatch_stop
-    from journeys.services.lifecycle import journey_stop
+    from journeys.services.lifecycle import journey_archive, journey_stop
 
     ProfileFactory.create_batch(3)
     push = {"id": "push", "type": "push", "content": welcome.pk, "next": "done"}
@@ -468,6 +468,12 @@ def test_a_push_step_whose_batch_was_stopped_before_its_rows_were_made_says_why(
     text = login(manager_alice).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
     box = re.search(r'data-step="push".*?</g>', text, re.S).group(0)
     assert "entered 3 · sent 0 · accepted 0" in box and "not sent 3 (journey stopped before its batch sent)" in box
+    # Archived later, it still says why: the box said its batch was stopped by hand, from the
+    # archive's time on (the journey's last change of status, read as its stop's).
+    journey_archive(journey_id=journey.pk, by=manager_alice)
+    text = login(manager_alice).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    box = re.search(r'data-step="push".*?</g>', text, re.S).group(0)
+    assert "not sent 3 (journey stopped before its batch sent)" in box
 
     # A batch stopped by hand from its own page, the journey still live, says so.
     other = publish(make_journey(name="Second", graph={"steps": [push, {"id": "done", "type": "exit"}]}))
