@@ -16,6 +16,7 @@ from accounts.admin.bases import (
     ObjectAccessAdminMixin,
     ReadOnlyAdminMixin,
     ScopedAdmin,
+    row_id,
 )
 from accounts.admin.lifecycle import LifecycleAdminMixin, approval_text
 from accounts.json_values import JsonValueFormField
@@ -591,6 +592,14 @@ class EnrollmentAdmin(ReadOnlyAdminMixin, BigTableAdmin):
     def get_actions(self, request):
         return {}
 
+    def changelist_view(self, request, extra_context=None):
+        """The list a journey's page opens (a version's enrollments, at one step) says whose they are."""
+        extra = dict(extra_context or {})
+        title = _enrollments_title(request)
+        if title:
+            extra["title"] = title
+        return super().changelist_view(request, extra)
+
     def lookup_allowed(self, lookup, value, request=None):
         return lookup in ("version__id__exact", "journey__id__exact", "profile__id__exact") or super().lookup_allowed(
             lookup, value, request
@@ -613,6 +622,24 @@ class EnrollmentAdmin(ReadOnlyAdminMixin, BigTableAdmin):
             '<table class="enrollment-history"><tr><th>step</th><th>at</th><th>outcome</th></tr>{}</table>',
             format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
         )
+
+
+def _enrollments_title(request) -> str:
+    """ "Enrollments of journey “X”, version N[, at step 'S']" for a list of one version's enrollments
+    (``?version__id__exact=``, ``&step=``) of a journey the user may see; "" otherwise."""
+    version_id = row_id(JourneyVersion, request.GET.get("version__id__exact", ""))
+    if version_id is None:
+        return ""
+    version = (
+        JourneyVersion.objects.select_related("journey")
+        .filter(pk=version_id, journey__in=journeys_visible_to(request.user).values("pk"))
+        .first()
+    )
+    if version is None:
+        return ""
+    title = f"Enrollments of journey “{version.journey}”, version {version.number}"
+    step = request.GET.get("step")
+    return f"{title}, at step '{step}'" if step in version.step_map() else title
 
 
 def _history_time(stamp: str) -> str:

@@ -1255,3 +1255,30 @@ def test_a_reader_granted_the_journey_but_not_its_app_reads_its_sends_as_its_pag
     assert len(rows) == 7
     assert client.get(f"/admin/delivery/dispatch/{other.pk}/change/").status_code == 404
     assert client.get(f"/admin/delivery/delivery/{rows[0].pk}/change/").status_code == 200
+
+
+def test_a_steps_enrollments_list_says_which_journey_version_and_step_it_shows(
+    login, manager_alice, make_journey, publish, vips, welcome
+):
+    """A wait or condition step's box, and the version's "enrollments" link, opened a list titled
+    "Select enrollment to view": nothing said whose enrollments, nor at which step."""
+    from tests.factories import UserFactory
+
+    ProfileFactory.create_batch(2)
+    journey = publish(make_journey(graph=simple_graph(condition_segment=vips.pk, content=welcome.pk, wait=3600)))
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    client = login(manager_alice)
+    page = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    listing = client.get(_step_link(page, "start"))
+    assert listing.context["title"] == "Enrollments of journey “Onboarding”, version 1, at step 'start'"
+    assert len(listing.context["cl"].result_list) == 2
+    version = journey.live_version_id
+    listing = client.get(f"/admin/journeys/enrollment/?version__id__exact={version}")
+    assert listing.context["title"] == "Enrollments of journey “Onboarding”, version 1"
+
+    # A journey the reader may not see is not named (its enrollments are not listed either).
+    listing = login(UserFactory(username="viewer_vera", role="Viewer")).get(
+        f"/admin/journeys/enrollment/?version__id__exact={version}&step=start"
+    )
+    assert "Onboarding" not in listing.content.decode() and not listing.context["cl"].result_list
