@@ -16,6 +16,7 @@ from django.db import connection
 from django.db.models import Q
 
 from config.db import COUNT_WORK_MEM
+from config.zones import wall_clock
 from delivery.models import Delivery, DeliveryRules, Dispatch
 from delivery.services.rollups import deliveries_finish
 
@@ -200,7 +201,7 @@ def _quiet_hours(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -> 
     for name in zones:
         zone = _zone(name, rules.default_timezone)
         # A local-time send is judged at the time it will go out in that zone, others now.
-        local = max(_localize(wall, zone), now.astimezone(zone)) if wall else now.astimezone(zone)
+        local = max(wall_clock(wall, zone), now.astimezone(zone)) if wall else now.astimezone(zone)
         until = quiet_until(start=rules.quiet_start, end=rules.quiet_end, local=local)
         if until is None:
             continue
@@ -228,7 +229,7 @@ def local_time_apply(*, dispatch: Dispatch, now: dt.datetime) -> dict[str, int]:
     queued = Delivery.objects.filter(dispatch_id=dispatch.pk, finished_at__isnull=True, status=DS.QUEUED)
     counts = {"local_time_held": 0, "missed_local_time": 0}
     for name in set(queued.values_list("profile__timezone", flat=True).distinct()):
-        at = _localize(wall, _zone(name, dispatch.local_default_timezone))
+        at = wall_clock(wall, _zone(name, dispatch.local_default_timezone))
         if at <= now:
             if late is not None and now - at > late:
                 sql, params = _rows_in_zone(queued, name).values("id").query.sql_with_params()
@@ -245,13 +246,6 @@ def local_time_apply(*, dispatch: Dispatch, now: dt.datetime) -> dict[str, int]:
             next_attempt_at=at, expires_at=at + _ttl(dispatch)
         )
     return {reason: n for reason, n in counts.items() if n}
-
-
-def _localize(wall: dt.datetime, zone: ZoneInfo) -> dt.datetime:
-    aware = wall.replace(tzinfo=zone)
-    if aware.astimezone(dt.UTC).astimezone(zone).replace(tzinfo=None) != wall:  # skipped by a DST jump
-        aware = aware.astimezone(dt.UTC).astimezone(zone)
-    return aware
 
 
 def _rows_in_zone(queued, name: str | None):

@@ -361,6 +361,39 @@ def test_send_at_each_profiles_local_time(make_campaign, approve, team, segment)
     assert when[unknown.pk] == nine  # no time zone: the campaign's
 
 
+def test_a_local_time_the_clocks_skip_in_a_profiles_zone_is_held_until_the_first_minute_after_the_jump(
+    make_campaign, approve, team, segment
+):
+    """A daily send at 02:30 at each profile's local time: on the night Paris goes from 02:00 to 03:00,
+    a profile in Paris gets it at 03:00, as a campaign in Paris's own zone sends then (not 03:30)."""
+    from zoneinfo import ZoneInfo
+
+    from delivery.models import Delivery
+    from delivery.services.dispatches import dispatch_prepare
+
+    paris = ZoneInfo("Europe/Paris")
+    profiles = _local_profiles(team, segment, ["Europe/Paris", "America/New_York"])
+    campaign = approve(
+        make_campaign(
+            schedule_kind="recurring",
+            recurrence="daily",
+            send_at=dt.datetime(2027, 3, 20, 2, 30, tzinfo=paris),
+            time_zone="Europe/Paris",
+            at_local_time=True,
+        ),
+        now=dt.datetime(2027, 3, 27, 12, 0, tzinfo=dt.UTC),
+    )
+    campaign_fire_due(campaign_id=campaign.pk, now=dt.datetime(2027, 3, 27, 12, 0, tzinfo=dt.UTC))  # the day before's
+    began = dt.datetime(2027, 3, 28, 2, 30, tzinfo=ZoneInfo("Etc/GMT-14"))  # UTC+14 gets to the night's 02:30
+    campaign.refresh_from_db()
+    assert campaign.next_occurrence_at == began
+    (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=began)
+    dispatch_prepare(dispatch_id=occurrence.dispatch_id)
+    when = {d.profile_id: d.next_attempt_at for d in Delivery.objects.filter(dispatch=occurrence.dispatch)}
+    assert when[profiles["Europe/Paris"].pk] == dt.datetime(2027, 3, 28, 3, 0, tzinfo=paris)
+    assert when[profiles["America/New_York"].pk] == dt.datetime(2027, 3, 28, 2, 30, tzinfo=ZoneInfo("America/New_York"))
+
+
 def _local_profiles(team, segment, zones):
     """A profile with a phone in each of ``zones``, all in ``segment``; {zone: profile}."""
     profiles = {name: ProfileFactory(timezone=name, attributes={}) for name in zones}
