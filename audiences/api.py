@@ -551,7 +551,7 @@ class EventBulkView(APIView):
 
 
 class SegmentListView(APIView):
-    """The segments this key's user may see."""
+    """The segments this key's user may see, by name (a cursor walk: by id, newest first, as a rename moves a name)."""
 
     required_scope = "read"
 
@@ -561,10 +561,9 @@ class SegmentListView(APIView):
         responses=page_schema("PaginatedSegmentOutList", SegmentOutSerializer),
     )
     def get(self, request):
-        query_params_valid(ListQuery, request)
-        return page_response(
-            request, self, segments_visible_to(request.user).order_by("name", "id"), SegmentOutSerializer
-        )
+        query = query_params_valid(ListQuery, request)
+        segments = segments_visible_to(request.user).order_by("name", "id")
+        return page_response(request, self, segments, SegmentOutSerializer, query=query)
 
 
 class SegmentDetailView(APIView):

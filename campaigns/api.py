@@ -373,7 +373,8 @@ class CampaignListView(APIView):
             .prefetch_related("variants")
             .order_by("-id")
         )
-        return page_response(request, self, rows_matching(campaigns, query, status="status"), CampaignOutSerializer)
+        campaigns = rows_matching(campaigns, query, status="status")
+        return page_response(request, self, campaigns, CampaignOutSerializer, query=query)
 
 
 class CampaignDetailView(APIView):

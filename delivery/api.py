@@ -310,7 +310,7 @@ class DispatchListView(APIView):
         query = query_params_valid(DispatchListQuery, request)
         rows = dispatches_visible_to(request.user).select_related(None)
         rows = rows_matching(rows, query, status="status", kind="kind", app="app_id")
-        return page_response(request, self, rows.order_by("-id"), DispatchListItemSerializer)
+        return page_response(request, self, rows.order_by("-id"), DispatchListItemSerializer, query=query)
 
 
 class DispatchDetailView(APIView):

@@ -191,7 +191,8 @@ class JourneyListQuery(ListQuery):
 
 
 class JourneyListView(APIView):
-    """The journeys this key's user may see."""
+    """The journeys this key's user may see, last updated first (a cursor walk: by id, newest first,
+    as an update moves a journey to the top)."""
 
     required_scope = "read"
 
@@ -203,7 +204,8 @@ class JourneyListView(APIView):
     def get(self, request):
         query = query_params_valid(JourneyListQuery, request)
         journeys = journeys_visible_to(request.user).order_by("-updated_at", "-id")
-        return page_response(request, self, rows_matching(journeys, query, status="status"), JourneyOutSerializer)
+        journeys = rows_matching(journeys, query, status="status")
+        return page_response(request, self, journeys, JourneyOutSerializer, query=query)
 
 
 class JourneyDetailView(APIView):
