@@ -8,6 +8,7 @@ from django.urls import path
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
+from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
 from accounts.api import AnswerSerializer, JsonBooleanField, JsonCharField, JsonIntegerField
@@ -336,7 +337,9 @@ class DispatchDeliveriesQuery(serializers.Serializer):
 
 
 class DispatchDeliveriesView(APIView):
-    """A dispatch's deliveries in id order, filterable by status; page with ``after`` (the last id seen)."""
+    """A dispatch's deliveries in id order, filterable by status; page with ``after`` (the last id
+    seen), or follow ``next``. A walk by id neither skips nor repeats a row while sends change their
+    statuses; rows a stream appends meanwhile come at its end."""
 
     required_scope = "read"
 
@@ -345,7 +348,15 @@ class DispatchDeliveriesView(APIView):
         parameters=[DispatchDeliveriesQuery],
         responses=inline_serializer(
             "DeliveryPage",
-            {"results": DeliveryOutSerializer(many=True), "next_after": serializers.IntegerField(allow_null=True)},
+            {
+                "results": DeliveryOutSerializer(many=True),
+                "next_after": serializers.IntegerField(
+                    allow_null=True, help_text="The last id of a full page: the next page's after (else null)."
+                ),
+                "next": serializers.URLField(
+                    allow_null=True, help_text="The next page's link: this one with that after."
+                ),
+            },
         ),
     )
     def get(self, request, dispatch_id: int):
@@ -359,10 +370,14 @@ class DispatchDeliveriesView(APIView):
             rows = rows.filter(status=query["status"])
         after, limit = min(query.get("after", 0), 2**63 - 1), query.get("limit", 100)
         page = list(rows.filter(id__gt=after).order_by("id")[:limit])
+        next_after = page[-1].id if len(page) == limit else None
         return Response(
             {
                 "results": DeliveryOutSerializer(page, many=True).data,
-                "next_after": page[-1].id if len(page) == limit else None,
+                "next_after": next_after,
+                "next": None
+                if next_after is None
+                else replace_query_param(request.build_absolute_uri(), "after", next_after),
             }
         )
 

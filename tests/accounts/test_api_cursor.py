@@ -312,3 +312,31 @@ def test_a_walk_page_is_one_query_of_the_rows_through_the_primary_key_and_counts
     assert "Index Scan Backward using delivery_dispatch_pkey" in plan and "Sort" not in plan, plan
     assert "Index Cond: (id <" in plan, plan
 
+
+def test_a_dispatchs_deliveries_walk_by_id_through_next_while_sends_change_them_and_a_stream_appends(
+    alice, api_key_for
+):
+    from delivery.models import Delivery
+    from tests.factories import DeviceFactory
+
+    dispatch = Dispatch.objects.get(pk=alice.make("/api/v1/dispatches/"))
+
+    def append() -> int:
+        device = DeviceFactory(app=alice.app)
+        return Delivery.objects.create(dispatch=dispatch, device=device, profile=device.profile, status="queued").pk
+
+    there = [append() for _ in range(7)]
+    client = api_key_for(alice.user, scopes=["read"])
+    url, pages, added = f"/api/v1/dispatches/{dispatch.pk}/deliveries/?limit=3", [], []
+    while url:
+        body = client.get(url).json()
+        pages.append([row["id"] for row in body["results"]])
+        assert body["next_after"] == (pages[-1][-1] if body["next"] else None)
+        url = body["next"]
+        Delivery.objects.filter(pk__in=there[: len(pages) * 2]).update(status="accepted")  # sends as the walk runs
+        if len(added) < 2:
+            added.append(append())
+    seen = [row_id for page in pages for row_id in page]
+    assert seen == sorted(set(seen)) == sorted(there + added)
+    refused = api_key_for(alice.user, scopes=["ingest"]).get(f"/api/v1/dispatches/{dispatch.pk}/deliveries/")
+    assert refused.status_code == 403
