@@ -13,10 +13,11 @@ from campaigns.schedule import lateness_allowed, local_occurrence_open, local_wa
 from config.zones import zoned
 
 
-def schedule_text(campaign, *, now: dt.datetime | None = None) -> str:
+def schedule_text(campaign, *, now: dt.datetime | None = None, approving: bool = False) -> str:
     """The schedule in words, in the campaign's time zone; the future tense for what is still to come.
 
-    ``campaign`` is a Campaign or its ApprovedVersion.
+    ``campaign`` is a Campaign or its ApprovedVersion. ``approving``: the version a first review
+    decides, never sent; a one-off whose time has passed then says what approving it now does.
     """
     now = now or timezone.now()
     if campaign.kind == Campaign.Kind.API_TRIGGERED:
@@ -31,12 +32,29 @@ def schedule_text(campaign, *, now: dt.datetime | None = None) -> str:
             return f"Once, at {when}{local}.{under_way}"
         if campaign.send_at and campaign.send_at <= now:
             # Past, but not necessarily sent: the campaign's occurrences say what became of it.
-            return f"Once, at {when}{local}: that time has passed."
+            approved_now = "" if local or not approving else " " + _approved_late_text(campaign, now=now)
+            return f"Once, at {when}{local}: that time has passed.{approved_now}"
         return f"Sends once, at {when}{local}."
     rule = campaign.cron if campaign.recurrence == Campaign.Recurrence.CRON else campaign.recurrence
     until = f" until {zoned(campaign.ends_at, campaign.time_zone)}" if campaign.ends_at else ""
     verb = "Started" if campaign.send_at and campaign.send_at <= now else "Starts"
     return f"Recurring ({rule}){local}. {verb} {when}{until}.{under_way}"
+
+
+def _approved_late_text(campaign, *, now: dt.datetime) -> str:
+    """What approving a one-off whose time has passed does (``campaign_fire_due``): sent at once
+    within its missed-send window, otherwise nothing sent and the campaign completes."""
+    late = int((now - campaign.send_at).total_seconds() // 60)
+    window = int(lateness_allowed(campaign).total_seconds() // 60)
+    if late <= window:
+        return (
+            f"Approved now, it is sent at once, {late:,} minutes after its time (within its missed-send window "
+            f"of {window:,} minutes)."
+        )
+    return (
+        f"Approved now, it is not sent: {late:,} minutes after its time is more than its missed-send window of "
+        f"{window:,} minutes, and the campaign completes without a send."
+    )
 
 
 def local_under_way_text(campaign, *, now: dt.datetime) -> str:
@@ -206,8 +224,9 @@ def definition_text(definition: dict) -> str:
     return "; ".join(parts)
 
 
-def phones_html(spec: dict, *, app_name: str, profile: dict | None = None) -> str:
-    """A content spec as an iPhone and an Android phone would show it, for one profile (or a blank one)."""
+def phones_html(spec: dict, *, app_name: str, profile: dict | None = None, context: dict | None = None) -> str:
+    """A content spec as an iPhone and an Android phone would show it, for one profile (or a blank one),
+    with the ``context`` its sends give it."""
     from delivery.payloads import message_render
 
     sample = profile or {
@@ -217,7 +236,7 @@ def phones_html(spec: dict, *, app_name: str, profile: dict | None = None) -> st
         "attributes": {},
     }
     try:
-        message = message_render(spec, profile=sample, context={})
+        message = message_render(spec, profile=sample, context=context or {})
         title, subtitle, body = message.title, message.subtitle, message.body
     except Exception as exc:  # a template that fails is itself what the approver must see
         title, subtitle, body = "(cannot render)", "", str(exc)
@@ -240,24 +259,30 @@ def campaign_phones_html(campaign: Campaign, *, profile: dict | None = None) -> 
     share, and the holdout's share."""
     variants = campaign.variant_list()
     if not variants:
-        return phones_html(campaign.content.spec(), app_name=campaign.app.name, profile=profile)
+        return phones_html(
+            campaign.content.spec(), app_name=campaign.app.name, profile=profile, context=campaign.send_context()
+        )
     return variants_phones_html(
         [{"label": v.label, "content": str(v.content), "share": v.share, "spec": v.content.spec()} for v in variants],
         holdout_share=campaign.holdout_share,
         app_name=campaign.app.name,
         profile=profile,
+        context=campaign.send_context(),
     )
 
 
-def approved_phones_html(approved: ApprovedVersion, *, app_name: str) -> str:
-    """An approved version's content (each of its variants) as phones would show it."""
+def approved_phones_html(approved: ApprovedVersion, *, app_name: str, context: dict | None = None) -> str:
+    """An approved version's content (each of its variants) as phones would show it, with the
+    ``context`` its sends give it."""
     if approved.variants:
-        return variants_phones_html(approved.variants, holdout_share=approved.holdout_share, app_name=app_name)
-    return phones_html(approved.spec, app_name=app_name)
+        return variants_phones_html(
+            approved.variants, holdout_share=approved.holdout_share, app_name=app_name, context=context
+        )
+    return phones_html(approved.spec, app_name=app_name, context=context)
 
 
 def variants_phones_html(
-    variants: list[dict], *, holdout_share: int, app_name: str, profile: dict | None = None
+    variants: list[dict], *, holdout_share: int, app_name: str, profile: dict | None = None, context: dict | None = None
 ) -> str:
     """Each variant (``{label, content, share, spec}``) as phones would show it, then the holdout."""
     parts = format_html_join(
@@ -269,7 +294,7 @@ def variants_phones_html(
                 v["label"],
                 v["content"],
                 v["share"],
-                phones_html(v["spec"], app_name=app_name, profile=profile),
+                phones_html(v["spec"], app_name=app_name, profile=profile, context=context),
             )
             for v in variants
         ],
@@ -298,8 +323,9 @@ def _pairs(mapping: dict) -> str:
     )
 
 
-def version_rows(version: dict, *, app_id: int, now: dt.datetime) -> list[tuple[str, str]]:
-    """Everything an approver signs off, as (label, text) rows, from a snapshot (see Campaign.snapshot)."""
+def version_rows(version: dict, *, app_id: int, now: dt.datetime, first: bool = False) -> list[tuple[str, str]]:
+    """Everything an approver signs off, as (label, text) rows, from a snapshot (see Campaign.snapshot).
+    ``first``: the version of a first review (never approved, never sent)."""
     fields, spec, labels = version["fields"], version["spec"], version.get("labels", {})
     view = ApprovedVersion.from_snapshot(version)
     audience, reach = _audience_counted(
@@ -313,7 +339,7 @@ def version_rows(version: dict, *, app_id: int, now: dt.datetime) -> list[tuple[
         ("Kind and purpose", f"{Campaign.Kind(fields['kind']).label}, {Campaign.Purpose(fields['purpose']).label}"),
         ("Audience", audience),
         ("Audience definition", definition_text(version.get("audience_definition") or {})),
-        ("Schedule", schedule_text(view, now=now)),
+        ("Schedule", schedule_text(view, now=now, approving=first)),
         (
             "Throttle",
             f"{fields['throttle_per_second']} messages/s" if fields["throttle_per_second"] else "the app's limit",
@@ -414,7 +440,7 @@ def _spec_rows(spec: dict) -> list[tuple[str, str]]:
 def version_diff(before: dict | None, after: dict, *, app_id: int, now: dt.datetime | None = None) -> list[tuple]:
     """(label, before, after, changed) for every row of two snapshots; ``before`` None for a first review."""
     now = now or timezone.now()
-    after_rows = version_rows(after, app_id=app_id, now=now)
+    after_rows = version_rows(after, app_id=app_id, now=now, first=before is None)
     return rows_diff(None if before is None else version_rows(before, app_id=app_id, now=now), after_rows)
 
 

@@ -276,6 +276,31 @@ def test_the_review_of_a_one_off_whose_time_passed_does_not_say_it_was_sent(
     when = f"{past.astimezone(PARIS):%Y-%m-%d %H:%M} (Europe/Paris)"
     assert f"Once, at {when}: that time has passed." in review
     assert "Sent once" not in review
+    # What the approval will do with it: nothing is sent, its time is further past than the window.
+    late = int((timezone.now() - past).total_seconds() // 60)
+    assert any(
+        f"Approved now, it is not sent: {minutes} minutes after its time is more than its missed-send window of 60 "
+        "minutes, and the campaign completes without a send." in review
+        for minutes in (late - 1, late)
+    )
+
+
+def test_the_review_of_a_one_off_whose_time_passed_within_its_window_says_approving_sends_it_at_once(
+    client, make_campaign, manager_alice, approver_bob
+):
+    from django.utils import timezone
+
+    past = (timezone.now() - dt.timedelta(minutes=20)).replace(second=0, microsecond=0)
+    campaign = make_campaign(schedule_kind="at", send_at=past, time_zone="Europe/Paris", missed_window_minutes=45)
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(approver_bob)
+    review = client.get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+    late = int((timezone.now() - past).total_seconds() // 60)
+    assert any(
+        f"Approved now, it is sent at once, {minutes} minutes after its time (within its missed-send window of 45 "
+        "minutes)." in review
+        for minutes in (late - 1, late)
+    )
 
 
 def test_the_review_of_a_local_time_campaign_under_way_says_which_zones_it_still_reaches(
