@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.urls import path
+from django.urls import path, reverse
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
@@ -39,7 +39,7 @@ from accounts.json_values import TEXT_REFUSED, json_value_problem
 from accounts.pagination import ListQuery, QueryChoice, page_response, page_schema, query_params_valid, rows_matching
 from accounts.services import TransitionError
 from campaigns.models import Campaign, CampaignVariant, TriggerRequest, WinnerTest, variant_label
-from campaigns.reports import campaign_report, campaign_report_sends
+from campaigns.reports import campaign_report, campaign_sends, sends_counted
 from campaigns.selectors import campaign_for, campaigns_visible_to
 from campaigns.services.triggers import (
     MAX_RECIPIENTS,
@@ -224,6 +224,32 @@ class CampaignOutSerializer(AnswerSerializer):
         )
 
 
+class CampaignSendsPage(serializers.ListSerializer):
+    """Sends (dispatches of a page), their rollups summed in one query."""
+
+    def to_representation(self, data):
+        return super().to_representation(sends_counted(data))
+
+
+class CampaignSendSerializer(serializers.Serializer):
+    """What one send of the campaign made (its rollup's figures)."""
+
+    id = serializers.IntegerField()
+    label = serializers.CharField()
+    status = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+    targeted = serializers.IntegerField()
+    accepted = serializers.IntegerField()
+    opened = serializers.IntegerField()
+
+    class Meta:
+        list_serializer_class = CampaignSendsPage
+
+
+REPORT_SENDS = 100  # the newest sends a report lists; the others are paged (``CampaignSendsView``)
+
+
 class ReportSerializer(serializers.Serializer):
     targeted = serializers.IntegerField()
     accepted = serializers.IntegerField()
@@ -235,7 +261,17 @@ class ReportSerializer(serializers.Serializer):
     open_rate = serializers.FloatField(allow_null=True)
     failed_by_reason = serializers.DictField(child=serializers.IntegerField())
     skipped_by_reason = serializers.DictField(child=serializers.IntegerField())
-    dispatches = serializers.ListField(child=serializers.DictField())
+    dispatches = CampaignSendSerializer(
+        many=True,
+        help_text=f"The newest {REPORT_SENDS} sends (test sends excluded), newest first, each with what it made; "
+        "the figures above count every send. The others: `dispatches_next`.",
+    )
+    dispatches_count = serializers.IntegerField(help_text="How many sends the campaign made, test sends excluded.")
+    dispatches_next = serializers.URLField(
+        allow_null=True,
+        help_text="The paged list of every send (/api/v1/campaigns/{id}/dispatches/), at the first send the report "
+        "does not list; null when it lists them all.",
+    )
     variants = serializers.ListField(
         help_text="Per variant, over every dispatch: profiles, sent (to a provider), accepted, opened, open rate.",
         child=inline_serializer(
@@ -392,13 +428,39 @@ class CampaignReportView(APIView):
     def get(self, request, campaign_id: int):
         campaign = campaign_for(request.user, campaign_id)
         status_ = winner_status_out(campaign)
+        sends = campaign_sends(campaign)
+        shown = list(sends[:REPORT_SENDS])
+        count = len(shown) if len(shown) < REPORT_SENDS else sends.count()
+        rest = None
+        if count > len(shown):
+            url = reverse("api:campaign-dispatches", kwargs={"campaign_id": campaign.pk})
+            rest = request.build_absolute_uri(f"{url}?offset={REPORT_SENDS}&limit={REPORT_SENDS}")
         return Response(
             {
                 **campaign_report(campaign),
-                "dispatches": list(campaign_report_sends(campaign)),
+                "dispatches": CampaignSendSerializer(shown, many=True).data,
+                "dispatches_count": count,
+                "dispatches_next": rest,
                 "winner": WinnerStatusSerializer(status_).data if status_ else None,
             }
         )
+
+
+class CampaignSendsView(APIView):
+    """Every send of the campaign (test sends excluded), newest first, each with what it made, as the
+    report lists its newest: paged by offset or by cursor."""
+
+    required_scope = "read"
+
+    @extend_schema(
+        operation_id="campaigns_dispatches",
+        parameters=[ListQuery],
+        responses=page_schema("PaginatedCampaignSendList", CampaignSendSerializer),
+    )
+    def get(self, request, campaign_id: int):
+        campaign = campaign_for(request.user, campaign_id)
+        query = query_params_valid(ListQuery, request)
+        return page_response(request, self, campaign_sends(campaign), CampaignSendSerializer, query=query)
 
 
 class WinnerInSerializer(serializers.Serializer):
@@ -570,6 +632,7 @@ urlpatterns = [
     path("campaigns/", CampaignListView.as_view(), name="campaigns"),
     path("campaigns/<int:campaign_id>/", CampaignDetailView.as_view(), name="campaign"),
     path("campaigns/<int:campaign_id>/report/", CampaignReportView.as_view(), name="campaign-report"),
+    path("campaigns/<int:campaign_id>/dispatches/", CampaignSendsView.as_view(), name="campaign-dispatches"),
     path("campaigns/<int:campaign_id>/winner/", CampaignWinnerView.as_view(), name="campaign-winner"),
     path("campaigns/<int:campaign_id>/trigger/", CampaignTriggerView.as_view(), name="campaign-trigger"),
 ]

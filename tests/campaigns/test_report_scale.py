@@ -13,7 +13,7 @@ from campaigns.reports import campaign_report
 from campaigns.services.conversions import campaign_conversion_set
 from delivery.models import Delivery, Dispatch
 from delivery.services.rollups import rollup_rebuild
-from tests.factories import DeviceFactory, EventFactory, ProfileFactory
+from tests.factories import DeviceFactory, EventFactory, ProfileFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -152,3 +152,81 @@ def test_the_figures_per_profile_are_a_recount_of_the_rows_over_many_sends(sends
     assert shown(campaign) == expected
     cache.clear()
     assert shown(campaign) == expected, "counted whole: the same figures"
+
+
+def _rolled_up_sends(campaign, count: int) -> list[int]:
+    """``count`` finished sends of the campaign, an hour apart, each with its rollup: 4 targeted,
+    3 accepted, 1 opened."""
+    from delivery.models import DeliveryRollup
+
+    made = Dispatch.objects.bulk_create(
+        Dispatch(
+            app=campaign.app,
+            kind="api_trigger",
+            source_id=campaign.pk,
+            label=f"Send {i}",
+            content_spec={"title": "Hi"},
+            status="done",
+            total=4,
+            accepted=3,
+            opened=1,
+            created_at=T0 + i * HOUR,
+            finished_at=T0 + i * HOUR + dt.timedelta(minutes=5),
+        )
+        for i in range(count)
+    )
+    DeliveryRollup.objects.bulk_create(
+        DeliveryRollup(dispatch=send, period=send.created_at, platform="ios", outcome=outcome, reason="", rows=n)
+        for send in made
+        for outcome, n in (("targeted", 4), ("accepted", 3), ("opened", 1))
+    )
+    return [send.pk for send in made]
+
+
+def test_the_api_report_lists_the_newest_sends_and_links_to_the_paged_list_of_all(
+    make_campaign, api_key_for, manager_alice
+):
+    campaign = make_campaign(name="Streams", kind="api_triggered", segment=None)
+    ids = _rolled_up_sends(campaign, 105)
+    api = api_key_for(manager_alice, scopes=["read"])
+    report = api.get(f"/api/v1/campaigns/{campaign.pk}/report/").json()
+    assert report["targeted"] == 420 and report["accepted"] == 315 and report["opened"] == 105, "every send"
+    assert report["dispatches_count"] == 105
+    assert [d["id"] for d in report["dispatches"]] == ids[::-1][:100]
+    assert report["dispatches"][0] == {
+        "id": ids[-1],
+        "label": "Send 104",
+        "status": "done",
+        "created_at": "2026-05-08T17:00:00Z",
+        "finished_at": "2026-05-08T17:05:00Z",
+        "targeted": 4,
+        "accepted": 3,
+        "opened": 1,
+    }
+    rest = api.get(report["dispatches_next"]).json()
+    assert rest["count"] == 105 and rest["next"] is None
+    assert [d["id"] for d in rest["results"]] == ids[::-1][100:]
+    assert rest["results"][-1] | {"id": None} == report["dispatches"][0] | {
+        "id": None,
+        "label": "Send 0",
+        "created_at": "2026-05-04T09:00:00Z",
+        "finished_at": "2026-05-04T09:05:00Z",
+    }
+
+    second = api.get(f"/api/v1/campaigns/{campaign.pk}/dispatches/?limit=40&offset=40").json()
+    assert [d["id"] for d in second["results"]] == ids[::-1][40:80]
+    walked, url = [], f"/api/v1/campaigns/{campaign.pk}/dispatches/?paging=cursor&limit=40"
+    while url:
+        page = api.get(url).json()
+        walked += [d["id"] for d in page["results"]]
+        url = page["next"]
+    assert walked == ids[::-1], "a cursor walk reads every send once"
+
+    few = make_campaign(name="Few sends", kind="api_triggered", segment=None)
+    _rolled_up_sends(few, 3)
+    report = api.get(f"/api/v1/campaigns/{few.pk}/report/").json()
+    assert report["dispatches_count"] == 3 and len(report["dispatches"]) == 3 and report["dispatches_next"] is None
+
+    stranger = api_key_for(UserFactory(username="manager_stranger", role="Manager"), scopes=["read"])  # no access
+    assert stranger.get(f"/api/v1/campaigns/{campaign.pk}/dispatches/").status_code == 404
+    assert stranger.get(f"/api/v1/campaigns/{campaign.pk}/report/").status_code == 404
