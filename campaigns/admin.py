@@ -514,7 +514,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
                 before_title=f"Approved version {approved.number} (sending)",
             ),
             approved.number,
-            approved_phones_html(approved, app_name=obj.app.name),
+            approved_phones_html(approved, app_name=obj.app.name, context=obj.send_context()),
         )
 
     def change_view(self, request, object_id, form_url="", extra_context=None):

@@ -316,6 +316,11 @@ class Campaign(ConversionGoal):
     def approval_context(self) -> dict:
         return {"type": "campaign", "app_id": self.app_id, "kind": self.kind, "purpose": self.purpose}
 
+    def send_context(self) -> dict:
+        """What every send of the campaign gives its content as ``context``: its sends, its test
+        sends and its previews alike (an API trigger's call adds its own values)."""
+        return {"campaign": {"id": self.pk, "name": self.name}}
+
     @property
     def is_locked(self) -> bool:
         """In review, the campaign cannot be edited (cancel the request first)."""

@@ -208,7 +208,7 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                         local_time=local_wall_time(approved, due) if local else "",
                         local_default_timezone=approved.time_zone if local else "",
                         local_late_minutes=int(limit.total_seconds() // 60) if local else None,
-                        context={"campaign": {"id": campaign.pk, "name": campaign.name}},
+                        context=campaign.send_context(),
                         variants=approved.variants,
                         holdout_share=approved.holdout_share,
                         sample={"part": "sample", "share": approved.winner["sample_share"], "test": test.pk}
@@ -344,7 +344,8 @@ def campaigns_tick(*, now: dt.datetime | None = None) -> dict:
 
 
 def campaign_test_send(*, campaign_id: int, by: User):
-    """Send the campaign's content as it is now to its app's test devices, in any state, no approval needed."""
+    """Send the campaign's content as it is now to its app's test devices, in any state, no approval
+    needed, rendered with the context its sends give it (``Campaign.send_context``)."""
     from delivery.services.contents import pushcontent_test_send
 
     campaign = Campaign.objects.filter(pk=campaign_id).first()
@@ -352,4 +353,4 @@ def campaign_test_send(*, campaign_id: int, by: User):
         raise Http404(f"No campaign {campaign_id}.")
     if not can(by, "delivery.test_send_pushcontent", campaign):
         raise PermissionDenied("Your role may not send tests.")
-    return pushcontent_test_send(content_id=campaign.content_id, by=by)
+    return pushcontent_test_send(content_id=campaign.content_id, by=by, context=campaign.send_context())

@@ -80,8 +80,9 @@ def pushcontent_duplicate(*, content_id: int, by: User) -> PushContent:
     return duplicate
 
 
-def pushcontent_test_send(*, content_id: int, by: User) -> Dispatch:
-    """Send the content as it is now to its app's test devices (no approval needed).
+def pushcontent_test_send(*, content_id: int, by: User, context: dict | None = None) -> Dispatch:
+    """Send the content as it is now to its app's test devices (no approval needed), rendered with
+    ``context``: what the sends it tests give it (a campaign's ``{"campaign": {"id", "name"}}``).
 
     Raises GateClosed when ``by`` may not send tests of this content, ValidationError when the
     content is not sendable.
@@ -95,7 +96,7 @@ def pushcontent_test_send(*, content_id: int, by: User) -> Dispatch:
         content_id=content.pk,
         source_id=content.pk,
         label=f"Test of {content.name}",
-        context={},
+        context=context or {},
     )
 
 
