@@ -114,7 +114,8 @@ def _dispatch_link(dispatch_id: int | None, text: str):
 
 def winner_status_html(campaign: Campaign) -> str:
     """Waiting until when, or picked (which, with the numbers), or the fallback (why, with the numbers),
-    and the rest's dispatch."""
+    and the rest's dispatch. Times in the zone the approved schedule was entered in (a pending
+    revision's zone sends nothing yet)."""
     test = WinnerTest.objects.filter(campaign=campaign).select_related("remainder_dispatch").first()
     if test is None:
         if not campaign.winner_mode:
@@ -130,7 +131,7 @@ def winner_status_html(campaign: Campaign) -> str:
             '<div id="winner-status" data-outcome="waiting"><p>{} was sent; the winner is picked at {}, '
             "{} after it.</p></div>",
             sample,
-            zoned(test.due_at, campaign.time_zone),
+            zoned(test.due_at, campaign.schedule_zone()),
             wait_text(test.settings["wait_minutes"]),
         )
     comparisons = {c["variant"]: c for c in test.comparisons}
@@ -175,7 +176,7 @@ def winner_status_html(campaign: Campaign) -> str:
         "<th>z (best vs it)</th><th>p</th></tr></thead>{}</table>{}</div>",
         test.outcome,
         heading,
-        zoned(test.picked_at, campaign.time_zone),
+        zoned(test.picked_at, campaign.schedule_zone()),
         sample,
         test.reason,
         metric,

@@ -277,3 +277,31 @@ def test_the_api_refuses_a_confidence_that_is_not_one_of_the_numbers(
     assert answer.status_code == 400, answer.json()
     assert [e["field"] for e in answer.json()["errors"]] == ["confidence"]
     assert not Campaign.objects.get(pk=campaign.pk).winner_mode
+
+
+def test_the_winner_status_says_its_times_in_the_zone_the_approved_schedule_was_entered_in(
+    client, make_campaign, manager_alice, approver_bob, viewer_carol, abc
+):
+    """A pending revision's zone sends nothing yet: the pick of the sample the approved version sent
+    is said in the approved version's zone, as its occurrences and Next send are."""
+    from zoneinfo import ZoneInfo
+
+    from campaigns.services.lifecycle import campaign_approve, campaign_update
+    from campaigns.services.scheduling import campaign_fire_due
+
+    nine = dt.datetime(2030, 3, 1, 9, 0, tzinfo=ZoneInfo("Europe/Paris"))
+    campaign = _with_variants(
+        make_campaign(content=abc[0], schedule_kind="at", send_at=nine, time_zone="Europe/Paris"),
+        manager_alice,
+        abc[:2],
+    )
+    campaign_winner_set(campaign_id=campaign.pk, by=manager_alice, settings=WinnerInput(wait_minutes=120))
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=nine - dt.timedelta(days=1))
+    (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=nine)
+    assert occurrence.dispatch_id is not None
+    campaign_update(campaign_id=campaign.pk, by=manager_alice, time_zone="America/New_York")
+    assert Campaign.objects.get(pk=campaign.pk).has_pending_revision
+    client.force_login(viewer_carol)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    assert 'data-outcome="waiting"' in page and "the winner is picked at 2030-03-01 11:00 (Europe/Paris)" in page
