@@ -17,13 +17,15 @@ attribute.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import re
 from collections.abc import Callable
 from functools import lru_cache
 
 from django.core.exceptions import ValidationError
-from liquid import BoundTemplate, Environment
+from liquid import BoundTemplate, Environment, RenderContext
+from liquid.builtin.expressions import Filter, KeywordArgument
 from liquid.exceptions import LiquidError, LoopIterationLimitError, OutputStreamLimitError, ResourceLimitError
 from liquid.token import TOKEN_CONTENT, TOKEN_EXPRESSION, TOKEN_OUTPUT, TOKEN_TAG
 
@@ -210,8 +212,9 @@ def _parse(source: str) -> BoundTemplate:
 def template_check(source: str, *, field: str) -> BoundTemplate:
     """Parse ``source`` and check every name it uses; return the compiled template.
 
-    Raises ValidationError({field: message}) on a syntax error, an unknown filter, an
-    unknown top-level variable, an unknown ``profile`` field, a division by a literal 0, a
+    Raises ValidationError({field: message}) on a syntax error, an unknown filter, a filter
+    given arguments it does not take, an unknown top-level variable, an unknown ``profile``
+    field, a division by a literal 0, a
     failure to render a template that reads neither the profile nor the context (it would fail
     for everyone), or a sandbox limit (loop, output) that a template reading them reaches even
     for empty values.
@@ -224,6 +227,7 @@ def template_check(source: str, *, field: str) -> BoundTemplate:
     unknown_filters = sorted(name for name in analysis.filters if name not in ENVIRONMENT.filters)
     if unknown_filters:
         raise ValidationError({field: f"Unknown filter '{unknown_filters[0]}'."})
+    _filter_arguments_check(template, field=field)
     for name, uses in analysis.globals.items():
         if name not in TOP_LEVEL_NAMES:
             raise ValidationError(
@@ -255,6 +259,65 @@ def template_check(source: str, *, field: str) -> BoundTemplate:
         if isinstance(exc, ResourceLimitError):
             raise ValidationError({field: f"{_liquid_message(exc, _limit_message(exc))}."}) from exc
     return template
+
+
+def _filters_of(expression) -> list[Filter]:
+    """The filters an expression applies, those of the expressions inside it included."""
+    found = [*(getattr(expression, "filters", None) or ()), *(getattr(expression, "tail_filters", None) or ())]
+    for child in expression.children():
+        found += _filters_of(child)
+    return found
+
+
+# What Liquid passes a filter itself, by keyword, when its signature asks for it.
+_PASSED_BY_LIQUID = ("environment", "context")
+
+
+def _filter_arguments_check(template: BoundTemplate, *, field: str) -> None:
+    """Refuse a filter given arguments it does not take (``upcase: 1``, ``append`` without its
+    text, ``date`` without its format, a keyword it has not): it fails whatever it filters, so for
+    every recipient who reaches it, in a branch or not."""
+    static, nodes = RenderContext(template), list(template.nodes)
+    while nodes:
+        node = nodes.pop()
+        nodes.extend(node.children(static, include_partials=False))
+        for expression in node.expressions():
+            for used in _filters_of(expression):
+                func = ENVIRONMENT.filters.get(used.name)
+                try:
+                    signature = inspect.signature(func)
+                except (TypeError, ValueError):
+                    continue  # not a function Python can describe: Liquid says what is wrong when it runs
+                positional = [arg for arg in used.args if not isinstance(arg, KeywordArgument)]
+                keywords = {arg.name for arg in used.args if isinstance(arg, KeywordArgument)}
+                passed = {name for name in _PASSED_BY_LIQUID if name in signature.parameters} - keywords
+                try:
+                    signature.bind(None, *positional, **dict.fromkeys(keywords | passed))
+                except TypeError:
+                    line = used.token.source.count("\n", 0, used.token.start_index) + 1
+                    raise ValidationError(
+                        {field: f"{_arguments_said(used.name, signature, positional, keywords)} (line {line})."}
+                    ) from None
+
+
+def _arguments_said(name: str, signature: inspect.Signature, given: list, keywords: set[str]) -> str:
+    """What a filter takes, against what it was given: "The filter 'append' takes 1 argument, not none"."""
+    taken = list(signature.parameters.values())[1:]
+    named = {p.name for p in taken if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    unknown = sorted(keywords - named)
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in taken):
+        return f"The filter '{name}' has no argument '{unknown[0]}'"
+    positional = [p for p in taken if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    least = sum(1 for p in positional if p.default is p.empty)
+    most = len(positional)
+    takes = (
+        "no argument"
+        if most == 0
+        else f"{least} argument{'s' if least != 1 else ''}"
+        if least == most
+        else f"{least} to {most} arguments"
+    )
+    return f"The filter '{name}' takes {takes}, not {len(given) or 'none'}"
 
 
 def _limit_message(exc: ResourceLimitError) -> str:

@@ -636,3 +636,31 @@ def test_content_saved_before_the_authoring_rules_still_sends(shop, manager_alic
     with django_capture_on_commit_callbacks(execute=False):
         dispatch = pushcontent_test_send(content_id=content.pk, by=manager_alice)
     assert Dispatch.objects.get(pk=dispatch.pk).content_spec["image_url"] == "https://cdn.example/a b.png"
+
+
+@pytest.mark.parametrize(
+    ("source", "line", "message"),
+    [
+        ("Hi {{ profile.attributes.name | upcase: 1 }}", 1, "The filter 'upcase' takes no argument, not 1"),
+        ("Hi\n{{ profile.attributes.name | append }}", 2, "The filter 'append' takes 1 argument, not none"),
+        ("{% if context.total %}{{ context.total | times: }}{% endif %}", 1, "'times' takes 1 argument, not none"),
+        ("{% assign d = profile.attributes.seen | date %}{{ d }}", 1, "The filter 'date' takes 1 argument, not none"),
+        ("{{ context.name | replace: 'a', 'b', 'c' }}", 1, "The filter 'replace' takes 1 to 2 arguments, not 3"),
+        ("{{ profile.attributes.n | default: 'x', allow: true }}", 1, "The filter 'default' has no argument 'allow'"),
+    ],
+)
+def test_a_filter_given_arguments_it_does_not_take_is_refused_on_save_whatever_the_profile(source, line, message):
+    """Wrong for every value: each message would fail at send time, the profile's value or not."""
+    with pytest.raises(ValidationError) as exc:
+        template_check(source, field="body")
+    (said,) = errors_of(exc)["body"]
+    assert message in said and f"(line {line})" in said, said
+
+
+def test_filters_given_the_arguments_they_take_are_saved():
+    template_check(
+        "{{ profile.attributes.n | default: 'x', allow_false: true | append: '!' | truncate: 20, '…' }}"
+        "{{ context.when | date: '%Y' }}{{ context.name | replace: 'a', 'b' | replace: 'c' | upcase }}"
+        "{{ context.items | join | size }}{{ context.items | join: ', ' }}",
+        field="body",
+    )
