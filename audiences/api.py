@@ -235,6 +235,8 @@ class ImportOutSerializer(AnswerSerializer):
             "percent",
             "seconds_left",
             "error",
+            "members_removed",
+            "note",
             "error_file_url",
             "created_at",
             "started_at",

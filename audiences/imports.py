@@ -25,7 +25,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 
 from accounts.json_values import json_compact_utf8
-from audiences.models import Profile
+from audiences.models import Profile, SegmentMember
 from audiences.rules.schema import KEY_RE
 from audiences.services.profiles import (
     MAX_ATTRIBUTES,
@@ -1120,6 +1120,31 @@ def write_batch(
     good, refused = measured_rows(to_measure)
     write(good, measured=True, **options)
     return refused
+
+
+def named_external_id(raw: str) -> str | None:
+    """The external id a failed row names, or None when it names none readable (empty, too long,
+    holding a NUL or bytes that did not decode)."""
+    value = raw.strip()
+    if not value or len(value) > 255 or SUSPECT_RE.search(value):
+        return None
+    return value
+
+
+def segment_members_named(external_ids: list[str], *, segment_id: int, import_id: int) -> None:
+    """Mark the members among ``external_ids`` as named by the replace import ``import_id``, so that
+    its end keeps them; a profile that is no member is not added.
+
+    For the rows of a replace import that failed: a row with a mistyped cell still names a profile
+    the file meant to keep. Runs in the batch's transaction, the segment already held
+    (``segment_members_lock``): the member rows it changes are those the import's own batches write.
+    """
+    ids = sorted(set(external_ids))
+    for at in range(0, len(ids), 5000):  # within SQLite's parameters of one query
+        profiles = Profile.objects.filter(external_id__in=ids[at : at + 5000]).values("id")
+        SegmentMember.objects.filter(segment_id=segment_id, profile_id__in=profiles).exclude(
+            source_import_id=import_id
+        ).update(source_import_id=import_id)
 
 
 def measured_rows(rows: dict[str, list[Row]]) -> tuple[Batch, list[tuple[int, str, str]]]:

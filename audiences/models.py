@@ -299,6 +299,12 @@ class Import(models.Model):
     position = models.BigIntegerField(default=0, editable=False)
     error_bytes = models.BigIntegerField(default=0, editable=False)
     error_file = models.FileField(upload_to="imports/errors/%Y/%m/", max_length=300, blank=True)
+    # A replace's end: how many members the file did not name were removed (None: not a replace, or
+    # not ended yet), and what the import says of it (none removed when no row of the file landed).
+    members_removed = models.BigIntegerField(
+        null=True, blank=True, help_text="Members of the segment the file did not name, removed at its end."
+    )
+    note = models.TextField(blank=True, help_text="What the import did to its segment beyond its rows.")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+", editable=False
     )

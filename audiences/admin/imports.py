@@ -114,6 +114,8 @@ class ImportAdmin(AccessAdmin):
         "rows_imported",
         "rows_failed",
         "rows_duplicate",
+        "members_removed",
+        "note",
         "error",
         "error_file_link",
         "created_by",

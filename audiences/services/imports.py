@@ -29,9 +29,11 @@ from audiences.imports import (
     ErrorFile,
     ImportRefused,
     RecordReader,
+    named_external_id,
     parse_rows,
     plan_columns,
     segment_members_lock,
+    segment_members_named,
     sniff_header,
     write_batch,
 )
@@ -243,16 +245,35 @@ def _import_rows(record: Import, fh, plan, *, started: float, seconds: float) ->
             # another import's batch holding the segment would wait for a member removed here
             # while this waited for the segment, to mark it changed ('deadlock detected').
             segment_members_lock(record.segment_id)
-            removed = (
-                SegmentMember.objects.filter(segment_id=record.segment_id)
-                .exclude(source_import_id=record.pk)
-                .delete()[0]
-            )
+            removed = _replace_removal(record)
         _import_landed(record)
         if removed:
             segment_members_landed(record.segment_id)
         _import_finish(record, status=Import.Status.DONE)
     return False
+
+
+NOTHING_REMOVED = (
+    "No row of the file was imported, so no member of the segment was removed: a replace removes the "
+    "members its file does not name only when some of its rows land. Correct the rows that failed (see the "
+    "error file) and import it again."
+)
+
+
+def _replace_removal(record: Import) -> int:
+    """Remove the members of a replace import's segment that its file does not name, the segment held;
+    return how many. A row names its profile whether it landed or failed (``segment_members_named``).
+    A file none of whose rows landed removes nothing: it is a bad file, not an empty audience."""
+    record.refresh_from_db(fields=["rows_imported"])
+    if not record.rows_imported:
+        record.members_removed, record.note = 0, NOTHING_REMOVED
+        return 0
+    removed = SegmentMember.objects.filter(segment_id=record.segment_id).exclude(source_import_id=record.pk).delete()[0]
+    record.members_removed = removed
+    record.note = f"{removed:,} members the file does not name were removed from the segment."
+    if removed == 1:
+        record.note = "1 member the file does not name was removed from the segment."
+    return removed
 
 
 # The web server reads the error files the workers write: with workers on other machines, MEDIA_ROOT
@@ -380,6 +401,10 @@ class _Committer:
             refused = write_batch(batch, now=now, segment_id=self.segment_id, import_id=record.pk, replace=self.replace)
             if refused:
                 problems = self._with_refused(problems, refused)
+            if self.replace and problems:
+                named = [external_id for _line, raw, _reason in problems if (external_id := named_external_id(raw))]
+                if named:
+                    segment_members_named(named, segment_id=self.segment_id, import_id=record.pk)
             for row in sorted(problems, key=lambda problem: problem[0]):
                 self.errors.add(*row)
             record.position = position
@@ -423,7 +448,7 @@ def _import_finish(record: Import, *, status: str, error: str = "") -> None:
     record.finished_at = timezone.now()
     if status == Import.Status.DONE:
         record.bytes_done = record.size
-    record.save(update_fields=["status", "error", "finished_at", "bytes_done", "error_file"])
+    record.save(update_fields=["status", "error", "finished_at", "bytes_done", "error_file", "members_removed", "note"])
     audit(
         actor=None,
         action="import_finished" if status == Import.Status.DONE else "import_failed",
@@ -433,6 +458,7 @@ def _import_finish(record: Import, *, status: str, error: str = "") -> None:
             "imported": record.rows_imported,
             "failed": record.rows_failed,
             "duplicate": record.rows_duplicate,
+            "members_removed": record.members_removed,
             "error": error[:200],
         },
     )

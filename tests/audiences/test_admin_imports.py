@@ -171,3 +171,23 @@ def test_restart_changes_nothing_for_a_viewer_a_manager_without_the_segment_or_o
         response = creator.post("/admin/audiences/import/", press, follow=True)
     assert state(failed_import) == before
     assert "you may not change its segment" in response.content.decode()
+
+
+def test_a_replace_import_with_no_good_row_says_on_its_page_that_it_removed_nobody(
+    login, manager_alice, media, django_capture_on_commit_callbacks
+):
+    segment = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    segment.members.create(profile=Profile.objects.create(external_id="a"))
+    upload = SimpleUploadedFile("people.csv", b"external_id,age\nb,x\n", content_type="text/csv")
+    with django_capture_on_commit_callbacks(execute=True):
+        record = import_create(
+            upload=upload,
+            by=manager_alice,
+            target="replace_segment",
+            segment_id=segment.pk,
+            columns={"age": {"type": "number"}},
+        )
+    page = login(manager_alice).get(f"/admin/audiences/import/{record.pk}/change/").content.decode()
+    assert "Members removed" in page
+    assert "No row of the file was imported, so no member of the segment was removed" in page
+    assert list(segment.members.values_list("profile__external_id", flat=True)) == ["a"]

@@ -422,6 +422,28 @@ def test_import_create_and_status(manager_alice, api_key_for, django_capture_on_
     assert segment.kind == "imported" and segment.members.count() == 2
 
 
+def test_a_replace_import_with_no_good_row_says_in_its_status_that_it_removed_nobody(
+    manager_alice, api_key_for, django_capture_on_commit_callbacks, media
+):
+    segment = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    ProfileFactory(external_id="a")
+    segment.members.create(profile=Profile.objects.get(external_id="a"))
+    client = api_key_for(manager_alice, scopes=["ingest", "read"])
+    upload = SimpleUploadedFile("people.csv", b"external_id,age\nb,x\n", content_type="text/csv")
+    body = {
+        "file": upload,
+        "target": "replace_segment",
+        "segment": segment.pk,
+        "columns": '{"age": {"type": "number"}}',
+    }
+    with django_capture_on_commit_callbacks(execute=True):
+        import_id = client.post("/api/v1/imports/", body, format="multipart").json()["id"]
+    status = client.get(f"/api/v1/imports/{import_id}/").json()
+    assert (status["status"], status["rows_failed"], status["members_removed"]) == ("done", 1, 0)
+    assert status["note"].startswith("No row of the file was imported, so no member of the segment was removed")
+    assert list(segment.members.values_list("profile__external_id", flat=True)) == ["a"]
+
+
 def test_import_status_gives_the_run_its_time_left_counts_from(
     manager_alice, api_key_for, django_capture_on_commit_callbacks, media
 ):

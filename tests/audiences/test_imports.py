@@ -601,6 +601,40 @@ def test_replace_keeps_only_the_file_members(run_import, manager_alice):
     assert set(static.members.values_list("profile__external_id", flat=True)) == {"b", "c"}
 
 
+def test_a_replace_whose_every_row_fails_removes_no_member_and_says_so(run_import, manager_alice):
+    """A marketer's bad file (every age mistyped) emptied the segment: no row listed its members, so
+    the replace removed them all. An import with no good row now removes nothing, and its note says why."""
+    static = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    run_import(b"external_id\na\nb\nc\n", target="add_to_segment", segment_id=static.pk)
+    record = run_import(
+        b"external_id,age\na,x\nzed,y\n,3\n",
+        target="replace_segment",
+        segment_id=static.pk,
+        columns={"age": {"type": "number"}},
+    )
+    assert (record.status, record.rows_imported, record.rows_failed) == (Import.Status.DONE, 0, 3)
+    assert set(static.members.values_list("profile__external_id", flat=True)) == {"a", "b", "c"}
+    assert record.members_removed == 0
+    assert "No row of the file was imported, so no member of the segment was removed" in record.note
+
+
+def test_a_replace_keeps_the_members_its_failed_rows_name(run_import, manager_alice, settings):
+    """A row that failed (a mistyped age, a wrong field count, a profile over the limits) still names
+    a profile the marketer meant to keep: only members the file does not name at all are removed,
+    whichever batch names them. A failed row adds no member."""
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
+    static = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    ProfileFactory(external_id="full", attributes={f"a{i}": 1 for i in range(200)})
+    run_import(b"external_id\na\nb\nc\nd\nfull\ngone\n", target="add_to_segment", segment_id=static.pk)
+    content = b"external_id,age\na,1\n b ,x\nc,1,extra\nnew,x\nfull,2\n,4\n"
+    record = run_import(content, target="replace_segment", segment_id=static.pk, columns={"age": {"type": "number"}})
+    assert (record.status, record.rows_imported, record.rows_failed) == (Import.Status.DONE, 1, 5)
+    kept = set(static.members.values_list("profile__external_id", flat=True))
+    assert kept == {"a", "b", "c", "full"}
+    assert record.members_removed == 2
+    assert "2 members the file does not name were removed" in record.note
+
+
 def test_an_import_into_a_segment_forgets_its_kept_count_as_a_change_of_its_members_does(run_import, manager_alice):
     """The kept count was of the members before: the pages read it, with its age, as the segment's size."""
     from audiences.services.segments import segment_count_keep
