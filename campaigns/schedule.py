@@ -57,6 +57,8 @@ def skipped_time_text(schedule, due: dt.datetime) -> str:
         return ""
     first, end = jump
     if schedule.recurrence == "cron":
+        if croniter.match(schedule.cron, end):
+            return ""  # the end is a time of its own: what it had in the jump is dropped, not moved there
         walls = (first + dt.timedelta(minutes=n) for n in range(int((end - first).total_seconds() // 60)))
         wall = next((w for w in walls if croniter.match(schedule.cron, w)), None)
     else:

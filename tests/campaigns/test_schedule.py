@@ -118,13 +118,13 @@ def test_a_time_the_clocks_skip_is_sent_at_the_first_minute_after_the_jump_and_t
         assert campaign.next_occurrence_at == dt.datetime(2027, 3, 29, 2, 30, tzinfo=PARIS)  # back to 02:30
 
 
-def test_a_time_after_the_jump_is_sent_at_its_time_and_says_nothing_of_it(make_campaign, approve):
+@pytest.mark.parametrize("cron", ["0 3 * * *", "0 * * * *", "0 2,3 * * *"])
+def test_a_time_after_the_jump_is_sent_at_its_time_and_says_nothing_of_it(make_campaign, approve, cron):
+    """03:00 is the cron's own time: one it would have sent in the jump (02:00) is not moved there."""
     start = dt.datetime(2027, 3, 27, 3, 0, tzinfo=PARIS)
     campaign = approve(
-        make_campaign(
-            schedule_kind="recurring", recurrence="cron", cron="0 3 * * *", time_zone="Europe/Paris", send_at=start
-        ),
-        now=dt.datetime(2027, 3, 27, 12, 0, tzinfo=PARIS),
+        make_campaign(schedule_kind="recurring", recurrence="cron", cron=cron, time_zone="Europe/Paris", send_at=start),
+        now=dt.datetime(2027, 3, 28, 1, 30, tzinfo=PARIS),
     )
     three = dt.datetime(2027, 3, 28, 3, 0, tzinfo=PARIS)
     (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=three + dt.timedelta(seconds=20))
