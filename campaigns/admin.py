@@ -16,7 +16,7 @@ from accounts.admin.lifecycle import LifecycleAdminMixin, approval_text
 from accounts.selectors import approval_current, can, in_scope
 from accounts.services import TransitionError
 from campaigns import winner_admin
-from campaigns.models import Campaign
+from campaigns.models import Campaign, WinnerTest
 from campaigns.occurrence_admin import OccurrenceInline, latest_summary, occurrences_summary
 from campaigns.reports import campaign_charts, campaign_report, campaign_report_csv
 from campaigns.review import (
@@ -560,6 +560,12 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             lines.append("Its trigger API refuses every call from now on.")
         elif obj.next_occurrence_at is not None:
             lines.append(f"Its next send ({next_send_text(obj)}) and every one after it are cancelled.")
+        test = WinnerTest.objects.filter(campaign=obj, outcome=WinnerTest.Outcome.WAITING).first()
+        if test is not None:
+            lines.append(
+                f"Its winner, due to be picked at {zoned(test.due_at, obj.schedule_zone())}, is not picked: the rest "
+                f"of its audience (all but the {test.settings['sample_share']}% sample) gets nothing."
+            )
         lines.append("A send under way stops: its pushes not yet handed to Apple or Google are skipped (stopped).")
         lines.append("A stopped campaign cannot be started again; Duplicate makes a new draft of it.")
         return lines

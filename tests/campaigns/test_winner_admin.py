@@ -305,3 +305,40 @@ def test_the_winner_status_says_its_times_in_the_zone_the_approved_schedule_was_
     client.force_login(viewer_carol)
     page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
     assert 'data-outcome="waiting"' in page and "the winner is picked at 2030-03-01 11:00 (Europe/Paris)" in page
+
+
+@pytest.mark.presses("campaigns.campaign:transition/stop")
+def test_stop_of_a_campaign_waiting_for_its_winner_says_the_rest_gets_nothing(
+    client, make_campaign, manager_alice, approver_bob, viewer_carol, abc
+):
+    """Its sample was sent and the pick is due: stopping it sends nothing to the rest of its audience,
+    which the page asking again must say (it said only that a send under way stops)."""
+    import re
+    from zoneinfo import ZoneInfo
+
+    from campaigns.services.lifecycle import campaign_approve
+    from campaigns.services.scheduling import campaign_fire_due
+
+    nine = dt.datetime(2030, 3, 1, 9, 0, tzinfo=ZoneInfo("Europe/Paris"))
+    campaign = _with_variants(
+        make_campaign(content=abc[0], schedule_kind="at", send_at=nine, time_zone="Europe/Paris"),
+        manager_alice,
+        abc[:2],
+    )
+    campaign_winner_set(campaign_id=campaign.pk, by=manager_alice, settings=WinnerInput(sample_share=20))
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=nine - dt.timedelta(days=1))
+    campaign_fire_due(campaign_id=campaign.pk, now=nine)
+    url = f"/admin/campaigns/campaign/{campaign.pk}/transition/stop/"
+
+    client.force_login(viewer_carol)
+    assert client.post(url).status_code == 403
+    client.force_login(manager_alice)
+    asked = client.post(url)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", asked.content.decode()))
+    assert (
+        "Its winner, due to be picked at 2030-03-01 11:00 (Europe/Paris), is not picked: the rest of its audience "
+        "(all but the 20% sample) gets nothing." in text
+    )
+    assert client.post(url, {"confirmed": "yes"}).status_code == 302
+    assert Campaign.objects.get(pk=campaign.pk).status == "stopped"
