@@ -9,7 +9,13 @@ from django.utils.html import format_html, format_html_join
 
 from accounts.models import ApprovalRequest, User
 from campaigns.models import ApprovedVersion, Campaign
-from campaigns.schedule import lateness_allowed, local_occurrence_open, local_wall_time, skipped_time_text
+from campaigns.schedule import (
+    lateness_allowed,
+    local_occurrence_open,
+    local_wall_time,
+    next_occurrence,
+    skipped_time_text,
+)
 from config.zones import zoned
 
 
@@ -38,7 +44,19 @@ def schedule_text(campaign, *, now: dt.datetime | None = None, approving: bool =
     rule = campaign.cron if campaign.recurrence == Campaign.Recurrence.CRON else campaign.recurrence
     until = f" until {zoned(campaign.ends_at, campaign.time_zone)}" if campaign.ends_at else ""
     verb = "Started" if campaign.send_at and campaign.send_at <= now else "Starts"
-    return f"Recurring ({rule}){local}. {verb} {when}{until}.{under_way}"
+    first = "" if local or not approving else _first_send_text(campaign, now=now)
+    return f"Recurring ({rule}){local}. {verb} {when}{until}.{under_way}{first}"
+
+
+def _first_send_text(campaign, *, now: dt.datetime) -> str:
+    """For a recurring schedule a first review decides: its first send if approved now, when that is
+    not the start typed (a cron's first day after it, or a start already past); "" otherwise."""
+    if campaign.send_at is None:
+        return ""
+    first = next_occurrence(campaign, after=max(now, campaign.send_at - dt.timedelta(microseconds=1)))
+    if first is None or first == campaign.send_at:
+        return ""
+    return f" Approved now, its first send is {zoned(first, campaign.time_zone)}."
 
 
 def _approved_late_text(campaign, *, now: dt.datetime) -> str:

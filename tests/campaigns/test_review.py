@@ -95,3 +95,39 @@ def test_a_winner_test_sent_when_approved_is_picked_the_wait_after_the_approval(
     assert _review_rows(client, request)["Winner picked"] == (
         "2 h 30 min after the sample is sent, at this approval, once it has finished sending"
     )
+
+
+def test_the_review_of_a_cron_says_its_first_send_when_that_is_not_the_start_typed(
+    client, make_campaign, manager_alice, approver_bob
+):
+    """Mondays at 09:00 from a Tuesday: it starts sending the Monday after, not on the Tuesday."""
+    campaign = make_campaign(
+        schedule_kind="recurring",
+        recurrence="cron",
+        cron="0 9 * * 1",
+        send_at=dt.datetime(2030, 1, 1, 9, tzinfo=PARIS),  # a Tuesday
+        time_zone="Europe/Paris",
+    )
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(approver_bob)
+    assert _review_rows(client, request)["Schedule"] == (
+        "Recurring (0 9 * * 1). Starts 2030-01-01 09:00 (Europe/Paris). Approved now, its first send is "
+        "2030-01-07 09:00 (Europe/Paris)."
+    )
+
+
+def test_the_review_of_a_recurring_schedule_begun_before_its_approval_says_its_first_send(
+    client, make_campaign, manager_alice, approver_bob
+):
+    from django.utils import timezone
+
+    today = timezone.now().astimezone(PARIS)
+    start = (today - dt.timedelta(days=10)).replace(hour=9, minute=0, second=0, microsecond=0)
+    campaign = make_campaign(schedule_kind="recurring", recurrence="daily", send_at=start, time_zone="Europe/Paris")
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(approver_bob)
+    first = start.replace(year=today.year, month=today.month, day=today.day)
+    if first <= today:
+        first = (today + dt.timedelta(days=1)).replace(hour=9, minute=0, second=0, microsecond=0)
+    said = _review_rows(client, request)["Schedule"]
+    assert said.endswith(f"Approved now, its first send is {first:%Y-%m-%d} 09:00 (Europe/Paris).")
