@@ -41,6 +41,7 @@ from campaigns.services.lifecycle import (
     campaign_submit,
     campaign_update,
     revision_waiting,
+    throttle_check,
 )
 from campaigns.services.scheduling import campaign_test_send
 from campaigns.services.variants import campaign_variants_set
@@ -174,6 +175,16 @@ class CampaignForm(ConversionFormMixin, forms.ModelForm):
         self._context_clean(data)
         winner_admin.winner_form_clean(self, data)
         return data
+
+    def clean_throttle_per_second(self):
+        """The services' check (``throttle_check``), when the throttle is set: one saved before it stays."""
+        throttle = self.cleaned_data.get("throttle_per_second")
+        if self.instance.pk is None or throttle != self.instance.throttle_per_second:
+            try:
+                throttle_check(throttle)
+            except ValidationError as exc:
+                raise ValidationError(exc.message_dict["throttle_per_second"]) from None
+        return throttle
 
     def _context_clean(self, data: dict) -> None:
         """The services' check of a scheduled campaign's content (``campaign_context_check``: no

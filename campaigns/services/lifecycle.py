@@ -122,6 +122,16 @@ def campaign_context_check(campaign: Campaign) -> None:
             )
 
 
+def throttle_check(throttle: int | None) -> None:
+    """Refuse a campaign throttle under 1 message a second: 0 reads as no throttle (the send goes at
+    its app's full rate), and empty already says the app's limit. Raises ValidationError naming
+    ``throttle_per_second``."""
+    if throttle is not None and throttle < 1:
+        raise ValidationError(
+            {"throttle_per_second": "A throttle is at least 1 message per second: leave it empty for the app's limit."}
+        )
+
+
 def _validate(campaign: Campaign, *, by: User, changed: set[str] = frozenset()) -> None:
     if not (campaign.name or "").strip():
         raise ValidationError({"name": "A campaign needs a name."})
@@ -129,6 +139,9 @@ def _validate(campaign: Campaign, *, by: User, changed: set[str] = frozenset()) 
         raise ValidationError({"kind": f"Use one of {', '.join(Campaign.Kind.values)}."})
     if campaign.purpose not in Campaign.Purpose.values:
         raise ValidationError({"purpose": f"Use one of {', '.join(Campaign.Purpose.values)}."})
+    if campaign.pk is None or "throttle_per_second" in changed:
+        # Checked when it is set: a throttle saved before this rule (0, read as none) sends as approved.
+        throttle_check(campaign.throttle_per_second)
     _check_references(campaign, by=by, changed=changed)
     campaign_context_check(campaign)
     if campaign.winner_mode:

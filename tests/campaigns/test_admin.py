@@ -896,3 +896,18 @@ def test_stop_of_an_api_triggered_campaign_says_its_calls_are_refused(client, li
     asked = client.post(f"/admin/campaigns/campaign/{live_trigger.pk}/transition/stop/")
     assert "Its trigger API refuses every call from now on." in asked.content.decode()
     assert Campaign.objects.get(pk=live_trigger.pk).status == "live"
+
+
+def test_a_throttle_of_no_message_a_second_is_refused_at_its_field(client, make_campaign, manager_alice):
+    from tests.campaigns.helpers import change_form
+
+    campaign = make_campaign()
+    client.force_login(manager_alice)
+    answer = client.post(
+        f"/admin/campaigns/campaign/{campaign.pk}/change/", change_form(campaign, throttle_per_second=0)
+    )
+    assert answer.status_code == 200
+    page = answer.content.decode()
+    row = page[page.index("field-throttle_per_second") :]
+    assert "at least 1 message per second" in row[: row.index("</div>", row.index("errorlist"))]
+    assert Campaign.objects.get(pk=campaign.pk).throttle_per_second is None

@@ -327,3 +327,19 @@ def test_a_decision_naming_another_subjects_request_says_nothing_of_it(make_camp
     assert "closed since you read it," in str(refused.value)
     assert "cancelled" not in str(refused.value)
     assert _reload(campaign).status == "in_review"
+
+
+@pytest.mark.parametrize("throttle", [0, -5])
+def test_a_throttle_under_one_message_a_second_is_refused_saying_empty_is_the_apps_limit(
+    make_campaign, manager_alice, throttle
+):
+    """0 read as no throttle: the campaign went at its app's full rate, and its review said so."""
+    with pytest.raises(ValidationError) as error:
+        make_campaign(throttle_per_second=throttle)
+    (message,) = error.value.message_dict["throttle_per_second"]
+    assert "at least 1 message per second" in message and "empty for the app's limit" in message
+    campaign = make_campaign(throttle_per_second=20)
+    with pytest.raises(ValidationError) as error:
+        campaign_update(campaign_id=campaign.pk, by=manager_alice, throttle_per_second=throttle)
+    assert "throttle_per_second" in error.value.message_dict
+    assert _reload(campaign).throttle_per_second == 20
