@@ -216,6 +216,12 @@ class ImportOutSerializer(AnswerSerializer):
     percent = serializers.FloatField(read_only=True)
     seconds_left = serializers.FloatField(read_only=True, allow_null=True)
     segment = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
+    waiting_for = serializers.PrimaryKeyRelatedField(
+        read_only=True,
+        allow_null=True,
+        help_text="Queued behind this import into the same segment: imports into one segment take turns, "
+        "and this one runs once that one has finished (null: not waiting).",
+    )
     error_file_url = serializers.SerializerMethodField()
 
     class Meta:
@@ -228,6 +234,7 @@ class ImportOutSerializer(AnswerSerializer):
             "encoding",
             "target",
             "segment",
+            "waiting_for",
             "rows_done",
             "rows_imported",
             "rows_failed",

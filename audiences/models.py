@@ -323,6 +323,17 @@ class Import(models.Model):
     run_bytes_from = models.BigIntegerField(default=0, editable=False)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Imports into one segment take turns: a queued one whose turn has not come names the import it
+    # waits for, whose end wakes it (``audiences.services.imports``).
+    waiting_for = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        editable=False,
+        help_text="The import into the same segment that this queued one waits for, to run after it.",
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]

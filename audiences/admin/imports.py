@@ -109,6 +109,7 @@ class ImportAdmin(AccessAdmin):
         "encoding",
         "target",
         "segment",
+        "waiting_for_text",
         "columns",
         "rows_done",
         "rows_imported",
@@ -187,6 +188,13 @@ class ImportAdmin(AccessAdmin):
             _progress_text(obj),
         )
 
+    @admin.display(description="Waiting for")
+    def waiting_for_text(self, obj):
+        """The import this queued one waits for: its number only (it may be someone else's)."""
+        if obj.status != Import.Status.QUEUED or not obj.waiting_for_id:
+            return "—"
+        return f"import #{obj.waiting_for_id} into the same segment: this one runs once it has finished"
+
     @admin.display(description="Error file")
     def error_file_link(self, obj):
         if not obj.error_file:
@@ -214,6 +222,7 @@ class ImportAdmin(AccessAdmin):
             {
                 "status": record.status,
                 "status_display": record.get_status_display(),
+                "waiting_for": record.waiting_for_id,
                 "percent": record.percent,
                 "rows_done": record.rows_done,
                 "rows_imported": record.rows_imported,
@@ -264,8 +273,11 @@ class ImportAdmin(AccessAdmin):
 
 
 def _progress_text(record: Import) -> str:
+    status = record.status
+    if record.status == Import.Status.QUEUED and record.waiting_for_id:
+        status = f"queued, waiting for import #{record.waiting_for_id} into the same segment to finish"
     parts = [
-        f"{record.status}",
+        status,
         f"{record.percent}%",
         f"{record.rows_done:,} rows read",
         f"{record.rows_failed:,} failed",

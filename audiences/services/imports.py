@@ -11,6 +11,7 @@ import queue
 import threading
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 from django.conf import settings
@@ -112,25 +113,70 @@ def import_create(
 
 
 def _claim_import(import_id: int, now: dt.datetime) -> bool:
-    """Take a queued import, or a running one whose worker stopped, in one statement.
+    """Take a queued import, or a running one whose worker stopped, when its segment's turn is its own.
 
     A new run starts (``run_started_at``, ``run_bytes_from``) unless the import was handed over
     by the task before, whose run goes on: taken from a stalled worker, or queued with no run
     (a first start, a restart), it starts from the bytes done now.
+
+    Imports into one segment take turns (``_turn_ahead``): one whose turn has not come stays
+    queued, naming the import it waits for (``waiting_for``), whose end queues it again. The
+    segment is held first, as its batches and the end of an import hold it, so that two imports
+    of it never both see the turn free, and an import ending meanwhile finds this one waiting.
     """
     stale = now - dt.timedelta(seconds=settings.Q_CLUSTER.get("timeout", 300) + 60)
-    claimed = Import.objects.filter(pk=import_id).filter(
-        Q(status=Import.Status.QUEUED) | Q(status=Import.Status.RUNNING, heartbeat_at__lt=stale)
-    )
-    new_run = Q(status=Import.Status.RUNNING) | Q(run_started_at__isnull=True)
-    return bool(
-        claimed.update(
+    claimable = Q(status=Import.Status.QUEUED) | Q(status=Import.Status.RUNNING, heartbeat_at__lt=stale)
+    segment_id = (
+        Import.objects.filter(pk=import_id).exclude(target=Import.Target.PROFILES).values_list("segment_id", flat=True)
+    ).first()
+    with transaction.atomic():
+        if segment_id is not None:
+            _segment_turn_lock(segment_id)
+        record = Import.objects.select_for_update().filter(claimable, pk=import_id).first()
+        if record is None:
+            return False
+        if segment_id is not None and record.segment_id is not None:
+            ahead = _turn_ahead(record)
+            if ahead is not None:
+                if record.waiting_for_id != ahead:
+                    Import.objects.filter(pk=record.pk).update(waiting_for_id=ahead)
+                return False
+        new_run = Q(status=Import.Status.RUNNING) | Q(run_started_at__isnull=True)
+        Import.objects.filter(pk=import_id).update(
             status=Import.Status.RUNNING,
             heartbeat_at=now,
+            waiting_for=None,
             run_started_at=Case(When(new_run, then=Value(now)), default=F("run_started_at")),
             run_bytes_from=Case(When(new_run, then=F("bytes_done")), default=F("run_bytes_from")),
         )
+    return True
+
+
+def _segment_turn_lock(segment_id: int) -> None:
+    """Hold the segment as ``segment_members_lock`` does, for the turns of its imports; a segment
+    deleted meanwhile holds nothing (its imports then fail on their own)."""
+    list(Segment.objects.select_for_update(no_key=True).filter(pk=segment_id).values_list("pk", flat=True))
+
+
+def _turn_ahead(record: Import) -> int | None:
+    """The import into ``record``'s segment that must finish before ``record`` runs, or None.
+
+    An import under way holds the turn to its end: running, or queued between two of its tasks
+    (handed over: its run started). Otherwise imports go in the order they were created (a restart
+    keeps its place), so that a replace uploaded after an add is applied after it.
+    """
+    if record.status == Import.Status.RUNNING or record.run_started_at is not None:
+        return None  # under way: the turn is its own
+    others = (
+        Import.objects.filter(segment_id=record.segment_id, status__in=[Import.Status.QUEUED, Import.Status.RUNNING])
+        .exclude(target=Import.Target.PROFILES)
+        .exclude(pk=record.pk)
     )
+    under_way = Q(status=Import.Status.RUNNING) | Q(run_started_at__isnull=False)
+    ahead = others.filter(under_way).order_by("pk").values_list("pk", flat=True).first()
+    if ahead is None:
+        ahead = others.filter(pk__lt=record.pk).order_by("pk").values_list("pk", flat=True).first()
+    return ahead
 
 
 def import_process(*, import_id: int, seconds: float | None = None) -> bool:
@@ -441,27 +487,40 @@ def _import_hand_over(record: Import) -> None:
 
 
 def _import_finish(record: Import, *, status: str, error: str = "") -> None:
-    if record.segment_id and record.rows_imported:
-        segment_members_landed(record.segment_id)  # its kept count was of the members before
-    record.status = status
-    record.error = error
-    record.finished_at = timezone.now()
-    if status == Import.Status.DONE:
-        record.bytes_done = record.size
-    record.save(update_fields=["status", "error", "finished_at", "bytes_done", "error_file", "members_removed", "note"])
-    audit(
-        actor=None,
-        action="import_finished" if status == Import.Status.DONE else "import_failed",
-        obj=record,
-        summary={
-            "rows": record.rows_done,
-            "imported": record.rows_imported,
-            "failed": record.rows_failed,
-            "duplicate": record.rows_duplicate,
-            "members_removed": record.members_removed,
-            "error": error[:200],
-        },
-    )
+    """End the import, done or failed, and queue again the imports of its segment waiting for it.
+
+    The segment is held first (as a claim holds it), so an import deciding to wait for this one
+    either sees it ended or is found waiting here.
+    """
+    with transaction.atomic():
+        if record.segment_id:
+            _segment_turn_lock(record.segment_id)
+        if record.segment_id and record.rows_imported:
+            segment_members_landed(record.segment_id)  # its kept count was of the members before
+        record.status = status
+        record.error = error
+        record.finished_at = timezone.now()
+        if status == Import.Status.DONE:
+            record.bytes_done = record.size
+        record.save(
+            update_fields=["status", "error", "finished_at", "bytes_done", "error_file", "members_removed", "note"]
+        )
+        waiting = Import.objects.filter(waiting_for=record.pk, status=Import.Status.QUEUED).order_by("pk")
+        for waiting_id in waiting.values_list("pk", flat=True):
+            transaction.on_commit(partial(async_task, "audiences.tasks.import_run", waiting_id))
+        audit(
+            actor=None,
+            action="import_finished" if status == Import.Status.DONE else "import_failed",
+            obj=record,
+            summary={
+                "rows": record.rows_done,
+                "imported": record.rows_imported,
+                "failed": record.rows_failed,
+                "duplicate": record.rows_duplicate,
+                "members_removed": record.members_removed,
+                "error": error[:200],
+            },
+        )
 
 
 _PROGRESS_FIELDS = [

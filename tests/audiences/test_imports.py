@@ -594,6 +594,96 @@ def test_a_replace_import_ends_in_turn_with_a_change_of_its_segments_members(man
     assert p.pk in members.values_list("profile_id", flat=True)
 
 
+@row_locks
+@pytest.mark.django_db(transaction=True)
+def test_two_imports_into_one_segment_take_turns_the_second_waiting_queued(
+    manager_alice, media, settings, monkeypatch, login, api_key_for
+):
+    """An add import wrote its first batch (a1, a2), then a replace into the same segment ran whole
+    meanwhile: it removed a1 and a2, which its file does not name, and the add then wrote a3 and a4.
+    The segment held r1, a3, a4: neither file. The replace now waits, queued and shown so in the
+    admin and the API, until the add has finished; then it runs, and the segment is its file."""
+    from audiences.services import imports as import_services
+
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
+    segment = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    write_once, midway, go, first = import_services._Committer._write_once, threading.Event(), threading.Event(), []
+
+    def pause_after_the_adds_first_batch(committer, batch, **progress):
+        write_once(committer, batch, **progress)
+        if committer.record.target == "add_to_segment" and not first:
+            first.append(committer.record.pk)
+            midway.set()
+            assert go.wait(20)
+
+    monkeypatch.setattr(import_services._Committer, "_write_once", pause_after_the_adds_first_batch)
+
+    def run(content, target):
+        upload = SimpleUploadedFile(f"{target}.csv", content)
+        return import_create(upload=upload, by=manager_alice, target=target, segment_id=segment.pk)  # a worker's run
+
+    adding = threading.Thread(
+        target=lambda: concurrently(lambda: run(b"external_id\na1\na2\na3\na4\n", "add_to_segment"))
+    )
+    adding.start()
+    try:
+        assert midway.wait(20)
+        assert concurrently(lambda: run(b"external_id\nr1\n", "replace_segment")) == []
+
+        add, replace = Import.objects.get(target="add_to_segment"), Import.objects.get(target="replace_segment")
+        members = SegmentMember.objects.filter(segment=segment)
+        assert sorted(members.values_list("profile__external_id", flat=True)) == ["a1", "a2"]
+        assert (add.status, replace.status, replace.rows_done) == ("running", "queued", 0)
+        assert replace.waiting_for_id == add.pk
+        status = login(manager_alice).get(f"/admin/audiences/import/{replace.pk}/status/").json()
+        assert (status["status"], status["waiting_for"]) == ("queued", add.pk)
+        assert f"waiting for import #{add.pk} into the same segment to finish" in status["text"]
+        page = login(manager_alice).get(f"/admin/audiences/import/{replace.pk}/change/").content.decode()
+        assert f"import #{add.pk} into the same segment: this one runs once it has finished" in page
+        detail = api_key_for(manager_alice).get(f"/api/v1/imports/{replace.pk}/").json()
+        assert (detail["status"], detail["waiting_for"]) == ("queued", add.pk)
+    finally:
+        go.set()
+        adding.join(30)
+    add.refresh_from_db()
+    replace.refresh_from_db()
+    assert (add.status, add.rows_imported, add.error) == ("done", 4, "")
+    assert (replace.status, replace.rows_imported, replace.members_removed, replace.waiting_for_id) == (
+        "done",
+        1,
+        4,
+        None,
+    )
+    assert list(members.values_list("profile__external_id", flat=True)) == ["r1"]
+
+
+def test_imports_into_one_segment_run_in_the_order_they_were_uploaded(
+    manager_alice, media, django_capture_on_commit_callbacks
+):
+    """The replace's task came first to a worker: it waits for the add uploaded before it, which
+    wakes it at its end; the profiles-only import, into no segment, waits for nobody."""
+    segment = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    with django_capture_on_commit_callbacks(execute=False):  # queued, no worker has taken them yet
+        add, replace, profiles = (
+            import_create(upload=SimpleUploadedFile("f.csv", content), by=manager_alice, **target)
+            for content, target in (
+                (b"external_id\na\n", {"target": "add_to_segment", "segment_id": segment.pk}),
+                (b"external_id\nb\n", {"target": "replace_segment", "segment_id": segment.pk}),
+                (b"external_id\nc\n", {}),
+            )
+        )
+    assert import_process(import_id=replace.pk) is False
+    assert import_process(import_id=profiles.pk) is False
+    replace.refresh_from_db()
+    assert (replace.status, replace.waiting_for_id, replace.rows_done) == ("queued", add.pk, 0)
+    assert Import.objects.get(pk=profiles.pk).status == "done"
+    with django_capture_on_commit_callbacks(execute=True):
+        import_process(import_id=add.pk)
+    replace.refresh_from_db()
+    assert (replace.status, replace.waiting_for_id, replace.members_removed) == ("done", None, 1)
+    assert list(segment.members.values_list("profile__external_id", flat=True)) == ["b"]
+
+
 def test_replace_keeps_only_the_file_members(run_import, manager_alice):
     static = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
     run_import(b"external_id\na\nb\n", target="add_to_segment", segment_id=static.pk)
