@@ -612,10 +612,11 @@ class Delivery(models.Model):
 
     @staticmethod
     def of_dispatches(dispatch_ids) -> models.Q:
-        """The rows of these dispatches, put so that the planner may read them through the two
-        partial indexes that lead with the dispatch (a bulk run's rows, a stream's rows) instead
-        of scanning every dispatch's rows: no index covers a dispatch's finished rows alone."""
-        ids = list(dispatch_ids)
+        """The rows of these dispatches (ids, or a query of them, which the database reads:
+        ``among``), put so that the planner may read them through the two partial indexes that
+        lead with the dispatch (a bulk run's rows, a stream's rows) instead of scanning every
+        dispatch's rows: no index covers a dispatch's finished rows alone."""
+        ids = dispatch_ids if isinstance(dispatch_ids, models.QuerySet) else list(dispatch_ids)
         return models.Q(among("dispatch_id", ids), queued_at__isnull=True) | models.Q(
             among("dispatch_id", ids), queued_at__isnull=False
         )

@@ -44,3 +44,28 @@ def test_on_postgresql_the_list_is_one_parameter_however_long():
     assert "= ANY(" in sql and str(10**9 + 1999) in sql and "IN (" not in sql
     with pytest.raises(ValueError):
         list(Delivery.objects.filter(among("dispatch_id", ["1}, {2"])))  # only integers reach the literal
+
+
+def test_a_query_of_dispatches_is_read_by_the_database_not_listed():
+    from delivery.models import Dispatch
+
+    app = AppFactory()
+    first, second, third = (sent_dispatch(app) for _ in range(3))
+    rows = Delivery.objects.order_by("pk").values_list("pk", flat=True)
+    for chosen in ([first.pk], [first.pk, third.pk], []):
+        sends = Dispatch.objects.filter(pk__in=chosen).order_by("-id")  # an ordering of its own is dropped
+        listed, others = list(rows.filter(dispatch_id__in=chosen)), list(rows.exclude(dispatch_id__in=chosen))
+        with CaptureQueriesContext(connection) as captured:
+            assert list(rows.filter(among("dispatch_id", sends))) == listed
+            assert list(rows.exclude(among("dispatch_id", sends))) == others
+            assert sorted(rows.filter(Delivery.of_dispatches(sends))) == listed
+        assert len(captured) <= 3, "the dispatches are not read on their own"
+    by_app = Dispatch.objects.filter(app=app).values_list("pk", flat=True)  # a list of ids as a query
+    assert set(rows.filter(Delivery.of_dispatches(by_app))) == set(rows)
+    if connection.vendor == "postgresql":
+        with CaptureQueriesContext(connection) as captured:
+            list(rows.filter(Delivery.of_dispatches(Dispatch.objects.filter(app=app))))
+        (sql,) = [q["sql"] for q in captured]
+        # Read once, then each partial index probed as for a list ("IN (subquery)" under the OR
+        # scans every row, testing each against the hashed subquery).
+        assert sql.count("= ANY(ARRAY(SELECT") == 2 and "IN (SELECT" not in sql
