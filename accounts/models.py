@@ -43,7 +43,7 @@ class ApiKey(models.Model):
         TRIGGER = "trigger", "trigger (API-triggered campaigns)"
         READ = "read", "read (segments, campaigns, dispatches, journeys)"
         CAMPAIGNS = "campaigns", "campaigns (change a campaign's settings: winner mode)"
-        JOURNEYS = "journeys", "journeys (change a journey: discard its draft)"
+        JOURNEYS = "journeys", "journeys (change a journey: discard its draft, pause and resume it)"
         TEST_DEVICES = "test_devices", "test devices (register a device as a test device: it gets test sends of drafts)"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")

@@ -75,12 +75,13 @@ CAPABILITIES: dict[str, dict] = {
         "perms": ["campaigns.approve_campaign", "journeys.approve_journey", "accounts.decide_approvalrequest"],
     },
     "operate": {
-        "label": "stop, archive",
+        "label": "stop, archive; pause and resume a journey",
         "roles": (ADMINISTRATOR, APPROVER, MANAGER),
         "perms": [
             "campaigns.stop_campaign",
             "campaigns.archive_campaign",
             "journeys.stop_journey",
+            "journeys.pause_journey",
             "journeys.archive_journey",
             "delivery.stop_dispatch",
         ],

@@ -72,8 +72,9 @@ def live_and_next(user: User, *, now: dt.datetime) -> tuple[Section, Section]:
     live = Section("Live now", empty="Nothing is live.")
     for campaign in campaigns.filter(status=Campaign.Status.LIVE).order_by("-status_changed_at")[:LIST_LIMIT]:
         live.items.append(Item(f"Campaign: {campaign}", _change_url(campaign), "live"))
-    for journey in journeys_visible_to(user).filter(status=Journey.Status.LIVE).order_by("-pk")[:LIST_LIMIT]:
-        live.items.append(Item(f"Journey: {journey}", _change_url(journey), "live"))
+    # A paused journey is on the air still (its resume needs no approval): listed, saying so.
+    for journey in journeys_visible_to(user).filter(status__in=Journey.ON_AIR).order_by("-pk")[:LIST_LIMIT]:
+        live.items.append(Item(f"Journey: {journey}", _change_url(journey), journey.get_status_display().lower()))
     live.more_url = _changelist_url(Campaign, "status__exact=live")
     scheduled = Section("Scheduled next", empty="Nothing is scheduled.")
     upcoming = campaigns.filter(status=Campaign.Status.SCHEDULED, next_occurrence_at__isnull=False)

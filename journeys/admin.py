@@ -4,9 +4,10 @@ from urllib.parse import quote
 
 from django import forms
 from django.contrib import admin
-from django.db.models import Prefetch
+from django.db.models import Prefetch, Sum
 from django.template.defaultfilters import pluralize
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
@@ -37,7 +38,7 @@ from journeys.graph import (
     rules_of,
     segments_of,
 )
-from journeys.models import Enrollment, Journey, JourneyVersion
+from journeys.models import Enrollment, Journey, JourneyVersion, StepStat
 from journeys.review import content_names, entry_audience_text, entry_text
 from journeys.selectors import (
     enrollments_visible_to,
@@ -60,7 +61,9 @@ from journeys.services.lifecycle import (
     journey_create,
     journey_delete,
     journey_draft_discard,
+    journey_pause,
     journey_rename,
+    journey_resume,
     journey_stop,
     journey_submit,
     journey_version_edit,
@@ -187,8 +190,8 @@ class JourneyForm(ConversionFormMixin, forms.ModelForm):
 class _StatusFilter(ActiveStatusFilter):
     """By default the list shows what is being worked on: not stopped, closed or archived."""
 
-    active_statuses = (Status.DRAFT, Status.IN_REVIEW, Status.LIVE)
-    active_label = "Draft, in review, live"
+    active_statuses = (Status.DRAFT, Status.IN_REVIEW, Status.LIVE, Status.PAUSED)
+    active_label = "Draft, in review, live, paused"
 
 
 @admin.register(Journey)
@@ -230,7 +233,8 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             open_version = journey_open_version(obj)
         live = ""
         if obj.live_version_id:
-            live = f"v{obj.live_version.number} {'live' if obj.status == Status.LIVE else '(was live)'}"
+            said = {Status.LIVE: "live", Status.PAUSED: "live, paused"}.get(obj.status, "(was live)")
+            live = f"v{obj.live_version.number} {said}"
         draft = f"v{open_version.number} {open_version.get_status_display().lower()}" if open_version else ""
         return ", ".join(x for x in (live, draft) if x) or "—"
 
@@ -336,7 +340,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         return found[obj.pk]
 
     def lifecycle_locked(self, request, obj) -> str:
-        if obj.status not in (Status.DRAFT, Status.LIVE):
+        if obj.status not in (Status.DRAFT, *Journey.ON_AIR):
             return str(TransitionError(obj, "changed"))  # in review (locked), or finished
         open_version = self._open_version(request, obj)
         if open_version is not None and open_version.status == JourneyVersion.Status.IN_REVIEW:
@@ -379,7 +383,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
 
     @admin.display(description="Approval")
     def approval(self, obj):
-        pending = "New version waiting for approval" if obj.status == Journey.Status.LIVE else ""
+        pending = "New version waiting for approval" if obj.status in Journey.ON_AIR else ""
         return approval_text(approval_current(obj), time_zone=JOURNEY_ZONE, pending=pending)
 
     @admin.display(description="Versions")
@@ -494,13 +498,18 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         return format_html("{}{}{}", head, conversions, html)
 
     lifecycle_button_name = "journey_action"
-    lifecycle_asked_again = ("stop",)
+    lifecycle_asked_again = ("pause", "resume", "stop")
+    lifecycle_undoable = ("pause", "resume")
 
     def lifecycle_actions(self, user, obj, *, answers=None):
         return journey_actions(user, obj, answers=answers)
 
     def lifecycle_consequences(self, obj, action):
         inside = Enrollment.objects.filter(journey=obj, status__in=Enrollment.OPEN_STATUSES).count()
+        if action == "pause":
+            return _pause_consequences(obj, inside)
+        if action == "resume":
+            return _resume_consequences(obj, inside)
         lines = [
             f"{inside:,} profile{pluralize(inside)} inside leave{'s' if inside == 1 else ''} it now, at whatever "
             "step they are (exit: journey stopped); its pushes not yet handed to Apple or Google are skipped.",
@@ -520,9 +529,44 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             "submit": lambda: journey_submit(journey_id=object_id, by=by, message=request.POST.get("message", "")),
             "cancel_request": lambda: journey_cancel_request(journey_id=object_id, by=by),
             "discard_draft": lambda: _draft_discarded(journey_draft_discard(journey_id=object_id, by=by)),
+            "pause": lambda: (
+                f"Paused: '{journey_pause(journey_id=object_id, by=by)}' holds everyone where they are.",
+                None,
+            ),
+            "resume": lambda: (f"Resumed: '{journey_resume(journey_id=object_id, by=by)}' is live again.", None),
             "stop": lambda: journey_stop(journey_id=object_id, by=by),
             "archive": lambda: journey_archive(journey_id=object_id, by=by),
         }
+
+
+def _pause_consequences(journey: Journey, inside: int) -> list[str]:
+    """What a pause of ``journey`` holds, said on the page that asks again."""
+    version = journey.live_version
+    entry = "its entry events are counted, not entered"
+    if version is not None and version.entry_kind == JourneyVersion.EntryKind.SEGMENT:
+        entry = "its segment is not read (a recurring read due meanwhile is skipped, and counted)"
+    return [
+        f"{inside:,} profile{pluralize(inside)} inside stay{'s' if inside == 1 else ''} where "
+        f"{'it is' if inside == 1 else 'they are'}: no step runs, a wait that ends meanwhile goes on at the resume.",
+        "Its push steps start no new batch; a batch already made goes out as approved.",
+        f"No one enters while it is paused: {entry}. An exit event still ends a profile's passage.",
+        "Resume puts it back on the air on the same approved version, without a new approval.",
+    ]
+
+
+def _resume_consequences(journey: Journey, inside: int) -> list[str]:
+    """What a resume of ``journey`` releases, said on the page that asks again."""
+    version = journey.live_version
+    number = f" {version.number}" if version is not None else ""
+    held = Enrollment.objects.filter(journey=journey, held_due_at__isnull=False)
+    due = held.filter(held_due_at__lte=timezone.now()).count()
+    return [
+        f"It goes live again on its approved version{number}, without a new approval.",
+        f"{inside:,} profile{pluralize(inside)} inside go{'es' if inside == 1 else ''} on from where "
+        f"{'it was' if inside == 1 else 'they were'}; {due:,} whose wait ended during the pause "
+        f"{'is' if due == 1 else 'are'} due now and run{'s' if due == 1 else ''} in due order.",
+        "Entries are taken again.",
+    ]
 
 
 def step_sends_url(version: JourneyVersion, step: str) -> str:
@@ -539,11 +583,36 @@ def _report_version_html(journey: Journey, version) -> str:
         f"version {number}: {targeted:,} targeted, {accepted:,} accepted" for number, targeted, accepted in others
     )
     return format_html(
-        '<p id="report-version">The figures below are version {} ({}).{}</p>',
+        '<p id="report-version">The figures below are version {} ({}).{}</p>{}',
         version.number,
         version_status_text(journey, version).lower(),
         f" Not counted in them, the sends of {besides}." if besides else "",
+        _report_paused_html(journey, version),
     )
+
+
+def _report_paused_html(journey: Journey, version) -> str:
+    """While paused, since when and how many it holds; and what pauses held back at the entry."""
+    from journeys.services.lifecycle import READS_SKIPPED_PAUSED, SKIPPED_PAUSED
+
+    skipped = dict(
+        StepStat.objects.filter(version=version, metric__in=(SKIPPED_PAUSED, READS_SKIPPED_PAUSED))
+        .values_list("metric")
+        .annotate(n=Sum("count"))
+        .order_by()
+    )
+    said = []
+    if journey.status == Status.PAUSED:
+        held = Enrollment.objects.filter(journey=journey, held_due_at__isnull=False).count()
+        since = zoned(journey.paused_at, JOURNEY_ZONE) if journey.paused_at else "—"
+        said.append(f"Paused since {since}: {held:,} profile{pluralize(held)} held where they are.")
+    if skipped.get(SKIPPED_PAUSED):
+        said.append(f"Entries not taken while paused: {skipped[SKIPPED_PAUSED]:,} (entry events).")
+    if skipped.get(READS_SKIPPED_PAUSED):
+        said.append(f"Segment reads skipped while paused: {skipped[READS_SKIPPED_PAUSED]:,}.")
+    if not said:
+        return ""
+    return format_html('<p id="report-paused">{}</p>', " ".join(said))
 
 
 def _draft_discarded(journey: Journey) -> tuple[str, None]:
@@ -554,9 +623,11 @@ def _draft_discarded(journey: Journey) -> tuple[str, None]:
 def version_status_text(journey: Journey, version) -> str:
     """A version's status as the journey stands: the last live version of a stopped or closed journey
     says so, not "Live", and its retired versions are no longer finished on by anyone."""
+    if version.status == version.Status.LIVE and journey.status == Journey.Status.PAUSED:
+        return "Live, paused"
     if version.status == version.Status.LIVE and journey.status != Journey.Status.LIVE:
         return f"{journey.get_status_display()} (was live)"
-    if version.status == version.Status.RETIRED and journey.status != Journey.Status.LIVE:
+    if version.status == version.Status.RETIRED and journey.status not in Journey.ON_AIR:
         return "Retired"
     return version.get_status_display()
 

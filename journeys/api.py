@@ -1,5 +1,5 @@
 """The journeys API: the journeys a key's user may see, and each one's per-step counts (``read`` scope);
-discarding a journey's draft (``journeys`` scope)."""
+discarding a journey's draft, pausing and resuming it (``journeys`` scope)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from journeys.selectors import (
     version_step_stats,
     version_totals,
 )
-from journeys.services.lifecycle import journey_draft_discard
+from journeys.services.lifecycle import journey_draft_discard, journey_pause, journey_resume
 
 # A version's status as its journey stands: the last live version of a stopped or closed journey
 # runs no one any more, and says so (the admin's "(was live)").
@@ -61,7 +61,7 @@ class VersionOutSerializer(AnswerSerializer):
 
     def get_status(self, obj) -> str:
         journey = self.context.get("journey") or obj.journey
-        if obj.status == JourneyVersion.Status.LIVE and journey.status != Journey.Status.LIVE:
+        if obj.status == JourneyVersion.Status.LIVE and journey.status not in Journey.ON_AIR:
             return WAS_LIVE
         return obj.status
 
@@ -70,7 +70,8 @@ class JourneyOutSerializer(AnswerSerializer):
     app = serializers.PrimaryKeyRelatedField(read_only=True)
     owner = serializers.CharField(source="owner.username", read_only=True)
     live_version = serializers.SerializerMethodField(
-        help_text="The number of the version live now: null unless the journey is live."
+        help_text="The number of the version live now: null unless the journey is live or paused (paused, "
+        "it is the version its resume runs)."
     )
     last_live_version = serializers.IntegerField(
         source="live_version.number",
@@ -87,6 +88,7 @@ class JourneyOutSerializer(AnswerSerializer):
             "name",
             "app",
             "status",
+            "paused_at",
             "live_version",
             "last_live_version",
             "owner",
@@ -95,7 +97,7 @@ class JourneyOutSerializer(AnswerSerializer):
         )
 
     def get_live_version(self, obj) -> int | None:
-        return obj.live_version.number if obj.live_version_id and obj.status == Journey.Status.LIVE else None
+        return obj.live_version.number if obj.live_version_id and obj.status in Journey.ON_AIR else None
 
 
 class StepStatsSerializer(serializers.Serializer):
@@ -104,6 +106,9 @@ class StepStatsSerializer(serializers.Serializer):
     entered = serializers.IntegerField()
     waiting = serializers.IntegerField()
     due = serializers.IntegerField()
+    held = serializers.IntegerField(
+        help_text="Of those inside here (waiting or due), the ones the journey's pause holds where they are."
+    )
     pushed = serializers.IntegerField()
     failed = serializers.IntegerField()
     exited = serializers.IntegerField(
@@ -127,6 +132,14 @@ class StepStatsSerializer(serializers.Serializer):
         child=serializers.IntegerField(),
         help_text="Push steps: profiles whose batch was stopped before it made any row, so nothing was sent to "
         "them, by why: journey_stopped (with the journey), batch_stopped (the batch itself).",
+    )
+    skipped_paused = serializers.IntegerField(
+        help_text="The entry step of an event entry: profiles whose entry event came while the journey was "
+        "paused (not entered)."
+    )
+    reads_skipped_paused = serializers.IntegerField(
+        help_text="The entry step of a recurring segment entry: the segment's reads that fell due while the "
+        "journey was paused (not made up for at its resume)."
     )
     conversions = ConversionFiguresSerializer(
         required=False, help_text="Push steps, when the journey names a conversion goal: its conversions."
@@ -247,8 +260,79 @@ class JourneyDraftDiscardView(APIView):
         return Response(JourneyDetailSerializer(journey_for(request.user, journey_id)).data)
 
 
+class _JourneyTransitionView(APIView):
+    """A change of a journey's status through its service; the journey's answer as ``GET`` gives it."""
+
+    required_scope = "journeys"
+    conflict_code = "conflict"
+
+    def transition(self, *, journey_id: int, by) -> None:
+        raise NotImplementedError
+
+    def post(self, request, journey_id: int):
+        try:
+            self.transition(journey_id=journey_id, by=request.user)
+        except TransitionError as exc:
+            raise Conflict(str(exc), code=self.conflict_code) from exc
+        return Response(JourneyDetailSerializer(journey_for(request.user, journey_id)).data)
+
+
+class JourneyPauseView(_JourneyTransitionView):
+    """Pause a live journey: everyone inside is held where they are (no step runs, a wait that ends
+    meanwhile goes on at the resume), its push steps start no new batch (one already made goes out
+    as approved), and no one enters (entry events are counted on the entry step, ``skipped_paused``).
+
+    Needs the role's right to pause journeys (Administrator, Approver, Manager) and access to the
+    journey. Answers the journey as ``GET /api/v1/journeys/{id}/`` does.
+    """
+
+    conflict_code = "journey_not_live"
+
+    @extend_schema(
+        operation_id="journey_pause",
+        request=None,
+        responses={
+            200: JourneyDetailSerializer,
+            409: OpenApiResponse(description="`journey_not_live`: only a live journey can be paused."),
+        },
+    )
+    def post(self, request, journey_id: int):
+        return super().post(request, journey_id)
+
+    def transition(self, *, journey_id: int, by) -> None:
+        journey_pause(journey_id=journey_id, by=by)
+
+
+class JourneyResumeView(_JourneyTransitionView):
+    """Resume a paused journey on the same approved version, without a new approval: everyone held
+    goes on from where they were (a wait that ended during the pause is due now; they run in due
+    order), and entries are taken again; a recurring segment read skipped meanwhile is not made up for.
+
+    Needs the role's right to pause journeys and access to the journey. Answers the journey as
+    ``GET /api/v1/journeys/{id}/`` does.
+    """
+
+    conflict_code = "journey_not_paused"
+
+    @extend_schema(
+        operation_id="journey_resume",
+        request=None,
+        responses={
+            200: JourneyDetailSerializer,
+            409: OpenApiResponse(description="`journey_not_paused`: only a paused journey can be resumed."),
+        },
+    )
+    def post(self, request, journey_id: int):
+        return super().post(request, journey_id)
+
+    def transition(self, *, journey_id: int, by) -> None:
+        journey_resume(journey_id=journey_id, by=by)
+
+
 urlpatterns = [
     path("journeys/", JourneyListView.as_view(), name="journey-list"),
     path("journeys/<int:journey_id>/", JourneyDetailView.as_view(), name="journey-detail"),
     path("journeys/<int:journey_id>/discard-draft/", JourneyDraftDiscardView.as_view(), name="journey-discard-draft"),
+    path("journeys/<int:journey_id>/pause/", JourneyPauseView.as_view(), name="journey-pause"),
+    path("journeys/<int:journey_id>/resume/", JourneyResumeView.as_view(), name="journey-resume"),
 ]

@@ -110,7 +110,9 @@ def version_svg(
         from journeys.review import entry_text
 
         steps = [{"id": ENTRY_ID, "type": "entry", "next": first, "text": entry_text(version)}, *steps]
-        stats = {**stats, ENTRY_ID: {"entered": (stats.get(first) or {}).get("entered", 0)}}
+        counts = stats.get(first) or {}
+        entry = {name: counts.get(name, 0) for name in ("entered", "skipped_paused", "reads_skipped_paused")}
+        stats = {**stats, ENTRY_ID: entry}
     positions = _layout(steps)
     width = (max(c for c, _ in positions.values()) + 1) * (BOX_W + GAP_X) + 20
     height = (max(r for _, r in positions.values()) + 1) * (BOX_H + GAP_Y) + 20
@@ -202,6 +204,13 @@ def _counters(kind: str, counts: dict) -> tuple[str, str]:
         ("profile deleted", counts.get("deleted")),
     )
     notes = [f"{why} {n:,}" for why, n in ended if n]
+    if kind == "entry":  # what a pause held back: entry events not taken, segment reads skipped
+        if counts.get("skipped_paused"):
+            notes.append(f"not entered while paused {counts['skipped_paused']:,}")
+        if counts.get("reads_skipped_paused"):
+            notes.append(f"reads skipped while paused {counts['reads_skipped_paused']:,}")
+    if counts.get("held"):
+        notes.insert(0, f"held by the pause {counts['held']:,}")
     if kind == "push":
         skipped = counts.get("skipped") or {}
         if counts.get("failed"):  # refused at send time (the gate): those profiles end here, failed

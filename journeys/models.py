@@ -29,17 +29,23 @@ class Journey(ConversionGoal):
         DRAFT = "draft", "Draft"
         IN_REVIEW = "in_review", "In review"
         LIVE = "live", "Live"
+        PAUSED = "paused", "Paused"
         STOPPED = "stopped", "Stopped"
         CLOSED = "closed", "Closed"
         ARCHIVED = "archived", "Archived"
 
     # Still to send, or sending: what a retention of the events it counts would still change.
-    STILL_TO_SEND = (Status.DRAFT, Status.IN_REVIEW, Status.LIVE)
+    STILL_TO_SEND = (Status.DRAFT, Status.IN_REVIEW, Status.LIVE, Status.PAUSED)
+    # On the air: a live journey, or a paused one that resumes on the same approved version.
+    ON_AIR = (Status.LIVE, Status.PAUSED)
 
     name = models.CharField(max_length=200)
     app = models.ForeignKey("delivery.App", on_delete=models.PROTECT, related_name="journeys")
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.DRAFT, db_index=True)
     status_changed_at = models.DateTimeField(default=timezone.now)
+    paused_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When it was paused (while it is paused)."
+    )
     live_version = models.ForeignKey(
         "JourneyVersion", on_delete=models.SET_NULL, null=True, blank=True, related_name="+", editable=False
     )
@@ -61,6 +67,7 @@ class Journey(ConversionGoal):
             ("submit_journey", "Can submit a journey for review"),
             ("approve_journey", "Can approve and publish a journey"),
             ("stop_journey", "Can stop a journey"),
+            ("pause_journey", "Can pause and resume a journey"),
             ("archive_journey", "Can archive a journey"),
         ]
 
@@ -243,6 +250,9 @@ class Enrollment(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     exit_reason = models.CharField(max_length=200, blank=True)
     history = models.JSONField(default=list, blank=True)
+    # While its journey is paused: when it was due (``due_at`` is then empty, so the engine does
+    # not take it); the resume gives it back.
+    held_due_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]

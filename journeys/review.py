@@ -117,7 +117,9 @@ def _revision_diff_html(journey: Journey, version: JourneyVersion, *, contents: 
         return rows_diff_html(rows_diff(None, after_rows), first=True, before_title="")
     before = {step: item["spec"] for step, item in (live.frozen_specs or {}).items()}
     rows = rows_diff(version_rows(live, specs=before, names=names), after_rows)
-    sending = "live, sending now" if journey.status == Journey.Status.LIVE else "the last live one"
+    sending = {Journey.Status.LIVE: "live, sending now", Journey.Status.PAUSED: "live, paused"}.get(
+        journey.status, "the last live one"
+    )
     return rows_diff_html(rows, first=False, before_title=f"Version {live.number} ({sending})")
 
 

@@ -53,19 +53,24 @@ def journey_open_version(journey: Journey) -> JourneyVersion | None:
 def version_step_stats(version: JourneyVersion) -> dict[str, dict]:
     """Per step: entered, waiting (now), passed per branch, pushed, exited (at an exit, on the exit
     event, when the journey stopped, or as the profile was deleted: ``exit_event``, ``stopped``,
-    ``deleted``)."""
+    ``deleted``); ``held``: of those inside (waiting or due), the ones a pause holds; on the entry
+    step, the entries a pause held back (``skipped_paused``: entry events; ``reads_skipped_paused``:
+    segment reads)."""
+    from journeys.services.lifecycle import READS_SKIPPED_PAUSED, SKIPPED_PAUSED
+
     stats: dict[str, dict] = defaultdict(dict)
     for step, metric, count in StepStat.objects.filter(version=version).values_list("step", "metric", "count"):
         stats[step][metric] = stats[step].get(metric, 0) + count  # the sum of the counter's shards
     waiting = (
         Enrollment.objects.filter(version=version, status__in=Enrollment.OPEN_STATUSES)
         .values("step", "status")
-        .annotate(n=Count("id"))
+        .annotate(n=Count("id"), held=Count("id", filter=Q(held_due_at__isnull=False)))
         .order_by()
     )
     for row in waiting:
         key = "waiting" if row["status"] == Enrollment.Status.WAITING else "due"
         stats[row["step"]][key] = stats[row["step"]].get(key, 0) + row["n"]
+        stats[row["step"]]["held"] = stats[row["step"]].get("held", 0) + row["held"]
     sends = version_push_outcomes(version)
     unsent = version_push_unsent(version)
     converted = version_step_conversions(version)
@@ -78,6 +83,7 @@ def version_step_stats(version: JourneyVersion) -> dict[str, dict]:
             "entered": counts.get("entered", 0),
             "waiting": counts.get("waiting", 0),
             "due": counts.get("due", 0),
+            "held": counts.get("held", 0),
             "pushed": counts.get("pushed", 0),
             "failed": counts.get("failed", 0),
             "exited": counts.get("exited", 0)
@@ -94,6 +100,8 @@ def version_step_stats(version: JourneyVersion) -> dict[str, dict]:
             "send_failed": outcomes.get("failed", 0),
             "skipped": outcomes.get("skipped", {}),
             "unsent": unsent.get(step["id"], {}),
+            "skipped_paused": counts.get(SKIPPED_PAUSED, 0),
+            "reads_skipped_paused": counts.get(READS_SKIPPED_PAUSED, 0),
         }
         if converted is not None and step["type"] == "push":
             result[step["id"]]["conversions"] = converted.get(step["id"]) or rate_figures(0, 0)
@@ -271,14 +279,16 @@ def version_totals(version: JourneyVersion) -> dict[str, int]:
 
 # Which transitions each state allows, and the role permission each needs.
 TRANSITIONS = {
-    "submit": ((Status.DRAFT, Status.LIVE), "journeys.submit_journey", "Submit for review"),
-    "cancel_request": ((Status.IN_REVIEW, Status.LIVE), "journeys.submit_journey", "Cancel request"),
+    "submit": ((Status.DRAFT, Status.LIVE, Status.PAUSED), "journeys.submit_journey", "Submit for review"),
+    "cancel_request": ((Status.IN_REVIEW, Status.LIVE, Status.PAUSED), "journeys.submit_journey", "Cancel request"),
     "discard_draft": (
-        (Status.LIVE, Status.STOPPED, Status.CLOSED, Status.ARCHIVED),
+        (Status.LIVE, Status.PAUSED, Status.STOPPED, Status.CLOSED, Status.ARCHIVED),
         "journeys.change_journey",
         "Discard draft",
     ),
-    "stop": ((Status.LIVE,), "journeys.stop_journey", "Stop"),
+    "pause": ((Status.LIVE,), "journeys.pause_journey", "Pause"),
+    "resume": ((Status.PAUSED,), "journeys.pause_journey", "Resume"),
+    "stop": ((Status.LIVE, Status.PAUSED), "journeys.stop_journey", "Stop"),
     "archive": ((Status.STOPPED, Status.CLOSED), "journeys.archive_journey", "Archive"),
 }
 

@@ -30,9 +30,11 @@ class LifecycleAdminMixin:
     """
 
     lifecycle_button_name = "lifecycle_action"
-    # The actions that cannot be undone: pressing one shows what it will do and asks again
-    # (``lifecycle_consequences``); the transition is done only when that page's answer is posted.
+    # The actions that cannot be undone, or weigh as much: pressing one shows what it will do and asks
+    # again (``lifecycle_consequences``); the transition is done only when that page's answer is posted.
     lifecycle_asked_again: tuple[str, ...] = ()
+    # Of those, the ones another action undoes (a pause, a resume): asked again without saying it is final.
+    lifecycle_undoable: tuple[str, ...] = ()
 
     def _changeform_view(self, request, object_id, form_url, extra_context):
         # The add and change forms save through the object's services: a save they refuse
@@ -169,7 +171,8 @@ class LifecycleAdminMixin:
             "opts": opts,
             "object": obj,
             "title": f"{label} {opts.verbose_name} “{obj}”?",
-            "question": f"{label} {opts.verbose_name} “{obj}”? This cannot be undone.",
+            "question": f"{label} {opts.verbose_name} “{obj}”?"
+            + ("" if action in self.lifecycle_undoable else " This cannot be undone."),
             "consequences": self.lifecycle_consequences(obj, action),
             "label": label,
             "action_url": request.get_full_path(),

@@ -21,12 +21,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Max, Q
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from config.db import int_array, write_pacer
 from journeys.graph import DAY_SECONDS, branch_label, entry_of, whole_days
-from journeys.models import Enrollment, JourneyVersion
+from journeys.models import Enrollment, Journey, JourneyVersion
 from journeys.services.lifecycle import EStatus, Status
 
 log = logging.getLogger(__name__)
@@ -314,6 +314,15 @@ def _run_version(
 ) -> None:
     journey = version.journey
     stamp = now.isoformat(timespec="seconds")
+    if journey.status == Status.PAUSED:
+        # A pause holds its enrollments once it has the rows (``journey_pause``), so a batch does
+        # not see one due; should it, it holds it as the pause does: nothing runs, no one leaves.
+        Enrollment.objects.filter(pk__in=[run.row.pk for run in runs], due_at__isnull=False).update(
+            held_due_at=F("due_at"), due_at=None
+        )
+        for run in runs:
+            run.running = False
+        return
     if journey.status != Status.LIVE:
         for run in runs:
             _finish(run, EStatus.EXITED, now, reason=f"journey {journey.get_status_display().lower()}")
@@ -627,11 +636,12 @@ def _push_stream(
 
 
 def journey_stream_is_current(source_id: int, version: str) -> bool:
-    """A journey step's stream takes pushes while its version is live (or retired, finishing) in a live journey."""
+    """A journey step's stream takes pushes while its version is live (or retired, finishing) in a live
+    journey; a paused journey's is kept for its resume (the day's stream is not finished meanwhile)."""
     from journeys.services.lifecycle import VStatus
 
     return JourneyVersion.objects.filter(
-        pk=source_id, status__in=(VStatus.LIVE, VStatus.RETIRED), journey__status=Status.LIVE
+        pk=source_id, status__in=(VStatus.LIVE, VStatus.RETIRED), journey__status__in=Journey.ON_AIR
     ).exists()
 
 

@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import logging
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from django.db import connection, transaction
@@ -187,6 +187,9 @@ def journeys_events_received(
     final, an entry obeys the re-entry policy). ``events``: ``(profile id, name, occurred_at)``,
     when the caller has them (else they are read by ``event_ids``). ``live``: what live journeys
     do on events, when the caller read it already. Returns the counts.
+
+    A paused journey's entry event enters no one: it is counted on the journey's entry step
+    (``skipped_paused``, once per profile and call); its exit event ends its profiles as a live one's.
     """
     from audiences.models import Event
 
@@ -228,6 +231,7 @@ def journeys_events_received(
                     finished_at=now,
                     updated_at=now,
                     due_at=None,
+                    held_due_at=None,
                 )
                 counts = Counter((version_id, step, "exit_event") for _, version_id, step, _ in ending)
                 # Not run yet (entered, due at the first step): the engine never counted it entered there.
@@ -236,6 +240,7 @@ def journeys_events_received(
                 )
                 _stats_add(counts)
                 exited += len(ending)
+    _count_skipped_paused(live, events, names)
     entry_versions = sorted((v for name in names for v in live.entries.get(name, ())), key=lambda v: v.pk)
     for version in entry_versions:
         entering = _latest(events, version.entry_event)
@@ -248,6 +253,21 @@ def journeys_events_received(
         if ending:
             exited += sum(1 for _, profile_id, _ in enrolled if profile_id in ending)
     return {"exited": exited, "entered": entered}
+
+
+def _count_skipped_paused(live: _LiveForEvents, events: list[tuple[int, str, dt.datetime]], names: set[str]) -> None:
+    """Count, on the entry step of each paused journey entered on these events, the profiles whose
+    entry event came while it was paused (``skipped_paused``): they do not enter."""
+    from journeys.services.lifecycle import SKIPPED_PAUSED
+
+    counts: Counter = Counter()
+    for name in sorted(names & set(live.paused)):
+        profiles = len({profile_id for profile_id, event_name, _ in events if event_name == name})
+        for version in live.paused[name]:
+            counts[(version.pk, entry_of(version.steps()), SKIPPED_PAUSED)] += profiles
+    if counts:
+        with transaction.atomic(savepoint=False):
+            _stats_add(counts)
 
 
 PROFILE_DELETED = "deleted"  # the step counter of the profiles deleted while there
@@ -351,16 +371,18 @@ def _open_enrollments_locked(version_ids: list[int], profile_ids: list[int]) -> 
 class _LiveForEvents:
     """What live journeys do on events: ``entries``, the live versions (with their journey) each
     event name enters; ``exits``, the ids of the versions (live, or retired with profiles
-    finishing) each name ends."""
+    finishing; of a live or a paused journey) each name ends; ``paused``, the live versions of
+    paused journeys each name would enter (their entries are counted, not taken)."""
 
     entries: dict[str, list]
     exits: dict[str, list[int]]
     stamp: str | None
     loaded_at: float
+    paused: dict[str, list] = field(default_factory=dict)
 
     @property
     def names(self) -> set[str]:
-        return set(self.entries) | set(self.exits)
+        return set(self.entries) | set(self.exits) | set(self.paused)
 
 
 # Replaced whole, never changed in place: the threads of a process read it without a lock.
@@ -385,15 +407,15 @@ def _live_for_events(stamps: Stamps | None = None) -> _LiveForEvents:
     kept = _LIVE
     if kept and kept.stamp == stamp and time.monotonic() - kept.loaded_at < settings.PUSHDESK_CACHE_SECONDS:
         return kept
-    live = JourneyVersion.objects.filter(journey__status=Status.LIVE)
-    entries, exits = defaultdict(list), defaultdict(list)
-    entering = live.filter(entry_kind=JourneyVersion.EntryKind.EVENT, status=VStatus.LIVE).select_related("journey")
+    on_air = JourneyVersion.objects.filter(journey__status__in=Journey.ON_AIR)
+    entries, exits, paused = defaultdict(list), defaultdict(list), defaultdict(list)
+    entering = on_air.filter(entry_kind=JourneyVersion.EntryKind.EVENT, status=VStatus.LIVE).select_related("journey")
     for version in entering:
-        entries[version.entry_event].append(version)
-    ending = live.filter(status__in=(VStatus.LIVE, VStatus.RETIRED)).exclude(exit_event="")
+        (entries if version.journey.status == Status.LIVE else paused)[version.entry_event].append(version)
+    ending = on_air.filter(status__in=(VStatus.LIVE, VStatus.RETIRED)).exclude(exit_event="")
     for version_id, name in ending.values_list("pk", "exit_event"):
         exits[name].append(version_id)
-    _LIVE = _LiveForEvents(dict(entries), dict(exits), stamp, time.monotonic())
+    _LIVE = _LiveForEvents(dict(entries), dict(exits), stamp, time.monotonic(), dict(paused))
     return _LIVE
 
 

@@ -1,4 +1,5 @@
-"""The life of a journey: validation, create, edit, discard a draft, submit, approve, stop, archive and the gate.
+"""The life of a journey: validation, create, edit, discard a draft, submit, approve, pause, resume, stop,
+archive and the gate.
 
 Transitions lock the journey row, check the state they start from, write an audit event and
 queue follow-up work on commit (STYLE rule 2). The approval subject is the journey; the request's
@@ -13,6 +14,7 @@ import json
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import ApprovalRequest, User
@@ -259,7 +261,7 @@ def journey_version_edit(*, journey_id: int, by: User, **changes) -> JourneyVers
         raise ValidationError({f: "Not a journey field." for f in unknown})
     with transaction.atomic():
         journey = lock_for(Journey, journey_id, by=by, perm="journeys.change_journey")
-        if journey.status not in (Status.DRAFT, Status.IN_REVIEW, Status.LIVE):
+        if journey.status not in (Status.DRAFT, Status.IN_REVIEW, *Journey.ON_AIR):
             raise TransitionError(journey, "edited")
         version = _open_version(journey)
         if version is not None and version.status == VStatus.IN_REVIEW:
@@ -356,7 +358,7 @@ def journey_submit(*, journey_id: int, by: User, message: str = "") -> ApprovalR
     with transaction.atomic():
         journey = lock_for(Journey, journey_id, by=by, perm="journeys.submit_journey")
         version = _open_version(journey)
-        if journey.status not in (Status.DRAFT, Status.LIVE) or version is None or version.status != VStatus.DRAFT:
+        if journey.status not in (Status.DRAFT, *Journey.ON_AIR) or version is None or version.status != VStatus.DRAFT:
             raise TransitionError(journey, "submitted for review", "There is no draft version to submit.")
         _validate_version(version, by=by, kept=version)  # it all still exists; access was checked as it was set
         request = approval_request_open(
@@ -443,14 +445,14 @@ def journey_approve(
     content was edited) or no longer holds; PermissionDenied when ``by`` may not approve it;
     TransitionError when the journey is stopped, closed or archived, or nothing is in review;
     ApprovalError when ``request_id`` (the request the approver read) is given and another
-    request waits now.
+    request waits now. A paused journey stays paused: the version runs once it is resumed.
     """
     from delivery.models import PushContent, spec_fingerprint
 
     now = now or timezone.now()
     with transaction.atomic():
         journey = lock_for(Journey, journey_id, by=by, perm="journeys.approve_journey")
-        if journey.status not in (Status.IN_REVIEW, Status.LIVE):  # a stopped journey stays stopped
+        if journey.status not in (Status.IN_REVIEW, *Journey.ON_AIR):  # a stopped journey stays stopped
             raise TransitionError(journey, "approved")
         version = _version_in_review(journey)
         request = _pending_request(journey, read_id=request_id)
@@ -486,6 +488,11 @@ def journey_approve(
         summary = {"version": version.number, "comment": comment}
         if previous is not None:
             summary["replaces"] = previous.number
+        if journey.status == Status.PAUSED:  # whoever paused it resumes it; its first read waits until then
+            journey.updated_at = now
+            journey.save(update_fields=[*SAVED_WITH_STATUS, "updated_at"])
+            audit(actor=by, action="journey_approved", obj=journey, summary={**summary, "paused": True})
+            return version
         status_transition(journey, Status.LIVE, by=by, action="approved", summary=summary, also_saved=SAVED_WITH_STATUS)
         if journey.next_entry_at is not None:
             transaction.on_commit(lambda: _queue("journeys.tasks.journey_enter_task", journey.pk))
@@ -493,8 +500,9 @@ def journey_approve(
 
 
 def journey_stop(*, journey_id: int, by: User) -> Journey:
-    """Stop a live journey: no more entries, every profile inside exits, queued pushes are stopped,
-    and a version in review goes back to draft, its request closed (no approval makes it live again)."""
+    """Stop a live or paused journey: no more entries, every profile inside exits, queued pushes are
+    stopped, and a version in review goes back to draft, its request closed (no approval makes it
+    live again)."""
     from delivery.models import Dispatch
     from delivery.services.dispatches import dispatch_stop
     from journeys.selectors import journey_for
@@ -508,10 +516,13 @@ def journey_stop(*, journey_id: int, by: User) -> Journey:
         # waited for the journey, and one of them was aborted.
         _lock_everyone_inside(journey_id)
         journey = lock_for(Journey, journey_id, by=by, perm="journeys.stop_journey")
-        if journey.status != Status.LIVE:
+        if journey.status not in Journey.ON_AIR:
             raise TransitionError(journey, "stopped")
         journey.next_entry_at = None
-        status_transition(journey, Status.STOPPED, by=by, action="stopped", also_saved=SAVED_WITH_STATUS)
+        journey.paused_at = None
+        status_transition(
+            journey, Status.STOPPED, by=by, action="stopped", also_saved=(*SAVED_WITH_STATUS, "paused_at")
+        )
         in_review = journey.versions.filter(status=VStatus.IN_REVIEW).first()
         if in_review is not None:  # an approval of it would make the journey live again
             request = approval_current(journey)
@@ -530,6 +541,109 @@ def journey_stop(*, journey_id: int, by: User) -> Journey:
             dispatch_stop(dispatch_id=dispatch_id, by=by)
         audit(actor=by, action="journey_enrollments_exited", obj=journey, summary={"count": exited})
     return journey
+
+
+# The entry step's counters of what a pause held back: the entry events that came while it was
+# paused (one per profile and call: an event entry), and the segment reads it skipped.
+SKIPPED_PAUSED = "skipped_paused"
+READS_SKIPPED_PAUSED = "reads_skipped_paused"
+
+
+def journey_pause(*, journey_id: int, by: User, now: dt.datetime | None = None) -> Journey:
+    """Hold a live journey where everyone is: the engine runs none of its profiles (a wait that
+    ends meanwhile ends at the resume), its push steps start no batch, no one enters (entry events
+    are counted on the entry step, ``skipped_paused``), and its segment is not read. A batch a push
+    step made before the pause goes out as approved (its rows were made with the profiles that
+    passed the step); an exit event still ends a profile's passage. ``journey_resume`` undoes it.
+
+    Locks the open enrollments (waiting for an engine batch holding some, as a stop does), then the
+    journey. Raises TransitionError unless it is live, PermissionDenied when ``by``'s role may not
+    pause it (``journeys.pause_journey``), Http404 outside their access.
+    """
+    from journeys.selectors import journey_for
+
+    now = now or timezone.now()
+    with transaction.atomic():
+        if not can(by, "journeys.pause_journey", journey_for(by, journey_id)):
+            raise PermissionDenied("Your role may not do this to a journey.")
+        _lock_everyone_inside(journey_id)  # the stop's order: the enrollments, then the journey
+        journey = lock_for(Journey, journey_id, by=by, perm="journeys.pause_journey")
+        if journey.status != Status.LIVE:
+            raise TransitionError(journey, "paused", "Only a live journey can be paused.")
+        held = _hold_everyone_inside(journey.pk)
+        journey.paused_at = now
+        status_transition(
+            journey, Status.PAUSED, by=by, action="paused", summary={"held": held}, also_saved=("paused_at",)
+        )
+    return journey
+
+
+def journey_resume(*, journey_id: int, by: User, now: dt.datetime | None = None) -> Journey:
+    """Put a paused journey back on the air, on the same approved version (no new approval): each
+    profile held goes on from where it was, due when it was due (a wait that ended during the pause
+    is due now; the engine takes them in due order, a batch at a time); entries are taken again.
+    A recurring segment read the pause skipped is not made up for: its next read is the first
+    occurrence after now (the skipped ones counted, ``reads_skipped_paused``); a read not made yet
+    (a one-off entry's, or a version's first) is made now.
+
+    Raises TransitionError unless it is paused, PermissionDenied when ``by``'s role may not resume
+    it (``journeys.pause_journey``), Http404 outside their access.
+    """
+    from journeys.services.engine import _stats_add
+
+    now = now or timezone.now()
+    with transaction.atomic():
+        journey = lock_for(Journey, journey_id, by=by, perm="journeys.pause_journey")
+        if journey.status != Status.PAUSED:
+            raise TransitionError(journey, "resumed", "Only a paused journey can be resumed.")
+        released = _release_everyone_held(journey.pk)
+        version = journey.live_version
+        skipped = _reads_skipped(journey, version, now=now)
+        if skipped:
+            from collections import Counter
+
+            _stats_add(Counter({(version.pk, version.entry_step(), READS_SKIPPED_PAUSED): skipped}))
+            journey.next_entry_at += dt.timedelta(hours=version.entry_every_hours * skipped)
+        summary = {"released": released, "paused_at": journey.paused_at.isoformat() if journey.paused_at else None}
+        if skipped:
+            summary["reads_skipped"] = skipped
+        journey.paused_at = None
+        status_transition(
+            journey, Status.LIVE, by=by, action="resumed", summary=summary, also_saved=(*SAVED_WITH_STATUS, "paused_at")
+        )
+        if released:
+            transaction.on_commit(lambda: _queue("journeys.tasks.journeys_run_due_task"))
+        if journey.next_entry_at is not None and journey.next_entry_at <= now:
+            transaction.on_commit(lambda: _queue("journeys.tasks.journey_enter_task", journey.pk))
+    return journey
+
+
+def _reads_skipped(journey: Journey, version: JourneyVersion | None, *, now: dt.datetime) -> int:
+    """How many reads of a recurring segment entry fell due during the pause and are not made up
+    for. A read due before the pause began, or the version's first (approved while paused: its
+    first read is due at its going live), is made at the resume instead."""
+    when = journey.next_entry_at
+    if version is None or when is None or when > now or not version.entry_every_hours:
+        return 0
+    if when == version.live_at or (journey.paused_at is not None and when < journey.paused_at):
+        return 0
+    every = dt.timedelta(hours=version.entry_every_hours)
+    return (now - when) // every + 1
+
+
+def _hold_everyone_inside(journey_id: int) -> int:
+    """Take the journey's open enrollments off the engine's due list, keeping when each was due
+    (``held_due_at``). Returns how many."""
+    return Enrollment.objects.filter(
+        journey_id=journey_id, status__in=Enrollment.OPEN_STATUSES, due_at__isnull=False
+    ).update(held_due_at=F("due_at"), due_at=None)
+
+
+def _release_everyone_held(journey_id: int) -> int:
+    """Give the journey's held enrollments back their due times. Returns how many."""
+    return Enrollment.objects.filter(
+        journey_id=journey_id, status__in=Enrollment.OPEN_STATUSES, held_due_at__isnull=False
+    ).update(due_at=F("held_due_at"), held_due_at=None)
 
 
 def _lock_everyone_inside(journey_id: int) -> None:
@@ -563,7 +677,8 @@ def _exit_everyone_inside(journey: Journey, *, now: dt.datetime) -> int:
     with connection.cursor() as cursor:
         for status in (EStatus.ACTIVE, EStatus.WAITING):
             cursor.execute(
-                f"UPDATE {table} SET status = %s, exit_reason = %s, finished_at = %s, updated_at = %s, due_at = NULL "  # noqa: S608 (the table's name)
+                f"UPDATE {table} SET status = %s, exit_reason = %s, finished_at = %s, updated_at = %s, due_at = NULL, "  # noqa: S608 (the table's name)
+                "held_due_at = NULL "
                 "WHERE journey_id = %s AND status = %s RETURNING version_id, step",
                 [
                     EStatus.EXITED,
@@ -587,7 +702,7 @@ def journey_archive(*, journey_id: int, by: User) -> Journey:
     with transaction.atomic():
         journey = lock_for(Journey, journey_id, by=by, perm="journeys.archive_journey")
         if journey.status not in (Status.STOPPED, Status.CLOSED):
-            raise TransitionError(journey, "archived", "Stop it first." if journey.is_live else "")
+            raise TransitionError(journey, "archived", "Stop it first." if journey.status in Journey.ON_AIR else "")
         status_transition(journey, Status.ARCHIVED, by=by, action="archived", also_saved=SAVED_WITH_STATUS)
     return journey
 

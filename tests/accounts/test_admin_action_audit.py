@@ -110,6 +110,7 @@ def _journey_in(state):
         from journeys.services.lifecycle import (
             journey_approve,
             journey_create,
+            journey_pause,
             journey_stop,
             journey_submit,
             journey_version_edit,
@@ -125,8 +126,10 @@ def _journey_in(state):
         )
         if state != "draft":
             journey_submit(journey_id=journey.pk, by=by)
-        if state in ("live", "stopped", "live_with_draft"):
+        if state in ("live", "stopped", "live_with_draft", "paused"):
             journey_approve(journey_id=journey.pk, by=approver)
+        if state == "paused":
+            journey_pause(journey_id=journey.pk, by=by)
         if state == "stopped":
             journey_stop(journey_id=journey.pk, by=by)
         if state == "live_with_draft":
@@ -257,6 +260,8 @@ PRESSES = {
     "journeys.journey:transition/submit": _transition("submit", _journey_in("draft")),
     "journeys.journey:transition/cancel_request": _transition("cancel_request", _journey_in("in_review")),
     "journeys.journey:transition/stop": _transition("stop", _journey_in("live")),
+    "journeys.journey:transition/pause": _transition("pause", _journey_in("live")),
+    "journeys.journey:transition/resume": _transition("resume", _journey_in("paused")),
     "journeys.journey:transition/discard_draft": _transition("discard_draft", _journey_in("live_with_draft")),
     "journeys.journey:transition/archive": _transition("archive", _journey_in("stopped")),
 }
