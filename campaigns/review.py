@@ -358,10 +358,7 @@ def version_rows(version: dict, *, app_id: int, now: dt.datetime, first: bool = 
         ("Audience", audience),
         ("Audience definition", definition_text(version.get("audience_definition") or {})),
         ("Schedule", schedule_text(view, now=now, approving=first)),
-        (
-            "Throttle",
-            f"{fields['throttle_per_second']} messages/s" if fields["throttle_per_second"] else "the app's limit",
-        ),
+        ("Throttle", throttle_text(fields["throttle_per_second"], app_id=app_id)),
         ("Content", labels.get("content", "")),
     ]
     if view.kind == Campaign.Kind.SCHEDULED:
@@ -381,6 +378,21 @@ def version_rows(version: dict, *, app_id: int, now: dt.datetime, first: bool = 
         rows.append(("Winner sample", winner_sample_text(version["winner"], reach, holdout_share=view.holdout_share)))
         rows.append(("Winner picked", winner_pick_text(version["winner"], view, now=now)))
     return rows
+
+
+def throttle_text(throttle: int | None, *, app_id: int) -> str:
+    """The rate a campaign's sends go at, as the approver reviews it: its throttle comes on top of
+    its app's limit, which all the app's sends share, so a throttle above that limit is not the rate."""
+    from delivery.models import App
+
+    limit = App.objects.filter(pk=app_id).values_list("rate_limit_per_second", flat=True).first()
+    if limit is None:
+        return f"at most {throttle:,} messages/s" if throttle else "the app's limit"
+    if not throttle:
+        return f"the app's limit, {limit:,} messages/s (shared with its other sends)"
+    if throttle > limit:
+        return f"at most {limit:,} messages/s, the app's limit: the campaign's {throttle:,} messages/s is above it"
+    return f"at most {throttle:,} messages/s (the app's limit, {limit:,} messages/s, is shared with its other sends)"
 
 
 def missed_window_text(minutes: int) -> str:

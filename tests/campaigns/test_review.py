@@ -131,3 +131,21 @@ def test_the_review_of_a_recurring_schedule_begun_before_its_approval_says_its_f
         first = (today + dt.timedelta(days=1)).replace(hour=9, minute=0, second=0, microsecond=0)
     said = _review_rows(client, request)["Schedule"]
     assert said.endswith(f"Approved now, its first send is {first:%Y-%m-%d} 09:00 (Europe/Paris).")
+
+
+def test_the_approver_reads_the_rate_a_throttle_sends_at_beside_its_apps_limit(
+    client, make_campaign, manager_alice, approver_bob, team
+):
+    """A campaign's throttle comes on top of its app's limit: above it, the send goes at the app's."""
+    team.rate_limit_per_second = 1000
+    team.save(update_fields=["rate_limit_per_second"])
+    client.force_login(approver_bob)
+    said = {}
+    for name, throttle in (("Slow", 50), ("Fast", 5000), ("Default", None)):
+        campaign = make_campaign(name=name, throttle_per_second=throttle)
+        said[name] = _review_rows(client, campaign_submit(campaign_id=campaign.pk, by=manager_alice))["Throttle"]
+    assert said == {
+        "Slow": "at most 50 messages/s (the app's limit, 1,000 messages/s, is shared with its other sends)",
+        "Fast": "at most 1,000 messages/s, the app's limit: the campaign's 5,000 messages/s is above it",
+        "Default": "the app's limit, 1,000 messages/s (shared with its other sends)",
+    }
