@@ -232,6 +232,7 @@ class ImportOutSerializer(AnswerSerializer):
             "original_name",
             "size",
             "encoding",
+            "separator",
             "target",
             "segment",
             "waiting_for",

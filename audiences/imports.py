@@ -168,8 +168,6 @@ def plan_columns(header: list[str], columns: dict | None) -> Plan:
     names = [h.strip() for h in header]
     if not any(names):
         raise ImportRefused("The file has no header row: the first line must name the columns, e.g. external_id.")
-    if (problem := separator_problem(names)) is not None:
-        raise ImportRefused(problem)
     seen: set[str] = set()
     for name in names:
         if name and name in seen:
@@ -209,38 +207,71 @@ def plan_columns(header: list[str], columns: dict | None) -> Plan:
     return Plan(columns=plan, id_index=id_index, width=len(names))
 
 
-SEPARATORS = {";": "semicolons (';')", "\t": "tabs"}
-SEP_LINE_RE = re.compile(r"sep=(.?)\Z", re.IGNORECASE)
+# The separators a file's columns may have, by the name an import records: Excel writes semicolons
+# where the decimal separator is a comma, tabs as "Text", and may name it on a first ``sep=`` line.
+SEPARATORS = {"comma": ",", "semicolon": ";", "tab": "\t"}
+SEP_LINE_RE = re.compile(r"sep=(.?)[\r\n]*\Z", re.IGNORECASE)
 
 
-def separator_problem(names: list[str]) -> str | None:
-    """Why a header read as comma-separated shows a file of another shape, or None.
+@dataclass(frozen=True)
+class Header:
+    """A file's header as ``sniff_header`` found it: its cells, the separator of its columns (a key
+    of SEPARATORS) and whether a ``sep=`` line comes before it (read, and skipped, as a record)."""
 
-    Excel saves CSV with semicolons where the decimal separator is a comma, and may write a
-    ``sep=`` line before the header: read with commas, such a header is one column named
-    ``external_id;plan`` or ``sep=;``, which said only that it could not be an attribute name.
+    cells: list[str]
+    separator: str = "comma"
+    sep_line: bool = False
+
+    @property
+    def delimiter(self) -> str:
+        return SEPARATORS[self.separator]
+
+
+def _detect_header(text: str, *, id_columns: set[str]) -> Header:
+    """The header of the decoded start of a file, and the separator of its columns.
+
+    A first line ``sep=X`` (Excel's) names it. Otherwise the header line is read with each
+    separator, and the one wins whose reading names the external id column (``id_columns``), then
+    the one that makes the most columns, then comma, semicolon, tab in that order: a file of one
+    column is comma-separated. Only the header is read: the file's rows are not looked at.
     """
-    cells = [name for name in names if name]
-    if len(cells) == 1 and len(names) <= 2 and (line := SEP_LINE_RE.match(cells[0])):
-        separator = line.group(1) or ("," if len(names) == 2 else "<tab>")
-        return (
-            f"The file starts with a 'sep={separator}' line (Excel writes one): remove that line, so that "
-            "the first line names the columns, and upload it again."
-        )
-    if len(names) == 1:
-        for separator, name in SEPARATORS.items():
-            if separator in names[0]:
-                return (
-                    f"The file's columns are separated by {name}, and imports read comma-separated CSV: "
-                    "export it with commas (Google Sheets and Numbers do; Excel uses the list separator of "
-                    "the computer's region settings) and upload it again."
-                )
-    return None
+    first = next((line for line in io.StringIO(text, newline="") if line.strip()), "")
+    if line := SEP_LINE_RE.match(first.lstrip("\ufeff")):
+        named = line.group(1)
+        separator = next((name for name, char in SEPARATORS.items() if char == named), None)
+        if separator is None:
+            shown = named or "nothing"
+            raise ImportRefused(
+                f"The file starts with a 'sep={named}' line, naming {shown!r} as its separator: imports read "
+                "columns separated by commas, semicolons or tabs. Export it with one of those and upload it again."
+            )
+        rest = text[text.index(first) + len(first) :]
+        cells = _first_record(rest, SEPARATORS[separator])
+        return Header(cells=cells, separator=separator, sep_line=True)
+    best: Header | None = None
+    best_rank = None
+    for order, (separator, char) in enumerate(SEPARATORS.items()):
+        cells = _first_record(text, char)
+        names = {cell.strip() for cell in cells}
+        rank = (bool(names & id_columns), len(cells), -order)
+        if best_rank is None or rank > best_rank:
+            best, best_rank = Header(cells=cells, separator=separator), rank
+    return best
 
 
-def sniff_header(fileobj, *, encoding: str) -> list[str]:
-    """Read the start of the file and return its header, or refuse a file that is not CSV text.
+def _first_record(text: str, delimiter: str) -> list[str]:
+    """The first record of ``text`` that is not blank, read with ``delimiter`` ([] when none)."""
+    for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter):
+        if row and any(cell.strip() for cell in row):
+            return row
+    return []
 
+
+def sniff_header(fileobj, *, encoding: str, columns: dict | None = None) -> Header:
+    """Read the start of the file and return its header and separator (``_detect_header``), or
+    refuse a file that is not CSV text.
+
+    ``columns``: the import's column mapping, where a column may be mapped to the external id.
     A NUL byte in the header (the first line that is not blank) marks a binary file, or UTF-16
     text without its byte order mark, and refuses it; in a later row it fails that row alone.
     """
@@ -275,16 +306,18 @@ def sniff_header(fileobj, *, encoding: str) -> list[str]:
             f"The file is not valid {encoding.upper()} text (byte {exc.start}): choose the Latin-1 encoding "
             "if it comes from an older spreadsheet."
         ) from exc
-    reader = csv.reader(io.StringIO(text, newline=""))
+    id_columns = {"external_id"} | {
+        name for name, spec in (columns or {}).items() if isinstance(spec, dict) and spec.get("to") == "external_id"
+    }
     try:
-        for row in reader:
-            if row and any(cell.strip() for cell in row):
-                if "\x00" in "".join(row):
-                    raise ImportRefused(_nul_refusal(b""))
-                return row
+        header = _detect_header(text, id_columns=id_columns)
     except csv.Error as exc:
         raise ImportRefused(f"This is not a readable CSV file: {exc}.") from exc
-    raise ImportRefused("The file has no header row: the first line must name the columns, e.g. external_id.")
+    if not header.cells:
+        raise ImportRefused("The file has no header row: the first line must name the columns, e.g. external_id.")
+    if "\x00" in "".join(header.cells):
+        raise ImportRefused(_nul_refusal(b""))
+    return header
 
 
 def _nul_refusal(line: bytes) -> str:
@@ -314,7 +347,7 @@ class RecordReader:
     whole: reading goes on after its end, never inside one of its quoted fields.
     """
 
-    def __init__(self, binary, *, encoding: str):
+    def __init__(self, binary, *, encoding: str, header: Header | None = None):
         # UTF-8 is read without "-sig" so that a byte order mark, dropped by ``_lines``, is counted.
         self.single_byte = python_encoding(encoding) != "utf-8-sig"
         text = io.TextIOWrapper(
@@ -322,10 +355,12 @@ class RecordReader:
         )
         self.kept: list[str] = []  # the lines read lately, the current record's at least
         self.reopen: list[bool] = []  # not empty: the next line continues a quoted field
-        self.reader = csv.reader(self._lines(text))
+        header = header or Header(cells=[])
+        self.delimiter = header.delimiter
+        self.reader = csv.reader(self._lines(text), delimiter=self.delimiter)
         self.last_line = 0
         self.bytes_read = 0  # the file's bytes up to the end of the last record read
-        self.header_seen = False
+        self.to_skip = 1 + header.sep_line  # the records before the rows: a 'sep=' line, the header
         self.finished = False
 
     def _lines(self, text) -> Iterator[str]:
@@ -370,8 +405,8 @@ class RecordReader:
                     self.last_line = reader.line_num
                     if not row or (not row[0].strip() and not "".join(row).strip()):
                         continue
-                    if not self.header_seen:
-                        self.header_seen = True
+                    if self.to_skip:
+                        self.to_skip -= 1
                         continue
                     rows.append(row)
                     lines.append(start)
@@ -396,7 +431,7 @@ class RecordReader:
         reader = self.reader
         while True:
             record_lines = self.kept[-max(1, reader.line_num - self.last_line) :]
-            if not _ends_inside_quotes("".join(record_lines)):
+            if not _ends_inside_quotes("".join(record_lines), self.delimiter):
                 return
             self.last_line = reader.line_num
             self.reopen.append(True)
@@ -410,11 +445,11 @@ class RecordReader:
                 continue  # the rest is too long as well: look where it stopped
 
 
-def _ends_inside_quotes(text: str) -> bool:
+def _ends_inside_quotes(text: str, delimiter: str = ",") -> bool:
     """Whether the csv module, reading ``text`` from the start of a record, ends inside a quoted field.
 
     Its rules: a field opening with a quote runs to the next quote not doubled; after that, or in
-    a field that opens otherwise, a quote is an ordinary character and a comma ends the field.
+    a field that opens otherwise, a quote is an ordinary character and the delimiter ends the field.
     """
     at, end = 0, len(text)
     while at < end:
@@ -423,10 +458,10 @@ def _ends_inside_quotes(text: str) -> bool:
             if at >= end:
                 return True
             at += 1  # the closing quote
-        comma = text.find(",", at)
-        if comma < 0:
+        ends = text.find(delimiter, at)
+        if ends < 0:
             return False
-        at = comma + 1
+        at = ends + 1
     return False
 
 

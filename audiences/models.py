@@ -274,11 +274,23 @@ class Import(models.Model):
         UTF8 = "utf-8", "UTF-8 (with or without BOM)"
         LATIN1 = "latin-1", "Latin-1 (ISO-8859-1)"
 
+    class Separator(models.TextChoices):
+        COMMA = "comma", "comma (,)"
+        SEMICOLON = "semicolon", "semicolon (;)"
+        TAB = "tab", "tab"
+
     id = models.BigAutoField(primary_key=True)
     file = models.FileField(upload_to="imports/%Y/%m/", max_length=300)
     original_name = models.CharField(max_length=255, blank=True)
     size = models.BigIntegerField(default=0)
     encoding = models.CharField(max_length=10, choices=Encoding.choices, default=Encoding.UTF8)
+    separator = models.CharField(
+        max_length=10,
+        choices=Separator.choices,
+        default=Separator.COMMA,
+        editable=False,
+        help_text="What separates the file's columns, found in its header line (or its 'sep=' line).",
+    )
     columns = models.JSONField(
         default=dict, blank=True, help_text="Per CSV column: {'to': attribute name, 'type': string|number|...}."
     )

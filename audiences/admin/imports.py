@@ -107,6 +107,7 @@ class ImportAdmin(AccessAdmin):
         "original_name",
         "size",
         "encoding",
+        "separator",
         "target",
         "segment",
         "waiting_for_text",

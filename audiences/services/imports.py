@@ -28,6 +28,7 @@ from audiences.imports import (
     SEGMENT_GONE,
     Batch,
     ErrorFile,
+    Header,
     ImportRefused,
     RecordReader,
     named_external_id,
@@ -76,8 +77,8 @@ def import_create(
             f"The file is {size:,} bytes; the limit is {settings.PUSHDESK_IMPORT_MAX_BYTES:,} bytes "
             "(PUSHDESK_IMPORT_MAX_BYTES)."
         )
-    header = sniff_header(upload, encoding=encoding)
-    plan_columns(header, columns)
+    header = sniff_header(upload, encoding=encoding, columns=columns)
+    plan_columns(header.cells, columns)
     segment = None
     if target in (Import.Target.ADD_TO_SEGMENT, Import.Target.REPLACE_SEGMENT):
         if segment_id is None:
@@ -94,6 +95,7 @@ def import_create(
             original_name=(getattr(upload, "name", "") or "")[:255],
             size=size,
             encoding=encoding,
+            separator=header.separator,
             columns=columns or {},
             target=target,
             segment=segment,
@@ -203,10 +205,10 @@ def import_process(*, import_id: int, seconds: float | None = None) -> bool:
     try:
         with record.file.open("rb") as stored:
             fh = getattr(stored, "file", stored)
-            header = sniff_header(fh, encoding=record.encoding)
-            plan = plan_columns(header, record.columns)
+            header = sniff_header(fh, encoding=record.encoding, columns=record.columns)
+            plan = plan_columns(header.cells, record.columns)
             fh.seek(0)
-            return _import_rows(record, fh, plan, started=started, seconds=seconds)
+            return _import_rows(record, fh, plan, header=header, started=started, seconds=seconds)
     except _ImportStopped as stopped:
         _import_failed(record, stopped.__cause__, line=stopped.line)
         return False
@@ -219,7 +221,7 @@ def _error_path(record: Import):
     return Path(settings.MEDIA_ROOT) / "imports" / "errors" / f"import-{record.pk}-errors.csv"
 
 
-def _import_rows(record: Import, fh, plan, *, started: float, seconds: float) -> bool:
+def _import_rows(record: Import, fh, plan, *, header: Header, started: float, seconds: float) -> bool:
     if record.target != Import.Target.PROFILES and record.segment_id is None:
         raise ImportRefused(SEGMENT_GONE)  # deleted before the import began or while it stood still
     batch_rows = settings.PUSHDESK_IMPORT_BATCH_ROWS
@@ -234,7 +236,7 @@ def _import_rows(record: Import, fh, plan, *, started: float, seconds: float) ->
         "duplicate": record.rows_duplicate,
     }
     tz_names = _timezones()
-    reader = RecordReader(fh, encoding=record.encoding)
+    reader = RecordReader(fh, encoding=record.encoding, header=header)
     committer = _Committer(record, errors, segment_id=segment_id, replace=replace)
     try:
         position = _skip_done(reader, record.position, plan, seen, timezones=tz_names)

@@ -191,3 +191,16 @@ def test_a_replace_import_with_no_good_row_says_on_its_page_that_it_removed_nobo
     assert "Members removed" in page
     assert "No row of the file was imported, so no member of the segment was removed" in page
     assert list(segment.members.values_list("profile__external_id", flat=True)) == ["a"]
+
+
+def test_an_imports_page_and_api_status_say_which_separator_its_file_was_read_with(
+    login, manager_alice, media, api_key_for, django_capture_on_commit_callbacks
+):
+    upload = SimpleUploadedFile("people.csv", b"sep=;\r\nexternal_id;plan\r\nu1;pro\r\n", content_type="text/csv")
+    with django_capture_on_commit_callbacks(execute=True):
+        record = import_create(upload=upload, by=manager_alice)
+    page = login(manager_alice).get(f"/admin/audiences/import/{record.pk}/change/").content.decode()
+    assert "Separator" in page and "semicolon (;)" in page
+    detail = api_key_for(manager_alice, scopes=["read"]).get(f"/api/v1/imports/{record.pk}/").json()
+    assert (detail["status"], detail["separator"], detail["rows_imported"]) == ("done", "semicolon", 1)
+    assert Profile.objects.get(external_id="u1").attributes == {"plan": "pro"}

@@ -144,22 +144,51 @@ def test_missing_external_id_column_is_refused_before_any_row_lands(run_import):
 
 
 @pytest.mark.parametrize(
-    ("content", "message"),
+    ("content", "separator", "bad_line"),
     [
-        (b"external_id;plan;age\r\nu1;pro;3\r\n", "separated by semicolons"),
-        (b"external_id\tplan\nu1\tpro\n", "separated by tabs"),
-        (b"sep=;\r\nexternal_id;plan\r\nu1;pro\r\n", "starts with a 'sep=;' line"),
-        (b"sep=,\r\nexternal_id,plan\r\nu1,pro\r\n", "starts with a 'sep=,' line"),
+        (b'external_id;plan;score\r\nu1;pro;3\r\n\r\nu2;"a;b";4\r\nu3;free\r\n', "semicolon", 5),
+        (b"external_id\tplan\tscore\nu1\tpro\t3\nu2\ta;b\t4\nu3\tfree\n", "tab", 4),
+        (b'sep=;\r\nexternal_id;plan;score\r\nu1;pro;3\r\nu2;"a;b";4\r\nu3;free\r\n', "semicolon", 5),
+        (b'\xef\xbb\xbfSEP=;\nexternal_id;plan;score\nu1;pro;3\nu2;"a;b";4\nu3;free\n', "semicolon", 5),
+        (b"sep=,\r\nexternal_id,plan,score\r\nu1,pro,3\r\nu2,a;b,4\r\nu3,free\r\n", "comma", 5),
+        (b"sep=\t\nexternal_id\tplan\tscore\nu1\tpro\t3\nu2\ta;b\t4\nu3\tfree\n", "tab", 5),
+        (b"external_id,tier;level;rank,score\nu1,pro,3\nu2,a;b,4\nu3,free\n", "comma", 4),
     ],
-    ids=["semicolons", "tabs", "sep-semicolon", "sep-comma"],
+    ids=[
+        "semicolons",
+        "tabs",
+        "sep-semicolon",
+        "bom-sep-semicolon",
+        "sep-comma",
+        "sep-tab",
+        "comma-header-with-semicolon",
+    ],
 )
-def test_a_spreadsheets_other_csv_shapes_are_refused_saying_why(run_import, content, message):
-    """Excel saves CSV with semicolons where the decimal separator is a comma, and may write a
-    'sep=' line first: the file was refused as holding a column named 'external_id;plan;age' (or
-    'sep=') that cannot be an attribute name, which says nothing of what to change."""
-    with pytest.raises(ImportRefused, match=message):
-        run_import(content)
+def test_a_spreadsheets_semicolon_and_tab_separated_csv_is_read(run_import, content, separator, bad_line):
+    """Excel saves CSV with semicolons where the decimal separator is a comma (or tabs, as 'Text'),
+    and may write a 'sep=' line first: such a file was refused. The separator is found in the header
+    line (a 'sep=' line names it, and is skipped), shown on the import, and the failed row's line is
+    the file's own."""
+    record = run_import(content, columns={"tier;level;rank": {"to": "plan"}} if b"tier;" in content else None)
+    assert (record.status, record.separator, record.rows_imported, record.rows_failed) == ("done", separator, 2, 1)
+    assert attrs("u1") == {"plan": "pro", "score": 3}
+    assert attrs("u2") == {"plan": "a;b", "score": 4}
+    assert [row[:2] for row in error_rows(record)] == [[str(bad_line), "u3"]]
+
+
+def test_a_sep_line_naming_a_separator_imports_do_not_read_is_refused(run_import):
+    with pytest.raises(ImportRefused, match=r"'sep=\|' line.*commas, semicolons or tabs"):
+        run_import(b"sep=|\nexternal_id|plan\nu1|pro\n")
     assert not Profile.objects.exists() and not Import.objects.exists()
+
+
+def test_a_semicolon_file_resumes_after_its_last_batch_at_the_right_lines(run_import, settings):
+    """Batches of two: each batch's rows keep their lines, the 'sep=' line counted."""
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
+    record = run_import(b"sep=;\nexternal_id;n\na;1\nb;2\n;3\nc;4\nd\n", columns={"n": {"type": "number"}})
+    assert (record.rows_imported, record.rows_failed, record.separator) == (3, 2, "semicolon")
+    assert [row[0] for row in error_rows(record)] == ["5", "7"]
+    assert attrs("c") == {"n": 4}
 
 
 @pytest.mark.parametrize(

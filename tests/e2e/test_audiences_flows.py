@@ -129,6 +129,27 @@ def test_manager_maps_the_columns_of_a_file_before_importing(login, page, live_s
     assert Profile.objects.get(external_id="c-3").attributes == {"Plan": "pro", "Age": 33}
 
 
+def test_manager_maps_the_columns_of_a_semicolon_separated_file(login, page, live_server, manager_alice):
+    """Excel's CSV in many European locales: a 'sep=;' line, then columns separated by semicolons.
+    The mapping step showed one column named 'sep='; it reads the file's columns, as the import does."""
+    from audiences.models import Import, Profile
+
+    rows = "sep=;\r\nexternal_id;Plan;Score\r\n" + "".join(f"s-{n};pro;{n},5\r\n" for n in range(3))
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/audiences/import/add/")
+    page.set_input_files("#id_file", files=[{"name": "excel.csv", "mimeType": "text/csv", "buffer": rows.encode()}])
+    mapping = page.locator(".import-mapping")
+    mapping.wait_for()
+    assert mapping.locator("tbody tr td:first-child").all_inner_texts() == ["external_id", "Plan", "Score"]
+    assert page.locator(".import-preview tbody tr").first.locator("td").all_inner_texts() == ["s-0", "pro", "0,5"]
+    page.click("input[name=_save]")
+    page.wait_for_url("**/admin/audiences/import/*/change/**")
+    page.wait_for_function("() => document.querySelector('.field-status .readonly').textContent.trim() == 'done'")
+    assert "semicolon (;)" in page.locator(".field-separator .readonly").inner_text()
+    assert Import.objects.get(original_name="excel.csv").rows_imported == 3
+    assert Profile.objects.get(external_id="s-2").attributes == {"Plan": "pro", "Score": "2,5"}
+
+
 def test_manager_reads_each_segments_reach_in_the_list_and_counts_it_again(
     login, page, live_server, manager_alice, pushsim_app, screenshot
 ):

@@ -28,8 +28,35 @@
     return s;
   }
 
+  // The separators imports read, in the order a tie goes (as the server's import does).
+  var SEPARATORS = [",", ";", "\t"];
+
+  // The file's separator, found as the import finds it: a first "sep=X" line names it (and is
+  // skipped); otherwise the header line read with each separator, the one naming external_id first,
+  // then the one making the most columns. Returns the text from the header on and the separator.
+  function detectSeparator(text) {
+    var lines = text.split(/\r\n|\n|\r/);
+    var at = 0;
+    while (at < lines.length && !lines[at].trim()) at++;
+    var first = lines[at] || "";
+    var named = /^sep=(.)$/i.exec(first);
+    if (named && SEPARATORS.indexOf(named[1]) >= 0) {
+      return { separator: named[1], text: lines.slice(at + 1).join("\n") };
+    }
+    var best = null, bestRank = null;
+    SEPARATORS.forEach(function (separator, order) {
+      var cells = parseCsv(first, 1, separator)[0] || [];
+      var names = cells.some(function (cell) { return cell.trim() === "external_id"; }) ? 1 : 0;
+      var rank = [names, cells.length, -order];
+      if (!bestRank || rank[0] > bestRank[0] || (rank[0] === bestRank[0] && (rank[1] > bestRank[1] || (rank[1] === bestRank[1] && rank[2] > bestRank[2])))) {
+        best = separator; bestRank = rank;
+      }
+    });
+    return { separator: best, text: text };
+  }
+
   // RFC 4180 records: quotes, doubled quotes, separators and newlines inside quotes.
-  function parseCsv(text, limit) {
+  function parseCsv(text, limit, separator) {
     var rows = [], row = [], cell = "", quoted = false, i = 0;
     for (; i < text.length && rows.length < limit; i++) {
       var c = text[i];
@@ -38,7 +65,7 @@
         else if (c === '"') quoted = false;
         else cell += c;
       } else if (c === '"') quoted = true;
-      else if (c === ",") { row.push(cell); cell = ""; }
+      else if (c === separator) { row.push(cell); cell = ""; }
       else if (c === "\n" || c === "\r") {
         if (c === "\r" && text[i + 1] === "\n") i++;
         row.push(cell); cell = "";
@@ -118,7 +145,10 @@
       var chosen = file.files && file.files[0];
       if (!chosen) { box.innerHTML = ""; return; }
       var reader = new FileReader();
-      reader.onload = function () { render(box, textarea, parseCsv(String(reader.result).replace(/^\ufeff/, ""), 6)); };
+      reader.onload = function () {
+        var found = detectSeparator(String(reader.result).replace(/^\ufeff/, ""));
+        render(box, textarea, parseCsv(found.text, 6, found.separator));
+      };
       reader.readAsText(chosen.slice(0, 256 * 1024));
     });
   }
