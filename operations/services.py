@@ -32,7 +32,7 @@ def instance_claim(*, name: str | None = None) -> dict:
     dispatches are stopped, their queued rows end ``skipped`` and their ``sending`` rows
     ``unknown`` (reason ``voided:instance_claim``); scheduled campaigns' due occurrences are
     recorded as skipped and their next one is the first after now; journey enrollments already
-    due exit; tasks in the database broker are dropped. Future schedules are kept.
+    due exit (a paused journey's too: its resume would run them); tasks in the database broker are dropped. Future schedules are kept.
 
     Returns the counts of what was voided; writes an audit event.
     """
@@ -98,11 +98,15 @@ def instance_claim(*, name: str | None = None) -> dict:
                 when = next_occurrence(approved, after=when)
             campaign.next_occurrence_at = when
             campaign.save(update_fields=["next_occurrence_at"])
-        counts["enrollments"] = Enrollment.objects.filter(status__in=Enrollment.OPEN_STATUSES, due_at__lte=now).update(
+        # A paused journey's profiles hold their due time aside (``held_due_at``): due as much.
+        due_steps = Q(due_at__lte=now) | Q(held_due_at__lte=now)
+        counts["enrollments"] = Enrollment.objects.filter(due_steps, status__in=Enrollment.OPEN_STATUSES).update(
             status=Enrollment.Status.EXITED,
             exit_reason=f"voided when instance {name!r} claimed this database",
             finished_at=now,
             updated_at=now,
+            due_at=None,
+            held_due_at=None,
         )
         if "orm" in settings.Q_CLUSTER:
             from django_q.models import OrmQ

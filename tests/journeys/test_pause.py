@@ -461,3 +461,29 @@ def test_a_key_whose_user_is_now_a_viewer_cannot_pause_or_resume(
     journey_pause(journey_id=journey.pk, by=manager_alice)
     assert client.post(f"/api/v1/journeys/{journey.pk}/resume/").status_code == 401
     assert Journey.objects.get(pk=journey.pk).status == "paused"
+
+
+def test_claiming_a_restored_copy_voids_a_paused_journeys_due_steps_as_a_live_ones(
+    make_journey, publish, manager_alice, welcome
+):
+    """The original sends what was due when its copy was taken: a profile held by a pause whose wait
+    ended is voided with the live ones (its resume on the copy sent it a second time); a wait not
+    ended yet is kept, held, as a live journey's is kept."""
+    from operations.services import instance_claim
+
+    ProfileFactory.create_batch(2)
+    t0 = timezone.now() - 3 * HOUR
+    journey = publish(make_journey(graph=_waiting_then_push(welcome.pk)), now=t0)
+    journey_enter_segment(journey_id=journey.pk, now=t0)
+    journeys_run_due(now=t0)
+    ended, later = Enrollment.objects.order_by("pk")
+    Enrollment.objects.filter(pk=later.pk).update(due_at=timezone.now() + HOUR)
+    journey_pause(journey_id=journey.pk, by=manager_alice)
+    assert instance_claim()["enrollments"] == 1
+    ended.refresh_from_db()
+    later.refresh_from_db()
+    assert (ended.status, ended.held_due_at) == ("exited", None)
+    assert (later.status, later.due_at) == ("waiting", None) and later.held_due_at is not None
+    journey_resume(journey_id=journey.pk, by=manager_alice)
+    assert journeys_run_due(now=timezone.now() + 2 * HOUR).enrollments == 1
+    assert Dispatch.objects.get(kind="journey").profile_ids == [later.profile_id]
