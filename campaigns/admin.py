@@ -444,8 +444,8 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             count=count, latest=LATEST_SENDS, url=campaign_sends_url(obj.pk), css_class="dispatches-list"
         )
         if not latest and (hidden := campaign_sends(Dispatch.objects.all(), obj.pk).count()):
-            # Granted the campaign, not its app (through which dispatches are seen): the report counts them.
-            summary = f"{hidden:,} in the app {obj.app}, which you were not granted: ask for access to open them"
+            # A role that may see campaigns but not dispatches: the report counts them.
+            summary = f"{hidden:,}, which your role may not open"
         rows = format_html_join(
             "",
             '<li><a href="{}">{}</a> — {}, {} targeted, {} accepted</li>',
@@ -589,8 +589,10 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             return f"Duplicated as a new draft: {copy}.", reverse("admin:campaigns_campaign_change", args=[copy.pk])
 
         def test_send():
-            dispatch = campaign_test_send(campaign_id=object_id, by=by)
-            return f"Test send started: {dispatch}.", None
+            dispatches = campaign_test_send(campaign_id=object_id, by=by)
+            if len(dispatches) == 1:
+                return f"Test send started: {dispatches[0]}.", None
+            return f"Test sends started, one per variant: {'; '.join(str(d) for d in dispatches)}.", None
 
         return {
             "submit": lambda: campaign_submit(campaign_id=object_id, by=by, message=request.POST.get("message", "")),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
@@ -28,6 +29,9 @@ from campaigns.schedule import (
 )
 from campaigns.services.lifecycle import SAVED_WITH_STATUS, Status
 from campaigns.services.winner import winner_test_open, winners_pick_due
+
+if TYPE_CHECKING:
+    from delivery.models import Dispatch
 
 
 def campaign_gate(
@@ -343,9 +347,12 @@ def campaigns_tick(*, now: dt.datetime | None = None) -> dict:
     return {"due": len(due_ids), "occurrences": fired, "winners": picked, "completed": completed}
 
 
-def campaign_test_send(*, campaign_id: int, by: User):
+def campaign_test_send(*, campaign_id: int, by: User) -> list[Dispatch]:
     """Send the campaign's content as it is now to its app's test devices, in any state, no approval
-    needed, rendered with the context its sends give it (``Campaign.send_context``)."""
+    needed, rendered with the context its sends give it (``Campaign.send_context``): one test send
+    per variant's content, in the variants' order (the testers see each the audience may get), or
+    one of its content. Returns the dispatches; none is made when one is refused.
+    """
     from delivery.services.contents import pushcontent_test_send
 
     campaign = Campaign.objects.filter(pk=campaign_id).first()
@@ -353,4 +360,12 @@ def campaign_test_send(*, campaign_id: int, by: User):
         raise Http404(f"No campaign {campaign_id}.")
     if not can(by, "delivery.test_send_pushcontent", campaign):
         raise PermissionDenied("Your role may not send tests.")
-    return pushcontent_test_send(content_id=campaign.content_id, by=by, context=campaign.send_context())
+    variants = campaign.variant_list()
+    sends = [(v.content, f"Test of {campaign.name}, variant {v.label} ({v.content.name})") for v in variants]
+    if not variants:
+        sends = [(campaign.content, f"Test of {campaign.name}")]
+    with transaction.atomic():
+        return [
+            pushcontent_test_send(content_id=content.pk, by=by, context=campaign.send_context(), label=label)
+            for content, label in sends
+        ]

@@ -80,9 +80,12 @@ def pushcontent_duplicate(*, content_id: int, by: User) -> PushContent:
     return duplicate
 
 
-def pushcontent_test_send(*, content_id: int, by: User, context: dict | None = None) -> Dispatch:
+def pushcontent_test_send(
+    *, content_id: int, by: User, context: dict | None = None, label: str | None = None
+) -> Dispatch:
     """Send the content as it is now to its app's test devices (no approval needed), rendered with
-    ``context``: what the sends it tests give it (a campaign's ``{"campaign": {"id", "name"}}``).
+    ``context``: what the sends it tests give it (a campaign's ``{"campaign": {"id", "name"}}``);
+    ``label`` names the send (default: "Test of <content>").
 
     Raises GateClosed when ``by`` may not send tests of this content, ValidationError when the
     content is not sendable.
@@ -95,7 +98,7 @@ def pushcontent_test_send(*, content_id: int, by: User, context: dict | None = N
         by=by,
         content_id=content.pk,
         source_id=content.pk,
-        label=f"Test of {content.name}",
+        label=label or f"Test of {content.name}",
         context=context or {},
     )
 

@@ -33,7 +33,7 @@ def test_a_campaigns_test_send_gives_its_content_the_campaign_as_its_sends_do(
 ):
     tester = DeviceFactory(app=named_campaign.app, is_test=True, platform="ios")
     with django_capture_on_commit_callbacks(execute=True):
-        dispatch = campaign_test_send(campaign_id=named_campaign.pk, by=manager_alice)
+        (dispatch,) = campaign_test_send(campaign_id=named_campaign.pk, by=manager_alice)
     dispatch.refresh_from_db()
     assert (dispatch.kind, dispatch.accepted) == ("test", 1)
     (received,) = pushsim.state.recent(token=tester.token)
@@ -43,3 +43,23 @@ def test_a_campaigns_test_send_gives_its_content_the_campaign_as_its_sends_do(
 
 def test_a_campaigns_phones_show_its_content_with_the_campaign_as_its_sends_do(named_campaign):
     assert "Spring sale" in campaign_phones_html(named_campaign)
+
+
+def test_a_campaigns_test_send_sends_each_variants_content(
+    named_campaign, pushsim, manager_alice, django_capture_on_commit_callbacks
+):
+    """An A/B campaign's testers see every variant the audience may get, each under its label."""
+    from tests.campaigns.helpers import variants_set
+
+    app = named_campaign.app
+    other = PushContentFactory(app=app, name="Sale B", title="B for {{ context.campaign.name }}", body="Hi")
+    variants_set(named_campaign, manager_alice, [named_campaign.content, other], [45, 45], 10)
+    tester = DeviceFactory(app=app, is_test=True, platform="android")
+    with django_capture_on_commit_callbacks(execute=True):
+        dispatches = campaign_test_send(campaign_id=named_campaign.pk, by=manager_alice)
+    assert [d.label for d in dispatches] == [
+        f"Test of Spring sale, variant A ({named_campaign.content.name})",
+        "Test of Spring sale, variant B (Sale B)",
+    ]
+    received = sorted(r["title"] for r in pushsim.state.recent(token=tester.token))
+    assert received == ["B for Spring sale", "Spring sale"]
