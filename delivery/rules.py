@@ -2,8 +2,9 @@
 
 Both work on the dispatch's freshly inserted ``queued`` rows, set-based: one UPDATE for the cap,
 one per time zone present for quiet hours. A row held back records the rule as its reason
-(``frequency_cap`` / ``quiet_hours``) or, for quiet hours in *delay* mode, waits with its
-``next_attempt_at`` at the end of the quiet hours in the profile's time zone.
+(``frequency_cap`` / ``quiet_hours``): skipped, or, for quiet hours in *delay* mode, queued with its
+``next_attempt_at`` at the end of the quiet hours in the profile's time zone (its outcome's reason
+replaces it when it is sent).
 """
 
 from __future__ import annotations
@@ -213,7 +214,10 @@ def _quiet_hours(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -> 
             )
         else:
             until = until.astimezone(dt.UTC)
-            held["quiet_hours_delayed"] += rows.update(next_attempt_at=until, expires_at=until + _ttl(dispatch))
+            # The row says why it waits, as a skipped one does; its outcome replaces it when it is sent.
+            held["quiet_hours_delayed"] += rows.update(
+                next_attempt_at=until, expires_at=until + _ttl(dispatch), reason="quiet_hours"
+            )
     return held
 
 

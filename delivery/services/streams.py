@@ -344,7 +344,9 @@ def _append_sql(lock_sql: str, *, named: bool) -> str:
         f"CASE WHEN {_SKIP} THEN 'skipped' ELSE 'queued' END, "
         # The holdout takes only rows that would be sent (delivery.services.dispatches says why).
         "CASE WHEN dev.id IS NULL THEN 'no_device' WHEN NOT dev.push_enabled THEN 'not_opted_in' "
-        "WHEN v.variant = 0 THEN 'holdout' WHEN v.quiet_skip THEN 'quiet_hours' ELSE '' END, '', 0, "
+        # A row held until the quiet hours end says so too, as a queued row (until it is sent).
+        "WHEN v.variant = 0 THEN 'holdout' WHEN v.quiet_skip OR v.hold_until IS NOT NULL THEN 'quiet_hours' "
+        "ELSE '' END, '', 0, "
         f"CASE WHEN {_SKIP} THEN %s END, v.hold_until, %s, v.context, "
         # The TTL runs from the call (or from the end of a quiet-hours hold), not from the stream's start;
         # a variant's own content says how long.
@@ -405,7 +407,8 @@ def _append_portable(*, dispatch_id, app_id, recipients, source_lock, rules, now
                     reason = "holdout" if recipient.variant == 0 else "quiet_hours"
                 status, finished = DS.SKIPPED, now
             else:
-                status, reason, finished = DS.QUEUED, "", None
+                # Held until the quiet hours end, it says why it waits (until it is sent).
+                status, reason, finished = DS.QUEUED, "quiet_hours" if until else "", None
             made.append(
                 Delivery(
                     dispatch_id=dispatch_id,

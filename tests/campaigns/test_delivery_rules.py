@@ -320,3 +320,21 @@ def test_what_the_rules_skip_is_counted_on_the_dispatch_and_in_its_rollup(app):
     }
     rollup_rebuild(dispatch_ids=[dispatch.pk])
     assert _rollup(dispatch.pk) == made
+
+
+def test_a_push_held_for_quiet_hours_says_so_until_it_is_sent(app, pushsim_app, pushsim):
+    """Held back, a row says why it waits, as a skipped one does (a delivery's page, the API);
+    sent when the quiet hours end, it is accepted without it."""
+    from delivery.services.sending import dispatch_send
+
+    start, end = _window_around_now("Europe/Paris", inside=True)
+    DeliveryRules.objects.create(app=pushsim_app, quiet_start=start, quiet_end=end, quiet_mode="delay")
+    profile = ProfileFactory(timezone="Europe/Paris")
+    DeviceFactory(profile=profile, app=pushsim_app, platform="android")
+    row = _dispatch(pushsim_app, [profile])[profile.pk]
+    assert (row.status, row.reason) == ("queued", "quiet_hours")
+
+    Delivery.objects.filter(pk=row.pk).update(next_attempt_at=timezone.now() - dt.timedelta(seconds=1))  # they ended
+    dispatch_send(dispatch_id=row.dispatch_id)
+    row.refresh_from_db()
+    assert (row.status, row.reason) == ("accepted", "")

@@ -198,8 +198,9 @@ def test_quiet_hours_and_the_frequency_cap_apply_to_marketing_streams(pushsim_ap
     Dispatch.objects.filter(pk=stream.pk).update(purpose="marketing")
     zoe, max_ = _people(pushsim_app, 2)
     held = _append(stream, [zoe], rules=rules, now=now)
-    assert held[0].status == "queued"
-    assert Delivery.objects.get(pk=held[0].id).next_attempt_at is not None  # waits for the quiet hours to end
+    assert (held[0].status, held[0].reason) == ("queued", "quiet_hours")  # it says why it waits
+    row = Delivery.objects.get(pk=held[0].id)
+    assert (row.reason, row.next_attempt_at is not None) == ("quiet_hours", True)  # until the quiet hours end
     capped = _append(stream, [zoe], rules=rules, now=now)  # one marketing push already on its way
     assert [(r.status, r.reason) for r in capped] == [("skipped", "frequency_cap")]
     rules.quiet_mode = DeliveryRules.QuietMode.DISCARD
