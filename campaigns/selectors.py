@@ -15,6 +15,12 @@ def campaigns_visible_to(user: User, *, perm: str | None = None) -> QuerySet[Cam
     return visible_to(user, Campaign.objects.select_related("app", "segment", "content", "owner"), perm=perm)
 
 
+def campaign_ids_visible_to(user: User) -> QuerySet:
+    """The ids of the campaigns the user may see: whose sends (its runs, its API triggers' streams)
+    they read, their app granted or not (``delivery.selectors.dispatch_source_readers_register``)."""
+    return visible_to(user, Campaign.objects.all()).values("pk")
+
+
 def occurrences_visible_to(user: User) -> QuerySet[Occurrence]:
     """The occurrences of the campaigns the user may see (needs the role's view_occurrence): whoever
     may not see a campaign sees none of its occurrences, in a list or by id."""

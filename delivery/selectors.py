@@ -54,23 +54,26 @@ _SOURCE_READERS: dict[str, Callable[[User], QuerySet]] = {}
 
 
 def dispatch_source_readers_register(*, kind: str, sources: Callable[[User], QuerySet]) -> None:
-    """Let whoever may see a source of ``kind`` (a journey version, through its journey) read the
-    dispatches it sent, as the source's page and API count them, without access to their app."""
+    """Let whoever may see a source of ``kind`` (a journey version, through its journey; a campaign)
+    read the dispatches it sent, as the source's page and API count them, without access to their app."""
     _SOURCE_READERS[kind] = sources
 
 
 def dispatches_visible_to(user: User, queryset: QuerySet[Dispatch] | None = None) -> QuerySet[Dispatch]:
     """The dispatches of ``queryset`` (default: all) the user may see: those in their scope (their
     app's), and those sent by a source they may see of a kind registered with
-    ``dispatch_source_readers_register``: a journey granted without its app shows its own sends (and
-    their deliveries), nothing else of that app. Only for reading: a write asks ``in_scope``."""
+    ``dispatch_source_readers_register``: a journey or a campaign granted without its app shows its
+    own sends (and their deliveries), nothing else of that app. Only for reading: a write asks ``in_scope``."""
     queryset = Dispatch.objects.all() if queryset is None else queryset
     scoped = visible_to(user, queryset)
     if not _SOURCE_READERS or not user.has_perm("delivery.view_dispatch") or has_every_scope(user):
         return scoped
-    sent = Q()
+    kinds_of: dict[Callable[[User], QuerySet], list[str]] = {}
     for kind, sources in _SOURCE_READERS.items():
-        sent |= Q(kind=kind, source_id__in=sources(user))
+        kinds_of.setdefault(sources, []).append(kind)  # one subquery for the kinds of one source
+    sent = Q()
+    for sources, kinds in kinds_of.items():
+        sent |= Q(kind__in=kinds, source_id__in=sources(user))
     return scoped | queryset.filter(sent)
 
 

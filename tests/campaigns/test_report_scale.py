@@ -230,3 +230,50 @@ def test_the_api_report_lists_the_newest_sends_and_links_to_the_paged_list_of_al
     stranger = api_key_for(UserFactory(username="manager_stranger", role="Manager"), scopes=["read"])  # no access
     assert stranger.get(f"/api/v1/campaigns/{campaign.pk}/dispatches/").status_code == 404
     assert stranger.get(f"/api/v1/campaigns/{campaign.pk}/report/").status_code == 404
+
+
+def test_a_key_granted_the_campaign_but_not_its_app_reads_its_sends_as_its_report_counts_them(
+    make_campaign, api_key_for, content
+):
+    """The campaign's report counted its sends and listed their ids, and the dispatches API answered
+    404 for each: dispatches were seen through their app only. A campaign granted alone shows its own
+    sends and their rows; not its content's test sends, nor anything else of the app. Reporting an
+    open, a write, still needs the app."""
+    from accounts.services import access_grant
+    from tests.delivery.reporting import sent_dispatch
+
+    campaign = make_campaign(name="Streams", kind="api_triggered", segment=None)
+    stream = sent_dispatch(campaign.app, kind="api_trigger", source_id=campaign.pk)
+    other = make_campaign(name="Other")
+    others = [
+        sent_dispatch(campaign.app, kind="campaign", source_id=other.pk),
+        sent_dispatch(campaign.app, kind="test", source_id=content.pk),  # a test send of the campaign's content
+        sent_dispatch(campaign.app, kind="journey", source_id=campaign.pk),  # a journey version of the same number
+    ]
+    approver = UserFactory(username="approver_ann", role="Approver")  # a Viewer owns no key
+    manager = UserFactory(username="manager_max", role="Manager")
+    for reader in (approver, manager):
+        access_grant(obj=campaign, to=reader, by=None)
+        api = api_key_for(reader, scopes=["read", "ingest"])
+        report = api.get(f"/api/v1/campaigns/{campaign.pk}/report/").json()
+        assert report["targeted"] == 7 and [d["id"] for d in report["dispatches"]] == [stream.pk]
+        assert [d["id"] for d in api.get(f"/api/v1/campaigns/{campaign.pk}/dispatches/").json()["results"]] == [
+            stream.pk
+        ]
+        assert [d["id"] for d in api.get("/api/v1/dispatches/").json()["results"]] == [stream.pk]
+        assert api.get(f"/api/v1/dispatches/{stream.pk}/").json()["total"] == 7
+        rows = api.get(f"/api/v1/dispatches/{stream.pk}/deliveries/").json()["results"]
+        assert len(rows) == 7
+        assert api.get(f"/api/v1/deliveries/{rows[0]['id']}/").status_code == 200
+        for dispatch in others:
+            assert api.get(f"/api/v1/dispatches/{dispatch.pk}/").status_code == 404, dispatch.kind
+            assert api.get(f"/api/v1/dispatches/{dispatch.pk}/deliveries/").status_code == 404, dispatch.kind
+
+    accepted = stream.deliveries.filter(status="accepted", opened_at__isnull=True, device__isnull=False).first()
+    body = {"app": campaign.app_id, "delivery": accepted.pk, "token": accepted.device.token}
+    assert api_key_for(manager, scopes=["ingest"]).post("/api/v1/opens/", body, format="json").status_code == 404
+    assert stream.deliveries.get(pk=accepted.pk).opened_at is None
+
+    stranger = api_key_for(UserFactory(username="manager_stranger", role="Manager"), scopes=["read"])
+    assert stranger.get("/api/v1/dispatches/").json()["results"] == []
+    assert stranger.get(f"/api/v1/dispatches/{stream.pk}/").status_code == 404

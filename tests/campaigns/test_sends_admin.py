@@ -194,16 +194,54 @@ def test_a_sends_list_of_what_is_no_campaign_answers_404(client, campaign, viewe
         assert client.get(f"/admin/delivery/dispatch/?campaign={value}").status_code == 404, value
 
 
-def test_a_reader_granted_the_campaign_but_not_its_app_is_told_where_its_sends_are(client, campaign):
-    """The report below counts the sends; the box said "none yet" to a colleague who may open none."""
+@pytest.mark.embedded  # the sources' sends read on SQLite too
+@pytest.mark.presses("delivery.dispatch:stop")
+def test_a_reader_granted_the_campaign_but_not_its_app_reads_its_sends_as_its_page_counts_them(client, campaign):
+    """The report counted the campaign's sends, and the box said "ask for access", its list was
+    empty and each send answered 404: dispatches were seen through their app only. A campaign
+    granted alone shows its own sends (its runs, its API triggers' streams) and their rows; not its
+    content's test sends, another campaign's or a journey's of the app. Stopping one, a write,
+    still needs the app."""
     from accounts.services import access_grant
+    from tests.delivery.reporting import sent_dispatch
 
-    _sends(campaign, 3)
-    viewer = UserFactory(username="viewer_vic", role="Viewer")
-    access_grant(obj=campaign, to=viewer, by=None)
-    client.force_login(viewer)
-    box = _text(_box(client.get(_page(campaign)).content.decode()))
-    assert box.startswith("Dispatches: 3 in the app Shop, which you were not granted: ask for access to open them."), (
-        box
-    )
-    assert _box_sends(client.get(_page(campaign)).content.decode()) == []
+    runs = _sends(campaign, 3)
+    sent = sent_dispatch(campaign.app, kind="campaign", source_id=campaign.pk)
+    running = _sends(campaign, 1, first=20)[0]
+    Dispatch.objects.filter(pk=running.pk).update(status=Dispatch.Status.SENDING)
+    test_send = _sends(campaign, 1, kind=Dispatch.Kind.TEST, source_id=campaign.content_id)[0]
+    others = Dispatch.objects.exclude(pk__in=[d.pk for d in (*runs, sent, running)])
+    assert others.count() == 8
+    ours = _newest(campaign)
+    assert len(ours) == 5
+
+    for role in ("Viewer", "Manager"):
+        reader = UserFactory(username=f"{role.lower()}_granted_the_campaign", role=role)
+        access_grant(obj=campaign, to=reader, by=None)
+        client.force_login(reader)
+        page = client.get(_page(campaign)).content.decode()
+        assert _text(_box(page)).startswith("Dispatches, newest first: all 5 — their list, with filters."), role
+        assert _box_sends(page) == ours
+        assert "<tr><th>Targeted</th><td>7</td></tr>" in page  # the report the box's sends add up to
+        assert _list_sends(client.get(campaign_sends_url(campaign.pk)).content.decode()) == ours
+        assert sorted(_list_sends(client.get("/admin/delivery/dispatch/").content.decode())) == sorted(ours)
+        for pk in ours:
+            assert client.get(f"/admin/delivery/dispatch/{pk}/change/").status_code == 200, pk
+        for other in others:
+            assert client.get(f"/admin/delivery/dispatch/{other.pk}/change/").status_code == 404, other.kind
+        assert client.get(f"/admin/delivery/dispatch/{test_send.pk}/change/").status_code == 404
+        rows = client.get(f"/admin/delivery/delivery/?dispatch__id__exact={sent.pk}").context["cl"].result_list
+        assert len(rows) == 7
+        assert client.get(f"/admin/delivery/delivery/{rows[0].pk}/change/").status_code == 200
+
+        answer = client.post(
+            "/admin/delivery/dispatch/", {"action": "stop", "_selected_action": [running.pk], "post": "yes"}
+        )
+        assert answer.status_code in (200, 302)
+        assert Dispatch.objects.get(pk=running.pk).status == Dispatch.Status.SENDING, role
+
+    stranger = UserFactory(username="viewer_stranger", role="Viewer")  # the role, neither app nor campaign
+    client.force_login(stranger)
+    assert client.get(_page(campaign)).status_code == 404
+    assert list(client.get("/admin/delivery/dispatch/").context["cl"].result_list) == []
+    assert client.get(f"/admin/delivery/dispatch/{sent.pk}/change/").status_code == 404
