@@ -365,7 +365,7 @@ class DispatchDeliveriesView(APIView):
             dispatch = dispatch_for(request.user, dispatch_id)
         except Dispatch.DoesNotExist as exc:
             raise Http404 from exc
-        rows = Delivery.objects.filter(dispatch_id=dispatch.pk)
+        rows = dispatch.rows()
         if "status" in query:
             rows = rows.filter(status=query["status"])
         after, limit = min(query.get("after", 0), 2**63 - 1), query.get("limit", 100)

@@ -310,6 +310,15 @@ class DispatchQuerySet(models.QuerySet):
         return self.filter(finished_at__isnull=True, status__in=Dispatch.RUNNING_STATUSES)
 
 
+def rows_within(rows: models.QuerySet, after_id: int | None, until_id: int | None) -> models.QuerySet:
+    """``rows`` (deliveries) narrowed to the ids a dispatch's rows lie between (``Dispatch.rows``)."""
+    if after_id:
+        rows = rows.filter(id__gt=after_id)
+    if until_id is not None:
+        rows = rows.filter(id__lte=until_id)
+    return rows
+
+
 class Dispatch(models.Model):
     """One send run: a campaign execution, a journey step batch, or a test send; or a *standing*
     dispatch (a stream) that the API triggers of one approved version of a campaign (or the event
@@ -417,6 +426,18 @@ class Dispatch(models.Model):
         editable=False,
         help_text="When retention last deleted some of its deliveries: figures counted from them before are void.",
     )
+    # Where its deliveries lie in the table's id order (ids only grow): a walk of one dispatch's rows
+    # by id reads from its first row to its last instead of from the table's first or last row
+    # (``rows``). Empty on dispatches made before they were kept: no bound then.
+    rows_after_id = models.BigIntegerField(
+        null=True, blank=True, editable=False, help_text="Every delivery of it has a larger id (set when it is made)."
+    )
+    rows_until_id = models.BigIntegerField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Every delivery of it has an id at most this (set once no row can be added to it).",
+    )
 
     objects = DispatchQuerySet.as_manager()
 
@@ -452,6 +473,23 @@ class Dispatch(models.Model):
 
     def __str__(self) -> str:
         return self.label or f"Dispatch #{self.pk}"
+
+    def save(self, *args, **kwargs):
+        if self._state.adding and self.rows_after_id is None:
+            # Made before any of its rows: each later one takes a larger id from the sequence.
+            self.rows_after_id = Delivery.objects.aggregate(high=models.Max("id"))["high"] or 0
+        super().save(*args, **kwargs)
+
+    def rows(self) -> models.QuerySet:
+        """Its deliveries, bounded by id where it is known where they lie (``rows_after_id``,
+        ``rows_until_id``): ordered by id, a page reads its own rows, not the whole table's."""
+        return rows_within(Delivery.objects.filter(dispatch_id=self.pk), self.rows_after_id, self.rows_until_id)
+
+    def rows_close(self) -> None:
+        """Note that no row can be added to it any more (its audience resolved, or its stream
+        finished or stopped under its lock): every row it has took an id no larger than the
+        table's largest now. The caller saves ``rows_until_id``."""
+        self.rows_until_id = Delivery.objects.aggregate(high=models.Max("id"))["high"] or 0
 
     def spec_for(self, variant: int | None) -> dict:
         """The frozen content a row of this variant sends (the dispatch's own without variants)."""

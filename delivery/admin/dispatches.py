@@ -16,7 +16,7 @@ from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin, ScopedAdmin,
 from accounts.selectors import visible_to
 from config.zones import zone, zoned_column
 from delivery.admin.contents import _spec_previews_html
-from delivery.models import Delivery, Dispatch
+from delivery.models import Delivery, Dispatch, rows_within
 from delivery.reports import report_charts, report_charts_html
 from delivery.selectors import (
     deliveries_visible_to,
@@ -386,11 +386,24 @@ class DeliveryAdmin(ReadOnlyAdminMixin, BigTableAdmin):
 
     def get_queryset(self, request):
         # Times in the zone of the dispatch's campaign (UTC for a journey's or a test send's).
-        return (
+        rows = (
             deliveries_visible_to(request.user)
             .select_related("dispatch", "device")
             .annotate(shown_zone=dispatch_shown_zone("dispatch__"))
         )
+        return self._within_dispatch(request, rows)
+
+    @staticmethod
+    def _within_dispatch(request, rows):
+        """Listed for one dispatch (its page's links), the list reads only the ids its rows lie
+        between: in id order, the table's newer rows are not walked past first."""
+        wanted = request.GET.get("dispatch__id__exact", "")
+        if not wanted.isascii() or not wanted.isdigit() or len(wanted) > 18:
+            return rows
+        bounds = Dispatch.objects.filter(pk=int(wanted)).values_list("rows_after_id", "rows_until_id").first()
+        if bounds is None:
+            return rows
+        return rows_within(rows, *bounds)
 
     next_attempt = zoned_column("next_attempt_at", "Next attempt at")
 

@@ -450,7 +450,8 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
         dispatch.skipped = counts.get(DS.SKIPPED, 0)
         dispatch.status = Dispatch.Status.SENDING
         dispatch.started_at = now
-        dispatch.save(update_fields=["total", "skipped", "status", "started_at"])
+        dispatch.rows_close()  # every row is written (a sliced resolve's slices have committed theirs)
+        dispatch.save(update_fields=["total", "skipped", "status", "started_at", "rows_until_id"])
         audit(actor=None, action="dispatch_started", obj=dispatch, summary={"total": dispatch.total})
         if counts.get(DS.QUEUED, 0):
             tasks = max(1, min(settings.PUSHDESK_SEND_TASKS, -(-counts[DS.QUEUED] // settings.PUSHDESK_SEND_BATCH)))
@@ -483,7 +484,9 @@ def dispatch_stop(*, dispatch_id: int, by: User) -> Dispatch:
         )
         dispatch.status = Dispatch.Status.STOPPED
         dispatch.finished_at = timezone.now()
-        dispatch.save(update_fields=["status", "finished_at"])
+        if dispatch.rows_until_id is None:  # a stream's calls wait for this lock, or see it stopped
+            dispatch.rows_close()
+        dispatch.save(update_fields=["status", "finished_at", "rows_until_id"])
         # Its counters from the rollup the stop just counted into, under the dispatch's lock (a
         # stream's were kept once a minute; rows in flight add their outcomes as they finish).
         dispatch_recount(dispatch_id=dispatch.pk)

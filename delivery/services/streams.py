@@ -506,7 +506,8 @@ def streams_close(*, kind: str, source_id: int, by: User | None, reason: str) ->
         )
         dispatch.status = Dispatch.Status.STOPPED
         dispatch.finished_at = now
-        dispatch.save(update_fields=["status", "finished_at"])
+        dispatch.rows_close()  # calls in flight have committed; later ones see it stopped
+        dispatch.save(update_fields=["status", "finished_at", "rows_until_id"])
         audit(actor=by, action="dispatch_stream_closed", obj=dispatch, summary={"stopped": stopped, "reason": reason})
         transaction.on_commit(lambda pk=dispatch.pk: _recount(pk))
         closed += 1
@@ -550,7 +551,8 @@ def streams_watch(*, now: dt.datetime | None = None) -> dict:
                 continue
             locked.status = Dispatch.Status.DONE
             locked.finished_at = now
-            locked.save(update_fields=["status", "finished_at"])
+            locked.rows_close()  # appending calls hold its row shared: none is in flight now
+            locked.save(update_fields=["status", "finished_at", "rows_until_id"])
         dispatch = dispatch_recount(dispatch_id=dispatch.pk)
         audit(actor=None, action="dispatch_done", obj=dispatch, summary={"accepted": dispatch.accepted})
         finished += 1
