@@ -201,8 +201,13 @@ def _quiet_hours(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -> 
     wall = dt.datetime.fromisoformat(dispatch.local_time) if dispatch.local_time else None
     for name in zones:
         zone = _zone(name, rules.default_timezone)
-        # A local-time send is judged at the time it will go out in that zone, others now.
-        local = max(wall_clock(wall, zone), now.astimezone(zone)) if wall else now.astimezone(zone)
+        # A local-time send is judged at the moment it goes out (``local_time_apply``: the wall time
+        # in the profile's zone, else the campaign's), read in the quiet hours' zone; others now.
+        if wall:
+            goes_at = wall_clock(wall, _zone(name, dispatch.local_default_timezone))
+            local = max(goes_at, now).astimezone(zone)
+        else:
+            local = now.astimezone(zone)
         until = quiet_until(start=rules.quiet_start, end=rules.quiet_end, local=local)
         if until is None:
             continue

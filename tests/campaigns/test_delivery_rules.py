@@ -338,3 +338,30 @@ def test_a_push_held_for_quiet_hours_says_so_until_it_is_sent(app, pushsim_app, 
     dispatch_send(dispatch_id=row.dispatch_id)
     row.refresh_from_db()
     assert (row.status, row.reason) == ("accepted", "")
+
+
+def test_quiet_hours_judge_a_local_time_send_without_a_profile_zone_at_the_moment_it_goes(app):
+    """A profile without a time zone gets a local-time send at that time in the campaign's zone, and
+    quiet hours in the rules' default zone: they are judged at that moment, read in their own zone."""
+    now = timezone.now().replace(second=0, microsecond=0)
+    goes_at = now + dt.timedelta(hours=2)  # 2 hours from now in Tokyo, the campaign's zone
+    wall = goes_at.astimezone(ZoneInfo("Asia/Tokyo")).replace(tzinfo=None)
+    # Quiet hours around that wall time read in UTC (11 hours from now), not around the moment it goes.
+    misread = wall.replace(tzinfo=dt.UTC)
+    start, end = (misread - dt.timedelta(hours=1)).time(), (misread + dt.timedelta(hours=1)).time()
+    DeliveryRules.objects.create(app=app, quiet_start=start, quiet_end=end, quiet_mode="delay", default_timezone="UTC")
+    profile = ProfileFactory(timezone="")
+    DeviceFactory(profile=profile, app=app)
+    content = PushContentFactory(app=app)
+    dispatch = Dispatch.objects.create(
+        app=app,
+        kind="api_trigger",
+        purpose="marketing",
+        content_spec=content.spec(),
+        profile_ids=[profile.pk],
+        local_time=wall.isoformat(),
+        local_default_timezone="Asia/Tokyo",
+    )
+    dispatch_prepare(dispatch_id=dispatch.pk)
+    row = Delivery.objects.get(dispatch=dispatch)
+    assert (row.status, row.reason, row.next_attempt_at) == ("queued", "", goes_at)
