@@ -5,10 +5,14 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from campaigns.models import Campaign, variant_label
 from config.db import among
 from config.zones import zone
+
+if TYPE_CHECKING:
+    from delivery.reports import Sends
 
 VARIANT_PROFILES = "variant_profiles"  # the profiles per variant (``delivery.reports.profiles_by``)
 
@@ -30,12 +34,6 @@ def _dispatches(campaign: Campaign):
     ).order_by()
 
 
-def _dispatch_ids(campaign: Campaign) -> list[int]:
-    """The ids of the campaign's sends, the newest first: for the figures counted per profile (the
-    profiles per variant, the conversions), which are kept per dispatch."""
-    return list(_dispatches(campaign).order_by("-id").values_list("pk", flat=True))
-
-
 def campaign_report(campaign: Campaign) -> dict:
     """Figures over every dispatch of the campaign (test sends excluded), summed from their rollup
     (``delivery.reports.rollup_rows``) joined to the campaign's dispatches in the database: a
@@ -43,21 +41,22 @@ def campaign_report(campaign: Campaign) -> dict:
     listed. The profiles per variant, which a rollup cannot sum (one profile may have several
     devices and several occurrences), are counted once and kept on each settled dispatch
     (``delivery.reports.profiles_by``); the conversions, which events make, are kept until the
-    counters or the goal's events move (``delivery.conversions``): those two read the sends' ids,
-    only for a campaign that sent variants or has a conversion goal. What each send made:
-    ``campaign_report_sends``."""
-    from delivery.reports import rows_deleted
+    counters or the goal's events move (``delivery.conversions``): those two read which sends are
+    settled (``delivery.reports.sends_read``: two queries, their ids never listed), only for a
+    campaign that sent variants or has a conversion goal. So the statements and their number are
+    the same whatever the number of sends. What each send made: ``campaign_report_sends``."""
+    from delivery.reports import rows_deleted, sends_read
 
     sends = _dispatches(campaign)
-    ids: list[int] = []
+    read: list = []
 
-    def dispatch_ids() -> list[int]:
-        if not ids:
-            ids.extend(_dispatch_ids(campaign))
-        return ids
+    def settled() -> Sends:
+        if not read:
+            read.append(sends_read(sends))
+        return read[0]
 
-    report = _report(sends, dispatch_ids, campaign_id=campaign.pk)
-    report["conversions"] = campaign_conversions(campaign, dispatch_ids=ids or None)  # read above with variants
+    report = _report(sends, settled, campaign_id=campaign.pk)
+    report["conversions"] = campaign_conversions(campaign, dispatch_ids=read[0] if read else None)  # read above
     # Sends whose per-device rows retention deleted: their totals stay (the rollup), and so do the
     # figures counted per profile (the profiles kept for them: ``delivery.kept``), but for
     # conversions of a goal set after the rows went.
@@ -65,7 +64,7 @@ def campaign_report(campaign: Campaign) -> dict:
     return report
 
 
-def _report(sends, dispatch_ids: Callable[[], list[int]], *, campaign_id: int) -> dict:
+def _report(sends, settled: Callable[[], Sends], *, campaign_id: int) -> dict:
     from delivery.reports import rollup_rows
 
     rows = rollup_rows(sends, by=("variant", "outcome", "reason"))
@@ -91,7 +90,7 @@ def _report(sends, dispatch_ids: Callable[[], list[int]], *, campaign_id: int) -
             failed_by_reason[reason] = failed_by_reason.get(reason, 0) + n
         elif outcome == "skipped":
             skipped_by_reason[reason] = skipped_by_reason.get(reason, 0) + n
-    variants, holdout = _by_variant(per_variant, dispatch_ids, campaign_id=campaign_id)
+    variants, holdout = _by_variant(per_variant, settled, campaign_id=campaign_id)
     return {
         "targeted": targeted,
         **totals,
@@ -176,30 +175,29 @@ SENDS_AT_ONCE = 2000  # the rows ``campaign_report_sends`` fetches at a time
 LINE_OUTCOMES = ("targeted", "accepted", "opened")
 
 
-def _frozen_variants(dispatch_ids: list[int], numbers: set[int]) -> dict[int, dict]:
-    """What each variant of ``numbers`` sent, as the newest of these dispatches (ids, the newest
-    first) that froze it: read a few dispatches at a time until each is found, most often in the
-    newest alone. A winner test's rest froze the winner with the share of everyone but the holdout:
-    its share is the one approved, as the sample froze it (the rest's only when no other has it)."""
-    from delivery.models import Dispatch
-
+def _frozen_variants(dispatches, numbers: set[int]) -> dict[int, dict]:
+    """What each variant of ``numbers`` sent, as the newest of these dispatches (a query of them)
+    that froze it: read a few dispatches at a time, the newest first, until each is found, most
+    often in the newest alone. A winner test's rest froze the winner with the share of everyone but
+    the holdout: its share is the one approved, as the sample froze it (the rest's only when no
+    other has it)."""
     contents: dict[int, dict] = {}
     rest: dict[int, dict] = {}
-    for start in range(0, len(dispatch_ids), FROZEN_AT_ONCE):
-        if numbers <= contents.keys():
-            break
-        chunk = dispatch_ids[start : start + FROZEN_AT_ONCE]
-        frozen = {
-            pk: (variants, sample)
-            for pk, variants, sample in Dispatch.objects.filter(among("pk", chunk)).values_list(
-                "pk", "variants", "sample"
-            )
-        }
-        for pk in chunk:
-            variants, sample = frozen.get(pk) or (None, None)
+    newest = dispatches.order_by("-id")
+    before = None
+    while not numbers <= contents.keys():
+        chunk = list(
+            (newest if before is None else newest.filter(pk__lt=before)).values_list("pk", "variants", "sample")[
+                :FROZEN_AT_ONCE
+            ]
+        )
+        for _, variants, sample in chunk:
             found = rest if (sample or {}).get("part") == "rest" else contents
             for variant in variants or []:
                 found.setdefault(variant["number"], variant)
+        if len(chunk) < FROZEN_AT_ONCE:
+            break
+        before = chunk[-1][0]
     return {**rest, **contents}
 
 
@@ -207,12 +205,13 @@ FROZEN_AT_ONCE = 20
 
 
 def _by_variant(
-    per_variant: dict[int, dict], dispatch_ids: Callable[[], list[int]], *, campaign_id: int
+    per_variant: dict[int, dict], settled: Callable[[], Sends], *, campaign_id: int
 ) -> tuple[list[dict], dict | None]:
     """Per variant: profiles, sent (to a provider), accepted, opened, open rate; and the holdout's
     size. Sent, accepted and opened come from the rollup; the profiles from one grouped query, kept
     on a settled dispatch (``delivery.reports.profiles_by``). ([], None) for a campaign that never
-    sent variants; ``dispatch_ids()``: the campaign's sends, the newest first, read only then."""
+    sent variants; ``settled()``: the campaign's sends as ``delivery.reports.sends_read`` reads them,
+    read only then."""
     from delivery.kept import Scope
     from delivery.models import DeliveryRollup
     from delivery.reports import profiles_by
@@ -220,17 +219,17 @@ def _by_variant(
     counts = {number: row for number, row in per_variant.items() if number != DeliveryRollup.NO_VARIANT}
     if not counts:
         return [], None
-    ids = dispatch_ids()
+    sends = settled()
     profiles = profiles_by(
         name=VARIANT_PROFILES,
-        dispatch_ids=ids,
+        dispatch_ids=sends,
         rows=variant_rows,
         group="variant",
         scope=Scope.campaign(campaign_id),
     )
     counts.pop(0, None)
     # What each variant sent, by the newest dispatch that froze it.
-    contents = _frozen_variants(ids, set(counts))
+    contents = _frozen_variants(sends.of, set(counts))
     variants = [
         {
             "variant": variant_label(number),
@@ -247,11 +246,12 @@ def _by_variant(
     return variants, {"profiles": profiles.get(0, 0)}
 
 
-def campaign_conversions(campaign: Campaign, *, dispatch_ids: list[int] | None = None) -> dict | None:
+def campaign_conversions(campaign: Campaign, *, dispatch_ids: list[int] | Sends | None = None) -> dict | None:
     """The campaign's conversions (``delivery.conversions``): overall, per variant with the uplift
     against the holdout, and the holdout's rate. One grouped query; None without a conversion goal.
-    ``dispatch_ids``: the campaign's sends when the caller read them (read here otherwise, and only
-    with a goal)."""
+    ``dispatch_ids``: the sends to count (ids), or the campaign's as the caller read them
+    (``delivery.reports.sends_read``); by default every send of the campaign, its test sends
+    excluded."""
     from delivery.conversions import Goal, conversions_by, rate_figures, uplift_figures
     from delivery.kept import Scope
 
@@ -259,7 +259,7 @@ def campaign_conversions(campaign: Campaign, *, dispatch_ids: list[int] | None =
     if goal is None:
         return None
     counts = conversions_by(
-        dispatch_ids=_dispatch_ids(campaign) if dispatch_ids is None else dispatch_ids,
+        dispatch_ids=_dispatches(campaign) if dispatch_ids is None else dispatch_ids,
         goal=goal,
         group="variant",
         group_key="variant",

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from django.core.exceptions import ValidationError
-from django.db.models import Case, F, Min, Q, When
+from django.db.models import Case, F, Min, Q, QuerySet, When
 
 from config.db import among
 from delivery.models import ConversionGoal
+from delivery.reports import Sends
 
 if TYPE_CHECKING:
     from delivery.kept import Scope
@@ -105,7 +106,7 @@ def conversion_check(*, event: str, where: list, window_hours: int, anchor: str)
 REACHED_ROWS = "reached2"
 
 
-def reached_rows(of: list[int]):
+def reached_rows(of: list[int] | QuerySet):
     """The rows of dispatches ``of`` that reached their profile: accepted by the provider, or a
     holdout row (variant 0, skipped: a phone that allows notifications, which the holdout kept
     from the push). A holdout row without a device, which a resolve wrote before the holdout took
@@ -118,7 +119,7 @@ def reached_rows(of: list[int]):
 
 
 def converted_select(
-    of: list[int],
+    of: list[int] | QuerySet,
     *,
     goal: Goal,
     group: str | F,
@@ -149,7 +150,7 @@ def converted_select(
 
 
 def _converted_parts(
-    of: list[int],
+    of: list[int] | QuerySet,
     *,
     goal: Goal,
     group: str | F,
@@ -207,17 +208,25 @@ def _converted_parts(
 
 
 def conversions_by(
-    *, dispatch_ids: Iterable[int], goal: Goal, group: str | F, group_key: str, scope: Scope | None = None
+    *,
+    dispatch_ids: Iterable[int] | QuerySet | Sends,
+    goal: Goal,
+    group: str | F,
+    group_key: str,
+    scope: Scope | None = None,
 ) -> dict:
     """Per value of ``group`` (a Delivery field, or an expression over it, named by ``group_key``):
-    the profiles reached and the profiles that converted. The reached profiles change only with
-    the rows' outcomes, never with opens or events: a settled dispatch's are counted once and kept
-    on it, others kept in the cache until a dispatch's counters move (``delivery.reports.profiles_by``).
+    the profiles reached and the profiles that converted among dispatches ``dispatch_ids`` (ids, a
+    query of them, or their ``delivery.reports.Sends`` when the caller read them). The reached profiles
+    change only with the rows' outcomes, never with opens or events: a settled dispatch's are
+    counted once and kept on it, others kept in the cache until a dispatch's counters move
+    (``delivery.reports.profiles_by``).
     The conversions, which events make, are one grouped statement, kept in the cache until the
     counters (the opens too, with the "opened" anchor) or the goal's events in its span move
     (``_events_stamp``); on PostgreSQL, without retention's kept profiles, the settled dispatches'
     are kept and grown by new events, new opens (with the "opened" anchor) and newly settled
-    dispatches, the others' added beyond them on each view (``_converted_grown``).
+    dispatches, the others' added beyond them on each view (``_converted_grown``). No statement
+    lists the dispatches: the database reads them from their query.
 
     Reached: a delivery accepted by the provider, or a holdout row (variant 0, skipped). Converted:
     a reached profile that did the goal's event, its properties meeting the conditions, at or after
@@ -230,44 +239,37 @@ def conversions_by(
     and converted under this same goal. Otherwise the rows alone are counted, as without it.
     """
     from django.db import connection
-    from django.db.models import Count
 
     from delivery.kept import NO_PAIRS, counted_with_kept, decoded, goal_names
-    from delivery.models import Dispatch
-    from delivery.reports import grouped_count, kept_until_counted, profiles_by, settled_of
+    from delivery.reports import grouped_count, kept_until_counted, profiles_by, sends_read
 
-    ids = list(dispatch_ids)
-    if not ids:
+    sends = sends_read(dispatch_ids)  # read once for both figures
+    if not sends.count:
         return {}  # never sent: nobody reached
-    holding = Q(rows_deleted_at__isnull=True)
-    read = Dispatch.objects.filter(among("pk", ids)).aggregate(
-        first=Min("created_at", filter=holding), cleared=Count("pk", filter=~holding)
-    )
-    if not read["cleared"]:
+    of = sends.of
+    if not sends.cleared:
         scope = None  # nothing kept to count: the rows alone
     reached_name, converted_name = goal_names(goal, group_key)
-    grown = scope is None and read["first"] is not None and connection.vendor == "postgresql"
-    settled = settled_of(ids) if grown else None  # read once for both figures
+    grown = scope is None and sends.first_sent is not None and connection.vendor == "postgresql"
     reached_counts = profiles_by(
         name=f"conversions_{REACHED_ROWS}:{group_key}",
-        dispatch_ids=ids,
+        dispatch_ids=sends,
         rows=reached_rows,
         group=group,
         scope=scope,
         kept_name=reached_name,
-        known_settled=settled,
     )
     if not reached_counts:
         return {}
-    until = _last_window_end(ids, goal, dt.timedelta(hours=goal.window_hours))
+    until = _last_window_end(of, goal, dt.timedelta(hours=goal.window_hours))
     if grown:
         converted = _converted_grown(
-            ids, settled, goal=goal, group=group, group_key=group_key, first_sent=read["first"], until=until
+            sends, goal=goal, group=group, group_key=group_key, first_sent=sends.first_sent, until=until
         )
         return _reached_and_converted(reached_counts, converted)
 
     def count_converted() -> dict:
-        select = converted_select(ids, goal=goal, group=group, first_sent=read["first"], until=until)
+        select = converted_select(of, goal=goal, group=group, first_sent=sends.first_sent, until=until)
         if scope is not None:
             sql, params = select or (NO_PAIRS, [])
             return decoded(grouped_count(*counted_with_kept(sql, params, scope=scope, name=converted_name)), scope)
@@ -280,19 +282,19 @@ def conversions_by(
     converted_counts = (
         kept_until_counted(
             name=f"conversions_converted:{REACHED_ROWS}:{group_key}",
-            dispatch_ids=ids,
+            dispatch_ids=of,
             compute=count_converted,
             extra=json.dumps(
                 [
                     goal.as_dict(),
                     converted_name if scope is not None else None,
-                    _events_stamp(goal, since=read["first"], until=until),
+                    _events_stamp(goal, since=sends.first_sent, until=until),
                 ],
                 default=str,
             ),
             opens_matter=goal.anchor == ConversionGoal.Anchor.OPENED,
         )
-        if read["first"] or scope is not None
+        if sends.first_sent or scope is not None
         else {}
     )
     return _reached_and_converted(reached_counts, converted_counts)
@@ -312,8 +314,7 @@ _STAMP_SQL = (
 
 
 def _converted_grown(
-    ids: list[int],
-    settled: list[int],
+    sends: Sends,
     *,
     goal: Goal,
     group: str | F,
@@ -321,11 +322,12 @@ def _converted_grown(
     first_sent: dt.datetime,
     until: dt.datetime,
 ) -> dict:
-    """PostgreSQL: the profiles that converted per group among dispatches ``ids``, of which
-    ``settled`` are settled (``delivery.reports.settled_of``).
+    """PostgreSQL: the profiles that converted per group among dispatches ``sends`` (as
+    ``delivery.reports.sends_read`` read them: which are settled, which not).
 
     Those the settled dispatches' rows convert (final, nothing queued or in flight; all of them
-    while none is) are kept in the cache with the dispatches they cover, their counters, the goal's
+    while none is) are kept in the cache with the dispatches they cover (those up to an id, and
+    the fingerprint of their counters: ``delivery.reports.stamps``), the goal's
     events they were counted from (their stamp over the span counted, and the highest event id
     then) and, with the "opened" anchor, their opens (how many, and the latest). While those
     dispatches' counters but opens stay, a view counts only what changed instead of joining every
@@ -334,8 +336,10 @@ def _converted_grown(
     window reaches there), none of which an earlier event and open did; and the pairs the dispatches
     settled since convert that none of the kept ones does. The figure is grown only when the stamp
     now is the kept one joined with the newer events' (none deleted, moved to another profile, or
-    committed late below that id) and the opens now are the kept ones and those since the latest
-    (none committed late below it); otherwise it is counted whole. The dispatches not settled (a
+    committed late below that id), the opens now are the kept ones and those since the latest
+    (none committed late below it), and the dispatches up to the kept id are those kept, with the
+    same counters but for opens (a dispatch below it that settled since, out of order, changes
+    them); otherwise it is counted whole. The dispatches not settled (a
     stream calls append to, a send under way) add, on each view, the pairs their rows convert that
     no settled row does.
 
@@ -344,26 +348,42 @@ def _converted_grown(
     """
     from django.core.cache import cache
     from django.db import connection, transaction
+    from django.db.models import Max, Sum
+    from django.db.models.functions import Coalesce
 
     from audiences.models import Event
-    from config.db import count_session, int_array
+    from config.db import count_session
     from delivery.models import Delivery, Dispatch
-    from delivery.reports import CACHE_SECONDS, COUNTER_FIELDS, stamp_of, summed, unchanged_among
+    from delivery.reports import CACHE_SECONDS, COUNTER_FIELDS, stamp_of, stamps, summed
 
     window = dt.timedelta(hours=goal.window_hours)
-    base = sorted(settled or ids)  # none settled: all of them, kept until their counters move
-    in_base = set(base)
-    open_ = [pk for pk in ids if pk not in in_base]
-    base_until = _last_window_end(base, goal, window) if open_ else until
+    if sends.settled_count:
+        base, open_ = sends.settled, (sends.open if sends.open_ids else None)
+    else:
+        base, open_ = sends.of, None  # none settled: all of them, kept until their counters move
+    base_until = _last_window_end(base, goal, window) if open_ is not None else until
     opens = goal.anchor == ConversionGoal.Anchor.OPENED
-    read_counters = Dispatch.objects.filter(among("pk", base)).order_by("pk")
-    counters = list(read_counters.values_list(*COUNTER_FIELDS, *(["opened"] if opens else [])))
-    opens_seen = {row[0]: row[-1] for row in counters} if opens else {}  # to tell at once that opens moved
-    counters = [row[: len(COUNTER_FIELDS)] for row in counters]
-    held = {row[0]: row for row in counters}
-    # One figure per goal and first send, over the settled sends it covers ("ids"): grown as they grow.
-    key = f"delivery:conversions_grown:{REACHED_ROWS}:{group_key}:{stamp_of([goal.as_dict(), first_sent, base[0]])}"
+    opened_sum = {"opens_seen": Coalesce(Sum("opened"), 0)} if opens else {}
+    read_base = stamps(base, stamped={"counters": (COUNTER_FIELDS, None)}, first=Min("pk"), top=Max("pk"), **opened_sum)
+    # One figure per goal and first send, over the settled sends up to an id: grown as they grow.
+    key = (
+        f"delivery:conversions_grown:{REACHED_ROWS}:{group_key}:"
+        f"{stamp_of([goal.as_dict(), first_sent, read_base['first']])}"
+    )
     kept = cache.get(key)
+    if kept is not None and "sends_upto" not in kept:
+        kept = None  # kept by a version that listed its sends
+    kept_base = None  # the kept sends as they are now: their counters' fingerprint, their opens
+    if kept is not None:
+        if kept["sends_upto"] == read_base["top"]:
+            kept_base = {"counters": read_base["counters"], "opens_seen": read_base.get("opens_seen")}
+        else:
+            below = Q(pk__lte=kept["sends_upto"])
+            kept_base = stamps(
+                base,
+                stamped={"counters": (COUNTER_FIELDS, below)},
+                **({"opens_seen": Coalesce(Sum("opened", filter=below), 0)} if opens else {}),
+            )
     table = connection.ops.quote_name(Event._meta.db_table)
     rows, dispatches = (connection.ops.quote_name(m._meta.db_table) for m in (Delivery, Dispatch))
     top = (f"SELECT coalesce(max(id), 0) FROM {table}", [])  # noqa: S608 (the model's own table)
@@ -373,17 +393,24 @@ def _converted_grown(
             return _STAMP_SQL.format(table=table, newer=""), [goal.event, since, end]
         return _STAMP_SQL.format(table=table, newer=" AND id > %s"), [goal.event, since, end, newer_than]
 
-    def opens_of(of: list[int]) -> tuple[str, list]:
-        """How many opens dispatches ``of`` hold (their counters)."""
-        return f"SELECT coalesce(sum(opened), 0) FROM {dispatches} WHERE id = ANY(%s::bigint[])", [int_array(of)]  # noqa: S608 (the model's own table)
+    def ids_of(of) -> tuple[str, list]:
+        """The ids of dispatches ``of`` (a query of them), as an array the statement reads once."""
+        sql, params = of.order_by().values("pk").query.sql_with_params()
+        return f"ARRAY({sql})", list(params)
 
-    def latest_open(of: list[int]) -> tuple[str, list]:
+    def opens_of(of) -> tuple[str, list]:
+        """How many opens dispatches ``of`` hold (their counters)."""
+        ids, params = ids_of(of)
+        return f"SELECT coalesce(sum(opened), 0) FROM {dispatches} WHERE id = ANY({ids})", params  # noqa: S608 (the model's own table)
+
+    def latest_open(of) -> tuple[str, list]:
         """The latest open of dispatches ``of``: the latest of each, read from the opens by send (not
         a walk back through other sends' opens)."""
+        ids, params = ids_of(of)
         return (
-            f"SELECT max(x.opened_at) FROM unnest(%s::bigint[]) d(id), LATERAL (SELECT opened_at FROM {rows} "  # noqa: S608 (the model's own table)
+            f"SELECT max(x.opened_at) FROM unnest({ids}) d(id), LATERAL (SELECT opened_at FROM {rows} "  # noqa: S608 (the model's own table)
             "WHERE dispatch_id = d.id AND opened_at IS NOT NULL ORDER BY opened_at DESC LIMIT 1) x",
-            [int_array(of)],
+            params,
         )
 
     def parts(of, *, since=first_sent, end=base_until, events_where=None, rows_where=None):
@@ -393,8 +420,8 @@ def _converted_grown(
 
     # What the dispatches not settled add beyond the settled ones, read beside every figure.
     columns: dict[str, tuple[str, list]] = {}
-    if open_:
-        since = Dispatch.objects.filter(among("pk", open_)).aggregate(first=Min("created_at"))["first"]
+    if open_ is not None:
+        since = open_.aggregate(first=Min("created_at"))["first"]
         columns["beyond"] = _as_json(*_converted_beyond([parts(open_, since=since, end=until)], parts(base)))
 
     def read(**more: tuple[str, list]) -> dict:
@@ -413,7 +440,13 @@ def _converted_grown(
         opened = [got["opens"], got["latest"]] if opens else None
         cache.set(
             key,
-            {"ids": base, "counters": stamp_of(counters), "figures": figures, "opened": opened, **entry},
+            {
+                "sends_upto": read_base["top"],
+                "counters": read_base["counters"],
+                "figures": figures,
+                "opened": opened,
+                **entry,
+            },
             CACHE_SECONDS,
         )
 
@@ -422,22 +455,22 @@ def _converted_grown(
         if (
             kept is not None
             and (not opens or kept.get("opened") is not None)
-            and unchanged_among(kept["ids"], kept["counters"], held)
+            and kept_base["counters"] == kept["counters"]
         ):
             # The kept figure's sends are among these and unchanged but for opens: grown by the
             # events and opens since and the sends settled since. Its span (its rows' windows ended
             # in it) reaches as far as the latest window now (a later open's).
-            old, end = kept["ids"], kept["until"]
-            in_old = set(old)
-            new = [pk for pk in base if pk not in in_old]
+            end = kept["until"]
+            old = base.filter(pk__lte=kept["sends_upto"])
+            new = base.filter(pk__gt=kept["sends_upto"]) if read_base["top"] > kept["sends_upto"] else None
             # How far the kept sends' windows reach now: an open since may reach past the span.
             bound = max(end, base_until) if opens else end
-            until_now = max(bound, base_until) if new else bound
+            until_now = max(bound, base_until) if new is not None else bound
             # Every window of the rows counted ended in the span (an open committed as the figure
             # was counted may reach past it).
             covered = not opens or kept["opened"][1] is None or kept["opened"][1] + window <= end
-            opens_moved = opens and sum(opens_seen[pk] for pk in old) != kept["opened"][0]
-            if not new and (covered or bound == end) and not opens_moved:
+            opens_moved = opens and kept_base["opens_seen"] != kept["opened"][0]
+            if new is None and (covered or bound == end) and not opens_moved:
                 got = read(stamp=stamp(end), **({"old_opens": opens_of(old)} if opens else {}))
                 if got["stamp"] == kept["stamp"] and (not opens or got["old_opens"] == kept["opened"][0]):
                     return with_beyond(kept["figures"], got)
@@ -464,7 +497,7 @@ def _converted_grown(
             if bound > end:  # events past the span: only the windows of rows opened late enough reach them
                 news.append(parts(old, since=end, end=bound, rows_where=Q(opened_at__gt=end - window)))
             added = _converted_beyond(news, parts(old, end=end, events_where=Q(pk__lte=upto), rows_where=rows_before))
-            if new:  # what the sends settled since convert beyond the kept ones
+            if new is not None:  # what the sends settled since convert beyond the kept ones
                 asked["settled_since"] = _as_json(
                     *_converted_beyond([parts(new, end=until_now)], parts(old, end=bound))
                 )
@@ -474,7 +507,7 @@ def _converted_grown(
             opens_add_up = not opens or kept["opened"][0] + got["fresh"] == got["old_opens"]
             if _joined(kept["stamp"], got["newer"]) == got["stamp"] and opens_add_up:
                 figures = summed(kept["figures"], dict(got["added"]))
-                if new:
+                if new is not None:
                     figures = summed(figures, dict(got["settled_since"]))
                 now = _joined(got["stamp"], got["past_span"]) if until_now != end else got["stamp"]
                 keep(figures, got, until=until_now, upto=got["top"], stamp=now)
@@ -549,7 +582,7 @@ def _events_stamp(goal: Goal, *, since: dt.datetime | None, until: dt.datetime) 
     return [read["n"], read["profiles"], read["first"], read["last"]]
 
 
-def _last_window_end(dispatch_ids: list[int], goal: Goal, window: dt.timedelta) -> dt.datetime:
+def _last_window_end(dispatches, goal: Goal, window: dt.timedelta) -> dt.datetime:
     """No event at or after this moment can convert: the end of the latest anchor's window.
 
     The anchors are the reached rows' times (accepted or settled: the holdout's) or, with the
@@ -566,7 +599,7 @@ def _last_window_end(dispatch_ids: list[int], goal: Goal, window: dt.timedelta) 
 
     bound = timezone.now() + window
     anchors = ("opened", "skipped") if goal.anchor == ConversionGoal.Anchor.OPENED else ("accepted", "skipped")
-    last = DeliveryRollup.objects.filter(among("dispatch_id", dispatch_ids), outcome__in=anchors).aggregate(
+    last = DeliveryRollup.objects.filter(among("dispatch_id", dispatches), outcome__in=anchors).aggregate(
         last=Max("period")
     )["last"]
     if last is None:

@@ -12,10 +12,29 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from django.core.cache import cache
-from django.db.models import Expression, F, Lookup, Max, Min, Q, QuerySet, Sum
+from django.db.models import (
+    Aggregate,
+    Case,
+    CharField,
+    Count,
+    Exists,
+    Expression,
+    F,
+    Func,
+    Lookup,
+    Max,
+    Min,
+    OuterRef,
+    Q,
+    QuerySet,
+    Sum,
+    TextField,
+    When,
+)
 from django.db.models.functions import Trunc
 from django.utils import timezone
 
@@ -61,22 +80,70 @@ def rollup_of(dispatches: Iterable[int] | QuerySet[Dispatch]) -> Q | Lookup:
 # What a figure over a dispatch's rows is kept under: a row that finishes moves a counter (an open
 # moves ``opened``, read when opens matter); retention deleting rows stamps ``rows_deleted_at``.
 COUNTER_FIELDS = ("pk", "status", "total", "accepted", "failed", "skipped", "unknown", "rows_deleted_at")
+# A dispatch that holds rows, or may still: a final one without rows counts nobody.
+HOLDING = Q(total__gt=0) | ~Q(status__in=Dispatch.FINAL_STATUSES)
+
+
+class _Stamp(Aggregate):
+    """PostgreSQL: the md5 of the texts of one expression over the rows, in their order (NULLs
+    left out; NULL without any)."""
+
+    output_field = CharField()
+
+    def as_sql(self, compiler, connection, **extra_context):
+        sql, params = compiler.compile(self.get_source_expressions()[0])
+        return f"md5(string_agg({sql}, ';' ORDER BY {sql}))", [*params, *params]
+
+
+def stamps(
+    dispatches: QuerySet[Dispatch], *, stamped: dict[str, tuple[tuple[str, ...], Q | None]], **aggregates
+) -> dict:
+    """One read of these dispatches: for each name of ``stamped``, a fingerprint of the fields
+    given (the primary key first) of those the filter keeps (all: None), the same while their rows
+    are (None when there are none); and ``aggregates``, as ``aggregate()`` gives them.
+
+    On PostgreSQL the fingerprints are counted in the statement (md5 of the rows' texts), which
+    sends back one line whatever the number of dispatches; on SQLite (the embedded mode) each
+    filter's rows are read and hashed here."""
+    from django.db import connection
+
+    dispatches = dispatches.order_by()
+    if connection.vendor == "postgresql":
+        columns = {
+            name: _Stamp(
+                Case(
+                    When(where or Q(pk__isnull=False), then=Func(*fields, template="ROW(%(expressions)s)::text")),
+                    output_field=TextField(),
+                )
+            )
+            for name, (fields, where) in stamped.items()
+        }
+        return dispatches.aggregate(**columns, **aggregates)
+    read = dispatches.aggregate(**aggregates) if aggregates else {}
+    for name, (fields, where) in stamped.items():
+        rows = list((dispatches.filter(where) if where is not None else dispatches).order_by("pk").values_list(*fields))
+        read[name] = stamp_of(rows) if rows else None
+    return read
 
 
 def kept_until_counted(
-    *, name: str, dispatch_ids: Iterable[int], compute: Callable[[], T], extra: str = "", opens_matter: bool = True
+    *,
+    name: str,
+    dispatch_ids: Iterable[int] | QuerySet[Dispatch],
+    compute: Callable[[], T],
+    extra: str = "",
+    opens_matter: bool = True,
 ) -> T:
-    """``compute()``, a figure over these dispatches' deliveries, kept in the cache under their
-    counters (one query): a row that finishes or is opened moves a counter as the send tasks
-    record it, so a kept figure is what a count now would say. (A stream's counters follow its
-    rows at each watch, so its figures may lag by that much.) A figure that opens do not change
-    (``opens_matter=False``) stays kept when only the opened counter moves. Retention deleting rows
-    stamps the dispatch (``rows_deleted_at``), which voids what was kept over it."""
-    counters = list(
-        Dispatch.objects.filter(among("pk", sorted(set(dispatch_ids))))
-        .order_by("pk")
-        .values_list(*COUNTER_FIELDS, *(["opened"] if opens_matter else []))
-    )
+    """``compute()``, a figure over these dispatches' deliveries (ids, or a query of them), kept in
+    the cache under their counters (one query, their fingerprint: ``stamps``): a row that finishes or
+    is opened moves a counter as the send tasks record it, so a kept figure is what a count now
+    would say. (A stream's counters follow its rows at each watch, so its figures may lag by that
+    much.) A figure that opens do not change (``opens_matter=False``) stays kept when only the
+    opened counter moves. Retention deleting rows stamps the dispatch (``rows_deleted_at``), which
+    voids what was kept over it."""
+    dispatches = _query_of(dispatch_ids)
+    fields = (*COUNTER_FIELDS, *(["opened"] if opens_matter else []))
+    counters = stamps(dispatches, stamped={"counters": (fields, None)})["counters"]
     key = f"delivery:{name}:{stamp_of([extra, counters])}"
     figures = cache.get(key)
     if figures is None:
@@ -85,19 +152,100 @@ def kept_until_counted(
     return figures
 
 
+@dataclass(frozen=True)
+class Sends:
+    """A report's dispatches as one view reads them (``sends_read``), for its figures counted per
+    profile: the query of them, and which of them are settled (final, nothing queued or in flight:
+    their rows no longer change) and which, holding rows, are not (``open_ids``: a send under way, a
+    stream calls still append to; few, whatever the number of sends). The settled ones are those
+    holding rows that were final and not open when read, a query too; so no statement of a report
+    lists its sends."""
+
+    of: QuerySet
+    open_ids: tuple[int, ...]
+    count: int  # how many dispatches
+    holding: int  # how many hold rows, or may still
+    only_holding: int | None  # the one that does, when only one does
+    settled_count: int
+    only_settled: int | None  # the settled one, when only one is
+    cleared: int  # how many retention deleted rows of
+    first_sent: dt.datetime | None  # the earliest creation of those whose rows remain
+
+    @property
+    def holding_rows(self) -> QuerySet:
+        return self.of.filter(HOLDING)
+
+    @property
+    def settled(self) -> QuerySet:
+        return self.of.filter(_settled_among(self.open_ids))
+
+    @property
+    def open(self) -> QuerySet:
+        return Dispatch.objects.filter(among("pk", self.open_ids))
+
+
+def _settled_among(open_ids) -> Q:
+    return Q(status__in=Dispatch.FINAL_STATUSES, total__gt=0) & ~Q(among("pk", open_ids))
+
+
+def _query_of(dispatches: Iterable[int] | QuerySet[Dispatch]) -> QuerySet[Dispatch]:
+    if isinstance(dispatches, QuerySet):
+        return dispatches
+    return Dispatch.objects.filter(among("pk", sorted(set(dispatches))))
+
+
+def sends_read(dispatches: Iterable[int] | QuerySet[Dispatch] | Sends) -> Sends:
+    """The dispatches' ``Sends`` (ids, or a query of them): two queries, their answers a line and
+    the few open ones' ids."""
+    if isinstance(dispatches, Sends):
+        return dispatches
+    dispatches = _query_of(dispatches).order_by()
+    unfinished = Delivery.objects.filter(dispatch_id=OuterRef("pk"), finished_at__isnull=True)
+    open_ids = tuple(
+        sorted(
+            dispatches.filter(HOLDING)
+            .filter(~Q(status__in=Dispatch.FINAL_STATUSES) | Exists(unfinished))
+            .values_list("pk", flat=True)
+        )
+    )
+    settled = _settled_among(open_ids)
+    remain = Q(rows_deleted_at__isnull=True)
+    read = dispatches.aggregate(
+        count=Count("pk"),
+        holding=Count("pk", filter=HOLDING),
+        only_holding=Max("pk", filter=HOLDING),
+        settled_count=Count("pk", filter=settled),
+        only_settled=Max("pk", filter=settled),
+        cleared=Count("pk", filter=~remain),
+        first_sent=Min("created_at", filter=remain),
+    )
+    return Sends(
+        of=dispatches,
+        open_ids=open_ids,
+        count=read["count"],
+        holding=read["holding"],
+        only_holding=read["only_holding"] if read["holding"] == 1 else None,
+        settled_count=read["settled_count"],
+        only_settled=read["only_settled"] if read["settled_count"] == 1 else None,
+        cleared=read["cleared"],
+        first_sent=read["first_sent"],
+    )
+
+
 def profiles_by(
     *,
     name: str,
-    dispatch_ids: Iterable[int],
-    rows: Callable[[list[int]], QuerySet],
+    dispatch_ids: Iterable[int] | QuerySet[Dispatch] | Sends,
+    rows: Callable[[QuerySet[Dispatch]], QuerySet],
     group: str | Expression,
     scope: Scope | None = None,
     kept_name: str | None = None,
-    known_settled: list[int] | None = None,
 ) -> dict:
     """Distinct profiles per value of ``group`` (a Delivery field or an expression over one) among
-    ``rows(ids)``, the rows of dispatches ``ids`` to count; ``name`` names that choice of rows and
-    group (the same name must always mean the same rows and group). A figure that opens do not change.
+    ``rows(of)``, the rows of dispatches ``of`` (a query of them) to count; ``name`` names that
+    choice of rows and group (the same name must always mean the same rows and group). A figure
+    that opens do not change. ``dispatch_ids``: ids, a query of them, or their ``Sends`` when the
+    caller read them for its own figures in the same view.
 
     A settled dispatch's figure (final, nothing queued or in flight: its rows no longer change) is
     counted once and kept on it (``DispatchProfiles``); so, when a single dispatch of these holds
@@ -109,28 +257,24 @@ def profiles_by(
     that calls still append to) add only their profiles that no settled one reached in the same
     group, one statement probing each of their rows' profiles, kept in the cache until a
     counter other than opens moves (``kept_until_counted``). So a view after a new outcome counts
-    what is still sending, not the history.
+    what is still sending, not the history. No statement lists the dispatches: they are read
+    by the database from their query, and a kept figure says which it covers by the highest id
+    and the fingerprint of their counters (``stamps``).
 
     With ``scope`` (the report these dispatches make up), once retention deleted rows of one of
     them, the profiles it kept for the report's figure ``kept_name`` (by default ``name``) count too
     (``delivery.kept``): the settled rows and the kept profiles are counted together, each pair
     once, and the dispatches not settled add only their profiles neither holds.
-
-    ``known_settled``: those of the dispatches that are settled (``settled_of``), when the caller
-    read them for its own figures in the same view.
     """
     from django.db import connection
 
-    ids = sorted(set(dispatch_ids))
-    states = list(Dispatch.objects.filter(among("pk", ids)).values_list("pk", "status", "total", "rows_deleted_at"))
-    # A final dispatch without rows counts nobody.
-    holding = [pk for pk, status, total, _ in states if total or status not in Dispatch.FINAL_STATUSES]
-    if not holding:
+    sends = sends_read(dispatch_ids)
+    if not sends.holding:
         return {}
 
     select = pairs_of(rows, group)
 
-    def count(of: list[int]) -> dict:
+    def count(of) -> dict:
         sql, params = select(of)
         return grouped_count(
             f"SELECT grp, count(profile_id) FROM (SELECT DISTINCT grp, profile_id FROM ({sql}) r) p GROUP BY grp",  # noqa: S608 (the ORM's SQL)
@@ -138,14 +282,14 @@ def profiles_by(
         )
 
     # Once retention deleted rows of one of these, the profiles it kept for the report count too.
-    kept = (scope, kept_name or name) if scope is not None and any(cleared for *_, cleared in states) else None
+    kept = (scope, kept_name or name) if scope is not None and sends.cleared else None
 
-    def count_unseen(new: list[int], old: list[int]) -> dict:
+    def count_unseen(new: QuerySet, old: QuerySet | None) -> dict:
         """The pairs of dispatches ``new`` that neither the rows of settled dispatches ``old`` nor
         the kept profiles hold: one statement probing each of the new rows' profiles."""
         new_sql, params = select(new)
         unseen = []
-        if old:
+        if old is not None:
             # Every row of a settled dispatch is finished: said, the probe reads the profile's finished rows' index.
             old_sql, old_params = pairs_of(lambda of: rows(of).filter(finished_at__isnull=False), group)(old)
             same = "IS" if connection.vendor == "sqlite" else "IS NOT DISTINCT FROM"
@@ -163,45 +307,49 @@ def profiles_by(
             params,
         )
 
-    if len(holding) == 1 and kept is None:
-        figures = _settled_profiles(dispatch_id=holding[0], name=name, count=count)
+    holding = sends.holding_rows
+    if sends.only_holding is not None and kept is None:
+        figures = _settled_profiles(dispatch_id=sends.only_holding, name=name, count=count)
         return (
             figures
             if figures is not None
             else kept_until_counted(name=name, dispatch_ids=holding, compute=lambda: count(holding), opens_matter=False)
         )
-    settled = settled_of(holding) if known_settled is None else sorted(set(holding).intersection(known_settled))
-    in_settled = set(settled)
-    open_ = [pk for pk in holding if pk not in in_settled]
-    if kept is None and not settled:
+    settled = sends.settled
+    if kept is None and not sends.settled_count:
         return kept_until_counted(name=name, dispatch_ids=holding, compute=lambda: count(holding), opens_matter=False)
     if kept is not None:
         # The settled rows (the cleared ones have none) and the kept profiles, each pair once.
         def count_with_kept() -> dict:
-            sql, params = select(settled) if settled else (NO_PAIRS, [])
+            sql, params = select(settled) if sends.settled_count else (NO_PAIRS, [])
             return decoded(grouped_count(*counted_with_kept(sql, params, scope=scope, name=kept[1])), scope)
 
-        before = _settled_union(
-            name=f"{name}:kept",
-            settled=settled,
-            compute=count_with_kept,
-            added=count_unseen,
-            extra=f"{scope.key}:{kept[1]}",
-            clears_change=False,
+        before = (
+            _settled_union(
+                name=f"{name}:kept",
+                settled=settled,
+                compute=count_with_kept,
+                added=count_unseen,
+                extra=f"{scope.key}:{kept[1]}",
+                clears_change=False,
+            )
+            if sends.settled_count
+            else count_with_kept()
         )
-    elif len(settled) == 1:
-        before = _settled_profiles(dispatch_id=settled[0], name=name, count=count) or {}
+    elif sends.only_settled is not None:
+        before = _settled_profiles(dispatch_id=sends.only_settled, name=name, count=count) or {}
     else:
         before = _settled_union(
             name=name, settled=settled, compute=lambda: count(settled), added=count_unseen, extra="", clears_change=True
         )
-    if not open_:
+    if not sends.open_ids:
         return before
     beyond = kept_until_counted(
         name=f"{name}:beyond",
         dispatch_ids=holding,
-        compute=lambda: count_unseen(open_, settled),
-        extra=json.dumps([settled, kept[0].key, kept[1]] if kept else settled),
+        # The holding ones' counters and which are open say which are settled.
+        compute=lambda: count_unseen(sends.open, settled if sends.settled_count else None),
+        extra=json.dumps([sends.open_ids, kept[0].key, kept[1]] if kept else [sends.open_ids]),
         opens_matter=False,
     )
     return summed(before, beyond)
@@ -214,58 +362,68 @@ def summed(a: dict, b: dict) -> dict:
 def _settled_union(
     *,
     name: str,
-    settled: list[int],
+    settled: QuerySet[Dispatch],
     compute: Callable[[], dict],
-    added: Callable[[list[int], list[int]], dict],
+    added: Callable[[QuerySet, QuerySet], dict],
     extra: str,
     clears_change: bool,
 ) -> dict:
-    """The figure ``name`` over settled dispatches ``settled`` (several), kept in the cache under
-    their counters, as ``kept_until_counted`` keeps it; and, when that misses, grown from the
-    figure last kept over fewer of them instead of counted again over every row.
+    """The figure ``name`` over settled dispatches ``settled`` (a query of several), kept in the
+    cache under their counters, as ``kept_until_counted`` keeps it; and, when that misses, grown
+    from the figure last kept over fewer of them instead of counted again over every row.
 
     A report's settled dispatches only grow in number (a day's stream, a journey's batch settles),
     and their rows no longer change: so the figure over ``settled`` is the one kept over an earlier
     ``base`` among them plus the pairs of the dispatches settled since that ``base``'s rows do not
     hold (``added(new, base)``, which probes only the new rows' profiles). The last figure counted
-    is kept with its dispatches (``chain``), under the report's first dispatch and ``extra``.
+    is kept (``chain``), under the report's first dispatch and ``extra``, with what it covers: the
+    settled dispatches up to an id, and the fingerprint of their counters (``stamps``); the base
+    is the settled dispatches up to that id now, the new ones those past it.
 
-    It is grown only while it is still right: its dispatches' counters are what they were, retention
-    stamps included when a clear changes the figure (``clears_change``: rows counted alone);
-    otherwise, with the kept profiles counted beside the rows, a clear moves a dispatch's pairs from
-    its rows to the kept ones and the figure stays; and no dispatch settled since was cleared (its
-    pairs would be among the kept ones, which the figure did not count). A clear while growing it
-    (a set of cleared dispatches that changed under the count) has it counted whole.
+    It is grown only while it is still right: the base's fingerprint is the one kept (a dispatch
+    below that id settled since, one finishing out of order, changes it, and the figure is counted
+    whole), retention stamps included when a clear changes the figure (``clears_change``: rows
+    counted alone); otherwise, with the kept profiles counted beside the rows, a clear moves a
+    dispatch's pairs from its rows to the kept ones and the figure stays; and no dispatch settled
+    since was cleared (its pairs would be among the kept ones, which the figure did not count). A
+    clear while growing it (a set of cleared dispatches that changed under the count) has it
+    counted whole.
     """
-    counters = list(Dispatch.objects.filter(among("pk", settled)).order_by("pk").values_list(*COUNTER_FIELDS))
-    key = f"delivery:{name}:settled:{stamp_of([extra, counters])}"
-    held = {row[0]: row if clears_change else row[:-1] for row in counters}
-    cleared = {row[0] for row in counters if row[-1] is not None}
-    chain_key = f"delivery:{name}:chain:{stamp_of([extra, settled[:1]])}"
+    held_fields = COUNTER_FIELDS if clears_change else COUNTER_FIELDS[:-1]
+    cleared_ones = (("pk",), Q(rows_deleted_at__isnull=False))
+    read = stamps(
+        settled,
+        stamped={"counters": (COUNTER_FIELDS, None), "held": (held_fields, None), "cleared": cleared_ones},
+        first=Min("pk"),
+        top=Max("pk"),
+    )
+    key = f"delivery:{name}:settled:{stamp_of([extra, read['counters']])}"
+    chain_key = f"delivery:{name}:chain:{stamp_of([extra, read['first']])}"
     found = cache.get_many([chain_key, key])
     chain, figures = found.get(chain_key), found.get(key)
 
     def keep_chain() -> None:
-        stamp = stamp_of([held[pk] for pk in settled])
-        cache.set(chain_key, {"ids": settled, "stamp": stamp, "figures": figures}, CACHE_SECONDS)
+        cache.set(chain_key, {"upto": read["top"], "stamp": read["held"], "figures": figures}, CACHE_SECONDS)
 
     if figures is not None:
-        if chain is None or chain["ids"] != settled:  # grown from here next (another view kept another)
+        if chain is None or chain.get("upto") != read["top"]:  # grown from here next (another view kept another)
             keep_chain()
         return figures
-    if chain is not None:
-        base = set(chain["ids"])
-        new = [pk for pk in settled if pk not in base]
-        if unchanged_among(chain["ids"], chain["stamp"], held) and not cleared.intersection(new):
-            figures = summed(chain["figures"], added(new, chain["ids"])) if new else chain["figures"]
-            if (
-                set(
-                    Dispatch.objects.filter(among("pk", settled), rows_deleted_at__isnull=False).values_list(
-                        "pk", flat=True
-                    )
-                )
-                != cleared
-            ):
+    if chain is not None and "upto" in chain:
+        upto = chain["upto"]
+        base = stamps(
+            settled,
+            stamped={"held": (held_fields, Q(pk__lte=upto))},
+            cleared_since=Count("pk", filter=Q(pk__gt=upto, rows_deleted_at__isnull=False)),
+        )
+        if base["held"] == chain["stamp"] and not base["cleared_since"]:
+            new = read["top"] > upto
+            figures = (
+                summed(chain["figures"], added(settled.filter(pk__gt=upto), settled.filter(pk__lte=upto)))
+                if new
+                else chain["figures"]
+            )
+            if new and stamps(settled, stamped={"cleared": cleared_ones})["cleared"] != read["cleared"]:
                 figures = None
     if figures is None:
         figures = compute()
@@ -274,21 +432,16 @@ def _settled_union(
     return figures
 
 
-def unchanged_among(ids: list[int], stamp: str, held: dict[int, tuple]) -> bool:
-    """Whether dispatches ``ids``, whose counters were ``stamp`` when a figure was kept over them,
-    are all among ``held`` (counter rows by id, as read now) with the same counters."""
-    return set(ids) <= held.keys() and stamp_of([held[pk] for pk in ids]) == stamp
-
-
 def stamp_of(value) -> str:
     return hashlib.sha256(json.dumps(value, default=str).encode()).hexdigest()
 
 
-def pairs_of(rows: Callable[[list[int]], QuerySet], group: str | Expression) -> Callable[[list[int]], tuple[str, list]]:
+def pairs_of(rows: Callable[[QuerySet | list[int]], QuerySet], group: str | Expression) -> Callable:
     """A function giving the SQL (and its parameters) that selects ``grp`` (``group``: a Delivery
-    field or an expression over one) and ``profile_id`` of ``rows(ids)``, the rows of dispatches ids."""
+    field or an expression over one) and ``profile_id`` of ``rows(of)``, the rows of dispatches
+    ``of`` (ids, or a query of them)."""
 
-    def select(of: list[int]) -> tuple[str, list]:
+    def select(of) -> tuple[str, list]:
         counted = rows(of).annotate(grp=F(group) if isinstance(group, str) else group)
         return counted.values("grp", "profile_id").order_by().query.sql_with_params()
 

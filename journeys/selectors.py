@@ -166,9 +166,8 @@ def version_step_conversions(version: JourneyVersion) -> dict[str, dict] | None:
     goal = Goal.of(version.journey)
     if goal is None:
         return None
-    dispatches = version_dispatches(version).values_list("pk", flat=True)
     counts = conversions_by(
-        dispatch_ids=dispatches,
+        dispatch_ids=version_dispatches(version),  # read by the database: a batch per run of the engine
         goal=goal,
         group=journey_step(),
         group_key=JOURNEY_STEP,

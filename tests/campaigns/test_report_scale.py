@@ -277,3 +277,33 @@ def test_a_key_granted_the_campaign_but_not_its_app_reads_its_sends_as_its_repor
     stranger = api_key_for(UserFactory(username="manager_stranger", role="Manager"), scopes=["read"])
     assert stranger.get("/api/v1/dispatches/").json()["results"] == []
     assert stranger.get(f"/api/v1/dispatches/{stream.pk}/").status_code == 404
+
+
+def test_the_report_runs_the_same_statements_for_3_sends_as_for_30(sends):
+    """No statement lists the sends, and no view runs more of them for more sends: counted, viewed
+    again, and grown by a send that settled and a new one."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    make, profiles = sends
+    few, many = make(3, name="Few sends"), make(30, name="Many sends")
+
+    def statements(campaign) -> list[str]:
+        with CaptureQueriesContext(connection) as captured:
+            campaign_report(Campaign.objects.get(pk=campaign.pk))
+        return [q["sql"] for q in captured]
+
+    def compared(view: str) -> None:
+        of_few, of_many = statements(few), statements(many)
+        assert len(of_many) == len(of_few), f"{view}: as many statements"
+        grown = max(len(b) - len(a) for a, b in zip(of_few, of_many, strict=True))
+        assert grown <= 8, f"{view}: a statement grew by {grown} characters"  # an id's digits
+
+    cache.clear()
+    compared("counted")
+    compared("viewed again")
+    for campaign, n in ((few, 3), (many, 30)):
+        Dispatch.objects.filter(source_id=campaign.pk, status="sending").update(status="done")
+        send(campaign, profiles, day=n, status="sending")
+    compared("grown")
+    assert shown(many) == recount(many)
