@@ -397,7 +397,8 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
     @admin.display(description="Approval")
     def approval(self, obj):
         pending = "Revision waiting for approval" if obj.is_active else ""
-        return approval_text(approval_current(obj), time_zone=obj.time_zone, pending=pending)
+        request = approval_current(obj)
+        return approval_text(request, time_zone=obj.request_zone(request), pending=pending)
 
     @admin.display(description="Endpoint and an example call")
     def api_call(self, obj):
@@ -462,7 +463,10 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             occurrences_summary(obj),
         )
 
-    activated = zoned_column("activated_at", "Activated", zone_field="time_zone")
+    @admin.display(description="Activated", ordering="activated_at")
+    def activated(self, obj):
+        """When its first approval put it on the air, in the approved schedule's zone (as its sends)."""
+        return zoned(obj.activated_at, obj.schedule_zone())
 
     send_at_shown = zoned_column("send_at", "Send at", zone_field="time_zone")
 
@@ -503,7 +507,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         if approved is None:
             return "—"
         at = dt.datetime.fromisoformat(approved.approved_at) if approved.approved_at else None
-        when = f" on {zoned(at, obj.time_zone)}" if at else ""
+        when = f" on {zoned(at, approved.time_zone)}" if at else ""
         sending = format_html(
             '<p id="approved-version">Version {} (approved{}{}) is sending.</p>',
             approved.number,

@@ -296,6 +296,16 @@ class Campaign(ConversionGoal):
         revision's zone sends nothing yet); the campaign's own before any approval."""
         return ((self.approved_version or {}).get("fields") or {}).get("time_zone") or self.time_zone
 
+    def request_zone(self, request) -> str:
+        """The zone an approval request's times are shown in: the approved version's (``schedule_zone``)
+        for the request that approved it, the campaign's own for any other (a revision's, waiting or
+        sent back, whose zone is the row's)."""
+        approved = self.approved_version or {}
+        if request is not None and approved.get("request_id", request.pk) == request.pk:
+            if request.status == request.Status.APPROVED:
+                return self.schedule_zone()
+        return self.time_zone
+
     def approved(self) -> "ApprovedVersion | None":
         """The version that sends while the campaign is scheduled or live (None before any approval)."""
         if self.approved_version:

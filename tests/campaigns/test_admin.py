@@ -451,6 +451,55 @@ def test_occurrences_read_in_the_approved_zone_while_a_revision_changes_it(
     assert "2027-01-05 09:00 (Europe/Paris)" in listed and "03:00 (America/New_York)" not in listed
 
 
+def test_approval_versions_and_activated_read_in_the_zone_of_the_version_each_belongs_to(
+    client, make_campaign, manager_alice, approver_bob
+):
+    """An edit of the zone waiting for approval moved the Approval, Versions ("approved on") and
+    Activated lines to the revision's zone, at odds with the Next send and occurrences beside them:
+    the approved version's approval read 03:00 New York for 09:00 Paris. The approved version's
+    times read in its zone; a request for the revision in the revision's; each zone named."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from accounts.selectors import approval_current
+    from campaigns.services.lifecycle import campaign_request_changes, campaign_update
+    from config.zones import zoned
+
+    def shown(page: str, field: str) -> str:
+        start = page.index('class="readonly"', page.index(f"field-{field}"))
+        return page[start : page.index("</div>", start)]
+
+    nine = dt.datetime(2027, 1, 5, 9, 0, tzinfo=ZoneInfo("Europe/Paris"))
+    campaign = make_campaign(schedule_kind="at", send_at=nine, time_zone="Europe/Paris")
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=nine - dt.timedelta(days=2))
+    approved = approval_current(campaign)
+    campaign_update(campaign_id=campaign.pk, by=manager_alice, time_zone="America/New_York")
+    assert Campaign.objects.get(pk=campaign.pk).has_pending_revision
+
+    client.force_login(manager_alice)
+    url = f"/admin/campaigns/campaign/{campaign.pk}/change/"
+    page = client.get(url).content.decode()
+    assert "2027-01-03 09:00 (Europe/Paris)" in shown(page, "activated")
+    assert "on 2027-01-03 09:00 (Europe/Paris)) is sending" in shown(page, "versions")
+    assert f"by approver_bob on {zoned(approved.decided_at, 'Europe/Paris')}" in shown(page, "approval")
+    sending = shown(page, "versions")
+    assert "America/New_York" not in sending[: sending.index('id="pending-revision"')]
+    for field in ("activated", "approval"):
+        assert "America/New_York" not in shown(page, field), field
+
+    revision = campaign_submit(campaign_id=campaign.pk, by=manager_alice)  # the revision's own request
+    page = client.get(url).content.decode()
+    asked = zoned(revision.requested_at, "America/New_York")
+    assert f"Revision waiting for approval: asked by manager_alice on {asked}" in shown(page, "approval")
+    assert "on 2027-01-03 09:00 (Europe/Paris)) is sending" in shown(page, "versions")
+    campaign_request_changes(campaign_id=campaign.pk, by=approver_bob, comment="Not New York")
+    page = client.get(url).content.decode()
+    revision.refresh_from_db()
+    said = f"by approver_bob on {zoned(revision.decided_at, 'America/New_York')}"
+    assert said in shown(page, "approval") and "2027-01-03 09:00 (Europe/Paris)" in shown(page, "activated")
+
+
 def test_the_review_says_when_it_was_asked_in_the_campaigns_zone_named(
     client, make_campaign, manager_alice, approver_bob
 ):
