@@ -22,6 +22,7 @@ from delivery.personalization import (
     VALUE_BYTES,
     is_templated,
     template_attribute_outputs,
+    template_attributes_read,
     template_check,
     template_context_gaps,
     template_reads,
@@ -157,16 +158,33 @@ def spec_context_gaps(spec: dict, *, given: dict) -> str:
     """What a send whose context is ``given`` shows empty, in words ("{{ context.order }} in its
     body and …"; "" when nothing): each output ``template_context_gaps`` finds, with its field named
     as ``spec_validate`` names it (``body``, ``variants.fr.title``, ``data.order``)."""
+    return " and ".join(
+        f"{output} in its {field}"
+        for field, source in _named_sources(spec)
+        for output in template_context_gaps(source, given=given)
+    )
+
+
+def _named_sources(spec: dict) -> list[tuple[str, str]]:
+    """Every text of the spec that may hold Liquid, with its field named as ``spec_validate`` names
+    it (``body``, ``variants.fr.title``, ``data.order``)."""
     sources = [(name, spec.get(name, "") or "") for name in VARIANT_FIELDS]
     for locale, texts in (spec.get("variants") or {}).items():
         sources += [(f"variants.{locale}.{name}", value) for name, value in dict(texts).items()]
     sources += [(f"data.{key}", value) for key, value in (spec.get("data") or {}).items()]
-    return " and ".join(
-        f"{output} in its {field}"
-        for field, source in sources
-        if isinstance(source, str)
-        for output in template_context_gaps(source, given=given)
-    )
+    return [(field, source) for field, source in sources if isinstance(source, str)]
+
+
+def spec_attributes_unseen(spec: dict, *, seen: set[str]) -> list[tuple[str, str]]:
+    """The (field, attribute name) of each ``profile.attributes.<name>`` the spec reads that is not
+    among ``seen`` (the names profiles hold): a misspelt name shows empty, or its default, for
+    every recipient."""
+    return [
+        (field, name)
+        for field, source in _named_sources(spec)
+        for name in template_attributes_read(source)
+        if name not in seen
+    ]
 
 
 # JSON's longest escape of one byte of text (a control character as ``\\u00XX``); a character of

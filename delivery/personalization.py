@@ -444,6 +444,25 @@ def template_context_gaps(source: str, *, given: dict) -> list[str]:
     return gaps
 
 
+def template_attributes_read(source: str) -> list[str]:
+    """The names ``source`` reads as ``profile.attributes.<name>``, in order, once each (a name
+    computed at render time is none of them). A template that cannot be read reads none
+    (``template_check`` refuses it)."""
+    if "attributes" not in source or not is_templated(source):
+        return []
+    try:
+        uses = _parse(source).analyze(include_partials=False).globals.get("profile", [])
+    except LiquidError:
+        return []
+    names: list[str] = []
+    for use in uses:
+        segments = list(use.segments)
+        if len(segments) > 2 and segments[1] == "attributes" and isinstance(segments[2], str):
+            if segments[2] not in names:
+                names.append(segments[2])
+    return names
+
+
 def template_attribute_outputs(source: str) -> list[tuple[str, str]] | None:
     """The ``(attribute, default)`` of each output through which ``source`` reads the profile, when
     every one is a plain ``{{ profile.attributes.<name> }}`` (with or without ``| default: '...'``)

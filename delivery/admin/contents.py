@@ -11,10 +11,12 @@ from liquid.exceptions import LiquidError
 
 from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin
 from audiences.models import Profile
+from audiences.selectors import attribute_keys
 from delivery.models import PushContent
 from delivery.payloads import (
     data_shape_check,
     message_render,
+    spec_attributes_unseen,
     spec_authoring_check,
     spec_validate,
     variants_shape_check,
@@ -263,6 +265,21 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
 
     def save_model(self, request, obj, form, change):
         pushcontent_save(content=obj, by=request.user)
+        self._warn_of_unseen_attributes(request, obj)
+
+    def _warn_of_unseen_attributes(self, request, content: PushContent) -> None:
+        """Say which attributes the texts read that no recent profile holds (a misspelt name shows
+        empty, or its default, for everyone); saved all the same: profiles may get them later."""
+        seen = {key["name"] for key in attribute_keys()}
+        unseen = spec_attributes_unseen(content.spec(), seen=seen) if seen else []
+        if unseen:
+            reads = "; ".join(f"{field} reads profile.attributes.{name}" for field, name in unseen)
+            self.message_user(
+                request,
+                f"{reads}: no recent profile has it, so it shows empty (or its default) for them. "
+                "Check its spelling; saved as written.",
+                messages.WARNING,
+            )
 
     @admin.display(description="Previews")
     def previews(self, obj):

@@ -181,3 +181,24 @@ def test_live_preview_for_an_external_id_holding_a_nul_shows_a_profile_without_a
     answer = client.post(url, {**_form(content, title=title), "preview_profile": "zoe\x00"})
     assert answer.status_code == 200 and "Hi you" in answer.content.decode()
     assert "Hi Zoé" in client.post(url, {**_form(content, title=title), "preview_profile": "zoe"}).content.decode()
+
+
+def test_saving_content_that_reads_an_attribute_no_profile_has_warns_naming_the_field(client, manager_alice):
+    """A misspelt attribute shows empty (or its default) for everyone: the save says so, and saves."""
+    from tests.factories import ProfileFactory
+
+    ProfileFactory(attributes={"first_name": "Zoe", "plan": "gold"})
+    changes = {
+        "title": "Hi {{ profile.attributes.frist_name | default: 'there' }}",
+        "body": "Your {{ profile.attributes.plan }} plan",
+        "variants": '{"fr": {"body": "Votre offre {{ profile.attributes.tier }}"}}',
+    }
+    content, answer = _saved_with(client, manager_alice, changes)
+    assert answer.status_code == 302
+    content.refresh_from_db()
+    assert content.title == changes["title"]
+    warnings = [str(m) for m in answer.wsgi_request._messages if m.level_tag == "warning"]
+    assert len(warnings) == 1, warnings
+    assert "title reads profile.attributes.frist_name" in warnings[0]
+    assert "variants.fr.body reads profile.attributes.tier" in warnings[0]
+    assert "profile.attributes.plan" not in warnings[0]
