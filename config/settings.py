@@ -297,6 +297,11 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
     # which psycopg allows once a threshold is set. Behind PgBouncer in transaction mode, that
     # needs PgBouncer 1.21 or later with max_prepared_statements.
     _db.setdefault("OPTIONS", {})["prepare_threshold"] = 5
+    # A server that takes the connection and never answers (hung, or a failover half done) is
+    # one that does not answer after this many seconds, as one that refuses it: /readyz answers
+    # 503 and a command says so, where libpq would wait for ever. `?connect_timeout=N` in
+    # DATABASE_URL sets another.
+    _db["OPTIONS"].setdefault("connect_timeout", 5)
     # Django's backend, whose health check asks the server only when the socket says something
     # happened (config.postgresql).
     _db["ENGINE"] = "config.postgresql"

@@ -2,14 +2,19 @@
 what to do (start it, or `manage.py migrate`), never a traceback."""
 
 import io
+import json
 import logging
 import os
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection, connections
 
-from tests.processes import free_port, manage
+from tests.processes import ROOT, free_port, manage
 
 COMMANDS = [["retention_apply"], ["rotate_encryption_key"], ["instance_claim", "--yes"], ["status"]]
 
@@ -26,6 +31,49 @@ def test_a_command_says_in_one_line_that_the_database_does_not_answer(command):
     assert "Traceback" not in result.stderr and "db-password" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "the database does not answer" in lines[0], result.stderr
+
+
+@pytest.fixture
+def silent_database():
+    """A PostgreSQL address that takes connections and never answers (a server hung, or stopped
+    with SIGSTOP during a failover): the kernel completes each connection, nobody reads it."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield f"postgres://pushdesk:db-password@127.0.0.1:{listener.getsockname()[1]}/pushdesk"
+
+
+def test_status_check_says_in_seconds_that_a_database_that_never_answers_does_not_answer(silent_database):
+    """It waited for ever: a monitoring check hung instead of failing."""
+    env = {**os.environ, "DATABASE_URL": silent_database}
+    started = time.monotonic()
+    result = manage(["status", "--check"], env, timeout=60)
+    assert time.monotonic() - started < 30
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "db-password" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the database does not answer" in lines[0], result.stderr
+
+
+READYZ = """
+import django
+django.setup()
+from django.test import Client
+answer = Client().get("/readyz", HTTP_HOST="10.0.0.7")
+print(answer.status_code, answer.content.decode())
+"""
+
+
+def test_readyz_answers_503_in_seconds_when_the_database_never_answers(silent_database):
+    """/readyz waited for ever, holding a web thread per probe, until the web process had none left."""
+    env = {**os.environ, "DATABASE_URL": silent_database, "DJANGO_SETTINGS_MODULE": "config.settings"}
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", READYZ], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert time.monotonic() - started < 30
+    assert result.stdout.startswith("503 "), (result.stdout, result.stderr)
+    assert json.loads(result.stdout.split(" ", 1)[1])["problems"]["database"].startswith("does not answer")
 
 
 # Django's own and those that leave the database's errors to manage.py, as the guide runs them.
