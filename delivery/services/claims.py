@@ -37,6 +37,7 @@ class Claimed:
     expires_at: datetime | None = None  # its own expiry (a held row, a stream's row); None: the dispatch's
     context: dict | None = None  # a stream's row: its call's context
     variant: int | None = None  # a campaign variant's number: the content it sends
+    skip: str = ""  # why its device may no longer get it (``unsendable_reason``); "" to send
 
 
 @dataclass(slots=True)
@@ -57,6 +58,28 @@ def _aware(value) -> datetime | None:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+# A row is resolved ahead of its sending (a throttled send runs for hours, quiet hours hold a row
+# until they end): its device's state when it goes is the one that counts. A phone logged out
+# (unregistered) or declared dead since, handed to another user (its token registered for another
+# profile: the row's message is the first one's, rendered with their attributes) or opted out
+# since gets nothing; its row is skipped saying why. (A row whose device was deleted has no token:
+# it fails as ``device_deleted``.)
+_UNSENDABLE_SQL = (
+    "CASE WHEN dev.id IS NULL THEN '' WHEN NOT dev.active THEN 'device_inactive' "
+    "WHEN dev.profile_id IS DISTINCT FROM c.profile_id THEN 'device_moved' "
+    "WHEN NOT dev.push_enabled THEN 'not_opted_in' ELSE '' END"
+)
+
+
+def unsendable_reason(row: Claimed, *, active: bool, owner: int | None, push_enabled: bool) -> str:
+    """Why the row's device may no longer get it, as ``_UNSENDABLE_SQL`` says it; "" to send."""
+    if not active:
+        return "device_inactive"
+    if owner != row.profile_id:
+        return "device_moved"
+    return "" if push_enabled else "not_opted_in"
 
 
 def deliveries_claim(
@@ -88,7 +111,7 @@ def deliveries_claim(
             "lease_expires_at = now() + %s * interval '1 second' WHERE d.id = ANY(ARRAY(SELECT id FROM picked)) "
             "RETURNING d.id, d.device_id, d.profile_id, d.attempts, d.expires_at, d.context, d.variant) "
             "SELECT c.id, c.device_id, c.profile_id, c.attempts, dev.token, dev.platform, c.expires_at, c.context, "
-            f"c.variant{profile_columns} "
+            f"c.variant, {_UNSENDABLE_SQL}{profile_columns} "
             f"FROM claimed c LEFT JOIN delivery_device dev ON dev.id = c.device_id{profile_join}"
         )
         # The update finds the picked rows by their ids as an array, an index condition whatever
@@ -104,15 +127,15 @@ def deliveries_claim(
         for values in fetched:
             row = Claimed(*values[:4], token=values[4] or "", platform=values[5] or "", expires_at=values[6])
             row.context = json.loads(values[7]) if isinstance(values[7], str) else values[7]
-            row.variant = values[8]
-            if with_profiles and values[9] is not None:
-                attributes = values[12]
+            row.variant, row.skip = values[8], values[9]
+            if with_profiles and values[10] is not None:
+                attributes = values[13]
                 if isinstance(attributes, str):
                     attributes = json.loads(attributes)
                 row.profile = {
-                    "external_id": values[9],
-                    "locale": values[10],
-                    "timezone": values[11],
+                    "external_id": values[10],
+                    "locale": values[11],
+                    "timezone": values[12],
                     "attributes": attributes or {},
                 }
             rows.append(row)
@@ -138,12 +161,15 @@ def deliveries_claim(
         devices = {
             d[0]: d[1:]
             for d in Device.objects.filter(pk__in=[r.device_id for r in rows if r.device_id]).values_list(
-                "id", "token", "platform"
+                "id", "token", "platform", "active", "profile_id", "push_enabled"
             )
         }
         profiles = _profiles_for(rows) if with_profiles else {}
         for row in rows:
-            row.token, row.platform = devices.get(row.device_id, ("", ""))
+            device = devices.get(row.device_id)
+            if device is not None:
+                row.token, row.platform, active, owner, push_enabled = device
+                row.skip = unsendable_reason(row, active=active, owner=owner, push_enabled=push_enabled)
             row.profile = profiles.get(row.profile_id)
     return rows
 

@@ -211,6 +211,9 @@ def _batch_prepare(dispatch: Dispatch, rows: list[Claimed]) -> _Batch:
         if not row.token:
             results.append(Result(row.id, DS.FAILED, reason="device_deleted"))
             continue
+        if row.skip:  # logged out, opted out or handed to another user since the row was resolved
+            results.append(Result(row.id, DS.SKIPPED, reason=row.skip))
+            continue
         spec, ttl, dispatch_expires, options, shared = contents.get(row.variant)
         # The TTL runs once per delivery, from the dispatch's start or the end of the row's hold:
         # each attempt sends what remains. A TTL of 0 is "now or never" (APNs 0, FCM "0s").

@@ -331,3 +331,53 @@ def test_a_token_another_call_registered_meanwhile_is_answered_200_not_201(inges
     [answer] = answers
     assert answer.status_code == 200, answer.json()
     assert list(Device.objects.values_list("profile__external_id", flat=True)) == ["second"]
+
+
+@pytest.mark.embedded
+def test_a_phone_logged_out_opted_out_or_handed_to_another_user_after_a_send_was_resolved_gets_nothing(
+    ingest, manager_alice, pushsim_app, pushsim, open_gate
+):
+    """A send's rows are resolved ahead of their sending (a throttled send runs for hours, quiet
+    hours hold a row until morning): the phone's state when the row goes is the one that counts.
+    A logout (unregister), an opt-out, or another user logging in on the phone (its token
+    registered for them) took nothing off a row already queued: the old profile's push, rendered
+    with its attributes, reached the phone the next user now holds."""
+    from delivery.models import Delivery, Dispatch
+    from delivery.services.dispatches import dispatch_create, dispatch_prepare
+    from delivery.services.sending import dispatch_send
+    from tests.factories import PushContentFactory
+
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
+    tokens = {name: f"{n:02x}" * 32 for n, name in enumerate(["logged_out", "opted_out", "handed_over", "kept"], 1)}
+    for name, token in tokens.items():
+        assert register(ingest, pushsim_app, external_id=name, token=token).status_code == 201
+    content = PushContentFactory(app=pushsim_app)
+    dispatch = dispatch_create(
+        app_id=pushsim_app.pk,
+        kind=Dispatch.Kind.API_TRIGGER,
+        spec=content.spec(),
+        content_id=content.pk,
+        profile_ids=list(Profile.objects.filter(external_id__in=tokens).values_list("pk", flat=True)),
+    )
+    dispatch_prepare(dispatch_id=dispatch.pk)
+    assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", flat=True)) == {"queued"}
+
+    app = pushsim_app.pk
+    unregister = {"app": app, "token": tokens["logged_out"]}
+    assert ingest.post("/api/v1/devices/unregister/", unregister, format="json").status_code == 200
+    opt_out = {"app": app, "token": tokens["opted_out"], "push_enabled": False}
+    assert ingest.post("/api/v1/devices/opt-in/", opt_out, format="json").status_code == 200
+    assert register(ingest, pushsim_app, external_id="next-user", token=tokens["handed_over"]).status_code == 200
+
+    dispatch_send(dispatch_id=dispatch.pk)
+
+    outcomes = {d.profile.external_id: (d.status, d.reason) for d in Delivery.objects.filter(dispatch=dispatch)}
+    assert outcomes == {
+        "logged_out": ("skipped", "device_inactive"),
+        "opted_out": ("skipped", "not_opted_in"),
+        "handed_over": ("skipped", "device_moved"),
+        "kept": ("accepted", ""),
+    }
+    assert [r["token"] for r in pushsim.state.recent(limit=10)] == [tokens["kept"]]
+    dispatch.refresh_from_db()
+    assert (dispatch.status, dispatch.accepted, dispatch.skipped) == ("done", 1, 3)
