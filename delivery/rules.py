@@ -23,7 +23,7 @@ from delivery.services.rollups import deliveries_finish
 
 DS = Delivery.Status
 # The reasons ``rules_apply`` reports for rows it made final (``skipped``): the others are held back.
-SKIPPING_RULES = ("frequency_cap", "quiet_hours", "missed_local_time")
+SKIPPING_RULES = ("frequency_cap", "quiet_hours", "missed_local_time", "expired")
 
 
 def rules_apply(*, dispatch: Dispatch, now: dt.datetime) -> dict[str, int]:
@@ -194,10 +194,22 @@ def _ttl(dispatch: Dispatch) -> dt.timedelta:
     return dt.timedelta(seconds=int(dispatch.content_spec.get("ttl_seconds") or 0))
 
 
+def _now_or_never(dispatch: Dispatch) -> Q | None:
+    """The rows whose content has a TTL of 0, "now or never" (a variant's row: its variant's); None: no row."""
+    variants = {v["number"]: v["spec"] for v in dispatch.variants or []}
+    never = [number for number, spec in variants.items() if not int(spec.get("ttl_seconds") or 0)]
+    found = Q(variant__in=never) if never else None
+    if not int(dispatch.content_spec.get("ttl_seconds") or 0):  # the rows of no variant (``spec_for``)
+        own = Q(variant__isnull=True) | ~Q(variant__in=list(variants)) if variants else Q()
+        found = own if found is None else found | own
+    return found
+
+
 def _quiet_hours(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -> dict[str, int]:
     queued = Delivery.objects.filter(dispatch_id=dispatch.pk, finished_at__isnull=True, status=DS.QUEUED)
     zones = set(queued.values_list("profile__timezone", flat=True).distinct())
-    held = {"quiet_hours": 0, "quiet_hours_delayed": 0}
+    held = {"quiet_hours": 0, "quiet_hours_delayed": 0, "expired": 0}
+    now_or_never = _now_or_never(dispatch) if rules.quiet_mode == DeliveryRules.QuietMode.DELAY else None
     wall = dt.datetime.fromisoformat(dispatch.local_time) if dispatch.local_time else None
     for name in zones:
         zone = _zone(name, rules.default_timezone)
@@ -218,6 +230,13 @@ def _quiet_hours(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -> 
                 where=f"d.id IN ({sql})", params=list(params), status=DS.SKIPPED, reason="quiet_hours", now=now
             )
         else:
+            if now_or_never is not None:
+                # A TTL of 0 is "now or never": held until the quiet hours end, it would be expired
+                # then, so it is never sent and its row says so at once.
+                sql, params = rows.filter(now_or_never).values("id").query.sql_with_params()
+                held["expired"] += deliveries_finish(
+                    where=f"d.id IN ({sql})", params=list(params), status=DS.SKIPPED, reason="expired", now=now
+                )
             until = until.astimezone(dt.UTC)
             # The row says why it waits, as a skipped one does; its outcome replaces it when it is sent.
             held["quiet_hours_delayed"] += rows.update(

@@ -197,8 +197,11 @@ def _held(recipients: list[Recipient], rules: DeliveryRules | None, now: dt.date
     return hold, skip
 
 
-# A row that is not sent: the holdout, no device, not opted in, quiet hours that discard.
-_SKIP = "COALESCE(v.variant, -1) = 0 OR dev.id IS NULL OR NOT dev.push_enabled OR v.quiet_skip"
+# A row held until the quiet hours end whose content has a TTL of 0 ("now or never"): expired by then.
+_NOW_OR_NEVER = "(v.hold_until IS NOT NULL AND t.ttl = 0)"
+# A row that is not sent: the holdout, no device, not opted in, quiet hours that discard, a
+# now-or-never push they would hold.
+_SKIP = f"COALESCE(v.variant, -1) = 0 OR dev.id IS NULL OR NOT dev.push_enabled OR v.quiet_skip OR {_NOW_OR_NEVER}"
 
 
 def stream_append(
@@ -345,9 +348,10 @@ def _append_sql(lock_sql: str, *, named: bool) -> str:
         # The holdout takes only rows that would be sent (delivery.services.dispatches says why).
         "CASE WHEN dev.id IS NULL THEN 'no_device' WHEN NOT dev.push_enabled THEN 'not_opted_in' "
         # A row held until the quiet hours end says so too, as a queued row (until it is sent).
-        "WHEN v.variant = 0 THEN 'holdout' WHEN v.quiet_skip OR v.hold_until IS NOT NULL THEN 'quiet_hours' "
+        "WHEN v.variant = 0 THEN 'holdout' WHEN v.quiet_skip THEN 'quiet_hours' "
+        f"WHEN {_NOW_OR_NEVER} THEN 'expired' WHEN v.hold_until IS NOT NULL THEN 'quiet_hours' "
         "ELSE '' END, '', 0, "
-        f"CASE WHEN {_SKIP} THEN %s END, v.hold_until, %s, v.context, "
+        f"CASE WHEN {_SKIP} THEN %s END, CASE WHEN {_SKIP} THEN NULL ELSE v.hold_until END, %s, v.context, "
         # The TTL runs from the call (or from the end of a quiet-hours hold), not from the stream's start;
         # a variant's own content says how long.
         "CASE WHEN t.ttl > 0 THEN COALESCE(v.hold_until, %s) + t.ttl * interval '1 second' END, v.variant "
@@ -397,14 +401,17 @@ def _append_portable(*, dispatch_id, app_id, recipients, source_lock, rules, now
     made = []
     for recipient, until, quiet in zip(recipients, hold, skip, strict=True):
         ttl = int(dispatch.spec_for(recipient.variant).get("ttl_seconds") or 0)
+        expired = until is not None and not ttl  # "now or never", held until the quiet hours end
         for device in devices.get(recipient.profile_id) or [None]:
-            if recipient.variant == 0 or device is None or not device.push_enabled or quiet:
+            if recipient.variant == 0 or device is None or not device.push_enabled or quiet or expired:
                 if device is None:
                     reason = "no_device"
                 elif not device.push_enabled:
                     reason = "not_opted_in"
+                elif recipient.variant == 0:
+                    reason = "holdout"
                 else:
-                    reason = "holdout" if recipient.variant == 0 else "quiet_hours"
+                    reason = "quiet_hours" if quiet else "expired"
                 status, finished = DS.SKIPPED, now
             else:
                 # Held until the quiet hours end, it says why it waits (until it is sent).
@@ -417,7 +424,7 @@ def _append_portable(*, dispatch_id, app_id, recipients, source_lock, rules, now
                     status=status,
                     reason=reason,
                     finished_at=finished,
-                    next_attempt_at=until,
+                    next_attempt_at=None if finished else until,
                     queued_at=now,
                     context=recipient.context,
                     variant=recipient.variant,

@@ -131,3 +131,76 @@ def test_a_full_ttl_on_the_first_attempt(pushsim_app, pushsim, django_capture_on
     assert expiration == int(dispatch.started_at.timestamp()) + 86400
     assert 86390 <= ttl <= 86400
     assert datetime.fromtimestamp(expiration, tz=UTC) > timezone.now()
+
+
+def _quiet_now(app, **fields):
+    """Quiet hours (UTC) from an hour ago to an hour from now, pushes held until they end."""
+    from delivery.models import DeliveryRules
+
+    now = timezone.now()
+    return DeliveryRules.objects.create(
+        app=app,
+        quiet_start=(now - timedelta(hours=1)).time().replace(second=0, microsecond=0),
+        quiet_end=(now + timedelta(hours=1)).time().replace(second=0, microsecond=0),
+        quiet_mode="delay",
+        default_timezone="UTC",
+        **fields,
+    )
+
+
+def test_a_now_or_never_push_held_for_quiet_hours_is_skipped_as_expired_and_never_sent(
+    pushsim_app, pushsim, django_capture_on_commit_callbacks
+):
+    """A TTL of 0 is "now or never": held until the quiet hours end, hours after its moment, it
+    would reach the phone long after it meant anything. Its row ends skipped / expired at once."""
+    _quiet_now(pushsim_app)
+    content = PushContentFactory(app=pushsim_app, ttl_seconds=0)
+    later = PushContentFactory(app=pushsim_app, ttl_seconds=3600)
+    profile = ProfileFactory(timezone="UTC")
+    ios = DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
+
+    dispatch = prepared(content, [profile], django_capture_on_commit_callbacks, purpose="marketing")
+    kept = prepared(later, [profile], django_capture_on_commit_callbacks, purpose="marketing")
+
+    row = Delivery.objects.get(dispatch=dispatch)
+    assert (row.status, row.reason, row.next_attempt_at) == ("skipped", "expired", None)
+    assert (dispatch.skipped, dispatch.total) == (1, 1)
+    # A push with a TTL is still held, its TTL counted from the end of the quiet hours.
+    assert Delivery.objects.filter(dispatch=kept).values_list("status", "reason").get() == ("queued", "quiet_hours")
+    # The quiet hours are over: nothing of the now-or-never push goes out.
+    Delivery.objects.filter(dispatch=dispatch).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+    dispatch_send(dispatch_id=dispatch.pk)
+    assert pushsim.state.count(ios.token) == 0
+    dispatch.refresh_from_db()
+    assert dispatch.status == "done"
+
+
+def test_a_now_or_never_push_of_a_stream_held_for_quiet_hours_is_skipped_as_expired(pushsim_app, pushsim):
+    from delivery.services.stream_senders import streams_send
+    from delivery.services.streams import Recipient, stream_append
+    from tests.factories import orders_stream
+
+    rules = _quiet_now(pushsim_app)
+    stream = orders_stream(PushContentFactory(app=pushsim_app, ttl_seconds=0), source_id=77)
+    Dispatch.objects.filter(pk=stream.pk).update(purpose="marketing")
+    profile = ProfileFactory(timezone="UTC")
+    ios = DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
+
+    [appended] = stream_append(
+        dispatch_id=stream.pk,
+        app_id=pushsim_app.pk,
+        recipients=[Recipient(profile.pk)],
+        source_lock=("SELECT id FROM delivery_app WHERE id = %s FOR SHARE", [pushsim_app.pk]),
+        rules=rules,
+    )
+
+    assert (appended.status, appended.reason) == ("skipped", "expired")
+    row = Delivery.objects.get(pk=appended.id)
+    assert (row.status, row.reason, row.next_attempt_at, row.finished_at is not None) == (
+        "skipped",
+        "expired",
+        None,
+        True,
+    )
+    streams_send(budget=0, dispatch_ids=[stream.pk])
+    assert pushsim.state.count(ios.token) == 0
