@@ -40,6 +40,7 @@ from campaigns.services.lifecycle import (
     campaign_stop,
     campaign_submit,
     campaign_update,
+    missed_window_check,
     revision_waiting,
     throttle_check,
 )
@@ -127,6 +128,8 @@ class CampaignForm(ConversionFormMixin, forms.ModelForm):
         help_texts = {
             "send_at": "The (first) send, for 'at' and 'recurring', in the campaign's time zone.",
             "ends_at": "No occurrence after this (recurring), in the campaign's time zone.",
+            "missed_window_minutes": "An occurrence missed during downtime is sent late if at most this old, "
+            "otherwise skipped: at most 10,080 minutes (7 days).",
         }
         # The read-only page shows the dates through CampaignAdmin.send_at_shown and ends_at_shown,
         # with the same help (the admin reads a read-only field's help here).
@@ -185,6 +188,16 @@ class CampaignForm(ConversionFormMixin, forms.ModelForm):
             except ValidationError as exc:
                 raise ValidationError(exc.message_dict["throttle_per_second"]) from None
         return throttle
+
+    def clean_missed_window_minutes(self):
+        """The services' check (``missed_window_check``), when the window is set."""
+        minutes = self.cleaned_data.get("missed_window_minutes")
+        if self.instance.pk is None or minutes != self.instance.missed_window_minutes:
+            try:
+                missed_window_check(minutes)
+            except ValidationError as exc:
+                raise ValidationError(exc.message_dict["missed_window_minutes"]) from None
+        return minutes
 
     def _context_clean(self, data: dict) -> None:
         """The services' check of a scheduled campaign's content (``campaign_context_check``: no

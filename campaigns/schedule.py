@@ -183,6 +183,12 @@ def at_local_time(campaign) -> bool:
 # The scheduler beats every minute: an occurrence fired later than this was missed (downtime).
 LATE_AFTER = dt.timedelta(minutes=5)
 
+# The longest missed-send window a campaign takes (``missed_window_check``): an occurrence is sent at
+# most a week late, and the look-back of a send at each profile's local time (``local_occurrence_open``)
+# walks at most 26 hours and a week of a cron's minutes.
+MAX_MISSED_WINDOW_MINUTES = 7 * 24 * 60
+_LOCAL_LOOK_BACK_MINUTES = int((LOCAL_SPAN + dt.timedelta(minutes=MAX_MISSED_WINDOW_MINUTES)).total_seconds() // 60)
+
 
 def lateness_allowed(campaign) -> dt.timedelta:
     """How late an occurrence (at each profile's local time: a time zone's) may still be sent: the
@@ -206,7 +212,7 @@ def local_occurrence_open(campaign, *, now: dt.datetime, fired: set[dt.datetime]
         return None
     found = None
     due = next_occurrence(campaign, after=now - local_look_back(campaign))
-    for _ in range(10_000):  # bounded: a cron every minute has 1,560 occurrences in 26 hours
+    for _ in range(_LOCAL_LOOK_BACK_MINUTES + 2):  # bounded: a cron fires at most once a minute
         if due is None or due > now:
             break
         found = due

@@ -28,6 +28,7 @@ from accounts.services import (
 )
 from campaigns.models import Campaign
 from campaigns.schedule import (
+    MAX_MISSED_WINDOW_MINUTES,
     at_local_time,
     lateness_allowed,
     local_look_back,
@@ -132,6 +133,20 @@ def throttle_check(throttle: int | None) -> None:
         )
 
 
+def missed_window_check(minutes: int | None) -> None:
+    """Refuse a missed-send window over ``MAX_MISSED_WINDOW_MINUTES`` (7 days), or under 0: the
+    scheduler sends an occurrence missed during downtime at most a week late, and looks back that far
+    for a send at each profile's local time. Raises ValidationError naming ``missed_window_minutes``."""
+    if minutes is None or not 0 <= minutes <= MAX_MISSED_WINDOW_MINUTES:
+        raise ValidationError(
+            {
+                "missed_window_minutes": f"The missed-send window is at most {MAX_MISSED_WINDOW_MINUTES:,} minutes "
+                "(7 days), and not negative: an occurrence missed during downtime for longer is recorded "
+                "skipped, not sent that late."
+            }
+        )
+
+
 def _validate(campaign: Campaign, *, by: User, changed: set[str] = frozenset()) -> None:
     if not (campaign.name or "").strip():
         raise ValidationError({"name": "A campaign needs a name."})
@@ -142,6 +157,8 @@ def _validate(campaign: Campaign, *, by: User, changed: set[str] = frozenset()) 
     if campaign.pk is None or "throttle_per_second" in changed:
         # Checked when it is set: a throttle saved before this rule (0, read as none) sends as approved.
         throttle_check(campaign.throttle_per_second)
+    if campaign.pk is None or "missed_window_minutes" in changed:
+        missed_window_check(campaign.missed_window_minutes)
     _check_references(campaign, by=by, changed=changed)
     campaign_context_check(campaign)
     if campaign.winner_mode:

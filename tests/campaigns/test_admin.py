@@ -960,3 +960,19 @@ def test_a_throttle_of_no_message_a_second_is_refused_at_its_field(client, make_
     row = page[page.index("field-throttle_per_second") :]
     assert "at least 1 message per second" in row[: row.index("</div>", row.index("errorlist"))]
     assert Campaign.objects.get(pk=campaign.pk).throttle_per_second is None
+
+
+def test_a_missed_window_longer_than_seven_days_is_refused_at_its_field(client, make_campaign, manager_alice):
+    from tests.campaigns.helpers import change_form
+
+    campaign = make_campaign()
+    client.force_login(manager_alice)
+    url = f"/admin/campaigns/campaign/{campaign.pk}/change/"
+    answer = client.post(url, change_form(campaign, missed_window_minutes=525_600))
+    assert answer.status_code == 200
+    page = answer.content.decode()
+    row = page[page.index("field-missed_window_minutes") :]
+    assert "at most 10,080 minutes (7 days)" in row[: row.index("</div>", row.index("errorlist"))]
+    assert Campaign.objects.get(pk=campaign.pk).missed_window_minutes == 60
+    assert client.post(url, change_form(campaign, missed_window_minutes=10_080)).status_code == 302
+    assert Campaign.objects.get(pk=campaign.pk).missed_window_minutes == 10_080

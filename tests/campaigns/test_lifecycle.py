@@ -343,3 +343,19 @@ def test_a_throttle_under_one_message_a_second_is_refused_saying_empty_is_the_ap
         campaign_update(campaign_id=campaign.pk, by=manager_alice, throttle_per_second=throttle)
     assert "throttle_per_second" in error.value.message_dict
     assert _reload(campaign).throttle_per_second == 20
+
+
+@pytest.mark.parametrize("minutes", [10_081, 3 * 525_600])
+def test_a_missed_window_longer_than_seven_days_is_refused_naming_the_field(make_campaign, manager_alice, minutes):
+    """Years were taken: a recurring campaign down for a month sent its latest occurrence a month
+    late, and the scheduler's look-back for a send at each profile's local time counted on a window
+    of hours."""
+    with pytest.raises(ValidationError) as error:
+        make_campaign(missed_window_minutes=minutes)
+    (message,) = error.value.message_dict["missed_window_minutes"]
+    assert "missed-send window is at most 10,080 minutes (7 days)" in message, message
+    campaign = make_campaign(missed_window_minutes=10_080)  # the longest taken
+    with pytest.raises(ValidationError) as error:
+        campaign_update(campaign_id=campaign.pk, by=manager_alice, missed_window_minutes=minutes)
+    assert "missed_window_minutes" in error.value.message_dict
+    assert _reload(campaign).missed_window_minutes == 10_080

@@ -438,3 +438,49 @@ def test_a_recurring_campaign_whose_end_has_passed_is_not_approved_into_silence(
     assert "2027-01-07 09:00 (Europe/Paris)" in error.value.messages[0]
     assert Campaign.objects.get(pk=campaign.pk).status == "in_review"
     assert ApprovalRequest.objects.get().status == "pending"
+
+
+def test_a_local_time_occurrence_open_now_is_the_latest_begun_with_the_longest_window():
+    """The look-back of a send at each profile's local time (26 hours and the missed window) walked
+    at most 10,000 occurrences, a cron every minute's for a window of 5 days: with 7 days it stopped
+    short and took one begun 27 hours before for the one under way."""
+    from campaigns.schedule import local_occurrence_open
+
+    now = dt.datetime(2027, 3, 10, 12, 0, 30, tzinfo=dt.UTC)
+    campaign = Campaign(
+        schedule_kind="recurring",
+        recurrence="cron",
+        cron="* * * * *",
+        send_at=dt.datetime(2027, 1, 1, tzinfo=dt.UTC),
+        time_zone="UTC",
+        at_local_time=True,
+        missed_window_minutes=10_080,
+    )
+    assert local_occurrence_open(campaign, now=now) == dt.datetime(2027, 3, 10, 12, 0, tzinfo=dt.UTC)
+
+
+def test_the_migration_lowers_windows_saved_longer_than_a_week_on_the_campaign_and_its_approved_version(
+    make_campaign, approve
+):
+    import importlib
+
+    from django.apps import apps
+
+    forwards = importlib.import_module("campaigns.migrations.0016_missed_window_at_most_a_week").forwards
+    nine = dt.datetime(2027, 1, 5, 9, 0, tzinfo=PARIS)
+    long = approve(make_campaign(name="A", schedule_kind="recurring", recurrence="daily", send_at=nine), now=nine)
+    short = approve(make_campaign(name="B", schedule_kind="recurring", recurrence="daily", send_at=nine), now=nine)
+    draft = make_campaign(name="C")
+    for campaign, minutes in ((long, 525_600), (short, 90), (draft, 20_000)):
+        fields = {**(campaign.approved_version.get("fields") or {}), "missed_window_minutes": minutes}
+        version = {**campaign.approved_version, "fields": fields} if campaign.approved_version else {}
+        Campaign.objects.filter(pk=campaign.pk).update(missed_window_minutes=minutes, approved_version=version)
+
+    forwards(apps, None)
+
+    windows = {
+        c.name: (c.missed_window_minutes, c.approved() and c.approved().missed_window_minutes)
+        for c in Campaign.objects.all()
+    }
+    assert windows == {"A": (10_080, 10_080), "B": (90, 90), "C": (10_080, None)}
+    assert Campaign.objects.get(pk=long.pk).approved().fingerprint == long.approved().fingerprint
