@@ -1,24 +1,29 @@
 from django.db import migrations, models
-from django.db.models import Max, Min, Q
+
+# The dispatches no row can be added to: finished, or a bulk run whose audience is resolved.
+BOUNDS = """
+UPDATE delivery_dispatch
+SET rows_after_id = bounds.low - 1,
+    rows_until_id = CASE
+        WHEN delivery_dispatch.status IN ('done', 'stopped', 'failed')
+          OR (NOT delivery_dispatch.standing AND delivery_dispatch.status = 'sending')
+        THEN bounds.high
+    END
+FROM (
+    SELECT dispatch_id, MIN(id) AS low, MAX(id) AS high FROM delivery_delivery GROUP BY dispatch_id
+) AS bounds
+WHERE delivery_dispatch.id = bounds.dispatch_id
+"""
 
 
 def bounds_of_existing(apps, schema_editor):
-    """Each dispatch with rows gets the ids they lie between, read in one pass over the deliveries:
-    the lower bound for every one (later rows take larger ids), the upper one for those no row can
-    be added to (finished, or a bulk run whose audience is resolved)."""
-    Dispatch = apps.get_model("delivery", "Dispatch")
-    Delivery = apps.get_model("delivery", "Delivery")
-    closed = set(
-        Dispatch.objects.filter(
-            Q(status__in=("done", "stopped", "failed")) | Q(standing=False, status="sending")
-        ).values_list("pk", flat=True)
-    )
-    changed = []
-    for row in Delivery.objects.order_by().values("dispatch_id").annotate(low=Min("id"), high=Max("id")):
-        dispatch = Dispatch(pk=row["dispatch_id"], rows_after_id=row["low"] - 1)
-        dispatch.rows_until_id = row["high"] if row["dispatch_id"] in closed else None
-        changed.append(dispatch)
-    Dispatch.objects.bulk_update(changed, ["rows_after_id", "rows_until_id"], batch_size=1000)
+    """Each dispatch with rows gets the ids they lie between, read in one pass over the deliveries
+    and written by the database itself, in one statement: the lower bound for every one (later rows
+    take larger ids), the upper one for those no row can be added to. Read into Python and written
+    back a thousand at a time, 300,000 dispatches took four minutes and 1.4 GB, the dispatches'
+    table locked meanwhile."""
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute(BOUNDS)
 
 
 class Migration(migrations.Migration):

@@ -4,10 +4,12 @@ between instead of walking the table's other rows; and the migration that gives 
 dispatches made before."""
 
 import importlib
+from types import SimpleNamespace
 
 import pytest
 from django.apps import apps
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from accounts.services import access_grant
@@ -27,6 +29,7 @@ from tests.factories import (
 pytestmark = pytest.mark.django_db
 
 bounds_of_existing = importlib.import_module("delivery.migrations.0031_dispatch_rows_bounds").bounds_of_existing
+SCHEMA_EDITOR = SimpleNamespace(connection=connection)  # what the migration reads of its schema editor
 
 
 @pytest.fixture
@@ -203,7 +206,7 @@ def test_the_migration_gives_the_dispatches_made_before_their_bounds(app):
     empty = Dispatch.objects.create(app=app, kind="campaign", content_spec={})  # still preparing, no row
     Dispatch.objects.update(rows_after_id=None, rows_until_id=None)
 
-    bounds_of_existing(apps, None)
+    bounds_of_existing(apps, SCHEMA_EDITOR)
 
     def bounds(dispatch):
         dispatch.refresh_from_db()
@@ -217,3 +220,26 @@ def test_the_migration_gives_the_dispatches_made_before_their_bounds(app):
     low, high, rows = bounds(sending_stream)
     assert (low, high) == (rows[0] - 1, None)  # calls may still append
     assert bounds(empty)[:2] == (None, None)
+
+
+def test_the_migration_writes_every_dispatchs_bounds_in_one_statement_whatever_their_number(app):
+    """It read every dispatch into Python and wrote them back a thousand at a time: 300,000
+    dispatches took four minutes and 1.4 GB, the dispatches' table locked meanwhile."""
+    runs = Dispatch.objects.bulk_create(
+        [Dispatch(app=app, kind="api_trigger", content_spec={}, status="done") for _ in range(2500)]
+    )
+    Delivery.objects.bulk_create([Delivery(dispatch=run, status="accepted") for run in runs for _ in range(2)])
+    Dispatch.objects.update(rows_after_id=None, rows_until_id=None)
+
+    with CaptureQueriesContext(connection) as statements:
+        bounds_of_existing(apps, SCHEMA_EDITOR)
+
+    assert len(statements) == 1, [q["sql"][:80] for q in statements]
+    rows = {}
+    for pk, dispatch_id in Delivery.objects.filter(dispatch__in=runs).values_list("id", "dispatch_id"):
+        rows.setdefault(dispatch_id, []).append(pk)
+    bounds = dict(
+        (pk, (low, high))
+        for pk, low, high in Dispatch.objects.filter(pk__in=rows).values_list("pk", "rows_after_id", "rows_until_id")
+    )
+    assert bounds == {pk: (min(ids) - 1, max(ids)) for pk, ids in rows.items()}
