@@ -90,11 +90,27 @@ class ProfileOutSerializer(AnswerSerializer):
         fields = ("external_id", "attributes", "locale", "timezone", "created_at", "updated_at", "last_seen_at")
 
 
+# What an upsert answers to a key without the ``read`` scope: the key a mobile app ships is public,
+# and an answer holding the stored profile let anyone read any user's attributes by sending their
+# external id with nothing to change.
+UPSERT_ANSWER_FIELDS = ("external_id", "result")
+
+
 class ProfileUpsertOutSerializer(ProfileOutSerializer):
+    """``external_id`` and ``result`` always; the profile as stored, merged, only to a key that may
+    also read profiles (``read`` scope)."""
+
     result = serializers.ChoiceField(choices=["created", "updated", "unchanged"], help_text="What the call did.")
 
     class Meta(ProfileOutSerializer.Meta):
         fields = (*ProfileOutSerializer.Meta.fields, "result")
+
+    def get_fields(self):
+        fields = super().get_fields()
+        for name, field in fields.items():
+            if name not in UPSERT_ANSWER_FIELDS:  # in the schema: present with the read scope only
+                field.read_only, field.required = False, False
+        return fields
 
 
 class EventInSerializer(serializers.Serializer):
@@ -338,7 +354,8 @@ BULK_RESULT = inline_serializer(
 
 
 class ProfileUpsertView(APIView):
-    """Create or update one profile by its external id (attributes are merged)."""
+    """Create or update one profile by its external id (attributes are merged). The answer holds the
+    profile as stored only for a key that also has the ``read`` scope."""
 
     required_scope = "ingest"
 
@@ -353,11 +370,11 @@ class ProfileUpsertView(APIView):
         result = profiles_upsert(items=[serializer.validated_data], by=request.user)[0]
         if result.status == "refused":
             raise serializers.ValidationError(result.errors)
-        profile = Profile.objects.get(pk=result.profile_id)
-        return Response(
-            {**ProfileOutSerializer(profile).data, "result": result.status},
-            status=status.HTTP_201_CREATED if result.status == "created" else status.HTTP_200_OK,
-        )
+        if "read" in getattr(request.auth, "scopes", ()):
+            answer = {**ProfileOutSerializer(Profile.objects.get(pk=result.profile_id)).data, "result": result.status}
+        else:
+            answer = {"external_id": result.external_id, "result": result.status}
+        return Response(answer, status=status.HTTP_201_CREATED if result.status == "created" else status.HTTP_200_OK)
 
 
 class ProfileDetailView(APIView):

@@ -15,13 +15,27 @@ PRO = {"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro
 
 
 def test_upsert_one_profile_answers_created_then_updated(manager_alice, api_key_for):
-    client = api_key_for(manager_alice, scopes=["ingest"])
+    client = api_key_for(manager_alice, scopes=["ingest", "read"])
     first = client.post("/api/v1/profiles/", {"external_id": "u1", "attributes": {"plan": "pro"}}, format="json")
     assert first.status_code == 201, first.json()
     assert first.json()["result"] == "created"
     again = client.post("/api/v1/profiles/", {"external_id": "u1", "attributes": {"age": 3}}, format="json")
     assert again.status_code == 200
     assert again.json()["attributes"] == {"plan": "pro", "age": 3}
+
+
+def test_a_key_without_the_read_scope_reads_no_profile_back_from_an_upsert(manager_alice, api_key_for):
+    """The key a mobile app ships (ingest alone) is public: its answer showed the whole stored
+    profile, so anyone holding it read any user's attributes, locale and time zone by sending
+    their external id with nothing to change. It answers what the call did, not what is stored."""
+    ProfileFactory(external_id="victim", attributes={"email": "v@example.com", "plan": "pro"}, locale="fr-FR")
+    app_key = api_key_for(manager_alice, scopes=["ingest"])
+    response = app_key.post("/api/v1/profiles/", {"external_id": "victim"}, format="json")
+    assert response.status_code == 200, response.json()
+    assert response.json() == {"external_id": "victim", "result": "unchanged"}
+    response = app_key.post("/api/v1/profiles/", {"external_id": "victim", "attributes": {"age": 3}}, format="json")
+    assert response.json() == {"external_id": "victim", "result": "updated"}
+    assert Profile.objects.get(external_id="victim").attributes == {"email": "v@example.com", "plan": "pro", "age": 3}
 
 
 def test_upsert_needs_the_ingest_scope(manager_alice, api_key_for):
@@ -146,7 +160,7 @@ def test_a_bulk_item_over_the_profiles_limits_fails_alone(manager_alice, api_key
 
 
 def test_a_profile_over_the_limits_from_before_may_still_change_without_growing(manager_alice, api_key_for):
-    client = api_key_for(manager_alice, scopes=["ingest"])
+    client = api_key_for(manager_alice, scopes=["ingest", "read"])
     ProfileFactory(external_id="u1", attributes=_names("a", 250))  # kept from before the limits held
     kept = client.post("/api/v1/profiles/", {"external_id": "u1", "attributes": {"a0": "y"}}, format="json")
     assert kept.status_code == 200 and kept.json()["attributes"]["a0"] == "y"
