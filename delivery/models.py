@@ -643,6 +643,15 @@ class Delivery(models.Model):
                 condition=models.Q(queued_at__isnull=False),
                 name="delivery_stream_recent_idx",
             ),
+            # A dispatch's pushes held until the quiet hours end (queued saying why), by when they
+            # go: its page counts them apart and reads the first's time here. Only held rows have
+            # an entry (the rules' hold writes it, the outcome that replaces the reason removes it);
+            # a claim changes no column it names.
+            models.Index(
+                fields=["dispatch", "next_attempt_at"],
+                condition=models.Q(reason="quiet_hours", finished_at__isnull=True),
+                name="delivery_held_idx",
+            ),
         ]
 
     def __str__(self) -> str:

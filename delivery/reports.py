@@ -35,7 +35,7 @@ from django.db.models import (
     TextField,
     When,
 )
-from django.db.models.functions import Trunc
+from django.db.models.functions import Now, Trunc
 from django.utils import timezone
 
 from config.db import among
@@ -530,6 +530,16 @@ def grouped_count(sql: str, params: list) -> dict:
         count_session(cursor)
         cursor.execute(sql, params)
         return dict(cursor.fetchall())
+
+
+def dispatch_held(dispatch: Dispatch) -> tuple[int, dt.datetime | None]:
+    """(rows, when the first goes) of the dispatch's pushes held until the quiet hours end: queued
+    saying ``quiet_hours`` until a time still to come. One query over their own index
+    (``delivery_held_idx``), not over the dispatch's other rows."""
+    found = Delivery.objects.filter(
+        dispatch_id=dispatch.pk, reason="quiet_hours", finished_at__isnull=True, next_attempt_at__gt=Now()
+    ).aggregate(rows=Count("*"), first=Min("next_attempt_at"))
+    return found["rows"], found["first"]
 
 
 def rollup_rows(dispatch_ids: Iterable[int] | QuerySet[Dispatch], *, by: tuple[str, ...], **filters) -> list[dict]:

@@ -14,10 +14,10 @@ from django.utils.safestring import mark_safe
 
 from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin, ScopedAdmin, asks_again, row_id
 from accounts.selectors import visible_to
-from config.zones import zone, zoned_column
+from config.zones import zone, zoned, zoned_column
 from delivery.admin.contents import _spec_previews_html
 from delivery.models import Delivery, Dispatch, rows_within
-from delivery.reports import report_charts, report_charts_html
+from delivery.reports import dispatch_held, report_charts, report_charts_html
 from delivery.selectors import (
     deliveries_visible_to,
     dispatch_outcomes,
@@ -305,6 +305,16 @@ class DispatchAdmin(ScopedAdmin):
         deliveries = reverse("admin:delivery_delivery_changelist")
         final = [r for r in rows if r["status"] != "retried"]
         retried = [r for r in rows if r["status"] == "retried"]
+        waiting = sum(r["count"] for r in final if r["status"] == "pending")
+        pending = []
+        if waiting:
+            # Held until the quiet hours end, a push waits for hours: counted apart, with when the first goes.
+            held, first = dispatch_held(obj)
+            held = min(held, waiting)
+            if held:
+                pending.append((held, f"held until quiet hours end, the first at {zoned(first, obj.shown_zone)}"))
+            if waiting > held:
+                pending.append((waiting - held, "queued or in flight"))
         return format_html(
             "<table><tr><th>status</th><th>reason</th><th>count</th></tr>{}{}{}</table>",
             format_html_join(
@@ -318,9 +328,8 @@ class DispatchAdmin(ScopedAdmin):
             ),
             format_html_join(
                 "",
-                '<tr><td><a href="{}?dispatch__id__exact={}">pending</a></td><td>queued or in flight</td>'
-                "<td>{}</td></tr>",
-                ((deliveries, obj.pk, r["count"]) for r in final if r["status"] == "pending"),
+                '<tr><td><a href="{}?dispatch__id__exact={}">pending</a></td><td>{}</td><td>{}</td></tr>',
+                ((deliveries, obj.pk, said, count) for count, said in pending),
             ),
             format_html_join(
                 "",

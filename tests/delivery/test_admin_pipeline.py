@@ -464,3 +464,53 @@ def test_send_test_is_refused_to_a_viewer_and_outside_access(client, viewer_caro
         client.force_login(user)
         assert _press(client, "pushcontent", "send_test", [content.pk]).status_code in (200, 302, 403)
     assert not Dispatch.objects.exists()
+
+
+def _held_and_not(app):
+    """A dispatch resolved under quiet hours (UTC, around now, held until they end): one profile's
+    push held, another's (its zone 12 hours away) queued to go now."""
+    from delivery.models import DeliveryRules
+    from delivery.services.dispatches import dispatch_prepare
+
+    now = timezone.now()
+    DeliveryRules.objects.create(
+        app=app,
+        quiet_start=(now - dt.timedelta(hours=1)).time().replace(second=0, microsecond=0),
+        quiet_end=(now + dt.timedelta(hours=1)).time().replace(second=0, microsecond=0),
+        quiet_mode="delay",
+        default_timezone="UTC",
+    )
+    sleeping, awake = ProfileFactory(timezone="UTC"), ProfileFactory(timezone="Pacific/Kiritimati")
+    for profile in (sleeping, awake):
+        DeviceFactory(profile=profile, app=app)
+    dispatch = Dispatch.objects.create(
+        app=app,
+        kind="api_trigger",
+        purpose="marketing",
+        content_spec={"title": "Hi", "ttl_seconds": 3600},
+        profile_ids=[sleeping.pk, awake.pk],
+    )
+    dispatch_prepare(dispatch_id=dispatch.pk)
+    held = Delivery.objects.get(dispatch=dispatch, profile_id=sleeping.pk)
+    assert (held.status, held.reason) == ("queued", "quiet_hours")
+    return dispatch, held.next_attempt_at
+
+
+def test_dispatch_page_shows_pushes_held_for_quiet_hours_apart_with_when_the_first_is_due(
+    client, viewer_carol, app, django_assert_max_num_queries
+):
+    """A push held until the quiet hours end waits for hours: the page says so, and when the first
+    goes, instead of counting it among those queued or in flight."""
+    from delivery.reports import dispatch_held
+
+    dispatch, until = _held_and_not(app)
+    with django_assert_max_num_queries(1):
+        assert dispatch_held(dispatch) == (1, until)
+    client.force_login(viewer_carol)
+    page = client.get(reverse("admin:delivery_dispatch_change", args=[dispatch.pk])).content.decode()
+    assert re.search(r"held until quiet hours end, the first at " + re.escape(f"{until:%Y-%m-%d %H:%M} (UTC)"), page)
+    cells = re.findall(r"<tr><td>(?:<a [^>]*>)?pending(?:</a>)?</td><td>([^<]*)</td><td>(\d+)</td></tr>", page)
+    assert sorted(cells) == [
+        ("held until quiet hours end, the first at " + f"{until:%Y-%m-%d %H:%M} (UTC)", "1"),
+        ("queued or in flight", "1"),
+    ]
