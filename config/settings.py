@@ -356,6 +356,15 @@ PUSHDESK_QUEUE_NAME = os.environ.get("PUSHDESK_QUEUE_NAME", "").strip() or PUSHD
 if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", PUSHDESK_QUEUE_NAME):
     _refuse_start(f"PUSHDESK_QUEUE_NAME={PUSHDESK_QUEUE_NAME!r} is not a name; use letters, digits, '.', '-' and '_'.")
 
+# django-q2 reads Q_CLUSTER_NAME to pick one of several clusters (ALT_CLUSTERS), which Pushdesk has
+# not: its web processes queue every task where its workers take them.
+_Q_CLUSTER_NAME = os.environ.get("Q_CLUSTER_NAME", "").strip()
+if _Q_CLUSTER_NAME and _Q_CLUSTER_NAME != PUSHDESK_QUEUE_NAME:
+    _refuse_start(
+        f"Q_CLUSTER_NAME={_Q_CLUSTER_NAME!r} is set; Pushdesk's processes share one task queue, "
+        "named by PUSHDESK_QUEUE_NAME: unset Q_CLUSTER_NAME (and set PUSHDESK_QUEUE_NAME to name the queue)."
+    )
+
 Q_CLUSTER = {
     "name": PUSHDESK_QUEUE_NAME,
     "workers": _env_int("PUSHDESK_WORKERS", 2, minimum=1),

@@ -130,6 +130,7 @@ BAD_VALUES = {
     "PUSHDESK_URL_SCHEMES": "https,",
     "PUSHDESK_VAR_DIR": "relative/var",
     "PUSHDESK_WORKERS": "abc",
+    "Q_CLUSTER_NAME": "workers-b",
     "REDIS_URL": "localhost:6379",
     "SECRET_KEY": "short",
     "SECURE_HSTS_SECONDS": "a year",
@@ -231,6 +232,18 @@ def test_the_production_environment_example_is_a_valid_environment_file(tmp_path
     env["MEDIA_ROOT"] = str(tmp_path / "media")
     result = _import_settings(env, tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def test_django_q2s_cluster_name_stops_start_up_with_one_line_naming_the_queue_setting(tmp_path):
+    """django-q2 reads Q_CLUSTER_NAME to pick one of several clusters: every command ended in a
+    KeyError's traceback. Pushdesk's processes share one queue, which PUSHDESK_QUEUE_NAME names."""
+    result = _manage("check", env={"Q_CLUSTER_NAME": "workers-b"}, tmp_path=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "Q_CLUSTER_NAME" in lines[0] and "PUSHDESK_QUEUE_NAME" in lines[0], lines[0]
+    same = _manage("check", env={"Q_CLUSTER_NAME": "local", "PUSHDESK_QUEUE_NAME": "local"}, tmp_path=tmp_path)
+    assert same.returncode == 0, same.stderr
 
 
 SENTRY_DSN = "https://public-key@sentry.example.invalid/42"
