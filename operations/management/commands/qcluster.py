@@ -118,12 +118,23 @@ def _say_frequency_caps_outlasting_retention() -> None:
 
 
 class Command(QclusterCommand):
-    help = "Start the task workers; SIGTERM or SIGINT stops them within PUSHDESK_STOP_SECONDS."
+    help = (
+        "Start the task workers, taking the tasks of the queue PUSHDESK_QUEUE_NAME names; SIGTERM or SIGINT "
+        "stops them within PUSHDESK_STOP_SECONDS."
+    )
+
+    def add_arguments(self, parser):
+        # Not django-q2's --name: it chose another cluster's settings, read before the option was
+        # seen, so it did nothing; every process of an installation shares one queue.
+        parser.add_argument(
+            "--run-once",
+            action="store_true",
+            dest="run_once",
+            help="Start the workers and stop them again at once (a start-up check).",
+        )
 
     def handle(self, *args, **options):
         _ensure_queue_and_database_answer()
-        if options.get("cluster_name"):
-            os.environ["Q_CLUSTER_NAME"] = options["cluster_name"]
         django_q.cluster.Sentinel = GracefulSentinel
         cluster = Cluster()
         asked_at: list[float] = []

@@ -1,0 +1,18 @@
+"""The operator's commands say in their --help what they do, and take no option they would ignore."""
+
+import pytest
+from django.core.management import CommandError
+
+from operations.management.commands.qcluster import Command as Qcluster
+
+
+def test_qcluster_takes_no_cluster_name_which_it_ignored():
+    """`qcluster --name` was listed as choosing another cluster and did nothing: django-q2 had read
+    its settings before the option was seen. Every Pushdesk process shares the queue that
+    PUSHDESK_QUEUE_NAME names."""
+    parser = Qcluster().create_parser("manage.py", "qcluster")
+    assert "--name" not in parser.format_help() and "CLUSTER_NAME" not in parser.format_help()
+    assert "PUSHDESK_QUEUE_NAME" in parser.format_help()
+    with pytest.raises(CommandError, match="--name"):
+        parser.parse_args(["--name", "workers-b"])
+    assert parser.parse_args(["--run-once"]).run_once is True
