@@ -654,7 +654,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         )
         csv_url = reverse("admin:campaigns_campaign_report_csv", args=[obj.pk])
         cleared_html = rows_deleted_html(
-            data["rows_deleted"], obj.time_zone, per_profile="the profiles per variant and the conversions below"
+            data["rows_deleted"], obj.schedule_zone(), per_profile="the profiles per variant and the conversions below"
         )
         return format_html(
             '<div id="campaign-report"><table>{}</table><table><thead><tr><th>outcome</th><th>reason</th>'

@@ -284,11 +284,11 @@ def campaign_conversions(campaign: Campaign, *, dispatch_ids: list[int] | Sends 
 
 def campaign_charts(campaign: Campaign) -> dict:
     """The report charts' figures over every dispatch of the campaign (test sends excluded), the
-    timeline in the campaign's zone, as the rest of its page: their rollup joined to the campaign's
-    dispatches, however many."""
+    timeline in the approved schedule's zone (``Campaign.schedule_zone``), as its occurrences and its
+    sends: their rollup joined to the campaign's dispatches, however many."""
     from delivery.reports import report_charts
 
-    return report_charts(dispatch_ids=_dispatches(campaign), tz=zone(campaign.time_zone))
+    return report_charts(dispatch_ids=_dispatches(campaign), tz=zone(campaign.schedule_zone()))
 
 
 def _cell(value) -> str:
@@ -299,9 +299,10 @@ def _cell(value) -> str:
 
 def campaign_report_csv(campaign: Campaign) -> str:
     """The report as CSV: one summary block, then one line per dispatch, the newest first, its time
-    in the campaign's zone (ISO 8601, with its offset), written as read (``campaign_report_sends``)."""
+    in the approved schedule's zone (ISO 8601, with its offset), as the page shows it, written as read
+    (``campaign_report_sends``)."""
     report = campaign_report(campaign)
-    tz = zone(campaign.time_zone)
+    tz = zone(campaign.schedule_zone())
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(

@@ -2,8 +2,9 @@
 
 from collections.abc import Callable
 
-from django.db.models import Case, CharField, OuterRef, Q, QuerySet, Subquery, Value, When
-from django.db.models.functions import Coalesce
+from django.db.models import Case, CharField, F, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models.fields.json import KT
+from django.db.models.functions import Coalesce, NullIf
 
 from accounts.models import User
 from accounts.selectors import has_every_scope, in_scope, visible_to
@@ -14,16 +15,19 @@ _CAMPAIGN_KINDS = (Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER)
 
 def dispatch_shown_zone(dispatch_path: str = "") -> Case:
     """The zone a dispatch's times are shown in, as an expression over its row (``dispatch_path``:
-    the way to it, e.g. ``"dispatch__"`` from a delivery): its campaign's, the zone the campaign's
-    dates are entered in; UTC for a journey's (a journey has no zone of its own), a test send's, or
-    one whose campaign was deleted. One subquery in the list's query, none per row."""
+    the way to it, e.g. ``"dispatch__"`` from a delivery): its campaign's, the zone its approved
+    schedule was entered in (``Campaign.schedule_zone``: a pending revision's zone sends nothing yet),
+    as its occurrences and its report; UTC for a journey's (a journey has no zone of its own), a test
+    send's, or one whose campaign was deleted. One subquery in the list's query, none per row."""
     from django.apps import apps
 
     campaign = apps.get_model("campaigns", "Campaign").objects.filter(pk=OuterRef(f"{dispatch_path}source_id"))
+    approved = NullIf(KT("approved_version__fields__time_zone"), Value(""))
+    shown = campaign.annotate(shown=Coalesce(approved, F("time_zone"), output_field=CharField()))
     return Case(
         When(
             **{f"{dispatch_path}kind__in": _CAMPAIGN_KINDS},
-            then=Coalesce(Subquery(campaign.values("time_zone")[:1]), Value("UTC")),
+            then=Coalesce(Subquery(shown.values("shown")[:1]), Value("UTC")),
         ),
         default=Value("UTC"),
         output_field=CharField(),

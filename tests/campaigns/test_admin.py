@@ -976,3 +976,42 @@ def test_a_missed_window_longer_than_seven_days_is_refused_at_its_field(client, 
     assert Campaign.objects.get(pk=campaign.pk).missed_window_minutes == 60
     assert client.post(url, change_form(campaign, missed_window_minutes=10_080)).status_code == 302
     assert Campaign.objects.get(pk=campaign.pk).missed_window_minutes == 10_080
+
+
+@pytest.mark.embedded  # the sends' zone read from the approved version on SQLite too
+def test_the_report_its_csv_and_the_sends_read_in_the_approved_zone_while_a_revision_changes_it(
+    client, make_campaign, manager_alice, approver_bob
+):
+    """An edit of the zone waiting for approval moved the report's timeline, its CSV and the times of
+    the campaign's sends to the revision's zone, at odds with the occurrences and the sends' labels:
+    a send made at 11:15 Paris read 05:15 New York, and the hours and days the chart sums by moved
+    with an edit nobody approved."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from campaigns.services.lifecycle import campaign_update
+    from delivery.admin.dispatches import campaign_sends_url
+    from tests.delivery.reporting import T0, sent_dispatch
+
+    nine = dt.datetime(2027, 1, 5, 9, 0, tzinfo=ZoneInfo("Europe/Paris"))
+    campaign = make_campaign(schedule_kind="at", send_at=nine, time_zone="Europe/Paris")
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=nine - dt.timedelta(days=2))
+    send = sent_dispatch(campaign.app, kind="campaign", source_id=campaign.pk)
+    Dispatch.objects.filter(pk=send.pk).update(created_at=T0, started_at=T0, finished_at=T0)  # 11:15 in Paris
+    campaign_update(campaign_id=campaign.pk, by=manager_alice, time_zone="America/New_York")
+    assert Campaign.objects.get(pk=campaign.pk).has_pending_revision
+
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    report = page[page.index('id="campaign-report"') :]
+    report = report[: report.index("Export as CSV")]
+    assert "<th>hour (Europe/Paris)</th>" in report and "<td>2026-11-28 11:00</td>" in report
+    assert "America/New_York" not in report
+    csv_text = client.get(f"/admin/campaigns/campaign/{campaign.pk}/report.csv").content.decode()
+    assert f"{send.pk},Report send,done,2026-11-28T11:15:00+01:00," in csv_text
+    for url in (f"/admin/delivery/dispatch/{send.pk}/change/", campaign_sends_url(campaign.pk)):
+        shown = client.get(url).content.decode()
+        assert "2026-11-28 11:15 (Europe/Paris)" in shown and "(America/New_York)" not in shown, url
+    rows = client.get(f"/admin/delivery/delivery/?dispatch__id__exact={send.pk}").content.decode()
+    assert "(Europe/Paris)" in rows and "(America/New_York)" not in rows
