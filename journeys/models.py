@@ -78,6 +78,11 @@ class Journey(ConversionGoal):
     def is_live(self) -> bool:
         return self.status == self.Status.LIVE
 
+    def send_context(self, *, version: "JourneyVersion", step: str) -> dict:
+        """What every push of a push step gives its content as ``context``: its sends (a batch or a
+        stream, ``journeys.services.engine``) and the phones of its review alike."""
+        return {"journey": {"id": self.pk, "name": self.name, "version": version.number, "step": step}}
+
     # The audit actions that change what an approval covers: whoever did one since the journey's
     # last approval may not decide its request, as its requester may not (``approver_standing``).
     APPROVAL_AUTHORING_ACTIONS = ("journey_created", "journey_renamed", "journey_version_edited")

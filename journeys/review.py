@@ -144,7 +144,9 @@ def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: Use
                 step,
                 contents[cid].name if cid in contents else cid,
                 _phones(
-                    frozen.get(step, {}).get("spec") or (contents[cid].spec() if cid in contents else None), journey
+                    frozen.get(step, {}).get("spec") or (contents[cid].spec() if cid in contents else None),
+                    journey,
+                    context=journey.send_context(version=version, step=step),
                 ),
             )
             for step, cid in contents_of(version.graph).items()
@@ -177,12 +179,13 @@ def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: Use
     )
 
 
-def _phones(spec: dict | None, journey: Journey) -> str:
+def _phones(spec: dict | None, journey: Journey, *, context: dict) -> str:
+    """The push as phones show it, rendered with ``context``: what its step's sends give it."""
     if spec is None:
         return ""
     from delivery.admin.contents import _spec_previews_html
 
-    return _spec_previews_html(spec, app_name=journey.app.name, profile=None, context={})
+    return _spec_previews_html(spec, app_name=journey.app.name, profile=None, context=context)
 
 
 def journey_references(journeys: list[Journey]) -> dict[str, set[int]]:

@@ -508,9 +508,7 @@ def _push(
                 profile_ids=sorted(profile_ids),
                 source_id=version.pk,
                 label=f"{journey.name} v{version.number} · {step_id}",
-                context={
-                    "journey": {"id": journey.pk, "name": journey.name, "version": version.number, "step": step_id}
-                },
+                context=journey.send_context(version=version, step=step_id),
             )
     except (GateClosed, ValidationError) as exc:
         log.warning("Journey %s step %s refused: %s", journey.pk, step_id, exc)
@@ -576,7 +574,7 @@ def _open_step(version: JourneyVersion, step_id: str, frozen: dict, *, stamp: st
         content_id=frozen["content_id"],
         label=f"{journey.name} v{version.number} · {step_id}",
         purpose="marketing",
-        context={"journey": {"id": journey.pk, "name": journey.name, "version": version.number, "step": step_id}},
+        context=journey.send_context(version=version, step=step_id),
         now=now,
     )
     rules = DeliveryRules.objects.filter(app_id=journey.app_id).first()

@@ -712,3 +712,32 @@ def test_a_viewer_or_an_outsider_cannot_discard_a_draft(
     with pytest.raises(Http404):
         journey_draft_discard(journey_id=journey.pk, by=outsider_dave)
     assert [v.status for v in journey.versions.order_by("number")] == ["live", "draft"]
+
+
+def test_the_review_shows_the_phones_with_the_context_a_journeys_push_gives(
+    make_journey, team, manager_alice, approver_bob, vips
+):
+    """The approver sees each push as its recipients will: ``context.journey.*`` filled in as the
+    engine gives it at send time, not empty."""
+    from delivery.payloads import message_render
+    from journeys.review import journey_review_html
+    from journeys.services.lifecycle import journey_submit
+    from tests.factories import PushContentFactory
+
+    content = PushContentFactory(
+        app=team,
+        title="{{ context.journey.name }} v{{ context.journey.version }}",
+        body="Step {{ context.journey.step }} of journey {{ context.journey.id }}",
+    )
+    journey = make_journey(graph=simple_graph(condition_segment=vips.pk, content=content.pk), name="Spring welcome")
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    request = ApprovalRequest.objects.get(status="pending")
+
+    html = journey_review_html(_reload(journey), request=request, user=approver_bob)
+
+    assert "Spring welcome v1" in html
+    assert escape(f"Step push of journey {journey.pk}") in html
+    # What the engine gives a push of this step, the review's phones read.
+    version = _reload(journey).versions.get()
+    sent = message_render(content.spec(), profile={}, context=journey.send_context(version=version, step="push"))
+    assert sent.title == "Spring welcome v1"
