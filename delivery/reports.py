@@ -41,6 +41,7 @@ from django.utils import timezone
 from config.db import among
 from delivery.kept import NO_PAIRS, NOT_KEPT, Scope, counted_with_kept, decoded
 from delivery.models import Delivery, DeliveryRollup, Dispatch, DispatchProfiles
+from delivery.reasons import reason_label
 
 # Rows skipped because no device of the profile allows notifications: the audience not reachable.
 UNREACHABLE_REASONS = ("no_device", "not_opted_in")
@@ -592,7 +593,7 @@ def _charts(of: Q | Lookup, tz: dt.tzinfo) -> dict:
             "values": [totals["targeted"], totals["targeted"] - unreachable, totals["accepted"], totals["opened"]],
         },
         "reasons": [
-            {"outcome": outcome, "reason": reason, "count": n}
+            {"outcome": outcome, "reason": reason, "label": reason_label(reason), "count": n}
             for (outcome, reason), n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
         ],
         "time_zone": str(tz),

@@ -17,6 +17,7 @@ from accounts.selectors import visible_to
 from config.zones import zone, zoned, zoned_column
 from delivery.admin.contents import _spec_previews_html
 from delivery.models import Delivery, Dispatch, rows_within
+from delivery.reasons import reason_html
 from delivery.reports import dispatch_held, report_charts, report_charts_html
 from delivery.selectors import (
     deliveries_visible_to,
@@ -321,7 +322,7 @@ class DispatchAdmin(ScopedAdmin):
                 "",
                 '<tr><td><a href="{}?dispatch__id__exact={}&status__exact={}">{}</a></td><td>{}</td><td>{}</td></tr>',
                 (
-                    (deliveries, obj.pk, r["status"], r["status"], r["reason"] or "—", r["count"])
+                    (deliveries, obj.pk, r["status"], r["status"], reason_html(r["reason"]), r["count"])
                     for r in final
                     if r["status"] != "pending"
                 ),
@@ -334,7 +335,7 @@ class DispatchAdmin(ScopedAdmin):
             format_html_join(
                 "",
                 "<tr><td>retried after</td><td>{}</td><td>{}</td></tr>",
-                ((r["reason"], r["count"]) for r in retried),
+                ((reason_html(r["reason"]), r["count"]) for r in retried),
             ),
         )
 

@@ -189,11 +189,26 @@ CHARTS = {
         },
     },
     "funnel": {"labels": ["targeted", "reachable", "accepted", "opened"], "values": [15, 14, 8, 4]},
-    "reasons": [
-        {"outcome": "skipped", "reason": "holdout", "count": 2},
-        {"outcome": "failed", "reason": "Unregistered", "count": 1},
-        {"outcome": "skipped", "reason": "frequency_cap", "count": 1},
-        {"outcome": "skipped", "reason": "no_device", "count": 1},
+    "reasons": [  # each with its label, as the admin shows it beside the code
+        {
+            "outcome": "skipped",
+            "reason": "holdout",
+            "label": "in the holdout, kept from the send to measure it",
+            "count": 2,
+        },
+        {
+            "outcome": "failed",
+            "reason": "Unregistered",
+            "label": "the app was uninstalled or the token is no longer valid (APNs)",
+            "count": 1,
+        },
+        {
+            "outcome": "skipped",
+            "reason": "frequency_cap",
+            "label": "the profile had its share of pushes (frequency cap)",
+            "count": 1,
+        },
+        {"outcome": "skipped", "reason": "no_device", "label": "no phone registered for the app", "count": 1},
     ],
     "time_zone": "UTC",
 }
@@ -331,3 +346,21 @@ def test_the_campaign_page_reads_as_much_for_thirty_sends_as_for_three(
         for listed in re.findall(r"'\{([0-9,]*)\}'::bigint\[\]", sql)
     ]
     assert not [ids for ids in named if ids & set(older)], "a query named the older sends one by one"
+
+
+def test_the_campaign_report_shows_each_reason_with_its_label_and_the_csv_its_code(several_sends, client, viewer_carol):
+    campaign = Campaign.objects.get(name="Hourly")
+    client.force_login(viewer_carol)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    report = page[page.index('<div id="campaign-report">') :]
+    report = report[: report.index("pd-report")]  # its own table of reasons, above the charts' one
+    assert (
+        "<td>skipped</td><td>the profile had its share of pushes (frequency cap) <code>frequency_cap</code></td>"
+        in report
+    )
+    assert (
+        "<td>failed</td><td>the app was uninstalled or the token is no longer valid (APNs) <code>Unregistered</code></td>"
+        in report
+    )
+    csv = client.get(f"/admin/campaigns/campaign/{campaign.pk}/report.csv").content.decode()
+    assert "skipped,frequency_cap," in csv and "frequency cap)" not in csv

@@ -514,3 +514,22 @@ def test_dispatch_page_shows_pushes_held_for_quiet_hours_apart_with_when_the_fir
         ("held until quiet hours end, the first at " + f"{until:%Y-%m-%d %H:%M} (UTC)", "1"),
         ("queued or in flight", "1"),
     ]
+
+
+def test_dispatch_page_shows_each_reason_with_its_label_and_the_api_its_code(client, viewer_carol, app):
+    dispatch = Dispatch.objects.create(app=app, kind="api_trigger", content_spec={}, status="done", label="Run 1")
+    for reason in ("quiet_hours", "frequency_cap"):
+        device = DeviceFactory(app=app)
+        Delivery.objects.create(
+            dispatch=dispatch, device=device, profile=device.profile, status="skipped", reason=reason
+        )
+    from delivery.services.rollups import rollup_rebuild
+
+    rollup_rebuild(dispatch_ids=[dispatch.pk])
+    client.force_login(viewer_carol)
+    page = client.get(reverse("admin:delivery_dispatch_change", args=[dispatch.pk])).content.decode()
+    outcomes = page[page.index("Outcomes by reason") :]
+    assert re.search(r"held back by the quiet hours\s*<code>quiet_hours</code>", outcomes)
+    assert re.search(r"the profile had its share of pushes \(frequency cap\)\s*<code>frequency_cap</code>", outcomes)
+    # The report's table of reasons, below, too.
+    assert re.search(r"<td>held back by the quiet hours <code>quiet_hours</code></td>", page)

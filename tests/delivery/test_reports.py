@@ -30,7 +30,7 @@ def test_figures_of_a_send_per_platform_funnel_and_reason(django_assert_max_num_
             "opened": [1, 1, 0],
         },
     }
-    assert charts["reasons"] == [
+    assert [{k: r[k] for k in ("outcome", "reason", "count")} for r in charts["reasons"]] == [
         {"outcome": "failed", "reason": "Unregistered", "count": 1},
         {"outcome": "skipped", "reason": "frequency_cap", "count": 1},
         {"outcome": "skipped", "reason": "no_device", "count": 1},
@@ -238,3 +238,34 @@ def test_a_holdout_row_without_a_device_written_before_is_not_counted_reachable(
         )
     rollup_rebuild(dispatch_ids=[dispatch.pk])
     assert report_charts(dispatch_ids=[dispatch.pk], tz=dt.UTC)["funnel"]["values"] == [3, 2, 1, 0]
+
+
+def test_reasons_carry_a_label_beside_their_code():
+    """The admin shows what a reason means beside its code; the code stays as it is (the API, the CSV)."""
+    dispatch = sent_dispatch(AppFactory())
+    charts = report_charts(dispatch_ids=[dispatch.pk], tz=dt.UTC)
+    assert {r["reason"]: r["label"] for r in charts["reasons"]} == {
+        "Unregistered": "the app was uninstalled or the token is no longer valid (APNs)",
+        "frequency_cap": "the profile had its share of pushes (frequency cap)",
+        "no_device": "no phone registered for the app",
+        "not_opted_in": "notifications are turned off on the phone",
+    }
+
+
+@pytest.mark.parametrize(
+    ("code", "label"),
+    [
+        ("quiet_hours", "held back by the quiet hours"),
+        ("expired", "expired before it could be sent (its TTL)"),
+        ("expired (TTL over before it could be sent)", "expired before it could be sent (its TTL)"),
+        ("payload_too_large (4200 bytes)", "the message is over the provider's size limit"),
+        ("transport:timeout (may have been delivered)", "no answer in time: it may have been delivered"),
+        ("credentials: not_configured:ios", "the app's credentials were refused or are missing"),
+        ("SomethingNew", ""),
+        ("", ""),
+    ],
+)
+def test_a_reason_label_is_read_from_its_code_or_its_codes_head(code, label):
+    from delivery.reasons import reason_label
+
+    assert reason_label(code) == label
