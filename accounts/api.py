@@ -7,7 +7,7 @@ from django.core.validators import ProhibitNullCharactersValidator
 from django.http import Http404
 from django.urls import path
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -232,6 +232,13 @@ COMMON_ERRORS = {
     "403": "The key lacks the scope, or its user the role.",
     "404": "No such object, or one outside the user's access.",
 }
+
+# What a view limited by its key's ingest rate (``accounts.authentication.IngestRateLimited``) adds.
+INGEST_THROTTLED = OpenApiResponse(
+    description="`throttled`: this key's ingest calls (devices, opens, profiles, events: one rate, "
+    "`PUSHDESK_INGEST_RATE_PER_KEY` a second) are over their rate; retry after `retry_after` seconds "
+    "(the `Retry-After` header)."
+)
 
 
 BODY_TOO_LARGE = (

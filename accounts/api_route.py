@@ -102,6 +102,8 @@ def api_route(request, view, kwargs: dict):
         return None
     api_key_touch(key=key)
     try:
+        if hasattr(view, "rate_check"):  # as the view's ``initial`` would
+            view.rate_check(call)
         response = view.post(call, **kwargs)
     except _HANDLED as exc:
         response = api_exception_handler(exc, {"view": view})  # as DRF gives it a view's error

@@ -62,6 +62,43 @@ def rate_bucket_of(match: re.Match) -> str:
     return f"{match['prefix']}:{ApiKey.hash_key(match[0])[:16]}"
 
 
+class IngestRateLimited:
+    """A view whose calls take from their key's ingest rate (``PUSHDESK_INGEST_RATE_PER_KEY`` a
+    second, shared by every ingest endpoint; 0: none): beyond it, 429 with ``Retry-After``. The
+    rate is taken with the stamps (one round trip to Redis), else from the database's limiter
+    (the embedded mode). ``rate_limited_methods`` names the methods it limits; the API's own
+    route (``accounts.api_route``) calls ``rate_check`` as the view's ``initial`` does."""
+
+    rate_limited_methods = ("POST",)
+
+    def rate_limit(self) -> tuple[str | None, float]:
+        """The per-key rate limit the authentication takes with the stamps: (bucket name, per second)."""
+        request = getattr(self, "request", None)  # none yet on the API's own route, which takes POSTs
+        if request is not None and request.method not in self.rate_limited_methods:
+            return None, 0.0
+        return "ingest", settings.PUSHDESK_INGEST_RATE_PER_KEY
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)  # the key and its scope first
+        self.rate_check(request)
+
+    def rate_check(self, request) -> None:
+        """Raise Throttled when the call's key is over its rate (taken with the stamps, or here)."""
+        name, rate = self.rate_limit()
+        if name is None or rate <= 0 or not isinstance(request.auth, ApiKey):
+            return
+        stamps = request_stamps(request)
+        if stamps is not None and stamps.rate_granted is not None:
+            granted, wait = stamps.rate_granted, stamps.rate_wait
+        else:
+            from delivery.throttle import throttle
+
+            taken, wait = throttle().take(key=f"{name}:{request.auth.prefix}", rate=rate, count=1)
+            granted = bool(taken)
+        if not granted:
+            raise exceptions.Throttled(wait=max(wait, 0.001), detail="Too many ingest calls for this API key.")
+
+
 def view_stamps_read(view, kwargs: dict, match: re.Match) -> Stamps:
     """Read ``access`` and the stamps ``view`` names, and take its per-key rate limit, in one trip.
 

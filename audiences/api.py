@@ -22,6 +22,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.api import (
+    INGEST_THROTTLED,
     AnswerSerializer,
     ErrorsInJson,
     JsonCharField,
@@ -30,7 +31,7 @@ from accounts.api import (
     _flatten,
     api_exception_handler,
 )
-from accounts.authentication import request_stamps
+from accounts.authentication import IngestRateLimited, request_stamps
 from accounts.idempotency import (
     IDEMPOTENCY_KEY_PARAMETER,
     IN_PROGRESS_ANSWER,
@@ -353,7 +354,7 @@ BULK_RESULT = inline_serializer(
 # --- profiles ----------------------------------------------------------------------------------
 
 
-class ProfileUpsertView(APIView):
+class ProfileUpsertView(IngestRateLimited, APIView):
     """Create or update one profile by its external id (attributes are merged). The answer holds the
     profile as stored only for a key that also has the ``read`` scope."""
 
@@ -362,7 +363,7 @@ class ProfileUpsertView(APIView):
     @extend_schema(
         operation_id="profile_upsert",
         request=ProfileInSerializer,
-        responses={200: ProfileUpsertOutSerializer, 201: ProfileUpsertOutSerializer},
+        responses={200: ProfileUpsertOutSerializer, 201: ProfileUpsertOutSerializer, 429: INGEST_THROTTLED},
     )
     def post(self, request):
         serializer = ProfileInSerializer(data=request.data)
@@ -390,7 +391,7 @@ class ProfileDetailView(APIView):
         return Response(ProfileOutSerializer(profile).data)
 
 
-class ProfileBulkView(APIView):
+class ProfileBulkView(IngestRateLimited, APIView):
     """Upsert up to 1,000 profiles; answers per item, and the good items land. A GET of its path
     reads the profile whose external id is "bulk", as ``GET /api/v1/profiles/{external_id}/``
     reads any other."""
@@ -412,7 +413,7 @@ class ProfileBulkView(APIView):
         request=inline_serializer(
             "ProfileBulk", {"profiles": _bulk_list("a profile as POST /api/v1/profiles/ takes it")}
         ),
-        responses=BULK_RESULT,
+        responses={200: BULK_RESULT, 429: INGEST_THROTTLED},
     )
     def post(self, request):
         items = _bulk_items(request, "profiles")
@@ -454,7 +455,7 @@ class EventsNotStoredAnswer(exceptions.APIException):
     wait = 1  # Retry-After, in seconds
 
 
-class EventBulkView(APIView):
+class EventBulkView(IngestRateLimited, APIView):
     """Store up to 1,000 events; answers per item, and the good items land with the journey entries and exits they cause.
 
     With an ``Idempotency-Key`` header, the same key and body replay the first answer (nothing is
@@ -480,6 +481,7 @@ class EventBulkView(APIView):
         responses={
             200: BULK_RESULT,
             409: OpenApiResponse(description=IN_PROGRESS_ANSWER),
+            429: INGEST_THROTTLED,
             422: OpenApiResponse(description=KEY_REUSED_ANSWER),
             503: OpenApiResponse(
                 description="`events_not_stored`: handling the events (entering or ending journeys) "

@@ -366,6 +366,7 @@ def main():  # noqa: C901 (one script, phase after phase)
         "PUSHDESK_PUSHSIM_APNS_SANDBOX_URL": f"http://127.0.0.1:{sandbox_port}",
         "PUSHDESK_PUSHSIM_FCM_URL": f"http://127.0.0.1:{sim_port}",
         "PUSHDESK_TRIGGER_RATE_PER_KEY": "100000",
+        "PUSHDESK_INGEST_RATE_PER_KEY": "100000",  # the journey mode sends one event per call
         "PUSHDESK_WORKERS": str(args.workers),
         "PUSHDESK_SEND_LEASE_SECONDS": "15",
         "PUSHDESK_QUEUE_NAME": "bench-trigger",

@@ -573,6 +573,10 @@ if PUSHDESK_CA_BUNDLE and not Path(PUSHDESK_CA_BUNDLE).is_file():
         f"PUSHDESK_CA_BUNDLE={PUSHDESK_CA_BUNDLE!r} is not a readable file; set it to a PEM file of CAs, or unset it."
     )
 PUSHDESK_API_KEY_PREFIX = "pdk"
+# Ingest calls (devices, opens, profiles, events) allowed per API key and second, all of them
+# sharing one rate (a burst of a tenth of that is absorbed); 0: no limit. The key a mobile app
+# ships is public: this bounds what one script holding it writes.
+PUSHDESK_INGEST_RATE_PER_KEY = _env_float("PUSHDESK_INGEST_RATE_PER_KEY", 1000)
 
 # --- audiences -------------------------------------------------------------------------------
 # CSV imports: the largest file accepted, and rows written per batch (one transaction each).

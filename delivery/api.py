@@ -11,7 +11,8 @@ from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
-from accounts.api import AnswerSerializer, JsonBooleanField, JsonCharField, JsonIntegerField
+from accounts.api import INGEST_THROTTLED, AnswerSerializer, JsonBooleanField, JsonCharField, JsonIntegerField
+from accounts.authentication import IngestRateLimited
 from accounts.models import ApiKey
 from accounts.pagination import (
     MAX_LIMIT,
@@ -209,7 +210,7 @@ def _app_in_scope(request, app_id: int) -> int:
     return app_id
 
 
-class DeviceRegisterView(APIView):
+class DeviceRegisterView(IngestRateLimited, APIView):
     """Register a push token for a profile (created if new); registering a known token moves it."""
 
     required_scope = "ingest"
@@ -217,7 +218,7 @@ class DeviceRegisterView(APIView):
     @extend_schema(
         operation_id="device_register",
         request=DeviceInSerializer,
-        responses={201: DeviceOutSerializer, 200: DeviceOutSerializer},  # 200: a token it knew, moved
+        responses={201: DeviceOutSerializer, 200: DeviceOutSerializer, 429: INGEST_THROTTLED},  # 200: a token it knew
     )
     def post(self, request):
         data = DeviceInSerializer(data=request.data)
@@ -239,12 +240,16 @@ class DeviceRegisterView(APIView):
         )
 
 
-class DeviceOptInView(APIView):
+class DeviceOptInView(IngestRateLimited, APIView):
     """Record the phone's notification opt-in for a registered token."""
 
     required_scope = "ingest"
 
-    @extend_schema(operation_id="device_opt_in", request=DeviceOptInSerializer, responses=DeviceOutSerializer)
+    @extend_schema(
+        operation_id="device_opt_in",
+        request=DeviceOptInSerializer,
+        responses={200: DeviceOutSerializer, 429: INGEST_THROTTLED},
+    )
     def post(self, request):
         data = DeviceOptInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -261,12 +266,16 @@ class DeviceOptInView(APIView):
         return Response(DeviceOutSerializer(device).data)
 
 
-class DeviceUnregisterView(APIView):
+class DeviceUnregisterView(IngestRateLimited, APIView):
     """Deactivate a token (logout, uninstall): it is not targeted again until registered anew."""
 
     required_scope = "ingest"
 
-    @extend_schema(operation_id="device_unregister", request=DeviceRefSerializer, responses=DeviceOutSerializer)
+    @extend_schema(
+        operation_id="device_unregister",
+        request=DeviceRefSerializer,
+        responses={200: DeviceOutSerializer, 429: INGEST_THROTTLED},
+    )
     def post(self, request):
         data = DeviceRefSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -397,7 +406,7 @@ class DeliveryDetailView(APIView):
         return Response(DeliveryDetailSerializer(delivery).data)
 
 
-class OpenReportView(APIView):
+class OpenReportView(IngestRateLimited, APIView):
     """The app reports a tap on a push: sets the delivery's ``opened_at`` once (409 the second time)."""
 
     required_scope = "ingest"
@@ -411,6 +420,7 @@ class OpenReportView(APIView):
                 description="`already_opened`: an open was already reported for this delivery; "
                 "`not_accepted`: the delivery was not accepted by the provider, so it cannot have been opened."
             ),
+            429: INGEST_THROTTLED,
         },
     )
     def post(self, request):

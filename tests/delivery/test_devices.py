@@ -381,3 +381,35 @@ def test_a_phone_logged_out_opted_out_or_handed_to_another_user_after_a_send_was
     assert [r["token"] for r in pushsim.state.recent(limit=10)] == [tokens["kept"]]
     dispatch.refresh_from_db()
     assert (dispatch.status, dispatch.accepted, dispatch.skipped) == ("done", 1, 3)
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/api/v1/devices/", {"external_id": "user-1", "platform": "ios", "token": IOS_TOKEN}),
+        ("/api/v1/devices/opt-in/", {"token": IOS_TOKEN, "push_enabled": False}),
+        ("/api/v1/devices/unregister/", {"token": IOS_TOKEN}),
+        ("/api/v1/opens/", {"delivery": 1, "token": IOS_TOKEN}),
+        ("/api/v1/profiles/", {"external_id": "user-1"}),
+        ("/api/v1/profiles/bulk/", {"profiles": [{"external_id": "user-1"}]}),
+        ("/api/v1/events/bulk/", {"events": []}),
+    ],
+)
+def test_a_keys_ingest_calls_beyond_its_rate_answer_429_with_retry_after(
+    settings, api_key_for, manager_alice, app, path, body
+):
+    """The key a mobile app ships is public: its calls were never limited, so one script holding
+    it could write as fast as the server takes. Each key's ingest calls share one rate
+    (PUSHDESK_INGEST_RATE_PER_KEY a second); beyond it, 429 with Retry-After, as triggers."""
+    settings.PUSHDESK_INGEST_RATE_PER_KEY = 1  # a burst of one call
+    key, other = api_key_for(manager_alice, scopes=["ingest"]), api_key_for(manager_alice, scopes=["ingest"])
+    DeviceFactory(app=app, token=IOS_TOKEN)
+    body = {"app": app.pk, **body} if path.startswith(("/api/v1/devices/", "/api/v1/opens/")) else body
+    first = key.post(path, body, format="json")
+    assert first.status_code != 429, first.json()
+    throttled = key.post(path, body, format="json")
+    assert throttled.status_code == 429, throttled.json()
+    assert throttled.json()["code"] == "throttled" and throttled.json()["retry_after"] >= 1
+    assert int(throttled["Retry-After"]) >= 1
+    assert other.post(path, body, format="json").status_code != 429  # each key its own rate
