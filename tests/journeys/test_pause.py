@@ -369,6 +369,7 @@ def test_a_paused_journeys_stream_stays_open_and_takes_its_pushes_again_at_the_r
 # --- the admin ------------------------------------------------------------------------------------
 
 
+@pytest.mark.presses("journeys.journey:transition/pause", "journeys.journey:transition/resume")
 def test_pause_and_resume_ask_again_saying_who_is_inside_and_what_holds(
     login, manager_alice, viewer_carol, make_journey, publish, everyone, welcome
 ):
