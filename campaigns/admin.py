@@ -180,25 +180,22 @@ class CampaignForm(ConversionFormMixin, forms.ModelForm):
         winner_admin.winner_form_clean(self, data)
         return data
 
-    def clean_throttle_per_second(self):
-        """The services' check (``throttle_check``), when the throttle is set: one saved before it stays."""
-        throttle = self.cleaned_data.get("throttle_per_second")
-        if self.instance.pk is None or throttle != self.instance.throttle_per_second:
+    def _service_checked(self, name: str, check):
+        """The field's value, passed by the services' ``check`` when it is set or changed (one saved
+        before the check stays as it is), the check's message at the field."""
+        value = self.cleaned_data.get(name)
+        if self.instance.pk is None or value != getattr(self.instance, name):
             try:
-                throttle_check(throttle)
+                check(value)
             except ValidationError as exc:
-                raise ValidationError(exc.message_dict["throttle_per_second"]) from None
-        return throttle
+                raise ValidationError(exc.message_dict[name]) from None
+        return value
+
+    def clean_throttle_per_second(self):
+        return self._service_checked("throttle_per_second", throttle_check)
 
     def clean_missed_window_minutes(self):
-        """The services' check (``missed_window_check``), when the window is set."""
-        minutes = self.cleaned_data.get("missed_window_minutes")
-        if self.instance.pk is None or minutes != self.instance.missed_window_minutes:
-            try:
-                missed_window_check(minutes)
-            except ValidationError as exc:
-                raise ValidationError(exc.message_dict["missed_window_minutes"]) from None
-        return minutes
+        return self._service_checked("missed_window_minutes", missed_window_check)
 
     def _context_clean(self, data: dict) -> None:
         """The services' check of a scheduled campaign's content (``campaign_context_check``: no

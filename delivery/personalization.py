@@ -385,6 +385,18 @@ _CLOSES_GUARD = ("endif", "endunless", "endcase")
 _DEFAULT_FILTER = re.compile(r"\|\s*default\s*:")
 
 
+def _variable_uses(source: str, variable: str, *, hint: str) -> list:
+    """Where ``source`` reads the global ``variable`` (its analysis' uses, each with its segments
+    and place); none when ``hint`` is not in the text, the text is not a template, or it cannot be
+    read (``template_check`` refuses it)."""
+    if hint not in source or not is_templated(source):
+        return []
+    try:
+        return list(_parse(source).analyze(include_partials=False).globals.get(variable, []))
+    except LiquidError:
+        return []
+
+
 def template_context_gaps(source: str, *, given: dict) -> list[str]:
     """The outputs of ``source`` (``{{ … }}``, ``echo``) that a send whose context is ``given``
     shows empty, as written: each that reads a ``context.*`` value ``given`` does not hold, with no
@@ -392,11 +404,8 @@ def template_context_gaps(source: str, *, given: dict) -> list[str]:
     template then says what shows without it). ``given`` holds what such a send puts in the
     context (``{"campaign": {"id": …, "name": …}}``). A template that cannot be read has none
     (``template_check`` refuses it)."""
-    if "context" not in source or not is_templated(source):
-        return []
-    try:
-        uses = _parse(source).analyze(include_partials=False).globals.get("context", [])
-    except LiquidError:
+    uses = _variable_uses(source, "context", hint="context")
+    if not uses:
         return []
 
     def path(segments) -> tuple:
@@ -448,14 +457,8 @@ def template_attributes_read(source: str) -> list[str]:
     """The names ``source`` reads as ``profile.attributes.<name>``, in order, once each (a name
     computed at render time is none of them). A template that cannot be read reads none
     (``template_check`` refuses it)."""
-    if "attributes" not in source or not is_templated(source):
-        return []
-    try:
-        uses = _parse(source).analyze(include_partials=False).globals.get("profile", [])
-    except LiquidError:
-        return []
     names: list[str] = []
-    for use in uses:
+    for use in _variable_uses(source, "profile", hint="attributes"):
         segments = list(use.segments)
         if len(segments) > 2 and segments[1] == "attributes" and isinstance(segments[2], str):
             if segments[2] not in names:
