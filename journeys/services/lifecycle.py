@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+from collections import Counter
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
@@ -589,10 +590,16 @@ def journey_resume(*, journey_id: int, by: User, now: dt.datetime | None = None)
     Raises TransitionError unless it is paused, PermissionDenied when ``by``'s role may not resume
     it (``journeys.pause_journey``), Http404 outside their access.
     """
+    from journeys.selectors import journey_for
     from journeys.services.engine import _stats_add
 
     now = now or timezone.now()
     with transaction.atomic():
+        if not can(by, "journeys.pause_journey", journey_for(by, journey_id)):
+            raise PermissionDenied("Your role may not do this to a journey.")
+        # The pause's and the stop's order, the enrollments then the journey: a stop pressed at the
+        # same moment waits for the resume (or the resume for it), neither for the other's second lock.
+        _lock_everyone_inside(journey_id)
         journey = lock_for(Journey, journey_id, by=by, perm="journeys.pause_journey")
         if journey.status != Status.PAUSED:
             raise TransitionError(journey, "resumed", "Only a paused journey can be resumed.")
@@ -600,8 +607,6 @@ def journey_resume(*, journey_id: int, by: User, now: dt.datetime | None = None)
         version = journey.live_version
         skipped = _reads_skipped(journey, version, now=now)
         if skipped:
-            from collections import Counter
-
             _stats_add(Counter({(version.pk, version.entry_step(), READS_SKIPPED_PAUSED): skipped}))
             journey.next_entry_at += dt.timedelta(hours=version.entry_every_hours * skipped)
         summary = {"released": released, "paused_at": journey.paused_at.isoformat() if journey.paused_at else None}
