@@ -302,6 +302,13 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
     # 503 and a command says so, where libpq would wait for ever. `?connect_timeout=N` in
     # DATABASE_URL sets another.
     _db["OPTIONS"].setdefault("connect_timeout", 5)
+    # libpq reads 0 or less as waiting for ever, and refuses a word at every connection, not here.
+    _connect_timeout = _db["OPTIONS"]["connect_timeout"]
+    if type(_connect_timeout) is not int or not 1 <= _connect_timeout <= 300:
+        _refuse_start(
+            f"DATABASE_URL's connect_timeout={_connect_timeout!r} is not a whole number of seconds from 1 to 300; "
+            "set ?connect_timeout=N to one, or leave it out (5)."
+        )
     # Django's backend, whose health check asks the server only when the socket says something
     # happened (config.postgresql).
     _db["ENGINE"] = "config.postgresql"

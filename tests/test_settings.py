@@ -339,3 +339,17 @@ def test_every_pushdesk_setting_read_from_the_environment_is_documented():
     documented = (ROOT / "README.md").read_text() + (ROOT / "docs" / "operations.md").read_text()
     assert len(read) > 30
     assert sorted(name for name in read if f"`{name}`" not in documented and f"{name}=" not in documented) == []
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "0", "2.5", "100000"])
+def test_a_database_connect_timeout_that_is_not_a_number_of_seconds_stops_start_up(tmp_path, value):
+    """libpq reads 0 or less as waiting for ever and refuses a word at every connection: the
+    service started, and each request then waited on a hung server, or failed."""
+    url = f"postgres://postgres@127.0.0.1:5432/pushdesk?connect_timeout={value}"
+    result = _import_settings({"DATABASE_URL": url}, tmp_path)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "DATABASE_URL" in lines[0] and "connect_timeout" in lines[0] and "from 1 to 300" in lines[0], lines[0]
+    fine = _import_settings({"DATABASE_URL": url.replace(f"={value}", "=30")}, tmp_path)
+    assert fine.returncode == 0, fine.stderr
