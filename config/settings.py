@@ -589,8 +589,11 @@ PUSHDESK_INGEST_RATE_PER_KEY = _env_float("PUSHDESK_INGEST_RATE_PER_KEY", 1000)
 # CSV imports: the largest file accepted, and rows written per batch (one transaction each).
 PUSHDESK_IMPORT_MAX_BYTES = _env_int("PUSHDESK_IMPORT_MAX_BYTES", 1024**3, minimum=1)
 PUSHDESK_IMPORT_BATCH_ROWS = _env_int("PUSHDESK_IMPORT_BATCH_ROWS", 20000, minimum=1)
-# An import task hands over to a fresh task after this many seconds (below Q_CLUSTER's timeout).
-PUSHDESK_IMPORT_TASK_SECONDS = _env_int("PUSHDESK_IMPORT_TASK_SECONDS", 200, minimum=1)
+# An import task hands over to a fresh task after this many seconds, then ends the batch under way:
+# a minute is left of Q_CLUSTER's timeout for it, past which the queue kills the task.
+PUSHDESK_IMPORT_TASK_SECONDS = _env_int(
+    "PUSHDESK_IMPORT_TASK_SECONDS", 200, minimum=1, maximum=Q_CLUSTER["timeout"] - 60
+)
 # Bulk API calls: most profiles or events per call.
 AUDIENCES_BULK_MAX_ITEMS = 1000
 # Preview: how many sample profiles are shown with the count.
@@ -622,6 +625,15 @@ PUSHDESK_SEND_MAX_ATTEMPTS = _env_int("PUSHDESK_SEND_MAX_ATTEMPTS", 5, minimum=1
 PUSHDESK_SEND_BACKOFF_SECONDS = _env_float("PUSHDESK_SEND_BACKOFF_SECONDS", 2)
 # A send task hands over to a fresh one after this many seconds (below Q_CLUSTER's timeout).
 PUSHDESK_SEND_TASK_SECONDS = _env_int("PUSHDESK_SEND_TASK_SECONDS", 200, minimum=1)
+# A send task (and a stream sender's) is killed after its budget and its rows' lease
+# (delivery.services.dispatches._task_timeout); past the queue's retry, the broker would hand it to
+# a second worker while the first still sends.
+if PUSHDESK_SEND_TASK_SECONDS + PUSHDESK_SEND_LEASE_SECONDS >= Q_CLUSTER["retry"]:
+    _refuse_start(
+        f"PUSHDESK_SEND_TASK_SECONDS + PUSHDESK_SEND_LEASE_SECONDS is {PUSHDESK_SEND_TASK_SECONDS} + "
+        f"{PUSHDESK_SEND_LEASE_SECONDS}, a send task's time limit, which must stay under the task queue's retry "
+        f"({Q_CLUSTER['retry']} s) or the queue hands the task to a second worker while it still sends; lower one."
+    )
 # Per request to APNs/FCM: seconds before giving up (the message then ends `unknown`), and
 # HTTP/2 connections per provider host from each worker (each multiplexes up to 100 streams).
 PUSHDESK_SEND_TIMEOUT_SECONDS = _env_float("PUSHDESK_SEND_TIMEOUT_SECONDS", 10)

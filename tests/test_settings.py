@@ -353,3 +353,32 @@ def test_a_database_connect_timeout_that_is_not_a_number_of_seconds_stops_start_
     assert "DATABASE_URL" in lines[0] and "connect_timeout" in lines[0] and "from 1 to 300" in lines[0], lines[0]
     fine = _import_settings({"DATABASE_URL": url.replace(f"={value}", "=30")}, tmp_path)
     assert fine.returncode == 0, fine.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        # An import task runs its budget, then finishes its batch: the queue kills it at 300 s.
+        ({"PUSHDESK_IMPORT_TASK_SECONDS": "300"}, ["PUSHDESK_IMPORT_TASK_SECONDS", "240"]),
+        # A send task's timeout is its budget and its rows' lease: past the queue's retry (420 s),
+        # the broker hands the same task to a second worker while the first still sends.
+        ({"PUSHDESK_SEND_TASK_SECONDS": "350"}, ["PUSHDESK_SEND_TASK_SECONDS", "PUSHDESK_SEND_LEASE_SECONDS", "420"]),
+        ({"PUSHDESK_SEND_LEASE_SECONDS": "400"}, ["PUSHDESK_SEND_TASK_SECONDS", "PUSHDESK_SEND_LEASE_SECONDS", "420"]),
+    ],
+)
+def test_a_task_budget_the_queue_would_cut_or_deliver_twice_stops_start_up(tmp_path, env, named):
+    result = _import_settings(env, tmp_path)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert all(name in lines[0] for name in named), lines[0]
+
+
+def test_task_budgets_up_to_the_queue_s_bounds_start(tmp_path):
+    env = {
+        "PUSHDESK_IMPORT_TASK_SECONDS": "240",
+        "PUSHDESK_SEND_TASK_SECONDS": "299",
+        "PUSHDESK_SEND_LEASE_SECONDS": "120",
+    }
+    result = _import_settings(env, tmp_path)
+    assert result.returncode == 0, result.stderr
