@@ -60,7 +60,7 @@ def _env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None =
     return value
 
 
-def _env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+def _env_float(name: str, default: float, *, minimum: float = 0.0, maximum: float | None = None) -> float:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -68,8 +68,9 @@ def _env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
         value = float(raw)
     except ValueError:
         value = None
-    if value is None or not math.isfinite(value) or value < minimum:
-        _refuse_start(f"{name}={raw!r} is not a number of at least {minimum:g}; set it to one, or unset it.")
+    if value is None or not math.isfinite(value) or value < minimum or (maximum is not None and value > maximum):
+        bounds = f"of at least {minimum:g}" if maximum is None else f"from {minimum:g} to {maximum:g}"
+        _refuse_start(f"{name}={raw!r} is not a number {bounds}; set it to one, or unset it.")
     return value
 
 
@@ -691,5 +692,6 @@ PUSHDESK_GC_THRESHOLD = _env_gc_threshold("PUSHDESK_GC_THRESHOLD", (10_000, 10, 
 # Stream sender slots: one `manage.py send_stream --slot N` process each (a slot without one gets
 # a sender task in a qcluster worker from the watchdog).
 PUSHDESK_STREAM_SENDERS = _env_int("PUSHDESK_STREAM_SENDERS", 1, minimum=1)
-# Without a wake-up (the embedded mode, or a lost one), senders look for work this often.
-PUSHDESK_STREAM_POLL_SECONDS = _env_float("PUSHDESK_STREAM_POLL_SECONDS", 0.5)
+# Without a wake-up (the embedded mode, or a lost one), senders look for work this often: 0 would
+# be a loop asking the database without a pause, an hour a stream sending an hour late.
+PUSHDESK_STREAM_POLL_SECONDS = _env_float("PUSHDESK_STREAM_POLL_SECONDS", 0.5, minimum=0.01, maximum=60)

@@ -382,3 +382,21 @@ def test_task_budgets_up_to_the_queue_s_bounds_start(tmp_path):
     }
     result = _import_settings(env, tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+# Values each setting's type accepts that would leave the service broken: a busy loop, every push
+# timing out, a retry or a session expiring after year 9999 (an overflow at the first one).
+OUT_OF_RANGE = [
+    ("PUSHDESK_STREAM_POLL_SECONDS", "0", "from 0.01 to 60"),
+    ("PUSHDESK_STREAM_POLL_SECONDS", "-1", "from 0.01 to 60"),
+    ("PUSHDESK_STREAM_POLL_SECONDS", "86400", "from 0.01 to 60"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "bounds"), OUT_OF_RANGE)
+def test_a_value_that_would_break_the_service_stops_start_up_with_its_range(tmp_path, name, value, bounds):
+    result = _import_settings({name: value}, tmp_path)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert name in lines[0] and bounds in lines[0], lines[0]
