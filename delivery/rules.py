@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Q
+from django.db.models import Case, DateTimeField, Q, Value, When
 
 from config.db import COUNT_WORK_MEM
 from config.zones import wall_clock
@@ -189,9 +189,18 @@ def quiet_until(*, start: dt.time, end: dt.time, local: dt.datetime) -> dt.datet
     return until
 
 
-def _ttl(dispatch: Dispatch) -> dt.timedelta:
-    """A held row's TTL runs from the end of its hold (``Delivery.expires_at``)."""
-    return dt.timedelta(seconds=int(dispatch.content_spec.get("ttl_seconds") or 0))
+def held_expiry(dispatch: Dispatch, until: dt.datetime):
+    """The expiry of a row held until ``until``: its TTL runs from the end of its hold
+    (``Delivery.expires_at``), and a variant's row's TTL is its variant's (``Dispatch.spec_for``)."""
+
+    def ttl(spec: dict) -> dt.timedelta:
+        return dt.timedelta(seconds=int(spec.get("ttl_seconds") or 0))
+
+    own = until + ttl(dispatch.content_spec)
+    variants = [
+        When(variant=v["number"], then=Value(until + ttl(v["spec"]))) for v in dispatch.variants or [] if v["number"]
+    ]
+    return Case(*variants, default=Value(own), output_field=DateTimeField()) if variants else own
 
 
 def _now_or_never(dispatch: Dispatch) -> Q | None:
@@ -240,7 +249,7 @@ def _quiet_hours(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -> 
             until = until.astimezone(dt.UTC)
             # The row says why it waits, as a skipped one does; its outcome replaces it when it is sent.
             held["quiet_hours_delayed"] += rows.update(
-                next_attempt_at=until, expires_at=until + _ttl(dispatch), reason="quiet_hours"
+                next_attempt_at=until, expires_at=held_expiry(dispatch, until), reason="quiet_hours"
             )
     return held
 
@@ -271,7 +280,7 @@ def local_time_apply(*, dispatch: Dispatch, now: dt.datetime) -> dict[str, int]:
             continue  # that time zone is there: send now
         at = at.astimezone(dt.UTC)
         counts["local_time_held"] += _rows_in_zone(queued, name).update(
-            next_attempt_at=at, expires_at=at + _ttl(dispatch)
+            next_attempt_at=at, expires_at=held_expiry(dispatch, at)
         )
     return {reason: n for reason, n in counts.items() if n}
 

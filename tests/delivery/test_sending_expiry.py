@@ -204,3 +204,59 @@ def test_a_now_or_never_push_of_a_stream_held_for_quiet_hours_is_skipped_as_expi
     )
     streams_send(budget=0, dispatch_ids=[stream.pk])
     assert pushsim.state.count(ios.token) == 0
+
+
+def _one_variant(content) -> list[dict]:
+    """Every profile in variant 1, which sends ``content``."""
+    return [{"number": 1, "label": "A", "content_id": content.pk, "share": 100, "spec": content.spec()}]
+
+
+def test_a_variants_row_held_for_quiet_hours_counts_its_own_ttl_from_their_end(
+    pushsim_app, pushsim, django_capture_on_commit_callbacks
+):
+    """An A/B test's held row expires by its variant's TTL (a day), not the main content's (a minute)."""
+    _quiet_now(pushsim_app)
+    main = PushContentFactory(app=pushsim_app, ttl_seconds=60)
+    variant = PushContentFactory(app=pushsim_app, ttl_seconds=86400)
+    profile = ProfileFactory(timezone="UTC")
+    android = DeviceFactory(profile=profile, app=pushsim_app, platform="android")
+    dispatch = prepared(
+        main,
+        [profile],
+        django_capture_on_commit_callbacks,
+        purpose="marketing",
+        source_id=1,
+        variants=_one_variant(variant),
+    )
+    rows = Delivery.objects.filter(dispatch=dispatch)
+    [(until, expires, number)] = rows.values_list("next_attempt_at", "expires_at", "variant")
+    assert (number, expires) == (1, until + timedelta(seconds=86400))
+    # The quiet hours ended ten minutes ago: the variant's day has not run out.
+    shift = until - timezone.now() + timedelta(minutes=10)
+    rows.update(next_attempt_at=until - shift, expires_at=expires - shift)
+
+    dispatch_send(dispatch_id=dispatch.pk)
+
+    assert rows.values_list("status", flat=True).get() == "accepted"
+    [fcm] = pushsim.state.recent(token=android.token)
+    assert 86390 - 600 <= int(fcm["payload"]["android"]["ttl"].removesuffix("s")) <= 86400 - 600
+
+
+def test_a_variants_row_held_by_a_local_time_counts_its_own_ttl(pushsim_app, django_capture_on_commit_callbacks):
+    main = PushContentFactory(app=pushsim_app, ttl_seconds=60)
+    variant = PushContentFactory(app=pushsim_app, ttl_seconds=7200)
+    profile = ProfileFactory(timezone="UTC")
+    DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
+    at = (timezone.now() + timedelta(hours=3)).replace(microsecond=0)
+    dispatch = prepared(
+        main,
+        [profile],
+        django_capture_on_commit_callbacks,
+        source_id=1,
+        variants=_one_variant(variant),
+        local_time=at.astimezone(UTC).replace(tzinfo=None).isoformat(),
+    )
+    assert Delivery.objects.filter(dispatch=dispatch).values_list("next_attempt_at", "expires_at").get() == (
+        at,
+        at + timedelta(seconds=7200),
+    )
