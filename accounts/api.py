@@ -165,6 +165,15 @@ class InstanceNotClaimed(exceptions.APIException):
     default_detail = "This copy of Pushdesk may not send."
 
 
+class FieldRefused(exceptions.PermissionDenied):
+    """A 403 about one field of the request: answered with its own ``code`` and ``errors`` naming
+    the field, as bad input is, so that a client sees which field to fix."""
+
+    def __init__(self, *, field: str, code: str, detail: str):
+        super().__init__(detail=detail, code=code)
+        self.field = field
+
+
 def api_exception_handler(exc, context):
     """Answer every error as JSON ``{"code", "detail"}`` (+ ``errors`` naming fields for bad input)."""
     if isinstance(exc, DjangoValidationError):
@@ -191,6 +200,9 @@ def api_exception_handler(exc, context):
         detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
         code = getattr(detail, "code", None) or getattr(exc, "default_code", "error")
         response.data = {"code": code, "detail": str(detail)}
+        if isinstance(exc, FieldRefused):
+            response.data["detail"] = f"{exc.field}: {detail}"
+            response.data["errors"] = [{"field": exc.field, "code": code, "detail": str(detail)}]
         if response.has_header("Retry-After"):  # DRF's, from the exception's wait: said in the body too
             response.data["retry_after"] = int(response["Retry-After"])
     return response

@@ -25,6 +25,7 @@ from accounts.api import (
     INGEST_THROTTLED,
     AnswerSerializer,
     ErrorsInJson,
+    FieldRefused,
     JsonCharField,
     JsonDateTimeField,
     JsonObjectField,
@@ -50,12 +51,13 @@ from accounts.json_values import (
     json_parse,
     json_value_problem,
 )
+from accounts.models import ApiKey
 from accounts.pagination import ListQuery, QueryInteger, page_response, page_schema, query_params_valid
 from accounts.parsers import ApiJSONParser
 from audiences.imports import ImportRefused, columns_problem
 from audiences.models import EventBulkRequest, Import, Profile, Segment
 from audiences.rules.schema import KEY_RE, RulesInvalid
-from audiences.selectors import imports_visible_to, profiles_visible_to, segment_for, segments_visible_to
+from audiences.selectors import imports_visible_to_key, profiles_visible_to, segment_for, segments_visible_to
 from audiences.services.events import (
     FUTURE_LIMIT,
     MAX_PROPERTIES_BYTES,
@@ -657,8 +659,17 @@ class SegmentPreviewView(APIView):
 # --- imports -----------------------------------------------------------------------------------
 
 
+# The targets that change an existing static segment's members: a replace removes every member
+# the file does not name. The key an app ships (ingest alone, public) may not: anyone holding it
+# could empty the segment a campaign sends to, or put themselves in it.
+SEGMENT_MEMBERS_TARGETS = (Import.Target.ADD_TO_SEGMENT, Import.Target.REPLACE_SEGMENT)
+
+
 class ImportCreateView(APIView):
-    """Upload a CSV file (multipart ``file``) and queue its import. Answers 202 with its status."""
+    """Upload a CSV file (multipart ``file``) and queue its import. Answers 202 with its status.
+
+    ``add_to_segment`` and ``replace_segment`` need the ``read`` scope besides ``ingest`` (403
+    ``insufficient_scope`` naming ``target``)."""
 
     required_scope = "ingest"
     parser_classes = [MultiPartParser, FormParser, ApiJSONParser]
@@ -672,6 +683,14 @@ class ImportCreateView(APIView):
         serializer = ImportInSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
+        if data["target"] in SEGMENT_MEMBERS_TARGETS and ApiKey.Scope.READ not in request.auth.scopes:
+            raise FieldRefused(
+                field="target",
+                code="insufficient_scope",
+                detail=f"An import that changes a static segment's members ({data['target']}) needs a key "
+                "with the 'read' scope as well as 'ingest': a key that cannot read the segment does not "
+                "change who is in it.",
+            )
         try:
             record = import_create(
                 upload=data["file"],
@@ -681,6 +700,7 @@ class ImportCreateView(APIView):
                 target=data["target"],
                 segment_id=data.get("segment"),
                 segment_name=data.get("segment_name", ""),
+                by_key=request.auth,
             )
         except ImportRefused as exc:  # the file as a whole, or its mapping: named as such, not as the body
             raise serializers.ValidationError({exc.field: exc.messages}) from exc
@@ -689,7 +709,8 @@ class ImportCreateView(APIView):
 
 
 class _ReadOrIngest:
-    """Status reads accept a key with either scope: the integrator polls with the key that uploaded."""
+    """Status reads accept a key with either scope: the integrator polls with the key that uploaded.
+    A key without ``read`` reads only the imports it uploaded itself: any other answers 404."""
 
     @property
     def required_scope(self):
@@ -701,7 +722,7 @@ class _ReadOrIngest:
 class ImportDetailView(_ReadOrIngest, APIView):
     @extend_schema(operation_id="import_detail", responses=ImportOutSerializer)
     def get(self, request, import_id: int):
-        record = imports_visible_to(request.user).filter(pk=import_id).first()
+        record = imports_visible_to_key(request.auth).filter(pk=import_id).first()
         if record is None:
             raise Http404
         return Response(ImportOutSerializer(record, context={"request": request}).data)
@@ -727,7 +748,7 @@ class ImportErrorsView(ErrorsInJson, _ReadOrIngest, APIView):
     def get(self, request, import_id: int):
         from django.http import FileResponse
 
-        record = imports_visible_to(request.user).filter(pk=import_id).first()
+        record = imports_visible_to_key(request.auth).filter(pk=import_id).first()
         if record is None or not record.error_file:
             raise Http404
         try:

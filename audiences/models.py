@@ -320,6 +320,17 @@ class Import(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+", editable=False
     )
+    # The API key that uploaded it (empty: uploaded in the admin). A key without the read scope,
+    # which may be the public one an app ships, reads the imports it uploaded and no other.
+    created_by_key = models.ForeignKey(
+        "accounts.ApiKey",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        editable=False,
+        help_text="The API key that uploaded the file (empty: uploaded in the admin).",
+    )
     created_at = models.DateTimeField(default=dj_timezone.now, editable=False)
     started_at = models.DateTimeField(null=True, blank=True)
     # The current run: when a worker took the import up again after it failed or stalled (or

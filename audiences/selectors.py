@@ -10,7 +10,7 @@ from django.db.models import Exists, OuterRef, QuerySet
 from django.db.models.expressions import RawSQL
 from django.http import Http404
 
-from accounts.models import User
+from accounts.models import ApiKey, User
 from accounts.selectors import has_every_scope, in_scope, visible_to
 from audiences.models import Event, Import, Profile, Segment, SegmentMember
 from audiences.rules.compiler import Compiler, segment_profiles
@@ -55,6 +55,14 @@ def imports_visible_to(user: User) -> QuerySet[Import]:
     if has_every_scope(user):
         return qs
     return qs.filter(created_by=user) | qs.filter(segment__in=in_scope(user, Segment.objects.all()).values("pk"))
+
+
+def imports_visible_to_key(key: ApiKey) -> QuerySet[Import]:
+    """The imports an API key reads: with the read scope, every one its user sees; without it (the
+    key an app ships may be such, and anyone can take it out of the app), only those it uploaded
+    among them, since an error file holds whole rows of the file."""
+    visible = imports_visible_to(key.user)
+    return visible if ApiKey.Scope.READ in key.scopes else visible.filter(created_by_key=key)
 
 
 MEMBERSHIP_BATCH = 100  # segments tested per query: a query of one column per segment stays small to plan

@@ -22,7 +22,7 @@ from django.http import Http404
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from accounts.models import User
+from accounts.models import ApiKey, User
 from accounts.services import audit
 from audiences.imports import (
     SEGMENT_GONE,
@@ -57,6 +57,7 @@ def import_create(
     target: str = "profiles",
     segment_id: int | None = None,
     segment_name: str = "",
+    by_key: ApiKey | None = None,
 ) -> Import:
     """Store an uploaded CSV file and queue its import on a worker.
 
@@ -64,7 +65,9 @@ def import_create(
     column is refused (ImportRefused, a ValidationError) before anything is stored.
     ``target``: ``profiles`` only, ``new_segment`` (an imported segment named ``segment_name``,
     created now and granted to ``by``), ``add_to_segment`` / ``replace_segment`` (a static
-    segment ``by`` may change). Raises PermissionDenied / Http404 for roles and access.
+    segment ``by`` may change). ``by_key``: the API key the file came through, recorded so that a
+    key without the read scope reads back only its own imports (``imports_visible_to_key``).
+    Raises PermissionDenied / Http404 for roles and access.
     """
     _ensure_perm(by, "audiences.add_import", "Your role may not import profiles.")
     if encoding not in Import.Encoding.values:
@@ -101,6 +104,7 @@ def import_create(
             segment=segment,
             segment_name=segment_name,
             created_by=by,
+            created_by_key=by_key,
         )
         record.file.save(f"{uuid.uuid4().hex}.csv", upload, save=False)
         record.save()

@@ -671,3 +671,80 @@ def test_the_error_file_is_answered_to_a_client_that_accepts_csv(
         "application/json",
         "not_found",
     )
+
+
+def _import_by(client, django_capture_on_commit_callbacks, **fields):
+    upload = SimpleUploadedFile(
+        "people.csv", b"external_id,email\nann,ann@x.test\n,bob@x.test\n", content_type="text/csv"
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/api/v1/imports/", {"file": upload, **fields}, format="multipart")
+    assert response.status_code == 202, response.json()
+    return Import.objects.get(pk=response.json()["id"])
+
+
+def test_a_key_of_ingest_alone_reads_only_the_imports_it_uploaded(
+    manager_alice, admin_erin, api_key_for, media, django_capture_on_commit_callbacks, login
+):
+    """The key an app ships is public: with ingest alone it read every import its user sees, and
+    their error files hold whole customer rows. It reads the ones it uploaded; another is not found."""
+    app_key = api_key_for(manager_alice, scopes=["ingest"])
+    backend = api_key_for(manager_alice, scopes=["ingest", "read"])
+    by_app = _import_by(app_key, django_capture_on_commit_callbacks)
+    by_backend = _import_by(backend, django_capture_on_commit_callbacks)
+    assert by_app.created_by_key.scopes == ["ingest"] and by_backend.created_by_key.scopes == ["ingest", "read"]
+
+    assert app_key.get(f"/api/v1/imports/{by_app.pk}/").json()["rows_failed"] == 1
+    assert app_key.get(f"/api/v1/imports/{by_app.pk}/errors/").status_code == 200
+    other_app_key = api_key_for(manager_alice, scopes=["ingest"])  # the same user, another key
+    for client, record in ((app_key, by_backend), (other_app_key, by_app)):
+        for path in (f"/api/v1/imports/{record.pk}/", f"/api/v1/imports/{record.pk}/errors/"):
+            response = client.get(path)
+            assert (response.status_code, response.json()["code"]) == (404, "not_found")
+
+    reader = api_key_for(manager_alice, scopes=["read"])  # a key that reads sees what its user sees
+    for record in (by_app, by_backend):
+        assert reader.get(f"/api/v1/imports/{record.pk}/").json()["id"] == record.pk
+        assert reader.get(f"/api/v1/imports/{record.pk}/errors/").status_code == 200
+    page = login(admin_erin).get("/admin/audiences/import/").content.decode()
+    assert f"Import #{by_app.pk}" in page and f"Import #{by_backend.pk}" in page
+
+
+def test_an_import_made_in_the_admin_is_not_read_by_a_key_of_ingest_alone(
+    manager_alice, api_key_for, media, django_capture_on_commit_callbacks
+):
+    from audiences.services.imports import import_create
+
+    upload = SimpleUploadedFile("people.csv", b"external_id\nann\n", content_type="text/csv")
+    with django_capture_on_commit_callbacks(execute=True):
+        record = import_create(upload=upload, by=manager_alice)
+    assert record.created_by_key is None
+    assert api_key_for(manager_alice, scopes=["ingest"]).get(f"/api/v1/imports/{record.pk}/").status_code == 404
+    assert api_key_for(manager_alice, scopes=["read"]).get(f"/api/v1/imports/{record.pk}/").status_code == 200
+
+
+@pytest.mark.parametrize("target", ["add_to_segment", "replace_segment"])
+def test_a_key_of_ingest_alone_may_not_change_a_segments_members_by_import(
+    manager_alice, api_key_for, media, django_capture_on_commit_callbacks, target
+):
+    """A replace removes every member the file does not name: with the public key, anyone could
+    empty a segment a campaign sends to, or add themselves to it. A key that cannot read the
+    segment does not change who is in it; new_segment and profiles alone stay open to it."""
+    segment = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    segment.members.create(profile=ProfileFactory(external_id="zoe"))
+    upload = SimpleUploadedFile("people.csv", b"external_id\nann\n", content_type="text/csv")
+    body = {"file": upload, "target": target, "segment": segment.pk}
+    response = api_key_for(manager_alice, scopes=["ingest"]).post("/api/v1/imports/", body, format="multipart")
+    assert (response.status_code, response.json()["code"]) == (403, "insufficient_scope"), response.json()
+    assert response.json()["errors"][0]["field"] == "target"
+    assert "read" in response.json()["detail"]
+    assert not Import.objects.exists() and not Profile.objects.filter(external_id="ann").exists()
+    assert list(segment.members.values_list("profile__external_id", flat=True)) == ["zoe"]
+
+    backend = api_key_for(manager_alice, scopes=["ingest", "read"])
+    _import_by(backend, django_capture_on_commit_callbacks, target=target, segment=segment.pk)
+    expected = {"ann"} if target == "replace_segment" else {"ann", "zoe"}
+    assert set(segment.members.values_list("profile__external_id", flat=True)) == expected
+    app_key = api_key_for(manager_alice, scopes=["ingest"])
+    _import_by(app_key, django_capture_on_commit_callbacks, target="new_segment", segment_name="Fresh")
+    _import_by(app_key, django_capture_on_commit_callbacks)
