@@ -417,7 +417,8 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "admin:login"
 # Admin sign-in throttling, per username and per address.
 PUSHDESK_LOGIN_MAX_FAILURES = _env_int("PUSHDESK_LOGIN_MAX_FAILURES", 5, minimum=1)
-PUSHDESK_LOGIN_LOCKOUT_SECONDS = _env_int("PUSHDESK_LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
+# At most a week: a lockout's end past year 9999 failed every sign-in of the embedded mode.
+PUSHDESK_LOGIN_LOCKOUT_SECONDS = _env_int("PUSHDESK_LOGIN_LOCKOUT_SECONDS", 900, minimum=1, maximum=7 * 24 * 3600)
 # Reverse proxies in front of the web app that append to X-Forwarded-For (0: none). Behind a
 # proxy, REMOTE_ADDR is the proxy's: without this every sign-in shares one address's lockout.
 PUSHDESK_TRUSTED_PROXIES = _env_int("PUSHDESK_TRUSTED_PROXIES", 0)
@@ -454,7 +455,8 @@ MEDIA_URL = "media/"
 # --- security ------------------------------------------------------------------------------
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
-SESSION_COOKIE_AGE = _env_int("SESSION_COOKIE_AGE", 60 * 60 * 8, minimum=60)
+# At most a year: a session ending past year 9999 failed every sign-in.
+SESSION_COOKIE_AGE = _env_int("SESSION_COOKIE_AGE", 60 * 60 * 8, minimum=60, maximum=365 * 24 * 3600)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 if PRODUCTION:
@@ -622,8 +624,10 @@ PUSHDESK_RESOLVE_SLICE_PROFILES = _env_int("PUSHDESK_RESOLVE_SLICE_PROFILES", 10
 # Rows still `sending` after this many seconds become `unknown` (never re-sent).
 PUSHDESK_SEND_LEASE_SECONDS = _env_int("PUSHDESK_SEND_LEASE_SECONDS", 120, minimum=1)
 # Attempts per delivery (first send + retries of transient failures), and the backoff base.
-PUSHDESK_SEND_MAX_ATTEMPTS = _env_int("PUSHDESK_SEND_MAX_ATTEMPTS", 5, minimum=1)
-PUSHDESK_SEND_BACKOFF_SECONDS = _env_float("PUSHDESK_SEND_BACKOFF_SECONDS", 2)
+# The backoff doubles with each attempt: bounded, the last retry's time stays a date (an hour
+# doubled 19 times is 60 years), where it was past year 9999 and failed the send task.
+PUSHDESK_SEND_MAX_ATTEMPTS = _env_int("PUSHDESK_SEND_MAX_ATTEMPTS", 5, minimum=1, maximum=20)
+PUSHDESK_SEND_BACKOFF_SECONDS = _env_float("PUSHDESK_SEND_BACKOFF_SECONDS", 2, maximum=3600)
 # A send task hands over to a fresh one after this many seconds (below Q_CLUSTER's timeout).
 PUSHDESK_SEND_TASK_SECONDS = _env_int("PUSHDESK_SEND_TASK_SECONDS", 200, minimum=1)
 # A send task (and a stream sender's) is killed after its budget and its rows' lease
@@ -637,7 +641,14 @@ if PUSHDESK_SEND_TASK_SECONDS + PUSHDESK_SEND_LEASE_SECONDS >= Q_CLUSTER["retry"
     )
 # Per request to APNs/FCM: seconds before giving up (the message then ends `unknown`), and
 # HTTP/2 connections per provider host from each worker (each multiplexes up to 100 streams).
-PUSHDESK_SEND_TIMEOUT_SECONDS = _env_float("PUSHDESK_SEND_TIMEOUT_SECONDS", 10)
+# 0 timed every request out (every push `unknown`); one outliving its rows' lease has them end
+# `unknown` while its answer may still come.
+PUSHDESK_SEND_TIMEOUT_SECONDS = _env_float("PUSHDESK_SEND_TIMEOUT_SECONDS", 10, minimum=0.1, maximum=60)
+if PUSHDESK_SEND_TIMEOUT_SECONDS >= PUSHDESK_SEND_LEASE_SECONDS:
+    _refuse_start(
+        f"PUSHDESK_SEND_TIMEOUT_SECONDS={PUSHDESK_SEND_TIMEOUT_SECONDS:g} is not under PUSHDESK_SEND_LEASE_SECONDS="
+        f"{PUSHDESK_SEND_LEASE_SECONDS}: rows would end `unknown` while their request waits for its answer; lower it."
+    )
 PUSHDESK_SEND_CONNECTIONS = _env_int("PUSHDESK_SEND_CONNECTIONS", 4, minimum=1)
 # The push simulator (``manage.py pushsim``, started by ``make run``): where an App marked
 # "send to the push simulator" sends. h2c on loopback by default; see the README.

@@ -390,6 +390,12 @@ OUT_OF_RANGE = [
     ("PUSHDESK_STREAM_POLL_SECONDS", "0", "from 0.01 to 60"),
     ("PUSHDESK_STREAM_POLL_SECONDS", "-1", "from 0.01 to 60"),
     ("PUSHDESK_STREAM_POLL_SECONDS", "86400", "from 0.01 to 60"),
+    ("PUSHDESK_SEND_TIMEOUT_SECONDS", "0", "from 0.1 to 60"),
+    ("PUSHDESK_SEND_TIMEOUT_SECONDS", "90", "from 0.1 to 60"),
+    ("PUSHDESK_SEND_BACKOFF_SECONDS", "1e300", "from 0 to 3600"),
+    ("PUSHDESK_SEND_MAX_ATTEMPTS", "1000", "from 1 to 20"),
+    ("PUSHDESK_LOGIN_LOCKOUT_SECONDS", "1000000000000", "from 1 to 604800"),
+    ("SESSION_COOKIE_AGE", "1000000000000", "from 60 to 31536000"),
 ]
 
 
@@ -400,3 +406,11 @@ def test_a_value_that_would_break_the_service_stops_start_up_with_its_range(tmp_
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert name in lines[0] and bounds in lines[0], lines[0]
+
+
+def test_a_push_timeout_longer_than_its_rows_lease_stops_start_up(tmp_path):
+    """A row still `sending` after its lease ends `unknown` while its request may still be answered."""
+    result = _import_settings({"PUSHDESK_SEND_TIMEOUT_SECONDS": "30", "PUSHDESK_SEND_LEASE_SECONDS": "20"}, tmp_path)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "PUSHDESK_SEND_TIMEOUT_SECONDS" in lines[0] and "PUSHDESK_SEND_LEASE_SECONDS" in lines[0]
