@@ -151,8 +151,14 @@ def _events_validated(items: list, *, now: dt.datetime) -> list[dict | None]:
         external_id, name, when = item.get("external_id"), item.get("name"), item.get("occurred_at")
         if type(external_id) is not str or type(name) is not str or type(when) is not str:
             continue
-        name = name.strip()  # the name field trims, the external_id field does not
-        if not external_id.strip() or len(external_id) > 255 or not name or len(name) > 100:
+        name = name.strip()  # the name field trims; an external_id with white space around it is refused
+        if (
+            not external_id
+            or external_id.strip() != external_id
+            or len(external_id) > 255
+            or not name
+            or len(name) > 100
+        ):
             continue
         try:  # DRF's DateTimeField tries fromisoformat first; what it leaves goes to the serializer
             occurred_at = parse(when)

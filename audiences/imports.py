@@ -505,9 +505,9 @@ def parse_rows(
     for col in cols:
         if SUSPECT_RE.search("".join(col)):
             bad.update(keep[j] for j, cell in enumerate(col) if SUSPECT_RE.search(cell))
-    ids = list(map(str.strip, cols[plan.id_index]))
-    if ids and ("" in ids or max(map(len, ids)) > 255):
-        bad.update(keep[j] for j, value in enumerate(ids) if not value or len(value) > 255)
+    ids = cols[plan.id_index]
+    if ids and ("" in ids or max(map(len, ids)) > 255 or ids != list(map(str.strip, ids))):
+        bad.update(keep[j] for j, value in enumerate(ids) if not value or len(value) > 255 or value != value.strip())
     fragments: list[list] = []
     locales = timezones_col = None
     for (index, to, kind, _header, _typed), typed in zip(plan.fields, plan.fragment_caches, strict=True):
@@ -722,11 +722,13 @@ def parse_record(record: Record, plan: Plan, *, timezones: set[str]) -> ParsedRo
         return "holds bytes that are not valid text in this encoding (is the file Latin-1?)"
     if "\x00" in joined:
         return "holds a NUL character"
-    external_id = cells[plan.id_index].strip()
-    if not external_id:
+    external_id = cells[plan.id_index]
+    if not external_id.strip():
         return "external_id is empty"
     if len(external_id) > 255:
         return "external_id is longer than 255 characters"
+    if external_id != external_id.strip():  # as the profile API refuses it (``external_id_problem``)
+        return f"external_id {_shorten(external_id)!r} begins or ends with white space"
     row = ParsedRow(line=record.line, external_id=external_id, attributes={})
     attributes = row.attributes
     for index, to, kind, header, typed in plan.fields:

@@ -24,7 +24,7 @@ from accounts.pagination import (
     query_params_valid,
     rows_matching,
 )
-from audiences.services.profiles import text_problem
+from audiences.services.profiles import external_id_problem
 from config.db import ROW_IDS
 from delivery.models import Delivery, Device, Dispatch, Platform
 from delivery.selectors import (
@@ -74,7 +74,7 @@ class DeviceInSerializer(serializers.Serializer):
 
     def validate_external_id(self, value: str) -> str:
         """As a profile's: the profile is created with it (POST /api/v1/profiles/ checks it alike)."""
-        if problem := text_problem(value, max_length=255):
+        if problem := external_id_problem(value):
             raise serializers.ValidationError(problem)
         return value
 

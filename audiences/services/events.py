@@ -16,7 +16,7 @@ from accounts.json_values import json_compact
 from accounts.models import User
 from audiences.models import Event, EventReplay, Profile
 from audiences.rules.schema import KEY_RE
-from audiences.services.profiles import FUTURE_LIMIT, FUTURE_PROBLEM, _ensure_perm, text_problem
+from audiences.services.profiles import FUTURE_LIMIT, FUTURE_PROBLEM, _ensure_perm, external_id_problem, text_problem
 from config.db import prepared_cursor
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 def event_check(data: dict, *, now: dt.datetime | None = None) -> dict[str, str]:
     """Check one event's fields; return {field: message} for each problem (empty: fine)."""
     errors: dict[str, str] = {}
-    if problem := text_problem(data.get("external_id"), max_length=255):
+    if problem := external_id_problem(data.get("external_id")):
         errors["external_id"] = problem
     if problem := text_problem(data.get("name"), max_length=100):
         errors["name"] = problem

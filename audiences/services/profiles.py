@@ -46,6 +46,24 @@ def text_problem(value, *, max_length: int) -> str | None:
     return json_text_problem(value)  # PostgreSQL stores no NUL, JSON carries no lone surrogate
 
 
+EXTERNAL_ID_PADDED = "An external id may not begin or end with white space: send it as your system keeps it."
+
+
+def external_id_problem(value) -> str | None:
+    """What is wrong with an external id given to create or write a profile (None: fine).
+
+    Beside ``text_problem``'s rules, white space around it is refused rather than trimmed: " u1"
+    and "u1" were two profiles, and trimming now would send the writes meant for a profile kept
+    under " u1" from before to "u1" without a word. Every call that may create a profile (profiles,
+    events, devices, CSV imports) checks with this.
+    """
+    if problem := text_problem(value, max_length=255):
+        return problem
+    if value != value.strip():
+        return EXTERNAL_ID_PADDED
+    return None
+
+
 # How far ahead of the clock an event's time, or a profile's last visit, may be.
 FUTURE_LIMIT = dt.timedelta(days=1)
 FUTURE_PROBLEM = "This time is more than a day in the future."
@@ -57,7 +75,7 @@ def profile_check(data: dict) -> dict[str, str]:
     Used by the API serializers and the services alike, so both say the same thing.
     """
     errors: dict[str, str] = {}
-    if problem := text_problem(data.get("external_id"), max_length=255):
+    if problem := external_id_problem(data.get("external_id")):
         errors["external_id"] = problem
     attributes = data.get("attributes")
     if attributes is not None:

@@ -129,11 +129,13 @@ def device_register(
     ``push_enabled`` and ``is_test`` left out (None) keep a known token's own (the phone's opt-in
     as last reported, the test flag an admin set: an app registering at each launch sends
     neither), and are true and false for a new token.
-    Raises ValidationError on a bad platform or token, PermissionDenied without device write
-    access to the app.
+    Raises ValidationError on a bad external id (``external_id_problem``), platform or token,
+    PermissionDenied without device write access to the app.
     """
-    from audiences.services.profiles import profile_upsert
+    from audiences.services.profiles import external_id_problem, profile_upsert
 
+    if problem := external_id_problem(external_id):
+        raise ValidationError({"external_id": problem})
     device_token_check(platform=platform, token=token)
     token = device_token_normal(platform=platform, token=token)
     app = App.objects.get(pk=app_id)

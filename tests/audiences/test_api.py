@@ -91,6 +91,50 @@ def test_bulk_upsert_lands_good_items_and_reports_bad_ones(manager_alice, api_ke
     assert set(Profile.objects.values_list("external_id", flat=True)) == {"a", "c"}
 
 
+PADDED_IDS = [" u1", "u1 ", "u1\t", "\nu1", "\u00a0u1"]
+
+
+@pytest.mark.parametrize("padded", PADDED_IDS)
+def test_an_external_id_with_spaces_around_it_is_refused_naming_the_field(manager_alice, api_key_for, padded):
+    """ " u1" and "u1" were two profiles: an integrator's id read from a form or a file with a
+    space kept made a second person, who got the events and devices meant for the first. An id
+    is refused when it begins or ends with white space (trimming it would send the writes of a
+    profile kept under " u1" from before to "u1" without a word), at every call that creates one."""
+    ProfileFactory(external_id="u1", attributes={"plan": "pro"})
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    one = client.post("/api/v1/profiles/", {"external_id": padded, "attributes": {"plan": "free"}}, format="json")
+    assert one.status_code == 400, one.json()
+    assert one.json()["errors"][0]["field"] == "external_id"
+    assert "white space" in one.json()["errors"][0]["detail"]
+    bulk = client.post(
+        "/api/v1/profiles/bulk/", {"profiles": [{"external_id": padded}, {"external_id": "u2"}]}, format="json"
+    )
+    assert [r["status"] for r in bulk.json()["results"]] == ["error", "created"]
+    assert bulk.json()["results"][0]["errors"][0]["field"] == "external_id"
+    event = {"external_id": padded, "name": "app_open", "occurred_at": "2026-06-01T10:00:00Z"}
+    events = client.post("/api/v1/events/bulk/", {"events": [event]}, format="json")
+    assert events.status_code == 200, events.json()
+    assert [r["status"] for r in events.json()["results"]] == ["error"]
+    assert events.json()["results"][0]["errors"][0]["field"] == "external_id"
+    assert sorted(Profile.objects.values_list("external_id", flat=True)) == ["u1", "u2"]
+    assert Profile.objects.get(external_id="u1").attributes == {"plan": "pro"}
+    assert not Event.objects.exists()
+
+
+def test_the_services_refuse_an_external_id_with_spaces_around_it(manager_alice):
+    from django.core.exceptions import ValidationError
+    from django.utils import timezone
+
+    from audiences.services.events import events_ingest
+    from audiences.services.profiles import profiles_upsert
+
+    with pytest.raises(ValidationError, match="external_id"):
+        profiles_upsert(items=[{"external_id": "u1 "}], by=manager_alice)
+    with pytest.raises(ValidationError, match="external_id"):
+        events_ingest(items=[{"external_id": " u1", "name": "x", "occurred_at": timezone.now()}], by=manager_alice)
+    assert not Profile.objects.exists()
+
+
 def _names(prefix: str, count: int, value="x") -> dict:
     return {f"{prefix}{n}": value for n in range(count)}
 
@@ -240,7 +284,7 @@ EVENT_ITEMS = [
         "properties": {"amount": 5.5, "sku": "x"},
         "occurred_at": "2026-06-01T10:00:00Z",
     },
-    {"external_id": " a ", "name": "  app_open ", "occurred_at": "2026-06-01T12:00:00+02:00", "extra": 1},
+    {"external_id": "a", "name": "  app_open ", "occurred_at": "2026-06-01T12:00:00+02:00", "extra": 1},
     {"external_id": "a", "name": "x", "occurred_at": "2026-06-01T10:00:00.123456-05:30", "properties": {}},
     {
         "external_id": "a",
@@ -309,6 +353,8 @@ EVENT_ITEMS = [
         "occurred_at": "2026-06-01T10:00:00Z",
         "properties": {f"k{i:03d}": -1.2345678901234567e-300 for i in range(250)},
     },
+    {"external_id": " a", "name": "x", "occurred_at": "2026-06-01T10:00:00Z"},
+    {"external_id": "a\u2003", "name": "x", "occurred_at": "2026-06-01T10:00:00Z"},
 ]
 
 

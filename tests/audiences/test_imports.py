@@ -225,6 +225,22 @@ def test_rows_with_wrong_field_counts_empty_ids_and_bad_zones_fail_alone(run_imp
     assert Profile.objects.get(external_id="u1").timezone == "Europe/Paris"
 
 
+@pytest.mark.parametrize("batch_rows", [1, 20_000])
+def test_a_row_whose_external_id_has_spaces_around_it_fails_with_its_line(run_import, settings, batch_rows):
+    """A cell " u1" landed on the profile "u1" while the API kept " u1" apart: an id with white
+    space around it fails its row, as the API refuses it, and the profile "u1" is left alone."""
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = batch_rows
+    ProfileFactory(external_id="u1", attributes={"plan": "pro"})
+    content = b'external_id,plan\n u1,free\nu2 ,free\n"u3\t",free\nu4,free\n'
+    record = run_import(content)
+    assert (record.rows_imported, record.rows_failed) == (1, 3)
+    reasons = {r[0]: r[2] for r in error_rows(record)}
+    assert set(reasons) == {"2", "3", "4"}
+    assert all("white space" in reason for reason in reasons.values()), reasons
+    assert sorted(Profile.objects.values_list("external_id", flat=True)) == ["u1", "u4"]
+    assert attrs("u1") == {"plan": "pro"}
+
+
 def test_error_file_is_safe_from_formula_injection(run_import):
     record = run_import(
         b'external_id,age\n"=HYPERLINK(""http://x.test"",""click"")",x\n@SUM(A1),y\n',
@@ -995,8 +1011,9 @@ def test_rows_parsed_a_column_at_a_time_match_the_row_by_row_rules():
         ["u9", "7", "true", "nul\x00", "", "", ""],
         ["u10", "8", "true", "bad\udcff", "", "", ""],
         ["u" + "1" * 300, "9", "true", "long id", "", "", ""],
-        ["  u12 ", "1e3", "TRUE", "1.50", "en", "UTC", "2026-01-02T10:00:00Z"],
+        ["u12", " 1e3", "TRUE ", "1.50", " en", "UTC ", "2026-01-02T10:00:00Z"],
         ["u13", "-0.5", "maybe", "007", "", "", ""],
+        ["  u14 ", "1", "true", "padded id", "", "", ""],  # refused as the profile API refuses it
     ]
     lines = [n + 2 for n in range(len(rows))]
     # Twice: the second time the columns' caches answer for the cells seen the first time.

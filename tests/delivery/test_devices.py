@@ -44,6 +44,16 @@ def test_mobile_app_registers_a_token_and_the_profile_is_created(ingest, app):
     assert response.json()["external_id"] == "user-1"
 
 
+def test_a_token_for_an_external_id_with_spaces_around_it_is_refused(ingest, app):
+    """As a profile's call refuses it: " user-1" would have been a second profile holding the phone."""
+    ProfileFactory(external_id="user-1")
+    response = register(ingest, app, external_id=" user-1")
+    assert response.status_code == 400, response.json()
+    assert response.json()["errors"][0]["field"] == "external_id"
+    assert not Device.objects.exists()
+    assert list(Profile.objects.values_list("external_id", flat=True)) == ["user-1"]
+
+
 def test_re_registering_a_token_moves_it_to_the_new_profile_and_revives_it(ingest, app):
     old = ProfileFactory(external_id="old-owner")
     DeviceFactory(app=app, profile=old, token=IOS_TOKEN, active=False, invalidated_reason="Unregistered")
