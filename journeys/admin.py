@@ -67,6 +67,7 @@ from journeys.services.lifecycle import (
     journey_stop,
     journey_submit,
     journey_version_edit,
+    segments_changed_text,
     version_entry_fields_clear,
     version_reference_checks,
 )
@@ -384,7 +385,12 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     @admin.display(description="Approval")
     def approval(self, obj):
         pending = "New version waiting for approval" if obj.status in Journey.ON_AIR else ""
-        return approval_text(approval_current(obj), time_zone=JOURNEY_ZONE, pending=pending)
+        text = approval_text(approval_current(obj), time_zone=JOURNEY_ZONE, pending=pending)
+        live = obj.live_version if obj.status in Journey.ON_AIR else None
+        changed = segments_changed_text(live) if live is not None else ""
+        if changed:  # its reads of that segment are refused until a new version is approved
+            return format_html('{}<p class="errornote" id="segments-changed">{}</p>', text, changed)
+        return text
 
     @admin.display(description="Versions")
     def versions_summary(self, obj):

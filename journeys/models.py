@@ -163,6 +163,13 @@ class JourneyVersion(models.Model):
     frozen_specs = models.JSONField(
         default=dict, blank=True, editable=False, help_text="Each push step's content as approved: what is sent."
     )
+    approved_segments = models.JSONField(
+        default=dict,
+        blank=True,
+        editable=False,
+        help_text="Each segment it reads, by id: its definition's fingerprint as approved (none: approved before "
+        "approvals covered the segments).",
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
@@ -194,11 +201,20 @@ class JourneyVersion(models.Model):
         "graph",
     )
 
-    def fingerprint(self, *, content_fingerprints: dict[str, str]) -> str:
-        """SHA-256 of what an approver signs off: entry, exit, re-entry, the graph and each push's content."""
+    def fingerprint(
+        self, *, content_fingerprints: dict[str, str], segment_fingerprints: dict[str, str] | None = None
+    ) -> str:
+        """SHA-256 of what an approver signs off: entry, exit, re-entry, the graph, each push's content
+        and the definition of each segment it reads (``segment_fingerprints``, by segment id: the
+        entry's and the conditions' are read live, so an edit of one would change who enters or
+        takes which branch)."""
         data = {field: getattr(self, field) for field in self.FINGERPRINT_FIELDS}
         data["app_id"] = self.journey.app_id
         data["contents"] = content_fingerprints
+        if segment_fingerprints:
+            # Only then: a version reading no segment, or approved before the segments were covered
+            # (it froze none), keeps the fingerprint it was approved with.
+            data["segments"] = segment_fingerprints
         blob = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 

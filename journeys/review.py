@@ -166,6 +166,8 @@ def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: Use
             ("Entry", entry_text(version)),
             ("Who enters", entry_audience_text(version, app_id=journey.app_id)),
             ("Exit criteria", exit_text(version)),
+            ("Segment definitions", segment_definitions_text(version)),
+            *_segments_changed_rows(journey),
         ],
     )
     return format_html(
@@ -177,6 +179,30 @@ def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: Use
         version_svg(version, names=names),
         pushes,
     )
+
+
+def segment_definitions_text(version: JourneyVersion) -> str:
+    """Who the approval covers, as each segment the version reads is defined now (its entry's and its
+    conditions'): the rules, the segments they use, a kept list's member count. An edit of any of
+    them after the approval refuses the version's reads of it."""
+    from audiences.models import Segment
+    from campaigns.review import definition_text
+    from journeys.services.lifecycle import segments_read
+
+    definition: dict[str, dict] = {}
+    for segment in Segment.objects.filter(pk__in=segments_read(version)).order_by("name"):
+        definition.update({pk: entry for pk, entry in segment.definition().items() if pk not in definition})
+    return definition_text(definition)
+
+
+def _segments_changed_rows(journey: Journey) -> list[tuple[str, str]]:
+    """What the live version may no longer read, as the journey page says it (a segment edited since
+    its approval): the version in review, approved, reads them as they are now."""
+    from journeys.services.lifecycle import segments_changed_text
+
+    live = journey.live_version
+    changed = segments_changed_text(live) if live is not None and journey.status in Journey.ON_AIR else ""
+    return [(f"Live version {live.number}", changed)] if changed else []
 
 
 def _phones(spec: dict | None, journey: Journey, *, context: dict) -> str:

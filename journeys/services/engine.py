@@ -27,7 +27,7 @@ from django.utils import timezone
 from config.db import int_array, write_pacer
 from journeys.graph import DAY_SECONDS, branch_label, entry_of, whole_days
 from journeys.models import Enrollment, Journey, JourneyVersion
-from journeys.services.lifecycle import EStatus, Status
+from journeys.services.lifecycle import EStatus, Status, segments_changed_text
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +328,7 @@ def _run_version(
             _finish(run, EStatus.EXITED, now, reason=f"journey {journey.get_status_display().lower()}")
         return
     steps = version.step_map()
+    refusals: dict[str, str] = {}  # by condition step: why it may not read its segments ("" when it may)
 
     def move(run: _Run, step_id: str, outcome: str, to: str | None) -> None:
         run.history.append([step_id, stamp, outcome])
@@ -386,6 +387,14 @@ def _run_version(
                         run.running = False
                         run.changed = True
             elif kind == "condition":
+                refused = _condition_refused(version, step, refusals)
+                if refused:
+                    for run in group:
+                        run.history.append([step_id, stamp, "failed"])
+                        report.transitions += 1
+                        _finish(run, EStatus.FAILED, now, reason=refused[:200])
+                    stats[(version.pk, step_id, "failed")] += len(group)
+                    continue
                 remaining = {r.row.profile_id: r for r in group}
                 for index, branch in enumerate(step["branches"]):
                     label = branch_label(branch, index)
@@ -449,6 +458,22 @@ def _profile_zones(profile_ids: list[int]) -> dict[int, str]:
     from audiences.models import Profile
 
     return dict(Profile.objects.filter(_among(profile_ids)).values_list("pk", "timezone"))
+
+
+def _condition_refused(version: JourneyVersion, step: dict, refusals: dict[str, str]) -> str:
+    """Why the condition step may not branch now: a segment its branches read was edited since the
+    version was approved (``segments_changed_text``), "" when none was. Read once per step and batch."""
+    from audiences.models import segments_used
+
+    if step["id"] not in refusals:
+        ids: set[int] = set()
+        for branch in step.get("branches") or []:
+            if isinstance(branch.get("segment"), int):
+                ids.add(branch["segment"])
+            elif "rules" in branch:
+                ids |= segments_used(branch["rules"])
+        refusals[step["id"]] = segments_changed_text(version, ids) if ids and version.approved_segments else ""
+    return refusals[step["id"]]
 
 
 def _branch_holds(branch: dict, remaining: dict[int, _Run]) -> set[int]:

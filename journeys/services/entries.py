@@ -20,7 +20,7 @@ from config.db import int_array, prepared_cursor, text_array
 from journeys.graph import entry_of
 from journeys.models import Enrollment, Journey, JourneyVersion
 from journeys.services.engine import _stats_add, journeys_run_due, journeys_run_entered
-from journeys.services.lifecycle import SAVED_WITH_STATUS, EStatus, Status, VStatus, _queue
+from journeys.services.lifecycle import SAVED_WITH_STATUS, EStatus, Status, VStatus, _queue, segments_changed_text
 
 if TYPE_CHECKING:
     from accounts.stamps import Stamps
@@ -147,21 +147,21 @@ def journey_enter_segment(*, journey_id: int, now: dt.datetime | None = None) ->
         if journey is None or journey.live_version_id is None:
             return 0
         version = JourneyVersion.objects.select_related("journey", "entry_segment").get(pk=journey.live_version_id)
-        entered = 0
+        entered, refused = 0, ""
         if version.entry_kind == JourneyVersion.EntryKind.SEGMENT and version.entry_segment is not None:
+            # Who enters is the segment as approved: an edit since refuses the read (a recurring one is read again when due).
+            refused = segments_changed_text(version, {version.entry_segment_id})
             audience = segment_profiles(version.entry_segment, now=now, union=True)
-            if not audience.query.is_empty():
+            if not refused and not audience.query.is_empty():
                 sql, params = audience.order_by().values("id").query.sql_with_params()
                 entered = _enter(version, sql, list(params), now=now)
         every = version.entry_every_hours
         journey.next_entry_at = now + dt.timedelta(hours=every) if every else None
         journey.save(update_fields=["next_entry_at"])
-        audit(
-            actor=None,
-            action="journey_segment_read",
-            obj=journey,
-            summary={"version": version.number, "entered": entered},
-        )
+        summary = {"version": version.number, "entered": entered}
+        if refused:
+            summary["refused"] = refused
+        audit(actor=None, action="journey_segment_read", obj=journey, summary=summary)
         if entered:
             transaction.on_commit(lambda: _queue("journeys.tasks.journeys_run_due_task"))
     return entered

@@ -3,7 +3,8 @@ archive and the gate.
 
 Transitions lock the journey row, check the state they start from, write an audit event and
 queue follow-up work on commit (STYLE rule 2). The approval subject is the journey; the request's
-fingerprint pins the version under review (entry, exit, re-entry, graph, each push's content).
+fingerprint pins the version under review (entry, exit, re-entry, graph, each push's content, the
+definition of each segment it reads).
 """
 
 from __future__ import annotations
@@ -204,8 +205,58 @@ def _content_fingerprints(version: JourneyVersion) -> dict[str, str]:
 
 
 def version_fingerprint(version: JourneyVersion) -> str:
-    """What an approval of this version covers, with the push contents as they are now."""
-    return version.fingerprint(content_fingerprints=_content_fingerprints(version))
+    """What an approval of this version covers, with the push contents and the segments as they are now."""
+    return version.fingerprint(
+        content_fingerprints=_content_fingerprints(version), segment_fingerprints=segment_fingerprints(version)
+    )
+
+
+def segments_read(version: JourneyVersion) -> set[int]:
+    """The segments the version reads live: its entry segment, its conditions' segments and those
+    their rules name (the segments these use are in each one's definition)."""
+    from audiences.models import segments_used as rules_segments
+
+    ids = segments_used(version)
+    for rules in rules_of(version.graph):
+        ids |= rules_segments(rules)
+    return ids
+
+
+def segment_fingerprints(version: JourneyVersion, ids: set[int] | None = None) -> dict[str, str]:
+    """The definition's fingerprint now (``Segment.definition_fingerprint``) of each segment the
+    version reads (or of ``ids``), by segment id: what an approval of the version freezes."""
+    from audiences.models import Segment
+
+    ids = segments_read(version) if ids is None else ids
+    found = {segment.pk: segment for segment in Segment.objects.filter(pk__in=ids)}
+    return {str(pk): found[pk].definition_fingerprint() if pk in found else "missing" for pk in sorted(ids)}
+
+
+def segments_changed_text(version: JourneyVersion, ids: set[int] | None = None) -> str:
+    """Why the version may not read its segments (or ``ids``) now: each one edited since the version
+    was approved (its rules, a segment they use, a kept list's members), named; "" when none was.
+
+    A version approved before approvals covered the segments froze none, and reads them as it did.
+    A segment that no longer exists is not said here: it holds for no one (its deletion is refused
+    while a journey uses it)."""
+    from audiences.models import Segment
+
+    approved = version.approved_segments or {}
+    ids = {int(pk) for pk in approved} if ids is None else {pk for pk in ids if str(pk) in approved}
+    if not ids:
+        return ""
+    now = segment_fingerprints(version, ids)
+    changed = [int(pk) for pk, value in now.items() if value not in ("missing", approved[pk])]
+    if not changed:
+        return ""
+    names = ", ".join(
+        f"'{name}'" for name in Segment.objects.filter(pk__in=changed).order_by("name").values_list("name", flat=True)
+    )
+    return (
+        f"The segment{'s' if len(changed) > 1 else ''} {names} {'are' if len(changed) > 1 else 'is'} defined otherwise "
+        f"than when version {version.number} was approved: approve a new version to read "
+        f"{'them' if len(changed) > 1 else 'it'}."
+    )
 
 
 def journey_create(*, by: User, name: str, app, graph: dict | None = None, **version_fields) -> Journey:
@@ -467,7 +518,8 @@ def journey_approve(
         fingerprints = {
             step: spec_fingerprint(specs[cid]) if cid in specs else "missing" for step, cid in steps.items()
         }
-        if version.fingerprint(content_fingerprints=fingerprints) != request.fingerprint:
+        segments = segment_fingerprints(version)
+        if version.fingerprint(content_fingerprints=fingerprints, segment_fingerprints=segments) != request.fingerprint:
             raise ValidationError("What would run changed since it was submitted: ask for changes and resubmit.")
         _validate_version(version, by=None)
         approval_request_decide(request_id=request.pk, by=by, approve=True, comment=comment)
@@ -475,6 +527,7 @@ def journey_approve(
             step: {"content_id": cid, "fingerprint": fingerprints[step], "spec": specs[cid]}
             for step, cid in steps.items()
         }
+        version.approved_segments = segments
         version.approved_fingerprint = request.fingerprint
         previous = journey.live_version
         if previous is not None:
@@ -483,7 +536,7 @@ def journey_approve(
             previous.save(update_fields=["status", "retired_at"])
         version.status = VStatus.LIVE
         version.live_at = now
-        version.save(update_fields=["frozen_specs", "approved_fingerprint", "status", "live_at"])
+        version.save(update_fields=["frozen_specs", "approved_segments", "approved_fingerprint", "status", "live_at"])
         journey.live_version = version
         journey.next_entry_at = now if version.entry_kind == JourneyVersion.EntryKind.SEGMENT else None
         summary = {"version": version.number, "comment": comment}
@@ -733,7 +786,11 @@ def journey_gate(*, app, source_id: int | None, spec: dict, by: User | None) -> 
         raise GateClosed(f"Version {version.number} of '{journey}' is not approved.")
     frozen = version.frozen_specs or {}
     approved = {step: spec_fingerprint(item["spec"]) for step, item in frozen.items()}
-    if version.fingerprint(content_fingerprints=approved) != version.approved_fingerprint:
+    segments = version.approved_segments or None
+    if (
+        version.fingerprint(content_fingerprints=approved, segment_fingerprints=segments)
+        != version.approved_fingerprint
+    ):
         raise GateClosed(f"Version {version.number} of '{journey}' changed since it was approved.")
     if not any(item["spec"] == spec for item in version.frozen_specs.values()):
         raise GateClosed("The content to send is not the approved content of this journey.")

@@ -764,9 +764,10 @@ def test_a_journey_entering_from_or_branching_on_a_segment_reads_no_level_more_t
     pro = ProfileFactory(attributes={"plan": "pro"})
     chain = _segment_chain(manager_alice, 10)
     branch = {"label": "Deep", "segment": chain[-1].pk, "next": "deep"}
-    journey = publish(make_journey(graph=_condition_graph([branch]), entry_segment=chain[-1]))
+    journey = make_journey(graph=_condition_graph([branch]), entry_segment=chain[-1])
     kept = segment_create(name="kept", rules=PRO, by=manager_alice)
     segment_update(segment_id=chain[0].pk, rules={"all": [{"segment": kept.pk}]}, by=manager_alice)  # ten levels
+    journey = publish(journey)  # approved as the segments now are
     journey_enter_segment(journey_id=journey.pk)
     journeys_run_due()
     assert _enrollment(journey, pro).step == "deep"
@@ -1152,3 +1153,72 @@ def test_a_segment_entry_and_a_deletion_of_its_profiles_do_not_deadlock(make_jou
     assert not Profile.objects.exists()
     assert not Enrollment.objects.exists()
     assert journey_enter_segment(journey_id=journey.pk) == 0
+
+
+def test_a_condition_segment_edited_after_approval_branches_no_one_and_says_why(
+    make_journey, publish, vips, manager_alice
+):
+    """The condition's segment is read live: an edit after the approval would change who takes which
+    branch without an approval. Its profiles end there, refused with the reason, as a campaign's
+    send to an audience defined otherwise is refused."""
+    from audiences.services.segments import segment_members_change
+
+    member, other = ProfileFactory(external_id="m-1"), ProfileFactory(external_id="m-2")
+    SegmentMemberFactory(segment=vips, profile=member)
+    journey = publish(make_journey(graph=_condition_graph([{"label": "VIP", "segment": vips.pk, "next": "vip"}])))
+    segment_members_change(segment_id=vips.pk, by=manager_alice, add=["m-2"])
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    for profile in (member, other):
+        refused = _enrollment(journey, profile)
+        assert refused.status == "failed" and refused.step == "check"
+        assert "'VIPs' is defined otherwise than when version 1 was approved" in refused.exit_reason
+    assert version_step_stats(journey.live_version)["check"]["failed"] == 2
+
+
+def test_an_entry_segment_edited_after_approval_enters_no_one_and_says_why(
+    make_journey, publish, everyone, manager_alice
+):
+    from accounts.models import AuditEvent
+    from audiences.services.segments import segment_update
+
+    ProfileFactory.create_batch(2)
+    journey = publish(make_journey(graph={"steps": [EXIT]}, entry_every_hours=1))
+    segment_update(segment_id=everyone.pk, by=manager_alice, rules={"all": [{"field": "locale", "op": "exists"}]})
+    now = timezone.now()
+    assert journey_enter_segment(journey_id=journey.pk, now=now) == 0
+    assert not Enrollment.objects.exists()
+    read = AuditEvent.objects.filter(action="journey_segment_read").latest("pk")
+    assert "'Everyone' is defined otherwise than when version 1 was approved" in read.summary["refused"]
+    journey.refresh_from_db()
+    assert journey.next_entry_at == now + dt.timedelta(hours=1)  # the next read stays due
+
+
+def test_a_segment_renamed_after_approval_changes_nobody_s_branch(make_journey, publish, vips, manager_alice):
+    from audiences.services.segments import segment_update
+
+    member = ProfileFactory()
+    SegmentMemberFactory(segment=vips, profile=member)
+    journey = publish(make_journey(graph=_condition_graph([{"label": "VIP", "segment": vips.pk, "next": "vip"}])))
+    segment_update(segment_id=vips.pk, by=manager_alice, name="Very important")
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    assert (_enrollment(journey, member).step, _enrollment(journey, member).status) == ("vip", "completed")
+
+
+def test_a_version_approved_before_its_segments_were_covered_keeps_its_approval(make_journey, publish, welcome):
+    """Upgrading keeps what was approved sending: a version approved when the fingerprint did not
+    cover the segments froze none, and its fingerprint is checked as it was made."""
+    from journeys.models import JourneyVersion
+
+    journey = publish(make_journey(graph=_wait_graph(seconds=0, content=welcome.pk)))
+    version = JourneyVersion.objects.get(pk=journey.live_version_id)
+    contents = {step: item["fingerprint"] for step, item in version.frozen_specs.items()}
+    JourneyVersion.objects.filter(pk=version.pk).update(
+        approved_segments={}, approved_fingerprint=version.fingerprint(content_fingerprints=contents)
+    )
+    profile = ProfileFactory()
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    assert _enrollment(journey, profile).status == "completed"
+    assert Dispatch.objects.filter(kind="journey").count() == 1

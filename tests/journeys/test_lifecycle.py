@@ -741,3 +741,54 @@ def test_the_review_shows_the_phones_with_the_context_a_journeys_push_gives(
     version = _reload(journey).versions.get()
     sent = message_render(content.spec(), profile={}, context=journey.send_context(version=version, step="push"))
     assert sent.title == "Spring welcome v1"
+
+
+def test_a_segment_edited_during_review_cannot_be_approved(make_journey, manager_alice, approver_bob, vips):
+    from audiences.services.segments import segment_members_change
+
+    ProfileFactory(external_id="late-vip")
+    journey = make_journey()
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    segment_members_change(segment_id=vips.pk, by=manager_alice, add=["late-vip"])
+    with pytest.raises(ValidationError, match="changed since it was submitted"):
+        journey_approve(journey_id=journey.pk, by=approver_bob)
+    assert _reload(journey).status == "in_review"
+
+
+def test_the_approver_reviews_each_segment_s_definition(make_journey, manager_alice, approver_bob):
+    from accounts.approvals import approval_subject_for
+    from accounts.selectors import approvals_waiting_for
+
+    journey = make_journey()
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    (request,) = approvals_waiting_for(approver_bob)
+    html = approval_subject_for(Journey).review_html(journey, request=request, user=approver_bob)
+    assert "<th>Segment definitions</th>" in html
+    assert "Everyone: rules" in html and "external_id" in html  # the entry segment's rule
+    assert "VIPs: 0 members (static)" in html  # the condition's kept list
+
+
+def test_a_segment_edited_after_approval_is_shown_to_the_manager_and_the_approver(
+    make_journey, publish, manager_alice, approver_bob, vips, login, client
+):
+    from accounts.approvals import approval_subject_for
+    from accounts.selectors import approvals_waiting_for
+    from audiences.services.segments import segment_members_change
+
+    ProfileFactory(external_id="late-vip")
+    journey = publish(make_journey())
+    segment_members_change(segment_id=vips.pk, by=manager_alice, add=["late-vip"])
+    said = "'VIPs' is defined otherwise than when version 1 was approved"
+    page = login(manager_alice).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert escape(said) in page and "approve a new version" in page
+    client.logout()
+    # The manager saves the version again and submits it: the approver sees what changed.
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="")
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    (request,) = approvals_waiting_for(approver_bob)
+    html = approval_subject_for(Journey).review_html(journey, request=request, user=approver_bob)
+    assert "VIPs: 1 members (static)" in html
+    assert escape(said) in html
+    journey_approve(journey_id=journey.pk, by=approver_bob)
+    page = login(manager_alice).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert "defined otherwise" not in page
