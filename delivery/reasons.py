@@ -18,7 +18,9 @@ REASON_LABELS: dict[str, str] = {
     "missed_local_time": "its local time had passed too long ago",
     "holdout": "in the holdout, kept from the send to measure it",
     "stopped": "the send was stopped before it went",
-    "expired": "expired before it could be sent (its TTL)",
+    # Skipped, never sent: a now-or-never push that quiet hours would hold, or one whose TTL ran out
+    # before its turn (a slow send, a hold); rows of before 0033 said "expired (TTL over …)", failed.
+    "expired": "its TTL ran out before it could be sent: never sent",
     # Skipped or failed at the send: the phone changed since the row was made.
     "device_inactive": "the phone logged out or its token died since",
     "device_moved": "the phone now belongs to another profile",

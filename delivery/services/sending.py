@@ -220,7 +220,8 @@ def _batch_prepare(dispatch: Dispatch, rows: list[Claimed]) -> _Batch:
         expires = batch.expires[row.id] = row.expires_at or dispatch_expires
         remaining = int((expires - now).total_seconds())
         if ttl and remaining <= 0:
-            results.append(Result(row.id, DS.FAILED, reason="expired (TTL over before it could be sent)"))
+            # Never sent, as a now-or-never push that quiet hours would hold: skipped, one code for both.
+            results.append(Result(row.id, DS.SKIPPED, reason="expired"))
             continue
         expiration, ttl_left = (int(expires.timestamp()), remaining) if ttl else (0, 0)
         try:

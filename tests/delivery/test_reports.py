@@ -256,8 +256,8 @@ def test_reasons_carry_a_label_beside_their_code():
     ("code", "label"),
     [
         ("quiet_hours", "held back by the quiet hours"),
-        ("expired", "expired before it could be sent (its TTL)"),
-        ("expired (TTL over before it could be sent)", "expired before it could be sent (its TTL)"),
+        ("expired", "its TTL ran out before it could be sent: never sent"),
+        ("expired (TTL over before it could be sent)", "its TTL ran out before it could be sent: never sent"),
         ("payload_too_large (4200 bytes)", "the message is over the provider's size limit"),
         ("transport:timeout (may have been delivered)", "no answer in time: it may have been delivered"),
         ("credentials: not_configured:ios", "the app's credentials were refused or are missing"),

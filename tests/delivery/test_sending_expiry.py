@@ -102,8 +102,13 @@ def test_a_row_whose_ttl_ran_out_before_its_turn_is_not_sent(pushsim_app, pushsi
     dispatch_send(dispatch_id=dispatch.pk)
 
     row = Delivery.objects.get(dispatch=dispatch)
-    assert (row.status, row.reason) == ("failed", "expired (TTL over before it could be sent)")
+    # Never sent, as a held now-or-never push is never sent: skipped / expired, the one code for both.
+    assert (row.status, row.reason) == ("skipped", "expired")
     assert pushsim.state.count(ios.token) == 0
+    dispatch.refresh_from_db()
+    # Nothing reached the provider, nothing was refused by it: the send is done, its row skipped.
+    assert (dispatch.status, dispatch.failed, dispatch.skipped, dispatch.error) == ("done", 0, 1, "")
+    assert dispatch.by_platform == {"ios": {"skipped": 1}}
 
 
 def test_ttl_0_is_sent_as_now_or_never(pushsim_app, pushsim, django_capture_on_commit_callbacks):
