@@ -1,6 +1,6 @@
 """django-q2 entry points of audiences: thin, take ids, idempotent."""
 
-from audiences.services.imports import import_process
+from audiences.services.imports import import_process, imports_watch
 
 
 def import_run(import_id: int) -> None:
@@ -10,6 +10,12 @@ def import_run(import_id: int) -> None:
     the queue's retry never starts a second copy of a slow import.
     """
     import_process(import_id=import_id)
+
+
+def imports_watch_task() -> dict:
+    """Scheduled every minute (``operations.beats``): take up again, or end, the imports whose
+    worker stopped, so the imports waiting for their segment's turn go on (``imports_watch``)."""
+    return imports_watch()
 
 
 def events_replay_task() -> dict:

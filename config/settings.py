@@ -597,6 +597,12 @@ PUSHDESK_IMPORT_BATCH_ROWS = _env_int("PUSHDESK_IMPORT_BATCH_ROWS", 20000, minim
 PUSHDESK_IMPORT_TASK_SECONDS = _env_int(
     "PUSHDESK_IMPORT_TASK_SECONDS", 200, minimum=1, maximum=Q_CLUSTER["timeout"] - 60
 )
+# An import under way with no batch written for longer than this (a minute more than the queue
+# lets a task run, at least) has lost its worker: the imports watchdog takes it up again or ends it,
+# so the imports of its segment waiting for their turn go on.
+PUSHDESK_IMPORT_STALL_SECONDS = _env_int(
+    "PUSHDESK_IMPORT_STALL_SECONDS", Q_CLUSTER["timeout"] + 60, minimum=Q_CLUSTER["timeout"] + 60, maximum=24 * 3600
+)
 # Bulk API calls: most profiles or events per call.
 AUDIENCES_BULK_MAX_ITEMS = 1000
 # Preview: how many sample profiles are shown with the count.

@@ -10,6 +10,7 @@ BEATS = {
     "journeys tick": "journeys.tasks.journeys_tick_task",
     "events replay": "audiences.tasks.events_replay_task",
     "delivery watchdog": "delivery.tasks.dispatches_watch_task",
+    "imports watchdog": "audiences.tasks.imports_watch_task",
 }
 
 

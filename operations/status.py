@@ -42,6 +42,17 @@ class Snapshot:
     # Segments and journeys counting events further back than PUSHDESK_RETENTION_EVENT_DAYS:
     # retention refuses to run while there is one.
     retention_problems: list[str] = field(default_factory=list)
+    # Imports whose worker stopped (audiences.services.imports.imports_stalled), and how many
+    # imports of their segment wait for them: the imports watchdog takes them up or ends them.
+    stalled_imports: list[StalledImport] = field(default_factory=list)
+
+
+@dataclass
+class StalledImport:
+    id: int
+    name: str
+    minutes: int
+    waiting: int
 
 
 def queue_depth_and_oldest_age(*, now: dt.datetime) -> tuple[int, float | None]:
@@ -76,7 +87,8 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
     from django.db.models import Count, Min
     from django_q.models import Schedule, Task
 
-    from audiences.models import EventReplay
+    from audiences.models import EventReplay, Import
+    from audiences.services.imports import import_stalled_minutes, imports_stalled
     from delivery.models import Dispatch
     from delivery.services.streams import stream_live_figures
     from operations.instance import instance_problem
@@ -129,6 +141,22 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
     if replays["oldest"] is not None:
         result.oldest_event_replay_age_seconds = (now - replays["oldest"]).total_seconds()
     result.retention_problems = retention_problems()
+    stalled = list(imports_stalled(now=now).order_by("pk"))
+    waiting = dict(
+        Import.objects.filter(waiting_for__in=stalled, status=Import.Status.QUEUED)
+        .values_list("waiting_for")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    result.stalled_imports = [
+        StalledImport(
+            id=record.pk,
+            name=record.original_name,
+            minutes=import_stalled_minutes(record, now=now),
+            waiting=waiting.get(record.pk, 0),
+        )
+        for record in stalled
+    ]
     last_runs = dict(
         Task.objects.filter(pk__in=Schedule.objects.exclude(task=None).values("task")).values_list("id", "stopped")
     )

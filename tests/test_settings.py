@@ -94,6 +94,7 @@ BAD_VALUES = {
     "PUSHDESK_IMPORT_BATCH_ROWS": "0",
     "PUSHDESK_IMPORT_MAX_BYTES": "1GB",
     "PUSHDESK_IMPORT_TASK_SECONDS": "-5",
+    "PUSHDESK_IMPORT_STALL_SECONDS": "60",  # under the queue's timeout: a live import would read as stalled
     "PUSHDESK_INGEST_RATE_PER_KEY": "-1",
     "PUSHDESK_INSTANCE": "Production EU",
     "PUSHDESK_LOGIN_LOCKOUT_SECONDS": "15m",

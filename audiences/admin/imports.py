@@ -16,7 +16,7 @@ from audiences.selectors import (
     imports_visible_to,
     segments_visible_to,
 )
-from audiences.services.imports import ERROR_FILE_MISSING, import_create, import_restart
+from audiences.services.imports import ERROR_FILE_MISSING, import_create, import_restart, import_stalled_minutes
 
 
 class ImportAddForm(forms.ModelForm):
@@ -275,8 +275,18 @@ class ImportAdmin(AccessAdmin):
 
 def _progress_text(record: Import) -> str:
     status = record.status
-    if record.status == Import.Status.QUEUED and record.waiting_for_id:
+    stalled = import_stalled_minutes(record)
+    if stalled is not None:
+        status = (
+            f"{record.status}, stalled: no batch written for {stalled} min (its worker stopped); "
+            "it is taken up again, or ended, within a minute"
+        )
+    elif record.status == Import.Status.QUEUED and record.waiting_for_id:
         status = f"queued, waiting for import #{record.waiting_for_id} into the same segment to finish"
+        ahead = Import.objects.filter(pk=record.waiting_for_id).first()
+        ahead_stalled = import_stalled_minutes(ahead) if ahead is not None else None
+        if ahead_stalled is not None:
+            status += f" (stalled: no batch written for {ahead_stalled} min; it is taken up again, or ended, soon)"
     parts = [
         status,
         f"{record.percent}%",

@@ -17,7 +17,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import OperationalError, connection, transaction
-from django.db.models import Case, F, Q, Value, When
+from django.db.models import Case, F, Q, QuerySet, Value, When
 from django.http import Http404
 from django.utils import timezone
 from django_q.tasks import async_task
@@ -130,8 +130,7 @@ def _claim_import(import_id: int, now: dt.datetime) -> bool:
     segment is held first, as its batches and the end of an import hold it, so that two imports
     of it never both see the turn free, and an import ending meanwhile finds this one waiting.
     """
-    stale = now - dt.timedelta(seconds=settings.Q_CLUSTER.get("timeout", 300) + 60)
-    claimable = Q(status=Import.Status.QUEUED) | Q(status=Import.Status.RUNNING, heartbeat_at__lt=stale)
+    claimable = Q(status=Import.Status.QUEUED) | Q(status=Import.Status.RUNNING, heartbeat_at__lt=_stall_cut(now))
     segment_id = (
         Import.objects.filter(pk=import_id).exclude(target=Import.Target.PROFILES).values_list("segment_id", flat=True)
     ).first()
@@ -579,6 +578,11 @@ def _import_failed(record: Import, exc: BaseException, *, line: int) -> None:
             " Restart the import to go on from there, or import the file again: the rows already written "
             "change nothing."
         )
+    _import_end_failed(record, reason=reason, line=line, restart=restart)
+
+
+def _import_end_failed(record: Import, *, reason: str, line: int, restart: str) -> None:
+    """End the import as failed for ``reason``, saying what landed and, with ``restart``, how to go on."""
     _import_landed(record)
     if record.rows_done:
         where = f" (to line {line:,})" if line else ""
@@ -589,6 +593,73 @@ def _import_failed(record: Import, exc: BaseException, *, line: int) -> None:
     else:
         landed = " No row was written." if restart else ""
     _import_finish(record, status=Import.Status.FAILED, error=f"{reason}{landed}{restart}")
+
+
+def _stall_cut(now: dt.datetime) -> dt.datetime:
+    return now - dt.timedelta(seconds=settings.PUSHDESK_IMPORT_STALL_SECONDS)
+
+
+def imports_stalled(*, now: dt.datetime | None = None) -> QuerySet[Import]:
+    """The imports under way whose worker stopped: running, or handed over between two tasks, with
+    no batch written (no heartbeat) for longer than ``PUSHDESK_IMPORT_STALL_SECONDS``, which is
+    longer than the queue lets a task run."""
+    under_way = Q(status=Import.Status.RUNNING) | Q(status=Import.Status.QUEUED, run_started_at__isnull=False)
+    return Import.objects.filter(under_way, heartbeat_at__lt=_stall_cut(now or timezone.now()))
+
+
+def import_stalled_minutes(record: Import, *, now: dt.datetime | None = None) -> int | None:
+    """Minutes since a stalled import (``imports_stalled``) last wrote a batch; None when it is not stalled."""
+    now = now or timezone.now()
+    under_way = record.status == Import.Status.RUNNING or (
+        record.status == Import.Status.QUEUED and record.run_started_at is not None
+    )
+    if not under_way or record.heartbeat_at is None or record.heartbeat_at >= _stall_cut(now):
+        return None
+    return int((now - record.heartbeat_at).total_seconds() // 60)
+
+
+def imports_watch(*, now: dt.datetime | None = None) -> dict[str, list[int]]:
+    """Take up again, or end, each import whose worker stopped (``imports_stalled``), so that the
+    imports of its segment waiting for their turn go on (the imports watchdog, every minute).
+
+    One whose current run wrote a batch is queued again as a new run, keeping its segment's turn:
+    it resumes after its last committed batch. One handed over between two tasks whose second
+    never came is queued again too. One whose run wrote nothing before its worker stopped (a run
+    taken up again after a stall included) ends failed, saying why, since its file may be what
+    stops the worker; its end queues the imports waiting for it. Each is read again under its
+    segment's lock and its own, as a claim takes them, so a worker taking it up meanwhile wins.
+    Returns the ids resumed and failed.
+    """
+    now = now or timezone.now()
+    report: dict[str, list[int]] = {"resumed": [], "failed": []}
+    for import_id, segment_id in imports_stalled(now=now).order_by("pk").values_list("pk", "segment_id"):
+        with transaction.atomic():
+            if segment_id is not None:
+                _segment_turn_lock(segment_id)
+            record = imports_stalled(now=now).select_for_update().filter(pk=import_id).first()
+            if record is None:
+                continue
+            minutes = import_stalled_minutes(record, now=now)
+            if record.status == Import.Status.QUEUED or record.bytes_done > record.run_bytes_from:
+                Import.objects.filter(pk=record.pk).update(
+                    status=Import.Status.QUEUED, heartbeat_at=now, run_started_at=now, run_bytes_from=F("bytes_done")
+                )
+                audit(actor=None, action="import_resumed", obj=record, summary={"stalled_minutes": minutes})
+                transaction.on_commit(partial(async_task, "audiences.tasks.import_run", record.pk))
+                report["resumed"].append(record.pk)
+                continue
+            reason = (
+                f"Its worker stopped: no batch written for {minutes} min (PUSHDESK_IMPORT_STALL_SECONDS is "
+                f"{settings.PUSHDESK_IMPORT_STALL_SECONDS} s), and its last run wrote nothing, so it was not "
+                "taken up again: its file may be what stops the worker."
+            )
+            restart = (
+                " Restart the import to go on from there, or import the file again: the rows already written "
+                "change nothing."
+            )
+            _import_end_failed(record, reason=reason, line=0, restart=restart)
+            report["failed"].append(record.pk)
+    return report
 
 
 def import_restart(*, import_id: int, by: User) -> Import:
@@ -603,7 +674,7 @@ def import_restart(*, import_id: int, by: User) -> Import:
     or its segment is out of their access.
     """
     _ensure_perm(by, "audiences.add_import", "Your role may not import profiles.")
-    stale = timezone.now() - dt.timedelta(seconds=settings.Q_CLUSTER.get("timeout", 300) + 60)
+    stale = _stall_cut(timezone.now())
     with transaction.atomic():
         if not imports_visible_to(by).filter(pk=import_id).exists():
             raise Http404(f"No import {import_id}.")

@@ -165,7 +165,7 @@ def test_a_migrate_brings_back_a_deleted_beat_and_leaves_a_changed_one_as_set():
 def test_each_deleted_beat_is_reported_missing_and_a_migrate_brings_it_back():
     from operations.beats import BEATS
 
-    assert set(BEATS) == {"campaigns tick", "journeys tick", "events replay", "delivery watchdog"}
+    assert set(BEATS) == {"campaigns tick", "journeys tick", "events replay", "delivery watchdog", "imports watchdog"}
     call_command("migrate", verbosity=0)  # a transactional test before this one may have emptied the table
     Schedule.objects.filter(name__in=BEATS).delete()
     out = io.StringIO()

@@ -2,6 +2,7 @@
 
 import sys
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, connection
 
@@ -82,6 +83,18 @@ class Command(BaseCommand):
         oldest = s.oldest_event_replay_age_seconds
         waited = "" if oldest is None else f", the oldest stored {_age(oldest)}"
         write(f"replays    {s.event_replays} batches of events wait to enter or end journeys again{waited}")
+        if s.stalled_imports:
+            write(
+                f"imports    {len(s.stalled_imports)} stalled (their worker stopped: no batch written for more than "
+                f"PUSHDESK_IMPORT_STALL_SECONDS, {settings.PUSHDESK_IMPORT_STALL_SECONDS} s); the imports watchdog "
+                "takes each up again, or ends it failed, within a minute"
+            )
+            for record in s.stalled_imports:
+                waiting = f", {record.waiting} import{'s' if record.waiting != 1 else ''} of its segment waiting"
+                write(
+                    f"  #{record.id} {record.name[:60]}: no batch written for {record.minutes} min"
+                    + (waiting if record.waiting else "")
+                )
         if s.retention_problems:
             write("retention  REFUSES TO RUN (nothing is deleted) until these change:")
             for problem in s.retention_problems:

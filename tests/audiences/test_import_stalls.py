@@ -1,0 +1,129 @@
+"""An import whose worker stopped mid-file (killed, its machine lost) is taken up again or ended,
+so that the imports of its segment waiting for their turn are not held for ever."""
+
+import io
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import call_command
+from django.db.models import F
+from django.utils import timezone
+
+from audiences.models import Import, Segment
+from audiences.services.imports import import_create, import_process, imports_watch
+from audiences.services.segments import segment_create
+
+pytestmark = [pytest.mark.django_db(transaction=False), pytest.mark.embedded]
+
+
+@pytest.fixture
+def segment(manager_alice):
+    return segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+
+
+@pytest.fixture
+def upload(manager_alice, media, segment):
+    def upload(content: bytes, target: str) -> Import:
+        record = import_create(  # no commit here: its task is not run
+            upload=SimpleUploadedFile(f"{target}.csv", content), by=manager_alice, target=target, segment_id=segment.pk
+        )
+        return record
+
+    return upload
+
+
+def _stop_its_worker(record: Import, *, minutes_ago: int) -> None:
+    """Leave the import as a worker killed mid-import leaves it: running, its last heartbeat old."""
+    then = timezone.now() - timezone.timedelta(minutes=minutes_ago)
+    Import.objects.filter(pk=record.pk).update(status=Import.Status.RUNNING, heartbeat_at=then)
+
+
+def _members(segment) -> list[str]:
+    return sorted(segment.members.values_list("profile__external_id", flat=True))
+
+
+def test_an_import_whose_worker_stopped_after_writing_resumes_and_the_one_waiting_runs_after_it(
+    upload, segment, settings, django_capture_on_commit_callbacks
+):
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
+    add = upload(b"external_id\na1\na2\na3\na4\n", "add_to_segment")
+    assert import_process(import_id=add.pk, seconds=0) is True  # its first batch, then its worker stops
+    _stop_its_worker(add, minutes_ago=30)
+    replace = upload(b"external_id\na4\nr1\n", "replace_segment")
+    assert import_process(import_id=replace.pk) is False
+    assert Import.objects.get(pk=replace.pk).waiting_for_id == add.pk
+
+    with django_capture_on_commit_callbacks(execute=True):
+        report = imports_watch()
+    assert report == {"resumed": [add.pk], "failed": []}
+    add.refresh_from_db()
+    replace.refresh_from_db()
+    assert (add.status, add.rows_imported, add.error) == ("done", 4, "")
+    assert (replace.status, replace.members_removed, replace.waiting_for_id) == ("done", 3, None)
+    assert _members(segment) == ["a4", "r1"]
+
+
+def test_an_import_whose_run_wrote_nothing_before_its_worker_stopped_fails_saying_why(
+    upload, segment, settings, django_capture_on_commit_callbacks
+):
+    """Taken up again, a file that kills its worker would hold the segment for ever: it fails."""
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
+    add = upload(b"external_id\na1\na2\na3\n", "add_to_segment")
+    assert import_process(import_id=add.pk, seconds=0) is True
+    Import.objects.filter(pk=add.pk).update(run_bytes_from=F("bytes_done"))  # a new run from there...
+    _stop_its_worker(add, minutes_ago=30)  # ...which wrote nothing before its worker stopped
+    replace = upload(b"external_id\nr1\n", "replace_segment")
+    assert import_process(import_id=replace.pk) is False
+
+    with django_capture_on_commit_callbacks(execute=True):
+        report = imports_watch()
+    assert report == {"resumed": [], "failed": [add.pk]}
+    add.refresh_from_db()
+    replace.refresh_from_db()
+    assert add.status == "failed"
+    assert "no batch written for 30 min" in add.error and "PUSHDESK_IMPORT_STALL_SECONDS" in add.error
+    assert "first 2 rows" in add.error and "Restart the import" in add.error
+    assert (replace.status, replace.waiting_for_id) == ("done", None)
+    assert _members(segment) == ["r1"]
+
+
+def test_an_import_whose_worker_wrote_within_the_bound_is_left_running(upload, settings):
+    add = upload(b"external_id\na1\n", "add_to_segment")
+    _stop_its_worker(add, minutes_ago=5)  # the default bound: the queue's timeout and a minute (6 min)
+    assert imports_watch() == {"resumed": [], "failed": []}
+    _stop_its_worker(add, minutes_ago=30)
+    settings.PUSHDESK_IMPORT_STALL_SECONDS = 3600
+    assert imports_watch() == {"resumed": [], "failed": []}
+    assert Import.objects.get(pk=add.pk).status == "running"
+    settings.PUSHDESK_IMPORT_STALL_SECONDS = 360
+    assert imports_watch()["failed"] == [add.pk]
+
+
+def test_a_hand_over_task_lost_with_its_worker_is_queued_again(upload, settings, django_capture_on_commit_callbacks):
+    """Handed over between two tasks, whose second never came: it is queued, not failed."""
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 1
+    add = upload(b"external_id\na1\na2\n", "add_to_segment")
+    assert import_process(import_id=add.pk, seconds=0) is True
+    then = timezone.now() - timezone.timedelta(hours=2)
+    Import.objects.filter(pk=add.pk).update(heartbeat_at=then, run_bytes_from=F("bytes_done"))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert imports_watch() == {"resumed": [add.pk], "failed": []}
+    assert Import.objects.get(pk=add.pk).status == "done"
+
+
+def test_the_operator_sees_a_stalled_import_and_the_imports_waiting_for_it(upload, manager_alice, login):
+    add = upload(b"external_id\na1\n", "add_to_segment")
+    _stop_its_worker(add, minutes_ago=30)
+    replace = upload(b"external_id\nr1\n", "replace_segment")
+    import_process(import_id=replace.pk)
+
+    out = io.StringIO()
+    call_command("status", stdout=out)
+    text = out.getvalue()
+    assert "imports    1 stalled" in text, text
+    assert f"#{add.pk} add_to_segment.csv: no batch written for 30 min, 1 import of its segment waiting" in text
+
+    status = login(manager_alice).get(f"/admin/audiences/import/{add.pk}/status/").json()
+    assert status["text"].startswith("running, stalled: no batch written for 30 min"), status["text"]
+    waiting = login(manager_alice).get(f"/admin/audiences/import/{replace.pk}/status/").json()
+    assert f"waiting for import #{add.pk} into the same segment to finish (stalled" in waiting["text"], waiting["text"]
