@@ -299,7 +299,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
                 rules = builder_meta(request.user)
                 trees = rules_of(shown.graph) if shown is not None else []
                 if trees:  # a rule's segment or app not granted, as above
-                    builder_meta_name(rules, {"all": trees})
+                    builder_meta_name(rules, {"all": trees}, user=request.user)
                 meta = {
                     "segments": [{"id": s.pk, "name": s.name} for s in listed],
                     "contents": [{"id": c.pk, "name": f"{c.name} ({c.app.name})"} for c in offered],

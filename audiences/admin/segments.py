@@ -100,16 +100,26 @@ def builder_meta(user, *, exclude_segment: int | None = None) -> dict:
     }
 
 
-def builder_meta_name(meta: dict, rules) -> None:
+def builder_meta_name(meta: dict, rules, *, user) -> None:
     """Add to ``meta`` the segments and apps ``rules`` names that it does not offer (not granted to
     the reader, or past its first 500 and 200): the builder draws each condition with its own
-    segment or app, where it showed the first one offered in its place. Saving the rules again
-    still asks that their author may use them (``rules_validate_for``)."""
+    segment or app, where it showed the first one offered in its place. Each is named only to a
+    reader who may see it (``visible_to``: an approver reads what the review they decide shows);
+    to others it is "a segment you have no access to (#12)", its id kept, never its name. Saving
+    the rules again still asks that their author may use them (``rules_validate_for``)."""
+    from accounts.selectors import visible_to
     from audiences.rules.schema import rule_nodes, segment_references
 
     segments = segment_references(rules) - {s["id"] for s in meta["segments"]}
     if segments:
-        meta["segments"] += Segment.objects.filter(pk__in=segments).order_by("name").values("id", "name", "kind")
+        named = {
+            s["id"]: s for s in visible_to(user, Segment.objects.filter(pk__in=segments)).values("id", "name", "kind")
+        }
+        meta["segments"] += sorted(named.values(), key=lambda s: s["name"])
+        known = set(Segment.objects.filter(pk__in=segments - set(named)).values_list("pk", flat=True))
+        meta["segments"] += [
+            {"id": pk, "name": f"a segment you have no access to (#{pk})", "kind": ""} for pk in sorted(known)
+        ]
     apps = {
         node["reachable"]["app"]
         for node in rule_nodes(rules)
@@ -117,7 +127,10 @@ def builder_meta_name(meta: dict, rules) -> None:
     } - {a["id"] for a in meta["apps"]}
     if apps:
         app_model = django_apps.get_model("delivery", "App")
-        meta["apps"] += app_model.objects.filter(pk__in=apps).order_by("name").values("id", "name")
+        named = {a["id"]: a for a in visible_to(user, app_model.objects.filter(pk__in=apps)).values("id", "name")}
+        meta["apps"] += sorted(named.values(), key=lambda a: a["name"])
+        known = set(app_model.objects.filter(pk__in=apps - set(named)).values_list("pk", flat=True))
+        meta["apps"] += [{"id": pk, "name": f"an app you have no access to (#{pk})"} for pk in sorted(known)]
 
 
 def _has_devices() -> bool:
@@ -272,7 +285,7 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         preview_url = reverse("admin:audiences_segment_preview_rules")
         meta = builder_meta(request.user, exclude_segment=obj.pk if obj else None)
         if obj is not None and obj.rules:
-            builder_meta_name(meta, obj.rules)
+            builder_meta_name(meta, obj.rules, user=request.user)
         user = request.user
 
         class BoundForm(form_class):

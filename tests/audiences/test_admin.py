@@ -41,11 +41,14 @@ def test_add_page_renders_the_rule_builder_with_pickers_from_the_data(login, man
     assert {"name": "amount", "type": "number"} in meta["properties"]
 
 
-def test_the_rule_builder_names_the_segments_and_apps_a_rule_uses_to_a_colleague_not_granted_them(
+def test_the_rule_builder_draws_a_rules_segments_and_apps_outside_the_readers_access_without_their_names(
     login, manager_alice, manager_mallory, viewer_carol, approver_bob, under_review
 ):
     """The builder offered only the reader's own segments and apps, so a rule on another's showed
-    the first of the reader's in its place: a Viewer or an approver read the wrong segment or app."""
+    the first of the reader's in its place: a Viewer or an approver read the wrong segment or app.
+    It then named them, whoever read the rule: a Viewer granted one segment (or one app) read the
+    names of segments and apps outside their access. Each is drawn as itself, named only to a
+    reader who may see it."""
     from accounts.services import access_grant
     from tests.factories import AppFactory
 
@@ -56,15 +59,54 @@ def test_the_rule_builder_names_the_segments_and_apps_a_rule_uses_to_a_colleague
     top = segment_create(name="Top", rules=rules, by=manager_alice)
     access_grant(obj=top, to=viewer_carol, by=None)
     under_review(top)
-    for reader in (viewer_carol, approver_bob):
+    for reader in (viewer_carol, approver_bob):  # the review shows the campaign's segment, not those it names
         page = login(reader).get(f"/admin/audiences/segment/{top.pk}/change/")
         meta = page.context["adminform"].form.fields["rules"].widget.meta
-        assert {"id": vips.pk, "name": "VIPs", "kind": "static"} in meta["segments"]
-        assert {"id": shop.pk, "name": "Shop"} in meta["apps"]
+        hidden = {"id": vips.pk, "name": f"a segment you have no access to (#{vips.pk})", "kind": ""}
+        assert hidden in meta["segments"]
+        assert {"id": shop.pk, "name": f"an app you have no access to (#{shop.pk})"} in meta["apps"]
+        assert b"VIPs" not in page.content and b"Shop" not in page.content
+    # Granted them, a reader reads their names.
+    access_grant(obj=vips, to=viewer_carol, by=None)
+    access_grant(obj=shop, to=viewer_carol, by=None)
+    page = login(viewer_carol).get(f"/admin/audiences/segment/{top.pk}/change/")
+    meta = page.context["adminform"].form.fields["rules"].widget.meta
+    assert {"id": vips.pk, "name": "VIPs", "kind": "static"} in meta["segments"]
+    assert {"id": shop.pk, "name": "Shop"} in meta["apps"]
     # A new rule names one's own alone: the add page offers neither to who was not granted them.
     page = login(manager_mallory).get("/admin/audiences/segment/add/")
     meta = page.context["adminform"].form.fields["rules"].widget.meta
     assert vips.pk not in {s["id"] for s in meta["segments"]} and shop.pk not in {a["id"] for a in meta["apps"]}
+
+
+def test_a_user_with_one_app_reads_in_the_rule_builder_only_the_segments_and_apps_of_their_access(login, manager_alice):
+    """Granted one app, a Manager's builder lists that app and the segments granted to them, and
+    draws a rule of theirs naming another's segment (shared with them through their segment) without its name."""
+    from accounts.services import access_grant
+    from tests.factories import AppFactory, UserFactory
+
+    dana = UserFactory(username="manager_dana", role="Manager")
+    mine, theirs = AppFactory(name="Kiosk"), AppFactory(name="Shop")
+    access_grant(obj=mine, to=dana, by=None)
+    access_grant(obj=theirs, to=manager_alice, by=None)
+    hidden = segment_create(name="Churn risk", kind=Segment.Kind.STATIC, by=manager_alice)
+    own = segment_create(name="Dana's", rules=PRO, by=dana)
+    shared = segment_create(
+        name="Shared", rules={"any": [{"segment": hidden.pk}, {"reachable": {"app": theirs.pk}}]}, by=manager_alice
+    )
+    access_grant(obj=shared, to=dana, by=None)
+    client = login(dana)
+    page = client.get("/admin/audiences/segment/add/")
+    meta = page.context["adminform"].form.fields["rules"].widget.meta
+    assert [a["name"] for a in meta["apps"]] == ["Kiosk"]
+    assert {s["name"] for s in meta["segments"]} == {"Dana's", "Shared"}
+    page = client.get(f"/admin/audiences/segment/{own.pk}/change/")
+    assert b"Churn risk" not in page.content and b"Shop" not in page.content
+    page = client.get(f"/admin/audiences/segment/{shared.pk}/change/")
+    meta = page.context["adminform"].form.fields["rules"].widget.meta
+    assert {s["id"] for s in meta["segments"]} == {own.pk, hidden.pk}  # itself left out, as always
+    assert {a["id"] for a in meta["apps"]} == {mine.pk, theirs.pk}
+    assert b"Churn risk" not in page.content and b"Shop" not in page.content
 
 
 def test_manager_creates_a_rules_segment_from_the_admin(login, manager_alice):

@@ -853,7 +853,8 @@ def test_a_colleague_reads_in_the_builder_the_segments_and_contents_the_journey_
     graph["steps"][1]["branches"] = [{"label": "VIP", "rules": {"all": [{"segment": vips.pk}]}, "next": "push"}]
     journey_version_edit(journey_id=journey.pk, by=journey.owner, graph=graph)
     page = login(manager_mallory).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
-    assert {"id": vips.pk, "name": "VIPs", "kind": "static"} in _builder_meta(page)["rules"]["segments"]
+    hidden = {"id": vips.pk, "name": f"a segment you have no access to (#{vips.pk})", "kind": ""}
+    assert hidden in _builder_meta(page)["rules"]["segments"]  # the rule builder names no segment out of her access
     # The entry's list offers it not: a segment chosen there anew must be one's own.
     entry = page.split('name="entry_segment"', 1)[1].split("</select>", 1)[0]
     assert f'value="{vips.pk}"' not in entry
@@ -1004,7 +1005,7 @@ def test_content_a_journey_sends_is_not_deleted_and_the_refusal_names_the_journe
     assert not PushContent.objects.filter(pk=welcome.pk).exists()
 
 
-def test_the_rule_builder_names_the_app_a_condition_reads_to_a_colleague_not_granted_it(
+def test_the_rule_builder_draws_the_app_a_condition_reads_to_a_colleague_not_granted_it_without_its_name(
     login, manager_mallory, manager_alice, make_journey, vips, welcome
 ):
     """A condition's rule "has an opted-in device in app Kiosk", Kiosk granted to Alice alone: the
@@ -1022,8 +1023,9 @@ def test_the_rule_builder_names_the_app_a_condition_reads_to_a_colleague_not_gra
     journey_version_edit(journey_id=journey.pk, by=manager_alice, graph=graph)
     page = login(manager_mallory).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
     meta = _builder_meta(page)["rules"]
-    assert {"id": kiosk.pk, "name": "Kiosk"} in meta["apps"]
-    assert {"id": vips.pk, "name": "VIPs", "kind": "static"} in meta["segments"]
+    # Drawn as itself, not named: Kiosk is outside her access.
+    assert {"id": kiosk.pk, "name": f"an app you have no access to (#{kiosk.pk})"} in meta["apps"]
+    assert {"id": vips.pk, "name": f"a segment you have no access to (#{vips.pk})", "kind": ""} in meta["segments"]
     # A new journey's builder offers it not: a rule chosen anew names one's own apps.
     page = login(manager_mallory).get("/admin/journeys/journey/add/").content.decode()
     assert kiosk.pk not in {a["id"] for a in _builder_meta(page)["rules"]["apps"]}
