@@ -11,7 +11,14 @@ from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
-from accounts.api import INGEST_THROTTLED, AnswerSerializer, JsonBooleanField, JsonCharField, JsonIntegerField
+from accounts.api import (
+    INGEST_THROTTLED,
+    AnswerSerializer,
+    FieldRefused,
+    JsonBooleanField,
+    JsonCharField,
+    JsonIntegerField,
+)
 from accounts.authentication import IngestRateLimited
 from accounts.models import ApiKey
 from accounts.pagination import (
@@ -34,6 +41,7 @@ from delivery.selectors import (
     dispatch_outcomes,
     dispatches_visible_to,
 )
+from delivery.services.apps import IdentityUnverified, app_identity_verify
 from delivery.services.devices import device_opt_in_set, device_register, device_unregister
 from delivery.services.dispatches import dispatch_counted_now, dispatches_counted_now
 from delivery.services.opens import AlreadyOpened, NotAccepted, delivery_open_report
@@ -70,6 +78,16 @@ class DeviceInSerializer(serializers.Serializer):
         help_text="A test device (it gets test sends, of drafts too): true only with a key of the test_devices scope "
         "(403 insufficient_scope otherwise). Left out: false for a new token; a known one keeps its own (the flag an "
         "admin set).",
+    )
+
+    identity_hash = JsonCharField(
+        required=False,
+        max_length=64,
+        trim_whitespace=False,
+        help_text="The lowercase hex HMAC-SHA256 of external_id under the app's identity secret, computed by your "
+        "backend and handed to the phone at sign-in. Required when the app requires identity verification and the "
+        "key has neither the read nor the trigger scope (the key an app ships): missing, 400 naming identity_hash; "
+        "wrong, 403 identity_unverified. A backend's key is not asked for it.",
     )
 
     def validate_external_id(self, value: str) -> str:
@@ -210,8 +228,16 @@ def _app_in_scope(request, app_id: int) -> int:
     return app_id
 
 
+# A key holding one of these is a backend's, trusted with any external id; a key without them (the
+# key an app ships, public) proves the external id with identity_hash where the app requires it.
+BACKEND_SCOPES = frozenset({ApiKey.Scope.READ, ApiKey.Scope.TRIGGER})
+
+
 class DeviceRegisterView(IngestRateLimited, APIView):
-    """Register a push token for a profile (created if new); registering a known token moves it."""
+    """Register a push token for a profile (created if new); registering a known token moves it.
+
+    Where the app requires identity verification, a key with neither ``read`` nor ``trigger`` sends
+    ``identity_hash`` (400 when missing, 403 ``identity_unverified`` when wrong)."""
 
     required_scope = "ingest"
 
@@ -234,6 +260,17 @@ class DeviceRegisterView(IngestRateLimited, APIView):
                 code="insufficient_scope",
             )
         app_id = _app_in_scope(request, values.pop("app"))
+        identity_hash = values.pop("identity_hash", None)
+        if not BACKEND_SCOPES.intersection(getattr(request.auth, "scopes", ())):
+            try:
+                app_identity_verify(app_id=app_id, external_id=values["external_id"], identity_hash=identity_hash)
+            except IdentityUnverified:
+                raise FieldRefused(
+                    field="identity_hash",
+                    code="identity_unverified",
+                    detail="This is not the identity hash of this external id for this app: your backend computes "
+                    "it as the HMAC-SHA256 of external_id under the app's identity secret (lowercase hex).",
+                ) from None
         device, created = device_register(app_id=app_id, by=request.user, **values)
         return Response(
             DeviceOutSerializer(device).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK

@@ -78,6 +78,21 @@ class App(models.Model):
     fcm_project_id = models.CharField("FCM project id", max_length=100, blank=True, editable=False)
     fcm_client_email = models.CharField("service account", max_length=254, blank=True, editable=False)
 
+    # Identity verification: the key an app ships is public, so a backend proves which external id
+    # a phone signed in as by handing it identity_hash = HMAC-SHA256(secret, external_id), which a key
+    # without the read scope must then send with a device registration. The secret is encrypted at
+    # rest and shown once, when generated.
+    identity_secret = EncryptedTextField(blank=True, editable=False)
+    identity_secret_fingerprint = models.CharField(max_length=40, blank=True, editable=False)
+    identity_secret_set_at = models.DateTimeField(null=True, blank=True, editable=False)
+    identity_verification_required = models.BooleanField(
+        "require identity verification",
+        default=False,
+        help_text="A device registered with a key without the read scope (the key the app ships) must carry "
+        "identity_hash, the HMAC-SHA256 of its external id under the app's identity secret, computed by your "
+        "backend. Generate the secret first (list action 'Generate a new identity secret').",
+    )
+
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
     created_by = models.ForeignKey(

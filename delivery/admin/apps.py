@@ -4,16 +4,18 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models.constants import LOOKUP_SEP
+from django.template.response import TemplateResponse
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 
-from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin, deleted_objects_counted
+from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin, asks_again, deleted_objects_counted
 from delivery.models import App
 from delivery.services.apps import (
     MAX_UPLOAD,
     apns_key_parse,
     app_create,
+    app_identity_secret_rotate,
     app_secrets_unreadable,
     app_test_connection,
     app_update,
@@ -60,6 +62,7 @@ class AppForm(forms.ModelForm):
             "apns_key_id",
             "apns_bundle_id",
             "apns_environment",
+            "identity_verification_required",
         )
 
     @method_decorator(sensitive_variables("upload", "raw"))
@@ -99,9 +102,10 @@ class AppAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     form = AppForm
     list_display = ("name", "channels", "uses_simulator", "rate_limit_per_second", "created_at")
     search_fields = ("name",)
-    actions = ["test_connection"]
+    actions = ["test_connection", "rotate_identity_secret"]
     readonly_fields = (
         "object_access",
+        "identity_secret_status",
         "apns_key_status",
         "fcm_status",
         "fcm_project_id",
@@ -149,12 +153,16 @@ class AppAdmin(ObjectAccessAdminMixin, ScopedAdmin):
                     )
                 },
             ),
+            (
+                "Identity verification",
+                {"fields": ("identity_secret_status", "identity_verification_required")},
+            ),
             ("Dates", {"fields": ("created_at", "updated_at")}),
         )
 
     # What the list may be filtered by in its query string (``?name=Shop``); Django's own rule
     # allows every field of the app.
-    SECRET_FIELDS = ("apns_private_key", "fcm_service_account")
+    SECRET_FIELDS = ("apns_private_key", "fcm_service_account", "identity_secret")
 
     def lookup_allowed(self, lookup, value, request=None):
         """Nobody filters by the encrypted secrets, and only those who administer apps filter by
@@ -180,7 +188,7 @@ class AppAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     def get_queryset(self, request):
         # The secrets themselves are never needed to list or show an app (whether they decrypt is
         # judged from the stored tokens).
-        return super().get_queryset(request).defer("apns_private_key", "fcm_service_account")
+        return super().get_queryset(request).defer(*self.SECRET_FIELDS)
 
     @method_decorator(sensitive_post_parameters())
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
@@ -217,6 +225,18 @@ class AppAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             unreadable="fcm_service_account" in self._unreadable(obj),
         )
 
+    @admin.display(description="Identity secret")
+    def identity_secret_status(self, obj):
+        if obj is None or not obj.identity_secret_fingerprint:
+            return (
+                "Not set. Generate one with the list's action 'Generate a new identity secret': it is shown once, "
+                "for your backend to compute each external id's identity_hash."
+            )
+        return (
+            f"Set on {obj.identity_secret_set_at:%Y-%m-%d %H:%M} UTC, fingerprint {obj.identity_secret_fingerprint}. "
+            "It is not shown again: the list's action 'Generate a new identity secret' replaces it."
+        )
+
     def _save_through_service(self, request, obj, form, change):
         data = form.cleaned_data
         common = {
@@ -228,6 +248,7 @@ class AppAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             "apns_environment": data["apns_environment"],
             "apns_private_key": data.get("apns_private_key"),
             "fcm_service_account": data.get("fcm_service_account"),
+            "identity_verification_required": data["identity_verification_required"],
         }
         if change:
             return app_update(
@@ -285,3 +306,36 @@ class AppAdmin(ObjectAccessAdminMixin, ScopedAdmin):
 
     def has_test_connection_permission(self, request):
         return request.user.has_perm("delivery.test_connection_app")
+
+    @admin.action(description="Generate a new identity secret", permissions=["rotate_identity_secret"])
+    @asks_again(
+        verb="Generate a new identity secret for",
+        consequences=[
+            "The new secret is shown once, on the next page: copy it to your backend, which computes each "
+            "external id's identity_hash with it.",
+            "The secret before stops verifying at once: while the app requires identity verification, its "
+            "phones' registrations are refused (403 identity_unverified) until your backend uses the new one.",
+        ],
+    )
+    @method_decorator(sensitive_variables("generated"))
+    def rotate_identity_secret(self, request, queryset):
+        generated = []
+        for app in queryset.order_by("name"):
+            try:
+                generated.append((app, app_identity_secret_rotate(app_id=app.pk, by=request.user)))
+            except PermissionDenied as exc:
+                self.message_user(request, f"{app}: {exc}", messages.ERROR)
+        if not generated:
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "generated": generated,
+            "title": "Identity secret generated",
+        }
+        response = TemplateResponse(request, "admin/delivery/app/identity_secret.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    def has_rotate_identity_secret_permission(self, request):
+        return request.user.has_perm("delivery.change_app")

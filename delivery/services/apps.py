@@ -8,8 +8,11 @@ exception message: errors name the field and the rule broken, never the value.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
+import secrets
 import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -192,6 +195,7 @@ def app_create(
     apns_environment: str = App.ApnsEnvironment.PRODUCTION,
     apns_private_key: Secret | None = None,
     fcm_service_account: ServiceAccountInfo | None = None,
+    identity_verification_required: bool = False,
 ) -> App:
     """Create an app with its channel credentials; the creator gets access to it.
 
@@ -210,6 +214,8 @@ def app_create(
     )
     if rate_limit_per_second < 1:
         raise ValidationError({"rate_limit_per_second": "The rate limit must be at least 1 message per second."})
+    if identity_verification_required:  # a new app has no identity secret yet
+        raise ValidationError({"identity_verification_required": VERIFICATION_REQUIRED_TOO_SOON})
     if App.objects.filter(name=name).exists():
         raise ValidationError({"name": "An app with this name already exists."})
     app = App(
@@ -247,6 +253,7 @@ def app_update(
     fcm_service_account: ServiceAccountInfo | None = None,
     remove_apns: bool = False,
     remove_fcm: bool = False,
+    identity_verification_required: bool | None = None,
 ) -> App:
     """Change an app: the fields given (None keeps a field), a replaced key or JSON, or a removed channel.
 
@@ -266,6 +273,7 @@ def app_update(
             ("apns_key_id", apns_key_id),
             ("apns_bundle_id", apns_bundle_id),
             ("apns_environment", apns_environment),
+            ("identity_verification_required", identity_verification_required),
         ):
             if value is not None and getattr(app, field) != value:
                 setattr(app, field, value)
@@ -289,6 +297,8 @@ def app_update(
         )
         if app.rate_limit_per_second < 1:
             raise ValidationError({"rate_limit_per_second": "The rate limit must be at least 1 message per second."})
+        if app.identity_verification_required and not app.identity_secret_fingerprint:
+            raise ValidationError({"identity_verification_required": VERIFICATION_REQUIRED_TOO_SOON})
         if App.objects.filter(name=app.name).exclude(pk=app.pk).exists():
             raise ValidationError({"name": "An app with this name already exists."})
         replaced = _set_secrets(app, apns_private_key=apns_private_key, fcm_service_account=fcm_service_account)
@@ -300,6 +310,73 @@ def app_update(
             summary={"fields": changed_fields, "credentials": replaced, **_credential_labels(app)},
         )
     return app
+
+
+# --- identity verification -------------------------------------------------------------------------
+
+VERIFICATION_REQUIRED_TOO_SOON = (
+    "Generate the app's identity secret first (the list's action 'Generate a new identity secret'), and "
+    "have your backend hand each signed-in phone its identity_hash, before requiring it."
+)
+
+
+@sensitive_variables("secret")
+def app_identity_secret_rotate(*, app_id: int, by: User) -> str:
+    """Generate a new identity secret for an app, store it encrypted, and return it: the only time
+    it is seen. The one before stops verifying at once.
+
+    Locks the app row. Audits its fingerprint, never the secret. Raises PermissionDenied when ``by``
+    may not change this app (an Administrator with access to it).
+    """
+    secret = secrets.token_hex(32)
+    with transaction.atomic():
+        app = App.objects.select_for_update().get(pk=app_id)
+        if not can(by, "delivery.change_app", app):
+            raise PermissionDenied("Only an Administrator with access to this app can change its identity secret.")
+        replaced = bool(app.identity_secret_fingerprint)
+        app.identity_secret = secret
+        app.identity_secret_fingerprint = fingerprint(secret)
+        app.identity_secret_set_at = timezone.now()
+        app.save(
+            update_fields=["identity_secret", "identity_secret_fingerprint", "identity_secret_set_at", "updated_at"]
+        )
+        audit(
+            actor=by,
+            action="app_identity_secret_rotated" if replaced else "app_identity_secret_generated",
+            obj=app,
+            summary={"identity_secret": app.identity_secret_fingerprint},
+        )
+    return secret
+
+
+class IdentityUnverified(Exception):
+    """The identity_hash sent is not the app's HMAC of the external id (or the app has no secret)."""
+
+
+@sensitive_variables("secret", "expected")
+def app_identity_verify(*, app_id: int, external_id: str, identity_hash: str | None) -> None:
+    """Check that ``identity_hash`` is the lowercase hex HMAC-SHA256 of ``external_id`` under the
+    app's identity secret, when the app requires identity verification (compared in constant
+    time); an app that does not require it takes anything.
+
+    Raises ValidationError on ``identity_hash`` when it is required and missing, IdentityUnverified
+    when it does not match. Only for calls made with a key without the read scope: a backend's key
+    is trusted with any external id.
+    """
+    app = App.objects.only("identity_verification_required", "identity_secret").get(pk=app_id)
+    if not app.identity_verification_required:
+        return
+    if not identity_hash:
+        raise ValidationError(
+            {
+                "identity_hash": "This app requires identity verification: send identity_hash, the HMAC-SHA256 of "
+                "external_id under the app's identity secret, computed by your backend."
+            }
+        )
+    secret = app.identity_secret
+    expected = hmac.new(secret.encode(), external_id.encode(), hashlib.sha256).hexdigest() if secret else ""
+    if not expected or not hmac.compare_digest(expected.encode(), identity_hash.lower().encode()):
+        raise IdentityUnverified()
 
 
 # An app's deletion removes its devices, and the reach trigger then locks their profiles

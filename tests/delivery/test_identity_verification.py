@@ -1,0 +1,175 @@
+"""Identity verification: where an app requires it, the key an app ships (public) registers a token
+for an external id only with the HMAC its backend computed; a backend's key is not asked."""
+
+import hashlib
+import hmac
+import json
+import logging
+
+import pytest
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.urls import reverse
+
+from accounts.models import AuditEvent
+from accounts.services import access_grant
+from delivery.models import App, Device
+from delivery.services.apps import app_identity_secret_rotate, app_update
+from tests.factories import AppFactory
+
+pytestmark = pytest.mark.django_db
+
+IOS_TOKEN = "cd" * 32
+
+
+def identity_hash(secret: str, external_id: str) -> str:
+    return hmac.new(secret.encode(), external_id.encode(), hashlib.sha256).hexdigest()
+
+
+@pytest.fixture
+def app(manager_alice, admin_erin):
+    app = AppFactory()
+    access_grant(obj=app, to=manager_alice, by=None)
+    access_grant(obj=app, to=admin_erin, by=None)
+    return app
+
+
+@pytest.fixture
+def secret(app, admin_erin):
+    secret = app_identity_secret_rotate(app_id=app.pk, by=admin_erin)
+    app_update(app_id=app.pk, by=admin_erin, identity_verification_required=True)
+    return secret
+
+
+@pytest.fixture
+def app_key(api_key_for, manager_alice):
+    return api_key_for(manager_alice, scopes=["ingest"])
+
+
+def register(client, app, external_id="user-1", **more):
+    body = {"app": app.pk, "external_id": external_id, "platform": "ios", "token": IOS_TOKEN, **more}
+    return client.post("/api/v1/devices/", body, format="json")
+
+
+def test_an_app_that_does_not_require_it_registers_without_a_hash(app_key, app):
+    assert register(app_key, app).status_code == 201
+
+
+def test_the_public_key_without_identity_hash_is_refused_naming_the_field(app_key, app, secret):
+    response = register(app_key, app)
+    assert response.status_code == 400, response.json()
+    assert [e["field"] for e in response.json()["errors"]] == ["identity_hash"]
+    assert not Device.objects.exists()
+
+
+@pytest.mark.parametrize("which", ["another external id", "garbage", "another secret"])
+def test_the_public_key_with_a_wrong_identity_hash_is_refused_as_unverified(app_key, app, secret, which):
+    """Anyone holding the app's key registered a token for any external id and got that profile's pushes."""
+    sent = {
+        "another external id": identity_hash(secret, "user-2"),
+        "garbage": "0" * 64,
+        "another secret": identity_hash("x" * 64, "user-1"),
+    }[which]
+    response = register(app_key, app, identity_hash=sent)
+    assert (response.status_code, response.json()["code"]) == (403, "identity_unverified"), response.json()
+    assert [e["field"] for e in response.json()["errors"]] == ["identity_hash"]
+    assert not Device.objects.exists()
+
+
+def test_the_public_key_with_the_backends_hash_registers_the_token(app_key, app, secret):
+    response = register(app_key, app, identity_hash=identity_hash(secret, "user-1"))
+    assert response.status_code == 201, response.json()
+    assert Device.objects.get().profile.external_id == "user-1"
+    assert "identity_hash" not in response.json()
+
+
+@pytest.mark.parametrize("scopes", [["ingest", "read"], ["ingest", "trigger"]])
+def test_a_backends_key_is_not_asked_for_the_hash(api_key_for, manager_alice, app, secret, scopes):
+    response = register(api_key_for(manager_alice, scopes=scopes), app)
+    assert response.status_code == 201, response.json()
+
+
+def test_a_new_secret_stops_the_old_hashes_at_once(app_key, app, secret, admin_erin):
+    old = identity_hash(secret, "user-1")
+    new = app_identity_secret_rotate(app_id=app.pk, by=admin_erin)
+    assert new != secret
+    assert register(app_key, app, identity_hash=old).json()["code"] == "identity_unverified"
+    assert register(app_key, app, identity_hash=identity_hash(new, "user-1")).status_code == 201
+
+
+def test_the_secret_is_stored_encrypted_and_audited_by_its_fingerprint(app, secret):
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT identity_secret FROM delivery_app WHERE id = %s", [app.pk])
+        (stored,) = cursor.fetchone()
+    assert stored and secret not in stored
+    assert App.objects.get(pk=app.pk).identity_secret == secret
+    summaries = json.dumps(list(AuditEvent.objects.values_list("summary", flat=True)))
+    assert secret not in summaries and App.objects.get(pk=app.pk).identity_secret_fingerprint in summaries
+
+
+def test_only_an_administrator_with_access_generates_the_secret(app, manager_alice):
+    with pytest.raises(PermissionDenied):
+        app_identity_secret_rotate(app_id=app.pk, by=manager_alice)
+    assert not App.objects.get(pk=app.pk).identity_secret_fingerprint
+
+
+def test_verification_is_required_only_once_a_secret_exists(app, admin_erin):
+    with pytest.raises(ValidationError) as caught:
+        app_update(app_id=app.pk, by=admin_erin, identity_verification_required=True)
+    assert "identity_verification_required" in caught.value.message_dict
+    assert not App.objects.get(pk=app.pk).identity_verification_required
+
+
+# --- the admin ---------------------------------------------------------------------------------
+
+
+def _press(client, app, **more):
+    return client.post(
+        reverse("admin:delivery_app_changelist"),
+        {"action": "rotate_identity_secret", "_selected_action": [app.pk], **more},
+    )
+
+
+@pytest.mark.presses("delivery.app:rotate_identity_secret")
+def test_an_administrator_generates_the_secret_and_sees_it_once(client, app, admin_erin, caplog):
+    caplog.set_level(logging.DEBUG)
+    client.force_login(admin_erin)
+    asked = _press(client, app)
+    assert asked.status_code == 200 and "Generate a new identity secret for" in asked.content.decode()
+    assert not App.objects.get(pk=app.pk).identity_secret_fingerprint  # asked again first
+    shown = _press(client, app, post="yes")
+    assert shown.status_code == 200 and "no-store" in shown["Cache-Control"]
+    stored = App.objects.get(pk=app.pk)
+    assert stored.identity_secret and stored.identity_secret in shown.content.decode()
+    page = client.get(reverse("admin:delivery_app_change", args=[app.pk])).content.decode()
+    assert f"fingerprint {stored.identity_secret_fingerprint}" in page
+    assert stored.identity_secret not in page
+    assert stored.identity_secret not in caplog.text
+    assert AuditEvent.objects.filter(action="app_identity_secret_generated", object_id=str(app.pk)).exists()
+
+
+@pytest.mark.presses("delivery.app:rotate_identity_secret")
+def test_a_manager_cannot_generate_the_secret(client, app, manager_alice):
+    client.force_login(manager_alice)
+    response = _press(client, app, post="yes")
+    assert response.status_code in (200, 302, 403)
+    assert not App.objects.get(pk=app.pk).identity_secret_fingerprint
+    assert not AuditEvent.objects.filter(action__startswith="app_identity_secret").exists()
+
+
+def test_the_admin_requires_verification_once_the_secret_exists(client, app, admin_erin):
+    client.force_login(admin_erin)
+    url = reverse("admin:delivery_app_change", args=[app.pk])
+    form = {
+        "name": app.name,
+        "rate_limit_per_second": "1000",
+        "apns_environment": "production",
+        "identity_verification_required": "on",
+    }
+    refused = client.post(url, form)
+    assert refused.status_code == 200 and "Generate the app&#x27;s identity secret first" in refused.content.decode()
+    assert not App.objects.get(pk=app.pk).identity_verification_required
+    app_identity_secret_rotate(app_id=app.pk, by=admin_erin)
+    assert client.post(url, form).status_code == 302
+    assert App.objects.get(pk=app.pk).identity_verification_required
