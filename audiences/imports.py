@@ -652,10 +652,14 @@ class ParsedRow:
 
 
 def parse_cell(raw: str, kind: str):
-    """A CSV cell as a JSON value of its declared (or inferred) type; ValueError when it is not one."""
+    """A CSV cell as a JSON value of its declared (or inferred) type; ValueError when it is not one.
+
+    Text is kept without the white space around it, as every other type is read: a cell "pro "
+    (a spreadsheet's padding, a space after the separator) is "pro", which a rule 'is pro' matches.
+    """
     value = raw.strip()
     if kind == "string":
-        return raw
+        return value
     if kind == "number":  # declared: leading zeros and a leading + are fine ("007" is 7)
         if DECLARED_NUMBER_RE.match(value):
             if "." not in value and "e" not in value.lower() and len(value.lstrip("+-")) <= 18:
@@ -679,30 +683,30 @@ def parse_cell(raw: str, kind: str):
             return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).isoformat()
         except ValueError:
             raise ValueError("is not a date (YYYY-MM-DD or ISO 8601 time)") from None
-    # auto: numbers without a leading zero, true/false, else the text as it is. The cheap
+    # auto: numbers without a leading zero, true/false, else the text. The cheap
     # checks come first: this runs for every cell of every row.
     if not value:
-        return raw
+        return value
     first = value[0]
     if "0" <= first <= "9" or first == "-":
         if value.isdigit() and value.isascii():  # other scripts' digits (², ①, ٣) stay text
             if first != "0" or len(value) == 1:
-                return int(value) if len(value) < 19 else raw
-            return raw
+                return int(value) if len(value) < 19 else value
+            return value
         if INT_RE.match(value):
             return int(value)
         if FLOAT_RE.match(value):
-            return _finite_or(float(value), raw)
-        return raw
+            return _finite_or(float(value), value)
+        return value
     if first == "." and FLOAT_RE.match(value):
-        return _finite_or(float(value), raw)
+        return _finite_or(float(value), value)
     if len(value) in (4, 5):
         lowered = value.lower()
         if lowered == "true":
             return True
         if lowered == "false":
             return False
-    return raw
+    return value
 
 
 def _finite_or(number: float, raw: str):

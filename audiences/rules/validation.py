@@ -20,6 +20,7 @@ from audiences.rules.schema import (
     NO_VALUE_OPS,
     NODE_KEYS,
     NODE_KINDS,
+    OPERATOR_LABELS,
     OPERATORS,
     PLATFORMS,
     RELATIVE_UNITS,
@@ -181,7 +182,8 @@ class _Validator:
                 self.fail(where, "too_long", f"'{op}' takes at most {MAX_LIST} values")
                 return
             for index, item in enumerate(value):
-                self.scalar(item, f"{where}[{index}]", value_type)
+                if self.scalar(item, f"{where}[{index}]", value_type) and value_type == "string":
+                    self.whole_text(item, f"{where}[{index}]", op)
             return
         if op == "between":
             if not isinstance(value, list) or len(value) != 2:
@@ -191,7 +193,22 @@ class _Validator:
             if ok and _order_key(value[0], value_type) > _order_key(value[1], value_type):
                 self.fail(where, "wrong_order", "'between' needs the low end first")
             return
-        self.scalar(value, where, value_type)
+        if self.scalar(value, where, value_type) and value_type == "string" and op in ("eq", "ne"):
+            self.whole_text(value, where, op)
+
+    def whole_text(self, value: str, path: str, op: str) -> None:
+        """Refuse text compared whole (is, is not, is one of, is none of) with white space around it.
+
+        Every evaluator compares it as written (the containment PostgreSQL's index serves, JSON1 on
+        SQLite, a profile's own reading), so "pro " matches no "pro": a space pasted or typed by
+        mistake made the rule match nobody, with nothing to show why. Imports keep text without
+        the spaces around it. ``contains`` and ``starts_with`` keep them: a space may be meant there.
+        """
+        if value != value.strip():
+            label = OPERATOR_LABELS.get(op, op)
+            self.fail(
+                path, "padded", f"{value!r} begins or ends with white space, which '{label}' compares too: remove it"
+            )
 
     def scalar(self, value, path: str, value_type: str) -> bool:
         if value_type == "string":

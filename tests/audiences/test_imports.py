@@ -241,6 +241,17 @@ def test_a_row_whose_external_id_has_spaces_around_it_fails_with_its_line(run_im
     assert attrs("u1") == {"plan": "pro"}
 
 
+def test_text_cells_land_without_the_spaces_around_them(run_import):
+    """A cell "pro " (a spreadsheet's padding, a space after the comma) landed as "pro ", which the
+    rule 'plan is pro' does not match: text is kept as the other types are, without the white
+    space around it, declared or inferred."""
+    content = b'external_id,plan,code,note\nu1,pro ,  007 ,"two  words "\nu2, pro,007,x\n'
+    record = run_import(content, columns={"code": {"type": "string"}})
+    assert (record.rows_imported, record.rows_failed) == (2, 0)
+    assert attrs("u1") == {"plan": "pro", "code": "007", "note": "two  words"}
+    assert attrs("u2") == {"plan": "pro", "code": "007", "note": "x"}
+
+
 def test_error_file_is_safe_from_formula_injection(run_import):
     record = run_import(
         b'external_id,age\n"=HYPERLINK(""http://x.test"",""click"")",x\n@SUM(A1),y\n',

@@ -375,6 +375,44 @@ def test_wrong_type_is_refused_with_its_path(node, path):
     assert found[0][1] in {"wrong_type", "wrong_order"}
 
 
+def _holders(node, *, correlated=False) -> list[str]:
+    from audiences.rules.compiler import Compiler
+
+    condition = Compiler(correlated=correlated).compile({"all": [node]})
+    return sorted(Profile.objects.filter(condition).values_list("external_id", flat=True))
+
+
+def test_text_is_compared_as_written_by_every_evaluator_and_a_rule_text_with_spaces_around_it_is_refused(db):
+    """'plan is "pro "' matched nobody a marketer could see: the text a rule compares whole (is, is
+    not, in, not in) is refused when white space surrounds it, naming the value, and both
+    databases, the count and the per-profile reading compare the text as written."""
+    ProfileFactory(external_id="a", attributes={"plan": "pro", "tier": "gold"})
+    ProfileFactory(external_id="b", attributes={"plan": "pro ", "tier": "gold"})
+    ProfileFactory(external_id="c", attributes={"plan": " PRO"})
+    for correlated in (False, True):
+        assert _holders(attr("plan", "string", "eq", "pro"), correlated=correlated) == ["a"]
+        assert _holders(attr("plan", "string", "in", ["pro", "x"]), correlated=correlated) == ["a"]
+        assert _holders(attr("plan", "string", "ne", "pro"), correlated=correlated) == ["b", "c"]
+        assert _holders(attr("plan", "string", "contains", "pro"), correlated=correlated) == ["a", "b", "c"]
+        both = {"all": [attr("plan", "string", "eq", "pro"), attr("tier", "string", "eq", "gold")]}
+        assert _holders(both, correlated=correlated) == ["a"]  # one containment on PostgreSQL
+    for value in ("pro ", " pro", "pro\t", "\u00a0pro"):
+        assert errors_of({"all": [attr("plan", "string", "eq", value)]}) == [("rules.all[0].value", "padded")]
+    assert errors_of({"all": [attr("plan", "string", "not_in", ["pro", "team "])]}) == [
+        ("rules.all[0].value[1]", "padded")
+    ]
+    assert errors_of({"all": [col("locale", "ne", "fr ")]}) == [("rules.all[0].value", "padded")]
+    where = {"event": "purchase", "where": [prop("sku", "string", "eq", " x")]}
+    assert errors_of({"all": [where]}) == [("rules.all[0].where[0].value", "padded")]
+    with pytest.raises(RulesInvalid) as info:
+        rules_validate({"all": [attr("plan", "string", "eq", "pro ")]})
+    assert info.value.messages[0] == (
+        "rules.all[0].value: 'pro ' begins or ends with white space, which 'is' compares too: remove it"
+    )
+    # Where a space may be meant, it is kept: "starts with 'Dr. '", "contains ' and '".
+    rules_validate({"all": [attr("plan", "string", "starts_with", "pro "), attr("plan", "string", "contains", " ")]})
+
+
 def test_missing_type_operator_and_value_are_required():
     assert errors_of({"all": [{"attribute": "plan", "op": "eq", "value": "x"}]}) == [("rules.all[0].type", "required")]
     assert errors_of({"all": [{"field": "locale", "value": "x"}]}) == [("rules.all[0].op", "required")]
