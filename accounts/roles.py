@@ -106,6 +106,11 @@ CAPABILITIES: dict[str, dict] = {
         "roles": (ADMINISTRATOR,),
         "perms": _crud("audiences.eventreplay", actions=("view", "change", "delete")),
     },
+    "read_idempotency": {
+        "label": "the trigger and events calls' Idempotency-Key records: key, status, answer code (read)",
+        "roles": (ADMINISTRATOR, VIEWER),
+        "perms": ["campaigns.view_triggerrequest", "audiences.view_eventbulkrequest"],
+    },
     "administer": {
         "label": "apps and channel credentials, users, roles, approval policies, API keys of others",
         "roles": (ADMINISTRATOR,),

@@ -12,7 +12,7 @@ from django.http import Http404
 
 from accounts.models import ApiKey, User
 from accounts.selectors import has_every_scope, in_scope, visible_to
-from audiences.models import Event, Import, Profile, Segment, SegmentMember
+from audiences.models import Event, EventBulkRequest, Import, Profile, Segment, SegmentMember
 from audiences.rules.compiler import Compiler, segment_profiles
 from audiences.rules.schema import DATE_RE, RulesInvalid, device_model
 from config.db import count_session
@@ -44,6 +44,14 @@ def events_visible_to(user: User) -> QuerySet[Event]:
     if user is None or not user.is_active or not user.has_perm("audiences.view_event"):
         return Event.objects.none()
     return Event.objects.all()
+
+
+def event_bulk_requests_visible_to(user: User) -> QuerySet[EventBulkRequest]:
+    """The events calls' Idempotency-Key records: org-wide, as events are, for a role holding
+    view_eventbulkrequest; none otherwise."""
+    if user is None or not user.is_active or not user.has_perm("audiences.view_eventbulkrequest"):
+        return EventBulkRequest.objects.none()
+    return EventBulkRequest.objects.all()
 
 
 def imports_visible_to(user: User) -> QuerySet[Import]:

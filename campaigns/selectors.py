@@ -5,7 +5,7 @@ from django.http import Http404
 
 from accounts.models import User
 from accounts.selectors import approval_current, can, visible_to
-from campaigns.models import Campaign, Occurrence
+from campaigns.models import Campaign, Occurrence, TriggerRequest
 
 Status = Campaign.Status
 
@@ -19,6 +19,14 @@ def campaign_ids_visible_to(user: User) -> QuerySet:
     """The ids of the campaigns the user may see: whose sends (its runs, its API triggers' streams)
     they read, their app granted or not (``delivery.selectors.dispatch_source_readers_register``)."""
     return visible_to(user, Campaign.objects.all()).values("pk")
+
+
+def trigger_requests_visible_to(user: User) -> QuerySet[TriggerRequest]:
+    """The trigger calls' Idempotency-Key records (needs the role's view_triggerrequest) of the
+    campaigns the user may see."""
+    if user is None or not user.is_active or not user.has_perm("campaigns.view_triggerrequest"):
+        return TriggerRequest.objects.none()
+    return TriggerRequest.objects.filter(campaign_id__in=campaign_ids_visible_to(user))
 
 
 def occurrences_visible_to(user: User) -> QuerySet[Occurrence]:

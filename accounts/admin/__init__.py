@@ -3,7 +3,7 @@
 
 from django.contrib import admin
 
-from accounts.admin import api_keys, approvals, audit, users  # noqa: F401  (registers the model admins)
+from accounts.admin import api_keys, approvals, audit, idempotency, users  # noqa: F401  (registers the model admins)
 from accounts.forms import ThrottledAdminAuthenticationForm
 
 admin.site.login_form = ThrottledAdminAuthenticationForm

@@ -1,0 +1,95 @@
+"""The admin of the API's Idempotency-Key records (``accounts.idempotency``): read-only, big tables.
+
+Administrators and Viewers read them (the roles table's ``read_idempotency``); nobody adds,
+changes or deletes one here: retention deletes them (``PUSHDESK_RETENTION_IDEMPOTENCY_DAYS``).
+The stored answers are never shown: an events call's answer names its profiles and echoes the
+values it refused, personal data the record keeps only to replay it to the same API key.
+"""
+
+import datetime as dt
+
+from django.contrib import admin
+from django.utils import timezone
+
+from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin
+from accounts.idempotency import CLAIM_ABANDONED_AFTER
+from accounts.models import ApiKey, IdempotentRequest
+from audiences.models import EventBulkRequest
+from audiences.selectors import event_bulk_requests_visible_to
+from campaigns.models import TriggerRequest
+from campaigns.selectors import trigger_requests_visible_to
+
+
+class AgeFilter(admin.SimpleListFilter):
+    """How long ago the call came, read through the index on ``created_at``."""
+
+    title = "age"
+    parameter_name = "age"
+    SPANS = {
+        "hour": ("in the last hour", dt.timedelta(hours=1)),
+        "day": ("in the last 24 hours", dt.timedelta(days=1)),
+        "week": ("in the last 7 days", dt.timedelta(days=7)),
+    }
+
+    def lookups(self, request, model_admin):
+        return [*((value, label) for value, (label, _) in self.SPANS.items()), ("older", "more than 7 days ago")]
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        if self.value() in self.SPANS:
+            return queryset.filter(created_at__gte=now - self.SPANS[self.value()][1])
+        if self.value() == "older":
+            return queryset.filter(created_at__lt=now - self.SPANS["week"][1])
+        return queryset
+
+
+class IdempotentRequestAdmin(ReadOnlyAdminMixin, BigTableAdmin):
+    """An endpoint's Idempotency-Key records: the key, the API key that sent it, whether its call
+    answered and with which status code; never the answer itself."""
+
+    list_display = ("created_at", "idempotency_key", "api_key_prefix", "state", "response_status")
+    list_filter = (AgeFilter,)
+    list_select_related = ("api_key",)
+    search_fields = ("=idempotency_key",)
+    search_help_text = "An Idempotency-Key, exactly as the client sent it."
+    ordering = ("-created_at", "-id")
+    sortable_by = ()
+    actions = []
+    fields = ("idempotency_key", "api_key_prefix", "state", "response_status", "body_hash", "created_at")
+    readonly_fields = fields
+
+    def get_search_results(self, request, queryset, search_term):
+        key = search_term.strip()
+        if not key:
+            return queryset, False
+        # Through the (API key, Idempotency-Key) unique index, once per API key: the keys are few.
+        return queryset.filter(api_key__in=ApiKey.objects.all(), idempotency_key=key), False
+
+    @admin.display(description="API key")
+    def api_key_prefix(self, obj: IdempotentRequest) -> str:
+        return f"{obj.api_key.prefix}… {obj.api_key.name}"
+
+    @admin.display(description="Status")
+    def state(self, obj: IdempotentRequest) -> str:
+        if obj.finished:
+            return "answered (replayed to a call sent again with the key)"
+        if timezone.now() - obj.created_at > CLAIM_ABANDONED_AFTER:
+            return "abandoned (its call died unanswered: a call sent again runs)"
+        return "running"
+
+
+@admin.register(TriggerRequest)
+class TriggerRequestAdmin(IdempotentRequestAdmin):
+    list_display = (*IdempotentRequestAdmin.list_display, "campaign")
+    list_select_related = ("api_key", "campaign")
+    fields = (*IdempotentRequestAdmin.fields, "campaign", "dispatch")
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return trigger_requests_visible_to(request.user)
+
+
+@admin.register(EventBulkRequest)
+class EventBulkRequestAdmin(IdempotentRequestAdmin):
+    def get_queryset(self, request):
+        return event_bulk_requests_visible_to(request.user)

@@ -1,0 +1,136 @@
+"""The API's Idempotency-Key records in the admin: read by Administrators and Viewers, never
+written there (retention deletes them), and never showing the answers they store."""
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from accounts.services import access_grant, api_key_create
+from audiences.models import EventBulkRequest
+from campaigns.models import TriggerRequest
+from campaigns.services.lifecycle import campaign_create
+from tests.factories import AppFactory, PushContentFactory, SegmentFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+# What a stored answer holds of a person: an events call's answer names its profiles.
+PERSONAL = "jane.doe@example.com"
+LISTS = ["admin:campaigns_triggerrequest_changelist", "admin:audiences_eventbulkrequest_changelist"]
+
+
+@pytest.fixture
+def shop():
+    return AppFactory(name="Shop")
+
+
+@pytest.fixture
+def records(shop, manager_alice, admin_erin):
+    campaign = campaign_create(
+        by=admin_erin,
+        name="Order shipped",
+        app=shop,
+        kind="api_triggered",
+        segment=SegmentFactory(name="Everyone"),
+        content=PushContentFactory(app=shop, name="Shipped"),
+    )
+    key, _ = api_key_create(user=manager_alice, name="backend", scopes=["trigger", "ingest"], by=admin_erin)
+    answer = {"results": [{"external_id": PERSONAL, "status": "accepted"}]}
+    common = {"api_key": key, "body_hash": "0" * 64}
+    trigger = TriggerRequest.objects.create(
+        **common, idempotency_key="order-1", campaign=campaign, finished=True, response_status=202, response_body=answer
+    )
+    events = EventBulkRequest.objects.create(
+        **common, idempotency_key="batch-7", finished=True, response_status=200, response_body=answer
+    )
+    old = EventBulkRequest.objects.create(
+        **common, idempotency_key="batch-old", created_at=timezone.now() - timezone.timedelta(days=10)
+    )
+    return {"trigger": trigger, "events": events, "old": old}
+
+
+def _pages(client, records) -> list[str]:
+    pages = []
+    for name in LISTS:
+        page = client.get(reverse(name))
+        assert page.status_code == 200, name
+        pages.append(page.content.decode())
+    for record in records.values():
+        url = reverse(f"admin:{record._meta.app_label}_{record._meta.model_name}_change", args=[record.pk])
+        page = client.get(url)
+        assert page.status_code == 200, url
+        pages.append(page.content.decode())
+    return pages
+
+
+def test_an_administrator_reads_each_record_s_key_status_and_answer_code_not_its_answer(client, admin_erin, records):
+    client.force_login(admin_erin)
+    triggers, events, *changes = _pages(client, records)
+    assert "order-1" in triggers and "answered" in triggers and "202" in triggers and "Order shipped" in triggers
+    assert "batch-7" in events and "200" in events
+    assert "batch-old" in events and "abandoned" in events
+    for page in (triggers, events, *changes):
+        assert PERSONAL not in page and "accepted" not in page
+
+
+def test_a_viewer_reads_them_the_triggers_of_the_campaigns_in_their_access_alone(client, viewer_carol, shop, records):
+    client.force_login(viewer_carol)
+    triggers = client.get(reverse(LISTS[0])).content.decode()
+    assert "order-1" not in triggers  # the campaign's app is not in Carol's access
+    assert "batch-7" in client.get(reverse(LISTS[1])).content.decode()  # events are org-wide, as profiles are
+    access_grant(obj=shop, to=viewer_carol, by=None)
+    for page in _pages(client, records):
+        assert PERSONAL not in page
+
+
+@pytest.mark.parametrize("role", ["Manager", "Approver"])
+def test_other_roles_may_not_read_them(client, records, role):
+    client.force_login(UserFactory(role=role))
+    for name in LISTS:
+        assert client.get(reverse(name)).status_code == 403
+    url = reverse("admin:audiences_eventbulkrequest_change", args=[records["events"].pk])
+    assert client.get(url).status_code in (403, 404)
+
+
+@pytest.mark.parametrize("who", ["admin_erin", "superuser"])
+def test_nobody_adds_changes_or_deletes_a_record_in_the_admin(client, records, admin_erin, who):
+    user = admin_erin if who == "admin_erin" else UserFactory(is_superuser=True, is_staff=True)
+    client.force_login(user)
+    record = records["events"]
+    assert client.get(reverse("admin:audiences_eventbulkrequest_add")).status_code == 403
+    change = reverse("admin:audiences_eventbulkrequest_change", args=[record.pk])
+    assert client.post(change, {"idempotency_key": "other", "response_status": 500}).status_code == 403
+    delete = reverse("admin:audiences_eventbulkrequest_delete", args=[record.pk])
+    assert client.get(delete).status_code == 403
+    assert client.post(delete, {"post": "yes"}).status_code == 403
+    listed = client.get(reverse(LISTS[1])).content.decode()
+    assert 'class="action-select"' not in listed  # no action: not even "delete selected"
+    assert reverse("admin:audiences_eventbulkrequest_add") not in listed
+    record.refresh_from_db()
+    assert (record.idempotency_key, record.response_status) == ("batch-7", 200)
+
+
+def test_the_lists_filter_by_key_and_age(client, admin_erin, records):
+    client.force_login(admin_erin)
+    url = reverse(LISTS[1])
+    found = client.get(url, {"q": "batch-7"}).content.decode()
+    assert "batch-7" in found and "batch-old" not in found
+    assert "batch-7" not in client.get(url, {"q": "batch"}).content.decode()  # the key exactly
+    old = client.get(url, {"age": "older"}).content.decode()
+    assert "batch-old" in old and "batch-7" not in old
+    recent = client.get(url, {"age": "day"}).content.decode()
+    assert "batch-7" in recent and "batch-old" not in recent
+
+
+def test_a_list_of_many_records_reads_in_a_few_queries(client, admin_erin, records, django_assert_max_num_queries):
+    for n in range(30):
+        TriggerRequest.objects.create(
+            api_key=records["trigger"].api_key,
+            body_hash="0" * 64,
+            idempotency_key=f"order-{n + 2}",
+            campaign=records["trigger"].campaign,
+            finished=True,
+            response_status=202,
+        )
+    client.force_login(admin_erin)
+    with django_assert_max_num_queries(12):
+        assert client.get(reverse(LISTS[0])).status_code == 200
