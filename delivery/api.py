@@ -41,10 +41,19 @@ from delivery.selectors import (
     dispatch_outcomes,
     dispatches_visible_to,
 )
-from delivery.services.apps import IdentityUnverified, app_identity_verify
+from delivery.services.apps import IdentitySecretUnreadable, IdentityUnverified, app_identity_verify
 from delivery.services.devices import device_opt_in_set, device_register, device_unregister
 from delivery.services.dispatches import dispatch_counted_now, dispatches_counted_now
 from delivery.services.opens import AlreadyOpened, NotAccepted, delivery_open_report
+
+
+class IdentitySecretUnavailable(exceptions.APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "identity_secret_unreadable"
+    default_detail = (
+        "This app's identity secret cannot be decrypted by the server, so no identity_hash can be checked "
+        "now: retry later (its administrator is told by the server's status)."
+    )
 
 
 class Conflict(exceptions.APIException):
@@ -244,7 +253,15 @@ class DeviceRegisterView(IngestRateLimited, APIView):
     @extend_schema(
         operation_id="device_register",
         request=DeviceInSerializer,
-        responses={201: DeviceOutSerializer, 200: DeviceOutSerializer, 429: INGEST_THROTTLED},  # 200: a token it knew
+        responses={
+            201: DeviceOutSerializer,
+            200: DeviceOutSerializer,  # a token it knew
+            429: INGEST_THROTTLED,
+            503: OpenApiResponse(
+                description="`identity_secret_unreadable`: the app requires identity verification and the server "
+                "cannot decrypt its identity secret (another PUSHDESK_ENCRYPTION_KEY); retry later."
+            ),
+        },
     )
     def post(self, request):
         data = DeviceInSerializer(data=request.data)
@@ -271,6 +288,8 @@ class DeviceRegisterView(IngestRateLimited, APIView):
                     detail="This is not the identity hash of this external id for this app: your backend computes "
                     "it as the HMAC-SHA256 of external_id under the app's identity secret (lowercase hex).",
                 ) from None
+            except IdentitySecretUnreadable:
+                raise IdentitySecretUnavailable() from None
         device, created = device_register(app_id=app_id, by=request.user, **values)
         return Response(
             DeviceOutSerializer(device).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK

@@ -197,7 +197,7 @@ _DECRYPTS_MAX = 10_000  # forgotten at once past this: a process that saw that m
 
 
 def undecryptable_credentials() -> int:
-    """How many stored app credentials (an APNs key, an FCM service account) the keys of
+    """How many stored app secrets (an APNs key, an FCM service account, an identity secret) the keys of
     PUSHDESK_ENCRYPTION_KEY cannot decrypt: ``status``'s secrets line, counted for every scrape.
 
     On PostgreSQL one statement reads each token's SHA-256, not the token (a service account's is
@@ -206,14 +206,14 @@ def undecryptable_credentials() -> int:
 
     from accounts.encryption import secret_decrypts
     from delivery.models import App
-    from delivery.services.apps import SECRET_FIELDS
+    from delivery.services.apps import STORED_SECRETS
 
     keys = hashlib.sha256(settings.PUSHDESK_ENCRYPTION_KEY.encode()).hexdigest()
     table, postgresql = App._meta.db_table, connection.vendor == "postgresql"
     if postgresql:  # the columns are Django's own names (constants)
-        digests = ", ".join(f"encode(sha256(convert_to(NULLIF({c}, ''), 'UTF8')), 'hex')" for c in SECRET_FIELDS)
+        digests = ", ".join(f"encode(sha256(convert_to(NULLIF({c}, ''), 'UTF8')), 'hex')" for c in STORED_SECRETS)
     else:  # SQLite (the embedded mode: a few apps) has no digest: the tokens, digested here
-        digests = ", ".join(SECRET_FIELDS)
+        digests = ", ".join(STORED_SECRETS)
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT id, {digests} FROM {table}")  # noqa: S608 (constants)
         stored = cursor.fetchall()
@@ -221,7 +221,7 @@ def undecryptable_credentials() -> int:
         _DECRYPTS.clear()
     failing = 0
     for pk, *values in stored:
-        for column, value in zip(SECRET_FIELDS, values, strict=True):
+        for column, value in zip(STORED_SECRETS, values, strict=True):
             if not value:
                 continue
             token = None if postgresql else value

@@ -232,10 +232,17 @@ class AppAdmin(ObjectAccessAdminMixin, ScopedAdmin):
                 "Not set. Generate one with the list's action 'Generate a new identity secret': it is shown once, "
                 "for your backend to compute each external id's identity_hash."
             )
-        return (
+        said = (
             f"Set on {obj.identity_secret_set_at:%Y-%m-%d %H:%M} UTC, fingerprint {obj.identity_secret_fingerprint}. "
             "It is not shown again: the list's action 'Generate a new identity secret' replaces it."
         )
+        if "identity_secret" in self._unreadable(obj):
+            said += (
+                " It cannot be decrypted with this PUSHDESK_ENCRYPTION_KEY (a different key, or one dropped before "
+                "rotating?), so no identity_hash can be checked: device registrations that need one answer 503. "
+                "Set the key it was stored under, or generate a new one (your backend's hashes change with it)."
+            )
+        return said
 
     def _save_through_service(self, request, obj, form, change):
         data = form.cleaned_data

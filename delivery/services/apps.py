@@ -353,6 +353,11 @@ class IdentityUnverified(Exception):
     """The identity_hash sent is not the app's HMAC of the external id (or the app has no secret)."""
 
 
+class IdentitySecretUnreadable(Exception):
+    """The app's identity secret cannot be decrypted with PUSHDESK_ENCRYPTION_KEY: no hash can be
+    checked until the key that sealed it is back (``status`` names the app)."""
+
+
 @sensitive_variables("secret", "expected")
 def app_identity_verify(*, app_id: int, external_id: str, identity_hash: str | None) -> None:
     """Check that ``identity_hash`` is the lowercase hex HMAC-SHA256 of ``external_id`` under the
@@ -373,7 +378,10 @@ def app_identity_verify(*, app_id: int, external_id: str, identity_hash: str | N
                 "external_id under the app's identity secret, computed by your backend."
             }
         )
-    secret = app.identity_secret
+    try:
+        secret = app.identity_secret
+    except ImproperlyConfigured:
+        raise IdentitySecretUnreadable() from None
     expected = hmac.new(secret.encode(), external_id.encode(), hashlib.sha256).hexdigest() if secret else ""
     if not expected or not hmac.compare_digest(expected.encode(), identity_hash.lower().encode()):
         raise IdentityUnverified()
@@ -553,7 +561,10 @@ class _NoTransport:
         pass
 
 
+# The credentials a send decrypts (``app_secrets_read``); the stored secrets a restore must bring
+# back the key of (``status``, the metrics, the app's page) are those and the identity secret.
 SECRET_FIELDS = {"apns_private_key": "the APNs .p8 key", "fcm_service_account": "the FCM service account"}
+STORED_SECRETS = {**SECRET_FIELDS, "identity_secret": "the identity secret"}
 
 
 def _unreadable(app_id: int, name: str, what: str) -> str:
@@ -567,7 +578,7 @@ def app_secret_problems(*, app_id: int | None = None) -> dict[int, list[str]]:
     """Try to decrypt each app's stored credentials (or ``app_id``'s) with PUSHDESK_ENCRYPTION_KEY;
     return {app id: [what cannot be decrypted, said]} for those that fail, never a secret. For
     ``manage.py status`` and the home page (a restore drill's check that the key came along)."""
-    columns = ", ".join(SECRET_FIELDS)
+    columns = ", ".join(STORED_SECRETS)
     sql = f"SELECT id, name, {columns} FROM {App._meta.db_table}"  # noqa: S608 (constants)
     params = []
     if app_id is not None:
@@ -577,21 +588,21 @@ def app_secret_problems(*, app_id: int | None = None) -> dict[int, list[str]]:
     with connection.cursor() as cursor:
         cursor.execute(sql + " ORDER BY name, id", params)
         for pk, name, *stored in cursor.fetchall():
-            for what, token in zip(SECRET_FIELDS.values(), stored, strict=True):
+            for what, token in zip(STORED_SECRETS.values(), stored, strict=True):
                 if not secret_decrypts(token):
                     problems.setdefault(pk, []).append(_unreadable(pk, name, what))
     return problems
 
 
 def app_secrets_unreadable(*, app_id: int) -> list[str]:
-    """The names of an app's credential fields (``SECRET_FIELDS``) that are set and that no key of
+    """The names of an app's stored secrets (``STORED_SECRETS``) that are set and that no key of
     PUSHDESK_ENCRYPTION_KEY opens; one query, nothing kept decrypted. For the app's page."""
-    stored = App.objects.filter(pk=app_id).values_list(*SECRET_FIELDS).first()
+    stored = App.objects.filter(pk=app_id).values_list(*STORED_SECRETS).first()
     if stored is None:
         return []
     return [
         field
-        for field, token in zip(SECRET_FIELDS, stored, strict=True)
+        for field, token in zip(STORED_SECRETS, stored, strict=True)
         if token and not secret_decrypts(token.token)  # as loaded: a Sealed token
     ]
 

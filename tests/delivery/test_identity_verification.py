@@ -173,3 +173,39 @@ def test_the_admin_requires_verification_once_the_secret_exists(client, app, adm
     app_identity_secret_rotate(app_id=app.pk, by=admin_erin)
     assert client.post(url, form).status_code == 302
     assert App.objects.get(pk=app.pk).identity_verification_required
+
+
+@pytest.fixture
+def secret_under_another_key(settings, secret):
+    """The server now runs with a key other than the one the identity secret was sealed under."""
+    from cryptography.fernet import Fernet
+
+    settings.PUSHDESK_ENCRYPTION_KEY = Fernet.generate_key().decode()
+    return secret
+
+
+def test_a_secret_the_key_cannot_open_answers_503_saying_so_never_a_500(app_key, app, secret_under_another_key):
+    response = register(app_key, app, identity_hash=identity_hash(secret_under_another_key, "user-1"))
+    assert response.status_code == 503, response.content
+    assert response.json()["code"] == "identity_secret_unreadable"
+    assert secret_under_another_key not in response.content.decode()
+    assert not Device.objects.filter(app=app).exists()
+
+
+def test_status_and_the_apps_page_name_an_identity_secret_the_key_cannot_open(
+    client, app, admin_erin, secret_under_another_key
+):
+    import io
+
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    call_command("status", stdout=out)
+    text = out.getvalue()
+    assert f"app '{app.name}' (id {app.pk}): the identity secret cannot be decrypted" in text
+    assert secret_under_another_key not in text
+
+    client.force_login(admin_erin)
+    page = client.get(reverse("admin:delivery_app_change", args=[app.pk])).content.decode()
+    assert "no identity_hash can be checked" in page
+    assert secret_under_another_key not in page
