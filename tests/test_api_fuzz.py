@@ -58,8 +58,8 @@ ALL_CHECKS = [CHECKS.get_one(name) for name in CHECKS.get_all_names()]
 # Each entry names its one operation ("include-name": method and path; an entry's include-path and
 # include-method would each select on its own, every POST for one).
 # Rules the schema cannot state, so a request it calls valid may still be refused with 400: a
-# profile's time zone must be a known IANA name, an import's file must read as CSV, and winner mode
-# must fit the campaign.
+# profile's time zone must be a known IANA name, an import's file must read as CSV, winner mode
+# must fit the campaign, and an external id has no white space around it (a profile's, a device's).
 SEMANTIC_400 = {
     "operations": [
         {
@@ -70,7 +70,7 @@ SEMANTIC_400 = {
                 }
             },
         }
-        for path in ("/api/v1/profiles/", "/api/v1/imports/")
+        for path in ("/api/v1/profiles/", "/api/v1/imports/", "/api/v1/devices/")
     ]
     # A list's cursor is a value the server signed, and cursor, offset and paging=offset exclude
     # one another: the schema cannot state either.
