@@ -409,9 +409,8 @@ def test_a_value_that_would_break_the_service_stops_start_up_with_its_range(tmp_
     assert name in lines[0] and bounds in lines[0], lines[0]
 
 
-def test_a_push_timeout_longer_than_its_rows_lease_stops_start_up(tmp_path):
-    """A row still `sending` after its lease ends `unknown` while its request may still be answered."""
-    result = _import_settings({"PUSHDESK_SEND_TIMEOUT_SECONDS": "30", "PUSHDESK_SEND_LEASE_SECONDS": "20"}, tmp_path)
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "PUSHDESK_SEND_TIMEOUT_SECONDS" in lines[0] and "PUSHDESK_SEND_LEASE_SECONDS" in lines[0]
+def test_a_lease_shorter_than_the_push_timeout_starts(tmp_path):
+    """A lease bounds a whole batch, not one request: shorter than the timeout, a slow answer's row
+    reads `unknown` (never sent twice), which the crash tests' 3-second leases rely on."""
+    result = _import_settings({"PUSHDESK_SEND_LEASE_SECONDS": "3"}, tmp_path)
+    assert result.returncode == 0, result.stderr
