@@ -57,12 +57,29 @@ class _OnJsonColumn(Expression):
         (self.column,) = exprs
 
 
+# Text a number rule reads as the number it writes: an optional minus, digits without a leading
+# zero, a decimal part not ending in 0 ("42", "-7", "4.5"; not "042", "42.0", " 42", "1e3", "-0").
+# Each number has one such writing (``number_text``), so an equality stays a containment the GIN
+# index serves, and agrees with the ranges' reading. The same pattern in PostgreSQL's regular
+# expressions and Python's (SQLite's REGEXP, which Django provides): \A and \Z are the text's ends.
+NUMBER_TEXT_PATTERN = r"\A(0|-?[1-9][0-9]*|-?(0|[1-9][0-9]*)\.[0-9]*[1-9])\Z"
+
+
+def number_text(number: int | float) -> str:
+    """How a rule's number is written as text a number rule reads (``NUMBER_TEXT_PATTERN``)."""
+    if isinstance(number, int):
+        return str(number)
+    text = format(Decimal(repr(number)).normalize(), "f")
+    return "0" if text == "-0" else text
+
+
 class JsonValue(_OnJsonColumn):
     """The value under ``key`` of a JSON column, as an SQL value of ``value_type``.
 
     NULL when the key is missing or holds another JSON type, so "age > 30" never matches the
-    string "forty" (and never fails on it). Dates are the first ten characters (the day) of
-    an ISO 8601 string.
+    string "forty" (and never fails on it). A number is also read from text that writes it
+    plainly (``NUMBER_TEXT_PATTERN``: "42" as sent by an integrator is 42). Dates are the first
+    ten characters (the day) of an ISO 8601 string.
 
     On PostgreSQL a number is read as ``numeric``, as ``jsonb`` holds it (``number_param`` gives
     the values it is compared with): exact at any size, and never an error. The ``float8`` cast it
@@ -91,8 +108,11 @@ class JsonValue(_OnJsonColumn):
             sql = f"(CASE WHEN jsonb_typeof({col} -> %s) = 'string' THEN {col} ->> %s END)"
             return sql, [*params, *key, *params, *key]
         if self.value_type == "number":
-            sql = f"(CASE WHEN jsonb_typeof({col} -> %s) = 'number' THEN ({col} -> %s)::numeric END)"
-            return sql, [*params, *key, *params, *key]
+            sql = (
+                f"(CASE jsonb_typeof({col} -> %s) WHEN 'number' THEN ({col} -> %s)::numeric "
+                f"WHEN 'string' THEN CASE WHEN ({col} ->> %s) ~ %s THEN ({col} ->> %s)::numeric END END)"
+            )
+            return sql, [*params, *key, *params, *key, *params, *key, NUMBER_TEXT_PATTERN, *params, *key]
         if self.value_type == "boolean":
             sql = f"(CASE WHEN jsonb_typeof({col} -> %s) = 'boolean' THEN ({col} ->> %s)::boolean END)"
             return sql, [*params, *key, *params, *key]
@@ -109,8 +129,25 @@ class JsonValue(_OnJsonColumn):
             sql = f"(CASE WHEN json_type({col}, %s) = 'text' THEN json_extract({col}, %s) END)"
             return sql, [*params, *path, *params, *path]
         if self.value_type == "number":
-            sql = f"(CASE WHEN json_type({col}, %s) IN ('integer', 'real') THEN json_extract({col}, %s) END)"
-            return sql, [*params, *path, *params, *path]
+            sql = (
+                f"(CASE json_type({col}, %s) WHEN 'integer' THEN json_extract({col}, %s) "
+                f"WHEN 'real' THEN json_extract({col}, %s) "
+                f"WHEN 'text' THEN CASE WHEN json_extract({col}, %s) REGEXP %s "
+                f"THEN CAST(json_extract({col}, %s) AS REAL) END END)"
+            )
+            return sql, [
+                *params,
+                *path,
+                *params,
+                *path,
+                *params,
+                *path,
+                *params,
+                *path,
+                NUMBER_TEXT_PATTERN,
+                *params,
+                *path,
+            ]
         if self.value_type == "boolean":
             sql = f"(CASE json_type({col}, %s) WHEN 'true' THEN 1 WHEN 'false' THEN 0 END)"
             return sql, [*params, *path]
@@ -168,7 +205,7 @@ def _merge_equalities(children: list) -> tuple[dict, list]:
             isinstance(child, dict)
             and "attribute" in child
             and child.get("op") == "eq"
-            and child.get("type") in ("string", "number", "boolean")
+            and child.get("type") in ("string", "boolean")  # a number's equality is two: see json_condition
             and child["attribute"] not in document
         )
         if mergeable:
@@ -330,6 +367,8 @@ class Compiler:
         postgres = self._vendor() == "postgresql"
         if value_type != "date" and postgres and op in ("eq", "in"):
             values = [value] if op == "eq" else value
+            if value_type == "number":  # the number, or the text writing it: two probes of the index
+                values = [form for number in values for form in (number, number_text(number))]
             combined = Q(JsonContains(column, {key: values[0]}))
             for item in values[1:]:
                 combined |= Q(JsonContains(column, {key: item}))

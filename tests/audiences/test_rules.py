@@ -413,6 +413,37 @@ def test_text_is_compared_as_written_by_every_evaluator_and_a_rule_text_with_spa
     rules_validate({"all": [attr("plan", "string", "starts_with", "pro "), attr("plan", "string", "contains", " ")]})
 
 
+def test_a_number_rule_reads_a_number_written_plainly_as_text_on_every_evaluator(db):
+    """'age is more than 30' left out every profile whose age an integrator sent as "42": a number
+    rule reads text that is a number written plainly (an optional minus, digits, a decimal part
+    not ending in 0), as the number it writes, on both databases, the count and a profile's own
+    reading alike; other text ("042", "42.0", " 42", "1e3") is still no number."""
+    from tests.factories import EventFactory
+
+    ProfileFactory(external_id="n", attributes={"age": 42, "plan": "pro"})
+    ProfileFactory(external_id="t", attributes={"age": "42", "plan": "pro"})
+    ProfileFactory(external_id="f", attributes={"age": "4.5"})
+    ProfileFactory(external_id="neg", attributes={"age": "-7"})
+    ProfileFactory(external_id="big", attributes={"age": "10000000000000000"})
+    for index, odd in enumerate(["042", "42.0", " 42", "1e3", "forty", "", "-0", "4.50", "42\n"]):
+        ProfileFactory(external_id=f"odd{index}", attributes={"age": odd})
+    odd = sorted(f"odd{index}" for index in range(9))
+    for correlated in (False, True):
+        assert _holders(attr("age", "number", "gt", 30), correlated=correlated) == ["big", "n", "t"]
+        assert _holders(attr("age", "number", "eq", 42), correlated=correlated) == ["n", "t"]
+        assert _holders(attr("age", "number", "eq", 42.0), correlated=correlated) == ["n", "t"]
+        assert _holders(attr("age", "number", "in", [42, 4.5]), correlated=correlated) == ["f", "n", "t"]
+        assert _holders(attr("age", "number", "eq", 1e16), correlated=correlated) == ["big"]
+        assert _holders(attr("age", "number", "ne", 42), correlated=correlated) == sorted(["big", "f", "neg", *odd])
+        assert _holders(attr("age", "number", "between", [-10, 5]), correlated=correlated) == ["f", "neg"]
+        both = {"all": [attr("age", "number", "eq", 42), attr("plan", "string", "eq", "pro")]}
+        assert _holders(both, correlated=correlated) == ["n", "t"]
+    EventFactory(profile=Profile.objects.get(external_id="n"), name="purchase", properties={"amount": "50"})
+    EventFactory(profile=Profile.objects.get(external_id="f"), name="purchase", properties={"amount": "5"})
+    bought = {"event": "purchase", "where": [prop("amount", "number", "gte", 10)]}
+    assert _holders(bought) == ["n"]
+
+
 def test_missing_type_operator_and_value_are_required():
     assert errors_of({"all": [{"attribute": "plan", "op": "eq", "value": "x"}]}) == [("rules.all[0].type", "required")]
     assert errors_of({"all": [{"field": "locale", "value": "x"}]}) == [("rules.all[0].op", "required")]
