@@ -137,6 +137,69 @@ def attribute_keys(*, sample: int = 5000) -> list[dict]:
     return result
 
 
+UNREAD_SAMPLE = 5000
+_TEXT_COMPARED_WHOLE = ("eq", "ne", "in", "not_in")
+_PADDED_PATTERN = r"\A\s|\s\Z"
+
+
+def rules_unread_values(tree, *, sample: int = UNREAD_SAMPLE) -> list[str]:
+    """What the attribute conditions of a validated ``tree`` read as nothing among the ``sample``
+    newest profiles, one sentence per attribute and kind, with an example: text a number rule
+    does not read (``NUMBER_TEXT_PATTERN``: "042", "42.0"), and text with white space around it
+    that a rule compares whole ("pro " is not "pro"). One query, over the newest profiles alone
+    (by id, as the builder's attribute picker reads them), so a preview of a million stays fast.
+    """
+    from audiences.rules.compiler import NUMBER_TEXT_PATTERN
+    from audiences.rules.schema import OPERATOR_LABELS, rule_nodes
+
+    checks: dict[tuple[str, str], str] = {}  # (attribute, kind) -> the first operator that reads it
+    for node in rule_nodes(tree):
+        name, op = node.get("attribute"), node.get("op")
+        if not isinstance(name, str) or op in ("exists", "not_exists"):
+            continue
+        if node.get("type") == "number":
+            checks.setdefault((name, "number"), op)
+        elif node.get("type") == "string" and op in _TEXT_COMPARED_WHOLE:
+            checks.setdefault((name, "padded"), op)
+    if not checks:
+        return []
+    checks = dict(sorted(checks.items())[:20])
+    postgres = connection.vendor == "postgresql"
+    columns, params = [], []
+    for name, kind in checks:
+        if postgres:
+            text, typed = "(p.attributes ->> %s)", "jsonb_typeof(p.attributes -> %s) = 'string'"
+            matches = "~"
+        else:
+            text, typed = "json_extract(p.attributes, %s)", "json_type(p.attributes, %s) = 'text'"
+            matches = "REGEXP"
+        key = name if postgres else f'$."{name}"'
+        condition = f"{typed} AND NOT {text} {matches} %s" if kind == "number" else f"{typed} AND {text} {matches} %s"
+        pattern = NUMBER_TEXT_PATTERN if kind == "number" else _PADDED_PATTERN
+        columns.append(f"count(*) FILTER (WHERE {condition}), min({text}) FILTER (WHERE {condition})")
+        params += [key, key, pattern, key, key, key, pattern]
+    sql = f"SELECT count(*), {', '.join(columns)} FROM (SELECT attributes FROM audiences_profile ORDER BY id DESC LIMIT %s) p"  # noqa: S608 (placeholders)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, sample])
+        row = cursor.fetchone()
+    read, found = row[0], row[1:]
+    sentences = []
+    for index, ((name, kind), op) in enumerate(checks.items()):
+        held, example = found[2 * index], found[2 * index + 1]
+        if not held:
+            continue
+        among = f"{held:,} of the {read:,} newest profiles hold {name!r}"
+        if kind == "number":
+            sentences.append(
+                f"{among} as text a number rule does not read, such as {example!r}: "
+                "a number is read from text written plainly (42, -7, 4.5)"
+            )
+        else:
+            label = OPERATOR_LABELS.get(op, op)
+            sentences.append(f"{among} with white space around it, such as {example!r}, which '{label}' compares too")
+    return sentences
+
+
 def _kind_of(json_type: str, value) -> str | None:
     if json_type in ("number", "integer", "real"):
         return "number"

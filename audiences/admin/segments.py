@@ -481,4 +481,12 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             for p in preview.sample
         ]
         reach = [{"app": figures["name"], "text": reach_of(figures).text()} for figures in preview.reach]
-        return JsonResponse({"count": preview.count, "took_ms": preview.took_ms, "sample": sample, "reach": reach})
+        return JsonResponse(
+            {
+                "count": preview.count,
+                "took_ms": preview.took_ms,
+                "sample": sample,
+                "reach": reach,
+                "unread": preview.unread,
+            }
+        )

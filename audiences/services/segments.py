@@ -20,7 +20,7 @@ from accounts.services import access_grant, audit
 from audiences.models import Profile, Segment, SegmentMember, SegmentReference
 from audiences.rules.compiler import segment_count, segment_profiles
 from audiences.rules.validation import rules_validate_for
-from audiences.selectors import audience_reach, reach_apps_for, segment_for
+from audiences.selectors import audience_reach, reach_apps_for, rules_unread_values, segment_for
 from audiences.services.profiles import _ensure_perm
 from config.db import Holders
 
@@ -202,6 +202,7 @@ class Preview:
     sample: list[Profile] = field(default_factory=list)
     took_ms: int = 0
     reach: list[dict] = field(default_factory=list)  # per app, as kept in Segment.last_reach
+    unread: list[str] = field(default_factory=list)  # values the rules read as nothing (rules_unread_values)
 
 
 def segment_preview(
@@ -212,11 +213,14 @@ def segment_preview(
     sample_size: int | None = None,
     reach: bool = True,
     keep: bool = False,
+    unread: bool = True,
 ) -> Preview:
     """Count a segment's profiles and take a sample (two queries), for a saved segment or an unsaved tree.
 
     An unsaved tree is validated first (RulesInvalid). With ``reach``, the size is also measured as
     profiles → reachable → opted in in each app the user sees (up to REACH_APPS, one query each).
+    With ``unread``, a rules segment's preview also says which values its attribute conditions read
+    as nothing (``rules_unread_values``: one query over the newest profiles).
     A preview writes nothing, so whoever may see a segment may preview it (a Viewer, a GET, the
     API's ``read`` scope). With ``keep`` (the segment page's preview, a POST), the figures of a
     saved segment counted from its saved rules are kept on it for the segment list as
@@ -241,8 +245,12 @@ def segment_preview(
         for app in reach_apps_for(by):
             figures = audience_reach(segment=segment, app_id=app.pk)
             reaches.append({"app": app.pk, "name": app.name, **asdict(figures)})
+    if unread and segment.kind == Segment.Kind.RULES and segment.rules:
+        unread = rules_unread_values(segment.rules)
+    else:
+        unread = []
     took = int((timezone.now() - started).total_seconds() * 1000)
-    preview = Preview(count=count, sample=sample, took_ms=took, reach=reaches)
+    preview = Preview(count=count, sample=sample, took_ms=took, reach=reaches, unread=unread)
     if keep and saved is not None and (rules is None or rules == saved.rules):
         _figures_keep(segment=saved, by=by, preview=preview)
     return preview
@@ -261,7 +269,7 @@ def segment_count_keep(*, segment_id: int, by: User) -> Preview:
     _ensure_perm(by, "audiences.change_segment", "Your role may not change segments.")
     if not can(by, "audiences.change_segment", segment):
         raise PermissionDenied("You may not change this segment.")
-    preview = segment_preview(by=by, segment_id=segment_id, sample_size=0)
+    preview = segment_preview(by=by, segment_id=segment_id, sample_size=0, unread=False)
     _figures_keep(segment=segment, by=by, preview=preview)
     return preview
 

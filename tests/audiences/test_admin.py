@@ -1,6 +1,7 @@
 """The audiences admin: rule builder form, preview, profile pages, cheap big-table lists, imports."""
 
 import json
+from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -147,6 +148,22 @@ def test_preview_of_the_tree_being_edited(login, manager_alice):
         "/admin/audiences/segment/preview/", json.dumps({"rules": {"all": []}}), content_type="application/json"
     )
     assert bad.status_code == 400 and bad.json()["errors"][0]["path"] == "rules.all"
+
+
+def test_the_rule_builders_preview_warns_of_values_its_rules_do_not_read(login, manager_alice):
+    ProfileFactory(attributes={"age": "042"})
+    ProfileFactory(attributes={"age": 50})
+    rules = {"all": [{"attribute": "age", "type": "number", "op": "gt", "value": 30}]}
+    response = login(manager_alice).post(
+        "/admin/audiences/segment/preview/", json.dumps({"rules": rules}), content_type="application/json"
+    )
+    body = response.json()
+    assert body["count"] == 1
+    assert body["unread"] == [
+        "1 of the 2 newest profiles hold 'age' as text a number rule does not read, such as '042': "
+        "a number is read from text written plainly (42, -7, 4.5)"
+    ]
+    assert "rb-unread" in (Path(__file__).parents[2] / "audiences/static/audiences/rule_builder.js").read_text()
 
 
 def test_preview_of_a_segment_outside_access_is_404(login, manager_alice, manager_mallory):

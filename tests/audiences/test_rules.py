@@ -444,6 +444,34 @@ def test_a_number_rule_reads_a_number_written_plainly_as_text_on_every_evaluator
     assert _holders(bought) == ["n"]
 
 
+def test_a_preview_says_how_many_profiles_hold_values_its_rules_read_as_nothing(manager_alice):
+    """Text no number rule reads ("042") and text with white space around it (sent so by an
+    integrator) matched no condition, with nothing to say why: the preview counts them among the
+    newest profiles, per attribute, with an example."""
+    ProfileFactory(external_id="a", attributes={"age": 42, "plan": "pro"})
+    ProfileFactory(external_id="b", attributes={"age": "42", "plan": "pro "})
+    ProfileFactory(external_id="c", attributes={"age": "042", "plan": " team"})
+    ProfileFactory(external_id="d", attributes={"age": "42.0", "plan": "free"})
+    ProfileFactory(external_id="e", attributes={"age": True, "city": " Paris"})
+    rules = {
+        "all": [
+            attr("age", "number", "gte", 18),
+            {"any": [attr("plan", "string", "in", ["pro", "team"]), attr("city", "string", "contains", "par")]},
+        ]
+    }
+    preview = segment_preview(by=manager_alice, rules=rules, reach=False)
+    assert preview.count == 1  # 42; "42" with a plan of "pro " is in neither
+    assert preview.unread == [
+        "2 of the 5 newest profiles hold 'age' as text a number rule does not read, such as '042': "
+        "a number is read from text written plainly (42, -7, 4.5)",
+        "2 of the 5 newest profiles hold 'plan' with white space around it, such as ' team', "
+        "which 'is one of' compares too",
+    ]
+    # A rule reading every value (contains, exists) or none of these says nothing.
+    plain = segment_preview(by=manager_alice, rules={"all": [attr("city", "string", "contains", "par")]}, reach=False)
+    assert plain.unread == []
+
+
 def test_missing_type_operator_and_value_are_required():
     assert errors_of({"all": [{"attribute": "plan", "op": "eq", "value": "x"}]}) == [("rules.all[0].type", "required")]
     assert errors_of({"all": [{"field": "locale", "value": "x"}]}) == [("rules.all[0].op", "required")]

@@ -400,6 +400,10 @@
       (data.reach || []).forEach(function (r) {
         result.appendChild(el("p", { className: "rb-reach", text: r.app + ": " + r.text }));
       });
+      // Values the rules read as nothing ("042" under a number rule, "pro " under 'is'), counted among the newest profiles.
+      (data.unread || []).forEach(function (text) {
+        result.appendChild(el("p", { className: "rb-unread", text: "⚠ " + text }));
+      });
       if (!data.sample.length) return;
       var table = el("table", {}, [el("thead", {}, [el("tr", {}, [el("th", { text: "external id" }), el("th", { text: "locale" }), el("th", { text: "attributes" })])])]);
       var body = el("tbody");
