@@ -344,6 +344,14 @@ class Import(models.Model):
         "the time left is estimated from this run's pace.",
     )
     run_bytes_from = models.BigIntegerField(default=0, editable=False)
+    # Runs in a row whose worker stopped before they wrote a batch (a deploy, an out-of-memory kill):
+    # the imports watchdog queues the import again after the first, and ends it failed after the
+    # second, as its file may be what stops the worker. A run that writes a batch, or a restart, clears it.
+    stalled_runs = models.PositiveSmallIntegerField(
+        default=0,
+        editable=False,
+        help_text="Runs in a row whose worker stopped before they wrote a batch: a second one ends the import failed.",
+    )
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     # Imports into one segment take turns: a queued one whose turn has not come names the import it

@@ -45,6 +45,17 @@ class Snapshot:
     # Imports whose worker stopped (audiences.services.imports.imports_stalled), and how many
     # imports of their segment wait for them: the imports watchdog takes them up or ends them.
     stalled_imports: list[StalledImport] = field(default_factory=list)
+    # Imports the watchdog queued again after a run whose worker stopped before it wrote a batch
+    # (under way on their one more run), and those it ended failed in the last day as a second run
+    # in a row wrote nothing either (their file may be what stops the worker).
+    imports_run_again: list[ImportLine] = field(default_factory=list)
+    imports_failed_stalling: list[ImportLine] = field(default_factory=list)
+
+
+@dataclass
+class ImportLine:
+    id: int
+    name: str
 
 
 @dataclass
@@ -84,7 +95,7 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
     """Read the queue, the unfinished dispatches, the last hour's failed tasks, the event replays
     waiting, what stops event retention and the beat. A queue Redis does not answer for is reported in ``queue_problem``;
     the database not answering raises ``django.db.Error``."""
-    from django.db.models import Count, Min
+    from django.db.models import Count, Min, Q
     from django_q.models import Schedule, Task
 
     from audiences.models import EventReplay, Import
@@ -156,6 +167,23 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
             waiting=waiting.get(record.pk, 0),
         )
         for record in stalled
+    ]
+    stalled_ids = {record.pk for record in stalled}
+    under_way = Q(status=Import.Status.RUNNING) | Q(status=Import.Status.QUEUED, run_started_at__isnull=False)
+    result.imports_run_again = [
+        ImportLine(id=pk, name=name)
+        for pk, name in Import.objects.filter(under_way, stalled_runs__gte=1)
+        .order_by("pk")
+        .values_list("pk", "original_name")
+        if pk not in stalled_ids
+    ]
+    result.imports_failed_stalling = [
+        ImportLine(id=pk, name=name)
+        for pk, name in Import.objects.filter(
+            status=Import.Status.FAILED, stalled_runs__gte=2, finished_at__gte=now - dt.timedelta(days=1)
+        )
+        .order_by("pk")
+        .values_list("pk", "original_name")
     ]
     last_runs = dict(
         Task.objects.filter(pk__in=Schedule.objects.exclude(task=None).values("task")).values_list("id", "stopped")

@@ -624,11 +624,12 @@ def imports_watch(*, now: dt.datetime | None = None) -> dict[str, list[int]]:
 
     One whose current run wrote a batch is queued again as a new run, keeping its segment's turn:
     it resumes after its last committed batch. One handed over between two tasks whose second
-    never came is queued again too. One whose run wrote nothing before its worker stopped (a run
-    taken up again after a stall included) ends failed, saying why, since its file may be what
-    stops the worker; its end queues the imports waiting for it. Each is read again under its
-    segment's lock and its own, as a claim takes them, so a worker taking it up meanwhile wins.
-    Returns the ids resumed and failed.
+    never came is queued again too. One whose run wrote nothing before its worker stopped is
+    queued again once (``stalled_runs`` counts it), as a deploy or an out-of-memory kill of
+    another process stops a worker whatever its file; when the next run also writes nothing, it
+    ends failed, saying why, since its file may be what stops the worker; its end queues the
+    imports waiting for it. Each is read again under its segment's lock and its own, as a claim
+    takes them, so a worker taking it up meanwhile wins. Returns the ids resumed and failed.
     """
     now = now or timezone.now()
     report: dict[str, list[int]] = {"resumed": [], "failed": []}
@@ -640,18 +641,35 @@ def imports_watch(*, now: dt.datetime | None = None) -> dict[str, list[int]]:
             if record is None:
                 continue
             minutes = import_stalled_minutes(record, now=now)
-            if record.status == Import.Status.QUEUED or record.bytes_done > record.run_bytes_from:
+            if record.status == Import.Status.QUEUED:
+                stalled_runs = record.stalled_runs  # its task was lost before a worker took it
+            elif record.bytes_done > record.run_bytes_from:
+                stalled_runs = 0
+            else:
+                stalled_runs = record.stalled_runs + 1
+            if stalled_runs < 2:
                 Import.objects.filter(pk=record.pk).update(
-                    status=Import.Status.QUEUED, heartbeat_at=now, run_started_at=now, run_bytes_from=F("bytes_done")
+                    status=Import.Status.QUEUED,
+                    heartbeat_at=now,
+                    run_started_at=now,
+                    run_bytes_from=F("bytes_done"),
+                    stalled_runs=stalled_runs,
                 )
-                audit(actor=None, action="import_resumed", obj=record, summary={"stalled_minutes": minutes})
+                audit(
+                    actor=None,
+                    action="import_resumed",
+                    obj=record,
+                    summary={"stalled_minutes": minutes, "stalled_runs": stalled_runs},
+                )
                 transaction.on_commit(partial(async_task, "audiences.tasks.import_run", record.pk))
                 report["resumed"].append(record.pk)
                 continue
+            Import.objects.filter(pk=record.pk).update(stalled_runs=stalled_runs)
+            record.stalled_runs = stalled_runs
             reason = (
                 f"Its worker stopped: no batch written for {minutes} min (PUSHDESK_IMPORT_STALL_SECONDS is "
-                f"{settings.PUSHDESK_IMPORT_STALL_SECONDS} s), and its last run wrote nothing, so it was not "
-                "taken up again: its file may be what stops the worker."
+                f"{settings.PUSHDESK_IMPORT_STALL_SECONDS} s), and its worker stopped before writing a batch in "
+                "two runs in a row, so it was not taken up again: its file may be what stops the worker."
             )
             restart = (
                 " Restart the import to go on from there, or import the file again: the rows already written "
@@ -690,7 +708,8 @@ def import_restart(*, import_id: int, by: User) -> Import:
         record.error = ""
         record.finished_at = None
         record.run_started_at = None  # the worker that takes it up starts a new run
-        record.save(update_fields=["status", "error", "finished_at", "run_started_at"])
+        record.stalled_runs = 0  # restarted by hand: the watchdog gives it one more run again
+        record.save(update_fields=["status", "error", "finished_at", "run_started_at", "stalled_runs"])
         audit(actor=by, action="import_restarted", obj=record)
         transaction.on_commit(lambda: async_task("audiences.tasks.import_run", record.pk))
     return record

@@ -63,28 +63,94 @@ def test_an_import_whose_worker_stopped_after_writing_resumes_and_the_one_waitin
     assert _members(segment) == ["a4", "r1"]
 
 
-def test_an_import_whose_run_wrote_nothing_before_its_worker_stopped_fails_saying_why(
-    upload, segment, settings, django_capture_on_commit_callbacks
+def _stop_its_run_before_a_batch(record: Import, *, minutes_ago: int) -> None:
+    """Leave the import as a worker killed before its run's first batch leaves it (a deploy, an
+    out-of-memory kill of another process): running, its run having written nothing."""
+    Import.objects.filter(pk=record.pk).update(run_bytes_from=F("bytes_done"))
+    _stop_its_worker(record, minutes_ago=minutes_ago)
+
+
+def test_an_import_whose_run_wrote_nothing_before_its_worker_stopped_gets_one_more_run(
+    upload, segment, settings, django_capture_on_commit_callbacks, manager_alice, login
 ):
-    """Taken up again, a file that kills its worker would hold the segment for ever: it fails."""
+    """A deploy or an out-of-memory kill elsewhere stops a worker before its first batch: the
+    import is queued again once, rather than failed for someone to restart after every deploy."""
     settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
     add = upload(b"external_id\na1\na2\na3\n", "add_to_segment")
     assert import_process(import_id=add.pk, seconds=0) is True
-    Import.objects.filter(pk=add.pk).update(run_bytes_from=F("bytes_done"))  # a new run from there...
-    _stop_its_worker(add, minutes_ago=30)  # ...which wrote nothing before its worker stopped
+    _stop_its_run_before_a_batch(add, minutes_ago=30)
     replace = upload(b"external_id\nr1\n", "replace_segment")
     assert import_process(import_id=replace.pk) is False
+
+    assert imports_watch() == {"resumed": [add.pk], "failed": []}  # its task is not run: the worker is gone
+    add.refresh_from_db()
+    assert (add.status, add.stalled_runs, add.error) == ("queued", 1, "")
+    text = login(manager_alice).get(f"/admin/audiences/import/{add.pk}/status/").json()["text"]
+    assert "taken up again: its worker stopped before its run wrote a batch" in text, text
+    assert "a second such run ends it failed" in text, text
+    out = io.StringIO()
+    call_command("status", stdout=out)
+    assert f"#{add.pk} add_to_segment.csv: taken up again after its worker stopped before writing a batch" in (
+        out.getvalue()
+    ), out.getvalue()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert import_process(import_id=add.pk) is False  # its second run ends the file
+    add.refresh_from_db()
+    replace.refresh_from_db()
+    assert (add.status, add.rows_imported) == ("done", 3)
+    assert (replace.status, replace.waiting_for_id) == ("done", None)
+    assert _members(segment) == ["r1"]
+
+
+def test_an_import_whose_second_run_in_a_row_wrote_nothing_fails_saying_why(
+    upload, segment, settings, django_capture_on_commit_callbacks, manager_alice, login
+):
+    """Taken up again twice, a file that kills its worker would hold the segment for ever: it fails."""
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
+    add = upload(b"external_id\na1\na2\na3\n", "add_to_segment")
+    assert import_process(import_id=add.pk, seconds=0) is True
+    _stop_its_run_before_a_batch(add, minutes_ago=30)
+    replace = upload(b"external_id\nr1\n", "replace_segment")
+    assert import_process(import_id=replace.pk) is False
+    assert imports_watch() == {"resumed": [add.pk], "failed": []}
+    _stop_its_worker(add, minutes_ago=30)  # taken by a worker killed again before its first batch
 
     with django_capture_on_commit_callbacks(execute=True):
         report = imports_watch()
     assert report == {"resumed": [], "failed": [add.pk]}
     add.refresh_from_db()
     replace.refresh_from_db()
-    assert add.status == "failed"
+    assert (add.status, add.stalled_runs) == ("failed", 2)
     assert "no batch written for 30 min" in add.error and "PUSHDESK_IMPORT_STALL_SECONDS" in add.error
+    assert "two runs in a row" in add.error and "its file may be what stops the worker" in add.error
     assert "first 2 rows" in add.error and "Restart the import" in add.error
+    text = login(manager_alice).get(f"/admin/audiences/import/{add.pk}/status/").json()["text"]
+    assert text.startswith("failed: its worker stopped before writing a batch in two runs in a row"), text
+    out = io.StringIO()
+    call_command("status", stdout=out)
+    assert f"#{add.pk} add_to_segment.csv: ended failed, its worker stopped before writing a batch in two runs" in (
+        out.getvalue()
+    ), out.getvalue()
     assert (replace.status, replace.waiting_for_id) == ("done", None)
     assert _members(segment) == ["r1"]
+
+
+def test_a_run_that_writes_a_batch_clears_an_earlier_stall_that_wrote_nothing(
+    upload, settings, django_capture_on_commit_callbacks
+):
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 1
+    add = upload(b"external_id\na1\na2\na3\na4\na5\n", "add_to_segment")
+    assert import_process(import_id=add.pk, seconds=0) is True
+    _stop_its_run_before_a_batch(add, minutes_ago=30)
+    assert imports_watch()["resumed"] == [add.pk]
+    assert import_process(import_id=add.pk, seconds=0) is True  # this run writes a batch, then stops
+    _stop_its_worker(add, minutes_ago=30)
+    assert imports_watch()["resumed"] == [add.pk]
+    assert Import.objects.get(pk=add.pk).stalled_runs == 0
+    assert import_process(import_id=add.pk, seconds=0) is True
+    _stop_its_run_before_a_batch(add, minutes_ago=30)
+    assert imports_watch() == {"resumed": [add.pk], "failed": []}  # a first stall in a row again
 
 
 def test_an_import_whose_worker_wrote_within_the_bound_is_left_running(upload, settings):
@@ -96,7 +162,7 @@ def test_an_import_whose_worker_wrote_within_the_bound_is_left_running(upload, s
     assert imports_watch() == {"resumed": [], "failed": []}
     assert Import.objects.get(pk=add.pk).status == "running"
     settings.PUSHDESK_IMPORT_STALL_SECONDS = 360
-    assert imports_watch()["failed"] == [add.pk]
+    assert imports_watch()["resumed"] == [add.pk]
 
 
 def test_a_hand_over_task_lost_with_its_worker_is_queued_again(upload, settings, django_capture_on_commit_callbacks):

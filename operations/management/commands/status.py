@@ -95,6 +95,16 @@ class Command(BaseCommand):
                     f"  #{record.id} {record.name[:60]}: no batch written for {record.minutes} min"
                     + (waiting if record.waiting else "")
                 )
+        for record in s.imports_run_again:
+            write(
+                f"imports    #{record.id} {record.name[:60]}: taken up again after its worker stopped before writing "
+                "a batch; a second such run in a row ends it failed"
+            )
+        for record in s.imports_failed_stalling:
+            write(
+                f"imports    #{record.id} {record.name[:60]}: ended failed, its worker stopped before writing a batch "
+                "in two runs in a row (its file may be what stops the worker); restart it once that is ruled out"
+            )
         if s.retention_problems:
             write("retention  REFUSES TO RUN (nothing is deleted) until these change:")
             for problem in s.retention_problems:
