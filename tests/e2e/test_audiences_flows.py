@@ -44,6 +44,24 @@ def test_manager_builds_a_segment_without_writing_json(login, page, live_server,
     }
 
 
+def test_the_preview_warns_of_values_the_rules_read_as_nothing(login, page, live_server, manager_alice):
+    ProfileFactory(external_id="ann", attributes={"age": 34})
+    ProfileFactory(external_id="bob", attributes={"age": "042"})
+    ProfileFactory(external_id="cid", attributes={"age": 12})  # most hold a number: the picker types it so
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/audiences/segment/add/")
+    builder = page.locator(".rule-builder")
+    builder.locator("button", has_text="+ condition").first.click()
+    row = builder.locator(".rb-row").nth(0)
+    row.locator("input[list]").fill("age")
+    row.locator("select[aria-label=operator]").select_option("gt")
+    row.locator("input[type=number]").fill("30")
+    page.click(".rule-builder-preview-button")
+    page.wait_for_selector(".rb-unread")
+    assert page.locator(".rule-builder-preview-summary").inner_text().startswith("1 profile(s)")
+    assert "1 of the 3 newest profiles hold 'age' as text" in page.locator(".rb-unread").inner_text()
+
+
 def test_server_errors_are_outlined_in_the_builder(login, page, live_server, manager_alice, screenshot):
     login(manager_alice)
     page.goto(f"{live_server.url}/admin/audiences/segment/add/")
