@@ -64,6 +64,9 @@ class StalledImport:
     name: str
     minutes: int
     waiting: int
+    # Stalled past twice PUSHDESK_IMPORT_STALL_SECONDS: the imports watchdog, which takes a stalled
+    # import up within a minute, is not running (or fails on it), so an operator is needed.
+    overdue: bool = False
 
 
 def queue_depth_and_oldest_age(*, now: dt.datetime) -> tuple[int, float | None]:
@@ -165,6 +168,7 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
             name=record.original_name,
             minutes=import_stalled_minutes(record, now=now),
             waiting=waiting.get(record.pk, 0),
+            overdue=record.heartbeat_at < now - dt.timedelta(seconds=2 * settings.PUSHDESK_IMPORT_STALL_SECONDS),
         )
         for record in stalled
     ]

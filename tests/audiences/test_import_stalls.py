@@ -187,9 +187,34 @@ def test_the_operator_sees_a_stalled_import_and_the_imports_waiting_for_it(uploa
     call_command("status", stdout=out)
     text = out.getvalue()
     assert "imports    1 stalled" in text, text
-    assert f"#{add.pk} add_to_segment.csv: no batch written for 30 min, 1 import of its segment waiting" in text
+    line = next(line for line in text.splitlines() if line.startswith(f"  #{add.pk} "))
+    assert line.startswith(f"  #{add.pk} add_to_segment.csv: no batch written for 30 min, NOT TAKEN UP"), line
+    assert line.endswith(", 1 import of its segment waiting"), line
 
     status = login(manager_alice).get(f"/admin/audiences/import/{add.pk}/status/").json()
     assert status["text"].startswith("running, stalled: no batch written for 30 min"), status["text"]
     waiting = login(manager_alice).get(f"/admin/audiences/import/{replace.pk}/status/").json()
     assert f"waiting for import #{add.pk} into the same segment to finish (stalled" in waiting["text"], waiting["text"]
+
+
+def test_status_check_flags_an_import_stalled_past_twice_the_bound_only(upload, settings):
+    """A stalled import is the watchdog's to take up within a minute: no operator is needed for it.
+    One still stalled past twice PUSHDESK_IMPORT_STALL_SECONDS says the watchdog is not running."""
+    add = upload(b"external_id\na1\n", "add_to_segment")
+    _stop_its_worker(add, minutes_ago=10)  # past the bound (6 min), under twice it
+    out = io.StringIO()
+    call_command("status", "--check", stdout=out)  # no SystemExit: status 0
+    assert "imports    1 stalled" in out.getvalue() and "NOT TAKEN UP" not in out.getvalue(), out.getvalue()
+
+    _stop_its_worker(add, minutes_ago=13)
+    plain = io.StringIO()
+    call_command("status", stdout=plain)  # without --check: status 0
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as stopped:
+        call_command("status", "--check", stdout=out)
+    assert stopped.value.code == 2
+    said = f"  #{add.pk} add_to_segment.csv: no batch written for 13 min, NOT TAKEN UP by the imports watchdog"
+    assert said in out.getvalue() and said in plain.getvalue(), out.getvalue()
+
+    settings.PUSHDESK_IMPORT_STALL_SECONDS = 600  # twice that is 20 min
+    call_command("status", "--check", stdout=io.StringIO())

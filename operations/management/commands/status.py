@@ -32,8 +32,9 @@ class Command(BaseCommand):
             action="store_true",
             help=(
                 "Exit with status 2 when a line needs an operator (sending is off, credentials cannot be "
-                "decrypted, retention refuses to run, a schedule of the beat is missing): for a monitoring "
-                "script or a restore drill. Status 1 still means the queue could not be read."
+                "decrypted, retention refuses to run, a schedule of the beat is missing, an import stalled "
+                "for more than twice PUSHDESK_IMPORT_STALL_SECONDS, which the imports watchdog has not taken "
+                "up): for a monitoring script or a restore drill. Status 1 still means the queue could not be read."
             ),
         )
 
@@ -91,8 +92,15 @@ class Command(BaseCommand):
             )
             for record in s.stalled_imports:
                 waiting = f", {record.waiting} import{'s' if record.waiting != 1 else ''} of its segment waiting"
+                # Past twice the bound, the watchdog that takes it up within a minute is not running.
+                overdue = (
+                    ", NOT TAKEN UP by the imports watchdog (is the beat running? see its line below)"
+                    if record.overdue
+                    else ""
+                )
                 write(
                     f"  #{record.id} {record.name[:60]}: no batch written for {record.minutes} min"
+                    + overdue
                     + (waiting if record.waiting else "")
                 )
         for record in s.imports_run_again:
@@ -120,5 +128,8 @@ class Command(BaseCommand):
             sys.exit(1)
         # What --check reports: a line in capitals.
         missing = any(run.get("missing") for run in s.beat.values())
-        if options["check"] and (s.instance_problem or unreadable or s.retention_problems or missing):
+        imports_not_taken_up = any(record.overdue for record in s.stalled_imports)
+        if options["check"] and (
+            s.instance_problem or unreadable or s.retention_problems or missing or imports_not_taken_up
+        ):
             sys.exit(2)
