@@ -375,7 +375,10 @@ if _Q_CLUSTER_NAME and _Q_CLUSTER_NAME != PUSHDESK_QUEUE_NAME:
 
 Q_CLUSTER = {
     "name": PUSHDESK_QUEUE_NAME,
-    "workers": _env_int("PUSHDESK_WORKERS", 2, minimum=1),
+    # Processes per machine, about one per core, each holding a database connection per task (a
+    # resolve opens PUSHDESK_RESOLVE_SLICES more): 32 resolving with the default 2 slices is 96
+    # connections, PostgreSQL's default 100 for one machine alone; each process holds its memory.
+    "workers": _env_int("PUSHDESK_WORKERS", 2, minimum=1, maximum=32),
     # A task is killed after `timeout`; the broker re-presents an unacknowledged task after
     # `retry`. retry > timeout so a slow task is never run twice by the queue itself.
     "timeout": 300,
@@ -591,7 +594,10 @@ PUSHDESK_INGEST_RATE_PER_KEY = _env_float("PUSHDESK_INGEST_RATE_PER_KEY", 1000)
 # --- audiences -------------------------------------------------------------------------------
 # CSV imports: the largest file accepted, and rows written per batch (one transaction each).
 PUSHDESK_IMPORT_MAX_BYTES = _env_int("PUSHDESK_IMPORT_MAX_BYTES", 1024**3, minimum=1)
-PUSHDESK_IMPORT_BATCH_ROWS = _env_int("PUSHDESK_IMPORT_BATCH_ROWS", 20000, minimum=1)
+# A batch is held in memory and written in one transaction, and the one under way when a task's
+# budget ends has the minute the queue leaves: 100,000 rows take seconds at the measured 40,000
+# rows/s, and that minute at 2,000; ten times that could outlive the task, and fill the worker's memory.
+PUSHDESK_IMPORT_BATCH_ROWS = _env_int("PUSHDESK_IMPORT_BATCH_ROWS", 20000, minimum=1, maximum=100_000)
 # An import task hands over to a fresh task after this many seconds, then ends the batch under way:
 # a minute is left of Q_CLUSTER's timeout for it, past which the queue kills the task.
 PUSHDESK_IMPORT_TASK_SECONDS = _env_int(
@@ -620,12 +626,16 @@ for _name, _schemes in (
         if not re.fullmatch(r"[a-z][a-z0-9+.-]*", _scheme):
             _refuse_start(f"{_name}: {_scheme!r} is not a URL scheme; list schemes such as https, comma-separated.")
 # Deliveries claimed per batch by a send task; also the most a crashed worker can leave `unknown`.
-PUSHDESK_SEND_BATCH = _env_int("PUSHDESK_SEND_BATCH", 1000, minimum=1)
+# At most 10,000: the rows are claimed under one lease (sent within it, or `unknown`), held in
+# memory with their devices and profiles, and all left `unknown` by a worker that dies.
+PUSHDESK_SEND_BATCH = _env_int("PUSHDESK_SEND_BATCH", 1000, minimum=1, maximum=10_000)
 # Send tasks started per dispatch (they share its rows; more than the workers brings nothing).
 PUSHDESK_SEND_TASKS = _env_int("PUSHDESK_SEND_TASKS", Q_CLUSTER["workers"], minimum=1)
 # A segment's resolve is written by this many connections at once, each a range of profile ids,
 # when the profiles' ids span at least this many per slice (one statement runs on one core).
-PUSHDESK_RESOLVE_SLICES = _env_int("PUSHDESK_RESOLVE_SLICES", 2, minimum=1)
+# Each slice is a connection and a database core: past 16, one resolve takes more of PostgreSQL's
+# default 100 connections than the workers, and more cores than a database server spares for it.
+PUSHDESK_RESOLVE_SLICES = _env_int("PUSHDESK_RESOLVE_SLICES", 2, minimum=1, maximum=16)
 PUSHDESK_RESOLVE_SLICE_PROFILES = _env_int("PUSHDESK_RESOLVE_SLICE_PROFILES", 100_000, minimum=1)
 # Rows still `sending` after this many seconds become `unknown` (never re-sent).
 PUSHDESK_SEND_LEASE_SECONDS = _env_int("PUSHDESK_SEND_LEASE_SECONDS", 120, minimum=1)

@@ -397,6 +397,20 @@ OUT_OF_RANGE = [
     ("PUSHDESK_SEND_MAX_ATTEMPTS", "1000", "from 1 to 20"),
     ("PUSHDESK_LOGIN_LOCKOUT_SECONDS", "1000000000000", "from 1 to 604800"),
     ("SESSION_COOKIE_AGE", "1000000000000", "from 60 to 31536000"),
+    # Worker processes on a machine, each holding a connection per task (and a resolve's slices
+    # more): past 32 one machine alone outgrows PostgreSQL's 100 connections.
+    ("PUSHDESK_WORKERS", "0", "from 1 to 32"),
+    ("PUSHDESK_WORKERS", "-2", "from 1 to 32"),
+    ("PUSHDESK_WORKERS", "500", "from 1 to 32"),
+    # Rows claimed under one lease: a crashed worker leaves them all `unknown`.
+    ("PUSHDESK_SEND_BATCH", "0", "from 1 to 10000"),
+    ("PUSHDESK_SEND_BATCH", "1000000", "from 1 to 10000"),
+    # Rows of one import transaction, held in memory, ending in the minute the queue leaves a task.
+    ("PUSHDESK_IMPORT_BATCH_ROWS", "-1", "from 1 to 100000"),
+    ("PUSHDESK_IMPORT_BATCH_ROWS", "10000000", "from 1 to 100000"),
+    # Connections (and database cores) one resolve writes with at once.
+    ("PUSHDESK_RESOLVE_SLICES", "0", "from 1 to 16"),
+    ("PUSHDESK_RESOLVE_SLICES", "1000", "from 1 to 16"),
 ]
 
 
@@ -413,4 +427,15 @@ def test_a_lease_shorter_than_the_push_timeout_starts(tmp_path):
     """A lease bounds a whole batch, not one request: shorter than the timeout, a slow answer's row
     reads `unknown` (never sent twice), which the crash tests' 3-second leases rely on."""
     result = _import_settings({"PUSHDESK_SEND_LEASE_SECONDS": "3"}, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_workers_batches_and_slices_at_their_bounds_start(tmp_path):
+    env = {
+        "PUSHDESK_WORKERS": "32",
+        "PUSHDESK_SEND_BATCH": "10000",
+        "PUSHDESK_IMPORT_BATCH_ROWS": "100000",
+        "PUSHDESK_RESOLVE_SLICES": "16",
+    }
+    result = _import_settings(env, tmp_path)
     assert result.returncode == 0, result.stderr
