@@ -140,6 +140,15 @@ def decidable_references(user: User) -> dict[str, set[int]]:
             continue
         for label, pks in handler.references(subjects).items():
             references.setdefault(label, set()).update(pks)
+    if references.get("audiences.segment"):
+        # A segment's review shows its rules: the segments they use, at any depth, and the apps
+        # their reachability conditions name are part of what the approver decides.
+        from audiences.models import segments_named_by
+
+        segments, named_apps = segments_named_by(references["audiences.segment"])
+        references["audiences.segment"] |= segments
+        if named_apps:
+            references.setdefault("delivery.app", set()).update(named_apps)
     return references
 
 

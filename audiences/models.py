@@ -200,6 +200,27 @@ def segments_used(rules) -> set[int]:
     return found
 
 
+def segments_named_by(segment_ids) -> tuple[set[int], set[int]]:
+    """The segments the rules of these segments use, at any depth (themselves included), and the
+    apps their reachability conditions name: what their definitions show. A query per level."""
+    from audiences.rules.schema import rule_nodes
+
+    found: set[int] = set()
+    apps: set[int] = set()
+    pending = set(segment_ids)
+    while pending:
+        found |= pending
+        used: set[int] = set()
+        for rules in Segment.objects.filter(pk__in=sorted(pending)).values_list("rules", flat=True):
+            used |= segments_used(rules)
+            for node in rule_nodes(rules):
+                reachable = node.get("reachable")
+                if isinstance(reachable, dict) and type(reachable.get("app")) is int:
+                    apps.add(reachable["app"])
+        pending = used - found
+    return found, apps
+
+
 class SegmentUserObjectPermission(UserObjectPermissionBase, GrantStamp):
     content_object = models.ForeignKey(Segment, on_delete=models.CASCADE)
 

@@ -59,13 +59,19 @@ def test_the_rule_builder_draws_a_rules_segments_and_apps_outside_the_readers_ac
     top = segment_create(name="Top", rules=rules, by=manager_alice)
     access_grant(obj=top, to=viewer_carol, by=None)
     under_review(top)
-    for reader in (viewer_carol, approver_bob):  # the review shows the campaign's segment, not those it names
-        page = login(reader).get(f"/admin/audiences/segment/{top.pk}/change/")
-        meta = page.context["adminform"].form.fields["rules"].widget.meta
-        hidden = {"id": vips.pk, "name": f"a segment you have no access to (#{vips.pk})", "kind": ""}
-        assert hidden in meta["segments"]
-        assert {"id": shop.pk, "name": f"an app you have no access to (#{shop.pk})"} in meta["apps"]
-        assert b"VIPs" not in page.content and b"Shop" not in page.content
+    page = login(viewer_carol).get(f"/admin/audiences/segment/{top.pk}/change/")
+    meta = page.context["adminform"].form.fields["rules"].widget.meta
+    hidden = {"id": vips.pk, "name": f"a segment you have no access to (#{vips.pk})", "kind": ""}
+    assert hidden in meta["segments"]
+    assert {"id": shop.pk, "name": f"an app you have no access to (#{shop.pk})"} in meta["apps"]
+    assert b"VIPs" not in page.content and b"Shop" not in page.content
+    # The approver deciding the campaign reads what its audience is made of: the segments and apps
+    # its segment's rules name, at any depth, read-only.
+    page = login(approver_bob).get(f"/admin/audiences/segment/{top.pk}/change/")
+    meta = page.context["adminform"].form.fields["rules"].widget.meta
+    assert {"id": vips.pk, "name": "VIPs", "kind": "static"} in meta["segments"]
+    assert {"id": shop.pk, "name": "Shop"} in meta["apps"]
+    assert login(approver_bob).get(f"/admin/audiences/segment/{vips.pk}/change/").status_code == 200
     # Granted them, a reader reads their names.
     access_grant(obj=vips, to=viewer_carol, by=None)
     access_grant(obj=shop, to=viewer_carol, by=None)
