@@ -185,10 +185,15 @@ class Campaign(ConversionGoal):
         "throttle_per_second",
     )
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, *, missed_window: bool = True) -> str:
         """SHA-256 of everything an approver signs off: the content's own fingerprint, the audience's
-        definition (its rules, the segments they use, a kept list's membership), the schedule."""
+        definition (its rules, the segments they use, a kept list's membership), the schedule, and
+        for a scheduled campaign its missed-send window (whether an occurrence missed during downtime
+        goes out late). ``missed_window=False``: as approvals made before they covered the window
+        computed it (``matches``)."""
         data = {field: getattr(self, field) for field in self.FINGERPRINT_FIELDS}
+        if missed_window and self.kind == self.Kind.SCHEDULED:
+            data["missed_window_minutes"] = self.missed_window_minutes
         data["content"] = self.content.fingerprint()
         data["audience"] = self.segment.definition_fingerprint() if self.segment_id else None
         variants = self.variant_list()
@@ -202,7 +207,8 @@ class Campaign(ConversionGoal):
         blob = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    # Besides the fingerprint, what the approved version keeps (it does not change what is sent).
+    # Besides the fingerprint fields, what the approved version keeps (the window is in the fingerprint
+    # for a scheduled campaign, apart: an approval made before it was left it out, ``matches``).
     SNAPSHOT_EXTRA_FIELDS = ("content_id", "missed_window_minutes")
 
     WINNER_FIELDS = (
@@ -271,6 +277,7 @@ class Campaign(ConversionGoal):
             "fields": fields,
             "spec": self.content.spec(),
             "fingerprint": self.fingerprint(),
+            "covers_missed_window": True,
             "labels": {"content": str(self.content), "segment": str(self.segment) if self.segment_id else ""},
             # Who it reaches, as defined when approved: a send to an audience defined otherwise waits
             # for the revision's approval (the gate compares the fingerprints).
@@ -310,10 +317,23 @@ class Campaign(ConversionGoal):
         """The version that sends while the campaign is scheduled or live (None before any approval)."""
         if self.approved_version:
             return ApprovedVersion.from_snapshot(self.approved_version, campaign=self)
-        if self.approved_fingerprint and self.fingerprint() == self.approved_fingerprint:
-            # Approved before versions were kept: the row itself is still what was approved.
-            return ApprovedVersion.from_snapshot({**self.snapshot(), "number": 1}, campaign=self)
+        if self.approved_fingerprint and self.fingerprint(missed_window=False) == self.approved_fingerprint:
+            # Approved before versions were kept (and before approvals covered the window): the row
+            # itself is still what was approved.
+            legacy = {"fingerprint": self.approved_fingerprint, "covers_missed_window": False, "number": 1}
+            return ApprovedVersion.from_snapshot({**self.snapshot(), **legacy}, campaign=self)
         return None
+
+    def matches(self, approved: "ApprovedVersion") -> bool:
+        """Is the campaign as it stands the ``approved`` version? A version approved before approvals
+        covered the missed-send window has a fingerprint without it: the campaign is still that
+        version while its window is the one the version keeps."""
+        if approved.snapshot.get("covers_missed_window"):
+            return approved.fingerprint == self.fingerprint()
+        return (
+            approved.fingerprint == self.fingerprint(missed_window=False)
+            and approved.missed_window_minutes == self.missed_window_minutes
+        )
 
     @property
     def has_pending_revision(self) -> bool:
@@ -321,7 +341,7 @@ class Campaign(ConversionGoal):
         if not self.is_active:
             return False
         approved = self.approved()
-        return approved is None or approved.fingerprint != self.fingerprint()
+        return approved is None or not self.matches(approved)
 
     def approval_context(self) -> dict:
         return {"type": "campaign", "app_id": self.app_id, "kind": self.kind, "purpose": self.purpose}

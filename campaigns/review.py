@@ -397,11 +397,10 @@ def throttle_text(throttle: int | None, *, app_id: int) -> str:
 
 def missed_window_text(minutes: int) -> str:
     """How late a missed occurrence may still go (``campaign_fire_due``), as the approver reviews it:
-    the window is kept with the approved version but no approval covers it, and the review says so."""
+    the approval covers it (a change of it is a revision, approved as any other)."""
     return (
         "an occurrence the scheduler missed (it was down, or this approval comes after its time) is still sent "
-        f"up to {minutes:,} minutes late, and skipped after that; whoever may edit the campaign may change this "
-        "later, without a new approval"
+        f"up to {minutes:,} minutes late, and skipped after that"
     )
 
 

@@ -221,8 +221,8 @@ def campaign_update(*, campaign_id: int, by: User, **changes) -> Campaign:
     """Edit a campaign. A draft stays a draft. On a scheduled or live campaign, an edit of its
     content, audience or schedule is a pending revision: the approved version (``approved_version``)
     keeps sending until the revision is approved (submit it with ``campaign_submit``); only
-    ``campaign_stop`` takes the campaign off the air. The missed window, which no approval covers,
-    applies to the approved version at once.
+    ``campaign_stop`` takes the campaign off the air. Its missed-send window too: it decides whether
+    a missed occurrence goes out late.
 
     Raises TransitionError when it is in review (locked: a draft, or a revision waiting for
     approval) or finished, ValidationError naming the field.
@@ -241,12 +241,6 @@ def campaign_update(*, campaign_id: int, by: User, **changes) -> Campaign:
         for field, value in changes.items():
             setattr(campaign, field, value)
         _validate(campaign, by=by, changed=changed)
-        if campaign.is_active and "missed_window_minutes" in changed and campaign.approved_version:
-            # No approval covers the window (it says how late a send missed during downtime may
-            # still go, not what is sent): the approved version takes it at once, as the page shows.
-            approved = campaign.approved_version
-            fields = {**approved["fields"], "missed_window_minutes": campaign.missed_window_minutes}
-            campaign.approved_version = {**approved, "fields": fields}
         campaign.updated_at = timezone.now()
         campaign.save()
         revision = campaign.is_active and campaign.has_pending_revision

@@ -6,7 +6,7 @@ import html
 import re
 from zoneinfo import ZoneInfo
 
-from campaigns.services.lifecycle import campaign_submit
+from campaigns.services.lifecycle import campaign_submit, campaign_update
 from campaigns.services.winner import WinnerInput, campaign_winner_set
 from tests.campaigns.helpers import variants_set
 from tests.factories import DeviceFactory, ProfileFactory
@@ -35,9 +35,25 @@ def test_the_approver_reviews_how_late_a_missed_occurrence_may_still_go(
     client.force_login(approver_bob)
     assert _review_rows(client, request)["Missed-send window"] == (
         "an occurrence the scheduler missed (it was down, or this approval comes after its time) is still sent "
-        "up to 90 minutes late, and skipped after that; whoever may edit the campaign may change this later, "
-        "without a new approval"
+        "up to 90 minutes late, and skipped after that"
     )
+
+
+def test_the_approver_sees_a_changed_missed_send_window_in_the_revision(
+    client, make_campaign, manager_alice, approver_bob
+):
+    from campaigns.services.lifecycle import campaign_approve
+
+    send_at = dt.datetime(2027, 1, 5, 9, tzinfo=PARIS)
+    campaign = make_campaign(schedule_kind="recurring", recurrence="daily", send_at=send_at)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=send_at - dt.timedelta(hours=1))
+    campaign_update(campaign_id=campaign.pk, by=manager_alice, missed_window_minutes=240)
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(approver_bob)
+    page = client.get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+    changed = page[page.index("Missed-send window") :]
+    assert "up to 60 minutes late" in changed[:2000] and "up to 240 minutes late" in changed[:2000]
 
 
 def test_an_api_triggered_campaign_has_no_missed_send_window_to_review(

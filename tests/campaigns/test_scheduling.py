@@ -86,17 +86,46 @@ def test_an_occurrence_older_than_the_window_is_skipped_and_said(make_campaign, 
     assert not Dispatch.objects.exists()
 
 
-def test_a_window_changed_on_a_live_campaign_applies_to_its_next_late_send(make_campaign, approve, manager_alice):
-    # The window is no part of what an approver signs off: the page took the edit and no revision
-    # waits for an approval, so the next send after downtime is judged by the window as shown.
+def test_a_window_changed_on_a_live_campaign_waits_for_its_approval(
+    make_campaign, approve, manager_alice, approver_bob
+):
+    # The window decides whether a missed occurrence goes out late or not at all: an approver signs
+    # it off. Until the revision is approved, the approved window judges a late send.
     campaign = approve(make_campaign(schedule_kind="recurring", send_at=T0, recurrence="daily"))
     campaign_update(campaign_id=campaign.pk, by=manager_alice, missed_window_minutes=240)
     campaign.refresh_from_db()
-    assert not campaign.has_pending_revision
-    assert campaign.approved().missed_window_minutes == 240
+    assert campaign.has_pending_revision
+    assert campaign.approved().missed_window_minutes == 60
     fired = campaign_fire_due(campaign_id=campaign.pk, now=T0 + dt.timedelta(hours=3))
+    assert [o.outcome for o in fired] == ["skipped_missed"]
+    assert not Dispatch.objects.exists()
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=T0 + dt.timedelta(hours=4))
+    campaign.refresh_from_db()
+    assert not campaign.has_pending_revision and campaign.approved().missed_window_minutes == 240
+    fired = campaign_fire_due(campaign_id=campaign.pk, now=T0 + dt.timedelta(days=1, hours=3))
     assert [o.outcome for o in fired] == ["sent_late"]
-    assert Dispatch.objects.filter(source_id=campaign.pk, kind="campaign").count() == 1
+
+
+def test_a_campaign_approved_before_the_window_was_covered_keeps_its_approval(make_campaign, approve, manager_alice):
+    """Upgrading keeps what was approved: a version approved when the fingerprint left the window out
+    is still the campaign as it stands, and sends; a change of its window is then a revision."""
+    campaign = approve(
+        make_campaign(schedule_kind="recurring", send_at=T0, recurrence="daily", missed_window_minutes=240)
+    )
+    legacy = campaign.fingerprint(missed_window=False)
+    version = {k: v for k, v in campaign.approved_version.items() if k != "covers_missed_window"}
+    Campaign.objects.filter(pk=campaign.pk).update(
+        approved_version={**version, "fingerprint": legacy}, approved_fingerprint=legacy
+    )
+    campaign.refresh_from_db()
+    assert not campaign.has_pending_revision
+    assert [o.outcome for o in campaign_fire_due(campaign_id=campaign.pk, now=T0 + dt.timedelta(hours=3))] == [
+        "sent_late"
+    ]
+    campaign_update(campaign_id=campaign.pk, by=manager_alice, missed_window_minutes=30)
+    campaign.refresh_from_db()
+    assert campaign.has_pending_revision and campaign.approved().missed_window_minutes == 240
 
 
 def test_content_edited_after_approval_sends_the_approved_content(make_campaign, approve, content):
