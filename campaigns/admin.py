@@ -11,7 +11,14 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from accounts.admin.bases import ActiveStatusFilter, KeptChoiceField, ObjectAccessAdminMixin, ScopedAdmin, page_answers
+from accounts.admin.bases import (
+    ActiveStatusFilter,
+    KeptChoiceField,
+    ObjectAccessAdminMixin,
+    ScopedAdmin,
+    linked_if_visible,
+    page_answers,
+)
 from accounts.admin.lifecycle import LifecycleAdminMixin, approval_text
 from accounts.selectors import approval_current, can, in_scope
 from accounts.services import TransitionError
@@ -262,6 +269,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         "winner_status",
         "send_at_shown",
         "ends_at_shown",
+        "segment_shown",
     )
 
     class Media:
@@ -275,8 +283,9 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         # Viewer's, one in review, a finished campaign) shows them so too, the zone named.
         read_only = obj is not None and not self.has_change_permission(request, obj)
         send_at, ends_at = ("send_at_shown", "ends_at_shown") if read_only else ("send_at", "ends_at")
+        segment = "segment_shown" if read_only else "segment"
         fieldsets = [
-            (None, {"fields": ("name", "app", "kind", "purpose", "segment", "audience_size", "content")}),
+            (None, {"fields": ("name", "app", "kind", "purpose", segment, "audience_size", "content")}),
             (
                 "Schedule",
                 {
@@ -510,6 +519,11 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
                 reverse("admin:campaigns_campaign_count_audience", args=[obj.pk]),
             )
         return format_html('<span id="audience-size">{}</span>{}', text, button)
+
+    @admin.display(description="Segment")
+    def segment_shown(self, obj):
+        """The audience, linked only for a reader who may open the segment's page."""
+        return linked_if_visible(_page_request.get(), obj.segment)
 
     @admin.display(description="Versions")
     def versions(self, obj):

@@ -6,7 +6,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.contrib.admin.utils import NotRelationField, get_fields_from_path
+from django.contrib.admin.utils import NotRelationField, get_fields_from_path, quote
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
@@ -94,6 +94,22 @@ class KeptChoiceField(forms.ModelChoiceField):
         result = super().__deepcopy__(memo)
         result._kept_objects = self._kept_objects  # the copy's queryset is the same query
         return result
+
+
+def linked_if_visible(request, obj) -> str:
+    """``obj`` named, linked to its admin page only when ``request``'s user may open that page.
+
+    Django links a read-only foreign key whatever the reader's access: a Viewer of a campaign was
+    led to its segment's page, which answers 404 outside the segment's access.
+    """
+    if obj is None:
+        return "-"
+    model_admin = admin.site._registry.get(type(obj))
+    if model_admin is None or not model_admin.has_view_or_change_permission(request, obj):
+        return str(obj)
+    opts = obj._meta
+    url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[quote(obj.pk)])
+    return format_html('<a href="{}">{}</a>', url, obj)
 
 
 class EstimatedCountPaginator(Paginator):

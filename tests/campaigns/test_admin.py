@@ -2,6 +2,7 @@
 
 import csv
 import io
+import re
 
 import pytest
 
@@ -1015,3 +1016,14 @@ def test_the_report_its_csv_and_the_sends_read_in_the_approved_zone_while_a_revi
         assert "2026-11-28 11:15 (Europe/Paris)" in shown and "(America/New_York)" not in shown, url
     rows = client.get(f"/admin/delivery/delivery/?dispatch__id__exact={send.pk}").content.decode()
     assert "(Europe/Paris)" in rows and "(America/New_York)" not in rows
+
+
+def test_a_viewer_is_led_to_no_page_they_cannot_open_from_a_campaign(client, make_campaign, segment, viewer_carol):
+    """The campaign's segment is named, but not linked, for a reader outside the segment's access."""
+    campaign = make_campaign()
+    client.force_login(viewer_carol)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    assert "Everyone" in page
+    assert f"/admin/audiences/segment/{segment.pk}/change/" not in page
+    links = set(re.findall(r'href="(/admin/[^"#?]*)', page))
+    assert links and {link for link in links if client.get(link).status_code == 404} == set()
