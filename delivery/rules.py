@@ -10,7 +10,10 @@ replaces it when it is sent).
 from __future__ import annotations
 
 import datetime as dt
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from django.conf import settings
 from django.db import connection
@@ -189,18 +192,102 @@ def quiet_until(*, start: dt.time, end: dt.time, local: dt.datetime) -> dt.datet
     return until
 
 
+def _ttls(dispatch: Dispatch) -> tuple[int, dict[int, int]]:
+    """The TTL in seconds of the dispatch's own content, and of each variant's by its number."""
+    variants = {v["number"]: int(v["spec"].get("ttl_seconds") or 0) for v in dispatch.variants or [] if v["number"]}
+    return int(dispatch.content_spec.get("ttl_seconds") or 0), variants
+
+
+def _held_expiry(ttls: tuple[int, dict[int, int]], until: dt.datetime):
+    own, variants = ttls
+    expiries = [When(variant=n, then=Value(until + dt.timedelta(seconds=ttl))) for n, ttl in variants.items()]
+    default = until + dt.timedelta(seconds=own)
+    return Case(*expiries, default=Value(default), output_field=DateTimeField()) if expiries else default
+
+
 def held_expiry(dispatch: Dispatch, until: dt.datetime):
     """The expiry of a row held until ``until``: its TTL runs from the end of its hold
     (``Delivery.expires_at``), and a variant's row's TTL is its variant's (``Dispatch.spec_for``)."""
+    return _held_expiry(_ttls(dispatch), until)
 
-    def ttl(spec: dict) -> dt.timedelta:
-        return dt.timedelta(seconds=int(spec.get("ttl_seconds") or 0))
 
-    own = until + ttl(dispatch.content_spec)
-    variants = [
-        When(variant=v["number"], then=Value(until + ttl(v["spec"]))) for v in dispatch.variants or [] if v["number"]
-    ]
-    return Case(*variants, default=Value(own), output_field=DateTimeField()) if variants else own
+@dataclass(frozen=True)
+class QuietAtClaim:
+    """What a claim needs to judge the app's quiet hours again as it takes a dispatch's rows: a send
+    resolved before they started (a throttled one, going for hours) is still sending inside them."""
+
+    start: dt.time
+    end: dt.time
+    discard: bool
+    default_timezone: str
+    ttls: tuple[int, dict[int, int]]  # the dispatch's own TTL, each variant's (``_ttls``)
+
+    def zones(self, now: dt.datetime) -> dict[str, str | None]:
+        """{zone name: when its quiet hours end (UTC, ISO), or None outside them} for every zone
+        known, "" for the rules' default zone (a profile without a zone, or with an unknown one)."""
+        return _quiet_zones(self.start, self.end, self.default_timezone, _zones_instant(self, now))
+
+    def zones_json(self, now: dt.datetime) -> str:
+        """``zones`` as a JSON object, for a claim's statement."""
+        return _quiet_zones_json(self.start, self.end, self.default_timezone, _zones_instant(self, now))
+
+    def ttl_sql(self, column: str) -> str:
+        """SQL for the TTL in seconds of a row whose variant is ``column`` (integers of ours)."""
+        own, variants = self.ttls
+        if not variants:
+            return str(own)
+        cases = " ".join(f"WHEN {int(n)} THEN {int(ttl)}" for n, ttl in variants.items())
+        return f"CASE {column} {cases} ELSE {int(own)} END"
+
+    def expiry(self, until: dt.datetime):
+        """A held row's expiry, as ``held_expiry`` gives it (an expression over its variant)."""
+        return _held_expiry(self.ttls, until)
+
+
+def quiet_at_claim(dispatch: Dispatch) -> QuietAtClaim | None:
+    """The quiet hours a claim of the dispatch's rows judges again (``deliveries_claim``), or None:
+    a test or transactional send, or an app without quiet hours. One query (the app's rules)."""
+    if dispatch.kind == Dispatch.Kind.TEST or dispatch.purpose == "transactional":
+        return None
+    rules = DeliveryRules.objects.filter(app_id=dispatch.app_id).first()
+    if rules is None or not rules.has_quiet_hours:
+        return None
+    return QuietAtClaim(
+        start=rules.quiet_start,
+        end=rules.quiet_end,
+        discard=rules.quiet_mode == DeliveryRules.QuietMode.DISCARD,
+        default_timezone=rules.default_timezone,
+        ttls=_ttls(dispatch),
+    )
+
+
+def _zones_instant(quiet: QuietAtClaim, now: dt.datetime) -> dt.datetime:
+    """The instant the zones are judged at: the minute of ``now`` when the quiet hours start and end
+    on a whole minute (zones' offsets are whole minutes, so the answer holds for the whole minute and
+    is computed once a minute), else ``now``."""
+    whole = not (quiet.start.second or quiet.start.microsecond or quiet.end.second or quiet.end.microsecond)
+    return now.replace(second=0, microsecond=0) if whole else now
+
+
+@lru_cache(maxsize=1)
+def _known_zones() -> dict[str, ZoneInfo]:
+    return {name: ZoneInfo(name) for name in sorted(available_timezones())}
+
+
+@lru_cache(maxsize=16)
+def _quiet_zones_json(start: dt.time, end: dt.time, default: str, at: dt.datetime) -> str:
+    return json.dumps(_quiet_zones(start, end, default, at), separators=(",", ":"))
+
+
+@lru_cache(maxsize=16)
+def _quiet_zones(start: dt.time, end: dt.time, default: str, at: dt.datetime) -> dict[str, str | None]:
+    def ends(zone: ZoneInfo) -> str | None:
+        until = quiet_until(start=start, end=end, local=at.astimezone(zone))
+        return until.astimezone(dt.UTC).isoformat() if until is not None else None
+
+    found = {name: ends(zone) for name, zone in _known_zones().items()}
+    found[""] = ends(_zone(default, "UTC"))
+    return found
 
 
 def _now_or_never(dispatch: Dispatch) -> Q | None:

@@ -21,6 +21,7 @@ from django.db.models import F
 from accounts.json_values import json_compact
 from audiences.models import Profile
 from delivery.models import Delivery, Device, Dispatch
+from delivery.rules import QuietAtClaim
 from delivery.services.dispatches import DS, NO_PLATFORM, _dt, platform_counts_add
 from delivery.services.rollups import FINAL, rollup_add_finished, rollup_insert_sql
 
@@ -37,7 +38,8 @@ class Claimed:
     expires_at: datetime | None = None  # its own expiry (a held row, a stream's row); None: the dispatch's
     context: dict | None = None  # a stream's row: its call's context
     variant: int | None = None  # a campaign variant's number: the content it sends
-    skip: str = ""  # why its device may no longer get it (``unsendable_reason``); "" to send
+    skip: str = ""  # why it is not sent after all (``unsendable_reason``, quiet hours); "" to send
+    held: bool = False  # held by quiet hours when claimed: still queued, not to be sent now
 
 
 @dataclass(slots=True)
@@ -83,7 +85,13 @@ def unsendable_reason(row: Claimed, *, active: bool, owner: int | None, push_ena
 
 
 def deliveries_claim(
-    dispatch_id: int, *, limit: int, now: datetime, with_profiles: bool = False, after: int = 0
+    dispatch_id: int,
+    *,
+    limit: int,
+    now: datetime,
+    with_profiles: bool = False,
+    after: int = 0,
+    quiet: QuietAtClaim | None = None,
 ) -> list[Claimed]:
     """Atomically move up to ``limit`` ready queued rows to ``sending`` under a lease.
 
@@ -92,6 +100,13 @@ def deliveries_claim(
     is above ``after`` are taken: a sender going through a big dispatch passes its last claimed
     id, so each claim starts where the last one ended instead of stepping again over the index
     entries of every row sent before it (which stay until a vacuum removes them).
+
+    With ``quiet`` (``delivery.rules.quiet_at_claim``), the app's quiet hours are judged again
+    in each row's profile's zone at ``now``, as the resolve judged them: a send resolved before they
+    started may still be going inside them. A row they reach is held in the same statement (left
+    ``queued`` / ``quiet_hours`` until they end, its TTL from then, not leased; returned with
+    ``held``), or, in discard mode or with a TTL of 0, claimed with ``skip`` saying why
+    (``quiet_hours`` / ``expired``), for its write-back to skip it.
     """
     # On PostgreSQL the lease runs on the database's clock, the one the watchdog judges it by:
     # a worker whose clock is behind cannot stamp a lease that is over before it starts. (The
@@ -104,16 +119,29 @@ def deliveries_claim(
     if connection.vendor == "postgresql":
         profile_columns = ", p.external_id, p.locale, p.timezone, p.attributes" if with_profiles else ""
         profile_join = " LEFT JOIN audiences_profile p ON p.id = c.profile_id" if with_profiles else ""
-        sql = (
-            f"WITH picked AS (SELECT id FROM delivery_delivery WHERE {ready} ORDER BY id LIMIT %s "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
-            "FOR UPDATE SKIP LOCKED), "
-            "claimed AS (UPDATE delivery_delivery d SET status = 'sending', attempts = d.attempts + 1, "
-            "lease_expires_at = now() + %s * interval '1 second' WHERE d.id = ANY(ARRAY(SELECT id FROM picked)) "
-            "RETURNING d.id, d.device_id, d.profile_id, d.attempts, d.expires_at, d.context, d.variant) "
-            "SELECT c.id, c.device_id, c.profile_id, c.attempts, dev.token, dev.platform, c.expires_at, c.context, "
-            f"c.variant, {_UNSENDABLE_SQL}{profile_columns} "
-            f"FROM claimed c LEFT JOIN delivery_device dev ON dev.id = c.device_id{profile_join}"
-        )
+        lease_sql = "now() + %s * interval '1 second'"
+        if quiet is None:
+            sql = (
+                f"WITH picked AS (SELECT id FROM delivery_delivery WHERE {ready} ORDER BY id LIMIT %s "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
+                "FOR UPDATE SKIP LOCKED), "
+                "claimed AS (UPDATE delivery_delivery d SET status = 'sending', attempts = d.attempts + 1, "
+                f"lease_expires_at = {lease_sql} WHERE d.id = ANY(ARRAY(SELECT id FROM picked)) "
+                "RETURNING d.id, d.device_id, d.profile_id, d.attempts, d.expires_at, d.context, d.variant) "
+                "SELECT c.id, c.device_id, c.profile_id, c.attempts, dev.token, dev.platform, c.expires_at, c.context, "
+                f"c.variant, {_UNSENDABLE_SQL}{profile_columns} "
+                f"FROM claimed c LEFT JOIN delivery_device dev ON dev.id = c.device_id{profile_join}"
+            )
+            params = [dispatch_id, after, _dt(now), limit, settings.PUSHDESK_SEND_LEASE_SECONDS]
+        else:
+            sql = _quiet_claim_sql(ready, quiet, profile_columns=profile_columns, profile_join=profile_join)
+            params = [
+                dispatch_id,
+                after,
+                _dt(now),
+                limit,
+                quiet.zones_json(now),
+                settings.PUSHDESK_SEND_LEASE_SECONDS,
+            ]
         # The update finds the picked rows by their ids as an array, an index condition whatever
         # the statistics say (see _WRITE_BACK_SQL). One statement: alone in autocommit (no BEGIN
         # and COMMIT round trips before the send; its commit still waits for the disk, so a
@@ -121,21 +149,24 @@ def deliveries_claim(
         from config.db import prepared_cursor
 
         with prepared_cursor() as cursor:
-            cursor.execute(sql, [dispatch_id, after, _dt(now), limit, settings.PUSHDESK_SEND_LEASE_SECONDS])
+            cursor.execute(sql, params)
             fetched = cursor.fetchall()
         rows = []
+        at = 10 if quiet is None else 11  # the profile's columns (after ``held`` when quiet hours are judged)
         for values in fetched:
             row = Claimed(*values[:4], token=values[4] or "", platform=values[5] or "", expires_at=values[6])
             row.context = json.loads(values[7]) if isinstance(values[7], str) else values[7]
             row.variant, row.skip = values[8], values[9]
-            if with_profiles and values[10] is not None:
-                attributes = values[13]
+            if quiet is not None:
+                row.held = values[10]
+            if with_profiles and values[at] is not None:
+                attributes = values[at + 3]
                 if isinstance(attributes, str):
                     attributes = json.loads(attributes)
                 row.profile = {
-                    "external_id": values[10],
-                    "locale": values[11],
-                    "timezone": values[12],
+                    "external_id": values[at],
+                    "locale": values[at + 1],
+                    "timezone": values[at + 2],
                     "attributes": attributes or {},
                 }
             rows.append(row)
@@ -171,7 +202,74 @@ def deliveries_claim(
                 row.token, row.platform, active, owner, push_enabled = device
                 row.skip = unsendable_reason(row, active=active, owner=owner, push_enabled=push_enabled)
             row.profile = profiles.get(row.profile_id)
+        if quiet is not None:
+            _quiet_judge(rows, quiet, now=now)
     return rows
+
+
+def _quiet_claim_sql(ready: str, quiet: QuietAtClaim, *, profile_columns: str, profile_join: str) -> str:
+    """The claim's statement judging quiet hours (``deliveries_claim``): ``judged`` reads each
+    picked row's profile's zone in the zones' answers (a JSON object, bound: when their quiet hours
+    end, or null; "" for the rules' default zone, which an unknown or empty zone falls back to), the
+    update holds or claims each row, and ``held`` says which it did."""
+    ttl = quiet.ttl_sql("pk.variant")
+    quiet_until = "(COALESCE(z.m -> NULLIF(qp.timezone, ''), z.m -> '') #>> '{}')::timestamptz"
+    if quiet.discard:
+        hold, skip = "false", f"CASE WHEN {quiet_until} IS NOT NULL THEN 'quiet_hours' ELSE '' END"
+    else:
+        # A TTL of 0 is "now or never": held until they end, it would be expired then.
+        hold = f"({quiet_until} IS NOT NULL AND {ttl} > 0)"
+        skip = f"CASE WHEN {quiet_until} IS NOT NULL AND {ttl} = 0 THEN 'expired' ELSE '' END"
+    return (
+        f"WITH picked AS (SELECT id, profile_id, variant FROM delivery_delivery WHERE {ready} ORDER BY id "  # noqa: S608 (constants, integers of ours and the ORM's own SQL; values are bound)
+        "LIMIT %s FOR UPDATE SKIP LOCKED), "
+        f"judged AS (SELECT pk.id, {hold} AS hold, {quiet_until} AS until, {ttl} AS ttl, {skip} AS quiet_skip "
+        "FROM picked pk CROSS JOIN (SELECT %s::jsonb AS m) z LEFT JOIN audiences_profile qp ON qp.id = pk.profile_id), "
+        "claimed AS (UPDATE delivery_delivery d SET "
+        "status = CASE WHEN j.hold THEN 'queued' ELSE 'sending' END, "
+        "attempts = d.attempts + CASE WHEN j.hold THEN 0 ELSE 1 END, "
+        "lease_expires_at = CASE WHEN j.hold THEN NULL ELSE now() + %s * interval '1 second' END, "
+        "next_attempt_at = CASE WHEN j.hold THEN j.until ELSE d.next_attempt_at END, "
+        "expires_at = CASE WHEN j.hold THEN j.until + j.ttl * interval '1 second' ELSE d.expires_at END, "
+        "reason = CASE WHEN j.hold THEN 'quiet_hours' ELSE d.reason END "
+        "FROM judged j WHERE d.id = ANY(ARRAY(SELECT id FROM picked)) AND j.id = d.id "
+        "RETURNING d.id, d.device_id, d.profile_id, d.attempts, d.expires_at, d.context, d.variant, j.hold, "
+        "j.quiet_skip) "
+        "SELECT c.id, c.device_id, c.profile_id, c.attempts, dev.token, dev.platform, c.expires_at, c.context, "
+        f"c.variant, COALESCE(NULLIF({_UNSENDABLE_SQL}, ''), c.quiet_skip), c.hold{profile_columns} "
+        f"FROM claimed c LEFT JOIN delivery_device dev ON dev.id = c.device_id{profile_join}"
+    )
+
+
+def _quiet_judge(rows: list[Claimed], quiet: QuietAtClaim, *, now: datetime) -> None:
+    """The embedded mode's ``_quiet_claim_sql``, over rows claimed already: those the quiet hours
+    reach are put back (``queued`` / ``quiet_hours`` until they end, one update per end) or get
+    their ``skip``."""
+    zones = quiet.zones(now)
+    own_ttl, variants = quiet.ttls
+    names = dict(Profile.objects.filter(pk__in={r.profile_id for r in rows}).values_list("pk", "timezone"))
+    held: dict[datetime, list[int]] = {}
+    for row in rows:
+        name = names.get(row.profile_id) or ""
+        until = zones[name] if name in zones else zones[""]
+        if until is None:
+            continue
+        if quiet.discard:
+            row.skip = row.skip or "quiet_hours"
+        elif not variants.get(row.variant, own_ttl):
+            row.skip = row.skip or "expired"
+        else:
+            row.held = True
+            held.setdefault(datetime.fromisoformat(until), []).append(row.id)
+    for until, ids in held.items():
+        Delivery.objects.filter(pk__in=ids, status=DS.SENDING).update(
+            status=DS.QUEUED,
+            attempts=F("attempts") - 1,
+            lease_expires_at=None,
+            next_attempt_at=until,
+            expires_at=quiet.expiry(until),
+            reason="quiet_hours",
+        )
 
 
 def deliveries_write_back(

@@ -45,6 +45,7 @@ from delivery.payloads import (
 from delivery.providers import Outcome, OutcomeKind
 from delivery.providers.apns import ApnsClient, ApnsMessage
 from delivery.providers.fcm import FcmClient, FcmMessage
+from delivery.rules import quiet_at_claim
 from delivery.services.apps import app_secrets_read
 from delivery.services.claims import Claimed, Result, deliveries_claim, deliveries_write_back
 from delivery.services.devices import devices_invalidate
@@ -364,6 +365,8 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
     if dispatch.rate_limit_per_second:
         limits.append((f"dispatch:{dispatch.pk}", dispatch.rate_limit_per_second))
     with_profiles = dispatch_needs_profiles(dispatch)
+    # Judged again at each claim: a send resolved before the quiet hours started may go on inside them.
+    quiet = quiet_at_claim(dispatch)
     # One batch sends (in the send threads) while the next is claimed and rendered here.
     in_flight: _Batch | None = None
     # Each claim starts after the last one's rows; from the start again when none is left there,
@@ -394,13 +397,20 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
             if time.monotonic() >= rescan_at:
                 after, rescan_at = 0, time.monotonic() + _RESCAN_SECONDS
             rows = deliveries_claim(
-                dispatch_id, limit=granted, now=timezone.now(), with_profiles=with_profiles, after=after
+                dispatch_id, limit=granted, now=timezone.now(), with_profiles=with_profiles, after=after, quiet=quiet
             )
             if not rows and after:
                 after = 0
-                rows = deliveries_claim(dispatch_id, limit=granted, now=timezone.now(), with_profiles=with_profiles)
+                rows = deliveries_claim(
+                    dispatch_id, limit=granted, now=timezone.now(), with_profiles=with_profiles, quiet=quiet
+                )
             if rows:
                 after = max(row.id for row in rows)
+                if quiet is not None:
+                    rows = [row for row in rows if not row.held]  # held until the quiet hours end
+                    if not rows:
+                        continue  # none of the claim's rows goes now: the next claim starts after them
+            if rows:
                 report.claimed += len(rows)
                 report.batches += 1
                 batch = _batch_prepare(dispatch, rows)

@@ -1,0 +1,170 @@
+"""Quiet hours are judged again when a row is claimed for sending, not only when its audience was
+resolved: a throttled send resolved at 21:55 is still sending at 23:00. A row the quiet hours
+reach on its way is held until they end (``queued`` / ``quiet_hours``), or skipped in discard mode,
+as the resolve does; the claim stays one statement."""
+
+from datetime import timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+from django_q.conf import Conf
+
+from delivery.models import Delivery, DeliveryRules, Dispatch
+from delivery.rules import quiet_at_claim, quiet_until
+from delivery.services.claims import deliveries_claim
+from delivery.services.sending import dispatch_send
+from tests.delivery.test_pipeline import fast_retries  # noqa: F401 (a fixture used below)
+from tests.delivery.test_sending_expiry import prepared
+from tests.factories import AppFactory, DeviceFactory, ProfileFactory, PushContentFactory
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("open_gate")]
+
+
+def _quiet_from_now_on(app, zone: str, *, mode: str = "delay", default_timezone: str = "UTC") -> DeliveryRules:
+    """Quiet hours that started a minute ago in ``zone`` and last two hours: set after the resolve."""
+    local = timezone.now().astimezone(ZoneInfo(zone))
+    return DeliveryRules.objects.create(
+        app=app,
+        quiet_start=(local - timedelta(minutes=1)).time().replace(second=0, microsecond=0),
+        quiet_end=(local + timedelta(hours=2)).time().replace(second=0, microsecond=0),
+        quiet_mode=mode,
+        default_timezone=default_timezone,
+    )
+
+
+def _until(rules: DeliveryRules, zone: str):
+    local = timezone.now().astimezone(ZoneInfo(zone))
+    return quiet_until(start=rules.quiet_start, end=rules.quiet_end, local=local).astimezone(ZoneInfo("UTC"))
+
+
+def test_a_send_resolved_before_the_quiet_hours_holds_the_rows_they_reach_when_it_claims_them(
+    pushsim_app, pushsim, django_capture_on_commit_callbacks, monkeypatch
+):
+    monkeypatch.setattr(Conf, "SYNC", False)  # the held row's next send is scheduled, not awaited here
+    content = PushContentFactory(app=pushsim_app, ttl_seconds=3600)
+    paris, tokyo = ProfileFactory(timezone="Europe/Paris"), ProfileFactory(timezone="Asia/Tokyo")
+    sleeping = DeviceFactory(profile=paris, app=pushsim_app, platform="android")
+    awake = DeviceFactory(profile=tokyo, app=pushsim_app, platform="ios")
+    dispatch = prepared(content, [paris, tokyo], django_capture_on_commit_callbacks, purpose="marketing")
+    assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", "reason")) == {("queued", "")}
+    rules = _quiet_from_now_on(pushsim_app, "Europe/Paris")  # the send is still going when they start
+
+    dispatch_send(dispatch_id=dispatch.pk)
+
+    held = Delivery.objects.get(dispatch=dispatch, profile_id=paris.pk)
+    until = _until(rules, "Europe/Paris")
+    assert (held.status, held.reason, held.attempts, held.lease_expires_at) == ("queued", "quiet_hours", 0, None)
+    assert (held.next_attempt_at, held.expires_at) == (until, until + timedelta(seconds=3600))
+    assert pushsim.state.count(sleeping.token) == 0
+    assert Delivery.objects.get(dispatch=dispatch, profile_id=tokyo.pk).status == "accepted"
+    assert pushsim.state.count(awake.token) == 1
+    dispatch.refresh_from_db()
+    assert (dispatch.status, dispatch.accepted, dispatch.skipped) == ("sending", 1, 0)
+    assert dispatch.retries == {}  # a hold is no retry
+
+    # They ended: the row goes, its TTL counted from their end.
+    Delivery.objects.filter(pk=held.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+    Delivery.objects.filter(pk=held.pk).update(expires_at=timezone.now() + timedelta(seconds=3600))
+    DeliveryRules.objects.filter(pk=rules.pk).update(quiet_start=rules.quiet_end, quiet_end=rules.quiet_start)
+    dispatch_send(dispatch_id=dispatch.pk)
+    held.refresh_from_db()
+    assert (held.status, held.reason, held.attempts) == ("accepted", "", 1)
+
+
+def test_quiet_hours_that_discard_skip_the_rows_they_reach_and_transactional_sends_pass(
+    pushsim_app, pushsim, django_capture_on_commit_callbacks
+):
+    content = PushContentFactory(app=pushsim_app, ttl_seconds=3600)
+    profile = ProfileFactory(timezone="Europe/Paris")
+    device = DeviceFactory(profile=profile, app=pushsim_app, platform="android")
+    marketing = prepared(content, [profile], django_capture_on_commit_callbacks, purpose="marketing")
+    transactional = prepared(content, [profile], django_capture_on_commit_callbacks, purpose="transactional")
+    _quiet_from_now_on(pushsim_app, "Europe/Paris", mode="discard")
+
+    dispatch_send(dispatch_id=marketing.pk)
+    dispatch_send(dispatch_id=transactional.pk)
+
+    assert Delivery.objects.filter(dispatch=marketing).values_list("status", "reason").get() == (
+        "skipped",
+        "quiet_hours",
+    )
+    marketing.refresh_from_db()
+    assert (marketing.status, marketing.skipped, marketing.by_platform) == ("done", 1, {"android": {"skipped": 1}})
+    assert Delivery.objects.filter(dispatch=transactional).values_list("status", flat=True).get() == "accepted"
+    assert pushsim.state.count(device.token) == 1
+
+
+def test_a_now_or_never_push_the_quiet_hours_reach_is_skipped_as_expired_in_the_rules_zone_without_its_own(
+    pushsim_app, pushsim, django_capture_on_commit_callbacks
+):
+    never = PushContentFactory(app=pushsim_app, ttl_seconds=0)
+    zoneless, unknown_zone = ProfileFactory(timezone=""), ProfileFactory(timezone="Mars/Olympus_Mons")
+    for profile in (zoneless, unknown_zone):
+        DeviceFactory(profile=profile, app=pushsim_app, platform="android")
+    dispatch = prepared(never, [zoneless, unknown_zone], django_capture_on_commit_callbacks, purpose="marketing")
+    _quiet_from_now_on(pushsim_app, "America/Chicago", default_timezone="America/Chicago")
+
+    dispatch_send(dispatch_id=dispatch.pk)
+
+    assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", "reason", "attempts")) == {
+        ("skipped", "expired", 1)
+    }
+    dispatch.refresh_from_db()
+    assert (dispatch.status, dispatch.skipped) == ("done", 2)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="one statement on PostgreSQL")
+def test_the_claim_judging_quiet_hours_is_one_statement(django_capture_on_commit_callbacks, django_assert_num_queries):
+    app = AppFactory()
+    content = PushContentFactory(app=app, ttl_seconds=600)
+    variant = PushContentFactory(app=app, ttl_seconds=7200)
+    asleep, awake = ProfileFactory(timezone="Europe/Paris"), ProfileFactory(timezone="Asia/Tokyo")
+    for profile in (asleep, awake):
+        DeviceFactory(profile=profile, app=app)
+    dispatch = prepared(
+        content,
+        [asleep, awake],
+        django_capture_on_commit_callbacks,
+        purpose="marketing",
+        source_id=1,
+        variants=[{"number": 1, "label": "A", "content_id": variant.pk, "share": 100, "spec": variant.spec()}],
+    )
+    rules = _quiet_from_now_on(app, "Europe/Paris")
+    quiet = quiet_at_claim(dispatch)
+
+    with django_assert_num_queries(1):
+        rows = deliveries_claim(dispatch.pk, limit=10, now=timezone.now(), quiet=quiet)
+
+    assert [(r.profile_id, r.held) for r in rows] == sorted([(asleep.pk, True), (awake.pk, False)])
+    held = Delivery.objects.get(dispatch=dispatch, profile_id=asleep.pk)
+    until = _until(rules, "Europe/Paris")
+    # The variant's TTL (two hours), from the end of the hold.
+    assert (held.status, held.next_attempt_at, held.expires_at) == ("queued", until, until + timedelta(hours=2))
+
+
+@pytest.mark.embedded
+def test_the_embedded_claim_holds_the_rows_the_quiet_hours_reach(django_capture_on_commit_callbacks):
+    app = AppFactory()
+    content = PushContentFactory(app=app, ttl_seconds=600)
+    asleep, awake = ProfileFactory(timezone="Europe/Paris"), ProfileFactory(timezone="Asia/Tokyo")
+    for profile in (asleep, awake):
+        DeviceFactory(profile=profile, app=app)
+    dispatch = prepared(content, [asleep, awake], django_capture_on_commit_callbacks, purpose="marketing")
+    rules = _quiet_from_now_on(app, "Europe/Paris")
+
+    rows = deliveries_claim(dispatch.pk, limit=10, now=timezone.now(), quiet=quiet_at_claim(dispatch))
+
+    assert sorted((r.profile_id, r.held) for r in rows) == sorted([(asleep.pk, True), (awake.pk, False)])
+    held = Delivery.objects.get(dispatch=dispatch, profile_id=asleep.pk)
+    until = _until(rules, "Europe/Paris")
+    assert (held.status, held.reason, held.attempts, held.next_attempt_at, held.expires_at) == (
+        "queued",
+        "quiet_hours",
+        0,
+        until,
+        until + timedelta(seconds=600),
+    )
+    assert Delivery.objects.get(dispatch=dispatch, profile_id=awake.pk).status == "sending"
+    assert Dispatch.objects.get(pk=dispatch.pk).status == "sending"
