@@ -27,6 +27,7 @@ from campaigns.models import Campaign
 from campaigns.review import next_send_text
 from campaigns.selectors import campaigns_visible_to
 from delivery.models import Delivery, DeliveryRollup, Dispatch
+from delivery.reasons import reason_label
 from delivery.selectors import dispatches_visible_to
 from journeys.models import Journey
 from journeys.selectors import journeys_visible_to
@@ -158,13 +159,16 @@ def sends_last_24h(user: User, *, now: dt.datetime) -> dict:
         if row["outcome"] == DeliveryRollup.Outcome.SKIPPED and row["n"]:
             reason = row["reason"] or "unspecified"
             skipped[reason] = skipped.get(reason, 0) + row["n"]
+    by_reason = sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))
     return {
         "labels": [hour.strftime("%H:%M") for hour in hours],
         "start": start.strftime("%Y-%m-%d %H:%M %Z"),
         "end": end.strftime("%Y-%m-%d %H:%M %Z"),
         "series": series,
         "totals": {name: sum(values) for name, values in series.items()},
-        "skipped_by_reason": sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0])),
+        "skipped_by_reason": by_reason,
+        # As the page reads them: each reason's label, its code beside (the code alone without one).
+        "skipped_shown": [(reason, reason_label(reason), count) for reason, count in by_reason],
         "deliveries_url": _changelist_url(Dispatch),
     }
 

@@ -438,3 +438,15 @@ def test_a_stuck_request_says_when_it_was_asked_as_its_requesters_card_does(
     client.force_login(manager_alice)
     html = client.get("/admin/").content.decode()
     assert "sent 2027-01-05 09:30 (America/New_York)" in html  # the requester's own card
+
+
+def test_the_skips_read_in_words_with_their_code_beside(client, manager_alice, shop):
+    now = timezone.now()
+    make_sends(shop, [("skipped", "no_device", "none")] * 2 + [("skipped", "not_opted_in", "ios")], finished_at=now)
+    client.force_login(manager_alice)
+    html = client.get("/admin/").content.decode()
+    assert (
+        '<span data-skip-reason="no_device">no phone registered for the app <code>no_device</code> 2</span>, '
+        '<span data-skip-reason="not_opted_in">notifications are turned off on the phone <code>not_opted_in</code> 1'
+        "</span>"
+    ) in html
