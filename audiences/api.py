@@ -57,7 +57,13 @@ from accounts.parsers import ApiJSONParser
 from audiences.imports import ImportRefused, columns_problem
 from audiences.models import EventBulkRequest, Import, Profile, Segment
 from audiences.rules.schema import KEY_RE, RulesInvalid
-from audiences.selectors import imports_visible_to_key, profiles_visible_to, segment_for, segments_visible_to
+from audiences.selectors import (
+    UNREAD_CODES,
+    imports_visible_to_key,
+    profiles_visible_to,
+    segment_for,
+    segments_visible_to,
+)
 from audiences.services.events import (
     FUTURE_LIMIT,
     MAX_PROPERTIES_BYTES,
@@ -625,9 +631,25 @@ class SegmentReachSerializer(serializers.Serializer):
     opted_in = serializers.IntegerField(help_text="Reachable profiles with a device that allows notifications.")
 
 
+class SegmentWarningSerializer(serializers.Serializer):
+    code = serializers.ChoiceField(
+        choices=UNREAD_CODES,
+        help_text="`number_as_text`: the attribute is held as text a number rule does not read (a number is read "
+        'from text written plainly: "42", "-7", "4.5"; not "042", "42.0", " 42"). `text_with_white_space`: the '
+        "attribute is held as text with white space around it, which is, is not, is one of and is none of "
+        'compare whole ("pro " is not "pro"). Either way those profiles match no such condition.',
+    )
+    attribute = serializers.CharField(help_text="The custom attribute the rules read.")
+    count = serializers.IntegerField(help_text="How many of the newest profiles read hold such a value.")
+    sampled = serializers.IntegerField(help_text="How many profiles were read: the newest, at most 5,000.")
+    example = serializers.CharField(help_text="One such value, as stored.", trim_whitespace=False)
+    message = serializers.CharField(help_text="The warning in a sentence, as the admin's rule builder shows it.")
+
+
 class SegmentPreviewView(APIView):
-    """The segment's profile count now, a sample of profiles, and what a send would reach in each
-    app the key's user sees (profiles → reachable → opted in; the first 5 apps by name)."""
+    """The segment's profile count now, a sample of profiles, what a send would reach in each
+    app the key's user sees (profiles → reachable → opted in; the first 5 apps by name), and
+    warnings of values its rules read as nothing among the newest profiles."""
 
     required_scope = "read"
 
@@ -642,6 +664,12 @@ class SegmentPreviewView(APIView):
                 "took_ms": serializers.IntegerField(),
                 "reach": SegmentReachSerializer(
                     many=True, help_text="Per app the key's user sees (the first 5 by name); empty when count is 0."
+                ),
+                "warnings": SegmentWarningSerializer(
+                    many=True,
+                    help_text="Values the segment's attribute conditions read as nothing, counted among the 5,000 "
+                    "newest profiles: one per attribute and kind, with an example. Empty when there are none "
+                    "(and for static and imported segments).",
                 ),
             },
         ),
@@ -658,6 +686,7 @@ class SegmentPreviewView(APIView):
                 "sample": ProfileOutSerializer(preview.sample, many=True).data,
                 "took_ms": preview.took_ms,
                 "reach": preview.reach,
+                "warnings": preview.warnings,
             }
         )
 

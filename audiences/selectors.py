@@ -138,15 +138,18 @@ def attribute_keys(*, sample: int = 5000) -> list[dict]:
 
 
 UNREAD_SAMPLE = 5000
+UNREAD_CODES = ("number_as_text", "text_with_white_space")  # the codes of rules_unread_warnings
 _TEXT_COMPARED_WHOLE = ("eq", "ne", "in", "not_in")
 _PADDED_PATTERN = r"\A\s|\s\Z"
 
 
-def rules_unread_values(tree, *, sample: int = UNREAD_SAMPLE) -> list[str]:
+def rules_unread_warnings(tree, *, sample: int = UNREAD_SAMPLE) -> list[dict]:
     """What the attribute conditions of a validated ``tree`` read as nothing among the ``sample``
-    newest profiles, one sentence per attribute and kind, with an example: text a number rule
-    does not read (``NUMBER_TEXT_PATTERN``: "042", "42.0"), and text with white space around it
-    that a rule compares whole ("pro " is not "pro"). One query, over the newest profiles alone
+    newest profiles, one warning per attribute and kind, with an example: text a number rule
+    does not read (``NUMBER_TEXT_PATTERN``: "042", "42.0"; code ``number_as_text``), and text with
+    white space around it that a rule compares whole ("pro " is not "pro"; code
+    ``text_with_white_space``). Each is ``{code, attribute, count, sampled, example, message}``,
+    ``sampled`` being how many profiles were read. One query, over the newest profiles alone
     (by id, as the builder's attribute picker reads them), so a preview of a million stays fast.
     """
     from audiences.rules.compiler import NUMBER_TEXT_PATTERN
@@ -183,21 +186,26 @@ def rules_unread_values(tree, *, sample: int = UNREAD_SAMPLE) -> list[str]:
         cursor.execute(sql, [*params, sample])
         row = cursor.fetchone()
     read, found = row[0], row[1:]
-    sentences = []
+    warnings = []
     for index, ((name, kind), op) in enumerate(checks.items()):
         held, example = found[2 * index], found[2 * index + 1]
         if not held:
             continue
         among = f"{held:,} of the {read:,} newest profiles hold {name!r}"
         if kind == "number":
-            sentences.append(
+            code = "number_as_text"
+            message = (
                 f"{among} as text a number rule does not read, such as {example!r}: "
                 "a number is read from text written plainly (42, -7, 4.5)"
             )
         else:
+            code = "text_with_white_space"
             label = OPERATOR_LABELS.get(op, op)
-            sentences.append(f"{among} with white space around it, such as {example!r}, which '{label}' compares too")
-    return sentences
+            message = f"{among} with white space around it, such as {example!r}, which '{label}' compares too"
+        warnings.append(
+            {"code": code, "attribute": name, "count": held, "sampled": read, "example": example, "message": message}
+        )
+    return warnings
 
 
 def _kind_of(json_type: str, value) -> str | None:

@@ -506,6 +506,7 @@ SPECTACULAR_SETTINGS = {
         "DeliveryStatusEnum": "delivery.models.Delivery.Status",
         "DispatchStatusEnum": "delivery.models.Dispatch.Status",
         "DispatchKindEnum": "delivery.models.Dispatch.Kind",
+        "SegmentWarningCodeEnum": "audiences.selectors.UNREAD_CODES",
     },
     # The security scheme and each operation's requirement: accounts.authentication.ApiKeyAuthenticationScheme.
     "POSTPROCESSING_HOOKS": [

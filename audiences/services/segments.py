@@ -20,7 +20,7 @@ from accounts.services import access_grant, audit
 from audiences.models import Profile, Segment, SegmentMember, SegmentReference
 from audiences.rules.compiler import segment_count, segment_profiles
 from audiences.rules.validation import rules_validate_for
-from audiences.selectors import audience_reach, reach_apps_for, rules_unread_values, segment_for
+from audiences.selectors import audience_reach, reach_apps_for, rules_unread_warnings, segment_for
 from audiences.services.profiles import _ensure_perm
 from config.db import Holders
 
@@ -202,7 +202,12 @@ class Preview:
     sample: list[Profile] = field(default_factory=list)
     took_ms: int = 0
     reach: list[dict] = field(default_factory=list)  # per app, as kept in Segment.last_reach
-    unread: list[str] = field(default_factory=list)  # values the rules read as nothing (rules_unread_values)
+    warnings: list[dict] = field(default_factory=list)  # values the rules read as nothing (rules_unread_warnings)
+
+    @property
+    def unread(self) -> list[str]:
+        """The warnings' sentences, as the rule builder shows them."""
+        return [warning["message"] for warning in self.warnings]
 
 
 def segment_preview(
@@ -220,7 +225,7 @@ def segment_preview(
     An unsaved tree is validated first (RulesInvalid). With ``reach``, the size is also measured as
     profiles → reachable → opted in in each app the user sees (up to REACH_APPS, one query each).
     With ``unread``, a rules segment's preview also says which values its attribute conditions read
-    as nothing (``rules_unread_values``: one query over the newest profiles).
+    as nothing (``rules_unread_warnings``: one query over the newest profiles).
     A preview writes nothing, so whoever may see a segment may preview it (a Viewer, a GET, the
     API's ``read`` scope). With ``keep`` (the segment page's preview, a POST), the figures of a
     saved segment counted from its saved rules are kept on it for the segment list as
@@ -246,11 +251,11 @@ def segment_preview(
             figures = audience_reach(segment=segment, app_id=app.pk)
             reaches.append({"app": app.pk, "name": app.name, **asdict(figures)})
     if unread and segment.kind == Segment.Kind.RULES and segment.rules:
-        unread = rules_unread_values(segment.rules)
+        warnings = rules_unread_warnings(segment.rules)
     else:
-        unread = []
+        warnings = []
     took = int((timezone.now() - started).total_seconds() * 1000)
-    preview = Preview(count=count, sample=sample, took_ms=took, reach=reaches, unread=unread)
+    preview = Preview(count=count, sample=sample, took_ms=took, reach=reaches, warnings=warnings)
     if keep and saved is not None and (rules is None or rules == saved.rules):
         _figures_keep(segment=saved, by=by, preview=preview)
     return preview

@@ -450,6 +450,58 @@ def test_segment_preview_counts_numbers_no_float_holds_stored_before_they_were_r
     assert response.json()["count"] == 2
 
 
+def test_segment_preview_warns_of_values_its_rules_read_as_nothing(manager_alice, api_key_for):
+    """The rule builder's preview warned of text a number rule does not read and of text with white
+    space around it under 'is'; the API's preview said nothing, so a segment built through the API
+    left such profiles out with no hint. It answers the same warnings, each with a code to act on."""
+    ProfileFactory(attributes={"age": "042", "plan": "pro "})
+    ProfileFactory(attributes={"age": 50, "plan": "pro"})
+    ProfileFactory(attributes={"age": "42.0", "plan": "free"})
+    rules = {
+        "all": [
+            {"attribute": "age", "type": "number", "op": "gt", "value": 30},
+            {"attribute": "plan", "type": "string", "op": "in", "value": ["pro", "team"]},
+        ]
+    }
+    segment = segment_create(name="Pro adults", rules=rules, by=manager_alice)
+    body = api_key_for(manager_alice, scopes=["read"]).get(f"/api/v1/segments/{segment.pk}/preview/").json()
+    assert body["count"] == 1
+    assert body["warnings"] == [
+        {
+            "code": "number_as_text",
+            "attribute": "age",
+            "count": 2,
+            "sampled": 3,
+            "example": "042",
+            "message": "2 of the 3 newest profiles hold 'age' as text a number rule does not read, such as '042': "
+            "a number is read from text written plainly (42, -7, 4.5)",
+        },
+        {
+            "code": "text_with_white_space",
+            "attribute": "plan",
+            "count": 1,
+            "sampled": 3,
+            "example": "pro ",
+            "message": "1 of the 3 newest profiles hold 'plan' with white space around it, such as 'pro ', "
+            "which 'is one of' compares too",
+        },
+    ]
+    plain = segment_create(name="Pro", rules=PRO, by=manager_alice)
+    ProfileFactory(attributes={"plan": "pro"})
+    body = api_key_for(manager_alice, scopes=["read"]).get(f"/api/v1/segments/{plain.pk}/preview/").json()
+    assert body["warnings"] == [
+        {
+            "code": "text_with_white_space",
+            "attribute": "plan",
+            "count": 1,
+            "sampled": 4,
+            "example": "pro ",
+            "message": "1 of the 4 newest profiles hold 'plan' with white space around it, such as 'pro ', "
+            "which 'is' compares too",
+        }
+    ]
+
+
 def test_profile_read_needs_read_scope(manager_alice, api_key_for):
     ProfileFactory(external_id="ann", attributes={"plan": "pro"})
     assert api_key_for(manager_alice, scopes=["read"]).get("/api/v1/profiles/ann/").json()["attributes"] == {
