@@ -593,7 +593,14 @@ def _charts(of: Q | Lookup, tz: dt.tzinfo) -> dict:
             "values": [totals["targeted"], totals["targeted"] - unreachable, totals["accepted"], totals["opened"]],
         },
         "reasons": [
-            {"outcome": outcome, "reason": reason, "label": reason_label(reason), "count": n}
+            {
+                "outcome": outcome,
+                "reason": reason,
+                "label": reason_label(reason),
+                # The chart's bar, in words: the reason's label, its code when it has none.
+                "bar": f"{outcome}: {reason_label(reason) or reason}",
+                "count": n,
+            }
             for (outcome, reason), n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
         ],
         "time_zone": str(tz),

@@ -9,7 +9,8 @@ from django.templatetags.static import static
 from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
-from journeys.graph import duration_text, entry_of, exits_of
+from delivery.reasons import reason_label
+from journeys.graph import ELSE_LABEL, STEP_TYPE_LABELS, duration_text, entry_of, exits_of
 
 BOX_W, BOX_H, GAP_X, GAP_Y = 190, 86, 70, 26
 ENTRY_ID = "(entry)"
@@ -136,9 +137,10 @@ def version_svg(
             tx, ty = xy(target)
             sy = y + BOX_H * (index + 1) / (len(edges) + 1)
             passed = (stats.get(step["id"]) or {}).get("passed", {}).get(label)
-            text = label if label != "next" else ""
+            shown = ELSE_LABEL if step["type"] == "condition" and label == "else" else label
+            text = shown if label != "next" else ""
             if passed is not None and step["type"] in ("condition", "split"):
-                text = f"{label}: {passed:,}"
+                text = f"{shown}: {passed:,}"
             parts.append(
                 f'<g class="edge" data-from="{escape(step["id"])}" data-to="{escape(target)}">'
                 f'<path d="M{x + BOX_W},{sy:.0f} C{x + BOX_W + GAP_X / 2},{sy:.0f} {tx - GAP_X / 2},{ty + BOX_H / 2} '
@@ -157,7 +159,7 @@ def version_svg(
         box = (
             f'<rect x="0" y="0" width="{BOX_W}" height="{BOX_H}" rx="8" fill="{COLORS.get(kind, "#fff")}" '
             'stroke="#888"/>'
-            f'<text x="8" y="16" font-weight="bold">{escape(kind.upper())} · {escape(step["id"])}</text>'
+            f'<text x="8" y="16" font-weight="bold">{escape(_title(step))}</text>'
             f'<text x="8" y="34">{escape(_describe(step, names)[:34])}</text>'
             f'<text x="8" y="54" class="counts">{escape(line)}</text>'
             f'<text x="8" y="72" fill="#a33" class="notes">{escape(extra)}<title>{escape(extra)}</title></text>'
@@ -182,6 +184,14 @@ def version_svg(
         static("pushdesk/vendor/dagre/dagre.min.js"),
         static("journeys/canvas.js"),
     )
+
+
+def _title(step: dict) -> str:
+    """A box's title: the step's type in words and its id (the entry box: "Entry")."""
+    kind = step.get("type", "?")
+    if kind == "entry":
+        return "Entry"
+    return f"{STEP_TYPE_LABELS.get(kind, kind)} · {step['id']}"
 
 
 def _counters(kind: str, counts: dict) -> tuple[str, str]:
@@ -211,6 +221,8 @@ def _counters(kind: str, counts: dict) -> tuple[str, str]:
             notes.append(f"reads skipped while paused {counts['reads_skipped_paused']:,}")
     if counts.get("held"):
         notes.insert(0, f"held by the pause {counts['held']:,}")
+    if kind == "condition" and counts.get("failed"):  # a segment it reads changed since the approval
+        notes.insert(0, f"refused {counts['failed']:,} (a segment changed since the approval; see its enrollments)")
     if kind == "push":
         skipped = counts.get("skipped") or {}
         if counts.get("failed"):  # refused at send time (the gate): those profiles end here, failed
@@ -222,7 +234,9 @@ def _counters(kind: str, counts: dict) -> tuple[str, str]:
         if counts.get("send_failed"):
             notes.append(f"failed {counts['send_failed']:,}")
         if skipped:
-            reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(skipped.items(), key=lambda r: -r[1]))
+            reasons = ", ".join(
+                f"{reason_label(reason) or reason} {n:,}" for reason, n in sorted(skipped.items(), key=lambda r: -r[1])
+            )
             notes.append(f"skipped {sum(skipped.values()):,} ({reasons})")
         to_send = counts.get("targeted", 0) - counts.get("sent", 0) - sum(skipped.values())
         if to_send > 0:

@@ -23,6 +23,16 @@ import re
 from django.core.exceptions import ValidationError
 
 STEP_TYPES = ("wait", "condition", "split", "push", "exit")
+# Each step type in words, as the pages name it (the graph's boxes); the API and the JSON keep the type.
+STEP_TYPE_LABELS = {
+    "wait": "Wait",
+    "condition": "Condition",
+    "split": "Random split",
+    "push": "Push",
+    "exit": "Exit",
+}
+# The condition's last branch, the profiles no branch holds for: "else" in the graph, in words on the pages.
+ELSE_LABEL = "all others"
 STEP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)\Z")
 MAX_STEPS = 50

@@ -96,7 +96,7 @@ def test_the_canvas_draws_splits_opens_steps_and_the_review_shows_the_phones(
     # Labels on the branch edges; "all others" leads into the exit, not into a push.
     edges = {(e["from"], e["to"]): e for e in page.evaluate(EDGES)}
     assert edges[("check", "ab")]["label"].startswith("VIP")
-    assert edges[("check", "done")]["label"].startswith("else")
+    assert edges[("check", "done")]["label"].startswith("all others")
     assert edges[("ab", "push_a")]["label"].startswith("A") and edges[("ab", "push_b")]["label"].startswith("B")
     done = nodes["done"]
     x, y = edges[("check", "done")]["end"]

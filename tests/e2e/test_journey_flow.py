@@ -76,7 +76,7 @@ def test_manager_builds_approver_approves_and_the_graph_counts_the_push(
     push_box = graph.locator("g.step-push")
     # Sent: handed to a provider; the profile without a device was skipped, not sent.
     assert "entered 2 · sent 1 · accepted 1" in push_box.locator("text.counts").text_content()
-    assert "skipped 1 (no_device 1)" in push_box.locator("text.notes").text_content()
+    assert "skipped 1 (no phone registered for the app 1)" in push_box.locator("text.notes").text_content()
     screenshot("journey-live-graph")
     page.goto(f"{live_server.url}/admin/journeys/enrollment/?q=zoe")
     page.click("#result_list tbody th a")

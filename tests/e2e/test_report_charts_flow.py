@@ -51,11 +51,11 @@ def _check_send_charts(page, data, drawn):
     assert platforms["series"]["accepted"] == [2, 1, 0] and platforms["series"]["opened"] == [1, 1, 0]
     assert platforms["series"] == data["platforms"]["series"]
     reasons = drawn["pd-chart-reasons"]
-    assert reasons["labels"] == [
-        "failed: Unregistered",
-        "skipped: frequency_cap",
-        "skipped: no_device",
-        "skipped: not_opted_in",
+    assert reasons["labels"] == [  # the reasons in words, as the table beside them says them
+        "failed: the app was uninstalled or the token is no longer valid (APNs)",
+        "skipped: the profile had its share of pushes (frequency cap)",
+        "skipped: no phone registered for the app",
+        "skipped: notifications are turned off on the phone",
     ]
     assert reasons["series"] == {"pushes": [1, 1, 1, 1]}
     # The same figures as tables, for those who do not see the charts.

@@ -126,7 +126,7 @@ def test_journey_page_draws_the_graph_with_per_step_counts(
     text = page.content.decode()
     assert page.status_code == 200
     assert '<svg class="journey-graph"' in text
-    assert 'data-step="check"' in text and "VIP: 1" in text and "else: 1" in text
+    assert 'data-step="check"' in text and "VIP: 1" in text and "all others: 1" in text
     assert "entered 1 · sent " in text  # the push step counts what its sends became
     assert 'class="step step-entry"' in text  # the entry is drawn as a step
     assert "Nothing you can do in this state." in text  # a viewer has no buttons
@@ -1284,3 +1284,28 @@ def test_a_steps_enrollments_list_says_which_journey_version_and_step_it_shows(
         f"/admin/journeys/enrollment/?version__id__exact={version}&step=start"
     )
     assert "Onboarding" not in listing.content.decode() and not listing.context["cl"].result_list
+
+
+def test_the_journey_graph_and_report_say_in_words_what_happened(login, manager_alice, make_journey):
+    """A marketer reads the step boxes, the branches and the report's bars in words: the skips' reasons
+    by their labels (``delivery.reasons``), "all others", the steps' kinds; not the codes the API keeps."""
+    import html as html_lib
+
+    from tests.delivery.reporting import sent_dispatch
+
+    journey = make_journey()
+    version = journey.versions.get()
+    context = {"journey": {"id": journey.pk, "name": journey.name, "version": 1, "step": "push"}}
+    sent_dispatch(journey.app, kind="journey", source_id=version.pk, context=context)
+    page = login(manager_alice).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    start = page.index('<svg class="journey-graph"')
+    graph = html_lib.unescape(re.sub(r"<[^>]+>", "\n", page[start : page.index("</svg>", start)]))  # its text
+    assert "the profile had its share of pushes (frequency cap) 1" in graph
+    assert "notifications are turned off on the phone 1" in graph
+    for code in ("frequency_cap", "not_opted_in", "no_device", "(entry)", "PUSH", "CONDITION"):
+        assert code not in graph, code
+    assert "Push · push" in graph and "Condition · check" in graph
+    assert "\nall others: 0\n" in graph and "else" not in graph  # the condition's last branch
+    data = html_lib.unescape(page[page.index('id="pd-report-data"') :].split("</script>", 1)[0])
+    assert '"bar": "skipped: the profile had its share of pushes (frequency cap)"' in data
+    assert '"bar": "failed: the app was uninstalled or the token is no longer valid (APNs)"' in data

@@ -69,7 +69,7 @@
     options: options(axis("platform"), count("pushes")),
   });
   if (data.reasons.length) {
-    const reasons = data.reasons.map((r) => r.outcome + ": " + r.reason);
+    const reasons = data.reasons.map((r) => r.bar);
     draw("pd-chart-reasons", {
       type: "bar",
       data: {
