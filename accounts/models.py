@@ -116,6 +116,23 @@ class IdempotentRequest(models.Model):
         return self.idempotency_key
 
 
+# Words an action's code spells otherwise: acronyms, and the model names some codes start with.
+_ACTION_WORDS = {
+    "api": "API",
+    "apikey": "API key",
+    "pushcontent": "push content",
+    "approvalpolicy": "approval policy",
+    "approvalrequest": "approval request",
+    "deliveryrules": "delivery rules",
+}
+
+
+def audit_action_words(code: str) -> str:
+    """An audit action's code in words, as the admin reads it: ``api_key_created`` → "API key created"."""
+    text = " ".join(_ACTION_WORDS.get(word, word) for word in code.split("_") if word)
+    return text[:1].upper() + text[1:]
+
+
 class AuditEventQuerySet(models.QuerySet):
     def update(self, **kwargs):
         raise PermissionDenied("Audit events are append-only: they cannot be changed.")
@@ -161,7 +178,7 @@ class AuditEvent(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.actor_label or 'system'} {self.action} {self.object_label}".strip()
+        return f"{self.actor_label or 'system'} {audit_action_words(self.action)} {self.object_label}".strip()
 
     def save(self, *args, **kwargs):
         if not self._state.adding:

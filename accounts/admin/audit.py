@@ -1,24 +1,36 @@
 """The admin of the audit log: read-only, a big table."""
 
 from django.contrib import admin
+from django.utils.html import format_html
 
 from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin
-from accounts.models import AuditEvent
+from accounts.models import AuditEvent, audit_action_words
 from accounts.selectors import (
     audit_events_visible_to,
 )
+
+
+class ActionFilter(admin.AllValuesFieldListFilter):
+    """The actions recorded, in words (their codes in the address)."""
+
+    def choices(self, changelist):
+        choices = super().choices(changelist)
+        yield next(choices)  # All
+        for code, choice in zip([code for code in self.lookup_choices if code is not None], choices, strict=False):
+            yield {**choice, "display": audit_action_words(str(code))}
+        yield from choices
 
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyAdminMixin, BigTableAdmin):
     """Read-only for everyone, superusers included."""
 
-    list_display = ("created_at", "actor_label", "action", "object_type", "object_label")
-    list_filter = ("action", "object_type", ("actor", admin.RelatedOnlyFieldListFilter))
+    list_display = ("created_at", "actor_label", "action_shown", "object_type", "object_label")
+    list_filter = (("action", ActionFilter), "object_type", ("actor", admin.RelatedOnlyFieldListFilter))
     date_hierarchy = "created_at"
     search_fields = ("object_label", "actor_label", "action")
     list_select_related = ("object_type",)
-    fields = ("created_at", "actor_label", "action", "object_type", "object_id", "object_label", "summary")
+    fields = ("created_at", "actor_label", "action_shown", "object_type", "object_id", "object_label", "summary")
     readonly_fields = fields
 
     def get_queryset(self, request):
@@ -26,3 +38,8 @@ class AuditEventAdmin(ReadOnlyAdminMixin, BigTableAdmin):
 
     def get_actions(self, request):
         return {}
+
+    @admin.display(description="Action", ordering="action")
+    def action_shown(self, obj):
+        """The action in words, its code beside (the code is what the search and the filter's address take)."""
+        return format_html("{} <code>{}</code>", audit_action_words(obj.action), obj.action)

@@ -89,3 +89,19 @@ def test_non_administrators_read_only_their_own_actions(client, manager_alice, a
     listing = client.get("/admin/accounts/auditevent/").content
     assert b"segment_created" in listing
     assert b"app_created" not in listing
+
+
+def test_actions_read_in_words_in_the_list_its_filter_its_search_and_the_page(client, admin_erin, event):
+    audit(actor=admin_erin, action="api_key_created", obj=admin_erin)
+    client.force_login(admin_erin)
+    listing = client.get("/admin/accounts/auditevent/").content.decode()
+    table = listing.split('id="result_list"')[1].split("</table>")[0]
+    assert "App created <code>app_created</code>" in table and "API key created <code>api_key_created</code>" in table
+    sidebar = listing.split('id="changelist-filter"')[1]
+    assert ">App created</a>" in sidebar and ">app_created</a>" not in sidebar
+    found = client.get("/admin/accounts/auditevent/", {"q": "app created"}).content.decode()
+    found = found.split('id="result_list"')[1].split("</table>")[0]
+    assert "App created <code>app_created</code>" in found and "api_key_created" not in found
+    page = client.get(f"/admin/accounts/auditevent/{event.pk}/change/").content.decode()
+    assert "admin_erin App created Shop" in page
+    assert "App created <code>app_created</code>" in page
