@@ -62,6 +62,43 @@ def test_the_preview_warns_of_values_the_rules_read_as_nothing(login, page, live
     assert "1 of the 3 newest profiles hold 'age' as text" in page.locator(".rb-unread").inner_text()
 
 
+def test_the_builder_trims_text_compared_whole_as_it_is_typed(login, page, live_server, manager_alice):
+    """The server refuses 'plan is "pro "' (white space around text compared whole): the builder
+    trims what is typed under is / is not / is one of / is none of, so the segment saves; 'contains'
+    keeps its spaces, which may be meant."""
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/audiences/segment/add/")
+    page.fill("#id_name", "Pro")
+    builder = page.locator(".rule-builder")
+    builder.locator("button", has_text="+ condition").first.click()
+    builder.locator("button", has_text="+ condition").first.click()
+    plan = builder.locator(".rb-row").nth(0)
+    plan.locator("input[list]").fill("plan")
+    plan.locator("input[type=text]").nth(1).press_sequentially("pro ")
+    plan.locator("input[type=text]").nth(1).blur()
+    assert plan.locator("input[type=text]").nth(1).input_value() == "pro"
+    city = builder.locator(".rb-row").nth(1)
+    city.locator("input[list]").fill("city")
+    city.locator("select[aria-label=operator]").select_option("contains")
+    city.locator("input[type=text]").nth(1).press_sequentially(" par")
+    builder.locator("button", has_text="+ condition").first.click()
+    tier = builder.locator(".rb-row").nth(2)
+    tier.locator("input[list]").fill("tier")
+    tier.locator("select[aria-label=operator]").select_option("in")
+    tier.locator("input[type=text]").nth(1).press_sequentially(" gold ,silver ")
+    tier.locator("input[type=text]").nth(1).blur()
+    assert tier.locator("input[type=text]").nth(1).input_value() == "gold, silver"
+    page.click("input[name=_save]")
+    page.wait_for_url(f"{live_server.url}/admin/audiences/segment/")
+    assert Segment.objects.get(name="Pro").rules == {
+        "all": [
+            {"attribute": "plan", "type": "string", "op": "eq", "value": "pro"},
+            {"attribute": "city", "type": "string", "op": "contains", "value": " par"},
+            {"attribute": "tier", "type": "string", "op": "in", "value": ["gold", "silver"]},
+        ]
+    }
+
+
 def test_server_errors_are_outlined_in_the_builder(login, page, live_server, manager_alice, screenshot):
     login(manager_alice)
     page.goto(f"{live_server.url}/admin/audiences/segment/add/")

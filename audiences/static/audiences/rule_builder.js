@@ -233,10 +233,22 @@
       return raw;
     }
     if (op === "in" || op === "not_in") {
-      holder.appendChild(input("text", (node.value || []).join(", "), function (raw) {
+      var list = input("text", (node.value || []).join(", "), function (raw) {
         node.value = raw.split(",").map(function (s) { return s.trim(); }).filter(Boolean).map(parse);
         self.sync();
-      }, { placeholder: "a, b, c", size: 30 }));
+      }, { placeholder: "a, b, c", size: 30 });
+      // The box shows the values kept, without the white space around each, once it is left.
+      list.addEventListener("blur", function () { list.value = (node.value || []).join(", "); });
+      holder.appendChild(list);
+      return;
+    }
+    if (type === "string" && (op === "eq" || op === "ne")) {
+      // 'is' and 'is not' compare text whole, and the server refuses it with white space around it
+      // ("pro " matches no "pro"): kept trimmed as typed, and shown trimmed once the box is left.
+      // 'contains' and 'starts with' keep their spaces, which may be meant.
+      var whole = input("text", node.value, function (raw) { node.value = raw.trim(); self.sync(); });
+      whole.addEventListener("blur", function () { whole.value = whole.value.trim(); });
+      holder.appendChild(whole);
       return;
     }
     if (op === "between") {
