@@ -120,6 +120,10 @@ class App(models.Model):
 class AppUserObjectPermission(UserObjectPermissionBase, GrantStamp):
     content_object = models.ForeignKey(App, on_delete=models.CASCADE)
 
+    def __str__(self) -> str:
+        # The user page's "Access to apps" rows are headed by it: guardian's reads "Shop | alice | view_app".
+        return f"{self.user}'s access to {self.content_object}"
+
 
 class AppGroupObjectPermission(GroupObjectPermissionBase, GrantStamp):
     content_object = models.ForeignKey(App, on_delete=models.CASCADE)

@@ -84,6 +84,17 @@ def test_administrator_revokes_an_app_by_ticking_delete_on_the_user_page(client,
     )
 
 
+def test_an_app_access_row_reads_in_words_not_as_a_permission_code(
+    client, admin_erin, manager_alice, shop, django_assert_max_num_queries
+):
+    access_grant(obj=shop, to=manager_alice, by=admin_erin)
+    client.force_login(admin_erin)
+    with django_assert_max_num_queries(60):
+        page = client.get(f"/admin/accounts/user/{manager_alice.pk}/change/").content.decode()
+    assert "view_app" not in page
+    assert "manager_alice&#x27;s access to Shop" in page
+
+
 def test_a_deleted_row_revokes_its_own_app_never_one_posted_with_it(client, admin_erin, manager_alice, shop, bank):
     access_grant(obj=shop, to=manager_alice, by=admin_erin)
     access_grant(obj=bank, to=manager_alice, by=admin_erin)
