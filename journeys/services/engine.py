@@ -28,6 +28,7 @@ from config.db import int_array, write_pacer
 from journeys.graph import DAY_SECONDS, branch_label, entry_of, whole_days
 from journeys.models import Enrollment, Journey, JourneyVersion
 from journeys.services.lifecycle import EStatus, Status, segments_changed_text
+from journeys.services.step_stats import step_stats_add, step_stats_statement
 
 log = logging.getLogger(__name__)
 
@@ -126,42 +127,6 @@ class _Run:
     history: list  # the steps of this run (added to what the enrollment has)
     running: bool = True
     changed: bool = False
-
-
-# The shards of each step counter (``StepStat``): a session adds to the shard of its backend. Event
-# entries add to the same counters in every call, and each held its rows to its commit: at 200
-# events/s the calls queued behind each other's WAL flush (most of their time waiting on a lock).
-STEP_STAT_SHARDS = 16
-
-
-def _stats_add(counts: Counter) -> None:
-    """Add to the step counters in one statement (insert or increment).
-
-    The rows are taken in key order, so two batches adding to the same counters lock them in
-    the same order and cannot deadlock.
-    """
-    statement = _stats_statement(counts)
-    if statement is not None:
-        with connection.cursor() as cursor:
-            cursor.execute(*statement)
-
-
-def _stats_statement(counts: Counter) -> tuple[str, list] | None:
-    if not counts:
-        return None
-    merged: Counter = Counter()
-    for (version_id, step, metric), n in counts.items():
-        merged[(version_id, step, metric[:100])] += n
-    shard = f"mod(pg_backend_pid(), {int(STEP_STAT_SHARDS)})" if connection.vendor == "postgresql" else "0"
-    values = ", ".join([f"(%s, %s, %s, {shard}, %s)"] * len(merged))
-    params = []
-    for (version_id, step, metric), n in sorted(merged.items()):
-        params += [version_id, step, metric, n]
-    return (
-        f"INSERT INTO journeys_stepstat (version_id, step, metric, shard, count) VALUES {values} "  # noqa: S608 (placeholders and a constant)
-        "ON CONFLICT (version_id, step, metric, shard) DO UPDATE SET count = journeys_stepstat.count + excluded.count",
-        params,
-    )
 
 
 def journeys_run_entered(
@@ -685,7 +650,7 @@ def _write_back(runs: list[_Run], *, now: dt.datetime, stats: Counter) -> None:
                 ["step", "status", "due_at", "history", "updated_at", "finished_at", "exit_reason"],
                 batch_size=500,
             )
-        _stats_add(stats)
+        step_stats_add(stats)
         return
     # The batch as one JSON document: thousands of placeholders, or arrays of strings, cost more
     # to send than the update itself.
@@ -715,7 +680,7 @@ def _write_back(runs: list[_Run], *, now: dt.datetime, stats: Counter) -> None:
         "FROM v WHERE e.id = ANY(ARRAY(SELECT id FROM v)) AND e.id = v.id"
     )
     params = [document, now]
-    counters = _stats_statement(stats)
+    counters = step_stats_statement(stats)
     if counters is not None:
         sql = f"WITH written AS ({sql}) {counters[0]}"
         params += counters[1]

@@ -19,8 +19,9 @@ from accounts.services import (
 from config.db import int_array, prepared_cursor, text_array
 from journeys.graph import entry_of
 from journeys.models import Enrollment, Journey, JourneyVersion
-from journeys.services.engine import _stats_add, journeys_run_due, journeys_run_entered
+from journeys.services.engine import journeys_run_due, journeys_run_entered
 from journeys.services.lifecycle import SAVED_WITH_STATUS, EStatus, Status, VStatus, _queue, segments_changed_text
+from journeys.services.step_stats import step_stats_add
 
 if TYPE_CHECKING:
     from accounts.stamps import Stamps
@@ -238,7 +239,7 @@ def journeys_events_received(
                 counts.update(
                     (version_id, step, "entered") for _, version_id, step, status in ending if status == EStatus.ACTIVE
                 )
-                _stats_add(counts)
+                step_stats_add(counts)
                 exited += len(ending)
     _count_skipped_paused(live, events, names)
     entry_versions = sorted((v for name in names for v in live.entries.get(name, ())), key=lambda v: v.pk)
@@ -267,7 +268,7 @@ def _count_skipped_paused(live: _LiveForEvents, events: list[tuple[int, str, dt.
             counts[(version.pk, entry_of(version.steps()), SKIPPED_PAUSED)] += profiles
     if counts:
         with transaction.atomic(savepoint=False):
-            _stats_add(counts)
+            step_stats_add(counts)
 
 
 PROFILE_DELETED = "deleted"  # the step counter of the profiles deleted while there
@@ -293,7 +294,7 @@ def journeys_profiles_deleting(*, profile_ids: list[int]) -> int:
         counts[(version_id, step, PROFILE_DELETED)] += 1
         if status == EStatus.ACTIVE:
             counts[(version_id, step, "entered")] += 1
-    _stats_add(counts)
+    step_stats_add(counts)
     return len(rows)
 
 

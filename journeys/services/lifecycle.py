@@ -35,6 +35,7 @@ from accounts.services import (
 )
 from journeys.graph import DAY_SECONDS, EVENT_NAME_MAX, contents_of, exits_of, graph_validate, rules_of, segments_of
 from journeys.models import Enrollment, Journey, JourneyVersion
+from journeys.services.step_stats import step_stats_add
 
 Status = Journey.Status
 VStatus = JourneyVersion.Status
@@ -644,7 +645,6 @@ def journey_resume(*, journey_id: int, by: User, now: dt.datetime | None = None)
     it (``journeys.pause_journey``), Http404 outside their access.
     """
     from journeys.selectors import journey_for
-    from journeys.services.engine import _stats_add
 
     now = now or timezone.now()
     with transaction.atomic():
@@ -660,7 +660,7 @@ def journey_resume(*, journey_id: int, by: User, now: dt.datetime | None = None)
         version = journey.live_version
         skipped = _reads_skipped(journey, version, now=now)
         if skipped:
-            _stats_add(Counter({(version.pk, version.entry_step(), READS_SKIPPED_PAUSED): skipped}))
+            step_stats_add(Counter({(version.pk, version.entry_step(), READS_SKIPPED_PAUSED): skipped}))
             journey.next_entry_at += dt.timedelta(hours=version.entry_every_hours * skipped)
         summary = {"released": released, "paused_at": journey.paused_at.isoformat() if journey.paused_at else None}
         if skipped:
@@ -728,8 +728,6 @@ def _exit_everyone_inside(journey: Journey, *, now: dt.datetime) -> int:
     ended first, then the waiting: a batch that runs one meanwhile leaves it waiting, for the second."""
     from collections import Counter
 
-    from journeys.services.engine import _stats_add
-
     table = Enrollment._meta.db_table
     counts: Counter = Counter()
     with connection.cursor() as cursor:
@@ -751,7 +749,7 @@ def _exit_everyone_inside(journey: Journey, *, now: dt.datetime) -> int:
                 counts[(version_id, step, "stopped")] += 1
                 if status == EStatus.ACTIVE:
                     counts[(version_id, step, "entered")] += 1
-    _stats_add(counts)
+    step_stats_add(counts)
     return sum(n for (_, _, metric), n in counts.items() if metric == "stopped")
 
 

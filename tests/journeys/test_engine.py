@@ -806,7 +806,7 @@ def test_step_counters_added_by_concurrent_sessions_are_summed_over_their_shards
     from collections import Counter
 
     from journeys.models import StepStat
-    from journeys.services.engine import STEP_STAT_SHARDS, _stats_add
+    from journeys.services.step_stats import STEP_STAT_SHARDS, step_stats_add
     from tests.locks import concurrently
 
     version = make_journey().versions.get()
@@ -817,7 +817,7 @@ def test_step_counters_added_by_concurrent_sessions_are_summed_over_their_shards
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_backend_pid()")
             pids.append(cursor.fetchone()[0])
-        _stats_add(Counter({(version.pk, step, "entered"): 1}))
+        step_stats_add(Counter({(version.pk, step, "entered"): 1}))
 
     assert concurrently(add, add, add) == []
     shards = set(StepStat.objects.filter(version=version).values_list("shard", flat=True))
@@ -834,10 +834,10 @@ def test_two_engine_batches_adding_to_the_same_step_counters_do_not_deadlock(mak
     from django.db import transaction
 
     from journeys.models import StepStat
-    from journeys.services import engine
-    from journeys.services.engine import _stats_add
+    from journeys.services import step_stats
+    from journeys.services.step_stats import step_stats_add
 
-    monkeypatch.setattr(engine, "STEP_STAT_SHARDS", 1)
+    monkeypatch.setattr(step_stats, "STEP_STAT_SHARDS", 1)
 
     version_id = make_journey().versions.get().pk
     a, b = (version_id, "a", "entered"), (version_id, "b", "entered")
@@ -858,7 +858,7 @@ def test_two_engine_batches_adding_to_the_same_step_counters_do_not_deadlock(mak
     def batch(order) -> None:
         try:
             with transaction.atomic():
-                _stats_add(Counter({key: 1 for key in order}))
+                step_stats_add(Counter({key: 1 for key in order}))
         except Exception as exc:  # noqa: BLE001 (reported below)
             errors.append(exc)
         finally:
