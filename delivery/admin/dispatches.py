@@ -371,7 +371,7 @@ class DispatchAdmin(ScopedAdmin):
 
 @admin.register(Delivery)
 class DeliveryAdmin(ReadOnlyAdminMixin, BigTableAdmin):
-    list_display = ("id", "dispatch", "device", "status", "reason", "attempts", "finished", "opened")
+    list_display = ("id", "dispatch", "device", "status", "reason_shown", "attempts", "finished", "opened")
     list_filter = ("status",)
     search_fields = ("=id", "=provider_message_id")
     list_select_related = ("dispatch", "device")
@@ -382,7 +382,7 @@ class DeliveryAdmin(ReadOnlyAdminMixin, BigTableAdmin):
         "device",
         "profile_id",
         "status",
-        "reason",
+        "reason_shown",
         "variant",
         "provider_message_id",
         "attempts",
@@ -414,6 +414,10 @@ class DeliveryAdmin(ReadOnlyAdminMixin, BigTableAdmin):
         if bounds is None:
             return rows
         return rows_within(rows, *bounds)
+
+    @admin.display(description="Reason", ordering="reason")
+    def reason_shown(self, obj):
+        return reason_html(obj.reason)
 
     next_attempt = zoned_column("next_attempt_at", "Next attempt at")
 

@@ -533,3 +533,16 @@ def test_dispatch_page_shows_each_reason_with_its_label_and_the_api_its_code(cli
     assert re.search(r"the profile had its share of pushes \(frequency cap\)\s*<code>frequency_cap</code>", outcomes)
     # The report's table of reasons, below, too.
     assert re.search(r"<td>held back by the quiet hours <code>quiet_hours</code></td>", page)
+
+
+def test_delivery_list_and_page_show_each_reason_with_its_label_beside_its_code(client, viewer_carol, app):
+    dispatch = Dispatch.objects.create(app=app, kind="api_trigger", content_spec={}, status="done", label="Run 1")
+    device = DeviceFactory(app=app)
+    row = Delivery.objects.create(
+        dispatch=dispatch, device=device, profile=device.profile, status="skipped", reason="not_opted_in"
+    )
+    client.force_login(viewer_carol)
+    listing = client.get(reverse("admin:delivery_delivery_changelist")).content.decode()
+    assert "notifications are turned off on the phone <code>not_opted_in</code>" in listing
+    page = client.get(reverse("admin:delivery_delivery_change", args=[row.pk])).content.decode()
+    assert "notifications are turned off on the phone <code>not_opted_in</code>" in page
