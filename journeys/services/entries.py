@@ -157,6 +157,10 @@ def journey_enter_segment(*, journey_id: int, now: dt.datetime | None = None) ->
                 sql, params = audience.order_by().values("id").query.sql_with_params()
                 entered = _enter(version, sql, list(params), now=now)
         every = version.entry_every_hours
+        if refused and not every:
+            # A one-off's only read, refused: read again within the hour (an edit put back reads as
+            # approved), the journey live meanwhile, not closed as done; a new version approved reads at once.
+            every = 1
         journey.next_entry_at = now + dt.timedelta(hours=every) if every else None
         journey.save(update_fields=["next_entry_at"])
         summary = {"version": version.number, "entered": entered}

@@ -1222,3 +1222,30 @@ def test_a_version_approved_before_its_segments_were_covered_keeps_its_approval(
     journeys_run_due()
     assert _enrollment(journey, profile).status == "completed"
     assert Dispatch.objects.filter(kind="journey").count() == 1
+
+
+def test_a_one_off_entry_refused_for_an_edited_segment_stays_live_and_reads_once_approved_again(
+    make_journey, publish, everyone, manager_alice
+):
+    """A one-off entry read once: refused for a segment edited since the approval, the journey was
+    then empty with no read to come, and the next beat closed it, so the new version the page asks
+    for could never be approved. It stays live, its read due again within the hour (an edit put
+    back reads as approved); a new version approved reads at once."""
+    from audiences.services.segments import segment_update
+    from journeys.services.entries import journeys_close_finished
+
+    ProfileFactory.create_batch(2)
+    journey = publish(make_journey(graph={"steps": [EXIT]}))
+    segment_update(segment_id=everyone.pk, by=manager_alice, rules={"all": [{"field": "locale", "op": "exists"}]})
+    now = timezone.now()
+    assert journey_enter_segment(journey_id=journey.pk, now=now) == 0
+    journey.refresh_from_db()
+    assert journey.next_entry_at == now + dt.timedelta(hours=1)
+    assert journeys_close_finished(now=now) == 0
+    journey.refresh_from_db()
+    assert journey.status == "live"
+    segment_update(segment_id=everyone.pk, by=manager_alice, rules={"all": [{"field": "external_id", "op": "exists"}]})
+    later = now + dt.timedelta(hours=1)
+    assert journey_enter_segment(journey_id=journey.pk, now=later) == 2
+    journey.refresh_from_db()
+    assert journey.next_entry_at is None  # read: a one-off's only read
