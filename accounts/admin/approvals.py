@@ -139,10 +139,18 @@ class _InboxFilter(admin.SimpleListFilter):
     parameter_name = "show"
 
     def lookups(self, request, model_admin):
+        # Opens on what the user can act on: an approver on what waits for them, a requester (who
+        # decides nothing) on their own requests, a Viewer (who does neither) on all they can see.
+        if request.user.has_perm("accounts.decide_approvalrequest"):
+            self.default = "mine_to_decide"
+        elif request.user.has_perm("campaigns.change_campaign") or request.user.has_perm("journeys.change_journey"):
+            self.default = "my_requests"
+        else:
+            self.default = "all"
         return (("mine_to_decide", "Waiting for my approval"), ("my_requests", "My requests"), ("all", "All I can see"))
 
     def choices(self, changelist):
-        value = self.value() or "mine_to_decide"
+        value = self.value() or self.default
         for lookup, title in self.lookup_choices:
             yield {
                 "selected": value == lookup,
@@ -151,7 +159,7 @@ class _InboxFilter(admin.SimpleListFilter):
             }
 
     def queryset(self, request, queryset):
-        value = self.value() or "mine_to_decide"
+        value = self.value() or self.default
         if value == "mine_to_decide":
             return queryset.filter(pk__in=[r.pk for r in approvals_waiting_for(request.user)])
         if value == "my_requests":

@@ -189,6 +189,25 @@ def test_inbox_page_lists_what_waits_for_me(client, shop, manager_alice, approve
     assert b"Shop" in mine.content
 
 
+def test_the_inbox_opens_on_what_each_role_can_act_on(client, shop, manager_alice, approver_bob, viewer_carol):
+    """An approver's inbox opens on what waits for them; a manager, who decides nothing, on their
+    own requests; a viewer, who does neither, on all they can see."""
+    for user in (approver_bob, viewer_carol):
+        access_grant(obj=shop, to=user, by=None)
+    _open(shop, manager_alice)
+    for user, selected in (
+        (approver_bob, "Waiting for my approval"),
+        (manager_alice, "My requests"),
+        (viewer_carol, "All I can see"),
+    ):
+        client.force_login(user)
+        page = client.get("/admin/accounts/approvalrequest/").content.decode()
+        chosen = page.split('<li class="selected">')[1].split("</li>")[0]
+        assert selected in chosen, user
+        if user is not viewer_carol:
+            assert "Shop" in page.split('id="result_list"')[1], user
+
+
 def test_policy_admin_is_for_administrators(client, admin_erin, manager_alice, approver_bob):
     client.force_login(manager_alice)
     assert client.get("/admin/accounts/approvalpolicy/").status_code == 403
