@@ -14,6 +14,7 @@ from django.utils.safestring import mark_safe
 
 from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin, ScopedAdmin, asks_again, row_id
 from accounts.selectors import visible_to
+from audiences.models import Profile
 from config.zones import zone, zoned, zoned_column
 from delivery.admin.contents import _spec_previews_html
 from delivery.models import Delivery, Dispatch, rows_within
@@ -380,7 +381,7 @@ class DeliveryAdmin(ReadOnlyAdminMixin, BigTableAdmin):
     fields = (
         "dispatch",
         "device",
-        "profile_id",
+        "profile_shown",
         "status",
         "reason_shown",
         "variant",
@@ -414,6 +415,18 @@ class DeliveryAdmin(ReadOnlyAdminMixin, BigTableAdmin):
         if bounds is None:
             return rows
         return rows_within(rows, *bounds)
+
+    @admin.display(description="Profile")
+    def profile_shown(self, obj):
+        """The profile by its external id, leading to its page (every role reads profiles); one
+        deleted since by the id it had (the row keeps it)."""
+        if obj.profile_id is None:
+            return "—"
+        profile = Profile.objects.filter(pk=obj.profile_id).only("external_id").first()
+        if profile is None:
+            return f"a deleted profile (#{obj.profile_id})"
+        url = reverse("admin:audiences_profile_change", args=[profile.pk])
+        return format_html('<a href="{}">{}</a>', url, profile.external_id)
 
     @admin.display(description="Reason", ordering="reason")
     def reason_shown(self, obj):

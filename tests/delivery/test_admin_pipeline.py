@@ -546,3 +546,20 @@ def test_delivery_list_and_page_show_each_reason_with_its_label_beside_its_code(
     assert "notifications are turned off on the phone <code>not_opted_in</code>" in listing
     page = client.get(reverse("admin:delivery_delivery_change", args=[row.pk])).content.decode()
     assert "notifications are turned off on the phone <code>not_opted_in</code>" in page
+
+
+def test_delivery_page_names_its_profile_by_external_id_and_leads_to_it(client, viewer_carol, app):
+    dispatch = Dispatch.objects.create(app=app, kind="api_trigger", content_spec={}, status="done", label="Run 1")
+    profile = ProfileFactory(external_id="user-42")
+    gone = ProfileFactory(external_id="user-43")
+    row = Delivery.objects.create(dispatch=dispatch, profile=profile, status="skipped", reason="no_device")
+    orphan = Delivery.objects.create(dispatch=dispatch, profile=gone, status="skipped", reason="no_device")
+    gone_id = gone.pk
+    gone.delete()
+    client.force_login(viewer_carol)
+    page = client.get(reverse("admin:delivery_delivery_change", args=[row.pk])).content.decode()
+    url = reverse("admin:audiences_profile_change", args=[profile.pk])
+    assert f'<a href="{url}">user-42</a>' in page
+    assert client.get(url).status_code == 200
+    page = client.get(reverse("admin:delivery_delivery_change", args=[orphan.pk])).content.decode()
+    assert f"a deleted profile (#{gone_id})" in page
