@@ -13,7 +13,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.utils.html import format_html, format_html_join
 
-from audiences.rules.schema import OPERATORS, TYPES
+from audiences.rules.schema import OPERATOR_LABELS, OPERATORS, TYPES
 from delivery.conversions import MAX_WINDOW_HOURS, conversion_check
 from delivery.models import ConversionGoal
 
@@ -75,7 +75,7 @@ def _condition_rows() -> dict[str, forms.Field]:
             choices=[(t, t) for t in TYPES], initial="string", label="type", required=False
         )
         fields[op] = forms.ChoiceField(
-            choices=[(o, o) for o in ALL_OPS], initial="eq", label="operator", required=False
+            choices=[(o, OPERATOR_LABELS.get(o, o)) for o in ALL_OPS], initial="eq", label="operator", required=False
         )
         fields[value] = forms.CharField(required=False, max_length=1000, label="value")
     return fields
@@ -177,7 +177,12 @@ def conversion_goal_text(owner: ConversionGoal) -> str:
     if not owner.conversion_event:
         return "No conversion event."
     conditions = format_html_join(
-        "", " where {} {} {}", [(c["property"], c["op"], _shown(c.get("value"))) for c in owner.conversion_where or []]
+        "",
+        " where {} {} {}",
+        [
+            (c["property"], OPERATOR_LABELS.get(c["op"], c["op"]), _shown(c.get("value")))
+            for c in owner.conversion_where or []
+        ],
     )
     return format_html(
         '<span id="conversion-goal">{}{} within {} h after the push was {}</span>',

@@ -818,3 +818,17 @@ def test_old_holdout_rows_without_a_device_are_not_reached_as_the_funnel_says_on
     conversions = _conversions(campaign)
     reached = conversions["overall"]["reached"] + conversions["holdout"]["reached"]
     assert (conversions["overall"]["reached"], conversions["holdout"]["reached"], reached) == (2, 1, 3)
+
+
+def test_the_goals_operators_read_in_words_on_the_form_and_the_read_only_page(
+    client, make_campaign, manager_alice, viewer_carol
+):
+    campaign = make_campaign()
+    _goal(campaign, manager_alice, where=[{"property": "plan", "type": "string", "op": "not_in", "value": ["a", "b"]}])
+    client.force_login(manager_alice)
+    form = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    assert '<option value="not_in" selected>is none of</option>' in form
+    assert '<option value="starts_with">starts with</option>' in form
+    client.force_login(viewer_carol)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    assert "purchase where plan is none of" in page
