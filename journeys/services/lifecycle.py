@@ -520,7 +520,10 @@ def journey_approve(
             step: spec_fingerprint(specs[cid]) if cid in specs else "missing" for step, cid in steps.items()
         }
         segments = segment_fingerprints(version)
-        if version.fingerprint(content_fingerprints=fingerprints, segment_fingerprints=segments) != request.fingerprint:
+        approved = version.fingerprint(content_fingerprints=fingerprints, segment_fingerprints=segments)
+        if request.fingerprint != approved and request.fingerprint != version.fingerprint(
+            content_fingerprints=fingerprints
+        ):  # the second: submitted before approvals covered the segments; approved now, it covers them as they are
             raise ValidationError("What would run changed since it was submitted: ask for changes and resubmit.")
         _validate_version(version, by=None)
         approval_request_decide(request_id=request.pk, by=by, approve=True, comment=comment)
@@ -529,7 +532,7 @@ def journey_approve(
             for step, cid in steps.items()
         }
         version.approved_segments = segments
-        version.approved_fingerprint = request.fingerprint
+        version.approved_fingerprint = approved
         previous = journey.live_version
         if previous is not None:
             previous.status = VStatus.RETIRED

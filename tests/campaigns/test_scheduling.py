@@ -128,6 +128,23 @@ def test_a_campaign_approved_before_the_window_was_covered_keeps_its_approval(ma
     assert campaign.has_pending_revision and campaign.approved().missed_window_minutes == 240
 
 
+def test_a_request_submitted_before_the_window_was_covered_is_approved_as_it_stands(
+    make_campaign, manager_alice, approver_bob
+):
+    """A request waiting at the upgrade holds a fingerprint without the window: approving it was
+    refused as changed since it was submitted. Its approval now covers the window it shows."""
+    from accounts.models import ApprovalRequest
+
+    campaign = make_campaign(schedule_kind="recurring", send_at=T0, recurrence="daily", missed_window_minutes=240)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign.refresh_from_db()
+    ApprovalRequest.objects.filter(status="pending").update(fingerprint=campaign.fingerprint(missed_window=False))
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=T0 - dt.timedelta(hours=1))
+    campaign.refresh_from_db()
+    assert campaign.approved().snapshot["covers_missed_window"] and not campaign.has_pending_revision
+    assert campaign.approved().missed_window_minutes == 240
+
+
 def test_content_edited_after_approval_sends_the_approved_content(make_campaign, approve, content):
     campaign = approve(make_campaign(schedule_kind="at", send_at=T0))
     approved_spec = content.spec()

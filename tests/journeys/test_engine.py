@@ -1249,3 +1249,30 @@ def test_a_one_off_entry_refused_for_an_edited_segment_stays_live_and_reads_once
     assert journey_enter_segment(journey_id=journey.pk, now=later) == 2
     journey.refresh_from_db()
     assert journey.next_entry_at is None  # read: a one-off's only read
+
+
+def test_a_request_submitted_before_segments_were_covered_is_approved_covering_them(
+    make_journey, manager_alice, approver_bob, vips
+):
+    """A request waiting at the upgrade holds a fingerprint without the segments: approving it was
+    refused as changed since it was submitted. Approved now, it covers the segments as they stand."""
+    from accounts.models import ApprovalRequest
+    from audiences.services.segments import segment_members_change
+    from journeys.models import Journey, JourneyVersion
+    from journeys.services.lifecycle import _content_fingerprints, journey_approve, journey_submit, version_fingerprint
+
+    journey = make_journey(graph=_condition_graph([{"label": "VIP", "segment": vips.pk, "next": "vip"}]))
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    version = JourneyVersion.objects.get(journey=journey, status="in_review")
+    legacy = version.fingerprint(content_fingerprints=_content_fingerprints(version))
+    assert legacy != version_fingerprint(version)
+    ApprovalRequest.objects.filter(status="pending").update(fingerprint=legacy)
+    journey_approve(journey_id=journey.pk, by=approver_bob)
+    version.refresh_from_db()
+    assert version.status == "live" and version.approved_segments
+    assert version_fingerprint(version) == version.approved_fingerprint
+    member = ProfileFactory(external_id="m-1")
+    segment_members_change(segment_id=vips.pk, by=manager_alice, add=["m-1"])  # edited after: refused
+    journey_enter_segment(journey_id=Journey.objects.get(pk=journey.pk).pk)
+    journeys_run_due()
+    assert _enrollment(journey, member).status == "failed"
