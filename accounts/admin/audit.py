@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.utils.html import format_html
 
-from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin
+from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin, VisibleRelatedFilter
 from accounts.models import AuditEvent, audit_action_words
 from accounts.selectors import (
     audit_events_visible_to,
@@ -21,12 +21,30 @@ class ActionFilter(admin.AllValuesFieldListFilter):
         yield from choices
 
 
+class _NamedEmptyRelatedFilter(VisibleRelatedFilter):
+    """A related filter (of what the user may see) whose choice for "none" says what none means, not "-"."""
+
+    empty_text = "-"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.empty_value_display = self.empty_text
+
+
+class ActorFilter(_NamedEmptyRelatedFilter):
+    empty_text = "the system"  # events without an actor: the workers', the retention's, the demo's
+
+
+class ObjectTypeFilter(_NamedEmptyRelatedFilter):
+    empty_text = "no object"
+
+
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyAdminMixin, BigTableAdmin):
     """Read-only for everyone, superusers included."""
 
     list_display = ("created_at", "actor_label", "action_shown", "object_type", "object_label")
-    list_filter = (("action", ActionFilter), "object_type", ("actor", admin.RelatedOnlyFieldListFilter))
+    list_filter = (("action", ActionFilter), ("object_type", ObjectTypeFilter), ("actor", ActorFilter))
     date_hierarchy = "created_at"
     search_fields = ("object_label", "actor_label", "action")
     list_select_related = ("object_type",)

@@ -105,3 +105,12 @@ def test_actions_read_in_words_in_the_list_its_filter_its_search_and_the_page(cl
     page = client.get(f"/admin/accounts/auditevent/{event.pk}/change/").content.decode()
     assert "admin_erin App created Shop" in page
     assert "App created <code>app_created</code>" in page
+
+
+def test_the_filters_name_the_system_and_events_about_no_object(client, admin_erin, manager_alice, event):
+    audit(actor=None, action="retention_applied")
+    client.force_login(admin_erin)
+    sidebar = client.get("/admin/accounts/auditevent/").content.decode().split('id="changelist-filter"')[1]
+    assert ">the system</a>" in sidebar and ">no object</a>" in sidebar
+    assert ">-</a>" not in sidebar
+    assert ">admin_erin</a>" in sidebar and ">manager_alice</a>" not in sidebar  # only actors of the rows
