@@ -70,6 +70,23 @@ def _action(name: str, make, audited=None):
     return press
 
 
+def _confirmed(press):
+    """A list action that asks again first: pressed with its confirmation."""
+
+    def confirmed(by):
+        url, data, audited = press(by)
+        return url, {**data, "post": "yes"}, audited
+
+    return confirmed
+
+
+def _app_of(by, app):
+    from accounts.services import access_grant
+
+    access_grant(obj=app, to=by, by=None)
+    return app
+
+
 def _transition(name: str, make, audited=None):
     """A transition button pressed on ``make(by)``; the event names it, or what ``audited()`` returns."""
 
@@ -245,6 +262,9 @@ PRESSES = {
     "campaigns.campaign:transition/test_send": _transition("test_send", _campaign_in("draft"), _latest_dispatch),
     "delivery.app:access": _access(lambda by: AppFactory(name="Shared app")),
     "delivery.app:test_connection": _action("test_connection", lambda by: AppFactory(name="No credentials")),
+    "delivery.app:rotate_identity_secret": _confirmed(
+        _action("rotate_identity_secret", lambda by: _app_of(by, AppFactory(name="Verified app")))
+    ),
     "delivery.device:mark_test": _action("mark_test", lambda by: DeviceFactory(is_test=False)),
     "delivery.device:unmark_test": _action("unmark_test", lambda by: DeviceFactory(is_test=True)),
     "delivery.dispatch:stop": _action("stop", _running_dispatch),
