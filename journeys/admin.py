@@ -29,6 +29,7 @@ from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, Convers
 from journeys.diagram import version_svg
 from journeys.graph import (
     DAY_SECONDS,
+    ELSE_LABEL,
     EVENT_NAME_MAX,
     WAIT_UNITS,
     GraphInvalid,
@@ -694,7 +695,7 @@ class EnrollmentAdmin(ReadOnlyAdminMixin, BigTableAdmin):
 
     @admin.display(description="History")
     def history_table(self, obj):
-        rows = ((step, _history_time(at), outcome) for step, at, outcome in obj.history or [])
+        rows = ((step, _history_time(at), _history_outcome(outcome)) for step, at, outcome in obj.history or [])
         return format_html(
             '<table class="enrollment-history"><tr><th>step</th><th>at</th><th>outcome</th></tr>{}</table>',
             format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
@@ -717,6 +718,28 @@ def _enrollments_title(request) -> str:
     title = f"Enrollments of journey “{version.journey}”, version {version.number}"
     step = request.GET.get("step")
     return f"{title}, at step '{step}'" if step in version.step_map() else title
+
+
+_HISTORY_WORDS = {
+    "waiting": "waiting",
+    "waited": "waited",
+    "passed": "went on (its wait was over)",
+    "failed": "failed (see the exit reason)",
+    "exit": "exited",
+}
+
+
+def _history_outcome(outcome: str):
+    """A history step's outcome in words: the branch taken by its label, a push with a link to its
+    send; the stored codes (``branch:else``, ``pushed:12``) are the engine's."""
+    kind, _, rest = str(outcome).partition(":")
+    if kind == "branch" and rest:
+        return f"took “{ELSE_LABEL if rest == 'else' else rest}”"
+    if kind == "pushed" and rest.isdigit():
+        return format_html(
+            '<a href="{}">push sent (send #{})</a>', reverse("admin:delivery_dispatch_change", args=[rest]), rest
+        )
+    return _HISTORY_WORDS.get(outcome, outcome)
 
 
 def _history_time(stamp: str) -> str:

@@ -229,7 +229,32 @@ def test_enrollment_history_per_profile(login, viewer_carol, make_journey, publi
     assert "shopper-42" in text and text.count('class="field-step"') == 1
     enrollment = journey.enrollments.get(profile=profile)
     detail = client.get(f"/admin/journeys/enrollment/{enrollment.pk}/change/").content.decode()
-    assert "branch:else" in detail and "<td>done</td>" in detail
+    assert "<td>took “all others”</td>" in detail and "<td>done</td>" in detail and "<td>exited</td>" in detail
+    assert "branch:else" not in detail  # the engine's code, in words
+
+
+def test_an_enrollments_history_links_the_push_it_was_sent(login, viewer_carol, make_journey, publish):
+    from django.utils import timezone
+
+    from journeys.models import Enrollment
+
+    profile = ProfileFactory(external_id="shopper-9")
+    journey = publish(make_journey())
+    Enrollment.objects.create(
+        journey=journey,
+        version=journey.live_version,
+        profile=profile,
+        step="done",
+        entered_at=timezone.now(),
+        history=[
+            ["welcome", "2027-01-05T14:30:09+00:00", "pushed:77"],
+            ["vip", "2027-01-05T14:31:00+00:00", "branch:VIP"],
+        ],
+    )
+    enrollment = Enrollment.objects.get(profile=profile)
+    detail = login(viewer_carol).get(f"/admin/journeys/enrollment/{enrollment.pk}/change/").content.decode()
+    assert '<a href="/admin/delivery/dispatch/77/change/">push sent (send #77)</a>' in detail
+    assert "<td>took “VIP”</td>" in detail
 
 
 def test_journey_pages_show_their_times_in_utc_named(login, viewer_carol, make_journey, publish):
