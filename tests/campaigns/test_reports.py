@@ -189,26 +189,35 @@ CHARTS = {
         },
     },
     "funnel": {"labels": ["targeted", "reachable", "accepted", "opened"], "values": [15, 14, 8, 4]},
-    "reasons": [  # each with its label, as the admin shows it beside the code
+    "reasons": [  # each with its label, as the admin shows it beside the code, and its bar in words
         {
             "outcome": "skipped",
             "reason": "holdout",
             "label": "in the holdout, kept from the send to measure it",
+            "bar": "skipped: in the holdout, kept from the send to measure it",
             "count": 2,
         },
         {
             "outcome": "failed",
             "reason": "Unregistered",
             "label": "the app was uninstalled or the token is no longer valid (APNs)",
+            "bar": "failed: the app was uninstalled or the token is no longer valid (APNs)",
             "count": 1,
         },
         {
             "outcome": "skipped",
             "reason": "frequency_cap",
             "label": "the profile had its share of pushes (frequency cap)",
+            "bar": "skipped: the profile had its share of pushes (frequency cap)",
             "count": 1,
         },
-        {"outcome": "skipped", "reason": "no_device", "label": "no phone registered for the app", "count": 1},
+        {
+            "outcome": "skipped",
+            "reason": "no_device",
+            "label": "no phone registered for the app",
+            "bar": "skipped: no phone registered for the app",
+            "count": 1,
+        },
     ],
     "time_zone": "UTC",
 }
