@@ -1,7 +1,9 @@
 """The admin of the audit log: read-only, a big table."""
 
 from django.contrib import admin
+from django.contrib.contenttypes.models import ContentType
 from django.utils.html import format_html
+from django.utils.text import capfirst
 
 from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin, VisibleRelatedFilter
 from accounts.models import AuditEvent, audit_action_words
@@ -35,20 +37,33 @@ class ActorFilter(_NamedEmptyRelatedFilter):
     empty_text = "the system"  # events without an actor: the workers', the retention's, the demo's
 
 
+def object_kind(object_type) -> str:
+    """A content type as the kind of object it is ("App"), not as Django names it ("Delivery | app")."""
+    if object_type is None:
+        return "-"
+    model = object_type.model_class()
+    return capfirst(model._meta.verbose_name) if model is not None else object_type.model
+
+
 class ObjectTypeFilter(_NamedEmptyRelatedFilter):
     empty_text = "no object"
+
+    def field_choices(self, field, request, model_admin):
+        choices = super().field_choices(field, request, model_admin)
+        types = ContentType.objects.in_bulk([pk for pk, _ in choices])
+        return sorted(((pk, object_kind(types.get(pk))) for pk, _ in choices), key=lambda choice: choice[1])
 
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyAdminMixin, BigTableAdmin):
     """Read-only for everyone, superusers included."""
 
-    list_display = ("created_at", "actor_label", "action_shown", "object_type", "object_label")
+    list_display = ("created_at", "actor_label", "action_shown", "object_kind", "object_label")
     list_filter = (("action", ActionFilter), ("object_type", ObjectTypeFilter), ("actor", ActorFilter))
     date_hierarchy = "created_at"
     search_fields = ("object_label", "actor_label", "action")
     list_select_related = ("object_type",)
-    fields = ("created_at", "actor_label", "action_shown", "object_type", "object_id", "object_label", "summary")
+    fields = ("created_at", "actor_label", "action_shown", "object_kind", "object_id", "object_label", "summary")
     readonly_fields = fields
 
     def get_queryset(self, request):
@@ -56,6 +71,10 @@ class AuditEventAdmin(ReadOnlyAdminMixin, BigTableAdmin):
 
     def get_actions(self, request):
         return {}
+
+    @admin.display(description="Object type", ordering="object_type")
+    def object_kind(self, obj):
+        return object_kind(obj.object_type)
 
     @admin.display(description="Action", ordering="action")
     def action_shown(self, obj):

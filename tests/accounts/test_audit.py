@@ -114,3 +114,13 @@ def test_the_filters_name_the_system_and_events_about_no_object(client, admin_er
     assert ">the system</a>" in sidebar and ">no object</a>" in sidebar
     assert ">-</a>" not in sidebar
     assert ">admin_erin</a>" in sidebar and ">manager_alice</a>" not in sidebar  # only actors of the rows
+
+
+def test_the_object_type_reads_as_the_kind_of_object(client, admin_erin, event):
+    client.force_login(admin_erin)
+    listing = client.get("/admin/accounts/auditevent/").content.decode()
+    table = listing.split('id="result_list"')[1].split("</table>")[0]
+    assert '<td class="field-object_kind">App</td>' in table
+    assert "Delivery | app" not in listing
+    page = client.get(f"/admin/accounts/auditevent/{event.pk}/change/").content.decode()
+    assert "Delivery | app" not in page
