@@ -163,7 +163,8 @@ def sends_last_24h(user: User, *, now: dt.datetime) -> dict:
     return {
         "labels": [hour.strftime("%H:%M") for hour in hours],
         "start": start.strftime("%Y-%m-%d %H:%M %Z"),
-        "end": end.strftime("%Y-%m-%d %H:%M %Z"),
+        # The last hour's bar is the hour under way: the window reads up to now, not its full hour to come.
+        "end": "now, " + timezone.localtime(now, tz).strftime("%H:%M %Z"),
         "series": series,
         "totals": {name: sum(values) for name, values in series.items()},
         "skipped_by_reason": by_reason,

@@ -450,3 +450,15 @@ def test_the_skips_read_in_words_with_their_code_beside(client, manager_alice, s
         '<span data-skip-reason="not_opted_in">notifications are turned off on the phone <code>not_opted_in</code> 1'
         "</span>"
     ) in html
+
+
+def test_the_last_24_hours_end_now_not_at_the_top_of_the_hour_to_come(client, manager_alice, shop):
+    """The window's heading ended at the next full hour (06:00 at 05:05): a time still to come."""
+    now = timezone.localtime(timezone.now())
+    client.force_login(manager_alice)
+    html = client.get("/admin/").content.decode()
+    heading = html[html.index("Sends, last 24 hours") :]
+    heading = heading[: heading.index("</h2>")]
+    upcoming = (now.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)).strftime("%Y-%m-%d %H:%M")
+    assert upcoming not in heading
+    assert f"– now, {now:%H:%M}" in heading or f"– now, {(now + dt.timedelta(minutes=1)):%H:%M}" in heading
