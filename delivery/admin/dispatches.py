@@ -286,13 +286,12 @@ class DispatchAdmin(ScopedAdmin):
 
         figures = stream_live_figures(obj)
         latency = (
-            f"p50 {figures['latency_p50_ms']:.0f} ms, p99 {figures['latency_p99_ms']:.0f} ms"
+            f"trigger to accepted p50 {figures['latency_p50_ms']:.0f} ms, p99 {figures['latency_p99_ms']:.0f} ms"
             if figures["latency_p50_ms"] is not None
-            else "no push accepted"
+            else "no push accepted in it, so no time from trigger to accepted"
         )
         return format_html(
-            "Calls append to it during {} (UTC), version {}.<br>"
-            "<strong>Last minute: {} messages/s, trigger to accepted {}.</strong>",
+            "Calls append to it during {} (UTC), version {}.<br><strong>Last minute: {} messages/s, {}.</strong>",
             obj.stream_day,
             obj.stream_version[:12],
             figures["rate_per_second"],
