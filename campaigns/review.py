@@ -223,12 +223,23 @@ def audience_kept_text(campaign, *, count: bool = False, can_count: bool = False
 
 
 def definition_text(definition: dict) -> str:
-    """Who the approval covers, as it is defined: each segment's rules (and the segments they use),
-    a kept list's member count (``definition`` from Segment.definition())."""
-    import json
+    """Who the approval covers, as it is defined: each segment's rules in words (and the segments they
+    use), a kept list's member count (``definition`` from Segment.definition()). The rules name the
+    segments by the definition's own names, the apps of reachability by theirs (one query)."""
+    from audiences.rules.schema import rule_nodes
+    from audiences.rules.words import rules_text
+    from delivery.models import App
 
     if not definition:
         return "—"
+    segment_names = {int(pk): entry["name"] for pk, entry in definition.items() if "name" in entry}
+    app_ids = {
+        node["reachable"]["app"]
+        for entry in definition.values()
+        for node in rule_nodes(entry.get("rules"))
+        if isinstance(node.get("reachable"), dict) and type(node["reachable"].get("app")) is int
+    }
+    app_names = dict(App.objects.filter(pk__in=app_ids).values_list("pk", "name")) if app_ids else {}
     parts = []
     for entry in definition.values():
         if entry.get("missing"):
@@ -237,9 +248,9 @@ def definition_text(definition: dict) -> str:
         if entry.get("members") is not None:
             what = f"{entry['members'][0]:,} members ({entry['kind']})"
         else:
-            what = "rules " + json.dumps(entry.get("rules"), sort_keys=True, separators=(", ", ": "))
+            what = rules_text(entry.get("rules"), segment_names=segment_names, app_names=app_names)
         parts.append(f"{entry['name']}: {what}")
-    return "; ".join(parts)
+    return " · ".join(parts)  # the rules in words hold "; " between their conditions
 
 
 def phones_html(spec: dict, *, app_name: str, profile: dict | None = None, context: dict | None = None) -> str:

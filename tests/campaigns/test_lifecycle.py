@@ -208,14 +208,38 @@ def test_segment_edited_during_review_cannot_be_approved(make_campaign, manager_
     assert _reload(campaign).status == "in_review"
 
 
-def test_the_approver_reviews_the_audiences_definition(client, make_campaign, manager_alice, approver_bob, segment):
+def test_the_approver_reviews_the_audiences_definition(
+    client, make_campaign, manager_alice, approver_bob, segment, team
+):
+    from django.utils.html import escape
+
+    from accounts.services import access_grant
+    from audiences.services.segments import segment_update
+    from tests.factories import SegmentFactory
+
+    vips = SegmentFactory(name="VIPs", kind="static", rules=None)
+    access_grant(obj=vips, to=manager_alice, by=None)
+    rules = {
+        "all": [
+            {"attribute": "plan", "type": "string", "op": "eq", "value": "pro"},
+            {"any": [{"segment": vips.pk}, {"event": "purchase", "min_count": 2, "within_days": 30}]},
+            {"reachable": {"app": team.pk, "platform": "ios"}},
+        ]
+    }
+    segment_update(segment_id=segment.pk, by=manager_alice, rules=rules)
     campaign = make_campaign()
     campaign_submit(campaign_id=campaign.pk, by=manager_alice)
     client.force_login(approver_bob)
     review = client.get(f"/admin/accounts/approvalrequest/{ApprovalRequest.objects.get().pk}/review/")
     page = review.content.decode()
     assert "Audience definition" in page
-    assert "locale" in page and "exists" in page  # the segment's rule, as the approval covers it
+    # The segment's rules in words, the segments and apps they use by name, as the approval covers them.
+    said = (
+        "Everyone: all of: plan is “pro”; any of (member of “VIPs”; did “purchase” at least 2 times in the "
+        "last 30 days); has an opted-in device on Shop (iOS) · VIPs: 0 members (static)"
+    )
+    assert escape(said) in page
+    assert "rules {" not in page and escape('"attribute"') not in page
 
 
 def test_only_drafts_are_deleted(make_campaign, manager_alice):

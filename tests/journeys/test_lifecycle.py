@@ -764,7 +764,7 @@ def test_the_approver_reviews_each_segment_s_definition(make_journey, manager_al
     (request,) = approvals_waiting_for(approver_bob)
     html = approval_subject_for(Journey).review_html(journey, request=request, user=approver_bob)
     assert "<th>Segment definitions</th>" in html
-    assert "Everyone: rules" in html and "external_id" in html  # the entry segment's rule
+    assert "Everyone: all of: external_id is set" in html  # the entry segment's rule, in words
     assert "VIPs: 0 members (static)" in html  # the condition's kept list
 
 
