@@ -768,8 +768,9 @@ class RateBucket(models.Model):
 class DeliveryRules(models.Model):
     """An app's rules for marketing pushes: a frequency cap and quiet hours.
 
-    Applied when a dispatch resolves its audience (``delivery.rules``); a push they hold back is
-    recorded with the rule as its reason. Transactional sends and test sends bypass them.
+    Applied when a dispatch resolves its audience (``delivery.rules``), and quiet hours again when a
+    bulk send claims a row; a push they hold back is recorded with the rule as its reason.
+    Transactional sends and test sends bypass them.
     """
 
     class QuietMode(models.TextChoices):

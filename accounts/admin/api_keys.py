@@ -29,6 +29,10 @@ class ApiKeyAddForm(forms.ModelForm):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(AccessAdmin):
+    empty_hint = (
+        "No API key yet. Add one for a user (Add API key): its secret is shown once, when it is made. "
+        "The key an app ships gets the ingest scope alone."
+    )
     list_display = ("name", "user", "masked", "scope_list", "status", "created_at", "expires_at", "last_used_at")
     search_fields = ("name", "user__username", "prefix")
     actions = ["revoke_keys"]

@@ -265,6 +265,8 @@ class AccessAdmin(AdminAuditMixin, admin.ModelAdmin):
     """
 
     formfield_overrides = {models.JSONField: {"form_class": JsonValueFormField}}
+    # What an empty list says besides "0 …": where its rows come from (templates/admin/change_list.html).
+    empty_hint = ""
 
     def get_changelist(self, request, **kwargs):
         return BoundedDateChangeList

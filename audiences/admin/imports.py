@@ -88,6 +88,7 @@ class ImportAddForm(forms.ModelForm):
 
 @admin.register(Import)
 class ImportAdmin(AccessAdmin):
+    empty_hint = "Upload a CSV file of profiles (Add import), or POST one to /api/v1/imports/."
     list_display = (
         "__str__",
         "status",

@@ -23,6 +23,8 @@ from delivery.services.devices import device_token_normal, devices_test_flag_set
 class DeviceAdmin(BigTableAdmin):
     """Devices of the apps the user has access to; filter by profile from its page (?profile__id__exact=)."""
 
+    empty_hint = "A phone is listed here once its app registers its push token (POST /api/v1/devices/)."
+
     list_display = (
         "short_token",
         "platform",

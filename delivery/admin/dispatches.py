@@ -133,6 +133,11 @@ class DispatchAdmin(ScopedAdmin):
     (``?campaign=``), which answers 404 to whoever may not see that campaign. A campaign recurring
     every minute makes 1,440 a day: the list never counts the whole table."""
 
+    empty_hint = (
+        "A send is listed here once it starts: a campaign approved to send now, due on its schedule or "
+        "triggered through the API, a test send, or a journey's push step."
+    )
+
     list_display = (
         "__str__",
         "app",

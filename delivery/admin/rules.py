@@ -48,6 +48,11 @@ class DeliveryRulesForm(forms.ModelForm):
 class DeliveryRulesAdmin(AccessAdmin):
     """Administrators set each app's frequency cap and quiet hours for marketing pushes."""
 
+    empty_hint = (
+        "None of your apps has delivery rules yet: marketing pushes go out without a frequency cap or quiet hours. "
+        "Add rules for an app to set them (transactional and test sends bypass them)."
+    )
+
     form = DeliveryRulesForm
 
     list_display = ("app", "frequency_cap", "frequency_window_hours", "quiet_start", "quiet_end", "quiet_mode")
