@@ -15,7 +15,7 @@ from django.db.models import ProtectedError
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect
 from django.urls import path, reverse
-from django.utils.html import format_html_join
+from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince
 
 from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin, asks_again, deleted_objects_counted
@@ -194,14 +194,18 @@ class SegmentForm(forms.ModelForm):
 
 # The apps whose kept reach the current request's user may read (the list's columns take no request).
 reach_app_ids: contextvars.ContextVar[frozenset] = contextvars.ContextVar("reach_app_ids", default=frozenset())
+# Who reads the segment page: its rules in words name only the segments and apps they may see.
+rules_reader: contextvars.ContextVar = contextvars.ContextVar("rules_reader", default=None)
 
 
 @contextlib.contextmanager
 def _reach_readable_by(user):
     token = reach_app_ids.set(frozenset(app.pk for app in reach_apps_for(user)))
+    reader = rules_reader.set(user)
     try:
         yield
     finally:
+        rules_reader.reset(reader)
         reach_app_ids.reset(token)
 
 
@@ -225,6 +229,7 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     list_filter = ("kind",)
     search_fields = ("name",)
     readonly_fields = (
+        "rules_in_words",
         "members_summary",
         "reach",
         "last_counted_at",
@@ -269,7 +274,10 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         main = ["name", "description", "kind"] if obj is None else ["name", "description"]
         sets = [(None, {"fields": main})]
         if obj is None or obj.kind == Segment.Kind.RULES:
-            sets.append(("Rules", {"fields": ["rules"], "classes": ["rules-fieldset"]}))
+            # Read-only, the builder is not drawn: the rules read in words above their JSON.
+            read_only = obj is not None and not self.has_change_permission(request, obj)
+            fields = ["rules_in_words", "rules"] if read_only else ["rules"]
+            sets.append(("Rules", {"fields": fields, "classes": ["rules-fieldset"]}))
         if obj is not None and obj.has_members_table:
             fields = ["members_summary"]
             if obj.kind == Segment.Kind.STATIC:
@@ -299,6 +307,32 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         return self.readonly_fields
+
+    @admin.display(description="In words")
+    def rules_in_words(self, obj):
+        """The rules as a sentence, naming the segments and apps they use that the reader may see
+        ("segment #12", "app #3" for the others, as the builder keeps their names from them)."""
+        if obj is None or not obj.rules:
+            return "—"
+        from accounts.selectors import visible_to
+        from audiences.rules.schema import rule_nodes, segment_references
+        from audiences.rules.words import rules_text
+
+        reader = rules_reader.get()
+        segments = segment_references(obj.rules)
+        apps = {
+            node["reachable"]["app"]
+            for node in rule_nodes(obj.rules)
+            if isinstance(node.get("reachable"), dict) and type(node["reachable"].get("app")) is int
+        }
+        segment_names, app_names = {}, {}
+        if reader is not None and segments:
+            segment_names = dict(visible_to(reader, Segment.objects.filter(pk__in=segments)).values_list("pk", "name"))
+        if reader is not None and apps:
+            app_model = django_apps.get_model("delivery", "App")
+            app_names = dict(visible_to(reader, app_model.objects.filter(pk__in=apps)).values_list("pk", "name"))
+        text = rules_text(obj.rules, segment_names=segment_names, app_names=app_names)
+        return format_html('<span id="segment-rules-in-words">{}</span>', text)
 
     @admin.display(description="Members")
     def members_summary(self, obj):

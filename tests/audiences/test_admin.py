@@ -542,6 +542,64 @@ def test_viewer_reads_a_granted_segment_but_cannot_save_it(login, viewer_carol, 
     assert segment.name == "Pro"
 
 
+@pytest.mark.parametrize("role", ["viewer_carol", "approver_bob"])
+def test_a_reader_who_may_not_change_a_segment_reads_its_rules_in_words(
+    request, role, login, manager_alice, under_review
+):
+    """The builder draws no read-only rules: a Viewer or an approver read the rules as raw JSON."""
+    from django.utils.html import escape
+
+    from accounts.services import access_grant
+    from tests.factories import AppFactory
+
+    shop = AppFactory(name="Shop")
+    access_grant(obj=shop, to=manager_alice, by=None)
+    vips = segment_create(name="VIPs", kind=Segment.Kind.STATIC, by=manager_alice)
+    rules = {
+        "all": [
+            {"attribute": "plan", "type": "string", "op": "eq", "value": "pro"},
+            {"any": [{"segment": vips.pk}, {"event": "purchase", "min_count": 2, "within_days": 30}]},
+            {"reachable": {"app": shop.pk, "platform": "ios"}},
+        ]
+    }
+    top = segment_create(name="Top", rules=rules, by=manager_alice)
+    reader = request.getfixturevalue(role)
+    if role == "viewer_carol":
+        access_grant(obj=top, to=reader, by=None)
+        access_grant(obj=vips, to=reader, by=None)
+        access_grant(obj=shop, to=reader, by=None)
+    else:
+        under_review(top)  # the approver reads what the campaign they decide is sent to
+    page = login(reader).get(f"/admin/audiences/segment/{top.pk}/change/").content.decode()
+    said = (
+        "all of: plan is “pro”; any of (member of “VIPs”; did “purchase” at least 2 times in the last 30 days); "
+        "has an opted-in device on Shop (iOS)"
+    )
+    assert f'<span id="segment-rules-in-words">{escape(said)}</span>' in page
+    # The manager who may change it edits it in the builder, which reads it already.
+    page = login(manager_alice).get(f"/admin/audiences/segment/{top.pk}/change/").content.decode()
+    assert "segment-rules-in-words" not in page and 'class="rule-builder"' in page
+
+
+def test_a_segment_and_an_app_outside_the_readers_access_are_not_named_in_the_rules_in_words(
+    login, manager_alice, viewer_carol
+):
+    from accounts.services import access_grant
+    from tests.factories import AppFactory
+
+    shop = AppFactory(name="Shop")
+    access_grant(obj=shop, to=manager_alice, by=None)
+    vips = segment_create(name="VIPs", kind=Segment.Kind.STATIC, by=manager_alice)
+    top = segment_create(
+        name="Top", rules={"all": [{"segment": vips.pk}, {"reachable": {"app": shop.pk}}]}, by=manager_alice
+    )
+    access_grant(obj=top, to=viewer_carol, by=None)
+    page = login(viewer_carol).get(f"/admin/audiences/segment/{top.pk}/change/").content.decode()
+    said = f"all of: member of segment #{vips.pk}; has an opted-in device on app #{shop.pk}"
+    assert f'<span id="segment-rules-in-words">{said}</span>' in page
+    assert "VIPs" not in page and "Shop" not in page
+
+
 def test_approvers_may_not_import_in_the_admin(login, approver_bob, media):
     client = login(approver_bob)
     assert client.get("/admin/audiences/import/add/").status_code == 403
