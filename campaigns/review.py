@@ -462,13 +462,54 @@ def _variant_rows(variant: dict) -> list[tuple[str, str]]:
     return rows + [(f"{name}: {label.lower()}", text) for label, text in _spec_rows(variant["spec"])]
 
 
+# A content's platform options as the content form names them; a value left empty is left out.
+_IOS_WORDS = {
+    "sound": "sound",
+    "badge": "badge",
+    "category": "category",
+    "thread_id": "thread",
+    "interruption_level": "interruption level",
+}
+_ANDROID_WORDS = {"channel_id": "channel", "icon": "icon", "color": "colour", "priority": "priority"}
+
+
+def _options_text(options: dict | None, words: dict[str, str], *, choices: dict | None = None) -> str:
+    """A spec's platform options in words ("sound default, badge 3, interruption level time sensitive")."""
+    options = options or {}
+    parts = []
+    for key, word in words.items():
+        value = options.get(key)
+        if value in ("", None):
+            continue
+        parts.append(f"{word} {(choices or {}).get(key, {}).get(value, value)}")
+    return ", ".join(parts)
+
+
+def tap_action_text(spec: dict) -> str:
+    """What a tap on the push does, in words, with the link it opens ("open a deep link: app://home")."""
+    from delivery.models import PushContent
+
+    action = spec.get("tap_action") or PushContent.TapAction.OPEN_APP
+    said = dict(PushContent.TapAction.choices).get(action, action)
+    return f"{said}: {spec['tap_url']}" if spec.get("tap_url") and action != PushContent.TapAction.OPEN_APP else said
+
+
 def _spec_rows(spec: dict) -> list[tuple[str, str]]:
+    from delivery.models import PushContent
+
+    ios = _options_text(
+        spec.get("ios"),
+        _IOS_WORDS,
+        choices={"interruption_level": dict(PushContent.InterruptionLevel.choices)},
+    )
+    if (spec.get("ios") or {}).get("mutable_content"):
+        ios = ", ".join(filter(None, (ios, "mutable content (the app's extension may change it before it shows)")))
     return [
         ("Image", spec.get("image_url") or "—"),
-        ("Tap action", f"{spec.get('tap_action')} {spec.get('tap_url') or ''}".strip()),
+        ("Tap action", tap_action_text(spec)),
         ("Custom data", _pairs(spec.get("data"))),
-        ("iOS options", _pairs(spec.get("ios"))),
-        ("Android options", _pairs(spec.get("android"))),
+        ("iOS options", ios or "—"),
+        ("Android options", _options_text(spec.get("android"), _ANDROID_WORDS) or "—"),
         (
             "Delivery options",
             f"TTL {spec.get('ttl_seconds')} s, collapse key {spec.get('collapse_key') or '—'}"

@@ -165,3 +165,31 @@ def test_the_approver_reads_the_rate_a_throttle_sends_at_beside_its_apps_limit(
         "Fast": "at most 1,000 messages/s, the app's limit: the campaign's 5,000 messages/s is above it",
         "Default": "the app's limit, 1,000 messages/s (shared with its other sends)",
     }
+
+
+def test_the_approver_reads_the_contents_tap_action_and_platform_options_in_words(
+    client, make_campaign, content, manager_alice, approver_bob
+):
+    """They read as the spec's keys ('deep_link pushdesk://home', 'mutable_content=False, sound=default')."""
+    from delivery.models import PushContent
+
+    PushContent.objects.filter(pk=content.pk).update(
+        tap_action="deep_link",
+        tap_url="pushdesk://home",
+        ios_badge=3,
+        ios_interruption_level="time-sensitive",
+        ios_mutable_content=True,
+        android_channel_id="offers",
+        android_priority="normal",
+    )
+    campaign = make_campaign(send_at=dt.datetime(2027, 1, 5, 9, tzinfo=PARIS))
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(approver_bob)
+    rows = _review_rows(client, request)
+    assert rows["Tap action"] == "open a deep link: pushdesk://home"
+    assert rows["iOS options"] == (
+        "sound default, badge 3, interruption level time sensitive, "
+        "mutable content (the app's extension may change it before it shows)"
+    )
+    assert rows["Android options"] == "channel offers, priority normal"
+    assert "=" not in rows["iOS options"] + rows["Android options"]
