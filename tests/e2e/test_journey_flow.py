@@ -80,7 +80,7 @@ def test_manager_builds_approver_approves_and_the_graph_counts_the_push(
     screenshot("journey-live-graph")
     page.goto(f"{live_server.url}/admin/journeys/enrollment/?q=zoe")
     page.click("#result_list tbody th a")
-    assert "pushed:" in page.locator(".enrollment-history").inner_text()
+    assert "push sent (send #" in page.locator(".enrollment-history").inner_text()
 
     # Stop asks again, saying what it does; No goes back, Yes stops; its last version no longer reads "Live".
     page.goto(f"{live_server.url}/admin/journeys/journey/{journey.pk}/change/")
