@@ -23,6 +23,7 @@ from operator import itemgetter
 
 from django.core.exceptions import ValidationError
 from django.db import connection
+from django.utils import timezone as dj_timezone
 
 from accounts.json_values import json_compact_utf8
 from audiences.models import Profile, SegmentMember
@@ -1125,10 +1126,12 @@ def segment_members_lock(segment_id: int) -> None:
     measured after the others), so two batches at once could each wait for a member the other
     added ('deadlock detected'). The key is left alone: rows referring to the segment are not held up.
     """
-    lock = " FOR NO KEY UPDATE" if connection.vendor == "postgresql" else ""
+    # An UPDATE of a column outside the key takes the same lock (``FOR NO KEY UPDATE``) and marks the
+    # segment changed as each batch lands: a journey reading it then sees at once that its members
+    # are no longer the approved ones (``journeys.services.engine``), not when the import ends.
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT 1 FROM audiences_segment WHERE id = %s{lock}", [segment_id])  # noqa: S608 (constant)
-        if cursor.fetchone() is None:
+        cursor.execute("UPDATE audiences_segment SET updated_at = %s WHERE id = %s", [dj_timezone.now(), segment_id])
+        if cursor.rowcount == 0:
             raise ImportRefused(SEGMENT_GONE)
 
 

@@ -425,9 +425,36 @@ def _profile_zones(profile_ids: list[int]) -> dict[int, str]:
     return dict(Profile.objects.filter(_among(profile_ids)).values_list("pk", "timezone"))
 
 
+# By (version, condition step): the segments' change marks when their definitions were last
+# compared with the approved ones, and what that said. A kept list's definition counts its members
+# (tens of milliseconds at 500,000), too much for every batch; a change of a segment's rules or
+# members marks it (``updated_at``: an edit, a member added or removed in the admin, each import
+# batch), so the comparison runs again only once one of them is marked. Per process.
+_FROZEN_CHECKED: dict[tuple[int, str], tuple[tuple, str]] = {}
+_FROZEN_CHECKED_MAX = 10_000
+
+
+def _segments_marks(ids: set[int]) -> tuple:
+    """The change marks (id, ``updated_at``) of these segments and of those their rules use, at any
+    depth: a query per level of nesting."""
+    from audiences.models import Segment, segments_used
+
+    marks, pending = {}, set(ids)
+    while pending:
+        used: set[int] = set()
+        for pk, updated_at, rules in Segment.objects.filter(pk__in=sorted(pending)).values_list(
+            "pk", "updated_at", "rules"
+        ):
+            marks[pk] = updated_at
+            used |= segments_used(rules)
+        pending = used - set(marks)
+    return tuple(sorted(marks.items()))
+
+
 def _condition_refused(version: JourneyVersion, step: dict, refusals: dict[str, str]) -> str:
     """Why the condition step may not branch now: a segment its branches read was edited since the
-    version was approved (``segments_changed_text``), "" when none was. Read once per step and batch."""
+    version was approved (``segments_changed_text``), "" when none was. Read once per step and batch:
+    its segments' change marks, and their definitions again only when a mark moved."""
     from audiences.models import segments_used
 
     if step["id"] not in refusals:
@@ -437,7 +464,16 @@ def _condition_refused(version: JourneyVersion, step: dict, refusals: dict[str, 
                 ids.add(branch["segment"])
             elif "rules" in branch:
                 ids |= segments_used(branch["rules"])
-        refusals[step["id"]] = segments_changed_text(version, ids) if ids and version.approved_segments else ""
+        if not ids or not version.approved_segments:
+            refusals[step["id"]] = ""
+        else:
+            key, marks = (version.pk, step["id"]), _segments_marks(ids)
+            checked = _FROZEN_CHECKED.get(key)
+            if checked is None or checked[0] != marks:
+                if len(_FROZEN_CHECKED) >= _FROZEN_CHECKED_MAX:
+                    _FROZEN_CHECKED.clear()
+                checked = _FROZEN_CHECKED[key] = (marks, segments_changed_text(version, ids))
+            refusals[step["id"]] = checked[1]
     return refusals[step["id"]]
 
 
