@@ -70,17 +70,24 @@ def _stop_its_run_before_a_batch(record: Import, *, minutes_ago: int) -> None:
     _stop_its_worker(record, minutes_ago=minutes_ago)
 
 
-def test_an_import_whose_run_wrote_nothing_before_its_worker_stopped_gets_one_more_run(
-    upload, segment, settings, django_capture_on_commit_callbacks, manager_alice, login
-):
-    """A deploy or an out-of-memory kill elsewhere stops a worker before its first batch: the
-    import is queued again once, rather than failed for someone to restart after every deploy."""
+def _an_import_stopped_before_a_batch_and_one_behind_it(upload, settings) -> tuple[Import, Import]:
+    """An add import into the segment whose worker stopped before its run wrote a batch, and a
+    replace import waiting for its turn behind it."""
     settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
     add = upload(b"external_id\na1\na2\na3\n", "add_to_segment")
     assert import_process(import_id=add.pk, seconds=0) is True
     _stop_its_run_before_a_batch(add, minutes_ago=30)
     replace = upload(b"external_id\nr1\n", "replace_segment")
     assert import_process(import_id=replace.pk) is False
+    return add, replace
+
+
+def test_an_import_whose_run_wrote_nothing_before_its_worker_stopped_gets_one_more_run(
+    upload, segment, settings, django_capture_on_commit_callbacks, manager_alice, login
+):
+    """A deploy or an out-of-memory kill elsewhere stops a worker before its first batch: the
+    import is queued again once, rather than failed for someone to restart after every deploy."""
+    add, replace = _an_import_stopped_before_a_batch_and_one_behind_it(upload, settings)
 
     assert imports_watch() == {"resumed": [add.pk], "failed": []}  # its task is not run: the worker is gone
     add.refresh_from_db()
@@ -107,12 +114,7 @@ def test_an_import_whose_second_run_in_a_row_wrote_nothing_fails_saying_why(
     upload, segment, settings, django_capture_on_commit_callbacks, manager_alice, login
 ):
     """Taken up again twice, a file that kills its worker would hold the segment for ever: it fails."""
-    settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
-    add = upload(b"external_id\na1\na2\na3\n", "add_to_segment")
-    assert import_process(import_id=add.pk, seconds=0) is True
-    _stop_its_run_before_a_batch(add, minutes_ago=30)
-    replace = upload(b"external_id\nr1\n", "replace_segment")
-    assert import_process(import_id=replace.pk) is False
+    add, replace = _an_import_stopped_before_a_batch_and_one_behind_it(upload, settings)
     assert imports_watch() == {"resumed": [add.pk], "failed": []}
     _stop_its_worker(add, minutes_ago=30)  # taken by a worker killed again before its first batch
 
