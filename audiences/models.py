@@ -200,25 +200,29 @@ def segments_used(rules) -> set[int]:
     return found
 
 
+def segments_closure(segment_ids, *fields: str) -> dict[int, tuple]:
+    """These segments and those their rules use, at any depth (those that exist): by id, the values
+    of ``fields`` and their rules last. A query per level of nesting."""
+    found: dict[int, tuple] = {}
+    asked = pending = set(segment_ids)
+    while pending:
+        used: set[int] = set()
+        for pk, *values in Segment.objects.filter(pk__in=sorted(pending)).values_list("pk", *fields, "rules"):
+            found[pk] = tuple(values)
+            used |= segments_used(values[-1])
+        pending = used - asked
+        asked = asked | pending
+    return found
+
+
 def segments_named_by(segment_ids) -> tuple[set[int], set[int]]:
     """The segments the rules of these segments use, at any depth (themselves included), and the
     apps their reachability conditions name: what their definitions show. A query per level."""
-    from audiences.rules.schema import rule_nodes
+    from audiences.rules.schema import app_references
 
-    found: set[int] = set()
-    apps: set[int] = set()
-    pending = set(segment_ids)
-    while pending:
-        found |= pending
-        used: set[int] = set()
-        for rules in Segment.objects.filter(pk__in=sorted(pending)).values_list("rules", flat=True):
-            used |= segments_used(rules)
-            for node in rule_nodes(rules):
-                reachable = node.get("reachable")
-                if isinstance(reachable, dict) and type(reachable.get("app")) is int:
-                    apps.add(reachable["app"])
-        pending = used - found
-    return found, apps
+    found = segments_closure(segment_ids)
+    apps = set().union(*(app_references(rules) for (rules,) in found.values()))
+    return set(segment_ids) | set(found), apps
 
 
 class SegmentUserObjectPermission(UserObjectPermissionBase, GrantStamp):

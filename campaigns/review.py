@@ -226,19 +226,14 @@ def definition_text(definition: dict) -> str:
     """Who the approval covers, as it is defined: each segment's rules in words (and the segments they
     use), a kept list's member count (``definition`` from Segment.definition()). The rules name the
     segments by the definition's own names, the apps of reachability by theirs (one query)."""
-    from audiences.rules.schema import rule_nodes
+    from audiences.rules.schema import app_references
     from audiences.rules.words import rules_text
     from delivery.models import App
 
     if not definition:
         return "—"
     segment_names = {int(pk): entry["name"] for pk, entry in definition.items() if "name" in entry}
-    app_ids = {
-        node["reachable"]["app"]
-        for entry in definition.values()
-        for node in rule_nodes(entry.get("rules"))
-        if isinstance(node.get("reachable"), dict) and type(node["reachable"].get("app")) is int
-    }
+    app_ids = set().union(*(app_references(entry.get("rules")) for entry in definition.values()))
     app_names = dict(App.objects.filter(pk__in=app_ids).values_list("pk", "name")) if app_ids else {}
     parts = []
     for entry in definition.values():

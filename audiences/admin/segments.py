@@ -108,7 +108,7 @@ def builder_meta_name(meta: dict, rules, *, user) -> None:
     to others it is "a segment you have no access to (#12)", its id kept, never its name. Saving
     the rules again still asks that their author may use them (``rules_validate_for``)."""
     from accounts.selectors import visible_to
-    from audiences.rules.schema import rule_nodes, segment_references
+    from audiences.rules.schema import app_references, segment_references
 
     segments = segment_references(rules) - {s["id"] for s in meta["segments"]}
     if segments:
@@ -120,11 +120,7 @@ def builder_meta_name(meta: dict, rules, *, user) -> None:
         meta["segments"] += [
             {"id": pk, "name": f"a segment you have no access to (#{pk})", "kind": ""} for pk in sorted(known)
         ]
-    apps = {
-        node["reachable"]["app"]
-        for node in rule_nodes(rules)
-        if isinstance(node.get("reachable"), dict) and type(node["reachable"].get("app")) is int
-    } - {a["id"] for a in meta["apps"]}
+    apps = app_references(rules) - {a["id"] for a in meta["apps"]}
     if apps:
         app_model = django_apps.get_model("delivery", "App")
         named = {a["id"]: a for a in visible_to(user, app_model.objects.filter(pk__in=apps)).values("id", "name")}
@@ -315,16 +311,12 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         if obj is None or not obj.rules:
             return "—"
         from accounts.selectors import visible_to
-        from audiences.rules.schema import rule_nodes, segment_references
+        from audiences.rules.schema import app_references, segment_references
         from audiences.rules.words import rules_text
 
         reader = rules_reader.get()
         segments = segment_references(obj.rules)
-        apps = {
-            node["reachable"]["app"]
-            for node in rule_nodes(obj.rules)
-            if isinstance(node.get("reachable"), dict) and type(node["reachable"].get("app")) is int
-        }
+        apps = app_references(obj.rules)
         segment_names, app_names = {}, {}
         if reader is not None and segments:
             segment_names = dict(visible_to(reader, Segment.objects.filter(pk__in=segments)).values_list("pk", "name"))

@@ -162,6 +162,16 @@ def segment_references(tree) -> set[int]:
     return found
 
 
+def app_references(tree) -> set[int]:
+    """The ids of the apps the tree's reachability conditions name (well-formed nodes only)."""
+    found: set[int] = set()
+    for node in rule_nodes(tree):
+        reachable = node.get("reachable")
+        if isinstance(reachable, dict) and type(reachable.get("app")) is int:
+            found.add(reachable["app"])
+    return found
+
+
 def resolve_date(value, *, today: dt.date) -> dt.date:
     """A rule's date value ("YYYY-MM-DD" or {"ago": N, "unit": "days"}) as a calendar day."""
     if isinstance(value, str):

@@ -437,18 +437,9 @@ _FROZEN_CHECKED_MAX = 10_000
 def _segments_marks(ids: set[int]) -> tuple:
     """The change marks (id, ``updated_at``) of these segments and of those their rules use, at any
     depth: a query per level of nesting."""
-    from audiences.models import Segment, segments_used
+    from audiences.models import segments_closure
 
-    marks, pending = {}, set(ids)
-    while pending:
-        used: set[int] = set()
-        for pk, updated_at, rules in Segment.objects.filter(pk__in=sorted(pending)).values_list(
-            "pk", "updated_at", "rules"
-        ):
-            marks[pk] = updated_at
-            used |= segments_used(rules)
-        pending = used - set(marks)
-    return tuple(sorted(marks.items()))
+    return tuple(sorted((pk, values[0]) for pk, values in segments_closure(ids, "updated_at").items()))
 
 
 def _condition_refused(version: JourneyVersion, step: dict, refusals: dict[str, str]) -> str:
