@@ -60,55 +60,37 @@ ALL_CHECKS = [CHECKS.get_one(name) for name in CHECKS.get_all_names()]
 # Rules the schema cannot state, so a request it calls valid may still be refused with 400: a
 # profile's time zone must be a known IANA name, an import's file must read as CSV, winner mode
 # must fit the campaign, and an external id has no white space around it (a profile's, a device's).
+def _accepting(operation: str, statuses: list[str]) -> dict:
+    """One operation's entry: the statuses its valid requests may answer with."""
+    return {"include-name": operation, "checks": {"positive_data_acceptance": {"expected-statuses": statuses}}}
+
+
+def _with_parameter(method: str, name: str) -> list[str]:
+    """The paths whose ``method`` operation takes the parameter ``name``."""
+    paths = yaml.safe_load(SCHEMA_PATH.read_text())["paths"]
+    return [
+        path
+        for path, operations in paths.items()
+        if any(parameter["name"] == name for parameter in operations.get(method, {}).get("parameters", []))
+    ]
+
+
+SEMANTIC = ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
 SEMANTIC_400 = {
     "operations": [
-        {
-            "include-name": f"POST {path}",
-            "checks": {
-                "positive_data_acceptance": {
-                    "expected-statuses": ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
-                }
-            },
-        }
-        for path in ("/api/v1/profiles/", "/api/v1/imports/", "/api/v1/devices/")
+        _accepting(f"POST {path}", SEMANTIC) for path in ("/api/v1/profiles/", "/api/v1/imports/", "/api/v1/devices/")
     ]
     # A list's cursor is a value the server signed, and cursor, offset and paging=offset exclude
     # one another: the schema cannot state either.
-    + [
-        {
-            "include-name": f"GET {path}",
-            "checks": {
-                "positive_data_acceptance": {
-                    "expected-statuses": ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
-                }
-            },
-        }
-        for path, operations in yaml.safe_load(SCHEMA_PATH.read_text())["paths"].items()
-        if any(parameter["name"] == "cursor" for parameter in operations.get("get", {}).get("parameters", []))
-    ]
+    + [_accepting(f"GET {path}", SEMANTIC) for path in _with_parameter("get", "cursor")]
     # Generated requests share Idempotency-Key values between bodies: the same key with another body
     # is 422 idempotency_key_reused, and one of a call still running 409, whatever the body.
     + [
-        {
-            "include-name": f"POST {path}",
-            "checks": {
-                "positive_data_acceptance": {
-                    "expected-statuses": ["2xx", "400", "401", "403", "404", "409", "422", "429", "503"]
-                }
-            },
-        }
-        for path, operations in yaml.safe_load(SCHEMA_PATH.read_text())["paths"].items()
-        if any(parameter["name"] == "Idempotency-Key" for parameter in operations.get("post", {}).get("parameters", []))
+        _accepting(f"POST {path}", ["2xx", "400", "401", "403", "404", "409", "422", "429", "503"])
+        for path in _with_parameter("post", "Idempotency-Key")
     ]
     # Winner mode's rules depend on the campaign (its variants, kind and schedule), which the schema cannot state.
-    + [
-        {
-            "include-name": "PUT /api/v1/campaigns/{campaign_id}/winner/",
-            "checks": {
-                "positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "403", "404", "409", "429"]}
-            },
-        }
-    ]
+    + [_accepting("PUT /api/v1/campaigns/{campaign_id}/winner/", ["2xx", "400", "401", "403", "404", "409", "429"])]
 }
 
 
