@@ -122,6 +122,7 @@ class ImportAdmin(AccessAdmin):
         "error",
         "error_file_link",
         "created_by",
+        "uploaded_with",
         "created_at",
         "started_at",
         "run_started_at",
@@ -133,7 +134,12 @@ class ImportAdmin(AccessAdmin):
         css = {"all": ["audiences/rule_builder.css"]}
 
     def get_queryset(self, request):
-        return imports_visible_to(request.user)
+        return imports_visible_to(request.user).select_related("created_by_key")
+
+    @admin.display(description="Uploaded with")
+    def uploaded_with(self, obj):
+        """The API key that uploaded the file (its name and prefix, never the key), or the admin."""
+        return str(obj.created_by_key) if obj.created_by_key_id else "the admin (no API key)"
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         if obj is None:

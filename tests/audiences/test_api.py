@@ -806,10 +806,13 @@ def test_a_key_of_ingest_alone_reads_only_the_imports_it_uploaded(
         assert reader.get(f"/api/v1/imports/{record.pk}/errors/").status_code == 200
     page = login(admin_erin).get("/admin/audiences/import/").content.decode()
     assert f"Import #{by_app.pk}" in page and f"Import #{by_backend.pk}" in page
+    # Its page names the key that uploaded it (its name and prefix), so an administrator can trace it.
+    detail = login(admin_erin).get(f"/admin/audiences/import/{by_app.pk}/change/").content.decode()
+    assert str(by_app.created_by_key) in detail
 
 
 def test_an_import_made_in_the_admin_is_not_read_by_a_key_of_ingest_alone(
-    manager_alice, api_key_for, media, django_capture_on_commit_callbacks
+    manager_alice, api_key_for, media, django_capture_on_commit_callbacks, login
 ):
     from audiences.services.imports import import_create
 
@@ -818,6 +821,8 @@ def test_an_import_made_in_the_admin_is_not_read_by_a_key_of_ingest_alone(
         record = import_create(upload=upload, by=manager_alice)
     assert record.created_by_key is None
     assert api_key_for(manager_alice, scopes=["ingest"]).get(f"/api/v1/imports/{record.pk}/").status_code == 404
+    detail = login(manager_alice).get(f"/admin/audiences/import/{record.pk}/change/").content.decode()
+    assert "the admin (no API key)" in detail
     assert api_key_for(manager_alice, scopes=["read"]).get(f"/api/v1/imports/{record.pk}/").status_code == 200
 
 
