@@ -63,6 +63,7 @@ from campaigns.variant_admin import (
 from config.zones import zone as schedule_zone
 from config.zones import zoned, zoned_column
 from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
+from delivery.models import Delivery
 from delivery.reasons import reason_html
 from delivery.reports import report_charts_html, rows_deleted_html
 
@@ -661,8 +662,8 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         reasons = format_html_join(
             "",
             "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-            [("failed", reason_html(r), n) for r, n in data["failed_by_reason"].items()]
-            + [("skipped", reason_html(r), n) for r, n in data["skipped_by_reason"].items()],
+            [(Delivery.Status.FAILED.label, reason_html(r), n) for r, n in data["failed_by_reason"].items()]
+            + [(Delivery.Status.SKIPPED.label, reason_html(r), n) for r, n in data["skipped_by_reason"].items()],
         )
         csv_url = reverse("admin:campaigns_campaign_report_csv", args=[obj.pk])
         cleared_html = rows_deleted_html(

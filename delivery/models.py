@@ -351,17 +351,17 @@ class Dispatch(models.Model):
     access_scope_field = "app"
 
     class Kind(models.TextChoices):
-        CAMPAIGN = "campaign", "campaign"
+        CAMPAIGN = "campaign", "Campaign"
         API_TRIGGER = "api_trigger", "API trigger"
-        JOURNEY = "journey", "journey step"
-        TEST = "test", "test send"
+        JOURNEY = "journey", "Journey step"
+        TEST = "test", "Test send"
 
     class Status(models.TextChoices):
-        PREPARING = "preparing", "preparing"
-        SENDING = "sending", "sending"
-        DONE = "done", "done"
-        STOPPED = "stopped", "stopped"
-        FAILED = "failed", "failed"
+        PREPARING = "preparing", "Preparing"
+        SENDING = "sending", "Sending"
+        DONE = "done", "Done"
+        STOPPED = "stopped", "Stopped"
+        FAILED = "failed", "Failed"
 
     FINAL_STATUSES = (Status.DONE, Status.STOPPED, Status.FAILED)
     RUNNING_STATUSES = (Status.PREPARING, Status.SENDING)
@@ -558,12 +558,12 @@ class Delivery(models.Model):
     """
 
     class Status(models.TextChoices):
-        QUEUED = "queued", "queued"
-        SENDING = "sending", "sending"
-        ACCEPTED = "accepted", "accepted"
-        FAILED = "failed", "failed"
-        SKIPPED = "skipped", "skipped"
-        UNKNOWN = "unknown", "unknown"
+        QUEUED = "queued", "Queued"
+        SENDING = "sending", "Sending"
+        ACCEPTED = "accepted", "Accepted"
+        FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Skipped"
+        UNKNOWN = "unknown", "Unknown (may have been delivered)"
 
     FINAL_STATUSES = (Status.ACCEPTED, Status.FAILED, Status.SKIPPED, Status.UNKNOWN)
 

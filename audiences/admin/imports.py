@@ -281,25 +281,25 @@ class ImportAdmin(AccessAdmin):
 
 
 def _progress_text(record: Import) -> str:
-    status = record.status
+    said = record.get_status_display()  # the status in words ("Running"), not its code
+    status = said
     stalled = import_stalled_minutes(record)
     if stalled is not None:
         status = (
-            f"{record.status}, stalled: no batch written for {stalled} min (its worker stopped); "
+            f"{said}, stalled: no batch written for {stalled} min (its worker stopped); "
             "it is taken up again, or ended, within a minute"
         )
     elif record.status == Import.Status.FAILED and record.stalled_runs >= 2:
         status = (
-            "failed: its worker stopped before writing a batch in two runs in a row "
+            "Failed: its worker stopped before writing a batch in two runs in a row "
             "(its file may be what stops the worker)"
         )
     elif record.stalled_runs and record.status in (Import.Status.QUEUED, Import.Status.RUNNING):
         status = (
-            f"{record.status}, taken up again: its worker stopped before its run wrote a batch; "
-            "a second such run ends it failed"
+            f"{said}, taken up again: its worker stopped before its run wrote a batch; a second such run ends it failed"
         )
     elif record.status == Import.Status.QUEUED and record.waiting_for_id:
-        status = f"queued, waiting for import #{record.waiting_for_id} into the same segment to finish"
+        status = f"Queued, waiting for import #{record.waiting_for_id} into the same segment to finish"
         ahead = Import.objects.filter(pk=record.waiting_for_id).first()
         ahead_stalled = import_stalled_minutes(ahead) if ahead is not None else None
         if ahead_stalled is not None:

@@ -11,6 +11,7 @@ from audiences.admin.profiles import external_id_terms
 from audiences.models import Profile
 from config.zones import zoned
 from delivery.models import Device, Platform
+from delivery.reasons import reason_html
 from delivery.selectors import (
     apps_in_scope,
     device_deliveries,
@@ -51,7 +52,7 @@ class DeviceAdmin(BigTableAdmin):
         "is_test",
         "active",
         "invalidated_at",
-        "invalidated_reason",
+        "invalidated_reason_shown",
         "last_registered_at",
         "created_at",
         "delivery_history",
@@ -92,6 +93,10 @@ class DeviceAdmin(BigTableAdmin):
         return f"…{obj.token[-12:]}"
 
     @admin.display(description="Delivery history")
+    @admin.display(description="Invalidated reason")
+    def invalidated_reason_shown(self, obj):
+        return reason_html(obj.invalidated_reason)
+
     def delivery_history(self, obj):
         rows = device_deliveries(obj)
         if not rows:
@@ -104,8 +109,8 @@ class DeviceAdmin(BigTableAdmin):
                     reverse("admin:delivery_delivery_change", args=[d.pk]),
                     d.pk,
                     d.dispatch,
-                    d.status,
-                    d.reason,
+                    d.get_status_display(),
+                    reason_html(d.reason) if d.reason else "",
                     f"· opened {zoned(d.opened_at, d.shown_zone)}" if d.opened_at else "",
                 )
                 for d in rows

@@ -327,19 +327,26 @@ class DispatchAdmin(ScopedAdmin):
                 "",
                 '<tr><td><a href="{}?dispatch__id__exact={}&status__exact={}">{}</a></td><td>{}</td><td>{}</td></tr>',
                 (
-                    (deliveries, obj.pk, r["status"], r["status"], reason_html(r["reason"]), r["count"])
+                    (
+                        deliveries,
+                        obj.pk,
+                        r["status"],
+                        Delivery.Status(r["status"]).label,
+                        reason_html(r["reason"]),
+                        r["count"],
+                    )
                     for r in final
                     if r["status"] != "pending"
                 ),
             ),
             format_html_join(
                 "",
-                '<tr><td><a href="{}?dispatch__id__exact={}">pending</a></td><td>{}</td><td>{}</td></tr>',
+                '<tr><td><a href="{}?dispatch__id__exact={}">Pending</a></td><td>{}</td><td>{}</td></tr>',
                 ((deliveries, obj.pk, said, count) for count, said in pending),
             ),
             format_html_join(
                 "",
-                "<tr><td>retried after</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>Retried after</td><td>{}</td><td>{}</td></tr>",
                 ((reason_html(r["reason"]), r["count"]) for r in retried),
             ),
         )

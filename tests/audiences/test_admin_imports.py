@@ -215,3 +215,19 @@ def test_an_imports_page_and_api_status_say_which_separator_its_file_was_read_wi
     detail = api_key_for(manager_alice, scopes=["read"]).get(f"/api/v1/imports/{record.pk}/").json()
     assert (detail["status"], detail["separator"], detail["rows_imported"]) == ("done", "semicolon", 1)
     assert Profile.objects.get(external_id="u1").attributes == {"plan": "pro"}
+
+
+@pytest.mark.parametrize("who", ["manager_alice", "viewer_carol"])
+def test_the_imports_list_filters_and_shows_statuses_in_words_not_codes(client, manager_alice, who, request, media):
+    upload = SimpleUploadedFile("people.csv", b"external_id\na\n", content_type="text/csv")
+    record = import_create(upload=upload, by=manager_alice, target="profiles")
+    assert record.status == "queued"
+    reader = request.getfixturevalue(who)
+    Import.objects.filter(pk=record.pk).update(created_by=reader)  # one the reader sees, viewer or not
+    client.force_login(reader)
+    page = client.get("/admin/audiences/import/").content.decode()
+    choices = dict(re.findall(r'<a href="\?status__exact=([^"&]+)"[^>]*>([^<]+)</a>', page))
+    assert choices == {"queued": "Queued", "running": "Running", "done": "Done", "failed": "Failed"}
+    assert '<td class="field-status">Queued</td>' in page
+    status = client.get(f"/admin/audiences/import/{record.pk}/status/").json()
+    assert (status["status"], status["status_display"]) == ("queued", "Queued")

@@ -128,7 +128,7 @@ def test_an_import_whose_second_run_in_a_row_wrote_nothing_fails_saying_why(
     assert "two runs in a row" in add.error and "its file may be what stops the worker" in add.error
     assert "first 2 rows" in add.error and "Restart the import" in add.error
     text = login(manager_alice).get(f"/admin/audiences/import/{add.pk}/status/").json()["text"]
-    assert text.startswith("failed: its worker stopped before writing a batch in two runs in a row"), text
+    assert text.startswith("Failed: its worker stopped before writing a batch in two runs in a row"), text
     out = io.StringIO()
     call_command("status", stdout=out)
     assert f"#{add.pk} add_to_segment.csv: ended failed, its worker stopped before writing a batch in two runs" in (
@@ -194,7 +194,7 @@ def test_the_operator_sees_a_stalled_import_and_the_imports_waiting_for_it(uploa
     assert line.endswith(", 1 import of its segment waiting"), line
 
     status = login(manager_alice).get(f"/admin/audiences/import/{add.pk}/status/").json()
-    assert status["text"].startswith("running, stalled: no batch written for 30 min"), status["text"]
+    assert status["text"].startswith("Running, stalled: no batch written for 30 min"), status["text"]
     waiting = login(manager_alice).get(f"/admin/audiences/import/{replace.pk}/status/").json()
     assert f"waiting for import #{add.pk} into the same segment to finish (stalled" in waiting["text"], waiting["text"]
 

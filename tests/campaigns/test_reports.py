@@ -364,11 +364,11 @@ def test_the_campaign_report_shows_each_reason_with_its_label_and_the_csv_its_co
     report = page[page.index('<div id="campaign-report">') :]
     report = report[: report.index("pd-report")]  # its own table of reasons, above the charts' one
     assert (
-        "<td>skipped</td><td>the profile had its share of pushes (frequency cap) <code>frequency_cap</code></td>"
+        "<td>Skipped</td><td>the profile had its share of pushes (frequency cap) <code>frequency_cap</code></td>"
         in report
     )
     assert (
-        "<td>failed</td><td>the app was uninstalled or the token is no longer valid (APNs) <code>Unregistered</code></td>"
+        "<td>Failed</td><td>the app was uninstalled or the token is no longer valid (APNs) <code>Unregistered</code></td>"
         in report
     )
     csv = client.get(f"/admin/campaigns/campaign/{campaign.pk}/report.csv").content.decode()

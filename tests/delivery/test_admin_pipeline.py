@@ -509,7 +509,7 @@ def test_dispatch_page_shows_pushes_held_for_quiet_hours_apart_with_when_the_fir
     client.force_login(viewer_carol)
     page = client.get(reverse("admin:delivery_dispatch_change", args=[dispatch.pk])).content.decode()
     assert re.search(r"held until quiet hours end, the first at " + re.escape(f"{until:%Y-%m-%d %H:%M} (UTC)"), page)
-    cells = re.findall(r"<tr><td>(?:<a [^>]*>)?pending(?:</a>)?</td><td>([^<]*)</td><td>(\d+)</td></tr>", page)
+    cells = re.findall(r"<tr><td>(?:<a [^>]*>)?Pending(?:</a>)?</td><td>([^<]*)</td><td>(\d+)</td></tr>", page)
     assert sorted(cells) == [
         ("held until quiet hours end, the first at " + f"{until:%Y-%m-%d %H:%M} (UTC)", "1"),
         ("queued or in flight", "1"),
@@ -563,3 +563,78 @@ def test_delivery_page_names_its_profile_by_external_id_and_leads_to_it(client, 
     assert client.get(url).status_code == 200
     page = client.get(reverse("admin:delivery_delivery_change", args=[orphan.pk])).content.decode()
     assert f"a deleted profile (#{gone_id})" in page
+
+
+def _filter_choices(page: str, parameter: str) -> dict[str, str]:
+    """The list sidebar's choices of one filter: its value in the address → the words it shows."""
+    return dict(re.findall(r'<a href="\?' + parameter + r'=([^"&]+)"[^>]*>([^<]+)</a>', page))
+
+
+@pytest.mark.parametrize("who", ["manager_alice", "viewer_carol"])
+def test_dispatch_and_delivery_lists_filter_and_show_statuses_in_words_not_codes(client, app, who, request):
+    """The sidebars and the status columns read the statuses' labels; the address and the API keep
+    the codes."""
+    dispatch = Dispatch.objects.create(app=app, kind="test", content_spec={}, status="preparing", label="Run 1")
+    device = DeviceFactory(app=app)
+    Delivery.objects.create(dispatch=dispatch, device=device, profile=device.profile, status="unknown")
+    client.force_login(request.getfixturevalue(who))
+    dispatches = client.get(reverse("admin:delivery_dispatch_changelist")).content.decode()
+    assert _filter_choices(dispatches, "status__exact") == {
+        "preparing": "Preparing",
+        "sending": "Sending",
+        "done": "Done",
+        "stopped": "Stopped",
+        "failed": "Failed",
+    }
+    assert _filter_choices(dispatches, "kind__exact") == {
+        "campaign": "Campaign",
+        "api_trigger": "API trigger",
+        "journey": "Journey step",
+        "test": "Test send",
+    }
+    assert '<td class="field-status">Preparing</td>' in dispatches
+    assert '<td class="field-kind">Test send</td>' in dispatches
+    deliveries = client.get(reverse("admin:delivery_delivery_changelist")).content.decode()
+    assert _filter_choices(deliveries, "status__exact") == {
+        "queued": "Queued",
+        "sending": "Sending",
+        "accepted": "Accepted",
+        "failed": "Failed",
+        "skipped": "Skipped",
+        "unknown": "Unknown (may have been delivered)",
+    }
+    assert '<td class="field-status">Unknown (may have been delivered)</td>' in deliveries
+    filtered = client.get(reverse("admin:delivery_delivery_changelist") + "?status__exact=unknown")
+    assert filtered.status_code == 200 and "1 delivery" in filtered.content.decode()
+
+
+def test_the_api_keeps_the_status_codes(app, manager_alice, api_key_for):
+    dispatch = Dispatch.objects.create(app=app, kind="test", content_spec={}, status="preparing", label="Run 1")
+    answer = api_key_for(manager_alice).get(f"/api/v1/dispatches/{dispatch.pk}/")
+    assert answer.status_code == 200, answer.content
+    assert (answer.json()["status"], answer.json()["kind"]) == ("preparing", "test")
+
+
+def test_dispatch_outcomes_and_device_history_say_statuses_in_words(client, viewer_carol, app):
+    dispatch = Dispatch.objects.create(app=app, kind="api_trigger", content_spec={}, status="done", label="Run 1")
+    device = DeviceFactory(app=app, active=False, invalidated_reason="Unregistered")
+    Delivery.objects.create(
+        dispatch=dispatch,
+        device=device,
+        profile=device.profile,
+        status="skipped",
+        reason="frequency_cap",
+        finished_at=timezone.now(),
+    )
+    from delivery.services.rollups import rollup_rebuild
+
+    rollup_rebuild(dispatch_ids=[dispatch.pk])
+    client.force_login(viewer_carol)
+    page = client.get(reverse("admin:delivery_dispatch_change", args=[dispatch.pk])).content.decode()
+    outcomes = page[page.index("Outcomes by reason") :]
+    assert re.search(r"status__exact=skipped\">Skipped</a></td><td>the profile had its share", outcomes)
+    page = client.get(reverse("admin:delivery_device_change", args=[device.pk])).content.decode()
+    assert re.search(
+        r"Run 1 · Skipped the profile had its share of pushes \(frequency cap\) <code>frequency_cap</code>", page
+    )
+    assert "the app was uninstalled or the token is no longer valid (APNs) <code>Unregistered</code>" in page

@@ -135,7 +135,7 @@ def test_manager_imports_a_csv_and_watches_its_progress(login, page, live_server
     text = page.locator("#content").inner_text()
     assert "300" in text
     # The page's fields say what the bar says.
-    page.wait_for_function("() => document.querySelector('.field-status .readonly').textContent.trim() == 'done'")
+    page.wait_for_function("() => document.querySelector('.field-status .readonly').textContent.trim() == 'Done'")
     assert page.locator(".field-rows_failed .readonly").inner_text().strip() == "1"
 
 
@@ -178,7 +178,7 @@ def test_manager_maps_the_columns_of_a_file_before_importing(login, page, live_s
     screenshot("import-column-mapping")
     page.click("input[name=_save]")
     page.wait_for_url("**/admin/audiences/import/*/change/**")
-    page.wait_for_function("() => document.querySelector('.field-status .readonly').textContent.trim() == 'done'")
+    page.wait_for_function("() => document.querySelector('.field-status .readonly').textContent.trim() == 'Done'")
     record = Import.objects.get(original_name="crm.csv")
     assert record.rows_imported == 8
     assert Profile.objects.get(external_id="c-3").attributes == {"Plan": "pro", "Age": 33}
@@ -199,7 +199,7 @@ def test_manager_maps_the_columns_of_a_semicolon_separated_file(login, page, liv
     assert page.locator(".import-preview tbody tr").first.locator("td").all_inner_texts() == ["s-0", "pro", "0,5"]
     page.click("input[name=_save]")
     page.wait_for_url("**/admin/audiences/import/*/change/**")
-    page.wait_for_function("() => document.querySelector('.field-status .readonly').textContent.trim() == 'done'")
+    page.wait_for_function("() => document.querySelector('.field-status .readonly').textContent.trim() == 'Done'")
     assert "semicolon (;)" in page.locator(".field-separator .readonly").inner_text()
     assert Import.objects.get(original_name="excel.csv").rows_imported == 3
     assert Profile.objects.get(external_id="s-2").attributes == {"Plan": "pro", "Score": "2,5"}
