@@ -99,7 +99,12 @@ def test_sigterm_finishes_the_request_in_progress_then_stops(tmp_path):
     slow = threading.Thread(target=lambda: answers.append(httpx.get(f"{url}/slow", timeout=30)))
     try:
         slow.start()
-        time.sleep(0.5)  # the request is in progress
+        for _ in range(300):  # until the request is in progress
+            if (tmp_path / "slow-started").exists():
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError((tmp_path / "web.log").read_text())
         os.kill(web.pid, signal.SIGTERM)  # the main process only, as systemd's KillMode=mixed does
         slow.join(30)
         assert web.wait(30) == 0

@@ -3,7 +3,6 @@ each: the same rows and counts as one statement, a resolve that died part-way wr
 and a slice whose worker died waited for before its rows are deleted."""
 
 import threading
-import time
 
 import psycopg
 import pytest
@@ -26,6 +25,7 @@ from tests.factories import (
     SegmentFactory,
     SegmentMemberFactory,
 )
+from tests.locks import eventually
 
 pytestmark = [
     pytest.mark.skipif(
@@ -213,14 +213,17 @@ def test_a_slice_of_a_dead_resolve_still_running_is_waited_for_and_its_rows_are_
                 done.set()
 
         threading.Thread(target=prepare, daemon=True).start()
-        time.sleep(1.0)
-        assert not done.is_set(), "the resolve went on while a slice of the one before still ran"
+
+        def waiting():
+            return orphan.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted "
+                "AND transactionid = pg_current_xact_id()::text::xid"
+            ).fetchone()[0]
+
         # The slice that writes the same device's row waits on the unique index for the orphan.
-        waiting = orphan.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted "
-            "AND transactionid = pg_current_xact_id()::text::xid"
-        ).fetchone()[0]
-        assert waiting == 1
+        assert eventually(lambda: waiting() == 1 or done.is_set(), timeout=30)
+        assert not done.is_set(), "the resolve went on while a slice of the one before still ran"
+        assert waiting() == 1
         orphan.rollback()  # its client gone, its statement ended: the transaction rolls back
     finally:
         orphan.close()

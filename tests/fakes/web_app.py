@@ -2,7 +2,8 @@
 Pushdesk's application is loaded as a worker loads it, then this answers instead of it.
 
 - ``/environ``: the names in the request's WSGI environ, as JSON;
-- ``/slow``: answers after two seconds (a request in progress while the server is told to stop);
+- ``/slow``: writes ``slow-started`` in ``PUSHDESK_VAR_DIR``, then answers after two seconds (a request
+  in progress while the server is told to stop);
 - ``/pid``: the worker's process id;
 - ``/upload``: reads the body 1 MB at a time, answers its size in bytes.
 """
@@ -10,6 +11,7 @@ Pushdesk's application is loaded as a worker loads it, then this answers instead
 import json
 import os
 import time
+from pathlib import Path
 
 from config.web import worker_application
 
@@ -20,6 +22,7 @@ def factory():
     def app(environ, start_response):
         path = environ["PATH_INFO"]
         if path == "/slow":
+            (Path(os.environ["PUSHDESK_VAR_DIR"]) / "slow-started").touch()
             time.sleep(2)
             body = b"done"
         elif path == "/upload":
