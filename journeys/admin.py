@@ -19,7 +19,7 @@ from accounts.admin.bases import (
     ScopedAdmin,
     row_id,
 )
-from accounts.admin.lifecycle import LifecycleAdminMixin, approval_text
+from accounts.admin.lifecycle import LifecycleAdminMixin, approval_text, page_request
 from accounts.json_values import JsonValueFormField
 from accounts.selectors import approval_current, in_scope
 from accounts.services import TransitionError
@@ -40,7 +40,7 @@ from journeys.graph import (
     segments_of,
 )
 from journeys.models import Enrollment, Journey, JourneyVersion, StepStat
-from journeys.review import content_names, entry_audience_text, entry_text
+from journeys.review import conditions_html, content_names, entry_audience_text, entry_text
 from journeys.selectors import (
     enrollments_visible_to,
     journey_actions,
@@ -209,6 +209,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         "approval",
         "versions_summary",
         "journey_graph",
+        "conditions",
         "entry_audience",
         "report",
         "owner",
@@ -252,7 +253,9 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             fieldsets.insert(
                 0, ("Status", {"fields": ("status", "lifecycle_buttons", "approval", "versions_summary", "owner")})
             )
-            fieldsets.insert(1, ("Journey", {"fields": ("journey_graph", "entry_audience"), "classes": ("wide",)}))
+            fieldsets.insert(
+                1, ("Journey", {"fields": ("journey_graph", "conditions", "entry_audience"), "classes": ("wide",)})
+            )
             fieldsets.insert(2, ("Report", {"fields": ("report",), "classes": ("wide",)}))
             fieldsets.append(("Access", {"fields": ("object_access",)}))
         if obj is not None and not self.has_change_permission(request, obj):
@@ -455,6 +458,16 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             link,
             version_svg(version, stats=stats, names=content_names(version), step_url=step_url),
         )
+
+    @admin.display(description="Conditions")
+    def conditions(self, obj):
+        """The shown version's condition steps in words, read-only (the steps' editor below edits a
+        draft), naming only the segments and apps the reader may see."""
+        version = self._shown_version(obj)
+        request = page_request()
+        if version is None or request is None:
+            return "—"
+        return conditions_html(version, user=request.user)
 
     @staticmethod
     def _shown_version(obj):

@@ -1,12 +1,10 @@
 """What an approver sees: the version in review drawn as a graph, its entry, exit and re-entry, its pushes."""
 
-import json
-
 from django.utils.html import format_html, format_html_join
 
 from accounts.models import ApprovalRequest, User
 from journeys.diagram import version_svg
-from journeys.graph import branch_label, contents_of, duration_text, segments_of
+from journeys.graph import ELSE_LABEL, branch_label, contents_of, duration_text, rules_of, segments_of
 from journeys.models import Journey, JourneyVersion
 
 
@@ -46,6 +44,70 @@ def content_names(version: JourneyVersion) -> dict:
     return {("content", c.pk): c.name for c in PushContent.objects.filter(pk__in=ids)}
 
 
+def branch_text(branch: dict, *, segment_names: dict[int, str], app_names: dict[int, str]) -> str:
+    """What a condition's branch tests, in words: its segment, its rules as ``rules_text`` says them,
+    or its event. ``segment_names`` and ``app_names`` name what the reader may see; the others read
+    as "segment #12", "app #3", as in a segment's rules."""
+    from audiences.rules.words import rules_text
+
+    if "segment" in branch:
+        name = segment_names.get(branch["segment"])
+        return f"in segment “{name}”" if name is not None else f"in segment #{branch['segment']}"
+    if "rules" in branch:
+        return "matches " + rules_text(branch["rules"], segment_names=segment_names, app_names=app_names)
+    return f"did “{branch.get('event')}” since entering"
+
+
+def condition_lines(step: dict, *, segment_names: dict[int, str], app_names: dict[int, str]) -> list[str]:
+    """A condition step's branches in words, each with where it leads, then its "all others"."""
+    lines = [
+        f"{branch_label(branch, index)}: "
+        f"{branch_text(branch, segment_names=segment_names, app_names=app_names)} → {branch.get('next')}"
+        for index, branch in enumerate(step.get("branches") or [])
+        if isinstance(branch, dict)
+    ]
+    return [*lines, f"{ELSE_LABEL} → {step.get('else')}"]
+
+
+def conditions_html(version: JourneyVersion, *, user: User) -> str:
+    """The version's condition steps read-only, each branch in words: the segments and apps their
+    rules name that ``user`` may see by name, the others by number (as the segment page does)."""
+    from accounts.selectors import visible_to
+    from audiences.models import Segment
+    from audiences.rules.schema import app_references, segment_references
+    from delivery.models import App
+
+    steps = [step for step in version.steps() if isinstance(step, dict) and step.get("type") == "condition"]
+    if not steps:
+        return format_html("{}", "No condition step.")
+    trees = rules_of(version.graph)
+    segments = segments_of(version.graph).union(*(segment_references(tree) for tree in trees))
+    apps = set().union(*(app_references(tree) for tree in trees))
+    segment_names = (
+        dict(visible_to(user, Segment.objects.filter(pk__in=segments)).values_list("pk", "name")) if segments else {}
+    )
+    app_names = dict(visible_to(user, App.objects.filter(pk__in=apps)).values_list("pk", "name")) if apps else {}
+    return format_html(
+        '<dl class="journey-conditions">{}</dl>',
+        format_html_join(
+            "",
+            '<dt>Condition · {}</dt><dd><ul class="journey-condition" data-step="{}">{}</ul></dd>',
+            (
+                (
+                    step["id"],
+                    step["id"],
+                    format_html_join(
+                        "",
+                        "<li>{}</li>",
+                        ((line,) for line in condition_lines(step, segment_names=segment_names, app_names=app_names)),
+                    ),
+                )
+                for step in steps
+            ),
+        ),
+    )
+
+
 def _step_text(step: dict, names: dict) -> str:
     """A step in words, with where it leads: what the review compares of two versions."""
     kind = step.get("type")
@@ -56,16 +118,9 @@ def _step_text(step: dict, names: dict) -> str:
         name = names.get(("content", step.get("content")), f"content {step.get('content')}")
         return f"push '{name}' → {step.get('next')}"
     if kind == "condition":
-        branches = []
-        for index, branch in enumerate(step.get("branches") or []):
-            if "segment" in branch:
-                holds = f"in segment '{names.get(('segment', branch['segment']), branch['segment'])}'"
-            elif "rules" in branch:
-                holds = "matches " + json.dumps(branch["rules"], sort_keys=True, separators=(", ", ": "))
-            else:
-                holds = f"did '{branch.get('event')}' since entering"
-            branches.append(f"{branch_label(branch, index)}: {holds} → {branch.get('next')}")
-        return "; ".join([*branches, f"all others → {step.get('else')}"])
+        segment_names = {pk: name for (what, pk), name in names.items() if what == "segment"}
+        app_names = {pk: name for (what, pk), name in names.items() if what == "app"}
+        return "; ".join(condition_lines(step, segment_names=segment_names, app_names=app_names))
     if kind == "split":
         return "; ".join(
             f"{branch_label(branch, index)}: {branch.get('percent')}% → {branch.get('next')}"
@@ -100,7 +155,9 @@ def _revision_diff_html(journey: Journey, version: JourneyVersion, *, contents: 
     branches, not what each tests). ``contents`` and ``names``: the version's push contents by id
     and their names (``content_names``)."""
     from audiences.models import Segment
+    from audiences.rules.schema import app_references
     from campaigns.review import rows_diff, rows_diff_html
+    from delivery.models import App
 
     live = journey.live_version
     if live == version:
@@ -111,6 +168,11 @@ def _revision_diff_html(journey: Journey, version: JourneyVersion, *, contents: 
     names.update(
         {("segment", pk): name for pk, name in Segment.objects.filter(pk__in=segment_ids).values_list("pk", "name")}
     )
+    # The apps a condition's rules name (reachability), as the segment definitions name theirs.
+    trees = rules_of(version.graph) + (rules_of(live.graph) if live is not None else [])
+    app_ids = set().union(*(app_references(tree) for tree in trees))
+    if app_ids:
+        names.update({("app", pk): name for pk, name in App.objects.filter(pk__in=app_ids).values_list("pk", "name")})
     after = {step: contents[cid].spec() for step, cid in contents_of(version.graph).items() if cid in contents}
     after_rows = version_rows(version, specs=after, names=names)
     if live is None:

@@ -19,6 +19,12 @@ from accounts.services import APPROVAL_MESSAGE_MAX, TransitionError
 _drawing_for: contextvars.ContextVar = contextvars.ContextVar("lifecycle_admin_request", default=None)
 
 
+def page_request():
+    """The request whose object page is being drawn (None outside one): for a readonly field that
+    reads as that user may."""
+    return _drawing_for.get()
+
+
 class LifecycleAdminMixin:
     """State-aware action buttons on an object's page, each POSTing to one transition view.
 

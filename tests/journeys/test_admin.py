@@ -941,7 +941,7 @@ def test_the_review_of_a_new_version_says_what_changed_since_the_live_one(
     assert (
         "unchanged",
         "Step &#x27;check&#x27;",
-        "VIP: in segment &#x27;VIPs&#x27; → push; all others → done",
+        "VIP: in segment “VIPs” → push; all others → done",
         "(unchanged)",
     ) in rows
     assert ("unchanged", "Step &#x27;push&#x27;", "push &#x27;Welcome&#x27; → done", "(unchanged)") in rows
@@ -964,7 +964,7 @@ def test_the_review_of_a_first_version_says_each_step_it_covers_in_words(
         ("Entry", "Everyone in &#x27;Everyone&#x27;, read once; a profile enters once"),
         ("Exit criteria", "none"),
         ("Step &#x27;start&#x27;", "wait 0 s → check"),
-        ("Step &#x27;check&#x27;", "VIP: in segment &#x27;VIPs&#x27; → push; all others → done"),
+        ("Step &#x27;check&#x27;", "VIP: in segment “VIPs” → push; all others → done"),
         ("Step &#x27;push&#x27;", "push &#x27;Welcome&#x27; → done"),
         ("Step &#x27;done&#x27;", "exit"),
     ]
@@ -1334,3 +1334,73 @@ def test_the_journey_graph_and_report_say_in_words_what_happened(login, manager_
     data = html_lib.unescape(page[page.index('id="pd-report-data"') :].split("</script>", 1)[0])
     assert '"bar": "skipped: the profile had its share of pushes (frequency cap)"' in data
     assert '"bar": "failed: the app was uninstalled or the token is no longer valid (APNs)"' in data
+
+
+def _graph_with_every_kind_of_branch(*, vips: int, everyone: int, app: int, content: int) -> dict:
+    return {
+        "steps": [
+            {
+                "id": "check",
+                "type": "condition",
+                "branches": [
+                    {"label": "VIP", "segment": vips, "next": "push"},
+                    {
+                        "label": "Pro on iOS",
+                        "rules": {
+                            "all": [
+                                {"attribute": "plan", "type": "string", "op": "eq", "value": "pro"},
+                                {"segment": everyone},
+                                {"reachable": {"app": app, "platform": "ios"}},
+                            ]
+                        },
+                        "next": "push",
+                    },
+                    {"label": "Buyer", "event": "purchase", "next": "done"},
+                ],
+                "else": "done",
+            },
+            {"id": "push", "type": "push", "content": content, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+
+
+def _conditions(page: str) -> list[str]:
+    box = page[page.index('<dl class="journey-conditions">') :]
+    box = box[: box.index("</dl>")]
+    return [re.sub(r"\s+", " ", line) for line in re.findall(r"<li>(.*?)</li>", box, re.S)]
+
+
+def test_a_journeys_page_reads_its_conditions_in_words_naming_only_what_the_reader_may_see(
+    login, manager_alice, viewer_carol, make_journey, vips, everyone, welcome
+):
+    """A condition's rules read in words on the journey's page, as on a segment's: a manager reads
+    the names of what she was granted; a viewer reads by number the segments he was not granted,
+    and an app he may not see, as the segment page names them."""
+    from accounts.services import access_grant
+    from tests.factories import AppFactory
+
+    secret = AppFactory(name="Secret app")
+    access_grant(obj=secret, to=manager_alice, by=None)
+    graph = _graph_with_every_kind_of_branch(vips=vips.pk, everyone=everyone.pk, app=secret.pk, content=welcome.pk)
+    journey = make_journey(graph=graph)
+
+    manager_page = login(manager_alice).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert _conditions(manager_page) == [
+        "VIP: in segment “VIPs” → push",
+        "Pro on iOS: matches all of: plan is “pro”; member of “Everyone”; has an opted-in device on Secret app "
+        "(iOS) → push",
+        "Buyer: did “purchase” since entering → done",
+        "all others → done",
+    ]
+    assert "step-editor" in manager_page  # the draft is edited with the builder, below
+
+    viewer_page = login(viewer_carol).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert _conditions(viewer_page) == [
+        f"VIP: in segment #{vips.pk} → push",
+        f"Pro on iOS: matches all of: plan is “pro”; member of segment #{everyone.pk}; has an opted-in device on "
+        f"app #{secret.pk} (iOS) → push",
+        "Buyer: did “purchase” since entering → done",
+        "all others → done",
+    ]
+    assert "step-editor" not in viewer_page and "VIPs" not in viewer_page and "Secret app" not in viewer_page
