@@ -97,16 +97,18 @@ def test_json_logs_of_the_web_are_json_the_server_s_own_lines_too(tmp_path):
         text=True,
         start_new_session=True,
     )
+    answered = False
     try:
-        for _ in range(100):
+        for _ in range(600):  # a minute: a worker loading the app takes seconds on a busy machine
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                if answered := httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
     finally:
         os.killpg(web.pid, signal.SIGTERM)
         output, _ = web.communicate(timeout=30)
+    assert answered, output
     lines = [line for line in output.splitlines() if line.strip()]
     assert any("Started worker-1" in line for line in lines), output  # granian's own lines
     assert any("shutdown completed" in line for line in lines), output
