@@ -67,6 +67,7 @@ def test_one_stream_is_open_per_source_version_and_day(pushsim_app, stream):
         label="Orders",
         purpose="transactional",
     )
+    a_day_later = timezone.now() + dt.timedelta(days=1)
     tomorrow = stream_open(
         kind=Dispatch.Kind.API_TRIGGER,
         source_id=12345,
@@ -76,11 +77,11 @@ def test_one_stream_is_open_per_source_version_and_day(pushsim_app, stream):
         content_id=None,
         label="Orders",
         purpose="transactional",
-        now=timezone.now() + dt.timedelta(days=1),
+        now=a_day_later,
     )
     assert again == stream.pk and tomorrow != stream.pk
     assert stream.status == "sending" and stream.standing and stream.started_at is not None
-    day = (timezone.now() + dt.timedelta(days=1)).astimezone(dt.UTC).date()
+    day = a_day_later.astimezone(dt.UTC).date()  # the day it was opened on, not one read again (past midnight)
     assert Dispatch.objects.get(pk=tomorrow).label == f"Orders · {day.isoformat()} (UTC)"  # its day named
 
 
