@@ -149,8 +149,9 @@ class Segment(models.Model):
 
     def definition(self) -> dict[str, dict]:
         """What decides who is in this segment, as saved: by segment id, its kind and rules, and
-        for a kept list its membership stamp (member count, newest member id: ids only grow, so
-        any add or removal changes it); the segments its rules use are included, recursively.
+        for a kept list its membership stamp (``members_stamp``); the segments its rules use are
+        included, recursively. A kept list's entry also says how many members it holds now
+        (``count``, for the review: not part of the stamp).
 
         An approval covers this (``definition_fingerprint``): editing any of it changes who an
         approved send reaches.
@@ -167,19 +168,52 @@ class Segment(models.Model):
                     continue
                 entry = {"name": segment.name, "kind": segment.kind, "rules": segment.rules}
                 if segment.has_members_table:
-                    stamp = segment.members.aggregate(count=models.Count("id"), newest=models.Max("id"))
-                    entry["members"] = [stamp["count"], stamp["newest"]]
+                    entry["count"], entry["members"] = segment.members_stamp()
                 found[str(pk)] = entry
                 used |= segments_used(segment.rules)
             pending = {pk for pk in used if str(pk) not in found}
         return found
 
+    # One statement, so that one snapshot reads the members and the erasures: read apart, an erasure
+    # committing between the two reads would count its members twice or not at all, and refuse a send.
+    MEMBERS_STAMP_SQL = """
+        SELECT sum(live), sum(counted), max(newest) FROM (
+            SELECT count(*) AS live, count(*) AS counted, max(id) AS newest
+            FROM audiences_segmentmember WHERE segment_id = %(segment)s
+            UNION ALL
+            SELECT 0, sum(members), max(newest) FROM audiences_segmenterasure WHERE segment_id = %(segment)s
+        ) stamp
+    """
+
+    def members_stamp(self) -> tuple[int, list]:
+        """A kept list's members now, and its membership stamp: [member count, newest member id],
+        the members its profiles' erasures removed counted back (``SegmentErasure``).
+
+        Every deliberate change of the members moves the stamp (an import's batch, a replace's
+        removal, an add or removal in the admin or the API): an add gives a newer id than any
+        before, a removal lowers the count. The deletion of a profile (``profiles_delete``) moves
+        neither: it chooses no one to target, and the erased person gets nothing from a list they
+        left, so approvals of what reads the list stand. With no erasure it is the stamp approvals
+        held before erasures were told apart (the count and newest id of the members), so those
+        stay valid while their list is unchanged.
+        """
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute(self.MEMBERS_STAMP_SQL, {"segment": self.pk})
+            live, counted, newest = cursor.fetchone()
+        return int(live or 0), [int(counted or 0), None if newest is None else int(newest)]
+
     def definition_fingerprint(self) -> str:
-        """SHA-256 of ``definition()``, names left out (renaming a segment changes nobody's membership)."""
+        """SHA-256 of ``definition()``, names and a kept list's present count left out (renaming a
+        segment changes nobody's membership; the stamp says whether its members were changed)."""
         import hashlib
         import json
 
-        who = {pk: {k: v for k, v in entry.items() if k != "name"} for pk, entry in self.definition().items()}
+        who = {
+            pk: {k: v for k, v in entry.items() if k not in ("name", "count")}
+            for pk, entry in self.definition().items()
+        }
         blob = json.dumps(who, sort_keys=True, default=str, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -278,6 +312,27 @@ class SegmentMember(models.Model):
 
     def __str__(self) -> str:
         return f"{self.profile_id} in {self.segment_id}"
+
+
+class SegmentErasure(models.Model):
+    """Members a kept list lost when their profiles were deleted (``profiles_delete``): one row per
+    segment and deletion, how many and the newest of their member ids. Nothing in it names a profile.
+
+    The list's membership stamp counts them back (``Segment.members_stamp``): deleting a person
+    leaves the approvals of what reads the list standing, as no one chose whom to target."""
+
+    id = models.BigAutoField(primary_key=True)
+    # No database constraint on the segment, as on its members: its check would take a share lock on
+    # the segment while the deletion holds its profiles, the opposite order to the writers of members
+    # (the segment, then the profiles), and each would wait for the other. ``segment_delete`` deletes
+    # a segment through the ORM, which removes these with it.
+    segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="erasures", db_constraint=False)
+    members = models.BigIntegerField(help_text="How many members the deletion removed.")
+    newest = models.BigIntegerField(help_text="The largest member id among them.")
+    erased_at = models.DateTimeField(default=dj_timezone.now, editable=False)
+
+    def __str__(self) -> str:
+        return f"{self.members} erased from {self.segment_id}"
 
 
 class Import(models.Model):

@@ -241,7 +241,8 @@ def definition_text(definition: dict) -> str:
             parts.append("a segment that no longer exists")
             continue
         if entry.get("members") is not None:
-            what = f"{entry['members'][0]:,} members ({entry['kind']})"
+            # An approval made before the definition said its present count holds the stamp's.
+            what = f"{entry.get('count', entry['members'][0]):,} members ({entry['kind']})"
         else:
             what = rules_text(entry.get("rules"), segment_names=segment_names, app_names=app_names)
         parts.append(f"{entry['name']}: {what}")

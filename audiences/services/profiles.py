@@ -9,13 +9,13 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.json_values import json_compact, json_text_problem
 from accounts.models import User
 from accounts.services import audit
-from audiences.models import Profile
+from audiences.models import Profile, SegmentErasure
 from audiences.rules.schema import KEY_RE
 from config.db import deletion_counts
 
@@ -310,7 +310,9 @@ def profiles_delete(*, profile_ids: list[int], by: User) -> int:
     database constraint on their profile, and each writer of members or events holds the profile
     locked until it commits (an import batch, ``segment_members_change``, ``events_ingest``), so the
     deletion waits for those rows and removes them too. The deletion listeners run then, in the same
-    transaction. Raises PermissionDenied when the role may not delete profiles.
+    transaction. Their memberships go first, each kept list recording what it lost
+    (``_memberships_erase``): approvals of what reads the list stand. Raises PermissionDenied when
+    the role may not delete profiles.
     """
     _ensure_perm(by, "audiences.delete_profile", "Your role may not delete profiles.")
     with transaction.atomic():
@@ -321,8 +323,35 @@ def profiles_delete(*, profile_ids: list[int], by: User) -> int:
             ids = [p.pk for p in profiles]
             for listener in list(_DELETION_LISTENERS):
                 listener(profile_ids=ids)
+            _memberships_erase(ids)
             Profile.objects.filter(pk__in=ids).delete()
     return len(profiles)
+
+
+def _memberships_erase(profile_ids: list[int]) -> None:
+    """Remove the memberships of these profiles (locked by the caller) and record, per kept list,
+    how many went and the newest of their member ids (``SegmentErasure``), which its membership
+    stamp counts back (``Segment.members_stamp``).
+
+    The members are told by the deletion itself (``RETURNING``): a replace import removing some
+    of them meanwhile (it holds the segment, not the profiles) is then counted as its own change,
+    not as an erasure. The segments are not locked: see ``SegmentErasure.segment``."""
+    lost: dict[int, tuple[int, int]] = {}
+    with connection.cursor() as cursor:
+        for at in range(0, len(profile_ids), 5000):  # within SQLite's parameters of one query
+            chunk = profile_ids[at : at + 5000]
+            marks = ", ".join(["%s"] * len(chunk))
+            cursor.execute(
+                f"DELETE FROM audiences_segmentmember WHERE profile_id IN ({marks}) RETURNING segment_id, id",  # noqa: S608 (placeholders)
+                chunk,
+            )
+            for segment_id, member_id in cursor.fetchall():
+                members, newest = lost.get(segment_id, (0, member_id))
+                lost[segment_id] = (members + 1, max(newest, member_id))
+    SegmentErasure.objects.bulk_create(
+        SegmentErasure(segment_id=segment_id, members=members, newest=newest)
+        for segment_id, (members, newest) in sorted(lost.items())
+    )
 
 
 def profiles_delete_counts(*, profile_ids: list[int]) -> dict[str, int]:

@@ -429,7 +429,9 @@ def _profile_zones(profile_ids: list[int]) -> dict[int, str]:
 # compared with the approved ones, and what that said. A kept list's definition counts its members
 # (tens of milliseconds at 500,000), too much for every batch; a change of a segment's rules or
 # members marks it (``updated_at``: an edit, a member added or removed in the admin, each import
-# batch), so the comparison runs again only once one of them is marked. Per process.
+# batch), so the comparison runs again only once one of them is marked. Per process. The deletion
+# of a member's profile marks nothing, and leaves the definition as it was too (a kept list counts
+# its erased members back, ``Segment.members_stamp``): a verdict kept and one read afresh agree.
 _FROZEN_CHECKED: dict[tuple[int, str], tuple[tuple, str]] = {}
 _FROZEN_CHECKED_MAX = 10_000
 

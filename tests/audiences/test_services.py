@@ -237,6 +237,38 @@ def test_a_count_of_rules_changed_since_it_began_is_not_kept(manager_alice):
     assert _kept(segment) == (None, None, None)
 
 
+@pytest.mark.embedded
+def test_a_kept_lists_stamp_counts_its_erased_members_back_and_moves_on_a_change_of_its_members(manager_alice):
+    """Deleting profiles leaves a kept list's membership stamp as it was (each list recording what the
+    deletion removed, nothing naming the person), while its present count drops; an add or a removal
+    since moves the stamp. Deleting the list removes what it recorded."""
+    from audiences.models import SegmentErasure
+
+    ProfileFactory(external_id="ann")
+    bea, cy = ProfileFactory(external_id="bea"), ProfileFactory(external_id="cy")
+    first = segment_create(name="First", kind=Segment.Kind.STATIC, by=manager_alice)
+    second = segment_create(name="Second", kind=Segment.Kind.STATIC, by=manager_alice)
+    segment_members_change(segment_id=first.pk, by=manager_alice, add=["ann", "bea", "cy"])
+    segment_members_change(segment_id=second.pk, by=manager_alice, add=["bea"])
+    newest = first.members.latest("pk").pk
+    approved = first.definition_fingerprint()
+    assert first.members_stamp() == (3, [3, newest])
+    profiles_delete(profile_ids=[bea.pk, cy.pk], by=manager_alice)
+    assert first.members_stamp() == (1, [3, newest])
+    assert second.members_stamp() == (0, [1, second.erasures.get().newest])
+    assert first.definition()[str(first.pk)]["count"] == 1  # what the review says it holds
+    assert first.definition_fingerprint() == approved
+    assert sorted(SegmentErasure.objects.values_list("segment_id", "members")) == [(first.pk, 2), (second.pk, 1)]
+    segment_members_change(segment_id=first.pk, by=manager_alice, remove=["ann"])
+    assert first.members_stamp()[:1] == (0,) and first.members_stamp()[1][0] == 2
+    ProfileFactory(external_id="dee")
+    segment_members_change(segment_id=first.pk, by=manager_alice, add=["dee"])
+    assert first.members_stamp() == (1, [3, first.members.get().pk])
+    assert first.definition_fingerprint() != approved
+    segment_delete(segment_id=second.pk, by=manager_alice)
+    assert list(SegmentErasure.objects.values_list("segment_id", flat=True)) == [first.pk]
+
+
 def test_a_static_segments_member_change_forgets_its_kept_count_as_a_rules_change_does(manager_alice):
     """A static segment's kept count ("counted 3 hours ago") stayed when members were added or
     removed, read on its page and its campaigns' as the reach of the members it had."""

@@ -221,6 +221,122 @@ def test_static_members_changed_after_approval_are_refused_at_send_time(make_cam
     assert not Dispatch.objects.exists()
 
 
+def _kept_list(team, manager_alice, names):
+    """A static segment 'VIPs' of profiles named ``names``, each with a phone on ``team``: (segment, profiles)."""
+    from accounts.services import access_grant
+    from tests.factories import SegmentFactory, SegmentMemberFactory
+
+    vips = SegmentFactory(name="VIPs", kind="static", rules=None, created_by=manager_alice)
+    access_grant(obj=vips, to=manager_alice, by=None)
+    profiles = [ProfileFactory(external_id=name, attributes={}) for name in names]
+    for profile in profiles:
+        SegmentMemberFactory(segment=vips, profile=profile)
+        DeviceFactory(profile=profile, app=team)
+    return vips, profiles
+
+
+def _audience(vips, nested, manager_alice):
+    """The kept list itself, or a rules segment of its members (the list read through another)."""
+    if not nested:
+        return vips
+    from accounts.services import access_grant
+    from tests.factories import SegmentFactory
+
+    audience = SegmentFactory(
+        name="VIPs, read through rules", rules={"all": [{"segment": vips.pk, "member": True}]}, created_by=manager_alice
+    )
+    access_grant(obj=audience, to=manager_alice, by=None)
+    return audience
+
+
+def _recipients(occurrence) -> set[int]:
+    from delivery.models import Delivery
+    from delivery.services.dispatches import dispatch_prepare
+
+    dispatch_prepare(dispatch_id=occurrence.dispatch.pk)
+    return set(Delivery.objects.filter(dispatch=occurrence.dispatch).values_list("profile_id", flat=True))
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["the list", "a segment of the list"])
+def test_erasing_a_member_of_an_approved_kept_list_leaves_the_approval_and_sends_to_the_others(
+    make_campaign, approve, team, manager_alice, nested
+):
+    """Erasing a profile (``profiles_delete``) removes its memberships, and with them changed the
+    list's member count (and here its newest member) that the approval's fingerprint holds: every
+    campaign on the list was refused as defined otherwise until approved again. An erasure chooses
+    no one to target: the approval stands, the others get the push, the erased profiles nothing."""
+    from audiences.services.profiles import profiles_delete
+
+    vips, (kept, erased, newest) = _kept_list(team, manager_alice, ["vip-1", "vip-2", "vip-3"])
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0, segment=_audience(vips, nested, manager_alice)))
+    profiles_delete(profile_ids=[erased.pk, newest.pk], by=manager_alice)
+    assert not Campaign.objects.get(pk=campaign.pk).has_pending_revision
+    (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=T0)
+    assert occurrence.outcome == "sent"
+    assert _recipients(occurrence) == {kept.pk}
+
+
+@pytest.mark.parametrize(
+    ("csv", "target", "outcome"),
+    [
+        (b"external_id\nvip-1\nvip-3\n", "add_to_segment", "refused"),  # one added
+        (b"external_id\nvip-1\n", "replace_segment", "refused"),  # one removed
+        (b"external_id\nvip-1\nvip-2\n", "add_to_segment", "sent"),  # the same members: nothing changed
+    ],
+    ids=["an add", "a replace", "the same list again"],
+)
+def test_an_import_into_an_approved_kept_list_after_an_erasure_still_refuses_its_send(
+    make_campaign,
+    approve,
+    team,
+    manager_alice,
+    settings,
+    tmp_path,
+    django_capture_on_commit_callbacks,
+    csv,
+    target,
+    outcome,
+):
+    """An import changing the list's members is a choice of whom to target: refused until approved
+    again, an erasure before it or not. One naming the members it has changes nothing."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from audiences.services.imports import import_create
+    from audiences.services.profiles import profiles_delete
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    vips, (_, _, erased) = _kept_list(team, manager_alice, ["vip-1", "vip-2", "gone"])
+    ProfileFactory(external_id="vip-3", attributes={})
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0, segment=vips))
+    profiles_delete(profile_ids=[erased.pk], by=manager_alice)
+    upload = SimpleUploadedFile("vips.csv", csv, content_type="text/csv")
+    with django_capture_on_commit_callbacks(execute=True):
+        import_create(upload=upload, by=manager_alice, target=target, segment_id=vips.pk)
+    assert [o.outcome for o in campaign_fire_due(campaign_id=campaign.pk, now=T0)] == [outcome]
+
+
+def test_an_approval_holding_a_kept_lists_member_count_stays_valid_after_an_erasure(
+    make_campaign, approve, team, manager_alice
+):
+    """Approvals made before erasures were told apart hold a kept list as its kind, rules and
+    [member count, newest member id]. The list as it stands reads the same until a member is added
+    or removed, so the upgrade voids none of them, and an erasure since leaves them standing."""
+    import hashlib
+    import json
+
+    from audiences.services.profiles import profiles_delete
+
+    vips, (kept, erased) = _kept_list(team, manager_alice, ["vip-1", "vip-2"])
+    before = {str(vips.pk): {"kind": "static", "rules": None, "members": [2, vips.members.latest("pk").pk]}}
+    legacy = hashlib.sha256(json.dumps(before, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0, segment=vips))
+    assert campaign.approved().snapshot["audience_fingerprint"] == legacy
+    profiles_delete(profile_ids=[erased.pk], by=manager_alice)
+    (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=T0)
+    assert occurrence.outcome == "sent"
+    assert _recipients(occurrence) == {kept.pk}
+
+
 def test_an_unchanged_audience_still_sends(make_campaign, approve, segment, manager_alice):
     from audiences.services.segments import segment_update
 

@@ -1176,6 +1176,41 @@ def test_a_condition_segment_edited_after_approval_branches_no_one_and_says_why(
     assert version_step_stats(journey.live_version)["check"]["failed"] == 2
 
 
+@pytest.mark.embedded
+def test_erasing_a_member_of_a_kept_list_a_journey_reads_leaves_its_approval(
+    make_journey, publish, vips, manager_alice
+):
+    """Erasing a profile removed its memberships, and the list's member count the version's approved
+    segments hold with them: the journey entered no one from the list, and branched no one on it once
+    the engine read the list again (another process, or a change mark moved), until a new version was
+    approved. An erasure chooses no one to target: the others enter and branch as approved, in this
+    process and a fresh one alike; a member added after is a change, refused."""
+    from audiences.services.profiles import profiles_delete
+    from audiences.services.segments import segment_members_change
+    from journeys.services import engine
+
+    kept, erased, newest = (ProfileFactory(external_id=f"vip-{i}") for i in range(3))
+    for profile in (kept, erased, newest):
+        SegmentMemberFactory(segment=vips, profile=profile)
+    graph = _condition_graph([{"label": "VIP", "segment": vips.pk, "next": "vip"}])
+    journey = publish(make_journey(graph=graph, entry_segment=vips, entry_every_hours=1))
+    now = timezone.now()
+    assert journey_enter_segment(journey_id=journey.pk, now=now) == 3
+    journeys_run_due(now=now)
+    assert _enrollment(journey, kept).step == "vip"
+    profiles_delete(profile_ids=[erased.pk, newest.pk], by=manager_alice)
+    for later in (2, 4):  # the engine's kept verdict, then one read afresh
+        Enrollment.objects.filter(journey=journey).delete()
+        assert journey_enter_segment(journey_id=journey.pk, now=now + dt.timedelta(hours=later)) == 1
+        journeys_run_due(now=now + dt.timedelta(hours=later))
+        assert (_enrollment(journey, kept).status, _enrollment(journey, kept).step) == ("completed", "vip")
+        engine._FROZEN_CHECKED.clear()
+    ProfileFactory(external_id="vip-late")
+    segment_members_change(segment_id=vips.pk, by=manager_alice, add=["vip-late"])
+    Enrollment.objects.filter(journey=journey).delete()
+    assert journey_enter_segment(journey_id=journey.pk, now=now + dt.timedelta(hours=6)) == 0
+
+
 def test_an_entry_segment_edited_after_approval_enters_no_one_and_says_why(
     make_journey, publish, everyone, manager_alice
 ):
