@@ -3,6 +3,9 @@
 One limiter per key (``app:<id>``, ``dispatch:<id>``), a GCRA token bucket: ``rate`` tokens a
 second with a burst of a tenth of a second's worth. ``take`` grants up to ``count`` tokens at
 once and says how long to wait for more; all workers of all machines draw from the same bucket.
+``give_back`` returns tokens taken for messages that were not sent after all (a claim that found
+fewer rows, rows held by quiet hours, a slower limit that granted less), so they serve the app's
+other sends instead of being spent on nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +22,19 @@ from accounts.stamps import RATE_LUA, burst_of
 
 _GCRA = "local grant, wait = 0, 0\n" + RATE_LUA + "return {grant, string.format('%.6f', math.max(wait, 0))}"
 
+# KEYS[1] the bucket, ARGV rate, count: its theoretical arrival time moves back by count tokens'
+# worth, never before now (a bucket holds at most its burst).
+_GIVE_BACK = """
+local rate = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat <= now then return 0 end
+tat = math.max(tat - tonumber(ARGV[2]) / rate, now)
+redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
+return 1
+"""
+
 
 def _burst(rate: float) -> float:
     return burst_of(rate)
@@ -32,6 +48,7 @@ class RedisThrottle:
 
         self._redis = redis.Redis.from_url(url)
         self._script = self._redis.register_script(_GCRA)
+        self._give_back = self._redis.register_script(_GIVE_BACK)
 
     def take(self, *, key: str, rate: float, count: int) -> tuple[int, float]:
         """Grant up to ``count`` tokens now; return (granted, seconds until the next token)."""
@@ -40,6 +57,10 @@ class RedisThrottle:
             keys=[f"{settings.PUSHDESK_INSTANCE}:throttle:{key}"], args=[rate, count, _burst(rate)]
         )
         return int(granted), float(wait)
+
+    def give_back(self, *, key: str, rate: float, count: int) -> None:
+        """Return ``count`` tokens taken and not used (the bucket holds at most its burst)."""
+        self._give_back(keys=[f"{settings.PUSHDESK_INSTANCE}:throttle:{key}"], args=[rate, count])
 
 
 class DatabaseThrottle:
@@ -63,6 +84,16 @@ class DatabaseThrottle:
         wait = max(tat + 1 / rate - horizon, 0.0) if granted < count else 0.0
         return granted, wait
 
+    def give_back(self, *, key: str, rate: float, count: int) -> None:
+        """Return ``count`` tokens taken and not used (the bucket holds at most its burst)."""
+        from delivery.models import RateBucket
+
+        with transaction.atomic():
+            bucket = RateBucket.objects.select_for_update().filter(key=key).first()
+            now = time.time()
+            if bucket is not None and bucket.tat > now:
+                RateBucket.objects.filter(key=key).update(tat=max(bucket.tat - count / rate, now))
+
 
 @lru_cache(maxsize=1)
 def throttle() -> RedisThrottle | DatabaseThrottle:
@@ -84,22 +115,44 @@ def throttle_acquire(
     Grants at most ``count``. Returns 0 only when ``deadline`` (a ``time.monotonic()`` value)
     passes first. A limit with a rate of 0 or less is no limit. ``before_waiting`` is called
     once, before the first wait (work that must not wait for tokens, e.g. a write-back).
+
+    The slowest limit is asked first and the others for what it granted; what a later one grants
+    less goes back to those before it. (Asked the other way round, a campaign throttled to 50
+    messages/s took a tenth of a second of its app's 1,000/s at each grant of 5: its app's whole
+    rate, starving the app's other sends.)
     """
-    limits = [(key, rate) for key, rate in limits if rate and rate > 0]
+    limits = sorted(((key, rate) for key, rate in limits if rate and rate > 0), key=lambda limit: limit[1])
     if not limits:
         return count
     limiter = throttle()
     want = count
+    taken: list[tuple[str, float]] = []
     for key, rate in limits:
         while True:
             granted, wait = limiter.take(key=key, rate=rate, count=want)
             if granted:
-                want = granted
                 break
             if deadline is not None and time.monotonic() + wait > deadline:
+                _give_back(limiter, taken, want)
                 return 0
             if before_waiting is not None:
                 before_waiting()
                 before_waiting = None
             time.sleep(min(max(wait, 0.001), 1.0))
+        if granted < want:
+            _give_back(limiter, taken, want - granted)
+        want = granted
+        taken.append((key, rate))
     return want
+
+
+def throttle_release(*, limits: list[tuple[str, float]], count: int) -> None:
+    """Give back ``count`` tokens that ``throttle_acquire`` granted under these limits and that no
+    message used (the claim found fewer rows, or quiet hours held them)."""
+    if count > 0:
+        _give_back(throttle(), [(key, rate) for key, rate in limits if rate and rate > 0], count)
+
+
+def _give_back(limiter, limits: list[tuple[str, float]], count: int) -> None:
+    for key, rate in limits:
+        limiter.give_back(key=key, rate=rate, count=count)

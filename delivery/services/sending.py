@@ -57,7 +57,7 @@ from delivery.services.dispatches import (
     platform_counts_add,
 )
 from delivery.services.rollups import deliveries_finish
-from delivery.throttle import throttle_acquire
+from delivery.throttle import throttle_acquire, throttle_release
 from delivery.transport import Http2Transport
 from operations.instance import instance_refuses
 from operations.shutdown import stop_requested
@@ -404,12 +404,18 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
                 rows = deliveries_claim(
                     dispatch_id, limit=granted, now=timezone.now(), with_profiles=with_profiles, quiet=quiet
                 )
+            all_held = False
             if rows:
                 after = max(row.id for row in rows)
                 if quiet is not None:
                     rows = [row for row in rows if not row.held]  # held until the quiet hours end
-                    if not rows:
-                        continue  # none of the claim's rows goes now: the next claim starts after them
+                    all_held = not rows
+            if len(rows) < granted:
+                # The tokens of messages not sent now (fewer rows were ready, or quiet hours held
+                # them) go back to the app's bucket, for its other sends.
+                throttle_release(limits=limits, count=granted - len(rows))
+            if all_held:
+                continue  # none of the claim's rows goes now: the next claim starts after them
             if rows:
                 report.claimed += len(rows)
                 report.batches += 1

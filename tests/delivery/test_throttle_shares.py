@@ -1,0 +1,107 @@
+"""An app's send rate is shared by its sends: tokens taken and not used go back to its bucket.
+
+A campaign throttled below its app's rate takes from the app only what it sends; tokens taken for
+rows that were not sent after all (a claim that found fewer, rows held by quiet hours) are given
+back, on Redis and on the database (the embedded mode) alike.
+"""
+
+import time
+from datetime import timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.conf import settings
+from django.utils import timezone
+from django_q.conf import Conf
+
+from delivery import throttle as throttle_module
+from delivery.models import App, Delivery, DeliveryRules
+from delivery.services.sending import dispatch_send
+from delivery.throttle import DatabaseThrottle, RedisThrottle, throttle_acquire, throttle_release
+from tests.delivery.test_sending_expiry import prepared
+from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("open_gate")]
+
+
+@pytest.fixture(params=["redis", "database"])
+def limiter(request, monkeypatch):
+    """Each limiter in turn as the installation's (``throttle()``)."""
+    if request.param == "redis":
+        if not settings.REDIS_URL:
+            pytest.skip("needs Redis")
+        chosen = RedisThrottle(settings.REDIS_URL)
+    else:
+        chosen = DatabaseThrottle()
+    monkeypatch.setattr(throttle_module, "throttle", lambda: chosen)
+    return chosen
+
+
+def _key(name: str) -> str:
+    return f"test:{name}:{time.time_ns()}"
+
+
+@pytest.mark.embedded
+def test_a_throttled_campaign_takes_from_its_app_only_what_it_sends(limiter):
+    app, campaign = _key("app"), _key("campaign")
+    assert throttle_acquire(limits=[(app, 1000), (campaign, 50)], count=2000) == 5  # a tenth of a second at 50/s
+    # The app's burst (100) less those 5 is left for its other sends (taken whole before: none was).
+    left, _ = limiter.take(key=app, rate=1000, count=1000)
+    assert 95 <= left <= 100
+
+
+@pytest.mark.embedded
+def test_what_a_later_limit_grants_less_goes_back_to_the_one_before(limiter):
+    app, campaign = _key("app"), _key("campaign")
+    assert limiter.take(key=app, rate=1000, count=90)[0] == 90  # the app's other sends took most of its burst
+    granted = throttle_acquire(limits=[(app, 1000), (campaign, 500)], count=2000)
+    assert 10 <= granted < 50  # the campaign's 50, cut to what the app had left
+    left, _ = limiter.take(key=campaign, rate=500, count=1000)
+    assert left >= 50 - granted  # the campaign's tokens the app could not match are back
+
+
+@pytest.mark.embedded
+def test_a_deadline_passed_while_waiting_gives_back_what_was_taken(limiter):
+    """Two limits of one token every half second: the first grants, the second has none."""
+    campaign, app = _key("campaign"), _key("app")
+    assert limiter.take(key=app, rate=2, count=10)[0] == 1  # the app's burst is spent
+    assert throttle_acquire(limits=[(campaign, 2), (app, 2)], count=10, deadline=time.monotonic()) == 0
+    assert limiter.take(key=campaign, rate=2, count=10)[0] == 1  # the campaign's token is back
+
+
+@pytest.mark.embedded
+def test_released_tokens_serve_the_next_take_and_a_bucket_holds_no_more_than_its_burst(limiter):
+    app = _key("app")
+    assert throttle_acquire(limits=[(app, 100)], count=1000) == 10
+    throttle_release(limits=[(app, 100)], count=10)
+    assert limiter.take(key=app, rate=100, count=1000)[0] == 10
+    throttle_release(limits=[(app, 100)], count=1000)  # more than was taken: the burst, no more
+    assert limiter.take(key=app, rate=100, count=1000)[0] == 10
+    throttle_release(limits=[(app, 0)], count=5)  # no limit: nothing to give back
+
+
+def test_rows_held_by_quiet_hours_give_their_tokens_back_to_the_app(
+    pushsim_app, pushsim, django_capture_on_commit_callbacks, limiter, monkeypatch
+):
+    """One message a second for the app: each claim's row is held, its token given back, so the
+    three rows are judged at once and the app's next send finds its token."""
+    monkeypatch.setattr(Conf, "SYNC", False)  # the held rows' next send is scheduled, not awaited here
+    App.objects.filter(pk=pushsim_app.pk).update(rate_limit_per_second=1)
+    content = PushContentFactory(app=pushsim_app, ttl_seconds=3600)
+    profiles = [ProfileFactory(timezone="Europe/Paris") for _ in range(3)]
+    for profile in profiles:
+        DeviceFactory(profile=profile, app=pushsim_app, platform="android")
+    dispatch = prepared(content, profiles, django_capture_on_commit_callbacks, purpose="marketing")
+    local = timezone.now().astimezone(ZoneInfo("Europe/Paris"))
+    DeliveryRules.objects.create(  # started a minute ago, after the resolve: judged at the claim
+        app=pushsim_app,
+        quiet_start=(local - timedelta(minutes=1)).time().replace(second=0, microsecond=0),
+        quiet_end=(local + timedelta(hours=2)).time().replace(second=0, microsecond=0),
+    )
+
+    dispatch_send(dispatch_id=dispatch.pk)
+
+    assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", "reason")) == {
+        ("queued", "quiet_hours")
+    }
+    assert limiter.take(key=f"app:{pushsim_app.pk}", rate=1, count=1)[0] == 1
