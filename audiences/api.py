@@ -73,7 +73,7 @@ from audiences.services.events import (
     events_ingest,
 )
 from audiences.services.imports import ERROR_FILE_MISSING, import_create
-from audiences.services.profiles import profile_check, profiles_upsert
+from audiences.services.profiles import external_id_problem, profile_check, profiles_delete, profiles_upsert
 from audiences.services.segments import segment_preview
 
 # --- serializers --------------------------------------------------------------------------------
@@ -392,23 +392,71 @@ class ProfileUpsertView(IngestRateLimited, APIView):
         return Response(answer, status=status.HTTP_201_CREATED if result.status == "created" else status.HTTP_200_OK)
 
 
+# An erasure needs ``read`` besides ``ingest``: the key a mobile app ships (ingest alone) is public,
+# and with it anyone could erase any user by their external id.
+ERASE_SCOPE_REFUSED = (
+    "Erasing a profile needs a key with the 'read' scope as well as 'ingest': the key an app ships "
+    "(ingest alone) is public, and erases no one."
+)
+ERASE_RULES = (
+    "Its events, devices, segment memberships and journey enrollments go with it, in one transaction, as "
+    "when it is deleted in the admin; the approvals of campaigns and journeys reading a kept list it was in "
+    "stand. Needs the `ingest` and `read` scopes (403 `insufficient_scope`) and a role that deletes "
+    "profiles, Manager or Administrator (403 `permission_denied`). Answers 204; 404 `not_found` when there "
+    "is no such profile, so a call sent again changes nothing; an external id with white space around it, "
+    "or over 255 characters, 400 naming `external_id`."
+)
+ERASE_RESPONSES = {
+    204: OpenApiResponse(description="Erased."),
+    404: OpenApiResponse(
+        description="`not_found`: no profile has this external id (erased already, or never written)."
+    ),
+}
+
+
+def _profile_erase(request, external_id: str) -> Response:
+    """Erase one profile by external id through ``profiles_delete``, as the admin does."""
+    if ApiKey.Scope.READ not in request.auth.scopes:
+        raise exceptions.PermissionDenied(detail=ERASE_SCOPE_REFUSED, code="insufficient_scope")
+    if problem := external_id_problem(external_id):
+        raise serializers.ValidationError({"external_id": [problem]})
+    profile_ids = list(profiles_visible_to(request.user).filter(external_id=external_id).values_list("pk", flat=True))
+    # Called with no profile too: the role is checked first, so a key whose user may not delete
+    # profiles is refused (403) whether the profile exists or not, and learns nothing of it.
+    if not profiles_delete(profile_ids=profile_ids, by=request.user):
+        raise exceptions.NotFound(f'No profile has the external id "{external_id}".')
+    return Response(status=status.HTTP_204_NO_CONTENT)
+
+
 class ProfileDetailView(APIView):
-    """One profile, by external id."""
+    """One profile, by external id: read it, or erase it."""
 
-    required_scope = "read"
+    @property
+    def required_scope(self) -> str:
+        return "ingest" if self.request.method == "DELETE" else "read"
 
-    @extend_schema(operation_id="profile_detail", responses=ProfileOutSerializer)
+    @extend_schema(
+        operation_id="profile_detail", description="One profile, by external id.", responses=ProfileOutSerializer
+    )
     def get(self, request, external_id: str):
         profile = profiles_visible_to(request.user).filter(external_id=external_id).first()
         if profile is None:
             raise Http404
         return Response(ProfileOutSerializer(profile).data)
 
+    @extend_schema(
+        operation_id="profile_erase",
+        description="Erase the profile (a privacy erasure request). " + ERASE_RULES,
+        responses=ERASE_RESPONSES,
+    )
+    def delete(self, request, external_id: str):
+        return _profile_erase(request, external_id)
+
 
 class ProfileBulkView(IngestRateLimited, APIView):
-    """Upsert up to 1,000 profiles; answers per item, and the good items land. A GET of its path
-    reads the profile whose external id is "bulk", as ``GET /api/v1/profiles/{external_id}/``
-    reads any other."""
+    """Upsert up to 1,000 profiles; answers per item, and the good items land. A GET or a DELETE of
+    its path reads or erases the profile whose external id is "bulk", as
+    ``/api/v1/profiles/{external_id}/`` does any other."""
 
     @property
     def required_scope(self) -> str:
@@ -421,6 +469,15 @@ class ProfileBulkView(IngestRateLimited, APIView):
     )
     def get(self, request):
         return ProfileDetailView().get(request, external_id="bulk")
+
+    @extend_schema(
+        operation_id="profile_erase_bulk",
+        description='Erase the profile whose external id is "bulk" (this path is also the bulk upsert\'s), as '
+        "`DELETE /api/v1/profiles/{external_id}/` erases any other. " + ERASE_RULES,
+        responses=ERASE_RESPONSES,
+    )
+    def delete(self, request):
+        return _profile_erase(request, "bulk")
 
     @extend_schema(
         operation_id="profiles_bulk_upsert",

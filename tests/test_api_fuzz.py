@@ -80,6 +80,9 @@ SEMANTIC_400 = {
     "operations": [
         _accepting(f"POST {path}", SEMANTIC) for path in ("/api/v1/profiles/", "/api/v1/imports/", "/api/v1/devices/")
     ]
+    # An erasure names its profile by external id in the path: white space around it, or more than
+    # 255 characters, is refused (400) as when the profile is written.
+    + [_accepting("DELETE /api/v1/profiles/{external_id}/", SEMANTIC)]
     # A list's cursor is a value the server signed, and cursor, offset and paging=offset exclude
     # one another: the schema cannot state either.
     + [_accepting(f"GET {path}", SEMANTIC) for path in _with_parameter("get", "cursor")]
