@@ -769,7 +769,7 @@ class DeliveryRules(models.Model):
     """An app's rules for marketing pushes: a frequency cap and quiet hours.
 
     Applied when a dispatch resolves its audience (``delivery.rules``), and quiet hours again when a
-    bulk send claims a row; a push they hold back is recorded with the rule as its reason.
+    send (bulk or stream) claims a row; a push they hold back is recorded with the rule as its reason.
     Transactional sends and test sends bypass them.
     """
 

@@ -21,7 +21,7 @@ from django.db.models import Case, DateTimeField, Q, Value, When
 
 from config.db import COUNT_WORK_MEM
 from config.zones import wall_clock
-from delivery.models import Delivery, DeliveryRules, Dispatch
+from delivery.models import App, Delivery, DeliveryRules, Dispatch
 from delivery.services.rollups import deliveries_finish
 
 DS = Delivery.Status
@@ -246,10 +246,15 @@ class QuietAtClaim:
 
 def quiet_at_claim(dispatch: Dispatch) -> QuietAtClaim | None:
     """The quiet hours a claim of the dispatch's rows judges again (``deliveries_claim``), or None:
-    a test or transactional send, or an app without quiet hours. One query (the app's rules)."""
+    a test or transactional send, or an app without quiet hours. One query (the app's rules), none
+    when they were read with the dispatch (``select_related("app__delivery_rules")``, as the stream
+    senders read their open streams: once for many claims)."""
     if dispatch.kind == Dispatch.Kind.TEST or dispatch.purpose == "transactional":
         return None
-    rules = DeliveryRules.objects.filter(app_id=dispatch.app_id).first()
+    if Dispatch.app.is_cached(dispatch) and App.delivery_rules.is_cached(dispatch.app):
+        rules = getattr(dispatch.app, "delivery_rules", None)  # read with it: None when the app has none
+    else:
+        rules = DeliveryRules.objects.filter(app_id=dispatch.app_id).first()
     if rules is None or not rules.has_quiet_hours:
         return None
     return QuietAtClaim(

@@ -3,7 +3,9 @@
 ``streams_send`` claims the ready rows of every open stream (``delivery.services.streams``) and
 sends them with the send engine's batches: one row when one is waiting, up to
 ``PUSHDESK_SEND_BATCH`` under load, one batch in flight while the next is claimed (the rows
-that came while it sent go together in the next). Leases,
+that came while it sent go together in the next). A marketing stream's claim judges its app's
+quiet hours again, as a bulk send's does: a row appended before they started, or one that waited
+(a stopped sender, a backlog, a retry), is held until they end or skipped. Leases,
 ``unknown`` and never re-sending are the engine's (``delivery.services.sending``). A call that
 appended wakes the senders once it commits (``streams_wake``: a message on a Redis channel);
 without Redis (the embedded mode), or should a message be lost, they poll every
@@ -38,6 +40,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from delivery.models import Dispatch
+from delivery.rules import QuietAtClaim, quiet_at_claim
 from operations.shutdown import stop_requested
 
 if TYPE_CHECKING:
@@ -221,6 +224,7 @@ class _Stream:
     limits: list[tuple[str, float]]
     with_profiles: bool
     limit: int  # rows a claim takes at most: a batch, and at most a second's worth under its limits
+    quiet: QuietAtClaim | None  # the quiet hours its claims judge (``quiet_at_claim``); None: none to judge
 
 
 # What this process has said of the streams it does not send (their app's credentials cannot be
@@ -230,11 +234,16 @@ _UNREADABLE_SAID: set[str] = set()
 
 def _open_streams(ids: list[int] | None = None) -> dict[int, _Stream]:
     """The open streams to send, their app's credentials decrypted; a stream whose app's credentials
-    cannot be decrypted is left out, its rows queued, and said once in the log (the others go on)."""
+    cannot be decrypted is left out, its rows queued, and said once in the log (the others go on).
+    Each carries the quiet hours its claims judge, read with it (its app's rules, in the same
+    query): the senders read the open streams again every few seconds, so a change to the rules
+    reaches their claims then, and a claim costs no query of its own for them."""
     from delivery.services.apps import app_secrets_read
     from delivery.services.sending import credentials_unreadable_said, dispatch_needs_profiles
 
-    found = Dispatch.objects.select_related("app").filter(standing=True, status=Dispatch.Status.SENDING)
+    found = Dispatch.objects.select_related("app", "app__delivery_rules").filter(
+        standing=True, status=Dispatch.Status.SENDING
+    )
     if ids is not None:
         found = found.filter(pk__in=ids)
     streams = {}
@@ -255,7 +264,9 @@ def _open_streams(ids: list[int] | None = None) -> dict[int, _Stream]:
         rates = [rate for _, rate in limits if rate]
         if rates:
             limit = max(1, min(limit, int(min(rates))))
-        streams[dispatch.pk] = _Stream(dispatch, limits, dispatch_needs_profiles(dispatch), limit)
+        streams[dispatch.pk] = _Stream(
+            dispatch, limits, dispatch_needs_profiles(dispatch), limit, quiet_at_claim(dispatch)
+        )
     return streams
 
 
@@ -317,15 +328,26 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
                 claimed, full = 0, False
                 for stream in streams.values():
                     rows = deliveries_claim(
-                        stream.dispatch.pk, limit=stream.limit, now=timezone.now(), with_profiles=stream.with_profiles
+                        stream.dispatch.pk,
+                        limit=stream.limit,
+                        now=timezone.now(),
+                        with_profiles=stream.with_profiles,
+                        quiet=stream.quiet,
                     )
                     if not rows:
                         continue
                     claimed += len(rows)
                     full = full or len(rows) >= stream.limit
+                    if stream.quiet is not None:
+                        rows = [row for row in rows if not row.held]  # held until the quiet hours end
+                        if not rows:
+                            continue
                     report.claimed += len(rows)
                     report.batches += 1
-                    _acquire_all(stream.limits, len(rows), before_waiting=write_back_in_flight)
+                    # Tokens for the messages that go: a row held above, or skipped (quiet hours that
+                    # discard, a phone logged out since), takes none from its app's other sends.
+                    going = sum(1 for row in rows if row.token and not row.skip)
+                    _acquire_all(stream.limits, going, before_waiting=write_back_in_flight)
                     batch = _batch_prepare(stream.dispatch, rows)
                     write_back_in_flight()
                     _batch_submit(batch, stream.dispatch.app)

@@ -1,20 +1,26 @@
 """Quiet hours are judged again when a row is claimed for sending, not only when its audience was
 resolved: a throttled send resolved at 21:55 is still sending at 23:00. A row the quiet hours
 reach on its way is held until they end (``queued`` / ``quiet_hours``), or skipped in discard mode,
-as the resolve does; the claim stays one statement."""
+as the resolve does; the claim stays one statement. So do the stream senders: a marketing stream's
+row appended at 21:59 (or one that waited: a stopped sender, a backlog, a retry) is claimed in them."""
 
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 from django.db import connection
+from django.db.models import F
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_q.conf import Conf
 
 from delivery.models import Delivery, DeliveryRules, Dispatch
+from delivery.reports import dispatch_held
 from delivery.rules import quiet_at_claim, quiet_until
 from delivery.services.claims import deliveries_claim
 from delivery.services.sending import dispatch_send
+from delivery.services.stream_senders import streams_send
+from delivery.services.streams import Recipient, stream_append, stream_open
 from tests.delivery.test_pipeline import fast_retries  # noqa: F401 (a fixture used below)
 from tests.delivery.test_sending_expiry import prepared
 from tests.factories import AppFactory, DeviceFactory, ProfileFactory, PushContentFactory
@@ -168,3 +174,145 @@ def test_the_embedded_claim_holds_the_rows_the_quiet_hours_reach(django_capture_
     )
     assert Delivery.objects.get(dispatch=dispatch, profile_id=awake.pk).status == "sending"
     assert Dispatch.objects.get(pk=dispatch.pk).status == "sending"
+
+
+def stream_of(content, *, purpose: str) -> Dispatch:
+    """An API-triggered campaign's stream of ``content``, opened as a trigger opens it."""
+    return Dispatch.objects.get(
+        pk=stream_open(
+            kind=Dispatch.Kind.API_TRIGGER,
+            source_id=4242,
+            version="v1",
+            app_id=content.app_id,
+            spec=content.spec(),
+            content_id=content.pk,
+            label="Cart reminders",
+            purpose=purpose,
+        )
+    )
+
+
+def append_to(stream, profiles) -> None:
+    """A call's rows, appended before the app had quiet hours (none to judge then)."""
+    stream_append(
+        dispatch_id=stream.pk,
+        app_id=stream.app_id,
+        recipients=[Recipient(p.pk) for p in profiles],
+        source_lock=("SELECT id FROM delivery_app WHERE id = %s FOR SHARE", [stream.app_id]),
+    )
+
+
+@pytest.mark.embedded
+def test_a_marketing_stream_row_appended_before_the_quiet_hours_is_held_when_claimed_in_them_and_sent_after(
+    pushsim_app, pushsim
+):
+    content = PushContentFactory(app=pushsim_app, ttl_seconds=3600)
+    paris, tokyo = ProfileFactory(timezone="Europe/Paris"), ProfileFactory(timezone="Asia/Tokyo")
+    sleeping = DeviceFactory(profile=paris, app=pushsim_app, platform="android")
+    awake = DeviceFactory(profile=tokyo, app=pushsim_app, platform="ios")
+    stream = stream_of(content, purpose="marketing")
+    append_to(stream, [paris, tokyo])
+    assert set(Delivery.objects.filter(dispatch=stream).values_list("status", "reason")) == {("queued", "")}
+    rules = _quiet_from_now_on(pushsim_app, "Europe/Paris")  # they started before a sender claimed the rows
+
+    report = streams_send(budget=0, dispatch_ids=[stream.pk])
+
+    held = Delivery.objects.get(dispatch=stream, profile_id=paris.pk)
+    until = _until(rules, "Europe/Paris")
+    assert (held.status, held.reason, held.attempts, held.lease_expires_at) == ("queued", "quiet_hours", 0, None)
+    assert (held.next_attempt_at, held.expires_at) == (until, until + timedelta(seconds=3600))  # TTL from their end
+    assert pushsim.state.count(sleeping.token) == 0
+    assert Delivery.objects.get(dispatch=stream, profile_id=tokyo.pk).status == "accepted"
+    assert pushsim.state.count(awake.token) == 1
+    assert report.claimed == 1  # the row sent; the held one is not leased
+    stream.refresh_from_db()
+    assert (stream.status, stream.accepted, stream.skipped, stream.retries) == ("sending", 1, 0, {})
+    assert dispatch_held(stream) == (1, until)  # the dispatch's page counts it apart, as a bulk send's
+
+    streams_send(budget=0, dispatch_ids=[stream.pk])  # a sender claiming again leaves it until they end
+    assert pushsim.state.count(sleeping.token) == 0
+
+    # They ended: the next claim sends it.
+    Delivery.objects.filter(pk=held.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+    DeliveryRules.objects.filter(pk=rules.pk).update(quiet_start=rules.quiet_end, quiet_end=rules.quiet_start)
+    streams_send(budget=0, dispatch_ids=[stream.pk])
+    held.refresh_from_db()
+    assert (held.status, held.reason, held.attempts) == ("accepted", "", 1)
+    assert pushsim.state.count(sleeping.token) == 1
+
+
+@pytest.mark.embedded
+def test_quiet_hours_that_discard_skip_a_marketing_streams_rows_they_reach_when_claimed(pushsim_app, pushsim):
+    content = PushContentFactory(app=pushsim_app, ttl_seconds=3600)
+    profile = ProfileFactory(timezone="Europe/Paris")
+    device = DeviceFactory(profile=profile, app=pushsim_app, platform="android")
+    stream = stream_of(content, purpose="marketing")
+    append_to(stream, [profile])
+    _quiet_from_now_on(pushsim_app, "Europe/Paris", mode="discard")
+
+    streams_send(budget=0, dispatch_ids=[stream.pk])
+
+    assert Delivery.objects.filter(dispatch=stream).values_list("status", "reason").get() == ("skipped", "quiet_hours")
+    assert pushsim.state.count(device.token) == 0
+    stream.refresh_from_db()
+    assert (stream.status, stream.skipped, stream.by_platform) == ("sending", 1, {"android": {"skipped": 1}})
+
+
+@pytest.mark.embedded
+def test_a_now_or_never_push_of_a_marketing_stream_the_quiet_hours_reach_is_skipped_as_expired(pushsim_app, pushsim):
+    never = PushContentFactory(app=pushsim_app, ttl_seconds=0)
+    profile = ProfileFactory(timezone="Europe/Paris")
+    device = DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
+    stream = stream_of(never, purpose="marketing")
+    append_to(stream, [profile])
+    _quiet_from_now_on(pushsim_app, "Europe/Paris")
+
+    streams_send(budget=0, dispatch_ids=[stream.pk])
+
+    assert Delivery.objects.filter(dispatch=stream).values_list("status", "reason").get() == ("skipped", "expired")
+    assert pushsim.state.count(device.token) == 0
+
+
+def test_a_transactional_stream_sends_through_the_quiet_hours_with_the_claim_that_judges_none(pushsim_app, pushsim):
+    content = PushContentFactory(app=pushsim_app, ttl_seconds=3600)
+    profile = ProfileFactory(timezone="Europe/Paris")
+    device = DeviceFactory(profile=profile, app=pushsim_app, platform="android")
+    stream = stream_of(content, purpose="transactional")
+    append_to(stream, [profile])
+    _quiet_from_now_on(pushsim_app, "Europe/Paris")
+
+    with CaptureQueriesContext(connection) as queries:
+        streams_send(budget=0, dispatch_ids=[stream.pk])
+
+    assert Delivery.objects.filter(dispatch=stream).values_list("status", "reason").get() == ("accepted", "")
+    assert pushsim.state.count(device.token) == 1
+    assert not [q for q in queries.captured_queries if "judged AS" in q["sql"]]  # the claim of before
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="one statement a claim on PostgreSQL")
+@pytest.mark.parametrize("quiet", [False, True], ids=["no quiet hours", "quiet hours not now"])
+def test_a_stream_sender_reads_the_quiet_hours_with_its_open_streams_not_at_each_claim(
+    pushsim_app, pushsim, settings, django_assert_num_queries, quiet
+):
+    """Three rows claimed one at a time: the instance, the open streams, five claims (two find
+    none), three write-backs; as many with quiet hours to judge (outside them now) as without."""
+    settings.PUSHDESK_SEND_BATCH = 1
+    content = PushContentFactory(app=pushsim_app, ttl_seconds=3600)
+    profiles = [ProfileFactory(timezone="Europe/Paris") for _ in range(3)]
+    for profile in profiles:
+        DeviceFactory(profile=profile, app=pushsim_app, platform="android")
+    stream = stream_of(content, purpose="marketing")
+    append_to(stream, profiles)
+    if quiet:
+        _quiet_from_now_on(pushsim_app, "Europe/Paris")
+        DeliveryRules.objects.filter(app=pushsim_app).update(
+            quiet_start=F("quiet_end"), quiet_end=F("quiet_start")
+        )  # the hours left of the day: outside them now
+    else:
+        DeliveryRules.objects.create(app=pushsim_app, frequency_cap=5)  # rules, without quiet hours
+
+    with django_assert_num_queries(10):
+        report = streams_send(budget=0, dispatch_ids=[stream.pk])
+
+    assert report.claimed == 3
+    assert set(Delivery.objects.filter(dispatch=stream).values_list("status", flat=True)) == {"accepted"}

@@ -17,7 +17,9 @@ from django_q.conf import Conf
 from delivery import throttle as throttle_module
 from delivery.models import App, Delivery, DeliveryRules
 from delivery.services.sending import dispatch_send
+from delivery.services.stream_senders import streams_send
 from delivery.throttle import DatabaseThrottle, RedisThrottle, throttle_acquire, throttle_release
+from tests.delivery.test_quiet_hours_at_claim import append_to, stream_of
 from tests.delivery.test_sending_expiry import prepared
 from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory
 
@@ -105,4 +107,29 @@ def test_rows_held_by_quiet_hours_give_their_tokens_back_to_the_app(
     assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", "reason")) == {
         ("queued", "quiet_hours")
     }
+    assert limiter.take(key=f"app:{pushsim_app.pk}", rate=1, count=1)[0] == 1
+
+
+def test_a_marketing_streams_rows_held_by_quiet_hours_take_no_token_from_the_app(
+    pushsim_app, pushsim, limiter, settings
+):
+    """One message a second for the app: a stream's sender takes the tokens after its claim, for
+    the rows it sends; the three rows held are judged at once, and the app's next send finds its token."""
+    App.objects.filter(pk=pushsim_app.pk).update(rate_limit_per_second=1)
+    content = PushContentFactory(app=pushsim_app, ttl_seconds=3600)
+    profiles = [ProfileFactory(timezone="Europe/Paris") for _ in range(3)]
+    for profile in profiles:
+        DeviceFactory(profile=profile, app=pushsim_app, platform="android")
+    stream = stream_of(content, purpose="marketing")
+    append_to(stream, profiles)
+    local = timezone.now().astimezone(ZoneInfo("Europe/Paris"))
+    DeliveryRules.objects.create(  # started a minute ago, after the append: judged at the claim
+        app=pushsim_app,
+        quiet_start=(local - timedelta(minutes=1)).time().replace(second=0, microsecond=0),
+        quiet_end=(local + timedelta(hours=2)).time().replace(second=0, microsecond=0),
+    )
+
+    streams_send(budget=0, dispatch_ids=[stream.pk])
+
+    assert set(Delivery.objects.filter(dispatch=stream).values_list("status", "reason")) == {("queued", "quiet_hours")}
     assert limiter.take(key=f"app:{pushsim_app.pk}", rate=1, count=1)[0] == 1
