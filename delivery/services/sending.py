@@ -410,10 +410,11 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
                 if quiet is not None:
                     rows = [row for row in rows if not row.held]  # held until the quiet hours end
                     all_held = not rows
-            if len(rows) < granted:
-                # The tokens of messages not sent now (fewer rows were ready, or quiet hours held
-                # them) go back to the app's bucket, for its other sends.
-                throttle_release(limits=limits, count=granted - len(rows))
+            going = sum(1 for row in rows if row.token and not row.skip)
+            if going < granted:
+                # The tokens of messages not sent now (fewer rows were ready, quiet hours held them,
+                # or they are skipped at the claim) go back to the app's bucket, for its other sends.
+                throttle_release(limits=limits, count=granted - going)
             if all_held:
                 continue  # none of the claim's rows goes now: the next claim starts after them
             if rows:

@@ -15,7 +15,7 @@ from django.utils import timezone
 from django_q.conf import Conf
 
 from delivery import throttle as throttle_module
-from delivery.models import App, Delivery, DeliveryRules
+from delivery.models import App, Delivery, DeliveryRules, Device
 from delivery.services.sending import dispatch_send
 from delivery.services.stream_senders import streams_send
 from delivery.throttle import DatabaseThrottle, RedisThrottle, throttle_acquire, throttle_release
@@ -133,3 +133,39 @@ def test_a_marketing_streams_rows_held_by_quiet_hours_take_no_token_from_the_app
 
     assert set(Delivery.objects.filter(dispatch=stream).values_list("status", "reason")) == {("queued", "quiet_hours")}
     assert limiter.take(key=f"app:{pushsim_app.pk}", rate=1, count=1)[0] == 1
+
+
+def test_rows_skipped_at_the_claim_give_their_tokens_back_to_the_app(
+    pushsim_app, pushsim, django_capture_on_commit_callbacks, limiter, monkeypatch
+):
+    """Phones logged out after the resolve are skipped at the claim and sent nothing: every token
+    taken for them goes back, for the app's other sends."""
+    net = {"taken": 0}
+
+    class Counted:
+        """The limiter itself, its takes and give-backs summed."""
+
+        def take(self, **kwargs):
+            granted, wait = limiter.take(**kwargs)
+            net["taken"] += granted if kwargs["key"] == app_key else 0
+            return granted, wait
+
+        def give_back(self, **kwargs):
+            limiter.give_back(**kwargs)
+            net["taken"] -= kwargs["count"] if kwargs["key"] == app_key else 0
+
+    monkeypatch.setattr(throttle_module, "throttle", Counted)
+    app_key = f"app:{pushsim_app.pk}"
+    App.objects.filter(pk=pushsim_app.pk).update(rate_limit_per_second=10)
+    content = PushContentFactory(app=pushsim_app)
+    profiles = [ProfileFactory() for _ in range(3)]
+    devices = [DeviceFactory(profile=profile, app=pushsim_app, platform="android") for profile in profiles]
+    dispatch = prepared(content, profiles, django_capture_on_commit_callbacks)
+    Device.objects.filter(pk__in=[d.pk for d in devices]).update(active=False)
+
+    dispatch_send(dispatch_id=dispatch.pk)
+
+    assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", "reason")) == {
+        ("skipped", "device_inactive")
+    }
+    assert net["taken"] == 0
