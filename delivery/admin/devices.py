@@ -92,11 +92,11 @@ class DeviceAdmin(BigTableAdmin):
     def short_token(self, obj):
         return f"…{obj.token[-12:]}"
 
-    @admin.display(description="Delivery history")
     @admin.display(description="Invalidated reason")
     def invalidated_reason_shown(self, obj):
         return reason_html(obj.invalidated_reason)
 
+    @admin.display(description="Delivery history")
     def delivery_history(self, obj):
         rows = device_deliveries(obj)
         if not rows:

@@ -638,3 +638,12 @@ def test_dispatch_outcomes_and_device_history_say_statuses_in_words(client, view
         r"Run 1 · Skipped the profile had its share of pushes \(frequency cap\) <code>frequency_cap</code>", page
     )
     assert "the app was uninstalled or the token is no longer valid (APNs) <code>Unregistered</code>" in page
+
+
+def test_device_page_labels_its_invalidated_reason_and_its_delivery_history_once_each(client, viewer_carol, app):
+    device = DeviceFactory(app=app, active=False, invalidated_reason="Unregistered")
+    client.force_login(viewer_carol)
+    page = client.get(reverse("admin:delivery_device_change", args=[device.pk])).content.decode()
+    labels = re.findall(r"<label>([^<]+):</label>", page)
+    assert labels.count("Invalidated reason") == 1, labels
+    assert labels.count("Delivery history") == 1, labels
