@@ -433,6 +433,16 @@ class Import(models.Model):
         help_text="Runs in a row whose worker stopped before they wrote a batch: a second one ends the import failed.",
     )
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # When the import last moved: queued (its upload, a restart, its turn in its segment coming) or a
+    # batch written. A worker taking it up without writing a batch, or the imports watchdog queuing it
+    # again, does not move it: a queued import still for twice PUSHDESK_IMPORT_STALL_SECONDS since
+    # then is one no worker takes up (``imports_not_taken_up``).
+    progressed_at = models.DateTimeField(
+        "last moved at",
+        default=dj_timezone.now,
+        editable=False,
+        help_text="When the import was queued or last wrote a batch; queuing it again after a stall keeps it.",
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
     # Imports into one segment take turns: a queued one whose turn has not come names the import it
     # waits for, whose end wakes it (``audiences.services.imports``).

@@ -50,12 +50,24 @@ class Snapshot:
     # in a row wrote nothing either (their file may be what stops the worker).
     imports_run_again: list[ImportLine] = field(default_factory=list)
     imports_failed_stalling: list[ImportLine] = field(default_factory=list)
+    # Queued imports no worker has taken up for twice PUSHDESK_IMPORT_STALL_SECONDS since they were
+    # queued or last wrote a batch (audiences.services.imports.imports_not_taken_up), however often
+    # the watchdog queued them again: no worker runs, or none reads their queue.
+    imports_not_taken_up: list[ImportWait] = field(default_factory=list)
 
 
 @dataclass
 class ImportLine:
     id: int
     name: str
+
+
+@dataclass
+class ImportWait:
+    id: int
+    name: str
+    since: dt.datetime  # queued, or its last batch written
+    minutes: int
 
 
 @dataclass
@@ -102,7 +114,7 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
     from django_q.models import Schedule, Task
 
     from audiences.models import EventReplay, Import
-    from audiences.services.imports import import_stalled_minutes, imports_stalled
+    from audiences.services.imports import import_stalled_minutes, imports_not_taken_up, imports_stalled
     from delivery.models import Dispatch
     from delivery.services.streams import stream_live_figures
     from operations.instance import instance_problem
@@ -188,6 +200,12 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
         )
         .order_by("pk")
         .values_list("pk", "original_name")
+    ]
+    result.imports_not_taken_up = [
+        ImportWait(id=pk, name=name, since=since.astimezone(dt.UTC), minutes=int((now - since).total_seconds() // 60))
+        for pk, name, since in imports_not_taken_up(now=now)
+        .order_by("pk")
+        .values_list("pk", "original_name", "progressed_at")
     ]
     last_runs = dict(
         Task.objects.filter(pk__in=Schedule.objects.exclude(task=None).values("task")).values_list("id", "stopped")

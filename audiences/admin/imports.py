@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import redirect
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from accounts.admin.bases import AccessAdmin
@@ -16,7 +19,13 @@ from audiences.selectors import (
     imports_visible_to,
     segments_visible_to,
 )
-from audiences.services.imports import ERROR_FILE_MISSING, import_create, import_restart, import_stalled_minutes
+from audiences.services.imports import (
+    ERROR_FILE_MISSING,
+    import_create,
+    import_not_taken_up_since,
+    import_restart,
+    import_stalled_minutes,
+)
 
 
 class ImportAddForm(forms.ModelForm):
@@ -283,8 +292,16 @@ class ImportAdmin(AccessAdmin):
 def _progress_text(record: Import) -> str:
     said = record.get_status_display()  # the status in words ("Running"), not its code
     status = said
-    stalled = import_stalled_minutes(record)
-    if stalled is not None:
+    now = timezone.now()
+    stalled = import_stalled_minutes(record, now=now)
+    waited = import_not_taken_up_since(record, now=now)
+    if waited is not None:
+        status = (
+            f"Queued, waiting for a worker since {waited.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC "
+            f"({int((now - waited).total_seconds() // 60)} min): no worker has taken it up since it was queued "
+            "or wrote its last batch; are the workers running, and reading its queue?"
+        )
+    elif stalled is not None:
         status = (
             f"{said}, stalled: no batch written for {stalled} min (its worker stopped); "
             "it is taken up again, or ended, within a minute"

@@ -465,8 +465,8 @@ class _Committer:
             record.rows_failed = failed + self.refused_imported + self.refused_duplicate
             record.rows_duplicate = duplicate - self.refused_duplicate
             record.bytes_done = min(bytes_done, record.size) if record.size else bytes_done
-            record.heartbeat_at = now
-            record.save(update_fields=[*_PROGRESS_FIELDS, "heartbeat_at"])
+            record.heartbeat_at = record.progressed_at = now
+            record.save(update_fields=[*_PROGRESS_FIELDS, "heartbeat_at", "progressed_at"])
         self.line = line
 
     def _with_refused(self, problems: list, refused: list) -> list:
@@ -511,7 +511,10 @@ def _import_finish(record: Import, *, status: str, error: str = "") -> None:
             update_fields=["status", "error", "finished_at", "bytes_done", "error_file", "members_removed", "note"]
         )
         waiting = Import.objects.filter(waiting_for=record.pk, status=Import.Status.QUEUED).order_by("pk")
-        for waiting_id in waiting.values_list("pk", flat=True):
+        waiting_ids = list(waiting.values_list("pk", flat=True))
+        # Their turn has come: from now, what they wait for is a worker.
+        Import.objects.filter(pk__in=waiting_ids).update(progressed_at=record.finished_at)
+        for waiting_id in waiting_ids:
             transaction.on_commit(partial(async_task, "audiences.tasks.import_run", waiting_id))
         audit(
             actor=None,
@@ -618,6 +621,34 @@ def import_stalled_minutes(record: Import, *, now: dt.datetime | None = None) ->
     return int((now - record.heartbeat_at).total_seconds() // 60)
 
 
+def _not_taken_up_cut(now: dt.datetime) -> dt.datetime:
+    return now - dt.timedelta(seconds=2 * settings.PUSHDESK_IMPORT_STALL_SECONDS)
+
+
+def imports_not_taken_up(*, now: dt.datetime | None = None) -> QuerySet[Import]:
+    """The queued imports no worker has taken up for more than twice ``PUSHDESK_IMPORT_STALL_SECONDS``
+    since they were queued or last wrote a batch (``Import.progressed_at``): no worker runs, or none
+    reads their queue. The imports watchdog queuing one again does not hide it, as it does not move it.
+
+    One waiting for its segment's turn behind an import not yet ended is left out: it waits for that
+    import, which is reported itself when it stalls.
+    """
+    turn_free = Q(waiting_for__isnull=True) | Q(waiting_for__status__in=[Import.Status.DONE, Import.Status.FAILED])
+    return Import.objects.filter(
+        turn_free, status=Import.Status.QUEUED, progressed_at__lt=_not_taken_up_cut(now or timezone.now())
+    )
+
+
+def import_not_taken_up_since(record: Import, *, now: dt.datetime | None = None) -> dt.datetime | None:
+    """Since when the import has waited for a worker, when it is one no worker takes up
+    (``imports_not_taken_up``); None otherwise."""
+    if record.status != Import.Status.QUEUED or record.progressed_at >= _not_taken_up_cut(now or timezone.now()):
+        return None
+    if record.waiting_for_id is not None and not imports_not_taken_up(now=now).filter(pk=record.pk).exists():
+        return None  # its segment's turn is another's
+    return record.progressed_at
+
+
 def imports_watch(*, now: dt.datetime | None = None) -> dict[str, list[int]]:
     """Take up again, or end, each import whose worker stopped (``imports_stalled``), so that the
     imports of its segment waiting for their turn go on (the imports watchdog, every minute).
@@ -629,7 +660,9 @@ def imports_watch(*, now: dt.datetime | None = None) -> dict[str, list[int]]:
     another process stops a worker whatever its file; when the next run also writes nothing, it
     ends failed, saying why, since its file may be what stops the worker; its end queues the
     imports waiting for it. Each is read again under its segment's lock and its own, as a claim
-    takes them, so a worker taking it up meanwhile wins. Returns the ids resumed and failed.
+    takes them, so a worker taking it up meanwhile wins. Queuing one again does not move it
+    (``progressed_at``), so one that no worker then takes up is still seen (``imports_not_taken_up``).
+    Returns the ids resumed and failed.
     """
     now = now or timezone.now()
     report: dict[str, list[int]] = {"resumed": [], "failed": []}
@@ -709,7 +742,8 @@ def import_restart(*, import_id: int, by: User) -> Import:
         record.finished_at = None
         record.run_started_at = None  # the worker that takes it up starts a new run
         record.stalled_runs = 0  # restarted by hand: the watchdog gives it one more run again
-        record.save(update_fields=["status", "error", "finished_at", "run_started_at", "stalled_runs"])
+        record.progressed_at = timezone.now()  # queued now: its wait for a worker starts again
+        record.save(update_fields=["status", "error", "finished_at", "run_started_at", "stalled_runs", "progressed_at"])
         audit(actor=by, action="import_restarted", obj=record)
         transaction.on_commit(lambda: async_task("audiences.tasks.import_run", record.pk))
     return record

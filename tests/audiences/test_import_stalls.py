@@ -6,6 +6,7 @@ import io
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
+from django.db import models
 from django.db.models import F
 from django.utils import timezone
 
@@ -220,3 +221,71 @@ def test_status_check_flags_an_import_stalled_past_twice_the_bound_only(upload, 
 
     settings.PUSHDESK_IMPORT_STALL_SECONDS = 600  # twice that is 20 min
     call_command("status", "--check", stdout=io.StringIO())
+
+
+def _let_time_pass(record: Import, *, minutes: int) -> None:
+    """Move every time the import holds back by ``minutes``, as though they had passed."""
+    names = [field.name for field in Import._meta.concrete_fields if isinstance(field, models.DateTimeField)]
+    then = timezone.timedelta(minutes=minutes)
+    Import.objects.filter(pk=record.pk).update(**{name: F(name) - then for name in names})
+
+
+def _status(*args: str) -> tuple[str, int]:
+    out = io.StringIO()
+    try:
+        call_command("status", *args, stdout=out)
+    except SystemExit as stopped:
+        return out.getvalue(), stopped.code
+    return out.getvalue(), 0
+
+
+def test_an_import_the_watchdog_queues_again_that_no_worker_takes_is_not_taken_up_until_a_batch_is_written(
+    upload, settings, manager_alice, login
+):
+    """No worker on its queue: the watchdog queues it again at each bound, which must not hide it."""
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 1
+    add = upload(b"external_id\na1\na2\na3\na4\n", "add_to_segment")
+    before = timezone.now()
+    assert import_process(import_id=add.pk, seconds=0) is True  # its first batch, handed over; no worker after
+    after = timezone.now()
+    for _ in range(4):  # 7 min each, past the bound (6 min): queued again each time, taken by no worker
+        _let_time_pass(add, minutes=7)
+        assert imports_watch() == {"resumed": [add.pk], "failed": []}
+
+    text, code = _status("--check")
+    assert code == 2, text
+    line = next(line for line in text.splitlines() if line.startswith(f"imports    #{add.pk} "))
+    assert line.startswith(f"imports    #{add.pk} add_to_segment.csv: waiting for a worker for 28 min"), line
+    assert "NOT TAKEN UP" in line, line
+    said = login(manager_alice).get(f"/admin/audiences/import/{add.pk}/status/").json()["text"]
+    sinces = {f"{moment - timezone.timedelta(minutes=28):%Y-%m-%d %H:%M}" for moment in (before, after)}
+    assert any(said.startswith(f"Queued, waiting for a worker since {since} UTC (28 min)") for since in sinces), said
+
+    assert import_process(import_id=add.pk, seconds=0) is True  # a worker at last: a batch, handed over again
+    text, code = _status("--check")
+    assert code == 0 and "NOT TAKEN UP" not in text, text
+    said = login(manager_alice).get(f"/admin/audiences/import/{add.pk}/status/").json()["text"]
+    assert "waiting for a worker" not in said, said
+
+
+def test_an_uploaded_import_no_worker_takes_is_not_taken_up_past_twice_the_bound(upload):
+    add = upload(b"external_id\na1\n", "add_to_segment")
+    _let_time_pass(add, minutes=10)  # past the bound (6 min), under twice it
+    text, code = _status("--check")
+    assert code == 0 and "NOT TAKEN UP" not in text, text
+    _let_time_pass(add, minutes=3)
+    text, code = _status("--check")
+    assert code == 2, text
+    assert f"imports    #{add.pk} add_to_segment.csv: waiting for a worker for 13 min" in text, text
+
+
+def test_an_import_waiting_for_its_segments_turn_is_not_reported_as_not_taken_up(upload):
+    """Its wait is the import ahead's: that one is reported when stalled, not this one."""
+    add = upload(b"external_id\na1\n", "add_to_segment")
+    _stop_its_worker(add, minutes_ago=0)  # running, its worker alive
+    replace = upload(b"external_id\nr1\n", "replace_segment")
+    assert import_process(import_id=replace.pk) is False
+    assert Import.objects.get(pk=replace.pk).waiting_for_id == add.pk
+    _let_time_pass(replace, minutes=30)
+    text, code = _status("--check")
+    assert code == 0 and "NOT TAKEN UP" not in text, text

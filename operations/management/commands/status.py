@@ -34,7 +34,8 @@ class Command(BaseCommand):
                 "Exit with status 2 when a line needs an operator (sending is off, credentials cannot be "
                 "decrypted, retention refuses to run, a schedule of the beat is missing, an import stalled "
                 "for more than twice PUSHDESK_IMPORT_STALL_SECONDS, which the imports watchdog has not taken "
-                "up): for a monitoring script or a restore drill. Status 1 still means the queue could not be read."
+                "up, or a queued import no worker has taken up for as long): for a monitoring script or a "
+                "restore drill. Status 1 still means the queue could not be read."
             ),
         )
 
@@ -113,6 +114,12 @@ class Command(BaseCommand):
                 f"imports    #{record.id} {record.name[:60]}: ended failed, its worker stopped before writing a batch "
                 "in two runs in a row (its file may be what stops the worker); restart it once that is ruled out"
             )
+        for record in s.imports_not_taken_up:
+            write(
+                f"imports    #{record.id} {record.name[:60]}: waiting for a worker for {record.minutes} min (since "
+                f"{record.since:%Y-%m-%d %H:%M} UTC, when it was queued or wrote its last batch), NOT TAKEN UP: "
+                "is a worker running, and reading this queue? (see the queue line)"
+            )
         if s.retention_problems:
             write("retention  REFUSES TO RUN (nothing is deleted) until these change:")
             for problem in s.retention_problems:
@@ -128,7 +135,7 @@ class Command(BaseCommand):
             sys.exit(1)
         # What --check reports: a line in capitals.
         missing = any(run.get("missing") for run in s.beat.values())
-        imports_not_taken_up = any(record.overdue for record in s.stalled_imports)
+        imports_not_taken_up = any(record.overdue for record in s.stalled_imports) or s.imports_not_taken_up
         if options["check"] and (
             s.instance_problem or unreadable or s.retention_problems or missing or imports_not_taken_up
         ):
