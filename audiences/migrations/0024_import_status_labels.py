@@ -4,15 +4,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('audiences', '0023_import_stalled_runs'),
+        ("audiences", "0023_import_stalled_runs"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='import',
-            name='status',
-            field=models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('done', 'Done'), ('failed', 'Failed')], default='queued', max_length=10),
+            model_name="import",
+            name="status",
+            field=models.CharField(
+                choices=[("queued", "Queued"), ("running", "Running"), ("done", "Done"), ("failed", "Failed")],
+                default="queued",
+                max_length=10,
+            ),
         ),
     ]

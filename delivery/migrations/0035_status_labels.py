@@ -4,25 +4,53 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('delivery', '0034_app_identity_verification'),
+        ("delivery", "0034_app_identity_verification"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='delivery',
-            name='status',
-            field=models.CharField(choices=[('queued', 'Queued'), ('sending', 'Sending'), ('accepted', 'Accepted'), ('failed', 'Failed'), ('skipped', 'Skipped'), ('unknown', 'Unknown (may have been delivered)')], default='queued', max_length=10),
+            model_name="delivery",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("queued", "Queued"),
+                    ("sending", "Sending"),
+                    ("accepted", "Accepted"),
+                    ("failed", "Failed"),
+                    ("skipped", "Skipped"),
+                    ("unknown", "Unknown (may have been delivered)"),
+                ],
+                default="queued",
+                max_length=10,
+            ),
         ),
         migrations.AlterField(
-            model_name='dispatch',
-            name='kind',
-            field=models.CharField(choices=[('campaign', 'Campaign'), ('api_trigger', 'API trigger'), ('journey', 'Journey step'), ('test', 'Test send')], max_length=12),
+            model_name="dispatch",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("campaign", "Campaign"),
+                    ("api_trigger", "API trigger"),
+                    ("journey", "Journey step"),
+                    ("test", "Test send"),
+                ],
+                max_length=12,
+            ),
         ),
         migrations.AlterField(
-            model_name='dispatch',
-            name='status',
-            field=models.CharField(choices=[('preparing', 'Preparing'), ('sending', 'Sending'), ('done', 'Done'), ('stopped', 'Stopped'), ('failed', 'Failed')], default='preparing', max_length=10),
+            model_name="dispatch",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("preparing", "Preparing"),
+                    ("sending", "Sending"),
+                    ("done", "Done"),
+                    ("stopped", "Stopped"),
+                    ("failed", "Failed"),
+                ],
+                default="preparing",
+                max_length=10,
+            ),
         ),
     ]
