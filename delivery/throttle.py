@@ -5,7 +5,9 @@ second with a burst of a tenth of a second's worth. ``take`` grants up to ``coun
 once and says how long to wait for more; all workers of all machines draw from the same bucket.
 ``give_back`` returns tokens taken for messages that were not sent after all (a claim that found
 fewer rows, rows held by quiet hours, a slower limit that granted less), so they serve the app's
-other sends instead of being spent on nothing.
+other sends instead of being spent on nothing: only those whose time is still to come (a token
+is a slot of 1/rate s in the bucket's schedule; one whose slot has passed was spent by the clock,
+and giving it back would let another send take it twice, over the rate).
 """
 
 from __future__ import annotations
@@ -20,17 +22,24 @@ from django.db import transaction
 
 from accounts.stamps import RATE_LUA, burst_of
 
-_GCRA = "local grant, wait = 0, 0\n" + RATE_LUA + "return {grant, string.format('%.6f', math.max(wait, 0))}"
+# Also returns where the grant's slots end (the bucket's theoretical arrival time after it).
+_GCRA = (
+    "local grant, wait = 0, 0\n"
+    + RATE_LUA
+    + "return {grant, string.format('%.6f', math.max(wait, 0)), redis.call('GET', KEYS[1]) or '0'}"
+)
 
-# KEYS[1] the bucket, ARGV rate, count: its theoretical arrival time moves back by count tokens'
-# worth, never before now (a bucket holds at most its burst).
+# KEYS[1] the bucket, ARGV rate, count, ends (where the grant's slots ended): its theoretical
+# arrival time moves back by the part of count tokens' worth still to come, never before now (a
+# bucket holds at most its burst).
 _GIVE_BACK = """
 local rate = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat <= now then return 0 end
-tat = math.max(tat - tonumber(ARGV[2]) / rate, now)
+local back = math.min(tonumber(ARGV[2]) / rate, tonumber(ARGV[3]) - now)
+if tat <= now or back <= 0 then return 0 end
+tat = math.max(tat - back, now)
 redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
 return 1
 """
@@ -52,15 +61,20 @@ class RedisThrottle:
 
     def take(self, *, key: str, rate: float, count: int) -> tuple[int, float]:
         """Grant up to ``count`` tokens now; return (granted, seconds until the next token)."""
+        return self.take_until(key=key, rate=rate, count=count)[:2]
+
+    def take_until(self, *, key: str, rate: float, count: int) -> tuple[int, float, float]:
+        """As ``take``, and where the granted tokens' slots end (Redis' clock), for ``give_back``."""
         # Prefixed with the instance: deployments sharing a Redis keep their own limits.
-        granted, wait = self._script(
+        granted, wait, ends = self._script(
             keys=[f"{settings.PUSHDESK_INSTANCE}:throttle:{key}"], args=[rate, count, _burst(rate)]
         )
-        return int(granted), float(wait)
+        return int(granted), float(wait), float(ends)
 
-    def give_back(self, *, key: str, rate: float, count: int) -> None:
-        """Return ``count`` tokens taken and not used (the bucket holds at most its burst)."""
-        self._give_back(keys=[f"{settings.PUSHDESK_INSTANCE}:throttle:{key}"], args=[rate, count])
+    def give_back(self, *, key: str, rate: float, count: int, ends: float) -> None:
+        """Return ``count`` tokens taken and not used, those of their slots (ending at ``ends``)
+        still to come (the bucket holds at most its burst)."""
+        self._give_back(keys=[f"{settings.PUSHDESK_INSTANCE}:throttle:{key}"], args=[rate, count, f"{ends:.6f}"])
 
 
 class DatabaseThrottle:
@@ -68,6 +82,10 @@ class DatabaseThrottle:
 
     def take(self, *, key: str, rate: float, count: int) -> tuple[int, float]:
         """Grant up to ``count`` tokens now; return (granted, seconds until the next token)."""
+        return self.take_until(key=key, rate=rate, count=count)[:2]
+
+    def take_until(self, *, key: str, rate: float, count: int) -> tuple[int, float, float]:
+        """As ``take``, and where the granted tokens' slots end (this machine's clock), for ``give_back``."""
         from delivery.models import RateBucket
 
         burst = _burst(rate)
@@ -82,17 +100,19 @@ class DatabaseThrottle:
                 tat += granted / rate
                 RateBucket.objects.filter(key=key).update(tat=tat)
         wait = max(tat + 1 / rate - horizon, 0.0) if granted < count else 0.0
-        return granted, wait
+        return granted, wait, tat
 
-    def give_back(self, *, key: str, rate: float, count: int) -> None:
-        """Return ``count`` tokens taken and not used (the bucket holds at most its burst)."""
+    def give_back(self, *, key: str, rate: float, count: int, ends: float) -> None:
+        """Return ``count`` tokens taken and not used, those of their slots (ending at ``ends``)
+        still to come (the bucket holds at most its burst)."""
         from delivery.models import RateBucket
 
         with transaction.atomic():
             bucket = RateBucket.objects.select_for_update().filter(key=key).first()
             now = time.time()
-            if bucket is not None and bucket.tat > now:
-                RateBucket.objects.filter(key=key).update(tat=max(bucket.tat - count / rate, now))
+            back = min(count / rate, ends - now)
+            if bucket is not None and bucket.tat > now and back > 0:
+                RateBucket.objects.filter(key=key).update(tat=max(bucket.tat - back, now))
 
 
 @lru_cache(maxsize=1)
@@ -103,13 +123,20 @@ def throttle() -> RedisThrottle | DatabaseThrottle:
     return DatabaseThrottle()
 
 
+class Grant(int):
+    """What ``throttle_acquire`` granted: a count of tokens, and where their slots end under each
+    limit (``ends``: key → the limiter's clock), which ``throttle_release`` needs."""
+
+    ends: dict[str, float]
+
+
 def throttle_acquire(
     *,
     limits: list[tuple[str, float]],
     count: int,
     deadline: float | None = None,
     before_waiting: Callable[[], None] | None = None,
-) -> int:
+) -> Grant:
     """Block until at least one token is granted under every ``(key, rate)`` limit; return how many.
 
     Grants at most ``count``. Returns 0 only when ``deadline`` (a ``time.monotonic()`` value)
@@ -123,36 +150,45 @@ def throttle_acquire(
     """
     limits = sorted(((key, rate) for key, rate in limits if rate and rate > 0), key=lambda limit: limit[1])
     if not limits:
-        return count
+        return _grant(count, {})
     limiter = throttle()
     want = count
     taken: list[tuple[str, float]] = []
+    ends: dict[str, float] = {}
     for key, rate in limits:
         while True:
-            granted, wait = limiter.take(key=key, rate=rate, count=want)
+            granted, wait, ends[key] = limiter.take_until(key=key, rate=rate, count=want)
             if granted:
                 break
             if deadline is not None and time.monotonic() + wait > deadline:
-                _give_back(limiter, taken, want)
-                return 0
+                _give_back(limiter, taken, want, ends)
+                return _grant(0, ends)
             if before_waiting is not None:
                 before_waiting()
                 before_waiting = None
             time.sleep(min(max(wait, 0.001), 1.0))
         if granted < want:
-            _give_back(limiter, taken, want - granted)
+            _give_back(limiter, taken, want - granted, ends)
         want = granted
         taken.append((key, rate))
-    return want
+    return _grant(want, ends)
 
 
-def throttle_release(*, limits: list[tuple[str, float]], count: int) -> None:
-    """Give back ``count`` tokens that ``throttle_acquire`` granted under these limits and that no
-    message used (the claim found fewer rows, or quiet hours held them)."""
+def _grant(count: int, ends: dict[str, float]) -> Grant:
+    grant = Grant(count)
+    grant.ends = ends
+    return grant
+
+
+def throttle_release(*, limits: list[tuple[str, float]], count: int, grant: Grant) -> None:
+    """Give back ``count`` tokens of ``grant`` (``throttle_acquire``'s, under these limits) that no
+    message used (the claim found fewer rows, or quiet hours held them): those whose slots are still
+    to come, so a claim slower than its tokens' time gives back only what the clock has not spent."""
     if count > 0:
-        _give_back(throttle(), [(key, rate) for key, rate in limits if rate and rate > 0], count)
+        limits = [(key, rate) for key, rate in limits if rate and rate > 0 and key in grant.ends]
+        _give_back(throttle(), limits, count, grant.ends)
 
 
-def _give_back(limiter, limits: list[tuple[str, float]], count: int) -> None:
+def _give_back(limiter, limits: list[tuple[str, float]], count: int, ends: dict[str, float]) -> None:
     for key, rate in limits:
-        limiter.give_back(key=key, rate=rate, count=count)
+        limiter.give_back(key=key, rate=rate, count=count, ends=ends[key])

@@ -414,7 +414,7 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
             if going < granted:
                 # The tokens of messages not sent now (fewer rows were ready, quiet hours held them,
                 # or they are skipped at the claim) go back to the app's bucket, for its other sends.
-                throttle_release(limits=limits, count=granted - going)
+                throttle_release(limits=limits, count=granted - going, grant=granted)
             if all_held:
                 continue  # none of the claim's rows goes now: the next claim starts after them
             if rows:

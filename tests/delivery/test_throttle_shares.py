@@ -75,12 +75,29 @@ def test_a_deadline_passed_while_waiting_gives_back_what_was_taken(limiter):
 @pytest.mark.embedded
 def test_released_tokens_serve_the_next_take_and_a_bucket_holds_no_more_than_its_burst(limiter):
     app = _key("app")
-    assert throttle_acquire(limits=[(app, 100)], count=1000) == 10
-    throttle_release(limits=[(app, 100)], count=10)
+    granted = throttle_acquire(limits=[(app, 100)], count=1000)
+    assert granted == 10
+    throttle_release(limits=[(app, 100)], count=10, grant=granted)
+    granted = throttle_acquire(limits=[(app, 100)], count=1000)
+    assert granted == 10
+    throttle_release(limits=[(app, 100)], count=1000, grant=granted)  # more than was taken: the burst, no more
     assert limiter.take(key=app, rate=100, count=1000)[0] == 10
-    throttle_release(limits=[(app, 100)], count=1000)  # more than was taken: the burst, no more
-    assert limiter.take(key=app, rate=100, count=1000)[0] == 10
-    throttle_release(limits=[(app, 0)], count=5)  # no limit: nothing to give back
+    throttle_release(limits=[(app, 0)], count=5, grant=granted)  # no limit: nothing to give back
+
+
+@pytest.mark.embedded
+def test_tokens_given_back_after_their_time_passed_add_nothing_to_the_rate(limiter):
+    """A claim that took longer than its tokens' tenth of a second: those tokens' time has passed
+    (the bucket refilled meanwhile, and another send took the refill), so giving them back then
+    would let that send take a second burst at once, over the rate."""
+    app = _key("app")
+    slow = throttle_acquire(limits=[(app, 100)], count=1000)
+    assert slow == 10
+    time.sleep(0.15)  # the slow claim; the bucket refills its burst
+    assert limiter.take(key=app, rate=100, count=1000)[0] == 10  # another send takes it
+    throttle_release(limits=[(app, 100)], count=10, grant=slow)  # the slow claim found no row
+    granted, _ = limiter.take(key=app, rate=100, count=1000)
+    assert granted <= 2  # what a few milliseconds refill, not a second burst
 
 
 def test_rows_held_by_quiet_hours_give_their_tokens_back_to_the_app(
@@ -145,10 +162,10 @@ def test_rows_skipped_at_the_claim_give_their_tokens_back_to_the_app(
     class Counted:
         """The limiter itself, its takes and give-backs summed."""
 
-        def take(self, **kwargs):
-            granted, wait = limiter.take(**kwargs)
+        def take_until(self, **kwargs):
+            granted, wait, ends = limiter.take_until(**kwargs)
             net["taken"] += granted if kwargs["key"] == app_key else 0
-            return granted, wait
+            return granted, wait, ends
 
         def give_back(self, **kwargs):
             limiter.give_back(**kwargs)
