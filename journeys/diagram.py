@@ -10,9 +10,11 @@ from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from delivery.reasons import reason_label
-from journeys.graph import ELSE_LABEL, STEP_TYPE_LABELS, duration_text, entry_of, exits_of
+from journeys.graph import ELSE_LABEL, STEP_TYPE_LABELS, branch_label, duration_text, entry_of, exits_of
 
 BOX_W, BOX_H, GAP_X, GAP_Y = 190, 86, 70, 26
+BOX_CHARS = 34  # the characters a box's line holds at its width and font size
+NAME_CHARS = 8  # the fewest characters a branch's name is cut to in a box: fewer, and it is counted instead
 ENTRY_ID = "(entry)"
 COLORS = {
     "entry": "#dbeafe",
@@ -42,10 +44,33 @@ def _describe(step: dict, names: dict) -> str:
     if kind == "push":
         return names.get(("content", step.get("content")), f"content {step.get('content')}")
     if kind == "condition":
-        return f"{len(step.get('branches') or [])} branch(es) + all others"
+        return condition_text(step)[0]
     if kind == "split":
         return " / ".join(f"{b.get('percent')}%" for b in step.get("branches") or [])
     return "end"
+
+
+def condition_text(step: dict, width: int = BOX_CHARS) -> tuple[str, str]:
+    """A condition's branches as its box names them, then "all others": (as shown, in full).
+
+    The names are the marketer's labels (the journey's own text, the same for every reader). When
+    they do not fit in ``width`` characters, the longest are cut first, with an ellipsis, none to
+    fewer than ``NAME_CHARS``; what still does not fit is counted ("+3 more"). "all others" is
+    always shown; the full text is the box's tooltip."""
+    names = [branch_label(b, i) for i, b in enumerate(step.get("branches") or []) if isinstance(b, dict)]
+    full = " / ".join([*names, ELSE_LABEL])
+    if len(full) <= width:
+        return full, full
+    for shown in range(len(names), 0, -1):
+        more = len(names) - shown
+        tail = [f"+{more} more"] if more else []
+        room = width - len(" / ".join(["", *tail, ELSE_LABEL])) - 3 * (shown - 1)
+        kept = names[:shown]
+        cap = max((c for c in range(NAME_CHARS, room + 1) if sum(min(len(n), c) for n in kept) <= room), default=0)
+        if cap:
+            cut = [n if len(n) <= cap else n[: cap - 1].rstrip() + "…" for n in kept]
+            return " / ".join([*cut, *tail, ELSE_LABEL]), full
+    return f"{len(names)} branches / {ELSE_LABEL}", full
 
 
 def _exits(step: dict) -> list[tuple[str, str | None]]:
@@ -160,7 +185,7 @@ def version_svg(
             f'<rect x="0" y="0" width="{BOX_W}" height="{BOX_H}" rx="8" fill="{COLORS.get(kind, "#fff")}" '
             'stroke="#888"/>'
             f'<text x="8" y="16" font-weight="bold">{escape(_title(step))}</text>'
-            f'<text x="8" y="34">{escape(_describe(step, names)[:34])}</text>'
+            f"{_description(step, names)}"
             f'<text x="8" y="54" class="counts">{escape(line)}</text>'
             f'<text x="8" y="72" fill="#a33" class="notes">{escape(extra)}<title>{escape(extra)}</title></text>'
         )
@@ -184,6 +209,15 @@ def version_svg(
         static("pushdesk/vendor/dagre/dagre.min.js"),
         static("journeys/canvas.js"),
     )
+
+
+def _description(step: dict, names: dict) -> str:
+    """A box's second line, escaped: what the step does; a condition's whole names in its tooltip."""
+    if step.get("type") == "condition":
+        shown, full = condition_text(step)
+        tooltip = f"<title>{escape(full)}</title>" if shown != full else ""
+        return f'<text x="8" y="34" class="description">{escape(shown)}{tooltip}</text>'
+    return f'<text x="8" y="34" class="description">{escape(_describe(step, names)[:BOX_CHARS])}</text>'
 
 
 def _title(step: dict) -> str:

@@ -86,6 +86,7 @@ def test_the_canvas_draws_splits_opens_steps_and_the_review_shows_the_phones(
     assert set(nodes) == {"(entry)", "check", "ab", "push_a", "push_b", "done"}  # the entry is a step
     assert "Everyone in 'Everyone'" in nodes["(entry)"]["text"]
     assert "Offer A" in nodes["push_a"]["text"] and "50% / 50%" in nodes["ab"]["text"]
+    assert "VIP / all others" in nodes["check"]["text"]  # the condition names its branches
     boxes = list(nodes.values())
     assert not any(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
     width, height = page.evaluate(

@@ -1404,3 +1404,54 @@ def test_a_journeys_page_reads_its_conditions_in_words_naming_only_what_the_read
         "all others → done",
     ]
     assert "step-editor" not in viewer_page and "VIPs" not in viewer_page and "Secret app" not in viewer_page
+
+
+def _condition_box(page: str, step: str = "check") -> str:
+    """The text of a step's box in the journey's graph, as read (tags dropped, entities read)."""
+    import html as html_lib
+
+    start = page.index(f'data-step="{step}"')
+    box = page[start : page.index("</g>", start)]
+    return html_lib.unescape(re.sub(r"<[^>]+>", "\n", box))
+
+
+def test_the_graphs_condition_box_names_its_branches_for_the_manager_and_the_viewer_alike(
+    login, manager_alice, viewer_carol, team, make_journey, vips, everyone, welcome
+):
+    """The box read "3 branch(es) + all others": it names the branches as the marketer labelled
+    them, then "all others". The labels are the journey's own text, so a viewer not granted the
+    segments they read sees the same names."""
+    graph = _graph_with_every_kind_of_branch(vips=vips.pk, everyone=everyone.pk, app=team.pk, content=welcome.pk)
+    journey = make_journey(graph=graph)
+    for user in (manager_alice, viewer_carol):
+        box = _condition_box(login(user).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode())
+        assert "\nVIP / Pro on iOS / Buyer / all others\n" in box, user
+        assert "branch(es)" not in box
+
+
+def test_the_graphs_condition_box_escapes_and_shortens_long_branch_names(login, manager_alice, make_journey, welcome):
+    """A label is the marketer's text: escaped, and cut with an ellipsis to fit the box, "all
+    others" always shown; the whole names are in the box's tooltip."""
+    long_label = "<b>Customers who bought twice this year</b>"
+    graph = {
+        "steps": [
+            {
+                "id": "check",
+                "type": "condition",
+                "branches": [
+                    {"label": long_label, "event": "purchase", "next": "push"},
+                    {"label": "Lapsed", "event": "lapse", "next": "done"},
+                ],
+                "else": "done",
+            },
+            {"id": "push", "type": "push", "content": welcome.pk, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+    journey = make_journey(graph=graph)
+    page = login(manager_alice).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert "<b>Customers" not in page
+    box = _condition_box(page)
+    shown = next(line for line in box.split("\n") if line.endswith(" / all others"))
+    assert shown == "<b>Customer… / Lapsed / all others"
+    assert f"\n{long_label} / Lapsed / all others\n" in box  # the tooltip
