@@ -69,6 +69,7 @@ from journeys.services.lifecycle import (
     journey_submit,
     journey_version_edit,
     segments_changed_text,
+    segments_unfrozen_text,
     version_entry_fields_clear,
     version_reference_checks,
 )
@@ -394,6 +395,9 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         changed = segments_changed_text(live) if live is not None else ""
         if changed:  # its reads of that segment are refused until a new version is approved
             return format_html('{}<p class="errornote" id="segments-changed">{}</p>', text, changed)
+        unfrozen = segments_unfrozen_text(live) if live is not None else ""
+        if unfrozen:  # approved before approvals covered the segments: an edit of one reaches it unapproved
+            return format_html('{}<p id="segments-unfrozen">{}</p>', text, unfrozen)
         return text
 
     @admin.display(description="Versions")

@@ -30,7 +30,12 @@ from journeys.selectors import (
     version_step_stats,
     version_totals,
 )
-from journeys.services.lifecycle import journey_draft_discard, journey_pause, journey_resume
+from journeys.services.lifecycle import (
+    journey_draft_discard,
+    journey_pause,
+    journey_resume,
+    segments_unfrozen_text,
+)
 
 # A version's status as its journey stands: the last live version of a stopped or closed journey
 # runs no one any more, and says so (the admin's "(was live)").
@@ -41,6 +46,12 @@ class VersionOutSerializer(AnswerSerializer):
     entry_segment = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
     status = serializers.SerializerMethodField(
         help_text="draft, in_review, live, retired, or was_live (the last live version of a stopped or closed journey)."
+    )
+    segments_unfrozen = serializers.SerializerMethodField(
+        help_text="True when the version was approved before its segments were part of approvals: the segments it "
+        "reads are used as they are now (an edit of one reaches it unapproved) until a new version is approved, "
+        "which freezes them. False otherwise: a version approved since refuses a segment edited after its approval "
+        "where it is read."
     )
 
     class Meta:
@@ -57,7 +68,11 @@ class VersionOutSerializer(AnswerSerializer):
             "exit_event",
             "graph",
             "live_at",
+            "segments_unfrozen",
         )
+
+    def get_segments_unfrozen(self, obj) -> bool:
+        return bool(segments_unfrozen_text(obj))
 
     def get_status(self, obj) -> str:
         journey = self.context.get("journey") or obj.journey

@@ -233,6 +233,18 @@ def segment_fingerprints(version: JourneyVersion, ids: set[int] | None = None) -
     return {str(pk): found[pk].definition_fingerprint() if pk in found else "missing" for pk in sorted(ids)}
 
 
+def segments_unfrozen_text(version: JourneyVersion) -> str:
+    """What an approved version made before approvals covered the segments says of them: it froze
+    none, so it reads them as they are now (an edit reaches it unapproved) until a new version is
+    approved; "" for a version whose approval froze them, one not approved, or one reading none."""
+    if not version.approved_fingerprint or version.approved_segments or not segments_read(version):
+        return ""
+    return (
+        f"Version {version.number} was approved before its segments were part of approvals: the segments it "
+        "reads are used as they are now; approve a new version to freeze them."
+    )
+
+
 def segments_changed_text(version: JourneyVersion, ids: set[int] | None = None) -> str:
     """Why the version may not read its segments (or ``ids``) now: each one edited since the version
     was approved (its rules, a segment they use, a kept list's members), named; "" when none was.

@@ -148,3 +148,15 @@ def writes_refused(table: str):
         with connection.cursor() as cursor:
             cursor.execute(f"DROP TRIGGER {table}_refused ON {table}")
             cursor.execute(f"DROP FUNCTION {table}_refused()")
+
+
+def approved_before_segments_were_frozen(journey) -> None:
+    """The live version as approved before approvals covered the segments: none frozen, its
+    fingerprint made without them."""
+    from journeys.models import JourneyVersion
+
+    version = JourneyVersion.objects.get(pk=journey.live_version_id)
+    contents = {step: item["fingerprint"] for step, item in version.frozen_specs.items()}
+    JourneyVersion.objects.filter(pk=version.pk).update(
+        approved_segments={}, approved_fingerprint=version.fingerprint(content_fingerprints=contents)
+    )

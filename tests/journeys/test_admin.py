@@ -11,7 +11,7 @@ from journeys.services.engine import journeys_run_due
 from journeys.services.entries import journey_enter_segment
 from journeys.services.lifecycle import journey_submit
 from tests.factories import ProfileFactory, SegmentMemberFactory
-from tests.journeys.conftest import simple_graph
+from tests.journeys.conftest import approved_before_segments_were_frozen, simple_graph
 
 
 def _form(team, everyone, graph, **extra):
@@ -1455,3 +1455,55 @@ def test_the_graphs_condition_box_escapes_and_shortens_long_branch_names(login, 
     shown = next(line for line in box.split("\n") if line.endswith(" / all others"))
     assert shown == "<b>Customer… / Lapsed / all others"
     assert f"\n{long_label} / Lapsed / all others\n" in box  # the tooltip
+
+
+UNFROZEN = (
+    "Version 1 was approved before its segments were part of approvals: the segments it reads are used as "
+    "they are now; approve a new version to freeze them."
+)
+
+
+def test_a_version_approved_before_segments_were_frozen_says_so_to_everyone_who_reads_the_journey(
+    login, manager_alice, approver_bob, viewer_carol, make_journey, publish
+):
+    """Its segments are read live, an edit of one reaching the running journey unapproved: the
+    page said nothing of it. The manager, the approver and the viewer read it in the approval."""
+    from django.utils.html import escape
+
+    journey = publish(make_journey())
+    approved_before_segments_were_frozen(journey)
+    for user in (manager_alice, approver_bob, viewer_carol):
+        page = login(user).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+        assert 'id="segments-unfrozen"' in page and escape(UNFROZEN) in page, user
+
+
+def test_a_version_whose_approval_froze_its_segments_says_nothing_of_it(
+    login, manager_alice, viewer_carol, make_journey, publish
+):
+    journey = publish(make_journey())
+    for user in (manager_alice, viewer_carol):
+        page = login(user).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+        assert "segments-unfrozen" not in page and "were part of approvals" not in page
+
+
+def test_a_version_approved_before_segments_were_frozen_that_reads_none_says_nothing_of_it(
+    login, manager_alice, make_journey, publish
+):
+    """An event entry and no condition on a segment: nothing was left unfrozen."""
+    journey = publish(
+        make_journey(graph={"steps": [{"id": "done", "type": "exit"}]}, entry_kind="event", entry_event="signup")
+    )
+    approved_before_segments_were_frozen(journey)
+    page = login(manager_alice).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert "segments-unfrozen" not in page
+
+
+def test_a_new_version_approved_freezes_the_segments_and_the_notice_goes(login, manager_alice, make_journey, publish):
+    from journeys.services.lifecycle import journey_version_edit
+
+    journey = publish(make_journey())
+    approved_before_segments_were_frozen(journey)
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="unsubscribe")
+    journey = publish(journey)
+    page = login(manager_alice).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert "segments-unfrozen" not in page

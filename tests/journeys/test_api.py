@@ -5,6 +5,7 @@ import pytest
 from journeys.services.engine import journeys_run_due
 from journeys.services.entries import journey_enter_segment
 from tests.factories import ProfileFactory, SegmentMemberFactory
+from tests.journeys.conftest import approved_before_segments_were_frozen
 
 
 def _private_journey(make_journey, manager_alice, welcome, vips):
@@ -337,3 +338,22 @@ def test_a_key_granted_the_journey_but_not_its_app_reads_its_sends_as_its_counts
     assert client.get(f"/api/v1/dispatches/{batch.pk}/").json()["total"] == 7
     assert len(client.get(f"/api/v1/dispatches/{batch.pk}/deliveries/").json()["results"]) == 7
     assert client.get(f"/api/v1/dispatches/{other.pk}/").status_code == 404
+
+
+def test_a_version_approved_before_segments_were_frozen_says_so_in_the_detail(
+    make_journey, publish, api_key_for, approver_bob
+):
+    """It reads its segments as they are now, an edit of one reaching it unapproved, until a new
+    version is approved: the detail said nothing of it."""
+    journey = publish(make_journey())
+    approved_before_segments_were_frozen(journey)
+    body = api_key_for(approver_bob).get(f"/api/v1/journeys/{journey.pk}/").json()
+    assert (body["version"]["status"], body["version"]["segments_unfrozen"]) == ("live", True)
+
+
+def test_a_version_whose_approval_froze_its_segments_is_not_unfrozen(make_journey, publish, api_key_for, approver_bob):
+    journey = make_journey()
+    client = api_key_for(approver_bob)
+    assert client.get(f"/api/v1/journeys/{journey.pk}/").json()["version"]["segments_unfrozen"] is False  # a draft
+    publish(journey)
+    assert client.get(f"/api/v1/journeys/{journey.pk}/").json()["version"]["segments_unfrozen"] is False
