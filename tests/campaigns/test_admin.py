@@ -738,7 +738,7 @@ def test_a_local_time_send_reads_as_entered_in_its_occurrence_and_its_dispatch(
         client.force_login(user)
         page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode().replace("&#x27;", "'")
         assert _shown(page, "due").startswith(due), user  # the occurrence's row
-        assert f"{label}</a> — preparing" in page, user  # the campaign's sends
+        assert f"{label}</a> — Preparing" in page, user  # the campaign's sends
         assert "UTC" not in _shown(page, "sends")
         assert f">{label}</a>" in client.get("/admin/delivery/dispatch/").content.decode().replace("&#x27;", "'")
 
@@ -758,7 +758,7 @@ def test_a_campaigns_dispatch_is_labelled_in_its_zone_named_wherever_it_is_liste
     client.force_login(viewer_carol)
     page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
     assert _shown(page, "due").startswith("2027-01-05 09:00 (America/New_York)")
-    assert f"{label}</a> — preparing" in page
+    assert f"{label}</a> — Preparing" in page
     assert f">{label}</a>" in client.get("/admin/delivery/dispatch/").content.decode()
     client.force_login(admin_erin)
     assert f">{label}</a>" in client.get("/admin/").content.decode()  # the dispatches running

@@ -156,9 +156,11 @@ def assert_the_admin_says_what_happened(client, admin_erin, dispatch, statuses) 
     client.force_login(admin_erin)
     page = client.get(f"/admin/delivery/dispatch/{dispatch.pk}/change/").content.decode()
     assert dispatch.get_status_display() in page
-    for status, count in statuses.items():
-        assert f">{status}</a></td>" in page and f"<td>{count}</td>" in page, (status, count)
     from django.utils.html import escape
+
+    for status, count in statuses.items():  # each status in words, as the page says it
+        label = escape(Delivery.Status(status).label)
+        assert f">{label}</a></td>" in page and f"<td>{count}</td>" in page, (status, count)
 
     reasons = set(Delivery.objects.filter(dispatch=dispatch).exclude(reason="").values_list("reason", flat=True))
     for reason in reasons:  # e.g. why rows ended unknown: the lease of a worker that went away ran out
