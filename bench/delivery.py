@@ -224,17 +224,11 @@ def _per_message(before: dict, after: dict, messages: int) -> dict:
     }
 
 
-def run(target: str, segment, devices: int, workers_env: dict, log: Path, ca: str = "") -> dict:
-    from django.db import connection
-
-    from delivery.models import Dispatch, PushContent
+def bench_content(app):
+    """The benchmark's push: a title greeting each profile by an attribute, the rest plain text."""
+    from delivery.models import PushContent
     from delivery.payloads import spec_validate
-    from delivery.services.dispatches import dispatch_create, dispatch_gate_register, dispatch_recount
 
-    token_uri = workers_env.pop("_token_uri")
-    app, apns_public, fcm_public, info = make_app(token_uri=token_uri, segment=segment)
-    if target == "sim":
-        sim_trust(workers_env.pop("_sim"), apns_public, fcm_public, info)
     content = PushContent(
         app=app,
         name="Bench",
@@ -246,6 +240,20 @@ def run(target: str, segment, devices: int, workers_env: dict, log: Path, ca: st
     )
     spec_validate(content.spec())
     content.save()
+    return content
+
+
+def run(target: str, segment, devices: int, workers_env: dict, log: Path, ca: str = "") -> dict:
+    from django.db import connection
+
+    from delivery.models import Dispatch
+    from delivery.services.dispatches import dispatch_create, dispatch_gate_register, dispatch_recount
+
+    token_uri = workers_env.pop("_token_uri")
+    app, apns_public, fcm_public, info = make_app(token_uri=token_uri, segment=segment)
+    if target == "sim":
+        sim_trust(workers_env.pop("_sim"), apns_public, fcm_public, info)
+    content = bench_content(app)
     with connection.cursor() as cursor:  # a fair start: no dead rows left by an earlier run,
         cursor.execute("VACUUM ANALYZE delivery_delivery")
         # The devices were just moved to this run's app: their old versions are dead rows the

@@ -72,26 +72,15 @@ print(report.claimed, sum(report.outcomes.values()), report.outcomes.get("accept
 
 def _resolved_dispatch(devices: int, base: str) -> int:
     """A dispatch of ``devices`` rows resolved and waiting for its sender (no worker runs here)."""
-    from bench_delivery import ensure_audience  # bench/delivery.py, loaded by main()
+    from bench_delivery import bench_content, ensure_audience  # bench/delivery.py, loaded by main()
     from support.send_setup import make_app
 
-    from delivery.models import Dispatch, PushContent
-    from delivery.payloads import spec_validate
+    from delivery.models import Dispatch
     from delivery.services.dispatches import dispatch_create, dispatch_prepare
 
     segment = ensure_audience(devices)
     app, *_ = make_app(token_uri=f"{base}/token", segment=segment)
-    content = PushContent(
-        app=app,
-        name="Bench",
-        title="Hello {{ profile.attributes.first_name | default: 'there' }}",
-        body="Our spring sale starts today: 30% off everything.",
-        tap_action="deep_link",
-        tap_url="pushdesk://sale",
-        data={"campaign": "bench"},
-    )
-    spec_validate(content.spec())
-    content.save()
+    content = bench_content(app)
     dispatch = dispatch_create(
         app_id=app.pk, kind=Dispatch.Kind.API_TRIGGER, spec=content.spec(), segment_id=segment.pk, label="bench"
     )
