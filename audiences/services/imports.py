@@ -41,7 +41,7 @@ from audiences.imports import (
 )
 from audiences.models import Import, Segment, SegmentMember
 from audiences.selectors import imports_visible_to, segment_for
-from audiences.services.profiles import _ensure_perm, _timezones
+from audiences.services.profiles import _ensure_perm, _timezones, members_lock
 from audiences.services.segments import segment_create, segment_members_landed
 from config.db import write_pacer
 
@@ -319,7 +319,9 @@ def _replace_removal(record: Import) -> int:
     if not record.rows_imported:
         record.members_removed, record.note = 0, NOTHING_REMOVED
         return 0
-    removed = SegmentMember.objects.filter(segment_id=record.segment_id).exclude(source_import_id=record.pk).delete()[0]
+    gone = SegmentMember.objects.filter(segment_id=record.segment_id).exclude(source_import_id=record.pk)
+    members_lock(gone)  # in id order, as a deletion of profiles locks those it removes
+    removed = gone.delete()[0]
     record.members_removed = removed
     record.note = f"{removed:,} members the file does not name were removed from the segment."
     if removed == 1:

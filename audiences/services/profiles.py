@@ -15,7 +15,7 @@ from django.utils import timezone
 from accounts.json_values import json_compact, json_text_problem
 from accounts.models import User
 from accounts.services import audit
-from audiences.models import Profile, SegmentErasure
+from audiences.models import Profile, SegmentErasure, SegmentMember
 from audiences.rules.schema import KEY_RE
 from config.db import deletion_counts
 
@@ -188,6 +188,21 @@ def _locked(profiles):
     return profiles.select_for_update(no_key=True).order_by("id")
 
 
+def members_lock(members) -> None:
+    """Lock the segment members ``members`` (a queryset) ``FOR UPDATE`` in id order, as both writers
+    that remove members of a list without holding each member's profile do before their deletion: a
+    replace import's removal of those its file does not name (the segment held) and a deletion of
+    profiles (the profiles held). Each removed them in the order its plan read them (the list's rows
+    as stored, the profiles' index), so each could hold a member the other waited for ('deadlock
+    detected'). The one coming second waits holding no member, and finds gone those the first
+    removed. No-op on SQLite, whose writers take turns."""
+    if connection.vendor != "postgresql":
+        return
+    sql, params = members.select_for_update().order_by("pk").values("pk").query.sql_with_params()
+    with connection.cursor() as cursor:  # counted, not fetched: a list may hold millions
+        cursor.execute(f"SELECT count(*) FROM ({sql}) held", params)  # noqa: S608 (the ORM's own query)
+
+
 def profiles_upsert(*, items: list[dict], by: User) -> list[UpsertResult]:
     """Create or update profiles by external id, in one transaction; return one result per item, in order.
 
@@ -333,9 +348,12 @@ def _memberships_erase(profile_ids: list[int]) -> None:
     how many went and the newest of their member ids (``SegmentErasure``), which its membership
     stamp counts back (``Segment.members_stamp``).
 
-    The members are told by the deletion itself (``RETURNING``): a replace import removing some
-    of them meanwhile (it holds the segment, not the profiles) is then counted as its own change,
-    not as an erasure. The segments are not locked: see ``SegmentErasure.segment``."""
+    The members are locked first, in id order (``members_lock``), then told by the deletion itself
+    (``RETURNING``): a replace import removing some of them meanwhile (it holds the segment, not the
+    profiles) is then counted as its own change, not as an erasure. No member of these profiles is
+    added meanwhile (its writer holds the profile). The segments are not locked: see
+    ``SegmentErasure.segment``."""
+    members_lock(SegmentMember.objects.filter(profile_id__in=profile_ids))
     lost: dict[int, tuple[int, int]] = {}
     with connection.cursor() as cursor:
         for at in range(0, len(profile_ids), 5000):  # within SQLite's parameters of one query

@@ -652,6 +652,65 @@ def test_a_replace_import_ends_in_turn_with_a_change_of_its_segments_members(man
 
 @row_locks
 @pytest.mark.django_db(transaction=True)
+def test_a_replace_import_and_an_erasure_remove_their_shared_members_in_id_order(manager_alice, media):
+    """A replace import's removal and a deletion of profiles removed the members they share each in
+    the order its plan read them: the removal through the list's rows as stored ('y', 'h', 'x'),
+    the deletion through the profiles' index ('x', then 'y'). The removal holding 'y' waited for 'h'
+    (held by a third writer) while the deletion took 'x' and waited for 'y'; once 'h' was let go
+    the removal waited for 'x' ('deadlock detected', one of them ended). Both now lock the members
+    by id first: the deletion waits for 'y' holding no member, and removes none of those the
+    import removed, recording no erasure for the list."""
+    from audiences.models import SegmentErasure
+    from audiences.services.segments import segment_members_change
+
+    x, y = ProfileFactory(external_id="x", attributes={}), ProfileFactory(external_id="y", attributes={})
+    ProfileFactory(external_id="h", attributes={})
+    segment = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    for external_id in ["y", "h", "x"]:  # stored, and numbered, in this order
+        segment_members_change(segment_id=segment.pk, by=manager_alice, add=[external_id])
+    held_member = SegmentMember.objects.get(profile__external_id="h").pk
+    holding, released = threading.Event(), threading.Event()
+
+    def plans(cursor, *, scan: str) -> None:
+        """Each reads its rows as it would on a large table: the list's many rows as stored, the
+        deletion's few members through the profiles' index."""
+        cursor.execute("SET enable_bitmapscan = off")
+        cursor.execute("SET enable_indexscan = off" if scan == "stored" else "SET enable_seqscan = off")
+
+    def holder():  # a third writer's lock on 'h' (another deletion removing it holds it so)
+        with transaction.atomic():
+            SegmentMember.objects.select_for_update().get(pk=held_member)
+            holding.set()
+            released.wait(20)
+
+    def replace():
+        holding.wait(10)
+        with connection.cursor() as cursor:
+            plans(cursor, scan="stored")
+        upload = SimpleUploadedFile("people.csv", b"external_id\nb\n")
+        import_create(upload=upload, by=manager_alice, target="replace_segment", segment_id=segment.pk)
+
+    def deletion():
+        assert wait_for_blocked_writers(1)  # the removal holds 'y' and waits for 'h'
+        with connection.cursor() as cursor:
+            plans(cursor, scan="index")
+        profiles_delete(profile_ids=[x.pk, y.pk], by=manager_alice)
+
+    def release():
+        holding.wait(10)
+        wait_for_blocked_writers(2)
+        released.set()
+
+    assert concurrently(holder, replace, deletion, release) == []
+    record = Import.objects.get(target="replace_segment")
+    assert (record.status, record.error, record.members_removed) == (Import.Status.DONE, "", 3)
+    assert list(SegmentMember.objects.filter(segment=segment).values_list("profile__external_id", flat=True)) == ["b"]
+    assert not Profile.objects.filter(pk__in=[x.pk, y.pk]).exists()
+    assert not SegmentErasure.objects.exists()
+
+
+@row_locks
+@pytest.mark.django_db(transaction=True)
 def test_two_imports_into_one_segment_take_turns_the_second_waiting_queued(
     manager_alice, media, settings, monkeypatch, login, api_key_for
 ):
