@@ -594,6 +594,10 @@ class Delivery(models.Model):
     provider_message_id = models.CharField(max_length=200, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # When the quiet hours that held it back end, set by the hold and kept once it is sent: its wait
+    # was the app's rules, not the system's, so trigger latency figures leave it out. A retry's wait
+    # (also in next_attempt_at) leaves it empty.
+    held_until = models.DateTimeField(null=True, blank=True)
     # The end of its hold plus the TTL, for a row a rule or a local time held back; empty: the
     # dispatch's start plus the TTL. Every attempt sends what remains until then.
     expires_at = models.DateTimeField(null=True, blank=True)

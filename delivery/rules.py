@@ -341,7 +341,7 @@ def _quiet_hours(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -> 
             until = until.astimezone(dt.UTC)
             # The row says why it waits, as a skipped one does; its outcome replaces it when it is sent.
             held["quiet_hours_delayed"] += rows.update(
-                next_attempt_at=until, expires_at=held_expiry(dispatch, until), reason="quiet_hours"
+                next_attempt_at=until, held_until=until, expires_at=held_expiry(dispatch, until), reason="quiet_hours"
             )
     return held
 

@@ -161,7 +161,8 @@ def send_totals(*, now: dt.datetime) -> SendFigures:
 def _trigger_latency_seconds(*, now: dt.datetime) -> float:
     """The slowest API trigger, request to send: among the rows of trigger streams sent (accepted or
     failed) in the last minute, and the rows due at once (neither held back nor waiting for a retry)
-    still waiting. A stream is opened once a day, so its own start says nothing of a trigger's wait."""
+    still waiting. A stream is opened once a day, so its own start says nothing of a trigger's wait.
+    Rows quiet hours held (``Delivery.held_until``) are left out: their wait is the app's rules."""
     from delivery.models import Delivery, Dispatch
 
     since = now - dt.timedelta(seconds=60)
@@ -173,9 +174,9 @@ def _trigger_latency_seconds(*, now: dt.datetime) -> float:
     if not streams:
         return 0.0
     rows = Delivery.objects.filter(dispatch_id__in=streams, queued_at__isnull=False)
-    sent = rows.filter(finished_at__gte=since, status__in=(Delivery.Status.ACCEPTED, Delivery.Status.FAILED)).aggregate(
-        slowest=Max(ExpressionWrapper(F("finished_at") - F("queued_at"), output_field=DurationField()))
-    )
+    sent = rows.filter(
+        finished_at__gte=since, held_until__isnull=True, status__in=(Delivery.Status.ACCEPTED, Delivery.Status.FAILED)
+    ).aggregate(slowest=Max(ExpressionWrapper(F("finished_at") - F("queued_at"), output_field=DurationField())))
     slowest = sent["slowest"].total_seconds() if sent["slowest"] is not None else 0.0
     # The first row not finished, through the claim index: rows are appended in the order of their requests.
     waiting = (
@@ -349,7 +350,7 @@ class PushdeskCollector:
         latency = GaugeMetricFamily(
             "pushdesk_trigger_latency_seconds",
             "API triggers: seconds from the request to the send, the slowest of those sent in the last minute "
-            "and of those due and still waiting",
+            "and of those due and still waiting; rows held by quiet hours are left out",
         )
         latency.add_metric([], _trigger_latency_seconds(now=now))
         yield latency

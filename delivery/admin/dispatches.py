@@ -291,8 +291,11 @@ class DispatchAdmin(ScopedAdmin):
 
         figures = stream_live_figures(obj)
         latency = (
-            f"trigger to accepted p50 {figures['latency_p50_ms']:.0f} ms, p99 {figures['latency_p99_ms']:.0f} ms"
+            f"trigger to accepted p50 {figures['latency_p50_ms']:.0f} ms, p99 {figures['latency_p99_ms']:.0f} ms "
+            "(rows held by quiet hours are left out)"
             if figures["latency_p50_ms"] is not None
+            else "only pushes held by quiet hours accepted in it, so no time from trigger to accepted"
+            if figures["accepted"]
             else "no push accepted in it, so no time from trigger to accepted"
         )
         return format_html(

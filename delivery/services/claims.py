@@ -230,6 +230,7 @@ def _quiet_claim_sql(ready: str, quiet: QuietAtClaim, *, profile_columns: str, p
         "attempts = d.attempts + CASE WHEN j.hold THEN 0 ELSE 1 END, "
         "lease_expires_at = CASE WHEN j.hold THEN NULL ELSE now() + %s * interval '1 second' END, "
         "next_attempt_at = CASE WHEN j.hold THEN j.until ELSE d.next_attempt_at END, "
+        "held_until = CASE WHEN j.hold THEN j.until ELSE d.held_until END, "
         "expires_at = CASE WHEN j.hold THEN j.until + j.ttl * interval '1 second' ELSE d.expires_at END, "
         "reason = CASE WHEN j.hold THEN 'quiet_hours' ELSE d.reason END "
         "FROM judged j WHERE d.id = ANY(ARRAY(SELECT id FROM picked)) AND j.id = d.id "
@@ -267,6 +268,7 @@ def _quiet_judge(rows: list[Claimed], quiet: QuietAtClaim, *, now: datetime) -> 
             attempts=F("attempts") - 1,
             lease_expires_at=None,
             next_attempt_at=until,
+            held_until=until,
             expires_at=quiet.expiry(until),
             reason="quiet_hours",
         )

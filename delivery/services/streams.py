@@ -342,7 +342,7 @@ def _append_sql(lock_sql: str, *, named: bool) -> str:
         # then plans every call again).
         f"{_BY_EXTERNAL_ID if named else _BY_PROFILE}, "
         "ins AS (INSERT INTO delivery_delivery (dispatch_id, device_id, profile_id, status, reason, "
-        "provider_message_id, attempts, finished_at, next_attempt_at, queued_at, context, expires_at, variant) "
+        "provider_message_id, attempts, finished_at, next_attempt_at, held_until, queued_at, context, expires_at, variant) "
         "SELECT d.id, dev.id, v.profile_id, "
         f"CASE WHEN {_SKIP} THEN 'skipped' ELSE 'queued' END, "
         # The holdout takes only rows that would be sent (delivery.services.dispatches says why).
@@ -351,7 +351,8 @@ def _append_sql(lock_sql: str, *, named: bool) -> str:
         "WHEN v.variant = 0 THEN 'holdout' WHEN v.quiet_skip THEN 'quiet_hours' "
         f"WHEN {_NOW_OR_NEVER} THEN 'expired' WHEN v.hold_until IS NOT NULL THEN 'quiet_hours' "
         "ELSE '' END, '', 0, "
-        f"CASE WHEN {_SKIP} THEN %s END, CASE WHEN {_SKIP} THEN NULL ELSE v.hold_until END, %s, v.context, "
+        f"CASE WHEN {_SKIP} THEN %s END, CASE WHEN {_SKIP} THEN NULL ELSE v.hold_until END, "
+        f"CASE WHEN {_SKIP} THEN NULL ELSE v.hold_until END, %s, v.context, "
         # The TTL runs from the call (or from the end of a quiet-hours hold), not from the stream's start;
         # a variant's own content says how long.
         "CASE WHEN t.ttl > 0 THEN COALESCE(v.hold_until, %s) + t.ttl * interval '1 second' END, v.variant "
@@ -425,6 +426,7 @@ def _append_portable(*, dispatch_id, app_id, recipients, source_lock, rules, now
                     reason=reason,
                     finished_at=finished,
                     next_attempt_at=None if finished else until,
+                    held_until=None if finished else until,
                     queued_at=now,
                     context=recipient.context,
                     variant=recipient.variant,
@@ -582,7 +584,11 @@ def _is_current(dispatch: Dispatch) -> bool:
 
 
 def stream_live_figures(dispatch: Dispatch, *, now: dt.datetime | None = None) -> dict:
-    """A stream's last minute: messages accepted per second, and trigger-to-accepted latency p50/p99 (ms)."""
+    """A stream's last minute: messages accepted (in all, and per second), and trigger-to-accepted
+    latency p50/p99 (ms), None when no row counts in it.
+
+    The latency leaves out rows quiet hours held (``Delivery.held_until``): their hours of waiting
+    are the app's rules, not the system's speed. A retry's wait stays in it."""
     now = now or timezone.now()
     since = now - dt.timedelta(seconds=60)
     recent = Delivery.objects.filter(
@@ -592,18 +598,21 @@ def stream_live_figures(dispatch: Dispatch, *, now: dt.datetime | None = None) -
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), "
-                "percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) FROM (SELECT "
-                "EXTRACT(EPOCH FROM finished_at - queued_at) * 1000 AS ms FROM delivery_delivery "
+                "percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) FROM (SELECT "  # NULLs are left out
+                "CASE WHEN held_until IS NULL THEN EXTRACT(EPOCH FROM finished_at - queued_at) * 1000 END AS ms "
+                "FROM delivery_delivery "
                 "WHERE dispatch_id = %s AND queued_at IS NOT NULL AND finished_at >= %s AND status = 'accepted') t",
                 [dispatch.pk, since],
             )
             count, p50, p99 = cursor.fetchone()
     else:
-        spans = sorted((f - q).total_seconds() * 1000 for q, f in recent.values_list("queued_at", "finished_at"))
-        count = len(spans)
-        p50 = spans[int(0.5 * (count - 1))] if spans else None
-        p99 = spans[int(0.99 * (count - 1))] if spans else None
+        rows = list(recent.values_list("queued_at", "finished_at", "held_until"))
+        spans = sorted((f - q).total_seconds() * 1000 for q, f, held in rows if held is None)
+        count = len(rows)
+        p50 = spans[int(0.5 * (len(spans) - 1))] if spans else None
+        p99 = spans[int(0.99 * (len(spans) - 1))] if spans else None
     return {
+        "accepted": count,
         "rate_per_second": round(count / 60.0, 1),
         "latency_p50_ms": round(p50, 1) if p50 is not None else None,
         "latency_p99_ms": round(p99, 1) if p99 is not None else None,

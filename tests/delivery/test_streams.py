@@ -352,6 +352,72 @@ def test_live_figures_show_the_last_minutes_rate_and_latency(pushsim, pushsim_ap
     assert 0 < figures["latency_p50_ms"] <= figures["latency_p99_ms"] < 60_000
 
 
+def _held_by_quiet_hours_then_sent(app, stream, *, hours: int = 3) -> tuple[Delivery, list[Delivery]]:
+    """A marketing stream's row sent at once, and three appended ``hours`` ago inside quiet hours that
+    ended a few seconds ago (one held as it was appended, two by its sender's claim: the held are
+    most of the rows, so each figure would show them), all sent now: (the prompt one, the held ones)."""
+    from delivery.rules import quiet_at_claim
+
+    now = timezone.now()
+    then = now - dt.timedelta(hours=hours)
+    rules = DeliveryRules.objects.create(
+        app=app,
+        quiet_start=(then - dt.timedelta(hours=1)).time(),
+        quiet_end=(now - dt.timedelta(seconds=5)).time(),
+        default_timezone="UTC",
+    )
+    Dispatch.objects.filter(pk=stream.pk).update(purpose="marketing")
+    late, *claimed_late, prompt = _people(app, 4)
+    [held] = _append(stream, [late], rules=rules, now=then)
+    assert (held.status, held.reason) == ("queued", "quiet_hours")
+    appended = _append(stream, claimed_late, now=then)  # appended without the rules, claimed then
+    marketing = Dispatch.objects.get(pk=stream.pk)
+    assert all(r.held for r in deliveries_claim(stream.pk, limit=10, now=then, quiet=quiet_at_claim(marketing)))
+    assert {r.reason for r in Delivery.objects.filter(pk__in=[r.id for r in appended])} == {"quiet_hours"}
+    _append(stream, [prompt])
+    streams_send(budget=0)
+    rows = {r.profile_id: r for r in Delivery.objects.filter(dispatch_id=stream.pk)}
+    assert {r.status for r in rows.values()} == {"accepted"}
+    waited = [rows[p.pk] for p in (late, *claimed_late)]
+    assert all(r.finished_at - r.queued_at > dt.timedelta(hours=hours) for r in waited)
+    return rows[prompt.pk], waited
+
+
+@pytest.mark.embedded  # the hold and the figures have SQLite's ways too
+def test_the_live_latency_leaves_out_rows_quiet_hours_held(pushsim, pushsim_app, stream, client, viewer_carol):
+    """Hours held by quiet hours are the app's rules, not the system's speed: the page's p50/p99
+    are the prompt row's alone, the rate counts them all, and the page says so."""
+    from django.urls import reverse
+
+    from accounts.services import access_grant
+
+    prompt, _held = _held_by_quiet_hours_then_sent(pushsim_app, stream)
+    figures = stream_live_figures(stream)
+    alone = round((prompt.finished_at - prompt.queued_at).total_seconds() * 1000, 1)
+    assert figures["latency_p50_ms"] == figures["latency_p99_ms"] == alone
+    assert figures["accepted"] == 4
+    access_grant(obj=pushsim_app, to=viewer_carol, by=None)
+    client.force_login(viewer_carol)
+    html = client.get(reverse("admin:delivery_dispatch_change", args=[stream.pk])).content.decode()
+    assert "(rows held by quiet hours are left out)" in html
+
+
+@pytest.mark.embedded
+def test_a_retried_rows_wait_stays_in_the_live_latency(pushsim, pushsim_app, stream):
+    """A retry's wait (its next attempt set by a provider's 503) is the system's: it counts."""
+    _append(stream, _people(pushsim_app, 1))
+    pushsim.state.faults.rate_503 = 1.0
+    streams_send(budget=0)
+    row = Delivery.objects.get(dispatch_id=stream.pk)
+    assert (row.status, row.next_attempt_at is not None) == ("queued", True)  # to be retried
+    pushsim.state.faults.rate_503 = 0.0
+    now = timezone.now()  # its backoff over, as if its trigger came 30 s ago
+    Delivery.objects.filter(pk=row.pk).update(queued_at=now - dt.timedelta(seconds=30), next_attempt_at=now)
+    streams_send(budget=0)
+    figures = stream_live_figures(stream)
+    assert figures["latency_p99_ms"] >= 30_000
+
+
 @pytest.fixture
 def woken_senders(settings, monkeypatch):
     """Senders woken through Redis as in production (no in-process sending), with no poll within a

@@ -213,6 +213,46 @@ def test_trigger_latency_is_the_slowest_request_to_send_of_the_streams_last_minu
     assert 70 <= scrape(client)[("pushdesk_trigger_latency_seconds", ())] < 75
 
 
+@pytest.mark.embedded
+def test_trigger_latency_leaves_out_a_row_quiet_hours_held(client, pushsim, pushsim_app, metrics_on):
+    """A marketing stream's row held three hours by quiet hours, then sent with a prompt one: the
+    slowest trigger is the prompt one's, not the app's quiet hours."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from delivery.models import Delivery, DeliveryRules
+
+    stream = orders_stream(PushContentFactory(app=pushsim_app), source_id=1)
+    Dispatch.objects.filter(pk=stream.pk).update(purpose="marketing")
+    now = timezone.now()
+    then = now - dt.timedelta(hours=3)
+    rules = DeliveryRules.objects.create(
+        app=pushsim_app,
+        quiet_start=(then - dt.timedelta(hours=1)).time(),
+        quiet_end=(now - dt.timedelta(seconds=5)).time(),
+        default_timezone="UTC",
+    )
+    late, prompt = ProfileFactory(), ProfileFactory()
+    for profile, held_by in ((late, rules), (prompt, None)):
+        DeviceFactory(profile=profile, app=pushsim_app)
+        stream_append(
+            dispatch_id=stream.pk,
+            app_id=pushsim_app.pk,
+            recipients=[Recipient(profile.pk)],
+            source_lock=("SELECT id FROM delivery_app WHERE id = %s FOR SHARE", [pushsim_app.pk]),
+            rules=held_by,
+            now=then if held_by else None,
+        )
+    assert Delivery.objects.get(profile=late).reason == "quiet_hours"  # held until they end
+    streams_send(budget=0)
+    rows = {r.profile_id: r for r in Delivery.objects.filter(dispatch_id=stream.pk)}
+    assert {r.status for r in rows.values()} == {"accepted"}
+    assert rows[late.pk].finished_at - rows[late.pk].queued_at > dt.timedelta(hours=3)
+    prompt_seconds = (rows[prompt.pk].finished_at - rows[prompt.pk].queued_at).total_seconds()
+    assert scrape(client)[("pushdesk_trigger_latency_seconds", ())] == pytest.approx(prompt_seconds, abs=1e-3)
+
+
 def test_metrics_still_answer_while_redis_is_down_without_the_queue_series(client, db, metrics_on, monkeypatch):
     from django.conf import settings
     from django_q.conf import Conf
