@@ -393,6 +393,8 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
             if not granted:
                 break
             if not Dispatch.objects.filter(pk=dispatch_id, status=Dispatch.Status.SENDING).exists():
+                # Stopped (or paused) while it waited: the tokens go back to the app's other sends.
+                throttle_release(limits=limits, count=granted, grant=granted)
                 return report
             if time.monotonic() >= rescan_at:
                 after, rescan_at = 0, time.monotonic() + _RESCAN_SECONDS

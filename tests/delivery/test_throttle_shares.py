@@ -186,3 +186,42 @@ def test_rows_skipped_at_the_claim_give_their_tokens_back_to_the_app(
         ("skipped", "device_inactive")
     }
     assert net["taken"] == 0
+
+
+@pytest.mark.embedded
+def test_a_send_stopped_while_it_waited_for_tokens_gives_them_back_to_the_app(
+    pushsim_app, pushsim, django_capture_on_commit_callbacks, limiter, monkeypatch, admin_erin
+):
+    """Stopped from the admin while its sender took its tokens: the sender finds it stopped, sends
+    nothing, and every token it took goes back, for the app's other sends."""
+    from delivery.services.dispatches import dispatch_stop
+
+    net = {"taken": 0}
+
+    class Counted:
+        """The limiter itself, its takes and give-backs summed; the stop lands with the first take."""
+
+        def take_until(self, **kwargs):
+            granted, wait, ends = limiter.take_until(**kwargs)
+            net["taken"] += granted if kwargs["key"] == app_key else 0
+            if granted and kwargs["key"] == app_key:
+                dispatch_stop(dispatch_id=dispatch.pk, by=admin_erin)
+            return granted, wait, ends
+
+        def give_back(self, **kwargs):
+            limiter.give_back(**kwargs)
+            net["taken"] -= kwargs["count"] if kwargs["key"] == app_key else 0
+
+    monkeypatch.setattr(throttle_module, "throttle", Counted)
+    app_key = f"app:{pushsim_app.pk}"
+    App.objects.filter(pk=pushsim_app.pk).update(rate_limit_per_second=10)
+    content = PushContentFactory(app=pushsim_app)
+    profiles = [ProfileFactory() for _ in range(3)]
+    for profile in profiles:
+        DeviceFactory(profile=profile, app=pushsim_app, platform="android")
+    dispatch = prepared(content, profiles, django_capture_on_commit_callbacks)
+
+    dispatch_send(dispatch_id=dispatch.pk)
+
+    assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", "reason")) == {("skipped", "stopped")}
+    assert net["taken"] == 0
