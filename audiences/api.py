@@ -73,7 +73,13 @@ from audiences.services.events import (
     events_ingest,
 )
 from audiences.services.imports import ERROR_FILE_MISSING, import_create
-from audiences.services.profiles import external_id_problem, profile_check, profiles_delete, profiles_upsert
+from audiences.services.profiles import (
+    external_id_problem,
+    profile_check,
+    profiles_delete,
+    profiles_upsert,
+    text_problem,
+)
 from audiences.services.segments import segment_preview
 
 # --- serializers --------------------------------------------------------------------------------
@@ -404,7 +410,8 @@ ERASE_RULES = (
     "stand. Needs the `ingest` and `read` scopes (403 `insufficient_scope`) and a role that deletes "
     "profiles, Manager or Administrator (403 `permission_denied`). Answers 204; 404 `not_found` when there "
     "is no such profile, so a call sent again changes nothing; an external id with white space around it, "
-    "or over 255 characters, 400 naming `external_id`."
+    "unless a profile is kept under exactly that id from before such ids were refused (it is erased; the "
+    "id is never trimmed), or over 255 characters, 400 naming `external_id`."
 )
 ERASE_RESPONSES = {
     204: OpenApiResponse(description="Erased."),
@@ -418,9 +425,14 @@ def _profile_erase(request, external_id: str) -> Response:
     """Erase one profile by external id through ``profiles_delete``, as the admin does."""
     if ApiKey.Scope.READ not in request.auth.scopes:
         raise exceptions.PermissionDenied(detail=ERASE_SCOPE_REFUSED, code="insufficient_scope")
-    if problem := external_id_problem(external_id):
+    if problem := text_problem(external_id, max_length=255):
         raise serializers.ValidationError({"external_id": [problem]})
     profile_ids = list(profiles_visible_to(request.user).filter(external_id=external_id).values_list("pk", flat=True))
+    # White space around the id is refused (it creates nothing here, but says the same as every call
+    # that might), unless a profile is kept under exactly that id from before the rule: a privacy
+    # request for it must still be answerable. Matched exactly, never trimmed: " u1" erases no "u1".
+    if not profile_ids and (problem := external_id_problem(external_id)):
+        raise serializers.ValidationError({"external_id": [problem]})
     # Called with no profile too: the role is checked first, so a key whose user may not delete
     # profiles is refused (403) whether the profile exists or not, and learns nothing of it.
     if not profiles_delete(profile_ids=profile_ids, by=request.user):

@@ -205,13 +205,54 @@ def test_a_viewers_key_erases_no_one(api_key_for, ann):
 def test_an_id_no_profile_may_have_answers_json_and_erases_nothing(
     manager_alice, api_key_for, ann, path, status, detail
 ):
-    ProfileFactory(external_id=" ann")  # kept from before padded ids were refused: left alone
+    ProfileFactory(external_id="ann ")  # kept from before padded ids were refused: not what these name
     before = _what_is_kept()
     response = api_key_for(manager_alice, scopes=["ingest", "read"]).delete(path)
     assert response.status_code == status, response.content[:300]
     assert response["Content-Type"] == "application/json"
     if detail is not None:
         assert response.json()["errors"] == [{"field": "external_id", "code": "invalid", "detail": detail}]
+    assert _what_is_kept() == before
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize("external_id", [" ann", "ann ", "\tann"])
+def test_a_profile_kept_under_a_padded_id_from_before_is_erased_by_that_exact_id(
+    manager_alice, api_key_for, ann, external_id
+):
+    """A profile written before padded ids were refused can still be erased (a privacy request
+    names it as it is kept); its id is matched exactly, never trimmed."""
+    kept = Profile.objects.create(external_id=external_id)  # as written before the rule
+    backend = api_key_for(manager_alice, scopes=["ingest", "read"])
+
+    response = backend.delete(_url(external_id))
+
+    assert response.status_code == 204, response.content
+    assert not Profile.objects.filter(pk=kept.pk).exists()
+    assert list(Profile.objects.values_list("external_id", flat=True)) == ["ann"]
+    assert AuditEvent.objects.get(action="profile_deleted").object_id == str(kept.pk)
+    again = backend.delete(_url(external_id))  # gone now: refused as any padded id, creating nothing
+    assert again.status_code == 400, again.content
+    assert again.json()["errors"] == [{"field": "external_id", "code": "invalid", "detail": EXTERNAL_ID_PADDED}]
+    assert list(Profile.objects.values_list("external_id", flat=True)) == ["ann"]
+
+
+@pytest.mark.embedded
+def test_a_padded_id_never_erases_the_profile_kept_under_its_trimmed_id(manager_alice, api_key_for, ann):
+    before = _what_is_kept()
+    backend = api_key_for(manager_alice, scopes=["ingest", "read"])
+    for path in ("/api/v1/profiles/%20ann/", "/api/v1/profiles/ann%20/", "/api/v1/profiles/%20ann%20/"):
+        response = backend.delete(path)
+        assert response.status_code == 400, response.content
+        assert response.json()["errors"] == [{"field": "external_id", "code": "invalid", "detail": EXTERNAL_ID_PADDED}]
+    assert _what_is_kept() == before
+
+
+def test_a_role_that_may_not_delete_profiles_erases_no_padded_profile_either(approver_bob, api_key_for):
+    Profile.objects.create(external_id=" ann")
+    before = _what_is_kept()
+    response = api_key_for(approver_bob, scopes=["ingest", "read"]).delete(_url(" ann"))
+    assert response.status_code == 403, response.content
     assert _what_is_kept() == before
 
 
