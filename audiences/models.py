@@ -331,6 +331,12 @@ class SegmentErasure(models.Model):
     newest = models.BigIntegerField(help_text="The largest member id among them.")
     erased_at = models.DateTimeField(default=dj_timezone.now, editable=False)
 
+    class Meta:
+        # As a segment's delete confirmation counts them ("Erasure records: 2"). Bookkeeping only: no
+        # admin page lists or edits them, and a segment's deletion removes them with it.
+        verbose_name = "erasure record"
+        verbose_name_plural = "erasure records"
+
     def __str__(self) -> str:
         return f"{self.members} erased from {self.segment_id}"
 

@@ -651,6 +651,42 @@ def test_a_static_segments_delete_page_counts_its_members_instead_of_listing_eac
     assert not Segment.objects.filter(pk=static.pk).exists() and not SegmentMember.objects.exists()
 
 
+def test_a_segments_delete_page_names_what_erasures_recorded_plainly_and_no_one_erased(
+    login, manager_alice, admin_erin
+):
+    """A kept list records what each erasure removed from it (``SegmentErasure``): its delete page
+    counts those rows as erasure records, which name no profile; no admin page edits them."""
+    from django.contrib import admin
+
+    from audiences.models import SegmentErasure
+    from audiences.services.profiles import profiles_delete
+
+    static = segment_create(name="Kept", kind=Segment.Kind.STATIC, by=manager_alice)
+    erased = ProfileFactory(external_id="ann-secret", attributes={"email": "ann@example.com"})
+    SegmentMember.objects.create(segment=static, profile=erased)
+    SegmentMember.objects.create(segment=static, profile=ProfileFactory(external_id="bea"))
+    profiles_delete(profile_ids=[erased.pk], by=admin_erin)
+    client = login(admin_erin)
+
+    page = client.get(f"/admin/audiences/segment/{static.pk}/delete/")
+
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert "Erasure records: 1" in html and "Segment members: 1" in html
+    assert "erasure" not in html.lower().replace("erasure records: 1", "")
+    assert "ann-secret" not in html and "ann@example.com" not in html
+    assert SegmentErasure not in admin.site._registry
+    for path in (
+        "",
+        "add/",
+        f"{SegmentErasure.objects.get().pk}/change/",
+        f"{SegmentErasure.objects.get().pk}/delete/",
+    ):
+        assert client.get(f"/admin/audiences/segmenterasure/{path}").status_code == 404
+    assert client.post(f"/admin/audiences/segment/{static.pk}/delete/", {"post": "yes"}).status_code == 302
+    assert not SegmentErasure.objects.exists()
+
+
 def test_the_delete_page_of_a_segment_another_uses_says_so(login, manager_alice):
     used = segment_create(name="Used", rules=PRO, by=manager_alice)
     segment_create(name="User", rules={"all": [{"segment": used.pk}]}, by=manager_alice)
