@@ -43,6 +43,28 @@ def _key(name: str) -> str:
     return f"test:{name}:{time.time_ns()}"
 
 
+class Counted:
+    """A limiter as it is, with what it granted under ``key`` less what came back summed in
+    ``taken``; ``on_grant`` runs once, at the first grant under ``key``."""
+
+    def __init__(self, limiter, key: str, on_grant=None):
+        self.limiter, self.key, self.on_grant, self.taken = limiter, key, on_grant, 0
+
+    def take_until(self, **kwargs):
+        granted, wait, ends = self.limiter.take_until(**kwargs)
+        if kwargs["key"] == self.key and granted:
+            self.taken += granted
+            if self.on_grant is not None:
+                self.on_grant()
+                self.on_grant = None
+        return granted, wait, ends
+
+    def give_back(self, **kwargs):
+        self.limiter.give_back(**kwargs)
+        if kwargs["key"] == self.key:
+            self.taken -= kwargs["count"]
+
+
 @pytest.mark.embedded
 def test_a_throttled_campaign_takes_from_its_app_only_what_it_sends(limiter):
     app, campaign = _key("app"), _key("campaign")
@@ -157,22 +179,8 @@ def test_rows_skipped_at_the_claim_give_their_tokens_back_to_the_app(
 ):
     """Phones logged out after the resolve are skipped at the claim and sent nothing: every token
     taken for them goes back, for the app's other sends."""
-    net = {"taken": 0}
-
-    class Counted:
-        """The limiter itself, its takes and give-backs summed."""
-
-        def take_until(self, **kwargs):
-            granted, wait, ends = limiter.take_until(**kwargs)
-            net["taken"] += granted if kwargs["key"] == app_key else 0
-            return granted, wait, ends
-
-        def give_back(self, **kwargs):
-            limiter.give_back(**kwargs)
-            net["taken"] -= kwargs["count"] if kwargs["key"] == app_key else 0
-
-    monkeypatch.setattr(throttle_module, "throttle", Counted)
-    app_key = f"app:{pushsim_app.pk}"
+    counted = Counted(limiter, f"app:{pushsim_app.pk}")
+    monkeypatch.setattr(throttle_module, "throttle", lambda: counted)
     App.objects.filter(pk=pushsim_app.pk).update(rate_limit_per_second=10)
     content = PushContentFactory(app=pushsim_app)
     profiles = [ProfileFactory() for _ in range(3)]
@@ -185,7 +193,7 @@ def test_rows_skipped_at_the_claim_give_their_tokens_back_to_the_app(
     assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", "reason")) == {
         ("skipped", "device_inactive")
     }
-    assert net["taken"] == 0
+    assert counted.taken == 0
 
 
 @pytest.mark.embedded
@@ -196,24 +204,11 @@ def test_a_send_stopped_while_it_waited_for_tokens_gives_them_back_to_the_app(
     nothing, and every token it took goes back, for the app's other sends."""
     from delivery.services.dispatches import dispatch_stop
 
-    net = {"taken": 0}
-
-    class Counted:
-        """The limiter itself, its takes and give-backs summed; the stop lands with the first take."""
-
-        def take_until(self, **kwargs):
-            granted, wait, ends = limiter.take_until(**kwargs)
-            net["taken"] += granted if kwargs["key"] == app_key else 0
-            if granted and kwargs["key"] == app_key:
-                dispatch_stop(dispatch_id=dispatch.pk, by=admin_erin)
-            return granted, wait, ends
-
-        def give_back(self, **kwargs):
-            limiter.give_back(**kwargs)
-            net["taken"] -= kwargs["count"] if kwargs["key"] == app_key else 0
-
-    monkeypatch.setattr(throttle_module, "throttle", Counted)
-    app_key = f"app:{pushsim_app.pk}"
+    # The stop lands with the first take.
+    counted = Counted(
+        limiter, f"app:{pushsim_app.pk}", on_grant=lambda: dispatch_stop(dispatch_id=dispatch.pk, by=admin_erin)
+    )
+    monkeypatch.setattr(throttle_module, "throttle", lambda: counted)
     App.objects.filter(pk=pushsim_app.pk).update(rate_limit_per_second=10)
     content = PushContentFactory(app=pushsim_app)
     profiles = [ProfileFactory() for _ in range(3)]
@@ -224,4 +219,4 @@ def test_a_send_stopped_while_it_waited_for_tokens_gives_them_back_to_the_app(
     dispatch_send(dispatch_id=dispatch.pk)
 
     assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", "reason")) == {("skipped", "stopped")}
-    assert net["taken"] == 0
+    assert counted.taken == 0
