@@ -6,20 +6,17 @@ back, on Redis and on the database (the embedded mode) alike.
 """
 
 import time
-from datetime import timedelta
-from zoneinfo import ZoneInfo
 
 import pytest
 from django.conf import settings
-from django.utils import timezone
 from django_q.conf import Conf
 
 from delivery import throttle as throttle_module
-from delivery.models import App, Delivery, DeliveryRules, Device
+from delivery.models import App, Delivery, Device
 from delivery.services.sending import dispatch_send
 from delivery.services.stream_senders import streams_send
 from delivery.throttle import DatabaseThrottle, RedisThrottle, throttle_acquire, throttle_release
-from tests.delivery.test_quiet_hours_at_claim import append_to, stream_of
+from tests.delivery.test_quiet_hours_at_claim import _quiet_from_now_on, append_to, stream_of
 from tests.delivery.test_sending_expiry import prepared
 from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory
 
@@ -134,12 +131,7 @@ def test_rows_held_by_quiet_hours_give_their_tokens_back_to_the_app(
     for profile in profiles:
         DeviceFactory(profile=profile, app=pushsim_app, platform="android")
     dispatch = prepared(content, profiles, django_capture_on_commit_callbacks, purpose="marketing")
-    local = timezone.now().astimezone(ZoneInfo("Europe/Paris"))
-    DeliveryRules.objects.create(  # started a minute ago, after the resolve: judged at the claim
-        app=pushsim_app,
-        quiet_start=(local - timedelta(minutes=1)).time().replace(second=0, microsecond=0),
-        quiet_end=(local + timedelta(hours=2)).time().replace(second=0, microsecond=0),
-    )
+    _quiet_from_now_on(pushsim_app, "Europe/Paris")  # started a minute ago, after the resolve: judged at the claim
 
     dispatch_send(dispatch_id=dispatch.pk)
 
@@ -161,12 +153,7 @@ def test_a_marketing_streams_rows_held_by_quiet_hours_take_no_token_from_the_app
         DeviceFactory(profile=profile, app=pushsim_app, platform="android")
     stream = stream_of(content, purpose="marketing")
     append_to(stream, profiles)
-    local = timezone.now().astimezone(ZoneInfo("Europe/Paris"))
-    DeliveryRules.objects.create(  # started a minute ago, after the append: judged at the claim
-        app=pushsim_app,
-        quiet_start=(local - timedelta(minutes=1)).time().replace(second=0, microsecond=0),
-        quiet_end=(local + timedelta(hours=2)).time().replace(second=0, microsecond=0),
-    )
+    _quiet_from_now_on(pushsim_app, "Europe/Paris")  # started a minute ago, after the append: judged at the claim
 
     streams_send(budget=0, dispatch_ids=[stream.pk])
 
