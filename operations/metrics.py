@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Count, DurationField, ExpressionWrapper, F, Max, Q, QuerySet
+from django.db.models import BooleanField, Count, DurationField, ExpressionWrapper, F, Max, Q, QuerySet
 from django.http import HttpResponse
 from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -246,6 +246,7 @@ class PushdeskCollector:
 
     def collect(self):
         from audiences.models import Import
+        from audiences.services.imports import WAITING_FOR_A_WORKER
         from delivery.models import App, Device, Dispatch
         from operations.status import snapshot
 
@@ -357,12 +358,44 @@ class PushdeskCollector:
         imports = GaugeMetricFamily(
             "pushdesk_import_rows", "Rows of running imports: done so far, and failed", labels=["import", "kind"]
         )
-        for pk, done, failed in Import.objects.filter(status__in=("queued", "running")).values_list(
-            "pk", "rows_done", "rows_failed"
+        # The same rows say which imports wait for a worker, and since when: no query more.
+        oldest_wait = None
+        for pk, done, failed, progressed_at, waits in (
+            Import.objects.filter(status__in=("queued", "running"))
+            .annotate(waits=ExpressionWrapper(WAITING_FOR_A_WORKER, output_field=BooleanField()))
+            .values_list("pk", "rows_done", "rows_failed", "progressed_at", "waits")
         ):
             imports.add_metric([str(pk), "done"], done)
             imports.add_metric([str(pk), "failed"], failed)
+            if waits and (oldest_wait is None or progressed_at < oldest_wait):
+                oldest_wait = progressed_at
         yield imports
+        # The counts are `manage.py status`' imports lines, from its snapshot: no query more.
+        yield GaugeMetricFamily(
+            "pushdesk_imports_not_taken_up",
+            "Queued imports no worker has taken up for twice PUSHDESK_IMPORT_STALL_SECONDS since they were queued "
+            "or last wrote a batch, however often the imports watchdog queued them again: no worker runs, or none "
+            "reads their queue (manage.py status: NOT TAKEN UP)",
+            value=len(s.imports_not_taken_up),
+        )
+        yield GaugeMetricFamily(
+            "pushdesk_import_oldest_wait_seconds",
+            "How long the queued import that has waited longest for a worker has waited since it was queued or "
+            "last wrote a batch (0 when none waits); one waiting for its segment's turn behind another is left out",
+            value=max((now - oldest_wait).total_seconds(), 0.0) if oldest_wait is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "pushdesk_imports_stalled",
+            "Imports under way whose worker stopped (no batch written for PUSHDESK_IMPORT_STALL_SECONDS): the "
+            "imports watchdog takes each up again, or ends it, within a minute",
+            value=len(s.stalled_imports),
+        )
+        yield GaugeMetricFamily(
+            "pushdesk_import_oldest_stall_seconds",
+            "How long the import stalled longest has written no batch (0 when none is stalled); past twice "
+            "PUSHDESK_IMPORT_STALL_SECONDS the imports watchdog is not taking it up (manage.py status: NOT TAKEN UP)",
+            value=max((record.seconds for record in s.stalled_imports), default=0),
+        )
 
 
 def metrics_response(request) -> HttpResponse:

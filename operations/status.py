@@ -76,6 +76,7 @@ class StalledImport:
     name: str
     minutes: int
     waiting: int
+    seconds: float  # since its last batch (its last heartbeat)
     # Stalled past twice PUSHDESK_IMPORT_STALL_SECONDS: the imports watchdog, which takes a stalled
     # import up within a minute, is not running (or fails on it), so an operator is needed.
     overdue: bool = False
@@ -180,6 +181,7 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
             name=record.original_name,
             minutes=import_stalled_minutes(record, now=now),
             waiting=waiting.get(record.pk, 0),
+            seconds=(now - record.heartbeat_at).total_seconds(),
             overdue=record.heartbeat_at < now - dt.timedelta(seconds=2 * settings.PUSHDESK_IMPORT_STALL_SECONDS),
         )
         for record in stalled

@@ -627,18 +627,21 @@ def _not_taken_up_cut(now: dt.datetime) -> dt.datetime:
     return now - dt.timedelta(seconds=2 * settings.PUSHDESK_IMPORT_STALL_SECONDS)
 
 
-def imports_not_taken_up(*, now: dt.datetime | None = None) -> QuerySet[Import]:
-    """The queued imports no worker has taken up for more than twice ``PUSHDESK_IMPORT_STALL_SECONDS``
-    since they were queued or last wrote a batch (``Import.progressed_at``): no worker runs, or none
-    reads their queue. The imports watchdog queuing one again does not hide it, as it does not move it.
+# A queued import whose turn in its segment has come: what it waits for is a worker, since it was
+# queued or last wrote a batch (``Import.progressed_at``). One waiting for its segment's turn behind
+# an import not yet ended waits for that import, which is reported itself when it stalls.
+WAITING_FOR_A_WORKER = Q(status=Import.Status.QUEUED) & (
+    Q(waiting_for__isnull=True) | Q(waiting_for__status__in=[Import.Status.DONE, Import.Status.FAILED])
+)
 
-    One waiting for its segment's turn behind an import not yet ended is left out: it waits for that
-    import, which is reported itself when it stalls.
+
+def imports_not_taken_up(*, now: dt.datetime | None = None) -> QuerySet[Import]:
+    """The imports waiting for a worker (``WAITING_FOR_A_WORKER``) that no worker has taken up for
+    more than twice ``PUSHDESK_IMPORT_STALL_SECONDS`` since they were queued or last wrote a batch
+    (``Import.progressed_at``): no worker runs, or none reads their queue. The imports watchdog
+    queuing one again does not hide it, as it does not move it.
     """
-    turn_free = Q(waiting_for__isnull=True) | Q(waiting_for__status__in=[Import.Status.DONE, Import.Status.FAILED])
-    return Import.objects.filter(
-        turn_free, status=Import.Status.QUEUED, progressed_at__lt=_not_taken_up_cut(now or timezone.now())
-    )
+    return Import.objects.filter(WAITING_FOR_A_WORKER, progressed_at__lt=_not_taken_up_cut(now or timezone.now()))
 
 
 def import_not_taken_up_since(record: Import, *, now: dt.datetime | None = None) -> dt.datetime | None:

@@ -289,3 +289,79 @@ def test_an_import_waiting_for_its_segments_turn_is_not_reported_as_not_taken_up
     _let_time_pass(replace, minutes=30)
     text, code = _status("--check")
     assert code == 0 and "NOT TAKEN UP" not in text, text
+
+
+METRICS_TOKEN = "metrics-token-for-the-import-tests-0123"
+
+
+def _gauges(client, settings) -> dict[str, float]:
+    """The metrics endpoint's unlabelled series, as Prometheus scrapes them."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    settings.PUSHDESK_METRICS_TOKEN = METRICS_TOKEN
+    response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {METRICS_TOKEN}")
+    assert response.status_code == 200, response.content
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(response.content.decode())
+        for sample in family.samples
+        if not sample.labels
+    }
+
+
+def test_an_import_no_worker_takes_up_is_in_the_metrics_until_a_batch_is_written(upload, settings, client):
+    """No worker on its queue, the watchdog queuing it again at each bound: an alert rule sees it."""
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 1
+    add = upload(b"external_id\na1\na2\na3\na4\n", "add_to_segment")
+    gauges = _gauges(client, settings)
+    assert gauges["pushdesk_imports_not_taken_up"] == 0
+    assert 0 <= gauges["pushdesk_import_oldest_wait_seconds"] < 60  # just queued
+    assert import_process(import_id=add.pk, seconds=0) is True  # its first batch, handed over; no worker after
+    for _ in range(4):  # 7 min each, past the bound (6 min): queued again each time, taken by no worker
+        _let_time_pass(add, minutes=7)
+        assert imports_watch() == {"resumed": [add.pk], "failed": []}
+
+    gauges = _gauges(client, settings)
+    assert gauges["pushdesk_imports_not_taken_up"] == 1
+    assert 28 * 60 <= gauges["pushdesk_import_oldest_wait_seconds"] < 29 * 60
+    assert gauges["pushdesk_imports_stalled"] == 0  # the watchdog took it up: what is missing is a worker
+
+    assert import_process(import_id=add.pk, seconds=0) is True  # a worker at last: a batch, handed over again
+    gauges = _gauges(client, settings)
+    assert gauges["pushdesk_imports_not_taken_up"] == 0
+    assert 0 <= gauges["pushdesk_import_oldest_wait_seconds"] < 60
+
+
+def test_an_import_whose_worker_stopped_is_in_the_metrics_until_the_watchdog_takes_it_up(upload, settings, client):
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 1
+    add = upload(b"external_id\na1\na2\n", "add_to_segment")
+    assert import_process(import_id=add.pk, seconds=0) is True
+    gauges = _gauges(client, settings)
+    assert (gauges["pushdesk_imports_stalled"], gauges["pushdesk_import_oldest_stall_seconds"]) == (0, 0)
+    _stop_its_worker(add, minutes_ago=30)  # past twice the bound: the watchdog is not running
+    gauges = _gauges(client, settings)
+    assert gauges["pushdesk_imports_stalled"] == 1
+    assert 30 * 60 <= gauges["pushdesk_import_oldest_stall_seconds"] < 31 * 60
+
+    assert imports_watch() == {"resumed": [add.pk], "failed": []}
+    gauges = _gauges(client, settings)
+    assert (gauges["pushdesk_imports_stalled"], gauges["pushdesk_import_oldest_stall_seconds"]) == (0, 0)
+
+
+def test_an_import_waiting_for_its_segments_turn_adds_no_wait_for_a_worker_to_the_metrics(upload, settings, client):
+    add = upload(b"external_id\na1\n", "add_to_segment")
+    _stop_its_worker(add, minutes_ago=0)  # running, its worker alive
+    replace = upload(b"external_id\nr1\n", "replace_segment")
+    assert import_process(import_id=replace.pk) is False
+    _let_time_pass(replace, minutes=30)
+    gauges = _gauges(client, settings)
+    assert (gauges["pushdesk_imports_not_taken_up"], gauges["pushdesk_import_oldest_wait_seconds"]) == (0, 0)
+
+
+def test_the_import_gauges_need_the_metrics_token(upload, settings, client):
+    add = upload(b"external_id\na1\n", "add_to_segment")
+    _let_time_pass(add, minutes=30)
+    settings.PUSHDESK_METRICS_TOKEN = METRICS_TOKEN
+    assert client.get("/metrics").status_code == 404
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong-token-wrong-token-wrong").status_code == 404
+    assert b"pushdesk_imports" not in client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").content
