@@ -325,7 +325,8 @@ class SegmentErasure(models.Model):
     # No database constraint on the segment, as on its members: its check would take a share lock on
     # the segment while the deletion holds its profiles, the opposite order to the writers of members
     # (the segment, then the profiles), and each would wait for the other. ``segment_delete`` deletes
-    # a segment through the ORM, which removes these with it.
+    # a segment through the ORM, which removes these with it, after locking its members: an erasure
+    # still removing some of them has committed its record by then.
     segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="erasures", db_constraint=False)
     members = models.BigIntegerField(help_text="How many members the deletion removed.")
     newest = models.BigIntegerField(help_text="The largest member id among them.")

@@ -189,11 +189,12 @@ def _locked(profiles):
 
 
 def members_lock(members) -> None:
-    """Lock the segment members ``members`` (a queryset) ``FOR UPDATE`` in id order, as both writers
-    that remove members of a list without holding each member's profile do before their deletion: a
-    replace import's removal of those its file does not name (the segment held) and a deletion of
-    profiles (the profiles held). Each removed them in the order its plan read them (the list's rows
-    as stored, the profiles' index), so each could hold a member the other waited for ('deadlock
+    """Lock the segment members ``members`` (a queryset) ``FOR UPDATE`` in id order, as every writer
+    that removes members of a list without holding each member's profile does before its deletion: a
+    replace import's removal of those its file does not name and a segment's deletion
+    (``segment_delete``), each holding the segment, and a deletion of profiles (the profiles held).
+    Each removed them in the order its plan read them (the list's rows as stored, its index by
+    profile, the profiles' index), so each could hold a member the other waited for ('deadlock
     detected'). The one coming second waits holding no member, and finds gone those the first
     removed. No-op on SQLite, whose writers take turns."""
     if connection.vendor != "postgresql":

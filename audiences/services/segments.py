@@ -21,7 +21,7 @@ from audiences.models import Profile, Segment, SegmentMember, SegmentReference
 from audiences.rules.compiler import segment_count, segment_profiles
 from audiences.rules.validation import rules_validate_for
 from audiences.selectors import audience_reach, reach_apps_for, rules_unread_warnings, segment_for
-from audiences.services.profiles import _ensure_perm
+from audiences.services.profiles import _ensure_perm, members_lock
 from config.db import Holders
 
 UNSET: Any = object()
@@ -145,7 +145,8 @@ def segment_holders(segment_ids, *, by: User | None) -> list[str]:
 def segment_delete(*, segment_id: int, by: User) -> None:
     """Delete a segment. Refused (ValidationError) while another segment's rules use its membership,
     a campaign or a journey's entry targets it, or a journey that may still run tests it in a
-    condition (``segment_holders``)."""
+    condition (``segment_holders``). Locks the segment, then its members in id order
+    (``members_lock``), before deleting them with it."""
     segment_for(by, segment_id)
     _ensure_perm(by, "audiences.delete_segment", "Your role may not delete segments.")
     with transaction.atomic():
@@ -166,6 +167,10 @@ def segment_delete(*, segment_id: int, by: User) -> None:
             change = "it" if len(held) == 1 else "them"
             raise ValidationError(f"Segment '{segment.name}' is used by {'; '.join(held)}: change {change} first.")
         audit(actor=by, action="segment_deleted", obj=segment, summary={"name": segment.name})
+        # Its members go in id order, as an erasure of profiles removes them (``members_lock``): the
+        # cascade removed them as its plan read them, so each could wait for a member the other held.
+        # An erasure holding some is waited for, and what it recorded on the list goes with it.
+        members_lock(SegmentMember.objects.filter(segment=segment))
         try:
             segment.delete()
         except ProtectedError as exc:  # a campaign's audience, a journey's entry, or a reference added concurrently

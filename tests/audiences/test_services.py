@@ -269,6 +269,81 @@ def test_a_kept_lists_stamp_counts_its_erased_members_back_and_moves_on_a_change
     assert list(SegmentErasure.objects.values_list("segment_id", flat=True)) == [first.pk]
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks between two sessions")
+@pytest.mark.django_db(transaction=True)
+def test_a_segments_deletion_and_an_erasure_remove_their_shared_members_in_id_order(manager_alice):
+    """A segment's deletion removed its members in the order its plan read them (the list's index,
+    by profile: 'x', 'h', 'y'), a deletion of profiles in id order ('y', then 'x'). The segment's
+    deletion holding 'x' waited for 'h' (held by a third writer) while the erasure took 'y' and
+    waited for 'x'; once 'h' was let go the segment's deletion waited for 'y' ('deadlock
+    detected', one of them ended). It now locks its members by id first: the erasure waits for 'y'
+    holding no member, finds the list's members gone, and records no erasure for it."""
+    from audiences.models import SegmentErasure
+
+    x, h, y = (ProfileFactory(external_id=name, attributes={}) for name in ["x", "h", "y"])
+    segment = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    for external_id in ["y", "h", "x"]:  # numbered in this order
+        segment_members_change(segment_id=segment.pk, by=manager_alice, add=[external_id])
+    held_member = SegmentMember.objects.get(profile=h).pk
+    holding, released = threading.Event(), threading.Event()
+
+    def holder():  # a third writer's lock on 'h' (another deletion removing it holds it so)
+        with transaction.atomic():
+            SegmentMember.objects.select_for_update().get(pk=held_member)
+            holding.set()
+            released.wait(20)
+
+    def deletion():
+        holding.wait(10)
+        with connection.cursor() as cursor:  # the list's index, as on a large list
+            cursor.execute("SET enable_bitmapscan = off")
+            cursor.execute("SET enable_seqscan = off")
+        segment_delete(segment_id=segment.pk, by=manager_alice)
+
+    def erasure():
+        assert wait_for_blocked_writers(1)  # the segment's deletion waits for 'h'
+        profiles_delete(profile_ids=[x.pk, y.pk], by=manager_alice)
+
+    def release():
+        holding.wait(10)
+        wait_for_blocked_writers(2)
+        released.set()
+
+    assert concurrently(holder, deletion, erasure, release) == []
+    assert not Segment.objects.filter(pk=segment.pk).exists()
+    assert not SegmentMember.objects.exists()
+    assert list(Profile.objects.values_list("external_id", flat=True)) == ["h"]
+    assert not SegmentErasure.objects.exists()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks between two sessions")
+@pytest.mark.django_db(transaction=True)
+def test_a_segment_deleted_while_an_erasure_removes_its_members_goes_with_what_it_recorded(manager_alice):
+    """The erasure holds the list's members it removes until it commits: the segment's deletion
+    waits for them, then removes the erasure's record on the list with it (none names a list gone)."""
+    from audiences.models import SegmentErasure
+
+    ann, bea = ProfileFactory(external_id="ann"), ProfileFactory(external_id="bea")
+    segment = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    segment_members_change(segment_id=segment.pk, by=manager_alice, add=["ann", "bea"])
+    erased, blocked = threading.Event(), []
+
+    def erasure():
+        with transaction.atomic():
+            profiles_delete(profile_ids=[ann.pk, bea.pk], by=manager_alice)
+            erased.set()
+            blocked.append(wait_for_a_blocked_writer())
+
+    def deletion():
+        erased.wait(10)
+        segment_delete(segment_id=segment.pk, by=manager_alice)
+
+    assert concurrently(erasure, deletion) == []
+    assert blocked == [True]
+    assert not Segment.objects.exists() and not Profile.objects.exists()
+    assert not SegmentErasure.objects.exists()
+
+
 def test_a_static_segments_member_change_forgets_its_kept_count_as_a_rules_change_does(manager_alice):
     """A static segment's kept count ("counted 3 hours ago") stayed when members were added or
     removed, read on its page and its campaigns' as the reach of the members it had."""
