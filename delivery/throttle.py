@@ -124,10 +124,10 @@ def throttle() -> RedisThrottle | DatabaseThrottle:
 
 
 class Grant(int):
-    """What ``throttle_acquire`` granted: a count of tokens, and where their slots end under each
-    limit (``ends``: key → the limiter's clock), which ``throttle_release`` needs."""
+    """What ``throttle_acquire`` granted: a count of tokens, and under which limits, each with where
+    its tokens' slots end (``ends``: key → (rate, the limiter's clock)), for ``throttle_release``."""
 
-    ends: dict[str, float]
+    ends: dict[str, tuple[float, float]]
 
 
 def throttle_acquire(
@@ -153,42 +153,40 @@ def throttle_acquire(
         return _grant(count, {})
     limiter = throttle()
     want = count
-    taken: list[tuple[str, float]] = []
-    ends: dict[str, float] = {}
+    ends: dict[str, tuple[float, float]] = {}
     for key, rate in limits:
         while True:
-            granted, wait, ends[key] = limiter.take_until(key=key, rate=rate, count=want)
+            granted, wait, until = limiter.take_until(key=key, rate=rate, count=want)
             if granted:
                 break
             if deadline is not None and time.monotonic() + wait > deadline:
-                _give_back(limiter, taken, want, ends)
-                return _grant(0, ends)
+                _give_back(limiter, ends, want)
+                return _grant(0, {})
             if before_waiting is not None:
                 before_waiting()
                 before_waiting = None
             time.sleep(min(max(wait, 0.001), 1.0))
         if granted < want:
-            _give_back(limiter, taken, want - granted, ends)
+            _give_back(limiter, ends, want - granted)
+        ends[key] = (rate, until)
         want = granted
-        taken.append((key, rate))
     return _grant(want, ends)
 
 
-def _grant(count: int, ends: dict[str, float]) -> Grant:
+def _grant(count: int, ends: dict[str, tuple[float, float]]) -> Grant:
     grant = Grant(count)
     grant.ends = ends
     return grant
 
 
-def throttle_release(*, limits: list[tuple[str, float]], count: int, grant: Grant) -> None:
-    """Give back ``count`` tokens of ``grant`` (``throttle_acquire``'s, under these limits) that no
-    message used (the claim found fewer rows, or quiet hours held them): those whose slots are still
-    to come, so a claim slower than its tokens' time gives back only what the clock has not spent."""
-    if count > 0:
-        limits = [(key, rate) for key, rate in limits if rate and rate > 0 and key in grant.ends]
-        _give_back(throttle(), limits, count, grant.ends)
+def throttle_release(grant: Grant, count: int) -> None:
+    """Give back ``count`` tokens of ``grant`` (``throttle_acquire``'s) that no message used (the
+    claim found fewer rows, quiet hours held them, the send was stopped): those whose slots are
+    still to come, so a claim slower than its tokens' time gives back only what the clock has not spent."""
+    if count > 0 and grant.ends:
+        _give_back(throttle(), grant.ends, count)
 
 
-def _give_back(limiter, limits: list[tuple[str, float]], count: int, ends: dict[str, float]) -> None:
-    for key, rate in limits:
-        limiter.give_back(key=key, rate=rate, count=count, ends=ends[key])
+def _give_back(limiter, ends: dict[str, tuple[float, float]], count: int) -> None:
+    for key, (rate, until) in ends.items():
+        limiter.give_back(key=key, rate=rate, count=count, ends=until)

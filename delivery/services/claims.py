@@ -41,6 +41,11 @@ class Claimed:
     skip: str = ""  # why it is not sent after all (``unsendable_reason``, quiet hours); "" to send
     held: bool = False  # held by quiet hours when claimed: still queued, not to be sent now
 
+    @property
+    def goes(self) -> bool:
+        """Sent to a provider now: its device has a token and nothing skips it (held rows are left out before)."""
+        return bool(self.token) and not self.skip
+
 
 @dataclass(slots=True)
 class Result:

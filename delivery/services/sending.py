@@ -394,7 +394,7 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
                 break
             if not Dispatch.objects.filter(pk=dispatch_id, status=Dispatch.Status.SENDING).exists():
                 # Stopped (or paused) while it waited: the tokens go back to the app's other sends.
-                throttle_release(limits=limits, count=granted, grant=granted)
+                throttle_release(granted, granted)
                 return report
             if time.monotonic() >= rescan_at:
                 after, rescan_at = 0, time.monotonic() + _RESCAN_SECONDS
@@ -412,11 +412,11 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
                 if quiet is not None:
                     rows = [row for row in rows if not row.held]  # held until the quiet hours end
                     all_held = not rows
-            going = sum(1 for row in rows if row.token and not row.skip)
+            going = sum(row.goes for row in rows)
             if going < granted:
                 # The tokens of messages not sent now (fewer rows were ready, quiet hours held them,
                 # or they are skipped at the claim) go back to the app's bucket, for its other sends.
-                throttle_release(limits=limits, count=granted - going, grant=granted)
+                throttle_release(granted, granted - going)
             if all_held:
                 continue  # none of the claim's rows goes now: the next claim starts after them
             if rows:

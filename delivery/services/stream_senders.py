@@ -346,7 +346,7 @@ def streams_send(*, budget: float, slot: int = 0, dispatch_ids: list[int] | None
                     report.batches += 1
                     # Tokens for the messages that go: a row held above, or skipped (quiet hours that
                     # discard, a phone logged out since), takes none from its app's other sends.
-                    going = sum(1 for row in rows if row.token and not row.skip)
+                    going = sum(row.goes for row in rows)
                     _acquire_all(stream.limits, going, before_waiting=write_back_in_flight)
                     batch = _batch_prepare(stream.dispatch, rows)
                     write_back_in_flight()

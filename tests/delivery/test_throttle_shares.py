@@ -96,12 +96,12 @@ def test_released_tokens_serve_the_next_take_and_a_bucket_holds_no_more_than_its
     app = _key("app")
     granted = throttle_acquire(limits=[(app, 100)], count=1000)
     assert granted == 10
-    throttle_release(limits=[(app, 100)], count=10, grant=granted)
+    throttle_release(granted, 10)
     granted = throttle_acquire(limits=[(app, 100)], count=1000)
     assert granted == 10
-    throttle_release(limits=[(app, 100)], count=1000, grant=granted)  # more than was taken: the burst, no more
+    throttle_release(granted, 1000)  # more than was taken: the burst, no more
     assert limiter.take(key=app, rate=100, count=1000)[0] == 10
-    throttle_release(limits=[(app, 0)], count=5, grant=granted)  # no limit: nothing to give back
+    throttle_release(throttle_acquire(limits=[(app, 0)], count=5), 5)  # no limit: nothing to give back
 
 
 @pytest.mark.embedded
@@ -114,7 +114,7 @@ def test_tokens_given_back_after_their_time_passed_add_nothing_to_the_rate(limit
     assert slow == 10
     time.sleep(0.15)  # the slow claim; the bucket refills its burst
     assert limiter.take(key=app, rate=100, count=1000)[0] == 10  # another send takes it
-    throttle_release(limits=[(app, 100)], count=10, grant=slow)  # the slow claim found no row
+    throttle_release(slow, 10)  # the slow claim found no row
     granted, _ = limiter.take(key=app, rate=100, count=1000)
     assert granted <= 2  # what a few milliseconds refill, not a second burst
 
