@@ -89,6 +89,10 @@ def unsendable_reason(row: Claimed, *, active: bool, owner: int | None, push_ena
     return "" if push_enabled else "not_opted_in"
 
 
+# A claim's lease: its seconds bound, on the database's clock (``deliveries_claim``).
+_LEASE_SQL = "now() + %s * interval '1 second'"
+
+
 def deliveries_claim(
     dispatch_id: int,
     *,
@@ -124,13 +128,12 @@ def deliveries_claim(
     if connection.vendor == "postgresql":
         profile_columns = ", p.external_id, p.locale, p.timezone, p.attributes" if with_profiles else ""
         profile_join = " LEFT JOIN audiences_profile p ON p.id = c.profile_id" if with_profiles else ""
-        lease_sql = "now() + %s * interval '1 second'"
         if quiet is None:
             sql = (
                 f"WITH picked AS (SELECT id FROM delivery_delivery WHERE {ready} ORDER BY id LIMIT %s "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
                 "FOR UPDATE SKIP LOCKED), "
                 "claimed AS (UPDATE delivery_delivery d SET status = 'sending', attempts = d.attempts + 1, "
-                f"lease_expires_at = {lease_sql} WHERE d.id = ANY(ARRAY(SELECT id FROM picked)) "
+                f"lease_expires_at = {_LEASE_SQL} WHERE d.id = ANY(ARRAY(SELECT id FROM picked)) "
                 "RETURNING d.id, d.device_id, d.profile_id, d.attempts, d.expires_at, d.context, d.variant) "
                 "SELECT c.id, c.device_id, c.profile_id, c.attempts, dev.token, dev.platform, c.expires_at, c.context, "
                 f"c.variant, {_UNSENDABLE_SQL}{profile_columns} "
@@ -233,7 +236,7 @@ def _quiet_claim_sql(ready: str, quiet: QuietAtClaim, *, profile_columns: str, p
         "claimed AS (UPDATE delivery_delivery d SET "
         "status = CASE WHEN j.hold THEN 'queued' ELSE 'sending' END, "
         "attempts = d.attempts + CASE WHEN j.hold THEN 0 ELSE 1 END, "
-        "lease_expires_at = CASE WHEN j.hold THEN NULL ELSE now() + %s * interval '1 second' END, "
+        f"lease_expires_at = CASE WHEN j.hold THEN NULL ELSE {_LEASE_SQL} END, "
         "next_attempt_at = CASE WHEN j.hold THEN j.until ELSE d.next_attempt_at END, "
         "held_until = CASE WHEN j.hold THEN j.until ELSE d.held_until END, "
         "expires_at = CASE WHEN j.hold THEN j.until + j.ttl * interval '1 second' ELSE d.expires_at END, "
