@@ -402,6 +402,7 @@ class DeliveryAdmin(ReadOnlyAdminMixin, BigTableAdmin):
         "provider_message_id",
         "attempts",
         "next_attempt",
+        "held",
         "expires",
         "lease_expires",
         "finished",
@@ -447,6 +448,8 @@ class DeliveryAdmin(ReadOnlyAdminMixin, BigTableAdmin):
         return reason_html(obj.reason)
 
     next_attempt = zoned_column("next_attempt_at", "Next attempt at")
+
+    held = zoned_column("held_until", "Held by quiet hours until")
 
     expires = zoned_column("expires_at", "Expires at")
 

@@ -316,3 +316,23 @@ def test_a_stream_sender_reads_the_quiet_hours_with_its_open_streams_not_at_each
 
     assert report.claimed == 3
     assert set(Delivery.objects.filter(dispatch=stream).values_list("status", flat=True)) == {"accepted"}
+
+
+def test_a_held_rows_page_says_until_when_the_quiet_hours_held_it(
+    pushsim_app, pushsim, django_capture_on_commit_callbacks, monkeypatch, client, admin_erin
+):
+    monkeypatch.setattr(Conf, "SYNC", False)  # the held row's next send is scheduled, not awaited here
+    content = PushContentFactory(app=pushsim_app, ttl_seconds=3600)
+    paris = ProfileFactory(timezone="Europe/Paris")
+    DeviceFactory(profile=paris, app=pushsim_app, platform="android")
+    dispatch = prepared(content, [paris], django_capture_on_commit_callbacks, purpose="marketing")
+    rules = _quiet_from_now_on(pushsim_app, "Europe/Paris")
+
+    dispatch_send(dispatch_id=dispatch.pk)
+
+    held = Delivery.objects.get(dispatch=dispatch)
+    assert held.held_until == _until(rules, "Europe/Paris")
+    client.force_login(admin_erin)
+    page = client.get(f"/admin/delivery/delivery/{held.pk}/change/").content.decode()
+    assert "Held by quiet hours until" in page
+    assert f"{held.held_until:%Y-%m-%d %H:%M} (UTC)" in page
