@@ -21,6 +21,7 @@ from audiences.selectors import (
 )
 from audiences.services.imports import (
     ERROR_FILE_MISSING,
+    IMPORT_ENDED,
     import_create,
     import_not_taken_up_since,
     import_restart,
@@ -210,6 +211,8 @@ class ImportAdmin(AccessAdmin):
         """The import this queued one waits for: its number only (it may be someone else's)."""
         if obj.status != Import.Status.QUEUED or not obj.waiting_for_id:
             return "—"
+        if Import.objects.filter(pk=obj.waiting_for_id, status__in=IMPORT_ENDED).exists():
+            return f"import #{obj.waiting_for_id} into the same segment has ended: this one waits for a worker"
         return f"import #{obj.waiting_for_id} into the same segment: this one runs once it has finished"
 
     @admin.display(description="Error file")
@@ -316,8 +319,14 @@ def _progress_text(record: Import) -> str:
             f"{said}, taken up again: its worker stopped before its run wrote a batch; a second such run ends it failed"
         )
     elif record.status == Import.Status.QUEUED and record.waiting_for_id:
-        status = f"Queued, waiting for import #{record.waiting_for_id} into the same segment to finish"
         ahead = Import.objects.filter(pk=record.waiting_for_id).first()
+        if ahead is not None and ahead.status in IMPORT_ENDED:
+            status = (
+                f"Queued, its turn has come (import #{ahead.pk} into the same segment ended): "
+                "waiting for a worker to take it up"
+            )
+        else:
+            status = f"Queued, waiting for import #{record.waiting_for_id} into the same segment to finish"
         ahead_stalled = import_stalled_minutes(ahead) if ahead is not None else None
         if ahead_stalled is not None:
             status += f" (stalled: no batch written for {ahead_stalled} min; it is taken up again, or ended, soon)"

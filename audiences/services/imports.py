@@ -627,11 +627,15 @@ def _not_taken_up_cut(now: dt.datetime) -> dt.datetime:
     return now - dt.timedelta(seconds=2 * settings.PUSHDESK_IMPORT_STALL_SECONDS)
 
 
+# The statuses of an import that has ended: a queued import waiting for one (``waiting_for``) has had
+# its turn come, and waits for a worker until one claims it and clears ``waiting_for``.
+IMPORT_ENDED = (Import.Status.DONE, Import.Status.FAILED)
+
 # A queued import whose turn in its segment has come: what it waits for is a worker, since it was
 # queued or last wrote a batch (``Import.progressed_at``). One waiting for its segment's turn behind
 # an import not yet ended waits for that import, which is reported itself when it stalls.
 WAITING_FOR_A_WORKER = Q(status=Import.Status.QUEUED) & (
-    Q(waiting_for__isnull=True) | Q(waiting_for__status__in=[Import.Status.DONE, Import.Status.FAILED])
+    Q(waiting_for__isnull=True) | Q(waiting_for__status__in=IMPORT_ENDED)
 )
 
 

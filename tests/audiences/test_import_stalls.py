@@ -365,3 +365,25 @@ def test_the_import_gauges_need_the_metrics_token(upload, settings, client):
     assert client.get("/metrics").status_code == 404
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong-token-wrong-token-wrong").status_code == 404
     assert b"pushdesk_imports" not in client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").content
+
+
+def test_an_import_whose_turn_came_says_it_waits_for_a_worker_not_for_the_import_that_ended(
+    upload, manager_alice, login
+):
+    """The import ahead ended and queued it: until a worker takes it up, its page names no wait for
+    the ended import."""
+    add = upload(b"external_id\na1\n", "add_to_segment")
+    _stop_its_worker(add, minutes_ago=0)  # running, its worker alive
+    replace = upload(b"external_id\nr1\n", "replace_segment")
+    assert import_process(import_id=replace.pk) is False
+    Import.objects.filter(pk=add.pk).update(status=Import.Status.QUEUED)  # its worker hands it over
+    import_process(import_id=add.pk)
+    assert Import.objects.get(pk=add.pk).status == Import.Status.DONE
+    assert Import.objects.get(pk=replace.pk).status == Import.Status.QUEUED  # no worker has taken it up yet
+
+    client = login(manager_alice)
+    said = client.get(f"/admin/audiences/import/{replace.pk}/status/").json()["text"]
+    assert "to finish" not in said, said
+    assert said.startswith(f"Queued, its turn has come (import #{add.pk} into the same segment ended): "), said
+    page = client.get(f"/admin/audiences/import/{replace.pk}/change/").content.decode()
+    assert "this one runs once it has finished" not in page
