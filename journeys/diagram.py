@@ -34,6 +34,7 @@ UNSENT_WORDS = {
 
 
 def _describe(step: dict, names: dict) -> str:
+    """What a step other than a condition does, in words (a condition's line: ``_description``)."""
     kind = step.get("type")
     if kind == "wait":
         if "until" in step:
@@ -43,8 +44,6 @@ def _describe(step: dict, names: dict) -> str:
         return step.get("text", "")
     if kind == "push":
         return names.get(("content", step.get("content")), f"content {step.get('content')}")
-    if kind == "condition":
-        return condition_text(step)[0]
     if kind == "split":
         return " / ".join(f"{b.get('percent')}%" for b in step.get("branches") or [])
     return "end"
