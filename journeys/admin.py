@@ -712,7 +712,11 @@ class EnrollmentAdmin(ReadOnlyAdminMixin, BigTableAdmin):
 
     @admin.display(description="History")
     def history_table(self, obj):
-        rows = ((step, _history_time(at), _history_outcome(outcome)) for step, at, outcome in obj.history or [])
+        kinds = {step_id: step.get("type") for step_id, step in obj.version.step_map().items()}
+        rows = (
+            (step, _history_time(at), _history_outcome(outcome, kinds.get(step)))
+            for step, at, outcome in obj.history or []
+        )
         return format_html(
             '<table class="enrollment-history"><tr><th>step</th><th>at</th><th>outcome</th></tr>{}</table>',
             format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
@@ -746,12 +750,13 @@ _HISTORY_WORDS = {
 }
 
 
-def _history_outcome(outcome: str):
-    """A history step's outcome in words: the branch taken by its label, a push with a link to its
-    send; the stored codes (``branch:else``, ``pushed:12``) are the engine's."""
+def _history_outcome(outcome: str, step_type: str | None = None):
+    """A history step's outcome in words: the branch taken by its label (a condition's "else" as
+    "all others"; a split may label a branch "else" itself), a push with a link to its send; the
+    stored codes (``branch:else``, ``pushed:12``) are the engine's."""
     kind, _, rest = str(outcome).partition(":")
     if kind == "branch" and rest:
-        return f"took “{ELSE_LABEL if rest == 'else' else rest}”"
+        return f"took “{ELSE_LABEL if rest == 'else' and step_type != 'split' else rest}”"
     if kind == "pushed" and rest.isdigit():
         return format_html(
             '<a href="{}">push sent (send #{})</a>', reverse("admin:delivery_dispatch_change", args=[rest]), rest

@@ -257,6 +257,38 @@ def test_an_enrollments_history_links_the_push_it_was_sent(login, viewer_carol, 
     assert "<td>took “VIP”</td>" in detail
 
 
+def test_a_split_branch_labelled_else_reads_as_its_label_in_the_history(login, viewer_carol, make_journey):
+    """Only a condition's "else" is its "all others": a split may label a branch "else" itself."""
+    from django.utils import timezone
+
+    from journeys.models import Enrollment
+
+    graph = {
+        "steps": [
+            {"id": "entry", "type": "wait", "seconds": 60, "next": "ab"},
+            {
+                "id": "ab",
+                "type": "split",
+                "branches": [{"label": "else", "percent": 50, "next": "done"}, {"percent": 50, "next": "done"}],
+            },
+            {"id": "done", "type": "exit"},
+        ]
+    }
+    profile = ProfileFactory(external_id="shopper-7")
+    journey = make_journey(graph=graph)
+    Enrollment.objects.create(
+        journey=journey,
+        version=journey.versions.get(),
+        profile=profile,
+        step="done",
+        entered_at=timezone.now(),
+        history=[["ab", "2027-01-05T14:31:00+00:00", "branch:else"]],
+    )
+    enrollment = Enrollment.objects.get(profile=profile)
+    detail = login(viewer_carol).get(f"/admin/journeys/enrollment/{enrollment.pk}/change/").content.decode()
+    assert "<td>took “else”</td>" in detail and "all others" not in detail
+
+
 def test_journey_pages_show_their_times_in_utc_named(login, viewer_carol, make_journey, publish):
     """A journey has no time zone of its own: its list, its page's approval and its enrollments say UTC."""
     import datetime as dt
