@@ -211,9 +211,11 @@ class DeliveryDetailSerializer(AnswerSerializer):
             "provider_message_id",
             "attempts",
             "queued_at",
+            "held_until",
             "finished_at",
             "opened_at",
         )
+        extra_kwargs = {"held_until": {"help_text": "When the quiet hours that held it back end (null: never held)."}}
 
 
 class OpenInSerializer(serializers.Serializer):

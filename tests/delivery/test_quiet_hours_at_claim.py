@@ -14,6 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_q.conf import Conf
 
+from accounts.services import access_grant
 from delivery.models import Delivery, DeliveryRules, Dispatch
 from delivery.reports import dispatch_held
 from delivery.rules import quiet_at_claim, quiet_until
@@ -318,8 +319,15 @@ def test_a_stream_sender_reads_the_quiet_hours_with_its_open_streams_not_at_each
     assert set(Delivery.objects.filter(dispatch=stream).values_list("status", flat=True)) == {"accepted"}
 
 
-def test_a_held_rows_page_says_until_when_the_quiet_hours_held_it(
-    pushsim_app, pushsim, django_capture_on_commit_callbacks, monkeypatch, client, admin_erin
+def test_a_held_rows_page_and_the_api_say_until_when_the_quiet_hours_held_it(
+    pushsim_app,
+    pushsim,
+    django_capture_on_commit_callbacks,
+    monkeypatch,
+    client,
+    admin_erin,
+    api_key_for,
+    manager_alice,
 ):
     monkeypatch.setattr(Conf, "SYNC", False)  # the held row's next send is scheduled, not awaited here
     content = PushContentFactory(app=pushsim_app, ttl_seconds=3600)
@@ -336,3 +344,7 @@ def test_a_held_rows_page_says_until_when_the_quiet_hours_held_it(
     page = client.get(f"/admin/delivery/delivery/{held.pk}/change/").content.decode()
     assert "Held by quiet hours until" in page
     assert f"{held.held_until:%Y-%m-%d %H:%M} (UTC)" in page
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
+    answer = api_key_for(manager_alice, scopes=["read"]).get(f"/api/v1/deliveries/{held.pk}/").json()
+    assert (answer["status"], answer["reason"]) == ("queued", "quiet_hours")
+    assert answer["held_until"] == held.held_until.isoformat().replace("+00:00", "Z")
