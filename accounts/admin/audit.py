@@ -49,9 +49,11 @@ class ObjectTypeFilter(_NamedEmptyRelatedFilter):
     empty_text = "no object"
 
     def field_choices(self, field, request, model_admin):
+        # The kinds from the content-type cache (a type this process has not met yet is read once).
         choices = super().field_choices(field, request, model_admin)
-        types = ContentType.objects.in_bulk([pk for pk, _ in choices])
-        return sorted(((pk, object_kind(types.get(pk))) for pk, _ in choices), key=lambda choice: choice[1])
+        return sorted(
+            ((pk, object_kind(ContentType.objects.get_for_id(pk))) for pk, _ in choices), key=lambda choice: choice[1]
+        )
 
 
 @admin.register(AuditEvent)
