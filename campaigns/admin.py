@@ -1,4 +1,3 @@
-import contextvars
 import datetime as dt
 import json
 import re
@@ -19,7 +18,7 @@ from accounts.admin.bases import (
     linked_if_visible,
     page_answers,
 )
-from accounts.admin.lifecycle import LifecycleAdminMixin, approval_text
+from accounts.admin.lifecycle import LifecycleAdminMixin, approval_text, page_request
 from accounts.selectors import approval_current, can, in_scope
 from accounts.services import TransitionError
 from campaigns import winner_admin
@@ -97,9 +96,6 @@ class ZonedDateTimeField(forms.SplitDateTimeField):
         kwargs.setdefault("input_time_formats", ["%H:%M", "%H:%M:%S"])
         super().__init__(*args, **kwargs)
 
-
-# The request whose campaign page is being drawn (readonly fields see only the object).
-_page_request: contextvars.ContextVar = contextvars.ContextVar("campaign_page_request", default=None)
 
 CONTEXT_NAME = re.compile(r"\bcontext\.([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -425,7 +421,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
     def api_call(self, obj):
         if obj is None or obj.pk is None or obj.kind != Campaign.Kind.API_TRIGGERED:
             return "—"
-        request = _page_request.get()
+        request = page_request()
         url = reverse("api:campaign-trigger", args=[obj.pk])
         url = request.build_absolute_uri(url) if request is not None else url
         return format_html(
@@ -456,7 +452,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         from delivery.models import Dispatch
         from delivery.selectors import dispatches_visible_to
 
-        request = _page_request.get()
+        request = page_request()
         if obj is None or obj.pk is None or request is None:
             return "—"
         sends = campaign_sends(dispatches_visible_to(request.user), obj.pk)
@@ -506,7 +502,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         for those who may edit it."""
         if obj is None or obj.pk is None:
             return "Counted once the campaign is saved."
-        request, button = _page_request.get(), ""
+        request, button = page_request(), ""
         may_count = (
             obj.segment_id is not None
             and request is not None
@@ -524,7 +520,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
     @admin.display(description="Segment")
     def segment_shown(self, obj):
         """The audience, linked only for a reader who may open the segment's page."""
-        return linked_if_visible(_page_request.get(), obj.segment)
+        return linked_if_visible(page_request(), obj.segment)
 
     @admin.display(description="Versions")
     def versions(self, obj):
@@ -559,13 +555,6 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         )
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        token = _page_request.set(request)
-        try:
-            return self._change_view(request, object_id, form_url, extra_context)
-        finally:
-            _page_request.reset(token)
-
-    def _change_view(self, request, object_id, form_url="", extra_context=None):
         obj = self.get_object(request, object_id) if request.method == "GET" else None
         if obj is not None and obj.is_active and self.has_change_permission(request, obj):
             approved = obj.approved()
