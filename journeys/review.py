@@ -72,10 +72,8 @@ def condition_lines(step: dict, *, segment_names: dict[int, str], app_names: dic
 def conditions_html(version: JourneyVersion, *, user: User) -> str:
     """The version's condition steps read-only, each branch in words: the segments and apps their
     rules name that ``user`` may see by name, the others by number (as the segment page does)."""
-    from accounts.selectors import visible_to
-    from audiences.models import Segment
     from audiences.rules.schema import app_references, segment_references
-    from delivery.models import App
+    from audiences.rules.words import names_visible_to
 
     steps = [step for step in version.steps() if isinstance(step, dict) and step.get("type") == "condition"]
     if not steps:
@@ -83,10 +81,7 @@ def conditions_html(version: JourneyVersion, *, user: User) -> str:
     trees = rules_of(version.graph)
     segments = segments_of(version.graph).union(*(segment_references(tree) for tree in trees))
     apps = set().union(*(app_references(tree) for tree in trees))
-    segment_names = (
-        dict(visible_to(user, Segment.objects.filter(pk__in=segments)).values_list("pk", "name")) if segments else {}
-    )
-    app_names = dict(visible_to(user, App.objects.filter(pk__in=apps)).values_list("pk", "name")) if apps else {}
+    segment_names, app_names = names_visible_to(user, segments=segments, apps=apps)
     return format_html(
         '<dl class="journey-conditions">{}</dl>',
         format_html_join(

@@ -310,19 +310,12 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         ("segment #12", "app #3" for the others, as the builder keeps their names from them)."""
         if obj is None or not obj.rules:
             return "—"
-        from accounts.selectors import visible_to
         from audiences.rules.schema import app_references, segment_references
-        from audiences.rules.words import rules_text
+        from audiences.rules.words import names_visible_to, rules_text
 
-        reader = rules_reader.get()
-        segments = segment_references(obj.rules)
-        apps = app_references(obj.rules)
-        segment_names, app_names = {}, {}
-        if reader is not None and segments:
-            segment_names = dict(visible_to(reader, Segment.objects.filter(pk__in=segments)).values_list("pk", "name"))
-        if reader is not None and apps:
-            app_model = django_apps.get_model("delivery", "App")
-            app_names = dict(visible_to(reader, app_model.objects.filter(pk__in=apps)).values_list("pk", "name"))
+        segment_names, app_names = names_visible_to(
+            rules_reader.get(), segments=segment_references(obj.rules), apps=app_references(obj.rules)
+        )
         text = rules_text(obj.rules, segment_names=segment_names, app_names=app_names)
         return format_html('<span id="segment-rules-in-words">{}</span>', text)
 

@@ -30,6 +30,24 @@ def rules_text(rules, *, segment_names: dict[int, str], app_names: dict[int, str
     return _Words(segment_names=segment_names, app_names=app_names).node(rules, top=True)
 
 
+def names_visible_to(reader, *, segments, apps) -> tuple[dict[int, str], dict[int, str]]:
+    """The names of these segments and apps that ``reader`` may see, by id (a rule's words name
+    those; the others read "segment #12", "app #3"). None reads none. A query for each kind asked."""
+    if reader is None:
+        return {}, {}
+    from django.apps import apps as django_apps
+
+    from accounts.selectors import visible_to
+
+    def named(model, ids) -> dict[int, str]:
+        return dict(visible_to(reader, model.objects.filter(pk__in=ids)).values_list("pk", "name")) if ids else {}
+
+    return (
+        named(django_apps.get_model("audiences", "Segment"), segments),
+        named(django_apps.get_model("delivery", "App"), apps),
+    )
+
+
 def _json(node) -> str:
     return json.dumps(node, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
 
