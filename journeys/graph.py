@@ -176,7 +176,7 @@ def _which(step: dict, label: str) -> str:
     if step.get("type") in ("wait", "push"):
         return "it"
     if label == "else":
-        return "'all others' (else)"
+        return f"'{ELSE_LABEL}' (else)"
     return f"branch '{label}'"
 
 
