@@ -167,7 +167,6 @@ def sends_last_24h(user: User, *, now: dt.datetime) -> dict:
         "end": "now, " + timezone.localtime(now, tz).strftime("%H:%M %Z"),
         "series": series,
         "totals": {name: sum(values) for name, values in series.items()},
-        "skipped_by_reason": by_reason,
         # As the page reads them: each reason's label, its code beside (the code alone without one).
         "skipped_shown": [(reason, reason_label(reason), count) for reason, count in by_reason],
         "deliveries_url": _changelist_url(Dispatch),
