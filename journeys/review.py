@@ -103,8 +103,10 @@ def conditions_html(version: JourneyVersion, *, user: User) -> str:
     )
 
 
-def _step_text(step: dict, names: dict) -> str:
-    """A step in words, with where it leads: what the review compares of two versions."""
+def _step_text(step: dict, *, names: dict, segment_names: dict[int, str], app_names: dict[int, str]) -> str:
+    """A step in words, with where it leads: what the review compares of two versions. ``names``:
+    the push contents' names (``content_names``); ``segment_names``, ``app_names``: as
+    ``condition_lines`` takes them."""
     kind = step.get("type")
     if kind == "wait":
         wait = f"until {step['until']} (profile's time)" if "until" in step else duration_text(step.get("seconds", 0))
@@ -113,8 +115,6 @@ def _step_text(step: dict, names: dict) -> str:
         name = names.get(("content", step.get("content")), f"content {step.get('content')}")
         return f"push '{name}' → {step.get('next')}"
     if kind == "condition":
-        segment_names = {pk: name for (what, pk), name in names.items() if what == "segment"}
-        app_names = {pk: name for (what, pk), name in names.items() if what == "app"}
         return "; ".join(condition_lines(step, segment_names=segment_names, app_names=app_names))
     if kind == "split":
         return "; ".join(
@@ -124,14 +124,24 @@ def _step_text(step: dict, names: dict) -> str:
     return "exit"
 
 
-def version_rows(version: JourneyVersion, *, specs: dict[str, dict], names: dict) -> list[tuple[str, str]]:
+def version_rows(
+    version: JourneyVersion,
+    *,
+    specs: dict[str, dict],
+    names: dict,
+    segment_names: dict[int, str],
+    app_names: dict[int, str],
+) -> list[tuple[str, str]]:
     """What an approval of ``version`` covers, as (label, text) rows: its entry and re-entry, its exit
     criteria, each step with where it leads, and each push step's texts per locale (``specs``: by
-    step, the content as the version sends it)."""
+    step, the content as the version sends it). The names as ``_step_text`` takes them."""
     from campaigns.review import locale_texts
 
     rows = [("Entry", entry_text(version)), ("Exit criteria", exit_text(version))]
-    rows += [(f"Step '{step['id']}'", _step_text(step, names)) for step in version.steps()]
+    rows += [
+        (f"Step '{step['id']}'", _step_text(step, names=names, segment_names=segment_names, app_names=app_names))
+        for step in version.steps()
+    ]
     for step, spec in specs.items():
         for locale, texts in locale_texts(spec).items():
             shown = " · ".join(texts[key] for key in ("title", "subtitle", "body") if texts[key])
@@ -160,20 +170,18 @@ def _revision_diff_html(journey: Journey, version: JourneyVersion, *, contents: 
     if live is not None:
         names = {**content_names(live), **names}
     segment_ids = segments_of(version.graph) | (segments_of(live.graph) if live is not None else set())
-    names.update(
-        {("segment", pk): name for pk, name in Segment.objects.filter(pk__in=segment_ids).values_list("pk", "name")}
-    )
+    segment_names = dict(Segment.objects.filter(pk__in=segment_ids).values_list("pk", "name"))
     # The apps a condition's rules name (reachability), as the segment definitions name theirs.
     trees = rules_of(version.graph) + (rules_of(live.graph) if live is not None else [])
     app_ids = set().union(*(app_references(tree) for tree in trees))
-    if app_ids:
-        names.update({("app", pk): name for pk, name in App.objects.filter(pk__in=app_ids).values_list("pk", "name")})
+    app_names = dict(App.objects.filter(pk__in=app_ids).values_list("pk", "name")) if app_ids else {}
+    named = {"names": names, "segment_names": segment_names, "app_names": app_names}
     after = {step: contents[cid].spec() for step, cid in contents_of(version.graph).items() if cid in contents}
-    after_rows = version_rows(version, specs=after, names=names)
+    after_rows = version_rows(version, specs=after, **named)
     if live is None:
         return rows_diff_html(rows_diff(None, after_rows), first=True, before_title="")
     before = {step: item["spec"] for step, item in (live.frozen_specs or {}).items()}
-    rows = rows_diff(version_rows(live, specs=before, names=names), after_rows)
+    rows = rows_diff(version_rows(live, specs=before, **named), after_rows)
     sending = {Journey.Status.LIVE: "live, sending now", Journey.Status.PAUSED: "live, paused"}.get(
         journey.status, "the last live one"
     )

@@ -1003,6 +1003,28 @@ def test_the_review_of_a_first_version_says_each_step_it_covers_in_words(
     assert ("Push &#x27;push&#x27; (en)", "Hello · Welcome aboard") in rows
 
 
+def test_the_review_of_a_first_version_reads_each_kind_of_branch_in_words(
+    login, manager_alice, approver_bob, make_journey, vips, everyone, welcome
+):
+    """A condition's branches in the review: its segment by name, its rules with the app they name,
+    its event."""
+    from accounts.services import access_grant
+    from tests.factories import AppFactory
+
+    secret = AppFactory(name="Secret app")
+    access_grant(obj=secret, to=manager_alice, by=None)
+    graph = _graph_with_every_kind_of_branch(vips=vips.pk, everyone=everyone.pk, app=secret.pk, content=welcome.pk)
+    request = journey_submit(journey_id=make_journey(graph=graph).pk, by=manager_alice)
+    review = login(approver_bob).get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+    table = review[review.index('<table id="approval-diff" class="first-review">') :]
+    rows = dict(re.findall(r'<tr><th scope="row">(.*?)</th><td>(.*?)</td></tr>', table[: table.index("</table>")]))
+    check = rows["Step &#x27;check&#x27;"]
+    assert check.startswith("VIP: in segment “VIPs” → push; Pro on iOS: matches all of: plan is “pro”; ")
+    assert check.endswith(
+        "has an opted-in device on Secret app (iOS) → push; Buyer: did “purchase” since entering → done; all others → done"
+    )
+
+
 @pytest.mark.presses("journeys.journey:transition/submit")
 def test_a_journeys_submit_carries_the_requesters_note(client, make_journey, manager_alice):
     from accounts.models import ApprovalRequest
