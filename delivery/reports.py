@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -636,15 +637,24 @@ def _timeline(of: Q | Lookup, totals: list[dict], tz: dt.tzinfo) -> dict:
         # Days step past the next midnight and back to it (days of 23 or 25 hours); hours step in UTC.
         nxt = at + step + dt.timedelta(hours=2) if unit == "day" else at.astimezone(dt.UTC) + step
         at = _bucket(nxt, unit, tz)
-    index = {bucket: i for i, bucket in enumerate(buckets)}
+    # Keyed by the instant each bucket begins: two local datetimes of one zone compare by their wall
+    # time, so the hour the clocks repeat (02:00 CEST, then 02:00 CET) would be one key, and the
+    # first of the two would read nothing while the second counted both.
+    index = {bucket.astimezone(dt.UTC): i for i, bucket in enumerate(buckets)}
     series = {"accepted": [0] * len(buckets), "opened": [0] * len(buckets)}
     for name, selection in (("accepted", accepted), ("opened", opened)):
         for row in selection:
-            i = index.get(_bucket(row["period"], unit, tz))
+            i = index.get(_bucket(row["period"], unit, tz).astimezone(dt.UTC))
             if i is not None:
                 series[name][i] += row["n"]
     shape = "%Y-%m-%d %H:00" if unit == "hour" else "%Y-%m-%d"
-    return {"unit": unit, "labels": [bucket.strftime(shape) for bucket in buckets], **series}
+    labels = [bucket.strftime(shape) for bucket in buckets]
+    repeated = {label for label, n in Counter(labels).items() if n > 1}
+    # An hour the clocks repeat is told apart by its zone's abbreviation (02:00 CEST, 02:00 CET).
+    labels = [
+        f"{label} {bucket:%Z}" if label in repeated else label for label, bucket in zip(labels, buckets, strict=True)
+    ]
+    return {"unit": unit, "labels": labels, **series}
 
 
 def _bucket(moment: dt.datetime, unit: str, tz: dt.tzinfo) -> dt.datetime:

@@ -5,7 +5,7 @@ import zoneinfo
 
 import pytest
 
-from delivery.models import Delivery
+from delivery.models import Delivery, Dispatch
 from delivery.reports import report_charts, step_series
 from delivery.services.opens import delivery_open_report
 from delivery.services.rollups import rollup_rebuild
@@ -269,3 +269,30 @@ def test_a_reason_label_is_read_from_its_code_or_its_codes_head(code, label):
     from delivery.reasons import reason_label
 
     assert reason_label(code) == label
+
+
+def test_the_hour_the_clocks_repeat_is_two_hours_on_the_timeline():
+    """On the night the clocks go back (Paris, 25 October 2026: 03:00 CEST is 02:00 CET) the hour
+    from 02:00 is lived twice: each is a bucket of its own, with what was accepted in it, and its
+    label says which (the zone's abbreviation)."""
+    app = AppFactory()
+    dispatch = Dispatch.objects.create(app=app, kind="campaign", content_spec={"title": "Hi"}, status="done")
+    times = [
+        dt.datetime(2026, 10, 25, 0, 30, tzinfo=dt.UTC),  # 02:30 CEST
+        dt.datetime(2026, 10, 25, 1, 30, tzinfo=dt.UTC),  # 02:30 CET
+        dt.datetime(2026, 10, 25, 1, 40, tzinfo=dt.UTC),  # 02:40 CET
+        dt.datetime(2026, 10, 25, 2, 30, tzinfo=dt.UTC),  # 03:30 CET
+    ]
+    for when in times:
+        device = DeviceFactory(app=app, platform="ios")
+        Delivery.objects.create(
+            dispatch=dispatch, device=device, profile=device.profile, status="accepted", finished_at=when
+        )
+    rollup_rebuild(dispatch_ids=[dispatch.pk])
+    timeline = report_charts(dispatch_ids=[dispatch.pk], tz=zoneinfo.ZoneInfo("Europe/Paris"))["timeline"]
+    assert timeline == {
+        "unit": "hour",
+        "labels": ["2026-10-25 02:00 CEST", "2026-10-25 02:00 CET", "2026-10-25 03:00"],
+        "accepted": [1, 2, 1],
+        "opened": [0, 0, 0],
+    }
