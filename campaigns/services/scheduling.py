@@ -70,15 +70,33 @@ def campaign_gate(
     if (variants or []) != expected_variants or holdout_share != approved.holdout_share:
         raise GateClosed("The variants or shares to send are not the approved ones.")
     if approved.segment_id is not None and not api_triggered:
-        from audiences.models import Segment
+        _audience_gate(campaign, approved)
 
-        segment = Segment.objects.filter(pk=approved.segment_id).first()
-        wanted = approved.snapshot.get("audience_fingerprint")
-        if segment is None or (wanted and segment.definition_fingerprint() != wanted):
-            raise GateClosed(
-                f"The audience of '{campaign}' is defined otherwise than when it was approved: "
-                "approve the campaign's revision to send to it."
-            )
+
+def _audience_gate(campaign: Campaign, approved) -> None:
+    """GateClosed unless the approved segment is defined as it was when the campaign was approved."""
+    from audiences.models import Segment
+    from delivery.services.dispatches import GateClosed
+
+    segment = Segment.objects.filter(pk=approved.segment_id).first()
+    wanted = approved.snapshot.get("audience_fingerprint")
+    if segment is None or (wanted and segment.definition_fingerprint() != wanted):
+        raise GateClosed(
+            f"The audience of '{campaign}' is defined otherwise than when it was approved: "
+            "approve the campaign's revision to send to it."
+        )
+
+
+def campaign_audience_check(dispatch: Dispatch) -> None:
+    """A campaign's dispatch about to read its segment: GateClosed unless that segment is still the
+    approved version's, defined as it was approved (the gate judged it when the dispatch was made)."""
+    from delivery.services.dispatches import GateClosed
+
+    campaign = Campaign.objects.filter(pk=dispatch.source_id).first()
+    approved = campaign.approved() if campaign is not None else None
+    if approved is None or approved.segment_id != dispatch.segment_id:
+        raise GateClosed(f"The audience of '{campaign}' is no longer the approved one.")
+    _audience_gate(campaign, approved)
 
 
 def _winner_gate(campaign: Campaign, approved, sample: dict) -> tuple[dict, list[dict]]:

@@ -71,6 +71,17 @@ def _test_gate(*, app: App, source_id: int | None, spec: dict, by: User | None) 
 
 _GATES[Dispatch.Kind.TEST] = _test_gate
 
+AudienceCheck = Callable[[Dispatch], None]
+_AUDIENCE_CHECKS: dict[str, AudienceCheck] = {}
+
+
+def dispatch_audience_check_register(*, kind: str, check: AudienceCheck) -> None:
+    """Plug how a kind tells, when a dispatch's segment is about to be read, that it is still the
+    audience its gate let through: ``check(dispatch)`` raises GateClosed to refuse (campaigns: the
+    segment's definition is still the approved one). The gate judged it when the dispatch was made;
+    the rows are written later, by the prepare task, and a segment may be edited in between."""
+    _AUDIENCE_CHECKS[kind] = check
+
 
 def content_reference_kept(content_id: int | None) -> int | None:
     """``content_id`` while that push content exists, else None: what a new dispatch may refer to.
@@ -424,6 +435,12 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
         dispatch = Dispatch.objects.select_for_update(no_key=True).filter(pk=dispatch_id).first()
         if dispatch is None or dispatch.status != Dispatch.Status.PREPARING:
             return False
+        if (check := _AUDIENCE_CHECKS.get(dispatch.kind)) is not None and dispatch.segment_id is not None:
+            try:
+                check(dispatch)
+            except GateClosed as exc:
+                _refuse_unresolved(dispatch, reason=str(exc), now=now)
+                return False
         slices, leftovers = _resolve_slices(dispatch)
         if slices:
             counts = _resolve_in_slices(dispatch, slices=slices, now=now, leftovers=leftovers)
@@ -461,6 +478,16 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
     if not counts.get(DS.QUEUED, 0):
         dispatch_complete_if_done(dispatch_id=dispatch_id)
     return inline
+
+
+def _refuse_unresolved(dispatch: Dispatch, *, reason: str, now: datetime) -> None:
+    """End a preparing dispatch, held locked, as ``failed`` with ``reason`` before any row is written."""
+    dispatch.status = Dispatch.Status.FAILED
+    dispatch.error = reason
+    dispatch.finished_at = now
+    dispatch.rows_close()
+    dispatch.save(update_fields=["status", "error", "finished_at", "rows_until_id"])
+    audit(actor=None, action="dispatch_failed", obj=dispatch, summary={"refused": reason})
 
 
 def dispatch_stop(*, dispatch_id: int, by: User) -> Dispatch:

@@ -221,6 +221,30 @@ def test_static_members_changed_after_approval_are_refused_at_send_time(make_cam
     assert not Dispatch.objects.exists()
 
 
+def test_members_added_after_the_occurrence_fired_and_before_its_audience_is_read_get_nothing(
+    make_campaign, approve, team, manager_alice
+):
+    """The gate reads the audience's definition when the occurrence makes its dispatch; the rows are
+    written later, by the prepare task (a busy queue, or the watchdog queueing it again after a
+    worker died). A list changed in between is not what was approved: the send is refused then,
+    saying why, and nobody on the list gets it."""
+    from audiences.services.segments import segment_members_change
+    from delivery.models import Delivery
+    from delivery.services.dispatches import dispatch_prepare
+
+    vips, _ = _kept_list(team, manager_alice, ["vip-1"])
+    DeviceFactory(profile=ProfileFactory(external_id="vip-2", attributes={}), app=team)
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0, segment=vips))
+    (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=T0)
+    assert occurrence.outcome == "sent"
+    segment_members_change(segment_id=vips.pk, by=manager_alice, add=["vip-2"])
+    dispatch_prepare(dispatch_id=occurrence.dispatch.pk)
+    assert not Delivery.objects.filter(dispatch=occurrence.dispatch).exists()
+    dispatch = Dispatch.objects.get(pk=occurrence.dispatch.pk)
+    assert dispatch.status == "failed"
+    assert "defined otherwise than when it was approved" in dispatch.error
+
+
 def _kept_list(team, manager_alice, names):
     """A static segment 'VIPs' of profiles named ``names``, each with a phone on ``team``: (segment, profiles)."""
     from accounts.services import access_grant
@@ -490,12 +514,6 @@ def test_send_at_each_profiles_local_time(make_campaign, approve, team, segment)
     paris = ZoneInfo("Europe/Paris")
     day = (dt.datetime.now(paris) + dt.timedelta(days=3)).date()
     nine = dt.datetime.combine(day, dt.time(9), tzinfo=paris)
-    campaign = approve(
-        make_campaign(schedule_kind="at", send_at=nine, time_zone="Europe/Paris", at_local_time=True),
-        now=dt.datetime.now(dt.UTC),
-    )
-    # It starts when UTC+14 reaches 09:00.
-    assert campaign.next_occurrence_at == dt.datetime.combine(day, dt.time(9), tzinfo=dt.UTC) - dt.timedelta(hours=14)
     tokyo, new_york, unknown = (
         ProfileFactory(timezone="Asia/Tokyo", attributes={}),
         ProfileFactory(timezone="America/New_York", attributes={}),
@@ -503,9 +521,6 @@ def test_send_at_each_profiles_local_time(make_campaign, approve, team, segment)
     )
     for profile in (tokyo, new_york, unknown):
         DeviceFactory(profile=profile, app=team)
-    fired = campaign_fire_due(campaign_id=campaign.pk, now=campaign.next_occurrence_at)
-    dispatch = fired[0].dispatch
-    assert dispatch.local_time == f"{day.isoformat()}T09:00:00"
     segment.rules = {
         "all": [
             {
@@ -516,6 +531,15 @@ def test_send_at_each_profiles_local_time(make_campaign, approve, team, segment)
         ]
     }
     segment.save()
+    campaign = approve(
+        make_campaign(schedule_kind="at", send_at=nine, time_zone="Europe/Paris", at_local_time=True),
+        now=dt.datetime.now(dt.UTC),
+    )
+    # It starts when UTC+14 reaches 09:00.
+    assert campaign.next_occurrence_at == dt.datetime.combine(day, dt.time(9), tzinfo=dt.UTC) - dt.timedelta(hours=14)
+    fired = campaign_fire_due(campaign_id=campaign.pk, now=campaign.next_occurrence_at)
+    dispatch = fired[0].dispatch
+    assert dispatch.local_time == f"{day.isoformat()}T09:00:00"
     dispatch_prepare(dispatch_id=dispatch.pk)
     when = {d.profile_id: d.next_attempt_at for d in Delivery.objects.filter(dispatch=dispatch)}
     assert when[tokyo.pk] == dt.datetime.combine(day, dt.time(9), tzinfo=ZoneInfo("Asia/Tokyo"))
