@@ -458,24 +458,17 @@ def _variant_rows(variant: dict) -> list[tuple[str, str]]:
     return rows + [(f"{name}: {label.lower()}", text) for label, text in _spec_rows(variant["spec"])]
 
 
-# A content's platform options as the content form names them; a value left empty is left out.
-_IOS_WORDS = {
-    "sound": "sound",
-    "badge": "badge",
-    "category": "category",
-    "thread_id": "thread",
-    "interruption_level": "interruption level",
-}
-_ANDROID_WORDS = {"channel_id": "channel", "icon": "icon", "color": "colour", "priority": "priority"}
+def _options_text(options: dict | None, platform: str, *, choices: dict | None = None) -> str:
+    """A spec's platform options in words, named as the content form names them ("sound default,
+    badge 3, interruption level time sensitive"); a value left empty is left out, and so is mutable
+    content, a switch its caller says in words of its own."""
+    from delivery.models import PushContent
 
-
-def _options_text(options: dict | None, words: dict[str, str], *, choices: dict | None = None) -> str:
-    """A spec's platform options in words ("sound default, badge 3, interruption level time sensitive")."""
     options = options or {}
     parts = []
-    for key, word in words.items():
+    for key, word in PushContent.platform_options(platform).items():
         value = options.get(key)
-        if value in ("", None):
+        if value in ("", None) or key == "mutable_content":
             continue
         parts.append(f"{word} {(choices or {}).get(key, {}).get(value, value)}")
     return ", ".join(parts)
@@ -495,7 +488,7 @@ def _spec_rows(spec: dict) -> list[tuple[str, str]]:
 
     ios = _options_text(
         spec.get("ios"),
-        _IOS_WORDS,
+        "ios",
         choices={"interruption_level": dict(PushContent.InterruptionLevel.choices)},
     )
     if (spec.get("ios") or {}).get("mutable_content"):
@@ -505,7 +498,7 @@ def _spec_rows(spec: dict) -> list[tuple[str, str]]:
         ("Tap action", tap_action_text(spec)),
         ("Custom data", _pairs(spec.get("data"))),
         ("iOS options", ios or "—"),
-        ("Android options", _options_text(spec.get("android"), _ANDROID_WORDS) or "—"),
+        ("Android options", _options_text(spec.get("android"), "android") or "—"),
         (
             "Delivery options",
             f"TTL {spec.get('ttl_seconds')} s, collapse key {spec.get('collapse_key') or '—'}"

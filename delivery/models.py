@@ -270,6 +270,14 @@ class PushContent(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @classmethod
+    def platform_options(cls, platform: str) -> dict[str, str]:
+        """The options of ``platform`` ("ios", "android") by their key in the spec, each in words as
+        the content form labels its field (``ios_thread_id``: "thread id"), in the fields' order."""
+        prefix = f"{platform}_"
+        keys = [field.name.removeprefix(prefix) for field in cls._meta.fields if field.name.startswith(prefix)]
+        return {key: key.replace("_", " ") for key in keys}
+
     def spec(self) -> dict:
         """The frozen form of this content: what a Dispatch keeps and the payload builders read."""
         return {

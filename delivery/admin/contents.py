@@ -181,9 +181,10 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         field = super().formfield_for_dbfield(db_field, request, **kwargs)
         if field is None:
             return field
-        for prefix, platform in (("ios_", "iOS"), ("android_", "Android")):
-            if db_field.name.startswith(prefix):
-                field.label = f"{platform} {db_field.name.removeprefix(prefix).replace('_', ' ')}"
+        for platform, shown in (("ios", "iOS"), ("android", "Android")):
+            key = db_field.name.removeprefix(f"{platform}_")
+            if key != db_field.name:
+                field.label = f"{shown} {PushContent.platform_options(platform)[key]}"
         if db_field.name in self.WIDE:
             field.widget.attrs["size"] = self.WIDE[db_field.name]
             field.widget.attrs["style"] = "width:min(60em,100%)"

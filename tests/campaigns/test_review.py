@@ -174,7 +174,9 @@ def test_the_approver_reads_the_rate_a_throttle_sends_at_beside_its_apps_limit(
 def test_the_approver_reads_the_contents_tap_action_and_platform_options_in_words(
     client, make_campaign, content, manager_alice, approver_bob
 ):
-    """They read as the spec's keys ('deep_link pushdesk://home', 'mutable_content=False, sound=default')."""
+    """They read as the spec's keys ('deep_link pushdesk://home', 'mutable_content=False, sound=default').
+    The options are named as the content form names them ("thread id", "channel id", "color"); the
+    review had its own copy of the names, some of them other words ("thread", "channel", "colour")."""
     from delivery.models import PushContent
 
     PushContent.objects.filter(pk=content.pk).update(
@@ -182,8 +184,10 @@ def test_the_approver_reads_the_contents_tap_action_and_platform_options_in_word
         tap_url="pushdesk://home",
         ios_badge=3,
         ios_interruption_level="time-sensitive",
+        ios_thread_id="sales",
         ios_mutable_content=True,
         android_channel_id="offers",
+        android_color="#ff0000",
         android_priority="normal",
     )
     campaign = make_campaign(send_at=dt.datetime(2027, 1, 5, 9, tzinfo=PARIS))
@@ -192,8 +196,8 @@ def test_the_approver_reads_the_contents_tap_action_and_platform_options_in_word
     rows = _review_rows(client, request)
     assert rows["Tap action"] == "open a deep link: pushdesk://home"
     assert rows["iOS options"] == (
-        "sound default, badge 3, interruption level time sensitive, "
+        "sound default, badge 3, thread id sales, interruption level time sensitive, "
         "mutable content (the app's extension may change it before it shows)"
     )
-    assert rows["Android options"] == "channel offers, priority normal"
+    assert rows["Android options"] == "channel id offers, color #ff0000, priority normal"
     assert "=" not in rows["iOS options"] + rows["Android options"]
