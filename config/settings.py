@@ -698,7 +698,7 @@ if 0 < PUSHDESK_RETENTION_AUDIT_DAYS < 365:
     )
 
 # --- campaigns -----------------------------------------------------------------------------
-# API triggers allowed per API key and second (a burst of a tenth of that is absorbed).
+# API triggers allowed per API key and second (a burst of a tenth of that is absorbed); 0: no limit.
 PUSHDESK_TRIGGER_RATE_PER_KEY = _env_float("PUSHDESK_TRIGGER_RATE_PER_KEY", 1000)
 # Per-process caches of API keys, permissions and approved campaigns are reloaded when their
 # version stamp changes, and at the latest after this many seconds.

@@ -71,10 +71,12 @@ def trigger_rate_take(*, api_key) -> float | None:
     """Count one trigger against the key's rate limit; None when allowed, else seconds to wait.
 
     The API reads this limit with its version stamps in one round trip; this is the path for the
-    database-kept limiter (the embedded mode) and direct callers.
+    database-kept limiter (the embedded mode) and direct callers. A rate of 0 is no limit.
     """
     from delivery.throttle import throttle
 
+    if settings.PUSHDESK_TRIGGER_RATE_PER_KEY <= 0:
+        return None
     granted, wait = throttle().take(
         key=f"trigger:{api_key.prefix}", rate=settings.PUSHDESK_TRIGGER_RATE_PER_KEY, count=1
     )

@@ -245,6 +245,16 @@ def test_rate_limit_per_key_answers_429_with_retry_after(live_trigger, trigger_c
     assert limited[0].json()["retry_after"] == int(limited[0]["Retry-After"])
 
 
+def test_a_trigger_rate_of_0_limits_nothing(live_trigger, trigger_client, settings):
+    """0 is no limit, as for the ingest calls' rate: the settings accept it, and the limiter divided by it."""
+    settings.PUSHDESK_TRIGGER_RATE_PER_KEY = 0
+    statuses = [
+        trigger_client.post(_url(live_trigger), {"recipients": [{"external_id": "a"}]}, format="json").status_code
+        for _ in range(3)
+    ]
+    assert statuses == [202, 202, 202]
+
+
 def test_campaigns_are_listed_and_reported_through_the_api(live_trigger, trigger_client, api_key_for, manager_mallory):
     listing = trigger_client.get("/api/v1/campaigns/")
     assert [c["id"] for c in listing.json()["results"]] == [live_trigger.pk]
