@@ -138,7 +138,10 @@ def attribute_keys(*, sample: int = 5000) -> list[dict]:
 
 
 UNREAD_SAMPLE = 5000
-UNREAD_CODES = ("number_as_text", "text_with_white_space")  # the codes of rules_unread_warnings
+# The codes of rules_unread_warnings: text a number rule does not read, text with white space around it.
+NUMBER_AS_TEXT = "number_as_text"
+TEXT_WITH_WHITE_SPACE = "text_with_white_space"
+UNREAD_CODES = (NUMBER_AS_TEXT, TEXT_WITH_WHITE_SPACE)
 _TEXT_COMPARED_WHOLE = ("eq", "ne", "in", "not_in")
 _PADDED_PATTERN = r"\A\s|\s\Z"
 
@@ -155,21 +158,21 @@ def rules_unread_warnings(tree, *, sample: int = UNREAD_SAMPLE) -> list[dict]:
     from audiences.rules.compiler import NUMBER_TEXT_PATTERN
     from audiences.rules.schema import OPERATOR_LABELS, rule_nodes
 
-    checks: dict[tuple[str, str], str] = {}  # (attribute, kind) -> the first operator that reads it
+    checks: dict[tuple[str, str], str] = {}  # (attribute, code) -> the first operator that reads it
     for node in rule_nodes(tree):
         name, op = node.get("attribute"), node.get("op")
         if not isinstance(name, str) or op in ("exists", "not_exists"):
             continue
         if node.get("type") == "number":
-            checks.setdefault((name, "number"), op)
+            checks.setdefault((name, NUMBER_AS_TEXT), op)
         elif node.get("type") == "string" and op in _TEXT_COMPARED_WHOLE:
-            checks.setdefault((name, "padded"), op)
+            checks.setdefault((name, TEXT_WITH_WHITE_SPACE), op)
     if not checks:
         return []
     checks = dict(sorted(checks.items())[:20])
     postgres = connection.vendor == "postgresql"
     columns, params = [], []
-    for name, kind in checks:
+    for name, code in checks:
         if postgres:
             text, typed = "(p.attributes ->> %s)", "jsonb_typeof(p.attributes -> %s) = 'string'"
             matches = "~"
@@ -177,8 +180,10 @@ def rules_unread_warnings(tree, *, sample: int = UNREAD_SAMPLE) -> list[dict]:
             text, typed = "json_extract(p.attributes, %s)", "json_type(p.attributes, %s) = 'text'"
             matches = "REGEXP"
         key = name if postgres else f'$."{name}"'
-        condition = f"{typed} AND NOT {text} {matches} %s" if kind == "number" else f"{typed} AND {text} {matches} %s"
-        pattern = NUMBER_TEXT_PATTERN if kind == "number" else _PADDED_PATTERN
+        if code == NUMBER_AS_TEXT:
+            condition, pattern = f"{typed} AND NOT {text} {matches} %s", NUMBER_TEXT_PATTERN
+        else:
+            condition, pattern = f"{typed} AND {text} {matches} %s", _PADDED_PATTERN
         columns.append(f"count(*) FILTER (WHERE {condition}), min({text}) FILTER (WHERE {condition})")
         params += [key, key, pattern, key, key, key, pattern]
     sql = f"SELECT count(*), {', '.join(columns)} FROM (SELECT attributes FROM audiences_profile ORDER BY id DESC LIMIT %s) p"  # noqa: S608 (placeholders)
@@ -187,19 +192,17 @@ def rules_unread_warnings(tree, *, sample: int = UNREAD_SAMPLE) -> list[dict]:
         row = cursor.fetchone()
     read, found = row[0], row[1:]
     warnings = []
-    for index, ((name, kind), op) in enumerate(checks.items()):
+    for index, ((name, code), op) in enumerate(checks.items()):
         held, example = found[2 * index], found[2 * index + 1]
         if not held:
             continue
         among = f"{held:,} of the {read:,} newest profiles hold {name!r}"
-        if kind == "number":
-            code = "number_as_text"
+        if code == NUMBER_AS_TEXT:
             message = (
                 f"{among} as text a number rule does not read, such as {example!r}: "
                 "a number is read from text written plainly (42, -7, 4.5)"
             )
         else:
-            code = "text_with_white_space"
             label = OPERATOR_LABELS.get(op, op)
             message = f"{among} with white space around it, such as {example!r}, which '{label}' compares too"
         warnings.append(
