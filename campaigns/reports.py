@@ -65,6 +65,7 @@ def campaign_report(campaign: Campaign) -> dict:
 
 
 def _report(sends, settled: Callable[[], Sends], *, campaign_id: int) -> dict:
+    from delivery.reasons import handed_over
     from delivery.reports import rollup_rows
 
     rows = rollup_rows(sends, by=("variant", "outcome", "reason"))
@@ -78,7 +79,7 @@ def _report(sends, settled: Callable[[], Sends], *, campaign_id: int) -> dict:
         variant = per_variant.setdefault(row["variant"], {"sent": 0, "accepted": 0, "opened": 0})
         if outcome in variant:
             variant[outcome] += n
-        if outcome in ("accepted", "failed", "unknown"):
+        if outcome in ("accepted", "unknown") or (outcome == "failed" and handed_over(row["reason"] or "")):
             variant["sent"] += n
         if outcome == "targeted":
             targeted += n

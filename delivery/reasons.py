@@ -50,6 +50,26 @@ REASON_LABELS: dict[str, str] = {
 }
 
 
+# Failures the pipeline decides before any request goes to APNs or FCM: such a row was never handed
+# to a provider, so a report's "sent" leaves it out. (A refusal of the app's credentials is not told
+# apart: the batch that met it was handed over, and the rows still queued fail with its reason.)
+NOT_HANDED_OVER = frozenset({"device_deleted", "render_error", "invalid_collapse_key", "payload_too_large"})
+
+
+def handed_over(code: str) -> bool:
+    """Whether a failed row with this reason was handed to a provider (which then refused it or
+    gave no answer): not for the pipeline's own failures before a request (``NOT_HANDED_OVER``, and
+    an app without credentials for the platform, ``credentials: not_configured:…``)."""
+    if code.startswith("credentials: not_configured"):
+        return False
+    return _head(code) not in NOT_HANDED_OVER
+
+
+def _head(code: str) -> str:
+    """A code without its details: ``payload_too_large (4200 bytes)``, ``render_error: …`` → their first word."""
+    return code.split(" (", 1)[0].split(":", 1)[0].strip()
+
+
 def reason_label(code: str) -> str:
     """The label of a reason code, or of its head when the code carries details
     (``payload_too_large (4200 bytes)``, ``credentials: …``, ``transport:timeout``); "" when none."""
@@ -57,8 +77,7 @@ def reason_label(code: str) -> str:
         return ""
     label = REASON_LABELS.get(code)
     if label is None:
-        head = code.split(" (", 1)[0].split(":", 1)[0].strip()
-        label = REASON_LABELS.get(head, "")
+        label = REASON_LABELS.get(_head(code), "")
     return label
 
 

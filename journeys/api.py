@@ -137,9 +137,13 @@ class StepStatsSerializer(serializers.Serializer):
     )
     passed = serializers.DictField(child=serializers.IntegerField())
     targeted = serializers.IntegerField(help_text="Push steps: the rows its sends made.")
-    sent = serializers.IntegerField(help_text="Push steps: handed to a provider (accepted, failed or unknown).")
+    sent = serializers.IntegerField(
+        help_text="Push steps: handed to a provider (accepted, unknown, or refused once it had them)."
+    )
     accepted = serializers.IntegerField()
-    send_failed = serializers.IntegerField(help_text="Push steps: refused by the provider.")
+    send_failed = serializers.IntegerField(
+        help_text="Push steps: failed, refused by the provider or before a provider had them (see `reason`)."
+    )
     skipped = serializers.DictField(
         child=serializers.IntegerField(), help_text="Push steps: rows skipped, by reason (no_device, not_opted_in…)."
     )

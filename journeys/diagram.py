@@ -231,8 +231,9 @@ def _counters(kind: str, counts: dict) -> tuple[str, str]:
     """A step's live counters (entered, waiting, sent, accepted, exited) and its notes (a push
     refused at send time, profiles of a batch stopped before it sent, failures, skips by reason,
     rows still to send, exits on the exit event, when the journey stopped or as the profile was deleted).
-    A push step's sent are the rows handed to a provider; with the skipped and those still to send
-    they make every row targeted; the profiles it refused end there, failed."""
+    A push step's sent are the rows handed to a provider; with those failed before a provider had
+    them, the skipped and those still to send they make every row targeted; the profiles it refused
+    end there, failed."""
     if kind == "exit":
         ended_here = counts.get("exited", 0) - sum(counts.get(why, 0) for why in ("exit_event", "stopped", "deleted"))
         return f"exited {ended_here:,}", ""
@@ -271,7 +272,9 @@ def _counters(kind: str, counts: dict) -> tuple[str, str]:
                 f"{reason_label(reason) or reason} {n:,}" for reason, n in sorted(skipped.items(), key=lambda r: -r[1])
             )
             notes.append(f"skipped {sum(skipped.values()):,} ({reasons})")
-        to_send = counts.get("targeted", 0) - counts.get("sent", 0) - sum(skipped.values())
+        # Every row not final yet: a row failed before a provider had it is final, not sent.
+        final = sum(counts.get(key, 0) for key in ("accepted", "send_failed", "send_unknown"))
+        to_send = counts.get("targeted", 0) - final - sum(skipped.values())
         if to_send > 0:
             notes.append(f"to send {to_send:,}")
     return line, " · ".join(notes)

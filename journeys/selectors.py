@@ -98,6 +98,7 @@ def version_step_stats(version: JourneyVersion) -> dict[str, dict]:
             "sent": outcomes.get("sent", 0),
             "accepted": outcomes.get("accepted", 0),
             "send_failed": outcomes.get("failed", 0),
+            "send_unknown": outcomes.get("unknown", 0),
             "skipped": outcomes.get("skipped", {}),
             "unsent": unsent.get(step["id"], {}),
             "skipped_paused": counts.get(SKIPPED_PAUSED, 0),
@@ -178,11 +179,12 @@ def version_step_conversions(version: JourneyVersion) -> dict[str, dict] | None:
 
 def version_push_outcomes(version: JourneyVersion) -> dict[str, dict]:
     """Per push step, what its sends became, summed from the dispatches' rollup as a campaign's
-    report is: targeted (rows made), sent (handed to a provider: accepted, failed or unknown),
-    accepted, failed, and skipped by reason (no device, not opted in, frequency cap...). One
-    grouped query: the rollup joined to the version's dispatches (a batch per run of the engine,
+    report is: targeted (rows made), sent (handed to a provider: accepted, unknown, or failed once
+    it went, ``delivery.reasons.handed_over``), accepted, failed, unknown, and skipped by reason (no
+    device, not opted in, frequency cap...). One grouped query: the rollup joined to the version's dispatches (a batch per run of the engine,
     thousands of them), summed by the step each dispatch sent."""
     from delivery.models import DeliveryRollup
+    from delivery.reasons import handed_over
     from delivery.reports import rollup_of
 
     rows = (
@@ -192,12 +194,14 @@ def version_push_outcomes(version: JourneyVersion) -> dict[str, dict]:
         .annotate(n=Sum("rows"))
         .order_by()
     )
-    result: dict[str, dict] = defaultdict(lambda: {"targeted": 0, "sent": 0, "accepted": 0, "failed": 0, "skipped": {}})
+    result: dict[str, dict] = defaultdict(
+        lambda: {"targeted": 0, "sent": 0, "accepted": 0, "failed": 0, "unknown": 0, "skipped": {}}
+    )
     for row in rows:
         counts, outcome, n = result[row["step"]], row["outcome"], row["n"]
-        if outcome in ("targeted", "accepted", "failed"):
+        if outcome in ("targeted", "accepted", "failed", "unknown"):
             counts[outcome] += n
-        if outcome in ("accepted", "failed", "unknown"):
+        if outcome in ("accepted", "unknown") or (outcome == "failed" and handed_over(row["reason"] or "")):
             counts["sent"] += n
         elif outcome == "skipped":
             reason = row["reason"] or "unknown"

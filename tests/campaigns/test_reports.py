@@ -373,3 +373,29 @@ def test_the_campaign_report_shows_each_reason_with_its_label_and_the_csv_its_co
     )
     csv = client.get(f"/admin/campaigns/campaign/{campaign.pk}/report.csv").content.decode()
     assert "skipped,frequency_cap," in csv and "frequency cap)" not in csv
+
+
+def test_a_variant_counts_as_sent_only_the_rows_handed_to_a_provider(make_campaign, team):
+    """A's four rows: one accepted, one failed by the provider (Unregistered), and two failed by the
+    pipeline before any request went (a message that could not be personalised, a phone deleted):
+    A sent two, failed three."""
+    campaign = make_campaign(name="Personalised")
+    profiles = ProfileFactory.create_batch(4)
+    for profile in profiles:
+        DeviceFactory(profile=profile, app=team, platform="ios")
+    _send(
+        campaign,
+        profiles,
+        kind="campaign",
+        at=T0,
+        variants=_variants("Sale A", 50),
+        rows=[
+            (0, 1, "accepted", "", False),
+            (1, 1, "failed", "Unregistered", False),
+            (2, 1, "failed", "render_error: unknown variable 'first_name'", False),
+            (3, 1, "failed", "device_deleted", False),
+        ],
+    )
+    report = campaign_report(Campaign.objects.get(pk=campaign.pk))
+    assert report["failed"] == 3
+    assert [(v["variant"], v["sent"], v["accepted"]) for v in report["variants"]] == [("A", 2, 1)]

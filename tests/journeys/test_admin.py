@@ -455,6 +455,7 @@ def test_a_push_step_counts_sent_as_handed_to_a_provider_and_accounts_for_every_
         "sent": 4,
         "accepted": 3,
         "failed": 1,
+        "unknown": 0,
         "skipped": {"frequency_cap": 1, "not_opted_in": 1, "no_device": 1},
     }
     client = login(manager_alice)
@@ -466,6 +467,34 @@ def test_a_push_step_counts_sent_as_handed_to_a_provider_and_accounts_for_every_
     rollup_rebuild(dispatch_ids=[dispatch.pk])
     text = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
     assert "sent 1 · accepted 0" in text and "to send 3" in text
+
+
+def test_a_push_step_does_not_count_as_sent_the_rows_failed_before_a_provider_had_them(
+    login, manager_alice, make_journey
+):
+    """To the seven rows of the send (four sent: three accepted, one refused by the provider) two
+    failed before any request went: one whose message could not be personalised, one whose phone
+    was deleted. They are failed, not sent, and not still to send."""
+    from delivery.models import Delivery
+    from delivery.services.rollups import rollup_rebuild
+    from journeys.selectors import version_push_outcomes
+    from tests.delivery.reporting import sent_dispatch
+    from tests.factories import DeviceFactory
+
+    journey = make_journey()
+    version = journey.versions.get()
+    context = {"journey": {"id": journey.pk, "name": journey.name, "version": 1, "step": "push"}}
+    dispatch = sent_dispatch(journey.app, kind="journey", source_id=version.pk, context=context)
+    for reason in ("render_error: unknown variable 'first_name'", "device_deleted"):
+        device = DeviceFactory(app=journey.app, platform="ios")
+        Delivery.objects.create(
+            dispatch=dispatch, device=device, profile=device.profile, status="failed", reason=reason
+        )
+    rollup_rebuild(dispatch_ids=[dispatch.pk])
+    outcomes = version_push_outcomes(version)["push"]
+    assert (outcomes["targeted"], outcomes["sent"], outcomes["accepted"], outcomes["failed"]) == (9, 4, 3, 3)
+    text = login(manager_alice).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert "sent 4 · accepted 3" in text and "failed 3 · skipped 3" in text and "to send" not in text
 
 
 def test_a_push_step_whose_send_was_refused_says_how_many_profiles_it_failed(
