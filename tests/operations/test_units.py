@@ -98,16 +98,20 @@ def test_systemd_accepts_the_unit(tmp_path, name):
     assert result.returncode == 0 and not problems, result.stdout + result.stderr
 
 
-def test_the_guide_counts_the_beat_s_schedules_as_many_as_it_names():
+def test_the_guide_counts_and_names_every_schedule_of_the_beat():
+    """The beat's schedules are those every migrate makes (operations.beats.BEATS), each named."""
+    from operations.beats import BEATS
+
     guide = (ROOT / "docs" / "operations.md").read_text()
-    beat = guide[guide.index("* **The beat**") :].split("\n* ")[0]
-    named = set(re.findall(r"`((?:campaigns|journeys|delivery|events) \w+)`", beat))
-    numbers = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
+    beat = guide[guide.index("* **The beat**") :].split("\n\n")[0]
+    named = set(re.findall(r"`([a-z]+ (?:tick|watchdog|replay))`", beat))
+    numbers = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7}
     counted = re.findall(
-        r"(two|three|four|five|six) (?:django-q2 )?schedules|beat's (two|three|four|five|six) schedules", guide
+        r"(two|three|four|five|six|seven) (?:django-q2 )?schedules|beat's (two|three|four|five|six|seven) schedules",
+        guide,
     )
-    assert len(named) == 4 and counted
-    assert {numbers[a or b] for a, b in counted} == {len(named)}, counted
+    assert named == set(BEATS) and counted, sorted(named)
+    assert {numbers[a or b] for a, b in counted} == {len(BEATS)}, counted
 
 
 def test_the_guide_makes_keys_with_the_python_that_has_cryptography():
