@@ -13,16 +13,14 @@ import datetime as dt
 
 from django import forms
 from django.contrib import admin
-from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.paginator import Paginator
 from django.db.models import F, QuerySet
 from django.http import Http404
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin, row_id
+from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin, SinceFilter, row_id
 from campaigns.models import Campaign, Occurrence
 from campaigns.selectors import campaigns_visible_to, occurrences_visible_to
 from config.zones import zoned
@@ -139,29 +137,18 @@ class OccurrenceInline(OccurrenceColumns, admin.TabularInline):
         return False
 
 
-class DueFilter(admin.SimpleListFilter):
+class DueFilter(SinceFilter):
     """When the occurrences were due, counted back from now (the same in every campaign's zone)."""
 
     title = "due"
     parameter_name = "due"
-    PERIODS = {
+    field = "due_at"
+    SPANS = {
         "day": ("In the last 24 hours", dt.timedelta(days=1)),
         "week": ("In the last 7 days", dt.timedelta(days=7)),
         "month": ("In the last 30 days", dt.timedelta(days=30)),
-        "older": ("More than 30 days ago", dt.timedelta(days=30)),
     }
-
-    def lookups(self, request, model_admin):
-        return [(value, label) for value, (label, _) in self.PERIODS.items()]
-
-    def queryset(self, request, queryset):
-        value = self.value()
-        if value is None:
-            return queryset
-        if value not in self.PERIODS:
-            raise IncorrectLookupParameters(f"No period {value[:20]}.")
-        since = timezone.now() - self.PERIODS[value][1]
-        return queryset.filter(due_at__lt=since) if value == "older" else queryset.filter(due_at__gte=since)
+    older_label = "More than 30 days ago"
 
 
 @admin.register(Occurrence)

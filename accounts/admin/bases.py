@@ -1,5 +1,7 @@
-"""The admin bases every app uses: scoped (object access), big-table, the access page and a status filter."""
+"""The admin bases every app uses: scoped (object access), big-table, the access page, a status
+filter and a filter by how long ago."""
 
+import datetime as dt
 import functools
 
 from django import forms
@@ -17,6 +19,7 @@ from django.db.models.deletion import ProtectedError, RestrictedError
 from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.text import capfirst
@@ -567,3 +570,27 @@ class ActiveStatusFilter(admin.SimpleListFilter):
         if value == "all":
             return queryset
         return queryset.filter(status=value)
+
+
+class SinceFilter(admin.SimpleListFilter):
+    """A filter by how long ago ``field`` holds, counted back from now: within each of ``SPANS``
+    (value: (label, span)), or before the longest (``older``, ``older_label``). Read through the
+    field's index; an unknown value is refused as an unknown filter is (``?e=1``)."""
+
+    field = "created_at"
+    SPANS: dict[str, tuple[str, dt.timedelta]] = {}
+    older_label = ""
+
+    def lookups(self, request, model_admin):
+        return [*((value, label) for value, (label, _) in self.SPANS.items()), ("older", self.older_label)]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value is None:
+            return queryset
+        now = timezone.now()
+        if value == "older":
+            return queryset.filter(**{f"{self.field}__lt": now - max(span for _, span in self.SPANS.values())})
+        if value not in self.SPANS:
+            raise IncorrectLookupParameters(f"No {self.title} {value[:20]}.")
+        return queryset.filter(**{f"{self.field}__gte": now - self.SPANS[value][1]})

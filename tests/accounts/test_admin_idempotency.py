@@ -121,6 +121,13 @@ def test_the_lists_filter_by_key_and_age(client, admin_erin, records):
     assert "batch-7" in recent and "batch-old" not in recent
 
 
+def test_an_unknown_age_says_the_filter_is_wrong(client, admin_erin, records):
+    """As the occurrences' list does for an unknown period: the list showed every record, as if unfiltered."""
+    client.force_login(admin_erin)
+    answer = client.get(reverse(LISTS[1]), {"age": "fortnight"})
+    assert answer.status_code == 302 and answer.url.endswith("?e=1")
+
+
 def test_a_list_of_many_records_reads_in_a_few_queries(client, admin_erin, records, django_assert_max_num_queries):
     for n in range(30):
         TriggerRequest.objects.create(
