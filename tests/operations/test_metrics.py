@@ -498,3 +498,25 @@ def test_credentials_the_encryption_key_cannot_decrypt_are_counted_reading_each_
     assert scrape(client)[(name, ())] == 3
     App.objects.filter(pk=fcm_only.pk).update(fcm_service_account="saved again under the new key")
     assert scrape(client)[(name, ())] == 2
+
+
+def test_the_guide_s_prometheus_table_lists_every_series_a_scrape_exports_with_its_labels(client, db, metrics_on):
+    """An operator writes alert rules from the operator's guide's table: each series a scrape
+    exports has its row there, with the labels the scrape gives it, and no row names a series
+    the scrape lacks."""
+    import re
+    from pathlib import Path
+
+    response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}", HTTP_HOST="10.1.2.3")
+    families = {}
+    for family in text_string_to_metric_families(response.content.decode()):
+        name = f"{family.name}_total" if family.type == "counter" else family.name
+        families[name] = family
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    table = guide[guide.index("| series | meaning | alert |") :].split("\n\n")[0]
+    rows = dict(re.findall(r"^\| `(pushdesk_[a-z_]+)(?:\{([a-z_,]+)\})?`", table, re.MULTILINE))
+    assert sorted(rows) == sorted(families)
+    for family in families.values():
+        for sample in family.samples:
+            name = sample.name if sample.name in rows else f"{family.name}_total"
+            assert set(sample.labels) == set(filter(None, rows[name].split(","))), sample
