@@ -76,3 +76,27 @@ def test_a_text_list_travels_as_an_array_literal_postgresql_reads_exactly():
         assert [row[0] for row in cursor.fetchall()] == texts
         cursor.execute("SELECT cardinality(%s::text[])", [text_array([])])
         assert cursor.fetchone()[0] == 0
+
+
+def test_a_long_prepared_statement_is_converted_once_per_process(monkeypatch):
+    """psycopg turns a statement's ``%s`` into ``$1`` … by scanning its text, and keeps the result
+    only for texts up to 4,096 bytes: the trigger's append (about 4,800) was scanned on every call,
+    some 50 µs of the web's CPU. The hot path's cursor keeps each fixed statement's conversion."""
+    import psycopg._queries
+
+    from config.db import prepared_cursor
+
+    scanned = []
+    scan = psycopg._queries._query2pg_nocache
+    monkeypatch.setattr(psycopg._queries, "_query2pg_nocache", lambda *args: scanned.append(1) or scan(*args))
+    padding = " ".join(["/* a statement longer than psycopg keeps */"] * 120)
+    statement = f"SELECT %s::int + %s::int, %s::text {padding}"
+    assert len(statement) > psycopg._queries.MAX_CACHED_STATEMENT_LENGTH
+    with prepared_cursor() as cursor:
+        for n in range(8):
+            cursor.execute(statement, [n, 1, "%s"])
+            assert cursor.fetchone() == (n + 1, "%s")
+    with prepared_cursor() as cursor:  # a cursor after: the conversion is the process's
+        cursor.execute(statement, [41, 1, "x"])
+        assert cursor.fetchone() == (42, "x")
+    assert len(scanned) <= 1
