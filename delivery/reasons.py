@@ -25,6 +25,7 @@ REASON_LABELS: dict[str, str] = {
     "device_inactive": "the phone logged out or its token died since",
     "device_moved": "the phone now belongs to another profile",
     "device_deleted": "the phone was deleted",
+    "not_test_device": "the phone was taken off the test devices before its test went",
     # The pipeline's own.
     "lease_expired": "a worker was lost while sending: it may have been delivered",
     "voided": "voided when another instance claimed the database",

@@ -28,7 +28,7 @@ from liquid.exceptions import LiquidError
 
 from accounts.services import audit
 from config.db import write_pacer
-from delivery.models import App, Delivery, Dispatch, Platform
+from delivery.models import App, Delivery, Device, Dispatch, Platform
 from delivery.payloads import (
     APNS_LIMIT,
     RECIPIENT_CONTEXTS,
@@ -412,6 +412,8 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
                 if quiet is not None:
                     rows = [row for row in rows if not row.held]  # held until the quiet hours end
                     all_held = not rows
+                if dispatch.kind == Dispatch.Kind.TEST:
+                    _skip_untested(rows)
             going = sum(row.goes for row in rows)
             if going < granted:
                 # The tokens of messages not sent now (fewer rows were ready, quiet hours held them,
@@ -460,6 +462,20 @@ def dispatch_send(*, dispatch_id: int, time_budget: float | None = None) -> Send
     else:
         dispatch_complete_if_done(dispatch_id=dispatch_id)
     return report
+
+
+def _skip_untested(rows: list[Claimed]) -> None:
+    """A test send's rows whose phone is no longer a test device are skipped (``not_test_device``):
+    a test is unapproved content for the test list alone, and a row resolved for a phone then
+    (marked a tester by mistake) may wait for a retry while it is taken off the list."""
+    untested = set(
+        Device.objects.filter(pk__in=[row.device_id for row in rows if row.device_id], is_test=False).values_list(
+            "pk", flat=True
+        )
+    )
+    for row in rows:
+        if row.device_id in untested and not row.skip:
+            row.skip = "not_test_device"
 
 
 # How often a sender claims from its dispatch's first row again, whatever its last claim took.

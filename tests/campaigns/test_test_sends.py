@@ -1,6 +1,8 @@
 """A campaign's test send and its previews show what its sends will: the same texts, rendered with the
 same context (every send of a campaign gives its content ``context.campaign.id`` and ``.name``)."""
 
+import datetime as dt
+
 import pytest
 
 from accounts.services import access_grant
@@ -63,3 +65,37 @@ def test_a_campaigns_test_send_sends_each_variants_content(
     ]
     received = sorted(r["title"] for r in pushsim.state.recent(token=tester.token))
     assert received == ["B for Spring sale", "Spring sale"]
+
+
+def test_a_test_push_waiting_for_its_retry_is_not_sent_to_a_phone_taken_off_the_test_list(
+    named_campaign, pushsim, manager_alice, settings, monkeypatch
+):
+    """A test send is unapproved content for the test list alone. A phone marked a tester by mistake
+    (someone's own phone) and unmarked while its test waited for a retry (the provider answered 503)
+    gets nothing when the retry comes: its row is skipped saying why."""
+    from django_q.conf import Conf
+
+    from delivery.models import Delivery
+    from delivery.services.devices import devices_test_flag_set
+    from delivery.services.dispatches import dispatch_prepare
+    from delivery.services.sending import dispatch_send
+
+    monkeypatch.setattr(Conf, "SYNC", False)  # the retry is scheduled, not awaited here
+    settings.PUSHDESK_SEND_TASK_SECONDS = 2
+    tester = DeviceFactory(app=named_campaign.app, is_test=True, platform="android")
+    pushsim.state.faults.rate_503 = 1.0
+    pushsim.state.faults.retry_after = 3600
+    (dispatch,) = campaign_test_send(campaign_id=named_campaign.pk, by=manager_alice)
+    dispatch_prepare(dispatch_id=dispatch.pk)
+    dispatch_send(dispatch_id=dispatch.pk)
+    row = Delivery.objects.get(dispatch=dispatch)
+    assert (row.status, row.attempts) == ("queued", 1)
+    devices_test_flag_set(device_ids=[tester.pk], is_test=False, by=manager_alice)
+    pushsim.state.faults.rate_503 = 0.0
+    Delivery.objects.filter(pk=row.pk).update(
+        next_attempt_at=row.next_attempt_at - dt.timedelta(hours=2)
+    )  # its hour passed
+    dispatch_send(dispatch_id=dispatch.pk)
+    row.refresh_from_db()
+    assert (row.status, row.reason) == ("skipped", "not_test_device")
+    assert pushsim.state.count(tester.token) == 0
