@@ -27,7 +27,7 @@ from campaigns.models import Campaign
 from campaigns.review import next_send_text
 from campaigns.selectors import campaigns_visible_to
 from delivery.models import Delivery, DeliveryRollup, Dispatch
-from delivery.reasons import reason_label
+from delivery.reasons import handed_over, reason_label
 from delivery.selectors import dispatches_visible_to
 from journeys.models import Journey
 from journeys.selectors import journeys_visible_to
@@ -196,10 +196,13 @@ def dispatches_running(user: User, *, now: dt.datetime) -> Section:
 
 def provider_health(user: User, *, now: dt.datetime) -> list[dict]:
     """Per app and platform over the last hour: accepted, errors (failed) by reason, the error rate
-    (errors over the providers' answers, accepted and failed), and apart, unknown by reason.
+    (errors over the providers' answers, accepted and failed), and apart, unknown by reason and the
+    rows that failed before a provider had them (not sent) by reason.
 
     Unknown rows are no error: a worker lost mid-send, or a connection dropped after the message
-    went out, so the provider may have delivered them. Summed from the rollup's quarter hours since
+    went out, so the provider may have delivered them. Nor is a row the pipeline failed before any
+    request (``delivery.reasons.handed_over``: a message that could not be personalised, a deleted
+    phone): no provider answered it. Summed from the rollup's quarter hours since
     the one an hour ago began (so 60 to 75 minutes). Credentials refused are called out: the send
     engine records them as ``credentials: …``.
     """
@@ -230,6 +233,7 @@ def provider_health(user: User, *, now: dt.datetime) -> list[dict]:
                 "unknown": 0,
                 "reasons": {},
                 "unknown_reasons": {},
+                "unsent_reasons": {},
                 "credentials": "",
             },
         )
@@ -241,16 +245,19 @@ def provider_health(user: User, *, now: dt.datetime) -> list[dict]:
             entry["unknown"] += row["n"]
             entry["unknown_reasons"][reason] = entry["unknown_reasons"].get(reason, 0) + row["n"]
             continue
-        entry["errors"] += row["n"]
-        entry["reasons"][reason] = entry["reasons"].get(reason, 0) + row["n"]
         if reason.startswith("credentials"):
             entry["credentials"] = reason
+        if not handed_over(reason):
+            entry["unsent_reasons"][reason] = entry["unsent_reasons"].get(reason, 0) + row["n"]
+            continue
+        entry["errors"] += row["n"]
+        entry["reasons"][reason] = entry["reasons"].get(reason, 0) + row["n"]
     result = []
     for key in sorted(health):
         entry = health[key]
         answered = entry["accepted"] + entry["errors"]
         entry["error_rate"] = round(100.0 * entry["errors"] / answered, 1) if answered else 0.0
-        for name in ("reasons", "unknown_reasons"):
+        for name in ("reasons", "unknown_reasons", "unsent_reasons"):
             entry[name] = sorted(entry[name].items(), key=lambda kv: (-kv[1], kv[0]))
         result.append(entry)
     return result

@@ -222,6 +222,33 @@ def test_provider_health_shows_unknown_rows_apart_from_the_errors(client, admin_
     assert f"BadDeviceToken 1; unknown: lease_expired 2, {lost} 1</td>" in html
 
 
+def test_provider_health_counts_as_errors_only_the_providers_answers(client, admin_erin, shop):
+    """Rows that failed before a provider had them (a message that could not be personalised, one over
+    the size limit) are no answer of the provider: shown apart as not sent, outside the error rate."""
+    now = timezone.now()
+    unrendered = "render_error: unknown variable 'first_name'"
+    make_sends(
+        shop,
+        [("accepted", "", "ios")] * 3
+        + [("failed", "BadDeviceToken", "ios")]
+        + [("failed", unrendered, "ios")] * 2
+        + [("failed", "payload_too_large (4200 bytes)", "ios")],
+        finished_at=now - dt.timedelta(minutes=10),
+    )
+    client.force_login(admin_erin)
+    response = client.get("/admin/")
+    (row,) = response.context["home"]["health"]
+    assert (row["accepted"], row["errors"], row["error_rate"]) == (3, 1, 25.0)
+    assert row["reasons"] == [("BadDeviceToken", 1)]
+    assert row["unsent_reasons"] == [(unrendered, 2), ("payload_too_large (4200 bytes)", 1)]
+    html = response.content.decode()
+    assert '<td data-health="errors">1</td><td data-health="error-rate">25.0%</td>' in html
+    assert (
+        "BadDeviceToken 1; not sent (failed before a provider had them): "
+        "render_error: unknown variable &#x27;first_name&#x27; 2, payload_too_large (4200 bytes) 1</td>"
+    ) in html
+
+
 def test_queue_state_reports_depth_and_the_oldest_tasks_age():
     from django_q.brokers import get_broker
     from django_q.signing import SignedPackage
