@@ -281,9 +281,10 @@ class PushdeskCollector:
         )
         yield GaugeMetricFamily(
             "pushdesk_retention_refusals",
-            "Segments and journey conditions that count events further back than PUSHDESK_RETENTION_EVENT_DAYS, "
-            "and frequency caps that count deliveries further back than PUSHDESK_RETENTION_DELIVERY_DAYS "
-            "(retention refuses to run while there is one)",
+            "What stops retention, which deletes nothing while there is one: segments, journey conditions and "
+            "the conversion goals of campaigns and journeys that count events further back than "
+            "PUSHDESK_RETENTION_EVENT_DAYS, and frequency caps that count deliveries further back than "
+            "PUSHDESK_RETENTION_DELIVERY_DAYS (manage.py status names each)",
             value=len(s.retention_problems),
         )
         yield GaugeMetricFamily(

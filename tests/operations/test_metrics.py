@@ -57,6 +57,17 @@ def test_what_stops_event_retention_is_counted(client, db, metrics_on, settings)
     assert scrape(client)[("pushdesk_retention_refusals", ())] == 1
 
 
+def test_the_help_of_retention_refusals_names_everything_it_counts(client, db, metrics_on):
+    """The series counts ``retention_problems``: conversion goals as well as segments, journey
+    conditions and frequency caps, and its help, which Prometheus shows, says so."""
+    response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}", HTTP_HOST="10.1.2.3")
+    family = next(
+        f for f in text_string_to_metric_families(response.content.decode()) if f.name == "pushdesk_retention_refusals"
+    )
+    for counted in ("segments", "journey conditions", "conversion", "frequency caps"):
+        assert counted in family.documentation.lower(), family.documentation
+
+
 def test_the_bearer_scheme_is_read_in_any_case(client, db, metrics_on):
     """HTTP's authentication schemes are case-insensitive: a scraper may send 'bearer'."""
     for scheme in ("bearer", "BEARER", "Bearer"):
