@@ -29,6 +29,7 @@ from campaigns.selectors import campaigns_visible_to
 from delivery.models import Delivery, DeliveryRollup, Dispatch
 from delivery.reasons import handed_over, reason_label
 from delivery.selectors import dispatches_visible_to
+from delivery.services.dispatches import dispatches_counted_now
 from journeys.models import Journey
 from journeys.selectors import journeys_visible_to
 
@@ -185,7 +186,8 @@ def imports_running(user: User) -> Section:
 def dispatches_running(user: User, *, now: dt.datetime) -> Section:
     section = Section("Dispatches running", empty="No dispatch is running.", more_url=_changelist_url(Dispatch))
     running = dispatches_visible_to(user).running()
-    for dispatch in running.order_by("created_at")[:LIST_LIMIT]:
+    # An open stream's counters on its row are kept once a minute: summed now, as its page does.
+    for dispatch in dispatches_counted_now(list(running.order_by("created_at")[:LIST_LIMIT])):
         detail = f"{dispatch.get_status_display()}, {dispatch.done_count} of {dispatch.total} done"
         if dispatch.started_at and dispatch.done_count:
             seconds = max((now - dispatch.started_at).total_seconds(), 1.0)

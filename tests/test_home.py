@@ -249,6 +249,23 @@ def test_provider_health_counts_as_errors_only_the_providers_answers(client, adm
     ) in html
 
 
+def test_a_running_stream_says_what_it_has_done_as_its_rows_are_now(client, admin_erin, shop):
+    """An open stream's counters on its row are kept once a minute (calls append without touching
+    it): the home page sums its rollup, as the stream's page does, not the row's last copy."""
+    now = timezone.now()
+    stream = make_sends(
+        shop,
+        [("accepted", "", "ios")] * 3 + [("failed", "BadDeviceToken", "ios")],
+        finished_at=now,
+        label="Order shipped: API triggers",
+        status="sending",
+    )
+    Dispatch.objects.filter(pk=stream.pk).update(standing=True, total=1, accepted=1, failed=0)
+    client.force_login(admin_erin)
+    (item,) = client.get("/admin/").context["home"]["dispatches"].items
+    assert item.detail.startswith("Sending, 4 of 4 done")
+
+
 def test_queue_state_reports_depth_and_the_oldest_tasks_age():
     from django_q.brokers import get_broker
     from django_q.signing import SignedPackage
