@@ -82,18 +82,18 @@ WHERE id = ANY(%(ids)s) AND active AND (SELECT count(*) FROM owners) >= 0
 """
 
 
-def _device_by_token(app: App, token: str) -> Device:
+def _device_by_token(app_id: int, token: str) -> Device:
     """The app's device of ``token``, locked, its profile first (``DEVICES_BY_TOKEN_PG``): the one
     holding it as given, else the iOS device holding it in lowercase (the platform is not given:
     an FCM token keeps its case, so only an APNs token is found in another case). Raises
     Device.DoesNotExist."""
     if connection.vendor == "postgresql":
-        params = {"app": app.pk, "token": token, "lower": token.lower(), "ios": Platform.IOS}
+        params = {"app": app_id, "token": token, "lower": token.lower(), "ios": Platform.IOS}
         found = list(Device.objects.raw(DEVICES_BY_TOKEN_PG, params))
     else:
         found = list(
             Device.objects.select_for_update()
-            .filter(Q(token=token) | Q(token=token.lower(), platform=Platform.IOS), app=app)
+            .filter(Q(token=token) | Q(token=token.lower(), platform=Platform.IOS), app_id=app_id)
             .order_by("id")
         )
     for device in found:
@@ -104,8 +104,10 @@ def _device_by_token(app: App, token: str) -> Device:
     return found[0]
 
 
-def _ensure_device_write(by: User, app: App) -> None:
-    if not by.has_perm("delivery.change_device") or not in_scope(by, App.objects.filter(pk=app.pk)).exists():
+def _ensure_device_write(by: User, app_id: int) -> None:
+    """The one read of the app a device call makes: ``by`` may write devices, and the app is in their
+    scope (an app that does not exist is in nobody's). Raises PermissionDenied."""
+    if not by.has_perm("delivery.change_device") or not in_scope(by, App.objects.filter(pk=app_id)).exists():
         raise PermissionDenied("You may not register devices for this app.")
 
 
@@ -130,7 +132,7 @@ def device_register(
     as last reported, the test flag an admin set: an app registering at each launch sends
     neither), and are true and false for a new token.
     Raises ValidationError on a bad external id (``external_id_problem``), platform or token,
-    PermissionDenied without device write access to the app.
+    PermissionDenied without device write access to the app (``_ensure_device_write``).
     """
     from audiences.services.profiles import external_id_problem, profile_upsert
 
@@ -138,14 +140,13 @@ def device_register(
         raise ValidationError({"external_id": problem})
     device_token_check(platform=platform, token=token)
     token = device_token_normal(platform=platform, token=token)
-    app = App.objects.get(pk=app_id)
-    _ensure_device_write(by, app)
+    _ensure_device_write(by, app_id)
     now = timezone.now()
     with transaction.atomic():
         # The profile and the token's owner now, locked before the device (``DEVICES_BY_TOKEN_PG``);
         # a new profile is created after them.
         if connection.vendor == "postgresql":
-            params = {"external_id": external_id, "app": app.pk, "token": token}
+            params = {"external_id": external_id, "app": app_id, "token": token}
             held = Profile.objects.raw(PROFILES_OF_REGISTRATION_PG, params)
         else:
             held = Profile.objects.filter(external_id=external_id)
@@ -165,7 +166,7 @@ def device_register(
             name: value for name, value in (("push_enabled", push_enabled), ("is_test", is_test)) if value is not None
         }
         device, created = Device.objects.select_for_update().update_or_create(
-            app=app,
+            app_id=app_id,
             token=token,
             defaults={**values, **given},
             create_defaults={**values, "push_enabled": True, "is_test": False, **given},
@@ -182,11 +183,10 @@ def device_register(
 def device_opt_in_set(*, app_id: int, token: str, push_enabled: bool, by: User) -> Device:
     """Record the phone's notification opt-in for a registered token (an APNs token in any case).
 
-    Raises Device.DoesNotExist."""
-    app = App.objects.get(pk=app_id)
-    _ensure_device_write(by, app)
+    Raises Device.DoesNotExist, PermissionDenied (``_ensure_device_write``)."""
+    _ensure_device_write(by, app_id)
     with transaction.atomic():
-        device = _device_by_token(app, token)
+        device = _device_by_token(app_id, token)
         if device.push_enabled != push_enabled:
             device.push_enabled = push_enabled
             device.save(update_fields=["push_enabled"])
@@ -197,11 +197,10 @@ def device_opt_in_set(*, app_id: int, token: str, push_enabled: bool, by: User) 
 def device_unregister(*, app_id: int, token: str, by: User) -> Device:
     """Deactivate a token (an APNs token in any case) at the app's request (logout, uninstall).
 
-    Raises Device.DoesNotExist."""
-    app = App.objects.get(pk=app_id)
-    _ensure_device_write(by, app)
+    Raises Device.DoesNotExist, PermissionDenied (``_ensure_device_write``)."""
+    _ensure_device_write(by, app_id)
     with transaction.atomic():
-        device = _device_by_token(app, token)
+        device = _device_by_token(app_id, token)
         if device.active:
             device.active = False
             device.invalidated_at = timezone.now()

@@ -269,6 +269,25 @@ def test_fcm_tokens_keep_their_case(ingest, app):
     assert Device.objects.get().active
 
 
+@pytest.mark.parametrize("change", ["register", "opt-in", "unregister"])
+def test_a_device_change_reads_its_app_once(app, manager_alice, change):
+    """The app's access is the one read of it: each change also loaded the whole row (its encrypted
+    credentials among its columns) for its id alone."""
+    from django.test.utils import CaptureQueriesContext
+
+    from delivery.services.devices import device_opt_in_set, device_register, device_unregister
+
+    DeviceFactory(app=app, token=IOS_TOKEN)
+    with CaptureQueriesContext(connection) as queries:
+        if change == "register":
+            device_register(app_id=app.pk, external_id="user-1", platform="ios", token=IOS_TOKEN, by=manager_alice)
+        elif change == "opt-in":
+            device_opt_in_set(app_id=app.pk, token=IOS_TOKEN, push_enabled=False, by=manager_alice)
+        else:
+            device_unregister(app_id=app.pk, token=IOS_TOKEN, by=manager_alice)
+    assert len([q for q in queries.captured_queries if 'FROM "delivery_app"' in q["sql"]]) == 1
+
+
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks between two sessions")
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("change", ["unregister", "opt-in", "register", "invalidate"])
