@@ -413,3 +413,24 @@ def test_status_check_exits_2_when_a_line_needs_an_operator_and_prints_every_lin
         call_command("status", "--check", stdout=out)
     assert stopped.value.code == 2
     assert said in out.getvalue() and out.getvalue().rstrip().splitlines()[-1].startswith("  ")  # the beat, last
+
+
+def test_status_help_names_every_part_it_prints():
+    """`manage.py help status` is where an operator first reads what the command tells."""
+    from operations.management.commands.status import Command
+
+    described = Command().create_parser("manage.py", "status").format_help().lower()
+    described = " ".join(described.split())
+    for part in (
+        "instance",
+        "credentials",
+        "api keys",
+        "queue",
+        "dispatches",
+        "failed tasks",
+        "event",
+        "imports",
+        "retention",
+        "beat",
+    ):
+        assert part in described, part

@@ -24,7 +24,12 @@ def _age(seconds: float | None) -> str:
 
 
 class Command(BaseCommand):
-    help = "Queue depth and the oldest task's age, dispatches sending and their rates, failed tasks, the beat."
+    help = (
+        "The instance and whether it may send, whether every app's stored credentials decrypt, the live API keys "
+        "of a superuser that someone else made, the queue depth and the oldest task's age, dispatches sending and "
+        "their rates, the last hour's failed tasks, event batches waiting to run again, stalled imports and those "
+        "no worker takes up, what stops retention, and when each schedule of the beat last ran."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument(
