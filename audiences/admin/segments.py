@@ -18,7 +18,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince
 
-from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin, asks_again, deleted_objects_counted
+from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin, asks_again, deleted_objects_counted, row_id
 from accounts.json_values import JsonValueFormField, json_parse, json_value_check
 from accounts.selectors import in_scope
 from audiences.models import Segment
@@ -477,11 +477,13 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             if not isinstance(body, dict):
                 return JsonResponse({"errors": [{"path": "", "message": "Send a JSON object."}]}, status=400)
             rules = body.get("rules")
-            segment_id = body.get("segment") or object_id
-            if isinstance(segment_id, str) and segment_id.isdigit():
-                segment_id = int(segment_id)
-            if not isinstance(segment_id, int):
-                segment_id = None
+            asked = body.get("segment") or object_id
+            segment_id = None  # not an id (a float, a word, true): the posted rules are previewed
+            if (isinstance(asked, int) and not isinstance(asked, bool)) or (isinstance(asked, str) and asked.isdigit()):
+                # Digits int() cannot read ("²", or more than it reads) name no row, as ids past any row's.
+                segment_id = row_id(Segment, asked)
+                if segment_id is None:
+                    raise Http404("No segment with this id.")
         try:
             preview = segment_preview(
                 by=request.user, segment_id=segment_id, rules=rules, keep=request.method == "POST"

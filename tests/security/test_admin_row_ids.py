@@ -87,3 +87,16 @@ def test_revoking_access_from_what_is_not_an_id_answers_404_and_revokes_nothing(
     answer = client.post(reverse("admin:audiences_segment_access", args=[segment.pk]), {"revoke": revoke})
     assert answer.status_code == 404
     assert User.objects.get(pk=manager_alice.pk).has_perm("audiences.view_segment", segment)
+
+
+@pytest.mark.parametrize(
+    "segment",
+    [int(PAST), PAST, "9" * 5000, "²", -1],
+    ids=["past", "past-text", "5000-digits", "superscript", "negative"],
+)
+def test_a_rule_preview_of_a_segment_id_that_names_no_row_answers_404(client, admin_erin, segment):
+    # "²" is a digit to str.isdigit() but not to int(); 5,000 digits are past what int() reads.
+    client.force_login(admin_erin)
+    preview = reverse("admin:audiences_segment_preview_rules")
+    answer = client.post(preview, json.dumps({"segment": segment}), content_type="application/json")
+    assert answer.status_code == 404
