@@ -126,8 +126,6 @@ def deliveries_claim(
         "AND (next_attempt_at IS NULL OR next_attempt_at <= %s)"
     )
     if connection.vendor == "postgresql":
-        profile_columns = ", p.external_id, p.locale, p.timezone, p.attributes" if with_profiles else ""
-        profile_join = " LEFT JOIN audiences_profile p ON p.id = c.profile_id" if with_profiles else ""
         if quiet is None:
             sql = (
                 f"WITH picked AS (SELECT id FROM delivery_delivery WHERE {ready} ORDER BY id LIMIT %s "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
@@ -135,13 +133,11 @@ def deliveries_claim(
                 "claimed AS (UPDATE delivery_delivery d SET status = 'sending', attempts = d.attempts + 1, "
                 f"lease_expires_at = {_LEASE_SQL} WHERE d.id = ANY(ARRAY(SELECT id FROM picked)) "
                 "RETURNING d.id, d.device_id, d.profile_id, d.attempts, d.expires_at, d.context, d.variant) "
-                "SELECT c.id, c.device_id, c.profile_id, c.attempts, dev.token, dev.platform, c.expires_at, c.context, "
-                f"c.variant, {_UNSENDABLE_SQL}{profile_columns} "
-                f"FROM claimed c LEFT JOIN delivery_device dev ON dev.id = c.device_id{profile_join}"
+                + _claimed_select(_UNSENDABLE_SQL, with_profiles=with_profiles)
             )
             params = [dispatch_id, after, _dt(now), limit, settings.PUSHDESK_SEND_LEASE_SECONDS]
         else:
-            sql = _quiet_claim_sql(ready, quiet, profile_columns=profile_columns, profile_join=profile_join)
+            sql = _quiet_claim_sql(ready, quiet, with_profiles=with_profiles)
             params = [
                 dispatch_id,
                 after,
@@ -215,7 +211,22 @@ def deliveries_claim(
     return rows
 
 
-def _quiet_claim_sql(ready: str, quiet: QuietAtClaim, *, profile_columns: str, profile_join: str) -> str:
+def _claimed_select(skip: str, *, held: bool = False, with_profiles: bool) -> str:
+    """The claim statements' last SELECT (``deliveries_claim``), over their ``claimed`` rows: each
+    with its device's token and platform, ``skip`` (why it is not sent, "" to send), then with
+    ``held`` whether quiet hours held it (the quiet-hours claim's ``c.hold``) and with
+    ``with_profiles`` its profile's columns. A shape's text is the same at every call: the
+    connection keeps the statement's plan by its text."""
+    profile_columns = ", p.external_id, p.locale, p.timezone, p.attributes" if with_profiles else ""
+    profile_join = " LEFT JOIN audiences_profile p ON p.id = c.profile_id" if with_profiles else ""
+    return (
+        "SELECT c.id, c.device_id, c.profile_id, c.attempts, dev.token, dev.platform, c.expires_at, c.context, "  # noqa: S608 (constants)
+        f"c.variant, {skip}{', c.hold' if held else ''}{profile_columns} "
+        f"FROM claimed c LEFT JOIN delivery_device dev ON dev.id = c.device_id{profile_join}"
+    )
+
+
+def _quiet_claim_sql(ready: str, quiet: QuietAtClaim, *, with_profiles: bool) -> str:
     """The claim's statement judging quiet hours (``deliveries_claim``): ``judged`` reads each
     picked row's profile's zone in the zones' answers (a JSON object, bound: when their quiet hours
     end, or null; "" for the rules' default zone, which an unknown or empty zone falls back to), the
@@ -244,9 +255,9 @@ def _quiet_claim_sql(ready: str, quiet: QuietAtClaim, *, profile_columns: str, p
         "FROM judged j WHERE d.id = ANY(ARRAY(SELECT id FROM picked)) AND j.id = d.id "
         "RETURNING d.id, d.device_id, d.profile_id, d.attempts, d.expires_at, d.context, d.variant, j.hold, "
         "j.quiet_skip) "
-        "SELECT c.id, c.device_id, c.profile_id, c.attempts, dev.token, dev.platform, c.expires_at, c.context, "
-        f"c.variant, COALESCE(NULLIF({_UNSENDABLE_SQL}, ''), c.quiet_skip), c.hold{profile_columns} "
-        f"FROM claimed c LEFT JOIN delivery_device dev ON dev.id = c.device_id{profile_join}"
+        + _claimed_select(
+            f"COALESCE(NULLIF({_UNSENDABLE_SQL}, ''), c.quiet_skip)", held=True, with_profiles=with_profiles
+        )
     )
 
 
