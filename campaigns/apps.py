@@ -11,7 +11,12 @@ class CampaignsConfig(AppConfig):
         from campaigns.review import campaign_references, campaign_review_html
         from campaigns.selectors import campaign_ids_visible_to
         from campaigns.services.lifecycle import campaign_approve, campaign_request_changes
-        from campaigns.services.scheduling import campaign_api_gate, campaign_audience_check, campaign_gate
+        from campaigns.services.scheduling import (
+            campaign_api_gate,
+            campaign_audience_check,
+            campaign_dispatch_refused,
+            campaign_gate,
+        )
         from campaigns.services.triggers import (
             campaign_changed,
             campaign_content_changed,
@@ -21,12 +26,17 @@ class CampaignsConfig(AppConfig):
         from config.zones import zoned
         from delivery.models import Dispatch
         from delivery.selectors import dispatch_source_readers_register
-        from delivery.services.dispatches import dispatch_audience_check_register, dispatch_gate_register
+        from delivery.services.dispatches import (
+            dispatch_audience_check_register,
+            dispatch_gate_register,
+            dispatch_refusal_register,
+        )
         from delivery.services.streams import stream_current_check_register
 
         dispatch_gate_register(kind=Dispatch.Kind.CAMPAIGN, gate=campaign_gate)
         dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=campaign_api_gate)
         dispatch_audience_check_register(kind=Dispatch.Kind.CAMPAIGN, check=campaign_audience_check)
+        dispatch_refusal_register(kind=Dispatch.Kind.CAMPAIGN, hook=campaign_dispatch_refused)
         stream_current_check_register(kind=Dispatch.Kind.API_TRIGGER, check=campaign_stream_is_current)
         # A campaign granted without its app shows its own sends; its test sends are its content's.
         for kind in (Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER):

@@ -4,7 +4,8 @@ A campaign recurring every minute records 1,440 occurrences a day. Its page list
 ``LATEST_OCCURRENCES``, newest first, with the count of all and a link to their list, which pages,
 filters (by outcome, by when they were due) and, like every read of them, holds only the
 occurrences of campaigns the user may see (``occurrences_visible_to``). Both are read-only: the
-scheduler alone writes occurrences.
+scheduler alone writes occurrences, and the send corrects one whose dispatch its audience check
+refused (``campaign_dispatch_refused``).
 """
 
 from __future__ import annotations

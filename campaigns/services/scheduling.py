@@ -99,6 +99,30 @@ def campaign_audience_check(dispatch: Dispatch) -> None:
     _audience_gate(campaign, approved)
 
 
+def campaign_dispatch_refused(dispatch: Dispatch, reason: str) -> None:
+    """A campaign's dispatch refused when its audience was read (``campaign_audience_check``), in the
+    transaction that ends it failed: the occurrence that made it, recorded as sent, says it was
+    refused, and why, as an occurrence the gate refuses when it fires does. A dispatch no occurrence
+    made (a winner test's remainder) has no occurrence to correct."""
+    occurrence = (
+        Occurrence.objects.select_for_update(of=("self",))
+        .select_related("campaign")
+        .filter(dispatch_id=dispatch.pk)
+        .first()
+    )
+    if occurrence is None:
+        return
+    occurrence.outcome = Occurrence.Outcome.REFUSED
+    occurrence.note = f"Refused when its audience was read: {reason}"[:300]
+    occurrence.save(update_fields=["outcome", "note"])
+    audit(
+        actor=None,
+        action=f"campaign_occurrence_{occurrence.outcome}",
+        obj=occurrence.campaign,
+        summary={"due_at": occurrence.due_at.isoformat(), "note": occurrence.note},
+    )
+
+
 def _winner_gate(campaign: Campaign, approved, sample: dict) -> tuple[dict, list[dict]]:
     """The spec and variants a send of this part of a winner-mode campaign may carry; GateClosed
     for a part it may not send (the whole audience of a winner-mode campaign, a second remainder)."""

@@ -83,6 +83,17 @@ def dispatch_audience_check_register(*, kind: str, check: AudienceCheck) -> None
     _AUDIENCE_CHECKS[kind] = check
 
 
+RefusalHook = Callable[[Dispatch, str], None]
+_REFUSAL_HOOKS: dict[str, RefusalHook] = {}
+
+
+def dispatch_refusal_register(*, kind: str, hook: RefusalHook) -> None:
+    """Plug what a kind records when its audience check refuses a dispatch: ``hook(dispatch, reason)``
+    runs in the transaction that ends the dispatch ``failed``, before any row is written (campaigns:
+    the occurrence that made the dispatch, which said it was sent, says it was refused)."""
+    _REFUSAL_HOOKS[kind] = hook
+
+
 def content_reference_kept(content_id: int | None) -> int | None:
     """``content_id`` while that push content exists, else None: what a new dispatch may refer to.
 
@@ -481,13 +492,16 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
 
 
 def _refuse_unresolved(dispatch: Dispatch, *, reason: str, now: datetime) -> None:
-    """End a preparing dispatch, held locked, as ``failed`` with ``reason`` before any row is written."""
+    """End a preparing dispatch, held locked, as ``failed`` with ``reason`` before any row is written,
+    and let its kind record the refusal (``dispatch_refusal_register``) in the same transaction."""
     dispatch.status = Dispatch.Status.FAILED
     dispatch.error = reason
     dispatch.finished_at = now
     dispatch.rows_close()
     dispatch.save(update_fields=["status", "error", "finished_at", "rows_until_id"])
     audit(actor=None, action="dispatch_failed", obj=dispatch, summary={"refused": reason})
+    if (hook := _REFUSAL_HOOKS.get(dispatch.kind)) is not None:
+        hook(dispatch, reason)
 
 
 def dispatch_stop(*, dispatch_id: int, by: User) -> Dispatch:

@@ -1,8 +1,10 @@
 """Occurrences fire exactly once: with an injectable clock, racing workers, and after downtime."""
 
 import datetime as dt
+import re
 import socket
 import threading
+from html import unescape
 
 import pytest
 from django.db import connection
@@ -243,6 +245,52 @@ def test_members_added_after_the_occurrence_fired_and_before_its_audience_is_rea
     dispatch = Dispatch.objects.get(pk=occurrence.dispatch.pk)
     assert dispatch.status == "failed"
     assert "defined otherwise than when it was approved" in dispatch.error
+
+
+def test_an_occurrence_whose_audience_is_refused_when_read_says_so_and_not_sent(
+    client, make_campaign, approve, team, manager_alice
+):
+    """The occurrence read 'Sent' when its dispatch was made; refused by the prepare task, nothing
+    went: its row says so, with the reason, on the campaign's page and in the list of occurrences,
+    and the campaign, whose only send it was, ends failed."""
+    from accounts.models import AuditEvent
+    from audiences.services.segments import segment_members_change
+    from delivery.services.dispatches import dispatch_prepare
+
+    vips, _ = _kept_list(team, manager_alice, ["vip-1"])
+    ProfileFactory(external_id="vip-2", attributes={})
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0, segment=vips))
+    (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=T0 + dt.timedelta(minutes=10))
+    assert occurrence.outcome == "sent_late"
+    segment_members_change(segment_id=vips.pk, by=manager_alice, add=["vip-2"])
+    dispatch_prepare(dispatch_id=occurrence.dispatch_id)
+
+    occurrence.refresh_from_db()
+    assert occurrence.outcome == "refused"
+    assert occurrence.note.startswith("Refused when its audience was read: The audience of 'Spring sale'")
+    assert "defined otherwise than when it was approved" in occurrence.note
+    assert occurrence.dispatch_id is not None  # the failed dispatch, saying the same
+    refused = AuditEvent.objects.get(action="campaign_occurrence_refused")
+    assert refused.summary["due_at"] == T0.isoformat() and refused.summary["note"] == occurrence.note
+
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    listed = client.get(
+        f"/admin/campaigns/occurrence/?campaign__id__exact={campaign.pk}&outcome__exact=refused"
+    ).content.decode()
+    for html in (page, listed):
+        assert _cells(html, "outcome") == ["Refused by the gate"]
+        (note,) = _cells(html, "note")
+        assert note.startswith("Refused when its audience was read")
+    campaigns_tick(now=T0 + dt.timedelta(minutes=11))
+    campaign.refresh_from_db()
+    assert campaign.status == "failed"
+
+
+def _cells(html: str, field: str) -> list[str]:
+    """The text of an admin page's cells of ``field`` (a list's or an inline's), in their order."""
+    found = re.findall(rf'<t[dh] class="field-{field}"[^>]*>(.*?)</t[dh]>', html, flags=re.S)
+    return [unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", cell))).strip() for cell in found]
 
 
 def _kept_list(team, manager_alice, names):
