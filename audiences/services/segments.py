@@ -116,16 +116,40 @@ _FIGURES = ("last_count", "last_counted_at", "last_reach")
 
 def _figures_forget(segment: Segment) -> list[str]:
     """Clear the kept count and reach of a segment whose rules or members changed (they were the
-    figures of what it held before); return the fields to save."""
+    figures of what it held before), and those of the segments using it (``_users_figures_forget``);
+    return the fields to save."""
     for name in _FIGURES:
         setattr(segment, name, None)
+    _users_figures_forget(segment.pk)
     return list(_FIGURES)
+
+
+def _users_figures_forget(segment_id: int) -> None:
+    """Clear the kept figures of every segment whose rules use ``segment_id``'s membership, directly
+    or through others: they were counted with what it held. (A campaign page showed the count of
+    an audience whose nested list had changed since, as of its age.)
+
+    A using segment locked meanwhile (edited, or keeping a count) is left as it is rather than
+    waited for: the rows are locked in no order of ours, and its own writer holds it while it
+    locks others."""
+    users: set[int] = set()
+    targets = {segment_id}
+    while targets:  # no cycles: segments use segments at most 10 levels deep
+        targets = set(SegmentReference.objects.filter(target_id__in=targets).values_list("source_id", flat=True))
+        targets -= users
+        users |= targets
+    if users:
+        with transaction.atomic():
+            free = Segment.objects.select_for_update(skip_locked=True).filter(pk__in=users).order_by("pk")
+            Segment.objects.filter(pk__in=list(free.values_list("pk", flat=True))).update(**dict.fromkeys(_FIGURES))
 
 
 def segment_members_landed(segment_id: int) -> None:
     """An import changed the segment's members: forget its kept count and reach, as a change of its
-    members in the admin does, and mark it changed (a count begun before is then not kept)."""
+    members in the admin does (those of the segments using it too), and mark it changed (a count
+    begun before is then not kept)."""
     Segment.objects.filter(pk=segment_id).update(**dict.fromkeys(_FIGURES), updated_at=timezone.now())
+    _users_figures_forget(segment_id)
 
 
 # What names segments without a foreign key protecting them (a journey's conditions name theirs in

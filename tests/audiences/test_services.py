@@ -1078,3 +1078,34 @@ def test_a_segment_count_hashes_a_large_static_segment_instead_of_probing_per_pr
             plans[memory] = segment_profiles(segment).order_by().explain()
     assert "hashed SubPlan" in plans[COUNT_WORK_MEM], plans
     assert "hashed SubPlan" not in plans["64kB"], plans
+
+
+def test_a_change_of_a_segment_forgets_the_kept_counts_of_the_segments_using_it(manager_alice):
+    """A count kept on a segment is of what it held; one whose rules use another's membership held
+    what that one held. A change of the list's members, or of the used segment's rules, forgets the
+    kept figures of every segment using it (those using those included), as it forgets its own."""
+    for external_id in ("a", "b"):
+        ProfileFactory(external_id=external_id, attributes={"plan": "pro"})
+    static = segment_create(name="List", kind=Segment.Kind.STATIC, by=manager_alice)
+    segment_members_change(segment_id=static.pk, by=manager_alice, add=["a"])
+    pro = segment_create(name="Pro", rules=PRO, by=manager_alice)
+    listed = segment_create(name="Listed", rules={"all": [{"segment": static.pk}]}, by=manager_alice)
+    both = segment_create(name="Both", rules={"all": [{"segment": listed.pk}, {"segment": pro.pk}]}, by=manager_alice)
+
+    def kept() -> dict:
+        for segment in (listed, both):
+            segment_count_keep(segment_id=segment.pk, by=manager_alice)
+        return dict(Segment.objects.filter(pk__in=[listed.pk, both.pk]).values_list("name", "last_count"))
+
+    assert kept() == {"Listed": 1, "Both": 1}
+    segment_members_change(segment_id=static.pk, by=manager_alice, add=["b"])
+    assert dict(Segment.objects.filter(pk__in=[listed.pk, both.pk]).values_list("name", "last_count")) == {
+        "Listed": None,
+        "Both": None,
+    }
+    assert kept() == {"Listed": 2, "Both": 2}
+    segment_update(segment_id=pro.pk, by=manager_alice, rules={"all": [{"attribute": "plan", "op": "exists"}]})
+    assert dict(Segment.objects.filter(pk__in=[listed.pk, both.pk]).values_list("name", "last_count")) == {
+        "Listed": 2,
+        "Both": None,
+    }
