@@ -299,7 +299,7 @@ class DispatchAdmin(ScopedAdmin):
             else "no push accepted in it, so no time from trigger to accepted"
         )
         return format_html(
-            "Calls append to it during {} (UTC), version {}.<br><strong>Last minute: {} messages/s, {}.</strong>",
+            "Calls append to it during {} (UTC), version {}.<br><strong>Last minute: {} accepted messages/s, {}.</strong>",
             obj.stream_day,
             obj.stream_version[:12],
             figures["rate_per_second"],

@@ -559,10 +559,10 @@ def test_a_streams_admin_page_shows_its_live_rate_and_latency(
     page = reverse("admin:delivery_dispatch_change", args=[stream.pk])
     client.force_login(viewer_carol)
     quiet = client.get(page).content.decode()  # nothing sent yet: said so, not "trigger to accepted no push accepted"
-    assert "Last minute: 0.0 messages/s, no push accepted in it, so no time from trigger to accepted." in quiet
+    assert "Last minute: 0.0 accepted messages/s, no push accepted in it, so no time from trigger to accepted." in quiet
     streams_send(budget=0)
     html = client.get(page).content.decode()
-    assert "Last minute: 0.1 messages/s, trigger to accepted p50" in html
+    assert "Last minute: 0.1 accepted messages/s, trigger to accepted p50" in html
     # Its counters as they are now, not as the last minute's watch kept them.
     assert Dispatch.objects.get(pk=stream.pk).total == 0
     response = client.get(page)
