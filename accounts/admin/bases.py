@@ -211,7 +211,9 @@ class BoundedDateChangeList(ChangeList):
             # (part, its most digits, its highest value): Django checks the rest of the date.
             for part, digits, highest in (("year", 4, 9998), ("month", 2, 99), ("day", 2, 99)):
                 value = self.params.get(f"{self.date_hierarchy}__{part}")
-                if value is not None and not (value.isdigit() and len(value) <= digits and 1 <= int(value) <= highest):
+                # isascii(): "²" is a digit to isdigit(), not to int().
+                plain = value is not None and value.isascii() and value.isdigit()
+                if value is not None and not (plain and len(value) <= digits and 1 <= int(value) <= highest):
                     raise IncorrectLookupParameters(f"No {part} {value[:20]} in the calendar.")
         return super().get_filters(request)
 
