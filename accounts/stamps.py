@@ -15,7 +15,9 @@ sees the new stamp loads the new data; a cache entry is also dropped after
 
 from __future__ import annotations
 
+import os
 import secrets
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -78,6 +80,31 @@ class _Redis:
         self.stamp_prefix = f"{instance}:stamp:"
         self.throttle_prefix = f"{instance}:throttle:"
         self.no_bucket = f"{instance}:throttle:-"
+        pool = self.client.connection_pool
+        self._connect = lambda: pool.connection_class(**pool.connection_kwargs)
+        self._packed = lru_cache(maxsize=1024)(self._connect().pack_command)
+        self._own = threading.local()
+
+    def take_and_read(self, keys: list[str], args: list) -> list:
+        """The script's answer, in one round trip on this thread's own connection.
+
+        redis-py's command path (the pool's checkout and return, its retry wrapper and its
+        observability hooks, the command packed again) cost about as much of a request's CPU as
+        the round trip itself, on every API call; the command's bytes are kept per keys and
+        arguments (a key's bucket and a view's stamps: a few per process). Any failure (a
+        server restarted, the script flushed from its cache) closes the thread's connection and
+        goes the client's way, with its retries and its loading of the script."""
+        own = self._own
+        connection = getattr(own, "connection", None)
+        if connection is None or own.pid != os.getpid():  # a forked process makes its own
+            connection, own.connection, own.pid = (made := self._connect()), made, os.getpid()
+        command = self._packed("EVALSHA", self.script.sha, len(keys), *keys, *args)
+        try:
+            connection.send_packed_command(command, check_health=False)
+            return connection.read_response()
+        except Exception:  # noqa: BLE001 (whatever it was, the client's path answers or raises it)
+            connection.disconnect()
+            return self.script(keys=keys, args=args)
 
 
 @lru_cache(maxsize=1)
@@ -105,7 +132,7 @@ def stamps_read(names: list[str], *, rate_key: str | None = None, rate: float = 
     take = rate_key is not None and rate > 0
     stamp = server.stamp_prefix
     keys = [server.throttle_prefix + rate_key if take else server.no_bucket] + [stamp + n for n in names]
-    granted, wait, values = server.script(keys=keys, args=[rate if take else 0, 1, burst_of(rate) if take else 0])
+    granted, wait, values = server.take_and_read(keys, [rate if take else 0, 1, burst_of(rate) if take else 0])
     decoded = {name: (v.decode() if isinstance(v, bytes) else None) for name, v in zip(names, values, strict=True)}
     if not take:
         return Stamps(decoded)
