@@ -242,13 +242,28 @@ def test_a_marketing_stream_row_appended_before_the_quiet_hours_is_held_when_cla
     assert pushsim.state.count(sleeping.token) == 1
 
 
+@pytest.fixture
+def paris_row(pushsim_app):
+    """``make(ttl_seconds=, platform=, purpose=)``: a stream's one row (a marketing stream's unless
+    told), for a profile in Paris with a phone of ``platform``, appended before the app had quiet
+    hours; returns (stream, device)."""
+
+    def make(*, ttl_seconds: int, platform: str, purpose: str = "marketing"):
+        content = PushContentFactory(app=pushsim_app, ttl_seconds=ttl_seconds)
+        profile = ProfileFactory(timezone="Europe/Paris")
+        device = DeviceFactory(profile=profile, app=pushsim_app, platform=platform)
+        stream = stream_of(content, purpose=purpose)
+        append_to(stream, [profile])
+        return stream, device
+
+    return make
+
+
 @pytest.mark.embedded
-def test_quiet_hours_that_discard_skip_a_marketing_streams_rows_they_reach_when_claimed(pushsim_app, pushsim):
-    content = PushContentFactory(app=pushsim_app, ttl_seconds=3600)
-    profile = ProfileFactory(timezone="Europe/Paris")
-    device = DeviceFactory(profile=profile, app=pushsim_app, platform="android")
-    stream = stream_of(content, purpose="marketing")
-    append_to(stream, [profile])
+def test_quiet_hours_that_discard_skip_a_marketing_streams_rows_they_reach_when_claimed(
+    pushsim_app, pushsim, paris_row
+):
+    stream, device = paris_row(ttl_seconds=3600, platform="android")
     _quiet_from_now_on(pushsim_app, "Europe/Paris", mode="discard")
 
     streams_send(budget=0, dispatch_ids=[stream.pk])
@@ -260,12 +275,10 @@ def test_quiet_hours_that_discard_skip_a_marketing_streams_rows_they_reach_when_
 
 
 @pytest.mark.embedded
-def test_a_now_or_never_push_of_a_marketing_stream_the_quiet_hours_reach_is_skipped_as_expired(pushsim_app, pushsim):
-    never = PushContentFactory(app=pushsim_app, ttl_seconds=0)
-    profile = ProfileFactory(timezone="Europe/Paris")
-    device = DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
-    stream = stream_of(never, purpose="marketing")
-    append_to(stream, [profile])
+def test_a_now_or_never_push_of_a_marketing_stream_the_quiet_hours_reach_is_skipped_as_expired(
+    pushsim_app, pushsim, paris_row
+):
+    stream, device = paris_row(ttl_seconds=0, platform="ios")
     _quiet_from_now_on(pushsim_app, "Europe/Paris")
 
     streams_send(budget=0, dispatch_ids=[stream.pk])
@@ -274,12 +287,10 @@ def test_a_now_or_never_push_of_a_marketing_stream_the_quiet_hours_reach_is_skip
     assert pushsim.state.count(device.token) == 0
 
 
-def test_a_transactional_stream_sends_through_the_quiet_hours_with_the_claim_that_judges_none(pushsim_app, pushsim):
-    content = PushContentFactory(app=pushsim_app, ttl_seconds=3600)
-    profile = ProfileFactory(timezone="Europe/Paris")
-    device = DeviceFactory(profile=profile, app=pushsim_app, platform="android")
-    stream = stream_of(content, purpose="transactional")
-    append_to(stream, [profile])
+def test_a_transactional_stream_sends_through_the_quiet_hours_with_the_claim_that_judges_none(
+    pushsim_app, pushsim, paris_row
+):
+    stream, device = paris_row(ttl_seconds=3600, platform="android", purpose="transactional")
     _quiet_from_now_on(pushsim_app, "Europe/Paris")
 
     with CaptureQueriesContext(connection) as queries:
