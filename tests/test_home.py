@@ -212,6 +212,12 @@ def test_provider_health_shows_unknown_rows_apart_from_the_errors(client, admin_
     response = client.get("/admin/")
     (row,) = response.context["home"]["health"]
     assert (row["accepted"], row["errors"], row["unknown"], row["error_rate"]) == (3, 1, 3, 25.0)
+    # Summed over whole quarter hours: the window's start is named, 60 to 75 minutes ago.
+    since = (now - dt.timedelta(hours=1)).replace(second=0, microsecond=0)
+    since = since.replace(minute=since.minute // 15 * 15)
+    assert f'Provider health, last hour <span class="pd-detail">(since {since:%H:%M} UTC)</span>' in (
+        response.content.decode()
+    )
     assert row["reasons"] == [("BadDeviceToken", 1)]
     assert row["unknown_reasons"] == [("lease_expired", 2), (lost, 1)]
     html = response.content.decode()
