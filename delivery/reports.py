@@ -661,7 +661,8 @@ def _bucket(moment: dt.datetime, unit: str, tz: dt.tzinfo) -> dt.datetime:
     local = timezone.localtime(moment, tz)
     if unit == "hour":
         return local.replace(minute=0, second=0, microsecond=0)
-    return local.replace(hour=0, minute=0, second=0, microsecond=0)  # zoneinfo: the offset of that midnight
+    # zoneinfo: the offset of that midnight; its first, where the clocks repeat it (Havana's 1 November)
+    return local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0)
 
 
 STEP_COUNTERS = ("entered", "waiting", "sent", "accepted", "skipped", "exited")

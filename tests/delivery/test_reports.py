@@ -296,3 +296,24 @@ def test_the_hour_the_clocks_repeat_is_two_hours_on_the_timeline():
         "accepted": [1, 2, 1],
         "opened": [0, 0, 0],
     }
+
+
+def test_a_day_whose_midnight_the_clocks_repeat_is_one_day_on_the_timeline():
+    """Havana puts its clocks back at 01:00 to 00:00 (1 November 2026): a push accepted in the second
+    00:00 hour, the first of the send, is of that day, as the days summed in SQL count it."""
+    app = AppFactory()
+    dispatch = Dispatch.objects.create(app=app, kind="campaign", content_spec={"title": "Hi"}, status="done")
+    times = [
+        dt.datetime(2026, 11, 1, 5, 10, tzinfo=dt.UTC),  # 00:10 CST, the second midnight hour
+        dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC),
+        dt.datetime(2026, 11, 4, 12, 0, tzinfo=dt.UTC),
+    ]
+    for when in times:
+        device = DeviceFactory(app=app, platform="ios")
+        Delivery.objects.create(
+            dispatch=dispatch, device=device, profile=device.profile, status="accepted", finished_at=when
+        )
+    rollup_rebuild(dispatch_ids=[dispatch.pk])
+    timeline = report_charts(dispatch_ids=[dispatch.pk], tz=zoneinfo.ZoneInfo("America/Havana"))["timeline"]
+    assert timeline["labels"] == ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"]
+    assert timeline["accepted"] == [2, 0, 0, 1]
