@@ -148,13 +148,24 @@ def _flatten(detail, prefix="") -> list[dict]:
 class ErrorsInJson:
     """For a view answering in a format of its own (the schema's YAML, the docs' HTML, an import's
     error file): its refusals (a method it does not take, no key, no such object) are the API's
-    JSON errors, whatever type the request accepted, as every other path's under /api/."""
+    JSON errors, and its answer to OPTIONS is JSON, whatever type the request accepted, as every
+    other path's under /api/."""
 
     def handle_exception(self, exc):
         response = super().handle_exception(exc)
+        self._answer_in_json()
+        return response
+
+    def options(self, request, *args, **kwargs):
+        """DRF's description of the view, in JSON too: the docs' HTML renderer has no template for
+        it and the error file's renders nothing (each answered OPTIONS with a 500)."""
+        response = super().options(request, *args, **kwargs)
+        self._answer_in_json()
+        return response
+
+    def _answer_in_json(self):
         self.request.accepted_renderer = JSONRenderer()  # what finalize_response renders it with
         self.request.accepted_media_type = JSONRenderer.media_type
-        return response
 
 
 class InstanceNotClaimed(exceptions.APIException):

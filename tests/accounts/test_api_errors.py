@@ -72,6 +72,24 @@ def test_the_schema_and_the_docs_still_answer_a_get_in_their_own_format(client, 
     assert response.status_code == 200 and content_type in response["Content-Type"]
 
 
+@pytest.mark.parametrize(
+    ("path", "accept"),
+    [
+        ("/api/v1/docs/", "text/html"),
+        ("/api/v1/imports/1/errors/", "text/csv"),
+        ("/api/v1/schema/", "application/vnd.oai.openapi"),
+    ],
+)
+def test_an_options_call_to_a_view_of_its_own_format_is_answered_in_json(manager_alice, api_key_for, path, accept):
+    """DRF describes a view to OPTIONS with the renderer the request accepted: the docs' HTML one
+    had no template for it, the error file's CSV one renders nothing (both a 500), the schema's
+    answered in YAML."""
+    client = api_key_for(manager_alice, scopes=["read"])
+    response = client.options(path, HTTP_ACCEPT=accept)
+    assert (response.status_code, response["Content-Type"]) == (200, "application/json")
+    assert response.json()["name"]  # DRF's description of the view
+
+
 def test_a_form_body_of_too_many_fields_or_files_is_said_so(manager_alice, api_key_for, settings, tmp_path):
     """An import's multipart body past Django's counts was answered as a query of too many
     parameters, or a bare 'Bad request.'."""
