@@ -33,12 +33,21 @@ UNSENT_WORDS = {
 }
 
 
+def wait_until_text(until: str, *, short: bool = False) -> str:
+    """A wait until a time of day, saying in which zone it is read: the engine waits in each
+    profile's zone, and in UTC for a profile without one (``journeys.services.engine``). ``short``:
+    as a graph's box holds it (``BOX_CHARS``), the whole in its tooltip."""
+    if short:
+        return f"until {until}, profile's zone or UTC"
+    return f"until {until} in each profile's time zone (UTC for a profile without one)"
+
+
 def _describe(step: dict, names: dict) -> str:
     """What a step other than a condition does, in words (a condition's line: ``_description``)."""
     kind = step.get("type")
     if kind == "wait":
         if "until" in step:
-            return f"until {step['until']} (profile's time)"
+            return wait_until_text(step["until"])
         return duration_text(step.get("seconds", 0))
     if kind == "entry":
         return step.get("text", "")
@@ -216,6 +225,9 @@ def _description(step: dict, names: dict) -> str:
         shown, full = condition_text(step)
         tooltip = f"<title>{escape(full)}</title>" if shown != full else ""
         return f'<text x="8" y="34" class="description">{escape(shown)}{tooltip}</text>'
+    if step.get("type") == "wait" and "until" in step:
+        shown, full = wait_until_text(step["until"], short=True), wait_until_text(step["until"])
+        return f'<text x="8" y="34" class="description">{escape(shown)}<title>{escape(full)}</title></text>'
     return f'<text x="8" y="34" class="description">{escape(_describe(step, names)[:BOX_CHARS])}</text>'
 
 

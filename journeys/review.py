@@ -3,7 +3,7 @@
 from django.utils.html import format_html, format_html_join
 
 from accounts.models import ApprovalRequest, User
-from journeys.diagram import version_svg
+from journeys.diagram import version_svg, wait_until_text
 from journeys.graph import ELSE_LABEL, branch_label, contents_of, duration_text, rules_of, segments_of
 from journeys.models import Journey, JourneyVersion
 
@@ -109,7 +109,7 @@ def _step_text(step: dict, *, names: dict, segment_names: dict[int, str], app_na
     ``condition_lines`` takes them."""
     kind = step.get("type")
     if kind == "wait":
-        wait = f"until {step['until']} (profile's time)" if "until" in step else duration_text(step.get("seconds", 0))
+        wait = wait_until_text(step["until"]) if "until" in step else duration_text(step.get("seconds", 0))
         return f"wait {wait} → {step.get('next')}"
     if kind == "push":
         name = names.get(("content", step.get("content")), f"content {step.get('content')}")

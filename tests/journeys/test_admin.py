@@ -1590,3 +1590,26 @@ def test_a_new_version_approved_freezes_the_segments_and_the_notice_goes(login, 
     journey = publish(journey)
     page = login(manager_alice).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
     assert "segments-unfrozen" not in page
+
+
+def test_a_wait_until_a_time_of_day_says_in_which_zone_a_profile_without_one_waits(login, manager_alice, make_journey):
+    """A profile without a time zone waits until the time of day in UTC: the step says so, on the
+    journey's page and in the steps the review compares."""
+    from journeys.review import version_rows
+
+    graph = {
+        "steps": [
+            {"id": "morning", "type": "wait", "until": "09:00", "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+    journey = make_journey(graph=graph)
+    page = login(manager_alice).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert (
+        "until 09:00, profile&#x27;s zone or UTC<title>until 09:00 in each profile&#x27;s time zone "
+        "(UTC for a profile without one)</title>"
+    ) in page
+    rows = dict(version_rows(journey.versions.get(), specs={}, names={}, segment_names={}, app_names={}))
+    assert (
+        rows["Step 'morning'"] == "wait until 09:00 in each profile's time zone (UTC for a profile without one) → done"
+    )
