@@ -1,7 +1,7 @@
 import pytest
 
 from delivery.models import Dispatch
-from delivery.services.dispatches import _GATES, dispatch_gate_register
+from delivery.services.dispatches import _AUDIENCE_CHECKS, _GATES, dispatch_gate_register
 
 
 @pytest.fixture
@@ -12,3 +12,10 @@ def open_gate():
     yield
     _GATES.clear()
     _GATES.update(saved)
+
+
+@pytest.fixture
+def no_campaign_audience_check(monkeypatch):
+    """Campaign-kind dispatches made by hand, with no campaign behind them, have their segments read
+    as the engine reads any (campaigns test their audience check themselves)."""
+    monkeypatch.delitem(_AUDIENCE_CHECKS, Dispatch.Kind.CAMPAIGN)

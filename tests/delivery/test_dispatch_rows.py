@@ -79,6 +79,7 @@ def _api_walk(client, dispatch: Dispatch, **query) -> list[int]:
 
 
 @pytest.mark.embedded
+@pytest.mark.usefixtures("no_campaign_audience_check")
 def test_a_bulk_runs_rows_lie_between_its_bounds_and_its_list_walks_only_them(api_key_for, manager_alice, app):
     before = _finished_run(app, 4)
     run = _bulk_run(app, 5)
@@ -191,6 +192,7 @@ def test_a_page_of_one_runs_rows_does_not_walk_the_other_runs_rows(app):
     assert sum(removed) < 100, plan
 
 
+@pytest.mark.usefixtures("no_campaign_audience_check")
 def test_the_migration_gives_the_dispatches_made_before_their_bounds(app):
     made_before = _finished_run(app, 3)
     resolved = _bulk_run(app, 2)

@@ -156,6 +156,7 @@ def test_step_series_sum_the_skips_of_each_step():
 
 
 @pytest.mark.embedded
+@pytest.mark.usefixtures("no_campaign_audience_check")
 def test_the_funnels_reachable_leaves_out_the_held_out_profiles_no_push_could_reach():
     """40 targeted: 10 with a phone that allows notifications, 5 with one that does not, 25 with
     none; two variants of 25% and a holdout of 50%. The holdout takes only the phones a push could
