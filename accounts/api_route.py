@@ -73,7 +73,11 @@ class _Call:
 
     def __init__(self, request, key):
         self._request, self.user, self.auth, self.data = request, key.user, key, None
-        self.headers, self.META = request.headers, request.META
+        self.META = request.META
+
+    @property
+    def headers(self):  # built from META on first use (none of the routed handlers reads it)
+        return self._request.headers
 
 
 def api_route(request, view, kwargs: dict):

@@ -57,7 +57,8 @@ def idempotency_key_read(request) -> str:
 
     Raises ValidationError naming the header when it is over 200 characters or holds a control character.
     """
-    idempotency_key = request.headers.get("Idempotency-Key", "").strip()
+    # META's own name for the header: ``request.headers`` builds a map of every header to read one.
+    idempotency_key = request.META.get("HTTP_IDEMPOTENCY_KEY", "").strip()
     if len(idempotency_key) > KEY_MAX_LENGTH:
         raise serializers.ValidationError({"Idempotency-Key": f"At most {KEY_MAX_LENGTH} characters."})
     if _CONTROL_CHARACTER.search(idempotency_key):  # PostgreSQL cannot store a NUL; none belongs in a key
