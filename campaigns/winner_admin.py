@@ -170,6 +170,17 @@ def winner_status_html(campaign: Campaign) -> str:
         if remainder is not None
         else ""
     )
+    if not test.figures:
+        # Ended without a pick (its sample never went out): no figures to show.
+        return format_html(
+            '<div id="winner-status" data-outcome="{}"><p><strong>{}</strong> (ended {}; {}). {}</p>{}</div>',
+            test.outcome,
+            heading,
+            zoned(test.picked_at, campaign.schedule_zone()),
+            sample,
+            test.reason,
+            rest,
+        )
     return format_html(
         '<div id="winner-status" data-outcome="{}"><p><strong>{}</strong> (picked {} from {}). {}</p>'
         '<table id="winner-figures"><thead><tr><th>variant</th><th>trials</th><th>successes</th><th>rate ({})</th>'

@@ -224,7 +224,9 @@ def winner_pick(*, campaign_id: int, now: dt.datetime | None = None) -> WinnerTe
     on the row first, then the remainder's dispatch is created in the same transaction (the gate
     checks it against the row). A worker killed before the commit leaves the test waiting and
     nothing created; after it, the remainder follows the send pipeline's guarantees. A sample still
-    sending is waited for. A campaign no longer on the air sends nothing to the rest.
+    sending is waited for. A campaign no longer on the air sends nothing to the rest, and neither
+    does a sample that never went out (its dispatch ended before any row was written): that test
+    ends at once, without a pick.
     Returns the test when it was decided now, else None.
     """
     from delivery.models import Dispatch
@@ -238,7 +240,7 @@ def winner_pick(*, campaign_id: int, now: dt.datetime | None = None) -> WinnerTe
         test = (
             WinnerTest.objects.select_for_update(of=("self",))
             .select_related("sample_dispatch")
-            .filter(campaign=campaign, outcome=WinnerTest.Outcome.WAITING, due_at__lte=now)
+            .filter(campaign=campaign, outcome=WinnerTest.Outcome.WAITING)
             .first()
         )
         if test is None:
@@ -246,11 +248,19 @@ def winner_pick(*, campaign_id: int, now: dt.datetime | None = None) -> WinnerTe
         sample = test.sample_dispatch
         if sample is not None and sample.status in Dispatch.RUNNING_STATUSES:
             return None  # the wait starts over the sample's figures: let it finish
+        unsent = _sample_unsent(sample)
+        if not unsent and test.due_at > now:
+            return None
         test.picked_at = now
         approved = campaign.approved()
-        if not campaign.is_active or approved is None:
+        if not campaign.is_active or approved is None or unsent:
+            # A sample that never went out tests nothing: no pick, and the rest is not sent on it.
             test.outcome = WinnerTest.Outcome.CANCELLED
-            test.reason = f"Nothing sent to the rest: the campaign is {campaign.get_status_display().lower()}."
+            test.reason = (
+                unsent
+                if campaign.is_active and approved is not None
+                else f"Nothing sent to the rest: the campaign is {campaign.get_status_display().lower()}."
+            )
             test.save()
             audit(actor=None, action="campaign_winner_cancelled", obj=campaign, summary={"reason": test.reason})
             return test
@@ -324,6 +334,22 @@ def winner_pick(*, campaign_id: int, now: dt.datetime | None = None) -> WinnerTe
     return test
 
 
+def _sample_unsent(sample) -> str:
+    """Why the sample never went out, when its dispatch ended (failed or stopped) before any row was
+    written: its audience refused when the prepare task read it, say. '' when it has rows, or runs."""
+    from delivery.models import Dispatch
+
+    if sample is None or sample.status not in (Dispatch.Status.FAILED, Dispatch.Status.STOPPED):
+        return ""
+    if sample.rows().exists():
+        return ""
+    why = f" ({sample.error.strip().rstrip('.')})" if sample.error.strip() else ""
+    return (
+        f"Nothing sent to the rest: the sample never went out, its dispatch "
+        f"{sample.get_status_display().lower()} before any push was queued{why}."
+    )[:300]
+
+
 def _rest_missed(test: WinnerTest, sample, approved, campaign: Campaign, now: dt.datetime) -> str:
     """Why the rest is not sent, when its pick comes later than the campaign's missed window allows
     (the workers down past it): as an occurrence missed so long, it is skipped, not sent late. Due
@@ -343,9 +369,15 @@ def _rest_missed(test: WinnerTest, sample, approved, campaign: Campaign, now: dt
 
 
 def winners_pick_due(*, now: dt.datetime | None = None) -> int:
-    """The beat's part: pick every test whose wait is over (each under its own locks); how many were decided."""
+    """The beat's part: pick every test whose wait is over (each under its own locks), and end, without
+    waiting, those whose sample never went out; how many were decided."""
+    from delivery.models import Dispatch
+
     now = now or timezone.now()
-    due = WinnerTest.objects.filter(outcome=WinnerTest.Outcome.WAITING, due_at__lte=now).values_list(
-        "campaign_id", flat=True
+    ended = Q(sample_dispatch__status__in=(Dispatch.Status.FAILED, Dispatch.Status.STOPPED))
+    due = (
+        WinnerTest.objects.filter(outcome=WinnerTest.Outcome.WAITING)
+        .filter(Q(due_at__lte=now) | ended)
+        .values_list("campaign_id", flat=True)
     )
     return sum(winner_pick(campaign_id=pk, now=now) is not None for pk in list(due[:500]))

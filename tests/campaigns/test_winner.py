@@ -497,3 +497,61 @@ def test_a_pick_later_than_the_missed_window_keeps_the_winner_and_sends_nothing_
         "more than the campaign's missed window of 60 minutes."
     )
     assert not Dispatch.objects.filter(source_id=campaign.pk).exclude(pk=sample.pk).exists()
+
+
+def test_a_sample_refused_when_its_audience_is_read_ends_the_test_and_sends_nothing_to_the_rest(
+    client, shop, contents, manager_alice, approver_bob, api_key_for
+):
+    """The sample's prepare task found the segment changed since the approval and wrote no row; the
+    segment back as approved by the pick, the rest went out on a sample of nobody (the fallback).
+    Nothing went out to test: the test ends at once without a winner, saying why, and the campaign,
+    which sent nothing, fails."""
+    from audiences.services.segments import segment_update
+
+    _phones(20, shop)
+    campaign = _approve(_campaign(manager_alice, shop, contents, winner=WINNER), manager_alice, approver_bob)
+    (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=T0)
+    approved_rules = campaign.segment.rules
+    segment_update(
+        segment_id=campaign.segment_id,
+        by=manager_alice,
+        rules={"all": [{"field": "external_id", "op": "starts_with", "value": "w-1"}]},
+    )
+    dispatch_prepare(dispatch_id=occurrence.dispatch_id)
+    sample = Dispatch.objects.get(pk=occurrence.dispatch_id)
+    assert sample.status == "failed" and not Delivery.objects.filter(dispatch=sample).exists()
+    segment_update(segment_id=campaign.segment_id, by=manager_alice, rules=approved_rules)
+
+    assert campaigns_tick(now=T0 + dt.timedelta(minutes=1))["winners"] == 1
+    test = WinnerTest.objects.get(campaign=campaign)
+    assert (test.outcome, test.winner, test.figures, test.remainder_dispatch_id) == ("cancelled", None, [], None)
+    assert test.reason.startswith(
+        "Nothing sent to the rest: the sample never went out, its dispatch failed before any push was queued "
+        "(The audience of 'Spring test' is defined otherwise than when it was approved"
+    )
+    assert Campaign.objects.get(pk=campaign.pk).status == "failed"
+    campaigns_tick(now=T0 + dt.timedelta(minutes=WINNER.wait_minutes))
+    assert list(Dispatch.objects.filter(source_id=campaign.pk)) == [sample]
+
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    assert 'data-outcome="cancelled"' in page and "<strong>Nothing sent to the rest</strong>" in page
+    assert "the sample never went out" in page and 'id="winner-figures"' not in page
+    status = api_key_for(manager_alice, scopes=["read"]).get(f"/api/v1/campaigns/{campaign.pk}/").json()
+    assert status["winner_status"]["outcome"] == "cancelled"
+    assert status["winner_status"]["reason"] == test.reason
+
+
+def test_a_sample_stopped_before_any_row_was_written_sends_nothing_to_the_rest(
+    shop, contents, manager_alice, approver_bob
+):
+    from delivery.services.dispatches import dispatch_stop
+
+    _phones(20, shop)
+    campaign = _approve(_campaign(manager_alice, shop, contents, winner=WINNER), manager_alice, approver_bob)
+    (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=T0)
+    dispatch_stop(dispatch_id=occurrence.dispatch_id, by=manager_alice)
+    dispatch_prepare(dispatch_id=occurrence.dispatch_id)
+    test = winner_pick(campaign_id=campaign.pk, now=T0 + dt.timedelta(minutes=WINNER.wait_minutes))
+    assert (test.outcome, test.remainder_dispatch_id) == ("cancelled", None)
+    assert test.reason.startswith("Nothing sent to the rest: the sample never went out, its dispatch stopped")
