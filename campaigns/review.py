@@ -222,21 +222,26 @@ def audience_kept_text(campaign, *, count: bool = False, can_count: bool = False
     return f"{segment}: {figures}"
 
 
-def definition_text(definition: dict) -> str:
+def definition_text(definition: dict, *, names: tuple[dict[int, str], dict[int, str]] | None = None) -> str:
     """Who the approval covers, as it is defined: each segment's rules in words (and the segments they
     use), a kept list's member count (``definition`` from Segment.definition()). The rules name the
-    segments by the definition's own names, the apps of reachability by theirs (one query)."""
+    segments by the definition's own names, the apps of reachability by theirs (one query); or, given
+    ``names`` (segment names, app names by id: what the reader may see), only those, the others by
+    number ("segment #12", "app #3")."""
     from audiences.rules.schema import app_references
     from audiences.rules.words import rules_text
     from delivery.models import App
 
     if not definition:
         return "—"
-    segment_names = {int(pk): entry["name"] for pk, entry in definition.items() if "name" in entry}
-    app_ids = set().union(*(app_references(entry.get("rules")) for entry in definition.values()))
-    app_names = dict(App.objects.filter(pk__in=app_ids).values_list("pk", "name")) if app_ids else {}
+    if names is not None:
+        segment_names, app_names = names
+    else:
+        segment_names = {int(pk): entry["name"] for pk, entry in definition.items() if "name" in entry}
+        app_ids = set().union(*(app_references(entry.get("rules")) for entry in definition.values()))
+        app_names = dict(App.objects.filter(pk__in=app_ids).values_list("pk", "name")) if app_ids else {}
     parts = []
-    for entry in definition.values():
+    for pk, entry in definition.items():
         if entry.get("missing"):
             parts.append("a segment that no longer exists")
             continue
@@ -245,7 +250,7 @@ def definition_text(definition: dict) -> str:
             what = f"{entry.get('count', entry['members'][0]):,} members ({entry['kind']})"
         else:
             what = rules_text(entry.get("rules"), segment_names=segment_names, app_names=app_names)
-        parts.append(f"{entry['name']}: {what}")
+        parts.append(f"{segment_names.get(int(pk), f'segment #{pk}')}: {what}")
     return " · ".join(parts)  # the rules in words hold "; " between their conditions
 
 

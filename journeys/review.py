@@ -153,28 +153,27 @@ def exit_text(version: JourneyVersion) -> str:
     return f"the event '{version.exit_event}'" if version.exit_event else "none"
 
 
-def _revision_diff_html(journey: Journey, version: JourneyVersion, *, contents: dict, names: dict) -> str:
+def _revision_diff_html(journey: Journey, version: JourneyVersion, *, contents: dict, names: dict, user: User) -> str:
     """What the version in review changes of the live one (what is sent now: its pushes as
     approved), as a campaign's revision shows it; for a first version, everything the approval
     covers in words, as a campaign's first review shows it (the graph names a condition's
     branches, not what each tests). ``contents`` and ``names``: the version's push contents by id
-    and their names (``content_names``)."""
-    from audiences.models import Segment
-    from audiences.rules.schema import app_references
+    and their names (``content_names``). The segments and apps the conditions use are named as
+    ``conditions_html`` names them: those ``user`` may see, the others by number."""
+    from audiences.rules.schema import app_references, segment_references
+    from audiences.rules.words import names_visible_to
     from campaigns.review import rows_diff, rows_diff_html
-    from delivery.models import App
 
     live = journey.live_version
     if live == version:
         live = None
     if live is not None:
         names = {**content_names(live), **names}
-    segment_ids = segments_of(version.graph) | (segments_of(live.graph) if live is not None else set())
-    segment_names = dict(Segment.objects.filter(pk__in=segment_ids).values_list("pk", "name"))
-    # The apps a condition's rules name (reachability), as the segment definitions name theirs.
-    trees = rules_of(version.graph) + (rules_of(live.graph) if live is not None else [])
-    app_ids = set().union(*(app_references(tree) for tree in trees))
-    app_names = dict(App.objects.filter(pk__in=app_ids).values_list("pk", "name")) if app_ids else {}
+    graphs = [version.graph] + ([live.graph] if live is not None else [])
+    trees = [tree for graph in graphs for tree in rules_of(graph)]
+    segments = set().union(*(segments_of(graph) for graph in graphs), *(segment_references(tree) for tree in trees))
+    apps = set().union(*(app_references(tree) for tree in trees))
+    segment_names, app_names = names_visible_to(user, segments=segments, apps=apps)
     named = {"names": names, "segment_names": segment_names, "app_names": app_names}
     after = {step: contents[cid].spec() for step, cid in contents_of(version.graph).items() if cid in contents}
     after_rows = version_rows(version, specs=after, **named)
@@ -231,7 +230,7 @@ def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: Use
             ("Entry", entry_text(version)),
             ("Who enters", entry_audience_text(version, app_id=journey.app_id)),
             ("Exit criteria", exit_text(version)),
-            ("Segment definitions", segment_definitions_text(version)),
+            ("Segment definitions", segment_definitions_text(version, user=user)),
             *_segments_changed_rows(journey),
         ],
     )
@@ -240,24 +239,30 @@ def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: Use
         '<div style="flex:2 1 480px;min-width:0">{}</div><div style="flex:1 1 300px"><h3>Pushes</h3><ul>{}</ul></div>'
         "</div></div>",
         rows,
-        _revision_diff_html(journey, version, contents=contents, names=names),
+        _revision_diff_html(journey, version, contents=contents, names=names, user=user),
         version_svg(version, names=names),
         pushes,
     )
 
 
-def segment_definitions_text(version: JourneyVersion) -> str:
+def segment_definitions_text(version: JourneyVersion, *, user: User) -> str:
     """Who the approval covers, as each segment the version reads is defined now (its entry's and its
     conditions'): the rules, the segments they use, a kept list's member count. An edit of any of
-    them after the approval refuses the version's reads of it."""
+    them after the approval refuses the version's reads of it. The segments and apps ``user`` may
+    see are named, the others read "segment #12", "app #3" (a condition's rules may use a segment
+    the review does not show its reader)."""
     from audiences.models import Segment
+    from audiences.rules.schema import app_references
+    from audiences.rules.words import names_visible_to
     from campaigns.review import definition_text
     from journeys.services.lifecycle import segments_read
 
     definition: dict[str, dict] = {}
     for segment in Segment.objects.filter(pk__in=segments_read(version)).order_by("name"):
         definition.update({pk: entry for pk, entry in segment.definition().items() if pk not in definition})
-    return definition_text(definition)
+    apps = set().union(*(app_references(entry.get("rules")) for entry in definition.values()))
+    visible = names_visible_to(user, segments={int(pk) for pk in definition}, apps=apps)
+    return definition_text(definition, names=visible)
 
 
 def _segments_changed_rows(journey: Journey) -> list[tuple[str, str]]:

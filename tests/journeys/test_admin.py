@@ -1035,8 +1035,9 @@ def test_the_review_of_a_first_version_says_each_step_it_covers_in_words(
 def test_the_review_of_a_first_version_reads_each_kind_of_branch_in_words(
     login, manager_alice, approver_bob, make_journey, vips, everyone, welcome
 ):
-    """A condition's branches in the review: its segment by name, its rules with the app they name,
-    its event."""
+    """A condition's branches in the review: its segment by name, its rules with the segments and apps
+    they use (by name where the approver may see them, by number where not, as the journey's
+    conditions read), its event."""
     from accounts.services import access_grant
     from tests.factories import AppFactory
 
@@ -1048,10 +1049,12 @@ def test_the_review_of_a_first_version_reads_each_kind_of_branch_in_words(
     table = review[review.index('<table id="approval-diff" class="first-review">') :]
     rows = dict(re.findall(r'<tr><th scope="row">(.*?)</th><td>(.*?)</td></tr>', table[: table.index("</table>")]))
     check = rows["Step &#x27;check&#x27;"]
-    assert check.startswith("VIP: in segment “VIPs” → push; Pro on iOS: matches all of: plan is “pro”; ")
-    assert check.endswith(
-        "has an opted-in device on Secret app (iOS) → push; Buyer: did “purchase” since entering → done; all others → done"
+    assert check == (
+        "VIP: in segment “VIPs” → push; Pro on iOS: matches all of: plan is “pro”; member of “Everyone”; "
+        f"has an opted-in device on app #{secret.pk} (iOS) → push; Buyer: did “purchase” since entering → done; "
+        "all others → done"
     )
+    assert "Secret app" not in review  # approver_bob was not granted it
 
 
 @pytest.mark.presses("journeys.journey:transition/submit")

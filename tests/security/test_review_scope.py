@@ -303,3 +303,41 @@ def test_the_forms_offer_only_what_is_in_the_approvers_scope(client, approver_pa
     meta = client.get("/admin/audiences/segment/add/").context["adminform"].form.fields["rules"].widget.meta
     assert review.segment.pk not in [s["id"] for s in meta["segments"]]
     assert [a["id"] for a in meta["apps"]] == [own_app.pk]
+
+
+def test_the_journey_review_names_only_the_segments_and_apps_its_reader_may_see(manager_alice, approver_pat, review):
+    """A condition's rules may use a segment and an app that the review does not show (they are not
+    what the approver reads through it): its table of what the approval covers names them to who may
+    see them, and reads "segment #12", "app #3" to the others, as the journey's conditions do."""
+    from django.utils.html import escape
+
+    from journeys.review import journey_review_html
+    from journeys.services.lifecycle import journey_submit
+
+    secret = SegmentFactory(name="Secret buyers", created_by=manager_alice)
+    access_grant(obj=secret, to=manager_alice, by=None)
+    other = AppFactory(name="Secret app")
+    access_grant(obj=other, to=manager_alice, by=None)
+    rules = {"all": [{"segment": secret.pk}, {"reachable": {"app": other.pk}}]}
+    graph = {
+        "steps": [
+            {"id": "check", "type": "condition", "else": "done",
+             "branches": [{"segment": review.segment.pk, "next": "done"}, {"rules": rules, "next": "done"}]},
+            {"id": "done", "type": "exit"},
+        ]
+    }  # fmt: skip
+    journey = journey_create(
+        by=manager_alice, name="Onboarding", app=review.app, graph=graph, entry_kind="event", entry_event="signup"
+    )
+    access_grant(obj=journey, to=approver_pat, by=None)
+    request = journey_submit(journey_id=journey.pk, by=manager_alice)
+    journey = Journey.objects.get(pk=journey.pk)
+
+    html = journey_review_html(journey, request=request, user=approver_pat)
+    assert "Secret" not in html
+    assert f"matches all of: member of segment #{secret.pk}; has an opted-in device on app #{other.pk}" in html
+    assert f"segment #{secret.pk}: all of: locale is set" in html  # who the approval covers
+    assert escape(f"in segment “{review.segment.name}”") in html  # what the review shows him
+
+    html = journey_review_html(journey, request=request, user=manager_alice)
+    assert "matches all of: member of “Secret buyers”; has an opted-in device on Secret app" in html
