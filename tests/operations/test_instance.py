@@ -55,12 +55,16 @@ def test_instance_claim_records_this_instance_and_audits_it(restored_copy, setti
     assert event.summary["previous"] == "production-eu"
 
 
-def test_instance_claim_without_yes_asks_and_changes_nothing_when_refused(restored_copy, monkeypatch):
+def test_instance_claim_without_yes_asks_and_fails_changing_nothing_when_refused(restored_copy, monkeypatch):
+    """A 'no' ends non-zero, as the claim did not happen: a script tells it from a claim."""
+    from django.core.management import CommandError
+
     monkeypatch.setattr("builtins.input", lambda prompt: "n")
     out = io.StringIO()
-    call_command("instance_claim", stdout=out)
+    with pytest.raises(CommandError, match=r"^Nothing changed\.$"):
+        call_command("instance_claim", stdout=out)
     assert Instance.objects.get().name == "production-eu"
-    assert "Nothing changed" in out.getvalue()
+    assert "Nothing changed" not in out.getvalue()
 
 
 def test_instance_claim_without_yes_and_without_a_terminal_changes_nothing_and_says_to_use_yes(

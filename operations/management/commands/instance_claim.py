@@ -44,8 +44,8 @@ class Command(BaseCommand):
             except EOFError:  # no terminal (a script, a unit): no one to answer
                 raise CommandError("Nothing changed: no answer to confirm with; run it with --yes to claim.") from None
             if answer.strip().lower() not in {"y", "yes"}:
-                self.stdout.write("Nothing changed.")
-                return
+                # Non-zero, like the missing answer above: a script must not read a "no" as a claim.
+                raise CommandError("Nothing changed.")
         result = instance_claim(name=name)
         self.stdout.write(
             f"Instance {name!r} claimed the database (it was {result['previous']!r}). Voided: "
