@@ -191,3 +191,23 @@ def test_every_list_action_sent_ids_that_are_not_ids_changes_nothing_without_a_5
                     failures[f"{url} {action} {selected}"] = "acted"
     assert not failures, failures
     assert sent > 50, sent
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "created_at__year=0",
+        "created_at__year__gt=" + "9" * 30,
+        "created_at__iso_year=10000",
+        "name__regex=(",
+        "name__iregex=%28a%2B%29%2B%24",
+        "id__range=10000",
+    ],
+)
+def test_a_list_refuses_a_query_lookup_that_fails_as_the_list_is_read(client, manager_alice, query):
+    """Django lets a list's query string filter by any lookup on the model's own fields, and refuses
+    (?e=1) one it cannot build; these it builds, and they failed as the list was read (a 500): a year
+    outside the calendar, a regular expression the database cannot compile (or one that backtracks
+    for minutes), a range that is not two values."""
+    client.force_login(manager_alice)
+    assert client.get(f"/admin/audiences/segment/?{query}").status_code == 400
