@@ -287,7 +287,7 @@ def test_failed_tasks_older_than_their_days_go(db, settings):
     call_command("retention_apply", stdout=out)
     assert set(Task.objects.values_list("pk", flat=True)) == {recent_failure.pk, old_success.pk}
     assert "and 0 audit events" in out.getvalue()
-    assert "1 failed tasks (stopped more than 30 days ago)" in out.getvalue(), out.getvalue()
+    assert "1 failed task (stopped more than 30 days ago)" in out.getvalue(), out.getvalue()
     assert "0 events (kept forever)" in out.getvalue()
     assert AuditEvent.objects.get(action="retention_applied").summary["failed_tasks"] == 1
     assert old_failure.pk not in set(Task.objects.values_list("pk", flat=True))
@@ -303,6 +303,25 @@ def test_the_command_says_how_many_events_went(db, settings):
     out = io.StringIO()
     call_command("retention_apply", stdout=out)
     assert "4 events (occurred more than 30 days ago)" in out.getvalue(), out.getvalue()
+
+
+def test_the_command_says_one_of_each_and_one_day_in_the_singular(db, settings):
+    settings.PUSHDESK_RETENTION_DELIVERY_DAYS = 1
+    settings.PUSHDESK_RETENTION_EVENT_DAYS = 1
+    settings.PUSHDESK_RETENTION_TASK_DAYS = 1
+    settings.PUSHDESK_RETENTION_IDEMPOTENCY_DAYS = 1
+    settings.PUSHDESK_RETENTION_AUDIT_DAYS = 365
+    _dispatch(2, rows=1)
+    _events("app_open", days_ago=2, n=1)
+    _task(success=False, days_ago=2)
+    _old_event(400)
+    out = io.StringIO()
+    call_command("retention_apply", stdout=out)
+    assert out.getvalue().strip() == (
+        "Deleted 1 delivery (dispatches finished more than 1 day ago), 1 event (occurred more than 1 day ago), "
+        "1 failed task (stopped more than 1 day ago), Idempotency-Key records of 0 trigger calls and 0 events "
+        "calls (claimed more than 1 day ago) and 1 audit event (older than 365 days)."
+    )
 
 
 def test_retention_reads_old_events_through_the_name_and_time_index_not_the_whole_table(db, settings):
@@ -452,7 +471,10 @@ def test_retention_deletes_events_calls_idempotency_records_as_the_triggers_and_
 
     out = io.StringIO()
     call_command("retention_apply", stdout=out)
-    assert "Idempotency-Key records of 0 trigger and 2 events calls (claimed more than 30 days ago)" in out.getvalue()
+    assert (
+        "Idempotency-Key records of 0 trigger calls and 2 events calls (claimed more than 30 days ago)"
+        in out.getvalue()
+    )
     assert AuditEvent.objects.get(action="retention_applied").summary["event_requests"] == 2
     assert set(EventBulkRequest.objects.values_list("idempotency_key", flat=True)) == {"recent", "running"}
     again = client.post("/api/v1/events/bulk/", body, format="json", HTTP_IDEMPOTENCY_KEY="old")

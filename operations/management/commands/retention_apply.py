@@ -7,8 +7,12 @@ from operations.database import database_errors_said
 from operations.services import RetentionRefused, retention_apply
 
 
+def _counted(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def _kept(days: int, what: str) -> str:
-    return f"{what} more than {days} days ago" if days else "kept forever"
+    return f"{what} more than {_counted(days, 'day', 'days')} ago" if days else "kept forever"
 
 
 class Command(BaseCommand):
@@ -34,12 +38,12 @@ class Command(BaseCommand):
         events = _kept(settings.PUSHDESK_RETENTION_EVENT_DAYS, "occurred")
         tasks = _kept(settings.PUSHDESK_RETENTION_TASK_DAYS, "stopped")
         requests = _kept(settings.PUSHDESK_RETENTION_IDEMPOTENCY_DAYS, "claimed")
-        audit_events = f"older than {audit_days} days" if audit_days else "kept forever"
+        audit_events = f"older than {_counted(audit_days, 'day', 'days')}" if audit_days else "kept forever"
         self.stdout.write(
-            f"Deleted {result['deliveries']} deliveries ({deliveries}), "
-            f"{result['events']} events ({events}), "
-            f"{result['failed_tasks']} failed tasks ({tasks}), "
-            f"Idempotency-Key records of {result['trigger_requests']} trigger and {result['event_requests']} "
-            f"events calls ({requests}) "
-            f"and {result['audit_events']} audit events ({audit_events})."
+            f"Deleted {_counted(result['deliveries'], 'delivery', 'deliveries')} ({deliveries}), "
+            f"{_counted(result['events'], 'event', 'events')} ({events}), "
+            f"{_counted(result['failed_tasks'], 'failed task', 'failed tasks')} ({tasks}), "
+            f"Idempotency-Key records of {_counted(result['trigger_requests'], 'trigger call', 'trigger calls')} "
+            f"and {_counted(result['event_requests'], 'events call', 'events calls')} ({requests}) "
+            f"and {_counted(result['audit_events'], 'audit event', 'audit events')} ({audit_events})."
         )
