@@ -10,7 +10,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from functools import lru_cache
 
-from django.db import connection, migrations, router
+from django.db import DEFAULT_DB_ALIAS, connection, connections, migrations, router
 from django.db.models import F, Lookup, QuerySet
 from django.db.models.deletion import Collector
 from django.db.models.lookups import In
@@ -156,14 +156,15 @@ def prepared_cursor():
     Django's wrappers (query logging, errors, transactions) as any other cursor. Behind PgBouncer
     in transaction mode, this needs PgBouncer 1.21 or later with ``max_prepared_statements`` set.
     """
-    if connection.vendor != "postgresql":
-        with connection.cursor() as cursor:
+    db = connections[DEFAULT_DB_ALIAS]  # once: each use of ``connection`` looks it up in a thread-local
+    if db.vendor != "postgresql":
+        with db.cursor() as cursor:
             yield cursor
         return
-    connection.close_if_health_check_failed()
-    connection.ensure_connection()
-    with connection.wrap_database_errors:
-        cursor = connection._prepare_cursor(_preparing_cursor_class()(connection.connection))
+    db.close_if_health_check_failed()
+    db.ensure_connection()
+    with db.wrap_database_errors:
+        cursor = db._prepare_cursor(_preparing_cursor_class()(db.connection))
     with cursor:
         yield cursor
 
