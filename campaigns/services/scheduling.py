@@ -44,11 +44,14 @@ def campaign_gate(
     variants: list[dict] | None = None,
     holdout_share: int = 0,
     sample: dict | None = None,
+    context: dict | None = None,
 ) -> None:
     """The campaigns' gate in the delivery pipeline: a dispatch only for an approved, active campaign,
     sending exactly the content of its approved version (a pending revision never reaches a send):
     its variants, their shares and its holdout too. In winner mode, first its sample, then only
     "the recorded winner to the rest", against the campaign's ``WinnerTest`` row, once.
+    ``context`` (what the dispatch gives its content) is not read: a campaign's approved content is
+    one for all its sends.
 
     Raises GateClosed otherwise, whoever calls: a forged admin POST or a direct service call alike.
     """

@@ -53,7 +53,9 @@ _GATES: dict[str, DispatchGate] = {}
 
 
 def dispatch_gate_register(*, kind: str, gate: DispatchGate) -> None:
-    """Plug the gate of a dispatch kind: ``gate(app=, source_id=, spec=, by=)`` raises GateClosed to refuse.
+    """Plug the gate of a dispatch kind: ``gate(app=, source_id=, spec=, by=, context=)`` raises
+    GateClosed to refuse. ``context`` is what the dispatch gives its content (a journey's names its
+    push step, whose approved content alone it may send).
 
     Campaigns register theirs (approved, live, fingerprint unchanged) when their app loads.
     A kind without a gate is refused: the send path fails closed.
@@ -61,7 +63,7 @@ def dispatch_gate_register(*, kind: str, gate: DispatchGate) -> None:
     _GATES[kind] = gate
 
 
-def _test_gate(*, app: App, source_id: int | None, spec: dict, by: User | None) -> None:
+def _test_gate(*, app: App, source_id: int | None, spec: dict, by: User | None, context: dict) -> None:
     if by is None or not by.has_perm("delivery.test_send_pushcontent"):
         raise GateClosed("Your role may not send tests.")
     content = PushContent.objects.filter(pk=source_id, app=app).first()
@@ -146,20 +148,18 @@ def dispatch_create(
     gate = _GATES.get(kind)
     if gate is None:
         raise GateClosed(f"No gate is registered for '{kind}' dispatches: nothing is sent.")
+    asked = {"app": app, "source_id": source_id, "spec": spec, "by": by, "context": context or {}}
     if sample:
         gate(
-            app=app,
-            source_id=source_id,
-            spec=spec,
-            by=by,
+            **asked,
             variants=variants or [],
             holdout_share=holdout_share,
             sample=sample,
         )
     elif variants or holdout_share:
-        gate(app=app, source_id=source_id, spec=spec, by=by, variants=variants or [], holdout_share=holdout_share)
+        gate(**asked, variants=variants or [], holdout_share=holdout_share)
     else:
-        gate(app=app, source_id=source_id, spec=spec, by=by)
+        gate(**asked)
     spec_validate(spec)
     for variant in variants or []:
         spec_validate(variant["spec"])

@@ -580,7 +580,8 @@ def _open_step(version: JourneyVersion, step_id: str, frozen: dict, *, stamp: st
     ):
         return kept
     journey = version.journey
-    journey_gate(app=journey.app, source_id=version.pk, spec=frozen["spec"], by=None)
+    context = journey.send_context(version=version, step=step_id)
+    journey_gate(app=journey.app, source_id=version.pk, spec=frozen["spec"], by=None, context=context)
     # The send's checks, as a segment entry's dispatch has them (a URL scheme since taken off the
     # settings, say): once per opening, not per batch.
     spec_validate(frozen["spec"])
@@ -593,7 +594,7 @@ def _open_step(version: JourneyVersion, step_id: str, frozen: dict, *, stamp: st
         content_id=frozen["content_id"],
         label=f"{journey.name} v{version.number} · {step_id}",
         purpose="marketing",
-        context=journey.send_context(version=version, step=step_id),
+        context=context,
         now=now,
     )
     rules = DeliveryRules.objects.filter(app_id=journey.app_id).first()

@@ -778,11 +778,13 @@ def journey_archive(*, journey_id: int, by: User) -> Journey:
     return journey
 
 
-def journey_gate(*, app, source_id: int | None, spec: dict, by: User | None) -> None:
+def journey_gate(*, app, source_id: int | None, spec: dict, by: User | None, context: dict) -> None:
     """The journeys' gate in the delivery pipeline: a dispatch only for a push step of an approved
     version (live, or retired with profiles finishing on it) of a live journey, whose graph is the
-    approved one, sending exactly the content that was approved (the frozen specs are hashed
-    again: a frozen spec that is not the approved one closes the gate).
+    approved one, sending exactly the content that was approved for that step (the frozen specs are
+    hashed again: a frozen spec that is not the approved one closes the gate). The step is the one
+    ``context`` names (``Journey.send_context``): another step's content, approved as it may be, is
+    not this step's.
 
     Raises GateClosed otherwise, whoever calls.
     """
@@ -805,8 +807,12 @@ def journey_gate(*, app, source_id: int | None, spec: dict, by: User | None) -> 
         != version.approved_fingerprint
     ):
         raise GateClosed(f"Version {version.number} of '{journey}' changed since it was approved.")
-    if not any(item["spec"] == spec for item in version.frozen_specs.values()):
-        raise GateClosed("The content to send is not the approved content of this journey.")
+    named = (context or {}).get("journey") or {}
+    step = named.get("step")
+    if (named.get("id"), named.get("version")) != (journey.pk, version.number) or step not in frozen:
+        raise GateClosed(f"The send names no push step of version {version.number} of '{journey}'.")
+    if frozen[step]["spec"] != spec:
+        raise GateClosed(f"The content to send is not the content approved for step '{step}' of this journey.")
 
 
 def _queue(func: str, *args) -> None:

@@ -481,8 +481,11 @@ def test_gate_refuses_a_draft_version_and_content_that_was_not_approved(make_jou
         )
     journey = publish(journey)
     forged = {**welcome.spec(), "body": "Not what was approved"}
-    with pytest.raises(GateClosed, match="not the approved content"):
-        dispatch_create(app_id=journey.app_id, kind="journey", spec=forged, profile_ids=[], source_id=version.pk)
+    context = journey.send_context(version=version, step="push")
+    with pytest.raises(GateClosed, match="not the content approved for step 'push'"):
+        dispatch_create(
+            app_id=journey.app_id, kind="journey", spec=forged, profile_ids=[], source_id=version.pk, context=context
+        )
     from journeys.models import JourneyVersion
 
     JourneyVersion.objects.filter(pk=version.pk).update(graph={"steps": [EXIT]})  # a forged row
@@ -491,6 +494,41 @@ def test_gate_refuses_a_draft_version_and_content_that_was_not_approved(make_jou
             app_id=journey.app_id, kind="journey", spec=welcome.spec(), profile_ids=[], source_id=version.pk
         )
     assert not Dispatch.objects.filter(kind="journey").exists()
+
+
+def test_gate_lets_a_batch_through_only_with_its_own_steps_approved_content(make_journey, publish, team, welcome):
+    """A push step's batch names its step (its context): the content of another approved step of the
+    same version, or of no step, is not the content approved for it."""
+    from tests.factories import PushContentFactory
+
+    reminder = PushContentFactory(app=team, name="Reminder", title="Still there?", body="Come back")
+    graph = {
+        "steps": [
+            {"id": "first", "type": "push", "content": welcome.pk, "next": "second"},
+            {"id": "second", "type": "push", "content": reminder.pk, "next": "done"},
+            EXIT,
+        ]
+    }
+    journey = publish(make_journey(graph=graph))
+    version = journey.live_version
+
+    def batch(spec, step):
+        context = journey.send_context(version=version, step=step) if step else {}
+        return dispatch_create(
+            app_id=journey.app_id, kind="journey", spec=spec, profile_ids=[], source_id=version.pk, context=context
+        )
+
+    with pytest.raises(GateClosed, match="not the content approved for step 'first'"):
+        batch(reminder.spec(), "first")
+    with pytest.raises(GateClosed, match="not the content approved for step 'second'"):
+        batch(welcome.spec(), "second")
+    with pytest.raises(GateClosed, match="names no push step"):
+        batch(welcome.spec(), None)
+    with pytest.raises(GateClosed, match="names no push step"):
+        batch(welcome.spec(), "done")
+    assert not Dispatch.objects.filter(kind="journey").exists()
+    assert batch(welcome.spec(), "first").context["journey"]["step"] == "first"
+    assert batch(reminder.spec(), "second").context["journey"]["step"] == "second"
 
 
 def test_gate_refuses_a_frozen_spec_that_is_not_the_one_approved(make_journey, publish, welcome):
