@@ -21,7 +21,7 @@ class RefuseNulMiddleware:
             if api:
                 return JsonResponse({"code": "not_found", "detail": "Not found."}, status=404)
             return HttpResponseNotFound("Not found.", content_type="text/plain")
-        for name, values in request.GET.lists():
+        for name, values in request.GET.lists() if request.META.get("QUERY_STRING") else ():
             if "\x00" in name or any("\x00" in value for value in values):
                 field = name.replace("\x00", "\\u0000")
                 detail = "The NUL character (\\u0000) is not allowed."
