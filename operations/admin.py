@@ -1,18 +1,19 @@
 """The task queue's admin pages, audited like every other write in the admin.
 
 The lists of finished tasks have a "Resubmit" that writes: offered to superusers only. Schedules and
-queued messages are django-q2's own pages, their adds, changes and deletes audited.
+queued messages are django-q2's own pages, their adds, changes and deletes audited. Their query
+strings refuse the lookups every other list refuses (``BoundedLookupsMixin``).
 """
 
 from django.contrib import admin, messages
 from django_q import admin as queue_admin
 from django_q.models import Failure, OrmQ, Schedule, Success
 
-from accounts.admin.bases import AdminAuditMixin
+from accounts.admin.bases import AdminAuditMixin, BoundedLookupsMixin
 from operations.services import task_resubmit
 
 
-class ResubmitMixin(AdminAuditMixin):
+class ResubmitMixin(BoundedLookupsMixin, AdminAuditMixin):
     """Replaces django-q2's "Resubmit", which any reader of the list could press and which left no trace."""
 
     actions = ["resubmit_task"]
@@ -36,11 +37,11 @@ class FailureAdmin(ResubmitMixin, queue_admin.FailAdmin):
     pass
 
 
-class ScheduleAdmin(AdminAuditMixin, queue_admin.ScheduleAdmin):
+class ScheduleAdmin(BoundedLookupsMixin, AdminAuditMixin, queue_admin.ScheduleAdmin):
     pass
 
 
-class QueueAdmin(AdminAuditMixin, queue_admin.QueueAdmin):
+class QueueAdmin(BoundedLookupsMixin, AdminAuditMixin, queue_admin.QueueAdmin):
     pass
 
 

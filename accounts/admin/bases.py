@@ -261,11 +261,27 @@ class ReadOnlyAdminMixin:
         return False
 
 
-# The lookups and transforms a list's query string may not use (``AccessAdmin.lookup_allowed``).
+# The lookups and transforms a list's query string may not use (``BoundedLookupsMixin``).
 REFUSED_LOOKUPS = frozenset({"regex", "iregex", "range", "year", "iso_year"})
 
 
-class AccessAdmin(AdminAuditMixin, admin.ModelAdmin):
+class BoundedLookupsMixin:
+    """An admin whose list refuses the query-string lookups of ``REFUSED_LOOKUPS``."""
+
+    def lookup_allowed(self, lookup, value, request=None):
+        """Refuse (400) a query-string lookup that no filter of the list makes and that fails as the
+        list is read rather than as Django builds its filter (which it refuses with ``?e=1``): a
+        regular expression the database cannot compile, or one that backtracks for minutes; a range
+        that is not two values; a year outside the calendar. The date hierarchy's own year, month
+        and day are checked by ``BoundedDateChangeList``."""
+        if self.date_hierarchy and lookup in {f"{self.date_hierarchy}__{part}" for part in ("year", "month", "day")}:
+            return super().lookup_allowed(lookup, value, request)
+        if REFUSED_LOOKUPS.intersection(lookup.split(LOOKUP_SEP)[1:]):
+            return False
+        return super().lookup_allowed(lookup, value, request)
+
+
+class AccessAdmin(BoundedLookupsMixin, AdminAuditMixin, admin.ModelAdmin):
     """An admin whose object pages answer 404 for an object outside ``get_queryset``, before any permission check.
 
     Django checks the role's permission first, so a user without it got 403 for an object that
@@ -293,18 +309,6 @@ class AccessAdmin(AdminAuditMixin, admin.ModelAdmin):
     def formfield_for_manytomany(self, db_field, request, **kwargs):
         kwargs.setdefault("form_class", RowsChoiceField)
         return super().formfield_for_manytomany(db_field, request, **kwargs)
-
-    def lookup_allowed(self, lookup, value, request=None):
-        """Refuse (400) a query-string lookup that no filter of the list makes and that fails as the
-        list is read rather than as Django builds its filter (which it refuses with ``?e=1``): a
-        regular expression the database cannot compile, or one that backtracks for minutes; a range
-        that is not two values; a year outside the calendar. The date hierarchy's own year, month
-        and day are checked by ``BoundedDateChangeList``."""
-        if self.date_hierarchy and lookup in {f"{self.date_hierarchy}__{part}" for part in ("year", "month", "day")}:
-            return super().lookup_allowed(lookup, value, request)
-        if REFUSED_LOOKUPS.intersection(lookup.split(LOOKUP_SEP)[1:]):
-            return False
-        return super().lookup_allowed(lookup, value, request)
 
     def get_list_filter(self, request):
         filters = []
