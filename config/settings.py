@@ -227,10 +227,11 @@ MIDDLEWARE = [
     "operations.middleware.DrainBodyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "accounts.middleware.RefuseNulMiddleware",
     "accounts.api_route.ApiRouteMiddleware",
+    # After the API's own route: a routed call (a trigger, an events call) reads no session.
+    "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "accounts.middleware.AdminMessageMiddleware",

@@ -141,6 +141,15 @@ def test_a_trigger_answered_by_the_route_writes_its_rows(live_trigger, trigger_c
     assert (row.profile_id, row.status, row.dispatch_id) == (zoe.pk, "queued", response.json()["dispatch"])
 
 
+def test_a_call_answered_by_the_route_builds_no_session(live_trigger, trigger_client):
+    """A key's call reads no session: the route sits before the session middleware, which otherwise
+    made a session store (and read the cookies) for every trigger."""
+    response = trigger_client.post(f"/api/v1/campaigns/{live_trigger.pk}/trigger/", {"recipients": []}, format="json")
+    assert _by_route(response)
+    assert not hasattr(response.wsgi_request, "session")
+    assert "Cookie" not in response.get("Vary", "")
+
+
 def test_a_call_handed_to_the_view_counts_once_against_the_rate(live_trigger, trigger_client, settings):
     """The route read the stamps and took the key's token; the view answers with them, taking no second one."""
     settings.PUSHDESK_TRIGGER_RATE_PER_KEY = 1  # a burst of one token
