@@ -15,6 +15,8 @@ from delivery.providers import MAX_RETRY_AFTER_SECONDS, Outcome, OutcomeKind, pa
         ("", None),
         ("soon", None),
         ("-5", None),
+        ("\u00b2", None),  # a digit to str.isdigit(), which float() cannot read
+        ("1\u0663", None),  # digits of another script: not HTTP's
     ],
 )
 def test_retry_after_is_read_as_delta_seconds_or_an_http_date(header, seconds):
