@@ -90,7 +90,7 @@ def api_route(request, view, kwargs: dict):
         return None
     if not _plain_json(meta.get("CONTENT_TYPE", "")) or not 0 < length <= settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
         return None
-    if not _answers_json(meta.get("HTTP_ACCEPT", "")):
+    if not _answers_json(meta.get("HTTP_ACCEPT")):
         return None  # the view's content negotiation refuses it (406)
     stamps = view_stamps_read(view, kwargs, matched)
     request.pushdesk_stamps = stamps  # the view reads them, rate token included, if it answers
@@ -121,13 +121,13 @@ def api_route(request, view, kwargs: dict):
     return _FRAME_OPTIONS.process_response(request, response)
 
 
-def _answers_json(accept: str) -> bool:
+def _answers_json(accept: str | None) -> bool:
     """Whether the view would answer plain JSON, as the route does: no ``Accept``, or one with
     ``application/json``, ``application/*`` or ``*/*`` among its ranges (with any parameter, as
     the view matches them, but ``indent``, which the view obeys). Any other call is handed on:
     the view refuses an ``Accept`` that leaves out JSON (406) before its handler runs, so nothing
-    is sent or stored."""
-    if not accept.strip():
+    is sent or stored; an ``Accept`` sent empty names no media type, and is refused too."""
+    if accept is None:
         return True
     found = False
     for media_range in accept.split(","):

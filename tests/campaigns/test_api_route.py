@@ -91,6 +91,8 @@ def _scenario(name, campaign, pushsim_app, manager_alice, manager_mallory, api_k
         headers["HTTP_ACCEPT"] = "application/json; charset=utf-8"
     elif name == "accept_json_indented":
         headers["HTTP_ACCEPT"] = "application/json; indent=2"  # the view obeys it
+    elif name == "accept_empty":
+        headers["HTTP_ACCEPT"] = ""  # the header sent with no media type in it: none is acceptable
     return client, url, body, headers
 
 
@@ -112,6 +114,7 @@ SCENARIOS = {
     "accept_json_among_others": (202, True),
     "accept_json_with_its_charset": (202, True),
     "accept_json_indented": (202, False),
+    "accept_empty": (406, False),
 }
 
 
