@@ -4,6 +4,7 @@ import threading
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models.deletion import ProtectedError
 from django.http import Http404, HttpResponse, HttpResponseNotAllowed
 from django.urls import path, reverse
 from django.utils.html import format_html
@@ -12,6 +13,7 @@ from liquid.exceptions import LiquidError
 from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin
 from audiences.models import Profile
 from audiences.selectors import attribute_keys
+from config.db import deletion_counts
 from delivery.models import PushContent
 from delivery.payloads import (
     data_shape_check,
@@ -24,7 +26,12 @@ from delivery.payloads import (
 from delivery.selectors import (
     apps_in_scope,
 )
-from delivery.services.contents import pushcontent_holders, pushcontent_save, pushcontent_test_send
+from delivery.services.contents import (
+    pushcontent_holders,
+    pushcontent_save,
+    pushcontent_test_send,
+    pushcontent_uses_described,
+)
 
 _IOS_CARD = (
     '<div style="width:320px;border-radius:18px;background:rgba(235,235,240,.95);padding:10px 12px;'
@@ -160,8 +167,21 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         js = ("delivery/content_form.js",)
 
     def get_deleted_objects(self, objs, request):
-        # The page and the list's action both refuse, listing them, what journeys still send.
+        """The page and the list's action both refuse, listing them, what journeys still send. What a
+        foreign key protects (a campaign's content, a variant of one) is told as its reader may be
+        told (``pushcontent_uses_described``): Django's listing named each, a variant of a campaign
+        the reader may not see too, and a campaign as a kind they "may not delete"."""
+        objs = list(objs)
         deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        if protected:
+            try:
+                deletion_counts(objs)
+            except ProtectedError as exc:
+                # Refused whatever the role may delete: the protection is what is said.
+                perms_needed, protected = (
+                    set(),
+                    pushcontent_uses_described(objects=exc.protected_objects, by=request.user),
+                )
         return deleted, counts, perms_needed, [*protected, *pushcontent_holders([o.pk for o in objs], by=request.user)]
 
     def delete_model(self, request, obj):

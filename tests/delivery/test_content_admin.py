@@ -202,3 +202,52 @@ def test_saving_content_that_reads_an_attribute_no_profile_has_warns_naming_the_
     assert "title reads profile.attributes.frist_name" in warnings[0]
     assert "variants.fr.body reads profile.attributes.tier" in warnings[0]
     assert "profile.attributes.plan" not in warnings[0]
+
+
+def test_the_delete_page_of_content_a_campaign_uses_names_no_campaign_its_reader_may_not_see(
+    client, manager_alice, manager_mallory
+):
+    """Content granted without its app (as its creator keeps it): Django's confirmation listed a
+    variant of a colleague's campaign the reader was never granted, share and all, and told of a
+    campaign sending it only as a kind of object the reader "may not delete". Each is said as a
+    segment's are: named to whom may see the campaign, without its name to anyone else."""
+    from campaigns.services.lifecycle import campaign_create
+    from campaigns.services.variants import VariantInput, campaign_variants_set
+    from tests.factories import PushContentFactory, SegmentFactory
+
+    app = AppFactory(name="Theirs")
+    access_grant(obj=app, to=manager_mallory, by=None)
+    segment = SegmentFactory(name="Everyone")
+    access_grant(obj=segment, to=manager_mallory, by=None)
+    sent, tested = PushContentFactory(app=app, name="Sent"), PushContentFactory(app=app, name="Tested")
+    campaign = campaign_create(by=manager_mallory, name="Secret launch", app=app, segment=segment, content=sent)
+    campaign_variants_set(
+        campaign_id=campaign.pk,
+        by=manager_mallory,
+        variants=[VariantInput(content_id=sent.pk, share=60), VariantInput(content_id=tested.pk, share=40)],
+    )
+    for content in (sent, tested):
+        access_grant(obj=content, to=manager_alice, by=None)  # the content, not its app
+
+    client.force_login(manager_alice)
+    for content, use in ((sent, "the content"), (tested, "a variant")):
+        delete = f"/admin/delivery/pushcontent/{content.pk}/delete/"
+        for page in (
+            client.get(delete),
+            client.post(
+                "/admin/delivery/pushcontent/", {"action": "delete_selected", "_selected_action": [content.pk]}
+            ),
+        ):
+            html = page.content.decode()
+            assert page.status_code == 200
+            assert "Secret launch" not in html and f"/admin/campaigns/campaign/{campaign.pk}/" not in html
+            assert "Campaign variant" not in html and "(40%)" not in html
+            assert f"{use} of a campaign you cannot see" in html
+        client.post(delete, {"post": "yes"})
+        assert PushContent.objects.filter(pk=content.pk).exists()
+
+    client.force_login(manager_mallory)
+    html = client.get(f"/admin/delivery/pushcontent/{tested.pk}/delete/").content.decode()
+    assert "variant B of campaign &#x27;Secret launch&#x27;" in html
+    html = client.get(f"/admin/delivery/pushcontent/{sent.pk}/delete/").content.decode()
+    assert "the content of campaign &#x27;Secret launch&#x27;" in html
