@@ -242,6 +242,7 @@ class _StatusFilter(ActiveStatusFilter):
 
 @admin.register(Campaign)
 class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
+    lifecycle_delete = staticmethod(campaign_delete)
     form = CampaignForm
     list_display = ("name", "app", "kind", "purpose", "status", "next_send", "owner", "updated")
     list_filter = (_StatusFilter, "kind", "purpose", "app")
@@ -407,9 +408,6 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
     def construct_change_message(self, request, form, formsets, add=False):
         # The occurrences inline is read-only and never saved: the change is the campaign's own.
         return super().construct_change_message(request, form, [], add)
-
-    def delete_model(self, request, obj):
-        campaign_delete(campaign_id=obj.pk, by=request.user)
 
     @admin.display(description="Approval")
     def approval(self, obj):

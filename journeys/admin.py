@@ -199,6 +199,7 @@ class _StatusFilter(ActiveStatusFilter):
 
 @admin.register(Journey)
 class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
+    lifecycle_delete = staticmethod(journey_delete)
     form = JourneyForm
     list_display = ("name", "app", "status", "version_label", "owner", "updated")
     list_filter = (_StatusFilter, "app")
@@ -383,9 +384,6 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
 
     def save_related(self, request, form, formsets, change):
         pass
-
-    def delete_model(self, request, obj):
-        journey_delete(journey_id=obj.pk, by=request.user)
 
     @admin.display(description="Approval")
     def approval(self, obj):

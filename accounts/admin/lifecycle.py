@@ -65,6 +65,40 @@ class LifecycleAdminMixin:
             self.message_user(request, f"{locked} Your changes were not saved.", messages.ERROR)
         return HttpResponseRedirect(request.path)
 
+    # The service deleting one object (``delete(<model>_id=, by=)``), which locks it and reads its
+    # state again: the list's delete action goes through it as the object's own delete page does.
+    lifecycle_delete = None
+
+    def delete_model(self, request, obj):
+        if self.lifecycle_delete is None:
+            return super().delete_model(request, obj)
+        self.lifecycle_delete(**{f"{self.model._meta.model_name}_id": obj.pk}, by=request.user)
+        return None
+
+    def log_deletions(self, request, queryset):
+        # Written with the deletion itself (``delete_queryset``), so that a refused one leaves no record.
+        if self.lifecycle_delete is None:
+            return super().log_deletions(request, queryset)
+        request._lifecycle_deleting = True
+        return None
+
+    def delete_queryset(self, request, queryset):
+        """The list's delete action: all or none, each object through its delete service, which locks
+        it and reads its state again (one submitted for review since the permission check is
+        refused, not deleted), and the admin's deletion records written in the same transaction."""
+        if self.lifecycle_delete is None or not getattr(request, "_lifecycle_deleting", False):
+            return super().delete_queryset(request, queryset)
+        field = f"{self.model._meta.model_name}_id"
+        with transaction.atomic(using=router.db_for_write(self.model)):
+            ids = list(queryset.order_by("pk").values_list("pk", flat=True))
+            super().log_deletions(request, self.model.objects.filter(pk__in=ids))
+            for pk in ids:
+                try:
+                    self.lifecycle_delete(**{field: pk}, by=request.user)
+                except TransitionError as exc:
+                    raise PermissionDenied(f"{exc} Nothing was deleted.") from exc
+        return None
+
     def lifecycle_locked(self, request, obj) -> str:
         """Why ``obj``'s state forbids changing it now ('' when it does not). The object's page is
         then read-only, and a form left open from before is refused with this reason."""

@@ -1027,3 +1027,44 @@ def test_a_viewer_is_led_to_no_page_they_cannot_open_from_a_campaign(client, mak
     assert f"/admin/audiences/segment/{segment.pk}/change/" not in page
     links = set(re.findall(r'href="(/admin/[^"#?]*)', page))
     assert links and {link for link in links if client.get(link).status_code == 404} == set()
+
+
+def test_the_lists_delete_action_refuses_a_campaign_submitted_after_its_check(
+    client, make_campaign, manager_alice, monkeypatch
+):
+    """The list's delete action checks each campaign's state, then deletes: a submission landing in
+    between (a colleague's, the moment after) left a campaign in review to be deleted with it. Each
+    is deleted through its delete service, which locks it and reads its state again; nothing is
+    deleted, nor recorded as deleted, when one is refused."""
+    from django.contrib.admin.models import LogEntry
+
+    from accounts.models import AuditEvent
+    from campaigns.admin import CampaignAdmin
+
+    draft, submitted_meanwhile = make_campaign(name="Spare"), make_campaign(name="Spring sale")
+    checked = CampaignAdmin.get_deleted_objects
+
+    def check_then_submit(self, objs, request):
+        answer = checked(self, objs, request)
+        campaign_submit(campaign_id=submitted_meanwhile.pk, by=manager_alice)
+        return answer
+
+    monkeypatch.setattr(CampaignAdmin, "get_deleted_objects", check_then_submit)
+    client.force_login(manager_alice)
+    answer = client.post(
+        "/admin/campaigns/campaign/",
+        {"action": "delete_selected", "_selected_action": [draft.pk, submitted_meanwhile.pk], "post": "yes"},
+    )
+    assert answer.status_code == 403
+    assert set(Campaign.objects.values_list("pk", flat=True)) == {draft.pk, submitted_meanwhile.pk}
+    assert not LogEntry.objects.filter(action_flag=3).exists()
+    assert not AuditEvent.objects.filter(action="campaign_deleted").exists()
+
+    monkeypatch.setattr(CampaignAdmin, "get_deleted_objects", checked)
+    answer = client.post(
+        "/admin/campaigns/campaign/", {"action": "delete_selected", "_selected_action": [draft.pk], "post": "yes"}
+    )
+    assert answer.status_code == 302
+    assert not Campaign.objects.filter(pk=draft.pk).exists()
+    assert LogEntry.objects.filter(action_flag=3, object_id=str(draft.pk)).count() == 1
+    assert AuditEvent.objects.filter(action="campaign_deleted", object_id=str(draft.pk)).count() == 1
