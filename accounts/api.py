@@ -185,6 +185,15 @@ class FieldRefused(exceptions.PermissionDenied):
         self.field = field
 
 
+class FieldNotFound(exceptions.NotFound):
+    """A 404 about an id in the body (an app, a segment, a device's token) naming no object the key
+    may reach, missing or outside its access alike: ``errors`` names the field, as bad input's do."""
+
+    def __init__(self, *, field: str, detail: str):
+        super().__init__(detail=detail)
+        self.field = field
+
+
 def api_exception_handler(exc, context):
     """Answer every error as JSON ``{"code", "detail"}`` (+ ``errors`` naming fields for bad input)."""
     if isinstance(exc, DjangoValidationError):
@@ -211,7 +220,7 @@ def api_exception_handler(exc, context):
         detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
         code = getattr(detail, "code", None) or getattr(exc, "default_code", "error")
         response.data = {"code": code, "detail": str(detail)}
-        if isinstance(exc, FieldRefused):
+        if isinstance(exc, FieldRefused | FieldNotFound):
             response.data["detail"] = f"{exc.field}: {detail}"
             response.data["errors"] = [{"field": exc.field, "code": code, "detail": str(detail)}]
         if response.has_header("Retry-After"):  # DRF's, from the exception's wait: said in the body too

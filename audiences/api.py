@@ -25,6 +25,7 @@ from accounts.api import (
     INGEST_THROTTLED,
     AnswerSerializer,
     ErrorsInJson,
+    FieldNotFound,
     FieldRefused,
     JsonCharField,
     JsonDateTimeField,
@@ -808,6 +809,8 @@ class ImportCreateView(APIView):
             )
         except ImportRefused as exc:  # the file as a whole, or its mapping: named as such, not as the body
             raise serializers.ValidationError({exc.field: exc.messages}) from exc
+        except Http404 as exc:  # the segment to change: missing, or outside the key's access alike
+            raise FieldNotFound(field="segment", detail="No segment with this id.") from exc
         record.refresh_from_db()
         return Response(ImportOutSerializer(record, context={"request": request}).data, status=status.HTTP_202_ACCEPTED)
 

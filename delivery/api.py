@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 from accounts.api import (
     INGEST_THROTTLED,
     AnswerSerializer,
+    FieldNotFound,
     FieldRefused,
     JsonBooleanField,
     JsonCharField,
@@ -235,7 +236,7 @@ class OpenInSerializer(serializers.Serializer):
 def _app_in_scope(request, app_id: int) -> int:
     """The app a device or open is written for: it must be in the user's scope (``apps_in_scope``)."""
     if not apps_in_scope(request.user).filter(pk=app_id).exists():
-        raise exceptions.NotFound("No app with this id.")
+        raise FieldNotFound(field="app", detail="No app with this id.")
     return app_id
 
 
@@ -320,7 +321,7 @@ class DeviceOptInView(IngestRateLimited, APIView):
                 by=request.user,
             )
         except Device.DoesNotExist as exc:
-            raise exceptions.NotFound("No device with this token for this app.") from exc
+            raise FieldNotFound(field="token", detail="No device with this token for this app.") from exc
         return Response(DeviceOutSerializer(device).data)
 
 
@@ -341,7 +342,7 @@ class DeviceUnregisterView(IngestRateLimited, APIView):
         try:
             device = device_unregister(app_id=app_id, token=data.validated_data["token"], by=request.user)
         except Device.DoesNotExist as exc:
-            raise exceptions.NotFound("No device with this token for this app.") from exc
+            raise FieldNotFound(field="token", detail="No device with this token for this app.") from exc
         return Response(DeviceOutSerializer(device).data)
 
 
@@ -493,7 +494,9 @@ class OpenReportView(IngestRateLimited, APIView):
                 by=request.user,
             )
         except ObjectDoesNotExist as exc:
-            raise exceptions.NotFound("No delivery with this id sent to this token of this app.") from exc
+            raise FieldNotFound(
+                field="delivery", detail="No delivery with this id sent to this token of this app."
+            ) from exc
         except AlreadyOpened as exc:
             raise Conflict("An open was already reported for this delivery.", code="already_opened") from exc
         except NotAccepted as exc:

@@ -625,6 +625,36 @@ def test_import_status_of_someone_else_is_404(
     assert api_key_for(manager_mallory, scopes=["read"]).get(f"/api/v1/imports/{import_id}/").status_code == 404
 
 
+def test_an_import_into_a_segment_it_cannot_reach_names_the_field_as_for_one_that_does_not_exist(
+    manager_alice, manager_mallory, api_key_for, settings, tmp_path
+):
+    """The segment an import would change, outside the key's access or missing: the same 404,
+    naming the field to fix, and nothing stored."""
+    from tests.factories import SegmentFactory
+
+    settings.MEDIA_ROOT = tmp_path
+    theirs = SegmentFactory(kind="static", rules=None)
+    access_grant(obj=theirs, to=manager_alice, by=None)
+    client = api_key_for(manager_mallory, scopes=["ingest", "read"])
+    answers = []
+    for segment in (theirs.pk, 987654321):
+        upload = SimpleUploadedFile("people.csv", b"external_id\na\n", content_type="text/csv")
+        body = {"file": upload, "target": "add_to_segment", "segment": segment}
+        response = client.post("/api/v1/imports/", body, format="multipart")
+        assert response.status_code == 404, response.content
+        answers.append(response.json())
+    assert (
+        answers[0]
+        == answers[1]
+        == {
+            "code": "not_found",
+            "detail": "segment: No segment with this id.",
+            "errors": [{"field": "segment", "code": "not_found", "detail": "No segment with this id."}],
+        }
+    )
+    assert not Import.objects.exists() and not Profile.objects.exists()
+
+
 def test_import_columns_are_declared_as_json_in_multipart(
     manager_alice, api_key_for, media, django_capture_on_commit_callbacks
 ):

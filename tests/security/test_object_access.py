@@ -243,6 +243,21 @@ def test_a_device_of_an_app_outside_access_cannot_be_changed_through_the_api(wor
     assert device.push_enabled and device.active
 
 
+def test_an_app_outside_access_in_a_body_is_named_as_one_that_does_not_exist(world, manager_mallory, api_key_for):
+    """A device written for an app the key cannot reach, or for none: the same 404, naming the field."""
+    device = world["delivery.device"]
+    client = api_key_for(manager_mallory, scopes=["ingest"])
+    answers = []
+    for app in (device.app_id, 987654321):
+        response = client.post(
+            "/api/v1/devices/opt-in/", {"app": app, "token": device.token, "push_enabled": False}, format="json"
+        )
+        assert response.status_code == 404, response.content
+        answers.append(response.json())
+    assert answers[0] == answers[1]
+    assert answers[0]["errors"] == [{"field": "app", "code": "not_found", "detail": "No app with this id."}]
+
+
 ACCESS_PAGES = ["delivery.app", "delivery.pushcontent", "audiences.segment", "campaigns.campaign", "journeys.journey"]
 
 
