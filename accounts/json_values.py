@@ -349,7 +349,7 @@ class JsonValueFormField(forms.JSONField):
 
     def _parse(self, text: str):
         try:
-            return json_parse(text, max_depth=MAX_DEPTH)
+            return json_parse(text, max_depth=MAX_DEPTH, unique_keys=True)
         except ValidationError as exc:
             path, messages = next(iter(exc.message_dict.items()))
             where = "" if path == "value" else f"{path}: "

@@ -467,7 +467,7 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         segment_id = object_id
         if request.method == "POST":
             try:
-                body = json_parse(request.body.decode("utf-8") or "{}")
+                body = json_parse(request.body.decode("utf-8") or "{}", unique_keys=True)
                 json_value_check(body.get("rules") if isinstance(body, dict) else None, field="rules")
             except ValidationError as exc:
                 errors = [{"path": path, "message": m} for path, ms in exc.message_dict.items() for m in ms]

@@ -150,6 +150,33 @@ def test_content_data_holding_a_number_no_float_holds_is_refused_on_the_form(cli
     assert content.data == saved
 
 
+def test_content_data_giving_a_key_twice_is_refused_on_the_form_naming_it(client, world, manager_alice):
+    """JSON leaves a repeated key's meaning to each reader (Python's keeps the last): the form says
+    so, as the API does, instead of saving one of the two."""
+    content = world["delivery.pushcontent"]
+    saved = content.data
+    client.force_login(manager_alice)
+    url = reverse("admin:delivery_pushcontent_change", args=[content.pk])
+    answer = client.post(url, {**_read(client, url).data, "data": ['{"order": "1", "order": "2"}']})
+    assert answer.status_code == 200
+    assert answer.context["adminform"].form.errors["data"] == ["order: This key is given more than once in its object."]
+    content.refresh_from_db()
+    assert content.data == saved
+
+
+def test_the_rule_preview_refuses_a_key_given_twice(client, world, manager_alice):
+    client.force_login(manager_alice)
+    answer = client.post(
+        reverse("admin:audiences_segment_preview_rules"),
+        '{"rules": {"all": [], "all": [{"attribute": "plan", "op": "eq", "value": "pro"}]}}',
+        content_type="application/json",
+    )
+    assert answer.status_code == 400
+    assert answer.json()["errors"] == [
+        {"path": "rules.all", "message": "This key is given more than once in its object."}
+    ]
+
+
 @pytest.mark.parametrize("field", ["variants", "data"])
 def test_the_content_service_refuses_variants_or_data_that_are_not_an_object(world, manager_alice, field):
     from django.core.exceptions import ValidationError
