@@ -5,7 +5,7 @@ import contextvars
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import router, transaction
+from django.db import models, router, transaction
 from django.http import Http404, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
@@ -76,8 +76,10 @@ class LifecycleAdminMixin:
         return None
 
     def log_deletions(self, request, queryset):
-        # Written with the deletion itself (``delete_queryset``), so that a refused one leaves no record.
-        if self.lifecycle_delete is None:
+        # The list's action: written with the deletion itself (``delete_queryset``), so that a refused
+        # one leaves no record. An object's own delete page (a list of one) runs in its view's
+        # transaction already.
+        if self.lifecycle_delete is None or not isinstance(queryset, models.QuerySet):
             return super().log_deletions(request, queryset)
         request._lifecycle_deleting = True
         return None

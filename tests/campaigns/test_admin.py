@@ -1068,3 +1068,9 @@ def test_the_lists_delete_action_refuses_a_campaign_submitted_after_its_check(
     assert not Campaign.objects.filter(pk=draft.pk).exists()
     assert LogEntry.objects.filter(action_flag=3, object_id=str(draft.pk)).count() == 1
     assert AuditEvent.objects.filter(action="campaign_deleted", object_id=str(draft.pk)).count() == 1
+
+    other = make_campaign(name="Other")  # its own delete page: recorded as before
+    assert client.post(f"/admin/campaigns/campaign/{other.pk}/delete/", {"post": "yes"}).status_code == 302
+    assert not Campaign.objects.filter(pk=other.pk).exists()
+    assert LogEntry.objects.filter(action_flag=3, object_id=str(other.pk)).count() == 1
+    assert AuditEvent.objects.filter(action="campaign_deleted", object_id=str(other.pk)).count() == 1
