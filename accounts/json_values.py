@@ -284,6 +284,15 @@ def _repeated_key_path(value) -> str:
     return ""
 
 
+def _int_read(number: str) -> int:
+    """A whole number as ``json_parse`` reads it when some has more digits than ``int()`` reads
+    (``sys.get_int_max_str_digits()``): one of more digits than ``FLOAT_LIMIT`` is beyond any
+    float, and read as ``FLOAT_LIMIT`` with its sign, which the check refuses at its path."""
+    if len(number.lstrip("-")) > len(str(FLOAT_LIMIT)):
+        return -FLOAT_LIMIT if number.startswith("-") else FLOAT_LIMIT
+    return int(number)
+
+
 def json_parse(text: str, *, field: str = "", max_depth: int = BODY_MAX_DEPTH, unique_keys: bool = False):
     """Parse JSON text and refuse what no field may hold; return the value.
 
@@ -314,13 +323,15 @@ def json_parse(text: str, *, field: str = "", max_depth: int = BODY_MAX_DEPTH, u
         value.repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
         return value
 
+    hooks = {"parse_constant": _refuse_constant, "parse_float": parse_float}
     try:
-        value = json.loads(
-            text,
-            parse_constant=_refuse_constant,
-            parse_float=parse_float,
-            object_pairs_hook=unique if unique_keys else None,
-        )
+        try:
+            value = json.loads(text, object_pairs_hook=unique if unique_keys else None, **hooks)
+        except json.JSONDecodeError:
+            raise
+        except ValueError:  # a whole number of more digits than int() reads: read again, to name it
+            value = json.loads(text, object_pairs_hook=unique if unique_keys else None, parse_int=_int_read, **hooks)
+            overflowed = True
     except RecursionError:
         value = None
         found = (_deep_path(text, max_depth), f"Nested deeper than {max_depth} levels.")

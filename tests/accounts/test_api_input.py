@@ -21,6 +21,9 @@ def _fields(response) -> list[str]:
 
 # A whole number no 64-bit float holds (1 and 400 zeros): stored, it failed every segment comparing it.
 BEYOND_FLOAT = "1" + "0" * 400
+# More digits than Python's int() reads (4,300): its parser raised a ValueError that named no field
+# and told the client to call sys.set_int_max_str_digits().
+BEYOND_INT_DIGITS = "1" + "0" * 5000
 
 
 @pytest.fixture
@@ -36,10 +39,22 @@ def ingest(manager_alice, api_key_for):
         ("1e400", "finite"),
         (BEYOND_FLOAT, "fit a 64-bit float"),
         ("-" + BEYOND_FLOAT, "fit a 64-bit float"),
+        (BEYOND_INT_DIGITS, "fit a 64-bit float"),
+        ("-" + BEYOND_INT_DIGITS, "fit a 64-bit float"),
         ("[" * 35 + "]" * 35, "Nested deeper than 32"),
         ("[" * 20000 + "]" * 20000, "Nested deeper than"),
     ],
-    ids=["nul", "lone-surrogate", "1e400", "integer-beyond-float", "negative-beyond-float", "depth-35", "depth-20000"],
+    ids=[
+        "nul",
+        "lone-surrogate",
+        "1e400",
+        "integer-beyond-float",
+        "negative-beyond-float",
+        "integer-beyond-int-digits",
+        "negative-beyond-int-digits",
+        "depth-35",
+        "depth-20000",
+    ],
 )
 def test_a_profile_attribute_that_cannot_be_stored_answers_400_naming_it(ingest, raw_value, message):
     response = _post(ingest, "/api/v1/profiles/", '{"external_id": "x", "attributes": {"v": ' + raw_value + "}}")
@@ -68,7 +83,7 @@ def test_an_event_property_that_cannot_be_stored_fails_its_item_alone(ingest):
     assert Event.objects.count() == 1
 
 
-@pytest.mark.parametrize("raw_value", ["1e400", BEYOND_FLOAT, "-" + BEYOND_FLOAT])
+@pytest.mark.parametrize("raw_value", ["1e400", BEYOND_FLOAT, "-" + BEYOND_FLOAT, BEYOND_INT_DIGITS])
 def test_an_event_property_no_float_holds_answers_400_naming_it(ingest, raw_value):
     good = '{"external_id": "u1", "name": "open", "occurred_at": "2026-01-01T00:00:00Z"'
     raw = '{"events": [' + good + "}, " + good + ', "properties": {"p": ' + raw_value + "}}]}"
@@ -80,7 +95,13 @@ def test_an_event_property_no_float_holds_answers_400_naming_it(ingest, raw_valu
 
 @pytest.mark.parametrize(
     "raw_context",
-    ['{"v": "\\u0000"}', '{"v": 1e400}', '{"v": ' + BEYOND_FLOAT + "}", '{"v": ' + "[" * 20000 + "]" * 20000 + "}"],
+    [
+        '{"v": "\\u0000"}',
+        '{"v": 1e400}',
+        '{"v": ' + BEYOND_FLOAT + "}",
+        '{"v": ' + BEYOND_INT_DIGITS + "}",
+        '{"v": ' + "[" * 20000 + "]" * 20000 + "}",
+    ],
 )
 def test_a_trigger_context_that_cannot_be_stored_answers_400_naming_it(ingest, raw_context):
     raw = '{"recipients": [{"external_id": "u1", "context": ' + raw_context + "}]}"
