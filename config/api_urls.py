@@ -44,6 +44,14 @@ def bad_request(request, exception):
     return JsonResponse({"code": "bad_request", "detail": "Bad request."}, status=400)
 
 
+def not_found(request, exception):
+    """Django's 404 (a path no route holds): the API's JSON for any path under /api/ (one outside
+    /api/v1/, which answers its own with ``api_not_found``), the page elsewhere."""
+    if not request.path.startswith(API_PREFIX):
+        return defaults.page_not_found(request, exception)
+    return JsonResponse({"code": "not_found", "detail": "Not found."}, status=404)
+
+
 def server_error(request):
     """Django's 500: the API's JSON under /api/ (an integrator's client reads JSON), the page elsewhere."""
     if not request.path.startswith(API_PREFIX):

@@ -10,4 +10,5 @@ urlpatterns = [
 
 # The API answers JSON even for what Django refuses before any view runs, and for its own failures.
 handler400 = "config.api_urls.bad_request"
+handler404 = "config.api_urls.not_found"
 handler500 = "config.api_urls.server_error"

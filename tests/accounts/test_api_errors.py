@@ -35,6 +35,24 @@ def test_more_query_parameters_than_django_reads_answer_a_json_400(manager_alice
         }
 
 
+@pytest.mark.parametrize("path", ["/api/", "/api/v2/campaigns/", "/api//v1/campaigns/"])
+@pytest.mark.parametrize("method", ["get", "post", "delete"])
+def test_a_path_under_the_api_outside_its_version_answers_a_json_404(client, path, method):
+    # Not a route of /api/v1/ (whose own catch-all answers them): Django's 404, the API's JSON.
+    response = getattr(client, method)(path)
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"code": "not_found", "detail": "Not found."}
+
+
+def test_the_admin_keeps_its_404_page(client, admin_erin):
+    client.force_login(admin_erin)
+    response = client.get("/admin/nothing-here/")
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("text/html")
+    assert client.get("/nothing-here/")["Content-Type"].startswith("text/html")
+
+
 def test_the_admin_keeps_its_400_page(client, admin_erin):
     client.force_login(admin_erin)
     response = client.get(f"/admin/?{MANY}")
