@@ -1,7 +1,7 @@
 """The API's input and error format, and the endpoints of the accounts app."""
 
+from django.core.exceptions import NON_FIELD_ERRORS, RequestDataTooBig
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import ProhibitNullCharactersValidator
 from django.http import Http404
@@ -198,7 +198,9 @@ def api_exception_handler(exc, context):
     """Answer every error as JSON ``{"code", "detail"}`` (+ ``errors`` naming fields for bad input)."""
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(
-            exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+            {api_settings.NON_FIELD_ERRORS_KEY if k == NON_FIELD_ERRORS else k: v for k, v in exc.message_dict.items()}
+            if hasattr(exc, "error_dict")
+            else {"non_field_errors": exc.messages}
         )
     elif isinstance(exc, InstanceMismatch):
         exc = InstanceNotClaimed(str(exc))

@@ -15,7 +15,7 @@ import math
 import re
 
 from django import forms
-from django.core.exceptions import ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 
 MAX_DEPTH = 32
 MAX_BYTES = 64 * 1024
@@ -178,7 +178,7 @@ def _first_problem(value, *, max_depth: int, nul_ok: bool) -> tuple[str, str] | 
 
 def _where(field: str, path: str) -> str:
     if not field:
-        return path or "value"
+        return path or NON_FIELD_ERRORS  # the value as a whole (an API body: no field)
     if not path:
         return field
     return f"{field}{path}" if path.startswith("[") else f"{field}.{path}"
@@ -363,7 +363,7 @@ class JsonValueFormField(forms.JSONField):
             return json_parse(text, max_depth=MAX_DEPTH, unique_keys=True)
         except ValidationError as exc:
             path, messages = next(iter(exc.message_dict.items()))
-            where = "" if path == "value" else f"{path}: "
+            where = "" if path == NON_FIELD_ERRORS else f"{path}: "
             raise ValidationError(f"{where}{messages[0]}", code="invalid") from exc
         except ValueError as exc:
             raise ValidationError(self.error_messages["invalid"], code="invalid", params={"value": text}) from exc

@@ -10,6 +10,7 @@ import datetime as dt
 import math
 
 from django.conf import settings
+from django.core.exceptions import NON_FIELD_ERRORS
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from django.urls import path
@@ -322,8 +323,9 @@ class ImportInSerializer(serializers.Serializer):
         if isinstance(value, str):
             try:
                 value = json_parse(value, max_depth=MAX_DEPTH)
-            except DjangoValidationError as exc:
-                raise serializers.ValidationError(exc.message_dict) from exc
+            except DjangoValidationError as exc:  # the columns as a whole are named as the field itself
+                found = exc.message_dict
+                raise serializers.ValidationError(found.get(NON_FIELD_ERRORS) or found) from exc
             except ValueError as exc:
                 raise serializers.ValidationError("Not JSON.") from exc
         if value is not None and not isinstance(value, dict):

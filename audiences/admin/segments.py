@@ -10,7 +10,7 @@ from datetime import datetime
 from django import forms
 from django.apps import apps as django_apps
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied, ValidationError
 from django.db.models import ProtectedError
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect
@@ -470,7 +470,11 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
                 body = json_parse(request.body.decode("utf-8") or "{}", unique_keys=True)
                 json_value_check(body.get("rules") if isinstance(body, dict) else None, field="rules")
             except ValidationError as exc:
-                errors = [{"path": path, "message": m} for path, ms in exc.message_dict.items() for m in ms]
+                errors = [
+                    {"path": "" if path == NON_FIELD_ERRORS else path, "message": m}
+                    for path, ms in exc.message_dict.items()
+                    for m in ms
+                ]
                 return JsonResponse({"errors": errors}, status=400)
             except ValueError:
                 return JsonResponse({"errors": [{"path": "", "message": "The request is not JSON."}]}, status=400)

@@ -169,6 +169,25 @@ def test_a_key_given_twice_in_an_object_answers_400_naming_it(ingest, path, raw,
     assert not Profile.objects.exists() and not Event.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("/api/v1/profiles/", "1e400"),
+        ("/api/v1/profiles/", '"\\ud800"'),
+        ("/api/v1/events/bulk/", "1e400"),
+        ("/api/v1/campaigns/1/trigger/", '"\\udfff"'),
+    ],
+)
+def test_a_body_that_cannot_be_stored_as_a_whole_names_no_field(ingest, path, raw):
+    """The body itself (a number no float holds, a lone surrogate) is named as the body, a null
+    field, as the errors' schema says: it was named "value", a field no body has."""
+    response = _post(ingest, path, raw)
+    assert response.status_code == 400, response.content[:300]
+    [error] = response.json()["errors"]
+    assert error["field"] is None, error
+    assert not response.json()["detail"].startswith("value:")
+
+
 def test_nan_and_infinity_literals_are_not_json(ingest):
     response = _post(ingest, "/api/v1/profiles/", '{"external_id": "x", "attributes": {"v": NaN}}')
     assert response.status_code == 400
@@ -328,7 +347,7 @@ def test_an_import_names_its_segment_by_a_positive_id(ingest, segment):
 def test_the_body_check_refuses_exactly_what_the_whole_walk_refuses(text):
     """``json_parse`` walks the whole value only when its text may hold a problem; what it answers
     is what the whole walk answers."""
-    from django.core.exceptions import ValidationError
+    from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 
     from accounts.json_values import BODY_MAX_DEPTH, json_parse, json_value_problem
 
@@ -340,7 +359,7 @@ def test_the_body_check_refuses_exactly_what_the_whole_walk_refuses(text):
     except ValidationError as exc:
         found = next(iter(exc.message_dict.items()))
         assert expected is not None
-        assert found == (expected[0] or "value", [expected[1]])
+        assert found == (expected[0] or NON_FIELD_ERRORS, [expected[1]])  # the body as a whole: no field
     else:
         assert expected is None
 
