@@ -30,10 +30,15 @@ def _ensure_perm(user: User, perm: str, message: str) -> None:
         raise PermissionDenied(message)
 
 
+# Names a system's zone files hold that are no IANA zone: the machine's own zone (a link), rules kept
+# for POSIX strings. A profile kept with one would be read in the zone of whichever machine reads it.
+_SERVER_ZONE_FILES = frozenset({"localtime", "posixrules"})
+
+
 def _timezones() -> set[str]:
     global _TIMEZONES
     if _TIMEZONES is None:
-        _TIMEZONES = zoneinfo.available_timezones()
+        _TIMEZONES = zoneinfo.available_timezones() - _SERVER_ZONE_FILES
     return _TIMEZONES
 
 

@@ -69,6 +69,17 @@ def test_bad_profile_names_the_field(manager_alice, api_key_for):
     assert body["errors"][0]["field"] == "timezone"
 
 
+@pytest.mark.parametrize("zone", ["localtime", "posixrules"])
+def test_a_time_zone_named_after_the_servers_own_files_is_refused(manager_alice, api_key_for, zone):
+    """'localtime' is the server's own zone (a link its system keeps), not an IANA name: a profile
+    kept with it would be read in whatever zone the machine that reads it has."""
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    response = client.post("/api/v1/profiles/", {"external_id": "u1", "timezone": zone}, format="json")
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "timezone"
+    assert not Profile.objects.exists()
+
+
 def test_bulk_upsert_lands_good_items_and_reports_bad_ones(manager_alice, api_key_for):
     client = api_key_for(manager_alice, scopes=["ingest"])
     payload = {
