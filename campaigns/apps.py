@@ -26,17 +26,14 @@ class CampaignsConfig(AppConfig):
         from config.zones import zoned
         from delivery.models import Dispatch
         from delivery.selectors import dispatch_source_readers_register
-        from delivery.services.dispatches import (
-            dispatch_audience_check_register,
-            dispatch_gate_register,
-            dispatch_refusal_register,
-        )
+        from delivery.services.dispatches import dispatch_audience_check_register, dispatch_gate_register
         from delivery.services.streams import stream_current_check_register
 
         dispatch_gate_register(kind=Dispatch.Kind.CAMPAIGN, gate=campaign_gate)
         dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=campaign_api_gate)
-        dispatch_audience_check_register(kind=Dispatch.Kind.CAMPAIGN, check=campaign_audience_check)
-        dispatch_refusal_register(kind=Dispatch.Kind.CAMPAIGN, hook=campaign_dispatch_refused)
+        dispatch_audience_check_register(
+            kind=Dispatch.Kind.CAMPAIGN, check=campaign_audience_check, refused=campaign_dispatch_refused
+        )
         stream_current_check_register(kind=Dispatch.Kind.API_TRIGGER, check=campaign_stream_is_current)
         # A campaign granted without its app shows its own sends; its test sends are its content's.
         for kind in (Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER):

@@ -74,26 +74,20 @@ def _test_gate(*, app: App, source_id: int | None, spec: dict, by: User | None, 
 _GATES[Dispatch.Kind.TEST] = _test_gate
 
 AudienceCheck = Callable[[Dispatch], None]
-_AUDIENCE_CHECKS: dict[str, AudienceCheck] = {}
+RefusalHook = Callable[[Dispatch, str], None]
+# kind → (its audience check, what it records when the check refuses)
+_AUDIENCE_CHECKS: dict[str, tuple[AudienceCheck, RefusalHook | None]] = {}
 
 
-def dispatch_audience_check_register(*, kind: str, check: AudienceCheck) -> None:
+def dispatch_audience_check_register(*, kind: str, check: AudienceCheck, refused: RefusalHook | None = None) -> None:
     """Plug how a kind tells, when a dispatch's segment is about to be read, that it is still the
     audience its gate let through: ``check(dispatch)`` raises GateClosed to refuse (campaigns: the
     segment's definition is still the approved one). The gate judged it when the dispatch was made;
-    the rows are written later, by the prepare task, and a segment may be edited in between."""
-    _AUDIENCE_CHECKS[kind] = check
-
-
-RefusalHook = Callable[[Dispatch, str], None]
-_REFUSAL_HOOKS: dict[str, RefusalHook] = {}
-
-
-def dispatch_refusal_register(*, kind: str, hook: RefusalHook) -> None:
-    """Plug what a kind records when its audience check refuses a dispatch: ``hook(dispatch, reason)``
-    runs in the transaction that ends the dispatch ``failed``, before any row is written (campaigns:
-    the occurrence that made the dispatch, which said it was sent, says it was refused)."""
-    _REFUSAL_HOOKS[kind] = hook
+    the rows are written later, by the prepare task, and a segment may be edited in between.
+    ``refused(dispatch, reason)`` records the refusal in the transaction that ends the dispatch
+    ``failed``, before any row is written (campaigns: the occurrence that made the dispatch, which
+    said it was sent, says it was refused)."""
+    _AUDIENCE_CHECKS[kind] = (check, refused)
 
 
 def content_reference_kept(content_id: int | None) -> int | None:
@@ -446,11 +440,14 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
         dispatch = Dispatch.objects.select_for_update(no_key=True).filter(pk=dispatch_id).first()
         if dispatch is None or dispatch.status != Dispatch.Status.PREPARING:
             return False
-        if (check := _AUDIENCE_CHECKS.get(dispatch.kind)) is not None and dispatch.segment_id is not None:
+        check, refused = _AUDIENCE_CHECKS.get(dispatch.kind, (None, None))
+        if check is not None and dispatch.segment_id is not None:
             try:
                 check(dispatch)
             except GateClosed as exc:
                 _refuse_unresolved(dispatch, reason=str(exc), now=now)
+                if refused is not None:
+                    refused(dispatch, str(exc))
                 return False
         slices, leftovers = _resolve_slices(dispatch)
         if slices:
@@ -492,16 +489,13 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
 
 
 def _refuse_unresolved(dispatch: Dispatch, *, reason: str, now: datetime) -> None:
-    """End a preparing dispatch, held locked, as ``failed`` with ``reason`` before any row is written,
-    and let its kind record the refusal (``dispatch_refusal_register``) in the same transaction."""
+    """End a preparing dispatch, held locked, as ``failed`` with ``reason`` before any row is written."""
     dispatch.status = Dispatch.Status.FAILED
     dispatch.error = reason
     dispatch.finished_at = now
     dispatch.rows_close()
     dispatch.save(update_fields=["status", "error", "finished_at", "rows_until_id"])
     audit(actor=None, action="dispatch_failed", obj=dispatch, summary={"refused": reason})
-    if (hook := _REFUSAL_HOOKS.get(dispatch.kind)) is not None:
-        hook(dispatch, reason)
 
 
 def dispatch_stop(*, dispatch_id: int, by: User) -> Dispatch:
