@@ -119,6 +119,26 @@ def visible_to(user: User, queryset: QuerySet, *, perm: str | None = None) -> Qu
     return queryset.filter(condition)
 
 
+def uses_described(objects, *, by: User, describe, most: int = 5) -> list[str]:
+    """What keeps an object from being deleted (a ProtectedError's ``objects``), as ``by`` may be
+    told, at most ``most`` different ones: ``describe(obj)`` gives (what, owner, what unseen) for
+    an object that names its owner ("variant B of", campaign, "a variant of"), or (text, None, "")
+    for words of its own; an owner ``by`` may see is named ("variant B of campaign 'X'"), any other
+    not ("a variant of a campaign you cannot see")."""
+    uses: list[str] = []
+    for obj in objects:
+        what, owner, unseen = describe(obj)
+        if owner is not None:
+            kind = owner._meta.verbose_name
+            seen = visible_to(by, type(owner)._default_manager.filter(pk=owner.pk)).exists()
+            what = f"{what} {kind} '{owner}'" if seen else f"{unseen} a {kind} you cannot see"
+        if what not in uses:
+            uses.append(what)
+        if len(uses) == most:  # enough to start with
+            break
+    return uses
+
+
 def decidable_references(user: User) -> dict[str, set[int]]:
     """The objects referenced by the pending requests ``user`` may decide (segments, contents, apps),
     by model label. Kept on the user object until the pending requests change."""

@@ -15,7 +15,7 @@ from django.db.models import ProtectedError
 from django.utils import timezone
 
 from accounts.models import User
-from accounts.selectors import can, visible_to
+from accounts.selectors import can, uses_described, visible_to
 from accounts.services import access_grant, audit
 from audiences.models import Profile, Segment, SegmentMember, SegmentReference
 from audiences.rules.compiler import segment_count, segment_profiles
@@ -208,21 +208,14 @@ def segment_uses_described(*, objects, by: User) -> list[str]:
     """What keeps a segment from being deleted (a ProtectedError's objects), as ``by`` may be told:
     "the entry of journey 'X'", "the audience of campaign 'Y'"; what they may not see, without its
     name. At most five."""
-    uses: list[str] = []
-    for obj in objects:
+
+    def describe(obj):
         if isinstance(obj, SegmentReference):
-            use = "used by another segment's rules"
-        else:
-            owner = getattr(obj, "journey", obj)  # a journey version: its journey
-            kind = owner._meta.verbose_name
-            role = "entry" if owner is not obj else "audience"
-            seen = visible_to(by, type(owner)._default_manager.filter(pk=owner.pk)).exists()
-            use = f"the {role} of {kind} '{owner}'" if seen else f"the {role} of a {kind} you cannot see"
-        if use not in uses:
-            uses.append(use)
-        if len(uses) == 5:  # enough to start with
-            break
-    return uses
+            return "used by another segment's rules", None, ""
+        owner = getattr(obj, "journey", None)  # a journey version: its journey
+        return ("the audience of", obj, "the audience of") if owner is None else ("the entry of", owner, "the entry of")
+
+    return uses_described(objects, by=by, describe=describe)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from django.http import Http404
 from django.utils import timezone
 
 from accounts.models import User
-from accounts.selectors import can, in_scope, visible_to
+from accounts.selectors import can, in_scope, uses_described
 from accounts.services import access_grant, audit
 from config.db import Holders
 from delivery.models import App, Dispatch, PushContent
@@ -114,20 +114,14 @@ def pushcontent_uses_described(*, objects, by: User) -> list[str]:
     """What keeps push content from being deleted (a ProtectedError's objects: a campaign sending it,
     a variant of one), as ``by`` may be told: "the content of campaign 'X'", "variant B of campaign
     'Y'"; what they may not see, without its name. At most five."""
-    uses: list[str] = []
-    for obj in objects:
-        owner = getattr(obj, "campaign", obj)  # a variant: its campaign
-        kind = owner._meta.verbose_name
-        seen = visible_to(by, type(owner)._default_manager.filter(pk=owner.pk)).exists()
-        if owner is obj:
-            use = f"the content of {kind} '{owner}'" if seen else f"the content of a {kind} you cannot see"
-        else:
-            use = f"variant {obj.label} of {kind} '{owner}'" if seen else f"a variant of a {kind} you cannot see"
-        if use not in uses:
-            uses.append(use)
-        if len(uses) == 5:  # enough to start with
-            break
-    return uses
+
+    def describe(obj):
+        owner = getattr(obj, "campaign", None)  # a variant: its campaign
+        if owner is None:
+            return "the content of", obj, "the content of"
+        return f"variant {obj.label} of", owner, "a variant of"
+
+    return uses_described(objects, by=by, describe=describe)
 
 
 def pushcontent_holders(content_ids, *, by: User | None) -> list[str]:
