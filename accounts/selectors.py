@@ -119,19 +119,41 @@ def visible_to(user: User, queryset: QuerySet, *, perm: str | None = None) -> Qu
     return queryset.filter(condition)
 
 
-def uses_described(objects, *, by: User, describe, most: int = 5) -> list[str]:
+def uses_described(objects, *, by: User, describe, most: int = 5, owner_field: str = "") -> list[str]:
     """What keeps an object from being deleted (a ProtectedError's ``objects``), as ``by`` may be
     told, at most ``most`` different ones: ``describe(obj)`` gives (what, owner, what unseen) for
     an object that names its owner ("variant B of", campaign, "a variant of"), or (text, None, "")
     for words of its own; an owner ``by`` may see is named ("variant B of campaign 'X'"), any other
-    not ("a variant of a campaign you cannot see")."""
+    not ("a variant of a campaign you cannot see").
+
+    The owners' visibility is read once per kind of owner, however many objects name them (many
+    variants of one campaign, many campaigns). ``owner_field``: the foreign key by which objects
+    name their owner, read for all the objects of a kind that has it at once, before ``describe``.
+    """
+    objects = list(objects)
+    if owner_field:
+        by_kind: dict[type[models.Model], list] = {}
+        for obj in objects:
+            by_kind.setdefault(type(obj), []).append(obj)
+        for model, group in by_kind.items():
+            if any(f.name == owner_field and f.many_to_one for f in model._meta.get_fields()):
+                models.prefetch_related_objects(group, owner_field)
+    described = [describe(obj) for obj in objects]
+    owners: dict[type[models.Model], set] = {}
+    for _, owner, _ in described:
+        if owner is not None:
+            owners.setdefault(type(owner), set()).add(owner.pk)
+    seen = {
+        (model, pk)
+        for model, pks in owners.items()
+        for pk in visible_to(by, model._default_manager.filter(pk__in=sorted(pks))).values_list("pk", flat=True)
+    }
     uses: list[str] = []
-    for obj in objects:
-        what, owner, unseen = describe(obj)
+    for what, owner, unseen in described:
         if owner is not None:
             kind = owner._meta.verbose_name
-            seen = visible_to(by, type(owner)._default_manager.filter(pk=owner.pk)).exists()
-            what = f"{what} {kind} '{owner}'" if seen else f"{unseen} a {kind} you cannot see"
+            named = (type(owner), owner.pk) in seen
+            what = f"{what} {kind} '{owner}'" if named else f"{unseen} a {kind} you cannot see"
         if what not in uses:
             uses.append(what)
         if len(uses) == most:  # enough to start with

@@ -215,7 +215,7 @@ def segment_uses_described(*, objects, by: User) -> list[str]:
         owner = getattr(obj, "journey", None)  # a journey version: its journey
         return ("the audience of", obj, "the audience of") if owner is None else ("the entry of", owner, "the entry of")
 
-    return uses_described(objects, by=by, describe=describe)
+    return uses_described(objects, by=by, describe=describe, owner_field="journey")
 
 
 @dataclass

@@ -121,7 +121,7 @@ def pushcontent_uses_described(*, objects, by: User) -> list[str]:
             return "the content of", obj, "the content of"
         return f"variant {obj.label} of", owner, "a variant of"
 
-    return uses_described(objects, by=by, describe=describe)
+    return uses_described(objects, by=by, describe=describe, owner_field="campaign")
 
 
 def pushcontent_holders(content_ids, *, by: User | None) -> list[str]:

@@ -251,3 +251,44 @@ def test_the_delete_page_of_content_a_campaign_uses_names_no_campaign_its_reader
     assert "variant B of campaign &#x27;Secret launch&#x27;" in html
     html = client.get(f"/admin/delivery/pushcontent/{sent.pk}/delete/").content.decode()
     assert "the content of campaign &#x27;Secret launch&#x27;" in html
+
+
+@pytest.mark.parametrize("may_see", [True, False])
+def test_what_keeps_content_reads_each_campaign_s_visibility_once_however_many_variants_it_has(
+    manager_alice, manager_mallory, may_see
+):
+    """A content held by many variants of one campaign: the campaign is read, and its visibility
+    asked, once for all of them (the same number of queries for two variants as for six), and it is
+    named only to a reader who may see it."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from campaigns.models import CampaignVariant
+    from campaigns.services.lifecycle import campaign_create
+    from delivery.services.contents import pushcontent_uses_described
+    from tests.factories import PushContentFactory, SegmentFactory
+
+    app = AppFactory(name="Theirs")
+    access_grant(obj=app, to=manager_mallory, by=None)
+    segment = SegmentFactory(name="Everyone")
+    access_grant(obj=segment, to=manager_mallory, by=None)
+    content = PushContentFactory(app=app, name="Sent")
+    campaign = campaign_create(by=manager_mallory, name="Secret launch", app=app, segment=segment, content=content)
+    reader = manager_mallory if may_see else manager_alice
+
+    def described(variants: int) -> tuple[list[str], int]:
+        CampaignVariant.objects.filter(campaign=campaign).delete()
+        for number in range(1, variants + 1):
+            CampaignVariant.objects.create(campaign=campaign, number=number, content=content, share=100 // variants)
+        holders = list(CampaignVariant.objects.filter(campaign=campaign))  # as a ProtectedError gives them
+        with CaptureQueriesContext(connection) as queries:
+            uses = pushcontent_uses_described(objects=holders, by=reader)
+        return uses, len(queries)
+
+    described(1)  # the reader's role and groups, read once per user object
+    few, few_queries = described(2)
+    many, many_queries = described(6)
+    assert many_queries == few_queries
+    expected = "variant A of campaign 'Secret launch'" if may_see else "a variant of a campaign you cannot see"
+    assert few[0] == many[0] == expected
+    assert all("Secret launch" not in use for use in many) or may_see
