@@ -2,9 +2,12 @@
 
 from django.conf import settings
 from django.core.exceptions import TooManyFieldsSent, TooManyFilesSent
-from django.http import JsonResponse
-from django.urls import path, re_path
+from django.http import HttpResponsePermanentRedirect, JsonResponse
+from django.urls import is_valid_path, path, re_path
+from django.utils.encoding import escape_uri_path
+from django.utils.http import escape_leading_slashes
 from django.views import defaults
+from django.views.decorators.common import no_append_slash
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -17,8 +20,22 @@ from journeys import api as journeys_api
 
 
 @csrf_exempt
+@no_append_slash  # Django's redirect would lose a POST's method and body, and raises with DEBUG
 def api_not_found(request, *args, **kwargs):
-    """Any other path under /api/v1/ (a negative or non-numeric id included): the API's JSON 404."""
+    """Any other path under /api/ (a negative or non-numeric id included): the API's JSON 404.
+
+    A path that lacks only the trailing slash of a route is named with it: a GET or HEAD (a person
+    typing the docs' address) is redirected there (301); any other method answers the 404 naming
+    it, whose method and body a redirect would lose. Only a path no route holds reaches here."""
+    if not request.path_info.endswith("/"):
+        match = is_valid_path(f"{request.path_info}/", getattr(request, "urlconf", None))
+        if match and getattr(match.func, "should_append_slash", True):
+            if request.method in ("GET", "HEAD"):
+                return HttpResponsePermanentRedirect(
+                    escape_leading_slashes(request.get_full_path(force_append_slash=True))
+                )
+            detail = f"Not found. The path ends with a slash: {escape_uri_path(request.path)}/"
+            return JsonResponse({"code": "not_found", "detail": detail}, status=404)
     return JsonResponse({"code": "not_found", "detail": "Not found."}, status=404)
 
 
@@ -45,8 +62,8 @@ def bad_request(request, exception):
 
 
 def not_found(request, exception):
-    """Django's 404 (a path no route holds): the API's JSON for any path under /api/ (one outside
-    /api/v1/, which answers its own with ``api_not_found``), the page elsewhere."""
+    """Django's 404 (a path no route holds, or a view's Http404 outside DRF): the API's JSON under
+    /api/ (whose paths no route holds ``api_not_found`` answers, with DEBUG too), the page elsewhere."""
     if not request.path.startswith(API_PREFIX):
         return defaults.page_not_found(request, exception)
     return JsonResponse({"code": "not_found", "detail": "Not found."}, status=404)

@@ -35,14 +35,66 @@ def test_more_query_parameters_than_django_reads_answer_a_json_400(manager_alice
         }
 
 
+@pytest.mark.parametrize("debug", [False, True])
 @pytest.mark.parametrize("path", ["/api/", "/api/v2/campaigns/", "/api//v1/campaigns/"])
 @pytest.mark.parametrize("method", ["get", "post", "delete"])
-def test_a_path_under_the_api_outside_its_version_answers_a_json_404(client, path, method):
-    # Not a route of /api/v1/ (whose own catch-all answers them): Django's 404, the API's JSON.
+def test_a_path_under_the_api_outside_its_version_answers_a_json_404(client, settings, path, method, debug):
+    # Not a route of /api/v1/: the API's JSON, with DEBUG too (Django's debug 404 page answered it).
+    settings.DEBUG = debug
     response = getattr(client, method)(path)
     assert response.status_code == 404
     assert response["Content-Type"] == "application/json"
     assert response.json() == {"code": "not_found", "detail": "Not found."}
+
+
+@pytest.mark.parametrize("debug", [False, True])
+@pytest.mark.parametrize(
+    "path", ["/api/v1/campaigns/1/trigger", "/api/v1/campaigns", "/api/v1/devices", "/api/v1/profiles/ext-1"]
+)
+@pytest.mark.parametrize("method", ["post", "put", "patch", "delete", "options"])
+def test_a_call_without_the_trailing_slash_of_its_route_answers_a_json_404_naming_the_path(
+    manager_alice, api_key_for, settings, path, method, debug
+):
+    # A redirect would lose the method and the body (Django's, with DEBUG, raises instead: a 500).
+    settings.DEBUG = debug
+    client = api_key_for(manager_alice, scopes=["read", "trigger", "ingest"])
+    response = getattr(client, method)(f"{path}?limit=5", {"recipients": []}, format="json")
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"code": "not_found", "detail": f"Not found. The path ends with a slash: {path}/"}
+
+
+@pytest.mark.parametrize("debug", [False, True])
+@pytest.mark.parametrize(
+    ("path", "slashed"),
+    [
+        ("/api/v1/campaigns", "/api/v1/campaigns/"),
+        ("/api/v1/campaigns?limit=5&status=live", "/api/v1/campaigns/?limit=5&status=live"),
+        ("/api/v1/docs", "/api/v1/docs/"),
+        ("/api/v1/profiles/ext 1", "/api/v1/profiles/ext%201/"),
+    ],
+)
+@pytest.mark.parametrize("method", ["get", "head"])
+def test_a_read_without_the_trailing_slash_of_its_route_is_redirected_to_it(
+    client, settings, path, slashed, method, debug
+):
+    settings.DEBUG = debug
+    response = getattr(client, method)(path)
+    assert response.status_code == 301
+    assert response["Location"] == slashed
+
+
+@pytest.mark.parametrize("debug", [False, True])
+@pytest.mark.parametrize("path", ["/api/v1", "/api/v1/devices/tok-1", "/api/v1/nothing", "/api/v2"])
+@pytest.mark.parametrize("method", ["get", "head", "post", "put", "patch", "delete"])
+def test_a_path_whose_slashed_form_is_no_route_either_answers_the_plain_json_404(settings, path, method, debug):
+    # /api/v1/ is no route: Django redirected /api/v1 there (a 301 to a 404), and a POST with DEBUG raised.
+    settings.DEBUG = debug
+    response = getattr(Client(raise_request_exception=False), method)(path)
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    if method != "head":
+        assert response.json() == {"code": "not_found", "detail": "Not found."}
 
 
 def test_the_admin_keeps_its_404_page(client, admin_erin):
