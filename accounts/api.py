@@ -17,6 +17,7 @@ from rest_framework.views import APIView, exception_handler
 from accounts.json_values import MAX_BYTES, MAX_DEPTH, json_text_problem, json_value_problem
 from accounts.parsers import request_too_large
 from accounts.roles import role_permissions
+from config.digits import digits_plain
 from operations.instance import InstanceMismatch
 
 # --- input ------------------------------------------------------------------------------------
@@ -72,6 +73,21 @@ class JsonIntegerField(_JsonType, serializers.IntegerField):
     json_types = (int,)
 
 
+class _PlainDigits:
+    """Refuse text with digits other than ASCII's as any other invalid value (``config.digits``):
+    DRF reads a number with ``int()`` and a time with Django's ``parse_datetime``, which take every
+    script's digits ("٣" as 3)."""
+
+    def to_internal_value(self, data):
+        if not digits_plain(data):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class TextIntegerField(_PlainDigits, serializers.IntegerField):
+    """A whole number in a form's text (a multipart body), in ASCII digits."""
+
+
 class JsonBooleanField(_JsonType, serializers.BooleanField):
     json_types = (bool,)
 
@@ -83,7 +99,7 @@ class JsonIntegerChoiceField(_JsonType, serializers.ChoiceField):
     default_error_messages = {"invalid": "A whole number is required."}
 
 
-class JsonDateTimeField(_JsonType, serializers.DateTimeField):
+class JsonDateTimeField(_JsonType, _PlainDigits, serializers.DateTimeField):
     """An ISO 8601 time with its zone (``Z`` or an offset): one without is refused, not read as UTC
     (the time an integrator's server wrote in its own zone would be off by hours)."""
 

@@ -3,6 +3,7 @@
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from accounts.api import JsonDateTimeField
 from accounts.models import AuditEvent
 from accounts.services import access_grant
 from audiences.models import Event, Import, Profile, Segment
@@ -892,3 +893,57 @@ def test_a_key_of_ingest_alone_may_not_change_a_segments_members_by_import(
     app_key = api_key_for(manager_alice, scopes=["ingest"])
     _import_by(app_key, django_capture_on_commit_callbacks, target="new_segment", segment_name="Fresh")
     _import_by(app_key, django_capture_on_commit_callbacks)
+
+
+# Digits of other scripts: full-width (as a Japanese keyboard types them) and Arabic-Indic.
+OTHER_DIGITS = ["１９７０-01-01T00:00:00Z", "2026-06-0١T10:00:00+0٢:00"]
+
+
+@pytest.mark.parametrize("when", OTHER_DIGITS)
+def test_times_written_with_digits_of_other_scripts_are_refused_naming_the_field(manager_alice, api_key_for, when):
+    """Django's ISO 8601 reader matches any script's digits: "１９７０" was read as the year 1970."""
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    events = client.post(
+        "/api/v1/events/bulk/", {"events": [{"external_id": "a", "name": "open", "occurred_at": when}]}, format="json"
+    ).json()
+    assert events["results"][0]["status"] == "error"
+    assert events["results"][0]["errors"] == [
+        {"field": "occurred_at", "code": "invalid", "detail": JsonDateTimeField.default_error_messages["invalid"]}
+    ]
+    answer = client.post("/api/v1/profiles/", {"external_id": "b", "last_seen_at": when}, format="json")
+    assert answer.status_code == 400, answer.json()
+    assert [(e["field"], e["code"]) for e in answer.json()["errors"]] == [("last_seen_at", "invalid")]
+    assert not Event.objects.exists() and not Profile.objects.exists()
+
+
+def test_an_imports_segment_written_with_digits_of_other_scripts_is_refused_naming_the_field(
+    manager_alice, api_key_for, media
+):
+    """Python's int() reads any script's digits: "٣" named segment 3."""
+    from tests.factories import SegmentFactory
+
+    segment = SegmentFactory(kind="static", rules=None)
+    access_grant(obj=segment, to=manager_alice, by=None)
+    client = api_key_for(manager_alice, scopes=["ingest", "read"])
+    arabic = str(segment.pk).translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩"))
+    for written in (arabic, str(segment.pk).translate(str.maketrans("0123456789", "０１２３４５６７８９"))):
+        upload = SimpleUploadedFile("people.csv", b"external_id\na\n", content_type="text/csv")
+        body = {"file": upload, "target": "add_to_segment", "segment": written}
+        response = client.post("/api/v1/imports/", body, format="multipart")
+        assert response.status_code == 400, response.content
+        assert response.json()["errors"] == [
+            {"field": "segment", "code": "invalid", "detail": "A valid integer is required."}
+        ]
+    assert not Import.objects.exists()
+
+
+@pytest.mark.parametrize("query", ["limit=٣", "offset=١", "sample=٣"])
+def test_query_numbers_written_with_digits_of_other_scripts_are_refused_naming_the_parameter(
+    manager_alice, api_key_for, query
+):
+    segment = segment_create(by=manager_alice, name="Pro", kind="rules", rules=PRO)
+    client = api_key_for(manager_alice, scopes=["read"])
+    url = f"/api/v1/segments/{segment.pk}/preview/" if query.startswith("sample") else "/api/v1/segments/"
+    response = client.get(f"{url}?{query}")
+    assert response.status_code == 400, response.content
+    assert [e["field"] for e in response.json()["errors"]] == [query.partition("=")[0]]
