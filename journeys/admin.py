@@ -40,7 +40,7 @@ from journeys.graph import (
     segments_of,
 )
 from journeys.models import Enrollment, Journey, JourneyVersion, StepStat
-from journeys.review import conditions_html, content_names, entry_audience_text, entry_text
+from journeys.review import conditions_html, content_names, entry_audience_text, entry_segment_names, entry_text
 from journeys.selectors import (
     enrollments_visible_to,
     journey_actions,
@@ -390,7 +390,9 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         pending = "New version waiting for approval" if obj.status in Journey.ON_AIR else ""
         text = approval_text(approval_current(obj), time_zone=JOURNEY_ZONE, pending=pending)
         live = obj.live_version if obj.status in Journey.ON_AIR else None
-        changed = segments_changed_text(live) if live is not None else ""
+        request = page_request()
+        reader = request.user if request is not None else None
+        changed = segments_changed_text(live, reader=reader) if live is not None and reader is not None else ""
         if changed:  # its reads of that segment are refused until a new version is approved
             return format_html('{}<p class="errornote" id="segments-changed">{}</p>', text, changed)
         unfrozen = segments_unfrozen_text(live) if live is not None else ""
@@ -400,15 +402,19 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
 
     @admin.display(description="Versions")
     def versions_summary(self, obj):
+        """The last ten versions, each entry's segment named only to a reader who may see it."""
+        versions = list(obj.versions.order_by("-number")[:10])
+        request = page_request()
+        segment_names = entry_segment_names(request.user if request is not None else None, versions)
         rows = [
             (
                 v.number,
                 version_status_text(obj, v),
-                entry_text(v),
+                entry_text(v, segment_names=segment_names),
                 v.exit_event or "—",
                 f"{sum(version_totals(v).values()):,}",
             )
-            for v in obj.versions.select_related("entry_segment").order_by("-number")[:10]
+            for v in versions
         ]
         return format_html(
             '<table class="journey-versions"><tr><th>#</th><th>status</th><th>entry</th><th>exit event</th>'
@@ -419,13 +425,18 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     @admin.display(description="Who enters")
     def entry_audience(self, obj):
         """The entry segment's size as profiles → reachable in the journey's app → opted in, as the
-        approver's review shows it (``entry_audience_text``)."""
+        approver's review shows it (``entry_audience_text``), the segment named only to a reader who
+        may see it."""
         version = self._shown_version(obj)
-        if version is None:
+        request = page_request()
+        if version is None or request is None:
             return "—"
+        text = entry_audience_text(
+            version, app_id=obj.app_id, segment_names=entry_segment_names(request.user, [version])
+        )
         if version.entry_kind != version.EntryKind.SEGMENT or version.entry_segment is None:
-            return entry_audience_text(version, app_id=obj.app_id)
-        return format_html('<span id="entry-audience">{}</span>', entry_audience_text(version, app_id=obj.app_id))
+            return text
+        return format_html('<span id="entry-audience">{}</span>', text)
 
     @admin.display(description="Conversion event")
     def conversion_goal(self, obj):
@@ -433,8 +444,11 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
 
     @admin.display(description="Graph")
     def journey_graph(self, obj):
+        """The shown version drawn, its push contents and entry segment named only to a reader who
+        may see them."""
         version = self._shown_version(obj)
-        if version is None:
+        request = page_request()
+        if version is None or request is None:
             return "—"
         totals = version_totals(version)
         link = reverse("admin:journeys_enrollment_changelist") + f"?version__id__exact={version.pk}"
@@ -458,7 +472,13 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             version_status_text(obj, version).lower(),
             summary,
             link,
-            version_svg(version, stats=stats, names=content_names(version), step_url=step_url),
+            version_svg(
+                version,
+                stats=stats,
+                names=content_names(version, user=request.user),
+                segment_names=entry_segment_names(request.user, [version]),
+                step_url=step_url,
+            ),
         )
 
     @admin.display(description="Conditions")

@@ -126,6 +126,7 @@ def version_svg(
     *,
     stats: dict | None = None,
     names: dict | None = None,
+    segment_names: dict[int, str] | None = None,
     step_url: Callable[[str], str | None] | None = None,
 ) -> SafeString:
     """The version's graph as a canvas: an inline SVG, laid out again in the browser by dagre
@@ -133,6 +134,8 @@ def version_svg(
 
     ``stats`` (from selectors.version_step_stats) adds each step's counters; ``step_url`` gives
     the page a click on a step opens (its editor, its enrollments), or None for no link.
+    ``names``: the push contents' names the reader may see (``review.content_names``);
+    ``segment_names``: the entry segment's, if they may see it (``review.entry_segment_names``).
     """
     steps = [s for s in version.steps() if isinstance(s, dict) and "id" in s]
     if not steps:
@@ -143,7 +146,8 @@ def version_svg(
     if first is not None:  # the entry is drawn as a step of its own, leading to the first one
         from journeys.review import entry_text
 
-        steps = [{"id": ENTRY_ID, "type": "entry", "next": first, "text": entry_text(version)}, *steps]
+        text = entry_text(version, segment_names=segment_names or {})
+        steps = [{"id": ENTRY_ID, "type": "entry", "next": first, "text": text}, *steps]
         counts = stats.get(first) or {}
         entry = {name: counts.get(name, 0) for name in ("entered", "skipped_paused", "reads_skipped_paused")}
         stats = {**stats, ENTRY_ID: entry}

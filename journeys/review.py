@@ -8,12 +8,30 @@ from journeys.graph import ELSE_LABEL, branch_label, contents_of, duration_text,
 from journeys.models import Journey, JourneyVersion
 
 
-def entry_text(version: JourneyVersion) -> str:
+def entry_segment_names(user: User | None, versions) -> dict[int, str]:
+    """The names of the versions' entry segments that ``user`` may see, by id (one query; none for
+    no reader): ``entry_text`` names those, and the others by number."""
+    from audiences.rules.words import names_visible_to
+
+    ids = {version.entry_segment_id for version in versions if version is not None and version.entry_segment_id}
+    return names_visible_to(user, segments=ids, apps=set())[0] if ids else {}
+
+
+def entry_segment_text(version: JourneyVersion, *, segment_names: dict[int, str]) -> str:
+    """The entry segment as the reader may be told it: by name when ``segment_names`` holds it
+    (``entry_segment_names``), else "segment #12", as a condition's segment reads."""
+    pk = version.entry_segment_id
+    name = segment_names.get(pk)
+    return f"'{name}'" if name is not None else f"segment #{pk}"
+
+
+def entry_text(version: JourneyVersion, *, segment_names: dict[int, str]) -> str:
+    """The version's entry and re-entry in words; its segment named as ``entry_segment_text`` says."""
     if version.entry_kind == JourneyVersion.EntryKind.EVENT:
         text = f"When the event '{version.entry_event}' arrives"
     else:
         every = f", read again every {version.entry_every_hours} h" if version.entry_every_hours else ", read once"
-        text = f"Everyone in '{version.entry_segment}'{every}"
+        text = f"Everyone in {entry_segment_text(version, segment_names=segment_names)}{every}"
     if version.reentry == JourneyVersion.Reentry.AFTER_WAIT:
         text += f"; re-entry after {duration_text(version.reentry_wait_seconds)}"
     else:
@@ -21,12 +39,12 @@ def entry_text(version: JourneyVersion) -> str:
     return text
 
 
-def entry_audience_text(version: JourneyVersion, *, app_id: int) -> str:
+def entry_audience_text(version: JourneyVersion, *, app_id: int, segment_names: dict[int, str]) -> str:
     """Who enters the version, as the journey page and the approver's review both say it: the entry
     segment's size now as profiles → reachable in the journey's app → opted in (one count of the
     audience), or that profiles enter when the event arrives; then the app's frequency cap and
     quiet hours that may hold its pushes back, in a campaign's words (a journey's pushes are
-    marketing pushes)."""
+    marketing pushes). The segment is named as ``entry_segment_text`` says."""
     from audiences.selectors import audience_reach
     from delivery.rules import rules_hold_text
 
@@ -34,14 +52,24 @@ def entry_audience_text(version: JourneyVersion, *, app_id: int) -> str:
     if version.entry_kind != JourneyVersion.EntryKind.SEGMENT or version.entry_segment is None:
         return "; ".join(part for part in ("Profiles enter when the event arrives", rules) if part) + "."
     reach = audience_reach(segment=version.entry_segment, app_id=app_id).text()
-    return "; ".join(part for part in (f"{version.entry_segment}: {reach}", rules) if part)
+    segment = segment_names.get(version.entry_segment_id, f"segment #{version.entry_segment_id}")
+    return "; ".join(part for part in (f"{segment}: {reach}", rules) if part)
 
 
-def content_names(version: JourneyVersion) -> dict:
+def content_names(version: JourneyVersion, *, user: User) -> dict:
+    """The names of the version's push contents that ``user`` may see, by ("content", id): the
+    steps name those, and the others by number ("content 12")."""
     from delivery.models import PushContent
 
     ids = set(contents_of(version.graph).values())
-    return {("content", c.pk): c.name for c in PushContent.objects.filter(pk__in=ids)}
+    return {("content", pk): name for pk, name in visible_named(user, PushContent, ids).items()} if ids else {}
+
+
+def visible_named(user: User, model, ids) -> dict[int, str]:
+    """The names of the objects of ``model`` among ``ids`` that ``user`` may see, by id (one query)."""
+    from accounts.selectors import visible_to
+
+    return dict(visible_to(user, model.objects.filter(pk__in=ids)).values_list("pk", "name")) if ids else {}
 
 
 def branch_text(branch: dict, *, segment_names: dict[int, str], app_names: dict[int, str]) -> str:
@@ -134,10 +162,11 @@ def version_rows(
 ) -> list[tuple[str, str]]:
     """What an approval of ``version`` covers, as (label, text) rows: its entry and re-entry, its exit
     criteria, each step with where it leads, and each push step's texts per locale (``specs``: by
-    step, the content as the version sends it). The names as ``_step_text`` takes them."""
+    step, the content as the version sends it). The names as ``_step_text`` takes them (the entry
+    segment's among ``segment_names``)."""
     from campaigns.review import locale_texts
 
-    rows = [("Entry", entry_text(version)), ("Exit criteria", exit_text(version))]
+    rows = [("Entry", entry_text(version, segment_names=segment_names)), ("Exit criteria", exit_text(version))]
     rows += [
         (f"Step '{step['id']}'", _step_text(step, names=names, segment_names=segment_names, app_names=app_names))
         for step in version.steps()
@@ -159,7 +188,8 @@ def _revision_diff_html(journey: Journey, version: JourneyVersion, *, contents: 
     covers in words, as a campaign's first review shows it (the graph names a condition's
     branches, not what each tests). ``contents`` and ``names``: the version's push contents by id
     and their names (``content_names``). The segments and apps the conditions use are named as
-    ``conditions_html`` names them: those ``user`` may see, the others by number."""
+    ``conditions_html`` names them, the entry segments too: those ``user`` may see, the others by
+    number."""
     from audiences.rules.schema import app_references, segment_references
     from audiences.rules.words import names_visible_to
     from campaigns.review import rows_diff, rows_diff_html
@@ -168,10 +198,11 @@ def _revision_diff_html(journey: Journey, version: JourneyVersion, *, contents: 
     if live == version:
         live = None
     if live is not None:
-        names = {**content_names(live), **names}
+        names = {**content_names(live, user=user), **names}
     graphs = [version.graph] + ([live.graph] if live is not None else [])
     trees = [tree for graph in graphs for tree in rules_of(graph)]
     segments = set().union(*(segments_of(graph) for graph in graphs), *(segment_references(tree) for tree in trees))
+    segments |= {v.entry_segment_id for v in (version, live) if v is not None and v.entry_segment_id}
     apps = set().union(*(app_references(tree) for tree in trees))
     segment_names, app_names = names_visible_to(user, segments=segments, apps=apps)
     named = {"names": names, "segment_names": segment_names, "app_names": app_names}
@@ -196,7 +227,9 @@ def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: Use
     if version is None:
         return format_html("<p>{}</p>", "Nothing to review.")
     contents = {c.pk: c for c in PushContent.objects.filter(pk__in=set(contents_of(version.graph).values()))}
-    names = {("content", pk): content.name for pk, content in contents.items()}
+    # The steps name the contents, and the entry its segment, only to a reader who may see them.
+    names = {("content", pk): name for pk, name in visible_named(user, PushContent, set(contents)).items()}
+    entry_names = entry_segment_names(user, [version])
     # Each push step with its phones, as the content shows on them (the version's frozen copy once approved).
     frozen = version.frozen_specs or {}
     pushes = format_html_join(
@@ -206,7 +239,7 @@ def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: Use
             (
                 step,
                 step,
-                contents[cid].name if cid in contents else cid,
+                names.get(("content", cid), f"content {cid}"),
                 _phones(
                     frozen.get(step, {}).get("spec") or (contents[cid].spec() if cid in contents else None),
                     journey,
@@ -227,11 +260,11 @@ def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: Use
         [
             ("Journey", f"{journey.name} — version {version.number}{replaces}"),
             ("App", journey.app.name),
-            ("Entry", entry_text(version)),
-            ("Who enters", entry_audience_text(version, app_id=journey.app_id)),
+            ("Entry", entry_text(version, segment_names=entry_names)),
+            ("Who enters", entry_audience_text(version, app_id=journey.app_id, segment_names=entry_names)),
             ("Exit criteria", exit_text(version)),
             ("Segment definitions", segment_definitions_text(version, user=user)),
-            *_segments_changed_rows(journey),
+            *_segments_changed_rows(journey, user=user),
         ],
     )
     return format_html(
@@ -240,7 +273,7 @@ def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: Use
         "</div></div>",
         rows,
         _revision_diff_html(journey, version, contents=contents, names=names, user=user),
-        version_svg(version, names=names),
+        version_svg(version, names=names, segment_names=entry_names),
         pushes,
     )
 
@@ -265,13 +298,15 @@ def segment_definitions_text(version: JourneyVersion, *, user: User) -> str:
     return definition_text(definition, names=visible)
 
 
-def _segments_changed_rows(journey: Journey) -> list[tuple[str, str]]:
+def _segments_changed_rows(journey: Journey, *, user: User) -> list[tuple[str, str]]:
     """What the live version may no longer read, as the journey page says it (a segment edited since
-    its approval): the version in review, approved, reads them as they are now."""
+    its approval, named only to a reader who may see it): the version in review, approved, reads
+    them as they are now."""
     from journeys.services.lifecycle import segments_changed_text
 
     live = journey.live_version
-    changed = segments_changed_text(live) if live is not None and journey.status in Journey.ON_AIR else ""
+    on_air = live is not None and journey.status in Journey.ON_AIR
+    changed = segments_changed_text(live, reader=user) if on_air else ""
     return [(f"Live version {live.number}", changed)] if changed else []
 
 

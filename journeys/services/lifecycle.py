@@ -20,7 +20,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import ApprovalRequest, User
-from accounts.selectors import approval_current, can, in_scope
+from accounts.selectors import approval_current, can, in_scope, visible_to
 from accounts.services import (
     TransitionError,
     access_grant,
@@ -245,9 +245,11 @@ def segments_unfrozen_text(version: JourneyVersion) -> str:
     )
 
 
-def segments_changed_text(version: JourneyVersion, ids: set[int] | None = None) -> str:
+def segments_changed_text(version: JourneyVersion, ids: set[int] | None = None, *, reader: User | None = None) -> str:
     """Why the version may not read its segments (or ``ids``) now: each one edited since the version
     was approved (its rules, a segment they use, a kept list's members), named; "" when none was.
+    For a ``reader`` (a page's), only the segments they may see are named, the others read
+    "segment #12"; without one (what the engine records) each is named.
 
     A version approved before approvals covered the segments froze none, and reads them as it did.
     A segment that no longer exists is not said here: it holds for no one (its deletion is refused
@@ -262,9 +264,12 @@ def segments_changed_text(version: JourneyVersion, ids: set[int] | None = None) 
     changed = [int(pk) for pk, value in now.items() if value not in ("missing", approved[pk])]
     if not changed:
         return ""
-    names = ", ".join(
-        f"'{name}'" for name in Segment.objects.filter(pk__in=changed).order_by("name").values_list("name", flat=True)
-    )
+    found = Segment.objects.filter(pk__in=changed)
+    if reader is not None:
+        found = visible_to(reader, found)
+    named = dict(found.values_list("pk", "name"))
+    said = sorted(f"'{named[pk]}'" for pk in named) + [f"segment #{pk}" for pk in sorted(set(changed) - set(named))]
+    names = ", ".join(said)
     return (
         f"The segment{'s' if len(changed) > 1 else ''} {names} {'are' if len(changed) > 1 else 'is'} defined otherwise "
         f"than when version {version.number} was approved: approve a new version to read "

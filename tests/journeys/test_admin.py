@@ -1616,3 +1616,33 @@ def test_a_wait_until_a_time_of_day_says_in_which_zone_a_profile_without_one_wai
     assert (
         rows["Step 'morning'"] == "wait until 09:00 in each profile's time zone (UTC for a profile without one) → done"
     )
+
+
+def test_the_journey_page_names_its_entry_segment_and_contents_only_to_a_reader_who_may_see_them(
+    login, viewer_carol, make_journey, everyone, welcome
+):
+    """The graph's entry box, the versions' table and who enters name the entry segment, and the push
+    steps their content, to a reader who may see them; to the others "segment #12", "content 12",
+    as the conditions read. viewer_carol works on the app (its contents), not on the segment;
+    viewer_vera was granted the journey alone."""
+    from accounts.services import access_grant
+    from tests.factories import UserFactory
+
+    journey = make_journey()
+    vera = UserFactory(username="viewer_vera", role="Viewer")
+    access_grant(obj=journey, to=vera, by=None)
+    url = f"/admin/journeys/journey/{journey.pk}/change/"
+
+    text = login(viewer_carol).get(url).content.decode()
+    assert "&#x27;Everyone&#x27;" not in text and "Everyone:" not in text
+    assert f"Everyone in segment #{everyone.pk}, read once" in text  # the graph and the versions' table
+    assert f"segment #{everyone.pk}: " in text  # who enters
+    assert f"content {welcome.pk}" not in text and ">Welcome<" in text
+
+    text = login(vera).get(url).content.decode()
+    assert f"content {welcome.pk}" in text and ">Welcome<" not in text
+    assert f"Everyone in segment #{everyone.pk}, read once" in text
+
+    access_grant(obj=everyone, to=viewer_carol, by=None)
+    text = login(viewer_carol).get(url).content.decode()
+    assert text.count("Everyone in &#x27;Everyone&#x27;, read once") >= 2 and "Everyone: " in text

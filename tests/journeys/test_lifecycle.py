@@ -792,3 +792,22 @@ def test_a_segment_edited_after_approval_is_shown_to_the_manager_and_the_approve
     journey_approve(journey_id=journey.pk, by=approver_bob)
     page = login(manager_alice).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
     assert "defined otherwise" not in page
+
+
+def test_a_segment_edited_after_approval_is_named_only_to_a_reader_who_may_see_it(
+    make_journey, publish, manager_alice, viewer_carol, vips, login
+):
+    """The journey page says which segment changed since the approval by name to a reader who may
+    see it, as "segment #12" to the others (viewer_carol works on the app, not on the segment)."""
+    from accounts.services import access_grant
+    from audiences.services.segments import segment_members_change
+
+    ProfileFactory(external_id="late-vip")
+    journey = publish(make_journey())
+    segment_members_change(segment_id=vips.pk, by=manager_alice, add=["late-vip"])
+    page = login(viewer_carol).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert f"The segment segment #{vips.pk} is defined otherwise than when version 1 was approved" in page
+    assert "VIPs" not in page
+    access_grant(obj=vips, to=viewer_carol, by=None)
+    page = login(viewer_carol).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert escape("'VIPs' is defined otherwise than when version 1 was approved") in page

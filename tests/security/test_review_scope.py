@@ -341,3 +341,42 @@ def test_the_journey_review_names_only_the_segments_and_apps_its_reader_may_see(
 
     html = journey_review_html(journey, request=request, user=manager_alice)
     assert "matches all of: member of “Secret buyers”; has an opted-in device on Secret app" in html
+
+
+def test_the_journey_review_names_its_entry_segment_and_contents_only_to_a_reader_who_may_see_them(
+    manager_alice, manager_mallory, review
+):
+    """The entry segment and the push contents a journey's review shows are named to whoever may see
+    them; a colleague who submitted the journey, granted it alone, reads "segment #12" and
+    "content 12", as the segments and apps of its conditions read (the pushes' texts are the
+    journey's, and shown)."""
+    from django.utils.html import escape
+
+    from journeys.review import journey_review_html
+    from journeys.services.lifecycle import journey_submit
+
+    secret = SegmentFactory(name="Secret buyers", created_by=manager_alice)
+    access_grant(obj=secret, to=manager_alice, by=None)
+    promo = PushContentFactory(app=review.app, name="Secret promo", title="Hello there")
+    graph = {
+        "steps": [
+            {"id": "hello", "type": "push", "content": promo.pk, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+    journey = journey_create(
+        by=manager_alice, name="Onboarding", app=review.app, graph=graph, entry_kind="segment", entry_segment=secret
+    )
+    access_grant(obj=journey, to=manager_mallory, by=None)
+    request = journey_submit(journey_id=journey.pk, by=manager_mallory)
+    journey = Journey.objects.get(pk=journey.pk)
+
+    html = journey_review_html(journey, request=request, user=manager_mallory)
+    assert "Secret" not in html
+    assert f"Everyone in segment #{secret.pk}, read once" in html
+    assert f"segment #{secret.pk}: 0 profiles" in html  # who enters
+    assert f"content {promo.pk}" in html and "Hello there" in html
+
+    html = journey_review_html(journey, request=request, user=manager_alice)
+    assert escape("Everyone in 'Secret buyers', read once") in html
+    assert "Secret buyers: 0 profiles" in html and "Secret promo" in html
