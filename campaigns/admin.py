@@ -59,6 +59,7 @@ from campaigns.variant_admin import (
     conversions_report_html,
     variants_report_html,
 )
+from config import digits
 from config.zones import zone as schedule_zone
 from config.zones import zoned, zoned_column
 from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
@@ -82,7 +83,7 @@ class DateTimePicker(forms.SplitDateTimeWidget):
         )
 
 
-class ZonedDateTimeField(forms.SplitDateTimeField):
+class ZonedDateTimeField(digits.SplitDateTimeField):
     """A date and a time typed in the campaign's zone; a wrong one is answered with the format."""
 
     default_error_messages = {

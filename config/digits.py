@@ -8,8 +8,80 @@ the admin's forms, ids in URLs and list filters) asks ``digits_plain`` first and
 as it refuses any text that is not a number. Text of ASCII characters only has ASCII digits only.
 """
 
+from django import forms
+from django.core.exceptions import ValidationError
+
 
 def digits_plain(value) -> bool:
     """Whether ``value`` may be read as a number, an id or a time: anything but text, or text of
     ASCII characters only."""
     return not isinstance(value, str) or value.isascii()
+
+
+def ascii_int(text: str) -> int:
+    """``int(text)`` for text whose digits are ASCII; ValueError otherwise, as ``int()`` raises for
+    text that is no number."""
+    if not text.isascii():
+        raise ValueError(f"Not a number of ASCII digits: {text[:20]!r}")
+    return int(text)
+
+
+# --- form fields ----------------------------------------------------------------------------------
+
+
+class _PlainDigits:
+    """A form field that refuses text with other digits as it refuses any text it cannot read: its
+    own message for an invalid value (``invalid_code``)."""
+
+    invalid_code = "invalid"
+
+    def to_python(self, value):
+        if not digits_plain(value):
+            raise ValidationError(
+                self.error_messages[self.invalid_code], code=self.invalid_code, params={"value": value}
+            )
+        return super().to_python(value)
+
+
+class IntegerField(_PlainDigits, forms.IntegerField):
+    pass
+
+
+class DecimalField(_PlainDigits, forms.DecimalField):
+    pass
+
+
+class FloatField(_PlainDigits, forms.FloatField):
+    pass
+
+
+class DateField(_PlainDigits, forms.DateField):
+    pass
+
+
+class TimeField(_PlainDigits, forms.TimeField):
+    pass
+
+
+class DateTimeField(_PlainDigits, forms.DateTimeField):
+    pass
+
+
+class DurationField(_PlainDigits, forms.DurationField):
+    pass
+
+
+class ModelChoiceField(_PlainDigits, forms.ModelChoiceField):
+    invalid_code = "invalid_choice"
+
+
+class SplitDateTimeField(forms.SplitDateTimeField):
+    """The admin's date and time boxes: a date or a time with other digits is refused as one that
+    is no date or time (each box's own message)."""
+
+    def clean(self, value):
+        if isinstance(value, list | tuple):
+            for text, code in zip(value, ("invalid_date", "invalid_time"), strict=False):
+                if not digits_plain(text):
+                    raise ValidationError(self.error_messages[code], code=code)
+        return super().clean(value)

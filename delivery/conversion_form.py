@@ -14,6 +14,7 @@ from django.core.exceptions import ValidationError
 from django.utils.html import format_html, format_html_join
 
 from audiences.rules.schema import OPERATOR_LABELS, OPERATORS, TYPES
+from config import digits
 from delivery.conversions import MAX_WINDOW_HOURS, conversion_check
 from delivery.models import ConversionGoal
 
@@ -92,7 +93,7 @@ class ConversionFormMixin(_ConditionRows):
         required=False, max_length=100, help_text="The event that counts, e.g. purchase (blank: no conversions)."
     )
     # Not required: a form posted without them (an older page) keeps the defaults.
-    conversion_window_hours = forms.IntegerField(
+    conversion_window_hours = digits.IntegerField(
         min_value=1, max_value=MAX_WINDOW_HOURS, initial=24, label="Window (hours)", required=False
     )
     conversion_anchor = forms.ChoiceField(

@@ -23,6 +23,7 @@ from accounts.admin.lifecycle import LifecycleAdminMixin, approval_text, page_re
 from accounts.json_values import JsonValueFormField
 from accounts.selectors import approval_current, in_scope
 from accounts.services import TransitionError
+from config import digits
 from config.zones import zone, zoned, zoned_column
 from delivery.admin.dispatches import journey_step_sends_url
 from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
@@ -125,7 +126,7 @@ class WaitField(forms.MultiValueField):
 
     def __init__(self, **kwargs):
         fields = (
-            forms.IntegerField(min_value=0, error_messages={"min_value": "The amount is 0 or more."}),
+            digits.IntegerField(min_value=0, error_messages={"min_value": "The amount is 0 or more."}),
             forms.TypedChoiceField(choices=_UNIT_CHOICES, coerce=int),
         )
         super().__init__(fields, require_all_fields=True, **kwargs)
@@ -144,8 +145,8 @@ class JourneyForm(ConversionFormMixin, forms.ModelForm):
     """The journey and its editable version: entry, re-entry, exit criteria and the steps."""
 
     entry_kind = forms.ChoiceField(choices=JourneyVersion.EntryKind.choices, initial="segment")
-    entry_segment = forms.ModelChoiceField(queryset=None, required=False, help_text="Segment entry: who enters.")
-    entry_every_hours = forms.IntegerField(
+    entry_segment = digits.ModelChoiceField(queryset=None, required=False, help_text="Segment entry: who enters.")
+    entry_every_hours = digits.IntegerField(
         min_value=0,
         max_value=MAX_ENTRY_EVERY_HOURS,
         initial=0,

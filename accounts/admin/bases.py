@@ -9,7 +9,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import NotRelationField, get_fields_from_path, quote
-from django.contrib.admin.views.main import ChangeList
+from django.contrib.admin.views.main import IGNORED_PARAMS, ChangeList
 from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import FieldDoesNotExist, PermissionDenied, ValidationError
@@ -31,6 +31,7 @@ from accounts.selectors import (
     access_key,
     can,
     grants_on,
+    has_every_scope,
     visible_to,
 )
 from accounts.services import (
@@ -39,7 +40,9 @@ from accounts.services import (
     audit,
     audited_objects,
 )
+from config import digits
 from config.db import ROW_IDS, deletion_counts
+from config.digits import ascii_int, digits_plain
 
 
 def page_answers(request) -> dict | None:
@@ -75,7 +78,7 @@ class _KeptChoiceIterator(forms.models.ModelChoiceIterator):
         return self.field.empty_label is not None or bool(self._objects())
 
 
-class KeptChoiceField(forms.ModelChoiceField):
+class KeptChoiceField(digits.ModelChoiceField):
     """A select of objects whose choices are read once per form class: every form of a formset
     (each inline row and the empty row) shows the list the first one read, instead of one query
     each, and in one round trip rather than through a server-side cursor. ``label_fields``: the
@@ -202,12 +205,31 @@ class AdminAuditMixin:
         return super().log_deletions(request, queryset)
 
 
+def _reads_text(model, lookup: str) -> bool:
+    """Whether a list's query-string ``lookup`` compares text (a text or JSON column, or no column
+    at all): any other compares a number, an id or a time."""
+    opts, field = model._meta, None
+    for name in lookup.split(LOOKUP_SEP):
+        try:
+            field = opts.get_field(name)
+        except FieldDoesNotExist:
+            break  # a lookup (``__gte``) or a transform (``__date``) of the field before it
+        if field.is_relation and field.related_model is not None:
+            opts = field.related_model._meta  # a relation compares its target's id
+    return field is None or isinstance(field, models.CharField | models.TextField | models.JSONField)
+
+
 class BoundedDateChangeList(ChangeList):
     """A change list whose date hierarchy refuses a day it cannot step past (a year outside 1 to
     9998, or one too long to be a number) as it refuses an unknown filter (``?e=1``): Django
-    builds the next year or month from it unchecked, and the overflow answered 500."""
+    builds the next year or month from it unchecked, and the overflow answered 500. A number, an
+    id or a time written with digits of another script is refused alike (``config.digits``):
+    Django reads "١" as the id 1 and "١٩٧٠-01-01" as a day."""
 
     def get_filters(self, request):
+        for lookup, value in self.params.items():
+            if not digits_plain(value) and lookup not in IGNORED_PARAMS and not _reads_text(self.model, lookup):
+                raise IncorrectLookupParameters(f"No number or time {value[:20]}.")
         if self.date_hierarchy:
             # (part, its most digits, its highest value): Django checks the rest of the date.
             for part, digits, highest in (("year", 4, 9998), ("month", 2, 99), ("day", 2, 99)):
@@ -221,7 +243,10 @@ class BoundedDateChangeList(ChangeList):
 
 def row_id(model, value):
     """``value`` (from a form) as the id of one of ``model``'s rows, or None when it cannot be one:
-    not a number, or past the ids a row can have (``ROW_IDS``; SQLite cannot bind such a number)."""
+    not a number (digits of another script included, ``config.digits``), or past the ids a row can
+    have (``ROW_IDS``; SQLite cannot bind such a number)."""
+    if not digits_plain(value):
+        return None
     try:
         pk = model._meta.pk.to_python(value)
     except ValidationError:
@@ -237,8 +262,12 @@ class RowsChoiceField(forms.ModelMultipleChoiceField):
         if not self.to_field_name and isinstance(value, list | tuple):
             for item in value:
                 try:
-                    number = int(item)
+                    number = ascii_int(item) if isinstance(item, str) else int(item)
                 except (TypeError, ValueError):
+                    if not digits_plain(item):  # Django's own check reads "١" as 1
+                        raise ValidationError(
+                            self.error_messages["invalid_choice"], code="invalid_choice", params={"value": item}
+                        ) from None
                     continue  # not a number at all: Django's own check words it
                 if number not in ROW_IDS:
                     raise ValidationError(
@@ -290,7 +319,19 @@ class AccessAdmin(BoundedLookupsMixin, AdminAuditMixin, admin.ModelAdmin):
     offer only the related objects the user may see (``VisibleRelatedFilter``).
     """
 
-    formfield_overrides = {models.JSONField: {"form_class": JsonValueFormField}}
+    # Numbers, times and choices typed in digits of another script are refused (``config.digits``).
+    formfield_overrides = {
+        models.JSONField: {"form_class": JsonValueFormField},
+        models.IntegerField: {"form_class": digits.IntegerField},
+        models.DecimalField: {"form_class": digits.DecimalField},
+        models.FloatField: {"form_class": digits.FloatField},
+        models.DateField: {"form_class": digits.DateField},
+        models.DateTimeField: {"form_class": digits.SplitDateTimeField},
+        models.TimeField: {"form_class": digits.TimeField},
+        models.DurationField: {"form_class": digits.DurationField},
+        models.ForeignKey: {"form_class": digits.ModelChoiceField},
+        models.OneToOneField: {"form_class": digits.ModelChoiceField},
+    }
     # What an empty list says besides "0 …": where its rows come from (templates/admin/change_list.html).
     empty_hint = ""
 
@@ -326,7 +367,8 @@ class AccessAdmin(BoundedLookupsMixin, AdminAuditMixin, admin.ModelAdmin):
 
     def get_object(self, request, object_id, from_field=None):
         # A role that may not even view this kind of object learns nothing about which ids exist.
-        if not self.has_view_or_change_permission(request):
+        if not self.has_view_or_change_permission(request) or not digits_plain(object_id):
+            # An id in another script's digits names no row (Django's pk field reads "١" as 1).
             raise Http404(f"No {self.model._meta.verbose_name} with this id.")
         if request.method in ("GET", "HEAD"):
             # A page that only reads loads its object once, however many of its parts ask for it.
@@ -403,8 +445,8 @@ def deleted_objects_counted(model_admin: admin.ModelAdmin, request, objs) -> tup
     """What Django's delete confirmation takes (``get_deleted_objects``), with counts instead of a
     line per related object: the objects themselves (linked), how many rows of each kind go with
     them (``config.db.deletion_counts``), the kinds the user may not delete, and what protects
-    them. Django's own listing loads and links every related object: an app's million devices
-    would make a page that never comes back."""
+    them, as the reader may be told it (``protected_lines``). Django's own listing loads and links
+    every related object: an app's million devices would make a page that never comes back."""
     objs = list(objs)
     site = model_admin.admin_site
 
@@ -419,15 +461,50 @@ def deleted_objects_counted(model_admin: admin.ModelAdmin, request, objs) -> tup
     try:
         counts = deletion_counts(objs)
     except ProtectedError as exc:
-        return listed, {}, set(), [line(obj) for obj in list(exc.protected_objects)[:100]]
+        return listed, {}, set(), protected_lines(model_admin, request, exc.protected_objects, line=line)
     except RestrictedError as exc:
-        return listed, {}, set(), [line(obj) for obj in list(exc.restricted_objects)[:100]]
+        return listed, {}, set(), protected_lines(model_admin, request, exc.restricted_objects, line=line)
     perms_needed = {
         str(model._meta.verbose_name)
         for model in counts
         if site.is_registered(model) and not site.get_model_admin(model).has_delete_permission(request)
     }
     return listed, {str(model._meta.verbose_name_plural): n for model, n in counts.items()}, perms_needed, []
+
+
+def protected_lines(model_admin: admin.ModelAdmin, request, objects, *, line, most: int = 100) -> list:
+    """What keeps a deletion from happening, as ``request``'s user may be told it: ``line(obj)`` for
+    each object they may open (its admin's list holds it, as ``uses_described`` names an owner they
+    may see), at most ``most``; the others counted by kind, "a campaign you cannot see", "3 journeys
+    you cannot see", without a name or a link. A kind with no admin page is named to whoever sees
+    every object. One query per kind of object."""
+    site = model_admin.admin_site
+    by_kind: dict[type[models.Model], list] = {}
+    for obj in objects:
+        by_kind.setdefault(type(obj), []).append(obj)
+    named: list = []
+    unseen: list[str] = []
+    for model, group in by_kind.items():
+        if site.is_registered(model):
+            kind_admin = site.get_model_admin(model)
+            pks = [obj.pk for obj in group]
+            seen = (
+                set(kind_admin.get_queryset(request).filter(pk__in=pks).values_list("pk", flat=True))
+                if kind_admin.has_view_or_change_permission(request)
+                else set()
+            )
+        else:
+            seen = {obj.pk for obj in group} if has_every_scope(request.user) else set()
+        named += [line(obj) for obj in [obj for obj in group if obj.pk in seen][: max(most - len(named), 0)]]
+        hidden = sum(1 for obj in group if obj.pk not in seen)
+        if hidden:
+            opts = model._meta
+            unseen.append(
+                f"a {opts.verbose_name} you cannot see"
+                if hidden == 1
+                else f"{hidden} {opts.verbose_name_plural} you cannot see"
+            )
+    return [*named, *unseen]
 
 
 class BigTableAdmin(AccessAdmin):
@@ -486,8 +563,8 @@ class ScopedAdmin(AccessAdmin):
 
 
 class _AccessForm(forms.Form):
-    user = forms.ModelChoiceField(queryset=User.objects.filter(is_active=True).order_by("username"), required=False)
-    group = forms.ModelChoiceField(queryset=Group.objects.order_by("name"), required=False)
+    user = digits.ModelChoiceField(queryset=User.objects.filter(is_active=True).order_by("username"), required=False)
+    group = digits.ModelChoiceField(queryset=Group.objects.order_by("name"), required=False)
 
     def clean(self):
         data = super().clean()

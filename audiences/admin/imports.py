@@ -27,10 +27,11 @@ from audiences.services.imports import (
     import_restart,
     import_stalled_minutes,
 )
+from config import digits
 
 
 class ImportAddForm(forms.ModelForm):
-    segment = forms.ModelChoiceField(queryset=Segment.objects.none(), required=False, help_text="For add / replace.")
+    segment = digits.ModelChoiceField(queryset=Segment.objects.none(), required=False, help_text="For add / replace.")
     columns_text = forms.CharField(
         label="Columns",
         required=False,

@@ -3,9 +3,12 @@ reaches, sent past its range, as an overflowing float, negative and as NaN, and 
 with a NUL, answers the form again with its error: never a 500, never a save."""
 
 import pytest
+from django import forms
 from django.contrib import admin
+from django.core.exceptions import ValidationError
 from django.urls import reverse
 
+from tests.factories import SegmentFactory
 from tests.pages import PageForm, page_form
 
 HOSTILE = ["9" * 30, "1e400", "-99999999999", "nan"]
@@ -238,3 +241,96 @@ def test_a_list_refuses_a_query_lookup_that_fails_as_the_list_is_read(client, ma
     for minutes), a range that is not two values."""
     client.force_login(manager_alice)
     assert client.get(f"/admin/audiences/segment/?{query}").status_code == 400
+
+
+# The digits of other scripts, which int(), Decimal() and strptime read as ASCII's: Arabic-Indic.
+ARABIC_DIGITS = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
+_NUMBER_OR_TIME_FIELDS = (
+    forms.IntegerField,
+    forms.DecimalField,
+    forms.FloatField,
+    forms.DateField,
+    forms.TimeField,
+    forms.DateTimeField,
+    forms.DurationField,
+    forms.ModelChoiceField,
+    forms.SplitDateTimeField,
+)
+
+
+def _in_other_digits(field) -> object | None:
+    """A value ``field`` would read in ASCII digits, written in Arabic-Indic ones."""
+    if isinstance(field, forms.ModelChoiceField):
+        first = field.queryset.first()
+        if first is None:
+            return None
+        value = str(first.pk).translate(ARABIC_DIGITS)
+        return [value] if isinstance(field, forms.ModelMultipleChoiceField) else value
+    if isinstance(field, forms.SplitDateTimeField):
+        return ["2026-12-24".translate(ARABIC_DIGITS), "07:10"]
+    if isinstance(field, forms.DateTimeField):
+        return "2026-12-24 07:10".translate(ARABIC_DIGITS)
+    if isinstance(field, forms.DateField):
+        return "2026-12-24".translate(ARABIC_DIGITS)
+    if isinstance(field, forms.TimeField | forms.DurationField):
+        return "07:10:00".translate(ARABIC_DIGITS)
+    number = max(getattr(field, "min_value", None) or 1, 1)
+    return str(number).translate(ARABIC_DIGITS)
+
+
+def test_every_number_date_or_choice_of_an_admin_form_refuses_digits_of_other_scripts(rf, world, admin_erin):
+    """int(), Decimal() and strptime read any script's digits: a rate limit of "٣" was 3, a date
+    "٢٠٢٦-١٢-٢٤" the 24th of December, a choice "١" the row of id 1. Each is refused as a value
+    that is no number, date or choice, with its field's own message."""
+    request = rf.get("/")
+    request.user = admin_erin
+    refused, failures = [], {}
+    for model, model_admin in admin.site._registry.items():
+        obj = world.get(model._meta.label_lower)
+        for instance in {None, obj}:
+            if instance is None and not model_admin.has_add_permission(request):
+                continue
+            if instance is not None and not model_admin.has_change_permission(request, instance):
+                continue
+            try:
+                form = model_admin.get_form(request, instance)(instance=instance)
+            except TypeError:  # a form that takes more than the admin's arguments
+                continue
+            for name, field in form.fields.items():
+                if not isinstance(field, _NUMBER_OR_TIME_FIELDS):
+                    continue
+                value = _in_other_digits(field)
+                if value is None:
+                    continue
+                try:
+                    field.clean(value)
+                except ValidationError as exc:
+                    codes = {error.code for error in exc.error_list}
+                    if not codes <= {"invalid", "invalid_choice", "invalid_date", "invalid_time"}:
+                        failures[f"{model._meta.label_lower}.{name}"] = codes
+                    refused.append(f"{model._meta.label_lower}.{name}")
+                else:
+                    failures[f"{model._meta.label_lower}.{name}"] = "taken"
+    assert not failures, failures
+    assert len(refused) > 10, refused
+
+
+def test_an_id_or_a_time_written_with_digits_of_other_scripts_in_an_admin_url_names_nothing(client, admin_erin):
+    """The object's page and a list's filters: "١" named the row of id 1, "١٩٧٠-01-01" a day."""
+    segment = SegmentFactory()
+    client.force_login(admin_erin)
+    other = str(segment.pk).translate(ARABIC_DIGITS)
+    assert client.get(f"/admin/audiences/segment/{segment.pk}/change/").status_code == 200
+    assert client.get(f"/admin/audiences/segment/{other}/change/").status_code == 404
+    assert client.get(f"/admin/audiences/segment/{other}/access/").status_code == 404
+    for query in (
+        f"id__exact={other}",
+        f"id__in=1,{other}",
+        f"created_by__id__exact={other}",
+        "created_at__gte=１９７０-01-01",
+        "created_at__date=" + "2026-01-01".translate(ARABIC_DIGITS),
+    ):
+        answer = client.get(f"/admin/audiences/segment/?{query}")
+        assert answer.status_code == 302 and answer.url.endswith("?e=1"), (query, answer.status_code)
+    # Text is text, whatever its digits.
+    assert client.get(f"/admin/audiences/segment/?name__contains={other}").status_code == 200
