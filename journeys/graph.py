@@ -34,7 +34,7 @@ STEP_TYPE_LABELS = {
 # The condition's last branch, the profiles no branch holds for: "else" in the graph, in words on the pages.
 ELSE_LABEL = "all others"
 STEP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
-TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)\Z")
+TIME_OF_DAY = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])\Z")  # ASCII digits: \d matches "٩" too
 MAX_STEPS = 50
 MAX_BRANCHES = 20  # per condition or split: each is a query for every batch of profiles that reaches it
 DAY_SECONDS = 86400

@@ -63,6 +63,13 @@ def test_bad_time_of_day_is_refused():
     assert error.startswith("Step 'morning': the time of day '25:00' is not HH:MM")
 
 
+@pytest.mark.parametrize("until", ["0٩:30", "０９:３０"])
+def test_a_time_of_day_written_with_digits_of_another_script_is_refused(until):
+    """The engine reads the hours and minutes with int(), which took "٩" as 9."""
+    (error,) = _errors(_steps({"id": "morning", "type": "wait", "until": until, "next": "done"}, EXIT))
+    assert error.startswith(f"Step 'morning': the time of day {until!r} is not HH:MM")
+
+
 def test_split_percentages_must_sum_to_100():
     graph = _steps(
         {
