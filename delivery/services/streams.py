@@ -359,8 +359,12 @@ def _append_sql(lock_sql: str, *, named: bool) -> str:
         "FROM d CROSS JOIN v "
         "CROSS JOIN LATERAL (SELECT COALESCE((SELECT (e->'spec'->>'ttl_seconds')::int "
         "FROM jsonb_array_elements(d.variants) e WHERE (e->>'number')::int = v.variant), d.ttl) AS ttl) t "
-        "LEFT JOIN delivery_device dev "
-        "ON dev.profile_id = v.profile_id AND dev.app_id = %s AND dev.active "
+        # Each recipient's phones looked up by its profile, whatever the statistics say: a join
+        # let a plan made while they said the app had few phones (a new install, autovacuum not
+        # yet round) read every phone of the app on every call, and keep doing so. OFFSET 0 keeps
+        # the planner from making the lookup a join again.
+        "LEFT JOIN LATERAL (SELECT dev.id, dev.push_enabled FROM delivery_device dev "
+        "WHERE dev.profile_id = v.profile_id AND dev.app_id = %s AND dev.active OFFSET 0) dev ON true "
         "WHERE NOT EXISTS (SELECT 1 FROM v WHERE NOT v.fits) "
         "ORDER BY v.n, dev.id "
         "RETURNING id, profile_id, device_id, status, reason, dispatch_id, variant, finished_at, queued_at), "

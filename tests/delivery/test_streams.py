@@ -155,6 +155,50 @@ def test_appends_run_from_the_connections_kept_plan_whatever_the_recipients_coun
     assert (generic, custom) == (7, 5)
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's statistics and kept plans")
+def test_an_append_reads_its_recipients_phones_only_whatever_the_statistics_say(pushsim_app, stream):
+    """A kept plan made while the statistics say the app has a few phones (the table never
+    analyzed, or analyzed when it was small and autovacuum not yet round after a bulk
+    registration) must still look each recipient's phones up by profile: it read every phone of
+    the app on every call."""
+    with connection.cursor() as cursor:  # the table as a new install has it (another test may have analyzed it)
+        cursor.execute("TRUNCATE delivery_device CASCADE")
+        cursor.execute("DELETE FROM pg_statistic WHERE starelid = 'delivery_device'::regclass")
+    people = _people(pushsim_app, 3)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO audiences_profile (external_id, attributes, locale, timezone, created_at, updated_at) "
+            "SELECT 'many-' || g, '{}', '', '', now(), now() FROM generate_series(1, 3000) g"
+        )
+        cursor.execute(
+            "INSERT INTO delivery_device (profile_id, app_id, platform, token, active, push_enabled, is_test, "
+            "invalidated_reason, last_registered_at, created_at) "
+            "SELECT id, %s, 'android', 'many-' || id, true, true, false, '', now(), now() FROM audiences_profile "
+            "WHERE external_id LIKE 'many-%%'",
+            [pushsim_app.pk],
+        )
+
+    def phones_read() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_force_next_flush()")
+        with connection.cursor() as cursor:  # its own transaction: the flush happened when idle
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute(
+                "SELECT COALESCE(sum(idx_tup_read), 0) + COALESCE(sum(seq_tup_read), 0) FROM pg_stat_user_indexes i "
+                "JOIN pg_stat_user_tables t USING (relid) WHERE t.relname = 'delivery_device'"
+            )
+            return cursor.fetchone()[0]
+
+    for _ in range(7):  # past the fifth run, the connection runs the kept generic plan
+        _append(stream, people[:1])
+    before = phones_read()
+    for _ in range(5):
+        rows = _append(stream, people[:1])
+        assert [r.device_id for r in rows] == [people[0].devices.get().pk]
+    assert phones_read() - before <= 5 * 5  # each call: its recipient's phone (and the rollup's platform)
+
+
 def test_profiles_without_a_phone_or_opted_out_get_a_skipped_row(pushsim_app, stream):
     lonely = ProfileFactory()
     (muted,) = _people(pushsim_app, 1, push_enabled=False)
