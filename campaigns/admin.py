@@ -269,6 +269,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         "send_at_shown",
         "ends_at_shown",
         "segment_shown",
+        "content_shown",
     )
 
     class Media:
@@ -282,9 +283,9 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         # Viewer's, one in review, a finished campaign) shows them so too, the zone named.
         read_only = obj is not None and not self.has_change_permission(request, obj)
         send_at, ends_at = ("send_at_shown", "ends_at_shown") if read_only else ("send_at", "ends_at")
-        segment = "segment_shown" if read_only else "segment"
+        segment, content = ("segment_shown", "content_shown") if read_only else ("segment", "content")
         fieldsets = [
-            (None, {"fields": ("name", "app", "kind", "purpose", segment, "audience_size", "content")}),
+            (None, {"fields": ("name", "app", "kind", "purpose", segment, "audience_size", content)}),
             (
                 "Schedule",
                 {
@@ -507,7 +508,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             and request is not None
             and can(request.user, "campaigns.change_campaign", obj, answers=page_answers(request))
         )
-        text = audience_kept_text(obj, can_count=may_count)
+        text = audience_kept_text(obj, reader=request.user if request is not None else None, can_count=may_count)
         if may_count:
             button = format_html(
                 ' <button type="submit" id="count-audience" class="button" formaction="{}" '
@@ -520,6 +521,11 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
     def segment_shown(self, obj):
         """The audience, linked only for a reader who may open the segment's page."""
         return linked_if_visible(page_request(), obj.segment)
+
+    @admin.display(description="Content")
+    def content_shown(self, obj):
+        """The content, named and linked only for a reader who may open its page."""
+        return linked_if_visible(page_request(), obj.content)
 
     @admin.display(description="Versions")
     def versions(self, obj):
@@ -547,6 +553,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
                 approved.snapshot,
                 obj.snapshot(),
                 app_id=obj.app_id,
+                reader=page_request().user if page_request() is not None else None,
                 before_title=f"Approved version {approved.number} (sending)",
             ),
             approved.number,
@@ -690,7 +697,11 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             return HttpResponseNotAllowed(["POST"])
         if not can(request.user, "campaigns.change_campaign", campaign):
             raise PermissionDenied("Your role may not count this campaign's audience.")
-        self.message_user(request, f"Audience counted: {audience_kept_text(campaign, count=True)}.", messages.SUCCESS)
+        self.message_user(
+            request,
+            f"Audience counted: {audience_kept_text(campaign, reader=request.user, count=True)}.",
+            messages.SUCCESS,
+        )
         return HttpResponseRedirect(reverse("admin:campaigns_campaign_change", args=[campaign.pk]))
 
     def get_urls(self):

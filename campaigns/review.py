@@ -120,6 +120,56 @@ def next_send_text(campaign: Campaign) -> str:
     return f"{wall:%Y-%m-%d %H:%M} at each profile's local time, from {when}"
 
 
+@dataclasses.dataclass(frozen=True)
+class ReaderNames:
+    """The names of the segments, apps and push contents a reader may see, by id: a page names those,
+    and the others by number ("segment #12", "app #3", "content #7"), as a segment's rules read."""
+
+    segments: dict[int, str]
+    apps: dict[int, str]
+    contents: dict[int, str]
+
+    @classmethod
+    def of(cls, reader: User | None, *, segments=(), apps=(), contents=()) -> "ReaderNames":
+        """Read for ``reader`` (one query per kind asked; none names nothing)."""
+        from accounts.selectors import visible_to
+        from audiences.rules.words import names_visible_to
+        from delivery.models import PushContent
+
+        segment_names, app_names = names_visible_to(reader, segments=set(segments) - {None}, apps=set(apps) - {None})
+        ids = set(contents) - {None}
+        content_names = (
+            dict(visible_to(reader, PushContent.objects.filter(pk__in=ids)).values_list("pk", "name"))
+            if ids and reader is not None
+            else {}
+        )
+        return cls(segments=segment_names, apps=app_names, contents=content_names)
+
+    def segment(self, pk: int) -> str:
+        return self.segments.get(pk, f"segment #{pk}")
+
+    def content(self, pk: int, label: str = "") -> str:
+        return (label or self.contents[pk]) if pk in self.contents else f"content #{pk}"
+
+
+def snapshot_names(reader: User | None, *snapshots: dict | None) -> ReaderNames:
+    """What ``reader`` may be told by name of the snapshots' audiences (the segment, those its rules
+    use, the apps they name) and contents (the campaign's, its variants')."""
+    from audiences.rules.schema import app_references, segment_references
+
+    segments, apps, contents = set(), set(), set()
+    for snapshot in filter(None, snapshots):
+        fields = snapshot["fields"]
+        segments.add(fields.get("segment_id"))
+        contents.add(fields.get("content_id"))
+        contents |= {v.get("content_id") for v in snapshot.get("variants") or []}
+        for pk, entry in (snapshot.get("audience_definition") or {}).items():
+            segments.add(int(pk))
+            segments |= segment_references(entry.get("rules"))
+            apps |= app_references(entry.get("rules"))
+    return ReaderNames.of(reader, segments=segments, apps=apps, contents=contents)
+
+
 def audience_text(
     *, segment_id: int | None, app_id: int, label: str = "", holdout_share: int = 0, purpose: str = "marketing"
 ) -> str:
@@ -135,17 +185,28 @@ def audience_text(
 
 
 def _audience_counted(
-    *, segment_id: int | None, app_id: int, label: str = "", holdout_share: int = 0, purpose: str = "marketing"
+    *,
+    segment_id: int | None,
+    app_id: int,
+    label: str = "",
+    holdout_share: int = 0,
+    purpose: str = "marketing",
+    names: ReaderNames | None = None,
 ):
-    """``audience_text`` and the reach it counted (None: no segment, or a deleted one)."""
+    """``audience_text`` and the reach it counted (None: no segment, or a deleted one). ``names``:
+    what the reader may be told by name (the segment by number otherwise); none names it."""
     from audiences.selectors import audience_reach
 
+    if names is not None and segment_id is not None and segment_id not in names.segments:
+        label = f"segment #{segment_id}"
     segment, deleted = _audience_segment(segment_id, label=label)
     if deleted:
         return deleted, None
     reach = audience_reach(segment=segment, app_id=app_id) if segment is not None else None
     figures = reach_text(reach, app_id=app_id, holdout_share=holdout_share, purpose=purpose)
-    return (f"{segment}: {figures}" if segment is not None else figures), reach
+    if segment is None:
+        return figures, reach
+    return f"{segment if names is None else names.segment(segment.pk)}: {figures}", reach
 
 
 def reach_text(reach, *, app_id: int, holdout_share: int, purpose: str, age: str = "") -> str:
@@ -181,14 +242,15 @@ def _audience_segment(segment_id: int | None, *, label: str = ""):
     return (segment, None) if segment is not None else (None, f"{label or segment_id}: deleted")
 
 
-def audience_kept_text(campaign, *, count: bool = False, can_count: bool = False) -> str:
+def audience_kept_text(campaign, *, reader: User, count: bool = False, can_count: bool = False) -> str:
     """The campaign's audience and its size as last counted, with the age of that count; "not
     counted yet" when it never was in this app, with how it gets counted (``can_count``: the reader
     may press *Count now*); counted now and kept on the segment when ``count`` asks (a POST).
 
     The campaign page shows this rather than counting on a view (one scan of the audience, a third
     of a second at 1,000,000 profiles), and a view writes nothing: only *Count now* keeps a count.
-    The approver's review counts now without keeping it (``audience_text``).
+    The approver's review counts now without keeping it (``audience_text``). The segment is named
+    only to a ``reader`` who may see it, "segment #12" to the others.
     """
     from django.utils.timesince import timesince
 
@@ -200,6 +262,7 @@ def audience_kept_text(campaign, *, count: bool = False, can_count: bool = False
         return deleted
     if segment is None:
         return reach_text(None, app_id=campaign.app_id, holdout_share=campaign.holdout_share, purpose=campaign.purpose)
+    said = ReaderNames.of(reader, segments={segment.pk}).segment(segment.pk)
     if count:
         reach = audience_reach(segment=segment, app_id=campaign.app_id)
         segment_reach_keep(segment_id=segment.pk, app=campaign.app, reach=reach)
@@ -208,7 +271,7 @@ def audience_kept_text(campaign, *, count: bool = False, can_count: bool = False
         kept = reach_kept(segment, campaign.app_id)
         if kept is None:
             how = "Count now counts it" if can_count else "whoever may edit the campaign can count it"
-            return f"{segment}: size not counted yet ({how})."
+            return f"{said}: size not counted yet ({how})."
         reach, at = kept
         if at is None:
             age = "counted earlier"
@@ -219,7 +282,7 @@ def audience_kept_text(campaign, *, count: bool = False, can_count: bool = False
     figures = reach_text(
         reach, app_id=campaign.app_id, holdout_share=campaign.holdout_share, purpose=campaign.purpose, age=age
     )
-    return f"{segment}: {figures}"
+    return f"{said}: {figures}"
 
 
 def definition_text(definition: dict, *, names: tuple[dict[int, str], dict[int, str]] | None = None) -> str:
@@ -353,9 +416,12 @@ def _pairs(mapping: dict) -> str:
     )
 
 
-def version_rows(version: dict, *, app_id: int, now: dt.datetime, first: bool = False) -> list[tuple[str, str]]:
+def version_rows(
+    version: dict, *, app_id: int, now: dt.datetime, names: ReaderNames, first: bool = False
+) -> list[tuple[str, str]]:
     """Everything an approver signs off, as (label, text) rows, from a snapshot (see Campaign.snapshot).
-    ``first``: the version of a first review (never approved, never sent)."""
+    ``first``: the version of a first review (never approved, never sent). The segments, apps and
+    contents are named as ``names`` says (``snapshot_names``), the others by number."""
     fields, spec, labels = version["fields"], version["spec"], version.get("labels", {})
     view = ApprovedVersion.from_snapshot(version)
     audience, reach = _audience_counted(
@@ -364,14 +430,19 @@ def version_rows(version: dict, *, app_id: int, now: dt.datetime, first: bool = 
         label=labels.get("segment", ""),
         holdout_share=version.get("holdout_share") or 0,
         purpose=fields["purpose"],
+        names=names,
     )
+    content_id = fields.get("content_id")
     rows = [
         ("Kind and purpose", f"{Campaign.Kind(fields['kind']).label}, {Campaign.Purpose(fields['purpose']).label}"),
         ("Audience", audience),
-        ("Audience definition", definition_text(version.get("audience_definition") or {})),
+        (
+            "Audience definition",
+            definition_text(version.get("audience_definition") or {}, names=(names.segments, names.apps)),
+        ),
         ("Schedule", schedule_text(view, now=now, approving=first)),
         ("Throttle", throttle_text(fields["throttle_per_second"], app_id=app_id)),
-        ("Content", labels.get("content", "")),
+        ("Content", names.content(content_id, labels.get("content", "")) if content_id else labels.get("content", "")),
     ]
     if view.kind == Campaign.Kind.SCHEDULED:
         rows.insert(4, ("Missed-send window", missed_window_text(view.missed_window_minutes)))
@@ -380,7 +451,7 @@ def version_rows(version: dict, *, app_id: int, now: dt.datetime, first: bool = 
             rows.append((f"{key.capitalize()} ({locale})", texts[key] or "—"))
     rows += _spec_rows(spec)
     for variant in version.get("variants") or []:
-        rows += _variant_rows(variant)
+        rows += _variant_rows(variant, names=names)
     if version.get("variants") or version.get("holdout_share"):
         rows.append(("Holdout", f"{version.get('holdout_share') or 0}% get nothing"))
     if version.get("winner"):
@@ -451,10 +522,14 @@ def winner_pick_text(winner: dict, version, *, now: dt.datetime) -> str:
     return f"{after}, at this approval{passed}, once it has finished sending"
 
 
-def _variant_rows(variant: dict) -> list[tuple[str, str]]:
-    """A variant's content and share; for B, C… also every text and option (A's are the content's rows)."""
+def _variant_rows(variant: dict, *, names: ReaderNames) -> list[tuple[str, str]]:
+    """A variant's content (named as ``names`` says) and share; for B, C… also every text and option
+    (A's are the content's rows)."""
     name = f"Variant {variant['label']}"
-    rows = [(name, f"{variant.get('content', '')} — {variant['share']}%")]
+    content = variant.get("content", "")
+    if variant.get("content_id") is not None:
+        content = names.content(variant["content_id"], content)
+    rows = [(name, f"{content} — {variant['share']}%")]
     if variant["number"] == 1:
         return rows
     for locale, texts in locale_texts(variant["spec"]).items():
@@ -512,11 +587,15 @@ def _spec_rows(spec: dict) -> list[tuple[str, str]]:
     ]
 
 
-def version_diff(before: dict | None, after: dict, *, app_id: int, now: dt.datetime | None = None) -> list[tuple]:
-    """(label, before, after, changed) for every row of two snapshots; ``before`` None for a first review."""
+def version_diff(
+    before: dict | None, after: dict, *, app_id: int, reader: User | None, now: dt.datetime | None = None
+) -> list[tuple]:
+    """(label, before, after, changed) for every row of two snapshots; ``before`` None for a first
+    review. What they name, as ``reader`` may be told it (``snapshot_names``)."""
     now = now or timezone.now()
-    after_rows = version_rows(after, app_id=app_id, now=now, first=before is None)
-    return rows_diff(None if before is None else version_rows(before, app_id=app_id, now=now), after_rows)
+    names = snapshot_names(reader, before, after)
+    after_rows = version_rows(after, app_id=app_id, now=now, names=names, first=before is None)
+    return rows_diff(None if before is None else version_rows(before, app_id=app_id, now=now, names=names), after_rows)
 
 
 def rows_diff(before_rows: list[tuple[str, str]] | None, after_rows: list[tuple[str, str]]) -> list[tuple]:
@@ -532,9 +611,11 @@ def rows_diff(before_rows: list[tuple[str, str]] | None, after_rows: list[tuple[
     ]
 
 
-def version_diff_html(before: dict | None, after: dict, *, app_id: int, before_title: str) -> str:
-    """The diff as a table: changed rows first and marked; a first review shows every row."""
-    return rows_diff_html(version_diff(before, after, app_id=app_id), first=before is None, before_title=before_title)
+def version_diff_html(before: dict | None, after: dict, *, app_id: int, reader: User | None, before_title: str) -> str:
+    """The diff as a table: changed rows first and marked; a first review shows every row. What it
+    names, as ``reader`` may be told it."""
+    rows = version_diff(before, after, app_id=app_id, reader=reader)
+    return rows_diff_html(rows, first=before is None, before_title=before_title)
 
 
 def rows_diff_html(rows: list[tuple], *, first: bool, before_title: str) -> str:
@@ -578,31 +659,43 @@ def campaign_review_html(campaign: Campaign, *, request: ApprovalRequest, user: 
         approved.snapshot if approved else None,
         campaign.snapshot(),
         app_id=campaign.app_id,
+        reader=user,
         before_title=f"Approved version {approved.number} (sending now)" if approved else "",
     )
+    # The segment and the contents are linked for a reader who may open them, said by number to the others.
+    variants = campaign.variant_list()
+    content_ids = [v.content_id for v in variants] if variants else [campaign.content_id]
+    names = ReaderNames.of(user, segments={campaign.segment_id}, contents=content_ids)
     links = [("campaign", reverse("admin:campaigns_campaign_change", args=[campaign.pk]), campaign.name)]
     if campaign.segment_id:
-        links.append(
-            ("segment", reverse("admin:audiences_segment_change", args=[campaign.segment_id]), campaign.segment)
-        )
-    variants = campaign.variant_list()
+        links.append(_review_link("segment", "admin:audiences_segment_change", campaign.segment_id, names.segments))
     if variants:
         links += [
-            (f"variant {v.label}", reverse("admin:delivery_pushcontent_change", args=[v.content_id]), v.content)
+            _review_link(f"variant {v.label}", "admin:delivery_pushcontent_change", v.content_id, names.contents)
             for v in variants
         ]
     else:
-        links.append(
-            ("content", reverse("admin:delivery_pushcontent_change", args=[campaign.content_id]), campaign.content)
-        )
+        links.append(_review_link("content", "admin:delivery_pushcontent_change", campaign.content_id, names.contents))
     return format_html(
         '<div style="display:flex;gap:24px;flex-wrap:wrap"><div>{}</div><div><p>{}</p><p class="review-links">{}</p>'
         "{}</div></div>",
         phones,
         f"{campaign.name} — {campaign.app.name}",
-        format_html_join(" · ", '{} <a href="{}">{}</a>', links),
+        format_html_join(
+            " · ",
+            "{} {}",
+            ((what, format_html('<a href="{}">{}</a>', url, name) if url else name) for what, url, name in links),
+        ),
         diff,
     )
+
+
+def _review_link(what: str, url_name: str, pk: int, named: dict[int, str]) -> tuple[str, str, str]:
+    """(what, its page, its name) for an object the reader may see (``named`` holds it); (what, "",
+    "#12") for another: no name, no link to a page that answers 404."""
+    if pk not in named:
+        return what, "", f"#{pk}"
+    return what, reverse(url_name, args=[pk]), named[pk]
 
 
 def campaign_references(campaigns: list[Campaign]) -> dict[str, set[int]]:

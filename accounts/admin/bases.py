@@ -104,16 +104,17 @@ class KeptChoiceField(digits.ModelChoiceField):
 
 
 def linked_if_visible(request, obj) -> str:
-    """``obj`` named, linked to its admin page only when ``request``'s user may open that page.
+    """``obj`` named and linked to its admin page only when ``request``'s user may open that page;
+    "segment #12" to anyone else, as a segment's rules say what their reader may not see.
 
     Django links a read-only foreign key whatever the reader's access: a Viewer of a campaign was
-    led to its segment's page, which answers 404 outside the segment's access.
+    led to its segment's page, which answers 404 outside the segment's access, and told its name.
     """
     if obj is None:
         return "-"
     model_admin = admin.site._registry.get(type(obj))
     if model_admin is None or not model_admin.has_view_or_change_permission(request, obj):
-        return str(obj)
+        return f"{obj._meta.verbose_name} #{obj.pk}"
     opts = obj._meta
     url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[quote(obj.pk)])
     return format_html('<a href="{}">{}</a>', url, obj)

@@ -249,7 +249,7 @@ def test_the_change_page_reads_each_choice_list_once_however_many_variant_rows(
     client.force_login(manager_alice)
     url = f"/admin/campaigns/campaign/{campaign.pk}/change/"
     assert client.get(url).status_code == 200
-    with CaptureQueriesContext(connection) as queries, django_assert_max_num_queries(28):  # 41 with a read per row
+    with CaptureQueriesContext(connection) as queries, django_assert_max_num_queries(29):  # 41 with a read per row
         page = client.get(url)
     assert page.status_code == 200
     assert not [q["sql"] for q in queries if "DECLARE" in q["sql"]]
@@ -1019,11 +1019,12 @@ def test_the_report_its_csv_and_the_sends_read_in_the_approved_zone_while_a_revi
 
 
 def test_a_viewer_is_led_to_no_page_they_cannot_open_from_a_campaign(client, make_campaign, segment, viewer_carol):
-    """The campaign's segment is named, but not linked, for a reader outside the segment's access."""
+    """The campaign's segment is neither named nor linked for a reader outside the segment's access:
+    "segment #12", in its field and in the audience's size."""
     campaign = make_campaign()
     client.force_login(viewer_carol)
     page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
-    assert "Everyone" in page
+    assert "Everyone" not in page and f"segment #{segment.pk}: size not counted yet" in page
     assert f"/admin/audiences/segment/{segment.pk}/change/" not in page
     links = set(re.findall(r'href="(/admin/[^"#?]*)', page))
     assert links and {link for link in links if client.get(link).status_code == 404} == set()

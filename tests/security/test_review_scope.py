@@ -380,3 +380,43 @@ def test_the_journey_review_names_its_entry_segment_and_contents_only_to_a_reade
     html = journey_review_html(journey, request=request, user=manager_alice)
     assert escape("Everyone in 'Secret buyers', read once") in html
     assert "Secret buyers: 0 profiles" in html and "Secret promo" in html
+
+
+def test_the_campaign_review_names_its_segment_and_content_only_to_a_reader_who_may_see_them(
+    manager_alice, manager_mallory, approver_pat, review
+):
+    """Who reads a campaign's review besides its deciders (a colleague granted the campaign alone,
+    the approver once he decided) is told its audience's segment and its content by number, neither
+    named nor linked, as a journey's review says them; its deciders and its owner read their names."""
+    from django.utils.html import escape
+
+    from campaigns.review import campaign_review_html
+
+    access_grant(obj=review.campaign, to=manager_mallory, by=None)
+    html = campaign_review_html(review.campaign, request=review.request, user=manager_mallory)
+    assert "Alice&#x27;s buyers" not in html and "Alice's buyers" not in html
+    assert "Alice&#x27;s promo" not in html and "Alice's promo" not in html
+    assert f"segment #{review.segment.pk}: " in html and f"content #{review.content.pk}" in html
+    assert f"/admin/audiences/segment/{review.segment.pk}/" not in html
+    assert f"/admin/delivery/pushcontent/{review.content.pk}/" not in html
+
+    for reader in (approver_pat, manager_alice):
+        html = campaign_review_html(review.campaign, request=review.request, user=reader)
+        assert escape("Alice's buyers: ") in html and escape("Alice's promo") in html
+        assert f"/admin/audiences/segment/{review.segment.pk}/change/" in html
+
+
+def test_a_campaign_page_read_only_names_its_content_only_to_a_reader_who_may_see_it(
+    client, manager_alice, viewer_carol, review
+):
+    """A Viewer granted the campaign alone reads its content as "push content #7", not named, not
+    linked to a page that answers 404; granted the content, named and linked."""
+    access_grant(obj=review.campaign, to=viewer_carol, by=None)
+    client.force_login(viewer_carol)
+    url = f"/admin/campaigns/campaign/{review.campaign.pk}/change/"
+    page = client.get(url).content.decode()
+    assert "Alice&#x27;s promo" not in page and f"push content #{review.content.pk}" in page
+    assert f"/admin/delivery/pushcontent/{review.content.pk}/" not in page
+    access_grant(obj=review.content, to=viewer_carol, by=None)
+    page = client.get(url).content.decode()
+    assert "Alice&#x27;s promo" in page and f"/admin/delivery/pushcontent/{review.content.pk}/change/" in page
