@@ -30,6 +30,7 @@ from accounts.json_values import FLOAT_LIMIT
 from audiences.models import Event, Profile, Segment, SegmentMember
 from audiences.rules.schema import (
     COLUMNS,
+    DAY_PATTERN,
     GROUPS,
     MAX_DEPTH,
     RuleError,
@@ -117,7 +118,7 @@ class JsonValue(_OnJsonColumn):
             sql = f"(CASE WHEN jsonb_typeof({col} -> %s) = 'boolean' THEN ({col} ->> %s)::boolean END)"
             return sql, [*params, *key, *params, *key]
         sql = (
-            f"(CASE WHEN jsonb_typeof({col} -> %s) = 'string' AND ({col} ->> %s) ~ '^\\d{{4}}-\\d{{2}}-\\d{{2}}' "
+            f"(CASE WHEN jsonb_typeof({col} -> %s) = 'string' AND ({col} ->> %s) ~ '^{DAY_PATTERN}' "
             f"THEN left({col} ->> %s, 10) END)"
         )
         return sql, [*params, *key, *params, *key, *params, *key]

@@ -88,7 +88,11 @@ COLUMNS: dict[str, str] = {
 RELATIVE_UNITS = {"days": 1, "weeks": 7}
 PLATFORMS = ("ios", "android")
 KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,99}\Z")
-DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}\Z")
+# A day as ISO 8601 writes it, in ASCII digits: \d takes every script's digits in Python, and in
+# PostgreSQL under an ICU locale ("٢٠٢٦-٠٦-١٠", "２０２６-06-10"), which no date reader takes. The
+# same pattern in both; the compiler's PostgreSQL guard is the start of a value (a time may follow).
+DAY_PATTERN = "[0-9]{4}-[0-9]{2}-[0-9]{2}"
+DATE_RE = re.compile(rf"^{DAY_PATTERN}\Z")
 NODE_KEYS = {
     "field": {"field", "op", "value"},
     "attribute": {"attribute", "type", "op", "value"},

@@ -313,6 +313,25 @@ def test_profile_page_shows_each_attribute_as_json_with_the_type_a_rule_reads_it
     assert '{"sku": "A1", "gift": false}' in html.replace("&quot;", '"')
 
 
+def test_a_day_written_in_other_digits_reads_as_text_on_the_profile_page_and_in_the_builder(login, manager_alice):
+    """A date rule reads no day written with digits of another script, so neither does the page
+    that says what a rule reads a value as, nor the builder's pickers: both called it a date."""
+    arabic, wide = "\u0662\u0660\u0662\u0666-\u0660\u0663-\u0660\u0661", "\uff12\uff10\uff12\uff16-03-01"
+    profile = ProfileFactory(attributes={"signup": "2026-03-01", "arabic": arabic, "wide": wide})
+    EventFactory(profile=profile, name="purchase", properties={"on": arabic})
+    client = login(manager_alice)
+    page = client.get(f"/admin/audiences/profile/{profile.pk}/change/")
+    kinds = {name: kind for name, _, kind in page.context["profile_attributes"]}
+    assert kinds == {"signup": "date", "arabic": "string", "wide": "string"}
+    meta = client.get("/admin/audiences/segment/add/").context["adminform"].form.fields["rules"].widget.meta
+    assert sorted(meta["attributes"], key=lambda a: a["name"]) == [
+        {"name": "arabic", "type": "string"},
+        {"name": "signup", "type": "date"},
+        {"name": "wide", "type": "string"},
+    ]
+    assert {"name": "on", "type": "string"} in meta["properties"]
+
+
 def test_profile_page_finds_memberships_past_the_first_hundred_segments(
     login, manager_alice, admin_erin, django_assert_max_num_queries
 ):

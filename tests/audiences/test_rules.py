@@ -1,6 +1,7 @@
 """The rule language against hand-checked members, on PostgreSQL and (marked embedded) on SQLite."""
 
 import datetime as dt
+import re
 
 import pytest
 
@@ -442,6 +443,80 @@ def test_a_number_rule_reads_a_number_written_plainly_as_text_on_every_evaluator
     EventFactory(profile=Profile.objects.get(external_id="f"), name="purchase", properties={"amount": "5"})
     bought = {"event": "purchase", "where": [prop("amount", "number", "gte", 10)]}
     assert _holders(bought) == ["n"]
+
+
+# Digits of other scripts: "\d" takes them in Python, and in PostgreSQL under an ICU locale.
+ARABIC_DAY = "\u0662\u0660\u0662\u0666-\u0660\u0666-\u0661\u0660"  # 2026-06-10 in Arabic-Indic digits
+WIDE_DAY = "\uff12\uff10\uff12\uff16-06-10"  # its year in full-width digits
+OTHER_DIGITS = ["\u0664\u0662", "\uff14\uff12", ARABIC_DAY, WIDE_DAY]  # 42 twice, then the days
+
+
+def test_a_date_or_a_number_written_in_other_digits_is_text_to_every_reader_of_a_segment(db):
+    """A day or a number written with digits of another script is no date and no number, as any
+    other text: the count, a send's resolve and a profile's own reading leave it out of 'after',
+    'before', 'within days' and 'more than', and still count everyone else."""
+    from audiences.rules.compiler import Compiler, segment_count, segment_profiles
+    from tests.factories import EventFactory
+
+    plain = ProfileFactory(external_id="plain", attributes={"signup": "2026-06-10", "age": 42})
+    arabic = ProfileFactory(external_id="arabic", attributes={"signup": ARABIC_DAY, "age": "\u0664\u0662"})
+    wide = ProfileFactory(external_id="wide", attributes={"signup": WIDE_DAY, "age": "\uff14\uff12"})
+    ProfileFactory(external_id="text", attributes={"signup": "not a date", "age": "forty"})
+    for profile, day, amount in (
+        (plain, "2026-06-10", 42),
+        (arabic, ARABIC_DAY, "\u0664\u0662"),
+        (wide, WIDE_DAY, "\uff14\uff12"),
+    ):
+        EventFactory(profile=profile, name="purchase", properties={"on": day, "amount": amount})
+    rules = [
+        attr("signup", "date", "gt", "2026-01-01"),
+        attr("signup", "date", "lt", "2027-01-01"),
+        attr("signup", "date", "gte", {"ago": 30}),
+        attr("signup", "date", "between", ["2026-06-01", "2026-06-30"]),
+        attr("age", "number", "gt", 30),
+        ev(where=[prop("on", "date", "gt", "2026-01-01")]),
+        ev(where=[prop("amount", "number", "gt", 30)]),
+    ]
+    for index, rule in enumerate(rules):
+        for correlated in (False, True):
+            condition = Compiler(correlated=correlated, now=NOW).compile({"all": [rule]})
+            assert list(Profile.objects.filter(condition).values_list("external_id", flat=True)) == ["plain"], rule
+        segment = Segment.objects.create(name=f"other digits {index}", kind=Segment.Kind.RULES, rules={"all": [rule]})
+        assert segment_count(segment, now=NOW) == 1, rule
+        assert list(segment_profiles(segment, now=NOW, union=True).values_list("external_id", flat=True)) == ["plain"]
+    # As text they are what 'is not a date' holds: everything but the plain day.
+    outside = {"none": [attr("signup", "date", "gt", "2026-01-01")]}
+    assert members(outside) == {"arabic", "wide", "text"}
+
+
+def test_the_date_guard_each_evaluator_runs_takes_ascii_digits_only(db):
+    """PostgreSQL's \\d follows the collation's locale: under ICU it takes other scripts' digits,
+    so a database made with an ICU locale read "٢٠٢٦-٠٦-١٠" as a day. The guard the compiled query
+    runs is evaluated here under an ICU collation, whatever the test database's own locale."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite's guard is a GLOB of [0-9]")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_collation WHERE collname = 'und-x-icu'")
+        if not cursor.fetchone()[0]:
+            pytest.skip("this PostgreSQL has no ICU collations")
+        sql, _ = Profile.objects.filter(
+            rules_compile({"all": [attr("signup", "date", "gt", "2026-01-01")]})
+        ).query.sql_with_params()
+        (guard,) = re.findall(r" ~ '([^']*)'", sql)
+        for value, expected in [
+            ("2026-06-10", True),
+            ("2026-06-10T08:00:00Z", True),
+            *((v, False) for v in OTHER_DIGITS),
+        ]:
+            cursor.execute('SELECT %s COLLATE "und-x-icu" ~ %s', [value, guard])
+            assert cursor.fetchone()[0] is expected, value
+
+
+@pytest.mark.parametrize("value", OTHER_DIGITS)
+def test_a_rule_value_written_in_other_digits_is_no_date(value):
+    assert errors_of({"all": [attr("signup", "date", "gt", value)]}) == [("rules.all[0].value", "wrong_type")]
 
 
 def test_a_preview_says_how_many_profiles_hold_values_its_rules_read_as_nothing(manager_alice):
