@@ -46,6 +46,23 @@ def _people(app, n, **device):
     return profiles
 
 
+def _many_phones(app, n):
+    """``n`` more profiles with a phone of ``app`` each, in two statements."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO audiences_profile (external_id, attributes, locale, timezone, created_at, updated_at) "
+            "SELECT 'many-' || g, '{}', '', '', now(), now() FROM generate_series(1, %s) g",
+            [n],
+        )
+        cursor.execute(
+            "INSERT INTO delivery_device (profile_id, app_id, platform, token, active, push_enabled, is_test, "
+            "invalidated_reason, last_registered_at, created_at) "
+            "SELECT id, %s, 'android', 'many-' || id, true, true, false, '', now(), now() FROM audiences_profile "
+            "WHERE external_id LIKE 'many-%%'",
+            [app.pk],
+        )
+
+
 def _append(stream, profiles, context=None, **kwargs):
     return stream_append(
         dispatch_id=stream.pk,
@@ -129,18 +146,8 @@ def test_appends_run_from_the_connections_kept_plan_whatever_the_recipients_coun
     if connection.vendor != "postgresql":
         pytest.skip("prepared statements are PostgreSQL's")
     people = _people(pushsim_app, 12)
+    _many_phones(pushsim_app, 20000)
     with connection.cursor() as cursor:  # an app of many phones, as the planner sees it
-        cursor.execute(
-            "INSERT INTO audiences_profile (external_id, attributes, locale, timezone, created_at, updated_at) "
-            "SELECT 'many-' || g, '{}', '', '', now(), now() FROM generate_series(1, 20000) g"
-        )
-        cursor.execute(
-            "INSERT INTO delivery_device (profile_id, app_id, platform, token, active, push_enabled, is_test, "
-            "invalidated_reason, last_registered_at, created_at) "
-            "SELECT id, %s, 'android', 'many-' || id, true, true, false, '', now(), now() FROM audiences_profile "
-            "WHERE external_id LIKE 'many-%%'",
-            [pushsim_app.pk],
-        )
         cursor.execute("ANALYZE delivery_device")
     for n in range(1, 13):  # one to twelve recipients a call, on one connection
         rows = _append(stream, people[:n])
@@ -166,18 +173,7 @@ def test_an_append_reads_its_recipients_phones_only_whatever_the_statistics_say(
         cursor.execute("TRUNCATE delivery_device CASCADE")
         cursor.execute("DELETE FROM pg_statistic WHERE starelid = 'delivery_device'::regclass")
     people = _people(pushsim_app, 3)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO audiences_profile (external_id, attributes, locale, timezone, created_at, updated_at) "
-            "SELECT 'many-' || g, '{}', '', '', now(), now() FROM generate_series(1, 3000) g"
-        )
-        cursor.execute(
-            "INSERT INTO delivery_device (profile_id, app_id, platform, token, active, push_enabled, is_test, "
-            "invalidated_reason, last_registered_at, created_at) "
-            "SELECT id, %s, 'android', 'many-' || id, true, true, false, '', now(), now() FROM audiences_profile "
-            "WHERE external_id LIKE 'many-%%'",
-            [pushsim_app.pk],
-        )
+    _many_phones(pushsim_app, 3000)
 
     def phones_read() -> int:
         with connection.cursor() as cursor:
