@@ -143,7 +143,11 @@ NUMBER_AS_TEXT = "number_as_text"
 TEXT_WITH_WHITE_SPACE = "text_with_white_space"
 UNREAD_CODES = (NUMBER_AS_TEXT, TEXT_WITH_WHITE_SPACE)
 _TEXT_COMPARED_WHOLE = ("eq", "ne", "in", "not_in")
-_PADDED_PATTERN = r"\A\s|\s\Z"
+# White space as the rule check reads it (``str.strip()``: Unicode's 29 characters), written out:
+# PostgreSQL's \s follows the database's locale (under C.UTF-8 it leaves U+00A0 out, under "C" all
+# but ASCII's), where Python's, SQLite's REGEXP, takes them all. The same class in both dialects.
+WHITE_SPACE_CLASS = r"[\u0009-\u000d\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+_PADDED_PATTERN = rf"\A{WHITE_SPACE_CLASS}|{WHITE_SPACE_CLASS}\Z"
 
 
 def rules_unread_warnings(tree, *, sample: int = UNREAD_SAMPLE) -> list[dict]:

@@ -547,6 +547,50 @@ def test_a_preview_says_how_many_profiles_hold_values_its_rules_read_as_nothing(
     assert plain.unread == []
 
 
+# White space around a value, each as the rule check reads it (str.strip()), and a look-alike.
+PADDED = {"nbsp": "pro\u00a0", "em": "pro\u2003", "ideographic": "\u3000pro", "separator": "pro\x1c"}
+
+
+def test_a_preview_warns_of_every_white_space_the_rule_check_refuses_whatever_the_locale(manager_alice):
+    """The rule check refuses text with white space around it as Python reads it (U+00A0, U+2003
+    and the others ``str.strip()`` removes); the preview's count on PostgreSQL asked \\s, which
+    follows the database's locale: under C.UTF-8 "pro\u00a0" was no padded text, so a profile
+    the rule 'is pro' leaves out went unnamed there and named on SQLite. A zero-width space is
+    no white space to either."""
+    for name, value in PADDED.items():
+        ProfileFactory(external_id=name, attributes={"plan": value})
+    ProfileFactory(external_id="zero-width", attributes={"plan": "pro\u200b"})
+    ProfileFactory(external_id="plain", attributes={"plan": "pro"})
+    preview = segment_preview(by=manager_alice, rules={"all": [attr("plan", "string", "eq", "pro")]}, reach=False)
+    (message,) = preview.unread  # its example is the first in the collation's order
+    assert message.startswith("4 of the 6 newest profiles hold 'plan' with white space around it, such as ")
+    assert any(repr(value) in message for value in PADDED.values())
+
+
+def test_the_white_space_the_preview_counts_is_pythons_on_every_evaluator_and_collation(db):
+    """The pattern the preview sends is the white space of ``str.isspace()``, character for
+    character, in Python (SQLite's REGEXP) and in PostgreSQL under its C and ICU collations."""
+    from django.db import connection
+
+    from audiences.selectors import _PADDED_PATTERN
+
+    spaces = [chr(c) for c in range(0x110000) if chr(c).isspace()]
+    assert [c for c in map(chr, range(0x110000)) if re.search(_PADDED_PATTERN, c)] == spaces
+    if connection.vendor != "postgresql":
+        return
+    collations = ['"C"', '"default"']
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_collation WHERE collname = 'und-x-icu'")
+        collations += ['"und-x-icu"'] if cursor.fetchone()[0] else []
+        for collation in collations:
+            cursor.execute(
+                f"SELECT array_agg(g ORDER BY g) FROM generate_series(1, 1114111) g "  # noqa: S608 (names above)
+                f"WHERE g NOT BETWEEN 55296 AND 57343 AND chr(g) COLLATE {collation} ~ %s",
+                [_PADDED_PATTERN],
+            )
+            assert cursor.fetchone()[0] == [ord(c) for c in spaces], collation
+
+
 def test_missing_type_operator_and_value_are_required():
     assert errors_of({"all": [{"attribute": "plan", "op": "eq", "value": "x"}]}) == [("rules.all[0].type", "required")]
     assert errors_of({"all": [{"field": "locale", "value": "x"}]}) == [("rules.all[0].op", "required")]
