@@ -27,6 +27,7 @@ from django.core.exceptions import ValidationError
 from liquid import BoundTemplate, Environment, RenderContext
 from liquid.builtin.expressions import Filter, KeywordArgument
 from liquid.exceptions import LiquidError, LoopIterationLimitError, OutputStreamLimitError, ResourceLimitError
+from liquid.filter import num_arg
 from liquid.token import TOKEN_CONTENT, TOKEN_EXPRESSION, TOKEN_OUTPUT, TOKEN_TAG
 
 # The fields of ``profile`` a template may use; anything else must go through ``profile.attributes``.
@@ -340,7 +341,17 @@ def _line_of(exc: LiquidError) -> int | None:
 
 # ``| divided_by: 0`` or ``| modulo: 0`` (0.0, -0, '0', nil), once string literals are set aside.
 _ZERO_DIVISOR = re.compile(r"\|\s*(divided_by|modulo)\s*:\s*(?:[-+]?0+(?:\.0*)?|nil)\s*(?=\||$)", re.M)
-_NUMBER_TEXT = re.compile(r"[-+]?\d+(?:\.\d*)?")
+# A digit of Liquid's number literals: its lexer's \d, any script's ("٠" is 0, "١٠" 10).
+_LIQUID_DIGIT = re.compile(r"\d")
+
+
+def _liquid_reads_zero(text: str) -> bool:
+    """Whether ``divided_by`` and ``modulo`` read the string ``text`` as 0: as Python's ``int()``
+    and ``float()`` read it ("٠", " 0", "0e3"), and text that is no number ("", "none") as 0 too."""
+    try:
+        return num_arg(text, default=0) == 0
+    except LiquidError:  # more digits than Liquid reads: no zero
+        return False
 
 
 def _zero_divisor_check(source: str, *, field: str) -> None:
@@ -351,10 +362,11 @@ def _zero_divisor_check(source: str, *, field: str) -> None:
     for token in _TOKENIZER(source):
         if token.kind not in (TOKEN_OUTPUT, TOKEN_EXPRESSION):
             continue
-        # A string literal counts as the number it spells (Liquid reads '0' as 0), else as nothing.
-        expression = _STRING_LITERAL.sub(
-            lambda m: m.group(0)[1:-1] if _NUMBER_TEXT.fullmatch(m.group(0)[1:-1]) else '""', token.value
-        )
+        # A string literal counts as 0 where Liquid reads it so, else as nothing; a number literal
+        # of other digits as the ASCII one Liquid reads.
+        expression = _STRING_LITERAL.sub(lambda m: "0" if _liquid_reads_zero(m.group(0)[1:-1]) else '""', token.value)
+        if not expression.isascii():
+            expression = _LIQUID_DIGIT.sub(lambda m: str(int(m.group(0))), expression)
         found = _ZERO_DIVISOR.search(expression)
         if found:
             line = source.count("\n", 0, max(token.start_index, 0)) + 1

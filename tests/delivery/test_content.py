@@ -112,6 +112,16 @@ def test_a_template_that_fails_whoever_receives_it_is_refused_on_save(source, me
         "{% assign share = profile.attributes.n | times: 100 | divided_by: '0' %}{{ share }}",
         "{% liquid\n  assign n = profile.attributes.n | divided_by: -0\n  echo n\n%}",
         "{{ profile.attributes.n | divided_by: nil }}",
+        # What Liquid reads as 0 (Python's int() and float(): any script's digits, white space
+        # around, and 0 for text that is no number); "\\d" took "٠" as a number, not as 0.
+        "{{ profile.attributes.n | divided_by: '\u0660' }}",
+        "{{ profile.attributes.n | modulo: '\uff10.\uff10' }}",
+        "{{ profile.attributes.n | divided_by: \u0660 }}",
+        "{{ profile.attributes.n | divided_by: -\u0966.\u0966 }}",
+        "{{ profile.attributes.n | divided_by: ' 0' }}",
+        "{{ profile.attributes.n | divided_by: '0e3' }}",
+        "{{ profile.attributes.n | modulo: 'none' }}",
+        "{{ profile.attributes.n | divided_by: '' }}",
     ],
 )
 def test_a_division_by_a_literal_zero_is_refused_whatever_it_divides(source):
@@ -226,6 +236,7 @@ def test_a_profiles_largest_value_passes_through_filters():
 def test_a_template_that_fails_only_for_some_values_is_saved():
     template_check("{{ 100 | divided_by: profile.attributes.count }}", field="body")
     template_check("{{ profile.attributes.n | divided_by: 0.5 | modulo: 10 }} {{ 'divided_by: 0' }}", field="body")
+    template_check("{{ profile.attributes.n | divided_by: '\u0663' | modulo: \u0661\u0660 }}", field="body")  # 3, 10
     template_check("{% for t in context.items %}{{ t }}{% endfor %}", field="body")
     template_check("{% for i in (1..20) %}{{ context.code }}{% endfor %}", field="body")  # at the limit
     template_check("{% if profile.attributes.vip %}{% for i in (1..30) %}*{% endfor %}{% endif %}", field="body")
