@@ -344,6 +344,9 @@ def test_manager_sets_the_goal_with_the_campaign_form(client, make_campaign, man
         ("gte", "inf", "&#x27;inf&#x27; is not a finite number."),
         ("gte", "1e400", "&#x27;1e400&#x27; is not a finite number."),
         ("between", "1, -Infinity", "&#x27;-Infinity&#x27; is not a finite number."),
+        # Other scripts' digits: float() reads "٣" as 3, which no other number field of the product takes.
+        ("gte", "\u0663", "&#x27;\u0663&#x27; is not a number."),
+        ("between", "1, \uff12.5", "&#x27;\uff12.5&#x27; is not a number."),
     ],
 )
 def test_a_broken_goal_is_answered_on_the_form(client, make_campaign, manager_alice, op, typed, message):
