@@ -356,12 +356,14 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
     def get_form(self, request, obj=None, change=False, **kwargs):
         form = super().get_form(request, obj, change=change, **kwargs)
         if obj is not None:
-            # Colleagues may keep references they cannot see themselves; they cannot pick new ones.
+            # Colleagues may keep references they cannot see themselves, offered by number, not by
+            # name; they cannot pick new ones.
             for name in ("app", "segment", "content"):
                 field = form.base_fields.get(name)
                 current = getattr(obj, f"{name}_id")
                 if field is not None and current is not None:
                     field.queryset = field.queryset | field.queryset.model.objects.filter(pk=current)
+                    field.reader = request.user
         return form
 
     def lifecycle_locked(self, request, obj) -> str:
@@ -557,7 +559,12 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
                 before_title=f"Approved version {approved.number} (sending)",
             ),
             approved.number,
-            approved_phones_html(approved, app_name=obj.app.name, context=obj.send_context()),
+            approved_phones_html(
+                approved,
+                app_name=obj.app.name,
+                reader=page_request().user if page_request() is not None else None,
+                context=obj.send_context(),
+            ),
         )
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
@@ -632,7 +639,8 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
     def preview(self, obj):
         if obj is None or obj.pk is None or obj.content_id is None:
             return "—"
-        return campaign_phones_html(obj)
+        request = page_request()
+        return campaign_phones_html(obj, reader=request.user if request is not None else None)
 
     @admin.display(description="Report")
     def report(self, obj):

@@ -440,7 +440,9 @@ class CampaignVariant(models.Model):
         constraints = [models.UniqueConstraint(fields=["campaign", "number"], name="campaign_variant_number_once")]
 
     def __str__(self) -> str:
-        return f"{self.label}: {self.content} ({self.share}%)"
+        # Not its content's name: the admin shows a variant to whoever reads its campaign, and the
+        # content may be one they may not see.
+        return f"Variant {self.label} ({self.share}%)"
 
     @property
     def label(self) -> str:

@@ -347,16 +347,35 @@ def phones_html(spec: dict, *, app_name: str, profile: dict | None = None, conte
     )
 
 
-def campaign_phones_html(campaign: Campaign, *, profile: dict | None = None) -> str:
-    """The campaign's content as phones would show it; with variants, each one under its name and
-    share, and the holdout's share."""
-    variants = campaign.variant_list()
+def campaign_phones_html(campaign: Campaign, *, reader: User | None, profile: dict | None = None) -> str:
+    """The campaign's content as phones would show it; with variants, each one under its name (to a
+    ``reader`` who may see it) and share, and the holdout's share. The variants are read with whether
+    the reader may see each one's content, in one query."""
+    from django.db.models import BooleanField, ExpressionWrapper, Q
+
+    from accounts.selectors import visible_to
+    from delivery.models import PushContent
+
+    variants = []
+    if campaign.pk is not None:
+        seen = visible_to(reader, PushContent.objects.all()).values("pk") if reader is not None else []
+        sees = ExpressionWrapper(Q(content_id__in=seen), output_field=BooleanField())
+        variants = list(campaign.variants.select_related("content").order_by("number").annotate(reader_sees=sees))
     if not variants:
         return phones_html(
             campaign.content.spec(), app_name=campaign.app.name, profile=profile, context=campaign.send_context()
         )
     return variants_phones_html(
-        [{"label": v.label, "content": str(v.content), "share": v.share, "spec": v.content.spec()} for v in variants],
+        [
+            {
+                "label": v.label,
+                "content": str(v.content) if v.reader_sees else f"content #{v.content_id}",
+                "share": v.share,
+                "spec": v.content.spec(),
+            }
+            for v in variants
+        ],
+        reader=reader,
         holdout_share=campaign.holdout_share,
         app_name=campaign.app.name,
         profile=profile,
@@ -364,20 +383,31 @@ def campaign_phones_html(campaign: Campaign, *, profile: dict | None = None) -> 
     )
 
 
-def approved_phones_html(approved: ApprovedVersion, *, app_name: str, context: dict | None = None) -> str:
-    """An approved version's content (each of its variants) as phones would show it, with the
-    ``context`` its sends give it."""
+def approved_phones_html(
+    approved: ApprovedVersion, *, app_name: str, reader: User | None, context: dict | None = None
+) -> str:
+    """An approved version's content (each of its variants, named to a ``reader`` who may see it) as
+    phones would show it, with the ``context`` its sends give it."""
     if approved.variants:
         return variants_phones_html(
-            approved.variants, holdout_share=approved.holdout_share, app_name=app_name, context=context
+            approved.variants, reader=reader, holdout_share=approved.holdout_share, app_name=app_name, context=context
         )
     return phones_html(approved.spec, app_name=app_name, context=context)
 
 
 def variants_phones_html(
-    variants: list[dict], *, holdout_share: int, app_name: str, profile: dict | None = None, context: dict | None = None
+    variants: list[dict],
+    *,
+    reader: User | None,
+    holdout_share: int,
+    app_name: str,
+    profile: dict | None = None,
+    context: dict | None = None,
 ) -> str:
-    """Each variant (``{label, content, share, spec}``) as phones would show it, then the holdout."""
+    """Each variant (``{label, content, content_id, share, spec}``) as phones would show it, its
+    content named only to a ``reader`` who may see it ("content #7" to the others), then the holdout.
+    Variants without ``content_id`` are said as their ``content`` says."""
+    names = ReaderNames.of(reader, contents={v.get("content_id") for v in variants})
     parts = format_html_join(
         "",
         '<div class="variant-preview" data-variant="{}"><h4>Variant {} — {} ({}%)</h4>{}</div>',
@@ -385,7 +415,7 @@ def variants_phones_html(
             (
                 v["label"],
                 v["label"],
-                v["content"],
+                names.content(v["content_id"], v["content"]) if v.get("content_id") is not None else v["content"],
                 v["share"],
                 phones_html(v["spec"], app_name=app_name, profile=profile, context=context),
             )
@@ -654,7 +684,7 @@ def campaign_review_html(campaign: Campaign, *, request: ApprovalRequest, user: 
     """The review pane: a phone per platform, then a diff against the approved version (a revision of
     a scheduled or live campaign) or everything the approval covers (a first review)."""
     approved = campaign.approved() if campaign.is_active else None
-    phones = campaign_phones_html(campaign)
+    phones = campaign_phones_html(campaign, reader=user)
     diff = version_diff_html(
         approved.snapshot if approved else None,
         campaign.snapshot(),

@@ -98,6 +98,9 @@ class CampaignVariantInline(admin.TabularInline):
             kwargs["queryset"] = mine | PushContent.objects.filter(pk__in=kept.values("content_id"))
             kwargs["form_class"] = KeptChoiceField  # one read for every row of the inline
             kwargs["label_fields"] = ("name",)  # PushContent.__str__
+            field = super().formfield_for_foreignkey(db_field, request, **kwargs)
+            field.reader = request.user  # a colleague's content they may not see: by number, not by name
+            return field
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 

@@ -14,10 +14,13 @@ from django.utils.safestring import mark_safe
 from accounts.admin.bases import (
     ActiveStatusFilter,
     BigTableAdmin,
+    KeptChoiceField,
     ObjectAccessAdminMixin,
     ReadOnlyAdminMixin,
     ScopedAdmin,
     row_id,
+    unseen_label,
+    with_reader_sees,
 )
 from accounts.admin.lifecycle import LifecycleAdminMixin, approval_text, page_request
 from accounts.json_values import JsonValueFormField
@@ -145,7 +148,7 @@ class JourneyForm(ConversionFormMixin, forms.ModelForm):
     """The journey and its editable version: entry, re-entry, exit criteria and the steps."""
 
     entry_kind = forms.ChoiceField(choices=JourneyVersion.EntryKind.choices, initial="segment")
-    entry_segment = digits.ModelChoiceField(queryset=None, required=False, help_text="Segment entry: who enters.")
+    entry_segment = KeptChoiceField(queryset=None, required=False, help_text="Segment entry: who enters.")
     entry_every_hours = digits.IntegerField(
         min_value=0,
         max_value=MAX_ENTRY_EVERY_HOURS,
@@ -285,31 +288,47 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
                 shown = (admin_self._open_version(request, obj) or obj.live_version) if obj is not None else None
                 self.kept = shown
                 if shown is not None and shown.entry_segment_id:
-                    # Never blank a reference: colleagues keep a segment they were not granted.
+                    # Never blank a reference: colleagues keep a segment they were not granted,
+                    # offered by number, not by name, to a reader who may not see it.
                     segments = segments | Segment.objects.filter(pk=shown.entry_segment_id)
                 if "entry_segment" in self.fields:
                     self.fields["entry_segment"].queryset = segments
+                    self.fields["entry_segment"].reader = request.user
                 contents = in_scope(request.user, PushContent.objects.select_related("app")).order_by("name")
                 if obj is not None:
                     contents = contents.filter(app=obj.app)
                 # The builder lists what the steps name too, so that a step on a segment or a content
-                # the colleague was not granted shows its own name (its list showed another as chosen).
-                listed = list(segments[:500])
+                # the colleague was not granted shows as its own (its list showed another as chosen):
+                # by name to a reader who may see it, by number to the others.
+                reader = request.user
+                listed = list(with_reader_sees(segments, reader)[:500])
                 named = segments_of(shown.graph) - {s.pk for s in listed} if shown is not None else set()
-                listed += Segment.objects.filter(pk__in=named).order_by("name") if named else []
-                offered = list(contents[:500])
+                listed += (
+                    with_reader_sees(Segment.objects.filter(pk__in=named), reader).order_by("name") if named else []
+                )
+                offered = list(with_reader_sees(contents, reader)[:500])
                 named = set(contents_of(shown.graph).values()) if shown is not None else set()
                 named -= {c.pk for c in offered}
                 offered += (
-                    PushContent.objects.select_related("app").filter(pk__in=named).order_by("name") if named else []
+                    with_reader_sees(PushContent.objects.select_related("app").filter(pk__in=named), reader).order_by(
+                        "name"
+                    )
+                    if named
+                    else []
                 )
                 rules = builder_meta(request.user)
                 trees = rules_of(shown.graph) if shown is not None else []
                 if trees:  # a rule's segment or app not granted, as above
                     builder_meta_name(rules, {"all": trees}, user=request.user)
                 meta = {
-                    "segments": [{"id": s.pk, "name": s.name} for s in listed],
-                    "contents": [{"id": c.pk, "name": f"{c.name} ({c.app.name})"} for c in offered],
+                    "segments": [{"id": s.pk, "name": s.name if s.reader_sees else unseen_label(s)} for s in listed],
+                    "contents": [
+                        {
+                            "id": c.pk,
+                            "name": f"{c.name} ({c.app.name})" if c.reader_sees else unseen_label(c),
+                        }
+                        for c in offered
+                    ],
                     "rules": rules,
                     "wait_units": [[str(unit), typed] for unit, typed in _UNIT_CHOICES],
                 }

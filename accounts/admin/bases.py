@@ -62,6 +62,8 @@ class _KeptChoiceIterator(forms.models.ModelChoiceIterator):
             queryset = self.queryset
             if self.field.label_fields:
                 queryset = queryset.select_related(None).only(*self.field.label_fields)
+            if self.field.reader is not None:
+                queryset = with_reader_sees(queryset, self.field.reader)
             kept[0] = list(queryset)
         return kept[0]
 
@@ -86,6 +88,9 @@ class KeptChoiceField(digits.ModelChoiceField):
     queryset as usual (the chosen object is read whole)."""
 
     iterator = _KeptChoiceIterator
+    # Set to the form's user when it keeps choices they may not see (a colleague's references):
+    # those are offered by number, never by name (``unseen_label``), read with the list.
+    reader = None
 
     def __init__(self, queryset, *, label_fields: tuple[str, ...] = (), **kwargs):
         self.label_fields = label_fields
@@ -101,6 +106,26 @@ class KeptChoiceField(digits.ModelChoiceField):
         result = super().__deepcopy__(memo)
         result._kept_objects = self._kept_objects  # the copy's queryset is the same query
         return result
+
+    def label_from_instance(self, obj):
+        if not getattr(obj, "reader_sees", True):
+            return unseen_label(obj)
+        return super().label_from_instance(obj)
+
+
+def unseen_label(obj) -> str:
+    """How a choice kept for a reader who may not see it is offered: "a segment you have no access
+    to (#12)", as a rule's segment is in the rule builder."""
+    return f"a {obj._meta.verbose_name} you have no access to (#{obj.pk})"
+
+
+def with_reader_sees(queryset: models.QuerySet, reader) -> models.QuerySet:
+    """``queryset`` with ``reader_sees`` on each row, in the same query: whether ``reader`` may see
+    it (``visible_to``), for a list that keeps a colleague's references to name only those."""
+    seen = visible_to(reader, queryset.model._default_manager.all()).values("pk")
+    return queryset.annotate(
+        reader_sees=models.ExpressionWrapper(models.Q(pk__in=seen), output_field=models.BooleanField())
+    )
 
 
 def linked_if_visible(request, obj) -> str:

@@ -256,7 +256,10 @@ def test_the_change_page_reads_each_choice_list_once_however_many_variant_rows(
     lists = [
         q["sql"]
         for q in queries
-        if re.match(r'SELECT "delivery_pushcontent"\."id", "delivery_pushcontent"\."name" FROM', q["sql"])
+        # the name, and whether the reader may see each (a colleague's are offered by number)
+        if re.match(
+            r'SELECT "delivery_pushcontent"\."id", "delivery_pushcontent"\."name", .* AS "reader_sees" FROM', q["sql"]
+        )
     ]
     assert len(lists) == 2, lists  # the campaign's content, and every variant row's
     html = page.content.decode()
@@ -1075,3 +1078,20 @@ def test_the_lists_delete_action_refuses_a_campaign_submitted_after_its_check(
     assert not Campaign.objects.filter(pk=other.pk).exists()
     assert LogEntry.objects.filter(action_flag=3, object_id=str(other.pk)).count() == 1
     assert AuditEvent.objects.filter(action="campaign_deleted", object_id=str(other.pk)).count() == 1
+
+
+def test_a_colleague_s_campaign_form_offers_the_segment_they_may_not_see_by_number(
+    client, make_campaign, segment, manager_alice, manager_mallory
+):
+    """manager_mallory works on the app, not on alice's segment: the campaign's form keeps it (a
+    save does not blank it) as "a segment you have no access to (#12)", never by name."""
+    campaign = make_campaign()
+    url = f"/admin/campaigns/campaign/{campaign.pk}/change/"
+    client.force_login(manager_mallory)
+    page = client.get(url)
+    choices = dict(page.context["adminform"].form.fields["segment"].choices)
+    assert choices[segment.pk] == f"a segment you have no access to (#{segment.pk})"
+    assert "Everyone" not in page.content.decode()
+    client.force_login(manager_alice)
+    choices = dict(client.get(url).context["adminform"].form.fields["segment"].choices)
+    assert choices[segment.pk] == "Everyone"

@@ -44,7 +44,7 @@ def test_a_campaigns_test_send_gives_its_content_the_campaign_as_its_sends_do(
 
 
 def test_a_campaigns_phones_show_its_content_with_the_campaign_as_its_sends_do(named_campaign):
-    assert "Spring sale" in campaign_phones_html(named_campaign)
+    assert "Spring sale" in campaign_phones_html(named_campaign, reader=None)
 
 
 def test_a_campaigns_test_send_sends_each_variants_content(

@@ -918,20 +918,23 @@ def test_a_colleague_reads_in_the_builder_the_segments_and_contents_the_journey_
     login, manager_mallory, make_journey, vips, welcome
 ):
     """Mallory was not granted the VIPs segment that Alice's condition names: the builder listed only
-    her own segments, so the branch's list showed another segment's name (the first) as chosen."""
+    her own segments, so the branch's list showed another segment's name (the first) as chosen. It
+    lists it as the rule builder does, by number, not by name: she may not see it."""
     journey = make_journey()
     page = login(manager_mallory).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
     segments = _builder_meta(page)["segments"]
-    assert {"id": vips.pk, "name": "VIPs"} in segments
-    # Granted the journey alone, not its app: its push step's content is listed by its name too.
+    assert {"id": vips.pk, "name": f"a segment you have no access to (#{vips.pk})"} in segments
+    # Granted the journey alone, not its app: its push step's content is listed by number too.
     from accounts.services import access_grant
     from tests.factories import UserFactory
 
     trent = UserFactory(username="manager_trent", role="Manager")
     access_grant(obj=journey, to=trent, by=None)
     meta = _builder_meta(login(trent).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode())
-    assert meta["contents"] == [{"id": welcome.pk, "name": "Welcome (Shop)"}]
-    assert {s["name"] for s in meta["segments"]} == {"Everyone", "VIPs"}
+    assert meta["contents"] == [{"id": welcome.pk, "name": f"a push content you have no access to (#{welcome.pk})"}]
+    assert {s["id"]: s["name"] for s in meta["segments"]} == {
+        pk: f"a segment you have no access to (#{pk})" for pk in (journey.versions.get().entry_segment_id, vips.pk)
+    }
     # A rule's membership of it, drawn by the rule builder, the same.
     from journeys.services.lifecycle import journey_version_edit
 
@@ -1646,3 +1649,25 @@ def test_the_journey_page_names_its_entry_segment_and_contents_only_to_a_reader_
     access_grant(obj=everyone, to=viewer_carol, by=None)
     text = login(viewer_carol).get(url).content.decode()
     assert text.count("Everyone in &#x27;Everyone&#x27;, read once") >= 2 and "Everyone: " in text
+
+
+def test_a_colleague_s_editor_offers_the_segments_they_may_not_see_by_number(
+    login, manager_alice, manager_mallory, make_journey, everyone, vips
+):
+    """manager_mallory works on the app, not on alice's segments: the journey's entry select and
+    the steps' editor keep them (a save does not blank them) as "a segment you have no access to
+    (#12)", never by name; alice reads their names."""
+    journey = make_journey()
+    url = f"/admin/journeys/journey/{journey.pk}/change/"
+    page = login(manager_mallory).get(url)
+    text = page.content.decode()
+    meta = page.context["adminform"].form.fields["graph"].widget.meta
+    choices = dict(page.context["adminform"].form.fields["entry_segment"].choices)
+    assert "VIPs" not in text and ">Everyone<" not in text and '"Everyone"' not in text
+    assert {s["id"]: s["name"] for s in meta["segments"]}[vips.pk] == f"a segment you have no access to (#{vips.pk})"
+    assert choices[everyone.pk] == f"a segment you have no access to (#{everyone.pk})"
+
+    page = login(manager_alice).get(url)
+    meta = page.context["adminform"].form.fields["graph"].widget.meta
+    assert {s["id"]: s["name"] for s in meta["segments"]}[vips.pk] == "VIPs"
+    assert dict(page.context["adminform"].form.fields["entry_segment"].choices)[everyone.pk] == "Everyone"

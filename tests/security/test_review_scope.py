@@ -420,3 +420,33 @@ def test_a_campaign_page_read_only_names_its_content_only_to_a_reader_who_may_se
     access_grant(obj=review.content, to=viewer_carol, by=None)
     page = client.get(url).content.decode()
     assert "Alice&#x27;s promo" in page and f"/admin/delivery/pushcontent/{review.content.pk}/change/" in page
+
+
+def test_a_colleague_s_variant_rows_offer_the_contents_they_may_not_see_by_number(
+    client, manager_alice, manager_mallory, review
+):
+    """manager_mallory was granted alice's draft, not its app: its variants' rows keep alice's
+    contents as "a push content you have no access to (#7)", and its phones say each variant's
+    "content #7", never its name; alice reads the names."""
+    from campaigns.services.variants import VariantInput, campaign_variants_set
+
+    other = PushContentFactory(app=review.app, name="Alice's other promo")
+    campaign = campaign_create(
+        by=manager_alice, name="Draft", app=review.app, segment=review.segment, content=review.content
+    )
+    campaign_variants_set(
+        campaign_id=campaign.pk,
+        by=manager_alice,
+        variants=[VariantInput(content_id=review.content.pk, share=50), VariantInput(content_id=other.pk, share=50)],
+    )
+    access_grant(obj=campaign, to=manager_mallory, by=None)
+    client.force_login(manager_mallory)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "promo" not in text
+    assert f"a push content you have no access to (#{other.pk})" in text
+    assert f"Variant B — content #{other.pk} (50%)" in text
+    client.force_login(manager_alice)
+    text = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    assert "Variant B — Alice&#x27;s other promo (50%)" in text
