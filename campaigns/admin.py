@@ -24,7 +24,7 @@ from accounts.services import TransitionError
 from campaigns import winner_admin
 from campaigns.models import Campaign, WinnerTest
 from campaigns.occurrence_admin import OccurrenceInline, latest_summary, occurrences_summary
-from campaigns.reports import campaign_charts, campaign_report, campaign_report_csv
+from campaigns.reports import campaign_charts, campaign_report, campaign_report_csv, report_named
 from campaigns.review import (
     approved_phones_html,
     audience_kept_text,
@@ -646,7 +646,8 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
     def report(self, obj):
         if obj is None or obj.pk is None:
             return "—"
-        data = campaign_report(obj)
+        request = page_request()
+        data = report_named(campaign_report(obj), reader=request.user if request is not None else None)
         charts = campaign_charts(obj)
         counters = format_html_join(
             "",
@@ -692,7 +693,9 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         campaign = self.get_object(request, object_id)
         if campaign is None or not self.has_view_permission(request, campaign):
             raise Http404("No such campaign.")
-        response = HttpResponse(campaign_report_csv(campaign), content_type="text/csv; charset=utf-8")
+        response = HttpResponse(
+            campaign_report_csv(campaign, reader=request.user), content_type="text/csv; charset=utf-8"
+        )
         response["Content-Disposition"] = f'attachment; filename="campaign-{campaign.pk}-report.csv"'
         return response
 

@@ -39,7 +39,7 @@ from accounts.json_values import TEXT_REFUSED, json_value_problem
 from accounts.pagination import ListQuery, QueryChoice, page_response, page_schema, query_params_valid, rows_matching
 from accounts.services import TransitionError
 from campaigns.models import Campaign, CampaignVariant, TriggerRequest, WinnerTest, variant_label
-from campaigns.reports import campaign_report, campaign_sends, sends_counted
+from campaigns.reports import campaign_report, campaign_sends, report_named, sends_counted
 from campaigns.selectors import campaign_for, campaigns_visible_to
 from campaigns.services.triggers import (
     MAX_RECIPIENTS,
@@ -437,7 +437,7 @@ class CampaignReportView(APIView):
             rest = request.build_absolute_uri(f"{url}?offset={REPORT_SENDS}&limit={REPORT_SENDS}")
         return Response(
             {
-                **campaign_report(campaign),
+                **report_named(campaign_report(campaign), reader=request.user),
                 "dispatches": CampaignSendSerializer(shown, many=True).data,
                 "dispatches_count": count,
                 "dispatches_next": rest,

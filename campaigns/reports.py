@@ -235,6 +235,7 @@ def _by_variant(
         {
             "variant": variant_label(number),
             "content": str(contents.get(number, {}).get("content", "")),
+            "content_id": contents.get(number, {}).get("content_id"),  # read out by ``report_named``
             "share": contents.get(number, {}).get("share"),
             "profiles": profiles.get(number, 0),
             "sent": row["sent"],
@@ -298,11 +299,28 @@ def _cell(value) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-def campaign_report_csv(campaign: Campaign) -> str:
+def report_named(report: dict, *, reader) -> dict:
+    """``campaign_report``'s figures as ``reader`` may be told them: each variant's content by the
+    name it sent with when they may see that content, "content #7" otherwise (one query)."""
+    from campaigns.review import ReaderNames
+
+    variants = report.get("variants") or []
+    names = ReaderNames.of(reader, contents={v.get("content_id") for v in variants})
+    named = []
+    for variant in variants:
+        variant = dict(variant)
+        content_id = variant.pop("content_id", None)
+        if content_id is not None:
+            variant["content"] = names.content(content_id, variant["content"])
+        named.append(variant)
+    return {**report, "variants": named}
+
+
+def campaign_report_csv(campaign: Campaign, *, reader) -> str:
     """The report as CSV: one summary block, then one line per dispatch, the newest first, its time
     in the approved schedule's zone (ISO 8601, with its offset), as the page shows it, written as read
-    (``campaign_report_sends``)."""
-    report = campaign_report(campaign)
+    (``campaign_report_sends``); what it names, as ``reader`` may be told it (``report_named``)."""
+    report = report_named(campaign_report(campaign), reader=reader)
     tz = zone(campaign.schedule_zone())
     out = io.StringIO()
     writer = csv.writer(out)

@@ -144,10 +144,10 @@ FIGURES = {
     "failed_by_reason": {"Unregistered": 1},
     "skipped_by_reason": {"holdout": 2, "frequency_cap": 1, "no_device": 1},
     "variants": [
-        {"variant": "A", "content": "Sale A (new)", "share": 40, "profiles": 3, "sent": 4, "accepted": 4}
-        | {"opened": 2, "open_rate": 0.5},
-        {"variant": "B", "content": "Sale B", "share": 40, "profiles": 4, "sent": 6, "accepted": 4}
-        | {"opened": 2, "open_rate": 0.5},
+        {"variant": "A", "content": "Sale A (new)", "content_id": None, "share": 40, "profiles": 3, "sent": 4}
+        | {"accepted": 4, "opened": 2, "open_rate": 0.5},
+        {"variant": "B", "content": "Sale B", "content_id": None, "share": 40, "profiles": 4, "sent": 6}
+        | {"accepted": 4, "opened": 2, "open_rate": 0.5},
     ],
     "holdout": {"profiles": 2},
     "conversions": {

@@ -230,3 +230,45 @@ def test_duplicating_a_campaign_keeps_its_variants_and_holdout(make_campaign, ma
     assert [v.share for v in variants] == [30, 30, 30] and copy.holdout_share == 10
     assert variants[0].content_id == copy.content_id != abc[0].pk  # A is the copy's own content
     assert [v.content_id for v in variants[1:]] == [abc[1].pk, abc[2].pk]
+
+
+def test_the_report_names_each_variant_s_content_only_to_a_reader_who_may_see_it(
+    client, make_campaign, manager_alice, abc, api_key_for
+):
+    """A Viewer granted the campaign alone, not its app, reads its report's variants by their
+    contents' numbers on the page and in the CSV, a Manager so granted in the API; a reader of the
+    app, by their names."""
+    from accounts.services import access_grant
+    from tests.factories import UserFactory
+
+    campaign = variants_set(make_campaign(content=abc[0]), manager_alice, abc[:2], [45, 45], holdout=10)
+    dispatch = Dispatch.objects.create(
+        app=campaign.app,
+        kind="campaign",
+        source_id=campaign.pk,
+        content_spec=abc[0].spec(),
+        variants=[
+            {"number": n, "label": label, "content_id": content.pk, "content": content.name, "share": 45}
+            for n, label, content in ((1, "A", abc[0]), (2, "B", abc[1]))
+        ],
+        holdout_share=10,
+    )
+    for variant in (1, 2):
+        Delivery.objects.create(dispatch=dispatch, profile=ProfileFactory(), variant=variant, status="accepted")
+    rollup_rebuild(dispatch_ids=[dispatch.pk])
+    vera = UserFactory(username="viewer_vera", role="Viewer")
+    access_grant(obj=campaign, to=vera, by=None)
+
+    client.force_login(vera)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    assert f'<tr data-variant="B"><th>B</th><td>content #{abc[1].pk}</td>' in page
+    exported = client.get(f"/admin/campaigns/campaign/{campaign.pk}/report.csv").content.decode()
+    assert f"B,content #{abc[1].pk},45," in exported and "Sale" not in exported
+    trent = UserFactory(username="manager_trent", role="Manager")
+    access_grant(obj=campaign, to=trent, by=None)
+    report = api_key_for(trent, scopes=["read"]).get(f"/api/v1/campaigns/{campaign.pk}/report/").json()
+    assert [v["content"] for v in report["variants"]] == [f"content #{abc[0].pk}", f"content #{abc[1].pk}"]
+    assert "content_id" not in report["variants"][0]
+
+    report = api_key_for(manager_alice, scopes=["read"]).get(f"/api/v1/campaigns/{campaign.pk}/report/").json()
+    assert [v["content"] for v in report["variants"]] == ["Sale A", "Sale B"]
