@@ -119,12 +119,13 @@ def unseen_label(obj) -> str:
     return f"a {obj._meta.verbose_name} you have no access to (#{obj.pk})"
 
 
-def with_reader_sees(queryset: models.QuerySet, reader) -> models.QuerySet:
+def with_reader_sees(queryset: models.QuerySet, reader, *, field: str = "pk", model=None) -> models.QuerySet:
     """``queryset`` with ``reader_sees`` on each row, in the same query: whether ``reader`` may see
-    it (``visible_to``), for a list that keeps a colleague's references to name only those."""
-    seen = visible_to(reader, queryset.model._default_manager.all()).values("pk")
+    it (``visible_to``), or the object of ``model`` its ``field`` names, for a list that keeps a
+    colleague's references (or one's own, to what one no longer sees) to name only those."""
+    seen = visible_to(reader, (model or queryset.model)._default_manager.all()).values("pk")
     return queryset.annotate(
-        reader_sees=models.ExpressionWrapper(models.Q(pk__in=seen), output_field=models.BooleanField())
+        reader_sees=models.ExpressionWrapper(models.Q(**{f"{field}__in": seen}), output_field=models.BooleanField())
     )
 
 

@@ -13,7 +13,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from accounts.admin.bases import AccessAdmin
+from accounts.admin.bases import AccessAdmin, with_reader_sees
 from audiences.models import Import, Segment
 from audiences.selectors import (
     imports_visible_to,
@@ -106,7 +106,7 @@ class ImportAdmin(AccessAdmin):
         "progress_bar",
         "rows_done",
         "rows_failed",
-        "segment",
+        "segment_shown",
         "created_by",
         "created_at",
     )
@@ -121,7 +121,7 @@ class ImportAdmin(AccessAdmin):
         "encoding",
         "separator",
         "target",
-        "segment",
+        "segment_shown",
         "waiting_for_text",
         "columns",
         "rows_done",
@@ -145,7 +145,20 @@ class ImportAdmin(AccessAdmin):
         css = {"all": ["audiences/rule_builder.css"]}
 
     def get_queryset(self, request):
-        return imports_visible_to(request.user).select_related("created_by_key")
+        # One's own import may feed a segment one no longer sees: it is said by number (``segment_shown``).
+        return with_reader_sees(
+            imports_visible_to(request.user).select_related("created_by_key"),
+            request.user,
+            field="segment_id",
+            model=Segment,
+        )
+
+    @admin.display(description="Segment", ordering="segment__name")
+    def segment_shown(self, obj):
+        """The segment it feeds, named to a reader who may see it, "segment #12" to the others."""
+        if obj.segment_id is None:
+            return "-"
+        return obj.segment.name if getattr(obj, "reader_sees", False) else f"segment #{obj.segment_id}"
 
     @admin.display(description="Uploaded with")
     def uploaded_with(self, obj):

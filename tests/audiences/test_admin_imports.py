@@ -231,3 +231,22 @@ def test_the_imports_list_filters_and_shows_statuses_in_words_not_codes(client, 
     assert '<td class="field-status">Queued</td>' in page
     status = client.get(f"/admin/audiences/import/{record.pk}/status/").json()
     assert (status["status"], status["status_display"]) == ("queued", "Queued")
+
+
+def test_an_import_names_its_segment_only_to_a_reader_who_may_see_it(
+    login, manager_alice, admin_erin, media, django_capture_on_commit_callbacks
+):
+    """manager_alice reads her own imports, and among them one into a segment she no longer sees
+    (its grant revoked): its list and its page say "segment #12", not its name."""
+    segment = segment_create(name="Secret VIPs", kind=Segment.Kind.STATIC, by=manager_alice)
+    upload = SimpleUploadedFile("people.csv", b"external_id\nu1\n", content_type="text/csv")
+    with django_capture_on_commit_callbacks(execute=True):
+        record = import_create(upload=upload, by=manager_alice, target="add_to_segment", segment_id=segment.pk)
+    client = login(manager_alice)
+    pages = ("/admin/audiences/import/", f"/admin/audiences/import/{record.pk}/change/")
+    for url in pages:
+        assert "Secret VIPs" in client.get(url).content.decode(), url
+    access_revoke(obj=segment, to=manager_alice, by=admin_erin)
+    for url in pages:
+        page = client.get(url).content.decode()
+        assert "Secret VIPs" not in page and f"segment #{segment.pk}" in page, url
