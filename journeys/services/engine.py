@@ -465,7 +465,8 @@ def _condition_refused(version: JourneyVersion, step: dict, refusals: dict[str, 
             if checked is None or checked[0] != marks:
                 if len(_FROZEN_CHECKED) >= _FROZEN_CHECKED_MAX:
                     _FROZEN_CHECKED.clear()
-                checked = _FROZEN_CHECKED[key] = (marks, segments_changed_text(version, ids))
+                # By number: the reason is kept on the enrollments, read by whoever sees the journey.
+                checked = _FROZEN_CHECKED[key] = (marks, segments_changed_text(version, ids, by_number=True))
             refusals[step["id"]] = checked[1]
     return refusals[step["id"]]
 

@@ -245,11 +245,14 @@ def segments_unfrozen_text(version: JourneyVersion) -> str:
     )
 
 
-def segments_changed_text(version: JourneyVersion, ids: set[int] | None = None, *, reader: User | None = None) -> str:
+def segments_changed_text(
+    version: JourneyVersion, ids: set[int] | None = None, *, reader: User | None = None, by_number: bool = False
+) -> str:
     """Why the version may not read its segments (or ``ids``) now: each one edited since the version
     was approved (its rules, a segment they use, a kept list's members), named; "" when none was.
     For a ``reader`` (a page's), only the segments they may see are named, the others read
-    "segment #12"; without one (what the engine records) each is named.
+    "The segment #12 is…"; ``by_number``, none is named (what an enrollment records: whoever reads it may
+    not see them); else each is named (what the log records, for its Administrators).
 
     A version approved before approvals covered the segments froze none, and reads them as it did.
     A segment that no longer exists is not said here: it holds for no one (its deletion is refused
@@ -265,10 +268,12 @@ def segments_changed_text(version: JourneyVersion, ids: set[int] | None = None, 
     if not changed:
         return ""
     found = Segment.objects.filter(pk__in=changed)
-    if reader is not None:
+    if by_number:
+        found = found.none()
+    elif reader is not None:
         found = visible_to(reader, found)
     named = dict(found.values_list("pk", "name"))
-    said = sorted(f"'{named[pk]}'" for pk in named) + [f"segment #{pk}" for pk in sorted(set(changed) - set(named))]
+    said = sorted(f"'{named[pk]}'" for pk in named) + [f"#{pk}" for pk in sorted(set(changed) - set(named))]
     names = ", ".join(said)
     return (
         f"The segment{'s' if len(changed) > 1 else ''} {names} {'are' if len(changed) > 1 else 'is'} defined otherwise "

@@ -806,7 +806,7 @@ def test_a_segment_edited_after_approval_is_named_only_to_a_reader_who_may_see_i
     journey = publish(make_journey())
     segment_members_change(segment_id=vips.pk, by=manager_alice, add=["late-vip"])
     page = login(viewer_carol).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
-    assert f"The segment segment #{vips.pk} is defined otherwise than when version 1 was approved" in page
+    assert f"The segment #{vips.pk} is defined otherwise than when version 1 was approved" in page
     assert "VIPs" not in page
     access_grant(obj=vips, to=viewer_carol, by=None)
     page = login(viewer_carol).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
