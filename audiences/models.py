@@ -123,6 +123,10 @@ class Segment(models.Model):
         editable=False,
         help_text="At the last count, per app: [{app, name, profiles, reachable, ios, android, opted_in}].",
     )
+    # Moves whenever the kept figures are forgotten: a change of the rules, of a kept list's members,
+    # or of a segment the rules use. A count keeps its figures only while it has not moved since the
+    # count read the segment (``segment_definition_read``), so that none is kept for rules it no longer has.
+    definition_version = models.PositiveBigIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(default=dj_timezone.now, editable=False)
     updated_at = models.DateTimeField(default=dj_timezone.now, editable=False)
     created_by = models.ForeignKey(

@@ -82,3 +82,20 @@ class ProfileHeld:
             Profile.objects.select_for_update(no_key=True).get(pk=self.profile_id)
             self.holding.set()
             self.released.wait(20)
+
+
+class ProfilesHeld:
+    """A writer holding the profiles table (ACCESS EXCLUSIVE) from ``holding`` until ``released``,
+    so that a count started meanwhile waits with its rules already read: ``holder`` is a step of
+    ``concurrently``."""
+
+    def __init__(self):
+        self.holding, self.released = threading.Event(), threading.Event()
+
+    def holder(self) -> None:
+        from django.db import transaction
+
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("LOCK TABLE audiences_profile IN ACCESS EXCLUSIVE MODE")
+            self.holding.set()
+            self.released.wait(20)

@@ -5,22 +5,24 @@ Segments carry object access (a creator gets access to what they create; others 
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import ProtectedError
+from django.db.models import Case, Exists, F, IntegerField, ProtectedError, Q, Value, When
 from django.utils import timezone
 
 from accounts.models import User
 from accounts.selectors import can, uses_described, visible_to
 from accounts.services import access_grant, audit
-from audiences.models import Profile, Segment, SegmentMember, SegmentReference
+from audiences.models import Profile, Segment, SegmentMember, SegmentReference, segments_closure, segments_used
 from audiences.rules.compiler import segment_count, segment_profiles
 from audiences.rules.validation import rules_validate_for
-from audiences.selectors import audience_reach, reach_apps_for, rules_unread_warnings, segment_for
+from audiences.selectors import Reach, audience_reach, reach_apps_for, rules_unread_warnings, segment_for
 from audiences.services.profiles import _ensure_perm, members_lock
 from config.db import Holders
 
@@ -112,43 +114,64 @@ def segment_update(
 
 # What a count keeps on a segment: the figures of what it held when counted.
 _FIGURES = ("last_count", "last_counted_at", "last_reach")
+# A forgetting clears them and moves the definition's version, so that a count begun before keeps nothing.
+_FORGOTTEN = {**dict.fromkeys(_FIGURES), "definition_version": F("definition_version") + 1}
 
 
 def _figures_forget(segment: Segment) -> list[str]:
-    """Clear the kept count and reach of a segment whose rules or members changed (they were the
-    figures of what it held before), and those of the segments using it (``_users_figures_forget``);
-    return the fields to save."""
+    """Clear the kept count and reach of a segment (locked by the caller) whose rules or members
+    changed (they were the figures of what it held before) and move its ``definition_version``;
+    those of the segments using it too (``_users_figures_forget``). Return the fields to save."""
     for name in _FIGURES:
         setattr(segment, name, None)
+    segment.definition_version += 1
     _users_figures_forget(segment.pk)
-    return list(_FIGURES)
+    return [*_FIGURES, "definition_version"]
 
 
 def _users_figures_forget(segment_id: int) -> None:
     """Clear the kept figures of every segment whose rules use ``segment_id``'s membership, directly
-    or through others: they were counted with what it held. (A campaign page showed the count of
-    an audience whose nested list had changed since, as of its age.)
+    or through others, and move their ``definition_version``: they were counted with what it held.
+    (A campaign page showed the count of an audience whose nested list had changed since, as of its
+    age.)
 
-    A using segment locked meanwhile (edited, or keeping a count) is left as it is rather than
-    waited for: the rows are locked in no order of ours, and its own writer holds it while it
-    locks others."""
+    Each is waited for when locked (edited, keeping a count): one skipped kept the figures of what
+    it no longer holds. The caller holds ``segment_id``; the using segments are locked after it by
+    the depth of the segments they use, then by id, so that every forgetting locks in one order
+    (a segment after each it uses) and two never wait for each other. One query for the
+    references, one locking the segments, one writing them."""
+    used_by: dict[int, set[int]] = {}
+    uses: dict[int, set[int]] = {}
+    for source, target in SegmentReference.objects.values_list("source_id", "target_id"):
+        used_by.setdefault(target, set()).add(source)
+        uses.setdefault(source, set()).add(target)
     users: set[int] = set()
     targets = {segment_id}
     while targets:  # no cycles: segments use segments at most 10 levels deep
-        targets = set(SegmentReference.objects.filter(target_id__in=targets).values_list("source_id", flat=True))
-        targets -= users
+        targets = set().union(*(used_by.get(pk, ()) for pk in targets)) - users
         users |= targets
-    if users:
-        with transaction.atomic():
-            free = Segment.objects.select_for_update(skip_locked=True).filter(pk__in=users).order_by("pk")
-            Segment.objects.filter(pk__in=list(free.values_list("pk", flat=True))).update(**dict.fromkeys(_FIGURES))
+    if not users:
+        return
+    heights: dict[int, int] = {}
+
+    def height(pk: int) -> int:  # how deep the segments it uses go
+        if pk not in heights:
+            heights[pk] = 0  # a cycle (refused when saved) reads as none
+            heights[pk] = 1 + max(map(height, uses[pk])) if uses.get(pk) else 0
+        return heights[pk]
+
+    order = sorted(users, key=lambda pk: (height(pk), pk))
+    with transaction.atomic():
+        rank = Case(*(When(pk=pk, then=Value(n)) for n, pk in enumerate(order)), output_field=IntegerField())
+        locked = Segment.objects.select_for_update(no_key=True).filter(pk__in=order).order_by(rank)
+        Segment.objects.filter(pk__in=list(locked.values_list("pk", flat=True))).update(**_FORGOTTEN)
 
 
 def segment_members_landed(segment_id: int) -> None:
     """An import changed the segment's members: forget its kept count and reach, as a change of its
     members in the admin does (those of the segments using it too), and mark it changed (a count
     begun before is then not kept)."""
-    Segment.objects.filter(pk=segment_id).update(**dict.fromkeys(_FIGURES), updated_at=timezone.now())
+    Segment.objects.filter(pk=segment_id).update(**_FORGOTTEN, updated_at=timezone.now())
     _users_figures_forget(segment_id)
 
 
@@ -265,6 +288,8 @@ def segment_preview(
         if segment_id is not None:
             saved = segment_for(by, segment_id)
         segment = Segment(pk=segment_id, kind=Segment.Kind.RULES, rules=rules)
+    keep = keep and saved is not None and (rules is None or rules == saved.rules)
+    read = segment_definition_read(saved) if keep else None  # before counting: what the count is of
     count = segment_count(segment)
     sample = list(segment_profiles(segment).order_by()[:sample_size]) if count and sample_size else []
     reaches = []
@@ -278,8 +303,8 @@ def segment_preview(
         warnings = []
     took = int((timezone.now() - started).total_seconds() * 1000)
     preview = Preview(count=count, sample=sample, took_ms=took, reach=reaches, warnings=warnings)
-    if keep and saved is not None and (rules is None or rules == saved.rules):
-        _figures_keep(segment=saved, by=by, preview=preview)
+    if keep:
+        _figures_keep(segment=saved, by=by, preview=preview, read=read)
     return preview
 
 
@@ -296,13 +321,33 @@ def segment_count_keep(*, segment_id: int, by: User) -> Preview:
     _ensure_perm(by, "audiences.change_segment", "Your role may not change segments.")
     if not can(by, "audiences.change_segment", segment):
         raise PermissionDenied("You may not change this segment.")
-    preview = segment_preview(by=by, segment_id=segment_id, sample_size=0, unread=False)
-    _figures_keep(segment=segment, by=by, preview=preview)
-    return preview
+    return segment_preview(by=by, segment_id=segment_id, sample_size=0, unread=False, keep=True)
 
 
-def _figures_keep(*, segment: Segment, by: User, preview: Preview) -> bool:
-    """Keep a count of ``segment`` (as read before counting) on its row; False when nothing was kept.
+def segment_definition_read(segment: Segment) -> dict[int, int]:
+    """The ``definition_version`` of ``segment`` as read (the row given) and of the segments its
+    rules use at any depth, read now: what a count about to begin is of, for ``_figures_keep`` to
+    check. One query per level of nesting, none for rules that use no segment."""
+    used = segments_used(segment.rules) - {segment.pk}
+    closure = segments_closure(used, "definition_version") if used else {}
+    return {**{pk: version for pk, (version, _) in closure.items()}, segment.pk: segment.definition_version}
+
+
+def _definition_unchanged(segment_id: int, read: dict[int, int]) -> Q:
+    """The row of ``segment_id`` while its definition is the one ``read`` (``segment_definition_read``):
+    its own version and, read by the same statement, those of the segments its rules use."""
+    unchanged = Q(pk=segment_id, definition_version=read[segment_id])
+    used = [(pk, version) for pk, version in read.items() if pk != segment_id]
+    if used:
+        moved = Segment.objects.filter(pk__in=[pk for pk, _ in used]).exclude(
+            functools.reduce(operator.or_, (Q(pk=pk, definition_version=version) for pk, version in used))
+        )
+        unchanged &= ~Exists(moved)
+    return unchanged
+
+
+def _figures_keep(*, segment: Segment, by: User, preview: Preview, read: dict[int, int]) -> bool:
+    """Keep a count of ``segment`` on its row; False when nothing was kept.
 
     The profile count is everyone's: profiles are org-wide and the rules say the same to every
     user. The reach is per app, and a count measures only the apps its counter sees, so it
@@ -311,15 +356,15 @@ def _figures_keep(*, segment: Segment, by: User, preview: Preview) -> bool:
     reach: each reads the entries of the apps they see. A segment that holds nobody is reached in
     no app, and keeps no entry.
 
-    Locks the segment; keeps nothing when it is gone, when its rules (or a static or imported
-    segment's members: its ``updated_at``) changed since it was read (these would not be the
-    figures of what it holds now), or when ``by`` may no longer change it.
+    ``read`` is what the count was of (``segment_definition_read``, taken before counting). Locks
+    the segment; keeps nothing when it is gone, when its definition moved since (its rules, a kept
+    list's members, or a segment its rules use: these would not be the figures of what it holds
+    now), which the statement writing them checks, or when ``by`` may no longer change it. A
+    forgetting waits for the lock, so one committing after this is kept forgets it again.
     """
     with transaction.atomic():
-        locked = Segment.objects.select_for_update().filter(pk=segment.pk).first()
-        if locked is None or locked.rules != segment.rules:
-            return False
-        if locked.kind != Segment.Kind.RULES and locked.updated_at != segment.updated_at:
+        locked = Segment.objects.select_for_update(no_key=True).filter(pk=segment.pk).first()
+        if locked is None or locked.definition_version != read[segment.pk]:
             return False
         if not can(by, "audiences.change_segment", locked):
             return False
@@ -330,22 +375,29 @@ def _figures_keep(*, segment: Segment, by: User, preview: Preview) -> bool:
             for figures in locked.last_reach or []
             if figures.get("app") not in counted and preview.count
         ]
-        Segment.objects.filter(pk=segment.pk).update(
+        kept = Segment.objects.filter(_definition_unchanged(segment.pk, read)).update(
             last_count=preview.count, last_counted_at=timezone.now(), last_reach=[*others, *preview.reach]
         )
-    return True
+    return bool(kept)
 
 
-def segment_reach_keep(*, segment_id: int, app, reach) -> None:
+def segment_reach_keep(*, segment_id: int, app, reach: Reach) -> bool:
     """Keep the segment's reach in one app (counted by whoever asks: a campaign page, its Count now)
-    beside the other apps' figures, with its own time. A change to the rules clears them all."""
+    beside the other apps' figures, with its own time; False when nothing was kept. A change to the
+    rules clears them all.
+
+    Kept only when ``reach`` was measured by ``audience_reach`` from this segment as saved
+    (``Reach.read``) and its definition has not moved since, as ``_figures_keep`` checks."""
+    read = reach.read
+    if not read or segment_id not in read:
+        return False
     with transaction.atomic():
-        segment = Segment.objects.select_for_update().filter(pk=segment_id).first()
-        if segment is None:
-            return
+        segment = Segment.objects.select_for_update(no_key=True).filter(pk=segment_id).first()
+        if segment is None or segment.definition_version != read[segment_id]:
+            return False
         kept = [figures for figures in segment.last_reach or [] if figures.get("app") != app.pk]
         kept.append({"app": app.pk, "name": app.name, **asdict(reach), "counted_at": timezone.now().isoformat()})
-        Segment.objects.filter(pk=segment_id).update(last_reach=kept)
+        return bool(Segment.objects.filter(_definition_unchanged(segment_id, read)).update(last_reach=kept))
 
 
 def segment_members_check(*, add: list[str] = (), remove: list[str] = ()) -> None:

@@ -28,7 +28,7 @@ from audiences.services.segments import (
     segment_update,
 )
 from tests.factories import ProfileFactory
-from tests.locks import ProfileHeld, concurrently, wait_for_a_blocked_writer, wait_for_blocked_writers
+from tests.locks import ProfileHeld, ProfilesHeld, concurrently, wait_for_a_blocked_writer, wait_for_blocked_writers
 from tests.pg_statistics import rows_read, statistics_say_empty
 
 pytestmark = pytest.mark.django_db
@@ -226,15 +226,123 @@ def test_a_count_keeps_the_reach_in_the_apps_its_counter_does_not_see(manager_al
 
 
 def test_a_count_of_rules_changed_since_it_began_is_not_kept(manager_alice):
-    from audiences.services.segments import _figures_keep
+    from audiences.services.segments import _figures_keep, segment_definition_read
 
     ProfileFactory(attributes={"plan": "pro"})
     segment = segment_create(name="Pro", rules=PRO, by=manager_alice)
     read = Segment.objects.get(pk=segment.pk)
     preview = segment_preview(segment_id=segment.pk, by=manager_alice)
     segment_update(segment_id=segment.pk, rules={"none": [PRO]}, by=manager_alice)  # while it counted
-    assert not _figures_keep(segment=read, by=manager_alice, preview=preview)
+    assert not _figures_keep(segment=read, by=manager_alice, preview=preview, read=segment_definition_read(read))
     assert _kept(segment) == (None, None, None)
+
+
+@pytest.mark.embedded
+def test_a_count_is_kept_only_while_the_definitions_it_read_are_unchanged(manager_alice):
+    """What a count read is checked by the statement keeping it: the segment's own version, which
+    a change of a segment it uses moves too, and those of the segments it uses, read there."""
+    from django.db.models import F
+
+    from audiences.services.segments import _figures_keep, segment_definition_read
+
+    ProfileFactory(attributes={"plan": "pro"})
+    ProfileFactory(attributes={"plan": "free"})
+    ProfileFactory(attributes={"plan": "free"})
+    inner = segment_create(name="Pro", rules=PRO, by=manager_alice)
+    middle = segment_create(name="Uses pro", rules={"all": [{"segment": inner.pk}]}, by=manager_alice)
+    outer = segment_create(name="Uses it", rules={"any": [{"segment": middle.pk}]}, by=manager_alice)
+
+    def count_then(change) -> bool:
+        read = Segment.objects.get(pk=outer.pk)
+        definition = segment_definition_read(read)
+        preview = segment_preview(segment_id=outer.pk, by=manager_alice)
+        change()
+        return _figures_keep(segment=read, by=manager_alice, preview=preview, read=definition)
+
+    assert count_then(lambda: None)
+    assert _kept(outer)[0] == 1
+    assert not count_then(lambda: segment_update(segment_id=inner.pk, rules={"none": [PRO]}, by=manager_alice))
+    assert _kept(outer) == (None, None, None)
+    # A segment it uses moved without the forgetting reaching it (a use of it saved meanwhile).
+    for used in (inner, middle):
+        assert not count_then(
+            lambda used=used: Segment.objects.filter(pk=used.pk).update(definition_version=F("definition_version") + 1)
+        )
+    assert _kept(outer) == (None, None, None)
+    assert count_then(lambda: segment_update(segment_id=inner.pk, name="Pro, renamed", by=manager_alice))
+    assert _kept(outer)[0] == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_count_that_read_a_used_segments_rules_before_they_changed_is_not_kept(manager_alice):
+    """Count now read the rules of the segment its segment uses, then counted; their change
+    committed meanwhile (forgetting the figures the using segment had), and the count then kept
+    the size of the rules it had read: its own rules had not changed. The segment listed a size
+    for rules it no longer has, until counted again."""
+    ProfileFactory(attributes={"plan": "pro"})
+    ProfileFactory(attributes={"plan": "free"})
+    ProfileFactory(attributes={"plan": "free"})
+    inner = segment_create(name="Pro", rules=PRO, by=manager_alice)
+    outer = segment_create(name="Uses pro", rules={"all": [{"segment": inner.pk}]}, by=manager_alice)
+    profiles = ProfilesHeld()
+    counted = []
+
+    def count():
+        profiles.holding.wait(10)
+        counted.append(segment_count_keep(segment_id=outer.pk, by=manager_alice).count)
+
+    def change():
+        profiles.holding.wait(10)
+        assert wait_for_blocked_writers(1)  # the count waits, its rules read
+        segment_update(segment_id=inner.pk, rules={"none": [PRO]}, by=manager_alice)
+        profiles.released.set()
+
+    assert concurrently(profiles.holder, count, change) == []
+    assert counted == [1]  # of the rules it read
+    assert _kept(outer) == (None, None, None)
+    assert segment_count_keep(segment_id=outer.pk, by=manager_alice).count == 2
+    assert _kept(outer)[0] == 2
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("change", ["rules", "members"])
+def test_a_change_forgets_the_count_of_a_segment_using_it_that_is_locked_meanwhile(manager_alice, change):
+    """A change of a segment's rules (or a kept list's members) left the count of a segment using it
+    as it was when that segment was locked at the moment (edited, keeping a count): the forgetting
+    skipped it. It now waits for it."""
+    ProfileFactory(external_id="ann", attributes={"plan": "pro"})
+    ProfileFactory(external_id="bea", attributes={"plan": "free"})
+    if change == "rules":
+        inner = segment_create(name="Pro", rules=PRO, by=manager_alice)
+    else:
+        inner = segment_create(name="Hand-picked", kind=Segment.Kind.STATIC, by=manager_alice)
+        segment_members_change(segment_id=inner.pk, by=manager_alice, add=["ann"])
+    outer = segment_create(name="Uses it", rules={"all": [{"segment": inner.pk}]}, by=manager_alice)
+    segment_count_keep(segment_id=outer.pk, by=manager_alice)
+    assert _kept(outer)[0] == 1
+    holding, released, blocked = threading.Event(), threading.Event(), []
+
+    def edit():  # the using segment renamed, its transaction still open
+        with transaction.atomic():
+            segment_update(segment_id=outer.pk, name="Uses it, renamed", by=manager_alice)
+            holding.set()
+            released.wait(20)
+
+    def forget():
+        holding.wait(10)
+        if change == "rules":
+            segment_update(segment_id=inner.pk, rules={"none": [PRO]}, by=manager_alice)
+        else:
+            segment_members_change(segment_id=inner.pk, by=manager_alice, add=["bea"])
+
+    def release():
+        holding.wait(10)
+        blocked.append(wait_for_a_blocked_writer())
+        released.set()
+
+    assert concurrently(edit, forget, release) == []
+    assert _kept(outer) == (None, None, None)
+    assert blocked == [True]
 
 
 @pytest.mark.embedded
@@ -347,7 +455,7 @@ def test_a_segment_deleted_while_an_erasure_removes_its_members_goes_with_what_i
 def test_a_static_segments_member_change_forgets_its_kept_count_as_a_rules_change_does(manager_alice):
     """A static segment's kept count ("counted 3 hours ago") stayed when members were added or
     removed, read on its page and its campaigns' as the reach of the members it had."""
-    from audiences.services.segments import _figures_keep
+    from audiences.services.segments import _figures_keep, segment_definition_read
 
     ProfileFactory(external_id="ann")
     ProfileFactory(external_id="bea")
@@ -367,7 +475,7 @@ def test_a_static_segments_member_change_forgets_its_kept_count_as_a_rules_chang
     read = Segment.objects.get(pk=segment.pk)
     preview = segment_preview(segment_id=segment.pk, by=manager_alice)
     segment_members_change(segment_id=segment.pk, by=manager_alice, add=["ann"])
-    assert not _figures_keep(segment=read, by=manager_alice, preview=preview)
+    assert not _figures_keep(segment=read, by=manager_alice, preview=preview, read=segment_definition_read(read))
     assert _kept(segment) == (None, None, None)
 
 

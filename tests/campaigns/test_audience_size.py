@@ -97,6 +97,37 @@ def test_count_now_counts_and_keeps_for_a_manager_and_is_refused_to_a_viewer(
     assert "(counted under a minute ago)" in _page(client, campaign)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_count_now_keeps_no_figure_counted_from_rules_changed_before_it_was_kept(
+    make_campaign, segment, team, manager_alice
+):
+    """*Count now* read the segment's rules and counted them; a change of the rules committed
+    meanwhile (forgetting the segment's figures), and the count then kept its figure beside them:
+    the page said the size of rules the segment no longer had."""
+    from audiences.services.segments import segment_update
+    from campaigns.review import audience_kept_text
+    from tests.locks import ProfilesHeld, concurrently, wait_for_blocked_writers
+
+    DeviceFactory(profile=ProfileFactory(locale="fr"), app=team, platform="ios")
+    campaign = make_campaign()
+    profiles, said = ProfilesHeld(), []
+
+    def count():
+        profiles.holding.wait(10)
+        said.append(audience_kept_text(campaign, reader=manager_alice, count=True))
+
+    def change():
+        profiles.holding.wait(10)
+        assert wait_for_blocked_writers(1)  # the count waits, the rules read
+        segment_update(segment_id=segment.pk, rules={"none": [{"field": "locale", "op": "exists"}]}, by=manager_alice)
+        profiles.released.set()
+
+    assert concurrently(profiles.holder, count, change) == []
+    assert "1 reachable" in said[0]  # of the rules it read
+    assert not any(f["app"] == team.pk for f in Segment.objects.get(pk=segment.pk).last_reach or [])
+    assert "size not counted yet" in audience_kept_text(campaign, reader=manager_alice)
+
+
 def test_an_api_triggered_campaign_has_no_audience_to_count(client, make_campaign, manager_alice):
     campaign = make_campaign(kind="api_triggered", segment=None)
     client.force_login(manager_alice)
