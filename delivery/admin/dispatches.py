@@ -5,7 +5,7 @@ import json
 from django.apps import apps
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
 from django.http import Http404
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
@@ -17,7 +17,7 @@ from accounts.selectors import visible_to
 from audiences.models import Profile
 from config.zones import zone, zoned, zoned_column
 from delivery.admin.contents import _spec_previews_html
-from delivery.models import Delivery, Dispatch, rows_within
+from delivery.models import App, Delivery, Dispatch, PushContent, rows_within
 from delivery.reasons import reason_html
 from delivery.reports import dispatch_held, report_charts, report_charts_html
 from delivery.selectors import (
@@ -29,6 +29,11 @@ from delivery.selectors import (
 from delivery.services.dispatches import dispatch_counted_now, dispatch_stop
 
 CAMPAIGN_PARAMETER = "campaign"  # the list of one campaign's sends
+
+
+def _seen(field: str, visible: QuerySet) -> ExpressionWrapper:
+    """Whether the row's ``field`` names one of ``visible``: a column of the row's own query."""
+    return ExpressionWrapper(Q(**{f"{field}__in": visible.values("pk")}), output_field=BooleanField())
 
 
 def campaign_sends(queryset: QuerySet[Dispatch], campaign_id: int) -> QuerySet[Dispatch]:
@@ -140,7 +145,7 @@ class DispatchAdmin(ScopedAdmin):
 
     list_display = (
         "__str__",
-        "app",
+        "app_shown",
         "kind",
         "status",
         "progress",
@@ -156,7 +161,7 @@ class DispatchAdmin(ScopedAdmin):
     actions = ["stop"]
     fields = (
         "label",
-        "app",
+        "app_shown",
         "kind",
         "status",
         "stream",
@@ -171,7 +176,7 @@ class DispatchAdmin(ScopedAdmin):
         "opened",
         "error",
         "source",
-        "content",
+        "content_shown",
         "context",
         "created_by",
         "created",
@@ -183,7 +188,29 @@ class DispatchAdmin(ScopedAdmin):
     def get_queryset(self, request):
         # Not the app's scope alone (``ScopedAdmin``): a journey granted without its app shows its sends.
         rows = dispatches_visible_to(request.user, super(ScopedAdmin, self).get_queryset(request))
-        return rows.annotate(shown_zone=dispatch_shown_zone())
+        # A send of a campaign or a journey granted without its app (or its content) is read
+        # without them: each is named to whoever may see it, read with the rows in the same query.
+        return rows.annotate(
+            shown_zone=dispatch_shown_zone(),
+            app_seen=_seen("app_id", visible_to(request.user, App.objects.all())),
+            content_seen=_seen("content_id", visible_to(request.user, PushContent.objects.all())),
+        )
+
+    @admin.display(description="App", ordering="app__name")
+    def app_shown(self, obj):
+        """The app it sends for, named to a reader who may see it, "app #3" to the others."""
+        return obj.app.name if getattr(obj, "app_seen", False) else f"app #{obj.app_id}"
+
+    @admin.display(description="Content")
+    def content_shown(self, obj):
+        """The push content it was made from, named and linked to a reader who may open it,
+        "push content #7" to the others."""
+        if obj.content_id is None:
+            return "-"
+        if not getattr(obj, "content_seen", False):
+            return f"push content #{obj.content_id}"
+        url = reverse("admin:delivery_pushcontent_change", args=[obj.content_id])
+        return format_html('<a href="{}">{}</a>', url, obj.content)
 
     created = zoned_column("created_at", "Created at")
 
@@ -225,7 +252,12 @@ class DispatchAdmin(ScopedAdmin):
         """The frozen content as phones show it; its JSON one click away."""
         return format_html(
             '{}<details><summary>As JSON</summary><pre style="white-space:pre-wrap">{}</pre></details>',
-            _spec_previews_html(obj.content_spec or {}, app_name=obj.app.name, profile=None, context={}),
+            _spec_previews_html(
+                obj.content_spec or {},
+                app_name=obj.app.name if getattr(obj, "app_seen", False) else "App",
+                profile=None,
+                context={},
+            ),
             json.dumps(obj.content_spec, indent=2, ensure_ascii=False),
         )
 
