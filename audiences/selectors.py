@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 from django.core.cache import cache
 from django.db import connection
@@ -311,16 +310,6 @@ class Reach:
     ios: int
     android: int
     opted_in: int
-    # What it was measured from, when from a saved segment: {segment id: definition_version as read}
-    # (``audience_reach``), for ``segment_reach_keep`` to keep it only while that holds. Not a figure:
-    # no field, so equality, asdict and astuple read the five figures alone.
-    read: ClassVar[dict[int, int] | None] = None
-
-    def measured_from(self, segment) -> Reach:
-        """This, saying it was measured from ``segment`` as that row was read (nothing for an unsaved one)."""
-        if not segment._state.adding and "definition_version" not in segment.get_deferred_fields():
-            object.__setattr__(self, "read", {segment.pk: segment.definition_version})
-        return self
 
     def text(self) -> str:
         return (
@@ -383,11 +372,11 @@ def audience_reach(*, segment, app_id: int) -> Reach:
             sql = REACH_FROM_DEVICES_SQL.format(profiles=profiles_sql, devices=devices)
             params = [*profiles_params, app_id]
     except EmptyResultSet:  # a segment without rules holds nobody
-        return Reach(0, 0, 0, 0, 0).measured_from(segment)
+        return Reach(0, 0, 0, 0, 0)
     with transaction.atomic(), connection.cursor() as cursor:
         count_session(cursor)
         cursor.execute(sql, params)
-        return Reach(*(int(n) for n in cursor.fetchone())).measured_from(segment)
+        return Reach(*(int(n) for n in cursor.fetchone()))
 
 
 REACH_APPS = 5  # a count measures the reach in this many apps at most, the first by name

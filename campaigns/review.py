@@ -255,7 +255,7 @@ def audience_kept_text(campaign, *, reader: User, count: bool = False, can_count
     from django.utils.timesince import timesince
 
     from audiences.selectors import audience_reach, reach_kept
-    from audiences.services.segments import segment_reach_keep
+    from audiences.services.segments import segment_definition_read, segment_reach_keep
 
     segment, deleted = _audience_segment(campaign.segment_id)
     if deleted:
@@ -264,8 +264,9 @@ def audience_kept_text(campaign, *, reader: User, count: bool = False, can_count
         return reach_text(None, app_id=campaign.app_id, holdout_share=campaign.holdout_share, purpose=campaign.purpose)
     said = ReaderNames.of(reader, segments={segment.pk}).segment(segment.pk)
     if count:
+        read = segment_definition_read(segment)  # before counting: what the count is of
         reach = audience_reach(segment=segment, app_id=campaign.app_id)
-        segment_reach_keep(segment_id=segment.pk, app=campaign.app, reach=reach)
+        segment_reach_keep(segment_id=segment.pk, app=campaign.app, reach=reach, read=read)
         age = "counted just now"
     else:
         kept = reach_kept(segment, campaign.app_id)

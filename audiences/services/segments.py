@@ -381,16 +381,14 @@ def _figures_keep(*, segment: Segment, by: User, preview: Preview, read: dict[in
     return bool(kept)
 
 
-def segment_reach_keep(*, segment_id: int, app, reach: Reach) -> bool:
+def segment_reach_keep(*, segment_id: int, app, reach: Reach, read: dict[int, int]) -> bool:
     """Keep the segment's reach in one app (counted by whoever asks: a campaign page, its Count now)
     beside the other apps' figures, with its own time; False when nothing was kept. A change to the
     rules clears them all.
 
-    Kept only when ``reach`` was measured by ``audience_reach`` from this segment as saved
-    (``Reach.read``) and its definition has not moved since, as ``_figures_keep`` checks."""
-    read = reach.read
-    if not read or segment_id not in read:
-        return False
+    ``read`` is what ``reach`` was measured from (``segment_definition_read`` of the segment as
+    saved, taken before counting): kept only while neither its definition nor those of the
+    segments its rules use have moved since, as ``_figures_keep`` checks."""
     with transaction.atomic():
         segment = Segment.objects.select_for_update(no_key=True).filter(pk=segment_id).first()
         if segment is None or segment.definition_version != read[segment_id]:

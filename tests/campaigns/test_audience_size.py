@@ -128,6 +128,56 @@ def test_count_now_keeps_no_figure_counted_from_rules_changed_before_it_was_kept
     assert "size not counted yet" in audience_kept_text(campaign, reader=manager_alice)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_count_now_keeps_no_figure_counted_from_a_used_segments_rules_changed_before_it_was_kept(
+    make_campaign, segment, team, manager_alice
+):
+    """The segment was made to use one that uses a segment whose rules were changing: saved after
+    the change had read who uses it, it kept its figures through the change. *Count now* then read
+    the changing segment's old rules and counted them; the change committed meanwhile, and the count
+    kept its figure: it checked only that its own segment's definition had not moved. It reads the
+    versions of the segments the rules use before counting, and keeps only while they hold."""
+    import threading
+
+    from django.db import transaction
+
+    from audiences.services.segments import segment_create, segment_update
+    from campaigns.review import audience_kept_text
+    from tests.locks import ProfilesHeld, concurrently, wait_for_blocked_writers
+
+    DeviceFactory(profile=ProfileFactory(locale="fr"), app=team, platform="ios")
+    inner = segment_create(name="With a locale", rules={"all": [{"field": "locale", "op": "exists"}]}, by=manager_alice)
+    middle = segment_create(name="Uses it", rules={"all": [{"segment": inner.pk}]}, by=manager_alice)
+    campaign = make_campaign()
+    profiles, said = ProfilesHeld(), []
+    changing, commit, committed = threading.Event(), threading.Event(), threading.Event()
+
+    def change():
+        profiles.holding.wait(10)
+        with transaction.atomic():
+            segment_update(segment_id=inner.pk, rules={"none": [{"field": "locale", "op": "exists"}]}, by=manager_alice)
+            changing.set()
+            commit.wait(20)
+        committed.set()
+
+    def count():
+        changing.wait(10)
+        segment_update(segment_id=segment.pk, rules={"all": [{"segment": middle.pk}]}, by=manager_alice)
+        said.append(audience_kept_text(campaign, reader=manager_alice, count=True))
+
+    def release():
+        changing.wait(10)
+        assert wait_for_blocked_writers(1)  # the count waits, the old rules read
+        commit.set()
+        committed.wait(10)
+        profiles.released.set()
+
+    assert concurrently(profiles.holder, change, count, release) == []
+    assert "1 reachable" in said[0]  # of the rules it read
+    assert not any(f["app"] == team.pk for f in Segment.objects.get(pk=segment.pk).last_reach or [])
+    assert "size not counted yet" in audience_kept_text(campaign, reader=manager_alice)
+
+
 def test_an_api_triggered_campaign_has_no_audience_to_count(client, make_campaign, manager_alice):
     campaign = make_campaign(kind="api_triggered", segment=None)
     client.force_login(manager_alice)
