@@ -5,6 +5,7 @@ import re
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import BooleanField, ExpressionWrapper, Q
 from django.http import Http404, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
@@ -19,7 +20,7 @@ from accounts.admin.bases import (
     page_answers,
 )
 from accounts.admin.lifecycle import LifecycleAdminMixin, approval_text, page_request
-from accounts.selectors import approval_current, can, in_scope
+from accounts.selectors import approval_current, can, in_scope, visible_to
 from accounts.services import TransitionError
 from campaigns import winner_admin
 from campaigns.models import Campaign, WinnerTest
@@ -245,7 +246,7 @@ class _StatusFilter(ActiveStatusFilter):
 class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     lifecycle_delete = staticmethod(campaign_delete)
     form = CampaignForm
-    list_display = ("name", "app", "kind", "purpose", "status", "next_send", "owner", "updated")
+    list_display = ("name", "app_shown", "kind", "purpose", "status", "next_send", "owner", "updated")
     list_filter = (_StatusFilter, "kind", "purpose", "app")
     list_select_related = ("app", "owner")
     search_fields = ("name",)
@@ -270,13 +271,20 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         "ends_at_shown",
         "segment_shown",
         "content_shown",
+        "app_shown",
     )
 
     class Media:
         js = ("campaigns/schedule_form.js",)
 
     def get_queryset(self, request):
-        return campaigns_visible_to(request.user)
+        from delivery.models import App
+
+        # A campaign granted without its app names it only to whoever may see it (``app_shown``).
+        seen = visible_to(request.user, App.objects.all()).values("pk")
+        return campaigns_visible_to(request.user).annotate(
+            app_seen=ExpressionWrapper(Q(app_id__in=seen), output_field=BooleanField())
+        )
 
     def get_fieldsets(self, request, obj=None):
         # The form shows the dates in the campaign's zone (CampaignForm); a page read only (a
@@ -284,8 +292,9 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         read_only = obj is not None and not self.has_change_permission(request, obj)
         send_at, ends_at = ("send_at_shown", "ends_at_shown") if read_only else ("send_at", "ends_at")
         segment, content = ("segment_shown", "content_shown") if read_only else ("segment", "content")
+        app = "app_shown" if read_only else "app"
         fieldsets = [
-            (None, {"fields": ("name", "app", "kind", "purpose", segment, "audience_size", content)}),
+            (None, {"fields": ("name", app, "kind", "purpose", segment, "audience_size", content)}),
             (
                 "Schedule",
                 {
@@ -519,6 +528,15 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             )
         return format_html('<span id="audience-size">{}</span>{}', text, button)
 
+    @admin.display(description="App", ordering="app__name")
+    def app_shown(self, obj):
+        """The app, named (and linked on the campaign's page) to a reader who may see it, "app #3"
+        to the others: a campaign granted without its app."""
+        if not getattr(obj, "app_seen", False):
+            return f"app #{obj.app_id}"
+        request = page_request()
+        return obj.app.name if request is None else linked_if_visible(request, obj.app)
+
     @admin.display(description="Segment")
     def segment_shown(self, obj):
         """The audience, linked only for a reader who may open the segment's page."""
@@ -561,7 +579,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             approved.number,
             approved_phones_html(
                 approved,
-                app_name=obj.app.name,
+                app_name=obj.app.name if getattr(obj, "app_seen", False) else f"app #{obj.app_id}",
                 reader=page_request().user if page_request() is not None else None,
                 context=obj.send_context(),
             ),
@@ -640,7 +658,9 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         if obj is None or obj.pk is None or obj.content_id is None:
             return "—"
         request = page_request()
-        return campaign_phones_html(obj, reader=request.user if request is not None else None)
+        return campaign_phones_html(
+            obj, reader=request.user if request is not None else None, app_seen=getattr(obj, "app_seen", None)
+        )
 
     @admin.display(description="Report")
     def report(self, obj):

@@ -148,6 +148,9 @@ class ReaderNames:
     def segment(self, pk: int) -> str:
         return self.segments.get(pk, f"segment #{pk}")
 
+    def app(self, pk: int) -> str:
+        return self.apps.get(pk, f"app #{pk}")
+
     def content(self, pk: int, label: str = "") -> str:
         return (label or self.contents[pk]) if pk in self.contents else f"content #{pk}"
 
@@ -348,10 +351,13 @@ def phones_html(spec: dict, *, app_name: str, profile: dict | None = None, conte
     )
 
 
-def campaign_phones_html(campaign: Campaign, *, reader: User | None, profile: dict | None = None) -> str:
+def campaign_phones_html(
+    campaign: Campaign, *, reader: User | None, profile: dict | None = None, app_seen: bool | None = None
+) -> str:
     """The campaign's content as phones would show it; with variants, each one under its name (to a
     ``reader`` who may see it) and share, and the holdout's share. The variants are read with whether
-    the reader may see each one's content, in one query."""
+    the reader may see each one's content, in one query. The app is named to a reader who may see it
+    (``app_seen``, when the caller read it with the campaign), "app #3" to the others."""
     from django.db.models import BooleanField, ExpressionWrapper, Q
 
     from accounts.selectors import visible_to
@@ -362,10 +368,11 @@ def campaign_phones_html(campaign: Campaign, *, reader: User | None, profile: di
         seen = visible_to(reader, PushContent.objects.all()).values("pk") if reader is not None else []
         sees = ExpressionWrapper(Q(content_id__in=seen), output_field=BooleanField())
         variants = list(campaign.variants.select_related("content").order_by("number").annotate(reader_sees=sees))
+    if app_seen is None:
+        app_seen = campaign.app_id in ReaderNames.of(reader, apps={campaign.app_id}).apps
+    app_name = campaign.app.name if app_seen else f"app #{campaign.app_id}"
     if not variants:
-        return phones_html(
-            campaign.content.spec(), app_name=campaign.app.name, profile=profile, context=campaign.send_context()
-        )
+        return phones_html(campaign.content.spec(), app_name=app_name, profile=profile, context=campaign.send_context())
     return variants_phones_html(
         [
             {
@@ -378,7 +385,7 @@ def campaign_phones_html(campaign: Campaign, *, reader: User | None, profile: di
         ],
         reader=reader,
         holdout_share=campaign.holdout_share,
-        app_name=campaign.app.name,
+        app_name=app_name,
         profile=profile,
         context=campaign.send_context(),
     )
@@ -696,7 +703,7 @@ def campaign_review_html(campaign: Campaign, *, request: ApprovalRequest, user: 
     # The segment and the contents are linked for a reader who may open them, said by number to the others.
     variants = campaign.variant_list()
     content_ids = [v.content_id for v in variants] if variants else [campaign.content_id]
-    names = ReaderNames.of(user, segments={campaign.segment_id}, contents=content_ids)
+    names = ReaderNames.of(user, segments={campaign.segment_id}, apps={campaign.app_id}, contents=content_ids)
     links = [("campaign", reverse("admin:campaigns_campaign_change", args=[campaign.pk]), campaign.name)]
     if campaign.segment_id:
         links.append(_review_link("segment", "admin:audiences_segment_change", campaign.segment_id, names.segments))
@@ -711,7 +718,7 @@ def campaign_review_html(campaign: Campaign, *, request: ApprovalRequest, user: 
         '<div style="display:flex;gap:24px;flex-wrap:wrap"><div>{}</div><div><p>{}</p><p class="review-links">{}</p>'
         "{}</div></div>",
         phones,
-        f"{campaign.name} — {campaign.app.name}",
+        f"{campaign.name} — {names.app(campaign.app_id)}",
         format_html_join(
             " · ",
             "{} {}",
