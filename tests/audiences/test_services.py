@@ -345,6 +345,68 @@ def test_a_change_forgets_the_count_of_a_segment_using_it_that_is_locked_meanwhi
     assert blocked == [True]
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("change", ["rules", "members", "import"])
+def test_an_edit_adding_a_use_of_a_segment_it_uses_through_another_and_a_change_of_that_one_both_save(
+    manager_alice, change
+):
+    """An edit making a segment use directly one it used through another held its own row, then
+    waited on committing for the used one (the new reference's key check); a change of that one
+    held it and waited for the using segment, to forget its figures: 'deadlock detected', and one
+    of the two saves failed. The edit now holds the segments its rules use before its own row, and
+    the change waits for it. (An import into the used segment leaves its key alone, and only ever
+    waited for the using segment.)"""
+    from audiences.imports import segment_members_lock
+    from audiences.models import SegmentReference
+    from audiences.services.imports import segment_members_landed
+
+    ProfileFactory(external_id="ann", attributes={"plan": "pro"})
+    ProfileFactory(external_id="bea", attributes={"plan": "free"})
+    if change == "rules":
+        inner = segment_create(name="Pro", rules=PRO, by=manager_alice)
+    else:
+        kind = Segment.Kind.STATIC if change == "members" else Segment.Kind.IMPORTED
+        inner = segment_create(name="Hand-picked", kind=kind, by=manager_alice)
+    middle = segment_create(name="Uses it", rules={"all": [{"segment": inner.pk}]}, by=manager_alice)
+    outer = segment_create(name="Uses that", rules={"all": [{"segment": middle.pk}]}, by=manager_alice)
+    both = {"all": [{"segment": middle.pk}, {"segment": inner.pk}]}
+    holding, released, blocked = threading.Event(), threading.Event(), []
+
+    def edit():  # the direct use added, its transaction still open
+        with transaction.atomic():
+            segment_update(segment_id=outer.pk, rules=both, by=manager_alice)
+            holding.set()
+            released.wait(20)
+
+    def forget():
+        holding.wait(10)
+        if change == "rules":
+            segment_update(segment_id=inner.pk, rules={"none": [PRO]}, by=manager_alice)
+        elif change == "members":
+            segment_members_change(segment_id=inner.pk, by=manager_alice, add=["bea"])
+        else:  # an import's last batch into it, and its end
+            with transaction.atomic():
+                segment_members_lock(inner.pk)
+                SegmentMember.objects.create(segment=inner, profile=Profile.objects.get(external_id="bea"))
+                segment_members_landed(inner.pk)
+
+    def release():
+        holding.wait(10)
+        blocked.append(wait_for_a_blocked_writer())
+        released.set()
+
+    assert concurrently(edit, forget, release) == []
+    assert blocked == [True]
+    assert Segment.objects.get(pk=outer.pk).rules == both
+    assert SegmentReference.objects.filter(source=outer, target=inner).exists()
+    # Forgotten by the edit and by the change, which reached it through both uses.
+    assert Segment.objects.get(pk=outer.pk).definition_version == outer.definition_version + 2
+    if change == "rules":
+        assert Segment.objects.get(pk=inner.pk).rules == {"none": [PRO]}
+    else:
+        assert SegmentMember.objects.filter(segment=inner).count() == 1
+
+
 @pytest.mark.embedded
 def test_a_kept_lists_stamp_counts_its_erased_members_back_and_moves_on_a_change_of_its_members(manager_alice):
     """Deleting profiles leaves a kept list's membership stamp as it was (each list recording what the
