@@ -407,6 +407,40 @@ def test_an_edit_adding_a_use_of_a_segment_it_uses_through_another_and_a_change_
         assert SegmentMember.objects.filter(segment=inner).count() == 1
 
 
+@pytest.mark.django_db(transaction=True)
+def test_an_edit_adding_a_use_of_a_segment_deleted_meanwhile_is_refused_as_naming_no_segment(manager_alice):
+    """The edit read the segment it named before the deletion committed, then failed on committing
+    (the new reference's key check: an IntegrityError). It now holds the segments its rules use
+    first: it waits for the deletion, then finds the segment gone."""
+    going = segment_create(name="Going", rules=PRO, by=manager_alice)
+    edited = segment_create(name="Edited", rules=PRO, by=manager_alice)
+    holding, released, blocked, refused = threading.Event(), threading.Event(), [], []
+
+    def delete():
+        with transaction.atomic():
+            segment_delete(segment_id=going.pk, by=manager_alice)
+            holding.set()
+            released.wait(20)
+
+    def edit():
+        holding.wait(10)
+        try:
+            segment_update(segment_id=edited.pk, rules={"all": [{"segment": going.pk}]}, by=manager_alice)
+        except RulesInvalid as exc:
+            refused.append(exc)
+
+    def release():
+        holding.wait(10)
+        blocked.append(wait_for_a_blocked_writer())
+        released.set()
+
+    assert concurrently(delete, edit, release) == []
+    assert blocked == [True]
+    assert len(refused) == 1
+    assert not Segment.objects.filter(pk=going.pk).exists()
+    assert Segment.objects.get(pk=edited.pk).rules == PRO
+
+
 @pytest.mark.embedded
 def test_a_kept_lists_stamp_counts_its_erased_members_back_and_moves_on_a_change_of_its_members(manager_alice):
     """Deleting profiles leaves a kept list's membership stamp as it was (each list recording what the
