@@ -4,7 +4,7 @@ from urllib.parse import quote
 
 from django import forms
 from django.contrib import admin
-from django.db.models import Prefetch, Sum
+from django.db.models import BooleanField, ExpressionWrapper, Prefetch, Q, Sum
 from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.utils import timezone
@@ -18,13 +18,14 @@ from accounts.admin.bases import (
     ObjectAccessAdminMixin,
     ReadOnlyAdminMixin,
     ScopedAdmin,
+    linked_if_visible,
     row_id,
     unseen_label,
     with_reader_sees,
 )
 from accounts.admin.lifecycle import LifecycleAdminMixin, approval_text, page_request
 from accounts.json_values import JsonValueFormField
-from accounts.selectors import approval_current, in_scope
+from accounts.selectors import approval_current, in_scope, visible_to
 from accounts.services import TransitionError
 from config import digits
 from config.zones import zone, zoned, zoned_column
@@ -205,7 +206,7 @@ class _StatusFilter(ActiveStatusFilter):
 class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     lifecycle_delete = staticmethod(journey_delete)
     form = JourneyForm
-    list_display = ("name", "app", "status", "version_label", "owner", "updated")
+    list_display = ("name", "app_shown", "status", "version_label", "owner", "updated")
     list_filter = (_StatusFilter, "app")
     list_select_related = ("app", "owner", "live_version")
     search_fields = ("name",)
@@ -228,9 +229,24 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         open_versions = JourneyVersion.objects.filter(
             status__in=(JourneyVersion.Status.DRAFT, JourneyVersion.Status.IN_REVIEW)
         ).order_by("-number")
-        return journeys_visible_to(request.user).prefetch_related(
-            Prefetch("versions", queryset=open_versions, to_attr="open_versions")
+        from delivery.models import App
+
+        # A journey granted without its app names it only to whoever may see it (``app_shown``).
+        seen = visible_to(request.user, App.objects.all()).values("pk")
+        return (
+            journeys_visible_to(request.user)
+            .annotate(app_seen=ExpressionWrapper(Q(app_id__in=seen), output_field=BooleanField()))
+            .prefetch_related(Prefetch("versions", queryset=open_versions, to_attr="open_versions"))
         )
+
+    @admin.display(description="App", ordering="app__name")
+    def app_shown(self, obj):
+        """The app, named (and linked on the journey's page) to a reader who may see it, "app #3" to
+        the others: a journey granted without its app."""
+        if not getattr(obj, "app_seen", False):
+            return f"app #{obj.app_id}"
+        request = page_request()
+        return obj.app.name if request is None else linked_if_visible(request, obj.app)
 
     updated = zoned_column("updated_at", "Updated at", time_zone=JOURNEY_ZONE)
 
@@ -249,7 +265,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
 
     def get_fieldsets(self, request, obj=None):
         fieldsets = [
-            (None, {"fields": ("name", "app")}),
+            (None, {"fields": ("name", "app" if obj is None else "app_shown")}),
             ("Entry", {"fields": ("entry_kind", "entry_segment", "entry_every_hours", "entry_event")}),
             ("Re-entry and exit", {"fields": ("reentry", "reentry_wait_seconds", "exit_event")}),
             ("Steps", {"fields": ("graph",)}),
@@ -352,7 +368,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         if obj is not None:
-            return (*self.readonly_fields, "app")
+            return (*self.readonly_fields, "app_shown")
         return self.readonly_fields
 
     @staticmethod

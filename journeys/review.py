@@ -221,7 +221,7 @@ def _revision_diff_html(journey: Journey, version: JourneyVersion, *, contents: 
 def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: User) -> str:
     """The review pane: the version in review, its graph and what it does, and for a new version of a
     journey that went live, what it changes."""
-    from delivery.models import PushContent
+    from delivery.models import App, PushContent
 
     version = journey.versions.filter(status=JourneyVersion.Status.IN_REVIEW).first() or journey.live_version
     if version is None:
@@ -230,6 +230,8 @@ def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: Use
     # The steps name the contents, and the entry its segment, only to a reader who may see them.
     names = {("content", pk): name for pk, name in visible_named(user, PushContent, set(contents)).items()}
     entry_names = entry_segment_names(user, [version])
+    # A journey granted without its app (the approver once he decided): "app #3", as its page says it.
+    app_name = visible_named(user, App, {journey.app_id}).get(journey.app_id, f"app #{journey.app_id}")
     # Each push step with its phones, as the content shows on them (the version's frozen copy once approved).
     frozen = version.frozen_specs or {}
     pushes = format_html_join(
@@ -242,7 +244,7 @@ def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: Use
                 names.get(("content", cid), f"content {cid}"),
                 _phones(
                     frozen.get(step, {}).get("spec") or (contents[cid].spec() if cid in contents else None),
-                    journey,
+                    app_name=app_name,
                     context=journey.send_context(version=version, step=step),
                 ),
             )
@@ -259,7 +261,7 @@ def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: Use
         "<tr><th>{}</th><td>{}</td></tr>",
         [
             ("Journey", f"{journey.name} — version {version.number}{replaces}"),
-            ("App", journey.app.name),
+            ("App", app_name),
             ("Entry", entry_text(version, segment_names=entry_names)),
             ("Who enters", entry_audience_text(version, app_id=journey.app_id, segment_names=entry_names)),
             ("Exit criteria", exit_text(version)),
@@ -310,13 +312,13 @@ def _segments_changed_rows(journey: Journey, *, user: User) -> list[tuple[str, s
     return [(f"Live version {live.number}", changed)] if changed else []
 
 
-def _phones(spec: dict | None, journey: Journey, *, context: dict) -> str:
+def _phones(spec: dict | None, *, app_name: str, context: dict) -> str:
     """The push as phones show it, rendered with ``context``: what its step's sends give it."""
     if spec is None:
         return ""
     from delivery.admin.contents import _spec_previews_html
 
-    return _spec_previews_html(spec, app_name=journey.app.name, profile=None, context=context)
+    return _spec_previews_html(spec, app_name=app_name, profile=None, context=context)
 
 
 def journey_references(journeys: list[Journey]) -> dict[str, set[int]]:

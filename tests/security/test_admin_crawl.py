@@ -30,6 +30,8 @@ from django.urls import reverse
 from accounts.services import access_grant, access_revoke
 
 MARKER = "ZQXSECRET"
+# The text of mallory's pushes: what a campaign or a journey sends is read by whoever was granted it.
+TEXT = "ZQXWORDS"
 SEARCH = MARKER[:3]  # what a reader would type: a search echoes it, the marker must not come back
 T0 = dt.datetime(2030, 3, 1, 9, 0, tzinfo=dt.UTC)
 
@@ -68,6 +70,13 @@ def _graph(*, condition_segment: int, contents: list[int]) -> dict:
 
 
 @pytest.fixture
+def viewer_vic(db):
+    from tests.factories import UserFactory
+
+    return UserFactory(username="viewer_vic", role="Viewer")
+
+
+@pytest.fixture
 def world(
     pushsim,
     apns_credentials,
@@ -76,6 +85,7 @@ def world(
     manager_mallory,
     approver_bob,
     viewer_carol,
+    viewer_vic,
     django_capture_on_commit_callbacks,
 ):
     from audiences.services.imports import import_create
@@ -91,7 +101,7 @@ def world(
     from delivery.services.apps import apns_key_parse, app_create, service_account_parse
     from delivery.services.contents import pushcontent_save
     from journeys.services.conversions import journey_conversion_set
-    from journeys.services.lifecycle import journey_approve, journey_create, journey_submit
+    from journeys.services.lifecycle import journey_approve, journey_create, journey_submit, journey_version_edit
     from tests.factories import DeviceFactory, ProfileFactory
 
     run_queued = django_capture_on_commit_callbacks
@@ -133,7 +143,7 @@ def world(
         by=manager_mallory,
         rules={"any": [{"field": "external_id", "op": "starts_with", "value": "zed-"}, {"segment": static.pk}]},
     )
-    contents = [content(secret_app, f"{MARKER} content {x}", manager_mallory, f"{MARKER} title {x}") for x in "ABC"]
+    contents = [content(secret_app, f"{MARKER} content {x}", manager_mallory, f"{TEXT} {x}") for x in "ABC"]
     scheduled = campaign_create(
         by=manager_mallory,
         name=f"{MARKER} scheduled",
@@ -224,6 +234,21 @@ def world(
     )
     journey_submit(journey_id=event_journey.pk, by=manager_mallory)
 
+    with run_queued(execute=True):
+        flow = journey_create(
+            by=manager_mallory,
+            name="Welcome flow",  # granted to vic: its own name he reads
+            app=secret_app,
+            entry_kind="segment",
+            entry_segment=static,
+            graph=_graph(condition_segment=rules.pk, contents=[contents[0].pk, receipt.pk]),
+        )
+        journey_submit(journey_id=flow.pk, by=manager_mallory)
+        journey_approve(journey_id=flow.pk, by=approver_bob)
+    journey_version_edit(journey_id=flow.pk, by=manager_mallory, exit_event="unsubscribed")
+    journey_submit(journey_id=flow.pk, by=manager_mallory)  # version 2 waits for bob; version 1 runs on
+    access_grant(obj=flow, to=viewer_vic, by=None)
+
     upload = SimpleUploadedFile(f"{MARKER}.csv", b"external_id,plan\nzed-0,pro\n,broken\n", content_type="text/csv")
     with run_queued(execute=True):
         import_create(upload=upload, by=manager_mallory, target="new_segment", segment_name=f"{MARKER} imported")
@@ -271,6 +296,7 @@ def world(
         },
         "alice": {"app": own_app, "segment": nested, "campaign": harbor, "journey": own_journey},
         "granted": trigger,
+        "granted_journey": flow,
         "secret_rows": secret_rows,
     }
 
@@ -344,7 +370,8 @@ def _seeds(world) -> list[str]:
     from accounts.models import ApprovalRequest
 
     alice = world["alice"]
-    for obj in (alice["app"], alice["segment"], alice["campaign"], alice["journey"], world["granted"]):
+    granted = (world["granted"], world["granted_journey"])
+    for obj in (alice["app"], alice["segment"], alice["campaign"], alice["journey"], *granted):
         seeds += _object_pages(obj._meta.label_lower, obj.pk)
         subject = {"subject_type": ContentType.objects.get_for_model(obj), "subject_id": str(obj.pk)}
         for request in ApprovalRequest.objects.filter(**subject):
@@ -369,16 +396,17 @@ def _body(response) -> bytes:
     return b"".join(response.streaming_content) if response.streaming else response.content
 
 
-def _marked(body: bytes) -> list[str]:
-    """Each place ``body`` holds the marker, with what is around it."""
+def _marked(body: bytes, markers=(MARKER,)) -> list[str]:
+    """Each place ``body`` holds one of ``markers``, with what is around it."""
     lowered = body.lower()
     return [
         body[max(0, at - 100) : at + 40].decode(errors="replace")
-        for at in (m.start() for m in re.finditer(MARKER.lower().encode(), lowered))
+        for marker in markers
+        for at in (m.start() for m in re.finditer(marker.lower().encode(), lowered))
     ]
 
 
-def crawl(client, seeds: list[str]) -> tuple[int, list, list]:
+def crawl(client, seeds: list[str], markers: tuple[str, ...]) -> tuple[int, list, list]:
     """Walk from ``seeds`` breadth first, GET only. Returns (pages read, 5xx answers, marked places)."""
     seen: set[str] = set()
     per_path: dict[str, int] = {}
@@ -409,7 +437,7 @@ def crawl(client, seeds: list[str]) -> tuple[int, list, list]:
             body = f'href="{response.headers.get("Location", "")}"'.encode()
         else:
             body = _body(response)
-            leaks += [(url, around) for around in _marked(body)]
+            leaks += [(url, around) for around in _marked(body, markers)]
             if not re.search("html|json", response.headers.get("Content-Type", "")):
                 continue
         if depth < MAX_DEPTH:
@@ -423,10 +451,11 @@ def _allowed(reader: str, url: str, around: str) -> bool:
     )
 
 
-@pytest.mark.parametrize("reader", ["manager_alice", "viewer_carol"])
+@pytest.mark.parametrize("reader", ["manager_alice", "viewer_carol", "viewer_vic"])
 def test_no_admin_page_names_what_its_reader_may_not_see(client, world, reader, request):
     client.force_login(request.getfixturevalue(reader))
-    pages, errors, leaks = crawl(client, _seeds(world))
+    # alice was granted nothing of mallory's: not even the text of a push of hers reaches her.
+    pages, errors, leaks = crawl(client, _seeds(world), (MARKER, TEXT) if reader == "manager_alice" else (MARKER,))
     assert not errors, errors
     leaks = [(url, around) for url, around in leaks if not _allowed(reader, url, around)]
     said = "\n".join(f"{url}\n    …{' '.join(around.split())}…" for url, around in leaks)
@@ -465,27 +494,36 @@ def test_every_page_of_an_object_outside_access_answers_404_or_403_without_namin
                         assert response.status_code in (200, 403, 405), (reader, url)  # hers: no 404
                         continue
                     opened += 1
-                    if response.status_code not in (403, 404) or _marked(_body(response)):
+                    if response.status_code not in (403, 404) or _marked(_body(response), (MARKER, TEXT)):
                         wrong.append((url, response.status_code))
         assert not wrong, f"{reader}:\n" + "\n".join(f"{url} answered {status}" for url, status in wrong)
         assert opened > 100, opened
 
 
-def test_an_approver_reads_the_review_he_decided_without_the_names_he_was_not_granted(client, world):
-    """approver_pat was granted mallory's campaign alone: while its revision waited for him he read
-    its app and content through the review; once he sent it back, the review names neither."""
+@pytest.mark.parametrize("granted", ["granted", "granted_journey"])
+def test_an_approver_reads_the_review_he_decided_without_the_names_he_was_not_granted(client, world, granted):
+    """approver_pat was granted mallory's campaign (or journey) alone: while its revision waited for
+    him he read its app and contents through the review; once he sent it back, the review names none."""
+    from django.contrib.contenttypes.models import ContentType
+
     from accounts.models import ApprovalRequest
     from campaigns.services.lifecycle import campaign_request_changes
+    from journeys.services.lifecycle import journey_request_changes
     from tests.factories import UserFactory
 
     pat = UserFactory(username="approver_pat", role="Approver")
-    campaign = world["granted"]
-    access_grant(obj=campaign, to=pat, by=None)
-    request = ApprovalRequest.objects.filter(subject_id=str(campaign.pk), status="pending").get()
+    subject = world[granted]
+    access_grant(obj=subject, to=pat, by=None)
+    request = ApprovalRequest.objects.get(
+        subject_type=ContentType.objects.get_for_model(subject), subject_id=str(subject.pk), status="pending"
+    )
     client.force_login(pat)
     url = reverse("admin:accounts_approvalrequest_review", args=[request.pk])
     assert _marked(client.get(url).content)  # his to decide: what it shows is named
-    campaign_request_changes(campaign_id=campaign.pk, by=pat, comment="Not on Sundays.", request_id=request.pk)
+    send_back = campaign_request_changes if granted == "granted" else journey_request_changes
+    send_back(
+        **{f"{subject._meta.model_name}_id": subject.pk}, by=pat, comment="Not on Sundays.", request_id=request.pk
+    )
     page = client.get(url)
     assert page.status_code == 200
     assert not _marked(page.content), _marked(page.content)
