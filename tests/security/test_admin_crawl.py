@@ -1,19 +1,22 @@
 """No admin page names what its reader may not see: a crawl of the whole admin.
 
-manager_mallory owns a full set of objects whose names carry MARKER: an app, push contents,
-segments (rules, a static list nested into them, an import's), campaigns of each kind (scheduled
-with occurrences, API-triggered with a stream and its deliveries, a winner test with variants),
-journeys (segment and event entry, push steps and conditions), conversion goals, approvals and the
-audit events all of it wrote. manager_alice, a Manager of the same team, works in her own app;
-her segment, campaign and journey still name mallory's segments, granted to her once and revoked
-since. viewer_carol was granted one campaign of mallory's, not its app, segment or contents.
+manager_mallory owns a full set of objects whose names carry MARKER (their pushes' text TEXT): an
+app, push contents, segments (rules, a static list nested into them, an import's), campaigns of
+each kind (scheduled with occurrences, API-triggered with a stream and its deliveries, a winner
+test with variants, one waiting for approval), journeys (segment and event entry, push steps and
+conditions), conversion goals, approvals and the audit events all of it wrote. manager_alice, a
+Manager of the same team, works in her own app; her segment, campaign, journey and an import still
+name mallory's segments, granted to her once and revoked since. viewer_carol was granted one
+campaign of mallory's, viewer_vic one journey, neither its app, segments or contents.
 
-Each of alice and carol walks every admin page reachable from the index, the home page, every
-list (plain, searched for the marker's start, filtered by the links the list offers), every page
-of the objects they may open, the custom views (reports, reviews, previews, CSV exports, the
-journey's graph, autocomplete), following the links found on the way (same site, GET, bounded):
-no page answers 5xx, and none holds the marker. Every page of mallory's objects, opened directly
-by URL, answers 403 or 404 without it.
+Each of them walks every admin page reachable from the home page and the index, every list (plain,
+searched for the marker's start, with its filters' counts, filtered by each of mallory's objects),
+every page of the objects they may open and the admin's own views of them (reports, reviews,
+previews, CSV exports, the journey's graph), autocomplete for every foreign key, following the
+links found on the way (same site, GET only, bounded): no page answers 5xx, and none holds the
+marker (nor, for alice, granted nothing of mallory's, the text). Every page of mallory's objects,
+opened by its address, answers 403 or 404 without either; an approver who decided reads the review
+without what he was not granted.
 """
 
 import datetime as dt
@@ -38,10 +41,10 @@ T0 = dt.datetime(2030, 3, 1, 9, 0, tzinfo=dt.UTC)
 # Each reader's walk stops there, well past what the admin links to from a page of each kind.
 MAX_DEPTH = 4
 MAX_PAGES = 1200
-QUERIES_PER_PATH = 5  # distinct query strings followed per path (a list's filters and pages)
+QUERIES_PER_PATH = 4  # distinct query strings followed per path (a list's filters and pages)
 # A list's order and the filters a page keeps for the way back change no name on it.
 IGNORED = {"o", "_changelist_filters"}
-PER_SHAPE = 6  # objects opened per page kind (audit events, profiles: many alike)
+PER_SHAPE = 5  # objects opened per page kind (audit events, profiles: many alike)
 SKIPPED = re.compile(r"^/admin/(logout|password_change|jsi18n|r)/|/transition/")
 
 # Known leaks, each in a file another change is rewriting now: (reader, page, what is said there).
@@ -279,6 +282,9 @@ def world(
         entry_segment=nested,
         graph=_graph(condition_segment=static.pk, contents=[welcome.pk, later.pk]),
     )
+    upload = SimpleUploadedFile("regulars.csv", b"external_id\nzed-2\n", content_type="text/csv")
+    with run_queued(execute=True):
+        import_create(upload=upload, by=manager_alice, target="add_to_segment", segment_id=static.pk)
     for segment in (rules, static):
         access_revoke(obj=segment, to=manager_alice, by=None)
     campaign_submit(campaign_id=harbor.pk, by=manager_alice)
@@ -369,6 +375,7 @@ def _seeds(world) -> list[str]:
 
     from accounts.models import ApprovalRequest
 
+    seeds += _probes(world)
     alice = world["alice"]
     granted = (world["granted"], world["granted_journey"])
     for obj in (alice["app"], alice["segment"], alice["campaign"], alice["journey"], *granted):
@@ -377,6 +384,27 @@ def _seeds(world) -> list[str]:
         for request in ApprovalRequest.objects.filter(**subject):
             seeds += _object_pages("accounts.approvalrequest", request.pk)
     return seeds
+
+
+def _probes(world) -> list[str]:
+    """Lists asked for by one of mallory's objects, as a link from her pages would ask: each
+    relation to it as a filter, a campaign's and a journey step's sends."""
+    from journeys.models import JourneyVersion
+
+    secret = world["secret_rows"]
+    probes = []
+    for model in admin.site._registry:
+        opts = model._meta
+        changelist = reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist")
+        for field in opts.get_fields():
+            remote = getattr(getattr(field, "remote_field", None), "model", None)
+            if getattr(field, "concrete", False) and remote is not None and secret.get(remote._meta.label_lower):
+                probes.append(f"{changelist}?{field.name}__id__exact={secret[remote._meta.label_lower][0]}")
+    for campaign in world["secret"]["campaigns.campaign"]:
+        probes.append(f"/admin/delivery/dispatch/?campaign={campaign.pk}")
+    for version in JourneyVersion.objects.filter(journey__in=world["secret"]["journeys.journey"]):
+        probes += [f"/admin/delivery/dispatch/?journey_step={version.pk}:{step}" for step in ("first", "second")]
+    return probes
 
 
 def _object_pages(label: str, pk: int) -> list[str]:
