@@ -52,7 +52,7 @@ def _describe(step: dict, names: dict) -> str:
     if kind == "entry":
         return step.get("text", "")
     if kind == "push":
-        return names.get(("content", step.get("content")), f"content {step.get('content')}")
+        return names.get(("content", step.get("content")), f"content #{step.get('content')}")
     if kind == "split":
         return " / ".join(f"{b.get('percent')}%" for b in step.get("branches") or [])
     return "end"

@@ -58,7 +58,7 @@ def entry_audience_text(version: JourneyVersion, *, app_id: int, segment_names: 
 
 def content_names(version: JourneyVersion, *, user: User) -> dict:
     """The names of the version's push contents that ``user`` may see, by ("content", id): the
-    steps name those, and the others by number ("content 12")."""
+    steps name those, and the others by number ("content #12")."""
     from delivery.models import PushContent
 
     ids = set(contents_of(version.graph).values())
@@ -140,7 +140,7 @@ def _step_text(step: dict, *, names: dict, segment_names: dict[int, str], app_na
         wait = wait_until_text(step["until"]) if "until" in step else duration_text(step.get("seconds", 0))
         return f"wait {wait} → {step.get('next')}"
     if kind == "push":
-        name = names.get(("content", step.get("content")), f"content {step.get('content')}")
+        name = names.get(("content", step.get("content")), f"content #{step.get('content')}")
         return f"push '{name}' → {step.get('next')}"
     if kind == "condition":
         return "; ".join(condition_lines(step, segment_names=segment_names, app_names=app_names))
@@ -241,7 +241,7 @@ def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: Use
             (
                 step,
                 step,
-                names.get(("content", cid), f"content {cid}"),
+                names.get(("content", cid), f"content #{cid}"),
                 _phones(
                     frozen.get(step, {}).get("spec") or (contents[cid].spec() if cid in contents else None),
                     app_name=app_name,

@@ -204,11 +204,11 @@ class DispatchAdmin(ScopedAdmin):
     @admin.display(description="Content")
     def content_shown(self, obj):
         """The push content it was made from, named and linked to a reader who may open it,
-        "push content #7" to the others."""
+        "content #7" to the others."""
         if obj.content_id is None:
             return "-"
         if not getattr(obj, "content_seen", False):
-            return f"push content #{obj.content_id}"
+            return f"content #{obj.content_id}"
         url = reverse("admin:delivery_pushcontent_change", args=[obj.content_id])
         return format_html('<a href="{}">{}</a>', url, obj.content)
 

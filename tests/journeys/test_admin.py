@@ -1625,7 +1625,7 @@ def test_the_journey_page_names_its_entry_segment_and_contents_only_to_a_reader_
     login, viewer_carol, make_journey, everyone, welcome
 ):
     """The graph's entry box, the versions' table and who enters name the entry segment, and the push
-    steps their content, to a reader who may see them; to the others "segment #12", "content 12",
+    steps their content, to a reader who may see them; to the others "segment #12", "content #12",
     as the conditions read. viewer_carol works on the app (its contents), not on the segment;
     viewer_vera was granted the journey alone."""
     from accounts.services import access_grant
@@ -1640,10 +1640,10 @@ def test_the_journey_page_names_its_entry_segment_and_contents_only_to_a_reader_
     assert "&#x27;Everyone&#x27;" not in text and "Everyone:" not in text
     assert f"Everyone in segment #{everyone.pk}, read once" in text  # the graph and the versions' table
     assert f"segment #{everyone.pk}: " in text  # who enters
-    assert f"content {welcome.pk}" not in text and ">Welcome<" in text
+    assert f"content #{welcome.pk}" not in text and ">Welcome<" in text
 
     text = login(vera).get(url).content.decode()
-    assert f"content {welcome.pk}" in text and ">Welcome<" not in text
+    assert f"content #{welcome.pk}" in text and ">Welcome<" not in text
     assert f"Everyone in segment #{everyone.pk}, read once" in text
 
     access_grant(obj=everyone, to=viewer_carol, by=None)

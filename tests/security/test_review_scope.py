@@ -348,7 +348,7 @@ def test_the_journey_review_names_its_entry_segment_and_contents_only_to_a_reade
 ):
     """The entry segment and the push contents a journey's review shows are named to whoever may see
     them; a colleague who submitted the journey, granted it alone, reads "segment #12" and
-    "content 12", as the segments and apps of its conditions read (the pushes' texts are the
+    "content #12", as the segments and apps of its conditions read (the pushes' texts are the
     journey's, and shown)."""
     from django.utils.html import escape
 
@@ -375,7 +375,7 @@ def test_the_journey_review_names_its_entry_segment_and_contents_only_to_a_reade
     assert "Secret" not in html
     assert f"Everyone in segment #{secret.pk}, read once" in html
     assert f"segment #{secret.pk}: 0 profiles" in html  # who enters
-    assert f"content {promo.pk}" in html and "Hello there" in html
+    assert f"content #{promo.pk}" in html and "Hello there" in html
 
     html = journey_review_html(journey, request=request, user=manager_alice)
     assert escape("Everyone in 'Secret buyers', read once") in html
@@ -409,13 +409,13 @@ def test_the_campaign_review_names_its_segment_and_content_only_to_a_reader_who_
 def test_a_campaign_page_read_only_names_its_content_only_to_a_reader_who_may_see_it(
     client, manager_alice, viewer_carol, review
 ):
-    """A Viewer granted the campaign alone reads its content as "push content #7", not named, not
+    """A Viewer granted the campaign alone reads its content as "content #7", not named, not
     linked to a page that answers 404; granted the content, named and linked."""
     access_grant(obj=review.campaign, to=viewer_carol, by=None)
     client.force_login(viewer_carol)
     url = f"/admin/campaigns/campaign/{review.campaign.pk}/change/"
     page = client.get(url).content.decode()
-    assert "Alice&#x27;s promo" not in page and f"push content #{review.content.pk}" in page
+    assert "Alice&#x27;s promo" not in page and f"content #{review.content.pk}" in page
     assert f"/admin/delivery/pushcontent/{review.content.pk}/" not in page
     access_grant(obj=review.content, to=viewer_carol, by=None)
     page = client.get(url).content.decode()
