@@ -40,21 +40,34 @@ def _set_references(segment: Segment, references: set[int]) -> None:
     )
 
 
+# The advisory lock class of the edits giving a segment rules that use others (its object id is 0):
+# a constant of ours, as ``delivery.rules._CAP_LOCK_CLASS`` is.
+_USES_LOCK_CLASS = 0x50C6
+
+
 def _uses_hold(segment_ids: set[int]) -> None:
     """Hold the segments a rule tree about to be saved uses, ``FOR KEY SHARE`` in id order, until
-    commit; the caller takes them before the segment it edits. No-op on SQLite, whose writers take
-    turns.
+    commit; the caller takes them before the segment it edits, and before any other lock. No-op
+    on SQLite, whose writers take turns.
 
     Each new reference checks its key on committing, taking this lock: with the edited segment
     held already, while a change of a segment it uses held that one and waited for the edited
     segment (using it through another) to forget its figures, 'deadlock detected', and one of the
     two saves failed. Taken first, the edit waits for such a change holding nothing it waits for.
     The lock holds up only a change, a member change or a deletion of the used segment (``FOR
-    UPDATE``): forgettings, counts and an import's batches leave the key alone."""
+    UPDATE``): forgettings, counts and an import's batches leave the key alone.
+
+    Before them, one such edit at a time (a transaction-level advisory lock, taken holding
+    nothing): two edits making segments use each other (A made to use B while B is made to use A)
+    each held the segment the other edits, then waited for its own, held by the other: 'deadlock
+    detected', and one of the two saves failed with it. The second now waits for the first to
+    commit, and its cycle check, run under the locks, reads the first's rules and refuses it as it
+    refuses any cycle."""
     if not segment_ids or connection.vendor != "postgresql":
         return
     sql, params = Segment.objects.filter(pk__in=sorted(segment_ids)).order_by("pk").values("pk").query.sql_with_params()
     with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, 0)", [_USES_LOCK_CLASS])
         cursor.execute(f"{sql} FOR KEY SHARE", params)
 
 
@@ -95,11 +108,12 @@ def segment_update(
 ) -> Segment:
     """Change a segment's name, description or rule tree (rules segments only).
 
-    Locks the segments a new tree uses (``_uses_hold``), then the segment row, then those whose
-    figures a change of the tree forgets (``_users_figures_forget``). The new tree is validated
-    against cycles through other segments' membership conditions. Raises Http404 outside the
-    user's access, PermissionDenied when the role may not change segments, RulesInvalid /
-    ValidationError for bad input.
+    Locks the segments a new tree uses (``_uses_hold``: one such edit at a time), then the segment
+    row, then those whose figures a change of the tree forgets (``_users_figures_forget``). The new
+    tree is validated under these locks against cycles through other segments' membership
+    conditions, an edit committed meanwhile included. Raises Http404 outside the user's access,
+    PermissionDenied when the role may not change segments, RulesInvalid / ValidationError for bad
+    input.
     """
     segment_for(by, segment_id)  # 404 before 403: an object outside access does not exist
     _ensure_perm(by, "audiences.change_segment", "Your role may not change segments.")

@@ -441,6 +441,45 @@ def test_an_edit_adding_a_use_of_a_segment_deleted_meanwhile_is_refused_as_namin
     assert Segment.objects.get(pk=edited.pk).rules == PRO
 
 
+@pytest.mark.django_db(transaction=True)
+def test_two_edits_making_two_segments_use_each_other_save_the_first_and_refuse_the_second_as_a_cycle(
+    manager_alice,
+):
+    """Each edit held the segment its new rules use, then waited for its own (held meanwhile here
+    by a count's forgetting): each then waited for the other's hold, 'deadlock detected', and one
+    of the two saves failed with it. The second now waits for the first to commit, and is refused
+    as any cycle is when saved alone."""
+    from audiences.models import SegmentReference
+
+    first = segment_create(name="Pro", rules=PRO, by=manager_alice)
+    second = segment_create(name="Also pro", rules=PRO, by=manager_alice)
+    holding, released, blocked, refused = threading.Event(), threading.Event(), [], []
+
+    def forget():  # both segments held as a forgetting holds them
+        with transaction.atomic():
+            list(Segment.objects.select_for_update(no_key=True).filter(pk__in=[first.pk, second.pk]).order_by("pk"))
+            holding.set()
+            released.wait(20)
+
+    def edit(segment, used):
+        holding.wait(10)
+        try:
+            segment_update(segment_id=segment.pk, rules={"all": [PRO, {"segment": used.pk}]}, by=manager_alice)
+        except RulesInvalid as exc:
+            refused.append(exc)
+
+    def release():
+        holding.wait(10)
+        blocked.append(wait_for_blocked_writers(2))
+        released.set()
+
+    assert concurrently(forget, lambda: edit(first, second), lambda: edit(second, first), release) == []
+    assert blocked == [True]
+    assert len(refused) == 1
+    assert "cycle between segments" in " ".join(refused[0].messages)
+    assert SegmentReference.objects.filter(source__in=[first, second], target__in=[first, second]).count() == 1
+
+
 @pytest.mark.embedded
 def test_a_kept_lists_stamp_counts_its_erased_members_back_and_moves_on_a_change_of_its_members(manager_alice):
     """Deleting profiles leaves a kept list's membership stamp as it was (each list recording what the
