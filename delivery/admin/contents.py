@@ -117,7 +117,7 @@ def _spec_previews_html(spec: dict, *, app_name: str, profile: dict | None, cont
     android = format_html(
         _ANDROID_CARD,
         app=app_name,
-        color=spec["android"].get("color") or "#1a73e8",
+        color=(spec.get("android") or {}).get("color") or "#1a73e8",
         title=message.title,
         body=message.body,
         image=android_image,

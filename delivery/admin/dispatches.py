@@ -31,6 +31,17 @@ from delivery.services.dispatches import dispatch_counted_now, dispatch_stop
 CAMPAIGN_PARAMETER = "campaign"  # the list of one campaign's sends
 
 
+def _sent_html(spec: dict | None, *, app_name: str, context: dict | None) -> str:
+    """A frozen content spec as phones show it, with the context its send gave it; its JSON a click away."""
+    if not spec:
+        return "—"
+    return format_html(
+        '{}<details><summary>As JSON</summary><pre style="white-space:pre-wrap">{}</pre></details>',
+        _spec_previews_html(spec, app_name=app_name, profile=None, context=context or {}),
+        json.dumps(spec, indent=2, ensure_ascii=False),
+    )
+
+
 def _seen(field: str, visible: QuerySet) -> ExpressionWrapper:
     """Whether the row's ``field`` names one of ``visible``: a column of the row's own query."""
     return ExpressionWrapper(Q(**{f"{field}__in": visible.values("pk")}), output_field=BooleanField())
@@ -177,6 +188,7 @@ class DispatchAdmin(ScopedAdmin):
         "error",
         "source",
         "content_shown",
+        "content_sent",
         "context",
         "created_by",
         "created",
@@ -248,23 +260,49 @@ class DispatchAdmin(ScopedAdmin):
         return str(obj.source_id)
 
     @admin.display(description="Content sent")
-    def content(self, obj):
-        """The frozen content as phones show it; its JSON one click away."""
-        return format_html(
-            '{}<details><summary>As JSON</summary><pre style="white-space:pre-wrap">{}</pre></details>',
-            _spec_previews_html(
-                obj.content_spec or {},
-                app_name=obj.app.name if getattr(obj, "app_seen", False) else "App",
-                profile=None,
-                context={},
+    def content_sent(self, obj):
+        """What it sent as phones show it: its frozen content, or each frozen variant under its label
+        and share (its content named to a reader who may see it, "content #7" to the others) and the
+        holdout's share; each one's JSON a click away. The text is the send's own: whoever may read
+        the send reads it (a Viewer granted its campaign alone), as the campaign's page shows it."""
+        app_name = obj.app.name if getattr(obj, "app_seen", False) else f"app #{obj.app_id}"
+        if not obj.variants:
+            return _sent_html(obj.content_spec, app_name=app_name, context=obj.context)
+        seen = getattr(obj, "variant_contents_seen", set())
+        variants = format_html_join(
+            "",
+            '<div class="variant-sent" data-variant="{}"><h4>Variant {} — {} ({}%)</h4>{}</div>',
+            (
+                (
+                    v.get("label", ""),
+                    v.get("label", ""),
+                    v["content"]
+                    if v.get("content_id") in seen and v.get("content")
+                    else f"content #{v.get('content_id')}",
+                    v.get("share", ""),
+                    _sent_html(v.get("spec"), app_name=app_name, context=obj.context),
+                )
+                for v in obj.variants
             ),
-            json.dumps(obj.content_spec, indent=2, ensure_ascii=False),
         )
+        holdout = (
+            format_html("<p>Holdout: {}% of the audience got nothing (the control group).</p>", obj.holdout_share)
+            if obj.holdout_share
+            else ""
+        )
+        return format_html("{}{}", variants, holdout)
 
     def get_object(self, request, object_id, from_field=None):
         obj = super().get_object(request, object_id, from_field)
+        if obj is None:
+            return None
+        contents = {v.get("content_id") for v in obj.variants} - {None}
+        if contents:
+            # Its frozen variants name their contents: only those the reader may see are named.
+            seen = visible_to(request.user, PushContent.objects.filter(pk__in=contents))
+            obj.variant_contents_seen = set(seen.values_list("pk", flat=True))
         # An open stream's page reloads every two seconds: its counters as they are now.
-        return obj if obj is None else dispatch_counted_now(obj)
+        return dispatch_counted_now(obj)
 
     def get_ordering(self, request):
         if CAMPAIGN_PARAMETER in request.GET or JOURNEY_STEP_PARAMETER in request.GET:

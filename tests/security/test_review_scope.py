@@ -450,3 +450,79 @@ def test_a_colleague_s_variant_rows_offer_the_contents_they_may_not_see_by_numbe
     client.force_login(manager_alice)
     text = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
     assert "Variant B — Alice&#x27;s other promo (50%)" in text
+
+
+def _sent(review, approver_pat, *, variants: bool) -> Dispatch:
+    """The review's campaign approved and sent now, its send returned; with ``variants``, a campaign
+    of alice's sending "Alice's promo" and "Alice's other promo" as variants A and B, and a holdout."""
+    from campaigns.services.scheduling import campaign_fire_due
+    from campaigns.services.variants import VariantInput, campaign_variants_set
+
+    campaign = review.campaign
+    if variants:
+        other = PushContentFactory(app=review.app, name="Alice's other promo", title="Second hello", body="Also today")
+        campaign = campaign_create(
+            by=review.campaign.owner, name="Split", app=review.app, segment=review.segment, content=review.content
+        )
+        campaign_variants_set(
+            campaign_id=campaign.pk,
+            by=review.campaign.owner,
+            variants=[
+                VariantInput(content_id=review.content.pk, share=45),
+                VariantInput(content_id=other.pk, share=45),
+            ],
+            holdout_share=10,
+        )
+        access_grant(obj=campaign, to=approver_pat, by=None)
+        campaign_submit(campaign_id=campaign.pk, by=review.campaign.owner)
+    campaign_approve(campaign_id=campaign.pk, by=approver_pat)
+    campaign_fire_due(campaign_id=campaign.pk)
+    return Dispatch.objects.get(kind=Dispatch.Kind.CAMPAIGN, source_id=campaign.pk)
+
+
+def test_a_send_s_page_shows_what_it_sent_as_phones_naming_its_content_only_to_a_reader_who_may_see_it(
+    client, manager_alice, viewer_carol, approver_pat, review
+):
+    """The send's page shows its frozen content as phones: its owner reads its title, body and its
+    content's name; a Viewer granted the campaign alone reads the text it sent (the campaign's,
+    which its page shows him too) and "content #7" for its content, never the name."""
+    dispatch = _sent(review, approver_pat, variants=False)
+    review.content.title = "Changed since"
+    review.content.save(update_fields=["title"])
+    url = f"/admin/delivery/dispatch/{dispatch.pk}/change/"
+    client.force_login(manager_alice)
+    page = client.get(url).content.decode()
+    assert "Content sent" in page and "As JSON" in page
+    assert review.content.body in page and "Changed since" not in page  # the frozen copy, not the content now
+    assert "Hello there" in page  # its title as a phone shows it
+    assert "Alice&#x27;s promo" in page and "Alice&#x27;s app" in page
+
+    access_grant(obj=Campaign.objects.get(pk=review.campaign.pk), to=viewer_carol, by=None)
+    client.force_login(viewer_carol)
+    page = client.get(url)
+    assert page.status_code == 200
+    page = page.content.decode()
+    assert "Content sent" in page and "Hello there" in page and review.content.body in page
+    assert "Alice&#x27;s promo" not in page and "Alice's promo" not in page
+    assert f"content #{review.content.pk}" in page and f"app #{review.app.pk}" in page
+
+
+def test_a_send_s_page_shows_each_variant_it_sent_naming_its_content_only_to_a_reader_who_may_see_it(
+    client, manager_alice, viewer_carol, approver_pat, review
+):
+    """Each frozen variant is shown under its label and share, its content named to its owner and
+    "content #7" to a Viewer granted the campaign alone, who reads what each variant sent."""
+    dispatch = _sent(review, approver_pat, variants=True)
+    other = dispatch.variants[1]["content_id"]
+    url = f"/admin/delivery/dispatch/{dispatch.pk}/change/"
+    client.force_login(manager_alice)
+    page = client.get(url).content.decode()
+    assert "Variant A — Alice&#x27;s promo (45%)" in page and "Variant B — Alice&#x27;s other promo (45%)" in page
+    assert "Second hello" in page and "Holdout: 10%" in page
+
+    access_grant(obj=Campaign.objects.get(pk=dispatch.source_id), to=viewer_carol, by=None)
+    client.force_login(viewer_carol)
+    page = client.get(url).content.decode()
+    assert "promo" not in page
+    assert f"Variant A — content #{review.content.pk} (45%)" in page and f"Variant B — content #{other} (45%)" in page
+    assert "Second hello" in page and "Also today" in page
