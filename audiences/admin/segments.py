@@ -11,6 +11,7 @@ from django import forms
 from django.apps import apps as django_apps
 from django.contrib import admin, messages
 from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied, ValidationError
+from django.db import router, transaction
 from django.db.models import ProtectedError
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect
@@ -243,6 +244,21 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         with _reach_readable_by(request.user):
             return _rendered(super().change_view(request, object_id, form_url, extra_context))
 
+    def _changeform_view(self, request, object_id, form_url, extra_context):
+        # A save whose rules the form found valid and the service then refused: a segment they use
+        # changed between the two (made to use this one, saved at the same moment). Its writes are
+        # undone and the form is read again, its check reading the segments as they are now: the
+        # page says why on the rules, as it does for rules refused by the form itself.
+        try:
+            with transaction.atomic(using=router.db_for_write(self.model)):
+                return super()._changeform_view(request, object_id, form_url, extra_context)
+        except RulesInvalid:
+            pass
+        try:
+            return super()._changeform_view(request, object_id, form_url, extra_context)
+        except RulesInvalid as exc:  # changed again meanwhile
+            raise PermissionDenied("; ".join(exc.messages)) from exc
+
     @admin.display(description="Reach at the last count")
     def reach(self, obj):
         """Kept figures, never counted here: the profiles, then for each app the user sees the
@@ -356,6 +372,8 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
                     rules=data.get("rules"),
                     by=request.user,
                 )
+        except RulesInvalid:
+            raise  # said on the form (``_changeform_view``)
         except ValidationError as exc:
             raise PermissionDenied("; ".join(exc.messages)) from exc
         obj.pk = saved.pk

@@ -561,6 +561,58 @@ def test_viewer_reads_a_granted_segment_but_cannot_save_it(login, viewer_carol, 
     assert segment.name == "Pro"
 
 
+@pytest.mark.django_db(transaction=True)
+def test_two_segments_saved_at_once_to_use_each_other_save_the_first_and_say_the_cycle_on_the_second(
+    manager_alice,
+):
+    """Both forms found their rules valid (neither segment used the other yet); the second save's
+    service then refused the cycle the first had committed meanwhile, and the page answered 403
+    with it (before, the two saves deadlocked: a 500). The second page now says the cycle on its
+    form, as a cycle saved alone is said."""
+    import threading
+
+    from django.test import Client
+
+    from audiences.models import SegmentReference
+    from tests.factories import TEST_PASSWORD
+    from tests.locks import concurrently, wait_for_blocked_writers
+
+    first = segment_create(name="Pro", rules=PRO, by=manager_alice)
+    second = segment_create(name="Also pro", rules=PRO, by=manager_alice)
+    holding, released, blocked, pages = threading.Event(), threading.Event(), [], []
+
+    def forget():  # both segments held as a forgetting holds them
+        from django.db import transaction
+
+        with transaction.atomic():
+            list(Segment.objects.select_for_update(no_key=True).filter(pk__in=[first.pk, second.pk]).order_by("pk"))
+            holding.set()
+            released.wait(20)
+
+    def save(segment, used):
+        client = Client()
+        assert client.login(username=manager_alice.username, password=TEST_PASSWORD)
+        holding.wait(10)
+        rules = {"all": [PRO["all"][0], {"segment": used.pk}]}
+        pages.append(
+            client.post(
+                f"/admin/audiences/segment/{segment.pk}/change/", {"name": segment.name, "rules": json.dumps(rules)}
+            )
+        )
+
+    def release():
+        holding.wait(10)
+        blocked.append(wait_for_blocked_writers(2))
+        released.set()
+
+    assert concurrently(forget, lambda: save(first, second), lambda: save(second, first), release) == []
+    assert blocked == [True]
+    assert sorted(page.status_code for page in pages) == [200, 302]
+    page = next(page for page in pages if page.status_code == 200)
+    assert "cycle between segments" in " ".join(page.context["adminform"].form.errors["rules"])
+    assert SegmentReference.objects.filter(source__in=[first, second], target__in=[first, second]).count() == 1
+
+
 @pytest.mark.parametrize("role", ["viewer_carol", "approver_bob"])
 def test_a_reader_who_may_not_change_a_segment_reads_its_rules_in_words(
     request, role, login, manager_alice, under_review
