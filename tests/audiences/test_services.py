@@ -446,7 +446,7 @@ def test_two_edits_making_two_segments_use_each_other_save_the_first_and_refuse_
     manager_alice,
 ):
     """Each edit held the segment its new rules use, then waited for its own (held meanwhile here
-    by a count's forgetting): each then waited for the other's hold, 'deadlock detected', and one
+    here as a forgetting of kept figures locks them): each then waited for the other's hold, 'deadlock detected', and one
     of the two saves failed with it. The second now waits for the first to commit, and is refused
     as any cycle is when saved alone."""
     from audiences.models import SegmentReference
