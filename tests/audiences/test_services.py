@@ -445,9 +445,9 @@ def test_an_edit_adding_a_use_of_a_segment_deleted_meanwhile_is_refused_as_namin
 def test_two_edits_making_two_segments_use_each_other_save_the_first_and_refuse_the_second_as_a_cycle(
     manager_alice,
 ):
-    """Each edit held the segment its new rules use, then waited for its own (held meanwhile here
-    here as a forgetting of kept figures locks them): each then waited for the other's hold, 'deadlock detected', and one
-    of the two saves failed with it. The second now waits for the first to commit, and is refused
+    """Each edit held the segment its new rules use, then waited for its own (held meanwhile, as a
+    forgetting of kept figures locks them): each then waited for the other's hold, 'deadlock
+    detected', and one of the two saves failed with it. The second now waits for the first to commit, and is refused
     as any cycle is when saved alone."""
     from audiences.models import SegmentReference
 
