@@ -22,6 +22,7 @@ from delivery.reasons import reason_html
 from delivery.reports import dispatch_held, report_charts, report_charts_html
 from delivery.selectors import (
     deliveries_visible_to,
+    devices_visible_to,
     dispatch_outcomes,
     dispatch_shown_zone,
     dispatches_visible_to,
@@ -464,7 +465,7 @@ class DeliveryAdmin(ReadOnlyAdminMixin, BigTableAdmin):
     ordering = ("-id",)
     fields = (
         "dispatch",
-        "device",
+        "device_shown",
         "profile_shown",
         "status",
         "reason_shown",
@@ -489,6 +490,13 @@ class DeliveryAdmin(ReadOnlyAdminMixin, BigTableAdmin):
         )
         return self._within_dispatch(request, rows)
 
+    def get_object(self, request, object_id, from_field=None):
+        obj = super().get_object(request, object_id, from_field)
+        if obj is not None and obj.device is not None:
+            # A reader granted the send's campaign or journey, not its app, may not open the device's page.
+            obj.device_seen = devices_visible_to(request.user).filter(pk=obj.device_id).exists()
+        return obj
+
     @staticmethod
     def _within_dispatch(request, rows):
         """Listed for one dispatch (its page's links), the list reads only the ids its rows lie
@@ -500,6 +508,19 @@ class DeliveryAdmin(ReadOnlyAdminMixin, BigTableAdmin):
         if bounds is None:
             return rows
         return rows_within(rows, *bounds)
+
+    @admin.display(description="Device")
+    def device_shown(self, obj):
+        """The device ("iOS …1234"), linked to its page for a reader who may open it, unlinked for
+        the others; one deleted since by the id it had (the row keeps it)."""
+        if obj.device_id is None:
+            return "—"
+        if obj.device is None:
+            return f"a deleted device (#{obj.device_id})"
+        if not getattr(obj, "device_seen", False):
+            return str(obj.device)
+        url = reverse("admin:delivery_device_change", args=[obj.device_id])
+        return format_html('<a href="{}">{}</a>', url, obj.device)
 
     @admin.display(description="Profile")
     def profile_shown(self, obj):

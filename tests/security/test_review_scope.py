@@ -526,3 +526,27 @@ def test_a_send_s_page_shows_each_variant_it_sent_naming_its_content_only_to_a_r
     assert "promo" not in page
     assert f"Variant A — content #{review.content.pk} (45%)" in page and f"Variant B — content #{other} (45%)" in page
     assert "Second hello" in page and "Also today" in page
+
+
+def test_a_delivery_s_page_links_its_device_only_for_a_reader_who_may_open_the_device_s_page(
+    client, manager_alice, viewer_carol, approver_pat, review
+):
+    """A Viewer granted the campaign alone reads its send's rows and each one's device ("iOS …1234"),
+    not linked to the device's page, which answers him 404 (its app is not his); its owner follows it."""
+    dispatch = _sent(review, approver_pat, variants=False)
+    device = DeviceFactory(app=review.app, platform="ios", token=IOS_TOKEN)
+    row = Delivery.objects.create(dispatch=dispatch, device=device, profile=device.profile, status="accepted")
+    url = f"/admin/delivery/delivery/{row.pk}/change/"
+    device_url = f"/admin/delivery/device/{device.pk}/change/"
+    client.force_login(manager_alice)
+    page = client.get(url).content.decode()
+    assert f'<a href="{device_url}">{device}</a>' in page
+    assert client.get(device_url).status_code == 200
+
+    access_grant(obj=Campaign.objects.get(pk=review.campaign.pk), to=viewer_carol, by=None)
+    client.force_login(viewer_carol)
+    page = client.get(url)
+    assert page.status_code == 200
+    page = page.content.decode()
+    assert str(device) in page and device_url not in page
+    assert client.get(device_url).status_code == 404
