@@ -199,10 +199,15 @@ def pushsim(pushsim_server, settings, apns_credentials, fcm_credentials):
 @pytest.fixture
 def pushsim_app(db, pushsim, apns_credentials, fcm_credentials):
     """An app with APNs and FCM credentials, sending to the simulator's h2c listeners, with a high rate limit."""
+    return simulated_app(f"Sim app {secrets.token_hex(3)}", pushsim, apns_credentials, fcm_credentials)
+
+
+def simulated_app(name, pushsim, apns_credentials, fcm_credentials):
+    """An app named ``name`` sending to ``pushsim`` with these credentials (``pushsim_app``'s)."""
     from delivery.services.apps import apns_key_parse, app_create, service_account_parse
 
     return app_create(
-        name=f"Sim app {secrets.token_hex(3)}",
+        name=name,
         by=None,
         rate_limit_per_second=100_000,
         uses_simulator=True,

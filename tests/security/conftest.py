@@ -145,28 +145,16 @@ def crawl_world(
     from campaigns.services.variants import VariantInput, campaign_variants_set
     from campaigns.services.winner import WinnerInput, campaign_winner_set
     from delivery.models import PushContent
-    from delivery.services.apps import apns_key_parse, app_create, service_account_parse
     from delivery.services.contents import pushcontent_save
     from journeys.services.conversions import journey_conversion_set
     from journeys.services.lifecycle import journey_approve, journey_create, journey_submit, journey_version_edit
     from tests.factories import DeviceFactory, ProfileFactory
+    from tests.fakes.pushsim import simulated_app
 
     run_queued = django_capture_on_commit_callbacks
 
     def app(name):
-        made = app_create(
-            name=name,
-            by=None,
-            rate_limit_per_second=100_000,
-            uses_simulator=True,
-            apns_team_id=apns_credentials.team_id,
-            apns_key_id=apns_credentials.key_id,
-            apns_bundle_id=apns_credentials.bundle_id,
-            apns_environment="production",
-            apns_private_key=apns_key_parse(raw=apns_credentials.private_key_pem.encode()),
-            fcm_service_account=service_account_parse(raw=fcm_credentials.json_bytes_for(token_uri=pushsim.token_uri)),
-        )
-        return made
+        return simulated_app(name, pushsim, apns_credentials, fcm_credentials)
 
     def content(app, name, by, title="Hello"):
         return pushcontent_save(content=PushContent(app=app, name=name, title=title, body="Today only"), by=by)
