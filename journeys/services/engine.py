@@ -432,6 +432,7 @@ def _profile_zones(profile_ids: list[int]) -> dict[int, str]:
 # batch), so the comparison runs again only once one of them is marked. Per process. The deletion
 # of a member's profile marks nothing, and leaves the definition as it was too (a kept list counts
 # its erased members back, ``Segment.members_stamp``): a verdict kept and one read afresh agree.
+# Not ``definition_version``: an import's batch leaves it until the import ends, its members landed.
 _FROZEN_CHECKED: dict[tuple[int, str], tuple[tuple, str]] = {}
 _FROZEN_CHECKED_MAX = 10_000
 
