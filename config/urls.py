@@ -8,9 +8,9 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
     path("admin/", admin.site.urls),
     path("api/v1/", include(("config.api_urls", "api"), namespace="api")),
-    # The rest of /api/ (/api/v2/..., /api/v1 without its slash): the API's 404 as a route, so
-    # DEBUG's page and Django's slash redirect never answer it.
-    re_path(r"^api/", api_not_found),
+    # The rest of /api/ (/api, /api/v2/..., /api/v1 without its slash): the API's 404 as a route,
+    # so DEBUG's page and Django's slash redirect never answer it.
+    re_path(r"^api(/|$)", api_not_found),
 ]
 
 # The API answers JSON even for what Django refuses before any view runs, and for its own failures.

@@ -36,7 +36,7 @@ def test_more_query_parameters_than_django_reads_answer_a_json_400(manager_alice
 
 
 @pytest.mark.parametrize("debug", [False, True])
-@pytest.mark.parametrize("path", ["/api/", "/api/v2/campaigns/", "/api//v1/campaigns/"])
+@pytest.mark.parametrize("path", ["/api", "/api/", "/api/v2/campaigns/", "/api//v1/campaigns/"])
 @pytest.mark.parametrize("method", ["get", "post", "delete"])
 def test_a_path_under_the_api_outside_its_version_answers_a_json_404(client, settings, path, method, debug):
     # Not a route of /api/v1/: the API's JSON, with DEBUG too (Django's debug 404 page answered it).
