@@ -5,7 +5,6 @@ import re
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import BooleanField, ExpressionWrapper, Q
 from django.http import Http404, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
@@ -18,9 +17,10 @@ from accounts.admin.bases import (
     ScopedAdmin,
     linked_if_visible,
     page_answers,
+    with_reader_sees,
 )
 from accounts.admin.lifecycle import LifecycleAdminMixin, approval_text, page_request
-from accounts.selectors import approval_current, can, in_scope, visible_to
+from accounts.selectors import approval_current, can, in_scope
 from accounts.services import TransitionError
 from campaigns import winner_admin
 from campaigns.models import Campaign, WinnerTest
@@ -281,9 +281,8 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         from delivery.models import App
 
         # A campaign granted without its app names it only to whoever may see it (``app_shown``).
-        seen = visible_to(request.user, App.objects.all()).values("pk")
-        return campaigns_visible_to(request.user).annotate(
-            app_seen=ExpressionWrapper(Q(app_id__in=seen), output_field=BooleanField())
+        return with_reader_sees(
+            campaigns_visible_to(request.user), request.user, field="app_id", model=App, name="app_seen"
         )
 
     def get_fieldsets(self, request, obj=None):

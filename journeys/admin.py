@@ -4,7 +4,7 @@ from urllib.parse import quote
 
 from django import forms
 from django.contrib import admin
-from django.db.models import BooleanField, ExpressionWrapper, Prefetch, Q, Sum
+from django.db.models import Prefetch, Sum
 from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.utils import timezone
@@ -25,7 +25,7 @@ from accounts.admin.bases import (
 )
 from accounts.admin.lifecycle import LifecycleAdminMixin, approval_text, page_request
 from accounts.json_values import JsonValueFormField
-from accounts.selectors import approval_current, in_scope, visible_to
+from accounts.selectors import approval_current, in_scope
 from accounts.services import TransitionError
 from config import digits
 from config.zones import zone, zoned, zoned_column
@@ -232,12 +232,9 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         from delivery.models import App
 
         # A journey granted without its app names it only to whoever may see it (``app_shown``).
-        seen = visible_to(request.user, App.objects.all()).values("pk")
-        return (
-            journeys_visible_to(request.user)
-            .annotate(app_seen=ExpressionWrapper(Q(app_id__in=seen), output_field=BooleanField()))
-            .prefetch_related(Prefetch("versions", queryset=open_versions, to_attr="open_versions"))
-        )
+        return with_reader_sees(
+            journeys_visible_to(request.user), request.user, field="app_id", model=App, name="app_seen"
+        ).prefetch_related(Prefetch("versions", queryset=open_versions, to_attr="open_versions"))
 
     @admin.display(description="App", ordering="app__name")
     def app_shown(self, obj):

@@ -119,13 +119,16 @@ def unseen_label(obj) -> str:
     return f"a {obj._meta.verbose_name} you have no access to (#{obj.pk})"
 
 
-def with_reader_sees(queryset: models.QuerySet, reader, *, field: str = "pk", model=None) -> models.QuerySet:
-    """``queryset`` with ``reader_sees`` on each row, in the same query: whether ``reader`` may see
-    it (``visible_to``), or the object of ``model`` its ``field`` names, for a list that keeps a
-    colleague's references (or one's own, to what one no longer sees) to name only those."""
+def with_reader_sees(
+    queryset: models.QuerySet, reader, *, field: str = "pk", model=None, name: str = "reader_sees"
+) -> models.QuerySet:
+    """``queryset`` with ``name`` (``reader_sees``) on each row, in the same query: whether
+    ``reader`` may see it (``visible_to``), or the object of ``model`` its ``field`` names, for a
+    list that keeps a colleague's references (or one's own, to what one no longer sees) to name
+    only those; a campaign's app, say, as ``app_seen``."""
     seen = visible_to(reader, (model or queryset.model)._default_manager.all()).values("pk")
     return queryset.annotate(
-        reader_sees=models.ExpressionWrapper(models.Q(**{f"{field}__in": seen}), output_field=models.BooleanField())
+        **{name: models.ExpressionWrapper(models.Q(**{f"{field}__in": seen}), output_field=models.BooleanField())}
     )
 
 

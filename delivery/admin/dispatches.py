@@ -5,14 +5,14 @@ import json
 from django.apps import apps
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
+from django.db.models import QuerySet
 from django.http import Http404
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
 
-from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin, ScopedAdmin, asks_again, row_id
+from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin, ScopedAdmin, asks_again, row_id, with_reader_sees
 from accounts.selectors import visible_to
 from audiences.models import Profile
 from config.zones import zone, zoned, zoned_column
@@ -41,11 +41,6 @@ def _sent_html(spec: dict | None, *, app_name: str, context: dict | None) -> str
         _spec_previews_html(spec, app_name=app_name, profile=None, context=context or {}),
         json.dumps(spec, indent=2, ensure_ascii=False),
     )
-
-
-def _seen(field: str, visible: QuerySet) -> ExpressionWrapper:
-    """Whether the row's ``field`` names one of ``visible``: a column of the row's own query."""
-    return ExpressionWrapper(Q(**{f"{field}__in": visible.values("pk")}), output_field=BooleanField())
 
 
 def campaign_sends(queryset: QuerySet[Dispatch], campaign_id: int) -> QuerySet[Dispatch]:
@@ -203,11 +198,9 @@ class DispatchAdmin(ScopedAdmin):
         rows = dispatches_visible_to(request.user, super(ScopedAdmin, self).get_queryset(request))
         # A send of a campaign or a journey granted without its app (or its content) is read
         # without them: each is named to whoever may see it, read with the rows in the same query.
-        return rows.annotate(
-            shown_zone=dispatch_shown_zone(),
-            app_seen=_seen("app_id", visible_to(request.user, App.objects.all())),
-            content_seen=_seen("content_id", visible_to(request.user, PushContent.objects.all())),
-        )
+        rows = with_reader_sees(rows, request.user, field="app_id", model=App, name="app_seen")
+        rows = with_reader_sees(rows, request.user, field="content_id", model=PushContent, name="content_seen")
+        return rows.annotate(shown_zone=dispatch_shown_zone())
 
     @admin.display(description="App", ordering="app__name")
     def app_shown(self, obj):
