@@ -119,6 +119,15 @@ def visible_to(user: User, queryset: QuerySet, *, perm: str | None = None) -> Qu
     return queryset.filter(condition)
 
 
+def visible_named(user: User | None, model, ids) -> dict[int, str]:
+    """The names of the objects of ``model`` among ``ids`` that ``user`` may see, by id (one query;
+    none without ids or a reader): a page names those, and the others by number ("segment #12")."""
+    ids = set(ids) - {None}
+    if not ids or user is None:
+        return {}
+    return dict(visible_to(user, model.objects.filter(pk__in=ids)).values_list("pk", "name"))
+
+
 def uses_described(objects, *, by: User, describe, most: int = 5, owner_field: str = "") -> list[str]:
     """What keeps an object from being deleted (a ProtectedError's ``objects``), as ``by`` may be
     told, at most ``most`` different ones: ``describe(obj)`` gives (what, owner, what unseen) for

@@ -132,18 +132,12 @@ class ReaderNames:
     @classmethod
     def of(cls, reader: User | None, *, segments=(), apps=(), contents=()) -> "ReaderNames":
         """Read for ``reader`` (one query per kind asked; none names nothing)."""
-        from accounts.selectors import visible_to
+        from accounts.selectors import visible_named
         from audiences.rules.words import names_visible_to
         from delivery.models import PushContent
 
         segment_names, app_names = names_visible_to(reader, segments=set(segments) - {None}, apps=set(apps) - {None})
-        ids = set(contents) - {None}
-        content_names = (
-            dict(visible_to(reader, PushContent.objects.filter(pk__in=ids)).values_list("pk", "name"))
-            if ids and reader is not None
-            else {}
-        )
-        return cls(segments=segment_names, apps=app_names, contents=content_names)
+        return cls(segments=segment_names, apps=app_names, contents=visible_named(reader, PushContent, contents))
 
     def segment(self, pk: int) -> str:
         return self.segments.get(pk, f"segment #{pk}")

@@ -3,6 +3,7 @@
 from django.utils.html import format_html, format_html_join
 
 from accounts.models import ApprovalRequest, User
+from accounts.selectors import visible_named
 from journeys.diagram import version_svg, wait_until_text
 from journeys.graph import ELSE_LABEL, branch_label, contents_of, duration_text, rules_of, segments_of
 from journeys.models import Journey, JourneyVersion
@@ -62,14 +63,7 @@ def content_names(version: JourneyVersion, *, user: User) -> dict:
     from delivery.models import PushContent
 
     ids = set(contents_of(version.graph).values())
-    return {("content", pk): name for pk, name in visible_named(user, PushContent, ids).items()} if ids else {}
-
-
-def visible_named(user: User, model, ids) -> dict[int, str]:
-    """The names of the objects of ``model`` among ``ids`` that ``user`` may see, by id (one query)."""
-    from accounts.selectors import visible_to
-
-    return dict(visible_to(user, model.objects.filter(pk__in=ids)).values_list("pk", "name")) if ids else {}
+    return {("content", pk): name for pk, name in visible_named(user, PushContent, ids).items()}
 
 
 def branch_text(branch: dict, *, segment_names: dict[int, str], app_names: dict[int, str]) -> str:

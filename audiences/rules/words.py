@@ -37,14 +37,11 @@ def names_visible_to(reader, *, segments, apps) -> tuple[dict[int, str], dict[in
         return {}, {}
     from django.apps import apps as django_apps
 
-    from accounts.selectors import visible_to
-
-    def named(model, ids) -> dict[int, str]:
-        return dict(visible_to(reader, model.objects.filter(pk__in=ids)).values_list("pk", "name")) if ids else {}
+    from accounts.selectors import visible_named
 
     return (
-        named(django_apps.get_model("audiences", "Segment"), segments),
-        named(django_apps.get_model("delivery", "App"), apps),
+        visible_named(reader, django_apps.get_model("audiences", "Segment"), segments),
+        visible_named(reader, django_apps.get_model("delivery", "App"), apps),
     )
 
 
