@@ -121,7 +121,7 @@ def visible_to(user: User, queryset: QuerySet, *, perm: str | None = None) -> Qu
 
 def visible_named(user: User | None, model, ids) -> dict[int, str]:
     """The names of the objects of ``model`` among ``ids`` that ``user`` may see, by id (one query;
-    none without ids or a reader): a page names those, and the others by number ("segment #12")."""
+    none without ids or a reader): a page names those, and the others by number (``config.labels.numbered``)."""
     ids = set(ids) - {None}
     if not ids or user is None:
         return {}

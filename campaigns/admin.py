@@ -61,6 +61,7 @@ from campaigns.variant_admin import (
     variants_report_html,
 )
 from config import digits
+from config.labels import numbered
 from config.zones import zone as schedule_zone
 from config.zones import zoned, zoned_column
 from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
@@ -532,7 +533,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         """The app, named (and linked on the campaign's page) to a reader who may see it, "app #3"
         to the others: a campaign granted without its app."""
         if not getattr(obj, "app_seen", False):
-            return f"app #{obj.app_id}"
+            return numbered("app", obj.app_id)
         request = page_request()
         return obj.app.name if request is None else linked_if_visible(request, obj.app)
 
@@ -578,7 +579,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             approved.number,
             approved_phones_html(
                 approved,
-                app_name=obj.app.name if getattr(obj, "app_seen", False) else f"app #{obj.app_id}",
+                app_name=obj.app.name if getattr(obj, "app_seen", False) else numbered("app", obj.app_id),
                 reader=page_request().user if page_request() is not None else None,
                 context=obj.send_context(),
             ),

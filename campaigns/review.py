@@ -16,6 +16,7 @@ from campaigns.schedule import (
     next_occurrence,
     skipped_time_text,
 )
+from config.labels import numbered
 from config.zones import zoned
 
 
@@ -140,13 +141,13 @@ class ReaderNames:
         return cls(segments=segment_names, apps=app_names, contents=visible_named(reader, PushContent, contents))
 
     def segment(self, pk: int) -> str:
-        return self.segments.get(pk, f"segment #{pk}")
+        return self.segments.get(pk, numbered("segment", pk))
 
     def app(self, pk: int) -> str:
-        return self.apps.get(pk, f"app #{pk}")
+        return self.apps.get(pk, numbered("app", pk))
 
     def content(self, pk: int, label: str = "") -> str:
-        return (label or self.contents[pk]) if pk in self.contents else f"content #{pk}"
+        return (label or self.contents[pk]) if pk in self.contents else numbered("content", pk)
 
 
 def snapshot_names(reader: User | None, *snapshots: dict | None) -> ReaderNames:
@@ -195,7 +196,7 @@ def _audience_counted(
     from audiences.selectors import audience_reach
 
     if names is not None and segment_id is not None and segment_id not in names.segments:
-        label = f"segment #{segment_id}"
+        label = numbered("segment", segment_id)
     segment, deleted = _audience_segment(segment_id, label=label)
     if deleted:
         return deleted, None
@@ -311,7 +312,7 @@ def definition_text(definition: dict, *, names: tuple[dict[int, str], dict[int, 
             what = f"{entry.get('count', entry['members'][0]):,} members ({entry['kind']})"
         else:
             what = rules_text(entry.get("rules"), segment_names=segment_names, app_names=app_names)
-        parts.append(f"{segment_names.get(int(pk), f'segment #{pk}')}: {what}")
+        parts.append(f"{segment_names.get(int(pk), numbered('segment', pk))}: {what}")
     return " · ".join(parts)  # the rules in words hold "; " between their conditions
 
 
@@ -364,14 +365,14 @@ def campaign_phones_html(
         variants = list(campaign.variants.select_related("content").order_by("number").annotate(reader_sees=sees))
     if app_seen is None:
         app_seen = campaign.app_id in ReaderNames.of(reader, apps={campaign.app_id}).apps
-    app_name = campaign.app.name if app_seen else f"app #{campaign.app_id}"
+    app_name = campaign.app.name if app_seen else numbered("app", campaign.app_id)
     if not variants:
         return phones_html(campaign.content.spec(), app_name=app_name, profile=profile, context=campaign.send_context())
     return variants_phones_html(
         [
             {
                 "label": v.label,
-                "content": str(v.content) if v.reader_sees else f"content #{v.content_id}",
+                "content": str(v.content) if v.reader_sees else numbered("content", v.content_id),
                 "share": v.share,
                 "spec": v.content.spec(),
             }

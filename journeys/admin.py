@@ -28,6 +28,7 @@ from accounts.json_values import JsonValueFormField
 from accounts.selectors import approval_current, in_scope
 from accounts.services import TransitionError
 from config import digits
+from config.labels import numbered
 from config.zones import zone, zoned, zoned_column
 from delivery.admin.dispatches import journey_step_sends_url
 from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
@@ -241,7 +242,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         """The app, named (and linked on the journey's page) to a reader who may see it, "app #3" to
         the others: a journey granted without its app."""
         if not getattr(obj, "app_seen", False):
-            return f"app #{obj.app_id}"
+            return numbered("app", obj.app_id)
         request = page_request()
         return obj.app.name if request is None else linked_if_visible(request, obj.app)
 

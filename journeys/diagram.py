@@ -9,6 +9,7 @@ from django.templatetags.static import static
 from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
+from config.labels import numbered
 from delivery.reasons import reason_label
 from journeys.graph import ELSE_LABEL, STEP_TYPE_LABELS, branch_label, duration_text, entry_of, exits_of
 
@@ -52,7 +53,7 @@ def _describe(step: dict, names: dict) -> str:
     if kind == "entry":
         return step.get("text", "")
     if kind == "push":
-        return names.get(("content", step.get("content")), f"content #{step.get('content')}")
+        return names.get(("content", step.get("content")), numbered("content", step.get("content")))
     if kind == "split":
         return " / ".join(f"{b.get('percent')}%" for b in step.get("branches") or [])
     return "end"

@@ -4,6 +4,7 @@ from django.utils.html import format_html, format_html_join
 
 from accounts.models import ApprovalRequest, User
 from accounts.selectors import visible_named
+from config.labels import numbered
 from journeys.diagram import version_svg, wait_until_text
 from journeys.graph import ELSE_LABEL, branch_label, contents_of, duration_text, rules_of, segments_of
 from journeys.models import Journey, JourneyVersion
@@ -23,7 +24,7 @@ def entry_segment_text(version: JourneyVersion, *, segment_names: dict[int, str]
     (``entry_segment_names``), else "segment #12", as a condition's segment reads."""
     pk = version.entry_segment_id
     name = segment_names.get(pk)
-    return f"'{name}'" if name is not None else f"segment #{pk}"
+    return f"'{name}'" if name is not None else numbered("segment", pk)
 
 
 def entry_text(version: JourneyVersion, *, segment_names: dict[int, str]) -> str:
@@ -53,7 +54,7 @@ def entry_audience_text(version: JourneyVersion, *, app_id: int, segment_names: 
     if version.entry_kind != JourneyVersion.EntryKind.SEGMENT or version.entry_segment is None:
         return "; ".join(part for part in ("Profiles enter when the event arrives", rules) if part) + "."
     reach = audience_reach(segment=version.entry_segment, app_id=app_id).text()
-    segment = segment_names.get(version.entry_segment_id, f"segment #{version.entry_segment_id}")
+    segment = segment_names.get(version.entry_segment_id, numbered("segment", version.entry_segment_id))
     return "; ".join(part for part in (f"{segment}: {reach}", rules) if part)
 
 
@@ -74,7 +75,7 @@ def branch_text(branch: dict, *, segment_names: dict[int, str], app_names: dict[
 
     if "segment" in branch:
         name = segment_names.get(branch["segment"])
-        return f"in segment “{name}”" if name is not None else f"in segment #{branch['segment']}"
+        return f"in segment “{name}”" if name is not None else f"in {numbered('segment', branch['segment'])}"
     if "rules" in branch:
         return "matches " + rules_text(branch["rules"], segment_names=segment_names, app_names=app_names)
     return f"did “{branch.get('event')}” since entering"
@@ -134,7 +135,7 @@ def _step_text(step: dict, *, names: dict, segment_names: dict[int, str], app_na
         wait = wait_until_text(step["until"]) if "until" in step else duration_text(step.get("seconds", 0))
         return f"wait {wait} → {step.get('next')}"
     if kind == "push":
-        name = names.get(("content", step.get("content")), f"content #{step.get('content')}")
+        name = names.get(("content", step.get("content")), numbered("content", step.get("content")))
         return f"push '{name}' → {step.get('next')}"
     if kind == "condition":
         return "; ".join(condition_lines(step, segment_names=segment_names, app_names=app_names))
@@ -225,7 +226,7 @@ def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: Use
     names = {("content", pk): name for pk, name in visible_named(user, PushContent, set(contents)).items()}
     entry_names = entry_segment_names(user, [version])
     # A journey granted without its app (the approver once he decided): "app #3", as its page says it.
-    app_name = visible_named(user, App, {journey.app_id}).get(journey.app_id, f"app #{journey.app_id}")
+    app_name = visible_named(user, App, {journey.app_id}).get(journey.app_id, numbered("app", journey.app_id))
     # Each push step with its phones, as the content shows on them (the version's frozen copy once approved).
     frozen = version.frozen_specs or {}
     pushes = format_html_join(
@@ -235,7 +236,7 @@ def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: Use
             (
                 step,
                 step,
-                names.get(("content", cid), f"content #{cid}"),
+                names.get(("content", cid), numbered("content", cid)),
                 _phones(
                     frozen.get(step, {}).get("spec") or (contents[cid].spec() if cid in contents else None),
                     app_name=app_name,

@@ -43,6 +43,7 @@ from accounts.services import (
 from config import digits
 from config.db import ROW_IDS, deletion_counts
 from config.digits import ascii_int, digits_plain
+from config.labels import no_access, numbered
 
 
 def page_answers(request) -> dict | None:
@@ -116,7 +117,7 @@ class KeptChoiceField(digits.ModelChoiceField):
 def unseen_label(obj) -> str:
     """How a choice kept for a reader who may not see it is offered: "a segment you have no access
     to (#12)", as a rule's segment is in the rule builder."""
-    return f"a {obj._meta.verbose_name} you have no access to (#{obj.pk})"
+    return no_access(obj._meta.verbose_name, obj.pk)
 
 
 def with_reader_sees(
@@ -143,7 +144,7 @@ def linked_if_visible(request, obj) -> str:
         return "-"
     model_admin = admin.site._registry.get(type(obj))
     if model_admin is None or not model_admin.has_view_or_change_permission(request, obj):
-        return f"{obj._meta.verbose_name} #{obj.pk}"
+        return numbered(obj._meta.verbose_name, obj.pk)
     opts = obj._meta
     url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[quote(obj.pk)])
     return format_html('<a href="{}">{}</a>', url, obj)

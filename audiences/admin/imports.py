@@ -28,6 +28,7 @@ from audiences.services.imports import (
     import_stalled_minutes,
 )
 from config import digits
+from config.labels import numbered
 
 
 class ImportAddForm(forms.ModelForm):
@@ -158,7 +159,7 @@ class ImportAdmin(AccessAdmin):
         """The segment it feeds, named to a reader who may see it, "segment #12" to the others."""
         if obj.segment_id is None:
             return "-"
-        return obj.segment.name if getattr(obj, "reader_sees", False) else f"segment #{obj.segment_id}"
+        return obj.segment.name if getattr(obj, "reader_sees", False) else numbered("segment", obj.segment_id)
 
     @admin.display(description="Uploaded with")
     def uploaded_with(self, obj):

@@ -44,6 +44,7 @@ from audiences.services.segments import (
     segment_uses_described,
 )
 from config.db import deletion_counts
+from config.labels import no_access
 
 
 class RuleBuilderWidget(forms.Textarea):
@@ -118,16 +119,14 @@ def builder_meta_name(meta: dict, rules, *, user) -> None:
         }
         meta["segments"] += sorted(named.values(), key=lambda s: s["name"])
         known = set(Segment.objects.filter(pk__in=segments - set(named)).values_list("pk", flat=True))
-        meta["segments"] += [
-            {"id": pk, "name": f"a segment you have no access to (#{pk})", "kind": ""} for pk in sorted(known)
-        ]
+        meta["segments"] += [{"id": pk, "name": no_access("segment", pk), "kind": ""} for pk in sorted(known)]
     apps = app_references(rules) - {a["id"] for a in meta["apps"]}
     if apps:
         app_model = django_apps.get_model("delivery", "App")
         named = {a["id"]: a for a in visible_to(user, app_model.objects.filter(pk__in=apps)).values("id", "name")}
         meta["apps"] += sorted(named.values(), key=lambda a: a["name"])
         known = set(app_model.objects.filter(pk__in=apps - set(named)).values_list("pk", flat=True))
-        meta["apps"] += [{"id": pk, "name": f"an app you have no access to (#{pk})"} for pk in sorted(known)]
+        meta["apps"] += [{"id": pk, "name": no_access("app", pk)} for pk in sorted(known)]
 
 
 def _has_devices() -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 
 from audiences.rules.schema import COLUMNS, GROUPS, NO_VALUE_OPS, OPERATOR_LABELS, OPERATORS, RELATIVE_UNITS
+from config.labels import numbered
 
 GROUP_WORDS = {"all": "all of", "any": "any of", "none": "none of"}
 PLATFORM_WORDS = {"ios": "iOS", "android": "Android"}
@@ -176,7 +177,7 @@ class _Words:
         if not _is_int(pk) or not isinstance(member, bool):
             raise _Unreadable
         name = self.segment_names.get(pk)
-        named = f"“{name}”" if name is not None else f"segment #{pk}"
+        named = f"“{name}”" if name is not None else numbered("segment", pk)
         return f"member of {named}" if member else f"not a member of {named}"
 
     def reachable(self, spec) -> str:
@@ -187,6 +188,6 @@ class _Words:
             raise _Unreadable
         name = self.app_names.get(spec["app"])
         if name is None:
-            name = f"app #{spec['app']}"
+            name = numbered("app", spec["app"])
         words = f"has an opted-in device on {name}"
         return f"{words} ({PLATFORM_WORDS[platform]})" if platform else words

@@ -15,6 +15,7 @@ from django.utils.safestring import mark_safe
 from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin, ScopedAdmin, asks_again, row_id, with_reader_sees
 from accounts.selectors import visible_to
 from audiences.models import Profile
+from config.labels import numbered
 from config.zones import zone, zoned, zoned_column
 from delivery.admin.contents import _spec_previews_html
 from delivery.models import App, Delivery, Dispatch, PushContent, rows_within
@@ -205,7 +206,7 @@ class DispatchAdmin(ScopedAdmin):
     @admin.display(description="App", ordering="app__name")
     def app_shown(self, obj):
         """The app it sends for, named to a reader who may see it, "app #3" to the others."""
-        return obj.app.name if getattr(obj, "app_seen", False) else f"app #{obj.app_id}"
+        return obj.app.name if getattr(obj, "app_seen", False) else numbered("app", obj.app_id)
 
     @admin.display(description="Content")
     def content_shown(self, obj):
@@ -214,7 +215,7 @@ class DispatchAdmin(ScopedAdmin):
         if obj.content_id is None:
             return "-"
         if not getattr(obj, "content_seen", False):
-            return f"content #{obj.content_id}"
+            return numbered("content", obj.content_id)
         url = reverse("admin:delivery_pushcontent_change", args=[obj.content_id])
         return format_html('<a href="{}">{}</a>', url, obj.content)
 
@@ -259,7 +260,7 @@ class DispatchAdmin(ScopedAdmin):
         and share (its content named to a reader who may see it, "content #7" to the others) and the
         holdout's share; each one's JSON a click away. The text is the send's own: whoever may read
         the send reads it (a Viewer granted its campaign alone), as the campaign's page shows it."""
-        app_name = obj.app.name if getattr(obj, "app_seen", False) else f"app #{obj.app_id}"
+        app_name = obj.app.name if getattr(obj, "app_seen", False) else numbered("app", obj.app_id)
         if not obj.variants:
             return _sent_html(obj.content_spec, app_name=app_name, context=obj.context)
         seen = getattr(obj, "variant_contents_seen", set())
@@ -272,7 +273,7 @@ class DispatchAdmin(ScopedAdmin):
                     v.get("label", ""),
                     v["content"]
                     if v.get("content_id") in seen and v.get("content")
-                    else f"content #{v.get('content_id')}",
+                    else numbered("content", v.get("content_id")),
                     v.get("share", ""),
                     _sent_html(v.get("spec"), app_name=app_name, context=obj.context),
                 )
