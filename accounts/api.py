@@ -74,9 +74,10 @@ class JsonIntegerField(_JsonType, serializers.IntegerField):
 
 
 class _PlainDigits:
-    """Refuse text with digits other than ASCII's as any other invalid value (``config.digits``):
-    DRF reads a number with ``int()`` and a time with Django's ``parse_datetime``, which take every
-    script's digits ("٣" as 3)."""
+    """Refuse text with digits other than ASCII's, or an underscore, as any other invalid value
+    (``config.digits``): DRF reads a number with ``int()`` and a time with Django's
+    ``parse_datetime``, which take every script's digits ("٣" as 3), and ``int()`` an underscore
+    between them ("0_3" as 3)."""
 
     def to_internal_value(self, data):
         if not digits_plain(data):
@@ -85,7 +86,7 @@ class _PlainDigits:
 
 
 class TextIntegerField(_PlainDigits, serializers.IntegerField):
-    """A whole number in a form's text (a multipart body), in ASCII digits."""
+    """A whole number in a form's text (a multipart body), in ASCII digits without underscores."""
 
 
 class JsonBooleanField(_JsonType, serializers.BooleanField):

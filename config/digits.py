@@ -3,9 +3,13 @@
 Python's ``int()``, ``float()`` and ``Decimal()`` read the decimal digits of every script ("٣" is
 3, "１９７０" is 1970), and Django's ISO 8601 readers (``parse_datetime``, ``parse_date``) match
 them with ``\\d``, as does ``strptime``: a time, an id or an amount typed in other digits was read
-as a number, an id in another form named the same row. Each reader of such text (the API's fields,
-the admin's forms, ids in URLs and list filters) asks ``digits_plain`` first and refuses the rest
-as it refuses any text that is not a number. Text of ASCII characters only has ASCII digits only.
+as a number, an id in another form named the same row. The first three also read an underscore
+between digits ("1_000" is 1000, "1_0.5" is 10.5, "0_3" the id 3), which PostgreSQL's ``numeric``,
+JSON, a number rule and a CSV import's cells do not: the same text was a number to one reader and
+text to another. Each reader of such text (the API's fields, the admin's forms, ids in URLs and
+list filters) asks ``digits_plain`` first and refuses the rest as it refuses any text that is not
+a number. Text of ASCII characters only has ASCII digits only; no number, id or time holds an
+underscore.
 """
 
 from django import forms
@@ -14,14 +18,14 @@ from django.core.exceptions import ValidationError
 
 def digits_plain(value) -> bool:
     """Whether ``value`` may be read as a number, an id or a time: anything but text, or text of
-    ASCII characters only."""
-    return not isinstance(value, str) or value.isascii()
+    ASCII characters only, without an underscore."""
+    return not isinstance(value, str) or (value.isascii() and "_" not in value)
 
 
 def ascii_int(text: str) -> int:
-    """``int(text)`` for text whose digits are ASCII; ValueError otherwise, as ``int()`` raises for
-    text that is no number."""
-    if not text.isascii():
+    """``int(text)`` for text whose digits are ASCII, with no underscore between them; ValueError
+    otherwise, as ``int()`` raises for text that is no number."""
+    if not digits_plain(text):
         raise ValueError(f"Not a number of ASCII digits: {text[:20]!r}")
     return int(text)
 
@@ -30,8 +34,8 @@ def ascii_int(text: str) -> int:
 
 
 class _PlainDigits:
-    """A form field that refuses text with other digits as it refuses any text it cannot read: its
-    own message for an invalid value (``invalid_code``)."""
+    """A form field that refuses text with other digits, or an underscore, as it refuses any text
+    it cannot read: its own message for an invalid value (``invalid_code``)."""
 
     invalid_code = "invalid"
 

@@ -46,7 +46,8 @@ def _typed(text: str, value_type: str):
     """One value as the rules want it: a number, a boolean, or text (dates as YYYY-MM-DD)."""
     if value_type == "number":
         try:
-            if not digits.digits_plain(text):  # float() reads "٣" as 3, as no other number field does
+            # float() reads "٣" as 3 and "1_0.5" as 10.5, as no other number field does.
+            if not digits.digits_plain(text):
                 raise ValueError(text)
             number = float(text)
         except ValueError as exc:

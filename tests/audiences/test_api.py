@@ -937,6 +937,33 @@ def test_an_imports_segment_written_with_digits_of_other_scripts_is_refused_nami
     assert not Import.objects.exists()
 
 
+def test_an_imports_segment_written_with_an_underscore_is_refused_naming_the_field(manager_alice, api_key_for, media):
+    """Python's int() reads an underscore between digits: "0_3" named segment 3."""
+    from tests.factories import SegmentFactory
+
+    segment = SegmentFactory(kind="static", rules=None)
+    access_grant(obj=segment, to=manager_alice, by=None)
+    client = api_key_for(manager_alice, scopes=["ingest", "read"])
+    upload = SimpleUploadedFile("people.csv", b"external_id\na\n", content_type="text/csv")
+    body = {"file": upload, "target": "add_to_segment", "segment": f"0_{segment.pk}"}
+    response = client.post("/api/v1/imports/", body, format="multipart")
+    assert response.status_code == 400, response.content
+    assert response.json()["errors"] == [
+        {"field": "segment", "code": "invalid", "detail": "A valid integer is required."}
+    ]
+    assert not Import.objects.exists()
+
+
+@pytest.mark.parametrize("query", ["limit=1_0", "offset=0_1", "sample=1_0"])
+def test_query_numbers_written_with_an_underscore_are_refused_naming_the_parameter(manager_alice, api_key_for, query):
+    segment = segment_create(by=manager_alice, name="Pro", kind="rules", rules=PRO)
+    client = api_key_for(manager_alice, scopes=["read"])
+    url = f"/api/v1/segments/{segment.pk}/preview/" if query.startswith("sample") else "/api/v1/segments/"
+    response = client.get(f"{url}?{query}")
+    assert response.status_code == 400, response.content
+    assert [e["field"] for e in response.json()["errors"]] == [query.partition("=")[0]]
+
+
 @pytest.mark.parametrize("query", ["limit=٣", "offset=١", "sample=٣"])
 def test_query_numbers_written_with_digits_of_other_scripts_are_refused_naming_the_parameter(
     manager_alice, api_key_for, query

@@ -347,6 +347,9 @@ def test_manager_sets_the_goal_with_the_campaign_form(client, make_campaign, man
         # Other scripts' digits: float() reads "٣" as 3, which no other number field of the product takes.
         ("gte", "\u0663", "&#x27;\u0663&#x27; is not a number."),
         ("between", "1, \uff12.5", "&#x27;\uff12.5&#x27; is not a number."),
+        # float() reads an underscore between digits ("1_0.5" is 10.5), which no other number field takes.
+        ("gte", "1_000", "&#x27;1_000&#x27; is not a number."),
+        ("between", "1, 1_0.5", "&#x27;1_0.5&#x27; is not a number."),
     ],
 )
 def test_a_broken_goal_is_answered_on_the_form(client, make_campaign, manager_alice, op, typed, message):

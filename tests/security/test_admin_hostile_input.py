@@ -278,10 +278,28 @@ def _in_other_digits(field) -> object | None:
     return str(number).translate(ARABIC_DIGITS)
 
 
-def test_every_number_date_or_choice_of_an_admin_form_refuses_digits_of_other_scripts(rf, world, admin_erin):
-    """int(), Decimal() and strptime read any script's digits: a rate limit of "٣" was 3, a date
-    "٢٠٢٦-١٢-٢٤" the 24th of December, a choice "١" the row of id 1. Each is refused as a value
-    that is no number, date or choice, with its field's own message."""
+def _with_an_underscore(field) -> object | None:
+    """A number or an id ``field`` would read, written with an underscore ("0_3" is 3 to int(),
+    Decimal() and float()); None for a date or a time, which no reader takes with one."""
+    if isinstance(field, forms.ModelChoiceField):
+        first = field.queryset.first()
+        if first is None:
+            return None
+        value = f"0_{first.pk}"
+        return [value] if isinstance(field, forms.ModelMultipleChoiceField) else value
+    if isinstance(field, forms.IntegerField):  # Django's decimal and float fields are integer fields
+        return f"0_{max(getattr(field, 'min_value', None) or 1, 1)}"
+    return None
+
+
+@pytest.mark.parametrize("written", [_in_other_digits, _with_an_underscore], ids=["other_digits", "underscore"])
+def test_every_number_date_or_choice_of_an_admin_form_refuses_what_only_python_reads_as_one(
+    rf, world, admin_erin, written
+):
+    """int(), Decimal() and strptime read any script's digits, and the first three an underscore
+    between digits: a rate limit of "٣" or "0_3" was 3, a date "٢٠٢٦-١٢-٢٤" the 24th of December, a
+    choice "١" or "0_1" the row of id 1. Each is refused as a value that is no number, date or
+    choice, with its field's own message."""
     request = rf.get("/")
     request.user = admin_erin
     refused, failures = [], {}
@@ -299,7 +317,7 @@ def test_every_number_date_or_choice_of_an_admin_form_refuses_digits_of_other_sc
             for name, field in form.fields.items():
                 if not isinstance(field, _NUMBER_OR_TIME_FIELDS):
                     continue
-                value = _in_other_digits(field)
+                value = written(field)
                 if value is None:
                     continue
                 try:
@@ -334,3 +352,25 @@ def test_an_id_or_a_time_written_with_digits_of_other_scripts_in_an_admin_url_na
         assert answer.status_code == 302 and answer.url.endswith("?e=1"), (query, answer.status_code)
     # Text is text, whatever its digits.
     assert client.get(f"/admin/audiences/segment/?name__contains={other}").status_code == 200
+
+
+@pytest.mark.embedded
+def test_an_id_written_with_an_underscore_in_an_admin_url_or_selection_names_nothing(client, admin_erin):
+    """int() reads "0_12" as 12: the object's page, its access page, a list's filters and a list
+    action's selection named the row of id 12."""
+    segment = SegmentFactory()
+    client.force_login(admin_erin)
+    written = f"0_{segment.pk}"
+    assert client.get(f"/admin/audiences/segment/{written}/change/").status_code == 404
+    assert client.get(f"/admin/audiences/segment/{written}/access/").status_code == 404
+    for query in (f"id__exact={written}", f"id__in=1,{written}", f"created_by__id__exact={written}"):
+        answer = client.get(f"/admin/audiences/segment/?{query}")
+        assert answer.status_code == 302 and answer.url.endswith("?e=1"), (query, answer.status_code)
+    answer = client.post(
+        "/admin/audiences/segment/",
+        {"action": "count_reach", "_selected_action": [written], "index": "0"},
+        follow=True,
+    )
+    assert "Items are selected by their ids: nothing was done." in answer.content.decode()
+    # Text is text, underscores and all.
+    assert client.get(f"/admin/audiences/segment/?name__contains={written}").status_code == 200
