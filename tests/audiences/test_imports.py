@@ -1137,6 +1137,19 @@ def test_only_ascii_digits_make_numbers(run_import):
     assert notes == {"u1": "²", "u2": "①", "u3": "٠١٢", "u4": "5²", "u5": "-٣", "u6": 42}
 
 
+def test_a_number_written_with_an_underscore_is_text_as_a_rule_reads_it(run_import):
+    """int() and float() read "1_000" as 1000 and "1_0.5" as 10.5, PostgreSQL's numeric and a
+    number rule as no number: the cell stays text where types are guessed, and fails its row
+    where the column is declared a number, as any other text does."""
+    record = run_import(b"external_id,note\nu1,1_000\nu2,1_0.5\nu3,-1_0\nu4,1e1_0\nu5,1000\n")
+    assert (record.rows_imported, record.rows_failed) == (5, 0)
+    notes = {p.external_id: p.attributes["note"] for p in Profile.objects.all()}
+    assert notes == {"u1": "1_000", "u2": "1_0.5", "u3": "-1_0", "u4": "1e1_0", "u5": 1000}
+    record = run_import(b"external_id,age\nd1,1_000\nd2,34\n", columns={"age": {"type": "number"}})
+    assert (record.rows_imported, record.rows_failed) == (1, 1)
+    assert error_rows(record)[0] == ["2", "d1", "column 'age': '1_000' is not a number"]
+
+
 def test_a_quoted_field_over_the_size_limit_fails_its_record_and_reading_goes_on_after_it(run_import):
     """The reader gave up inside the field and went on at its next line: 'rest"' became a profile."""
     big = "a" * 140_000

@@ -489,6 +489,35 @@ def test_a_date_or_a_number_written_in_other_digits_is_text_to_every_reader_of_a
     assert members(outside) == {"arabic", "wide", "text"}
 
 
+def test_a_number_written_with_an_underscore_is_text_to_every_reader_of_a_segment(db):
+    """Python's int() and float() read "1_000" as 1000, PostgreSQL's numeric refuses it: a number
+    rule reads it as no number (text it does not read, which the builder's warning names), in the
+    count, a send's resolve and a profile's own reading, on either database."""
+    from audiences.rules.compiler import Compiler, segment_count, segment_profiles
+    from audiences.selectors import NUMBER_AS_TEXT, rules_unread_warnings
+    from tests.factories import EventFactory
+
+    plain = ProfileFactory(external_id="plain", attributes={"age": "1000"})
+    underscored = ProfileFactory(external_id="underscored", attributes={"age": "1_000"})
+    EventFactory(profile=plain, name="purchase", properties={"amount": 10.5})
+    EventFactory(profile=underscored, name="purchase", properties={"amount": "1_0.5"})
+    for index, rule in enumerate(
+        [
+            attr("age", "number", "gt", 30),
+            attr("age", "number", "eq", 1000),
+            ev(where=[prop("amount", "number", "gt", 1)]),
+        ]
+    ):
+        for correlated in (False, True):
+            condition = Compiler(correlated=correlated, now=NOW).compile({"all": [rule]})
+            assert list(Profile.objects.filter(condition).values_list("external_id", flat=True)) == ["plain"], rule
+        segment = Segment.objects.create(name=f"underscore {index}", kind=Segment.Kind.RULES, rules={"all": [rule]})
+        assert segment_count(segment, now=NOW) == 1, rule
+        assert list(segment_profiles(segment, now=NOW, union=True).values_list("external_id", flat=True)) == ["plain"]
+    warnings = rules_unread_warnings({"all": [attr("age", "number", "gt", 30)]})
+    assert [(w["code"], w["example"]) for w in warnings] == [(NUMBER_AS_TEXT, "1_000")]
+
+
 def test_the_date_guard_each_evaluator_runs_takes_ascii_digits_only(db):
     """PostgreSQL's \\d follows the collation's locale: under ICU it takes other scripts' digits,
     so a database made with an ICU locale read "٢٠٢٦-٠٦-١٠" as a day. The guard the compiled query
