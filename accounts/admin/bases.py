@@ -254,8 +254,8 @@ class BoundedDateChangeList(ChangeList):
     """A change list whose date hierarchy refuses a day it cannot step past (a year outside 1 to
     9998, or one too long to be a number) as it refuses an unknown filter (``?e=1``): Django
     builds the next year or month from it unchecked, and the overflow answered 500. A number, an
-    id or a time written with digits of another script is refused alike (``config.digits``):
-    Django reads "١" as the id 1 and "١٩٧٠-01-01" as a day."""
+    id or a time written with digits of another script, or with an underscore, is refused alike
+    (``config.digits``): Django reads "١" and "0_1" as the id 1 and "١٩٧٠-01-01" as a day."""
 
     def get_filters(self, request):
         for lookup, value in self.params.items():
@@ -274,7 +274,7 @@ class BoundedDateChangeList(ChangeList):
 
 def row_id(model, value):
     """``value`` (from a form) as the id of one of ``model``'s rows, or None when it cannot be one:
-    not a number (digits of another script included, ``config.digits``), or past the ids a row can
+    not a number (digits of another script or an underscore included, ``config.digits``), or past the ids a row can
     have (``ROW_IDS``; SQLite cannot bind such a number)."""
     if not digits_plain(value):
         return None
