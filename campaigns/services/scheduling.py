@@ -13,6 +13,7 @@ from django.utils import timezone
 from accounts.models import User
 from accounts.selectors import can, visible_to
 from accounts.services import (
+    approval_request_close,
     audit,
     status_transition,
 )
@@ -27,7 +28,7 @@ from campaigns.schedule import (
     occurrence_when,
     skipped_time_text,
 )
-from campaigns.services.lifecycle import SAVED_WITH_STATUS, Status
+from campaigns.services.lifecycle import SAVED_WITH_STATUS, Status, revision_waiting
 from campaigns.services.winner import winner_test_open, winners_pick_due
 
 if TYPE_CHECKING:
@@ -366,30 +367,66 @@ def campaigns_tick(*, now: dt.datetime | None = None) -> dict:
     running = Dispatch.objects.filter(kind=Dispatch.Kind.CAMPAIGN, status__in=Dispatch.RUNNING_STATUSES).values(
         "source_id"
     )
+    # Scheduled ones too: a campaign whose only occurrences were refused or skipped never went live.
     finished = (
-        Campaign.objects.filter(kind=Campaign.Kind.SCHEDULED, status=Status.LIVE, next_occurrence_at__isnull=True)
+        Campaign.objects.filter(
+            kind=Campaign.Kind.SCHEDULED, status__in=(Status.SCHEDULED, Status.LIVE), next_occurrence_at__isnull=True
+        )
         .exclude(pk__in=running)
         .exclude(winner_test__outcome=WinnerTest.Outcome.WAITING)  # the rest is still to be sent
         .values_list("pk", flat=True)
     )
     for pk in list(finished):
         with transaction.atomic():
-            campaign = Campaign.objects.select_for_update(skip_locked=True).filter(pk=pk, status=Status.LIVE).first()
+            campaign = (
+                Campaign.objects.select_for_update(skip_locked=True)
+                .filter(pk=pk, status__in=(Status.SCHEDULED, Status.LIVE))
+                .first()
+            )
             if campaign is not None and campaign.next_occurrence_at is None:
-                outcomes = set(
-                    Dispatch.objects.filter(kind=Dispatch.Kind.CAMPAIGN, source_id=pk).values_list("status", flat=True)
-                )
-                # Failed when every send of it failed (e.g. its app's credentials were refused).
-                to = Status.FAILED if outcomes == {Dispatch.Status.FAILED} else Status.COMPLETED
-                status_transition(
-                    campaign,
-                    to,
-                    by=None,
-                    action="failed" if to == Status.FAILED else "completed",
-                    also_saved=SAVED_WITH_STATUS,
-                )
+                _campaign_finish(campaign)
                 completed += 1
     return {"due": len(due_ids), "occurrences": fired, "winners": picked, "completed": completed}
+
+
+def _campaign_finish(campaign: Campaign) -> None:
+    """End a scheduled or live campaign with nothing left to send (locked by the caller): failed
+    when nothing of it went out (no send made, every occurrence refused or skipped, or every send
+    failed: its app's credentials refused, say), the audit line saying why; completed otherwise.
+    A revision waiting for approval is closed: there is nothing left for it to send."""
+    from delivery.models import Dispatch
+
+    outcomes = set(
+        Dispatch.objects.filter(kind=Dispatch.Kind.CAMPAIGN, source_id=campaign.pk).values_list("status", flat=True)
+    )
+    failed = outcomes <= {Dispatch.Status.FAILED}
+    summary = {"reason": _nothing_sent_reason(campaign, sent_any=bool(outcomes))} if failed else None
+    request = revision_waiting(campaign)
+    status_transition(
+        campaign,
+        Status.FAILED if failed else Status.COMPLETED,
+        by=None,
+        action="failed" if failed else "completed",
+        also_saved=SAVED_WITH_STATUS,
+        summary=summary,
+    )
+    if request is not None:
+        reason = "The campaign failed: nothing of it was sent." if failed else "The campaign completed."
+        approval_request_close(request_id=request.pk, by=None, reason=reason)
+
+
+def _nothing_sent_reason(campaign: Campaign, *, sent_any: bool) -> str:
+    """Why a campaign sent nothing, for its audit line: its sends failed, or what its last occurrence
+    was (refused or skipped), with its note (the campaign's page lists it the same)."""
+    if sent_any:
+        return "Every send of it failed."
+    last = campaign.occurrences.order_by("-due_at").first()
+    if last is None:
+        return "Nothing of it was sent: it had no occurrence."
+    named = {Occurrence.Outcome.REFUSED: "refused by the gate", Occurrence.Outcome.SKIPPED_MISSED: "skipped"}
+    what = named.get(last.outcome, last.get_outcome_display().lower())
+    said = f"Nothing of it was sent: its last occurrence was {what}"
+    return f"{said}: {last.note}" if last.note else f"{said}."
 
 
 def campaign_test_send(*, campaign_id: int, by: User) -> list[Dispatch]:

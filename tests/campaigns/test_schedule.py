@@ -258,7 +258,7 @@ def test_a_one_off_whose_time_passed_long_before_its_approval_is_skipped_and_sai
     assert occurrence.outcome == "skipped_missed"
     assert "window" in occurrence.note
     campaign.refresh_from_db()
-    assert campaign.status == "completed"
+    assert campaign.status == "failed"  # nothing of it was sent
 
 
 def test_the_review_of_a_one_off_whose_time_passed_does_not_say_it_was_sent(

@@ -179,7 +179,7 @@ def test_an_approved_content_the_settings_no_longer_allow_is_refused_and_the_tic
     assert refused.outcome == "refused" and "URL scheme 'shop' is not allowed" in refused.note
     assert Occurrence.objects.get(campaign=fine).outcome == "sent"
     stale.refresh_from_db()
-    assert stale.status == "scheduled" and stale.next_occurrence_at is None
+    assert stale.status == "failed" and stale.next_occurrence_at is None  # nothing of it was sent
 
 
 def test_segment_rules_edited_after_approval_are_refused_at_send_time(make_campaign, approve, segment, manager_alice):
@@ -899,3 +899,149 @@ def test_an_occurrence_keeps_how_it_fired_and_the_migration_says_it_for_those_re
         ("Local", "missed"): True,
         ("Legacy", "missed"): True,
     }
+
+
+def _refuse_its_audience(segment, manager_alice):
+    """Edit the approved segment's rules: the gate refuses every send of it until a revision is approved."""
+    from audiences.services.segments import segment_update
+
+    segment_update(segment_id=segment.pk, by=manager_alice, rules={"all": [{"field": "locale", "op": "not_exists"}]})
+
+
+def _listed(client, query: str) -> list[str]:
+    return _cells(client.get(f"/admin/campaigns/campaign/?{query}").content.decode(), "name")
+
+
+def test_a_one_off_whose_only_occurrence_is_refused_ends_failed_saying_why(
+    client, make_campaign, approve, segment, manager_alice, viewer_carol, api_key_for
+):
+    """Refused when it fired, it has nothing left to send: it read 'Scheduled' for ever (the tick
+    finished only live campaigns). It ends failed, its audit line and its page saying why, and the
+    lists, the home page and the API say so alike."""
+    from accounts.models import AuditEvent
+    from config.home import home_for
+
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0))
+    _refuse_its_audience(segment, manager_alice)
+    tick = campaigns_tick(now=T0 + dt.timedelta(seconds=20))
+    assert tick["occurrences"] == 1 and tick["completed"] == 1
+    campaign.refresh_from_db()
+    assert (campaign.status, campaign.next_occurrence_at) == ("failed", None)
+    (occurrence,) = Occurrence.objects.filter(campaign=campaign)
+    assert occurrence.outcome == "refused" and "defined otherwise" in occurrence.note
+    failed = AuditEvent.objects.get(action="campaign_failed")
+    assert failed.summary["from"] == "scheduled" and failed.summary["to"] == "failed"
+    assert (
+        failed.summary["reason"]
+        == f"Nothing of it was sent: its last occurrence was refused by the gate: {occurrence.note}"
+    )
+
+    for user in (manager_alice, viewer_carol):
+        client.force_login(user)
+        page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+        assert re.search(r'<div class="readonly">\s*Failed\s*</div>', page), user
+        assert _cells(page, "outcome") == ["Refused by the gate"]
+        assert "defined otherwise than when it was approved" in _cells(page, "note")[0]
+        assert _listed(client, "status=failed") == ["Spring sale"]
+        assert _listed(client, "status=scheduled") == _listed(client, "") == []  # not among those worked on
+        home = home_for(user, now=T0 + dt.timedelta(minutes=1))
+        assert not any(item.label.endswith("Spring sale") for section in home["sections"] for item in section.items)
+    answer = api_key_for(manager_alice).get(f"/api/v1/campaigns/{campaign.pk}/")  # a Viewer owns no key
+    assert answer.status_code == 200, answer.content
+    assert (answer.json()["status"], answer.json()["next_occurrence_at"]) == ("failed", None)
+    listed = api_key_for(manager_alice).get("/api/v1/campaigns/?status=scheduled").json()
+    assert listed["results"] == []
+
+
+def test_a_one_off_missed_beyond_its_window_ends_failed(make_campaign, approve):
+    from accounts.models import AuditEvent
+
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0, missed_window_minutes=30))
+    campaigns_tick(now=T0 + dt.timedelta(hours=2))
+    campaign.refresh_from_db()
+    assert campaign.status == "failed"
+    (occurrence,) = Occurrence.objects.filter(campaign=campaign)
+    assert occurrence.outcome == "skipped_missed"
+    reason = AuditEvent.objects.get(action="campaign_failed").summary["reason"]
+    assert reason == f"Nothing of it was sent: its last occurrence was skipped: {occurrence.note}"
+
+
+def test_a_one_off_approved_after_its_time_and_refused_ends_failed_not_completed(
+    make_campaign, approve, segment, manager_alice
+):
+    # Approved after its time, it went live at once; refused, it sent nothing: not "completed".
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0), now=T0 + dt.timedelta(minutes=5))
+    assert campaign.status == "live"
+    _refuse_its_audience(segment, manager_alice)
+    campaigns_tick(now=T0 + dt.timedelta(minutes=5, seconds=20))
+    campaign.refresh_from_db()
+    assert campaign.status == "failed"
+    assert Occurrence.objects.get(campaign=campaign).outcome == "refused"
+
+
+def test_a_recurring_campaign_whose_last_occurrence_is_refused_ends_completed(
+    make_campaign, approve, segment, manager_alice, django_capture_on_commit_callbacks
+):
+    campaign = approve(
+        make_campaign(
+            schedule_kind="recurring", send_at=T0, recurrence="daily", ends_at=T0 + dt.timedelta(days=1, hours=1)
+        )
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        campaigns_tick(now=T0)
+    _refuse_its_audience(segment, manager_alice)
+    campaigns_tick(now=T0 + dt.timedelta(days=1))
+    campaign.refresh_from_db()
+    assert campaign.status == "completed"  # its first occurrence sent
+    assert [o.outcome for o in campaign.occurrences.order_by("due_at")] == ["sent", "refused"]
+
+
+def test_a_recurring_campaign_whose_every_occurrence_is_refused_ends_failed(
+    make_campaign, approve, segment, manager_alice
+):
+    campaign = approve(
+        make_campaign(
+            schedule_kind="recurring", send_at=T0, recurrence="daily", ends_at=T0 + dt.timedelta(days=1, hours=1)
+        )
+    )
+    _refuse_its_audience(segment, manager_alice)
+    campaigns_tick(now=T0)
+    campaign.refresh_from_db()
+    assert campaign.status == "scheduled"  # its second occurrence is still to come
+    campaigns_tick(now=T0 + dt.timedelta(days=1))
+    campaign.refresh_from_db()
+    assert campaign.status == "failed"
+
+
+def test_a_failed_one_off_is_duplicated_not_edited_and_its_waiting_revision_is_closed(
+    client, make_campaign, approve, segment, manager_alice, approver_bob
+):
+    """A failed campaign is finished, as the lifecycle has it: not edited into a new schedule (its
+    approval would revive what an approver closed) but duplicated into a draft, or archived. A
+    revision that waited for approval when it failed is closed, saying so: no approver is left
+    with a request nothing can approve."""
+    from accounts.models import ApprovalRequest
+    from accounts.services import TransitionError
+    from campaigns.services.lifecycle import campaign_archive, campaign_duplicate
+
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0))
+    _refuse_its_audience(segment, manager_alice)
+    campaign_update(campaign_id=campaign.pk, by=manager_alice, send_at=T0 + dt.timedelta(days=1))
+    revision = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaigns_tick(now=T0 + dt.timedelta(seconds=20))
+    campaign.refresh_from_db()
+    assert campaign.status == "failed"
+    revision.refresh_from_db()
+    assert revision.status == ApprovalRequest.Status.CANCELLED
+    assert revision.comment == "The campaign failed: nothing of it was sent."
+    with pytest.raises(TransitionError, match="Duplicate it to make a new draft"):
+        campaign_update(campaign_id=campaign.pk, by=manager_alice, send_at=T0 + dt.timedelta(days=2))
+    with pytest.raises(TransitionError):
+        campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=T0 + dt.timedelta(minutes=1))
+
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    assert 'name="_save"' not in page  # read only
+    copy = campaign_duplicate(campaign_id=campaign.pk, by=manager_alice)
+    assert copy.status == "draft"
+    assert campaign_archive(campaign_id=campaign.pk, by=manager_alice).status == "archived"
