@@ -46,35 +46,64 @@ def campaign_gate(
     holdout_share: int = 0,
     sample: dict | None = None,
     context: dict | None = None,
+    sends: dict | None = None,
 ) -> None:
     """The campaigns' gate in the delivery pipeline: a dispatch only for an approved, active campaign,
     sending exactly the content of its approved version (a pending revision never reaches a send):
     its variants, their shares and its holdout too. In winner mode, first its sample, then only
     "the recorded winner to the rest", against the campaign's ``WinnerTest`` row, once.
-    ``context`` (what the dispatch gives its content) is not read: a campaign's approved content is
-    one for all its sends.
+    The app and the kind are the approved version's (a revision moving them waits for its approval,
+    and the approved version keeps sending from its own app). ``sends`` (``dispatch_create``'s),
+    when given, must be the approved version's too: its segment (no list of profiles), its purpose
+    (transactional passes the frequency caps and quiet hours) and its throttle; an API-triggered
+    campaign sends to the recipients each call names, never to a segment. A scheduled campaign's
+    ``context`` is the one its sends give (``Campaign.send_context``): content may show a context
+    value (with a default), so another context would send words nobody approved; an API trigger's
+    call gives its own.
 
     Raises GateClosed otherwise, whoever calls: a forged admin POST or a direct service call alike.
     """
     from delivery.services.dispatches import GateClosed
 
     campaign = Campaign.objects.select_related("content").filter(pk=source_id).first()
-    if campaign is None or campaign.app_id != app.pk:
+    if campaign is None:
         raise GateClosed("No such campaign for this app.")
-    if campaign.kind != (Campaign.Kind.API_TRIGGERED if api_triggered else Campaign.Kind.SCHEDULED):
-        raise GateClosed(f"'{campaign}' is not {'an API-triggered' if api_triggered else 'a scheduled'} campaign.")
     if not campaign.is_active:
         raise GateClosed(f"'{campaign}' is {campaign.get_status_display().lower()}, not approved and active.")
     approved = campaign.approved()
     if approved is None or approved.fingerprint != campaign.approved_fingerprint:
         raise GateClosed(f"'{campaign}' changed since it was approved.")
+    if approved.app_id != app.pk:
+        raise GateClosed("No such campaign for this app.")
+    if approved.kind != (Campaign.Kind.API_TRIGGERED if api_triggered else Campaign.Kind.SCHEDULED):
+        raise GateClosed(f"'{campaign}' is not {'an API-triggered' if api_triggered else 'a scheduled'} campaign.")
     expected_spec, expected_variants = _winner_gate(campaign, approved, sample or {})
     if spec != expected_spec:
         raise GateClosed("The content to send is not the approved content.")
     if (variants or []) != expected_variants or holdout_share != approved.holdout_share:
         raise GateClosed("The variants or shares to send are not the approved ones.")
+    if sends is not None:
+        _sends_gate(campaign, approved, sends, context=context, api_triggered=api_triggered)
     if approved.segment_id is not None and not api_triggered:
         _audience_gate(campaign, approved)
+
+
+def _sends_gate(campaign: Campaign, approved, sends: dict, *, context: dict | None, api_triggered: bool) -> None:
+    """GateClosed unless a dispatch sends as the approved version does (``campaign_gate``)."""
+    from delivery.services.dispatches import GateClosed
+
+    if api_triggered:
+        audience_approved = sends.get("segment_id") is None
+    else:
+        audience_approved = sends.get("segment_id") == approved.segment_id and sends.get("profile_ids") is None
+    if not audience_approved:
+        raise GateClosed(f"The audience to send to is not the approved audience of '{campaign}'.")
+    if sends.get("purpose") != approved.purpose:
+        raise GateClosed(f"'{campaign}' was approved as {approved.purpose}, not {sends.get('purpose')}.")
+    if sends.get("rate_limit_per_second") != approved.throttle_per_second:
+        raise GateClosed(f"The throttle to send at is not the approved throttle of '{campaign}'.")
+    if not api_triggered and (context or {}) != campaign.send_context():
+        raise GateClosed(f"The context to send with is not the one the approved sends of '{campaign}' give.")
 
 
 def _audience_gate(campaign: Campaign, approved) -> None:

@@ -53,9 +53,11 @@ _GATES: dict[str, DispatchGate] = {}
 
 
 def dispatch_gate_register(*, kind: str, gate: DispatchGate) -> None:
-    """Plug the gate of a dispatch kind: ``gate(app=, source_id=, spec=, by=, context=)`` raises
-    GateClosed to refuse. ``context`` is what the dispatch gives its content (a journey's names its
-    push step, whose approved content alone it may send).
+    """Plug the gate of a dispatch kind: ``gate(app=, source_id=, spec=, by=, context=, sends=)``
+    raises GateClosed to refuse. ``context`` is what the dispatch gives its content (a journey's
+    names its push step, whose approved content alone it may send); ``sends`` how and to whom it
+    sends it (``segment_id``, ``profile_ids``, ``purpose``, ``rate_limit_per_second``), which an
+    approval covers as much as the content (a campaign's audience, purpose and throttle).
 
     Campaigns register theirs (approved, live, fingerprint unchanged) when their app loads.
     A kind without a gate is refused: the send path fails closed.
@@ -63,7 +65,10 @@ def dispatch_gate_register(*, kind: str, gate: DispatchGate) -> None:
     _GATES[kind] = gate
 
 
-def _test_gate(*, app: App, source_id: int | None, spec: dict, by: User | None, context: dict) -> None:
+def _test_gate(
+    *, app: App, source_id: int | None, spec: dict, by: User | None, context: dict, sends: dict | None = None
+) -> None:
+    # ``sends`` is not read: a test goes to the app's test devices alone, whatever else is asked.
     if by is None or not by.has_perm("delivery.test_send_pushcontent"):
         raise GateClosed("Your role may not send tests.")
     content = PushContent.objects.filter(pk=source_id, app=app).first()
@@ -142,7 +147,13 @@ def dispatch_create(
     gate = _GATES.get(kind)
     if gate is None:
         raise GateClosed(f"No gate is registered for '{kind}' dispatches: nothing is sent.")
-    asked = {"app": app, "source_id": source_id, "spec": spec, "by": by, "context": context or {}}
+    sends = {
+        "segment_id": segment_id,
+        "profile_ids": profile_ids,
+        "purpose": purpose,
+        "rate_limit_per_second": rate_limit_per_second,
+    }
+    asked = {"app": app, "source_id": source_id, "spec": spec, "by": by, "context": context or {}, "sends": sends}
     if sample:
         gate(
             **asked,

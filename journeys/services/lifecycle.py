@@ -788,13 +788,16 @@ def journey_archive(*, journey_id: int, by: User) -> Journey:
     return journey
 
 
-def journey_gate(*, app, source_id: int | None, spec: dict, by: User | None, context: dict) -> None:
+def journey_gate(
+    *, app, source_id: int | None, spec: dict, by: User | None, context: dict, sends: dict | None = None
+) -> None:
     """The journeys' gate in the delivery pipeline: a dispatch only for a push step of an approved
     version (live, or retired with profiles finishing on it) of a live journey, whose graph is the
     approved one, sending exactly the content that was approved for that step (the frozen specs are
     hashed again: a frozen spec that is not the approved one closes the gate). The step is the one
     ``context`` names (``Journey.send_context``): another step's content, approved as it may be, is
-    not this step's.
+    not this step's. ``sends`` (``dispatch_create``'s) must be how the engine sends a batch: to its
+    profiles, as marketing, at the app's rate (a journey has no purpose or throttle of its own).
 
     Raises GateClosed otherwise, whoever calls.
     """
@@ -823,6 +826,16 @@ def journey_gate(*, app, source_id: int | None, spec: dict, by: User | None, con
         raise GateClosed(f"The send names no push step of version {version.number} of '{journey}'.")
     if frozen[step]["spec"] != spec:
         raise GateClosed(f"The content to send is not the content approved for step '{step}' of this journey.")
+    sends = sends or {}
+    if (
+        sends.get("segment_id") is not None
+        or sends.get("purpose", "marketing") != "marketing"
+        or sends.get("rate_limit_per_second") is not None
+    ):
+        raise GateClosed(
+            f"Step '{step}' of '{journey}' sends to the profiles of its batch, as marketing, at the app's rate: "
+            "not otherwise than as the journey sends it."
+        )
 
 
 def _queue(func: str, *args) -> None:

@@ -124,3 +124,102 @@ def test_forged_transition_post_by_a_viewer_is_refused(client, make_campaign, vi
     assert response.status_code == 403
     campaign.refresh_from_db()
     assert campaign.status == "draft"
+
+
+def _approved_for_tomorrow(make_campaign, manager_alice, approver_bob, **fields):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    campaign = make_campaign(schedule_kind="at", send_at=timezone.now() + dt.timedelta(days=1), **fields)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    campaign.refresh_from_db()
+    return campaign
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        pytest.param({"segment_id": None, "profile_ids": "outsider"}, id="a list of profiles for its segment"),
+        pytest.param({"segment_id": "other"}, id="another segment"),
+        pytest.param({"purpose": "transactional"}, id="transactional for marketing (no caps, no quiet hours)"),
+        pytest.param({"rate_limit_per_second": 100_000}, id="another throttle"),
+        pytest.param({"context": {"promo": "words nobody approved"}}, id="a context its content may show"),
+    ],
+)
+def test_a_direct_call_cannot_send_the_approved_content_otherwise_than_approved(
+    make_campaign, manager_alice, approver_bob, forged
+):
+    """The approval covers the audience, the purpose and the throttle as well as the content: a
+    dispatch of the approved content to a list of profiles, another segment, as transactional (past
+    the frequency caps and quiet hours), at another rate, or with a context of its own (which a
+    ``{{ context.promo | default: … }}`` would show) is refused by the gate, not made."""
+    from tests.factories import ProfileFactory, SegmentFactory
+
+    campaign = _approved_for_tomorrow(make_campaign, manager_alice, approver_bob, throttle_per_second=10)
+    approved = campaign.approved()
+    asked = {
+        "segment_id": approved.segment_id,
+        "profile_ids": None,
+        "purpose": approved.purpose,
+        "rate_limit_per_second": approved.throttle_per_second,
+        "context": campaign.send_context(),
+        **forged,
+    }
+    if asked["profile_ids"] == "outsider":
+        asked["profile_ids"] = [ProfileFactory().pk]
+    if asked["segment_id"] == "other":
+        asked["segment_id"] = SegmentFactory(name="Someone else's").pk
+    with pytest.raises(GateClosed, match="approved"):
+        dispatch_create(
+            app_id=campaign.app_id,
+            kind="campaign",
+            spec=approved.spec,
+            content_id=approved.content_id,
+            source_id=campaign.pk,
+            **asked,
+        )
+    assert not Dispatch.objects.exists()
+
+
+def test_the_approved_audience_purpose_and_throttle_pass_the_gate(make_campaign, manager_alice, approver_bob):
+    campaign = _approved_for_tomorrow(make_campaign, manager_alice, approver_bob, throttle_per_second=10)
+    approved = campaign.approved()
+    dispatch = dispatch_create(
+        app_id=campaign.app_id,
+        kind="campaign",
+        spec=approved.spec,
+        content_id=approved.content_id,
+        segment_id=approved.segment_id,
+        source_id=campaign.pk,
+        purpose=approved.purpose,
+        rate_limit_per_second=approved.throttle_per_second,
+        context=campaign.send_context(),
+    )
+    assert dispatch.segment_id == approved.segment_id
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        pytest.param({"segment_id": "everyone"}, id="a segment for the recipients each call names"),
+        pytest.param({"purpose": "transactional"}, id="transactional for marketing"),
+    ],
+)
+def test_an_api_triggered_campaign_cannot_be_sent_to_a_segment_or_as_another_purpose(
+    make_campaign, manager_alice, approver_bob, segment, forged
+):
+    from tests.factories import ProfileFactory
+
+    campaign = make_campaign(kind="api_triggered", segment=None)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    campaign.refresh_from_db()
+    approved = campaign.approved()
+    asked = {"profile_ids": [ProfileFactory().pk], "purpose": approved.purpose, **forged}
+    if asked.get("segment_id") == "everyone":
+        asked.update(segment_id=segment.pk, profile_ids=None)
+    with pytest.raises(GateClosed, match="approved"):
+        dispatch_create(app_id=campaign.app_id, kind="api_trigger", spec=approved.spec, source_id=campaign.pk, **asked)
+    assert not Dispatch.objects.exists()

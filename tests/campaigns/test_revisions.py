@@ -104,3 +104,46 @@ def test_only_stop_takes_it_off_the_air_and_it_closes_the_pending_revision(
     assert request.status == "cancelled" and request.comment == "The campaign was stopped."
     with pytest.raises(GateClosed):
         _send(live_api_campaign, live_api_campaign.approved().spec)
+
+
+@pytest.mark.parametrize("revised", ["app", "kind"])
+def test_a_revision_moving_a_live_campaign_to_another_app_or_kind_leaves_the_approved_version_sending(
+    make_campaign, manager_alice, approver_bob, revised
+):
+    """The app and the kind are part of the approved version: while a revision changing them waits,
+    the approved version's occurrences still go out from its own app (the gate read the row's app and
+    kind, and refused them), and the approved content is not sent through the revision's app."""
+    import datetime as dt
+
+    from accounts.services import access_grant
+    from campaigns.models import Occurrence
+    from campaigns.services.scheduling import campaign_fire_due
+    from tests.factories import AppFactory
+
+    t0 = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
+    campaign = make_campaign(schedule_kind="recurring", send_at=t0, recurrence="daily")
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=t0 - dt.timedelta(hours=1))
+    approved = Campaign.objects.get(pk=campaign.pk).approved()
+    if revised == "app":
+        other_app = AppFactory(name="Other app")
+        access_grant(obj=other_app, to=manager_alice, by=None)
+        other_content = PushContent.objects.create(app=other_app, name="Theirs", title="Hi", body="There")
+        campaign_update(campaign_id=campaign.pk, by=manager_alice, app=other_app, content=other_content)
+    else:
+        campaign_update(campaign_id=campaign.pk, by=manager_alice, kind="api_triggered")
+    assert Campaign.objects.get(pk=campaign.pk).has_pending_revision
+    (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=t0)
+    assert (occurrence.outcome, occurrence.note) == (Occurrence.Outcome.SENT, "")
+    assert occurrence.dispatch.app_id == approved.app_id
+    if revised == "app":
+        with pytest.raises(GateClosed):
+            dispatch_create(
+                app_id=other_app.pk,
+                kind="campaign",
+                spec=approved.spec,
+                content_id=approved.content_id,
+                segment_id=approved.segment_id,
+                source_id=campaign.pk,
+                context=campaign.send_context(),
+            )

@@ -166,7 +166,12 @@ def test_the_gate_refuses_variants_or_shares_other_than_the_approved_ones(shop, 
     campaign = _approve(_campaign(manager_alice, shop, contents, shares=[50, 50]), manager_alice, approver_bob)
     approved = campaign.approved()
     common = dict(
-        app_id=shop.pk, kind="campaign", spec=approved.spec, segment_id=campaign.segment_id, source_id=campaign.pk
+        app_id=shop.pk,
+        kind="campaign",
+        spec=approved.spec,
+        segment_id=campaign.segment_id,
+        source_id=campaign.pk,
+        context=campaign.send_context(),
     )
     with pytest.raises(GateClosed, match="variants"):
         dispatch_create(**common)  # the variants left out: everyone would get A

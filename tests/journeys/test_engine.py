@@ -496,6 +496,42 @@ def test_gate_refuses_a_draft_version_and_content_that_was_not_approved(make_jou
     assert not Dispatch.objects.filter(kind="journey").exists()
 
 
+@pytest.mark.parametrize(
+    "forged",
+    [
+        pytest.param({"purpose": "transactional"}, id="transactional (no caps, no quiet hours)"),
+        pytest.param({"segment_id": "everyone", "profile_ids": None}, id="a whole segment for its batch"),
+        pytest.param({"rate_limit_per_second": 100_000}, id="a throttle of its own"),
+    ],
+)
+def test_gate_refuses_a_push_steps_content_sent_otherwise_than_the_engine_sends_it(
+    make_journey, publish, welcome, everyone, forged
+):
+    """A journey's push step sends to the profiles of its batch, as marketing, at the app's rate:
+    the approved content of the step as transactional (past the frequency caps and quiet hours), to
+    a whole segment or at a rate of its own is refused by the gate."""
+    journey = publish(make_journey())
+    version = journey.versions.get()
+    asked = {"profile_ids": [ProfileFactory().pk], **forged}
+    if asked.get("segment_id") == "everyone":
+        asked["segment_id"] = everyone.pk
+    context = journey.send_context(version=version, step="push")
+    with pytest.raises(GateClosed, match="as the journey sends it"):
+        dispatch_create(
+            app_id=journey.app_id, kind="journey", spec=welcome.spec(), source_id=version.pk, context=context, **asked
+        )
+    assert not Dispatch.objects.filter(kind="journey").exists()
+    # As the engine sends it, the gate lets it through.
+    dispatch_create(
+        app_id=journey.app_id,
+        kind="journey",
+        spec=welcome.spec(),
+        source_id=version.pk,
+        context=context,
+        profile_ids=asked["profile_ids"] or [],
+    )
+
+
 def test_gate_lets_a_batch_through_only_with_its_own_steps_approved_content(make_journey, publish, team, welcome):
     """A push step's batch names its step (its context): the content of another approved step of the
     same version, or of no step, is not the content approved for it."""

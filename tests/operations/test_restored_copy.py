@@ -58,6 +58,7 @@ def production_state(pushsim_app, manager_alice, approver_bob, django_capture_on
             content_id=content.pk,
             segment_id=segment.pk,
             source_id=scheduled.pk,
+            context=scheduled.send_context(),
         )
     return {
         "phones": phones,
