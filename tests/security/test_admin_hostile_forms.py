@@ -1,0 +1,185 @@
+"""Hostile input posted to every admin form, one field at a time: a NUL, a number past any column or
+float, NaN and Infinity, an unknown choice, text past any sensible length, and for a JSON field a
+JSON text holding an escaped NUL, a lone surrogate, a number that overflows a float or containers
+nested thousands deep. Each answers the form again with its field's error, or saves what was posted:
+never a 500, never a half-written row.
+
+tests/security/test_admin_hostile_input.py already sends each number input past its range and each
+text input a NUL; here the rest: JSON, choices, dates, over-long text, and numbers typed as text."""
+
+import pytest
+from django import forms
+from django.contrib import admin
+from django.urls import reverse
+
+from accounts.encryption import Sealed
+from accounts.models import AuditEvent
+from tests.pages import page_form
+
+NUL = "a\x00b"
+LONG = "x" * 100_000
+NUMBERS = ["9" * 30, "1e400", "NaN", "Infinity"]
+JSONS = [
+    '{"a": "\\u0000"}',
+    '{"\\u0000": 1}',
+    '{"a": "\\ud800"}',
+    '{"a": 1e400}',
+    '{"a": 1' + "0" * 400 + "}",
+    '{"a": NaN}',
+    "[" * 5000 + "]" * 5000,
+    NUL,
+]
+
+
+def _values(field: forms.Field, *, number_input: bool, text_input: bool) -> list[str]:
+    if isinstance(field, forms.JSONField):
+        return JSONS
+    if isinstance(field, forms.BooleanField | forms.NullBooleanField | forms.FileField | forms.SplitDateTimeField):
+        return []
+    if isinstance(field, forms.ModelChoiceField | forms.ModelMultipleChoiceField):
+        return ["9" * 30]  # an id past any column
+    if isinstance(field, forms.ChoiceField):
+        return ["no-such-choice"]
+    if isinstance(field, forms.IntegerField | forms.FloatField | forms.DecimalField):
+        return ["Infinity"] if number_input else NUMBERS
+    if isinstance(field, forms.DateField | forms.TimeField | forms.DateTimeField | forms.DurationField):
+        return [NUL, "9" * 30]
+    return [LONG] if text_input else [NUL, LONG]
+
+
+def _row(model, pk) -> dict | None:
+    """The stored row (an encrypted secret as its token), or None."""
+    row = model._default_manager.filter(pk=pk).values().first() if pk is not None else None
+    return row and {k: v.token if isinstance(v, Sealed) else v for k, v in row.items()}
+
+
+def _pages(objects):
+    """(model, url, pk) of each registered admin's form: the change page of ``objects``' one where
+    there is one, then the add page (probed when the first had no field to post)."""
+    for model in admin.site._registry:
+        prefix = f"admin:{model._meta.app_label}_{model._meta.model_name}"
+        obj = objects.get(model._meta.label_lower) or objects.get(model._meta.model_name)
+        if obj is not None:
+            yield model, reverse(f"{prefix}_change", args=[obj.pk]), obj.pk
+        yield model, reverse(f"{prefix}_add"), None
+
+
+def _post(client, url, data, **kwargs):
+    try:
+        return client.post(url, data, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - a view's exception is the 500 it would answer
+        return exc
+
+
+def _judged(model, pk, name, value, answer, before, rows, events) -> str | None:
+    """What is wrong with ``answer`` to ``name=value`` posted, or None."""
+    if isinstance(answer, Exception):
+        return repr(answer)[:300]
+    if answer.status_code >= 500:
+        return f"{answer.status_code}"
+    if pk is None:
+        after = (
+            model._default_manager.order_by("-pk").values().first() if model._default_manager.count() != rows else None
+        )
+    else:
+        after = _row(model, pk)
+    if answer.status_code == 302:
+        # Refused with a message (a locked object, a value its state ignores), or saved as posted
+        # (text of no set length, taken whole): never saved as something else.
+        if after != before and after.get(name) != value:
+            return f"saved as { ({k: v for k, v in after.items() if (before or {}).get(k) != v}) }"[:300]
+        return None
+    if answer.status_code != 200:
+        return f"{answer.status_code}"
+    if not (answer.context and answer.context.get("errors")):
+        return "shown again without an error"
+    if after != before or AuditEvent.objects.count() != events:
+        return "refused, yet written"
+    return None
+
+
+@pytest.mark.slow
+def test_every_field_of_every_admin_form_takes_hostile_values_without_a_500(client, world, admin_erin):
+    """Each form is posted as its page shows it (the world's object, a draft campaign's), one field
+    replaced by each hostile value of its kind. Saved is only what was posted; refused is refused
+    whole: the row as it was, no audit event."""
+    from campaigns.services.lifecycle import campaign_create
+
+    world_campaign = world["campaigns.campaign"]
+    draft = campaign_create(
+        by=admin_erin,
+        name="Draft",
+        app=world_campaign.app,
+        segment=world_campaign.segment,
+        content=world_campaign.content,
+        kind="scheduled",
+    )
+    client.force_login(admin_erin)
+    failures, probed, done = {}, set(), set()
+    for model, url, pk in _pages({**world, "campaigns.campaign": draft}):
+        if model in done:
+            continue
+        page = client.get(url)
+        if page.status_code != 200 or "adminform" not in (page.context or {}):
+            continue
+        form = page.context["adminform"].form
+        shown = page_form(page.content.decode())
+        for name, field in form.fields.items():
+            if field.disabled or (name[-2:] in ("_2", "_3") and f"{name[:-2]}_1" in form.fields):
+                continue  # a form's repeated rows (conversion conditions): the first stands for all
+            done.add(model)
+            posted = form.add_prefix(name)
+            for value in _values(field, number_input=posted in shown.numbers, text_input=posted in shown.texts):
+                before, rows, events = _row(model, pk), model._default_manager.count(), AuditEvent.objects.count()
+                answer = _post(client, url, {**shown.data, posted: [value]})
+                problem = _judged(model, pk, name, value, answer, before, rows, events)
+                if problem:
+                    failures[f"{url} {name}={value[:20]!r}"] = problem
+                elif pk is not None and answer.status_code == 302 and _row(model, pk) != before:
+                    client.post(url, shown.data)  # saved as posted: put back for the next field
+                probed.add((model._meta.label_lower, name, type(field).__name__))
+    assert not failures, "\n".join(f"{k}: {v}" for k, v in failures.items())
+    # The JSON fields stored as jsonb, and forms of every app, were reached.
+    assert {
+        ("audiences.segment", "rules", "JsonValueFormField"),
+        ("delivery.pushcontent", "data", "JsonValueFormField"),
+        ("delivery.pushcontent", "variants", "JsonValueFormField"),
+        ("journeys.journey", "graph", "JsonValueFormField"),
+        ("campaigns.campaign", "segment", "KeptChoiceField"),
+        ("accounts.apikey", "scopes", "MultipleChoiceField"),
+        ("audiences.import", "columns_text", "CharField"),
+        ("delivery.app", "apns_environment", "TypedChoiceField"),
+    } <= probed, sorted(probed)
+    assert len(probed) > 80, len(probed)
+
+
+# --- the admin's own views with a form: previews, reviews, access, uploads --------------------------
+
+
+def _no_500(client, url, data=None, **kwargs):
+    answer = _post(client, url, data, **kwargs)
+    assert not isinstance(answer, Exception), (url, data, answer)
+    assert answer.status_code < 500, (url, answer.status_code)
+    return answer
+
+
+@pytest.mark.parametrize("text", [*JSONS[:-1], '{"rules": ' + "[" * 5000 + "]" * 5000 + "}"])
+def test_the_rule_preview_refuses_hostile_json_naming_what(client, world, manager_alice, text):
+    client.force_login(manager_alice)
+    body = (
+        text
+        if text.startswith('{"rules"')
+        else '{"rules": {"all": [{"attribute": "plan", "op": "eq", "value": ' + text + "}]}}"
+    )
+    answer = _no_500(client, reverse("admin:audiences_segment_preview_rules"), body, content_type="application/json")
+    assert answer.status_code == 400, answer.content
+    assert answer.json()["errors"][0]["message"]
+
+
+@pytest.mark.parametrize("body", [b"\xff\xfe{}", b'{"rules": {"all": []}, "segment": "' + b"9" * 30 + b'"}', b"\x00"])
+def test_the_rule_preview_answers_bytes_that_are_not_json_or_ids_past_any_row_without_a_500(
+    client, world, manager_alice, body
+):
+    client.force_login(manager_alice)
+    answer = _no_500(client, reverse("admin:audiences_segment_preview_rules"), body, content_type="application/json")
+    assert answer.status_code in (400, 404)
