@@ -460,11 +460,13 @@ class CampaignGroupObjectPermission(GroupObjectPermissionBase, GrantStamp):
 class Occurrence(models.Model):
     """One due send of a scheduled campaign. The unique (campaign, due_at) makes each fire exactly once."""
 
+    # The sent outcomes say that its dispatch was made, not what it delivered: that dispatch may yet
+    # fail, be stopped or skip every row. The lists show what it did beside them (``occurrence_rows``).
     class Outcome(models.TextChoices):
-        SENT = "sent", "Sent"
-        SENT_LATE = "sent_late", "Sent late (missed during downtime)"
+        SENT = "sent", "Send started"
+        SENT_LATE = "sent_late", "Send started late (missed during downtime)"
         # Not downtime: the schedule was approved after its time, and the send went at the approval.
-        SENT_AT_APPROVAL = "sent_at_approval", "Sent at approval, after its scheduled time"
+        SENT_AT_APPROVAL = "sent_at_approval", "Send started at approval, after its scheduled time"
         SKIPPED_MISSED = "skipped_missed", "Skipped (missed for longer than the window)"
         REFUSED = "refused", "Refused by the gate"
 

@@ -15,7 +15,8 @@ import datetime as dt
 from django import forms
 from django.contrib import admin
 from django.core.paginator import Paginator
-from django.db.models import F, QuerySet
+from django.db.models import F, OuterRef, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.urls import reverse
 from django.utils.html import format_html
@@ -70,10 +71,26 @@ def occurrences_summary(campaign: Campaign) -> str:
     )
 
 
+def _rollup_summed(outcome: str) -> Coalesce:
+    """The row's dispatch's rollup rows of ``outcome``, summed (0 before any): its few rows, read
+    through the rollup's key, which starts with the dispatch; never its deliveries."""
+    from delivery.models import DeliveryRollup
+
+    rows = DeliveryRollup.objects.filter(dispatch_id=OuterRef("dispatch_id"), outcome=outcome).order_by()
+    return Coalesce(Subquery(rows.values("dispatch_id").annotate(n=Sum("rows")).values("n")[:1]), 0)
+
+
 def occurrence_rows(queryset: QuerySet[Occurrence]) -> QuerySet[Occurrence]:
     """``queryset`` as a list of occurrences reads it: each row in its campaign's zone, saying whether
-    its dispatch sent at each profile's local time (that one column, not the dispatch's frozen content)."""
-    return queryset.select_related("campaign").annotate(dispatch_local_time=F("dispatch__local_time"))
+    its dispatch sent at each profile's local time (that one column, not the dispatch's frozen content),
+    and what its dispatch did: its status, and what it targeted and had accepted, from its rollup
+    (as the campaign's report counts them), in the list's one query."""
+    return queryset.select_related("campaign").annotate(
+        dispatch_local_time=F("dispatch__local_time"),
+        dispatch_status=F("dispatch__status"),
+        dispatch_targeted=_rollup_summed("targeted"),
+        dispatch_accepted=_rollup_summed("accepted"),
+    )
 
 
 class OccurrenceColumns:
@@ -86,6 +103,21 @@ class OccurrenceColumns:
     @admin.display(description="Fired at")
     def fired(self, obj):
         return zoned(obj.fired_at, obj.campaign.schedule_zone())
+
+    @admin.display(description="What its dispatch did")
+    def dispatch_did(self, obj):
+        """Beside an outcome that says only that the send started: whether its dispatch is under way,
+        done, stopped or failed, and what it targeted and the providers accepted ("—": none made).
+        Read from the row as ``occurrence_rows`` annotates it."""
+        from delivery.models import Dispatch
+
+        if obj.dispatch_id is None:
+            return "—"
+        so_far = " so far" if obj.dispatch_status in Dispatch.RUNNING_STATUSES else ""
+        return (
+            f"{Dispatch.Status(obj.dispatch_status).label}: {obj.dispatch_targeted:,} targeted, "
+            f"{obj.dispatch_accepted:,} accepted{so_far}"
+        )
 
     @admin.display(description="Dispatch")
     def dispatch_link(self, obj):
@@ -118,7 +150,7 @@ class OccurrenceInline(OccurrenceColumns, admin.TabularInline):
 
     model = Occurrence
     formset = LatestOccurrencesFormSet
-    fields = ("due", "fired", "outcome", "dispatch_link", "note")
+    fields = ("due", "fired", "outcome", "dispatch_did", "dispatch_link", "note")
     readonly_fields = fields
     extra = 0
     max_num = 0
@@ -158,12 +190,12 @@ class OccurrenceAdmin(ReadOnlyAdminMixin, OccurrenceColumns, BigTableAdmin):
     page links to those of one campaign (``?campaign__id__exact=``), which answers 404 to whoever
     may not see that campaign."""
 
-    list_display = ("due", "campaign_link", "fired", "outcome", "dispatch_link", "note")
+    list_display = ("due", "campaign_link", "fired", "outcome", "dispatch_did", "dispatch_link", "note")
     list_display_links = ("due",)
     list_filter = ("outcome", DueFilter)
     ordering = ("-due_at", "-id")
     sortable_by = ()
-    fields = ("campaign_link", "due", "fired", "outcome", "dispatch_link", "note")
+    fields = ("campaign_link", "due", "fired", "outcome", "dispatch_did", "dispatch_link", "note")
     readonly_fields = fields
 
     def get_queryset(self, request):

@@ -347,7 +347,7 @@ def test_occurrences_and_the_list_show_times_in_the_campaigns_zone_naming_it(
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", occurrences))
     assert "2026-12-24 07:10 (Asia/Kathmandu)" in text
     assert "01:25" not in text and "1:25 a.m." not in text  # the same moment in UTC
-    assert "Spring sale @ 2026-12-24 07:10 (Asia/Kathmandu): sent" in text  # the row's title
+    assert "Spring sale @ 2026-12-24 07:10 (Asia/Kathmandu): send started" in text  # the row's title
 
     listing = client.get("/admin/campaigns/campaign/?status=all").content.decode()
     assert listing.count("2026-12-24 07:10 (Asia/Kathmandu)") == 1  # updated at
@@ -735,7 +735,7 @@ def test_a_local_time_send_reads_as_entered_in_its_occurrence_and_its_dispatch(
     label = "Spring sale v1 @ 2027-01-05 09:00 at each profile's local time"
     assert occurrence.dispatch.label == label
     due = "2027-01-05 09:00 at each profile's local time, from 2027-01-04 20:00 (Europe/Paris)"
-    assert str(occurrence) == f"Spring sale @ {due}: sent"
+    assert str(occurrence) == f"Spring sale @ {due}: send started"
 
     for user in (manager_alice, viewer_carol):
         client.force_login(user)
@@ -757,7 +757,7 @@ def test_a_campaigns_dispatch_is_labelled_in_its_zone_named_wherever_it_is_liste
     occurrence = _fired(campaign, manager_alice, approver_bob)
     label = "Spring sale v1 @ 2027-01-05 09:00 (America/New_York)"
     assert occurrence.dispatch.label == label
-    assert str(occurrence) == "Spring sale @ 2027-01-05 09:00 (America/New_York): sent"
+    assert str(occurrence) == "Spring sale @ 2027-01-05 09:00 (America/New_York): send started"
     client.force_login(viewer_carol)
     page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
     assert _shown(page, "due").startswith("2027-01-05 09:00 (America/New_York)")

@@ -260,3 +260,88 @@ def test_a_list_of_what_is_no_campaign_answers_404_and_an_unknown_period_says_th
         assert client.get(f"/admin/campaigns/occurrence/?campaign__id__exact={value}").status_code == 404, value
     answer = client.get(_list(hourly, due="fortnight"))
     assert answer.status_code == 302 and answer.url.endswith("?e=1")
+
+
+def _cells(html: str, field: str) -> list[str]:
+    """The text of the cells of ``field`` (a list's or an inline's), in their order."""
+    return [_text(cell) for cell in re.findall(rf'<t[dh] class="field-{field}"[^>]*>(.*?)</t[dh]>', html, flags=re.S)]
+
+
+@pytest.fixture
+def sent_to_three(pushsim_app, manager_alice, approver_bob, viewer_carol, django_capture_on_commit_callbacks):
+    """A one-off sent to three profiles of an app sending to the simulator: two with a phone (accepted),
+    one without (skipped)."""
+    from campaigns.services.lifecycle import campaign_create
+    from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory, SegmentFactory
+
+    for user in (manager_alice, approver_bob, viewer_carol):
+        access_grant(obj=pushsim_app, to=user, by=None)
+    segment = SegmentFactory(
+        name="Three", rules={"all": [{"field": "external_id", "op": "starts_with", "value": "o-"}]}
+    )
+    access_grant(obj=segment, to=manager_alice, by=None)
+    for name in ("o-1", "o-2"):
+        DeviceFactory(profile=ProfileFactory(external_id=name), app=pushsim_app)
+    ProfileFactory(external_id="o-3")
+    content = PushContentFactory(app=pushsim_app, name="Hello")
+    due = timezone.now().replace(second=0, microsecond=0) + dt.timedelta(minutes=5)
+    campaign = campaign_create(
+        by=manager_alice,
+        name="Three",
+        app=pushsim_app,
+        kind="scheduled",
+        segment=segment,
+        content=content,
+        schedule_kind="at",
+        send_at=due,
+    )
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    with django_capture_on_commit_callbacks(execute=True):  # prepare and send, here
+        campaign_fire_due(campaign_id=campaign.pk, now=due)
+    return Campaign.objects.get(pk=campaign.pk)
+
+
+@pytest.mark.parametrize("reader", ["manager_alice", "viewer_carol"])
+def test_an_occurrence_says_what_its_dispatch_did_beside_its_send_started(
+    client, sent_to_three, reader, request, django_assert_max_num_queries
+):
+    """'Sent' read as delivered: the outcome says only that the send started (its dispatch was
+    made); beside it, the dispatch's status and what it targeted and had accepted, from its rollup,
+    on the campaign's page and in the list of occurrences."""
+    from delivery.models import Dispatch
+
+    (occurrence,) = Occurrence.objects.filter(campaign=sent_to_three)
+    dispatch = Dispatch.objects.get(pk=occurrence.dispatch_id)
+    assert (dispatch.status, dispatch.total, dispatch.accepted, dispatch.skipped) == ("done", 3, 2, 1)
+    client.force_login(request.getfixturevalue(reader))
+    page = client.get(_page(sent_to_three)).content.decode()
+    with django_assert_max_num_queries(30):
+        listed = client.get(_list(sent_to_three)).content.decode()
+    for html in (page, listed):
+        assert _cells(html, "outcome") == ["Send started"]
+        assert _cells(html, "dispatch_did") == ["Done: 3 targeted, 2 accepted"]
+    assert "<th" in listed and "What its dispatch did" in listed
+    shown = client.get(f"/admin/campaigns/occurrence/{occurrence.pk}/change/").content.decode()
+    assert "Done: 3 targeted, 2 accepted" in shown
+
+
+@pytest.mark.embedded
+def test_an_occurrence_without_a_dispatch_and_one_whose_dispatch_is_under_way_say_so(
+    client, make_campaign, manager_alice, approver_bob
+):
+    from delivery.models import Dispatch
+
+    start = dt.datetime(2027, 3, 1, 9, 0, tzinfo=KATHMANDU)
+    campaign = _recurring(make_campaign, manager_alice, approver_bob, start=start, cron="0 * * * *")
+    _back_after(campaign, dt.timedelta(hours=2, minutes=10))  # two skipped, the third sent late
+    sending = Occurrence.objects.get(campaign=campaign, dispatch__isnull=False)
+    Dispatch.objects.filter(pk=sending.dispatch_id).update(status="sending")
+    client.force_login(manager_alice)
+    listed = client.get(_list(campaign)).content.decode()
+    assert _cells(listed, "outcome") == [
+        "Send started late (missed during downtime)",
+        "Skipped (missed for longer than the window)",
+        "Skipped (missed for longer than the window)",
+    ]
+    assert _cells(listed, "dispatch_did") == ["Sending: 0 targeted, 0 accepted so far", "—", "—"]

@@ -196,7 +196,7 @@ def test_a_one_off_approved_after_its_time_is_sent_at_approval_not_as_missed_dur
         "sent_at_approval",
         "approved 10 minutes after its time, within its window of 60 minutes",
     )
-    assert occurrence.get_outcome_display() == "Sent at approval, after its scheduled time"
+    assert occurrence.get_outcome_display() == "Send started at approval, after its scheduled time"
 
 
 def test_a_one_off_approved_after_its_time_but_sent_only_after_downtime_says_downtime(make_campaign, approve):
@@ -211,7 +211,7 @@ def test_a_one_off_approved_after_its_time_but_sent_only_after_downtime_says_dow
         "sent_late",
         "sent 30 minutes late, within its window of 60 minutes",
     )
-    assert occurrence.get_outcome_display() == "Sent late (missed during downtime)"
+    assert occurrence.get_outcome_display() == "Send started late (missed during downtime)"
 
 
 def test_the_migration_says_sent_at_approval_of_the_one_offs_sent_late_at_their_approval(make_campaign, approve):

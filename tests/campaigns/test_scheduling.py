@@ -250,7 +250,7 @@ def test_members_added_after_the_occurrence_fired_and_before_its_audience_is_rea
 def test_an_occurrence_whose_audience_is_refused_when_read_says_so_and_not_sent(
     client, make_campaign, approve, team, manager_alice
 ):
-    """The occurrence read 'Sent' when its dispatch was made; refused by the prepare task, nothing
+    """The occurrence read 'Send started' when its dispatch was made; refused by the prepare task, nothing
     went: its row says so, with the reason, on the campaign's page and in the list of occurrences,
     and the campaign, whose only send it was, ends failed."""
     from accounts.models import AuditEvent
