@@ -445,16 +445,14 @@ def _campaign_finish(campaign: Campaign) -> None:
 
 
 def _nothing_sent_reason(campaign: Campaign, *, sent_any: bool) -> str:
-    """Why a campaign sent nothing, for its audit line: its sends failed, or what its last occurrence
-    was (refused or skipped), with its note (the campaign's page lists it the same)."""
-    if sent_any:
-        return "Every send of it failed."
+    """Why a campaign sent nothing, for its audit line: every send of it failed, or none was made;
+    and when its last occurrence was refused or skipped, that, with its note (as its page lists it)."""
+    said = "Every send of it failed" if sent_any else "Nothing of it was sent"
     last = campaign.occurrences.order_by("-due_at").first()
-    if last is None:
-        return "Nothing of it was sent: it had no occurrence."
     named = {Occurrence.Outcome.REFUSED: "refused by the gate", Occurrence.Outcome.SKIPPED_MISSED: "skipped"}
-    what = named.get(last.outcome, last.get_outcome_display().lower())
-    said = f"Nothing of it was sent: its last occurrence was {what}"
+    if last is None or last.outcome not in named:
+        return f"{said}."
+    said = f"{said}: its last occurrence was {named[last.outcome]}"
     return f"{said}: {last.note}" if last.note else f"{said}."
 
 

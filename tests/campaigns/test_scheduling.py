@@ -285,6 +285,11 @@ def test_an_occurrence_whose_audience_is_refused_when_read_says_so_and_not_sent(
     campaigns_tick(now=T0 + dt.timedelta(minutes=11))
     campaign.refresh_from_db()
     assert campaign.status == "failed"
+    failed = AuditEvent.objects.get(action="campaign_failed")
+    assert (
+        failed.summary["reason"]
+        == f"Every send of it failed: its last occurrence was refused by the gate: {occurrence.note}"
+    )
 
 
 def _cells(html: str, field: str) -> list[str]:
