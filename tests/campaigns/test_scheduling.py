@@ -958,6 +958,7 @@ def test_a_one_off_whose_only_occurrence_is_refused_ends_failed_saying_why(
     assert listed["results"] == []
 
 
+@pytest.mark.embedded
 def test_a_one_off_missed_beyond_its_window_ends_failed(make_campaign, approve):
     from accounts.models import AuditEvent
 
@@ -1001,6 +1002,7 @@ def test_a_recurring_campaign_whose_last_occurrence_is_refused_ends_completed(
     assert [o.outcome for o in campaign.occurrences.order_by("due_at")] == ["sent", "refused"]
 
 
+@pytest.mark.embedded
 def test_a_recurring_campaign_whose_every_occurrence_is_refused_ends_failed(
     make_campaign, approve, segment, manager_alice
 ):
