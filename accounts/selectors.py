@@ -475,11 +475,14 @@ def _subjects_out_of_reach(user: User, requests: list[ApprovalRequest], subjects
 
 
 CONTENT_AUTHORING_ACTIONS = ("pushcontent_created", "pushcontent_duplicated", "pushcontent_changed")
+# What changes who a segment holds: an approval covers its subject's audience as it covers its content.
+SEGMENT_AUTHORING_ACTIONS = ("segment_created", "segment_changed", "segment_members_changed")
 
 
 def _changed_since_approval(user: User, requests: list[ApprovalRequest], subjects: dict[int, models.Model]) -> set[int]:
-    """The requests whose subject, or a push content it sends, ``user`` changed since the subject
-    was last approved (ever, when it never was): their own work, which the four eyes are for.
+    """The requests whose subject, a push content it sends, or a segment it sends to (or one those
+    segments' rules use), ``user`` changed since the subject was last approved (ever, when it
+    never was): their own work, which the four eyes are for.
 
     A fixed number of queries whatever the requests: per kind of subject (``subjects``, read by
     ``approval_subjects``), their contents (``approval_content_ids_of``, one query, or
@@ -489,6 +492,7 @@ def _changed_since_approval(user: User, requests: list[ApprovalRequest], subject
     from delivery.models import PushContent
 
     contents_of: dict[ApprovalRequest, list[int]] = {}  # each request's contents, its subject still there
+    segments_of: dict[ApprovalRequest, set[int]] = {}  # each request's segments, and those they use
     approved = Q(pk__in=[])  # the subjects' approvals
     authored = Q(pk__in=[])  # the authoring of the subjects and of their contents
     undoing = Q(pk__in=[])  # by anyone: what throws authoring away (``APPROVAL_AUTHORING_UNDONE_BY``)
@@ -503,11 +507,13 @@ def _changed_since_approval(user: User, requests: list[ApprovalRequest], subject
             contents = model.approval_content_ids_of(rows)
         else:
             contents = {row.pk: row.approval_content_ids() for row in rows}
+        segments = model.approval_segment_ids_of(rows) if hasattr(model, "approval_segment_ids_of") else {}
         for request in there:
             row = subjects[request.pk]
             if type(row) is model:
                 contents_of[request] = contents[row.pk]
                 content_ids |= {str(pk) for pk in contents[row.pk]}
+                segments_of[request] = set(segments.get(row.pk, ()))
         type_id = ContentType.objects.get_for_model(model, for_concrete_model=False).pk  # cached: no query
         ids = sorted(str(row.pk) for row in rows)
         approved |= Q(subject_type=type_id, subject_id__in=ids)
@@ -525,6 +531,10 @@ def _changed_since_approval(user: User, requests: list[ApprovalRequest], subject
     content_type = ContentType.objects.get_for_model(PushContent)
     if content_ids:
         authored |= Q(object_type=content_type, object_id__in=sorted(content_ids), action__in=CONTENT_AUTHORING_ACTIONS)
+    segment_type = ContentType.objects.get_by_natural_key("audiences", "segment")  # cached: no query
+    segment_ids = sorted({str(pk) for segments in segments_of.values() for pk in segments})
+    if segment_ids:
+        authored |= Q(object_type=segment_type, object_id__in=segment_ids, action__in=SEGMENT_AUTHORING_ACTIONS)
     last_approved = {
         (row["subject_type"], row["subject_id"]): row["last"]
         for row in ApprovalRequest.objects.filter(approved, status=ApprovalRequest.Status.APPROVED)
@@ -553,6 +563,7 @@ def _changed_since_approval(user: User, requests: list[ApprovalRequest], subject
         since = last_approved.get(subject_key(request))
         touched = [last_authored.get(subject_key(request))]
         touched += [last_authored.get((content_type.pk, str(pk))) for pk in contents]
+        touched += [last_authored.get((segment_type.pk, str(pk))) for pk in segments_of.get(request, ())]
         if any(when is not None and (since is None or when > since) for when in touched):
             changed.add(request.pk)
     return changed

@@ -258,6 +258,15 @@ class Campaign(ConversionGoal):
             found[campaign_id].append(content_id)
         return found
 
+    @classmethod
+    def approval_segment_ids_of(cls, campaigns: list["Campaign"]) -> dict[int, set[int]]:
+        """The segments an approval of each campaign covers, by campaign id: its audience and the
+        segments its rules use, at any depth. One query."""
+        from audiences.models import segments_reached
+
+        reached = segments_reached(campaign.segment_id for campaign in campaigns if campaign.segment_id)
+        return {campaign.pk: reached.get(campaign.segment_id, set()) for campaign in campaigns}
+
     def variant_list(self) -> list["CampaignVariant"]:
         """The variants in their order (empty: the campaign sends its one content to everyone)."""
         if self.pk is None:

@@ -112,6 +112,32 @@ class Journey(ConversionGoal):
                 found[journey_id] = list(contents_of(graph).values())
         return {pk: contents or [] for pk, contents in found.items()}
 
+    @classmethod
+    def approval_segment_ids_of(cls, journeys: list["Journey"]) -> dict[int, set[int]]:
+        """The segments an approval of each journey covers, by journey id: its entry segment and
+        those its conditions read, in its version being drafted or in review, and the segments
+        their rules use, at any depth. Two queries."""
+        from audiences.models import segments_reached
+        from journeys.graph import branch_segments, condition_branches
+
+        found: dict[int, list[int] | None] = {journey.pk: None for journey in journeys}
+        versions = (
+            JourneyVersion.objects.filter(
+                journey__in=list(found), status__in=(JourneyVersion.Status.DRAFT, JourneyVersion.Status.IN_REVIEW)
+            )
+            .order_by("journey_id", "-number")
+            .values_list("journey_id", "graph", "entry_segment_id")
+        )
+        for journey_id, graph, entry_segment_id in versions:
+            if found[journey_id] is None:  # the newest version of each journey
+                used = set().union(*(branch_segments(branch) for _, branch in condition_branches(graph or {})))
+                found[journey_id] = used | ({entry_segment_id} if entry_segment_id else set())
+        reached = segments_reached(set().union(*(segments for segments in found.values() if segments)))
+        return {
+            pk: set().union(*(reached.get(segment, {segment}) for segment in segments or ()))
+            for pk, segments in found.items()
+        }
+
 
 class JourneyUserObjectPermission(UserObjectPermissionBase, GrantStamp):
     content_object = models.ForeignKey(Journey, on_delete=models.CASCADE)

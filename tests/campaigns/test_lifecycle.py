@@ -334,6 +334,41 @@ def test_an_approver_who_changed_the_campaign_or_its_content_cannot_approve_it(
     campaign_approve(campaign_id=campaign.pk, by=approver_zoe)
 
 
+def test_an_approver_who_changed_the_campaigns_audience_cannot_approve_it(
+    make_campaign, manager_alice, approver_bob, segment, content
+):
+    """The audience is part of what an approval covers, as the content is: an approver who edited
+    the rules of the segment a colleague's campaign sends to, or of a segment those rules use, or
+    the members of a kept list it reads, since the campaign's last approval, leaves the decision to
+    another approver."""
+    from accounts.services import access_grant
+    from audiences.services.segments import segment_members_change, segment_update
+    from tests.factories import ProfileFactory, SegmentFactory, UserFactory
+
+    approver_zoe = UserFactory(username="approver_zoe", role="Approver")
+    listed = SegmentFactory(name="Kept list", kind="static", rules={})
+    access_grant(obj=listed, to=manager_alice, by=None)
+    for user in (approver_bob, approver_zoe):
+        for obj in (segment, listed, content.app):
+            access_grant(obj=obj, to=user, by=None)
+    campaign = make_campaign()
+    segment_update(
+        segment_id=segment.pk, by=approver_bob, rules={"all": [{"field": "locale", "op": "eq", "value": "fr"}]}
+    )
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    with pytest.raises(PermissionDenied, match="You changed what this request asks to approve"):
+        campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    campaign_approve(campaign_id=campaign.pk, by=approver_zoe)
+
+    # A revision: Alice makes the audience read the kept list, whose members Bob then changes.
+    segment_update(segment_id=segment.pk, by=manager_alice, rules={"all": [{"segment": listed.pk}]})
+    segment_members_change(segment_id=listed.pk, by=approver_bob, add=[ProfileFactory().external_id])
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    with pytest.raises(PermissionDenied, match="You changed what this request asks to approve"):
+        campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    campaign_approve(campaign_id=campaign.pk, by=approver_zoe)
+
+
 def test_a_decision_naming_another_subjects_request_says_nothing_of_it(make_campaign, manager_alice, approver_bob):
     """The request an approver read is looked for among its subject's own: an id of another
     campaign's request is told as closed, without that request's status."""

@@ -541,6 +541,35 @@ def test_an_approver_who_changed_the_journey_or_a_push_it_sends_cannot_approve_i
     assert journey_approve(journey_id=journey.pk, by=approver_zoe).number == 2
 
 
+def test_an_approver_who_changed_a_segment_the_journey_reads_cannot_approve_it(
+    make_journey, manager_alice, approver_bob, welcome, everyone, vips
+):
+    """Four eyes over the audience too: an approver who edited the entry segment's rules, or the
+    members of a kept list a condition reads, since the journey's last approval, leaves the
+    decision to another approver."""
+    from accounts.services import access_grant
+    from audiences.services.segments import segment_members_change, segment_update
+    from tests.factories import ProfileFactory, UserFactory
+
+    approver_zoe = UserFactory(username="approver_zoe", role="Approver")
+    for user in (approver_bob, approver_zoe):
+        for obj in (welcome.app, everyone, vips):
+            access_grant(obj=obj, to=user, by=None)
+    journey = make_journey()
+    segment_update(segment_id=everyone.pk, by=approver_bob, rules={"all": [{"field": "locale", "op": "exists"}]})
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    with pytest.raises(PermissionDenied, match="You changed what this request asks to approve"):
+        journey_approve(journey_id=journey.pk, by=approver_bob)
+    journey_approve(journey_id=journey.pk, by=approver_zoe)
+
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="purchase")
+    segment_members_change(segment_id=vips.pk, by=approver_bob, add=[ProfileFactory().external_id])
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    with pytest.raises(PermissionDenied, match="You changed what this request asks to approve"):
+        journey_approve(journey_id=journey.pk, by=approver_bob)
+    assert journey_approve(journey_id=journey.pk, by=approver_zoe).number == 2
+
+
 def test_an_approver_whose_draft_was_discarded_may_approve_the_next_one(
     make_journey, manager_alice, approver_bob, welcome, everyone, vips
 ):
