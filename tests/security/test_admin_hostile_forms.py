@@ -7,6 +7,8 @@ never a 500, never a half-written row.
 tests/security/test_admin_hostile_input.py already sends each number input past its range and each
 text input a NUL; here the rest: JSON, choices, dates, over-long text, and numbers typed as text."""
 
+import datetime as dt
+
 import pytest
 from django import forms
 from django.contrib import admin
@@ -30,11 +32,24 @@ JSONS = [
     NUL,
 ]
 
+# A date and a time: the calendar's first and last minutes (out of range once moved to UTC from a
+# zone ahead or behind), a NUL in either.
+SPLIT_DATES = [("9999-12-31", "23:59"), ("0001-01-01", "00:00"), (NUL, "10:00"), ("2026-12-24", NUL)]
+
+
+def _as_datetime(date: str, time: str) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(f"{date}T{time}").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
+
 
 def _values(field: forms.Field, *, number_input: bool, text_input: bool) -> list[str]:
     if isinstance(field, forms.JSONField):
         return JSONS
-    if isinstance(field, forms.BooleanField | forms.NullBooleanField | forms.FileField | forms.SplitDateTimeField):
+    if isinstance(field, forms.SplitDateTimeField):
+        return SPLIT_DATES
+    if isinstance(field, forms.BooleanField | forms.NullBooleanField | forms.FileField):
         return []
     if isinstance(field, forms.ModelChoiceField | forms.ModelMultipleChoiceField):
         return ["9" * 30]  # an id past any column
@@ -131,10 +146,14 @@ def test_every_field_of_every_admin_form_takes_hostile_values_without_a_500(clie
             posted = form.add_prefix(name)
             for value in _values(field, number_input=posted in shown.numbers, text_input=posted in shown.texts):
                 before, rows, events = _row(model, pk), model._default_manager.count(), AuditEvent.objects.count()
-                answer = _post(client, url, {**shown.data, posted: [value]})
+                if isinstance(value, tuple):
+                    answer = _post(client, url, {**shown.data, f"{posted}_0": [value[0]], f"{posted}_1": [value[1]]})
+                    value = _as_datetime(*value)  # saved, then as this time (the draft's zone is UTC)
+                else:
+                    answer = _post(client, url, {**shown.data, posted: [value]})
                 problem = _judged(model, pk, name, value, answer, before, rows, events)
                 if problem:
-                    failures[f"{url} {name}={value[:20]!r}"] = problem
+                    failures[f"{url} {name}={str(value)[:20]!r}"] = problem
                 elif pk is not None and answer.status_code == 302 and _row(model, pk) != before:
                     client.post(url, shown.data)  # saved as posted: put back for the next field
                 probed.add((model._meta.label_lower, name, type(field).__name__))
@@ -183,3 +202,136 @@ def test_the_rule_preview_answers_bytes_that_are_not_json_or_ids_past_any_row_wi
     client.force_login(manager_alice)
     answer = _no_500(client, reverse("admin:audiences_segment_preview_rules"), body, content_type="application/json")
     assert answer.status_code in (400, 404)
+
+
+def test_the_content_live_preview_takes_hostile_fields_without_a_500(client, world, manager_alice):
+    """The phones are drawn from the form as it stands: a field that does not validate stays as saved."""
+    content = world["delivery.pushcontent"]
+    client.force_login(manager_alice)
+    shown = page_form(client.get(reverse("admin:delivery_pushcontent_change", args=[content.pk])).content.decode())
+    url = reverse("admin:delivery_pushcontent_live_preview", args=[content.pk])
+    for name, values in [
+        ("data", JSONS),
+        ("variants", JSONS),
+        ("title", [NUL, LONG]),
+        ("preview_profile", [NUL, LONG]),
+        ("preview_locale", [NUL, LONG]),
+        ("ios_badge", NUMBERS),
+        ("app", ["9" * 30]),
+    ]:
+        for value in values:
+            answer = _no_500(client, url, {**shown.data, name: [value]})
+            assert answer.status_code == 200, (url, name, value[:20])
+    assert (
+        _no_500(client, reverse("admin:delivery_pushcontent_live_preview_new"), {"data": JSONS[0]}).status_code == 200
+    )
+
+
+def test_an_approval_decision_takes_a_hostile_comment_without_a_500(client, world, approver_bob):
+    from accounts.models import ApprovalRequest
+
+    approval = ApprovalRequest.objects.filter(status=ApprovalRequest.Status.PENDING).first()
+    url = reverse("admin:accounts_approvalrequest_review", args=[approval.pk])
+    client.force_login(approver_bob)
+    for decision in ("_approve", "_request_changes", "_no_such_decision"):
+        answer = _no_500(client, url, {"comment": NUL, decision: "1"})
+        assert answer.status_code in (200, 403), (decision, answer.status_code)
+        if answer.status_code == 200:
+            assert answer.context["form"].errors["comment"]
+    answer = _no_500(client, url, {"comment": LONG, "_request_changes": "1"})
+    approval.refresh_from_db()
+    assert answer.status_code == 200 and answer.context["form"].errors["comment"] or approval.comment == LONG
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"user": "9" * 30},
+        {"user": NUL},
+        {"group": "no-such-group"},
+        {"revoke": "user:" + "9" * 30},
+        {"revoke": "user:" + NUL},
+        {"revoke": NUL},
+        {"revoke": "group:-1"},
+    ],
+)
+def test_an_access_page_takes_hostile_principals_without_a_500(client, world, admin_erin, data):
+    segment = world["audiences.segment"]
+    client.force_login(admin_erin)
+    answer = _no_500(client, reverse("admin:audiences_segment_access", args=[segment.pk]), data)
+    assert answer.status_code in (200, 404), answer.status_code
+    if answer.status_code == 200:
+        assert answer.context["form"].errors
+
+
+@pytest.mark.parametrize("action", ["submit", NUL, "9" * 30, "approve"])
+@pytest.mark.parametrize("model", ["campaigns.campaign", "journeys.journey"])
+def test_a_lifecycle_button_takes_hostile_actions_and_confirmations_without_a_500(
+    client, world, manager_alice, model, action
+):
+    obj = world[model]
+    client.force_login(manager_alice)
+    url = reverse(f"admin:{model.replace('.', '_')}_transition", args=[obj.pk, action])
+    answer = _no_500(client, url, {"confirmed": NUL, "comment": NUL})
+    assert answer.status_code in (200, 302, 403, 404), answer.status_code
+
+
+@pytest.mark.parametrize(
+    "date,time",
+    [(NUL, "10:00"), ("2026-12-24", NUL), ("9" * 30, "10:00"), ("2026-12-24", "99:99"), ("9999-12-31", "23:59:59")],
+)
+def test_a_new_api_key_takes_a_hostile_expiry_without_a_500(client, world, admin_erin, date, time):
+    from accounts.models import ApiKey
+
+    client.force_login(admin_erin)
+    keys = ApiKey.objects.count()
+    data = {"user": str(admin_erin.pk), "name": "k", "scopes": ["read"], "expires_at_0": date, "expires_at_1": time}
+    answer = _no_500(client, reverse("admin:accounts_apikey_add"), data)
+    assert answer.status_code == 200, answer.status_code
+    if "admin/accounts/apikey/created.html" in [t.name for t in answer.templates]:
+        assert ApiKey.objects.get(name="k").expires_at.year == 9999  # the last day of the calendar, taken
+    else:
+        assert answer.context["errors"] and ApiKey.objects.count() == keys
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"external_id,plan\nann,p\x00ro\nbob,basic\n",
+        b"external_id,pl\x00an\nann,pro\n",
+        b"external_id,plan\nann,\xff\xfe\xed\xa0\x80\n",
+        b"\xef\xbb\xbfexternal_id,plan\nann,pro\n",
+        b"external_id,plan\rann,pro\rbob,basic\r",
+        b"external_id,plan\r\nann,pro\r\n",
+        b"\x00\x00\x00",
+        b"",
+        b"external_id,n\nann," + b"9" * 400 + b"\nbob,1e400\ncat,NaN\n",
+        b"external_id,plan\n" + b"x" * 100_000 + b",pro\n",
+    ],
+)
+def test_a_csv_upload_of_hostile_bytes_is_refused_or_imported_without_a_500(
+    client, world, manager_alice, settings, tmp_path, django_capture_on_commit_callbacks, content
+):
+    """The upload form answers with its error, or the import runs to its end: done (each bad row
+    failed with its reason) or failed with a message. Never a 500, never a run stuck midway."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from audiences.models import Import
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    client.force_login(manager_alice)
+    imports = set(Import.objects.values_list("pk", flat=True))
+    upload = SimpleUploadedFile("people.csv", content, content_type="text/csv")
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = _no_500(
+            client, reverse("admin:audiences_import_add"), {"file": upload, "encoding": "utf-8", "target": "profiles"}
+        )
+    created = Import.objects.exclude(pk__in=imports)
+    if answer.status_code == 200:
+        assert answer.context["errors"] and not created.exists()
+        return
+    assert answer.status_code == 302, answer.status_code
+    record = created.get()
+    assert record.status in (Import.Status.DONE, Import.Status.FAILED), record.status
+    assert record.status == Import.Status.DONE or record.error
+    assert client.get(reverse("admin:audiences_import_change", args=[record.pk])).status_code == 200
