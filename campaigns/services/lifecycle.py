@@ -378,6 +378,10 @@ def _approve_revision(campaign: Campaign, request: ApprovalRequest, *, by: User,
         fired = campaign.occurrences.exists()
         if campaign.schedule_kind == Campaign.ScheduleKind.NOW:
             campaign.next_occurrence_at = None if fired else now
+        elif campaign.schedule_kind == Campaign.ScheduleKind.AT and _one_off_sent(campaign):
+            # A one-off sends once: its send went (it may still be going), so another time sends
+            # nothing more to the same audience (a new send is a duplicate of the campaign).
+            campaign.next_occurrence_at = None
         else:
             approved = campaign.approved()
             looked_back = local_look_back(approved)  # as far as local_occurrence_open looks
@@ -399,6 +403,14 @@ def _approve_revision(campaign: Campaign, request: ApprovalRequest, *, by: User,
     )
     if campaign.next_occurrence_at is not None and campaign.next_occurrence_at <= now:
         transaction.on_commit(lambda: _queue_fire(campaign.pk))
+
+
+def _one_off_sent(campaign: Campaign) -> bool:
+    """Did an occurrence of the campaign send (not one skipped, or refused by the gate)?"""
+    from campaigns.models import Occurrence
+
+    sent = (Occurrence.Outcome.SENT, Occurrence.Outcome.SENT_LATE, Occurrence.Outcome.SENT_AT_APPROVAL)
+    return campaign.occurrences.filter(outcome__in=sent).exists()
 
 
 def _due_when_revised(campaign: Campaign, approved, *, was_due: dt.datetime, now: dt.datetime) -> None:

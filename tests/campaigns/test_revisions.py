@@ -147,3 +147,34 @@ def test_a_revision_moving_a_live_campaign_to_another_app_or_kind_leaves_the_app
                 source_id=campaign.pk,
                 context=campaign.send_context(),
             )
+
+
+@pytest.mark.parametrize("to", ["at", "now"])
+def test_a_one_off_campaign_that_sent_is_not_sent_again_by_a_revision_moving_its_time(
+    make_campaign, manager_alice, approver_bob, to, django_capture_on_commit_callbacks
+):
+    """A one-off campaign sends once: a revision approved while its send is still going (the
+    campaign still live), giving it another time or 'now', does not send it to its audience again;
+    a new send is a duplicate of the campaign."""
+    import datetime as dt
+
+    from campaigns.models import Occurrence
+    from campaigns.services.scheduling import campaign_fire_due
+
+    t0 = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
+    campaign = make_campaign(schedule_kind="at", send_at=t0)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=t0 - dt.timedelta(hours=1))
+    (sent,) = campaign_fire_due(campaign_id=campaign.pk, now=t0)
+    assert sent.outcome == Occurrence.Outcome.SENT
+    later = t0 + dt.timedelta(days=1)
+    changes = {"send_at": later} if to == "at" else {"schedule_kind": "now"}
+    campaign_update(campaign_id=campaign.pk, by=manager_alice, **changes)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    with django_capture_on_commit_callbacks(execute=True):
+        campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=t0 + dt.timedelta(minutes=10))
+    campaign = Campaign.objects.get(pk=campaign.pk)
+    assert (campaign.status, campaign.next_occurrence_at) == ("live", None)
+    assert campaign_fire_due(campaign_id=campaign.pk, now=later + dt.timedelta(minutes=1)) == []
+    assert list(Occurrence.objects.filter(campaign=campaign).values_list("due_at", flat=True)) == [t0]
+    assert Dispatch.objects.filter(source_id=campaign.pk, kind="campaign").count() == 1
