@@ -5,6 +5,8 @@
 - ``--workers``: processes (about one per core: the HTTP work runs in granian's own threads, outside
   Python); each runs ``--threads`` requests at once (16), each thread with its own PostgreSQL
   connection, and keeps more waiting in the server.
+- ``--thread-idle-seconds``: a thread idle this long (30) ends, and the PostgreSQL connection it held
+  is closed with it.
 - ``--stop-seconds``: on SIGTERM a worker stops taking requests and finishes those in progress within
   this many seconds (30), then is killed.
 - A worker that dies is started again.
@@ -23,6 +25,10 @@ import argparse
 import logging
 import os
 import sys
+import threading
+import time
+import weakref
+from pathlib import Path
 
 SERVER_LOGGERS = ("_granian", "granian.access")  # granian's own loggers (its Rust side logs as _granian)
 
@@ -30,6 +36,8 @@ SERVER_LOGGERS = ("_granian", "granian.access")  # granian's own loggers (its Ru
 # Once the settings have read them, these leave a web worker's environment, so that nothing showing a
 # request's META (an error report, a debugging page) can show them.
 SECRETS = ("SECRET_KEY", "PUSHDESK_ENCRYPTION_KEY", "DATABASE_URL", "REDIS_URL", "PUSHDESK_METRICS_TOKEN", "SENTRY_DSN")
+
+logger = logging.getLogger("pushdesk.web")
 
 
 def worker_application():
@@ -39,7 +47,64 @@ def worker_application():
 
     for name in SECRETS:
         os.environ.pop(name, None)
+    close_connections_of_ended_threads()
     return application
+
+
+# granian ends a thread idle for --thread-idle-seconds but never frees its Python thread state, so the
+# thread's Django connections (thread-local) stayed open for the life of the worker, and each burst
+# after a quiet spell opened as many again. Each connection is noted with the thread that opened it,
+# and one closed as soon as that thread is gone (Linux: the thread left /proc/self/task).
+_OPENED_BY: dict[int, tuple[weakref.ref, int]] = {}
+_OPENED_LOCK = threading.Lock()
+ENDED_THREADS_CHECK_SECONDS = 2.0
+
+
+def _note_connection(sender, connection, **kwargs) -> None:
+    with _OPENED_LOCK:
+        _OPENED_BY[id(connection)] = (weakref.ref(connection), threading.get_native_id())
+
+
+def close_ended_threads_connections(tasks: Path = Path("/proc/self/task")) -> int:
+    """Close the database connections whose thread has ended; return how many."""
+    try:
+        alive = {int(name) for name in os.listdir(tasks)}
+    except OSError:
+        return 0  # no /proc: nothing can be told, nothing is closed
+    with _OPENED_LOCK:
+        ended = [key for key, (_, thread) in _OPENED_BY.items() if thread not in alive]
+        wrappers = [_OPENED_BY.pop(key)[0]() for key in ended]
+    closed = 0
+    for wrapper in wrappers:
+        if wrapper is None or wrapper.connection is None:
+            continue
+        wrapper.inc_thread_sharing()  # its thread has ended: no one else uses it
+        try:
+            wrapper.close()
+            closed += 1
+        except Exception:  # a connection already broken: closing it is all that was wanted
+            logger.debug("closing an ended thread's database connection failed", exc_info=True)
+        finally:
+            wrapper.dec_thread_sharing()
+    return closed
+
+
+def close_connections_of_ended_threads() -> None:
+    """Note each database connection a thread opens, and close it once the thread has ended (checked
+    every ENDED_THREADS_CHECK_SECONDS by a daemon thread of this worker)."""
+    from django.db.backends.signals import connection_created
+
+    connection_created.connect(_note_connection, dispatch_uid="config.web.note_connection")
+
+    def watch() -> None:
+        while True:
+            time.sleep(ENDED_THREADS_CHECK_SECONDS)
+            try:
+                close_ended_threads_connections()
+            except Exception:
+                logger.exception("closing the database connections of ended threads failed")
+
+    threading.Thread(target=watch, name="ended-threads-connections", daemon=True).start()
 
 
 class MeasuredThreads(logging.Filter):
@@ -81,6 +146,12 @@ def _positive(value: str) -> int:
     return int(value)
 
 
+def _idle_seconds(value: str) -> int:
+    if not value.isdigit() or not 5 <= int(value) <= 600:
+        raise argparse.ArgumentTypeError(f"{value!r}: a whole number of seconds from 5 to 600")
+    return int(value)
+
+
 def _app(value: str) -> str:
     module, _, function = value.partition(":")
     if not module or not function.isidentifier():
@@ -115,6 +186,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="MODULE:FUNCTION returning the WSGI application, called in each worker (Pushdesk's)",
     )
     parser.add_argument("--stop-seconds", type=_positive, default=30, help="SIGTERM: finish requests within (30)")
+    parser.add_argument(
+        "--thread-idle-seconds",
+        type=_idle_seconds,
+        default=30,
+        help="a thread idle this long ends, its database connection closed with it: 5 to 600 (30)",
+    )
     return parser.parse_args(argv)
 
 
@@ -139,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         interface=Interfaces.WSGI,
         workers=args.workers,
         blocking_threads=args.threads,
+        blocking_threads_idle_timeout=args.thread_idle_seconds,
         websockets=False,
         log_level=LogLevels(settings.LOG_LEVEL.lower()),  # checked by the settings
         log_dictconfig=server_logging(settings.LOG_FORMAT, settings.LOGGING["formatters"]),

@@ -52,12 +52,15 @@ def _stop(web):
 def test_options_have_production_defaults_and_bad_ones_are_refused_in_a_sentence():
     args = parse([])
     assert (args.bind, args.workers, args.threads, args.stop_seconds) == (("127.0.0.1", 8000), 2, 16, 30)
+    assert args.thread_idle_seconds == 30
     assert parse(["--bind", "[::]:8080"]).bind == ("::", 8080)
     bad_options = {
         ("--bind", "8000"): "HOST:PORT",
         ("--bind", "0.0.0.0:http"): "HOST:PORT",
         ("--workers", "0"): "a whole number, 1 or more",
         ("--threads", "x"): "a whole number, 1 or more",
+        ("--thread-idle-seconds", "4"): "a whole number of seconds from 5 to 600",
+        ("--thread-idle-seconds", "601"): "a whole number of seconds from 5 to 600",
         ("--app", "config.web"): "give MODULE:FUNCTION",
         # Refused before any worker starts, not respawned in a loop of tracebacks:
         ("--app", "nosuch.module:factory"): "the module 'nosuch.module' cannot be imported",
@@ -163,3 +166,43 @@ def test_the_server_s_start_logs_no_warning_of_the_measured_thread_count(tmp_pat
     log = (tmp_path / "web.log").read_text()
     assert "Started worker-1" in log
     assert "WARNING" not in log and "quite high" not in log, log
+
+
+def _backends_alive(pids: set[int]) -> set[int]:
+    import psycopg
+
+    with psycopg.connect(database_url(), autocommit=True) as db:
+        rows = db.execute("SELECT pid FROM pg_stat_activity WHERE pid = ANY(%s)", [list(pids)]).fetchall()
+    return {pid for (pid,) in rows}
+
+
+def _burst(url: str, requests: int) -> set[int]:
+    with httpx.Client(timeout=30, limits=httpx.Limits(max_connections=requests)) as client:
+        answers = []
+        threads = [
+            threading.Thread(target=lambda: answers.append(client.get(f"{url}/backend"))) for _ in range(requests)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert [a.status_code for a in answers] == [200] * requests
+    return {int(a.text) for a in answers}
+
+
+def test_a_thread_that_ends_idle_closes_its_database_connection(tmp_path):
+    """The server ends a thread idle for --thread-idle-seconds; the PostgreSQL connection that thread
+    held is closed with it, so a burst after a quiet spell does not add connections to the old ones."""
+    web, url = _serve(tmp_path, "--workers", "1", "--threads", "4", "--thread-idle-seconds", "5")
+    try:
+        first = _burst(url, 12)
+        assert 2 <= len(first) <= 4
+        deadline = time.monotonic() + 30
+        while len(_backends_alive(first)) == len(first) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(_backends_alive(first)) < len(first), "no connection closed after its thread ended"
+        time.sleep(5)  # the other threads end too (the server may keep one)
+        second = _burst(url, 12)
+        assert len(_backends_alive(first | second)) <= 4  # one connection a thread, never more
+    finally:
+        _stop(web)

@@ -5,7 +5,9 @@ Pushdesk's application is loaded as a worker loads it, then this answers instead
 - ``/slow``: writes ``slow-started`` in ``PUSHDESK_VAR_DIR``, then answers after two seconds (a request
   in progress while the server is told to stop);
 - ``/pid``: the worker's process id;
-- ``/upload``: reads the body 1 MB at a time, answers its size in bytes.
+- ``/upload``: reads the body 1 MB at a time, answers its size in bytes;
+- ``/backend``: the PostgreSQL backend's process id of the thread's Django connection, after a
+  quarter of a second (so that a burst of them takes every thread).
 """
 
 import json
@@ -30,6 +32,15 @@ def factory():
             while chunk := stream.read(1024 * 1024):
                 size += len(chunk)
             body = str(size).encode()
+        elif path == "/backend":
+            from django.db import close_old_connections, connection
+
+            close_old_connections()  # as Django does around each request it handles
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                body = str(cursor.fetchone()[0]).encode()
+            time.sleep(0.25)
+            close_old_connections()
         elif path == "/pid":
             body = str(os.getpid()).encode()
         else:
