@@ -201,3 +201,19 @@ def login(client):
         return client
 
     return as_user
+
+
+@pytest.fixture
+def stream_gates_open():
+    """Gates that let every API-trigger and journey send through, for tests of the streams' own
+    mechanics whose standing dispatches have no campaign or journey behind them (a stream asks its
+    source's gate as it opens; campaigns and journeys test their gates themselves)."""
+    from delivery.models import Dispatch
+    from delivery.services.dispatches import _GATES, dispatch_gate_register
+
+    saved = dict(_GATES)
+    for kind in (Dispatch.Kind.API_TRIGGER, Dispatch.Kind.JOURNEY):
+        dispatch_gate_register(kind=kind, gate=lambda **kwargs: None)
+    yield
+    _GATES.clear()
+    _GATES.update(saved)

@@ -109,6 +109,33 @@ def content_reference_kept(content_id: int | None) -> int | None:
     return content_id if kept.exists() else None
 
 
+def dispatch_gate_ask(
+    *,
+    kind: str,
+    app: App,
+    source_id: int | None,
+    spec: dict,
+    by: User | None,
+    context: dict | None,
+    sends: dict,
+    variants: list[dict] | None = None,
+    holdout_share: int = 0,
+    sample: dict | None = None,
+) -> None:
+    """Ask the gate of ``kind`` about a send (``dispatch_create``'s, or a stream's as it opens).
+    Raises GateClosed when it refuses, or when the kind has none: the send path fails closed."""
+    gate = _GATES.get(kind)
+    if gate is None:
+        raise GateClosed(f"No gate is registered for '{kind}' dispatches: nothing is sent.")
+    asked = {"app": app, "source_id": source_id, "spec": spec, "by": by, "context": context or {}, "sends": sends}
+    if sample:
+        gate(**asked, variants=variants or [], holdout_share=holdout_share, sample=sample)
+    elif variants or holdout_share:
+        gate(**asked, variants=variants or [], holdout_share=holdout_share)
+    else:
+        gate(**asked)
+
+
 def dispatch_create(
     *,
     app_id: int,
@@ -144,27 +171,24 @@ def dispatch_create(
     """
     ensure_instance_claimed(action=f"open a {kind} dispatch")
     app = App.objects.get(pk=app_id)
-    gate = _GATES.get(kind)
-    if gate is None:
-        raise GateClosed(f"No gate is registered for '{kind}' dispatches: nothing is sent.")
     sends = {
         "segment_id": segment_id,
         "profile_ids": profile_ids,
         "purpose": purpose,
         "rate_limit_per_second": rate_limit_per_second,
     }
-    asked = {"app": app, "source_id": source_id, "spec": spec, "by": by, "context": context or {}, "sends": sends}
-    if sample:
-        gate(
-            **asked,
-            variants=variants or [],
-            holdout_share=holdout_share,
-            sample=sample,
-        )
-    elif variants or holdout_share:
-        gate(**asked, variants=variants or [], holdout_share=holdout_share)
-    else:
-        gate(**asked)
+    dispatch_gate_ask(
+        kind=kind,
+        app=app,
+        source_id=source_id,
+        spec=spec,
+        by=by,
+        context=context,
+        sends=sends,
+        variants=variants,
+        holdout_share=holdout_share,
+        sample=sample,
+    )
     spec_validate(spec)
     for variant in variants or []:
         spec_validate(variant["spec"])

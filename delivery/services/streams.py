@@ -34,9 +34,9 @@ from django.utils import timezone
 from accounts.models import User
 from accounts.services import audit
 from config.db import prepared_cursor
-from delivery.models import Delivery, DeliveryRules, Dispatch
+from delivery.models import App, Delivery, DeliveryRules, Dispatch
 from delivery.rules import _CAP_LOCK_CLASS, CAP_DISPATCHES, CAP_ON_ITS_WAY, CAP_PUSHES, quiet_until
-from delivery.services.dispatches import content_reference_kept
+from delivery.services.dispatches import content_reference_kept, dispatch_gate_ask
 from delivery.services.rollups import (
     STREAM_SHARD,
     deliveries_finish,
@@ -119,8 +119,10 @@ def stream_open(
 ) -> int:
     """The id of the open standing dispatch of (kind, source, version) for today, opened if needed.
 
-    The caller has run its source's gate; ``spec`` (already validated when it was approved) is
-    frozen on the dispatch. Safe to race: one stream per source, version and day is open at a
+    The caller has run its source's gate; opening asks it again (``dispatch_gate_ask``), as a
+    dispatch's creation does, since every later call of the day appends to what is opened here:
+    a direct call opening it first with content or settings of its own is refused (GateClosed).
+    ``spec`` (already validated when it was approved) is frozen on the dispatch. Safe to race: one stream per source, version and day is open at a
     time (a unique index), and the loser reads the winner's. Raises InstanceMismatch on a copy
     of another instance's database. ``variants`` and ``holdout_share`` (a campaign's) are frozen
     with it; each call names its recipients' variants.
@@ -141,6 +143,22 @@ def stream_open(
     found = existing.values_list("pk", flat=True).first()
     if found is not None:
         return found
+    dispatch_gate_ask(
+        kind=kind,
+        app=App.objects.get(pk=app_id),
+        source_id=source_id,
+        spec=spec,
+        by=by,
+        context=context,
+        sends={
+            "segment_id": None,
+            "profile_ids": None,
+            "purpose": purpose,
+            "rate_limit_per_second": rate_limit_per_second,
+        },
+        variants=variants,
+        holdout_share=holdout_share,
+    )
     try:
         with transaction.atomic():
             dispatch = Dispatch.objects.create(

@@ -445,3 +445,33 @@ def test_a_trigger_queued_behind_a_stop_reads_the_stopped_stream_and_writes_noth
     assert len(calls) >= 2  # the late call did reach its append
     assert not Delivery.objects.filter(profile__external_id="yann").exists()
     assert not Delivery.objects.filter(status__in=("queued", "sending", "accepted")).exists()
+
+
+def test_a_stream_opened_by_a_direct_call_with_other_content_is_refused_and_triggers_send_the_approved_one(
+    live_trigger, trigger_client, zoe, pushsim, django_capture_on_commit_callbacks
+):
+    """Today's stream is opened by the first call that needs it, and every later call appends to
+    it: a direct service call opening it first with content nobody approved (or another purpose)
+    is refused by the campaign's gate, so the triggers' recipients get the approved content."""
+    from delivery.services.dispatches import GateClosed
+    from delivery.services.streams import stream_open
+
+    approved = live_trigger.approved()
+    opened = {
+        "kind": Dispatch.Kind.API_TRIGGER,
+        "source_id": live_trigger.pk,
+        "version": live_trigger.approved_fingerprint,
+        "app_id": live_trigger.app_id,
+        "content_id": approved.content_id,
+        "label": "Order shipped: API triggers",
+        "context": live_trigger.send_context(),
+    }
+    with pytest.raises(GateClosed, match="approved"):
+        stream_open(**opened, spec={**approved.spec, "body": "Words nobody approved"}, purpose=approved.purpose)
+    with pytest.raises(GateClosed, match="approved"):
+        stream_open(**opened, spec=approved.spec, purpose="marketing")
+    assert not Dispatch.objects.filter(standing=True).exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _trigger(trigger_client, live_trigger, "zoe").status_code == 202
+    (received,) = pushsim.state.recent(token=zoe.devices.get().token)
+    assert "Hi there" in str(received) and "Words nobody approved" not in str(received)

@@ -26,7 +26,7 @@ from tests.factories import (
     orders_stream,
 )
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("stream_gates_open")]
 
 bounds_of_existing = importlib.import_module("delivery.migrations.0031_dispatch_rows_bounds").bounds_of_existing
 SCHEMA_EDITOR = SimpleNamespace(connection=connection)  # what the migration reads of its schema editor

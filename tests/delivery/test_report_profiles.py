@@ -30,7 +30,7 @@ from delivery.variants import variant_for
 from operations.services import retention_apply
 from tests.factories import DeviceFactory, EventFactory, ProfileFactory, PushContentFactory, orders_stream
 
-pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
+pytestmark = [pytest.mark.django_db, pytest.mark.embedded, pytest.mark.usefixtures("stream_gates_open")]
 
 GOAL = Goal(event="purchase", where=(), window_hours=24, anchor="opened")
 REACHED = "conversions_reached2:variant"

@@ -27,7 +27,8 @@ from delivery.variants import variant_for
 from operations.services import retention_apply
 from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory, orders_stream
 
-pytestmark = [pytest.mark.django_db, pytest.mark.embedded]  # the rollup is kept on SQLite too
+# The rollup is kept on SQLite too.
+pytestmark = [pytest.mark.django_db, pytest.mark.embedded, pytest.mark.usefixtures("stream_gates_open")]
 
 
 def _quarter(moment: dt.datetime) -> dt.datetime:

@@ -32,7 +32,7 @@ from tests.delivery.test_accounting_walk import counters_of, rows_counted
 from tests.delivery.test_rollups import counted, rolled_up
 from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory, orders_stream
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("stream_gates_open")]
 
 STEPS = 40
 

@@ -25,7 +25,7 @@ from delivery.services.streams import (
 from tests.factories import DeviceFactory, ProfileFactory, PushContentFactory, orders_stream
 from tests.locks import eventually
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("stream_gates_open")]
 
 
 def _source(app):

@@ -129,6 +129,7 @@ def _platform_sends(samples: dict, app_name: str) -> dict:
     }
 
 
+@pytest.mark.usefixtures("stream_gates_open")
 def test_sends_break_down_per_platform_as_batches_land(client, pushsim, pushsim_app, metrics_on):
     """A stream's batches move the per-platform series at once, before any recount."""
     content = PushContentFactory(app=pushsim_app)
@@ -192,6 +193,7 @@ def test_a_finished_dispatch_is_recounted_per_platform(
         assert per_app == sum(n for (_, o), n in by_platform.items() if o == outcome)
 
 
+@pytest.mark.usefixtures("stream_gates_open")
 def test_trigger_latency_is_the_slowest_request_to_send_of_the_streams_last_minute(client, db, metrics_on):
     """A trigger stream is opened once a day: its rows, not its opening, say how long a trigger waited."""
     import datetime as dt
@@ -225,6 +227,7 @@ def test_trigger_latency_is_the_slowest_request_to_send_of_the_streams_last_minu
 
 
 @pytest.mark.embedded
+@pytest.mark.usefixtures("stream_gates_open")
 def test_trigger_latency_leaves_out_a_row_quiet_hours_held(client, pushsim, pushsim_app, metrics_on):
     """A marketing stream's row held three hours by quiet hours, then sent with a prompt one: the
     slowest trigger is the prompt one's, not the app's quiet hours."""

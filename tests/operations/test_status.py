@@ -17,7 +17,8 @@ from delivery.models import Dispatch
 from operations.status import queue_depth_and_oldest_age
 from tests.factories import AppFactory
 
-pytestmark = pytest.mark.embedded  # the queue is Redis, or the database (django-q2's ORM broker)
+# The queue is Redis, or the database (django-q2's ORM broker).
+pytestmark = [pytest.mark.embedded, pytest.mark.usefixtures("stream_gates_open")]
 
 
 @pytest.fixture
