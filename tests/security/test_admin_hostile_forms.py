@@ -335,3 +335,148 @@ def test_a_csv_upload_of_hostile_bytes_is_refused_or_imported_without_a_500(
     assert record.status in (Import.Status.DONE, Import.Status.FAILED), record.status
     assert record.status == Import.Status.DONE or record.error
     assert client.get(reverse("admin:audiences_import_change", args=[record.pk])).status_code == 200
+
+
+@pytest.mark.slow
+def test_every_inline_row_and_its_counts_take_hostile_values_without_a_500(client, world, admin_erin, manager_alice):
+    """The rows under a form (a campaign's variants, a user's apps), and the counts of rows the
+    page posts with them: a count past any or a NUL is answered, never a 500."""
+    from campaigns.services.lifecycle import campaign_create
+    from tests.factories import AppFactory
+
+    AppFactory()  # an app alice was not granted: her page offers a row for it
+    campaign = world["campaigns.campaign"]
+    draft = campaign_create(
+        by=admin_erin,
+        name="Draft",
+        app=campaign.app,
+        segment=campaign.segment,
+        content=campaign.content,
+        kind="scheduled",
+    )
+    counts = ids = ["9" * 30, NUL]
+    variant = {
+        "variants-TOTAL_FORMS": ["1"],
+        "variants-0-content": [str(campaign.content_id)],
+        "variants-0-share": ["50"],
+    }
+    probes = [
+        (
+            reverse("admin:campaigns_campaign_change", args=[draft.pk]),
+            variant,
+            {
+                "variants-TOTAL_FORMS": counts,
+                "variants-INITIAL_FORMS": counts,
+                "variants-0-content": ids,
+                "variants-0-share": ["1e400", "NaN"],
+            },
+        ),
+        (
+            reverse("admin:accounts_user_change", args=[manager_alice.pk]),
+            {},
+            {
+                "appuserobjectpermission_set-TOTAL_FORMS": counts,
+                "appuserobjectpermission_set-INITIAL_FORMS": counts,
+                "appuserobjectpermission_set-0-id": ids,
+                "appuserobjectpermission_set-1-content_object": ids,
+            },
+        ),
+    ]
+    client.force_login(admin_erin)
+    failures, sent = {}, 0
+    for url, added, fields in probes:
+        shown = page_form(client.get(url).content.decode())
+        for name, values in fields.items():
+            assert name in {**shown.data, **added}, name
+            for value in values:
+                answer = _post(client, url, {**shown.data, **added, name: [value]})
+                sent += 1
+                if isinstance(answer, Exception) or answer.status_code >= 500:
+                    failures[f"{url} {name}={value[:20]!r}"] = repr(answer)[:300]
+    assert not failures, "\n".join(f"{k}: {v}" for k, v in failures.items())
+    assert sent == 16, sent
+
+
+BIG = 10**30  # a whole number JSON holds, past any bigint column
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        {"id": "start", "type": "wait", "seconds": BIG, "next": "done"},
+        {"id": "start", "type": "wait", "seconds": -BIG, "next": "done"},
+        {"id": "start", "type": "wait", "seconds": 1e308, "next": "done"},
+        {"id": "start", "type": "push", "content": BIG, "next": "done"},
+        {"id": "start", "type": "push", "content": "9" * 30, "next": "done"},
+        {
+            "id": "start",
+            "type": "condition",
+            "branches": [{"label": "a", "segment": BIG, "next": "done"}],
+            "else": "done",
+        },
+        {
+            "id": "start",
+            "type": "condition",
+            "branches": [{"label": "a", "rules": {"all": [{"segment": BIG}]}, "next": "done"}],
+            "else": "done",
+        },
+        {"id": "start", "type": "wait", "until": "\x00", "next": "done"},
+        {"id": "st\x00rt", "type": "exit"},
+    ],
+)
+def test_a_journey_graph_naming_numbers_past_any_column_is_refused_on_the_form(client, world, manager_alice, step):
+    """Valid JSON whose numbers name no row (an id past bigint) or no duration: the graph's
+    field says so; the journey is as it was."""
+    import json
+
+    journey = world["journeys.journey"]
+    client.force_login(manager_alice)
+    url = reverse("admin:journeys_journey_change", args=[journey.pk])
+    page = client.get(url)
+    shown = page_form(page.content.decode())
+    before = _row(type(journey), journey.pk)
+    graph = {"steps": [step, {"id": "done", "type": "exit"}]}
+    answer = _no_500(client, url, {**shown.data, "graph": [json.dumps(graph)]})
+    assert answer.status_code == 200, answer.status_code
+    assert answer.context["adminform"].form.errors
+    assert _row(type(journey), journey.pk) == before
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"segment": BIG},
+        {"reachable": {"app": BIG}},
+        {"event": "open", "min_count": BIG},
+        {"event": "open", "within_days": BIG},
+        {"event": "open", "within_days": 1e308},
+        {"field": "created_at", "op": "gt", "value": {"ago": BIG, "unit": "days"}},
+        {"attribute": "age", "op": "gt", "value": BIG},
+        {"attribute": "age", "op": "between", "value": [-1e308, 1e308]},
+        {"attribute": "a\x00", "op": "eq", "value": 1},
+    ],
+)
+def test_segment_rules_naming_numbers_past_any_column_are_answered_on_the_form(client, world, manager_alice, rule):
+    """A rule of valid JSON whose number names no row, no count or no time: refused by the form
+    naming the rule, or saved as posted (a number compared is any number): never a 500."""
+    import json
+
+    segment = world["audiences.segment"]
+    saved = segment.rules
+    client.force_login(manager_alice)
+    url = reverse("admin:audiences_segment_change", args=[segment.pk])
+    shown = page_form(client.get(url).content.decode())
+    answer = _no_500(client, url, {**shown.data, "rules": [json.dumps({"all": [rule]})]})
+    segment.refresh_from_db()
+    if answer.status_code == 302:
+        assert segment.rules == {"all": [rule]}
+    else:
+        assert answer.status_code == 200 and answer.context["adminform"].form.errors["rules"]
+        assert segment.rules == saved
+    preview = _no_500(
+        client,
+        reverse("admin:audiences_segment_preview_rules"),
+        json.dumps({"rules": {"all": [rule]}}),
+        content_type="application/json",
+    )
+    assert preview.status_code in (200, 400)
