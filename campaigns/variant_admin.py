@@ -69,6 +69,12 @@ class CampaignVariantInline(admin.TabularInline):
         # Each row is headed by its variant's name, which names its content.
         return super().get_queryset(request).select_related("content")
 
+    def get_formset(self, request, obj=None, **kwargs):
+        # The page posts its count of rows: never build more than a campaign holds (Django's
+        # default builds up to a thousand more, each shown again with its error).
+        kwargs.setdefault("absolute_max", MAX_VARIANTS)
+        return super().get_formset(request, obj, **kwargs)
+
     def _campaign_admin(self):
         return self.admin_site._registry[Campaign]
 

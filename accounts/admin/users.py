@@ -60,6 +60,10 @@ class AppAccessInline(admin.TabularInline):
 
     def get_formset(self, request, obj=None, **kwargs):
         kwargs["labels"] = {"content_object": "App"}  # the column's header as well as the field's label
+        # A user has at most one row per app: the page's posted count of rows builds no more (Django's
+        # default builds up to two thousand, each shown again with its error).
+        apps = self.model._meta.get_field("content_object").related_model
+        kwargs["max_num"] = kwargs["absolute_max"] = apps.objects.count()
         return super().get_formset(request, obj, **kwargs)
 
     @admin.display(description="Granted")
