@@ -462,12 +462,14 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         from delivery.admin.dispatches import campaign_sends, campaign_sends_url
         from delivery.models import Dispatch
         from delivery.selectors import dispatches_visible_to
+        from delivery.services.dispatches import dispatches_counted_now
 
         request = page_request()
         if obj is None or obj.pk is None or request is None:
             return "—"
         sends = campaign_sends(dispatches_visible_to(request.user), obj.pk)
-        latest = list(sends[:LATEST_SENDS])
+        # An open stream's counters on its row are kept once a minute: summed now, as its page does.
+        latest = dispatches_counted_now(list(sends[:LATEST_SENDS]))
         count = sends.count() if latest else 0
         summary = latest_summary(
             count=count, latest=LATEST_SENDS, url=campaign_sends_url(obj.pk), css_class="dispatches-list"

@@ -117,6 +117,7 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
     from audiences.models import EventReplay, Import
     from audiences.services.imports import import_stalled_minutes, imports_not_taken_up, imports_stalled
     from delivery.models import Dispatch
+    from delivery.services.dispatches import dispatches_counted_now
     from delivery.services.streams import stream_live_figures
     from operations.instance import instance_problem
     from operations.services import retention_problems
@@ -134,8 +135,8 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
         oldest_task_age_seconds=age,
         queue_problem=problem,
     )
-    running = Dispatch.objects.running()
-    for d in running.order_by("id"):
+    # An open stream's counters on its row are kept once a minute: summed now, as its page does.
+    for d in dispatches_counted_now(list(Dispatch.objects.running().order_by("id"))):
         elapsed = (now - d.started_at).total_seconds() if d.started_at else 0.0
         done = d.accepted + d.failed + d.skipped + d.unknown
         if d.standing:

@@ -28,7 +28,7 @@ from delivery.selectors import (
     dispatch_shown_zone,
     dispatches_visible_to,
 )
-from delivery.services.dispatches import dispatch_counted_now, dispatch_stop
+from delivery.services.dispatches import dispatch_counted_now, dispatch_stop, dispatches_counted_now
 
 CAMPAIGN_PARAMETER = "campaign"  # the list of one campaign's sends
 
@@ -316,8 +316,7 @@ class DispatchAdmin(ScopedAdmin):
         response = super().changelist_view(request, extra)
         changelist = (getattr(response, "context_data", None) or {}).get("cl")
         if changelist is not None:
-            for obj in changelist.result_list:
-                dispatch_counted_now(obj)
+            dispatches_counted_now(list(changelist.result_list))  # the page's open streams, in one query
         return response
 
     def has_add_permission(self, request):

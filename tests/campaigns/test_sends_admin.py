@@ -245,3 +245,25 @@ def test_a_reader_granted_the_campaign_but_not_its_app_reads_its_sends_as_its_pa
     assert client.get(_page(campaign)).status_code == 404
     assert list(client.get("/admin/delivery/dispatch/").context["cl"].result_list) == []
     assert client.get(f"/admin/delivery/dispatch/{sent.pk}/change/").status_code == 404
+
+
+def test_an_open_stream_in_the_sends_box_says_what_it_has_done_as_its_rows_are_now(client, campaign, manager_alice):
+    """An open stream's counters on its row are kept once a minute (calls append without touching
+    it): the campaign page's Sends box sums its rollup, as the stream's own page and the home page
+    do, not the row's last copy (which said 1 targeted, 1 accepted of 4 made and 3 accepted)."""
+    from tests.test_home import make_sends
+
+    stream = make_sends(
+        campaign.app,
+        [("accepted", "", "ios")] * 3 + [("failed", "BadDeviceToken", "ios")],
+        finished_at=T0,
+        label="API triggers",
+        status="sending",
+        kind=Dispatch.Kind.API_TRIGGER,
+    )
+    Dispatch.objects.filter(pk=stream.pk).update(
+        standing=True, source_id=campaign.pk, created_at=T0 + dt.timedelta(days=30), total=1, accepted=1
+    )
+    client.force_login(manager_alice)
+    box = _text(_box(client.get(_page(campaign)).content.decode()))
+    assert "API triggers — Sending, 4 targeted, 3 accepted" in box

@@ -241,6 +241,27 @@ def test_status_gives_a_stream_the_rate_of_its_last_minute_not_its_days_average(
     assert line.endswith("2.0/s in the last minute"), line
 
 
+def test_status_counts_an_open_stream_as_its_rows_are_now_not_its_rows_last_copy(db, queue):
+    """An open stream's counters on its row are kept once a minute (calls append without touching
+    it): ``status`` sums its rollup, as its page and the home page do."""
+    from tests.test_home import make_sends
+
+    now = timezone.now()
+    stream = make_sends(
+        AppFactory(),
+        [("accepted", "", "ios")] * 3 + [("failed", "BadDeviceToken", "ios")],
+        finished_at=now,
+        label="Order shipped: API triggers",
+        status="sending",
+        kind="api_trigger",
+    )
+    Dispatch.objects.filter(pk=stream.pk).update(standing=True, total=1, accepted=1, failed=0)
+    out = io.StringIO()
+    call_command("status", stdout=out)
+    line = next(line for line in out.getvalue().splitlines() if f"#{stream.pk} " in line)
+    assert ": sending, 4/4 done (3 accepted, 1 failed, 0 unknown)" in line, line
+
+
 def test_status_on_a_database_not_migrated_says_to_migrate_not_that_it_does_not_answer(db, queue):
     from django.core.management import CommandError
     from django.db import connection
