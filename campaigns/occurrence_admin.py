@@ -164,6 +164,9 @@ class OccurrenceInline(OccurrenceColumns, admin.TabularInline):
             # The admin makes this inline anew for each page: the heading is this page's.
             lead = "occurrences, newest first" if occurrences_counted(obj) else "occurrences"
             self.verbose_name_plural = format_html("{}: {}", lead, occurrences_summary(obj))
+        # The page posts back the rows it showed: never build more (Django's default builds up to a
+        # thousand for a count past any, each shown again).
+        kwargs.setdefault("absolute_max", LATEST_OCCURRENCES)
         return super().get_formset(request, obj, **kwargs)
 
     def has_change_permission(self, request, obj=None):
