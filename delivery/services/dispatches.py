@@ -345,23 +345,44 @@ def _resolve_rows_sql(
     return source, [dispatch.pk, _dt(now), *audience_params, dispatch.app_id]
 
 
-def _resolve_insert(cursor, dispatch: Dispatch, *, now: datetime, profiles_between=None, shard: int = 0) -> Counter:
+# What a slice counts when another slice took some of its devices: its rows that were written
+# (those without a device, which no other slice writes, and those whose device it inserted). Each
+# branch is guarded by a comparison of two counts, which PostgreSQL evaluates once: the common case
+# (every row written) counts ``src`` as it is, without a join.
+_SLICE_MADE = (
+    "made AS (SELECT * FROM src WHERE (SELECT count(*) FROM ins) = (SELECT count(*) FROM src) "
+    "UNION ALL SELECT * FROM src WHERE (SELECT count(*) FROM ins) <> (SELECT count(*) FROM src) "
+    "AND (device_id IS NULL OR device_id IN (SELECT device_id FROM ins))) "
+)
+
+
+def _resolve_insert(
+    cursor, dispatch: Dispatch, *, now: datetime, profiles_between=None, shard: int = 0, sliced: bool = False
+) -> Counter:
     """PostgreSQL: write the dispatch's rows (those of ``profiles_between`` only, when given) and
     count them into the rollup's ``shard`` in one statement; return their counts by outcome.
 
     No row of these profiles exists yet for the dispatch: it is still preparing, under its lock,
-    and leftovers of a resolve that died were deleted first. The audience holds each profile once
-    and a device has one profile, so no two rows share a device: the unique index on (dispatch,
-    device) would refuse the statement, not skip a row. (ON CONFLICT DO NOTHING cost a third of
-    the insert at 1M.)"""
+    and leftovers of a resolve that died were deleted first. In one statement (one snapshot) the
+    audience holds each profile once and a device has one profile, so no two rows share a device.
+    The ``sliced`` statements of one resolve each read in a snapshot of their own: a device moved
+    meanwhile from a profile of one slice to a profile of another is seen by both. The later one
+    leaves its row out (ON CONFLICT DO NOTHING on the unique index on (dispatch, device)) and
+    counts only the rows it wrote (``_SLICE_MADE``): the device is targeted once, under the
+    profile that held it when the first slice read it. (One statement does without: ON CONFLICT
+    DO NOTHING cost a third of the insert at 1M.)"""
     source, params = _resolve_rows_sql(dispatch, now=now, profiles_between=profiles_between)
+    insert = f"INSERT INTO delivery_delivery ({_RESOLVE_COLUMNS}) SELECT {_RESOLVE_COLUMNS} FROM src"  # noqa: S608 (constants)
+    if sliced:
+        insert += " ON CONFLICT (dispatch_id, device_id) WHERE queued_at IS NULL DO NOTHING RETURNING device_id"
     # In profile order: the rows' index entries (device, profile) then go in in order. A hash
     # join's order, which fresh statistics choose at a million rows, scattered them over indexes
     # larger than PostgreSQL's buffers: 22 s against 12 s, sort included.
     cursor.execute(
         f"WITH src AS MATERIALIZED ({source} ORDER BY profile_id), "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
-        f"ins AS (INSERT INTO delivery_delivery ({_RESOLVE_COLUMNS}) SELECT {_RESOLVE_COLUMNS} FROM src) "
-        + rollup_made_sql(source="src", shard=shard),
+        f"ins AS ({insert}) "
+        + (", " + _SLICE_MADE if sliced else "")
+        + rollup_made_sql(source="made" if sliced else "src", shard=shard),
         [*params, dispatch.pk, _dt(dispatch.created_at), _dt(dispatch.created_at)],
     )
     counts = Counter()
@@ -437,7 +458,7 @@ def _resolve_in_slices(
     def writer(shard: int, between: tuple[int, int]) -> Callable[[], Counter]:
         def work() -> Counter:
             with connection.cursor() as cursor:
-                return _resolve_insert(cursor, dispatch, now=now, profiles_between=between, shard=shard)
+                return _resolve_insert(cursor, dispatch, now=now, profiles_between=between, shard=shard, sliced=True)
 
         return work
 

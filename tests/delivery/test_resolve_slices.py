@@ -14,6 +14,7 @@ from delivery.models import Delivery, DeliveryRollup, Device, Dispatch
 from delivery.services.dispatches import (
     _resolve_in_slices,
     _resolve_slices,
+    dispatch_counts,
     dispatch_prepare,
 )
 from tests.delivery.test_rollups import assert_rollup_is_the_count
@@ -271,4 +272,34 @@ def test_a_slice_that_fails_fails_the_prepare_after_the_others_end_and_the_next_
     dispatch_prepare(dispatch_id=whole.pk)
     assert [r[1:4] for r in _rows(dispatch)] == [r[1:4] for r in _rows(whole)]
     assert _counters(dispatch) == ("done", *_counters(whole)[1:])
+    assert_rollup_is_the_count(dispatch)
+
+
+def test_a_device_moved_between_two_slices_is_targeted_once_and_counted_once(audience, settings):
+    """Each slice reads the audience in its own snapshot: a phone re-registered meanwhile under a
+    profile of a later slice is seen by both. The second slice leaves its row out (the first one
+    targeted the phone), the resolve ends, and its counts and rollup are the rows written."""
+    app, segment = audience
+    settings.PUSHDESK_RESOLVE_SLICES = 2
+    settings.PUSHDESK_RESOLVE_SLICE_PROFILES = 10
+    dispatch = _dispatch(app, segment)
+    (first, second), _ = _resolve_slices(dispatch)
+    members = segment.members.values_list("profile_id", flat=True)
+    moved = (
+        Device.objects.filter(app=app, profile_id__in=members, profile_id__lte=first[1], push_enabled=True)
+        .order_by("id")
+        .first()
+    )
+    to = Device.objects.filter(app=app, profile_id__in=members, profile_id__gte=second[0]).order_by("id").first()
+    now = timezone.now()
+
+    _resolve_in_slices(dispatch, slices=[first], now=now)
+    Device.objects.filter(pk=moved.pk).update(profile_id=to.profile_id)  # between the two slices' statements
+    _resolve_in_slices(dispatch, slices=[second], now=now)
+
+    rows = Delivery.objects.filter(dispatch=dispatch)
+    assert list(rows.filter(device=moved).values_list("profile_id", flat=True)) == [moved.profile_id]
+    counts = dispatch_counts(dispatch_id=dispatch.pk)
+    assert counts["total"] == rows.count() == len(set(rows.values_list("device_id", "profile_id")))
+    assert counts["skipped"] == rows.filter(status="skipped").count()
     assert_rollup_is_the_count(dispatch)
