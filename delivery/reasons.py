@@ -18,6 +18,8 @@ REASON_LABELS: dict[str, str] = {
     "missed_local_time": "its local time had passed too long ago",
     "holdout": "in the holdout, kept from the send to measure it",
     "stopped": "the send was stopped before it went",
+    # Winner mode's rest: the phone moved from a profile of the sample to one of the rest after it.
+    "sent_in_sample": "the phone had this campaign's push already, in its winner test's sample",
     # Skipped, never sent: a now-or-never push that quiet hours would hold, or one whose TTL ran out
     # before its turn (a slow send, a hold); rows of before 0033 said "expired (TTL over …)", failed.
     "expired": "its TTL ran out before it could be sent: never sent",

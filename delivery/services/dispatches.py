@@ -271,6 +271,34 @@ _RESOLVE_COLUMNS = (
 )
 
 
+def _sent_in_sample_sql(dispatch: Dispatch) -> str:
+    """A SQL condition on ``dev``: the device was sent the push of the sample this dispatch is the
+    rest of (a winner-mode campaign's), or false. The rest leaves out the sample's profiles by a
+    hash of their ids, not their phones: a phone moved since from a profile of the sample to one of
+    the rest (registered again under another profile, or its profile merged into another) would
+    get the campaign twice. A row of the sample sent, or that may have been (any but ``skipped``),
+    counts; one skipped (the holdout, a phone moved before its turn) never reached the phone."""
+    if not dispatch.sample or dispatch.sample.get("part") != "rest":
+        return "(1 = 0)"
+    sample_id = (
+        Dispatch.objects.filter(
+            kind=dispatch.kind,
+            source_id=dispatch.source_id,
+            sample__part="sample",
+            sample__test=dispatch.sample.get("test"),
+        )
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if sample_id is None:
+        return "(1 = 0)"
+    # An integer of ours: the subquery is read once (hashed), through the (dispatch, device) index.
+    return (
+        f"(dev.id IN (SELECT s.device_id FROM delivery_delivery s WHERE s.dispatch_id = {int(sample_id)} "  # noqa: S608
+        f"AND s.device_id IS NOT NULL AND s.status <> '{DS.SKIPPED}'))"
+    )
+
+
 def _resolve_rows_sql(
     dispatch: Dispatch, *, now: datetime, profiles_between: tuple[int, int] | None = None
 ) -> tuple[str, list]:
@@ -284,15 +312,18 @@ def _resolve_rows_sql(
     # holdout that kept the unreachable would weigh profiles no push could reach against profiles
     # one did, and the reports' "reachable" would count them.
     holdout = f"COALESCE(p.variant, -1) = {HOLDOUT}"
+    sent = _sent_in_sample_sql(dispatch)
     status_sql = (
-        f"CASE WHEN dev.id IS NULL OR {holdout} THEN '{DS.SKIPPED}' WHEN dev.push_enabled THEN '{DS.QUEUED}' "
-        f"ELSE '{DS.SKIPPED}' END"
+        f"CASE WHEN dev.id IS NULL OR {holdout} OR {sent} THEN '{DS.SKIPPED}' "
+        f"WHEN dev.push_enabled THEN '{DS.QUEUED}' ELSE '{DS.SKIPPED}' END"
     )
     reason_sql = (
         f"CASE WHEN dev.id IS NULL THEN 'no_device' WHEN NOT dev.push_enabled THEN 'not_opted_in' "
-        f"WHEN {holdout} THEN 'holdout' ELSE '' END"
+        f"WHEN {sent} THEN 'sent_in_sample' WHEN {holdout} THEN 'holdout' ELSE '' END"
     )
-    finished_sql = f"CASE WHEN dev.id IS NOT NULL AND dev.push_enabled AND NOT {holdout} THEN NULL ELSE %s END"
+    finished_sql = (
+        f"CASE WHEN dev.id IS NOT NULL AND dev.push_enabled AND NOT {holdout} AND NOT {sent} THEN NULL ELSE %s END"
+    )
 
     def rows(profile: str) -> str:  # (constants and the ORM's own SQL; values are bound)
         return (

@@ -20,6 +20,8 @@ from campaigns.services.variants import VariantInput, campaign_variants_set
 from campaigns.services.winner import WinnerInput, campaign_winner_set, winner_pick
 from campaigns.winner import two_proportion_z, winner_decide
 from delivery.models import Delivery, Dispatch
+from delivery.reasons import reason_label
+from delivery.services.devices import device_register
 from delivery.services.dispatches import GateClosed, dispatch_create, dispatch_prepare
 from delivery.services.sending import dispatch_send
 from delivery.variants import sample_bucket, variant_for
@@ -555,3 +557,54 @@ def test_a_sample_stopped_before_any_row_was_written_sends_nothing_to_the_rest(
     test = winner_pick(campaign_id=campaign.pk, now=T0 + dt.timedelta(minutes=WINNER.wait_minutes))
     assert (test.outcome, test.remainder_dispatch_id) == ("cancelled", None)
     assert test.reason.startswith("Nothing sent to the rest: the sample never went out, its dispatch stopped")
+
+
+def test_a_phone_moved_from_the_sample_to_the_rest_gets_the_campaign_once(
+    shop, contents, manager_alice, approver_bob, admin_erin, pushsim
+):
+    """The rest leaves out the sample's profiles; a phone the sample reached and that was registered
+    again under a profile of the rest before the rest was resolved is left out too, its row saying why."""
+    phones = _phones(80, shop)
+    settings = WinnerInput(sample_share=40, wait_minutes=0)
+    campaign = _approve(_campaign(manager_alice, shop, contents, winner=settings), manager_alice, approver_bob)
+    sample = _sample(campaign)
+    access_grant(obj=shop, to=admin_erin, by=None)
+    sent = Delivery.objects.filter(dispatch=sample, status="accepted").order_by("id")
+    moved, opted_out = (phones[row.profile_id] for row in sent[:2])
+    sent_profiles = set(Delivery.objects.filter(dispatch=sample).values_list("profile_id", flat=True))
+    rest = [
+        pk
+        for pk in phones
+        if pk not in sent_profiles and variant_for(pk, salt=campaign.pk, variants=sample.variants, holdout_share=10)
+    ]
+    # The phone re-registers under a profile of the rest: its device row moves there.
+    to = ProfileFactory._meta.model.objects.get(pk=rest[0])
+    device_register(
+        app_id=shop.pk, external_id=to.external_id, platform=moved.platform, token=moved.token, by=admin_erin
+    )
+    # Another moves there and turns notifications off: not sent either, for that reason.
+    device_register(
+        app_id=shop.pk,
+        external_id=to.external_id,
+        platform=opted_out.platform,
+        token=opted_out.token,
+        by=admin_erin,
+        push_enabled=False,
+    )
+
+    test = winner_pick(campaign_id=campaign.pk, now=T0)
+    remainder = _send(test.remainder_dispatch_id)
+
+    assert pushsim.state.count(moved.token) == 1
+    assert pushsim.state.count(phones[to.pk].token) == 1  # the rest profile's own phone gets the winner
+    rows = Delivery.objects.filter(dispatch=remainder)
+    assert rows.get(device_id=moved.pk).profile_id == to.pk
+    assert (rows.get(device_id=moved.pk).status, rows.get(device_id=moved.pk).reason) == ("skipped", "sent_in_sample")
+    assert rows.get(device_id=opted_out.pk).reason == "not_opted_in"
+    assert reason_label("sent_in_sample")
+    assert remainder.skipped == rows.filter(status="skipped").count()
+    assert remainder.total == rows.count()
+    received = {}
+    for r in pushsim.state.recent(limit=1000):
+        received[r["token"]] = received.get(r["token"], 0) + 1
+    assert set(received.values()) == {1}
