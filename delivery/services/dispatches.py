@@ -378,11 +378,12 @@ def _resolve_rows_sql(
 
 # What a slice counts when another slice took some of its devices: its rows that were written
 # (those without a device, which no other slice writes, and those whose device it inserted). Each
-# branch is guarded by a comparison of two counts, which PostgreSQL evaluates once: the common case
+# branch is guarded by one comparison of two counts, made once (a one-time filter): the common case
 # (every row written) counts ``src`` as it is, without a join.
 _SLICE_MADE = (
-    "made AS (SELECT * FROM src WHERE (SELECT count(*) FROM ins) = (SELECT count(*) FROM src) "
-    "UNION ALL SELECT * FROM src WHERE (SELECT count(*) FROM ins) <> (SELECT count(*) FROM src) "
+    "whole AS MATERIALIZED (SELECT (SELECT count(*) FROM ins) = (SELECT count(*) FROM src) AS yes), "
+    "made AS (SELECT * FROM src WHERE (SELECT yes FROM whole) "
+    "UNION ALL SELECT * FROM src WHERE NOT (SELECT yes FROM whole) "
     "AND (device_id IS NULL OR device_id IN (SELECT device_id FROM ins))) "
 )
 
