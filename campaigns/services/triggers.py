@@ -207,8 +207,12 @@ def _campaign_stamp(campaign_id: int) -> str:
     return f"campaign:{campaign_id}"
 
 
-def _refuse_unless_triggerable(campaign: Campaign) -> None:
-    if campaign.kind != Campaign.Kind.API_TRIGGERED:
+def _refuse_unless_triggerable(campaign: Campaign, approved) -> None:
+    """Refuse the calls of a campaign whose approved version is not API-triggered (the row's
+    kind before any approval), or that is not live. A revision changing the kind waits for its
+    approval: the approved version keeps taking calls meanwhile."""
+    kind = approved.kind if approved is not None else campaign.kind
+    if kind != Campaign.Kind.API_TRIGGERED:
         raise TriggerRefused(
             f"'{campaign}' is a scheduled campaign, not an API-triggered one.", code="not_api_triggered"
         )
@@ -237,14 +241,14 @@ def _refuse_unless_sendable(campaign: Campaign, approved) -> None:
             ) from exc
 
 
-def _refuse_unless_credentials_read(campaign: Campaign) -> None:
-    """Refuse the calls of a campaign whose app's credentials cannot be decrypted (a database restored
-    under another PUSHDESK_ENCRYPTION_KEY): nothing is queued that could not be sent. The operator's
-    log names the app and what cannot be decrypted; the integrator is told no more than that. Raises
-    TriggerRefused (503)."""
+def _refuse_unless_credentials_read(campaign: Campaign, app) -> None:
+    """Refuse the calls of a campaign whose app (its approved version's) has credentials that cannot
+    be decrypted (a database restored under another PUSHDESK_ENCRYPTION_KEY): nothing is queued that
+    could not be sent. The operator's log names the app and what cannot be decrypted; the integrator
+    is told no more than that. Raises TriggerRefused (503)."""
     from delivery.services.apps import app_secrets_read
 
-    unreadable = app_secrets_read(campaign.app)
+    unreadable = app_secrets_read(app)
     if unreadable:
         said = (campaign.pk, "; ".join(unreadable))
         if said not in _UNREADABLE_SAID:  # once a process, not at each refused call of an integrator's traffic
@@ -268,7 +272,7 @@ def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: 
     """
     import time
 
-    from delivery.models import DeliveryRules
+    from delivery.models import App, DeliveryRules
     from delivery.payloads import profile_bound_budget, spec_is_personalized, spec_profile_bound
     from delivery.services.dispatches import GateClosed
 
@@ -279,14 +283,16 @@ def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: 
     campaign = Campaign.objects.select_related("app", "content").filter(pk=campaign_id).first()
     if campaign is None:
         raise Http404(f"No campaign {campaign_id}.")
-    _refuse_unless_triggerable(campaign)
     approved = campaign.approved()  # what sends, whatever revision is pending
+    _refuse_unless_triggerable(campaign, approved)
     if approved is None:
         raise TriggerRefused(f"'{campaign}' has no approved version.", code="campaign_not_live")
+    # The approved version's app: a revision moving the campaign to another app waits for approval.
+    app = campaign.app if approved.app_id == campaign.app_id else App.objects.get(pk=approved.app_id)
     spec = approved.spec
     try:
         campaign_gate(
-            app=campaign.app,
+            app=app,
             source_id=campaign.pk,
             spec=spec,
             by=by,
@@ -297,13 +303,13 @@ def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: 
     except GateClosed as exc:
         raise TriggerRefused(str(exc), code="gate_closed") from exc
     _refuse_unless_sendable(campaign, approved)
-    _refuse_unless_credentials_read(campaign)
+    _refuse_unless_credentials_read(campaign, app)
     rules = None
     if approved.purpose == Campaign.Purpose.MARKETING:
-        rules = DeliveryRules.objects.filter(app_id=campaign.app_id).first()
+        rules = DeliveryRules.objects.filter(app_id=app.pk).first()
     entry = _Approved(
         campaign_id=campaign.pk,
-        app_id=campaign.app_id,
+        app_id=app.pk,
         name=campaign.name,
         purpose=approved.purpose,
         fingerprint=campaign.approved_fingerprint,
@@ -387,7 +393,10 @@ GATE_LOCK_CLASS = 0x50C5
 
 
 def _recipient_source_lock(entry: _Approved) -> tuple[str, list]:
-    """The campaign row under its gate's conditions, behind the gate's lock taken shared: an
+    """The campaign row under its gate's conditions (live, under the approved fingerprint the entry
+    was loaded with: the approved version's kind and app were checked then, and a revision changing
+    the row's kind or app while it waits leaves that fingerprint, and the calls, as they are),
+    behind the gate's lock taken shared: an
     update that changes what the gate reads (a stop, a voided or replaced approval) takes it
     exclusively from a database trigger, so it waits for calls in flight, and calls after it
     wait for its commit. An advisory lock, not ``FOR SHARE`` on the row: locking a row shared
@@ -395,16 +404,15 @@ def _recipient_source_lock(entry: _Approved) -> tuple[str, list]:
     A call whose statement began before such an update committed reads the row as it was; the
     stream's dispatch, which a stop closes in that transaction, is locked after the gate and
     read as it is then, so it writes nothing (``StreamClosed``)."""
-    conditions = [Status.LIVE, Campaign.Kind.API_TRIGGERED, entry.fingerprint]
+    conditions = [Status.LIVE, entry.fingerprint]
     if connection.vendor != "postgresql":  # SQLite: the write lock serialises the append and a stop
         return (
-            "SELECT id FROM campaigns_campaign WHERE id = %s AND status = %s AND kind = %s "
-            "AND approved_fingerprint = %s",
+            "SELECT id FROM campaigns_campaign WHERE id = %s AND status = %s AND approved_fingerprint = %s",
             [entry.campaign_id, *conditions],
         )
     return (
         "SELECT c.id FROM (SELECT pg_advisory_xact_lock_shared(%s, mod(%s::bigint, 2147483648)::int)) AS gate, "
-        "campaigns_campaign c WHERE c.id = %s AND c.status = %s AND c.kind = %s AND c.approved_fingerprint = %s",
+        "campaigns_campaign c WHERE c.id = %s AND c.status = %s AND c.approved_fingerprint = %s",
         [GATE_LOCK_CLASS, entry.campaign_id, entry.campaign_id, *conditions],
     )
 

@@ -475,3 +475,36 @@ def test_a_stream_opened_by_a_direct_call_with_other_content_is_refused_and_trig
         assert _trigger(trigger_client, live_trigger, "zoe").status_code == 202
     (received,) = pushsim.state.recent(token=zoe.devices.get().token)
     assert "Hi there" in str(received) and "Words nobody approved" not in str(received)
+
+
+@pytest.mark.parametrize("revised", ["kind", "app"])
+def test_a_revision_moving_the_campaigns_kind_or_app_leaves_the_approved_version_triggerable(
+    live_trigger, trigger_client, zoe, pushsim_app, manager_alice, revised
+):
+    """The kind and the app are the approved version's: while a revision making the campaign a
+    scheduled one, or moving it to another app, waits for approval, the approved version's calls
+    still append to its stream, in its app (a new process too: it loads the campaign afresh)."""
+    from accounts.services import access_grant
+    from campaigns.services.triggers import campaign_caches_forget
+    from delivery.models import PushContent
+    from tests.factories import AppFactory, SegmentFactory
+
+    stream_id = _trigger(trigger_client, live_trigger, "zoe").json()["dispatch"]
+    if revised == "kind":
+        segment = SegmentFactory(created_by=manager_alice)
+        access_grant(obj=segment, to=manager_alice, by=None)
+        campaign_update(campaign_id=live_trigger.pk, by=manager_alice, kind="scheduled", segment=segment)
+    else:
+        other_app = AppFactory(name="Other app")
+        access_grant(obj=other_app, to=manager_alice, by=None)
+        theirs = PushContent.objects.create(app=other_app, name="Theirs", title="Hi", body="There")
+        campaign_update(campaign_id=live_trigger.pk, by=manager_alice, app=other_app, content=theirs)
+    revision = Campaign.objects.get(pk=live_trigger.pk)
+    assert revision.status == "live" and revision.has_pending_revision
+    for _ in range(2):
+        again = _trigger(trigger_client, live_trigger, "zoe")
+        assert again.status_code == 202, again.content
+        assert again.json()["dispatch"] == stream_id and again.json()["queued"] == 1
+        campaign_caches_forget()
+    assert Dispatch.objects.get(pk=stream_id).app_id == pushsim_app.pk
+    assert Delivery.objects.filter(dispatch_id=stream_id).count() == 3
