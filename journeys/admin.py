@@ -602,17 +602,41 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     def lifecycle_handlers(self, request, object_id):
         by = request.user
         return {
-            "submit": lambda: journey_submit(journey_id=object_id, by=by, message=request.POST.get("message", "")),
-            "cancel_request": lambda: journey_cancel_request(journey_id=object_id, by=by),
+            "submit": lambda: _submitted(
+                journey_submit(journey_id=object_id, by=by, message=request.POST.get("message", "")), object_id
+            ),
+            "cancel_request": lambda: _request_cancelled(journey_cancel_request(journey_id=object_id, by=by)),
             "discard_draft": lambda: _draft_discarded(journey_draft_discard(journey_id=object_id, by=by)),
             "pause": lambda: (
                 f"Paused: '{journey_pause(journey_id=object_id, by=by)}' holds everyone where they are.",
                 None,
             ),
             "resume": lambda: (f"Resumed: '{journey_resume(journey_id=object_id, by=by)}' is live again.", None),
-            "stop": lambda: journey_stop(journey_id=object_id, by=by),
-            "archive": lambda: journey_archive(journey_id=object_id, by=by),
+            "stop": lambda: (
+                f"Stopped: '{journey_stop(journey_id=object_id, by=by)}' has let everyone inside out; "
+                "no one enters it again.",
+                None,
+            ),
+            "archive": lambda: (
+                f"Archived: '{journey_archive(journey_id=object_id, by=by)}' is left out of the journeys' default list.",
+                None,
+            ),
         }
+
+
+def _submitted(_request, journey_id: int) -> tuple[str, None]:
+    """What Submit for review did, in words: which version now waits, and for whom."""
+    journey = Journey.objects.get(pk=journey_id)
+    version = journey_open_version(journey)
+    number = f"version {version.number} of " if version is not None else ""
+    return f"Submitted for review: {number}'{journey}' waits for an approver's decision.", None
+
+
+def _request_cancelled(journey: Journey) -> tuple[str, None]:
+    """What Cancel request did, in words: the version is a draft again (a live version runs on)."""
+    version = journey_open_version(journey)
+    number = f"version {version.number} of " if version is not None else ""
+    return f"Request cancelled: {number}'{journey}' is a draft again, editable.", None
 
 
 def _pause_consequences(journey: Journey, inside: int) -> list[str]:

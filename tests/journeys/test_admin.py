@@ -1671,3 +1671,27 @@ def test_a_colleague_s_editor_offers_the_segments_they_may_not_see_by_number(
     meta = page.context["adminform"].form.fields["graph"].widget.meta
     assert {s["id"]: s["name"] for s in meta["segments"]}[vips.pk] == "VIPs"
     assert dict(page.context["adminform"].form.fields["entry_segment"].choices)[everyone.pk] == "Everyone"
+
+
+def _said(client, answer) -> list[str]:
+    """The messages the page the answer redirects to shows."""
+    page = client.get(answer["Location"])
+    return [str(message) for message in page.context["messages"]]
+
+
+def test_each_transition_says_in_words_what_it_did(login, manager_alice, make_journey, publish):
+    """The journey's buttons answered with their codes ("Done: submit.", "Done: cancel request.",
+    "Done: stop."): the marketer read back a button's internal name, not what had happened."""
+    client = login(manager_alice)
+    journey = make_journey()
+    base = f"/admin/journeys/journey/{journey.pk}/transition"
+    said = _said(client, client.post(f"{base}/submit/"))
+    assert said == ["Submitted for review: version 1 of 'Onboarding' waits for an approver's decision."]
+    said = _said(client, client.post(f"{base}/cancel_request/"))
+    assert said == ["Request cancelled: version 1 of 'Onboarding' is a draft again, editable."]
+    journey = publish(journey)
+    said = _said(client, client.post(f"{base}/stop/", {"confirmed": "yes"}))
+    assert said == ["Stopped: 'Onboarding' has let everyone inside out; no one enters it again."]
+    said = _said(client, client.post(f"{base}/archive/"))
+    assert said == ["Archived: 'Onboarding' is left out of the journeys' default list."]
+    assert not any(text.startswith("Done:") for text in said)
