@@ -118,17 +118,7 @@ def test_every_field_of_every_admin_form_takes_hostile_values_without_a_500(clie
     """Each form is posted as its page shows it (the world's object, a draft campaign's), one field
     replaced by each hostile value of its kind. Saved is only what was posted; refused is refused
     whole: the row as it was, no audit event."""
-    from campaigns.services.lifecycle import campaign_create
-
-    world_campaign = world["campaigns.campaign"]
-    draft = campaign_create(
-        by=admin_erin,
-        name="Draft",
-        app=world_campaign.app,
-        segment=world_campaign.segment,
-        content=world_campaign.content,
-        kind="scheduled",
-    )
+    draft = _draft(world, admin_erin)
     client.force_login(admin_erin)
     failures, probed, done = {}, set(), set()
     for model, url, pk in _pages({**world, "campaigns.campaign": draft}):
@@ -173,6 +163,17 @@ def test_every_field_of_every_admin_form_takes_hostile_values_without_a_500(clie
 
 
 # --- the admin's own views with a form: previews, reviews, access, uploads --------------------------
+
+
+def _draft(world, by):
+    """A draft campaign of the world's app, segment and content: its page is a form (the world's
+    own campaign, submitted, is read-only)."""
+    from campaigns.services.lifecycle import campaign_create
+
+    campaign = world["campaigns.campaign"]
+    return campaign_create(
+        by=by, name="Draft", app=campaign.app, segment=campaign.segment, content=campaign.content, kind="scheduled"
+    )
 
 
 def _no_500(client, url, data=None, **kwargs):
@@ -341,23 +342,14 @@ def test_a_csv_upload_of_hostile_bytes_is_refused_or_imported_without_a_500(
 def test_every_inline_row_and_its_counts_take_hostile_values_without_a_500(client, world, admin_erin, manager_alice):
     """The rows under a form (a campaign's variants, a user's apps), and the counts of rows the
     page posts with them: a count past any or a NUL is answered, never a 500."""
-    from campaigns.services.lifecycle import campaign_create
     from tests.factories import AppFactory
 
     AppFactory()  # an app alice was not granted: her page offers a row for it
-    campaign = world["campaigns.campaign"]
-    draft = campaign_create(
-        by=admin_erin,
-        name="Draft",
-        app=campaign.app,
-        segment=campaign.segment,
-        content=campaign.content,
-        kind="scheduled",
-    )
+    draft = _draft(world, admin_erin)
     counts = ids = ["9" * 30, NUL]
     variant = {
         "variants-TOTAL_FORMS": ["1"],
-        "variants-0-content": [str(campaign.content_id)],
+        "variants-0-content": [str(draft.content_id)],
         "variants-0-share": ["50"],
     }
     probes = [
@@ -489,20 +481,11 @@ def test_a_row_count_past_any_builds_no_more_rows_than_the_inline_holds(client, 
     inline builds at most the rows it may hold: a campaign's variants, the latest occurrences it
     shows, a user's apps."""
     from campaigns.occurrence_admin import LATEST_OCCURRENCES
-    from campaigns.services.lifecycle import campaign_create
     from campaigns.services.variants import MAX_VARIANTS
     from delivery.models import App
 
     if who in ("campaign", "occurrences"):
-        campaign = world["campaigns.campaign"]
-        draft = campaign_create(
-            by=admin_erin,
-            name="Draft",
-            app=campaign.app,
-            segment=campaign.segment,
-            content=campaign.content,
-            kind="scheduled",
-        )
+        draft = _draft(world, admin_erin)
         url = reverse("admin:campaigns_campaign_change", args=[draft.pk])
         prefix, most = ("variants", MAX_VARIANTS) if who == "campaign" else ("occurrences", LATEST_OCCURRENCES)
     else:
