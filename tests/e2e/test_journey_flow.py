@@ -167,3 +167,40 @@ def test_manager_discards_the_draft_of_a_live_journey_and_the_live_version_stays
     assert page.locator("table.journey-versions tr", has_text="v2").count() == 0
     assert page.locator("button[value=discard_draft]").count() == 0
     assert page.input_value("#id_exit_event") == ""  # the form shows the live version again
+
+
+def test_a_push_without_content_reads_choose_in_the_step_editor_until_one_is_chosen(
+    login, page, live_server, manager_alice, pushsim_app
+):
+    """A push step the server refused for its missing content ("choose the push content to send")
+    came back showing the first content as chosen: the page contradicted its own error, and picking
+    that content changed nothing. It now reads "— choose —" until a content is picked."""
+    import json
+
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
+    segment = Segment.objects.create(name="Everyone", kind="static")
+    access_grant(obj=segment, to=manager_alice, by=None)
+    for name in ("Offer A", "Offer B"):
+        pushcontent_save(content=PushContent(app=pushsim_app, name=name, title=name, body="Hi"), by=manager_alice)
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/journeys/journey/add/")
+    page.fill("#id_name", "No content yet")
+    page.select_option("#id_app", str(pushsim_app.pk))
+    page.select_option("#id_entry_segment", str(segment.pk))
+    graph = {"steps": [{"id": "hello", "type": "push", "content": None, "next": "end"}, {"id": "end", "type": "exit"}]}
+    page.click(".step-editor-raw summary")
+    page.fill("#id_graph", json.dumps(graph))
+    page.dispatch_event("#id_graph", "change")
+    page.click("input[name=_continue]")
+    page.wait_for_selector(".errorlist")
+    assert "Step 'hello': choose the push content to send." in page.locator(".errorlist").first.inner_text()
+    content = page.locator(".step-editor .step-row[data-step=hello] select.push-content")
+    assert content.input_value() == ""
+    assert content.locator("option:checked").inner_text() == "— choose —"
+
+    content.select_option(label="Offer A (" + pushsim_app.name + ")")
+    page.click("input[name=_continue]")
+    journey = Journey.objects.get(name="No content yet")
+    page.wait_for_url(f"**/admin/journeys/journey/{journey.pk}/change/**")
+    offer_a = PushContent.objects.get(name="Offer A")
+    assert journey.versions.get().graph["steps"][0]["content"] == offer_a.pk

@@ -129,7 +129,9 @@
         body.appendChild(document.createTextNode(" then → "));
         body.appendChild(nextSelect(step, "next"));
       } else if (step.type === "push") {
-        body.appendChild(select(meta.contents.map((c) => [c.id, c.name]), step.content, (v) => { step.content = parseInt(v, 10); save(); }, { "class": "push-content" }));
+        // "— choose —" while the step has no content: the first one would look chosen, and was not.
+        body.appendChild(select([["", "— choose —"]].concat(meta.contents.map((c) => [c.id, c.name])), step.content === null || step.content === undefined ? "" : step.content,
+          (v) => { step.content = v ? parseInt(v, 10) : null; save(); }, { "class": "push-content" }));
         body.appendChild(document.createTextNode(" then → "));
         body.appendChild(nextSelect(step, "next"));
       } else if (step.type === "condition" || step.type === "split") {
