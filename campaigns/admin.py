@@ -646,11 +646,38 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
                 return f"Test send started: {dispatches[0]}.", None
             return f"Test sends started, one per variant: {'; '.join(str(d) for d in dispatches)}.", None
 
+        def submit():
+            campaign_submit(campaign_id=object_id, by=by, message=request.POST.get("message", ""))
+            campaign = Campaign.objects.get(pk=object_id)
+            if campaign.is_active:
+                return (
+                    f"Revision submitted for review: “{campaign}” waits in the approvers' inbox; "
+                    "the approved version keeps sending meanwhile.",
+                    None,
+                )
+            return (
+                f"Submitted for review: “{campaign}” waits in the approvers' inbox; "
+                "nothing is sent until one approves it.",
+                None,
+            )
+
+        def cancel_request():
+            campaign = campaign_cancel_request(campaign_id=object_id, by=by)
+            if campaign.is_active:
+                return (
+                    f"Request cancelled: the revision of “{campaign}” is editable again; the approved version keeps sending.",
+                    None,
+                )
+            return f"Request cancelled: “{campaign}” is a draft again, editable.", None
+
         return {
-            "submit": lambda: campaign_submit(campaign_id=object_id, by=by, message=request.POST.get("message", "")),
-            "cancel_request": lambda: campaign_cancel_request(campaign_id=object_id, by=by),
-            "stop": lambda: campaign_stop(campaign_id=object_id, by=by),
-            "archive": lambda: campaign_archive(campaign_id=object_id, by=by),
+            "submit": submit,
+            "cancel_request": cancel_request,
+            "stop": lambda: (f"Stopped: “{campaign_stop(campaign_id=object_id, by=by)}” sends nothing more.", None),
+            "archive": lambda: (
+                f"Archived: “{campaign_archive(campaign_id=object_id, by=by)}” is hidden from the default list.",
+                None,
+            ),
             "duplicate": duplicate,
             "test_send": test_send,
         }

@@ -1095,3 +1095,26 @@ def test_a_colleague_s_campaign_form_offers_the_segment_they_may_not_see_by_numb
     client.force_login(manager_alice)
     choices = dict(client.get(url).context["adminform"].form.fields["segment"].choices)
     assert choices[segment.pk] == "Everyone"
+
+
+@pytest.mark.presses("campaigns.campaign:transition/submit", "campaigns.campaign:transition/cancel_request")
+def test_submit_and_cancel_say_in_words_what_happened(client, make_campaign, manager_alice, viewer_carol):
+    """The message after Submit for review read "Done: submit." (the button's code, not words)."""
+    from django.contrib.messages import get_messages
+
+    campaign = make_campaign()
+    client.force_login(viewer_carol)
+    assert client.post(f"/admin/campaigns/campaign/{campaign.pk}/transition/submit/").status_code == 403
+    client.force_login(manager_alice)
+
+    def said(action):
+        answer = client.post(f"/admin/campaigns/campaign/{campaign.pk}/transition/{action}/", follow=True)
+        assert answer.redirect_chain[-1][0] == f"/admin/campaigns/campaign/{campaign.pk}/change/"
+        return [str(m) for m in get_messages(answer.wsgi_request)]
+
+    assert said("submit") == [
+        "Submitted for review: “Spring sale” waits in the approvers' inbox; nothing is sent until one approves it."
+    ]
+    assert Campaign.objects.get(pk=campaign.pk).status == "in_review"
+    assert said("cancel_request") == ["Request cancelled: “Spring sale” is a draft again, editable."]
+    assert Campaign.objects.get(pk=campaign.pk).status == "draft"
