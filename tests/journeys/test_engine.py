@@ -521,7 +521,8 @@ def test_gate_refuses_a_push_steps_content_sent_otherwise_than_the_engine_sends_
             app_id=journey.app_id, kind="journey", spec=welcome.spec(), source_id=version.pk, context=context, **asked
         )
     assert not Dispatch.objects.filter(kind="journey").exists()
-    # As the engine sends it, the gate lets it through.
+    # As the engine sends it, to a profile the journey has entered, the gate lets it through.
+    journey_enter_segment(journey_id=journey.pk)
     dispatch_create(
         app_id=journey.app_id,
         kind="journey",
@@ -530,6 +531,51 @@ def test_gate_refuses_a_push_steps_content_sent_otherwise_than_the_engine_sends_
         context=context,
         profile_ids=asked["profile_ids"] or [],
     )
+
+
+@pytest.mark.embedded
+def test_gate_sends_a_push_steps_content_only_to_profiles_enrolled_at_or_before_that_step(
+    make_journey, publish, vips, welcome
+):
+    """A push step's batch is of profiles enrolled in its version whose passage has not gone past
+    that step: the engine's own batch passes, as it is made (the rows still at the step they were
+    claimed at, before it), and the step's approved content sent to anyone else is refused, a
+    profile never enrolled, one that finished the journey, or one of them slipped into a batch of
+    enrolled profiles."""
+    from tests.journeys.conftest import simple_graph
+
+    first, second = ProfileFactory.create_batch(2)
+    for profile in (first, second):
+        SegmentMemberFactory(segment=vips, profile=profile)
+    journey = publish(make_journey(graph=simple_graph(condition_segment=vips.pk, content=welcome.pk, wait=3600)))
+    version = journey.live_version
+    t0 = timezone.now()
+    journey_enter_segment(journey_id=journey.pk, now=t0)
+    journeys_run_due(now=t0)
+    outsider = ProfileFactory()  # entered nothing
+    assert {e.step for e in Enrollment.objects.filter(journey=journey)} == {"start"}
+
+    def batch(*profiles):
+        return dispatch_create(
+            app_id=journey.app_id,
+            kind="journey",
+            spec=welcome.spec(),
+            profile_ids=sorted(p.pk for p in profiles),
+            source_id=version.pk,
+            context=journey.send_context(version=version, step="push"),
+        )
+
+    for forged in ([outsider], [first, outsider]):
+        with pytest.raises(GateClosed, match="not enrolled"):
+            batch(*forged)
+    assert not Dispatch.objects.filter(kind="journey").exists()
+    journeys_run_due(now=t0 + dt.timedelta(hours=2))
+    (sent,) = Dispatch.objects.filter(kind="journey")
+    assert sorted(sent.profile_ids) == sorted([first.pk, second.pk])
+    assert {_enrollment(journey, p).status for p in (first, second)} == {"completed"}
+    with pytest.raises(GateClosed, match="not enrolled"):
+        batch(first)  # past the step: it had its push
+    assert Dispatch.objects.filter(kind="journey").count() == 1
 
 
 def test_gate_lets_a_batch_through_only_with_its_own_steps_approved_content(make_journey, publish, team, welcome):
