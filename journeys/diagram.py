@@ -210,7 +210,7 @@ def version_svg(
         )
     parts.append("</svg>")
     return format_html(
-        '<div class="journey-canvas" style="display:inline-block"><div class="journey-canvas-tools">'
+        '<div class="journey-canvas" style="display:inline-block;max-width:100%"><div class="journey-canvas-tools">'
         '<button type="button" class="button" data-zoom="out" title="Zoom out">−</button> '
         '<button type="button" class="button" data-zoom="in" title="Zoom in">+</button> '
         '<button type="button" class="button" data-zoom="fit" title="Fit the width">Fit</button> '

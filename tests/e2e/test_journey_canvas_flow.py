@@ -122,6 +122,7 @@ def test_the_canvas_draws_splits_opens_steps_and_the_review_shows_the_phones(
     # The approver's review draws the same canvas, with each push's phones beside it.
     journey_submit(journey_id=journey.pk, by=manager_alice)
     login(approver_bob)
+    page.set_viewport_size({"width": 1400, "height": 900})  # wide enough for the phones beside the canvas
     page.goto(f"{live_server.url}/admin/accounts/approvalrequest/")
     page.click("#result_list a:has-text('VIP offers')")
     page.wait_for_url("**/review/")
@@ -129,6 +130,14 @@ def test_the_canvas_draws_splits_opens_steps_and_the_review_shows_the_phones(
     assert page.locator(".journey-review svg.journey-graph g.step").count() == 6
     assert "Ten off" in page.locator(".journey-review-push[data-step=push_a]").inner_text()
     assert "Free ship" in page.locator(".journey-review-push[data-step=push_b]").inner_text()
+    # The canvas keeps to its column, scrolling inside it: it ran under the phones beside it.
+    canvas = page.locator(".journey-review .journey-canvas").bounding_box()
+    for phones in page.locator(".journey-review-push").all():
+        box = phones.bounding_box()
+        assert not _overlap(
+            {"x": canvas["x"], "y": canvas["y"], "w": canvas["width"], "h": canvas["height"]},
+            {"x": box["x"], "y": box["y"], "w": box["width"], "h": box["height"]},
+        )
     page.click("input[name=_approve]")
     page.wait_for_selector(".messagelist .success")
 
