@@ -317,7 +317,8 @@ class Enrollment(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.profile_id} in {self.version_id} #{self.entry_number}"
+        # As the pages name them (the admin reads the three with the enrollment), not by database ids.
+        return f"{self.profile.external_id} in “{self.journey.name}” v{self.version.number}, entry #{self.entry_number}"
 
 
 class StepStat(models.Model):

@@ -1695,3 +1695,17 @@ def test_each_transition_says_in_words_what_it_did(login, manager_alice, make_jo
     said = _said(client, client.post(f"{base}/archive/"))
     assert said == ["Archived: 'Onboarding' is left out of the journeys' default list."]
     assert not any(text.startswith("Done:") for text in said)
+
+
+def test_an_enrollment_page_names_the_profile_and_the_journey_not_their_ids(login, viewer_carol, make_journey, publish):
+    """An enrollment's page was titled "290 in 2 #1": the profile's and the version's database ids,
+    which no page shows, in its heading and its breadcrumbs."""
+    profile = ProfileFactory(external_id="shopper-42")
+    journey = publish(make_journey())
+    journey_enter_segment(journey_id=journey.pk)
+    enrollment = journey.enrollments.get(profile=profile)
+    page = login(viewer_carol).get(f"/admin/journeys/enrollment/{enrollment.pk}/change/")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "shopper-42 in “Onboarding” v1, entry #1" in text
+    assert f"{profile.pk} in {enrollment.version_id} #1" not in text
