@@ -47,6 +47,8 @@ from delivery.reasons import reason_label
 # Rows skipped because no device of the profile allows notifications: the audience not reachable.
 UNREACHABLE_REASONS = ("no_device", "not_opted_in")
 PLATFORMS = ("ios", "android", "none")
+# How the charts and their tables name each platform ("none": the profile had no device).
+PLATFORM_NAMES = {"ios": "iOS", "android": "Android", "none": "no phone"}
 OUTCOMES = ("targeted", "accepted", "failed", "skipped", "opened")
 HOURLY_UP_TO = dt.timedelta(hours=48)  # a longer span is drawn per day
 MOST_BUCKETS = 400
@@ -62,8 +64,8 @@ def report_charts(*, dispatch_ids: Iterable[int] | QuerySet[Dispatch], tz: dt.tz
     - ``timeline``: accepted and opened per hour, or per day when the sends span more than 48
       hours, in ``tz`` (the current time zone by default), every bucket between the first and
       the last included;
-    - ``platforms``: targeted, accepted, failed, skipped and opened per platform ("none": the
-      profile had no device);
+    - ``platforms``: targeted, accepted, failed, skipped and opened per platform, named in words
+      (``PLATFORM_NAMES``: "no phone" when the profile had no device);
     - ``funnel``: targeted → reachable (a device that allows notifications) → accepted → opened;
     - ``reasons``: failures and skips by reason, the largest first.
     """
@@ -586,7 +588,7 @@ def _charts(of: Q | Lookup, tz: dt.tzinfo) -> dict:
     return {
         "timeline": _timeline(of, rows, tz),
         "platforms": {
-            "labels": shown,
+            "labels": [PLATFORM_NAMES[p] for p in shown],
             "series": {name: [platforms[p][name] for p in shown] for name in OUTCOMES},
         },
         "funnel": {

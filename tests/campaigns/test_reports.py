@@ -179,7 +179,7 @@ CHARTS = {
         "opened": [2, 1, 1, 0],
     },
     "platforms": {
-        "labels": ["ios", "android", "none"],
+        "labels": ["iOS", "Android", "no phone"],
         "series": {
             "targeted": [7, 7, 1],
             "accepted": [5, 3, 0],

@@ -21,7 +21,7 @@ def test_figures_of_a_send_per_platform_funnel_and_reason(django_assert_max_num_
         charts = report_charts(dispatch_ids=[dispatch.pk], tz=dt.UTC)
     assert charts["funnel"] == {"labels": ["targeted", "reachable", "accepted", "opened"], "values": [7, 5, 3, 2]}
     assert charts["platforms"] == {
-        "labels": ["ios", "android", "none"],
+        "labels": ["iOS", "Android", "no phone"],
         "series": {
             "targeted": [3, 3, 1],
             "accepted": [2, 1, 0],

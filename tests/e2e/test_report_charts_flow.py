@@ -47,7 +47,7 @@ def _check_send_charts(page, data, drawn):
     assert timeline["series"] == {"accepted": [2, 1, 0], "opened": [0, 1, 1]}
     assert timeline["x"] == "hour (UTC)" and timeline["y"] == "pushes"
     platforms = drawn["pd-chart-platforms"]
-    assert platforms["labels"] == ["ios", "android", "none"]
+    assert platforms["labels"] == ["iOS", "Android", "no phone"]  # words, not codes
     assert platforms["series"]["accepted"] == [2, 1, 0] and platforms["series"]["opened"] == [1, 1, 0]
     assert platforms["series"] == data["platforms"]["series"]
     reasons = drawn["pd-chart-reasons"]
