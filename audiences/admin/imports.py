@@ -9,6 +9,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import redirect
+from django.template.defaultfilters import filesizeformat
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
@@ -118,7 +119,7 @@ class ImportAdmin(AccessAdmin):
         "progress",
         "status",
         "original_name",
-        "size",
+        "size_shown",
         "encoding",
         "separator",
         "target",
@@ -153,6 +154,11 @@ class ImportAdmin(AccessAdmin):
             field="segment_id",
             model=Segment,
         )
+
+    @admin.display(description="Size")
+    def size_shown(self, obj):
+        """The file's size in words a person reads ("2.1 KB"), with its exact count of bytes."""
+        return f"{filesizeformat(obj.size)} ({obj.size:,} bytes)"
 
     @admin.display(description="Segment", ordering="segment__name")
     def segment_shown(self, obj):

@@ -250,3 +250,16 @@ def test_an_import_names_its_segment_only_to_a_reader_who_may_see_it(
     for url in pages:
         page = client.get(url).content.decode()
         assert "Secret VIPs" not in page and f"segment #{segment.pk}" in page, url
+
+
+def test_an_imports_page_gives_the_files_size_with_its_unit(
+    login, manager_alice, media, django_capture_on_commit_callbacks
+):
+    """The page said "Size: 116": a bare number, neither bytes nor rows said."""
+    upload = SimpleUploadedFile("people.csv", b"external_id,plan\n" + b"u1,pro\n" * 300, content_type="text/csv")
+    with django_capture_on_commit_callbacks(execute=True):
+        record = import_create(upload=upload, by=manager_alice)
+    assert record.size == 2_117
+    page = login(manager_alice).get(f"/admin/audiences/import/{record.pk}/change/").content.decode()
+    size = re.search(r'<div class="form-row field-size_shown">.*?<div class="readonly">(.*?)</div>', page, re.S)
+    assert size is not None and size.group(1) == "2.1\xa0KB (2,117 bytes)"
