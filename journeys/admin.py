@@ -503,7 +503,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         return format_html(
             '<div class="journey-graph-box"><p>Version {} ({}): {} — <a href="{}">enrollments</a></p>{}</div>',
             version.number,
-            version_status_text(obj, version).lower(),
+            _status_in_brackets(obj, version),
             summary,
             link,
             version_svg(
@@ -685,7 +685,7 @@ def _report_version_html(journey: Journey, version) -> str:
     return format_html(
         '<p id="report-version">The figures below are version {} ({}).{}</p>{}',
         version.number,
-        version_status_text(journey, version).lower(),
+        _status_in_brackets(journey, version),
         f" Not counted in them, the sends of {besides}." if besides else "",
         _report_paused_html(journey, version),
     )
@@ -730,6 +730,12 @@ def version_status_text(journey: Journey, version) -> str:
     if version.status == version.Status.RETIRED and journey.status not in Journey.ON_AIR:
         return "Retired"
     return version.get_status_display()
+
+
+def _status_in_brackets(journey: Journey, version) -> str:
+    """The version's status as said after its number, in brackets: "stopped, was live", not
+    "stopped (was live)" inside brackets of its own."""
+    return version_status_text(journey, version).lower().replace(" (was live)", ", was live")
 
 
 @admin.register(Enrollment)

@@ -1709,3 +1709,18 @@ def test_an_enrollment_page_names_the_profile_and_the_journey_not_their_ids(logi
     text = page.content.decode()
     assert "shopper-42 in “Onboarding” v1, entry #1" in text
     assert f"{profile.pk} in {enrollment.version_id} #1" not in text
+
+
+def test_a_stopped_journeys_graph_and_report_name_its_version_without_nested_brackets(
+    login, viewer_carol, make_journey, publish, manager_alice
+):
+    """A stopped journey's graph read "Version 1 (stopped (was live)): …" and its report "The figures
+    below are version 1 (stopped (was live))."."""
+    from journeys.services.lifecycle import journey_stop
+
+    journey = publish(make_journey())
+    journey_stop(journey_id=journey.pk, by=manager_alice)
+    page = login(viewer_carol).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert "<p>Version 1 (stopped, was live): " in page
+    assert '<p id="report-version">The figures below are version 1 (stopped, was live).</p>' in page
+    assert "(was live))" not in page
