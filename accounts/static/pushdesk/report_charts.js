@@ -68,15 +68,33 @@
     data: { labels: data.platforms.labels, datasets: bars(["targeted", "accepted", "failed", "skipped", "opened"], data.platforms.series) },
     options: options(axis("platform"), count("pushes")),
   });
+  // A long label on lines of at most `width` characters (broken between words): the y axis of a
+  // horizontal bar chart takes at most about half the chart's width, and cuts off what is wider.
+  function lines(text, width) {
+    const out = [];
+    for (const word of text.split(" ")) {
+      const last = out.length - 1;
+      if (last >= 0 && out[last].length + 1 + word.length <= width) out[last] += " " + word;
+      else out.push(word);
+    }
+    return out.length > 1 ? out : text;
+  }
+
   if (data.reasons.length) {
-    const reasons = data.reasons.map((r) => r.bar);
+    const reasons = data.reasons.map((r) => lines(r.bar, 24));
+    // Every reason named (none skipped for want of room): the chart grows with its lines.
+    const canvas = document.getElementById("pd-chart-reasons");
+    const rows = reasons.reduce((n, label) => n + [].concat(label).length, 0) + reasons.length;
+    if (canvas) canvas.parentElement.style.height = Math.max(240, 60 + rows * 15) + "px";
     draw("pd-chart-reasons", {
       type: "bar",
       data: {
         labels: reasons,
         datasets: [{ label: "pushes", data: data.reasons.map((r) => r.count), backgroundColor: data.reasons.map((r) => colours[r.outcome]) }],
       },
-      options: options(count("pushes"), axis("outcome: reason"), { indexAxis: "y", plugins: { legend: { display: false } } }),
+      options: options(count("pushes"), axis("outcome: reason", { ticks: { color: fg, autoSkip: false } }), {
+        indexAxis: "y", plugins: { legend: { display: false } },
+      }),
     });
   }
   if (data.steps) {
