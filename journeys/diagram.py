@@ -200,7 +200,7 @@ def version_svg(
             f'<text x="8" y="16" font-weight="bold">{escape(_title(step))}</text>'
             f"{_description(step, names)}"
             f'<text x="8" y="54" class="counts">{escape(line)}</text>'
-            f'<text x="8" y="72" fill="#a33" class="notes">{escape(extra)}<title>{escape(extra)}</title></text>'
+            f'<text x="8" y="72" fill="#a33" class="notes">{escape(_cut(extra))}<title>{escape(extra)}</title></text>'
         )
         if url:
             box = f'<a href="{escape(url)}" class="step-link">{box}</a>'
@@ -234,6 +234,11 @@ def _description(step: dict, names: dict) -> str:
         shown, full = wait_until_text(step["until"], short=True), wait_until_text(step["until"])
         return f'<text x="8" y="34" class="description">{escape(shown)}<title>{escape(full)}</title></text>'
     return f'<text x="8" y="34" class="description">{escape(_describe(step, names)[:BOX_CHARS])}</text>'
+
+
+def _cut(text: str, width: int = BOX_CHARS) -> str:
+    """A line as a box holds it: cut with an ellipsis when longer (its tooltip says it whole)."""
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
 
 
 def _title(step: dict) -> str:

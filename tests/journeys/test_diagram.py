@@ -32,3 +32,22 @@ def test_names_that_would_be_cut_too_short_are_counted_after_the_first_ones():
 def test_one_very_long_name_keeps_all_others_in_view():
     shown, _ = condition_text(_condition("x" * 80))
     assert shown.endswith("… / all others") and len(shown) <= BOX_CHARS
+
+
+def test_a_push_boxs_notes_are_cut_to_the_box_the_whole_in_their_tooltip():
+    """A push box's notes ("skipped 132 (no phone registered for the app 132)") ran out of the box,
+    over the edge beside it and into the next step's box."""
+    import re
+
+    from journeys.diagram import version_svg
+    from journeys.models import JourneyVersion
+
+    graph = {"steps": [{"id": "hello", "type": "push", "content": 1, "next": "end"}, {"id": "end", "type": "exit"}]}
+    version = JourneyVersion(number=1, graph=graph, entry_kind="event", entry_event="signed_up")
+    stats = {"hello": {"type": "push", "entered": 140, "sent": 8, "accepted": 8, "targeted": 140}}
+    stats["hello"]["skipped"] = {"no_device": 130, "not_opted_in": 2}
+    svg = str(version_svg(version, stats=stats, names={("content", 1): "Welcome"}))
+    shown, tooltip = re.search(r'data-step="hello".*?class="notes">([^<]*)<title>([^<]*)</title>', svg, re.S).groups()
+    assert len(shown) <= BOX_CHARS and shown.endswith("…")
+    assert tooltip.startswith("skipped 132 (no phone registered for the app 130, ")
+    assert tooltip.startswith(shown[:-1])
