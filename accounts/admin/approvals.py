@@ -10,6 +10,7 @@ from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
+from django.utils.text import capfirst
 
 from accounts.admin.bases import AccessAdmin, ReadOnlyAdminMixin
 from accounts.approvals import approval_subject_for
@@ -175,13 +176,13 @@ class ApprovalDecisionForm(forms.Form):
 class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
     """The approvers' inbox ("Waiting for my approval") and the requesters' view of decisions."""
 
-    list_display = ("what", "subject_type", "state", "requested_by", "asked", "decided_by", "comment")
+    list_display = ("what", "subject_kind", "state", "requested_by", "asked", "decided_by", "comment")
     list_display_links = None
     show_facets = admin.ShowFacets.NEVER
     list_filter = (_InboxFilter, "status")
     list_select_related = ("requested_by", "decided_by", "subject_type")
     readonly_fields = (
-        "subject_type",
+        "subject_kind",
         "subject_label",
         "status",
         "message",
@@ -231,6 +232,12 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
                 '<strong class="stuck">{}</strong>', "Stuck: nobody may decide it (ask an Administrator)"
             )
         return obj.get_status_display()
+
+    @admin.display(description="Kind", ordering="subject_type")
+    def subject_kind(self, obj):
+        """What waits, in a word ("Campaign", "Journey"), not the name of its table."""
+        model = obj.subject_type.model_class()
+        return capfirst(model._meta.verbose_name) if model is not None else "—"
 
     # The inbox mixes subjects of every zone: its times are in UTC, said so.
     @admin.display(description="Requested at", ordering="requested_at")

@@ -1118,3 +1118,17 @@ def test_submit_and_cancel_say_in_words_what_happened(client, make_campaign, man
     assert Campaign.objects.get(pk=campaign.pk).status == "in_review"
     assert said("cancel_request") == ["Request cancelled: “Spring sale” is a draft again, editable."]
     assert Campaign.objects.get(pk=campaign.pk).status == "draft"
+
+
+def test_the_approval_inbox_says_what_kind_of_thing_waits_in_words(client, make_campaign, manager_alice, approver_bob):
+    """The inbox's column read "Campaigns | campaign" (Django's name of the table), not a word."""
+    campaign = make_campaign()
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(approver_bob)
+    inbox = client.get("/admin/accounts/approvalrequest/").content.decode()
+    assert "Campaigns | campaign" not in inbox
+    assert re.search(r'<th[^>]*>\s*<div class="text">(<a[^>]*>)?Kind(</a>)?</div>', inbox)
+    assert '<td class="field-subject_kind">Campaign</td>' in inbox
+    request_id = re.search(r"/admin/accounts/approvalrequest/(\d+)/review/", inbox).group(1)
+    page = client.get(f"/admin/accounts/approvalrequest/{request_id}/change/").content.decode()
+    assert "Campaigns | campaign" not in page and re.search(r'field-subject_kind">.*?Campaign</div>', page, re.S)
