@@ -264,7 +264,11 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         reachable (iOS / Android) and opted-in profiles, with the age of an app's figures counted
         apart from the profile count (by a colleague who sees other apps, or a campaign page)."""
         if obj is None or obj.last_count is None:
-            return "Not counted yet: preview it, or “Count reach now”."
+            # Where a count is made: the Preview of a rules segment's page, the list's action.
+            action = "select it in the segment list and run its “Count reach now” action."
+            if obj is not None and obj.kind == Segment.Kind.RULES:
+                return f"Not counted yet: press Preview under its rules, or {action}"
+            return f"Not counted yet: {action}"
         readable = reach_app_ids.get()
         lines = [
             (figures["name"], reach_of(figures).text(), _age(figures.get("counted_at")))

@@ -1036,3 +1036,24 @@ def test_an_events_title_names_its_time_in_utc(login, viewer_carol):
     assert str(event) == "purchase @ 2027-01-05 14:30 UTC"  # whatever zone it came in
     page = login(viewer_carol).get(f"/admin/audiences/event/{event.pk}/change/").content.decode()
     assert "<h2>purchase @ 2027-01-05 14:30 UTC</h2>" in page
+
+
+def test_a_segment_not_counted_yet_says_where_it_gets_counted(login, manager_alice):
+    """A kept list's page said "preview it, or “Count reach now”": it has no Preview, and Count reach
+    now is an action of the segment list, not of its page."""
+    kept = segment_create(name="Kept", kind=Segment.Kind.STATIC, by=manager_alice)
+    ruled = segment_create(
+        name="Pro",
+        rules={"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}]},
+        by=manager_alice,
+    )
+    client = login(manager_alice)
+    kept_page = client.get(f"/admin/audiences/segment/{kept.pk}/change/").content.decode()
+    assert "preview it" not in kept_page
+    assert "Not counted yet: select it in the segment list and run its “Count reach now” action." in kept_page
+    ruled_page = client.get(f"/admin/audiences/segment/{ruled.pk}/change/").content.decode()
+    assert (
+        "Not counted yet: press Preview under its rules, or select it in the segment list and run its "
+        "“Count reach now” action." in ruled_page
+    )
+    assert "Count reach now" in client.get("/admin/audiences/segment/").content.decode()  # the action is there
