@@ -604,6 +604,13 @@ class _AccessForm(forms.Form):
         return data
 
 
+def _page_request():
+    """The request whose object page is being drawn (None outside one), as the lifecycle admin keeps it."""
+    from accounts.admin.lifecycle import page_request as drawing
+
+    return drawing()
+
+
 class ObjectAccessAdminMixin:
     """Adds an "Access" page to an object's admin: who was granted it, grant and revoke."""
 
@@ -629,7 +636,24 @@ class ObjectAccessAdminMixin:
         )
         opts = self.model._meta
         url = reverse(f"admin:{opts.app_label}_{opts.model_name}_access", args=[obj.pk])
-        return format_html('{} — <a href="{}">manage access</a>', label, url)
+        # Only who may grant and revoke is offered to; the others read the list there.
+        request = _page_request()
+        may_manage = request is not None and request.user.has_perm("accounts.manage_object_access")
+        return format_html(
+            '{} — <a href="{}">{}</a>', label, url, "manage access" if may_manage else "see who has access"
+        )
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        from accounts.admin.lifecycle import _drawing_for
+
+        token = _drawing_for.set(request)  # the reader, for the access link (``page_request``)
+        try:
+            response = super().change_view(request, object_id, form_url, extra_context)
+            if getattr(response, "is_rendered", True) is False:
+                response.render()  # while the request is known to the readonly fields
+            return response
+        finally:
+            _drawing_for.reset(token)
 
     def access_view(self, request, object_id):
         obj = self.get_object(request, object_id)

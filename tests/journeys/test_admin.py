@@ -1724,3 +1724,18 @@ def test_a_stopped_journeys_graph_and_report_name_its_version_without_nested_bra
     assert "<p>Version 1 (stopped, was live): " in page
     assert '<p id="report-version">The figures below are version 1 (stopped, was live).</p>' in page
     assert "(was live))" not in page
+
+
+def test_the_access_link_offers_to_manage_only_to_whom_may(
+    login, viewer_carol, manager_alice, admin_erin, make_journey
+):
+    """Every reader of a journey was offered to "manage access", and reached a list they could not
+    change: only an Administrator grants and revokes; the others are offered to see who has access."""
+    journey = make_journey()
+    url = f"/admin/journeys/journey/{journey.pk}/change/"
+    link = f'<a href="/admin/journeys/journey/{journey.pk}/access/">'
+    for user in (viewer_carol, manager_alice):
+        page = login(user).get(url).content.decode()
+        assert f"{link}see who has access</a>" in page and "manage access" not in page
+    page = login(admin_erin).get(url).content.decode()
+    assert f"{link}manage access</a>" in page
