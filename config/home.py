@@ -115,7 +115,7 @@ def approvals(user: User, *, now: dt.datetime) -> tuple[Section, Section]:
     for request in pending:
         url = reverse("admin:accounts_approvalrequest_change", args=[request.pk])
         stuck = _stuck(request, now=now, undecidable=undecidable)
-        mine.items.append(Item(request.subject_label, url, f"sent {sent[request.pk]}", stuck))
+        mine.items.append(Item(request.subject_label, url, f"sent for approval on {sent[request.pk]}", stuck))
     return waiting, mine
 
 

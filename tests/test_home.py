@@ -456,8 +456,8 @@ def test_my_requests_say_when_they_were_sent_in_each_campaigns_zone(client, mana
         )
     client.force_login(manager_alice)
     html = client.get("/admin/").content.decode()
-    assert "sent 2027-01-05 09:30 (America/New_York)" in html
-    assert "sent 2027-01-05 15:30 (Europe/Paris)" in html
+    assert "sent for approval on 2027-01-05 09:30 (America/New_York)" in html
+    assert "sent for approval on 2027-01-05 15:30 (Europe/Paris)" in html
 
 
 def test_a_stuck_request_says_when_it_was_asked_as_its_requesters_card_does(
@@ -492,7 +492,7 @@ def test_a_stuck_request_says_when_it_was_asked_as_its_requesters_card_does(
     assert "— asked by manager_alice on 2027-01-05 09:30 (America/New_York), policy" in notice
     client.force_login(manager_alice)
     html = client.get("/admin/").content.decode()
-    assert "sent 2027-01-05 09:30 (America/New_York)" in html  # the requester's own card
+    assert "sent for approval on 2027-01-05 09:30 (America/New_York)" in html  # the requester's own card
 
 
 def test_the_skips_read_in_words_with_their_code_beside(client, manager_alice, shop):
