@@ -210,7 +210,8 @@ def _audience_counted(
 def reach_text(reach, *, app_id: int, holdout_share: int, purpose: str, age: str = "") -> str:
     """What a campaign's send will reach, as the campaign page and the approver's review both say
     it: the audience's size (``reach``: profiles → reachable → opted in; None: recipients named by
-    each API call) with ``age`` after it, then about how many are sent after the holdout (its share
+    each API call) with ``age`` after it, and that it sends to no one when none is opted in, then
+    about how many are sent after the holdout (its share
     of the opted in: the holdout takes only profiles a push could reach), and for a marketing
     campaign the app's frequency cap and quiet hours, named with their values, that may hold some
     back. Their effect is not counted: it depends on the time of the send and on the sends before
@@ -221,6 +222,10 @@ def reach_text(reach, *, app_id: int, holdout_share: int, purpose: str, age: str
     size = reach.text() if reach is not None else "Recipients named by each API call"
     if age:
         size += f" ({age})"
+    if reach is not None and not reach.opted_in:
+        # Approved as it is, it sends nothing: said where the figures are read, not left to be noticed.
+        why = "none opted in" if reach.reachable else "no phone in this app" if reach.profiles else "no profile in it"
+        size += f": no one to send to, {why}"
     if holdout_share and reach is not None:
         size += f" → ≈ {round(reach.opted_in * (100 - holdout_share) / 100):,} after the {holdout_share}% holdout"
     elif holdout_share:

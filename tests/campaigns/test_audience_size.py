@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from audiences.models import Segment
-from tests.factories import DeviceFactory, ProfileFactory
+from tests.factories import AppFactory, DeviceFactory, ProfileFactory
 
 
 def _page(client, campaign):
@@ -273,3 +273,30 @@ def test_an_api_triggered_campaign_says_its_holdout_share_and_the_rules(
         "Recipients named by each API call, 10% of them held out; the app's frequency cap "
         "(at most 2 pushes per profile in 24 h) may hold some back."
     ) in page.replace("&#x27;", "'")
+
+
+def test_an_audience_no_push_could_reach_says_so_on_the_page_and_in_the_review(
+    client, make_campaign, segment, team, manager_alice, approver_bob
+):
+    """Approved as it is, a campaign whose audience has no phone opted in sends nothing: the page
+    and the approver's review say so beside the figures (an approver approved "2 profiles → 0
+    reachable → 0 opted in" with nothing to tell it apart from an audience that gets pushes)."""
+    from campaigns.review import audience_text
+
+    ProfileFactory(locale="fr")  # no phone in the app
+    DeviceFactory(profile=ProfileFactory(locale="fr"), app=team, platform="ios", push_enabled=False)
+    campaign = make_campaign()
+    _count(client, campaign, manager_alice)
+    page = _page(client, campaign)
+    assert (
+        "2 profiles → 1 reachable (iOS 1 / Android 0) → 0 opted in (counted under a minute ago): no one to send to, none opted in"
+        in page
+    )
+    said = "2 profiles → 1 reachable (iOS 1 / Android 0) → 0 opted in: no one to send to, none opted in"
+    assert said in audience_text(segment_id=segment.pk, app_id=team.pk)
+
+    DeviceFactory(profile=ProfileFactory(locale="fr"), app=team, platform="android")
+    assert "no one to send to" not in audience_text(segment_id=segment.pk, app_id=team.pk)
+    assert audience_text(segment_id=segment.pk, app_id=AppFactory().pk).startswith(
+        "Everyone: 3 profiles → 0 reachable (iOS 0 / Android 0) → 0 opted in: no one to send to, no phone in this app"
+    )
