@@ -38,6 +38,7 @@ READ_ONLY = {
     "admin:models": "lists the models",
     "audiences.import:status": "reports an import's progress",
     "audiences.import:errors": "downloads an import's rejected rows",
+    "audiences.segment:count": "a count: keeps the reach it counted on the segment, changes no definition",
     "audiences.segment:count_reach": "a count: keeps the reach it counted for the list, changes no definition",
     "audiences.segment:preview": "a count and a sample of a saved segment",
     "audiences.segment:preview_rules": "a count and a sample of rules being edited, saved nowhere",

@@ -1038,9 +1038,12 @@ def test_an_events_title_names_its_time_in_utc(login, viewer_carol):
     assert "<h2>purchase @ 2027-01-05 14:30 UTC</h2>" in page
 
 
-def test_a_segment_not_counted_yet_says_where_it_gets_counted(login, manager_alice):
+def test_a_segment_not_counted_yet_says_where_it_gets_counted(login, manager_alice, viewer_carol):
     """A kept list's page said "preview it, or “Count reach now”": it has no Preview, and Count reach
-    now is an action of the segment list, not of its page."""
+    now was an action of the segment list only. The page has its own *Count now* for whoever may
+    change the segment; the list says where its action is."""
+    from accounts.services import access_grant
+
     kept = segment_create(name="Kept", kind=Segment.Kind.STATIC, by=manager_alice)
     ruled = segment_create(
         name="Pro",
@@ -1048,12 +1051,38 @@ def test_a_segment_not_counted_yet_says_where_it_gets_counted(login, manager_ali
         by=manager_alice,
     )
     client = login(manager_alice)
-    kept_page = client.get(f"/admin/audiences/segment/{kept.pk}/change/").content.decode()
-    assert "preview it" not in kept_page
-    assert "Not counted yet: select it in the segment list and run its “Count reach now” action." in kept_page
-    ruled_page = client.get(f"/admin/audiences/segment/{ruled.pk}/change/").content.decode()
-    assert (
-        "Not counted yet: press Preview under its rules, or select it in the segment list and run its "
-        "“Count reach now” action." in ruled_page
-    )
+    for segment in (kept, ruled):
+        page = client.get(f"/admin/audiences/segment/{segment.pk}/change/").content.decode()
+        assert "preview it" not in page
+        assert '<span id="segment-reach">Not counted yet (Count now counts it).</span>' in page
+        assert f'formaction="/admin/audiences/segment/{segment.pk}/count/"' in page
     assert "Count reach now" in client.get("/admin/audiences/segment/").content.decode()  # the action is there
+    access_grant(obj=kept, to=viewer_carol, by=None)
+    page = login(viewer_carol).get(f"/admin/audiences/segment/{kept.pk}/change/").content.decode()
+    assert "Not counted yet (whoever may change it can count it)." in page
+    assert 'id="count-reach"' not in page
+
+
+@pytest.mark.presses("audiences.segment:count")
+def test_count_now_on_a_segments_page_keeps_its_reach_and_is_refused_without_change_access(
+    login, manager_alice, viewer_carol, outsider_dave
+):
+    from accounts.services import access_grant
+
+    shop, _ = _reachable_world(manager_alice)
+    segment = segment_create(name="Pros", rules=PRO, by=manager_alice)
+    url = f"/admin/audiences/segment/{segment.pk}/count/"
+    assert login(outsider_dave).post(url).status_code == 404
+    access_grant(obj=segment, to=viewer_carol, by=None)
+    assert login(viewer_carol).post(url).status_code == 403
+    assert _kept(segment) == (None, None, None)  # a refused press keeps nothing
+    client = login(manager_alice)
+    assert client.get(url).status_code == 405
+    response = client.post(url, follow=True)
+    assert "Segment counted: its reach below is as it is now." in response.content.decode()
+    segment.refresh_from_db()
+    assert segment.last_count == 3
+    assert segment.last_reach == [
+        {"app": shop.pk, "name": "Shop", "profiles": 3, "reachable": 2, "ios": 1, "android": 1, "opted_in": 1}
+    ]
+    assert "3 profiles → 2 reachable (iOS 1 / Android 1) → 1 opted in" in response.content.decode()
