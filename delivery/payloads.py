@@ -175,16 +175,23 @@ def _named_sources(spec: dict) -> list[tuple[str, str]]:
     return [(field, source) for field, source in sources if isinstance(source, str)]
 
 
-def spec_attributes_unseen(spec: dict, *, seen: set[str]) -> list[tuple[str, str]]:
-    """The (field, attribute name) of each ``profile.attributes.<name>`` the spec reads that is not
-    among ``seen`` (the names profiles hold): a misspelt name shows empty, or its default, for
-    every recipient."""
-    return [
-        (field, name)
-        for field, source in _named_sources(spec)
-        for name in template_attributes_read(source)
-        if name not in seen
-    ]
+def spec_attributes_unseen(spec: dict, *, seen: set[str]) -> list[tuple[str, str, str | None]]:
+    """The (field, attribute name, default) of each ``profile.attributes.<name>`` the spec reads
+    that is not among ``seen`` (the names profiles hold): a misspelt name renders empty, or its
+    default, for every recipient. ``default`` is what the field then shows in its place: the
+    (first) default when every output of the name there is a plain one with a ``default``, "" when
+    the outputs are plain and one has none, None when the text reads it in any other way."""
+    found = []
+    for place, source in _named_sources(spec):
+        names = [name for name in template_attributes_read(source) if name not in seen]
+        if not names:
+            continue
+        outputs = template_attribute_outputs(source)
+        for name in names:
+            defaults = [default for attribute, default in outputs or [] if attribute == name]
+            shown = None if outputs is None or not defaults else (defaults[0] if all(defaults) else "")
+            found.append((place, name, shown))
+    return found
 
 
 # JSON's longest escape of one byte of text (a control character as ``\\u00XX``); a character of

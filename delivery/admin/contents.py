@@ -1,5 +1,6 @@
 """The admin of push content: the editor, the device previews and the test send."""
 
+import difflib
 import threading
 
 from django.contrib import admin, messages
@@ -8,11 +9,12 @@ from django.db.models.deletion import ProtectedError
 from django.http import Http404, HttpResponse, HttpResponseNotAllowed
 from django.urls import path, reverse
 from django.utils.html import format_html
+from django.utils.translation import get_language_info
 from liquid.exceptions import LiquidError
 
 from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin
 from audiences.models import Profile
-from audiences.selectors import attribute_keys
+from audiences.selectors import audience_attribute_names
 from config.db import deletion_counts
 from delivery.models import PushContent
 from delivery.payloads import (
@@ -143,6 +145,26 @@ _SPEC_FIELD = {
     "android.color": "android_color",
     "android.priority": "android_priority",
 }
+
+
+_FIELD_WORDS = {"image_url": "image URL", "tap_url": "tap URL"}
+
+
+def _field_in_words(field: str) -> str:
+    """A text of the content as its editor reads it: ``variants.fr.title`` is "the French title",
+    ``data.order`` "the custom data 'order'"."""
+    if field.startswith("data."):
+        return f"the custom data '{field.removeprefix('data.')}'"
+    if not field.startswith("variants."):
+        return f"the {_FIELD_WORDS.get(field, field)}"
+    locale, name = field.removeprefix("variants.").rsplit(".", 1)
+    try:
+        language = get_language_info(locale.lower())["name"]
+    except KeyError:
+        language = locale  # a language Django does not name: its code
+    else:
+        language = f"{language} ({locale})" if "-" in locale else language  # "French (fr-CA)"
+    return f"the {language} {_FIELD_WORDS.get(name, name)}"
 
 
 def _form_field(path: str, fields) -> str | None:
@@ -289,16 +311,34 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         self._warn_of_unseen_attributes(request, obj)
 
     def _warn_of_unseen_attributes(self, request, content: PushContent) -> None:
-        """Say which attributes the texts read that no recent profile holds (a misspelt name shows
-        empty, or its default, for everyone); saved all the same: profiles may get them later."""
-        seen = {key["name"] for key in attribute_keys()}
-        unseen = spec_attributes_unseen(content.spec(), seen=seen) if seen else []
-        if unseen:
-            reads = "; ".join(f"{field} reads profile.attributes.{name}" for field, name in unseen)
+        """Warn of each attribute the texts read that no recent profile of the app's audience holds,
+        naming where it is read and the known name closest to it: a misspelt name renders empty, or
+        its default, for everyone. Saved all the same: a later import may bring it. One query (or
+        a cached read, ``audience_attribute_names``); nothing when the audience holds no attribute."""
+        seen = audience_attribute_names(app_id=content.app_id)
+        if not seen:
+            return
+        reads: dict[str, list[tuple[str, str | None]]] = {}
+        for field, name, shown in spec_attributes_unseen(content.spec(), seen=set(seen)):
+            reads.setdefault(name, []).append((_field_in_words(field), shown))
+        for name, uses in reads.items():
+            places = [place for place, _ in uses]
+            where = places[0] if len(places) == 1 else f"{', '.join(places[:-1])} and {places[-1]}"
+            shown = {default for _, default in uses}
+            if shown == {""}:
+                effect = "renders empty"
+            elif None in shown or "" in shown:
+                effect = "reads as empty (or renders its default)"
+            elif len(shown) == 1:
+                effect = f"renders its default ('{shown.pop()}') for everyone"
+            else:
+                effect = "renders its defaults for everyone"
+            close = difflib.get_close_matches(name, seen, n=1)
+            hint = f": did you mean '{close[0]}'? It {effect}" if close else f": it {effect}"
             self.message_user(
                 request,
-                f"{reads}: no recent profile has it, so it shows empty (or its default) for them. "
-                "Check its spelling; saved as written.",
+                f"No recent profile in {content.app.name}'s audience has the attribute '{name}' "
+                f"(read in {where}){hint} until one has it.",
                 messages.WARNING,
             )
 

@@ -183,25 +183,67 @@ def test_live_preview_for_an_external_id_holding_a_nul_shows_a_profile_without_a
     assert "Hi Zoé" in client.post(url, {**_form(content, title=title), "preview_profile": "zoe"}).content.decode()
 
 
-def test_saving_content_that_reads_an_attribute_no_profile_has_warns_naming_the_field(client, manager_alice):
-    """A misspelt attribute shows empty (or its default) for everyone: the save says so, and saves."""
-    from tests.factories import ProfileFactory
-
-    ProfileFactory(attributes={"first_name": "Zoe", "plan": "gold"})
-    changes = {
-        "title": "Hi {{ profile.attributes.frist_name | default: 'there' }}",
-        "body": "Your {{ profile.attributes.plan }} plan",
-        "variants": '{"fr": {"body": "Votre offre {{ profile.attributes.tier }}"}}',
-    }
-    content, answer = _saved_with(client, manager_alice, changes)
+def _saved_in_shop(client, manager, changes):
+    """Sale, in the app Shop whose audience (profiles with a device of it) holds first_name and
+    plan, saved by ``manager`` with ``changes``; a profile of another app holds tier: (content, warnings)."""
+    shop = AppFactory(name="Shop")
+    access_grant(obj=shop, to=manager, by=None)
+    DeviceFactory(app=shop, profile=ProfileFactory(attributes={"first_name": "Zoe", "plan": "gold"}))
+    DeviceFactory(profile=ProfileFactory(attributes={"tier": "gold"}))  # another app's audience
+    content = PushContent.objects.create(app=shop, name="Sale", title="Hello", body="Spring sale")
+    client.force_login(manager)
+    answer = client.post(f"/admin/delivery/pushcontent/{content.pk}/change/", _form(content, **changes))
     assert answer.status_code == 302
     content.refresh_from_db()
-    assert content.title == changes["title"]
-    warnings = [str(m) for m in answer.wsgi_request._messages if m.level_tag == "warning"]
-    assert len(warnings) == 1, warnings
-    assert "title reads profile.attributes.frist_name" in warnings[0]
-    assert "variants.fr.body reads profile.attributes.tier" in warnings[0]
-    assert "profile.attributes.plan" not in warnings[0]
+    return content, [str(m) for m in answer.wsgi_request._messages if m.level_tag == "warning"]
+
+
+def test_saving_content_that_reads_a_misspelt_attribute_warns_with_the_closest_known_one(client, db, manager_alice):
+    """A misspelt attribute renders empty for everyone: the save names it, where it is read, and
+    the attribute meant; and saves (a later import may bring the attribute)."""
+    changes = {
+        "title": "Hi {{ profile.attributes.first_name }}",
+        "body": "Your {{ profile.attributes.plan }} plan, {{ profile.attributes.tier }}",
+        "variants": '{"fr": {"title": "Bonjour {{ profile.attributes.frist_name }}"}, '
+        '"de": {"body": "Hallo {{ profile.attributes.frist_name }}"}}',
+    }
+    content, warnings = _saved_in_shop(client, manager_alice, changes)
+    assert content.variants["fr"] == {"title": "Bonjour {{ profile.attributes.frist_name }}"}
+    assert warnings == [
+        # Held by another app's profiles alone, and like no known one: no suggestion.
+        "No recent profile in Shop's audience has the attribute 'tier' (read in the body): "
+        "it renders empty until one has it.",
+        "No recent profile in Shop's audience has the attribute 'frist_name' (read in the French title "
+        "and the German body): did you mean 'first_name'? It renders empty until one has it.",
+    ]
+
+
+def test_saving_content_that_reads_only_known_attributes_says_nothing(client, db, manager_alice):
+    changes = {
+        "title": "Hi {{ profile.attributes.first_name | default: 'there' }}",
+        "data": '{"p": "{{ profile.attributes.plan }}"}',
+    }
+    assert _saved_in_shop(client, manager_alice, changes)[1] == []
+
+
+def test_saving_content_that_reads_a_misspelt_attribute_with_a_default_warns_it_renders_the_default(
+    client, db, manager_alice
+):
+    """A default hides the misspelling: everyone gets the default, which still deserves a word."""
+    changes = {
+        "title": "Hi {{ profile.attributes.frist_name | default: 'there' }}",
+        "subtitle": "{% if profile.attributes.vipp %}VIP{% endif %}",
+        "data": '{"plan": "{{ profile.attributes.plna | default: \'free\' }}"}',
+    }
+    warnings = _saved_in_shop(client, manager_alice, changes)[1]
+    assert warnings == [
+        "No recent profile in Shop's audience has the attribute 'frist_name' (read in the title): "
+        "did you mean 'first_name'? It renders its default ('there') for everyone until one has it.",
+        "No recent profile in Shop's audience has the attribute 'vipp' (read in the subtitle): "
+        "it reads as empty (or renders its default) until one has it.",
+        "No recent profile in Shop's audience has the attribute 'plna' (read in the custom data 'plan'): "
+        "did you mean 'plan'? It renders its default ('free') for everyone until one has it.",
+    ]
 
 
 def test_the_delete_page_of_content_a_campaign_uses_names_no_campaign_its_reader_may_not_see(
