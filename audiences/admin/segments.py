@@ -307,9 +307,12 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     def count_view(self, request, object_id: int):
         """Count the segment now and keep its figures (POST, by those who may change it), as the
         list's "Count reach now" does for the segments selected."""
+        segment = self.get_object(request, str(object_id))
+        if segment is None or not self.has_view_permission(request, segment):
+            raise Http404("No segment with this id.")  # as for any object outside one's access
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        segment_count_keep(segment_id=object_id, by=request.user)  # 404 outside access, 403 without change
+        segment_count_keep(segment_id=object_id, by=request.user)  # 403 without change access
         self.message_user(request, "Segment counted: its reach below is as it is now.", messages.SUCCESS)
         return redirect(reverse("admin:audiences_segment_change", args=[object_id]))
 
