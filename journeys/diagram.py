@@ -233,7 +233,12 @@ def _description(step: dict, names: dict) -> str:
     if step.get("type") == "wait" and "until" in step:
         shown, full = wait_until_text(step["until"], short=True), wait_until_text(step["until"])
         return f'<text x="8" y="34" class="description">{escape(shown)}<title>{escape(full)}</title></text>'
-    return f'<text x="8" y="34" class="description">{escape(_describe(step, names)[:BOX_CHARS])}</text>'
+    # An entry's words or a content's name may be longer than a box: cut with an ellipsis, the whole
+    # in its tooltip (it was cut mid-word, "profiles who read o", and the rest was nowhere).
+    whole = _describe(step, names)
+    shown = _cut(whole)
+    tooltip = f"<title>{escape(whole)}</title>" if shown != whole else ""
+    return f'<text x="8" y="34" class="description">{escape(shown)}{tooltip}</text>'
 
 
 def _cut(text: str, width: int = BOX_CHARS) -> str:

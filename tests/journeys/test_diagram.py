@@ -1,6 +1,6 @@
 """The journey's graph drawn: what a step's box says."""
 
-from journeys.diagram import BOX_CHARS, condition_text
+from journeys.diagram import BOX_CHARS, _description, condition_text
 
 
 def _condition(*labels: str | None) -> dict:
@@ -51,3 +51,15 @@ def test_a_push_boxs_notes_are_cut_to_the_box_the_whole_in_their_tooltip():
     assert len(shown) <= BOX_CHARS and shown.endswith("…")
     assert tooltip.startswith("skipped 132 (no phone registered for the app 130, ")
     assert tooltip.startswith(shown[:-1])
+
+
+def test_a_long_line_of_any_box_is_cut_with_an_ellipsis_and_said_whole_in_its_tooltip():
+    """An entry's words or a content's name longer than a box were cut mid-word ("… read o") and
+    the rest was said nowhere."""
+    entry = {"id": "entry", "type": "entry", "text": "Profiles who read our newsletter twice this month"}
+    line = _description(entry, {})
+    shown = line.split('class="description">', 1)[1].split("<title>", 1)[0]
+    assert shown.endswith("…") and len(shown) <= BOX_CHARS
+    assert "<title>Profiles who read our newsletter twice this month</title>" in line
+    push = {"id": "p", "type": "push", "content": 7}
+    assert _description(push, {("content", 7): "Hello"}) == '<text x="8" y="34" class="description">Hello</text>'
