@@ -1,6 +1,7 @@
 """The admin bases every app uses: scoped (object access), big-table, the access page, a status
 filter and a filter by how long ago."""
 
+import contextvars
 import datetime as dt
 import functools
 
@@ -604,11 +605,28 @@ class _AccessForm(forms.Form):
         return data
 
 
-def _page_request():
-    """The request whose object page is being drawn (None outside one), as the lifecycle admin keeps it."""
-    from accounts.admin.lifecycle import page_request as drawing
+# The admin instance is shared by every request; the request whose page is being drawn lives here,
+# so that readonly fields (which see only the object) can draw its buttons and links for that user.
+_drawing_for: contextvars.ContextVar = contextvars.ContextVar("admin_page_request", default=None)
 
-    return drawing()
+
+def page_request():
+    """The request whose object page is being drawn (None outside one): for a readonly field that
+    reads as that user may."""
+    return _drawing_for.get()
+
+
+def drawn_for(request, view):
+    """``view()``'s answer (an object's page), drawn while ``page_request`` gives ``request``: a
+    template answer is rendered here, while the request is known to the readonly fields."""
+    token = _drawing_for.set(request)
+    try:
+        response = view()
+        if getattr(response, "is_rendered", True) is False:
+            response.render()
+        return response
+    finally:
+        _drawing_for.reset(token)
 
 
 class ObjectAccessAdminMixin:
@@ -637,23 +655,15 @@ class ObjectAccessAdminMixin:
         opts = self.model._meta
         url = reverse(f"admin:{opts.app_label}_{opts.model_name}_access", args=[obj.pk])
         # Only who may grant and revoke is offered to; the others read the list there.
-        request = _page_request()
+        request = page_request()
         may_manage = request is not None and request.user.has_perm("accounts.manage_object_access")
         return format_html(
             '{} — <a href="{}">{}</a>', label, url, "manage access" if may_manage else "see who has access"
         )
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        from accounts.admin.lifecycle import _drawing_for
-
-        token = _drawing_for.set(request)  # the reader, for the access link (``page_request``)
-        try:
-            response = super().change_view(request, object_id, form_url, extra_context)
-            if getattr(response, "is_rendered", True) is False:
-                response.render()  # while the request is known to the readonly fields
-            return response
-        finally:
-            _drawing_for.reset(token)
+        # The reader, for the access link (``page_request``).
+        return drawn_for(request, functools.partial(super().change_view, request, object_id, form_url, extra_context))
 
     def access_view(self, request, object_id):
         obj = self.get_object(request, object_id)

@@ -1,6 +1,6 @@
 """The buttons of objects with a lifecycle (campaigns, journeys), each POSTing to one transition view."""
 
-import contextvars
+import functools
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
@@ -11,18 +11,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from accounts.admin.bases import page_answers
+from accounts.admin.bases import drawn_for, page_answers, page_request
 from accounts.services import APPROVAL_MESSAGE_MAX, TransitionError
-
-# The admin instance is shared by every request; the request whose page is being drawn lives here,
-# so that readonly fields (which see only the object) can draw the buttons for that user.
-_drawing_for: contextvars.ContextVar = contextvars.ContextVar("lifecycle_admin_request", default=None)
-
-
-def page_request():
-    """The request whose object page is being drawn (None outside one): for a readonly field that
-    reads as that user may."""
-    return _drawing_for.get()
 
 
 class LifecycleAdminMixin:
@@ -130,7 +120,7 @@ class LifecycleAdminMixin:
 
     @admin.display(description="Actions")
     def lifecycle_buttons(self, obj):
-        request = _drawing_for.get()
+        request = page_request()
         if obj is None or obj.pk is None or request is None:
             return "—"
         actions = self.lifecycle_actions(request.user, obj, answers=page_answers(request))
@@ -160,14 +150,7 @@ class LifecycleAdminMixin:
         )
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        token = _drawing_for.set(request)
-        try:
-            response = super().change_view(request, object_id, form_url, extra_context)
-            if getattr(response, "is_rendered", True) is False:
-                response.render()  # while the request is known to the readonly fields
-            return response
-        finally:
-            _drawing_for.reset(token)
+        return drawn_for(request, functools.partial(super().change_view, request, object_id, form_url, extra_context))
 
     def get_urls(self):
         return [
