@@ -3,6 +3,7 @@ the holdout, conversions per variant against the holdout) are those a recount of
 however many sends there are."""
 
 import datetime as dt
+import re
 
 import pytest
 from django.core.cache import cache
@@ -293,11 +294,16 @@ def test_the_report_runs_the_same_statements_for_3_sends_as_for_30(sends):
             campaign_report(Campaign.objects.get(pk=campaign.pk))
         return [q["sql"] for q in captured]
 
+    def shape(sql: str) -> str:
+        # Every number as one digit: the two campaigns' ids (and their sends') differ in length with
+        # the database's sequences, which other tests have moved, and an id may stand many times.
+        return re.sub(r"\d+", "0", sql)
+
     def compared(view: str) -> None:
         of_few, of_many = statements(few), statements(many)
         assert len(of_many) == len(of_few), f"{view}: as many statements"
-        grown = max(len(b) - len(a) for a, b in zip(of_few, of_many, strict=True))
-        assert grown <= 8, f"{view}: a statement grew by {grown} characters"  # an id's digits
+        grown = max(len(shape(b)) - len(shape(a)) for a, b in zip(of_few, of_many, strict=True))
+        assert grown <= 1, f"{view}: a statement grew by {grown} characters"  # 'Many sends' for 'Few sends'
 
     cache.clear()
     compared("counted")
