@@ -140,16 +140,24 @@ def _bind(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _whole(value: str) -> int | None:
+    """``value`` as a whole number of ASCII digits, or None ("²" and "٣" are digits to isdigit(),
+    and int() refused the first with a traceback)."""
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
 def _positive(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
+    number = _whole(value)
+    if number is None or number < 1:
         raise argparse.ArgumentTypeError(f"{value!r}: a whole number, 1 or more")
-    return int(value)
+    return number
 
 
 def _idle_seconds(value: str) -> int:
-    if not value.isdigit() or not 5 <= int(value) <= 600:
+    number = _whole(value)
+    if number is None or not 5 <= number <= 600:
         raise argparse.ArgumentTypeError(f"{value!r}: a whole number of seconds from 5 to 600")
-    return int(value)
+    return number
 
 
 def _app(value: str) -> str:

@@ -59,6 +59,9 @@ def test_options_have_production_defaults_and_bad_ones_are_refused_in_a_sentence
         ("--bind", "0.0.0.0:http"): "HOST:PORT",
         ("--workers", "0"): "a whole number, 1 or more",
         ("--threads", "x"): "a whole number, 1 or more",
+        ("--workers", "²"): "a whole number, 1 or more",  # a digit to isdigit(), a traceback to int()
+        ("--threads", "١٦"): "a whole number, 1 or more",
+        ("--thread-idle-seconds", "²"): "a whole number of seconds from 5 to 600",
         ("--thread-idle-seconds", "4"): "a whole number of seconds from 5 to 600",
         ("--thread-idle-seconds", "601"): "a whole number of seconds from 5 to 600",
         ("--app", "config.web"): "give MODULE:FUNCTION",
