@@ -954,17 +954,11 @@ def test_an_imports_segment_written_with_an_underscore_is_refused_naming_the_fie
     assert not Import.objects.exists()
 
 
-@pytest.mark.parametrize("query", ["limit=1_0", "offset=0_1", "sample=1_0"])
-def test_query_numbers_written_with_an_underscore_are_refused_naming_the_parameter(manager_alice, api_key_for, query):
-    segment = segment_create(by=manager_alice, name="Pro", kind="rules", rules=PRO)
-    client = api_key_for(manager_alice, scopes=["read"])
-    url = f"/api/v1/segments/{segment.pk}/preview/" if query.startswith("sample") else "/api/v1/segments/"
-    response = client.get(f"{url}?{query}")
-    assert response.status_code == 400, response.content
-    assert [e["field"] for e in response.json()["errors"]] == [query.partition("=")[0]]
-
-
-@pytest.mark.parametrize("query", ["limit=٣", "offset=١", "sample=٣"])
+@pytest.mark.parametrize(
+    "query",
+    # With digits of other scripts, or with an underscore.
+    ["limit=٣", "offset=١", "sample=٣", "limit=1_0", "offset=0_1", "sample=1_0"],
+)
 def test_query_numbers_written_with_digits_of_other_scripts_are_refused_naming_the_parameter(
     manager_alice, api_key_for, query
 ):
