@@ -14,6 +14,7 @@ import datetime as dt
 
 from django import forms
 from django.contrib import admin
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db.models import F, OuterRef, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
@@ -127,9 +128,20 @@ class OccurrenceColumns:
         return format_html('<a href="{}">dispatch {}</a>', url, obj.dispatch_id)
 
 
+# The page offers no row to add: a form counting more rows than it showed was not sent by it.
+ROWS_ADDED = (
+    "Occurrences are made by the campaign's schedule, not added on this page: the form sent more occurrence "
+    "rows than the page showed. Reload the page and save your changes again."
+)
+
+
 class LatestOccurrencesFormSet(forms.BaseInlineFormSet):
     """The campaign's latest occurrences. Posted back with the campaign's form, the rows the page
-    showed, though newer ones may have pushed them out of the latest since it was drawn."""
+    showed, though newer ones may have pushed them out of the latest since it was drawn; a form
+    counting more rows than that is refused, saying occurrences are the schedule's to make (Django's
+    own words were "Please submit at most 0 forms")."""
+
+    default_error_messages = {"too_many_forms": ROWS_ADDED}
 
     def get_queryset(self):
         if not hasattr(self, "_queryset"):
@@ -143,6 +155,11 @@ class LatestOccurrencesFormSet(forms.BaseInlineFormSet):
                 rows = rows[:LATEST_OCCURRENCES]
             self._queryset = rows
         return self._queryset
+
+    def clean(self):
+        super().clean()
+        if self.total_form_count() > self.initial_form_count():
+            raise ValidationError(ROWS_ADDED, code="too_many_forms")
 
 
 class OccurrenceInline(OccurrenceColumns, admin.TabularInline):

@@ -345,3 +345,31 @@ def test_an_occurrence_without_a_dispatch_and_one_whose_dispatch_is_under_way_sa
         "Skipped (missed for longer than the window)",
     ]
     assert _cells(listed, "dispatch_did") == ["Sending: 0 targeted, 0 accepted so far", "—", "—"]
+
+
+@pytest.mark.parametrize("count", ["6", "9" * 30])
+def test_a_page_posting_more_occurrences_than_it_showed_is_refused_saying_the_schedule_makes_them(
+    client, minutely, manager_alice, count
+):
+    """The page shows the occurrences and offers no row to add: a post counting more rows than it
+    showed (one more, or a count past any) is refused in words, the campaign as it was, and the
+    occurrences too."""
+    _back_after(minutely, dt.timedelta(minutes=4))  # 5 occurrences
+    client.force_login(manager_alice)
+    form = page_form(client.get(_page(minutely)).content.decode())
+    assert form.data["occurrences-TOTAL_FORMS"] == ["5"]
+    before = sorted(Occurrence.objects.filter(campaign=minutely).values_list("pk", "due_at", "outcome", "note"))
+    answer = client.post(
+        _page(minutely), {**form.data, "occurrences-TOTAL_FORMS": [count], "name": ["Renamed"], "_save": ["Save"]}
+    )
+    assert answer.status_code == 200
+    (formset,) = [f.formset for f in answer.context["inline_admin_formsets"] if f.formset.prefix == "occurrences"]
+    assert formset.non_form_errors() == [
+        "Occurrences are made by the campaign's schedule, not added on this page: the form sent more occurrence "
+        "rows than the page showed. Reload the page and save your changes again."
+    ]
+    assert "Please submit at most" not in answer.content.decode()
+    assert "Occurrences are made by the campaign&#x27;s schedule" in answer.content.decode()
+    assert Campaign.objects.get(pk=minutely.pk).name != "Renamed"
+    after = sorted(Occurrence.objects.filter(campaign=minutely).values_list("pk", "due_at", "outcome", "note"))
+    assert after == before
