@@ -9,27 +9,15 @@ from django.core.exceptions import ValidationError
 from redis.exceptions import RedisError
 
 from accounts.services import audit
+from config.requestlog import client_address
 
 logger = logging.getLogger("pushdesk.signin")
 
 LOCKOUT_UNAVAILABLE = "lockout_unavailable"
 
 
-def _client_address(request) -> str:
-    """The signing-in client's address: behind ``PUSHDESK_TRUSTED_PROXIES`` proxies, the one the
-    outermost of them saw (entries further left in X-Forwarded-For can be forged by the client)."""
-    if request is None:
-        return ""
-    proxies = settings.PUSHDESK_TRUSTED_PROXIES
-    if proxies > 0:
-        forwarded = [a.strip() for a in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if a.strip()]
-        if len(forwarded) >= proxies:
-            return forwarded[-proxies]
-    return request.META.get("REMOTE_ADDR", "")
-
-
 def _keys(request, username: str) -> list[str]:
-    address = _client_address(request)
+    address = client_address(request)
     return [f"login-failures:user:{username.lower()}", f"login-failures:ip:{address}"]
 
 

@@ -538,9 +538,12 @@ LOGGING = {
             "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
         },
     },
+    "filters": {"unknown_host": {"()": "config.requestlog.UnknownHost"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        # A request for a host outside ALLOWED_HOSTS (a scanner's): one warning, not a traceback.
+        "django.security.DisallowedHost": {"filters": ["unknown_host"]},
         "django.db.backends": {"level": "WARNING"},
         # hpack logs each HTTP/2 header block it encodes at DEBUG, Huffman-coded, not hidden: the
         # providers' bearer tokens (APNs provider token, FCM access token) of a connection test.

@@ -1,0 +1,91 @@
+"""What the web logs of a request the client got wrong: one line an operator can read, no traceback."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.fakes.workers import database_url
+from tests.processes import ROOT, free_port
+
+
+def _lines(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name.startswith("django.")]
+
+
+@pytest.mark.django_db
+def test_a_request_for_an_unknown_host_is_one_warning_naming_the_host_and_the_client(client, caplog, settings):
+    settings.PUSHDESK_TRUSTED_PROXIES = 1
+    caplog.set_level(logging.INFO)
+    answer = client.get("/admin/", HTTP_HOST="scanner.example", HTTP_X_FORWARDED_FOR="203.0.113.9")
+    assert answer.status_code == 400
+    [line] = _lines(caplog)
+    assert line.name == "django.security.DisallowedHost"
+    assert (line.levelno, line.exc_info, line.exc_text) == (logging.WARNING, None, None)
+    assert line.getMessage() == (
+        "refused a request for the host 'scanner.example' (not in ALLOWED_HOSTS) from 203.0.113.9: GET /admin/"
+    )
+    assert (line.host, line.client) == ("scanner.example", "203.0.113.9")
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.django_db
+def test_an_unknown_host_s_line_stays_one_line_and_short(client, caplog):
+    caplog.set_level(logging.INFO)
+    host = "a\x1b[31m.example" + "x" * 5000
+    answer = client.get("/api/v1/me/", HTTP_HOST=host)
+    assert answer.status_code == 400
+    [line] = _lines(caplog)
+    message = line.getMessage()
+    assert "\n" not in message and "\x1b" not in message and len(message) < 400
+    assert "from 127.0.0.1: GET /api/v1/me/" in message
+
+
+@pytest.mark.django_db
+def test_an_unknown_host_s_line_is_left_out_where_warnings_are_not_logged(client, caplog):
+    caplog.set_level(logging.ERROR, logger="django.security")
+    assert client.get("/admin/", HTTP_HOST="scanner.example").status_code == 400
+    assert not _lines(caplog)
+
+
+def test_the_web_server_logs_one_json_line_for_an_unknown_host(tmp_path):
+    """The web unit's own output, as a log pipeline reads it: a scanner's request with a made-up
+    ``Host`` answers 400 and writes one line, not a traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHDESK_")}
+    env.update(LOG_FORMAT="json", PUSHDESK_VAR_DIR=str(tmp_path), DATABASE_URL=database_url())
+    port = free_port()
+    web = subprocess.Popen(
+        [sys.executable, "-m", "config.web", "--workers", "1", "--stop-seconds", "5", "--bind", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        answer = httpx.get(f"http://127.0.0.1:{port}/admin/login/", headers={"Host": "scanner.example"}, timeout=30)
+    finally:
+        os.killpg(web.pid, signal.SIGTERM)
+        output, _ = web.communicate(timeout=30)
+    assert answer.status_code == 400, output
+    entries = [json.loads(line) for line in output.splitlines() if line.strip()]
+    refused = [e for e in entries if e["logger"].startswith("django.")]
+    assert [(e["level"], e["logger"]) for e in refused] == [("WARNING", "django.security.DisallowedHost")], output
+    assert refused[0]["message"] == (
+        "refused a request for the host 'scanner.example' (not in ALLOWED_HOSTS) from 127.0.0.1: GET /admin/login/"
+    )
+    assert (refused[0]["host"], refused[0]["client"]) == ("scanner.example", "127.0.0.1")
+    assert "exc_info" not in refused[0] and "Traceback" not in output
