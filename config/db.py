@@ -145,6 +145,39 @@ def deletion_counts(objs) -> dict:
     return {kind: rows for kind, rows in counts.items() if rows}
 
 
+def deletion_counts_within(objs, *, seen, counted: bool = True) -> tuple[dict, int]:
+    """``deletion_counts`` as a reader may be told it: ({model: rows} of the rows ``seen(model)``
+    holds, kinds with none left out; how many other rows go too). ``seen(model)`` is a queryset of
+    the rows of ``model`` the reader may see (one that filters nothing stands for the whole kind).
+    The rows outside are neither counted by kind nor named: only their number is returned, for the
+    caller to refuse a deletion that reaches them (an app's devices, a journey's enrollments the
+    reader has no access to). ``counted=False``: only that number is wanted, and a kind the reader
+    sees whole is not counted at all (a profile's million events). At most two counts per kind.
+    Raises ProtectedError or RestrictedError as the deletion would."""
+    if not isinstance(objs, QuerySet):
+        objs = list(objs)
+        if not objs:
+            return {}, 0
+    model = objs.model if isinstance(objs, QuerySet) else type(objs[0])
+    collector = Collector(using=router.db_for_write(model))
+    collector.collect(objs)
+    shown: Counter = Counter()
+    hidden = 0
+    kinds = [(kind, [obj.pk for obj in instances]) for kind, instances in collector.data.items()]
+    kinds += [(queryset.model, queryset) for queryset in collector.fast_deletes]
+    for kind, rows in kinds:
+        within = seen(kind)
+        whole = not within.query.where
+        if whole and not counted:
+            continue
+        total = len(rows) if isinstance(rows, list) else rows.count()
+        pks = rows if isinstance(rows, list) else rows.values("pk")
+        visible = total if whole else within.filter(pk__in=pks).count()
+        shown[kind] += visible
+        hidden += total - visible
+    return {kind: rows for kind, rows in shown.items() if rows}, hidden
+
+
 @contextmanager
 def prepared_cursor():
     """A cursor for the hot path's fixed statements whose plans PostgreSQL keeps per connection.

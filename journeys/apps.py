@@ -11,7 +11,7 @@ class JourneysConfig(AppConfig):
         from accounts.approvals import ApprovalSubject, register_approval_subject
         from audiences.rules.validation import rules_tree_holders_register
         from audiences.services.events import event_listeners_register
-        from audiences.services.profiles import profile_deletion_listeners_register
+        from audiences.services.profiles import profile_deletion_listeners_register, profile_row_readers_register
         from audiences.services.segments import segment_holders_register
         from config.zones import zoned
         from delivery.models import DeliveryRules, Dispatch
@@ -19,9 +19,10 @@ class JourneysConfig(AppConfig):
         from delivery.services.contents import pushcontent_holders_register
         from delivery.services.dispatches import dispatch_gate_register
         from delivery.services.streams import stream_current_check_register
-        from journeys.models import Journey, JourneyVersion
+        from journeys.models import Enrollment, Journey, JourneyVersion
         from journeys.review import journey_references, journey_review_html
         from journeys.selectors import (
+            enrollments_in_scope,
             journey_versions_visible_to,
             journeys_conditions_naming,
             journeys_rule_trees_naming,
@@ -42,6 +43,7 @@ class JourneysConfig(AppConfig):
         stream_current_check_register(kind=Dispatch.Kind.JOURNEY, check=journey_stream_is_current)
         event_listeners_register(journeys_on_events, stamps=(JOURNEYS_STAMP,))
         profile_deletion_listeners_register(journeys_profiles_deleting)
+        profile_row_readers_register(model=Enrollment, rows=enrollments_in_scope)
         register_approval_subject(
             Journey,
             ApprovalSubject(

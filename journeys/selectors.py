@@ -8,7 +8,7 @@ from django.db.models import Count, Func, IntegerField, Q, QuerySet, Sum
 from django.http import Http404
 
 from accounts.models import User
-from accounts.selectors import can, visible_to
+from accounts.selectors import can, in_scope, visible_to
 from delivery.conversions import rate_figures
 from journeys.graph import exits_of
 from journeys.models import Enrollment, Journey, JourneyVersion, StepStat
@@ -39,6 +39,14 @@ def enrollments_visible_to(user: User) -> QuerySet[Enrollment]:
     if not user.has_perm("journeys.view_enrollment"):
         return Enrollment.objects.none()
     return Enrollment.objects.filter(journey__in=journeys_visible_to(user).values("pk"))
+
+
+def enrollments_in_scope(user: User) -> QuerySet[Enrollment]:
+    """Enrollments of the journeys in the user's scope (``in_scope``): not those of a journey read
+    through a review only, which a profile's erasure may not reach."""
+    if not user.has_perm("journeys.view_enrollment"):
+        return Enrollment.objects.none()
+    return Enrollment.objects.filter(journey__in=in_scope(user, Journey.objects.all()).values("pk"))
 
 
 def journey_shown_version(journey: Journey) -> JourneyVersion | None:

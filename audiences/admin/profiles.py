@@ -18,7 +18,7 @@ from audiences.selectors import (
     profiles_visible_to,
     segments_visible_to,
 )
-from audiences.services.profiles import profiles_delete, profiles_delete_counts
+from audiences.services.profiles import PROFILE_OUT_OF_REACH, profiles_delete, profiles_delete_counts
 
 MEMBERSHIPS_CHECKED = 1000  # a profile page tests this many segments, the first by name
 
@@ -79,17 +79,20 @@ class ProfileAdmin(ReadOnlyMixin, BigTableAdmin):
 
     def get_deleted_objects(self, objs, request):
         """The confirmation of a delete (one profile's, or the list's action): the profiles, and how
-        many rows of each kind go with them (events, devices, memberships...), all removed by
-        ``profiles_delete`` in one transaction. Django's own listing would load every event and
+        many rows of each kind go with them (events, devices, memberships...) among those the user
+        may reach, all removed by ``profiles_delete`` in one transaction; refused (and nothing
+        more said) when some lie outside the user's access. Django's own listing would load every event and
         ask the event admin, which deletes nothing by hand, for leave to delete each: refused."""
         profiles = list(objs)
         listed = [
             format_html('Profile: <a href="{}">{}</a>', reverse("admin:audiences_profile_change", args=[p.pk]), p)
             for p in profiles
         ]
-        counts = profiles_delete_counts(profile_ids=[p.pk for p in profiles])
+        erased = profiles_delete_counts(profile_ids=[p.pk for p in profiles], by=request.user)
         perms_needed = set() if self.has_delete_permission(request) else {Profile._meta.verbose_name}
-        return listed, counts, perms_needed, []
+        if erased.hidden:  # refused, as ``profiles_delete`` would: neither their number nor their kinds
+            perms_needed.add(PROFILE_OUT_OF_REACH)
+        return listed, erased.counts, perms_needed, []
 
     def delete_model(self, request, obj):
         profiles_delete(profile_ids=[obj.pk], by=request.user)

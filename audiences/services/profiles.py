@@ -14,10 +14,11 @@ from django.utils import timezone
 
 from accounts.json_values import json_compact, json_text_problem
 from accounts.models import User
+from accounts.selectors import has_every_scope, in_scope
 from accounts.services import audit
-from audiences.models import Profile, SegmentErasure, SegmentMember
+from audiences.models import Event, Profile, SegmentErasure, SegmentMember
 from audiences.rules.schema import KEY_RE
-from config.db import deletion_counts
+from config.db import deletion_counts_within
 
 LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*\Z")
 MAX_ATTRIBUTES = 200
@@ -323,6 +324,48 @@ def profile_deletion_listeners_register(fn) -> None:
         _DELETION_LISTENERS.append(fn)
 
 
+# Per kind of row erased with a profile and kept by an app further down the chain (devices,
+# journey enrollments), the rows of that kind a user may reach: ``rows(user)``, a queryset.
+_ROW_READERS: dict = {}
+
+PROFILE_OUT_OF_REACH = (
+    "what they hold in apps, segments or journeys outside your access: only someone with access to all of it"
+    " (an Administrator) can erase them"
+)
+
+
+def profile_row_readers_register(*, model, rows) -> None:
+    """Let ``rows(user)`` (a queryset of ``model``) say which of its rows that go with a profile
+    ``user`` may reach: a profile's erasure counts those only, and is refused to whoever cannot
+    reach them all (``profiles_delete_counts``)."""
+    _ROW_READERS[model] = rows
+
+
+def _profile_rows_reached(user: User):
+    """``deletion_counts_within``'s ``seen`` for ``user``: the rows of each kind they may reach;
+    a kind no app registered is reached by whoever sees every object only."""
+    from audiences.models import Segment
+    from audiences.selectors import events_visible_to, profiles_visible_to
+
+    readers = {
+        Profile: profiles_visible_to,
+        Event: events_visible_to,
+        SegmentMember: lambda u: SegmentMember.objects.filter(
+            segment__in=in_scope(u, Segment.objects.all()).values("pk")
+        ),
+        **_ROW_READERS,
+    }
+    every = has_every_scope(user)
+
+    def seen(model):
+        if every:
+            return model._default_manager.all()
+        reader = readers.get(model)
+        return reader(user) if reader is not None else model._default_manager.none()
+
+    return seen
+
+
 def profiles_delete(*, profile_ids: list[int], by: User) -> int:
     """Delete profiles with everything that refers to them (events, devices, memberships...); return
     how many there were.
@@ -338,6 +381,8 @@ def profiles_delete(*, profile_ids: list[int], by: User) -> int:
     _ensure_perm(by, "audiences.delete_profile", "Your role may not delete profiles.")
     with transaction.atomic():
         profiles = list(Profile.objects.select_for_update().filter(pk__in=profile_ids).order_by("id"))
+        if profiles and _profiles_hidden_rows(profile_ids=[p.pk for p in profiles], by=by):
+            raise PermissionDenied(f"You may not erase these profiles with {PROFILE_OUT_OF_REACH}.")
         for profile in profiles:
             audit(actor=by, action="profile_deleted", obj=profile)
         if profiles:
@@ -378,9 +423,33 @@ def _memberships_erase(profile_ids: list[int]) -> None:
     )
 
 
-def profiles_delete_counts(*, profile_ids: list[int]) -> dict[str, int]:
-    """What ``profiles_delete`` removes with these profiles: {kind (plural): rows}, the profiles
-    first, kinds with no row left out (``config.db.deletion_counts``: the plan the deletion itself
-    follows; events and memberships are counted, not loaded)."""
-    counts = deletion_counts(Profile.objects.filter(pk__in=profile_ids))
-    return {str(model._meta.verbose_name_plural): rows for model, rows in counts.items()}
+def _profiles_hidden_rows(*, profile_ids: list[int], by: User) -> int:
+    """How many rows outside ``by``'s access go with these profiles (none counted for whoever sees
+    every object, nor of a kind they see whole)."""
+    if has_every_scope(by):
+        return 0
+    _, hidden = deletion_counts_within(
+        Profile.objects.filter(pk__in=profile_ids), seen=_profile_rows_reached(by), counted=False
+    )
+    return hidden
+
+
+@dataclass(frozen=True)
+class ProfilesDeletion:
+    """What erasing profiles removes, as its reader may be told: ``counts`` {kind (plural): rows}
+    of the rows they may reach, ``hidden`` how many others go too (neither counted by kind nor named)."""
+
+    counts: dict[str, int]
+    hidden: int
+
+
+def profiles_delete_counts(*, profile_ids: list[int], by: User) -> ProfilesDeletion:
+    """What ``profiles_delete`` removes with these profiles, as ``by`` may be told it: the rows of
+    each kind they may reach, the profiles first, kinds with no row left out
+    (``config.db.deletion_counts_within``: the plan the deletion itself follows; events and
+    memberships are counted, not loaded), and how many rows outside their access go too: a
+    profile is every app's, its phones, enrollments and memberships are each an app's, a
+    journey's or a segment's, and whoever may not see those is told neither how many there are
+    nor of which kind (``profiles_delete`` refuses them the erasure)."""
+    counts, hidden = deletion_counts_within(Profile.objects.filter(pk__in=profile_ids), seen=_profile_rows_reached(by))
+    return ProfilesDeletion({str(model._meta.verbose_name_plural): rows for model, rows in counts.items()}, hidden)

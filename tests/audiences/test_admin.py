@@ -406,11 +406,14 @@ def test_deleting_a_profile_from_its_page_removes_its_memberships(login, manager
 
 
 def _profile_with_its_rows(external_id, manager):
-    """A profile with three events, a device and a static segment's membership."""
+    """A profile with three events, a device (of an app in ``manager``'s access) and a static
+    segment's membership."""
+    from accounts.services import access_grant
+
     profile = ProfileFactory(external_id=external_id)
     for name in ("app_open", "purchase", "purchase"):
         EventFactory(profile=profile, name=name)
-    DeviceFactory(profile=profile)
+    access_grant(obj=DeviceFactory(profile=profile).app, to=manager, by=None)
     kept = segment_create(name=f"Kept {external_id}", kind=Segment.Kind.STATIC, by=manager)
     segment_members_change(segment_id=kept.pk, add=[external_id], by=manager)
     return profile

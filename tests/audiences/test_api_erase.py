@@ -42,12 +42,12 @@ def team(manager_alice, approver_bob):
 
 
 @pytest.fixture
-def ann(team):
+def ann(team, manager_alice):
     """A profile with an attribute worth keeping out of logs, a phone, an event, in a kept list."""
     profile = ProfileFactory(external_id="ann", attributes={"email": SECRET, "plan": "pro"})
     DeviceFactory(profile=profile, app=team)
     EventFactory(profile=profile, name="purchase")
-    SegmentMemberFactory(profile=profile)
+    access_grant(obj=SegmentMemberFactory(profile=profile).segment, to=manager_alice, by=None)
     return profile
 
 

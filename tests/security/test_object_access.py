@@ -281,3 +281,46 @@ def test_every_access_page_grants_for_an_administrator_and_refuses_everyone_else
     assert viewer_carol in grants_on(obj)
     assert client.post(url, {"revoke": f"user:{viewer_carol.pk}"}).status_code == 302
     assert viewer_carol not in grants_on(obj)
+
+
+def _profile_rows(profile) -> tuple[int, int, int]:
+    from delivery.models import Device
+    from journeys.models import Enrollment
+
+    return (
+        type(profile).objects.filter(pk=profile.pk).count(),
+        Device.objects.filter(profile_id=profile.pk).count(),
+        Enrollment.objects.filter(profile_id=profile.pk).count(),
+    )
+
+
+@pytest.mark.presses("audiences.profile:delete_selected")
+def test_a_profile_holding_what_its_reader_cannot_see_is_neither_counted_nor_erased_by_them(
+    client, world, manager_mallory, manager_alice, api_key_for
+):
+    """zoe (profiles are everyone's) has a phone in alice's app and an enrollment in her journey:
+    mallory is told neither how many nor of which kind, and may not erase them with the profile."""
+    profile = world["profile"]
+    before = _profile_rows(profile)
+    assert before == (1, 1, 1)
+    url = reverse("admin:audiences_profile_delete", args=[profile.pk])
+    press = {"action": "delete_selected", "_selected_action": [profile.pk]}
+    client.force_login(manager_mallory)
+    for page in (client.get(url), client.post("/admin/audiences/profile/", press)):
+        assert page.status_code == 200
+        html = page.content.decode()
+        assert "Devices:" not in html and "nrollments:" not in html
+        assert "outside your access" in html
+    assert client.post(url, {"post": "yes"}).status_code == 403
+    client.post("/admin/audiences/profile/", {**press, "post": "yes"})
+    response = api_key_for(manager_mallory, scopes=["ingest", "read"]).delete("/api/v1/profiles/zoe/")
+    assert response.status_code == 403, response.content
+    assert response.json()["code"] == "permission_denied"
+    assert _profile_rows(profile) == before
+
+    client.force_login(manager_alice)  # all of it is within hers: counted, and erased
+    html = client.get(url).content.decode()
+    assert "<li>Devices: 1</li>" in html and "<li>Enrollments: 1</li>" in html
+    assert "outside your access" not in html
+    assert client.post(url, {"post": "yes"}).status_code == 302
+    assert _profile_rows(profile) == (0, 0, 0)
