@@ -63,14 +63,15 @@ def is_view_perm(perm: str | None) -> bool:
     return perm is None or perm.partition(".")[2].startswith("view_")
 
 
-def _scope_q(user: User, model: type[models.Model]) -> Q:
+def _scope_q(user: User, model: type[models.Model], *, scope_id: str | None = None) -> Q:
     """A condition on ``model``'s rows: granted to the user or one of their groups, on the row or on
-    the App its ``access_scope_field`` (if it has one) names."""
+    the App its ``access_scope_field`` (if it has one) names, or the App whose id the column or
+    annotation ``scope_id`` holds in its place."""
     condition = granted_q(user, model)
     scope_field = getattr(model, "access_scope_field", None)
     if scope_field:
         scope_model = model._meta.get_field(scope_field).related_model
-        condition |= granted_q(user, scope_model, field=f"{scope_field}_id")
+        condition |= granted_q(user, scope_model, field=scope_id or f"{scope_field}_id")
     return condition
 
 
@@ -80,10 +81,12 @@ def _role_allows(user: User | None, model: type[models.Model], perm: str | None)
     return user.has_perm(perm or access_perm(model))
 
 
-def in_scope(user: User, queryset: QuerySet, *, perm: str | None = None) -> QuerySet:
+def in_scope(user: User, queryset: QuerySet, *, perm: str | None = None, scope_id: str | None = None) -> QuerySet:
     """Narrow ``queryset`` to the objects in the user's scope: granted to them or one of their
     groups, on the object or on the App it is scoped to (every object for Superusers and
     Administrators), when their role grants ``perm`` (default: the model's view permission).
+    ``scope_id``: a column or annotation of ``queryset`` holding the id of the App to judge in
+    place of the one the row names (a live campaign's approved version's app, for what it sends).
 
     Ask this, not ``visible_to``, whenever access authorizes more than reading the object's own
     page: a write, naming the object in one's own work (a campaign's app, segment or content, a
@@ -94,7 +97,7 @@ def in_scope(user: User, queryset: QuerySet, *, perm: str | None = None) -> Quer
         return queryset.none()
     if has_every_scope(user):
         return queryset
-    return queryset.filter(_scope_q(user, queryset.model))
+    return queryset.filter(_scope_q(user, queryset.model, scope_id=scope_id))
 
 
 def visible_to(user: User, queryset: QuerySet, *, perm: str | None = None) -> QuerySet:

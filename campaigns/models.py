@@ -333,6 +333,19 @@ class Campaign(ConversionGoal):
             return ApprovedVersion.from_snapshot({**self.snapshot(), **legacy}, campaign=self)
         return None
 
+    @staticmethod
+    def sending_app_id() -> models.Expression:
+        """The id of the app a campaign's approved version sends to, as an expression over its row
+        (to annotate a query with): the app of its frozen version, the row's own before any approval
+        (or approved before versions were kept: the row is then what was approved, or nothing sends).
+        A pending revision moving the campaign to another app changes the row's app, not this one,
+        until it is approved."""
+        from django.db.models.fields.json import KT
+        from django.db.models.functions import Cast, Coalesce
+
+        approved = Cast(KT("approved_version__fields__app_id"), models.BigIntegerField())
+        return Coalesce(approved, models.F("app_id"), output_field=models.BigIntegerField())
+
     def matches(self, approved: "ApprovedVersion") -> bool:
         """Is the campaign as it stands the ``approved`` version? A version approved before approvals
         covered the missed-send window has a fingerprint without it: the campaign is still that

@@ -17,7 +17,7 @@ from django.http import Http404
 from django.utils import timezone
 
 from accounts.models import User
-from accounts.selectors import in_scope, visible_to
+from accounts.selectors import in_scope
 from campaigns.models import Campaign
 from campaigns.services.lifecycle import Status
 from campaigns.services.scheduling import campaign_gate, content_refusal
@@ -354,19 +354,24 @@ def _may_trigger(by: User, campaign_id: int, stamp: str | None) -> None:
     made, which are read through the app (``GET /api/v1/deliveries/{id}/``). The app must be in
     their scope: an approver who reads it through the review of a pending revision may not.
 
+    The app is the one the approved version sends to (``Campaign.sending_app_id``), not the row's:
+    while a revision moving the campaign to another app waits for approval, the calls send to the
+    approved version's app's devices, so whoever has access to that app may trigger it, and a key
+    with access to the revision's app alone is answered as outside its access.
+
     The answer is kept on the user object, which the API keeps per process behind the ``access``
-    stamp; it is also keyed by the campaign's stamp (a campaign moved to another app)."""
+    stamp; it is also keyed by the campaign's stamp (an edit, an approval)."""
     from delivery.models import App
 
     decided = by.__dict__.setdefault("_pushdesk_may_trigger", {})
     verdict = decided.get((campaign_id, stamp))
     if verdict is None:
-        one = Campaign.objects.filter(pk=campaign_id)
-        if not visible_to(by, one).exists():
+        one = Campaign.objects.filter(pk=campaign_id).annotate(sending_app_id=Campaign.sending_app_id())
+        if not in_scope(by, one, scope_id="sending_app_id").exists():
             raise Http404(f"No campaign {campaign_id}.")
-        if not visible_to(by, one, perm="campaigns.trigger_campaign").exists():
+        if not in_scope(by, one, perm="campaigns.trigger_campaign", scope_id="sending_app_id").exists():
             verdict = "role"
-        elif not in_scope(by, App.objects.filter(campaigns__pk=campaign_id)).exists():
+        elif not in_scope(by, App.objects.filter(pk__in=one.values("sending_app_id"))).exists():
             verdict = "app"
         else:
             verdict = "yes"

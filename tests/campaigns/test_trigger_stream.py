@@ -10,7 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from accounts.services import access_revoke, api_key_revoke
+from accounts.services import access_grant, access_revoke, api_key_revoke
 from campaigns.models import Campaign, TriggerRequest
 from campaigns.services.lifecycle import campaign_stop, campaign_update
 from delivery.models import Delivery, DeliveryRules, Dispatch
@@ -484,7 +484,6 @@ def test_a_revision_moving_the_campaigns_kind_or_app_leaves_the_approved_version
     """The kind and the app are the approved version's: while a revision making the campaign a
     scheduled one, or moving it to another app, waits for approval, the approved version's calls
     still append to its stream, in its app (a new process too: it loads the campaign afresh)."""
-    from accounts.services import access_grant
     from campaigns.services.triggers import campaign_caches_forget
     from delivery.models import PushContent
     from tests.factories import AppFactory, SegmentFactory
@@ -508,3 +507,108 @@ def test_a_revision_moving_the_campaigns_kind_or_app_leaves_the_approved_version
         campaign_caches_forget()
     assert Dispatch.objects.get(pk=stream_id).app_id == pushsim_app.pk
     assert Delivery.objects.filter(dispatch_id=stream_id).count() == 3
+
+
+# --- access: judged on the approved version's app ----------------------------------------------------
+
+
+@pytest.fixture
+def integrator(api_key_for, pushsim_app):
+    """A service account's key with access to the campaign's (approved) app alone, not granted the
+    campaign itself as its creator is."""
+    from tests.factories import UserFactory
+
+    user = UserFactory(username="integrator", role="Manager")
+    access_grant(obj=pushsim_app, to=user, by=None)
+    client = api_key_for(user, scopes=["trigger", "read"])
+    client.user = user
+    return client
+
+
+@pytest.fixture
+def new_app(manager_alice, approver_bob):
+    """The app a revision moves the campaign to, with the key of an integrator who has access to it alone."""
+    from tests.factories import AppFactory
+
+    app = AppFactory(name="New app")
+    for user in (manager_alice, approver_bob):
+        access_grant(obj=app, to=user, by=None)
+    return app
+
+
+@pytest.fixture
+def new_integrator(api_key_for, new_app):
+    from tests.factories import UserFactory
+
+    user = UserFactory(username="new_integrator", role="Manager")
+    access_grant(obj=new_app, to=user, by=None)
+    client = api_key_for(user, scopes=["trigger", "read"])
+    client.user = user
+    return client
+
+
+def _move(campaign, app, *, by):
+    """Edit the live campaign into ``app`` and submit the revision: it waits for approval."""
+    from campaigns.services.lifecycle import campaign_submit
+    from delivery.models import PushContent
+
+    theirs = PushContent.objects.create(app=app, name="Theirs", title="Words for the new app", body="There")
+    campaign_update(campaign_id=campaign.pk, by=by, app=app, content=theirs)
+    campaign_submit(campaign_id=campaign.pk, by=by)
+    revision = Campaign.objects.get(pk=campaign.pk)
+    assert revision.status == "live" and revision.has_pending_revision and revision.app_id == app.pk
+
+
+def test_a_key_of_the_approved_versions_app_triggers_while_a_revision_moving_it_waits(
+    live_trigger, integrator, zoe, pushsim_app, new_app, manager_alice
+):
+    """The calls send the approved version, to its app's devices: the key's access is judged on
+    that app, not on the app the revision waiting for approval names. Its deliveries are read
+    through that app too."""
+    _move(live_trigger, new_app, by=manager_alice)
+    for idempotency in ({}, {"HTTP_IDEMPOTENCY_KEY": "order-1"}):
+        answered = _trigger(integrator, live_trigger, "zoe", **idempotency)
+        assert answered.status_code == 202, answered.content
+        (delivery,) = answered.json()["deliveries"]
+        assert Dispatch.objects.get(pk=answered.json()["dispatch"]).app_id == pushsim_app.pk
+        looked_up = integrator.get(f"/api/v1/deliveries/{delivery['id']}/")
+        assert looked_up.status_code == 200 and looked_up.json()["external_id"] == "zoe"
+
+
+def test_a_key_of_the_app_a_pending_revision_names_cannot_send_the_approved_version_into_the_old_app(
+    live_trigger, new_integrator, zoe, new_app, manager_alice
+):
+    """The approved version sends to its own app's devices: a key with no access to that app is
+    answered as for any campaign outside its access (404), whichever app the row names, and
+    nothing is written, with an Idempotency-Key or without."""
+    _move(live_trigger, new_app, by=manager_alice)
+    for idempotency in ({}, {"HTTP_IDEMPOTENCY_KEY": "order-1"}):
+        refused = _trigger(new_integrator, live_trigger, "zoe", **idempotency)
+        assert refused.status_code == 404, refused.content
+    assert not Delivery.objects.exists() and not TriggerRequest.objects.exists()
+
+
+def test_the_access_verdicts_follow_the_move_its_approval_and_a_grants_removal_at_once(
+    live_trigger, integrator, new_integrator, zoe, pushsim_app, new_app, manager_alice, approver_bob
+):
+    """The verdicts are kept per process behind the stamps: each key's answer before the move, once
+    the revision waits, once it is approved, and once a grant is taken away, on warm caches."""
+    from campaigns.services.lifecycle import campaign_approve
+
+    newcomer = DeviceFactory(profile=zoe, app=new_app, platform="android")
+    assert _trigger(integrator, live_trigger, "zoe").status_code == 202
+    assert _trigger(new_integrator, live_trigger, "zoe").status_code == 404
+    _move(live_trigger, new_app, by=manager_alice)
+    assert _trigger(integrator, live_trigger, "zoe").status_code == 202
+    assert _trigger(new_integrator, live_trigger, "zoe").status_code == 404
+    access_revoke(obj=pushsim_app, to=integrator.user, by=None)
+    assert _trigger(integrator, live_trigger, "zoe").status_code == 404
+    access_grant(obj=pushsim_app, to=integrator.user, by=None)
+    assert _trigger(integrator, live_trigger, "zoe").status_code == 202
+    campaign_approve(campaign_id=live_trigger.pk, by=approver_bob)
+    assert _trigger(integrator, live_trigger, "zoe").status_code == 404
+    moved = _trigger(new_integrator, live_trigger, "zoe")
+    assert moved.status_code == 202, moved.content
+    assert Delivery.objects.get(pk=moved.json()["deliveries"][0]["id"]).device_id == newcomer.pk
+    access_revoke(obj=new_app, to=new_integrator.user, by=None)
+    assert _trigger(new_integrator, live_trigger, "zoe").status_code == 404
