@@ -162,10 +162,15 @@ def sends_last_24h(user: User, *, now: dt.datetime) -> dict:
             skipped[reason] = skipped.get(reason, 0) + row["n"]
     by_reason = sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))
     return {
+        # The hours in the server's zone (UTC), for a page read without its script; the chart labels
+        # each hour, given as an instant, in the browser's zone and names it (accounts' home.js).
         "labels": [hour.strftime("%H:%M") for hour in hours],
-        "start": start.strftime("%Y-%m-%d %H:%M %Z"),
+        "hours": [hour.astimezone(dt.UTC).isoformat() for hour in hours],
+        "now": now.astimezone(dt.UTC).isoformat(),
+        "zone": str(tz),
+        "start": start.strftime("%Y-%m-%d %H:%M"),
         # The last hour's bar is the hour under way: the window reads up to now, not its full hour to come.
-        "end": "now, " + timezone.localtime(now, tz).strftime("%H:%M %Z"),
+        "end": "now, " + timezone.localtime(now, tz).strftime("%H:%M"),
         "series": series,
         "totals": {name: sum(values) for name, values in series.items()},
         # As the page reads them: each reason's label, its code beside (the code alone without one).

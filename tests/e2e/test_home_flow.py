@@ -1,6 +1,7 @@
 """The home page in a browser: an Administrator's and a Manager's, with the chart's series read back."""
 
 import datetime as dt
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.utils import timezone
@@ -92,3 +93,33 @@ def test_manager_home_shows_their_apps_and_leads_to_their_pages(login, page, liv
     page.click("#pd-all-models")
     page.wait_for_url("**/admin/models/")
     assert page.locator("#content-main .app-campaigns").count() == 1
+
+
+@pytest.mark.browser_context_args(timezone_id="America/New_York")
+def test_the_sends_chart_reads_in_the_viewers_zone_and_names_it(login, page, live_server, manager_alice, sends):
+    """A marketer in New York read the chart's hours in UTC, unnamed on the bars: a send of 21:30 in
+    New York stood at 02:00, the next day. The bars are labelled in the browser's zone, the day
+    named where it changes, and the heading and the axis say which zone."""
+    now = timezone.now()
+    login(manager_alice)
+    page.wait_for_function("() => document.getElementById('pd-sends-chart').chart !== undefined")
+    chart = page.evaluate(
+        "() => { const c = document.getElementById('pd-sends-chart').chart;"
+        " return {labels: c.data.labels, accepted: c.data.datasets.find(d => d.label === 'accepted').data,"
+        " axis: c.options.scales.x.title.text}; }"
+    )
+    new_york = ZoneInfo("America/New_York")
+    end = now.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
+    hours = [(end - dt.timedelta(hours=24 - i)).astimezone(new_york) for i in range(24)]
+    # Each bar reads its New York hour; the first and each one starting a new day name the day too.
+    expected = [
+        [f"{h:%H:%M}", f"{h:%a} {h.day} {h:%b}"] if i == 0 or h.date() != hours[i - 1].date() else f"{h:%H:%M}"
+        for i, h in enumerate(hours)
+    ]
+    assert chart["labels"] == expected
+    two_hours_ago = (now - dt.timedelta(hours=2)).astimezone(new_york).replace(minute=0, second=0, microsecond=0)
+    assert chart["accepted"][hours.index(two_hours_ago)] == 80
+    assert "America/New_York" in chart["axis"]
+    heading = page.locator("#pd-sends h2").inner_text()
+    assert heading.startswith(f"Sends, last 24 hours ({hours[0]:%Y-%m-%d %H:%M} – now, ")
+    assert heading.endswith("; times in America/New_York, your browser's time zone)")
