@@ -774,9 +774,12 @@ def campaign_content_changed(sender, instance, **kwargs) -> None:
 def campaign_rules_changed(sender, instance, **kwargs) -> None:
     from accounts.stamps import stamps_bump
 
-    stamps_bump(
-        *[_campaign_stamp(pk) for pk in Campaign.objects.filter(app_id=instance.app_id).values_list("pk", flat=True)]
+    # The campaigns of the app, and those whose approved version sends to it while a revision
+    # moving them to another app waits (their calls apply its rules).
+    of_app = Campaign.objects.annotate(sending_app_id=Campaign.sending_app_id()).filter(
+        Q(app_id=instance.app_id) | Q(sending_app_id=instance.app_id)
     )
+    stamps_bump(*[_campaign_stamp(pk) for pk in of_app.values_list("pk", flat=True)])
 
 
 def campaign_stream_is_current(source_id: int, version: str) -> bool:

@@ -612,3 +612,21 @@ def test_the_access_verdicts_follow_the_move_its_approval_and_a_grants_removal_a
     assert Delivery.objects.get(pk=moved.json()["deliveries"][0]["id"]).device_id == newcomer.pk
     access_revoke(obj=new_app, to=new_integrator.user, by=None)
     assert _trigger(new_integrator, live_trigger, "zoe").status_code == 404
+
+
+def test_new_delivery_rules_of_the_approved_versions_app_reach_a_cached_campaign_a_revision_moves(
+    live_trigger, trigger_client, zoe, pushsim_app, new_app, manager_alice, approver_bob
+):
+    """The calls of a marketing campaign apply its approved version's app's rules, kept with the
+    campaign per process: new rules of that app reach them at once while a revision moving the
+    campaign to another app waits, as they do for any campaign of the app."""
+    from campaigns.services.lifecycle import campaign_approve, campaign_submit
+
+    campaign_update(campaign_id=live_trigger.pk, by=manager_alice, purpose="marketing")
+    campaign_submit(campaign_id=live_trigger.pk, by=manager_alice)
+    campaign_approve(campaign_id=live_trigger.pk, by=approver_bob)
+    _move(live_trigger, new_app, by=manager_alice)
+    assert _trigger(trigger_client, live_trigger, "zoe").json()["queued"] == 1  # cached, with no rules
+    DeliveryRules.objects.create(app=pushsim_app, frequency_cap=1, frequency_window_hours=24)
+    capped = _trigger(trigger_client, live_trigger, "zoe").json()
+    assert capped["queued"] == 0 and capped["deliveries"][0]["reason"] == "frequency_cap"
