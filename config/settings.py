@@ -538,12 +538,21 @@ LOGGING = {
             "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
         },
     },
-    "filters": {"unknown_host": {"()": "config.requestlog.UnknownHost"}},
+    "filters": {
+        "unknown_host": {"()": "config.requestlog.UnknownHost"},
+        "refused_body": {"()": "config.requestlog.RefusedBody"},
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # A request for a host outside ALLOWED_HOSTS (a scanner's): one warning, not a traceback.
         "django.security.DisallowedHost": {"filters": ["unknown_host"]},
+        # A body refused as it is read (too big, too many fields or files, malformed): one warning too.
+        **{
+            f"django.security.{name}": {"filters": ["refused_body"]}
+            for name in ("RequestDataTooBig", "TooManyFieldsSent", "TooManyFilesSent")
+        },
+        "django.request": {"filters": ["refused_body"]},
         "django.db.backends": {"level": "WARNING"},
         # hpack logs each HTTP/2 header block it encodes at DEBUG, Huffman-coded, not hidden: the
         # providers' bearer tokens (APNs provider token, FCM access token) of a connection test.

@@ -54,6 +54,56 @@ def test_an_unknown_host_s_line_is_left_out_where_warnings_are_not_logged(client
     assert not _lines(caplog)
 
 
+def _form(fields: int) -> str:
+    return "&".join(f"field{i}=1" for i in range(fields))
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("content_type", "body", "why"),
+    [
+        (
+            "application/x-www-form-urlencoded",
+            "a=" + "x" * 25_000,
+            "its body is over PUSHDESK_MAX_REQUEST_BYTES (20,000 bytes)",
+        ),
+        ("application/x-www-form-urlencoded", _form(1001), "more than 1,000 query parameters or form fields"),
+        ("multipart/form-data", "x", "a malformed multipart body (Invalid boundary in multipart: None)"),
+    ],
+    ids=["too-big", "too-many-fields", "malformed-multipart"],
+)
+def test_a_body_refused_as_it_is_read_is_one_warning_naming_the_client_and_why(
+    client, caplog, settings, content_type, body, why
+):
+    """An admin form's body too big, with too many fields, or not multipart as it says: the client's
+    mistake, logged as one line (Django logged each as an error with its traceback)."""
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 20_000
+    settings.PUSHDESK_TRUSTED_PROXIES = 1
+    caplog.set_level(logging.INFO)
+    answer = client.post("/admin/login/", body, content_type=content_type, HTTP_X_FORWARDED_FOR="203.0.113.9")
+    assert answer.status_code == 400
+    [line] = _lines(caplog)
+    assert (line.levelno, line.exc_info, line.exc_text) == (logging.WARNING, None, None)
+    assert line.getMessage() == f"refused a request from 203.0.113.9: POST /admin/login/: {why}"
+    assert line.client == "203.0.113.9"
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.django_db
+def test_an_error_of_the_application_keeps_its_traceback(client, caplog, monkeypatch):
+    from accounts.middleware import RefuseNulMiddleware
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(RefuseNulMiddleware, "__call__", broken)
+    client.raise_request_exception = False
+    caplog.set_level(logging.INFO)
+    assert client.get("/admin/login/").status_code == 500
+    [line] = _lines(caplog)
+    assert (line.levelno, line.exc_info[0]) == (logging.ERROR, RuntimeError)
+
+
 def test_the_web_server_logs_one_json_line_for_an_unknown_host(tmp_path):
     """The web unit's own output, as a log pipeline reads it: a scanner's request with a made-up
     ``Host`` answers 400 and writes one line, not a traceback."""
