@@ -127,6 +127,9 @@ class _Run:
     history: list  # the steps of this run (added to what the enrollment has)
     running: bool = True
     changed: bool = False
+    # Where its row says it is in the database (step, status): where it was claimed or entered,
+    # until the run moves it to a push step to send it the push (``_move_to_push``).
+    stored: tuple[str, str] = ("", "")
 
 
 def journeys_run_entered(
@@ -196,7 +199,7 @@ def _run_batch(
         stats: Counter = Counter()
         runs_by_version: dict[int, list[_Run]] = defaultdict(list)
         for row in rows:
-            run = _Run(row=row, history=[])
+            run = _Run(row=row, history=[], stored=(row.step, row.status))
             if exits and row.pk in exits:
                 _finish(run, EStatus.EXITED, now, reason=exits[row.pk])
                 stats[(row.version_id, row.step, "entered")] += 1
@@ -386,6 +389,7 @@ def _run_version(
                     move(run, step_id, f"branch:{label}", chosen["next"])
                     stats[(version.pk, step_id, f"passed:{label}")] += 1
             elif kind == "push":
+                _move_to_push(step_id, group)
                 dispatch_id, error = _push(version, step_id, [r.row.profile_id for r in group], known)
                 for run in group:
                     if error:
@@ -408,6 +412,20 @@ def _run_version(
     for run in runs:
         if run.running:  # a graph longer than it should be: never leave a row due forever
             _finish(run, EStatus.FAILED, now, reason="ran more steps than the journey has")
+
+
+def _move_to_push(step_id: str, group: list[_Run]) -> None:
+    """Write the enrollments about to be pushed at ``step_id`` there (active), in the batch's
+    transaction, before their push is made: the gate sends a step's content only to profiles whose
+    enrollment is at that step (``_batch_gate``), not to those still before it, which may wait or
+    take another branch. One statement, for those not there already (an entry at a push step is);
+    the write-back moves them on past it."""
+    moving = [run for run in group if run.stored != (step_id, EStatus.ACTIVE)]
+    if not moving:
+        return
+    Enrollment.objects.filter(_among([run.row.pk for run in moving])).update(step=step_id, status=EStatus.ACTIVE)
+    for run in moving:
+        run.stored = (step_id, EStatus.ACTIVE)
 
 
 def _finish(run: _Run, status: str, now: dt.datetime, *, reason: str) -> None:

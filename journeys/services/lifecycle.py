@@ -798,8 +798,8 @@ def journey_gate(
     ``context`` names (``Journey.send_context``): another step's content, approved as it may be, is
     not this step's. ``sends`` (``dispatch_create``'s) must be how the engine sends a batch: to its
     profiles, as marketing, at the app's rate (a journey has no purpose or throttle of its own).
-    Each profile of the batch must have an open enrollment in the version at that step or at a step
-    that leads to it (``_batch_gate``): the step's content goes to no one else.
+    Each profile of the batch must have an open enrollment in the version at that step, where the
+    engine writes those it pushes (``_batch_gate``): the step's content goes to no one else.
 
     Raises GateClosed otherwise, whoever calls.
     """
@@ -844,28 +844,21 @@ def journey_gate(
 
 def _batch_gate(version: JourneyVersion, step: str, profile_ids: list[int]) -> None:
     """GateClosed unless every profile of a push step's batch has an open enrollment in the version
-    at that step or at a step that leads to it, in one query. The engine's batch is made before its
-    rows are written back: in the database each is still at the step it was claimed at, which the
-    batch's run went on from to this step (its history too is written after the push)."""
+    at that step, in one query: the profiles the engine brings to the step in its run. The engine
+    writes them there (active) in its batch's transaction before it makes their push
+    (``engine._move_to_push``); one still before the step may wait there, or take another branch,
+    and one past it had its push."""
     from delivery.services.dispatches import GateClosed
     from journeys.services.engine import _among
 
-    steps = version.step_map()
-    leading, todo = {step}, [step]
-    while todo:
-        target = todo.pop()
-        for step_id, item in steps.items():
-            if step_id not in leading and any(to == target for _, to in exits_of(item)):
-                leading.add(step_id)
-                todo.append(step_id)
     wanted = set(profile_ids)
     enrolled = (
         Enrollment.objects.filter(
             _among(list(wanted), "profile_id"),
             journey_id=version.journey_id,
             version_id=version.pk,
-            status__in=Enrollment.OPEN_STATUSES,
-            step__in=sorted(leading),
+            status=EStatus.ACTIVE,
+            step=step,
         )
         .values("profile_id")
         .distinct()
@@ -874,7 +867,8 @@ def _batch_gate(version: JourneyVersion, step: str, profile_ids: list[int]) -> N
     if enrolled != len(wanted):
         raise GateClosed(
             f"{len(wanted) - enrolled} of the {len(wanted)} profiles of the batch are not enrolled in version "
-            f"{version.number} of '{version.journey}' at or before step '{step}': its content goes to no one else."
+            f"{version.number} of '{version.journey}' at step '{step}' (the journey sends its push to those it "
+            "brings there): its content goes to no one else."
         )
 
 

@@ -510,7 +510,8 @@ def test_gate_refuses_a_push_steps_content_sent_otherwise_than_the_engine_sends_
     """A journey's push step sends to the profiles of its batch, as marketing, at the app's rate:
     the approved content of the step as transactional (past the frequency caps and quiet hours), to
     a whole segment or at a rate of its own is refused by the gate."""
-    journey = publish(make_journey())
+    first_push = {"steps": [{"id": "push", "type": "push", "content": welcome.pk, "next": "done"}, EXIT]}
+    journey = publish(make_journey(graph=first_push))
     version = journey.versions.get()
     asked = {"profile_ids": [ProfileFactory().pk], **forged}
     if asked.get("segment_id") == "everyone":
@@ -521,7 +522,7 @@ def test_gate_refuses_a_push_steps_content_sent_otherwise_than_the_engine_sends_
             app_id=journey.app_id, kind="journey", spec=welcome.spec(), source_id=version.pk, context=context, **asked
         )
     assert not Dispatch.objects.filter(kind="journey").exists()
-    # As the engine sends it, to a profile the journey has entered, the gate lets it through.
+    # As the engine sends it, to a profile the journey has entered at the step, the gate lets it through.
     journey_enter_segment(journey_id=journey.pk)
     dispatch_create(
         app_id=journey.app_id,
@@ -534,14 +535,13 @@ def test_gate_refuses_a_push_steps_content_sent_otherwise_than_the_engine_sends_
 
 
 @pytest.mark.embedded
-def test_gate_sends_a_push_steps_content_only_to_profiles_enrolled_at_or_before_that_step(
+def test_gate_sends_a_push_steps_content_only_to_profiles_enrolled_in_its_version_at_that_step(
     make_journey, publish, vips, welcome
 ):
-    """A push step's batch is of profiles enrolled in its version whose passage has not gone past
-    that step: the engine's own batch passes, as it is made (the rows still at the step they were
-    claimed at, before it), and the step's approved content sent to anyone else is refused, a
-    profile never enrolled, one that finished the journey, or one of them slipped into a batch of
-    enrolled profiles."""
+    """A push step's batch is of profiles enrolled in its version at that step: the engine's own
+    batch passes, as it is made (the rows written at the step before it), and the step's approved
+    content sent to anyone else is refused, a profile never enrolled, one that finished the
+    journey, or one of them slipped into a batch of enrolled profiles."""
     from tests.journeys.conftest import simple_graph
 
     first, second = ProfileFactory.create_batch(2)
@@ -576,6 +576,64 @@ def test_gate_sends_a_push_steps_content_only_to_profiles_enrolled_at_or_before_
     with pytest.raises(GateClosed, match="not enrolled"):
         batch(first)  # past the step: it had its push
     assert Dispatch.objects.filter(kind="journey").count() == 1
+
+
+@pytest.mark.embedded
+def test_gate_refuses_a_batch_naming_profiles_the_journey_has_not_brought_to_its_push_step(
+    make_journey, publish, vips, welcome
+):
+    """A push step's batch goes to the profiles the engine brings to that step in its run, no one
+    else: not one still at the condition before it (which may take it the other way), nor one the
+    condition took the other way and that waits there for an hour before the same push. Each is
+    refused as long as it is not at the step; the engine's own batches pass, each when its profiles
+    get there."""
+    vip, other = ProfileFactory.create_batch(2)
+    SegmentMemberFactory(segment=vips, profile=vip)
+    graph = {
+        "steps": [
+            {
+                "id": "check",
+                "type": "condition",
+                "branches": [{"label": "VIP", "segment": vips.pk, "next": "push"}],
+                "else": "later",
+            },
+            {"id": "later", "type": "wait", "seconds": 3600, "next": "push"},
+            {"id": "push", "type": "push", "content": welcome.pk, "next": "done"},
+            EXIT,
+        ]
+    }
+    journey = publish(make_journey(graph=graph))
+    version = journey.live_version
+    t0 = timezone.now()
+
+    def batch(*profiles):
+        return dispatch_create(
+            app_id=journey.app_id,
+            kind="journey",
+            spec=welcome.spec(),
+            profile_ids=sorted(p.pk for p in profiles),
+            source_id=version.pk,
+            context=journey.send_context(version=version, step="push"),
+        )
+
+    journey_enter_segment(journey_id=journey.pk, now=t0)
+    assert {(e.step, e.status) for e in Enrollment.objects.filter(journey=journey)} == {("check", "active")}
+    for forged in ([other], [vip], [vip, other]):  # at the condition: not yet, or never this run
+        with pytest.raises(GateClosed, match="not enrolled in version 1 of 'Onboarding' at step 'push'"):
+            batch(*forged)
+    assert not Dispatch.objects.filter(kind="journey").exists()
+    journeys_run_due(now=t0)
+    (first,) = Dispatch.objects.filter(kind="journey")
+    assert first.profile_ids == [vip.pk]
+    assert (_enrollment(journey, other).step, _enrollment(journey, other).status) == ("later", "waiting")
+    with pytest.raises(GateClosed, match="not enrolled in version 1 of 'Onboarding' at step 'push'"):
+        batch(other)  # the other way, waiting an hour before the push
+    assert Dispatch.objects.filter(kind="journey").count() == 1
+    journeys_run_due(now=t0 + dt.timedelta(hours=2))
+    second = Dispatch.objects.filter(kind="journey").exclude(pk=first.pk).get()
+    assert second.profile_ids == [other.pk]
+    assert {_enrollment(journey, p).status for p in (vip, other)} == {"completed"}
+    assert version_step_stats(version)["push"]["pushed"] == 2
 
 
 def test_gate_lets_a_batch_through_only_with_its_own_steps_approved_content(make_journey, publish, team, welcome):
