@@ -1,5 +1,9 @@
 """The API's input and error format, and the endpoints of the accounts app."""
 
+import logging
+import threading
+import time
+
 from django.core.exceptions import NON_FIELD_ERRORS, RequestDataTooBig
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -8,6 +12,7 @@ from django.http import Http404
 from django.urls import path
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from redis.exceptions import RedisError
 from rest_framework import exceptions, serializers
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -18,7 +23,10 @@ from accounts.json_values import MAX_BYTES, MAX_DEPTH, json_text_problem, json_v
 from accounts.parsers import request_too_large
 from accounts.roles import role_permissions
 from config.digits import digits_plain
+from operations.database import redis_problem
 from operations.instance import InstanceMismatch
+
+logger = logging.getLogger("pushdesk.api")
 
 # --- input ------------------------------------------------------------------------------------
 
@@ -193,6 +201,45 @@ class InstanceNotClaimed(exceptions.APIException):
     default_detail = "This copy of Pushdesk may not send."
 
 
+class RedisUnavailable(exceptions.APIException):
+    """Redis (each call's key check and rate limit) does not answer: try again shortly."""
+
+    status_code = 503
+    default_code = "service_unavailable"
+    default_detail = "Pushdesk cannot take calls for a moment (its Redis does not answer)."
+    RETRY_SECONDS = 10
+
+    def __init__(self):
+        super().__init__()
+        self.wait = self.RETRY_SECONDS  # DRF's Retry-After
+
+
+class _RedisDown:
+    """Says once a minute at most that calls are refused for want of Redis, with how many were since
+    the last line: every phone of an app calls, and a traceback each was thousands a minute."""
+
+    EVERY_SECONDS = 60.0
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._said_at: float | None = None
+        self._refused = 0
+
+    def said(self, exc: RedisError) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if self._said_at is not None and now - self._said_at < self.EVERY_SECONDS:
+                self._refused += 1
+                return
+            refused = self._refused + 1 if self._said_at is not None else 0
+            self._said_at, self._refused = now, 0
+        since = f" ({refused} calls refused since the last line)" if refused else ""
+        logger.error("API calls answer 503: %s; check that it runs, or REDIS_URL%s", redis_problem(exc), since)
+
+
+_redis_down = _RedisDown()
+
+
 class FieldRefused(exceptions.PermissionDenied):
     """A 403 about one field of the request: answered with its own ``code`` and ``errors`` naming
     the field, as bad input is, so that a client sees which field to fix."""
@@ -227,6 +274,9 @@ def api_exception_handler(exc, context):
         exc = exceptions.PermissionDenied(str(exc) or None)
     elif isinstance(exc, RequestDataTooBig):
         exc = request_too_large()
+    elif isinstance(exc, RedisError):
+        _redis_down.said(exc)
+        exc = RedisUnavailable()
     response = exception_handler(exc, context)
     if response is None:
         return None
@@ -244,6 +294,8 @@ def api_exception_handler(exc, context):
             response.data["errors"] = [{"field": exc.field, "code": code, "detail": str(detail)}]
         if response.has_header("Retry-After"):  # DRF's, from the exception's wait: said in the body too
             response.data["retry_after"] = int(response["Retry-After"])
+    if isinstance(exc, RedisUnavailable):
+        response._has_been_logged = True  # said a line a minute above, not a line a call by Django
     return response
 
 

@@ -21,6 +21,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.utils.module_loading import import_string
+from redis.exceptions import RedisError
 from rest_framework.exceptions import APIException
 from rest_framework.renderers import JSONRenderer
 
@@ -92,7 +93,10 @@ def api_route(request, view, kwargs: dict):
         return None
     if not _answers_json(meta.get("HTTP_ACCEPT")):
         return None  # the view's content negotiation refuses it (406)
-    stamps = view_stamps_read(view, kwargs, matched)
+    try:
+        stamps = view_stamps_read(view, kwargs, matched)
+    except RedisError:
+        return None  # the view reads them again, and answers as the API does while Redis is down (503)
     request.pushdesk_stamps = stamps  # the view reads them, rate token included, if it answers
     key = cached_key(matched["prefix"], stamps["access"])
     if key_refusal(key, matched[0]) is not None:
