@@ -2,9 +2,22 @@
 
 from collections.abc import Callable
 
-from django.db.models import Case, CharField, F, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models import (
+    BigIntegerField,
+    BooleanField,
+    Case,
+    CharField,
+    ExpressionWrapper,
+    F,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+    When,
+)
 from django.db.models.fields.json import KT
-from django.db.models.functions import Coalesce, NullIf
+from django.db.models.functions import Cast, Coalesce, NullIf
 
 from accounts.models import User
 from accounts.selectors import has_every_scope, in_scope, visible_to
@@ -79,6 +92,26 @@ def dispatches_visible_to(user: User, queryset: QuerySet[Dispatch] | None = None
     for sources, kinds in kinds_of.items():
         sent |= Q(kind__in=kinds, source_id__in=sources(user))
     return scoped | queryset.filter(sent)
+
+
+def with_source_seen(rows: QuerySet[Dispatch], user: User) -> QuerySet[Dispatch]:
+    """``rows`` with ``source_seen`` on each, in the same query: whether ``user`` may see what sent
+    it (the campaign, the journey version registered with ``dispatch_source_readers_register``) and
+    the campaign its context names (a campaign's test send has no source, its context names it).
+    A send is read through its app's scope, but what sent it may have moved to an app the reader
+    has no access to since: its label, its source and its context name it, to its readers only."""
+    if has_every_scope(user) or not _SOURCE_READERS:
+        return rows.annotate(source_seen=Value(True))
+    sent = Q(source_id__isnull=True) | ~Q(kind__in=list(_SOURCE_READERS))  # a test send's source: its content
+    for kind, sources in _SOURCE_READERS.items():
+        sent |= Q(kind=kind, source_id__in=sources(user))
+    named = Q(context_campaign__isnull=True)
+    campaigns = _SOURCE_READERS.get(Dispatch.Kind.CAMPAIGN)
+    if campaigns is not None:
+        named |= Q(context_campaign__in=campaigns(user))
+    return rows.alias(context_campaign=Cast(KT("context__campaign__id"), BigIntegerField())).annotate(
+        source_seen=ExpressionWrapper(sent & named, output_field=BooleanField())
+    )
 
 
 def deliveries_visible_to(user: User) -> QuerySet[Delivery]:

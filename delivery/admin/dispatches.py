@@ -27,6 +27,7 @@ from delivery.selectors import (
     dispatch_outcomes,
     dispatch_shown_zone,
     dispatches_visible_to,
+    with_source_seen,
 )
 from delivery.services.dispatches import dispatch_counted_now, dispatch_stop, dispatches_counted_now
 
@@ -42,6 +43,36 @@ def _sent_html(spec: dict | None, *, app_name: str, context: dict | None) -> str
         _spec_previews_html(spec, app_name=app_name, profile=None, context=context or {}),
         json.dumps(spec, indent=2, ensure_ascii=False),
     )
+
+
+def _unnamed(dispatch: Dispatch) -> str:
+    """A send named without what sent it, as one without a label is: "Dispatch #12"."""
+    return f"Dispatch #{dispatch.pk}"
+
+
+# The keys of a send's context that name what sent it, and the kind each names.
+CONTEXT_SOURCES = {"campaign": "campaign", "journey": "journey"}
+
+
+def _context_as_seen(dispatch: Dispatch) -> dict:
+    """The send's context as its reader may read it (``source_seen``): what names a campaign or a
+    journey they may not see says its kind and number alone, its name and version left out."""
+    context = dict(dispatch.context or {})
+    if getattr(dispatch, "source_seen", True):
+        return context
+    for key, kind in CONTEXT_SOURCES.items():
+        named = context.get(key)
+        if isinstance(named, dict):
+            context[key] = {"id": named.get("id"), "name": numbered(kind, named.get("id"))}
+    return context
+
+
+def _context_lines(value, path: str = "context") -> list[tuple[str, str]]:
+    """(Liquid path, value) for each value of a context, nested keys flattened, a text as it is and
+    any other value as JSON: ("context.campaign.name", "Spring sale"), ("context.campaign.id", "12")."""
+    if isinstance(value, dict) and value:
+        return [line for key, item in value.items() for line in _context_lines(item, f"{path}.{key}")]
+    return [(path, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))]
 
 
 def campaign_sends(queryset: QuerySet[Dispatch], campaign_id: int) -> QuerySet[Dispatch]:
@@ -152,7 +183,7 @@ class DispatchAdmin(ScopedAdmin):
     )
 
     list_display = (
-        "__str__",
+        "name_shown",
         "app_shown",
         "kind",
         "status",
@@ -186,7 +217,7 @@ class DispatchAdmin(ScopedAdmin):
         "source",
         "content_shown",
         "content_sent",
-        "context",
+        "context_shown",
         "created_by",
         "created",
         "started",
@@ -201,7 +232,31 @@ class DispatchAdmin(ScopedAdmin):
         # without them: each is named to whoever may see it, read with the rows in the same query.
         rows = with_reader_sees(rows, request.user, field="app_id", model=App, name="app_seen")
         rows = with_reader_sees(rows, request.user, field="content_id", model=PushContent, name="content_seen")
-        return rows.annotate(shown_zone=dispatch_shown_zone())
+        # What sent it may have moved to an app outside the reader's access since (``with_source_seen``).
+        return with_source_seen(rows, request.user).annotate(shown_zone=dispatch_shown_zone())
+
+    @admin.display(description="Dispatch", ordering="label")
+    def name_shown(self, obj):
+        """Its label (which names what sent it) to a reader who may see what sent it, its number to
+        the others ("Dispatch #12")."""
+        return str(obj) if getattr(obj, "source_seen", True) else _unnamed(obj)
+
+    @admin.display(description="Context")
+    def context_shown(self, obj):
+        """What the send gave its content as ``context.*``, one value a line as Liquid reads it
+        (``context.campaign.name``: “Spring sale”): the campaign or journey it names told only to a
+        reader who may see what sent it, by kind and number to the others."""
+        context = _context_as_seen(obj)
+        if not context:
+            return "Nothing: the content could read no context.* value."
+        return format_html(
+            '<table class="dispatch-context">{}</table>',
+            format_html_join(
+                "",
+                "<tr><th><code>{}</code></th><td>{}</td></tr>",
+                ((path, value) for path, value in _context_lines(context)),
+            ),
+        )
 
     @admin.display(description="App", ordering="app__name")
     def app_shown(self, obj):
@@ -230,6 +285,9 @@ class DispatchAdmin(ScopedAdmin):
         """A link back to the campaign or the journey that sent it."""
         if obj.source_id is None:
             return "A test send" if obj.kind == Dispatch.Kind.TEST else "—"
+        if not getattr(obj, "source_seen", True):
+            kind = "journey version" if obj.kind == Dispatch.Kind.JOURNEY else "campaign"
+            return numbered(kind, obj.source_id)
         if obj.kind in (Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER):
             campaign = apps.get_model("campaigns", "Campaign").objects.filter(pk=obj.source_id).first()
             if campaign is None:
@@ -262,7 +320,7 @@ class DispatchAdmin(ScopedAdmin):
         the send reads it (a Viewer granted its campaign alone), as the campaign's page shows it."""
         app_name = obj.app.name if getattr(obj, "app_seen", False) else numbered("app", obj.app_id)
         if not obj.variants:
-            return _sent_html(obj.content_spec, app_name=app_name, context=obj.context)
+            return _sent_html(obj.content_spec, app_name=app_name, context=_context_as_seen(obj))
         seen = getattr(obj, "variant_contents_seen", set())
         variants = format_html_join(
             "",
@@ -275,7 +333,7 @@ class DispatchAdmin(ScopedAdmin):
                     if v.get("content_id") in seen and v.get("content")
                     else numbered("content", v.get("content_id")),
                     v.get("share", ""),
-                    _sent_html(v.get("spec"), app_name=app_name, context=obj.context),
+                    _sent_html(v.get("spec"), app_name=app_name, context=_context_as_seen(obj)),
                 )
                 for v in obj.variants
             ),
@@ -296,6 +354,9 @@ class DispatchAdmin(ScopedAdmin):
             # Its frozen variants name their contents: only those the reader may see are named.
             seen = visible_to(request.user, PushContent.objects.filter(pk__in=contents))
             obj.variant_contents_seen = set(seen.values_list("pk", flat=True))
+        if not getattr(obj, "source_seen", True):
+            # Its label names what sent it: the page's title, breadcrumbs and history say its number.
+            obj.label = _unnamed(obj)
         # An open stream's page reloads every two seconds: its counters as they are now.
         return dispatch_counted_now(obj)
 

@@ -11,6 +11,9 @@ import pytest
 from django.contrib import admin
 from django.urls import reverse
 
+from accounts.services import access_grant
+from tests.factories import DeviceFactory, ProfileFactory
+
 OBJECT_KWARGS = {"object_id", "request_id", "campaign_id", "journey_id"}
 ACTIONS = {"campaigns.campaign": "approve", "journeys.journey": "approve"}
 
@@ -324,3 +327,53 @@ def test_a_profile_holding_what_its_reader_cannot_see_is_neither_counted_nor_era
     assert "outside your access" not in html
     assert client.post(url, {"post": "yes"}).status_code == 302
     assert _profile_rows(profile) == (0, 0, 0)
+
+
+@pytest.fixture
+def moved_campaign_send(pushsim, apns_credentials, fcm_credentials, manager_mallory, viewer_carol):
+    """A test send of mallory's campaign from the app carol reads, the campaign moved since to an
+    app carol has no access to: carol reads the send (its app's), not the campaign."""
+    from campaigns.services.lifecycle import campaign_create, campaign_update
+    from campaigns.services.scheduling import campaign_test_send
+    from delivery.models import PushContent
+    from delivery.services.contents import pushcontent_save
+    from tests.fakes.pushsim import simulated_app
+
+    shared = simulated_app("Shared app", pushsim, apns_credentials, fcm_credentials)
+    other = simulated_app("Other app", pushsim, apns_credentials, fcm_credentials)
+    for app in (shared, other):
+        access_grant(obj=app, to=manager_mallory, by=None)
+    access_grant(obj=shared, to=viewer_carol, by=None)
+    DeviceFactory(profile=ProfileFactory(external_id="tess"), app=shared, platform="ios", is_test=True)
+    contents = [
+        pushcontent_save(
+            content=PushContent(app=app, name="Teaser", title="Soon", body="{{ context.campaign.name }} is coming"),
+            by=manager_mallory,
+        )
+        for app in (shared, other)
+    ]
+    campaign = campaign_create(
+        by=manager_mallory,
+        name="Merger announcement",
+        app=shared,
+        kind="api_triggered",
+        purpose="transactional",
+        content=contents[0],
+    )
+    (dispatch,) = campaign_test_send(campaign_id=campaign.pk, by=manager_mallory)
+    campaign_update(campaign_id=campaign.pk, by=manager_mallory, app=other, content=contents[1])
+    return dispatch
+
+
+def test_a_send_names_no_campaign_its_reader_may_not_see(client, moved_campaign_send, viewer_carol, manager_mallory):
+    url = reverse("admin:delivery_dispatch_change", args=[moved_campaign_send.pk])
+    client.force_login(viewer_carol)
+    response = client.get(url)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "Merger announcement" not in html
+    assert "campaign #" in html  # said as a campaign one has no access to, by its number
+    client.force_login(manager_mallory)  # the campaign's owner reads its name as a field, not as JSON
+    html = client.get(url).content.decode()
+    assert "Merger announcement" in html
+    assert "&quot;campaign&quot;" not in html
