@@ -87,7 +87,8 @@ JOURNEY_ZONE = "UTC"
 
 
 class StepEditorWidget(forms.Textarea):
-    """The graph as JSON, edited through a step-by-step form drawn by step_editor.js."""
+    """The graph as JSON, edited through a step-by-step form drawn by step_editor.js; after a refused
+    save, ``faults`` (``GraphInvalid.faults``) tell it which of a step's fields to mark."""
 
     template_name = "admin/journeys/step_editor_widget.html"
 
@@ -99,10 +100,12 @@ class StepEditorWidget(forms.Textarea):
     def __init__(self, *args, meta=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.meta = meta or {}
+        self.faults: list[dict] = []
 
     def get_context(self, name, value, attrs):
         context = super().get_context(name, value, attrs)
         context["widget"]["meta_json"] = json.dumps(self.meta)
+        context["widget"]["faults_json"] = json.dumps(self.faults)
         return context
 
 
@@ -189,6 +192,8 @@ class JourneyForm(ConversionFormMixin, forms.ModelForm):
         except GraphInvalid as exc:
             for message in exc.errors_list:
                 self.add_error("graph", message)
+            if isinstance(self.fields["graph"].widget, StepEditorWidget):
+                self.fields["graph"].widget.faults = exc.faults
         if cleaned.get("entry_kind") == "segment" and not cleaned.get("entry_segment"):
             self.add_error("entry_segment", "A segment entry needs a segment.")
         if cleaned.get("entry_kind") == "event" and not (cleaned.get("entry_event") or "").strip():

@@ -75,21 +75,27 @@ def branch_label(branch: dict, index: int) -> str:
     return str(branch.get("label") or f"branch {index + 1}")
 
 
-def exits_of(step: dict) -> list[tuple[str, str | None]]:
-    """Where a step leads: (branch label, next step id) pairs, in order; the last of a condition is "else"."""
+def _exits_with_fields(step: dict) -> list[tuple[str, str | None, str]]:
+    """``exits_of(step)`` with the key each exit is written under: (label, next step id, field)."""
     kind = step.get("type")
     if kind in ("wait", "push"):
-        return [("next", step.get("next"))]
-    if kind in ("condition", "split"):
-        pairs = [
-            (branch_label(branch, i), branch.get("next"))
-            for i, branch in enumerate(step.get("branches") or [])
-            if isinstance(branch, dict)
-        ]
-        if kind == "condition":
-            pairs.append(("else", step.get("else")))
-        return pairs
-    return []
+        return [("next", step.get("next"), "next")]
+    if kind not in ("condition", "split"):
+        return []
+    branches = step.get("branches") or []
+    pairs = [
+        (branch_label(branch, i), branch.get("next"), f"branches.{i}.next")
+        for i, branch in enumerate(branches if isinstance(branches, list) else [])
+        if isinstance(branch, dict)
+    ]
+    if kind == "condition":
+        pairs.append(("else", step.get("else"), "else"))
+    return pairs
+
+
+def exits_of(step: dict) -> list[tuple[str, str | None]]:
+    """Where a step leads: (branch label, next step id) pairs, in order; the last of a condition is "else"."""
+    return [(label, target) for label, target, _ in _exits_with_fields(step)]
 
 
 def entry_of(steps: list[dict]) -> str | None:
@@ -101,10 +107,14 @@ def entry_of(steps: list[dict]) -> str | None:
 
 
 class GraphInvalid(ValidationError):
-    """The graph breaks one or more rules; ``messages`` each name the step."""
+    """The graph breaks one or more rules; ``messages`` each name the step. ``faults`` says where,
+    for the step editor to mark: ``{"step": id, "field": name}`` per error about a step, the field
+    a step's key (``content``, ``next``, ``else``, ``seconds``, ``until``, ``type``, ``id``), a
+    branch's (``branches.0.next``, ``branches.1.percent``), or "" for the step as a whole."""
 
-    def __init__(self, errors: list[str]):
+    def __init__(self, errors: list[str], faults: list[dict] | None = None):
         self.errors_list = errors
+        self.faults = faults or []
         super().__init__({"graph": errors})
 
 
@@ -116,6 +126,12 @@ def graph_validate(graph, *, check_segment=None, check_content=None, check_rules
     that know the author's access and the journey's app.
     """
     errors: list[str] = []
+    faults: list[dict] = []
+
+    def fault(step_id: str, field: str, message: str) -> None:
+        errors.append(f"Step '{step_id}': {message}")
+        faults.append({"step": step_id, "field": field})
+
     if not isinstance(graph, dict) or not isinstance(graph.get("steps"), list):
         raise GraphInvalid(['The graph must be {"steps": [...]}.'])
     steps = graph["steps"]
@@ -134,42 +150,40 @@ def graph_validate(graph, *, check_segment=None, check_content=None, check_rules
             errors.append(f"Step #{index + 1}: its id must be 1 to 64 letters, digits, '_' or '-'.")
             continue
         if step_id in by_id:
-            errors.append(f"Step '{step_id}': this id is used by two steps.")
+            fault(step_id, "id", "this id is used by two steps.")
             continue
         by_id[step_id] = step
-        errors += [
-            f"Step '{step_id}': {message}" for message in _check_step(step, check_segment, check_content, check_rules)
-        ]
+        for field, message in _check_step(step, check_segment, check_content, check_rules):
+            fault(step_id, field, message)
     for step_id, step in by_id.items():
-        for label, target in exits_of(step):
+        for label, target, field in _exits_with_fields(step):
             if target is None or target == "":
-                errors.append(
-                    f"Step '{step_id}': {_which(step, label)} leads nowhere; every branch must end with an exit."
-                )
+                fault(step_id, field, f"{_which(step, label)} leads nowhere; every branch must end with an exit.")
             elif not isinstance(target, str) or target not in by_id:
-                errors.append(f"Step '{step_id}': {_which(step, label)} leads to '{target}', which is not a step.")
+                fault(step_id, field, f"{_which(step, label)} leads to '{target}', which is not a step.")
     if errors:
-        raise GraphInvalid(errors)
+        raise GraphInvalid(errors, faults)
     targets = {target for step in by_id.values() for _, target in exits_of(step)}
     entries = [step_id for step_id in by_id if step_id not in targets]
     if not entries:
         errors.append("Every step has a way in, so there is no entry: the steps form a loop.")
     elif len(entries) > 1:
         names = ", ".join(f"'{e}'" for e in entries)
+        faults += [{"step": e, "field": ""} for e in entries[1:]]
         errors.append(
             f"Steps {names} have no way in: a journey has exactly one entry ('{entries[0]}'); "
             f"connect or remove the others (dangling steps)."
         )
     cycle = _find_cycle(by_id)
     if cycle:
-        errors.append(f"Step '{cycle[0]}': it leads back to itself ({' → '.join(cycle)}); journeys cannot loop.")
+        fault(cycle[0], "", f"it leads back to itself ({' → '.join(cycle)}); journeys cannot loop.")
     if not errors and entries:
         reached = _reachable(by_id, entries[0])
         for step_id in by_id:
             if step_id not in reached:
-                errors.append(f"Step '{step_id}': it cannot be reached from the entry '{entries[0]}'.")
+                fault(step_id, "", f"it cannot be reached from the entry '{entries[0]}'.")
     if errors:
-        raise GraphInvalid(errors)
+        raise GraphInvalid(errors, faults)
 
 
 def _which(step: dict, label: str) -> str:
@@ -180,69 +194,80 @@ def _which(step: dict, label: str) -> str:
     return f"branch '{label}'"
 
 
-def _check_step(step: dict, check_segment, check_content, check_rules) -> list[str]:
+def _check_step(step: dict, check_segment, check_content, check_rules) -> list[tuple[str, str]]:
+    """What is wrong with one step: (the field at fault, as ``GraphInvalid.faults`` names it, message) pairs."""
     kind = step.get("type")
     if kind not in STEP_TYPES:
-        return [f"unknown type {kind!r}; use one of {', '.join(STEP_TYPES)}."]
-    problems: list[str] = []
+        return [("type", f"unknown type {kind!r}; use one of {', '.join(STEP_TYPES)}.")]
+    problems: list[tuple[str, str]] = []
     if kind == "wait":
         has_seconds, has_until = "seconds" in step, "until" in step
         if has_seconds == has_until:
-            problems.append('a wait needs either "seconds" (a duration) or "until" (a time of day, HH:MM).')
+            problems.append(("", 'a wait needs either "seconds" (a duration) or "until" (a time of day, HH:MM).'))
         elif has_seconds:
             seconds = step["seconds"]
             if isinstance(seconds, bool) or not isinstance(seconds, int):
-                problems.append("the wait's seconds must be a whole number.")
+                problems.append(("seconds", "the wait's seconds must be a whole number."))
             elif seconds < 0:
-                problems.append(f"the wait is negative ({seconds} s); a wait is 0 seconds or more.")
+                problems.append(("seconds", f"the wait is negative ({seconds} s); a wait is 0 seconds or more."))
             elif seconds > MAX_WAIT_SECONDS:
                 problems.append(
-                    f"the wait is {duration_text(seconds)}, longer than the {MAX_WAIT_SECONDS // DAY_SECONDS} days "
-                    "a wait may last."
+                    (
+                        "seconds",
+                        f"the wait is {duration_text(seconds)}, longer than the {MAX_WAIT_SECONDS // DAY_SECONDS} "
+                        "days a wait may last.",
+                    )
                 )
         elif not isinstance(step["until"], str) or not TIME_OF_DAY.match(step["until"]):
-            problems.append(f"the time of day {step['until']!r} is not HH:MM (00:00 to 23:59).")
+            problems.append(("until", f"the time of day {step['until']!r} is not HH:MM (00:00 to 23:59)."))
     elif kind == "condition":
         branches = step.get("branches")
         if not isinstance(branches, list) or not branches:
-            return ["a condition needs at least one branch (plus 'else' for all others)."]
+            return [("branches", "a condition needs at least one branch (plus 'else' for all others).")]
         if len(branches) > MAX_BRANCHES:
-            return [f"a step has at most {MAX_BRANCHES} branches; this one has {len(branches)}."]
+            return [("branches", f"a step has at most {MAX_BRANCHES} branches; this one has {len(branches)}.")]
         for index, branch in enumerate(branches):
             label = branch.get("label") if isinstance(branch, dict) else None
             name = f"branch '{label}'" if label else f"branch #{index + 1}"
             if not isinstance(branch, dict):
-                problems.append(f"{name} must be an object.")
+                problems.append((f"branches.{index}", f"{name} must be an object."))
                 continue
             if label == "else":
-                problems.append(f"{name}: 'else' is the label of all others; give this branch another.")
+                problems.append(
+                    (f"branches.{index}.label", f"{name}: 'else' is the label of all others; give this branch another.")
+                )
             kinds = [key for key in ("segment", "rules", "event") if key in branch]
             if len(kinds) != 1:
-                problems.append(f"{name} needs exactly one of segment, rules or event.")
+                problems.append((f"branches.{index}", f"{name} needs exactly one of segment, rules or event."))
                 continue
             if kinds[0] == "segment":
                 segment_id = branch["segment"]
                 if isinstance(segment_id, bool) or not isinstance(segment_id, int):
-                    problems.append(f"{name}: the segment must be a segment id.")
+                    problems.append((f"branches.{index}.segment", f"{name}: the segment must be a segment id."))
                 elif check_segment is not None and (message := check_segment(segment_id)):
-                    problems.append(f"{name}: {message}")
+                    problems.append((f"branches.{index}.segment", f"{name}: {message}"))
             elif kinds[0] == "rules":
                 if check_rules is not None and (message := check_rules(branch["rules"])):
-                    problems.append(f"{name}: {message}")
+                    problems.append((f"branches.{index}.rules", f"{name}: {message}"))
             elif not isinstance(branch["event"], str) or not branch["event"].strip():
-                problems.append(f"{name}: name the event (did it happen since the profile entered?).")
+                problems.append(
+                    (f"branches.{index}.event", f"{name}: name the event (did it happen since the profile entered?).")
+                )
             elif len(branch["event"]) > EVENT_NAME_MAX:
                 problems.append(
-                    f"{name}: an event's name is at most {EVENT_NAME_MAX} characters "
-                    f"(this one has {len(branch['event']):,}): no event could match it."
+                    (
+                        f"branches.{index}.event",
+                        f"{name}: an event's name is at most {EVENT_NAME_MAX} characters "
+                        f"(this one has {len(branch['event']):,}): no event could match it.",
+                    )
                 )
         problems += _label_problems(branches)
     elif kind == "split":
         branches = step.get("branches")
         if not isinstance(branches, list) or len(branches) < 2:
-            return ["a split needs at least two branches."]
+            return [("branches", "a split needs at least two branches.")]
         if len(branches) > MAX_BRANCHES:
-            return [f"a step has at most {MAX_BRANCHES} branches; this one has {len(branches)}."]
+            return [("branches", f"a step has at most {MAX_BRANCHES} branches; this one has {len(branches)}.")]
         problems += _label_problems(branches)
         total = 0
         for index, branch in enumerate(branches):
@@ -250,24 +275,26 @@ def _check_step(step: dict, check_segment, check_content, check_rules) -> list[s
             name = f"branch '{label}'" if label else f"branch #{index + 1}"
             percent = branch.get("percent") if isinstance(branch, dict) else None
             if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
-                problems.append(f"{name}: the percentage must be a whole number from 0 to 100.")
+                problems.append(
+                    (f"branches.{index}.percent", f"{name}: the percentage must be a whole number from 0 to 100.")
+                )
             else:
                 total += percent
         if not problems and total != 100:
-            problems.append(f"the percentages sum to {total}, not 100.")
+            problems.append(("percent", f"the percentages sum to {total}, not 100."))
     elif kind == "push":
         content_id = step.get("content")
         if isinstance(content_id, bool) or not isinstance(content_id, int):
-            problems.append("choose the push content to send.")
+            problems.append(("content", "choose the push content to send."))
         elif check_content is not None and (message := check_content(content_id)):
-            problems.append(message)
+            problems.append(("content", message))
     elif kind == "exit":
         if any(key in step for key in ("next", "branches", "else")):
-            problems.append("an exit ends the journey: it leads nowhere.")
+            problems.append(("", "an exit ends the journey: it leads nowhere."))
     return problems
 
 
-def _label_problems(branches: list) -> list[str]:
+def _label_problems(branches: list) -> list[tuple[str, str]]:
     """Each branch's profiles are counted under its label: labels that are not text, too long to
     count under, or shared by two branches (whose profiles would be counted together)."""
     problems, seen = [], set()
@@ -276,15 +303,20 @@ def _label_problems(branches: list) -> list[str]:
             continue
         label = branch.get("label")
         if label is not None and not isinstance(label, str):
-            problems.append(f"branch #{index + 1}: its label must be text.")
+            problems.append((f"branches.{index}.label", f"branch #{index + 1}: its label must be text."))
             continue
         if label and len(label) > MAX_LABEL:
-            problems.append(f"branch #{index + 1}: its label is longer than {MAX_LABEL} characters.")
+            problems.append(
+                (f"branches.{index}.label", f"branch #{index + 1}: its label is longer than {MAX_LABEL} characters.")
+            )
             continue
         name = branch_label(branch, index)
         if name in seen:
             problems.append(
-                f"two branches are labelled '{name}'; each branch's label counts its profiles, give each its own."
+                (
+                    f"branches.{index}.label",
+                    f"two branches are labelled '{name}'; each branch's label counts its profiles, give each its own.",
+                )
             )
         seen.add(name)
     return problems

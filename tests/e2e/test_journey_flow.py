@@ -204,3 +204,53 @@ def test_a_push_without_content_reads_choose_in_the_step_editor_until_one_is_cho
     page.wait_for_url(f"**/admin/journeys/journey/{journey.pk}/change/**")
     offer_a = PushContent.objects.get(name="Offer A")
     assert journey.versions.get().graph["steps"][0]["content"] == offer_a.pk
+
+
+# Each input and list of the step editor: its step, what it is, and whether it is marked at fault.
+EDITOR_FIELDS = """() => [...document.querySelectorAll('.step-editor .step-row input, .step-editor .step-row select')]
+  .map((el) => [el.closest('.step-row').dataset.step, el.className, getComputedStyle(el).borderTopColor,
+                el.getAttribute('aria-invalid') === 'true'])"""
+
+
+def test_a_refused_step_marks_only_the_fields_its_errors_name(
+    login, page, live_server, manager_alice, pushsim_app, screenshot
+):
+    """After a refused save every input and list of the step editor had a red border (the admin's
+    red for a field with errors, here the whole graph): the error's field could not be told from the
+    rest. Only the fields the errors name are marked now (a push without its content, a wait leading
+    nowhere), and a mark goes once its field is changed."""
+    import json
+
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
+    segment = Segment.objects.create(name="Everyone", kind="static")
+    access_grant(obj=segment, to=manager_alice, by=None)
+    pushcontent_save(content=PushContent(app=pushsim_app, name="Offer", title="Offer", body="Hi"), by=manager_alice)
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/journeys/journey/add/")
+    page.fill("#id_name", "Two faults")
+    page.select_option("#id_app", str(pushsim_app.pk))
+    page.select_option("#id_entry_segment", str(segment.pk))
+    steps = [
+        {"id": "pause", "type": "wait", "seconds": 3600, "next": ""},
+        {"id": "hello", "type": "push", "content": None, "next": "end"},
+        {"id": "end", "type": "exit"},
+    ]
+    page.click(".step-editor-raw summary")
+    page.fill("#id_graph", json.dumps({"steps": steps}))
+    page.dispatch_event("#id_graph", "change")
+    page.click("input[name=_continue]")
+    page.wait_for_selector(".errorlist")
+    errors = page.locator(".errorlist").first.inner_text()
+    assert "Step 'hello': choose the push content to send." in errors
+    assert "Step 'pause': it leads nowhere" in errors
+    fields = page.evaluate(EDITOR_FIELDS)
+    marked = {(step, name.split()[0]) for step, name, _colour, invalid in fields if invalid}
+    assert marked == {("hello", "push-content"), ("pause", "next-select")}
+    fault_colours = {colour for step, name, colour, _ in fields if (step, name.split()[0]) in marked}
+    other_colours = {colour for step, name, colour, _ in fields if (step, name.split()[0]) not in marked}
+    assert len(fault_colours) == 1 and fault_colours.isdisjoint(other_colours), (fault_colours, other_colours)
+    screenshot("journey-step-editor-faults")
+
+    page.locator(".step-row[data-step=hello] select.push-content").select_option(label=f"Offer ({pushsim_app.name})")
+    fields = page.evaluate(EDITOR_FIELDS)
+    assert {(step, name.split()[0]) for step, name, _colour, invalid in fields if invalid} == {("pause", "next-select")}

@@ -211,3 +211,57 @@ def test_a_step_of_more_than_20_branches_is_refused_before_its_branches_are_look
     errors = _errors(_steps(step, EXIT), check_segment=looked_up.append)
     assert errors == ["Step 'many': a step has at most 20 branches; this one has 21."]
     assert looked_up == []  # a query or two per branch, and one per branch in every engine batch
+
+
+def _faults(graph, **checks) -> list[dict]:
+    with pytest.raises(GraphInvalid) as info:
+        graph_validate(graph, **checks)
+    assert len(info.value.faults) <= len(info.value.messages)
+    return info.value.faults
+
+
+def test_each_error_about_a_step_says_which_of_its_fields_is_at_fault():
+    """The step editor marks the inputs the errors name: a step's key, a branch's, every percentage
+    of a split that does not sum to 100."""
+    faults = _faults(
+        _steps(
+            {"id": "w", "type": "wait", "seconds": -5, "next": "c"},
+            {
+                "id": "c",
+                "type": "condition",
+                "branches": [
+                    {"label": "vip", "segment": "gold", "next": "p"},
+                    {"label": "bought", "event": "", "next": ""},
+                ],
+                "else": "nowhere",
+            },
+            {"id": "p", "type": "push", "content": None, "next": "s"},
+            {"id": "s", "type": "split", "branches": [{"percent": 30, "next": EXIT["id"]}, {"percent": 30}]},
+            EXIT,
+        )
+    )
+    assert faults == [
+        {"step": "w", "field": "seconds"},
+        {"step": "c", "field": "branches.0.segment"},
+        {"step": "c", "field": "branches.1.event"},
+        {"step": "p", "field": "content"},
+        {"step": "s", "field": "percent"},
+        {"step": "c", "field": "branches.1.next"},
+        {"step": "c", "field": "else"},
+        {"step": "s", "field": "branches.1.next"},
+    ]
+
+
+def test_a_step_at_fault_as_a_whole_is_named_without_a_field():
+    loop = _steps(
+        {"id": "a", "type": "wait", "seconds": 60, "next": "b"},
+        {"id": "b", "type": "wait", "seconds": 60, "next": "c"},
+        {"id": "c", "type": "wait", "seconds": 60, "next": "b"},
+    )
+    assert _faults(loop) == [{"step": "b", "field": ""}]
+    dangling = _steps(
+        {"id": "a", "type": "wait", "seconds": 60, "next": "done"},
+        {"id": "lost", "type": "wait", "seconds": 60, "next": "done"},
+        EXIT,
+    )
+    assert _faults(dangling) == [{"step": "lost", "field": ""}]

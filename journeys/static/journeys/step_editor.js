@@ -1,5 +1,6 @@
 /* The journey step editor: one row per step, written back to the JSON field on every change.
-   The server validates the result; its errors name the step. */
+   The server validates the result; its errors name the step, and its faults (data-faults: a step
+   id and a field, as journeys.graph.GraphInvalid names them) say which input to mark. */
 (function () {
   "use strict";
   const TYPES = ["wait", "condition", "split", "push", "exit"];
@@ -39,10 +40,31 @@
 
     function save() { textarea.value = JSON.stringify(graph, null, 2); }
     function ids() { return graph.steps.map((s) => s.id); }
-    function nextSelect(step, key, holder) {
+    function nextSelect(step, key, holder, field) {
       const target = holder || step;
       return select([["", "— choose —"]].concat(ids().filter((i) => i !== step.id).map((i) => [i, i])), target[key] || "",
-        (v) => { target[key] = v; save(); }, { "class": "next-select", "data-key": key });
+        (v) => { target[key] = v; save(); }, { "class": "next-select", "data-key": key, "data-field": field || key });
+    }
+
+    // The admin draws every input of a field with errors in red (here the whole graph): only the
+    // inputs the server's faults name are marked, each until it is changed; a fault about a step
+    // as a whole (a loop, a step no one reaches) marks its row.
+    let faults;
+    try { faults = JSON.parse(root.dataset.faults || "[]"); } catch (e) { faults = []; }
+    function markFaults() {
+      faults.forEach((fault) => {
+        const row = root.querySelector('.step-row[data-step="' + CSS.escape(String(fault.step)) + '"]');
+        if (!row) return;
+        const fields = [...row.querySelectorAll("[data-field]")].filter((node) => (fault.field === "percent"
+          ? /^branches\.\d+\.percent$/.test(node.dataset.field) : fault.field && node.dataset.field === fault.field));
+        if (!fields.length) { row.classList.add("step-fault-row"); return; }
+        fields.forEach((node) => {
+          node.classList.add("step-fault");
+          node.setAttribute("aria-invalid", "true");
+          const clear = () => { faults = faults.filter((f) => f !== fault); render(); };
+          node.addEventListener("change", clear, { once: true });
+        });
+      });
     }
 
     function fresh(type, id) {
@@ -56,9 +78,10 @@
 
     function branchRow(step, branch, index) {
       const row = el("div", { "class": "branch" });
-      row.appendChild(input("text", branch.label, (v) => { branch.label = v; save(); }, { placeholder: "label", "class": "branch-label" }));
+      const field = "branches." + index + ".";
+      row.appendChild(input("text", branch.label, (v) => { branch.label = v; save(); }, { placeholder: "label", "class": "branch-label", "data-field": field + "label" }));
       if (step.type === "split") {
-        row.appendChild(input("number", branch.percent, (v) => { branch.percent = parseInt(v, 10); save(); }, { min: 0, max: 100, "class": "branch-percent" }));
+        row.appendChild(input("number", branch.percent, (v) => { branch.percent = parseInt(v, 10); save(); }, { min: 0, max: 100, "class": "branch-percent", "data-field": field + "percent" }));
         row.appendChild(document.createTextNode("%"));
       } else {
         const kind = "segment" in branch ? "segment" : ("rules" in branch ? "rules" : "event");
@@ -66,27 +89,27 @@
           delete branch.segment; delete branch.rules; delete branch.event;
           branch[v] = v === "segment" ? (meta.segments[0] || {}).id : (v === "rules" ? { all: [] } : "");
           save(); render();
-        }, { "class": "branch-kind" }));
+        }, { "class": "branch-kind", "data-field": "branches." + index }));
         if (kind === "segment") {
-          row.appendChild(select(meta.segments.map((s) => [s.id, s.name]), branch.segment, (v) => { branch.segment = parseInt(v, 10); save(); }, { "class": "branch-segment" }));
+          row.appendChild(select(meta.segments.map((s) => [s.id, s.name]), branch.segment, (v) => { branch.segment = parseInt(v, 10); save(); }, { "class": "branch-segment", "data-field": field + "segment" }));
         } else if (kind === "rules") {
           // The audiences rule builder, reused; the JSON stays one click away.
           const id = "branch-rules-" + step.id + "-" + index;
-          const json = el("textarea", { id: id, "class": "rules-json", rows: 3, cols: 60 });
+          const json = el("textarea", { id: id, "class": "rules-json", rows: 3, cols: 60, "data-field": field + "rules" });
           json.value = JSON.stringify(branch.rules);
           json.addEventListener("change", () => { try { branch.rules = JSON.parse(json.value); save(); render(); } catch (e) { /* the server names the error */ } });
-          const holder = el("div", { "class": "branch-rule-builder" });
+          const holder = el("div", { "class": "branch-rule-builder", "data-field": field + "rules" });
           row.appendChild(holder);
           row.appendChild(el("details", { "class": "branch-rules-json" }, [el("summary", { text: "Edit as JSON" }), json]));
           if (window.PushdeskRuleBuilder && meta.rules) {
             window.PushdeskRuleBuilder.mount(holder, json, meta.rules, (tree) => { branch.rules = tree; save(); });
           }
         } else {
-          row.appendChild(input("text", branch.event, (v) => { branch.event = v; save(); }, { placeholder: "event name", "class": "branch-event" }));
+          row.appendChild(input("text", branch.event, (v) => { branch.event = v; save(); }, { placeholder: "event name", "class": "branch-event", "data-field": field + "event" }));
         }
       }
       row.appendChild(document.createTextNode("→"));
-      row.appendChild(nextSelect(step, "next", branch));
+      row.appendChild(nextSelect(step, "next", branch, field + "next"));
       row.appendChild(el("button", { type: "button", "class": "button remove-branch", text: "×", onclick: () => { step.branches.splice(index, 1); save(); render(); } }));
       return row;
     }
@@ -97,10 +120,11 @@
         el("strong", { text: "#" + (index + 1) }),
         input("text", step.id, (v) => {
           const old = step.id; step.id = v;
+          faults.forEach((f) => { if (f.step === old) f.step = v; });
           graph.steps.forEach((s) => { ["next", "else"].forEach((k) => { if (s[k] === old) s[k] = v; }); (s.branches || []).forEach((b) => { if (b.next === old) b.next = v; }); });
           save(); render();
-        }, { "class": "step-id", title: "step id" }),
-        select(TYPES.map((t) => [t, t]), step.type, (v) => { graph.steps[index] = fresh(v, step.id); save(); render(); }, { "class": "step-type" }),
+        }, { "class": "step-id", title: "step id", "data-field": "id" }),
+        select(TYPES.map((t) => [t, t]), step.type, (v) => { graph.steps[index] = fresh(v, step.id); save(); render(); }, { "class": "step-type", "data-field": "type" }),
         el("button", { type: "button", "class": "button remove-step", text: "Remove", onclick: () => { graph.steps.splice(index, 1); save(); render(); } }),
       ]);
       row.appendChild(header);
@@ -119,19 +143,19 @@
           let unit = seconds ? largest.find((size) => seconds % parseInt(size, 10) === 0) : "60";
           const amount = input("number", seconds / parseInt(unit, 10), (v) => {
             step.seconds = Math.max(0, parseInt(v, 10) || 0) * parseInt(unit, 10); save();
-          }, { "class": "wait-amount", min: 0 });
+          }, { "class": "wait-amount", min: 0, "data-field": "seconds" });
           body.appendChild(amount);
           body.appendChild(select(units.map(([size, label]) => [size, label]), unit, (v) => {
             unit = v; step.seconds = Math.max(0, parseInt(amount.value, 10) || 0) * parseInt(unit, 10); save();
           }, { "class": "wait-unit" }));
         }
-        else body.appendChild(input("text", step.until, (v) => { step.until = v; save(); }, { placeholder: "HH:MM", "class": "wait-until" }));
+        else body.appendChild(input("text", step.until, (v) => { step.until = v; save(); }, { placeholder: "HH:MM", "class": "wait-until", "data-field": "until" }));
         body.appendChild(document.createTextNode(" then → "));
         body.appendChild(nextSelect(step, "next"));
       } else if (step.type === "push") {
         // "— choose —" while the step has no content: the first one would look chosen, and was not.
         body.appendChild(select([["", "— choose —"]].concat(meta.contents.map((c) => [c.id, c.name])), step.content === null || step.content === undefined ? "" : step.content,
-          (v) => { step.content = v ? parseInt(v, 10) : null; save(); }, { "class": "push-content" }));
+          (v) => { step.content = v ? parseInt(v, 10) : null; save(); }, { "class": "push-content", "data-field": "content" }));
         body.appendChild(document.createTextNode(" then → "));
         body.appendChild(nextSelect(step, "next"));
       } else if (step.type === "condition" || step.type === "split") {
@@ -158,6 +182,7 @@
         graph.steps.push(fresh(t, t + n)); save(); render();
       } })));
       root.appendChild(add);
+      markFaults();
     }
 
     textarea.addEventListener("change", () => { try { graph = JSON.parse(textarea.value); render(); } catch (e) { /* the server says what is wrong */ } });
