@@ -194,6 +194,43 @@ class Device(models.Model):
         return f"{self.get_platform_display()} …{self.token[-8:]}"
 
 
+class DeviceTombstone(models.Model):
+    """A deleted device that a winner-mode sample reached, known by its token's digest.
+
+    A device's row goes (deleted in the admin, with its profile, by any bulk deletion) and the app
+    may register the same token again: a new device, with a new id, that the sample's rows do not
+    name. Winner mode's rest knows it by this row: ``successor_id`` is the device holding the token
+    now, and the rest leaves it out as it leaves out the devices of the sample's rows.
+
+    Written by the database, not by Django: a trigger on ``delivery_device`` (migration 0037) adds a
+    row for each deleted device with a row (not skipped) in a winner sample whose rest is not
+    resolved yet, and links the tombstones of a token to the device that registers it again, so that
+    every path that deletes or inserts devices, set-based ones included, keeps it. Only the token's
+    SHA-256 is kept (hexadecimal, of the token as the device kept it: an APNs token in lowercase):
+    after a profile's erasure nothing here says which phone it was. Retention deletes the rows no
+    winner test still waiting to send its rest could need (``device_tombstones_delete``).
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="+", db_index=False)
+    token_digest = models.CharField(max_length=64, help_text="SHA-256 of the token, hexadecimal.")
+    device_id = models.BigIntegerField(help_text="The device deleted.")
+    successor_id = models.BigIntegerField(
+        null=True, blank=True, help_text="The device that registered the same token since, if any."
+    )
+    deleted_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            # A registration's lookup of its token (the insert trigger).
+            models.Index(fields=["app", "token_digest"], name="device_tombstone_token_idx"),
+            models.Index(fields=["deleted_at"], name="device_tombstone_deleted_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"device {self.device_id} deleted {self.deleted_at:%Y-%m-%d %H:%M}"
+
+
 def _object_copy(value):
     """A content's JSON object as its spec keeps it: a copy, or {} for none; a value of another
     type (a number, a list) is kept as it is, for ``spec_validate`` to refuse."""
@@ -479,6 +516,8 @@ class Dispatch(models.Model):
                 fields=["status"], condition=models.Q(finished_at__isnull=True), name="dispatch_unfinished_idx"
             ),
             models.Index(fields=["finished_at"], name="dispatch_finished_idx"),
+            # Winner-mode samples per app: what a device's deletion looks for (``DeviceTombstone``).
+            models.Index(fields=["app"], condition=models.Q(sample__part="sample"), name="dispatch_sample_idx"),
             # A campaign's sends, the newest first (its page's latest, their list): its two kinds are the
             # condition, not a column, so the newest of both come in one ordered scan; the app is
             # included, so counting those a user may see through the app's scope reads the index alone.

@@ -405,10 +405,12 @@ def retention_apply(
     kept to ``save_limit`` by the queue itself).
     Idempotency-Key records of trigger and events calls: those claimed more than ``idempotency_days``
     ago, never one still in progress (``idempotent_requests_delete``).
+    Deleted devices' tombstones: those no winner test still waiting to send its rest can need
+    (``device_tombstones_delete``); no setting, they go as soon as their tests are done.
     Audit events: those older than ``audit_days`` (never under 365: the database refuses), through
     the one door the append-only trigger leaves open. Writes an audit event with the counts.
     Returns {"deliveries": n, "events": n, "failed_tasks": n, "trigger_requests": n, "event_requests": n,
-    "audit_events": n}.
+    "device_tombstones": n, "audit_events": n}.
     """
     from django.db import connection
     from django_q.models import Failure
@@ -448,6 +450,7 @@ def retention_apply(
         "failed_tasks": 0,
         "trigger_requests": 0,
         "event_requests": 0,
+        "device_tombstones": 0,
         "audit_events": 0,
     }
     if delivery_days > 0:
@@ -495,6 +498,10 @@ def retention_apply(
         before = now - dt.timedelta(days=idempotency_days)
         result["trigger_requests"] = idempotent_requests_delete(TriggerRequest, before=before)
         result["event_requests"] = idempotent_requests_delete(EventBulkRequest, before=before)
+    from campaigns.services.winner import winner_samples_waiting_since
+    from delivery.services.devices import device_tombstones_delete
+
+    result["device_tombstones"] = device_tombstones_delete(needed_since=winner_samples_waiting_since())
     if audit_days > 0:
         with transaction.atomic(), connection.cursor() as cursor:
             if connection.vendor == "postgresql":

@@ -381,3 +381,18 @@ def winners_pick_due(*, now: dt.datetime | None = None) -> int:
         .values_list("campaign_id", flat=True)
     )
     return sum(winner_pick(campaign_id=pk, now=now) is not None for pk in list(due[:500]))
+
+
+def winner_samples_waiting_since() -> dt.datetime | None:
+    """When the oldest winner sample whose rest may still be resolved was made: its test waits for
+    the pick, or its rest's dispatch is still resolving. None when there is none. A deleted device's
+    tombstone (``DeviceTombstone``) matters only to such a sample, and only if made after it."""
+    from delivery.models import Dispatch
+
+    return (
+        WinnerTest.objects.filter(sample_dispatch__isnull=False)
+        .filter(Q(outcome=WinnerTest.Outcome.WAITING) | Q(remainder_dispatch__status=Dispatch.Status.PREPARING))
+        .order_by("sample_dispatch__created_at")
+        .values_list("sample_dispatch__created_at", flat=True)
+        .first()
+    )

@@ -1,4 +1,4 @@
-"""Devices: token checks, registration, opt-in, invalidation and the test flag."""
+"""Devices: token checks, registration, opt-in, invalidation, the test flag and deleted devices' tombstones."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from accounts.models import User
 from accounts.selectors import in_scope
 from accounts.services import audit
 from audiences.models import Profile
-from delivery.models import App, Device, Platform
+from delivery.models import App, Device, DeviceTombstone, Platform
 
 # \Z, not $: $ also matches before a final line end, and a token ending in one was taken.
 _APNS_TOKEN = re.compile(r"^[0-9a-fA-F]{64,200}\Z")
@@ -242,3 +242,18 @@ def devices_test_flag_set(*, device_ids: list[int], is_test: bool, by: User) -> 
         for device in Device.objects.filter(pk__in=changed):
             audit(actor=by, action="device_test_flag_set", obj=device, summary={"is_test": is_test})
     return len(changed)
+
+
+def device_tombstones_delete(*, needed_since: datetime | None) -> int:
+    """Delete the tombstones of deleted devices (``DeviceTombstone``) that no winner test can need;
+    return how many went.
+
+    A tombstone matters only to a sample that reached its device before it was deleted, until that
+    sample's rest is resolved: ``needed_since`` is when the oldest sample still waiting for its rest
+    was made (None: there is none), and every tombstone of a device deleted before it goes. One
+    statement through the deletion time's index: the table holds only the deletions since then.
+    """
+    gone = DeviceTombstone.objects.all()
+    if needed_since is not None:
+        gone = gone.filter(deleted_at__lt=needed_since)
+    return gone.delete()[0]

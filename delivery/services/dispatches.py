@@ -32,7 +32,7 @@ from accounts.models import User
 from accounts.selectors import can
 from accounts.services import audit
 from audiences.models import Profile
-from delivery.models import App, Delivery, DeliveryRollup, Device, Dispatch, PushContent
+from delivery.models import App, Delivery, DeliveryRollup, Device, DeviceTombstone, Dispatch, PushContent
 from delivery.payloads import (
     spec_validate,
 )
@@ -277,7 +277,10 @@ def _sent_in_sample_sql(dispatch: Dispatch) -> str:
     hash of their ids, not their phones: a phone moved since from a profile of the sample to one of
     the rest (registered again under another profile, or its profile merged into another) would
     get the campaign twice. A row of the sample sent, or that may have been (any but ``skipped``),
-    counts; one skipped (the holdout, a phone moved before its turn) never reached the phone."""
+    counts; one skipped (the holdout, a phone moved before its turn) never reached the phone.
+    A phone whose device was deleted since and registered again (same token, a new device) is
+    known by its ``DeviceTombstone``: the device holding the token now is its successor. Both sets
+    are one hashed subquery, read once: no cost per row of the rest beyond the lookup it had."""
     if not dispatch.sample or dispatch.sample.get("part") != "rest":
         return "(1 = 0)"
     sample_id = (
@@ -292,10 +295,15 @@ def _sent_in_sample_sql(dispatch: Dispatch) -> str:
     )
     if sample_id is None:
         return "(1 = 0)"
-    # An integer of ours: the subquery is read once (hashed), through the (dispatch, device) index.
+    # Integers of ours: the subquery is read once (hashed), through the (dispatch, device) index.
+    sample_id, app_id = int(sample_id), int(dispatch.app_id)
     return (
-        f"(dev.id IN (SELECT s.device_id FROM delivery_delivery s WHERE s.dispatch_id = {int(sample_id)} "  # noqa: S608
-        f"AND s.device_id IS NOT NULL AND s.status <> '{DS.SKIPPED}'))"
+        f"(dev.id IN (SELECT s.device_id FROM delivery_delivery s WHERE s.dispatch_id = {sample_id} "  # noqa: S608
+        f"AND s.device_id IS NOT NULL AND s.status <> '{DS.SKIPPED}' "
+        f"UNION ALL SELECT t.successor_id FROM {DeviceTombstone._meta.db_table} t "
+        f"WHERE t.app_id = {app_id} AND t.successor_id IS NOT NULL AND EXISTS (SELECT 1 FROM delivery_delivery s "
+        f"WHERE s.dispatch_id = {sample_id} AND s.device_id = t.device_id AND s.queued_at IS NULL "
+        f"AND s.status <> '{DS.SKIPPED}')))"
     )
 
 

@@ -9,9 +9,11 @@ import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection
 from django.db.models import Count
+from django.urls import reverse
 
 from accounts.services import access_grant
 from audiences.models import Event
+from audiences.services.profiles import profiles_delete
 from campaigns.models import Campaign, WinnerTest
 from campaigns.services.conversions import campaign_conversion_set
 from campaigns.services.lifecycle import campaign_approve, campaign_create, campaign_submit, campaign_update
@@ -19,7 +21,7 @@ from campaigns.services.scheduling import campaign_fire_due, campaigns_tick
 from campaigns.services.variants import VariantInput, campaign_variants_set
 from campaigns.services.winner import WinnerInput, campaign_winner_set, winner_pick
 from campaigns.winner import two_proportion_z, winner_decide
-from delivery.models import Delivery, Dispatch
+from delivery.models import Delivery, Device, Dispatch
 from delivery.reasons import reason_label
 from delivery.services.devices import device_register
 from delivery.services.dispatches import GateClosed, dispatch_create, dispatch_prepare
@@ -608,3 +610,67 @@ def test_a_phone_moved_from_the_sample_to_the_rest_gets_the_campaign_once(
     for r in pushsim.state.recent(limit=1000):
         received[r["token"]] = received.get(r["token"], 0) + 1
     assert set(received.values()) == {1}
+
+
+def _delete_in_admin(client, device, by):
+    client.force_login(by)
+    client.post(reverse("admin:delivery_device_delete", args=[device.pk]), {"post": "yes"})
+
+
+def _delete_selected_in_admin(client, device, by):
+    client.force_login(by)
+    client.post(
+        reverse("admin:delivery_device_changelist"),
+        {"action": "delete_selected", "_selected_action": [device.pk], "post": "yes"},
+    )
+
+
+def _delete_its_profile(client, device, by):
+    profiles_delete(profile_ids=[device.profile_id], by=by)
+
+
+def _delete_in_bulk(client, device, by):
+    Device.objects.filter(app_id=device.app_id, token=device.token).delete()
+
+
+@pytest.mark.parametrize(
+    "delete",
+    [_delete_in_admin, _delete_selected_in_admin, _delete_its_profile, _delete_in_bulk],
+    ids=lambda f: f.__name__,
+)
+def test_a_phone_deleted_after_the_sample_and_registered_again_in_the_rest_gets_the_campaign_once(
+    client, shop, contents, manager_alice, approver_bob, admin_erin, pushsim, delete
+):
+    """A phone the sample reached whose device was deleted (in the admin, with its profile, by a bulk
+    deletion) and that the app registered again, token unchanged, under a profile of the rest, is a
+    new device: the rest knows it by its token and leaves it out, its row saying why."""
+    phones = _phones(80, shop)
+    settings = WinnerInput(sample_share=40, wait_minutes=0)
+    campaign = _approve(_campaign(manager_alice, shop, contents, winner=settings), manager_alice, approver_bob)
+    sample = _sample(campaign)
+    access_grant(obj=shop, to=admin_erin, by=None)
+    reached = phones[Delivery.objects.filter(dispatch=sample, status="accepted").order_by("id")[0].profile_id]
+    sent_profiles = set(Delivery.objects.filter(dispatch=sample).values_list("profile_id", flat=True))
+    rest = [
+        pk
+        for pk in phones
+        if pk not in sent_profiles and variant_for(pk, salt=campaign.pk, variants=sample.variants, holdout_share=10)
+    ]
+    assert pushsim.state.count(reached.token) == 1
+
+    delete(client, reached, admin_erin)
+    assert not Device.objects.filter(pk=reached.pk).exists()
+    to = ProfileFactory._meta.model.objects.get(pk=rest[0])
+    again, created = device_register(
+        app_id=shop.pk, external_id=to.external_id, platform=reached.platform, token=reached.token, by=admin_erin
+    )
+    assert created and again.pk != reached.pk
+
+    test = winner_pick(campaign_id=campaign.pk, now=T0)
+    remainder = _send(test.remainder_dispatch_id)
+
+    assert pushsim.state.count(reached.token) == 1
+    assert pushsim.state.count(phones[to.pk].token) == 1  # the rest profile's own phone gets the winner
+    row = Delivery.objects.get(dispatch=remainder, device_id=again.pk)
+    assert (row.profile_id, row.status, row.reason) == (to.pk, "skipped", "sent_in_sample")
+    assert remainder.skipped == Delivery.objects.filter(dispatch=remainder, status="skipped").count()

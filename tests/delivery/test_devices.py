@@ -442,3 +442,67 @@ def test_a_keys_ingest_calls_beyond_its_rate_answer_429_with_retry_after(
     assert throttled.json()["code"] == "throttled" and throttled.json()["retry_after"] >= 1
     assert int(throttled["Retry-After"]) >= 1
     assert other.post(path, body, format="json").status_code != 429  # each key its own rate
+
+
+def _winner_sample(app, *, test: int, reached: dict, status: str = "done"):
+    """A winner sample's dispatch of ``app`` with a row per device of ``reached`` ({device: row status})."""
+    from delivery.models import Delivery, Dispatch
+
+    sample = Dispatch.objects.create(
+        app=app,
+        kind="campaign",
+        source_id=test,
+        content_spec={},
+        status=status,
+        sample={"part": "sample", "share": 20, "test": test},
+    )
+    for device, row in reached.items():
+        Delivery.objects.create(dispatch=sample, device=device, profile_id=device.profile_id, status=row)
+    return sample
+
+
+@pytest.mark.embedded
+def test_a_deleted_device_a_waiting_sample_reached_leaves_its_token_digest_and_its_successor_is_found(app):
+    """A deletion (here one set-based statement) leaves a tombstone for each deleted device a winner
+    sample waiting for its rest sent to (or may have), with its token's SHA-256, never the token;
+    one the sample skipped, or did not reach, leaves none. A device registered again with that
+    token is linked to the tombstone as its successor."""
+    import hashlib
+
+    from delivery.models import DeviceTombstone
+
+    sent, unknown, held_out, outside = DeviceFactory.create_batch(4, app=app, platform="ios")
+    _winner_sample(app, test=7, reached={sent: "accepted", unknown: "unknown", held_out: "skipped"})
+    ids = {d.pk: d for d in (sent, unknown, held_out, outside)}
+
+    Device.objects.filter(pk__in=ids).delete()
+
+    tombstones = {t.device_id: t for t in DeviceTombstone.objects.all()}
+    assert set(tombstones) == {sent.pk, unknown.pk}
+    for device_id, tombstone in tombstones.items():
+        token = ids[device_id].token
+        assert (tombstone.app_id, tombstone.successor_id) == (app.pk, None)
+        assert tombstone.token_digest == hashlib.sha256(token.encode()).hexdigest() != token
+    again = DeviceFactory(app=app, platform="ios", token=sent.token)
+    DeviceFactory(app=AppFactory(), platform="ios", token=unknown.token)  # the same token in another app
+    assert DeviceTombstone.objects.get(device_id=sent.pk).successor_id == again.pk
+    assert DeviceTombstone.objects.get(device_id=unknown.pk).successor_id is None
+
+
+@pytest.mark.embedded
+def test_a_deletion_after_the_rest_was_resolved_leaves_no_tombstone(app):
+    """Once the rest of a sample is resolved (past preparing), no send needs the sample's phones
+    told apart by token: deleting them leaves nothing."""
+    from delivery.models import DeviceTombstone, Dispatch
+
+    resolving, gone = DeviceFactory.create_batch(2, app=app)
+    _winner_sample(app, test=8, reached={resolving: "accepted", gone: "accepted"})
+    rest = Dispatch.objects.create(
+        app=app, kind="campaign", source_id=8, content_spec={}, sample={"part": "rest", "share": 20, "test": 8}
+    )
+    kept = resolving.pk
+    resolving.delete()  # the rest is still resolving: its tombstone is kept
+    Dispatch.objects.filter(pk=rest.pk).update(status="sending")
+    gone.delete()
+
+    assert list(DeviceTombstone.objects.values_list("device_id", flat=True)) == [kept]

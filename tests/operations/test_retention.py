@@ -320,7 +320,8 @@ def test_the_command_says_one_of_each_and_one_day_in_the_singular(db, settings):
     assert out.getvalue().strip() == (
         "Deleted 1 delivery (dispatches finished more than 1 day ago), 1 event (occurred more than 1 day ago), "
         "1 failed task (stopped more than 1 day ago), Idempotency-Key records of 0 trigger calls and 0 events "
-        "calls (claimed more than 1 day ago) and 1 audit event (older than 365 days)."
+        "calls (claimed more than 1 day ago), 0 deleted phones' token digests (needed by no winner test waiting "
+        "for its rest) and 1 audit event (older than 365 days)."
     )
 
 
@@ -485,3 +486,40 @@ def test_retention_deletes_events_calls_idempotency_records_as_the_triggers_and_
     assert list(EventBulkRequest.objects.values_list("idempotency_key", flat=True)) == ["running"]
     settings.PUSHDESK_RETENTION_IDEMPOTENCY_DAYS = 0
     assert retention_apply()["event_requests"] == 0
+
+
+def test_retention_keeps_deleted_phones_token_digests_only_while_a_winner_test_may_need_them(db, admin_erin):
+    """A deleted device's tombstone matters to a winner sample made before the deletion, until its
+    rest is resolved: retention deletes those older than the oldest such sample, and all of them
+    once no test waits for its rest."""
+    from campaigns.models import WinnerTest
+    from campaigns.services.lifecycle import campaign_create
+    from delivery.models import DeviceTombstone
+    from tests.factories import PushContentFactory
+
+    app = AppFactory()
+    campaign = campaign_create(
+        by=admin_erin, name="Spring test", app=app, kind="api_triggered", content=PushContentFactory(app=app)
+    )
+    sample = Dispatch.objects.create(
+        app=app, kind="campaign", source_id=campaign.pk, content_spec={}, status="done", sample={"part": "sample"}
+    )
+    Dispatch.objects.filter(pk=sample.pk).update(created_at=NOW - dt.timedelta(days=3))
+    test = WinnerTest.objects.create(
+        campaign=campaign, version=1, fingerprint="-", settings={}, sample_dispatch=sample, due_at=NOW
+    )
+    for device_id, days_ago in ((1, 10), (2, 4), (3, 2), (4, 0)):
+        DeviceTombstone.objects.create(
+            app=app, token_digest="0" * 64, device_id=device_id, deleted_at=NOW - dt.timedelta(days=days_ago)
+        )
+
+    assert retention_apply(now=NOW)["device_tombstones"] == 2
+    assert set(DeviceTombstone.objects.values_list("device_id", flat=True)) == {3, 4}
+    # The pick made the rest and its dispatch is still resolving: still needed.
+    rest = Dispatch.objects.create(app=app, kind="campaign", source_id=campaign.pk, content_spec={})
+    WinnerTest.objects.filter(pk=test.pk).update(outcome="winner", remainder_dispatch=rest)
+    assert retention_apply(now=NOW)["device_tombstones"] == 0
+    Dispatch.objects.filter(pk=rest.pk).update(status="sending")
+    assert retention_apply(now=NOW)["device_tombstones"] == 2
+    assert not DeviceTombstone.objects.exists()
+    assert AuditEvent.objects.filter(action="retention_applied").latest("pk").summary["device_tombstones"] == 2

@@ -20,7 +20,7 @@ class Command(BaseCommand):
         "Delete the deliveries of dispatches finished more than PUSHDESK_RETENTION_DELIVERY_DAYS ago, "
         "profiles' events older than PUSHDESK_RETENTION_EVENT_DAYS (if set), failed tasks older than "
         "PUSHDESK_RETENTION_TASK_DAYS, trigger and events calls' Idempotency-Key records older than "
-        "PUSHDESK_RETENTION_IDEMPOTENCY_DAYS, "
+        "PUSHDESK_RETENTION_IDEMPOTENCY_DAYS, deleted phones' tokens no winner test waiting for its rest needs, "
         "and audit events older than PUSHDESK_RETENTION_AUDIT_DAYS "
         "(if set; 365 at least). Run daily."
     )
@@ -38,12 +38,16 @@ class Command(BaseCommand):
         events = _kept(settings.PUSHDESK_RETENTION_EVENT_DAYS, "occurred")
         tasks = _kept(settings.PUSHDESK_RETENTION_TASK_DAYS, "stopped")
         requests = _kept(settings.PUSHDESK_RETENTION_IDEMPOTENCY_DAYS, "claimed")
+        tombstones = _counted(
+            result["device_tombstones"], "deleted phone's token digest", "deleted phones' token digests"
+        )
         audit_events = f"older than {_counted(audit_days, 'day', 'days')}" if audit_days else "kept forever"
         self.stdout.write(
             f"Deleted {_counted(result['deliveries'], 'delivery', 'deliveries')} ({deliveries}), "
             f"{_counted(result['events'], 'event', 'events')} ({events}), "
             f"{_counted(result['failed_tasks'], 'failed task', 'failed tasks')} ({tasks}), "
             f"Idempotency-Key records of {_counted(result['trigger_requests'], 'trigger call', 'trigger calls')} "
-            f"and {_counted(result['event_requests'], 'events call', 'events calls')} ({requests}) "
+            f"and {_counted(result['event_requests'], 'events call', 'events calls')} ({requests}), "
+            f"{tombstones} (needed by no winner test waiting for its rest) "
             f"and {_counted(result['audit_events'], 'audit event', 'audit events')} ({audit_events})."
         )
