@@ -153,6 +153,22 @@ def test_a_sender_slot_outside_the_configured_ones_is_refused(db):
         call_command("send_stream", "--slot", str(settings.PUSHDESK_STREAM_SENDERS))
 
 
+@pytest.mark.parametrize("slot", ["٣", "３", "²", "1_0", "-1", "+1", " 1", "one", ""])
+def test_a_sender_slot_is_a_number_of_ascii_digits_else_refused_in_a_sentence(db, settings, monkeypatch, slot):
+    """int() read '٣' (Arabic-Indic) and '３' (full-width) as 3, '1_0' as 10: a unit's typo started
+    another slot's sender, which then sent that slot's streams beside the one meant to."""
+    from delivery.management.commands import send_stream
+
+    settings.PUSHDESK_STREAM_SENDERS = 16
+    monkeypatch.setattr(send_stream, "streams_sender_run", lambda **kwargs: pytest.fail(f"started: {kwargs}"))
+    with pytest.raises(CommandError) as refused:
+        call_command("send_stream", f"--slot={slot}")
+    assert str(refused.value) == (
+        f"Error: argument --slot: {slot!r} is not a slot: give its number in ASCII digits, "
+        "0 to PUSHDESK_STREAM_SENDERS - 1"
+    )
+
+
 def test_a_sender_whose_redis_does_not_answer_says_so_in_a_line_each_time_it_starts_again(transactional_db):
     """A Redis restart of a few minutes: a line every 2 s, not a page of tracebacks every 2 s."""
     import os

@@ -1,5 +1,6 @@
 """``manage.py send_stream``: a stream sender in a process of its own (see ``delivery.services.stream_senders``)."""
 
+import argparse
 import logging
 import signal
 
@@ -13,6 +14,16 @@ from operations.shutdown import request_stop
 log = logging.getLogger("pushdesk.sender")
 
 
+def _slot(value: str) -> int:
+    """A slot's number in ASCII digits: int() read '٣' and '３' as 3 and '1_0' as 10, so a typo in a
+    unit started another slot's sender beside the one meant to."""
+    if not (value.isascii() and value.isdigit()):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a slot: give its number in ASCII digits, 0 to PUSHDESK_STREAM_SENDERS - 1"
+        )
+    return int(value)
+
+
 class Command(BaseCommand):
     help = (
         "Send the rows API triggers and event-entered journeys append to their streams, as they come, "
@@ -22,7 +33,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument(
             "--slot",
-            type=int,
+            type=_slot,
             default=0,
             help="which of the PUSHDESK_STREAM_SENDERS senders this is (0 to PUSHDESK_STREAM_SENDERS - 1)",
         )
