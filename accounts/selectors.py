@@ -105,8 +105,10 @@ def visible_to(user: User, queryset: QuerySet, *, perm: str | None = None) -> Qu
 
     ``perm`` is the role permission needed (default: the model's view permission). The objects in
     the user's scope (``in_scope``) and, for a view permission, those referenced by the pending
-    requests the user may decide (the app, segments and push contents a review shows): read-only,
-    for their pages. A check that authorizes anything else asks ``in_scope``.
+    requests the user may decide (the app, segments and push contents a review shows), and those
+    scoped to another App of the row that the model names (``access_read_scope_id``: an expression
+    of its id, a campaign's approved version's app): read-only, for their pages. A check that
+    authorizes anything else asks ``in_scope``.
     """
     model = queryset.model
     if not _role_allows(user, model, perm):
@@ -114,6 +116,13 @@ def visible_to(user: User, queryset: QuerySet, *, perm: str | None = None) -> Qu
     if has_every_scope(user):
         return queryset
     condition = _scope_q(user, model)
+    read_scope = getattr(model, "access_read_scope_id", None)
+    if is_view_perm(perm) and read_scope is not None:
+        # Another App whose grantees read the row (a live campaign's approved version's, while a
+        # revision moving it to another app waits: it sends there).
+        queryset = queryset.alias(access_read_scope_id=read_scope())
+        scope_model = model._meta.get_field(model.access_scope_field).related_model
+        condition |= granted_q(user, scope_model, field="access_read_scope_id")
     if is_view_perm(perm) and may_be_referenced(model):
         # Whoever may decide a request reads what its review shows, read-only.
         referenced = decidable_references(user).get(model._meta.label_lower)

@@ -346,6 +346,13 @@ class Campaign(ConversionGoal):
         approved = Cast(KT("approved_version__fields__app_id"), models.BigIntegerField())
         return Coalesce(approved, models.F("app_id"), output_field=models.BigIntegerField())
 
+    @staticmethod
+    def access_read_scope_id() -> models.Expression:
+        """Who has access to the app its approved version sends to reads the campaign too
+        (``accounts.selectors.visible_to``), read-only: while a revision moving it to another app
+        waits, both apps' people see it; once approved, the old app's no more."""
+        return Campaign.sending_app_id()
+
     def matches(self, approved: "ApprovedVersion") -> bool:
         """Is the campaign as it stands the ``approved`` version? A version approved before approvals
         covered the missed-send window has a fingerprint without it: the campaign is still that

@@ -630,3 +630,46 @@ def test_new_delivery_rules_of_the_approved_versions_app_reach_a_cached_campaign
     DeliveryRules.objects.create(app=pushsim_app, frequency_cap=1, frequency_window_hours=24)
     capped = _trigger(trigger_client, live_trigger, "zoe").json()
     assert capped["queued"] == 0 and capped["deliveries"][0]["reason"] == "frequency_cap"
+
+
+def test_both_apps_keys_read_a_campaign_a_revision_moves_until_it_is_approved(
+    live_trigger, integrator, new_integrator, zoe, new_app, manager_alice, approver_bob
+):
+    """While a revision moving it waits, the campaign sends to its approved version's app and will
+    send to the revision's: the keys of either app read it (its page, the list, its report); once
+    the move is approved, the old app's keys read it no more, and the deliveries its calls made
+    there are still theirs, read through their app."""
+    from campaigns.services.lifecycle import campaign_approve
+
+    delivery_id = _trigger(integrator, live_trigger, "zoe").json()["deliveries"][0]["id"]
+    _move(live_trigger, new_app, by=manager_alice)
+    for client in (integrator, new_integrator):
+        read = client.get(f"/api/v1/campaigns/{live_trigger.pk}/")
+        assert read.status_code == 200 and read.json()["app"] == new_app.pk  # the row: what waits
+        assert [c["id"] for c in client.get("/api/v1/campaigns/").json()["results"]] == [live_trigger.pk]
+        assert client.get(f"/api/v1/campaigns/{live_trigger.pk}/report/").json()["targeted"] == 1
+    campaign_approve(campaign_id=live_trigger.pk, by=approver_bob)
+    assert integrator.get(f"/api/v1/campaigns/{live_trigger.pk}/").status_code == 404
+    assert integrator.get("/api/v1/campaigns/").json()["results"] == []
+    assert integrator.get(f"/api/v1/deliveries/{delivery_id}/").status_code == 200
+    assert new_integrator.get(f"/api/v1/campaigns/{live_trigger.pk}/").status_code == 200
+
+
+def test_the_approved_versions_apps_people_read_a_campaign_a_revision_moves_in_the_admin_read_only(
+    client, live_trigger, integrator, new_app, manager_alice
+):
+    """Reading the campaign is all the old app's access gives: the page without a save or a
+    button (a change, a stop, a duplicate or a test send is the row's app's people's), its edit refused."""
+    import re
+
+    _move(live_trigger, new_app, by=manager_alice)
+    client.force_login(integrator.user)
+    assert b"Order shipped" in client.get("/admin/campaigns/campaign/").content
+    page = client.get(f"/admin/campaigns/campaign/{live_trigger.pk}/change/")
+    assert page.status_code == 200
+    assert b'name="_save"' not in page.content
+    assert not re.findall(rb'name="campaign_action" value="(\w+)"', page.content)
+    for action in ("stop", "duplicate"):
+        refused = client.post(f"/admin/campaigns/campaign/{live_trigger.pk}/transition/{action}/")
+        assert refused.status_code in (403, 404), (action, refused.status_code)
+    assert Campaign.objects.get(pk=live_trigger.pk).status == "live" and Campaign.objects.count() == 1
