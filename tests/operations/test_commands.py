@@ -16,3 +16,28 @@ def test_qcluster_takes_no_cluster_name_which_it_ignored():
     with pytest.raises(CommandError, match="--name"):
         parser.parse_args(["--name", "workers-b"])
     assert parser.parse_args(["--run-once"]).run_once is True
+
+
+@pytest.mark.parametrize("label", ["nosuchapp", "Accounts", "accounts٣", "../accounts"])
+def test_check_refuses_an_unknown_app_in_a_line(label):
+    """`check nosuchapp` (Django's) ended with LookupError's traceback, where `migrate nosuchapp`
+    says it in a line."""
+    import subprocess
+    import sys
+
+    from tests.processes import ROOT
+
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "accounts", label], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"CommandError: No installed app with label {label!r}; the apps are ")
+    assert "accounts, " in line and "journeys" in line
+
+
+def test_check_of_known_apps_still_checks():
+    from django.core.management import call_command
+
+    call_command("check", "accounts", "delivery")
