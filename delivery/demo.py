@@ -27,6 +27,21 @@ DEMO_TEAM_ID = "DEMOTEAM01"
 DEMO_KEY_ID = "DEMOKEY001"
 DEMO_BUNDLE_ID = "com.pushdesk.demo"
 DEMO_PROJECT_ID = "pushdesk-demo"
+# The Flash sale's image: a file of the repository, served by the web itself, so the demo's
+# previews show it on a machine without internet (demo_image_url).
+DEMO_IMAGE = "delivery/demo/flash-sale.jpg"
+
+
+def demo_image_url() -> str:
+    """The demo image's address: under the static files' URL, on `make run`'s web address when that
+    URL is a path (over http on this machine: for the demo app, which sends to the push simulator,
+    whose phones and the admin's previews are on this machine too)."""
+    from accounts.management.commands.run_embedded import DEFAULT_ADDR
+
+    static_url = settings.STATIC_URL
+    if "://" not in static_url:
+        static_url = f"http://{DEFAULT_ADDR}/{static_url.lstrip('/')}"
+    return static_url.rstrip("/") + "/" + DEMO_IMAGE
 
 
 def _public_pem(key) -> str:
@@ -113,7 +128,7 @@ def populate_devices_and_content(*, stdout) -> None:
 
     from audiences.models import Profile
     from delivery.models import Device, Platform, PushContent
-    from delivery.payloads import spec_validate
+    from delivery.payloads import spec_authoring_check, spec_validate
 
     app = App.objects.defer(*SECRET_FIELDS).get(name=DEMO_APP)  # no credential is needed here
     profiles = list(Profile.objects.filter(external_id__startswith="demo-").order_by("id")[:DEMO_DEVICES])
@@ -150,7 +165,7 @@ def populate_devices_and_content(*, stdout) -> None:
                 title="Flash sale: 30% off",
                 subtitle="Today only",
                 body="Everything in {{ context.category | default: 'the shop' }} until midnight.",
-                image_url="https://picsum.photos/seed/pushdesk/600/300",
+                image_url=demo_image_url(),
                 tap_action=PushContent.TapAction.URL,
                 tap_url="https://example.com/sale",
                 collapse_key="flash-sale",
@@ -164,6 +179,7 @@ def populate_devices_and_content(*, stdout) -> None:
             if PushContent.objects.filter(app=app, name=content.name).exists():
                 continue
             spec_validate(content.spec())
+            spec_authoring_check(content.spec(), uses_simulator=app.uses_simulator)
             content.save()
             added += 1
     if created or added:

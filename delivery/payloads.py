@@ -21,6 +21,7 @@ from accounts.json_values import json_compact_utf8
 from delivery.personalization import (
     VALUE_BYTES,
     is_templated,
+    loopback_http,
     template_attribute_outputs,
     template_attributes_read,
     template_check,
@@ -462,7 +463,9 @@ def spec_validate(spec: dict) -> None:
         where = f"variants.{locale}." if locale else ""
         for name, source in texts.items():
             check(template_check, source, field=f"{where}{name}")
-        check(url_scheme_check, texts["image_url"], field=f"{where}image_url", allowed=url_schemes)
+        # An image on this machine over http is the simulator's (``spec_authoring_check`` says for whom).
+        if not loopback_http(texts["image_url"]):
+            check(url_scheme_check, texts["image_url"], field=f"{where}image_url", allowed=url_schemes)
         if tap_action == "url":
             check(url_scheme_check, texts["tap_url"], field=f"{where}tap_url", allowed=url_schemes)
         elif tap_action == "deep_link":
@@ -528,14 +531,16 @@ def _is_locale(locale: str) -> bool:
     return all(part.isalnum() for part in parts)
 
 
-def spec_authoring_check(spec: dict) -> None:
+def spec_authoring_check(spec: dict, *, uses_simulator: bool = False) -> None:
     """Check what content must be when it is written, beyond what a send needs (``spec_validate``):
     its URLs are ones a phone opens (``url_form_check``), its texts write no whole object
     (``template_whole_object_outputs``: ``{{ profile.attributes }}``), its options sent as written (sound,
     category, thread id, channel, icon, collapse key) hold no Liquid, its default locale is a
     locale, and no two of its texts are for the same locale (a variant written ``FR`` beside ``fr``, or for the default
-    locale, would never be sent, or hide the default texts from the review). A send does not ask:
-    content saved before these rules goes out as it was approved.
+    locale, would never be sent, or hide the default texts from the review). An image over http on
+    this machine (``loopback_http``) is for an app that sends to the push simulator (``uses_simulator``)
+    alone: its phones and previews are here, a real phone is not. A send does not ask: content saved
+    before these rules goes out as it was approved.
 
     Raises ValidationError naming each field (``image_url``, ``variants.fr.tap_url``, ``ios.thread_id``,
     ``variants``, ``default_locale``).
@@ -546,6 +551,11 @@ def spec_authoring_check(spec: dict) -> None:
     for locale, texts in [("", variant_texts(spec, None))] + [(k, variant_texts(spec, k)) for k in variants]:
         where = f"variants.{locale}." if locale else ""
         names = ("image_url", "tap_url") if tap_action in ("url", "deep_link") else ("image_url",)
+        if loopback_http(texts["image_url"]) and not uses_simulator:
+            errors.setdefault(f"{where}image_url", []).append(
+                "An image over http on this machine is only for an app that sends to the push simulator "
+                "(its phones and previews are here); a phone loads an image over https from a server it reaches."
+            )
         for name in names:
             try:
                 url_form_check(texts[name], field=f"{where}{name}")

@@ -664,6 +664,18 @@ def url_scheme_check(source: str, *, field: str, allowed: tuple[str, ...]) -> No
         raise ValidationError({field: f"URL scheme '{scheme}' is not allowed; use one of: {', '.join(allowed)}."})
 
 
+# An http address on this machine, its host written out before any Liquid: where the push
+# simulator's phones and the admin's previews, on this machine too, load a local image from (as
+# the demo's, offline). Browsers count http on it as secure (W3C Secure Contexts); a real phone's
+# "this machine" is itself, so it is no image server for one (``spec_authoring_check``).
+_LOOPBACK_HTTP = re.compile(r"^http://(127\.0\.0\.1|localhost|\[::1\])(:[0-9]{1,5})?([/?#]|\Z)", re.IGNORECASE)
+
+
+def loopback_http(source: str) -> bool:
+    """Whether ``source`` is an http address on this machine (127.0.0.1, localhost, [::1])."""
+    return bool(_LOOPBACK_HTTP.match(source or ""))
+
+
 # A URL's text with its Liquid markup standing for one character of the value it renders.
 _URL_MARKUP = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
 

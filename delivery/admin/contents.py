@@ -33,6 +33,7 @@ from delivery.services.contents import (
     pushcontent_save,
     pushcontent_test_send,
     pushcontent_uses_described,
+    sends_to_simulator,
 )
 
 _IOS_CARD = (
@@ -299,7 +300,7 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
                     return
                 try:
                     spec_validate(self.instance.spec())
-                    spec_authoring_check(self.instance.spec())
+                    spec_authoring_check(self.instance.spec(), uses_simulator=sends_to_simulator(self.instance.app_id))
                 except ValidationError as exc:
                     for path, errors in exc.message_dict.items():
                         self.add_error(_form_field(path, self.fields), [f"{path}: {e}" for e in errors])

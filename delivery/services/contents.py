@@ -18,6 +18,11 @@ from delivery.payloads import spec_authoring_check, spec_validate
 from delivery.services.dispatches import dispatch_create
 
 
+def sends_to_simulator(app_id: int | None) -> bool:
+    """Whether the app sends to the push simulator (read alone: none of its credentials is needed)."""
+    return App.objects.filter(pk=app_id, uses_simulator=True).exists()
+
+
 def pushcontent_save(*, content: PushContent, by: User) -> PushContent:
     """Validate and save push content (new or changed); the creator gets access to it.
 
@@ -34,7 +39,7 @@ def pushcontent_save(*, content: PushContent, by: User) -> PushContent:
     if not creating and not can(by, "delivery.change_pushcontent", content):
         raise PermissionDenied("You may not change this push content.")
     spec_validate(content.spec())
-    spec_authoring_check(content.spec())
+    spec_authoring_check(content.spec(), uses_simulator=sends_to_simulator(content.app_id))
     with transaction.atomic():
         content.updated_at = timezone.now()
         if creating:

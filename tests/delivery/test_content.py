@@ -675,3 +675,59 @@ def test_filters_given_the_arguments_they_take_are_saved():
         "{{ context.items | join | size }}{{ context.items | join: ', ' }}",
         field="body",
     )
+
+
+@pytest.mark.parametrize(
+    "image_url",
+    [
+        "http://127.0.0.1:8000/static/delivery/demo/flash-sale.jpg",
+        "http://localhost:8000/static/a.png",
+        "http://[::1]/a.png",
+        "http://LOCALHOST/{{ profile.locale }}.png",
+    ],
+)
+@pytest.mark.django_db
+def test_an_image_over_http_on_this_machine_is_saved_for_an_app_that_sends_to_the_simulator(
+    shop, manager_alice, image_url
+):
+    """The push simulator's phones and the admin's previews are on this machine: an image it serves
+    itself (as `make run`'s demo does, offline) is saved for an app that sends to the simulator,
+    and sends."""
+    from delivery.models import PushContent
+    from delivery.services.contents import pushcontent_save
+
+    shop.uses_simulator = True
+    shop.save(update_fields=["uses_simulator"])
+    content = PushContent(app=shop, name="Sale", title="Hi", body="Spring sale", image_url=image_url)
+    pushcontent_save(content=content, by=manager_alice)
+    assert PushContent.objects.get().image_url == image_url
+    spec_validate(content.spec())
+
+
+@pytest.mark.parametrize(
+    ("image_url", "simulator", "message"),
+    [
+        ("http://127.0.0.1:8000/a.png", False, "only for an app that sends to the push simulator"),
+        ("http://localhost/a.png", False, "only for an app that sends to the push simulator"),
+        ("http://cdn.example/a.png", True, "URL scheme 'http' is not allowed"),
+        ("http://localhost.cdn.example/a.png", True, "URL scheme 'http' is not allowed"),
+        ("http://127.0.0.1.cdn.example/a.png", True, "URL scheme 'http' is not allowed"),
+        ("http://{{ context.host }}/a.png", True, "URL scheme 'http' is not allowed"),
+    ],
+)
+@pytest.mark.django_db
+def test_an_image_over_http_elsewhere_or_for_phones_is_refused_on_save(
+    shop, manager_alice, image_url, simulator, message
+):
+    """A phone loads images over https: http stays refused for any other host, and on this machine
+    for an app that sends to Apple and Google (a phone's own machine is no image server)."""
+    from delivery.models import PushContent
+    from delivery.services.contents import pushcontent_save
+
+    shop.uses_simulator = simulator
+    shop.save(update_fields=["uses_simulator"])
+    content = PushContent(app=shop, name="Sale", title="Hi", body="Spring sale", image_url=image_url)
+    with pytest.raises(ValidationError) as exc:
+        pushcontent_save(content=content, by=manager_alice)
+    assert any(message in m for m in errors_of(exc)["image_url"]), errors_of(exc)
+    assert not PushContent.objects.exists()

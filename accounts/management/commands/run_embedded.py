@@ -11,6 +11,8 @@ from django.core.management import get_commands
 from django.core.management.base import BaseCommand
 
 _PR_SET_PDEATHSIG = 1
+# Where `make run` serves the admin (and the static files: the demo content's image among them).
+DEFAULT_ADDR = "127.0.0.1:8000"
 
 
 def _stop_with_parent(parent: int):
@@ -33,7 +35,7 @@ class Command(BaseCommand):
     help = "Run the web app, a django-q2 worker, the stream sender and the push simulator until Ctrl-C (or SIGTERM)."
 
     def add_arguments(self, parser):
-        parser.add_argument("--addr", default="127.0.0.1:8000")
+        parser.add_argument("--addr", default=DEFAULT_ADDR)
         parser.add_argument(
             "--pushsim-port",
             type=int,
