@@ -163,6 +163,7 @@ h1 {{ font-size: 20px; margin: 0 0 4px; }} p.meta {{ margin: 0 0 20px; color: #6
 .android .card {{ border-radius: 12px; background: #fafafa; }}
 .head {{ display: flex; justify-content: space-between; font-size: 11px; color: #555; margin-bottom: 3px; }}
 .title {{ font-weight: 600; }} .subtitle {{ font-weight: 500; }} .body {{ color: #333; }}
+.image {{ display: block; width: 100%; max-height: 140px; object-fit: cover; border-radius: 8px; margin-top: 6px; }}
 .token {{ font-family: monospace; font-size: 10px; color: #888; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }}
 .empty {{ color: #fff; opacity: .7; text-align: center; margin-top: 40px; font-size: 13px; }}
 </style></head><body>
@@ -172,6 +173,27 @@ h1 {{ font-size: 20px; margin: 0 0 4px; }} p.meta {{ margin: 0 0 20px; color: #6
 <div><div class="phone ios"><div class="screen"><div class="clock">{clock}</div><div class="label">iOS · APNs</div>{ios}</div></div></div>
 <div><div class="phone android"><div class="screen"><div class="label">Android · FCM</div>{android}</div></div></div>
 </div></body></html>"""
+
+
+def _image(item: dict) -> str:
+    """The image a notification shows, as a phone finds it: FCM's ``notification.image`` (or its
+    Android or APNs options'), or Pushdesk's APNs payload's ``pushdesk.image`` (its Notification
+    Service Extension downloads it); "" for none or for a value that is no web address."""
+    payload = item.get("payload") or {}
+    if item["platform"] == "android" or "message" in payload:
+        message = payload.get("message") if isinstance(payload.get("message"), dict) else {}
+        places = [
+            message.get("notification"),
+            (message.get("android") or {}).get("notification") if isinstance(message.get("android"), dict) else None,
+            (message.get("apns") or {}).get("fcm_options") if isinstance(message.get("apns"), dict) else None,
+        ]
+    else:
+        places = [payload.get("pushdesk")]
+    for place in places:
+        image = place.get("image") if isinstance(place, dict) else None
+        if isinstance(image, str) and image.lower().startswith(("https://", "http://")):
+            return image
+    return ""
 
 
 def _card(item: dict) -> str:
@@ -186,6 +208,8 @@ def _card(item: dict) -> str:
         parts.append(f'<div class="subtitle">{html.escape(item["subtitle"])}</div>')
     body = item["body"] or ("(background update)" if item["push_type"] in ("background", "data") else "")
     parts.append(f'<div class="body">{html.escape(body)}</div>')
+    if image := _image(item):
+        parts.append(f'<img class="image" src="{html.escape(image)}" alt="">')
     parts.append(f'<div class="token">{html.escape(item["token"])}</div></div>')
     return "".join(parts)
 

@@ -301,3 +301,22 @@ def test_the_pushsim_command_refuses_a_fault_out_of_range_naming_its_flag(tmp_pa
     )
     assert refused.returncode == 1
     assert said in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_the_phone_page_shows_a_notifications_image_as_the_phone_would(pushsim, transport, apns_credentials):
+    """The page drew a notification's texts and left its image out: the demo's Flash sale read as
+    text alone. It shows the image a phone would download (Pushdesk's ``pushdesk.image`` on iOS),
+    and nothing for a value that is no web address."""
+    token = bearer(apns_credentials.private_key_pem)
+    image = "http://127.0.0.1:8000/static/delivery/demo/flash-sale.jpg?a=1&b=2"
+    for title, shown in (("Sale", image), ("Odd", "javascript:alert(1)")):
+        body = {
+            "aps": {"alert": {"title": title, "body": "30% off"}, "mutable-content": 1},
+            "pushdesk": {"image": shown},
+        }
+        transport.send([apns_post(pushsim.apns_url(), token, body=json.dumps(body).encode())])
+    with httpx.Client(base_url=pushsim.url()) as control:
+        page = control.get("/").text
+    cards = page.split('<div class="card"')[1:]
+    assert '<img class="image" src="http://127.0.0.1:8000/static/delivery/demo/flash-sale.jpg?a=1&amp;b=2"' in cards[1]
+    assert "<img" not in cards[0] and "javascript:" not in page
