@@ -49,10 +49,11 @@ class ThrottledAdminAuthenticationForm(AdminAuthenticationForm):
         keys = _keys(self.request, username)
         limit = settings.PUSHDESK_LOGIN_MAX_FAILURES
         try:
-            locked = any((cache.get(key) or 0) >= limit for key in keys)
+            failures = max((cache.get(key) or 0) for key in keys)
         except RedisError as exc:
             raise self._lockout_unavailable(exc) from exc
-        if locked:
+        if failures >= limit:
+            self._said("sign-in refused for %r from %s: locked out after %d failures", username, failures)
             raise ValidationError(
                 "Too many failed sign-ins: wait %(minutes)d minutes and try again.",
                 code="throttled",
@@ -63,19 +64,41 @@ class ThrottledAdminAuthenticationForm(AdminAuthenticationForm):
         except ValidationError:
             audit(actor=None, action="login_failed", summary={"username": username[:150]})
             try:
-                self._count_failure(keys)
+                failures = self._count_failure(keys)
             except RedisError as exc:
                 raise self._lockout_unavailable(exc) from exc
+            minutes = max(1, settings.PUSHDESK_LOGIN_LOCKOUT_SECONDS // 60)
+            if failures >= limit:
+                outcome = f"{failures} of {limit} failures: locked out for {minutes} minutes"
+            else:
+                outcome = f"{failures} of {limit} failures before a {minutes}-minute lockout"
+            self._said("sign-in failed for %r from %s (%s)", username, outcome)
             raise
 
+    def _said(self, message: str, username: str, *args) -> None:
+        """A line for the operator's log tools (fail2ban, an alert on lockouts): the name typed
+        (quoted, so no line can be forged in it) and the client's address; never the password."""
+        address = client_address(self.request)
+        logger.warning(
+            message,
+            username[:150],
+            address or "an unknown address",
+            *args,
+            extra={"username": username[:150], "client": address},
+        )
+
     @staticmethod
-    def _count_failure(keys: list[str]) -> None:
+    def _count_failure(keys: list[str]) -> int:
+        """Count a failure against each key; return the most any of them now holds."""
+        counts = []
         for key in keys:
             cache.add(key, 0, timeout=settings.PUSHDESK_LOGIN_LOCKOUT_SECONDS)
             try:
-                cache.incr(key)
+                counts.append(cache.incr(key))
             except ValueError:  # expired between add and incr
                 cache.set(key, 1, timeout=settings.PUSHDESK_LOGIN_LOCKOUT_SECONDS)
+                counts.append(1)
+        return max(counts)
 
     @staticmethod
     def _lockout_unavailable(exc: RedisError) -> ValidationError:
