@@ -16,7 +16,7 @@ from django.db.models import (
     Value,
     When,
 )
-from django.db.models.fields.json import KT
+from django.db.models.fields.json import KT, KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast, Coalesce, NullIf
 
 from accounts.models import User
@@ -94,24 +94,36 @@ def dispatches_visible_to(user: User, queryset: QuerySet[Dispatch] | None = None
     return scoped | queryset.filter(sent)
 
 
-def with_source_seen(rows: QuerySet[Dispatch], user: User) -> QuerySet[Dispatch]:
-    """``rows`` with ``source_seen`` on each, in the same query: whether ``user`` may see what sent
-    it (the campaign, the journey version registered with ``dispatch_source_readers_register``) and
-    the campaign its context names (a campaign's test send has no source, its context names it).
-    A send is read through its app's scope, but what sent it may have moved to an app the reader
-    has no access to since: its label, its source and its context name it, to its readers only."""
+def with_source_seen(rows: QuerySet, user: User, *, prefix: str = "") -> QuerySet:
+    """``rows`` (dispatches, or rows naming one through ``prefix``: ``"dispatch__"``) with
+    ``source_seen`` on each, in the same query: whether ``user`` may see what sent the dispatch (the
+    campaign, the journey version registered with ``dispatch_source_readers_register``) and the
+    campaign its context names (a campaign's test send has its content for source, its context
+    names the campaign). A send is read through its app's scope, but what sent it may have moved
+    to an app the reader has no access to since: its label, its source and its context name it,
+    to its readers only."""
     if has_every_scope(user) or not _SOURCE_READERS:
         return rows.annotate(source_seen=Value(True))
-    sent = Q(source_id__isnull=True) | ~Q(kind__in=list(_SOURCE_READERS))  # a test send's source: its content
-    for kind, sources in _SOURCE_READERS.items():
-        sent |= Q(kind=kind, source_id__in=sources(user))
+    kind, source = f"{prefix}kind", f"{prefix}source_id"
+    # A test send's source is its content, of the send's own app.
+    sent = Q(**{f"{source}__isnull": True}) | ~Q(**{f"{kind}__in": list(_SOURCE_READERS)})
+    for sent_kind, sources in _SOURCE_READERS.items():
+        sent |= Q(**{kind: sent_kind, f"{source}__in": sources(user)})
     named = Q(context_campaign__isnull=True)
     campaigns = _SOURCE_READERS.get(Dispatch.Kind.CAMPAIGN)
     if campaigns is not None:
         named |= Q(context_campaign__in=campaigns(user))
-    return rows.alias(context_campaign=Cast(KT("context__campaign__id"), BigIntegerField())).annotate(
+    named_id = KeyTextTransform("id", KeyTransform("campaign", F(f"{prefix}context")))
+    return rows.alias(context_campaign=Cast(named_id, BigIntegerField())).annotate(
         source_seen=ExpressionWrapper(sent & named, output_field=BooleanField())
     )
+
+
+def dispatch_named(dispatch: Dispatch, *, seen: bool) -> str:
+    """A send as its reader may be told it: its label (which names what sent it) when they may see
+    what sent it (``with_source_seen``), its number alone otherwise, as a send without a label is
+    named ("Dispatch #12")."""
+    return str(dispatch) if seen else f"Dispatch #{dispatch.pk}"
 
 
 def deliveries_visible_to(user: User) -> QuerySet[Delivery]:

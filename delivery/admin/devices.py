@@ -6,16 +6,18 @@ from django.http import Http404
 from django.urls import reverse
 from django.utils.html import format_html_join
 
-from accounts.admin.bases import BigTableAdmin
+from accounts.admin.bases import BigTableAdmin, drawn_for, page_request
 from audiences.admin.profiles import external_id_terms
 from audiences.models import Profile
 from config.zones import zoned
-from delivery.models import Device, Platform
+from delivery.models import Device, Dispatch, Platform
 from delivery.reasons import reason_html
 from delivery.selectors import (
     apps_in_scope,
     device_deliveries,
     devices_visible_to,
+    dispatch_named,
+    with_source_seen,
 )
 from delivery.services.devices import device_token_normal, devices_test_flag_set
 
@@ -82,6 +84,12 @@ class DeviceAdmin(BigTableAdmin):
     def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
         raise Http404("No device with this id.")
 
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        # The reader, for the delivery history's sends (``page_request``).
+        return drawn_for(
+            request, lambda: super(DeviceAdmin, self).change_view(request, object_id, form_url, extra_context)
+        )
+
     def has_add_permission(self, request):
         return False  # devices come from the mobile app (the API)
 
@@ -101,6 +109,14 @@ class DeviceAdmin(BigTableAdmin):
         rows = device_deliveries(obj)
         if not rows:
             return "No delivery yet."
+        # Each send named as the page's reader may be told it (``dispatch_named``), in one query.
+        request = page_request()
+        sends = Dispatch.objects.filter(pk__in={d.dispatch_id for d in rows})
+        seen = (
+            set(with_source_seen(sends, request.user).filter(source_seen=True).values_list("pk", flat=True))
+            if request is not None
+            else set()
+        )
         return format_html_join(
             "",
             '<div><a href="{}">#{}</a> {} · {} {} {}</div>',
@@ -108,7 +124,7 @@ class DeviceAdmin(BigTableAdmin):
                 (
                     reverse("admin:delivery_delivery_change", args=[d.pk]),
                     d.pk,
-                    d.dispatch,
+                    dispatch_named(d.dispatch, seen=d.dispatch_id in seen),
                     d.get_status_display(),
                     reason_html(d.reason) if d.reason else "",
                     f"· opened {zoned(d.opened_at, d.shown_zone)}" if d.opened_at else "",

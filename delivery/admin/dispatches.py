@@ -24,6 +24,7 @@ from delivery.reports import dispatch_held, report_charts, report_charts_html
 from delivery.selectors import (
     deliveries_visible_to,
     devices_visible_to,
+    dispatch_named,
     dispatch_outcomes,
     dispatch_shown_zone,
     dispatches_visible_to,
@@ -43,11 +44,6 @@ def _sent_html(spec: dict | None, *, app_name: str, context: dict | None) -> str
         _spec_previews_html(spec, app_name=app_name, profile=None, context=context or {}),
         json.dumps(spec, indent=2, ensure_ascii=False),
     )
-
-
-def _unnamed(dispatch: Dispatch) -> str:
-    """A send named without what sent it, as one without a label is: "Dispatch #12"."""
-    return f"Dispatch #{dispatch.pk}"
 
 
 # The keys of a send's context that name what sent it, and the kind each names.
@@ -239,7 +235,7 @@ class DispatchAdmin(ScopedAdmin):
     def name_shown(self, obj):
         """Its label (which names what sent it) to a reader who may see what sent it, its number to
         the others ("Dispatch #12")."""
-        return str(obj) if getattr(obj, "source_seen", True) else _unnamed(obj)
+        return dispatch_named(obj, seen=getattr(obj, "source_seen", True))
 
     @admin.display(description="Context")
     def context_shown(self, obj):
@@ -356,7 +352,7 @@ class DispatchAdmin(ScopedAdmin):
             obj.variant_contents_seen = set(seen.values_list("pk", flat=True))
         if not getattr(obj, "source_seen", True):
             # Its label names what sent it: the page's title, breadcrumbs and history say its number.
-            obj.label = _unnamed(obj)
+            obj.label = dispatch_named(obj, seen=False)
         # An open stream's page reloads every two seconds: its counters as they are now.
         return dispatch_counted_now(obj)
 
@@ -511,14 +507,14 @@ class DispatchAdmin(ScopedAdmin):
 
 @admin.register(Delivery)
 class DeliveryAdmin(ReadOnlyAdminMixin, BigTableAdmin):
-    list_display = ("id", "dispatch", "device", "status", "reason_shown", "attempts", "finished", "opened")
+    list_display = ("id", "dispatch_shown", "device", "status", "reason_shown", "attempts", "finished", "opened")
     list_filter = ("status",)
     search_fields = ("=id", "=provider_message_id")
     list_select_related = ("dispatch", "device")
     raw_id_fields = ("dispatch", "device")
     ordering = ("-id",)
     fields = (
-        "dispatch",
+        "dispatch_shown",
         "device_shown",
         "profile_shown",
         "status",
@@ -542,7 +538,14 @@ class DeliveryAdmin(ReadOnlyAdminMixin, BigTableAdmin):
             .select_related("dispatch", "device")
             .annotate(shown_zone=dispatch_shown_zone("dispatch__"))
         )
+        rows = with_source_seen(rows, request.user, prefix="dispatch__")
         return self._within_dispatch(request, rows)
+
+    @admin.display(description="Dispatch", ordering="dispatch")
+    def dispatch_shown(self, obj):
+        """Its send, linked, named as its reader may be told it (``dispatch_named``)."""
+        url = reverse("admin:delivery_dispatch_change", args=[obj.dispatch_id])
+        return format_html('<a href="{}">{}</a>', url, dispatch_named(obj.dispatch, seen=obj.source_seen))
 
     def get_object(self, request, object_id, from_field=None):
         obj = super().get_object(request, object_id, from_field)

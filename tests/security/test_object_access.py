@@ -330,7 +330,9 @@ def test_a_profile_holding_what_its_reader_cannot_see_is_neither_counted_nor_era
 
 
 @pytest.fixture
-def moved_campaign_send(pushsim, apns_credentials, fcm_credentials, manager_mallory, viewer_carol):
+def moved_campaign_send(
+    pushsim, apns_credentials, fcm_credentials, manager_mallory, viewer_carol, django_capture_on_commit_callbacks
+):
     """A test send of mallory's campaign from the app carol reads, the campaign moved since to an
     app carol has no access to: carol reads the send (its app's), not the campaign."""
     from campaigns.services.lifecycle import campaign_create, campaign_update
@@ -360,7 +362,8 @@ def moved_campaign_send(pushsim, apns_credentials, fcm_credentials, manager_mall
         purpose="transactional",
         content=contents[0],
     )
-    (dispatch,) = campaign_test_send(campaign_id=campaign.pk, by=manager_mallory)
+    with django_capture_on_commit_callbacks(execute=True):
+        (dispatch,) = campaign_test_send(campaign_id=campaign.pk, by=manager_mallory)
     campaign_update(campaign_id=campaign.pk, by=manager_mallory, app=other, content=contents[1])
     return dispatch
 
@@ -377,3 +380,18 @@ def test_a_send_names_no_campaign_its_reader_may_not_see(client, moved_campaign_
     html = client.get(url).content.decode()
     assert "Merger announcement" in html
     assert "&quot;campaign&quot;" not in html
+
+
+def test_a_send_s_deliveries_name_no_campaign_their_reader_may_not_see(client, moved_campaign_send, viewer_carol):
+    from delivery.models import Delivery
+
+    delivery = Delivery.objects.get(dispatch=moved_campaign_send)
+    client.force_login(viewer_carol)
+    for url in (
+        reverse("admin:delivery_delivery_change", args=[delivery.pk]),
+        reverse("admin:delivery_delivery_changelist"),
+        reverse("admin:delivery_device_change", args=[delivery.device_id]),
+    ):
+        response = client.get(url)
+        assert response.status_code == 200, url
+        assert "Merger announcement" not in response.content.decode(), url
