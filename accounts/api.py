@@ -23,7 +23,7 @@ from accounts.json_values import MAX_BYTES, MAX_DEPTH, json_text_problem, json_v
 from accounts.parsers import request_too_large
 from accounts.roles import role_permissions
 from config.digits import digits_plain
-from operations.database import redis_problem
+from operations.database import database_gone, redis_problem
 from operations.instance import InstanceMismatch
 
 logger = logging.getLogger("pushdesk.api")
@@ -201,31 +201,32 @@ class InstanceNotClaimed(exceptions.APIException):
     default_detail = "This copy of Pushdesk may not send."
 
 
-class RedisUnavailable(exceptions.APIException):
-    """Redis (each call's key check and rate limit) does not answer: try again shortly."""
+class ServiceUnavailable(exceptions.APIException):
+    """What every call needs (Redis: the key check and the rate limit; the database) does not
+    answer: try again shortly."""
 
     status_code = 503
     default_code = "service_unavailable"
-    default_detail = "Pushdesk cannot take calls for a moment (its Redis does not answer)."
     RETRY_SECONDS = 10
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, service: str):
+        super().__init__(f"Pushdesk cannot take calls for a moment (its {service} does not answer).")
         self.wait = self.RETRY_SECONDS  # DRF's Retry-After
 
 
-class _RedisDown:
-    """Says once a minute at most that calls are refused for want of Redis, with how many were since
-    the last line: every phone of an app calls, and a traceback each was thousands a minute."""
+class _ServiceDown:
+    """Says once a minute at most that calls are refused for want of a service, with how many were
+    since the last line: every phone of an app calls, and a traceback each was thousands a minute."""
 
     EVERY_SECONDS = 60.0
 
-    def __init__(self):
+    def __init__(self, service: str):
+        self.service = service
         self._lock = threading.Lock()
         self._said_at: float | None = None
         self._refused = 0
 
-    def said(self, exc: RedisError) -> None:
+    def said(self, problem: str) -> None:
         with self._lock:
             now = time.monotonic()
             if self._said_at is not None and now - self._said_at < self.EVERY_SECONDS:
@@ -234,10 +235,24 @@ class _RedisDown:
             refused = self._refused + 1 if self._said_at is not None else 0
             self._said_at, self._refused = now, 0
         since = f" ({refused} calls refused since the last line)" if refused else ""
-        logger.error("API calls answer 503: %s; check that it runs, or REDIS_URL%s", redis_problem(exc), since)
+        logger.error("API calls answer 503: %s%s", problem, since)
 
 
-_redis_down = _RedisDown()
+_redis_down = _ServiceDown("Redis")
+_database_down = _ServiceDown("the database")
+
+
+def _service_down(exc: BaseException) -> ServiceUnavailable | None:
+    """The 503 for ``exc`` when it is Redis or the database not answering (said in the log a line a
+    minute at most); None for any other error."""
+    if isinstance(exc, RedisError):
+        _redis_down.said(f"{redis_problem(exc)}; check that it runs, or REDIS_URL")
+        return ServiceUnavailable("Redis")
+    problem = database_gone(exc)
+    if problem is not None:
+        _database_down.said(problem)
+        return ServiceUnavailable("database")
+    return None
 
 
 class FieldRefused(exceptions.PermissionDenied):
@@ -274,9 +289,8 @@ def api_exception_handler(exc, context):
         exc = exceptions.PermissionDenied(str(exc) or None)
     elif isinstance(exc, RequestDataTooBig):
         exc = request_too_large()
-    elif isinstance(exc, RedisError):
-        _redis_down.said(exc)
-        exc = RedisUnavailable()
+    elif (unavailable := _service_down(exc)) is not None:
+        exc = unavailable
     response = exception_handler(exc, context)
     if response is None:
         return None
@@ -294,7 +308,7 @@ def api_exception_handler(exc, context):
             response.data["errors"] = [{"field": exc.field, "code": code, "detail": str(detail)}]
         if response.has_header("Retry-After"):  # DRF's, from the exception's wait: said in the body too
             response.data["retry_after"] = int(response["Retry-After"])
-    if isinstance(exc, RedisUnavailable):
+    if isinstance(exc, ServiceUnavailable):
         response._has_been_logged = True  # said a line a minute above, not a line a call by Django
     return response
 

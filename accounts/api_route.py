@@ -18,6 +18,7 @@ import re
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import DatabaseError
 from django.http import Http404
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.utils.module_loading import import_string
@@ -98,7 +99,10 @@ def api_route(request, view, kwargs: dict):
     except RedisError:
         return None  # the view reads them again, and answers as the API does while Redis is down (503)
     request.pushdesk_stamps = stamps  # the view reads them, rate token included, if it answers
-    key = cached_key(matched["prefix"], stamps["access"])
+    try:
+        key = cached_key(matched["prefix"], stamps["access"])
+    except DatabaseError:
+        return None  # the view reads the key again, and answers as the API does while the database is down
     if key_refusal(key, matched[0]) is not None:
         return None
     call = _Call(request, key)

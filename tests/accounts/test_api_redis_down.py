@@ -21,7 +21,7 @@ def own_redis(db, settings, monkeypatch):
     server = ThrowawayRedis().start()
     settings.REDIS_URL = server.url(0)
     stamps._redis.cache_clear()
-    monkeypatch.setattr(api, "_redis_down", api._RedisDown())
+    monkeypatch.setattr(api, "_redis_down", api._ServiceDown("Redis"))
     yield server
     server.stop()
     stamps._redis.cache_clear()

@@ -1,0 +1,60 @@
+"""The API while PostgreSQL does not answer: 503 with when to try again, and a line a minute in the log."""
+
+import logging
+
+import psycopg
+from django.db import connection
+
+from accounts import api, api_route, authentication
+
+
+def _database_gone(*args, **kwargs):
+    """What reading a key raises while PostgreSQL is down: Django's error, from the driver's refusal."""
+    with connection.wrap_database_errors:
+        psycopg.connect("host=127.0.0.1 port=1 dbname=pushdesk connect_timeout=5")
+
+
+def test_calls_answer_503_with_a_retry_and_the_log_says_it_once(api_key_for, manager_alice, caplog, monkeypatch):
+    """Each call answered 500 and logged the driver's traceback, a hundred lines, for as long as the
+    database was down (a restart, a failover)."""
+    caplog.set_level(logging.INFO)
+    client = api_key_for(manager_alice, scopes=("ingest", "read", "trigger"))
+    monkeypatch.setattr(api, "_database_down", api._ServiceDown("the database"))
+    monkeypatch.setattr(authentication, "cached_key", _database_gone)
+    monkeypatch.setattr(api_route, "cached_key", _database_gone)
+    calls = [
+        client.post("/api/v1/devices/", {"app": 1, "platform": "ios", "token": "a" * 64}, format="json"),
+        client.get("/api/v1/me/"),
+        client.post("/api/v1/campaigns/1/trigger/", {"recipients": [{"external_id": "x"}]}, format="json"),
+    ]
+    for answer in calls:
+        assert answer.status_code == 503, answer.content
+        assert answer.json() == {
+            "code": "service_unavailable",
+            "detail": "Pushdesk cannot take calls for a moment (its database does not answer).",
+            "retry_after": 10,
+        }
+        assert answer["Retry-After"] == "10"
+    [line] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert line.exc_info is None and "Traceback" not in caplog.text
+    assert line.getMessage().startswith(
+        "API calls answer 503: the database does not answer (OperationalError: connection failed: "
+    )
+    assert line.getMessage().endswith("start it, or check DATABASE_URL")
+
+
+def test_an_error_the_database_answers_with_keeps_its_traceback(api_key_for, manager_alice, caplog, monkeypatch):
+    """Only the database gone is said in a line: any other error (a bug's query) is a 500 with its traceback."""
+    from django.db import ProgrammingError
+
+    client = api_key_for(manager_alice, scopes=("read",))
+
+    def bug(*args, **kwargs):
+        raise ProgrammingError("column nope does not exist")
+
+    monkeypatch.setattr(authentication, "cached_key", bug)
+    client.raise_request_exception = False
+    caplog.set_level(logging.INFO)
+    assert client.get("/api/v1/me/").status_code == 500
+    [line] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert line.exc_info[0] is ProgrammingError
