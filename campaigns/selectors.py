@@ -4,7 +4,7 @@ from django.db.models import QuerySet
 from django.http import Http404
 
 from accounts.models import User
-from accounts.selectors import approval_current, can, visible_to
+from accounts.selectors import approval_current, can, in_scope, visible_to
 from campaigns.models import Campaign, Occurrence, TriggerRequest
 
 Status = Campaign.Status
@@ -44,11 +44,32 @@ def campaign_for(user: User, campaign_id: int, *, perm: str | None = None) -> Ca
     return campaign
 
 
+STOP = "campaigns.stop_campaign"
+
+
+def campaign_may_stop(user: User, campaign_id: int, *, answers: dict | None = None) -> bool:
+    """Whether the user may stop the campaign: their role may, and it is in their scope (its row's
+    app, a grant on it) or the app its approved version sends to is (``Campaign.sending_app_id``).
+    While a revision moving it to another app waits, the campaign still sends to the old app's
+    phones: that app's people may take it off the air, as the row's app's people may (a stop only
+    ever sends less). One query; ``answers`` keeps it for a page (``accounts.selectors.can``)."""
+    if not user.is_active or not user.has_perm(STOP):
+        return False
+    key = ("campaigns.campaign", campaign_id, STOP)
+    if answers is not None and key in answers:
+        return answers[key]
+    one = Campaign.objects.filter(pk=campaign_id).alias(sending_app_id=Campaign.sending_app_id())
+    answer = (in_scope(user, one, perm=STOP) | in_scope(user, one, perm=STOP, scope_id="sending_app_id")).exists()
+    if answers is not None:
+        answers[key] = answer
+    return answer
+
+
 # Which transitions each state allows, and the role permission each needs.
 TRANSITIONS = {
     "submit": ((Status.DRAFT,), "campaigns.submit_campaign", "Submit for review"),
     "cancel_request": ((Status.IN_REVIEW,), "campaigns.submit_campaign", "Cancel request"),
-    "stop": ((Status.SCHEDULED, Status.LIVE), "campaigns.stop_campaign", "Stop"),
+    "stop": ((Status.SCHEDULED, Status.LIVE), STOP, "Stop"),
     "archive": ((Status.COMPLETED, Status.STOPPED, Status.FAILED), "campaigns.archive_campaign", "Archive"),
     "duplicate": (tuple(Status.values), "campaigns.add_campaign", "Duplicate"),
     "test_send": (tuple(Status.values), "delivery.test_send_pushcontent", "Test send"),
@@ -64,7 +85,13 @@ def campaign_actions(user: User, campaign: Campaign, *, answers: dict | None = N
     """
     actions = []
     for name, (states, perm, label) in TRANSITIONS.items():
-        if campaign.status in states and can(user, perm, campaign, answers=answers):
+        if campaign.status not in states:
+            continue
+        if (
+            campaign_may_stop(user, campaign.pk, answers=answers)
+            if perm == STOP
+            else can(user, perm, campaign, answers=answers)
+        ):
             actions.append((name, label))
     if campaign.is_active and campaign.has_pending_revision:
         request = approval_current(campaign)

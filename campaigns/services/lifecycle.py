@@ -517,12 +517,21 @@ def _queue_fire(campaign_id: int) -> None:
 
 
 def campaign_stop(*, campaign_id: int, by: User) -> Campaign:
-    """Stop a scheduled or live campaign: no further occurrence, and its queued deliveries are stopped."""
+    """Stop a scheduled or live campaign: no further occurrence, and its queued deliveries are stopped,
+    in whichever app they were sent to.
+
+    Whoever may stop it (``campaign_may_stop``): the row's app's people, and while a revision moving
+    it to another app waits, the people of the app its approved version still sends to. Raises
+    Http404 outside their access, PermissionDenied without the role, TransitionError in another state.
+    """
+    from campaigns.selectors import campaign_may_stop
     from delivery.models import Dispatch
     from delivery.services.dispatches import dispatch_stop
 
     with transaction.atomic():
-        campaign = lock_for(Campaign, campaign_id, by=by, perm="campaigns.stop_campaign")
+        campaign = lock_for(Campaign, campaign_id, by=by, perm="campaigns.view_campaign")
+        if not campaign_may_stop(by, campaign.pk):
+            raise PermissionDenied("Your role may not do this to a campaign.")
         if campaign.status not in (Status.SCHEDULED, Status.LIVE):
             raise TransitionError(campaign, "stopped")
         campaign.next_occurrence_at = None
@@ -535,7 +544,7 @@ def campaign_stop(*, campaign_id: int, by: User) -> Campaign:
             .values_list("pk", flat=True)
         )
         for dispatch_id in list(running):
-            dispatch_stop(dispatch_id=dispatch_id, by=by)
+            dispatch_stop(dispatch_id=dispatch_id, by=by, source_stopped=True)
     return campaign
 
 

@@ -604,15 +604,18 @@ def _refuse_unresolved(dispatch: Dispatch, *, reason: str, now: datetime) -> Non
     audit(actor=None, action="dispatch_failed", obj=dispatch, summary={"refused": reason})
 
 
-def dispatch_stop(*, dispatch_id: int, by: User) -> Dispatch:
+def dispatch_stop(*, dispatch_id: int, by: User, source_stopped: bool = False) -> Dispatch:
     """Stop a dispatch: its queued rows become ``skipped`` / ``stopped``; rows in flight finish.
 
     Raises PermissionDenied without ``delivery.stop_dispatch`` on it; stopping a finished
-    dispatch changes nothing.
+    dispatch changes nothing. ``source_stopped``: the campaign that sent it is being stopped by
+    ``by``, who its stop found may (``campaign_stop``): its sends stop with it whichever app they
+    went to (a campaign a pending revision moves to another app still sends to its approved
+    version's), without asking for access to the dispatch's app.
     """
     with transaction.atomic():
         dispatch = Dispatch.objects.select_for_update().get(pk=dispatch_id)
-        if not can(by, "delivery.stop_dispatch", dispatch):
+        if not source_stopped and not can(by, "delivery.stop_dispatch", dispatch):
             raise PermissionDenied("You may not stop this dispatch.")
         if dispatch.status in Dispatch.FINAL_STATUSES:
             return dispatch

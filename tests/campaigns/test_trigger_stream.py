@@ -655,11 +655,12 @@ def test_both_apps_keys_read_a_campaign_a_revision_moves_until_it_is_approved(
     assert new_integrator.get(f"/api/v1/campaigns/{live_trigger.pk}/").status_code == 200
 
 
-def test_the_approved_versions_apps_people_read_a_campaign_a_revision_moves_in_the_admin_read_only(
+def test_the_approved_versions_apps_people_read_a_campaign_a_revision_moves_in_the_admin_and_may_stop_it(
     client, live_trigger, integrator, new_app, manager_alice
 ):
-    """Reading the campaign is all the old app's access gives: the page without a save or a
-    button (a change, a stop, a duplicate or a test send is the row's app's people's), its edit refused."""
+    """Reading the campaign, and stopping what it sends to their app's phones, is all the old app's
+    access gives: the page without a save, with Stop as its one button (a change, a duplicate or a
+    test send is the row's app's people's), its edit and its duplicate refused."""
     import re
 
     _move(live_trigger, new_app, by=manager_alice)
@@ -668,8 +669,78 @@ def test_the_approved_versions_apps_people_read_a_campaign_a_revision_moves_in_t
     page = client.get(f"/admin/campaigns/campaign/{live_trigger.pk}/change/")
     assert page.status_code == 200
     assert b'name="_save"' not in page.content
-    assert not re.findall(rb'name="campaign_action" value="(\w+)"', page.content)
-    for action in ("stop", "duplicate"):
+    assert re.findall(rb'name="campaign_action" value="(\w+)"', page.content) == [b"stop"]
+    for action in ("duplicate", "test_send", "cancel_request"):
         refused = client.post(f"/admin/campaigns/campaign/{live_trigger.pk}/transition/{action}/")
         assert refused.status_code in (403, 404), (action, refused.status_code)
     assert Campaign.objects.get(pk=live_trigger.pk).status == "live" and Campaign.objects.count() == 1
+
+
+# --- stopping a campaign a pending revision moves ---------------------------------------------------
+
+
+def test_a_manager_of_the_approved_versions_app_stops_a_campaign_a_revision_moves_from_its_page(
+    client, live_trigger, integrator, zoe, pushsim_app, new_app, manager_alice
+):
+    """While a revision moving it to another app waits, the campaign still sends to the approved
+    version's app's phones: a Manager of that app stops it (stopping only ever sends less), its
+    stream in their app with it, and the revision's request is closed."""
+    from accounts.models import ApprovalRequest
+
+    stream_id = _trigger(integrator, live_trigger, "zoe").json()["dispatch"]
+    _move(live_trigger, new_app, by=manager_alice)
+    client.force_login(integrator.user)
+    url = f"/admin/campaigns/campaign/{live_trigger.pk}/transition/stop/"
+    asked = client.post(url)
+    assert asked.status_code == 200 and b'name="confirmed" value="yes"' in asked.content
+    done = client.post(url, {"confirmed": "yes"}, follow=True)
+    assert "sends nothing more" in done.content.decode()
+    assert Campaign.objects.get(pk=live_trigger.pk).status == "stopped"
+    assert Dispatch.objects.get(pk=stream_id).status == "stopped"
+    assert (
+        ApprovalRequest.objects.get(subject_id=str(live_trigger.pk), status="cancelled").decided_by == integrator.user
+    )
+    assert _trigger(integrator, live_trigger, "zoe").status_code == 409
+
+
+def test_a_manager_of_the_app_a_pending_revision_moves_a_campaign_to_stops_it_and_its_sends_in_the_old_app(
+    live_trigger, integrator, new_integrator, zoe, new_app, manager_alice
+):
+    """The row is the new app's people's: they stop the campaign as before the move, and stopping it
+    stops its sends under way, its stream in the approved version's app included, which they were
+    refused (no access to that app's dispatches) and the whole stop with it."""
+    stream_id = _trigger(integrator, live_trigger, "zoe").json()["dispatch"]
+    _move(live_trigger, new_app, by=manager_alice)
+    campaign_stop(campaign_id=live_trigger.pk, by=new_integrator.user)
+    assert Campaign.objects.get(pk=live_trigger.pk).status == "stopped"
+    stream = Dispatch.objects.get(pk=stream_id)
+    assert stream.status == "stopped" and stream.app_id != new_app.pk
+
+
+def test_stopping_a_campaign_a_revision_moves_still_needs_the_role_and_access_to_one_of_its_apps(
+    client, live_trigger, integrator, zoe, pushsim_app, new_app, manager_alice, approver_bob
+):
+    """A Viewer of the approved version's app reads the campaign and may not stop it (403); a Manager
+    of neither app does not find it (404); once the move is approved, the old app's Manager no more."""
+    from django.core.exceptions import PermissionDenied
+    from django.http import Http404
+
+    from campaigns.services.lifecycle import campaign_approve
+    from tests.factories import UserFactory
+
+    viewer = UserFactory(username="viewer_vic", role="Viewer")
+    access_grant(obj=pushsim_app, to=viewer, by=None)
+    _move(live_trigger, new_app, by=manager_alice)
+    client.force_login(viewer)
+    page = client.get(f"/admin/campaigns/campaign/{live_trigger.pk}/change/")
+    assert page.status_code == 200 and b'value="stop"' not in page.content
+    refused = client.post(f"/admin/campaigns/campaign/{live_trigger.pk}/transition/stop/", {"confirmed": "yes"})
+    assert refused.status_code == 403
+    with pytest.raises(PermissionDenied):
+        campaign_stop(campaign_id=live_trigger.pk, by=viewer)
+    with pytest.raises(Http404):
+        campaign_stop(campaign_id=live_trigger.pk, by=UserFactory(username="manager_nina", role="Manager"))
+    campaign_approve(campaign_id=live_trigger.pk, by=approver_bob)
+    with pytest.raises(Http404):
+        campaign_stop(campaign_id=live_trigger.pk, by=integrator.user)
+    assert Campaign.objects.get(pk=live_trigger.pk).status == "live"
