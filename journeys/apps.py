@@ -18,7 +18,7 @@ class JourneysConfig(AppConfig):
         from delivery.selectors import dispatch_source_readers_register
         from delivery.services.contents import pushcontent_holders_register
         from delivery.services.dispatches import dispatch_gate_register
-        from delivery.services.streams import stream_current_check_register
+        from delivery.services.streams import stream_current_check_register, stream_recipients_check_register
         from journeys.models import Enrollment, Journey, JourneyVersion
         from journeys.review import journey_references, journey_review_html
         from journeys.selectors import (
@@ -28,7 +28,13 @@ class JourneysConfig(AppConfig):
             journeys_rule_trees_naming,
             journeys_sending_contents,
         )
-        from journeys.services.engine import JOURNEYS_STAMP, journey_stream_is_current, journeys_changed
+        from journeys.services.engine import (
+            JOURNEYS_STAMP,
+            STREAM_RECIPIENTS_REFUSAL,
+            STREAM_RECIPIENTS_SQL,
+            journey_stream_is_current,
+            journeys_changed,
+        )
         from journeys.services.entries import journeys_on_events, journeys_profiles_deleting
         from journeys.services.lifecycle import journey_approve, journey_gate, journey_request_changes
 
@@ -41,6 +47,9 @@ class JourneysConfig(AppConfig):
         rules_tree_holders_register(journeys_rule_trees_naming)
         segment_holders_register(journeys_conditions_naming)
         stream_current_check_register(kind=Dispatch.Kind.JOURNEY, check=journey_stream_is_current)
+        stream_recipients_check_register(
+            kind=Dispatch.Kind.JOURNEY, condition=STREAM_RECIPIENTS_SQL, refusal=STREAM_RECIPIENTS_REFUSAL
+        )
         event_listeners_register(journeys_on_events, stamps=(JOURNEYS_STAMP,))
         profile_deletion_listeners_register(journeys_profiles_deleting)
         profile_row_readers_register(model=Enrollment, rows=enrollments_in_scope)

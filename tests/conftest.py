@@ -207,13 +207,19 @@ def login(client):
 def stream_gates_open():
     """Gates that let every API-trigger and journey send through, for tests of the streams' own
     mechanics whose standing dispatches have no campaign or journey behind them (a stream asks its
-    source's gate as it opens; campaigns and journeys test their gates themselves)."""
+    source's gate as it opens, and a journey's stream takes rows only for profiles enrolled at its
+    step; campaigns and journeys test their gates themselves)."""
     from delivery.models import Dispatch
+    from delivery.services import streams
     from delivery.services.dispatches import _GATES, dispatch_gate_register
 
-    saved = dict(_GATES)
+    saved, checks = dict(_GATES), dict(streams._RECIPIENT_CHECKS)
     for kind in (Dispatch.Kind.API_TRIGGER, Dispatch.Kind.JOURNEY):
         dispatch_gate_register(kind=kind, gate=lambda **kwargs: None)
+    streams._RECIPIENT_CHECKS.clear()
+    streams._append_sql.cache_clear()
     yield
     _GATES.clear()
     _GATES.update(saved)
+    streams._RECIPIENT_CHECKS.update(checks)
+    streams._append_sql.cache_clear()

@@ -8,7 +8,9 @@ one *standing* dispatch per approved version and UTC day, instead of a dispatch 
    source row is read under the conditions of its gate, behind a lock a stop or a voided approval
    takes exclusively (a journey's row ``FOR SHARE``, a campaign's gate advisory lock), so it waits
    for calls in flight and later calls see it, the dispatch
-   ``FOR KEY SHARE`` while it is still sending. Once the call commits, it wakes the senders
+   ``FOR KEY SHARE`` while it is still sending; the recipients a kind admits to its streams
+   (``stream_recipients_check_register``: a journey's, those enrolled at its step) are checked by
+   the same statement. Once the call commits, it wakes the senders
    (``streams_wake``: a Redis message; not a ``NOTIFY`` in the statement, which would make
    every appending call's commit wait for the one before it: PostgreSQL serialises the commits
    of notifying transactions).
@@ -36,7 +38,7 @@ from accounts.services import audit
 from config.db import prepared_cursor
 from delivery.models import App, Delivery, DeliveryRules, Dispatch
 from delivery.rules import _CAP_LOCK_CLASS, CAP_DISPATCHES, CAP_ON_ITS_WAY, CAP_PUSHES, quiet_until
-from delivery.services.dispatches import content_reference_kept, dispatch_gate_ask
+from delivery.services.dispatches import GateClosed, content_reference_kept, dispatch_gate_ask
 from delivery.services.rollups import (
     STREAM_SHARD,
     deliveries_finish,
@@ -255,7 +257,8 @@ def stream_append(
     whose characters are printable or escaped in ASCII, so that JSON escapes them to at most
     twice their count, where ``bound`` counts six); if one might not, nothing is written and
     OverBudget is raised.
-    Raises StreamClosed when the source or the dispatch refuses.
+    Raises StreamClosed when the source or the dispatch refuses, GateClosed when a recipient is not
+    one the stream's kind admits (``stream_recipients_check_register``): then nothing is written.
     """
     if named is not None:
         if connection.vendor != "postgresql" or recipients is not None:
@@ -307,6 +310,8 @@ def stream_append(
         raise StreamClosed("source")
     if not marker[2]:
         raise StreamClosed("dispatch")
+    if marker[4]:
+        _refuse_recipients(dispatch_id, int(marker[4]), len(named if named is not None else recipients))
     if marker[3] == "over":
         raise OverBudget
     rows = [AppendedRow(*row) for row in fetched if row[0] != -1]
@@ -319,6 +324,40 @@ def stream_append(
     if rules is not None and rules.frequency_cap:
         rows = _frequency_cap(dispatch_id, app_id, rows, rules, now)
     return rows
+
+
+# kind → (the SQL condition each recipient appended to its streams meets, why the others are refused)
+_RECIPIENT_CHECKS: dict[str, tuple[str, str]] = {}
+
+
+def stream_recipients_check_register(*, kind: str, condition: str, refusal: str) -> None:
+    """Plug whom a kind's streams take rows for, whoever appends: ``condition`` is a SQL condition
+    (constants only) on the stream's dispatch ``d`` (its ``source_id`` and ``stream_version``) and
+    a recipient's ``v.profile_id``, checked by the append's own statement (no query more). A call
+    naming a profile that does not meet it writes nothing and raises GateClosed, saying
+    "N of the M profiles of the call" and ``refusal``. A journey's: each profile is enrolled in the
+    version at the stream's push step, where the engine brings those it pushes."""
+    _RECIPIENT_CHECKS[kind] = (condition, refusal)
+    _append_sql.cache_clear()
+
+
+def _recipients_refused_sql() -> str:
+    """The append's CTE counting the call's recipients that the stream's kind does not admit."""
+    if not _RECIPIENT_CHECKS:
+        return "refused AS (SELECT 0 AS n)"
+    # A kind's condition is read only for its own streams: a campaign's call compares its kind
+    # alone. In a CASE, the planner keeps each condition's subqueries as such (run for the rows of
+    # its kind) instead of joining them with the recipients of every call.
+    admitted = " ".join(
+        f"WHEN '{kind}' THEN ({condition})" for kind, (condition, _) in sorted(_RECIPIENT_CHECKS.items())
+    )
+    return f"refused AS (SELECT count(*) AS n FROM d CROSS JOIN v WHERE (CASE d.kind {admitted} ELSE true END) IS NOT TRUE)"  # noqa: S608 (constants)
+
+
+def _refuse_recipients(dispatch_id: int, refused: int, of: int) -> None:
+    kind = Dispatch.objects.filter(pk=dispatch_id).values_list("kind", flat=True).first()
+    why = _RECIPIENT_CHECKS.get(kind, ("", "may not be sent this stream's push"))[1]
+    raise GateClosed(f"{refused} of the {of} profiles of the call {why}: nothing was appended.")
 
 
 # The recipients of the call, as profiles (with their hold, quiet-hours skip and variant, decided
@@ -347,7 +386,8 @@ def _append_sql(lock_sql: str, *, named: bool) -> str:
     """The append statement for a source's lock (built once per process: it is the same every call)."""
     return (
         f"WITH src AS ({lock_sql}), "  # noqa: S608 (constants and the callers' fixed SQL; values are bound)
-        "d AS (SELECT x.id, COALESCE((x.content_spec->>'ttl_seconds')::int, 0) AS ttl, x.variants "
+        "d AS (SELECT x.id, COALESCE((x.content_spec->>'ttl_seconds')::int, 0) AS ttl, x.variants, "
+        "x.kind, x.source_id, x.stream_version "
         "FROM delivery_dispatch x "
         "WHERE x.id = %s AND x.status = 'sending' AND EXISTS (SELECT 1 FROM src) FOR KEY SHARE OF x), "
         # LIMIT (the recipients' count, so it cuts nothing) makes the kept generic plan count on
@@ -358,7 +398,7 @@ def _append_sql(lock_sql: str, *, named: bool) -> str:
         # one JSON text. They are unnested from an array, whose length a kept plan guesses at 10,
         # as it did the lists' (a set-returning JSON function counts on 100 rows, and PostgreSQL
         # then plans every call again).
-        f"{_BY_EXTERNAL_ID if named else _BY_PROFILE}, "
+        f"{_BY_EXTERNAL_ID if named else _BY_PROFILE}, {_recipients_refused_sql()}, "
         "ins AS (INSERT INTO delivery_delivery (dispatch_id, device_id, profile_id, status, reason, "
         "provider_message_id, attempts, finished_at, next_attempt_at, held_until, queued_at, context, expires_at, variant) "
         "SELECT d.id, dev.id, v.profile_id, "
@@ -383,7 +423,7 @@ def _append_sql(lock_sql: str, *, named: bool) -> str:
         # the planner from making the lookup a join again.
         "LEFT JOIN LATERAL (SELECT dev.id, dev.push_enabled FROM delivery_device dev "
         "WHERE dev.profile_id = v.profile_id AND dev.app_id = %s AND dev.active OFFSET 0) dev ON true "
-        "WHERE NOT EXISTS (SELECT 1 FROM v WHERE NOT v.fits) "
+        "WHERE NOT EXISTS (SELECT 1 FROM v WHERE NOT v.fits) AND (SELECT n FROM refused) = 0 "
         "ORDER BY v.n, dev.id "
         "RETURNING id, profile_id, device_id, status, reason, dispatch_id, variant, finished_at, queued_at), "
         # The rows are counted into the rollup by the statement that makes them.
@@ -392,12 +432,15 @@ def _append_sql(lock_sql: str, *, named: bool) -> str:
             # Each name once (the caller's), so each row joins its one name.
             "SELECT ins.id, ins.profile_id, ins.device_id, ins.status, ins.reason, v.external_id "
             "FROM ins JOIN v ON v.profile_id = ins.profile_id "
-            # The marker: the source's and the dispatch's rows, and whether a profile might not fit.
+            # The marker: the source's and the dispatch's rows, whether a profile might not fit, and
+            # how many recipients the stream's kind refused.
             "UNION ALL SELECT -1, (SELECT count(*) FROM src), (SELECT count(*) FROM d), "
-            "CASE WHEN EXISTS (SELECT 1 FROM v WHERE NOT v.fits) THEN 'over' END, '', ''"
+            "CASE WHEN EXISTS (SELECT 1 FROM v WHERE NOT v.fits) THEN 'over' END, "
+            "NULLIF((SELECT n FROM refused), 0)::text, ''"
             if named
             else "SELECT id, profile_id, device_id, status, reason FROM ins "
-            "UNION ALL SELECT -1, (SELECT count(*) FROM src), (SELECT count(*) FROM d), NULL, ''"
+            "UNION ALL SELECT -1, (SELECT count(*) FROM src), (SELECT count(*) FROM d), NULL, "
+            "NULLIF((SELECT n FROM refused), 0)::text"
         )
     )
 
@@ -412,10 +455,25 @@ def _append_portable(*, dispatch_id, app_id, recipients, source_lock, rules, now
         cursor.execute(re.sub(r"\s+FOR SHARE(\s+OF\s+\w+)?", "", lock_sql), lock_params)  # SQLite locks the file
         if cursor.fetchone() is None:
             raise StreamClosed("source")
-    if not Dispatch.objects.filter(pk=dispatch_id, status=Dispatch.Status.SENDING).exists():
+    dispatch = (
+        Dispatch.objects.filter(pk=dispatch_id, status=Dispatch.Status.SENDING)
+        .only("content_spec", "variants", "kind")
+        .first()
+    )
+    if dispatch is None:
         raise StreamClosed("dispatch")
+    if dispatch.kind in _RECIPIENT_CHECKS and recipients:
+        condition, _ = _RECIPIENT_CHECKS[dispatch.kind]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM (SELECT kind, source_id, stream_version FROM delivery_dispatch WHERE id = %s) d "  # noqa: S608 (a registered constant; values are bound)
+                f"CROSS JOIN (SELECT value AS profile_id FROM json_each(%s)) v WHERE ({condition}) IS NOT TRUE",
+                [dispatch_id, json.dumps([r.profile_id for r in recipients])],
+            )
+            refused = cursor.fetchone()[0]
+        if refused:
+            _refuse_recipients(dispatch_id, refused, len(recipients))
     hold, skip = _held(recipients, rules, now)
-    dispatch = Dispatch.objects.only("content_spec", "variants").get(pk=dispatch_id)
     devices: dict[int, list] = {}
     for device in Device.objects.filter(
         profile_id__in=[r.profile_id for r in recipients], app_id=app_id, active=True

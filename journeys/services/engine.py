@@ -631,7 +631,8 @@ def _push_stream(
 
     The gate's full check, the stream's opening and the app's rules are kept per process
     (``_open_step``); the append itself refuses a journey or version no longer live and a stream
-    closed since, and then the step is opened afresh once (the gate decides).
+    closed since, and then the step is opened afresh once (the gate decides), and a profile not
+    enrolled at the step (GateClosed: the batch's were written there, ``_move_to_push``).
     Returns (dispatch id, "") or (None, the reason it was refused).
     """
     from accounts.stamps import stamps_read
@@ -671,6 +672,24 @@ def _push_stream(
     stream_id = step.stream_id
     transaction.on_commit(lambda: streams_wake(stream_id))
     return stream_id, ""
+
+
+# Whom a push step's stream takes rows for, whoever appends (``stream_recipients_check_register``):
+# profiles enrolled in its version (``d.source_id``) at its step (``d.stream_version``), active, as
+# ``_move_to_push`` leaves those the engine pushes; one before the step may wait or take another
+# branch, one past it had its push. Checked by the append's statement, through the open enrollment
+# of the journey and profile (a unique index, partial: its condition written out lets the planner
+# take it).
+STREAM_RECIPIENTS_SQL = (
+    "EXISTS (SELECT 1 FROM journeys_enrollment e "
+    "WHERE e.journey_id = (SELECT jv.journey_id FROM journeys_journeyversion jv WHERE jv.id = d.source_id) "
+    "AND e.profile_id = v.profile_id AND e.status IN ('active', 'waiting') AND e.status = 'active' "
+    "AND e.version_id = d.source_id AND e.step = d.stream_version)"
+)
+STREAM_RECIPIENTS_REFUSAL = (
+    "are not enrolled in the journey's version at the stream's push step (the journey sends its push to those "
+    "it brings there)"
+)
 
 
 def journey_stream_is_current(source_id: int, version: str) -> bool:

@@ -563,3 +563,64 @@ def test_a_journey_that_enters_and_exits_on_the_same_event_still_enters_on_it(ma
     zoe = ProfileFactory()
     assert journeys_events_received(events=[(zoe.pk, "visit", timezone.now())]) == {"exited": 0, "entered": 1}
     assert Enrollment.objects.get(journey=journey).status == "waiting"
+
+
+@pytest.mark.embedded
+def test_a_journey_steps_stream_takes_rows_only_for_profiles_the_journey_brought_to_that_step(
+    sim_journey, sim_welcome, sim_team, vips, publish
+):
+    """Whoever appends to a push step's stream, each profile of the call must be enrolled in the
+    version at that step, where the engine brings those it pushes: not one that never entered,
+    one that had its push, or one the condition sent to wait an hour before the same push. A
+    call naming any of them writes nothing and is refused, as the gate refuses a batch; the
+    journey's own pushes join the stream, each when its profile gets to the step."""
+    from delivery.services.dispatches import GateClosed
+    from delivery.services.streams import Recipient, stream_append
+    from journeys.models import Enrollment
+    from journeys.services.engine import journeys_run_due
+    from journeys.services.entries import journeys_events_received
+    from tests.factories import SegmentMemberFactory
+
+    graph = {
+        "steps": [
+            {
+                "id": "check",
+                "type": "condition",
+                "branches": [{"label": "VIP", "segment": vips.pk, "next": "thanks"}],
+                "else": "later",
+            },
+            {"id": "later", "type": "wait", "seconds": 3600, "next": "thanks"},
+            {"id": "thanks", "type": "push", "content": sim_welcome.pk, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+    vip, other, outsider = ProfileFactory.create_batch(3)
+    for profile in (vip, other, outsider):
+        DeviceFactory(profile=profile, app=sim_team)
+    SegmentMemberFactory(segment=vips, profile=vip)
+    journey = publish(sim_journey(graph=graph, entry_kind="event", entry_event="order_paid", entry_segment=None))
+    version = journey.live_version
+    now = timezone.now()
+    journeys_events_received(events=[(vip.pk, "order_paid", now), (other.pk, "order_paid", now)])
+    stream = Dispatch.objects.get(kind="journey", standing=True)
+    assert list(Delivery.objects.filter(dispatch=stream).values_list("profile_id", flat=True)) == [vip.pk]
+    assert Enrollment.objects.get(profile=other).status == "waiting"
+    # The journey's own lock, as its engine appends under it.
+    lock = (
+        "SELECT j.id FROM journeys_journey j JOIN journeys_journeyversion v ON v.journey_id = j.id "
+        "WHERE v.id = %s AND j.status = 'live' FOR SHARE OF j",
+        [version.pk],
+    )
+    for forged in ([outsider], [other], [vip], [other, outsider]):
+        with pytest.raises(GateClosed, match="not enrolled"):
+            stream_append(
+                dispatch_id=stream.pk,
+                app_id=sim_team.pk,
+                recipients=[Recipient(p.pk) for p in forged],
+                source_lock=lock,
+            )
+    assert list(Delivery.objects.filter(dispatch__kind="journey").values_list("profile_id", flat=True)) == [vip.pk]
+    journeys_run_due(now=now + dt.timedelta(hours=2))
+    sent = Delivery.objects.filter(dispatch__kind="journey").order_by("id").values_list("profile_id", flat=True)
+    assert list(sent) == [vip.pk, other.pk]
+    assert set(Enrollment.objects.filter(journey=journey).values_list("status", flat=True)) == {"completed"}
