@@ -541,6 +541,7 @@ LOGGING = {
     "filters": {
         "unknown_host": {"()": "config.requestlog.UnknownHost"},
         "refused_body": {"()": "config.requestlog.RefusedBody"},
+        "queue_redis_down": {"()": "operations.queuelog.QueueRedisDown"},
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
@@ -553,6 +554,8 @@ LOGGING = {
             for name in ("RequestDataTooBig", "TooManyFieldsSent", "TooManyFilesSent")
         },
         "django.request": {"filters": ["refused_body"]},
+        # The workers while the queue's Redis does not answer: a line a minute, not two a second.
+        "django-q": {"filters": ["queue_redis_down"]},
         "django.db.backends": {"level": "WARNING"},
         # hpack logs each HTTP/2 header block it encodes at DEBUG, Huffman-coded, not hidden: the
         # providers' bearer tokens (APNs provider token, FCM access token) of a connection test.
