@@ -556,6 +556,11 @@ LOGGING = {
         "django.request": {"filters": ["refused_body"]},
         # The workers while the queue's Redis does not answer: a line a minute, not two a second.
         "django-q": {"filters": ["queue_redis_down"]},
+        # Django's loggers follow LOG_LEVEL (Django set them to INFO, so LOG_LEVEL=ERROR still wrote a
+        # warning per 404), but not below INFO: its DEBUG lines (a template's every missing variable)
+        # are Django's debugging, not the application's. Its handlers go: ADMINS is not used, and the
+        # root's console writes its lines.
+        "django": {"level": max(logging.INFO, logging.getLevelName(LOG_LEVEL)), "handlers": []},
         "django.db.backends": {"level": "WARNING"},
         # hpack logs each HTTP/2 header block it encodes at DEBUG, Huffman-coded, not hidden: the
         # providers' bearer tokens (APNs provider token, FCM access token) of a connection test.

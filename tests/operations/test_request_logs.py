@@ -139,3 +139,32 @@ def test_the_web_server_logs_one_json_line_for_an_unknown_host(tmp_path):
     )
     assert (refused[0]["host"], refused[0]["client"]) == ("scanner.example", "127.0.0.1")
     assert "exc_info" not in refused[0] and "Traceback" not in output
+
+
+def _logged_at(level: str, tmp_path) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHDESK_")}
+    env.update(LOG_LEVEL=level, PUSHDESK_VAR_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="config.settings")
+    script = (
+        "import django; django.setup(); import logging\n"
+        "logging.getLogger('django.request').warning('Not Found: /nothing-here/')\n"
+        "logging.getLogger('django.template').debug('Exception while resolving variable')\n"
+        "logging.getLogger('django.request').error('Internal Server Error: /api/v1/me/')\n"
+        "logging.getLogger('pushdesk.x').warning('a warning of pushdesk')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    return result.stderr
+
+
+def test_log_level_quiets_django_s_own_lines_too(tmp_path):
+    """Django's loggers kept Django's level (INFO) whatever LOG_LEVEL said: at ERROR, every 404, 401
+    and 405 was still a warning line."""
+    quiet = _logged_at("ERROR", tmp_path)
+    assert "Internal Server Error" in quiet
+    assert "Not Found" not in quiet and "a warning of pushdesk" not in quiet
+    usual = _logged_at("INFO", tmp_path)
+    assert "Not Found" in usual and "a warning of pushdesk" in usual
+    # At DEBUG, Django's own debugging lines (a template's every missing variable) stay out.
+    verbose = _logged_at("DEBUG", tmp_path)
+    assert "Not Found" in verbose and "resolving variable" not in verbose
