@@ -55,7 +55,7 @@ class DeliveryRulesAdmin(AccessAdmin):
 
     form = DeliveryRulesForm
 
-    list_display = ("app", "frequency_cap", "frequency_window_hours", "quiet_start", "quiet_end", "quiet_mode")
+    list_display = ("app", "frequency_cap", "frequency_window_hours", "quiet_hours", "quiet_mode")
     list_select_related = ("app",)
     fieldsets = (
         (None, {"fields": ("app",)}),
@@ -73,6 +73,17 @@ class DeliveryRulesAdmin(AccessAdmin):
         if db_field.name == "app":
             kwargs["queryset"] = apps_in_scope(request.user)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    @admin.display(description="Quiet hours", ordering="quiet_start")
+    def quiet_hours(self, obj):
+        """As typed (HH:MM), in the zone they are read in: each profile's, the app's default for
+        profiles without one; not the admin's "10 p.m.", which named no zone."""
+        if not obj.has_quiet_hours:
+            return "none"
+        return (
+            f"{obj.quiet_start:%H:%M}–{obj.quiet_end:%H:%M} in each profile's time zone "
+            f"({obj.default_timezone} for profiles without one)"
+        )
 
     def get_readonly_fields(self, request, obj=None):
         # The rules are the app's: another app's are set on their own page.

@@ -110,3 +110,24 @@ def test_the_migration_brings_rules_saved_before_their_bounds_within_them(db):
 
     kept = DeliveryRules.objects.values_list("app__name", "frequency_cap", "frequency_window_hours")
     assert set(kept) == {("Shop", 3, 8_784), ("Bank", None, 48), ("News", 2, 8_784)}
+
+
+def test_the_list_says_in_which_zone_the_quiet_hours_are_read(client, app, admin_erin):
+    """The list showed quiet hours as '10 p.m.' and '8 a.m.' without a zone: an administrator in New
+    York could not tell 22:00 where from 22:00 UTC. They read as typed, in each profile's zone, and
+    name the app's zone for profiles without one."""
+    import datetime as dt
+
+    DeliveryRules.objects.create(
+        app=app, quiet_start=dt.time(22, 0), quiet_end=dt.time(8, 0), default_timezone="Europe/Paris"
+    )
+    other = AppFactory(name="Games")
+    DeliveryRules.objects.create(app=other, frequency_cap=2)
+    client.force_login(admin_erin)
+    page = client.get("/admin/delivery/deliveryrules/").content.decode()
+    assert (
+        '<td class="field-quiet_hours">22:00–08:00 in each profile&#x27;s time zone (Europe/Paris for profiles '
+        "without one)</td>" in page
+    ), page
+    assert '<td class="field-quiet_hours">none</td>' in page
+    assert "10 p.m." not in page
