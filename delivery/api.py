@@ -39,8 +39,10 @@ from delivery.selectors import (
     apps_in_scope,
     deliveries_visible_to,
     dispatch_for,
+    dispatch_named,
     dispatch_outcomes,
     dispatches_visible_to,
+    with_source_seen,
 )
 from delivery.services.apps import IdentitySecretUnreadable, IdentityUnverified, app_identity_verify
 from delivery.services.devices import device_opt_in_set, device_register, device_unregister
@@ -166,7 +168,10 @@ class DispatchOutSerializer(AnswerSerializer):
         )
 
     def to_representation(self, instance):
-        return super().to_representation(dispatch_counted_now(instance))  # an open stream's, summed now
+        data = super().to_representation(dispatch_counted_now(instance))  # an open stream's, summed now
+        # The label names what sent it: to a reader who may not see that (``with_source_seen``), its number.
+        data["label"] = dispatch_named(instance, seen=getattr(instance, "source_seen", True))
+        return data
 
     def get_outcomes(self, obj) -> list[dict]:
         return [
@@ -377,7 +382,7 @@ class DispatchListView(APIView):
     )
     def get(self, request):
         query = query_params_valid(DispatchListQuery, request)
-        rows = dispatches_visible_to(request.user).select_related(None)
+        rows = with_source_seen(dispatches_visible_to(request.user).select_related(None), request.user)
         rows = rows_matching(rows, query, status="status", kind="kind", app="app_id")
         return page_response(request, self, rows.order_by("-id"), DispatchListItemSerializer, query=query)
 
@@ -390,7 +395,7 @@ class DispatchDetailView(APIView):
     @extend_schema(operation_id="dispatch_detail", responses=DispatchOutSerializer)
     def get(self, request, dispatch_id: int):
         try:
-            dispatch = dispatch_for(request.user, dispatch_id)
+            dispatch = with_source_seen(dispatches_visible_to(request.user), request.user).get(pk=dispatch_id)
         except Dispatch.DoesNotExist as exc:
             raise Http404 from exc
         return Response(DispatchOutSerializer(dispatch).data)

@@ -395,3 +395,14 @@ def test_a_send_s_deliveries_name_no_campaign_their_reader_may_not_see(client, m
         response = client.get(url)
         assert response.status_code == 200, url
         assert "Merger announcement" not in response.content.decode(), url
+
+
+def test_the_api_names_no_campaign_a_send_s_reader_may_not_see(moved_campaign_send, manager_alice, api_key_for):
+    """alice reads the send's app, not the campaign moved away: the send's label is its number."""
+    access_grant(obj=moved_campaign_send.app, to=manager_alice, by=None)
+    client = api_key_for(manager_alice, scopes=["read"])
+    detail = client.get(f"/api/v1/dispatches/{moved_campaign_send.pk}/")
+    listed = client.get("/api/v1/dispatches/")
+    assert detail.status_code == listed.status_code == 200
+    assert detail.json()["label"] == f"Dispatch #{moved_campaign_send.pk}"
+    assert [row["label"] for row in listed.json()["results"]] == [f"Dispatch #{moved_campaign_send.pk}"]
