@@ -450,15 +450,16 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
                 v.number,
                 version_status_text(obj, v),
                 entry_text(v, segment_names=segment_names),
+                version_live_text(v),
                 v.exit_event or "—",
                 f"{sum(version_totals(v).values()):,}",
             )
             for v in versions
         ]
         return format_html(
-            '<table class="journey-versions"><tr><th>#</th><th>status</th><th>entry</th><th>exit event</th>'
-            "<th>enrollments</th></tr>{}</table>",
-            format_html_join("", "<tr><td>v{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
+            '<table class="journey-versions"><tr><th>#</th><th>status</th><th>entry</th><th>live</th>'
+            "<th>exit event</th><th>enrollments</th></tr>{}</table>",
+            format_html_join("", "<tr><td>v{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
         )
 
     @admin.display(description="Who enters")
@@ -735,6 +736,16 @@ def version_status_text(journey: Journey, version) -> str:
     if version.status == version.Status.RETIRED and journey.status not in Journey.ON_AIR:
         return "Retired"
     return version.get_status_display()
+
+
+def version_live_text(version) -> str:
+    """When a version was live, in the journey's zone (UTC), named: from its approval to its
+    replacement by the next one ("from ..." while no version replaced it), "never" for one not approved."""
+    if version.live_at is None:
+        return "never"
+    if version.retired_at is None:
+        return f"from {zoned(version.live_at, JOURNEY_ZONE)}"
+    return f"{zoned(version.live_at, JOURNEY_ZONE)} to {zoned(version.retired_at, JOURNEY_ZONE)}"
 
 
 def _status_in_brackets(journey: Journey, version) -> str:

@@ -324,6 +324,35 @@ def test_journey_pages_show_their_times_in_utc_named(login, viewer_carol, make_j
     assert "<tr><td>start</td><td>2027-01-05 14:30 (UTC)</td><td>waiting</td></tr>" in detail  # its history too
 
 
+def test_the_version_history_says_when_each_version_was_live_in_utc_named(login, viewer_carol, make_journey, publish):
+    """The versions table named each version's status and not when: a marketer reading "Retired"
+    could not tell which version sent last week's pushes. Each says when it went live and, once
+    replaced, until when, in UTC (a journey's zone), named; a version never live says so."""
+    import datetime as dt
+
+    from journeys.models import JourneyVersion
+
+    journey = publish(make_journey())
+    first = journey.live_version
+    second = JourneyVersion.objects.create(
+        journey=journey, number=2, graph=first.graph, entry_kind=first.entry_kind, entry_segment=first.entry_segment
+    )
+    live, replaced = dt.datetime(2027, 1, 5, 14, 30, tzinfo=dt.UTC), dt.datetime(2027, 2, 1, 9, 5, tzinfo=dt.UTC)
+    JourneyVersion.objects.filter(pk=first.pk).update(status="retired", live_at=live, retired_at=replaced)
+    JourneyVersion.objects.filter(pk=second.pk).update(status="live", live_at=replaced)
+    page = login(viewer_carol).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    table = page[page.index('<table class="journey-versions">') :]
+    table = table[: table.index("</table>")]
+    assert "<th>live</th>" in table
+    assert "<td>from 2027-02-01 09:05 (UTC)</td>" in table
+    assert "<td>2027-01-05 14:30 (UTC) to 2027-02-01 09:05 (UTC)</td>" in table
+
+    draft = make_journey(name="Winback")
+    page = login(viewer_carol).get(f"/admin/journeys/journey/{draft.pk}/change/").content.decode()
+    table = page[page.index('<table class="journey-versions">') :]
+    assert "<td>never</td>" in table[: table.index("</table>")]
+
+
 # Each transition button: the state it is pressed in, and the state it leads to.
 JOURNEY_BUTTONS = {
     "submit": ("draft", "in_review"),
