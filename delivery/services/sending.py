@@ -289,16 +289,39 @@ def _batch_finish(dispatch: Dispatch, batch: _Batch, report: SendReport) -> None
                 results.append(_retry_or_fail(row, outcome, now=now, deadline=batch.expires[row.id]))
     written = deliveries_write_back(dispatch.pk, results, now=now, platforms=batch.platforms)
     if log.isEnabledFor(logging.INFO):  # its words cost more than the check, per batch
+        said, reasons = _reasons_said(results)
         log.info(
-            "dispatch %s batch: %s",
+            "dispatch %s batch: %s%s",
             dispatch.pk,
             ", ".join(f"{status} {n}" for status, n in sorted(written.items())) or "nothing written",
-            extra={"dispatch": dispatch.pk, "app": dispatch.app_id, "outcomes": dict(written)},
+            f" ({said})" if said else "",
+            extra={"dispatch": dispatch.pk, "app": dispatch.app_id, "outcomes": dict(written), "reasons": reasons},
         )
     if dead:
         devices_invalidate(reasons=dead)
     for platform, reason in credentials.items():
         _fail_platform(dispatch, platform, reason)
+
+
+_REASONS_SAID = 3
+
+
+def _reasons_said(results: list[Result]) -> tuple[str, dict[str, dict[str, int]]]:
+    """Why a batch's rows failed, wait for a retry or ended unknown, for its log line: the reasons by
+    status, most first (a few in words, all in ``reasons``), e.g. "failed: Unregistered 2; queued:
+    transport:connect 1". The provider's reason or Pushdesk's own, never a token or a profile's data."""
+    by_status: dict[str, Counter] = {}
+    for result in results:
+        if result.status != DS.ACCEPTED:
+            by_status.setdefault(result.status, Counter())[result.reason or "no reason"] += 1
+    parts = []
+    for status, counted in sorted(by_status.items()):
+        common = counted.most_common()
+        words = ", ".join(f"{reason} {n}" for reason, n in common[:_REASONS_SAID])
+        if len(common) > _REASONS_SAID:
+            words += f" and {sum(n for _, n in common[_REASONS_SAID:])} more"
+        parts.append(f"{status}: {words}")
+    return "; ".join(parts), {status: dict(counted) for status, counted in by_status.items()}
 
 
 def _fail_platform(dispatch: Dispatch, platform: str, reason: str) -> None:

@@ -115,3 +115,45 @@ def test_json_logs_of_the_web_are_json_the_server_s_own_lines_too(tmp_path):
     for line in lines:
         entry = json.loads(line)  # fails on a plain line
         assert {"time", "level", "logger", "message"} <= set(entry), line
+
+
+def test_a_batch_s_line_says_why_rows_failed_or_wait_for_a_retry(
+    pushsim, pushsim_app, caplog, django_capture_on_commit_callbacks
+):
+    """'dispatch 7 batch: failed 1, queued 1' left the operator to look up each row in the admin to
+    learn that a provider refused a token, or could not be reached."""
+    saved = dict(_GATES)
+    dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=lambda **kwargs: None)
+    try:
+        content = PushContentFactory(app=pushsim_app)
+        profiles = [ProfileFactory() for _ in range(3)]
+        phones = [DeviceFactory(profile=p, app=pushsim_app, platform="ios") for p in profiles]
+        pushsim.state.add_device(token=phones[0].token, platform="ios", state="unregistered")
+        pushsim.state.add_device(token=phones[1].token, platform="ios", state="unregistered")
+        caplog.set_level(logging.INFO, logger="delivery.services.sending")
+        with django_capture_on_commit_callbacks(execute=True):
+            dispatch = dispatch_create(
+                app_id=pushsim_app.pk,
+                kind=Dispatch.Kind.API_TRIGGER,
+                spec=content.spec(),
+                content_id=content.pk,
+                profile_ids=[p.pk for p in profiles],
+            )
+    finally:
+        _GATES.clear()
+        _GATES.update(saved)
+    [line] = [r for r in caplog.records if getattr(r, "dispatch", None) == dispatch.pk]
+    assert line.getMessage() == f"dispatch {dispatch.pk} batch: accepted 1, failed 2 (failed: Unregistered 2)"
+    assert line.reasons == {"failed": {"Unregistered": 2}}
+
+
+def test_a_batch_s_reasons_are_said_most_first_and_a_few_at_most():
+    from delivery.services.claims import Result
+    from delivery.services.sending import _reasons_said
+
+    results = [Result(1, "accepted")]
+    results += [Result(n, "queued", reason="transport:connect") for n in range(2, 5)]
+    results += [Result(n, "failed", reason=f"reason {n}") for n in range(5, 11)] + [Result(11, "failed", reason="")]
+    said, reasons = _reasons_said(results)
+    assert said == "failed: reason 5 1, reason 6 1, reason 7 1 and 4 more; queued: transport:connect 3"
+    assert reasons["queued"] == {"transport:connect": 3} and sum(reasons["failed"].values()) == 7
