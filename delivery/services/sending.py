@@ -313,7 +313,10 @@ def _reasons_said(results: list[Result]) -> tuple[str, dict[str, dict[str, int]]
     by_status: dict[str, Counter] = {}
     for result in results:
         if result.status != DS.ACCEPTED:
-            by_status.setdefault(result.status, Counter())[result.reason or "no reason"] += 1
+            reason = result.reason or "no reason"
+            if reason.startswith("render_error:"):  # the template's message may quote a profile's value
+                reason = "render_error"
+            by_status.setdefault(result.status, Counter())[reason] += 1
     parts = []
     for status, counted in sorted(by_status.items()):
         common = counted.most_common()

@@ -157,3 +157,6 @@ def test_a_batch_s_reasons_are_said_most_first_and_a_few_at_most():
     said, reasons = _reasons_said(results)
     assert said == "failed: reason 5 1, reason 6 1, reason 7 1 and 4 more; queued: transport:connect 3"
     assert reasons["queued"] == {"transport:connect": 3} and sum(reasons["failed"].values()) == 7
+    # A template's error may quote what it read of a profile: the line names the kind of error only.
+    said, reasons = _reasons_said([Result(1, "failed", reason="render_error: cannot read 'Jane Doe' as a date")])
+    assert said == "failed: render_error 1" and reasons == {"failed": {"render_error": 1}}
