@@ -167,3 +167,40 @@ def test_manager_reads_a_journeys_charts_per_step_and_a_viewer_without_access_do
     login(viewer_carol)  # a Viewer may read journeys, but not this app's
     response = page.goto(f"{live_server.url}/admin/journeys/journey/{journey.pk}/change/")
     assert response.status == 404 and page.locator("#pd-report-data").count() == 0
+
+
+@pytest.mark.browser_context_args(timezone_id="America/New_York")
+def test_the_timelines_tooltips_name_the_zone_of_its_hours(login, page, live_server, manager_alice):
+    """The timeline's axis named the campaign's zone, but a tooltip read a bare '2026-11-28 11:00',
+    which a marketer pointing at a bar in New York took for their own hour. Each tooltip names the
+    zone its hour is in (the campaign's, as the axis and the table), whatever the browser's zone."""
+    app = AppFactory(name="Shop")
+    access_grant(obj=app, to=manager_alice, by=None)
+    segment = SegmentFactory(name="Everyone")
+    access_grant(obj=segment, to=manager_alice, by=None)
+    campaign = campaign_create(
+        by=manager_alice,
+        name="Black Friday",
+        app=app,
+        segment=segment,
+        content=PushContentFactory(app=app),
+        time_zone="Europe/Paris",
+    )
+    sent_dispatch(app, kind="campaign", source_id=campaign.pk)
+
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/campaigns/campaign/{campaign.pk}/change/")
+    _report(page)
+    titles = page.evaluate(
+        "() => { const c = document.getElementById('pd-chart-timeline').chart;"
+        " return c.data.labels.map((l, i) => { c.tooltip.setActiveElements([{datasetIndex: 0, index: i}], {x: 0, y: 0});"
+        " c.update(); return c.tooltip.title.join(' '); }); }"
+    )
+    assert titles == [
+        "2026-11-28 11:00 (Europe/Paris)",
+        "2026-11-28 12:00 (Europe/Paris)",
+        "2026-11-28 13:00 (Europe/Paris)",
+    ]
+    assert page.evaluate("() => document.getElementById('pd-chart-timeline').chart.options.scales.x.title.text") == (
+        "hour (Europe/Paris)"
+    )

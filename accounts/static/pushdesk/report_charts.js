@@ -53,7 +53,14 @@
         label: name, data: timeline[name], borderColor: colours[name], backgroundColor: colours[name], tension: 0, pointRadius: 2,
       })),
     },
-    options: options(axis(timeline.unit + " (" + data.time_zone + ")"), count("pushes")),
+    // Each tooltip names the zone of its hour or day (the campaign's, a journey's UTC), as the axis
+    // and the table do: a bare "11:00" under the pointer reads as the browser's own hour.
+    options: options(axis(timeline.unit + " (" + data.time_zone + ")"), count("pushes"), {
+      plugins: {
+        legend: { labels: { color: fg } },
+        tooltip: { callbacks: { title: (items) => (items.length ? timeline.labels[items[0].dataIndex] + " (" + data.time_zone + ")" : "") } },
+      },
+    }),
   });
   draw("pd-chart-funnel", {
     type: "bar",
