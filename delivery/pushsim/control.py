@@ -159,6 +159,7 @@ h1 {{ font-size: 20px; margin: 0 0 4px; }} p.meta {{ margin: 0 0 20px; color: #6
 .android.phone {{ border-radius: 28px; }}
 .clock {{ color: #fff; text-align: center; font-size: 44px; font-weight: 200; margin-bottom: 14px; }}
 .label {{ color: #fff; text-align: center; font-size: 12px; margin-bottom: 8px; opacity: .8; }}
+.zone {{ color: #fff; text-align: center; font-size: 11px; margin: -12px 0 10px; opacity: .7; }}
 .card {{ background: rgba(255,255,255,.88); border-radius: 16px; padding: 10px 12px; margin-bottom: 8px; font-size: 13px; }}
 .android .card {{ border-radius: 12px; background: #fafafa; }}
 .head {{ display: flex; justify-content: space-between; font-size: 11px; color: #555; margin-bottom: 3px; }}
@@ -170,7 +171,7 @@ h1 {{ font-size: 20px; margin: 0 0 4px; }} p.meta {{ margin: 0 0 20px; color: #6
 <h1>Push simulator</h1>
 <p class="meta">{total} notification(s) received · newest first · counts per token at <a href="/control/counts">/control/counts</a></p>
 <div class="phones">
-<div><div class="phone ios"><div class="screen"><div class="clock">{clock}</div><div class="label">iOS · APNs</div>{ios}</div></div></div>
+<div><div class="phone ios"><div class="screen"><div class="clock">{clock}</div><div class="zone">UTC</div><div class="label">iOS · APNs</div>{ios}</div></div></div>
 <div><div class="phone android"><div class="screen"><div class="label">Android · FCM</div>{android}</div></div></div>
 </div></body></html>"""
 
@@ -197,7 +198,8 @@ def _image(item: dict) -> str:
 
 
 def _card(item: dict) -> str:
-    when = datetime.fromtimestamp(item["received_at"], tz=UTC).strftime("%H:%M:%S")
+    # The simulator's times are UTC's, named: a marketer in New York reads a push of 14:05 as theirs.
+    when = datetime.fromtimestamp(item["received_at"], tz=UTC).strftime("%H:%M:%S UTC")
     parts = [
         f'<div class="card" data-token="{html.escape(item["token"])}">',
         f'<div class="head"><span>{html.escape(item["app"])}</span><span>{when}</span></div>',

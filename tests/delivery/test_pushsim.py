@@ -1,6 +1,7 @@
 """The push simulator refuses what APNs and FCM refuse, and is controlled and watched over HTTP."""
 
 import json
+import re
 import ssl
 import time
 import uuid
@@ -320,3 +321,16 @@ def test_the_phone_page_shows_a_notifications_image_as_the_phone_would(pushsim, 
     cards = page.split('<div class="card"')[1:]
     assert '<img class="image" src="http://127.0.0.1:8000/static/delivery/demo/flash-sale.jpg?a=1&amp;b=2"' in cards[1]
     assert "<img" not in cards[0] and "javascript:" not in page
+
+
+def test_the_phone_page_says_its_times_are_utc(pushsim, transport, apns_credentials):
+    """The page's clock and each notification's time were UTC's, named nowhere: a marketer in New
+    York trying a campaign read a push sent at 14:05 as received at 19:05. Each says UTC."""
+    token = bearer(apns_credentials.private_key_pem)
+    body = {"aps": {"alert": {"title": "Sale", "body": "30% off"}}}
+    transport.send([apns_post(pushsim.apns_url(), token, body=json.dumps(body).encode())])
+    with httpx.Client(base_url=pushsim.url()) as control:
+        page = control.get("/").text
+    assert re.search(r'<div class="clock">\d\d:\d\d</div><div class="zone">UTC</div>', page), page
+    card = page.split('<div class="card"')[1]
+    assert re.search(r"<span>\d\d:\d\d:\d\d UTC</span>", card), card
