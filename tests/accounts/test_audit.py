@@ -133,3 +133,14 @@ def test_the_object_type_reads_as_the_kind_of_object(client, admin_erin, event):
     assert "Delivery | app" not in listing
     page = client.get(f"/admin/accounts/auditevent/{event.pk}/change/").content.decode()
     assert "Delivery | app" not in page
+
+
+@pytest.mark.django_db
+def test_the_lists_dates_say_the_zone_their_days_are_in(client, admin_erin, event):
+    """The list's dates (2026 › December › 5) are UTC's days, named nowhere: an event of 21:30 in
+    New York sat under the next day. The dates say their days are UTC's, as the list's times do."""
+    client.force_login(admin_erin)
+    for params in ({}, {"created_at__year": event.created_at.year}):
+        page = client.get("/admin/accounts/auditevent/", params).content.decode()
+        nav = page[page.index('<nav class="toplinks">') :]
+        assert '<span class="date-zone">(days in UTC)</span>' in nav[: nav.index("</nav>")]
