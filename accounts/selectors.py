@@ -434,6 +434,8 @@ def approver_standings(
     for request in with_policy:
         if request.pk not in policy_approver_of:
             refuse({request.pk}, f"You are not an approver of the policy '{request.policy}'.")
+    for reason, refused in _moves_out_of_reach(user, standing, subjects).items():
+        refuse(refused, reason)
     refuse(_subjects_out_of_reach(user, standing, subjects), "You have no access to this object.")
     for request in standing:
         answers[request.pk] = (True, "")
@@ -484,6 +486,41 @@ def _subjects_out_of_reach(user: User, requests: list[ApprovalRequest], subjects
         visible = in_scope(user, model._default_manager.filter(pk__in=[row.pk for row in rows]))
         reached |= {(model, pk) for pk in visible.values_list("pk", flat=True)}
     return {r.pk for r in requests if r.pk not in subjects or (type(subjects[r.pk]), subjects[r.pk].pk) not in reached}
+
+
+def _moves_out_of_reach(user: User, requests: list[ApprovalRequest], subjects: dict[int, models.Model]) -> dict:
+    """The requests that move their subject from one app to another (the model's
+    ``approval_app_moves_of``: a live campaign's revision moving it to another app) when ``user`` has
+    no access to one of the two apps, by the reason: such a decision takes sends out of one app and
+    into the other, so its approver needs both. The app not reached is told by its part in the move,
+    not by its name. One query for all the requests, none without a move."""
+    moves: dict[int, tuple[int, int]] = {}  # request id -> (from the app, to the app)
+    if has_every_scope(user):
+        return {}
+    for model, rows in _by_model({subjects[r.pk] for r in requests if r.pk in subjects}).items():
+        moves_of = getattr(model, "approval_app_moves_of", None)
+        if moves_of is None:
+            continue
+        moved = moves_of(rows)
+        for request in requests:
+            row = subjects.get(request.pk)
+            if type(row) is model and row.pk in moved:
+                moves[request.pk] = moved[row.pk]
+    if not moves:
+        return {}
+    app_model = apps.get_model("delivery", "App")
+    named = sorted({app_id for move in moves.values() for app_id in move})
+    reached = set(in_scope(user, app_model.objects.filter(pk__in=named)).values_list("pk", flat=True))
+    both = "an approver with access to both apps decides it."
+    out = f"This revision moves the campaign out of the app its approved version sends to, which you have no access to: {both}"
+    into = f"This revision moves the campaign into an app you have no access to: {both}"
+    refused: dict[str, set[int]] = {}
+    for request_id, (from_id, to_id) in moves.items():
+        if from_id not in reached:
+            refused.setdefault(out, set()).add(request_id)
+        elif to_id not in reached:
+            refused.setdefault(into, set()).add(request_id)
+    return refused
 
 
 CONTENT_AUTHORING_ACTIONS = ("pushcontent_created", "pushcontent_duplicated", "pushcontent_changed")

@@ -372,6 +372,19 @@ class Campaign(ConversionGoal):
         approved = self.approved()
         return approved is None or not self.matches(approved)
 
+    @classmethod
+    def approval_app_moves_of(cls, campaigns: list["Campaign"]) -> dict[int, tuple[int, int]]:
+        """The campaigns among ``campaigns`` whose request moves them to another app, by id: (the app
+        their approved version sends to, the app the row names), for a revision of a scheduled or
+        live campaign edited into another app. Its approver needs access to both
+        (``accounts.selectors.approver_standings``). No query: read from the rows."""
+        moves = {}
+        for campaign in campaigns:
+            approved = ((campaign.approved_version or {}).get("fields") or {}).get("app_id")
+            if campaign.is_active and approved is not None and int(approved) != campaign.app_id:
+                moves[campaign.pk] = (int(approved), campaign.app_id)
+        return moves
+
     def approval_context(self) -> dict:
         return {"type": "campaign", "app_id": self.app_id, "kind": self.kind, "purpose": self.purpose}
 

@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import ApprovalRequest, User
-from accounts.selectors import approval_current, in_scope
+from accounts.selectors import approval_current, approver_standing, in_scope
 from accounts.services import (
     TransitionError,
     access_grant,
@@ -305,6 +305,27 @@ def _pending_request(campaign: Campaign, *, read_id: int | None = None) -> Appro
     return approval_request_as_read(request, read_id=read_id)
 
 
+def _lock_for_decision(campaign_id: int, *, by: User) -> Campaign:
+    """Lock a campaign an approver decides: one they read (a revision moving it to another app is
+    read by both apps' people), their role approving. Whether they may decide its request (access
+    to its app, to both apps of a move, the four eyes) is the request's to say: ``_decidable``.
+
+    Raises Http404 outside their access, PermissionDenied without the role."""
+    campaign = lock_for(Campaign, campaign_id, by=by, perm="campaigns.view_campaign")
+    if not by.has_perm("campaigns.approve_campaign"):
+        raise PermissionDenied("Your role may not do this to a campaign.")
+    return campaign
+
+
+def _decidable(request: ApprovalRequest, *, by: User) -> ApprovalRequest:
+    """Refuse ``by`` a request they may not decide, saying why (``approver_standing``), before
+    anything else is said of it. Raises PermissionDenied."""
+    allowed, reason = approver_standing(by, request)
+    if not allowed:
+        raise PermissionDenied(reason)
+    return request
+
+
 def campaign_cancel_request(*, campaign_id: int, by: User) -> Campaign:
     """The requester takes a campaign out of review, back to draft; or a revision back to a pending
     edit (the approved version keeps sending)."""
@@ -329,15 +350,15 @@ def campaign_request_changes(*, campaign_id: int, by: User, comment: str, reques
     waits now.
     """
     with transaction.atomic():
-        campaign = lock_for(Campaign, campaign_id, by=by, perm="campaigns.approve_campaign")
+        campaign = _lock_for_decision(campaign_id, by=by)
         if campaign.is_active and revision_waiting(campaign) is not None:
-            request = _pending_request(campaign, read_id=request_id)
+            request = _decidable(_pending_request(campaign, read_id=request_id), by=by)
             approval_request_decide(request_id=request.pk, by=by, approve=False, comment=comment)
             audit(actor=by, action="campaign_revision_changes_requested", obj=campaign, summary={"comment": comment})
             return campaign
         if campaign.status != Status.IN_REVIEW:
             raise TransitionError(campaign, "sent back for changes")
-        request = _pending_request(campaign, read_id=request_id)
+        request = _decidable(_pending_request(campaign, read_id=request_id), by=by)
         approval_request_decide(request_id=request.pk, by=by, approve=False, comment=comment)
         status_transition(
             campaign,
@@ -445,16 +466,17 @@ def campaign_approve(
 
     Raises ValidationError when what would be sent differs from what was submitted (e.g. its push
     content was edited meanwhile: ask for changes), PermissionDenied when ``by`` may not approve
-    this request (own request, not an approver of its policy, no access), ApprovalError when
+    this request (own request, not an approver of its policy, no access: to both apps for a
+    revision moving it to another app), ApprovalError when
     ``request_id`` (the request the approver read) is given and another request waits now.
     """
     now = now or timezone.now()
     with transaction.atomic():
-        campaign = lock_for(Campaign, campaign_id, by=by, perm="campaigns.approve_campaign")
+        campaign = _lock_for_decision(campaign_id, by=by)
         revision = campaign.is_active and revision_waiting(campaign) is not None
         if campaign.status != Status.IN_REVIEW and not revision:
             raise TransitionError(campaign, "approved")
-        request = _pending_request(campaign, read_id=request_id)
+        request = _decidable(_pending_request(campaign, read_id=request_id), by=by)
         if request.fingerprint != campaign.fingerprint() and request.fingerprint != campaign.fingerprint(
             missed_window=False
         ):  # the second: submitted before approvals covered the window; approved now, it covers the one shown

@@ -7,7 +7,7 @@ from django.test.utils import CaptureQueriesContext
 from accounts.models import ApprovalPolicy, ApprovalRequest, User
 from accounts.selectors import approvals_waiting_for, approver_standing
 from accounts.services import access_grant, approval_policy_activate, approval_request_open
-from campaigns.services.lifecycle import campaign_create, campaign_submit, campaign_update
+from campaigns.services.lifecycle import campaign_approve, campaign_create, campaign_submit, campaign_update
 from delivery.models import PushContent
 from delivery.services.contents import pushcontent_save
 from journeys.services.lifecycle import journey_create, journey_submit
@@ -104,7 +104,21 @@ def _add(world, rounds: int) -> dict[str, list[ApprovalRequest]]:
         made.setdefault("not in the policy", []).append(campaign_submit(campaign_id=bank.pk, by=alice))
         vault, _content = _journey(world, "Vault")
         made.setdefault("no access", []).append(journey_submit(journey_id=vault.pk, by=alice))
+
+        for kind, (source, target) in (("moved out", ("Vault", "Shop")), ("moved in", ("Shop", "Vault"))):
+            made.setdefault(kind, []).append(_moved(world, source, target))
     return made
+
+
+def _moved(world, source: str, target: str) -> ApprovalRequest:
+    """A live campaign of ``source`` and its revision moving it to ``target``, waiting for approval."""
+    alice, zoe = world["alice"], User.objects.get(username="approver_zoe")
+    campaign = _campaign(world, source)
+    campaign_submit(campaign_id=campaign.pk, by=alice)
+    campaign_approve(campaign_id=campaign.pk, by=zoe)
+    theirs = PushContentFactory(app=world["apps"][target], name=f"Moved {campaign.pk}", title="Hello", body="Hi")
+    campaign_update(campaign_id=campaign.pk, by=alice, app=world["apps"][target], content=theirs)
+    return campaign_submit(campaign_id=campaign.pk, by=alice)
 
 
 REASONS = {
@@ -115,6 +129,10 @@ REASONS = {
     "changed content": "You changed what this request asks to approve: another approver decides it.",
     "not in the policy": "You are not an approver of the policy 'Bank's'.",
     "no access": "You have no access to this object.",
+    "moved out": "This revision moves the campaign out of the app its approved version sends to, which you have no "
+    "access to: an approver with access to both apps decides it.",
+    "moved in": "This revision moves the campaign into an app you have no access to: an approver with access to "
+    "both apps decides it.",
 }
 
 
@@ -129,13 +147,13 @@ def test_the_inbox_costs_as_many_queries_for_thirty_requests_as_for_three(world)
     bob = world["bob"]
     made = _add(world, rounds=1)
     few, few_queries = _inbox_queries(bob)
-    assert len(ApprovalRequest.objects.filter(status="pending")) == 7
+    assert len(ApprovalRequest.objects.filter(status="pending")) == 9
     assert few == made["campaign"] + made["journey"]  # oldest first
 
     for kind, requests in _add(world, rounds=4).items():
         made[kind] += requests
     many, many_queries = _inbox_queries(bob)
-    assert ApprovalRequest.objects.filter(status="pending").count() == 35
+    assert ApprovalRequest.objects.filter(status="pending").count() == 45
     assert many_queries == few_queries
     assert many_queries <= 20
     assert many == sorted(made["campaign"] + made["journey"], key=lambda r: r.requested_at)

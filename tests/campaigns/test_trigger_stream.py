@@ -744,3 +744,79 @@ def test_stopping_a_campaign_a_revision_moves_still_needs_the_role_and_access_to
     with pytest.raises(Http404):
         campaign_stop(campaign_id=live_trigger.pk, by=integrator.user)
     assert Campaign.objects.get(pk=live_trigger.pk).status == "live"
+
+
+# --- deciding a revision that moves the campaign to another app ------------------------------------
+
+
+@pytest.fixture
+def approvers(pushsim_app, new_app):
+    """An Approver of each app alone, and one of both."""
+    from tests.factories import UserFactory
+
+    made = {}
+    for name, apps in (("old", [pushsim_app]), ("new", [new_app]), ("both", [pushsim_app, new_app])):
+        made[name] = UserFactory(username=f"approver_{name}", role="Approver")
+        for app in apps:
+            access_grant(obj=app, to=made[name], by=None)
+    return made
+
+
+@pytest.mark.parametrize(
+    ("who", "reason"),
+    [
+        ("new", "moves the campaign out of the app its approved version sends to, which you have no access to"),
+        ("old", "moves the campaign into an app you have no access to"),
+    ],
+)
+def test_an_approver_without_access_to_both_apps_may_not_decide_a_revision_moving_the_campaign(
+    client, live_trigger, approvers, new_app, manager_alice, pushsim_app, who, reason
+):
+    """A revision moving a live campaign to another app takes what it sends out of one app and into
+    another: only an approver with access to both decides it. Either one alone finds it neither in
+    the inbox nor on the review's page, and the decision is refused in the service, saying why; the
+    campaign goes on sending its approved version to its app."""
+    from django.core.exceptions import PermissionDenied
+
+    from accounts.models import ApprovalRequest
+    from accounts.selectors import approvals_waiting_for, approver_standing
+    from campaigns.services.lifecycle import campaign_approve, campaign_request_changes
+
+    _move(live_trigger, new_app, by=manager_alice)
+    request = ApprovalRequest.objects.get(subject_id=str(live_trigger.pk), status="pending")
+    approver = approvers[who]
+    assert approvals_waiting_for(approver) == []
+    allowed, said = approver_standing(approver, request)
+    assert not allowed and reason in said and "an approver with access to both apps decides it" in said
+    for decide in (campaign_approve, campaign_request_changes):
+        with pytest.raises(PermissionDenied, match=reason):
+            decide(campaign_id=live_trigger.pk, by=approver, comment="Looks fine", request_id=request.pk)
+    client.force_login(approver)
+    assert client.get("/admin/accounts/approvalrequest/").content.count(b"/review/") == 0
+    review = f"/admin/accounts/approvalrequest/{request.pk}/review/"
+    assert client.get(review).status_code == 404
+    assert client.post(review, {"_approve": "1", "comment": ""}).status_code == 404
+    campaign = Campaign.objects.get(pk=live_trigger.pk)
+    assert campaign.approved_version["fields"]["app_id"] == pushsim_app.pk and campaign.has_pending_revision
+    assert ApprovalRequest.objects.get(pk=request.pk).status == "pending"
+
+
+def test_an_approver_of_both_apps_reviews_and_approves_a_revision_moving_the_campaign(
+    client, live_trigger, approvers, new_app, manager_alice
+):
+    """The approver with access to both apps finds the revision in the inbox, reviews it and
+    approves it from the review's page: the campaign sends to the new app from then on."""
+    from accounts.models import ApprovalRequest
+    from accounts.selectors import approvals_waiting_for
+
+    _move(live_trigger, new_app, by=manager_alice)
+    request = ApprovalRequest.objects.get(subject_id=str(live_trigger.pk), status="pending")
+    assert approvals_waiting_for(approvers["both"]) == [request]
+    client.force_login(approvers["both"])
+    review = f"/admin/accounts/approvalrequest/{request.pk}/review/"
+    assert f'href="{review}"'.encode() in client.get("/admin/accounts/approvalrequest/").content
+    page = client.get(review)
+    assert page.status_code == 200 and b'name="_approve"' in page.content
+    assert client.post(review, {"_approve": "1", "comment": ""}).status_code == 302
+    assert ApprovalRequest.objects.get(pk=request.pk).status == "approved"
+    assert Campaign.objects.get(pk=live_trigger.pk).approved_version["fields"]["app_id"] == new_app.pk
