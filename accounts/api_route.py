@@ -119,6 +119,10 @@ def api_route(request, view, kwargs: dict):
         response = view.post(call, **kwargs)
     except _HANDLED as exc:
         response = api_exception_handler(exc, {"view": view})  # as DRF gives it a view's error
+    except (RedisError, DatabaseError) as exc:  # Redis or the database gone answer 503, as in DRF's view
+        response = api_exception_handler(exc, {"view": view})
+        if response is None:  # any other database error: the 500 and its traceback
+            raise
     # As DRF's view would finish it, then the middleware after this one (the frame options).
     response.accepted_renderer = _RENDERER
     response.accepted_media_type = _RENDERER.media_type

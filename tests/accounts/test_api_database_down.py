@@ -58,3 +58,19 @@ def test_an_error_the_database_answers_with_keeps_its_traceback(api_key_for, man
     assert client.get("/api/v1/me/").status_code == 500
     [line] = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert line.exc_info[0] is ProgrammingError
+
+
+def test_a_trigger_whose_handler_meets_the_database_gone_answers_503(api_key_for, manager_alice, caplog, monkeypatch):
+    """The trigger's own route held its key in memory, so the database going away was met in the
+    handler, which the route let through as a 500 with the driver's traceback."""
+    from campaigns.api import CampaignTriggerView
+
+    client = api_key_for(manager_alice, scopes=("trigger",))
+    monkeypatch.setattr(api, "_database_down", api._ServiceDown("the database"))
+    monkeypatch.setattr(CampaignTriggerView, "post", _database_gone)
+    caplog.set_level(logging.INFO)
+    answer = client.post("/api/v1/campaigns/1/trigger/", {"recipients": [{"external_id": "x"}]}, format="json")
+    assert answer.status_code == 503 and answer.json()["code"] == "service_unavailable"
+    assert answer["Retry-After"] == "10"
+    [line] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert line.name == "pushdesk.api" and "Traceback" not in caplog.text
