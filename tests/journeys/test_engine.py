@@ -454,6 +454,108 @@ def test_profiles_inside_finish_on_the_version_they_entered(make_journey, publis
     assert (new.version.number, new.step, new.status) == (2, "v2_end", "completed")
 
 
+def _send_journey_pushes():
+    """Send what the journey's pushes made: each batch's dispatch, and the standing streams."""
+    from delivery.services.dispatches import dispatch_prepare
+    from delivery.services.sending import dispatch_send
+    from delivery.services.stream_senders import streams_send
+
+    for dispatch in Dispatch.objects.filter(kind="journey", standing=False):
+        dispatch_prepare(dispatch_id=dispatch.pk)
+        dispatch_send(dispatch_id=dispatch.pk)
+    streams_send(budget=0)
+
+
+@pytest.mark.parametrize("entry_kind", ["segment", "event"])
+def test_a_profile_waiting_before_a_push_when_a_new_version_goes_live_gets_the_old_push_once(
+    entry_kind, sim_journey, sim_team, sim_welcome, publish, pushsim, manager_alice, django_capture_on_commit_callbacks
+):
+    """Zoe waits before the push of version 1 when version 2 (another push, re-entry at once) is
+    approved; version 2's read or her next entry event comes while she is inside. She finishes on
+    version 1: its push reaches her phone once, through its batch or its stream, and version 2's
+    push never does."""
+    from tests.factories import PushContentFactory
+
+    zoe = ProfileFactory(external_id="zoe")
+    phone = DeviceFactory(profile=zoe, app=sim_team, platform="android").token
+    other = PushContentFactory(app=sim_team, title="Version 2", body="Another push")
+    event = {"entry_kind": "event", "entry_event": "visit", "entry_segment": None} if entry_kind == "event" else {}
+
+    def visit():
+        with django_capture_on_commit_callbacks(execute=True):
+            events_ingest(
+                items=[{"external_id": "zoe", "name": "visit", "occurred_at": timezone.now()}], by=manager_alice
+            )
+
+    t0 = timezone.now()
+    journey = publish(sim_journey(graph=_wait_graph(seconds=3600, content=sim_welcome.pk), **event), now=t0)
+    if entry_kind == "event":
+        visit()
+    else:
+        journey_enter_segment(journey_id=journey.pk, now=t0)
+        journeys_run_due(now=t0)
+    assert list(Enrollment.objects.values_list("step", "status")) == [("pause", "waiting")]
+    journey_version_edit(
+        journey_id=journey.pk,
+        by=manager_alice,
+        graph=_wait_graph(seconds=0, content=other.pk),
+        reentry="after_wait",
+        reentry_wait_seconds=0,
+    )
+    journey = publish(journey, now=t0 + dt.timedelta(minutes=1))
+    if entry_kind == "event":
+        visit()
+    else:
+        assert journey_enter_segment(journey_id=journey.pk, now=t0 + dt.timedelta(minutes=1)) == 0
+    with django_capture_on_commit_callbacks(execute=True):
+        journeys_run_due(now=t0 + dt.timedelta(minutes=2))
+        journeys_run_due(now=t0 + dt.timedelta(hours=2))
+    _send_journey_pushes()
+    _send_journey_pushes()
+    (enrollment,) = Enrollment.objects.all()
+    assert (enrollment.version.number, enrollment.status) == (1, "completed")
+    assert [step for step, _, _ in enrollment.history] == ["pause", "pause", "push", "done"]
+    assert pushsim.state.count(phone) == 1
+    assert [r["title"] for r in pushsim.state.recent(limit=5)] == ["Hello zoe"]
+    (delivery,) = Delivery.objects.filter(dispatch__kind="journey")
+    assert delivery.dispatch.source_id == enrollment.version_id
+
+
+def test_profiles_read_in_at_a_push_step_when_a_new_version_goes_live_get_the_old_push_once(
+    sim_journey, sim_team, sim_welcome, publish, pushsim, manager_alice
+):
+    """A segment read puts its profiles at the push step that begins version 1; version 2 (another
+    push, re-entry at once) is approved and read before the engine took them up. They are inside
+    still, so version 2 enters no one; each gets version 1's push, once."""
+    from tests.factories import PushContentFactory
+
+    profiles = _profiles(3, sim_team)
+    other = PushContentFactory(app=sim_team, title="Version 2", body="Another push")
+    t0 = timezone.now()
+
+    def pushing(content):
+        return {"steps": [{"id": "hello", "type": "push", "content": content, "next": "done"}, EXIT]}
+
+    journey = publish(sim_journey(graph=pushing(sim_welcome.pk), entry_every_hours=1), now=t0)
+    journey_enter_segment(journey_id=journey.pk, now=t0)
+    assert set(Enrollment.objects.values_list("step", "status")) == {("hello", "active")}
+    journey_version_edit(
+        journey_id=journey.pk, by=manager_alice, graph=pushing(other.pk), reentry="after_wait", reentry_wait_seconds=0
+    )
+    journey = publish(journey, now=t0)
+    assert journey_enter_segment(journey_id=journey.pk, now=t0) == 0
+    journeys_run_due(now=t0 + dt.timedelta(minutes=1))
+    journeys_run_due(now=t0 + dt.timedelta(minutes=2))
+    _send_journey_pushes()
+    assert set(Enrollment.objects.values_list("version__number", "entry_number", "status")) == {(1, 1, "completed")}
+    for profile in profiles:
+        (device,) = profile.devices.all()
+        assert pushsim.state.count(device.token) == 1
+    assert sorted(r["title"] for r in pushsim.state.recent(limit=10)) == sorted(
+        f"Hello {p.external_id}" for p in profiles
+    )
+
+
 def test_stopping_a_journey_exits_everyone_inside_and_closes_the_gate(make_journey, publish, manager_alice, welcome):
     ProfileFactory.create_batch(3)
     journey = publish(make_journey(graph=_wait_graph(seconds=3600, content=welcome.pk)))
