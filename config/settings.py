@@ -541,7 +541,7 @@ LOGGING = {
     "filters": {
         "unknown_host": {"()": "config.requestlog.UnknownHost"},
         "refused_body": {"()": "config.requestlog.RefusedBody"},
-        "queue_redis_down": {"()": "operations.queuelog.QueueRedisDown"},
+        "queue_service_down": {"()": "operations.queuelog.QueueServiceDown"},
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
@@ -554,8 +554,8 @@ LOGGING = {
             for name in ("RequestDataTooBig", "TooManyFieldsSent", "TooManyFilesSent")
         },
         "django.request": {"filters": ["refused_body"]},
-        # The workers while the queue's Redis does not answer: a line a minute, not two a second.
-        "django-q": {"filters": ["queue_redis_down"]},
+        # The workers while Redis or the database does not answer: a line a minute, not two a second.
+        "django-q": {"filters": ["queue_service_down"]},
         # Django's loggers follow LOG_LEVEL (Django set them to INFO, so LOG_LEVEL=ERROR still wrote a
         # warning per 404), but not below INFO: its DEBUG lines (a template's every missing variable)
         # are Django's debugging, not the application's. Its handlers go: ADMINS is not used, and the

@@ -1,10 +1,11 @@
-"""What the workers log while the queue's Redis does not answer.
+"""What the workers log while the queue's Redis, or the database, does not answer.
 
 django-q2 logs it in each worker process as it meets it: the pusher's "Failed to pull task from
 broker" with the client's traceback (each time the sentinel starts the pusher again), and the
 sentinel's statistics failing every half second, the exception alone as the line. A Redis restart
-of five minutes wrote some 600 lines and 30 tracebacks per worker machine. Each process now says it
-once a minute at most, in one line, with how many it left out.
+of five minutes wrote some 600 lines and 30 tracebacks per worker machine. While PostgreSQL
+restarts, its monitor logs each task result it cannot save with the driver's traceback. Each process
+now says each once a minute at most, in one line, with how many it left out.
 """
 
 import logging
@@ -13,7 +14,7 @@ import time
 
 from redis.exceptions import RedisError
 
-from operations.database import redis_problem
+from operations.database import database_gone, redis_problem
 
 EVERY_SECONDS = 60.0
 
@@ -21,8 +22,20 @@ EVERY_SECONDS = 60.0
 class _Said:
     def __init__(self):
         self.lock = threading.Lock()
-        self.at: float | None = None
-        self.left_out = 0
+        self.at: dict[str, float] = {}
+        self.left_out: dict[str, int] = {}
+
+    def now_or_never(self, service: str) -> int | None:
+        """How many lines about ``service`` were left out since the last one said, when one may be
+        said now; None when it must be left out too."""
+        with self.lock:
+            now = time.monotonic()
+            said_at = self.at.get(service)
+            if said_at is not None and now - said_at < EVERY_SECONDS:
+                self.left_out[service] = self.left_out.get(service, 0) + 1
+                return None
+            self.at[service] = now
+            return self.left_out.pop(service, 0)
 
 
 _said = _Said()
@@ -35,23 +48,38 @@ def _redis_error(record: logging.LogRecord) -> RedisError | None:
     return exc if isinstance(exc, RedisError) else None
 
 
-class QueueRedisDown(logging.Filter):
-    """On the ``django-q`` logger: a line about Redis not answering is said once a minute at most,
-    without its traceback; every other line passes as it is."""
+def _as_said(record: logging.LogRecord, message: str, *args) -> None:
+    record.msg, record.args = message, args
+    record.levelno, record.levelname = logging.ERROR, logging.getLevelName(logging.ERROR)
+    record.exc_info, record.exc_text = None, None
+
+
+class QueueServiceDown(logging.Filter):
+    """On the ``django-q`` logger: a line about Redis or the database not answering is said once a
+    minute at most, without its traceback; every other line passes as it is."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = _redis_error(record)
-        if exc is None:
-            return True
-        with _said.lock:
-            now = time.monotonic()
-            if _said.at is not None and now - _said.at < EVERY_SECONDS:
-                _said.left_out += 1
+        if exc is not None:
+            left_out = _said.now_or_never("redis")
+            if left_out is None:
                 return False
-            left_out, _said.at, _said.left_out = _said.left_out, now, 0
-        since = f" ({left_out} such lines left out since the last)" if left_out else ""
-        record.msg = "the queue's %s; check that it runs, or REDIS_URL: the workers take no task until it does%s"
-        record.args = (redis_problem(exc), since)
-        record.levelno, record.levelname = logging.ERROR, logging.getLevelName(logging.ERROR)
-        record.exc_info, record.exc_text = None, None
+            _as_said(
+                record,
+                "the queue's %s; check that it runs, or REDIS_URL: the workers take no task until it does%s",
+                redis_problem(exc),
+                _since(left_out),
+            )
+            return True
+        gone = database_gone(record.exc_info[1]) if record.exc_info and record.exc_info[1] else None
+        if gone is None:
+            return True
+        left_out = _said.now_or_never("database")
+        if left_out is None:
+            return False
+        _as_said(record, "%s: %s%s", record.getMessage(), gone, _since(left_out))
         return True
+
+
+def _since(left_out: int) -> str:
+    return f" ({left_out} such lines left out since the last)" if left_out else ""

@@ -60,3 +60,27 @@ def test_the_queue_s_other_lines_pass_as_they_are(clock, caplog):
         "Failed to push task to queue",
     ]
     assert lines[1].exc_info[0] is ValueError
+
+
+def test_a_database_outage_is_a_line_a_minute_too(clock, caplog):
+    """While PostgreSQL restarts, django-q2's monitor logged each result it could not save with the
+    driver's traceback."""
+    import psycopg
+    from django.db import connection
+
+    queue = logging.getLogger("django-q")
+    caplog.set_level(logging.INFO, logger="django-q")
+    for _ in range(3):
+        try:
+            with connection.wrap_database_errors:
+                psycopg.connect("host=127.0.0.1 port=1 dbname=pushdesk connect_timeout=5")
+        except Exception:
+            queue.exception("Could not save task result")
+    lines = [r for r in caplog.records if r.name == "django-q"]
+    assert len(lines) == 1 and lines[0].exc_info is None
+    assert (
+        lines[0]
+        .getMessage()
+        .startswith("Could not save task result: the database does not answer (OperationalError: connection failed: ")
+    )
+    assert lines[0].getMessage().endswith("start it, or check DATABASE_URL")
