@@ -132,6 +132,64 @@ def test_an_entry_failing_in_the_database_stores_the_events_and_enters_them_when
     assert pushsim.state.count(token) == 1
 
 
+def test_a_replay_run_late_enters_no_one_who_entered_since_its_events_came(
+    sim_journey,
+    sim_welcome,
+    publish,
+    pushsim,
+    sim_team,
+    api_key_for,
+    manager_alice,
+    enrollments_refused,
+    django_capture_on_commit_callbacks,
+):
+    """Re-entry after 10 minutes. Zoe's first order_paid could not enter her (replayed later); her
+    second, a moment after, entered her and sent the push. The replay, run a quarter of an hour
+    later, judged the re-entry wait by its own clock: her entry was 15 minutes old, so the first
+    event entered her again and her phone got the push twice for two events the wait keeps to
+    one passage. It is judged as of the call's time now: she entered since, and stays out."""
+    from django.db.models import F
+
+    from audiences.models import Event, EventReplay
+    from audiences.services.events import events_replay_due
+    from delivery.services.stream_senders import streams_send
+    from journeys.models import Enrollment
+
+    graph = {
+        "steps": [
+            {"id": "thanks", "type": "push", "content": sim_welcome.pk, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+    publish(
+        sim_journey(
+            graph=graph,
+            entry_kind="event",
+            entry_event="order_paid",
+            entry_segment=None,
+            reentry="after_wait",
+            reentry_wait_seconds=600,
+        )
+    )
+    token = DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=sim_team).token
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    with enrollments_refused(), django_capture_on_commit_callbacks(execute=True):
+        assert _post_event(client, "zoe").status_code == 200
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _post_event(client, "zoe").status_code == 200
+    assert pushsim.state.count(token) == 1
+    # A quarter of an hour passes (the replay failed again meanwhile): everything written is older.
+    ago = dt.timedelta(minutes=15)
+    Enrollment.objects.update(entered_at=F("entered_at") - ago, finished_at=F("finished_at") - ago)
+    Event.objects.update(occurred_at=F("occurred_at") - ago, received_at=F("received_at") - ago)
+    EventReplay.objects.update(created_at=F("created_at") - ago, next_attempt_at=F("next_attempt_at") - ago)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert events_replay_due() == {"replayed": 1, "failed": 0, "dropped": 0}
+    streams_send(budget=0)
+    assert list(Enrollment.objects.values_list("entry_number", "status")) == [(1, "completed")]
+    assert pushsim.state.count(token) == 1
+
+
 def test_when_the_replay_cannot_be_recorded_nothing_of_the_call_is_stored(
     paid_journey,
     pushsim,
