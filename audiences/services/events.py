@@ -362,8 +362,10 @@ def event_listeners_register(fn: Callable[..., None], *, stamps: tuple[str, ...]
     the commit (queued tasks, wake-ups, Redis) to ``transaction.on_commit``. A listener that
     raises rolls that transaction back; the events are written again without it (the other
     listeners run again) and it is recorded to run again for them later (``EventReplay``,
-    ``events_replay_due``), with ``stamps=None``: it must be safe to run late, and again for
-    events it saw. ``stamps``: the version stamps (``accounts.stamps``) the listener reads; an
+    ``events_replay_due``), with ``stamps=None`` and ``received_at`` (when the events were stored):
+    it must be safe to run late, and again for events it saw; what it judges by the clock (a
+    journey's re-entry wait) it judges as of ``received_at``, as it would have then, not as of the
+    replay's time. ``stamps``: the version stamps (``accounts.stamps``) the listener reads; an
     API call reads them in the same round trip as its key's, and listeners
     get what it read (or None: they read them themselves).
     """
@@ -427,15 +429,19 @@ def _events_notify(
             raise _ListenerFailed(fn) from exc
 
 
-def _events_by_ids(event_ids: list[int]) -> tuple[list[int], list[tuple]]:
+def _events_by_ids(event_ids: list[int]) -> tuple[list[int], list[tuple], dt.datetime | None]:
     """The events of these ids that still exist (a deleted profile took its own), in the ids' order:
-    their ids and ``(profile id, name, occurred_at)``."""
+    their ids, ``(profile id, name, occurred_at)``, and when the first of them was stored (None
+    when none is left)."""
     rows = {
         row[0]: row[1:]
-        for row in Event.objects.filter(pk__in=event_ids).values_list("id", "profile_id", "name", "occurred_at")
+        for row in Event.objects.filter(pk__in=event_ids).values_list(
+            "id", "profile_id", "name", "occurred_at", "received_at"
+        )
     }
     kept = [event_id for event_id in event_ids if event_id in rows]
-    return kept, [rows[event_id] for event_id in kept]
+    received = min((rows[event_id][3] for event_id in kept), default=None)
+    return kept, [rows[event_id][:3] for event_id in kept], received
 
 
 def events_replay_due(*, now: dt.datetime | None = None, ids: list[int] | None = None, limit: int = 100) -> dict:
@@ -470,10 +476,10 @@ def events_replay_due(*, now: dt.datetime | None = None, ids: list[int] | None =
                 continue
             try:
                 with transaction.atomic():
-                    event_ids, events = _events_by_ids(replay.event_ids)
+                    event_ids, events, received_at = _events_by_ids(replay.event_ids)
                     if events:
                         names = {name for _, name, _ in events}
-                        fn(event_ids=event_ids, events=events, names=names, stamps=None)
+                        fn(event_ids=event_ids, events=events, names=names, stamps=None, received_at=received_at)
             except Exception as exc:
                 log.exception("Event replay %s failed again (attempt %s)", replay.pk, replay.attempts + 1)
                 replay.attempts += 1

@@ -57,12 +57,15 @@ def _enter(
     now: dt.datetime,
     returning: bool = False,
     few: bool = False,
+    as_of: dt.datetime | None = None,
 ):
     """Enroll the audience's profiles in one INSERT … SELECT, obeying the re-entry policy; return
     how many entered (``returning``: the new enrollments, ``(id, profile_id, its time zone)``).
 
     A profile enters when it never entered the journey, or (re-entry after a wait) when it has
-    no open enrollment and its last entry is at least the wait old. The partial unique index
+    no open enrollment and its last entry is at least the wait old at ``as_of`` (``now`` unless
+    given: the time events run late were stored, so that a profile that entered since they came
+    is not entered again by them). The partial unique index
     "one open enrollment per (journey, profile)" settles races between concurrent entries.
     ``few``: the audience is a handful of profiles (an event's), each looked up on its own.
 
@@ -108,7 +111,7 @@ def _enter(
         version.pk,
         version.journey_id,
         reentry,
-        _dt(now - dt.timedelta(seconds=version.reentry_wait_seconds)),
+        _dt((as_of or now) - dt.timedelta(seconds=version.reentry_wait_seconds)),
     ]
     if returning and postgres:  # with each one's time zone, which its first steps need
         sql = (
@@ -177,6 +180,7 @@ def journeys_events_received(
     event_ids: list[int] | None = None,
     events: list[tuple[int, str, dt.datetime]] | None = None,
     live: _LiveForEvents | None = None,
+    received_at: dt.datetime | None = None,
 ) -> dict:
     """Events arrived through the API: fire exit criteria, then enter event-entry journeys.
 
@@ -191,7 +195,10 @@ def journeys_events_received(
     each entry is a transaction of its own. Safe to run again for the same events (an exit is
     final, an entry obeys the re-entry policy). ``events``: ``(profile id, name, occurred_at)``,
     when the caller has them (else they are read by ``event_ids``). ``live``: what live journeys
-    do on events, when the caller read it already. Returns the counts.
+    do on events, when the caller read it already. ``received_at``: when the events were stored,
+    given when they are run late (a replay): a re-entry wait is judged as of then, as the call
+    would have judged it, so a late run enters no one who entered the journey since they came (by a
+    later event): a passage missed is better than a push sent twice. Returns the counts.
 
     A paused journey's entry event enters no one: it is counted on the journey's entry step
     (``skipped_paused``, once per profile and call); its exit event ends its profiles as a live one's.
@@ -211,6 +218,7 @@ def journeys_events_received(
     if not events:
         return {"exited": 0, "entered": 0}
     now = timezone.now()
+    as_of = min(now, received_at) if received_at is not None else now
     names = {name for _, name, _ in events}
     exited = entered = 0
     live = live or _live_for_events()
@@ -252,7 +260,7 @@ def journeys_events_received(
         ending = _exited_since_entering(version, entering, events, names)
         audience, param = _event_audience(sorted(entering))
         with transaction.atomic(savepoint=False):
-            enrolled = _enter(version, audience, [param], now=now, returning=True, few=True)
+            enrolled = _enter(version, audience, [param], now=now, returning=True, few=True, as_of=as_of)
             journeys_run_entered(enrolled=enrolled, version=version, stamp=live.stamp, now=now, exits=ending)
         entered += len(enrolled)
         if ending:
@@ -434,7 +442,12 @@ def journey_caches_forget() -> None:
 
 
 def journeys_on_events(
-    *, event_ids: list[int], events: list[tuple[int, str, dt.datetime]], names: set[str], stamps: Stamps | None = None
+    *,
+    event_ids: list[int],
+    events: list[tuple[int, str, dt.datetime]],
+    names: set[str],
+    stamps: Stamps | None = None,
+    received_at: dt.datetime | None = None,
 ) -> None:
     """The audiences event listener, run inside the events call's transaction once its events are
     written: when a live journey cares about these events, exit and enter them now
@@ -442,11 +455,12 @@ def journeys_on_events(
     that the entries and exits commit with the events and an entry's first push is on its way when
     the call answers (its stream is woken after the commit). A failure fails the events call: none
     of its events is stored, and the integrator's retry does both. ``stamps``: what the events
-    call read with its key (the journeys stamp among them), or None."""
+    call read with its key (the journeys stamp among them), or None. ``received_at``: when the
+    events were stored, given when they are replayed (``journeys_events_received``)."""
     live = _live_for_events(stamps)
     if not names & live.names:
         return
-    journeys_events_received(events=events, live=live)
+    journeys_events_received(events=events, live=live, received_at=received_at)
 
 
 def journeys_tick(*, now: dt.datetime | None = None, seconds: float = 40.0, batch: int = 1000) -> dict:
