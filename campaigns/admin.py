@@ -73,7 +73,12 @@ Status = Campaign.Status
 
 
 class DateTimePicker(forms.SplitDateTimeWidget):
-    """The browser's own date and time pickers (the values they send: YYYY-MM-DD and HH:MM)."""
+    """The browser's own date and time pickers (the values they send: YYYY-MM-DD and HH:MM), the
+    zone they are read in named beside them (``zone``, ``local``: set by the form; kept up to date
+    by campaigns/schedule_form.js as the time zone or local time is changed)."""
+
+    zone = "UTC"
+    local = False
 
     def __init__(self, attrs=None):
         super().__init__(
@@ -83,6 +88,22 @@ class DateTimePicker(forms.SplitDateTimeWidget):
             date_attrs={"type": "date", "placeholder": "YYYY-MM-DD"},
             time_attrs={"type": "time", "placeholder": "HH:MM"},
         )
+
+    def render(self, name, value, attrs=None, renderer=None):
+        return format_html(
+            '{} <span class="schedule-zone" data-zone="{}">{}</span>',
+            super().render(name, value, attrs, renderer),
+            self.zone,
+            schedule_zone_text(self.zone, local=self.local),
+        )
+
+
+def schedule_zone_text(time_zone: str, *, local: bool) -> str:
+    """The zone a schedule's dates are read in, as the form says it beside them (schedule_form.js
+    words it alike): the campaign's, or, sent at each profile's local time, each profile's."""
+    if local:
+        return f"(each profile's time zone; {time_zone} for profiles without one)"
+    return f"({time_zone})"
 
 
 class ZonedDateTimeField(digits.SplitDateTimeField):
@@ -154,6 +175,13 @@ class CampaignForm(ConversionFormMixin, forms.ModelForm):
             if instance.pk and value is not None:
                 wall = value.astimezone(schedule_zone(instance.time_zone)).replace(tzinfo=None)
                 self.initial[name] = wall.replace(tzinfo=dt.UTC)  # shown as typed: the admin's zone is UTC
+        # Beside the dates, the zone they are read in: as saved, or as typed in a form sent back.
+        shown_zone = (self["time_zone"].value() or "UTC") if "time_zone" in self.fields else instance.time_zone
+        local = bool(self["at_local_time"].value()) if "at_local_time" in self.fields else instance.at_local_time
+        for name in ("send_at", "ends_at"):
+            if name in self.fields and isinstance(self.fields[name].widget, DateTimePicker):
+                self.fields[name].widget.zone = str(shown_zone).strip() or "UTC"
+                self.fields[name].widget.local = local
 
     def clean(self):
         data = super().clean()

@@ -680,6 +680,61 @@ def test_a_read_only_campaign_page_shows_its_dates_in_its_zone_named(
     assert "field-send_at_shown" not in page and "UTC" not in _shown(page, "send_at")
 
 
+def test_the_forms_date_inputs_name_the_zone_they_are_read_in(client, make_campaign, manager_alice, segment, content):
+    """The form showed a first send of 09:00 and an end of 21:00 with no zone beside them, the zone
+    three fields below: a marketer in New York read them as their own hours. Each names the zone
+    it is read in: the campaign's, or, sent at each profile's local time, each profile's (the
+    campaign's for profiles without one); a new campaign's and a refused form's as typed."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    paris = ZoneInfo("Europe/Paris")
+    campaign = make_campaign(
+        schedule_kind="recurring",
+        recurrence="daily",
+        send_at=dt.datetime(2027, 1, 5, 9, 0, tzinfo=paris),
+        ends_at=dt.datetime(2027, 2, 5, 21, 0, tzinfo=paris),
+        time_zone="Europe/Paris",
+    )
+    url = f"/admin/campaigns/campaign/{campaign.pk}/change/"
+    client.force_login(manager_alice)
+    page = client.get(url).content.decode().replace("&#x27;", "'")
+    for name in ("send_at", "ends_at"):
+        row = _shown(page, name)
+        assert row.startswith(f"{name.replace('_', ' ').capitalize()}: (Europe/Paris)"), row
+    assert page.count('<span class="schedule-zone" data-zone="Europe/Paris">(Europe/Paris)</span>') == 2
+
+    Campaign.objects.filter(pk=campaign.pk).update(at_local_time=True)
+    page = client.get(url).content.decode().replace("&#x27;", "'")
+    assert page.count("(each profile's time zone; Europe/Paris for profiles without one)") == 2
+
+    # A refused form names the zone typed, a new campaign's the default.
+    refused = client.post(
+        url,
+        {
+            "name": campaign.name,
+            "app": campaign.app_id,
+            "kind": "scheduled",
+            "purpose": "marketing",
+            "segment": segment.pk,
+            "content": content.pk,
+            "schedule_kind": "at",
+            "send_at_0": "2027-01-05",
+            "send_at_1": "25:00",
+            "time_zone": "America/New_York",
+            "missed_window_minutes": 60,
+            "occurrences-TOTAL_FORMS": 0,
+            "occurrences-INITIAL_FORMS": 0,
+            "variants-TOTAL_FORMS": 0,
+            "variants-INITIAL_FORMS": 0,
+        },
+    ).content.decode()
+    assert "Enter the time as HH:MM" in refused
+    assert '<span class="schedule-zone" data-zone="America/New_York">(America/New_York)</span>' in refused
+    new = client.get("/admin/campaigns/campaign/add/").content.decode()
+    assert '<span class="schedule-zone" data-zone="UTC">(UTC)</span>' in new
+
+
 def test_an_end_at_a_time_the_clocks_skip_is_refused_as_a_first_send_is(client, make_campaign, manager_alice):
     from tests.campaigns.helpers import change_form
 

@@ -23,6 +23,24 @@ def _shown(page) -> set[str]:
     return {name for name in SCHEDULE_FIELDS if page.is_visible(f".form-row.field-{name}")}
 
 
+def test_the_dates_name_the_zone_as_it_is_typed(login, page, live_server, manager_alice):
+    """Beside the first send and the end, the zone they are read in follows what is typed in Time
+    zone and At local time, before the form is saved: a marketer changing the zone sees which
+    zone the 09:00 beside it is now in."""
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/campaigns/campaign/add/")
+    page.select_option("#id_schedule_kind", "recurring")
+    zones = page.locator(".schedule-zone")
+    assert zones.all_inner_texts() == ["(UTC)", "(UTC)"]
+    page.fill("#id_time_zone", "America/New_York")
+    assert zones.all_inner_texts() == ["(America/New_York)", "(America/New_York)"]
+    page.check("#id_at_local_time")
+    assert zones.all_inner_texts() == ["(each profile's time zone; America/New_York for profiles without one)"] * 2
+    page.uncheck("#id_at_local_time")
+    page.fill("#id_time_zone", "")
+    assert zones.all_inner_texts() == ["(UTC)", "(UTC)"]  # left empty, the schedule is read in UTC
+
+
 def test_manager_sees_only_the_fields_of_the_schedule_chosen_and_saves_a_recurring_one(
     login, page, live_server, manager_alice, pushsim_app
 ):

@@ -32,11 +32,31 @@
     if (segmentRow) segmentRow.hidden = api;
   }
 
+  // Beside the dates, the zone they are read in, as it is typed: the campaign's, or, sent at each
+  // profile's local time, each profile's (the form's schedule_zone_text words it alike).
+  function zoneNamed() {
+    var timeZone = document.getElementById("id_time_zone");
+    var local = document.getElementById("id_at_local_time");
+    if (!timeZone) return;
+    var zone = timeZone.value.trim() || "UTC";
+    var text = local && local.checked ? "(each profile's time zone; " + zone + " for profiles without one)" : "(" + zone + ")";
+    document.querySelectorAll(".schedule-zone").forEach(function (el) {
+      el.setAttribute("data-zone", zone);
+      el.textContent = text;
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     ["id_kind", "id_schedule_kind", "id_recurrence"].forEach(function (id) {
       var el = document.getElementById(id);
       if (el) el.addEventListener("change", update);
     });
+    ["input", "change"].forEach(function (event) {
+      var timeZone = document.getElementById("id_time_zone");
+      if (timeZone) timeZone.addEventListener(event, zoneNamed);
+    });
+    var local = document.getElementById("id_at_local_time");
+    if (local) local.addEventListener("change", zoneNamed);
     update();
   });
 })();
