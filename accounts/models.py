@@ -246,7 +246,10 @@ class ApprovalRequest(models.Model):
     """One submission of an object (a campaign, a journey version) for approval.
 
     The approvers are fixed when the request is opened (from the policy that matched then), so
-    a later policy change never re-routes a request already waiting.
+    a later policy change never re-routes a request already waiting. A revision moving a campaign
+    to another app is governed by the policies of both apps: its approver must be named by each
+    (``policy``, the new app's, and ``source_policy``, the old app's), and self-approval is blocked
+    when either blocks it.
     """
 
     class Status(models.TextChoices):
@@ -269,6 +272,18 @@ class ApprovalRequest(models.Model):
     )
     approver_users = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="+")
     approver_groups = models.ManyToManyField("auth.Group", blank=True, related_name="+")
+    # A revision moving its subject to another app takes what it sends out of the app it sends to
+    # now: that app's policy governs the move too, when another than ``policy`` (the row's app's).
+    source_policy = models.ForeignKey(
+        ApprovalPolicy,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name="policy of the app it moves out of",
+    )
+    source_approver_users = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="+")
+    source_approver_groups = models.ManyToManyField("auth.Group", blank=True, related_name="+")
     approve_perm = models.CharField(max_length=100, help_text="The role permission an approver needs.")
     block_self_approval = models.BooleanField(default=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
@@ -292,6 +307,11 @@ class ApprovalRequest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject_label} ({self.get_status_display()})"
+
+    @property
+    def policies(self) -> list[ApprovalPolicy]:
+        """The policies that govern this request: none (any approver), one, or a move's two."""
+        return [policy for policy in (self.policy, self.source_policy) if policy is not None]
 
     @property
     def subject(self):

@@ -434,6 +434,16 @@ def approver_standings(
     for request in with_policy:
         if request.pk not in policy_approver_of:
             refuse({request.pk}, f"You are not an approver of the policy '{request.policy}'.")
+    with_source_policy = [r for r in standing if r.source_policy_id is not None]
+    if with_source_policy:  # a move: the policy of the app it moves out of must name them too
+        source_approver_of = set(
+            ApprovalRequest.objects.filter(pk__in=[r.pk for r in with_source_policy])
+            .filter(policy_approver_q(user, source=True))
+            .values_list("pk", flat=True)
+        )
+        for request in with_source_policy:
+            if request.pk not in source_approver_of:
+                refuse({request.pk}, f"You are not an approver of the policy '{request.source_policy}'.")
     for reason, refused in _moves_out_of_reach(user, standing, subjects).items():
         refuse(refused, reason)
     refuse(_subjects_out_of_reach(user, standing, subjects), "You have no access to this object.")
@@ -442,12 +452,16 @@ def approver_standings(
     return answers
 
 
-def policy_approver_q(user: User) -> Q:
-    """A condition on approval requests: their policy names ``user``, directly or through a group."""
-    named = ApprovalRequest.approver_users.through.objects.filter(approvalrequest=OuterRef("pk"), user=user)
-    in_group = ApprovalRequest.approver_groups.through.objects.filter(
-        approvalrequest=OuterRef("pk"), group__in=user.groups.values("pk")
+def policy_approver_q(user: User, *, source: bool = False) -> Q:
+    """A condition on approval requests: their policy names ``user``, directly or through a group
+    (``source``: the policy of the app a move takes their subject out of)."""
+    users, groups = (
+        (ApprovalRequest.source_approver_users, ApprovalRequest.source_approver_groups)
+        if source
+        else (ApprovalRequest.approver_users, ApprovalRequest.approver_groups)
     )
+    named = users.through.objects.filter(approvalrequest=OuterRef("pk"), user=user)
+    in_group = groups.through.objects.filter(approvalrequest=OuterRef("pk"), group__in=user.groups.values("pk"))
     return Q(Exists(named)) | Q(Exists(in_group))
 
 
@@ -629,7 +643,7 @@ def approvals_waiting_for(user: User) -> list[ApprovalRequest]:
         ApprovalRequest.objects.filter(status=ApprovalRequest.Status.PENDING)
         .filter(Q(policy__isnull=True) | policy_approver_q(user))
         .exclude(block_self_approval=True, requested_by=user)
-        .select_related("requested_by", "subject_type", "policy")
+        .select_related("requested_by", "subject_type", "policy", "source_policy")
         .order_by("requested_at")
     )
     standings = approver_standings(user, pending, policy_approver_of={r.pk for r in pending if r.policy_id is not None})
@@ -638,7 +652,7 @@ def approvals_waiting_for(user: User) -> list[ApprovalRequest]:
 
 def approval_requests_visible_to(user: User) -> QuerySet[ApprovalRequest]:
     """Requests one made, was asked to decide, or (Administrators) all of them."""
-    qs = ApprovalRequest.objects.select_related("requested_by", "decided_by", "subject_type", "policy")
+    qs = ApprovalRequest.objects.select_related("requested_by", "decided_by", "subject_type", "policy", "source_policy")
     if not user.has_perm("accounts.view_approvalrequest"):
         return qs.none()
     if has_every_scope(user):
@@ -752,7 +766,7 @@ def approval_requests_stuck_among(requests: list[ApprovalRequest]) -> set[int]:
 def approval_requests_stuck() -> list[ApprovalRequest]:
     """Every pending request nobody may decide, oldest first: what an Administrator must unblock."""
     pending = ApprovalRequest.objects.filter(status=ApprovalRequest.Status.PENDING).select_related(
-        "requested_by", "policy", "subject_type"
+        "requested_by", "policy", "source_policy", "subject_type"
     )
     pending = list(pending.order_by("requested_at"))
     stuck = approval_requests_stuck_among(pending)

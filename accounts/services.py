@@ -273,12 +273,23 @@ APPROVAL_MESSAGE_MAX = 2_000
 
 
 def approval_request_open(
-    *, subject: models.Model, context: dict, fingerprint: str, approve_perm: str, by: User, message: str = ""
+    *,
+    subject: models.Model,
+    context: dict,
+    fingerprint: str,
+    approve_perm: str,
+    by: User,
+    message: str = "",
+    source_context: dict | None = None,
 ) -> ApprovalRequest:
     """Open a pending request for ``subject``, routed by the newest active policy that matches ``context``.
 
     Call it inside the subject's own locked transition (e.g. submit for review). ``context`` holds
-    ``type`` ("campaign"/"journey"), ``app_id``, ``kind`` and ``purpose``. Raises ApprovalError
+    ``type`` ("campaign"/"journey"), ``app_id``, ``kind`` and ``purpose``. ``source_context``: for
+    a revision moving the subject to another app, the same of the app it moves out of. The newest
+    policy matching each governs the request together: an approver must be named by both, and
+    self-approval is blocked when either blocks it (or when no policy matches one of them, the safe
+    default); when the same policy, or only one, matches, it alone governs. Raises ApprovalError
     when the subject already has a pending request.
     """
     message = message.strip()
@@ -286,7 +297,16 @@ def approval_request_open(
         raise ValidationError({"message": f"A note is at most {APPROVAL_MESSAGE_MAX:,} characters."})
     if (problem := json_text_problem(message)) is not None:
         raise ValidationError({"message": f"The note: {problem}"})
-    policy = next((p for p in approval_policies_active() if p.matches(context)), None)
+    active = approval_policies_active()
+    policy = next((p for p in active if p.matches(context)), None)
+    source_policy = None
+    block_self_approval = policy.block_self_approval if policy else True
+    if source_context is not None:
+        source_policy = next((p for p in active if p.matches(source_context)), None)
+        block_self_approval = block_self_approval or (source_policy.block_self_approval if source_policy else True)
+        if policy is None or source_policy == policy:
+            # Any approver satisfies a side without a policy: the other side's names who decides.
+            policy, source_policy = policy or source_policy, None
     subject_type = ContentType.objects.get_for_model(subject)
     if ApprovalRequest.objects.filter(
         subject_type=subject_type, subject_id=str(subject.pk), status=ApprovalRequest.Status.PENDING
@@ -301,17 +321,19 @@ def approval_request_open(
         requested_by=by,
         policy=policy,
         approve_perm=approve_perm,
-        block_self_approval=policy.block_self_approval if policy else True,
+        source_policy=source_policy,
+        block_self_approval=block_self_approval,
     )
     if policy is not None:
         request.approver_users.set(policy.approver_users.all())
         request.approver_groups.set(policy.approver_groups.all())
-    audit(
-        actor=by,
-        action="approval_requested",
-        obj=subject,
-        summary={"request": request.pk, "policy": policy.name if policy else None},
-    )
+    if source_policy is not None:
+        request.source_approver_users.set(source_policy.approver_users.all())
+        request.source_approver_groups.set(source_policy.approver_groups.all())
+    summary = {"request": request.pk, "policy": policy.name if policy else None}
+    if source_policy is not None:
+        summary["source_policy"] = source_policy.name
+    audit(actor=by, action="approval_requested", obj=subject, summary=summary)
     return request
 
 

@@ -388,6 +388,17 @@ class Campaign(ConversionGoal):
     def approval_context(self) -> dict:
         return {"type": "campaign", "app_id": self.app_id, "kind": self.kind, "purpose": self.purpose}
 
+    def approval_source_context(self) -> dict | None:
+        """For a revision moving the campaign to another app (``approval_app_moves_of``), the
+        ``approval_context`` of its approved version, which sends to the app it moves out of: that
+        app's approval policy governs the move too. None for any other request."""
+        move = self.approval_app_moves_of([self]).get(self.pk)
+        if move is None:
+            return None
+        fields = self.approved_version["fields"]
+        kind, purpose = fields.get("kind") or self.kind, fields.get("purpose") or self.purpose
+        return {"type": "campaign", "app_id": move[0], "kind": kind, "purpose": purpose}
+
     def send_context(self) -> dict:
         """What every send of the campaign gives its content as ``context``: its sends, its test
         sends and its previews alike (an API trigger's call adds its own values)."""

@@ -176,7 +176,7 @@ class ApprovalDecisionForm(forms.Form):
 class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
     """The approvers' inbox ("Waiting for my approval") and the requesters' view of decisions."""
 
-    list_display = ("what", "subject_kind", "state", "requested_by", "asked", "decided_by", "comment")
+    list_display = ("what", "subject_kind", "state", "governed_by", "requested_by", "asked", "decided_by", "comment")
     list_display_links = None
     show_facets = admin.ShowFacets.NEVER
     list_filter = (_InboxFilter, "status")
@@ -189,6 +189,7 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
         "requested_by",
         "asked",
         "policy",
+        "source_policy",
         "decided_by",
         "decided",
         "comment",
@@ -232,6 +233,11 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
                 '<strong class="stuck">{}</strong>', "Stuck: nobody may decide it (ask an Administrator)"
             )
         return obj.get_status_display()
+
+    @admin.display(description="Policies")
+    def governed_by(self, obj):
+        """Which policies name who decides: a move to another app is governed by both apps'."""
+        return " and ".join(f"'{policy}'" for policy in obj.policies) or "None: any Approver"
 
     @admin.display(description="Kind", ordering="subject_type")
     def subject_kind(self, obj):

@@ -286,6 +286,7 @@ def campaign_submit(*, campaign_id: int, by: User, message: str = "") -> Approva
         request = approval_request_open(
             subject=campaign,
             context=campaign.approval_context(),
+            source_context=campaign.approval_source_context(),
             fingerprint=campaign.fingerprint(),
             approve_perm="campaigns.approve_campaign",
             by=by,

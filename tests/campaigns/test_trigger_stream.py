@@ -820,3 +820,129 @@ def test_an_approver_of_both_apps_reviews_and_approves_a_revision_moving_the_cam
     assert client.post(review, {"_approve": "1", "comment": ""}).status_code == 302
     assert ApprovalRequest.objects.get(pk=request.pk).status == "approved"
     assert Campaign.objects.get(pk=live_trigger.pk).approved_version["fields"]["app_id"] == new_app.pk
+
+
+# --- the approval policies of both apps govern a move ----------------------------------------------
+
+
+def _active_policy(name, *, apps, users=(), groups=(), block_self_approval=True):
+    from accounts.models import ApprovalPolicy
+    from accounts.services import approval_policy_activate
+    from tests.factories import UserFactory
+
+    policy = ApprovalPolicy.objects.create(
+        name=name, app_ids=[app.pk for app in apps], block_self_approval=block_self_approval
+    )
+    policy.approver_users.set(users)
+    policy.approver_groups.set(groups)
+    approval_policy_activate(policy_id=policy.pk, by=UserFactory(username=f"admin {name}", role="Administrator"))
+    return policy
+
+
+@pytest.fixture
+def guardian(pushsim_app, new_app, approvers):
+    """The old app's policy names a group ("Old app's guardians"), whose one member has access to
+    both apps; the new app's policy names every approver of it, the guardian too."""
+    from django.contrib.auth.models import Group
+
+    from tests.factories import UserFactory
+
+    guardians = Group.objects.create(name="Old app's guardians")
+    keeper = UserFactory(username="approver_keeper", role="Approver")
+    keeper.groups.add(guardians)
+    for app in (pushsim_app, new_app):
+        access_grant(obj=app, to=keeper, by=None)
+    _active_policy("Old app's", apps=[pushsim_app], groups=[guardians])
+    _active_policy("New app's", apps=[new_app], users=[approvers["new"], approvers["both"], keeper])
+    return keeper
+
+
+def test_a_revision_moving_the_campaign_out_of_an_app_needs_an_approver_of_that_apps_policy_too(
+    client, live_trigger, approvers, guardian, new_app, manager_alice, pushsim_app
+):
+    """The move takes what the campaign sends out of the old app: the old app's policy governs it as
+    the new app's does. An approver of both apps named by the new app's policy alone finds it in
+    neither the inbox nor the review's page, and is refused the decision, naming the old app's
+    policy; the old app's guardian, named by both, decides it."""
+    from django.core.exceptions import PermissionDenied
+
+    from accounts.models import ApprovalRequest
+    from accounts.selectors import approvals_waiting_for, approver_standing
+    from campaigns.services.lifecycle import campaign_approve, campaign_request_changes
+
+    _move(live_trigger, new_app, by=manager_alice)
+    request = ApprovalRequest.objects.get(subject_id=str(live_trigger.pk), status="pending")
+    lax = approvers["both"]
+    assert approvals_waiting_for(lax) == []
+    assert approver_standing(lax, request) == (False, "You are not an approver of the policy 'Old app's'.")
+    for decide in (campaign_approve, campaign_request_changes):
+        with pytest.raises(PermissionDenied, match="Old app's"):
+            decide(campaign_id=live_trigger.pk, by=lax, comment="Fine", request_id=request.pk)
+    client.force_login(lax)
+    assert client.get(f"/admin/accounts/approvalrequest/{request.pk}/review/").status_code == 404
+    assert ApprovalRequest.objects.get(pk=request.pk).status == "pending"
+
+    assert approvals_waiting_for(guardian) == [request]
+    client.force_login(guardian)
+    inbox = client.get("/admin/accounts/approvalrequest/").content.decode()
+    assert "New app&#x27;s" in inbox and "Old app&#x27;s" in inbox
+    page = client.get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+    assert "under the policies <em>New app&#x27;s</em> and <em>Old app&#x27;s</em>" in page
+    assert client.post(f"/admin/accounts/approvalrequest/{request.pk}/review/", {"_approve": "1"}).status_code == 302
+    assert ApprovalRequest.objects.get(pk=request.pk).status == "approved"
+    assert Campaign.objects.get(pk=live_trigger.pk).approved_version["fields"]["app_id"] == new_app.pk
+
+
+def test_a_move_into_an_app_without_a_policy_keeps_the_old_apps_policy(
+    live_trigger, approvers, new_app, manager_alice, pushsim_app
+):
+    """No policy of the new app: any Approver of it would do, but the old app's policy still names
+    who decides a move out of it."""
+    from accounts.models import ApprovalRequest
+    from accounts.selectors import approvals_waiting_for
+
+    policy = _active_policy("Old app's", apps=[pushsim_app], users=[approvers["old"]])
+    _move(live_trigger, new_app, by=manager_alice)
+    request = ApprovalRequest.objects.get(subject_id=str(live_trigger.pk), status="pending")
+    assert request.policy == policy
+    assert approvals_waiting_for(approvers["both"]) == []
+    assert ApprovalRequest.objects.get(pk=request.pk).status == "pending"
+
+
+def test_a_move_blocks_self_approval_when_either_apps_policy_does(
+    live_trigger, approvers, new_app, pushsim_app, manager_alice
+):
+    """The new app's policy lets an approver approve their own request; the old app's does not: the
+    stricter stands for the move, so the approver who asked for it may not decide it."""
+    from accounts.models import ApprovalRequest
+    from accounts.selectors import approver_standing
+    from campaigns.services.lifecycle import campaign_submit
+    from delivery.models import PushContent
+
+    both = approvers["both"]
+    both.groups.add(*manager_alice.groups.all())
+    _active_policy("Old app's", apps=[pushsim_app], users=[both])
+    _active_policy("New app's", apps=[new_app], users=[both], block_self_approval=False)
+    theirs = PushContent.objects.create(app=new_app, name="Theirs", title="Words for the new app", body="There")
+    campaign_update(campaign_id=live_trigger.pk, by=both, app=new_app, content=theirs)
+    campaign_submit(campaign_id=live_trigger.pk, by=both)
+    request = ApprovalRequest.objects.get(subject_id=str(live_trigger.pk), status="pending")
+    assert request.block_self_approval
+    assert approver_standing(both, request) == (False, "You cannot approve your own request.")
+
+
+def test_an_edit_that_keeps_the_app_is_governed_by_its_apps_policy_alone(
+    live_trigger, approvers, new_app, pushsim_app, manager_alice
+):
+    """Only a move brings in another app's policy: a revision staying in the app has its policy."""
+    from accounts.models import ApprovalRequest
+    from campaigns.services.lifecycle import campaign_submit
+    from delivery.models import PushContent
+
+    old = _active_policy("Old app's", apps=[pushsim_app], users=[approvers["old"]])
+    _active_policy("New app's", apps=[new_app], users=[approvers["new"]])
+    reworded = PushContent.objects.create(app=pushsim_app, name="Reworded", title="Other words", body="Here")
+    campaign_update(campaign_id=live_trigger.pk, by=manager_alice, content=reworded)
+    campaign_submit(campaign_id=live_trigger.pk, by=manager_alice)
+    request = ApprovalRequest.objects.get(subject_id=str(live_trigger.pk), status="pending")
+    assert (request.policy, request.source_policy) == (old, None)
