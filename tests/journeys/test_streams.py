@@ -682,3 +682,46 @@ def test_a_journey_steps_stream_takes_rows_only_for_profiles_the_journey_brought
     sent = Delivery.objects.filter(dispatch__kind="journey").order_by("id").values_list("profile_id", flat=True)
     assert list(sent) == [vip.pk, other.pk]
     assert set(Enrollment.objects.filter(journey=journey).values_list("status", flat=True)) == {"completed"}
+
+
+def test_a_replay_enters_and_ends_at_once_a_profile_whose_exit_event_came_since_its_entry_event(
+    signup_journey,
+    pushsim,
+    sim_team,
+    api_key_for,
+    manager_alice,
+    enrollments_refused,
+    django_capture_on_commit_callbacks,
+):
+    """Zoe's signup could not enter her (kept for a replay); her purchase came in a later call,
+    ending nothing (she was not in). The replay entered her and welcomed her, though she had
+    already done what the journey stops for. It now ends her passage at once, as a call carrying
+    both would (counted entered and exited by the exit event), and her phone gets nothing. Max's
+    purchase, stored since too but older than his signup, ends nothing: he is welcomed."""
+    from audiences.services.events import events_replay_due
+    from journeys.models import Enrollment
+    from journeys.selectors import version_step_stats
+
+    phones = {
+        name: DeviceFactory(profile=ProfileFactory(external_id=name), app=sim_team).token for name in ("zoe", "max")
+    }
+    signed_up = timezone.now() - dt.timedelta(minutes=10)
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    with enrollments_refused(), django_capture_on_commit_callbacks(execute=True):
+        assert _post_events(client, ("zoe", "signup", signed_up), ("max", "signup", signed_up)).status_code == 200
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = _post_events(
+            client,
+            ("zoe", "purchase", signed_up + dt.timedelta(minutes=5)),
+            ("max", "purchase", signed_up - dt.timedelta(minutes=5)),
+        )
+    assert answer.status_code == 200 and not Enrollment.objects.exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        later = timezone.now() + dt.timedelta(minutes=1, seconds=1)
+        assert events_replay_due(now=later) == {"replayed": 1, "failed": 0, "dropped": 0}
+    enrollments = {e.profile.external_id: e for e in Enrollment.objects.filter(journey=signup_journey)}
+    assert (enrollments["zoe"].status, enrollments["zoe"].exit_reason) == ("exited", "exit event 'purchase'")
+    assert (enrollments["max"].status, enrollments["max"].exit_reason) == ("completed", "")
+    assert (pushsim.state.count(phones["zoe"]), pushsim.state.count(phones["max"])) == (0, 1)
+    stats = version_step_stats(signup_journey.live_version)
+    assert (stats["welcome"]["entered"], stats["welcome"]["pushed"], stats["welcome"]["exit_event"]) == (2, 1, 1)
