@@ -608,10 +608,11 @@ def dispatch_stop(*, dispatch_id: int, by: User, source_stopped: bool = False) -
     """Stop a dispatch: its queued rows become ``skipped`` / ``stopped``; rows in flight finish.
 
     Raises PermissionDenied without ``delivery.stop_dispatch`` on it; stopping a finished
-    dispatch changes nothing. ``source_stopped``: the campaign that sent it is being stopped by
-    ``by``, who its stop found may (``campaign_stop``): its sends stop with it whichever app they
-    went to (a campaign a pending revision moves to another app still sends to its approved
-    version's), without asking for access to the dispatch's app.
+    dispatch changes nothing. ``source_stopped``: the campaign or journey that sent it is being
+    stopped by ``by``, who its stop found may (``campaign_stop``, ``journey_stop``): its sends stop
+    with it whichever app they went to (a campaign a pending revision moves to another app still
+    sends to its approved version's; a journey's stopper may hold a grant on the journey alone),
+    without asking for access to the dispatch's app.
     """
     with transaction.atomic():
         dispatch = Dispatch.objects.select_for_update().get(pk=dispatch_id)

@@ -582,7 +582,12 @@ def journey_approve(
 def journey_stop(*, journey_id: int, by: User) -> Journey:
     """Stop a live or paused journey: no more entries, every profile inside exits, queued pushes are
     stopped, and a version in review goes back to draft, its request closed (no approval makes it
-    live again)."""
+    live again).
+
+    Whoever may stop the journey (its role, and access to it: its app, or a grant on the journey
+    itself) stops its own sends with it, without being asked for access to their app (a stop only
+    ever sends less). Raises Http404 outside their access, PermissionDenied without the role,
+    TransitionError unless it is live or paused."""
     from delivery.models import Dispatch
     from delivery.services.dispatches import dispatch_stop
     from journeys.selectors import journey_for
@@ -618,7 +623,7 @@ def journey_stop(*, journey_id: int, by: User) -> Journey:
             .values_list("pk", flat=True)
         )
         for dispatch_id in list(running):
-            dispatch_stop(dispatch_id=dispatch_id, by=by)
+            dispatch_stop(dispatch_id=dispatch_id, by=by, source_stopped=True)
         audit(actor=by, action="journey_enrollments_exited", obj=journey, summary={"count": exited})
     return journey
 

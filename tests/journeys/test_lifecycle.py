@@ -840,3 +840,60 @@ def test_a_segment_edited_after_approval_is_named_only_to_a_reader_who_may_see_i
     access_grant(obj=vips, to=viewer_carol, by=None)
     page = login(viewer_carol).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
     assert escape("'VIPs' is defined otherwise than when version 1 was approved") in page
+
+
+@pytest.fixture
+def granted_the_journey(make_journey, publish):
+    """A live journey with a push batch under way, and a Manager granted the journey alone (an
+    object grant on it, not on its app)."""
+    from accounts.services import access_grant
+    from delivery.models import Dispatch
+    from tests.factories import UserFactory
+
+    journey = publish(make_journey())
+    batch = Dispatch.objects.create(
+        app=journey.app,
+        kind="journey",
+        source_id=journey.live_version_id,
+        context={"journey": {"id": journey.pk, "name": journey.name, "version": 1, "step": "push"}},
+        content_spec={"title": "Hi"},
+        status="sending",
+    )
+    manager = UserFactory(username="manager_grace", role="Manager")
+    access_grant(obj=journey, to=manager, by=None)
+    return journey, batch, manager
+
+
+@pytest.mark.presses("journeys.journey:transition/stop")
+def test_a_manager_granted_the_journey_alone_stops_it_and_its_sends(login, granted_the_journey, viewer_carol):
+    """Whoever may stop the journey stops its own sends with it, without access to the app they
+    go to: the stop was refused whole by its batch under way ('You may not stop this dispatch').
+    A Viewer of its app, and a Manager without access to it, are still refused the button."""
+    from delivery.models import Dispatch
+    from tests.factories import UserFactory
+
+    journey, batch, grace = granted_the_journey
+    url = f"/admin/journeys/journey/{journey.pk}/transition/stop/"
+    stranger = UserFactory(username="manager_henry", role="Manager")
+    for user, refusal in ((viewer_carol, 403), (stranger, 404)):
+        assert login(user).post(url, {"confirmed": "yes"}).status_code == refusal, user
+        assert _reload(journey).status == "live" and Dispatch.objects.get(pk=batch.pk).status == "sending"
+    answer = login(grace).post(url, {"confirmed": "yes"})
+    assert answer.status_code == 302
+    assert _reload(journey).status == "stopped"
+    assert Dispatch.objects.get(pk=batch.pk).status == "stopped"
+
+
+def test_a_journey_s_sends_are_not_stopped_by_whoever_may_not_stop_it(granted_the_journey, viewer_carol):
+    """A Viewer of its app, and a Manager without access to it, are refused the stop: the journey
+    and its batch go on."""
+    from delivery.models import Dispatch
+    from tests.factories import UserFactory
+
+    journey, batch, _grace = granted_the_journey
+    stranger = UserFactory(username="manager_henry", role="Manager")
+    for user, refusal in ((viewer_carol, PermissionDenied), (stranger, Http404)):
+        with pytest.raises(refusal):
+            journey_stop(journey_id=journey.pk, by=user)
+    assert _reload(journey).status == "live"
+    assert Dispatch.objects.get(pk=batch.pk).status == "sending"
