@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from django.db import connection, transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from accounts.services import (
@@ -198,7 +199,10 @@ def journeys_events_received(
     do on events, when the caller read it already. ``received_at``: when the events were stored,
     given when they are run late (a replay): a re-entry wait is judged as of then, as the call
     would have judged it, so a late run enters no one who entered the journey since they came (by a
-    later event): a passage missed is better than a push sent twice. Returns the counts.
+    later event): a passage missed is better than a push sent twice; and a profile whose exit
+    event was stored since, at or after its entry event, enters and ends at once, as one in the
+    same call would (``_exits_stored_since``; ``event_ids``, the replay's own, are not read
+    again for it). Returns the counts.
 
     A paused journey's entry event enters no one: it is counted on the journey's entry step
     (``skipped_paused``, once per profile and call); its exit event ends its profiles as a live one's.
@@ -255,9 +259,10 @@ def journeys_events_received(
                 exited += len(ending)
     _count_skipped_paused(live, events, names)
     entry_versions = sorted((v for name in names for v in live.entries.get(name, ())), key=lambda v: v.pk)
+    stored_since = _exits_stored_since(entry_versions, events, event_ids, received_at)
     for version in entry_versions:
         entering = _latest(events, version.entry_event)
-        ending = _exited_since_entering(version, entering, events, names)
+        ending = _exited_since_entering(version, entering, events, names, stored_since)
         audience, param = _event_audience(sorted(entering))
         with transaction.atomic(savepoint=False):
             enrolled = _enter(version, audience, [param], now=now, returning=True, few=True, as_of=as_of)
@@ -324,22 +329,67 @@ def _exited_since_entering(
     entering: dict[int, dt.datetime],
     events: list[tuple[int, str, dt.datetime]],
     names: set[str],
+    stored_since: dict[str, dict[int, dt.datetime]] | None = None,
 ) -> dict[int, str]:
     """The profiles entering ``version`` whose exit event, in the same call, occurred at or after
     their entry event (each one's latest of both): by the events' own times they are out already,
     so they enter and end at once, before their first step (``journeys_run_entered``'s ``exits``),
     with the exit's reason. An exit event older than the entry does not end the new enrollment,
     as an exit only ends what was entered before it. A version that enters and exits on the same
-    event enters as it did (the event cannot both start and end the same passage)."""
+    event enters as it did (the event cannot both start and end the same passage).
+    ``stored_since``: a replay's exit events stored since its own (``_exits_stored_since``), which
+    end its entries the same way."""
     name = version.exit_event
-    if not name or name not in names or name == version.entry_event:
+    if not name or name == version.entry_event:
         return {}
+    latest = _latest(events, name) if name in names else {}
+    for profile_id, exit_at in (stored_since or {}).get(name, {}).items():
+        latest[profile_id] = max(latest.get(profile_id, exit_at), exit_at)
     reason = f"exit event '{name}'"
     return {
         profile_id: reason
-        for profile_id, exit_at in _latest(events, name).items()
+        for profile_id, exit_at in latest.items()
         if profile_id in entering and exit_at >= entering[profile_id]
     }
+
+
+def _exits_stored_since(
+    versions: list[JourneyVersion],
+    events: list[tuple[int, str, dt.datetime]],
+    event_ids: list[int] | None,
+    received_at: dt.datetime | None,
+) -> dict[str, dict[int, dt.datetime]]:
+    """For a replay (``received_at``: when its events were stored), the exit events of these
+    versions stored since then by the profiles they enter, outside the replay's own events:
+    exit name → profile id → the latest one's ``occurred_at``. One query for the whole replay,
+    none for a call run as it comes (nothing was stored since its events).
+
+    The call, had its entries worked, would have entered these profiles before their exit event
+    came, and the exit would have ended the passage then; its first push, unless behind a wait,
+    would have gone out at once. Run late, the entry is judged knowing the exit: a profile that
+    has done what the journey stops for (bought, after the signup that enters it) enters and ends
+    at once, as a call carrying both would, rather than getting a push the exit says is no longer
+    wanted: a push missed is better than one that contradicts what the profile did."""
+    from audiences.models import Event
+
+    if received_at is None:
+        return {}
+    exits = {v.exit_event for v in versions if v.exit_event and v.exit_event != v.entry_event}
+    entries = {v.entry_event for v in versions if v.exit_event in exits}
+    profile_ids = {profile_id for profile_id, name, _ in events if name in entries}
+    if not exits or not profile_ids:
+        return {}
+    rows = (
+        Event.objects.filter(profile_id__in=profile_ids, name__in=exits, received_at__gte=received_at)
+        .exclude(pk__in=event_ids or ())
+        .values_list("name", "profile_id")
+        .annotate(latest=Max("occurred_at"))
+        .order_by()
+    )
+    found: dict[str, dict[int, dt.datetime]] = defaultdict(dict)
+    for name, profile_id, latest in rows:
+        found[name][profile_id] = latest
+    return dict(found)
 
 
 def _event_audience(profile_ids: list[int]) -> tuple[str, object]:
@@ -460,7 +510,7 @@ def journeys_on_events(
     live = _live_for_events(stamps)
     if not names & live.names:
         return
-    journeys_events_received(events=events, live=live, received_at=received_at)
+    journeys_events_received(event_ids=event_ids, events=events, live=live, received_at=received_at)
 
 
 def journeys_tick(*, now: dt.datetime | None = None, seconds: float = 40.0, batch: int = 1000) -> dict:
