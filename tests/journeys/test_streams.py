@@ -725,3 +725,40 @@ def test_a_replay_enters_and_ends_at_once_a_profile_whose_exit_event_came_since_
     assert (pushsim.state.count(phones["zoe"]), pushsim.state.count(phones["max"])) == (0, 1)
     stats = version_step_stats(signup_journey.live_version)
     assert (stats["welcome"]["entered"], stats["welcome"]["pushed"], stats["welcome"]["exit_event"]) == (2, 1, 1)
+
+
+def test_a_replay_run_after_the_resume_does_not_enter_an_event_that_came_while_the_journey_was_paused(
+    paid_journey,
+    pushsim,
+    sim_team,
+    api_key_for,
+    manager_alice,
+    django_capture_on_commit_callbacks,
+):
+    """A paused journey takes no entries: Zoe's order_paid, come while it was paused, is counted
+    "not entered while paused". That count failing, the call kept the events for a replay, run
+    after the resume: it entered her and pushed, as no call during the pause would have. It is
+    judged as of when the event was stored now: counted, not entered. Max's, stored before the
+    pause and replayed after the resume, enters him."""
+    from audiences.services.events import events_replay_due
+    from journeys.models import Enrollment
+    from journeys.selectors import version_step_stats
+    from journeys.services.lifecycle import journey_pause, journey_resume
+    from tests.journeys.conftest import writes_refused
+
+    phones = {
+        name: DeviceFactory(profile=ProfileFactory(external_id=name), app=sim_team).token for name in ("zoe", "max")
+    }
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    with writes_refused("journeys_enrollment"), django_capture_on_commit_callbacks(execute=True):
+        assert _post_event(client, "max").status_code == 200
+    journey_pause(journey_id=paid_journey.pk, by=manager_alice)
+    with writes_refused("journeys_stepstat"), django_capture_on_commit_callbacks(execute=True):
+        assert _post_event(client, "zoe").status_code == 200
+    journey_resume(journey_id=paid_journey.pk, by=manager_alice)
+    with django_capture_on_commit_callbacks(execute=True):
+        later = timezone.now() + dt.timedelta(minutes=1, seconds=1)
+        assert events_replay_due(now=later) == {"replayed": 2, "failed": 0, "dropped": 0}
+    assert list(Enrollment.objects.values_list("profile__external_id", "status")) == [("max", "completed")]
+    assert (pushsim.state.count(phones["zoe"]), pushsim.state.count(phones["max"])) == (0, 1)
+    assert version_step_stats(paid_journey.live_version)["thanks"]["skipped_paused"] == 1
