@@ -278,18 +278,24 @@ class DispatchAdmin(ScopedAdmin):
 
     @admin.display(description="Sent by")
     def source(self, obj):
-        """A link back to the campaign or the journey that sent it."""
+        """A link back to the campaign or the journey that sent it; a test send, and the campaign it
+        tested (its context names it; its source is its content). What its reader may not see
+        (``source_seen``) is said by kind and number."""
+        seen = getattr(obj, "source_seen", True)
+        if obj.kind == Dispatch.Kind.TEST:
+            tested = (obj.context or {}).get("campaign")
+            if not isinstance(tested, dict) or tested.get("id") is None:
+                return "A test send"
+            if not seen:
+                return f"A test send of {numbered('campaign', tested['id'])}"
+            return format_html("A test send of {}", self._campaign_link(tested["id"]))
         if obj.source_id is None:
-            return "A test send" if obj.kind == Dispatch.Kind.TEST else "—"
-        if not getattr(obj, "source_seen", True):
+            return "—"
+        if not seen:
             kind = "journey version" if obj.kind == Dispatch.Kind.JOURNEY else "campaign"
             return numbered(kind, obj.source_id)
         if obj.kind in (Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER):
-            campaign = apps.get_model("campaigns", "Campaign").objects.filter(pk=obj.source_id).first()
-            if campaign is None:
-                return f"campaign {obj.source_id} (deleted)"
-            url = reverse("admin:campaigns_campaign_change", args=[campaign.pk])
-            return format_html('<a href="{}" class="dispatch-source">Campaign “{}”</a>', url, campaign)
+            return self._campaign_link(obj.source_id, word="Campaign")
         if obj.kind == Dispatch.Kind.JOURNEY:
             version = (
                 apps.get_model("journeys", "JourneyVersion")
@@ -307,6 +313,15 @@ class DispatchAdmin(ScopedAdmin):
                 version.number,
             )
         return str(obj.source_id)
+
+    @staticmethod
+    def _campaign_link(campaign_id: int, *, word: str = "campaign") -> str:
+        """'campaign “Spring sale”', linked to its page; 'campaign 5 (deleted)' once it is gone."""
+        campaign = apps.get_model("campaigns", "Campaign").objects.filter(pk=campaign_id).first()
+        if campaign is None:
+            return f"{word} {campaign_id} (deleted)"
+        url = reverse("admin:campaigns_campaign_change", args=[campaign.pk])
+        return format_html('<a href="{}" class="dispatch-source">{} “{}”</a>', url, word, campaign)
 
     @admin.display(description="Content sent")
     def content_sent(self, obj):

@@ -375,10 +375,12 @@ def test_a_send_names_no_campaign_its_reader_may_not_see(client, moved_campaign_
     assert response.status_code == 200
     html = response.content.decode()
     assert "Merger announcement" not in html
-    assert "campaign #" in html  # said as a campaign one has no access to, by its number
+    campaign_id = moved_campaign_send.context["campaign"]["id"]
+    assert f"A test send of campaign #{campaign_id}" in html  # by its number, as a campaign one may not see
     client.force_login(manager_mallory)  # the campaign's owner reads its name as a field, not as JSON
     html = client.get(url).content.decode()
-    assert "Merger announcement" in html
+    assert re.search(r"A test send of <a [^>]+>campaign “Merger announcement”</a>", html)
+    assert "<td>Merger announcement</td>" in html
     assert "&quot;campaign&quot;" not in html
 
 
