@@ -12,6 +12,9 @@ a number. Text of ASCII characters only has ASCII digits only; no number, id or 
 underscore.
 """
 
+import argparse
+from collections.abc import Callable
+
 from django import forms
 from django.core.exceptions import ValidationError
 
@@ -28,6 +31,20 @@ def ascii_int(text: str) -> int:
     if not digits_plain(text):
         raise ValueError(f"Not a number of ASCII digits: {text[:20]!r}")
     return int(text)
+
+
+def command_number(noun: str, *, give: str, most: int | None = None) -> Callable[[str], int]:
+    """A command-line option's ``type``: a whole number of ASCII digits, up to ``most``. ``int()``
+    read '٣' and '３' as 3 and '1_0' as 10, so a typo in a unit named another slot or port than the
+    one it showed; anything else (a sign, a space, another script's digit) is refused in one line:
+    "'x' is not a <noun>: give its number in ASCII digits, <give>"."""
+
+    def read(value: str) -> int:
+        if value.isascii() and value.isdigit() and (most is None or int(value) <= most):
+            return int(value)
+        raise argparse.ArgumentTypeError(f"{value!r} is not a {noun}: give its number in ASCII digits, {give}")
+
+    return read
 
 
 # --- form fields ----------------------------------------------------------------------------------

@@ -304,6 +304,26 @@ def test_the_pushsim_command_refuses_a_fault_out_of_range_naming_its_flag(tmp_pa
     assert said in refused.stderr and "Traceback" not in refused.stderr
 
 
+@pytest.mark.parametrize("option", ["--port", "--sandbox-port", "--tls-port", "--sandbox-tls-port"])
+@pytest.mark.parametrize("port", ["٨٤٤٠", "８４４０", "8_440", "-1", "+8440", " 8440", "65536", "http", ""])
+def test_a_pushsim_port_is_a_number_of_ascii_digits_else_refused_in_a_sentence(monkeypatch, option, port):
+    """int() read '٨٤٤٠' (Arabic-Indic) and '８４４０' (full-width) as 8440 and '8_440' as 8440, so
+    the simulator listened on a port no script or unit named as typed; 65536 failed with a traceback
+    once it tried to listen. Each port is read as send_stream's --slot is."""
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    from delivery.management.commands import pushsim
+
+    monkeypatch.setattr(pushsim, "PushSimulator", lambda **kwargs: pytest.fail(f"started: {kwargs}"))
+    with pytest.raises(CommandError) as refused:
+        call_command("pushsim", f"{option}={port}")
+    assert str(refused.value) == (
+        f"Error: argument {option}: {port!r} is not a port: give its number in ASCII digits, "
+        "0 to 65535 (0: any free one)"
+    )
+
+
 def test_the_phone_page_shows_a_notifications_image_as_the_phone_would(pushsim, transport, apns_credentials):
     """The page drew a notification's texts and left its image out: the demo's Flash sale read as
     text alone. It shows the image a phone would download (Pushdesk's ``pushdesk.image`` on iOS),

@@ -10,6 +10,7 @@ at its ``ca.pem``.
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from config.digits import command_number
 from delivery.pushsim import PushSimulator
 from delivery.pushsim.state import InvalidField
 from delivery.pushsim.trust import trust_file_path, trust_loader
@@ -22,16 +23,20 @@ _OPTIONS = {
 }
 
 
+# Read as send_stream's --slot is: a port typed in other digits is refused, not listened on.
+_port = command_number("port", give="0 to 65535 (0: any free one)", most=65535)
+
+
 class Command(BaseCommand):
     help = "Run the push simulator (fake APNs + FCM) until Ctrl-C."
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1")
-        parser.add_argument("--port", type=int, default=8440, help="h2c/HTTP/1.1: APNs production, FCM, page")
-        parser.add_argument("--sandbox-port", type=int, default=8441, help="h2c/HTTP/1.1: APNs sandbox")
+        parser.add_argument("--port", type=_port, default=8440, help="h2c/HTTP/1.1: APNs production, FCM, page")
+        parser.add_argument("--sandbox-port", type=_port, default=8441, help="h2c/HTTP/1.1: APNs sandbox")
         parser.add_argument("--tls", action="store_true", help="also listen with TLS (ALPN h2, http/1.1)")
-        parser.add_argument("--tls-port", type=int, default=8442)
-        parser.add_argument("--sandbox-tls-port", type=int, default=8443)
+        parser.add_argument("--tls-port", type=_port, default=8442)
+        parser.add_argument("--sandbox-tls-port", type=_port, default=8443)
         parser.add_argument("--rate-429", type=float, default=0.0, help="fraction of sends answered 429")
         parser.add_argument("--rate-500", type=float, default=0.0, help="fraction of sends answered 500")
         parser.add_argument("--rate-503", type=float, default=0.0, help="fraction of sends answered 503")

@@ -1,12 +1,12 @@
 """``manage.py send_stream``: a stream sender in a process of its own (see ``delivery.services.stream_senders``)."""
 
-import argparse
 import logging
 import signal
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from config.digits import command_number
 from config.runtime import gc_tune
 from delivery.services.stream_senders import streams_sender_run
 from operations.shutdown import request_stop
@@ -14,14 +14,8 @@ from operations.shutdown import request_stop
 log = logging.getLogger("pushdesk.sender")
 
 
-def _slot(value: str) -> int:
-    """A slot's number in ASCII digits: int() read '٣' and '３' as 3 and '1_0' as 10, so a typo in a
-    unit started another slot's sender beside the one meant to."""
-    if not (value.isascii() and value.isdigit()):
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not a slot: give its number in ASCII digits, 0 to PUSHDESK_STREAM_SENDERS - 1"
-        )
-    return int(value)
+# A typo in a unit must not start another slot's sender beside the one meant to.
+_slot = command_number("slot", give="0 to PUSHDESK_STREAM_SENDERS - 1")
 
 
 class Command(BaseCommand):
