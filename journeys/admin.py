@@ -221,6 +221,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         "lifecycle_buttons",
         "approval",
         "versions_summary",
+        "next_entry",
         "journey_graph",
         "conditions",
         "entry_audience",
@@ -275,8 +276,14 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             ("Conversions", {"fields": CONVERSION_FIELDS, "description": CONVERSION_HELP}),
         ]
         if obj is not None:
+            # The next read of the entry segment, while one is due (a segment entry on the air).
+            next_entry = ("next_entry",) if obj.next_entry_at is not None else ()
             fieldsets.insert(
-                0, ("Status", {"fields": ("status", "lifecycle_buttons", "approval", "versions_summary", "owner")})
+                0,
+                (
+                    "Status",
+                    {"fields": ("status", "lifecycle_buttons", "approval", "versions_summary", *next_entry, "owner")},
+                ),
             )
             fieldsets.insert(
                 1, ("Journey", {"fields": ("journey_graph", "conditions", "entry_audience"), "classes": ("wide",)})
@@ -438,6 +445,14 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         if unfrozen:  # approved before approvals covered the segments: an edit of one reaches it unapproved
             return format_html('{}<p id="segments-unfrozen">{}</p>', text, unfrozen)
         return text
+
+    @admin.display(description="Next segment read")
+    def next_entry(self, obj):
+        """When the entry segment is read next (its profiles not yet in enter), in UTC, named."""
+        when = zoned(obj.next_entry_at, JOURNEY_ZONE)
+        if obj.status == Status.PAUSED:
+            return f"{when}, unless it is still paused then (a read due while paused is skipped)"
+        return when
 
     @admin.display(description="Versions")
     def versions_summary(self, obj):

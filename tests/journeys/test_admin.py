@@ -353,6 +353,30 @@ def test_the_version_history_says_when_each_version_was_live_in_utc_named(login,
     assert "<td>never</td>" in table[: table.index("</table>")]
 
 
+def test_a_journey_reading_its_segment_again_says_when_next_in_utc_named(login, viewer_carol, make_journey, publish):
+    """A journey reading its segment every 24 hours said so, and not when it reads it next, the one
+    time a marketer waits for (its next entrants); it says it on its page, in UTC (a journey's
+    zone), named (and that a paused journey skips it), and nothing once no read is due."""
+    import datetime as dt
+
+    journey = publish(make_journey(entry_every_hours=24))
+    at = dt.datetime(2027, 1, 6, 14, 30, tzinfo=dt.UTC)
+    Journey.objects.filter(pk=journey.pk).update(next_entry_at=at)
+    client = login(viewer_carol)
+    page = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    row = page[page.index('field-next_entry"') :]
+    assert "Next segment read:" in row[:300] and "2027-01-06 14:30 (UTC)" in row[: row.index("</div>")]
+
+    Journey.objects.filter(pk=journey.pk).update(status="paused", paused_at=at - dt.timedelta(hours=2))
+    page = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    row = page[page.index('field-next_entry"') :]
+    assert "2027-01-06 14:30 (UTC), unless it is still paused then" in row[: row.index("</div>")]
+
+    Journey.objects.filter(pk=journey.pk).update(status="live", paused_at=None, next_entry_at=None)
+    page = client.get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert "field-next_entry" not in page
+
+
 # Each transition button: the state it is pressed in, and the state it leads to.
 JOURNEY_BUTTONS = {
     "submit": ("draft", "in_review"),
