@@ -1,8 +1,12 @@
 """What the workers log while the queue's Redis does not answer: a line a minute, not two a second."""
 
 import logging
+import shutil
+import signal
 
 import pytest
+from django.conf import settings
+from django.db import connection, connections
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from operations import queuelog
@@ -84,3 +88,141 @@ def test_a_database_outage_is_a_line_a_minute_too(clock, caplog):
         .startswith("Could not save task result: the database does not answer (OperationalError: connection failed: ")
     )
     assert lines[0].getMessage().endswith("start it, or check DATABASE_URL")
+
+
+def _reincarnated(queue: logging.Logger, n: int) -> None:
+    """What django-q2's sentinel logs each time the pusher it started again stops (every 10 s while
+    Redis does not answer: the pusher sleeps 10 s after it failed to pull a task, then exits)."""
+    queue.critical(f"reincarnated pusher Process-1:{n} after sudden death")
+
+
+def test_the_pusher_started_again_is_said_at_once_then_once_a_minute_with_how_many_since(clock, caplog):
+    queue = logging.getLogger("django-q")
+    caplog.set_level(logging.INFO, logger="django-q")
+    for n in range(1, 7):  # a minute of Redis down: six
+        _reincarnated(queue, n)
+        clock[0] += 10
+    clock[0] += 1
+    _reincarnated(queue, 7)
+    lines = [r for r in caplog.records if r.name == "django-q"]
+    assert [r.getMessage() for r in lines] == [
+        "reincarnated pusher Process-1:1 after sudden death",
+        "reincarnated pusher Process-1:7 after sudden death (5 such lines left out since the last)",
+    ]
+    assert all(r.levelno == logging.CRITICAL for r in lines)
+
+
+def test_a_worker_started_again_after_its_task_s_timeout_is_said_each_time(clock, caplog):
+    """Each such line is a task killed: none is left out."""
+    queue = logging.getLogger("django-q")
+    caplog.set_level(logging.INFO, logger="django-q")
+    for n in (1, 2):
+        queue.critical(f"reincarnated worker Process-1:{n} after timeout while processing task alpha-bravo")
+    assert len([r for r in caplog.records if r.name == "django-q"]) == 2
+
+
+def _failed(queue: logging.Logger, func: str, name: str, exc: Exception) -> None:
+    """django-q2's monitor's line for a failed task: its result, the error and its traceback as text."""
+    import traceback
+
+    try:
+        raise exc
+    except Exception as e:
+        queue.error(f"Failed '{func}' ({name}) - {e} : {traceback.format_exc()}")
+
+
+def test_a_failed_task_s_line_names_its_error_without_the_traceback_the_task_keeps(clock, caplog):
+    queue = logging.getLogger("django-q")
+    caplog.set_level(logging.INFO, logger="django-q")
+    _failed(queue, "campaigns.tasks.campaign_send_task", "alpha-bravo", KeyError("app"))
+    _failed(queue, "campaigns.tasks.campaign_send_task", "charlie-delta", ValueError("no such: segment"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "django-q"]
+    assert lines == [
+        "Failed 'campaigns.tasks.campaign_send_task' (alpha-bravo) - KeyError: 'app' "
+        "(its traceback: Task queue → Failed tasks)",
+        "Failed 'campaigns.tasks.campaign_send_task' (charlie-delta) - ValueError: no such: segment "
+        "(its traceback: Task queue → Failed tasks)",
+    ]
+    assert "Traceback" not in caplog.text
+
+
+def test_tasks_failed_as_redis_does_not_answer_are_a_line_a_minute(clock, caplog):
+    queue = logging.getLogger("django-q")
+    caplog.set_level(logging.INFO, logger="django-q")
+    for name in ("alpha", "bravo", "charlie"):
+        _failed(queue, "campaigns.tasks.campaigns_tick_task", name, RedisConnectionError(_REFUSED))
+    clock[0] += 61
+    _failed(queue, "journeys.tasks.journeys_tick_task", "delta", RedisConnectionError(_REFUSED))
+    lines = [r.getMessage() for r in caplog.records if r.name == "django-q"]
+    assert lines == [
+        f"Failed 'campaigns.tasks.campaigns_tick_task' (alpha) - Redis does not answer (ConnectionError: {_REFUSED}); "
+        "check that it runs, or REDIS_URL",
+        f"Failed 'journeys.tasks.journeys_tick_task' (delta) - Redis does not answer (ConnectionError: {_REFUSED}); "
+        "check that it runs, or REDIS_URL (2 such lines left out since the last)",
+    ]
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.skipif(
+    not settings.REDIS_URL or connections["default"].vendor != "postgresql",
+    reason="needs PostgreSQL and Redis (a real worker)",
+)
+def test_a_worker_whose_redis_stops_says_it_without_tracebacks_and_its_pusher_once(transactional_db, tmp_path):
+    """A Redis restart: the sentinel logged 'reincarnated pusher … after sudden death' at CRITICAL
+    every 10 s, and a failed task's line carried its traceback. A worker on a Redis of its own,
+    stopped: the first of each is said, in one line, and no traceback."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    from django_q.conf import Conf
+
+    from tests.fakes.workers import database_url, push_task, wait_for
+    from tests.faults.servers import ThrowawayRedis
+
+    if not shutil.which("redis-server"):
+        pytest.skip("needs redis-server")
+    server = ThrowawayRedis().start()
+    queue_name = f"quiet-{uuid.uuid4().hex[:8]}"
+    log_path = tmp_path / "qcluster.log"
+    env = {k: v for k, v in os.environ.items() if k != "PUSHDESK_TASKS_SYNC"}
+    env.update(
+        DATABASE_URL=database_url(),
+        REDIS_URL=server.url(0),
+        PUSHDESK_QUEUE_NAME=queue_name,
+        PUSHDESK_WORKERS="1",
+        LOG_LEVEL="INFO",
+        COVERAGE_PROCESS_CONFIG="",
+    )
+    connection.close()
+    with open(log_path, "ab") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"],
+            cwd=settings.BASE_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        redis_url, Conf.REDIS = Conf.REDIS, server.url(0)
+        try:
+            push_task(queue_name, "math.floor", "not a number")
+        finally:
+            Conf.REDIS = redis_url
+        assert wait_for(lambda: "Failed 'math.floor'" in log_path.read_text(), timeout=60), log_path.read_text()
+        server.stop()
+        time.sleep(25)  # the pusher fails, sleeps 10 s and stops, is started again: two or three times
+        assert worker.poll() is None, log_path.read_text()
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(10)
+        server.stop()
+    text = log_path.read_text()
+    assert "Traceback" not in text, text
+    assert "Failed 'math.floor'" in text and "TypeError: must be real number, not str" in text, text
+    assert text.count("reincarnated pusher") == 1, text
+    assert text.count("the queue's Redis does not answer") <= 2, text  # the pusher's, the sentinel's
