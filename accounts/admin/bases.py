@@ -351,6 +351,12 @@ class AccessAdmin(BoundedLookupsMixin, AdminAuditMixin, admin.ModelAdmin):
     offer only the related objects the user may see (``VisibleRelatedFilter``).
     """
 
+    def object_named(self, obj) -> str:
+        """How a list action names one of the objects it acts on, in its question
+        (``action_asked_again``) and its messages: as the object names itself. An admin whose
+        objects' names tell what some of their readers may not see names them otherwise."""
+        return str(obj)
+
     # Numbers, times and choices typed in digits of another script are refused (``config.digits``).
     formfield_overrides = {
         models.JSONField: {"form_class": JsonValueFormField},
@@ -426,7 +432,8 @@ def action_asked_again(
     model_admin: admin.ModelAdmin, request, queryset, *, action: str, verb: str, consequences: list[str]
 ) -> TemplateResponse | None:
     """The page a list action that cannot be undone shows before it acts (as Django's own delete
-    does): the objects chosen (the first ``ASKED_LISTED``, the rest counted), what it will do, and a
+    does): the objects chosen (the first ``ASKED_LISTED``, named by the admin's ``object_named``, the
+    rest counted), what it will do, and a
     Yes posting the same choice back with Django's ``post`` answer. None once that answer is posted,
     or when none of the chosen objects is within the reader's queryset (the action then has nothing
     to do)."""
@@ -436,6 +443,7 @@ def action_asked_again(
     if not shown:
         return None
     count = len(shown) if len(shown) <= ASKED_LISTED else queryset.count()
+    named = getattr(model_admin, "object_named", str)
     opts = model_admin.model._meta
     name = opts.verbose_name if count == 1 else opts.verbose_name_plural
     context = {
@@ -445,7 +453,7 @@ def action_asked_again(
         "question": f"{verb} {count:,} {name}? This cannot be undone.",
         "verb": verb,
         "action": action,
-        "shown": shown[:ASKED_LISTED],
+        "shown": [(obj.pk, named(obj)) for obj in shown[:ASKED_LISTED]],
         "count": count,
         "more": count - min(count, ASKED_LISTED),
         "consequences": consequences,

@@ -235,7 +235,7 @@ class DispatchAdmin(ScopedAdmin):
     def name_shown(self, obj):
         """Its label (which names what sent it) to a reader who may see what sent it, its number to
         the others ("Dispatch #12")."""
-        return dispatch_named(obj, seen=getattr(obj, "source_seen", True))
+        return self.object_named(obj)
 
     @admin.display(description="Context")
     def context_shown(self, obj):
@@ -512,9 +512,13 @@ class DispatchAdmin(ScopedAdmin):
             try:
                 dispatch_stop(dispatch_id=dispatch.pk, by=request.user)
             except PermissionDenied as exc:
-                self.message_user(request, f"{dispatch}: {exc}", messages.ERROR)
+                self.message_user(request, f"{self.object_named(dispatch)}: {exc}", messages.ERROR)
                 continue
-            self.message_user(request, f"{dispatch}: stopped.", messages.SUCCESS)
+            self.message_user(request, f"{self.object_named(dispatch)}: stopped.", messages.SUCCESS)
+
+    def object_named(self, obj) -> str:
+        """A send in an action's question and messages, as its list names it (``dispatch_named``)."""
+        return dispatch_named(obj, seen=getattr(obj, "source_seen", True))
 
     def has_stop_permission(self, request):
         return request.user.has_perm("delivery.stop_dispatch")

@@ -408,3 +408,21 @@ def test_the_api_names_no_campaign_a_send_s_reader_may_not_see(moved_campaign_se
     assert detail.status_code == listed.status_code == 200
     assert detail.json()["label"] == f"Dispatch #{moved_campaign_send.pk}"
     assert [row["label"] for row in listed.json()["results"]] == [f"Dispatch #{moved_campaign_send.pk}"]
+
+
+@pytest.mark.presses("delivery.dispatch:stop")
+def test_stopping_a_send_names_no_campaign_its_reader_may_not_see(client, moved_campaign_send, manager_alice):
+    from django.contrib.messages import get_messages
+
+    from delivery.models import Dispatch
+
+    Dispatch.objects.filter(pk=moved_campaign_send.pk).update(status=Dispatch.Status.SENDING, finished_at=None)
+    access_grant(obj=moved_campaign_send.app, to=manager_alice, by=None)
+    client.force_login(manager_alice)
+    press = {"action": "stop", "_selected_action": [moved_campaign_send.pk]}
+    asked = client.post("/admin/delivery/dispatch/", press).content.decode()
+    assert f"Dispatch #{moved_campaign_send.pk}</a>" in asked and "Merger announcement" not in asked
+    response = client.post("/admin/delivery/dispatch/", {**press, "post": "yes"})
+    said = [str(message) for message in get_messages(response.wsgi_request)]
+    assert said == [f"Dispatch #{moved_campaign_send.pk}: stopped."]
+    assert Dispatch.objects.get(pk=moved_campaign_send.pk).status == Dispatch.Status.STOPPED
