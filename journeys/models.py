@@ -139,6 +139,21 @@ class Journey(ConversionGoal):
         }
 
 
+class JourneyPause(models.Model):
+    """One pause of a journey, from its pause to its resume (or its stop): an event stored meanwhile
+    entered no one, and its replay, run later, enters no one either (``journeys_events_received``)."""
+
+    journey = models.ForeignKey(Journey, on_delete=models.CASCADE, related_name="pauses")
+    paused_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True, help_text="Its resume or stop; empty while paused.")
+
+    class Meta:
+        ordering = ["journey", "paused_at"]
+
+    def __str__(self) -> str:
+        return f"{self.journey_id} paused {self.paused_at:%Y-%m-%d %H:%M}"
+
+
 class JourneyUserObjectPermission(UserObjectPermissionBase, GrantStamp):
     content_object = models.ForeignKey(Journey, on_delete=models.CASCADE)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from django.db import connection, transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from accounts.services import (
@@ -19,7 +19,7 @@ from accounts.services import (
 )
 from config.db import int_array, prepared_cursor, text_array
 from journeys.graph import entry_of
-from journeys.models import Enrollment, Journey, JourneyVersion
+from journeys.models import Enrollment, Journey, JourneyPause, JourneyVersion
 from journeys.services.engine import journeys_run_due, journeys_run_entered
 from journeys.services.lifecycle import SAVED_WITH_STATUS, EStatus, Status, VStatus, _queue, segments_changed_text
 from journeys.services.step_stats import step_stats_add
@@ -206,6 +206,7 @@ def journeys_events_received(
 
     A paused journey's entry event enters no one: it is counted on the journey's entry step
     (``skipped_paused``, once per profile and call); its exit event ends its profiles as a live one's.
+    Replayed after the resume, events stored during the pause enter no one either (counted so).
     """
     from audiences.models import Event
 
@@ -257,8 +258,10 @@ def journeys_events_received(
                 )
                 step_stats_add(counts)
                 exited += len(ending)
-    _count_skipped_paused(live, events, names)
     entry_versions = sorted((v for name in names for v in live.entries.get(name, ())), key=lambda v: v.pk)
+    held = _paused_when_received(entry_versions, received_at)
+    entry_versions = [v for v in entry_versions if v not in held]
+    _count_skipped_paused(live, events, names, held)
     stored_since = _exits_stored_since(entry_versions, events, event_ids, received_at)
     for version in entry_versions:
         entering = _latest(events, version.entry_event)
@@ -273,16 +276,37 @@ def journeys_events_received(
     return {"exited": exited, "entered": entered}
 
 
-def _count_skipped_paused(live: _LiveForEvents, events: list[tuple[int, str, dt.datetime]], names: set[str]) -> None:
+def _paused_when_received(versions: list[JourneyVersion], received_at: dt.datetime | None) -> list[JourneyVersion]:
+    """Of these versions of live journeys, those whose journey was paused when a replay's events
+    were stored (``received_at``; none for a call run as it comes): a paused journey takes no
+    entries, so events that came during the pause enter no one when replayed after the resume,
+    as no call made during the pause did. One query for the whole replay."""
+    if received_at is None or not versions:
+        return []
+    paused = set(
+        JourneyPause.objects.filter(journey_id__in={v.journey_id for v in versions}, paused_at__lte=received_at)
+        .filter(Q(ended_at__isnull=True) | Q(ended_at__gt=received_at))
+        .values_list("journey_id", flat=True)
+    )
+    return [v for v in versions if v.journey_id in paused]
+
+
+def _count_skipped_paused(
+    live: _LiveForEvents,
+    events: list[tuple[int, str, dt.datetime]],
+    names: set[str],
+    held: list[JourneyVersion] | None = None,
+) -> None:
     """Count, on the entry step of each paused journey entered on these events, the profiles whose
-    entry event came while it was paused (``skipped_paused``): they do not enter."""
+    entry event came while it was paused (``skipped_paused``): they do not enter. ``held``: the
+    live versions of journeys paused when a replay's events came (``_paused_when_received``)."""
     from journeys.services.lifecycle import SKIPPED_PAUSED
 
     counts: Counter = Counter()
-    for name in sorted(names & set(live.paused)):
+    paused = [(name, version) for name in sorted(names & set(live.paused)) for version in live.paused[name]]
+    for name, version in [*paused, *((version.entry_event, version) for version in held or ())]:
         profiles = len({profile_id for profile_id, event_name, _ in events if event_name == name})
-        for version in live.paused[name]:
-            counts[(version.pk, entry_of(version.steps()), SKIPPED_PAUSED)] += profiles
+        counts[(version.pk, entry_of(version.steps()), SKIPPED_PAUSED)] += profiles
     if counts:
         with transaction.atomic(savepoint=False):
             step_stats_add(counts)

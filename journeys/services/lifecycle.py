@@ -34,7 +34,7 @@ from accounts.services import (
     status_transition,
 )
 from journeys.graph import DAY_SECONDS, EVENT_NAME_MAX, contents_of, exits_of, graph_validate, rules_of, segments_of
-from journeys.models import Enrollment, Journey, JourneyVersion
+from journeys.models import Enrollment, Journey, JourneyPause, JourneyVersion
 from journeys.services.step_stats import step_stats_add
 
 Status = Journey.Status
@@ -603,6 +603,8 @@ def journey_stop(*, journey_id: int, by: User) -> Journey:
         journey = lock_for(Journey, journey_id, by=by, perm="journeys.stop_journey")
         if journey.status not in Journey.ON_AIR:
             raise TransitionError(journey, "stopped")
+        if journey.status == Status.PAUSED:
+            JourneyPause.objects.filter(journey=journey, ended_at__isnull=True).update(ended_at=timezone.now())
         journey.next_entry_at = None
         journey.paused_at = None
         status_transition(
@@ -640,6 +642,8 @@ def journey_pause(*, journey_id: int, by: User, now: dt.datetime | None = None) 
     are counted on the entry step, ``skipped_paused``), and its segment is not read. A batch a push
     step made before the pause goes out as approved (its rows were made with the profiles that
     passed the step); an exit event still ends a profile's passage. ``journey_resume`` undoes it.
+    The pause is kept (``JourneyPause``), so that events stored during it and replayed after the
+    resume enter no one either.
 
     Locks the open enrollments (waiting for an engine batch holding some, as a stop does), then the
     journey. Raises TransitionError unless it is live, PermissionDenied when ``by``'s role may not
@@ -657,6 +661,7 @@ def journey_pause(*, journey_id: int, by: User, now: dt.datetime | None = None) 
             raise TransitionError(journey, "paused", "Only a live journey can be paused.")
         held = _hold_everyone_inside(journey.pk)
         journey.paused_at = now
+        JourneyPause.objects.create(journey=journey, paused_at=now)
         status_transition(
             journey, Status.PAUSED, by=by, action="paused", summary={"held": held}, also_saved=("paused_at",)
         )
@@ -696,6 +701,7 @@ def journey_resume(*, journey_id: int, by: User, now: dt.datetime | None = None)
         if skipped:
             summary["reads_skipped"] = skipped
         journey.paused_at = None
+        JourneyPause.objects.filter(journey=journey, ended_at__isnull=True).update(ended_at=now)
         status_transition(
             journey, Status.LIVE, by=by, action="resumed", summary=summary, also_saved=(*SAVED_WITH_STATUS, "paused_at")
         )

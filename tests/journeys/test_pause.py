@@ -488,3 +488,33 @@ def test_claiming_a_restored_copy_voids_a_paused_journeys_due_steps_as_a_live_on
     journey_resume(journey_id=journey.pk, by=manager_alice)
     assert journeys_run_due(now=timezone.now() + 2 * HOUR).enrollments == 1
     assert Dispatch.objects.get(kind="journey").profile_ids == [later.profile_id]
+
+
+def test_the_pauses_made_before_they_were_kept_are_read_back_from_the_resumes_audit_events(
+    make_journey, publish, manager_alice
+):
+    """The migration that starts keeping pauses finds the earlier ones (each resume's audit event
+    says when its pause began) and the one under way, so that events stored during them and still
+    waiting for a replay enter no one."""
+    import importlib
+
+    from django.apps import apps
+
+    from journeys.models import JourneyPause
+
+    journey = publish(make_journey(entry_kind="event", entry_event="order_paid", entry_segment=None))
+    t0 = timezone.now() - 5 * HOUR
+    for hours in (0, 2):
+        journey_pause(journey_id=journey.pk, by=manager_alice, now=t0 + hours * HOUR)
+        journey_resume(journey_id=journey.pk, by=manager_alice)
+    journey_pause(journey_id=journey.pk, by=manager_alice, now=t0 + 4 * HOUR)
+    kept = list(JourneyPause.objects.filter(journey=journey).values_list("paused_at", "ended_at"))
+    assert [paused_at for paused_at, _ in kept] == [t0, t0 + 2 * HOUR, t0 + 4 * HOUR] and kept[2][1] is None
+    JourneyPause.objects.all().delete()
+
+    importlib.import_module("journeys.migrations.0010_journey_pauses").pauses_known(apps, None)
+    found = list(JourneyPause.objects.filter(journey=journey).values_list("paused_at", "ended_at"))
+    assert [paused_at for paused_at, _ in found] == [paused_at for paused_at, _ in kept]
+    assert found[2][1] is None
+    for (_, ended), (_, was) in zip(found[:2], kept[:2], strict=True):
+        assert abs(ended - was) < dt.timedelta(seconds=1)  # the resume's audit event, written with it
