@@ -358,6 +358,10 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
                     "rules": rules,
                     "wait_units": [[str(unit), typed] for unit, typed in _UNIT_CHOICES],
                 }
+                if obj is not None:  # a wait until a time of day reads it for a profile without a zone
+                    from journeys.services.engine import journey_default_zone
+
+                    meta["wait_zone"] = journey_default_zone(obj)
                 self.fields["graph"].widget = StepEditorWidget(meta=meta)
                 version = shown
                 if version is not None and not self.is_bound:

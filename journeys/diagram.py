@@ -34,21 +34,32 @@ UNSENT_WORDS = {
 }
 
 
-def wait_until_text(until: str, *, short: bool = False) -> str:
+def wait_until_text(until: str, *, zone: str = "UTC", short: bool = False) -> str:
     """A wait until a time of day, saying in which zone it is read: the engine waits in each
-    profile's zone, and in UTC for a profile without one (``journeys.services.engine``). ``short``:
-    as a graph's box holds it (``BOX_CHARS``), the whole in its tooltip."""
+    profile's zone, and in ``zone`` for a profile without one, the app's default
+    (``journeys.services.engine.journey_default_zone``). ``short``: as a graph's box holds it
+    (``BOX_CHARS``), the default zone left to its tooltip when it does not fit."""
     if short:
-        return f"until {until}, profile's zone or UTC"
-    return f"until {until} in each profile's time zone (UTC for a profile without one)"
+        text = f"until {until}, profile's zone or {zone}"
+        return text if len(text) <= BOX_CHARS else f"until {until}, each profile's zone"
+    return f"until {until} in each profile's time zone ({zone} for a profile without one)"
 
 
-def _describe(step: dict, names: dict) -> str:
+def wait_zone(version) -> str:
+    """The zone ``wait_until_text`` names for the version's waits until a time of day (its app's
+    default: ``journey_default_zone``); "UTC" without reading it when it has no such wait."""
+    from journeys.services.engine import journey_default_zone
+
+    waits = [s for s in version.steps() if isinstance(s, dict) and s.get("type") == "wait" and "until" in s]
+    return journey_default_zone(version.journey) if waits else "UTC"
+
+
+def _describe(step: dict, names: dict, zone: str = "UTC") -> str:
     """What a step other than a condition does, in words (a condition's line: ``_description``)."""
     kind = step.get("type")
     if kind == "wait":
         if "until" in step:
-            return wait_until_text(step["until"])
+            return wait_until_text(step["until"], zone=zone)
         return duration_text(step.get("seconds", 0))
     if kind == "entry":
         return step.get("text", "")
@@ -143,6 +154,7 @@ def version_svg(
         return format_html("<p>{}</p>", "No steps yet.")
     stats = stats or {}
     names = names or {}
+    zone = wait_zone(version)
     first = entry_of(steps)
     if first is not None:  # the entry is drawn as a step of its own, leading to the first one
         from journeys.review import entry_text
@@ -198,7 +210,7 @@ def version_svg(
             f'<rect x="0" y="0" width="{BOX_W}" height="{BOX_H}" rx="8" fill="{COLORS.get(kind, "#fff")}" '
             'stroke="#888"/>'
             f'<text x="8" y="16" font-weight="bold">{escape(_title(step))}</text>'
-            f"{_description(step, names)}"
+            f"{_description(step, names, zone)}"
             f'<text x="8" y="54" class="counts">{escape(line)}</text>'
             f'<text x="8" y="72" fill="#a33" class="notes">{escape(_cut(extra))}<title>{escape(extra)}</title></text>'
         )
@@ -224,18 +236,19 @@ def version_svg(
     )
 
 
-def _description(step: dict, names: dict) -> str:
-    """A box's second line, escaped: what the step does; a condition's whole names in its tooltip."""
+def _description(step: dict, names: dict, zone: str = "UTC") -> str:
+    """A box's second line, escaped: what the step does; a condition's whole names in its tooltip.
+    ``zone``: the one a wait until a time of day reads for a profile without one (``wait_zone``)."""
     if step.get("type") == "condition":
         shown, full = condition_text(step)
         tooltip = f"<title>{escape(full)}</title>" if shown != full else ""
         return f'<text x="8" y="34" class="description">{escape(shown)}{tooltip}</text>'
     if step.get("type") == "wait" and "until" in step:
-        shown, full = wait_until_text(step["until"], short=True), wait_until_text(step["until"])
+        shown, full = wait_until_text(step["until"], zone=zone, short=True), wait_until_text(step["until"], zone=zone)
         return f'<text x="8" y="34" class="description">{escape(shown)}<title>{escape(full)}</title></text>'
     # An entry's words or a content's name may be longer than a box: cut with an ellipsis, the whole
     # in its tooltip (it was cut mid-word, "profiles who read o", and the rest was nowhere).
-    whole = _describe(step, names)
+    whole = _describe(step, names, zone)
     shown = _cut(whole)
     tooltip = f"<title>{escape(whole)}</title>" if shown != whole else ""
     return f'<text x="8" y="34" class="description">{escape(shown)}{tooltip}</text>'

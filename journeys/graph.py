@@ -4,8 +4,9 @@ A graph is ``{"steps": [step, ...]}``; each step has an ``id`` (letters, digits,
 and a ``type``:
 
 - ``wait``: ``{"seconds": N, "next": id}`` or ``{"until": "HH:MM", "next": id}`` (the next
-  such time of day in the profile's time zone); a wait of whole days (N a multiple of 86,400) ends
-  at the time of day it began in the profile's zone, 23 or 25 hours a day across a clock change;
+  such time of day in the profile's time zone, the app's default one for a profile without one);
+  a wait of whole days (N a multiple of 86,400) ends at the time of day it began in that zone,
+  23 or 25 hours a day across a clock change;
 - ``condition``: ``{"branches": [{"label", one of "segment": id | "rules": tree | "event": name,
   "next": id}, ...], "else": id}``: the first branch that holds wins, everyone else takes ``else``;
 - ``split``: ``{"branches": [{"label", "percent": N, "next": id}, ...]}`` (percentages sum to 100,
@@ -66,7 +67,8 @@ def duration_text(seconds: int) -> str:
 
 
 def whole_days(seconds: int) -> bool:
-    """A wait of whole days, which the engine counts in calendar days of the profile's zone."""
+    """A wait of whole days, which the engine counts in calendar days of the profile's zone (the
+    app's default one for a profile without one)."""
     return seconds > 0 and seconds % DAY_SECONDS == 0
 
 

@@ -5,7 +5,7 @@ from django.utils.html import format_html, format_html_join
 from accounts.models import ApprovalRequest, User
 from accounts.selectors import visible_named
 from config.labels import numbered
-from journeys.diagram import version_svg, wait_until_text
+from journeys.diagram import version_svg, wait_until_text, wait_zone
 from journeys.graph import ELSE_LABEL, branch_label, contents_of, duration_text, rules_of, segments_of
 from journeys.models import Journey, JourneyVersion
 
@@ -126,13 +126,16 @@ def conditions_html(version: JourneyVersion, *, user: User) -> str:
     )
 
 
-def _step_text(step: dict, *, names: dict, segment_names: dict[int, str], app_names: dict[int, str]) -> str:
+def _step_text(
+    step: dict, *, names: dict, segment_names: dict[int, str], app_names: dict[int, str], zone: str = "UTC"
+) -> str:
     """A step in words, with where it leads: what the review compares of two versions. ``names``:
     the push contents' names (``content_names``); ``segment_names``, ``app_names``: as
-    ``condition_lines`` takes them."""
+    ``condition_lines`` takes them; ``zone``: the one a wait until a time of day reads for a
+    profile without one (``wait_zone``)."""
     kind = step.get("type")
     if kind == "wait":
-        wait = wait_until_text(step["until"]) if "until" in step else duration_text(step.get("seconds", 0))
+        wait = wait_until_text(step["until"], zone=zone) if "until" in step else duration_text(step.get("seconds", 0))
         return f"wait {wait} → {step.get('next')}"
     if kind == "push":
         name = names.get(("content", step.get("content")), numbered("content", step.get("content")))
@@ -162,8 +165,12 @@ def version_rows(
     from campaigns.review import locale_texts
 
     rows = [("Entry", entry_text(version, segment_names=segment_names)), ("Exit criteria", exit_text(version))]
+    zone = wait_zone(version)
     rows += [
-        (f"Step '{step['id']}'", _step_text(step, names=names, segment_names=segment_names, app_names=app_names))
+        (
+            f"Step '{step['id']}'",
+            _step_text(step, names=names, segment_names=segment_names, app_names=app_names, zone=zone),
+        )
         for step in version.steps()
     ]
     for step, spec in specs.items():

@@ -17,7 +17,6 @@ import logging
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
@@ -25,6 +24,7 @@ from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from config.db import int_array, write_pacer
+from delivery.rules import _zone
 from journeys.graph import DAY_SECONDS, branch_label, entry_of, whole_days
 from journeys.models import Enrollment, Journey, JourneyVersion
 from journeys.services.lifecycle import EStatus, Status, segments_changed_text
@@ -195,7 +195,10 @@ def _run_batch(
         versions = dict(versions or {})
         missing = {r.version_id for r in rows} - set(versions)
         if missing:
-            versions.update((v.pk, v) for v in JourneyVersion.objects.select_related("journey").filter(pk__in=missing))
+            versions.update(
+                (v.pk, v)
+                for v in JourneyVersion.objects.select_related("journey__app__delivery_rules").filter(pk__in=missing)
+            )
         stats: Counter = Counter()
         runs_by_version: dict[int, list[_Run]] = defaultdict(list)
         for row in rows:
@@ -243,25 +246,34 @@ def _split_bucket(journey_id: int, step_id: str, profile_id: int) -> int:
     return int.from_bytes(digest[:8], "big") % 100
 
 
-def _profile_zone(tz_name: str) -> dt.tzinfo:
-    """A profile's time zone; UTC when blank or unknown."""
-    try:
-        return ZoneInfo(tz_name) if tz_name else dt.UTC
-    except (ZoneInfoNotFoundError, ValueError):
-        return dt.UTC
+def journey_default_zone(journey: Journey) -> str:
+    """The time zone a journey's waits read for a profile without one (or with one unknown): its
+    app's default (``DeliveryRules.default_timezone``), as the app's quiet hours read it; "UTC"
+    when the app has no rules. No query when the rules were read with the journey (a batch's
+    versions are); one else."""
+    from delivery.models import App, DeliveryRules
+
+    if Journey.app.is_cached(journey) and App.delivery_rules.is_cached(journey.app):
+        rules = getattr(journey.app, "delivery_rules", None)  # read with it: None when the app has none
+        return rules.default_timezone if rules else "UTC"
+    rules = DeliveryRules.objects.filter(app_id=journey.app_id).values_list("default_timezone", flat=True).first()
+    return rules or "UTC"
 
 
-def _days_later(days: int, tz_name: str, now: dt.datetime) -> dt.datetime:
-    """``days`` calendar days after ``now`` in the profile's zone (``tz_name``): the same time of day,
-    so across a clock change a day lasts 23 or 25 hours (a push sent at 10:00 and followed "2 days
-    later" goes at 10:00 again). Waits of whole days end so; other waits are exact."""
+def _days_later(days: int, tz_name: str, now: dt.datetime, *, default: str = "") -> dt.datetime:
+    """``days`` calendar days after ``now`` in the profile's zone (``tz_name``, else the app's
+    ``default``, else UTC): the same time of day, so across a clock change a day lasts 23 or 25
+    hours (a push sent at 10:00 and followed "2 days later" goes at 10:00 again). Waits of whole
+    days end so; other waits are exact."""
     # An aware datetime plus days moves its wall time; its offset is then the zone's on that day.
-    return (now.astimezone(_profile_zone(tz_name)) + dt.timedelta(days=days)).astimezone(dt.UTC)
+    return (now.astimezone(_zone(tz_name, default)) + dt.timedelta(days=days)).astimezone(dt.UTC)
 
 
-def _next_time_of_day(until: str, tz_name: str, now: dt.datetime) -> dt.datetime:
-    """The next ``HH:MM`` (now included) in the zone ``tz_name`` (UTC when blank or unknown)."""
-    tz = _profile_zone(tz_name)
+def _next_time_of_day(until: str, tz_name: str, now: dt.datetime, *, default: str = "") -> dt.datetime:
+    """The next ``HH:MM`` (now included) in the profile's zone ``tz_name``, else the app's
+    ``default`` (``journey_default_zone``), else UTC: blank or unknown names are passed over, as quiet hours
+    pass them over (``delivery.rules``)."""
+    tz = _zone(tz_name, default)
     hour, minute = (int(part) for part in until.split(":"))
     local = now.astimezone(tz)
     target = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
@@ -297,6 +309,12 @@ def _run_version(
         return
     steps = version.step_map()
     refusals: dict[str, str] = {}  # by condition step: why it may not read its segments ("" when it may)
+    read_zone: list[str] = []  # the app's default zone, once a wait needs it (``journey_default_zone``)
+
+    def app_zone() -> str:
+        if not read_zone:
+            read_zone.append(journey_default_zone(journey))
+        return read_zone[0]
 
     def move(run: _Run, step_id: str, outcome: str, to: str | None) -> None:
         run.history.append([step_id, stamp, outcome])
@@ -332,14 +350,20 @@ def _run_version(
                     continue
                 if "until" in step:
                     zones = known.zones if known else _profile_zones([r.row.profile_id for r in arriving])
+                    default = app_zone()
                     due = {
-                        r.row.pk: _next_time_of_day(step["until"], zones.get(r.row.profile_id, ""), now)
+                        r.row.pk: _next_time_of_day(
+                            step["until"], zones.get(r.row.profile_id, ""), now, default=default
+                        )
                         for r in arriving
                     }
                 elif whole_days(step["seconds"]):  # ends at a time of day in each profile's zone
                     zones = known.zones if known else _profile_zones([r.row.profile_id for r in arriving])
-                    days = step["seconds"] // DAY_SECONDS
-                    due = {r.row.pk: _days_later(days, zones.get(r.row.profile_id, ""), now) for r in arriving}
+                    days, default = step["seconds"] // DAY_SECONDS, app_zone()
+                    due = {
+                        r.row.pk: _days_later(days, zones.get(r.row.profile_id, ""), now, default=default)
+                        for r in arriving
+                    }
                 else:
                     due = {r.row.pk: now + dt.timedelta(seconds=step["seconds"]) for r in arriving}
                 for run in arriving:

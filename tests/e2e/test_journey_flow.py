@@ -254,3 +254,36 @@ def test_a_refused_step_marks_only_the_fields_its_errors_name(
     page.locator(".step-row[data-step=hello] select.push-content").select_option(label=f"Offer ({pushsim_app.name})")
     fields = page.evaluate(EDITOR_FIELDS)
     assert {(step, name.split()[0]) for step, name, _colour, invalid in fields if invalid} == {("pause", "next-select")}
+
+
+def test_a_wait_until_a_time_of_day_names_the_zone_a_profile_without_one_waits_in(
+    login, page, live_server, manager_alice, pushsim_app
+):
+    """The step editor's wait "until time of day" said "profile's zone" alone, and a profile without
+    one waited in UTC; it waits in the app's default zone now, and the editor names it once the
+    journey's app is known (a new journey's: "the app's default zone")."""
+    from delivery.models import DeliveryRules
+
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
+    DeliveryRules.objects.create(app=pushsim_app, default_timezone="Europe/Paris")
+    segment = Segment.objects.create(name="Everyone", kind="static")
+    access_grant(obj=segment, to=manager_alice, by=None)
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/journeys/journey/add/")
+    page.fill("#id_name", "Mornings")
+    page.select_option("#id_app", str(pushsim_app.pk))
+    page.select_option("#id_entry_segment", str(segment.pk))
+    page.click(".step-editor button.add-wait")
+    mode = page.locator(".step-editor .step-row[data-step=wait2] select.wait-mode")
+    mode.select_option("until")
+    mode = page.locator(".step-editor .step-row[data-step=wait2] select.wait-mode")
+    assert (
+        mode.locator("option:checked").inner_text() == "until time of day (profile's zone, else the app's default zone)"
+    )
+    page.locator(".step-editor .step-row[data-step=wait2] select.next-select").select_option("end")
+    page.click("input[name=_continue]")
+    journey = Journey.objects.get(name="Mornings")
+    page.wait_for_url(f"**/admin/journeys/journey/{journey.pk}/change/**")
+    assert journey.versions.get().graph["steps"][1]["until"] == "09:00"
+    mode = page.locator(".step-editor .step-row[data-step=wait2] select.wait-mode")
+    assert mode.locator("option:checked").inner_text() == "until time of day (profile's zone, else Europe/Paris)"

@@ -1651,9 +1651,13 @@ def test_a_new_version_approved_freezes_the_segments_and_the_notice_goes(login, 
     assert "segments-unfrozen" not in page
 
 
-def test_a_wait_until_a_time_of_day_says_in_which_zone_a_profile_without_one_waits(login, manager_alice, make_journey):
-    """A profile without a time zone waits until the time of day in UTC: the step says so, on the
-    journey's page and in the steps the review compares."""
+def test_a_wait_until_a_time_of_day_says_in_which_zone_a_profile_without_one_waits(
+    login, manager_alice, make_journey, team
+):
+    """A profile without a time zone waits until the time of day in the app's default zone (its
+    delivery rules', UTC without them): the step says which, on the journey's page (the graph's box,
+    whole in its tooltip, and the step editor's wait) and in the steps the review compares."""
+    from delivery.models import DeliveryRules
     from journeys.review import version_rows
 
     graph = {
@@ -1668,9 +1672,23 @@ def test_a_wait_until_a_time_of_day_says_in_which_zone_a_profile_without_one_wai
         "until 09:00, profile&#x27;s zone or UTC<title>until 09:00 in each profile&#x27;s time zone "
         "(UTC for a profile without one)</title>"
     ) in page
+    assert "&quot;wait_zone&quot;: &quot;UTC&quot;" in page
     rows = dict(version_rows(journey.versions.get(), specs={}, names={}, segment_names={}, app_names={}))
     assert (
         rows["Step 'morning'"] == "wait until 09:00 in each profile's time zone (UTC for a profile without one) → done"
+    )
+
+    DeliveryRules.objects.create(app=team, default_timezone="Europe/Paris")
+    page = login(manager_alice).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    # "…, profile's zone or Europe/Paris" is longer than a box: the box names no zone, its tooltip does.
+    assert (
+        "until 09:00, each profile&#x27;s zone<title>until 09:00 in each profile&#x27;s time zone "
+        "(Europe/Paris for a profile without one)</title>"
+    ) in page
+    assert "&quot;wait_zone&quot;: &quot;Europe/Paris&quot;" in page
+    rows = dict(version_rows(journey.versions.get(), specs={}, names={}, segment_names={}, app_names={}))
+    assert rows["Step 'morning'"] == (
+        "wait until 09:00 in each profile's time zone (Europe/Paris for a profile without one) → done"
     )
 
 

@@ -3,6 +3,7 @@ re-entry, exit criteria, versions, stopping, the gate, and two engines racing.""
 
 import datetime as dt
 import threading
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.db import IntegrityError, connection, transaction
@@ -192,6 +193,67 @@ def test_wait_until_a_time_of_day_uses_the_profiles_time_zone(make_journey, publ
     assert due[tokyo.pk] == dt.datetime(2026, 11, 26, 0, 0, tzinfo=dt.UTC)  # 09:00 next day, Tokyo
     assert due[paris.pk] == dt.datetime(2026, 11, 26, 8, 0, tzinfo=dt.UTC)
     assert due[nowhere.pk] == dt.datetime(2026, 11, 26, 9, 0, tzinfo=dt.UTC)  # no zone: UTC
+
+
+@pytest.mark.embedded
+def test_a_wait_until_a_time_of_day_reads_a_profile_without_a_zone_in_the_apps_default_zone(
+    make_journey, publish, team, django_assert_num_queries
+):
+    """An app whose default time zone is Europe/Paris (its delivery rules, read for a profile
+    without a zone, as its quiet hours are) waits "until 09:00" to 09:00 in Paris for a profile
+    without a zone or with one it does not know, not 09:00 UTC; a profile's own zone still wins.
+    The app's zone is read with the batch's versions: a batch costs as many queries as before,
+    however many profiles it runs."""
+    from django.test.utils import CaptureQueriesContext
+
+    from delivery.models import DeliveryRules
+
+    DeliveryRules.objects.create(app=team, default_timezone="Europe/Paris")
+    tokyo = ProfileFactory(timezone="Asia/Tokyo")
+    nowhere = ProfileFactory(timezone="")
+    unknown = ProfileFactory(timezone="Mars/Olympus_Mons")
+    t0 = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)  # 21:00 in Tokyo, 13:00 in Paris
+    journey = publish(make_journey(graph=_wait_graph(until="09:00")), now=t0)
+    journey_enter_segment(journey_id=journey.pk, now=t0)
+    with CaptureQueriesContext(connection) as first:
+        journeys_run_due(now=t0)
+    due = {e.profile_id: e.due_at for e in Enrollment.objects.all()}
+    assert due[tokyo.pk] == dt.datetime(2026, 11, 26, 0, 0, tzinfo=dt.UTC)  # 09:00 next day, Tokyo
+    assert due[nowhere.pk] == dt.datetime(2026, 11, 26, 8, 0, tzinfo=dt.UTC)  # 09:00 in Paris (UTC+1)
+    assert due[unknown.pk] == due[nowhere.pk]
+    assert not [q for q in first.captured_queries if "delivery_deliveryrules" in q["sql"] and "JOIN" not in q["sql"]]
+
+    ProfileFactory.create_batch(10, timezone="")
+    more = publish(make_journey(name="More", graph=_wait_graph(until="09:00")), now=t0)
+    journey_enter_segment(journey_id=more.pk, now=t0)
+    with django_assert_num_queries(len(first.captured_queries)):
+        journeys_run_due(now=t0)
+    assert set(Enrollment.objects.filter(journey=more, profile__timezone="").values_list("due_at", flat=True)) == {
+        dt.datetime(2026, 11, 26, 8, 0, tzinfo=dt.UTC)
+    }
+
+
+@pytest.mark.embedded
+def test_an_event_entry_waits_until_a_time_of_day_in_the_apps_default_zone_for_a_profile_without_one(
+    make_journey, publish, team, manager_alice, django_capture_on_commit_callbacks
+):
+    """An event's entries run their first steps at once: a wait until 09:00 there reads a profile
+    without a zone in the app's default zone too."""
+    from delivery.models import DeliveryRules
+
+    DeliveryRules.objects.create(app=team, default_timezone="America/New_York")
+    nowhere = ProfileFactory(timezone="")
+    journey = publish(
+        make_journey(graph=_wait_graph(until="09:00"), entry_kind="event", entry_event="visit", entry_segment=None)
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        events_ingest(
+            items=[{"external_id": nowhere.external_id, "name": "visit", "occurred_at": timezone.now()}],
+            by=manager_alice,
+        )
+    entry = Enrollment.objects.get(journey=journey, profile=nowhere)
+    due = entry.due_at.astimezone(ZoneInfo("America/New_York"))
+    assert (due.hour, due.minute) == (9, 0) and entry.entered_at < entry.due_at
 
 
 @pytest.mark.embedded
@@ -1394,6 +1456,23 @@ def test_a_wait_of_whole_days_keeps_the_profile_s_time_of_day_across_a_clock_cha
     journey_enter_segment(journey_id=hours.pk, now=t0)
     journeys_run_due(now=t0)
     assert Enrollment.objects.get(journey=hours, profile=new_york).due_at == t0 + dt.timedelta(hours=36)
+
+
+def test_a_wait_of_whole_days_keeps_the_apps_default_zone_s_time_of_day_for_a_profile_without_one(
+    make_journey, publish, team
+):
+    """A profile without a zone counts a wait of whole days in the app's default zone, as it waits
+    until a time of day: begun at 10:00 in New York the day before its clocks go forward, two days
+    end at 10:00 there again (47 hours), not 48 hours later as in UTC."""
+    from delivery.models import DeliveryRules
+
+    DeliveryRules.objects.create(app=team, default_timezone="America/New_York")
+    nowhere = ProfileFactory(timezone="")
+    t0 = dt.datetime(2027, 3, 13, 15, 0, tzinfo=dt.UTC)  # 10:00 in New York (UTC-5)
+    journey = publish(make_journey(graph=_wait_graph(seconds=2 * 86400)), now=t0)
+    journey_enter_segment(journey_id=journey.pk, now=t0)
+    journeys_run_due(now=t0)
+    assert _enrollment(journey, nowhere).due_at == dt.datetime(2027, 3, 15, 14, 0, tzinfo=dt.UTC)
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks between two sessions")

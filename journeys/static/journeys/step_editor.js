@@ -131,7 +131,9 @@
       const body = el("div", { "class": "step-body" });
       if (step.type === "wait") {
         const mode = "until" in step ? "until" : "seconds";
-        body.appendChild(select([["seconds", "for"], ["until", "until time of day (profile's zone)"]], mode, (v) => {
+        // A profile without a zone waits in the app's default one (journeys.services.engine).
+        const zone = meta.wait_zone || "the app's default zone";
+        body.appendChild(select([["seconds", "for"], ["until", "until time of day (profile's zone, else " + zone + ")"]], mode, (v) => {
           delete step.seconds; delete step.until; if (v === "until") step.until = "09:00"; else step.seconds = 0; save(); render();
         }, { "class": "wait-mode" }));
         if (mode === "seconds") {
