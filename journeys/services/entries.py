@@ -202,7 +202,8 @@ def journeys_events_received(
     later event): a passage missed is better than a push sent twice; and a profile whose exit
     event was stored since, at or after its entry event, enters and ends at once, as one in the
     same call would (``_exits_stored_since``; ``event_ids``, the replay's own, are not read
-    again for it). Returns the counts.
+    again for it); and only the journeys live then on a version entering on the same event are
+    entered, on the version live now (``_entering_when_received``). Returns the counts.
 
     A paused journey's entry event enters no one: it is counted on the journey's entry step
     (``skipped_paused``, once per profile and call); its exit event ends its profiles as a live one's.
@@ -259,6 +260,7 @@ def journeys_events_received(
                 step_stats_add(counts)
                 exited += len(ending)
     entry_versions = sorted((v for name in names for v in live.entries.get(name, ())), key=lambda v: v.pk)
+    entry_versions = _entering_when_received(entry_versions, received_at)
     held = _paused_when_received(entry_versions, received_at)
     entry_versions = [v for v in entry_versions if v not in held]
     _count_skipped_paused(live, events, names, held)
@@ -274,6 +276,29 @@ def journeys_events_received(
         if ending:
             exited += sum(1 for _, profile_id, _ in enrolled if profile_id in ending)
     return {"exited": exited, "entered": entered}
+
+
+def _entering_when_received(versions: list[JourneyVersion], received_at: dt.datetime | None) -> list[JourneyVersion]:
+    """Of these versions of live journeys, those a replay's events (stored at ``received_at``;
+    all of them for a call run as it comes) enter: their journey was on the air then, on a version
+    that entered on the same event. A journey that went live since, or whose version then entered
+    on another event (or read a segment), would have taken none of them then, and takes none now.
+    A version that replaced the one live then, entering on the same event, takes them: the one
+    they came under is retired and takes no one new, and its successor is what its approver wants
+    sent now. One query for the whole replay."""
+    if received_at is None or not versions:
+        return versions
+    then = set(
+        JourneyVersion.objects.filter(
+            journey_id__in={v.journey_id for v in versions},
+            entry_kind=JourneyVersion.EntryKind.EVENT,
+            status__in=(VStatus.LIVE, VStatus.RETIRED),
+        )
+        .filter(Q(live_at__isnull=True) | Q(live_at__lte=received_at))
+        .filter(Q(retired_at__isnull=True) | Q(retired_at__gt=received_at))
+        .values_list("journey_id", "entry_event")
+    )
+    return [v for v in versions if (v.journey_id, v.entry_event) in then]
 
 
 def _paused_when_received(versions: list[JourneyVersion], received_at: dt.datetime | None) -> list[JourneyVersion]:

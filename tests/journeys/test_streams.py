@@ -762,3 +762,52 @@ def test_a_replay_run_after_the_resume_does_not_enter_an_event_that_came_while_t
     assert list(Enrollment.objects.values_list("profile__external_id", "status")) == [("max", "completed")]
     assert (pushsim.state.count(phones["zoe"]), pushsim.state.count(phones["max"])) == (0, 1)
     assert version_step_stats(paid_journey.live_version)["thanks"]["skipped_paused"] == 1
+
+
+def test_a_replay_enters_only_the_journeys_and_versions_live_when_its_events_were_stored(
+    paid_journey,
+    sim_journey,
+    sim_welcome,
+    publish,
+    pushsim,
+    sim_team,
+    api_key_for,
+    manager_alice,
+    enrollments_refused,
+    django_capture_on_commit_callbacks,
+):
+    """Zoe's order_paid could not enter her (kept for a replay). Before the replay ran, a journey
+    entering on order_paid went live, another's new version came to enter on it (its first entered
+    on signup), and the paid journey's version 2 replaced version 1, on order_paid still. The
+    replay entered all three and pushed three times, though the call, when the event came, would
+    have entered the paid journey alone. It now enters that one, on the version live now (version
+    1 takes no one new; version 2 enters on the same event), and no journey that did not take
+    order_paid then."""
+    from audiences.services.events import events_replay_due
+    from journeys.models import Enrollment
+    from journeys.services.lifecycle import journey_version_edit
+
+    graph = {
+        "steps": [
+            {"id": "hello", "type": "push", "content": sim_welcome.pk, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+    switched = publish(sim_journey(graph=graph, entry_kind="event", entry_event="signup", entry_segment=None))
+    token = DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=sim_team).token
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    with enrollments_refused(), django_capture_on_commit_callbacks(execute=True):
+        assert _post_event(client, "zoe").status_code == 200
+    late = publish(sim_journey(graph=graph, entry_kind="event", entry_event="order_paid", entry_segment=None))
+    journey_version_edit(journey_id=switched.pk, by=manager_alice, entry_event="order_paid")
+    publish(switched)
+    journey_version_edit(journey_id=paid_journey.pk, by=manager_alice, exit_event="refund")
+    paid_journey = publish(paid_journey)
+    assert paid_journey.live_version.number == 2
+    with django_capture_on_commit_callbacks(execute=True):
+        later = timezone.now() + dt.timedelta(minutes=1, seconds=1)
+        assert events_replay_due(now=later) == {"replayed": 1, "failed": 0, "dropped": 0}
+    entered = Enrollment.objects.values_list("journey_id", "version__number", "status")
+    assert list(entered) == [(paid_journey.pk, 2, "completed")]
+    assert not Enrollment.objects.filter(journey__in=(late, switched)).exists()
+    assert pushsim.state.count(token) == 1
