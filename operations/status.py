@@ -26,6 +26,26 @@ class DispatchProgress:
     standing: bool = False
 
 
+def late_seconds() -> int:
+    """How late a beat may be, and how long the queue's oldest task may wait, before ``status
+    --check`` fails: Q_CLUSTER's timeout (300 s), the longest a task holds a worker, so a beat's
+    task waiting behind long ones is not called late, and one waiting longer than any task runs is."""
+    return int(settings.Q_CLUSTER["timeout"])
+
+
+# A stream sender slot silent for longer fails ``status --check``: the delivery watchdog, every
+# minute, starts a sender task for a slot without a heartbeat (15 s), so a slot silent for two
+# minutes has neither a ``send_stream`` process nor a task the watchdog started.
+SENDER_SILENT_SECONDS = 120
+
+
+@dataclass
+class WorkerSeen:
+    host: str
+    pid: int
+    status: str
+
+
 @dataclass
 class Snapshot:
     instance: str
@@ -54,6 +74,13 @@ class Snapshot:
     # queued or last wrote a batch (audiences.services.imports.imports_not_taken_up), however often
     # the watchdog queued them again: no worker runs, or none reads their queue.
     imports_not_taken_up: list[ImportWait] = field(default_factory=list)
+    # The qclusters reporting to this queue now (their statistics, kept 3 s), None when it cannot be
+    # read or tasks run in the caller's process (PUSHDESK_TASKS_SYNC); and when the last task ended.
+    workers: list[WorkerSeen] | None = None
+    last_task_ended: dt.datetime | None = None
+    # Each stream sender slot (delivery.services.stream_senders.SenderSlot), None when it cannot be
+    # read or tasks run in the caller's process.
+    senders: list | None = None
 
 
 @dataclass
@@ -107,34 +134,46 @@ def queue_depth_and_oldest_age(*, now: dt.datetime) -> tuple[int, float | None]:
     return depth, age
 
 
-def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
+def snapshot(*, now: dt.datetime | None = None, processes: bool = False) -> Snapshot:
     """Read the queue, the unfinished dispatches, the last hour's failed tasks, the event replays
-    waiting, what stops event retention and the beat. A queue Redis does not answer for is reported in ``queue_problem``;
-    the database not answering raises ``django.db.Error``."""
-    from django.db.models import Count, Min, Q
+    waiting, what stops event retention and the beat; with ``processes``, the workers reporting to
+    the queue and the stream sender slots' heartbeats too (a KEYS over the broker's Redis: for
+    ``manage.py status``, not for each scrape of the metrics). A queue Redis does not answer for is
+    reported in ``queue_problem``; the database not answering raises ``django.db.Error``."""
+    from django.db.models import Count, Max, Min, Q
+    from django_q.conf import Conf
     from django_q.models import Schedule, Task
 
     from audiences.models import EventReplay, Import
     from audiences.services.imports import import_stalled_minutes, imports_not_taken_up, imports_stalled
     from delivery.models import Dispatch
     from delivery.services.dispatches import dispatches_counted_now
+    from delivery.services.stream_senders import streams_senders_seen
     from delivery.services.streams import stream_live_figures
     from operations.instance import instance_problem
     from operations.services import retention_problems
 
     now = now or timezone.now()
     problem = None
+    workers = senders = None
     try:
         depth, age = queue_depth_and_oldest_age(now=now)
+        if processes and not Conf.SYNC:
+            workers = _workers_seen()
+            senders = streams_senders_seen()
     except RedisError as exc:  # Redis down or restarting: everything else can still be read
         depth, age, problem = None, None, f"Redis does not answer ({exc.__class__.__name__})"
+        workers = senders = None
     result = Snapshot(
         instance=settings.PUSHDESK_INSTANCE,
         instance_problem=instance_problem(),
         queue_depth=depth,
         oldest_task_age_seconds=age,
         queue_problem=problem,
+        workers=workers,
+        senders=senders,
     )
+    result.last_task_ended = Task.objects.aggregate(last=Max("stopped"))["last"]
     # An open stream's counters on its row are kept once a minute: summed now, as its page does.
     for d in dispatches_counted_now(list(Dispatch.objects.running().order_by("id"))):
         elapsed = (now - d.started_at).total_seconds() if d.started_at else 0.0
@@ -219,9 +258,43 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
             "last_run": last,
             "age_seconds": (now - last).total_seconds() if last else None,
             "next_run": schedule.next_run,
+            "late_since": _beat_late_since(schedule, last, now=now),
         }
     from operations.beats import BEATS
 
     for name in BEATS.keys() - result.beat.keys():  # deleted: `migrate` makes it again
         result.beat[name] = {"last_run": None, "age_seconds": math.inf, "next_run": None, "missing": True}
     return result
+
+
+def _every_seconds(schedule) -> int | None:
+    """How often ``schedule`` runs, for those that run at a fixed interval."""
+    from django_q.models import Schedule
+
+    if schedule.schedule_type == Schedule.MINUTES:
+        return (schedule.minutes or 1) * 60
+    return {Schedule.HOURLY: 3600, Schedule.DAILY: 86400, Schedule.WEEKLY: 7 * 86400}.get(schedule.schedule_type)
+
+
+def _beat_late_since(schedule, last: dt.datetime | None, *, now: dt.datetime) -> dt.datetime | None:
+    """When ``schedule`` was due, if that is more than ``late_seconds()`` ago: its next run the
+    scheduler has not fired (no qcluster runs), or its interval after its last run (its task not run)."""
+    if schedule.repeats == 0:  # done: it runs no more
+        return None
+    due = [schedule.next_run] if schedule.next_run else []
+    every = _every_seconds(schedule)
+    if last and every:
+        due.append(last + dt.timedelta(seconds=every))
+    if not due or (now - min(due)).total_seconds() <= late_seconds():
+        return None
+    return min(due)
+
+
+def _workers_seen() -> list[WorkerSeen]:
+    """The qclusters whose statistics (saved every half second, kept 3 s) are in this queue's broker."""
+    from django_q.status import Stat
+
+    return [
+        WorkerSeen(host=str(stat.host), pid=int(stat.pid), status=str(stat.status))
+        for stat in sorted(Stat.get_all(), key=lambda stat: (str(stat.host), int(stat.pid)))
+    ]

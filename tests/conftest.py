@@ -223,3 +223,47 @@ def stream_gates_open():
     _GATES.update(saved)
     streams._RECIPIENT_CHECKS.update(checks)
     streams._append_sql.cache_clear()
+
+
+@pytest.fixture
+def tasks_queued(monkeypatch):
+    """Tasks go to the queue for the workers, as in production (the tests run them in their own
+    process, as PUSHDESK_TASKS_SYNC does), so ``status`` looks for workers and stream senders."""
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "SYNC", False)
+
+
+@pytest.fixture
+def workers_running(db, tasks_queued):
+    """A deployment whose processes run, as ``status --check`` reads it: every schedule of the beat
+    ran a moment ago and is due in a minute, a qcluster reports to the queue, and each stream
+    sender slot beats."""
+    import uuid
+
+    from django.conf import settings
+    from django.utils import timezone
+    from django_q.brokers import get_broker
+    from django_q.models import Schedule, Task
+    from django_q.signing import SignedPackage
+    from django_q.status import Stat, Status
+
+    from delivery.services.stream_senders import _beat
+
+    now = timezone.now()
+    for schedule in Schedule.objects.all():
+        task = Task.objects.create(
+            id=uuid.uuid4().hex, name=f"beat-{schedule.pk}", func=schedule.func, started=now, stopped=now, success=True
+        )
+        Schedule.objects.filter(pk=schedule.pk).update(task=task.pk, next_run=now + timezone.timedelta(minutes=1))
+    cluster = Status(pid=4321, cluster_id=uuid.uuid4())
+    cluster.status = "Idle"
+    broker = get_broker()
+    broker.set_stat(Stat.get_key(cluster.cluster_id), SignedPackage.dumps(cluster, True), 60)
+    for slot in range(settings.PUSHDESK_STREAM_SENDERS):
+        _beat(slot, dedicated=True)
+    yield cluster
+    if "redis" in settings.Q_CLUSTER:
+        broker.connection.delete(Stat.get_key(cluster.cluster_id))
+    else:
+        broker.cache.delete(Stat.get_key(cluster.cluster_id))

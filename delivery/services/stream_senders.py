@@ -186,8 +186,41 @@ def _beat(slot: int, *, dedicated: bool) -> bool:
         held = cache.get(key)
         if isinstance(held, dict) and held.get("process") and held.get("pid") != os.getpid():
             return False
-    cache.set(key, {"pid": os.getpid(), "at": time.time(), "process": dedicated}, timeout=15)
+    beat = {"pid": os.getpid(), "at": time.time(), "process": dedicated}
+    cache.set(key, beat, timeout=15)
+    # Kept for a week: `manage.py status` says since when a slot is silent, once its heartbeat ran out.
+    cache.set(f"{key}:seen", beat, timeout=7 * 24 * 3600)
     return True
+
+
+@dataclass
+class SenderSlot:
+    slot: int
+    beating: bool  # its heartbeat (15 s) holds
+    process: bool  # beaten by a ``send_stream`` process, not a worker task
+    pid: int | None
+    seen_at: float | None  # its last beat (time.time()), None when not in the last week
+
+
+def streams_senders_seen() -> list[SenderSlot]:
+    """Each of the ``PUSHDESK_STREAM_SENDERS`` slots: whether its sender beats, and its last beat."""
+    keys = {slot: _HEARTBEAT.format(slot=slot) for slot in range(settings.PUSHDESK_STREAM_SENDERS)}
+    held = cache.get_many([*keys.values(), *(f"{key}:seen" for key in keys.values())])
+    slots = []
+    for slot, key in keys.items():
+        beat = held.get(key)
+        last = beat if isinstance(beat, dict) else held.get(f"{key}:seen")
+        last = last if isinstance(last, dict) else {}
+        slots.append(
+            SenderSlot(
+                slot=slot,
+                beating=isinstance(beat, dict),
+                process=bool(last.get("process")),
+                pid=last.get("pid"),
+                seen_at=last.get("at"),
+            )
+        )
+    return slots
 
 
 def _sender_timeout() -> int:

@@ -2,6 +2,7 @@
 
 import datetime as dt
 import io
+import os
 import re
 import uuid
 
@@ -401,14 +402,16 @@ def test_status_under_a_key_that_cannot_decrypt_still_names_a_cap_that_stops_ret
     assert f"The app 'Shop' (id {app.pk}) caps marketing pushes at 1 per 720 hours" in text
 
 
-def test_status_check_exits_0_while_nothing_needs_an_operator(db, queue, beat):
+def test_status_check_exits_0_while_nothing_needs_an_operator(db, queue, beat, workers_running):
     out = io.StringIO()
     call_command("status", "--check", stdout=out)  # no SystemExit: status 0
     assert "claimed, sending allowed" in out.getvalue()
 
 
 @pytest.mark.parametrize("problem", ["sending_off", "secrets", "beat_missing"])
-def test_status_check_exits_2_when_a_line_needs_an_operator_and_prints_every_line(db, queue, beat, settings, problem):
+def test_status_check_exits_2_when_a_line_needs_an_operator_and_prints_every_line(
+    db, queue, beat, workers_running, settings, problem
+):
     """`status` exited 0 whatever it said: a monitoring script or a restore drill could not tell
     from its status that sending was off or the key opened nothing."""
     from cryptography.fernet import Fernet
@@ -456,3 +459,134 @@ def test_status_help_names_every_part_it_prints():
         "beat",
     ):
         assert part in described, part
+
+
+def _late(name: str, *, minutes: int) -> None:
+    """The beat's schedule ``name`` last ran ``minutes`` ago, and was due a minute after."""
+    schedule = Schedule.objects.get(name=name)
+    then = timezone.now() - dt.timedelta(minutes=minutes)
+    last = Task.objects.create(
+        id=uuid.uuid4().hex, name=f"late-{minutes}", func=schedule.func, started=then, stopped=then, success=True
+    )
+    Schedule.objects.filter(pk=schedule.pk).update(task=last.pk, next_run=then + dt.timedelta(minutes=1))
+
+
+def _check(capsys) -> tuple[int, str, str]:
+    """``status --check``: its exit status, what it printed and what it said on stderr."""
+    out = io.StringIO()
+    try:
+        call_command("status", "--check", stdout=out)
+    except SystemExit as stopped:
+        code = stopped.code
+    else:
+        code = 0
+    return code, out.getvalue(), capsys.readouterr().err
+
+
+def test_status_check_exits_2_naming_a_beat_that_has_not_run_for_12_minutes_and_since_when(
+    db, queue, beat, workers_running, capsys
+):
+    """The beat (campaigns tick, every minute) had last run 12 minutes ago, and `status --check`
+    exited 0: a health check or a cron job read all well while no campaign was fired."""
+    _late("campaigns tick", minutes=12)
+    then = (timezone.now() - dt.timedelta(minutes=12)).astimezone(dt.UTC)
+    code, out, err = _check(capsys)
+    assert code == 2, out
+    due = then + dt.timedelta(minutes=1)
+    line = next(line for line in out.splitlines() if line.startswith("  campaigns tick:"))
+    assert line.startswith(f"  campaigns tick: last ran 12 min ago ({then:%Y-%m-%d %H:%M} UTC)"), line
+    assert f"LATE: due since {due:%Y-%m-%d %H:%M} UTC (more than 300 s): is a qcluster running?" in line, line
+    [said] = err.strip().splitlines()
+    assert said == f"status --check: the beat's campaigns tick is late, last ran {then:%Y-%m-%d %H:%M} UTC", said
+
+
+def test_a_beat_that_ran_three_minutes_ago_is_not_late(db, queue, beat, workers_running, capsys):
+    """A beat's task may wait behind others in the queue: the queue's line says when that is too long."""
+    _late("journeys tick", minutes=3)
+    code, out, err = _check(capsys)
+    assert code == 0 and "LATE" not in out and err == "", out
+
+
+def test_status_check_exits_2_when_no_worker_reports_to_the_queue(db, queue, beat, tasks_queued, capsys):
+    """No qcluster running: nothing is sent, no beat fires, and the check said all was well."""
+    from delivery.services.stream_senders import _beat
+
+    for slot in range(settings.PUSHDESK_STREAM_SENDERS):
+        _beat(slot, dedicated=True)
+    for name in Schedule.objects.values_list("name", flat=True):
+        _late(name, minutes=0)
+    ended = timezone.now().astimezone(dt.UTC)
+    code, out, err = _check(capsys)
+    assert code == 2, out
+    assert (
+        f"workers    NONE SEEN: no qcluster reports to the queue '{settings.Q_CLUSTER['name']}'; "
+        f"the last task ended {ended:%Y-%m-%d %H:%M} UTC" in out
+    ), out
+    assert err.strip() == f"status --check: no worker seen, the last task ended {ended:%Y-%m-%d %H:%M} UTC", err
+
+
+def test_status_names_the_workers_it_sees(db, queue, beat, workers_running, capsys):
+    code, out, _ = _check(capsys)
+    assert code == 0
+    assert f"workers    1 running: {workers_running.host} (pid 4321, Idle)" in out, out
+
+
+@pytest.mark.parametrize(("minutes", "late"), [(6, True), (4, False)])
+def test_status_check_exits_2_when_the_oldest_task_has_waited_longer_than_a_task_may_run(
+    db, queue, beat, workers_running, capsys, minutes, late
+):
+    """Q_CLUSTER's timeout (300 s) is the longest a task holds a worker: one waiting longer means
+    the workers are stuck, too few, or read another queue."""
+    started = timezone.now() - dt.timedelta(minutes=minutes)
+    package = {"id": uuid.uuid4().hex, "name": "t", "func": "math.floor", "args": (1,), "kwargs": {}}
+    queue.enqueue(SignedPackage.dumps({**package, "started": started}))
+    code, out, err = _check(capsys)
+    if not late:
+        assert code == 0 and "TOO LONG" not in out, out
+        return
+    assert code == 2, out
+    assert re.search(
+        rf"queue      1 tasks waiting, oldest waiting 3[6-9]\d s: WAITING TOO LONG \(since "
+        rf"{started.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC; more than 300 s\): are the workers running, and enough\?",
+        out,
+    ), out
+    assert err.strip() == f"status --check: the oldest task waits since {started.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def test_status_check_exits_2_when_a_stream_sender_slot_has_not_beaten_for_two_minutes(
+    db, queue, beat, workers_running, settings, capsys, monkeypatch
+):
+    """API triggers and event-entered journeys wait in their streams while no sender beats its slot."""
+    import time
+
+    from delivery.services import stream_senders
+
+    settings.PUSHDESK_STREAM_SENDERS = 2
+    stream_senders._beat(0, dedicated=True)
+    code, out, _ = _check(capsys)
+    assert code == 2 and "slot 1: NO HEARTBEAT, never seen" in out, out
+    beaten = time.time() - 200
+    with monkeypatch.context() as patched:
+        patched.setattr(stream_senders.time, "time", lambda: beaten)
+        stream_senders._beat(1, dedicated=False)
+    from django.core.cache import cache
+
+    cache.delete("pushdesk:stream-sender:1")  # its 15 s heartbeat ran out long since
+    since = dt.datetime.fromtimestamp(beaten, dt.UTC)
+    code, out, err = _check(capsys)
+    assert code == 2, out
+    assert f"senders    slot 0: a send_stream process (pid {os.getpid()}), beating" in out, out
+    assert (
+        f"senders    slot 1: NO HEARTBEAT since {since:%Y-%m-%d %H:%M:%S} UTC (3 min ago): is `send_stream --slot 1` "
+        "running, or a worker (the delivery watchdog starts a sender task for a silent slot each minute)?" in out
+    ), out
+    assert err.strip() == f"status --check: stream sender slot 1 silent since {since:%Y-%m-%d %H:%M:%S} UTC"
+
+    # Silent for a minute: the watchdog's to start a task for it, no operator's.
+    beaten = time.time() - 60
+    with monkeypatch.context() as patched:
+        patched.setattr(stream_senders.time, "time", lambda: beaten)
+        stream_senders._beat(1, dedicated=False)
+    cache.delete("pushdesk:stream-sender:1")
+    code, out, err = _check(capsys)
+    assert code == 0 and "slot 1: no heartbeat since" in out and err == "", out

@@ -1,15 +1,17 @@
 """Print what an operator watches: the queue, the sends in progress, failed tasks, the beat."""
 
+import datetime as dt
 import sys
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, connection
+from django.utils import timezone
 
 from accounts.selectors import superuser_keys_made_by_others
 from delivery.services.apps import app_secret_problems
 from operations.database import database_error_said, database_errors_said
-from operations.status import snapshot
+from operations.status import SENDER_SILENT_SECONDS, late_seconds, snapshot
 
 
 def _age(seconds: float | None) -> str:
@@ -23,12 +25,17 @@ def _age(seconds: float | None) -> str:
     return f"{seconds // 3600} h ago"
 
 
+def _utc(moment: dt.datetime) -> dt.datetime:
+    return moment.astimezone(dt.UTC)
+
+
 class Command(BaseCommand):
     help = (
         "The instance and whether it may send, whether every app's stored credentials decrypt, the live API keys "
-        "of a superuser that someone else made, the queue depth and the oldest task's age, dispatches sending and "
-        "their rates, the last hour's failed tasks, event batches waiting to run again, stalled imports and those "
-        "no worker takes up, what stops retention, and when each schedule of the beat last ran."
+        "of a superuser that someone else made, the queue depth and the oldest task's age, the workers reporting to "
+        "the queue, each stream sender slot's heartbeat, dispatches sending and their rates, the last hour's failed "
+        "tasks, event batches waiting to run again, stalled imports and those no worker takes up, what stops "
+        "retention, and when each schedule of the beat last ran."
     )
 
     def add_arguments(self, parser):
@@ -36,11 +43,15 @@ class Command(BaseCommand):
             "--check",
             action="store_true",
             help=(
-                "Exit with status 2 when a line needs an operator (sending is off, credentials cannot be "
-                "decrypted, retention refuses to run, a schedule of the beat is missing, an import stalled "
-                "for more than twice PUSHDESK_IMPORT_STALL_SECONDS, which the imports watchdog has not taken "
-                "up, or a queued import no worker has taken up for as long): for a monitoring script or a "
-                "restore drill. Status 1 still means the queue could not be read."
+                "Exit with status 2 when a line needs an operator, after one line on stderr naming each and "
+                "since when: sending is off, credentials cannot be decrypted, retention refuses to run, a "
+                "schedule of the beat is missing or late (due for more than Q_CLUSTER's timeout, 300 s), no "
+                "worker reports to the queue, the oldest task has waited longer than that timeout, a stream "
+                "sender slot has had no heartbeat for 2 minutes, an import stalled for more than twice "
+                "PUSHDESK_IMPORT_STALL_SECONDS, which the imports watchdog has not taken up, or a queued import "
+                "no worker has taken up for as long: for a monitoring probe, a container's health check, a cron "
+                "job or a restore drill. Status 1 still means the queue could not be read (or the database did "
+                "not answer)."
             ),
         )
 
@@ -48,7 +59,7 @@ class Command(BaseCommand):
         try:
             with database_errors_said():
                 connection.ensure_connection()
-                s = snapshot()
+                s = snapshot(processes=True)
                 unreadable = app_secret_problems()
                 foreign_keys = list(superuser_keys_made_by_others())
         except DatabaseError as exc:  # it answers, but something in it cannot be read (--traceback shows it)
@@ -71,11 +82,63 @@ class Command(BaseCommand):
             for key in foreign_keys:
                 maker = key.created_by.get_username() if key.created_by else "a deleted user"
                 write(f"  {key.prefix}… '{key.name}' of {key.user.get_username()}, made by {maker}")
+        now = timezone.now()
+        # What --check fails on, each in a few words and since when: the last line on stderr.
+        problems = []
+        if s.instance_problem:
+            problems.append("sending is off")
+        if unreadable:
+            problems.append("stored credentials cannot be decrypted")
         oldest = "" if s.oldest_task_age_seconds is None else f", oldest waiting {int(s.oldest_task_age_seconds)} s"
         if s.queue_problem:
             write(f"queue      cannot be read: {s.queue_problem}")
+        elif s.oldest_task_age_seconds is not None and s.oldest_task_age_seconds > late_seconds():
+            since = _utc(now - dt.timedelta(seconds=s.oldest_task_age_seconds))
+            write(
+                f"queue      {s.queue_depth} tasks waiting{oldest}: WAITING TOO LONG (since {since:%Y-%m-%d %H:%M} UTC; "
+                f"more than {late_seconds()} s): are the workers running, and enough?"
+            )
+            problems.append(f"the oldest task waits since {since:%Y-%m-%d %H:%M} UTC")
         else:
             write(f"queue      {s.queue_depth} tasks waiting{oldest}")
+        if s.workers:
+            write(
+                f"workers    {len(s.workers)} running: "
+                + ", ".join(f"{w.host} (pid {w.pid}, {w.status})" for w in s.workers)
+            )
+        elif s.workers is not None:
+            if s.last_task_ended:
+                ended = f"the last task ended {_utc(s.last_task_ended):%Y-%m-%d %H:%M} UTC"
+                ago = f" ({_age((now - s.last_task_ended).total_seconds())})"
+            else:
+                ended, ago = "no task has ended yet", ""
+            write(
+                f"workers    NONE SEEN: no qcluster reports to the queue '{settings.Q_CLUSTER['name']}'; {ended}{ago}"
+            )
+            problems.append(f"no worker seen, {ended}")
+        for slot in s.senders or ():
+            seen = _utc(dt.datetime.fromtimestamp(slot.seen_at, dt.UTC)) if slot.seen_at else None
+            if slot.beating:
+                kind = "a send_stream process" if slot.process else "a worker task"
+                write(f"senders    slot {slot.slot}: {kind} (pid {slot.pid}), beating")
+                continue
+            silent = (now - seen).total_seconds() if seen else None
+            since = f"since {seen:%Y-%m-%d %H:%M:%S} UTC ({_age(silent)})" if seen else "never seen"
+            if silent is not None and silent <= SENDER_SILENT_SECONDS:
+                write(
+                    f"senders    slot {slot.slot}: no heartbeat {since}; the delivery watchdog starts a sender "
+                    "task for it within a minute"
+                )
+                continue
+            write(
+                f"senders    slot {slot.slot}: NO HEARTBEAT{',' if not seen else ''} {since}: is `send_stream --slot "
+                f"{slot.slot}` running, or a worker (the delivery watchdog starts a sender task for a silent slot "
+                "each minute)?"
+            )
+            problems.append(
+                f"stream sender slot {slot.slot} silent "
+                + (f"since {seen:%Y-%m-%d %H:%M:%S} UTC" if seen else "(never seen)")
+            )
         write(f"sending    {len(s.dispatches)} dispatches")
         for d in s.dispatches:
             write(
@@ -129,19 +192,33 @@ class Command(BaseCommand):
             write("retention  REFUSES TO RUN (nothing is deleted) until these change:")
             for problem in s.retention_problems:
                 write(f"  {problem}")
+        if s.retention_problems:
+            problems.append("retention refuses to run")
+        if any(record.overdue for record in s.stalled_imports) or s.imports_not_taken_up:
+            problems.append("an import is not taken up")
         write("beat")
         for name, run in s.beat.items():
             if run.get("missing"):
                 write(f"  {name}: MISSING (deleted?); `manage.py migrate` makes it again")
+                problems.append(f"the beat's {name} is missing")
                 continue
-            upcoming = f"{run['next_run']:%Y-%m-%d %H:%M:%S} UTC" if run["next_run"] else "not scheduled"
-            write(f"  {name}: last ran {_age(run['age_seconds'])}, next {upcoming}")
+            upcoming = f"{_utc(run['next_run']):%Y-%m-%d %H:%M:%S} UTC" if run["next_run"] else "not scheduled"
+            last = run["last_run"]
+            ran = f"{_age(run['age_seconds'])} ({_utc(last):%Y-%m-%d %H:%M} UTC)" if last else "never"
+            late = run.get("late_since")
+            if late is None:
+                write(f"  {name}: last ran {_age(run['age_seconds'])}, next {upcoming}")
+                continue
+            write(
+                f"  {name}: last ran {ran}, LATE: due since {_utc(late):%Y-%m-%d %H:%M} UTC (more than "
+                f"{late_seconds()} s): is a qcluster running? (see the workers line)"
+            )
+            problems.append(
+                f"the beat's {name} is late, last ran " + (f"{_utc(last):%Y-%m-%d %H:%M} UTC" if last else "never")
+            )
         if s.queue_problem:
             sys.exit(1)
-        # What --check reports: a line in capitals.
-        missing = any(run.get("missing") for run in s.beat.values())
-        imports_not_taken_up = any(record.overdue for record in s.stalled_imports) or s.imports_not_taken_up
-        if options["check"] and (
-            s.instance_problem or unreadable or s.retention_problems or missing or imports_not_taken_up
-        ):
+        # What --check reports: a line in capitals, and on stderr one line naming each.
+        if options["check"] and problems:
+            self.stderr.write("status --check: " + "; ".join(problems))
             sys.exit(2)
