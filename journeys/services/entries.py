@@ -59,6 +59,7 @@ def _enter(
     returning: bool = False,
     few: bool = False,
     as_of: dt.datetime | None = None,
+    hold: bool = False,
 ):
     """Enroll the audience's profiles in one INSERT … SELECT, obeying the re-entry policy; return
     how many entered (``returning``: the new enrollments, ``(id, profile_id, its time zone)``).
@@ -72,7 +73,9 @@ def _enter(
 
     No one enters unless the journey is live on ``version``, read with its row held shared until
     commit: a stop waits for the entry, then exits whoever it entered; an entry after a stop (or
-    a new version) waits for it, then enters no one.
+    a new version) waits for it, then enters no one. ``hold``: a paused journey is entered too,
+    its new enrollments held as the pause holds whoever is inside (no due time; ``held_due_at``,
+    ``now``, given back at the resume); the caller runs none of them.
 
     The enrollments are written in profile id order: each one's foreign key check locks its
     profile (``FOR KEY SHARE``, at commit, in the order they were written), and a deletion of
@@ -90,11 +93,13 @@ def _enter(
     # The journey row under the stop's lock order (its open enrollments, then the journey): an
     # entry takes no enrollment before it, and a stop's exit reads the enrollments committed.
     lock = " FOR SHARE" if postgres else ""
-    live = f"(SELECT id FROM journeys_journey WHERE id = %s AND status = %s AND live_version_id = %s{lock}) live"  # noqa: S608 (constants)
+    live = f"(SELECT id, status FROM journeys_journey WHERE id = %s AND status IN (%s, %s) AND live_version_id = %s{lock}) live"  # noqa: S608 (constants)
     sql = (
         "INSERT INTO journeys_enrollment (journey_id, version_id, profile_id, entry_number, step, status, "  # noqa: S608 (constants and the ORM's own SQL; values are bound)
-        "due_at, entered_at, updated_at, exit_reason, history) "
-        f"SELECT %s, %s, p.id, COALESCE(prev.n, 0) + 1, %s, 'active', %s, %s, %s, '', {empty} "
+        "due_at, held_due_at, entered_at, updated_at, exit_reason, history) "
+        f"SELECT %s, %s, p.id, COALESCE(prev.n, 0) + 1, %s, 'active', "
+        "CASE WHEN live.status = %s THEN NULL ELSE %s END, CASE WHEN live.status = %s THEN %s END, "
+        f"%s, %s, '', {empty} "
         f"FROM ({audience_sql}) p CROSS JOIN {live} {prev} "
         "WHERE prev.n IS NULL OR (%s AND prev.busy = 0 AND prev.last_at <= %s) "
         "ORDER BY p.id ON CONFLICT DO NOTHING" + (" RETURNING id, profile_id" if returning else "")
@@ -103,12 +108,16 @@ def _enter(
         version.journey_id,
         version.pk,
         entry,
+        Status.PAUSED,
+        _dt(now),
+        Status.PAUSED,
         _dt(now),
         _dt(now),
         _dt(now),
         *audience_params,
         version.journey_id,
         Status.LIVE,
+        Status.PAUSED if hold else Status.LIVE,
         version.pk,
         version.journey_id,
         reentry,
@@ -208,6 +217,8 @@ def journeys_events_received(
     A paused journey's entry event enters no one: it is counted on the journey's entry step
     (``skipped_paused``, once per profile and call); its exit event ends its profiles as a live one's.
     Replayed after the resume, events stored during the pause enter no one either (counted so).
+    Replayed during a pause, events stored before it enter their profiles held, as the pause holds
+    whoever is inside (``_enter``'s ``hold``): they go on from the entry step at the resume.
     """
     from audiences.models import Event
 
@@ -260,22 +271,55 @@ def journeys_events_received(
                 step_stats_add(counts)
                 exited += len(ending)
     entry_versions = sorted((v for name in names for v in live.entries.get(name, ())), key=lambda v: v.pk)
-    entry_versions = _entering_when_received(entry_versions, received_at)
-    held = _paused_when_received(entry_versions, received_at)
-    entry_versions = [v for v in entry_versions if v not in held]
-    _count_skipped_paused(live, events, names, held)
-    stored_since = _exits_stored_since(entry_versions, events, event_ids, received_at)
-    for version in entry_versions:
+    # A replay's events that came while a journey now paused was live: the call would have entered
+    # them, and the pause held them inside; they enter now, held (``hold``), and go on at the resume.
+    paused_now = [] if received_at is None else [v for name in names for v in live.paused.get(name, ())]
+    candidates = _entering_when_received(sorted([*entry_versions, *paused_now], key=lambda v: v.pk), received_at)
+    held = _paused_when_received(candidates, received_at)
+    candidates = [v for v in candidates if v not in held]
+    _count_skipped_paused(live, events, names, held, replay=received_at is not None)
+    stored_since = _exits_stored_since(candidates, events, event_ids, received_at)
+    for version in candidates:
+        hold = version in paused_now
         entering = _latest(events, version.entry_event)
         ending = _exited_since_entering(version, entering, events, names, stored_since)
         audience, param = _event_audience(sorted(entering))
         with transaction.atomic(savepoint=False):
-            enrolled = _enter(version, audience, [param], now=now, returning=True, few=True, as_of=as_of)
-            journeys_run_entered(enrolled=enrolled, version=version, stamp=live.stamp, now=now, exits=ending)
+            enrolled = _enter(version, audience, [param], now=now, returning=True, few=True, as_of=as_of, hold=hold)
+            if hold:
+                _end_held_at_once(version, enrolled, ending, now=now)
+            else:
+                journeys_run_entered(enrolled=enrolled, version=version, stamp=live.stamp, now=now, exits=ending)
         entered += len(enrolled)
         if ending:
             exited += sum(1 for _, profile_id, _ in enrolled if profile_id in ending)
     return {"exited": exited, "entered": entered}
+
+
+def _end_held_at_once(
+    version: JourneyVersion, enrolled: list[tuple[int, int, str]], ending: dict[int, str], *, now: dt.datetime
+) -> None:
+    """Of a paused journey's entries just held (``_enter``'s ``hold``), end at once, before their
+    first step, those whose exit event came at or after their entry event (``ending``: profile id
+    → reason), as ``journeys_run_entered`` ends an entry run at once: counted entered and exited
+    (``exit_event``) on the entry step. The journey resumes without them. No query without any."""
+    ended = [(pk, ending[profile_id]) for pk, profile_id, _ in enrolled if profile_id in ending]
+    if not ended:
+        return
+    by_reason: dict[str, list[int]] = defaultdict(list)
+    for pk, reason in ended:
+        by_reason[reason].append(pk)
+    for reason, pks in sorted(by_reason.items()):
+        Enrollment.objects.filter(pk__in=pks).update(
+            status=EStatus.EXITED,
+            exit_reason=reason,
+            finished_at=now,
+            updated_at=now,
+            due_at=None,
+            held_due_at=None,
+        )
+    entry = entry_of(version.steps())
+    step_stats_add(Counter({(version.pk, entry, "entered"): len(ended), (version.pk, entry, "exit_event"): len(ended)}))
 
 
 def _entering_when_received(versions: list[JourneyVersion], received_at: dt.datetime | None) -> list[JourneyVersion]:
@@ -302,7 +346,7 @@ def _entering_when_received(versions: list[JourneyVersion], received_at: dt.date
 
 
 def _paused_when_received(versions: list[JourneyVersion], received_at: dt.datetime | None) -> list[JourneyVersion]:
-    """Of these versions of live journeys, those whose journey was paused when a replay's events
+    """Of these versions of journeys on the air, those whose journey was paused when a replay's events
     were stored (``received_at``; none for a call run as it comes): a paused journey takes no
     entries, so events that came during the pause enter no one when replayed after the resume,
     as no call made during the pause did. One query for the whole replay."""
@@ -321,14 +365,18 @@ def _count_skipped_paused(
     events: list[tuple[int, str, dt.datetime]],
     names: set[str],
     held: list[JourneyVersion] | None = None,
+    *,
+    replay: bool = False,
 ) -> None:
     """Count, on the entry step of each paused journey entered on these events, the profiles whose
     entry event came while it was paused (``skipped_paused``): they do not enter. ``held``: the
-    live versions of journeys paused when a replay's events came (``_paused_when_received``)."""
+    live versions of journeys paused when a replay's events came (``_paused_when_received``);
+    ``replay``: these events are a replay's, judged by when they came (``held``), not by the
+    journeys paused now."""
     from journeys.services.lifecycle import SKIPPED_PAUSED
 
     counts: Counter = Counter()
-    paused = [(name, version) for name in sorted(names & set(live.paused)) for version in live.paused[name]]
+    paused = [] if replay else [(n, version) for n in sorted(names & set(live.paused)) for version in live.paused[n]]
     for name, version in [*paused, *((version.entry_event, version) for version in held or ())]:
         profiles = len({profile_id for profile_id, event_name, _ in events if event_name == name})
         counts[(version.pk, entry_of(version.steps()), SKIPPED_PAUSED)] += profiles

@@ -811,3 +811,55 @@ def test_a_replay_enters_only_the_journeys_and_versions_live_when_its_events_wer
     assert list(entered) == [(paid_journey.pk, 2, "completed")]
     assert not Enrollment.objects.filter(journey__in=(late, switched)).exists()
     assert pushsim.state.count(token) == 1
+
+
+def test_a_replay_run_while_the_journey_is_paused_holds_inside_whom_its_events_entered_before_the_pause(
+    paid_journey,
+    pushsim,
+    sim_team,
+    api_key_for,
+    manager_alice,
+    enrollments_refused,
+    django_capture_on_commit_callbacks,
+):
+    """Zoe's order_paid came while the journey was live; her entry failed and was kept for a
+    replay, which ran after the journey was paused: it counted her "not entered while paused" and
+    she was lost, though the call would have entered her and the pause would have held her. The
+    replay now enters her held, as the pause holds whoever is inside: nothing of her passage runs
+    (no push) until the resume, when she goes on from the entry step. Max's order_paid, come
+    during the pause, is counted not entered, as before."""
+    from audiences.services.events import events_replay_due
+    from delivery.services.stream_senders import streams_send
+    from journeys.models import Enrollment
+    from journeys.selectors import version_step_stats
+    from journeys.services.engine import journeys_run_due
+    from journeys.services.lifecycle import journey_pause, journey_resume
+    from tests.journeys.conftest import writes_refused
+
+    phones = {
+        name: DeviceFactory(profile=ProfileFactory(external_id=name), app=sim_team).token for name in ("zoe", "max")
+    }
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    with enrollments_refused(), django_capture_on_commit_callbacks(execute=True):
+        assert _post_event(client, "zoe").status_code == 200
+    journey_pause(journey_id=paid_journey.pk, by=manager_alice)
+    with writes_refused("journeys_stepstat"), django_capture_on_commit_callbacks(execute=True):
+        assert _post_event(client, "max").status_code == 200
+    with django_capture_on_commit_callbacks(execute=True):
+        later = timezone.now() + dt.timedelta(minutes=1, seconds=1)
+        assert events_replay_due(now=later) == {"replayed": 2, "failed": 0, "dropped": 0}
+    zoe = Enrollment.objects.get()
+    assert (zoe.profile.external_id, zoe.status, zoe.step, zoe.due_at) == ("zoe", "active", "thanks", None)
+    assert zoe.held_due_at is not None
+    assert journeys_run_due(now=later).enrollments == 0
+    streams_send(budget=0)
+    assert pushsim.state.count(phones["zoe"]) == 0
+    assert version_step_stats(paid_journey.live_version)["thanks"]["skipped_paused"] == 1  # Max's alone
+    with django_capture_on_commit_callbacks(execute=True):
+        journey_resume(journey_id=paid_journey.pk, by=manager_alice)
+    journeys_run_due(now=later)
+    streams_send(budget=0)
+    assert list(Enrollment.objects.values_list("profile__external_id", "status")) == [("zoe", "completed")]
+    assert (pushsim.state.count(phones["zoe"]), pushsim.state.count(phones["max"])) == (1, 0)
+    stats = version_step_stats(paid_journey.live_version)["thanks"]
+    assert (stats["entered"], stats["pushed"], stats["skipped_paused"]) == (1, 1, 1)
