@@ -18,7 +18,7 @@ from audiences.selectors import (
     profiles_visible_to,
     segments_visible_to,
 )
-from audiences.services.profiles import PROFILE_OUT_OF_REACH, profiles_delete, profiles_delete_counts
+from audiences.services.profiles import profile_out_of_reach, profiles_delete, profiles_delete_counts
 
 MEMBERSHIPS_CHECKED = 1000  # a profile page tests this many segments, the first by name
 
@@ -89,9 +89,14 @@ class ProfileAdmin(ReadOnlyMixin, BigTableAdmin):
             for p in profiles
         ]
         erased = profiles_delete_counts(profile_ids=[p.pk for p in profiles], by=request.user)
-        perms_needed = set() if self.has_delete_permission(request) else {Profile._meta.verbose_name}
-        if erased.hidden:  # refused, as ``profiles_delete`` would: neither their number nor their kinds
-            perms_needed.add(PROFILE_OUT_OF_REACH)
+        # Why it is refused, one reason, said by the templates after "You cannot delete ...:".
+        perms_needed = set()
+        if not self.has_delete_permission(request):
+            perms_needed.add("your role may not delete profiles.")
+        elif erased.hidden:  # refused, as ``profiles_delete`` would: neither their number nor their kinds
+            many = len(profiles) > 1
+            who = "one or more of them" if many else "it"
+            perms_needed.add(profile_out_of_reach(who=who, many=many, stop="."))
         return listed, erased.counts, perms_needed, []
 
     def delete_model(self, request, obj):

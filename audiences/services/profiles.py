@@ -328,10 +328,17 @@ def profile_deletion_listeners_register(fn) -> None:
 # journey enrollments), the rows of that kind a user may reach: ``rows(user)``, a queryset.
 _ROW_READERS: dict = {}
 
-PROFILE_OUT_OF_REACH = (
-    "what they hold in apps, segments or journeys outside your access: only someone with access to all of it"
-    " (an Administrator) can erase them"
-)
+
+def profile_out_of_reach(*, who: str, many: bool, stop: str = ":") -> str:
+    """Why an erasure is refused when profiles hold rows outside their reader's access, neither how
+    many nor of which kind, said of ``who`` ("it", "these profiles"): one profile, or ``many``;
+    ``stop`` ends its first clause (":" or ".")."""
+    holds, them = ("hold", "them") if many else ("holds", "it")
+    who_may = "only" if stop == ":" else "Only"
+    return (
+        f"{who} {holds} data in apps, segments or journeys outside your access{stop} {who_may} someone with"
+        f" access to all of it (an Administrator) can delete {them}."
+    )
 
 
 def profile_row_readers_register(*, model, rows) -> None:
@@ -382,7 +389,8 @@ def profiles_delete(*, profile_ids: list[int], by: User) -> int:
     with transaction.atomic():
         profiles = list(Profile.objects.select_for_update().filter(pk__in=profile_ids).order_by("id"))
         if profiles and _profiles_hidden_rows(profile_ids=[p.pk for p in profiles], by=by):
-            raise PermissionDenied(f"You may not erase these profiles with {PROFILE_OUT_OF_REACH}.")
+            said = profile_out_of_reach(who="These profiles", many=True)
+            raise PermissionDenied(f"{said} Nothing was deleted.")
         for profile in profiles:
             audit(actor=by, action="profile_deleted", obj=profile)
         if profiles:

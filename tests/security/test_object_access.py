@@ -426,3 +426,44 @@ def test_stopping_a_send_names_no_campaign_its_reader_may_not_see(client, moved_
     said = [str(message) for message in get_messages(response.wsgi_request)]
     assert said == [f"Dispatch #{moved_campaign_send.pk}: stopped."]
     assert Dispatch.objects.get(pk=moved_campaign_send.pk).status == Dispatch.Status.STOPPED
+
+
+def test_a_refused_profile_deletion_says_plainly_why_and_offers_no_confirmation(client, world, manager_mallory):
+    """Django's sentence ("your account doesn't have permission to delete the following types of
+    objects:") listed a reason as if it were a type of object: the page and Delete selected now
+    say the profiles cannot be deleted and why, offer a way back and no confirmation, and the
+    service refuses in a sentence of its own."""
+    from django.core.exceptions import PermissionDenied
+
+    from audiences.services.profiles import profiles_delete
+    from tests.factories import ProfileFactory
+
+    profile = world["profile"]
+    client.force_login(manager_mallory)
+    press = {"action": "delete_selected", "_selected_action": [profile.pk, ProfileFactory().pk]}
+    pages = {
+        "page": client.get(reverse("admin:audiences_profile_delete", args=[profile.pk])),
+        "action": client.post("/admin/audiences/profile/", press),
+    }
+    for name, page in pages.items():
+        html = page.content.decode()
+        assert "types of objects" not in html and "permission to delete" not in html, name
+        assert 'name="post"' not in html and "I’m sure" not in html, name
+        assert "cancel-link" in html, name
+    reach = (
+        "in apps, segments or journeys outside your access. Only someone with access to all of it (an Administrator)"
+    )
+    assert (
+        f"You cannot delete the profile “{profile}”: it holds data {reach} can delete it."
+        in pages["page"].content.decode()
+    )
+    assert (
+        f"You cannot delete the selected profiles: one or more of them hold data {reach} can delete them."
+        in pages["action"].content.decode()
+    )
+    with pytest.raises(PermissionDenied) as refused:
+        profiles_delete(profile_ids=[profile.pk], by=manager_mallory)
+    assert str(refused.value) == (
+        "These profiles hold data in apps, segments or journeys outside your access: only someone with access"
+        " to all of it (an Administrator) can delete them. Nothing was deleted."
+    )
