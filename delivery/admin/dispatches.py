@@ -63,6 +63,25 @@ def _context_as_seen(dispatch: Dispatch) -> dict:
     return context
 
 
+def _context_withheld(dispatch: Dispatch) -> dict[str, str]:
+    """The keys of the send's context (``CONTEXT_SOURCES``) that name what sent it to a reader who may
+    not see it (``source_seen``), with the kind each names: their values but the id are not shown."""
+    if getattr(dispatch, "source_seen", True):
+        return {}
+    return {key: kind for key, kind in CONTEXT_SOURCES.items() if isinstance((dispatch.context or {}).get(key), dict)}
+
+
+def _preview_substitutes(dispatch: Dispatch) -> str:
+    """A line under a preview drawn with ``_context_as_seen``: what it reads in place of the names
+    its reader may not see, so no one takes it for what the phones received."""
+    return format_html_join(
+        "",
+        '<p class="help preview-substitutes">The preview reads “{}” where this send gave its content the {}’s'
+        " name, which you have no access to.</p>",
+        ((numbered(kind, dispatch.context[key].get("id")), kind) for key, kind in _context_withheld(dispatch).items()),
+    )
+
+
 def _context_lines(value, path: str = "context") -> list[tuple[str, str]]:
     """(Liquid path, value) for each value of a context, nested keys flattened, a text as it is and
     any other value as JSON: ("context.campaign.name", "Spring sale"), ("context.campaign.id", "12")."""
@@ -241,16 +260,25 @@ class DispatchAdmin(ScopedAdmin):
     def context_shown(self, obj):
         """What the send gave its content as ``context.*``, one value a line as Liquid reads it
         (``context.campaign.name``: “Spring sale”): the campaign or journey it names told only to a
-        reader who may see what sent it, by kind and number to the others."""
-        context = _context_as_seen(obj)
+        reader who may see what sent it; to the others its id alone, each other value of it said
+        not shown, and why."""
+        context = obj.context or {}
         if not context:
             return "Nothing: the content could read no context.* value."
+        withheld = {f"context.{key}.": kind for key, kind in _context_withheld(obj).items()}
+
+        def shown(path: str, value: str) -> str:
+            for prefix, kind in withheld.items():
+                if path.startswith(prefix) and path != f"{prefix}id":
+                    return format_html("<em>not shown: it names a {} you have no access to</em>", kind)
+            return value
+
         return format_html(
             '<table class="dispatch-context">{}</table>',
             format_html_join(
                 "",
                 "<tr><th><code>{}</code></th><td>{}</td></tr>",
-                ((path, value) for path, value in _context_lines(context)),
+                ((path, shown(path, value)) for path, value in _context_lines(context)),
             ),
         )
 
@@ -331,7 +359,8 @@ class DispatchAdmin(ScopedAdmin):
         the send reads it (a Viewer granted its campaign alone), as the campaign's page shows it."""
         app_name = obj.app.name if getattr(obj, "app_seen", False) else numbered("app", obj.app_id)
         if not obj.variants:
-            return _sent_html(obj.content_spec, app_name=app_name, context=_context_as_seen(obj))
+            sent = _sent_html(obj.content_spec, app_name=app_name, context=_context_as_seen(obj))
+            return format_html("{}{}", sent, _preview_substitutes(obj)) if obj.content_spec else sent
         seen = getattr(obj, "variant_contents_seen", set())
         variants = format_html_join(
             "",
@@ -354,7 +383,7 @@ class DispatchAdmin(ScopedAdmin):
             if obj.holdout_share
             else ""
         )
-        return format_html("{}{}", variants, holdout)
+        return format_html("{}{}{}", variants, _preview_substitutes(obj), holdout)
 
     def get_object(self, request, object_id, from_field=None):
         obj = super().get_object(request, object_id, from_field)

@@ -467,3 +467,29 @@ def test_a_refused_profile_deletion_says_plainly_why_and_offers_no_confirmation(
         "These profiles hold data in apps, segments or journeys outside your access: only someone with access"
         " to all of it (an Administrator) can delete them. Nothing was deleted."
     )
+
+
+def test_a_send_s_context_says_what_it_withholds_from_a_reader_who_may_not_see_its_campaign(
+    client, moved_campaign_send, viewer_carol, manager_mallory
+):
+    """The context read 'context.campaign.name: campaign #5', and the preview 'campaign #5 is coming',
+    as though the send had given its content that text: carol read a value no phone received. The
+    line now says the value is not shown and why, and the preview says what it put in its place."""
+    url = reverse("admin:delivery_dispatch_change", args=[moved_campaign_send.pk])
+    campaign_id = moved_campaign_send.context["campaign"]["id"]
+    client.force_login(viewer_carol)
+    html = client.get(url).content.decode()
+    assert f"<td>campaign #{campaign_id}</td>" not in html
+    assert (
+        "<tr><th><code>context.campaign.name</code></th>"
+        "<td><em>not shown: it names a campaign you have no access to</em></td></tr>"
+    ) in html
+    assert f"<tr><th><code>context.campaign.id</code></th><td>{campaign_id}</td></tr>" in html
+    assert (
+        f"The preview reads “campaign #{campaign_id}” where this send gave its content the campaign’s name,"
+        " which you have no access to."
+    ) in html
+    client.force_login(manager_mallory)
+    html = client.get(url).content.decode()
+    assert "not shown" not in html and "The preview reads" not in html
+    assert "<tr><th><code>context.campaign.name</code></th><td>Merger announcement</td></tr>" in html
