@@ -394,6 +394,8 @@ Q_CLUSTER = {
 }
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
+    # django-q2's own, finding the qclusters through a registry rather than KEYS over the database.
+    Q_CLUSTER["broker_class"] = "operations.broker.RegisteredStatsRedis"
 else:
     Q_CLUSTER["orm"] = "default"
     Q_CLUSTER["poll"] = 0.5

@@ -305,6 +305,39 @@ class PushdeskCollector:
             elif run["next_run"] is not None:  # no series would leave the alert nothing to fire on
                 beat.add_metric([name], max((now - run["next_run"]).total_seconds(), 0.0))
         yield beat
+        overdue = GaugeMetricFamily(
+            "pushdesk_beat_overdue_seconds",
+            "Seconds each schedule of the beat has been due without running (0 while it is not due): its next run "
+            "not fired, or its interval since its last run passed; past Q_CLUSTER's timeout, 300 s, manage.py status "
+            "calls it LATE; one that is missing (deleted) is +Inf",
+            labels=["schedule"],
+        )
+        for name, run in s.beat.items():
+            if run.get("missing"):
+                overdue.add_metric([name], math.inf)
+            else:
+                due = run["due_since"]
+                overdue.add_metric([name], max((now - due).total_seconds(), 0.0) if due is not None else 0.0)
+        yield overdue
+        # None while the queue cannot be read, or with PUSHDESK_TASKS_SYNC (no workers): no series, not a 0.
+        workers = GaugeMetricFamily(
+            "pushdesk_workers_seen",
+            "qclusters reporting to this queue now (each saves its statistics every half second, kept 3 s); "
+            "0: no worker runs tasks or the beat (manage.py status: NONE SEEN)",
+        )
+        if s.workers is not None:
+            workers.add_metric([], len(s.workers))
+        yield workers
+        senders = GaugeMetricFamily(
+            "pushdesk_sender_slot_heartbeat_age_seconds",
+            "Seconds since each stream sender slot's last heartbeat (a send_stream process or a worker task beats "
+            "every few seconds); +Inf when none in the last week; past 120 s manage.py status says NO HEARTBEAT",
+            labels=["slot"],
+        )
+        for slot in s.senders or ():
+            age = max(time.time() - slot.seen_at, 0.0) if slot.seen_at is not None else math.inf
+            senders.add_metric([str(slot.slot)], age)
+        yield senders
 
         names = dict(App.objects.values_list("pk", "name"))
         figures = send_totals(now=now)

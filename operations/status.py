@@ -134,12 +134,13 @@ def queue_depth_and_oldest_age(*, now: dt.datetime) -> tuple[int, float | None]:
     return depth, age
 
 
-def snapshot(*, now: dt.datetime | None = None, processes: bool = False) -> Snapshot:
-    """Read the queue, the unfinished dispatches, the last hour's failed tasks, the event replays
-    waiting, what stops event retention and the beat; with ``processes``, the workers reporting to
-    the queue and the stream sender slots' heartbeats too (a KEYS over the broker's Redis: for
-    ``manage.py status``, not for each scrape of the metrics). A queue Redis does not answer for is
-    reported in ``queue_problem``; the database not answering raises ``django.db.Error``."""
+def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
+    """Read the queue, the workers reporting to it, the stream sender slots' heartbeats, the
+    unfinished dispatches, the last hour's failed tasks, the event replays waiting, what stops event
+    retention and the beat: for ``manage.py status`` and each scrape of the metrics, so no read walks
+    Redis' keys (the workers are found through the broker's registry, operations.broker; the slots
+    by their keys). A queue Redis does not answer for is reported in ``queue_problem``; the database
+    not answering raises ``django.db.Error``."""
     from django.db.models import Count, Max, Min, Q
     from django_q.conf import Conf
     from django_q.models import Schedule, Task
@@ -158,7 +159,7 @@ def snapshot(*, now: dt.datetime | None = None, processes: bool = False) -> Snap
     workers = senders = None
     try:
         depth, age = queue_depth_and_oldest_age(now=now)
-        if processes and not Conf.SYNC:
+        if not Conf.SYNC:
             workers = _workers_seen()
             senders = streams_senders_seen()
     except RedisError as exc:  # Redis down or restarting: everything else can still be read
@@ -254,11 +255,13 @@ def snapshot(*, now: dt.datetime | None = None, processes: bool = False) -> Snap
     )
     for schedule in Schedule.objects.order_by("name"):
         last = last_runs.get(schedule.task)
+        due = _beat_due_since(schedule, last, now=now)
         result.beat[schedule.name or schedule.func] = {
             "last_run": last,
             "age_seconds": (now - last).total_seconds() if last else None,
             "next_run": schedule.next_run,
-            "late_since": _beat_late_since(schedule, last, now=now),
+            "due_since": due,
+            "late_since": due if due is not None and (now - due).total_seconds() > late_seconds() else None,
         }
     from operations.beats import BEATS
 
@@ -276,16 +279,17 @@ def _every_seconds(schedule) -> int | None:
     return {Schedule.HOURLY: 3600, Schedule.DAILY: 86400, Schedule.WEEKLY: 7 * 86400}.get(schedule.schedule_type)
 
 
-def _beat_late_since(schedule, last: dt.datetime | None, *, now: dt.datetime) -> dt.datetime | None:
-    """When ``schedule`` was due, if that is more than ``late_seconds()`` ago: its next run the
-    scheduler has not fired (no qcluster runs), or its interval after its last run (its task not run)."""
+def _beat_due_since(schedule, last: dt.datetime | None, *, now: dt.datetime) -> dt.datetime | None:
+    """When ``schedule`` was due and has not run since, if it is due now: its next run the scheduler
+    has not fired (no qcluster runs), or its interval after its last run (its task not run). It is
+    late once that is more than ``late_seconds()`` ago."""
     if schedule.repeats == 0:  # done: it runs no more
         return None
     due = [schedule.next_run] if schedule.next_run else []
     every = _every_seconds(schedule)
     if last and every:
         due.append(last + dt.timedelta(seconds=every))
-    if not due or (now - min(due)).total_seconds() <= late_seconds():
+    if not due or min(due) > now:
         return None
     return min(due)
 

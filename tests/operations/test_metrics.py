@@ -534,3 +534,125 @@ def test_the_guide_s_prometheus_table_lists_every_series_a_scrape_exports_with_i
         for sample in family.samples:
             name = sample.name if sample.name in rows else f"{family.name}_total"
             assert set(sample.labels) == set(filter(None, rows[name].split(","))), sample
+
+
+def _by_label(samples: dict, series: str, label: str) -> dict:
+    return {dict(labels)[label]: v for (name, labels), v in samples.items() if name == series}
+
+
+def test_a_running_deployment_shows_its_worker_beating_slots_and_no_beat_overdue(
+    client, beat, workers_running, metrics_on, settings
+):
+    samples = scrape(client)
+    assert samples[("pushdesk_workers_seen", ())] == 1
+    ages = _by_label(samples, "pushdesk_sender_slot_heartbeat_age_seconds", "slot")
+    assert set(ages) == {str(slot) for slot in range(settings.PUSHDESK_STREAM_SENDERS)}
+    assert all(0 <= age < 5 for age in ages.values()), ages
+    overdue = _by_label(samples, "pushdesk_beat_overdue_seconds", "schedule")
+    assert overdue and set(overdue.values()) == {0}, overdue
+
+
+def test_no_worker_and_silent_sender_slots_are_what_status_check_fails_on(
+    client, db, tasks_queued, metrics_on, settings, capsys
+):
+    """The series an alert rule reads agree with ``status --check``: no qcluster, a slot silent
+    since 10 minutes ago, and one never seen in the last week."""
+    import time
+
+    from django.core.cache import cache
+    from django.core.management import call_command
+
+    from delivery.services.stream_senders import _HEARTBEAT
+
+    settings.PUSHDESK_STREAM_SENDERS = 2
+    keys = [_HEARTBEAT.format(slot=slot) for slot in (0, 1)]
+    cache.delete_many([*keys, *(f"{key}:seen" for key in keys)])
+    cache.set(f"{keys[0]}:seen", {"pid": 77, "at": time.time() - 600, "process": True}, timeout=3600)
+    samples = scrape(client)
+    assert samples[("pushdesk_workers_seen", ())] == 0
+    ages = _by_label(samples, "pushdesk_sender_slot_heartbeat_age_seconds", "slot")
+    assert 600 <= ages["0"] < 610
+    assert ages["1"] == float("inf")
+    with pytest.raises(SystemExit) as exit_:
+        call_command("status", "--check")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "no worker seen" in err and "slot 0 silent" in err and "slot 1 silent (never seen)" in err, err
+
+
+def test_without_a_queue_to_run_tasks_for_there_are_no_workers_or_senders_to_count(client, db, metrics_on):
+    """PUSHDESK_TASKS_SYNC runs each task where it is queued: no series, rather than a 0 that alerts."""
+    samples = scrape(client)
+    assert ("pushdesk_workers_seen", ()) not in samples
+    assert not _by_label(samples, "pushdesk_sender_slot_heartbeat_age_seconds", "slot")
+
+
+def test_a_beat_due_and_not_run_counts_since_it_was_due(client, db, metrics_on):
+    import datetime as dt
+    import math
+
+    from django.utils import timezone
+    from django_q.models import Schedule
+
+    now = timezone.now()
+    Schedule.objects.all().delete()
+    Schedule.objects.create(
+        name="campaigns tick", func="math.floor", minutes=1, next_run=now - dt.timedelta(minutes=12)
+    )
+    Schedule.objects.create(name="journeys tick", func="math.floor", minutes=1, next_run=now + dt.timedelta(seconds=30))
+    overdue = _by_label(scrape(client), "pushdesk_beat_overdue_seconds", "schedule")
+    assert 720 <= overdue["campaigns tick"] < 725
+    assert overdue["journeys tick"] == 0
+    assert math.isinf(overdue["delivery watchdog"])  # deleted: `status` says MISSING
+
+
+def test_a_scrape_finds_the_workers_without_walking_redis_keys(client, db, workers_running, metrics_on):
+    """Redis often holds the cache and the sessions too: a scrape reads the keys it names, never
+    KEYS or SCAN over all of them, however many there are."""
+    from django.conf import settings
+    from django_q.brokers import get_broker
+    from redis import Redis
+
+    if "redis" not in settings.Q_CLUSTER:
+        pytest.skip("the queue is the database here")
+    connection = get_broker().connection
+    unrelated = [f"pushdesk-test:unrelated:{n}" for n in range(20_000)]
+    with connection.pipeline(transaction=False) as pipe:
+        for start in range(0, len(unrelated), 1000):
+            pipe.mset(dict.fromkeys(unrelated[start : start + 1000], "x"))
+        pipe.execute()
+
+    def walks(*args, **kwargs):
+        raise AssertionError("a scrape walked Redis' keys")
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for name in ("keys", "scan", "scan_iter"):
+                patch.setattr(Redis, name, walks)
+            samples = scrape(client)
+    finally:
+        for start in range(0, len(unrelated), 1000):
+            connection.delete(*unrelated[start : start + 1000])
+    assert samples[("pushdesk_workers_seen", ())] == 1
+
+
+def test_a_worker_gone_is_not_seen_once_its_statistics_run_out(db, tasks_queued):
+    """The registry keeps a cluster's key a minute past its expiry; the key itself says whether it runs."""
+    import uuid
+
+    from django.conf import settings
+    from django_q.brokers import get_broker
+    from django_q.signing import SignedPackage
+    from django_q.status import Stat, Status
+
+    if "redis" not in settings.Q_CLUSTER:
+        pytest.skip("the queue is the database here")
+    broker = get_broker()
+    gone, running = Status(pid=1, cluster_id=uuid.uuid4()), Status(pid=2, cluster_id=uuid.uuid4())
+    for cluster in (gone, running):
+        broker.set_stat(Stat.get_key(cluster.cluster_id), SignedPackage.dumps(cluster, True), 60)
+    try:
+        broker.connection.delete(Stat.get_key(gone.cluster_id))  # as its 3 s ran out
+        assert [stat.pid for stat in Stat.get_all()] == [2]
+    finally:
+        broker.connection.delete(Stat.get_key(running.cluster_id))

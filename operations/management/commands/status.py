@@ -59,7 +59,7 @@ class Command(BaseCommand):
         try:
             with database_errors_said():
                 connection.ensure_connection()
-                s = snapshot(processes=True)
+                s = snapshot()
                 unreadable = app_secret_problems()
                 foreign_keys = list(superuser_keys_made_by_others())
         except DatabaseError as exc:  # it answers, but something in it cannot be read (--traceback shows it)
