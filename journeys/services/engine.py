@@ -139,9 +139,13 @@ def journeys_run_entered(
     stamp: str | None,
     now: dt.datetime,
     exits: dict[int, str] | None = None,
+    entered_at: dt.datetime | None = None,
 ) -> RunReport:
     """Run enrollments the caller just wrote in its transaction (an event's entries, ``(id, profile
     id, its time zone)``, in ``version``, read with its journey) to their next wait, now.
+    ``entered_at``: their entry's date as written, when not ``now`` (a replay's, dated when its
+    events were stored): a condition on an event "since entering" reads from then, as it does
+    once the enrollment is read back.
 
     Their first steps, pushes included, commit with the entry, and no other worker ever sees them
     at the entry step: they are not read again, nor their profiles' zones, nor (``stamp``, the
@@ -154,7 +158,7 @@ def journeys_run_entered(
         return report
     entry = entry_of(version.steps())
     rows = [
-        _Row((pk, version.journey_id, version.pk, profile_id, entry, EStatus.ACTIVE, now))
+        _Row((pk, version.journey_id, version.pk, profile_id, entry, EStatus.ACTIVE, entered_at or now))
         for pk, profile_id, _ in enrolled
     ]
     known = _Known(zones={profile_id: zone or "" for _, profile_id, zone in enrolled}, stamp=stamp)

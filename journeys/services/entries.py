@@ -67,7 +67,9 @@ def _enter(
     A profile enters when it never entered the journey, or (re-entry after a wait) when it has
     no open enrollment and its last entry is at least the wait old at ``as_of`` (``now`` unless
     given: the time events run late were stored, so that a profile that entered since they came
-    is not entered again by them). The partial unique index
+    is not entered again by them). The entry is dated ``as_of`` (``entered_at``), when the call
+    would have entered it: a later event's re-entry wait counts from then, and an exit event
+    that occurred since ends it; its first step is due ``now``. The partial unique index
     "one open enrollment per (journey, profile)" settles races between concurrent entries.
     ``few``: the audience is a handful of profiles (an event's), each looked up on its own.
 
@@ -112,7 +114,7 @@ def _enter(
         _dt(now),
         Status.PAUSED,
         _dt(now),
-        _dt(now),
+        _dt(as_of or now),
         _dt(now),
         *audience_params,
         version.journey_id,
@@ -212,7 +214,9 @@ def journeys_events_received(
     event was stored since, at or after its entry event, enters and ends at once, as one in the
     same call would (``_exits_stored_since``; ``event_ids``, the replay's own, are not read
     again for it); and only the journeys live then on a version entering on the same event are
-    entered, on the version live now (``_entering_when_received``). Returns the counts.
+    entered, on the version live now (``_entering_when_received``). A replay's entries are dated
+    when its events were stored, as the call would have dated them (their first steps run now).
+    Returns the counts.
 
     A paused journey's entry event enters no one: it is counted on the journey's entry step
     (``skipped_paused``, once per profile and call); its exit event ends its profiles as a live one's.
@@ -289,7 +293,9 @@ def journeys_events_received(
             if hold:
                 _end_held_at_once(version, enrolled, ending, now=now)
             else:
-                journeys_run_entered(enrolled=enrolled, version=version, stamp=live.stamp, now=now, exits=ending)
+                journeys_run_entered(
+                    enrolled=enrolled, version=version, stamp=live.stamp, now=now, exits=ending, entered_at=as_of
+                )
         entered += len(enrolled)
         if ending:
             exited += sum(1 for _, profile_id, _ in enrolled if profile_id in ending)

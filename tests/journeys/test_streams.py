@@ -153,7 +153,7 @@ def test_a_replay_run_late_enters_no_one_who_entered_since_its_events_came(
     from audiences.models import Event, EventReplay
     from audiences.services.events import events_replay_due
     from delivery.services.stream_senders import streams_send
-    from journeys.models import Enrollment
+    from journeys.models import Enrollment, JourneyVersion
 
     graph = {
         "steps": [
@@ -183,6 +183,7 @@ def test_a_replay_run_late_enters_no_one_who_entered_since_its_events_came(
     Enrollment.objects.update(entered_at=F("entered_at") - ago, finished_at=F("finished_at") - ago)
     Event.objects.update(occurred_at=F("occurred_at") - ago, received_at=F("received_at") - ago)
     EventReplay.objects.update(created_at=F("created_at") - ago, next_attempt_at=F("next_attempt_at") - ago)
+    JourneyVersion.objects.update(live_at=F("live_at") - ago)
     with django_capture_on_commit_callbacks(execute=True):
         assert events_replay_due() == {"replayed": 1, "failed": 0, "dropped": 0}
     streams_send(budget=0)
@@ -863,3 +864,120 @@ def test_a_replay_run_while_the_journey_is_paused_holds_inside_whom_its_events_e
     assert (pushsim.state.count(phones["zoe"]), pushsim.state.count(phones["max"])) == (1, 0)
     stats = version_step_stats(paid_journey.live_version)["thanks"]
     assert (stats["entered"], stats["pushed"], stats["skipped_paused"]) == (1, 1, 1)
+
+
+def test_a_replay_dates_its_entries_when_their_events_were_stored_so_a_later_events_wait_counts_from_then(
+    sim_journey,
+    sim_welcome,
+    publish,
+    pushsim,
+    sim_team,
+    api_key_for,
+    manager_alice,
+    enrollments_refused,
+    django_capture_on_commit_callbacks,
+):
+    """Re-entry after 10 minutes. Zoe's order_paid could not enter her; the replay ran a quarter
+    of an hour later and entered her, dated at its own time, so her next order_paid, a moment
+    after, found her entry a moment old and did not enter her, though the call would have entered
+    her a quarter of an hour before and the wait was over. The entry is dated when its event was
+    stored now (it runs, and pushes, at the replay's time): her next order_paid enters her again."""
+    from django.db.models import F
+
+    from audiences.models import Event, EventReplay
+    from audiences.services.events import events_replay_due
+    from delivery.services.stream_senders import streams_send
+    from journeys.models import Enrollment, JourneyVersion
+
+    graph = {
+        "steps": [
+            {"id": "thanks", "type": "push", "content": sim_welcome.pk, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+    publish(
+        sim_journey(
+            graph=graph,
+            entry_kind="event",
+            entry_event="order_paid",
+            entry_segment=None,
+            reentry="after_wait",
+            reentry_wait_seconds=600,
+        )
+    )
+    token = DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=sim_team).token
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    with enrollments_refused(), django_capture_on_commit_callbacks(execute=True):
+        assert _post_event(client, "zoe").status_code == 200
+    ago = dt.timedelta(minutes=15)
+    Event.objects.update(occurred_at=F("occurred_at") - ago, received_at=F("received_at") - ago)
+    EventReplay.objects.update(created_at=F("created_at") - ago, next_attempt_at=F("next_attempt_at") - ago)
+    JourneyVersion.objects.update(live_at=F("live_at") - ago)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert events_replay_due() == {"replayed": 1, "failed": 0, "dropped": 0}
+    first = Enrollment.objects.get()
+    assert first.entered_at == Event.objects.get().received_at
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _post_event(client, "zoe").status_code == 200
+    streams_send(budget=0)
+    assert list(Enrollment.objects.order_by("entry_number").values_list("entry_number", "status")) == [
+        (1, "completed"),
+        (2, "completed"),
+    ]
+    assert pushsim.state.count(token) == 2
+
+
+def test_a_replays_entry_reads_a_condition_on_an_event_since_entering_from_when_its_event_was_stored(
+    sim_journey,
+    sim_welcome,
+    publish,
+    pushsim,
+    sim_team,
+    api_key_for,
+    manager_alice,
+    enrollments_refused,
+    django_capture_on_commit_callbacks,
+):
+    """Zoe's order_paid could not enter her; she opened the app five minutes after it. The replay,
+    run a quarter of an hour after her order, dates her entry then, and its first step, a condition
+    on an app_open since entering, reads from that date, as it would once the enrollment is read
+    back: she opened the app since, and gets the push."""
+    from django.db.models import F
+
+    from audiences.models import Event, EventReplay
+    from audiences.services.events import events_replay_due
+    from journeys.models import Enrollment, JourneyVersion
+    from tests.factories import EventFactory
+
+    graph = {
+        "steps": [
+            {
+                "id": "check",
+                "type": "condition",
+                "branches": [{"label": "opened", "event": "app_open", "next": "thanks"}],
+                "else": "quiet",
+            },
+            {"id": "thanks", "type": "push", "content": sim_welcome.pk, "next": "done"},
+            {"id": "quiet", "type": "exit"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+    publish(sim_journey(graph=graph, entry_kind="event", entry_event="order_paid", entry_segment=None))
+    zoe = ProfileFactory(external_id="zoe")
+    token = DeviceFactory(profile=zoe, app=sim_team).token
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    with enrollments_refused(), django_capture_on_commit_callbacks(execute=True):
+        assert _post_event(client, "zoe").status_code == 200
+    ago = dt.timedelta(minutes=15)
+    Event.objects.update(occurred_at=F("occurred_at") - ago, received_at=F("received_at") - ago)
+    EventReplay.objects.update(created_at=F("created_at") - ago, next_attempt_at=F("next_attempt_at") - ago)
+    JourneyVersion.objects.update(live_at=F("live_at") - ago)
+    EventFactory(profile=zoe, name="app_open", occurred_at=timezone.now() - dt.timedelta(minutes=10))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert events_replay_due() == {"replayed": 1, "failed": 0, "dropped": 0}
+    enrollment = Enrollment.objects.get()
+    assert (enrollment.status, [step for step, _, _ in enrollment.history]) == (
+        "completed",
+        ["check", "thanks", "done"],
+    )
+    assert pushsim.state.count(token) == 1
