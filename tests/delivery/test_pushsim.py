@@ -280,13 +280,18 @@ def test_the_pushsim_command_starts_with_faults_and_dead_tokens_from_its_flags(t
 
 
 @pytest.mark.parametrize(
-    ("flags", "said"),
+    ("flags", "said", "status"),
     [
-        (["--rate-429", "2"], "--rate-429: rate_429 is a fraction from 0 to 1"),
-        (["--drop-after", "-1"], "--drop-after: drop_after_streams is a finite number, 0 or more"),
+        (["--rate-429", "2"], "--rate-429: rate_429 is a fraction from 0 to 1", 1),
+        # A whole number's option is read by argparse, which refuses with a usage error (status 2).
+        (
+            ["--drop-after", "-1"],
+            "argument --drop-after: '-1' is not a count of streams: give its number in ASCII digits, 0 (never) or more",
+            2,
+        ),
     ],
 )
-def test_the_pushsim_command_refuses_a_fault_out_of_range_naming_its_flag(tmp_path, flags, said):
+def test_the_pushsim_command_refuses_a_fault_out_of_range_naming_its_flag(tmp_path, flags, said, status):
     import os
     import subprocess
     import sys
@@ -300,7 +305,7 @@ def test_the_pushsim_command_refuses_a_fault_out_of_range_naming_its_flag(tmp_pa
         text=True,
         timeout=60,
     )
-    assert refused.returncode == 1
+    assert refused.returncode == status
     assert said in refused.stderr and "Traceback" not in refused.stderr
 
 
@@ -322,6 +327,57 @@ def test_a_pushsim_port_is_a_number_of_ascii_digits_else_refused_in_a_sentence(m
         f"Error: argument {option}: {port!r} is not a port: give its number in ASCII digits, "
         "0 to 65535 (0: any free one)"
     )
+
+
+@pytest.mark.parametrize(
+    ("option", "refusal"),
+    [
+        ("--retry-after", "a number of seconds: give its number in ASCII digits, 0 or more"),
+        ("--goaway-after", "a count of streams: give its number in ASCII digits, 0 (never) or more"),
+        ("--drop-after", "a count of streams: give its number in ASCII digits, 0 (never) or more"),
+    ],
+)
+@pytest.mark.parametrize("number", ["٣", "３", "1_0", "-1", "+3", " 3", "3.5", "lots", ""])
+def test_pushsim_s_fault_counts_are_numbers_of_ascii_digits_else_refused_in_a_sentence(
+    monkeypatch, option, refusal, number
+):
+    """int() read '٣' (Arabic-Indic) and '３' (full-width) as 3 and '1_0' as 10, so the simulator
+    injected a fault no script named as typed. Each is read as the ports are."""
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    from delivery.management.commands import pushsim
+
+    monkeypatch.setattr(pushsim, "PushSimulator", lambda **kwargs: pytest.fail(f"started: {kwargs}"))
+    with pytest.raises(CommandError) as refused:
+        call_command("pushsim", f"{option}={number}")
+    assert str(refused.value) == f"Error: argument {option}: {number!r} is not {refusal}"
+
+
+@pytest.mark.parametrize(
+    ("option", "fault"),
+    [
+        ("--retry-after", "retry_after"),
+        ("--goaway-after", "goaway_after_streams"),
+        ("--drop-after", "drop_after_streams"),
+    ],
+)
+def test_pushsim_s_fault_counts_in_ascii_digits_are_taken(monkeypatch, option, fault):
+    from django.core.management import call_command
+
+    from delivery.management.commands import pushsim
+
+    class Started(Exception):
+        pass
+
+    class Simulator(pushsim.PushSimulator):
+        def start(self):
+            raise Started(self.state.faults)
+
+    monkeypatch.setattr(pushsim, "PushSimulator", Simulator)
+    with pytest.raises(Started) as started:
+        call_command("pushsim", "--port=0", "--sandbox-port=0", f"{option}=007")
+    assert getattr(started.value.args[0], fault) == 7
 
 
 def test_the_phone_page_shows_a_notifications_image_as_the_phone_would(pushsim, transport, apns_credentials):

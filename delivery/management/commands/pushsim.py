@@ -25,6 +25,9 @@ _OPTIONS = {
 
 # Read as send_stream's --slot is: a port typed in other digits is refused, not listened on.
 _port = command_number("port", give="0 to 65535 (0: any free one)", most=65535)
+# So are the faults counted in whole numbers: '٣' injects no fault a script named as typed.
+_seconds = command_number("number of seconds", give="0 or more")
+_streams = command_number("count of streams", give="0 (never) or more")
 
 
 class Command(BaseCommand):
@@ -40,10 +43,10 @@ class Command(BaseCommand):
         parser.add_argument("--rate-429", type=float, default=0.0, help="fraction of sends answered 429")
         parser.add_argument("--rate-500", type=float, default=0.0, help="fraction of sends answered 500")
         parser.add_argument("--rate-503", type=float, default=0.0, help="fraction of sends answered 503")
-        parser.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds on 429/503")
+        parser.add_argument("--retry-after", type=_seconds, default=1, help="Retry-After seconds on 429/503")
         parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every answer")
-        parser.add_argument("--goaway-after", type=int, default=0, help="GOAWAY a connection after N streams")
-        parser.add_argument("--drop-after", type=int, default=0, help="drop a connection after N streams")
+        parser.add_argument("--goaway-after", type=_streams, default=0, help="GOAWAY a connection after N streams")
+        parser.add_argument("--drop-after", type=_streams, default=0, help="drop a connection after N streams")
         parser.add_argument("--idle-timeout", type=float, default=0.0, help="GOAWAY IdleTimeout after S idle seconds")
         parser.add_argument("--dead-rate", type=float, default=0.0, help="fraction of unknown tokens that are dead")
         parser.add_argument("--dead-token", action="append", default=[], help="a token that is unregistered")
