@@ -20,7 +20,7 @@ from accounts.admin.bases import (
     with_reader_sees,
 )
 from accounts.admin.lifecycle import LifecycleAdminMixin, approval_text, page_request
-from accounts.selectors import approval_current, can, in_scope
+from accounts.selectors import approval_current, approver_standing, can, in_scope
 from accounts.services import TransitionError
 from campaigns import winner_admin
 from campaigns.models import Campaign, WinnerTest
@@ -454,7 +454,23 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
     def approval(self, obj):
         pending = "Revision waiting for approval" if obj.is_active else ""
         request = approval_current(obj)
-        return approval_text(request, time_zone=obj.request_zone(request), pending=pending)
+        text = approval_text(request, time_zone=obj.request_zone(request), pending=pending)
+        return format_html("{}{}", text, self._decision_said(request))
+
+    @staticmethod
+    def _decision_said(approval) -> str:
+        """To an approver reading a request that waits: a link to its review when they may decide it,
+        else why not (``approver_standing``), as the inbox, which does not list it, cannot say."""
+        page = page_request()
+        if approval is None or approval.status != approval.Status.PENDING or page is None:
+            return ""
+        if not page.user.has_perm("accounts.decide_approvalrequest"):
+            return ""
+        allowed, reason = approver_standing(page.user, approval)
+        if allowed:
+            url = reverse("admin:accounts_approvalrequest_review", args=[approval.pk])
+            return format_html(' — <a href="{}">Review it</a>', url)
+        return format_html('<div class="help">You may not decide it. {}</div>', reason)
 
     @admin.display(description="Endpoint and an example call")
     def api_call(self, obj):

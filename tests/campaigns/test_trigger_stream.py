@@ -946,3 +946,34 @@ def test_an_edit_that_keeps_the_app_is_governed_by_its_apps_policy_alone(
     campaign_submit(campaign_id=live_trigger.pk, by=manager_alice)
     request = ApprovalRequest.objects.get(subject_id=str(live_trigger.pk), status="pending")
     assert (request.policy, request.source_policy) == (old, None)
+
+
+def test_the_campaign_page_tells_an_approver_whether_they_may_decide_the_revision_moving_it(
+    client, live_trigger, approvers, new_app, manager_alice
+):
+    """An Approver of one app found the move in no inbox, and the campaign's page said only that a
+    revision waited: nothing told them it was not theirs to decide, nor who decides it. The page now
+    says why they may not, and offers the review to the approver of both apps."""
+    from accounts.models import ApprovalRequest
+
+    _move(live_trigger, new_app, by=manager_alice)
+    request = ApprovalRequest.objects.get(subject_id=str(live_trigger.pk), status="pending")
+    url = f"/admin/campaigns/campaign/{live_trigger.pk}/change/"
+    review = f"/admin/accounts/approvalrequest/{request.pk}/review/"
+    said = {
+        "old": "You may not decide it. This revision moves the campaign into an app you have no access to: an"
+        " approver with access to both apps decides it.",
+        "new": "You may not decide it. This revision moves the campaign out of the app its approved version sends"
+        " to, which you have no access to: an approver with access to both apps decides it.",
+    }
+    for who, sentence in said.items():
+        client.force_login(approvers[who])
+        html = client.get(url).content.decode()
+        assert sentence in html, who
+        assert review not in html, who
+    client.force_login(approvers["both"])
+    html = client.get(url).content.decode()
+    assert f'<a href="{review}">Review it</a>' in html and "You may not decide it" not in html
+    client.force_login(manager_alice)  # no approver: told nothing of deciding
+    html = client.get(url).content.decode()
+    assert "You may not decide it" not in html and review not in html
