@@ -172,6 +172,18 @@ class ApprovalDecisionForm(forms.Form):
     comment = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
 
 
+def _moved_between(subject) -> tuple[str, str] | None:
+    """The names of the two apps a request moves its subject between (the model's
+    ``approval_app_moves_of``: a live campaign's revision moving it to another app), read by its
+    review, whose reader may decide it and so has access to both; None for any other request."""
+    moves_of = getattr(type(subject), "approval_app_moves_of", None)
+    move = moves_of([subject]).get(subject.pk) if moves_of is not None else None
+    if move is None:
+        return None
+    names = django_apps.get_model("delivery", "App").objects.in_bulk(list(move))
+    return tuple(str(names[app_id]) if app_id in names else f"app #{app_id}" for app_id in move)
+
+
 @admin.register(ApprovalRequest)
 class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
     """The approvers' inbox ("Waiting for my approval") and the requesters' view of decisions."""
@@ -329,6 +341,7 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
             "review": handler.review_html(subject, request=approval, user=request.user),
             "form": form,
             "may_decide": allowed,
+            "moved": _moved_between(subject),
             "reason": reason,
         }
         return TemplateResponse(request, "admin/accounts/approvalrequest/review.html", context)

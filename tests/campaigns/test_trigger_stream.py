@@ -977,3 +977,23 @@ def test_the_campaign_page_tells_an_approver_whether_they_may_decide_the_revisio
     client.force_login(manager_alice)  # no approver: told nothing of deciding
     html = client.get(url).content.decode()
     assert "You may not decide it" not in html and review not in html
+
+
+def test_the_review_of_a_move_without_a_policy_says_an_approver_of_both_apps_decides_it(
+    client, live_trigger, approvers, new_app, manager_alice
+):
+    """No policy matched, and the review said 'any Approver may decide', though an Approver of one of
+    the two apps may not: it now says the approver needs access to both, naming them to its reader
+    (who has that access)."""
+    from accounts.models import ApprovalRequest
+
+    _move(live_trigger, new_app, by=manager_alice)
+    request = ApprovalRequest.objects.get(subject_id=str(live_trigger.pk), status="pending")
+    client.force_login(approvers["both"])
+    html = client.get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+    assert "any Approver may decide" not in html
+    old_app = live_trigger.app.name
+    assert (
+        f"(no policy matched: any Approver with access to both apps may decide, as the revision moves the"
+        f" campaign from “{old_app}” to “{new_app.name}”)"
+    ) in html
