@@ -401,28 +401,45 @@ def approver_standings(
     ``policy_approver_of``: the ids of the requests whose policy names the user (directly or
     through a group), when the caller read them already (the inbox's own query does).
     """
-    answers: dict[int, tuple[bool, str]] = {}
+    return {
+        pk: (allowed, reason) for pk, (allowed, reason, _why) in _standings(user, requests, policy_approver_of).items()
+    }
+
+
+def _standings(
+    user: User, requests: list[ApprovalRequest], policy_approver_of: set[int] | None
+) -> dict[int, tuple[bool, str, str]]:
+    """``approver_standings``, each refusal with what the user lacks in a word too (``active``,
+    ``role``, ``self``, ``changed``, ``policy``, ``move``, ``access``): what a request nobody may
+    decide tells its submitter (``approval_stuck_text``)."""
+    answers: dict[int, tuple[bool, str, str]] = {}
     standing = list(requests)
 
-    def refuse(refused: set[int], reason: str) -> None:
+    def refuse(refused: set[int], reason: str, why: str) -> None:
         nonlocal standing
         for request in standing:
             if request.pk in refused:
-                answers[request.pk] = (False, reason)
+                answers[request.pk] = (False, reason, why)
         standing = [request for request in standing if request.pk not in refused]
 
     if not user.is_active:
-        refuse({r.pk for r in standing}, "This account is disabled.")
+        refuse({r.pk for r in standing}, "This account is disabled.", "active")
     decides = user.has_perm("accounts.decide_approvalrequest") if standing else False
-    refuse({r.pk for r in standing if not (decides and user.has_perm(r.approve_perm))}, "Your role may not approve.")
+    refuse(
+        {r.pk for r in standing if not (decides and user.has_perm(r.approve_perm))},
+        "Your role may not approve.",
+        "role",
+    )
     refuse(
         {r.pk for r in standing if r.block_self_approval and r.requested_by_id == user.pk},
-        ("You cannot approve your own request."),
+        "You cannot approve your own request.",
+        "self",
     )
     subjects = approval_subjects(standing)  # for the two checks that read them
     refuse(
         _changed_since_approval(user, [r for r in standing if r.block_self_approval], subjects),
         "You changed what this request asks to approve: another approver decides it.",
+        "changed",
     )
     with_policy = [r for r in standing if r.policy_id is not None]
     if with_policy and policy_approver_of is None:
@@ -433,7 +450,7 @@ def approver_standings(
         )
     for request in with_policy:
         if request.pk not in policy_approver_of:
-            refuse({request.pk}, f"You are not an approver of the policy '{request.policy}'.")
+            refuse({request.pk}, f"You are not an approver of the policy '{request.policy}'.", "policy")
     with_source_policy = [r for r in standing if r.source_policy_id is not None]
     if with_source_policy:  # a move: the policy of the app it moves out of must name them too
         source_approver_of = set(
@@ -443,12 +460,12 @@ def approver_standings(
         )
         for request in with_source_policy:
             if request.pk not in source_approver_of:
-                refuse({request.pk}, f"You are not an approver of the policy '{request.source_policy}'.")
+                refuse({request.pk}, f"You are not an approver of the policy '{request.source_policy}'.", "policy")
     for reason, refused in _moves_out_of_reach(user, standing, subjects).items():
-        refuse(refused, reason)
-    refuse(_subjects_out_of_reach(user, standing, subjects), "You have no access to this object.")
+        refuse(refused, reason, "move")
+    refuse(_subjects_out_of_reach(user, standing, subjects), "You have no access to this object.", "access")
     for request in standing:
-        answers[request.pk] = (True, "")
+        answers[request.pk] = (True, "", "")
     return answers
 
 
@@ -717,6 +734,13 @@ def approval_requests_stuck_among(requests: list[ApprovalRequest]) -> set[int]:
     """The ids of the pending ``requests`` that nobody may decide: ``approval_request_stuck`` of each,
     in a number of queries that grows with the approvers asked, not with the requests (each one's
     ``approver_standings`` over all the requests they are asked to decide)."""
+    return set(approval_requests_undecidable(requests))
+
+
+def approval_requests_undecidable(requests: list[ApprovalRequest]) -> dict[int, dict[int, str]]:
+    """The pending ``requests`` that nobody may decide (``approval_requests_stuck_among``), by id,
+    each with what stops each user asked to decide it, in a word (``_standings``), by user id:
+    empty when its policy names no active user (or, without a policy, no one holds the role)."""
     pending = [request for request in requests if request.status == ApprovalRequest.Status.PENDING]
     candidates: dict[int, list[ApprovalRequest]] = {}  # user id -> the requests they are asked about
     with_policy = [request for request in pending if request.policy_id is not None]
@@ -754,13 +778,102 @@ def approval_requests_stuck_among(requests: list[ApprovalRequest]) -> set[int]:
         for user_id in deciders:
             candidates.setdefault(user_id, []).extend(without_policy)
     users = User.objects.filter(pk__in=list(candidates), is_active=True).order_by("pk")
-    stuck = {request.pk for request in pending}
+    stuck: dict[int, dict[int, str]] = {request.pk: {} for request in pending}
     for user in users:
         asked = [request for request in candidates[user.pk] if request.pk in stuck]
         if asked:
-            standings = approver_standings(user, asked)
-            stuck -= {pk for pk, (allowed, _reason) in standings.items() if allowed}
+            for pk, (allowed, _reason, why) in _standings(user, asked, None).items():
+                if allowed:
+                    del stuck[pk]
+                else:
+                    stuck[pk][user.pk] = why
     return stuck
+
+
+def approval_stuck_text(request: ApprovalRequest, *, reader: User) -> str:
+    """What stops everyone from deciding ``request``, said to ``reader`` (its submitter, or an
+    Administrator), with what to ask for; empty while someone may decide it. Read from the same
+    standings as the stuck flag (``approval_requests_undecidable``). It names the policies, which
+    the request's own page names, but neither the approvers nor the apps."""
+    why = approval_requests_undecidable([request]).get(request.pk)
+    if why is None:
+        return ""
+    lacks = set(why.values())
+    noun = request.subject_type.model if request.subject_type_id else "object"
+    mine = request.requested_by_id == reader.pk
+    submitter, their = ("you", "your") if mine else ("its submitter", "their")
+    policies = request.policies
+    if len(policies) == 2:
+        named = f"the policies '{policies[0]}' and '{policies[1]}'"
+    elif policies:
+        named = f"the policy '{policies[0]}'"
+    else:
+        named = ""
+    if not why:
+        if policies:
+            said = f"the policy '{policies[0]}' names no active user"
+            fix = _add_an_approver(policies).removesuffix(".")
+        else:
+            said = f"no one holds a role that may approve {noun}s"
+            fix = f"give someone the role that approves {noun}s"
+        return f"No one may approve this yet: {said}. Ask an Administrator to {fix}."
+    if lacks == {"self"}:  # the submitter is the only one asked
+        names = "name" if len(policies) == 2 else "names"
+        said = f"{named} {names} only {submitter}" if named else f"the only Approver is {submitter}"
+        may_not = "you may not" if mine else "who may not"
+        joint = ", and " if mine else ", "
+        return (
+            f"No one may approve this yet: {said}{joint}{may_not} approve {their} own work. "
+            f"Ask an Administrator to {_add_an_approver(policies)}"
+        )
+    others = [lack for lack in why.values() if lack != "self"]  # what stops everyone else asked
+    other_policy = request.source_policy or request.policy
+    # What stops them, said of none of them / the others (all but the submitter) / some of them.
+    said_of = {
+        "changed": ("each changed", "the others changed", "some changed"),
+        "role": ("none holds a role", "the others hold no role", "some hold no role"),
+        "policy": ("none is also named", "the others are not also named", "some are not also named"),
+        "move": ("none has access", "the others have no access", "some have no access"),
+        "access": ("none has access", "the others have no access", "some have no access"),
+    }
+    ends = {
+        "changed": " what it asks to approve, so may not decide it",
+        "role": f" that may approve {noun}s",
+        "policy": f" by the policy '{other_policy}'",
+        "move": " to both apps the revision moves it between",
+        "access": f" to this {noun}",
+    }
+    clauses = [f"{submitter} may not approve {their} own work"] if "self" in lacks else []
+    for lack, (of_none, of_the_others, of_some) in said_of.items():
+        if lack in lacks:
+            if others.count(lack) < len(others):
+                clauses.append(of_some + ends[lack])
+            else:
+                clauses.append((of_the_others if "self" in lacks else of_none) + ends[lack])
+    fixes = []
+    add = bool(lacks & {"self", "changed", "policy"})
+    if "role" in lacks:
+        fixes.append(f"give an approver the role that approves {noun}s")
+    if "move" in lacks:
+        fixes.append("give an approver access to both apps")
+    elif "access" in lacks:
+        fixes.append(f"give an approver access to this {noun}")
+    lead = f"of the approvers {named} names, " if named else "of the Approvers, "
+    asked = " or ".join(fixes)
+    if add:
+        asked = f"{asked}, or {_add_an_approver(policies)}" if asked else _add_an_approver(policies)
+    else:
+        asked += "."
+    return f"No one may approve this yet: {lead}{'; '.join(clauses)}. Ask an Administrator to {asked}"
+
+
+def _add_an_approver(policies: list[ApprovalPolicy]) -> str:
+    """The fix of a request no one else is asked to decide, as a sentence's end: a request keeps
+    the approvers its policies named when it was submitted, so it is submitted again."""
+    if not policies:
+        return "make someone else an Approver."
+    named = "both policies" if len(policies) == 2 else "the policy"
+    return f"add an approver to {named}; then cancel this request and submit it again."
 
 
 def approval_requests_stuck() -> list[ApprovalRequest]:

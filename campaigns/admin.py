@@ -20,7 +20,7 @@ from accounts.admin.bases import (
     with_reader_sees,
 )
 from accounts.admin.lifecycle import LifecycleAdminMixin, approval_text, page_request
-from accounts.selectors import approval_current, approver_standing, can, in_scope
+from accounts.selectors import approver_standing, can, in_scope
 from accounts.services import TransitionError
 from campaigns import winner_admin
 from campaigns.models import Campaign, WinnerTest
@@ -453,7 +453,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
     @admin.display(description="Approval")
     def approval(self, obj):
         pending = "Revision waiting for approval" if obj.is_active else ""
-        request = approval_current(obj)
+        request = self.approval_of(obj)
         text = approval_text(request, time_zone=obj.request_zone(request), pending=pending)
         return format_html("{}{}", text, self._decision_said(request))
 

@@ -25,7 +25,7 @@ from accounts.admin.bases import (
 )
 from accounts.admin.lifecycle import LifecycleAdminMixin, approval_text, page_request
 from accounts.json_values import JsonValueFormField
-from accounts.selectors import approval_current, in_scope
+from accounts.selectors import in_scope
 from accounts.services import TransitionError
 from config import digits
 from config.labels import numbered
@@ -438,7 +438,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     @admin.display(description="Approval")
     def approval(self, obj):
         pending = "New version waiting for approval" if obj.status in Journey.ON_AIR else ""
-        text = approval_text(approval_current(obj), time_zone=JOURNEY_ZONE, pending=pending)
+        text = approval_text(self.approval_of(obj), time_zone=JOURNEY_ZONE, pending=pending)
         live = obj.live_version if obj.status in Journey.ON_AIR else None
         request = page_request()
         reader = request.user if request is not None else None

@@ -152,6 +152,35 @@ class LifecycleAdminMixin:
     def change_view(self, request, object_id, form_url="", extra_context=None):
         return drawn_for(request, functools.partial(super().change_view, request, object_id, form_url, extra_context))
 
+    def approval_of(self, obj):
+        """``obj``'s current approval request (``approval_current``), read once per page: its
+        Approval line and the warning of a request no one may decide both read it."""
+        from accounts.selectors import approval_current
+
+        if "_approval_current" not in obj.__dict__:
+            obj.__dict__["_approval_current"] = approval_current(obj)
+        return obj.__dict__["_approval_current"]
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if request.method == "GET" and obj is not None and obj.pk is not None:
+            self._warn_when_no_one_may_approve(request, obj)
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def _warn_when_no_one_may_approve(self, request, obj) -> None:
+        """While ``obj``'s request waits and no one may decide it (the stuck flag's reading), say what
+        is missing, to its submitter (the page they land on when they submit it says it at once) and
+        to an Administrator, who may fix it: it names the request's policies, not shown to others."""
+        from accounts.selectors import approval_stuck_text, has_every_scope
+
+        current = self.approval_of(obj)
+        if current is None or current.status != current.Status.PENDING:
+            return
+        if current.requested_by_id != request.user.pk and not has_every_scope(request.user):
+            return
+        text = approval_stuck_text(current, reader=request.user)
+        if text:
+            self.message_user(request, text, messages.WARNING)
+
     def get_urls(self):
         return [
             path(

@@ -1187,3 +1187,98 @@ def test_the_approval_inbox_says_what_kind_of_thing_waits_in_words(client, make_
     request_id = re.search(r"/admin/accounts/approvalrequest/(\d+)/review/", inbox).group(1)
     page = client.get(f"/admin/accounts/approvalrequest/{request_id}/change/").content.decode()
     assert "Campaigns | campaign" not in page and re.search(r'field-subject_kind">.*?Campaign</div>', page, re.S)
+
+
+@pytest.mark.presses("campaigns.campaign:transition/submit")
+def test_submit_warns_at_once_when_no_one_may_approve_the_request(
+    client, make_campaign, segment, admin_erin, approver_bob, manager_alice, viewer_carol
+):
+    """A request no one may decide was flagged stuck only afterwards (the inbox, the home page, the
+    Administrators' notice); its submitter is now told at once, and on the page while it waits."""
+    from django.contrib.messages import get_messages
+
+    from accounts.models import ApprovalPolicy, ApprovalRequest
+    from accounts.services import access_grant, approval_policy_activate
+
+    policy = ApprovalPolicy.objects.create(name="Two approvers")
+    policy.approver_users.set([approver_bob])
+    approval_policy_activate(policy_id=policy.pk, by=admin_erin)
+    access_grant(obj=segment, to=approver_bob, by=None)
+    mine, theirs = make_campaign(by=approver_bob, name="Bob's sale"), make_campaign(name="Alice's sale")
+    submit, page = "/admin/campaigns/campaign/{}/transition/submit/", "/admin/campaigns/campaign/{}/change/"
+
+    def said(answer):
+        return [(m.level_tag, str(m)) for m in get_messages(answer.wsgi_request)]
+
+    client.force_login(viewer_carol)  # a refused role: refused as before, nothing asked
+    assert client.post(submit.format(mine.pk)).status_code == 403
+    assert not ApprovalRequest.objects.exists()
+
+    client.force_login(approver_bob)
+    warning = (
+        "No one may approve this yet: the policy 'Two approvers' names only you, and you may not approve your "
+        "own work. Ask an Administrator to add an approver to the policy; then cancel this request and submit "
+        "it again."
+    )
+    answer = client.post(submit.format(mine.pk), follow=True)
+    assert said(answer) == [
+        (
+            "success",
+            "Submitted for review: “Bob's sale” waits in the approvers' inbox; nothing is sent until one approves it.",
+        ),
+        ("warning", warning),
+    ]
+    assert Campaign.objects.get(pk=mine.pk).status == "in_review"  # recorded all the same
+    assert said(client.get(page.format(mine.pk))) == [("warning", warning)]  # while it waits
+    client.force_login(viewer_carol)  # the policy is the request's, shown to its submitter only
+    assert said(client.get(page.format(mine.pk))) == []
+
+    client.force_login(manager_alice)  # approver_bob may decide Alice's: no warning
+    answer = client.post(submit.format(theirs.pk), follow=True)
+    assert [level for level, _ in said(answer)] == ["success"]
+    assert said(client.get(page.format(theirs.pk))) == []
+    client.force_login(admin_erin)  # an Administrator, who unblocks it, reads it too
+    assert said(client.get(page.format(mine.pk))) == [
+        (
+            "warning",
+            warning.replace(
+                "names only you, and you may not approve your own work",
+                "names only its submitter, who may not approve their own work",
+            ),
+        )
+    ]
+
+
+def test_the_warning_names_what_each_asked_approver_lacks_and_whom_to_ask(
+    make_campaign, segment, team, admin_erin, approver_bob, manager_alice, manager_mallory
+):
+    """Said from the stuck flag's own standings: the only Approver being the submitter; some approvers
+    without the role and some without access; never a user's or an app's name."""
+    from django.contrib.auth.models import Group
+
+    from accounts.models import ApprovalPolicy
+    from accounts.selectors import approval_stuck_text
+    from accounts.services import access_grant, access_revoke, approval_policy_activate
+
+    access_grant(obj=segment, to=approver_bob, by=None)
+    admin_erin.groups.clear()  # the Administrator approves too: left out, approver_bob is the only Approver
+    own = campaign_submit(campaign_id=make_campaign(by=approver_bob, name="Own").pk, by=approver_bob)
+    assert approval_stuck_text(own, reader=approver_bob) == (
+        "No one may approve this yet: the only Approver is you, and you may not approve your own work. "
+        "Ask an Administrator to make someone else an Approver."
+    )
+
+    policy = ApprovalPolicy.objects.create(name="Team review")
+    policy.approver_users.set([approver_bob, manager_mallory])  # the manager has no role that approves
+    admin_erin.groups.add(Group.objects.get(name="Administrator"))
+    approval_policy_activate(policy_id=policy.pk, by=type(admin_erin).objects.get(pk=admin_erin.pk))
+    request = campaign_submit(campaign_id=make_campaign(name="Theirs").pk, by=manager_alice)
+    assert approval_stuck_text(request, reader=manager_alice) == ""
+    access_revoke(obj=team, to=approver_bob, by=None)
+    said = approval_stuck_text(request, reader=manager_alice)
+    assert said == (
+        "No one may approve this yet: of the approvers the policy 'Team review' names, some hold no role that may "
+        "approve campaigns; some have no access to this campaign. Ask an Administrator to give an approver the "
+        "role that approves campaigns or give an approver access to this campaign."
+    )
+    assert "bob" not in said and "mallory" not in said and team.name not in said

@@ -1810,3 +1810,48 @@ def test_the_access_link_offers_to_manage_only_to_whom_may(
         assert f"{link}see who has access</a>" in page and "manage access" not in page
     page = login(admin_erin).get(url).content.decode()
     assert f"{link}manage access</a>" in page
+
+
+@pytest.mark.presses("journeys.journey:transition/submit")
+def test_a_journeys_submit_warns_at_once_when_no_one_may_approve_it(
+    client, make_journey, admin_erin, approver_bob, manager_alice, viewer_carol
+):
+    """The policy's only approver lost the role: the submitter learns it on submit, not days later."""
+    from django.contrib.auth.models import Group
+    from django.contrib.messages import get_messages
+
+    from accounts.models import ApprovalPolicy, ApprovalRequest
+    from accounts.services import approval_policy_activate
+
+    policy = ApprovalPolicy.objects.create(name="Journeys", applies_to_campaigns=False, applies_to_journeys=True)
+    policy.approver_users.set([approver_bob])
+    approval_policy_activate(policy_id=policy.pk, by=admin_erin)
+    journey = make_journey()
+    submit, page = (
+        f"/admin/journeys/journey/{journey.pk}/transition/submit/",
+        f"/admin/journeys/journey/{journey.pk}/change/",
+    )
+
+    def said(answer):
+        return [(m.level_tag, str(m)) for m in get_messages(answer.wsgi_request)]
+
+    client.force_login(viewer_carol)  # a refused role: refused as before, nothing asked
+    assert client.post(submit).status_code == 403
+    assert not ApprovalRequest.objects.exists()
+
+    approver_bob.groups.remove(Group.objects.get(name="Approver"))
+    client.force_login(manager_alice)
+    warning = (
+        "No one may approve this yet: of the approvers the policy 'Journeys' names, none holds a role that may "
+        "approve journeys. Ask an Administrator to give an approver the role that approves journeys."
+    )
+    answer = client.post(submit, follow=True)
+    assert said(answer) == [
+        ("success", "Submitted for review: version 1 of 'Onboarding' waits for an approver's decision."),
+        ("warning", warning),
+    ]
+    assert Journey.objects.get(pk=journey.pk).status == "in_review"
+    assert said(client.get(page)) == [("warning", warning)]
+
+    approver_bob.groups.add(Group.objects.get(name="Approver"))  # someone may decide it again: no warning
+    assert said(client.get(page)) == []
