@@ -55,7 +55,7 @@ class DeliveryRulesAdmin(AccessAdmin):
 
     form = DeliveryRulesForm
 
-    list_display = ("app", "frequency_cap", "frequency_window_hours", "quiet_hours", "quiet_mode")
+    list_display = ("app", "frequency", "quiet_hours", "quiet_mode_shown")
     list_select_related = ("app",)
     fieldsets = (
         (None, {"fields": ("app",)}),
@@ -73,6 +73,19 @@ class DeliveryRulesAdmin(AccessAdmin):
         if db_field.name == "app":
             kwargs["queryset"] = apps_in_scope(request.user)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    @admin.display(description="Frequency cap", ordering="frequency_cap")
+    def frequency(self, obj):
+        """The cap with its window, or none: a window alone caps nothing."""
+        if obj.frequency_cap is None:
+            return "none"
+        pushes = "push" if obj.frequency_cap == 1 else "pushes"
+        return f"at most {obj.frequency_cap} marketing {pushes} a profile per {obj.frequency_window_hours} hours"
+
+    @admin.display(description="Quiet mode")
+    def quiet_mode_shown(self, obj):
+        """What quiet hours do to a push, said only where there are quiet hours."""
+        return obj.get_quiet_mode_display() if obj.has_quiet_hours else "—"
 
     @admin.display(description="Quiet hours", ordering="quiet_start")
     def quiet_hours(self, obj):

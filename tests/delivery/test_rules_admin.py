@@ -131,3 +131,23 @@ def test_the_list_says_in_which_zone_the_quiet_hours_are_read(client, app, admin
     ), page
     assert '<td class="field-quiet_hours">none</td>' in page
     assert "10 p.m." not in page
+
+
+def test_the_list_says_no_window_and_no_quiet_mode_for_rules_that_have_none(client, app, admin_erin):
+    """An app without a cap read '-' beside a window of 24 hours, and one without quiet hours 'none'
+    beside 'hold until the quiet hours end', as though a window or a mode applied: the cap reads
+    with its window in one column, and the mode only beside quiet hours."""
+    import datetime as dt
+
+    DeliveryRules.objects.create(app=app, frequency_cap=3, frequency_window_hours=48)
+    other = AppFactory(name="Games")
+    DeliveryRules.objects.create(app=other, quiet_start=dt.time(22, 0), quiet_end=dt.time(8, 0), quiet_mode="discard")
+    client.force_login(admin_erin)
+    page = client.get("/admin/delivery/deliveryrules/").content.decode()
+    rows = {name: page[page.index(f">{name}</a>") :][:900] for name in ("Shop", "Games")}
+    shop, games = (rows[name][: rows[name].index("</tr>")] for name in ("Shop", "Games"))
+    assert '<td class="field-frequency">at most 3 marketing pushes a profile per 48 hours</td>' in shop
+    assert '<td class="field-quiet_hours">none</td>' in shop
+    assert '<td class="field-quiet_mode_shown">—</td>' in shop and "hold until" not in shop
+    assert '<td class="field-frequency">none</td>' in games
+    assert '<td class="field-quiet_mode_shown">skip the push</td>' in games
