@@ -33,7 +33,7 @@ from campaigns.review import (
     next_send_text,
     version_diff_html,
 )
-from campaigns.schedule import localize, schedule_check
+from campaigns.schedule import localize, schedule_check, zone_known, zone_names
 from campaigns.selectors import campaign_actions, campaigns_visible_to
 from campaigns.services.conversions import campaign_conversion_set
 from campaigns.services.lifecycle import (
@@ -100,10 +100,27 @@ class DateTimePicker(forms.SplitDateTimeWidget):
 
 def schedule_zone_text(time_zone: str, *, local: bool) -> str:
     """The zone a schedule's dates are read in, as the form says it beside them (schedule_form.js
-    words it alike): the campaign's, or, sent at each profile's local time, each profile's."""
+    words it alike): the campaign's, or, sent at each profile's local time, each profile's; a name
+    that is no time zone (half typed, in other case, made up) said to be none, not named as one."""
+    named = time_zone if zone_known(time_zone) else f"no such time zone: “{time_zone}”"
     if local:
-        return f"(each profile's time zone; {time_zone} for profiles without one)"
-    return f"({time_zone})"
+        return f"(each profile's time zone; {named} for profiles without one)"
+    return f"({named})"
+
+
+class ZoneInput(forms.TextInput):
+    """A time zone typed by its IANA name, the names a schedule takes offered as it is typed (a
+    datalist, which schedule_form.js also reads to tell a name that is no time zone)."""
+
+    def __init__(self, attrs=None):
+        super().__init__(attrs={"list": "time-zones", "autocomplete": "off", **(attrs or {})})
+
+    def render(self, name, value, attrs=None, renderer=None):
+        return format_html(
+            '{}<datalist id="time-zones">{}</datalist>',
+            super().render(name, value, attrs, renderer),
+            format_html_join("", '<option value="{}">', ((zone_name,) for zone_name in zone_names())),
+        )
 
 
 class ZonedDateTimeField(digits.SplitDateTimeField):
@@ -152,7 +169,7 @@ class CampaignForm(ConversionFormMixin, forms.ModelForm):
     class Meta:
         model = Campaign
         fields = (*EDITABLE_FIELDS, "holdout_share", *winner_admin.WINNER_FIELDS)
-        widgets = {"send_at": DateTimePicker, "ends_at": DateTimePicker}
+        widgets = {"send_at": DateTimePicker, "ends_at": DateTimePicker, "time_zone": ZoneInput}
         field_classes = {"send_at": ZonedDateTimeField, "ends_at": ZonedDateTimeField}
         help_texts = {
             "send_at": "The (first) send, for 'at' and 'recurring', in the campaign's time zone.",

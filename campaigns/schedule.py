@@ -24,6 +24,16 @@ def _iana_names() -> frozenset[str]:
     return frozenset(available_timezones() - {"localtime", "posixrules"})
 
 
+def zone_known(name: str) -> bool:
+    """Is ``name`` a time zone a schedule takes (``zone_check``)?"""
+    return name in _iana_names()
+
+
+def zone_names() -> list[str]:
+    """Every time zone a schedule takes, by name, sorted: what the form offers as it is typed."""
+    return sorted(_iana_names())
+
+
 def zone_check(name: str) -> None:
     """Refuse a time zone that is not an IANA name, naming the field. Raises ValidationError."""
     zone(name)

@@ -41,6 +41,34 @@ def test_the_dates_name_the_zone_as_it_is_typed(login, page, live_server, manage
     assert zones.all_inner_texts() == ["(UTC)", "(UTC)"]  # left empty, the schedule is read in UTC
 
 
+def test_a_zone_typed_that_is_no_time_zone_is_not_named_as_the_dates_zone(login, page, live_server, manager_alice):
+    """A zone half typed ('Europe/Pari'), in other case ('europe/paris') or made up stood beside the
+    dates as the zone they are read in, though saving refuses it: the dates now say it is no time
+    zone until it is one, and the field offers the names it takes."""
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/campaigns/campaign/add/")
+    page.select_option("#id_schedule_kind", "at")
+    zones = page.locator(".schedule-zone")
+    for typed in ("Europe/Pari", "europe/paris", "Mars/Olympus"):
+        page.fill("#id_time_zone", typed)
+        assert zones.all_inner_texts() == [f"(no such time zone: “{typed}”)"] * 2, typed
+    page.check("#id_at_local_time")
+    assert (
+        zones.all_inner_texts()
+        == ["(each profile's time zone; no such time zone: “Mars/Olympus” for profiles without one)"] * 2
+    )
+    page.uncheck("#id_at_local_time")
+    page.fill("#id_time_zone", "Europe/Paris")
+    assert zones.all_inner_texts() == ["(Europe/Paris)", "(Europe/Paris)"]
+    offered = page.evaluate("() => Array.from(document.getElementById('id_time_zone').list.options).map(o => o.value)")
+    assert "Europe/Paris" in offered and "America/New_York" in offered and "UTC" in offered
+    page.fill("#id_time_zone", "Mars/Olympus")
+    page.fill("#id_name", "Zoned")
+    page.click("input[name=_continue]")
+    page.wait_for_selector(".errorlist")
+    assert zones.all_inner_texts() == ["(no such time zone: “Mars/Olympus”)"] * 2  # as the form sent back draws it
+
+
 def test_manager_sees_only_the_fields_of_the_schedule_chosen_and_saves_a_recurring_one(
     login, page, live_server, manager_alice, pushsim_app
 ):

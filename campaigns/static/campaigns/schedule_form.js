@@ -39,7 +39,10 @@
     var local = document.getElementById("id_at_local_time");
     if (!timeZone) return;
     var zone = timeZone.value.trim() || "UTC";
-    var text = local && local.checked ? "(each profile's time zone; " + zone + " for profiles without one)" : "(" + zone + ")";
+    // A name that is no time zone the schedule takes (the field's datalist) is said to be none.
+    var known = timeZone.list ? Array.prototype.some.call(timeZone.list.options, function (o) { return o.value === zone; }) : true;
+    var named = known ? zone : "no such time zone: \u201c" + zone + "\u201d";
+    var text = local && local.checked ? "(each profile's time zone; " + named + " for profiles without one)" : "(" + named + ")";
     document.querySelectorAll(".schedule-zone").forEach(function (el) {
       el.setAttribute("data-zone", zone);
       el.textContent = text;
