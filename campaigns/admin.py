@@ -691,6 +691,12 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
                 f"of its audience (all but the {test.settings['sample_share']}% sample) gets nothing."
             )
         lines.append("A send under way stops: its pushes not yet handed to Apple or Google are skipped (stopped).")
+        approval = self.approval_of(obj)
+        if obj.is_active and approval is not None and approval.status == approval.Status.PENDING:
+            lines.append(
+                f"Its revision waiting for approval, asked by {approval.requested_by}, is cancelled: it will not be"
+                " decided."
+            )
         lines.append("A stopped campaign cannot be started again; Duplicate makes a new draft of it.")
         return lines
 

@@ -997,3 +997,16 @@ def test_the_review_of_a_move_without_a_policy_says_an_approver_of_both_apps_dec
         f"(no policy matched: any Approver with access to both apps may decide, as the revision moves the"
         f" campaign from “{old_app}” to “{new_app.name}”)"
     ) in html
+
+
+def test_the_stop_question_says_the_revision_waiting_for_approval_is_cancelled_with_it(
+    client, live_trigger, integrator, new_app, manager_alice
+):
+    """Stopping a campaign whose revision waits cancels its request, which the question did not say:
+    a Manager of the app it sends to stopped it unaware the move asked for would never be decided."""
+    client.force_login(integrator.user)
+    url = f"/admin/campaigns/campaign/{live_trigger.pk}/transition/stop/"
+    assert "revision" not in client.post(url).content.decode()  # nothing waits: nothing said
+    _move(live_trigger, new_app, by=manager_alice)
+    asked = client.post(url).content.decode()
+    assert ("Its revision waiting for approval, asked by manager_alice, is cancelled: it will not be decided.") in asked
