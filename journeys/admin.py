@@ -759,9 +759,10 @@ def version_status_text(journey: Journey, version) -> str:
 
 def version_live_text(version) -> str:
     """When a version was live, in the journey's zone (UTC), named: from its approval to its
-    replacement by the next one ("from ..." while no version replaced it), "never" for one not approved."""
+    replacement by the next one ("from ..." while no version replaced it); "not yet" for one still to
+    be decided (a draft, one in review), "never" for one that went without being approved."""
     if version.live_at is None:
-        return "never"
+        return "not yet" if version.status in (version.Status.DRAFT, version.Status.IN_REVIEW) else "never"
     if version.retired_at is None:
         return f"from {zoned(version.live_at, JOURNEY_ZONE)}"
     return f"{zoned(version.live_at, JOURNEY_ZONE)} to {zoned(version.retired_at, JOURNEY_ZONE)}"

@@ -347,7 +347,12 @@ def test_the_version_history_says_when_each_version_was_live_in_utc_named(login,
     assert "<td>from 2027-02-01 09:05 (UTC)</td>" in table
     assert "<td>2027-01-05 14:30 (UTC) to 2027-02-01 09:05 (UTC)</td>" in table
 
+    # A version still to be decided is not live yet, not "never" live; one retired unapproved never was.
     draft = make_journey(name="Winback")
+    page = login(viewer_carol).get(f"/admin/journeys/journey/{draft.pk}/change/").content.decode()
+    table = page[page.index('<table class="journey-versions">') :]
+    assert "<td>not yet</td>" in table[: table.index("</table>")] and "<td>never</td>" not in table
+    JourneyVersion.objects.filter(journey=draft).update(status="retired")
     page = login(viewer_carol).get(f"/admin/journeys/journey/{draft.pk}/change/").content.decode()
     table = page[page.index('<table class="journey-versions">') :]
     assert "<td>never</td>" in table[: table.index("</table>")]
