@@ -519,15 +519,14 @@ def _subjects_out_of_reach(user: User, requests: list[ApprovalRequest], subjects
     return {r.pk for r in requests if r.pk not in subjects or (type(subjects[r.pk]), subjects[r.pk].pk) not in reached}
 
 
-def _moves_out_of_reach(user: User, requests: list[ApprovalRequest], subjects: dict[int, models.Model]) -> dict:
+def approval_app_moves(
+    requests: list[ApprovalRequest], subjects: dict[int, models.Model]
+) -> dict[int, tuple[int, int]]:
     """The requests that move their subject from one app to another (the model's
-    ``approval_app_moves_of``: a live campaign's revision moving it to another app) when ``user`` has
-    no access to one of the two apps, by the reason: such a decision takes sends out of one app and
-    into the other, so its approver needs both. The app not reached is told by its part in the move,
-    not by its name. One query for all the requests, none without a move."""
-    moves: dict[int, tuple[int, int]] = {}  # request id -> (from the app, to the app)
-    if has_every_scope(user):
-        return {}
+    ``approval_app_moves_of``: a live campaign's revision moving it to another app), by request id:
+    (the app it moves out of, the app it moves into). ``subjects`` are ``approval_subjects``'s; no
+    query."""
+    moves: dict[int, tuple[int, int]] = {}
     for model, rows in _by_model({subjects[r.pk] for r in requests if r.pk in subjects}).items():
         moves_of = getattr(model, "approval_app_moves_of", None)
         if moves_of is None:
@@ -537,6 +536,18 @@ def _moves_out_of_reach(user: User, requests: list[ApprovalRequest], subjects: d
             row = subjects.get(request.pk)
             if type(row) is model and row.pk in moved:
                 moves[request.pk] = moved[row.pk]
+    return moves
+
+
+def _moves_out_of_reach(user: User, requests: list[ApprovalRequest], subjects: dict[int, models.Model]) -> dict:
+    """The requests that move their subject from one app to another (the model's
+    ``approval_app_moves_of``: a live campaign's revision moving it to another app) when ``user`` has
+    no access to one of the two apps, by the reason: such a decision takes sends out of one app and
+    into the other, so its approver needs both. The app not reached is told by its part in the move,
+    not by its name. One query for all the requests, none without a move."""
+    if has_every_scope(user):
+        return {}
+    moves = approval_app_moves(requests, subjects)
     if not moves:
         return {}
     app_model = apps.get_model("delivery", "App")

@@ -16,9 +16,11 @@ from accounts.admin.bases import AccessAdmin, ReadOnlyAdminMixin
 from accounts.approvals import approval_subject_for
 from accounts.models import ApprovalPolicy, ApprovalRequest
 from accounts.selectors import (
+    approval_app_moves,
     approval_request_stuck,
     approval_requests_stuck_among,
     approval_requests_visible_to,
+    approval_subjects,
     approvals_waiting_for,
     approver_standing,
     policy_approver_problems,
@@ -218,8 +220,11 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
         if changelist is not None:
             page = list(changelist.result_list)
             stuck = approval_requests_stuck_among(page)
+            unruled = [obj for obj in page if not obj.policies]
+            moves = approval_app_moves(unruled, approval_subjects(unruled)) if unruled else {}
             for obj in page:
                 obj.stuck = obj.pk in stuck
+                obj.moves_app = obj.pk in moves
         return response
 
     def get_urls(self):
@@ -248,8 +253,14 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
 
     @admin.display(description="Policies")
     def governed_by(self, obj):
-        """Which policies name who decides: a move to another app is governed by both apps'."""
-        return " and ".join(f"'{policy}'" for policy in obj.policies) or "None: any Approver"
+        """Which policies name who decides: a move to another app is governed by both apps', and
+        without one its approver still needs access to both (``approver_standings``)."""
+        if obj.policies:
+            return " and ".join(f"'{policy}'" for policy in obj.policies)
+        moves_app = getattr(obj, "moves_app", None)  # the changelist's, found for its whole page at once
+        if moves_app is None:
+            moves_app = obj.pk in approval_app_moves([obj], approval_subjects([obj]))
+        return "None: any Approver with access to both apps" if moves_app else "None: any Approver"
 
     @admin.display(description="Kind", ordering="subject_type")
     def subject_kind(self, obj):

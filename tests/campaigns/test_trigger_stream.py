@@ -999,6 +999,21 @@ def test_the_review_of_a_move_without_a_policy_says_an_approver_of_both_apps_dec
     ) in html
 
 
+def test_the_inbox_says_an_approver_of_both_apps_decides_a_move_without_a_policy(
+    client, live_trigger, approvers, new_app, manager_alice
+):
+    """No policy matched, and the inbox's Policies column read 'None: any Approver', though an
+    Approver of one of the two apps may not decide a move: it now says what the review says."""
+    from accounts.models import ApprovalRequest
+
+    _move(live_trigger, new_app, by=manager_alice)
+    ApprovalRequest.objects.get(subject_id=str(live_trigger.pk), status="pending")
+    client.force_login(approvers["both"])
+    html = client.get("/admin/accounts/approvalrequest/").content.decode()
+    assert "None: any Approver with access to both apps" in html
+    assert "None: any Approver<" not in html
+
+
 def test_the_stop_question_says_the_revision_waiting_for_approval_is_cancelled_with_it(
     client, live_trigger, integrator, new_app, manager_alice
 ):
