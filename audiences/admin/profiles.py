@@ -18,7 +18,12 @@ from audiences.selectors import (
     profiles_visible_to,
     segments_visible_to,
 )
-from audiences.services.profiles import profile_out_of_reach, profiles_delete, profiles_delete_counts
+from audiences.services.profiles import (
+    profile_out_of_reach,
+    profiles_delete,
+    profiles_delete_counts,
+    profiles_hidden_rows,
+)
 
 MEMBERSHIPS_CHECKED = 1000  # a profile page tests this many segments, the first by name
 
@@ -130,4 +135,9 @@ class ProfileAdmin(ReadOnlyMixin, BigTableAdmin):
             extra["events_url"] = (
                 reverse("admin:audiences_event_changelist") + "?" + urlencode({"profile__id__exact": profile.pk})
             )
+            # Delete is offered only where it would go through: ``profiles_delete`` refuses whoever
+            # may not reach every row the profile holds (its own check, a few counts per kind).
+            if self.has_delete_permission(request) and profiles_hidden_rows(profile_ids=[profile.pk], by=request.user):
+                extra["show_delete"] = False
+                extra["delete_refused"] = profile_out_of_reach(who="it", many=False, stop=".")
         return super().change_view(request, object_id, form_url, extra)

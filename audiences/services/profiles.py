@@ -388,7 +388,7 @@ def profiles_delete(*, profile_ids: list[int], by: User) -> int:
     _ensure_perm(by, "audiences.delete_profile", "Your role may not delete profiles.")
     with transaction.atomic():
         profiles = list(Profile.objects.select_for_update().filter(pk__in=profile_ids).order_by("id"))
-        if profiles and _profiles_hidden_rows(profile_ids=[p.pk for p in profiles], by=by):
+        if profiles and profiles_hidden_rows(profile_ids=[p.pk for p in profiles], by=by):
             said = profile_out_of_reach(who="These profiles", many=True)
             raise PermissionDenied(f"{said} Nothing was deleted.")
         for profile in profiles:
@@ -431,9 +431,10 @@ def _memberships_erase(profile_ids: list[int]) -> None:
     )
 
 
-def _profiles_hidden_rows(*, profile_ids: list[int], by: User) -> int:
+def profiles_hidden_rows(*, profile_ids: list[int], by: User) -> int:
     """How many rows outside ``by``'s access go with these profiles (none counted for whoever sees
-    every object, nor of a kind they see whole)."""
+    every object, nor of a kind they see whole): ``profiles_delete`` refuses them the erasure when
+    any does, and the profile's page offers no Delete then."""
     if has_every_scope(by):
         return 0
     _, hidden = deletion_counts_within(

@@ -329,6 +329,31 @@ def test_a_profile_holding_what_its_reader_cannot_see_is_neither_counted_nor_era
     assert _profile_rows(profile) == (0, 0, 0)
 
 
+def test_the_profile_page_offers_delete_only_to_a_reader_whose_deletion_would_go_through(
+    client, world, manager_mallory, manager_alice, viewer_carol, django_assert_max_num_queries
+):
+    """The page offered Delete to mallory, whose deletion is refused (zoe holds a phone and an
+    enrollment outside her access): it now says why in its place; alice, who reaches all of it, is
+    offered Delete, and carol, whose role may not delete profiles, neither."""
+    profile = world["profile"]
+    url = reverse("admin:audiences_profile_change", args=[profile.pk])
+    delete_url = reverse("admin:audiences_profile_delete", args=[profile.pk])
+    client.force_login(manager_mallory)
+    with django_assert_max_num_queries(20):  # the check: two counts per kind of row, whatever their number
+        html = client.get(url).content.decode()
+    assert delete_url not in html
+    assert (
+        "You cannot delete this profile: it holds data in apps, segments or journeys outside your access."
+        " Only someone with access to all of it (an Administrator) can delete it."
+    ) in html
+    client.force_login(manager_alice)
+    html = client.get(url).content.decode()
+    assert delete_url in html and "outside your access" not in html
+    client.force_login(viewer_carol)
+    html = client.get(url).content.decode()
+    assert delete_url not in html and "outside your access" not in html
+
+
 @pytest.fixture
 def moved_campaign_send(
     pushsim, apns_credentials, fcm_credentials, manager_mallory, viewer_carol, django_capture_on_commit_callbacks
