@@ -692,6 +692,12 @@ def approval_requests_visible_to(user: User) -> QuerySet[ApprovalRequest]:
     )
 
 
+def may_cancel_approval_request(user: User, request: ApprovalRequest) -> bool:
+    """Whether ``user`` may withdraw ``request`` (``approval_request_cancel``): its requester or an
+    Administrator. An approver who did not ask decides it instead (Request changes sends it back)."""
+    return request.requested_by_id == user.pk or user.has_perm("accounts.manage_object_access")
+
+
 def approval_current(subject: models.Model) -> ApprovalRequest | None:
     """The subject's latest request (pending, approved, or the last decision)."""
     from django.contrib.contenttypes.models import ContentType

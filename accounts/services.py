@@ -21,6 +21,7 @@ from accounts.selectors import (
     can,
     can_create_api_key_for,
     can_manage_api_keys_of,
+    may_cancel_approval_request,
     may_own_api_keys,
     policy_approver_problems,
     visible_to,
@@ -391,7 +392,7 @@ def approval_request_decide(*, request_id: int, by: User, approve: bool, comment
 def approval_request_cancel(*, request_id: int, by: User) -> ApprovalRequest:
     """The requester (or an Administrator) withdraws a pending request. Raises ApprovalError when not pending."""
     request = ApprovalRequest.objects.select_for_update().get(pk=request_id)
-    if request.requested_by_id != by.pk and not by.has_perm("accounts.manage_object_access"):
+    if not may_cancel_approval_request(by, request):
         raise PermissionDenied("Only the requester or an Administrator can cancel a request.")
     if request.status != ApprovalRequest.Status.PENDING:
         raise ApprovalError(f"This request is {request.get_status_display().lower()}, not waiting for approval.")

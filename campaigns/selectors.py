@@ -4,7 +4,7 @@ from django.db.models import QuerySet
 from django.http import Http404
 
 from accounts.models import User
-from accounts.selectors import approval_current, can, in_scope, visible_to
+from accounts.selectors import approval_current, can, in_scope, may_cancel_approval_request, visible_to
 from campaigns.models import Campaign, Occurrence, TriggerRequest
 
 Status = Campaign.Status
@@ -80,13 +80,19 @@ def campaign_actions(user: User, campaign: Campaign, *, answers: dict | None = N
     """The (action, label) buttons this user may use on this campaign in its current state.
 
     A scheduled or live campaign with a pending revision offers to submit it, and, while it
-    waits, to cancel the request; its approved version keeps sending either way. ``answers``
-    keeps a page's permission checks (``accounts.selectors.can``).
+    waits, to cancel the request; its approved version keeps sending either way. Cancel request
+    is offered only to whom ``campaign_cancel_request`` lets withdraw it: its requester or an
+    Administrator (``may_cancel_approval_request``). ``answers`` keeps a page's permission
+    checks (``accounts.selectors.can``).
     """
     actions = []
     for name, (states, perm, label) in TRANSITIONS.items():
         if campaign.status not in states:
             continue
+        if name == "cancel_request":
+            request = approval_current(campaign)
+            if request is None or not may_cancel_approval_request(user, request):
+                continue
         if (
             campaign_may_stop(user, campaign.pk, answers=answers)
             if perm == STOP
@@ -97,6 +103,8 @@ def campaign_actions(user: User, campaign: Campaign, *, answers: dict | None = N
         request = approval_current(campaign)
         waiting = request is not None and request.status == request.Status.PENDING
         name, label = ("cancel_request", "Cancel request") if waiting else ("submit", "Submit revision for review")
-        if can(user, "campaigns.submit_campaign", campaign, answers=answers):
+        if can(user, "campaigns.submit_campaign", campaign, answers=answers) and (
+            not waiting or may_cancel_approval_request(user, request)
+        ):
             actions.insert(0, (name, label))
     return actions

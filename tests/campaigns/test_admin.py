@@ -36,6 +36,27 @@ def test_in_review_campaign_is_locked_for_its_author(client, make_campaign, mana
     assert _buttons(page) == {"cancel_request", "duplicate", "test_send"}
 
 
+@pytest.mark.presses("campaigns.campaign:transition/cancel_request")
+def test_cancel_request_is_offered_to_the_requester_and_an_administrator_only(
+    client, make_campaign, manager_alice, manager_mallory, approver_bob, admin_erin
+):
+    """An Approver (or another Manager of the app) who did not ask was offered Cancel request, which
+    the service refuses them: an approver sends it back with Request changes instead."""
+    campaign = make_campaign()
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    url = f"/admin/campaigns/campaign/{campaign.pk}/change/"
+    for user in (approver_bob, manager_mallory):
+        client.force_login(user)
+        assert "cancel_request" not in _buttons(client.get(url)), user
+        assert client.post(f"/admin/campaigns/campaign/{campaign.pk}/transition/cancel_request/").status_code == 403
+        assert Campaign.objects.get(pk=campaign.pk).status == "in_review"
+    for user in (manager_alice, admin_erin):
+        client.force_login(user)
+        assert "cancel_request" in _buttons(client.get(url)), user
+    client.post(f"/admin/campaigns/campaign/{campaign.pk}/transition/cancel_request/")
+    assert Campaign.objects.get(pk=campaign.pk).status == "draft"
+
+
 def test_viewer_sees_no_button_and_no_save(client, make_campaign, viewer_carol):
     campaign = make_campaign()
     client.force_login(viewer_carol)
