@@ -79,6 +79,27 @@ def test_a_re_entry_wait_out_of_range_is_refused_on_the_form(login, manager_alic
     assert not Journey.objects.exists()
 
 
+def test_the_form_asks_to_correct_the_errors_when_the_steps_hold_more_than_one(login, manager_alice, team, everyone):
+    """Two step errors, both on the steps field, read 'Please correct the error below.': the note now
+    counts the errors, as Django's admin does its fields'."""
+    client = login(manager_alice)
+    wait = {"id": "pause", "type": "wait", "seconds": -10, "next": "end"}
+    split = {
+        "id": "ab",
+        "type": "split",
+        "branches": [{"label": "A", "percent": 60, "next": "end"}, {"label": "B", "percent": 60, "next": "end"}],
+    }
+    end = {"id": "end", "type": "exit"}
+    two = client.post("/admin/journeys/journey/add/", _form(team, everyone, {"steps": [wait, split, end]}))
+    assert two.status_code == 200
+    assert "Please correct the errors below." in two.content.decode()
+    assert "Please correct the error below." not in two.content.decode()
+    one = client.post("/admin/journeys/journey/add/", _form(team, everyone, {"steps": [wait, end]}))
+    assert one.status_code == 200
+    assert "Please correct the error below." in one.content.decode()
+    assert not Journey.objects.exists()
+
+
 def test_a_segment_read_again_too_rarely_is_refused_on_the_form(login, manager_alice, team, everyone):
     client = login(manager_alice)
     data = _form(team, everyone, {"steps": [{"id": "end", "type": "exit"}]}, entry_every_hours=10**12)
