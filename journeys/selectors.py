@@ -8,7 +8,7 @@ from django.db.models import Count, Func, IntegerField, Q, QuerySet, Sum
 from django.http import Http404
 
 from accounts.models import User
-from accounts.selectors import can, in_scope, visible_to
+from accounts.selectors import approval_current, can, in_scope, may_cancel_approval_request, visible_to
 from delivery.conversions import rate_figures
 from journeys.graph import exits_of
 from journeys.models import Enrollment, Journey, JourneyVersion, StepStat
@@ -306,7 +306,9 @@ TRANSITIONS = {
 
 def journey_actions(user: User, journey: Journey, *, answers: dict | None = None) -> list[tuple[str, str]]:
     """The (action, label) buttons this user may use on this journey in its current state;
-    ``answers`` keeps a page's permission checks (``accounts.selectors.can``)."""
+    Cancel request only to whom ``journey_cancel_request`` lets withdraw it: its requester or an
+    Administrator (``may_cancel_approval_request``). ``answers`` keeps a page's permission checks
+    (``accounts.selectors.can``)."""
     open_version = journey_open_version(journey)
     actions = []
     for name, (states, perm, label) in TRANSITIONS.items():
@@ -314,8 +316,12 @@ def journey_actions(user: User, journey: Journey, *, answers: dict | None = None
             continue
         if name == "submit" and (open_version is None or open_version.status != "draft"):
             continue
-        if name == "cancel_request" and (open_version is None or open_version.status != "in_review"):
-            continue
+        if name == "cancel_request":
+            if open_version is None or open_version.status != "in_review":
+                continue
+            request = approval_current(journey)
+            if request is None or not may_cancel_approval_request(user, request):
+                continue
         if name == "discard_draft" and (
             open_version is None or open_version.status != "draft" or journey.live_version_id is None
         ):

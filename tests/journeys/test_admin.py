@@ -434,6 +434,26 @@ def test_each_transition_button_works_for_a_manager_and_is_refused_to_others(
     assert Journey.objects.get(pk=journey.pk).status == end
 
 
+@pytest.mark.presses("journeys.journey:transition/cancel_request")
+def test_cancel_request_is_offered_to_the_requester_and_an_administrator_only(
+    login, manager_alice, manager_mallory, approver_bob, admin_erin, make_journey
+):
+    """An Approver (or another Manager of the app) who did not ask was offered Cancel request, which
+    the service refuses them: an approver sends it back with Request changes instead."""
+    journey = make_journey()
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    url = f"/admin/journeys/journey/{journey.pk}/"
+    for user in (approver_bob, manager_mallory):
+        client = login(user)
+        assert 'value="cancel_request"' not in client.get(f"{url}change/").content.decode(), user
+        assert client.post(f"{url}transition/cancel_request/").status_code == 403
+        assert Journey.objects.get(pk=journey.pk).status == "in_review"
+    for user in (manager_alice, admin_erin):
+        assert 'value="cancel_request"' in login(user).get(f"{url}change/").content.decode(), user
+    assert login(admin_erin).post(f"{url}transition/cancel_request/").status_code == 302
+    assert Journey.objects.get(pk=journey.pk).status == "draft"
+
+
 @pytest.mark.parametrize(
     "raw_graph",
     ['{"steps": ' + "[" * 20000 + "]" * 20000 + "}", '{"steps": [{"id": "a\\u0000", "type": "exit"}]}', '{"x": 1e400}'],
