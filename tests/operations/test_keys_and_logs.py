@@ -49,17 +49,20 @@ def test_json_logs_are_one_object_a_line(tmp_path):
     assert (line["level"], line["logger"], line["message"]) == ("WARNING", "pushdesk.x", "hello there")
 
 
-def test_each_batch_of_a_send_logs_its_outcomes(pushsim, pushsim_app, caplog, django_capture_on_commit_callbacks):
+def _send_to_three_phones(pushsim, pushsim_app, caplog, capture, *, unregistered: int) -> Dispatch:
+    """A send to three phones of the simulator's app, the first ``unregistered`` of them unregistered
+    there, its batches' lines captured (the gate opened for the send alone)."""
     saved = dict(_GATES)
     dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=lambda **kwargs: None)
     try:
         content = PushContentFactory(app=pushsim_app)
         profiles = [ProfileFactory() for _ in range(3)]
         phones = [DeviceFactory(profile=p, app=pushsim_app, platform="ios") for p in profiles]
-        pushsim.state.add_device(token=phones[0].token, platform="ios", state="unregistered")
+        for phone in phones[:unregistered]:
+            pushsim.state.add_device(token=phone.token, platform="ios", state="unregistered")
         caplog.set_level(logging.INFO, logger="delivery.services.sending")
-        with django_capture_on_commit_callbacks(execute=True):
-            dispatch = dispatch_create(
+        with capture(execute=True):
+            return dispatch_create(
                 app_id=pushsim_app.pk,
                 kind=Dispatch.Kind.API_TRIGGER,
                 spec=content.spec(),
@@ -69,6 +72,10 @@ def test_each_batch_of_a_send_logs_its_outcomes(pushsim, pushsim_app, caplog, dj
     finally:
         _GATES.clear()
         _GATES.update(saved)
+
+
+def test_each_batch_of_a_send_logs_its_outcomes(pushsim, pushsim_app, caplog, django_capture_on_commit_callbacks):
+    dispatch = _send_to_three_phones(pushsim, pushsim_app, caplog, django_capture_on_commit_callbacks, unregistered=1)
     batches = [r for r in caplog.records if getattr(r, "dispatch", None) == dispatch.pk]
     assert batches and sum(r.outcomes.get("accepted", 0) for r in batches) == 2
     assert sum(r.outcomes.get("failed", 0) for r in batches) == 1
@@ -122,26 +129,7 @@ def test_a_batch_s_line_says_why_rows_failed_or_wait_for_a_retry(
 ):
     """'dispatch 7 batch: failed 1, queued 1' left the operator to look up each row in the admin to
     learn that a provider refused a token, or could not be reached."""
-    saved = dict(_GATES)
-    dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=lambda **kwargs: None)
-    try:
-        content = PushContentFactory(app=pushsim_app)
-        profiles = [ProfileFactory() for _ in range(3)]
-        phones = [DeviceFactory(profile=p, app=pushsim_app, platform="ios") for p in profiles]
-        pushsim.state.add_device(token=phones[0].token, platform="ios", state="unregistered")
-        pushsim.state.add_device(token=phones[1].token, platform="ios", state="unregistered")
-        caplog.set_level(logging.INFO, logger="delivery.services.sending")
-        with django_capture_on_commit_callbacks(execute=True):
-            dispatch = dispatch_create(
-                app_id=pushsim_app.pk,
-                kind=Dispatch.Kind.API_TRIGGER,
-                spec=content.spec(),
-                content_id=content.pk,
-                profile_ids=[p.pk for p in profiles],
-            )
-    finally:
-        _GATES.clear()
-        _GATES.update(saved)
+    dispatch = _send_to_three_phones(pushsim, pushsim_app, caplog, django_capture_on_commit_callbacks, unregistered=2)
     [line] = [r for r in caplog.records if getattr(r, "dispatch", None) == dispatch.pk]
     assert line.getMessage() == f"dispatch {dispatch.pk} batch: accepted 1, failed 2 (failed: Unregistered 2)"
     assert line.reasons == {"failed": {"Unregistered": 2}}
