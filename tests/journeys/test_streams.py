@@ -32,6 +32,45 @@ def _post_event(client, *external_ids):
     )
 
 
+def _replay_stored_minutes_ago(minutes: int = 15, *, enrollments: bool = False) -> None:
+    """Time passes before a replay: the events, their replay and the journey's versions (and, with
+    ``enrollments``, the enrollments) are dated ``minutes`` earlier."""
+    from django.db.models import F
+
+    from audiences.models import Event, EventReplay
+    from journeys.models import Enrollment, JourneyVersion
+
+    ago = dt.timedelta(minutes=minutes)
+    if enrollments:
+        Enrollment.objects.update(entered_at=F("entered_at") - ago, finished_at=F("finished_at") - ago)
+    Event.objects.update(occurred_at=F("occurred_at") - ago, received_at=F("received_at") - ago)
+    EventReplay.objects.update(created_at=F("created_at") - ago, next_attempt_at=F("next_attempt_at") - ago)
+    JourneyVersion.objects.update(live_at=F("live_at") - ago)
+
+
+def _zoe_and_a_journey_reentered_after_ten_minutes(sim_journey, sim_welcome, publish, sim_team, api_key_for, user):
+    """A live journey entered on order_paid, pushing at once, that a profile re-enters after 10
+    minutes; Zoe's phone on the simulator's app. Returns her phone's token and an ingest client."""
+    graph = {
+        "steps": [
+            {"id": "thanks", "type": "push", "content": sim_welcome.pk, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+    publish(
+        sim_journey(
+            graph=graph,
+            entry_kind="event",
+            entry_event="order_paid",
+            entry_segment=None,
+            reentry="after_wait",
+            reentry_wait_seconds=600,
+        )
+    )
+    token = DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=sim_team).token
+    return token, api_key_for(user, scopes=["ingest"])
+
+
 def test_an_event_entering_a_journey_that_pushes_first_joins_its_stream(
     paid_journey, pushsim, sim_team, api_key_for, manager_alice, django_capture_on_commit_callbacks
 ):
@@ -148,42 +187,21 @@ def test_a_replay_run_late_enters_no_one_who_entered_since_its_events_came(
     later, judged the re-entry wait by its own clock: her entry was 15 minutes old, so the first
     event entered her again and her phone got the push twice for two events the wait keeps to
     one passage. It is judged as of the call's time now: she entered since, and stays out."""
-    from django.db.models import F
 
-    from audiences.models import Event, EventReplay
     from audiences.services.events import events_replay_due
     from delivery.services.stream_senders import streams_send
-    from journeys.models import Enrollment, JourneyVersion
+    from journeys.models import Enrollment
 
-    graph = {
-        "steps": [
-            {"id": "thanks", "type": "push", "content": sim_welcome.pk, "next": "done"},
-            {"id": "done", "type": "exit"},
-        ]
-    }
-    publish(
-        sim_journey(
-            graph=graph,
-            entry_kind="event",
-            entry_event="order_paid",
-            entry_segment=None,
-            reentry="after_wait",
-            reentry_wait_seconds=600,
-        )
+    token, client = _zoe_and_a_journey_reentered_after_ten_minutes(
+        sim_journey, sim_welcome, publish, sim_team, api_key_for, manager_alice
     )
-    token = DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=sim_team).token
-    client = api_key_for(manager_alice, scopes=["ingest"])
     with enrollments_refused(), django_capture_on_commit_callbacks(execute=True):
         assert _post_event(client, "zoe").status_code == 200
     with django_capture_on_commit_callbacks(execute=True):
         assert _post_event(client, "zoe").status_code == 200
     assert pushsim.state.count(token) == 1
     # A quarter of an hour passes (the replay failed again meanwhile): everything written is older.
-    ago = dt.timedelta(minutes=15)
-    Enrollment.objects.update(entered_at=F("entered_at") - ago, finished_at=F("finished_at") - ago)
-    Event.objects.update(occurred_at=F("occurred_at") - ago, received_at=F("received_at") - ago)
-    EventReplay.objects.update(created_at=F("created_at") - ago, next_attempt_at=F("next_attempt_at") - ago)
-    JourneyVersion.objects.update(live_at=F("live_at") - ago)
+    _replay_stored_minutes_ago(15, enrollments=True)
     with django_capture_on_commit_callbacks(execute=True):
         assert events_replay_due() == {"replayed": 1, "failed": 0, "dropped": 0}
     streams_send(budget=0)
@@ -882,37 +900,18 @@ def test_a_replay_dates_its_entries_when_their_events_were_stored_so_a_later_eve
     after, found her entry a moment old and did not enter her, though the call would have entered
     her a quarter of an hour before and the wait was over. The entry is dated when its event was
     stored now (it runs, and pushes, at the replay's time): her next order_paid enters her again."""
-    from django.db.models import F
 
-    from audiences.models import Event, EventReplay
+    from audiences.models import Event
     from audiences.services.events import events_replay_due
     from delivery.services.stream_senders import streams_send
-    from journeys.models import Enrollment, JourneyVersion
+    from journeys.models import Enrollment
 
-    graph = {
-        "steps": [
-            {"id": "thanks", "type": "push", "content": sim_welcome.pk, "next": "done"},
-            {"id": "done", "type": "exit"},
-        ]
-    }
-    publish(
-        sim_journey(
-            graph=graph,
-            entry_kind="event",
-            entry_event="order_paid",
-            entry_segment=None,
-            reentry="after_wait",
-            reentry_wait_seconds=600,
-        )
+    token, client = _zoe_and_a_journey_reentered_after_ten_minutes(
+        sim_journey, sim_welcome, publish, sim_team, api_key_for, manager_alice
     )
-    token = DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=sim_team).token
-    client = api_key_for(manager_alice, scopes=["ingest"])
     with enrollments_refused(), django_capture_on_commit_callbacks(execute=True):
         assert _post_event(client, "zoe").status_code == 200
-    ago = dt.timedelta(minutes=15)
-    Event.objects.update(occurred_at=F("occurred_at") - ago, received_at=F("received_at") - ago)
-    EventReplay.objects.update(created_at=F("created_at") - ago, next_attempt_at=F("next_attempt_at") - ago)
-    JourneyVersion.objects.update(live_at=F("live_at") - ago)
+    _replay_stored_minutes_ago(15)
     with django_capture_on_commit_callbacks(execute=True):
         assert events_replay_due() == {"replayed": 1, "failed": 0, "dropped": 0}
     first = Enrollment.objects.get()
@@ -942,11 +941,9 @@ def test_a_replays_entry_reads_a_condition_on_an_event_since_entering_from_when_
     run a quarter of an hour after her order, dates her entry then, and its first step, a condition
     on an app_open since entering, reads from that date, as it would once the enrollment is read
     back: she opened the app since, and gets the push."""
-    from django.db.models import F
 
-    from audiences.models import Event, EventReplay
     from audiences.services.events import events_replay_due
-    from journeys.models import Enrollment, JourneyVersion
+    from journeys.models import Enrollment
     from tests.factories import EventFactory
 
     graph = {
@@ -968,10 +965,7 @@ def test_a_replays_entry_reads_a_condition_on_an_event_since_entering_from_when_
     client = api_key_for(manager_alice, scopes=["ingest"])
     with enrollments_refused(), django_capture_on_commit_callbacks(execute=True):
         assert _post_event(client, "zoe").status_code == 200
-    ago = dt.timedelta(minutes=15)
-    Event.objects.update(occurred_at=F("occurred_at") - ago, received_at=F("received_at") - ago)
-    EventReplay.objects.update(created_at=F("created_at") - ago, next_attempt_at=F("next_attempt_at") - ago)
-    JourneyVersion.objects.update(live_at=F("live_at") - ago)
+    _replay_stored_minutes_ago(15)
     EventFactory(profile=zoe, name="app_open", occurred_at=timezone.now() - dt.timedelta(minutes=10))
     with django_capture_on_commit_callbacks(execute=True):
         assert events_replay_due() == {"replayed": 1, "failed": 0, "dropped": 0}
