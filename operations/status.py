@@ -164,7 +164,7 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
             senders = streams_senders_seen()
     except RedisError as exc:  # Redis down or restarting: everything else can still be read
         depth, age, problem = None, None, f"Redis does not answer ({exc.__class__.__name__})"
-        workers = senders = None
+        workers = senders = None  # one may have been read before the other failed
     result = Snapshot(
         instance=settings.PUSHDESK_INSTANCE,
         instance_problem=instance_problem(),
@@ -174,7 +174,8 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
         workers=workers,
         senders=senders,
     )
-    result.last_task_ended = Task.objects.aggregate(last=Max("stopped"))["last"]
+    if workers == []:  # said only beside "no worker seen": not read on every scrape (no index on it)
+        result.last_task_ended = Task.objects.aggregate(last=Max("stopped"))["last"]
     # An open stream's counters on its row are kept once a minute: summed now, as its page does.
     for d in dispatches_counted_now(list(Dispatch.objects.running().order_by("id"))):
         elapsed = (now - d.started_at).total_seconds() if d.started_at else 0.0
