@@ -135,9 +135,10 @@ def server_logging(log_format: str, formatters: dict) -> dict:
 
 def _bind(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"{value!r}: give HOST:PORT, e.g. 0.0.0.0:8000")
-    return host.strip("[]"), int(port)
+    number = _whole(port)
+    if not host or number is None or number > 65535:
+        raise argparse.ArgumentTypeError(f"{value!r}: give HOST:PORT, e.g. 0.0.0.0:8000 (a port up to 65535)")
+    return host.strip("[]"), number
 
 
 def _whole(value: str) -> int | None:

@@ -57,6 +57,8 @@ def test_options_have_production_defaults_and_bad_ones_are_refused_in_a_sentence
     bad_options = {
         ("--bind", "8000"): "HOST:PORT",
         ("--bind", "0.0.0.0:http"): "HOST:PORT",
+        ("--bind", "0.0.0.0:²"): "HOST:PORT",  # a digit to isdigit(), argparse's "invalid _bind value" to int()
+        ("--bind", "0.0.0.0:99999"): "HOST:PORT",
         ("--workers", "0"): "a whole number, 1 or more",
         ("--threads", "x"): "a whole number, 1 or more",
         ("--workers", "²"): "a whole number, 1 or more",  # a digit to isdigit(), a traceback to int()
