@@ -74,3 +74,28 @@ def test_a_trigger_whose_handler_meets_the_database_gone_answers_503(api_key_for
     assert answer["Retry-After"] == "10"
     [line] = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert line.name == "pushdesk.api" and "Traceback" not in caplog.text
+
+
+def test_the_line_comes_again_a_minute_later_with_the_calls_refused_meanwhile(
+    api_key_for, manager_alice, caplog, monkeypatch
+):
+    client = api_key_for(manager_alice, scopes=("read",))
+    monkeypatch.setattr(api, "_database_down", api._ServiceDown("the database"))
+    monkeypatch.setattr(authentication, "cached_key", _database_gone)
+    clock = [1000.0]
+    monkeypatch.setattr(api.time, "monotonic", lambda: clock[0])
+    caplog.set_level(logging.INFO)
+    for _ in range(3):
+        assert client.get("/api/v1/me/").status_code == 503
+    clock[0] += 59
+    assert client.get("/api/v1/me/").status_code == 503
+    clock[0] += 2  # a minute after the first line
+    assert client.get("/api/v1/me/").status_code == 503
+    clock[0] += 61  # the one call since the last line is the one the line is said for
+    assert client.get("/api/v1/me/").status_code == 503
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(lines) == 3
+    assert all(line.startswith("API calls answer 503: the database does not answer (") for line in lines)
+    assert "since the last line" not in lines[0]
+    assert lines[1].endswith("start it, or check DATABASE_URL (4 calls refused since the last line)")
+    assert lines[2].endswith("start it, or check DATABASE_URL (1 calls refused since the last line)")
