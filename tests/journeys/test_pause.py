@@ -175,6 +175,51 @@ def test_an_exit_event_still_ends_a_profile_held_by_the_pause(make_journey, publ
     )
 
 
+def test_a_replay_held_by_the_pause_ends_at_once_whom_its_exit_event_came_after_and_holds_the_others(
+    sim_journey, sim_welcome, publish, manager_alice, pushsim
+):
+    """A replay run during a pause, of events stored before it, enters their profiles held; one
+    whose exit event came at or after their entry event ends at once, before the entry step, as a
+    live journey's entry run ends them: counted entered and exited there, nothing held for the
+    resume. The others stay held, and go on at the resume."""
+    graph = {
+        "steps": [
+            {"id": "thanks", "type": "push", "content": sim_welcome.pk, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+    journey = publish(
+        sim_journey(graph=graph, entry_kind="event", entry_event="order_paid", entry_segment=None, exit_event="refund")
+    )
+    zoe, max_ = (ProfileFactory(external_id=name) for name in ("zoe", "max"))
+    stored = timezone.now()
+    journey_pause(journey_id=journey.pk, by=manager_alice)
+    events = [(zoe.pk, "order_paid", stored), (zoe.pk, "refund", stored), (max_.pk, "order_paid", stored)]
+
+    assert journeys_events_received(events=events, received_at=stored) == {"exited": 1, "entered": 2}
+
+    rows = {e.profile_id: e for e in Enrollment.objects.all()}
+    ended, held = rows[zoe.pk], rows[max_.pk]
+    assert (ended.status, ended.step, ended.exit_reason, ended.due_at, ended.held_due_at) == (
+        "exited",
+        "thanks",
+        "exit event 'refund'",
+        None,
+        None,
+    )
+    assert ended.finished_at is not None
+    assert (held.status, held.step, held.due_at, held.finished_at) == ("active", "thanks", None, None)
+    assert held.held_due_at is not None
+    stats = version_step_stats(journey.live_version)["thanks"]
+    assert (stats["entered"], stats["exit_event"]) == (1, 1)
+
+    journey_resume(journey_id=journey.pk, by=manager_alice)
+    journeys_run_due(now=timezone.now() + HOUR)
+    assert dict(Enrollment.objects.values_list("profile_id", "status")) == {zoe.pk: "exited", max_.pk: "completed"}
+    stats = version_step_stats(journey.live_version)["thanks"]
+    assert (stats["entered"], stats["exit_event"], stats["pushed"]) == (2, 1, 1)
+
+
 def test_a_recurring_segment_read_missed_while_paused_is_skipped_counted_and_moved_after_the_resume(
     make_journey, publish, manager_alice
 ):
