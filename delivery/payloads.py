@@ -463,7 +463,8 @@ def spec_validate(spec: dict) -> None:
         where = f"variants.{locale}." if locale else ""
         for name, source in texts.items():
             check(template_check, source, field=f"{where}{name}")
-        # An image on this machine over http is the simulator's (``spec_authoring_check`` says for whom).
+        # An image over http on this machine is for an app sending to the simulator alone, which the
+        # spec does not know: ``image_refused_for_app`` judges it on save and at each row's send.
         if not loopback_http(texts["image_url"]):
             check(url_scheme_check, texts["image_url"], field=f"{where}image_url", allowed=url_schemes)
         if tap_action == "url":
@@ -531,6 +532,15 @@ def _is_locale(locale: str) -> bool:
     return all(part.isalnum() for part in parts)
 
 
+def image_refused_for_app(image_url: str, *, uses_simulator: bool) -> bool:
+    """Whether an image may not go to the app's phones: over http on this machine (``loopback_http``)
+    for an app that does not send to the push simulator. The simulator's phones and the previews are
+    on this machine; a real phone's "this machine" is itself, no image server. The one rule for a
+    save (``spec_authoring_check``) and a send, which fails the row (``delivery.services.sending``):
+    an app switched off the simulator since its content was saved."""
+    return not uses_simulator and loopback_http(image_url)
+
+
 def spec_authoring_check(spec: dict, *, uses_simulator: bool = False) -> None:
     """Check what content must be when it is written, beyond what a send needs (``spec_validate``):
     its URLs are ones a phone opens (``url_form_check``), its texts write no whole object
@@ -538,9 +548,9 @@ def spec_authoring_check(spec: dict, *, uses_simulator: bool = False) -> None:
     category, thread id, channel, icon, collapse key) hold no Liquid, its default locale is a
     locale, and no two of its texts are for the same locale (a variant written ``FR`` beside ``fr``, or for the default
     locale, would never be sent, or hide the default texts from the review). An image over http on
-    this machine (``loopback_http``) is for an app that sends to the push simulator (``uses_simulator``)
-    alone: its phones and previews are here, a real phone is not. A send does not ask: content saved
-    before these rules goes out as it was approved.
+    this machine is for an app that sends to the push simulator (``uses_simulator``) alone
+    (``image_refused_for_app``, which a send asks of each row too). Otherwise a send does not ask:
+    content saved before these rules goes out as it was approved.
 
     Raises ValidationError naming each field (``image_url``, ``variants.fr.tap_url``, ``ios.thread_id``,
     ``variants``, ``default_locale``).
@@ -551,7 +561,7 @@ def spec_authoring_check(spec: dict, *, uses_simulator: bool = False) -> None:
     for locale, texts in [("", variant_texts(spec, None))] + [(k, variant_texts(spec, k)) for k in variants]:
         where = f"variants.{locale}." if locale else ""
         names = ("image_url", "tap_url") if tap_action in ("url", "deep_link") else ("image_url",)
-        if loopback_http(texts["image_url"]) and not uses_simulator:
+        if image_refused_for_app(texts["image_url"], uses_simulator=uses_simulator):
             errors.setdefault(f"{where}image_url", []).append(
                 "An image over http on this machine is only for an app that sends to the push simulator "
                 "(its phones and previews are here); a phone loads an image over https from a server it reaches."

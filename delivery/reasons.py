@@ -34,6 +34,7 @@ REASON_LABELS: dict[str, str] = {
     "render_error": "the message could not be personalised",
     "payload_too_large": "the message is over the provider's size limit",
     "invalid_collapse_key": "the collapse key is not one APNs takes",
+    "image_on_this_machine": "its image is over http on this machine, which only the push simulator's phones load",
     "credentials": "the app's credentials were refused or are missing",
     "not_configured": "the app's credentials for the platform are missing",
     "transport": "no answer in time: it may have been delivered",
@@ -56,7 +57,9 @@ REASON_LABELS: dict[str, str] = {
 # Failures the pipeline decides before any request goes to APNs or FCM: such a row was never handed
 # to a provider, so a report's "sent" leaves it out. (A refusal of the app's credentials is not told
 # apart: the batch that met it was handed over, and the rows still queued fail with its reason.)
-NOT_HANDED_OVER = frozenset({"device_deleted", "render_error", "invalid_collapse_key", "payload_too_large"})
+NOT_HANDED_OVER = frozenset(
+    {"device_deleted", "render_error", "invalid_collapse_key", "image_on_this_machine", "payload_too_large"}
+)
 
 
 def handed_over(code: str) -> bool:

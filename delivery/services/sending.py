@@ -38,6 +38,7 @@ from delivery.payloads import (
     encode,
     fcm_message,
     fcm_payload_fits,
+    image_refused_for_app,
     message_render,
     recipient_context,
     spec_is_personalized,
@@ -139,6 +140,9 @@ def _send_platform(app: App, platform: str, messages: list, rows: list[Claimed])
     return client.send([FcmMessage(message=m) for m in messages])
 
 
+# A row whose image only the push simulator's phones load, its app sending to Apple and Google.
+IMAGE_ON_THIS_MACHINE = "image_on_this_machine (over http: for the push simulator's phones only)"
+
 # Transport errors after which the provider may hold the message: never sent again.
 _MAYBE_DELIVERED = ("transport:timeout", "transport:connection")
 
@@ -208,6 +212,7 @@ def _batch_prepare(dispatch: Dispatch, rows: list[Claimed]) -> _Batch:
     own_contexts = bool((dispatch.context or {}).get(RECIPIENT_CONTEXTS)) or any(r.context for r in rows)
     contents = _Contents(dispatch, own_contexts, now)
     batch.platforms = {row.id: row.platform or NO_PLATFORM for row in rows}
+    uses_simulator = dispatch.app.uses_simulator
     for row in rows:
         if not row.token:
             results.append(Result(row.id, DS.FAILED, reason="device_deleted"))
@@ -235,6 +240,9 @@ def _batch_prepare(dispatch: Dispatch, rows: list[Claimed]) -> _Batch:
             )
         except LiquidError as exc:
             results.append(Result(row.id, DS.FAILED, reason=f"render_error: {exc.message}"[:100]))
+            continue
+        if image_refused_for_app(message.image_url, uses_simulator=uses_simulator):  # saved before a switch
+            results.append(Result(row.id, DS.FAILED, reason=IMAGE_ON_THIS_MACHINE))
             continue
         if row.platform == Platform.IOS:
             if options["collapse_id"] and not collapse_key_sendable(options["collapse_id"]):  # saved before the rule

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from audiences.services.profiles import profiles_delete
 from delivery.models import App, Delivery, Device, Dispatch
+from delivery.reasons import handed_over, reason_label
 from delivery.services import sending
 from delivery.services.claims import Result, deliveries_claim, deliveries_write_back
 from delivery.services.contents import pushcontent_save, pushcontent_test_send
@@ -1011,3 +1012,35 @@ def test_a_dispatch_of_an_app_whose_credentials_cannot_be_decrypted_claims_nothi
     dispatch_send(dispatch_id=dispatch.pk)
     assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", flat=True)) == {"accepted"}
     assert all(pushsim.state.count(d.token) == 1 for d in devices)
+
+
+@pytest.mark.parametrize(
+    ("simulator", "outcome"),
+    [
+        (True, ("accepted", "")),
+        (False, ("failed", "image_on_this_machine (over http: for the push simulator's phones only)")),
+    ],
+)
+def test_an_image_over_http_on_this_machine_fails_the_rows_of_an_app_no_longer_sending_to_the_simulator(
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks, simulator, outcome
+):
+    """Saved while the app sent to the push simulator, whose phones load an image over http on this
+    machine; switched to Apple and Google since, whose phones cannot, the app's rows fail with the
+    reason, as the content would be refused if saved now, and no phone gets it."""
+    content = PushContentFactory(app=pushsim_app, image_url="http://127.0.0.1:8000/static/delivery/demo/flash-sale.jpg")
+    profile = ProfileFactory()
+    phones = [DeviceFactory(profile=profile, app=pushsim_app, platform=p) for p in ("ios", "android")]
+    App.objects.filter(pk=pushsim_app.pk).update(uses_simulator=simulator)
+
+    dispatch = send(content, [profile], django_capture_on_commit_callbacks)
+
+    outcomes = {d.device.platform: (d.status, d.reason) for d in Delivery.objects.filter(dispatch=dispatch)}
+    assert outcomes == {"ios": outcome, "android": outcome}
+    received = sum(pushsim.state.count(phone.token) for phone in phones)
+    assert received == (2 if simulator else 0)
+    if not simulator:  # the reports say why, and count no such row as sent
+        assert (
+            reason_label(outcome[1])
+            == "its image is over http on this machine, which only the push simulator's phones load"
+        )
+        assert not handed_over(outcome[1])
