@@ -449,6 +449,7 @@ def campaign_trigger(
     ``recipients[i]`` when that recipient's profile alone makes it too large.
     """
     from accounts.stamps import stamps_read
+    from delivery.models import Dispatch
     from delivery.services.stream_senders import streams_wake
     from delivery.services.streams import Recipient, StreamClosed, stream_append
 
@@ -511,6 +512,7 @@ def campaign_trigger(
             with nullcontext() if _alone(entry, request_record) else transaction.atomic():
                 rows = stream_append(
                     dispatch_id=stream_id,
+                    kind=Dispatch.Kind.API_TRIGGER,
                     app_id=entry.app_id,
                     recipients=targeted,
                     source_lock=_recipient_source_lock(entry),
@@ -610,6 +612,7 @@ def _trigger_by_external_id(
     written, when a recipient may not fit either way: the call then takes the path that renders
     each known profile's own message and words the error for it (which is the answer in the end,
     as this path turns away only what might fail)."""
+    from delivery.models import Dispatch
     from delivery.services.stream_senders import streams_wake
     from delivery.services.streams import Named, OverBudget, stream_append
 
@@ -634,6 +637,7 @@ def _trigger_by_external_id(
         try:
             rows = stream_append(
                 dispatch_id=entry.stream_id,
+                kind=Dispatch.Kind.API_TRIGGER,
                 app_id=entry.app_id,
                 named=named,
                 source_lock=_recipient_source_lock(entry),

@@ -227,6 +227,7 @@ _SKIP = f"COALESCE(v.variant, -1) = 0 OR dev.id IS NULL OR NOT dev.push_enabled 
 def stream_append(
     *,
     dispatch_id: int,
+    kind: str,
     app_id: int,
     source_lock: tuple[str, list],
     recipients: list[Recipient] | None = None,
@@ -257,9 +258,13 @@ def stream_append(
     whose characters are printable or escaped in ASCII, so that JSON escapes them to at most
     twice their count, where ``bound`` counts six); if one might not, nothing is written and
     OverBudget is raised.
+    ``kind`` is the stream's (``Dispatch.Kind``): the statement is built for it, and a dispatch of
+    another kind takes no row (StreamClosed).
     Raises StreamClosed when the source or the dispatch refuses, GateClosed when a recipient is not
     one the stream's kind admits (``stream_recipients_check_register``): then nothing is written.
     """
+    if kind not in Dispatch.Kind.values:
+        raise ValueError(f"not a dispatch kind: {kind!r}")
     if named is not None:
         if connection.vendor != "postgresql" or recipients is not None:
             raise ValueError("named recipients are appended on PostgreSQL, instead of profiles")
@@ -267,7 +272,13 @@ def stream_append(
             raise ValueError("named recipients cannot be held for quiet hours")
     elif connection.vendor != "postgresql":
         return _append_portable(
-            dispatch_id=dispatch_id, app_id=app_id, recipients=recipients, source_lock=source_lock, rules=rules, now=now
+            dispatch_id=dispatch_id,
+            kind=kind,
+            app_id=app_id,
+            recipients=recipients,
+            source_lock=source_lock,
+            rules=rules,
+            now=now,
         )
     now = now or timezone.now()
     lock_sql, lock_params = source_lock
@@ -303,7 +314,7 @@ def stream_append(
     # In the statement's order: the source's lock, the dispatch, the recipients' CTE, the insert.
     params = [*lock_params, dispatch_id, *recipients_params, now, now, now, app_id]
     with prepared_cursor() as cursor:
-        cursor.execute(_append_sql(lock_sql, named=named is not None), params)
+        cursor.execute(_append_sql(lock_sql, named=named is not None, kind=kind), params)
         fetched = cursor.fetchall()
     marker = next(row for row in fetched if row[0] == -1)
     if not marker[1]:
@@ -311,7 +322,7 @@ def stream_append(
     if not marker[2]:
         raise StreamClosed("dispatch")
     if marker[4]:
-        _refuse_recipients(dispatch_id, int(marker[4]), len(named if named is not None else recipients))
+        _refuse_recipients(kind, int(marker[4]), len(named if named is not None else recipients))
     if marker[3] == "over":
         raise OverBudget
     rows = [AppendedRow(*row) for row in fetched if row[0] != -1]
@@ -341,21 +352,7 @@ def stream_recipients_check_register(*, kind: str, condition: str, refusal: str)
     _append_sql.cache_clear()
 
 
-def _recipients_refused_sql() -> str:
-    """The append's CTE counting the call's recipients that the stream's kind does not admit."""
-    if not _RECIPIENT_CHECKS:
-        return "refused AS (SELECT 0 AS n)"
-    # A kind's condition is read only for its own streams: a campaign's call compares its kind
-    # alone. In a CASE, the planner keeps each condition's subqueries as such (run for the rows of
-    # its kind) instead of joining them with the recipients of every call.
-    admitted = " ".join(
-        f"WHEN '{kind}' THEN ({condition})" for kind, (condition, _) in sorted(_RECIPIENT_CHECKS.items())
-    )
-    return f"refused AS (SELECT count(*) AS n FROM d CROSS JOIN v WHERE (CASE d.kind {admitted} ELSE true END) IS NOT TRUE)"  # noqa: S608 (constants)
-
-
-def _refuse_recipients(dispatch_id: int, refused: int, of: int) -> None:
-    kind = Dispatch.objects.filter(pk=dispatch_id).values_list("kind", flat=True).first()
+def _refuse_recipients(kind: str, refused: int, of: int) -> None:
     why = _RECIPIENT_CHECKS.get(kind, ("", "may not be sent this stream's push"))[1]
     raise GateClosed(f"{refused} of the {of} profiles of the call {why}: nothing was appended.")
 
@@ -382,14 +379,29 @@ _BY_EXTERNAL_ID = (
 
 
 @functools.lru_cache(maxsize=16)
-def _append_sql(lock_sql: str, *, named: bool) -> str:
-    """The append statement for a source's lock (built once per process: it is the same every call)."""
+def _append_sql(lock_sql: str, *, named: bool, kind: str) -> str:
+    """The append statement for a source's lock and a stream's kind (built once per process: it is
+    the same every call). A kind with a recipients' check (``stream_recipients_check_register``)
+    counts the call's recipients it does not admit in a CTE, ``refused``, and writes nothing
+    unless none is; the others' statement has no such CTE (a campaign's trigger pays nothing for
+    a journey's check)."""
+    check = _RECIPIENT_CHECKS.get(kind)
+    # Constants: the kind is one of Dispatch.Kind's values (stream_append checks), the condition
+    # a registered one.
+    refused_cte = (
+        f"refused AS (SELECT count(*) AS n FROM d CROSS JOIN v WHERE ({check[0]}) IS NOT TRUE), "  # noqa: S608
+        if check
+        else ""
+    )
+    admitted = "AND (SELECT n FROM refused) = 0 " if check else ""
+    refused_count = "NULLIF((SELECT n FROM refused), 0)::text" if check else "NULL::text"
     return (
         f"WITH src AS ({lock_sql}), "  # noqa: S608 (constants and the callers' fixed SQL; values are bound)
         "d AS (SELECT x.id, COALESCE((x.content_spec->>'ttl_seconds')::int, 0) AS ttl, x.variants, "
         "x.kind, x.source_id, x.stream_version "
         "FROM delivery_dispatch x "
-        "WHERE x.id = %s AND x.status = 'sending' AND EXISTS (SELECT 1 FROM src) FOR KEY SHARE OF x), "
+        f"WHERE x.id = %s AND x.kind = '{kind}' AND x.status = 'sending' AND EXISTS (SELECT 1 FROM src) "
+        "FOR KEY SHARE OF x), "
         # LIMIT (the recipients' count, so it cuts nothing) makes the kept generic plan count on
         # a few rows, as the plan made for a one-recipient call does: PostgreSQL then runs every
         # call from the kept plan instead of planning it again (0.6 ms, four times the run).
@@ -398,7 +410,7 @@ def _append_sql(lock_sql: str, *, named: bool) -> str:
         # one JSON text. They are unnested from an array, whose length a kept plan guesses at 10,
         # as it did the lists' (a set-returning JSON function counts on 100 rows, and PostgreSQL
         # then plans every call again).
-        f"{_BY_EXTERNAL_ID if named else _BY_PROFILE}, {_recipients_refused_sql()}, "
+        f"{_BY_EXTERNAL_ID if named else _BY_PROFILE}, {refused_cte}"
         "ins AS (INSERT INTO delivery_delivery (dispatch_id, device_id, profile_id, status, reason, "
         "provider_message_id, attempts, finished_at, next_attempt_at, held_until, queued_at, context, expires_at, variant) "
         "SELECT d.id, dev.id, v.profile_id, "
@@ -423,29 +435,27 @@ def _append_sql(lock_sql: str, *, named: bool) -> str:
         # the planner from making the lookup a join again.
         "LEFT JOIN LATERAL (SELECT dev.id, dev.push_enabled FROM delivery_device dev "
         "WHERE dev.profile_id = v.profile_id AND dev.app_id = %s AND dev.active OFFSET 0) dev ON true "
-        "WHERE NOT EXISTS (SELECT 1 FROM v WHERE NOT v.fits) AND (SELECT n FROM refused) = 0 "
+        f"WHERE NOT EXISTS (SELECT 1 FROM v WHERE NOT v.fits) {admitted}"
         "ORDER BY v.n, dev.id "
         "RETURNING id, profile_id, device_id, status, reason, dispatch_id, variant, finished_at, queued_at), "
         # The rows are counted into the rollup by the statement that makes them.
         f"counted AS ({rollup_insert_sql(where='true', outcomes=('targeted', 'final'), source='ins d', shard=STREAM_SHARD)}) "
         + (
             # Each name once (the caller's), so each row joins its one name.
-            "SELECT ins.id, ins.profile_id, ins.device_id, ins.status, ins.reason, v.external_id "
+            "SELECT ins.id, ins.profile_id, ins.device_id, ins.status, ins.reason, v.external_id "  # noqa: S608
             "FROM ins JOIN v ON v.profile_id = ins.profile_id "
             # The marker: the source's and the dispatch's rows, whether a profile might not fit, and
             # how many recipients the stream's kind refused.
             "UNION ALL SELECT -1, (SELECT count(*) FROM src), (SELECT count(*) FROM d), "
-            "CASE WHEN EXISTS (SELECT 1 FROM v WHERE NOT v.fits) THEN 'over' END, "
-            "NULLIF((SELECT n FROM refused), 0)::text, ''"
+            f"CASE WHEN EXISTS (SELECT 1 FROM v WHERE NOT v.fits) THEN 'over' END, {refused_count}, ''"
             if named
-            else "SELECT id, profile_id, device_id, status, reason FROM ins "
-            "UNION ALL SELECT -1, (SELECT count(*) FROM src), (SELECT count(*) FROM d), NULL, "
-            "NULLIF((SELECT n FROM refused), 0)::text"
+            else "SELECT id, profile_id, device_id, status, reason FROM ins "  # noqa: S608
+            f"UNION ALL SELECT -1, (SELECT count(*) FROM src), (SELECT count(*) FROM d), NULL, {refused_count}"
         )
     )
 
 
-def _append_portable(*, dispatch_id, app_id, recipients, source_lock, rules, now) -> list[AppendedRow]:
+def _append_portable(*, dispatch_id, kind, app_id, recipients, source_lock, rules, now) -> list[AppendedRow]:
     """The same append for SQLite (the embedded mode): the write lock serialises it with a stop."""
     from delivery.models import Device
 
@@ -456,14 +466,14 @@ def _append_portable(*, dispatch_id, app_id, recipients, source_lock, rules, now
         if cursor.fetchone() is None:
             raise StreamClosed("source")
     dispatch = (
-        Dispatch.objects.filter(pk=dispatch_id, status=Dispatch.Status.SENDING)
-        .only("content_spec", "variants", "kind")
+        Dispatch.objects.filter(pk=dispatch_id, kind=kind, status=Dispatch.Status.SENDING)
+        .only("content_spec", "variants")
         .first()
     )
     if dispatch is None:
         raise StreamClosed("dispatch")
-    if dispatch.kind in _RECIPIENT_CHECKS and recipients:
-        condition, _ = _RECIPIENT_CHECKS[dispatch.kind]
+    if kind in _RECIPIENT_CHECKS and recipients:
+        condition, _ = _RECIPIENT_CHECKS[kind]
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT count(*) FROM (SELECT kind, source_id, stream_version FROM delivery_dispatch WHERE id = %s) d "  # noqa: S608 (a registered constant; values are bound)
@@ -472,7 +482,7 @@ def _append_portable(*, dispatch_id, app_id, recipients, source_lock, rules, now
             )
             refused = cursor.fetchone()[0]
         if refused:
-            _refuse_recipients(dispatch_id, refused, len(recipients))
+            _refuse_recipients(kind, refused, len(recipients))
     hold, skip = _held(recipients, rules, now)
     devices: dict[int, list] = {}
     for device in Device.objects.filter(

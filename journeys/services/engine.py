@@ -664,6 +664,7 @@ def _push_stream(
     Returns (dispatch id, "") or (None, the reason it was refused).
     """
     from accounts.stamps import stamps_read
+    from delivery.models import Dispatch
     from delivery.services.dispatches import GateClosed
     from delivery.services.stream_senders import streams_wake
     from delivery.services.streams import Recipient, StreamClosed, stream_append
@@ -684,6 +685,7 @@ def _push_stream(
             # A refused append wrote nothing and raised no database error: the transaction goes on.
             stream_append(
                 dispatch_id=step.stream_id,
+                kind=Dispatch.Kind.JOURNEY,
                 app_id=version.journey.app_id,
                 recipients=recipients,
                 source_lock=source_lock,

@@ -108,6 +108,7 @@ def test_a_streams_bounds_hold_every_row_appended_and_close_when_it_is_stopped(a
             DeviceFactory(profile=profile, app=pushsim_app)
         stream_append(
             dispatch_id=stream.pk,
+            kind=stream.kind,
             app_id=pushsim_app.pk,
             recipients=[Recipient(p.pk) for p in profiles],
             source_lock=source,
@@ -141,6 +142,7 @@ def test_a_stream_finished_by_the_watchdog_and_a_stopped_run_keep_their_upper_bo
     device = DeviceFactory(app=pushsim_app)
     stream_append(
         dispatch_id=stream.pk,
+        kind=stream.kind,
         app_id=pushsim_app.pk,
         recipients=[Recipient(device.profile_id)],
         source_lock=("SELECT id FROM delivery_app WHERE id = %s FOR SHARE", [pushsim_app.pk]),

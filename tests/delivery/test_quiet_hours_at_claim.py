@@ -197,6 +197,7 @@ def append_to(stream, profiles) -> None:
     """A call's rows, appended before the app had quiet hours (none to judge then)."""
     stream_append(
         dispatch_id=stream.pk,
+        kind=stream.kind,
         app_id=stream.app_id,
         recipients=[Recipient(p.pk) for p in profiles],
         source_lock=("SELECT id FROM delivery_app WHERE id = %s FOR SHARE", [stream.app_id]),

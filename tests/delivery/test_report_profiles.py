@@ -220,6 +220,7 @@ def test_a_stream_is_counted_while_calls_append_and_kept_once_it_is_finished(pus
     def append(audience, variant):
         stream_append(
             dispatch_id=stream.pk,
+            kind=stream.kind,
             app_id=pushsim_app.pk,
             recipients=[Recipient(p.pk, variant=variant) for p in audience],
             source_lock=source,

@@ -200,6 +200,7 @@ def test_a_streams_appends_with_skips_its_sends_and_its_close_are_rolled_up_exac
     def append(profiles):
         stream_append(
             dispatch_id=stream.pk,
+            kind=stream.kind,
             app_id=pushsim_app.pk,
             recipients=[Recipient(p.pk) for p in profiles],
             source_lock=source,

@@ -193,6 +193,7 @@ def test_a_now_or_never_push_of_a_stream_held_for_quiet_hours_is_skipped_as_expi
 
     [appended] = stream_append(
         dispatch_id=stream.pk,
+        kind=stream.kind,
         app_id=pushsim_app.pk,
         recipients=[Recipient(profile.pk)],
         source_lock=("SELECT id FROM delivery_app WHERE id = %s FOR SHARE", [pushsim_app.pk]),

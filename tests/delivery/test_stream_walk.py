@@ -68,6 +68,7 @@ class Walk:
         chosen = self.rng.sample(self.profiles, self.rng.randint(1, 4))
         stream_append(
             dispatch_id=self.live.pk,
+            kind=self.live.kind,
             app_id=self.app.pk,
             recipients=[Recipient(p.pk) for p in chosen],
             source_lock=("SELECT id FROM delivery_app WHERE id = %s FOR SHARE", [self.app.pk]),

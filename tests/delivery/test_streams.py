@@ -66,6 +66,7 @@ def _many_phones(app, n):
 def _append(stream, profiles, context=None, **kwargs):
     return stream_append(
         dispatch_id=stream.pk,
+        kind=stream.kind,
         app_id=stream.app_id,
         recipients=[Recipient(p.pk, context=context) for p in profiles],
         source_lock=_source(stream.app),
@@ -207,6 +208,7 @@ def test_an_append_is_refused_when_the_source_or_the_stream_is_closed(pushsim_ap
     with pytest.raises(StreamClosed) as refused:
         stream_append(
             dispatch_id=stream.pk,
+            kind=stream.kind,
             app_id=pushsim_app.pk,
             recipients=[Recipient(zoe.pk)],
             source_lock=("SELECT id FROM delivery_app WHERE id = %s AND false FOR SHARE", [pushsim_app.pk]),

@@ -652,7 +652,7 @@ def test_a_journey_steps_stream_takes_rows_only_for_profiles_the_journey_brought
     call naming any of them writes nothing and is refused, as the gate refuses a batch; the
     journey's own pushes join the stream, each when its profile gets to the step."""
     from delivery.services.dispatches import GateClosed
-    from delivery.services.streams import Recipient, stream_append
+    from delivery.services.streams import Recipient, StreamClosed, stream_append
     from journeys.models import Enrollment
     from journeys.services.engine import journeys_run_due
     from journeys.services.entries import journeys_events_received
@@ -692,10 +692,20 @@ def test_a_journey_steps_stream_takes_rows_only_for_profiles_the_journey_brought
         with pytest.raises(GateClosed, match="not enrolled"):
             stream_append(
                 dispatch_id=stream.pk,
+                kind=stream.kind,
                 app_id=sim_team.pk,
                 recipients=[Recipient(p.pk) for p in forged],
                 source_lock=lock,
             )
+    # Naming another kind passes by no check: the statement takes no row for a journey's stream then.
+    with pytest.raises(StreamClosed, match="dispatch"):
+        stream_append(
+            dispatch_id=stream.pk,
+            kind=Dispatch.Kind.API_TRIGGER,
+            app_id=sim_team.pk,
+            recipients=[Recipient(outsider.pk)],
+            source_lock=lock,
+        )
     assert list(Delivery.objects.filter(dispatch__kind="journey").values_list("profile_id", flat=True)) == [vip.pk]
     journeys_run_due(now=now + dt.timedelta(hours=2))
     sent = Delivery.objects.filter(dispatch__kind="journey").order_by("id").values_list("profile_id", flat=True)

@@ -141,6 +141,7 @@ def test_sends_break_down_per_platform_as_batches_land(client, pushsim, pushsim_
     with transaction.atomic():
         stream_append(
             dispatch_id=stream,
+            kind=Dispatch.Kind.API_TRIGGER,
             app_id=pushsim_app.pk,
             recipients=[Recipient(p.pk) for p in profiles],
             source_lock=("SELECT id FROM delivery_app WHERE id = %s FOR SHARE", [pushsim_app.pk]),
@@ -252,6 +253,7 @@ def test_trigger_latency_leaves_out_a_row_quiet_hours_held(client, pushsim, push
         DeviceFactory(profile=profile, app=pushsim_app)
         stream_append(
             dispatch_id=stream.pk,
+            kind=stream.kind,
             app_id=pushsim_app.pk,
             recipients=[Recipient(profile.pk)],
             source_lock=("SELECT id FROM delivery_app WHERE id = %s FOR SHARE", [pushsim_app.pk]),
