@@ -1,7 +1,10 @@
 """What error reports (the DEBUG page, emailed reports) may show of the settings, and the one line
-a command or a log says of an error."""
+a command or a log says of an error, once a minute at most when a service down makes it at every
+call, task or scrape."""
 
 import re
+import threading
+import time
 
 from django.views.debug import SafeExceptionReporterFilter
 
@@ -16,6 +19,32 @@ def first_line(exc: BaseException) -> str:
     lines (the server's hint, the statement), where a one-line message wants its gist."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else ""
+
+
+class SaidOnceAMinute:
+    """Lets a line about each key be said once a minute at most, and counts the lines left out
+    meanwhile: a service down is met by every call, task or scrape, a line each thousands a minute."""
+
+    EVERY_SECONDS = 60.0
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._said_at: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
+
+    def now_or_never(self, key: str, *, counting_this: bool = False) -> int | None:
+        """How many lines about ``key`` were left out since the last one said, when one may be said
+        now (0 at the first); None when this one must be left out too. With ``counting_this``, the
+        one said now is counted too, after the first (a call refused is refused, said or not)."""
+        with self._lock:
+            now = time.monotonic()
+            said_at = self._said_at.get(key)
+            if said_at is not None and now - said_at < self.EVERY_SECONDS:
+                self._left_out[key] = self._left_out.get(key, 0) + 1
+                return None
+            self._said_at[key] = now
+            left_out = self._left_out.pop(key, 0)
+        return left_out + 1 if counting_this and said_at is not None else left_out
 
 
 class SettingsReportFilter(SafeExceptionReporterFilter):

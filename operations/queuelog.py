@@ -17,36 +17,13 @@ task failed as Redis does not answer is said once a minute at most too.
 
 import logging
 import re
-import threading
-import time
 
 from redis.exceptions import RedisError
 
+from config.reporting import SaidOnceAMinute
 from operations.database import database_gone, redis_problem
 
-EVERY_SECONDS = 60.0
-
-
-class _Said:
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.at: dict[str, float] = {}
-        self.left_out: dict[str, int] = {}
-
-    def now_or_never(self, service: str) -> int | None:
-        """How many lines about ``service`` were left out since the last one said, when one may be
-        said now; None when it must be left out too."""
-        with self.lock:
-            now = time.monotonic()
-            said_at = self.at.get(service)
-            if said_at is not None and now - said_at < EVERY_SECONDS:
-                self.left_out[service] = self.left_out.get(service, 0) + 1
-                return None
-            self.at[service] = now
-            return self.left_out.pop(service, 0)
-
-
-_said = _Said()
+_said = SaidOnceAMinute()
 
 
 def _redis_error(record: logging.LogRecord) -> RedisError | None:

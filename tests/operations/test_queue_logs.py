@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import connection, connections
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from config import reporting
 from operations import queuelog
 
 _REFUSED = "Error 111 connecting to 127.0.0.1:6390. Connection refused."
@@ -17,8 +18,8 @@ _REFUSED = "Error 111 connecting to 127.0.0.1:6390. Connection refused."
 @pytest.fixture
 def clock(monkeypatch):
     now = [1000.0]
-    monkeypatch.setattr(queuelog.time, "monotonic", lambda: now[0])
-    monkeypatch.setattr(queuelog, "_said", queuelog._Said())
+    monkeypatch.setattr(reporting.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(queuelog, "_said", reporting.SaidOnceAMinute())
     return now
 
 
