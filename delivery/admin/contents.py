@@ -294,13 +294,17 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
                 )
                 return _shape_checked(variants_shape_check, variants)
 
+            # Whether the content's app sends to the push simulator, read once for the check and the save.
+            uses_simulator: bool | None = None
+
             def _post_clean(self):
                 super()._post_clean()
                 if self.errors:
                     return
                 try:
                     spec_validate(self.instance.spec())
-                    spec_authoring_check(self.instance.spec(), uses_simulator=sends_to_simulator(self.instance.app_id))
+                    self.uses_simulator = sends_to_simulator(self.instance.app_id)
+                    spec_authoring_check(self.instance.spec(), uses_simulator=self.uses_simulator)
                 except ValidationError as exc:
                     for path, errors in exc.message_dict.items():
                         self.add_error(_form_field(path, self.fields), [f"{path}: {e}" for e in errors])
@@ -308,7 +312,7 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         return ValidatingForm
 
     def save_model(self, request, obj, form, change):
-        pushcontent_save(content=obj, by=request.user)
+        pushcontent_save(content=obj, by=request.user, uses_simulator=getattr(form, "uses_simulator", None))
         self._warn_of_unseen_attributes(request, obj)
 
     def _warn_of_unseen_attributes(self, request, content: PushContent) -> None:

@@ -23,14 +23,16 @@ def sends_to_simulator(app_id: int | None) -> bool:
     return App.objects.filter(pk=app_id, uses_simulator=True).exists()
 
 
-def pushcontent_save(*, content: PushContent, by: User) -> PushContent:
+def pushcontent_save(*, content: PushContent, by: User, uses_simulator: bool | None = None) -> PushContent:
     """Validate and save push content (new or changed); the creator gets access to it.
 
     Validation (``delivery.payloads.spec_validate``): templates parse and use known names,
     URLs use allowed schemes, options are valid, and every variant's worst-case payload fits
     APNs' and FCM's 4,096 bytes; then ``spec_authoring_check``: URLs a phone opens, one text per
-    locale. Raises ValidationError naming the field, PermissionDenied when ``by`` may not write
-    content for the app.
+    locale, an image over http on this machine only for an app that sends to the push simulator
+    (``uses_simulator``, as the caller read it for the content's app: the admin form, which checked
+    the content with it; read here when None). Raises ValidationError naming the field,
+    PermissionDenied when ``by`` may not write content for the app.
     """
     creating = content.pk is None
     perm = "delivery.add_pushcontent" if creating else "delivery.change_pushcontent"
@@ -39,7 +41,9 @@ def pushcontent_save(*, content: PushContent, by: User) -> PushContent:
     if not creating and not can(by, "delivery.change_pushcontent", content):
         raise PermissionDenied("You may not change this push content.")
     spec_validate(content.spec())
-    spec_authoring_check(content.spec(), uses_simulator=sends_to_simulator(content.app_id))
+    if uses_simulator is None:
+        uses_simulator = sends_to_simulator(content.app_id)
+    spec_authoring_check(content.spec(), uses_simulator=uses_simulator)
     with transaction.atomic():
         content.updated_at = timezone.now()
         if creating:

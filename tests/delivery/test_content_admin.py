@@ -334,3 +334,22 @@ def test_what_keeps_content_reads_each_campaign_s_visibility_once_however_many_v
     expected = "variant A of campaign 'Secret launch'" if may_see else "a variant of a campaign you cannot see"
     assert few[0] == many[0] == expected
     assert all("Secret launch" not in use for use in many) or may_see
+
+
+def test_saving_content_reads_whether_its_app_sends_to_the_simulator_once(client, db, manager_alice):
+    """The form judges an image over http on this machine by whether the app sends to the push
+    simulator; the save it hands the content to was reading it again."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    shop = AppFactory(name="Shop", uses_simulator=True)
+    access_grant(obj=shop, to=manager_alice, by=None)
+    content = PushContent.objects.create(app=shop, name="Sale", title="Hello", body="Spring sale")
+    client.force_login(manager_alice)
+    image = "http://127.0.0.1:8000/static/delivery/demo/flash-sale.jpg"
+    with CaptureQueriesContext(connection) as queries:
+        answer = client.post(f"/admin/delivery/pushcontent/{content.pk}/change/", _form(content, image_url=image))
+    assert answer.status_code == 302
+    assert PushContent.objects.get(pk=content.pk).image_url == image
+    where = [q["sql"].split(" WHERE ", 1)[1] for q in queries.captured_queries if " WHERE " in q["sql"]]
+    assert sum('"delivery_app"."uses_simulator"' in sql for sql in where) == 1, where
