@@ -167,8 +167,20 @@ def _frequency_cap(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -
     return capped
 
 
-def _zone(name: str | None, fallback: str) -> ZoneInfo:
-    for candidate in (name, fallback, "UTC"):
+def app_rules(owner) -> DeliveryRules | None:
+    """The delivery rules of ``owner``'s app (``owner``: a row with an ``app`` foreign key, such
+    as a dispatch or a journey), or None when the app has none. No query when they were read with
+    it (``select_related("app__delivery_rules")``); one else."""
+    if type(owner).app.is_cached(owner) and App.delivery_rules.is_cached(owner.app):
+        return getattr(owner.app, "delivery_rules", None)  # read with it: None when the app has none
+    return DeliveryRules.objects.filter(app_id=owner.app_id).first()
+
+
+def profile_zone(name: str | None, default: str) -> ZoneInfo:
+    """The zone of a profile whose zone is ``name``: that, else ``default`` (the app's
+    ``DeliveryRules.default_timezone``, or a local-time send's own zone), else UTC. A blank or
+    unknown name is passed over."""
+    for candidate in (name, default, "UTC"):
         if candidate:
             try:
                 return ZoneInfo(candidate)
@@ -246,15 +258,12 @@ class QuietAtClaim:
 
 def quiet_at_claim(dispatch: Dispatch) -> QuietAtClaim | None:
     """The quiet hours a claim of the dispatch's rows judges again (``deliveries_claim``), or None:
-    a test or transactional send, or an app without quiet hours. One query (the app's rules), none
-    when they were read with the dispatch (``select_related("app__delivery_rules")``, as the stream
-    senders read their open streams: once for many claims)."""
+    a test or transactional send, or an app without quiet hours. One query (the app's rules,
+    ``app_rules``), none when they were read with the dispatch, as the stream senders read their
+    open streams: once for many claims."""
     if dispatch.kind == Dispatch.Kind.TEST or dispatch.purpose == "transactional":
         return None
-    if Dispatch.app.is_cached(dispatch) and App.delivery_rules.is_cached(dispatch.app):
-        rules = getattr(dispatch.app, "delivery_rules", None)  # read with it: None when the app has none
-    else:
-        rules = DeliveryRules.objects.filter(app_id=dispatch.app_id).first()
+    rules = app_rules(dispatch)
     if rules is None or not rules.has_quiet_hours:
         return None
     return QuietAtClaim(
@@ -291,7 +300,7 @@ def _quiet_zones(start: dt.time, end: dt.time, default: str, at: dt.datetime) ->
         return until.astimezone(dt.UTC).isoformat() if until is not None else None
 
     found = {name: ends(zone) for name, zone in _known_zones().items()}
-    found[""] = ends(_zone(default, "UTC"))
+    found[""] = ends(profile_zone(default, "UTC"))
     return found
 
 
@@ -313,11 +322,11 @@ def _quiet_hours(dispatch: Dispatch, rules: DeliveryRules, now: dt.datetime) -> 
     now_or_never = _now_or_never(dispatch) if rules.quiet_mode == DeliveryRules.QuietMode.DELAY else None
     wall = dt.datetime.fromisoformat(dispatch.local_time) if dispatch.local_time else None
     for name in zones:
-        zone = _zone(name, rules.default_timezone)
+        zone = profile_zone(name, rules.default_timezone)
         # A local-time send is judged at the moment it goes out (``local_time_apply``: the wall time
         # in the profile's zone, else the campaign's), read in the quiet hours' zone; others now.
         if wall:
-            goes_at = wall_clock(wall, _zone(name, dispatch.local_default_timezone))
+            goes_at = wall_clock(wall, profile_zone(name, dispatch.local_default_timezone))
             local = max(goes_at, now).astimezone(zone)
         else:
             local = now.astimezone(zone)
@@ -358,7 +367,7 @@ def local_time_apply(*, dispatch: Dispatch, now: dt.datetime) -> dict[str, int]:
     queued = Delivery.objects.filter(dispatch_id=dispatch.pk, finished_at__isnull=True, status=DS.QUEUED)
     counts = {"local_time_held": 0, "missed_local_time": 0}
     for name in set(queued.values_list("profile__timezone", flat=True).distinct()):
-        at = wall_clock(wall, _zone(name, dispatch.local_default_timezone))
+        at = wall_clock(wall, profile_zone(name, dispatch.local_default_timezone))
         if at <= now:
             if late is not None and now - at > late:
                 sql, params = _rows_in_zone(queued, name).values("id").query.sql_with_params()

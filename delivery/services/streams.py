@@ -37,7 +37,7 @@ from accounts.models import User
 from accounts.services import audit
 from config.db import prepared_cursor
 from delivery.models import App, Delivery, DeliveryRules, Dispatch
-from delivery.rules import _CAP_LOCK_CLASS, CAP_DISPATCHES, CAP_ON_ITS_WAY, CAP_PUSHES, quiet_until
+from delivery.rules import _CAP_LOCK_CLASS, CAP_DISPATCHES, CAP_ON_ITS_WAY, CAP_PUSHES, profile_zone, quiet_until
 from delivery.services.dispatches import GateClosed, content_reference_kept, dispatch_gate_ask
 from delivery.services.rollups import (
     STREAM_SHARD,
@@ -196,14 +196,12 @@ def stream_open(
 
 def _held(recipients: list[Recipient], rules: DeliveryRules | None, now: dt.datetime):
     """Quiet hours per recipient: (hold until, skip) arrays. Only for marketing streams with rules."""
-    from delivery.rules import _zone
-
     hold: list[dt.datetime | None] = []
     skip: list[bool] = []
     for recipient in recipients:
         until = None
         if rules is not None and rules.has_quiet_hours:
-            local = now.astimezone(_zone(recipient.timezone, rules.default_timezone))
+            local = now.astimezone(profile_zone(recipient.timezone, rules.default_timezone))
             until = quiet_until(start=rules.quiet_start, end=rules.quiet_end, local=local)
         if until is None:
             hold.append(None)

@@ -24,7 +24,7 @@ from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from config.db import int_array, write_pacer
-from delivery.rules import _zone
+from delivery.rules import app_rules, profile_zone
 from journeys.graph import DAY_SECONDS, branch_label, entry_of, whole_days
 from journeys.models import Enrollment, Journey, JourneyVersion
 from journeys.services.lifecycle import EStatus, Status, segments_changed_text
@@ -254,14 +254,9 @@ def journey_default_zone(journey: Journey) -> str:
     """The time zone a journey's waits read for a profile without one (or with one unknown): its
     app's default (``DeliveryRules.default_timezone``), as the app's quiet hours read it; "UTC"
     when the app has no rules. No query when the rules were read with the journey (a batch's
-    versions are); one else."""
-    from delivery.models import App, DeliveryRules
-
-    if Journey.app.is_cached(journey) and App.delivery_rules.is_cached(journey.app):
-        rules = getattr(journey.app, "delivery_rules", None)  # read with it: None when the app has none
-        return rules.default_timezone if rules else "UTC"
-    rules = DeliveryRules.objects.filter(app_id=journey.app_id).values_list("default_timezone", flat=True).first()
-    return rules or "UTC"
+    versions are); one else (``app_rules``)."""
+    rules = app_rules(journey)
+    return rules.default_timezone if rules else "UTC"
 
 
 def _days_later(days: int, tz_name: str, now: dt.datetime, *, default: str = "") -> dt.datetime:
@@ -270,14 +265,14 @@ def _days_later(days: int, tz_name: str, now: dt.datetime, *, default: str = "")
     hours (a push sent at 10:00 and followed "2 days later" goes at 10:00 again). Waits of whole
     days end so; other waits are exact."""
     # An aware datetime plus days moves its wall time; its offset is then the zone's on that day.
-    return (now.astimezone(_zone(tz_name, default)) + dt.timedelta(days=days)).astimezone(dt.UTC)
+    return (now.astimezone(profile_zone(tz_name, default)) + dt.timedelta(days=days)).astimezone(dt.UTC)
 
 
 def _next_time_of_day(until: str, tz_name: str, now: dt.datetime, *, default: str = "") -> dt.datetime:
     """The next ``HH:MM`` (now included) in the profile's zone ``tz_name``, else the app's
     ``default`` (``journey_default_zone``), else UTC: blank or unknown names are passed over, as quiet hours
     pass them over (``delivery.rules``)."""
-    tz = _zone(tz_name, default)
+    tz = profile_zone(tz_name, default)
     hour, minute = (int(part) for part in until.split(":"))
     local = now.astimezone(tz)
     target = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
