@@ -347,19 +347,20 @@ def campaign_request_changes(*, campaign_id: int, by: User, comment: str, reques
     """An approver sends the campaign back to draft with a comment the requester sees; a revision
     goes back to a pending edit, and the approved version keeps sending.
 
-    With ``request_id`` (the request the approver read), raises ApprovalError when another request
-    waits now.
+    Raises PermissionDenied when ``by`` may not decide its request (``approval_request_decide``
+    asks ``approver_standing``, once); with ``request_id`` (the request the approver read),
+    ApprovalError when another request waits now.
     """
     with transaction.atomic():
         campaign = _lock_for_decision(campaign_id, by=by)
         if campaign.is_active and revision_waiting(campaign) is not None:
-            request = _decidable(_pending_request(campaign, read_id=request_id), by=by)
+            request = _pending_request(campaign, read_id=request_id)
             approval_request_decide(request_id=request.pk, by=by, approve=False, comment=comment)
             audit(actor=by, action="campaign_revision_changes_requested", obj=campaign, summary={"comment": comment})
             return campaign
         if campaign.status != Status.IN_REVIEW:
             raise TransitionError(campaign, "sent back for changes")
-        request = _decidable(_pending_request(campaign, read_id=request_id), by=by)
+        request = _pending_request(campaign, read_id=request_id)
         approval_request_decide(request_id=request.pk, by=by, approve=False, comment=comment)
         status_transition(
             campaign,

@@ -418,3 +418,22 @@ def test_a_missed_window_longer_than_seven_days_is_refused_naming_the_field(make
         campaign_update(campaign_id=campaign.pk, by=manager_alice, missed_window_minutes=minutes)
     assert "missed_window_minutes" in error.value.message_dict
     assert _reload(campaign).missed_window_minutes == 10_080
+
+
+def test_request_changes_reads_the_approvers_standing_once(make_campaign, manager_alice, approver_bob):
+    """Whether the approver may decide the request is read once, however the decision goes through
+    (the campaign's transition, then the request's)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from accounts.models import User
+
+    campaign = make_campaign()
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    bob = User.objects.get(pk=approver_bob.pk)
+    with CaptureQueriesContext(connection) as queries:
+        campaign_request_changes(campaign_id=campaign.pk, by=bob, comment="Shorter title")
+    assert _reload(campaign).status == "draft"
+    # What the approver changed since an approval (``approver_standings``) is read from the audit log.
+    read_from_the_log = [q["sql"] for q in queries if q["sql"].startswith('SELECT "accounts_auditevent"')]
+    assert len(read_from_the_log) == 1, read_from_the_log
