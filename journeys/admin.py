@@ -729,11 +729,13 @@ def _report_version_html(journey: Journey, version) -> str:
 
 
 def _report_paused_html(journey: Journey, version) -> str:
-    """While paused, since when and how many it holds; and what pauses held back at the entry."""
+    """While paused, since when and how many it holds; and what pauses held back at the entry, and
+    replayed entry events stored before the journey took them."""
+    from journeys.services.entries import SKIPPED_NOT_LIVE
     from journeys.services.lifecycle import READS_SKIPPED_PAUSED, SKIPPED_PAUSED
 
     skipped = dict(
-        StepStat.objects.filter(version=version, metric__in=(SKIPPED_PAUSED, READS_SKIPPED_PAUSED))
+        StepStat.objects.filter(version=version, metric__in=(SKIPPED_PAUSED, READS_SKIPPED_PAUSED, SKIPPED_NOT_LIVE))
         .values_list("metric")
         .annotate(n=Sum("count"))
         .order_by()
@@ -747,6 +749,11 @@ def _report_paused_html(journey: Journey, version) -> str:
         said.append(f"Entries not taken while paused: {skipped[SKIPPED_PAUSED]:,} (entry events).")
     if skipped.get(READS_SKIPPED_PAUSED):
         said.append(f"Segment reads skipped while paused: {skipped[READS_SKIPPED_PAUSED]:,}.")
+    if skipped.get(SKIPPED_NOT_LIVE):
+        said.append(
+            "Replayed entry events not taken, the journey not live when they were stored: "
+            f"{skipped[SKIPPED_NOT_LIVE]:,}."
+        )
     if not said:
         return ""
     return format_html('<p id="report-paused">{}</p>', " ".join(said))

@@ -160,6 +160,11 @@ class StepStatsSerializer(serializers.Serializer):
         help_text="The entry step of a recurring segment entry: the segment's reads that fell due while the "
         "journey was paused (not made up for at its resume)."
     )
+    skipped_not_live = serializers.IntegerField(
+        help_text="The entry step of an event entry: profiles whose entry event, replayed late (its entry "
+        "had failed), was stored before the journey took that event (not live then, or entering on another "
+        "event), so it entered no one."
+    )
     conversions = ConversionFiguresSerializer(
         required=False, help_text="Push steps, when the journey names a conversion goal: its conversions."
     )

@@ -162,7 +162,8 @@ def version_svg(
         text = entry_text(version, segment_names=segment_names or {})
         steps = [{"id": ENTRY_ID, "type": "entry", "next": first, "text": text}, *steps]
         counts = stats.get(first) or {}
-        entry = {name: counts.get(name, 0) for name in ("entered", "skipped_paused", "reads_skipped_paused")}
+        kept = ("entered", "skipped_paused", "reads_skipped_paused", "skipped_not_live")
+        entry = {name: counts.get(name, 0) for name in kept}
         stats = {**stats, ENTRY_ID: entry}
     positions = _layout(steps)
     width = (max(c for c, _ in positions.values()) + 1) * (BOX_W + GAP_X) + 20
@@ -288,11 +289,13 @@ def _counters(kind: str, counts: dict) -> tuple[str, str]:
         ("profile deleted", counts.get("deleted")),
     )
     notes = [f"{why} {n:,}" for why, n in ended if n]
-    if kind == "entry":  # what a pause held back: entry events not taken, segment reads skipped
+    if kind == "entry":  # what a pause held back (entry events not taken, segment reads skipped), or a replay
         if counts.get("skipped_paused"):
             notes.append(f"not entered while paused {counts['skipped_paused']:,}")
         if counts.get("reads_skipped_paused"):
             notes.append(f"reads skipped while paused {counts['reads_skipped_paused']:,}")
+        if counts.get("skipped_not_live"):
+            notes.append(f"not entered, not live then {counts['skipped_not_live']:,}")
     if counts.get("held"):
         notes.insert(0, f"held by the pause {counts['held']:,}")
     if kind == "condition" and counts.get("failed"):  # a segment it reads changed since the approval

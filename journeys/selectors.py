@@ -63,7 +63,9 @@ def version_step_stats(version: JourneyVersion) -> dict[str, dict]:
     event, when the journey stopped, or as the profile was deleted: ``exit_event``, ``stopped``,
     ``deleted``); ``held``: of those inside (waiting or due), the ones a pause holds; on the entry
     step, the entries a pause held back (``skipped_paused``: entry events; ``reads_skipped_paused``:
-    segment reads)."""
+    segment reads), and a replay's entry events stored before the journey took them
+    (``skipped_not_live``)."""
+    from journeys.services.entries import SKIPPED_NOT_LIVE
     from journeys.services.lifecycle import READS_SKIPPED_PAUSED, SKIPPED_PAUSED
 
     stats: dict[str, dict] = defaultdict(dict)
@@ -111,6 +113,7 @@ def version_step_stats(version: JourneyVersion) -> dict[str, dict]:
             "unsent": unsent.get(step["id"], {}),
             "skipped_paused": counts.get(SKIPPED_PAUSED, 0),
             "reads_skipped_paused": counts.get(READS_SKIPPED_PAUSED, 0),
+            "skipped_not_live": counts.get(SKIPPED_NOT_LIVE, 0),
         }
         if converted is not None and step["type"] == "push":
             result[step["id"]]["conversions"] = converted.get(step["id"]) or rate_figures(0, 0)

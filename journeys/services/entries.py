@@ -214,7 +214,9 @@ def journeys_events_received(
     event was stored since, at or after its entry event, enters and ends at once, as one in the
     same call would (``_exits_stored_since``; ``event_ids``, the replay's own, are not read
     again for it); and only the journeys live then on a version entering on the same event are
-    entered, on the version live now (``_entering_when_received``). A replay's entries are dated
+    entered, on the version live now (``_entering_when_received``); each other journey on the air
+    now entering on it counts its profiles on its entry step, not entered (``skipped_not_live``,
+    once per profile and call, as a pause counts its own). A replay's entries are dated
     when its events were stored, as the call would have dated them (their first steps run now).
     Returns the counts.
 
@@ -278,10 +280,12 @@ def journeys_events_received(
     # A replay's events that came while a journey now paused was live: the call would have entered
     # them, and the pause held them inside; they enter now, held (``hold``), and go on at the resume.
     paused_now = [] if received_at is None else [v for name in names for v in live.paused.get(name, ())]
-    candidates = _entering_when_received(sorted([*entry_versions, *paused_now], key=lambda v: v.pk), received_at)
+    on_air = sorted([*entry_versions, *paused_now], key=lambda v: v.pk)
+    candidates = _entering_when_received(on_air, received_at)
+    not_live = [v for v in on_air if v not in candidates]
     held = _paused_when_received(candidates, received_at)
     candidates = [v for v in candidates if v not in held]
-    _count_skipped_paused(live, events, names, held, replay=received_at is not None)
+    _count_not_entered(live, events, names, held, not_live, replay=received_at is not None)
     stored_since = _exits_stored_since(candidates, events, event_ids, received_at)
     for version in candidates:
         hold = version in paused_now
@@ -366,26 +370,39 @@ def _paused_when_received(versions: list[JourneyVersion], received_at: dt.dateti
     return [v for v in versions if v.journey_id in paused]
 
 
-def _count_skipped_paused(
+# The entry step's counter of a replay's entry events that a journey on the air now did not take
+# then (one per profile and replay): it was not live, or its version entered on another event.
+SKIPPED_NOT_LIVE = "skipped_not_live"
+
+
+def _count_not_entered(
     live: _LiveForEvents,
     events: list[tuple[int, str, dt.datetime]],
     names: set[str],
     held: list[JourneyVersion] | None = None,
+    not_live: list[JourneyVersion] | None = None,
     *,
     replay: bool = False,
 ) -> None:
-    """Count, on the entry step of each paused journey entered on these events, the profiles whose
-    entry event came while it was paused (``skipped_paused``): they do not enter. ``held``: the
-    live versions of journeys paused when a replay's events came (``_paused_when_received``);
-    ``replay``: these events are a replay's, judged by when they came (``held``), not by the
-    journeys paused now."""
+    """Count, on the entry step of each journey on the air entered on these events, the profiles
+    its entry events do not enter, once per profile and call: those come while it was paused
+    (``skipped_paused``), and a replay's that came before it took them (``skipped_not_live``).
+    ``held``: the live versions of journeys paused when a replay's events came
+    (``_paused_when_received``); ``not_live``: the versions of journeys not live on the same event
+    when they came (``_entering_when_received``); ``replay``: these events are a replay's, judged
+    by when they came (``held``), not by the journeys paused now. No query without any."""
     from journeys.services.lifecycle import SKIPPED_PAUSED
 
-    counts: Counter = Counter()
     paused = [] if replay else [(n, version) for n in sorted(names & set(live.paused)) for version in live.paused[n]]
-    for name, version in [*paused, *((version.entry_event, version) for version in held or ())]:
+    skipped = [
+        *((name, version, SKIPPED_PAUSED) for name, version in paused),
+        *((version.entry_event, version, SKIPPED_PAUSED) for version in held or ()),
+        *((version.entry_event, version, SKIPPED_NOT_LIVE) for version in not_live or ()),
+    ]
+    counts: Counter = Counter()
+    for name, version, metric in skipped:
         profiles = len({profile_id for profile_id, event_name, _ in events if event_name == name})
-        counts[(version.pk, entry_of(version.steps()), SKIPPED_PAUSED)] += profiles
+        counts[(version.pk, entry_of(version.steps()), metric)] += profiles
     if counts:
         with transaction.atomic(savepoint=False):
             step_stats_add(counts)

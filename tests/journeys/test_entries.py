@@ -1,0 +1,92 @@
+"""Entries on events run late (a replay): what they count, how they read, what they cost."""
+
+import datetime as dt
+import re
+
+import pytest
+from django.utils import timezone
+
+from tests.factories import DeviceFactory, ProfileFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _push_then_exit(content_id: int, step: str = "thanks") -> dict:
+    return {
+        "steps": [
+            {"id": step, "type": "push", "content": content_id, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+
+
+def _post_event(client, *external_ids, name: str = "order_paid"):
+    now = timezone.now().isoformat()
+    return client.post(
+        "/api/v1/events/bulk/",
+        {"events": [{"external_id": e, "name": name, "occurred_at": now} for e in external_ids]},
+        format="json",
+    )
+
+
+def _text(response) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", response.content.decode()))
+
+
+def _replay_due(capture) -> dict:
+    from audiences.services.events import events_replay_due
+
+    with capture(execute=True):
+        return events_replay_due(now=timezone.now() + dt.timedelta(minutes=1, seconds=1))
+
+
+def test_a_replays_event_a_journey_took_only_since_it_was_stored_is_counted_not_live_then(
+    sim_journey,
+    sim_welcome,
+    publish,
+    pushsim,
+    sim_team,
+    api_key_for,
+    manager_alice,
+    approver_bob,
+    login,
+    enrollments_refused,
+    django_capture_on_commit_callbacks,
+):
+    """Zoe's and Max's order_paid could not enter them (kept for a replay). Before the replay ran,
+    a second journey entering on order_paid went live: the replay rightly entered them in the paid
+    journey alone, but counted the other's passing over them nowhere, so its entry step read as
+    though no order_paid had reached it. They are counted there now, "not live then", as a pause's
+    are counted "not entered while paused": in its figures, the API's and the journey's page."""
+    from journeys.models import Enrollment
+    from journeys.selectors import version_step_stats
+
+    paid = publish(
+        sim_journey(
+            graph=_push_then_exit(sim_welcome.pk), entry_kind="event", entry_event="order_paid", entry_segment=None
+        )
+    )
+    for name in ("zoe", "max"):
+        DeviceFactory(profile=ProfileFactory(external_id=name), app=sim_team)
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    with enrollments_refused(), django_capture_on_commit_callbacks(execute=True):
+        assert _post_event(client, "zoe", "max", "zoe").status_code == 200
+    late = publish(
+        sim_journey(
+            name="Late",
+            graph=_push_then_exit(sim_welcome.pk, "hello"),
+            entry_kind="event",
+            entry_event="order_paid",
+            entry_segment=None,
+        )
+    )
+    assert _replay_due(django_capture_on_commit_callbacks) == {"replayed": 1, "failed": 0, "dropped": 0}
+    assert set(Enrollment.objects.values_list("journey_id", flat=True)) == {paid.pk}
+    assert version_step_stats(late.live_version)["hello"]["skipped_not_live"] == 2  # once a profile
+    assert version_step_stats(paid.live_version)["thanks"]["skipped_not_live"] == 0
+
+    steps = {s["id"]: s for s in api_key_for(approver_bob).get(f"/api/v1/journeys/{late.pk}/").json()["steps"]}
+    assert steps["hello"]["skipped_not_live"] == 2
+    page = _text(login(approver_bob).get(f"/admin/journeys/journey/{late.pk}/change/"))
+    assert "Replayed entry events not taken, the journey not live when they were stored: 2." in page
+    assert "not entered, not live then 2" in page
