@@ -1,5 +1,7 @@
 """/metrics: Prometheus' format behind a token, and its series moving during a send with faults."""
 
+from contextlib import contextmanager
+
 import pytest
 from django.db import transaction
 from prometheus_client.parser import text_string_to_metric_families
@@ -445,28 +447,36 @@ def test_a_scrape_reads_the_running_and_recent_dispatches_and_the_dead_devices_n
     assert _sends_series(scrape(client)) == _sends_series(second)
 
 
+@contextmanager
+def _database_gone():
+    """The database connection pointed at a port where no PostgreSQL answers."""
+    from django.db import connection
+
+    from tests.processes import free_port
+
+    if connection.vendor != "postgresql":
+        pytest.skip("points the database connection at a port where no PostgreSQL answers")
+    saved = dict(connection.settings_dict)
+    connection.close()
+    connection.settings_dict.update(HOST="127.0.0.1", PORT=str(free_port()))
+    try:
+        yield
+    finally:
+        connection.close()
+        connection.settings_dict.update(saved)
+
+
 def test_a_scrape_while_the_database_is_down_says_database_up_0_and_logs_a_line_a_minute(
     client, transactional_db, metrics_on, settings, monkeypatch, caplog
 ):
     """What exporters do when what they watch is down: the scrape succeeds and says so (a failed
     scrape would read as the web process down); the queue's figures, from Redis, still come."""
-    from django.db import connection
-
     from operations import metrics
-    from tests.processes import free_port
 
-    if connection.vendor != "postgresql":
-        pytest.skip("points the database connection at a port where no PostgreSQL answers")
     assert scrape(client)[("pushdesk_database_up", ())] == 1
     monkeypatch.setattr(metrics, "_down_logged_at", -float("inf"))
-    saved = dict(connection.settings_dict)
-    connection.close()
-    connection.settings_dict.update(HOST="127.0.0.1", PORT=str(free_port()))
-    try:
+    with _database_gone():
         samples = [scrape(client) for _ in range(3)]
-    finally:
-        connection.close()
-        connection.settings_dict.update(saved)
     for found in samples:
         assert found[("pushdesk_database_up", ())] == 0
         assert ("pushdesk_instance_claimed", ()) not in found
@@ -475,6 +485,24 @@ def test_a_scrape_while_the_database_is_down_says_database_up_0_and_logs_a_line_
     lines = [r for r in caplog.records if "/metrics" in r.getMessage()]
     assert len(lines) == 1 and "the database does not answer" in lines[0].getMessage()
     assert not any(r.exc_info for r in caplog.records)
+
+
+def test_while_the_database_stays_down_the_scrape_s_line_comes_again_a_minute_later(
+    client, transactional_db, metrics_on, monkeypatch, caplog
+):
+    from operations import metrics
+
+    monkeypatch.setattr(metrics, "_down_logged_at", -float("inf"))
+    clock = [1000.0]
+    monkeypatch.setattr(metrics.time, "monotonic", lambda: clock[0])
+    with _database_gone():
+        for seconds in (0, 30, 29, 2, 1):  # said at the first, left out until a minute after it
+            clock[0] += seconds
+            assert scrape(client)[("pushdesk_database_up", ())] == 0
+    lines = [r.getMessage() for r in caplog.records if "/metrics" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert all(line.startswith("/metrics: the database does not answer (OperationalError: ") for line in lines)
+    assert all(line.endswith("; serving pushdesk_database_up 0") for line in lines)
 
 
 def test_credentials_the_encryption_key_cannot_decrypt_are_counted_reading_each_token_once(
