@@ -1,8 +1,6 @@
 """The API's input and error format, and the endpoints of the accounts app."""
 
 import logging
-import threading
-import time
 
 from django.core.exceptions import NON_FIELD_ERRORS, RequestDataTooBig
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -23,6 +21,7 @@ from accounts.json_values import MAX_BYTES, MAX_DEPTH, json_text_problem, json_v
 from accounts.parsers import request_too_large
 from accounts.roles import role_permissions
 from config.digits import digits_plain
+from config.reporting import SaidOnceAMinute
 from operations.database import database_gone, redis_problem
 from operations.instance import InstanceMismatch
 
@@ -214,43 +213,29 @@ class ServiceUnavailable(exceptions.APIException):
         self.wait = self.RETRY_SECONDS  # DRF's Retry-After
 
 
-class _ServiceDown:
-    """Says once a minute at most that calls are refused for want of a service, with how many were
-    since the last line: every phone of an app calls, and a traceback each was thousands a minute."""
-
-    EVERY_SECONDS = 60.0
-
-    def __init__(self, service: str):
-        self.service = service
-        self._lock = threading.Lock()
-        self._said_at: float | None = None
-        self._refused = 0
-
-    def said(self, problem: str) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if self._said_at is not None and now - self._said_at < self.EVERY_SECONDS:
-                self._refused += 1
-                return
-            refused = self._refused + 1 if self._said_at is not None else 0
-            self._said_at, self._refused = now, 0
-        since = f" ({refused} calls refused since the last line)" if refused else ""
-        logger.error("API calls answer 503: %s%s", problem, since)
+# Every phone of an app calls: a line each call, with its traceback, was thousands a minute.
+_calls_refused = SaidOnceAMinute()
 
 
-_redis_down = _ServiceDown("Redis")
-_database_down = _ServiceDown("the database")
+def _say_calls_refused(service: str, problem: str) -> None:
+    """Say once a minute at most, for each service, that calls are refused for want of it, with how
+    many were since the last line."""
+    refused = _calls_refused.now_or_never(service, counting_this=True)
+    if refused is None:
+        return
+    since = f" ({refused} calls refused since the last line)" if refused else ""
+    logger.error("API calls answer 503: %s%s", problem, since)
 
 
 def _service_down(exc: BaseException) -> ServiceUnavailable | None:
     """The 503 for ``exc`` when it is Redis or the database not answering (said in the log a line a
     minute at most); None for any other error."""
     if isinstance(exc, RedisError):
-        _redis_down.said(f"{redis_problem(exc)}; check that it runs, or REDIS_URL")
+        _say_calls_refused("Redis", f"{redis_problem(exc)}; check that it runs, or REDIS_URL")
         return ServiceUnavailable("Redis")
     problem = database_gone(exc)
     if problem is not None:
-        _database_down.said(problem)
+        _say_calls_refused("the database", problem)
         return ServiceUnavailable("database")
     return None
 

@@ -6,6 +6,7 @@ import psycopg
 from django.db import connection
 
 from accounts import api, api_route, authentication
+from config import reporting
 
 
 def _database_gone(*args, **kwargs):
@@ -19,7 +20,7 @@ def test_calls_answer_503_with_a_retry_and_the_log_says_it_once(api_key_for, man
     database was down (a restart, a failover)."""
     caplog.set_level(logging.INFO)
     client = api_key_for(manager_alice, scopes=("ingest", "read", "trigger"))
-    monkeypatch.setattr(api, "_database_down", api._ServiceDown("the database"))
+    monkeypatch.setattr(api, "_calls_refused", reporting.SaidOnceAMinute())
     monkeypatch.setattr(authentication, "cached_key", _database_gone)
     monkeypatch.setattr(api_route, "cached_key", _database_gone)
     calls = [
@@ -66,7 +67,7 @@ def test_a_trigger_whose_handler_meets_the_database_gone_answers_503(api_key_for
     from campaigns.api import CampaignTriggerView
 
     client = api_key_for(manager_alice, scopes=("trigger",))
-    monkeypatch.setattr(api, "_database_down", api._ServiceDown("the database"))
+    monkeypatch.setattr(api, "_calls_refused", reporting.SaidOnceAMinute())
     monkeypatch.setattr(CampaignTriggerView, "post", _database_gone)
     caplog.set_level(logging.INFO)
     answer = client.post("/api/v1/campaigns/1/trigger/", {"recipients": [{"external_id": "x"}]}, format="json")
@@ -80,10 +81,10 @@ def test_the_line_comes_again_a_minute_later_with_the_calls_refused_meanwhile(
     api_key_for, manager_alice, caplog, monkeypatch
 ):
     client = api_key_for(manager_alice, scopes=("read",))
-    monkeypatch.setattr(api, "_database_down", api._ServiceDown("the database"))
+    monkeypatch.setattr(api, "_calls_refused", reporting.SaidOnceAMinute())
     monkeypatch.setattr(authentication, "cached_key", _database_gone)
     clock = [1000.0]
-    monkeypatch.setattr(api.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(reporting.time, "monotonic", lambda: clock[0])
     caplog.set_level(logging.INFO)
     for _ in range(3):
         assert client.get("/api/v1/me/").status_code == 503

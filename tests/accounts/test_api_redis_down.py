@@ -7,6 +7,7 @@ import pytest
 from django.conf import settings
 
 from accounts import api, stamps
+from config import reporting
 
 pytestmark = pytest.mark.skipif(not settings.REDIS_URL, reason="the stamps are in the database here")
 
@@ -21,7 +22,7 @@ def own_redis(db, settings, monkeypatch):
     server = ThrowawayRedis().start()
     settings.REDIS_URL = server.url(0)
     stamps._redis.cache_clear()
-    monkeypatch.setattr(api, "_redis_down", api._ServiceDown("Redis"))
+    monkeypatch.setattr(api, "_calls_refused", reporting.SaidOnceAMinute())
     yield server
     server.stop()
     stamps._redis.cache_clear()
@@ -62,7 +63,7 @@ def test_the_line_comes_again_a_minute_later_with_the_calls_refused_meanwhile(
     client = api_key_for(manager_alice, scopes=("read",))
     own_redis.stop()
     clock = [1000.0]
-    monkeypatch.setattr(api.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(reporting.time, "monotonic", lambda: clock[0])
     for _ in range(3):
         assert client.get("/api/v1/me/").status_code == 503
     clock[0] += 61
