@@ -376,6 +376,19 @@ class AccessAdmin(BoundedLookupsMixin, AdminAuditMixin, admin.ModelAdmin):
     def get_changelist(self, request, **kwargs):
         return BoundedDateChangeList
 
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        # Django's note counts the fields in error, not the errors: two errors on one field (two
+        # reserved data keys, two faults in a journey's steps) read "Please correct the error
+        # below."; counted one by one, they read "Please correct the errors below.", as two
+        # fields' do.
+        if context.get("errors"):
+            context["errors"] = [
+                message
+                for field in context["errors"]  # a field's ErrorList, or a formset's own error (a string)
+                for message in ([field] if isinstance(field, str) else field)
+            ]
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
     def response_action(self, request, queryset):
         """An action's selection is ids: one that is not (a forged POST) is refused with a message,
         as an empty selection is, before Django filters by it (a ValueError, a 500)."""

@@ -353,3 +353,18 @@ def test_saving_content_reads_whether_its_app_sends_to_the_simulator_once(client
     assert PushContent.objects.get(pk=content.pk).image_url == image
     where = [q["sql"].split(" WHERE ", 1)[1] for q in queries.captured_queries if " WHERE " in q["sql"]]
     assert sum('"delivery_app"."uses_simulator"' in sql for sql in where) == 1, where
+
+
+def test_the_form_asks_to_correct_the_errors_when_one_field_holds_two(client, db, manager_alice):
+    """Django's note counts the fields in error: two reserved keys in the custom data, both on that
+    one field, read 'Please correct the error below.'; every admin form counts the errors."""
+    shop = AppFactory(name="Shop")
+    access_grant(obj=shop, to=manager_alice, by=None)
+    content = PushContent.objects.create(app=shop, name="Sale", title="Hello", body="Spring sale")
+    client.force_login(manager_alice)
+    url = f"/admin/delivery/pushcontent/{content.pk}/change/"
+    two = client.post(url, _form(content, data='{"aps": "x", "from": "y"}')).content.decode()
+    assert "&#x27;aps&#x27; is a reserved data key." in two and "&#x27;from&#x27; is a reserved data key." in two
+    assert "Please correct the errors below." in two and "Please correct the error below." not in two
+    one = client.post(url, _form(content, data='{"aps": "x"}')).content.decode()
+    assert "Please correct the error below." in one and "Please correct the errors below." not in one
