@@ -18,8 +18,11 @@ instructions per call, the start-up and the warm-up cancelled out. The ceiling's
 the same calls run under cProfile (without valgrind): Python function calls per call, to tell
 more work from slower work; the profiles stay in ``--var-dir`` when one is given.
 
-The server's side of a call (PostgreSQL's backend) is not in the count: ``bench/trigger.py`` prints
-its CPU per call.
+The server's side of a call (PostgreSQL's backend) is not in the instructions. ``--count
+postgres_us`` reads it instead: the CPU time of the backend serving the calls (from ``/proc``, so
+the server must run on this machine), the same difference per call. It is time, not instructions:
+the machine's speed moves it, so compare two commits by running it from each checkout in turns, in
+one hour.
 
 On PostgreSQL and Redis (``BENCH_DATABASE_URL``, default ``pushdesk_bench_trigger_instructions``,
 dropped and created again; Redis db ``--redis-db``, 9, flushed). The setup is ``bench/trigger.py``'s
@@ -93,7 +96,27 @@ def call(body):
 
 for body in bodies[most:most + 50]:
     call(body)
-if profile_out:
+printed = {}
+if profile_out == "postgres":
+    from django.db import connection
+
+
+    def backend_cpu():  # the CPU seconds of the PostgreSQL backend serving this process
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            pid = cursor.fetchone()[0]
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return pid, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+    pid, before = backend_cpu()
+    for body in bodies[:calls]:
+        call(body)
+    same, after = backend_cpu()
+    if same != pid:
+        sys.exit("the calls' database connection changed: their backend's CPU cannot be read")
+    printed["postgres_seconds"] = after - before
+elif profile_out:
     import cProfile
     profiler = cProfile.Profile()
     profiler.runcall(lambda: [call(body) for body in bodies[:calls]])
@@ -101,26 +124,31 @@ if profile_out:
 else:
     for body in bodies[:calls]:
         call(body)
-print(json.dumps(answers))
+print(json.dumps({"answers": answers, **printed}))
 """
 
 
-def _measure(mode: str, calls: int, most: int, workdir: Path, env: dict, *, python_calls: bool) -> int:
+def _measure(mode: str, calls: int, most: int, workdir: Path, env: dict, *, unit: str) -> int:
     script = workdir / "calls.py"
     script.write_text(_CALLS)
     stats = workdir / f"calls.{mode}.{calls}"
     command = [sys.executable, str(script), mode, str(calls), str(most)]
-    if python_calls:
+    if unit == "python_calls":
         command.append(str(stats))
+    elif unit == "postgres_us":
+        command.append("postgres")
     else:
         command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={stats}", *command, ""]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"the {mode} calls failed: {done.stderr[-3000:]}")
-    answers = json.loads(done.stdout.strip().splitlines()[-1])
+    printed = json.loads(done.stdout.strip().splitlines()[-1])
+    answers = printed["answers"]
     if set(answers) != {"202 Accepted"} or sum(answers.values()) != calls + WARM_CALLS:
         sys.exit(f"the {mode} calls were answered {answers}: every one should be 202")
-    if python_calls:
+    if unit == "postgres_us":
+        return round(printed["postgres_seconds"] * 1_000_000)
+    if unit == "python_calls":
         import pstats
 
         return sum(entry[1] for entry in pstats.Stats(str(stats)).stats.values())
@@ -139,7 +167,9 @@ def main() -> None:
     parser.add_argument(
         "--count",
         default="instructions",
-        help="what to count: instructions (valgrind), python_calls (cProfile), or both",
+        help="what to count, one or more of: instructions (valgrind), python_calls (cProfile), "
+        "postgres_us (the CPU microseconds of the PostgreSQL backend serving the calls, read from /proc: "
+        "the server must run on this machine; give --calls of a few thousand, the clock ticks 10 ms)",
     )
     parser.add_argument(
         "--var-dir", help="keep the keys, the script and what it counted here (default: a temporary folder, removed)"
@@ -149,8 +179,8 @@ def main() -> None:
     if not 0 < small < large:
         parser.error("--calls: two numbers, the first smaller")
     counted = args.count.split(",")
-    if not counted or set(counted) - {"instructions", "python_calls"}:
-        parser.error("--count: instructions, python_calls, or both")
+    if not counted or set(counted) - {"instructions", "python_calls", "postgres_us"}:
+        parser.error("--count: one or more of instructions, python_calls and postgres_us")
     if "instructions" in counted and not shutil.which("valgrind"):
         sys.exit("valgrind is missing: apt-get install valgrind")
 
@@ -196,11 +226,11 @@ def main() -> None:
 
         result: dict = {"benchmark": "trigger_instructions", "content": args.content, "calls": [small, large]}
         for unit in counted:
-            python_calls = unit == "python_calls"
             for mode in ("trigger", "ceiling"):
-                counts = {n: _measure(mode, n, large, workdir, env, python_calls=python_calls) for n in (small, large)}
-                result[f"{mode}_{unit}_per_call"] = round((counts[large] - counts[small]) / (large - small))
-                if not python_calls:
+                counts = {n: _measure(mode, n, large, workdir, env, unit=unit) for n in (small, large)}
+                per_call = (counts[large] - counts[small]) / (large - small)
+                result[f"{mode}_{unit}_per_call"] = round(per_call, 1) if unit == "postgres_us" else round(per_call)
+                if unit == "instructions":
                     result[f"{mode}_instructions"] = {str(n): counts[n] for n in (small, large)}
         for unit in counted:
             result[f"trigger_over_ceiling_{unit}"] = round(
