@@ -174,12 +174,11 @@ class ApprovalDecisionForm(forms.Form):
     comment = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
 
 
-def _moved_between(subject) -> tuple[str, str] | None:
-    """The names of the two apps a request moves its subject between (the model's
-    ``approval_app_moves_of``: a live campaign's revision moving it to another app), read by its
-    review, whose reader may decide it and so has access to both; None for any other request."""
-    moves_of = getattr(type(subject), "approval_app_moves_of", None)
-    move = moves_of([subject]).get(subject.pk) if moves_of is not None else None
+def _moved_between(approval: ApprovalRequest, subject) -> tuple[str, str] | None:
+    """The names of the two apps ``approval`` moves its ``subject`` between (``approval_app_moves``:
+    a live campaign's revision moving it to another app), read by its review, whose reader may
+    decide it and so has access to both; None for any other request."""
+    move = approval_app_moves([approval], {approval.pk: subject}).get(approval.pk)
     if move is None:
         return None
     names = django_apps.get_model("delivery", "App").objects.in_bulk(list(move))
@@ -352,7 +351,7 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
             "review": handler.review_html(subject, request=approval, user=request.user),
             "form": form,
             "may_decide": allowed,
-            "moved": _moved_between(subject),
+            "moved": _moved_between(approval, subject),
             "reason": reason,
         }
         return TemplateResponse(request, "admin/accounts/approvalrequest/review.html", context)
