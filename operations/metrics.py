@@ -23,6 +23,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 from redis.exceptions import RedisError
 
+from config.reporting import SaidOnceAMinute
+
 OUTCOMES = ("accepted", "failed", "skipped", "unknown")
 _DATABASE_UP_HELP = "1 when the database answers, else 0 (and only the queue's figures are served)"
 _QUEUE_UP_HELP = "1 when the queue (Redis) answers, else 0"
@@ -460,19 +462,17 @@ def metrics_response(request) -> HttpResponse:
     return response
 
 
-_DOWN_LOG_SECONDS = 60.0
-_down_logged_at = -math.inf
+# Every scrape meets the database gone (Prometheus scrapes every 15 s or so): a line a minute says it.
+_scrapes_down = SaidOnceAMinute()
 
 
 def _database_down_metrics(problem: str) -> bytes:
     """What a scrape gets while the database cannot be read: ``pushdesk_database_up 0`` and the
     queue's figures that Redis alone gives, as exporters answer when what they watch is down (a
     failed scrape would say the web process is down). Logs a line a minute at most."""
-    global _down_logged_at
     from operations.status import queue_depth_and_oldest_age
 
-    if time.monotonic() - _down_logged_at >= _DOWN_LOG_SECONDS:
-        _down_logged_at = time.monotonic()
+    if _scrapes_down.now_or_never("database") is not None:
         logger.error("/metrics: %s; serving pushdesk_database_up 0", problem)
     registry = CollectorRegistry(auto_describe=False)
     families = [GaugeMetricFamily("pushdesk_database_up", _DATABASE_UP_HELP, value=0)]

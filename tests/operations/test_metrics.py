@@ -471,10 +471,11 @@ def test_a_scrape_while_the_database_is_down_says_database_up_0_and_logs_a_line_
 ):
     """What exporters do when what they watch is down: the scrape succeeds and says so (a failed
     scrape would read as the web process down); the queue's figures, from Redis, still come."""
+    from config import reporting
     from operations import metrics
 
     assert scrape(client)[("pushdesk_database_up", ())] == 1
-    monkeypatch.setattr(metrics, "_down_logged_at", -float("inf"))
+    monkeypatch.setattr(metrics, "_scrapes_down", reporting.SaidOnceAMinute())
     with _database_gone():
         samples = [scrape(client) for _ in range(3)]
     for found in samples:
@@ -490,11 +491,12 @@ def test_a_scrape_while_the_database_is_down_says_database_up_0_and_logs_a_line_
 def test_while_the_database_stays_down_the_scrape_s_line_comes_again_a_minute_later(
     client, transactional_db, metrics_on, monkeypatch, caplog
 ):
+    from config import reporting
     from operations import metrics
 
-    monkeypatch.setattr(metrics, "_down_logged_at", -float("inf"))
+    monkeypatch.setattr(metrics, "_scrapes_down", reporting.SaidOnceAMinute())
     clock = [1000.0]
-    monkeypatch.setattr(metrics.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(reporting.time, "monotonic", lambda: clock[0])
     with _database_gone():
         for seconds in (0, 30, 29, 2, 1):  # said at the first, left out until a minute after it
             clock[0] += seconds
