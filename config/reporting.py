@@ -2,6 +2,7 @@
 a command or a log says of an error, once a minute at most when a service down makes it at every
 call, task or scrape."""
 
+import logging
 import re
 import threading
 import time
@@ -19,6 +20,13 @@ def first_line(exc: BaseException) -> str:
     lines (the server's hint, the statement), where a one-line message wants its gist."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else ""
+
+
+def reword(record: logging.LogRecord, level: int, message: str, *args) -> None:
+    """Make ``record`` say ``message % args`` at ``level``, without its traceback."""
+    record.msg, record.args = message, args
+    record.levelno, record.levelname = level, logging.getLevelName(level)
+    record.exc_info, record.exc_text = None, None
 
 
 class SaidOnceAMinute:

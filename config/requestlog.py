@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http.multipartparser import MultiPartParserError
 
-from config.reporting import first_line
+from config.reporting import first_line, reword
 
 _HOST_LIMIT = 100
 _PATH_LIMIT = 200
@@ -47,12 +47,6 @@ def _requested(request) -> str:
     return f"{_escaped(request.method or '', 16)} {_escaped(request.path, _PATH_LIMIT)}"
 
 
-def _as_warning(record: logging.LogRecord, message: str, *args) -> None:
-    record.msg, record.args = message, args
-    record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
-    record.exc_info, record.exc_text = None, None
-
-
 def _refused_body(exc: BaseException) -> str | None:
     """What was wrong with a body Django refused as it read it, in words; None for any other error."""
     if isinstance(exc, RequestDataTooBig):
@@ -80,8 +74,9 @@ class RefusedBody(logging.Filter):
         if not logging.getLogger(record.name).isEnabledFor(logging.WARNING):
             return False
         record.client = client_address(request)
-        _as_warning(
+        reword(
             record,
+            logging.WARNING,
             "refused a request from %s: %s: %s",
             _escaped(record.client, 64) or "an unknown address",
             _requested(request),
@@ -108,8 +103,9 @@ class UnknownHost(logging.Filter):
         client = client_address(request)
         record.host = _cut(host, _HOST_LIMIT)
         record.client = client
-        _as_warning(
+        reword(
             record,
+            logging.WARNING,
             "refused a request for the host %s (not in ALLOWED_HOSTS) from %s: %s",
             repr(record.host),
             _escaped(client, 64) or "an unknown address",

@@ -20,7 +20,7 @@ import re
 
 from redis.exceptions import RedisError
 
-from config.reporting import SaidOnceAMinute
+from config.reporting import SaidOnceAMinute, reword
 from operations.database import database_gone, redis_problem
 
 _said = SaidOnceAMinute()
@@ -31,12 +31,6 @@ def _redis_error(record: logging.LogRecord) -> RedisError | None:
         return record.msg
     exc = record.exc_info[1] if record.exc_info else None
     return exc if isinstance(exc, RedisError) else None
-
-
-def _as_said(record: logging.LogRecord, message: str, *args) -> None:
-    record.msg, record.args = message, args
-    record.levelno, record.levelname = logging.ERROR, logging.getLevelName(logging.ERROR)
-    record.exc_info, record.exc_text = None, None
 
 
 # django-q2's sentinel, for the pusher or the monitor it started again (a worker's lines, each a
@@ -72,8 +66,9 @@ class QueueServiceDown(logging.Filter):
             left_out = _said.now_or_never("redis")
             if left_out is None:
                 return False
-            _as_said(
+            reword(
                 record,
+                logging.ERROR,
                 "the queue's %s; check that it runs, or REDIS_URL: the workers take no task until it does%s",
                 redis_problem(exc),
                 _since(left_out),
@@ -85,7 +80,7 @@ class QueueServiceDown(logging.Filter):
         left_out = _said.now_or_never("database")
         if left_out is None:
             return False
-        _as_said(record, "%s: %s%s", record.getMessage(), gone, _since(left_out))
+        reword(record, logging.ERROR, "%s: %s%s", record.getMessage(), gone, _since(left_out))
         return True
 
     def _said_of_django_q(self, record: logging.LogRecord) -> bool:
