@@ -811,7 +811,7 @@ class EnrollmentAdmin(ReadOnlyAdminMixin, BigTableAdmin):
         "status",
         "step",
         "due",
-        "entered",
+        "entered_detail",
         "finished",
         "exit_reason",
         "history_table",
@@ -846,6 +846,24 @@ class EnrollmentAdmin(ReadOnlyAdminMixin, BigTableAdmin):
     entered = zoned_column("entered_at", "Entered at", time_zone=JOURNEY_ZONE)
 
     finished = zoned_column("finished_at", "Finished at", time_zone=JOURNEY_ZONE)
+
+    @admin.display(description="Entered at")
+    def entered_detail(self, obj):
+        """When it entered; for an entry made late by a replay of its event, also when its steps ran.
+
+        A replay dates the entry when its event was stored, as the call would have, and runs its
+        steps (its push goes out) at its own time, which the history keeps: the page says so,
+        rather than leave a gap at the first step unexplained. An event's entry made as its event
+        came runs its first steps at its own date (the history's seconds, truncated, never after
+        it); one dated before its first step is a replay's."""
+        entered = zoned(obj.entered_at, JOURNEY_ZONE)
+        ran = _history_first_time(obj.history)
+        if obj.version.entry_kind != JourneyVersion.EntryKind.EVENT or ran is None or ran <= obj.entered_at:
+            return entered
+        return (
+            f"{entered}, when its entry event was stored. Its entry failed then and was made later, when the "
+            f"event was replayed: its steps ran from {zoned(ran, JOURNEY_ZONE)}."
+        )
 
     @admin.display(description="History")
     def history_table(self, obj):
@@ -899,6 +917,15 @@ def _history_outcome(outcome: str, step_type: str | None = None):
             '<a href="{}">push sent (send #{})</a>', reverse("admin:delivery_dispatch_change", args=[rest]), rest
         )
     return _HISTORY_WORDS.get(outcome, outcome)
+
+
+def _history_first_time(history) -> dt.datetime | None:
+    """When the first step of a history ran, or None (no step yet, or a time not read)."""
+    try:
+        ran = dt.datetime.fromisoformat(history[0][1])
+    except (TypeError, ValueError, IndexError, KeyError):
+        return None
+    return ran if ran.tzinfo is not None else ran.replace(tzinfo=dt.UTC)
 
 
 def _history_time(stamp: str) -> str:

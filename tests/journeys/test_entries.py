@@ -90,3 +90,62 @@ def test_a_replays_event_a_journey_took_only_since_it_was_stored_is_counted_not_
     page = _text(login(approver_bob).get(f"/admin/journeys/journey/{late.pk}/change/"))
     assert "Replayed entry events not taken, the journey not live when they were stored: 2." in page
     assert "not entered, not live then 2" in page
+
+
+def test_a_replayed_entrys_page_says_its_steps_ran_when_the_replay_entered_it_after_its_entered_at(
+    sim_journey,
+    sim_welcome,
+    publish,
+    pushsim,
+    sim_team,
+    api_key_for,
+    manager_alice,
+    viewer_carol,
+    login,
+    enrollments_refused,
+    django_capture_on_commit_callbacks,
+):
+    """Zoe's order_paid could not enter her; the replay, a quarter of an hour later, dated her entry
+    when the event was stored, and ran her steps (the push went out) at its own time: the page read
+    "Entered at 20:50", then "thanks 21:05", a quarter of an hour at a push step nothing explained.
+    The steps keep the times they ran (the push's send says so too); the page now says the entry was
+    made late, by the replay, and from when its steps ran. An entry made when its event came
+    says nothing of the kind."""
+    from django.db.models import F
+
+    from audiences.models import Event, EventReplay
+    from config.zones import zoned
+    from journeys.models import Enrollment, JourneyVersion
+
+    publish(
+        sim_journey(
+            graph=_push_then_exit(sim_welcome.pk), entry_kind="event", entry_event="order_paid", entry_segment=None
+        )
+    )
+    token = DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=sim_team).token
+    DeviceFactory(profile=ProfileFactory(external_id="max"), app=sim_team)
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    with enrollments_refused(), django_capture_on_commit_callbacks(execute=True):
+        assert _post_event(client, "zoe").status_code == 200
+    ago = dt.timedelta(minutes=15)
+    Event.objects.update(occurred_at=F("occurred_at") - ago, received_at=F("received_at") - ago)
+    EventReplay.objects.update(created_at=F("created_at") - ago, next_attempt_at=F("next_attempt_at") - ago)
+    JourneyVersion.objects.update(live_at=F("live_at") - ago)
+    assert _replay_due(django_capture_on_commit_callbacks)["replayed"] == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _post_event(client, "max").status_code == 200
+    zoe = Enrollment.objects.get(profile__external_id="zoe")
+    assert zoe.entered_at == Event.objects.get(profile__external_id="zoe").received_at
+    ran = dt.datetime.fromisoformat(zoe.history[0][1])
+    assert ran - zoe.entered_at > dt.timedelta(minutes=14)  # the steps keep the replay's time
+    assert pushsim.state.count(token) == 1
+
+    page = _text(login(viewer_carol).get(f"/admin/journeys/enrollment/{zoe.pk}/change/"))
+    entered, replayed = zoned(zoe.entered_at, "UTC"), zoned(ran, "UTC")
+    assert (
+        f"{entered}, when its entry event was stored. Its entry failed then and was made later, when the event "
+        f"was replayed: its steps ran from {replayed}."
+    ) in page
+    max_ = Enrollment.objects.get(profile__external_id="max")
+    page = _text(login(viewer_carol).get(f"/admin/journeys/enrollment/{max_.pk}/change/"))
+    assert zoned(max_.entered_at, "UTC") in page and "replayed" not in page
