@@ -2,6 +2,7 @@
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.widgets import AdminTimeWidget
 from django.core.exceptions import ValidationError
 
 from accounts.admin.bases import AccessAdmin
@@ -10,6 +11,19 @@ from delivery.selectors import (
     apps_in_scope,
 )
 from delivery.services.rules import RULE_FIELDS, delivery_rules_check, delivery_rules_save
+
+
+class TimeOfDayWidget(AdminTimeWidget):
+    """The admin's time field for a time of day (the quiet hours' start and end, read in each
+    profile's zone): its clock offers midnight, 6 a.m., noon and 6 p.m., but not "Now", which filled in
+    the browser's time, no time of day to keep (delivery/time_of_day.js)."""
+
+    class Media:
+        # After Django's clock: its drawing, on load, comes before the script's own changes to it.
+        js = ["admin/js/admin/DateTimeShortcuts.js", "delivery/time_of_day.js"]
+
+    def __init__(self, attrs=None, format=None):
+        super().__init__(attrs={"data-time-of-day": "", **(attrs or {})}, format=format)
 
 
 class DeliveryRulesForm(forms.ModelForm):
@@ -68,6 +82,11 @@ class DeliveryRulesAdmin(AccessAdmin):
         if not request.user.has_perm("delivery.view_deliveryrules"):
             return rules.none()
         return rules.filter(app__in=apps_in_scope(request.user).values("pk"))
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name in ("quiet_start", "quiet_end"):
+            kwargs["widget"] = TimeOfDayWidget
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name == "app":
