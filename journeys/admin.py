@@ -295,18 +295,6 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             fieldsets.insert(3, ("Conversions", {"fields": ("conversion_goal",)}))
         return fieldsets
 
-    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
-        # Django's note counts the fields in error, not the errors: the steps' errors, all on one
-        # field, read "Please correct the error below." however many; counted one by one, two read
-        # "Please correct the errors below.", as two fields' do.
-        if context.get("errors"):
-            context["errors"] = [
-                message
-                for field in context["errors"]  # a field's ErrorList, or a formset's own error (a string)
-                for message in ([field] if isinstance(field, str) else field)
-            ]
-        return super().render_change_form(request, context, add, change, form_url, obj)
-
     def get_form(self, request, obj=None, change=False, **kwargs):
         from audiences.admin.segments import builder_meta, builder_meta_name
         from audiences.models import Segment
