@@ -100,6 +100,15 @@ def in_scope(user: User, queryset: QuerySet, *, perm: str | None = None, scope_i
     return queryset.filter(_scope_q(user, queryset.model, scope_id=scope_id))
 
 
+def granted_to(user: User, queryset: QuerySet) -> QuerySet:
+    """Narrow ``queryset`` to the objects granted to the user or one of their groups on themselves,
+    not through the App they are scoped to, when their role grants the model's view permission:
+    what a grant on the object alone reaches (a campaign's or a journey's sends' rows)."""
+    if not _role_allows(user, queryset.model, None):
+        return queryset.none()
+    return queryset.filter(granted_q(user, queryset.model))
+
+
 def visible_to(user: User, queryset: QuerySet, *, perm: str | None = None) -> QuerySet:
     """Narrow ``queryset`` to the objects the user may see.
 

@@ -9,7 +9,7 @@ class CampaignsConfig(AppConfig):
         from accounts.approvals import ApprovalSubject, register_approval_subject
         from campaigns.models import Campaign
         from campaigns.review import campaign_references, campaign_review_html
-        from campaigns.selectors import campaign_ids_visible_to
+        from campaigns.selectors import campaign_ids_granted_to, campaign_ids_visible_to
         from campaigns.services.lifecycle import campaign_approve, campaign_request_changes
         from campaigns.services.scheduling import (
             campaign_api_gate,
@@ -37,7 +37,9 @@ class CampaignsConfig(AppConfig):
         stream_current_check_register(kind=Dispatch.Kind.API_TRIGGER, check=campaign_stream_is_current)
         # A campaign granted without its app shows its own sends; its test sends are its content's.
         for kind in (Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER):
-            dispatch_source_readers_register(kind=kind, sources=campaign_ids_visible_to)
+            dispatch_source_readers_register(
+                kind=kind, sources=campaign_ids_visible_to, granted=campaign_ids_granted_to
+            )
 
         from django.db.models.signals import post_delete, post_save
 

@@ -4,7 +4,14 @@ from django.db.models import QuerySet
 from django.http import Http404
 
 from accounts.models import User
-from accounts.selectors import approval_current, can, in_scope, may_cancel_approval_request, visible_to
+from accounts.selectors import (
+    approval_current,
+    can,
+    granted_to,
+    in_scope,
+    may_cancel_approval_request,
+    visible_to,
+)
 from campaigns.models import Campaign, Occurrence, TriggerRequest
 
 Status = Campaign.Status
@@ -19,6 +26,12 @@ def campaign_ids_visible_to(user: User) -> QuerySet:
     """The ids of the campaigns the user may see: whose sends (its runs, its API triggers' streams)
     they read, their app granted or not (``delivery.selectors.dispatch_source_readers_register``)."""
     return visible_to(user, Campaign.objects.all()).values("pk")
+
+
+def campaign_ids_granted_to(user: User) -> QuerySet:
+    """The ids of the campaigns granted to the user on themselves, not through an app: whose sends'
+    rows they read wherever they were sent (``delivery.selectors.dispatches_with_rows_visible_to``)."""
+    return granted_to(user, Campaign.objects.all()).values("pk")
 
 
 def trigger_requests_visible_to(user: User) -> QuerySet[TriggerRequest]:

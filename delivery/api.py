@@ -41,6 +41,8 @@ from delivery.selectors import (
     dispatch_for,
     dispatch_named,
     dispatch_outcomes,
+    dispatch_rows_visible,
+    dispatch_rows_withheld,
     dispatches_visible_to,
     with_source_seen,
 )
@@ -412,25 +414,33 @@ class DispatchDeliveriesQuery(serializers.Serializer):
 class DispatchDeliveriesView(APIView):
     """A dispatch's deliveries in id order, filterable by status; page with ``after`` (the last id
     seen), or follow ``next``. A walk by id neither skips nor repeats a row while sends change their
-    statuses; rows a stream appends meanwhile come at its end."""
+    statuses; rows a stream appends meanwhile come at its end. The rows are read with access to the
+    dispatch's app, or a grant on the campaign or journey that sent it."""
 
     required_scope = "read"
 
     @extend_schema(
         operation_id="dispatch_deliveries",
         parameters=[DispatchDeliveriesQuery],
-        responses=inline_serializer(
-            "DeliveryPage",
-            {
-                "results": DeliveryOutSerializer(many=True),
-                "next_after": serializers.IntegerField(
-                    allow_null=True, help_text="The last id of a full page: the next page's after (else null)."
-                ),
-                "next": serializers.URLField(
-                    allow_null=True, help_text="The next page's link: this one with that after."
-                ),
-            },
-        ),
+        responses={
+            200: inline_serializer(
+                "DeliveryPage",
+                {
+                    "results": DeliveryOutSerializer(many=True),
+                    "next_after": serializers.IntegerField(
+                        allow_null=True, help_text="The last id of a full page: the next page's after (else null)."
+                    ),
+                    "next": serializers.URLField(
+                        allow_null=True, help_text="The next page's link: this one with that after."
+                    ),
+                },
+            ),
+            403: OpenApiResponse(
+                description="The key lacks the scope, or its user the role; or it reads the dispatch through its "
+                "campaign or journey, seen through another app (a live campaign a revision waiting for approval "
+                "moves to the key's app): its counts, not its rows, which are the dispatch's app's."
+            ),
+        },
     )
     def get(self, request, dispatch_id: int):
         query = query_params_valid(DispatchDeliveriesQuery, request)
@@ -438,6 +448,10 @@ class DispatchDeliveriesView(APIView):
             dispatch = dispatch_for(request.user, dispatch_id)
         except Dispatch.DoesNotExist as exc:
             raise Http404 from exc
+        if not dispatch_rows_visible(request.user, dispatch):
+            raise exceptions.PermissionDenied(
+                f"You may read this dispatch's counts, not its deliveries. {dispatch_rows_withheld(dispatch)}"
+            )
         rows = dispatch.rows()
         if "status" in query:
             rows = rows.filter(status=query["status"])

@@ -21,6 +21,7 @@ from django.db.models.functions import Cast, Coalesce, NullIf
 
 from accounts.models import User
 from accounts.selectors import has_every_scope, in_scope, visible_to
+from config.labels import numbered
 from delivery.models import App, Delivery, Device, Dispatch
 
 _CAMPAIGN_KINDS = (Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER)
@@ -66,32 +67,71 @@ def devices_visible_to(user: User) -> QuerySet[Device]:
 
 
 # Per dispatch kind, the sources whose readers read their sends: ``sources(user)`` the ids (a
-# values query) of the sources of that kind the user may see.
+# values query) of the sources of that kind the user may see; ``granted(user)`` those granted to
+# them on the source itself, whose sends' rows they read too.
 _SOURCE_READERS: dict[str, Callable[[User], QuerySet]] = {}
+_SOURCE_GRANTEES: dict[str, Callable[[User], QuerySet]] = {}
 
 
-def dispatch_source_readers_register(*, kind: str, sources: Callable[[User], QuerySet]) -> None:
+def dispatch_source_readers_register(
+    *, kind: str, sources: Callable[[User], QuerySet], granted: Callable[[User], QuerySet]
+) -> None:
     """Let whoever may see a source of ``kind`` (a journey version, through its journey; a campaign)
-    read the dispatches it sent, as the source's page and API count them, without access to their app."""
+    read the dispatches it sent, as the source's page and API count them, without access to their
+    app; and whoever was granted the source itself (``granted``), not through an app, read their
+    rows too (``dispatches_with_rows_visible_to``)."""
     _SOURCE_READERS[kind] = sources
+    _SOURCE_GRANTEES[kind] = granted
+
+
+def _scoped_or_sent_by(
+    user: User, queryset: QuerySet[Dispatch], readers: dict[str, Callable[[User], QuerySet]]
+) -> QuerySet[Dispatch]:
+    """The dispatches of ``queryset`` in the user's scope, and those sent by a source of a kind in
+    ``readers`` among the ids its callable gives for the user."""
+    scoped = visible_to(user, queryset)
+    if not readers or not user.has_perm("delivery.view_dispatch") or has_every_scope(user):
+        return scoped
+    kinds_of: dict[Callable[[User], QuerySet], list[str]] = {}
+    for kind, sources in readers.items():
+        kinds_of.setdefault(sources, []).append(kind)  # one subquery for the kinds of one source
+    sent = Q()
+    for sources, kinds in kinds_of.items():
+        sent |= Q(kind__in=kinds, source_id__in=sources(user))
+    return scoped | queryset.filter(sent)
 
 
 def dispatches_visible_to(user: User, queryset: QuerySet[Dispatch] | None = None) -> QuerySet[Dispatch]:
     """The dispatches of ``queryset`` (default: all) the user may see: those in their scope (their
     app's), and those sent by a source they may see of a kind registered with
     ``dispatch_source_readers_register``: a journey or a campaign granted without its app shows its
-    own sends (and their deliveries), nothing else of that app. Only for reading: a write asks ``in_scope``."""
+    own sends, nothing else of that app. Their rows are read through
+    ``dispatches_with_rows_visible_to``. Only for reading: a write asks ``in_scope``."""
     queryset = Dispatch.objects.all() if queryset is None else queryset
-    scoped = visible_to(user, queryset)
-    if not _SOURCE_READERS or not user.has_perm("delivery.view_dispatch") or has_every_scope(user):
-        return scoped
-    kinds_of: dict[Callable[[User], QuerySet], list[str]] = {}
-    for kind, sources in _SOURCE_READERS.items():
-        kinds_of.setdefault(sources, []).append(kind)  # one subquery for the kinds of one source
-    sent = Q()
-    for sources, kinds in kinds_of.items():
-        sent |= Q(kind__in=kinds, source_id__in=sources(user))
-    return scoped | queryset.filter(sent)
+    return _scoped_or_sent_by(user, queryset, _SOURCE_READERS)
+
+
+def dispatches_with_rows_visible_to(user: User, queryset: QuerySet[Dispatch] | None = None) -> QuerySet[Dispatch]:
+    """The dispatches of ``queryset`` (default: all) whose rows (deliveries) the user may read: those
+    in their scope (their app's), and those sent by a source granted to them on itself (a campaign
+    or a journey granted without its app). Each row names a phone and a profile of the dispatch's
+    app: a source seen through another app's scope (a live campaign that a revision waiting for
+    approval moves to the reader's app, its approved version sending to the old app's phones
+    meanwhile) shows its sends' counts there (``dispatches_visible_to``), not their rows."""
+    queryset = Dispatch.objects.all() if queryset is None else queryset
+    return _scoped_or_sent_by(user, queryset, _SOURCE_GRANTEES)
+
+
+def dispatch_rows_visible(user: User, dispatch: Dispatch) -> bool:
+    """Whether the user may read the rows of ``dispatch``, one they may see
+    (``dispatches_with_rows_visible_to``). One query."""
+    return dispatches_with_rows_visible_to(user, Dispatch.objects.filter(pk=dispatch.pk)).exists()
+
+
+def dispatch_rows_withheld(dispatch: Dispatch) -> str:
+    """Why a reader of ``dispatch`` does not read its rows (``dispatch_rows_visible``), naming its app
+    by number alone, as a reader without access to it is told of it."""
+    return f"Its deliveries are those of {numbered('app', dispatch.app_id)}, which you have no access to."
 
 
 def with_source_seen(rows: QuerySet, user: User, *, prefix: str = "") -> QuerySet:
@@ -127,10 +167,10 @@ def dispatch_named(dispatch: Dispatch, *, seen: bool) -> str:
 
 
 def deliveries_visible_to(user: User) -> QuerySet[Delivery]:
-    """Deliveries of the dispatches the user may see."""
+    """Deliveries of the dispatches whose rows the user may read (``dispatches_with_rows_visible_to``)."""
     if not user.has_perm("delivery.view_delivery"):
         return Delivery.objects.none()
-    return Delivery.objects.filter(dispatch__in=dispatches_visible_to(user).values("pk"))
+    return Delivery.objects.filter(dispatch__in=dispatches_with_rows_visible_to(user).values("pk"))
 
 
 def dispatch_for(user: User, dispatch_id: int) -> Dispatch:

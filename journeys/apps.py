@@ -23,6 +23,7 @@ class JourneysConfig(AppConfig):
         from journeys.review import journey_references, journey_review_html
         from journeys.selectors import (
             enrollments_in_scope,
+            journey_versions_granted_to,
             journey_versions_visible_to,
             journeys_conditions_naming,
             journeys_rule_trees_naming,
@@ -42,7 +43,9 @@ class JourneysConfig(AppConfig):
             post_save.connect(journeys_changed, sender=model, dispatch_uid=f"journeys.stamp.{model.__name__}")
             post_delete.connect(journeys_changed, sender=model, dispatch_uid=f"journeys.stamp.{model.__name__}.gone")
         dispatch_gate_register(kind=Dispatch.Kind.JOURNEY, gate=journey_gate)
-        dispatch_source_readers_register(kind=Dispatch.Kind.JOURNEY, sources=journey_versions_visible_to)
+        dispatch_source_readers_register(
+            kind=Dispatch.Kind.JOURNEY, sources=journey_versions_visible_to, granted=journey_versions_granted_to
+        )
         pushcontent_holders_register(journeys_sending_contents)
         rules_tree_holders_register(journeys_rule_trees_naming)
         segment_holders_register(journeys_conditions_naming)

@@ -8,7 +8,7 @@ from django.db.models import Count, Func, IntegerField, Q, QuerySet, Sum
 from django.http import Http404
 
 from accounts.models import User
-from accounts.selectors import approval_current, can, in_scope, may_cancel_approval_request, visible_to
+from accounts.selectors import approval_current, can, granted_to, in_scope, may_cancel_approval_request, visible_to
 from delivery.conversions import rate_figures
 from journeys.graph import exits_of
 from journeys.models import Enrollment, Journey, JourneyVersion, StepStat
@@ -32,6 +32,12 @@ def journey_versions_visible_to(user: User) -> QuerySet:
     """The ids of the versions of the journeys the user may see: whose sends they read, their app
     granted or not (``delivery.selectors.dispatch_source_readers_register``)."""
     return JourneyVersion.objects.filter(journey__in=journeys_visible_to(user).values("pk")).values("pk")
+
+
+def journey_versions_granted_to(user: User) -> QuerySet:
+    """The ids of the versions of the journeys granted to the user on themselves, not through an app:
+    whose sends' rows they read wherever they were sent (``delivery.selectors.dispatches_with_rows_visible_to``)."""
+    return JourneyVersion.objects.filter(journey__in=granted_to(user, Journey.objects.all()).values("pk")).values("pk")
 
 
 def enrollments_visible_to(user: User) -> QuerySet[Enrollment]:

@@ -26,6 +26,8 @@ from delivery.selectors import (
     devices_visible_to,
     dispatch_named,
     dispatch_outcomes,
+    dispatch_rows_visible,
+    dispatch_rows_withheld,
     dispatch_shown_zone,
     dispatches_visible_to,
     with_source_seen,
@@ -397,6 +399,8 @@ class DispatchAdmin(ScopedAdmin):
         if not getattr(obj, "source_seen", True):
             # Its label names what sent it: the page's title, breadcrumbs and history say its number.
             obj.label = dispatch_named(obj, seen=False)
+        # Read through a campaign or a journey seen through another app's access: its counts, not its rows.
+        obj.rows_seen = dispatch_rows_visible(request.user, obj)
         # An open stream's page reloads every two seconds: its counters as they are now.
         return dispatch_counted_now(obj)
 
@@ -473,10 +477,31 @@ class DispatchAdmin(ScopedAdmin):
 
     @admin.display(description="Outcomes by reason")
     def outcomes(self, obj):
+        """Counts by status and reason, each linked to its deliveries for a reader who may read them
+        (``dispatch_rows_visible``); unlinked for the others, saying why."""
         rows = dispatch_outcomes(obj)
         if not rows:
             return "—"
+        if not getattr(obj, "rows_seen", True):
+            return format_html(
+                '{}<p class="help">{}</p>', self._outcomes_html(obj, rows, linked=False), dispatch_rows_withheld(obj)
+            )
+        return self._outcomes_html(obj, rows, linked=True)
+
+    @staticmethod
+    def _outcomes_html(obj, rows: list[dict], *, linked: bool) -> str:
         deliveries = reverse("admin:delivery_delivery_changelist")
+
+        def status_cell(label: str, status: str | None) -> str:
+            """The status, linked to the dispatch's deliveries of it (``None``: those not final) when ``linked``."""
+            if not linked:
+                return label
+            if status is None:
+                return format_html('<a href="{}?dispatch__id__exact={}">{}</a>', deliveries, obj.pk, label)
+            return format_html(
+                '<a href="{}?dispatch__id__exact={}&status__exact={}">{}</a>', deliveries, obj.pk, status, label
+            )
+
         final = [r for r in rows if r["status"] != "retried"]
         retried = [r for r in rows if r["status"] == "retried"]
         waiting = sum(r["count"] for r in final if r["status"] == "pending")
@@ -493,24 +518,17 @@ class DispatchAdmin(ScopedAdmin):
             "<table><tr><th>status</th><th>reason</th><th>count</th></tr>{}{}{}</table>",
             format_html_join(
                 "",
-                '<tr><td><a href="{}?dispatch__id__exact={}&status__exact={}">{}</a></td><td>{}</td><td>{}</td></tr>',
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
                 (
-                    (
-                        deliveries,
-                        obj.pk,
-                        r["status"],
-                        Delivery.Status(r["status"]).label,
-                        reason_html(r["reason"]),
-                        r["count"],
-                    )
+                    (status_cell(Delivery.Status(r["status"]).label, r["status"]), reason_html(r["reason"]), r["count"])
                     for r in final
                     if r["status"] != "pending"
                 ),
             ),
             format_html_join(
                 "",
-                '<tr><td><a href="{}?dispatch__id__exact={}">Pending</a></td><td>{}</td><td>{}</td></tr>',
-                ((deliveries, obj.pk, said, count) for count, said in pending),
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                ((status_cell("Pending", None), said, count) for count, said in pending),
             ),
             format_html_join(
                 "",

@@ -655,6 +655,65 @@ def test_both_apps_keys_read_a_campaign_a_revision_moves_until_it_is_approved(
     assert new_integrator.get(f"/api/v1/campaigns/{live_trigger.pk}/").status_code == 200
 
 
+def test_a_key_of_the_app_a_revision_moves_a_campaign_to_reads_none_of_its_deliveries_in_the_old_app(
+    live_trigger, integrator, new_integrator, zoe, pushsim_app, new_app, manager_alice
+):
+    """Both apps' keys read the campaign while a revision moving it waits, and the new app's key read
+    the rows its calls make in the old app too, those of its approved version's phones: whoever saw
+    the campaign read its sends' rows. The rows are their app's, read by that app's keys alone; the
+    new app's key still reads the stream's counts, as the campaign's report gives them."""
+    before = _trigger(integrator, live_trigger, "zoe").json()
+    _move(live_trigger, new_app, by=manager_alice)
+    after = _trigger(integrator, live_trigger, "zoe").json()
+    stream_id = after["dispatch"]
+    made = [before["deliveries"][0]["id"], after["deliveries"][0]["id"]]
+    assert before["dispatch"] == stream_id
+
+    rows = integrator.get(f"/api/v1/dispatches/{stream_id}/deliveries/").json()["results"]
+    assert [r["id"] for r in rows] == made
+    for delivery_id in made:
+        assert integrator.get(f"/api/v1/deliveries/{delivery_id}/").status_code == 200
+
+    assert new_integrator.get(f"/api/v1/dispatches/{stream_id}/").json()["total"] == 2
+    refused = new_integrator.get(f"/api/v1/dispatches/{stream_id}/deliveries/")
+    assert refused.status_code == 403, refused.content
+    assert refused.json()["detail"] == (
+        f"You may read this dispatch's counts, not its deliveries. Its deliveries are those of app #{pushsim_app.pk}, "
+        "which you have no access to."
+    )
+    for delivery_id in made:
+        assert new_integrator.get(f"/api/v1/deliveries/{delivery_id}/").status_code == 404
+
+
+def test_a_user_of_the_app_a_revision_moves_a_campaign_to_finds_none_of_its_deliveries_in_the_old_app_in_the_admin(
+    client, live_trigger, integrator, new_integrator, zoe, pushsim_app, new_app, manager_alice
+):
+    """The admin's deliveries list and pages, as the API: the old app's people read the stream's rows;
+    a Manager of the new app alone reads the stream's page with its outcomes unlinked, no row listed
+    and each row's page answering 404, as one outside their access."""
+    _move(live_trigger, new_app, by=manager_alice)
+    answered = _trigger(integrator, live_trigger, "zoe").json()
+    stream_id, delivery_id = answered["dispatch"], answered["deliveries"][0]["id"]
+    listed = f"/admin/delivery/delivery/?dispatch__id__exact={stream_id}"
+    row = f"/admin/delivery/delivery/{delivery_id}/change/"
+    stream = f"/admin/delivery/dispatch/{stream_id}/change/"
+
+    client.force_login(integrator.user)
+    assert [d.pk for d in client.get(listed).context["cl"].result_list] == [delivery_id]
+    assert client.get(row).status_code == 200
+    assert f'href="/admin/delivery/delivery/?dispatch__id__exact={stream_id}' in client.get(stream).content.decode()
+
+    client.force_login(new_integrator.user)
+    assert list(client.get(listed).context["cl"].result_list) == []
+    assert list(client.get("/admin/delivery/delivery/").context["cl"].result_list) == []
+    assert client.get(row).status_code == 404
+    page = client.get(stream)
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "/admin/delivery/delivery/?dispatch__id__exact=" not in text
+    assert f"Its deliveries are those of app #{pushsim_app.pk}, which you have no access to." in text
+
+
 def test_the_approved_versions_apps_people_read_a_campaign_a_revision_moves_in_the_admin_and_may_stop_it(
     client, live_trigger, integrator, new_app, manager_alice
 ):
