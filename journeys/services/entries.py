@@ -575,6 +575,9 @@ _LIVE: _LiveForEvents | None = None
 def _live_for_events(stamps: Stamps | None = None) -> _LiveForEvents:
     """What live journeys do on events, kept per process behind the journeys stamp (any save or
     deletion of a journey, a version or an app's rules) and for at most ``PUSHDESK_CACHE_SECONDS``.
+    The entering versions are read with their journey, its app and the app's delivery rules: an
+    entry's first wait reads the rules' default zone without a query (``journey_default_zone``),
+    and a change of the rules, which moves the stamp, is read by the next call.
     ``stamps``: the stamps the caller read, when they hold the journeys stamp (else it is read)."""
     import time
 
@@ -592,7 +595,10 @@ def _live_for_events(stamps: Stamps | None = None) -> _LiveForEvents:
         return kept
     on_air = JourneyVersion.objects.filter(journey__status__in=Journey.ON_AIR)
     entries, exits, paused = defaultdict(list), defaultdict(list), defaultdict(list)
-    entering = on_air.filter(entry_kind=JourneyVersion.EntryKind.EVENT, status=VStatus.LIVE).select_related("journey")
+    # With the app's rules, which a wait until a time of day or of whole days reads (its default zone).
+    entering = on_air.filter(entry_kind=JourneyVersion.EntryKind.EVENT, status=VStatus.LIVE).select_related(
+        "journey__app__delivery_rules"
+    )
     for version in entering:
         (entries if version.journey.status == Status.LIVE else paused)[version.entry_event].append(version)
     ending = on_air.filter(status__in=(VStatus.LIVE, VStatus.RETIRED)).exclude(exit_event="")

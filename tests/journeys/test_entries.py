@@ -149,3 +149,87 @@ def test_a_replayed_entrys_page_says_its_steps_ran_when_the_replay_entered_it_af
     max_ = Enrollment.objects.get(profile__external_id="max")
     page = _text(login(viewer_carol).get(f"/admin/journeys/enrollment/{max_.pk}/change/"))
     assert zoned(max_.entered_at, "UTC") in page and "replayed" not in page
+
+
+def _wait_then_exit(wait: dict) -> dict:
+    return {"steps": [{"id": "pause", "type": "wait", "next": "done", **wait}, {"id": "done", "type": "exit"}]}
+
+
+def _wall_time(moment: dt.datetime, zone_name: str) -> tuple[int, int]:
+    from zoneinfo import ZoneInfo
+
+    local = moment.astimezone(ZoneInfo(zone_name))
+    return local.hour, local.minute
+
+
+@pytest.mark.embedded
+def test_an_events_call_reads_the_apps_rules_with_the_live_journeys_not_once_a_version_a_call(
+    make_journey, publish, team, django_assert_num_queries
+):
+    """Two journeys entered on a visit wait, one until 09:00, one two whole days, each read in the
+    app's default zone for a profile without one. The live journeys an events call reads are kept
+    per process; their app's rules were not read with them, so each call read them once per
+    journey. They are read with the journeys now: no call reads them."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from delivery.models import DeliveryRules
+    from journeys.models import Enrollment
+    from journeys.services.engine import journey_default_zone
+    from journeys.services.entries import _live_for_events, journeys_events_received
+
+    DeliveryRules.objects.create(app=team, default_timezone="America/New_York")
+    morning, later = (
+        publish(
+            make_journey(
+                name=name, graph=_wait_then_exit(wait), entry_kind="event", entry_event="visit", entry_segment=None
+            )
+        )
+        for name, wait in (("Morning", {"until": "09:00"}), ("Later", {"seconds": 2 * 86400}))
+    )
+    live = _live_for_events()
+    with django_assert_num_queries(0):
+        zones = [journey_default_zone(version.journey) for version in live.entries["visit"]]
+    assert zones == ["America/New_York"] * 2
+
+    nowhere = ProfileFactory(timezone="")
+    now = timezone.now()
+    with CaptureQueriesContext(connection) as call:
+        assert journeys_events_received(events=[(nowhere.pk, "visit", now)], live=live)["entered"] == 2
+    assert not [q["sql"] for q in call.captured_queries if "delivery_deliveryrules" in q["sql"]]
+    due = dict(Enrollment.objects.values_list("journey_id", "due_at"))
+    assert _wall_time(due[morning.pk], "America/New_York") == (9, 0)
+    assert _wall_time(due[later.pk], "America/New_York") == _wall_time(now, "America/New_York")
+
+
+@pytest.mark.embedded
+def test_a_change_of_the_apps_default_zone_reaches_the_next_events_call_at_once(
+    make_journey, publish, team, admin_erin
+):
+    """The app's rules are kept with the live journeys (for a minute): their first save and each
+    change of them moves the journeys stamp, so the next events call reads them afresh, not a
+    minute later."""
+    from accounts.services import access_grant
+    from delivery.services.rules import delivery_rules_save
+    from journeys.models import Enrollment
+    from journeys.services.entries import _live_for_events, journeys_events_received
+
+    access_grant(obj=team, to=admin_erin, by=None)
+    journey = publish(
+        make_journey(
+            graph=_wait_then_exit({"until": "09:00"}), entry_kind="event", entry_event="visit", entry_segment=None
+        )
+    )
+
+    def due_of_a_visit() -> dt.datetime:
+        profile = ProfileFactory(timezone="")
+        journeys_events_received(events=[(profile.pk, "visit", timezone.now())])
+        return Enrollment.objects.get(journey=journey, profile=profile).due_at
+
+    assert _wall_time(due_of_a_visit(), "UTC") == (9, 0)  # no rules: UTC
+    kept = _live_for_events()
+    delivery_rules_save(app_id=team.pk, by=admin_erin, default_timezone="America/New_York")
+    assert _live_for_events() is not kept
+    assert _wall_time(due_of_a_visit(), "America/New_York") == (9, 0)
+    delivery_rules_save(app_id=team.pk, by=admin_erin, default_timezone="Asia/Tokyo")
+    assert _wall_time(due_of_a_visit(), "Asia/Tokyo") == (9, 0)
