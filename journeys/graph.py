@@ -112,7 +112,9 @@ class GraphInvalid(ValidationError):
     """The graph breaks one or more rules; ``messages`` each name the step. ``faults`` says where,
     for the step editor to mark: ``{"step": id, "field": name}`` per error about a step, the field
     a step's key (``content``, ``next``, ``else``, ``seconds``, ``until``, ``type``, ``id``), a
-    branch's (``branches.0.next``, ``branches.1.percent``), or "" for the step as a whole."""
+    branch's (``branches.0.next``, ``branches.1.percent``), ``branches`` for a step's branches
+    together (too few, too many, a split's percentages not summing to 100), or "" for the step as a
+    whole."""
 
     def __init__(self, errors: list[str], faults: list[dict] | None = None):
         self.errors_list = errors
@@ -283,7 +285,7 @@ def _check_step(step: dict, check_segment, check_content, check_rules) -> list[t
             else:
                 total += percent
         if not problems and total != 100:
-            problems.append(("percent", f"the percentages sum to {total}, not 100."))
+            problems.append(("branches", f"the percentages sum to {total}, not 100."))
     elif kind == "push":
         content_id = step.get("content")
         if isinstance(content_id, bool) or not isinstance(content_id, int):

@@ -287,3 +287,38 @@ def test_a_wait_until_a_time_of_day_names_the_zone_a_profile_without_one_waits_i
     assert journey.versions.get().graph["steps"][1]["until"] == "09:00"
     mode = page.locator(".step-editor .step-row[data-step=wait2] select.wait-mode")
     assert mode.locator("option:checked").inner_text() == "until time of day (profile's zone, else Europe/Paris)"
+
+
+def test_a_split_whose_percentages_do_not_sum_to_100_marks_its_branches(
+    login, page, live_server, manager_alice, pushsim_app
+):
+    """The fault named a field 'percent', which no input of the editor has: the editor alone knew to
+    mark every percentage for it. It names the split's branches now, which the editor marks as a
+    whole, until one of them changes."""
+    import json
+
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
+    segment = Segment.objects.create(name="Everyone", kind="static")
+    access_grant(obj=segment, to=manager_alice, by=None)
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/journeys/journey/add/")
+    page.fill("#id_name", "Uneven split")
+    page.select_option("#id_app", str(pushsim_app.pk))
+    page.select_option("#id_entry_segment", str(segment.pk))
+    branches = [{"label": "A", "percent": 60, "next": "end"}, {"label": "B", "percent": 60, "next": "end"}]
+    steps = [{"id": "ab", "type": "split", "branches": branches}, {"id": "end", "type": "exit"}]
+    page.click(".step-editor-raw summary")
+    page.fill("#id_graph", json.dumps({"steps": steps}))
+    page.dispatch_event("#id_graph", "change")
+    page.click("input[name=_continue]")
+    page.wait_for_selector(".errorlist")
+    assert "Step 'ab': the percentages sum to 120, not 100." in page.locator(".errorlist").first.inner_text()
+    marked = page.locator(".step-editor [aria-invalid=true]")
+    assert marked.count() == 1
+    assert marked.get_attribute("data-field") == "branches"
+    assert marked.locator("input.branch-percent").count() == 2
+    assert {row for row, *_, invalid in page.evaluate(EDITOR_FIELDS) if invalid} == set()
+
+    page.locator(".step-row[data-step=ab] input.branch-percent").last.fill("40")
+    page.locator(".step-row[data-step=ab] input.branch-percent").last.dispatch_event("change")
+    assert page.locator(".step-editor [aria-invalid=true]").count() == 0

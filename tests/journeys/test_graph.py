@@ -221,8 +221,8 @@ def _faults(graph, **checks) -> list[dict]:
 
 
 def test_each_error_about_a_step_says_which_of_its_fields_is_at_fault():
-    """The step editor marks the inputs the errors name: a step's key, a branch's, every percentage
-    of a split that does not sum to 100."""
+    """The step editor marks the inputs the errors name: a step's key, a branch's, the branches of a
+    split whose percentages do not sum to 100 (a field the editor has, not one only it knew)."""
     faults = _faults(
         _steps(
             {"id": "w", "type": "wait", "seconds": -5, "next": "c"},
@@ -245,7 +245,7 @@ def test_each_error_about_a_step_says_which_of_its_fields_is_at_fault():
         {"step": "c", "field": "branches.0.segment"},
         {"step": "c", "field": "branches.1.event"},
         {"step": "p", "field": "content"},
-        {"step": "s", "field": "percent"},
+        {"step": "s", "field": "branches"},
         {"step": "c", "field": "branches.1.next"},
         {"step": "c", "field": "else"},
         {"step": "s", "field": "branches.1.next"},

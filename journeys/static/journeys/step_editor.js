@@ -55,8 +55,7 @@
       faults.forEach((fault) => {
         const row = root.querySelector('.step-row[data-step="' + CSS.escape(String(fault.step)) + '"]');
         if (!row) return;
-        const fields = [...row.querySelectorAll("[data-field]")].filter((node) => (fault.field === "percent"
-          ? /^branches\.\d+\.percent$/.test(node.dataset.field) : fault.field && node.dataset.field === fault.field));
+        const fields = [...row.querySelectorAll("[data-field]")].filter((node) => fault.field && node.dataset.field === fault.field);
         if (!fields.length) { row.classList.add("step-fault-row"); return; }
         fields.forEach((node) => {
           node.classList.add("step-fault");
@@ -161,10 +160,14 @@
         body.appendChild(document.createTextNode(" then → "));
         body.appendChild(nextSelect(step, "next"));
       } else if (step.type === "condition" || step.type === "split") {
-        (step.branches || []).forEach((b, i) => body.appendChild(branchRow(step, b, i)));
-        body.appendChild(el("button", { type: "button", "class": "button add-branch", text: "Add branch", onclick: () => {
+        // The branches together, with their Add button: what a fault about them all marks (too few, a
+        // split's percentages not summing to 100).
+        const branches = el("div", { "class": "branches", "data-field": "branches" });
+        (step.branches || []).forEach((b, i) => branches.appendChild(branchRow(step, b, i)));
+        branches.appendChild(el("button", { type: "button", "class": "button add-branch", text: "Add branch", onclick: () => {
           step.branches.push(step.type === "split" ? { label: "", percent: 0, next: "" } : { label: "", segment: (meta.segments[0] || {}).id, next: "" }); save(); render();
         } }));
+        body.appendChild(branches);
         if (step.type === "condition") {
           body.appendChild(el("div", { "class": "branch" }, [document.createTextNode("All others →"), nextSelect(step, "else")]));
         }
