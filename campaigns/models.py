@@ -11,11 +11,20 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import models
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
 from accounts.models import GrantStamp, IdempotentRequest
 from delivery.models import ConversionGoal
+
+
+def approved_app_id() -> models.Expression:
+    """The id of the app a campaign's frozen approved version names (NULL before any approval, or
+    approved before versions were kept), as an expression over its row: indexed, so that the
+    campaigns whose approved version sends to an app are found by it (``campaign_approved_app_idx``)."""
+    return Cast(KT("approved_version__fields__app_id"), models.BigIntegerField())
 
 
 class Campaign(ConversionGoal):
@@ -164,7 +173,10 @@ class Campaign(ConversionGoal):
             ("duplicate_campaign", "Can duplicate a campaign"),
             ("trigger_campaign", "Can trigger an API-triggered campaign"),
         ]
-        indexes = [models.Index(fields=["status", "next_occurrence_at"], name="campaign_due_idx")]
+        indexes = [
+            models.Index(fields=["status", "next_occurrence_at"], name="campaign_due_idx"),
+            models.Index(approved_app_id(), name="campaign_approved_app_idx"),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -340,11 +352,7 @@ class Campaign(ConversionGoal):
         (or approved before versions were kept: the row is then what was approved, or nothing sends).
         A pending revision moving the campaign to another app changes the row's app, not this one,
         until it is approved."""
-        from django.db.models.fields.json import KT
-        from django.db.models.functions import Cast, Coalesce
-
-        approved = Cast(KT("approved_version__fields__app_id"), models.BigIntegerField())
-        return Coalesce(approved, models.F("app_id"), output_field=models.BigIntegerField())
+        return Coalesce(approved_app_id(), models.F("app_id"), output_field=models.BigIntegerField())
 
     @staticmethod
     def access_read_scope_id() -> models.Expression:

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from accounts.selectors import in_scope
-from campaigns.models import Campaign
+from campaigns.models import Campaign, approved_app_id
 from campaigns.services.lifecycle import Status
 from campaigns.services.scheduling import campaign_gate, content_refusal
 from config.db import text_array
@@ -780,9 +780,12 @@ def campaign_rules_changed(sender, instance, **kwargs) -> None:
     from accounts.stamps import stamps_bump
 
     # The campaigns of the app, and those whose approved version sends to it while a revision
-    # moving them to another app waits (their calls apply its rules).
-    of_app = Campaign.objects.annotate(sending_app_id=Campaign.sending_app_id()).filter(
-        Q(app_id=instance.app_id) | Q(sending_app_id=instance.app_id)
+    # moving them to another app waits (their calls apply its rules): the row's app or the approved
+    # version's, each read through its index (``Campaign.sending_app_id`` is one of the two).
+    of_app = (
+        Campaign.objects.alias(approved_app_id=approved_app_id())
+        .filter(Q(app_id=instance.app_id) | Q(approved_app_id=instance.app_id))
+        .order_by()
     )
     stamps_bump(*[_campaign_stamp(pk) for pk in of_app.values_list("pk", flat=True)])
 
