@@ -48,7 +48,6 @@ from campaigns.services.lifecycle import (
     campaign_submit,
     campaign_update,
     missed_window_check,
-    revision_waiting,
     throttle_check,
 )
 from campaigns.services.scheduling import campaign_test_send
@@ -424,7 +423,8 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         if obj.status not in (Status.DRAFT, Status.SCHEDULED, Status.LIVE):
             # locked in review; finished campaigns are duplicated, not edited
             return str(TransitionError(obj, "changed"))
-        if obj.is_active and revision_waiting(obj):
+        approval = self.approval_of(obj) if obj.is_active else None  # asked for each field: read once a page
+        if approval is not None and approval.status == approval.Status.PENDING:
             return f"'{obj}' has changes waiting for approval: it cannot be changed until they are decided."
         return ""
 
@@ -676,7 +676,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
     lifecycle_asked_again = ("stop",)
 
     def lifecycle_actions(self, user, obj, *, answers=None):
-        return campaign_actions(user, obj, answers=answers)
+        return campaign_actions(user, obj, answers=answers, approval_of=self.approval_of)
 
     def lifecycle_consequences(self, obj, action):
         lines = []

@@ -1,9 +1,11 @@
 """Permission-filtered reads of campaigns."""
 
+from collections.abc import Callable
+
 from django.db.models import QuerySet
 from django.http import Http404
 
-from accounts.models import User
+from accounts.models import ApprovalRequest, User
 from accounts.selectors import (
     approval_current,
     can,
@@ -89,21 +91,28 @@ TRANSITIONS = {
 }
 
 
-def campaign_actions(user: User, campaign: Campaign, *, answers: dict | None = None) -> list[tuple[str, str]]:
+def campaign_actions(
+    user: User,
+    campaign: Campaign,
+    *,
+    answers: dict | None = None,
+    approval_of: Callable[[Campaign], ApprovalRequest | None] = approval_current,
+) -> list[tuple[str, str]]:
     """The (action, label) buttons this user may use on this campaign in its current state.
 
     A scheduled or live campaign with a pending revision offers to submit it, and, while it
     waits, to cancel the request; its approved version keeps sending either way. Cancel request
     is offered only to whom ``campaign_cancel_request`` lets withdraw it: its requester or an
     Administrator (``may_cancel_approval_request``). ``answers`` keeps a page's permission
-    checks (``accounts.selectors.can``).
+    checks (``accounts.selectors.can``); ``approval_of`` reads the campaign's current request
+    (``approval_current``), a page's own reading where it has one (the admin's ``approval_of``).
     """
     actions = []
     for name, (states, perm, label) in TRANSITIONS.items():
         if campaign.status not in states:
             continue
         if name == "cancel_request":
-            request = approval_current(campaign)
+            request = approval_of(campaign)
             if request is None or not may_cancel_approval_request(user, request):
                 continue
         if (
@@ -113,7 +122,7 @@ def campaign_actions(user: User, campaign: Campaign, *, answers: dict | None = N
         ):
             actions.append((name, label))
     if campaign.is_active and campaign.has_pending_revision:
-        request = approval_current(campaign)
+        request = approval_of(campaign)
         waiting = request is not None and request.status == request.Status.PENDING
         name, label = ("cancel_request", "Cancel request") if waiting else ("submit", "Submit revision for review")
         if can(user, "campaigns.submit_campaign", campaign, answers=answers) and (

@@ -36,6 +36,40 @@ def test_in_review_campaign_is_locked_for_its_author(client, make_campaign, mana
     assert _buttons(page) == {"cancel_request", "duplicate", "test_send"}
 
 
+@pytest.mark.parametrize("waiting", ["in review", "a revision"])
+def test_the_change_page_reads_the_campaigns_approval_request_once(
+    client, make_campaign, manager_alice, approver_bob, team, waiting
+):
+    """Its Approval line, the warning of a request no one may decide and the buttons (Cancel request,
+    to the requester) all read the request waiting: the page reads it once."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from campaigns.services.lifecycle import campaign_update
+    from delivery.models import PushContent
+
+    if waiting == "in review":
+        campaign = make_campaign()
+    else:
+        campaign = make_campaign(kind="api_triggered", segment=None)
+        campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+        campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+        other = PushContent.objects.create(app=team, name="Other", title="New title", body="New body")
+        campaign_update(campaign_id=campaign.pk, by=manager_alice, content=other)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(manager_alice)
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/")
+    assert page.status_code == 200 and "cancel_request" in _buttons(page)
+    reads = [
+        q["sql"]
+        for q in queries
+        if q["sql"].startswith('SELECT "accounts_approvalrequest"')
+        and 'ORDER BY "accounts_approvalrequest"."requested_at" DESC' in q["sql"]
+    ]
+    assert len(reads) == 1, reads
+
+
 @pytest.mark.presses("campaigns.campaign:transition/cancel_request")
 def test_cancel_request_is_offered_to_the_requester_and_an_administrator_only(
     client, make_campaign, manager_alice, manager_mallory, approver_bob, admin_erin
