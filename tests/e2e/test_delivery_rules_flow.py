@@ -19,3 +19,15 @@ def test_the_quiet_hours_offer_the_clocks_times_of_day_but_not_now(login, page, 
         assert clock.locator(".timelist a").all_inner_texts() == ["Midnight", "6 a.m.", "Noon", "6 p.m."]
         clock.get_by_text("6 p.m.").click()
         assert page.input_value(f"#id_{name}").startswith("18:00")
+
+
+@pytest.mark.browser_context_args(timezone_id="Asia/Tokyo")
+def test_the_quiet_hours_say_nothing_of_the_browsers_offset_from_the_server(login, page, live_server, admin_erin):
+    """Django's 'Note: You are 9 hours ahead of server time.' beside the quiet hours read as though
+    they were the server's hours; they are each profile's own, in its zone (the page says so)."""
+    login(admin_erin)
+    page.goto(f"{live_server.url}/admin/delivery/deliveryrules/add/")
+    page.wait_for_selector(".field-quiet_end .datetimeshortcuts .clock-icon")
+    page.wait_for_load_state("load")
+    assert page.locator(".field-quiet_start .timezonewarning, .field-quiet_end .timezonewarning").count() == 0
+    assert "server time" not in page.locator(".field-quiet_start, .field-quiet_end").all_inner_texts()[0]

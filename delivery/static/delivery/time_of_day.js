@@ -1,5 +1,6 @@
 /* A time field that holds a time of day, not a moment (delivery.admin.rules.TimeOfDayWidget): Django's
-   clock keeps its choices (midnight, 6 a.m., noon, 6 p.m.) but not "Now", the browser's time. */
+   clock keeps its choices (midnight, 6 a.m., noon, 6 p.m.) but not "Now", the browser's time, nor
+   the note of the browser's offset from the server's time (a profile's quiet hours are in its zone). */
 'use strict';
 {
   const fields = () => document.querySelectorAll("input[data-time-of-day]");
@@ -13,9 +14,11 @@
     });
   });
 
-  // After them: the "Now" link beside each field goes, and the bar between it and the clock.
+  // After them: the "Now" link beside each field goes, and the bar between it and the clock, and
+  // the note of the offset from the server's time.
   window.addEventListener("load", () => {
     fields().forEach((input) => {
+      input.parentNode.querySelectorAll(".timezonewarning").forEach((note) => note.remove());
       const links = input.nextElementSibling && input.nextElementSibling.classList.contains("datetimeshortcuts")
         ? input.nextElementSibling.querySelectorAll("a") : [];
       const now = [...links].find((link) => !link.querySelector(".clock-icon"));
