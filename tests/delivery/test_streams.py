@@ -835,6 +835,67 @@ def test_a_restored_copys_sender_process_waits_quietly_until_claimed(transaction
     assert "refused to send the open streams" in lines[0] and "production-eu" in lines[0]
 
 
+class _Clock:
+    """The clock of a sender left to run for half an hour: a sleep moves it on, at once."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def time(self) -> float:
+        return time.time()
+
+
+def test_a_restored_copys_sender_says_its_refusal_every_ten_minutes_and_again_at_once_after_a_claim(
+    transactional_db, monkeypatch, settings
+):
+    """It checks again every minute once backed off, and says so once every ten minutes; the claim
+    is said, and a copy restored over the claimed database is said at once, not ten minutes after
+    the last line."""
+    import logging
+
+    from delivery.services import stream_senders
+    from operations import instance
+    from operations.models import Instance
+
+    Instance.objects.update_or_create(pk=1, defaults={"name": "production-eu", "claimed_at": timezone.now()})
+    clock = _Clock()
+    monkeypatch.setattr(time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(stream_senders, "time", clock)
+    monkeypatch.setattr(stream_senders, "stop_requested", lambda: clock.now > 1000.0 + 1400)
+    checks, real_problem = [], instance.instance_problem
+
+    def problem():
+        checks.append(clock.now - 1000.0)
+        if checks[-1] >= 1300:  # claimed here, then another copy restored over it
+            claimed = len([at for at in checks if at >= 1300]) == 1
+            Instance.objects.filter(pk=1).update(name=settings.PUSHDESK_INSTANCE if claimed else "production-eu")
+        return real_problem()
+
+    monkeypatch.setattr(instance, "instance_problem", problem)
+    said = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: said.append((clock.now - 1000.0, record.getMessage()))
+    stream_senders.log.addHandler(handler)
+    try:
+        stream_senders.streams_sender_run(slot=0)
+    finally:
+        stream_senders.log.removeHandler(handler)
+
+    kinds = ["sending" if "is this instance's now" in line else line.split(":")[0] for _, line in said]
+    assert kinds == ["stream sender 0 refused to send the open streams"] * 3 + ["sending"] + kinds[:1], said
+    at = [seconds for seconds, _ in said]
+    assert at[0] == 0
+    assert 600 <= at[1] < 600 + 61 and 600 <= at[2] - at[1] < 600 + 61  # at the first check ten minutes on
+    assert at[4] == at[3] >= 1300  # said again at once
+    assert len([c for c in checks if 63 < c < 1300]) >= 18  # checked every minute meanwhile, said or not
+
+
 def test_the_senders_leave_a_stream_whose_apps_credentials_cannot_be_decrypted_queued_and_send_the_others(
     pushsim, pushsim_app, stream, settings, apns_credentials, fcm_credentials, caplog
 ):
