@@ -140,6 +140,7 @@ def journeys_run_entered(
     now: dt.datetime,
     exits: dict[int, str] | None = None,
     entered_at: dt.datetime | None = None,
+    held: bool = False,
 ) -> RunReport:
     """Run enrollments the caller just wrote in its transaction (an event's entries, ``(id, profile
     id, its time zone)``, in ``version``, read with its journey) to their next wait, now.
@@ -151,9 +152,13 @@ def journeys_run_entered(
     at the entry step: they are not read again, nor their profiles' zones, nor (``stamp``, the
     journeys stamp the caller read) the stamp. ``exits``: the profiles whose exit event came at or
     after their entry (profile id → exit reason); they end at the entry step before it runs,
-    counted there as entered and exited (``exit_event``), written with the others.
+    counted there as entered and exited (``exit_event``), written with the others. ``held``: they
+    entered a paused journey, held as the pause holds whoever is inside (``_enter``'s ``hold``):
+    only ``exits`` end (held no more); the others stay held, unrun, for the resume.
     """
     report = RunReport()
+    if held:
+        enrolled = [entry for entry in enrolled if exits and entry[1] in exits]
     if not enrolled:
         return report
     entry = entry_of(version.steps())
@@ -296,7 +301,8 @@ def _run_version(
     if journey.status == Status.PAUSED:
         # A pause holds its enrollments once it has the rows (``journey_pause``), so a batch does
         # not see one due; should it, it holds it as the pause does: nothing runs, no one leaves.
-        Enrollment.objects.filter(pk__in=[run.row.pk for run in runs], due_at__isnull=False).update(
+        # Those still running: held entries ended at once (``journeys_run_entered``'s ``held``) ask no query.
+        Enrollment.objects.filter(pk__in=[run.row.pk for run in runs if run.running], due_at__isnull=False).update(
             held_due_at=F("due_at"), due_at=None
         )
         for run in runs:
@@ -730,7 +736,8 @@ def journey_stream_is_current(source_id: int, version: str) -> bool:
 def _write_back(runs: list[_Run], *, now: dt.datetime, stats: Counter) -> None:
     """Save the batch's enrollments (their history: the steps of this run added) and add to its step
     counters: on PostgreSQL one statement (UPDATE … FROM jsonb_to_recordset in a WITH, then the
-    counters' INSERT)."""
+    counters' INSERT). None keeps a due time held aside (``held_due_at``): a claimed row was due,
+    and a held entry ended at once (``journeys_run_entered``'s ``held``) is held no more."""
     changed = [run for run in runs if run.changed]
     if connection.vendor != "postgresql":
         for run in changed:
@@ -741,7 +748,7 @@ def _write_back(runs: list[_Run], *, now: dt.datetime, stats: Counter) -> None:
                     Enrollment(**{name: getattr(run.row, name) for name in _ROW_FIELDS}, updated_at=now)
                     for run in changed
                 ],
-                ["step", "status", "due_at", "history", "updated_at", "finished_at", "exit_reason"],
+                ["step", "status", "due_at", "held_due_at", "history", "updated_at", "finished_at", "exit_reason"],
                 batch_size=500,
             )
         step_stats_add(stats)
@@ -769,7 +776,7 @@ def _write_back(runs: list[_Run], *, now: dt.datetime, stats: Counter) -> None:
     sql = (
         "WITH v AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, step text, status text, "
         "due_at timestamptz, history jsonb, finished_at timestamptz, exit_reason text)) "
-        "UPDATE journeys_enrollment e SET step = v.step, status = v.status, due_at = v.due_at, "
+        "UPDATE journeys_enrollment e SET step = v.step, status = v.status, due_at = v.due_at, held_due_at = NULL, "
         "history = e.history || v.history, updated_at = %s, finished_at = v.finished_at, exit_reason = v.exit_reason "
         "FROM v WHERE e.id = ANY(ARRAY(SELECT id FROM v)) AND e.id = v.id"
     )

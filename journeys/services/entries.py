@@ -77,7 +77,8 @@ def _enter(
     commit: a stop waits for the entry, then exits whoever it entered; an entry after a stop (or
     a new version) waits for it, then enters no one. ``hold``: a paused journey is entered too,
     its new enrollments held as the pause holds whoever is inside (no due time; ``held_due_at``,
-    ``now``, given back at the resume); the caller runs none of them.
+    ``now``, given back at the resume); the caller runs none of them (but ends at once, with
+    ``journeys_run_entered``'s ``held``, those whose exit event came since).
 
     The enrollments are written in profile id order: each one's foreign key check locks its
     profile (``FOR KEY SHARE``, at commit, in the order they were written), and a deletion of
@@ -294,42 +295,13 @@ def journeys_events_received(
         audience, param = _event_audience(sorted(entering))
         with transaction.atomic(savepoint=False):
             enrolled = _enter(version, audience, [param], now=now, returning=True, few=True, as_of=as_of, hold=hold)
-            if hold:
-                _end_held_at_once(version, enrolled, ending, now=now)
-            else:
-                journeys_run_entered(
-                    enrolled=enrolled, version=version, stamp=live.stamp, now=now, exits=ending, entered_at=as_of
-                )
+            journeys_run_entered(
+                enrolled=enrolled, version=version, stamp=live.stamp, now=now, exits=ending, entered_at=as_of, held=hold
+            )
         entered += len(enrolled)
         if ending:
             exited += sum(1 for _, profile_id, _ in enrolled if profile_id in ending)
     return {"exited": exited, "entered": entered}
-
-
-def _end_held_at_once(
-    version: JourneyVersion, enrolled: list[tuple[int, int, str]], ending: dict[int, str], *, now: dt.datetime
-) -> None:
-    """Of a paused journey's entries just held (``_enter``'s ``hold``), end at once, before their
-    first step, those whose exit event came at or after their entry event (``ending``: profile id
-    → reason), as ``journeys_run_entered`` ends an entry run at once: counted entered and exited
-    (``exit_event``) on the entry step. The journey resumes without them. No query without any."""
-    ended = [(pk, ending[profile_id]) for pk, profile_id, _ in enrolled if profile_id in ending]
-    if not ended:
-        return
-    by_reason: dict[str, list[int]] = defaultdict(list)
-    for pk, reason in ended:
-        by_reason[reason].append(pk)
-    for reason, pks in sorted(by_reason.items()):
-        Enrollment.objects.filter(pk__in=pks).update(
-            status=EStatus.EXITED,
-            exit_reason=reason,
-            finished_at=now,
-            updated_at=now,
-            due_at=None,
-            held_due_at=None,
-        )
-    entry = entry_of(version.steps())
-    step_stats_add(Counter({(version.pk, entry, "entered"): len(ended), (version.pk, entry, "exit_event"): len(ended)}))
 
 
 def _entering_when_received(versions: list[JourneyVersion], received_at: dt.datetime | None) -> list[JourneyVersion]:

@@ -175,6 +175,7 @@ def test_an_exit_event_still_ends_a_profile_held_by_the_pause(make_journey, publ
     )
 
 
+@pytest.mark.embedded
 def test_a_replay_held_by_the_pause_ends_at_once_whom_its_exit_event_came_after_and_holds_the_others(
     sim_journey, sim_welcome, publish, manager_alice, pushsim
 ):
