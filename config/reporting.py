@@ -1,6 +1,6 @@
 """What error reports (the DEBUG page, emailed reports) may show of the settings, and the one line
-a command or a log says of an error, once a minute at most when a service down makes it at every
-call, task or scrape."""
+a command or a log says of an error, once a minute (or once in a longer interval) at most when a
+service down makes it at every call, task or scrape."""
 
 import logging
 import re
@@ -29,13 +29,12 @@ def reword(record: logging.LogRecord, level: int, message: str, *args) -> None:
     record.exc_info, record.exc_text = None, None
 
 
-class SaidOnceAMinute:
-    """Lets a line about each key be said once a minute at most, and counts the lines left out
-    meanwhile: a service down is met by every call, task or scrape, a line each thousands a minute."""
+class SaidOnceEvery:
+    """Lets a line about each key be said once every ``seconds`` at most, and counts the lines left
+    out meanwhile: a service down is met by every call, task or scrape, a line each thousands a minute."""
 
-    EVERY_SECONDS = 60.0
-
-    def __init__(self):
+    def __init__(self, seconds: float):
+        self.seconds = seconds
         self._lock = threading.Lock()
         self._said_at: dict[str, float] = {}
         self._left_out: dict[str, int] = {}
@@ -47,12 +46,19 @@ class SaidOnceAMinute:
         with self._lock:
             now = time.monotonic()
             said_at = self._said_at.get(key)
-            if said_at is not None and now - said_at < self.EVERY_SECONDS:
+            if said_at is not None and now - said_at < self.seconds:
                 self._left_out[key] = self._left_out.get(key, 0) + 1
                 return None
             self._said_at[key] = now
             left_out = self._left_out.pop(key, 0)
         return left_out + 1 if counting_this and said_at is not None else left_out
+
+
+class SaidOnceAMinute(SaidOnceEvery):
+    """``SaidOnceEvery`` a minute: the lines of a service down met at every call, task or scrape."""
+
+    def __init__(self):
+        super().__init__(60.0)
 
 
 class SettingsReportFilter(SafeExceptionReporterFilter):
