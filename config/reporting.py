@@ -53,6 +53,13 @@ class SaidOnceEvery:
             left_out = self._left_out.pop(key, 0)
         return left_out + 1 if counting_this and said_at is not None else left_out
 
+    def forget(self, key: str) -> bool:
+        """Forget the lines about ``key``, said and left out, so that the next is said at once;
+        return whether one was said since the last ``forget``."""
+        with self._lock:
+            self._left_out.pop(key, None)
+            return self._said_at.pop(key, None) is not None
+
 
 class SaidOnceAMinute(SaidOnceEvery):
     """``SaidOnceEvery`` a minute: the lines of a service down met at every call, task or scrape."""

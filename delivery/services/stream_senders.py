@@ -39,6 +39,7 @@ from django.utils import timezone
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from config.reporting import SaidOnceEvery
 from delivery.models import Dispatch
 from delivery.rules import QuietAtClaim, quiet_at_claim
 from operations.shutdown import stop_requested
@@ -430,30 +431,28 @@ def streams_sender_run(*, slot: int = 0, retry_seconds: float = 2.0) -> SendRepo
     from operations.instance import instance_problem
 
     total = SendReport()
-    refused_logged_at = None  # a copy not claimed: when the refusal was last logged
+    refusals = SaidOnceEvery(_REFUSED_LOG_SECONDS)  # a copy not claimed: said once every 10 minutes at most
     refused_wait = 0.0
     while not stop_requested():
         try:
             problem = instance_problem()
             if problem is not None:
                 # A restored or copied database: wait for `instance_claim`, quietly and cheaply.
-                now_mono = time.monotonic()
-                if refused_logged_at is None or now_mono - refused_logged_at >= _REFUSED_LOG_SECONDS:
+                if refusals.now_or_never("refused") is not None:
                     log.warning(
                         "stream sender %s refused to send the open streams: %s (checked again every %.0f s at most)",
                         slot,
                         problem,
                         _REFUSED_WAIT_MAX_SECONDS,
                     )
-                    refused_logged_at = now_mono
                 refused_wait = min(
                     max(refused_wait * 2, settings.PUSHDESK_STREAM_POLL_SECONDS, 1.0), _REFUSED_WAIT_MAX_SECONDS
                 )
                 _idle(slot, refused_wait)
                 continue
-            if refused_logged_at is not None:
+            if refusals.forget("refused"):
                 log.warning("stream sender %s: the database is this instance's now: sending", slot)
-                refused_logged_at, refused_wait = None, 0.0
+                refused_wait = 0.0
             report = streams_send(budget=math.inf, slot=slot, dedicated=True)
         except Exception as exc:
             outage = _outage(exc)
