@@ -21,7 +21,15 @@ from config.db import int_array, prepared_cursor, text_array
 from journeys.graph import entry_of
 from journeys.models import Enrollment, Journey, JourneyPause, JourneyVersion
 from journeys.services.engine import journeys_run_due, journeys_run_entered
-from journeys.services.lifecycle import SAVED_WITH_STATUS, EStatus, Status, VStatus, _queue, segments_changed_text
+from journeys.services.lifecycle import (
+    SAVED_WITH_STATUS,
+    SKIPPED_PAUSED,
+    EStatus,
+    Status,
+    VStatus,
+    _queue,
+    segments_changed_text,
+)
 from journeys.services.step_stats import step_stats_add
 
 if TYPE_CHECKING:
@@ -278,18 +286,20 @@ def journeys_events_received(
                 step_stats_add(counts)
                 exited += len(ending)
     entry_versions = sorted((v for name in names for v in live.entries.get(name, ())), key=lambda v: v.pk)
-    # A replay's events that came while a journey now paused was live: the call would have entered
-    # them, and the pause held them inside; they enter now, held (``hold``), and go on at the resume.
-    paused_now = [] if received_at is None else [v for name in names for v in live.paused.get(name, ())]
-    on_air = sorted([*entry_versions, *paused_now], key=lambda v: v.pk)
+    paused = [v for name in names for v in live.paused.get(name, ())]
+    # A call enters no one in a journey paused now; a replay, no one in those paused when its
+    # events came (``held``). Its events that came while a journey now paused was live, the call
+    # would have entered and the pause held inside: they enter now, held (``hold``), and go on at the resume.
+    replay = received_at is not None
+    on_air = sorted([*entry_versions, *(paused if replay else ())], key=lambda v: v.pk)
     candidates = _entering_when_received(on_air, received_at)
     not_live = [v for v in on_air if v not in candidates]
     held = _paused_when_received(candidates, received_at)
     candidates = [v for v in candidates if v not in held]
-    _count_not_entered(live, events, names, held, not_live, replay=received_at is not None)
+    _count_not_entered(events, {SKIPPED_PAUSED: held if replay else paused, SKIPPED_NOT_LIVE: not_live})
     stored_since = _exits_stored_since(candidates, events, event_ids, received_at)
     for version in candidates:
-        hold = version in paused_now
+        hold = version in paused
         entering = _latest(events, version.entry_event)
         ending = _exited_since_entering(version, entering, events, names, stored_since)
         audience, param = _event_audience(sorted(entering))
@@ -347,34 +357,16 @@ def _paused_when_received(versions: list[JourneyVersion], received_at: dt.dateti
 SKIPPED_NOT_LIVE = "skipped_not_live"
 
 
-def _count_not_entered(
-    live: _LiveForEvents,
-    events: list[tuple[int, str, dt.datetime]],
-    names: set[str],
-    held: list[JourneyVersion] | None = None,
-    not_live: list[JourneyVersion] | None = None,
-    *,
-    replay: bool = False,
-) -> None:
-    """Count, on the entry step of each journey on the air entered on these events, the profiles
-    its entry events do not enter, once per profile and call: those come while it was paused
-    (``skipped_paused``), and a replay's that came before it took them (``skipped_not_live``).
-    ``held``: the live versions of journeys paused when a replay's events came
-    (``_paused_when_received``); ``not_live``: the versions of journeys not live on the same event
-    when they came (``_entering_when_received``); ``replay``: these events are a replay's, judged
-    by when they came (``held``), not by the journeys paused now. No query without any."""
-    from journeys.services.lifecycle import SKIPPED_PAUSED
-
-    paused = [] if replay else [(n, version) for n in sorted(names & set(live.paused)) for version in live.paused[n]]
-    skipped = [
-        *((name, version, SKIPPED_PAUSED) for name, version in paused),
-        *((version.entry_event, version, SKIPPED_PAUSED) for version in held or ()),
-        *((version.entry_event, version, SKIPPED_NOT_LIVE) for version in not_live or ()),
-    ]
+def _count_not_entered(events: list[tuple[int, str, dt.datetime]], skipped: dict[str, list[JourneyVersion]]) -> None:
+    """Count, on the entry step of each version of ``skipped`` (counter → versions: ``skipped_paused``,
+    the journeys paused when these events came; ``skipped_not_live``, a replay's journeys not live
+    on the same event when its events came, ``_entering_when_received``), the profiles its entry
+    event does not enter, once per profile and call. No query without any."""
     counts: Counter = Counter()
-    for name, version, metric in skipped:
-        profiles = len({profile_id for profile_id, event_name, _ in events if event_name == name})
-        counts[(version.pk, entry_of(version.steps()), metric)] += profiles
+    for metric, versions in skipped.items():
+        for version in versions:
+            profiles = len({profile_id for profile_id, name, _ in events if name == version.entry_event})
+            counts[(version.pk, entry_of(version.steps()), metric)] += profiles
     if counts:
         with transaction.atomic(savepoint=False):
             step_stats_add(counts)
