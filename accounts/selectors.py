@@ -63,16 +63,33 @@ def is_view_perm(perm: str | None) -> bool:
     return perm is None or perm.partition(".")[2].startswith("view_")
 
 
-def _scope_q(user: User, model: type[models.Model], *, scope_id: str | None = None) -> Q:
+def _scope_q(user: User, model: type[models.Model], *, scope_id: str | None = None, read_scope: bool = False) -> Q:
     """A condition on ``model``'s rows: granted to the user or one of their groups, on the row or on
     the App its ``access_scope_field`` (if it has one) names, or the App whose id the column or
-    annotation ``scope_id`` holds in its place."""
+    annotation ``scope_id`` holds in its place. ``read_scope``: or the App the model's
+    ``access_read_scope_id`` names (``counts_read_scope``), aliased on the query as
+    ``access_read_scope_id`` (``_with_read_scope``)."""
     condition = granted_q(user, model)
     scope_field = getattr(model, "access_scope_field", None)
     if scope_field:
         scope_model = model._meta.get_field(scope_field).related_model
         condition |= granted_q(user, scope_model, field=scope_id or f"{scope_field}_id")
+        if read_scope:
+            condition |= granted_q(user, scope_model, field="access_read_scope_id")
     return condition
+
+
+def counts_read_scope(model: type[models.Model], perm: str | None) -> bool:
+    """Whether access to ``model``'s rows for ``perm`` counts the App its ``access_read_scope_id``
+    names beside the row's (a live campaign's approved version's): for a view permission, and the
+    permissions the model names in ``access_read_scope_perms`` (stopping a campaign)."""
+    if getattr(model, "access_read_scope_id", None) is None:
+        return False
+    return is_view_perm(perm) or perm in getattr(model, "access_read_scope_perms", ())
+
+
+def _with_read_scope(queryset: QuerySet) -> QuerySet:
+    return queryset.alias(access_read_scope_id=queryset.model.access_read_scope_id())
 
 
 def _role_allows(user: User | None, model: type[models.Model], perm: str | None) -> bool:
@@ -116,7 +133,8 @@ def visible_to(user: User, queryset: QuerySet, *, perm: str | None = None) -> Qu
     the user's scope (``in_scope``) and, for a view permission, those referenced by the pending
     requests the user may decide (the app, segments and push contents a review shows), and those
     scoped to another App of the row that the model names (``access_read_scope_id``: an expression
-    of its id, a campaign's approved version's app): read-only, for their pages. A check that
+    of its id, a campaign's approved version's app): read-only, for their pages, and for the
+    permissions the model names in ``access_read_scope_perms`` (stopping a campaign). A check that
     authorizes anything else asks ``in_scope``.
     """
     model = queryset.model
@@ -124,14 +142,12 @@ def visible_to(user: User, queryset: QuerySet, *, perm: str | None = None) -> Qu
         return queryset.none()
     if has_every_scope(user):
         return queryset
-    condition = _scope_q(user, model)
-    read_scope = getattr(model, "access_read_scope_id", None)
-    if is_view_perm(perm) and read_scope is not None:
-        # Another App whose grantees read the row (a live campaign's approved version's, while a
-        # revision moving it to another app waits: it sends there).
-        queryset = queryset.alias(access_read_scope_id=read_scope())
-        scope_model = model._meta.get_field(model.access_scope_field).related_model
-        condition |= granted_q(user, scope_model, field="access_read_scope_id")
+    # Another App whose grantees read the row (a live campaign's approved version's, while a
+    # revision moving it to another app waits: it sends there), and may stop it.
+    read_scope = counts_read_scope(model, perm)
+    condition = _scope_q(user, model, read_scope=read_scope)
+    if read_scope:
+        queryset = _with_read_scope(queryset)
     if is_view_perm(perm) and may_be_referenced(model):
         # Whoever may decide a request reads what its review shows, read-only.
         referenced = decidable_references(user).get(model._meta.label_lower)
@@ -225,18 +241,29 @@ def decidable_references(user: User) -> dict[str, set[int]]:
 
 
 def access_key(obj: models.Model, perm: str | None) -> tuple:
-    """Under what ``can`` keeps its answer for ``perm`` on ``obj`` in a page's ``answers``."""
-    return (obj._meta.label_lower, obj.pk, is_view_perm(perm))
+    """Under what ``can`` keeps its answer for ``perm`` on ``obj`` in a page's ``answers``: the
+    access that answers it, a view permission's (``visible_to``), one counting the read scope's
+    (``counts_read_scope``; the view permission's where no review shows the model's objects), or
+    the scope alone."""
+    model = type(obj)
+    if is_view_perm(perm):
+        kind = "view"
+    elif counts_read_scope(model, perm):
+        kind = "read_scope" if may_be_referenced(model) else "view"
+    else:
+        kind = "scope"
+    return (obj._meta.label_lower, obj.pk, kind)
 
 
 def can(user: User, perm: str, obj: models.Model, *, answers: dict | None = None) -> bool:
     """True when the user's role grants ``perm`` and the object is within their access: in their
-    scope, or for a view permission also read through a review (``visible_to``). A check that
-    authorizes using the object names the action's own permission, or asks ``in_scope``.
+    scope, or for a view permission also read through a review (``visible_to``), and for one the
+    model names in ``access_read_scope_perms`` through the App its ``access_read_scope_id`` names.
+    A check that authorizes using the object names the action's own permission, or asks ``in_scope``.
 
     ``answers`` (one page's that only reads) keeps what was found: ``visible_to`` tells two
-    permissions apart only by the role's grant and by whether they view, so the object's access is
-    read at most twice however many permissions the page asks about.
+    permissions apart only by the role's grant and by the access that answers them (``access_key``),
+    so the object's access is read at most three times however many permissions the page asks about.
     """
     if answers is None:
         return visible_to(user, type(obj)._default_manager.filter(pk=obj.pk), perm=perm).exists()

@@ -357,9 +357,14 @@ class Campaign(ConversionGoal):
     @staticmethod
     def access_read_scope_id() -> models.Expression:
         """Who has access to the app its approved version sends to reads the campaign too
-        (``accounts.selectors.visible_to``), read-only: while a revision moving it to another app
-        waits, both apps' people see it; once approved, the old app's no more."""
+        (``accounts.selectors.visible_to``), and may do no more than ``access_read_scope_perms``:
+        while a revision moving it to another app waits, both apps' people see it; once approved,
+        the old app's no more."""
         return Campaign.sending_app_id()
+
+    # A stop only ever sends less: the people of the app its approved version still sends to may
+    # take it off the air (their role allowing), as the row's app's people may.
+    access_read_scope_perms = frozenset({"campaigns.stop_campaign"})
 
     def matches(self, approved: "ApprovedVersion") -> bool:
         """Is the campaign as it stands the ``approved`` version? A version approved before approvals

@@ -10,7 +10,6 @@ from accounts.selectors import (
     approval_current,
     can,
     granted_to,
-    in_scope,
     may_cancel_approval_request,
     visible_to,
 )
@@ -62,24 +61,6 @@ def campaign_for(user: User, campaign_id: int, *, perm: str | None = None) -> Ca
 STOP = "campaigns.stop_campaign"
 
 
-def campaign_may_stop(user: User, campaign_id: int, *, answers: dict | None = None) -> bool:
-    """Whether the user may stop the campaign: their role may, and it is in their scope (its row's
-    app, a grant on it) or the app its approved version sends to is (``Campaign.sending_app_id``).
-    While a revision moving it to another app waits, the campaign still sends to the old app's
-    phones: that app's people may take it off the air, as the row's app's people may (a stop only
-    ever sends less). One query; ``answers`` keeps it for a page (``accounts.selectors.can``)."""
-    if not user.is_active or not user.has_perm(STOP):
-        return False
-    key = ("campaigns.campaign", campaign_id, STOP)
-    if answers is not None and key in answers:
-        return answers[key]
-    one = Campaign.objects.filter(pk=campaign_id).alias(sending_app_id=Campaign.sending_app_id())
-    answer = (in_scope(user, one, perm=STOP) | in_scope(user, one, perm=STOP, scope_id="sending_app_id")).exists()
-    if answers is not None:
-        answers[key] = answer
-    return answer
-
-
 # Which transitions each state allows, and the role permission each needs.
 TRANSITIONS = {
     "submit": ((Status.DRAFT,), "campaigns.submit_campaign", "Submit for review"),
@@ -115,11 +96,7 @@ def campaign_actions(
             request = approval_of(campaign)
             if request is None or not may_cancel_approval_request(user, request):
                 continue
-        if (
-            campaign_may_stop(user, campaign.pk, answers=answers)
-            if perm == STOP
-            else can(user, perm, campaign, answers=answers)
-        ):
+        if can(user, perm, campaign, answers=answers):
             actions.append((name, label))
     if campaign.is_active and campaign.has_pending_revision:
         request = approval_of(campaign)

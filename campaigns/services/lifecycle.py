@@ -544,18 +544,16 @@ def campaign_stop(*, campaign_id: int, by: User) -> Campaign:
     """Stop a scheduled or live campaign: no further occurrence, and its queued deliveries are stopped,
     in whichever app they were sent to.
 
-    Whoever may stop it (``campaign_may_stop``): the row's app's people, and while a revision moving
-    it to another app waits, the people of the app its approved version still sends to. Raises
-    Http404 outside their access, PermissionDenied without the role, TransitionError in another state.
+    Whoever may stop it: the row's app's people, and while a revision moving it to another app
+    waits, the people of the app its approved version still sends to (``Campaign.access_read_scope_perms``).
+    Raises Http404 outside their access, PermissionDenied without the role, TransitionError in
+    another state.
     """
-    from campaigns.selectors import campaign_may_stop
     from delivery.models import Dispatch
     from delivery.services.dispatches import dispatch_stop
 
     with transaction.atomic():
-        campaign = lock_for(Campaign, campaign_id, by=by, perm="campaigns.view_campaign")
-        if not campaign_may_stop(by, campaign.pk):
-            raise PermissionDenied("Your role may not do this to a campaign.")
+        campaign = lock_for(Campaign, campaign_id, by=by, perm="campaigns.stop_campaign")
         if campaign.status not in (Status.SCHEDULED, Status.LIVE):
             raise TransitionError(campaign, "stopped")
         campaign.next_occurrence_at = None

@@ -178,3 +178,39 @@ def test_a_one_off_campaign_that_sent_is_not_sent_again_by_a_revision_moving_its
     assert campaign_fire_due(campaign_id=campaign.pk, now=later + dt.timedelta(minutes=1)) == []
     assert list(Occurrence.objects.filter(campaign=campaign).values_list("due_at", flat=True)) == [t0]
     assert Dispatch.objects.filter(source_id=campaign.pk, kind="campaign").count() == 1
+
+
+def test_the_old_apps_manager_may_stop_a_campaign_a_revision_moves_asked_with_the_pages_reading_of_its_access(
+    live_api_campaign, manager_alice, manager_mallory, viewer_carol
+):
+    """While a revision moving the campaign to another app waits, its approved version still sends
+    to the old app: that app's Manager may stop it, not its Viewer, and the page asks it with the
+    access it read to show the campaign (``can``'s answers), no read of its own."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from accounts.models import User
+    from accounts.selectors import approval_current, can
+    from accounts.services import access_grant
+    from tests.factories import AppFactory
+
+    other = AppFactory(name="Other")
+    access_grant(obj=other, to=manager_alice, by=None)
+    theirs = PushContent.objects.create(app=other, name="Theirs", title="New title", body="New body")
+    campaign_update(campaign_id=live_api_campaign.pk, by=manager_alice, app=other, content=theirs)
+    campaign_submit(campaign_id=live_api_campaign.pk, by=manager_alice)
+    campaign = Campaign.objects.get(pk=live_api_campaign.pk)
+    request = approval_current(campaign)
+    # Mallory's other buttons (Duplicate, Test send) need the row's app: one read, for both.
+    for person, offered, reads in ((manager_mallory, {"stop"}, 1), (viewer_carol, set(), 0)):
+        user, answers = User.objects.get(pk=person.pk), {}
+        assert can(user, "campaigns.view_campaign", campaign, answers=answers)  # the page shows it
+        with CaptureQueriesContext(connection) as queries:
+            actions = campaign_actions(user, campaign, answers=answers, approval_of=lambda _: request)
+        assert {name for name, _ in actions} == offered, person.username
+        access_read = [q["sql"] for q in queries if "objectpermission" in q["sql"]]
+        assert len(access_read) == reads, (person.username, access_read)
+    with pytest.raises(PermissionDenied):
+        campaign_stop(campaign_id=campaign.pk, by=viewer_carol)
+    campaign_stop(campaign_id=campaign.pk, by=manager_mallory)
+    assert Campaign.objects.get(pk=campaign.pk).status == "stopped"
