@@ -262,13 +262,17 @@ class _Stream:
 
 
 # What this process has said of the streams it does not send (their app's credentials cannot be
-# decrypted), so the senders, which open the streams every few seconds, say it once.
-_UNREADABLE_SAID: set[str] = set()
+# decrypted), by stream: the senders open the streams every few seconds, and run for weeks, so a
+# stream is named once an hour while it lasts (a line missed, or rotated away, comes again), and
+# at once when it comes again after its credentials were read.
+_UNREADABLE_LOG_SECONDS = 3600.0
+_UNREADABLE_SAID = SaidOnceEvery(_UNREADABLE_LOG_SECONDS)
 
 
 def _open_streams(ids: list[int] | None = None) -> dict[int, _Stream]:
     """The open streams to send, their app's credentials decrypted; a stream whose app's credentials
-    cannot be decrypted is left out, its rows queued, and said once in the log (the others go on).
+    cannot be decrypted is left out, its rows queued, and said in the log once an hour at most (the
+    others go on), and said once more when its credentials are read again.
     Each carries the quiet hours its claims judge, read with it (its app's rules, in the same
     query): the senders read the open streams again every few seconds, so a change to the rules
     reaches their claims then, and a claim costs no query of its own for them."""
@@ -286,11 +290,18 @@ def _open_streams(ids: list[int] | None = None) -> dict[int, _Stream]:
         dispatch.app = apps.setdefault(dispatch.app_id, dispatch.app)  # each app decrypted once
         unreadable = app_secrets_read(dispatch.app)
         if unreadable:
-            said = credentials_unreadable_said(dispatch, unreadable)
-            if said not in _UNREADABLE_SAID:
-                _UNREADABLE_SAID.add(said)
-                log.error(said, extra={"dispatch": dispatch.pk, "app": dispatch.app_id})
+            left_out = _UNREADABLE_SAID.now_or_never(str(dispatch.pk))
+            if left_out is not None:
+                said = credentials_unreadable_said(dispatch, unreadable)
+                since = f" ({left_out} such lines left out since the last)" if left_out else ""
+                log.error(said + since, extra={"dispatch": dispatch.pk, "app": dispatch.app_id})
             continue
+        if _UNREADABLE_SAID.forget(str(dispatch.pk)):
+            log.warning(
+                "Dispatch %s is sent again: its app's credentials can be decrypted",
+                dispatch.pk,
+                extra={"dispatch": dispatch.pk, "app": dispatch.app_id},
+            )
         limits = [(f"app:{dispatch.app_id}", dispatch.app.rate_limit_per_second)]
         if dispatch.rate_limit_per_second:
             limits.append((f"dispatch:{dispatch.pk}", dispatch.rate_limit_per_second))

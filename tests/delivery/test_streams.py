@@ -935,3 +935,42 @@ def test_the_senders_leave_a_stream_whose_apps_credentials_cannot_be_decrypted_q
     settings.PUSHDESK_ENCRYPTION_KEY = f"{settings.PUSHDESK_ENCRYPTION_KEY},{old}"
     assert streams_send(budget=0).claimed == 2
     assert set(Delivery.objects.filter(dispatch=stream).values_list("status", flat=True)) == {"accepted"}
+
+
+def test_a_stream_whose_apps_credentials_cannot_be_decrypted_is_said_again_every_hour_and_at_once_after_a_mend(
+    pushsim_app, stream, settings, monkeypatch, caplog
+):
+    """A sender runs for weeks: a stream that stays unsent is named again each hour (with the lines
+    left out meanwhile), not once in the process's life; its key put back is said, and its key lost
+    again is said at once."""
+    from cryptography.fernet import Fernet
+
+    from config import reporting
+    from delivery.services import stream_senders
+
+    clock = _Clock()
+    monkeypatch.setattr(reporting, "time", clock)
+    monkeypatch.setattr(stream_senders, "_UNREADABLE_SAID", reporting.SaidOnceEvery(3600))  # a fresh process's
+    old = settings.PUSHDESK_ENCRYPTION_KEY
+    new = Fernet.generate_key().decode()
+    settings.PUSHDESK_ENCRYPTION_KEY = new
+
+    def said_at(seconds: float) -> list[str]:
+        clock.now = 1000.0 + seconds
+        caplog.clear()
+        streams_send(budget=0)
+        return [r.getMessage() for r in caplog.records if r.name == stream_senders.__name__]
+
+    not_sent = f"Dispatch {stream.pk} is not sent: app '{pushsim_app.name}' (id {pushsim_app.pk}): "
+    first = said_at(0)
+    assert len(first) == 1 and first[0].startswith(not_sent) and first[0].endswith("(manage.py status names them).")
+    assert [said_at(seconds) for seconds in (2, 4, 1800, 3599)] == [[]] * 4
+    again = said_at(3600)
+    assert again == [first[0] + " (4 such lines left out since the last)"]
+    assert said_at(3602) == []
+
+    settings.PUSHDESK_ENCRYPTION_KEY = f"{new},{old}"
+    assert said_at(3604) == [f"Dispatch {stream.pk} is sent again: its app's credentials can be decrypted"]
+    assert said_at(3606) == []
+    settings.PUSHDESK_ENCRYPTION_KEY = new
+    assert said_at(3608) == first  # at once, not an hour after the last line
