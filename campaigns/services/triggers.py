@@ -22,6 +22,7 @@ from campaigns.models import Campaign, approved_app_id
 from campaigns.services.lifecycle import Status
 from campaigns.services.scheduling import campaign_gate, content_refusal
 from config.db import text_array
+from config.reporting import SaidOnceEvery
 from delivery.reports import UNREACHABLE_REASONS
 
 log = logging.getLogger(__name__)
@@ -192,15 +193,19 @@ class _Approved:
 
 _APPROVED: dict[int, _Approved] = {}
 # What this process has told the operator's log of campaigns refused for credentials it cannot
-# decrypt: (campaign id, what cannot be decrypted).
-_UNREADABLE_SAID: set[tuple[int, str]] = set()
+# decrypt, by campaign: an integrator's traffic is refused at every call, for as long as the key
+# is missing, so a campaign is named once an hour while it lasts (a line missed, or rotated away,
+# comes again), and at once when it is refused again after its credentials were read.
+_UNREADABLE_LOG_SECONDS = 3600.0
+_UNREADABLE_SAID = SaidOnceEvery(_UNREADABLE_LOG_SECONDS)
 
 
 def campaign_caches_forget() -> None:
     """Drop this process's cached campaigns (tests that change rows behind the services' back), and
     what it has logged of them."""
+    global _UNREADABLE_SAID
     _APPROVED.clear()
-    _UNREADABLE_SAID.clear()
+    _UNREADABLE_SAID = SaidOnceEvery(_UNREADABLE_LOG_SECONDS)
 
 
 def _campaign_stamp(campaign_id: int) -> str:
@@ -244,22 +249,26 @@ def _refuse_unless_sendable(campaign: Campaign, approved) -> None:
 def _refuse_unless_credentials_read(campaign: Campaign, app) -> None:
     """Refuse the calls of a campaign whose app (its approved version's) has credentials that cannot
     be decrypted (a database restored under another PUSHDESK_ENCRYPTION_KEY): nothing is queued that
-    could not be sent. The operator's log names the app and what cannot be decrypted; the integrator
-    is told no more than that. Raises TriggerRefused (503)."""
+    could not be sent. The operator's log names the app and what cannot be decrypted, once an hour at
+    most with the calls refused since, and says when they are read again; the integrator is told no
+    more than that. Raises TriggerRefused (503)."""
     from delivery.services.apps import app_secrets_read
 
     unreadable = app_secrets_read(app)
-    if unreadable:
-        said = (campaign.pk, "; ".join(unreadable))
-        if said not in _UNREADABLE_SAID:  # once a process, not at each refused call of an integrator's traffic
-            _UNREADABLE_SAID.add(said)
-            log.error("Campaign %s cannot be triggered: %s", *said)
-        raise TriggerRefused(
-            f"'{campaign}' cannot be triggered now: its app's credentials cannot be decrypted on this server, "
-            "so nothing was queued. An operator must set the encryption key they were stored under.",
-            code="credentials_undecryptable",
-            status=503,
-        )
+    if not unreadable:
+        if _UNREADABLE_SAID.forget(str(campaign.pk)):
+            log.warning("Campaign %s can be triggered again: its app's credentials can be decrypted", campaign.pk)
+        return
+    refused = _UNREADABLE_SAID.now_or_never(str(campaign.pk), counting_this=True)
+    if refused is not None:
+        since = f" ({refused} calls refused since the last line)" if refused else ""
+        log.error("Campaign %s cannot be triggered: %s%s", campaign.pk, "; ".join(unreadable), since)
+    raise TriggerRefused(
+        f"'{campaign}' cannot be triggered now: its app's credentials cannot be decrypted on this server, "
+        "so nothing was queued. An operator must set the encryption key they were stored under.",
+        code="credentials_undecryptable",
+        status=503,
+    )
 
 
 def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: dt.datetime) -> _Approved:

@@ -494,3 +494,56 @@ def test_a_trigger_of_an_app_whose_credentials_cannot_be_decrypted_is_refused_an
         again = trigger_client.post(_url(live_trigger), {"recipients": [{"external_id": "zoe"}]}, format="json")
         assert again.status_code == 503
     assert len([r for r in caplog.records if r.name == "campaigns.services.triggers"]) == 1
+
+
+class _Clock:
+    """The log's clock, moved on by the test."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_a_trigger_refused_for_credentials_is_said_again_every_hour_and_at_once_after_a_mend(
+    live_trigger, trigger_client, pushsim_app, settings, monkeypatch, caplog
+):
+    """A web process serves for weeks: a campaign whose calls stay refused is named again each hour
+    (with the calls refused since the last line), not once in the process's life; its key put back is
+    said, and its key lost again is said at once."""
+    from cryptography.fernet import Fernet
+
+    from campaigns.services import triggers
+    from config import reporting
+
+    clock = _Clock()
+    monkeypatch.setattr(reporting, "time", clock)
+    settings.PUSHDESK_CACHE_SECONDS = 0  # each call loads the campaign, as the first after the cache's time does
+    zoe = ProfileFactory(external_id="zoe")
+    DeviceFactory(profile=zoe, app=pushsim_app, platform="ios")
+    old = settings.PUSHDESK_ENCRYPTION_KEY
+    new = Fernet.generate_key().decode()
+    settings.PUSHDESK_ENCRYPTION_KEY = new
+
+    def said_at(seconds: float, status: int = 503) -> list[str]:
+        clock.now = 1000.0 + seconds
+        caplog.clear()
+        response = trigger_client.post(_url(live_trigger), {"recipients": [{"external_id": "zoe"}]}, format="json")
+        assert response.status_code == status, response.content
+        return [r.getMessage() for r in caplog.records if r.name == triggers.__name__]
+
+    refused = f"Campaign {live_trigger.pk} cannot be triggered: app '{pushsim_app.name}' (id {pushsim_app.pk}): "
+    first = said_at(0)
+    assert len(first) == 1 and first[0].startswith(refused) and "(a different key" in first[0]
+    assert [said_at(seconds) for seconds in (1, 60, 3599)] == [[]] * 3
+    assert said_at(3600) == [first[0] + " (4 calls refused since the last line)"]
+    assert said_at(3601) == []
+
+    settings.PUSHDESK_ENCRYPTION_KEY = f"{new},{old}"
+    assert said_at(3602, 202) == [
+        f"Campaign {live_trigger.pk} can be triggered again: its app's credentials can be decrypted"
+    ]
+    assert said_at(3603, 202) == []
+    settings.PUSHDESK_ENCRYPTION_KEY = new
+    assert said_at(3604) == first  # at once, not an hour after the last line
