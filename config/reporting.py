@@ -60,6 +60,12 @@ class SaidOnceEvery:
             self._left_out.pop(key, None)
             return self._said_at.pop(key, None) is not None
 
+    def forget_all(self) -> None:
+        """Forget every key's lines: the next about each is said at once."""
+        with self._lock:
+            self._said_at.clear()
+            self._left_out.clear()
+
 
 class SaidOnceAMinute(SaidOnceEvery):
     """``SaidOnceEvery`` a minute: the lines of a service down met at every call, task or scrape."""

@@ -110,6 +110,7 @@ def _fresh_cache(request):
 
     from accounts.authentication import api_keys_forget
     from campaigns.services.triggers import campaign_caches_forget
+    from delivery.services.stream_senders import _UNREADABLE_SAID
     from journeys.services.entries import journey_caches_forget
 
     # The version stamps live beside the cache: every stamp starts unset. Without Redis the cache
@@ -124,6 +125,7 @@ def _fresh_cache(request):
     api_keys_forget()
     campaign_caches_forget()
     journey_caches_forget()
+    _UNREADABLE_SAID.forget_all()  # streams' ids come again in another test's database
     yield
 
 
