@@ -101,7 +101,9 @@ def lock_for(model: type[models.Model], pk: int, *, by: User, perm: str, label: 
     """Lock one row (``select_for_update``) for a state change by ``by``, who needs ``perm`` on it.
 
     Call inside ``transaction.atomic()``. Raises Http404 when the row does not exist or is outside
-    the user's object access (as if it did not exist), PermissionDenied when their role lacks ``perm``.
+    the user's object access (as if it did not exist), PermissionDenied when their role lacks ``perm``
+    or their access to it is only to read it (through a review, or the App of its
+    ``access_read_scope_id``), saying which.
     """
     from django.http import Http404
 
@@ -109,8 +111,10 @@ def lock_for(model: type[models.Model], pk: int, *, by: User, perm: str, label: 
     name = label or model._meta.verbose_name
     if obj is None or not visible_to(by, model._default_manager.filter(pk=pk)).exists():
         raise Http404(f"No {name} {pk}.")
-    if not can(by, perm, obj):
+    if not by.has_perm(perm):
         raise PermissionDenied(f"Your role may not do this to a {name}.")
+    if not can(by, perm, obj):
+        raise PermissionDenied(f"You may not do this to this {name}.")
     return obj
 
 

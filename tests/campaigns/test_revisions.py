@@ -180,6 +180,20 @@ def test_a_one_off_campaign_that_sent_is_not_sent_again_by_a_revision_moving_its
     assert Dispatch.objects.filter(source_id=campaign.pk, kind="campaign").count() == 1
 
 
+def _moved_to_another_app(campaign, *, by):
+    """Edit the live campaign into a new app only ``by`` has access to (of the Shop app's people),
+    and submit the revision: its approved version still sends to the Shop app."""
+    from accounts.services import access_grant
+    from tests.factories import AppFactory
+
+    other = AppFactory(name="Other")
+    access_grant(obj=other, to=by, by=None)
+    theirs = PushContent.objects.create(app=other, name="Theirs", title="New title", body="New body")
+    campaign_update(campaign_id=campaign.pk, by=by, app=other, content=theirs)
+    campaign_submit(campaign_id=campaign.pk, by=by)
+    return Campaign.objects.get(pk=campaign.pk)
+
+
 def test_the_old_apps_manager_may_stop_a_campaign_a_revision_moves_asked_with_the_pages_reading_of_its_access(
     live_api_campaign, manager_alice, manager_mallory, viewer_carol
 ):
@@ -191,15 +205,8 @@ def test_the_old_apps_manager_may_stop_a_campaign_a_revision_moves_asked_with_th
 
     from accounts.models import User
     from accounts.selectors import approval_current, can
-    from accounts.services import access_grant
-    from tests.factories import AppFactory
 
-    other = AppFactory(name="Other")
-    access_grant(obj=other, to=manager_alice, by=None)
-    theirs = PushContent.objects.create(app=other, name="Theirs", title="New title", body="New body")
-    campaign_update(campaign_id=live_api_campaign.pk, by=manager_alice, app=other, content=theirs)
-    campaign_submit(campaign_id=live_api_campaign.pk, by=manager_alice)
-    campaign = Campaign.objects.get(pk=live_api_campaign.pk)
+    campaign = _moved_to_another_app(live_api_campaign, by=manager_alice)
     request = approval_current(campaign)
     # Mallory's other buttons (Duplicate, Test send) need the row's app: one read, for both.
     for person, offered, reads in ((manager_mallory, {"stop"}, 1), (viewer_carol, set(), 0)):
@@ -214,3 +221,16 @@ def test_the_old_apps_manager_may_stop_a_campaign_a_revision_moves_asked_with_th
         campaign_stop(campaign_id=campaign.pk, by=viewer_carol)
     campaign_stop(campaign_id=campaign.pk, by=manager_mallory)
     assert Campaign.objects.get(pk=campaign.pk).status == "stopped"
+
+
+def test_the_old_apps_manager_is_refused_a_change_for_her_access_not_her_role(
+    live_api_campaign, manager_alice, manager_mallory, viewer_carol
+):
+    """The old app's people read a campaign a revision moves, and its Managers may stop it, no more:
+    a change is refused to Mallory, whose role changes campaigns, for her access (the campaign
+    names an app she has no access to); to Carol, a Viewer, for her role."""
+    campaign = _moved_to_another_app(live_api_campaign, by=manager_alice)
+    with pytest.raises(PermissionDenied, match="^You may not do this to this campaign."):
+        campaign_update(campaign_id=campaign.pk, by=manager_mallory, throttle_per_second=10)
+    with pytest.raises(PermissionDenied, match="^Your role may not do this to a campaign."):
+        campaign_update(campaign_id=campaign.pk, by=viewer_carol, throttle_per_second=10)
