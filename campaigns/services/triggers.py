@@ -203,9 +203,8 @@ _UNREADABLE_SAID = SaidOnceEvery(_UNREADABLE_LOG_SECONDS)
 def campaign_caches_forget() -> None:
     """Drop this process's cached campaigns (tests that change rows behind the services' back), and
     what it has logged of them."""
-    global _UNREADABLE_SAID
     _APPROVED.clear()
-    _UNREADABLE_SAID = SaidOnceEvery(_UNREADABLE_LOG_SECONDS)
+    _UNREADABLE_SAID.forget_all()
 
 
 def _campaign_stamp(campaign_id: int) -> str:
