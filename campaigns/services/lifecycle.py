@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import ApprovalRequest, User
-from accounts.selectors import approval_current, approver_standing, in_scope
+from accounts.selectors import approval_current, in_scope
 from accounts.services import (
     TransitionError,
     access_grant,
@@ -21,6 +21,7 @@ from accounts.services import (
     approval_request_cancel,
     approval_request_close,
     approval_request_decide,
+    approval_request_lock_for_decision,
     approval_request_open,
     audit,
     lock_for,
@@ -309,22 +310,14 @@ def _pending_request(campaign: Campaign, *, read_id: int | None = None) -> Appro
 def _lock_for_decision(campaign_id: int, *, by: User) -> Campaign:
     """Lock a campaign an approver decides: one they read (a revision moving it to another app is
     read by both apps' people), their role approving. Whether they may decide its request (access
-    to its app, to both apps of a move, the four eyes) is the request's to say: ``_decidable``.
+    to its app, to both apps of a move, the four eyes) is the request's to say
+    (``approval_request_lock_for_decision``, ``approval_request_decide``).
 
     Raises Http404 outside their access, PermissionDenied without the role."""
     campaign = lock_for(Campaign, campaign_id, by=by, perm="campaigns.view_campaign")
     if not by.has_perm("campaigns.approve_campaign"):
         raise PermissionDenied("Your role may not do this to a campaign.")
     return campaign
-
-
-def _decidable(request: ApprovalRequest, *, by: User) -> ApprovalRequest:
-    """Refuse ``by`` a request they may not decide, saying why (``approver_standing``), before
-    anything else is said of it. Raises PermissionDenied."""
-    allowed, reason = approver_standing(by, request)
-    if not allowed:
-        raise PermissionDenied(reason)
-    return request
 
 
 def campaign_cancel_request(*, campaign_id: int, by: User) -> Campaign:
@@ -478,13 +471,16 @@ def campaign_approve(
         revision = campaign.is_active and revision_waiting(campaign) is not None
         if campaign.status != Status.IN_REVIEW and not revision:
             raise TransitionError(campaign, "approved")
-        request = _decidable(_pending_request(campaign, read_id=request_id), by=by)
+        # Refused the request before anything else is said of it; its standing is read once.
+        request = approval_request_lock_for_decision(
+            request_id=_pending_request(campaign, read_id=request_id).pk, by=by
+        )
         if request.fingerprint != campaign.fingerprint() and request.fingerprint != campaign.fingerprint(
             missed_window=False
         ):  # the second: submitted before approvals covered the window; approved now, it covers the one shown
             raise ValidationError("What would be sent changed since it was submitted: ask for changes and resubmit.")
         _check_a_send_is_left(campaign, now=now)
-        approval_request_decide(request_id=request.pk, by=by, approve=True, comment=comment)
+        approval_request_decide(request_id=request.pk, by=by, approve=True, comment=comment, locked=request)
         if revision:
             _approve_revision(campaign, request, by=by, comment=comment, now=now)
             return campaign

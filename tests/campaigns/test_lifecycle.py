@@ -437,3 +437,41 @@ def test_request_changes_reads_the_approvers_standing_once(make_campaign, manage
     # What the approver changed since an approval (``approver_standings``) is read from the audit log.
     read_from_the_log = [q["sql"] for q in queries if q["sql"].startswith('SELECT "accounts_auditevent"')]
     assert len(read_from_the_log) == 1, read_from_the_log
+
+
+def test_approve_reads_the_approvers_standing_once(make_campaign, manager_alice, approver_bob):
+    """Whether the approver may decide the request is read once, before what was submitted is
+    compared with what would be sent, and not again when the decision is recorded."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from accounts.models import User
+
+    campaign = make_campaign(kind="api_triggered", segment=None)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    bob = User.objects.get(pk=approver_bob.pk)
+    with CaptureQueriesContext(connection) as queries:
+        campaign_approve(campaign_id=campaign.pk, by=bob)
+    assert _reload(campaign).status == "live"
+    # What the approver changed since an approval (``approver_standings``) is read from the audit log.
+    read_from_the_log = [q["sql"] for q in queries if q["sql"].startswith('SELECT "accounts_auditevent"')]
+    assert len(read_from_the_log) == 1, read_from_the_log
+
+
+def test_an_approver_who_changed_the_content_in_review_is_refused_for_it_before_the_change_is_named(
+    make_campaign, manager_alice, approver_bob, content
+):
+    """Refused for two reasons, the approver hears first that they may not decide the request (they
+    changed what it asks to approve), then, were they allowed, that it changed since submitted."""
+    from accounts.services import access_grant
+    from delivery.services.contents import pushcontent_save
+
+    access_grant(obj=content.app, to=approver_bob, by=None)
+    campaign = make_campaign()
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    content.body = "Everything half price"
+    pushcontent_save(content=content, by=approver_bob)
+    with pytest.raises(PermissionDenied, match="You changed what this request asks to approve"):
+        campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    assert _reload(campaign).status == "in_review"
+    assert ApprovalRequest.objects.get().status == "pending"
