@@ -603,7 +603,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     lifecycle_undoable = ("pause", "resume")
 
     def lifecycle_actions(self, user, obj, *, answers=None):
-        return journey_actions(user, obj, answers=answers)
+        return journey_actions(user, obj, answers=answers, approval_of=self.approval_of)
 
     def lifecycle_consequences(self, obj, action):
         inside = Enrollment.objects.filter(journey=obj, status__in=Enrollment.OPEN_STATUSES).count()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 from django.db.models import Count, Func, IntegerField, Q, QuerySet, Sum
 from django.http import Http404
 
-from accounts.models import User
+from accounts.models import ApprovalRequest, User
 from accounts.selectors import approval_current, can, granted_to, in_scope, may_cancel_approval_request, visible_to
 from delivery.conversions import rate_figures
 from journeys.graph import exits_of
@@ -313,11 +314,18 @@ TRANSITIONS = {
 }
 
 
-def journey_actions(user: User, journey: Journey, *, answers: dict | None = None) -> list[tuple[str, str]]:
+def journey_actions(
+    user: User,
+    journey: Journey,
+    *,
+    answers: dict | None = None,
+    approval_of: Callable[[Journey], ApprovalRequest | None] = approval_current,
+) -> list[tuple[str, str]]:
     """The (action, label) buttons this user may use on this journey in its current state;
     Cancel request only to whom ``journey_cancel_request`` lets withdraw it: its requester or an
     Administrator (``may_cancel_approval_request``). ``answers`` keeps a page's permission checks
-    (``accounts.selectors.can``)."""
+    (``accounts.selectors.can``); ``approval_of`` reads the journey's current request
+    (``approval_current``), a page's own reading where it has one (the admin's ``approval_of``)."""
     open_version = journey_open_version(journey)
     actions = []
     for name, (states, perm, label) in TRANSITIONS.items():
@@ -328,7 +336,7 @@ def journey_actions(user: User, journey: Journey, *, answers: dict | None = None
         if name == "cancel_request":
             if open_version is None or open_version.status != "in_review":
                 continue
-            request = approval_current(journey)
+            request = approval_of(journey)
             if request is None or not may_cancel_approval_request(user, request):
                 continue
         if name == "discard_draft" and (

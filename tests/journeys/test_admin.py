@@ -434,6 +434,33 @@ def test_each_transition_button_works_for_a_manager_and_is_refused_to_others(
     assert Journey.objects.get(pk=journey.pk).status == end
 
 
+@pytest.mark.parametrize("waiting", ["in review", "a new version"])
+def test_the_change_page_reads_the_journeys_approval_request_once(login, manager_alice, make_journey, publish, waiting):
+    """Its Approval line, the warning of a request no one may decide and the buttons (Cancel request,
+    to the requester) all read the request waiting: the page reads it once."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from journeys.services.lifecycle import journey_version_edit
+
+    journey = make_journey()
+    if waiting == "a new version":
+        journey = publish(journey)
+        journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="purchase")
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    client = login(manager_alice)
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get(f"/admin/journeys/journey/{journey.pk}/change/")
+    assert page.status_code == 200 and 'value="cancel_request"' in page.content.decode()
+    reads = [
+        q["sql"]
+        for q in queries
+        if q["sql"].startswith('SELECT "accounts_approvalrequest"')
+        and 'ORDER BY "accounts_approvalrequest"."requested_at" DESC' in q["sql"]
+    ]
+    assert len(reads) == 1, reads
+
+
 @pytest.mark.presses("journeys.journey:transition/cancel_request")
 def test_cancel_request_is_offered_to_the_requester_and_an_administrator_only(
     login, manager_alice, manager_mallory, approver_bob, admin_erin, make_journey
