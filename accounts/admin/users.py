@@ -11,7 +11,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html_join
 
-from accounts.admin.bases import AccessAdmin
+from accounts.admin.bases import AccessAdmin, row_id
 from accounts.models import User
 from accounts.roles import ROLES, role_capabilities
 from accounts.selectors import (
@@ -176,7 +176,7 @@ class UserAdmin(AccessAdmin, DjangoUserAdmin):
             raise Http404("No such user.")
         if request.method != "GET":
             raise PermissionDenied("Only an Administrator manages users.")
-        person = User.objects.filter(pk=object_id, is_active=True).prefetch_related("groups").first()
+        person = User.objects.filter(pk=row_id(User, object_id), is_active=True).prefetch_related("groups").first()
         if person is None or not user_known_to(request.user, person):
             raise Http404("No such user.")  # a missing user and one outside one's work answer alike
         context = {

@@ -55,3 +55,25 @@ def test_delivery_rules_of_another_app_answer_404(client, manager_alice, admin_e
         assert client.get(f"/admin/delivery/deliveryrules/{rules.pk}/{page}").status_code == 404
     client.force_login(admin_erin)
     assert client.get(f"/admin/delivery/deliveryrules/{rules.pk}/change/").status_code == 200
+
+
+# An address typed by hand: a word on each object page, digits of another script and a number past
+# any column on the change page.
+NO_NUMBERS = [
+    *((page, "abc") for page in ("change/", "history/", "delete/")),
+    ("change/", "%D9%A1"),
+    ("change/", "9" * 30),
+]
+
+
+@pytest.mark.parametrize("who", ["manager_alice", "viewer_carol", "outsider_dave", "admin_erin"])
+def test_an_id_that_is_no_number_answers_404_on_every_object_page(client, request, who):
+    """The user card of a role that may not manage users looked the word up as an id (a 500)."""
+    client.force_login(request.getfixturevalue(who))
+    wrong = {}
+    for model in MODEL_ADMINS:
+        for page, missing in NO_NUMBERS:
+            response = client.get(f"/admin/{model}/{missing}/{page}")
+            if response.status_code != 404:
+                wrong[f"/admin/{model}/{missing}/{page}"] = response.status_code
+    assert not wrong, wrong
