@@ -63,8 +63,14 @@ def bad_request(request, exception):
 
 def not_found(request, exception):
     """Django's 404 (a path no route holds, or a view's Http404 outside DRF): the API's JSON under
-    /api/ (whose paths no route holds ``api_not_found`` answers, with DEBUG too), the page elsewhere."""
+    /api/ (whose paths no route holds ``api_not_found`` answers, with DEBUG too), the page elsewhere.
+    A path of more slashes before ``api/`` (a base URL ending in one, joined to ``/api/…``) is an
+    integrator's call too: its JSON says where it went wrong."""
     if not request.path.startswith(API_PREFIX):
+        meant = "/" + request.path.lstrip("/")
+        if meant.startswith(API_PREFIX):
+            detail = f"Not found. The path starts with more than one slash: {meant}"
+            return JsonResponse({"code": "not_found", "detail": detail}, status=404)
         return defaults.page_not_found(request, exception)
     return JsonResponse({"code": "not_found", "detail": "Not found."}, status=404)
 

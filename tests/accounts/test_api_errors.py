@@ -97,6 +97,19 @@ def test_a_path_whose_slashed_form_is_no_route_either_answers_the_plain_json_404
         assert response.json() == {"code": "not_found", "detail": "Not found."}
 
 
+@pytest.mark.parametrize("path", ["//api/v1/me/", "///api/v1/campaigns/", "//api/v1/nothing"])
+def test_an_api_path_written_with_two_slashes_before_it_is_told_so_in_json(api_key_for, manager_alice, path):
+    """A base URL ending in a slash joined to '/api/v1/…' asks for '//api/v1/…', which no route holds:
+    an integrator got the admin's HTML page, and now the API's JSON 404 saying where the path went wrong."""
+    response = api_key_for(manager_alice).get(f"http://testserver{path}")  # else '//api' names a host
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {
+        "code": "not_found",
+        "detail": f"Not found. The path starts with more than one slash: /{path.lstrip('/')}",
+    }
+
+
 def test_the_admin_keeps_its_404_page(client, admin_erin):
     client.force_login(admin_erin)
     response = client.get("/admin/nothing-here/")
