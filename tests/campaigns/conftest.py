@@ -7,6 +7,15 @@ from tests.factories import AppFactory, PushContentFactory, SegmentFactory
 
 
 @pytest.fixture
+def new_app(manager_alice, approver_bob):
+    """An app a revision may move a campaign to, which Alice and Bob have access to."""
+    app = AppFactory(name="New app")
+    for user in (manager_alice, approver_bob):
+        access_grant(obj=app, to=user, by=None)
+    return app
+
+
+@pytest.fixture
 def abc(team):
     """Three contents of the Shop app, A, B and C."""
     return [PushContentFactory(app=team, name=f"Sale {label}", title=f"Title {label}") for label in "ABC"]

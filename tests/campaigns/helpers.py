@@ -1,6 +1,20 @@
-"""Helpers the campaign tests share: variants set through the service, and the admin change form's post."""
+"""Helpers the campaign tests share: variants set through the service, the admin change form's post,
+and a revision moving a live campaign to another app."""
 
+from campaigns.models import Campaign
+from campaigns.services.lifecycle import campaign_submit, campaign_update
 from campaigns.services.variants import VariantInput, campaign_variants_set
+from delivery.models import PushContent
+
+
+def revision_moving_to(campaign, app, *, by):
+    """Edit the live ``campaign`` into ``app`` and submit the revision: it waits for approval, the
+    approved version sending to the old app meanwhile."""
+    theirs = PushContent.objects.create(app=app, name="Theirs", title="Words for the new app", body="There")
+    campaign_update(campaign_id=campaign.pk, by=by, app=app, content=theirs)
+    campaign_submit(campaign_id=campaign.pk, by=by)
+    revision = Campaign.objects.get(pk=campaign.pk)
+    assert revision.status == "live" and revision.has_pending_revision and revision.app_id == app.pk
 
 
 def variants_set(campaign, by, contents, shares, holdout=0):

@@ -1,17 +1,14 @@
 """Who may trigger a campaign (``campaign_trigger_allowed``): the verdicts, judged on the app its
 approved version sends to, and what a verdict costs when a process reads it anew."""
 
-import pytest
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 
 from accounts.services import access_grant
 from accounts.stamps import Stamps
-from campaigns.models import Campaign
-from campaigns.services.lifecycle import campaign_submit, campaign_update
 from campaigns.services.triggers import campaign_trigger_allowed
-from delivery.models import PushContent
-from tests.factories import AppFactory, UserFactory
+from tests.campaigns.helpers import revision_moving_to
+from tests.factories import UserFactory
 
 ALLOWED = "allowed"
 NOT_FOUND = "not found"
@@ -38,22 +35,6 @@ def _granted(role, *objects):
     return user
 
 
-@pytest.fixture
-def new_app(manager_alice, approver_bob):
-    app = AppFactory(name="New app")
-    for user in (manager_alice, approver_bob):
-        access_grant(obj=app, to=user, by=None)
-    return app
-
-
-def _move(campaign, app, *, by):
-    """Edit the live campaign into ``app`` and submit the revision: it waits for approval."""
-    theirs = PushContent.objects.create(app=app, name="Theirs", title="Words for the new app", body="There")
-    campaign_update(campaign_id=campaign.pk, by=by, app=app, content=theirs)
-    campaign_submit(campaign_id=campaign.pk, by=by)
-    assert Campaign.objects.get(pk=campaign.pk).has_pending_revision
-
-
 def test_the_verdicts_by_role_and_access(live_trigger, pushsim_app, manager_alice, admin_erin, outsider_dave):
     assert _verdict(manager_alice, live_trigger) == ALLOWED  # its creator
     assert _verdict(admin_erin, live_trigger) == ALLOWED
@@ -72,7 +53,7 @@ def test_the_verdicts_on_a_campaign_a_revision_moves_are_judged_on_its_approved_
 ):
     old_manager, old_viewer = _granted("Manager", pushsim_app), _granted("Viewer", pushsim_app)
     new_manager, new_viewer = _granted("Manager", new_app), _granted("Viewer", new_app)
-    _move(live_trigger, new_app, by=manager_alice)
+    revision_moving_to(live_trigger, new_app, by=manager_alice)
     assert _verdict(old_manager, live_trigger) == ALLOWED
     assert _verdict(old_viewer, live_trigger) == ROLE
     assert _verdict(new_manager, live_trigger) == NOT_FOUND

@@ -13,25 +13,10 @@ from campaigns.services.lifecycle import (
     campaign_create,
     campaign_stop,
     campaign_submit,
-    campaign_update,
 )
-from delivery.models import DeliveryRules, PushContent
+from delivery.models import DeliveryRules
+from tests.campaigns.helpers import revision_moving_to
 from tests.factories import AppFactory, PushContentFactory
-
-
-@pytest.fixture
-def new_app(manager_alice):
-    app = AppFactory(name="New app")
-    access_grant(obj=app, to=manager_alice, by=None)
-    return app
-
-
-def _move(campaign, app, *, by):
-    """Edit the live campaign into ``app`` and submit the revision: it waits for approval."""
-    theirs = PushContent.objects.create(app=app, name="Theirs", title="Words for the new app", body="There")
-    campaign_update(campaign_id=campaign.pk, by=by, app=app, content=theirs)
-    campaign_submit(campaign_id=campaign.pk, by=by)
-    assert Campaign.objects.get(pk=campaign.pk).has_pending_revision
 
 
 def _draft(app, *, by):
@@ -58,8 +43,8 @@ def test_a_change_of_an_apps_rules_refreshes_its_campaigns_and_those_its_approve
     stopped = _draft(pushsim_app, by=manager_alice)
     campaign_submit(campaign_id=stopped.pk, by=manager_alice)
     campaign_approve(campaign_id=stopped.pk, by=approver_bob)
-    _move(live_trigger, new_app, by=manager_alice)
-    _move(Campaign.objects.get(pk=stopped.pk), new_app, by=manager_alice)
+    revision_moving_to(live_trigger, new_app, by=manager_alice)
+    revision_moving_to(Campaign.objects.get(pk=stopped.pk), new_app, by=manager_alice)
     campaign_stop(campaign_id=stopped.pk, by=manager_alice)
     Campaign.objects.filter(pk=stopped.pk).update(name="Stopped, moving")
     other_app = AppFactory(name="Other app")
@@ -93,7 +78,7 @@ def test_a_change_of_an_apps_rules_finds_the_campaigns_to_refresh_through_indexe
     version sends to, each through its index, not by a scan of every campaign."""
     if connection.vendor != "postgresql":
         pytest.skip("PostgreSQL's plans")
-    _move(live_trigger, new_app, by=manager_alice)
+    revision_moving_to(live_trigger, new_app, by=manager_alice)
     with CaptureQueriesContext(connection) as saved:
         DeliveryRules.objects.create(app=pushsim_app, frequency_cap=1)
     reads = [q["sql"] for q in saved.captured_queries if q["sql"].startswith('SELECT "campaigns_campaign"."id"')]

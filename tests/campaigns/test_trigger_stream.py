@@ -15,6 +15,7 @@ from campaigns.models import Campaign, TriggerRequest
 from campaigns.services.lifecycle import campaign_stop, campaign_update
 from delivery.models import Delivery, DeliveryRules, Dispatch
 from delivery.services.contents import pushcontent_save
+from tests.campaigns.helpers import revision_moving_to
 from tests.factories import DeviceFactory, ProfileFactory
 
 
@@ -526,17 +527,6 @@ def integrator(api_key_for, pushsim_app):
 
 
 @pytest.fixture
-def new_app(manager_alice, approver_bob):
-    """The app a revision moves the campaign to, with the key of an integrator who has access to it alone."""
-    from tests.factories import AppFactory
-
-    app = AppFactory(name="New app")
-    for user in (manager_alice, approver_bob):
-        access_grant(obj=app, to=user, by=None)
-    return app
-
-
-@pytest.fixture
 def new_integrator(api_key_for, new_app):
     from tests.factories import UserFactory
 
@@ -547,25 +537,13 @@ def new_integrator(api_key_for, new_app):
     return client
 
 
-def _move(campaign, app, *, by):
-    """Edit the live campaign into ``app`` and submit the revision: it waits for approval."""
-    from campaigns.services.lifecycle import campaign_submit
-    from delivery.models import PushContent
-
-    theirs = PushContent.objects.create(app=app, name="Theirs", title="Words for the new app", body="There")
-    campaign_update(campaign_id=campaign.pk, by=by, app=app, content=theirs)
-    campaign_submit(campaign_id=campaign.pk, by=by)
-    revision = Campaign.objects.get(pk=campaign.pk)
-    assert revision.status == "live" and revision.has_pending_revision and revision.app_id == app.pk
-
-
 def test_a_key_of_the_approved_versions_app_triggers_while_a_revision_moving_it_waits(
     live_trigger, integrator, zoe, pushsim_app, new_app, manager_alice
 ):
     """The calls send the approved version, to its app's devices: the key's access is judged on
     that app, not on the app the revision waiting for approval names. Its deliveries are read
     through that app too."""
-    _move(live_trigger, new_app, by=manager_alice)
+    revision_moving_to(live_trigger, new_app, by=manager_alice)
     for idempotency in ({}, {"HTTP_IDEMPOTENCY_KEY": "order-1"}):
         answered = _trigger(integrator, live_trigger, "zoe", **idempotency)
         assert answered.status_code == 202, answered.content
@@ -581,7 +559,7 @@ def test_a_key_of_the_app_a_pending_revision_names_cannot_send_the_approved_vers
     """The approved version sends to its own app's devices: a key with no access to that app is
     answered as for any campaign outside its access (404), whichever app the row names, and
     nothing is written, with an Idempotency-Key or without."""
-    _move(live_trigger, new_app, by=manager_alice)
+    revision_moving_to(live_trigger, new_app, by=manager_alice)
     for idempotency in ({}, {"HTTP_IDEMPOTENCY_KEY": "order-1"}):
         refused = _trigger(new_integrator, live_trigger, "zoe", **idempotency)
         assert refused.status_code == 404, refused.content
@@ -598,7 +576,7 @@ def test_the_access_verdicts_follow_the_move_its_approval_and_a_grants_removal_a
     newcomer = DeviceFactory(profile=zoe, app=new_app, platform="android")
     assert _trigger(integrator, live_trigger, "zoe").status_code == 202
     assert _trigger(new_integrator, live_trigger, "zoe").status_code == 404
-    _move(live_trigger, new_app, by=manager_alice)
+    revision_moving_to(live_trigger, new_app, by=manager_alice)
     assert _trigger(integrator, live_trigger, "zoe").status_code == 202
     assert _trigger(new_integrator, live_trigger, "zoe").status_code == 404
     access_revoke(obj=pushsim_app, to=integrator.user, by=None)
@@ -625,7 +603,7 @@ def test_new_delivery_rules_of_the_approved_versions_app_reach_a_cached_campaign
     campaign_update(campaign_id=live_trigger.pk, by=manager_alice, purpose="marketing")
     campaign_submit(campaign_id=live_trigger.pk, by=manager_alice)
     campaign_approve(campaign_id=live_trigger.pk, by=approver_bob)
-    _move(live_trigger, new_app, by=manager_alice)
+    revision_moving_to(live_trigger, new_app, by=manager_alice)
     assert _trigger(trigger_client, live_trigger, "zoe").json()["queued"] == 1  # cached, with no rules
     DeliveryRules.objects.create(app=pushsim_app, frequency_cap=1, frequency_window_hours=24)
     capped = _trigger(trigger_client, live_trigger, "zoe").json()
@@ -642,7 +620,7 @@ def test_both_apps_keys_read_a_campaign_a_revision_moves_until_it_is_approved(
     from campaigns.services.lifecycle import campaign_approve
 
     delivery_id = _trigger(integrator, live_trigger, "zoe").json()["deliveries"][0]["id"]
-    _move(live_trigger, new_app, by=manager_alice)
+    revision_moving_to(live_trigger, new_app, by=manager_alice)
     for client in (integrator, new_integrator):
         read = client.get(f"/api/v1/campaigns/{live_trigger.pk}/")
         assert read.status_code == 200 and read.json()["app"] == new_app.pk  # the row: what waits
@@ -663,7 +641,7 @@ def test_a_key_of_the_app_a_revision_moves_a_campaign_to_reads_none_of_its_deliv
     the campaign read its sends' rows. The rows are their app's, read by that app's keys alone; the
     new app's key still reads the stream's counts, as the campaign's report gives them."""
     before = _trigger(integrator, live_trigger, "zoe").json()
-    _move(live_trigger, new_app, by=manager_alice)
+    revision_moving_to(live_trigger, new_app, by=manager_alice)
     after = _trigger(integrator, live_trigger, "zoe").json()
     stream_id = after["dispatch"]
     made = [before["deliveries"][0]["id"], after["deliveries"][0]["id"]]
@@ -691,7 +669,7 @@ def test_a_user_of_the_app_a_revision_moves_a_campaign_to_finds_none_of_its_deli
     """The admin's deliveries list and pages, as the API: the old app's people read the stream's rows;
     a Manager of the new app alone reads the stream's page with its outcomes unlinked, no row listed
     and each row's page answering 404, as one outside their access."""
-    _move(live_trigger, new_app, by=manager_alice)
+    revision_moving_to(live_trigger, new_app, by=manager_alice)
     answered = _trigger(integrator, live_trigger, "zoe").json()
     stream_id, delivery_id = answered["dispatch"], answered["deliveries"][0]["id"]
     listed = f"/admin/delivery/delivery/?dispatch__id__exact={stream_id}"
@@ -722,7 +700,7 @@ def test_the_approved_versions_apps_people_read_a_campaign_a_revision_moves_in_t
     test send is the row's app's people's), its edit and its duplicate refused."""
     import re
 
-    _move(live_trigger, new_app, by=manager_alice)
+    revision_moving_to(live_trigger, new_app, by=manager_alice)
     client.force_login(integrator.user)
     assert b"Order shipped" in client.get("/admin/campaigns/campaign/").content
     page = client.get(f"/admin/campaigns/campaign/{live_trigger.pk}/change/")
@@ -747,7 +725,7 @@ def test_a_manager_of_the_approved_versions_app_stops_a_campaign_a_revision_move
     from accounts.models import ApprovalRequest
 
     stream_id = _trigger(integrator, live_trigger, "zoe").json()["dispatch"]
-    _move(live_trigger, new_app, by=manager_alice)
+    revision_moving_to(live_trigger, new_app, by=manager_alice)
     client.force_login(integrator.user)
     url = f"/admin/campaigns/campaign/{live_trigger.pk}/transition/stop/"
     asked = client.post(url)
@@ -769,7 +747,7 @@ def test_a_manager_of_the_app_a_pending_revision_moves_a_campaign_to_stops_it_an
     stops its sends under way, its stream in the approved version's app included, which they were
     refused (no access to that app's dispatches) and the whole stop with it."""
     stream_id = _trigger(integrator, live_trigger, "zoe").json()["dispatch"]
-    _move(live_trigger, new_app, by=manager_alice)
+    revision_moving_to(live_trigger, new_app, by=manager_alice)
     campaign_stop(campaign_id=live_trigger.pk, by=new_integrator.user)
     assert Campaign.objects.get(pk=live_trigger.pk).status == "stopped"
     stream = Dispatch.objects.get(pk=stream_id)
@@ -789,7 +767,7 @@ def test_stopping_a_campaign_a_revision_moves_still_needs_the_role_and_access_to
 
     viewer = UserFactory(username="viewer_vic", role="Viewer")
     access_grant(obj=pushsim_app, to=viewer, by=None)
-    _move(live_trigger, new_app, by=manager_alice)
+    revision_moving_to(live_trigger, new_app, by=manager_alice)
     client.force_login(viewer)
     page = client.get(f"/admin/campaigns/campaign/{live_trigger.pk}/change/")
     assert page.status_code == 200 and b'value="stop"' not in page.content
@@ -841,7 +819,7 @@ def test_an_approver_without_access_to_both_apps_may_not_decide_a_revision_movin
     from accounts.selectors import approvals_waiting_for, approver_standing
     from campaigns.services.lifecycle import campaign_approve, campaign_request_changes
 
-    _move(live_trigger, new_app, by=manager_alice)
+    revision_moving_to(live_trigger, new_app, by=manager_alice)
     request = ApprovalRequest.objects.get(subject_id=str(live_trigger.pk), status="pending")
     approver = approvers[who]
     assert approvals_waiting_for(approver) == []
@@ -868,7 +846,7 @@ def test_an_approver_of_both_apps_reviews_and_approves_a_revision_moving_the_cam
     from accounts.models import ApprovalRequest
     from accounts.selectors import approvals_waiting_for
 
-    _move(live_trigger, new_app, by=manager_alice)
+    revision_moving_to(live_trigger, new_app, by=manager_alice)
     request = ApprovalRequest.objects.get(subject_id=str(live_trigger.pk), status="pending")
     assert approvals_waiting_for(approvers["both"]) == [request]
     client.force_login(approvers["both"])
@@ -929,7 +907,7 @@ def test_a_revision_moving_the_campaign_out_of_an_app_needs_an_approver_of_that_
     from accounts.selectors import approvals_waiting_for, approver_standing
     from campaigns.services.lifecycle import campaign_approve, campaign_request_changes
 
-    _move(live_trigger, new_app, by=manager_alice)
+    revision_moving_to(live_trigger, new_app, by=manager_alice)
     request = ApprovalRequest.objects.get(subject_id=str(live_trigger.pk), status="pending")
     lax = approvers["both"]
     assert approvals_waiting_for(lax) == []
@@ -961,7 +939,7 @@ def test_a_move_into_an_app_without_a_policy_keeps_the_old_apps_policy(
     from accounts.selectors import approvals_waiting_for
 
     policy = _active_policy("Old app's", apps=[pushsim_app], users=[approvers["old"]])
-    _move(live_trigger, new_app, by=manager_alice)
+    revision_moving_to(live_trigger, new_app, by=manager_alice)
     request = ApprovalRequest.objects.get(subject_id=str(live_trigger.pk), status="pending")
     assert request.policy == policy
     assert approvals_waiting_for(approvers["both"]) == []
@@ -1015,7 +993,7 @@ def test_the_campaign_page_tells_an_approver_whether_they_may_decide_the_revisio
     says why they may not, and offers the review to the approver of both apps."""
     from accounts.models import ApprovalRequest
 
-    _move(live_trigger, new_app, by=manager_alice)
+    revision_moving_to(live_trigger, new_app, by=manager_alice)
     request = ApprovalRequest.objects.get(subject_id=str(live_trigger.pk), status="pending")
     url = f"/admin/campaigns/campaign/{live_trigger.pk}/change/"
     review = f"/admin/accounts/approvalrequest/{request.pk}/review/"
@@ -1046,7 +1024,7 @@ def test_the_review_of_a_move_without_a_policy_says_an_approver_of_both_apps_dec
     (who has that access)."""
     from accounts.models import ApprovalRequest
 
-    _move(live_trigger, new_app, by=manager_alice)
+    revision_moving_to(live_trigger, new_app, by=manager_alice)
     request = ApprovalRequest.objects.get(subject_id=str(live_trigger.pk), status="pending")
     client.force_login(approvers["both"])
     html = client.get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
@@ -1065,7 +1043,7 @@ def test_the_inbox_says_an_approver_of_both_apps_decides_a_move_without_a_policy
     Approver of one of the two apps may not decide a move: it now says what the review says."""
     from accounts.models import ApprovalRequest
 
-    _move(live_trigger, new_app, by=manager_alice)
+    revision_moving_to(live_trigger, new_app, by=manager_alice)
     ApprovalRequest.objects.get(subject_id=str(live_trigger.pk), status="pending")
     client.force_login(approvers["both"])
     html = client.get("/admin/accounts/approvalrequest/").content.decode()
@@ -1081,6 +1059,6 @@ def test_the_stop_question_says_the_revision_waiting_for_approval_is_cancelled_w
     client.force_login(integrator.user)
     url = f"/admin/campaigns/campaign/{live_trigger.pk}/transition/stop/"
     assert "revision" not in client.post(url).content.decode()  # nothing waits: nothing said
-    _move(live_trigger, new_app, by=manager_alice)
+    revision_moving_to(live_trigger, new_app, by=manager_alice)
     asked = client.post(url).content.decode()
     assert ("Its revision waiting for approval, asked by manager_alice, is cancelled: it will not be decided.") in asked
