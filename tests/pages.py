@@ -1,6 +1,24 @@
-"""An admin page's form read as a browser would post it, for tests that post a page back."""
+"""An admin page's form read as a browser would post it, for tests that post a page back; and the
+approval request's reads a page makes."""
 
 from html.parser import HTMLParser
+
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+
+def get_reading_approval_requests(client, url):
+    """GET ``url``: the response, and the SQL of each reading of an object's approval request (its
+    latest first, as ``approval_current`` reads it) the page made."""
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get(url)
+    reads = [
+        q["sql"]
+        for q in queries
+        if q["sql"].startswith('SELECT "accounts_approvalrequest"')
+        and 'ORDER BY "accounts_approvalrequest"."requested_at" DESC' in q["sql"]
+    ]
+    return page, reads
 
 
 class PageForm(HTMLParser):

@@ -11,6 +11,7 @@ from campaigns.services.lifecycle import campaign_approve, campaign_submit
 from delivery.models import Delivery, Dispatch
 from delivery.services.rollups import rollup_rebuild
 from tests.factories import DeviceFactory, ProfileFactory
+from tests.pages import get_reading_approval_requests
 
 
 def _buttons(page):
@@ -42,9 +43,6 @@ def test_the_change_page_reads_the_campaigns_approval_request_once(
 ):
     """Its Approval line, the warning of a request no one may decide and the buttons (Cancel request,
     to the requester) all read the request waiting: the page reads it once."""
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
     from campaigns.services.lifecycle import campaign_update
     from delivery.models import PushContent
 
@@ -58,15 +56,8 @@ def test_the_change_page_reads_the_campaigns_approval_request_once(
         campaign_update(campaign_id=campaign.pk, by=manager_alice, content=other)
     campaign_submit(campaign_id=campaign.pk, by=manager_alice)
     client.force_login(manager_alice)
-    with CaptureQueriesContext(connection) as queries:
-        page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/")
+    page, reads = get_reading_approval_requests(client, f"/admin/campaigns/campaign/{campaign.pk}/change/")
     assert page.status_code == 200 and "cancel_request" in _buttons(page)
-    reads = [
-        q["sql"]
-        for q in queries
-        if q["sql"].startswith('SELECT "accounts_approvalrequest"')
-        and 'ORDER BY "accounts_approvalrequest"."requested_at" DESC' in q["sql"]
-    ]
     assert len(reads) == 1, reads
 
 

@@ -12,6 +12,7 @@ from journeys.services.entries import journey_enter_segment
 from journeys.services.lifecycle import journey_submit
 from tests.factories import ProfileFactory, SegmentMemberFactory
 from tests.journeys.conftest import approved_before_segments_were_frozen, simple_graph
+from tests.pages import get_reading_approval_requests
 
 
 def _form(team, everyone, graph, **extra):
@@ -438,9 +439,6 @@ def test_each_transition_button_works_for_a_manager_and_is_refused_to_others(
 def test_the_change_page_reads_the_journeys_approval_request_once(login, manager_alice, make_journey, publish, waiting):
     """Its Approval line, the warning of a request no one may decide and the buttons (Cancel request,
     to the requester) all read the request waiting: the page reads it once."""
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
     from journeys.services.lifecycle import journey_version_edit
 
     journey = make_journey()
@@ -449,15 +447,8 @@ def test_the_change_page_reads_the_journeys_approval_request_once(login, manager
         journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="purchase")
     journey_submit(journey_id=journey.pk, by=manager_alice)
     client = login(manager_alice)
-    with CaptureQueriesContext(connection) as queries:
-        page = client.get(f"/admin/journeys/journey/{journey.pk}/change/")
+    page, reads = get_reading_approval_requests(client, f"/admin/journeys/journey/{journey.pk}/change/")
     assert page.status_code == 200 and 'value="cancel_request"' in page.content.decode()
-    reads = [
-        q["sql"]
-        for q in queries
-        if q["sql"].startswith('SELECT "accounts_approvalrequest"')
-        and 'ORDER BY "accounts_approvalrequest"."requested_at" DESC' in q["sql"]
-    ]
     assert len(reads) == 1, reads
 
 

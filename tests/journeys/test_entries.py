@@ -7,6 +7,7 @@ import pytest
 from django.utils import timezone
 
 from tests.factories import DeviceFactory, ProfileFactory
+from tests.journeys.test_streams import _post_event
 
 pytestmark = pytest.mark.django_db
 
@@ -18,15 +19,6 @@ def _push_then_exit(content_id: int, step: str = "thanks") -> dict:
             {"id": "done", "type": "exit"},
         ]
     }
-
-
-def _post_event(client, *external_ids, name: str = "order_paid"):
-    now = timezone.now().isoformat()
-    return client.post(
-        "/api/v1/events/bulk/",
-        {"events": [{"external_id": e, "name": name, "occurred_at": now} for e in external_ids]},
-        format="json",
-    )
 
 
 def _text(response) -> str:
