@@ -367,10 +367,10 @@ def approval_request_lock_for_decision(*, request_id: int, by: User) -> Approval
     """Lock a pending request for ``by``'s decision and check they may decide it (``approver_standing``).
 
     Call it inside the subject's own locked transition when the refusal must come before the
-    subject's own checks (what was submitted against what would be sent), then pass the request to
-    ``approval_request_decide`` as ``locked``: it is not asked again. Raises ApprovalError when it is
-    no longer pending, PermissionDenied when ``by`` is not an approver of this request (including
-    their own request when self-approval is blocked).
+    subject's own checks (what was submitted against what would be sent), then record the decision
+    with ``approval_request_record``. Raises ApprovalError when it is no longer pending,
+    PermissionDenied when ``by`` is not an approver of this request (including their own request
+    when self-approval is blocked).
     """
     request = ApprovalRequest.objects.select_for_update().get(pk=request_id)
     if request.status != ApprovalRequest.Status.PENDING:
@@ -378,25 +378,25 @@ def approval_request_lock_for_decision(*, request_id: int, by: User) -> Approval
     allowed, reason = approver_standing(by, request)
     if not allowed:
         raise PermissionDenied(reason)
-    request._decidable_by = by.pk  # what ``approval_request_decide`` trusts, for this approver only
     return request
 
 
-def approval_request_decide(
-    *, request_id: int, by: User, approve: bool, comment: str = "", locked: ApprovalRequest | None = None
-) -> ApprovalRequest:
-    """Record an approver's decision on a pending request.
+def approval_request_decide(*, request_id: int, by: User, approve: bool, comment: str = "") -> ApprovalRequest:
+    """Record an approver's decision on a pending request: ``approval_request_lock_for_decision``,
+    then ``approval_request_record``.
 
     Call it inside the subject's own locked transition (approve and activate / request changes).
-    ``locked``: the request as ``approval_request_lock_for_decision`` returned it to ``by`` in this
-    transaction, whose standing is not read again; any other request is locked and checked here.
     Raises PermissionDenied when ``by`` is not an approver of this request (including their own
     request when self-approval is blocked), ApprovalError when it is no longer pending,
     ValidationError when changes are requested without a comment.
     """
-    request = locked
-    if request is None or request.pk != request_id or getattr(request, "_decidable_by", None) != by.pk:
-        request = approval_request_lock_for_decision(request_id=request_id, by=by)
+    request = approval_request_lock_for_decision(request_id=request_id, by=by)
+    return approval_request_record(request=request, by=by, approve=approve, comment=comment)
+
+
+def approval_request_record(*, request: ApprovalRequest, by: User, approve: bool, comment: str = "") -> ApprovalRequest:
+    """Record ``by``'s decision on ``request``, as ``approval_request_lock_for_decision`` returned it
+    to them in this transaction. Raises ValidationError when changes are requested without a comment."""
     if not approve and not comment.strip():
         raise ValidationError({"comment": "Say what needs to change."})
     request.status = ApprovalRequest.Status.APPROVED if approve else ApprovalRequest.Status.CHANGES_REQUESTED

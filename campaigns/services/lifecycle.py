@@ -23,6 +23,7 @@ from accounts.services import (
     approval_request_decide,
     approval_request_lock_for_decision,
     approval_request_open,
+    approval_request_record,
     audit,
     lock_for,
     status_transition,
@@ -480,7 +481,7 @@ def campaign_approve(
         ):  # the second: submitted before approvals covered the window; approved now, it covers the one shown
             raise ValidationError("What would be sent changed since it was submitted: ask for changes and resubmit.")
         _check_a_send_is_left(campaign, now=now)
-        approval_request_decide(request_id=request.pk, by=by, approve=True, comment=comment, locked=request)
+        approval_request_record(request=request, by=by, approve=True, comment=comment)
         if revision:
             _approve_revision(campaign, request, by=by, comment=comment, now=now)
             return campaign
