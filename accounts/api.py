@@ -21,7 +21,7 @@ from accounts.json_values import MAX_BYTES, MAX_DEPTH, json_text_problem, json_v
 from accounts.parsers import request_too_large
 from accounts.roles import role_permissions
 from config.digits import digits_plain
-from config.reporting import SaidOnceAMinute
+from config.reporting import SaidOnceAMinute, left_out_said
 from operations.database import database_gone, redis_problem
 from operations.instance import InstanceMismatch
 
@@ -223,7 +223,7 @@ def _say_calls_refused(service: str, problem: str) -> None:
     refused = _calls_refused.now_or_never(service, counting_this=True)
     if refused is None:
         return
-    since = f" ({refused} calls refused since the last line)" if refused else ""
+    since = left_out_said(refused, what="calls refused since the last line")
     logger.error("API calls answer 503: %s%s", problem, since)
 
 

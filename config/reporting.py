@@ -29,6 +29,12 @@ def reword(record: logging.LogRecord, level: int, message: str, *args) -> None:
     record.exc_info, record.exc_text = None, None
 
 
+def left_out_said(count: int, *, what: str = "such lines left out since the last") -> str:
+    """What a line said by ``SaidOnceEvery`` adds of those left out before it: `` (3 such lines left
+    out since the last)``, or nothing for none."""
+    return f" ({count} {what})" if count else ""
+
+
 class SaidOnceEvery:
     """Lets a line about each key be said once every ``seconds`` at most, and counts the lines left
     out meanwhile: a service down is met by every call, task or scrape, a line each thousands a minute."""

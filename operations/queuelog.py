@@ -20,7 +20,7 @@ import re
 
 from redis.exceptions import RedisError
 
-from config.reporting import SaidOnceAMinute, reword
+from config.reporting import SaidOnceAMinute, left_out_said, reword
 from operations.database import database_gone, redis_problem
 
 _said = SaidOnceAMinute()
@@ -71,7 +71,7 @@ class QueueServiceDown(logging.Filter):
                 logging.ERROR,
                 "the queue's %s; check that it runs, or REDIS_URL: the workers take no task until it does%s",
                 redis_problem(exc),
-                _since(left_out),
+                left_out_said(left_out),
             )
             return True
         gone = database_gone(record.exc_info[1]) if record.exc_info and record.exc_info[1] else None
@@ -80,7 +80,7 @@ class QueueServiceDown(logging.Filter):
         left_out = _said.now_or_never("database")
         if left_out is None:
             return False
-        reword(record, logging.ERROR, "%s: %s%s", record.getMessage(), gone, _since(left_out))
+        reword(record, logging.ERROR, "%s: %s%s", record.getMessage(), gone, left_out_said(left_out))
         return True
 
     def _said_of_django_q(self, record: logging.LogRecord) -> bool:
@@ -90,7 +90,7 @@ class QueueServiceDown(logging.Filter):
             left_out = _said.now_or_never(f"reincarnated {started_again.group(1)}")
             if left_out is None:
                 return False
-            record.msg, record.args = message + _since(left_out), None
+            record.msg, record.args = message + left_out_said(left_out), None
             return True
         failed = _FAILED.fullmatch(message)
         if failed is None:
@@ -101,12 +101,10 @@ class QueueServiceDown(logging.Filter):
             left_out = _said.now_or_never("failed as redis")
             if left_out is None:
                 return False
-            said = f"{task} - Redis does not answer ({error}); check that it runs, or REDIS_URL{_since(left_out)}"
+            said = (
+                f"{task} - Redis does not answer ({error}); check that it runs, or REDIS_URL{left_out_said(left_out)}"
+            )
         else:
             said = f"{task} - {error} (its traceback: Task queue → Failed tasks)"
         record.msg, record.args = said, None
         return True
-
-
-def _since(left_out: int) -> str:
-    return f" ({left_out} such lines left out since the last)" if left_out else ""

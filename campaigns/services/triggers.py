@@ -22,7 +22,7 @@ from campaigns.models import Campaign, approved_app_id
 from campaigns.services.lifecycle import Status
 from campaigns.services.scheduling import campaign_gate, content_refusal
 from config.db import text_array
-from config.reporting import SaidOnceEvery
+from config.reporting import SaidOnceEvery, left_out_said
 from delivery.reports import UNREACHABLE_REASONS
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ def _refuse_unless_credentials_read(campaign: Campaign, app) -> None:
         return
     refused = _UNREADABLE_SAID.now_or_never(str(campaign.pk), counting_this=True)
     if refused is not None:
-        since = f" ({refused} calls refused since the last line)" if refused else ""
+        since = left_out_said(refused, what="calls refused since the last line")
         log.error("Campaign %s cannot be triggered: %s%s", campaign.pk, "; ".join(unreadable), since)
     raise TriggerRefused(
         f"'{campaign}' cannot be triggered now: its app's credentials cannot be decrypted on this server, "

@@ -39,7 +39,7 @@ from django.utils import timezone
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from config.reporting import SaidOnceEvery
+from config.reporting import SaidOnceEvery, left_out_said
 from delivery.models import Dispatch
 from delivery.rules import QuietAtClaim, quiet_at_claim
 from operations.shutdown import stop_requested
@@ -293,8 +293,7 @@ def _open_streams(ids: list[int] | None = None) -> dict[int, _Stream]:
             left_out = _UNREADABLE_SAID.now_or_never(str(dispatch.pk))
             if left_out is not None:
                 said = credentials_unreadable_said(dispatch, unreadable)
-                since = f" ({left_out} such lines left out since the last)" if left_out else ""
-                log.error(said + since, extra={"dispatch": dispatch.pk, "app": dispatch.app_id})
+                log.error(said + left_out_said(left_out), extra={"dispatch": dispatch.pk, "app": dispatch.app_id})
             continue
         if _UNREADABLE_SAID.forget(str(dispatch.pk)):
             log.warning(
