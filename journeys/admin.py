@@ -719,8 +719,7 @@ def _report_version_html(journey: Journey, version) -> str:
 def _report_paused_html(journey: Journey, version) -> str:
     """While paused, since when and how many it holds; and what pauses held back at the entry, and
     replayed entry events stored before the journey took them."""
-    from journeys.services.entries import SKIPPED_NOT_LIVE
-    from journeys.services.lifecycle import READS_SKIPPED_PAUSED, SKIPPED_PAUSED
+    from journeys.services.lifecycle import READS_SKIPPED_PAUSED, SKIPPED_NOT_LIVE, SKIPPED_PAUSED
 
     skipped = dict(
         StepStat.objects.filter(version=version, metric__in=(SKIPPED_PAUSED, READS_SKIPPED_PAUSED, SKIPPED_NOT_LIVE))

@@ -72,8 +72,7 @@ def version_step_stats(version: JourneyVersion) -> dict[str, dict]:
     step, the entries a pause held back (``skipped_paused``: entry events; ``reads_skipped_paused``:
     segment reads), and a replay's entry events stored before the journey took them
     (``skipped_not_live``)."""
-    from journeys.services.entries import SKIPPED_NOT_LIVE
-    from journeys.services.lifecycle import READS_SKIPPED_PAUSED, SKIPPED_PAUSED
+    from journeys.services.lifecycle import READS_SKIPPED_PAUSED, SKIPPED_NOT_LIVE, SKIPPED_PAUSED
 
     stats: dict[str, dict] = defaultdict(dict)
     for step, metric, count in StepStat.objects.filter(version=version).values_list("step", "metric", "count"):

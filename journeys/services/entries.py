@@ -23,6 +23,7 @@ from journeys.models import Enrollment, Journey, JourneyPause, JourneyVersion
 from journeys.services.engine import journeys_run_due, journeys_run_entered
 from journeys.services.lifecycle import (
     SAVED_WITH_STATUS,
+    SKIPPED_NOT_LIVE,
     SKIPPED_PAUSED,
     EStatus,
     Status,
@@ -350,11 +351,6 @@ def _paused_when_received(versions: list[JourneyVersion], received_at: dt.dateti
         .values_list("journey_id", flat=True)
     )
     return [v for v in versions if v.journey_id in paused]
-
-
-# The entry step's counter of a replay's entry events that a journey on the air now did not take
-# then (one per profile and replay): it was not live, or its version entered on another event.
-SKIPPED_NOT_LIVE = "skipped_not_live"
 
 
 def _count_not_entered(events: list[tuple[int, str, dt.datetime]], skipped: dict[str, list[JourneyVersion]]) -> None:

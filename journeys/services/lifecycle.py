@@ -634,6 +634,9 @@ def journey_stop(*, journey_id: int, by: User) -> Journey:
 # paused (one per profile and call: an event entry), and the segment reads it skipped.
 SKIPPED_PAUSED = "skipped_paused"
 READS_SKIPPED_PAUSED = "reads_skipped_paused"
+# And of a replay's entry events that a journey on the air now did not take then (one per profile
+# and replay): it was not live, or its version entered on another event.
+SKIPPED_NOT_LIVE = "skipped_not_live"
 
 
 def journey_pause(*, journey_id: int, by: User, now: dt.datetime | None = None) -> Journey:
