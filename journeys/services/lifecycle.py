@@ -28,7 +28,9 @@ from accounts.services import (
     approval_request_cancel,
     approval_request_close,
     approval_request_decide,
+    approval_request_lock_for_decision,
     approval_request_open,
+    approval_request_record,
     audit,
     lock_for,
     status_transition,
@@ -530,7 +532,8 @@ def journey_approve(
         if journey.status not in (Status.IN_REVIEW, *Journey.ON_AIR):  # a stopped journey stays stopped
             raise TransitionError(journey, "approved")
         version = _version_in_review(journey)
-        request = _pending_request(journey, read_id=request_id)
+        # Refused the request before anything else is said of it, as a campaign's approval is.
+        request = approval_request_lock_for_decision(request_id=_pending_request(journey, read_id=request_id).pk, by=by)
         # One read of the contents, held until commit: what is checked against the submission is
         # what is frozen, and a save of a content waits until it is frozen.
         steps = contents_of(version.graph)
@@ -548,7 +551,7 @@ def journey_approve(
         ):  # the second: submitted before approvals covered the segments; approved now, it covers them as they are
             raise ValidationError("What would run changed since it was submitted: ask for changes and resubmit.")
         _validate_version(version, by=None)
-        approval_request_decide(request_id=request.pk, by=by, approve=True, comment=comment)
+        approval_request_record(request=request, by=by, approve=True, comment=comment)
         version.frozen_specs = {
             step: {"content_id": cid, "fingerprint": fingerprints[step], "spec": specs[cid]}
             for step, cid in steps.items()

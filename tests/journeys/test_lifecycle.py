@@ -136,6 +136,37 @@ def test_manager_cannot_approve_their_own_journey(make_journey, manager_alice):
         journey_approve(journey_id=journey.pk, by=manager_alice)
 
 
+def test_an_approver_who_changed_the_content_in_review_is_refused_for_it_before_the_change_is_named(
+    make_journey, manager_alice, approver_bob, welcome
+):
+    """As a campaign's: refused for two reasons, the approver hears first that they may not decide
+    the request (they changed what it asks to approve), then, were they allowed, that it changed."""
+    from delivery.services.contents import pushcontent_save
+
+    journey = make_journey()
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    welcome.body = "Everything half price"
+    pushcontent_save(content=welcome, by=approver_bob)
+    with pytest.raises(PermissionDenied, match="You changed what this request asks to approve"):
+        journey_approve(journey_id=journey.pk, by=approver_bob)
+    assert _reload(journey).status == "in_review"
+    assert ApprovalRequest.objects.get().status == "pending"
+
+
+def test_the_submitter_is_refused_as_the_submitter_before_a_change_since_submission_is_named(
+    make_journey, manager_alice, welcome
+):
+    from delivery.services.contents import pushcontent_save
+
+    journey = make_journey()
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    welcome.body = "Everything half price"
+    pushcontent_save(content=welcome, by=manager_alice)
+    with pytest.raises(PermissionDenied):
+        journey_approve(journey_id=journey.pk, by=manager_alice)
+    assert ApprovalRequest.objects.get().status == "pending"
+
+
 def test_request_changes_returns_to_draft_with_the_comment(make_journey, manager_alice, approver_bob):
     journey = make_journey()
     journey_submit(journey_id=journey.pk, by=manager_alice)
@@ -174,7 +205,7 @@ def test_a_content_save_during_approval_is_not_frozen_as_what_was_approved(
 
     journey = make_journey()
     journey_submit(journey_id=journey.pk, by=manager_alice)
-    decide = lifecycle.approval_request_decide
+    record = lifecycle.approval_request_record
 
     def edit() -> None:
         try:
@@ -187,12 +218,12 @@ def test_a_content_save_during_approval_is_not_frozen_as_what_was_approved(
     editor = threading.Thread(target=edit)
 
     def decide_while_the_content_is_saved(**kwargs):
-        answer = decide(**kwargs)
+        answer = record(**kwargs)
         editor.start()
         editor.join(timeout=3)  # it commits here, unless approval holds the content
         return answer
 
-    monkeypatch.setattr(lifecycle, "approval_request_decide", decide_while_the_content_is_saved)
+    monkeypatch.setattr(lifecycle, "approval_request_record", decide_while_the_content_is_saved)
     journey_approve(journey_id=journey.pk, by=approver_bob)
     editor.join(timeout=30)
 
