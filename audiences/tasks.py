@@ -25,5 +25,6 @@ def events_replay_task() -> dict:
     from operations.instance import instance_refuses
 
     if instance_refuses(action="replay the event listeners"):  # they enter journeys, which send
-        return {"replayed": 0, "failed": 0, "dropped": 0, "refused": True}
+        none = {"replayed": 0, "failed": 0, "dropped": 0}
+        return {**none, "events": dict(none), "refused": True}
     return events_replay_due()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from django.contrib import admin, messages
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.utils.html import format_html
 
@@ -116,8 +117,15 @@ class EventReplayAdmin(ReadOnlyMixin, AccessAdmin):
 
         counts = events_replay_now(ids=list(queryset.values_list("pk", flat=True)), by=request.user)
         level = messages.SUCCESS if not counts["failed"] else messages.WARNING
+
+        def said(outcome: str) -> str:
+            batches, held = counts[outcome], counts["events"][outcome]
+            if not batches:
+                return "none"
+            return f"{batches:,} {pluralize(batches, 'batch,batches')} ({held:,} {pluralize(held, 'event,events')})"
+
         self.message_user(
             request,
-            f"{counts['replayed']} replayed, {counts['failed']} failed again, {counts['dropped']} dropped.",
+            f"Replayed: {said('replayed')}; failed again: {said('failed')}; dropped: {said('dropped')}.",
             level,
         )

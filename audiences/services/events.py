@@ -450,10 +450,12 @@ def events_replay_due(*, now: dt.datetime | None = None, ids: list[int] | None =
     writes commits with the row's deletion, or its failure is recorded and the next attempt waits
     twice as long (a minute, then two... at most an hour). A replay whose listener no longer
     exists (its app was removed) is dropped. Safe on every worker at once (``SKIP LOCKED``).
-    Returns the counts: ``replayed``, ``failed``, ``dropped``."""
+    Returns the counts of batches, ``replayed``, ``failed``, ``dropped``, and of the events they
+    held, under ``events`` (the same keys)."""
     now = now or timezone.now()
     listeners = {_listener_name(fn): fn for fn in _EVENT_LISTENERS}
     counts = {"replayed": 0, "failed": 0, "dropped": 0}
+    held = dict.fromkeys(counts, 0)
     remaining = None if ids is None else set(ids)
     for _ in range(limit):
         with transaction.atomic():
@@ -473,6 +475,7 @@ def events_replay_due(*, now: dt.datetime | None = None, ids: list[int] | None =
                 log.warning("Event replay %s dropped: no event listener %s is registered", replay.pk, replay.listener)
                 replay.delete()
                 counts["dropped"] += 1
+                held["dropped"] += len(replay.event_ids)
                 continue
             try:
                 with transaction.atomic():
@@ -487,10 +490,12 @@ def events_replay_due(*, now: dt.datetime | None = None, ids: list[int] | None =
                 replay.next_attempt_at = now + _replay_wait(replay.attempts)
                 replay.save(update_fields=["attempts", "error", "next_attempt_at"])
                 counts["failed"] += 1
+                held["failed"] += len(replay.event_ids)
             else:
                 replay.delete()
                 counts["replayed"] += 1
-    return counts
+                held["replayed"] += len(replay.event_ids)
+    return {**counts, "events": held}
 
 
 def events_replay_now(*, ids: list[int], by: User) -> dict:

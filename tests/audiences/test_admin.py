@@ -1008,7 +1008,7 @@ def test_an_administrator_replays_waiting_events_now_and_a_manager_cannot(login,
     finally:
         service._EVENT_LISTENERS.remove(listener)
     assert response.status_code == 200
-    assert "1 replayed, 0 failed again, 0 dropped." in response.content.decode()
+    assert "Replayed: 1 batch (1 event); failed again: none; dropped: none." in response.content.decode()
     assert heard == [[event.pk]] and not EventReplay.objects.exists()
     audited = AuditEvent.objects.get(action="events_replayed")
     assert (audited.actor, audited.object_id, audited.summary) == (
@@ -1016,6 +1016,40 @@ def test_an_administrator_replays_waiting_events_now_and_a_manager_cannot(login,
         str(replay.pk),
         {"listener": name, "events": 1, "attempts": 1},
     )
+
+
+def test_replaying_events_now_counts_batches_and_the_events_they_hold(login, admin_erin):
+    """The selected rows are batches of events: the message says how many batches, and how many
+    events they held, replayed, failed again and dropped."""
+    from audiences.models import EventReplay
+    from audiences.services import events as service
+
+    def listener(**kwargs):
+        if len(kwargs["event_ids"]) == 2:
+            raise RuntimeError("broken again")
+
+    events = [EventFactory(name="purchase") for _ in range(8)]
+    name = f"{listener.__module__}.{listener.__qualname__}"
+    later = timezone.now() + timezone.timedelta(hours=1)
+    batches = [
+        EventReplay.objects.create(listener=listener_name, event_ids=ids, next_attempt_at=later)
+        for listener_name, ids in (
+            (name, [e.pk for e in events[:3]]),
+            (name, [e.pk for e in events[3:6]]),
+            (name, [e.pk for e in events[6:8]]),
+            ("gone.listener", [events[0].pk]),
+        )
+    ]
+    form = {"action": "replay_now", "_selected_action": [b.pk for b in batches]}
+    service.event_listeners_register(listener)
+    try:
+        response = login(admin_erin).post("/admin/audiences/eventreplay/", form, follow=True)
+    finally:
+        service._EVENT_LISTENERS.remove(listener)
+    assert response.status_code == 200
+    said = "Replayed: 2 batches (6 events); failed again: 1 batch (2 events); dropped: 1 batch (1 event)."
+    assert said in response.content.decode()
+    assert list(EventReplay.objects.values_list("pk", flat=True)) == [batches[2].pk]
 
 
 def test_replaying_events_is_refused_to_a_manager_in_the_service(manager_alice):

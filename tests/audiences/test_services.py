@@ -1167,7 +1167,12 @@ def test_a_failing_event_listener_keeps_the_events_undoes_its_writes_and_is_repl
 
         first_due = replay.next_attempt_at
         assert service.events_replay_due(now=first_due - dt.timedelta(seconds=1))["replayed"] == 0
-        assert service.events_replay_due(now=first_due) == {"replayed": 0, "failed": 1, "dropped": 0}
+        assert service.events_replay_due(now=first_due) == {
+            "replayed": 0,
+            "failed": 1,
+            "dropped": 0,
+            "events": {"replayed": 0, "failed": 3, "dropped": 0},
+        }
         replay.refresh_from_db()
         assert (replay.attempts, replay.next_attempt_at) == (2, first_due + dt.timedelta(minutes=2))
         assert not Profile.objects.filter(external_id__startswith="written-by-flaky").exists()
@@ -1175,7 +1180,12 @@ def test_a_failing_event_listener_keeps_the_events_undoes_its_writes_and_is_repl
         Profile.objects.get(external_id="b").delete()  # its event goes with it
         broken["on"] = False
         heard.clear()
-        assert service.events_replay_due(now=replay.next_attempt_at) == {"replayed": 1, "failed": 0, "dropped": 0}
+        assert service.events_replay_due(now=replay.next_attempt_at) == {
+            "replayed": 1,
+            "failed": 0,
+            "dropped": 0,
+            "events": {"replayed": 3, "failed": 0, "dropped": 0},
+        }
         a, c = Profile.objects.get(external_id="a").pk, Profile.objects.get(external_id="c").pk
         stored = Event.objects.in_bulk([ids[0], ids[2]])
         assert heard == [
@@ -1194,7 +1204,12 @@ def test_a_failing_event_listener_keeps_the_events_undoes_its_writes_and_is_repl
         service._EVENT_LISTENERS.remove(steady)
 
     EventReplay.objects.create(listener=_name(flaky), event_ids=[ids[0]], next_attempt_at=now)
-    assert service.events_replay_due() == {"replayed": 0, "failed": 0, "dropped": 1}
+    assert service.events_replay_due() == {
+        "replayed": 0,
+        "failed": 0,
+        "dropped": 1,
+        "events": {"replayed": 0, "failed": 0, "dropped": 1},
+    }
     assert not EventReplay.objects.exists()
 
 
@@ -1208,7 +1223,12 @@ def test_the_replay_beat_replays_what_is_due_and_nothing_on_a_copy_of_another_in
     assert events_replay_task()["refused"] is True
     assert EventReplay.objects.exists()
     Instance.objects.filter(pk=1).update(name=settings.PUSHDESK_INSTANCE)
-    assert events_replay_task() == {"replayed": 0, "failed": 0, "dropped": 1}
+    assert events_replay_task() == {
+        "replayed": 0,
+        "failed": 0,
+        "dropped": 1,
+        "events": {"replayed": 0, "failed": 0, "dropped": 1},
+    }
     assert not EventReplay.objects.exists()
 
 

@@ -183,12 +183,22 @@ def test_an_exit_failing_in_the_database_stores_the_event_and_ends_the_enrollmen
     assert replay.event_ids == [Event.objects.get(name="purchase").pk]
     with enrollments_refused():  # still refused when it is due: tried again later, waiting twice as long
         due = timezone.now() + timezone.timedelta(minutes=2)
-        assert events_replay_due(now=due) == {"replayed": 0, "failed": 1, "dropped": 0}
+        assert events_replay_due(now=due) == {
+            "replayed": 0,
+            "failed": 1,
+            "dropped": 0,
+            "events": {"replayed": 0, "failed": 1, "dropped": 0},
+        }
     replay.refresh_from_db()
     assert replay.attempts == 2
     assert replay.next_attempt_at == due + timezone.timedelta(minutes=2)
     with django_capture_on_commit_callbacks(execute=True):
-        assert events_replay_due(now=due + timezone.timedelta(minutes=2)) == {"replayed": 1, "failed": 0, "dropped": 0}
+        assert events_replay_due(now=due + timezone.timedelta(minutes=2)) == {
+            "replayed": 1,
+            "failed": 0,
+            "dropped": 0,
+            "events": {"replayed": 1, "failed": 0, "dropped": 0},
+        }
     assert Enrollment.objects.get().status == "exited"
     assert not EventReplay.objects.exists()
     assert Event.objects.filter(name="purchase").count() == 1

@@ -72,7 +72,12 @@ def test_a_replays_event_a_journey_took_only_since_it_was_stored_is_counted_not_
             entry_segment=None,
         )
     )
-    assert _replay_due(django_capture_on_commit_callbacks) == {"replayed": 1, "failed": 0, "dropped": 0}
+    assert _replay_due(django_capture_on_commit_callbacks) == {
+        "replayed": 1,
+        "failed": 0,
+        "dropped": 0,
+        "events": {"replayed": 3, "failed": 0, "dropped": 0},
+    }
     assert set(Enrollment.objects.values_list("journey_id", flat=True)) == {paid.pk}
     assert version_step_stats(late.live_version)["hello"]["skipped_not_live"] == 2  # once a profile
     assert version_step_stats(paid.live_version)["thanks"]["skipped_not_live"] == 0
