@@ -24,6 +24,7 @@ from accounts.selectors import (
     approvals_waiting_for,
     approver_standing,
     policy_approver_problems,
+    visible_to,
 )
 from accounts.services import (
     ApprovalError,
@@ -196,7 +197,7 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
     list_select_related = ("requested_by", "decided_by", "subject_type")
     readonly_fields = (
         "subject_kind",
-        "subject_label",
+        "subject_said",
         "status",
         "message",
         "requested_by",
@@ -235,6 +236,29 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
             ),
             *super().get_urls(),
         ]
+
+    def get_object(self, request, object_id, from_field=None):
+        obj = super().get_object(request, object_id, from_field)
+        if obj is not None:  # what the record links depends on who reads it (``subject_said``)
+            obj.read_by = request.user
+        return obj
+
+    @admin.display(description="Subject")
+    def subject_said(self, obj):
+        """Its subject's name, linked to its page for one who may see it, and while the request
+        waits, the way to its review; a deleted subject's name, said so."""
+        subject = obj.subject
+        if subject is None:
+            return f"{obj.subject_label} (deleted)"
+        model = type(subject)
+        said = obj.subject_label
+        if visible_to(obj.read_by, model._default_manager.filter(pk=subject.pk)).exists():
+            url = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_change", args=[subject.pk])
+            said = format_html('<a href="{}">{}</a>', url, obj.subject_label)
+        if obj.status != ApprovalRequest.Status.PENDING:
+            return said
+        review = reverse("admin:accounts_approvalrequest_review", args=[obj.pk])
+        return format_html('{} · <a href="{}">Review</a>', said, review)
 
     def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
         raise Http404("No such approval request.")

@@ -621,6 +621,36 @@ def test_the_review_of_a_request_whose_draft_was_deleted_leads_to_its_record(
     assert ApprovalRequest.objects.get().status == "changes_requested"
 
 
+def test_a_requests_record_leads_to_what_it_asks_to_approve_and_while_it_waits_to_its_review(
+    client, make_campaign, manager_alice, approver_bob
+):
+    """The record of a request (reached from the audit log, the history, a decided request in the
+    list) named its campaign in plain text, a page with no way on: it links the campaign, and the
+    review while the request waits; once the campaign is deleted, its name alone, said so."""
+    from accounts.models import ApprovalRequest
+    from campaigns.services.lifecycle import campaign_delete, campaign_request_changes
+
+    campaign = make_campaign()
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    request = ApprovalRequest.objects.get()
+    record = f"/admin/accounts/approvalrequest/{request.pk}/change/"
+    campaign_page = f'href="/admin/campaigns/campaign/{campaign.pk}/change/"'
+    review = f'href="/admin/accounts/approvalrequest/{request.pk}/review/"'
+    for user in (approver_bob, manager_alice):
+        client.force_login(user)
+        page = client.get(record).content.decode()
+        assert campaign_page in page and review in page, user
+
+    campaign_request_changes(campaign_id=campaign.pk, by=approver_bob, comment="Shorter")
+    client.force_login(approver_bob)
+    page = client.get(record).content.decode()
+    assert campaign_page in page and review not in page  # decided: nothing left to review
+
+    campaign_delete(campaign_id=campaign.pk, by=manager_alice)
+    page = client.get(record).content.decode()
+    assert campaign_page not in page and f"{campaign.name} (deleted)" in page
+
+
 @pytest.mark.parametrize("button", ["_approve", "_request_changes"])
 def test_a_decision_applies_only_to_the_request_the_approver_read(
     client, make_campaign, manager_alice, approver_bob, monkeypatch, button
