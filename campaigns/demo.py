@@ -1,6 +1,7 @@
 """Demo campaigns: one waiting for approval (the approver's inbox is not empty), one live API-triggered."""
 
 import datetime as dt
+import zoneinfo
 
 from django.utils import timezone
 
@@ -32,6 +33,9 @@ def populate(*, stdout) -> None:
         return
     made = []
     if not Campaign.objects.filter(name="Win back lapsed users").exists():
+        paris = zoneinfo.ZoneInfo("Europe/Paris")
+        tomorrow = timezone.now().astimezone(paris).date() + dt.timedelta(days=1)
+        send_at = dt.datetime.combine(tomorrow, dt.time(9, 0), tzinfo=paris)
         campaign = campaign_create(
             by=manager,
             name="Win back lapsed users",
@@ -40,10 +44,11 @@ def populate(*, stdout) -> None:
             content=welcome,
             schedule_kind="recurring",
             recurrence="weekly",
-            send_at=(timezone.now() + dt.timedelta(days=1)).replace(hour=9, minute=0, second=0, microsecond=0),
+            send_at=send_at,
             time_zone="Europe/Paris",
         )
-        campaign_submit(campaign_id=campaign.pk, by=manager, message="Weekly win-back, Tuesdays 9:00 Paris time.")
+        note = f"Weekly win-back, {send_at:%A}s 9:00 Paris time."
+        campaign_submit(campaign_id=campaign.pk, by=manager, message=note)
         made.append(f"{campaign.name} (waiting for approval)")
     if not Campaign.objects.filter(name="Flash sale alert").exists():
         campaign = campaign_create(

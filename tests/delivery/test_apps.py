@@ -596,6 +596,27 @@ def test_a_manager_cannot_test_a_connection(pushsim_tls_app, manager_alice):
 # --- the demo app ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.django_db
+def test_the_demo_campaigns_note_to_the_approvers_names_the_day_and_time_it_sends(settings, tmp_path):
+    """The note said "Tuesdays 9:00 Paris time" whatever day the demo was set up, under a schedule
+    starting the next day at 10:00 Paris time in winter."""
+    import zoneinfo
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from accounts.models import ApprovalRequest
+    from campaigns.models import Campaign
+
+    settings.VAR_DIR = tmp_path
+    call_command("demo_setup", stdout=StringIO())
+    campaign = Campaign.objects.get(name="Win back lapsed users")
+    sends = campaign.send_at.astimezone(zoneinfo.ZoneInfo(campaign.time_zone))
+    assert campaign.time_zone == "Europe/Paris" and (sends.hour, sends.minute) == (9, 0)
+    note = ApprovalRequest.objects.get(subject_id=campaign.pk, subject_type__model="campaign").message
+    assert note == f"Weekly win-back, {sends:%A}s 9:00 Paris time."
+
+
 @pytest.mark.embedded
 @pytest.mark.django_db
 def test_demo_setup_again_under_another_encryption_key_adds_nothing_and_says_the_app_cannot_send(
