@@ -111,7 +111,7 @@ def reached_rows(of: list[int] | QuerySet):
     holdout row (variant 0, skipped: a phone that allows notifications, which the holdout kept
     from the push). A holdout row without a device, which a resolve wrote before the holdout took
     only the rows that would be sent, reached nobody: the report's funnel leaves it out of
-    reachable too (``delivery.reports``), so the conversions' holdout and the funnel agree."""
+    its opted in too (``delivery.reports``), so the conversions' holdout and the funnel agree."""
     from delivery.models import Delivery
 
     holdout = Q(variant=0, status=Delivery.Status.SKIPPED, reason="holdout", device__isnull=False)

@@ -44,7 +44,7 @@ from delivery.kept import NO_PAIRS, NOT_KEPT, Scope, counted_with_kept, decoded
 from delivery.models import Delivery, DeliveryRollup, Dispatch, DispatchProfiles
 from delivery.reasons import reason_label
 
-# Rows skipped because no device of the profile allows notifications: the audience not reachable.
+# Rows skipped because no device of the profile allows notifications: the audience not opted in.
 UNREACHABLE_REASONS = ("no_device", "not_opted_in")
 PLATFORMS = ("ios", "android", "none")
 # How the charts and their tables name each platform ("none": the profile had no device).
@@ -66,7 +66,8 @@ def report_charts(*, dispatch_ids: Iterable[int] | QuerySet[Dispatch], tz: dt.tz
       the last included;
     - ``platforms``: targeted, accepted, failed, skipped and opened per platform, named in words
       (``PLATFORM_NAMES``: "no phone" when the profile had no device);
-    - ``funnel``: targeted → reachable (a device that allows notifications) → accepted → opened;
+    - ``funnel``: targeted → opted in (a device that allows notifications, as an audience's size
+      says "opted in") → accepted → opened;
     - ``reasons``: failures and skips by reason, the largest first.
     """
     return _charts(rollup_of(dispatch_ids), tz or timezone.get_current_timezone())
@@ -592,7 +593,7 @@ def _charts(of: Q | Lookup, tz: dt.tzinfo) -> dict:
             "series": {name: [platforms[p][name] for p in shown] for name in OUTCOMES},
         },
         "funnel": {
-            "labels": ["targeted", "reachable", "accepted", "opened"],
+            "labels": ["targeted", "opted in", "accepted", "opened"],
             "values": [totals["targeted"], totals["targeted"] - unreachable, totals["accepted"], totals["opened"]],
         },
         "reasons": [

@@ -318,7 +318,7 @@ def _resolve_rows_sql(
     # is held out: a row without a device or with a phone not opted in keeps that reason, as in
     # every variant. A variant's profiles count as reached only when a push was accepted, so a
     # holdout that kept the unreachable would weigh profiles no push could reach against profiles
-    # one did, and the reports' "reachable" would count them.
+    # one did, and the reports' funnel ("opted in") would count them.
     holdout = f"COALESCE(p.variant, -1) = {HOLDOUT}"
     sent = _sent_in_sample_sql(dispatch)
     status_sql = (

@@ -819,7 +819,7 @@ def test_old_holdout_rows_without_a_device_are_not_reached_as_the_funnel_says_on
     client.force_login(viewer_carol)
     page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
     funnel = json.loads(re.search(r'"funnel": (\{[^}]*\})', page).group(1))
-    assert dict(zip(funnel["labels"], funnel["values"], strict=True))["reachable"] == 3
+    assert dict(zip(funnel["labels"], funnel["values"], strict=True))["opted in"] == 3
     assert '<tr data-group="holdout"><th>holdout</th><td>1</td><td>1</td><td>100.0%</td>' in page
     conversions = _conversions(campaign)
     reached = conversions["overall"]["reached"] + conversions["holdout"]["reached"]

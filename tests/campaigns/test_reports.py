@@ -188,7 +188,7 @@ CHARTS = {
             "opened": [3, 1, 0],
         },
     },
-    "funnel": {"labels": ["targeted", "reachable", "accepted", "opened"], "values": [15, 14, 8, 4]},
+    "funnel": {"labels": ["targeted", "opted in", "accepted", "opened"], "values": [15, 14, 8, 4]},
     "reasons": [  # each with its label, as the admin shows it beside the code, and its bar in words
         {
             "outcome": "skipped",

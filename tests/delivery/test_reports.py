@@ -19,7 +19,7 @@ def test_figures_of_a_send_per_platform_funnel_and_reason(django_assert_max_num_
     dispatch = sent_dispatch(AppFactory())
     with django_assert_max_num_queries(5):
         charts = report_charts(dispatch_ids=[dispatch.pk], tz=dt.UTC)
-    assert charts["funnel"] == {"labels": ["targeted", "reachable", "accepted", "opened"], "values": [7, 5, 3, 2]}
+    assert charts["funnel"] == {"labels": ["targeted", "opted in", "accepted", "opened"], "values": [7, 5, 3, 2]}
     assert charts["platforms"] == {
         "labels": ["iOS", "Android", "no phone"],
         "series": {
@@ -157,10 +157,10 @@ def test_step_series_sum_the_skips_of_each_step():
 
 @pytest.mark.embedded
 @pytest.mark.usefixtures("no_campaign_audience_check")
-def test_the_funnels_reachable_leaves_out_the_held_out_profiles_no_push_could_reach():
+def test_the_funnels_opted_in_leaves_out_the_held_out_profiles_no_push_could_reach():
     """40 targeted: 10 with a phone that allows notifications, 5 with one that does not, 25 with
     none; two variants of 25% and a holdout of 50%. The holdout takes only the phones a push could
-    reach (the others keep their own reason, as in the variants), so the funnel's reachable is
+    reach (the others keep their own reason, as in the variants), so the funnel's opted in is
     those 10, and the conversions' holdout (``reached_rows``) holds only profiles a push could reach."""
     from delivery.conversions import reached_rows
     from delivery.models import Dispatch

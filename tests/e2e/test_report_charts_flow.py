@@ -56,7 +56,7 @@ def _check_send_charts(page, data, drawn):
     """The seven-row send of tests.delivery.reporting, as drawn and as tabled."""
     assert data["funnel"]["values"] == [7, 5, 3, 2]
     funnel = drawn["pd-chart-funnel"]
-    assert funnel["labels"] == ["targeted", "reachable", "accepted", "opened"]
+    assert funnel["labels"] == ["targeted", "opted in", "accepted", "opened"]
     assert funnel["series"] == {"pushes": [7, 5, 3, 2]}
     timeline = drawn["pd-chart-timeline"]
     assert timeline["labels"] == ["2026-11-28 10:00", "2026-11-28 11:00", "2026-11-28 12:00"]
@@ -81,7 +81,7 @@ def _check_send_charts(page, data, drawn):
     funnel_table = page.locator("#pd-report-funnel table").inner_text(timeout=1000)
     assert [line.split("\t") for line in funnel_table.strip().splitlines()[1:]] == [
         ["targeted", "7"],
-        ["reachable", "5"],
+        ["opted in", "5"],
         ["accepted", "3"],
         ["opened", "2"],
     ]

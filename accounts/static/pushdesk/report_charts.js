@@ -12,7 +12,7 @@
   const grid = css("--hairline-color", "#e8e8e8");
   const colours = {
     targeted: "#6b7280",
-    reachable: "#7c3aed",
+    "opted in": "#7c3aed",
     accepted: "#16a34a",
     failed: "#dc2626",
     skipped: "#d97706",

@@ -47,7 +47,7 @@
     ["field", "Profile field"],
     ["event", "Event"],
     ["segment", "Segment"],
-    ["reachable", "Reachable on"],
+    ["reachable", "Opted-in device on"],
   ];
 
   function groupKey(node) {
