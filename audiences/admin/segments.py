@@ -15,6 +15,7 @@ from django.db import router, transaction
 from django.db.models import ProtectedError
 from django.http import Http404, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import redirect
+from django.template.defaultfilters import pluralize
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince
@@ -374,7 +375,7 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         if obj is None or not obj.pk:
             return "—"
         count = obj.members.count()
-        return f"{count:,} profile(s)"
+        return f"{count:,} profile{pluralize(count)}"
 
     def save_model(self, request, obj, form, change):
         data = form.cleaned_data

@@ -186,6 +186,8 @@ def test_static_segment_members_are_edited_by_external_id(login, manager_alice):
     assert response.status_code == 200
     assert static.members.count() == 1
     assert "Unknown external ids: nobody" in response.content.decode()
+    page = login(manager_alice).get(f"/admin/audiences/segment/{static.pk}/change/").content.decode()
+    assert "1 profile<" in page and "profile(s)" not in page
 
 
 def test_a_static_segments_kept_count_is_forgotten_when_its_page_changes_its_members(login, manager_alice):

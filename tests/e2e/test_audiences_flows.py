@@ -29,8 +29,8 @@ def test_manager_builds_a_segment_without_writing_json(login, page, live_server,
     inner.locator("select[aria-label=operator]").select_option("lt")
     inner.locator("input[type=number]").fill("18")
     page.click(".rule-builder-preview-button")
-    page.wait_for_selector(".rule-builder-preview-summary:has-text('profile(s)')")
-    assert page.locator(".rule-builder-preview-summary").inner_text().startswith("1 profile(s)")
+    page.wait_for_selector(".rule-builder-preview-summary:has-text('counted in')")
+    assert page.locator(".rule-builder-preview-summary").inner_text().startswith("1 profile · counted in")
     assert "ann" in page.locator(".rule-builder-preview-result").inner_text()
     screenshot("segment-rule-builder")
     page.click("input[name=_save]")
@@ -58,7 +58,7 @@ def test_the_preview_warns_of_values_the_rules_read_as_nothing(login, page, live
     row.locator("input[type=number]").fill("30")
     page.click(".rule-builder-preview-button")
     page.wait_for_selector(".rb-unread")
-    assert page.locator(".rule-builder-preview-summary").inner_text().startswith("1 profile(s)")
+    assert page.locator(".rule-builder-preview-summary").inner_text().startswith("1 profile · counted in")
     assert "1 of the 3 newest profiles hold 'age' as text" in page.locator(".rb-unread").inner_text()
 
 

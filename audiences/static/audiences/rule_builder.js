@@ -408,7 +408,7 @@
         return;
       }
       builder.markErrors([]);
-      summary.textContent = data.count.toLocaleString() + " profile(s) · counted in " + data.took_ms + " ms";
+      summary.textContent = data.count.toLocaleString() + (data.count === 1 ? " profile" : " profiles") + " · counted in " + data.took_ms + " ms";
       (data.reach || []).forEach(function (r) {
         result.appendChild(el("p", { className: "rb-reach", text: r.app + ": " + r.text }));
       });
