@@ -221,10 +221,15 @@ def test_a_worker_whose_redis_stops_says_it_without_tracebacks_and_its_pusher_on
         assert wait_for(lambda: "Failed 'math.floor'" in log_path.read_text(), timeout=60), log_path.read_text()
         server.stop()
         # The pusher fails, sleeps 10 s and stops, and is started again; on a loaded machine the
-        # first start again may take longer than that, so it is waited for, then 25 s more: two or
-        # three times more, within the minute its line is said once in.
+        # first start again may take longer than that, so it is waited for, then for the start
+        # after it (each pusher says it as it starts: the first, the one started again, the next),
+        # within the minute its line is said once in. The sentinel says a start again once it has
+        # started the pusher: two seconds for it to say that one, had it not been left out.
         assert wait_for(lambda: "reincarnated pusher" in log_path.read_text(), timeout=90), log_path.read_text()
-        time.sleep(25)
+        assert wait_for(lambda: log_path.read_text().count(" pushing tasks at ") >= 3, timeout=90, step=0.2), (
+            log_path.read_text()
+        )
+        time.sleep(2)
         assert worker.poll() is None, log_path.read_text()
     finally:
         if worker.poll() is None:
