@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 
 from django.core.exceptions import ValidationError
+from django.template.defaultfilters import pluralize
 
 STEP_TYPES = ("wait", "condition", "split", "push", "exit")
 # Each step type in words, as the pages name it (the graph's boxes); the API and the JSON keep the type.
@@ -44,12 +45,13 @@ MAX_LABEL = 80  # a branch's counter is "passed:<label>", at most 100 characters
 EVENT_NAME_MAX = 100  # an event's name (audiences.Event.name): a longer one is no event's
 
 
-# The units a wait is typed and shown in, largest first: (seconds, as typed, as shown).
+# The units a wait is typed and shown in, largest first: (seconds, as typed, as shown for one and
+# for more, as ``pluralize`` takes them).
 WAIT_UNITS = (
-    (DAY_SECONDS, "days", "day(s)"),
-    (3600, "hours", "hour(s)"),
-    (60, "minutes", "minute(s)"),
-    (1, "seconds", "s"),
+    (DAY_SECONDS, "days", "day,days"),
+    (3600, "hours", "hour,hours"),
+    (60, "minutes", "minute,minutes"),
+    (1, "seconds", "s,s"),
 )
 
 
@@ -61,9 +63,9 @@ def duration_parts(seconds: int) -> tuple[int, int]:
 
 
 def duration_text(seconds: int) -> str:
-    """A wait as the marketer typed it: "2 day(s)", "90 minute(s)", "45 s"."""
+    """A wait as the marketer typed it: "1 day", "90 minutes", "45 s"."""
     amount, unit = duration_parts(seconds)
-    return f"{amount:,} {next(shown for u, _, shown in WAIT_UNITS if u == unit)}"
+    return f"{amount:,} {pluralize(amount, next(shown for u, _, shown in WAIT_UNITS if u == unit))}"
 
 
 def whole_days(seconds: int) -> bool:

@@ -172,7 +172,7 @@ def test_manager_types_journey_waits_in_minutes_hours_and_days(login, page, live
         assert row.locator("input.wait-amount").input_value() == amount
         assert row.locator("select.wait-unit").input_value() == unit
     drawn = page.locator("svg.journey-graph").text_content()
-    assert "15 minute(s)" in drawn and "2 hour(s)" in drawn and "3 day(s)" in drawn and "90 s" in drawn
+    assert "15 minutes" in drawn and "2 hours" in drawn and "3 days" in drawn and "90 s" in drawn
 
     # A change of unit keeps the amount: 2 hours become 2 days.
     page.locator(".step-editor .step-row[data-step=wait3] select.wait-unit").select_option("86400")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from journeys.graph import GraphInvalid, entry_of, graph_validate
+from journeys.graph import GraphInvalid, duration_text, entry_of, graph_validate
 
 
 def _steps(*steps):
@@ -50,12 +50,20 @@ def test_negative_wait_is_refused_naming_the_step():
 
 @pytest.mark.parametrize(
     ("seconds", "said"),
-    [(91 * 86400, "91 day(s)"), (2200 * 3600, "2,200 hour(s)"), (90 * 86400 + 60, "129,601 minute(s)")],
+    [(91 * 86400, "91 days"), (2200 * 3600, "2,200 hours"), (90 * 86400 + 60, "129,601 minutes")],
 )
 def test_a_wait_over_90_days_is_refused_in_the_unit_it_was_typed_in(seconds, said):
     """The message quoted seconds ("7862400 s") for a wait typed as 91 days."""
     errors = _errors(_steps({"id": "pause", "type": "wait", "seconds": seconds, "next": "done"}, EXIT))
     assert errors == [f"Step 'pause': the wait is {said}, longer than the 90 days a wait may last."]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "said"),
+    [(86400, "1 day"), (3 * 86400, "3 days"), (3600, "1 hour"), (60, "1 minute"), (1, "1 s"), (45, "45 s"), (0, "0 s")],
+)
+def test_a_wait_reads_one_unit_in_the_singular_and_more_in_the_plural(seconds, said):
+    assert duration_text(seconds) == said
 
 
 def test_bad_time_of_day_is_refused():

@@ -320,12 +320,12 @@ def test_approval_inbox_approves_through_the_registered_subject(make_journey, ma
         (
             {"entry_kind": "event", "entry_segment": None, "entry_event": "signed_up", "reentry": "after_wait"}
             | {"reentry_wait_seconds": 2 * 86400, "exit_event": "purchased"},
-            "When the event 'signed_up' arrives; re-entry after 2 day(s)",
+            "When the event 'signed_up' arrives; re-entry after 2 days",
             "the event 'purchased'",
         ),
         (
             {"entry_every_hours": 6, "reentry": "after_wait", "reentry_wait_seconds": 90 * 60},
-            "Everyone in 'Everyone', read again every 6 h; re-entry after 90 minute(s)",
+            "Everyone in 'Everyone', read again every 6 h; re-entry after 90 minutes",
             "none",
         ),
         ({}, "Everyone in 'Everyone', read once; a profile enters once", "none"),
