@@ -180,17 +180,42 @@ def api_key_for(db):
     return make
 
 
-@pytest.fixture
-def embedded_env(tmp_path):
-    """The environment of a ``manage.py`` run in the embedded default (SQLite in ``tmp_path``):
-    this process's, without the test settings' database, Redis and Pushdesk variables."""
+def _embedded_environment(var_dir) -> dict:
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("PUSHDESK_", "DATABASE_URL", "REDIS_URL", "SECRET_KEY"))
     }
-    env["PUSHDESK_VAR_DIR"] = str(tmp_path)
+    env["PUSHDESK_VAR_DIR"] = str(var_dir)
     return env
+
+
+@pytest.fixture
+def embedded_env(tmp_path):
+    """The environment of a ``manage.py`` run in the embedded default (SQLite in ``tmp_path``):
+    this process's, without the test settings' database, Redis and Pushdesk variables."""
+    return _embedded_environment(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def _embedded_var_migrated(tmp_path_factory):
+    """A folder of the embedded default whose SQLite database ``migrate`` made, once per process."""
+    from tests.processes import manage
+
+    folder = tmp_path_factory.mktemp("embedded-migrated")
+    migrate = manage(["migrate", "--noinput"], _embedded_environment(folder), timeout=300)
+    assert migrate.returncode == 0, migrate.stderr
+    return folder
+
+
+@pytest.fixture
+def embedded_env_migrated(embedded_env, tmp_path, _embedded_var_migrated):
+    """``embedded_env`` with its database migrated: a copy of the folder migrated once for the tests
+    that need one but do not test the migration (each ``manage.py migrate`` takes 7 s or more)."""
+    import shutil
+
+    shutil.copytree(_embedded_var_migrated, tmp_path, dirs_exist_ok=True)
+    return embedded_env
 
 
 @pytest.fixture
