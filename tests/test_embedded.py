@@ -160,15 +160,14 @@ print(json.dumps({**result, "waits": waits}))
 """
 
 
-def test_a_long_journey_run_on_sqlite_lets_other_writers_in(embedded_env):
+def test_a_long_journey_run_on_sqlite_lets_other_writers_in(embedded_env_migrated):
     """SQLite has one writer at a time, and a waiting one polls: a loop of back-to-back write
     transactions kept every other writer (the admin, the task queue) waiting for the whole run,
     then "database is locked". The engine now pauses between its batches (``config.db.write_pacer``):
     a write beside it waits for about a batch."""
     import json
 
-    assert manage(["migrate", "--noinput"], embedded_env, timeout=300).returncode == 0
-    ran = manage(["shell", "-c", _ENGINE_BESIDE_A_WRITER], embedded_env, timeout=300)
+    ran = manage(["shell", "-c", _ENGINE_BESIDE_A_WRITER], embedded_env_migrated, timeout=300)
     assert ran.returncode == 0, ran.stderr
     result = json.loads(ran.stdout.strip().splitlines()[-1])
     assert result["enrollments"] == 8000
