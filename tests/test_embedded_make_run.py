@@ -12,14 +12,12 @@ from pathlib import Path
 
 import httpx
 
-from tests.processes import ROOT, as_from_a_terminal, descendants, free_port, free_port_pair, manage
+from tests.processes import ROOT, as_from_a_terminal, descendants, free_port, free_port_pair
 
 
 def _start(embedded_env, tmp_path) -> tuple[subprocess.Popen, Path, int, int]:
-    """`make run`'s stack on a migrated SQLite database in ``tmp_path``, on free ports: its
-    process, its log, the web app's port and the simulator's."""
-    migrate = manage(["migrate", "--noinput"], embedded_env, timeout=300)
-    assert migrate.returncode == 0, migrate.stderr
+    """`make run`'s stack on the migrated SQLite database in ``tmp_path`` (``embedded_env_migrated``),
+    on free ports: its process, its log, the web app's port and the simulator's."""
     sim_port = free_port_pair()  # and its next, the sandbox's
     port = next(p for p in iter(free_port, None) if p not in (sim_port, sim_port + 1))
     log = tmp_path / "run.log"
@@ -44,11 +42,11 @@ def _start(embedded_env, tmp_path) -> tuple[subprocess.Popen, Path, int, int]:
     return stack, log, port, sim_port
 
 
-def test_make_run_looks_like_the_product_and_ctrl_c_stops_everything_cleanly(embedded_env, tmp_path):
+def test_make_run_looks_like_the_product_and_ctrl_c_stops_everything_cleanly(embedded_env_migrated, tmp_path):
     """`make run`'s stack: no debug pages, error pages inside the admin's frame, static files
     served; Ctrl-C (SIGINT to the whole process group) stops web, worker, stream sender and simulator
     cleanly."""
-    stack, log, port, _ = _start(embedded_env, tmp_path)
+    stack, log, port, _ = _start(embedded_env_migrated, tmp_path)
     try:
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, follow_redirects=False, timeout=10) as http:
@@ -91,11 +89,11 @@ def test_make_run_looks_like_the_product_and_ctrl_c_stops_everything_cleanly(emb
     assert [pid for pid in family if Path(f"/proc/{pid}").exists()] == []
 
 
-def test_the_stack_stops_when_make_run_is_killed_outright(embedded_env, tmp_path):
+def test_the_stack_stops_when_make_run_is_killed_outright(embedded_env_migrated, tmp_path):
     """SIGKILL to `make run`'s process (which cannot stop anything then): its web app, worker,
     stream sender and simulator, each asked to stop when their parent dies, stop too, and leave
     the ports for the next `make run`."""
-    stack, log, _, sim_port = _start(embedded_env, tmp_path)
+    stack, log, _, sim_port = _start(embedded_env_migrated, tmp_path)
     family = []
     try:
         deadline = time.monotonic() + 120
