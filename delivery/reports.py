@@ -37,6 +37,7 @@ from django.db.models import (
     When,
 )
 from django.db.models.functions import Now, Trunc
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
 from config.db import among
@@ -515,10 +516,11 @@ def rows_deleted_html(cleared: dict | None, time_zone: str, *, per_profile: str)
     if not cleared:
         return ""
     return format_html(
-        '<p class="rows-deleted">The per-device rows of {} send(s), the latest finished {}, were deleted by '
+        '<p class="rows-deleted">The per-device rows of {} send{}, the latest finished {}, were deleted by '
         "retention: the totals count them, and so do {} (their profiles were kept), the conversions for the "
         "goal set when the rows went: a goal changed since counts only the sends whose rows remain.</p>",
         cleared["sends"],
+        pluralize(cleared["sends"]),
         zoned(cleared["last_finished_at"], time_zone),
         per_profile,
     )
@@ -731,7 +733,8 @@ def conversions_html(rows: list[tuple[str, dict]], goal: dict, *, table_id: str)
     from django.utils.html import format_html, format_html_join
 
     anchor = "opened" if goal["anchor"] == "opened" else "accepted"
-    conditions = f", {len(goal['where'])} property condition(s)" if goal["where"] else ""
+    where = len(goal["where"])
+    conditions = f", {where} property condition{pluralize(where)}" if where else ""
     body = format_html_join(
         "",
         '<tr data-group="{}"><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>'

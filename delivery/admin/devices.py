@@ -3,6 +3,7 @@
 from django.contrib import admin, messages
 from django.db.models import Q
 from django.http import Http404
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.utils.html import format_html_join
 
@@ -137,7 +138,7 @@ class DeviceAdmin(BigTableAdmin):
         changed = devices_test_flag_set(
             device_ids=list(queryset.values_list("pk", flat=True)), is_test=value, by=request.user
         )
-        self.message_user(request, f"{changed} device(s) changed.", messages.SUCCESS)
+        self.message_user(request, f"{changed} device{pluralize(changed)} changed.", messages.SUCCESS)
 
     @admin.action(description="Mark as test devices", permissions=["write"])
     def mark_test(self, request, queryset):

@@ -169,7 +169,7 @@ h1 {{ font-size: 20px; margin: 0 0 4px; }} p.meta {{ margin: 0 0 20px; color: #6
 .empty {{ color: #fff; opacity: .7; text-align: center; margin-top: 40px; font-size: 13px; }}
 </style></head><body>
 <h1>Push simulator</h1>
-<p class="meta">{total} notification(s) received · newest first · counts per token at <a href="/control/counts">/control/counts</a></p>
+<p class="meta">{total} {notifications} received · newest first · counts per token at <a href="/control/counts">/control/counts</a></p>
 <div class="phones">
 <div><div class="phone ios"><div class="screen"><div class="clock">{clock}</div><div class="zone">UTC</div><div class="label">iOS · APNs</div>{ios}</div></div></div>
 <div><div class="phone android"><div class="screen"><div class="label">Android · FCM</div>{android}</div></div></div>
@@ -226,7 +226,11 @@ def handle_page(state: SimState, ex: Exchange) -> Answer:
     with state.lock:
         total = sum(state.counts.values())
     page = _PAGE.format(
-        total=total, clock=datetime.fromtimestamp(state.now(), tz=UTC).strftime("%H:%M"), ios=ios, android=android
+        total=total,
+        notifications="notification" if total == 1 else "notifications",
+        clock=datetime.fromtimestamp(state.now(), tz=UTC).strftime("%H:%M"),
+        ios=ios,
+        android=android,
     )
     # "replace": a stored string that is not Unicode (none should be) must not take the page down.
     return Answer(200, [("content-type", "text/html; charset=utf-8")], page.encode("utf-8", "replace"))

@@ -270,7 +270,7 @@ def test_the_report_keeps_its_totals_once_retention_deleted_the_rows(make_campai
     client.force_login(admin_erin)
     page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
     assert "<tr><th>Targeted</th><td>7</td></tr>" in page and "<tr><th>Accepted</th><td>3</td></tr>" in page
-    assert "The per-device rows of 1 send(s), the latest finished" in page
+    assert "The per-device rows of 1 send, the latest finished" in page
     assert f"{zoned(finished, campaign.time_zone)}, were deleted by retention" in page
     api = api_key_for(admin_erin).get(f"/api/v1/campaigns/{campaign.pk}/report/")
     assert api.status_code == 200 and api.json()["rows_deleted"]["sends"] == 1

@@ -428,11 +428,15 @@ def test_the_device_search_reads_the_unique_indexes_not_every_device(client, man
 
 
 def test_manager_marks_test_devices_from_the_admin(client, manager_alice, app):
-    device = DeviceFactory(app=app)
+    device, other = DeviceFactory(app=app), DeviceFactory(app=app, is_test=True)
     client.force_login(manager_alice)
-    client.post(reverse("admin:delivery_device_changelist"), {"action": "mark_test", "_selected_action": [device.pk]})
+    url = reverse("admin:delivery_device_changelist")
+    answer = client.post(url, {"action": "mark_test", "_selected_action": [device.pk]}, follow=True)
     device.refresh_from_db()
     assert device.is_test
+    assert "1 device changed." in answer.content.decode()
+    answer = client.post(url, {"action": "unmark_test", "_selected_action": [device.pk, other.pk]}, follow=True)
+    assert "2 devices changed." in answer.content.decode()
 
 
 def _press(client, model: str, action: str, pks: list[int]):

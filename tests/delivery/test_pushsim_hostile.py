@@ -289,7 +289,13 @@ def test_apns_refuses_a_payload_that_is_not_strict_utf8_json_with_an_alert_of_it
 def test_apns_takes_a_surrogate_pair_escape_and_a_null_alert(pushsim, apns_credentials):
     assert apns_send(pushsim, apns_credentials, rb'{"aps":{"alert":{"title":"\ud83d\ude00 party"}}}') == (200, "")
     assert apns_send(pushsim, apns_credentials, b'{"aps":{"alert":null,"badge":1}}') == (200, "")
-    assert "\U0001f600 party" in httpx.get(pushsim.url() + "/").text
+    page = httpx.get(pushsim.url() + "/").text
+    assert "\U0001f600 party" in page and ">2 notifications received ·" in page
+
+
+def test_the_page_counts_one_notification_in_the_singular(pushsim, apns_credentials):
+    assert apns_send(pushsim, apns_credentials) == (200, "")
+    assert ">1 notification received ·" in httpx.get(pushsim.url() + "/").text
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import zoneinfo
 import pytest
 
 from delivery.models import Delivery, Dispatch
-from delivery.reports import report_charts, step_series
+from delivery.reports import conversions_html, report_charts, step_series
 from delivery.services.opens import delivery_open_report
 from delivery.services.rollups import rollup_rebuild
 from tests.delivery.reporting import T0, sent_dispatch
@@ -318,3 +318,14 @@ def test_a_day_whose_midnight_the_clocks_repeat_is_one_day_on_the_timeline():
     timeline = report_charts(dispatch_ids=[dispatch.pk], tz=zoneinfo.ZoneInfo("America/Havana"))["timeline"]
     assert timeline["labels"] == ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"]
     assert timeline["accepted"] == [2, 0, 0, 1]
+
+
+def test_the_conversions_goal_counts_its_property_conditions_one_in_the_singular_more_in_the_plural():
+    def said(*properties):
+        where = [{"property": p, "type": "number", "op": "gte", "value": 1} for p in properties]
+        goal = {"event": "purchase", "where": where, "window_hours": 24, "anchor": "opened"}
+        return conversions_html([], goal, table_id="conversions")
+
+    assert "<strong>purchase</strong> within 24 h after the push was opened." in said()
+    assert "<strong>purchase</strong>, 1 property condition within 24 h after the push was opened." in said("amount")
+    assert "<strong>purchase</strong>, 2 property conditions within 24 h" in said("amount", "items")

@@ -175,4 +175,4 @@ def test_manager_sets_a_conversion_goal_with_a_condition_and_a_window_and_the_re
     assert page.input_value("#id_conversion_value_1") == "20"
     assert page.input_value("#id_conversion_property_1") == "amount"
     report = page.locator("#campaign-conversions").inner_text()
-    assert "purchase, 1 property condition(s) within 48 h after the push was opened" in report, report
+    assert "purchase, 1 property condition within 48 h after the push was opened" in report, report

@@ -189,7 +189,7 @@ def test_a_steps_conversions_outlive_retention_under_the_same_goal(pushed, manag
     assert conversions() == before
     client.force_login(manager_alice)
     page = client.get(f"/admin/journeys/journey/{pushed.pk}/change/").content.decode()
-    assert "The per-device rows of 2 send(s), the latest finished 2025-09-28 10:00 (UTC), were deleted" in page
+    assert "The per-device rows of 2 sends, the latest finished 2025-09-28 10:00 (UTC), were deleted" in page
     assert '<tr data-group="push_a"><th>push_a</th><td>4</td><td>3</td><td>75.0%</td>' in page
     api = api_key_for(manager_alice).get(f"/api/v1/journeys/{pushed.pk}/").json()
     assert api["rows_deleted"] == {"sends": 2, "last_finished_at": "2025-09-28T10:00:00Z"}
