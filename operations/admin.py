@@ -6,6 +6,7 @@ strings refuse the lookups every other list refuses (``BoundedLookupsMixin``).
 """
 
 from django.contrib import admin, messages
+from django.template.defaultfilters import pluralize
 from django_q import admin as queue_admin
 from django_q.models import Failure, OrmQ, Schedule, Success
 
@@ -23,7 +24,7 @@ class ResubmitMixin(BoundedLookupsMixin, AdminAuditMixin):
         tasks = list(queryset.values_list("pk", flat=True))
         for task_id in tasks:
             task_resubmit(task_id=task_id, by=request.user)
-        self.message_user(request, f"{len(tasks)} task(s) queued again.", messages.SUCCESS)
+        self.message_user(request, f"{len(tasks)} task{pluralize(len(tasks))} queued again.", messages.SUCCESS)
 
     def has_resubmit_permission(self, request):
         return request.user.has_perm(f"django_q.change_{self.model._meta.model_name}")

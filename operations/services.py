@@ -8,6 +8,7 @@ import logging
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from redis.exceptions import RedisError
 
@@ -239,7 +240,7 @@ def _kept_rows_conversion_problems(*, event_days: int, delivery_days: int, now: 
             n, oldest = sends[(noun, pk)]
             least = delivery_days + -(-hours // 24) if delivery_days > 0 else None
             problems.append(
-                f"The {noun} '{name}' (id {pk}) counts '{event}' events as conversions of {n} send(s) whose rows are "
+                f"The {noun} '{name}' (id {pk}) counts '{event}' events as conversions of {n} send{pluralize(n)} whose rows are "
                 f"still kept, the oldest from {oldest:%Y-%m-%d}: PUSHDESK_RETENTION_EVENT_DAYS={event_days} would "
                 "delete events its report counts ("
                 + (

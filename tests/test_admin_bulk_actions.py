@@ -175,7 +175,9 @@ def test_resubmit_runs_a_task_again_for_a_superuser_and_not_for_a_viewer(
 
     client.force_login(superuser)
     with django_capture_on_commit_callbacks(execute=True):
-        assert _press(client, label, "resubmit_task", task).status_code == 302
+        pressed = _press(client, label, "resubmit_task", task)
+    assert pressed.status_code == 302
+    assert [m.message for m in pressed.wsgi_request._messages] == ["1 task queued again."]
     again = Task.objects.exclude(pk=task.pk).get()  # run again (in-process in tests)
     assert (again.func, again.success, again.result) == ("math.floor", True, 2)
     # A resubmitted failure leaves the failures list; a success stays where it was.

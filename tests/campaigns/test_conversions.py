@@ -623,7 +623,7 @@ def test_event_retention_waits_until_the_rows_conversions_are_counted_from_are_g
     with pytest.raises(RetentionRefused) as refused:
         retention_apply(now=later, delivery_days=180, event_days=30)
     assert refused.value.problems[1:] == [
-        f"The campaign 'Spring sale' (id {campaign.pk}) counts 'purchase' events as conversions of 1 send(s) whose "
+        f"The campaign 'Spring sale' (id {campaign.pk}) counts 'purchase' events as conversions of 1 send whose "
         "rows are still kept, the oldest from 2026-11-02: PUSHDESK_RETENTION_EVENT_DAYS=30 would delete events its "
         "report counts (keep events at least PUSHDESK_RETENTION_DELIVERY_DAYS plus its window, 181 days)."
     ]

@@ -223,7 +223,7 @@ def test_event_retention_waits_until_the_steps_rows_are_gone(pushed, manager_ali
     with pytest.raises(RetentionRefused) as refused:
         retention_apply(now=later, delivery_days=180, event_days=30)
     assert (
-        f"The journey '{pushed.name}' (id {pushed.pk}) counts 'purchase' events as conversions of 2 send(s) whose rows "
+        f"The journey '{pushed.name}' (id {pushed.pk}) counts 'purchase' events as conversions of 2 sends whose rows "
         "are still kept, the oldest from 2026-11-02" in refused.value.problems[1]
     )
     assert Event.objects.count() == 5
