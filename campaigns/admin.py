@@ -287,6 +287,14 @@ class _StatusFilter(ActiveStatusFilter):
     active_label = "Draft, in review, scheduled, live"
 
 
+def _has_occurrences_to_show(campaign: Campaign | None) -> bool:
+    """Whether a campaign's page lists occurrences: a saved campaign's schedule makes them; an
+    API-triggered one shows those it made before it was triggered by the API, if any."""
+    if campaign is None or campaign.pk is None:
+        return False
+    return campaign.kind != Campaign.Kind.API_TRIGGERED or campaign.occurrences.exists()
+
+
 @admin.register(Campaign)
 class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     lifecycle_delete = staticmethod(campaign_delete)
@@ -296,6 +304,14 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
     list_select_related = ("app", "owner")
     search_fields = ("name",)
     inlines = [CampaignVariantInline, OccurrenceInline]
+
+    def get_inlines(self, request, obj):
+        """Occurrences only where a schedule makes them: not on the add page, nor on an
+        API-triggered campaign that has none (one made scheduled first keeps its own)."""
+        if _has_occurrences_to_show(obj):
+            return self.inlines
+        return [inline for inline in self.inlines if inline is not OccurrenceInline]
+
     readonly_fields = (
         "status",
         "approval",
@@ -546,12 +562,15 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
                 for d in latest
             ),
         )
+        occurrences = ""
+        if _has_occurrences_to_show(obj):
+            occurrences = format_html("<p>Occurrences (listed below): {}.</p>", occurrences_summary(obj))
         return format_html(
-            '<div id="campaign-sends"><p>{}: {}.</p>{}<p>Occurrences (listed below): {}.</p></div>',
+            '<div id="campaign-sends"><p>{}: {}.</p>{}{}</div>',
             "Dispatches, newest first" if count else "Dispatches",
             summary,
             format_html("<ul>{}</ul>", rows) if latest else "",
-            occurrences_summary(obj),
+            occurrences,
         )
 
     @admin.display(description="Activated", ordering="activated_at")

@@ -621,6 +621,21 @@ def test_the_review_of_a_request_whose_draft_was_deleted_leads_to_its_record(
     assert ApprovalRequest.objects.get().status == "changes_requested"
 
 
+def test_occurrences_show_only_where_a_schedule_makes_them(client, make_campaign, manager_alice):
+    """Occurrences are made by a schedule: the add page showed their empty table, and an
+    API-triggered campaign's page said "Occurrences (listed below): none yet" above an empty one."""
+    scheduled = make_campaign()
+    triggered = make_campaign(kind="api_triggered", segment=None, name="Order shipped")
+    client.force_login(manager_alice)
+    add = client.get("/admin/campaigns/campaign/add/").content.decode()
+    assert add.count('id="occurrences-group"') == 0 and "Occurrences (listed below)" not in add
+    page = client.get(f"/admin/campaigns/campaign/{triggered.pk}/change/").content.decode()
+    assert 'id="occurrences-group"' not in page and "Occurrences (listed below)" not in page
+    assert 'id="campaign-sends"' in page  # its dispatches are still said
+    page = client.get(f"/admin/campaigns/campaign/{scheduled.pk}/change/").content.decode()
+    assert 'id="occurrences-group"' in page and "Occurrences (listed below): none yet." in page
+
+
 def test_a_requests_record_leads_to_what_it_asks_to_approve_and_while_it_waits_to_its_review(
     client, make_campaign, manager_alice, approver_bob
 ):
