@@ -9,7 +9,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import redirect
-from django.template.defaultfilters import filesizeformat
+from django.template.defaultfilters import filesizeformat, pluralize
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
@@ -310,7 +310,7 @@ class ImportAdmin(AccessAdmin):
                     request, f"{record}: you may not change its segment, so you may not restart it.", messages.WARNING
                 )
         if restarted:
-            self.message_user(request, f"{restarted} import(s) queued again.", messages.SUCCESS)
+            self.message_user(request, f"{restarted} import{pluralize(restarted)} queued again.", messages.SUCCESS)
 
 
 def _progress_text(record: Import) -> str:

@@ -395,7 +395,9 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
                         add=(data.get("add_members") or "").splitlines(),
                         remove=(data.get("remove_members") or "").splitlines(),
                     )
-                    self.message_user(request, f"{added} member(s) added, {removed} removed.", messages.SUCCESS)
+                    self.message_user(
+                        request, f"{added} member{pluralize(added)} added, {removed} removed.", messages.SUCCESS
+                    )
                     if unknown:
                         shown = ", ".join(unknown[:10]) + ("…" if len(unknown) > 10 else "")
                         self.message_user(request, f"Unknown external ids: {shown}", messages.WARNING)
@@ -460,7 +462,7 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             except (PermissionDenied, Http404):
                 refused.append(segment.name)
         if counted:
-            self.message_user(request, f"{counted} segment(s) counted.", messages.SUCCESS)
+            self.message_user(request, f"{counted} segment{pluralize(counted)} counted.", messages.SUCCESS)
         if refused:
             self.message_user(
                 request, f"Not counted, as you may not change them: {', '.join(refused)}.", messages.ERROR
@@ -489,7 +491,7 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
                     request, f"{segment}: {' '.join(getattr(exc, 'messages', [str(exc)]))}", messages.ERROR
                 )
         if deleted:
-            self.message_user(request, f"{deleted} segment(s) deleted.", messages.SUCCESS)
+            self.message_user(request, f"{deleted} segment{pluralize(deleted)} deleted.", messages.SUCCESS)
 
     def get_urls(self):
         return [

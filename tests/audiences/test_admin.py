@@ -185,6 +185,7 @@ def test_static_segment_members_are_edited_by_external_id(login, manager_alice):
     )
     assert response.status_code == 200
     assert static.members.count() == 1
+    assert "1 member added, 0 removed." in response.content.decode()
     assert "Unknown external ids: nobody" in response.content.decode()
     page = login(manager_alice).get(f"/admin/audiences/segment/{static.pk}/change/").content.decode()
     assert "1 profile<" in page and "profile(s)" not in page
@@ -220,7 +221,7 @@ def test_static_segment_members_are_removed_by_external_id(login, manager_alice)
         {"name": "Kept", "description": "", "add_members": "", "remove_members": "a\nnobody"},
         follow=True,
     )
-    assert "0 member(s) added, 1 removed." in response.content.decode()
+    assert "0 members added, 1 removed." in response.content.decode()
     assert "Unknown external ids: nobody" in response.content.decode()
     assert list(static.members.values_list("profile__external_id", flat=True)) == ["b"]
     event = AuditEvent.objects.filter(action="segment_members_changed").latest("pk")
@@ -703,7 +704,9 @@ def test_delete_segments_deletes_for_its_manager_and_nothing_for_a_viewer_or_out
     assert asked.status_code == 200 and "Delete 1 segment? This cannot be undone." in asked.content.decode()
     assert "Pros" in asked.content.decode()
     assert Segment.objects.filter(pk=segment.pk).exists()
-    assert client.post("/admin/audiences/segment/", answered).status_code == 302
+    deleted = client.post("/admin/audiences/segment/", answered)
+    assert deleted.status_code == 302
+    assert "1 segment deleted." in [m.message for m in deleted.wsgi_request._messages]
     assert not Segment.objects.filter(pk=segment.pk).exists()
 
 
@@ -894,7 +897,7 @@ def test_count_reach_now_keeps_each_selected_segments_reach_and_is_refused_witho
     press = {"action": "count_reach", "_selected_action": [segment.pk]}
     assert login(outsider_dave).post("/admin/audiences/segment/", press).status_code == 403
     response = login(manager_alice).post("/admin/audiences/segment/", press, follow=True)
-    assert "1 segment(s) counted." in response.content.decode()
+    assert "1 segment counted." in response.content.decode()
     segment.refresh_from_db()
     assert segment.last_count == 3 and segment.last_counted_at is not None
     assert segment.last_reach == [

@@ -141,7 +141,9 @@ def test_restart_finishes_a_failed_import_with_each_row_once(
     client = login(manager_alice)
     press = {"action": "restart_imports", "_selected_action": [failed_import.pk]}
     with django_capture_on_commit_callbacks(execute=True):
-        assert client.post("/admin/audiences/import/", press).status_code == 302
+        pressed = client.post("/admin/audiences/import/", press)
+    assert pressed.status_code == 302
+    assert "1 import queued again." in [m.message for m in pressed.wsgi_request._messages]
     record = Import.objects.get(pk=failed_import.pk)
     assert (record.status, record.error) == (Import.Status.DONE, "")
     assert (record.rows_done, record.rows_imported, record.rows_failed, record.rows_duplicate) == (6, 3, 2, 1)

@@ -62,6 +62,24 @@ def test_the_preview_warns_of_values_the_rules_read_as_nothing(login, page, live
     assert "1 of the 3 newest profiles hold 'age' as text" in page.locator(".rb-unread").inner_text()
 
 
+def test_an_event_condition_says_time_and_day_for_one_and_times_and_days_for_more(
+    login, page, live_server, manager_alice
+):
+    """The row said "at least 1 time(s) in the last 30 days" whatever was typed."""
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/audiences/segment/add/")
+    builder = page.locator(".rule-builder")
+    builder.locator("button", has_text="+ condition").first.click()
+    builder.locator(".rb-row select[aria-label='condition kind']").first.select_option("event")
+    row = builder.locator(".rb-row").nth(0)
+    count, within = row.locator("input[type=number]").nth(0), row.locator("input[type=number]").nth(1)
+    assert (row.locator(".rb-times").inner_text(), row.locator(".rb-days").inner_text()) == ("time in the last", "days")
+    count.fill("3")
+    within.fill("1")
+    assert (row.locator(".rb-times").inner_text(), row.locator(".rb-days").inner_text()) == ("times in the last", "day")
+    assert "time(s)" not in row.inner_text()
+
+
 def test_the_builder_trims_text_compared_whole_as_it_is_typed(login, page, live_server, manager_alice):
     """The server refuses 'plan is "pro "' (white space around text compared whole): the builder
     trims what is typed under is / is not / is one of / is none of, so the segment saves; 'contains'
@@ -226,7 +244,7 @@ def test_manager_reads_each_segments_reach_in_the_list_and_counts_it_again(
     row.locator("input.action-select").check()
     page.select_option("select[name=action]", "count_reach")
     page.click("button[name=index]")
-    page.wait_for_selector(".messagelist .success:has-text('1 segment(s) counted.')")
+    page.wait_for_selector(".messagelist .success:has-text('1 segment counted.')")
     reach = f"{pushsim_app.name}: 4 profiles → 2 reachable (iOS 1 / Android 1) → 1 opted in"
     assert row.locator(".field-reach").inner_text().strip() == reach
     assert row.locator(".field-counted").inner_text().endswith("ago")

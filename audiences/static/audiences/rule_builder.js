@@ -298,15 +298,24 @@
     var self = this;
     row.appendChild(select([["true", "did"], ["false", "did not do"]], String(node.did !== false), function (v) { node.did = v === "true"; self.sync(); }, "did"));
     row.appendChild(input("text", node.event, function (v) { node.event = v; self.sync(); }, { list: this.uid + "-events", placeholder: "event name" }));
+    // "1 time in the last 1 day", "2 times in the last 30 days": the words follow the numbers typed.
+    var times = el("span", { className: "rb-label rb-times" });
+    var days = el("span", { className: "rb-label rb-days" });
+    function words() {
+      times.textContent = (node.min_count || 1) === 1 ? "time in the last" : "times in the last";
+      days.textContent = node.within_days === 1 ? "day" : "days";
+    }
     row.appendChild(el("span", { className: "rb-label", text: "at least" }));
-    row.appendChild(input("number", node.min_count || 1, function (v) { node.min_count = Math.max(1, parseInt(v, 10) || 1); self.sync(); }, { min: 1, className: "rb-small" }));
-    row.appendChild(el("span", { className: "rb-label", text: "time(s) in the last" }));
+    row.appendChild(input("number", node.min_count || 1, function (v) { node.min_count = Math.max(1, parseInt(v, 10) || 1); words(); self.sync(); }, { min: 1, className: "rb-small" }));
+    row.appendChild(times);
     row.appendChild(input("number", node.within_days || "", function (v) {
-      var days = parseInt(v, 10);
-      if (days > 0) node.within_days = days; else delete node.within_days;
+      var within = parseInt(v, 10);
+      if (within > 0) node.within_days = within; else delete node.within_days;
+      words();
       self.sync();
     }, { min: 1, className: "rb-small", placeholder: "ever" }));
-    row.appendChild(el("span", { className: "rb-label", text: "days" }));
+    row.appendChild(days);
+    words();
     var where = el("div", { className: "rb-where" });
     (node.where || []).forEach(function (cond, index) {
       var line = el("div", { className: "rb-row", "data-path": path + ".where[" + index + "]" }, [el("span", { className: "rb-label", text: "where" })]);
