@@ -11,6 +11,7 @@ from accounts.services import access_grant
 from campaigns.services.lifecycle import campaign_approve, campaign_create, campaign_submit
 from config.home import home_for, queue_state
 from delivery.models import Delivery, Dispatch
+from delivery.reasons import reason_html
 from delivery.services.rollups import rollup_rebuild
 from tests.factories import AppFactory, DeviceFactory, PushContentFactory, SegmentFactory
 
@@ -225,7 +226,11 @@ def test_provider_health_shows_unknown_rows_apart_from_the_errors(client, admin_
     assert (
         '<td data-health="errors">1</td><td data-health="error-rate">25.0%</td><td data-health="unknown">3</td>' in html
     )
-    assert f"BadDeviceToken 1; unknown: lease_expired 2, {lost} 1</td>" in html
+    # Each reason in words, its code beside, as the chart's skips above say theirs; the platform in words.
+    bad, gone, timeout = (reason_html(code) for code in ("BadDeviceToken", "lease_expired", lost))
+    assert f"{bad} 1; unknown: {gone} 2, {timeout} 1</td>" in html
+    assert "the token is not one of the app&#x27;s environment (APNs) <code>BadDeviceToken</code> 1" in html
+    assert '<td class="pd-health-platform">iOS</td>' in html
 
 
 def test_provider_health_counts_as_errors_only_the_providers_answers(client, admin_erin, shop):
@@ -250,8 +255,8 @@ def test_provider_health_counts_as_errors_only_the_providers_answers(client, adm
     html = response.content.decode()
     assert '<td data-health="errors">1</td><td data-health="error-rate">25.0%</td>' in html
     assert (
-        "BadDeviceToken 1; not sent (failed before a provider had them): "
-        "render_error: unknown variable &#x27;first_name&#x27; 2, payload_too_large (4200 bytes) 1</td>"
+        f"{reason_html('BadDeviceToken')} 1; not sent (failed before a provider had them): "
+        f"{reason_html(unrendered)} 2, {reason_html('payload_too_large (4200 bytes)')} 1</td>"
     ) in html
 
 

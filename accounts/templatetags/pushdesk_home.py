@@ -8,6 +8,22 @@ from accounts.selectors import approval_requests_stuck
 register = template.Library()
 
 
+@register.filter
+def reason_shown(code: str):
+    """A reason in words with its code beside (``delivery.reasons.reason_html``), as the reports say it."""
+    from delivery.reasons import reason_html
+
+    return reason_html(code)
+
+
+@register.filter
+def platform_shown(platform: str) -> str:
+    """A platform in words ("iOS", "Android"), as the reports name it."""
+    from delivery.reports import PLATFORM_NAMES
+
+    return PLATFORM_NAMES.get(platform, platform)
+
+
 @register.simple_tag
 def stuck_approval_requests(user) -> list:
     """Pending requests nobody may decide, for those who can unblock them (Administrators), each

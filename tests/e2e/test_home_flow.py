@@ -59,7 +59,7 @@ def test_administrator_home_shows_operations_and_every_app(login, page, live_ser
     labels = page.evaluate("() => document.getElementById('pd-sends-chart').chart.data.labels")
     assert len(labels) == 24
     health = page.locator(".pd-health-row").all_inner_texts()
-    assert any(row.startswith("Bank\tandroid\t6\t2\t25.0%") and "credentials refused" in row for row in health)
+    assert any(row.startswith("Bank\tAndroid\t6\t2\t25.0%") and "credentials refused" in row for row in health)
     assert page.locator("#pd-queue-depth").inner_text() == "0"
     assert page.locator("#pd-dispatches .pd-item").all_inner_texts()[0].startswith("Bank live run")
     assert "Spring sale" in page.locator(".pd-section", has_text="Waiting for my approval").inner_text()
