@@ -9,6 +9,7 @@ from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ImproperlyConfigured, PermissionDenied, ValidationError
 from django.db import models, transaction
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
@@ -181,7 +182,9 @@ def api_key_create(
     valid = set(ApiKey.Scope.values)
     unknown = sorted(set(scopes) - valid)
     if unknown:
-        raise ValidationError({"scopes": f"Unknown scope(s): {', '.join(unknown)}; use {', '.join(sorted(valid))}."})
+        raise ValidationError(
+            {"scopes": f"Unknown scope{pluralize(len(unknown))}: {', '.join(unknown)}; use {', '.join(sorted(valid))}."}
+        )
     if not scopes:
         raise ValidationError({"scopes": "Choose at least one scope."})
     if expires_at is not None and expires_at <= timezone.now():

@@ -4,6 +4,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404
+from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
 
 from accounts.admin.bases import AccessAdmin, asks_again
@@ -133,7 +134,8 @@ class ApiKeyAdmin(AccessAdmin):
     def revoke_keys(self, request, queryset):
         for key in queryset:
             api_key_revoke(key_id=key.pk, by=request.user)
-        self.message_user(request, f"{queryset.count()} key(s) revoked.", messages.SUCCESS)
+        revoked = queryset.count()
+        self.message_user(request, f"{revoked} key{pluralize(revoked)} revoked.", messages.SUCCESS)
 
     def has_revoke_keys_permission(self, request):
         return request.user.has_perm("accounts.change_apikey")

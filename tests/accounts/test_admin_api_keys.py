@@ -70,6 +70,7 @@ def test_revoke_action_revokes(client, manager_alice):
     assert not key.is_revoked
     response = client.post("/admin/accounts/apikey/", {**press, "post": "yes"}, follow=True)
     assert response.status_code == 200
+    assert "1 key revoked." in response.content.decode()
     key.refresh_from_db()
     assert key.is_revoked
 

@@ -164,8 +164,10 @@ def test_view_that_declares_no_scope_refuses_everyone(manager_alice):
 
 
 def test_unknown_scope_is_refused(manager_alice):
-    with pytest.raises(ValidationError, match="Unknown scope"):
+    with pytest.raises(ValidationError, match="Unknown scope: admin; use "):
         api_key_create(user=manager_alice, name="x", scopes=["admin"], by=manager_alice)
+    with pytest.raises(ValidationError, match="Unknown scopes: admin, write; use "):
+        api_key_create(user=manager_alice, name="x", scopes=["write", "admin"], by=manager_alice)
 
 
 def test_manager_cannot_create_a_key_for_someone_else(manager_alice, approver_bob):

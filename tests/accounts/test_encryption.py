@@ -52,7 +52,7 @@ def test_status_the_gauge_and_the_rotation_judge_a_stored_secret_alike(settings,
     if decrypts:
         out = io.StringIO()
         call_command("rotate_encryption_key", stdout=out)
-        assert f"delivery.App.apns_private_key: {1 if token else 0} secret(s) re-encrypted" in out.getvalue()
+        assert f"delivery.App.apns_private_key: {'1 secret' if token else '0 secrets'} re-encrypted" in out.getvalue()
         settings.PUSHDESK_ENCRYPTION_KEY = NEW.decode()  # the old key can go
         assert app_secret_problems() == {} and undecryptable_credentials() == 0
     else:

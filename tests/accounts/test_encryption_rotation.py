@@ -56,7 +56,7 @@ def test_rotation_re_encrypts_every_secret_under_the_new_key(
 
     out = io.StringIO()
     call_command("rotate_encryption_key", stdout=out)
-    assert "delivery.App.apns_private_key: 1 secret(s) re-encrypted" in out.getvalue()
+    assert "delivery.App.apns_private_key: 1 secret re-encrypted" in out.getvalue()
     after = stored_tokens(app.pk)
     assert all(a != b for a, b in zip(after, before, strict=True))
     assert stored_tokens(empty.pk) == ("", "")

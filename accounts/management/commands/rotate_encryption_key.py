@@ -2,6 +2,7 @@
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
+from django.template.defaultfilters import pluralize
 
 from accounts.services import encryption_key_rotate
 from operations.database import database_errors_said
@@ -20,5 +21,5 @@ class Command(BaseCommand):
         except ImproperlyConfigured as exc:  # a secret no key decrypts: say so, without a traceback
             raise CommandError(str(exc)) from None
         for label, count in done.items():
-            self.stdout.write(f"{label}: {count} secret(s) re-encrypted")
+            self.stdout.write(f"{label}: {count} secret{pluralize(count)} re-encrypted")
         self.stdout.write(self.style.SUCCESS("Done: the keys after the first may now be removed."))
