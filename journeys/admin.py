@@ -45,7 +45,7 @@ from journeys.graph import (
     rules_of,
     segments_of,
 )
-from journeys.models import Enrollment, Journey, JourneyVersion, StepStat
+from journeys.models import Enrollment, Journey, JourneyPause, JourneyVersion, StepStat
 from journeys.review import conditions_html, content_names, entry_audience_text, entry_segment_names, entry_text
 from journeys.selectors import (
     enrollments_visible_to,
@@ -847,10 +847,18 @@ class EnrollmentAdmin(ReadOnlyAdminMixin, BigTableAdmin):
         ran = _history_first_time(obj.history)
         if obj.version.entry_kind != JourneyVersion.EntryKind.EVENT or ran is None or ran <= obj.entered_at:
             return entered
-        return (
+        said = (
             f"{entered}, when its entry event was stored. Its entry failed then and was made later, when the "
             f"event was replayed: its steps ran from {zoned(ran, JOURNEY_ZONE)}."
         )
+        # A replay run during a pause holds whom it enters until the resume: the pauses between the
+        # event and its steps are named, as what the steps waited for.
+        pauses = JourneyPause.objects.filter(
+            journey_id=obj.journey_id, paused_at__lt=ran, ended_at__gt=obj.entered_at, ended_at__lte=ran
+        ).order_by("paused_at")
+        if spans := [f"from {zoned(p.paused_at, JOURNEY_ZONE)} to {zoned(p.ended_at, JOURNEY_ZONE)}" for p in pauses]:
+            said += f" The journey was paused meanwhile, {' and '.join(spans)}."
+        return said
 
     @admin.display(description="History")
     def history_table(self, obj):

@@ -143,6 +143,17 @@ def test_a_replayed_entrys_page_says_its_steps_ran_when_the_replay_entered_it_af
         f"{entered}, when its entry event was stored. Its entry failed then and was made later, when the event "
         f"was replayed: its steps ran from {replayed}."
     ) in page
+    # Had the journey been paused meanwhile (the replay holds inside whom it enters until the
+    # resume), the page names the pause: the steps ran from the resume, not the replay.
+    from journeys.models import JourneyPause
+
+    paused, resumed = zoe.entered_at + dt.timedelta(minutes=2), ran - dt.timedelta(seconds=30)
+    JourneyPause.objects.create(journey=zoe.journey, paused_at=paused, ended_at=resumed)
+    page = _text(login(viewer_carol).get(f"/admin/journeys/enrollment/{zoe.pk}/change/"))
+    assert (
+        f"was replayed: its steps ran from {replayed}. The journey was paused meanwhile, from "
+        f"{zoned(paused, 'UTC')} to {zoned(resumed, 'UTC')}."
+    ) in page
     max_ = Enrollment.objects.get(profile__external_id="max")
     page = _text(login(viewer_carol).get(f"/admin/journeys/enrollment/{max_.pk}/change/"))
     assert zoned(max_.entered_at, "UTC") in page and "replayed" not in page
