@@ -233,15 +233,28 @@ def pushsim_tls_app(db, pushsim, apns_credentials, fcm_credentials):
     )
 
 
-def heal_after_the_first_drop(pushsim: PushSimulator) -> threading.Thread:
-    """Stop dropping connections once the first one was dropped and a new one opened."""
+class _Healer(threading.Thread):
+    """Stops the simulator dropping connections once the first one was dropped and a new one opened,
+    or once joined: the caller joins it when its sends are over, and a send whose every request was
+    in flight on the dropped connection opens no new one (the wait then lasted its 10 s)."""
 
-    def heal() -> None:
+    def __init__(self, pushsim: PushSimulator):
+        super().__init__(daemon=True)
+        self.pushsim, self.over = pushsim, threading.Event()
+
+    def run(self) -> None:
         deadline = time.monotonic() + 10
-        while pushsim.state.connections < 2 and time.monotonic() < deadline:
+        while self.pushsim.state.connections < 2 and not self.over.is_set() and time.monotonic() < deadline:
             time.sleep(0.001)
-        pushsim.state.faults.drop_after_streams = 0
+        self.pushsim.state.faults.drop_after_streams = 0
 
-    thread = threading.Thread(target=heal, daemon=True)
-    thread.start()
-    return thread
+    def join(self, timeout: float | None = None) -> None:
+        self.over.set()
+        super().join(timeout)
+
+
+def heal_after_the_first_drop(pushsim: PushSimulator) -> threading.Thread:
+    """Stop dropping connections once the first one was dropped and a new one opened (see ``_Healer``)."""
+    healer = _Healer(pushsim)
+    healer.start()
+    return healer
