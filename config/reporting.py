@@ -43,19 +43,23 @@ class SaidOnceEvery:
         self.seconds = seconds
         self._lock = threading.Lock()
         self._said_at: dict[str, float] = {}
+        self._saying: dict[str, str] = {}
         self._left_out: dict[str, int] = {}
 
-    def now_or_never(self, key: str, *, counting_this: bool = False) -> int | None:
+    def now_or_never(self, key: str, *, counting_this: bool = False, saying: str = "") -> int | None:
         """How many lines about ``key`` were left out since the last one said, when one may be said
         now (0 at the first); None when this one must be left out too. With ``counting_this``, the
-        one said now is counted too, after the first (a call refused is refused, said or not)."""
+        one said now is counted too, after the first (a call refused is refused, said or not).
+        ``saying``: what the line says of the key; one saying something else than the last said
+        is said at once (what is wrong changed: the operator reads it now, not in an hour)."""
         with self._lock:
             now = time.monotonic()
             said_at = self._said_at.get(key)
-            if said_at is not None and now - said_at < self.seconds:
+            if said_at is not None and now - said_at < self.seconds and self._saying.get(key, "") == saying:
                 self._left_out[key] = self._left_out.get(key, 0) + 1
                 return None
             self._said_at[key] = now
+            self._saying[key] = saying
             left_out = self._left_out.pop(key, 0)
         return left_out + 1 if counting_this and said_at is not None else left_out
 
@@ -64,12 +68,14 @@ class SaidOnceEvery:
         return whether one was said since the last ``forget``."""
         with self._lock:
             self._left_out.pop(key, None)
+            self._saying.pop(key, None)
             return self._said_at.pop(key, None) is not None
 
     def forget_all(self) -> None:
         """Forget every key's lines: the next about each is said at once."""
         with self._lock:
             self._said_at.clear()
+            self._saying.clear()
             self._left_out.clear()
 
 

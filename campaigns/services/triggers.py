@@ -195,7 +195,8 @@ _APPROVED: dict[int, _Approved] = {}
 # What this process has told the operator's log of campaigns refused for credentials it cannot
 # decrypt, by campaign: an integrator's traffic is refused at every call, for as long as the key
 # is missing, so a campaign is named once an hour while it lasts (a line missed, or rotated away,
-# comes again), and at once when it is refused again after its credentials were read.
+# comes again), and at once when it is refused again after its credentials were read, or for
+# other credentials than its last line named.
 _UNREADABLE_LOG_SECONDS = 3600.0
 _UNREADABLE_SAID = SaidOnceEvery(_UNREADABLE_LOG_SECONDS)
 
@@ -258,7 +259,7 @@ def _refuse_unless_credentials_read(campaign: Campaign, app) -> None:
         if _UNREADABLE_SAID.forget(str(campaign.pk)):
             log.warning("Campaign %s can be triggered again: its app's credentials can be decrypted", campaign.pk)
         return
-    refused = _UNREADABLE_SAID.now_or_never(str(campaign.pk), counting_this=True)
+    refused = _UNREADABLE_SAID.now_or_never(str(campaign.pk), counting_this=True, saying="; ".join(unreadable))
     if refused is not None:
         since = left_out_said(refused, what="calls refused since the last line")
         log.error("Campaign %s cannot be triggered: %s%s", campaign.pk, "; ".join(unreadable), since)

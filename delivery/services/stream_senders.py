@@ -264,7 +264,8 @@ class _Stream:
 # What this process has said of the streams it does not send (their app's credentials cannot be
 # decrypted), by stream: the senders open the streams every few seconds, and run for weeks, so a
 # stream is named once an hour while it lasts (a line missed, or rotated away, comes again), and
-# at once when it comes again after its credentials were read.
+# at once when it comes again after its credentials were read, or names other credentials than
+# its last line did.
 _UNREADABLE_LOG_SECONDS = 3600.0
 _UNREADABLE_SAID = SaidOnceEvery(_UNREADABLE_LOG_SECONDS)
 
@@ -290,9 +291,9 @@ def _open_streams(ids: list[int] | None = None) -> dict[int, _Stream]:
         dispatch.app = apps.setdefault(dispatch.app_id, dispatch.app)  # each app decrypted once
         unreadable = app_secrets_read(dispatch.app)
         if unreadable:
-            left_out = _UNREADABLE_SAID.now_or_never(str(dispatch.pk))
+            said = credentials_unreadable_said(dispatch, unreadable)
+            left_out = _UNREADABLE_SAID.now_or_never(str(dispatch.pk), saying=said)
             if left_out is not None:
-                said = credentials_unreadable_said(dispatch, unreadable)
                 log.error(said + left_out_said(left_out), extra={"dispatch": dispatch.pk, "app": dispatch.app_id})
             continue
         if _UNREADABLE_SAID.forget(str(dispatch.pk)):

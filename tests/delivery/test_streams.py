@@ -937,6 +937,43 @@ def test_the_senders_leave_a_stream_whose_apps_credentials_cannot_be_decrypted_q
     assert set(Delivery.objects.filter(dispatch=stream).values_list("status", flat=True)) == {"accepted"}
 
 
+def test_a_stream_whose_unreadable_credentials_change_is_said_again_at_once(
+    pushsim_app, stream, settings, monkeypatch, caplog
+):
+    """The hourly line named what cannot be decrypted when it was first said: one credential saved
+    again under the new key, the other still lost, waited up to an hour to be said as it now is."""
+    from cryptography.fernet import Fernet
+
+    from config import reporting
+    from delivery.models import App
+    from delivery.services import stream_senders
+
+    clock = _Clock()
+    monkeypatch.setattr(reporting, "time", clock)
+    monkeypatch.setattr(stream_senders, "_UNREADABLE_SAID", reporting.SaidOnceEvery(3600))  # a fresh process's
+    old = settings.PUSHDESK_ENCRYPTION_KEY
+    new = Fernet.generate_key().decode()
+
+    def said_at(seconds: float) -> list[str]:
+        clock.now = 1000.0 + seconds
+        caplog.clear()
+        streams_send(budget=0)
+        return [r.getMessage() for r in caplog.records if r.name == stream_senders.__name__]
+
+    settings.PUSHDESK_ENCRYPTION_KEY = new
+    (first,) = said_at(0)
+    assert "the APNs .p8 key" in first and "the FCM service account" in first
+    assert said_at(60) == []
+    settings.PUSHDESK_ENCRYPTION_KEY = f"{new},{old}"  # the APNs key saved again, under the new key
+    app = App.objects.get(pk=pushsim_app.pk)
+    app.apns_private_key = app.apns_private_key
+    app.save(update_fields=["apns_private_key"])
+    settings.PUSHDESK_ENCRYPTION_KEY = new
+    (now,) = said_at(120)
+    assert "the APNs .p8 key" not in now and "the FCM service account" in now
+    assert said_at(180) == []  # then once an hour again
+
+
 def test_a_stream_whose_apps_credentials_cannot_be_decrypted_is_said_again_every_hour_and_at_once_after_a_mend(
     pushsim_app, stream, settings, monkeypatch, caplog
 ):
