@@ -157,7 +157,7 @@ class AppAdmin(ObjectAccessAdminMixin, ScopedAdmin):
                 "Identity verification",
                 {"fields": ("identity_secret_status", "identity_verification_required")},
             ),
-            ("Dates", {"fields": ("created_at", "updated_at")}),
+            *((("Dates", {"fields": ("created_at", "updated_at")}),) if obj is not None else ()),
         )
 
     # What the list may be filtered by in its query string (``?name=Shop``); Django's own rule

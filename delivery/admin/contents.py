@@ -271,6 +271,12 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         ("History", {"fields": ("version", "created_at", "updated_at")}),
     )
 
+    def get_fieldsets(self, request, obj=None):
+        """The content's version and dates once it is saved: an add page has none of its own."""
+        if obj is None:
+            return [fieldset for fieldset in self.fieldsets if fieldset[0] != "History"]
+        return super().get_fieldsets(request, obj)
+
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name == "app":
             kwargs["queryset"] = apps_in_scope(request.user)
