@@ -1116,7 +1116,7 @@ def test_the_review_of_a_new_version_says_what_changed_since_the_live_one(
     rows = re.findall(r'<tr class="(\w+)"><th scope="row">(.*?)</th><td>(.*?)</td><td>(.*?)</td></tr>', table)
     assert rows[:3] == [
         ("changed", "Exit criteria", "none", "the event &#x27;purchase&#x27;"),
-        ("changed", "Step &#x27;start&#x27;", "wait 0 s → check", "wait 1 hour(s) → check"),
+        ("changed", "Step &#x27;start&#x27;", "wait 0 s → check", "wait 1 hour → check"),
         ("changed", "Push &#x27;push&#x27; (en)", "Hello · Welcome aboard", "Hi · Welcome aboard"),
     ]
     assert (
