@@ -94,7 +94,7 @@ class StepEditorWidget(forms.Textarea):
 
     class Media:
         # The audiences rule builder draws a condition's "matches rule" branches.
-        js = ["audiences/rule_builder.js", "journeys/step_editor.js"]
+        js = ["audiences/rule_builder.js", "journeys/step_editor.js", "journeys/entry_form.js"]
         css = {"all": ["audiences/rule_builder.css", "journeys/step_editor.css"]}
 
     def __init__(self, *args, meta=None, **kwargs):
@@ -155,6 +155,7 @@ class JourneyForm(ConversionFormMixin, forms.ModelForm):
     entry_kind = forms.ChoiceField(choices=JourneyVersion.EntryKind.choices, initial="segment")
     entry_segment = KeptChoiceField(queryset=None, required=False, help_text="Segment entry: who enters.")
     entry_every_hours = digits.IntegerField(
+        label="Read the segment again every (hours)",
         min_value=0,
         max_value=MAX_ENTRY_EVERY_HOURS,
         initial=0,

@@ -180,3 +180,40 @@ def test_manager_types_journey_waits_in_minutes_hours_and_days(login, page, live
     page.wait_for_selector(".messagelist .success")
     steps = {s["id"]: s for s in journey.versions.get().graph["steps"]}
     assert steps["wait3"]["seconds"] == 2 * 86400
+
+
+ENTRY_FIELDS = ("entry_segment", "entry_every_hours", "entry_event")
+
+
+def test_a_journeys_entry_shows_only_the_fields_of_the_entry_chosen(
+    login, page, live_server, manager_alice, pushsim_app
+):
+    """The add page showed the segment, its reading every N hours ("Entry every hours") and the
+    entry event at once, whichever entry was chosen; it shows those of the entry chosen, and the
+    reading again is worded as what it does."""
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
+    segment = Segment.objects.create(name="Everyone", kind="static")
+    access_grant(obj=segment, to=manager_alice, by=None)
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/journeys/journey/add/")
+
+    def shown() -> set[str]:
+        return {name for name in ENTRY_FIELDS if page.is_visible(f".form-row.field-{name}")}
+
+    assert shown() == {"entry_segment", "entry_every_hours"}
+    assert (
+        page.locator(".form-row.field-entry_every_hours label").inner_text() == "Read the segment again every (hours):"
+    )
+    page.select_option("#id_entry_kind", "event")
+    assert shown() == {"entry_event"}
+    page.fill("#id_name", "Thanks")
+    page.select_option("#id_app", str(pushsim_app.pk))
+    page.fill("#id_entry_event", "order_paid")
+    page.click("input[name=_continue]")
+    journey = Journey.objects.get(name="Thanks")
+    page.wait_for_url(f"**/admin/journeys/journey/{journey.pk}/change/**")
+    version = journey.versions.get()
+    assert (version.entry_kind, version.entry_event, version.entry_segment_id) == ("event", "order_paid", None)
+    assert shown() == {"entry_event"}  # opened again, as it was saved
+    page.select_option("#id_entry_kind", "segment")
+    assert shown() == {"entry_segment", "entry_every_hours"}
