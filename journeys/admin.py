@@ -94,7 +94,7 @@ class StepEditorWidget(forms.Textarea):
 
     class Media:
         # The audiences rule builder draws a condition's "matches rule" branches.
-        js = ["audiences/rule_builder.js", "journeys/step_editor.js", "journeys/entry_form.js"]
+        js = ["audiences/rule_builder.js", "journeys/step_editor.js", "pushdesk/fields_by_choice.js"]
         css = {"all": ["audiences/rule_builder.css", "journeys/step_editor.css"]}
 
     def __init__(self, *args, meta=None, **kwargs):
@@ -152,7 +152,16 @@ class WaitField(forms.MultiValueField):
 class JourneyForm(ConversionFormMixin, forms.ModelForm):
     """The journey and its editable version: entry, re-entry, exit criteria and the steps."""
 
-    entry_kind = forms.ChoiceField(choices=JourneyVersion.EntryKind.choices, initial="segment")
+    entry_kind = forms.ChoiceField(
+        choices=JourneyVersion.EntryKind.choices,
+        initial="segment",
+        # The fields of the entry chosen (pushdesk/fields_by_choice.js).
+        widget=forms.Select(
+            attrs={
+                "data-shows": json.dumps({"segment": ["entry_segment", "entry_every_hours"], "event": ["entry_event"]})
+            }
+        ),
+    )
     entry_segment = KeptChoiceField(queryset=None, required=False, help_text="Segment entry: who enters.")
     entry_every_hours = digits.IntegerField(
         label="Read the segment again every (hours)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 from django import forms
 from django.contrib import admin, messages
@@ -33,7 +34,11 @@ from config.labels import numbered
 
 
 class ImportAddForm(forms.ModelForm):
-    segment = digits.ModelChoiceField(queryset=Segment.objects.none(), required=False, help_text="For add / replace.")
+    segment = digits.ModelChoiceField(
+        queryset=Segment.objects.none(),
+        required=False,
+        help_text="The static segment the rows are added to, or whose members they replace.",
+    )
     columns_text = forms.CharField(
         label="Columns",
         required=False,
@@ -50,6 +55,22 @@ class ImportAddForm(forms.ModelForm):
     class Meta:
         model = Import
         fields = ("file", "encoding", "target", "segment", "segment_name")
+        # The fields of the target chosen (pushdesk/fields_by_choice.js): a segment named for a new
+        # one, picked for one added to or replaced.
+        widgets = {
+            "target": forms.Select(
+                attrs={
+                    "data-shows": json.dumps(
+                        {
+                            Import.Target.PROFILES: [],
+                            Import.Target.NEW_SEGMENT: ["segment_name"],
+                            Import.Target.ADD_TO_SEGMENT: ["segment"],
+                            Import.Target.REPLACE_SEGMENT: ["segment"],
+                        }
+                    )
+                }
+            )
+        }
 
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -143,7 +164,7 @@ class ImportAdmin(AccessAdmin):
     )
 
     class Media:
-        js = ["audiences/import_progress.js", "audiences/import_mapping.js"]
+        js = ["audiences/import_progress.js", "audiences/import_mapping.js", "pushdesk/fields_by_choice.js"]
         css = {"all": ["audiences/rule_builder.css"]}
 
     def get_queryset(self, request):

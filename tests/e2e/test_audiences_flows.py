@@ -138,7 +138,18 @@ def test_manager_imports_a_csv_and_watches_its_progress(login, page, live_server
     login(manager_alice)
     page.goto(f"{live_server.url}/admin/audiences/import/add/")
     page.set_input_files("#id_file", files=[{"name": "people.csv", "mimeType": "text/csv", "buffer": rows.encode()}])
+
+    # Only the fields of the target chosen show: none for profiles only, a name for a new segment,
+    # a static segment to pick for one added to or replaced.
+    def shown() -> set[str]:
+        return {name for name in ("segment", "segment_name") if page.is_visible(f".form-row.field-{name}")}
+
+    assert shown() == set()
+    for target, fields in (("add_to_segment", {"segment"}), ("replace_segment", {"segment"}), ("profiles", set())):
+        page.select_option("#id_target", target)
+        assert shown() == fields, target
     page.select_option("#id_target", "new_segment")
+    assert shown() == {"segment_name"}
     page.fill("#id_segment_name", "Imported pros")
     page.click("input[name=_save]")
     page.wait_for_url("**/admin/audiences/import/*/change/**")
