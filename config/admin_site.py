@@ -11,6 +11,8 @@ class PushdeskAdminSite(admin.AdminSite):
     site_header = "Pushdesk"
     site_title = "Pushdesk"
     index_title = "Home"
+    # An empty value, as the pages' own fields say one (Django's default is a hyphen).
+    empty_value_display = "—"
 
     def get_urls(self):
         return [path("models/", self.admin_view(self.models_view), name="models"), *super().get_urls()]

@@ -382,4 +382,4 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
 
 
 def _utc(value: dt.datetime | None) -> str:
-    return f"{value.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC" if value else "-"
+    return f"{value.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC" if value else "—"

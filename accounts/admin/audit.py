@@ -24,9 +24,9 @@ class ActionFilter(admin.AllValuesFieldListFilter):
 
 
 class _NamedEmptyRelatedFilter(VisibleRelatedFilter):
-    """A related filter (of what the user may see) whose choice for "none" says what none means, not "-"."""
+    """A related filter (of what the user may see) whose choice for "none" says what none means, not a dash."""
 
-    empty_text = "-"
+    empty_text = "—"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -40,7 +40,7 @@ class ActorFilter(_NamedEmptyRelatedFilter):
 def object_kind(object_type) -> str:
     """A content type as the kind of object it is ("App"), not as Django names it ("Delivery | app")."""
     if object_type is None:
-        return "-"
+        return "—"
     model = object_type.model_class()
     return capfirst(model._meta.verbose_name) if model is not None else object_type.model
 

@@ -142,7 +142,7 @@ def linked_if_visible(request, obj) -> str:
     led to its segment's page, which answers 404 outside the segment's access, and told its name.
     """
     if obj is None:
-        return "-"
+        return "—"
     model_admin = admin.site._registry.get(type(obj))
     if model_admin is None or not model_admin.has_view_or_change_permission(request, obj):
         return numbered(obj._meta.verbose_name, obj.pk)

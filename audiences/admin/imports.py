@@ -185,7 +185,7 @@ class ImportAdmin(AccessAdmin):
     def segment_shown(self, obj):
         """The segment it feeds, named to a reader who may see it, "segment #12" to the others."""
         if obj.segment_id is None:
-            return "-"
+            return "—"
         return obj.segment.name if getattr(obj, "reader_sees", False) else numbered("segment", obj.segment_id)
 
     @admin.display(description="Uploaded with")

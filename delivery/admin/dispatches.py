@@ -294,7 +294,7 @@ class DispatchAdmin(ScopedAdmin):
         """The push content it was made from, named and linked to a reader who may open it,
         "content #7" to the others."""
         if obj.content_id is None:
-            return "-"
+            return "—"
         if not getattr(obj, "content_seen", False):
             return numbered("content", obj.content_id)
         url = reverse("admin:delivery_pushcontent_change", args=[obj.content_id])

@@ -5,6 +5,7 @@ import io
 import re
 
 import pytest
+from django.utils import timezone
 
 from campaigns.models import Campaign
 from campaigns.services.lifecycle import campaign_approve, campaign_submit
@@ -619,6 +620,17 @@ def test_the_review_of_a_request_whose_draft_was_deleted_leads_to_its_record(
     assert answer.redirect_chain[-1][0] == f"/admin/accounts/approvalrequest/{request.pk}/change/"
     assert "was deleted since this request was made" in answer.content.decode()
     assert ApprovalRequest.objects.get().status == "changes_requested"
+
+
+def test_an_empty_value_reads_as_a_dash_as_the_pages_own_fields_say_one(client, make_campaign, viewer_carol):
+    """Django's empty value is a hyphen ("Cron: -") where the pages' own fields say an em dash
+    ("Ends at: —") one line below: every empty value reads as the same dash."""
+    campaign = make_campaign(schedule_kind="recurring", recurrence="weekly", send_at=timezone.now())
+    client.force_login(viewer_carol)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    cron = re.search(r'field-cron.*?<div class="readonly">(.*?)</div>', page, re.S).group(1)
+    ends = re.search(r'field-ends_at.*?<div class="readonly">(.*?)</div>', page, re.S).group(1)
+    assert cron.strip() == ends.strip() == "—"
 
 
 def test_occurrences_show_only_where_a_schedule_makes_them(client, make_campaign, manager_alice):
