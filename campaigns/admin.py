@@ -287,6 +287,24 @@ class _StatusFilter(ActiveStatusFilter):
     active_label = "Draft, in review, scheduled, live"
 
 
+def _schedule_fields_of(campaign: Campaign, fields: tuple[str, ...]) -> tuple[str, ...]:
+    """Of the schedule's ``fields`` (the dates by their shown names), those of ``campaign``'s
+    schedule: none for an API-triggered campaign, the kind alone for a send when approved, the
+    recurrence, the cron and the end for a recurring one only, the cron for a cron only."""
+    if campaign.kind == Campaign.Kind.API_TRIGGERED:
+        return ()
+    kind = campaign.schedule_kind
+    if kind == Campaign.ScheduleKind.NOW:
+        return fields[:1]
+    recurring_only = {"recurrence", "cron", "ends_at", "ends_at_shown"}
+    return tuple(
+        name
+        for name in fields
+        if (kind == Campaign.ScheduleKind.RECURRING or name not in recurring_only)
+        and (name != "cron" or campaign.recurrence == Campaign.Recurrence.CRON)
+    )
+
+
 def _has_occurrences_to_show(campaign: Campaign | None) -> bool:
     """Whether a campaign's page lists occurrences: a saved campaign's schedule makes them; an
     API-triggered one shows those it made before it was triggered by the API, if any."""
@@ -353,23 +371,21 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         send_at, ends_at = ("send_at_shown", "ends_at_shown") if read_only else ("send_at", "ends_at")
         segment, content = ("segment_shown", "content_shown") if read_only else ("segment", "content")
         app = "app_shown" if read_only else "app"
+        schedule = (
+            "schedule_kind",
+            send_at,
+            "time_zone",
+            "recurrence",
+            "cron",
+            ends_at,
+            "at_local_time",
+            "missed_window_minutes",
+        )
+        if read_only:  # the fields of its schedule, as the form shows them (campaigns/schedule_form.js)
+            schedule = _schedule_fields_of(obj, schedule)
         fieldsets = [
             (None, {"fields": ("name", app, "kind", "purpose", segment, "audience_size", content)}),
-            (
-                "Schedule",
-                {
-                    "fields": (
-                        "schedule_kind",
-                        send_at,
-                        "time_zone",
-                        "recurrence",
-                        "cron",
-                        ends_at,
-                        "at_local_time",
-                        "missed_window_minutes",
-                    )
-                },
-            ),
+            *((("Schedule", {"fields": schedule}),) if schedule else ()),
             ("Delivery", {"fields": ("throttle_per_second",)}),
         ]
         if obj is not None:

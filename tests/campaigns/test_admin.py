@@ -623,14 +623,52 @@ def test_the_review_of_a_request_whose_draft_was_deleted_leads_to_its_record(
 
 
 def test_an_empty_value_reads_as_a_dash_as_the_pages_own_fields_say_one(client, make_campaign, viewer_carol):
-    """Django's empty value is a hyphen ("Cron: -") where the pages' own fields say an em dash
-    ("Ends at: —") one line below: every empty value reads as the same dash."""
+    """Django's empty value is a hyphen ("Throttle per second: -") where the pages' own fields say
+    an em dash ("Ends at: —"): every empty value reads as the same dash."""
     campaign = make_campaign(schedule_kind="recurring", recurrence="weekly", send_at=timezone.now())
     client.force_login(viewer_carol)
     page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
-    cron = re.search(r'field-cron.*?<div class="readonly">(.*?)</div>', page, re.S).group(1)
+    throttle = re.search(r'field-throttle_per_second.*?<div class="readonly">(.*?)</div>', page, re.S).group(1)
     ends = re.search(r'field-ends_at.*?<div class="readonly">(.*?)</div>', page, re.S).group(1)
-    assert cron.strip() == ends.strip() == "—"
+    assert throttle.strip() == ends.strip() == "—"
+
+
+@pytest.mark.parametrize(
+    ("schedule", "shown"),
+    [
+        ({"schedule_kind": "now"}, {"schedule_kind"}),
+        (
+            {"schedule_kind": "at"},
+            {"schedule_kind", "send_at_shown", "time_zone", "at_local_time", "missed_window_minutes"},
+        ),
+        (
+            {"schedule_kind": "recurring", "recurrence": "weekly"},
+            {"schedule_kind", "send_at_shown", "time_zone", "recurrence", "ends_at_shown", "at_local_time"}
+            | {"missed_window_minutes"},
+        ),
+        (
+            {"schedule_kind": "recurring", "recurrence": "cron", "cron": "0 9 * * 1"},
+            {"schedule_kind", "send_at_shown", "time_zone", "recurrence", "cron", "ends_at_shown", "at_local_time"}
+            | {"missed_window_minutes"},
+        ),
+        ({"kind": "api_triggered", "segment": None}, set()),
+    ],
+)
+def test_a_campaign_read_only_shows_the_fields_of_its_schedule_only(
+    client, make_campaign, viewer_carol, schedule, shown
+):
+    """A Viewer's page of a weekly campaign read "Cron: —", one sent when approved its time zone
+    and missed window, an API-triggered one an empty Schedule heading: the form hides those as the
+    schedule is chosen; read only, they are left out."""
+    if schedule.get("schedule_kind", "now") != "now":
+        schedule = {**schedule, "send_at": timezone.now() + timezone.timedelta(days=1)}
+    campaign = make_campaign(**schedule)
+    client.force_login(viewer_carol)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    fields = ("schedule_kind", "send_at_shown", "time_zone", "recurrence", "cron", "ends_at_shown")
+    fields += ("at_local_time", "missed_window_minutes")
+    assert {name for name in fields if f"field-{name}" in page} == shown
+    assert bool(re.search(r"<h2 [^>]*>Schedule</h2>", page)) == bool(shown)
 
 
 def test_occurrences_show_only_where_a_schedule_makes_them(client, make_campaign, manager_alice):

@@ -98,8 +98,11 @@ def test_manager_sees_only_the_fields_of_the_schedule_chosen_and_saves_a_recurri
     page.select_option("#id_kind", "api_triggered")  # per call: neither a schedule nor an audience
     assert _shown(page) == set() and not page.is_visible(".form-row.field-schedule_kind")
     assert not page.is_visible(".form-row.field-segment")
+    schedule = page.locator("fieldset", has=page.locator(".form-row.field-schedule_kind"))
+    assert not schedule.is_visible()  # not an empty "Schedule" heading either
     page.select_option("#id_kind", "scheduled")
     assert page.is_visible(".form-row.field-schedule_kind") and "cron" in _shown(page)
+    assert schedule.is_visible()
 
     page.select_option("#id_recurrence", "weekly")
     page.fill("#id_send_at_0", start.isoformat())

@@ -28,6 +28,9 @@
     });
     var kindRow = row("schedule_kind");
     if (kindRow) kindRow.hidden = api;
+    // An API-triggered campaign has no schedule: not even its fieldset's heading.
+    var fieldset = kindRow && kindRow.closest("fieldset");
+    if (fieldset) fieldset.hidden = api;
     var segmentRow = row("segment");
     if (segmentRow) segmentRow.hidden = api;
   }
