@@ -322,14 +322,6 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
     list_select_related = ("app", "owner")
     search_fields = ("name",)
     inlines = [CampaignVariantInline, OccurrenceInline]
-
-    def get_inlines(self, request, obj):
-        """Occurrences only where a schedule makes them: not on the add page, nor on an
-        API-triggered campaign that has none (one made scheduled first keeps its own)."""
-        if _has_occurrences_to_show(obj):
-            return self.inlines
-        return [inline for inline in self.inlines if inline is not OccurrenceInline]
-
     readonly_fields = (
         "status",
         "approval",
@@ -363,6 +355,13 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         return with_reader_sees(
             campaigns_visible_to(request.user), request.user, field="app_id", model=App, name="app_seen"
         )
+
+    def get_inlines(self, request, obj):
+        """Occurrences only where a schedule makes them: not on the add page, nor on an
+        API-triggered campaign that has none (one made scheduled first keeps its own)."""
+        if _has_occurrences_to_show(obj):
+            return self.inlines
+        return [inline for inline in self.inlines if inline is not OccurrenceInline]
 
     def get_fieldsets(self, request, obj=None):
         # The form shows the dates in the campaign's zone (CampaignForm); a page read only (a
