@@ -7,9 +7,10 @@ class CampaignsConfig(AppConfig):
 
     def ready(self) -> None:
         from accounts.approvals import ApprovalSubject, register_approval_subject
+        from audiences.services.segments import segment_senders_register
         from campaigns.models import Campaign
         from campaigns.review import campaign_references, campaign_review_html
-        from campaigns.selectors import campaign_ids_granted_to, campaign_ids_visible_to
+        from campaigns.selectors import campaign_ids_granted_to, campaign_ids_visible_to, campaigns_sending_to
         from campaigns.services.lifecycle import campaign_approve, campaign_request_changes
         from campaigns.services.scheduling import (
             campaign_api_gate,
@@ -29,6 +30,7 @@ class CampaignsConfig(AppConfig):
         from delivery.services.dispatches import dispatch_audience_check_register, dispatch_gate_register
         from delivery.services.streams import stream_current_check_register
 
+        segment_senders_register(campaigns_sending_to)
         dispatch_gate_register(kind=Dispatch.Kind.CAMPAIGN, gate=campaign_gate)
         dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=campaign_api_gate)
         dispatch_audience_check_register(

@@ -107,3 +107,18 @@ def campaign_actions(
         ):
             actions.insert(0, (name, label))
     return actions
+
+
+def campaigns_sending_to(segment_ids: set[int], by: User | None) -> list[str]:
+    """The campaigns still to send (``Campaign.STILL_TO_SEND``) whose audience is any of
+    ``segment_ids``, each said with its status, those ``by`` may not see counted (None: the system
+    sees all). (Registered with ``audiences.services.segments``: the segment's page names them.)"""
+    campaigns = Campaign.objects.filter(segment_id__in=segment_ids, status__in=Campaign.STILL_TO_SEND)
+    seen = campaigns if by is None else visible_to(by, campaigns)
+    said = [
+        f"campaign “{name}” ({Campaign.Status(status).label.lower()})"
+        for name, status in seen.order_by("name", "pk").values_list("name", "status")
+    ]
+    if hidden := campaigns.count() - len(said):
+        said.append("a campaign you cannot see" if hidden == 1 else f"{hidden} campaigns you cannot see")
+    return said

@@ -12,7 +12,7 @@ class JourneysConfig(AppConfig):
         from audiences.rules.validation import rules_tree_holders_register
         from audiences.services.events import event_listeners_register
         from audiences.services.profiles import profile_deletion_listeners_register, profile_row_readers_register
-        from audiences.services.segments import segment_holders_register
+        from audiences.services.segments import segment_holders_register, segment_senders_register
         from config.zones import zoned
         from delivery.models import DeliveryRules, Dispatch
         from delivery.selectors import dispatch_source_readers_register
@@ -26,6 +26,7 @@ class JourneysConfig(AppConfig):
             journey_versions_granted_to,
             journey_versions_visible_to,
             journeys_conditions_naming,
+            journeys_reading_segments,
             journeys_rule_trees_naming,
             journeys_sending_contents,
         )
@@ -49,6 +50,7 @@ class JourneysConfig(AppConfig):
         pushcontent_holders_register(journeys_sending_contents)
         rules_tree_holders_register(journeys_rule_trees_naming)
         segment_holders_register(journeys_conditions_naming)
+        segment_senders_register(journeys_reading_segments)
         stream_current_check_register(kind=Dispatch.Kind.JOURNEY, check=journey_stream_is_current)
         stream_recipients_check_register(
             kind=Dispatch.Kind.JOURNEY, condition=STREAM_RECIPIENTS_SQL, refusal=STREAM_RECIPIENTS_REFUSAL

@@ -429,3 +429,18 @@ def journeys_rule_trees_naming(segment_ids: set[int], by: User | None) -> list[t
         (f"{labels[version.pk]}: step '{step_id}'" if labels[version.pk] else HIDDEN_JOURNEY, tree)
         for version, step_id, tree in found
     ]
+
+
+def journeys_reading_segments(segment_ids: set[int], by: User | None) -> list[str]:
+    """The journey versions that may still run (``_versions_that_may_run``) entering from any of
+    ``segment_ids`` or testing one in a condition, each said with its version and status (and the
+    steps), or as "a journey you cannot see" to ``by``. (Registered with
+    ``audiences.services.segments``: the segment's page names them.)"""
+    entering = list(_versions_that_may_run().filter(entry_segment_id__in=segment_ids))
+    labels = _version_labels(entering, by)
+    said = [f"the entry of {labels[v.pk]}" if labels[v.pk] else HIDDEN_JOURNEY for v in entering]
+    said += [
+        line if line == HIDDEN_JOURNEY else f"a condition of {line}"
+        for line in journeys_conditions_naming(segment_ids, by)
+    ]
+    return list(dict.fromkeys(said))

@@ -20,9 +20,16 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince
 
-from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin, asks_again, deleted_objects_counted, row_id
+from accounts.admin.bases import (
+    ObjectAccessAdminMixin,
+    ScopedAdmin,
+    asks_again,
+    deleted_objects_counted,
+    page_request,
+    row_id,
+)
 from accounts.json_values import JsonValueFormField, json_parse, json_value_check
-from accounts.selectors import can, in_scope
+from accounts.selectors import can, in_scope, visible_to
 from audiences.models import Segment
 from audiences.rules.schema import COLUMNS, OPERATOR_LABELS, OPERATORS, RELATIVE_UNITS, TYPES, RulesInvalid
 from audiences.rules.validation import rules_validate, rules_validate_for
@@ -227,6 +234,7 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     search_fields = ("name",)
     readonly_fields = (
         "rules_in_words",
+        "used_by",
         "members_summary",
         "reach",
         "reach_on_page",
@@ -332,6 +340,7 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             sets.append(("Members", {"fields": fields}))
         if obj is not None:
             sets.append(("Status", {"fields": ["reach_on_page", "last_counted_at", "created_at", "updated_at"]}))
+            sets.append(("Sent to by", {"fields": ["used_by"]}))
             sets.append(("Access", {"fields": ["object_access"]}))
         return sets
 
@@ -369,6 +378,36 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         )
         text = rules_text(obj.rules, segment_names=segment_names, app_names=app_names)
         return format_html('<span id="segment-rules-in-words">{}</span>', text)
+
+    @admin.display(description="Used by")
+    def used_by(self, obj):
+        """What still to send reads this segment (a campaign's audience, a journey's entry or
+        conditions), directly or through the segments using it, as the reader may be told, and
+        what an edit of it does to them: each waits for a new approval before it sends to it again."""
+        from audiences.services.segments import segment_senders, segments_using
+
+        request = page_request()
+        by = request.user if request is not None else None
+        using = segments_using(obj.pk)
+        senders = segment_senders(obj.pk, by=by, using=using)
+        if not senders:
+            return format_html('<div id="segment-used-by"><p>{}</p></div>', "Nothing still to send sends to it.")
+        through = ""
+        if using:
+            users = Segment.objects.filter(pk__in=using)
+            seen = list(
+                (users if by is None else visible_to(by, users)).order_by("name").values_list("name", flat=True)
+            )
+            hidden = len(using) - len(seen)
+            names = [f"“{name}”" for name in seen] + ([f"{hidden} you cannot see"] if hidden else [])
+            through = format_html("<p>Also through the segments using it: {}.</p>", ", ".join(names))
+        return format_html(
+            '<div id="segment-used-by"><ul>{}</ul>{}<p class="help">{}</p></div>',
+            format_html_join("", "<li>{}</li>", ((line,) for line in senders)),
+            through,
+            "An edit of its rules or members needs a new approval of each before it sends to this segment "
+            "again (a renaming does not): until then, its sends to it are refused.",
+        )
 
     @admin.display(description="Members")
     def members_summary(self, obj):

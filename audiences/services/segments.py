@@ -218,6 +218,36 @@ _SEGMENT_HOLDERS = Holders()
 segment_holders_register = _SEGMENT_HOLDERS.register
 
 
+# What still to send reads segments (a campaign's audience, a journey's entry or conditions): each,
+# given segment ids and the reader, says what of it reads any of them (a line each). An edit of a
+# segment's rules or members needs a new approval of each before it sends to the segment again.
+_SEGMENT_SENDERS = Holders()
+segment_senders_register = _SEGMENT_SENDERS.register
+
+
+def segments_using(segment_id: int) -> set[int]:
+    """The segments whose rules use ``segment_id``'s membership, directly or through others."""
+    used_by: dict[int, set[int]] = {}
+    for source, target in SegmentReference.objects.values_list("source_id", "target_id"):
+        used_by.setdefault(target, set()).add(source)
+    found: set[int] = set()
+    waiting = [segment_id]
+    while waiting:
+        for source in used_by.get(waiting.pop(), ()):
+            if source != segment_id and source not in found:
+                found.add(source)
+                waiting.append(source)
+    return found
+
+
+def segment_senders(segment_id: int, *, by: User | None, using: set[int] | None = None) -> list[str]:
+    """What still to send reads ``segment_id``, directly or through the segments ``using`` it
+    (``segments_using`` when not given), said to ``by`` (``segment_senders_register``)."""
+    if using is None:
+        using = segments_using(segment_id)
+    return _SEGMENT_SENDERS({segment_id} | using, by=by)
+
+
 def segment_holders(segment_ids, *, by: User | None) -> list[str]:
     """What may still read any of ``segment_ids`` besides another segment's rules, a campaign's
     audience or a journey's entry (which their foreign keys or references protect): a reason to keep

@@ -1,6 +1,7 @@
 """The audiences admin: rule builder form, preview, profile pages, cheap big-table lists, imports."""
 
 import json
+import re
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -1128,3 +1129,59 @@ def test_count_now_on_a_segments_page_keeps_its_reach_and_is_refused_without_cha
         {"app": shop.pk, "name": "Shop", "profiles": 3, "reachable": 2, "ios": 1, "android": 1, "opted_in": 1}
     ]
     assert "3 profiles → 2 reachable (iOS 1 / Android 1) → 1 opted in" in response.content.decode()
+
+
+def test_a_segments_page_names_what_sends_to_it_and_that_an_edit_needs_their_approval_again(
+    login, manager_alice, manager_mallory
+):
+    """Editing a segment's rules or members makes every campaign and journey sending to it wait
+    for a new approval before it sends to it again, and its page did not say which: it names those
+    still to send (through a segment using it too), counts those the reader may not see, and says
+    what an edit does; a finished campaign is not named."""
+    from accounts.services import access_grant
+    from campaigns.models import Campaign
+    from journeys.models import Journey, JourneyVersion
+    from tests.factories import AppFactory, PushContentFactory
+
+    app = AppFactory(name="Shop")
+    access_grant(obj=app, to=manager_alice, by=None)
+    content = PushContentFactory(app=app)
+    buyers = segment_create(name="Buyers", rules=PRO, by=manager_alice)
+    french = segment_create(
+        name="French buyers",
+        rules={"all": [{"segment": buyers.pk}, {"attribute": "country", "type": "string", "op": "eq", "value": "FR"}]},
+        by=manager_alice,
+    )
+
+    def campaign(name, segment, status="live", owner=manager_alice):
+        made = Campaign.objects.create(name=name, app=app, segment=segment, content=content, owner=owner, status=status)
+        return made
+
+    campaign("Spring sale", buyers)
+    campaign("Paris promo", french, status="scheduled")
+    campaign("Last year", buyers, status="completed")
+    theirs = AppFactory(name="Theirs")
+    Campaign.objects.create(
+        name="Their sale",
+        app=theirs,
+        segment=buyers,
+        content=PushContentFactory(app=theirs),
+        owner=manager_mallory,
+        status="draft",
+    )
+    journey = Journey.objects.create(name="Welcome", app=app, owner=manager_alice, status="live")
+    JourneyVersion.objects.create(journey=journey, number=1, status="live", entry_kind="segment", entry_segment=buyers)
+
+    page = login(manager_alice).get(f"/admin/audiences/segment/{buyers.pk}/change/").content.decode()
+    used = re.search(r'<div id="segment-used-by">(.*?)</div>', page, re.S).group(1)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", used))
+    assert "campaign “Spring sale” (live)" in text
+    assert "campaign “Paris promo” (scheduled)" in text  # through French buyers, which uses it
+    assert "Also through the segments using it: “French buyers”." in text
+    assert "the entry of journey “Welcome”, version 1 (live)" in text
+    assert "a campaign you cannot see" in text
+    assert "Last year" not in text and "Their sale" not in text
+    assert "An edit of its rules or members needs a new approval of each before it sends to this segment again" in text
+    alone = segment_create(name="Alone", rules=PRO, by=manager_alice)
+    page = login(manager_alice).get(f"/admin/audiences/segment/{alone.pk}/change/").content.decode()
+    assert "Nothing still to send sends to it." in page
