@@ -10,7 +10,12 @@ class CampaignsConfig(AppConfig):
         from audiences.services.segments import segment_senders_register
         from campaigns.models import Campaign
         from campaigns.review import campaign_references, campaign_review_html
-        from campaigns.selectors import campaign_ids_granted_to, campaign_ids_visible_to, campaigns_sending_to
+        from campaigns.selectors import (
+            campaign_ids_granted_to,
+            campaign_ids_visible_to,
+            campaigns_sending_contents,
+            campaigns_sending_to,
+        )
         from campaigns.services.lifecycle import campaign_approve, campaign_request_changes
         from campaigns.services.scheduling import (
             campaign_api_gate,
@@ -27,10 +32,12 @@ class CampaignsConfig(AppConfig):
         from config.zones import zoned
         from delivery.models import Dispatch
         from delivery.selectors import dispatch_source_readers_register
+        from delivery.services.contents import pushcontent_senders_register
         from delivery.services.dispatches import dispatch_audience_check_register, dispatch_gate_register
         from delivery.services.streams import stream_current_check_register
 
         segment_senders_register(campaigns_sending_to)
+        pushcontent_senders_register(campaigns_sending_contents)
         dispatch_gate_register(kind=Dispatch.Kind.CAMPAIGN, gate=campaign_gate)
         dispatch_gate_register(kind=Dispatch.Kind.API_TRIGGER, gate=campaign_api_gate)
         dispatch_audience_check_register(

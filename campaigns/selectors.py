@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import Http404
 
 from accounts.models import ApprovalRequest, User
@@ -110,10 +110,25 @@ def campaign_actions(
 
 
 def campaigns_sending_to(segment_ids: set[int], by: User | None) -> list[str]:
-    """The campaigns still to send (``Campaign.STILL_TO_SEND``) whose audience is any of
-    ``segment_ids``, each said with its status, those ``by`` may not see counted (None: the system
-    sees all). (Registered with ``audiences.services.segments``: the segment's page names them.)"""
-    campaigns = Campaign.objects.filter(segment_id__in=segment_ids, status__in=Campaign.STILL_TO_SEND)
+    """The campaigns still to send whose audience is any of ``segment_ids`` (``_campaigns_said``).
+    (Registered with ``audiences.services.segments``: the segment's page names them.)"""
+    return _campaigns_said(Campaign.objects.filter(segment_id__in=segment_ids), by)
+
+
+def campaigns_sending_contents(content_ids: set[int], by: User | None) -> list[str]:
+    """The campaigns still to send sending any of ``content_ids``, as their content or a variant's
+    (``_campaigns_said``). (Registered with ``delivery.services.contents``: the content's page
+    names them.)"""
+    from campaigns.models import CampaignVariant
+
+    variants = CampaignVariant.objects.filter(content_id__in=content_ids).values("campaign_id")
+    return _campaigns_said(Campaign.objects.filter(Q(content_id__in=content_ids) | Q(pk__in=variants)), by)
+
+
+def _campaigns_said(campaigns: QuerySet[Campaign], by: User | None) -> list[str]:
+    """Those of ``campaigns`` still to send (``Campaign.STILL_TO_SEND``), each said with its
+    status, those ``by`` may not see counted (None: the system sees all)."""
+    campaigns = campaigns.filter(status__in=Campaign.STILL_TO_SEND)
     seen = campaigns if by is None else visible_to(by, campaigns)
     said = [
         f"campaign “{name}” ({Campaign.Status(status).label.lower()})"

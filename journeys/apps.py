@@ -16,7 +16,7 @@ class JourneysConfig(AppConfig):
         from config.zones import zoned
         from delivery.models import DeliveryRules, Dispatch
         from delivery.selectors import dispatch_source_readers_register
-        from delivery.services.contents import pushcontent_holders_register
+        from delivery.services.contents import pushcontent_holders_register, pushcontent_senders_register
         from delivery.services.dispatches import dispatch_gate_register
         from delivery.services.streams import stream_current_check_register, stream_recipients_check_register
         from journeys.models import Enrollment, Journey, JourneyVersion
@@ -48,6 +48,7 @@ class JourneysConfig(AppConfig):
             kind=Dispatch.Kind.JOURNEY, sources=journey_versions_visible_to, granted=journey_versions_granted_to
         )
         pushcontent_holders_register(journeys_sending_contents)
+        pushcontent_senders_register(journeys_sending_contents)
         rules_tree_holders_register(journeys_rule_trees_naming)
         segment_holders_register(journeys_conditions_naming)
         segment_senders_register(journeys_reading_segments)

@@ -23,7 +23,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.text import capfirst
 
 from accounts.json_values import JsonValueFormField
@@ -635,6 +635,20 @@ def page_request():
     """The request whose object page is being drawn (None outside one): for a readonly field that
     reads as that user may."""
     return _drawing_for.get()
+
+
+def senders_html(element_id: str, senders: list[str], *, none: str, edit: str, more: str = ""):
+    """What still to send reads an object (a segment, push content), a line each, then ``more``
+    and what an edit of it does to them (``edit``); ``none`` when nothing does."""
+    if not senders:
+        return format_html('<div id="{}"><p>{}</p></div>', element_id, none)
+    return format_html(
+        '<div id="{}"><ul>{}</ul>{}<p class="help">{}</p></div>',
+        element_id,
+        format_html_join("", "<li>{}</li>", ((line,) for line in senders)),
+        format_html("<p>{}</p>", more) if more else "",
+        edit,
+    )
 
 
 def drawn_for(request, view):

@@ -27,6 +27,7 @@ from accounts.admin.bases import (
     deleted_objects_counted,
     page_request,
     row_id,
+    senders_html,
 )
 from accounts.json_values import JsonValueFormField, json_parse, json_value_check
 from accounts.selectors import can, in_scope, visible_to
@@ -389,9 +390,6 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         request = page_request()
         by = request.user if request is not None else None
         using = segments_using(obj.pk)
-        senders = segment_senders(obj.pk, by=by, using=using)
-        if not senders:
-            return format_html('<div id="segment-used-by"><p>{}</p></div>', "Nothing still to send sends to it.")
         through = ""
         if using:
             users = Segment.objects.filter(pk__in=using)
@@ -400,13 +398,14 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             )
             hidden = len(using) - len(seen)
             names = [f"“{name}”" for name in seen] + ([f"{hidden} you cannot see"] if hidden else [])
-            through = format_html("<p>Also through the segments using it: {}.</p>", ", ".join(names))
-        return format_html(
-            '<div id="segment-used-by"><ul>{}</ul>{}<p class="help">{}</p></div>',
-            format_html_join("", "<li>{}</li>", ((line,) for line in senders)),
-            through,
-            "An edit of its rules or members needs a new approval of each before it sends to this segment "
+            through = f"Also through the segments using it: {', '.join(names)}."
+        return senders_html(
+            "segment-used-by",
+            segment_senders(obj.pk, by=by, using=using),
+            none="Nothing still to send sends to it.",
+            edit="An edit of its rules or members needs a new approval of each before it sends to this segment "
             "again (a renaming does not): until then, its sends to it are refused.",
+            more=through,
         )
 
     @admin.display(description="Members")

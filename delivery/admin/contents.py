@@ -12,7 +12,7 @@ from django.utils.html import format_html
 from django.utils.translation import get_language_info
 from liquid.exceptions import LiquidError
 
-from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin
+from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin, page_request, senders_html
 from audiences.models import Profile
 from audiences.selectors import audience_attribute_names
 from config.db import deletion_counts
@@ -184,7 +184,7 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     search_fields = ("name", "title")
     list_select_related = ("app",)
     actions = ["send_test"]
-    readonly_fields = ("previews", "version", "object_access", "created_at", "updated_at")
+    readonly_fields = ("previews", "version", "object_access", "created_at", "updated_at", "sent_by")
 
     class Media:
         js = ("delivery/content_form.js",)
@@ -272,10 +272,26 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     )
 
     def get_fieldsets(self, request, obj=None):
-        """The content's version and dates once it is saved: an add page has none of its own."""
+        """The content's version and dates, and what sends it, once it is saved: an add page has
+        none of its own."""
         if obj is None:
             return [fieldset for fieldset in self.fieldsets if fieldset[0] != "History"]
-        return super().get_fieldsets(request, obj)
+        return [*super().get_fieldsets(request, obj), ("Sent by", {"fields": ("sent_by",)})]
+
+    @admin.display(description="Sent by")
+    def sent_by(self, obj):
+        """What still to send sends this content (a campaign's content or variant, a journey's
+        push step), as the reader may be told, and what an edit of it does to them."""
+        from delivery.services.contents import pushcontent_senders
+
+        request = page_request()
+        return senders_html(
+            "content-sent-by",
+            pushcontent_senders(obj.pk, by=request.user if request is not None else None),
+            none="Nothing still to send sends it.",
+            edit="An edit of it needs a new approval of each before it sends it again (a renaming does not): "
+            "until then, its sends of it are refused.",
+        )
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name == "app":

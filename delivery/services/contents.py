@@ -133,6 +133,18 @@ def pushcontent_uses_described(*, objects, by: User) -> list[str]:
     return uses_described(objects, by=by, describe=describe, owner_field="campaign")
 
 
+# What still to send sends push content (a campaign's content or variant, a journey's push step):
+# each, given content ids and the reader, says what of it sends any of them (a line each). An edit
+# of the content needs a new approval of each before it sends it again.
+_CONTENT_SENDERS = Holders()
+pushcontent_senders_register = _CONTENT_SENDERS.register
+
+
+def pushcontent_senders(content_id: int, *, by: User | None) -> list[str]:
+    """What still to send sends ``content_id``, said to ``by`` (``pushcontent_senders_register``)."""
+    return _CONTENT_SENDERS({content_id}, by=by)
+
+
 def pushcontent_holders(content_ids, *, by: User | None) -> list[str]:
     """What may still send any of ``content_ids`` besides a campaign (whose foreign key protects its
     content): a reason to keep them, said to ``by``. Empty when nothing does."""

@@ -1,5 +1,7 @@
 """The push content page's live preview: the form as it stands, rendered without saving, for those who may see it."""
 
+import re
+
 import pytest
 
 from accounts.services import access_grant
@@ -368,3 +370,47 @@ def test_the_form_asks_to_correct_the_errors_when_one_field_holds_two(client, db
     assert "Please correct the errors below." in two and "Please correct the error below." not in two
     one = client.post(url, _form(content, data='{"aps": "x"}')).content.decode()
     assert "Please correct the error below." in one and "Please correct the errors below." not in one
+
+
+def test_a_contents_page_names_what_sends_it_and_that_an_edit_needs_their_approval_again(
+    client, manager_alice, manager_mallory
+):
+    """An edit of push content makes every campaign and journey sending it wait for a new approval
+    before it sends it again, and its page did not say which: it names those still to send (as its
+    content or a variant), counts those the reader may not see, and says what an edit does."""
+    from campaigns.models import Campaign
+    from campaigns.services.lifecycle import campaign_create
+    from campaigns.services.variants import VariantInput, campaign_variants_set
+    from tests.factories import PushContentFactory, SegmentFactory
+
+    app = AppFactory(name="Shop")
+    access_grant(obj=app, to=manager_alice, by=None)
+    segment = SegmentFactory(name="Everyone")
+    access_grant(obj=segment, to=manager_alice, by=None)
+    sent, other = PushContentFactory(app=app, name="Sent"), PushContentFactory(app=app, name="Other")
+    campaign_create(by=manager_alice, name="Spring sale", app=app, segment=segment, content=sent)
+    tested = campaign_create(by=manager_alice, name="A/B launch", app=app, segment=segment, content=other)
+    campaign_variants_set(
+        campaign_id=tested.pk,
+        by=manager_alice,
+        variants=[VariantInput(content_id=other.pk, share=60), VariantInput(content_id=sent.pk, share=40)],
+    )
+    done = campaign_create(by=manager_alice, name="Last year", app=app, segment=segment, content=sent)
+    Campaign.objects.filter(pk=done.pk).update(status="completed")
+
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/delivery/pushcontent/{sent.pk}/change/").content.decode()
+    text = " ".join(
+        re.sub(r"<[^>]+>", " ", re.search(r'<div id="content-sent-by">(.*?)</div>', page, re.S).group(1)).split()
+    )
+    assert "campaign “Spring sale” (draft)" in text and "campaign “A/B launch” (draft)" in text
+    assert "Last year" not in text
+    assert "An edit of it needs a new approval of each before it sends it again" in text
+    nobody = PushContentFactory(app=app, name="Unused")
+    page = client.get(f"/admin/delivery/pushcontent/{nobody.pk}/change/").content.decode()
+    assert "Nothing still to send sends it." in page
+    # A colleague granted the content, not its app, reads the campaigns counted, not named.
+    access_grant(obj=sent, to=manager_mallory, by=None)
+    client.force_login(manager_mallory)
+    page = client.get(f"/admin/delivery/pushcontent/{sent.pk}/change/").content.decode()
+    assert "Spring sale" not in page and "2 campaigns you cannot see" in page
