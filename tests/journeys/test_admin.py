@@ -1919,3 +1919,20 @@ def test_a_journeys_submit_warns_at_once_when_no_one_may_approve_it(
 
     approver_bob.groups.add(Group.objects.get(name="Approver"))  # someone may decide it again: no warning
     assert said(client.get(page)) == []
+
+
+def test_the_pages_of_a_journeys_content_and_segments_name_the_journey_as_sending_them(
+    client, make_journey, publish, manager_alice, everyone, vips, welcome
+):
+    """A live journey's push step sends its content, its entry reads its segment and a condition
+    another: each one's page names the journey (Sent by, Sent to by), as a campaign sending them."""
+    journey = publish(make_journey())
+    client.force_login(manager_alice)
+    said = f"journey “{journey.name}”, version 1 (live)"
+    page = client.get(f"/admin/delivery/pushcontent/{welcome.pk}/change/").content.decode()
+    sent_by = re.search(r'<div id="content-sent-by">(.*?)</div>', page, re.S).group(1)
+    assert said in sent_by and "step &#x27;push&#x27;" in sent_by
+    page = client.get(f"/admin/audiences/segment/{everyone.pk}/change/").content.decode()
+    assert f"the entry of {said}" in re.search(r'<div id="segment-used-by">(.*?)</div>', page, re.S).group(1)
+    page = client.get(f"/admin/audiences/segment/{vips.pk}/change/").content.decode()
+    assert f"a condition of {said}: step &#x27;check&#x27;" in page
