@@ -24,6 +24,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.utils.text import capfirst
 
 from accounts.json_values import JsonValueFormField
@@ -642,10 +643,11 @@ def senders_html(element_id: str, senders: list[str], *, none: str, edit: str, m
     and what an edit of it does to them (``edit``); ``none`` when nothing does."""
     if not senders:
         return format_html('<div id="{}"><p>{}</p></div>', element_id, none)
+    # Paragraphs, not a list or a help text: an aligned form sets those off by its labels' width.
     return format_html(
-        '<div id="{}"><ul>{}</ul>{}<p class="help">{}</p></div>',
+        '<div id="{}"><p>{}</p>{}<p><small>{}</small></p></div>',
         element_id,
-        format_html_join("", "<li>{}</li>", ((line,) for line in senders)),
+        format_html_join(mark_safe("<br>"), "{}", ((line,) for line in senders)),
         format_html("<p>{}</p>", more) if more else "",
         edit,
     )
