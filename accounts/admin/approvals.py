@@ -1,6 +1,7 @@
 """The admin of approval policies and approval requests (the inbox and the review page)."""
 
 import datetime as dt
+import functools
 
 from django import forms
 from django.apps import apps as django_apps
@@ -12,7 +13,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.text import capfirst
 
-from accounts.admin.bases import AccessAdmin, ReadOnlyAdminMixin
+from accounts.admin.bases import AccessAdmin, ReadOnlyAdminMixin, drawn_for, linked_if_visible, page_request
 from accounts.approvals import approval_subject_for
 from accounts.models import ApprovalPolicy, ApprovalRequest
 from accounts.selectors import (
@@ -24,7 +25,6 @@ from accounts.selectors import (
     approvals_waiting_for,
     approver_standing,
     policy_approver_problems,
-    visible_to,
 )
 from accounts.services import (
     ApprovalError,
@@ -237,24 +237,18 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
             *super().get_urls(),
         ]
 
-    def get_object(self, request, object_id, from_field=None):
-        obj = super().get_object(request, object_id, from_field)
-        if obj is not None:  # what the record links depends on who reads it (``subject_said``)
-            obj.read_by = request.user
-        return obj
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        # The reader, for the subject's link (``subject_said``).
+        return drawn_for(request, functools.partial(super().change_view, request, object_id, form_url, extra_context))
 
     @admin.display(description="Subject")
     def subject_said(self, obj):
-        """Its subject's name, linked to its page for one who may see it, and while the request
-        waits, the way to its review; a deleted subject's name, said so."""
+        """Its subject named and linked as its reader may see it (``linked_if_visible``), and while
+        the request waits, the way to its review; a deleted subject's name, said so."""
         subject = obj.subject
         if subject is None:
             return f"{obj.subject_label} (deleted)"
-        model = type(subject)
-        said = obj.subject_label
-        if visible_to(obj.read_by, model._default_manager.filter(pk=subject.pk)).exists():
-            url = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_change", args=[subject.pk])
-            said = format_html('<a href="{}">{}</a>', url, obj.subject_label)
+        said = linked_if_visible(page_request(), subject)
         if obj.status != ApprovalRequest.Status.PENDING:
             return said
         review = reverse("admin:accounts_approvalrequest_review", args=[obj.pk])
