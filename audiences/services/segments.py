@@ -165,6 +165,27 @@ def _figures_forget(segment: Segment) -> list[str]:
     return [*_FIGURES, "definition_version"]
 
 
+def _references() -> tuple[dict[int, set[int]], dict[int, set[int]]]:
+    """Every segment reference, both ways: the segments using each (``used_by``), and those each
+    uses (``uses``). One query."""
+    used_by: dict[int, set[int]] = {}
+    uses: dict[int, set[int]] = {}
+    for source, target in SegmentReference.objects.values_list("source_id", "target_id"):
+        used_by.setdefault(target, set()).add(source)
+        uses.setdefault(source, set()).add(target)
+    return used_by, uses
+
+
+def _users_of(segment_id: int, used_by: dict[int, set[int]]) -> set[int]:
+    """The segments using ``segment_id``, directly or through others (``used_by``: ``_references``)."""
+    users: set[int] = set()
+    targets = {segment_id}
+    while targets:  # no cycles: segments use segments at most 10 levels deep
+        targets = set().union(*(used_by.get(pk, ()) for pk in targets)) - users
+        users |= targets
+    return users - {segment_id}
+
+
 def _users_figures_forget(segment_id: int) -> None:
     """Clear the kept figures of every segment whose rules use ``segment_id``'s membership, directly
     or through others, and move their ``definition_version``: they were counted with what it held.
@@ -176,16 +197,8 @@ def _users_figures_forget(segment_id: int) -> None:
     the depth of the segments they use, then by id, so that every forgetting locks in one order
     (a segment after each it uses) and two never wait for each other. One query for the
     references, one locking the segments, one writing them."""
-    used_by: dict[int, set[int]] = {}
-    uses: dict[int, set[int]] = {}
-    for source, target in SegmentReference.objects.values_list("source_id", "target_id"):
-        used_by.setdefault(target, set()).add(source)
-        uses.setdefault(source, set()).add(target)
-    users: set[int] = set()
-    targets = {segment_id}
-    while targets:  # no cycles: segments use segments at most 10 levels deep
-        targets = set().union(*(used_by.get(pk, ()) for pk in targets)) - users
-        users |= targets
+    used_by, uses = _references()
+    users = _users_of(segment_id, used_by)
     if not users:
         return
     heights: dict[int, int] = {}
@@ -227,17 +240,8 @@ segment_senders_register = _SEGMENT_SENDERS.register
 
 def segments_using(segment_id: int) -> set[int]:
     """The segments whose rules use ``segment_id``'s membership, directly or through others."""
-    used_by: dict[int, set[int]] = {}
-    for source, target in SegmentReference.objects.values_list("source_id", "target_id"):
-        used_by.setdefault(target, set()).add(source)
-    found: set[int] = set()
-    waiting = [segment_id]
-    while waiting:
-        for source in used_by.get(waiting.pop(), ()):
-            if source != segment_id and source not in found:
-                found.add(source)
-                waiting.append(source)
-    return found
+    used_by, _ = _references()
+    return _users_of(segment_id, used_by)
 
 
 def segment_senders(segment_id: int, *, by: User | None, using: set[int] | None = None) -> list[str]:
