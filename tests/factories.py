@@ -35,6 +35,16 @@ class AppFactory(factory.django.DjangoModelFactory):
     name = factory.Sequence(lambda n: f"App {n}")
 
 
+def app_granted(*users, name: str = "Shop") -> App:
+    """An app (``AppFactory``) the ``users`` have access to."""
+    from accounts.services import access_grant
+
+    app = AppFactory(name=name)
+    for user in users:
+        access_grant(obj=app, to=user, by=None)
+    return app
+
+
 # --- audiences ---------------------------------------------------------------------------------
 
 

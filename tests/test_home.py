@@ -13,17 +13,14 @@ from config.home import home_for, queue_state
 from delivery.models import Delivery, Dispatch
 from delivery.reasons import reason_html
 from delivery.services.rollups import rollup_rebuild
-from tests.factories import AppFactory, DeviceFactory, PushContentFactory, SegmentFactory
+from tests.factories import AppFactory, DeviceFactory, PushContentFactory, SegmentFactory, app_granted
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def shop(manager_alice, approver_bob):
-    app = AppFactory(name="Shop")
-    for user in (manager_alice, approver_bob):
-        access_grant(obj=app, to=user, by=None)
-    return app
+    return app_granted(manager_alice, approver_bob)
 
 
 @pytest.fixture

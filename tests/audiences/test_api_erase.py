@@ -13,7 +13,6 @@ from audiences.models import Event, Profile, SegmentErasure, SegmentMember
 from audiences.services.profiles import EXTERNAL_ID_PADDED
 from delivery.models import Device
 from tests.factories import (
-    AppFactory,
     DeviceFactory,
     EventFactory,
     ProfileFactory,
@@ -21,6 +20,7 @@ from tests.factories import (
     SegmentFactory,
     SegmentMemberFactory,
     UserFactory,
+    app_granted,
 )
 
 pytestmark = pytest.mark.django_db
@@ -35,10 +35,7 @@ def _url(external_id: str) -> str:
 
 @pytest.fixture
 def team(manager_alice, approver_bob):
-    app = AppFactory(name="Shop")
-    for user in (manager_alice, approver_bob):
-        access_grant(obj=app, to=user, by=None)
-    return app
+    return app_granted(manager_alice, approver_bob)
 
 
 @pytest.fixture

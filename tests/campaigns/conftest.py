@@ -3,16 +3,13 @@ import pytest
 from accounts.services import access_grant
 from campaigns.models import Campaign
 from campaigns.services.lifecycle import campaign_approve, campaign_create, campaign_submit
-from tests.factories import AppFactory, PushContentFactory, SegmentFactory
+from tests.factories import AppFactory, PushContentFactory, SegmentFactory, app_granted
 
 
 @pytest.fixture
 def new_app(manager_alice, approver_bob):
     """An app a revision may move a campaign to, which Alice and Bob have access to."""
-    app = AppFactory(name="New app")
-    for user in (manager_alice, approver_bob):
-        access_grant(obj=app, to=user, by=None)
-    return app
+    return app_granted(manager_alice, approver_bob, name="New app")
 
 
 @pytest.fixture
