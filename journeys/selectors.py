@@ -391,16 +391,18 @@ def journeys_sending_contents(content_ids: set[int], by: User | None) -> list[st
     return [f"{labels[version.pk]}: step {named}" if labels[version.pk] else HIDDEN_JOURNEY for version, named in found]
 
 
-def journeys_conditions_naming(segment_ids: set[int], by: User | None) -> list[str]:
+def journeys_conditions_naming(
+    segment_ids: set[int], by: User | None, *, versions: list[JourneyVersion] | None = None
+) -> list[str]:
     """The journey versions that may still run (``_versions_that_may_run``) whose conditions test any
     of ``segment_ids`` (a branch on the segment, or a rule naming it), each said with its steps, or as
     "a journey you cannot see" to ``by``. (Registered with ``audiences.services.segments``: a segment
     they name is not deleted; a branch on a deleted segment would hold for no one, and its profiles
-    would silently take the other way.)"""
+    would silently take the other way.) ``versions``: those versions, when the caller read them."""
     from journeys.graph import branch_segments, condition_branches
 
     found = []
-    for version in _versions_that_may_run():
+    for version in _versions_that_may_run() if versions is None else versions:
         steps = {
             step_id for step_id, branch in condition_branches(version.graph) if branch_segments(branch) & segment_ids
         }
@@ -436,11 +438,12 @@ def journeys_reading_segments(segment_ids: set[int], by: User | None) -> list[st
     ``segment_ids`` or testing one in a condition, each said with its version and status (and the
     steps), or as "a journey you cannot see" to ``by``. (Registered with
     ``audiences.services.segments``: the segment's page names them.)"""
-    entering = list(_versions_that_may_run().filter(entry_segment_id__in=segment_ids))
+    versions = list(_versions_that_may_run())  # read once for the entries and the conditions
+    entering = [v for v in versions if v.entry_segment_id in segment_ids]
     labels = _version_labels(entering, by)
     said = [f"the entry of {labels[v.pk]}" if labels[v.pk] else HIDDEN_JOURNEY for v in entering]
     said += [
         line if line == HIDDEN_JOURNEY else f"a condition of {line}"
-        for line in journeys_conditions_naming(segment_ids, by)
+        for line in journeys_conditions_naming(segment_ids, by, versions=versions)
     ]
     return list(dict.fromkeys(said))
