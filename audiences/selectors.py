@@ -111,19 +111,20 @@ def profile_memberships(user: User, profile: Profile, *, limit: int = 1000) -> l
 
 def attribute_keys(*, sample: int = 5000) -> list[dict]:
     """The attribute names seen on the most recent profiles, each with its likely type (for the rule builder)."""
-    cached = cache.get("audiences:attribute_keys")
+    return _keys_sampled("audiences_profile", "attributes", sample=sample, cache_key="audiences:attribute_keys")
+
+
+def _keys_sampled(table: str, column: str, *, sample: int, cache_key: str) -> list[dict]:
+    """The keys of the JSON ``column`` on the last ``sample`` rows of ``table``, each with the type
+    most of its values have, kept in the cache for ``PICKER_CACHE_SECONDS``."""
+    cached = cache.get(cache_key)
     if cached is not None:
         return cached
+    rows = f"(SELECT {column} FROM {table} ORDER BY id DESC LIMIT %s) p"  # noqa: S608 (constants)
     if connection.vendor == "postgresql":
-        sql = (
-            "SELECT e.key, jsonb_typeof(e.value), e.value #>> '{}' FROM "
-            "(SELECT attributes FROM audiences_profile ORDER BY id DESC LIMIT %s) p, jsonb_each(p.attributes) e"
-        )
+        sql = f"SELECT e.key, jsonb_typeof(e.value), e.value #>> '{{}}' FROM {rows}, jsonb_each(p.{column}) e"  # noqa: S608 (constants)
     else:
-        sql = (
-            "SELECT e.key, e.type, e.value FROM "
-            "(SELECT attributes FROM audiences_profile ORDER BY id DESC LIMIT %s) p, json_each(p.attributes) e"
-        )
+        sql = f"SELECT e.key, e.type, e.value FROM {rows}, json_each(p.{column}) e"  # noqa: S608 (constants)
     types: dict[str, dict[str, int]] = {}
     with connection.cursor() as cursor:
         cursor.execute(sql, [sample])
@@ -133,7 +134,7 @@ def attribute_keys(*, sample: int = 5000) -> list[dict]:
                 types.setdefault(key, {}).setdefault(kind, 0)
                 types[key][kind] += 1
     result = [{"name": key, "type": max(seen, key=seen.get)} for key, seen in sorted(types.items())]
-    cache.set("audiences:attribute_keys", result, PICKER_CACHE_SECONDS)
+    cache.set(cache_key, result, PICKER_CACHE_SECONDS)
     return result
 
 
@@ -296,32 +297,7 @@ def events_newest_ids(top: int) -> RawSQL | None:
 
 def event_property_keys(*, sample: int = 5000) -> list[dict]:
     """Property names seen on the last ``sample`` events received, with their likely type."""
-    cached = cache.get("audiences:event_property_keys")
-    if cached is not None:
-        return cached
-    if connection.vendor == "postgresql":
-        sql = (
-            "SELECT e.key, jsonb_typeof(e.value), e.value #>> '{}' FROM "
-            "(SELECT properties FROM audiences_event ORDER BY id DESC LIMIT %s) p, "
-            "jsonb_each(p.properties) e"
-        )
-    else:
-        sql = (
-            "SELECT e.key, e.type, e.value FROM "
-            "(SELECT properties FROM audiences_event ORDER BY id DESC LIMIT %s) p, "
-            "json_each(p.properties) e"
-        )
-    types: dict[str, dict[str, int]] = {}
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [sample])
-        for key, json_type, value in cursor.fetchall():
-            kind = _kind_of(json_type, value)
-            if kind:
-                types.setdefault(key, {}).setdefault(kind, 0)
-                types[key][kind] += 1
-    result = [{"name": key, "type": max(seen, key=seen.get)} for key, seen in sorted(types.items())]
-    cache.set("audiences:event_property_keys", result, PICKER_CACHE_SECONDS)
-    return result
+    return _keys_sampled("audiences_event", "properties", sample=sample, cache_key="audiences:event_property_keys")
 
 
 @dataclass(frozen=True)
