@@ -64,8 +64,6 @@ from config.labels import numbered
 from config.zones import zone as schedule_zone
 from config.zones import zoned, zoned_column
 from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
-from delivery.models import Delivery
-from delivery.reasons import reason_html
 from delivery.reports import report_charts_html, rows_deleted_html
 
 Status = Campaign.Status
@@ -813,21 +811,14 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
                 ("Open rate", f"{data['open_rate']:.1%}" if data["open_rate"] is not None else "—"),
             ],
         )
-        reasons = format_html_join(
-            "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-            [(Delivery.Status.FAILED.label, reason_html(r), n) for r, n in data["failed_by_reason"].items()]
-            + [(Delivery.Status.SKIPPED.label, reason_html(r), n) for r, n in data["skipped_by_reason"].items()],
-        )
         csv_url = reverse("admin:campaigns_campaign_report_csv", args=[obj.pk])
         cleared_html = rows_deleted_html(
             data["rows_deleted"], obj.schedule_zone(), per_profile="the profiles per variant and the conversions below"
         )
+        # Failures and skips by reason: the charts' figure of them, with its table (the same rollup rows).
         return format_html(
-            '<div id="campaign-report"><table>{}</table><table><thead><tr><th>outcome</th><th>reason</th>'
-            '<th>count</th></tr></thead>{}</table>{}{}{}{}<p><a href="{}">Export as CSV</a></p></div>',
+            '<div id="campaign-report"><table>{}</table>{}{}{}{}<p><a href="{}">Export as CSV</a></p></div>',
             counters,
-            reasons,
             cleared_html,
             variants_report_html(data["variants"], data["holdout"]),
             conversions_report_html(data["conversions"]),

@@ -688,7 +688,8 @@ def step_series(stats: dict[str, dict]) -> dict:
 
 def report_charts_html(charts: dict) -> str:
     """The charts (drawn by pushdesk/report_charts.js from the JSON script tag ``pd-report-data``),
-    each with its figures as a table for those who do not see the chart."""
+    each with its figures as a table for those who do not see the chart; a chart of nothing (no
+    push accepted, none targeted, no failure or skip) is a sentence saying so, without its canvas."""
     from django.template.loader import render_to_string
 
     timeline = charts["timeline"]
@@ -699,7 +700,9 @@ def report_charts_html(charts: dict) -> str:
             "charts": charts,
             "outcomes": OUTCOMES,
             "timeline_rows": list(zip(timeline["labels"], timeline["accepted"], timeline["opened"], strict=True)),
-            "funnel_rows": list(zip(charts["funnel"]["labels"], charts["funnel"]["values"], strict=True)),
+            "funnel_rows": list(zip(charts["funnel"]["labels"], charts["funnel"]["values"], strict=True))
+            if any(charts["funnel"]["values"])
+            else [],
             "platform_rows": [
                 (platform, [charts["platforms"]["series"][name][i] for name in OUTCOMES])
                 for i, platform in enumerate(charts["platforms"]["labels"])

@@ -6,10 +6,12 @@ names none but the latest; the CSV and the API still list every send."""
 import datetime as dt
 
 import pytest
+from django.utils import timezone
 
 from campaigns.models import Campaign
 from campaigns.reports import campaign_report
 from campaigns.services.conversions import campaign_conversion_set
+from campaigns.services.lifecycle import campaign_submit
 from delivery.models import Delivery, Dispatch
 from delivery.services.rollups import rollup_rebuild
 from operations.services import retention_apply
@@ -362,17 +364,57 @@ def test_the_campaign_report_shows_each_reason_with_its_label_and_the_csv_its_co
     client.force_login(viewer_carol)
     page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
     report = page[page.index('<div id="campaign-report">') :]
-    report = report[: report.index("pd-report")]  # its own table of reasons, above the charts' one
+    reasons = report[report.index('id="pd-report-reasons"') :]  # the figure's table: the report's only one
     assert (
-        "<td>Skipped</td><td>the profile had its share of pushes (frequency cap) <code>frequency_cap</code></td>"
-        in report
+        "<td>skipped</td><td>the profile had its share of pushes (frequency cap) <code>frequency_cap</code></td>"
+        in reasons
     )
     assert (
-        "<td>Failed</td><td>the app was uninstalled or the token is no longer valid (APNs) <code>Unregistered</code></td>"
-        in report
+        "<td>failed</td><td>the app was uninstalled or the token is no longer valid (APNs) <code>Unregistered</code></td>"
+        in reasons
     )
+    assert report.count("<th>reason</th>") == 1
     csv = client.get(f"/admin/campaigns/campaign/{campaign.pk}/report.csv").content.decode()
     assert "skipped,frequency_cap," in csv and "frequency cap)" not in csv
+
+
+def _figure(page: str, name: str) -> str:
+    """One figure of the report's charts, as the page wrote it."""
+    figure = page[page.index(f'id="pd-report-{name}"') :]
+    return figure[: figure.index("</figure>")]
+
+
+def test_the_report_of_a_campaign_that_sent_nothing_says_so_without_empty_tables_or_charts(
+    make_campaign, client, manager_alice
+):
+    """A campaign waiting for approval showed a table of reasons with its header and no row, and a
+    funnel and a platforms chart drawn empty (axes 0 to 1, no bar) beside the timeline's "Nothing
+    accepted yet.": the two figures say in words that nothing was targeted, and no table is headed
+    over nothing."""
+    send_at = timezone.now() + 3 * DAY
+    campaign = make_campaign(schedule_kind="at", send_at=send_at, time_zone="Europe/Paris")
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    report = page[page.index('<div id="campaign-report">') :]
+    report = report[: report.index("Export as CSV")]
+    assert "<th>reason</th>" not in report and "<th>Targeted</th><td>0</td>" in report
+    for name in ("funnel", "platforms"):
+        figure = _figure(report, name)
+        assert "<p>Nothing targeted yet.</p>" in figure, figure
+        assert "<canvas" not in figure and "As a table" not in figure
+    assert "<p>Nothing accepted yet.</p>" in _figure(report, "timeline")
+    assert "<p>No failure and no skip.</p>" in _figure(report, "reasons")
+
+
+def test_the_report_of_a_campaign_that_sent_draws_its_funnel_and_platforms(several_sends, client, viewer_carol):
+    campaign, _ = several_sends
+    client.force_login(viewer_carol)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    funnel, platforms = _figure(page, "funnel"), _figure(page, "platforms")
+    assert '<canvas id="pd-chart-funnel"' in funnel and "<tr><td>targeted</td><td>15</td></tr>" in funnel
+    assert '<canvas id="pd-chart-platforms"' in platforms and "<tr><td>iOS</td>" in platforms
+    assert "Nothing targeted yet." not in page
 
 
 def test_a_variant_counts_as_sent_only_the_rows_handed_to_a_provider(make_campaign, team):

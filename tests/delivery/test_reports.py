@@ -137,6 +137,15 @@ def test_no_send_draws_empty_charts():
     assert charts["platforms"]["labels"] == [] and charts["reasons"] == []
 
 
+def test_a_dispatch_that_targeted_no_one_yet_says_so_in_its_report_without_empty_charts(client, admin_erin):
+    dispatch = Dispatch.objects.create(app=AppFactory(), kind="campaign", content_spec={"title": "Hi"})
+    client.force_login(admin_erin)
+    page = client.get(f"/admin/delivery/dispatch/{dispatch.pk}/change/").content.decode()
+    assert page.count("<p>Nothing targeted yet.</p>") == 2  # the funnel and the platforms
+    assert "<p>Nothing accepted yet.</p>" in page and "<p>No failure and no skip.</p>" in page
+    assert "<canvas" not in page and "As a table" not in page
+
+
 def test_step_series_sum_the_skips_of_each_step():
     stats = {
         "push1": {"entered": 4, "waiting": 0, "sent": 4, "accepted": 2, "skipped": {"no_device": 1, "x": 1}},

@@ -129,6 +129,28 @@ def test_manager_reads_the_charts_of_a_campaign_and_of_its_dispatch(
         assert response.status == 404 and page.locator("#pd-report-data").count() == 0
 
 
+def test_the_report_of_a_campaign_that_sent_nothing_draws_no_chart_and_its_script_runs_clean(
+    login, page, live_server, manager_alice
+):
+    app = AppFactory(name="Shop")
+    access_grant(obj=app, to=manager_alice, by=None)
+    segment = SegmentFactory(name="Everyone")
+    access_grant(obj=segment, to=manager_alice, by=None)
+    campaign = campaign_create(
+        by=manager_alice, name="Black Friday", app=app, segment=segment, content=PushContentFactory(app=app)
+    )
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/campaigns/campaign/{campaign.pk}/change/")
+    page.wait_for_load_state("load")
+    assert page.locator("#pd-report-data").count() == 1 and page.locator(".pd-report canvas").count() == 0
+    assert page.locator("#pd-report-funnel").inner_text().endswith("Nothing targeted yet.")
+    assert page.locator("#pd-report-platforms").inner_text().endswith("Nothing targeted yet.")
+    assert errors == []
+
+
 def test_manager_reads_a_journeys_charts_per_step_and_a_viewer_without_access_does_not(
     login, page, live_server, manager_alice, viewer_carol
 ):

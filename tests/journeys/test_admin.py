@@ -1092,6 +1092,8 @@ def test_the_report_says_whose_sends_it_counts_and_what_earlier_versions_sent(
         "version 1: 3 targeted, 3 accepted.</p>"
     ) in page
     assert "Nothing accepted yet." in page  # version 2 sent nothing: its figures say so
+    assert page.count("<p>Nothing targeted yet.</p>") == 2  # its funnel and platforms, not drawn empty
+    assert 'id="pd-chart-funnel"' not in page and 'id="pd-chart-platforms"' not in page
 
 
 def test_the_review_of_a_new_version_says_what_changed_since_the_live_one(
