@@ -784,6 +784,11 @@ def spreadsheet_safe(value) -> str:
     return text
 
 
+def spreadsheet_read(value: str) -> str:
+    """A cell ``spreadsheet_safe`` wrote, as the row had it: without the quote it put before a formula's start."""
+    return value[1:] if value.startswith("'") and value[1:].startswith(FORMULA_STARTS) else value
+
+
 class ErrorFile:
     """The downloadable report of failed and duplicate rows: line, external_id, reason.
 
@@ -840,6 +845,28 @@ class ErrorFile:
     def close(self) -> None:
         self.text.flush()
         self.text.close()
+
+    @staticmethod
+    def first_rows(fh, count: int) -> list[tuple[str, str, str]]:
+        """The first ``count`` rows of the error file open in ``fh`` (binary), as (line, external_id,
+        reason) with their cells as the import's rows had them (``spreadsheet_read``).
+
+        Only those rows are read, however long the file; a row the csv module refuses (a cell over
+        its limit) ends them. ``fh`` is left open for its caller to close.
+        """
+        text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="replace", newline="")
+        rows = []
+        try:
+            reader = csv.reader(text)
+            next(reader, None)  # the header
+            for cells in itertools.islice(reader, count):
+                line, external_id, reason = (*cells, "", "", "")[:3]
+                rows.append((line, spreadsheet_read(external_id), spreadsheet_read(reason)))
+        except csv.Error:
+            pass
+        finally:
+            text.detach()
+        return rows
 
 
 # A row as a batch holds it: its line, its attributes as JSON text, its locale and time zone (None: empty).

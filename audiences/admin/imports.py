@@ -13,9 +13,11 @@ from django.shortcuts import redirect
 from django.template.defaultfilters import filesizeformat, pluralize
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.text import Truncator
 
 from accounts.admin.bases import AccessAdmin, with_reader_sees
+from audiences.imports import ErrorFile
 from audiences.models import Import, Segment
 from audiences.selectors import (
     imports_visible_to,
@@ -31,6 +33,9 @@ from audiences.services.imports import (
 )
 from config import digits
 from config.labels import numbered
+
+# The failed rows an import's page lists; the others are in the error file, downloaded.
+FAILED_ROWS_SHOWN = 20
 
 
 class ImportAddForm(forms.ModelForm):
@@ -155,6 +160,7 @@ class ImportAdmin(AccessAdmin):
         "note",
         "error",
         "error_file_link",
+        "failed_rows",
         "created_by",
         "uploaded_with",
         "created_at",
@@ -263,6 +269,33 @@ class ImportAdmin(AccessAdmin):
             return "—"
         url = reverse("admin:audiences_import_errors", args=[obj.pk])
         return format_html('<a href="{}">Download the rows that failed (CSV)</a>', url)
+
+    @admin.display(description="Rows that failed")
+    def failed_rows(self, obj):
+        """The error file's first rows (line, external_id, reason), then how many more its download
+        holds: those that failed and those that repeated an id, as the file lists them."""
+        if not obj.error_file:
+            return "—"
+        try:
+            with obj.error_file.open("rb") as fh:
+                rows = ErrorFile.first_rows(fh, FAILED_ROWS_SHOWN)
+        except FileNotFoundError:
+            return ERROR_FILE_MISSING
+        if not rows:
+            return "—"
+        more = obj.rows_failed + obj.rows_duplicate - len(rows)
+        url = reverse("admin:audiences_import_errors", args=[obj.pk])
+        return format_html(
+            '<table class="import-failed-rows"><tr><th>line</th><th>external_id</th><th>reason</th></tr>{}</table>{}',
+            format_html_join(
+                "",
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                ((line, Truncator(external_id).chars(60) or "—", reason) for line, external_id, reason in rows),
+            ),
+            format_html('<p>and {} more: <a href="{}">download the whole file</a></p>', f"{more:,}", url)
+            if more > 0
+            else "",
+        )
 
     def get_urls(self):
         return [

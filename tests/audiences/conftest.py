@@ -9,6 +9,24 @@ def media(settings, tmp_path):
 
 
 @pytest.fixture
+def run_import(manager_alice, media, django_capture_on_commit_callbacks):
+    """Upload bytes as a CSV file and run the import to the end, as the worker would."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from audiences.models import Import
+    from audiences.services.imports import import_create
+
+    def run(content: bytes, *, by=None, name="people.csv", **kwargs) -> "Import":
+        upload = SimpleUploadedFile(name, content, content_type="text/csv")
+        with django_capture_on_commit_callbacks(execute=True):
+            record = import_create(upload=upload, by=by or manager_alice, **kwargs)
+        record.refresh_from_db()
+        return record
+
+    return run
+
+
+@pytest.fixture
 def under_review(manager_alice, approver_bob):
     """Make a segment the audience of ``manager_alice``'s campaign waiting for ``approver_bob``, who
     then reads the segment (read-only) without a grant on it."""

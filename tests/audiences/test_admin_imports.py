@@ -265,3 +265,111 @@ def test_an_imports_page_gives_the_files_size_with_its_unit(
     page = login(manager_alice).get(f"/admin/audiences/import/{record.pk}/change/").content.decode()
     size = re.search(r'<div class="form-row field-size_shown">.*?<div class="readonly">(.*?)</div>', page, re.S)
     assert size is not None and size.group(1) == "2.1\xa0KB (2,117 bytes)"
+
+
+def failed_rows_shown(page: str) -> list[tuple[str, str, str]]:
+    """The rows of the page's "Rows that failed" table, their cells as the HTML has them."""
+    field = re.search(r'<div class="form-row field-failed_rows">.*?<div class="readonly">(.*?)</div>', page, re.S)
+    assert field is not None, "no Rows that failed field"
+    return re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td></tr>", field.group(1))
+
+
+def failed_rows_field(page: str) -> str:
+    field = re.search(r'<div class="form-row field-failed_rows">.*?<div class="readonly">(.*?)</div>', page, re.S)
+    assert field is not None, "no Rows that failed field"
+    return field.group(1)
+
+
+def test_an_imports_page_lists_the_rows_that_failed_with_their_line_and_reason(
+    login, manager_alice, viewer_carol, admin_erin, run_import
+):
+    """The page said "Rows failed: 2" and offered the file: which rows, and why, took a download."""
+    segment = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    record = run_import(
+        b"external_id,age\nu1,30\nu2,old\nu3,41\n,52\nu5,7\n",
+        columns={"age": {"type": "number"}},
+        target="add_to_segment",
+        segment_id=segment.pk,
+    )
+    assert (record.status, record.rows_imported, record.rows_failed) == (Import.Status.DONE, 3, 2)
+    access_grant(obj=segment, to=viewer_carol, by=admin_erin)
+    for reader in (manager_alice, viewer_carol):  # whoever reads the import's page
+        page = login(reader).get(f"/admin/audiences/import/{record.pk}/change/").content.decode()
+        assert "Rows that failed" in page
+        assert failed_rows_shown(page) == [
+            ("3", "u2", "column &#x27;age&#x27;: &#x27;old&#x27; is not a number"),
+            ("5", "—", "external_id is empty"),
+        ]
+        assert "more" not in failed_rows_field(page)
+
+
+def test_an_imports_page_lists_the_first_20_rows_that_failed_and_links_to_the_rest(login, manager_alice, run_import):
+    record = run_import(b"external_id,n\nu0,0\n" + b"".join(b",%d\n" % n for n in range(25)))
+    assert record.rows_failed == 25
+    page = login(manager_alice).get(f"/admin/audiences/import/{record.pk}/change/").content.decode()
+    assert failed_rows_shown(page) == [(str(line), "—", "external_id is empty") for line in range(3, 23)]
+    errors = f"/admin/audiences/import/{record.pk}/errors/"
+    assert f'and 5 more: <a href="{errors}">download the whole file</a>' in failed_rows_field(page)
+
+
+def test_an_imports_page_counts_the_repeated_ids_of_its_error_file_among_the_rows_not_shown(
+    login, manager_alice, run_import
+):
+    """The error file lists the rows that repeat an id beside those that failed, and so does the page."""
+    repeated = b"".join(b"u1,%d\n" % n for n in range(21))
+    record = run_import(b"external_id,n\nu1,0\n" + repeated + b",x\n")
+    assert (record.rows_failed, record.rows_duplicate) == (1, 21)
+    page = login(manager_alice).get(f"/admin/audiences/import/{record.pk}/change/").content.decode()
+    shown = failed_rows_shown(page)
+    assert len(shown) == 20 and shown[0][:2] == ("3", "u1") and "external_id repeated" in shown[0][2]
+    assert "and 2 more: <a href=" in failed_rows_field(page)
+
+
+def test_an_imports_page_escapes_the_ids_and_reasons_of_the_rows_that_failed(login, manager_alice, run_import):
+    record = run_import(
+        b'external_id,age\n<script>alert(1)</script>,<b>x</b>\n"=1+1",old\n',
+        columns={"age": {"type": "number"}},
+    )
+    assert record.rows_failed == 2
+    page = login(manager_alice).get(f"/admin/audiences/import/{record.pk}/change/").content.decode()
+    assert "<script>alert(1)" not in page and "<b>x</b>" not in page
+    assert failed_rows_shown(page) == [
+        (
+            "2",
+            "&lt;script&gt;alert(1)&lt;/script&gt;",
+            "column &#x27;age&#x27;: &#x27;&lt;b&gt;x&lt;/b&gt;&#x27; is not a number",
+        ),
+        ("3", "=1+1", "column &#x27;age&#x27;: &#x27;old&#x27; is not a number"),  # as the file had it
+    ]
+
+
+def test_an_import_with_no_row_failed_shows_a_dash_for_the_rows_that_failed(login, manager_alice, run_import):
+    record = run_import(b"external_id,n\nu1,1\nu2,2\n")
+    assert (record.rows_failed, record.error_file.name) == (0, "")
+    page = login(manager_alice).get(f"/admin/audiences/import/{record.pk}/change/").content.decode()
+    assert failed_rows_field(page) == "—"
+
+
+def test_an_imports_page_says_its_error_file_is_missing_from_storage_in_place_of_its_rows(
+    login, manager_alice, run_import
+):
+    """Written by a worker whose storage the web server does not share: the page reads, the rows are said missing."""
+    import os
+
+    record = run_import(b"external_id,n\nu1,1\n,2\n")
+    os.remove(record.error_file.path)
+    response = login(manager_alice).get(f"/admin/audiences/import/{record.pk}/change/")
+    assert response.status_code == 200
+    assert "The error file is missing from this server&#x27;s storage" in failed_rows_field(response.content.decode())
+
+
+@pytest.mark.parametrize("who", ["viewer_carol", "manager_mallory"])
+def test_the_rows_that_failed_are_not_shown_to_a_reader_without_access_to_the_imports_segment(
+    login, manager_alice, run_import, who, request
+):
+    segment = segment_create(name="VIP", kind=Segment.Kind.STATIC, by=manager_alice)
+    record = run_import(b"external_id,n\nu1,1\nsecret-id,\x00\n", target="add_to_segment", segment_id=segment.pk)
+    assert record.rows_failed == 1
+    client = login(request.getfixturevalue(who))
+    response = client.get(f"/admin/audiences/import/{record.pk}/change/")
+    assert response.status_code == 404 and "secret-id" not in response.content.decode()

@@ -11,7 +11,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.json_values import json_compact
-from audiences.imports import SEGMENT_GONE, Batch, ImportRefused, spreadsheet_safe, write_batch
+from audiences.imports import SEGMENT_GONE, Batch, ErrorFile, ImportRefused, spreadsheet_safe, write_batch
 from audiences.models import Import, Profile, Segment, SegmentMember
 from audiences.services.imports import DUPLICATE, import_create, import_process, import_restart
 from audiences.services.profiles import profiles_delete
@@ -20,20 +20,6 @@ from tests.factories import ProfileFactory
 from tests.locks import ProfileHeld, concurrently, wait_for_a_blocked_writer, wait_for_blocked_writers
 
 pytestmark = [pytest.mark.django_db(transaction=False), pytest.mark.embedded]
-
-
-@pytest.fixture
-def run_import(manager_alice, media, django_capture_on_commit_callbacks):
-    """Upload bytes as a CSV file and run the import to the end, as the worker would."""
-
-    def run(content: bytes, *, by=None, name="people.csv", **kwargs) -> Import:
-        upload = SimpleUploadedFile(name, content, content_type="text/csv")
-        with django_capture_on_commit_callbacks(execute=True):
-            record = import_create(upload=upload, by=by or manager_alice, **kwargs)
-        record.refresh_from_db()
-        return record
-
-    return run
 
 
 def error_rows(record: Import) -> list[list[str]]:
@@ -261,6 +247,23 @@ def test_error_file_is_safe_from_formula_injection(run_import):
     assert rows[0][1].startswith("'=HYPERLINK")
     assert rows[1][1] == "'@SUM(A1)"
     assert spreadsheet_safe("-2+3") == "'-2+3" and spreadsheet_safe("plain") == "plain"
+
+
+def test_the_first_rows_of_an_error_file_are_read_without_reading_the_rest(tmp_path):
+    """An import's page lists the first rows of its error file, which may hold a million."""
+    errors = ErrorFile(tmp_path / "errors.csv", resume_at=0)
+    errors.add(2, "+33 6 12", "column 'age': 'a \"quoted\",\nline' is not a number")
+    for line in range(3, 100_003):
+        errors.add(line, "", "external_id is empty")
+    errors.close()
+    with open(tmp_path / "errors.csv", "rb") as fh:
+        rows = ErrorFile.first_rows(fh, 3)
+        assert fh.tell() < 64 * 1024 and not fh.closed
+    assert rows == [
+        ("2", "+33 6 12", "column 'age': 'a \"quoted\",\nline' is not a number"),  # as the row had it
+        ("3", "", "external_id is empty"),
+        ("4", "", "external_id is empty"),
+    ]
 
 
 def test_running_the_same_file_twice_changes_nothing_more(run_import, manager_alice):

@@ -166,6 +166,9 @@ def test_manager_imports_a_csv_and_watches_its_progress(login, page, live_server
     # The page's fields say what the bar says.
     page.wait_for_function("() => document.querySelector('.field-status .readonly').textContent.trim() == 'Done'")
     assert page.locator(".field-rows_failed .readonly").inner_text().strip() == "1"
+    # Ended, the page loads again and lists the row that failed, with its reason.
+    page.wait_for_selector(".field-failed_rows table")
+    assert page.locator(".field-failed_rows td").all_inner_texts() == ["302", "—", "external_id is empty"]
 
 
 def test_an_empty_number_is_refused_naming_the_condition(login, page, live_server, manager_alice):
