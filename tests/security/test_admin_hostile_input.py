@@ -88,38 +88,6 @@ def test_every_text_input_of_every_admin_form_takes_a_nul_without_a_500(client, 
     assert len(probed) > 40, probed
 
 
-# Query values a changelist is sent as they are: a page past any, an unknown ordering, a search
-# with a NUL or bytes that are not UTF-8, and for each filter its page links offer, a number past
-# any column, a NUL and a word; the audit log's date hierarchy a year past the calendar's.
-_QUERIES = ["p=" + "9" * 30, "p=-1", "o=99", "o=x.y", "q=%00", "q=%ED%B3%80", "q=%FF"]
-_DATES = ["created_at__year=" + "9" * 30, "created_at__year=9999&created_at__month=12", "created_at__year=0"]
-_DATES += ["created_at__year=2026&created_at__month=" + "9" * 30, "created_at__year=2026&created_at__day=-1"]
-
-
-@pytest.mark.slow
-def test_every_changelist_answers_hostile_query_values_without_a_500(client, world, admin_erin):
-    import re
-
-    client.force_login(admin_erin)
-    failures, sent = {}, 0
-    for model in admin.site._registry:
-        url = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist")
-        page = client.get(url).content.decode()
-        filters = set(re.findall(r'href="\?([a-z_0-9]+)=', page)) - {"e", "o", "p", "q", "_facets"}
-        queries = [*_QUERIES, *(f"{name}={value}" for name in filters for value in ("9" * 30, "%00", "zz"))]
-        if model._meta.label_lower == "accounts.auditevent":
-            queries += _DATES
-        for query in queries:
-            answer = client.get(f"{url}?{query}")
-            sent += 1
-            if answer.status_code >= 500:
-                failures[f"{url}?{query}"] = answer.status_code
-            elif answer.status_code == 302:
-                assert answer.url.endswith("?e=1"), (query, answer.url)  # an unknown filter, said so
-    assert not failures, failures
-    assert sent > 250, sent
-
-
 @pytest.mark.parametrize("field", ["variants", "data"])
 @pytest.mark.parametrize("value", ["-1", "[1, 2]", '"text"', "9" * 30])
 def test_content_variants_or_data_that_are_not_an_object_are_refused_on_the_form(

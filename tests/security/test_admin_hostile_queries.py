@@ -11,8 +11,6 @@ from django.contrib.admin.utils import get_fields_from_path
 from django.db.models import Field
 from django.urls import reverse
 
-from accounts.services import access_grant
-
 # Each sent as it stands in the query string, one request per parameter and value.
 HOSTILE = {
     "word": "zz",
@@ -33,6 +31,7 @@ LIST_QUERIES = [
     "p=99999999",
     "q=%00",
     "q=%ED%A0%80",
+    "q=%FF",
     "q=" + "x" * 5000,
     "all=",
     "_to_field=password",
@@ -57,6 +56,8 @@ def _date_queries(field: str) -> list[str]:
         f"{year}=abc",
         f"{year}=" + "9" * 30,
         f"{year}=-1",
+        f"{year}=0",
+        f"{year}=9999&{month}=12",
         f"{year}=2026&{month}=abc",
         f"{year}=2026&{month}=13",
         f"{year}=2026&{month}=2&{day}=31",
@@ -131,18 +132,12 @@ def _answer(client, url: str) -> int | str:
     return answer.status_code
 
 
-@pytest.fixture
-def viewer_carol_in_scope(world, viewer_carol):
-    access_grant(obj=world["delivery.app"], to=viewer_carol, by=None)
-    return viewer_carol
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("who", ["admin_erin", "viewer_carol_in_scope"])
-def test_every_changelist_answers_hostile_query_strings_without_a_500(client, world, request, who):
-    """Each list its reader may open, and each page our admins add, answers every hostile query
-    with a page, ?e=1, 400 or 404 (403 or 405 for a page refusing its reader or its method)."""
-    reader = request.getfixturevalue(who)
+def test_every_changelist_answers_hostile_query_strings_without_a_500(client, world, admin_erin):
+    """Each list, and each page our admins add, answers every hostile query with a page, ?e=1, 400
+    or 404 (403 or 405 for a page refusing its method). An Administrator opens every list with
+    every filter (a Viewer's lists and filters are among them)."""
+    reader = admin_erin
     client.force_login(reader)
     failures, probed, parameters = {}, set(), set()
     for model, model_admin in admin.site._registry.items():
