@@ -171,6 +171,22 @@ def test_manager_imports_a_csv_and_watches_its_progress(login, page, live_server
     assert page.locator(".field-failed_rows td").all_inner_texts() == ["302", "—", "external_id is empty"]
 
 
+def test_a_running_imports_fields_follow_its_progress_with_the_sites_empty_value(
+    login, page, live_server, manager_alice
+):
+    """The page's script writes each field from the progress it polls: an import without an error
+    reads the em dash the page was served with (it wrote a hyphen there)."""
+    from audiences.models import Import
+
+    running = Import.objects.create(created_by=manager_alice, status="running", rows_done=12, original_name="x.csv")
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/audiences/import/{running.pk}/change/")
+    assert page.locator(".field-error .readonly").inner_text().strip() == "—"
+    Import.objects.filter(pk=running.pk).update(rows_done=13)
+    page.wait_for_function("() => document.querySelector('.field-rows_done .readonly').textContent.trim() == '13'")
+    assert page.locator(".field-error .readonly").inner_text().strip() == "—"
+
+
 def test_an_empty_number_is_refused_naming_the_condition(login, page, live_server, manager_alice):
     ProfileFactory(external_id="ann", attributes={"age": 34})
     login(manager_alice)

@@ -15,7 +15,7 @@
           // The page's fields read the same answer as the bar: one source of truth, no reload needed.
           var fields = {
             status: data.status_display, rows_done: data.rows_done, rows_imported: data.rows_imported,
-            rows_failed: data.rows_failed, rows_duplicate: data.rows_duplicate, error: data.error || "-",
+            rows_failed: data.rows_failed, rows_duplicate: data.rows_duplicate, error: data.error || "\u2014",
           };
           Object.keys(fields).forEach(function (name) {
             var cell = document.querySelector(".field-" + name + " .readonly");
