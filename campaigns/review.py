@@ -10,10 +10,12 @@ from django.utils.html import format_html, format_html_join
 from accounts.models import ApprovalRequest, User
 from campaigns.models import ApprovedVersion, Campaign
 from campaigns.schedule import (
+    SCHEDULE_FIELDS,
     lateness_allowed,
     local_occurrence_open,
     local_wall_time,
     next_occurrence,
+    send_moment,
     skipped_time_text,
 )
 from config.labels import numbered
@@ -321,10 +323,18 @@ def definition_text(definition: dict, *, names: tuple[dict[int, str], dict[int, 
     return " · ".join(parts)  # the rules in words hold "; " between their conditions
 
 
-def phones_html(spec: dict, *, app_name: str, profile: dict | None = None, context: dict | None = None) -> str:
+def phones_html(
+    spec: dict,
+    *,
+    app_name: str,
+    profile: dict | None = None,
+    context: dict | None = None,
+    as_of: dt.datetime | None = None,
+) -> str:
     """A content spec as an iPhone and an Android phone would show it, for one profile (or a blank one),
-    with the ``context`` its sends give it."""
+    with the ``context`` its sends give it, its ``now`` as of ``as_of`` (None: the real now)."""
     from delivery.payloads import message_render
+    from delivery.personalization import rendered_as_of
 
     sample = profile or {
         "external_id": "sample",
@@ -333,7 +343,8 @@ def phones_html(spec: dict, *, app_name: str, profile: dict | None = None, conte
         "attributes": {},
     }
     try:
-        message = message_render(spec, profile=sample, context=context or {})
+        with rendered_as_of(as_of):
+            message = message_render(spec, profile=sample, context=context or {})
         title, subtitle, body = message.title, message.subtitle, message.body
     except Exception as exc:  # a template that fails is itself what the approver must see
         title, subtitle, body = "(cannot render)", "", str(exc)
@@ -351,17 +362,43 @@ def phones_html(spec: dict, *, app_name: str, profile: dict | None = None, conte
     )
 
 
+def campaign_send_moment(campaign: Campaign, *, now: dt.datetime | None = None) -> dt.datetime | None:
+    """When the campaign as it stands next sends (``send_moment``), which its previews render ``now``
+    as of: its next occurrence (``next_occurrence_at``); a draft's, or a revision's changing the
+    schedule, as its schedule says from ``now`` on; else its ``send_at``. None: the real now."""
+    due = campaign.next_occurrence_at
+    approved = campaign.approved() if campaign.approved_version else None
+    edited = approved is not None and any(getattr(approved, f) != getattr(campaign, f) for f in SCHEDULE_FIELDS)
+    if edited or (due is None and campaign.status in (Campaign.Status.DRAFT, Campaign.Status.IN_REVIEW)):
+        due = next_occurrence(campaign, after=now or timezone.now())
+    return send_moment(campaign, due=due)
+
+
+def send_moment_html(moment: dt.datetime | None, *, time_zone: str) -> str:
+    """Which moment previews render ``now`` as of, in ``time_zone``; nothing for None (the callers
+    pass a moment only for a content that reads it: ``spec_reads_now``)."""
+    if moment is None:
+        return ""
+    return format_html(
+        '<p class="preview-moment">Shown as of its send at {}: the text reads the moment it is sent '
+        "(<code>now</code>).</p>",
+        zoned(moment, time_zone),
+    )
+
+
 def campaign_phones_html(
     campaign: Campaign, *, reader: User | None, profile: dict | None = None, app_seen: bool | None = None
 ) -> str:
     """The campaign's content as phones would show it; with variants, each one under its name (to a
     ``reader`` who may see it) and share, and the holdout's share. The variants are read with whether
     the reader may see each one's content, in one query. The app is named to a reader who may see it
-    (``app_seen``, when the caller read it with the campaign), "app #3" to the others."""
+    (``app_seen``, when the caller read it with the campaign), "app #3" to the others. A content that
+    reads ``now`` shows it as of the campaign's next send (``campaign_send_moment``), said below it."""
     from django.db.models import BooleanField, ExpressionWrapper, Q
 
     from accounts.selectors import visible_to
     from delivery.models import PushContent
+    from delivery.payloads import spec_reads_now
 
     variants = []
     if campaign.pk is not None:
@@ -371,36 +408,60 @@ def campaign_phones_html(
     if app_seen is None:
         app_seen = campaign.app_id in ReaderNames.of(reader, apps={campaign.app_id}).apps
     app_name = campaign.app.name if app_seen else numbered("app", campaign.app_id)
+    specs = [v.content.spec() for v in variants] or [campaign.content.spec()]
+    as_of = campaign_send_moment(campaign) if any(spec_reads_now(spec) for spec in specs) else None
+    said = send_moment_html(as_of, time_zone=campaign.time_zone)
     if not variants:
-        return phones_html(campaign.content.spec(), app_name=app_name, profile=profile, context=campaign.send_context())
-    return variants_phones_html(
+        phones = phones_html(specs[0], app_name=app_name, profile=profile, context=campaign.send_context(), as_of=as_of)
+        return format_html("{}{}", phones, said)
+    phones = variants_phones_html(
         [
             {
                 "label": v.label,
                 "content": str(v.content) if v.reader_sees else numbered("content", v.content_id),
                 "share": v.share,
-                "spec": v.content.spec(),
+                "spec": spec,
             }
-            for v in variants
+            for v, spec in zip(variants, specs, strict=True)
         ],
         reader=reader,
         holdout_share=campaign.holdout_share,
         app_name=app_name,
         profile=profile,
         context=campaign.send_context(),
+        as_of=as_of,
     )
+    return format_html("{}{}", phones, said)
 
 
 def approved_phones_html(
-    approved: ApprovedVersion, *, app_name: str, reader: User | None, context: dict | None = None
+    approved: ApprovedVersion,
+    *,
+    app_name: str,
+    reader: User | None,
+    context: dict | None = None,
+    due: dt.datetime | None = None,
 ) -> str:
     """An approved version's content (each of its variants, named to a ``reader`` who may see it) as
-    phones would show it, with the ``context`` its sends give it."""
+    phones would show it, with the ``context`` its sends give it; a content that reads ``now``
+    shows it as of the version's send due at ``due`` (``send_moment``), said below it."""
+    from delivery.payloads import spec_reads_now
+
+    specs = [v["spec"] for v in approved.variants] or [approved.spec]
+    as_of = send_moment(approved, due=due) if any(spec_reads_now(spec) for spec in specs) else None
+    said = send_moment_html(as_of, time_zone=approved.time_zone)
     if approved.variants:
-        return variants_phones_html(
-            approved.variants, reader=reader, holdout_share=approved.holdout_share, app_name=app_name, context=context
+        phones = variants_phones_html(
+            approved.variants,
+            reader=reader,
+            holdout_share=approved.holdout_share,
+            app_name=app_name,
+            context=context,
+            as_of=as_of,
         )
-    return phones_html(approved.spec, app_name=app_name, context=context)
+    else:
+        phones = phones_html(approved.spec, app_name=app_name, context=context, as_of=as_of)
+    return format_html("{}{}", phones, said)
 
 
 def variants_phones_html(
@@ -411,10 +472,11 @@ def variants_phones_html(
     app_name: str,
     profile: dict | None = None,
     context: dict | None = None,
+    as_of: dt.datetime | None = None,
 ) -> str:
     """Each variant (``{label, content, content_id, share, spec}``) as phones would show it, its
     content named only to a ``reader`` who may see it ("content #7" to the others), then the holdout.
-    Variants without ``content_id`` are said as their ``content`` says."""
+    Variants without ``content_id`` are said as their ``content`` says. ``now`` as of ``as_of``."""
     names = ReaderNames.of(reader, contents={v.get("content_id") for v in variants})
     parts = format_html_join(
         "",
@@ -425,7 +487,7 @@ def variants_phones_html(
                 v["label"],
                 names.content(v["content_id"], v["content"]) if v.get("content_id") is not None else v["content"],
                 v["share"],
-                phones_html(v["spec"], app_name=app_name, profile=profile, context=context),
+                phones_html(v["spec"], app_name=app_name, profile=profile, context=context, as_of=as_of),
             )
             for v in variants
         ],

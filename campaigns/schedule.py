@@ -185,6 +185,23 @@ def occurrence_when(due: dt.datetime, *, time_zone: str, local: bool) -> str:
     return f"{wall:%Y-%m-%d %H:%M} at each profile's local time"
 
 
+# The fields of a campaign that make its schedule.
+SCHEDULE_FIELDS = ("schedule_kind", "send_at", "time_zone", "recurrence", "cron", "ends_at", "at_local_time")
+
+
+def send_moment(schedule, *, due: dt.datetime | None) -> dt.datetime | None:
+    """The moment a send of ``schedule`` (a Campaign or its ApprovedVersion) due at ``due`` (its
+    next occurrence; None when it has none yet: its ``send_at``) renders its content at, which its
+    previews render ``now`` as of. At each profile's local time: the schedule's wall-clock time in
+    the campaign's zone (its profiles without a zone of their own), not when UTC+14 gets there.
+    None for a campaign triggered through the API or sent when approved: the real now."""
+    if schedule.kind == "api_triggered" or schedule.schedule_kind == "now":
+        return None
+    if due is not None and at_local_time(schedule):
+        due = localize(dt.datetime.fromisoformat(local_wall_time(schedule, due)), zone(schedule.time_zone))
+    return due or schedule.send_at
+
+
 def at_local_time(campaign) -> bool:
     """Does the campaign send at each profile's local time (a schedule that is not "now")?"""
     return bool(getattr(campaign, "at_local_time", False)) and campaign.schedule_kind != "now"

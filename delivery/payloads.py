@@ -27,6 +27,7 @@ from delivery.personalization import (
     template_check,
     template_context_gaps,
     template_reads,
+    template_reads_now,
     template_render,
     template_whole_object_outputs,
     template_worst_case_bytes,
@@ -153,6 +154,12 @@ def spec_reads(spec: dict, name: str) -> bool:
     """True when any text uses the variable ``name``: ``profile`` (its message cannot be rendered
     from the context alone) or ``context`` (the call's)."""
     return any(template_reads(s, name) for s in _spec_sources(spec))
+
+
+def spec_reads_now(spec: dict) -> bool:
+    """True when any text renders the moment it is rendered at (``template_reads_now``): its
+    previews say which moment they show."""
+    return any(template_reads_now(s) for s in _spec_sources(spec) if isinstance(s, str))
 
 
 def spec_context_gaps(spec: dict, *, given: dict) -> str:

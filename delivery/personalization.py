@@ -16,11 +16,14 @@ attribute.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import inspect
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 
 from django.core.exceptions import ValidationError
@@ -183,6 +186,40 @@ def _bounded(name: str, func: Callable) -> Callable:
     return bounded
 
 
+# The moment a preview renders ``now`` and ``today`` as of (``rendered_as_of``); None, as at every
+# send: the real now.
+_RENDERED_AS_OF: ContextVar[dt.datetime | None] = ContextVar("rendered_as_of", default=None)
+_NOW_WORDS = ("now", "today")  # what Liquid's ``date`` filter reads as the moment it runs
+
+
+@contextmanager
+def rendered_as_of(moment: dt.datetime | None) -> Iterator[None]:
+    """Inside the block, templates render ``now`` and ``today`` (``'now' | date: …``) as of
+    ``moment`` (aware): a preview of a send to come shows the text its phones will get. None: the
+    real now, as a send renders it."""
+    token = _RENDERED_AS_OF.set(moment)
+    try:
+        yield
+    finally:
+        _RENDERED_AS_OF.reset(token)
+
+
+def _date_as_of(date: Callable) -> Callable:
+    """Liquid's ``date`` filter, reading "now" and "today" as the moment a preview renders as of
+    (``rendered_as_of``), in the form Liquid takes the real now in (the server's wall-clock time,
+    naive): a preview shows the day and hour the send will. Otherwise (every send) as Liquid does."""
+
+    @functools.wraps(date)
+    def dated(dat, *args, **kwargs):
+        if isinstance(dat, str) and dat in _NOW_WORDS:
+            moment = _RENDERED_AS_OF.get()
+            if moment is not None:
+                dat = dt.datetime.fromtimestamp(moment.timestamp())  # noqa: DTZ006 (as Liquid's own now)
+        return date(dat, *args, **kwargs)
+
+    return dated
+
+
 class _SandboxEnvironment(Environment):
     loop_iteration_limit = LOOP_LIMIT
     local_namespace_limit = 4096
@@ -193,6 +230,7 @@ class _SandboxEnvironment(Environment):
         super().setup_tags_and_filters(extra=extra)
         for tag in ("include", "render"):
             self.tags.pop(tag, None)
+        self.filters["date"] = _date_as_of(self.filters["date"])
         self.filters = {name: _bounded(name, func) for name, func in self.filters.items()}
 
 
@@ -384,6 +422,25 @@ def template_reads(source: str, name: str) -> bool:
         return name in _parse(source).analyze(include_partials=False).globals
     except LiquidError:
         return True
+
+
+def template_reads_now(source: str) -> bool:
+    """True when ``source`` renders the moment it is rendered at: Liquid's ``date`` filter and a
+    "now" or "today" written in its markup (``{{ 'now' | date: '%A' }}``, or assigned first)."""
+    if not is_templated(source) or not any(word in source for word in _NOW_WORDS):
+        return False
+    try:
+        if "date" not in _parse(source).analyze(include_partials=False).filters:
+            return False
+        tokens = list(_TOKENIZER(source))
+    except LiquidError:
+        return False
+    return any(
+        (found.group(1) if found.group(1) is not None else found.group(2)) in _NOW_WORDS
+        for token in tokens
+        if token.kind in (TOKEN_OUTPUT, TOKEN_EXPRESSION)
+        for found in _STRING_LITERAL.finditer(token.value)
+    )
 
 
 def template_reads_profile(source: str) -> bool:

@@ -31,6 +31,7 @@ from accounts.services import (
 from campaigns.models import Campaign
 from campaigns.schedule import (
     MAX_MISSED_WINDOW_MINUTES,
+    SCHEDULE_FIELDS,
     at_local_time,
     lateness_allowed,
     local_look_back,
@@ -388,9 +389,8 @@ def _approve_revision(campaign: Campaign, request: ApprovalRequest, *, by: User,
     but not sent yet is sent by the new schedule if it has it, or recorded skipped (``_due_when_revised``)."""
     before = campaign.approved()
     snapshot = _approve_version(campaign, request, by=by, now=now)
-    schedule_fields = ("schedule_kind", "send_at", "time_zone", "recurrence", "cron", "ends_at", "at_local_time")
     if campaign.kind == Campaign.Kind.SCHEDULED and (
-        before is None or any(getattr(before, f) != getattr(campaign, f) for f in schedule_fields)
+        before is None or any(getattr(before, f) != getattr(campaign, f) for f in SCHEDULE_FIELDS)
     ):
         fired = campaign.occurrences.exists()
         if campaign.schedule_kind == Campaign.ScheduleKind.NOW:

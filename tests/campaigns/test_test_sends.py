@@ -2,6 +2,7 @@
 same context (every send of a campaign gives its content ``context.campaign.id`` and ``.name``)."""
 
 import datetime as dt
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -99,3 +100,98 @@ def test_a_test_push_waiting_for_its_retry_is_not_sent_to_a_phone_taken_off_the_
     row.refresh_from_db()
     assert (row.status, row.reason) == ("skipped", "not_test_device")
     assert pushsim.state.count(tester.token) == 0
+
+
+PICKS = "Your picks for {{ 'now' | date: '%A' }} are waiting."
+
+
+@pytest.fixture
+def picks_campaign(named_campaign):
+    """A campaign whose body names the day it is rendered on (as the demo's), scheduled at 09:00 in
+    Paris three days from now: another weekday than today's."""
+    from campaigns.services.lifecycle import campaign_update
+
+    named_campaign.content.body = PICKS
+    named_campaign.content.save(update_fields=["body"])
+    day = dt.datetime.now(ZoneInfo("Europe/Paris")).date() + dt.timedelta(days=3)
+    send_at = dt.datetime.combine(day, dt.time(9), tzinfo=ZoneInfo("Europe/Paris"))
+    return campaign_update(
+        campaign_id=named_campaign.pk,
+        by=named_campaign.owner,
+        schedule_kind="at",
+        send_at=send_at,
+        time_zone="Europe/Paris",
+    )
+
+
+def test_a_scheduled_campaigns_previews_render_now_as_of_its_send_and_say_so(
+    picks_campaign, client, manager_alice, approver_bob
+):
+    """Previewed on a Sunday, a campaign sending on Monday showed "Your picks for Sunday": the
+    approver signed off a text the phones would not get. Its page and its review render the
+    content's ``now`` as of its send, and say which moment they show."""
+    from campaigns.services.lifecycle import campaign_approve, campaign_submit, campaign_update
+
+    send_at = picks_campaign.send_at.astimezone(ZoneInfo("Europe/Paris"))
+    weekday, today = f"{send_at:%A}", f"{dt.datetime.now(dt.UTC):%A}"
+    moment = f"as of its send at {send_at:%Y-%m-%d} 09:00 (Europe/Paris)"
+    page_url = f"/admin/campaigns/campaign/{picks_campaign.pk}/change/"
+    client.force_login(manager_alice)
+    page = client.get(page_url).content.decode()
+    assert f"Your picks for {weekday} are waiting." in page and f"Your picks for {today}" not in page
+    assert moment in page
+
+    request = campaign_submit(campaign_id=picks_campaign.pk, by=manager_alice)
+    access_grant(obj=picks_campaign.app, to=approver_bob, by=None)
+    client.force_login(approver_bob)
+    review = client.get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+    assert f"Your picks for {weekday} are waiting." in review and moment in review
+
+    campaign_approve(campaign_id=picks_campaign.pk, by=approver_bob)  # its next send is now set: the same
+    client.force_login(manager_alice)
+    page = client.get(page_url).content.decode()
+    assert f"Your picks for {weekday} are waiting." in page and moment in page
+
+    # A revision sending a day later: its preview is of its own send, the approved version's of its.
+    later = send_at + dt.timedelta(days=1)
+    campaign_update(campaign_id=picks_campaign.pk, by=manager_alice, send_at=later)
+    page = client.get(page_url).content.decode()
+    start = page.index('class="approved-phones"')
+    end = page.index("</p>", page.index('class="preview-moment"', start))
+    approved, revision = page[start:end], page[:start] + page[end:]
+    assert f"Your picks for {later:%A} are waiting." in revision and f"at {later:%Y-%m-%d} 09:00" in revision
+    assert f"Your picks for {weekday} are waiting." in approved and moment in approved
+
+
+def test_a_preview_of_content_without_now_says_no_moment(named_campaign, client, manager_alice):
+    from campaigns.services.lifecycle import campaign_update
+
+    send_at = dt.datetime.now(ZoneInfo("Europe/Paris")) + dt.timedelta(days=3)
+    campaign_update(campaign_id=named_campaign.pk, by=manager_alice, schedule_kind="at", send_at=send_at)
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/campaigns/campaign/{named_campaign.pk}/change/").content.decode()
+    assert "Spring sale" in page and "as of its send" not in page
+
+
+def test_a_campaign_sent_when_approved_or_by_the_api_previews_the_real_now(named_campaign, manager_alice):
+    from campaigns.services.lifecycle import campaign_update
+
+    named_campaign.content.body = PICKS
+    named_campaign.content.save(update_fields=["body"])
+    today = f"Your picks for {dt.datetime.now(dt.UTC):%A} are waiting."
+    shown = campaign_phones_html(named_campaign, reader=manager_alice)
+    assert today in shown and "as of" not in shown
+    triggered = campaign_update(campaign_id=named_campaign.pk, by=manager_alice, kind="api_triggered", segment=None)
+    shown = campaign_phones_html(triggered, reader=manager_alice)
+    assert today in shown and "as of" not in shown
+
+
+def test_a_send_renders_the_real_now_whatever_its_previews_show(
+    picks_campaign, pushsim, manager_alice, django_capture_on_commit_callbacks
+):
+    assert f"Your picks for {picks_campaign.send_at:%A}" in campaign_phones_html(picks_campaign, reader=manager_alice)
+    tester = DeviceFactory(app=picks_campaign.app, is_test=True, platform="ios")
+    with django_capture_on_commit_callbacks(execute=True):
+        campaign_test_send(campaign_id=picks_campaign.pk, by=manager_alice)
+    (received,) = pushsim.state.recent(token=tester.token)
+    assert received["body"] == f"Your picks for {dt.datetime.now(dt.UTC):%A} are waiting."

@@ -414,3 +414,21 @@ def test_a_contents_page_names_what_sends_it_and_that_an_edit_needs_their_approv
     client.force_login(manager_mallory)
     page = client.get(f"/admin/delivery/pushcontent/{sent.pk}/change/").content.decode()
     assert "Spring sale" not in page and "2 campaigns you cannot see" in page
+
+
+@pytest.mark.presses("delivery.pushcontent:live_preview")
+def test_a_contents_own_previews_render_now_as_the_moment_they_are_shown(client, db, manager_alice):
+    """A content is sent by campaigns at times of their own: its page shows it as of now (a
+    campaign's previews show it as of the campaign's send)."""
+    import datetime as dt
+
+    shop = AppFactory(name="Shop")
+    access_grant(obj=shop, to=manager_alice, by=None)
+    body = "Your picks for {{ 'now' | date: '%A' }} are waiting."
+    content = PushContent.objects.create(app=shop, name="Picks", title="Picks", body=body)
+    today = f"Your picks for {dt.datetime.now(dt.UTC):%A} are waiting."
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/delivery/pushcontent/{content.pk}/change/").content.decode()
+    assert today in page and "as of its send" not in page
+    live = client.post(f"/admin/delivery/pushcontent/{content.pk}/live-preview/", _form(content)).content.decode()
+    assert today in live and "as of its send" not in live
