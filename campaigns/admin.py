@@ -105,6 +105,16 @@ def schedule_zone_text(time_zone: str, *, local: bool) -> str:
     return f"({named})"
 
 
+def schedule_date_text(value: dt.datetime | None, campaign: Campaign) -> str:
+    """A schedule's date (first send, end) on the page that only reads it, its zone named as the
+    form names it beside the date (``schedule_zone_text``): at each profile's local time, each
+    profile's."""
+    if value is None:
+        return "—"
+    shown = value.astimezone(schedule_zone(campaign.time_zone))
+    return f"{shown:%Y-%m-%d %H:%M} {schedule_zone_text(campaign.time_zone, local=campaign.at_local_time)}"
+
+
 class ZoneInput(forms.TextInput):
     """A time zone typed by its IANA name, the names a schedule takes offered as it is typed (a
     datalist, which schedule_form.js also reads to tell a name that is no time zone)."""
@@ -591,9 +601,13 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         """When its first approval put it on the air, in the approved schedule's zone (as its sends)."""
         return zoned(obj.activated_at, obj.schedule_zone())
 
-    send_at_shown = zoned_column("send_at", "Send at", zone_field="time_zone")
+    @admin.display(description="Send at", ordering="send_at")
+    def send_at_shown(self, obj):
+        return schedule_date_text(obj.send_at, obj)
 
-    ends_at_shown = zoned_column("ends_at", "Ends at", zone_field="time_zone")
+    @admin.display(description="Ends at", ordering="ends_at")
+    def ends_at_shown(self, obj):
+        return schedule_date_text(obj.ends_at, obj)
 
     @admin.display(description="Next send", ordering="next_occurrence_at")
     def next_send(self, obj):

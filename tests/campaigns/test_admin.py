@@ -821,6 +821,33 @@ def test_a_read_only_campaign_page_shows_its_dates_in_its_zone_named(
     assert "field-send_at_shown" not in page and "UTC" not in _shown(page, "send_at")
 
 
+def test_a_read_only_campaign_sent_at_local_time_names_each_profiles_zone_beside_its_dates(
+    client, make_campaign, manager_alice, approver_bob, viewer_carol
+):
+    """A campaign sent at each profile's local time showed its dates, on the pages that only read it
+    (the approver's, a viewer's), as 09:00 in the campaign's zone, where its form names each
+    profile's: they name the zone as the form does."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    paris = ZoneInfo("Europe/Paris")
+    campaign = make_campaign(
+        schedule_kind="recurring",
+        recurrence="weekly",
+        send_at=dt.datetime(2027, 1, 5, 9, 0, tzinfo=paris),
+        ends_at=dt.datetime(2027, 2, 5, 21, 0, tzinfo=paris),
+        time_zone="Europe/Paris",
+        at_local_time=True,
+    )
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    zone = "(each profile's time zone; Europe/Paris for profiles without one)"
+    for user in (approver_bob, viewer_carol):
+        client.force_login(user)
+        page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode().replace("&#x27;", "'")
+        assert _shown(page, "send_at_shown").startswith(f"Send at: 2027-01-05 09:00 {zone} "), user
+        assert _shown(page, "ends_at_shown").startswith(f"Ends at: 2027-02-05 21:00 {zone} "), user
+
+
 def test_the_forms_date_inputs_name_the_zone_they_are_read_in(client, make_campaign, manager_alice, segment, content):
     """The form showed a first send of 09:00 and an end of 21:00 with no zone beside them, the zone
     three fields below: a marketer in New York read them as their own hours. Each names the zone
