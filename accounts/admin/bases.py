@@ -746,7 +746,8 @@ class ObjectAccessAdminMixin:
 
 
 class ActiveStatusFilter(admin.SimpleListFilter):
-    """A status filter whose default shows what is being worked on (``active_statuses``)."""
+    """A status filter whose default shows what is being worked on (``active_statuses``); a value
+    that is no status is refused as an unknown filter is (``?e=1``)."""
 
     title = "status"
     parameter_name = "status"
@@ -771,6 +772,8 @@ class ActiveStatusFilter(admin.SimpleListFilter):
             return queryset.filter(status__in=self.active_statuses)
         if value == "all":
             return queryset
+        if value not in queryset.model.Status.values:
+            raise IncorrectLookupParameters(f"No status {value[:20]}.")
         return queryset.filter(status=value)
 
 

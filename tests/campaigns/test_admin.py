@@ -1450,3 +1450,14 @@ def test_the_warning_names_what_each_asked_approver_lacks_and_whom_to_ask(
         "role that approves campaigns or give an approver access to this campaign."
     )
     assert "bob" not in said and "mallory" not in said and team.name not in said
+
+
+@pytest.mark.parametrize("changelist", ["/admin/campaigns/campaign/", "/admin/journeys/journey/"])
+def test_a_status_that_is_none_says_the_filter_is_wrong(client, manager_alice, changelist):
+    """As the lists' other filters do for a value they do not know (``?e=1``): the list read as if
+    nothing had the status, empty, with nothing said."""
+    client.force_login(manager_alice)
+    answer = client.get(changelist, {"status": "lve"})
+    assert answer.status_code == 302 and answer.url.endswith("?e=1")
+    for known in ("active", "all", "live", "draft"):
+        assert client.get(changelist, {"status": known}).status_code == 200, known
