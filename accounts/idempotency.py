@@ -55,10 +55,17 @@ class IdempotencyKeyReused(APIException):
 def idempotency_key_read(request) -> str:
     """The request's ``Idempotency-Key``, trimmed ("" without one).
 
-    Raises ValidationError naming the header when it is over 200 characters or holds a control character.
+    Raises ValidationError naming the header when it is sent empty (a client's unset variable: the
+    call run without a key would run again on its retry), over 200 characters, or holds a control
+    character.
     """
     # META's own name for the header: ``request.headers`` builds a map of every header to read one.
-    idempotency_key = request.META.get("HTTP_IDEMPOTENCY_KEY", "").strip()
+    sent = request.META.get("HTTP_IDEMPOTENCY_KEY")
+    if sent is None:
+        return ""
+    idempotency_key = sent.strip()
+    if not idempotency_key:
+        raise serializers.ValidationError({"Idempotency-Key": "Empty: send printable text, or leave the header out."})
     if len(idempotency_key) > KEY_MAX_LENGTH:
         raise serializers.ValidationError({"Idempotency-Key": f"At most {KEY_MAX_LENGTH} characters."})
     if _CONTROL_CHARACTER.search(idempotency_key):  # PostgreSQL cannot store a NUL; none belongs in a key
@@ -163,7 +170,7 @@ def idempotent_call_open(
 # The OpenAPI description of the header and of its answers, for each view that takes it.
 IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
     "Idempotency-Key",
-    str,
+    {"type": "string", "minLength": 1},
     OpenApiParameter.HEADER,
     required=False,
     description="Printable text, at most 200 characters, per API key: a call sent again with the same key and "

@@ -133,6 +133,14 @@ def test_an_idempotency_key_with_a_control_character_or_too_long_is_400_naming_t
     assert not EventBulkRequest.objects.exists() and not Event.objects.exists()
 
 
+@pytest.mark.parametrize("key", ["", "   "])
+def test_an_empty_idempotency_key_is_400_naming_the_header(ingest, key):
+    response = ingest.post(URL, BODY, format="json", HTTP_IDEMPOTENCY_KEY=key)
+    assert response.status_code == 400, response.content[:300]
+    assert [error["field"] for error in response.json()["errors"]] == ["Idempotency-Key"]
+    assert not EventBulkRequest.objects.exists() and not Event.objects.exists()
+
+
 def test_an_idempotency_key_of_printable_text_beyond_ascii_is_taken_trimmed(ingest):
     response = ingest.post(URL, BODY, format="json", HTTP_IDEMPOTENCY_KEY=" commande-é ")
     assert response.status_code == 200, response.content[:300]

@@ -120,6 +120,24 @@ def test_an_idempotency_key_with_a_control_character_or_too_long_is_400_naming_t
     assert not TriggerRequest.objects.exists() and not Dispatch.objects.exists()
 
 
+@pytest.mark.parametrize("key", ["", "   "])
+def test_an_empty_idempotency_key_is_400_naming_the_header(live_trigger, trigger_client, key):
+    """A header sent empty (a variable left unset) is no key: the call, run as one without the
+    header, would send again on a retry."""
+    ProfileFactory(external_id="zoe")
+    body = {"recipients": [{"external_id": "zoe"}]}
+    response = trigger_client.post(_url(live_trigger), body, format="json", HTTP_IDEMPOTENCY_KEY=key)
+    assert response.status_code == 400, response.content[:300]
+    assert response.json()["errors"] == [
+        {
+            "field": "Idempotency-Key",
+            "code": "invalid",
+            "detail": "Empty: send printable text, or leave the header out.",
+        }
+    ]
+    assert not TriggerRequest.objects.exists() and not Dispatch.objects.exists()
+
+
 def test_an_idempotency_key_of_printable_text_beyond_ascii_is_taken(live_trigger, trigger_client):
     ProfileFactory(external_id="zoe")
     body = {"recipients": [{"external_id": "zoe"}]}
