@@ -635,7 +635,16 @@ def _variant_rows(variant: dict, *, names: ReaderNames) -> list[tuple[str, str]]
     for locale, texts in locale_texts(variant["spec"]).items():
         for key in ("title", "subtitle", "body"):
             rows.append((f"{name}: {key} ({locale})", texts[key] or "—"))
-    return rows + [(f"{name}: {label.lower()}", text) for label, text in _spec_rows(variant["spec"])]
+    return rows + [(f"{name}: {_as_continued(label)}", text) for label, text in _spec_rows(variant["spec"])]
+
+
+# Words a label begins with that are names, spelt as they are wherever they stand in a sentence.
+_NAMES = ("iOS", "Android")
+
+
+def _as_continued(label: str) -> str:
+    """``label`` read after "Variant B: ": its first letter small, unless it begins with a name."""
+    return label if label.startswith(_NAMES) else label[:1].lower() + label[1:]
 
 
 def _options_text(options: dict | None, platform: str, *, choices: dict | None = None) -> str:

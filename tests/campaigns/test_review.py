@@ -201,3 +201,17 @@ def test_the_approver_reads_the_contents_tap_action_and_platform_options_in_word
     )
     assert rows["Android options"] == "channel id offers, color #ff0000, priority normal"
     assert "=" not in rows["iOS options"] + rows["Android options"]
+
+
+def test_a_variants_platform_options_keep_the_platforms_names(client, make_campaign, manager_alice, approver_bob, abc):
+    """Variant B's rows read "Variant B: ios options" and "android options" beside the content's
+    "iOS options" and "Android options": its labels are the content's, the platforms' names as
+    they are spelt."""
+    campaign = variants_set(make_campaign(content=abc[0]), manager_alice, abc[:2], [45, 45], 10)
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(approver_bob)
+    rows = _review_rows(client, request)
+    assert "iOS options" in rows and "Android options" in rows
+    assert rows["Variant B: iOS options"] == rows["iOS options"]
+    assert rows["Variant B: Android options"] == rows["Android options"]
+    assert "Variant B: tap action" in rows and "Variant B: ios options" not in rows
