@@ -329,10 +329,13 @@ ERROR_SCHEMA = {
 # Answers every operation may give, whatever the view: bad input, no or bad key, no scope or
 # role, an object outside the key's access (or none at all).
 COMMON_ERRORS = {
-    "400": "Bad input: `errors` names each field and the rule broken.",
-    "401": "No API key, or one that cannot be used (malformed, unknown, revoked, expired).",
-    "403": "The key lacks the scope, or its user the role.",
-    "404": "No such object, or one outside the user's access.",
+    "400": "`invalid`: bad input, `errors` names each field and the rule broken; `parse_error`: a body that is not "
+    "JSON.",
+    "401": "No API key, or one that cannot be used: `not_authenticated` (no key), `malformed_authorization` (not "
+    "`Bearer <api key>`), `api_key_invalid` (unknown), `api_key_revoked`, `api_key_expired`, `account_disabled` "
+    "(its user's account), `account_role` (its user's role, changed since, may not own keys).",
+    "403": "`insufficient_scope`: the key lacks the scope; `permission_denied`: its user lacks the role.",
+    "404": "`not_found`: no such object, or one outside the user's access.",
 }
 
 # What a view limited by its key's ingest rate (``accounts.authentication.IngestRateLimited``) adds.

@@ -436,8 +436,8 @@ class DispatchDeliveriesView(APIView):
                 },
             ),
             403: OpenApiResponse(
-                description="The key lacks the scope, or its user the role; or it reads the dispatch through its "
-                "campaign or journey, seen through another app (a live campaign a revision waiting for approval "
+                description="`insufficient_scope`: the key lacks the scope; `permission_denied`: its user lacks the "
+                "role, or it reads the dispatch through its campaign or journey, seen through another app (a live campaign a revision waiting for approval "
                 "moves to the key's app): its counts, not its rows, which are the dispatch's app's."
             ),
         },

@@ -34,6 +34,36 @@ def test_every_operation_documents_the_error_answers(db):
                 assert status in operation["responses"], f"{method.upper()} {path} lacks {status}"
 
 
+# The codes every operation may answer with, whatever the view (README's table of errors): the
+# docs an integrator reads name each, as the answers an operation adds name theirs.
+COMMON_CODES = {
+    "400": ["invalid", "parse_error"],
+    "401": [
+        "not_authenticated",
+        "malformed_authorization",
+        "api_key_invalid",
+        "api_key_revoked",
+        "api_key_expired",
+        "account_disabled",
+        "account_role",
+    ],
+    "403": ["insufficient_scope", "permission_denied"],
+    "404": ["not_found"],
+}
+
+
+def test_the_common_error_answers_name_their_codes(db):
+    import yaml
+
+    schema = yaml.safe_load(COMMITTED.read_text())
+    for path, methods in schema["paths"].items():
+        for method, operation in methods.items():
+            for status, codes in COMMON_CODES.items():
+                description = operation["responses"][status]["description"]
+                for code in codes:
+                    assert f"`{code}`" in description, f"{method.upper()} {path}: its {status} lacks `{code}`"
+
+
 def _schema() -> dict:
     import yaml
 
