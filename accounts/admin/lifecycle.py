@@ -125,6 +125,10 @@ class LifecycleAdminMixin:
             return "—"
         actions = self.lifecycle_actions(request.user, obj, answers=page_answers(request))
         if not actions:
+            opts = self.model._meta
+            if not request.user.has_perm(f"{opts.app_label}.change_{opts.model_name}"):
+                # The role, not the state: no state would give this reader a button.
+                return f"Your role may view this {opts.verbose_name}, not act on it."
             return "Nothing you can do in this state."
         note = mark_safe("")  # noqa: S308 (empty)
         if any(name == "submit" for name, _ in actions):

@@ -265,3 +265,14 @@ def test_a_pages_kept_answers_agree_with_each_check_and_tell_viewing_from_acting
         user, answers = User.objects.get(pk=person.pk), {}
         assert can(user, "audiences.change_segment", segment, answers=answers) == alone["audiences.change_segment"]
         assert can(user, "audiences.view_segment", segment, answers=answers) == alone["audiences.view_segment"]
+
+
+def test_a_viewer_is_told_her_role_not_the_campaigns_state_keeps_her_from_acting(client, world, viewer_carol):
+    """A viewer read "Nothing you can do in this state." on a draft, as if another state would let
+    her act: it is her role, and the page says so."""
+    campaign = _campaign(world, owner=world["owner"], app=world["shop"], state="draft")
+    access_grant(obj=world["shop"], to=viewer_carol, by=None)
+    client.force_login(viewer_carol)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode().replace("&#x27;", "'")
+    assert "Your role may view this campaign, not act on it." in page
+    assert "in this state" not in page

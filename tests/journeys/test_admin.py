@@ -151,7 +151,7 @@ def test_journey_page_draws_the_graph_with_per_step_counts(
     assert 'data-step="check"' in text and "VIP: 1" in text and "all others: 1" in text
     assert "entered 1 · sent " in text  # the push step counts what its sends became
     assert 'class="step step-entry"' in text  # the entry is drawn as a step
-    assert "Nothing you can do in this state." in text  # a viewer has no buttons
+    assert "Your role may view this journey, not act on it." in text  # a viewer has no buttons
 
 
 @pytest.mark.embedded  # the step named in a batch's JSON context, on SQLite too
