@@ -99,6 +99,41 @@ def test_status_prints_queue_sends_failures_and_beat_without_secrets(db, queue, 
     assert settings.SECRET_KEY not in text and settings.PUSHDESK_ENCRYPTION_KEY not in text
 
 
+def test_status_counts_one_of_each_in_the_singular(db, queue, beat):
+    """One task, one dispatch, one failure, one batch: the lines do not read "1 tasks"."""
+    from audiences.models import EventReplay
+
+    now = timezone.now()
+    queue.enqueue(
+        SignedPackage.dumps(
+            {"id": uuid.uuid4().hex, "name": "t", "func": "math.floor", "args": (1,), "kwargs": {}, "started": now}
+        )
+    )
+    Dispatch.objects.create(
+        app=AppFactory(),
+        kind="campaign",
+        label="Spring sale",
+        content_spec={},
+        status="sending",
+        total=1,
+        started_at=now,
+    )
+    Task.objects.create(
+        id=uuid.uuid4().hex, name="n1", func="math.floor", started=now, stopped=now, success=False, result="boom"
+    )
+    EventReplay.objects.create(
+        listener="journeys.services.entries.journeys_on_events", event_ids=[1], created_at=now, next_attempt_at=now
+    )
+
+    out = io.StringIO()
+    call_command("status", stdout=out)
+    text = out.getvalue()
+    assert re.search(r"^queue      1 task waiting, oldest", text, re.M), text
+    assert re.search(r"^sending    1 dispatch$", text, re.M), text
+    assert re.search(r"^failures   1 failed task in the last hour$", text, re.M), text
+    assert "replays    1 batch of events waits to enter or end journeys again" in text
+
+
 def test_a_task_the_queue_cannot_read_is_counted_with_no_age(db, queue):
     queue.enqueue("not a package signed with this instance's key")
     assert queue_depth_and_oldest_age(now=timezone.now()) == (1, None)
@@ -546,7 +581,7 @@ def test_status_check_exits_2_when_the_oldest_task_has_waited_longer_than_a_task
         return
     assert code == 2, out
     assert re.search(
-        rf"queue      1 tasks waiting, oldest waiting 3[6-9]\d s: WAITING TOO LONG \(since "
+        rf"queue      1 task waiting, oldest waiting 3[6-9]\d s: WAITING TOO LONG \(since "
         rf"{started.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC; more than 300 s\): are the workers running, and enough\?",
         out,
     ), out

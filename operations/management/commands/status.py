@@ -6,6 +6,7 @@ import sys
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, connection
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
 from accounts.selectors import superuser_keys_made_by_others
@@ -95,12 +96,12 @@ class Command(BaseCommand):
         elif s.oldest_task_age_seconds is not None and s.oldest_task_age_seconds > late_seconds():
             since = _utc(now - dt.timedelta(seconds=s.oldest_task_age_seconds))
             write(
-                f"queue      {s.queue_depth} tasks waiting{oldest}: WAITING TOO LONG (since {since:%Y-%m-%d %H:%M} UTC; "
+                f"queue      {s.queue_depth} task{pluralize(s.queue_depth)} waiting{oldest}: WAITING TOO LONG (since {since:%Y-%m-%d %H:%M} UTC; "
                 f"more than {late_seconds()} s): are the workers running, and enough?"
             )
             problems.append(f"the oldest task waits since {since:%Y-%m-%d %H:%M} UTC")
         else:
-            write(f"queue      {s.queue_depth} tasks waiting{oldest}")
+            write(f"queue      {s.queue_depth} task{pluralize(s.queue_depth)} waiting{oldest}")
         if s.workers:
             write(
                 f"workers    {len(s.workers)} running: "
@@ -139,7 +140,7 @@ class Command(BaseCommand):
                 f"stream sender slot {slot.slot} silent "
                 + (f"since {seen:%Y-%m-%d %H:%M:%S} UTC" if seen else "(never seen)")
             )
-        write(f"sending    {len(s.dispatches)} dispatches")
+        write(f"sending    {len(s.dispatches)} dispatch{pluralize(len(s.dispatches), 'es')}")
         for d in s.dispatches:
             write(
                 f"  #{d.id} {d.label[:60]}: {d.status}, {d.done}/{d.total} done "
@@ -147,12 +148,13 @@ class Command(BaseCommand):
                 + (" in the last minute" if d.standing else "")
             )
         total_failures = sum(s.failures_last_hour.values())
-        write(f"failures   {total_failures} failed tasks in the last hour")
+        write(f"failures   {total_failures} failed task{pluralize(total_failures)} in the last hour")
         for func, n in s.failures_last_hour.items():
             write(f"  {n} × {func}")
         oldest = s.oldest_event_replay_age_seconds
         waited = "" if oldest is None else f", the oldest stored {_age(oldest)}"
-        write(f"replays    {s.event_replays} batches of events wait to enter or end journeys again{waited}")
+        batches = "1 batch of events waits" if s.event_replays == 1 else f"{s.event_replays} batches of events wait"
+        write(f"replays    {batches} to enter or end journeys again{waited}")
         if s.stalled_imports:
             write(
                 f"imports    {len(s.stalled_imports)} stalled (their worker stopped: no batch written for more than "
