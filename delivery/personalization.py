@@ -265,12 +265,16 @@ def template_check(source: str, *, field: str) -> BoundTemplate:
         raise ValidationError({field: f"Template error: {_liquid_message(exc)}."}) from exc
     unknown_filters = sorted(name for name in analysis.filters if name not in ENVIRONMENT.filters)
     if unknown_filters:
-        raise ValidationError({field: f"Unknown filter '{unknown_filters[0]}'."})
+        name = unknown_filters[0]
+        raise ValidationError({field: f"Unknown filter '{name}'{_line_said(source, analysis.filters[name])}."})
     _filter_arguments_check(template, field=field)
     for name, uses in analysis.globals.items():
         if name not in TOP_LEVEL_NAMES:
             raise ValidationError(
-                {field: f"Unknown variable '{name}': use profile.*, profile.attributes.* or context.*."}
+                {
+                    field: f"Unknown variable '{name}'{_line_said(source, uses)}: "
+                    "use profile.*, profile.attributes.* or context.*."
+                }
             )
         if name == "profile":
             for use in uses:
@@ -278,8 +282,9 @@ def template_check(source: str, *, field: str) -> BoundTemplate:
                 if len(segments) > 1 and segments[1] not in PROFILE_FIELDS:
                     raise ValidationError(
                         {
-                            field: f"Unknown profile field '{segments[1]}': profiles have "
-                            f"{', '.join(PROFILE_FIELDS)}; write profile.attributes.{segments[1]} for a custom attribute."
+                            field: f"Unknown profile field '{segments[1]}'{_line_said(source, [use.span])}: "
+                            f"profiles have {', '.join(PROFILE_FIELDS)}; "
+                            f"write profile.attributes.{segments[1]} for a custom attribute."
                         }
                     )
     _zero_divisor_check(source, field=field)
@@ -375,6 +380,17 @@ def _line_of(exc: LiquidError) -> int | None:
     if token is None or not getattr(token, "source", None):
         return None
     return token.source.count("\n", 0, token.start_index) + 1
+
+
+def _line_said(source: str, uses: list) -> str:
+    """The line of ``source`` a name is first used on, said as in "Unknown filter 'x' (line 2)";
+    ``uses`` are Liquid's spans, or the variables holding one. Empty when Liquid says nowhere."""
+    spans = [getattr(use, "span", use) for use in uses]
+    indexes = [span.index for span in spans if isinstance(getattr(span, "index", None), int)]
+    if not indexes:
+        return ""
+    line = source.count("\n", 0, min(indexes)) + 1
+    return f" (line {line})"
 
 
 # ``| divided_by: 0`` or ``| modulo: 0`` (0.0, -0, '0', nil), once string literals are set aside.

@@ -254,6 +254,20 @@ def test_unknown_top_level_variable_is_refused():
     assert "Unknown variable 'user'" in errors_of(exc)["title"][0]
 
 
+def test_an_unknown_name_is_refused_with_the_line_it_is_on():
+    """A syntax error named its line; an unknown variable, profile field or filter did not, in a
+    body of several lines."""
+    cases = {
+        "Your picks\nfor {{ profil.plan }}": "Unknown variable 'profil' (line 2)",
+        "Hi\n\n{{ profile.first_name }}": "Unknown profile field 'first_name' (line 3)",
+        "{{ context.x }}\n{{ context.x | shout }}": "Unknown filter 'shout' (line 2)",
+    }
+    for source, said in cases.items():
+        with pytest.raises(ValidationError) as exc:
+            template_check(source, field="body")
+        assert errors_of(exc)["body"][0].startswith(said), source
+
+
 def test_unknown_profile_field_points_to_attributes():
     with pytest.raises(ValidationError) as exc:
         template_check("Hi {{ profile.first_name }}", field="title")
