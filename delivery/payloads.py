@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from liquid.exceptions import LiquidError
 
 from accounts.json_values import json_compact_utf8
 from delivery.personalization import (
     VALUE_BYTES,
     is_templated,
+    liquid_message,
     loopback_http,
     template_attribute_outputs,
     template_attributes_read,
@@ -135,6 +137,26 @@ def message_render(spec: dict, *, profile: dict, context: dict | None = None) ->
         key: template_render(value, profile=profile, context=context) for key, value in (spec.get("data") or {}).items()
     }
     return out
+
+
+def message_render_failure(spec: dict, *, profile: dict, context: dict | None = None) -> str:
+    """Why ``message_render`` fails for ``profile``: the first text that does not render, named by
+    its path as the content's errors name it (``body``, ``variants.fr.title``, ``data.url``), with
+    Liquid's message and the line it points at. Empty when every text renders."""
+    context = context or {}
+    variant = variant_choose(spec, profile.get("locale", ""))
+    own = (spec.get("variants") or {}).get(variant) or {} if variant is not None else {}
+    sources = [
+        (f"variants.{variant}.{name}" if own.get(name) else name, source)
+        for name, source in variant_texts(spec, variant).items()
+    ]
+    sources += [(f"data.{key}", value) for key, value in (spec.get("data") or {}).items()]
+    for path, source in sources:
+        try:
+            template_render(source, profile=profile, context=context)
+        except LiquidError as exc:
+            return f"{path}: {liquid_message(exc)}"
+    return ""
 
 
 def _spec_sources(spec: dict) -> list[str]:

@@ -262,7 +262,7 @@ def template_check(source: str, *, field: str) -> BoundTemplate:
         template = _parse(source)
         analysis = template.analyze(include_partials=False)
     except LiquidError as exc:
-        raise ValidationError({field: f"Template error: {_liquid_message(exc)}."}) from exc
+        raise ValidationError({field: f"Template error: {liquid_message(exc)}."}) from exc
     unknown_filters = sorted(name for name in analysis.filters if name not in ENVIRONMENT.filters)
     if unknown_filters:
         name = unknown_filters[0]
@@ -301,7 +301,7 @@ def template_check(source: str, *, field: str) -> BoundTemplate:
         # text itself, and would be reached for (nearly) every recipient at send time; any other
         # failure is for empty values only (a recipient with values may render it).
         if isinstance(exc, ResourceLimitError):
-            raise ValidationError({field: f"{_liquid_message(exc, _limit_message(exc))}."}) from exc
+            raise ValidationError({field: f"{liquid_message(exc, _limit_message(exc))}."}) from exc
     return template
 
 
@@ -573,7 +573,7 @@ def template_attribute_outputs(source: str) -> list[tuple[str, str]] | None:
     return outputs
 
 
-def _liquid_message(exc: LiquidError, message: str | None = None) -> str:
+def liquid_message(exc: LiquidError, message: str | None = None) -> str:
     """``message`` (by default the error's own) with the line the error points at."""
     message = message or getattr(exc, "message", None) or str(exc).splitlines()[0]
     line = _line_of(exc)

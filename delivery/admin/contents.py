@@ -20,6 +20,7 @@ from delivery.models import PushContent
 from delivery.payloads import (
     data_shape_check,
     message_render,
+    message_render_failure,
     spec_attributes_unseen,
     spec_authoring_check,
     spec_validate,
@@ -89,10 +90,12 @@ def _spec_previews_html(spec: dict, *, app_name: str, profile: dict | None, cont
     """iOS and Android lock-screen mock-ups of a content spec (a content's, or a dispatch's frozen copy)."""
     if spec.get("silent"):
         return format_html("<p>A silent (background) push: nothing is shown on the lock screen.</p>")
+    profile = profile or {"attributes": {}}
     try:
-        message = message_render(spec, profile=profile or {"attributes": {}}, context=context)
+        message = message_render(spec, profile=profile, context=context)
     except LiquidError as exc:
-        return format_html('<p class="errornote">The content does not render: {}</p>', exc.message)
+        said = message_render_failure(spec, profile=profile, context=context) or exc.message
+        return format_html('<p class="errornote">The content does not render: {}</p>', said)
     ios_image = (
         format_html(
             '<img src="{}" alt="" style="width:44px;height:44px;object-fit:cover;border-radius:6px">',
