@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import ApprovalRequest, User
-from accounts.selectors import approval_current, in_scope
+from accounts.selectors import approval_current, in_scope, visible_named
 from accounts.services import (
     TransitionError,
     access_grant,
@@ -39,6 +39,7 @@ from campaigns.schedule import (
     next_occurrence,
     schedule_check,
 )
+from config.labels import numbered
 from config.zones import zoned
 from delivery.services.contents import pushcontent_duplicate
 
@@ -98,11 +99,15 @@ def _check_references(campaign: Campaign, *, by: User, changed: set[str]) -> Non
 SCHEDULED_CONTEXT = {"campaign": {"id": 0, "name": ""}}
 
 
-def campaign_context_check(campaign: Campaign) -> None:
+def campaign_context_check(campaign: Campaign, *, by: User | None = None) -> None:
     """Refuse a scheduled campaign whose content, or a variant's, shows a ``context.*`` value
     without a default: only an API trigger's call gives a context, so a scheduled send would show
     it empty ("Order  is on its way"). A default, or a condition on the value, says what shows
-    without it. Raises ValidationError naming ``content`` (``variants`` for another variant's)."""
+    without it. Raises ValidationError naming ``content`` (``variants`` for another variant's).
+
+    ``by``: whom the refusal is said to. A content they may not see (a colleague's, kept on a
+    campaign granted to them alone) is named by its number, as the campaign's page names it."""
+    from delivery.models import PushContent
     from delivery.payloads import spec_context_gaps
 
     if campaign.kind != Campaign.Kind.SCHEDULED or campaign.content is None:
@@ -116,9 +121,13 @@ def campaign_context_check(campaign: Campaign) -> None:
     for field, whose, content in contents:
         shown = spec_context_gaps(content.spec(), given=SCHEDULED_CONTEXT)
         if shown:
+            if by is None or visible_named(by, PushContent, [content.pk]):
+                named = f"{whose}'{content}'"
+            else:
+                named = f"{whose}#{content.pk}" if whose else numbered("content", content.pk)
             raise ValidationError(
                 {
-                    field: f"{whose}'{content}' shows {shown}: only an API trigger's call gives a context, "
+                    field: f"{named} shows {shown}: only an API trigger's call gives a context, "
                     "so a scheduled campaign sends it empty. Give it a default "
                     "({{ context.… | default: '…' }}), show a profile attribute instead, or make the "
                     "campaign API-triggered."
@@ -163,7 +172,7 @@ def _validate(campaign: Campaign, *, by: User, changed: set[str] = frozenset()) 
     if campaign.pk is None or "missed_window_minutes" in changed:
         missed_window_check(campaign.missed_window_minutes)
     _check_references(campaign, by=by, changed=changed)
-    campaign_context_check(campaign)
+    campaign_context_check(campaign, by=by)
     if campaign.winner_mode:
         from campaigns.services.winner import campaign_winner_check
 

@@ -109,7 +109,7 @@ def campaign_variants_set(
         )
         if variants:
             campaign.content_id = variants[0].content_id
-        campaign_context_check(campaign)  # a variant's content may show a call's context
+        campaign_context_check(campaign, by=by)  # a variant's content may show a call's context
         campaign.holdout_share = holdout_share
         campaign.updated_at = timezone.now()
         campaign.save(update_fields=["content", "holdout_share", "updated_at"])

@@ -20,7 +20,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import ApprovalRequest, User
-from accounts.selectors import approval_current, can, in_scope, visible_to
+from accounts.selectors import approval_current, can, in_scope, visible_named, visible_to
 from accounts.services import (
     TransitionError,
     access_grant,
@@ -35,6 +35,7 @@ from accounts.services import (
     lock_for,
     status_transition,
 )
+from config.labels import numbered
 from journeys.graph import DAY_SECONDS, EVENT_NAME_MAX, contents_of, exits_of, graph_validate, rules_of, segments_of
 from journeys.models import Enrollment, Journey, JourneyPause, JourneyVersion
 from journeys.services.step_stats import step_stats_add
@@ -127,12 +128,20 @@ def version_reference_checks(*, app_id: int, by: User | None, kept: JourneyVersi
         content = PushContent.objects.filter(pk=content_id).first()
         if content is None:
             return f"push content {content_id} does not exist."
+
+        def named() -> str:
+            # A kept one ``by`` may not see (a colleague's, on a journey granted alone) is named by
+            # its number, as the journey's page names it.
+            if by is not None and content_id in kept_contents and not visible_named(by, PushContent, [content_id]):
+                return numbered("content", content_id)
+            return f"push content '{content}'"
+
         if content.app_id != app_id:
-            return f"push content '{content}' belongs to another app."
+            return f"{named()} belongs to another app."
         shown = spec_context_gaps(content.spec(), given=JOURNEY_PUSH_CONTEXT)
         if shown:
             return (
-                f"push content '{content}' shows {shown}: a journey's push has no call's context (only an "
+                f"{named()} shows {shown}: a journey's push has no call's context (only an "
                 "API trigger's call gives one), so it would send that part empty. Give it a default "
                 "({{ context.… | default: '…' }}) or show a profile attribute instead."
             )

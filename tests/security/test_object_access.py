@@ -518,3 +518,75 @@ def test_a_send_s_context_says_what_it_withholds_from_a_reader_who_may_not_see_i
     html = client.get(url).content.decode()
     assert "not shown" not in html and "The preview reads" not in html
     assert "<tr><th><code>context.campaign.name</code></th><td>Merger announcement</td></tr>" in html
+
+
+@pytest.fixture
+def granted_trigger(manager_alice, manager_mallory):
+    """mallory's API-triggered campaign, its content showing the call's context, granted to alice
+    alone (not its app, not its content); alice has an app and a segment of her own."""
+    from audiences.services.segments import segment_create
+    from campaigns.services.lifecycle import campaign_create
+    from delivery.models import PushContent
+    from delivery.services.contents import pushcontent_save
+    from tests.factories import app_granted
+
+    secret_app = app_granted(manager_mallory, name="Mallory's app")
+    app_granted(manager_alice, name="Alice's app")
+    receipt = pushcontent_save(
+        content=PushContent(app=secret_app, name="Merger receipt", title="Order {{ context.order_id }}", body="Sent"),
+        by=manager_mallory,
+    )
+    campaign = campaign_create(
+        by=manager_mallory, name="Order shipped", app=secret_app, kind="api_triggered", content=receipt
+    )
+    access_grant(obj=campaign, to=manager_alice, by=None)
+    segment = segment_create(name="Alice's list", by=manager_alice, kind="static")
+    return campaign, segment
+
+
+def test_a_refused_campaign_edit_names_no_content_its_author_may_not_see(granted_trigger, manager_alice):
+    """alice, granted mallory's campaign alone, makes it scheduled: the content shows the call's
+    context, which a scheduled send has not. The refusal names the content by its number, as the
+    campaign's page does, never by its name."""
+    from django.core.exceptions import ValidationError
+
+    from campaigns.services.lifecycle import campaign_update
+
+    campaign, segment = granted_trigger
+    with pytest.raises(ValidationError) as refused:
+        campaign_update(campaign_id=campaign.pk, by=manager_alice, kind="scheduled", segment=segment)
+    (message,) = refused.value.message_dict["content"]
+    assert "Merger receipt" not in message
+    assert message.startswith(f"content #{campaign.content_id} shows {{{{ context.order_id }}}} in its title")
+
+
+def test_a_refused_journey_edit_names_no_content_its_author_may_not_see(manager_alice, manager_mallory):
+    """alice, granted mallory's journey alone, edits it after mallory made its push content show a
+    call's context, which a journey's push has not: the refusal names the content by its number."""
+    from delivery.models import PushContent
+    from delivery.services.contents import pushcontent_save
+    from journeys.graph import GraphInvalid
+    from journeys.services.lifecycle import journey_create, journey_version_edit
+    from tests.factories import app_granted
+
+    secret_app = app_granted(manager_mallory, name="Mallory's app")
+    teaser = pushcontent_save(
+        content=PushContent(app=secret_app, name="Merger teaser", title="Soon", body="Stay tuned"), by=manager_mallory
+    )
+    graph = {
+        "steps": [
+            {"id": "start", "type": "push", "content": teaser.pk, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+    journey = journey_create(
+        by=manager_mallory, name="Launch", app=secret_app, entry_kind="event", entry_event="app_open", graph=graph
+    )
+    access_grant(obj=journey, to=manager_alice, by=None)
+    teaser.body = "Code {{ context.code }}"
+    pushcontent_save(content=teaser, by=manager_mallory)
+    with pytest.raises(GraphInvalid) as refused:
+        journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="unsubscribed")
+    said = str(refused.value)
+    assert "Merger teaser" not in said
+    assert f"content #{teaser.pk} shows {{{{ context.code }}}} in its body" in said
