@@ -15,6 +15,7 @@ from accounts.admin.bases import AccessAdmin, row_id
 from accounts.models import User
 from accounts.roles import ROLES, role_capabilities
 from accounts.selectors import (
+    has_every_scope,
     object_access_of,
     user_known_to,
 )
@@ -143,8 +144,15 @@ class UserAdmin(AccessAdmin, DjangoUserAdmin):
         if obj is None or obj.pk is None:
             return "—"
         grants = object_access_of(obj)
+        if not grants and obj.is_superuser:
+            return "None needed: as a superuser, this user sees everything."
+        if not grants and has_every_scope(obj):
+            return "None needed: as an Administrator, this user sees everything."
         if not grants:
-            return "None (Administrators see everything)."
+            return (
+                "None: this user sees no app or object until given access (the Access to apps rows below, or an "
+                "object's manage access link)."
+            )
         return format_html_join(
             "", "<div>{} <em>{}</em> ({})</div>", ((o._meta.verbose_name, o, how) for o, how in grants)
         )

@@ -95,6 +95,16 @@ def test_an_app_access_row_reads_in_words_not_as_a_permission_code(
     assert "manager_alice&#x27;s access to Shop" in page
 
 
+def test_granted_objects_say_whether_none_means_nothing_or_everything(client, admin_erin, manager_alice):
+    """A Manager granted nothing sees nothing: the page says so, not that Administrators see everything,
+    which an Administrator's own page says instead."""
+    client.force_login(admin_erin)
+    page = client.get(f"/admin/accounts/user/{manager_alice.pk}/change/").content.decode()
+    assert "None: this user sees no app or object until given access" in html.unescape(page)
+    page = client.get(f"/admin/accounts/user/{admin_erin.pk}/change/").content.decode()
+    assert "None needed: as an Administrator, this user sees everything." in html.unescape(page)
+
+
 def test_a_deleted_row_revokes_its_own_app_never_one_posted_with_it(client, admin_erin, manager_alice, shop, bank):
     access_grant(obj=shop, to=manager_alice, by=admin_erin)
     access_grant(obj=bank, to=manager_alice, by=admin_erin)
