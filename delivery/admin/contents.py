@@ -220,7 +220,9 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             raise PermissionDenied(f"Still sent by: {'; '.join(holders)}.")
         super().delete_queryset(request, queryset)
 
-    # The admin's own labels would read "Ios sound"; text fields wide enough for Liquid.
+    # The admin's own labels would read "Ios sound", "Image url", "Ttl seconds"; text fields wide
+    # enough for Liquid.
+    LABELS = {"image_url": "Image URL", "tap_url": "Tap URL", "ttl_seconds": "Time to live (seconds)"}
     WIDE = {"title": 80, "subtitle": 80, "image_url": 80, "tap_url": 80}
 
     def formfield_for_dbfield(self, db_field, request, **kwargs):
@@ -231,6 +233,8 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             key = db_field.name.removeprefix(f"{platform}_")
             if key != db_field.name:
                 field.label = f"{shown} {PushContent.platform_options(platform)[key]}"
+        if db_field.name in self.LABELS:
+            field.label = self.LABELS[db_field.name]
         if db_field.name in self.WIDE:
             field.widget.attrs["size"] = self.WIDE[db_field.name]
             field.widget.attrs["style"] = "width:min(60em,100%)"

@@ -448,3 +448,15 @@ def test_a_contents_own_previews_render_now_as_the_moment_they_are_shown(client,
     assert today in page and "as of its send" not in page
     live = client.post(f"/admin/delivery/pushcontent/{content.pk}/live-preview/", _form(content)).content.decode()
     assert today in live and "as of its send" not in live
+
+
+def test_the_content_form_spells_url_and_time_to_live_as_they_are_said(client, db, manager_alice):
+    """The form's labels read "Image url", "Tap url" and "Ttl seconds", the fields' names made words."""
+    shop = AppFactory(name="Shop")
+    access_grant(obj=shop, to=manager_alice, by=None)
+    client.force_login(manager_alice)
+    page = client.get("/admin/delivery/pushcontent/add/").content.decode()
+    labels = dict(re.findall(r'<label[^>]*for="id_(\w+)">([^<]*)</label>', page))
+    assert labels["image_url"] == "Image URL:"
+    assert labels["tap_url"] == "Tap URL:"
+    assert labels["ttl_seconds"] == "Time to live (seconds):"
