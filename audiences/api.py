@@ -564,7 +564,8 @@ class EventBulkView(IngestRateLimited, APIView):
             "EventBulk",
             {
                 "events": _bulk_list(
-                    "an event: `external_id`, `name`, `properties` (an object), `occurred_at` (ISO 8601 with a time zone, at most a day ahead)"
+                    "an event, required: `external_id`, `name`, `occurred_at` (ISO 8601 with a time zone, at most a "
+                    "day ahead); optional: `properties` (an object)"
                 )
             },
         ),

@@ -271,3 +271,15 @@ def test_every_operation_names_the_api_key_once_and_the_scheme_says_its_shape(db
     assert schema["components"]["securitySchemes"] == {
         "ApiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "pdk_<prefix>_<secret>"}
     }
+
+
+def test_the_events_call_says_which_fields_of_an_event_are_required(db):
+    """An event's items are any JSON in the schema (each is checked alone), so its description is
+    all an integrator reads of them: it names the fields the item's serializer requires."""
+    from audiences.api import EventInSerializer
+
+    description = _schema()["components"]["schemas"]["EventBulkRequest"]["properties"]["events"]["description"]
+    required = [name for name, field in EventInSerializer().fields.items() if field.required]
+    optional = [name for name, field in EventInSerializer().fields.items() if not field.required]
+    assert "required: " + ", ".join(f"`{name}`" for name in required) in description, description
+    assert "optional: " + ", ".join(f"`{name}`" for name in optional) in description, description
