@@ -690,7 +690,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
                 approved,
                 app_name=obj.app.name if getattr(obj, "app_seen", False) else numbered("app", obj.app_id),
                 reader=page_request().user if page_request() is not None else None,
-                context=obj.send_context(),
+                context=approved.send_context(),
                 due=obj.next_occurrence_at,
             ),
         )

@@ -296,6 +296,8 @@ class Campaign(ConversionGoal):
             fields[name] = fields[name].isoformat() if fields[name] else None
         return {
             "fields": fields,
+            # The name its sends give the content (``send_context``), as the approver read it on the phones.
+            "name": self.name,
             "spec": self.content.spec(),
             "fingerprint": self.fingerprint(),
             "covers_missed_window": True,
@@ -460,6 +462,11 @@ class ApprovedVersion:
     holdout_share: int
     winner: dict | None  # winner mode's settings (Campaign.winner_settings), None when off
 
+    def send_context(self) -> dict:
+        """What every send of this version gives its content as ``context`` (``Campaign.send_context``),
+        under the name it was approved with: a rename is no revision, and does not reword its sends."""
+        return {"campaign": {"id": self.campaign_id, "name": self.name}}
+
     @classmethod
     def from_snapshot(cls, snapshot: dict, *, campaign: "Campaign | None" = None) -> "ApprovedVersion":
         fields = dict(snapshot["fields"])
@@ -467,7 +474,8 @@ class ApprovedVersion:
             fields[name] = dt.datetime.fromisoformat(fields[name]) if fields.get(name) else None
         return cls(
             campaign_id=campaign.pk if campaign else None,
-            name=campaign.name if campaign else "",
+            # Approved before the name was kept: the row's, as its sends gave it then.
+            name=snapshot.get("name") or (campaign.name if campaign else ""),
             number=snapshot.get("number", 1),
             spec=snapshot["spec"],
             fingerprint=snapshot["fingerprint"],

@@ -57,9 +57,9 @@ def campaign_gate(
     when given, must be the approved version's too: its segment (no list of profiles), its purpose
     (transactional passes the frequency caps and quiet hours) and its throttle; an API-triggered
     campaign sends to the recipients each call names, never to a segment. A scheduled campaign's
-    ``context`` is the one its sends give (``Campaign.send_context``): content may show a context
-    value (with a default), so another context would send words nobody approved; an API trigger's
-    call gives its own.
+    ``context`` is the one its approved version's sends give (``ApprovedVersion.send_context``, under
+    the name it was approved with): content may show a context value (with a default), so another
+    context would send words nobody approved; an API trigger's call gives its own.
 
     Raises GateClosed otherwise, whoever calls: a forged admin POST or a direct service call alike.
     """
@@ -102,7 +102,7 @@ def _sends_gate(campaign: Campaign, approved, sends: dict, *, context: dict | No
         raise GateClosed(f"'{campaign}' was approved as {approved.purpose}, not {sends.get('purpose')}.")
     if sends.get("rate_limit_per_second") != approved.throttle_per_second:
         raise GateClosed(f"The throttle to send at is not the approved throttle of '{campaign}'.")
-    if not api_triggered and (context or {}) != campaign.send_context():
+    if not api_triggered and (context or {}) != approved.send_context():
         raise GateClosed(f"The context to send with is not the one the approved sends of '{campaign}' give.")
 
 
@@ -287,7 +287,7 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                         local_time=local_wall_time(approved, due) if local else "",
                         local_default_timezone=approved.time_zone if local else "",
                         local_late_minutes=int(limit.total_seconds() // 60) if local else None,
-                        context=campaign.send_context(),
+                        context=approved.send_context(),
                         variants=approved.variants,
                         holdout_share=approved.holdout_share,
                         sample={"part": "sample", "share": approved.winner["sample_share"], "test": test.pk}

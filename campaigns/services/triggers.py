@@ -144,6 +144,7 @@ class _Approved:
     payload_problem: str | None = None  # for content that renders the same for everyone
     stream_id: int | None = None  # today's standing dispatch, opened by the first call with rows
     variants: list = field(default_factory=list)  # the approved variants (empty: one content)
+    context: dict = field(default_factory=dict)  # what its stream gives the content: the approved version's
     holdout_share: int = 0
     variant_problems: dict = field(default_factory=dict)  # variant number -> payload problem, as above
     # For personalized content, when it is known without reading the profile: how large each
@@ -182,7 +183,7 @@ class _Approved:
                 label=f"{self.name}: API triggers",
                 purpose=self.purpose,
                 rate_limit_per_second=self.throttle_per_second,
-                context={"campaign": {"id": self.campaign_id, "name": self.name}},
+                context=self.context,
                 by=by,
                 now=now,
                 variants=self.variants,
@@ -332,6 +333,7 @@ def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: 
         loaded_at=time.monotonic(),
         variants=approved.variants,
         holdout_share=approved.holdout_share,
+        context=approved.send_context(),
     )
     specs = [spec, *(v["spec"] for v in entry.variants)]
     entry.personalized = any(spec_is_personalized(s) for s in specs)

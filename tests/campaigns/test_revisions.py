@@ -11,6 +11,7 @@ from campaigns.selectors import campaign_actions
 from campaigns.services.lifecycle import (
     campaign_approve,
     campaign_cancel_request,
+    campaign_create,
     campaign_request_changes,
     campaign_stop,
     campaign_submit,
@@ -234,3 +235,63 @@ def test_the_old_apps_manager_is_refused_a_change_for_her_access_not_her_role(
         campaign_update(campaign_id=campaign.pk, by=manager_mallory, throttle_per_second=10)
     with pytest.raises(PermissionDenied, match="^Your role may not do this to a campaign."):
         campaign_update(campaign_id=campaign.pk, by=viewer_carol, throttle_per_second=10)
+
+
+def test_a_rename_of_a_live_campaign_does_not_reach_the_words_its_approved_version_sends(
+    pushsim_app, pushsim, manager_alice, approver_bob, django_capture_on_commit_callbacks
+):
+    """Every send gives its content the campaign's name (``context.campaign.name``), and the approver
+    read the phones showing it. A rename is no revision (nothing to approve), so the approved version
+    goes on sending under the name it was approved with, not words nobody approved."""
+    import datetime as dt
+
+    from accounts.services import access_grant
+    from campaigns.services.scheduling import campaign_fire_due
+    from tests.factories import DeviceFactory, PushContentFactory, SegmentFactory
+
+    t0 = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
+    for user in (manager_alice, approver_bob):
+        access_grant(obj=pushsim_app, to=user, by=None)
+    segment = SegmentFactory(name="Everyone", created_by=manager_alice)
+    access_grant(obj=segment, to=manager_alice, by=None)
+    content = PushContentFactory(app=pushsim_app, title="{{ context.campaign.name }}", body="Hello")
+    phone = DeviceFactory(app=pushsim_app, platform="ios", profile__locale="en")
+    campaign = campaign_create(
+        by=manager_alice,
+        name="Spring sale",
+        app=pushsim_app,
+        segment=segment,
+        content=content,
+        schedule_kind="recurring",
+        send_at=t0,
+        recurrence="daily",
+    )
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=t0 - dt.timedelta(hours=1))
+    renamed = campaign_update(campaign_id=campaign.pk, by=manager_alice, name="Everything free, today only")
+    assert renamed.status == "scheduled" and not renamed.has_pending_revision
+    with django_capture_on_commit_callbacks(execute=True):
+        (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=t0)
+    assert occurrence.dispatch.context == {"campaign": {"id": campaign.pk, "name": "Spring sale"}}
+    assert [push["title"] for push in pushsim.state.recent(token=phone.token)] == ["Spring sale"]
+
+
+def test_the_migration_keeps_the_name_of_versions_approved_before_it_was_kept(live_api_campaign, make_campaign):
+    """A version approved before read the row's name: it keeps the one the campaign has now, and a
+    later rename no longer reaches its sends. A draft has no version to keep it on."""
+    import importlib
+
+    from django.apps import apps
+
+    forwards = importlib.import_module("campaigns.migrations.0019_approved_version_name").forwards
+    old = {key: value for key, value in live_api_campaign.approved_version.items() if key != "name"}
+    Campaign.objects.filter(pk=live_api_campaign.pk).update(approved_version=old)
+    draft = make_campaign(name="Draft")
+
+    forwards(apps, None)
+
+    Campaign.objects.filter(pk=live_api_campaign.pk).update(name="Renamed")
+    campaign = Campaign.objects.get(pk=live_api_campaign.pk)
+    assert campaign.approved().send_context() == {"campaign": {"id": campaign.pk, "name": "Spring sale"}}
+    assert campaign.approved().fingerprint == live_api_campaign.approved().fingerprint
+    assert Campaign.objects.get(pk=draft.pk).approved_version == {}

@@ -118,6 +118,21 @@ def test_a_stream_closed_by_hand_is_followed_by_a_new_one(live_trigger, trigger_
     assert Dispatch.objects.get(pk=second.json()["dispatch"]).status == "sending"
 
 
+def test_a_renamed_campaigns_new_stream_gives_its_content_the_name_it_was_approved_with(
+    live_trigger, trigger_client, zoe, manager_alice
+):
+    """Its content may show ``context.campaign.name``; a rename is no revision, so the streams its
+    approved version opens after it (a stream stopped by hand, the next day's) send the approved name."""
+    from delivery.services.dispatches import dispatch_stop
+
+    first = _trigger(trigger_client, live_trigger, "zoe").json()["dispatch"]
+    campaign_update(campaign_id=live_trigger.pk, by=manager_alice, name="Everything free, today only")
+    dispatch_stop(dispatch_id=first, by=manager_alice)
+    second = _trigger(trigger_client, live_trigger, "zoe").json()["dispatch"]
+    assert second != first
+    assert Dispatch.objects.get(pk=second).context == {"campaign": {"id": live_trigger.pk, "name": "Order shipped"}}
+
+
 # --- caches and their invalidation ------------------------------------------------------------------
 
 
