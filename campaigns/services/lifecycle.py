@@ -85,7 +85,9 @@ def _check_references(campaign: Campaign, *, by: User, changed: set[str]) -> Non
     elif "content" in changed and not in_scope(by, PushContent.objects.filter(pk=content.pk)).exists():
         errors["content"] = "Choose push content you have access to."
     elif app is not None and content.app_id != app.pk:
-        errors["content"] = f"This content belongs to another app than '{app}'."
+        # The campaign's app, kept on a campaign granted alone, is named as its page names it.
+        named = f"'{app}'" if visible_named(by, App, [app.pk]) else numbered("app", app.pk)
+        errors["content"] = f"This content belongs to another app than {named}."
     if campaign.kind == Campaign.Kind.SCHEDULED:
         if segment is None:
             errors["segment"] = "A scheduled campaign needs an audience segment."

@@ -590,3 +590,24 @@ def test_a_refused_journey_edit_names_no_content_its_author_may_not_see(manager_
     said = str(refused.value)
     assert "Merger teaser" not in said
     assert f"content #{teaser.pk} shows {{{{ context.code }}}} in its body" in said
+
+
+def test_a_content_of_another_app_is_refused_naming_no_app_its_author_may_not_see(granted_trigger, manager_alice):
+    """alice, granted mallory's campaign alone, chooses a content of her own app for it: the refusal
+    names the campaign's app by its number, as the campaign's page does."""
+    from django.core.exceptions import ValidationError
+
+    from campaigns.services.lifecycle import campaign_update
+    from delivery.models import App, PushContent
+    from delivery.services.contents import pushcontent_save
+
+    campaign, _ = granted_trigger
+    mine = pushcontent_save(
+        content=PushContent(app=App.objects.get(name="Alice's app"), name="Alice's receipt", title="Hi", body="Sent"),
+        by=manager_alice,
+    )
+    with pytest.raises(ValidationError) as refused:
+        campaign_update(campaign_id=campaign.pk, by=manager_alice, content=mine)
+    assert refused.value.message_dict["content"] == [
+        f"This content belongs to another app than app #{campaign.app_id}."
+    ]
