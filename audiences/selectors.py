@@ -9,6 +9,7 @@ from django.db import connection
 from django.db.models import Exists, OuterRef, QuerySet
 from django.db.models.expressions import RawSQL
 from django.http import Http404
+from django.template.defaultfilters import pluralize
 
 from accounts.models import ApiKey, User
 from accounts.selectors import has_every_scope, in_scope, visible_to
@@ -312,7 +313,7 @@ class Reach:
 
     def text(self) -> str:
         return (
-            f"{self.profiles:,} profiles → {self.reachable:,} reachable "
+            f"{self.profiles:,} profile{pluralize(self.profiles)} → {self.reachable:,} reachable "
             f"(iOS {self.ios:,} / Android {self.android:,}) → {self.opted_in:,} opted in"
         )
 

@@ -287,7 +287,7 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             if figures.get("app") in readable
         ]
         if not lines:
-            return f"{obj.last_count:,} profiles"
+            return f"{obj.last_count:,} profile{pluralize(obj.last_count)}"
         return format_html_join("", '<div class="segment-reach"><strong>{}</strong>: {}{}</div>', lines)
 
     @admin.display(description="Counted", ordering="last_counted_at")

@@ -203,13 +203,13 @@ def test_a_static_segments_kept_count_is_forgotten_when_its_page_changes_its_mem
     segment_count_keep(segment_id=static.pk, by=manager_alice)
     client = login(manager_alice)
     page = f"/admin/audiences/segment/{static.pk}/change/"
-    assert "1 profiles" in client.get(page).content.decode()
+    assert '<span id="segment-reach">1 profile</span>' in client.get(page).content.decode()
     client.post(page, {"name": "Kept", "description": "", "add_members": "b", "remove_members": ""})
     assert static.members.count() == 2
     static.refresh_from_db()
     assert (static.last_count, static.last_counted_at, static.last_reach) == (None, None, None)
     html = client.get(page).content.decode()
-    assert "Not counted yet" in html and "1 profiles" not in html
+    assert "Not counted yet" in html and '<span id="segment-reach">1 profile' not in html
 
 
 def test_static_segment_members_are_removed_by_external_id(login, manager_alice):

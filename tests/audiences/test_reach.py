@@ -241,3 +241,10 @@ def test_a_profile_upsert_and_a_bulk_device_write_lock_profiles_in_one_order(tra
     assert blocked == [True]  # the upsert did wait for the device write
     assert set(Profile.objects.filter(attributes__plan="pro").values_list("external_id", flat=True)) == {"ann", "zed"}
     assert audience_reach(segment=SegmentFactory(rules=PRO), app_id=shop.pk).reachable == 2
+
+
+def test_a_reach_of_one_profile_says_profile():
+    """A segment of one read "1 profiles → 1 reachable", on its page, its list and a campaign's."""
+    assert Reach(1, 1, 0, 1, 1).text() == "1 profile → 1 reachable (iOS 0 / Android 1) → 1 opted in"
+    assert Reach(2, 0, 0, 0, 0).text().startswith("2 profiles → ")
+    assert Reach(0, 0, 0, 0, 0).text().startswith("0 profiles → ")

@@ -92,7 +92,7 @@ def test_count_now_counts_and_keeps_for_a_manager_and_is_refused_to_a_viewer(
     client.force_login(manager_alice)
     assert client.get(url).status_code == 405
     response = client.post(url, follow=True)
-    assert "Audience counted: Everyone: 1 profiles → 1 reachable (iOS 0 / Android 1)" in response.content.decode()
+    assert "Audience counted: Everyone: 1 profile → 1 reachable (iOS 0 / Android 1)" in response.content.decode()
     assert _kept(segment, team)["reachable"] == 1
     assert "(counted under a minute ago)" in _page(client, campaign)
 
