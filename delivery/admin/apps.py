@@ -10,6 +10,7 @@ from django.utils.html import format_html
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 
 from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin, asks_again, deleted_objects_counted
+from accounts.encryption import fingerprint
 from delivery.models import App
 from delivery.services.apps import (
     MAX_UPLOAD,
@@ -324,12 +325,13 @@ class AppAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             "phones' registrations are refused (403 identity_unverified) until your backend uses the new one.",
         ],
     )
-    @method_decorator(sensitive_variables("generated"))
+    @method_decorator(sensitive_variables("generated", "secret"))
     def rotate_identity_secret(self, request, queryset):
         generated = []
         for app in queryset.order_by("name"):
             try:
-                generated.append((app, app_identity_secret_rotate(app_id=app.pk, by=request.user)))
+                secret = app_identity_secret_rotate(app_id=app.pk, by=request.user)
+                generated.append((app, secret, fingerprint(secret)))  # `app` was read before: not its new one
             except PermissionDenied as exc:
                 self.message_user(request, f"{app}: {exc}", messages.ERROR)
         if not generated:

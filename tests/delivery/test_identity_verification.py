@@ -150,6 +150,17 @@ def test_an_administrator_generates_the_secret_and_sees_it_once(client, app, adm
 
 
 @pytest.mark.presses("delivery.app:rotate_identity_secret")
+def test_the_page_showing_the_secret_names_its_own_fingerprint(client, app, admin_erin):
+    """The fingerprint beside a new secret is the new one's, as the app's page shows it after: not
+    the app's as it was read before (none on a first secret, the replaced one's on a rotation)."""
+    client.force_login(admin_erin)
+    for _ in range(2):  # generated, then rotated
+        shown = _press(client, app, post="yes").content.decode()
+        stored = App.objects.get(pk=app.pk)
+        assert f"{stored.identity_secret}</code> (fingerprint {stored.identity_secret_fingerprint})" in shown
+
+
+@pytest.mark.presses("delivery.app:rotate_identity_secret")
 def test_a_manager_cannot_generate_the_secret(client, app, manager_alice):
     client.force_login(manager_alice)
     response = _press(client, app, post="yes")
