@@ -262,8 +262,10 @@ class CampaignForm(ConversionFormMixin, forms.ModelForm):
         content = data.get("content")
         if content is None or "content" in self.errors:
             return
+        # The form's user, set on the field when it keeps a colleague's content: named to them by number.
+        reader = getattr(self.fields.get("content"), "reader", None)
         try:
-            campaign_context_check(Campaign(kind=data.get("kind") or self.instance.kind, content=content))
+            campaign_context_check(Campaign(kind=data.get("kind") or self.instance.kind, content=content), by=reader)
         except ValidationError as exc:
             self.add_error("content", exc.message_dict["content"])
 

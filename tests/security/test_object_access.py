@@ -611,3 +611,20 @@ def test_a_content_of_another_app_is_refused_naming_no_app_its_author_may_not_se
     assert refused.value.message_dict["content"] == [
         f"This content belongs to another app than app #{campaign.app_id}."
     ]
+
+
+def test_the_campaign_form_refuses_naming_no_content_its_author_may_not_see(client, granted_trigger, manager_alice):
+    """The refusal of a content showing a call's context, posted from the campaign's page: said at
+    the content field, the content by its number."""
+    from tests.pages import page_form
+
+    campaign, segment = granted_trigger
+    client.force_login(manager_alice)
+    url = reverse("admin:campaigns_campaign_change", args=[campaign.pk])
+    page = client.get(url)
+    assert page.status_code == 200
+    data = page_form(page.content.decode()).data
+    data.update(kind=["scheduled"], segment=[str(segment.pk)], schedule_kind=["now"])
+    html = client.post(url, data).content.decode()
+    assert f"content #{campaign.content_id} shows" in html
+    assert "Merger receipt" not in html
