@@ -215,3 +215,20 @@ def test_a_variants_platform_options_keep_the_platforms_names(client, make_campa
     assert rows["Variant B: iOS options"] == rows["iOS options"]
     assert rows["Variant B: Android options"] == rows["Android options"]
     assert "Variant B: tap action" in rows and "Variant B: ios options" not in rows
+
+
+def test_changes_requested_without_a_comment_say_so_beside_the_comment(
+    client, make_campaign, manager_alice, approver_bob
+):
+    """Request changes pressed with no comment drew the review again with nothing said: the error
+    was the comment's own, and the page drew only the form's general errors."""
+    from campaigns.models import Campaign
+
+    campaign = make_campaign()
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(approver_bob)
+    url = f"/admin/accounts/approvalrequest/{request.pk}/review/"
+    answer = client.post(url, {"_request_changes": "1", "comment": " "})
+    assert answer.status_code == 200
+    assert "Say what needs to change." in answer.content.decode()
+    assert Campaign.objects.get(pk=campaign.pk).status == Campaign.Status.IN_REVIEW
