@@ -80,8 +80,11 @@ class Journey(ConversionGoal):
 
     def send_context(self, *, version: "JourneyVersion", step: str) -> dict:
         """What every push of a push step gives its content as ``context``: its sends (a batch or a
-        stream, ``journeys.services.engine``) and the phones of its review alike."""
-        return {"journey": {"id": self.pk, "name": self.name, "version": version.number, "step": step}}
+        stream, ``journeys.services.engine``) and the phones of its review alike. An approved version
+        gives the name it was approved with (a rename is no new version, and does not reword its
+        pushes); one not approved yet, or approved before the name was kept, the journey's own."""
+        name = version.approved_name or self.name
+        return {"journey": {"id": self.pk, "name": name, "version": version.number, "step": step}}
 
     # The audit actions that change what an approval covers: whoever did one since the journey's
     # last approval may not decide its request, as its requester may not (``approver_standing``).
@@ -210,6 +213,12 @@ class JourneyVersion(models.Model):
         editable=False,
         help_text="Each segment it reads, by id: its definition's fingerprint as approved (none: approved before "
         "approvals covered the segments).",
+    )
+    approved_name = models.CharField(
+        max_length=200,
+        blank=True,
+        editable=False,
+        help_text="The journey's name as approved: what its pushes give their content (context.journey.name).",
     )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"

@@ -567,6 +567,7 @@ def journey_approve(
         }
         version.approved_segments = segments
         version.approved_fingerprint = approved
+        version.approved_name = journey.name  # its pushes' context.journey.name, as the approver read it
         previous = journey.live_version
         if previous is not None:
             previous.status = VStatus.RETIRED
@@ -574,7 +575,16 @@ def journey_approve(
             previous.save(update_fields=["status", "retired_at"])
         version.status = VStatus.LIVE
         version.live_at = now
-        version.save(update_fields=["frozen_specs", "approved_segments", "approved_fingerprint", "status", "live_at"])
+        version.save(
+            update_fields=[
+                "frozen_specs",
+                "approved_segments",
+                "approved_fingerprint",
+                "approved_name",
+                "status",
+                "live_at",
+            ]
+        )
         journey.live_version = version
         journey.next_entry_at = now if version.entry_kind == JourneyVersion.EntryKind.SEGMENT else None
         summary = {"version": version.number, "comment": comment}
@@ -852,6 +862,8 @@ def journey_gate(
     step = named.get("step")
     if (named.get("id"), named.get("version")) != (journey.pk, version.number) or step not in frozen:
         raise GateClosed(f"The send names no push step of version {version.number} of '{journey}'.")
+    if named != journey.send_context(version=version, step=step)["journey"]:
+        raise GateClosed(f"The send does not name '{journey}' as version {version.number} was approved.")
     if frozen[step]["spec"] != spec:
         raise GateClosed(f"The content to send is not the content approved for step '{step}' of this journey.")
     sends = sends or {}

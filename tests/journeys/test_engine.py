@@ -1713,3 +1713,65 @@ def test_a_condition_compares_its_kept_lists_definition_again_only_once_it_is_ma
     journeys_run_due(now=now + dt.timedelta(hours=4))
     assert _enrollment(journey, third).status == "failed"
     assert f"segment #{vips.pk} is defined otherwise" in _enrollment(journey, third).exit_reason
+
+
+def test_a_rename_of_a_live_journey_does_not_reach_the_words_its_approved_version_sends(
+    make_journey, publish, sim_team, manager_alice, pushsim, django_capture_on_commit_callbacks
+):
+    """Every push gives its content the journey's name (``context.journey.name``), and the approver
+    read the phones showing it. A rename is no new version (nothing to approve), so the approved
+    version goes on sending under the name it was approved with, not words nobody approved."""
+    from journeys.services.lifecycle import journey_rename
+    from tests.factories import PushContentFactory
+
+    named = PushContentFactory(app=sim_team, title="{{ context.journey.name }}", body="Welcome")
+    (profile,) = _profiles(1, sim_team)
+    t0 = timezone.now()
+    journey = publish(make_journey(app=sim_team, graph=_wait_graph(seconds=3600, content=named.pk)), now=t0)
+    journey_enter_segment(journey_id=journey.pk, now=t0)
+    journeys_run_due(now=t0)
+    journey_rename(journey_id=journey.pk, by=manager_alice, name="Everything free, today only")
+    with django_capture_on_commit_callbacks(execute=True):
+        journeys_run_due(now=t0 + dt.timedelta(minutes=61))
+    (dispatch,) = Dispatch.objects.filter(kind="journey")
+    assert dispatch.context["journey"]["name"] == "Onboarding"
+    token = profile.devices.get().token
+    assert [push["title"] for push in pushsim.state.recent(token=token)] == ["Onboarding"]
+
+
+def test_the_gate_refuses_a_journey_push_naming_the_journey_otherwise_than_as_approved(
+    make_journey, publish, welcome, manager_alice
+):
+    journey = publish(make_journey(graph=_wait_graph(seconds=3600, content=welcome.pk)))
+    version = journey.live_version
+    journey = Journey.objects.get(pk=journey.pk)
+    renamed = {"journey": {**journey.send_context(version=version, step="push")["journey"], "name": "Free"}}
+    for context in (renamed, {"journey": {"id": journey.pk, "version": version.number, "step": "push"}}):
+        with pytest.raises(GateClosed, match="as version 1 was approved"):
+            dispatch_create(
+                app_id=journey.app_id,
+                kind="journey",
+                spec=version.frozen_specs["push"]["spec"],
+                profile_ids=[],
+                source_id=version.pk,
+                context=context,
+            )
+
+
+def test_the_migration_keeps_the_name_of_versions_approved_before_it_was_kept(make_journey, publish):
+    """Versions approved before keep the name the journey has now; a draft's is left empty."""
+    import importlib
+
+    from django.apps import apps
+
+    from journeys.models import JourneyVersion
+
+    forwards = importlib.import_module("journeys.migrations.0011_version_approved_name").forwards
+    live = publish(make_journey(name="Onboarding")).live_version
+    draft = make_journey(name="Later").versions.get()
+    JourneyVersion.objects.update(approved_name="")
+
+    forwards(apps, None)
+
+    assert JourneyVersion.objects.get(pk=live.pk).approved_name == "Onboarding"
+    assert JourneyVersion.objects.get(pk=draft.pk).approved_name == ""
