@@ -258,12 +258,23 @@ def app_update(
     """Change an app: the fields given (None keeps a field), a replaced key or JSON, or a removed channel.
 
     Locks the app row. Raises PermissionDenied when ``by`` may not change this app,
-    ValidationError naming each wrong field (nothing is saved then).
+    ValidationError naming each wrong field (nothing is saved then), or the channel's remove flag
+    when it comes with that channel's new credentials.
     """
     with transaction.atomic():
         app = App.objects.select_for_update().get(pk=app_id)
         if by is not None and not can(by, "delivery.change_app", app):
             raise PermissionDenied("Only an Administrator with access to this app can change it.")
+        both = {
+            field: f"Remove the {channel} configuration, or upload new credentials: not both."
+            for field, channel, removed, uploaded in (
+                ("remove_apns", "APNs", remove_apns, apns_private_key),
+                ("remove_fcm", "FCM", remove_fcm, fcm_service_account),
+            )
+            if removed and uploaded is not None
+        }
+        if both:
+            raise ValidationError(both)
         changed_fields = []
         for field, value in (
             ("name", name),

@@ -320,6 +320,39 @@ def test_an_empty_upload_keeps_the_key_and_a_new_one_replaces_it(client, admin_e
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
+    ("remove", "upload", "channel"),
+    [("remove_apns", "apns_private_key_file", "APNs"), ("remove_fcm", "fcm_service_account_file", "FCM")],
+)
+def test_removing_a_channel_and_uploading_its_credentials_at_once_is_refused_on_the_remove_box(
+    client, admin_erin, apns_credentials, fcm_credentials, remove, upload, channel
+):
+    """Ticked with an upload, the box was obeyed for APNs (its fields emptied, then each named as
+    missing beside the values the form still showed) and ignored for FCM (the upload replaced it)."""
+    client.force_login(admin_erin)
+    client.post(reverse("admin:delivery_app_add"), form_data(apns_credentials, fcm_credentials))
+    before = App.objects.get()
+    url = reverse("admin:delivery_app_change", args=[before.pk])
+    new = {
+        "apns_private_key_file": SimpleUploadedFile("new.p8", make_apns_credentials().private_key_pem.encode()),
+        "fcm_service_account_file": SimpleUploadedFile(
+            "new.json", make_fcm_credentials(token_uri=fcm_credentials.info["token_uri"]).json_bytes
+        ),
+    }
+    kept = {"apns_private_key_file": None, "fcm_service_account_file": None}
+    both = form_data(apns_credentials, fcm_credentials, **{**kept, remove: "on", upload: new[upload]})
+    response = client.post(url, both)
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert errors == {remove: [f"Remove the {channel} configuration, or upload new credentials: not both."]}
+    after = App.objects.get()
+    assert (after.apns_private_key_fingerprint, after.fcm_service_account_fingerprint) == (
+        before.apns_private_key_fingerprint,
+        before.fcm_service_account_fingerprint,
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
     "lookup",
     [
         "apns_key_id__startswith",
