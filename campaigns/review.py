@@ -19,6 +19,7 @@ from campaigns.schedule import (
     skipped_time_text,
 )
 from config.labels import numbered
+from config.zones import zone as schedule_zone
 from config.zones import zoned
 
 
@@ -44,11 +45,29 @@ def schedule_text(campaign, *, now: dt.datetime | None = None, approving: bool =
             approved_now = "" if local or not approving else " " + _approved_late_text(campaign, now=now)
             return f"Once, at {when}{local}: that time has passed.{approved_now}"
         return f"Sends once, at {when}{local}."
-    rule = campaign.cron if campaign.recurrence == Campaign.Recurrence.CRON else campaign.recurrence
+    rule = _recurrence_text(campaign)
     until = f" until {zoned(campaign.ends_at, campaign.time_zone)}" if campaign.ends_at else ""
     verb = "Started" if campaign.send_at and campaign.send_at <= now else "Starts"
     first = "" if local or not approving else _first_send_text(campaign, now=now)
     return f"Recurring ({rule}){local}. {verb} {when}{until}.{under_way}{first}"
+
+
+def _recurrence_text(campaign) -> str:
+    """The recurrence in words, with the day it falls on, which its first send (in the campaign's
+    zone) sets: "weekly, on Tuesdays", "monthly, on day 8"; a cron as written."""
+    if campaign.recurrence == Campaign.Recurrence.CRON:
+        return campaign.cron
+    if campaign.send_at is None or campaign.recurrence not in (
+        Campaign.Recurrence.WEEKLY,
+        Campaign.Recurrence.MONTHLY,
+    ):
+        return campaign.recurrence
+    first = campaign.send_at.astimezone(schedule_zone(campaign.time_zone))
+    if campaign.recurrence == Campaign.Recurrence.WEEKLY:
+        return f"weekly, on {first:%A}s"
+    # A day a month may not have falls on its last day (``campaigns.schedule._add_months``).
+    shorter = ", the last day of a shorter month" if first.day > 28 else ""
+    return f"monthly, on day {first.day}{shorter}"
 
 
 def _first_send_text(campaign, *, now: dt.datetime) -> str:

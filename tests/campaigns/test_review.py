@@ -232,3 +232,27 @@ def test_changes_requested_without_a_comment_say_so_beside_the_comment(
     assert answer.status_code == 200
     assert "Say what needs to change." in answer.content.decode()
     assert Campaign.objects.get(pk=campaign.pk).status == Campaign.Status.IN_REVIEW
+
+
+def test_the_review_of_a_weekly_or_monthly_schedule_says_the_day_it_sends_on(
+    client, make_campaign, manager_alice, approver_bob
+):
+    """The review read "Recurring (weekly). Starts 2030-01-01 09:00": the approver worked out the
+    weekday (the first send's, in the campaign's zone) from the date."""
+    said = {}
+    client.force_login(approver_bob)
+    for recurrence, day in (("weekly", 1), ("monthly", 31), ("daily", 1)):
+        campaign = make_campaign(
+            name=recurrence,
+            schedule_kind="recurring",
+            recurrence=recurrence,
+            send_at=dt.datetime(2030, 1, day, 0, 30, tzinfo=PARIS),  # still 31 December in UTC
+            time_zone="Europe/Paris",
+        )
+        request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+        said[recurrence] = _review_rows(client, request)["Schedule"].split(".")[0]
+    assert said == {
+        "weekly": "Recurring (weekly, on Tuesdays)",
+        "monthly": "Recurring (monthly, on day 31, the last day of a shorter month)",
+        "daily": "Recurring (daily)",
+    }
