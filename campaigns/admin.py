@@ -758,9 +758,11 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
 
         def test_send():
             dispatches = campaign_test_send(campaign_id=object_id, by=by)
+            # Linked: the campaign's page lists no test send, each one's page says what it became.
+            linked = format_html_join("; ", "{}", ((linked_if_visible(request, d),) for d in dispatches))
             if len(dispatches) == 1:
-                return f"Test send started: {dispatches[0]}.", None
-            return f"Test sends started, one per variant: {'; '.join(str(d) for d in dispatches)}.", None
+                return format_html("Test send started: {}.", linked), None
+            return format_html("Test sends started, one per variant: {}.", linked), None
 
         def submit():
             campaign_submit(campaign_id=object_id, by=by, message=request.POST.get("message", ""))

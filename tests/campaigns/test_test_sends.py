@@ -195,3 +195,23 @@ def test_a_send_renders_the_real_now_whatever_its_previews_show(
         campaign_test_send(campaign_id=picks_campaign.pk, by=manager_alice)
     (received,) = pushsim.state.recent(token=tester.token)
     assert received["body"] == f"Your picks for {dt.datetime.now(dt.UTC):%A} are waiting."
+
+
+def test_a_test_send_pressed_on_the_campaigns_page_links_to_its_sends(client, named_campaign, manager_alice):
+    """The message named the test sends it started, and the campaign's page lists no test send:
+    the way on to what they became was the dispatch list, found alone. It links each one."""
+    from delivery.models import Dispatch
+    from tests.campaigns.helpers import variants_set
+
+    other = PushContentFactory(app=named_campaign.app, name="Sale B", title="B", body="Hi")
+    variants_set(named_campaign, manager_alice, [named_campaign.content, other], [50, 50])
+    DeviceFactory(app=named_campaign.app, is_test=True, platform="ios")
+    client.force_login(manager_alice)
+    answer = client.post(
+        f"/admin/campaigns/campaign/{named_campaign.pk}/transition/test_send/", {"confirmed": "yes"}, follow=True
+    )
+    page = answer.content.decode()
+    dispatches = Dispatch.objects.filter(kind="test").order_by("pk")
+    assert dispatches.count() == 2
+    for dispatch in dispatches:
+        assert f'<a href="/admin/delivery/dispatch/{dispatch.pk}/change/">{dispatch}</a>' in page
