@@ -2,7 +2,7 @@
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.http import Http404
 from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
@@ -53,9 +53,33 @@ class ApiKeyAdmin(AccessAdmin):
         return api_keys_visible_to(request.user)
 
     def get_form(self, request, obj=None, **kwargs):
-        if obj is None:
-            kwargs["form"] = ApiKeyAddForm
-        return super().get_form(request, obj, **kwargs)
+        """The add form creates the key through the service while it validates, so the service's
+        refusals of the input (an expiry in the past, a role that may not own keys) show on their
+        fields with what was typed; a refusal of the person creating it stays a 403."""
+        if obj is not None:
+            return super().get_form(request, obj, **kwargs)
+        kwargs["form"] = ApiKeyAddForm
+        form_class = super().get_form(request, obj, **kwargs)
+
+        class CreatingForm(form_class):
+            def _post_clean(self):
+                super()._post_clean()
+                if self.errors:
+                    return
+                data = self.cleaned_data
+                try:
+                    request._pushdesk_new_key = api_key_create(
+                        user=data["user"],
+                        name=data["name"],
+                        scopes=data["scopes"],
+                        expires_at=data.get("expires_at"),
+                        by=request.user,
+                    )
+                except ValidationError as exc:
+                    for field, errors in exc.message_dict.items():
+                        self.add_error(field if field in self.fields else None, errors)
+
+        return CreatingForm
 
     def get_fields(self, request, obj=None):
         if obj is None:
@@ -86,18 +110,7 @@ class ApiKeyAdmin(AccessAdmin):
         raise Http404("No API key with this id.")
 
     def save_model(self, request, obj, form, change):
-        try:
-            key, raw = api_key_create(
-                user=form.cleaned_data["user"],
-                name=form.cleaned_data["name"],
-                scopes=form.cleaned_data["scopes"],
-                expires_at=form.cleaned_data.get("expires_at"),
-                by=request.user,
-            )
-        except ValidationError as exc:
-            raise PermissionDenied("; ".join(exc.messages)) from exc
-        obj.pk = key.pk
-        request._pushdesk_new_key = (key, raw)
+        obj.pk = request._pushdesk_new_key[0].pk  # the service made it while the form validated
 
     def save_related(self, request, form, formsets, change):
         pass  # nothing related; the service saved everything

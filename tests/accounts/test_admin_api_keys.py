@@ -171,3 +171,24 @@ def test_a_key_s_times_are_typed_and_shown_in_utc_the_zone_named(client, manager
         assert "2027-12-24 01:25 UTC" in text
         assert f"{key.created_at:%Y-%m-%d %H:%M} UTC" in text
         assert "a.m." not in text and "p.m." not in text
+
+
+def test_an_expiry_in_the_past_is_refused_on_its_field_not_as_a_page_not_allowed(client, admin_erin, manager_alice):
+    """The service's refusal of the input came back as a 403 "Not allowed" page, saying neither
+    what was wrong nor keeping what was typed: it is the form again, its error on the field."""
+    client.force_login(admin_erin)
+    response = client.post(
+        "/admin/accounts/apikey/add/",
+        {
+            "user": manager_alice.pk,
+            "name": "expired already",
+            "scopes": ["read"],
+            "expires_at_0": "2020-01-01",
+            "expires_at_1": "10:00",
+        },
+    )
+    assert response.status_code == 200
+    form = response.context["adminform"].form
+    assert form.errors == {"expires_at": ["The expiry must be in the future."]}
+    assert form["name"].value() == "expired already"
+    assert not ApiKey.objects.exists() and not AuditEvent.objects.filter(action="api_key_created").exists()
