@@ -63,7 +63,7 @@ from config import digits
 from config.labels import numbered
 from config.zones import zone as schedule_zone
 from config.zones import zoned, zoned_column
-from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
+from delivery.conversion_form import CONVERSION_FIELDS, ConversionFormMixin, conversion_goal_text, conversion_help
 from delivery.reports import report_charts_html, rows_deleted_html
 
 Status = Campaign.Status
@@ -148,6 +148,7 @@ class ZonedDateTimeField(digits.SplitDateTimeField):
 CONTEXT_NAME = re.compile(r"\bcontext\.([A-Za-z_][A-Za-z0-9_]*)")
 
 LATEST_SENDS = 10  # the dispatches its page lists; their list has every one
+CAMPAIGN_CONVERSION_HELP = conversion_help("per variant and against the holdout")
 
 
 def trigger_example(campaign: Campaign, *, url: str) -> str:
@@ -421,7 +422,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             fieldsets.append(("Report", {"fields": winner_admin.report_fields(obj)}))
             fieldsets.append(("Access", {"fields": ("object_access",)}))
         if not read_only:
-            fieldsets.append(("Conversions", {"fields": CONVERSION_FIELDS, "description": CONVERSION_HELP}))
+            fieldsets.append(("Conversions", {"fields": CONVERSION_FIELDS, "description": CAMPAIGN_CONVERSION_HELP}))
         else:
             fieldsets.append(("Conversions", {"fields": ("conversion_goal",)}))
         fieldsets.append(

@@ -22,12 +22,17 @@ CONDITION_ROWS = 3
 LIST_OPS = ("in", "not_in", "between")
 NO_VALUE_OPS = ("exists", "not_exists")
 ALL_OPS = tuple(dict.fromkeys(op for ops in OPERATORS.values() for op in ops))
-CONVERSION_HELP = (
-    "A conversion counts when a profile reached by the push does this event within the window after "
-    "the push was accepted (or opened). Conditions filter the event's properties; for 'in' and "
-    "'between' separate the values with commas. Reports show conversions per variant, against the "
-    "holdout, and per journey step. It is a report setting: changing it needs no new approval."
-)
+
+
+def conversion_help(reported: str) -> str:
+    """The Conversions fieldset's description, saying how the owner's reports show them
+    (``reported``: "per variant and against the holdout", "per push step")."""
+    return (
+        "A conversion counts when a profile reached by the push does this event within the window after "
+        "the push was accepted (or opened). Conditions filter the event's properties; for 'in' and "
+        f"'between' separate the values with commas. Reports show conversions {reported}. It is a report "
+        "setting: changing it needs no new approval."
+    )
 
 
 def condition_fields(row: int) -> tuple[str, str, str, str]:

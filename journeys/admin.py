@@ -31,7 +31,7 @@ from config import digits
 from config.labels import numbered
 from config.zones import zone, zoned, zoned_column
 from delivery.admin.dispatches import journey_step_sends_url
-from delivery.conversion_form import CONVERSION_FIELDS, CONVERSION_HELP, ConversionFormMixin, conversion_goal_text
+from delivery.conversion_form import CONVERSION_FIELDS, ConversionFormMixin, conversion_goal_text, conversion_help
 from journeys.diagram import version_svg
 from journeys.graph import (
     DAY_SECONDS,
@@ -84,6 +84,7 @@ Status = Journey.Status
 
 # A journey has no time zone of its own: its times are shown in UTC, named "(UTC)".
 JOURNEY_ZONE = "UTC"
+JOURNEY_CONVERSION_HELP = conversion_help("per push step")
 
 
 class StepEditorWidget(forms.Textarea):
@@ -283,7 +284,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
             ("Entry", {"fields": ("entry_kind", "entry_segment", "entry_every_hours", "entry_event")}),
             ("Re-entry and exit", {"fields": ("reentry", "reentry_wait_seconds", "exit_event")}),
             ("Steps", {"fields": ("graph",)}),
-            ("Conversions", {"fields": CONVERSION_FIELDS, "description": CONVERSION_HELP}),
+            ("Conversions", {"fields": CONVERSION_FIELDS, "description": JOURNEY_CONVERSION_HELP}),
         ]
         if obj is not None:
             # The next read of the entry segment, while one is due (a segment entry on the air).

@@ -231,3 +231,19 @@ def test_event_retention_waits_until_the_steps_rows_are_gone(pushed, manager_ali
     assert (
         version_step_stats(journey_shown_version(Journey.objects.get(pk=pushed.pk)))["push_a"]["conversions"] == before
     )
+
+
+def test_the_conversion_goals_help_speaks_of_what_each_page_reports(client, manager_alice):
+    """A journey's Conversions said its reports show conversions "per variant, against the holdout,
+    and per journey step", a campaign's the same: a journey has no holdout, a campaign no step."""
+    import re
+
+    client.force_login(manager_alice)
+    helps = {}
+    for page in ("journeys/journey", "campaigns/campaign"):
+        html = client.get(f"/admin/{page}/add/").content.decode().replace("&#x27;", "'")
+        (helps[page],) = re.findall(r'<div class="description">(A conversion counts[^<]*)</div>', html)
+    assert "per push step" in helps["journeys/journey"]
+    assert "variant" not in helps["journeys/journey"] and "holdout" not in helps["journeys/journey"]
+    assert "per variant and against the holdout" in helps["campaigns/campaign"]
+    assert "step" not in helps["campaigns/campaign"]
