@@ -628,3 +628,29 @@ def test_the_campaign_form_refuses_naming_no_content_its_author_may_not_see(clie
     html = client.post(url, data).content.decode()
     assert f"content #{campaign.content_id} shows" in html
     assert "Merger receipt" not in html
+
+
+def test_a_refused_variant_names_no_content_its_author_may_not_see(granted_trigger, manager_alice, manager_mallory):
+    """The same refusal of a variant's content: "Variant B's content #7", never its name."""
+    from django.core.exceptions import ValidationError
+
+    from campaigns.services.lifecycle import campaign_update
+    from campaigns.services.variants import VariantInput, campaign_variants_set
+    from delivery.models import PushContent
+    from delivery.services.contents import pushcontent_save
+
+    campaign, segment = granted_trigger
+    receipt_id = campaign.content_id
+    plain = pushcontent_save(
+        content=PushContent(app=campaign.app, name="Merger plain", title="Hi", body="Sent"), by=manager_mallory
+    )
+    campaign_variants_set(
+        campaign_id=campaign.pk,
+        by=manager_mallory,
+        variants=[VariantInput(content_id=plain.pk, share=50), VariantInput(content_id=receipt_id, share=50)],
+    )
+    with pytest.raises(ValidationError) as refused:
+        campaign_update(campaign_id=campaign.pk, by=manager_alice, kind="scheduled", segment=segment)
+    (message,) = refused.value.message_dict["variants"]
+    assert "Merger" not in message
+    assert message.startswith(f"Variant B's content #{receipt_id} shows {{{{ context.order_id }}}} in its title")
