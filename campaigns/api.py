@@ -356,9 +356,13 @@ class TriggerOutSerializer(serializers.Serializer):
         child=inline_serializer(
             "RecipientProblem",
             {
-                "index": serializers.IntegerField(),
+                "index": serializers.IntegerField(help_text="The recipient's position in `recipients`, from 0."),
                 "external_id": serializers.CharField(),
-                "code": serializers.CharField(),
+                "code": serializers.CharField(
+                    help_text="`unknown_profile`: no profile has this external id; `no_device`: it has no active "
+                    "device for the campaign's app; `not_opted_in`: none of its devices for the app has opted in "
+                    "to push; `duplicate`: listed twice in the call, sent once."
+                ),
                 "detail": serializers.CharField(),
             },
         )

@@ -283,3 +283,14 @@ def test_the_events_call_says_which_fields_of_an_event_are_required(db):
     optional = [name for name, field in EventInSerializer().fields.items() if not field.required]
     assert "required: " + ", ".join(f"`{name}`" for name in required) in description, description
     assert "optional: " + ", ".join(f"`{name}`" for name in optional) in description, description
+
+
+def test_a_triggers_recipient_problems_are_documented_with_their_codes():
+    """An integrator reads a recipient the trigger could not reach by its problem's code: the
+    docs name every code the trigger answers with."""
+    from campaigns.services.triggers import _PROBLEMS
+
+    problem = _schema()["components"]["schemas"]["RecipientProblem"]["properties"]
+    for code in _PROBLEMS:
+        assert f"`{code}`" in problem["code"].get("description", ""), code
+    assert "recipients" in problem["index"].get("description", "")
