@@ -303,7 +303,12 @@ class ReportSerializer(serializers.Serializer):
 
 class RecipientSerializer(serializers.Serializer):
     external_id = JsonCharField(max_length=255, trim_whitespace=False)
-    context = JsonObjectField(required=False, default=dict)
+    context = JsonObjectField(
+        required=False,
+        default=dict,
+        help_text="This recipient's own context.*, merged over the call's `context`: where both name a key, "
+        "its keys win (one level deep: a key holding an object replaces the shared one whole).",
+    )
 
 
 class TriggerInSerializer(serializers.Serializer):

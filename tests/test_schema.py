@@ -294,3 +294,11 @@ def test_a_triggers_recipient_problems_are_documented_with_their_codes():
     for code in _PROBLEMS:
         assert f"`{code}`" in problem["code"].get("description", ""), code
     assert "recipients" in problem["index"].get("description", "")
+
+
+def test_a_recipients_own_context_says_how_it_meets_the_shared_one():
+    """Both a trigger and each of its recipients take a context; the docs say which wins where both
+    name a key (the recipient's, one level deep), as the trigger merges them."""
+    schemas = _schema()["components"]["schemas"]
+    own = schemas["RecipientRequest"]["properties"]["context"].get("description", "")
+    assert "merged over the call's `context`" in own and "its keys win" in own, own
