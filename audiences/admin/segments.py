@@ -201,15 +201,19 @@ class SegmentForm(forms.ModelForm):
 reach_app_ids: contextvars.ContextVar[frozenset] = contextvars.ContextVar("reach_app_ids", default=frozenset())
 # Who reads the segment page: its rules in words name only the segments and apps they may see.
 rules_reader: contextvars.ContextVar = contextvars.ContextVar("rules_reader", default=None)
+# Whether the list's reader has its "Count reach now" action (a Viewer has not): only they are sent to it.
+count_action_offered: contextvars.ContextVar[bool] = contextvars.ContextVar("count_action_offered", default=False)
 
 
 @contextlib.contextmanager
-def _reach_readable_by(user):
+def _reach_readable_by(user, *, counts: bool = False):
     token = reach_app_ids.set(frozenset(app.pk for app in reach_apps_for(user)))
     reader = rules_reader.set(user)
+    offered = count_action_offered.set(counts)
     try:
         yield
     finally:
+        count_action_offered.reset(offered)
         rules_reader.reset(reader)
         reach_app_ids.reset(token)
 
@@ -247,7 +251,7 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     actions = ["count_reach", "delete_segments"]
 
     def changelist_view(self, request, extra_context=None):
-        with _reach_readable_by(request.user):
+        with _reach_readable_by(request.user, counts="count_reach" in self.get_actions(request)):
             return _rendered(super().changelist_view(request, extra_context))
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
@@ -275,6 +279,8 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         reachable (iOS / Android) and opted-in profiles, with the age of an app's figures counted
         apart from the profile count (by a colleague who sees other apps, or a campaign page)."""
         if obj is None or obj.last_count is None:
+            if not count_action_offered.get():  # a reader without the action (a Viewer), as the page says it
+                return "Not counted yet (whoever may change it can count it)."
             # Where a count is made: the Preview of a rules segment's page, the list's action.
             action = "select it in the segment list and run its “Count reach now” action."
             if obj is not None and obj.kind == Segment.Kind.RULES:

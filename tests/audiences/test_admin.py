@@ -1106,6 +1106,23 @@ def test_a_segment_not_counted_yet_says_where_it_gets_counted(login, manager_ali
     assert 'id="count-reach"' not in page
 
 
+def test_the_segment_list_points_to_its_count_action_only_for_a_reader_who_has_it(login, manager_alice, viewer_carol):
+    """The list told every reader of a segment not counted yet to select it and run “Count reach
+    now”, a Viewer too, who has no such action: they read who can count it, as on its page."""
+    from accounts.services import access_grant
+
+    kept = segment_create(name="Kept", kind=Segment.Kind.STATIC, by=manager_alice)
+    ruled = segment_create(name="Pro", rules=PRO, by=manager_alice)
+    html = login(manager_alice).get("/admin/audiences/segment/").content.decode()
+    assert "Not counted yet: select it in the segment list and run its “Count reach now” action." in html
+    assert "Not counted yet: press Preview under its rules, or select it in the segment list" in html
+    for segment in (kept, ruled):
+        access_grant(obj=segment, to=viewer_carol, by=None)
+    html = login(viewer_carol).get("/admin/audiences/segment/").content.decode()
+    assert "Count reach now" not in html and "press Preview" not in html
+    assert html.count("Not counted yet (whoever may change it can count it).") == 2
+
+
 @pytest.mark.presses("audiences.segment:count")
 def test_count_now_on_a_segments_page_keeps_its_reach_and_is_refused_without_change_access(
     login, manager_alice, viewer_carol, outsider_dave
