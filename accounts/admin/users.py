@@ -120,6 +120,15 @@ class UserAdmin(AccessAdmin, DjangoUserAdmin):
             )
         return super().render_change_form(request, context, add, change, form_url, obj)
 
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        formfield = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if db_field.name == "is_staff" and formfield is not None:
+            # Django's "can log into this admin site" reads as the switch; user_roles_given sets it back.
+            formfield.help_text = (
+                "Set while the user has a role (a role lets one sign in); to stop a sign-in, untick Active."
+            )
+        return formfield
+
     def formfield_for_manytomany(self, db_field, request, **kwargs):
         if db_field.name == "groups":
             kwargs["queryset"] = Group.objects.filter(name__in=ROLES).order_by("name")

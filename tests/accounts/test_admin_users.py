@@ -105,6 +105,19 @@ def test_granted_objects_say_whether_none_means_nothing_or_everything(client, ad
     assert "None needed: as an Administrator, this user sees everything." in html.unescape(page)
 
 
+def test_the_staff_box_says_a_role_keeps_it_and_active_is_what_stops_a_sign_in(client, admin_erin, manager_alice):
+    """Unticked for a user with a role, Staff status comes back on save (a role lets one sign in):
+    the box says so, and names the one that stops a sign-in."""
+    client.force_login(admin_erin)
+    url = f"/admin/accounts/user/{manager_alice.pk}/change/"
+    page = html.unescape(client.get(url).content.decode())
+    assert "Set while the user has a role (a role lets one sign in); to stop a sign-in, untick Active." in page
+    form = change_form(manager_alice)
+    form.pop("is_staff")
+    assert client.post(url, form).status_code == 302
+    assert User.objects.get(pk=manager_alice.pk).is_staff
+
+
 def test_a_deleted_row_revokes_its_own_app_never_one_posted_with_it(client, admin_erin, manager_alice, shop, bank):
     access_grant(obj=shop, to=manager_alice, by=admin_erin)
     access_grant(obj=bank, to=manager_alice, by=admin_erin)
