@@ -47,7 +47,7 @@ def test_manager_builds_approver_approves_and_the_graph_counts_the_push(
     page.click("input[name=_continue]")
     journey = Journey.objects.get(name="Welcome Zoé")
     page.wait_for_url(f"**/admin/journeys/journey/{journey.pk}/change/**")
-    assert [s["type"] for s in journey.versions.get().graph["steps"]] == ["exit", "push", "wait"]
+    assert [s["type"] for s in journey.versions.get().graph["steps"]] == ["push", "wait", "exit"]
     assert page.locator("svg.journey-graph g.step").count() == 4  # the entry is drawn as a step too
     assert "Everyone in 'Zoé and friends'" in page.locator("svg.journey-graph g.step-entry").text_content()
 
@@ -284,9 +284,32 @@ def test_a_wait_until_a_time_of_day_names_the_zone_a_profile_without_one_waits_i
     page.click("input[name=_continue]")
     journey = Journey.objects.get(name="Mornings")
     page.wait_for_url(f"**/admin/journeys/journey/{journey.pk}/change/**")
-    assert journey.versions.get().graph["steps"][1]["until"] == "09:00"
+    assert journey.versions.get().graph["steps"][0]["until"] == "09:00"
     mode = page.locator(".step-editor .step-row[data-step=wait2] select.wait-mode")
     assert mode.locator("option:checked").inner_text() == "until time of day (profile's zone, else Europe/Paris)"
+
+
+def test_a_new_step_goes_before_the_journeys_end_in_the_step_editor(login, page, live_server, manager_alice):
+    """A new step was added after the "end" step a new journey starts with, the list reading "#1
+    end, #2 wait…", the last step first; each goes before a trailing end, and the list reads in the
+    order the journey runs. Steps are linked by their ids: their order is the list's alone."""
+    import json
+
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/journeys/journey/add/")
+    page.click(".step-editor button.add-wait")
+    page.click(".step-editor button.add-push")
+    rows = page.locator(".step-editor .step-row")
+    assert [rows.nth(i).get_attribute("data-step") for i in range(rows.count())] == ["wait2", "push3", "end"]
+    assert page.locator(".step-editor .step-row header strong").all_inner_texts() == ["#1", "#2", "#3"]
+    graph = json.loads(page.input_value("#id_graph"))
+    assert [step["id"] for step in graph["steps"]] == ["wait2", "push3", "end"]
+
+    # Without an end step last, a new step is added last.
+    page.locator(".step-editor .step-row[data-step=end] button.remove-step").click()
+    page.click(".step-editor button.add-push")
+    rows = page.locator(".step-editor .step-row")
+    assert [rows.nth(i).get_attribute("data-step") for i in range(rows.count())] == ["wait2", "push3", "push4"]
 
 
 def test_a_split_whose_percentages_do_not_sum_to_100_marks_its_branches(

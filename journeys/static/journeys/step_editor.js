@@ -184,7 +184,11 @@
       const add = el("div", { "class": "add-step" }, [document.createTextNode("Add a step: ")]);
       TYPES.forEach((t) => add.appendChild(el("button", { type: "button", "class": "button add-" + t, text: t, onclick: () => {
         let n = graph.steps.length + 1; while (ids().includes(t + n)) n += 1;
-        graph.steps.push(fresh(t, t + n)); save(); render();
+        // Before an end step that comes last (a new journey's "end"), so the list reads in the order
+        // the journey runs: steps lead to each other by id, their order is the list's alone.
+        const last = graph.steps[graph.steps.length - 1];
+        graph.steps.splice(last && last.type === "exit" ? graph.steps.length - 1 : graph.steps.length, 0, fresh(t, t + n));
+        save(); render();
       } })));
       root.appendChild(add);
       markFaults();
