@@ -312,7 +312,15 @@ class RecipientSerializer(serializers.Serializer):
 
 
 class TriggerInSerializer(serializers.Serializer):
-    recipients = serializers.ListField(child=RecipientSerializer(), min_length=1, max_length=MAX_RECIPIENTS)
+    recipients = serializers.ListField(
+        child=RecipientSerializer(),
+        min_length=1,
+        max_length=MAX_RECIPIENTS,
+        error_messages={
+            "min_length": "Send at least one recipient.",
+            "max_length": f"Send at most {MAX_RECIPIENTS} recipients a call.",
+        },
+    )
     context = JsonObjectField(required=False, default=dict, help_text="Shared by every recipient: context.*")
 
 

@@ -314,6 +314,19 @@ TRIGGER_BODIES = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("recipients", "said"),
+    [([], "Send at least one recipient."), ([{"external_id": "a"}] * 1001, "Send at most 1000 recipients a call.")],
+)
+def test_a_recipient_list_out_of_bounds_is_refused_in_words(live_trigger, trigger_client, recipients, said):
+    """Not DRF's "Ensure this field has at least 1 elements."."""
+    response = trigger_client.post(_url(live_trigger), {"recipients": recipients}, format="json")
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {"field": "recipients", "code": "min_length" if not recipients else "max_length", "detail": said}
+    ]
+
+
 @pytest.mark.parametrize("body", TRIGGER_BODIES)
 def test_the_trigger_shortcut_agrees_with_the_serializer(body):
     from campaigns.api import TriggerInSerializer, _trigger_validated
