@@ -39,23 +39,54 @@ def approval_subject_for(model: type[models.Model]) -> ApprovalSubject | None:
     return _SUBJECTS.get(model._meta.label_lower)
 
 
-def approvals_asked_at(requests: list) -> dict[int, str]:
-    """When each request was asked, by request id, as its subject shows its dates
-    (``ApprovalSubject.zoned``: a campaign's in its zone, a journey's in UTC, each named); in UTC,
-    named, when the subject is gone. The subjects are read in one query per kind of subject."""
+def approvals_asked_at(requests: list, *, field: str = "requested_at", subjects: dict | None = None) -> dict[int, str]:
+    """When each request was asked (or its time ``field``: ``decided_at``, when it was decided), by
+    request id, as its subject shows its dates (``ApprovalSubject.zoned``: a campaign's in its zone,
+    a journey's in UTC, each named); in UTC, named, when the subject is gone. The subjects
+    (``approval_subjects``, unless given) are read in one query per kind of subject."""
     from accounts.selectors import approval_subjects  # the selectors import this module
     from config.zones import zoned
 
-    subjects = approval_subjects(requests)
+    if subjects is None:
+        subjects = approval_subjects(requests)
     answer = {}
     for request in requests:
         subject = subjects.get(request.pk)
         handler = approval_subject_for(type(subject)) if subject is not None else None
+        when = getattr(request, field)
         if handler is not None and handler.zoned is not None:
-            answer[request.pk] = handler.zoned(subject, request.requested_at)
+            answer[request.pk] = handler.zoned(subject, when)
         else:
-            answer[request.pk] = zoned(request.requested_at, "UTC")
+            answer[request.pk] = zoned(when, "UTC")
     return answer
+
+
+def approval_requests_sent_back(queryset: models.QuerySet) -> models.QuerySet:
+    """Of ``queryset`` (approval requests), those sent back for changes that still wait for their
+    requester: each its subject's latest request (none submitted since, by anyone; the order of
+    ``approval_current``), its subject still there and still to send (``STILL_TO_SEND`` of its
+    model, when it has one: not archived, stopped or done). One query, whatever the subjects."""
+    from django.apps import apps
+    from django.contrib.contenttypes.models import ContentType
+    from django.db.models.functions import Cast
+
+    from accounts.models import ApprovalRequest
+
+    newer = ApprovalRequest.objects.filter(
+        subject_type=models.OuterRef("subject_type"), subject_id=models.OuterRef("subject_id")
+    ).filter(
+        models.Q(requested_at__gt=models.OuterRef("requested_at"))
+        | models.Q(requested_at=models.OuterRef("requested_at"), pk__gt=models.OuterRef("pk"))
+    )
+    there = models.Q(pk__in=[])
+    for label in _SUBJECTS:
+        model = apps.get_model(label)
+        rows = model._default_manager.all()
+        if hasattr(model, "STILL_TO_SEND"):
+            rows = rows.filter(status__in=list(model.STILL_TO_SEND))
+        keys = rows.annotate(key=Cast("pk", models.CharField())).values("key")
+        there |= models.Q(subject_type=ContentType.objects.get_for_model(model), subject_id__in=keys)
+    return queryset.filter(status=ApprovalRequest.Status.CHANGES_REQUESTED).filter(there).exclude(models.Exists(newer))
 
 
 def may_be_referenced(model: type[models.Model]) -> bool:

@@ -11,21 +11,25 @@ from dataclasses import dataclass, field
 from django.db.models import Sum
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.text import Truncator
 from redis.exceptions import RedisError
 
-from accounts.approvals import approvals_asked_at
+from accounts.approvals import approval_requests_sent_back, approvals_asked_at
 from accounts.models import ApprovalRequest, User
 from accounts.selectors import (
     approval_requests_stuck_among,
     approval_requests_visible_to,
+    approval_subjects,
     approvals_waiting_for,
     has_every_scope,
+    visible_to,
 )
 from audiences.models import Import
 from audiences.selectors import imports_visible_to
 from campaigns.models import Campaign
 from campaigns.review import next_send_text
 from campaigns.selectors import campaigns_visible_to
+from config.labels import numbered
 from delivery.models import Delivery, DeliveryRollup, Dispatch
 from delivery.reasons import handed_over, reason_label
 from delivery.selectors import dispatches_visible_to
@@ -34,6 +38,7 @@ from journeys.models import Journey
 from journeys.selectors import journeys_visible_to
 
 LIST_LIMIT = 10
+COMMENT_SHOWN = 200  # characters of an approver's comment a line shows
 STUCK_AFTER = dt.timedelta(days=3)
 SEND_WINDOW_HOURS = 24
 HEALTH_WINDOW = dt.timedelta(hours=1)
@@ -47,6 +52,8 @@ class Item:
     url: str
     detail: str = ""
     stuck: str = ""  # why a request is stuck, empty when it is not
+    comment: str = ""  # what an approver said, shortened (``COMMENT_SHOWN``): the whole on ``record_url``
+    record_url: str = ""  # a request's own page, beside a line that leads to its subject
 
 
 @dataclass
@@ -117,6 +124,51 @@ def approvals(user: User, *, now: dt.datetime) -> tuple[Section, Section]:
         stuck = _stuck(request, now=now, undecidable=undecidable)
         mine.items.append(Item(request.subject_label, url, f"sent for approval on {sent[request.pk]}", stuck))
     return waiting, mine
+
+
+def sent_back(user: User) -> Section:
+    """The user's own requests an approver sent back for changes, not submitted again since
+    (``approval_requests_sent_back``), the latest first: each subject named and linked when the
+    user may still see it ("campaign #12" otherwise, as ``linked_if_visible`` names it), who sent it
+    back and when (as the subject shows its dates), and the comment, shortened.
+
+    A fixed number of queries whatever the rows: the requests, then per kind of subject the
+    subjects and which of them the user may see.
+    """
+    changelist = reverse("admin:accounts_approvalrequest_changelist")
+    section = Section(
+        "Sent back to me", empty="Nothing of yours was sent back.", more_url=f"{changelist}?show=sent_back"
+    )
+    mine = approval_requests_visible_to(user).filter(requested_by=user)
+    requests = list(approval_requests_sent_back(mine).order_by("-decided_at", "-pk")[:LIST_LIMIT])
+    subjects = approval_subjects(requests)
+    seen: set[tuple[type, object]] = set()
+    for model, ids in _ids_by_model(subjects.values()).items():
+        seen |= {
+            (model, pk)
+            for pk in visible_to(user, model._default_manager.filter(pk__in=ids)).values_list("pk", flat=True)
+        }
+    decided = approvals_asked_at(requests, field="decided_at", subjects=subjects)
+    for request in requests:
+        subject = subjects.get(request.pk)
+        if subject is None:  # deleted since the requests were read
+            continue
+        if (type(subject), subject.pk) in seen:
+            label, url = str(subject), _change_url(subject)
+        else:
+            label, url = numbered(subject._meta.verbose_name, subject.pk), ""
+        detail = f"sent back by {request.decided_by} on {decided[request.pk]}"
+        comment = Truncator(request.comment).chars(COMMENT_SHOWN)
+        record = reverse("admin:accounts_approvalrequest_change", args=[request.pk])
+        section.items.append(Item(label, url, detail, comment=comment, record_url=record))
+    return section
+
+
+def _ids_by_model(objects) -> dict[type, list]:
+    grouped: dict[type, list] = {}
+    for obj in objects:
+        grouped.setdefault(type(obj), []).append(obj.pk)
+    return grouped
 
 
 def _rollup_visible_to(user: User):
@@ -341,7 +393,7 @@ def home_for(user: User, *, now: dt.datetime | None = None) -> dict:
     live, scheduled = live_and_next(user, now=now)
     waiting, mine = approvals(user, now=now)
     context = {
-        "sections": [live, scheduled, waiting, mine, imports_running(user)],
+        "sections": [live, scheduled, waiting, mine, sent_back(user), imports_running(user)],
         "sends": sends_last_24h(user, now=now),
         "is_operator": has_every_scope(user),
         "links": quick_links(user),

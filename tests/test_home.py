@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from accounts.models import ApprovalRequest
 from accounts.services import access_grant
-from campaigns.services.lifecycle import campaign_approve, campaign_create, campaign_submit
+from campaigns.services.lifecycle import campaign_approve, campaign_create, campaign_request_changes, campaign_submit
 from config.home import home_for, queue_state
 from delivery.models import Delivery, Dispatch
 from delivery.reasons import reason_html
@@ -519,3 +519,172 @@ def test_the_last_24_hours_end_now_not_at_the_top_of_the_hour_to_come(client, ma
     upcoming = (now.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)).strftime("%Y-%m-%d %H:%M")
     assert upcoming not in heading
     assert f"– now, {now:%H:%M}" in heading or f"– now, {(now + dt.timedelta(minutes=1)):%H:%M}" in heading
+
+
+def _sent_back(app, by, approver, *, name="Spring sale", comment="Shorten the title.", time_zone="UTC"):
+    """A campaign of ``app`` that ``by`` submitted and ``approver`` sent back with ``comment``, and the request."""
+    segment = SegmentFactory(created_by=by)
+    access_grant(obj=segment, to=by, by=None)
+    campaign = campaign_create(
+        by=by,
+        name=name,
+        app=app,
+        segment=segment,
+        content=PushContentFactory(app=app),
+        kind="scheduled",
+        time_zone=time_zone,
+    )
+    request = campaign_submit(campaign_id=campaign.pk, by=by)
+    campaign_request_changes(campaign_id=campaign.pk, by=approver, comment=comment, request_id=request.pk)
+    return campaign, ApprovalRequest.objects.get(pk=request.pk)
+
+
+def _sent_back_box(html: str) -> str:
+    start = html.index("<h2>Sent back to me</h2>")
+    return html[start : html.index("</section>", start)]
+
+
+def _sent_back_labels(user) -> list[str]:
+    (section,) = [s for s in home_for(user)["sections"] if s.title == "Sent back to me"]
+    return [item.label for item in section.items]
+
+
+def test_a_request_sent_back_shows_in_its_authors_box_with_who_when_and_why(client, manager_alice, approver_bob, shop):
+    """Request changes took the request out of its author's pending box and told them nothing: it
+    shows, sent back, with its approver, when (in the campaign's zone) and the comment."""
+    campaign, request = _sent_back(shop, manager_alice, approver_bob, time_zone="America/New_York")
+    ApprovalRequest.objects.filter(pk=request.pk).update(decided_at=dt.datetime(2027, 1, 5, 14, 30, tzinfo=dt.UTC))
+    client.force_login(manager_alice)
+    html = client.get("/admin/").content.decode()
+    box = _sent_back_box(html)
+    assert f'<a href="/admin/campaigns/campaign/{campaign.pk}/change/">Spring sale</a>' in box
+    assert "sent back by approver_bob on 2027-01-05 09:30 (America/New_York)" in box
+    assert "Shorten the title." in box
+    assert f'href="/admin/accounts/approvalrequest/{request.pk}/change/"' in box
+    assert 'href="/admin/accounts/approvalrequest/?show=sent_back">All</a>' in box
+    assert "None of your requests is waiting." in html  # no longer pending
+    client.force_login(approver_bob)
+    assert "Nothing of yours was sent back." in _sent_back_box(client.get("/admin/").content.decode())
+
+
+def test_a_request_sent_back_leaves_the_box_once_submitted_again_and_a_cancelled_one_never_shows(
+    manager_alice, approver_bob, shop
+):
+    from campaigns.services.lifecycle import campaign_cancel_request
+
+    campaign, _request = _sent_back(shop, manager_alice, approver_bob)
+    assert _sent_back_labels(manager_alice) == ["Spring sale"]
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    assert _sent_back_labels(manager_alice) == []
+    assert [item.label for item in home_for(manager_alice)["sections"][3].items] == ["Spring sale"]
+    campaign_cancel_request(campaign_id=campaign.pk, by=manager_alice)  # its latest request is cancelled
+    assert _sent_back_labels(manager_alice) == []
+    segment = SegmentFactory(created_by=manager_alice)
+    access_grant(obj=segment, to=manager_alice, by=None)
+    withdrawn = campaign_create(
+        by=manager_alice, name="Withdrawn", app=shop, segment=segment, content=PushContentFactory(app=shop)
+    )
+    campaign_submit(campaign_id=withdrawn.pk, by=manager_alice)
+    campaign_cancel_request(campaign_id=withdrawn.pk, by=manager_alice)
+    assert _sent_back_labels(manager_alice) == []
+
+
+def test_a_request_sent_back_leaves_the_box_when_its_campaign_is_deleted(manager_alice, approver_bob, shop):
+    from campaigns.services.lifecycle import campaign_delete
+
+    campaign, _request = _sent_back(shop, manager_alice, approver_bob)
+    campaign_delete(campaign_id=campaign.pk, by=manager_alice)  # nothing is left to submit again
+    assert _sent_back_labels(manager_alice) == []
+
+
+def test_only_its_author_sees_a_request_sent_back(
+    manager_alice, manager_mallory, approver_bob, viewer_carol, admin_erin, shop
+):
+    """A Viewer submits nothing and has none; an Administrator, who sees every request, has their own only."""
+    for user in (manager_mallory, viewer_carol):
+        access_grant(obj=shop, to=user, by=None)
+    _sent_back(shop, manager_alice, approver_bob, name="Alice's")
+    _sent_back(shop, manager_mallory, approver_bob, name="Mallory's")
+    _sent_back(shop, admin_erin, approver_bob, name="Erin's")
+    assert _sent_back_labels(manager_alice) == ["Alice's"]
+    assert _sent_back_labels(manager_mallory) == ["Mallory's"]
+    assert _sent_back_labels(admin_erin) == ["Erin's"]
+    assert _sent_back_labels(viewer_carol) == []
+
+
+def test_a_comment_sent_back_is_escaped_and_shortened_the_whole_on_the_requests_page(
+    client, manager_alice, approver_bob, shop
+):
+    said = "<b>Not</b> this image: " + "the colours clash with the brand. " * 20
+    _campaign, request = _sent_back(shop, manager_alice, approver_bob, comment=said)
+    client.force_login(manager_alice)
+    box = _sent_back_box(client.get("/admin/").content.decode())
+    assert "&lt;b&gt;Not&lt;/b&gt; this image" in box and "<b>Not</b>" not in box
+    (item,) = [s for s in home_for(manager_alice)["sections"] if s.title == "Sent back to me"][0].items
+    assert len(item.comment) <= 200 and item.comment.endswith("…")
+    assert said.strip() not in box
+    page = client.get(f"/admin/accounts/approvalrequest/{request.pk}/change/").content.decode()
+    assert "the colours clash with the brand. " * 19 + "the colours clash with the brand." in page
+
+
+def test_a_campaign_sent_back_its_author_may_no_longer_see_is_named_by_its_number(
+    client, manager_alice, approver_bob, shop
+):
+    from accounts.services import access_revoke
+
+    campaign, request = _sent_back(shop, manager_alice, approver_bob, name="Secret sale")
+    for obj in (shop, campaign):  # its creator is granted the campaign itself
+        access_revoke(obj=obj, to=manager_alice, by=None)
+    client.force_login(manager_alice)
+    box = _sent_back_box(client.get("/admin/").content.decode())
+    assert f"campaign #{campaign.pk}" in box
+    assert "Secret sale" not in box and f"/admin/campaigns/campaign/{campaign.pk}/" not in box
+    assert f'href="/admin/accounts/approvalrequest/{request.pk}/change/"' in box  # their own request's record
+
+
+def test_the_sent_back_box_reads_in_a_number_of_queries_that_does_not_grow_with_its_rows(
+    client, manager_alice, approver_bob, shop, django_assert_max_num_queries
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from accounts.services import access_revoke
+
+    _sent_back(shop, manager_alice, approver_bob, name="Sale 0", time_zone="Europe/Paris")
+    client.force_login(manager_alice)
+    client.get("/admin/")  # the caches every page fills (content types)
+    with CaptureQueriesContext(connection) as one:
+        client.get("/admin/")
+    for i in range(1, 6):
+        _sent_back(shop, manager_alice, approver_bob, name=f"Sale {i}", time_zone="America/New_York")
+    other = app_granted(manager_alice, approver_bob, name="Other")
+    for i in range(3):
+        gone, _request = _sent_back(other, manager_alice, approver_bob, name=f"Gone {i}")
+        access_revoke(obj=gone, to=manager_alice, by=None)
+    access_revoke(obj=other, to=manager_alice, by=None)
+    with django_assert_max_num_queries(len(one.captured_queries)):
+        html = client.get("/admin/").content.decode()
+    box = _sent_back_box(html)
+    assert box.count('class="pd-item"') == 9
+    assert box.count("/admin/campaigns/campaign/") == 6
+
+
+def test_the_sent_back_box_shows_as_many_as_the_others_and_all_lists_them(
+    client, manager_alice, manager_mallory, approver_bob, shop
+):
+    from config.home import LIST_LIMIT
+
+    access_grant(obj=shop, to=manager_mallory, by=None)
+    for i in range(LIST_LIMIT + 1):
+        _sent_back(shop, manager_alice, approver_bob, name=f"Sale {i}")
+    again, _request = _sent_back(shop, manager_alice, approver_bob, name="Submitted again")
+    campaign_submit(campaign_id=again.pk, by=manager_alice)
+    _sent_back(shop, manager_mallory, approver_bob, name="Mallory's")
+    labels = _sent_back_labels(manager_alice)
+    assert len(labels) == LIST_LIMIT and labels[0] == f"Sale {LIST_LIMIT}"  # the latest first
+    client.force_login(manager_alice)
+    page = client.get("/admin/accounts/approvalrequest/?show=sent_back").content.decode()
+    assert page.split('<li class="selected">')[1].split("</li>")[0].count("Sent back to me") == 1
+    rows = page.split('id="result_list"')[1]
+    assert all(f">Sale {i}</a>" in rows for i in range(LIST_LIMIT + 1))
+    assert "Submitted again" not in rows and "Mallory's" not in rows

@@ -14,7 +14,7 @@ from django.utils.html import format_html
 from django.utils.text import capfirst
 
 from accounts.admin.bases import AccessAdmin, ReadOnlyAdminMixin, drawn_for, linked_if_visible, page_request
-from accounts.approvals import approval_subject_for
+from accounts.approvals import approval_requests_sent_back, approval_subject_for
 from accounts.models import ApprovalPolicy, ApprovalRequest
 from accounts.selectors import (
     approval_app_moves,
@@ -151,7 +151,12 @@ class _InboxFilter(admin.SimpleListFilter):
             self.default = "my_requests"
         else:
             self.default = "all"
-        return (("mine_to_decide", "Waiting for my approval"), ("my_requests", "My requests"), ("all", "All I can see"))
+        return (
+            ("mine_to_decide", "Waiting for my approval"),
+            ("my_requests", "My requests"),
+            ("sent_back", "Sent back to me"),
+            ("all", "All I can see"),
+        )
 
     def choices(self, changelist):
         value = self.value() or self.default
@@ -168,6 +173,8 @@ class _InboxFilter(admin.SimpleListFilter):
             return queryset.filter(pk__in=[r.pk for r in approvals_waiting_for(request.user)])
         if value == "my_requests":
             return queryset.filter(requested_by=request.user)
+        if value == "sent_back":  # as the home page's box lists them
+            return approval_requests_sent_back(queryset.filter(requested_by=request.user))
         return queryset
 
 

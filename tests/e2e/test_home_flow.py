@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from accounts.services import access_grant
-from campaigns.services.lifecycle import campaign_create, campaign_submit
+from campaigns.services.lifecycle import campaign_create, campaign_request_changes, campaign_submit
 from delivery.models import Delivery
 from tests.factories import AppFactory, PushContentFactory, SegmentFactory
 from tests.test_home import make_sends
@@ -48,6 +48,13 @@ def sends(manager_alice, approver_bob):
         by=manager_alice, name="Spring sale", app=shop, segment=segment, content=content, kind="scheduled"
     )
     campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    autumn = campaign_create(
+        by=manager_alice, name="Autumn sale", app=shop, segment=segment, content=content, kind="scheduled"
+    )
+    request = campaign_submit(campaign_id=autumn.pk, by=manager_alice)
+    campaign_request_changes(
+        campaign_id=autumn.pk, by=approver_bob, comment="Use the <autumn> palette.", request_id=request.pk
+    )
     return shop, bank
 
 
@@ -69,7 +76,9 @@ def test_administrator_home_shows_operations_and_every_app(login, page, live_ser
     assert "Bank live run" in page.locator("#content").inner_text()
 
 
-def test_manager_home_shows_their_apps_and_leads_to_their_pages(login, page, live_server, manager_alice, sends):
+def test_manager_home_shows_their_apps_and_leads_to_their_pages(
+    login, page, live_server, manager_alice, sends, screenshot
+):
     login(manager_alice)
     page.wait_for_function("() => document.getElementById('pd-sends-chart').chart !== undefined")
     totals = page.evaluate(SERIES)
@@ -86,6 +95,14 @@ def test_manager_home_shows_their_apps_and_leads_to_their_pages(login, page, liv
     assert page.locator("[data-skip-reason=frequency_cap]").inner_text() == (
         "the profile had its share of pushes (frequency cap) frequency_cap 15"
     )
+    back = page.locator(".pd-section", has_text="Sent back to me")
+    screenshot("home-manager")
+    assert "Autumn sale sent back by approver_bob on " in back.locator(".pd-item").inner_text()
+    assert back.locator(".pd-comment").inner_text() == "Use the <autumn> palette."
+    back.locator("a", has_text="All").click()
+    page.wait_for_url("**/admin/accounts/approvalrequest/?show=sent_back")
+    assert page.locator("#result_list tbody tr").all_inner_texts()[0].startswith("Autumn sale")
+    page.goto(f"{live_server.url}/admin/")
     mine = page.locator(".pd-section", has_text="My requests awaiting others")
     mine.locator("a", has_text="Spring sale").click()
     page.wait_for_url("**/admin/accounts/approvalrequest/*/change/")
