@@ -450,6 +450,14 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         form = super().get_form(request, obj, change=change, **kwargs)
+        if obj is not None and "name" in form.base_fields:
+            # Whether the approval covers it: only when its sends show it (``Campaign.fingerprint``).
+            form.base_fields["name"].help_text = (
+                "Its content shows the name (context.campaign.name): the approval covers it, and a rename of a "
+                "scheduled or live campaign is a revision, approved as any other."
+                if obj.shows_name()
+                else "Not part of what an approval covers: its content does not show it (context.campaign.name)."
+            )
         if obj is not None:
             # Colleagues may keep references they cannot see themselves, offered by number, not by
             # name; they cannot pick new ones.
@@ -703,10 +711,11 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         if obj is not None and obj.is_active and self.has_change_permission(request, obj):
             approved = obj.approved()
             number = approved.number if approved else 1
+            name = "name (its content shows it), " if obj.shows_name() else ""
             self.message_user(
                 request,
-                f"This campaign is {obj.get_status_display().lower()}. Saving an edit of its content, audience or "
-                f"schedule makes a pending revision: version {number} keeps sending until the revision is approved. "
+                f"This campaign is {obj.get_status_display().lower()}. Saving an edit of its {name}content, audience "
+                f"or schedule makes a pending revision: version {number} keeps sending until the revision is approved. "
                 "Only Stop takes it off the air.",
                 messages.WARNING,
             )

@@ -19,6 +19,17 @@ from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 from accounts.models import GrantStamp, IdempotentRequest
 from delivery.models import ConversionGoal
 
+# What a content reads to show the campaign's name, which every send gives it (``Campaign.send_context``).
+NAME_READ = "context.campaign.name"
+
+
+def specs_show_name(specs) -> bool:
+    """Does any of the content ``specs`` show the campaign's name (``NAME_READ``)? Then the name is
+    part of what an approval covers (``Campaign.fingerprint``): the approver read it on the phones."""
+    from delivery.payloads import spec_reads
+
+    return any(spec_reads(spec, NAME_READ) for spec in specs)
+
 
 def approved_app_id() -> models.Expression:
     """The id of the app a campaign's frozen approved version names (NULL before any approval, or
@@ -197,18 +208,23 @@ class Campaign(ConversionGoal):
         "throttle_per_second",
     )
 
-    def fingerprint(self, *, missed_window: bool = True) -> str:
+    def fingerprint(self, *, missed_window: bool = True, name: bool = True) -> str:
         """SHA-256 of everything an approver signs off: the content's own fingerprint, the audience's
-        definition (its rules, the segments they use, a kept list's membership), the schedule, and
-        for a scheduled campaign its missed-send window (whether an occurrence missed during downtime
-        goes out late). ``missed_window=False``: as approvals made before they covered the window
-        computed it (``matches``)."""
+        definition (its rules, the segments they use, a kept list's membership), the schedule, for a
+        scheduled campaign its missed-send window (whether an occurrence missed during downtime goes
+        out late), and the campaign's name when its content or a variant's shows it (``shows_name``).
+        ``missed_window=False``, ``name=False``: as approvals made before they covered the window,
+        the name, computed it (``matches``)."""
         data = {field: getattr(self, field) for field in self.FINGERPRINT_FIELDS}
         if missed_window and self.kind == self.Kind.SCHEDULED:
             data["missed_window_minutes"] = self.missed_window_minutes
         data["content"] = self.content.fingerprint()
         data["audience"] = self.segment.definition_fingerprint() if self.segment_id else None
         variants = self.variant_list()
+        if name and specs_show_name([self.content.spec(), *(v.content.spec() for v in variants)]):
+            # Only then: the fingerprints of campaigns whose content does not show it stay what they were
+            # approved as, and a rename of them is no revision.
+            data["name"] = self.name
         if variants or self.holdout_share:
             # Only then: the fingerprints of campaigns without variants stay what they were approved as.
             data["variants"] = [[v.content.fingerprint(), v.share] for v in variants]
@@ -301,6 +317,7 @@ class Campaign(ConversionGoal):
             "spec": self.content.spec(),
             "fingerprint": self.fingerprint(),
             "covers_missed_window": True,
+            "covers_name": True,
             "labels": {"content": str(self.content), "segment": str(self.segment) if self.segment_id else ""},
             # Who it reaches, as defined when approved: a send to an audience defined otherwise waits
             # for the revision's approval (the gate compares the fingerprints).
@@ -340,10 +357,15 @@ class Campaign(ConversionGoal):
         """The version that sends while the campaign is scheduled or live (None before any approval)."""
         if self.approved_version:
             return ApprovedVersion.from_snapshot(self.approved_version, campaign=self)
-        if self.approved_fingerprint and self.fingerprint(missed_window=False) == self.approved_fingerprint:
-            # Approved before versions were kept (and before approvals covered the window): the row
-            # itself is still what was approved.
-            legacy = {"fingerprint": self.approved_fingerprint, "covers_missed_window": False, "number": 1}
+        if self.approved_fingerprint and self.fingerprint(missed_window=False, name=False) == self.approved_fingerprint:
+            # Approved before versions were kept (and before approvals covered the window or the name):
+            # the row itself is still what was approved.
+            legacy = {
+                "fingerprint": self.approved_fingerprint,
+                "covers_missed_window": False,
+                "covers_name": False,
+                "number": 1,
+            }
             return ApprovedVersion.from_snapshot({**self.snapshot(), **legacy}, campaign=self)
         return None
 
@@ -368,16 +390,33 @@ class Campaign(ConversionGoal):
     # take it off the air (their role allowing), as the row's app's people may.
     access_read_scope_perms = frozenset({"campaigns.stop_campaign"})
 
+    def shows_name(self) -> bool:
+        """Does its content, or a variant's, show the campaign's name (``NAME_READ``)? Then the
+        approval covers the name, and a rename of a scheduled or live campaign is a revision."""
+        return specs_show_name([self.content.spec(), *(v.content.spec() for v in self.variant_list())])
+
     def matches(self, approved: "ApprovedVersion") -> bool:
         """Is the campaign as it stands the ``approved`` version? A version approved before approvals
-        covered the missed-send window has a fingerprint without it: the campaign is still that
-        version while its window is the one the version keeps."""
-        if approved.snapshot.get("covers_missed_window"):
-            return approved.fingerprint == self.fingerprint()
-        return (
-            approved.fingerprint == self.fingerprint(missed_window=False)
-            and approved.missed_window_minutes == self.missed_window_minutes
-        )
+        covered the missed-send window, or the name, has a fingerprint without it: the campaign is
+        still that version while its window is the one the version keeps, and its name the one the
+        version sends (``ApprovedVersion.name``) when its content shows it."""
+        window = bool(approved.snapshot.get("covers_missed_window"))
+        name = bool(approved.snapshot.get("covers_name"))
+        if not name and approved.name != self.name and self.shows_name():
+            return False
+        if not window and approved.missed_window_minutes != self.missed_window_minutes:
+            return False
+        return approved.fingerprint == self.fingerprint(missed_window=window, name=name)
+
+    def submitted_as(self, fingerprint: str) -> bool:
+        """Is ``fingerprint`` (an approval request's) the campaign as it stands? Also as a request
+        submitted before approvals covered the window, or the name, computed it: nothing of the
+        campaign, its name included, changes while its request waits (``lock_editable``), and its
+        approval covers them as the review showed them."""
+        if fingerprint == self.fingerprint():
+            return True
+        older = ((False, True), (True, False), (False, False))
+        return any(fingerprint == self.fingerprint(missed_window=w, name=n) for w, n in older)
 
     @property
     def has_pending_revision(self) -> bool:

@@ -8,7 +8,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from accounts.models import ApprovalRequest, User
-from campaigns.models import ApprovedVersion, Campaign
+from campaigns.models import ApprovedVersion, Campaign, specs_show_name
 from campaigns.schedule import (
     SCHEDULE_FIELDS,
     lateness_allowed,
@@ -565,6 +565,9 @@ def version_rows(
     ]
     if view.kind == Campaign.Kind.SCHEDULED:
         rows.insert(4, ("Missed-send window", missed_window_text(view.missed_window_minutes)))
+    if specs_show_name([spec, *(variant["spec"] for variant in version.get("variants") or [])]):
+        # Its sends show it (``ApprovedVersion.send_context``): the approval covers it, a rename is a revision.
+        rows.insert(0, ("Name (its content shows it)", version.get("name") or "—"))
     for locale, texts in locale_texts(spec).items():
         for key in ("title", "subtitle", "body"):
             rows.append((f"{key.capitalize()} ({locale})", texts[key] or "—"))

@@ -174,7 +174,8 @@ def spec_is_personalized(spec: dict) -> bool:
 
 def spec_reads(spec: dict, name: str) -> bool:
     """True when any text uses the variable ``name``: ``profile`` (its message cannot be rendered
-    from the context alone) or ``context`` (the call's)."""
+    from the context alone) or ``context`` (the call's); or a value under it, by its dotted path
+    (``context.campaign.name``: ``template_reads``)."""
     return any(template_reads(s, name) for s in _spec_sources(spec))
 
 

@@ -431,13 +431,25 @@ def _zero_divisor_check(source: str, *, field: str) -> None:
 
 def template_reads(source: str, name: str) -> bool:
     """True when ``source`` uses the variable ``name`` (``profile``, ``context``), or cannot be
-    read: then assume it does."""
+    read: then assume it does. A dotted ``name`` (``context.campaign.name``) is a value under the
+    variable: read by that path or further down it, through what holds it (``context.campaign``
+    assigned, ``context`` looped over), or by a key computed when rendered, which may be it."""
     if not is_templated(source):
         return False
+    variable, *path = name.split(".")
     try:
-        return name in _parse(source).analyze(include_partials=False).globals
+        uses = _parse(source).analyze(include_partials=False).globals
     except LiquidError:
         return True
+    if not path:
+        return variable in uses
+
+    def may_be_it(segments: list) -> bool:
+        """The path, further down it or short of it; a segment computed when rendered may be any key."""
+        pairs = zip(segments[1:], path, strict=False)
+        return all(not isinstance(segment, str) or segment == wanted for segment, wanted in pairs)
+
+    return any(may_be_it(list(use.segments)) for use in uses.get(variable, []))
 
 
 def template_reads_now(source: str) -> bool:

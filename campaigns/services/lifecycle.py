@@ -236,7 +236,8 @@ def campaign_update(*, campaign_id: int, by: User, **changes) -> Campaign:
     content, audience or schedule is a pending revision: the approved version (``approved_version``)
     keeps sending until the revision is approved (submit it with ``campaign_submit``); only
     ``campaign_stop`` takes the campaign off the air. Its missed-send window too: it decides whether
-    a missed occurrence goes out late.
+    a missed occurrence goes out late. And its name when its content shows it (``Campaign.shows_name``):
+    the approved version sends the name it was approved with; otherwise a rename is no revision.
 
     Raises TransitionError when it is in review (locked: a draft, or a revision waiting for
     approval) or finished, ValidationError naming the field.
@@ -390,7 +391,10 @@ def _approve_version(campaign: Campaign, request: ApprovalRequest, *, by: User, 
         request_id=request.pk,
     )
     campaign.approved_version = snapshot
-    campaign.approved_fingerprint = request.fingerprint
+    # The version's own, as it covers the campaign now: a request submitted before approvals covered
+    # the window or the name holds one without them (``Campaign.submitted_as``), which the gate,
+    # comparing the two, would refuse.
+    campaign.approved_fingerprint = snapshot["fingerprint"]
     return snapshot
 
 
@@ -487,9 +491,7 @@ def campaign_approve(
         request = approval_request_lock_for_decision(
             request_id=_pending_request(campaign, read_id=request_id).pk, by=by
         )
-        if request.fingerprint != campaign.fingerprint() and request.fingerprint != campaign.fingerprint(
-            missed_window=False
-        ):  # the second: submitted before approvals covered the window; approved now, it covers the one shown
+        if not campaign.submitted_as(request.fingerprint):
             raise ValidationError("What would be sent changed since it was submitted: ask for changes and resubmit.")
         _check_a_send_is_left(campaign, now=now)
         approval_request_record(request=request, by=by, approve=True, comment=comment)

@@ -296,7 +296,8 @@ def test_the_change_page_reads_each_choice_list_once_however_many_variant_rows(
     client.force_login(manager_alice)
     url = f"/admin/campaigns/campaign/{campaign.pk}/change/"
     assert client.get(url).status_code == 200
-    with CaptureQueriesContext(connection) as queries, django_assert_max_num_queries(29):  # 41 with a read per row
+    # 42 with a read per row; one is whether its contents show its name (the help beside it)
+    with CaptureQueriesContext(connection) as queries, django_assert_max_num_queries(30):
         page = client.get(url)
     assert page.status_code == 200
     assert not [q["sql"] for q in queries if "DECLARE" in q["sql"]]
@@ -1461,3 +1462,28 @@ def test_a_status_that_is_none_says_the_filter_is_wrong(client, manager_alice, c
     assert answer.status_code == 302 and answer.url.endswith("?e=1")
     for known in ("active", "all", "live", "draft"):
         assert client.get(changelist, {"status": known}).status_code == 200, known
+
+
+def test_the_campaign_page_says_whether_the_approval_covers_its_name(
+    client, make_campaign, manager_alice, approver_bob, team
+):
+    """Its content shows the name (``context.campaign.name``): a rename of the scheduled campaign is a
+    revision, and the page says so beside the name and above the form. Otherwise a rename is free."""
+    import datetime as dt
+
+    from tests.factories import PushContentFactory
+
+    send_at = timezone.now() + dt.timedelta(days=2)
+    shown = PushContentFactory(app=team, name="Named", title="{{ context.campaign.name }}", body="Hello")
+    named = make_campaign(content=shown, schedule_kind="at", send_at=send_at)
+    plain = make_campaign(name="Plain", schedule_kind="at", send_at=send_at)
+    for campaign in (named, plain):
+        campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+        campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/campaigns/campaign/{named.pk}/change/").content.decode()
+    assert "Saving an edit of its name (its content shows it), content, audience or schedule makes a pending" in page
+    assert "Its content shows the name (context.campaign.name): the approval covers it" in page
+    page = client.get(f"/admin/campaigns/campaign/{plain.pk}/change/").content.decode()
+    assert "Saving an edit of its content, audience or schedule makes a pending" in page
+    assert "Not part of what an approval covers: its content does not show it" in page

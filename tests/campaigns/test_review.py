@@ -256,3 +256,31 @@ def test_the_review_of_a_weekly_or_monthly_schedule_says_the_day_it_sends_on(
         "monthly": "Recurring (monthly, on day 31, the last day of a shorter month)",
         "daily": "Recurring (daily)",
     }
+
+
+def test_the_approver_reviews_the_name_a_content_shows_and_a_revision_renaming_it(
+    client, make_campaign, manager_alice, approver_bob, team
+):
+    """Every send gives its content the campaign's name: when the content shows it, the approval
+    covers it, the first review names it among what it covers and a revision's says it changed. A
+    campaign whose content does not show it has no name to review."""
+    from campaigns.services.lifecycle import campaign_approve
+    from tests.factories import PushContentFactory
+
+    shown = PushContentFactory(app=team, title="{{ context.campaign.name }}", body="Hello")
+    send_at = dt.datetime(2027, 1, 5, 9, tzinfo=PARIS)
+    campaign = make_campaign(content=shown, schedule_kind="recurring", recurrence="daily", send_at=send_at)
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(approver_bob)
+    assert _review_rows(client, request)["Name (its content shows it)"] == "Spring sale"
+
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=send_at - dt.timedelta(hours=1))
+    campaign_update(campaign_id=campaign.pk, by=manager_alice, name="Everything free, today only")
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    page = client.get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+    changed = re.findall(r'<tr class="changed"><th scope="row">(.*?)</th><td>(.*?)</td><td>(.*?)</td></tr>', page)
+    assert changed == [("Name (its content shows it)", "Spring sale", "Everything free, today only")]
+
+    other = make_campaign(name="Plain")
+    request = campaign_submit(campaign_id=other.pk, by=manager_alice)
+    assert not any(label.startswith("Name") for label in _review_rows(client, request))

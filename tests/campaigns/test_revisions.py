@@ -1,6 +1,8 @@
 """An edit of a scheduled or live campaign is a pending revision: the approved version keeps sending
 until the revision is approved, and only Stop takes the campaign off the air."""
 
+import datetime as dt
+
 import pytest
 from django.core.exceptions import PermissionDenied
 
@@ -237,19 +239,16 @@ def test_the_old_apps_manager_is_refused_a_change_for_her_access_not_her_role(
         campaign_update(campaign_id=campaign.pk, by=viewer_carol, throttle_per_second=10)
 
 
-def test_a_rename_of_a_live_campaign_does_not_reach_the_words_its_approved_version_sends(
-    pushsim_app, pushsim, manager_alice, approver_bob, django_capture_on_commit_callbacks
-):
-    """Every send gives its content the campaign's name (``context.campaign.name``), and the approver
-    read the phones showing it. A rename is no revision (nothing to approve), so the approved version
-    goes on sending under the name it was approved with, not words nobody approved."""
-    import datetime as dt
+T0 = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
 
+
+@pytest.fixture
+def named_campaign(pushsim_app, manager_alice, approver_bob):
+    """A daily campaign approved an hour before its first send, whose content shows its name
+    (``context.campaign.name``), and one phone of its audience (``named_campaign.phone``)."""
     from accounts.services import access_grant
-    from campaigns.services.scheduling import campaign_fire_due
     from tests.factories import DeviceFactory, PushContentFactory, SegmentFactory
 
-    t0 = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
     for user in (manager_alice, approver_bob):
         access_grant(obj=pushsim_app, to=user, by=None)
     segment = SegmentFactory(name="Everyone", created_by=manager_alice)
@@ -263,17 +262,121 @@ def test_a_rename_of_a_live_campaign_does_not_reach_the_words_its_approved_versi
         segment=segment,
         content=content,
         schedule_kind="recurring",
-        send_at=t0,
+        send_at=T0,
         recurrence="daily",
     )
     campaign_submit(campaign_id=campaign.pk, by=manager_alice)
-    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=t0 - dt.timedelta(hours=1))
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=T0 - dt.timedelta(hours=1))
+    campaign = Campaign.objects.get(pk=campaign.pk)
+    campaign.phone = phone
+    return campaign
+
+
+def _fired_titles(campaign, pushsim, capture, *, now) -> list[str]:
+    """Fire the campaign's occurrence due at ``now``; the titles its phone received since, oldest first."""
+    from campaigns.services.scheduling import campaign_fire_due
+
+    before = len(pushsim.state.recent(token=campaign.phone.token))
+    with capture(execute=True):
+        (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=now)
+    assert occurrence.outcome == "sent", occurrence.note
+    received = pushsim.state.recent(token=campaign.phone.token)  # newest first
+    return [push["title"] for push in reversed(received[: len(received) - before])]
+
+
+def test_a_rename_of_a_live_campaign_whose_content_shows_its_name_is_a_revision(
+    named_campaign, pushsim, manager_alice, approver_bob, django_capture_on_commit_callbacks
+):
+    """Every send gives its content the campaign's name (``context.campaign.name``), and the approver
+    read the phones showing it. When the content shows it, the name is part of what the approval
+    covers: a rename is a revision like any covered edit. The approved version goes on sending under
+    the name it was approved with until the revision is approved, and the new name after."""
+    from accounts.models import AuditEvent
+
+    campaign = named_campaign
     renamed = campaign_update(campaign_id=campaign.pk, by=manager_alice, name="Everything free, today only")
-    assert renamed.status == "scheduled" and not renamed.has_pending_revision
-    with django_capture_on_commit_callbacks(execute=True):
-        (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=t0)
-    assert occurrence.dispatch.context == {"campaign": {"id": campaign.pk, "name": "Spring sale"}}
-    assert [push["title"] for push in pushsim.state.recent(token=phone.token)] == ["Spring sale"]
+    assert renamed.status == "scheduled" and renamed.has_pending_revision
+    assert AuditEvent.objects.filter(action="campaign_revision_edited", object_id=str(campaign.pk)).exists()
+    capture = django_capture_on_commit_callbacks
+    assert _fired_titles(campaign, pushsim, capture, now=T0) == ["Spring sale"]
+
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    with pytest.raises(TransitionError, match="waiting for approval"):
+        campaign_update(campaign_id=campaign.pk, by=manager_alice, name="Something else")
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, request_id=request.pk, now=T0 + dt.timedelta(hours=1))
+    campaign = Campaign.objects.get(pk=campaign.pk)
+    campaign.phone = named_campaign.phone
+    assert not campaign.has_pending_revision and campaign.approved().number == 2
+    assert _fired_titles(campaign, pushsim, capture, now=T0 + dt.timedelta(days=1)) == ["Everything free, today only"]
+
+
+def test_a_campaign_whose_content_does_not_show_its_name_renames_freely(make_campaign, manager_alice, approver_bob):
+    """Its name is not part of what the approval covers: its fingerprint is the one it was approved
+    with, renamed or not, and the rename leaves nothing to submit."""
+    campaign = make_campaign(kind="api_triggered", segment=None)
+    assert campaign.fingerprint() == campaign.fingerprint(name=False)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    renamed = campaign_update(campaign_id=campaign.pk, by=manager_alice, name="Autumn sale")
+    assert renamed.fingerprint() == renamed.approved_fingerprint == renamed.approved().fingerprint
+    assert not renamed.has_pending_revision
+    with pytest.raises(TransitionError, match="no revision to submit"):
+        campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+
+
+def test_a_campaign_approved_before_approvals_covered_its_name_keeps_sending(
+    named_campaign, pushsim, manager_alice, django_capture_on_commit_callbacks
+):
+    """Upgrading keeps what was approved: a version approved when the fingerprint left the name out
+    (and kept the name it sends, ``approved_version["name"]``) is still the campaign as it stands,
+    and sends; a rename of it is then a revision, and the approved name goes on being sent."""
+    campaign = named_campaign
+    legacy = campaign.fingerprint(name=False)
+    assert legacy != campaign.fingerprint()
+    version = {k: v for k, v in campaign.approved_version.items() if k != "covers_name"}
+    Campaign.objects.filter(pk=campaign.pk).update(
+        approved_version={**version, "fingerprint": legacy}, approved_fingerprint=legacy
+    )
+    campaign.refresh_from_db()
+    assert not campaign.has_pending_revision
+    capture = django_capture_on_commit_callbacks
+    assert _fired_titles(campaign, pushsim, capture, now=T0) == ["Spring sale"]
+
+    campaign_update(campaign_id=campaign.pk, by=manager_alice, name="Everything free, today only")
+    campaign.refresh_from_db()
+    assert campaign.has_pending_revision
+    assert _fired_titles(campaign, pushsim, capture, now=T0 + dt.timedelta(days=1)) == ["Spring sale"]
+
+
+def test_a_campaign_approved_before_versions_were_kept_keeps_sending_when_its_content_shows_its_name(
+    named_campaign,
+):
+    """Approved before versions were kept (the row is what was approved, under a fingerprint without
+    the window or the name): its approval still holds."""
+    campaign = named_campaign
+    legacy = campaign.fingerprint(missed_window=False, name=False)
+    Campaign.objects.filter(pk=campaign.pk).update(approved_version={}, approved_fingerprint=legacy)
+    campaign.refresh_from_db()
+    assert campaign.approved() is not None and campaign.approved().fingerprint == legacy
+    assert not campaign.has_pending_revision
+
+
+def test_a_request_submitted_before_approvals_covered_the_name_is_approved_and_sends(
+    named_campaign, pushsim, manager_alice, approver_bob, django_capture_on_commit_callbacks
+):
+    """A request waiting at the upgrade holds a fingerprint without the name (which could not change
+    while it waited): its approval covers the name the review showed, and the version sends."""
+    campaign = named_campaign
+    campaign_update(campaign_id=campaign.pk, by=manager_alice, throttle_per_second=50)
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign.refresh_from_db()
+    ApprovalRequest.objects.filter(pk=request.pk).update(fingerprint=campaign.fingerprint(name=False))
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=T0 - dt.timedelta(minutes=30))
+    campaign = Campaign.objects.get(pk=campaign.pk)
+    campaign.phone = named_campaign.phone
+    assert campaign.approved().snapshot["covers_name"] and not campaign.has_pending_revision
+    assert campaign.approved_fingerprint == campaign.approved().fingerprint == campaign.fingerprint()
+    assert _fired_titles(campaign, pushsim, django_capture_on_commit_callbacks, now=T0) == ["Spring sale"]
 
 
 def test_the_migration_keeps_the_name_of_versions_approved_before_it_was_kept(live_api_campaign, make_campaign):

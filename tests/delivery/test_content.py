@@ -10,6 +10,7 @@ from delivery.payloads import (
     encode,
     fcm_message,
     message_render,
+    spec_reads,
     spec_validate,
     variant_choose,
 )
@@ -745,3 +746,24 @@ def test_an_image_over_http_elsewhere_or_for_phones_is_refused_on_save(
         pushcontent_save(content=content, by=manager_alice)
     assert any(message in m for m in errors_of(exc)["image_url"]), errors_of(exc)
     assert not PushContent.objects.exists()
+
+
+def test_a_content_reads_a_context_value_by_its_path():
+    """Whether a content shows a context value (``context.campaign.name``): read by its path, by a
+    key given as a string, further down it, or through what holds it (``context.campaign`` assigned,
+    ``context`` looped over) or a key computed when rendered; not a sibling's path."""
+    name = "context.campaign.name"
+    for text in (
+        "{{ context.campaign.name }}",
+        '{{ context["campaign"].name | upcase }}',
+        "{{ context.campaign.name.size }}",
+        "{% assign c = context.campaign %}{{ c.name }}",
+        "{% for pair in context %}{{ pair }}{% endfor %}",
+        "{{ context.campaign[key] }}",
+        "{{ broken",  # unreadable: assume it does
+    ):
+        assert spec_reads({"title": "Hi", "body": text}, name), text
+    for text in ("{{ context.campaign.id }}", "{{ context.order | default: '?' }}", "Plain", "{{ profile.locale }}"):
+        assert not spec_reads({"title": "Hi", "body": text}, name), text
+    assert spec_reads({"title": "Hi", "body": "", "variants": {"fr": {"title": "{{ context.campaign.name }}"}}}, name)
+    assert spec_reads({"title": "Hi", "body": "", "data": {"n": "{{ context.campaign.name }}"}}, name)
