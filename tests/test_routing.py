@@ -24,3 +24,16 @@ def test_an_api_request_builds_no_message_store_and_an_admin_page_does(client, d
 def test_an_accept_the_api_cannot_answer_still_gets_406(client, db):
     response = client.get("/api/v1/me/", HTTP_ACCEPT="text/html")
     assert response.status_code == 406
+
+
+def test_a_refused_page_keeps_the_signed_in_users_links_and_a_missing_one_for_no_one(client, viewer_carol):
+    """The admin's frame drew its user links (change password, log out) only on its own pages: a
+    403 left a signed-in user without a way to sign out."""
+    client.force_login(viewer_carol)
+    refused = client.get("/admin/campaigns/campaign/add/")
+    assert refused.status_code == 403
+    page = refused.content.decode()
+    assert 'id="logout-form"' in page and "/admin/password_change/" in page and "viewer_carol" in page
+    client.logout()
+    missing = client.get("/no-such-page/").content.decode()
+    assert 'id="logout-form"' not in missing and "/admin/password_change/" not in missing
