@@ -3,6 +3,7 @@
 import dataclasses
 import datetime as dt
 
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -623,7 +624,7 @@ def winner_sample_text(winner: dict, reach, *, holdout_share: int) -> str:
         return f"{share}% of the audience, drawn per profile, {split}"
     part = Reach(*(round(n * share / 100) for n in dataclasses.astuple(reach)))
     size = (
-        f"≈ {part.profiles:,} profiles → ≈ {part.reachable:,} reachable (iOS {part.ios:,} / Android "
+        f"≈ {part.profiles:,} profile{pluralize(part.profiles)} → ≈ {part.reachable:,} reachable (iOS {part.ios:,} / Android "
         f"{part.android:,}) → ≈ {part.opted_in:,} opted in"
     )
     return f"{size}: {share}% of the audience, drawn per profile, {split}"

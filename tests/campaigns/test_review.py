@@ -102,6 +102,16 @@ def test_the_approver_reviews_the_winner_samples_size_and_when_the_winner_is_pic
     )
 
 
+def test_a_winner_sample_of_one_profile_reads_profile():
+    """The approver read "≈ 1 profiles" for a sample of one; it reads ≈ 1 profile, as a segment of one does."""
+    from audiences.selectors import Reach
+    from campaigns.review import winner_sample_text
+
+    one = winner_sample_text({"sample_share": 25}, Reach(4, 4, 0, 4, 4), holdout_share=0)
+    assert one.startswith("≈ 1 profile → ≈ 1 reachable (iOS 0 / Android 1) → ≈ 1 opted in: 25% of the audience")
+    assert winner_sample_text({"sample_share": 25}, Reach(8, 0, 0, 0, 0), holdout_share=0).startswith("≈ 2 profiles → ")
+
+
 def test_a_winner_test_sent_when_approved_is_picked_the_wait_after_the_approval(
     client, make_campaign, manager_alice, approver_bob, abc, team
 ):
