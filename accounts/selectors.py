@@ -18,6 +18,7 @@ from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
 from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models.fields.json import KT
 from guardian.utils import get_group_obj_perms_model, get_user_obj_perms_model
 
 from accounts.approvals import may_be_referenced
@@ -604,6 +605,9 @@ def _moves_out_of_reach(user: User, requests: list[ApprovalRequest], subjects: d
 CONTENT_AUTHORING_ACTIONS = ("pushcontent_created", "pushcontent_duplicated", "pushcontent_changed")
 # What changes who a segment holds: an approval covers its subject's audience as it covers its content.
 SEGMENT_AUTHORING_ACTIONS = ("segment_created", "segment_changed", "segment_members_changed")
+# An import into a kept list changes its members as an edit of them does: its events name the
+# import, and the segment it feeds in their summary (``audiences.services.imports``).
+IMPORT_AUTHORING_ACTIONS = ("import_created", "import_restarted")
 
 
 def _changed_since_approval(user: User, requests: list[ApprovalRequest], subjects: dict[int, models.Model]) -> set[int]:
@@ -660,8 +664,15 @@ def _changed_since_approval(user: User, requests: list[ApprovalRequest], subject
         authored |= Q(object_type=content_type, object_id__in=sorted(content_ids), action__in=CONTENT_AUTHORING_ACTIONS)
     segment_type = ContentType.objects.get_by_natural_key("audiences", "segment")  # cached: no query
     segment_ids = sorted({str(pk) for segments in segments_of.values() for pk in segments})
+    import_type_id = None
     if segment_ids:
+        import_type_id = ContentType.objects.get_by_natural_key("audiences", "import").pk  # cached: no query
         authored |= Q(object_type=segment_type, object_id__in=segment_ids, action__in=SEGMENT_AUTHORING_ACTIONS)
+        authored |= Q(
+            object_type=import_type_id,
+            action__in=IMPORT_AUTHORING_ACTIONS,
+            summary__segment__in=[int(pk) for pk in segment_ids],
+        )
     last_approved = {
         (row["subject_type"], row["subject_id"]): row["last"]
         for row in ApprovalRequest.objects.filter(approved, status=ApprovalRequest.Status.APPROVED)
@@ -673,9 +684,13 @@ def _changed_since_approval(user: User, requests: list[ApprovalRequest], subject
     for row in (
         AuditEvent.objects.filter((authored & Q(actor=user)) | undoing)
         .order_by()
-        .values("object_type", "object_id", "action")
+        .values("object_type", "object_id", "action", fed=KT("summary__segment"))
         .annotate(last=models.Max("created_at"))
     ):
+        if row["object_type"] == import_type_id:  # an import: the authoring of the segment it feeds
+            key = (segment_type.pk, str(row["fed"]), row["action"])
+            last_done[key] = max(row["last"], last_done.get(key, row["last"]))
+            continue
         last_done[row["object_type"], row["object_id"], row["action"]] = row["last"]
     last_authored: dict[tuple[int, str], dt.datetime] = {}  # what the user authored, and still stands
     for (type_id, object_id, action), when in last_done.items():

@@ -753,6 +753,6 @@ def import_restart(*, import_id: int, by: User) -> Import:
         record.stalled_runs = 0  # restarted by hand: the watchdog gives it one more run again
         record.progressed_at = timezone.now()  # queued now: its wait for a worker starts again
         record.save(update_fields=["status", "error", "finished_at", "run_started_at", "stalled_runs", "progressed_at"])
-        audit(actor=by, action="import_restarted", obj=record)
+        audit(actor=by, action="import_restarted", obj=record, summary={"segment": record.segment_id})
         transaction.on_commit(lambda: async_task("audiences.tasks.import_run", record.pk))
     return record

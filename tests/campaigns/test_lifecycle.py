@@ -369,6 +369,40 @@ def test_an_approver_who_changed_the_campaigns_audience_cannot_approve_it(
     campaign_approve(campaign_id=campaign.pk, by=approver_zoe)
 
 
+@pytest.mark.parametrize(
+    ("target", "restarted"), [("add_to_segment", False), ("replace_segment", False), ("add_to_segment", True)]
+)
+def test_an_approver_who_imported_into_the_campaigns_kept_list_cannot_approve_it(
+    make_campaign, manager_alice, admin_erin, approver_bob, django_capture_on_commit_callbacks, target, restarted
+):
+    """A CSV import into a kept list changes its members as an edit of them does: the Administrator
+    who ran it, or ran it again, leaves the decision on a campaign sending to the list to another
+    approver."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from accounts.services import access_grant
+    from audiences.models import Import
+    from audiences.services.imports import import_create, import_restart
+    from tests.factories import SegmentFactory
+
+    listed = SegmentFactory(name="Kept list", kind="static", rules={})
+    access_grant(obj=listed, to=manager_alice, by=None)
+    campaign = make_campaign(segment=listed)
+    upload = SimpleUploadedFile("people.csv", b"external_id\nann\n", content_type="text/csv")
+    with django_capture_on_commit_callbacks(execute=True):
+        record = import_create(upload=upload, by=manager_alice if restarted else admin_erin, target=target,
+                               segment_id=listed.pk)  # fmt: skip
+    if restarted:
+        Import.objects.filter(pk=record.pk).update(status=Import.Status.FAILED)
+        with django_capture_on_commit_callbacks(execute=True):
+            import_restart(import_id=record.pk, by=admin_erin)
+    assert listed.members.filter(profile__external_id="ann").exists()
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    with pytest.raises(PermissionDenied, match="You changed what this request asks to approve"):
+        campaign_approve(campaign_id=campaign.pk, by=admin_erin)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+
+
 def test_a_decision_naming_another_subjects_request_says_nothing_of_it(make_campaign, manager_alice, approver_bob):
     """The request an approver read is looked for among its subject's own: an id of another
     campaign's request is told as closed, without that request's status."""
