@@ -37,3 +37,13 @@ def test_a_refused_page_keeps_the_signed_in_users_links_and_a_missing_one_for_no
     client.logout()
     missing = client.get("/no-such-page/").content.decode()
     assert 'id="logout-form"' not in missing and "/admin/password_change/" not in missing
+
+
+def test_the_icon_browsers_ask_every_site_for_is_found(client, db):
+    """Browsers ask each site for /favicon.ico: it answered 404, and logged a warning, on every page."""
+    answer = client.get("/favicon.ico")
+    assert answer.status_code == 302 and answer.url.endswith(".svg")
+    icon = client.get(answer.url)
+    assert icon.status_code == 200 and icon["Content-Type"].startswith("image/svg+xml")
+    page = client.get("/admin/login/").content.decode()
+    assert f'<link rel="icon" href="{answer.url}" type="image/svg+xml">' in page
