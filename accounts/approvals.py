@@ -26,6 +26,9 @@ class ApprovalSubject:
     referenced_models: frozenset[str] | None = None
     # (subject, time) -> the time as the subject's own dates are shown, its zone named; None: in UTC
     zoned: Callable[..., str] | None = None
+    # (subjects, a queryset) -> those whose work an approver sent back still waits for its author
+    # (a journey's draft thrown away leaves nothing to submit again); None: every one still to send
+    awaiting_author: Callable[..., models.QuerySet] | None = None
 
 
 _SUBJECTS: dict[str, ApprovalSubject] = {}
@@ -65,7 +68,8 @@ def approval_requests_sent_back(queryset: models.QuerySet) -> models.QuerySet:
     """Of ``queryset`` (approval requests), those sent back for changes that still wait for their
     requester: each its subject's latest request (none submitted since, by anyone; the order of
     ``approval_current``), its subject still there and still to send (``STILL_TO_SEND`` of its
-    model, when it has one: not archived, stopped or done). One query, whatever the subjects."""
+    model, when it has one: not archived, stopped or done) with work to submit again
+    (``ApprovalSubject.awaiting_author``). One query, whatever the subjects."""
     from django.apps import apps
     from django.contrib.contenttypes.models import ContentType
     from django.db.models.functions import Cast
@@ -79,11 +83,13 @@ def approval_requests_sent_back(queryset: models.QuerySet) -> models.QuerySet:
         | models.Q(requested_at=models.OuterRef("requested_at"), pk__gt=models.OuterRef("pk"))
     )
     there = models.Q(pk__in=[])
-    for label in _SUBJECTS:
+    for label, subject in _SUBJECTS.items():
         model = apps.get_model(label)
         rows = model._default_manager.all()
         if hasattr(model, "STILL_TO_SEND"):
             rows = rows.filter(status__in=list(model.STILL_TO_SEND))
+        if subject.awaiting_author is not None:
+            rows = subject.awaiting_author(rows)
         keys = rows.annotate(key=Cast("pk", models.CharField())).values("key")
         there |= models.Q(subject_type=ContentType.objects.get_for_model(model), subject_id__in=keys)
     return queryset.filter(status=ApprovalRequest.Status.CHANGES_REQUESTED).filter(there).exclude(models.Exists(newer))

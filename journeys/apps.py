@@ -29,6 +29,7 @@ class JourneysConfig(AppConfig):
             journeys_reading_segments,
             journeys_rule_trees_naming,
             journeys_sending_contents,
+            journeys_with_a_draft,
         )
         from journeys.services.engine import (
             JOURNEYS_STAMP,
@@ -72,5 +73,6 @@ class JourneysConfig(AppConfig):
                 references=journey_references,
                 referenced_models=frozenset({"delivery.app", "audiences.segment", "delivery.pushcontent"}),
                 zoned=lambda journey, value: zoned(value, "UTC"),  # a journey has no zone of its own
+                awaiting_author=journeys_with_a_draft,
             ),
         )

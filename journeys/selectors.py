@@ -61,6 +61,14 @@ def journey_shown_version(journey: Journey) -> JourneyVersion | None:
     return journey.live_version or journey.versions.order_by("-number").first()
 
 
+def journeys_with_a_draft(journeys: QuerySet[Journey]) -> QuerySet[Journey]:
+    """Those of ``journeys`` with a draft version to submit (a draft thrown away leaves none)."""
+    from django.db.models import Exists, OuterRef
+
+    drafts = JourneyVersion.objects.filter(journey=OuterRef("pk"), status=JourneyVersion.Status.DRAFT)
+    return journeys.filter(Exists(drafts))
+
+
 def journey_open_version(journey: Journey) -> JourneyVersion | None:
     return journey.versions.filter(status__in=("draft", "in_review")).order_by("-number").first()
 

@@ -928,3 +928,30 @@ def test_a_journey_s_sends_are_not_stopped_by_whoever_may_not_stop_it(granted_th
             journey_stop(journey_id=journey.pk, by=user)
     assert _reload(journey).status == "live"
     assert Dispatch.objects.get(pk=batch.pk).status == "sending"
+
+
+def test_a_sent_back_draft_thrown_away_leaves_its_authors_box(
+    make_journey, manager_alice, approver_bob, welcome, everyone, vips
+):
+    """The home page listed a live journey's request sent back for changes after its author threw
+    the draft away (``journey_draft_discard``): there was nothing left to submit again."""
+    from accounts.services import access_grant
+    from config.home import home_for
+
+    def sent_back() -> list[str]:
+        (section,) = [s for s in home_for(manager_alice)["sections"] if s.title == "Sent back to me"]
+        return [item.label for item in section.items]
+
+    for obj in (welcome.app, everyone, vips):
+        access_grant(obj=obj, to=approver_bob, by=None)
+    journey = make_journey()
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    journey_approve(journey_id=journey.pk, by=approver_bob)
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="purchase")
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    journey_request_changes(journey_id=journey.pk, by=approver_bob, comment="Keep the old exit.")
+    assert sent_back() == ["Onboarding"]
+    journey_draft_discard(journey_id=journey.pk, by=manager_alice)
+    assert sent_back() == []
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="unsubscribed")
+    assert sent_back() == ["Onboarding"]  # a new draft to submit: what came back reads for it again
