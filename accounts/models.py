@@ -116,6 +116,22 @@ class IdempotentRequest(models.Model):
         return self.idempotency_key
 
 
+class FormTokenUse(models.Model):
+    """A one-time token of an admin form that acts once and shows a secret once (``accounts.form_tokens``),
+    as it was used: one row per token, unique on it, written in the transaction of what the form did,
+    so that the form sent again (a reloaded page, a double click) finds it and acts no more."""
+
+    token = models.CharField(max_length=64, unique=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    purpose = models.CharField(max_length=100)
+    subject = models.CharField(max_length=64, blank=True)
+    result_id = models.BigIntegerField(null=True, blank=True)
+    used_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.purpose} by user #{self.user_id} at {self.used_at:%Y-%m-%d %H:%M} UTC"
+
+
 # Words an action's code spells otherwise: acronyms, and the model names some codes start with.
 _ACTION_WORDS = {
     "api": "API",

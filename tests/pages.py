@@ -74,3 +74,15 @@ def page_form(html: str) -> PageForm:
     form = PageForm()
     form.feed(html)
     return form
+
+
+def form_token_of(html: str | bytes) -> str:
+    """The one-time token a page's form carries (``accounts.form_tokens``), as a browser posts it back."""
+    import re
+
+    text = html.decode() if isinstance(html, bytes) else html
+    found = re.search(r'name="form_token" value="([^"]+)"', text) or re.search(
+        r'value="([^"]+)" name="form_token"', text
+    )
+    assert found, "the page's form carries no one-time token"
+    return found.group(1)

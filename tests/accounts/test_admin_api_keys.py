@@ -4,6 +4,12 @@ import pytest
 
 from accounts.models import ApiKey, AuditEvent
 from tests.factories import TEST_PASSWORD
+from tests.pages import form_token_of
+
+
+def _token(client) -> str:
+    """The one-time token of an add form drawn for the client's user."""
+    return form_token_of(client.get("/admin/accounts/apikey/add/").content)
 
 
 def test_key_is_shown_once_on_creation_in_the_admin(client, manager_alice):
@@ -14,6 +20,7 @@ def test_key_is_shown_once_on_creation_in_the_admin(client, manager_alice):
             "user": manager_alice.pk,
             "name": "mobile backend",
             "scopes": ["ingest", "read"],
+            "form_token": _token(client),
             "expires_at_0": "",
             "expires_at_1": "",
         },
@@ -118,7 +125,14 @@ def test_an_administrator_is_not_offered_a_superuser_and_a_forged_post_makes_no_
     assert set(choices) == {root, admin_erin, manager_alice}
     response = client.post(
         "/admin/accounts/apikey/add/",
-        {"user": root.pk, "name": "ops", "scopes": ["read"], "expires_at_0": "", "expires_at_1": ""},
+        {
+            "user": root.pk,
+            "name": "ops",
+            "scopes": ["read"],
+            "expires_at_0": "",
+            "expires_at_1": "",
+            "form_token": _token(client),
+        },
     )
     assert response.status_code == 200 and b"new-api-key" in response.content
     assert ApiKey.objects.get().user == root
@@ -160,6 +174,7 @@ def test_a_key_s_times_are_typed_and_shown_in_utc_the_zone_named(client, manager
             "scopes": ["read"],
             "expires_at_0": "2027-12-24",
             "expires_at_1": "01:25",
+            "form_token": form_token_of(form),
         },
     )
     assert response.status_code == 200
@@ -177,18 +192,130 @@ def test_an_expiry_in_the_past_is_refused_on_its_field_not_as_a_page_not_allowed
     """The service's refusal of the input came back as a 403 "Not allowed" page, saying neither
     what was wrong nor keeping what was typed: it is the form again, its error on the field."""
     client.force_login(admin_erin)
-    response = client.post(
-        "/admin/accounts/apikey/add/",
-        {
-            "user": manager_alice.pk,
-            "name": "expired already",
-            "scopes": ["read"],
-            "expires_at_0": "2020-01-01",
-            "expires_at_1": "10:00",
-        },
-    )
+    typed = {
+        "user": manager_alice.pk,
+        "name": "expired already",
+        "scopes": ["read"],
+        "expires_at_0": "2020-01-01",
+        "expires_at_1": "10:00",
+        "form_token": _token(client),
+    }
+    response = client.post("/admin/accounts/apikey/add/", typed)
     assert response.status_code == 200
     form = response.context["adminform"].form
     assert form.errors == {"expires_at": ["The expiry must be in the future."]}
     assert form["name"].value() == "expired already"
     assert not ApiKey.objects.exists() and not AuditEvent.objects.filter(action="api_key_created").exists()
+    # The form refused did nothing: its token, drawn again with it, makes the key once corrected.
+    corrected = {**typed, "expires_at_0": "", "expires_at_1": "", "form_token": form_token_of(response.content)}
+    assert b"new-api-key" in client.post("/admin/accounts/apikey/add/", corrected).content
+    assert ApiKey.objects.count() == 1
+
+
+# --- the add form acts once: a reloaded answer makes no second key -----------------------------
+
+ADD = "/admin/accounts/apikey/add/"
+
+
+def _key_form(client, **more):
+    token = form_token_of(client.get(ADD).content)
+    return {
+        "name": "mobile backend",
+        "scopes": ["ingest"],
+        "expires_at_0": "",
+        "expires_at_1": "",
+        "form_token": token,
+        **more,
+    }
+
+
+def test_the_created_page_posted_again_makes_no_second_key_and_shows_no_secret(client, manager_alice):
+    client.force_login(manager_alice)
+    form = _key_form(client, user=manager_alice.pk)
+    first = client.post(ADD, form)
+    raw = re.search(rb'id="new-api-key"[^>]*>([^<]+)<', first.content).group(1).decode()
+    again = client.post(ADD, form)  # the browser's reload of the page showing the key
+    assert ApiKey.objects.filter(name="mobile backend").count() == 1
+    key = ApiKey.objects.get()
+    page = again.content.decode()
+    assert again.status_code == 200 and "no-store" in again["Cache-Control"]
+    assert "was created already" in page and "shown once and cannot be shown again" in page
+    assert raw not in page and raw.rsplit("_", 1)[1] not in page and 'id="new-api-key"' not in page
+    assert f'href="/admin/accounts/apikey/{key.pk}/change/"' in page
+    assert 'href="/admin/accounts/apikey/add/"' in page  # another key, made deliberately
+
+
+def test_two_forms_drawn_make_two_keys(client, manager_alice):
+    client.force_login(manager_alice)
+    for _ in range(2):
+        assert b"new-api-key" in client.post(ADD, _key_form(client, user=manager_alice.pk)).content
+    assert ApiKey.objects.filter(name="mobile backend", revoked_at=None).count() == 2
+
+
+def test_a_form_drawn_for_another_user_is_refused_and_drawn_again(client, manager_alice, admin_erin):
+    client.force_login(manager_alice)
+    form = _key_form(client, user=manager_alice.pk)
+    client.force_login(admin_erin)
+    answer = client.post(ADD, form)
+    page = answer.content.decode()
+    assert answer.status_code == 200 and "This form was drawn for another user" in page
+    assert not ApiKey.objects.exists()
+    assert client.post(ADD, {**form, "form_token": form_token_of(page)}).content.count(b"new-api-key") == 1
+    assert ApiKey.objects.get().created_by == admin_erin
+
+
+def test_a_form_without_its_token_is_drawn_again_saying_so(client, manager_alice):
+    client.force_login(manager_alice)
+    form = _key_form(client, user=manager_alice.pk)
+    for token in ("", "forged"):
+        answer = client.post(ADD, {**form, "form_token": token})
+        page = answer.content.decode()
+        assert answer.status_code == 200 and 'id="new-api-key"' not in page
+        assert "nothing was done" in page and 'value="mobile backend"' in page  # what was typed is kept
+        assert 'name="form_token"' in page
+    assert not ApiKey.objects.exists()
+
+
+@pytest.mark.parametrize("button", ["_addanother", "_continue"])
+def test_save_and_add_another_or_continue_shows_the_key_once_and_leads_on(client, manager_alice, button):
+    client.force_login(manager_alice)
+    form = _key_form(client, user=manager_alice.pk, **{button: "1"})
+    page = client.post(ADD, form).content.decode()
+    key = ApiKey.objects.get()
+    assert key.matches(re.search(r'id="new-api-key"[^>]*>([^<]+)<', page).group(1))
+    leads_to = ADD if button == "_addanother" else f"/admin/accounts/apikey/{key.pk}/change/"
+    assert f'id="then" href="{leads_to}"' in page
+    assert client.post(ADD, form).content.count(b"was created already") == 1
+    assert ApiKey.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_posts_of_one_form_at_once_make_one_key(client, manager_alice):
+    """The second waits for the first's transaction on the token's row, then is told it acted."""
+    import threading
+
+    from django.db import transaction
+
+    from accounts.form_tokens import form_token_use
+    from accounts.services import api_key_create
+    from tests.locks import concurrently, wait_for_a_blocked_writer
+
+    client.force_login(manager_alice)
+    form = _key_form(client, user=manager_alice.pk)
+    claimed = threading.Event()
+    answers = []
+
+    def first():
+        with transaction.atomic():
+            form_token_use(token=form["form_token"], user=manager_alice, purpose="accounts.apikey:add")
+            api_key_create(user=manager_alice, name="mobile backend", scopes=["ingest"], by=manager_alice)
+            claimed.set()
+            assert wait_for_a_blocked_writer()
+
+    def second():
+        assert claimed.wait(10)
+        answers.append(client.post(ADD, form))
+
+    assert concurrently(first, second) == []
+    assert ApiKey.objects.count() == 1
+    assert b"was created already" in answers[0].content and b"new-api-key" not in answers[0].content

@@ -283,11 +283,14 @@ def test_a_lifecycle_button_takes_hostile_actions_and_confirmations_without_a_50
 )
 def test_a_new_api_key_takes_a_hostile_expiry_without_a_500(client, world, admin_erin, date, time):
     from accounts.models import ApiKey
+    from tests.pages import form_token_of
 
     client.force_login(admin_erin)
     keys = ApiKey.objects.count()
+    add = reverse("admin:accounts_apikey_add")
     data = {"user": str(admin_erin.pk), "name": "k", "scopes": ["read"], "expires_at_0": date, "expires_at_1": time}
-    answer = _no_500(client, reverse("admin:accounts_apikey_add"), data)
+    data["form_token"] = form_token_of(client.get(add).content)
+    answer = _no_500(client, add, data)
     assert answer.status_code == 200, answer.status_code
     if "admin/accounts/apikey/created.html" in [t.name for t in answer.templates]:
         assert ApiKey.objects.get(name="k").expires_at.year == 9999  # the last day of the calendar, taken

@@ -107,8 +107,13 @@ def test_an_api_key_is_shown_once_and_then_never_again(client, admin_erin, caplo
 
     caplog.set_level(logging.DEBUG)
     client.force_login(admin_erin)
+    from tests.pages import form_token_of
+
+    token = form_token_of(client.get("/admin/accounts/apikey/add/").content)
     response = client.post(
-        "/admin/accounts/apikey/add/", {"user": admin_erin.pk, "name": "backend", "scopes": ["read"]}, follow=True
+        "/admin/accounts/apikey/add/",
+        {"user": admin_erin.pk, "name": "backend", "scopes": ["read"], "form_token": token},
+        follow=True,
     )
     page = response.content.decode()
     key = ApiKey.objects.get(name="backend")
