@@ -270,6 +270,7 @@ class Campaign(ConversionGoal):
         "campaign_duplicated",
         "campaign_changed",
         "campaign_variants_set",
+        "campaign_winner_set",
         "campaign_revision_edited",
     )
 

@@ -674,3 +674,20 @@ def test_a_phone_deleted_after_the_sample_and_registered_again_in_the_rest_gets_
     row = Delivery.objects.get(dispatch=remainder, device_id=again.pk)
     assert (row.profile_id, row.status, row.reason) == (to.pk, "skipped", "sent_in_sample")
     assert remainder.skipped == Delivery.objects.filter(dispatch=remainder, status="skipped").count()
+
+
+def test_an_approver_who_set_the_winner_mode_cannot_approve_the_campaign(shop, contents, manager_alice, approver_bob):
+    """Winner mode decides what the rest of the audience gets, and the approval covers it: an
+    approver who turned it on (or changed it) on a colleague's campaign leaves the decision to another."""
+    from django.core.exceptions import PermissionDenied
+
+    from tests.factories import UserFactory
+
+    approver_zoe = UserFactory(username="approver_zoe", role="Approver")
+    access_grant(obj=shop, to=approver_zoe, by=None)
+    campaign = _campaign(manager_alice, shop, contents)
+    campaign_winner_set(campaign_id=campaign.pk, by=approver_bob, settings=WINNER)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    with pytest.raises(PermissionDenied, match="You changed what this request asks to approve"):
+        campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=T0 - dt.timedelta(hours=1))
+    campaign_approve(campaign_id=campaign.pk, by=approver_zoe, now=T0 - dt.timedelta(hours=1))
