@@ -74,6 +74,7 @@ from journeys.services.lifecycle import (
     journey_stop,
     journey_submit,
     journey_version_edit,
+    name_unapproved_text,
     segments_changed_text,
     segments_unfrozen_text,
     version_entry_fields_clear,
@@ -454,6 +455,9 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
         request = page_request()
         reader = request.user if request is not None else None
         changed = segments_changed_text(live, reader=reader) if live is not None and reader is not None else ""
+        # Renamed since its live version was approved, whose pushes show the name: they keep the approved one.
+        renamed = name_unapproved_text(obj) if live is not None else ""
+        text = format_html('{}<p id="name-unapproved">{}</p>', text, renamed) if renamed else text
         if changed:  # its reads of that segment are refused until a new version is approved
             return format_html('{}<p class="errornote" id="segments-changed">{}</p>', text, changed)
         unfrozen = segments_unfrozen_text(live) if live is not None else ""

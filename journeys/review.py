@@ -157,14 +157,20 @@ def version_rows(
     names: dict,
     segment_names: dict[int, str],
     app_names: dict[int, str],
+    name: str = "",
 ) -> list[tuple[str, str]]:
-    """What an approval of ``version`` covers, as (label, text) rows: its entry and re-entry, its exit
+    """What an approval of ``version`` covers, as (label, text) rows: the journey's ``name`` when a
+    push shows it (the version sends it: ``approved_name``), its entry and re-entry, its exit
     criteria, each step with where it leads, and each push step's texts per locale (``specs``: by
     step, the content as the version sends it). The names as ``_step_text`` takes them (the entry
     segment's among ``segment_names``)."""
     from campaigns.review import locale_texts
+    from delivery.payloads import spec_reads
+    from journeys.services.lifecycle import NAME_READ
 
     rows = [("Entry", entry_text(version, segment_names=segment_names)), ("Exit criteria", exit_text(version))]
+    if any(spec_reads(spec, NAME_READ) for spec in specs.values()):
+        rows.insert(0, ("Name (its pushes show it)", name or "—"))
     zone = wait_zone(version)
     rows += [
         (
@@ -209,11 +215,12 @@ def _revision_diff_html(journey: Journey, version: JourneyVersion, *, contents: 
     segment_names, app_names = names_visible_to(user, segments=segments, apps=apps)
     named = {"names": names, "segment_names": segment_names, "app_names": app_names}
     after = {step: contents[cid].spec() for step, cid in contents_of(version.graph).items() if cid in contents}
-    after_rows = version_rows(version, specs=after, **named)
+    # Approved, the version sends the name the journey has then; the live one, the name it was approved with.
+    after_rows = version_rows(version, specs=after, name=journey.name, **named)
     if live is None:
         return rows_diff_html(rows_diff(None, after_rows), first=True, before_title="")
     before = {step: item["spec"] for step, item in (live.frozen_specs or {}).items()}
-    rows = rows_diff(version_rows(live, specs=before, **named), after_rows)
+    rows = rows_diff(version_rows(live, specs=before, name=live.approved_name or journey.name, **named), after_rows)
     sending = {Journey.Status.LIVE: "live, sending now", Journey.Status.PAUSED: "live, paused"}.get(
         journey.status, "the last live one"
     )

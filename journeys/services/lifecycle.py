@@ -71,6 +71,41 @@ def _open_version(journey: Journey) -> JourneyVersion | None:
 # What a journey's push gives its content as ``context`` (``journeys.services.engine``): its event
 # entries carry no event's values.
 JOURNEY_PUSH_CONTEXT = {"journey": {"id": 0, "name": "", "version": 0, "step": ""}}
+# What a content reads to show the journey's name, which every push gives it (``Journey.send_context``).
+NAME_READ = "context.journey.name"
+
+
+def version_shows_name(version: JourneyVersion) -> bool:
+    """Does a push step of the version show the journey's name (``NAME_READ``)? Its contents as
+    approved (``frozen_specs``) once it is, as they are now before. Then its approval covers the
+    name: it gives its pushes the name the journey has then (``approved_name``)."""
+    from delivery.models import PushContent
+    from delivery.payloads import spec_reads
+
+    if version.approved_fingerprint:
+        specs = [item["spec"] for item in (version.frozen_specs or {}).values()]
+    else:
+        specs = [c.spec() for c in PushContent.objects.filter(pk__in=set(contents_of(version.graph).values()))]
+    return any(spec_reads(spec, NAME_READ) for spec in specs)
+
+
+def name_unapproved_text(journey: Journey) -> str:
+    """What the page of an on-air journey renamed since its live version was approved says, when that
+    version's pushes show the name: they keep saying the name it was approved with until a new
+    version is approved, whose approval covers the new name. "" otherwise."""
+    live = journey.live_version
+    if journey.status not in Journey.ON_AIR or live is None or live.approved_name in ("", journey.name):
+        return ""
+    if not version_shows_name(live):
+        return ""
+    said = (
+        f"Its pushes show the journey's name: version {live.number} sends them as '{live.approved_name}', the name "
+        "it was approved with, until a new version is approved."
+    )
+    draft = _open_version(journey)
+    if draft is None:
+        return f"{said} A new version's approval gives them '{journey.name}'."
+    return f"{said} Version {draft.number} gives them '{journey.name}' once approved."
 
 
 def version_reference_checks(*, app_id: int, by: User | None, kept: JourneyVersion | None = None):
@@ -323,16 +358,54 @@ def journey_create(*, by: User, name: str, app, graph: dict | None = None, **ver
 
 
 def journey_rename(*, journey_id: int, by: User, name: str) -> Journey:
-    """Change a journey's name (not part of what is approved)."""
+    """Change a journey's name. Its pushes give it to their content (``context.journey.name``), and
+    the approval of a version whose pushes show it covers it (``version_shows_name``): the version
+    sends the name the journey had when it was approved (``approved_name``). So while such a version
+    is in review, a rename is refused (its approver would approve a name the review did not show);
+    an on-air journey whose live version shows it keeps sending the approved name, and the rename
+    opens a new version (the live one's copy, unless one is open) whose approval gives the new one.
+    A journey whose pushes do not show its name renames freely.
+
+    Raises ValidationError for an empty name, TransitionError while a version showing it is in review.
+    """
     if not (name or "").strip():
         raise ValidationError({"name": "A journey needs a name."})
     with transaction.atomic():
         journey = lock_for(Journey, journey_id, by=by, perm="journeys.change_journey")
-        journey.name = name.strip()
+        name = name.strip()
+        version = _open_version(journey)
+        if name == journey.name:
+            return journey
+        if version is not None and version.status == VStatus.IN_REVIEW and version_shows_name(version):
+            raise TransitionError(
+                journey,
+                "renamed",
+                f"Version {version.number} in review shows the journey's name in its pushes (context.journey.name), "
+                "and its approval covers the name the review shows: cancel the request first.",
+            )
+        summary = {"name": name}
+        live = journey.live_version
+        if version is None and journey.status in Journey.ON_AIR and live is not None and version_shows_name(live):
+            if name != live.approved_name:
+                version = _new_version(journey, by=by)
+                version.save()
+                summary["version"] = version.number  # to submit: its approval gives the pushes the name
+        journey.name = name
         journey.updated_at = timezone.now()
         journey.save(update_fields=["name", "updated_at"])
-        audit(actor=by, action="journey_renamed", obj=journey, summary={"name": journey.name})
+        audit(actor=by, action="journey_renamed", obj=journey, summary=summary)
     return journey
+
+
+def _new_version(journey: Journey, *, by: User) -> JourneyVersion:
+    """A new draft version of the journey (locked by the caller), a copy of its live one when it
+    has one; not saved."""
+    source = journey.live_version
+    version = JourneyVersion(journey=journey, number=_next_version_number(journey), created_by=by)
+    if source is not None:
+        for name in VERSION_FIELDS:
+            setattr(version, name, getattr(source, name))
+    return version
 
 
 def journey_version_edit(*, journey_id: int, by: User, **changes) -> JourneyVersion:
@@ -353,12 +426,7 @@ def journey_version_edit(*, journey_id: int, by: User, **changes) -> JourneyVers
         if version is not None and version.status == VStatus.IN_REVIEW:
             raise TransitionError(journey, "edited", "A version is in review: cancel the request first.")
         if version is None:
-            source = journey.live_version
-            number = _next_version_number(journey)
-            version = JourneyVersion(journey=journey, number=number, created_by=by)
-            if source is not None:
-                for name in VERSION_FIELDS:
-                    setattr(version, name, getattr(source, name))
+            version = _new_version(journey, by=by)
         kept = JourneyVersion(entry_segment_id=version.entry_segment_id, graph=copy.deepcopy(version.graph))
         for name, value in changes.items():
             setattr(version, name, value)

@@ -1938,3 +1938,29 @@ def test_the_pages_of_a_journeys_content_and_segments_name_the_journey_as_sendin
     assert f"the entry of {said}" in re.search(r'<div id="segment-used-by">(.*?)</div>', page, re.S).group(1)
     page = client.get(f"/admin/audiences/segment/{vips.pk}/change/").content.decode()
     assert f"a condition of {said}: step &#x27;check&#x27;" in page
+
+
+def test_a_renamed_live_journey_says_its_pushes_keep_the_approved_name_and_the_review_shows_the_new_one(
+    login, manager_alice, approver_bob, make_journey, publish, team, vips
+):
+    """Its pushes show the journey's name: the page says which name they keep saying until a new
+    version is approved, and the review of that version shows the name it approves beside the one
+    sent now."""
+    import re
+
+    from journeys.services.lifecycle import journey_rename
+    from tests.factories import PushContentFactory
+
+    named = PushContentFactory(app=team, title="{{ context.journey.name }}", body="Welcome")
+    journey = publish(make_journey(graph=simple_graph(condition_segment=vips.pk, content=named.pk)))
+    journey_rename(journey_id=journey.pk, by=manager_alice, name="Everything free")
+    page = login(manager_alice).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert (
+        "Its pushes show the journey&#x27;s name: version 1 sends them as &#x27;Onboarding&#x27;, the name it was "
+        "approved with, until a new version is approved. Version 2 gives them &#x27;Everything free&#x27; once "
+        "approved."
+    ) in page
+    request = journey_submit(journey_id=journey.pk, by=manager_alice)
+    review = login(approver_bob).get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+    changed = re.findall(r'<tr class="changed"><th scope="row">(.*?)</th><td>(.*?)</td><td>(.*?)</td></tr>', review)
+    assert changed == [("Name (its pushes show it)", "Onboarding", "Everything free")]

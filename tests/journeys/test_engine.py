@@ -1775,3 +1775,30 @@ def test_the_migration_keeps_the_name_of_versions_approved_before_it_was_kept(ma
 
     assert JourneyVersion.objects.get(pk=live.pk).approved_name == "Onboarding"
     assert JourneyVersion.objects.get(pk=draft.pk).approved_name == ""
+
+
+def test_a_renamed_journeys_new_version_once_approved_sends_the_new_name(
+    make_journey, publish, sim_team, manager_alice, approver_bob, pushsim, django_capture_on_commit_callbacks
+):
+    """The rename of a live journey whose pushes show its name opens a new version: the profiles
+    inside the approved one finish on it under the name it was approved with, and those entering
+    the new one, once it is approved, read the new name."""
+    from journeys.services.lifecycle import journey_approve, journey_rename, journey_submit
+    from tests.factories import PushContentFactory
+
+    named = PushContentFactory(app=sim_team, title="{{ context.journey.name }}", body="Welcome")
+    (first,) = _profiles(1, sim_team)
+    t0 = timezone.now()
+    journey = publish(make_journey(app=sim_team, graph=_wait_graph(seconds=3600, content=named.pk)), now=t0)
+    journey_enter_segment(journey_id=journey.pk, now=t0)
+    journeys_run_due(now=t0)
+    journey_rename(journey_id=journey.pk, by=manager_alice, name="Everything free, today only")
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    journey_approve(journey_id=journey.pk, by=approver_bob, now=t0 + dt.timedelta(minutes=1))
+    (second,) = _profiles(1, sim_team)
+    journey_enter_segment(journey_id=journey.pk, now=t0 + dt.timedelta(minutes=2))
+    journeys_run_due(now=t0 + dt.timedelta(minutes=2))
+    with django_capture_on_commit_callbacks(execute=True):
+        journeys_run_due(now=t0 + dt.timedelta(minutes=63))
+    titles = {p: [push["title"] for push in pushsim.state.recent(token=p.devices.get().token)] for p in (first, second)}
+    assert titles == {first: ["Onboarding"], second: ["Everything free, today only"]}

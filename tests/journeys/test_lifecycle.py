@@ -930,6 +930,56 @@ def test_a_journey_s_sends_are_not_stopped_by_whoever_may_not_stop_it(granted_th
     assert Dispatch.objects.get(pk=batch.pk).status == "sending"
 
 
+@pytest.fixture
+def named(team):
+    """A push content that shows the journey's name (``context.journey.name``)."""
+    from tests.factories import PushContentFactory
+
+    return PushContentFactory(app=team, name="Named", title="{{ context.journey.name }}", body="Welcome")
+
+
+def test_a_rename_while_a_version_showing_the_name_is_in_review_is_refused(
+    make_journey, manager_alice, vips, named, welcome
+):
+    """Its approval gives its pushes the name the journey has then (``approved_name``): renamed while
+    it waits, the approver would approve a name the review did not show. A version in review whose
+    pushes do not show the name leaves the name free."""
+    from journeys.services.lifecycle import journey_rename
+
+    journey = make_journey(graph=simple_graph(condition_segment=vips.pk, content=named.pk))
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    with pytest.raises(TransitionError, match=r"Version 1 in review shows the journey's name in its pushes"):
+        journey_rename(journey_id=journey.pk, by=manager_alice, name="Everything free")
+    assert _reload(journey).name == "Onboarding"
+
+    plain = make_journey(name="Plain", graph=simple_graph(condition_segment=vips.pk, content=welcome.pk))
+    journey_submit(journey_id=plain.pk, by=manager_alice)
+    assert journey_rename(journey_id=plain.pk, by=manager_alice, name="Plainer").name == "Plainer"
+
+
+def test_a_rename_of_a_live_journey_showing_its_name_opens_a_version_whose_approval_covers_it(
+    make_journey, publish, manager_alice, approver_bob, vips, named, welcome
+):
+    """Its pushes keep the name version 1 was approved with; the rename opens a new version (the live
+    one's copy) to submit, whose approval gives its pushes the new name. A journey whose pushes do
+    not show the name renames without a version."""
+    from journeys.services.lifecycle import journey_rename
+
+    journey = publish(make_journey(graph=simple_graph(condition_segment=vips.pk, content=named.pk)))
+    journey_rename(journey_id=journey.pk, by=manager_alice, name="Everything free")
+    journey = _reload(journey)
+    live, draft = journey.live_version, journey.versions.get(status="draft")
+    assert (draft.number, draft.graph) == (2, live.graph)
+    assert journey.send_context(version=live, step="push")["journey"]["name"] == "Onboarding"
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    approved = journey_approve(journey_id=journey.pk, by=approver_bob)
+    assert approved.number == 2 and approved.approved_name == "Everything free"
+
+    plain = publish(make_journey(name="Plain", graph=simple_graph(condition_segment=vips.pk, content=welcome.pk)))
+    journey_rename(journey_id=plain.pk, by=manager_alice, name="Plainer")
+    assert not plain.versions.filter(status="draft").exists()
+
+
 def test_a_sent_back_draft_thrown_away_leaves_its_authors_box(
     make_journey, manager_alice, approver_bob, welcome, everyone, vips
 ):
