@@ -105,6 +105,34 @@ def schedule_zone_text(time_zone: str, *, local: bool) -> str:
     return f"({named})"
 
 
+# What a schedule's date is, and the words for each profile's zone it is read in at local time.
+SCHEDULE_DATE_HELP = {
+    "send_at": ("The (first) send, for 'at' and 'recurring',", "at that time of day in each profile's own zone"),
+    "ends_at": ("No occurrence after this (recurring),", "in each profile's own zone"),
+}
+
+
+def schedule_date_help(field: str, *, local: bool, switched: bool = False) -> str:
+    """The help of a schedule's date (``send_at``, ``ends_at``), naming the zone it is read in as
+    ``schedule_zone_text`` names it beside the date: the campaign's, or, sent at each profile's
+    local time, each profile's (the campaign's for profiles without one). ``switched``: the form's
+    help, both sentences drawn and the one for ``local`` shown, for schedule_form.js to show the
+    other as At local time is ticked."""
+    what, own = SCHEDULE_DATE_HELP[field]
+    zones = {False: "in the campaign's time zone.", True: f"{own} (the campaign's for profiles without one)."}
+    if not switched:
+        return f"{what} {zones[local]}"
+    return format_html(
+        '{} <span class="schedule-zone-help" data-local="false"{}>{}</span>'
+        '<span class="schedule-zone-help" data-local="true"{}>{}</span>',
+        what,
+        mark_safe(" hidden" if local else ""),  # noqa: S308 (a constant)
+        zones[False],
+        mark_safe("" if local else " hidden"),  # noqa: S308 (a constant)
+        zones[True],
+    )
+
+
 def schedule_date_text(value: dt.datetime | None, campaign: Campaign) -> str:
     """A schedule's date (first send, end) on the page that only reads it, its zone named as the
     form names it beside the date (``schedule_zone_text``): at each profile's local time, each
@@ -180,13 +208,14 @@ class CampaignForm(ConversionFormMixin, forms.ModelForm):
         widgets = {"send_at": DateTimePicker, "ends_at": DateTimePicker, "time_zone": ZoneInput}
         field_classes = {"send_at": ZonedDateTimeField, "ends_at": ZonedDateTimeField}
         help_texts = {
-            "send_at": "The (first) send, for 'at' and 'recurring', in the campaign's time zone.",
-            "ends_at": "No occurrence after this (recurring), in the campaign's time zone.",
+            "send_at": schedule_date_help("send_at", local=False),
+            "ends_at": schedule_date_help("ends_at", local=False),
             "missed_window_minutes": "An occurrence missed during downtime is sent late if at most this old, "
             "otherwise skipped: at most 10,080 minutes (7 days).",
         }
         # The read-only page shows the dates through CampaignAdmin.send_at_shown and ends_at_shown,
-        # with the same help (the admin reads a read-only field's help here).
+        # with the same help (the admin reads a read-only field's help here; CampaignAdmin.get_form
+        # words it for a campaign sent at local time).
         help_texts.update(send_at_shown=help_texts["send_at"], ends_at_shown=help_texts["ends_at"])
 
     def __init__(self, *args, **kwargs):
@@ -207,6 +236,8 @@ class CampaignForm(ConversionFormMixin, forms.ModelForm):
             if name in self.fields and isinstance(self.fields[name].widget, DateTimePicker):
                 self.fields[name].widget.zone = str(shown_zone).strip() or "UTC"
                 self.fields[name].widget.local = local
+            if name in self.fields:
+                self.fields[name].help_text = schedule_date_help(name, local=local, switched=True)
 
     def clean(self):
         data = super().clean()
@@ -458,6 +489,13 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
                 if obj.shows_name()
                 else "Not part of what an approval covers: its content does not show it (context.campaign.name)."
             )
+        if obj is not None and obj.at_local_time:
+            # The read-only page's dates, read in each profile's zone: their help says so (a new dict,
+            # the form class's own).
+            form._meta.help_texts = {
+                **(form._meta.help_texts or {}),
+                **{f"{name}_shown": schedule_date_help(name, local=True) for name in SCHEDULE_DATE_HELP},
+            }
         if obj is not None:
             # Colleagues may keep references they cannot see themselves, offered by number, not by
             # name; they cannot pick new ones.

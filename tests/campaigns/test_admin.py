@@ -847,6 +847,48 @@ def test_a_read_only_campaign_sent_at_local_time_names_each_profiles_zone_beside
         page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode().replace("&#x27;", "'")
         assert _shown(page, "send_at_shown").startswith(f"Send at: 2027-01-05 09:00 {zone} "), user
         assert _shown(page, "ends_at_shown").startswith(f"Ends at: 2027-02-05 21:00 {zone} "), user
+        # Their help says it too, never "in the campaign's time zone".
+        assert _shown(page, "send_at_shown").endswith(
+            "The (first) send, for 'at' and 'recurring', at that time of day in each profile's own zone "
+            "(the campaign's for profiles without one)."
+        ), user
+        assert _shown(page, "ends_at_shown").endswith(
+            "No occurrence after this (recurring), in each profile's own zone (the campaign's for profiles "
+            "without one)."
+        ), user
+
+
+def test_the_forms_date_help_names_the_zone_of_the_saved_at_local_time(client, make_campaign, manager_alice):
+    """The form's help of the first send and the end said "in the campaign's time zone" with At local
+    time ticked, each profile's zone being the one they are read in: the form draws both sentences,
+    the one of the saved choice shown (schedule_form.js shows the other as the box is ticked)."""
+    import datetime as dt
+
+    campaign = make_campaign(
+        schedule_kind="recurring",
+        recurrence="weekly",
+        send_at=timezone.now() + dt.timedelta(days=2),
+        at_local_time=True,
+    )
+    client.force_login(manager_alice)
+    url = f"/admin/campaigns/campaign/{campaign.pk}/change/"
+
+    def shown_help(field):
+        page = client.get(url).content.decode().replace("&#x27;", "'")
+        row = page[page.index(f'field-{field}"') :]
+        help_html = row[row.index('class="help') :].split("</div>", 1)[0]
+        return [
+            text
+            for hidden, text in re.findall(r'<span class="schedule-zone-help"[^>]*?( hidden)?>([^<]*)<', help_html)
+            if not hidden
+        ]
+
+    own = "at that time of day in each profile's own zone (the campaign's for profiles without one)."
+    assert shown_help("send_at") == [own]
+    assert shown_help("ends_at") == ["in each profile's own zone (the campaign's for profiles without one)."]
+    Campaign.objects.filter(pk=campaign.pk).update(at_local_time=False)
+    assert shown_help("send_at") == ["in the campaign's time zone."]
+    assert shown_help("ends_at") == ["in the campaign's time zone."]
 
 
 def test_the_forms_date_inputs_name_the_zone_they_are_read_in(client, make_campaign, manager_alice, segment, content):

@@ -41,6 +41,28 @@ def test_the_dates_name_the_zone_as_it_is_typed(login, page, live_server, manage
     assert zones.all_inner_texts() == ["(UTC)", "(UTC)"]  # left empty, the schedule is read in UTC
 
 
+def test_the_dates_help_names_each_profiles_zone_when_sent_at_local_time(login, page, live_server, manager_alice):
+    """The help of the first send and the end said "in the campaign's time zone" with At local time
+    ticked: it says each profile's own zone while the box is ticked, the campaign's when it is not."""
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/campaigns/campaign/add/")
+    page.select_option("#id_schedule_kind", "recurring")
+    send_at, ends_at = page.locator(".field-send_at .help"), page.locator(".field-ends_at .help")
+    campaigns = (
+        "The (first) send, for 'at' and 'recurring', in the campaign's time zone.",
+        "No occurrence after this (recurring), in the campaign's time zone.",
+    )
+    assert (send_at.inner_text(), ends_at.inner_text()) == campaigns
+    page.check("#id_at_local_time")
+    assert (send_at.inner_text(), ends_at.inner_text()) == (
+        "The (first) send, for 'at' and 'recurring', at that time of day in each profile's own zone "
+        "(the campaign's for profiles without one).",
+        "No occurrence after this (recurring), in each profile's own zone (the campaign's for profiles without one).",
+    )
+    page.uncheck("#id_at_local_time")
+    assert (send_at.inner_text(), ends_at.inner_text()) == campaigns
+
+
 def test_a_zone_typed_that_is_no_time_zone_is_not_named_as_the_dates_zone(login, page, live_server, manager_alice):
     """A zone half typed ('Europe/Pari'), in other case ('europe/paris') or made up stood beside the
     dates as the zone they are read in, though saving refuses it: the dates now say it is no time

@@ -52,6 +52,15 @@
     });
   }
 
+  // The dates' help: the sentence naming the campaign's zone, or, at local time, each profile's.
+  function zoneHelp() {
+    var local = document.getElementById("id_at_local_time");
+    var checked = String(Boolean(local && local.checked));
+    document.querySelectorAll(".schedule-zone-help").forEach(function (el) {
+      el.hidden = el.getAttribute("data-local") !== checked;
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     ["id_kind", "id_schedule_kind", "id_recurrence"].forEach(function (id) {
       var el = document.getElementById(id);
@@ -62,7 +71,10 @@
       if (timeZone) timeZone.addEventListener(event, zoneNamed);
     });
     var local = document.getElementById("id_at_local_time");
-    if (local) local.addEventListener("change", zoneNamed);
+    if (local) {
+      local.addEventListener("change", zoneNamed);
+      local.addEventListener("change", zoneHelp);
+    }
     update();
   });
 })();
