@@ -648,7 +648,13 @@ def _changed_since_approval(user: User, requests: list[ApprovalRequest], subject
         type_id = ContentType.objects.get_for_model(model, for_concrete_model=False).pk  # cached: no query
         ids = sorted(str(row.pk) for row in rows)
         approved |= Q(subject_type=type_id, subject_id__in=ids)
-        authored |= Q(object_type=type_id, object_id__in=ids, action__in=actions)
+        # A row may count more actions as its own than its kind does (``approval_authoring_actions``).
+        ids_by_actions: dict[tuple[str, ...], list[str]] = {}
+        for row in rows:
+            own = row.approval_authoring_actions() if hasattr(row, "approval_authoring_actions") else actions
+            ids_by_actions.setdefault(tuple(own), []).append(str(row.pk))
+        for own, own_ids in ids_by_actions.items():
+            authored |= Q(object_type=type_id, object_id__in=sorted(own_ids), action__in=own)
         undone = getattr(model, "APPROVAL_AUTHORING_UNDONE_BY", {})
         if undone:
             undone_by.update(undone)

@@ -274,6 +274,14 @@ class Campaign(ConversionGoal):
         "campaign_revision_edited",
     )
 
+    def approval_authoring_actions(self) -> tuple[str, ...]:
+        """``APPROVAL_AUTHORING_ACTIONS`` of this campaign: with them, the setting of its conversion
+        goal while winner mode picks by the goal's rate, when the approval covers the goal too
+        (``winner_settings``)."""
+        if self.winner_mode and self.winner_metric == self.WinnerMetric.CONVERSION_RATE:
+            return (*self.APPROVAL_AUTHORING_ACTIONS, "campaign_conversion_set")
+        return self.APPROVAL_AUTHORING_ACTIONS
+
     def approval_content_ids(self) -> list[int]:
         """The push contents an approval of the campaign covers: its content and its variants'."""
         return self.approval_content_ids_of([self])[self.pk]

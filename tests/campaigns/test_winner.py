@@ -691,3 +691,26 @@ def test_an_approver_who_set_the_winner_mode_cannot_approve_the_campaign(shop, c
     with pytest.raises(PermissionDenied, match="You changed what this request asks to approve"):
         campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=T0 - dt.timedelta(hours=1))
     campaign_approve(campaign_id=campaign.pk, by=approver_zoe, now=T0 - dt.timedelta(hours=1))
+
+
+def test_an_approver_who_changed_the_goal_the_winner_is_picked_by_cannot_approve_the_campaign(
+    shop, contents, manager_alice, approver_bob
+):
+    """With the conversion rate as winner mode's metric, the goal decides what the rest get and the
+    approval covers it: an approver who changed it leaves the decision to another."""
+    from django.core.exceptions import PermissionDenied
+
+    from campaigns.services.conversions import campaign_conversion_set
+    from tests.factories import UserFactory
+
+    approver_zoe = UserFactory(username="approver_zoe", role="Approver")
+    access_grant(obj=shop, to=approver_zoe, by=None)
+    campaign = _campaign(manager_alice, shop, contents)
+    campaign_conversion_set(campaign_id=campaign.pk, by=manager_alice, event="purchase")
+    settings = WinnerInput(sample_share=40, wait_minutes=60, metric="conversion_rate", confidence=90)
+    campaign_winner_set(campaign_id=campaign.pk, by=manager_alice, settings=settings)
+    campaign_conversion_set(campaign_id=campaign.pk, by=approver_bob, event="signup")
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    with pytest.raises(PermissionDenied, match="You changed what this request asks to approve"):
+        campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=T0 - dt.timedelta(hours=1))
+    campaign_approve(campaign_id=campaign.pk, by=approver_zoe, now=T0 - dt.timedelta(hours=1))
