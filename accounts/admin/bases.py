@@ -15,7 +15,7 @@ from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import FieldDoesNotExist, PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.db import connection, models
+from django.db import connection, models, transaction
 from django.db.models.constants import LOOKUP_SEP
 from django.db.models.deletion import ProtectedError, RestrictedError
 from django.http import Http404, HttpResponseRedirect
@@ -27,6 +27,14 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.utils.text import capfirst
 
+from accounts.form_tokens import (
+    FORM_TOKEN_FIELD,
+    FormTokenRefused,
+    FormTokenUsed,
+    form_token_issue,
+    form_token_subject,
+    form_token_use,
+)
 from accounts.json_values import JsonValueFormField
 from accounts.models import User
 from accounts.selectors import (
@@ -443,15 +451,23 @@ ASKED_LISTED = 20  # the objects a list action's question names; the rest are co
 
 
 def action_asked_again(
-    model_admin: admin.ModelAdmin, request, queryset, *, action: str, verb: str, consequences: list[str]
+    model_admin: admin.ModelAdmin,
+    request,
+    queryset,
+    *,
+    action: str,
+    verb: str,
+    consequences: list[str],
+    form_token: str = "",
+    refused: str = "",
 ) -> TemplateResponse | None:
     """The page a list action that cannot be undone shows before it acts (as Django's own delete
     does): the objects chosen (the first ``ASKED_LISTED``, named by the admin's ``object_named``, the
     rest counted), what it will do, and a
-    Yes posting the same choice back with Django's ``post`` answer. None once that answer is posted,
-    or when none of the chosen objects is within the reader's queryset (the action then has nothing
-    to do)."""
-    if request.POST.get("post") == "yes":
+    Yes posting the same choice back with Django's ``post`` answer, and ``form_token`` when given.
+    None once that answer is posted (unless the page says why the answer was ``refused``), or when
+    none of the chosen objects is within the reader's queryset (the action then has nothing to do)."""
+    if request.POST.get("post") == "yes" and not refused:
         return None
     shown = list(queryset.order_by("-pk")[: ASKED_LISTED + 1])
     if not shown:
@@ -474,21 +490,47 @@ def action_asked_again(
         "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
         "select_across": request.POST.get("select_across") == "1",
         "action_url": request.get_full_path(),
+        "form_token_field": FORM_TOKEN_FIELD,
+        "form_token": form_token,
+        "refused": refused,
     }
     return TemplateResponse(request, "admin/action_confirm.html", context)
 
 
-def asks_again(*, verb: str, consequences: list[str]):
+def asks_again(*, verb: str, consequences: list[str], once: str = ""):
     """A list action that cannot be undone, asked again first (``action_asked_again``): put it under
-    ``@admin.action``; the action runs once the page's Yes is posted."""
+    ``@admin.action``; the action runs once the page's Yes is posted.
+
+    With ``once``, the name of the admin's method answering a Yes posted again, the action acts once
+    per question drawn (its answer shows a secret once: a reload must not act again): the question
+    carries a one-time token (``accounts.form_tokens``) for its user, the action and the objects
+    chosen, used in the action's transaction. A Yes posted with a used token is answered by
+    ``once(request, queryset, use)``; one without a token of its own is asked again, saying why."""
 
     def wrap(action):
         @functools.wraps(action)
         def run(model_admin, request, queryset):
-            asked = action_asked_again(
-                model_admin, request, queryset, action=action.__name__, verb=verb, consequences=consequences
-            )
-            return asked or action(model_admin, request, queryset)
+            purpose = f"{model_admin.model._meta.label_lower}:{action.__name__}"
+            asking = {"action": action.__name__, "verb": verb, "consequences": consequences}
+            if once:
+                subject = form_token_subject(queryset.values_list("pk", flat=True))
+                asking["form_token"] = form_token_issue(user=request.user, purpose=purpose, subject=subject)
+            asked = action_asked_again(model_admin, request, queryset, **asking)
+            if asked or not once:
+                return asked or action(model_admin, request, queryset)
+            try:
+                with transaction.atomic():
+                    form_token_use(
+                        token=request.POST.get(FORM_TOKEN_FIELD, ""),
+                        user=request.user,
+                        purpose=purpose,
+                        subject=subject,
+                    )
+                    return action(model_admin, request, queryset)
+            except FormTokenRefused as exc:
+                return action_asked_again(model_admin, request, queryset, **asking, refused=str(exc))
+            except FormTokenUsed as exc:
+                return getattr(model_admin, once)(request, queryset, exc.use)
 
         return run
 

@@ -324,6 +324,7 @@ class AppAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             "The secret before stops verifying at once: while the app requires identity verification, its "
             "phones' registrations are refused (403 identity_unverified) until your backend uses the new one.",
         ],
+        once="identity_secret_sent_again",
     )
     @method_decorator(sensitive_variables("generated", "secret"))
     def rotate_identity_secret(self, request, queryset):
@@ -343,6 +344,20 @@ class AppAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             "title": "Identity secret generated",
         }
         response = TemplateResponse(request, "admin/delivery/app/identity_secret.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    def identity_secret_sent_again(self, request, queryset, use):
+        """The answer to the page showing new secrets posted again (a reload): nothing replaced, the
+        secrets not shown again, each app's fingerprint now, to tell the one copied apart."""
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "apps": list(queryset.order_by("name")),
+            "use": use,
+            "title": "Identity secret generated already",
+        }
+        response = TemplateResponse(request, "admin/delivery/app/identity_secret_already.html", context)
         response["Cache-Control"] = "no-store"
         return response
 

@@ -71,12 +71,19 @@ def _action(name: str, make, audited=None):
     return press
 
 
-def _confirmed(press):
-    """A list action that asks again first: pressed with its confirmation."""
+def _confirmed(press, *, once: str = ""):
+    """A list action that asks again first: pressed with its confirmation. One that acts once per
+    question (``asks_again(once=...)``, its ``once`` purpose given) answers with the question's token."""
 
     def confirmed(by):
+        from accounts.form_tokens import form_token_issue, form_token_subject
+
         url, data, audited = press(by)
-        return url, {**data, "post": "yes"}, audited
+        data = {**data, "post": "yes"}
+        if once:
+            subject = form_token_subject(data["_selected_action"])
+            data["form_token"] = form_token_issue(user=by, purpose=once, subject=subject)
+        return url, data, audited
 
     return confirmed
 
@@ -264,7 +271,8 @@ PRESSES = {
     "delivery.app:access": _access(lambda by: AppFactory(name="Shared app")),
     "delivery.app:test_connection": _action("test_connection", lambda by: AppFactory(name="No credentials")),
     "delivery.app:rotate_identity_secret": _confirmed(
-        _action("rotate_identity_secret", lambda by: _app_of(by, AppFactory(name="Verified app")))
+        _action("rotate_identity_secret", lambda by: _app_of(by, AppFactory(name="Verified app"))),
+        once="delivery.app:rotate_identity_secret",
     ),
     "delivery.device:mark_test": _action("mark_test", lambda by: DeviceFactory(is_test=False)),
     "delivery.device:unmark_test": _action("unmark_test", lambda by: DeviceFactory(is_test=True)),

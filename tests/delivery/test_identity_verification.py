@@ -125,10 +125,20 @@ def test_verification_is_required_only_once_a_secret_exists(app, admin_erin):
 
 
 def _press(client, app, **more):
-    return client.post(
-        reverse("admin:delivery_app_changelist"),
-        {"action": "rotate_identity_secret", "_selected_action": [app.pk], **more},
-    )
+    """The action pressed; its Yes (``post="yes"``) answered on the question a person reads first,
+    carrying the question's one-time token unless ``form_token`` is given."""
+    press = {"action": "rotate_identity_secret", "_selected_action": [app.pk]}
+    if more.get("post") == "yes" and "form_token" not in more:
+        more["form_token"] = _token_asked(client, app)
+    return client.post(reverse("admin:delivery_app_changelist"), {**press, **more})
+
+
+def _token_asked(client, app) -> str:
+    """The one-time token of the question the action asks first ("" when it asks none)."""
+    from tests.pages import form_token_of
+
+    asked = _press(client, app)
+    return form_token_of(asked.content) if b'name="form_token"' in asked.content else ""
 
 
 @pytest.mark.presses("delivery.app:rotate_identity_secret")
@@ -167,6 +177,92 @@ def test_a_manager_cannot_generate_the_secret(client, app, manager_alice):
     assert response.status_code in (200, 302, 403)
     assert not App.objects.get(pk=app.pk).identity_secret_fingerprint
     assert not AuditEvent.objects.filter(action__startswith="app_identity_secret").exists()
+
+
+@pytest.mark.presses("delivery.app:rotate_identity_secret")
+def test_the_page_showing_the_secret_posted_again_rotates_it_no_more_and_says_so(client, app, admin_erin):
+    """A reload of the page showing the new secret posts its Yes again: the secret just copied stays."""
+    client.force_login(admin_erin)
+    token = _token_asked(client, app)
+    shown = _press(client, app, post="yes", form_token=token).content.decode()
+    secret = App.objects.get(pk=app.pk).identity_secret
+    assert secret in shown
+    again = _press(client, app, post="yes", form_token=token)
+    page = again.content.decode()
+    stored = App.objects.get(pk=app.pk)
+    assert stored.identity_secret == secret  # still the one copied
+    assert again.status_code == 200 and "no-store" in again["Cache-Control"]
+    assert "was generated already" in page and "not shown again" in page and app.name in page
+    assert secret not in page and 'class="identity-secret"' not in page
+    assert f"fingerprint {stored.identity_secret_fingerprint}" in page
+    assert AuditEvent.objects.filter(action__startswith="app_identity_secret").count() == 1
+
+
+@pytest.mark.presses("delivery.app:rotate_identity_secret")
+def test_two_questions_answered_rotate_twice(client, app, admin_erin):
+    client.force_login(admin_erin)
+    secrets = set()
+    for _ in range(2):
+        _press(client, app, post="yes")
+        secrets.add(App.objects.get(pk=app.pk).identity_secret)
+    assert len(secrets) == 2
+    assert AuditEvent.objects.filter(action__startswith="app_identity_secret").count() == 2
+
+
+@pytest.mark.parametrize("token", ["", "forged", "another user's"])
+def test_a_yes_without_its_own_token_is_asked_again_saying_so(client, app, admin_erin, token):
+    from tests.factories import UserFactory
+
+    if token == "another user's":
+        admin_frank = UserFactory(username="admin_frank", role="Administrator")
+        access_grant(obj=app, to=admin_frank, by=None)
+        client.force_login(admin_frank)
+        token = _token_asked(client, app)
+    client.force_login(admin_erin)
+    answer = _press(client, app, post="yes", form_token=token)
+    page = answer.content.decode()
+    assert answer.status_code == 200 and "nothing was done" in page
+    assert "Generate a new identity secret for 1 app?" in page and 'name="form_token"' in page  # asked again
+    assert not App.objects.get(pk=app.pk).identity_secret_fingerprint
+    assert not AuditEvent.objects.filter(action__startswith="app_identity_secret").exists()
+    assert App.objects.get(pk=app.pk).identity_secret not in page or not App.objects.get(pk=app.pk).identity_secret
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_yeses_of_one_question_at_once_rotate_once(client, app, admin_erin):
+    """The second waits for the first's transaction on the token's row, then is told it acted."""
+    import threading
+
+    from django.db import transaction
+
+    from accounts.form_tokens import form_token_subject, form_token_use
+    from tests.locks import concurrently, wait_for_a_blocked_writer
+
+    client.force_login(admin_erin)
+    token = _token_asked(client, app)
+    claimed = threading.Event()
+    answers = []
+
+    def first():
+        with transaction.atomic():
+            form_token_use(
+                token=token,
+                user=admin_erin,
+                purpose="delivery.app:rotate_identity_secret",
+                subject=form_token_subject([app.pk]),
+            )
+            app_identity_secret_rotate(app_id=app.pk, by=admin_erin)
+            claimed.set()
+            assert wait_for_a_blocked_writer()
+
+    def second():
+        assert claimed.wait(10)
+        answers.append(_press(client, app, post="yes", form_token=token))
+
+    assert concurrently(first, second) == []
+    assert AuditEvent.objects.filter(action__startswith="app_identity_secret").count() == 1
+    page = answers[0].content.decode()
+    assert "was generated already" in page and App.objects.get(pk=app.pk).identity_secret not in page
 
 
 def test_the_admin_requires_verification_once_the_secret_exists(client, app, admin_erin):
