@@ -88,13 +88,19 @@ def _check_send_charts(page, data, drawn):
     assert page.get_attribute("#pd-chart-timeline", "aria-label").startswith("Accepted and opened per hour, in UTC")
 
 
+def _shop_and_everyone(manager):
+    """The app Shop and the segment Everyone, both granted to ``manager``."""
+    app = AppFactory(name="Shop")
+    access_grant(obj=app, to=manager, by=None)
+    segment = SegmentFactory(name="Everyone")
+    access_grant(obj=segment, to=manager, by=None)
+    return app, segment
+
+
 def test_manager_reads_the_charts_of_a_campaign_and_of_its_dispatch(
     login, page, live_server, manager_alice, manager_mallory
 ):
-    app = AppFactory(name="Shop")
-    access_grant(obj=app, to=manager_alice, by=None)
-    segment = SegmentFactory(name="Everyone")
-    access_grant(obj=segment, to=manager_alice, by=None)
+    app, segment = _shop_and_everyone(manager_alice)
     campaign = campaign_create(
         by=manager_alice, name="Black Friday", app=app, segment=segment, content=PushContentFactory(app=app)
     )
@@ -132,10 +138,7 @@ def test_manager_reads_the_charts_of_a_campaign_and_of_its_dispatch(
 def test_the_report_of_a_campaign_that_sent_nothing_draws_no_chart_and_its_script_runs_clean(
     login, page, live_server, manager_alice
 ):
-    app = AppFactory(name="Shop")
-    access_grant(obj=app, to=manager_alice, by=None)
-    segment = SegmentFactory(name="Everyone")
-    access_grant(obj=segment, to=manager_alice, by=None)
+    app, segment = _shop_and_everyone(manager_alice)
     campaign = campaign_create(
         by=manager_alice, name="Black Friday", app=app, segment=segment, content=PushContentFactory(app=app)
     )
@@ -154,10 +157,7 @@ def test_the_report_of_a_campaign_that_sent_nothing_draws_no_chart_and_its_scrip
 def test_manager_reads_a_journeys_charts_per_step_and_a_viewer_without_access_does_not(
     login, page, live_server, manager_alice, viewer_carol
 ):
-    app = AppFactory(name="Shop")
-    access_grant(obj=app, to=manager_alice, by=None)
-    segment = SegmentFactory(name="Everyone")
-    access_grant(obj=segment, to=manager_alice, by=None)
+    app, segment = _shop_and_everyone(manager_alice)
     content = PushContentFactory(app=app, name="Welcome")
     graph = {
         "steps": [
@@ -196,10 +196,7 @@ def test_the_timelines_tooltips_name_the_zone_of_its_hours(login, page, live_ser
     """The timeline's axis named the campaign's zone, but a tooltip read a bare '2026-11-28 11:00',
     which a marketer pointing at a bar in New York took for their own hour. Each tooltip names the
     zone its hour is in (the campaign's, as the axis and the table), whatever the browser's zone."""
-    app = AppFactory(name="Shop")
-    access_grant(obj=app, to=manager_alice, by=None)
-    segment = SegmentFactory(name="Everyone")
-    access_grant(obj=segment, to=manager_alice, by=None)
+    app, segment = _shop_and_everyone(manager_alice)
     campaign = campaign_create(
         by=manager_alice,
         name="Black Friday",
