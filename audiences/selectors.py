@@ -48,11 +48,14 @@ def events_visible_to(user: User) -> QuerySet[Event]:
 
 
 def event_bulk_requests_visible_to(user: User) -> QuerySet[EventBulkRequest]:
-    """The events calls' Idempotency-Key records: org-wide, as events are, for a role holding
-    view_eventbulkrequest; none otherwise."""
+    """The events calls' Idempotency-Key records, for a role holding view_eventbulkrequest: every
+    one to whoever reads the API keys of others (Administrators), those of their own keys to the
+    others. A record belongs to the key that sent it, nothing in it scoped to an app to grant."""
     if user is None or not user.is_active or not user.has_perm("audiences.view_eventbulkrequest"):
         return EventBulkRequest.objects.none()
-    return EventBulkRequest.objects.all()
+    if user.has_perm("accounts.manage_others_apikey"):
+        return EventBulkRequest.objects.all()
+    return EventBulkRequest.objects.filter(api_key__user=user)
 
 
 def imports_visible_to(user: User) -> QuerySet[Import]:

@@ -3,12 +3,15 @@
 Administrators and Viewers read them (the roles table's ``read_idempotency``); nobody adds,
 changes or deletes one here: retention deletes them (``PUSHDESK_RETENTION_IDEMPOTENCY_DAYS``).
 The stored answers are never shown: an events call's answer names its profiles and echoes the
-values it refused, personal data the record keeps only to replay it to the same API key.
+values it refused, personal data the record keeps only to replay it to the same API key. Who does
+not read the API keys of others (all but Administrators) reads a trigger record of a campaign
+they may see with another user's key unnamed, and the events calls of their own keys alone.
 """
 
 import datetime as dt
 
 from django.contrib import admin
+from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet, Value
 from django.utils import timezone
 
 from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin, SinceFilter
@@ -48,6 +51,20 @@ class IdempotentRequestAdmin(ReadOnlyAdminMixin, BigTableAdmin):
     fields = ("idempotency_key", "api_key_prefix", "state", "response_status", "body_hash", "created_at")
     readonly_fields = fields
 
+    def get_queryset(self, request):
+        return self.records_visible_to(request.user).annotate(api_key_named=self._key_named(request.user))
+
+    def records_visible_to(self, user) -> QuerySet:
+        raise NotImplementedError
+
+    @staticmethod
+    def _key_named(user):
+        """Whether the reader may be told the record's API key: their own, or anyone's for whoever
+        reads the keys of others (``can_manage_api_keys_of``), judged in the list's one query."""
+        if user.has_perm("accounts.manage_others_apikey"):
+            return Value(True)
+        return ExpressionWrapper(Q(api_key__user_id=user.pk), output_field=BooleanField())
+
     def get_search_results(self, request, queryset, search_term):
         key = search_term.strip()
         if not key:
@@ -57,6 +74,8 @@ class IdempotentRequestAdmin(ReadOnlyAdminMixin, BigTableAdmin):
 
     @admin.display(description="API key")
     def api_key_prefix(self, obj: IdempotentRequest) -> str:
+        if not getattr(obj, "api_key_named", False):
+            return "another user's key"
         return f"{obj.api_key.prefix}… {obj.api_key.name}"
 
     @admin.display(description="Status")
@@ -75,11 +94,11 @@ class TriggerRequestAdmin(IdempotentRequestAdmin):
     fields = (*IdempotentRequestAdmin.fields, "campaign", "dispatch")
     readonly_fields = fields
 
-    def get_queryset(self, request):
-        return trigger_requests_visible_to(request.user)
+    def records_visible_to(self, user) -> QuerySet:
+        return trigger_requests_visible_to(user)
 
 
 @admin.register(EventBulkRequest)
 class EventBulkRequestAdmin(IdempotentRequestAdmin):
-    def get_queryset(self, request):
-        return event_bulk_requests_visible_to(request.user)
+    def records_visible_to(self, user) -> QuerySet:
+        return event_bulk_requests_visible_to(user)

@@ -76,10 +76,98 @@ def test_a_viewer_reads_them_the_triggers_of_the_campaigns_in_their_access_alone
     client.force_login(viewer_carol)
     triggers = client.get(reverse(LISTS[0])).content.decode()
     assert "order-1" not in triggers  # the campaign's app is not in Carol's access
-    assert "batch-7" in client.get(reverse(LISTS[1])).content.decode()  # events are org-wide, as profiles are
     access_grant(obj=shop, to=viewer_carol, by=None)
-    for page in _pages(client, records):
-        assert PERSONAL not in page
+    triggers = client.get(reverse(LISTS[0])).content.decode()
+    assert "order-1" in triggers and "Order shipped" in triggers
+    url = reverse("admin:campaigns_triggerrequest_change", args=[records["trigger"].pk])
+    page = client.get(url).content.decode()
+    assert "order-1" in page and PERSONAL not in page
+
+
+@pytest.fixture
+def other_shop_records(records, admin_erin):
+    """A trigger record of a campaign in another app, sent with another key of Alice's."""
+    other = AppFactory(name="Garden")
+    campaign = campaign_create(
+        by=admin_erin,
+        name="Seeds sprouted",
+        app=other,
+        kind="api_triggered",
+        segment=SegmentFactory(name="Gardeners"),
+        content=PushContentFactory(app=other, name="Sprouted"),
+    )
+    key = records["trigger"].api_key
+    return TriggerRequest.objects.create(
+        api_key=key,
+        body_hash="0" * 64,
+        idempotency_key="seeds-9",
+        campaign=campaign,
+        finished=True,
+        response_status=202,
+    )
+
+
+def test_a_viewer_reads_neither_another_user_s_key_nor_the_events_calls_of_keys_not_theirs(
+    client, viewer_carol, shop, records, other_shop_records
+):
+    """The roles table gives the API keys of others to Administrators alone: a Viewer saw every
+    record with its key's prefix and name, the events calls' all, unfiltered."""
+    access_grant(obj=shop, to=viewer_carol, by=None)
+    client.force_login(viewer_carol)
+    key = records["trigger"].api_key
+    triggers = client.get(reverse(LISTS[0])).content.decode()
+    assert "order-1" in triggers and "seeds-9" not in triggers and "Seeds sprouted" not in triggers
+    assert key.name not in triggers and key.prefix not in triggers
+    assert "another user" in triggers
+    page = client.get(reverse("admin:campaigns_triggerrequest_change", args=[records["trigger"].pk])).content.decode()
+    assert key.name not in page and key.prefix not in page
+    hidden = reverse("admin:campaigns_triggerrequest_change", args=[other_shop_records.pk])
+    assert client.get(hidden).status_code in (302, 404)
+    events = client.get(reverse(LISTS[1])).content.decode()
+    assert "batch-7" not in events and "batch-old" not in events and key.name not in events
+    assert client.get(reverse("admin:audiences_eventbulkrequest_change", args=[records["events"].pk])).status_code in (
+        302,
+        404,
+    )
+
+
+def test_a_search_or_filter_reveals_no_record_outside_the_reader_s_access(
+    client, viewer_carol, shop, records, other_shop_records
+):
+    access_grant(obj=shop, to=viewer_carol, by=None)
+    client.force_login(viewer_carol)
+    key = records["trigger"].api_key
+    for name, q in ((LISTS[0], "seeds-9"), (LISTS[0], key.name), (LISTS[1], "batch-7"), (LISTS[1], key.name)):
+        listed = client.get(reverse(name), {"q": q}).content.decode()
+        assert 'class="field-idempotency_key"' not in listed and key.prefix not in listed, (name, q)
+    for lookup in ({"api_key": key.pk}, {"api_key__name": key.name}, {"api_key__user": key.user_id}):
+        listed = client.get(reverse(LISTS[1]), lookup).content.decode()
+        assert 'class="field-idempotency_key"' not in listed, lookup
+        listed = client.get(reverse(LISTS[0]), lookup).content.decode()
+        assert "seeds-9" not in listed and key.prefix not in listed, lookup
+
+
+def test_a_key_s_owner_reads_its_events_calls_and_its_name(client, records, viewer_carol):
+    """A Viewer who owns a key (made under an earlier role) reads that key's records, named."""
+    admin = UserFactory(role="Administrator")
+    manager = UserFactory(role="Manager")
+    key, _ = api_key_create(user=manager, name="importer", scopes=["ingest"], by=admin)
+    EventBulkRequest.objects.create(api_key=key, body_hash="0" * 64, idempotency_key="mine-1", finished=True)
+    manager.groups.clear()
+    manager.groups.add(viewer_carol.groups.get())
+    client.force_login(manager)
+    events = client.get(reverse(LISTS[1])).content.decode()
+    assert "mine-1" in events and "importer" in events and key.prefix in events
+    assert "batch-7" not in events
+
+
+def test_an_administrator_reads_every_record_with_its_key_named(client, admin_erin, records, other_shop_records):
+    client.force_login(admin_erin)
+    key = records["trigger"].api_key
+    triggers = client.get(reverse(LISTS[0])).content.decode()
+    assert "order-1" in triggers and "seeds-9" in triggers and key.name in triggers and key.prefix in triggers
+    events = client.get(reverse(LISTS[1])).content.decode()
+    assert "batch-7" in events and "batch-old" in events and key.name in events
 
 
 @pytest.mark.parametrize("role", ["Manager", "Approver"])
@@ -141,3 +229,22 @@ def test_a_list_of_many_records_reads_in_a_few_queries(client, admin_erin, recor
     client.force_login(admin_erin)
     with django_assert_max_num_queries(12):
         assert client.get(reverse(LISTS[0])).status_code == 200
+
+
+def test_a_viewer_s_list_of_many_records_reads_in_a_few_queries(
+    client, viewer_carol, shop, records, django_assert_max_num_queries
+):
+    for n in range(30):
+        TriggerRequest.objects.create(
+            api_key=records["trigger"].api_key,
+            body_hash="0" * 64,
+            idempotency_key=f"order-{n + 2}",
+            campaign=records["trigger"].campaign,
+            finished=True,
+            response_status=202,
+        )
+    access_grant(obj=shop, to=viewer_carol, by=None)
+    client.force_login(viewer_carol)
+    for name in LISTS:
+        with django_assert_max_num_queries(14):
+            assert client.get(reverse(name)).status_code == 200
