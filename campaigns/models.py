@@ -278,9 +278,15 @@ class Campaign(ConversionGoal):
         """``APPROVAL_AUTHORING_ACTIONS`` of this campaign: with them, the setting of its conversion
         goal while winner mode picks by the goal's rate, when the approval covers the goal too
         (``winner_settings``)."""
-        if self.winner_mode and self.winner_metric == self.WinnerMetric.CONVERSION_RATE:
+        if self.approval_covers_goal():
             return (*self.APPROVAL_AUTHORING_ACTIONS, "campaign_conversion_set")
         return self.APPROVAL_AUTHORING_ACTIONS
+
+    def approval_covers_goal(self) -> bool:
+        """Does the approval cover its conversion goal? Only while winner mode picks by the goal's
+        rate (``winner_settings``): a change of it is then an edit like any other; otherwise the goal
+        is a report setting."""
+        return self.winner_mode and self.winner_metric == self.WinnerMetric.CONVERSION_RATE
 
     def approval_content_ids(self) -> list[int]:
         """The push contents an approval of the campaign covers: its content and its variants'."""

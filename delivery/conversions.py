@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -661,10 +661,18 @@ def uplift_figures(variant: tuple[int, int], holdout: tuple[int, int]) -> dict:
 
 
 def conversion_goal_write(
-    owner: ConversionGoal, *, by, action: str, event: str, where: list, window_hours: int, anchor: str
+    owner: ConversionGoal,
+    *,
+    by,
+    action: str | Callable[[ConversionGoal], str],
+    event: str,
+    where: list,
+    window_hours: int,
+    anchor: str,
 ) -> bool:
     """Check a goal and save it on ``owner`` (a campaign or journey locked by the caller's service),
-    with an audit line; False when nothing changed. Raises ValidationError naming the field."""
+    with an audit line of ``action`` (or of what ``action`` answers for the saved owner: whether the
+    change made a revision); False when nothing changed. Raises ValidationError naming the field."""
     from accounts.services import audit
 
     event = (event or "").strip()
@@ -681,5 +689,7 @@ def conversion_goal_write(
     for name, value in values.items():
         setattr(owner, name, value)
     owner.save(update_fields=list(values))
+    if callable(action):
+        action = action(owner)
     audit(actor=by, action=action, obj=owner, summary=Goal.of(owner).as_dict() if event else {"event": None})
     return True

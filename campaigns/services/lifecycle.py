@@ -222,13 +222,19 @@ def lock_editable(campaign_id: int, *, by: User) -> Campaign:
     Raises Http404 outside their access, PermissionDenied without the role, TransitionError otherwise.
     """
     campaign = lock_for(Campaign, campaign_id, by=by, perm="campaigns.change_campaign")
+    editable_check(campaign)
+    return campaign
+
+
+def editable_check(campaign: Campaign) -> None:
+    """Check that a campaign (locked by the caller) may be edited now: a draft, or a scheduled or
+    live one without a revision in review. Raises TransitionError otherwise."""
     if campaign.status == Status.IN_REVIEW:
         raise TransitionError(campaign, "edited", "Cancel the approval request first.")
     if campaign.status not in (Status.DRAFT, Status.SCHEDULED, Status.LIVE):
         raise TransitionError(campaign, "edited", "Duplicate it to make a new draft.")
     if campaign.is_active and revision_waiting(campaign) is not None:
         raise TransitionError(campaign, "edited", "Its revision is waiting for approval: cancel the request first.")
-    return campaign
 
 
 def campaign_update(*, campaign_id: int, by: User, **changes) -> Campaign:

@@ -11,7 +11,7 @@ from django.db import connection
 from django.db.models import Count
 from django.urls import reverse
 
-from accounts.services import access_grant
+from accounts.services import TransitionError, access_grant
 from audiences.models import Event
 from audiences.services.profiles import profiles_delete
 from campaigns.models import Campaign, WinnerTest
@@ -714,3 +714,73 @@ def test_an_approver_who_changed_the_goal_the_winner_is_picked_by_cannot_approve
     with pytest.raises(PermissionDenied, match="You changed what this request asks to approve"):
         campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=T0 - dt.timedelta(hours=1))
     campaign_approve(campaign_id=campaign.pk, by=approver_zoe, now=T0 - dt.timedelta(hours=1))
+
+
+CONVERSION_WINNER = WinnerInput(sample_share=40, wait_minutes=60, metric="conversion_rate", confidence=90)
+
+
+def _goal_picked(manager, approver, shop, contents, *, settings=CONVERSION_WINNER):
+    """An approved campaign whose winner mode picks by the rate of its goal, 'purchase'."""
+    campaign = _campaign(manager, shop, contents)
+    campaign_conversion_set(campaign_id=campaign.pk, by=manager, event="purchase")
+    campaign_winner_set(campaign_id=campaign.pk, by=manager, settings=settings)
+    return _approve(Campaign.objects.get(pk=campaign.pk), manager, approver)
+
+
+def test_a_goal_change_of_a_campaign_whose_winner_is_picked_by_it_is_a_pending_revision(
+    shop, contents, manager_alice, approver_bob, pushsim
+):
+    """The approval covers the goal its winner is picked by: a change of it is a revision like any
+    other covered edit; the approved version sends, and its winner is picked by the approved goal."""
+    from accounts.models import AuditEvent
+
+    _phones(150, shop)
+    campaign = _goal_picked(manager_alice, approver_bob, shop, contents)
+    campaign_conversion_set(campaign_id=campaign.pk, by=manager_alice, event="signup")
+    campaign = Campaign.objects.get(pk=campaign.pk)
+    assert campaign.has_pending_revision
+    assert campaign.approved().winner["goal"]["event"] == "purchase"
+    line = AuditEvent.objects.filter(object_id=str(campaign.pk)).latest("id")
+    assert line.action == "campaign_revision_edited"
+    # The approved version keeps sending, and its winner is picked by the approved goal.
+    sample = _sample(campaign)
+    accepted = Delivery.objects.filter(dispatch=sample, status="accepted")
+    finished = accepted.first().finished_at
+    for row in accepted.filter(variant=2):
+        Event.objects.create(profile_id=row.profile_id, name="purchase", occurred_at=finished + dt.timedelta(minutes=9))
+    for row in accepted.filter(variant=1):
+        Event.objects.create(profile_id=row.profile_id, name="signup", occurred_at=finished + dt.timedelta(minutes=9))
+    test = winner_pick(campaign_id=campaign.pk, now=T0 + dt.timedelta(hours=1))
+    assert (test.outcome, test.winner) == ("winner", 2), test.reason
+    # The revision is submitted and approved as any other.
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    with pytest.raises(TransitionError, match="waiting for approval"):
+        campaign_conversion_set(campaign_id=campaign.pk, by=manager_alice, event="open_app")
+
+
+def test_the_goal_a_winner_is_picked_by_cannot_be_changed_in_review(shop, contents, manager_alice, approver_bob):
+    campaign = _campaign(manager_alice, shop, contents)
+    campaign_conversion_set(campaign_id=campaign.pk, by=manager_alice, event="purchase")
+    campaign_winner_set(campaign_id=campaign.pk, by=manager_alice, settings=CONVERSION_WINNER)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    with pytest.raises(TransitionError, match="is in review: it cannot be edited"):
+        campaign_conversion_set(campaign_id=campaign.pk, by=manager_alice, event="signup")
+    campaign = campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=T0 - dt.timedelta(hours=1))
+    assert Campaign.objects.get(pk=campaign.pk).approved().winner["goal"]["event"] == "purchase"
+
+
+@pytest.mark.parametrize("winner", [None, WINNER], ids=["no winner mode", "open rate"])
+def test_a_goal_no_winner_is_picked_by_stays_a_report_setting(shop, contents, manager_alice, approver_bob, winner):
+    from accounts.models import AuditEvent
+
+    campaign = _campaign(manager_alice, shop, contents, winner=winner)
+    campaign_conversion_set(campaign_id=campaign.pk, by=manager_alice, event="purchase")
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_conversion_set(campaign_id=campaign.pk, by=manager_alice, event="signup")  # in review
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=T0 - dt.timedelta(hours=1))
+    campaign_conversion_set(campaign_id=campaign.pk, by=manager_alice, event="open_app")  # scheduled
+    campaign = Campaign.objects.get(pk=campaign.pk)
+    assert campaign.status == Campaign.Status.SCHEDULED and not campaign.has_pending_revision
+    assert campaign.conversion_event == "open_app"
+    line = AuditEvent.objects.filter(object_id=str(campaign.pk)).latest("id")
+    assert line.action == "campaign_conversion_set"
