@@ -78,11 +78,56 @@ def access_grant(*, obj: models.Model, to: User | Group, by: User | None) -> Non
 
 
 def access_revoke(*, obj: models.Model, to: User | Group, by: User | None) -> None:
-    """Take back a user's or group's access to one object. Raises PermissionDenied like access_grant."""
+    """Take back a user's or group's access to one object. Raises PermissionDenied like access_grant.
+
+    Raises ValidationError, revoking nothing, when the revoke would leave an active approval policy
+    of an app with no approver who may decide there (``policy_approver_problems``, as the policy's
+    form refuses such a policy): its requests would wait forever. It names each such policy.
+    """
     _ensure_can_manage_access(by)
     with transaction.atomic():
+        before = _app_policy_problems(obj)
         remove_perm(access_perm(type(obj)), to, obj)
+        stranded = {
+            policy: problems
+            for policy, problems in _app_policy_problems(obj).items()
+            if set(problems) - set(before.get(policy, []))
+        }
+        if stranded:  # raised out of the atomic block: the revoke is undone
+            whose = f"the group {to.name}" if isinstance(to, Group) else to.get_username()
+            raise ValidationError(
+                [
+                    f"Revoking {whose}'s access would leave the active approval policy "
+                    f"'{policy.name}' with no approver who may decide for '{obj}': {' '.join(problems)} "
+                    "Requests routed to this policy could not be decided. Give another of its approvers access "
+                    "first, or change its approvers (deactivate it to edit it); access not revoked."
+                    for policy, problems in stranded.items()
+                ]
+            )
         audit(actor=by, action="access_revoked", obj=obj, summary={"from": _principal_label(to)})
+
+
+def _app_policy_problems(obj: models.Model) -> dict[ApprovalPolicy, list[str]]:
+    """Each active approval policy naming the app ``obj`` whose approvers cannot decide there, with
+    why (``policy_approver_problems`` for that app alone); empty for an object other than an app."""
+    if obj._meta.label != "delivery.App":
+        return {}
+    found = {}
+    # The policies are few: their app lists are read here rather than asked of the JSON column,
+    # which the embedded mode's database cannot search.
+    for policy in ApprovalPolicy.objects.filter(is_active=True).prefetch_related("approver_users", "approver_groups"):
+        if obj.pk not in (policy.app_ids or []):
+            continue
+        problems = policy_approver_problems(
+            users=policy.approver_users.all(),
+            groups=policy.approver_groups.all(),
+            app_ids=[obj.pk],
+            campaigns=policy.applies_to_campaigns,
+            journeys=policy.applies_to_journeys,
+        )
+        if problems:
+            found[policy] = problems
+    return found
 
 
 def user_roles_given(*, user: User, by: User | None) -> User:

@@ -761,8 +761,13 @@ class ObjectAccessAdminMixin:
                 principal = model.objects.filter(pk=pk).first() if pk is not None else None
                 if principal is None:
                     raise Http404("No such user or group.")
-                access_revoke(obj=obj, to=principal, by=request.user)
-                self.message_user(request, f"Access revoked from {principal}.", messages.SUCCESS)
+                try:
+                    access_revoke(obj=obj, to=principal, by=request.user)
+                except ValidationError as exc:
+                    for message in exc.messages:
+                        self.message_user(request, message, messages.ERROR)
+                else:
+                    self.message_user(request, f"Access revoked from {principal}.", messages.SUCCESS)
                 return HttpResponseRedirect(request.path)
             if form.is_valid():
                 principal = form.cleaned_data["user"] or form.cleaned_data["group"]

@@ -5,7 +5,7 @@ from django.contrib import admin, messages
 from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.models import Group
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404
 from django.template.response import TemplateResponse
 from django.utils import timezone
@@ -215,7 +215,11 @@ class UserAdmin(AccessAdmin, DjangoUserAdmin):
         # found the user's grant by it, and the app revoked is that grant's, never one posted with it.
         deleted = [f.instance.pk for f in formset.deleted_forms if f.instance.pk is not None]
         for grant in formset.get_queryset().filter(pk__in=deleted):
-            access_revoke(obj=grant.content_object, to=user, by=request.user)
+            try:
+                access_revoke(obj=grant.content_object, to=user, by=request.user)
+            except ValidationError as exc:  # an approval policy would be left with no one to decide
+                for message in exc.messages:
+                    self.message_user(request, message, messages.ERROR)
         for inline_form in formset.extra_forms:
             app = getattr(inline_form, "cleaned_data", {}).get("content_object")
             if app is not None and inline_form not in formset.deleted_forms:

@@ -154,3 +154,94 @@ def test_each_write_of_what_grants_access_bumps_the_access_stamp_and_a_profile_s
     before = access_stamp()
     ProfileFactory().delete()
     assert access_stamp() == before
+
+
+# --- a revoke that would strand an approval policy ---------------------------------------------
+
+
+def _policy_naming(admin, app, *approvers, name="Shop marketing"):
+    from accounts.models import ApprovalPolicy
+    from accounts.services import approval_policy_activate
+
+    policy = ApprovalPolicy.objects.create(name=name, app_ids=[app.pk], applies_to_campaigns=True)
+    policy.approver_users.set(approvers)
+    approval_policy_activate(policy_id=policy.pk, by=admin)
+    return policy
+
+
+def test_revoking_the_only_approver_of_an_active_policy_is_refused_naming_it(admin_erin, approver_bob, shop):
+    from django.core.exceptions import ValidationError
+
+    access_grant(obj=shop, to=approver_bob, by=admin_erin)
+    _policy_naming(admin_erin, shop, approver_bob)
+    with pytest.raises(ValidationError) as refused:
+        access_revoke(obj=shop, to=approver_bob, by=admin_erin)
+    said = " ".join(refused.value.messages)
+    assert "'Shop marketing'" in said and "could not be decided" in said
+    assert list(visible_to(approver_bob, App.objects.all())) == [shop]  # nothing revoked
+    assert not AuditEvent.objects.filter(action="access_revoked").exists()
+
+
+def test_revoking_one_of_two_approvers_with_access_is_allowed(admin_erin, approver_bob, shop):
+    from tests.factories import UserFactory
+
+    approver_fay = UserFactory(username="approver_fay", role="Approver")
+    for approver in (approver_bob, approver_fay):
+        access_grant(obj=shop, to=approver, by=admin_erin)
+    _policy_naming(admin_erin, shop, approver_bob, approver_fay)
+    access_revoke(obj=shop, to=approver_bob, by=admin_erin)
+    assert not visible_to(approver_bob, App.objects.all()).exists()
+
+
+def test_a_policy_of_another_app_or_inactive_does_not_stop_a_revoke(admin_erin, approver_bob, shop, bank):
+    from accounts.services import approval_policy_deactivate
+
+    for app in (shop, bank):
+        access_grant(obj=app, to=approver_bob, by=admin_erin)
+    _policy_naming(admin_erin, bank, approver_bob, name="Bank")
+    policy = _policy_naming(admin_erin, shop, approver_bob)
+    approval_policy_deactivate(policy_id=policy.pk, by=admin_erin)
+    access_revoke(obj=shop, to=approver_bob, by=admin_erin)
+    assert list(visible_to(approver_bob, App.objects.all())) == [bank]
+
+
+def test_the_access_page_refuses_the_revoke_saying_which_policy_to_change(client, admin_erin, approver_bob, shop):
+    access_grant(obj=shop, to=approver_bob, by=admin_erin)
+    _policy_naming(admin_erin, shop, approver_bob)
+    client.force_login(admin_erin)
+    url = f"/admin/delivery/app/{shop.pk}/access/"
+    answer = client.post(url, {"revoke": f"user:{approver_bob.pk}"}, follow=True)
+    page = answer.content.decode()
+    assert answer.status_code == 200 and "Access revoked" not in page
+    assert "Shop marketing" in page and "not revoked" in page
+    assert list(visible_to(approver_bob, App.objects.all())) == [shop]
+
+
+def test_the_user_page_keeps_the_grant_whose_revoke_would_strand_a_policy(client, admin_erin, approver_bob, shop):
+    """The same refusal when the grant is deleted on the user's page (its app access rows)."""
+    from tests.pages import page_form
+
+    access_grant(obj=shop, to=approver_bob, by=admin_erin)
+    _policy_naming(admin_erin, shop, approver_bob)
+    client.force_login(admin_erin)
+    url = f"/admin/accounts/user/{approver_bob.pk}/change/"
+    form = page_form(client.get(url).content.decode()).data
+    deleting = next(name for name in form if name.endswith("-0-id")).replace("-id", "-DELETE")
+    answer = client.post(url, {**form, deleting: "on", "_continue": "1"}, follow=True)
+    page = answer.content.decode()
+    assert answer.status_code == 200 and "Shop marketing" in page and "not revoked" in page
+    assert list(visible_to(approver_bob, App.objects.all())) == [shop]
+
+
+def test_revoking_a_group_whose_member_is_the_policy_s_only_approver_with_access_is_refused(
+    admin_erin, approver_bob, shop
+):
+    from django.core.exceptions import ValidationError
+
+    team = Group.objects.create(name="Shop team")
+    approver_bob.groups.add(team)
+    access_grant(obj=shop, to=team, by=admin_erin)
+    _policy_naming(admin_erin, shop, approver_bob)
+    with pytest.raises(ValidationError, match="Revoking the group Shop team's access .* 'Shop marketing'"):
+        access_revoke(obj=shop, to=team, by=admin_erin)
+    assert list(visible_to(approver_bob, App.objects.all())) == [shop]
