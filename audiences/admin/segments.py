@@ -117,7 +117,8 @@ def builder_meta_name(meta: dict, rules, *, user) -> None:
     segment or app, where it showed the first one offered in its place. Each is named only to a
     reader who may see it (``visible_to``: an approver reads what the review they decide shows);
     to others it is "a segment you have no access to (#12)", its id kept, never its name. Saving
-    the rules again still asks that their author may use them (``rules_validate_for``)."""
+    the rules again may keep them; one named anew asks that its author may use it
+    (``rules_validate_for``'s ``kept``)."""
     from accounts.selectors import visible_to
     from audiences.rules.schema import app_references, segment_references
 
@@ -179,7 +180,8 @@ class SegmentForm(forms.ModelForm):
             else:
                 try:
                     if self.user is not None:
-                        rules_validate_for(rules, by=self.user, segment_id=self.instance.pk)
+                        kept = self.instance.rules if self.instance.pk else None  # as saved: set after clean()
+                        rules_validate_for(rules, by=self.user, segment_id=self.instance.pk, kept=kept)
                     else:
                         rules_validate(rules, segment_id=self.instance.pk)
                 except RulesInvalid as exc:

@@ -29,6 +29,7 @@ from audiences.rules.schema import (
     RulesInvalid,
     SegmentLoader,
     _load_segments,
+    app_references,
     device_model,
     resolve_date,
     segment_references,
@@ -506,19 +507,23 @@ def rules_validate(
     return set(validator.segment_refs)
 
 
-def rules_validate_for(tree, *, by, segment_id: int | None = None) -> set[int]:
+def rules_validate_for(tree, *, by, segment_id: int | None = None, kept=None) -> set[int]:
     """``rules_validate`` for a user: segment conditions and ``reachable`` may name only the segments
     and apps in ``by``'s scope (``in_scope``: not those read through a review); any other answers as
-    if it did not exist. ``by=None`` is the system."""
+    if it did not exist. ``kept``, the rules saved before this edit: the segments and apps they name
+    may stay, as a campaign or a journey keeps a colleague's choice its editor may not see; only one
+    named anew needs access. ``by=None`` is the system."""
     if by is None:
         return rules_validate(tree, segment_id=segment_id)
     from accounts.selectors import in_scope
 
-    allowed_segments = set(in_scope(by, Segment.objects.all()).values_list("pk", flat=True))
+    kept_segments = segment_references(kept) if kept else set()
+    allowed_segments = set(in_scope(by, Segment.objects.all()).values_list("pk", flat=True)) | kept_segments
     allowed_apps = None
     if device_model() is not None:
         app_model = apps.get_model("delivery", "App")
-        allowed_apps = set(in_scope(by, app_model.objects.all()).values_list("pk", flat=True))
+        kept_apps = app_references(kept) if kept else set()
+        allowed_apps = set(in_scope(by, app_model.objects.all()).values_list("pk", flat=True)) | kept_apps
     return rules_validate(
         tree, segment_id=segment_id, allowed_segment_ids=allowed_segments, allowed_app_ids=allowed_apps, by=by
     )

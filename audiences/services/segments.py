@@ -29,8 +29,8 @@ from config.db import Holders
 UNSET: Any = object()
 
 
-def _check_rules(*, rules, by: User, segment_id: int | None) -> set[int]:
-    return rules_validate_for(rules, by=by, segment_id=segment_id)
+def _check_rules(*, rules, by: User, segment_id: int | None, kept=None) -> set[int]:
+    return rules_validate_for(rules, by=by, segment_id=segment_id, kept=kept)
 
 
 def _set_references(segment: Segment, references: set[int]) -> None:
@@ -111,9 +111,10 @@ def segment_update(
     Locks the segments a new tree uses (``_uses_hold``: one such edit at a time), then the segment
     row, then those whose figures a change of the tree forgets (``_users_figures_forget``). The new
     tree is validated under these locks against cycles through other segments' membership
-    conditions, an edit committed meanwhile included. Raises Http404 outside the user's access,
-    PermissionDenied when the role may not change segments, RulesInvalid / ValidationError for bad
-    input.
+    conditions, an edit committed meanwhile included: a segment or app the saved tree names already
+    may stay, one named anew needs the user's access (``rules_validate_for``'s ``kept``). Raises
+    Http404 outside the user's access, PermissionDenied when the role may not change segments,
+    RulesInvalid / ValidationError for bad input.
     """
     segment_for(by, segment_id)  # 404 before 403: an object outside access does not exist
     _ensure_perm(by, "audiences.change_segment", "Your role may not change segments.")
@@ -137,7 +138,7 @@ def segment_update(
         if rules is not UNSET and rules != segment.rules:
             if segment.kind != Segment.Kind.RULES:
                 raise ValidationError({"rules": "Only rules segments have rules."})
-            references = _check_rules(rules=rules, by=by, segment_id=segment.pk)
+            references = _check_rules(rules=rules, by=by, segment_id=segment.pk, kept=segment.rules)
             segment.rules = rules
             changed += ["rules", *_figures_forget(segment)]
             _set_references(segment, references)

@@ -1202,3 +1202,53 @@ def test_a_segments_page_names_what_sends_to_it_and_that_an_edit_needs_their_app
     alone = segment_create(name="Alone", rules=PRO, by=manager_alice)
     page = login(manager_alice).get(f"/admin/audiences/segment/{alone.pk}/change/").content.decode()
     assert "Nothing still to send sends to it." in page
+
+
+def test_a_manager_granted_a_segment_alone_saves_it_keeping_a_segment_its_rules_use_they_cannot_see(
+    login, manager_alice, manager_mallory
+):
+    """Its rules use a segment Mallory was not granted: saving it unchanged, or renamed, was refused
+    "there is no segment N you may use", as if she had added it. A reference kept may stay, as a
+    campaign's or a journey's does; the page still names it by number alone."""
+    from accounts.services import access_grant
+
+    vips = segment_create(name="VIPs", kind=Segment.Kind.STATIC, by=manager_alice)
+    rules = {"all": [PRO["all"][0], {"segment": vips.pk}]}
+    top = segment_create(name="Top", rules=rules, by=manager_alice)
+    access_grant(obj=top, to=manager_mallory, by=None)
+    client = login(manager_mallory)
+    url = f"/admin/audiences/segment/{top.pk}/change/"
+    page = client.get(url)
+    assert "VIPs" not in page.content.decode()
+    assert f"a segment you have no access to (#{vips.pk})" in page.content.decode()
+    for name, description in (("Top", ""), ("Top buyers", "Pros among the VIPs")):
+        answer = client.post(
+            url, {"name": name, "description": description, "kind": "rules", "rules": json.dumps(rules)}
+        )
+        assert answer.status_code == 302, answer.context["adminform"].form.errors
+        top.refresh_from_db()
+        assert (top.name, top.description, top.rules) == (name, description, rules)
+    # A condition changed beside it keeps it too.
+    changed = {"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "gold"}, {"segment": vips.pk}]}
+    answer = client.post(url, {"name": "Top", "kind": "rules", "rules": json.dumps(changed)})
+    assert answer.status_code == 302
+    top.refresh_from_db()
+    assert top.rules == changed
+
+
+def test_a_manager_may_not_add_to_a_segment_s_rules_a_segment_they_cannot_see(login, manager_alice, manager_mallory):
+    from accounts.services import access_grant
+
+    vips = segment_create(name="VIPs", kind=Segment.Kind.STATIC, by=manager_alice)
+    top = segment_create(name="Top", rules=PRO, by=manager_alice)
+    access_grant(obj=top, to=manager_mallory, by=None)
+    added = {"all": [PRO["all"][0], {"segment": vips.pk}]}
+    answer = login(manager_mallory).post(
+        f"/admin/audiences/segment/{top.pk}/change/", {"name": "Top", "kind": "rules", "rules": json.dumps(added)}
+    )
+    assert answer.status_code == 200
+    errors = " ".join(answer.context["adminform"].form.errors["rules"])
+    assert f"there is no segment {vips.pk} you may use" in errors
+    assert "VIPs" not in answer.content.decode()
+    top.refresh_from_db()
+    assert top.rules == PRO

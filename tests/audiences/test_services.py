@@ -1372,3 +1372,35 @@ def test_a_change_of_a_segment_forgets_the_kept_counts_of_the_segments_using_it(
         "Listed": 2,
         "Both": None,
     }
+
+
+def test_an_edit_of_a_segment_s_rules_keeps_a_segment_they_use_that_its_editor_cannot_see(
+    manager_alice, manager_mallory
+):
+    """Only a segment added anew needs its editor's access: one the saved rules use already may stay."""
+    vips = segment_create(name="VIPs", kind=Segment.Kind.STATIC, by=manager_alice)
+    gold = segment_create(name="Gold", kind=Segment.Kind.STATIC, by=manager_alice)
+    top = segment_create(name="Top", rules={"all": [PRO["all"][0], {"segment": vips.pk}]}, by=manager_alice)
+    access_grant(obj=top, to=manager_mallory, by=None)
+    kept = {"any": [{"attribute": "plan", "type": "string", "op": "eq", "value": "gold"}, {"segment": vips.pk}]}
+    assert segment_update(segment_id=top.pk, by=manager_mallory, name="Top buyers", rules=kept).rules == kept
+    with pytest.raises(RulesInvalid, match=f"there is no segment {gold.pk} you may use"):
+        segment_update(
+            segment_id=top.pk, by=manager_mallory, rules={"all": [{"segment": vips.pk}, {"segment": gold.pk}]}
+        )
+    top.refresh_from_db()
+    assert (top.name, top.rules) == ("Top buyers", kept)
+
+
+def test_an_edit_of_a_segment_s_rules_keeps_an_app_they_name_that_its_editor_cannot_see(manager_alice, manager_mallory):
+    from tests.factories import AppFactory
+
+    shop, garden = AppFactory(name="Shop"), AppFactory(name="Garden")
+    access_grant(obj=shop, to=manager_alice, by=None)
+    access_grant(obj=garden, to=manager_alice, by=None)
+    top = segment_create(name="Top", rules={"all": [{"reachable": {"app": shop.pk}}]}, by=manager_alice)
+    access_grant(obj=top, to=manager_mallory, by=None)
+    kept = {"all": [PRO["all"][0], {"reachable": {"app": shop.pk, "platform": "ios"}}]}
+    assert segment_update(segment_id=top.pk, by=manager_mallory, rules=kept).rules == kept
+    with pytest.raises(RulesInvalid, match=f"there is no app {garden.pk} you may use"):
+        segment_update(segment_id=top.pk, by=manager_mallory, rules={"all": [{"reachable": {"app": garden.pk}}]})
