@@ -177,6 +177,12 @@ CONTEXT_NAME = re.compile(r"\bcontext\.([A-Za-z_][A-Za-z0-9_]*)")
 
 LATEST_SENDS = 10  # the dispatches its page lists; their list has every one
 CAMPAIGN_CONVERSION_HELP = conversion_help("per variant and against the holdout")
+# While winner mode picks by the goal's rate (``Campaign.approval_covers_goal``).
+CAMPAIGN_CONVERSION_COVERED_HELP = conversion_help(
+    "per variant and against the holdout",
+    approval="Winner mode picks the winner by its conversion rate: the approval covers the goal, and a change "
+    "of it on a scheduled or live campaign is a revision, approved as any other.",
+)
 
 
 def trigger_example(campaign: Campaign, *, url: str) -> str:
@@ -453,7 +459,9 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             fieldsets.append(("Report", {"fields": winner_admin.report_fields(obj)}))
             fieldsets.append(("Access", {"fields": ("object_access",)}))
         if not read_only:
-            fieldsets.append(("Conversions", {"fields": CONVERSION_FIELDS, "description": CAMPAIGN_CONVERSION_HELP}))
+            covered = obj is not None and obj.approval_covers_goal()
+            help_ = CAMPAIGN_CONVERSION_COVERED_HELP if covered else CAMPAIGN_CONVERSION_HELP
+            fieldsets.append(("Conversions", {"fields": CONVERSION_FIELDS, "description": help_}))
         else:
             fieldsets.append(("Conversions", {"fields": ("conversion_goal",)}))
         fieldsets.append(

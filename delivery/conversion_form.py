@@ -24,14 +24,15 @@ NO_VALUE_OPS = ("exists", "not_exists")
 ALL_OPS = tuple(dict.fromkeys(op for ops in OPERATORS.values() for op in ops))
 
 
-def conversion_help(reported: str) -> str:
+def conversion_help(reported: str, *, approval: str = "") -> str:
     """The Conversions fieldset's description, saying how the owner's reports show them
-    (``reported``: "per variant and against the holdout", "per push step")."""
+    (``reported``: "per variant and against the holdout", "per push step"), and, for a goal the
+    approval covers, ``approval`` saying why and what a change of it is (else: a report setting)."""
     return (
         "A conversion counts when a profile reached by the push does this event within the window after "
         "the push was accepted (or opened). Conditions filter the event's properties; for 'in' and "
-        f"'between' separate the values with commas. Reports show conversions {reported}. It is a report "
-        "setting: changing it needs no new approval."
+        f"'between' separate the values with commas. Reports show conversions {reported}. "
+        + (approval or "It is a report setting: changing it needs no new approval.")
     )
 
 

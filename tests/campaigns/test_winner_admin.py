@@ -342,3 +342,49 @@ def test_stop_of_a_campaign_waiting_for_its_winner_says_the_rest_gets_nothing(
     )
     assert client.post(url, {"confirmed": "yes"}).status_code == 302
     assert Campaign.objects.get(pk=campaign.pk).status == "stopped"
+
+
+@pytest.mark.parametrize("metric", ["conversion_rate", "open_rate"])
+def test_a_goal_saved_on_the_form_is_a_revision_only_while_the_winner_is_picked_by_it(
+    client, make_campaign, manager_alice, approver_bob, abc, metric
+):
+    from zoneinfo import ZoneInfo
+
+    from campaigns.services.conversions import campaign_conversion_set
+    from campaigns.services.lifecycle import campaign_approve
+
+    send_at = dt.datetime(2030, 3, 1, 9, 0, tzinfo=dt.UTC)
+    campaign = make_campaign(content=abc[0], schedule_kind="at", send_at=send_at)
+    _with_variants(campaign, manager_alice, abc[:2])
+    campaign_conversion_set(campaign_id=campaign.pk, by=manager_alice, event="purchase")
+    campaign_winner_set(campaign_id=campaign.pk, by=manager_alice, settings=WinnerInput(metric=metric))
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    campaign = Campaign.objects.get(pk=campaign.pk)
+    url = f"/admin/campaigns/campaign/{campaign.pk}/change/"
+    client.force_login(manager_alice)
+    covered = "Winner mode picks the winner by its conversion rate: the approval covers the goal"
+    assert (covered in client.get(url).content.decode()) == (metric == "conversion_rate")
+    local = send_at.astimezone(ZoneInfo(campaign.time_zone))
+    data = _form(
+        campaign,
+        [(abc[0], 45), (abc[1], 45)],
+        winner_mode="on",
+        winner_metric=metric,
+        conversion_event="signup",
+        send_at_0=local.strftime("%Y-%m-%d"),
+        send_at_1=local.strftime("%H:%M"),
+    )
+    response = client.post(url, data, follow=True)
+    assert response.status_code == 200
+    page = response.content.decode()
+    campaign = Campaign.objects.get(pk=campaign.pk)
+    assert campaign.conversion_event == "signup"
+    if metric == "conversion_rate":
+        assert campaign.has_pending_revision and campaign.approved().winner["goal"]["event"] == "purchase"
+        assert "Saved as a pending revision" in page, [str(m) for m in response.context["messages"]]
+        assert 'id="pending-revision"' in client.get(url).content.decode()
+    else:
+        assert not campaign.has_pending_revision
+        assert "Saved as a pending revision" not in page
+        assert 'id="pending-revision"' not in client.get(url).content.decode()
