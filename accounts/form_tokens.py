@@ -90,3 +90,9 @@ def form_token_done(use: FormTokenUse, *, result_id: int) -> None:
     """Note what the form made (the key's id), for the answer to the form sent again to link it."""
     FormTokenUse.objects.filter(pk=use.pk).update(result_id=result_id)
     use.result_id = result_id
+
+
+def form_tokens_delete(*, now: dt.datetime) -> int:
+    """Delete the uses of tokens past ``FORM_TOKEN_MAX_AGE`` at ``now``: a form sent with one is
+    refused for its age whether its use is kept or not (retention, ``operations.services``)."""
+    return FormTokenUse.objects.filter(used_at__lt=now - FORM_TOKEN_MAX_AGE).delete()[0]

@@ -408,10 +408,12 @@ def retention_apply(
     ago, never one still in progress (``idempotent_requests_delete``).
     Deleted devices' tombstones: those no winner test still waiting to send its rest can need
     (``device_tombstones_delete``); no setting, they go as soon as their tests are done.
+    The admin forms' used one-time tokens: those past the age at which a form is refused anyway
+    (``form_tokens_delete``); no setting either.
     Audit events: those older than ``audit_days`` (never under 365: the database refuses), through
     the one door the append-only trigger leaves open. Writes an audit event with the counts.
     Returns {"deliveries": n, "events": n, "failed_tasks": n, "trigger_requests": n, "event_requests": n,
-    "device_tombstones": n, "audit_events": n}.
+    "device_tombstones": n, "form_tokens": n, "audit_events": n}.
     """
     from django.db import connection
     from django_q.models import Failure
@@ -452,6 +454,7 @@ def retention_apply(
         "trigger_requests": 0,
         "event_requests": 0,
         "device_tombstones": 0,
+        "form_tokens": 0,
         "audit_events": 0,
     }
     if delivery_days > 0:
@@ -503,6 +506,9 @@ def retention_apply(
     from delivery.services.devices import device_tombstones_delete
 
     result["device_tombstones"] = device_tombstones_delete(needed_since=winner_samples_waiting_since())
+    from accounts.form_tokens import form_tokens_delete
+
+    result["form_tokens"] = form_tokens_delete(now=now)
     if audit_days > 0:
         with transaction.atomic(), connection.cursor() as cursor:
             if connection.vendor == "postgresql":

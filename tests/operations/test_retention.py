@@ -321,7 +321,7 @@ def test_the_command_says_one_of_each_and_one_day_in_the_singular(db, settings):
         "Deleted 1 delivery (dispatches finished more than 1 day ago), 1 event (occurred more than 1 day ago), "
         "1 failed task (stopped more than 1 day ago), Idempotency-Key records of 0 trigger calls and 0 events "
         "calls (claimed more than 1 day ago), 0 deleted phones' token digests (needed by no winner test waiting "
-        "for its rest) and 1 audit event (older than 365 days)."
+        "for its rest), 0 used form tokens (past their day) and 1 audit event (older than 365 days)."
     )
 
 
@@ -523,3 +523,16 @@ def test_retention_keeps_deleted_phones_token_digests_only_while_a_winner_test_m
     assert retention_apply(now=NOW)["device_tombstones"] == 2
     assert not DeviceTombstone.objects.exists()
     assert AuditEvent.objects.filter(action="retention_applied").latest("pk").summary["device_tombstones"] == 2
+
+
+def test_the_admin_forms_used_tokens_go_once_no_token_that_old_is_taken(manager_alice):
+    """The one-time tokens of the forms that show a secret once (``accounts.form_tokens``) were kept
+    forever: a row each, past the day after which a form sent with its token is drawn again anyway."""
+    from accounts.form_tokens import FORM_TOKEN_MAX_AGE
+    from accounts.models import FormTokenUse
+
+    for token, age in (("old", FORM_TOKEN_MAX_AGE + dt.timedelta(minutes=1)), ("recent", dt.timedelta(hours=1))):
+        FormTokenUse.objects.create(token=token, user=manager_alice, purpose="api_key_create", used_at=NOW - age)
+    assert retention_apply(now=NOW)["form_tokens"] == 1
+    assert list(FormTokenUse.objects.values_list("token", flat=True)) == ["recent"]
+    assert AuditEvent.objects.filter(action="retention_applied").latest("pk").summary["form_tokens"] == 1

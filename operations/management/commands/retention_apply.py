@@ -21,7 +21,7 @@ class Command(BaseCommand):
         "profiles' events older than PUSHDESK_RETENTION_EVENT_DAYS (if set), failed tasks older than "
         "PUSHDESK_RETENTION_TASK_DAYS, trigger and events calls' Idempotency-Key records older than "
         "PUSHDESK_RETENTION_IDEMPOTENCY_DAYS, deleted phones' tokens no winner test waiting for its rest needs, "
-        "and audit events older than PUSHDESK_RETENTION_AUDIT_DAYS "
+        "the admin forms' one-time tokens past their day, and audit events older than PUSHDESK_RETENTION_AUDIT_DAYS "
         "(if set; 365 at least). Run daily."
     )
 
@@ -48,6 +48,7 @@ class Command(BaseCommand):
             f"{_counted(result['failed_tasks'], 'failed task', 'failed tasks')} ({tasks}), "
             f"Idempotency-Key records of {_counted(result['trigger_requests'], 'trigger call', 'trigger calls')} "
             f"and {_counted(result['event_requests'], 'events call', 'events calls')} ({requests}), "
-            f"{tombstones} (needed by no winner test waiting for its rest) "
+            f"{tombstones} (needed by no winner test waiting for its rest), "
+            f"{_counted(result['form_tokens'], 'used form token', 'used form tokens')} (past their day) "
             f"and {_counted(result['audit_events'], 'audit event', 'audit events')} ({audit_events})."
         )
