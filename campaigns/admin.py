@@ -757,12 +757,16 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         if obj is not None and obj.is_active and self.has_change_permission(request, obj):
             approved = obj.approved()
             number = approved.number if approved else 1
-            name = "name (its content shows it), " if obj.shows_name() else ""
+            covered = [
+                *(["name (its content shows it)"] if obj.shows_name() else []),
+                *("content", "variants", "audience", "schedule", "throttle", "winner mode"),
+                *(["conversion goal (winner mode picks by it)"] if obj.approval_covers_goal() else []),
+            ]
             self.message_user(
                 request,
-                f"This campaign is {obj.get_status_display().lower()}. Saving an edit of its {name}content, audience "
-                f"or schedule makes a pending revision: version {number} keeps sending until the revision is approved. "
-                "Only Stop takes it off the air.",
+                f"This campaign is {obj.get_status_display().lower()}. Saving an edit of its {', '.join(covered[:-1])} "
+                f"or {covered[-1]} makes a pending revision: version {number} keeps sending until the revision is "
+                "approved. Only Stop takes it off the air.",
                 messages.WARNING,
             )
         return super().change_view(request, object_id, form_url, extra_context)
