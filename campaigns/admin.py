@@ -759,7 +759,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             number = approved.number if approved else 1
             covered = [
                 *(["name (its content shows it)"] if obj.shows_name() else []),
-                *("content", "variants", "audience", "schedule", "throttle", "winner mode"),
+                *("app", "purpose", "content", "variants", "audience", "schedule", "throttle", "winner mode"),
                 *(["conversion goal (winner mode picks by it)"] if obj.approval_covers_goal() else []),
             ]
             self.message_user(

@@ -1525,19 +1525,20 @@ def test_the_campaign_page_says_whether_the_approval_covers_its_name(
     client.force_login(manager_alice)
     page = client.get(f"/admin/campaigns/campaign/{named.pk}/change/").content.decode()
     assert (
-        "Saving an edit of its name (its content shows it), content, variants, audience, schedule, throttle or "
-        "winner mode makes a pending" in page
+        "Saving an edit of its name (its content shows it), app, purpose, content, variants, audience, schedule, "
+        "throttle or winner mode makes a pending" in page
     )
     assert "Its content shows the name (context.campaign.name): the approval covers it" in page
     page = client.get(f"/admin/campaigns/campaign/{plain.pk}/change/").content.decode()
     assert (
-        "Saving an edit of its content, variants, audience, schedule, throttle or winner mode makes a pending" in page
+        "Saving an edit of its app, purpose, content, variants, audience, schedule, throttle or winner mode makes a pending"
+        in page
     )
     assert "Not part of what an approval covers: its content does not show it" in page
     # Winner mode picking by the goal's conversion rate: the goal too.
     Campaign.objects.filter(pk=plain.pk).update(winner_mode=True, winner_metric=Campaign.WinnerMetric.CONVERSION_RATE)
     page = client.get(f"/admin/campaigns/campaign/{plain.pk}/change/").content.decode()
     assert (
-        "Saving an edit of its content, variants, audience, schedule, throttle, winner mode or conversion goal "
-        "(winner mode picks by it) makes a pending" in page
+        "Saving an edit of its app, purpose, content, variants, audience, schedule, throttle, winner mode or "
+        "conversion goal (winner mode picks by it) makes a pending" in page
     )
