@@ -1,5 +1,6 @@
 """Every write of the accounts app: audit events, object access, API keys."""
 
+import contextlib
 import contextvars
 import secrets
 from datetime import datetime
@@ -85,43 +86,64 @@ def access_revoke(*, obj: models.Model, to: User | Group, by: User | None) -> No
     form refuses such a policy): its requests would wait forever. It names each such policy.
     """
     _ensure_can_manage_access(by)
+    whose = f"the group {to.name}" if isinstance(to, Group) else to.get_username()
     with transaction.atomic():
-        before = _app_policy_problems(obj)
-        remove_perm(access_perm(type(obj)), to, obj)
-        stranded = {
-            policy: problems
-            for policy, problems in _app_policy_problems(obj).items()
-            if set(problems) - set(before.get(policy, []))
-        }
-        if stranded:  # raised out of the atomic block: the revoke is undone
-            whose = f"the group {to.name}" if isinstance(to, Group) else to.get_username()
-            raise ValidationError(
-                [
-                    f"Revoking {whose}'s access would leave the active approval policy "
-                    f"'{policy.name}' with no approver who may decide for '{obj}': {' '.join(problems)} "
-                    "Requests routed to this policy could not be decided. Give another of its approvers access "
-                    "first, or change its approvers (deactivate it to edit it); access not revoked."
-                    for policy, problems in stranded.items()
-                ]
-            )
+        with approval_policies_kept_decidable(
+            doing=f"Revoking {whose}'s access",
+            fix="Give another of its approvers access first",
+            undone="access not revoked",
+            app=obj,
+        ):
+            remove_perm(access_perm(type(obj)), to, obj)
         audit(actor=by, action="access_revoked", obj=obj, summary={"from": _principal_label(to)})
 
 
-def _app_policy_problems(obj: models.Model) -> dict[ApprovalPolicy, list[str]]:
-    """Each active approval policy naming the app ``obj`` whose approvers cannot decide there, with
-    why (``policy_approver_problems`` for that app alone); empty for an object other than an app."""
-    if obj._meta.label != "delivery.App":
-        return {}
+@contextlib.contextmanager
+def approval_policies_kept_decidable(*, doing: str, fix: str, undone: str, app: models.Model | None = None):
+    """Run the block's change (a revoke, a user's deactivation or new roles), then raise
+    ValidationError when it left an active approval policy with no approver who may decide its
+    requests (``policy_approver_problems``, as the policy's form refuses such a policy): they would
+    wait forever. Each message names the policy, why, ``doing`` (what was asked), ``fix`` (what to
+    change first) and ``undone`` (what was not done). With ``app``, only the policies naming that
+    app are asked, for it alone; an object other than an app leaves every policy as it was.
+
+    Call inside ``transaction.atomic()``: raised out of it, the change is undone.
+    """
+    if app is not None and app._meta.label != "delivery.App":
+        yield
+        return
+    before = _active_policy_problems(app)
+    yield
+    stranded = {
+        policy: problems
+        for policy, problems in _active_policy_problems(app).items()
+        if set(problems) - set(before.get(policy, []))
+    }
+    if stranded:
+        where = f" for '{app}'" if app is not None else ""
+        raise ValidationError(
+            [
+                f"{doing} would leave the active approval policy '{policy.name}' with no approver who may "
+                f"decide{where}: {' '.join(problems)} Requests routed to this policy could not be decided. "
+                f"{fix}, or change its approvers (deactivate it to edit it); {undone}."
+                for policy, problems in stranded.items()
+            ]
+        )
+
+
+def _active_policy_problems(app: models.Model | None = None) -> dict[ApprovalPolicy, list[str]]:
+    """Each active approval policy whose approvers cannot decide its requests, with why
+    (``policy_approver_problems``); with ``app``, only the policies naming it, for that app alone."""
     found = {}
     # The policies are few: their app lists are read here rather than asked of the JSON column,
     # which the embedded mode's database cannot search.
     for policy in ApprovalPolicy.objects.filter(is_active=True).prefetch_related("approver_users", "approver_groups"):
-        if obj.pk not in (policy.app_ids or []):
+        if app is not None and app.pk not in (policy.app_ids or []):
             continue
         problems = policy_approver_problems(
             users=policy.approver_users.all(),
             groups=policy.approver_groups.all(),
-            app_ids=[obj.pk],
+            app_ids=[app.pk] if app is not None else policy.app_ids,
             campaigns=policy.applies_to_campaigns,
             journeys=policy.applies_to_journeys,
         )

@@ -6,7 +6,8 @@ from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import Http404
+from django.db import router, transaction
+from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html_join
@@ -22,6 +23,7 @@ from accounts.selectors import (
 from accounts.services import (
     access_grant,
     access_revoke,
+    approval_policies_kept_decidable,
     audit,
     user_roles_given,
 )
@@ -166,8 +168,29 @@ class UserAdmin(AccessAdmin, DjangoUserAdmin):
             "", "<div>{} <em>{}</em> ({})</div>", ((o._meta.verbose_name, o, how) for o, how in grants)
         )
 
+    # What to change before a user who is some active policy's only decider is deactivated or loses the role.
+    _POLICY_FIX = "Give another of its approvers a role that may approve there and access to its apps first"
+
+    def _changeform_view(self, request, object_id, form_url, extra_context):
+        # A part of the save the services refuse (a deactivation, new roles or an app revoke that
+        # would leave an active approval policy with no one to decide) refuses the whole save, as a
+        # refused save of an object with a lifecycle does: every write of it is undone and the page
+        # says why, never that the user was changed.
+        try:
+            with transaction.atomic(using=router.db_for_write(self.model)):
+                return super()._changeform_view(request, object_id, form_url, extra_context)
+        except ValidationError as exc:
+            self.message_user(request, f"{' '.join(exc.messages)} Your changes were not saved.", messages.ERROR)
+        return HttpResponseRedirect(request.path)
+
     def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
+        if change and "is_active" in form.changed_data and not obj.is_active:
+            with approval_policies_kept_decidable(
+                doing=f"Deactivating {obj.get_username()}", fix=self._POLICY_FIX, undone="the user was not deactivated"
+            ):
+                super().save_model(request, obj, form, change)
+        else:
+            super().save_model(request, obj, form, change)
         changed = sorted(f for f in form.changed_data if f != "password")
         audit(
             actor=request.user,
@@ -215,18 +238,25 @@ class UserAdmin(AccessAdmin, DjangoUserAdmin):
         # found the user's grant by it, and the app revoked is that grant's, never one posted with it.
         deleted = [f.instance.pk for f in formset.deleted_forms if f.instance.pk is not None]
         for grant in formset.get_queryset().filter(pk__in=deleted):
-            try:
-                access_revoke(obj=grant.content_object, to=user, by=request.user)
-            except ValidationError as exc:  # an approval policy would be left with no one to decide
-                for message in exc.messages:
-                    self.message_user(request, message, messages.ERROR)
+            # A revoke that would leave an approval policy with no one to decide raises ValidationError:
+            # the whole save is refused (``_changeform_view``).
+            access_revoke(obj=grant.content_object, to=user, by=request.user)
         for inline_form in formset.extra_forms:
             app = getattr(inline_form, "cleaned_data", {}).get("content_object")
             if app is not None and inline_form not in formset.deleted_forms:
                 access_grant(obj=app, to=user, by=request.user)
 
     def save_related(self, request, form, formsets, change):
-        super().save_related(request, form, formsets, change)
+        if change and "groups" in form.changed_data:
+            roles = ", ".join(g.name for g in form.cleaned_data["groups"]) or "none"
+            with approval_policies_kept_decidable(
+                doing=f"Changing {form.instance.get_username()}'s roles to {roles}",
+                fix=self._POLICY_FIX,
+                undone="the roles were not changed",
+            ):
+                super().save_related(request, form, formsets, change)
+        else:
+            super().save_related(request, form, formsets, change)
         if "groups" in form.changed_data:
             audit(
                 actor=request.user,

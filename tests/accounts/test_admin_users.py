@@ -244,3 +244,92 @@ def test_a_superuser_changes_a_superusers_password_and_account(client, superuser
     assert client.post(f"/admin/accounts/user/{other.pk}/change/", data).status_code == 302
     other.refresh_from_db()
     assert other.email == "tess@example.test" and other.is_superuser
+
+
+# --- a change that would leave an approval policy with no one to decide --------------------------
+
+
+def _policy_naming(admin, app, *approvers, name="Shop marketing"):
+    from accounts.models import ApprovalPolicy
+    from accounts.services import approval_policy_activate
+
+    policy = ApprovalPolicy.objects.create(name=name, app_ids=[app.pk], applies_to_campaigns=True)
+    policy.approver_users.set(approvers)
+    approval_policy_activate(policy_id=policy.pk, by=admin)
+    return policy
+
+
+STRANDING_CHANGES = {
+    "deactivated": {"is_active": None},
+    "left with no role": {"roles": []},
+    "made a Manager": {"roles": ["Manager"]},
+}
+
+
+@pytest.mark.parametrize("change", STRANDING_CHANGES, ids=list(STRANDING_CHANGES))
+def test_a_change_leaving_an_active_policy_with_no_approver_is_refused_naming_it(
+    client, admin_erin, approver_bob, shop, change
+):
+    access_grant(obj=shop, to=approver_bob, by=admin_erin)
+    _policy_naming(admin_erin, shop, approver_bob)
+    before, events = _account(approver_bob), AuditEvent.objects.count()
+    client.force_login(admin_erin)
+    url = f"/admin/accounts/user/{approver_bob.pk}/change/"
+    answer = client.post(url, change_form(approver_bob, email="new@example.test", **STRANDING_CHANGES[change]))
+    page = html.unescape(client.get(answer.url).content.decode()) if answer.status_code == 302 else ""
+    assert "'Shop marketing'" in page and "could not be decided" in page and "not saved" in page
+    assert "changed successfully" not in page
+    assert _account(approver_bob) == before  # nothing saved, the email neither
+    assert AuditEvent.objects.count() == events
+
+
+@pytest.mark.parametrize("change", STRANDING_CHANGES, ids=list(STRANDING_CHANGES))
+def test_the_change_goes_through_while_another_approver_may_decide(client, admin_erin, approver_bob, shop, change):
+    approver_fay = UserFactory(username="approver_fay", role="Approver")
+    for approver in (approver_bob, approver_fay):
+        access_grant(obj=shop, to=approver, by=admin_erin)
+    _policy_naming(admin_erin, shop, approver_bob, approver_fay)
+    client.force_login(admin_erin)
+    url = f"/admin/accounts/user/{approver_bob.pk}/change/"
+    answer = client.post(url, change_form(approver_bob, **STRANDING_CHANGES[change]))
+    assert answer.status_code == 302
+    bob = User.objects.get(pk=approver_bob.pk)
+    assert (bob.is_active, bob.role_names()) != (True, ["Approver"])
+
+
+def test_an_inactive_policy_does_not_stop_deactivating_its_only_approver(client, admin_erin, approver_bob, shop):
+    from accounts.services import approval_policy_deactivate
+
+    access_grant(obj=shop, to=approver_bob, by=admin_erin)
+    policy = _policy_naming(admin_erin, shop, approver_bob)
+    approval_policy_deactivate(policy_id=policy.pk, by=admin_erin)
+    client.force_login(admin_erin)
+    url = f"/admin/accounts/user/{approver_bob.pk}/change/"
+    answer = client.post(url, change_form(approver_bob, is_active=None, roles=[]))
+    assert answer.status_code == 302
+    bob = User.objects.get(pk=approver_bob.pk)
+    assert (bob.is_active, bob.role_names()) == (False, [])
+
+
+def test_an_administrator_approver_losing_the_role_is_refused_too(client, admin_erin, shop):
+    admin_ann = UserFactory(username="admin_ann", role="Administrator")
+    _policy_naming(admin_erin, shop, admin_ann)  # an Administrator sees every app
+    client.force_login(admin_erin)
+    url = f"/admin/accounts/user/{admin_ann.pk}/change/"
+    answer = client.post(url, change_form(admin_ann, roles=["Viewer"]), follow=True)
+    assert "'Shop marketing'" in html.unescape(answer.content.decode())
+    assert User.objects.get(pk=admin_ann.pk).role_names() == ["Administrator"]
+
+
+def test_a_refused_revoke_on_the_user_page_saves_nothing_else_nor_says_it_changed(
+    client, admin_erin, approver_bob, shop
+):
+    access_grant(obj=shop, to=approver_bob, by=admin_erin)
+    _policy_naming(admin_erin, shop, approver_bob)
+    client.force_login(admin_erin)
+    url = f"/admin/accounts/user/{approver_bob.pk}/change/"
+    data = change_form(approver_bob, email="new@example.test", **{f"{ROWS}-0-DELETE": "on"})
+    page = html.unescape(client.post(url, data, follow=True).content.decode())
+    assert "not revoked" in page and "not saved" in page and "changed successfully" not in page
+    assert User.objects.get(pk=approver_bob.pk).email != "new@example.test"
+    assert list(visible_to(approver_bob, App.objects.all())) == [shop]
