@@ -13,8 +13,10 @@ from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin, asks_again
 from accounts.encryption import fingerprint
 from delivery.models import App
 from delivery.services.apps import (
+    APP_FIELDS,
     MAX_UPLOAD,
     apns_key_parse,
+    app_check,
     app_create,
     app_identity_secret_rotate,
     app_secrets_unreadable,
@@ -278,16 +280,35 @@ class AppAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         class ValidatingForm(form_class):
             def _post_clean(self):
                 super()._post_clean()
-                if self.errors:
-                    return
                 try:
-                    self._saved = admin_self._save_through_service(request, self.instance, self, change=obj is not None)
+                    if self.errors:
+                        self._check_the_rest()
+                    else:
+                        self._saved = admin_self._save_through_service(
+                            request, self.instance, self, change=obj is not None
+                        )
                 except ValidationError as exc:
                     for field, errors in exc.message_dict.items():
                         name = _FORM_FIELD.get(field, field)
-                        self.add_error(name if name in self.fields else None, errors)
+                        if name not in self.errors:  # a field's own error says it already
+                            self.add_error(name if name in self.fields else None, errors)
                 except PermissionDenied as exc:
                     self.add_error(None, str(exc))
+
+            def _check_the_rest(self):
+                """With a field or an upload refused, the service still checks what passed, so one
+                answer names every wrong field; nothing is saved. A refused upload counts as given:
+                it is not reported missing too."""
+                data = self.cleaned_data
+                app_check(
+                    app_id=obj.pk if obj is not None else None,
+                    by=request.user,
+                    fields={field: data.get(field) for field in APP_FIELDS},
+                    apns_key_given="apns_private_key_file" in self.errors or data.get("apns_private_key") is not None,
+                    fcm_given="fcm_service_account_file" in self.errors or data.get("fcm_service_account") is not None,
+                    remove_apns=data.get("remove_apns", False),
+                    remove_fcm=data.get("remove_fcm", False),
+                )
 
         return ValidatingForm
 

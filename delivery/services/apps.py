@@ -14,6 +14,7 @@ import json
 import re
 import secrets
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -156,7 +157,7 @@ def _token_uri_allowed(uri: str) -> bool:
     return parts.scheme == "http" and host in ("127.0.0.1", "localhost", "::1")
 
 
-def _check_apns_fields(*, team_id: str, key_id: str, bundle_id: str, environment: str, has_key: bool) -> None:
+def _apns_errors(*, team_id: str, key_id: str, bundle_id: str, environment: str, has_key: bool) -> dict[str, str]:
     """APNs is all or nothing: team id, key id, bundle id and a key, each well-formed."""
     errors: dict[str, str] = {}
     if team_id and not TEAM_ID.match(team_id):
@@ -178,6 +179,112 @@ def _check_apns_fields(*, team_id: str, key_id: str, bundle_id: str, environment
         for name, value in given.items():
             if not value and name not in errors:
                 errors[name] = f"APNs needs {labels[name]} as well (or leave every APNs field empty)."
+    return errors
+
+
+# The app's own fields a create or an update sets; None keeps a field.
+APP_FIELDS = (
+    "name",
+    "rate_limit_per_second",
+    "uses_simulator",
+    "apns_team_id",
+    "apns_key_id",
+    "apns_bundle_id",
+    "apns_environment",
+    "identity_verification_required",
+)
+
+
+def _app_changes_apply(
+    app: App,
+    *,
+    fields: Mapping[str, object],
+    remove_apns: bool,
+    remove_fcm: bool,
+    apns_key_given: bool,
+    fcm_given: bool,
+) -> tuple[list[str], dict[str, str]]:
+    """Set the given fields and removals on ``app`` (not saved) and check the app they make.
+
+    Returns the names changed and every rule broken, by field, all at once. A removal that comes
+    with its channel's new credentials is not applied: it is the error, not the fields it would empty.
+    """
+    errors = {
+        field: f"Remove the {channel} configuration, or upload new credentials: not both."
+        for field, channel, removed, uploaded in (
+            ("remove_apns", "APNs", remove_apns, apns_key_given),
+            ("remove_fcm", "FCM", remove_fcm, fcm_given),
+        )
+        if removed and uploaded
+    }
+    changed_fields = []
+    for field in APP_FIELDS:
+        value = fields.get(field)
+        if value is not None and getattr(app, field) != value:
+            setattr(app, field, value)
+            changed_fields.append(field)
+    if remove_apns and "remove_apns" not in errors:
+        app.apns_team_id = app.apns_key_id = app.apns_bundle_id = ""
+        app.apns_private_key = app.apns_private_key_fingerprint = ""
+        app.apns_private_key_set_at = None
+        changed_fields.append("apns_removed")
+    if remove_fcm and "remove_fcm" not in errors:
+        app.fcm_service_account = app.fcm_service_account_fingerprint = ""
+        app.fcm_project_id = app.fcm_client_email = ""
+        app.fcm_service_account_set_at = None
+        changed_fields.append("fcm_removed")
+    errors |= _apns_errors(
+        team_id=app.apns_team_id,
+        key_id=app.apns_key_id,
+        bundle_id=app.apns_bundle_id,
+        environment=app.apns_environment,
+        has_key=bool(app.apns_private_key_fingerprint) or apns_key_given,
+    )
+    if app.rate_limit_per_second < 1:
+        errors["rate_limit_per_second"] = "The rate limit must be at least 1 message per second."
+    if app.identity_verification_required and not app.identity_secret_fingerprint:  # a new app has none yet
+        errors["identity_verification_required"] = VERIFICATION_REQUIRED_TOO_SOON
+    if App.objects.filter(name=app.name).exclude(pk=app.pk).exists():
+        errors["name"] = "An app with this name already exists."
+    return changed_fields, errors
+
+
+def _ensure_may_write(by: User | None, app: App) -> None:
+    if by is None:
+        return
+    if app.pk is None and not by.has_perm("delivery.add_app"):
+        raise PermissionDenied("Only an Administrator can add apps.")
+    if app.pk is not None and not can(by, "delivery.change_app", app):
+        raise PermissionDenied("Only an Administrator with access to this app can change it.")
+
+
+def app_check(
+    *,
+    app_id: int | None,
+    by: User | None,
+    fields: Mapping[str, object],
+    apns_key_given: bool,
+    fcm_given: bool,
+    remove_apns: bool = False,
+    remove_fcm: bool = False,
+) -> None:
+    """Check a create (``app_id=None``) or an update as ``app_create``/``app_update`` would, saving nothing.
+
+    For a form whose uploads were refused already: it names every other wrong field in the same
+    answer. ``fields`` maps names of APP_FIELDS to values (None keeps a field); ``*_given`` say a
+    key or JSON was uploaded, valid or not. Raises PermissionDenied as the write would, and
+    ValidationError naming each wrong field.
+    """
+    app = App() if app_id is None else App.objects.get(pk=app_id)
+    _ensure_may_write(by, app)
+    _, errors = _app_changes_apply(
+        app,
+        fields=fields,
+        remove_apns=remove_apns,
+        remove_fcm=remove_fcm,
+        apns_key_given=apns_key_given,
+        fcm_given=fcm_given,
+    )
     if errors:
         raise ValidationError(errors)
 
@@ -201,33 +308,29 @@ def app_create(
 
     Credentials come already parsed (``apns_key_parse``, ``service_account_parse``). Raises
     PermissionDenied when ``by`` may not add apps (Administrators only; ``by=None`` is the
-    system), ValidationError naming each wrong field; nothing is saved then.
+    system), ValidationError naming every wrong field at once; nothing is saved then.
     """
-    if by is not None and not by.has_perm("delivery.add_app"):
-        raise PermissionDenied("Only an Administrator can add apps.")
-    _check_apns_fields(
-        team_id=apns_team_id,
-        key_id=apns_key_id,
-        bundle_id=apns_bundle_id,
-        environment=apns_environment,
-        has_key=apns_private_key is not None,
+    app = App(created_by=by if by is not None and by.pk else None)
+    _ensure_may_write(by, app)
+    _, errors = _app_changes_apply(
+        app,
+        fields={
+            "name": name,
+            "rate_limit_per_second": rate_limit_per_second,
+            "uses_simulator": uses_simulator,
+            "apns_team_id": apns_team_id,
+            "apns_key_id": apns_key_id,
+            "apns_bundle_id": apns_bundle_id,
+            "apns_environment": apns_environment,
+            "identity_verification_required": identity_verification_required,
+        },
+        remove_apns=False,
+        remove_fcm=False,
+        apns_key_given=apns_private_key is not None,
+        fcm_given=fcm_service_account is not None,
     )
-    if rate_limit_per_second < 1:
-        raise ValidationError({"rate_limit_per_second": "The rate limit must be at least 1 message per second."})
-    if identity_verification_required:  # a new app has no identity secret yet
-        raise ValidationError({"identity_verification_required": VERIFICATION_REQUIRED_TOO_SOON})
-    if App.objects.filter(name=name).exists():
-        raise ValidationError({"name": "An app with this name already exists."})
-    app = App(
-        name=name,
-        rate_limit_per_second=rate_limit_per_second,
-        uses_simulator=uses_simulator,
-        apns_team_id=apns_team_id,
-        apns_key_id=apns_key_id,
-        apns_bundle_id=apns_bundle_id,
-        apns_environment=apns_environment,
-        created_by=by if by is not None and by.pk else None,
-    )
+    if errors:
+        raise ValidationError(errors)
     changed = _set_secrets(app, apns_private_key=apns_private_key, fcm_service_account=fcm_service_account)
     with transaction.atomic():
         app.save()
@@ -258,60 +361,31 @@ def app_update(
     """Change an app: the fields given (None keeps a field), a replaced key or JSON, or a removed channel.
 
     Locks the app row. Raises PermissionDenied when ``by`` may not change this app,
-    ValidationError naming each wrong field (nothing is saved then), or the channel's remove flag
-    when it comes with that channel's new credentials.
+    ValidationError naming every wrong field at once (nothing is saved then), among them the
+    channel's remove flag when it comes with that channel's new credentials.
     """
     with transaction.atomic():
         app = App.objects.select_for_update().get(pk=app_id)
-        if by is not None and not can(by, "delivery.change_app", app):
-            raise PermissionDenied("Only an Administrator with access to this app can change it.")
-        both = {
-            field: f"Remove the {channel} configuration, or upload new credentials: not both."
-            for field, channel, removed, uploaded in (
-                ("remove_apns", "APNs", remove_apns, apns_private_key),
-                ("remove_fcm", "FCM", remove_fcm, fcm_service_account),
-            )
-            if removed and uploaded is not None
-        }
-        if both:
-            raise ValidationError(both)
-        changed_fields = []
-        for field, value in (
-            ("name", name),
-            ("rate_limit_per_second", rate_limit_per_second),
-            ("uses_simulator", uses_simulator),
-            ("apns_team_id", apns_team_id),
-            ("apns_key_id", apns_key_id),
-            ("apns_bundle_id", apns_bundle_id),
-            ("apns_environment", apns_environment),
-            ("identity_verification_required", identity_verification_required),
-        ):
-            if value is not None and getattr(app, field) != value:
-                setattr(app, field, value)
-                changed_fields.append(field)
-        if remove_apns:
-            app.apns_team_id = app.apns_key_id = app.apns_bundle_id = ""
-            app.apns_private_key = app.apns_private_key_fingerprint = ""
-            app.apns_private_key_set_at = None
-            changed_fields.append("apns_removed")
-        if remove_fcm:
-            app.fcm_service_account = app.fcm_service_account_fingerprint = ""
-            app.fcm_project_id = app.fcm_client_email = ""
-            app.fcm_service_account_set_at = None
-            changed_fields.append("fcm_removed")
-        _check_apns_fields(
-            team_id=app.apns_team_id,
-            key_id=app.apns_key_id,
-            bundle_id=app.apns_bundle_id,
-            environment=app.apns_environment,
-            has_key=bool(app.apns_private_key_fingerprint) or apns_private_key is not None,
+        _ensure_may_write(by, app)
+        changed_fields, errors = _app_changes_apply(
+            app,
+            fields={
+                "name": name,
+                "rate_limit_per_second": rate_limit_per_second,
+                "uses_simulator": uses_simulator,
+                "apns_team_id": apns_team_id,
+                "apns_key_id": apns_key_id,
+                "apns_bundle_id": apns_bundle_id,
+                "apns_environment": apns_environment,
+                "identity_verification_required": identity_verification_required,
+            },
+            remove_apns=remove_apns,
+            remove_fcm=remove_fcm,
+            apns_key_given=apns_private_key is not None,
+            fcm_given=fcm_service_account is not None,
         )
-        if app.rate_limit_per_second < 1:
-            raise ValidationError({"rate_limit_per_second": "The rate limit must be at least 1 message per second."})
-        if app.identity_verification_required and not app.identity_secret_fingerprint:
-            raise ValidationError({"identity_verification_required": VERIFICATION_REQUIRED_TOO_SOON})
-        if App.objects.filter(name=app.name).exclude(pk=app.pk).exists():
-            raise ValidationError({"name": "An app with this name already exists."})
+        if errors:
+            raise ValidationError(errors)
         replaced = _set_secrets(app, apns_private_key=apns_private_key, fcm_service_account=fcm_service_account)
         app.save()
         audit(

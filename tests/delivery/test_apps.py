@@ -961,3 +961,106 @@ def test_status_names_each_app_whose_credentials_the_key_cannot_decrypt(
     assert "secrets    CANNOT BE DECRYPTED" in text
     assert f"app 'Restored' (id {app.pk}): the FCM service account cannot be decrypted" in text
     assert all(fragment not in text for fragment in secret_fragments(apns_credentials, fcm_credentials))
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("overrides", "errors"),
+    [
+        (
+            {"apns_private_key_file": "malformed", "apns_team_id": "team"},
+            {
+                "apns_private_key_file": ["The .p8 file is not a readable private key."],
+                "apns_team_id": ["A team id is 10 capital letters or digits (Apple Developer account, Membership)."],
+            },
+        ),
+        (
+            {"fcm_service_account_file": "no-private-key", "apns_key_id": "key"},
+            {
+                "fcm_service_account_file": ["The service-account JSON has no private_key."],
+                "apns_key_id": ["A key id is 10 capital letters or digits (shown beside the key in Apple's portal)."],
+            },
+        ),
+        (
+            {"apns_private_key_file": "malformed", "rate_limit_per_second": "0", "apns_bundle_id": "my shop"},
+            {
+                "apns_private_key_file": ["The .p8 file is not a readable private key."],
+                "rate_limit_per_second": ["The rate limit must be at least 1 message per second."],
+                "apns_bundle_id": ["A bundle id is reverse-DNS: letters, digits and hyphens in dot-separated parts."],
+            },
+        ),
+    ],
+)
+@pytest.mark.parametrize("change", [False, True], ids=["add", "change"])
+def test_a_bad_upload_and_a_bad_field_are_both_reported_in_one_answer_and_nothing_is_saved(
+    client, admin_erin, apns_credentials, fcm_credentials, overrides, errors, change, caplog
+):
+    """The upload's error used to hide the other fields' errors until the next save."""
+    caplog.set_level(logging.DEBUG)
+    overrides = dict(overrides)
+    marker = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQCpushdeskmarker"
+    if overrides.get("apns_private_key_file") == "malformed":
+        pem = f"-----BEGIN PRIVATE KEY-----\n{marker}\n-----END PRIVATE KEY-----\n"
+        overrides["apns_private_key_file"] = SimpleUploadedFile("AuthKey.p8", pem.encode())
+    if overrides.get("fcm_service_account_file") == "no-private-key":
+        info = {k: v for k, v in fcm_credentials.info.items() if k != "private_key"}
+        overrides["fcm_service_account_file"] = SimpleUploadedFile("sa.json", json.dumps(info).encode())
+    client.force_login(admin_erin)
+    url = reverse("admin:delivery_app_add")
+    if change:
+        client.post(url, form_data(apns_credentials, fcm_credentials))
+        url = reverse("admin:delivery_app_change", args=[App.objects.get().pk])
+    kept = ["name", "rate_limit_per_second", "apns_team_id", "apns_key_id", "apns_bundle_id"]
+    kept += ["apns_private_key_fingerprint", "fcm_service_account_fingerprint"]
+    before = list(App.objects.values_list(*kept))
+    response = client.post(url, form_data(apns_credentials, fcm_credentials, **overrides))
+    assert response.status_code == 200
+    form = response.context["adminform"].form
+    assert form.errors == errors
+    assert list(App.objects.values_list(*kept)) == before
+    page = response.content.decode()
+    assert marker not in page + caplog.text
+    assert all(f not in page + caplog.text for f in secret_fragments(apns_credentials, fcm_credentials))
+    assert 'name="apns_private_key_file" value' not in page
+
+
+@pytest.mark.django_db
+def test_good_values_still_save_on_the_apps_page(client, admin_erin, apns_credentials, fcm_credentials):
+    client.force_login(admin_erin)
+    assert (
+        client.post(reverse("admin:delivery_app_add"), form_data(apns_credentials, fcm_credentials)).status_code == 302
+    )
+    app = App.objects.get()
+    url = reverse("admin:delivery_app_change", args=[app.pk])
+    new_key = make_apns_credentials(key_id="NEWKEY1234")
+    changed = form_data(
+        apns_credentials,
+        fcm_credentials,
+        apns_key_id=new_key.key_id,
+        apns_private_key_file=SimpleUploadedFile("new.p8", new_key.private_key_pem.encode()),
+        fcm_service_account_file=None,
+    )
+    assert client.post(url, changed).status_code == 302
+    after = App.objects.get()
+    assert after.apns_key_id == new_key.key_id
+    assert after.apns_private_key_fingerprint != app.apns_private_key_fingerprint
+
+
+@pytest.mark.django_db
+def test_the_service_names_every_wrong_field_at_once():
+    with pytest.raises(ValidationError) as raised:
+        app_create(
+            name="Shop",
+            by=None,
+            rate_limit_per_second=0,
+            apns_team_id="team",
+            apns_key_id="KEY1234567",
+            apns_bundle_id="com.example.shop",
+            identity_verification_required=True,
+        )
+    assert set(raised.value.message_dict) == {
+        "rate_limit_per_second",
+        "apns_team_id",
+        "apns_private_key",
+        "identity_verification_required",
+    }
