@@ -57,16 +57,7 @@ class AppForm(forms.ModelForm):
 
     class Meta:
         model = App
-        fields = (
-            "name",
-            "rate_limit_per_second",
-            "uses_simulator",
-            "apns_team_id",
-            "apns_key_id",
-            "apns_bundle_id",
-            "apns_environment",
-            "identity_verification_required",
-        )
+        fields = APP_FIELDS  # what app_create and app_update set
 
     @method_decorator(sensitive_variables("upload", "raw"))
     def _read(self, name: str):
