@@ -34,6 +34,7 @@ from accounts.selectors import can, in_scope, visible_to
 from audiences.models import Segment
 from audiences.rules.schema import COLUMNS, OPERATOR_LABELS, OPERATORS, RELATIVE_UNITS, TYPES, RulesInvalid
 from audiences.rules.validation import rules_validate, rules_validate_for
+from audiences.rules.words import rule_error_place
 from audiences.selectors import (
     attribute_keys,
     event_names,
@@ -61,6 +62,8 @@ class RuleBuilderWidget(forms.Textarea):
 
     The builder is fed by ``meta``: the columns, types and operators of the rule language, and
     the attribute names, event names, event properties, segments and apps seen in the data.
+    ``error_paths`` are the JSON paths of the form's rule errors, whose messages say the place in
+    words: the builder outlines the conditions they name.
     """
 
     template_name = "admin/audiences/rule_builder_widget.html"
@@ -73,10 +76,12 @@ class RuleBuilderWidget(forms.Textarea):
         super().__init__(*args, **kwargs)
         self.meta = meta or {}
         self.preview_url = preview_url
+        self.error_paths: list[str] = []
 
     def get_context(self, name, value, attrs):
         context = super().get_context(name, value, attrs)
         context["widget"]["meta_json"] = json.dumps(self.meta)
+        context["widget"]["errors_json"] = json.dumps(self.error_paths)
         context["widget"]["preview_url"] = self.preview_url
         return context
 
@@ -185,7 +190,14 @@ class SegmentForm(forms.ModelForm):
                     else:
                         rules_validate(rules, segment_id=self.instance.pk)
                 except RulesInvalid as exc:
-                    self.add_error("rules", exc)
+                    self.add_error(
+                        "rules",
+                        [
+                            ValidationError(f"{rule_error_place(rules, e.path)}: {e.message}", code=e.code)
+                            for e in exc.errors
+                        ],
+                    )
+                    self.fields["rules"].widget.error_paths = [e.path for e in exc.errors]
         else:
             data["rules"] = None
         if kind == Segment.Kind.STATIC:
@@ -599,9 +611,13 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
                 by=request.user, segment_id=segment_id, rules=rules, keep=request.method == "POST"
             )
         except RulesInvalid as exc:
-            return JsonResponse(
-                {"errors": [{"path": e.path, "code": e.code, "message": e.message} for e in exc.errors]}, status=400
-            )
+            if rules is None:  # a saved segment's: its errors are about its saved rules
+                rules = Segment.objects.filter(pk=segment_id).values_list("rules", flat=True).first()
+            errors = [
+                {"path": e.path, "place": rule_error_place(rules, e.path), "code": e.code, "message": e.message}
+                for e in exc.errors
+            ]
+            return JsonResponse({"errors": errors}, status=400)
         sample = [
             {
                 "external_id": p.external_id,

@@ -11,6 +11,7 @@ is shown read-only was saved, and is shown as it is rather than refused.
 from __future__ import annotations
 
 import json
+import re
 
 from audiences.rules.schema import COLUMNS, GROUPS, NO_VALUE_OPS, OPERATOR_LABELS, OPERATORS, RELATIVE_UNITS
 from config.labels import numbered
@@ -29,6 +30,61 @@ def rules_text(rules, *, segment_names: dict[int, str], app_names: dict[int, str
     if rules is None:
         return "no rules"
     return _Words(segment_names=segment_names, app_names=app_names).node(rules, top=True)
+
+
+# One step of a rule error's path: ".all", ".value" or "[2]".
+_PATH_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def rule_error_place(rules, path: str) -> str:
+    """Where the rule error at ``path`` (``rules.all[1].any[0].value``) is, in the words of the rule
+    builder: ``Group 2, condition 1 (age is more than)``. Groups and conditions are numbered from 1
+    by their place in their group, as the builder lists them; a condition is named by what it reads
+    (its name and operator label, or its event, membership or device). A path into no condition
+    reads "The rules". Never raises: a node the tree does not hold ends the words there."""
+    steps = [(key, int(index) if index else None) for key, index in _PATH_STEP.findall(path.removeprefix("rules"))]
+    parts: list[str] = []
+    node = rules
+    for (key, _), (_, index) in zip(steps, steps[1:], strict=False):
+        if not (key in GROUPS or key == "where") or index is None or not isinstance(node, dict):
+            continue
+        children = node.get(key)
+        if not isinstance(children, list) or index >= len(children):
+            break
+        node = children[index]
+        if key == "where":
+            parts.append(_placed(f"where {index + 1}", _condition_label(node, name_key="property")))
+        elif isinstance(node, dict) and any(g in node for g in GROUPS):
+            parts.append(f"group {index + 1}")
+        else:
+            parts.append(_placed(f"condition {index + 1}", _condition_label(node)))
+    words = ", ".join(parts) or "the rules"
+    return words[0].upper() + words[1:]
+
+
+def _placed(where: str, label: str | None) -> str:
+    return f"{where} ({label})" if label else where
+
+
+def _condition_label(node, *, name_key: str | None = None) -> str | None:
+    """A condition as the builder's row names it: ``age is more than``, ``did “purchase”``."""
+    if not isinstance(node, dict):
+        return None
+    keys = (name_key,) if name_key else ("attribute", "field")
+    name = next((node[k] for k in keys if isinstance(node.get(k), str) and node[k]), None)
+    if name is not None:
+        value_type = COLUMNS.get(name, "string") if "field" in node else node.get("type") or "string"
+        op = node.get("op")
+        if value_type in OPERATORS and op in OPERATORS[value_type]:
+            return f"{name} {_Words.operator(op, value_type)}"
+        return name
+    if isinstance(node.get("event"), str):
+        return f"{'did not do' if node.get('did') is False else 'did'} “{node['event']}”"
+    if "segment" in node:
+        return "not a member of a segment" if node.get("member") is False else "member of a segment"
+    if "reachable" in node:
+        return "has an opted-in device"
+    return None
 
 
 def names_visible_to(reader, *, segments, apps) -> tuple[dict[int, str], dict[int, str]]:

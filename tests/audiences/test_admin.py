@@ -126,15 +126,30 @@ def test_manager_creates_a_rules_segment_from_the_admin(login, manager_alice):
     assert segment.rules == PRO and segment.created_by == manager_alice
 
 
-def test_invalid_rules_are_shown_on_the_form_with_their_path(login, manager_alice):
-    bad = {"all": [{"attribute": "age", "type": "number", "op": "gt", "value": "old"}, {"any": []}]}
+def test_invalid_rules_are_shown_on_the_form_in_words_the_builder_outlines_by_path(login, manager_alice):
+    bad = {
+        "all": [
+            {"attribute": "age", "type": "number", "op": "gt", "value": "old"},
+            {"any": [{"attribute": "plan", "type": "string", "op": "in", "value": []}]},
+            {"any": []},
+        ]
+    }
     response = login(manager_alice).post(
         "/admin/audiences/segment/add/", {"name": "Bad", "kind": "rules", "rules": json.dumps(bad)}
     )
     assert response.status_code == 200
     html = response.content.decode()
-    assert "rules.all[0].value: expected a number" in html
-    assert "rules.all[1].any: the group" in html
+    assert "Condition 1 (age is more than): expected a number" in html
+    assert "Group 2, condition 1 (plan is one of): &#x27;in&#x27; needs a non-empty list" in html
+    assert "Group 3: the group" in html
+    assert "rules.all[" not in html.split('data-errors="')[0]  # no JSON path in the words shown
+    # The builder outlines each condition by its path, which the page gives it apart from the words.
+    paths = html.split('data-errors="')[1].split('"')[0]
+    assert json.loads(paths.replace("&quot;", '"')) == [
+        "rules.all[0].value",
+        "rules.all[1].any[0].value",
+        "rules.all[2].any",
+    ]
     assert not Segment.objects.exists()
 
 
@@ -154,6 +169,13 @@ def test_preview_of_the_tree_being_edited(login, manager_alice):
         "/admin/audiences/segment/preview/", json.dumps({"rules": {"all": []}}), content_type="application/json"
     )
     assert bad.status_code == 400 and bad.json()["errors"][0]["path"] == "rules.all"
+    grouped = {"all": [{"event": "buy"}, {"any": [{"attribute": "age", "type": "number", "op": "gt"}]}]}
+    bad = client.post(
+        "/admin/audiences/segment/preview/", json.dumps({"rules": grouped}), content_type="application/json"
+    )
+    (error,) = bad.json()["errors"]
+    assert error["path"] == "rules.all[1].any[0].value" and error["code"] == "required"
+    assert error["place"] == "Group 2, condition 1 (age is more than)"
 
 
 def test_the_rule_builders_preview_warns_of_values_its_rules_do_not_read(login, manager_alice):

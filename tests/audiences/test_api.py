@@ -968,3 +968,17 @@ def test_query_numbers_written_with_digits_of_other_scripts_are_refused_naming_t
     response = client.get(f"{url}?{query}")
     assert response.status_code == 400, response.content
     assert [e["field"] for e in response.json()["errors"]] == [query.partition("=")[0]]
+
+
+def test_segment_preview_of_rules_broken_since_names_the_json_path(manager_alice, api_key_for):
+    """The words the admin shows for a broken rule ("Group 2, condition 1 (…)") are the admin's:
+    an API client is told the rule's JSON path."""
+    segment = segment_create(name="Pro", rules=PRO, by=manager_alice)
+    broken = {"all": [PRO, {"any": [{"segment": 987654, "member": True}]}]}
+    Segment.objects.filter(pk=segment.pk).update(rules=broken)
+    response = api_key_for(manager_alice, scopes=["read"]).get(f"/api/v1/segments/{segment.pk}/preview/")
+    assert response.status_code == 400, response.content
+    body = response.json()
+    assert body["errors"][0]["field"] == "rules"
+    assert body["errors"][0]["detail"] == "rules: there is no segment 987654"
+    assert "Group" not in body["detail"] and "ondition" not in body["detail"]

@@ -3,7 +3,7 @@
 import pytest
 
 from audiences.rules.schema import NODE_KINDS, OPERATORS
-from audiences.rules.words import rules_text
+from audiences.rules.words import rule_error_place, rules_text
 
 pytestmark = pytest.mark.embedded
 
@@ -165,3 +165,27 @@ def test_a_tree_of_no_known_shape_or_none_never_raises():
     assert words({"whatever": True}) == '{"whatever":true}'
     assert words(None) == "no rules"
     assert words({"all": []}) == "all of: nothing"
+
+
+def test_a_rule_errors_place_reads_as_the_builder_lists_its_groups_and_conditions():
+    tree = {
+        "all": [
+            {"field": "created_at", "op": "lt", "value": 3},
+            {"none": [{"segment": 4, "member": False}, {"attribute": "age", "type": "number", "op": "between"}]},
+            {"event": "purchase", "where": [{"property": "amount", "type": "number", "op": "gte"}]},
+            {"attribute": "plan", "op": "nope"},
+        ]
+    }
+    assert rule_error_place(tree, "rules.all[0].value") == "Condition 1 (created_at is before)"
+    assert rule_error_place(tree, "rules.all[1].none[0].segment") == "Group 2, condition 1 (not a member of a segment)"
+    assert rule_error_place(tree, "rules.all[1].none[1].value[0]") == "Group 2, condition 2 (age is between)"
+    assert rule_error_place(tree, "rules.all[1].none") == "Group 2"
+    assert (
+        rule_error_place(tree, "rules.all[2].where[0].value")
+        == "Condition 3 (did “purchase”), where 1 (amount is at least)"
+    )
+    assert rule_error_place(tree, "rules.all[3].type") == "Condition 4 (plan)"
+    # A path the tree does not hold (the compiler's, about the whole tree) reads as the rules.
+    assert rule_error_place(tree, "rules") == "The rules"
+    assert rule_error_place(tree, "rules.all[9].value") == "The rules"
+    assert rule_error_place(None, "rules.all[0]") == "The rules"

@@ -121,12 +121,20 @@ def test_server_errors_are_outlined_in_the_builder(login, page, live_server, man
     login(manager_alice)
     page.goto(f"{live_server.url}/admin/audiences/segment/add/")
     page.fill("#id_name", "Broken")
-    tree = {"all": [{"attribute": "age", "type": "number", "op": "gt", "value": "old"}]}
+    tree = {
+        "all": [
+            {"attribute": "plan", "type": "string", "op": "eq", "value": "pro"},
+            {"any": [{"attribute": "age", "type": "number", "op": "gt", "value": "old"}]},
+        ]
+    }
     page.evaluate("t => { document.querySelector('#id_rules').value = JSON.stringify(t); }", tree)
     page.evaluate("() => document.querySelector('#segment_form').submit()")
     page.wait_for_selector(".errorlist")
-    assert "rules.all[0].value" in page.locator(".errorlist").first.inner_text()
+    # The error says where in words; the builder outlines that condition, found by its JSON path.
+    errors = page.locator(".errorlist").first.inner_text()
+    assert "Group 2, condition 1 (age is more than): expected a number" in errors and "rules.all" not in errors
     assert page.locator(".rb-row.rb-error").count() == 1
+    assert page.locator(".rb-row.rb-error").get_attribute("data-path") == "rules.all[1].any[0]"
     screenshot("segment-rule-errors")
     assert json.loads(page.locator("#id_rules").input_value()) == tree
 

@@ -1,6 +1,7 @@
 /* The segment rule builder: edits the rule tree (JSON, in a hidden textarea) with nested groups
    and condition rows, so a marketer never writes JSON. The server validates on save; its error
-   messages start with the path of the node they are about, which this builder outlines. */
+   messages say in words where they are ("Group 2, condition 1 (age is more than): ..."), and the
+   page gives this builder their paths (data-errors) to outline the nodes they are about. */
 (function () {
   "use strict";
 
@@ -357,17 +358,13 @@
     row.appendChild(el("span", { className: "rb-label", text: "with an opted-in device" }));
   };
 
-  /* Outline the nodes named by the server's errors ("rules.all[1].value: expected a number..."). */
+  /* Outline the nodes at the paths of the server's errors ("rules.all[1].value"): those given, or
+     the saved form's, which the page puts in data-errors. */
   Builder.prototype.markErrors = function (paths) {
     var root = this.root;
     root.querySelectorAll(".rb-error").forEach(function (n) { n.classList.remove("rb-error"); });
     if (!paths) {
-      paths = [];
-      var row = root.closest(".form-row") || root.parentNode;
-      row.querySelectorAll(".errorlist li").forEach(function (li) {
-        var match = /^(rules[^:\s]*):/.exec(li.textContent.trim());
-        if (match) paths.push(match[1]);
-      });
+      try { paths = JSON.parse(root.dataset.errors || "[]"); } catch (e) { paths = []; }
     }
     paths.forEach(function (path) {
       var best = null;
@@ -411,7 +408,7 @@
       if (data.errors) {
         summary.textContent = "The rules need fixing:";
         var list = el("ul", { className: "rb-errors" });
-        data.errors.forEach(function (e) { list.appendChild(el("li", { text: e.path + ": " + e.message })); });
+        data.errors.forEach(function (e) { list.appendChild(el("li", { text: (e.place || e.path) + ": " + e.message })); });
         result.appendChild(list);
         builder.markErrors(data.errors.map(function (e) { return e.path; }));
         return;
