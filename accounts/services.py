@@ -82,8 +82,9 @@ def access_revoke(*, obj: models.Model, to: User | Group, by: User | None) -> No
     """Take back a user's or group's access to one object. Raises PermissionDenied like access_grant.
 
     Raises ValidationError, revoking nothing, when the revoke would leave an active approval policy
-    of an app with no approver who may decide there (``policy_approver_problems``, as the policy's
-    form refuses such a policy): its requests would wait forever. It names each such policy.
+    governing the app's requests (naming it, or no app) with no approver who may decide there
+    (``policy_approver_problems``, as the policy's form refuses such a policy): its requests would
+    wait forever. It names each such policy.
     """
     _ensure_can_manage_access(by)
     whose = f"the group {to.name}" if isinstance(to, Group) else to.get_username()
@@ -104,8 +105,9 @@ def approval_policies_kept_decidable(*, doing: str, fix: str, undone: str, app: 
     ValidationError when it left an active approval policy with no approver who may decide its
     requests (``policy_approver_problems``, as the policy's form refuses such a policy): they would
     wait forever. Each message names the policy, why, ``doing`` (what was asked), ``fix`` (what to
-    change first) and ``undone`` (what was not done). With ``app``, only the policies naming that
-    app are asked, for it alone; an object other than an app leaves every policy as it was.
+    change first) and ``undone`` (what was not done). With ``app``, only the policies governing that
+    app's requests are asked (those naming it, and those naming no app, which govern every app's),
+    for it alone; an object other than an app leaves every policy as it was.
 
     Call inside ``transaction.atomic()``: raised out of it, the change is undone.
     """
@@ -133,12 +135,13 @@ def approval_policies_kept_decidable(*, doing: str, fix: str, undone: str, app: 
 
 def _active_policy_problems(app: models.Model | None = None) -> dict[ApprovalPolicy, list[str]]:
     """Each active approval policy whose approvers cannot decide its requests, with why
-    (``policy_approver_problems``); with ``app``, only the policies naming it, for that app alone."""
+    (``policy_approver_problems``); with ``app``, only the policies governing its requests (naming
+    it or no app: an approver decides a request of an app they have access to), for that app alone."""
     found = {}
     # The policies are few: their app lists are read here rather than asked of the JSON column,
     # which the embedded mode's database cannot search.
     for policy in ApprovalPolicy.objects.filter(is_active=True).prefetch_related("approver_users", "approver_groups"):
-        if app is not None and app.pk not in (policy.app_ids or []):
+        if app is not None and policy.app_ids and app.pk not in policy.app_ids:
             continue
         problems = policy_approver_problems(
             users=policy.approver_users.all(),

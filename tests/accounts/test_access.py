@@ -245,3 +245,64 @@ def test_revoking_a_group_whose_member_is_the_policy_s_only_approver_with_access
     with pytest.raises(ValidationError, match="Revoking the group Shop team's access .* 'Shop marketing'"):
         access_revoke(obj=shop, to=team, by=admin_erin)
     assert list(visible_to(approver_bob, App.objects.all())) == [shop]
+
+
+# A policy naming no app governs the requests of every app: an approver decides one of an app they
+# have access to, so a revoke may leave it with no one to decide that app's requests.
+
+
+def _policy_of_every_app(admin, *approvers, name="Every app"):
+    from accounts.models import ApprovalPolicy
+    from accounts.services import approval_policy_activate
+
+    policy = ApprovalPolicy.objects.create(name=name, app_ids=[], applies_to_campaigns=True)
+    policy.approver_users.set(approvers)
+    approval_policy_activate(policy_id=policy.pk, by=admin)
+    return policy
+
+
+def test_revoking_the_only_approver_of_a_policy_naming_no_app_is_refused_for_that_app(
+    admin_erin, approver_bob, shop, bank
+):
+    from django.core.exceptions import ValidationError
+
+    for app in (shop, bank):
+        access_grant(obj=app, to=approver_bob, by=admin_erin)
+    _policy_of_every_app(admin_erin, approver_bob)
+    with pytest.raises(ValidationError) as refused:
+        access_revoke(obj=shop, to=approver_bob, by=admin_erin)
+    said = " ".join(refused.value.messages)
+    assert "'Every app'" in said and f"for '{shop}'" in said and "could not be decided" in said
+    assert set(visible_to(approver_bob, App.objects.all())) == {shop, bank}  # nothing revoked
+    assert not AuditEvent.objects.filter(action="access_revoked").exists()
+
+
+def test_a_policy_naming_no_app_lets_a_revoke_through_while_another_approver_has_access(admin_erin, approver_bob, shop):
+    from tests.factories import UserFactory
+
+    approver_fay = UserFactory(username="approver_fay", role="Approver")
+    for approver in (approver_bob, approver_fay):
+        access_grant(obj=shop, to=approver, by=admin_erin)
+    _policy_of_every_app(admin_erin, approver_bob, approver_fay)
+    access_revoke(obj=shop, to=approver_bob, by=admin_erin)
+    assert not visible_to(approver_bob, App.objects.all()).exists()
+
+
+def test_an_inactive_policy_naming_no_app_does_not_stop_a_revoke(admin_erin, approver_bob, shop):
+    from accounts.services import approval_policy_deactivate
+
+    access_grant(obj=shop, to=approver_bob, by=admin_erin)
+    policy = _policy_of_every_app(admin_erin, approver_bob)
+    approval_policy_deactivate(policy_id=policy.pk, by=admin_erin)
+    access_revoke(obj=shop, to=approver_bob, by=admin_erin)
+    assert not visible_to(approver_bob, App.objects.all()).exists()
+
+
+def test_a_policy_naming_no_app_whose_approvers_had_no_access_there_does_not_stop_a_revoke(
+    admin_erin, approver_bob, manager_alice, shop
+):
+    """Nobody of the policy could decide the app's requests before: the revoke strands nothing more."""
+    access_grant(obj=shop, to=manager_alice, by=admin_erin)
+    _policy_of_every_app(admin_erin, approver_bob)
+    access_revoke(obj=shop, to=manager_alice, by=admin_erin)
+    assert not visible_to(manager_alice, App.objects.all()).exists()
