@@ -46,6 +46,13 @@ class IdempotencyInProgress(APIException):
     default_detail = "A request with this Idempotency-Key is still running."
 
 
+class IdempotencyAnsweredMeanwhile(IdempotencyInProgress):
+    """The call's claim was taken for abandoned and a retry with the key answered first: this call
+    must write nothing (its transaction is rolled back), the retry's answer being the key's."""
+
+    default_detail = "A request with this Idempotency-Key ran meanwhile and was answered: send it again for its answer."
+
+
 class IdempotencyKeyReused(APIException):
     status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
     default_code = "idempotency_key_reused"
@@ -114,11 +121,13 @@ def idempotent_request_answer(*, record: IdempotentRequest, status_code: int, bo
     """Store the answer to replay (and ``fields`` of the record: the trigger's dispatch), finishing it.
 
     Call it in the transaction that writes what the call did, so that the answer commits with it.
-    A record finished already keeps its first answer.
+    A record finished already keeps its first answer, and raises IdempotencyAnsweredMeanwhile: a
+    call slower than ``CLAIM_ABANDONED_AFTER`` is not dead, and the retry that reclaimed its key
+    has done what it does; the caller's writes roll back with the exception, never done twice.
     """
-    type(record).objects.filter(pk=record.pk, finished=False).update(
-        finished=True, response_status=status_code, response_body=body, **fields
-    )
+    unfinished = type(record).objects.filter(pk=record.pk, finished=False)
+    if not unfinished.update(finished=True, response_status=status_code, response_body=body, **fields):
+        raise IdempotencyAnsweredMeanwhile()
 
 
 def idempotent_request_free(*, record: IdempotentRequest) -> None:

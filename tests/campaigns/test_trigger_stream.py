@@ -1077,3 +1077,36 @@ def test_the_stop_question_says_the_revision_waiting_for_approval_is_cancelled_w
     revision_moving_to(live_trigger, new_app, by=manager_alice)
     asked = client.post(url).content.decode()
     assert ("Its revision waiting for approval, asked by manager_alice, is cancelled: it will not be decided.") in asked
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_slow_call_whose_key_a_retry_reclaimed_sends_nothing_twice(live_trigger, trigger_client, zoe, monkeypatch):
+    """A call still running (not dead) past the claim's abandonment: the retry reclaims the key and
+    appends; the slow call's rows, written before, must not commit beside the retry's."""
+    from django_q.conf import Conf
+
+    import delivery.services.streams
+
+    monkeypatch.setattr(Conf, "SYNC", False)  # the senders are elsewhere: nothing is sent in-process
+    appended, go = threading.Event(), threading.Event()
+    original = delivery.services.streams.stream_append
+
+    def paused(**kwargs):
+        rows = original(**kwargs)
+        if not appended.is_set():
+            appended.set()
+            go.wait(20)  # the slow call: rows written, its transaction still open
+        return rows
+
+    monkeypatch.setattr(delivery.services.streams, "stream_append", paused)
+    slow, slowed = _in_thread(lambda: _trigger(trigger_client, live_trigger, "zoe", HTTP_IDEMPOTENCY_KEY="order-9"))
+    assert appended.wait(20)
+    TriggerRequest.objects.filter(idempotency_key="order-9").update(created_at=timezone.now() - dt.timedelta(minutes=6))
+    retry = _trigger(trigger_client, live_trigger, "zoe", HTTP_IDEMPOTENCY_KEY="order-9")
+    assert retry.status_code == 202
+    go.set()
+    slow.join(20)
+    assert slowed["value"].status_code == 409 and slowed["value"].json()["code"] == "idempotency_in_progress"
+    assert Delivery.objects.filter(profile=zoe).count() == 1
+    again = _trigger(trigger_client, live_trigger, "zoe", HTTP_IDEMPOTENCY_KEY="order-9")
+    assert again["Idempotent-Replayed"] == "true" and again.json() == retry.json()
