@@ -33,6 +33,7 @@ from audiences.rules.schema import (
     DAY_PATTERN,
     GROUPS,
     MAX_DEPTH,
+    NO_VALUE_OPS,
     RuleError,
     RulesInvalid,
     SegmentLoader,
@@ -41,6 +42,7 @@ from audiences.rules.schema import (
     resolve_date,
     segment_references,
 )
+from audiences.rules.validation import value_problem
 from config.db import count_session
 
 
@@ -234,6 +236,54 @@ def number_param(number: int | float, *, exact: bool) -> Decimal | float:
     return float(number)
 
 
+def values_refused(tree, path: str = "rules") -> list[RuleError]:
+    """Every number or date condition of the tree (not of the segments it uses) whose value is not
+    of its type, named by its path as ``rules_validate`` names it. Rules saved before a check
+    existed, or written by a data migration, may hold one ("value": "old" in a number condition):
+    compiled, it would fail on its Decimal, float or date as an error no one can read. One look at
+    each condition when a tree is compiled, nothing per profile."""
+    errors: list[RuleError] = []
+    _values_refused(tree, path, errors)
+    return errors
+
+
+def _values_refused(node, path: str, errors: list[RuleError]) -> None:
+    if not isinstance(node, dict):
+        return
+    for group in GROUPS:
+        if isinstance(node.get(group), list):
+            for index, child in enumerate(node[group]):
+                _values_refused(child, f"{path}.{group}[{index}]", errors)
+    if "field" in node:
+        _value_refused(node, COLUMNS.get(node["field"]), path, errors)
+    elif "attribute" in node:
+        _value_refused(node, node.get("type"), path, errors)
+    elif "event" in node and isinstance(node.get("where"), list):
+        for index, cond in enumerate(node["where"]):
+            if isinstance(cond, dict):
+                _value_refused(cond, cond.get("type"), f"{path}.where[{index}]", errors)
+
+
+def _value_refused(node: dict, value_type: str | None, path: str, errors: list[RuleError]) -> None:
+    op = node.get("op")
+    if value_type not in ("number", "date") or op in NO_VALUE_OPS:
+        return
+    value, where = node.get("value"), f"{path}.value"
+    if op in ("in", "not_in", "between"):
+        if not isinstance(value, list) or (len(value) != 2 if op == "between" else not value):
+            wanted = "a list of two values: [low, high]" if op == "between" else f"a non-empty list of {value_type}s"
+            errors.append(RuleError(where, "wrong_type", f"'{op}' needs {wanted}"))
+            return
+        items = [(f"{where}[{i}]", item) for i, item in enumerate(value)]
+    else:
+        items = [(where, value)]
+    for here, item in items:
+        problem = value_problem(item, value_type)
+        # A whole number beyond a float's range compares (``number_param``): refused on a save only.
+        if problem and problem[0] != "out_of_range":
+            errors.append(RuleError(here, *problem))
+
+
 def _total(condition) -> Q:
     """Make a condition that may be NULL plainly true or false, so NOT and 'none' behave."""
     return Q(Coalesce(condition, Value(False), output_field=models.BooleanField()))
@@ -263,9 +313,17 @@ class Compiler:
         self.today = self.now.astimezone(dt.UTC).date()
         self.load = load
         self.segments: dict[int, Segment] = {}
+        self.refused: dict[int, list[RuleError]] = {}  # a loaded segment's values not of their type
 
     def prepare(self, tree) -> None:
-        """Load every segment the tree uses, level by level (one query per level of nesting)."""
+        """Load every segment the tree uses, level by level (one query per level of nesting).
+
+        Raises RulesInvalid when a value of the tree is not of its condition's type
+        (``values_refused``); a segment it uses holding one is refused where its membership is
+        compiled, as a cycle is."""
+        errors = values_refused(tree)
+        if errors:
+            raise RulesInvalid(errors)
         wanted = segment_references(tree) - set(self.segments)
         depth = 0
         while wanted:
@@ -278,6 +336,9 @@ class Compiler:
             for segment in loaded.values():
                 if segment.kind == Segment.Kind.RULES and segment.rules:
                     wanted |= segment_references(segment.rules)
+                    errors = values_refused(segment.rules)
+                    if errors:
+                        self.refused[segment.pk] = errors
             wanted -= set(self.segments)
 
     def compile(self, tree, *, stack: tuple[int, ...] = ()) -> Q:
@@ -443,6 +504,10 @@ class Compiler:
         if segment_id in stack:
             chain = " → ".join(str(i) for i in [*stack, segment_id])
             raise RulesInvalid([RuleError("rules", "cycle", f"cycle between segments: {chain}")])
+        if segment_id in self.refused:
+            said = "; ".join(str(e) for e in self.refused[segment_id])
+            message = f"segment {segment_id} ({segment.name}) uses a rule saved before it was checked: {said}"
+            raise RulesInvalid([RuleError("rules", "segment_rules_invalid", message)])
         if segment.kind == Segment.Kind.RULES:
             q = self.node(segment.rules, (*stack, segment_id)) if segment.rules else Q(pk__in=[])
         else:

@@ -212,56 +212,11 @@ class _Validator:
             )
 
     def scalar(self, value, path: str, value_type: str) -> bool:
-        if value_type == "string":
-            if not isinstance(value, str):
-                self.fail(path, "wrong_type", f"expected a string, got {_json_type(value)}")
-                return False
-            if len(value) > MAX_STRING:
-                self.fail(path, "too_long", f"a string value has at most {MAX_STRING} characters")
-                return False
-            return True
-        if value_type == "number":
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                self.fail(path, "wrong_type", f"expected a number, got {_json_type(value)}")
-                return False
-            if number_problem(value):
-                self.fail(path, "out_of_range", "expected a finite number within a 64-bit float (about ±1.8e308)")
-                return False
-            return True
-        if value_type == "boolean":
-            if not isinstance(value, bool):
-                self.fail(path, "wrong_type", f"expected true or false, got {_json_type(value)}")
-                return False
-            return True
-        # date
-        if isinstance(value, str):
-            if DATE_RE.match(value):
-                try:
-                    dt.date.fromisoformat(value)
-                    return True
-                except ValueError:
-                    pass
-            self.fail(
-                path, "wrong_type", f"expected a date 'YYYY-MM-DD' or {{'ago': N, 'unit': 'days'}}, got {value!r}"
-            )
+        problem = value_problem(value, value_type)
+        if problem:
+            self.fail(path, *problem)
             return False
-        if isinstance(value, dict):
-            ago, unit = value.get("ago"), value.get("unit", "days")
-            extra = sorted(set(value) - {"ago", "unit"})
-            if extra:
-                self.fail(path, "unknown_key", f"unknown key {extra[0]!r} in a relative date; use 'ago' and 'unit'")
-                return False
-            if isinstance(ago, bool) or not isinstance(ago, int) or not 0 <= ago <= 36500:
-                self.fail(path, "wrong_type", "a relative date needs 'ago': a whole number of units, 0 to 36500")
-                return False
-            if unit not in RELATIVE_UNITS:
-                self.fail(path, "unknown_unit", f"unknown unit {unit!r}; use one of {', '.join(RELATIVE_UNITS)}")
-                return False
-            return True
-        self.fail(
-            path, "wrong_type", f"expected a date 'YYYY-MM-DD' or {{'ago': N, 'unit': 'days'}}, got {_json_type(value)}"
-        )
-        return False
+        return True
 
     def event(self, node, path: str) -> None:
         name = node["event"]
@@ -466,6 +421,48 @@ def _json_type(value) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
+
+
+def value_problem(value, value_type: str) -> tuple[str, str] | None:
+    """Why ``value`` is not a value of ``value_type`` a condition may compare with, as (code,
+    sentence), or None when it is one. The validator's check, and the compiler's of rules saved
+    before a check existed (``Compiler.prepare``)."""
+    if value_type == "string":
+        if not isinstance(value, str):
+            return "wrong_type", f"expected a string, got {_json_type(value)}"
+        if len(value) > MAX_STRING:
+            return "too_long", f"a string value has at most {MAX_STRING} characters"
+        return None
+    if value_type == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "wrong_type", f"expected a number, got {_json_type(value)}"
+        if number_problem(value):
+            return "out_of_range", "expected a finite number within a 64-bit float (about ±1.8e308)"
+        return None
+    if value_type == "boolean":
+        if not isinstance(value, bool):
+            return "wrong_type", f"expected true or false, got {_json_type(value)}"
+        return None
+    # date
+    if isinstance(value, str):
+        if DATE_RE.match(value):
+            try:
+                dt.date.fromisoformat(value)
+                return None
+            except ValueError:
+                pass
+        return "wrong_type", f"expected a date 'YYYY-MM-DD' or {{'ago': N, 'unit': 'days'}}, got {value!r}"
+    if isinstance(value, dict):
+        ago, unit = value.get("ago"), value.get("unit", "days")
+        extra = sorted(set(value) - {"ago", "unit"})
+        if extra:
+            return "unknown_key", f"unknown key {extra[0]!r} in a relative date; use 'ago' and 'unit'"
+        if isinstance(ago, bool) or not isinstance(ago, int) or not 0 <= ago <= 36500:
+            return "wrong_type", "a relative date needs 'ago': a whole number of units, 0 to 36500"
+        if unit not in RELATIVE_UNITS:
+            return "unknown_unit", f"unknown unit {unit!r}; use one of {', '.join(RELATIVE_UNITS)}"
+        return None
+    return "wrong_type", f"expected a date 'YYYY-MM-DD' or {{'ago': N, 'unit': 'days'}}, got {_json_type(value)}"
 
 
 def _order_key(value, value_type: str):

@@ -982,3 +982,18 @@ def test_segment_preview_of_rules_broken_since_names_the_json_path(manager_alice
     assert body["errors"][0]["field"] == "rules"
     assert body["errors"][0]["detail"] == "rules: there is no segment 987654"
     assert "Group" not in body["detail"] and "ondition" not in body["detail"]
+
+
+def test_segment_preview_of_a_saved_number_rule_holding_text_answers_400_naming_the_condition(
+    manager_alice, api_key_for
+):
+    """Rules saved before a check existed (a data migration, an older release) are input like any:
+    a number condition holding "old" is refused naming it, never a 500 from Decimal("old")."""
+    segment = segment_create(name="Pro", rules=PRO, by=manager_alice)
+    broken = {"all": [PRO, {"attribute": "age", "type": "number", "op": "gt", "value": "old"}]}
+    Segment.objects.filter(pk=segment.pk).update(rules=broken)
+    response = api_key_for(manager_alice, scopes=["read"]).get(f"/api/v1/segments/{segment.pk}/preview/")
+    assert response.status_code == 400, response.content
+    body = response.json()
+    assert body["errors"][0]["field"] == "rules"
+    assert body["errors"][0]["detail"] == "rules.all[1].value: expected a number, got a string"

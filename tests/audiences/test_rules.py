@@ -995,3 +995,82 @@ def test_the_reach_and_a_sends_resolve_read_the_audience_as_the_count_does(lists
     if connection.vendor == "postgresql":
         (counted,) = [q["sql"] for q in queries.captured_queries if "GROUP BY bits" in q["sql"]]
         assert " UNION " in counted and " UNION " in sql
+
+
+@pytest.mark.parametrize(
+    ("condition", "path", "message"),
+    [
+        ({"attribute": "age", "type": "number", "op": "gt", "value": "old"}, "rules.all[1].value", "expected a number"),
+        (
+            {"attribute": "age", "type": "number", "op": "between", "value": [1, "old"]},
+            "rules.all[1].value[1]",
+            "expected a number",
+        ),
+        (
+            {"attribute": "age", "type": "number", "op": "in", "value": [1, "x"]},
+            "rules.all[1].value[1]",
+            "expected a number",
+        ),
+        (
+            {"attribute": "age", "type": "number", "op": "between", "value": 5},
+            "rules.all[1].value",
+            "'between' needs a list",
+        ),
+        ({"attribute": "signup", "type": "date", "op": "lt", "value": "soon"}, "rules.all[1].value", "expected a date"),
+        ({"field": "created_at", "op": "gt", "value": "2026-02-30"}, "rules.all[1].value", "expected a date"),
+        (
+            {"field": "created_at", "op": "gt", "value": {"ago": "three", "unit": "days"}},
+            "rules.all[1].value",
+            "a relative date needs 'ago'",
+        ),
+        (
+            {"attribute": "signup", "type": "date", "op": "gt", "value": {"ago": 3, "unit": "fortnights"}},
+            "rules.all[1].value",
+            "unknown unit",
+        ),
+        (
+            {"event": "purchase", "where": [{"property": "amount", "type": "number", "op": "gte", "value": "lots"}]},
+            "rules.all[1].where[0].value",
+            "expected a number",
+        ),
+    ],
+    ids=["number", "between", "in", "between-not-a-list", "date", "column-date", "relative", "unit", "property"],
+)
+def test_a_saved_rule_whose_value_is_not_of_its_type_is_refused_naming_its_path(people, condition, path, message):
+    """Rules saved before a check existed (or written by a data migration) compile to RulesInvalid
+    naming the condition, as the validator names it, never a Decimal's, a float's or a date's error."""
+    from audiences.rules.compiler import segment_count, segment_profiles
+
+    rules = {"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}, condition]}
+    with pytest.raises(RulesInvalid) as validated:
+        rules_validate(rules)
+    segment = Segment.objects.create(name="saved before", kind=Segment.Kind.RULES, rules=rules)
+    for compile_it in (
+        lambda: rules_compile(rules, now=NOW),
+        lambda: segment_profiles(segment, now=NOW, union=True),
+        lambda: segment_count(segment, now=NOW),
+    ):
+        with pytest.raises(RulesInvalid) as info:
+            compile_it()
+        assert [e.path for e in info.value.errors] == [path]
+        assert message in info.value.errors[0].message
+    assert [e.path for e in validated.value.errors] == [path]
+
+
+def test_a_segment_using_one_whose_saved_rule_is_not_of_its_type_is_refused_naming_both(people):
+    from audiences.rules.compiler import segment_count
+
+    inner = Segment.objects.create(
+        name="Old ages", kind=Segment.Kind.RULES, rules={"all": [{"attribute": "age", "type": "number", "op": "gt"}]}
+    )
+    Segment.objects.filter(pk=inner.pk).update(
+        rules={"all": [{"attribute": "age", "type": "number", "op": "gt", "value": "old"}]}
+    )
+    outer = Segment.objects.create(
+        name="Uses it", kind=Segment.Kind.RULES, rules={"any": [{"segment": inner.pk, "member": True}]}
+    )
+    with pytest.raises(RulesInvalid) as info:
+        segment_count(outer, now=NOW)
+    assert [e.path for e in info.value.errors] == ["rules"]
+    assert f"segment {inner.pk}" in info.value.errors[0].message
+    assert "rules.all[0].value: expected a number, got a string" in info.value.errors[0].message
