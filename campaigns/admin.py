@@ -928,11 +928,16 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             return HttpResponseNotAllowed(["POST"])
         if not can(request.user, "campaigns.change_campaign", campaign):
             raise PermissionDenied("Your role may not count this campaign's audience.")
-        self.message_user(
-            request,
-            f"Audience counted: {audience_kept_text(campaign, reader=request.user, count=True)}.",
-            messages.SUCCESS,
-        )
+        from audiences.rules.schema import RulesInvalid
+        from audiences.rules.words import rules_invalid_text
+
+        try:
+            counted = audience_kept_text(campaign, reader=request.user, count=True)
+        except RulesInvalid as exc:  # its segment's rules saved before a check existed: said where they break
+            text = rules_invalid_text(campaign.segment.rules, exc.errors)
+            self.message_user(request, f"Audience not counted: {text}.", messages.ERROR)
+        else:
+            self.message_user(request, f"Audience counted: {counted}.", messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:campaigns_campaign_change", args=[campaign.pk]))
 
     def get_urls(self):

@@ -34,7 +34,7 @@ from accounts.selectors import can, in_scope, visible_to
 from audiences.models import Segment
 from audiences.rules.schema import COLUMNS, OPERATOR_LABELS, OPERATORS, RELATIVE_UNITS, TYPES, RulesInvalid
 from audiences.rules.validation import rules_validate, rules_validate_for
-from audiences.rules.words import rule_error_place
+from audiences.rules.words import rule_error_place, rules_invalid_text
 from audiences.selectors import (
     attribute_keys,
     event_names,
@@ -342,8 +342,12 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             raise Http404("No segment with this id.")  # as for any object outside one's access
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        segment_count_keep(segment_id=object_id, by=request.user)  # 403 without change access
-        self.message_user(request, "Segment counted: its reach below is as it is now.", messages.SUCCESS)
+        try:
+            segment_count_keep(segment_id=object_id, by=request.user)  # 403 without change access
+        except RulesInvalid as exc:  # rules saved before a check existed: said where they break
+            self.message_user(request, f"Not counted: {rules_invalid_text(segment.rules, exc.errors)}.", messages.ERROR)
+        else:
+            self.message_user(request, "Segment counted: its reach below is as it is now.", messages.SUCCESS)
         return redirect(reverse("admin:audiences_segment_change", args=[object_id]))
 
     def get_fieldsets(self, request, obj=None):
@@ -519,6 +523,9 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
                 counted += 1
             except (PermissionDenied, Http404):
                 refused.append(segment.name)
+            except RulesInvalid as exc:  # rules saved before a check existed: said where they break
+                text = rules_invalid_text(segment.rules, exc.errors)
+                self.message_user(request, f"{segment.name} not counted: {text}.", messages.ERROR)
         if counted:
             self.message_user(request, f"{counted} segment{pluralize(counted)} counted.", messages.SUCCESS)
         if refused:

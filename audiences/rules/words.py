@@ -62,6 +62,12 @@ def rule_error_place(rules, path: str) -> str:
     return words[0].upper() + words[1:]
 
 
+def rules_invalid_text(rules, errors) -> str:
+    """Each rule error of ``rules`` (``RulesInvalid.errors``) where the builder shows it, with its
+    sentence: ``Condition 2 (age is more than): expected a number, got a string``, joined by "; "."""
+    return "; ".join(f"{rule_error_place(rules, e.path)}: {e.message}" for e in errors)
+
+
 def _placed(where: str, label: str | None) -> str:
     return f"{where} ({label})" if label else where
 

@@ -1274,3 +1274,29 @@ def test_a_manager_may_not_add_to_a_segment_s_rules_a_segment_they_cannot_see(lo
     assert "VIPs" not in answer.content.decode()
     top.refresh_from_db()
     assert top.rules == PRO
+
+
+def test_a_segment_whose_saved_rules_no_longer_hold_is_counted_nowhere_and_says_why(login, manager_alice):
+    """Rules saved before a check existed ("value": "old" in a number condition): the page, its
+    preview, its Count now and the list's action say which condition is wrong, never a 500."""
+    segment = segment_create(name="Old ages", rules=PRO, by=manager_alice)
+    broken = {"all": [PRO, {"attribute": "age", "type": "number", "op": "gt", "value": "old"}]}
+    Segment.objects.filter(pk=segment.pk).update(rules=broken)
+    client = login(manager_alice)
+    assert client.get(f"/admin/audiences/segment/{segment.pk}/change/").status_code == 200
+    assert client.get("/admin/audiences/segment/").status_code == 200
+    preview = client.get(f"/admin/audiences/segment/{segment.pk}/preview/")
+    assert preview.status_code == 400
+    [error] = preview.json()["errors"]
+    assert error["path"] == "rules.all[1].value" and error["message"] == "expected a number, got a string"
+    assert error["place"] == "Condition 2 (age is more than)"
+
+    response = client.post(f"/admin/audiences/segment/{segment.pk}/count/", follow=True)
+    assert response.status_code == 200
+    said = "Not counted: Condition 2 (age is more than): expected a number, got a string."
+    assert said in response.content.decode()
+    press = {"action": "count_reach", "_selected_action": [segment.pk]}
+    response = client.post("/admin/audiences/segment/", press, follow=True)
+    assert response.status_code == 200
+    assert f"Old ages not counted: {said.removeprefix('Not counted: ')}" in response.content.decode()
+    assert _kept(segment) == (None, None, None)

@@ -300,3 +300,17 @@ def test_an_audience_no_push_could_reach_says_so_on_the_page_and_in_the_review(
     assert audience_text(segment_id=segment.pk, app_id=AppFactory().pk).startswith(
         "Everyone: 3 profiles → 0 reachable (iOS 0 / Android 0) → 0 opted in: no one to send to, no phone in this app"
     )
+
+
+def test_count_now_of_a_segment_whose_saved_rules_no_longer_hold_says_why(
+    client, make_campaign, segment, manager_alice
+):
+    campaign = make_campaign()
+    broken = {"all": [{"attribute": "age", "type": "number", "op": "gt", "value": "old"}]}
+    Segment.objects.filter(pk=segment.pk).update(kind=Segment.Kind.RULES, rules=broken)
+    client.force_login(manager_alice)
+    response = client.post(f"/admin/campaigns/campaign/{campaign.pk}/count-audience/", follow=True)
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "Audience not counted: Condition 1 (age is more than): expected a number, got a string." in page
+    assert client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").status_code == 200
