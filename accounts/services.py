@@ -133,6 +133,30 @@ def approval_policies_kept_decidable(*, doing: str, fix: str, undone: str, app: 
         )
 
 
+# What to change before a user who is some active policy's only decider goes, is deactivated or loses the role.
+POLICY_DECIDER_FIX = "Give another of its approvers a role that may approve there and access to its apps first"
+
+
+def user_delete(*, user_id: int, by: User) -> None:
+    """Delete a user's account: their grants and their place among approval policies' approvers go
+    with it. Audited as ``user_deleted``.
+
+    Raises PermissionDenied when ``by`` may not delete users, and ValidationError, deleting
+    nothing, when the deletion would leave an active approval policy with no approver who may
+    decide its requests (``approval_policies_kept_decidable``), naming it and what to change first.
+    """
+    if not by.has_perm("accounts.delete_user"):
+        raise PermissionDenied("Only an Administrator deletes users.")
+    with transaction.atomic():
+        user = User.objects.select_for_update().get(pk=user_id)
+        name = user.get_username()
+        with approval_policies_kept_decidable(
+            doing=f"Deleting {name}", fix=POLICY_DECIDER_FIX, undone="the user was not deleted"
+        ):
+            audit(actor=by, action="user_deleted", obj=user, summary={"username": name})
+            user.delete()
+
+
 def _active_policy_problems(app: models.Model | None = None) -> dict[ApprovalPolicy, list[str]]:
     """Each active approval policy whose approvers cannot decide its requests, with why
     (``policy_approver_problems``); with ``app``, only the policies governing its requests (naming

@@ -2,13 +2,16 @@
 
 from django.apps import apps as django_apps
 from django.contrib import admin, messages
+from django.contrib.admin.actions import delete_selected as django_delete_selected
 from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import router, transaction
 from django.http import Http404, HttpResponseRedirect
+from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html_join
 
@@ -21,10 +24,12 @@ from accounts.selectors import (
     user_known_to,
 )
 from accounts.services import (
+    POLICY_DECIDER_FIX,
     access_grant,
     access_revoke,
     approval_policies_kept_decidable,
     audit,
+    user_delete,
     user_roles_given,
 )
 
@@ -168,8 +173,7 @@ class UserAdmin(AccessAdmin, DjangoUserAdmin):
             "", "<div>{} <em>{}</em> ({})</div>", ((o._meta.verbose_name, o, how) for o, how in grants)
         )
 
-    # What to change before a user who is some active policy's only decider is deactivated or loses the role.
-    _POLICY_FIX = "Give another of its approvers a role that may approve there and access to its apps first"
+    _POLICY_FIX = POLICY_DECIDER_FIX
 
     def _changeform_view(self, request, object_id, form_url, extra_context):
         # A part of the save the services refuse (a deactivation, new roles or an app revoke that
@@ -198,6 +202,43 @@ class UserAdmin(AccessAdmin, DjangoUserAdmin):
             obj=obj,
             summary={"fields": changed},
         )
+
+    def delete_model(self, request, obj):
+        user_delete(user_id=obj.pk, by=request.user)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        # A deletion that would leave an active approval policy with no one to decide is refused
+        # (``user_delete``): the user's page says why, nothing deleted.
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except ValidationError as exc:
+            self.message_user(request, " ".join(exc.messages), messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:accounts_user_change", args=[object_id]))
+
+    actions = ["delete_selected"]
+
+    @admin.action(permissions=["delete"], description="Delete selected users")
+    def delete_selected(self, request, queryset):
+        """Django's own (its question, and its refusal of a user one may not delete), each user then
+        deleted alone through ``user_delete``: one whose deletion would leave an active approval
+        policy with no one to decide is not deleted and is named with why; the others are."""
+        if not request.POST.get("post"):
+            return django_delete_selected(self, request, queryset)
+        _, _, perms_needed, protected = self.get_deleted_objects(queryset, request)
+        if perms_needed or protected:
+            return django_delete_selected(self, request, queryset)
+        deleted = 0
+        for user in queryset.order_by("pk"):
+            try:
+                with transaction.atomic(using=router.db_for_write(self.model)):
+                    user_delete(user_id=user.pk, by=request.user)
+                    self.log_deletions(request, [user])
+                deleted += 1
+            except ValidationError as exc:
+                self.message_user(request, f"{user.get_username()}: {' '.join(exc.messages)}", messages.ERROR)
+        if deleted:
+            self.message_user(request, f"{deleted} user{pluralize(deleted)} deleted.", messages.SUCCESS)
+        return None
 
     def user_change_password(self, request, id, form_url=""):
         """Django's password page saves outside the change form: audit it like any change."""

@@ -333,3 +333,74 @@ def test_a_refused_revoke_on_the_user_page_saves_nothing_else_nor_says_it_change
     assert "not revoked" in page and "not saved" in page and "changed successfully" not in page
     assert User.objects.get(pk=approver_bob.pk).email != "new@example.test"
     assert list(visible_to(approver_bob, App.objects.all())) == [shop]
+
+
+# --- deleting a policy's last approver ------------------------------------------------------------
+
+
+def test_deleting_the_only_approver_of_an_active_policy_is_refused_naming_it(client, admin_erin, approver_bob, shop):
+    access_grant(obj=shop, to=approver_bob, by=admin_erin)
+    _policy_naming(admin_erin, shop, approver_bob)
+    events = AuditEvent.objects.count()
+    client.force_login(admin_erin)
+    answer = client.post(f"/admin/accounts/user/{approver_bob.pk}/delete/", {"post": "yes"}, follow=True)
+    page = html.unescape(answer.content.decode())
+    assert answer.status_code == 200 and "'Shop marketing'" in page and "could not be decided" in page
+    assert "Deleting approver_bob" in page and "not deleted" in page and "deleted successfully" not in page
+    assert User.objects.filter(pk=approver_bob.pk).exists()
+    assert list(visible_to(approver_bob, App.objects.all())) == [shop]
+    assert AuditEvent.objects.count() == events
+
+
+def test_deleting_an_approver_goes_through_while_another_may_decide(client, admin_erin, approver_bob, shop):
+    approver_fay = UserFactory(username="approver_fay", role="Approver")
+    for approver in (approver_bob, approver_fay):
+        access_grant(obj=shop, to=approver, by=admin_erin)
+    policy = _policy_naming(admin_erin, shop, approver_bob, approver_fay)
+    client.force_login(admin_erin)
+    assert client.post(f"/admin/accounts/user/{approver_bob.pk}/delete/", {"post": "yes"}).status_code == 302
+    assert not User.objects.filter(pk=approver_bob.pk).exists()
+    assert list(policy.approver_users.all()) == [approver_fay]
+    deleted = AuditEvent.objects.get(action="user_deleted")
+    assert (deleted.actor, deleted.object_id) == (admin_erin, str(approver_bob.pk))
+
+
+def test_an_inactive_policy_does_not_stop_deleting_its_only_approver(client, admin_erin, approver_bob, shop):
+    from accounts.services import approval_policy_deactivate
+
+    access_grant(obj=shop, to=approver_bob, by=admin_erin)
+    policy = _policy_naming(admin_erin, shop, approver_bob)
+    approval_policy_deactivate(policy_id=policy.pk, by=admin_erin)
+    client.force_login(admin_erin)
+    assert client.post(f"/admin/accounts/user/{approver_bob.pk}/delete/", {"post": "yes"}).status_code == 302
+    assert not User.objects.filter(pk=approver_bob.pk).exists()
+
+
+@pytest.mark.presses("accounts.user:delete_selected")
+def test_delete_selected_deletes_the_others_and_names_a_policy_s_last_approver_not_deleted(
+    client, admin_erin, approver_bob, viewer_carol, shop
+):
+    approver_fay = UserFactory(username="approver_fay", role="Approver")
+    for approver in (approver_bob, approver_fay):
+        access_grant(obj=shop, to=approver, by=admin_erin)
+    # Either approver alone may go; not both: the first deleted, the second is the policy's last.
+    policy = _policy_naming(admin_erin, shop, approver_bob, approver_fay)
+    client.force_login(viewer_carol)
+    chosen = {"action": "delete_selected", "_selected_action": [approver_bob.pk, approver_fay.pk], "post": "yes"}
+    assert client.post("/admin/accounts/user/", chosen).status_code in (302, 403)
+    assert User.objects.filter(pk__in=[approver_bob.pk, approver_fay.pk]).count() == 2
+
+    client.force_login(admin_erin)
+    chosen["_selected_action"].append(viewer_carol.pk)
+    answer = client.post("/admin/accounts/user/", chosen, follow=True)
+    said = [html.unescape(str(m)) for m in answer.context["messages"]]
+    assert set(User.objects.filter(pk__in=chosen["_selected_action"]).values_list("username", flat=True)) == {
+        "approver_fay"
+    }
+    refused = [m for m in said if m.startswith("approver_fay: ")]
+    assert len(refused) == 1 and "'Shop marketing'" in refused[0] and "not deleted" in refused[0]
+    assert "2 users deleted." in said and not any("Successfully deleted" in m for m in said)
+    assert list(policy.approver_users.all()) == [approver_fay]
+    assert set(
+        AuditEvent.objects.filter(action="user_deleted", actor=admin_erin).values_list("object_id", flat=True)
+    ) == {str(approver_bob.pk), str(viewer_carol.pk)}
