@@ -783,6 +783,21 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
 
     lifecycle_button_name = "campaign_action"
     lifecycle_asked_again = ("stop",)
+    lifecycle_once = "test_send"  # a double click on Test send sends once
+
+    def lifecycle_sent_again(self, request, use):
+        """Test send pressed again on the same page (a double click): nothing sent again, the dispatch it
+        started linked (the first variant's, with variants); the page drawn again sends anew."""
+        from delivery.models import Dispatch
+
+        first = Dispatch.objects.filter(pk=use.result_id).first()
+        started = linked_if_visible(request, first) if first is not None else "its dispatch is deleted"
+        return format_html(
+            "This test send was started already, on {} UTC: {}. Nothing was sent again; reload the page "
+            "to send another test.",
+            f"{use.used_at:%Y-%m-%d %H:%M}",
+            started,
+        )
 
     def lifecycle_actions(self, user, obj, *, answers=None):
         return campaign_actions(user, obj, answers=answers, approval_of=self.approval_of)
@@ -821,8 +836,8 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             # Linked: the campaign's page lists no test send, each one's page says what it became.
             linked = format_html_join("; ", "{}", ((linked_if_visible(request, d),) for d in dispatches))
             if len(dispatches) == 1:
-                return format_html("Test send started: {}.", linked), None
-            return format_html("Test sends started, one per variant: {}.", linked), None
+                return format_html("Test send started: {}.", linked), None, dispatches[0].pk
+            return format_html("Test sends started, one per variant: {}.", linked), None, dispatches[0].pk
 
         def submit():
             campaign_submit(campaign_id=object_id, by=by, message=request.POST.get("message", ""))

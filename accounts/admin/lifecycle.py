@@ -12,6 +12,14 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from accounts.admin.bases import drawn_for, page_answers, page_request
+from accounts.form_tokens import (
+    FORM_TOKEN_FIELD,
+    FormTokenRefused,
+    FormTokenUsed,
+    form_token_done,
+    form_token_issue,
+    form_token_use,
+)
 from accounts.services import APPROVAL_MESSAGE_MAX, TransitionError
 
 
@@ -31,6 +39,12 @@ class LifecycleAdminMixin:
     lifecycle_asked_again: tuple[str, ...] = ()
     # Of those, the ones another action undoes (a pause, a resume): asked again without saying it is final.
     lifecycle_undoable: tuple[str, ...] = ()
+    # The action that acts once per page drawn (a test send: a double click must not send twice): the
+    # page carries a one-time token (``accounts.form_tokens``) for its user, the action and the object,
+    # used in the transaction of what it does. Its handler returns ``(message, url, result_id)``; a
+    # press with a used token is answered by ``lifecycle_sent_again``, one without a token of its own
+    # is refused, saying why, and the page drawn again gives a new one.
+    lifecycle_once: str = ""
 
     def _changeform_view(self, request, object_id, form_url, extra_context):
         # The add and change forms save through the object's services: a save they refuse
@@ -114,6 +128,13 @@ class LifecycleAdminMixin:
         line of the page that asks again."""
         return []
 
+    def _once_purpose(self) -> str:
+        return f"{self.model._meta.label_lower}:{self.lifecycle_once}"
+
+    def lifecycle_sent_again(self, request, use) -> str:
+        """The message answering ``lifecycle_once`` pressed again with the token ``use`` used."""
+        return f"This was done already, on {use.used_at:%Y-%m-%d %H:%M} UTC: nothing was done again."
+
     def _transition_url_name(self) -> str:
         opts = self.model._meta
         return f"{opts.app_label}_{opts.model_name}_transition"
@@ -139,6 +160,9 @@ class LifecycleAdminMixin:
                 'placeholder="What changed, why, anything to check"></textarea><br>',
                 APPROVAL_MESSAGE_MAX,
             )
+        if any(name == self.lifecycle_once for name, _ in actions):
+            token = form_token_issue(user=request.user, purpose=self._once_purpose(), subject=str(obj.pk))
+            note += format_html('<input type="hidden" name="{}" value="{}">', FORM_TOKEN_FIELD, token)
         return note + format_html_join(
             " ",
             '<button type="submit" formaction="{}" formnovalidate class="button" name="{}" value="{}">{}</button>',
@@ -212,13 +236,37 @@ class LifecycleAdminMixin:
             if action in labels:
                 return self._asked_again(request, obj, action, labels[action], back_url=target)
         try:
-            outcome = handlers[action]()
+            if action == self.lifecycle_once:
+                outcome = self._once(request, object_id, handlers[action])
+            else:
+                outcome = handlers[action]()
+        except FormTokenRefused as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return HttpResponseRedirect(target)
+        except FormTokenUsed as exc:
+            self.message_user(request, self.lifecycle_sent_again(request, exc.use), messages.WARNING)
+            return HttpResponseRedirect(target)
         except (TransitionError, ValidationError) as exc:
             self.message_user(request, " ".join(getattr(exc, "messages", [str(exc)])), messages.ERROR)
             return HttpResponseRedirect(target)
         message, url = outcome if isinstance(outcome, tuple) else (f"Done: {action.replace('_', ' ')}.", None)
         self.message_user(request, message, messages.SUCCESS)
         return HttpResponseRedirect(url or target)
+
+    def _once(self, request, object_id, handler):
+        """``handler`` run with the use of the page's one-time token, in one transaction: after it, so
+        that a role or access refused answers as without a token (403, 404); a token refused or used
+        already rolls back what the handler did."""
+        with transaction.atomic(using=router.db_for_write(self.model)):
+            message, url, result_id = handler()
+            use = form_token_use(
+                token=request.POST.get(FORM_TOKEN_FIELD, ""),
+                user=request.user,
+                purpose=self._once_purpose(),
+                subject=str(object_id),
+            )
+            form_token_done(use, result_id=result_id)
+        return message, url
 
     def _asked_again(self, request, obj, action: str, label: str, *, back_url: str):
         from django.template.response import TemplateResponse

@@ -161,7 +161,14 @@ def _act(client, user, campaign, action, admin_erin):
             f"/api/v1/campaigns/{campaign.pk}/trigger/", {"recipients": [{"external_id": "nobody"}]}, format="json"
         )
     names = {"cancel": "cancel_request"}
-    return client.post(f"{base}/transition/{names.get(action, action)}/", {"confirmed": "yes"})  # as Stop's page asks
+    data = {"confirmed": "yes"}  # as Stop's page asks
+    if action == "test_send":  # with the token its page draws (those refused see no such page)
+        from accounts.form_tokens import form_token_issue
+
+        data["form_token"] = form_token_issue(
+            user=user, purpose="campaigns.campaign:test_send", subject=str(campaign.pk)
+        )
+    return client.post(f"{base}/transition/{names.get(action, action)}/", data)
 
 
 def _dispatch_made(action):

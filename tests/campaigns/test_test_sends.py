@@ -207,11 +207,66 @@ def test_a_test_send_pressed_on_the_campaigns_page_links_to_its_sends(client, na
     variants_set(named_campaign, manager_alice, [named_campaign.content, other], [50, 50])
     DeviceFactory(app=named_campaign.app, is_test=True, platform="ios")
     client.force_login(manager_alice)
-    answer = client.post(
-        f"/admin/campaigns/campaign/{named_campaign.pk}/transition/test_send/", {"confirmed": "yes"}, follow=True
-    )
+    answer = _press_test_send(client, named_campaign, _test_send_token(client, named_campaign))
     page = answer.content.decode()
     dispatches = Dispatch.objects.filter(kind="test").order_by("pk")
     assert dispatches.count() == 2
     for dispatch in dispatches:
         assert f'<a href="/admin/delivery/dispatch/{dispatch.pk}/change/">{dispatch}</a>' in page
+
+
+def _test_send_token(client, campaign) -> str:
+    """The one-time token the campaign's page carries for its Test send button, as the page draws it."""
+    from tests.pages import form_token_of
+
+    return form_token_of(client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content)
+
+
+def _press_test_send(client, campaign, token):
+    return client.post(
+        f"/admin/campaigns/campaign/{campaign.pk}/transition/test_send/", {"form_token": token}, follow=True
+    )
+
+
+@pytest.mark.presses("campaigns.campaign:transition/test_send")
+def test_test_send_pressed_twice_on_one_page_sends_once_and_links_the_first(client, named_campaign, manager_alice):
+    """A double click posts the page's button twice: the second sends nothing and links the dispatch."""
+    from delivery.models import Dispatch
+
+    DeviceFactory(app=named_campaign.app, is_test=True, platform="ios")
+    client.force_login(manager_alice)
+    token = _test_send_token(client, named_campaign)
+    _press_test_send(client, named_campaign, token)
+    again = _press_test_send(client, named_campaign, token)
+    (dispatch,) = Dispatch.objects.filter(kind="test")
+    page = again.content.decode()
+    assert again.status_code == 200 and "This test send was started already" in page
+    assert f'<a href="/admin/delivery/dispatch/{dispatch.pk}/change/">{dispatch}</a>' in page
+
+
+@pytest.mark.presses("campaigns.campaign:transition/test_send")
+def test_test_send_pressed_on_two_page_loads_sends_twice(client, named_campaign, manager_alice):
+    from delivery.models import Dispatch
+
+    DeviceFactory(app=named_campaign.app, is_test=True, platform="ios")
+    client.force_login(manager_alice)
+    for _ in range(2):
+        _press_test_send(client, named_campaign, _test_send_token(client, named_campaign))
+    assert Dispatch.objects.filter(kind="test").count() == 2
+
+
+@pytest.mark.parametrize("token", ["", "forged", "another campaign's"])
+def test_test_send_without_its_pages_token_is_refused_saying_so(client, named_campaign, manager_alice, token):
+    from delivery.models import Dispatch
+
+    DeviceFactory(app=named_campaign.app, is_test=True, platform="ios")
+    client.force_login(manager_alice)
+    if token == "another campaign's":
+        from accounts.form_tokens import form_token_issue
+
+        token = form_token_issue(
+            user=manager_alice, purpose="campaigns.campaign:test_send", subject=str(named_campaign.pk + 1)
+        )
+    answer = _press_test_send(client, named_campaign, token)
+    assert answer.status_code == 200 and "nothing was done" in answer.content.decode()
+    assert not Dispatch.objects.filter(kind="test").exists()
