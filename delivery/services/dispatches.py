@@ -32,6 +32,7 @@ from accounts.models import User
 from accounts.selectors import can
 from accounts.services import audit
 from audiences.models import Profile
+from audiences.rules.schema import RulesInvalid
 from delivery.models import App, Delivery, DeliveryRollup, Device, DeviceTombstone, Dispatch, PushContent
 from delivery.payloads import (
     spec_validate,
@@ -547,30 +548,33 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
         if dispatch is None or dispatch.status != Dispatch.Status.PREPARING:
             return False
         check, refused = _AUDIENCE_CHECKS.get(dispatch.kind, (None, None))
-        if check is not None and dispatch.segment_id is not None:
-            try:
+        try:
+            if check is not None and dispatch.segment_id is not None:
                 check(dispatch)
-            except GateClosed as exc:
-                _refuse_unresolved(dispatch, reason=str(exc), now=now)
-                if refused is not None:
-                    refused(dispatch, str(exc))
-                return False
-        slices, leftovers = _resolve_slices(dispatch)
-        if slices:
-            counts = _resolve_in_slices(dispatch, slices=slices, now=now, leftovers=leftovers)
-        elif connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                if leftovers:  # of a sliced resolve, when the settings or the profiles were different
-                    _resolve_leftovers_delete(cursor, dispatch.pk)
-                counts = _resolve_insert(cursor, dispatch, now=now)
-        else:
-            source, params = _resolve_rows_sql(dispatch, now=now)
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    f"INSERT INTO delivery_delivery ({_RESOLVE_COLUMNS}) SELECT {_RESOLVE_COLUMNS} FROM ({source}) src",  # noqa: S608
-                    params,
-                )
-            counts = rollup_add_made(dispatch_id=dispatch.pk)  # by outcome: targeted, and those final already
+            # A segment's rules that no longer hold (saved before a check, or by a migration) are
+            # refused as they are compiled, before any statement of the resolve runs.
+            slices, leftovers = _resolve_slices(dispatch)
+            if slices:
+                counts = _resolve_in_slices(dispatch, slices=slices, now=now, leftovers=leftovers)
+            elif connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    if leftovers:  # of a sliced resolve, when the settings or the profiles were different
+                        _resolve_leftovers_delete(cursor, dispatch.pk)
+                    counts = _resolve_insert(cursor, dispatch, now=now)
+            else:
+                source, params = _resolve_rows_sql(dispatch, now=now)
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        f"INSERT INTO delivery_delivery ({_RESOLVE_COLUMNS}) SELECT {_RESOLVE_COLUMNS} FROM ({source}) src",  # noqa: S608
+                        params,
+                    )
+                counts = rollup_add_made(dispatch_id=dispatch.pk)  # by outcome: targeted, and those final already
+        except (GateClosed, RulesInvalid) as exc:
+            reason = str(exc) if isinstance(exc, GateClosed) else _rules_broken_text(exc)
+            _refuse_unresolved(dispatch, reason=reason, now=now)
+            if refused is not None:
+                refused(dispatch, reason)
+            return False
         held = local_time_apply(dispatch=dispatch, now=now)
         held.update(rules_apply(dispatch=dispatch, now=now))  # its skips are counted as they are made
         if held:
@@ -592,6 +596,11 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
     if not counts.get(DS.QUEUED, 0):
         dispatch_complete_if_done(dispatch_id=dispatch_id)
     return inline
+
+
+def _rules_broken_text(exc: RulesInvalid) -> str:
+    """Why a send to a segment whose saved rules no longer hold reads no one, the rules named."""
+    return f"The segment's rules no longer hold ({'; '.join(map(str, exc.errors))}): correct them on its page."
 
 
 def _refuse_unresolved(dispatch: Dispatch, *, reason: str, now: datetime) -> None:
