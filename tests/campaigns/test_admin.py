@@ -1469,7 +1469,7 @@ def test_the_warning_names_what_each_asked_approver_lacks_and_whom_to_ask(
 
     from accounts.models import ApprovalPolicy
     from accounts.selectors import approval_stuck_text
-    from accounts.services import access_grant, access_revoke, approval_policy_activate
+    from accounts.services import access_grant, access_revoke, approval_policy_activate, approval_policy_deactivate
 
     access_grant(obj=segment, to=approver_bob, by=None)
     admin_erin.groups.clear()  # the Administrator approves too: left out, approver_bob is the only Approver
@@ -1485,6 +1485,9 @@ def test_the_warning_names_what_each_asked_approver_lacks_and_whom_to_ask(
     approval_policy_activate(policy_id=policy.pk, by=type(admin_erin).objects.get(pk=admin_erin.pk))
     request = campaign_submit(campaign_id=make_campaign(name="Theirs").pk, by=manager_alice)
     assert approval_stuck_text(request, reader=manager_alice) == ""
+    # A revoke that would leave the active policy without a decider is refused: the policy is
+    # deactivated first, the request keeping the approvers it named.
+    approval_policy_deactivate(policy_id=policy.pk, by=admin_erin)
     access_revoke(obj=team, to=approver_bob, by=None)
     said = approval_stuck_text(request, reader=manager_alice)
     assert said == (
