@@ -162,6 +162,7 @@ def journey_enter_segment(*, journey_id: int, now: dt.datetime | None = None) ->
     next run is set from the version's recurrence (none for a one-off entry). Returns how many entered.
     """
     from audiences.rules.compiler import segment_profiles
+    from audiences.rules.schema import RulesInvalid
 
     now = now or timezone.now()
     with transaction.atomic():
@@ -177,7 +178,11 @@ def journey_enter_segment(*, journey_id: int, now: dt.datetime | None = None) ->
         if version.entry_kind == JourneyVersion.EntryKind.SEGMENT and version.entry_segment is not None:
             # Who enters is the segment as approved: an edit since refuses the read (a recurring one is read again when due).
             refused = segments_changed_text(version, {version.entry_segment_id})
-            audience = segment_profiles(version.entry_segment, now=now, union=True)
+            try:
+                audience = segment_profiles(version.entry_segment, now=now, union=True)
+            except RulesInvalid as exc:  # rules saved before a check (or by a migration) that no longer hold
+                refused = refused or f"The segment's rules no longer hold ({'; '.join(map(str, exc.errors))})."
+                audience = None
             if not refused and not audience.query.is_empty():
                 sql, params = audience.order_by().values("id").query.sql_with_params()
                 entered = _enter(version, sql, list(params), now=now)

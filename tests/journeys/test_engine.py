@@ -1590,6 +1590,29 @@ def test_an_entry_segment_edited_after_approval_enters_no_one_and_says_why(
     assert journey.next_entry_at == now + dt.timedelta(hours=1)  # the next read stays due
 
 
+def test_an_entry_segment_whose_saved_rules_no_longer_hold_enters_no_one_and_says_why(make_journey, publish, everyone):
+    """Rules saved before a check existed (or by a migration: a number condition holding a word),
+    under a version approved before its segments were frozen: the read raised out of the worker's
+    task, and the journey's entry stayed due, failing again each minute, with nothing said."""
+    from accounts.models import AuditEvent
+    from audiences.models import Segment
+    from journeys.models import JourneyVersion
+
+    ProfileFactory.create_batch(2)
+    journey = publish(make_journey(graph={"steps": [EXIT]}, entry_every_hours=1))
+    JourneyVersion.objects.filter(pk=journey.live_version_id).update(approved_segments={})
+    Segment.objects.filter(pk=everyone.pk).update(
+        kind="rules", rules={"all": [{"attribute": "age", "type": "number", "op": "gt", "value": "old"}]}
+    )
+    now = timezone.now()
+    assert journey_enter_segment(journey_id=journey.pk, now=now) == 0
+    assert not Enrollment.objects.exists()
+    read = AuditEvent.objects.filter(action="journey_segment_read").latest("pk")
+    assert "rules.all[0].value" in read.summary["refused"] and "number" in read.summary["refused"]
+    journey.refresh_from_db()
+    assert journey.next_entry_at == now + dt.timedelta(hours=1)  # read again when due
+
+
 def test_a_segment_renamed_after_approval_changes_nobody_s_branch(make_journey, publish, vips, manager_alice):
     from audiences.services.segments import segment_update
 
