@@ -123,6 +123,11 @@ class RulesInvalid(ValidationError):
         self.errors = errors
         super().__init__([ValidationError(str(e), code=e.code) for e in errors])
 
+    def held_no_longer(self) -> str:
+        """Why a segment's saved rules read no one (saved before a check existed, or written by a
+        migration), each broken rule by its path: what a send or a journey's entry records."""
+        return f"The segment's rules no longer hold ({'; '.join(map(str, self.errors))})"
+
 
 SegmentLoader = Callable[[Iterable[int]], dict[int, Segment]]
 

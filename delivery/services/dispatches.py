@@ -570,7 +570,7 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
                     )
                 counts = rollup_add_made(dispatch_id=dispatch.pk)  # by outcome: targeted, and those final already
         except (GateClosed, RulesInvalid) as exc:
-            reason = str(exc) if isinstance(exc, GateClosed) else _rules_broken_text(exc)
+            reason = str(exc) if isinstance(exc, GateClosed) else f"{exc.held_no_longer()}: correct them on its page."
             _refuse_unresolved(dispatch, reason=reason, now=now)
             if refused is not None:
                 refused(dispatch, reason)
@@ -596,11 +596,6 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
     if not counts.get(DS.QUEUED, 0):
         dispatch_complete_if_done(dispatch_id=dispatch_id)
     return inline
-
-
-def _rules_broken_text(exc: RulesInvalid) -> str:
-    """Why a send to a segment whose saved rules no longer hold reads no one, the rules named."""
-    return f"The segment's rules no longer hold ({'; '.join(map(str, exc.errors))}): correct them on its page."
 
 
 def _refuse_unresolved(dispatch: Dispatch, *, reason: str, now: datetime) -> None:

@@ -181,7 +181,7 @@ def journey_enter_segment(*, journey_id: int, now: dt.datetime | None = None) ->
             try:
                 audience = segment_profiles(version.entry_segment, now=now, union=True)
             except RulesInvalid as exc:  # rules saved before a check (or by a migration) that no longer hold
-                refused = refused or f"The segment's rules no longer hold ({'; '.join(map(str, exc.errors))})."
+                refused = refused or f"{exc.held_no_longer()}."
                 audience = None
             if not refused and not audience.query.is_empty():
                 sql, params = audience.order_by().values("id").query.sql_with_params()
