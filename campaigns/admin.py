@@ -355,10 +355,15 @@ def _schedule_fields_of(campaign: Campaign, fields: tuple[str, ...]) -> tuple[st
 
 def _has_occurrences_to_show(campaign: Campaign | None) -> bool:
     """Whether a campaign's page lists occurrences: a saved campaign's schedule makes them; an
-    API-triggered one shows those it made before it was triggered by the API, if any."""
+    API-triggered one shows those it made before it was triggered by the API, if any (asked once a
+    page: its inlines and its Sends line read the same answer)."""
     if campaign is None or campaign.pk is None:
         return False
-    return campaign.kind != Campaign.Kind.API_TRIGGERED or campaign.occurrences.exists()
+    if campaign.kind != Campaign.Kind.API_TRIGGERED:
+        return True
+    if not hasattr(campaign, "_occurrences_shown"):
+        campaign._occurrences_shown = campaign.occurrences.exists()
+    return campaign._occurrences_shown
 
 
 @admin.register(Campaign)
