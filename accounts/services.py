@@ -141,14 +141,18 @@ def user_delete(*, user_id: int, by: User) -> None:
     """Delete a user's account: their grants and their place among approval policies' approvers go
     with it. Audited as ``user_deleted``.
 
-    Raises PermissionDenied when ``by`` may not delete users, and ValidationError, deleting
-    nothing, when the deletion would leave an active approval policy with no approver who may
-    decide its requests (``approval_policies_kept_decidable``), naming it and what to change first.
+    Raises PermissionDenied when ``by`` may not delete users, or the account is a superuser's and
+    ``by`` is not one (a superuser's account is out of others' reach, as on the user's page), and
+    ValidationError, deleting nothing, when the deletion would leave an active approval policy with
+    no approver who may decide its requests (``approval_policies_kept_decidable``), naming it and
+    what to change first.
     """
     if not by.has_perm("accounts.delete_user"):
         raise PermissionDenied("Only an Administrator deletes users.")
     with transaction.atomic():
         user = User.objects.select_for_update().get(pk=user_id)
+        if user.is_superuser and not by.is_superuser:
+            raise PermissionDenied("Only a superuser deletes a superuser's account.")
         name = user.get_username()
         with approval_policies_kept_decidable(
             doing=f"Deleting {name}", fix=POLICY_DECIDER_FIX, undone="the user was not deleted"

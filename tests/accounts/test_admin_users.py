@@ -404,3 +404,27 @@ def test_delete_selected_deletes_the_others_and_names_a_policy_s_last_approver_n
     assert set(
         AuditEvent.objects.filter(action="user_deleted", actor=admin_erin).values_list("object_id", flat=True)
     ) == {str(approver_bob.pk), str(viewer_carol.pk)}
+
+
+# --- a superuser's account, deleted through the service ---------------------------------------------
+
+
+def test_user_delete_refuses_a_superuser_s_account_to_an_administrator(admin_erin, superuser_sam):
+    """The service, not only the admin's page, keeps a superuser's account out of others' reach."""
+    from django.core.exceptions import PermissionDenied
+
+    from accounts.services import user_delete
+
+    with pytest.raises(PermissionDenied, match="Only a superuser deletes a superuser's account"):
+        user_delete(user_id=superuser_sam.pk, by=admin_erin)
+    assert User.objects.filter(pk=superuser_sam.pk).exists()
+    assert not AuditEvent.objects.filter(action="user_deleted").exists()
+
+
+def test_a_superuser_deletes_a_superuser_s_account_on_its_delete_page(client, superuser_sam):
+    other = UserFactory(username="superuser_tess", is_superuser=True)
+    client.force_login(superuser_sam)
+    assert client.post(f"/admin/accounts/user/{other.pk}/delete/", {"post": "yes"}).status_code == 302
+    assert not User.objects.filter(pk=other.pk).exists()
+    deleted = AuditEvent.objects.get(action="user_deleted")
+    assert (deleted.actor, deleted.object_id) == (superuser_sam, str(other.pk))
