@@ -434,6 +434,28 @@ def _recipient_source_lock(entry: _Approved) -> tuple[str, list]:
     )
 
 
+# What every send of a campaign gives its content under ``context`` itself (``ApprovedVersion.send_context``).
+SEND_CONTEXT_KEY = "campaign"
+
+
+def _context_check(*, context: dict, recipients: list[dict]) -> None:
+    """Refuse a call whose context, shared or a recipient's, names ``campaign``: every send gives its
+    content ``context.campaign`` itself (its id, and the name its approved version sends), and a call's
+    value laid over it showed the phones a name no approver read. Raises ValidationError naming each."""
+    said = (
+        f"'{SEND_CONTEXT_KEY}' is given by the campaign itself (its id, and the name its approved version "
+        "sends): leave it out of the call's context."
+    )
+    errors = {}
+    if SEND_CONTEXT_KEY in (context or {}):
+        errors[f"context.{SEND_CONTEXT_KEY}"] = said
+    for index, recipient in enumerate(recipients):
+        if SEND_CONTEXT_KEY in (recipient.get("context") or {}):
+            errors[f"recipients[{index}].context.{SEND_CONTEXT_KEY}"] = said
+    if errors:
+        raise ValidationError(errors)
+
+
 def campaign_trigger(
     *,
     campaign_id: int,
@@ -457,8 +479,10 @@ def campaign_trigger(
     Raises Http404 outside the user's access, PermissionDenied without the role, TriggerRefused
     when the campaign is not a live API-triggered one or its approved content no longer passes
     the send's checks, ValidationError naming
-    ``recipients[i].context`` when a context makes the payload too large or unrenderable, or
-    ``recipients[i]`` when that recipient's profile alone makes it too large.
+    ``recipients[i].context`` when a context makes the payload too large or unrenderable,
+    ``recipients[i]`` when that recipient's profile alone makes it too large, or
+    ``context.campaign`` (``recipients[i].context.campaign``) when a context names what the
+    campaign gives itself (``_context_check``).
     """
     from accounts.stamps import stamps_read
     from delivery.models import Dispatch
@@ -472,6 +496,7 @@ def campaign_trigger(
     entry = _approved_for(campaign_id, stamp=stamp, by=by, now=now)
     if len(recipients) > MAX_RECIPIENTS:
         raise ValidationError({"recipients": f"At most {MAX_RECIPIENTS} recipients per call."})
+    _context_check(context=context, recipients=recipients)
     if _appends_by_external_id(entry):
         try:
             result = _trigger_by_external_id(

@@ -578,3 +578,36 @@ def test_a_trigger_refused_for_credentials_is_said_again_every_hour_and_at_once_
     assert said_at(3603, 202) == []
     settings.PUSHDESK_ENCRYPTION_KEY = new
     assert said_at(3604) == first  # at once, not an hour after the last line
+
+
+def test_a_calls_context_naming_the_campaign_is_refused_and_its_phones_show_the_approved_name(
+    pushsim_app, manager_alice, approver_bob, trigger_client, pushsim, django_capture_on_commit_callbacks
+):
+    """Every send gives its content ``context.campaign`` (its id and the name its approved version
+    was approved with); a call's context laid over it made the phones show whatever name the call
+    gave, which no approver read. A call naming ``campaign`` in its context, shared or a recipient's,
+    is refused naming it, and nothing is written; a call without it sends the approved name."""
+    from tests.campaigns.conftest import _live_trigger
+
+    campaign = _live_trigger(
+        pushsim_app, manager_alice, approver_bob, title="{{ context.campaign.name }}", body="It is on its way"
+    )
+    zoe = ProfileFactory(external_id="zoe")
+    phone = DeviceFactory(profile=zoe, app=pushsim_app, platform="ios")
+    forged = {"campaign": {"id": campaign.pk, "name": "Everything free, today only"}}
+    shared = trigger_client.post(
+        _url(campaign), {"recipients": [{"external_id": "zoe"}], "context": forged}, format="json"
+    )
+    own = trigger_client.post(
+        _url(campaign), {"recipients": [{"external_id": "zoe", "context": forged}]}, format="json"
+    )
+    assert shared.status_code == own.status_code == 400
+    assert shared.json()["errors"][0]["field"] == "context.campaign"
+    assert own.json()["errors"][0]["field"] == "recipients[0].context.campaign"
+    assert "the name its approved version sends" in own.json()["errors"][0]["detail"]
+    assert not Delivery.objects.exists()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        sent = trigger_client.post(_url(campaign), {"recipients": [{"external_id": "zoe"}]}, format="json")
+    assert sent.status_code == 202
+    assert [push["title"] for push in pushsim.state.recent(token=phone.token)] == [campaign.name]
