@@ -57,7 +57,7 @@ from accounts.json_values import (
 from accounts.models import ApiKey
 from accounts.pagination import ListQuery, QueryInteger, page_response, page_schema, query_params_valid
 from accounts.parsers import ApiJSONParser
-from audiences.imports import ImportRefused, columns_problem
+from audiences.imports import ErrorFile, ImportRefused, columns_problem
 from audiences.models import EventBulkRequest, Import, Profile, Segment
 from audiences.rules.schema import KEY_RE, RulesInvalid
 from audiences.selectors import (
@@ -866,7 +866,7 @@ class ImportErrorsView(ErrorsInJson, _ReadOrIngest, APIView):
         if record is None or not record.error_file:
             raise Http404
         try:
-            errors = record.error_file.open("rb")
+            errors = ErrorFile.open_committed(record)
         except FileNotFoundError:
             raise exceptions.NotFound(ERROR_FILE_MISSING) from None
         return FileResponse(

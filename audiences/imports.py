@@ -26,7 +26,7 @@ from django.db import connection
 from django.utils import timezone as dj_timezone
 
 from accounts.json_values import json_compact_utf8
-from audiences.models import Profile, SegmentMember
+from audiences.models import Import, Profile, SegmentMember
 from audiences.rules.schema import KEY_RE
 from audiences.services.profiles import (
     MAX_ATTRIBUTES,
@@ -847,6 +847,18 @@ class ErrorFile:
         self.text.close()
 
     @staticmethod
+    def open_committed(record: Import) -> io.BufferedReader:
+        """The error file of ``record`` open (binary) for reading as far as its committed rows go: its
+        first ``record.error_bytes`` bytes.
+
+        Past them are the rows of a batch not committed yet, or of one rolled back by a worker that
+        died in it (left there until the import resumes and cuts them off), which no reader lists.
+        Raises FileNotFoundError when the file is missing from storage; the caller closes what it gets.
+        """
+        fh = record.error_file.open("rb")
+        return io.BufferedReader(_FirstBytes(fh, min(record.error_bytes, record.error_file.size)))
+
+    @staticmethod
     def first_rows(fh, count: int) -> list[tuple[str, str, str]]:
         """The first ``count`` rows of the error file open in ``fh`` (binary), as (line, external_id,
         reason) with their cells as the import's rows had them (``spreadsheet_read``).
@@ -867,6 +879,41 @@ class ErrorFile:
         finally:
             text.detach()
         return rows
+
+
+class _FirstBytes(io.RawIOBase):
+    """The first ``length`` bytes of a binary file, read and sought as a file of their own; closing
+    it closes the file."""
+
+    def __init__(self, fh, length: int):
+        self.fh, self.length, self.at = fh, length, 0
+        fh.seek(0)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.fh.read(max(0, min(len(buffer), self.length - self.at)))
+        buffer[: len(data)] = data
+        self.at += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        start = {io.SEEK_SET: 0, io.SEEK_CUR: self.at, io.SEEK_END: self.length}[whence]
+        self.at = max(0, start + offset)
+        self.fh.seek(self.at)
+        return self.at
+
+    def tell(self) -> int:
+        return self.at
+
+    def close(self) -> None:
+        if not self.closed:
+            self.fh.close()
+        super().close()
 
 
 # A row as a batch holds it: its line, its attributes as JSON text, its locale and time zone (None: empty).

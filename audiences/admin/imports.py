@@ -277,7 +277,7 @@ class ImportAdmin(AccessAdmin):
         if not obj.error_file:
             return "—"
         try:
-            with obj.error_file.open("rb") as fh:
+            with ErrorFile.open_committed(obj) as fh:
                 rows = ErrorFile.first_rows(fh, FAILED_ROWS_SHOWN)
         except FileNotFoundError:
             return ERROR_FILE_MISSING
@@ -337,7 +337,7 @@ class ImportAdmin(AccessAdmin):
         if record is None or not record.error_file:
             raise Http404
         try:
-            errors = record.error_file.open("rb")
+            errors = ErrorFile.open_committed(record)
         except FileNotFoundError:
             self.message_user(request, ERROR_FILE_MISSING, messages.ERROR)
             return redirect(reverse("admin:audiences_import_change", args=[record.pk]))

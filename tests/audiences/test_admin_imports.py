@@ -7,12 +7,13 @@ import re
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connections
 from django.utils import timezone
 
 from accounts.models import AuditEvent
 from accounts.services import access_grant, access_revoke
 from audiences.models import Import, Profile, Segment, SegmentMember
-from audiences.services.imports import import_create, import_process
+from audiences.services.imports import import_create, import_process, imports_watch
 from audiences.services.segments import segment_create
 
 pytestmark = pytest.mark.django_db
@@ -88,6 +89,115 @@ def test_an_error_file_missing_from_storage_is_said_so_in_the_admin_and_the_api(
     assert answer.status_code == 404
     assert "MEDIA_ROOT must be shared" in answer.json()["detail"]
     assert Import.objects.get(pk=failed_import.pk).status == Import.Status.FAILED  # the import itself as it was
+
+
+def _restart_run_killed_in_its_first_batch(record, *, by, media) -> None:
+    """Restart the import in a worker process of its own, and kill that process while its run writes
+    its first batch: after the batch's failed rows went to the error file, before the batch committed.
+
+    The batch's save of the import sleeps (a trigger), the process is killed, and its session, which
+    the database ends once it sees its client gone, is ended at once: the batch is rolled back."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from django.conf import settings
+    from django.db import connection
+
+    from tests.fakes.workers import database_url
+    from tests.locks import eventually
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION pushdesk_test_sleep() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(60); RETURN NEW; END $$"
+        )
+        cursor.execute(
+            "CREATE TRIGGER pushdesk_test_sleep BEFORE UPDATE ON audiences_import FOR EACH ROW "
+            "WHEN (NEW.rows_done > OLD.rows_done) EXECUTE FUNCTION pushdesk_test_sleep()"
+        )
+    env = {k: v for k, v in os.environ.items() if k != "PUSHDESK_TASKS_SYNC"}
+    env.update(
+        DATABASE_URL=database_url(),
+        REDIS_URL=settings.REDIS_URL,
+        MEDIA_ROOT=str(media),
+        PUSHDESK_IMPORT_BATCH_ROWS="2",
+        PUSHDESK_TASKS_SYNC="1",  # the restart's task runs in the same process, as a worker runs it
+    )
+    restart = (
+        "from accounts.models import User; from audiences.services.imports import import_restart; "
+        f"import_restart(import_id={record.pk}, by=User.objects.get(pk={by.pk}))"
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "manage.py", "shell", "-c", restart],
+        cwd=settings.BASE_DIR,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def sleeping() -> list[int]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'"
+            )
+            return [pid for (pid,) in cursor.fetchall()]
+
+    try:
+        assert eventually(sleeping, timeout=60, step=0.1), "the worker's batch never came to its commit"
+        pids = sleeping()
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", [pids])
+        assert eventually(lambda: not sleeping(), step=0.05)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(10)
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER IF EXISTS pushdesk_test_sleep ON audiences_import")
+            cursor.execute("DROP FUNCTION IF EXISTS pushdesk_test_sleep()")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connections["default"].vendor != "postgresql", reason="a worker process on the test database")
+def test_a_restarted_import_whose_worker_died_in_a_batch_lists_only_the_failed_rows_of_its_committed_batches(
+    login, manager_alice, failed_import, api_key_for, media, settings
+):
+    """Its worker wrote the batch's failed rows to the error file before the batch committed, and its
+    death rolled the batch back: the page and both downloads listed them beside the committed ones
+    until the import resumed, a row of a batch not written said failed."""
+    failed_import.lift()
+    _restart_run_killed_in_its_first_batch(failed_import, by=manager_alice, media=media)
+    record = Import.objects.get(pk=failed_import.pk)
+    assert (record.status, record.rows_done, record.rows_failed) == (Import.Status.RUNNING, 2, 1)
+    assert record.error_file.size > record.error_bytes  # line 5, of the batch rolled back
+    client = login(manager_alice)
+    reader = api_key_for(manager_alice, scopes=["read"])
+
+    def api_errors() -> list[tuple[str, str]]:
+        answer = reader.get(f"/api/v1/imports/{record.pk}/errors/")
+        assert answer.status_code == 200
+        text = b"".join(answer.streaming_content).decode("utf-8-sig")
+        return [(row[0], row[1]) for row in list(csv.reader(io.StringIO(text)))[1:]]
+
+    page = client.get(f"/admin/audiences/import/{record.pk}/change/").content.decode()
+    assert failed_rows_shown(page) == [("3", "—", "external_id is empty")]
+    assert downloaded_errors(client, record) == api_errors() == [("3", "")]
+
+    # The watchdog takes it up again: it resumes after its committed batch, the batch killed written anew.
+    settings.PUSHDESK_IMPORT_BATCH_ROWS = 2
+    Import.objects.filter(pk=record.pk).update(heartbeat_at=timezone.now() - dt.timedelta(hours=1))
+    assert imports_watch()["resumed"] == [record.pk]
+    record.refresh_from_db()
+    assert (record.status, record.rows_done, record.rows_failed, record.rows_duplicate) == (Import.Status.DONE, 6, 2, 1)
+    page = client.get(f"/admin/audiences/import/{record.pk}/change/").content.decode()
+    assert [row[:2] for row in failed_rows_shown(page)] == [("3", "—"), ("5", "—"), ("6", "u1")]
+    assert downloaded_errors(client, record) == api_errors() == [("3", ""), ("5", ""), ("6", "u1")]
 
 
 @pytest.mark.presses("audiences.import:restart_imports")
