@@ -171,6 +171,13 @@ class CampaignOutSerializer(AnswerSerializer):
     segment = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
     content = serializers.PrimaryKeyRelatedField(read_only=True)
     owner = serializers.CharField(source="owner.username", read_only=True)
+    approved_name = serializers.CharField(
+        read_only=True,
+        allow_null=True,
+        help_text="The name its sends give their content (context.campaign.name): the approved version's, as it was "
+        "approved. A rename reaches the sends with the next approval (a rename is a revision only when the content "
+        "shows the name), so it may differ from `name`. Null before any approval.",
+    )
     variants = CampaignVariantOutSerializer(
         many=True,
         read_only=True,
@@ -196,6 +203,7 @@ class CampaignOutSerializer(AnswerSerializer):
         fields = (
             "id",
             "name",
+            "approved_name",
             "app",
             "kind",
             "purpose",

@@ -384,6 +384,15 @@ class Campaign(ConversionGoal):
             return ApprovedVersion.from_snapshot({**self.snapshot(), **legacy}, campaign=self)
         return None
 
+    def approved_name(self) -> str | None:
+        """The name its approved version's sends give their content (``ApprovedVersion.name``): the
+        one it was approved with, which a rename that is no revision does not change. Read from the
+        row without a query (``approved`` compares fingerprints), so a list may say it of each: one
+        approved before versions were kept is the row, and sends its name. None before any approval."""
+        if self.approved_version:
+            return self.approved_version.get("name") or self.name
+        return self.name if self.approved_fingerprint else None
+
     @staticmethod
     def sending_app_id() -> models.Expression:
         """The id of the app a campaign's approved version sends to, as an expression over its row
