@@ -95,12 +95,21 @@ class JourneyOutSerializer(AnswerSerializer):
         default=None,
         help_text="The number of the version that went live last: live now, or until the journey was stopped or closed.",
     )
+    approved_name = serializers.CharField(
+        read_only=True,
+        allow_null=True,
+        help_text="The name the pushes of the version that went live last give their content (context.journey.name): "
+        "the journey's name when that version was approved. A rename reaches the pushes with the next approved "
+        "version (a rename opens one only when a push shows the name), so it may differ from `name`. Null before "
+        "any approval.",
+    )
 
     class Meta:
         model = Journey
         fields = (
             "id",
             "name",
+            "approved_name",
             "app",
             "status",
             "paused_at",

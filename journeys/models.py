@@ -86,6 +86,12 @@ class Journey(ConversionGoal):
         name = version.approved_name or self.name
         return {"journey": {"id": self.pk, "name": name, "version": version.number, "step": step}}
 
+    def approved_name(self) -> str | None:
+        """The name the pushes of the version that went live last give their content (``send_context``):
+        the one it was approved with, which a rename making no new version does not change. None
+        before any approval. No query when the journey was read with its ``live_version``."""
+        return (self.live_version.approved_name or self.name) if self.live_version_id else None
+
     # The audit actions that change what an approval covers: whoever did one since the journey's
     # last approval may not decide its request, as its requester may not (``approver_standing``).
     APPROVAL_AUTHORING_ACTIONS = ("journey_created", "journey_renamed", "journey_version_edited")

@@ -367,3 +367,47 @@ def test_a_version_whose_approval_froze_its_segments_is_not_unfrozen(make_journe
     assert client.get(f"/api/v1/journeys/{journey.pk}/").json()["version"]["segments_unfrozen"] is False  # a draft
     publish(journey)
     assert client.get(f"/api/v1/journeys/{journey.pk}/").json()["version"]["segments_unfrozen"] is False
+
+
+def test_a_renamed_journey_answers_the_name_its_pushes_give_as_approved(
+    make_journey, publish, api_key_for, approver_bob, manager_alice
+):
+    """A rename of a live journey whose pushes do not show its name makes no version: its pushes give
+    the name the live version was approved with, which the API says beside the journey's; a stopped
+    journey, the name its last live version gave; a journey never approved, none."""
+    from journeys.services.lifecycle import journey_rename, journey_stop
+
+    journey = publish(make_journey())
+    journey_rename(journey_id=journey.pk, by=manager_alice, name="Welcome series")
+    draft = make_journey(name="Later")
+    client = api_key_for(approver_bob)
+
+    detail = client.get(f"/api/v1/journeys/{journey.pk}/").json()
+    assert (detail["name"], detail["approved_name"], detail["draft_version"]) == ("Welcome series", "Onboarding", None)
+    listed = {j["id"]: (j["name"], j["approved_name"]) for j in client.get("/api/v1/journeys/").json()["results"]}
+    assert listed == {journey.pk: ("Welcome series", "Onboarding"), draft.pk: ("Later", None)}
+    journey_stop(journey_id=journey.pk, by=manager_alice)
+    assert client.get(f"/api/v1/journeys/{journey.pk}/").json()["approved_name"] == "Onboarding"
+
+
+def test_the_list_costs_the_same_queries_for_one_live_journey_or_four(make_journey, publish, api_key_for, approver_bob):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = api_key_for(approver_bob)
+    publish(make_journey())
+    client.get("/api/v1/journeys/")  # the key and its access are read once, then kept
+    with CaptureQueriesContext(connection) as one:
+        assert client.get("/api/v1/journeys/").status_code == 200
+    for number in range(3):
+        publish(make_journey(name=f"Onboarding {number}"))
+    client.get("/api/v1/journeys/")
+    with CaptureQueriesContext(connection) as four:
+        answer = client.get("/api/v1/journeys/")
+    assert sorted(j["approved_name"] for j in answer.json()["results"]) == [
+        "Onboarding",
+        "Onboarding 0",
+        "Onboarding 1",
+        "Onboarding 2",
+    ]
+    assert len(four) == len(one)
