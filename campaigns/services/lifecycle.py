@@ -497,6 +497,7 @@ def campaign_approve(
         request = approval_request_lock_for_decision(
             request_id=_pending_request(campaign, read_id=request_id).pk, by=by
         )
+        _hold_what_it_sends(campaign)
         if not campaign.submitted_as(request.fingerprint):
             raise ValidationError("What would be sent changed since it was submitted: ask for changes and resubmit.")
         _check_a_send_is_left(campaign, now=now)
@@ -523,6 +524,22 @@ def campaign_approve(
         if campaign.next_occurrence_at is not None and campaign.next_occurrence_at <= now:
             transaction.on_commit(lambda: _queue_fire(campaign.pk))
     return campaign
+
+
+def _hold_what_it_sends(campaign: Campaign) -> None:
+    """Lock the push contents (its own, its variants') and the segments (its audience, those its rules
+    use) an approval checks against its request and freezes, until the approval commits: a save of
+    one of them waits, and is then a revision, instead of committing between the check and the freeze
+    and being frozen as approved unseen. Call in the decision's transaction, before the check."""
+    from audiences.models import Segment
+    from delivery.models import PushContent
+
+    contents = PushContent.objects.select_for_update().filter(pk__in=campaign.approval_content_ids())
+    list(contents.order_by("pk").values_list("pk", flat=True))
+    segment_ids = Campaign.approval_segment_ids_of([campaign])[campaign.pk]
+    if segment_ids:
+        segments = Segment.objects.select_for_update(no_key=True).filter(pk__in=segment_ids)
+        list(segments.order_by("pk").values_list("pk", flat=True))
 
 
 def _check_a_send_is_left(campaign: Campaign, *, now: dt.datetime) -> None:

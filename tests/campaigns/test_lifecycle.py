@@ -509,3 +509,55 @@ def test_an_approver_who_changed_the_content_in_review_is_refused_for_it_before_
         campaign_approve(campaign_id=campaign.pk, by=approver_bob)
     assert _reload(campaign).status == "in_review"
     assert ApprovalRequest.objects.get().status == "pending"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_variants_content_saved_during_approval_is_not_frozen_as_what_was_approved(
+    make_campaign, team, manager_alice, manager_mallory, approver_bob, monkeypatch
+):
+    """A colleague's save of variant B's push content commits between the approval's check of the
+    campaign against its request and the freeze of its approved version: the version froze the
+    words no approver read, under a fingerprint the gate found its own. The approval holds the
+    contents (and the audience's segments) it checks until it commits; the save waits, then makes
+    a revision."""
+    import threading
+
+    from django.db import connection
+
+    from campaigns.services import lifecycle
+    from delivery.models import PushContent
+    from delivery.services.contents import pushcontent_save
+    from tests.campaigns.helpers import variants_set
+    from tests.factories import PushContentFactory
+
+    a, b = (PushContentFactory(app=team, name=f"Sale {label}", title=f"Title {label}") for label in "AB")
+    campaign = make_campaign(content=a)
+    variants_set(campaign, manager_alice, [a, b], [50, 50])
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    record = lifecycle.approval_request_record
+
+    def edit() -> None:
+        try:
+            content = PushContent.objects.get(pk=b.pk)
+            content.title = "Something the approver never saw"
+            pushcontent_save(content=content, by=manager_mallory)
+        finally:
+            connection.close()
+
+    editor = threading.Thread(target=edit)
+
+    def record_while_the_content_is_saved(**kwargs):
+        answer = record(**kwargs)
+        editor.start()
+        editor.join(timeout=3)  # it commits here, unless the approval holds the content
+        return answer
+
+    monkeypatch.setattr(lifecycle, "approval_request_record", record_while_the_content_is_saved)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, request_id=request.pk)
+    editor.join(timeout=30)
+
+    approved = _reload(campaign).approved()
+    assert [v["spec"]["title"] for v in approved.variants] == ["Title A", "Title B"]
+    assert approved.fingerprint == request.fingerprint
+    assert PushContent.objects.get(pk=b.pk).title == "Something the approver never saw"  # saved after
+    assert _reload(campaign).has_pending_revision
