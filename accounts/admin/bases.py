@@ -502,10 +502,12 @@ def asks_again(*, verb: str, consequences: list[str], once: str = ""):
     ``@admin.action``; the action runs once the page's Yes is posted.
 
     With ``once``, the name of the admin's method answering a Yes posted again, the action acts once
-    per question drawn (its answer shows a secret once: a reload must not act again): the question
-    carries a one-time token (``accounts.form_tokens``) for its user, the action and the objects
-    chosen, used in the action's transaction. A Yes posted with a used token is answered by
-    ``once(request, queryset, use)``; one without a token of its own is asked again, saying why."""
+    per question drawn (a secret shown once, a test send: a reload or a double click must not act
+    again): the question carries a one-time token (``accounts.form_tokens``) for its user, the action
+    and the objects chosen, used in the action's transaction. A Yes posted with a used token is answered by
+    ``once(request, queryset, use)``; one without a token of its own is asked again, saying why.
+    The action may note what it made (``form_token_done(request.form_token_use, result_id=...)``) for
+    ``once`` to link it."""
 
     def wrap(action):
         @functools.wraps(action)
@@ -520,7 +522,7 @@ def asks_again(*, verb: str, consequences: list[str], once: str = ""):
                 return asked or action(model_admin, request, queryset)
             try:
                 with transaction.atomic():
-                    form_token_use(
+                    request.form_token_use = form_token_use(
                         token=request.POST.get(FORM_TOKEN_FIELD, ""),
                         user=request.user,
                         purpose=purpose,

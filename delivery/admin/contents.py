@@ -8,15 +8,23 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models.deletion import ProtectedError
 from django.http import Http404, HttpResponse, HttpResponseNotAllowed
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.translation import get_language_info
 from liquid.exceptions import LiquidError
 
-from accounts.admin.bases import ObjectAccessAdminMixin, ScopedAdmin, page_request, senders_html
+from accounts.admin.bases import (
+    ObjectAccessAdminMixin,
+    ScopedAdmin,
+    asks_again,
+    linked_if_visible,
+    page_request,
+    senders_html,
+)
+from accounts.form_tokens import form_token_done
 from audiences.models import Profile
 from audiences.selectors import audience_attribute_names
 from config.db import deletion_counts
-from delivery.models import PushContent
+from delivery.models import Dispatch, PushContent
 from delivery.payloads import (
     data_shape_check,
     message_render,
@@ -462,17 +470,59 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             _current.request = None
 
     @admin.action(description="Send a test to the app's test devices", permissions=["test_send"])
+    @asks_again(
+        verb="Send a test of",
+        consequences=[
+            "Each is sent as it is now, approved or not, to its app's test devices alone; the next page links "
+            "each test send, to follow what each device got."
+        ],
+        once="test_sent_again",  # a double click on Yes sends once
+    )
     def send_test(self, request, queryset):
+        started = []
         for content in queryset:
             try:
                 dispatch = pushcontent_test_send(content_id=content.pk, by=request.user)
             except (PermissionDenied, ValidationError) as exc:
                 self.message_user(request, f"{content}: {exc}", messages.ERROR)
                 continue
+            started.append(dispatch.pk)
             url = reverse("admin:delivery_dispatch_change", args=[dispatch.pk])
             self.message_user(
                 request, format_html('{}: test sent, <a href="{}">follow it</a>.', content, url), messages.SUCCESS
             )
+        if started:
+            form_token_done(request.form_token_use, result_id=min(started))
+
+    def test_sent_again(self, request, queryset, use):
+        """Send a test's Yes posted again (a double click): nothing sent again, the test send of each
+        content it started linked; the action pressed again asks anew, and sends anew."""
+        firsts = {}
+        if use.result_id is not None:
+            # The question's own sends: made by its user from its first one on, the first of each content.
+            made = Dispatch.objects.filter(
+                kind=Dispatch.Kind.TEST,
+                created_by_id=use.user_id,
+                source_id__in=[content.pk for content in queryset],
+                pk__gte=use.result_id,
+            ).order_by("pk")
+            for dispatch in made:
+                firsts.setdefault(dispatch.source_id, dispatch)
+        when = f"{use.used_at:%Y-%m-%d %H:%M}"
+        if not firsts:  # each content was refused, saying why, on the first answer
+            message = format_html(
+                "This test send was asked already, on {} UTC, and sent nothing: nothing was sent now. Press Send "
+                "a test again to try again.",
+                when,
+            )
+        else:
+            message = format_html(
+                "This test send was started already, on {} UTC: {}. Nothing was sent again; press Send a test "
+                "again to send another test.",
+                when,
+                format_html_join("; ", "{}", ((linked_if_visible(request, d),) for d in firsts.values())),
+            )
+        self.message_user(request, message, messages.WARNING)
 
     def has_test_send_permission(self, request):
         return request.user.has_perm("delivery.test_send_pushcontent")

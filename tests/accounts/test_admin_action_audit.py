@@ -283,7 +283,10 @@ PRESSES = {
     "delivery.device:unmark_test": _action("unmark_test", lambda by: DeviceFactory(is_test=True)),
     "delivery.dispatch:stop": _action("stop", _running_dispatch),
     "delivery.pushcontent:access": _access(lambda by: PushContentFactory(name="Shared content")),
-    "delivery.pushcontent:send_test": _action("send_test", lambda by: _content_with_a_test_device(), _latest_dispatch),
+    "delivery.pushcontent:send_test": _confirmed(
+        _action("send_test", lambda by: _content_with_a_test_device(), _latest_dispatch),
+        once="delivery.pushcontent:send_test",
+    ),
     "audiences.eventreplay:replay_now": _action(
         "replay_now",
         lambda by: EventReplay.objects.create(listener="gone.listener", event_ids=[1], next_attempt_at=timezone.now()),

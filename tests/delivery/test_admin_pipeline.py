@@ -96,19 +96,114 @@ def test_previews_render_for_the_chosen_profile(client, manager_alice, app):
     assert "Hello there" in client.get(url).content.decode()
 
 
+def _send_test(client, pks: list[int], **more):
+    """The list's Send a test pressed on ``pks``; its Yes (``post="yes"``) answered on the question a
+    person reads first, carrying the question's one-time token unless ``form_token`` is given."""
+    press = {"action": "send_test", "_selected_action": pks}
+    if more.get("post") == "yes" and "form_token" not in more:
+        more["form_token"] = _send_test_token(client, pks)
+    return client.post(reverse("admin:delivery_pushcontent_changelist"), {**press, **more}, follow=True)
+
+
+def _send_test_token(client, pks: list[int]) -> str:
+    """The one-time token of the question Send a test asks first, as the page draws it."""
+    from tests.pages import form_token_of
+
+    return form_token_of(_send_test(client, pks).content)
+
+
 @pytest.mark.presses("delivery.pushcontent:send_test")
 def test_test_send_action_creates_a_test_dispatch(client, manager_alice, app, django_capture_on_commit_callbacks):
     content = PushContentFactory(app=app)
     client.force_login(manager_alice)
-    url = reverse("admin:delivery_pushcontent_changelist")
     # Without a test device the test is refused, saying what to do: a send to nobody read as sent.
-    answer = client.post(url, {"action": "send_test", "_selected_action": [content.pk]}, follow=True)
+    answer = _send_test(client, [content.pk], post="yes")
     assert "has no active test device" in answer.content.decode() and not Dispatch.objects.exists()
     DeviceFactory(app=app, is_test=True)
+    asked = _send_test(client, [content.pk])  # asked first: nothing sent yet
+    assert "Send a test of 1 push content?" in asked.content.decode() and not Dispatch.objects.exists()
     with django_capture_on_commit_callbacks(execute=False):
-        response = client.post(url, {"action": "send_test", "_selected_action": [content.pk]})
-    assert response.status_code == 302
+        response = _send_test(client, [content.pk], post="yes")
+    assert response.redirect_chain[0][1] == 302
     assert Dispatch.objects.get().kind == "test"
+
+
+@pytest.mark.presses("delivery.pushcontent:send_test")
+def test_send_a_test_answered_twice_on_one_question_sends_once_and_links_the_first(
+    client, manager_alice, pushsim_app, pushsim, django_capture_on_commit_callbacks
+):
+    """A double click posts the question's Yes twice: the second sends nothing and links the test send."""
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
+    content = PushContentFactory(app=pushsim_app, name="Sale", title="Spring sale")
+    testers = [DeviceFactory(app=pushsim_app, is_test=True, platform=p) for p in ("ios", "android")]
+    client.force_login(manager_alice)
+    token = _send_test_token(client, [content.pk])
+    with django_capture_on_commit_callbacks(execute=True):
+        first = _send_test(client, [content.pk], post="yes", form_token=token)
+        again = _send_test(client, [content.pk], post="yes", form_token=token)
+    (dispatch,) = Dispatch.objects.filter(kind="test")
+    link = f'<a href="/admin/delivery/dispatch/{dispatch.pk}/change/">'
+    assert link in first.content.decode()
+    page = again.content.decode()
+    assert again.status_code == 200 and "This test send was started already" in page
+    assert "Nothing was sent again" in page and link in page
+    for tester in testers:
+        assert pushsim.state.count(tester.token) == 1, tester.platform
+
+
+@pytest.mark.presses("delivery.pushcontent:send_test")
+def test_send_a_test_answered_on_two_questions_sends_twice(client, manager_alice, app):
+    content = PushContentFactory(app=app)
+    DeviceFactory(app=app, is_test=True)
+    client.force_login(manager_alice)
+    for _ in range(2):
+        _send_test(client, [content.pk], post="yes")
+    assert Dispatch.objects.filter(kind="test").count() == 2
+
+
+@pytest.mark.presses("delivery.pushcontent:send_test")
+def test_send_a_test_of_several_answered_twice_links_each_first_send(client, manager_alice, app):
+    sale, news = PushContentFactory(app=app, name="Sale"), PushContentFactory(app=app, name="News")
+    DeviceFactory(app=app, is_test=True)
+    client.force_login(manager_alice)
+    token = _send_test_token(client, [sale.pk, news.pk])
+    _send_test(client, [sale.pk, news.pk], post="yes", form_token=token)
+    _send_test(client, [sale.pk], post="yes")  # a later question's send of one of them
+    page = _send_test(client, [sale.pk, news.pk], post="yes", form_token=token).content.decode()
+    *firsts, later = Dispatch.objects.filter(kind="test").order_by("pk")
+    assert {d.content_id for d in firsts} == {sale.pk, news.pk} and later.content_id == sale.pk
+    assert "This test send was started already" in page
+    for dispatch in firsts:
+        assert f'<a href="/admin/delivery/dispatch/{dispatch.pk}/change/">' in page
+    assert f"/admin/delivery/dispatch/{later.pk}/change/" not in page
+    assert Dispatch.objects.filter(kind="test").count() == 3
+
+
+@pytest.mark.presses("delivery.pushcontent:send_test")
+def test_send_a_test_refused_then_answered_again_says_it_sent_nothing(client, manager_alice, app):
+    content = PushContentFactory(app=app)  # its app has no test device: refused, saying why
+    client.force_login(manager_alice)
+    token = _send_test_token(client, [content.pk])
+    first = _send_test(client, [content.pk], post="yes", form_token=token).content.decode()
+    DeviceFactory(app=app, is_test=True)
+    again = _send_test(client, [content.pk], post="yes", form_token=token).content.decode()
+    assert "has no active test device" in first
+    assert "was asked already" in again and "sent nothing" in again and "try again" in again
+    assert not Dispatch.objects.exists()
+
+
+@pytest.mark.parametrize("token", ["", "forged", "other content's"])
+def test_send_a_test_without_its_questions_token_is_asked_again_saying_so(client, manager_alice, app, token):
+    content, other = PushContentFactory(app=app), PushContentFactory(app=app)
+    DeviceFactory(app=app, is_test=True)
+    client.force_login(manager_alice)
+    if token == "other content's":
+        token = _send_test_token(client, [other.pk])
+    answer = _send_test(client, [content.pk], post="yes", form_token=token)
+    page = answer.content.decode()
+    assert answer.status_code == 200 and "nothing was done" in page
+    assert "Send a test of 1 push content?" in page and 'name="form_token"' in page  # asked again
+    assert not Dispatch.objects.exists()
 
 
 def make_dispatch(app, n=3) -> Dispatch:
@@ -462,11 +557,20 @@ def test_test_device_marks_change_for_a_manager_and_not_for_a_viewer_or_outside_
 
 @pytest.mark.presses("delivery.pushcontent:send_test")
 def test_send_test_is_refused_to_a_viewer_and_outside_access(client, viewer_carol, manager_mallory, app):
+    from accounts.form_tokens import form_token_issue, form_token_subject
+
     content = PushContentFactory(app=app)
     DeviceFactory(app=app, is_test=True)
     for user in (viewer_carol, manager_mallory):
         client.force_login(user)
         assert _press(client, "pushcontent", "send_test", [content.pk]).status_code in (200, 302, 403)
+        # Nor with a question's Yes, pressed twice, its token drawn for them as if they had been asked.
+        token = form_token_issue(
+            user=user, purpose="delivery.pushcontent:send_test", subject=form_token_subject([content.pk])
+        )
+        for _ in range(2):
+            answer = _send_test(client, [content.pk], post="yes", form_token=token)
+            assert answer.status_code in (200, 403) and "started already" not in answer.content.decode()
     assert not Dispatch.objects.exists()
 
 

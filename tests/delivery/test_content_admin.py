@@ -8,6 +8,7 @@ from accounts.services import access_grant
 from audiences.models import Profile
 from delivery.models import Dispatch, PushContent
 from tests.factories import AppFactory, DeviceFactory, ProfileFactory
+from tests.pages import form_token_of
 
 
 def _form(content, **changes):
@@ -157,8 +158,17 @@ def test_a_profile_of_the_default_language_gets_the_default_texts_in_the_preview
     client.force_login(manager_alice)
     for_sam = client.post(preview_url, {**form, "preview_profile": "sam"}).content.decode()
     assert "Color sale" in for_sam and "Hi Sam" in for_sam
-    with django_capture_on_commit_callbacks(execute=True):
-        answer = client.post("/admin/delivery/pushcontent/", {"action": "send_test", "_selected_action": [content.pk]})
+    asked = client.post("/admin/delivery/pushcontent/", {"action": "send_test", "_selected_action": [content.pk]})
+    with django_capture_on_commit_callbacks(execute=True):  # the question's Yes
+        answer = client.post(
+            "/admin/delivery/pushcontent/",
+            {
+                "action": "send_test",
+                "_selected_action": [content.pk],
+                "post": "yes",
+                "form_token": form_token_of(asked.content),
+            },
+        )
     assert answer.status_code == 302 and Dispatch.objects.get().kind == "test"
     received = {r["token"]: r for r in pushsim.state.recent(limit=10)}
     assert (received[american.token]["title"], received[american.token]["body"]) == ("Color sale", "Hi Sam")
