@@ -778,10 +778,25 @@ def _approvers(users, groups) -> list[User]:
 def policy_approver_problems(*, users, groups, app_ids, campaigns: bool, journeys: bool) -> list[str]:
     """Why a policy with these approvers would strand its requests: for each kind of object it
     applies to, some approver must hold the role that approves it, and have access to each of its
-    apps. Returns the problems, empty when someone can decide."""
+    apps. Returns the problems, empty when someone can decide.
+
+    Reads the apps once, and each approver's access among them once (a policy naming no app is
+    asked for every app)."""
     app_model = apps.get_model("delivery", "App")
     people = _approvers(users, groups)
     problems = []
+    named_apps = list(app_model.objects.filter(pk__in=app_ids)) if app_ids else []
+    scopes: dict[int, set[int]] = {}  # user id -> the ids of named_apps in their scope
+
+    def scope_of(person: User) -> set[int]:
+        if person.pk not in scopes:
+            scopes[person.pk] = set(
+                in_scope(person, app_model.objects.filter(pk__in=[app.pk for app in named_apps])).values_list(
+                    "pk", flat=True
+                )
+            )
+        return scopes[person.pk]
+
     for applies, perm, noun in (
         (campaigns, "campaigns.approve_campaign", "campaigns"),
         (journeys, "journeys.approve_journey", "journeys"),
@@ -793,8 +808,8 @@ def policy_approver_problems(*, users, groups, app_ids, campaigns: bool, journey
             names = ", ".join(p.get_username() for p in people) or "nobody"
             problems.append(f"None of its approvers ({names}) has a role that may approve {noun}.")
             continue
-        for app in app_model.objects.filter(pk__in=app_ids) if app_ids else []:
-            if not any(in_scope(p, app_model.objects.filter(pk=app.pk)).exists() for p in deciders):
+        for app in named_apps:
+            if not any(app.pk in scope_of(p) for p in deciders):
                 problems.append(f"None of the approvers who may approve {noun} has access to the app '{app}'.")
     return problems
 

@@ -5,6 +5,7 @@ import contextvars
 import secrets
 from datetime import datetime
 
+from django.apps import apps as django_apps
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
@@ -164,17 +165,27 @@ def user_delete(*, user_id: int, by: User) -> None:
 def _active_policy_problems(app: models.Model | None = None) -> dict[ApprovalPolicy, list[str]]:
     """Each active approval policy whose approvers cannot decide its requests, with why
     (``policy_approver_problems``); with ``app``, only the policies governing its requests (naming
-    it or no app: an approver decides a request of an app they have access to), for that app alone."""
+    it or no app: an approver decides a request of an app they have access to), for that app alone.
+    Without, each policy for each app it governs: a policy naming no app, for every app."""
     found = {}
+    every_app: list[int] | None = None  # read once, for the first policy naming no app
     # The policies are few: their app lists are read here rather than asked of the JSON column,
     # which the embedded mode's database cannot search.
     for policy in ApprovalPolicy.objects.filter(is_active=True).prefetch_related("approver_users", "approver_groups"):
         if app is not None and policy.app_ids and app.pk not in policy.app_ids:
             continue
+        if app is not None:
+            app_ids = [app.pk]
+        elif policy.app_ids:
+            app_ids = policy.app_ids
+        else:
+            if every_app is None:
+                every_app = list(django_apps.get_model("delivery", "App").objects.values_list("pk", flat=True))
+            app_ids = every_app
         problems = policy_approver_problems(
             users=policy.approver_users.all(),
             groups=policy.approver_groups.all(),
-            app_ids=[app.pk] if app is not None else policy.app_ids,
+            app_ids=app_ids,
             campaigns=policy.applies_to_campaigns,
             journeys=policy.applies_to_journeys,
         )

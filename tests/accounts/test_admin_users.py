@@ -428,3 +428,67 @@ def test_a_superuser_deletes_a_superuser_s_account_on_its_delete_page(client, su
     assert not User.objects.filter(pk=other.pk).exists()
     deleted = AuditEvent.objects.get(action="user_deleted")
     assert (deleted.actor, deleted.object_id) == (superuser_sam, str(other.pk))
+
+
+# --- a policy naming no app: an approver for each app's requests ---------------------------------
+# Such a policy governs every app's requests, and an approver decides one of an app they have access
+# to: a user whose going leaves some app with no approver of it who may decide there strands it.
+
+
+def _policy_of_every_app(admin, *approvers, name="Every app"):
+    from accounts.models import ApprovalPolicy
+    from accounts.services import approval_policy_activate
+
+    policy = ApprovalPolicy.objects.create(name=name, app_ids=[], applies_to_campaigns=True)
+    policy.approver_users.set(approvers)
+    approval_policy_activate(policy_id=policy.pk, by=admin)
+    return policy
+
+
+@pytest.mark.parametrize("change", STRANDING_CHANGES, ids=list(STRANDING_CHANGES))
+def test_a_change_leaving_an_app_with_no_approver_of_a_policy_naming_no_app_is_refused(
+    client, admin_erin, approver_bob, shop, bank, change
+):
+    approver_fay = UserFactory(username="approver_fay", role="Approver")
+    access_grant(obj=shop, to=approver_bob, by=admin_erin)  # bob alone decides Shop's requests
+    access_grant(obj=bank, to=approver_fay, by=admin_erin)
+    _policy_of_every_app(admin_erin, approver_bob, approver_fay)
+    before, events = _account(approver_bob), AuditEvent.objects.count()
+    client.force_login(admin_erin)
+    url = f"/admin/accounts/user/{approver_bob.pk}/change/"
+    answer = client.post(url, change_form(approver_bob, email="new@example.test", **STRANDING_CHANGES[change]))
+    page = html.unescape(client.get(answer.url).content.decode()) if answer.status_code == 302 else ""
+    assert "'Every app'" in page and f"access to the app '{shop}'" in page and "not saved" in page
+    assert "changed successfully" not in page
+    assert _account(approver_bob) == before
+    assert AuditEvent.objects.count() == events
+
+
+def test_deleting_an_app_s_only_approver_of_a_policy_naming_no_app_is_refused(
+    client, admin_erin, approver_bob, shop, bank
+):
+    approver_fay = UserFactory(username="approver_fay", role="Approver")
+    access_grant(obj=shop, to=approver_bob, by=admin_erin)
+    access_grant(obj=bank, to=approver_fay, by=admin_erin)
+    _policy_of_every_app(admin_erin, approver_bob, approver_fay)
+    client.force_login(admin_erin)
+    answer = client.post(f"/admin/accounts/user/{approver_bob.pk}/delete/", {"post": "yes"}, follow=True)
+    page = html.unescape(answer.content.decode())
+    assert "'Every app'" in page and f"access to the app '{shop}'" in page and "not deleted" in page
+    assert User.objects.filter(pk=approver_bob.pk).exists()
+
+
+@pytest.mark.parametrize("change", STRANDING_CHANGES, ids=list(STRANDING_CHANGES))
+def test_a_policy_naming_no_app_lets_a_change_through_while_each_app_keeps_an_approver(
+    client, admin_erin, approver_bob, shop, bank, change
+):
+    """Fay decides both apps' requests; an app none of its approvers had access to strands nothing more."""
+    approver_fay = UserFactory(username="approver_fay", role="Approver")
+    access_grant(obj=shop, to=approver_bob, by=admin_erin)
+    access_grant(obj=shop, to=approver_fay, by=admin_erin)
+    _policy_of_every_app(admin_erin, approver_bob, approver_fay)  # nobody of it has access to Bank
+    client.force_login(admin_erin)
+    url = f"/admin/accounts/user/{approver_bob.pk}/change/"
+    assert client.post(url, change_form(approver_bob, **STRANDING_CHANGES[change])).status_code == 302
+    bob = User.objects.get(pk=approver_bob.pk)
+    assert (bob.is_active, bob.role_names()) != (True, ["Approver"])
