@@ -42,7 +42,15 @@ from audiences.rules.schema import (
     resolve_date,
     segment_references,
 )
-from audiences.rules.validation import value_problem
+from audiences.rules.validation import (
+    event_problems,
+    field_problem,
+    member_problem,
+    operator_problem,
+    reachable_problems,
+    type_problem,
+    value_problem,
+)
 from config.db import count_session
 
 
@@ -237,11 +245,13 @@ def number_param(number: int | float, *, exact: bool) -> Decimal | float:
 
 
 def values_refused(tree, path: str = "rules") -> list[RuleError]:
-    """Every number or date condition of the tree (not of the segments it uses) whose value is not
-    of its type, named by its path as ``rules_validate`` names it. Rules saved before a check
-    existed, or written by a data migration, may hold one ("value": "old" in a number condition):
-    compiled, it would fail on its Decimal, float or date as an error no one can read. One look at
-    each condition when a tree is compiled, nothing per profile."""
+    """Every condition of the tree (not of the segments it uses) holding a value not of its type,
+    named by its path as ``rules_validate`` names it: a number, date, string or boolean value, an
+    'in' without a list, an operator or type of no name, an event's count or window not a whole
+    number, a 'did' or 'member' not true or false, a platform of no name. Rules saved before a
+    check existed, or written by a data migration, may hold one ("value": "yes" in a boolean
+    condition): compiled, it failed as an error no one can read, or matched no one (or someone
+    else) without a word. One look at each condition when a tree is compiled, nothing per profile."""
     errors: list[RuleError] = []
     _values_refused(tree, path, errors)
     return errors
@@ -255,18 +265,44 @@ def _values_refused(node, path: str, errors: list[RuleError]) -> None:
             for index, child in enumerate(node[group]):
                 _values_refused(child, f"{path}.{group}[{index}]", errors)
     if "field" in node:
-        _value_refused(node, COLUMNS.get(node["field"]), path, errors)
+        problem = field_problem(node, path)
+        if problem:
+            errors.append(problem)
+        else:
+            _value_refused(node, COLUMNS[node["field"]], path, errors)
     elif "attribute" in node:
-        _value_refused(node, node.get("type"), path, errors)
-    elif "event" in node and isinstance(node.get("where"), list):
-        for index, cond in enumerate(node["where"]):
-            if isinstance(cond, dict):
-                _value_refused(cond, cond.get("type"), f"{path}.where[{index}]", errors)
+        _typed_value_refused(node, path, errors)
+    elif "event" in node:
+        errors += event_problems(node, path)
+        for index, cond in enumerate(node.get("where") if isinstance(node.get("where"), list) else []):
+            if isinstance(cond, dict) and "property" in cond:
+                _typed_value_refused(cond, f"{path}.where[{index}]", errors)
+    elif "segment" in node:
+        problem = member_problem(node, path)
+        if problem:
+            errors.append(problem)
+    elif "reachable" in node:
+        errors += reachable_problems(node, path)
 
 
-def _value_refused(node: dict, value_type: str | None, path: str, errors: list[RuleError]) -> None:
+def _typed_value_refused(node: dict, path: str, errors: list[RuleError]) -> None:
+    if node.get("type") is None:  # read as a string, as the compiler reads it (the validator wants it said)
+        _value_refused(node, "string", path, errors)
+        return
+    problem = type_problem(node, path)
+    if problem:
+        errors.append(problem)
+    else:
+        _value_refused(node, node["type"], path, errors)
+
+
+def _value_refused(node: dict, value_type: str, path: str, errors: list[RuleError]) -> None:
     op = node.get("op")
-    if value_type not in ("number", "date") or op in NO_VALUE_OPS:
+    problem = operator_problem(node, path, value_type)
+    if problem:
+        errors.append(problem)
+        return
+    if op in NO_VALUE_OPS:
         return
     value, where = node.get("value"), f"{path}.value"
     if op in ("in", "not_in", "between"):
@@ -279,8 +315,9 @@ def _value_refused(node: dict, value_type: str | None, path: str, errors: list[R
         items = [(where, value)]
     for here, item in items:
         problem = value_problem(item, value_type)
-        # A whole number beyond a float's range compares (``number_param``): refused on a save only.
-        if problem and problem[0] != "out_of_range":
+        # A whole number beyond a float's range compares (``number_param``), as a long string
+        # does: refused on a save only.
+        if problem and problem[0] not in ("out_of_range", "too_long"):
             errors.append(RuleError(here, *problem))
 
 

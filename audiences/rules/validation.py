@@ -112,15 +112,11 @@ class _Validator:
             self.node(child, f"{here}[{index}]", depth + 1)
 
     def field(self, node, path: str) -> None:
-        name = node["field"]
-        if not isinstance(name, str) or name not in COLUMNS:
-            self.fail(
-                f"{path}.field",
-                "unknown_field",
-                f"unknown field {name!r}; use one of {', '.join(COLUMNS)} (or 'attribute' for custom fields)",
-            )
+        problem = field_problem(node, path)
+        if problem:
+            self.errors.append(problem)
             return
-        self.comparison(node, path, COLUMNS[name])
+        self.comparison(node, path, COLUMNS[node["field"]])
 
     def attribute(self, node, path: str, key_name: str = "attribute") -> None:
         name = node[key_name]
@@ -131,31 +127,17 @@ class _Validator:
                 f"{name!r} is not a valid {key_name} name (letters, digits, _ . : -; at most 100)",
             )
             return
-        op = node.get("op")
-        value_type = node.get("type")
-        if value_type is None and op in NO_VALUE_OPS:
-            value_type = "string"  # presence does not depend on the type
-        if value_type not in TYPES:
-            self.fail(
-                f"{path}.type",
-                "unknown_type" if value_type is not None else "required",
-                f"unknown type {value_type!r}; use one of {', '.join(TYPES)}"
-                if value_type is not None
-                else f"the type is required; use one of {', '.join(TYPES)}",
-            )
+        problem = type_problem(node, path)
+        if problem:
+            self.errors.append(problem)
             return
-        self.comparison(node, path, value_type)
+        self.comparison(node, path, node.get("type") or "string")  # presence does not depend on the type
 
     def comparison(self, node, path: str, value_type: str) -> None:
         op = node.get("op")
-        if op not in OPERATORS[value_type]:
-            self.fail(
-                f"{path}.op",
-                "unknown_operator" if op is not None else "required",
-                f"unknown operator {op!r} for a {value_type}; use one of {', '.join(OPERATORS[value_type])}"
-                if op is not None
-                else f"the operator is required; use one of {', '.join(OPERATORS[value_type])}",
-            )
+        problem = operator_problem(node, path, value_type)
+        if problem:
+            self.errors.append(problem)
             return
         where = f"{path}.value"
         value = node.get("value")
@@ -224,29 +206,13 @@ class _Validator:
             self.fail(
                 f"{path}.event", "wrong_type", "the event name must be a non-empty string of at most 100 characters"
             )
-        did = node.get("did", True)
-        if not isinstance(did, bool):
-            self.fail(f"{path}.did", "wrong_type", f"'did' must be true or false, got {_json_type(did)}")
-        min_count = node.get("min_count", 1)
-        if isinstance(min_count, bool) or not isinstance(min_count, int) or not 1 <= min_count <= 1_000_000:
-            self.fail(f"{path}.min_count", "wrong_type", "'min_count' must be a whole number from 1 to 1000000")
-        within = node.get("within_days")
-        if within is not None and (isinstance(within, bool) or not isinstance(within, int) or not 1 <= within <= 36500):
-            self.fail(
-                f"{path}.within_days", "wrong_type", "'within_days' must be a whole number of days from 1 to 36500"
-            )
+        self.errors += event_problems(node, path)
         where = node.get("where", [])
         if not isinstance(where, list):
-            self.fail(
-                f"{path}.where", "wrong_type", f"'where' must be a list of property conditions, not {_json_type(where)}"
-            )
             return
         for index, cond in enumerate(where):
             here = f"{path}.where[{index}]"
             if not isinstance(cond, dict) or "property" not in cond:
-                self.fail(
-                    here, "wrong_type", "a property condition is an object with 'property', 'type', 'op', 'value'"
-                )
                 continue
             for key in sorted(set(cond) - {"property", "type", "op", "value"}):
                 self.fail(f"{here}.{key}", "unknown_key", f"unknown key {key!r} in a property condition")
@@ -254,9 +220,9 @@ class _Validator:
 
     def segment(self, node, path: str) -> None:
         segment_id = node["segment"]
-        member = node.get("member", True)
-        if not isinstance(member, bool):
-            self.fail(f"{path}.member", "wrong_type", f"'member' must be true or false, got {_json_type(member)}")
+        problem = member_problem(node, path)
+        if problem:
+            self.errors.append(problem)
         if isinstance(segment_id, bool) or not isinstance(segment_id, int):
             self.fail(f"{path}.segment", "wrong_type", f"'segment' must be a segment id, got {_json_type(segment_id)}")
             return
@@ -268,19 +234,14 @@ class _Validator:
     def reachable(self, node, path: str) -> None:
         spec = node["reachable"]
         here = f"{path}.reachable"
+        problems = reachable_problems(node, path)
+        self.errors += problems
         if not isinstance(spec, dict):
-            self.fail(here, "wrong_type", "'reachable' must be an object: {'app': id, 'platform': 'ios'|'android'}")
             return
         for key in sorted(set(spec) - {"app", "platform"}):
             self.fail(f"{here}.{key}", "unknown_key", f"unknown key {key!r} in 'reachable'")
-        app_id = spec.get("app")
-        if isinstance(app_id, bool) or not isinstance(app_id, int):
-            self.fail(f"{here}.app", "wrong_type", f"'app' must be an app id, got {_json_type(app_id)}")
-        else:
-            self.app_refs.setdefault(app_id, f"{here}.app")
-        platform = spec.get("platform")
-        if platform is not None and platform not in PLATFORMS:
-            self.fail(f"{here}.platform", "unknown_platform", f"unknown platform {platform!r}; use ios or android")
+        if not any(e.path == f"{here}.app" for e in problems):
+            self.app_refs.setdefault(spec["app"], f"{here}.app")
         if device_model() is None:
             self.fail(
                 here,
@@ -421,6 +382,106 @@ def _json_type(value) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
+
+
+def field_problem(node: dict, path: str) -> RuleError | None:
+    """A profile column condition naming no column. This check and the ones below are the
+    validator's, and the compiler's of rules saved before a check existed (``values_refused``)."""
+    name = node["field"]
+    if isinstance(name, str) and name in COLUMNS:
+        return None
+    return RuleError(
+        f"{path}.field",
+        "unknown_field",
+        f"unknown field {name!r}; use one of {', '.join(COLUMNS)} (or 'attribute' for custom fields)",
+    )
+
+
+def type_problem(node: dict, path: str) -> RuleError | None:
+    """An attribute or property condition of no type (none needed to test presence)."""
+    value_type = node.get("type")
+    if value_type in TYPES or (value_type is None and node.get("op") in NO_VALUE_OPS):
+        return None
+    if value_type is None:
+        return RuleError(f"{path}.type", "required", f"the type is required; use one of {', '.join(TYPES)}")
+    return RuleError(f"{path}.type", "unknown_type", f"unknown type {value_type!r}; use one of {', '.join(TYPES)}")
+
+
+def operator_problem(node: dict, path: str, value_type: str) -> RuleError | None:
+    """A condition whose operator is not one of its type's (``OPERATORS``)."""
+    op, ops = node.get("op"), ", ".join(OPERATORS[value_type])
+    if op in OPERATORS[value_type]:
+        return None
+    if op is None:
+        return RuleError(f"{path}.op", "required", f"the operator is required; use one of {ops}")
+    return RuleError(f"{path}.op", "unknown_operator", f"unknown operator {op!r} for a {value_type}; use one of {ops}")
+
+
+def event_problems(node: dict, path: str) -> list[RuleError]:
+    """An event condition's 'did', 'min_count', 'within_days' and 'where' not of their types (its
+    name and its property conditions are checked apart)."""
+    errors = []
+    did = node.get("did", True)
+    if not isinstance(did, bool):
+        errors.append(RuleError(f"{path}.did", "wrong_type", f"'did' must be true or false, got {_json_type(did)}"))
+    min_count = node.get("min_count", 1)
+    if isinstance(min_count, bool) or not isinstance(min_count, int) or not 1 <= min_count <= 1_000_000:
+        errors.append(
+            RuleError(f"{path}.min_count", "wrong_type", "'min_count' must be a whole number from 1 to 1000000")
+        )
+    within = node.get("within_days")
+    if within is not None and (isinstance(within, bool) or not isinstance(within, int) or not 1 <= within <= 36500):
+        errors.append(
+            RuleError(
+                f"{path}.within_days", "wrong_type", "'within_days' must be a whole number of days from 1 to 36500"
+            )
+        )
+    where = node.get("where", [])
+    if not isinstance(where, list):
+        errors.append(
+            RuleError(
+                f"{path}.where", "wrong_type", f"'where' must be a list of property conditions, not {_json_type(where)}"
+            )
+        )
+        return errors
+    for index, cond in enumerate(where):
+        if not isinstance(cond, dict) or "property" not in cond:
+            errors.append(
+                RuleError(
+                    f"{path}.where[{index}]",
+                    "wrong_type",
+                    "a property condition is an object with 'property', 'type', 'op', 'value'",
+                )
+            )
+    return errors
+
+
+def member_problem(node: dict, path: str) -> RuleError | None:
+    """A membership condition whose 'member' is not true or false."""
+    member = node.get("member", True)
+    if isinstance(member, bool):
+        return None
+    return RuleError(f"{path}.member", "wrong_type", f"'member' must be true or false, got {_json_type(member)}")
+
+
+def reachable_problems(node: dict, path: str) -> list[RuleError]:
+    """A reachability condition that is not an object, or whose app is not an id or platform not
+    one of ``PLATFORMS`` (its other keys are checked apart)."""
+    spec, here = node["reachable"], f"{path}.reachable"
+    if not isinstance(spec, dict):
+        return [
+            RuleError(here, "wrong_type", "'reachable' must be an object: {'app': id, 'platform': 'ios'|'android'}")
+        ]
+    errors = []
+    app_id = spec.get("app")
+    if isinstance(app_id, bool) or not isinstance(app_id, int):
+        errors.append(RuleError(f"{here}.app", "wrong_type", f"'app' must be an app id, got {_json_type(app_id)}"))
+    platform = spec.get("platform")
+    if platform is not None and platform not in PLATFORMS:
+        errors.append(
+            RuleError(f"{here}.platform", "unknown_platform", f"unknown platform {platform!r}; use ios or android")
+        )
+    return errors
 
 
 def value_problem(value, value_type: str) -> tuple[str, str] | None:

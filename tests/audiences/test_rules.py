@@ -1074,3 +1074,93 @@ def test_a_segment_using_one_whose_saved_rule_is_not_of_its_type_is_refused_nami
     assert [e.path for e in info.value.errors] == ["rules"]
     assert f"segment {inner.pk}" in info.value.errors[0].message
     assert "rules.all[0].value: expected a number, got a string" in info.value.errors[0].message
+
+
+@pytest.mark.parametrize(
+    ("condition", "path", "message"),
+    [
+        ({"attribute": "vip", "type": "boolean", "op": "eq", "value": "yes"}, "rules.all[1].value", "expected true or"),
+        ({"attribute": "vip", "type": "boolean", "op": "ne", "value": 1}, "rules.all[1].value", "expected true or"),
+        ({"attribute": "vip", "type": "boolean", "op": "gt", "value": True}, "rules.all[1].op", "unknown operator"),
+        ({"attribute": "vip", "type": "bool", "op": "eq", "value": True}, "rules.all[1].type", "unknown type"),
+        ({"attribute": "city", "type": "string", "op": "eq", "value": 5}, "rules.all[1].value", "expected a string"),
+        ({"attribute": "city", "type": "string", "op": "contains", "value": 5}, "rules.all[1].value", "a string"),
+        ({"field": "locale", "op": "eq", "value": 5}, "rules.all[1].value", "expected a string"),
+        ({"field": "country", "op": "eq", "value": "fr"}, "rules.all[1].field", "unknown field"),
+        ({"attribute": "plan", "type": "string", "op": "in", "value": "pro"}, "rules.all[1].value", "'in' needs a"),
+        ({"field": "locale", "op": "not_in", "value": []}, "rules.all[1].value", "'not_in' needs a non-empty list"),
+        (
+            {"attribute": "plan", "type": "string", "op": "in", "value": ["pro", 5]},
+            "rules.all[1].value[1]",
+            "expected a string",
+        ),
+        ({"event": "purchase", "min_count": "2"}, "rules.all[1].min_count", "'min_count' must be a whole number"),
+        ({"event": "purchase", "within_days": "30"}, "rules.all[1].within_days", "'within_days' must be a whole"),
+        ({"event": "purchase", "did": "no"}, "rules.all[1].did", "'did' must be true or false"),
+        (
+            {"event": "purchase", "where": [{"property": "paid", "type": "boolean", "op": "eq", "value": "yes"}]},
+            "rules.all[1].where[0].value",
+            "expected true or false",
+        ),
+        ({"event": "purchase", "where": {"property": "amount"}}, "rules.all[1].where", "'where' must be a list"),
+        ({"segment": 987654, "member": "no"}, "rules.all[1].member", "'member' must be true or false"),
+        ({"reachable": {"app": 1, "platform": "IOS"}}, "rules.all[1].reachable.platform", "unknown platform"),
+    ],
+    ids=[
+        "boolean",
+        "boolean-number",
+        "boolean-operator",
+        "unknown-type",
+        "string",
+        "contains",
+        "column-string",
+        "column",
+        "in-not-a-list",
+        "not-in-empty",
+        "in-item",
+        "min-count",
+        "within-days",
+        "did",
+        "boolean-property",
+        "where",
+        "member",
+        "platform",
+    ],
+)
+def test_a_saved_rule_of_any_kind_whose_value_is_not_of_its_type_is_refused_naming_its_path(
+    people, condition, path, message
+):
+    """A boolean condition holding "yes", a string one a number, an 'in' without a list, an event's
+    count as text: saved before a check existed (or by a data migration), each compiled to a
+    condition matching no one (or someone else) without an error. Each is refused as the
+    validator refuses it, naming its path."""
+    from audiences.rules.compiler import segment_count, segment_profiles
+
+    rules = {"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}, condition]}
+    with pytest.raises(RulesInvalid) as validated:
+        rules_validate(rules)
+    segment = Segment.objects.create(name="saved before", kind=Segment.Kind.RULES, rules=rules)
+    for compile_it in (
+        lambda: rules_compile(rules, now=NOW),
+        lambda: segment_profiles(segment, now=NOW, union=True),
+        lambda: segment_count(segment, now=NOW),
+    ):
+        with pytest.raises(RulesInvalid) as info:
+            compile_it()
+        assert [e.path for e in info.value.errors] == [path]
+        assert message in info.value.errors[0].message
+        assert info.value.errors[0].message == validated.value.errors[0].message
+    assert [e.path for e in validated.value.errors] == [path]
+
+
+def test_a_saved_attribute_rule_without_its_type_still_reads_as_a_string(people):
+    """The validator wants a type said; one saved without it compiles as a string, as ever, its
+    value checked as one."""
+    tree = {"all": [{"attribute": "plan", "op": "in", "value": ["pro", "team"]}]}
+    assert set(Profile.objects.filter(rules_compile(tree, now=NOW)).values_list("external_id", flat=True)) == {
+        "ann",
+        "cid",
+    }
+    with pytest.raises(RulesInvalid) as info:
+        rules_compile({"all": [{"attribute": "plan", "op": "eq", "value": True}]}, now=NOW)
+    assert [str(e) for e in info.value.errors] == ["rules.all[0].value: expected a string, got a boolean"]
