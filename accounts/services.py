@@ -162,6 +162,27 @@ def user_delete(*, user_id: int, by: User) -> None:
             user.delete()
 
 
+def group_delete(*, group_id: int, by: User) -> None:
+    """Delete a group (a team): its members' and its grants' ties to it, and its place among approval
+    policies' approvers, go with it. Audited as ``group_deleted``.
+
+    Raises PermissionDenied when ``by`` may not delete groups, and ValidationError, deleting
+    nothing, when the deletion would leave an active approval policy naming the group with no
+    approver who may decide its requests (``approval_policies_kept_decidable``), naming it and what
+    to change first.
+    """
+    if not by.has_perm("auth.delete_group"):
+        raise PermissionDenied("Only an Administrator deletes groups.")
+    with transaction.atomic():
+        group = Group.objects.select_for_update().get(pk=group_id)
+        name = group.name
+        with approval_policies_kept_decidable(
+            doing=f"Deleting the group {name}", fix=POLICY_DECIDER_FIX, undone="the group was not deleted"
+        ):
+            audit(actor=by, action="group_deleted", obj=group, summary={"name": name})
+            group.delete()
+
+
 def _active_policy_problems(app: models.Model | None = None) -> dict[ApprovalPolicy, list[str]]:
     """Each active approval policy whose approvers cannot decide its requests, with why
     (``policy_approver_problems``); with ``app``, only the policies governing its requests (naming

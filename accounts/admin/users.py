@@ -29,6 +29,7 @@ from accounts.services import (
     access_revoke,
     approval_policies_kept_decidable,
     audit,
+    group_delete,
     user_delete,
     user_roles_given,
 )
@@ -319,3 +320,40 @@ class GroupAdmin(AccessAdmin, DjangoGroupAdmin):
         if obj is not None and obj.name in ROLES:
             return ("name", "permissions")
         return ()
+
+    def delete_model(self, request, obj):
+        group_delete(group_id=obj.pk, by=request.user)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        # A deletion that would leave an active approval policy with no one to decide is refused
+        # (``group_delete``): the group's page says why, nothing deleted.
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except ValidationError as exc:
+            self.message_user(request, " ".join(exc.messages), messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:auth_group_change", args=[object_id]))
+
+    actions = ["delete_selected"]
+
+    @admin.action(permissions=["delete"], description="Delete selected groups")
+    def delete_selected(self, request, queryset):
+        """Django's own (its question, and its refusal of a group one may not delete), each group then
+        deleted alone through ``group_delete``: one whose deletion would leave an active approval
+        policy with no one to decide is not deleted and is named with why; the others are."""
+        if not request.POST.get("post"):
+            return django_delete_selected(self, request, queryset)
+        _, _, perms_needed, protected = self.get_deleted_objects(queryset, request)
+        if perms_needed or protected:
+            return django_delete_selected(self, request, queryset)
+        deleted = 0
+        for group in queryset.order_by("pk"):
+            try:
+                with transaction.atomic(using=router.db_for_write(self.model)):
+                    group_delete(group_id=group.pk, by=request.user)
+                    self.log_deletions(request, [group])
+                deleted += 1
+            except ValidationError as exc:
+                self.message_user(request, f"{group.name}: {' '.join(exc.messages)}", messages.ERROR)
+        if deleted:
+            self.message_user(request, f"{deleted} group{pluralize(deleted)} deleted.", messages.SUCCESS)
+        return None

@@ -1,4 +1,5 @@
-"""The user page: its app access rows, who may change an account, and a superuser's out of others' reach."""
+"""The user page: its app access rows, who may change an account, and a superuser's out of others' reach;
+the group page's deletions, and what neither may take from an approval policy."""
 
 import html
 
@@ -492,3 +493,100 @@ def test_a_policy_naming_no_app_lets_a_change_through_while_each_app_keeps_an_ap
     assert client.post(url, change_form(approver_bob, **STRANDING_CHANGES[change])).status_code == 302
     bob = User.objects.get(pk=approver_bob.pk)
     assert (bob.is_active, bob.role_names()) != (True, ["Approver"])
+
+
+# --- a group a policy names as its approvers ----------------------------------------------------
+
+
+def _policy_naming_group(admin, app, group, *approvers, name="Shop marketing"):
+    from accounts.models import ApprovalPolicy
+    from accounts.services import approval_policy_activate
+
+    policy = ApprovalPolicy.objects.create(name=name, app_ids=[app.pk], applies_to_campaigns=True)
+    policy.approver_users.set(approvers)
+    policy.approver_groups.set([group])
+    approval_policy_activate(policy_id=policy.pk, by=admin)
+    return policy
+
+
+@pytest.fixture
+def shop_reviewers(approver_bob, shop, admin_erin):
+    """A team whose one member, approver_bob, has access to Shop."""
+    team = Group.objects.create(name="Shop reviewers")
+    approver_bob.groups.add(team)
+    access_grant(obj=shop, to=approver_bob, by=admin_erin)
+    return team
+
+
+def test_deleting_the_group_that_is_an_active_policy_s_only_approver_is_refused_naming_it(
+    client, admin_erin, viewer_carol, shop, shop_reviewers
+):
+    _policy_naming_group(admin_erin, shop, shop_reviewers)
+    events = AuditEvent.objects.count()
+    url = f"/admin/auth/group/{shop_reviewers.pk}/delete/"
+    client.force_login(viewer_carol)
+    assert client.post(url, {"post": "yes"}).status_code in (302, 403, 404)
+    assert Group.objects.filter(pk=shop_reviewers.pk).exists()
+
+    client.force_login(admin_erin)
+    answer = client.post(url, {"post": "yes"}, follow=True)
+    page = html.unescape(answer.content.decode())
+    assert answer.status_code == 200 and "'Shop marketing'" in page and "could not be decided" in page
+    assert "Deleting the group Shop reviewers" in page and "not deleted" in page
+    assert "deleted successfully" not in page
+    assert Group.objects.filter(pk=shop_reviewers.pk).exists()
+    assert shop_reviewers.user_set.count() == 1
+    assert AuditEvent.objects.count() == events
+
+
+def test_deleting_a_policy_s_group_goes_through_while_another_approver_may_decide(
+    client, admin_erin, approver_bob, shop, shop_reviewers
+):
+    approver_fay = UserFactory(username="approver_fay", role="Approver")
+    access_grant(obj=shop, to=approver_fay, by=admin_erin)
+    policy = _policy_naming_group(admin_erin, shop, shop_reviewers, approver_fay)
+    client.force_login(admin_erin)
+    assert client.post(f"/admin/auth/group/{shop_reviewers.pk}/delete/", {"post": "yes"}).status_code == 302
+    assert not Group.objects.filter(pk=shop_reviewers.pk).exists()
+    assert not policy.approver_groups.exists()
+    deleted = AuditEvent.objects.get(action="group_deleted")
+    assert (deleted.actor, deleted.object_id) == (admin_erin, str(shop_reviewers.pk))
+
+
+def test_group_delete_refuses_a_policy_s_only_approvers_and_anyone_but_an_administrator(
+    admin_erin, manager_alice, shop, shop_reviewers
+):
+    from django.core.exceptions import PermissionDenied, ValidationError
+
+    from accounts.services import group_delete
+
+    _policy_naming_group(admin_erin, shop, shop_reviewers)
+    with pytest.raises(PermissionDenied):
+        group_delete(group_id=shop_reviewers.pk, by=manager_alice)
+    with pytest.raises(ValidationError, match="Deleting the group Shop reviewers .* 'Shop marketing'"):
+        group_delete(group_id=shop_reviewers.pk, by=admin_erin)
+    assert Group.objects.filter(pk=shop_reviewers.pk).exists()
+
+
+@pytest.mark.presses("auth.group:delete_selected")
+def test_delete_selected_groups_deletes_the_others_and_names_a_policy_s_group_not_deleted(
+    client, admin_erin, viewer_carol, shop, shop_reviewers
+):
+    policy = _policy_naming_group(admin_erin, shop, shop_reviewers)
+    night_shift = Group.objects.create(name="Night shift")
+    chosen = {"action": "delete_selected", "_selected_action": [shop_reviewers.pk, night_shift.pk], "post": "yes"}
+    client.force_login(viewer_carol)
+    assert client.post("/admin/auth/group/", chosen).status_code in (302, 403)
+    assert Group.objects.filter(pk__in=chosen["_selected_action"]).count() == 2
+
+    client.force_login(admin_erin)
+    answer = client.post("/admin/auth/group/", chosen, follow=True)
+    said = [html.unescape(str(m)) for m in answer.context["messages"]]
+    assert list(Group.objects.filter(pk__in=chosen["_selected_action"])) == [shop_reviewers]
+    refused = [m for m in said if m.startswith("Shop reviewers: ")]
+    assert len(refused) == 1 and "'Shop marketing'" in refused[0] and "not deleted" in refused[0]
+    assert "1 group deleted." in said and not any("Successfully deleted" in m for m in said)
+    assert list(policy.approver_groups.all()) == [shop_reviewers]
+    assert list(
+        AuditEvent.objects.filter(action="group_deleted", actor=admin_erin).values_list("object_id", flat=True)
+    ) == [str(night_shift.pk)]
