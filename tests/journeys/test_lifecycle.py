@@ -233,6 +233,69 @@ def test_a_content_save_during_approval_is_not_frozen_as_what_was_approved(
     assert PushContent.objects.get(pk=welcome.pk).body == "Something the approver never saw"  # saved after
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("edited", ["the entry segment's rules", "the condition's kept list", "a list a rule nests"])
+def test_a_segment_save_during_approval_is_not_frozen_as_what_was_approved(
+    edited, make_journey, manager_alice, approver_bob, everyone, vips, welcome, monkeypatch
+):
+    """A save of a segment the journey reads (its entry segment, the segment a condition tests, one
+    nested in a condition's rules) commits between the approval's check of the version against its
+    request and the freeze of its segments: the version freezes the definitions the check read (one
+    read serves both), the ones the approver reviewed, and the save then reads as an edit since the
+    approval, which the journey refuses to read until a new version is approved."""
+    from audiences.services.segments import segment_create, segment_members_change, segment_update
+    from journeys.services import lifecycle
+
+    ProfileFactory(external_id="late-vip")
+    graph = simple_graph(condition_segment=vips.pk, content=welcome.pk)
+    loyal = segment_create(name="Loyal", kind="static", by=manager_alice)
+    regulars = segment_create(name="Regulars", rules={"all": [{"segment": loyal.pk}]}, by=manager_alice)
+    graph["steps"][1]["branches"].append(
+        {"label": "Regular", "rules": {"any": [{"segment": regulars.pk}]}, "next": "push"}
+    )
+    journey = make_journey(graph=graph)
+    request = journey_submit(journey_id=journey.pk, by=manager_alice)
+    submitted = lifecycle.segment_fingerprints(journey.versions.get())
+    saves = {
+        "the entry segment's rules": lambda: segment_update(
+            segment_id=everyone.pk, by=manager_alice, rules={"all": [{"field": "locale", "op": "exists"}]}
+        ),
+        "the condition's kept list": lambda: segment_members_change(
+            segment_id=vips.pk, by=manager_alice, add=["late-vip"]
+        ),
+        "a list a rule nests": lambda: segment_members_change(segment_id=loyal.pk, by=manager_alice, add=["late-vip"]),
+    }
+    record = lifecycle.approval_request_record
+    failed = []
+
+    def edit() -> None:
+        try:
+            saves[edited]()
+        except Exception as exc:
+            failed.append(exc)
+        finally:
+            connection.close()
+
+    editor = threading.Thread(target=edit)
+
+    def record_while_the_segment_is_saved(**kwargs):
+        answer = record(**kwargs)
+        editor.start()
+        editor.join(timeout=3)  # it commits here, unless the approval holds the segment
+        return answer
+
+    monkeypatch.setattr(lifecycle, "approval_request_record", record_while_the_segment_is_saved)
+    journey_approve(journey_id=journey.pk, by=approver_bob, request_id=request.pk)
+    editor.join(timeout=30)
+
+    assert not failed
+    version = JourneyVersion.objects.get(journey=journey, status="live")
+    assert version.approved_segments == submitted
+    assert version.approved_fingerprint == request.fingerprint
+    assert lifecycle.segment_fingerprints(version) != submitted  # saved after
+    assert "is defined otherwise than when version 1 was approved" in lifecycle.segments_changed_text(version)
+
+
 def test_editing_a_live_journey_makes_a_new_draft_version_and_the_live_one_is_untouched(
     make_journey, publish, manager_alice
 ):
